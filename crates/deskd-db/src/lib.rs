@@ -1,0 +1,934 @@
+//! The deskd desktop database: one SQLite file per volume (`.Desktop`).
+//!
+//! It gives every object of a volume a 32-bit ID that never changes on rename or move and is never
+//! reused ([`ids`]), keeps the Mac APPL, icon and comment records, and answers "find file" by
+//! prefix, substring or glob from indexes ([`names`]). The schema is versioned and migrated
+//! forward ([`schema`]); `docs/desktop-format.md` describes it.
+//!
+//! * [`Desktop`] is the write handle. The server holds exactly one per volume; every mutation is a
+//!   method of a [`Batch`] (one transaction, committed by the caller), and each request inside a
+//!   batch can be isolated with [`Batch::step`] so one failing request does not undo the others.
+//! * [`Reader`] is a read-only connection; any number may be open. Both implement [`Read`].
+//! * No SQL lives outside this crate.
+
+pub mod ids;
+pub mod names;
+pub mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+
+pub use ids::{FIRST_ID, LAST_USABLE_ID, ROOT_ID, ROOT_PARENT_ID};
+pub use schema::FORMAT_VERSION;
+
+/// The longest name (in bytes) an object may have; the usual Linux `NAME_MAX`.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// The Mac type that marks an application.
+pub const APPL: [u8; 4] = *b"APPL";
+
+/// Errors of the desktop database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("ID space exhausted: no 32-bit ID is left in this volume (rebuild cannot help; IDs are never reused)")]
+    IdSpaceExhausted,
+    #[error("no object with ID {0}")]
+    NoSuchId(u32),
+    #[error("no object named {name:?} in directory {parent}")]
+    NoSuchName { parent: u32, name: String },
+    #[error("an object named {name:?} already exists in directory {parent} (ID {existing})")]
+    Exists {
+        parent: u32,
+        name: String,
+        existing: u32,
+    },
+    #[error("object {0} is not a directory")]
+    NotADirectory(u32),
+    #[error("directory {0} is not empty")]
+    NotEmpty(u32),
+    #[error("invalid name {0:?}: {1}")]
+    InvalidName(String, &'static str),
+    #[error("cannot move directory {0} into itself or one of its descendants")]
+    IntoItself(u32),
+    #[error("the volume root cannot be {0}")]
+    Root(&'static str),
+    #[error("desktop format {found} is newer than this deskd supports ({supported}); upgrade deskd")]
+    FormatTooNew { found: i32, supported: i32 },
+    #[error("the file is an SQLite database but not a deskd desktop")]
+    NotADesktop,
+    #[error("desktop is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = DbError> = std::result::Result<T, E>;
+
+/// What an object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl Kind {
+    fn to_sql(self) -> i64 {
+        match self {
+            Kind::File => 0,
+            Kind::Dir => 1,
+            Kind::Symlink => 2,
+        }
+    }
+    fn from_sql(v: i64) -> Kind {
+        match v {
+            1 => Kind::Dir,
+            2 => Kind::Symlink,
+            _ => Kind::File,
+        }
+    }
+    /// A short lower-case name: `file`, `dir`, `symlink`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+        }
+    }
+}
+
+/// One row of the objects table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Object {
+    pub id: u32,
+    pub parent: u32,
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    pub dev: u64,
+    pub ino: u64,
+    pub type_code: [u8; 4],
+    pub creator: [u8; 4],
+    pub flags: u16,
+    pub ctime: i64,
+}
+
+/// What a caller knows about an object it registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewObject {
+    pub parent: u32,
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    pub dev: u64,
+    pub ino: u64,
+    pub type_code: [u8; 4],
+    pub creator: [u8; 4],
+    pub flags: u16,
+    pub ctime: i64,
+    /// An ID to reuse if it is free (from a resource file or xattr mirror).
+    pub hint: Option<u32>,
+}
+
+/// Mac information that can be changed on an object; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InfoUpdate {
+    pub type_code: Option<[u8; 4]>,
+    pub creator: Option<[u8; 4]>,
+    pub flags: Option<u16>,
+}
+
+/// How a find pattern is matched against names (always case-insensitively, NFC = NFD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FindMode {
+    /// The name contains the pattern.
+    Substring,
+    /// The name starts with the pattern.
+    Prefix,
+    /// The whole name matches a shell glob (`*`, `?`, `[...]`).
+    Glob,
+    /// The whole name equals the pattern.
+    Exact,
+}
+
+/// A find request: results come in ascending ID order, after `after_id`, at most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FindQuery {
+    pub pattern: String,
+    pub mode: FindMode,
+    pub limit: u32,
+    pub after_id: u32,
+}
+
+/// An APPL record: `app_id` is an application for documents of `creator`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplRecord {
+    pub creator: [u8; 4],
+    pub app_id: u32,
+    pub tag: u32,
+}
+
+/// An icon record, keyed by (creator, type, icon kind).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IconRecord {
+    pub creator: [u8; 4],
+    pub type_code: [u8; 4],
+    pub itype: u8,
+    pub tag: u32,
+    pub bitmap: Vec<u8>,
+}
+
+/// Counters of a desktop, for status displays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub objects: u64,
+    pub last_id: u32,
+    pub format_version: i32,
+}
+
+/// How hard commits are pushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// WAL + `synchronous=NORMAL`: a committed write survives a crash of the process.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is fsynced and survives power loss.
+    Full,
+}
+
+/// Check that `name` may be stored as an object name.
+pub fn validate_name(name: &[u8]) -> Result<()> {
+    let shown = || String::from_utf8_lossy(name).into_owned();
+    if name.is_empty() {
+        return Err(DbError::InvalidName(shown(), "empty name"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(DbError::InvalidName(shown(), "longer than 255 bytes"));
+    }
+    if name.contains(&b'/') || name.contains(&0) {
+        return Err(DbError::InvalidName(shown(), "contains '/' or NUL"));
+    }
+    if name == b"." || name == b".." {
+        return Err(DbError::InvalidName(shown(), "'.' and '..' are not names"));
+    }
+    Ok(())
+}
+
+const OBJECT_COLUMNS: &str = "id, parent, name, kind, dev, ino, type, creator, flags, ctime";
+
+fn four(v: Vec<u8>) -> [u8; 4] {
+    let mut out = [0u8; 4];
+    let n = v.len().min(4);
+    out[..n].copy_from_slice(&v[..n]);
+    out
+}
+
+fn object_from_row(r: &Row<'_>) -> rusqlite::Result<Object> {
+    Ok(Object {
+        id: r.get::<_, i64>(0)? as u32,
+        parent: r.get::<_, i64>(1)? as u32,
+        name: r.get(2)?,
+        kind: Kind::from_sql(r.get(3)?),
+        dev: r.get::<_, i64>(4)? as u64,
+        ino: r.get::<_, i64>(5)? as u64,
+        type_code: four(r.get(6)?),
+        creator: four(r.get(7)?),
+        flags: r.get::<_, i64>(8)? as u16,
+        ctime: r.get(9)?,
+    })
+}
+
+fn meta_get(conn: &Connection, key: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+fn meta_set(conn: &Connection, key: &str, value: i64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+/// Read operations, shared by the write handle and read-only connections.
+pub trait Read {
+    /// The underlying connection (crate-internal use).
+    #[doc(hidden)]
+    fn conn(&self) -> &Connection;
+
+    /// The object with this ID.
+    fn get(&self, id: u32) -> Result<Object> {
+        self.conn()
+            .prepare_cached(&format!("SELECT {OBJECT_COLUMNS} FROM objects WHERE id = ?1"))?
+            .query_row([id], object_from_row)
+            .optional()?
+            .ok_or(DbError::NoSuchId(id))
+    }
+
+    /// The object called `name` in directory `parent`, if any.
+    fn lookup(&self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
+        Ok(self
+            .conn()
+            .prepare_cached(&format!(
+                "SELECT {OBJECT_COLUMNS} FROM objects WHERE parent = ?1 AND name = ?2"
+            ))?
+            .query_row(params![parent, name], object_from_row)
+            .optional()?)
+    }
+
+    /// Objects recorded with this device and inode.
+    fn lookup_devino(&self, dev: u64, ino: u64) -> Result<Vec<Object>> {
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT {OBJECT_COLUMNS} FROM objects WHERE dev = ?1 AND ino = ?2"
+        ))?;
+        let rows = stmt.query_map(params![dev as i64, ino as i64], object_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The children of a directory, in name order.
+    fn children(&self, parent: u32) -> Result<Vec<Object>> {
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT {OBJECT_COLUMNS} FROM objects WHERE parent = ?1 ORDER BY name"
+        ))?;
+        let rows = stmt.query_map([parent], object_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The names from the root down to `id` (empty for the root itself).
+    fn path_of(&self, id: u32) -> Result<Vec<Vec<u8>>> {
+        let mut components = Vec::new();
+        let mut current = id;
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT parent, name FROM objects WHERE id = ?1")?;
+        while current != ROOT_ID {
+            let (parent, name): (i64, Vec<u8>) = stmt
+                .query_row([current], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .ok_or(DbError::NoSuchId(current))?;
+            components.push(name);
+            if components.len() > 4096 {
+                return Err(DbError::Corrupt(format!("parent loop above ID {id}")));
+            }
+            current = parent as u32;
+        }
+        components.reverse();
+        Ok(components)
+    }
+
+    /// The ID reached by walking `components` down from the root, if every step exists.
+    fn id_of_path(&self, components: &[&[u8]]) -> Result<Option<u32>> {
+        let mut current = ROOT_ID;
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT id FROM objects WHERE parent = ?1 AND name = ?2")?;
+        for name in components {
+            match stmt
+                .query_row(params![current, name], |r| r.get::<_, i64>(0))
+                .optional()?
+            {
+                Some(id) => current = id as u32,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(current))
+    }
+
+    /// Objects whose names match `query`; protected names never appear.
+    fn find(&self, query: &FindQuery) -> Result<Vec<Object>> {
+        let folded = names::fold_pattern(&query.pattern);
+        let (sql, pattern) = match query.mode {
+            FindMode::Substring => (
+                "SELECT o.id, o.parent, o.name, o.kind, o.dev, o.ino, o.type, o.creator, o.flags, o.ctime
+                 FROM names_fts f JOIN objects o ON o.id = f.rowid
+                 WHERE f.skey GLOB ?1 AND f.rowid > ?2 ORDER BY f.rowid LIMIT ?3",
+                format!("*{}*", names::glob_escape_literal(&folded)),
+            ),
+            FindMode::Glob => (
+                "SELECT o.id, o.parent, o.name, o.kind, o.dev, o.ino, o.type, o.creator, o.flags, o.ctime
+                 FROM names_fts f JOIN objects o ON o.id = f.rowid
+                 WHERE f.skey GLOB ?1 AND f.rowid > ?2 ORDER BY f.rowid LIMIT ?3",
+                folded,
+            ),
+            FindMode::Prefix => (
+                "SELECT id, parent, name, kind, dev, ino, type, creator, flags, ctime
+                 FROM objects WHERE skey GLOB ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                format!("{}*", names::glob_escape_literal(&folded)),
+            ),
+            FindMode::Exact => (
+                "SELECT id, parent, name, kind, dev, ino, type, creator, flags, ctime
+                 FROM objects WHERE skey = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                folded,
+            ),
+        };
+        let mut stmt = self.conn().prepare_cached(sql)?;
+        let rows = stmt.query_map(
+            params![pattern, query.after_id, query.limit.max(1)],
+            object_from_row,
+        )?;
+        let mut out: Vec<Object> = rows.collect::<rusqlite::Result<_>>()?;
+        out.retain(|o| o.id != ROOT_ID);
+        Ok(out)
+    }
+
+    /// The applications registered for `creator`, in ID order.
+    fn appl_for(&self, creator: [u8; 4]) -> Result<Vec<ApplRecord>> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT creator, app_id, tag FROM appl WHERE creator = ?1 ORDER BY app_id",
+        )?;
+        let rows = stmt.query_map([&creator[..]], |r| {
+            Ok(ApplRecord {
+                creator: four(r.get(0)?),
+                app_id: r.get::<_, i64>(1)? as u32,
+                tag: r.get::<_, i64>(2)? as u32,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The icon for (creator, type, icon kind), if recorded.
+    fn icon(&self, creator: [u8; 4], type_code: [u8; 4], itype: u8) -> Result<Option<IconRecord>> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT tag, bitmap FROM icons WHERE creator = ?1 AND type = ?2 AND itype = ?3",
+            )?
+            .query_row(params![&creator[..], &type_code[..], itype], |r| {
+                Ok(IconRecord {
+                    creator,
+                    type_code,
+                    itype,
+                    tag: r.get::<_, i64>(0)? as u32,
+                    bitmap: r.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// The icons recorded for a creator (AFP `FPGetIconInfo` iterates these).
+    fn icons_for(&self, creator: [u8; 4]) -> Result<Vec<IconRecord>> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT type, itype, tag, bitmap FROM icons WHERE creator = ?1 ORDER BY type, itype",
+        )?;
+        let rows = stmt.query_map([&creator[..]], |r| {
+            Ok(IconRecord {
+                creator,
+                type_code: four(r.get(0)?),
+                itype: r.get::<_, i64>(1)? as u8,
+                tag: r.get::<_, i64>(2)? as u32,
+                bitmap: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The Finder comment of an object, if any.
+    fn comment(&self, id: u32) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT text FROM comments WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Object count, last allocated ID and format version.
+    fn stats(&self) -> Result<Stats> {
+        let objects: i64 = self
+            .conn()
+            .query_row("SELECT count(*) FROM objects", [], |r| r.get(0))?;
+        Ok(Stats {
+            objects: objects as u64,
+            last_id: meta_get(self.conn(), "last_id")?.unwrap_or(0) as u32,
+            format_version: self
+                .conn()
+                .query_row("PRAGMA user_version", [], |r| r.get(0))?,
+        })
+    }
+
+    /// The quick logical check run at start-up: root present, no dangling parents, counter
+    /// sane. Returns the problems found (empty when the desktop is sound).
+    fn quick_check(&self) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        match self.get(ROOT_ID) {
+            Ok(root) if root.parent == ROOT_PARENT_ID && root.kind == Kind::Dir => {}
+            Ok(_) => problems.push("the root record (ID 2) is malformed".to_string()),
+            Err(DbError::NoSuchId(_)) => problems.push("the root record (ID 2) is missing".into()),
+            Err(e) => return Err(e),
+        }
+        let dangling: i64 = self.conn().query_row(
+            "SELECT count(*) FROM objects o WHERE o.id != ?1
+             AND NOT EXISTS (SELECT 1 FROM objects p WHERE p.id = o.parent AND p.kind = 1)",
+            [ROOT_ID],
+            |r| r.get(0),
+        )?;
+        if dangling > 0 {
+            problems.push(format!(
+                "{dangling} object(s) have a missing or non-directory parent"
+            ));
+        }
+        let max_id: i64 =
+            self.conn()
+                .query_row("SELECT coalesce(max(id), 0) FROM objects", [], |r| r.get(0))?;
+        let last = meta_get(self.conn(), "last_id")?.unwrap_or(0);
+        if last < max_id {
+            problems.push(format!(
+                "the ID counter ({last}) is below the largest ID in use ({max_id})"
+            ));
+        }
+        Ok(problems)
+    }
+
+    /// The value of a numeric `meta` key.
+    fn meta(&self, key: &str) -> Result<Option<i64>> {
+        meta_get(self.conn(), key)
+    }
+}
+
+/// A read-only connection to a desktop.
+pub struct Reader {
+    conn: Connection,
+}
+
+impl Reader {
+    /// Open `path` read-only. Readers never block the writer (WAL).
+    pub fn open(path: &Path) -> Result<Reader> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "query_only", true)?;
+        Ok(Reader { conn })
+    }
+}
+
+impl Read for Reader {
+    fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+/// What opening a desktop found out about its previous session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    /// True when the file was created by this open.
+    pub created: bool,
+    /// False when the previous session did not shut down cleanly.
+    pub was_clean: bool,
+    /// Unix time of the previous session's last recorded activity (open or clean shutdown).
+    pub last_seen: i64,
+}
+
+/// The write handle of a desktop. Exactly one exists per volume (the server's writer thread).
+pub struct Desktop {
+    conn: Connection,
+    last_id: u32,
+}
+
+impl Read for Desktop {
+    fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Desktop {
+    /// Open (creating if missing) the desktop at `path`, migrate it, make sure the root exists
+    /// and mark the session open (the clean flag is cleared until [`Desktop::close_clean`]).
+    pub fn open(path: &Path, durability: Durability) -> Result<(Desktop, OpenReport)> {
+        let created = !path.exists();
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(2))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(DbError::Corrupt(format!(
+                "cannot switch to WAL journal (got {mode})"
+            )));
+        }
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match durability {
+                Durability::Normal => "NORMAL",
+                Durability::Full => "FULL",
+            },
+        )?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        schema::migrate(&mut conn)?;
+
+        let was_clean = meta_get(&conn, "clean")?.map(|v| v != 0).unwrap_or(true);
+        let last_seen = meta_get(&conn, "last_seen")?.unwrap_or(0);
+        let tx = conn.transaction()?;
+        if meta_get(&tx, "created")?.is_none() {
+            meta_set(&tx, "created", now_unix())?;
+            meta_set(&tx, "last_id", (FIRST_ID - 1) as i64)?;
+            let uuid = random_u64()?;
+            meta_set(&tx, "volume_uuid", uuid as i64)?;
+        }
+        let root_exists: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM objects WHERE id = ?1)",
+            [ROOT_ID],
+            |r| r.get(0),
+        )?;
+        if !root_exists {
+            tx.execute(
+                "INSERT INTO objects (id, parent, name, kind, skey, ctime) VALUES (?1, ?2, x'', 1, '', ?3)",
+                params![ROOT_ID, ROOT_PARENT_ID, now_unix()],
+            )?;
+        }
+        meta_set(&tx, "clean", 0)?;
+        meta_set(&tx, "last_seen", now_unix())?;
+        tx.commit()?;
+        let last_id = meta_get(&conn, "last_id")?.unwrap_or((FIRST_ID - 1) as i64) as u32;
+        Ok((
+            Desktop { conn, last_id },
+            OpenReport {
+                created,
+                was_clean: created || was_clean,
+                last_seen,
+            },
+        ))
+    }
+
+    /// Start a batch: one transaction for many requests (group commit).
+    pub fn batch(&mut self) -> Result<Batch<'_>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        Ok(Batch {
+            tx,
+            last_id: &mut self.last_id,
+        })
+    }
+
+    /// Checkpoint the WAL into the main file. `truncate` also empties the WAL file (flush);
+    /// otherwise a passive checkpoint copies what it can without waiting for readers.
+    /// Returns (busy, frames in WAL, frames checkpointed).
+    pub fn checkpoint(&self, truncate: bool) -> Result<(i64, i64, i64)> {
+        let sql = if truncate {
+            "PRAGMA wal_checkpoint(TRUNCATE)"
+        } else {
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        };
+        Ok(self
+            .conn
+            .query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?)
+    }
+
+    /// Record a clean shutdown and flush everything into the main file.
+    pub fn close_clean(self) -> Result<()> {
+        meta_set(&self.conn, "clean", 1)?;
+        meta_set(&self.conn, "last_seen", now_unix())?;
+        self.checkpoint(true)?;
+        Ok(())
+    }
+
+    /// The last allocated ID (the counter only grows).
+    pub fn last_id(&self) -> u32 {
+        self.last_id
+    }
+}
+
+fn random_u64() -> Result<u64> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| DbError::Corrupt(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// One write transaction. Dropping it without [`Batch::commit`] rolls everything back.
+pub struct Batch<'a> {
+    tx: rusqlite::Transaction<'a>,
+    last_id: &'a mut u32,
+}
+
+impl Read for Batch<'_> {
+    fn conn(&self) -> &Connection {
+        &self.tx
+    }
+}
+
+impl Batch<'_> {
+    /// Run one request in a savepoint: if it fails, only its own changes are undone.
+    pub fn step<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.tx.execute_batch("SAVEPOINT step")?;
+        match f(self) {
+            Ok(v) => {
+                self.tx.execute_batch("RELEASE step")?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.tx
+                    .execute_batch("ROLLBACK TO step; RELEASE step")
+                    .map_err(DbError::from)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Commit the batch (the counter is stored with it).
+    pub fn commit(self) -> Result<()> {
+        meta_set(&self.tx, "last_id", *self.last_id as i64)?;
+        self.tx.commit()?;
+        Ok(())
+    }
+
+    fn id_taken(&self, id: u32) -> Result<bool> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM objects WHERE id = ?1)")?
+            .query_row([id], |r| r.get(0))?)
+    }
+
+    fn require_dir(&self, id: u32) -> Result<()> {
+        let kind: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT kind FROM objects WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        match kind {
+            None => Err(DbError::NoSuchId(id)),
+            Some(k) if Kind::from_sql(k) != Kind::Dir => Err(DbError::NotADirectory(id)),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Pick the ID for a new object: the hint when it is usable and free, else the next free
+    /// counter value. The counter never moves backwards, so IDs are never reused.
+    fn allocate(&mut self, hint: Option<u32>) -> Result<u32> {
+        if let Some(h) = hint {
+            if !ids::is_forbidden(h) && !self.id_taken(h)? {
+                *self.last_id = (*self.last_id).max(h);
+                return Ok(h);
+            }
+        }
+        let mut candidate = *self.last_id;
+        loop {
+            candidate = ids::next_candidate(candidate).ok_or(DbError::IdSpaceExhausted)?;
+            if !self.id_taken(candidate)? {
+                *self.last_id = candidate;
+                return Ok(candidate);
+            }
+        }
+    }
+
+    /// Register a new object and return its ID. If the name is already registered in that
+    /// directory, the existing object is returned instead (lookup-or-add).
+    pub fn add(&mut self, new: &NewObject) -> Result<(u32, bool)> {
+        validate_name(&new.name)?;
+        if let Some(existing) = self.lookup(new.parent, &new.name)? {
+            return Ok((existing.id, false));
+        }
+        self.require_dir(new.parent)?;
+        let id = self.allocate(new.hint)?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO objects (id, parent, name, kind, dev, ino, type, creator, flags, ctime, skey)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                id,
+                new.parent,
+                new.name,
+                new.kind.to_sql(),
+                new.dev as i64,
+                new.ino as i64,
+                &new.type_code[..],
+                &new.creator[..],
+                new.flags,
+                new.ctime,
+                names::search_key(&new.name),
+            ])?;
+        Ok((id, true))
+    }
+
+    /// Update the recorded device and inode of an object (after a copy-replace on disk).
+    pub fn set_devino(&mut self, id: u32, dev: u64, ino: u64) -> Result<()> {
+        let n = self
+            .tx
+            .prepare_cached("UPDATE objects SET dev = ?2, ino = ?3 WHERE id = ?1")?
+            .execute(params![id, dev as i64, ino as i64])?;
+        if n == 0 {
+            return Err(DbError::NoSuchId(id));
+        }
+        Ok(())
+    }
+
+    /// Move and/or rename an object; its ID and its descendants' IDs stay. With `replace`, an
+    /// object already at the destination is removed first (as `rename(2)` replaces it).
+    /// Returns the IDs removed by the replacement.
+    pub fn rename(
+        &mut self,
+        id: u32,
+        new_parent: u32,
+        new_name: &[u8],
+        replace: bool,
+    ) -> Result<Vec<u32>> {
+        validate_name(new_name)?;
+        if id == ROOT_ID {
+            return Err(DbError::Root("renamed"));
+        }
+        let object = self.get(id)?;
+        self.require_dir(new_parent)?;
+        if object.kind == Kind::Dir {
+            // Refuse a move into itself or a descendant.
+            let mut cursor = new_parent;
+            while cursor != ROOT_ID && cursor != ROOT_PARENT_ID {
+                if cursor == id {
+                    return Err(DbError::IntoItself(id));
+                }
+                cursor = self.get(cursor)?.parent;
+            }
+        }
+        let mut removed = Vec::new();
+        if let Some(existing) = self.lookup(new_parent, new_name)? {
+            if existing.id == id {
+                return Ok(removed);
+            }
+            if !replace {
+                return Err(DbError::Exists {
+                    parent: new_parent,
+                    name: String::from_utf8_lossy(new_name).into_owned(),
+                    existing: existing.id,
+                });
+            }
+            removed = self.delete(existing.id, true)?;
+        }
+        self.tx
+            .prepare_cached("UPDATE objects SET parent = ?2, name = ?3, skey = ?4 WHERE id = ?1")?
+            .execute(params![id, new_parent, new_name, names::search_key(new_name)])?;
+        Ok(removed)
+    }
+
+    /// Remove an object; with `recursive`, a directory and everything below it. Returns the
+    /// removed IDs. Removed IDs are never handed out again.
+    pub fn delete(&mut self, id: u32, recursive: bool) -> Result<Vec<u32>> {
+        if id == ROOT_ID {
+            return Err(DbError::Root("deleted"));
+        }
+        let object = self.get(id)?;
+        let ids: Vec<u32> = if object.kind == Kind::Dir {
+            let mut stmt = self.tx.prepare_cached(
+                "WITH RECURSIVE sub(id) AS (
+                    SELECT ?1 UNION ALL SELECT o.id FROM objects o JOIN sub ON o.parent = sub.id)
+                 SELECT id FROM sub",
+            )?;
+            let rows = stmt.query_map([id], |r| r.get::<_, i64>(0).map(|v| v as u32))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        } else {
+            vec![id]
+        };
+        if ids.len() > 1 && !recursive {
+            return Err(DbError::NotEmpty(id));
+        }
+        let mut stmt = self
+            .tx
+            .prepare_cached("DELETE FROM objects WHERE id = ?1")?;
+        // Children first, so no row is ever left without its parent.
+        for removed in ids.iter().rev() {
+            stmt.execute([removed])?;
+        }
+        Ok(ids)
+    }
+
+    /// Change Mac type, creator or Finder flags. A type of `APPL` registers the object as its
+    /// creator's application; changing it away unregisters it.
+    pub fn set_info(&mut self, id: u32, update: &InfoUpdate) -> Result<Object> {
+        let mut object = self.get(id)?;
+        if let Some(t) = update.type_code {
+            object.type_code = t;
+        }
+        if let Some(c) = update.creator {
+            object.creator = c;
+        }
+        if let Some(f) = update.flags {
+            object.flags = f;
+        }
+        self.tx
+            .prepare_cached("UPDATE objects SET type = ?2, creator = ?3, flags = ?4 WHERE id = ?1")?
+            .execute(params![
+                id,
+                &object.type_code[..],
+                &object.creator[..],
+                object.flags
+            ])?;
+        Ok(object)
+    }
+
+    /// Add an APPL record (AFP `FPAddAPPL`): `app_id` opens documents of `creator`.
+    pub fn appl_add(&mut self, record: &ApplRecord) -> Result<()> {
+        self.get(record.app_id)?;
+        self.tx.execute(
+            "INSERT INTO appl (creator, app_id, tag) VALUES (?1, ?2, ?3)
+             ON CONFLICT (creator, app_id) DO UPDATE SET tag = excluded.tag",
+            params![&record.creator[..], record.app_id, record.tag],
+        )?;
+        Ok(())
+    }
+
+    /// Remove an APPL record; returns whether one was there.
+    pub fn appl_remove(&mut self, creator: [u8; 4], app_id: u32) -> Result<bool> {
+        Ok(self.tx.execute(
+            "DELETE FROM appl WHERE creator = ?1 AND app_id = ?2",
+            params![&creator[..], app_id],
+        )? > 0)
+    }
+
+    /// Add or replace an icon record.
+    pub fn icon_add(&mut self, icon: &IconRecord) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO icons (creator, type, itype, tag, bitmap) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (creator, type, itype) DO UPDATE SET tag = excluded.tag, bitmap = excluded.bitmap",
+            params![
+                &icon.creator[..],
+                &icon.type_code[..],
+                icon.itype,
+                icon.tag,
+                icon.bitmap
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Set (replace) the Finder comment of an object.
+    pub fn comment_set(&mut self, id: u32, text: &[u8]) -> Result<()> {
+        self.get(id)?;
+        self.tx.execute(
+            "INSERT INTO comments (id, text) VALUES (?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET text = excluded.text",
+            params![id, text],
+        )?;
+        Ok(())
+    }
+
+    /// Remove the Finder comment of an object; returns whether one was there.
+    pub fn comment_remove(&mut self, id: u32) -> Result<bool> {
+        Ok(self
+            .tx
+            .execute("DELETE FROM comments WHERE id = ?1", [id])?
+            > 0)
+    }
+
+    /// Set the allocation counter (tests and migration tools); it never moves backwards.
+    pub fn raise_counter(&mut self, at_least: u32) {
+        *self.last_id = (*self.last_id).max(at_least);
+    }
+}
+
+#[cfg(test)]
+mod tests;

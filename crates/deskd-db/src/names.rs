@@ -1,0 +1,77 @@
+//! Name handling for search: the search key (Unicode NFC + lower case) and pattern translation.
+//!
+//! Names are bytes (Linux names need not be UTF-8). The search key is derived from the name
+//! decoded lossily, normalised to NFC and lower-cased, so NFC and NFD spellings of one name and
+//! its upper- and lower-case forms all share one key.
+
+use unicode_normalization::UnicodeNormalization;
+
+/// The search key of a name: NFC, lower case, NFC again (lower-casing can decompose).
+pub fn search_key(name: &[u8]) -> String {
+    let text = String::from_utf8_lossy(name);
+    let nfc: String = text.nfc().collect();
+    nfc.to_lowercase().nfc().collect()
+}
+
+/// Fold a user pattern the same way names are folded.
+pub fn fold_pattern(pattern: &str) -> String {
+    search_key(pattern.as_bytes())
+}
+
+/// Escape the SQLite GLOB metacharacters of a literal string.
+pub fn glob_escape_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '*' => out.push_str("[*]"),
+            '?' => out.push_str("[?]"),
+            '[' => out.push_str("[[]"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// True when a pattern uses glob syntax (`*`, `?` or `[`).
+pub fn looks_like_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '['])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn nfc_and_nfd_share_a_key() {
+        let nfc = "Caf\u{e9}.txt";
+        let nfd = "Cafe\u{301}.TXT";
+        assert_eq!(search_key(nfc.as_bytes()), search_key(nfd.as_bytes()));
+        assert_eq!(search_key(nfc.as_bytes()), "caf\u{e9}.txt");
+    }
+
+    #[test]
+    fn non_utf8_names_get_a_key() {
+        let key = search_key(b"bad\xffname");
+        assert!(key.starts_with("bad"));
+        assert!(key.ends_with("name"));
+    }
+
+    #[test]
+    fn escaping_keeps_literals_literal() {
+        assert_eq!(glob_escape_literal("a*b?c[d"), "a[*]b[?]c[[]d");
+    }
+
+    proptest! {
+        #[test]
+        fn key_is_idempotent(s in "\\PC{0,20}") {
+            let once = search_key(s.as_bytes());
+            prop_assert_eq!(search_key(once.as_bytes()), once.clone());
+        }
+
+        #[test]
+        fn key_ignores_ascii_case(s in "[a-zA-Z0-9 ._-]{0,30}") {
+            prop_assert_eq!(search_key(s.to_uppercase().as_bytes()), search_key(s.to_lowercase().as_bytes()));
+        }
+    }
+}

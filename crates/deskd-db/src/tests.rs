@@ -1,0 +1,348 @@
+use super::*;
+use proptest::prelude::*;
+
+fn open_temp() -> (tempfile::TempDir, Desktop) {
+    let dir = tempfile::tempdir().unwrap();
+    let (desk, report) = Desktop::open(&dir.path().join(".Desktop"), Durability::Normal).unwrap();
+    assert!(report.created);
+    (dir, desk)
+}
+
+fn file(parent: u32, name: &[u8]) -> NewObject {
+    NewObject {
+        parent,
+        name: name.to_vec(),
+        kind: Kind::File,
+        dev: 1,
+        ino: 1,
+        type_code: *b"UNIX",
+        creator: *b"UNKN",
+        flags: 0,
+        ctime: 0,
+        hint: None,
+    }
+}
+
+fn dir(parent: u32, name: &[u8]) -> NewObject {
+    NewObject {
+        kind: Kind::Dir,
+        ..file(parent, name)
+    }
+}
+
+fn add(desk: &mut Desktop, new: NewObject) -> u32 {
+    let mut b = desk.batch().unwrap();
+    let (id, _) = b.add(&new).unwrap();
+    b.commit().unwrap();
+    id
+}
+
+#[test]
+fn root_and_first_ids() {
+    let (_d, mut desk) = open_temp();
+    let root = desk.get(ROOT_ID).unwrap();
+    assert_eq!(root.parent, ROOT_PARENT_ID);
+    assert_eq!(root.kind, Kind::Dir);
+    assert_eq!(add(&mut desk, file(ROOT_ID, b"a")), 17);
+    assert_eq!(add(&mut desk, file(ROOT_ID, b"b")), 18);
+}
+
+#[test]
+fn deleted_ids_are_not_reused_even_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".Desktop");
+    let (mut desk, _) = Desktop::open(&path, Durability::Normal).unwrap();
+    let a = add(&mut desk, file(ROOT_ID, b"a"));
+    let mut b = desk.batch().unwrap();
+    b.delete(a, false).unwrap();
+    b.commit().unwrap();
+    drop(desk);
+    let (mut desk, report) = Desktop::open(&path, Durability::Normal).unwrap();
+    assert!(!report.was_clean, "dropping without close_clean is unclean");
+    let b_id = add(&mut desk, file(ROOT_ID, b"a"));
+    assert!(b_id > a);
+    desk.close_clean().unwrap();
+    let (_desk, report) = Desktop::open(&path, Durability::Normal).unwrap();
+    assert!(report.was_clean);
+}
+
+#[test]
+fn hint_is_honoured_when_free_and_raises_the_counter() {
+    let (_d, mut desk) = open_temp();
+    let mut n = file(ROOT_ID, b"restored");
+    n.hint = Some(5000);
+    assert_eq!(add(&mut desk, n), 5000);
+    let mut dup = file(ROOT_ID, b"copy");
+    dup.hint = Some(5000);
+    assert_eq!(add(&mut desk, dup), 5001, "a taken hint falls back to the counter");
+    let mut bad = file(ROOT_ID, b"reserved");
+    bad.hint = Some(1 << 24);
+    assert_eq!(add(&mut desk, bad), 5002, "skipped values are never honoured");
+}
+
+#[test]
+fn skips_multiples_of_2_pow_24_and_reports_exhaustion() {
+    let (_d, mut desk) = open_temp();
+    let mut b = desk.batch().unwrap();
+    b.raise_counter((1 << 24) - 1);
+    let (id, _) = b.add(&file(ROOT_ID, b"x")).unwrap();
+    assert_eq!(id, (1 << 24) + 1);
+    b.raise_counter(LAST_USABLE_ID - 1);
+    let (id, _) = b.add(&file(ROOT_ID, b"y")).unwrap();
+    assert_eq!(id, LAST_USABLE_ID);
+    let err = b.add(&file(ROOT_ID, b"z")).unwrap_err();
+    assert!(matches!(err, DbError::IdSpaceExhausted));
+    assert!(err.to_string().contains("ID space exhausted"));
+}
+
+#[test]
+fn names_are_bytes_and_validated() {
+    let (_d, mut desk) = open_temp();
+    let id = add(&mut desk, file(ROOT_ID, b"bad\xff\xfename"));
+    assert_eq!(desk.get(id).unwrap().name, b"bad\xff\xfename");
+    let mut b = desk.batch().unwrap();
+    assert!(matches!(
+        b.add(&file(ROOT_ID, &[b'a'; 256])),
+        Err(DbError::InvalidName(..))
+    ));
+    assert!(b.add(&file(ROOT_ID, &[b'a'; 255])).is_ok());
+    assert!(matches!(b.add(&file(ROOT_ID, b"a/b")), Err(DbError::InvalidName(..))));
+    assert!(matches!(b.add(&file(ROOT_ID, b"..")), Err(DbError::InvalidName(..))));
+}
+
+#[test]
+fn rename_keeps_ids_of_a_subtree_and_paths_follow() {
+    let (_d, mut desk) = open_temp();
+    let a = add(&mut desk, dir(ROOT_ID, b"a"));
+    let b_dir = add(&mut desk, dir(ROOT_ID, b"b"));
+    let inner = add(&mut desk, dir(a, b"inner"));
+    let leaf = add(&mut desk, file(inner, b"leaf"));
+    let mut b = desk.batch().unwrap();
+    b.rename(a, b_dir, b"moved", false).unwrap();
+    assert!(matches!(b.rename(b_dir, inner, b"loop", false), Err(DbError::IntoItself(_))));
+    b.commit().unwrap();
+    assert_eq!(
+        desk.path_of(leaf).unwrap(),
+        vec![b"b".to_vec(), b"moved".to_vec(), b"inner".to_vec(), b"leaf".to_vec()]
+    );
+    assert_eq!(
+        desk.id_of_path(&[b"b", b"moved", b"inner", b"leaf"]).unwrap(),
+        Some(leaf)
+    );
+}
+
+#[test]
+fn rename_onto_existing_needs_replace() {
+    let (_d, mut desk) = open_temp();
+    let a = add(&mut desk, file(ROOT_ID, b"a"));
+    let b_id = add(&mut desk, file(ROOT_ID, b"b"));
+    let mut b = desk.batch().unwrap();
+    assert!(matches!(b.rename(a, ROOT_ID, b"b", false), Err(DbError::Exists { .. })));
+    assert_eq!(b.rename(a, ROOT_ID, b"b", true).unwrap(), vec![b_id]);
+    b.commit().unwrap();
+    assert_eq!(desk.lookup(ROOT_ID, b"b").unwrap().unwrap().id, a);
+}
+
+#[test]
+fn delete_needs_recursive_for_non_empty_dirs() {
+    let (_d, mut desk) = open_temp();
+    let d = add(&mut desk, dir(ROOT_ID, b"d"));
+    let f = add(&mut desk, file(d, b"f"));
+    let mut b = desk.batch().unwrap();
+    assert!(matches!(b.delete(d, false), Err(DbError::NotEmpty(_))));
+    let mut removed = b.delete(d, true).unwrap();
+    removed.sort();
+    assert_eq!(removed, vec![d, f]);
+    assert!(matches!(b.delete(ROOT_ID, true), Err(DbError::Root(_))));
+    b.commit().unwrap();
+    assert!(matches!(desk.get(f), Err(DbError::NoSuchId(_))));
+}
+
+#[test]
+fn step_isolates_a_failing_request() {
+    let (_d, mut desk) = open_temp();
+    let mut b = desk.batch().unwrap();
+    let ok = b.step(|b| b.add(&file(ROOT_ID, b"kept"))).unwrap().0;
+    let failed = b.step(|b| {
+        b.add(&file(ROOT_ID, b"undone"))?;
+        b.delete(ROOT_ID, true)
+    });
+    assert!(failed.is_err());
+    b.commit().unwrap();
+    assert!(desk.get(ok).is_ok());
+    assert!(desk.lookup(ROOT_ID, b"undone").unwrap().is_none());
+}
+
+#[test]
+fn appl_type_registers_and_unregisters() {
+    let (_d, mut desk) = open_temp();
+    let mut app = file(ROOT_ID, b"SimpleText");
+    app.type_code = APPL;
+    app.creator = *b"ttxt";
+    let id = add(&mut desk, app);
+    assert_eq!(desk.appl_for(*b"ttxt").unwrap().len(), 1);
+    assert_eq!(desk.appl_for(*b"ttxt").unwrap()[0].app_id, id);
+    let mut b = desk.batch().unwrap();
+    b.set_info(id, &InfoUpdate { type_code: Some(*b"TEXT"), ..Default::default() }).unwrap();
+    b.commit().unwrap();
+    assert!(desk.appl_for(*b"ttxt").unwrap().is_empty());
+    let mut b = desk.batch().unwrap();
+    b.set_info(id, &InfoUpdate { type_code: Some(APPL), ..Default::default() }).unwrap();
+    b.commit().unwrap();
+    assert_eq!(desk.appl_for(*b"ttxt").unwrap().len(), 1);
+    let mut b = desk.batch().unwrap();
+    b.delete(id, false).unwrap();
+    b.commit().unwrap();
+    assert!(desk.appl_for(*b"ttxt").unwrap().is_empty(), "deleting the app unregisters it");
+}
+
+#[test]
+fn icons_and_comments() {
+    let (_d, mut desk) = open_temp();
+    let id = add(&mut desk, file(ROOT_ID, b"doc"));
+    let icon = IconRecord { creator: *b"ttxt", type_code: *b"TEXT", itype: 1, tag: 7, bitmap: vec![1, 2, 3] };
+    let mut b = desk.batch().unwrap();
+    b.icon_add(&icon).unwrap();
+    b.comment_set(id, b"hello").unwrap();
+    b.comment_set(id, b"replaced").unwrap();
+    b.commit().unwrap();
+    assert_eq!(desk.icon(*b"ttxt", *b"TEXT", 1).unwrap(), Some(icon.clone()));
+    assert_eq!(desk.icons_for(*b"ttxt").unwrap(), vec![icon]);
+    assert_eq!(desk.comment(id).unwrap(), Some(b"replaced".to_vec()));
+    let mut b = desk.batch().unwrap();
+    b.delete(id, false).unwrap();
+    b.commit().unwrap();
+    assert_eq!(desk.comment(id).unwrap(), None, "comments go with their object");
+}
+
+fn find(desk: &Desktop, pattern: &str, mode: FindMode) -> Vec<Vec<u8>> {
+    let mut names: Vec<Vec<u8>> = desk
+        .find(&FindQuery { pattern: pattern.into(), mode, limit: 1000, after_id: 0 })
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn find_modes_fold_case_and_normalisation() {
+    let (_d, mut desk) = open_temp();
+    for name in ["Report 2024.pdf", "report-final.DOC", "Caf\u{e9}.txt", "Cafe\u{301} Menu", "xy", "a*b"] {
+        add(&mut desk, file(ROOT_ID, name.as_bytes()));
+    }
+    let sub = find(&desk, "REPORT", FindMode::Substring);
+    assert_eq!(sub.len(), 2);
+    assert_eq!(find(&desk, "port", FindMode::Substring).len(), 2);
+    assert_eq!(find(&desk, "rep", FindMode::Prefix).len(), 2);
+    assert_eq!(find(&desk, "port", FindMode::Prefix).len(), 0);
+    assert_eq!(find(&desk, "*.pdf", FindMode::Glob), vec![b"Report 2024.pdf".to_vec()]);
+    assert_eq!(find(&desk, "report?final.*", FindMode::Glob).len(), 1);
+    // NFD pattern finds the NFC name and vice versa.
+    assert_eq!(find(&desk, "cafe\u{301}", FindMode::Substring).len(), 2);
+    assert_eq!(find(&desk, "CAF\u{c9}", FindMode::Prefix).len(), 2);
+    // Short patterns (fewer than 3 characters) still work.
+    assert_eq!(find(&desk, "XY", FindMode::Substring), vec![b"xy".to_vec()]);
+    // Glob metacharacters in a substring pattern are literal.
+    assert_eq!(find(&desk, "a*b", FindMode::Substring), vec![b"a*b".to_vec()]);
+    assert_eq!(find(&desk, "report 2024.PDF", FindMode::Exact).len(), 1);
+    // Renamed objects are found under their new name only.
+    let id = desk.lookup(ROOT_ID, b"xy").unwrap().unwrap().id;
+    let mut b = desk.batch().unwrap();
+    b.rename(id, ROOT_ID, b"zzz-renamed", false).unwrap();
+    b.commit().unwrap();
+    assert!(find(&desk, "xy", FindMode::Substring).is_empty());
+    assert_eq!(find(&desk, "renamed", FindMode::Substring).len(), 1);
+}
+
+#[test]
+fn find_pages_with_a_cursor() {
+    let (_d, mut desk) = open_temp();
+    for i in 0..25 {
+        add(&mut desk, file(ROOT_ID, format!("page-{i}").as_bytes()));
+    }
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = desk
+            .find(&FindQuery { pattern: "page".into(), mode: FindMode::Substring, limit: 10, after_id: after })
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().unwrap().id;
+        seen.extend(page.into_iter().map(|o| o.id));
+    }
+    assert_eq!(seen.len(), 25);
+}
+
+#[test]
+fn quick_check_finds_dangling_parents_and_counter_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".Desktop");
+    let (mut desk, _) = Desktop::open(&path, Durability::Normal).unwrap();
+    add(&mut desk, file(ROOT_ID, b"a"));
+    assert!(desk.quick_check().unwrap().is_empty());
+    desk.close_clean().unwrap();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch("PRAGMA foreign_keys=OFF; UPDATE objects SET parent = 999 WHERE id = 17; UPDATE meta SET value = 3 WHERE key = 'last_id';").unwrap();
+    drop(raw);
+    let reader = Reader::open(&path).unwrap();
+    let problems = reader.quick_check().unwrap();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+}
+
+#[test]
+fn newer_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".Desktop");
+    let (desk, _) = Desktop::open(&path, Durability::Normal).unwrap();
+    desk.close_clean().unwrap();
+    rusqlite::Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+    assert!(matches!(
+        Desktop::open(&path, Durability::Normal),
+        Err(DbError::FormatTooNew { found: 99, .. })
+    ));
+}
+
+#[test]
+fn foreign_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".Desktop");
+    rusqlite::Connection::open(&path).unwrap().execute_batch("CREATE TABLE t(x)").unwrap();
+    assert!(matches!(Desktop::open(&path, Durability::Normal), Err(DbError::NotADesktop)));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// Whatever sequence of adds and deletes happens, IDs are unique, never below 17, never a
+    /// skipped value, and a deleted ID never comes back.
+    #[test]
+    fn ids_are_unique_and_never_reused(ops in proptest::collection::vec((any::<bool>(), 0u8..20, proptest::option::of(17u32..200)), 1..60)) {
+        let (_d, mut desk) = open_temp();
+        let mut live: std::collections::HashMap<u8, u32> = Default::default();
+        let mut ever: std::collections::HashSet<u32> = Default::default();
+        let mut deleted: std::collections::HashSet<u32> = Default::default();
+        for (is_add, slot, hint) in ops {
+            let mut b = desk.batch().unwrap();
+            if is_add {
+                let mut n = file(ROOT_ID, format!("n{slot}").as_bytes());
+                n.hint = hint.filter(|h| !deleted.contains(h)); // hints only ever come from live resource files
+                let (id, created) = b.add(&n).unwrap();
+                if created {
+                    prop_assert!(id >= FIRST_ID && !ids::is_forbidden(id));
+                    prop_assert!(!ever.contains(&id), "ID {} handed out twice", id);
+                    ever.insert(id);
+                    live.insert(slot, id);
+                } else {
+                    prop_assert_eq!(live.get(&slot), Some(&id));
+                }
+            } else if let Some(id) = live.remove(&slot) {
+                b.delete(id, false).unwrap();
+                deleted.insert(id);
+            }
+            b.commit().unwrap();
+        }
+    }
+}
