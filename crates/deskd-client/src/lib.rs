@@ -1,1 +1,237 @@
-//! placeholder
+//! Synchronous client for the deskd desktop server, used by `dt`, `deskd` and file servers.
+//!
+//! [`Client::connect`] opens the Unix socket (see [`deskd_proto::socket_path`] for the rule every
+//! program uses) and does the version handshake. [`Client::call`] sends one request and waits;
+//! [`Client::send`] / [`Client::recv`] pipeline many. Every wait is bounded by the client timeout
+//! (default 60 s, `$DESKD_CLIENT_TIMEOUT`): past it the call fails with
+//! [`ClientError::Timeout`], and callers treat the volume as read-only.
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use deskd_proto::{
+    ErrorCode, ErrorReply, FindMode, Kind, ObjectInfo, Request, Response, VolumeInfo, VolumeStatus,
+};
+use deskd_proto::{ProtoError, ReplyFrame, RequestFrame, PROTOCOL_VERSION};
+
+/// The client timeout when none is configured (HELIOS: 60 s).
+pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
+
+/// Errors of a client call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to deskd at {path}: {source} (is `deskd serve` running?)")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("deskd: timed out; only read-only access possible")]
+    Timeout,
+    #[error("deskd closed the connection")]
+    Closed,
+    #[error("protocol: {0}")]
+    Proto(#[from] ProtoError),
+    #[error("{0}")]
+    Server(ErrorReply),
+    #[error("unexpected reply from deskd: {0}")]
+    Unexpected(String),
+}
+
+impl ClientError {
+    /// The server's error code, when the server answered with an error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+fn io_error(e: std::io::Error) -> ClientError {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Timeout,
+        std::io::ErrorKind::UnexpectedEof
+        | std::io::ErrorKind::BrokenPipe
+        | std::io::ErrorKind::ConnectionReset => ClientError::Closed,
+        _ => ClientError::Proto(ProtoError::Io(e)),
+    }
+}
+
+fn proto_error(e: ProtoError) -> ClientError {
+    match e {
+        ProtoError::Io(io) => io_error(io),
+        other => ClientError::Proto(other),
+    }
+}
+
+/// The timeout from `$DESKD_CLIENT_TIMEOUT` (seconds), else 60 s.
+pub fn default_timeout() -> Duration {
+    let secs = std::env::var("DESKD_CLIENT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .unwrap_or(DEFAULT_TIMEOUT_SECS as f64);
+    Duration::from_secs_f64(secs)
+}
+
+/// A connection to deskd.
+pub struct Client {
+    input: BufReader<UnixStream>,
+    output: BufWriter<UnixStream>,
+    next_id: u64,
+    /// Replies that arrived while waiting for another id.
+    early: HashMap<u64, std::result::Result<Response, ErrorReply>>,
+    body: Vec<u8>,
+}
+
+impl Client {
+    /// Connect and handshake, with `timeout` bounding every later wait.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Client> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
+        (&stream)
+            .write_all(&deskd_proto::client_hello(PROTOCOL_VERSION))
+            .map_err(io_error)?;
+        let mut hello = [0u8; 8];
+        (&stream).read_exact(&mut hello).map_err(io_error)?;
+        deskd_proto::check_server_hello(&hello)?;
+        let output = BufWriter::new(stream.try_clone().map_err(io_error)?);
+        Ok(Client {
+            input: BufReader::with_capacity(64 * 1024, stream),
+            output,
+            next_id: 1,
+            early: HashMap::new(),
+            body: Vec::new(),
+        })
+    }
+
+    /// Queue a request without waiting (pipelining); returns its id. Call [`Client::flush`]
+    /// before waiting for replies.
+    pub fn send(&mut self, request: Request) -> Result<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        deskd_proto::write_frame(&mut self.output, &RequestFrame { id, request })
+            .map_err(proto_error)?;
+        Ok(id)
+    }
+
+    /// Push queued requests to the server.
+    pub fn flush(&mut self) -> Result<()> {
+        self.output.flush().map_err(io_error)
+    }
+
+    /// The next reply in arrival order: (request id, result).
+    pub fn recv(&mut self) -> Result<(u64, std::result::Result<Response, ErrorReply>)> {
+        if let Some(&id) = self.early.keys().next() {
+            let r = self.early.remove(&id).expect("key present");
+            return Ok((id, r));
+        }
+        self.read_reply()
+    }
+
+    fn read_reply(&mut self) -> Result<(u64, std::result::Result<Response, ErrorReply>)> {
+        if !deskd_proto::read_frame_body(&mut self.input, &mut self.body).map_err(proto_error)? {
+            return Err(ClientError::Closed);
+        }
+        let frame: ReplyFrame = deskd_proto::decode(&self.body)?;
+        if frame.id == 0 {
+            // A connection-level error (malformed or oversized frame).
+            if let Err(e) = frame.result {
+                return Err(ClientError::Server(e));
+            }
+        }
+        Ok((frame.id, frame.result))
+    }
+
+    /// Wait for the reply to request `id`.
+    pub fn wait(&mut self, id: u64) -> Result<Response> {
+        if let Some(r) = self.early.remove(&id) {
+            return r.map_err(ClientError::Server);
+        }
+        loop {
+            let (got, result) = self.read_reply()?;
+            if got == id {
+                return result.map_err(ClientError::Server);
+            }
+            self.early.insert(got, result);
+        }
+    }
+
+    /// Send one request and wait for its reply.
+    pub fn call(&mut self, request: Request) -> Result<Response> {
+        let id = self.send(request)?;
+        self.flush()?;
+        self.wait(id)
+    }
+
+    /// The served volumes.
+    pub fn volumes(&mut self) -> Result<Vec<VolumeInfo>> {
+        match self.call(Request::Volumes)? {
+            Response::Volumes(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The handle of the volume rooted at `root`.
+    pub fn open_volume(&mut self, root: &Path) -> Result<VolumeInfo> {
+        match self.call(Request::OpenVolume { root: root.as_os_str().as_bytes().to_vec() })? {
+            Response::Volume(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Call a request that answers with one object.
+    pub fn object(&mut self, request: Request) -> Result<ObjectInfo> {
+        match self.call(request)? {
+            Response::Object(o) => Ok(o),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Call a request that answers with an optional object.
+    pub fn maybe_object(&mut self, request: Request) -> Result<Option<ObjectInfo>> {
+        match self.call(request)? {
+            Response::MaybeObject(o) => Ok(o),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Call a request that answers with a list of objects.
+    pub fn objects(&mut self, request: Request) -> Result<Vec<ObjectInfo>> {
+        match self.call(request)? {
+            Response::Objects(o) => Ok(o),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Call a request that answers with removed IDs.
+    pub fn removed(&mut self, request: Request) -> Result<Vec<u32>> {
+        match self.call(request)? {
+            Response::Removed(ids) => Ok(ids),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Status of one or all volumes.
+    pub fn status(&mut self, vol: Option<u32>) -> Result<Vec<VolumeStatus>> {
+        match self.call(Request::Status { vol })? {
+            Response::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(r: Response) -> ClientError {
+    ClientError::Unexpected(format!("{r:?}"))
+}

@@ -1,1 +1,511 @@
-//! placeholder
+//! The deskd wire protocol.
+//!
+//! A connection starts with a handshake: the client sends the 8 bytes
+//! `"DSKD" ++ u16 version ++ u16 flags` (big-endian); the server answers `"DSKD" ++ u16 version
+//! ++ u16 status` where status 0 accepts and 1 refuses (unsupported version; the server closes).
+//!
+//! After that, both sides send frames: a big-endian `u32` length (at most [`MAX_FRAME`]) then a
+//! [postcard]-encoded body: [`RequestFrame`] from the client, [`ReplyFrame`] from the server.
+//! Every request carries an id chosen by the client; replies carry the same id and may arrive in
+//! any order, so a client can pipeline. Every error is an [`ErrorCode`] plus a human message.
+//! `docs/protocol.md` documents the format byte by byte.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Handshake magic.
+pub const MAGIC: [u8; 4] = *b"DSKD";
+/// The largest frame body accepted, in bytes.
+pub const MAX_FRAME: u32 = 1 << 20;
+
+/// Errors of framing and encoding.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    FrameTooLarge(u32),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("bad handshake: {0}")]
+    Handshake(String),
+    #[error("server speaks protocol {server}, this client speaks {client}")]
+    VersionMismatch { server: u16, client: u16 },
+}
+
+/// What an object is, on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+        }
+    }
+}
+
+/// How `Find` matches (always case-insensitive, NFC and NFD alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FindMode {
+    Substring,
+    Prefix,
+    Glob,
+    Exact,
+}
+
+/// A volume handle: the index the server gave the volume at start-up.
+pub type VolumeId = u32;
+
+/// A request. Ids in the names are object IDs of the volume `vol`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// List the served volumes.
+    Volumes,
+    /// The handle of the volume rooted at `root` (an absolute path).
+    OpenVolume { root: Vec<u8> },
+    /// ID of `name` in directory `parent`, registering it if needed (lookup-or-add). The server
+    /// checks that `dev`/`ino` match the object on disk. `hint` is an ID to keep if free.
+    Add {
+        vol: VolumeId,
+        parent: u32,
+        name: Vec<u8>,
+        dev: u64,
+        ino: u64,
+        hint: Option<u32>,
+        type_code: Option<[u8; 4]>,
+        creator: Option<[u8; 4]>,
+    },
+    /// Register the object at `path` (relative to the root) and any unregistered directory above
+    /// it; the server stats each itself. Returns the final object.
+    AddPath {
+        vol: VolumeId,
+        path: Vec<u8>,
+        hint: Option<u32>,
+        type_code: Option<[u8; 4]>,
+        creator: Option<[u8; 4]>,
+    },
+    /// The registered object `name` in `parent` (no registration).
+    Lookup { vol: VolumeId, parent: u32, name: Vec<u8> },
+    /// The registered object at `path` (no registration).
+    LookupPath { vol: VolumeId, path: Vec<u8> },
+    /// The object with this ID, with its path.
+    Resolve { vol: VolumeId, id: u32 },
+    /// The registered children of a directory.
+    Children { vol: VolumeId, dir: u32 },
+    /// The client renamed/moved object `id` to `new_parent`/`new_name`; the server verifies it.
+    Rename {
+        vol: VolumeId,
+        id: u32,
+        new_parent: u32,
+        new_name: Vec<u8>,
+        replace: bool,
+    },
+    /// The client renamed `from` to `to` (paths relative to the root); the server verifies it.
+    /// An unregistered `from` is registered at `to` (keeping `hint` if free).
+    RenamePath {
+        vol: VolumeId,
+        from: Vec<u8>,
+        to: Vec<u8>,
+        replace: bool,
+        hint: Option<u32>,
+    },
+    /// The client removed object `id` (and, with `recursive`, everything below); verified.
+    Delete { vol: VolumeId, id: u32, recursive: bool },
+    /// The client removed `path`; verified. An unregistered path is not an error.
+    DeletePath { vol: VolumeId, path: Vec<u8>, recursive: bool },
+    /// Change type, creator or Finder flags.
+    SetInfo {
+        vol: VolumeId,
+        id: u32,
+        type_code: Option<[u8; 4]>,
+        creator: Option<[u8; 4]>,
+        flags: Option<u16>,
+    },
+    /// Names matching `pattern`, in ID order after `after_id`, at most `limit` (≤ 10,000).
+    Find {
+        vol: VolumeId,
+        pattern: String,
+        mode: FindMode,
+        limit: u32,
+        after_id: u32,
+    },
+    ApplAdd { vol: VolumeId, creator: [u8; 4], app_id: u32, tag: u32 },
+    ApplGet { vol: VolumeId, creator: [u8; 4] },
+    ApplRemove { vol: VolumeId, creator: [u8; 4], app_id: u32 },
+    IconAdd {
+        vol: VolumeId,
+        creator: [u8; 4],
+        type_code: [u8; 4],
+        itype: u8,
+        tag: u32,
+        bitmap: Vec<u8>,
+    },
+    IconGet { vol: VolumeId, creator: [u8; 4], type_code: [u8; 4], itype: u8 },
+    IconList { vol: VolumeId, creator: [u8; 4] },
+    CommentSet { vol: VolumeId, id: u32, text: Vec<u8> },
+    CommentGet { vol: VolumeId, id: u32 },
+    CommentRemove { vol: VolumeId, id: u32 },
+    /// Per-volume state; `vol: None` for all volumes.
+    Status { vol: Option<VolumeId> },
+    /// Commit and TRUNCATE-checkpoint (admin).
+    Flush { vol: Option<VolumeId> },
+    /// Flush, then keep `.Desktop` byte-stable for `seconds` (admin; `None` = default).
+    Freeze { vol: Option<VolumeId>, seconds: Option<u32> },
+    /// End a freeze early (admin).
+    Thaw { vol: Option<VolumeId> },
+}
+
+impl Request {
+    /// True for requests that change the desktop (they go through the volume's writer).
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Request::Add { .. }
+                | Request::AddPath { .. }
+                | Request::Rename { .. }
+                | Request::RenamePath { .. }
+                | Request::Delete { .. }
+                | Request::DeletePath { .. }
+                | Request::SetInfo { .. }
+                | Request::ApplAdd { .. }
+                | Request::ApplRemove { .. }
+                | Request::IconAdd { .. }
+                | Request::CommentSet { .. }
+                | Request::CommentRemove { .. }
+        )
+    }
+
+    /// The volume a request addresses, if it addresses exactly one.
+    pub fn volume(&self) -> Option<VolumeId> {
+        use Request::*;
+        match self {
+            Volumes | OpenVolume { .. } => None,
+            Status { vol } | Flush { vol } | Freeze { vol, .. } | Thaw { vol } => *vol,
+            Add { vol, .. }
+            | AddPath { vol, .. }
+            | Lookup { vol, .. }
+            | LookupPath { vol, .. }
+            | Resolve { vol, .. }
+            | Children { vol, .. }
+            | Rename { vol, .. }
+            | RenamePath { vol, .. }
+            | Delete { vol, .. }
+            | DeletePath { vol, .. }
+            | SetInfo { vol, .. }
+            | Find { vol, .. }
+            | ApplAdd { vol, .. }
+            | ApplGet { vol, .. }
+            | ApplRemove { vol, .. }
+            | IconAdd { vol, .. }
+            | IconGet { vol, .. }
+            | IconList { vol, .. }
+            | CommentSet { vol, .. }
+            | CommentGet { vol, .. }
+            | CommentRemove { vol, .. } => Some(*vol),
+        }
+    }
+}
+
+/// An object as the server reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    pub id: u32,
+    pub parent: u32,
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    pub type_code: [u8; 4],
+    pub creator: [u8; 4],
+    pub flags: u16,
+    /// The path relative to the volume root, when the request asked for it.
+    pub path: Option<Vec<u8>>,
+    /// True when this request registered the object.
+    pub created: bool,
+}
+
+/// A served volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub vol: VolumeId,
+    pub root: Vec<u8>,
+    pub read_only: bool,
+}
+
+/// State of one volume, for `deskd status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    pub vol: VolumeId,
+    pub root: Vec<u8>,
+    pub desktop: Vec<u8>,
+    pub objects: u64,
+    pub last_id: u32,
+    pub read_only: bool,
+    /// Unix time of the last flush (TRUNCATE checkpoint), 0 if none since start.
+    pub last_flush: i64,
+    /// False when the previous session ended without a clean shutdown.
+    pub clean_at_start: bool,
+    /// Unix time when the current freeze ends, if frozen.
+    pub frozen_until: Option<i64>,
+    /// Bytes in the WAL file now.
+    pub wal_bytes: u64,
+    /// Problems found by the start-up check (empty = sound).
+    pub check_problems: Vec<String>,
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Volumes(Vec<VolumeInfo>),
+    Volume(VolumeInfo),
+    Object(ObjectInfo),
+    MaybeObject(Option<ObjectInfo>),
+    Objects(Vec<ObjectInfo>),
+    /// IDs removed by a delete or a replacing rename.
+    Removed(Vec<u32>),
+    Appl(Vec<(u32, u32)>),
+    Icon(Option<(u32, Vec<u8>)>),
+    Icons(Vec<([u8; 4], u8, u32)>),
+    Comment(Option<Vec<u8>>),
+    Status(Vec<VolumeStatus>),
+    /// Frozen until this Unix time; `clamped` when the request exceeded `freeze_max`.
+    Frozen { until: i64, clamped: bool, max: u32 },
+    Done,
+}
+
+/// Typed error codes; the message says the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The frame could not be decoded.
+    BadRequest,
+    /// A frame exceeded [`MAX_FRAME`]; the server closes the connection.
+    FrameTooLarge,
+    NoSuchVolume,
+    NotFound,
+    Exists,
+    InvalidName,
+    /// The path leaves the volume (`..`, a symlink, outside the root).
+    Escape,
+    /// The name belongs to deskd (`.Desktop`, `.rsrc`).
+    Protected,
+    /// The file system does not show what the client claims.
+    ClaimRejected,
+    NotEmpty,
+    NotADirectory,
+    IntoItself,
+    IdSpaceExhausted,
+    ReadOnly,
+    PermissionDenied,
+    /// The desktop is locked by another process.
+    Busy,
+    /// The server is shutting down.
+    ShuttingDown,
+    Internal,
+}
+
+/// An error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl std::fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)
+    }
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A request with its client-chosen id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    pub id: u64,
+    pub request: Request,
+}
+
+/// A reply to the request with the same id (id 0: a connection-level error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyFrame {
+    pub id: u64,
+    pub result: Result<Response, ErrorReply>,
+}
+
+/// Encode a value as one frame (length prefix + postcard body).
+pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtoError> {
+    let mut out = vec![0u8; 4];
+    out = postcard::to_extend(value, out).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    let len = (out.len() - 4) as u32;
+    if len > MAX_FRAME {
+        return Err(ProtoError::FrameTooLarge(len));
+    }
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
+/// Write one frame.
+pub fn write_frame<T: Serialize>(w: &mut impl Write, value: &T) -> Result<(), ProtoError> {
+    w.write_all(&encode_frame(value)?)?;
+    Ok(())
+}
+
+/// Read one frame body. `Ok(None)` on a clean end of stream before the length prefix.
+pub fn read_frame_body(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<bool, ProtoError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len);
+    if len > MAX_FRAME {
+        return Err(ProtoError::FrameTooLarge(len));
+    }
+    buf.clear();
+    buf.resize(len as usize, 0);
+    r.read_exact(buf)?;
+    Ok(true)
+}
+
+/// Decode a frame body.
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ProtoError> {
+    postcard::from_bytes(body).map_err(|e| ProtoError::Malformed(e.to_string()))
+}
+
+/// The client's half of the handshake.
+pub fn client_hello(version: u16) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&MAGIC);
+    b[4..6].copy_from_slice(&version.to_be_bytes());
+    b
+}
+
+/// Parse the client's hello; returns the requested version.
+pub fn parse_hello(b: &[u8; 8]) -> Result<u16, ProtoError> {
+    if b[..4] != MAGIC {
+        return Err(ProtoError::Handshake(format!(
+            "expected magic DSKD, got {:02x?}",
+            &b[..4]
+        )));
+    }
+    Ok(u16::from_be_bytes([b[4], b[5]]))
+}
+
+/// The server's answer: status 0 = accepted, 1 = unsupported version.
+pub fn server_hello(status: u16) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&MAGIC);
+    b[4..6].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    b[6..8].copy_from_slice(&status.to_be_bytes());
+    b
+}
+
+/// Check the server's answer on the client side.
+pub fn check_server_hello(b: &[u8; 8]) -> Result<(), ProtoError> {
+    if b[..4] != MAGIC {
+        return Err(ProtoError::Handshake(
+            "the socket does not speak the deskd protocol".into(),
+        ));
+    }
+    let server = u16::from_be_bytes([b[4], b[5]]);
+    let status = u16::from_be_bytes([b[6], b[7]]);
+    if status != 0 {
+        return Err(ProtoError::VersionMismatch {
+            server,
+            client: PROTOCOL_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// The socket path every deskd program uses: `explicit`, else `$DESKD_SOCKET`, else
+/// `/run/deskd/deskd.sock` for root, else `$XDG_RUNTIME_DIR/deskd.sock`, else
+/// `/tmp/deskd-<uid>/deskd.sock`.
+pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p;
+    }
+    if let Some(p) = std::env::var_os("DESKD_SOCKET").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return PathBuf::from("/run/deskd/deskd.sock");
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir).join("deskd.sock");
+    }
+    PathBuf::from(format!("/tmp/deskd-{uid}/deskd.sock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            (any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..300), any::<u64>(), any::<u64>(), any::<Option<u32>>())
+                .prop_map(|(vol, parent, name, dev, ino, hint)| Request::Add { vol, parent, name, dev, ino, hint, type_code: Some(*b"TEXT"), creator: None }),
+            (any::<u32>(), any::<u32>()).prop_map(|(vol, id)| Request::Resolve { vol, id }),
+            (any::<u32>(), ".{0,40}", any::<u32>()).prop_map(|(vol, pattern, after_id)| Request::Find { vol, pattern, mode: FindMode::Glob, limit: 10, after_id }),
+            proptest::collection::vec(any::<u8>(), 0..100).prop_map(|root| Request::OpenVolume { root }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn frames_round_trip(id in any::<u64>(), request in arb_request()) {
+            let frame = RequestFrame { id, request };
+            let bytes = encode_frame(&frame).unwrap();
+            let mut cursor = io::Cursor::new(bytes);
+            let mut body = Vec::new();
+            prop_assert!(read_frame_body(&mut cursor, &mut body).unwrap());
+            prop_assert_eq!(decode::<RequestFrame>(&body).unwrap(), frame);
+        }
+
+        #[test]
+        fn garbage_never_panics(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode::<RequestFrame>(&body);
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_reading() {
+        let mut bytes = (MAX_FRAME + 1).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 16]);
+        let err = read_frame_body(&mut io::Cursor::new(bytes), &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, ProtoError::FrameTooLarge(_)));
+    }
+
+    #[test]
+    fn handshake() {
+        assert_eq!(parse_hello(&client_hello(7)).unwrap(), 7);
+        assert!(parse_hello(b"HTTP/1.1").is_err());
+        assert!(check_server_hello(&server_hello(0)).is_ok());
+        assert!(matches!(check_server_hello(&server_hello(1)), Err(ProtoError::VersionMismatch { .. })));
+    }
+
+    #[test]
+    fn socket_path_rule() {
+        assert_eq!(socket_path(Some("/x.sock".into())), PathBuf::from("/x.sock"));
+    }
+}

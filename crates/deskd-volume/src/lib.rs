@@ -1,1 +1,303 @@
-//! placeholder
+//! The file-system side of a deskd volume.
+//!
+//! * [`rsrc`]: resource files `DIR/.rsrc/NAME` in the public HELIOS header layout; the volume
+//!   root's own record is `ROOT/.rsrc/.rsrc`.
+//! * The ID mirror: the xattr `user.deskd.id` (4 bytes, big-endian), so an object moved by a
+//!   plain `mv` still carries its ID ([`read_id_xattr`], [`write_id_xattr`]).
+//! * Protected names (`.Desktop*`, `.rsrc`) that no client may see, create, rename or delete
+//!   ([`is_protected`]).
+//! * [`Volume`]: the one place where a client path is turned into a path inside the volume,
+//!   refusing `..` escapes, symlinks that leave the volume and invalid names.
+
+pub mod rsrc;
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// Name of the desktop database file in a volume root.
+pub const DESKTOP_FILE: &str = ".Desktop";
+/// The xattr that mirrors an object's ID.
+pub const ID_XATTR: &str = "user.deskd.id";
+/// The longest name a component may have.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Names hidden from listings and refused for any client operation.
+pub const PROTECTED_NAMES: &[&str] = &[
+    ".Desktop",
+    ".Desktop-wal",
+    ".Desktop-shm",
+    ".Desktop-journal",
+    ".rsrc",
+];
+
+/// Errors of the file-system side.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad resource file: {0}")]
+    BadResourceFile(String),
+    #[error("{0}: path leaves the volume")]
+    Escape(String),
+    #[error("{0}: protected name (.Desktop and .rsrc belong to deskd)")]
+    Protected(String),
+    #[error("{0}: invalid name: {1}")]
+    InvalidName(String, &'static str),
+    #[error("{0}: not inside the volume {1}")]
+    Outside(String, String),
+}
+
+impl VolumeError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        VolumeError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// True for names that belong to deskd itself.
+pub fn is_protected(name: &[u8]) -> bool {
+    PROTECTED_NAMES.iter().any(|p| p.as_bytes() == name)
+}
+
+/// Check one path component given by a client.
+pub fn check_name(name: &[u8]) -> Result<(), VolumeError> {
+    let shown = || String::from_utf8_lossy(name).into_owned();
+    if name.is_empty() {
+        return Err(VolumeError::InvalidName(shown(), "empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(VolumeError::InvalidName(
+            format!("{}...", String::from_utf8_lossy(&name[..32])),
+            "longer than 255 bytes",
+        ));
+    }
+    if name.contains(&b'/') || name.contains(&0) {
+        return Err(VolumeError::InvalidName(shown(), "contains '/' or NUL"));
+    }
+    if name == b"." || name == b".." {
+        return Err(VolumeError::Escape(shown()));
+    }
+    if is_protected(name) {
+        return Err(VolumeError::Protected(shown()));
+    }
+    Ok(())
+}
+
+/// Read the ID mirror of `path` (not following a final symlink). `None` when absent, malformed
+/// or unsupported by the file system.
+pub fn read_id_xattr(path: &Path) -> Option<u32> {
+    let value = xattr::get(path, ID_XATTR).ok()??;
+    let bytes: [u8; 4] = value.as_slice().try_into().ok()?;
+    Some(u32::from_be_bytes(bytes))
+}
+
+/// Write the ID mirror. File systems without user xattrs (and symlinks, which cannot carry
+/// them on Linux) are skipped silently: the resource file remains the durable copy.
+pub fn write_id_xattr(path: &Path, id: u32) -> Result<(), VolumeError> {
+    if std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    match xattr::set(path, ID_XATTR, &id.to_be_bytes()) {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => Ok(()),
+        Err(e) => Err(VolumeError::io(path, e)),
+    }
+}
+
+/// Clean a path lexically: drop `.`, apply `..` to the preceding component. A `..` above the
+/// start is kept so the caller can refuse it.
+pub fn lexical_clean(path: &Path) -> PathBuf {
+    let mut out: Vec<Component<'_>> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.last() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) => {}
+                _ => out.push(c),
+            },
+            other => out.push(other),
+        }
+    }
+    out.iter().collect()
+}
+
+/// Make `path` absolute against the current directory and clean it lexically.
+pub fn absolute(path: &Path) -> Result<PathBuf, VolumeError> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| VolumeError::io(Path::new("."), e))?
+            .join(path)
+    };
+    Ok(lexical_clean(&abs))
+}
+
+/// Find the volume that lexically contains `path`: the nearest ancestor directory holding a
+/// `.Desktop` (a file, or a symlink to a relocated desktop). `path` must be absolute and clean.
+pub fn locate_volume(path: &Path) -> Option<PathBuf> {
+    let mut candidate = Some(path);
+    while let Some(dir) = candidate {
+        if std::fs::symlink_metadata(dir.join(DESKTOP_FILE)).is_ok() {
+            return Some(dir.to_path_buf());
+        }
+        candidate = dir.parent();
+    }
+    None
+}
+
+/// A volume root, canonicalised, and the safe path resolver for it.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    root: PathBuf,
+}
+
+/// A client path resolved inside a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The names from the root down to the object (empty for the root).
+    pub components: Vec<OsString>,
+    /// The absolute, physical path (every directory symlink resolved, the last name not).
+    pub path: PathBuf,
+}
+
+impl Resolved {
+    /// The components as byte slices.
+    pub fn names(&self) -> Vec<&[u8]> {
+        self.components.iter().map(|c| c.as_bytes()).collect()
+    }
+}
+
+impl Volume {
+    /// A volume rooted at `root`, which must be an existing directory.
+    pub fn new(root: &Path) -> Result<Volume, VolumeError> {
+        let root = root
+            .canonicalize()
+            .map_err(|e| VolumeError::io(root, e))?;
+        if !root.is_dir() {
+            return Err(VolumeError::io(
+                &root,
+                std::io::Error::from_raw_os_error(libc::ENOTDIR),
+            ));
+        }
+        Ok(Volume { root })
+    }
+
+    /// The canonical root path.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Resolve a path relative to the volume root (bytes, `/`-separated, as sent by clients).
+    /// `..` and `.` components, protected names, empty or over-long names are refused; any
+    /// directory on the way that is a symlink must stay inside the volume.
+    pub fn resolve_relative(&self, rel: &[u8]) -> Result<Resolved, VolumeError> {
+        let mut components = Vec::new();
+        for part in rel.split(|&b| b == b'/') {
+            if part.is_empty() {
+                continue;
+            }
+            check_name(part)?;
+            components.push(OsStr::from_bytes(part).to_os_string());
+        }
+        self.physical(components, rel)
+    }
+
+    /// Resolve an absolute client path that should lie in this volume.
+    pub fn resolve_absolute(&self, path: &Path) -> Result<Resolved, VolumeError> {
+        let clean = absolute(path)?;
+        let shown = || path.display().to_string();
+        // The lexical path may name the root through a symlink; try the literal prefix first.
+        let rel = match clean.strip_prefix(&self.root) {
+            Ok(r) => r.to_path_buf(),
+            Err(_) => {
+                let parent_real = clean
+                    .parent()
+                    .and_then(|p| p.canonicalize().ok())
+                    .ok_or_else(|| {
+                        VolumeError::Outside(shown(), self.root.display().to_string())
+                    })?;
+                let joined = match clean.file_name() {
+                    Some(n) => parent_real.join(n),
+                    None => parent_real,
+                };
+                joined
+                    .strip_prefix(&self.root)
+                    .map_err(|_| VolumeError::Outside(shown(), self.root.display().to_string()))?
+                    .to_path_buf()
+            }
+        };
+        if rel.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(VolumeError::Escape(shown()));
+        }
+        self.resolve_relative(rel.as_os_str().as_bytes())
+    }
+
+    fn physical(&self, components: Vec<OsString>, shown: &[u8]) -> Result<Resolved, VolumeError> {
+        let shown = || String::from_utf8_lossy(shown).into_owned();
+        let Some((last, dirs)) = components.split_last() else {
+            return Ok(Resolved {
+                components,
+                path: self.root.clone(),
+            });
+        };
+        // Resolve the directories physically; the deepest existing one must stay inside.
+        let mut dir = self.root.clone();
+        let mut real_components: Vec<OsString> = Vec::new();
+        let mut exists = true;
+        for name in dirs {
+            dir.push(name);
+            if exists {
+                match std::fs::symlink_metadata(&dir) {
+                    Ok(m) if m.file_type().is_symlink() => {
+                        let real = dir.canonicalize().map_err(|_| VolumeError::Escape(shown()))?;
+                        let inside = real
+                            .strip_prefix(&self.root)
+                            .map_err(|_| VolumeError::Escape(shown()))?;
+                        real_components = inside.iter().map(|c| c.to_os_string()).collect();
+                        for c in &real_components {
+                            if is_protected(c.as_bytes()) {
+                                return Err(VolumeError::Protected(shown()));
+                            }
+                        }
+                        dir = real;
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(_) => exists = false,
+                }
+            }
+            real_components.push(name.clone());
+        }
+        real_components.push(last.clone());
+        Ok(Resolved {
+            path: dir.join(last),
+            components: real_components,
+        })
+    }
+
+    /// The absolute path of a list of components from the root.
+    pub fn path_of(&self, components: &[Vec<u8>]) -> PathBuf {
+        let mut p = self.root.clone();
+        for c in components {
+            p.push(OsStr::from_bytes(c));
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,183 @@
+//! Server configuration: a TOML file with a `[server]` table, one `[defaults]` table and one
+//! `[volume."<path>"]` table per volume (DESIGN §6.6). Every key is optional.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use deskd_db::Durability;
+use serde::Deserialize;
+
+use crate::ServerError;
+
+/// Per-volume preferences; `[defaults]` supplies what a volume table leaves out.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumePrefs {
+    /// Seconds committed changes may stay only in the WAL (HELIOS `SQLFlushDelay`).
+    pub flush_delay: Option<u64>,
+    /// Seconds without writes after which the volume is flushed.
+    pub idle_close: Option<u64>,
+    /// Freeze length when none is given.
+    pub freeze_default: Option<u32>,
+    /// Longest freeze allowed.
+    pub freeze_max: Option<u32>,
+    pub durability: Option<Durability>,
+    /// WAL size in bytes that triggers a passive checkpoint.
+    pub wal_limit: Option<u64>,
+    /// Keep desktops under `<location>/<volume path>/.Desktop` (relative: under `state_dir`).
+    pub desktop_location: Option<PathBuf>,
+    /// Refuse client changes; use a valid `.Desktop` if present, else a temporary desktop.
+    pub read_only: Option<bool>,
+}
+
+/// The `[server]` table.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerPrefs {
+    pub socket: Option<PathBuf>,
+    /// Base for relative `desktop_location` values (default `/var/lib/deskd`).
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerPrefs,
+    #[serde(default)]
+    pub defaults: VolumePrefs,
+    #[serde(default)]
+    pub volume: BTreeMap<String, VolumePrefs>,
+}
+
+/// Resolved settings of one volume.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeConfig {
+    pub root: PathBuf,
+    pub flush_delay: u64,
+    pub idle_close: u64,
+    pub freeze_default: u32,
+    pub freeze_max: u32,
+    pub durability: Durability,
+    pub wal_limit: u64,
+    pub desktop_location: Option<PathBuf>,
+    pub read_only: bool,
+}
+
+/// Resolved server settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub volumes: Vec<VolumeConfig>,
+}
+
+impl ConfigFile {
+    /// Parse a configuration file.
+    pub fn load(path: &Path) -> Result<ConfigFile, ServerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Resolve against defaults; `extra_volumes` (from the command line) use `[defaults]`.
+    pub fn resolve(
+        &self,
+        socket: PathBuf,
+        extra_volumes: &[PathBuf],
+    ) -> Result<Config, ServerError> {
+        let state_dir = self
+            .server
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/deskd"));
+        let mut volumes = Vec::new();
+        let mut add = |root: PathBuf, prefs: &VolumePrefs| -> Result<(), ServerError> {
+            let d = &self.defaults;
+            let pick = |a: Option<u64>, b: Option<u64>, default: u64| a.or(b).unwrap_or(default);
+            let freeze_max = prefs.freeze_max.or(d.freeze_max).unwrap_or(60);
+            let freeze_default = prefs.freeze_default.or(d.freeze_default).unwrap_or(10);
+            if freeze_max == 0 {
+                return Err(ServerError::Config(format!(
+                    "{}: freeze_max must be at least 1 second",
+                    root.display()
+                )));
+            }
+            let location = prefs
+                .desktop_location
+                .clone()
+                .or(d.desktop_location.clone())
+                .map(|l| if l.is_absolute() { l } else { state_dir.join(l) });
+            let cfg = VolumeConfig {
+                flush_delay: pick(prefs.flush_delay, d.flush_delay, 60).max(1),
+                idle_close: pick(prefs.idle_close, d.idle_close, 60).max(1),
+                freeze_default: freeze_default.min(freeze_max),
+                freeze_max,
+                durability: prefs.durability.or(d.durability).unwrap_or_default(),
+                wal_limit: pick(prefs.wal_limit, d.wal_limit, 64 << 20).max(1 << 20),
+                desktop_location: location,
+                read_only: prefs.read_only.or(d.read_only).unwrap_or(false),
+                root,
+            };
+            volumes.push(cfg);
+            Ok(())
+        };
+        for (root, prefs) in &self.volume {
+            add(PathBuf::from(root), prefs)?;
+        }
+        for root in extra_volumes {
+            add(root.clone(), &VolumePrefs::default())?;
+        }
+        if volumes.is_empty() {
+            return Err(ServerError::Config(
+                "no volumes: name them on the command line or in [volume.\"<path>\"] tables".into(),
+            ));
+        }
+        Ok(Config {
+            socket: self.server.socket.clone().unwrap_or(socket),
+            state_dir,
+            volumes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let file: ConfigFile = toml::from_str(
+            r#"
+            [server]
+            state_dir = "/state"
+            [defaults]
+            flush_delay = 30
+            freeze_max = 20
+            durability = "full"
+            desktop_location = "desktops"
+            [volume."/srv/a"]
+            read_only = true
+            freeze_default = 50
+            "#,
+        )
+        .unwrap();
+        let cfg = file.resolve("/s.sock".into(), &[PathBuf::from("/srv/b")]).unwrap();
+        assert_eq!(cfg.volumes.len(), 2);
+        let a = &cfg.volumes[0];
+        assert_eq!(a.root, PathBuf::from("/srv/a"));
+        assert!(a.read_only);
+        assert_eq!(a.flush_delay, 30);
+        assert_eq!(a.freeze_default, 20, "clamped to freeze_max");
+        assert_eq!(a.durability, Durability::Full);
+        assert_eq!(a.desktop_location, Some(PathBuf::from("/state/desktops")));
+        assert_eq!(cfg.volumes[1].idle_close, 60);
+    }
+
+    #[test]
+    fn unknown_keys_and_no_volumes_are_errors() {
+        assert!(toml::from_str::<ConfigFile>("[defaults]\nflush_dealy = 3").is_err());
+        assert!(ConfigFile::default().resolve("/s".into(), &[]).is_err());
+    }
+}

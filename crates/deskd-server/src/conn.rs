@@ -1,0 +1,255 @@
+//! One client connection: handshake, then frames. Reads are answered on this thread with its
+//! own read-only connections; writes go to the volume's writer and are acknowledged from there
+//! once committed, so replies may come back out of order (clients match them by request id).
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Read as _, Write as _};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deskd_db::Reader;
+use deskd_proto::{
+    decode, read_frame_body, ErrorCode, ErrorReply, ProtoError, ReplyFrame, Request, RequestFrame,
+    Response, VolumeInfo, PROTOCOL_VERSION,
+};
+use tracing::debug;
+
+use crate::apply::{apply_read, db_error, Reply};
+use crate::volume::{Job, VolumeHandle};
+use crate::Shared;
+
+/// The sending half of a connection, shared by the connection thread and the writers.
+pub struct ConnWriter {
+    stream: Mutex<BufWriter<UnixStream>>,
+}
+
+/// Where the reply to one request goes.
+#[derive(Clone)]
+pub struct ReplySink {
+    writer: Arc<ConnWriter>,
+    id: u64,
+}
+
+impl ReplySink {
+    /// Send the reply; a client that went away is not an error for the server.
+    pub fn send(&self, result: Reply) {
+        let frame = ReplyFrame { id: self.id, result };
+        let mut stream = self.writer.stream.lock().unwrap();
+        if deskd_proto::write_frame(&mut *stream, &frame).is_ok() {
+            let _ = stream.flush();
+        }
+    }
+}
+
+/// The uid of the peer process (SO_PEERCRED).
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly sized ucred.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cred.uid)
+}
+
+pub fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
+    let uid = peer_uid(&stream);
+    if let Err(e) = handshake(&stream) {
+        debug!("handshake failed: {e}");
+        return;
+    }
+    let Ok(write_half) = stream.try_clone() else { return };
+    let writer = Arc::new(ConnWriter { stream: Mutex::new(BufWriter::new(write_half)) });
+    let mut input = BufReader::with_capacity(64 * 1024, stream);
+    let mut conn = Connection { shared, uid, readers: HashMap::new() };
+    let mut body = Vec::new();
+    loop {
+        match read_frame_body(&mut input, &mut body) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(ProtoError::FrameTooLarge(n)) => {
+                let sink = ReplySink { writer: writer.clone(), id: 0 };
+                sink.send(Err(ErrorReply::new(
+                    ErrorCode::FrameTooLarge,
+                    format!("frame of {n} bytes exceeds the {}-byte limit; closing", deskd_proto::MAX_FRAME),
+                )));
+                break;
+            }
+            Err(_) => break,
+        }
+        let frame: RequestFrame = match decode(&body) {
+            Ok(f) => f,
+            Err(e) => {
+                let sink = ReplySink { writer: writer.clone(), id: 0 };
+                sink.send(Err(ErrorReply::new(ErrorCode::BadRequest, e.to_string())));
+                continue;
+            }
+        };
+        let sink = ReplySink { writer: writer.clone(), id: frame.id };
+        conn.dispatch(frame.request, sink);
+    }
+}
+
+fn handshake(stream: &UnixStream) -> Result<(), ProtoError> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut hello = [0u8; 8];
+    (&*stream).read_exact(&mut hello)?;
+    let version = deskd_proto::parse_hello(&hello)?;
+    if version != PROTOCOL_VERSION {
+        (&*stream).write_all(&deskd_proto::server_hello(1))?;
+        return Err(ProtoError::VersionMismatch { server: PROTOCOL_VERSION, client: version });
+    }
+    (&*stream).write_all(&deskd_proto::server_hello(0))?;
+    stream.set_read_timeout(None)?;
+    Ok(())
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    uid: Option<u32>,
+    readers: HashMap<u32, Reader>,
+}
+
+fn no_volume(vol: u32) -> ErrorReply {
+    ErrorReply::new(ErrorCode::NoSuchVolume, format!("no volume with handle {vol}"))
+}
+
+impl Connection {
+    fn volume(&self, vol: u32) -> Result<Arc<VolumeHandle>, ErrorReply> {
+        self.shared.volumes.get(vol as usize).cloned().ok_or_else(|| no_volume(vol))
+    }
+
+    fn targets(&self, vol: Option<u32>) -> Result<Vec<Arc<VolumeHandle>>, ErrorReply> {
+        match vol {
+            Some(v) => Ok(vec![self.volume(v)?]),
+            None => Ok(self.shared.volumes.iter().cloned().collect()),
+        }
+    }
+
+    fn reader(&mut self, handle: &VolumeHandle) -> Result<&Reader, ErrorReply> {
+        if !self.readers.contains_key(&handle.index) {
+            let reader = Reader::open(&handle.desktop_path).map_err(db_error)?;
+            self.readers.insert(handle.index, reader);
+        }
+        Ok(&self.readers[&handle.index])
+    }
+
+    /// Admin verbs need root or the owner of the volume root.
+    fn require_admin(&self, handle: &VolumeHandle) -> Result<(), ErrorReply> {
+        match self.uid {
+            Some(0) => Ok(()),
+            Some(uid) if uid == handle.owner_uid => Ok(()),
+            _ => Err(ErrorReply::new(
+                ErrorCode::PermissionDenied,
+                format!("{}: flush, freeze and thaw need root or the volume owner", handle.volume.root().display()),
+            )),
+        }
+    }
+
+    fn dispatch(&mut self, request: Request, sink: ReplySink) {
+        if request.is_write() {
+            let handle = match self.volume(request.volume().unwrap_or(u32::MAX)) {
+                Ok(h) => h,
+                Err(e) => return sink.send(Err(e)),
+            };
+            if self.shared.shutting_down.load(Ordering::SeqCst) {
+                return sink.send(Err(ErrorReply::new(ErrorCode::ShuttingDown, "deskd is shutting down")));
+            }
+            if let Err(crossbeam_channel::SendError(Job::Write { reply, .. })) =
+                handle.queue.send(Job::Write { request, reply: sink })
+            {
+                reply.send(Err(ErrorReply::new(ErrorCode::ShuttingDown, "deskd is shutting down")));
+            }
+            return;
+        }
+        let result = self.answer(request);
+        sink.send(result);
+    }
+
+    fn answer(&mut self, request: Request) -> Reply {
+        match request {
+            Request::Volumes => Ok(Response::Volumes(
+                self.shared.volumes.iter().map(|h| volume_info(h)).collect(),
+            )),
+            Request::OpenVolume { root } => {
+                let path = Path::new(std::ffi::OsStr::from_bytes(&root));
+                let canonical = path.canonicalize().ok();
+                self.shared
+                    .volumes
+                    .iter()
+                    .find(|h| canonical.as_deref() == Some(h.volume.root()))
+                    .map(|h| Response::Volume(volume_info(h)))
+                    .ok_or_else(|| {
+                        ErrorReply::new(
+                            ErrorCode::NoSuchVolume,
+                            format!("{}: not a volume served by this deskd", path.display()),
+                        )
+                    })
+            }
+            Request::Status { vol } => {
+                let mut out = Vec::new();
+                for handle in self.targets(vol)? {
+                    let reader = self.reader(&handle)?;
+                    out.push(handle.status(reader)?);
+                }
+                Ok(Response::Status(out))
+            }
+            Request::Flush { vol } => self.control(vol, |_, tx| Job::Flush(tx)),
+            Request::Freeze { vol, seconds } => self.control(vol, |_, tx| Job::Freeze(seconds, tx)),
+            Request::Thaw { vol } => self.control(vol, |_, tx| Job::Thaw(tx)),
+            other => {
+                let handle = self.volume(other.volume().unwrap_or(u32::MAX))?;
+                let reader = self.reader(&handle)?;
+                apply_read(reader, &handle.volume, &other)
+            }
+        }
+    }
+
+    fn control(
+        &mut self,
+        vol: Option<u32>,
+        make: impl Fn(&VolumeHandle, crossbeam_channel::Sender<Reply>) -> Job,
+    ) -> Reply {
+        let targets = self.targets(vol)?;
+        for handle in &targets {
+            self.require_admin(handle)?;
+        }
+        let mut last = Ok(Response::Done);
+        for handle in &targets {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            handle
+                .queue
+                .send(make(handle, tx))
+                .map_err(|_| ErrorReply::new(ErrorCode::ShuttingDown, "deskd is shutting down"))?;
+            let reply = rx
+                .recv()
+                .map_err(|_| ErrorReply::new(ErrorCode::ShuttingDown, "deskd is shutting down"))?;
+            match reply {
+                Ok(r) => last = Ok(r),
+                Err(e) => {
+                    return Err(ErrorReply::new(e.code, format!("{}: {}", handle.volume.root().display(), e.message)))
+                }
+            }
+        }
+        last
+    }
+}
+
+fn volume_info(h: &VolumeHandle) -> VolumeInfo {
+    VolumeInfo {
+        vol: h.index,
+        root: h.volume.root().as_os_str().as_bytes().to_vec(),
+        read_only: h.config.read_only,
+    }
+}

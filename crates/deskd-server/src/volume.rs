@@ -1,0 +1,479 @@
+//! One served volume: opening its desktop (relocation, read-only, locking, the unclean-shutdown
+//! line, the background check) and the writer thread that owns the write connection.
+//!
+//! The writer drains its queue, applies everything that arrived as one transaction (each
+//! request in its own savepoint), commits, and only then acknowledges (group commit with no added
+//! delay). Between batches it runs the flush, idle-close, WAL-limit and freeze timers.
+
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use deskd_db::{Desktop, Read};
+use deskd_proto::{ErrorCode, ErrorReply, Request, Response, VolumeStatus};
+use deskd_volume::Volume;
+use tracing::{error, info, warn};
+
+use crate::apply::{apply_write, db_error, Reply};
+use crate::config::VolumeConfig;
+use crate::conn::ReplySink;
+use crate::ServerError;
+
+/// Work for a volume's writer thread.
+pub enum Job {
+    Write { request: Request, reply: ReplySink },
+    Flush(Sender<Reply>),
+    Freeze(Option<u32>, Sender<Reply>),
+    Thaw(Sender<Reply>),
+    Shutdown(Sender<()>),
+}
+
+/// State shared between the writer and status readers.
+#[derive(Debug, Default, Clone)]
+pub struct SharedState {
+    pub last_flush: i64,
+    pub frozen_until: Option<i64>,
+    pub clean_at_start: bool,
+    pub check_problems: Vec<String>,
+}
+
+/// A served volume.
+pub struct VolumeHandle {
+    pub index: u32,
+    pub volume: Volume,
+    pub desktop_path: PathBuf,
+    pub config: VolumeConfig,
+    pub queue: Sender<Job>,
+    pub state: Arc<Mutex<SharedState>>,
+    pub owner_uid: u32,
+    /// Held for the server's lifetime: the exclusive lock that makes this the only writer.
+    _lock: File,
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// `ctime(3)`-style local time, as in HELIOS log lines: `Thu Nov 24 18:22:48 2009`.
+pub fn ctime_string(unix: i64) -> String {
+    use chrono::TimeZone;
+    chrono::Local
+        .timestamp_opt(unix, 0)
+        .single()
+        .map(|t| t.format("%a %b %e %H:%M:%S %Y").to_string())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Where the desktop of `root` lives, creating the relocation symlink for a new volume.
+fn desktop_path(cfg: &VolumeConfig, root: &Path) -> Result<PathBuf, ServerError> {
+    let in_root = root.join(deskd_volume::DESKTOP_FILE);
+    let misc = || ServerError::Volume(format!("OpenDesk {}: Miscellaneous error", root.display()));
+    match std::fs::symlink_metadata(&in_root) {
+        Ok(m) if m.file_type().is_symlink() => {
+            // Relocated: the target's directory must exist.
+            let target = std::fs::read_link(&in_root).map_err(|_| misc())?;
+            let target = if target.is_absolute() { target } else { root.join(target) };
+            match target.parent() {
+                Some(dir) if dir.is_dir() => Ok(target),
+                _ => Err(misc()),
+            }
+        }
+        Ok(_) => Ok(in_root),
+        Err(_) => match &cfg.desktop_location {
+            None => Ok(in_root),
+            Some(location) => {
+                let rel = root.strip_prefix("/").unwrap_or(root);
+                let dir = location.join(rel);
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    ServerError::Volume(format!("{}: cannot create desktop directory: {e}", dir.display()))
+                })?;
+                let target = dir.join(deskd_volume::DESKTOP_FILE);
+                std::os::unix::fs::symlink(&target, &in_root).map_err(|e| {
+                    ServerError::Volume(format!("{}: cannot create symlink: {e}", in_root.display()))
+                })?;
+                Ok(target)
+            }
+        },
+    }
+}
+
+/// For a read-only volume: the volume's own `.Desktop` when we may write it, else a temporary
+/// copy (or a new temporary desktop) under the temp directory named `desksrv…`.
+fn read_only_desktop(path: &Path, root: &Path) -> Result<PathBuf, ServerError> {
+    let writable = std::fs::OpenOptions::new().read(true).write(true).open(path).is_ok();
+    if writable {
+        return Ok(path.to_path_buf());
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "desksrv.{}.{}",
+        std::process::id(),
+        root.as_os_str().as_bytes().iter().fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(b as u32))
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ServerError::Volume(format!("{}: {e}", dir.display())))?;
+    let temp = dir.join(deskd_volume::DESKTOP_FILE);
+    if path.exists() && !temp.exists() {
+        // A valid desktop on read-only media: work on a copy so IDs stay as recorded.
+        if deskd_db::Reader::open(path).and_then(|r| r.stats()).is_ok() {
+            std::fs::copy(path, &temp)
+                .map_err(|e| ServerError::Volume(format!("{}: {e}", temp.display())))?;
+        }
+    }
+    Ok(temp)
+}
+
+fn lock_exclusive(path: &Path, root: &Path) -> Result<File, ServerError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| ServerError::Volume(format!("{}: cannot open desktop: {e}", path.display())))?;
+    // SAFETY: flock on a valid, owned descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(ServerError::Volume(format!(
+            "{}: Warning, desktop DB busy by another process",
+            root.display()
+        )));
+    }
+    Ok(file)
+}
+
+impl VolumeHandle {
+    /// Open the volume's desktop and start its writer thread.
+    pub fn open(index: u32, config: VolumeConfig) -> Result<Arc<VolumeHandle>, ServerError> {
+        let volume = Volume::new(&config.root)
+            .map_err(|e| ServerError::Volume(format!("{}: {e}", config.root.display())))?;
+        let root = volume.root().to_path_buf();
+        let mut desktop_path = desktop_path(&config, &root)?;
+        if config.read_only {
+            desktop_path = read_only_desktop(&desktop_path, &root)?;
+        }
+        let lock = lock_exclusive(&desktop_path, &root)?;
+        let (desktop, report) = Desktop::open(&desktop_path, config.durability).map_err(|e| {
+            ServerError::Volume(format!("{}: cannot open desktop {}: {e}", root.display(), desktop_path.display()))
+        })?;
+        if !report.was_clean {
+            warn!(
+                "missing DB shutdown:[{}] at {}, recommend rebuild to re-create desktop file",
+                root.display(),
+                ctime_string(now_unix())
+            );
+        }
+        info!(
+            volume = %root.display(),
+            desktop = %desktop_path.display(),
+            created = report.created,
+            read_only = config.read_only,
+            "volume open"
+        );
+        let owner_uid = std::fs::metadata(&root).map(|m| m.uid()).unwrap_or(0);
+        let state = Arc::new(Mutex::new(SharedState {
+            clean_at_start: report.was_clean,
+            ..Default::default()
+        }));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let handle = Arc::new(VolumeHandle {
+            index,
+            volume: volume.clone(),
+            desktop_path: desktop_path.clone(),
+            config: config.clone(),
+            queue: tx,
+            state: state.clone(),
+            owner_uid,
+            _lock: lock,
+        });
+        spawn_check(&desktop_path, &root, state.clone());
+        let writer = Writer {
+            desktop: Some(desktop),
+            volume,
+            config,
+            state,
+            wal_path: wal_path(&desktop_path),
+            dirty_since: None,
+            last_write: Instant::now(),
+            frozen_until: None,
+        };
+        std::thread::Builder::new()
+            .name(format!("writer-{index}"))
+            .spawn(move || writer.run(rx))
+            .map_err(|e| ServerError::Volume(format!("cannot start writer thread: {e}")))?;
+        Ok(handle)
+    }
+
+    /// Status of this volume, read through `reader`.
+    pub fn status<R: Read>(&self, reader: &R) -> Result<VolumeStatus, ErrorReply> {
+        let stats = reader.stats().map_err(db_error)?;
+        let state = self.state.lock().unwrap().clone();
+        let frozen_until = state.frozen_until.filter(|&t| t > now_unix());
+        Ok(VolumeStatus {
+            vol: self.index,
+            root: self.volume.root().as_os_str().as_bytes().to_vec(),
+            desktop: self.desktop_path.as_os_str().as_bytes().to_vec(),
+            objects: stats.objects,
+            last_id: stats.last_id,
+            read_only: self.config.read_only,
+            last_flush: state.last_flush,
+            clean_at_start: state.clean_at_start,
+            frozen_until,
+            wal_bytes: std::fs::metadata(wal_path(&self.desktop_path)).map(|m| m.len()).unwrap_or(0),
+            check_problems: state.check_problems,
+        })
+    }
+}
+
+fn wal_path(desktop: &Path) -> PathBuf {
+    let mut s = desktop.as_os_str().to_os_string();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+/// The quick logical check of DESIGN §6.5, off the start-up path.
+fn spawn_check(desktop: &Path, root: &Path, state: Arc<Mutex<SharedState>>) {
+    let desktop = desktop.to_path_buf();
+    let root = root.to_path_buf();
+    let _ = std::thread::Builder::new().name("check".into()).spawn(move || {
+        let result = deskd_db::Reader::open(&desktop).and_then(|r| r.quick_check());
+        match result {
+            Ok(problems) if problems.is_empty() => {}
+            Ok(problems) => {
+                error!(
+                    "desktop check failed for [{}]: {}; run `deskd rebuild {}` to repair it",
+                    root.display(),
+                    problems.join("; "),
+                    root.display()
+                );
+                state.lock().unwrap().check_problems = problems;
+            }
+            Err(e) => {
+                error!("desktop check of [{}] could not run: {e}", root.display());
+                state.lock().unwrap().check_problems = vec![e.to_string()];
+            }
+        }
+    });
+}
+
+/// Most writes taken into one transaction.
+const MAX_BATCH: usize = 4096;
+
+struct Writer {
+    desktop: Option<Desktop>,
+    volume: Volume,
+    config: VolumeConfig,
+    state: Arc<Mutex<SharedState>>,
+    wal_path: PathBuf,
+    /// When the oldest committed but not yet checkpointed change was made.
+    dirty_since: Option<Instant>,
+    last_write: Instant,
+    frozen_until: Option<Instant>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Job>) {
+        let mut writes: Vec<(Request, ReplySink)> = Vec::new();
+        loop {
+            let job = match self.next_deadline() {
+                Some(deadline) => {
+                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.timers();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            };
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Write { request, reply } => writes.push((request, reply)),
+                    control => {
+                        self.commit_batch(&mut writes);
+                        if let Job::Shutdown(done) = control {
+                            self.shutdown();
+                            let _ = done.send(());
+                            return;
+                        }
+                        self.control(control);
+                    }
+                }
+                if writes.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit_batch(&mut writes);
+            self.timers();
+        }
+        self.shutdown();
+    }
+
+    fn commit_batch(&mut self, writes: &mut Vec<(Request, ReplySink)>) {
+        if writes.is_empty() {
+            return;
+        }
+        let desktop = self.desktop.as_mut().expect("writer used after shutdown");
+        let mut replies: Vec<Reply> = Vec::with_capacity(writes.len());
+        let outcome = (|| -> Result<(), deskd_db::DbError> {
+            let mut batch = desktop.batch()?;
+            for (request, _) in writes.iter() {
+                let result = batch.step(|b| {
+                    Ok(apply_write(b, &self.volume, self.config.read_only, request))
+                })?;
+                replies.push(result);
+            }
+            batch.commit()
+        })();
+        match outcome {
+            Ok(()) => {
+                self.last_write = Instant::now();
+                self.dirty_since.get_or_insert(self.last_write);
+                for ((_, sink), reply) in writes.drain(..).zip(replies) {
+                    sink.send(reply);
+                }
+                self.check_wal_limit();
+            }
+            Err(e) => {
+                error!(volume = %self.volume.root().display(), "commit failed: {e}");
+                let reply = ErrorReply::new(
+                    if e.to_string().contains("full") { ErrorCode::Internal } else { db_error(e).code },
+                    format!("{}: desktop commit failed; nothing in this batch was recorded", self.volume.root().display()),
+                );
+                for (_, sink) in writes.drain(..) {
+                    sink.send(Err(reply.clone()));
+                }
+            }
+        }
+    }
+
+    fn frozen(&mut self) -> bool {
+        match self.frozen_until {
+            Some(t) if Instant::now() < t => true,
+            Some(_) => {
+                self.frozen_until = None;
+                self.state.lock().unwrap().frozen_until = None;
+                info!(volume = %self.volume.root().display(), "freeze ended");
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut deadline: Option<Instant> = self.frozen_until;
+        if let Some(since) = self.dirty_since {
+            let flush = since + Duration::from_secs(self.config.flush_delay);
+            let idle = self.last_write + Duration::from_secs(self.config.idle_close);
+            let d = flush.min(idle);
+            let d = match self.frozen_until {
+                Some(f) => d.max(f),
+                None => d,
+            };
+            deadline = Some(deadline.map_or(d, |x| x.min(d)));
+        }
+        deadline
+    }
+
+    fn timers(&mut self) {
+        if self.frozen() {
+            return;
+        }
+        if let Some(since) = self.dirty_since {
+            let now = Instant::now();
+            if now >= since + Duration::from_secs(self.config.flush_delay)
+                || now >= self.last_write + Duration::from_secs(self.config.idle_close)
+            {
+                if let Err(e) = self.flush() {
+                    warn!(volume = %self.volume.root().display(), "timed flush failed: {}", e.message);
+                }
+            }
+        }
+    }
+
+    fn check_wal_limit(&mut self) {
+        if self.frozen() {
+            return;
+        }
+        let size = std::fs::metadata(&self.wal_path).map(|m| m.len()).unwrap_or(0);
+        if size > self.config.wal_limit {
+            if let Some(d) = &self.desktop {
+                if let Err(e) = d.checkpoint(false) {
+                    warn!("passive checkpoint failed: {e}");
+                }
+            }
+            // PASSIVE copies frames but cannot shrink the file; a truncating flush can.
+            let _ = self.flush();
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), ErrorReply> {
+        let desktop = self.desktop.as_ref().expect("writer used after shutdown");
+        let (busy, _, _) = desktop.checkpoint(true).map_err(db_error)?;
+        if busy != 0 {
+            return Err(ErrorReply::new(ErrorCode::Busy, "checkpoint blocked by a reader; try again"));
+        }
+        self.dirty_since = None;
+        self.state.lock().unwrap().last_flush = now_unix();
+        Ok(())
+    }
+
+    fn control(&mut self, job: Job) {
+        match job {
+            Job::Flush(reply) => {
+                let result = if self.frozen() {
+                    Err(ErrorReply::new(
+                        ErrorCode::Busy,
+                        format!("{}: frozen; flush after the freeze ends (or thaw)", self.volume.root().display()),
+                    ))
+                } else {
+                    self.flush().map(|_| Response::Done)
+                };
+                let _ = reply.send(result);
+            }
+            Job::Freeze(seconds, reply) => {
+                let wanted = seconds.unwrap_or(self.config.freeze_default);
+                let clamped = wanted > self.config.freeze_max;
+                let secs = wanted.min(self.config.freeze_max).max(1);
+                // Flush first (a new freeze on a frozen volume just extends it).
+                let result = if self.frozen() { Ok(()) } else { self.flush() };
+                let result = result.map(|_| {
+                    self.frozen_until = Some(Instant::now() + Duration::from_secs(secs as u64));
+                    let until = now_unix() + secs as i64;
+                    self.state.lock().unwrap().frozen_until = Some(until);
+                    info!(volume = %self.volume.root().display(), seconds = secs, "frozen");
+                    Response::Frozen { until, clamped, max: self.config.freeze_max }
+                });
+                let _ = reply.send(result);
+            }
+            Job::Thaw(reply) => {
+                self.frozen_until = None;
+                self.state.lock().unwrap().frozen_until = None;
+                let _ = reply.send(Ok(Response::Done));
+            }
+            Job::Write { .. } | Job::Shutdown(_) => unreachable!("handled by run"),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(desktop) = self.desktop.take() {
+            match desktop.close_clean() {
+                Ok(()) => info!(volume = %self.volume.root().display(), "desktop closed cleanly"),
+                Err(e) => error!(volume = %self.volume.root().display(), "clean close failed: {e}"),
+            }
+        }
+    }
+}
