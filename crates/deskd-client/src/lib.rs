@@ -185,7 +185,9 @@ impl Client {
 
     /// The handle of the volume rooted at `root`.
     pub fn open_volume(&mut self, root: &Path) -> Result<VolumeInfo> {
-        match self.call(Request::OpenVolume { root: root.as_os_str().as_bytes().to_vec() })? {
+        match self.call(Request::OpenVolume {
+            root: root.as_os_str().as_bytes().to_vec(),
+        })? {
             Response::Volume(v) => Ok(v),
             other => Err(unexpected(other)),
         }

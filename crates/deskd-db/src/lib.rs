@@ -57,7 +57,9 @@ pub enum DbError {
     IntoItself(u32),
     #[error("the volume root cannot be {0}")]
     Root(&'static str),
-    #[error("desktop format {found} is newer than this deskd supports ({supported}); upgrade deskd")]
+    #[error(
+        "desktop format {found} is newer than this deskd supports ({supported}); upgrade deskd"
+    )]
     FormatTooNew { found: i32, supported: i32 },
     #[error("the file is an SQLite database but not a deskd desktop")]
     NotADesktop,
@@ -264,7 +266,9 @@ pub trait Read {
     /// The object with this ID.
     fn get(&self, id: u32) -> Result<Object> {
         self.conn()
-            .prepare_cached(&format!("SELECT {OBJECT_COLUMNS} FROM objects WHERE id = ?1"))?
+            .prepare_cached(&format!(
+                "SELECT {OBJECT_COLUMNS} FROM objects WHERE id = ?1"
+            ))?
             .query_row([id], object_from_row)
             .optional()?
             .ok_or(DbError::NoSuchId(id))
@@ -547,7 +551,10 @@ impl Desktop {
     /// Open (creating if missing) the desktop at `path`, migrate it, make sure the root exists
     /// and mark the session open (the clean flag is cleared until [`Desktop::close_clean`]).
     pub fn open(path: &Path, durability: Durability) -> Result<(Desktop, OpenReport)> {
-        let created = !path.exists();
+        // A missing or empty file (the server may have created it to lock it) is new.
+        let created = std::fs::metadata(path)
+            .map(|m| m.len() == 0)
+            .unwrap_or(true);
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(2))?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -811,7 +818,12 @@ impl Batch<'_> {
         }
         self.tx
             .prepare_cached("UPDATE objects SET parent = ?2, name = ?3, skey = ?4 WHERE id = ?1")?
-            .execute(params![id, new_parent, new_name, names::search_key(new_name)])?;
+            .execute(params![
+                id,
+                new_parent,
+                new_name,
+                names::search_key(new_name)
+            ])?;
         Ok(removed)
     }
 

@@ -74,10 +74,18 @@ fn hint_is_honoured_when_free_and_raises_the_counter() {
     assert_eq!(add(&mut desk, n), 5000);
     let mut dup = file(ROOT_ID, b"copy");
     dup.hint = Some(5000);
-    assert_eq!(add(&mut desk, dup), 5001, "a taken hint falls back to the counter");
+    assert_eq!(
+        add(&mut desk, dup),
+        5001,
+        "a taken hint falls back to the counter"
+    );
     let mut bad = file(ROOT_ID, b"reserved");
     bad.hint = Some(1 << 24);
-    assert_eq!(add(&mut desk, bad), 5002, "skipped values are never honoured");
+    assert_eq!(
+        add(&mut desk, bad),
+        5002,
+        "skipped values are never honoured"
+    );
 }
 
 #[test]
@@ -106,8 +114,14 @@ fn names_are_bytes_and_validated() {
         Err(DbError::InvalidName(..))
     ));
     assert!(b.add(&file(ROOT_ID, &[b'a'; 255])).is_ok());
-    assert!(matches!(b.add(&file(ROOT_ID, b"a/b")), Err(DbError::InvalidName(..))));
-    assert!(matches!(b.add(&file(ROOT_ID, b"..")), Err(DbError::InvalidName(..))));
+    assert!(matches!(
+        b.add(&file(ROOT_ID, b"a/b")),
+        Err(DbError::InvalidName(..))
+    ));
+    assert!(matches!(
+        b.add(&file(ROOT_ID, b"..")),
+        Err(DbError::InvalidName(..))
+    ));
 }
 
 #[test]
@@ -119,14 +133,23 @@ fn rename_keeps_ids_of_a_subtree_and_paths_follow() {
     let leaf = add(&mut desk, file(inner, b"leaf"));
     let mut b = desk.batch().unwrap();
     b.rename(a, b_dir, b"moved", false).unwrap();
-    assert!(matches!(b.rename(b_dir, inner, b"loop", false), Err(DbError::IntoItself(_))));
+    assert!(matches!(
+        b.rename(b_dir, inner, b"loop", false),
+        Err(DbError::IntoItself(_))
+    ));
     b.commit().unwrap();
     assert_eq!(
         desk.path_of(leaf).unwrap(),
-        vec![b"b".to_vec(), b"moved".to_vec(), b"inner".to_vec(), b"leaf".to_vec()]
+        vec![
+            b"b".to_vec(),
+            b"moved".to_vec(),
+            b"inner".to_vec(),
+            b"leaf".to_vec()
+        ]
     );
     assert_eq!(
-        desk.id_of_path(&[b"b", b"moved", b"inner", b"leaf"]).unwrap(),
+        desk.id_of_path(&[b"b", b"moved", b"inner", b"leaf"])
+            .unwrap(),
         Some(leaf)
     );
 }
@@ -137,7 +160,10 @@ fn rename_onto_existing_needs_replace() {
     let a = add(&mut desk, file(ROOT_ID, b"a"));
     let b_id = add(&mut desk, file(ROOT_ID, b"b"));
     let mut b = desk.batch().unwrap();
-    assert!(matches!(b.rename(a, ROOT_ID, b"b", false), Err(DbError::Exists { .. })));
+    assert!(matches!(
+        b.rename(a, ROOT_ID, b"b", false),
+        Err(DbError::Exists { .. })
+    ));
     assert_eq!(b.rename(a, ROOT_ID, b"b", true).unwrap(), vec![b_id]);
     b.commit().unwrap();
     assert_eq!(desk.lookup(ROOT_ID, b"b").unwrap().unwrap().id, a);
@@ -183,41 +209,76 @@ fn appl_type_registers_and_unregisters() {
     assert_eq!(desk.appl_for(*b"ttxt").unwrap().len(), 1);
     assert_eq!(desk.appl_for(*b"ttxt").unwrap()[0].app_id, id);
     let mut b = desk.batch().unwrap();
-    b.set_info(id, &InfoUpdate { type_code: Some(*b"TEXT"), ..Default::default() }).unwrap();
+    b.set_info(
+        id,
+        &InfoUpdate {
+            type_code: Some(*b"TEXT"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     b.commit().unwrap();
     assert!(desk.appl_for(*b"ttxt").unwrap().is_empty());
     let mut b = desk.batch().unwrap();
-    b.set_info(id, &InfoUpdate { type_code: Some(APPL), ..Default::default() }).unwrap();
+    b.set_info(
+        id,
+        &InfoUpdate {
+            type_code: Some(APPL),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     b.commit().unwrap();
     assert_eq!(desk.appl_for(*b"ttxt").unwrap().len(), 1);
     let mut b = desk.batch().unwrap();
     b.delete(id, false).unwrap();
     b.commit().unwrap();
-    assert!(desk.appl_for(*b"ttxt").unwrap().is_empty(), "deleting the app unregisters it");
+    assert!(
+        desk.appl_for(*b"ttxt").unwrap().is_empty(),
+        "deleting the app unregisters it"
+    );
 }
 
 #[test]
 fn icons_and_comments() {
     let (_d, mut desk) = open_temp();
     let id = add(&mut desk, file(ROOT_ID, b"doc"));
-    let icon = IconRecord { creator: *b"ttxt", type_code: *b"TEXT", itype: 1, tag: 7, bitmap: vec![1, 2, 3] };
+    let icon = IconRecord {
+        creator: *b"ttxt",
+        type_code: *b"TEXT",
+        itype: 1,
+        tag: 7,
+        bitmap: vec![1, 2, 3],
+    };
     let mut b = desk.batch().unwrap();
     b.icon_add(&icon).unwrap();
     b.comment_set(id, b"hello").unwrap();
     b.comment_set(id, b"replaced").unwrap();
     b.commit().unwrap();
-    assert_eq!(desk.icon(*b"ttxt", *b"TEXT", 1).unwrap(), Some(icon.clone()));
+    assert_eq!(
+        desk.icon(*b"ttxt", *b"TEXT", 1).unwrap(),
+        Some(icon.clone())
+    );
     assert_eq!(desk.icons_for(*b"ttxt").unwrap(), vec![icon]);
     assert_eq!(desk.comment(id).unwrap(), Some(b"replaced".to_vec()));
     let mut b = desk.batch().unwrap();
     b.delete(id, false).unwrap();
     b.commit().unwrap();
-    assert_eq!(desk.comment(id).unwrap(), None, "comments go with their object");
+    assert_eq!(
+        desk.comment(id).unwrap(),
+        None,
+        "comments go with their object"
+    );
 }
 
 fn find(desk: &Desktop, pattern: &str, mode: FindMode) -> Vec<Vec<u8>> {
     let mut names: Vec<Vec<u8>> = desk
-        .find(&FindQuery { pattern: pattern.into(), mode, limit: 1000, after_id: 0 })
+        .find(&FindQuery {
+            pattern: pattern.into(),
+            mode,
+            limit: 1000,
+            after_id: 0,
+        })
         .unwrap()
         .into_iter()
         .map(|o| o.name)
@@ -229,7 +290,14 @@ fn find(desk: &Desktop, pattern: &str, mode: FindMode) -> Vec<Vec<u8>> {
 #[test]
 fn find_modes_fold_case_and_normalisation() {
     let (_d, mut desk) = open_temp();
-    for name in ["Report 2024.pdf", "report-final.DOC", "Caf\u{e9}.txt", "Cafe\u{301} Menu", "xy", "a*b"] {
+    for name in [
+        "Report 2024.pdf",
+        "report-final.DOC",
+        "Caf\u{e9}.txt",
+        "Cafe\u{301} Menu",
+        "xy",
+        "a*b",
+    ] {
         add(&mut desk, file(ROOT_ID, name.as_bytes()));
     }
     let sub = find(&desk, "REPORT", FindMode::Substring);
@@ -237,7 +305,10 @@ fn find_modes_fold_case_and_normalisation() {
     assert_eq!(find(&desk, "port", FindMode::Substring).len(), 2);
     assert_eq!(find(&desk, "rep", FindMode::Prefix).len(), 2);
     assert_eq!(find(&desk, "port", FindMode::Prefix).len(), 0);
-    assert_eq!(find(&desk, "*.pdf", FindMode::Glob), vec![b"Report 2024.pdf".to_vec()]);
+    assert_eq!(
+        find(&desk, "*.pdf", FindMode::Glob),
+        vec![b"Report 2024.pdf".to_vec()]
+    );
     assert_eq!(find(&desk, "report?final.*", FindMode::Glob).len(), 1);
     // NFD pattern finds the NFC name and vice versa.
     assert_eq!(find(&desk, "cafe\u{301}", FindMode::Substring).len(), 2);
@@ -245,7 +316,10 @@ fn find_modes_fold_case_and_normalisation() {
     // Short patterns (fewer than 3 characters) still work.
     assert_eq!(find(&desk, "XY", FindMode::Substring), vec![b"xy".to_vec()]);
     // Glob metacharacters in a substring pattern are literal.
-    assert_eq!(find(&desk, "a*b", FindMode::Substring), vec![b"a*b".to_vec()]);
+    assert_eq!(
+        find(&desk, "a*b", FindMode::Substring),
+        vec![b"a*b".to_vec()]
+    );
     assert_eq!(find(&desk, "report 2024.PDF", FindMode::Exact).len(), 1);
     // Renamed objects are found under their new name only.
     let id = desk.lookup(ROOT_ID, b"xy").unwrap().unwrap().id;
@@ -266,7 +340,12 @@ fn find_pages_with_a_cursor() {
     let mut after = 0;
     loop {
         let page = desk
-            .find(&FindQuery { pattern: "page".into(), mode: FindMode::Substring, limit: 10, after_id: after })
+            .find(&FindQuery {
+                pattern: "page".into(),
+                mode: FindMode::Substring,
+                limit: 10,
+                after_id: after,
+            })
             .unwrap();
         if page.is_empty() {
             break;
@@ -299,7 +378,10 @@ fn newer_format_is_refused() {
     let path = dir.path().join(".Desktop");
     let (desk, _) = Desktop::open(&path, Durability::Normal).unwrap();
     desk.close_clean().unwrap();
-    rusqlite::Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
     assert!(matches!(
         Desktop::open(&path, Durability::Normal),
         Err(DbError::FormatTooNew { found: 99, .. })
@@ -310,8 +392,14 @@ fn newer_format_is_refused() {
 fn foreign_sqlite_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(".Desktop");
-    rusqlite::Connection::open(&path).unwrap().execute_batch("CREATE TABLE t(x)").unwrap();
-    assert!(matches!(Desktop::open(&path, Durability::Normal), Err(DbError::NotADesktop)));
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x)")
+        .unwrap();
+    assert!(matches!(
+        Desktop::open(&path, Durability::Normal),
+        Err(DbError::NotADesktop)
+    ));
 }
 
 proptest! {

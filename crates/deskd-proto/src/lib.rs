@@ -73,7 +73,9 @@ pub enum Request {
     /// List the served volumes.
     Volumes,
     /// The handle of the volume rooted at `root` (an absolute path).
-    OpenVolume { root: Vec<u8> },
+    OpenVolume {
+        root: Vec<u8>,
+    },
     /// ID of `name` in directory `parent`, registering it if needed (lookup-or-add). The server
     /// checks that `dev`/`ino` match the object on disk. `hint` is an ID to keep if free.
     Add {
@@ -96,13 +98,26 @@ pub enum Request {
         creator: Option<[u8; 4]>,
     },
     /// The registered object `name` in `parent` (no registration).
-    Lookup { vol: VolumeId, parent: u32, name: Vec<u8> },
+    Lookup {
+        vol: VolumeId,
+        parent: u32,
+        name: Vec<u8>,
+    },
     /// The registered object at `path` (no registration).
-    LookupPath { vol: VolumeId, path: Vec<u8> },
+    LookupPath {
+        vol: VolumeId,
+        path: Vec<u8>,
+    },
     /// The object with this ID, with its path.
-    Resolve { vol: VolumeId, id: u32 },
+    Resolve {
+        vol: VolumeId,
+        id: u32,
+    },
     /// The registered children of a directory.
-    Children { vol: VolumeId, dir: u32 },
+    Children {
+        vol: VolumeId,
+        dir: u32,
+    },
     /// The client renamed/moved object `id` to `new_parent`/`new_name`; the server verifies it.
     Rename {
         vol: VolumeId,
@@ -121,9 +136,17 @@ pub enum Request {
         hint: Option<u32>,
     },
     /// The client removed object `id` (and, with `recursive`, everything below); verified.
-    Delete { vol: VolumeId, id: u32, recursive: bool },
+    Delete {
+        vol: VolumeId,
+        id: u32,
+        recursive: bool,
+    },
     /// The client removed `path`; verified. An unregistered path is not an error.
-    DeletePath { vol: VolumeId, path: Vec<u8>, recursive: bool },
+    DeletePath {
+        vol: VolumeId,
+        path: Vec<u8>,
+        recursive: bool,
+    },
     /// Change type, creator or Finder flags.
     SetInfo {
         vol: VolumeId,
@@ -140,9 +163,21 @@ pub enum Request {
         limit: u32,
         after_id: u32,
     },
-    ApplAdd { vol: VolumeId, creator: [u8; 4], app_id: u32, tag: u32 },
-    ApplGet { vol: VolumeId, creator: [u8; 4] },
-    ApplRemove { vol: VolumeId, creator: [u8; 4], app_id: u32 },
+    ApplAdd {
+        vol: VolumeId,
+        creator: [u8; 4],
+        app_id: u32,
+        tag: u32,
+    },
+    ApplGet {
+        vol: VolumeId,
+        creator: [u8; 4],
+    },
+    ApplRemove {
+        vol: VolumeId,
+        creator: [u8; 4],
+        app_id: u32,
+    },
     IconAdd {
         vol: VolumeId,
         creator: [u8; 4],
@@ -151,19 +186,46 @@ pub enum Request {
         tag: u32,
         bitmap: Vec<u8>,
     },
-    IconGet { vol: VolumeId, creator: [u8; 4], type_code: [u8; 4], itype: u8 },
-    IconList { vol: VolumeId, creator: [u8; 4] },
-    CommentSet { vol: VolumeId, id: u32, text: Vec<u8> },
-    CommentGet { vol: VolumeId, id: u32 },
-    CommentRemove { vol: VolumeId, id: u32 },
+    IconGet {
+        vol: VolumeId,
+        creator: [u8; 4],
+        type_code: [u8; 4],
+        itype: u8,
+    },
+    IconList {
+        vol: VolumeId,
+        creator: [u8; 4],
+    },
+    CommentSet {
+        vol: VolumeId,
+        id: u32,
+        text: Vec<u8>,
+    },
+    CommentGet {
+        vol: VolumeId,
+        id: u32,
+    },
+    CommentRemove {
+        vol: VolumeId,
+        id: u32,
+    },
     /// Per-volume state; `vol: None` for all volumes.
-    Status { vol: Option<VolumeId> },
+    Status {
+        vol: Option<VolumeId>,
+    },
     /// Commit and TRUNCATE-checkpoint (admin).
-    Flush { vol: Option<VolumeId> },
+    Flush {
+        vol: Option<VolumeId>,
+    },
     /// Flush, then keep `.Desktop` byte-stable for `seconds` (admin; `None` = default).
-    Freeze { vol: Option<VolumeId>, seconds: Option<u32> },
+    Freeze {
+        vol: Option<VolumeId>,
+        seconds: Option<u32>,
+    },
     /// End a freeze early (admin).
-    Thaw { vol: Option<VolumeId> },
+    Thaw {
+        vol: Option<VolumeId>,
+    },
 }
 
 impl Request {
@@ -278,7 +340,11 @@ pub enum Response {
     Comment(Option<Vec<u8>>),
     Status(Vec<VolumeStatus>),
     /// Frozen until this Unix time; `clamped` when the request exceeded `freeze_max`.
-    Frozen { until: i64, clamped: bool, max: u32 },
+    Frozen {
+        until: i64,
+        clamped: bool,
+        max: u32,
+    },
     Done,
 }
 
@@ -463,11 +529,36 @@ mod tests {
 
     fn arb_request() -> impl Strategy<Value = Request> {
         prop_oneof![
-            (any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..300), any::<u64>(), any::<u64>(), any::<Option<u32>>())
-                .prop_map(|(vol, parent, name, dev, ino, hint)| Request::Add { vol, parent, name, dev, ino, hint, type_code: Some(*b"TEXT"), creator: None }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..300),
+                any::<u64>(),
+                any::<u64>(),
+                any::<Option<u32>>()
+            )
+                .prop_map(|(vol, parent, name, dev, ino, hint)| Request::Add {
+                    vol,
+                    parent,
+                    name,
+                    dev,
+                    ino,
+                    hint,
+                    type_code: Some(*b"TEXT"),
+                    creator: None
+                }),
             (any::<u32>(), any::<u32>()).prop_map(|(vol, id)| Request::Resolve { vol, id }),
-            (any::<u32>(), ".{0,40}", any::<u32>()).prop_map(|(vol, pattern, after_id)| Request::Find { vol, pattern, mode: FindMode::Glob, limit: 10, after_id }),
-            proptest::collection::vec(any::<u8>(), 0..100).prop_map(|root| Request::OpenVolume { root }),
+            (any::<u32>(), ".{0,40}", any::<u32>()).prop_map(|(vol, pattern, after_id)| {
+                Request::Find {
+                    vol,
+                    pattern,
+                    mode: FindMode::Glob,
+                    limit: 10,
+                    after_id,
+                }
+            }),
+            proptest::collection::vec(any::<u8>(), 0..100)
+                .prop_map(|root| Request::OpenVolume { root }),
         ]
     }
 
@@ -501,11 +592,17 @@ mod tests {
         assert_eq!(parse_hello(&client_hello(7)).unwrap(), 7);
         assert!(parse_hello(b"HTTP/1.1").is_err());
         assert!(check_server_hello(&server_hello(0)).is_ok());
-        assert!(matches!(check_server_hello(&server_hello(1)), Err(ProtoError::VersionMismatch { .. })));
+        assert!(matches!(
+            check_server_hello(&server_hello(1)),
+            Err(ProtoError::VersionMismatch { .. })
+        ));
     }
 
     #[test]
     fn socket_path_rule() {
-        assert_eq!(socket_path(Some("/x.sock".into())), PathBuf::from("/x.sock"));
+        assert_eq!(
+            socket_path(Some("/x.sock".into())),
+            PathBuf::from("/x.sock")
+        );
     }
 }

@@ -95,7 +95,11 @@ fn same_object(o: &Object, dev: u64, ino: u64) -> bool {
 }
 
 /// The physical path of a registered object, checked to lie inside the volume.
-fn object_path<R: Read>(db: &R, vol: &Volume, id: u32) -> Result<(Vec<u8>, std::path::PathBuf), ErrorReply> {
+fn object_path<R: Read>(
+    db: &R,
+    vol: &Volume,
+    id: u32,
+) -> Result<(Vec<u8>, std::path::PathBuf), ErrorReply> {
     let rel = join(&db.path_of(id).map_err(db_error)?);
     let resolved = vol.resolve_relative(&rel).map_err(volume_error)?;
     Ok((rel, resolved.path))
@@ -118,7 +122,10 @@ fn add_path(
         let last = i + 1 == components.len();
         path.push(std::ffi::OsStr::from_bytes(name));
         let Some((dev, ino, kind, ctime)) = stat(&path) else {
-            return Err(claim(format!("{}: no such file or directory on disk", path.display())));
+            return Err(claim(format!(
+                "{}: no such file or directory on disk",
+                path.display()
+            )));
         };
         if !last && kind != Kind::Dir {
             return Err(ErrorReply::new(
@@ -146,8 +153,16 @@ fn add_path(
             kind,
             dev,
             ino,
-            type_code: if last { type_code.unwrap_or(default_type) } else { default_type },
-            creator: if last { creator.unwrap_or(default_creator) } else { default_creator },
+            type_code: if last {
+                type_code.unwrap_or(default_type)
+            } else {
+                default_type
+            },
+            creator: if last {
+                creator.unwrap_or(default_creator)
+            } else {
+                default_creator
+            },
             flags: 0,
             ctime,
             hint: if last { hint } else { None },
@@ -188,7 +203,10 @@ fn verify_gone(object: &Object, old_path: &Path) -> Result<(), ErrorReply> {
 /// Verify that `object` is now at `new_path`.
 fn verify_arrived(object: &Object, new_path: &Path) -> Result<(u64, u64), ErrorReply> {
     match stat(new_path) {
-        None => Err(claim(format!("{}: no such file or directory on disk", new_path.display()))),
+        None => Err(claim(format!(
+            "{}: no such file or directory on disk",
+            new_path.display()
+        ))),
         Some((dev, ino, _, _)) if !same_object(object, dev, ino) => Err(claim(format!(
             "{}: is not the object with ID {} (different inode)",
             new_path.display(),
@@ -206,9 +224,12 @@ fn do_rename(
     new_components: &[Vec<u8>],
     replace: bool,
 ) -> Reply {
-    let (new_name, parent_components) = new_components
-        .split_last()
-        .ok_or_else(|| ErrorReply::new(ErrorCode::PermissionDenied, "cannot rename onto the volume root"))?;
+    let (new_name, parent_components) = new_components.split_last().ok_or_else(|| {
+        ErrorReply::new(
+            ErrorCode::PermissionDenied,
+            "cannot rename onto the volume root",
+        )
+    })?;
     let new_path = vol.path_of(new_components);
     verify_gone(object, old_path)?;
     let (dev, ino) = verify_arrived(object, &new_path)?;
@@ -236,7 +257,16 @@ pub fn apply_write(b: &mut Batch<'_>, vol: &Volume, read_only: bool, request: &R
         }
     };
     match request {
-        Request::Add { parent, name, dev, ino, hint, type_code, creator, .. } => {
+        Request::Add {
+            parent,
+            name,
+            dev,
+            ino,
+            hint,
+            type_code,
+            creator,
+            ..
+        } => {
             deskd_volume::check_name(name).map_err(volume_error)?;
             if let Some(existing) = b.lookup(*parent, name).map_err(db_error)? {
                 let path = join(&b.path_of(existing.id).map_err(db_error)?);
@@ -245,7 +275,10 @@ pub fn apply_write(b: &mut Batch<'_>, vol: &Volume, read_only: bool, request: &R
             let (parent_rel, parent_path) = object_path(b, vol, *parent)?;
             let path = parent_path.join(std::ffi::OsStr::from_bytes(name));
             let Some((sdev, sino, kind, ctime)) = stat(&path) else {
-                return Err(claim(format!("{}: no such file or directory on disk", path.display())));
+                return Err(claim(format!(
+                    "{}: no such file or directory on disk",
+                    path.display()
+                )));
             };
             if (sdev, sino) != (*dev, *ino) {
                 return Err(claim(format!(
@@ -275,7 +308,13 @@ pub fn apply_write(b: &mut Batch<'_>, vol: &Volume, read_only: bool, request: &R
             rel.extend_from_slice(name);
             Ok(Response::Object(info(&o, Some(rel), created)))
         }
-        Request::AddPath { path, hint, type_code, creator, .. } => {
+        Request::AddPath {
+            path,
+            hint,
+            type_code,
+            creator,
+            ..
+        } => {
             let components = resolve_components(vol, path)?;
             if components.is_empty() {
                 let root = b.get(deskd_db::ROOT_ID).map_err(db_error)?;
@@ -284,7 +323,13 @@ pub fn apply_write(b: &mut Batch<'_>, vol: &Volume, read_only: bool, request: &R
             let (o, created) = add_path(b, vol, &components, *hint, *type_code, *creator)?;
             Ok(Response::Object(info(&o, Some(join(&components)), created)))
         }
-        Request::Rename { id, new_parent, new_name, replace, .. } => {
+        Request::Rename {
+            id,
+            new_parent,
+            new_name,
+            replace,
+            ..
+        } => {
             refuse_ro()?;
             deskd_volume::check_name(new_name).map_err(volume_error)?;
             let object = b.get(*id).map_err(db_error)?;
@@ -293,12 +338,21 @@ pub fn apply_write(b: &mut Batch<'_>, vol: &Volume, read_only: bool, request: &R
             components.push(new_name.clone());
             do_rename(b, vol, &object, &old_path, &components, *replace)
         }
-        Request::RenamePath { from, to, replace, hint, .. } => {
+        Request::RenamePath {
+            from,
+            to,
+            replace,
+            hint,
+            ..
+        } => {
             refuse_ro()?;
             let from_c = resolve_components(vol, from)?;
             let to_c = resolve_components(vol, to)?;
             if from_c.is_empty() || to_c.is_empty() {
-                return Err(ErrorReply::new(ErrorCode::PermissionDenied, "the volume root cannot be renamed"));
+                return Err(ErrorReply::new(
+                    ErrorCode::PermissionDenied,
+                    "the volume root cannot be renamed",
+                ));
             }
             match registered(b, &from_c)? {
                 Some(object) => {
@@ -332,43 +386,83 @@ pub fn apply_write(b: &mut Batch<'_>, vol: &Volume, read_only: bool, request: &R
             let object = b.get(*id).map_err(db_error)?;
             let (_, path) = object_path(b, vol, *id)?;
             verify_gone(&object, &path)?;
-            Ok(Response::Removed(b.delete(*id, *recursive).map_err(db_error)?))
+            Ok(Response::Removed(
+                b.delete(*id, *recursive).map_err(db_error)?,
+            ))
         }
-        Request::DeletePath { path, recursive, .. } => {
+        Request::DeletePath {
+            path, recursive, ..
+        } => {
             refuse_ro()?;
             let components = resolve_components(vol, path)?;
             if components.is_empty() {
-                return Err(ErrorReply::new(ErrorCode::PermissionDenied, "the volume root cannot be deleted"));
+                return Err(ErrorReply::new(
+                    ErrorCode::PermissionDenied,
+                    "the volume root cannot be deleted",
+                ));
             }
             match registered(b, &components)? {
                 None => Ok(Response::Removed(Vec::new())),
                 Some(object) => {
                     verify_gone(&object, &vol.path_of(&components))?;
-                    Ok(Response::Removed(b.delete(object.id, *recursive).map_err(db_error)?))
+                    Ok(Response::Removed(
+                        b.delete(object.id, *recursive).map_err(db_error)?,
+                    ))
                 }
             }
         }
-        Request::SetInfo { id, type_code, creator, flags, .. } => {
+        Request::SetInfo {
+            id,
+            type_code,
+            creator,
+            flags,
+            ..
+        } => {
             refuse_ro()?;
-            let update = InfoUpdate { type_code: *type_code, creator: *creator, flags: *flags };
+            let update = InfoUpdate {
+                type_code: *type_code,
+                creator: *creator,
+                flags: *flags,
+            };
             let o = b.set_info(*id, &update).map_err(db_error)?;
             Ok(Response::Object(info(&o, None, false)))
         }
-        Request::ApplAdd { creator, app_id, tag, .. } => {
+        Request::ApplAdd {
+            creator,
+            app_id,
+            tag,
+            ..
+        } => {
             refuse_ro()?;
-            let record = deskd_db::ApplRecord { creator: *creator, app_id: *app_id, tag: *tag };
+            let record = deskd_db::ApplRecord {
+                creator: *creator,
+                app_id: *app_id,
+                tag: *tag,
+            };
             b.appl_add(&record).map_err(db_error)?;
             Ok(Response::Done)
         }
-        Request::ApplRemove { creator, app_id, .. } => {
+        Request::ApplRemove {
+            creator, app_id, ..
+        } => {
             refuse_ro()?;
             if b.appl_remove(*creator, *app_id).map_err(db_error)? {
                 Ok(Response::Done)
             } else {
-                Err(ErrorReply::new(ErrorCode::NotFound, format!("no APPL record for {app_id}")))
+                Err(ErrorReply::new(
+                    ErrorCode::NotFound,
+                    format!("no APPL record for {app_id}"),
+                ))
             }
         }
-        Request::IconAdd { creator, type_code, itype, tag, bitmap, .. } => {
+        Request::IconAdd {
+            creator,
+            type_code,
+            itype,
+            tag,
+            bitmap,
+            ..
+        } => {
             refuse_ro()?;
             let icon = deskd_db::IconRecord {
                 creator: *creator,
@@ -414,7 +508,11 @@ pub fn apply_read<R: Read>(db: &R, vol: &Volume, request: &Request) -> Reply {
             match db.id_of_path(&names).map_err(db_error)? {
                 Some(id) => {
                     let o = db.get(id).map_err(db_error)?;
-                    Ok(Response::MaybeObject(Some(info(&o, Some(join(&components)), false))))
+                    Ok(Response::MaybeObject(Some(info(
+                        &o,
+                        Some(join(&components)),
+                        false,
+                    ))))
                 }
                 None => Ok(Response::MaybeObject(None)),
             }
@@ -425,9 +523,17 @@ pub fn apply_read<R: Read>(db: &R, vol: &Volume, request: &Request) -> Reply {
         }
         Request::Children { dir, .. } => {
             let children = db.children(*dir).map_err(db_error)?;
-            Ok(Response::Objects(children.iter().map(|o| info(o, None, false)).collect()))
+            Ok(Response::Objects(
+                children.iter().map(|o| info(o, None, false)).collect(),
+            ))
         }
-        Request::Find { pattern, mode, limit, after_id, .. } => {
+        Request::Find {
+            pattern,
+            mode,
+            limit,
+            after_id,
+            ..
+        } => {
             let mode = match mode {
                 deskd_proto::FindMode::Substring => deskd_db::FindMode::Substring,
                 deskd_proto::FindMode::Prefix => deskd_db::FindMode::Prefix,
@@ -457,7 +563,12 @@ pub fn apply_read<R: Read>(db: &R, vol: &Volume, request: &Request) -> Reply {
                 .map(|r| (r.app_id, r.tag))
                 .collect(),
         )),
-        Request::IconGet { creator, type_code, itype, .. } => Ok(Response::Icon(
+        Request::IconGet {
+            creator,
+            type_code,
+            itype,
+            ..
+        } => Ok(Response::Icon(
             db.icon(*creator, *type_code, *itype)
                 .map_err(db_error)?
                 .map(|i| (i.tag, i.bitmap)),

@@ -108,7 +108,13 @@ impl ConfigFile {
                 .desktop_location
                 .clone()
                 .or(d.desktop_location.clone())
-                .map(|l| if l.is_absolute() { l } else { state_dir.join(l) });
+                .map(|l| {
+                    if l.is_absolute() {
+                        l
+                    } else {
+                        state_dir.join(l)
+                    }
+                });
             let cfg = VolumeConfig {
                 flush_delay: pick(prefs.flush_delay, d.flush_delay, 60).max(1),
                 idle_close: pick(prefs.idle_close, d.idle_close, 60).max(1),
@@ -163,7 +169,9 @@ mod tests {
             "#,
         )
         .unwrap();
-        let cfg = file.resolve("/s.sock".into(), &[PathBuf::from("/srv/b")]).unwrap();
+        let cfg = file
+            .resolve("/s.sock".into(), &[PathBuf::from("/srv/b")])
+            .unwrap();
         assert_eq!(cfg.volumes.len(), 2);
         let a = &cfg.volumes[0];
         assert_eq!(a.root, PathBuf::from("/srv/a"));

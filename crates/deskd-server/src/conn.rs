@@ -38,7 +38,10 @@ pub struct ReplySink {
 impl ReplySink {
     /// Send the reply; a client that went away is not an error for the server.
     pub fn send(&self, result: Reply) {
-        let frame = ReplyFrame { id: self.id, result };
+        let frame = ReplyFrame {
+            id: self.id,
+            result,
+        };
         let mut stream = self.writer.stream.lock().unwrap();
         if deskd_proto::write_frame(&mut *stream, &frame).is_ok() {
             let _ = stream.flush();
@@ -48,7 +51,11 @@ impl ReplySink {
 
 /// The uid of the peer process (SO_PEERCRED).
 fn peer_uid(stream: &UnixStream) -> Option<u32> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly sized ucred.
     let rc = unsafe {
@@ -69,20 +76,34 @@ pub fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
         debug!("handshake failed: {e}");
         return;
     }
-    let Ok(write_half) = stream.try_clone() else { return };
-    let writer = Arc::new(ConnWriter { stream: Mutex::new(BufWriter::new(write_half)) });
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let writer = Arc::new(ConnWriter {
+        stream: Mutex::new(BufWriter::new(write_half)),
+    });
     let mut input = BufReader::with_capacity(64 * 1024, stream);
-    let mut conn = Connection { shared, uid, readers: HashMap::new() };
+    let mut conn = Connection {
+        shared,
+        uid,
+        readers: HashMap::new(),
+    };
     let mut body = Vec::new();
     loop {
         match read_frame_body(&mut input, &mut body) {
             Ok(true) => {}
             Ok(false) => break,
             Err(ProtoError::FrameTooLarge(n)) => {
-                let sink = ReplySink { writer: writer.clone(), id: 0 };
+                let sink = ReplySink {
+                    writer: writer.clone(),
+                    id: 0,
+                };
                 sink.send(Err(ErrorReply::new(
                     ErrorCode::FrameTooLarge,
-                    format!("frame of {n} bytes exceeds the {}-byte limit; closing", deskd_proto::MAX_FRAME),
+                    format!(
+                        "frame of {n} bytes exceeds the {}-byte limit; closing",
+                        deskd_proto::MAX_FRAME
+                    ),
                 )));
                 break;
             }
@@ -91,12 +112,18 @@ pub fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
         let frame: RequestFrame = match decode(&body) {
             Ok(f) => f,
             Err(e) => {
-                let sink = ReplySink { writer: writer.clone(), id: 0 };
+                let sink = ReplySink {
+                    writer: writer.clone(),
+                    id: 0,
+                };
                 sink.send(Err(ErrorReply::new(ErrorCode::BadRequest, e.to_string())));
                 continue;
             }
         };
-        let sink = ReplySink { writer: writer.clone(), id: frame.id };
+        let sink = ReplySink {
+            writer: writer.clone(),
+            id: frame.id,
+        };
         conn.dispatch(frame.request, sink);
     }
 }
@@ -108,7 +135,10 @@ fn handshake(stream: &UnixStream) -> Result<(), ProtoError> {
     let version = deskd_proto::parse_hello(&hello)?;
     if version != PROTOCOL_VERSION {
         (&*stream).write_all(&deskd_proto::server_hello(1))?;
-        return Err(ProtoError::VersionMismatch { server: PROTOCOL_VERSION, client: version });
+        return Err(ProtoError::VersionMismatch {
+            server: PROTOCOL_VERSION,
+            client: version,
+        });
     }
     (&*stream).write_all(&deskd_proto::server_hello(0))?;
     stream.set_read_timeout(None)?;
@@ -122,12 +152,19 @@ struct Connection {
 }
 
 fn no_volume(vol: u32) -> ErrorReply {
-    ErrorReply::new(ErrorCode::NoSuchVolume, format!("no volume with handle {vol}"))
+    ErrorReply::new(
+        ErrorCode::NoSuchVolume,
+        format!("no volume with handle {vol}"),
+    )
 }
 
 impl Connection {
     fn volume(&self, vol: u32) -> Result<Arc<VolumeHandle>, ErrorReply> {
-        self.shared.volumes.get(vol as usize).cloned().ok_or_else(|| no_volume(vol))
+        self.shared
+            .volumes
+            .get(vol as usize)
+            .cloned()
+            .ok_or_else(|| no_volume(vol))
     }
 
     fn targets(&self, vol: Option<u32>) -> Result<Vec<Arc<VolumeHandle>>, ErrorReply> {
@@ -152,7 +189,10 @@ impl Connection {
             Some(uid) if uid == handle.owner_uid => Ok(()),
             _ => Err(ErrorReply::new(
                 ErrorCode::PermissionDenied,
-                format!("{}: flush, freeze and thaw need root or the volume owner", handle.volume.root().display()),
+                format!(
+                    "{}: flush, freeze and thaw need root or the volume owner",
+                    handle.volume.root().display()
+                ),
             )),
         }
     }
@@ -164,12 +204,21 @@ impl Connection {
                 Err(e) => return sink.send(Err(e)),
             };
             if self.shared.shutting_down.load(Ordering::SeqCst) {
-                return sink.send(Err(ErrorReply::new(ErrorCode::ShuttingDown, "deskd is shutting down")));
+                return sink.send(Err(ErrorReply::new(
+                    ErrorCode::ShuttingDown,
+                    "deskd is shutting down",
+                )));
             }
             if let Err(crossbeam_channel::SendError(Job::Write { reply, .. })) =
-                handle.queue.send(Job::Write { request, reply: sink })
+                handle.queue.send(Job::Write {
+                    request,
+                    reply: sink,
+                })
             {
-                reply.send(Err(ErrorReply::new(ErrorCode::ShuttingDown, "deskd is shutting down")));
+                reply.send(Err(ErrorReply::new(
+                    ErrorCode::ShuttingDown,
+                    "deskd is shutting down",
+                )));
             }
             return;
         }
@@ -238,7 +287,10 @@ impl Connection {
             match reply {
                 Ok(r) => last = Ok(r),
                 Err(e) => {
-                    return Err(ErrorReply::new(e.code, format!("{}: {}", handle.volume.root().display(), e.message)))
+                    return Err(ErrorReply::new(
+                        e.code,
+                        format!("{}: {}", handle.volume.root().display(), e.message),
+                    ))
                 }
             }
         }

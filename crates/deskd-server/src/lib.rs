@@ -47,7 +47,10 @@ pub struct Server {
 }
 
 fn bind(path: &Path) -> Result<UnixListener, ServerError> {
-    let err = |message: String| ServerError::Socket { path: path.to_path_buf(), message };
+    let err = |message: String| ServerError::Socket {
+        path: path.to_path_buf(),
+        message,
+    };
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(err("another deskd is already serving on this socket".into()));
@@ -87,7 +90,10 @@ impl Server {
             )));
         }
         let listener = bind(&config.socket)?;
-        let shared = Arc::new(Shared { volumes, shutting_down: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            volumes,
+            shutting_down: AtomicBool::new(false),
+        });
         let accept_shared = shared.clone();
         std::thread::Builder::new()
             .name("accept".into())
@@ -104,9 +110,15 @@ impl Server {
                     }
                 }
             })
-            .map_err(|e| ServerError::Socket { path: config.socket.clone(), message: e.to_string() })?;
+            .map_err(|e| ServerError::Socket {
+                path: config.socket.clone(),
+                message: e.to_string(),
+            })?;
         info!(socket = %config.socket.display(), volumes = shared.volumes.len(), "deskd serving");
-        Ok(Server { shared, socket: config.socket })
+        Ok(Server {
+            shared,
+            socket: config.socket,
+        })
     }
 
     /// The socket path being served.

@@ -80,7 +80,11 @@ fn desktop_path(cfg: &VolumeConfig, root: &Path) -> Result<PathBuf, ServerError>
         Ok(m) if m.file_type().is_symlink() => {
             // Relocated: the target's directory must exist.
             let target = std::fs::read_link(&in_root).map_err(|_| misc())?;
-            let target = if target.is_absolute() { target } else { root.join(target) };
+            let target = if target.is_absolute() {
+                target
+            } else {
+                root.join(target)
+            };
             match target.parent() {
                 Some(dir) if dir.is_dir() => Ok(target),
                 _ => Err(misc()),
@@ -93,11 +97,17 @@ fn desktop_path(cfg: &VolumeConfig, root: &Path) -> Result<PathBuf, ServerError>
                 let rel = root.strip_prefix("/").unwrap_or(root);
                 let dir = location.join(rel);
                 std::fs::create_dir_all(&dir).map_err(|e| {
-                    ServerError::Volume(format!("{}: cannot create desktop directory: {e}", dir.display()))
+                    ServerError::Volume(format!(
+                        "{}: cannot create desktop directory: {e}",
+                        dir.display()
+                    ))
                 })?;
                 let target = dir.join(deskd_volume::DESKTOP_FILE);
                 std::os::unix::fs::symlink(&target, &in_root).map_err(|e| {
-                    ServerError::Volume(format!("{}: cannot create symlink: {e}", in_root.display()))
+                    ServerError::Volume(format!(
+                        "{}: cannot create symlink: {e}",
+                        in_root.display()
+                    ))
                 })?;
                 Ok(target)
             }
@@ -108,14 +118,21 @@ fn desktop_path(cfg: &VolumeConfig, root: &Path) -> Result<PathBuf, ServerError>
 /// For a read-only volume: the volume's own `.Desktop` when we may write it, else a temporary
 /// copy (or a new temporary desktop) under the temp directory named `desksrv…`.
 fn read_only_desktop(path: &Path, root: &Path) -> Result<PathBuf, ServerError> {
-    let writable = std::fs::OpenOptions::new().read(true).write(true).open(path).is_ok();
+    let writable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .is_ok();
     if writable {
         return Ok(path.to_path_buf());
     }
     let dir = std::env::temp_dir().join(format!(
         "desksrv.{}.{}",
         std::process::id(),
-        root.as_os_str().as_bytes().iter().fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(b as u32))
+        root.as_os_str()
+            .as_bytes()
+            .iter()
+            .fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(b as u32))
     ));
     std::fs::create_dir_all(&dir)
         .map_err(|e| ServerError::Volume(format!("{}: {e}", dir.display())))?;
@@ -137,7 +154,9 @@ fn lock_exclusive(path: &Path, root: &Path) -> Result<File, ServerError> {
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|e| ServerError::Volume(format!("{}: cannot open desktop: {e}", path.display())))?;
+        .map_err(|e| {
+            ServerError::Volume(format!("{}: cannot open desktop: {e}", path.display()))
+        })?;
     // SAFETY: flock on a valid, owned descriptor.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -161,7 +180,11 @@ impl VolumeHandle {
         }
         let lock = lock_exclusive(&desktop_path, &root)?;
         let (desktop, report) = Desktop::open(&desktop_path, config.durability).map_err(|e| {
-            ServerError::Volume(format!("{}: cannot open desktop {}: {e}", root.display(), desktop_path.display()))
+            ServerError::Volume(format!(
+                "{}: cannot open desktop {}: {e}",
+                root.display(),
+                desktop_path.display()
+            ))
         })?;
         if !report.was_clean {
             warn!(
@@ -226,7 +249,9 @@ impl VolumeHandle {
             last_flush: state.last_flush,
             clean_at_start: state.clean_at_start,
             frozen_until,
-            wal_bytes: std::fs::metadata(wal_path(&self.desktop_path)).map(|m| m.len()).unwrap_or(0),
+            wal_bytes: std::fs::metadata(wal_path(&self.desktop_path))
+                .map(|m| m.len())
+                .unwrap_or(0),
             check_problems: state.check_problems,
         })
     }
@@ -242,25 +267,27 @@ fn wal_path(desktop: &Path) -> PathBuf {
 fn spawn_check(desktop: &Path, root: &Path, state: Arc<Mutex<SharedState>>) {
     let desktop = desktop.to_path_buf();
     let root = root.to_path_buf();
-    let _ = std::thread::Builder::new().name("check".into()).spawn(move || {
-        let result = deskd_db::Reader::open(&desktop).and_then(|r| r.quick_check());
-        match result {
-            Ok(problems) if problems.is_empty() => {}
-            Ok(problems) => {
-                error!(
-                    "desktop check failed for [{}]: {}; run `deskd rebuild {}` to repair it",
-                    root.display(),
-                    problems.join("; "),
-                    root.display()
-                );
-                state.lock().unwrap().check_problems = problems;
+    let _ = std::thread::Builder::new()
+        .name("check".into())
+        .spawn(move || {
+            let result = deskd_db::Reader::open(&desktop).and_then(|r| r.quick_check());
+            match result {
+                Ok(problems) if problems.is_empty() => {}
+                Ok(problems) => {
+                    error!(
+                        "desktop check failed for [{}]: {}; run `deskd rebuild {}` to repair it",
+                        root.display(),
+                        problems.join("; "),
+                        root.display()
+                    );
+                    state.lock().unwrap().check_problems = problems;
+                }
+                Err(e) => {
+                    error!("desktop check of [{}] could not run: {e}", root.display());
+                    state.lock().unwrap().check_problems = vec![e.to_string()];
+                }
             }
-            Err(e) => {
-                error!("desktop check of [{}] could not run: {e}", root.display());
-                state.lock().unwrap().check_problems = vec![e.to_string()];
-            }
-        }
-    });
+        });
 }
 
 /// Most writes taken into one transaction.
@@ -331,9 +358,8 @@ impl Writer {
         let outcome = (|| -> Result<(), deskd_db::DbError> {
             let mut batch = desktop.batch()?;
             for (request, _) in writes.iter() {
-                let result = batch.step(|b| {
-                    Ok(apply_write(b, &self.volume, self.config.read_only, request))
-                })?;
+                let result = batch
+                    .step(|b| Ok(apply_write(b, &self.volume, self.config.read_only, request)))?;
                 replies.push(result);
             }
             batch.commit()
@@ -350,8 +376,15 @@ impl Writer {
             Err(e) => {
                 error!(volume = %self.volume.root().display(), "commit failed: {e}");
                 let reply = ErrorReply::new(
-                    if e.to_string().contains("full") { ErrorCode::Internal } else { db_error(e).code },
-                    format!("{}: desktop commit failed; nothing in this batch was recorded", self.volume.root().display()),
+                    if e.to_string().contains("full") {
+                        ErrorCode::Internal
+                    } else {
+                        db_error(e).code
+                    },
+                    format!(
+                        "{}: desktop commit failed; nothing in this batch was recorded",
+                        self.volume.root().display()
+                    ),
                 );
                 for (_, sink) in writes.drain(..) {
                     sink.send(Err(reply.clone()));
@@ -408,7 +441,9 @@ impl Writer {
         if self.frozen() {
             return;
         }
-        let size = std::fs::metadata(&self.wal_path).map(|m| m.len()).unwrap_or(0);
+        let size = std::fs::metadata(&self.wal_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
         if size > self.config.wal_limit {
             if let Some(d) = &self.desktop {
                 if let Err(e) = d.checkpoint(false) {
@@ -424,7 +459,10 @@ impl Writer {
         let desktop = self.desktop.as_ref().expect("writer used after shutdown");
         let (busy, _, _) = desktop.checkpoint(true).map_err(db_error)?;
         if busy != 0 {
-            return Err(ErrorReply::new(ErrorCode::Busy, "checkpoint blocked by a reader; try again"));
+            return Err(ErrorReply::new(
+                ErrorCode::Busy,
+                "checkpoint blocked by a reader; try again",
+            ));
         }
         self.dirty_since = None;
         self.state.lock().unwrap().last_flush = now_unix();
@@ -437,7 +475,10 @@ impl Writer {
                 let result = if self.frozen() {
                     Err(ErrorReply::new(
                         ErrorCode::Busy,
-                        format!("{}: frozen; flush after the freeze ends (or thaw)", self.volume.root().display()),
+                        format!(
+                            "{}: frozen; flush after the freeze ends (or thaw)",
+                            self.volume.root().display()
+                        ),
                     ))
                 } else {
                     self.flush().map(|_| Response::Done)
@@ -455,7 +496,11 @@ impl Writer {
                     let until = now_unix() + secs as i64;
                     self.state.lock().unwrap().frozen_until = Some(until);
                     info!(volume = %self.volume.root().display(), seconds = secs, "frozen");
-                    Response::Frozen { until, clamped, max: self.config.freeze_max }
+                    Response::Frozen {
+                        until,
+                        clamped,
+                        max: self.config.freeze_max,
+                    }
                 });
                 let _ = reply.send(result);
             }

@@ -184,9 +184,7 @@ impl Resolved {
 impl Volume {
     /// A volume rooted at `root`, which must be an existing directory.
     pub fn new(root: &Path) -> Result<Volume, VolumeError> {
-        let root = root
-            .canonicalize()
-            .map_err(|e| VolumeError::io(root, e))?;
+        let root = root.canonicalize().map_err(|e| VolumeError::io(root, e))?;
         if !root.is_dir() {
             return Err(VolumeError::io(
                 &root,
@@ -263,7 +261,9 @@ impl Volume {
             if exists {
                 match std::fs::symlink_metadata(&dir) {
                     Ok(m) if m.file_type().is_symlink() => {
-                        let real = dir.canonicalize().map_err(|_| VolumeError::Escape(shown()))?;
+                        let real = dir
+                            .canonicalize()
+                            .map_err(|_| VolumeError::Escape(shown()))?;
                         let inside = real
                             .strip_prefix(&self.root)
                             .map_err(|_| VolumeError::Escape(shown()))?;

@@ -156,14 +156,12 @@ pub fn read_header(path: &Path) -> Result<Option<ResourceHeader>, VolumeError> {
         .take(HEADER_LEN as u64)
         .read_to_end(&mut buf)
         .map_err(|e| VolumeError::io(path, e))?;
-    ResourceHeader::decode(&buf)
-        .map(Some)
-        .map_err(|e| match e {
-            VolumeError::BadResourceFile(m) => {
-                VolumeError::BadResourceFile(format!("{}: {m}", path.display()))
-            }
-            other => other,
-        })
+    ResourceHeader::decode(&buf).map(Some).map_err(|e| match e {
+        VolumeError::BadResourceFile(m) => {
+            VolumeError::BadResourceFile(format!("{}: {m}", path.display()))
+        }
+        other => other,
+    })
 }
 
 /// Write `header` into the resource file at `path`, creating `.rsrc/` and the file if needed

@@ -21,12 +21,27 @@ fn relative_paths_resolve_inside() {
 #[test]
 fn escapes_and_protected_names_are_refused() {
     let (_d, v) = volume();
-    assert!(matches!(v.resolve_relative(b"../etc"), Err(VolumeError::Escape(_))));
-    assert!(matches!(v.resolve_relative(b"sub/../../x"), Err(VolumeError::Escape(_))));
-    assert!(matches!(v.resolve_relative(b".Desktop"), Err(VolumeError::Protected(_))));
-    assert!(matches!(v.resolve_relative(b"sub/.rsrc/x"), Err(VolumeError::Protected(_))));
+    assert!(matches!(
+        v.resolve_relative(b"../etc"),
+        Err(VolumeError::Escape(_))
+    ));
+    assert!(matches!(
+        v.resolve_relative(b"sub/../../x"),
+        Err(VolumeError::Escape(_))
+    ));
+    assert!(matches!(
+        v.resolve_relative(b".Desktop"),
+        Err(VolumeError::Protected(_))
+    ));
+    assert!(matches!(
+        v.resolve_relative(b"sub/.rsrc/x"),
+        Err(VolumeError::Protected(_))
+    ));
     let long = vec![b'a'; 256];
-    assert!(matches!(v.resolve_relative(&long), Err(VolumeError::InvalidName(..))));
+    assert!(matches!(
+        v.resolve_relative(&long),
+        Err(VolumeError::InvalidName(..))
+    ));
     assert!(v.resolve_relative(&[b'a'; 255]).is_ok());
 }
 
@@ -36,7 +51,10 @@ fn symlinks_that_leave_are_refused_and_inside_ones_followed() {
     std::fs::create_dir(d.path().join("outside")).unwrap();
     symlink(d.path().join("outside"), v.root().join("out")).unwrap();
     symlink(v.root().join("sub"), v.root().join("alias")).unwrap();
-    assert!(matches!(v.resolve_relative(b"out/x"), Err(VolumeError::Escape(_))));
+    assert!(matches!(
+        v.resolve_relative(b"out/x"),
+        Err(VolumeError::Escape(_))
+    ));
     let r = v.resolve_relative(b"alias/x").unwrap();
     assert_eq!(r.names(), vec![&b"sub"[..], &b"x"[..]]);
     // The final component is not followed: the link itself is the object.
@@ -53,7 +71,10 @@ fn absolute_paths() {
         v.resolve_absolute(&d.path().join("elsewhere")),
         Err(VolumeError::Outside(..))
     ));
-    assert_eq!(locate_volume(&v.root().join("sub/f")), Some(v.root().to_path_buf()));
+    assert_eq!(
+        locate_volume(&v.root().join("sub/f")),
+        Some(v.root().to_path_buf())
+    );
     assert_eq!(locate_volume(d.path()), None);
 }
 
@@ -79,6 +100,9 @@ fn xattr_mirror_round_trips() {
 
 #[test]
 fn lexical_clean_works() {
-    assert_eq!(lexical_clean(Path::new("/a/b/../c/./d")), PathBuf::from("/a/c/d"));
+    assert_eq!(
+        lexical_clean(Path::new("/a/b/../c/./d")),
+        PathBuf::from("/a/c/d")
+    );
     assert_eq!(lexical_clean(Path::new("/../a")), PathBuf::from("/a"));
 }

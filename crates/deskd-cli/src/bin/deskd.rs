@@ -1,1 +1,333 @@
-fn main(){}
+//! `deskd`: the desktop server (`deskd serve`) and its control verbs.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand};
+use deskd_cli::output::display_bytes;
+use deskd_client::{Client, FindMode, Request, Response};
+use deskd_server::{ConfigFile, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "deskd",
+    version,
+    about = "Desktop database server for file-server volumes"
+)]
+struct Cli {
+    /// Socket path (default: $DESKD_SOCKET, else /run/deskd/deskd.sock for root, else
+    /// $XDG_RUNTIME_DIR/deskd.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Seconds to wait for the server before giving up.
+    #[arg(long, global = true, env = "DESKD_CLIENT_TIMEOUT")]
+    timeout: Option<f64>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the desktops of the given volumes (and those in the config file).
+    Serve {
+        /// TOML configuration ([server], [defaults], [volume."<path>"]).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Volume roots to serve with the [defaults] settings.
+        volumes: Vec<PathBuf>,
+    },
+    /// Show each volume: path, objects, last flush, clean flag, freeze.
+    Status {
+        #[arg(long)]
+        volume: Option<PathBuf>,
+        /// One JSON object per volume per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commit and write the WAL into .Desktop on every volume (or one).
+    Flush {
+        #[arg(long)]
+        volume: Option<PathBuf>,
+    },
+    /// Flush, then keep .Desktop byte-stable for SECONDS (default freeze_default).
+    Freeze {
+        #[arg(long)]
+        volume: Option<PathBuf>,
+        seconds: Option<u32>,
+    },
+    /// End a freeze early.
+    Thaw {
+        #[arg(long)]
+        volume: Option<PathBuf>,
+    },
+    /// Find objects by name: substring by default, case-insensitive, NFC = NFD.
+    Find {
+        /// Search only this volume.
+        #[arg(long)]
+        volume: Option<PathBuf>,
+        /// One JSON object per match per line.
+        #[arg(long)]
+        json: bool,
+        /// Match names that start with PATTERN.
+        #[arg(long, short, conflicts_with_all = ["glob", "exact"])]
+        prefix: bool,
+        /// PATTERN is a shell glob over the whole name (default when it holds * ? or [).
+        #[arg(long, short, conflicts_with = "exact")]
+        glob: bool,
+        /// Match whole names.
+        #[arg(long, short)]
+        exact: bool,
+        /// Stop after N matches.
+        #[arg(long)]
+        limit: Option<u64>,
+        pattern: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("deskd: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn connect(cli_socket: &Option<PathBuf>, timeout: Option<f64>) -> Result<Client> {
+    let socket = deskd_proto::socket_path(cli_socket.clone());
+    let timeout = timeout
+        .filter(|t| *t > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or_else(deskd_client::default_timeout);
+    Client::connect(&socket, timeout).map_err(|e| anyhow!("{e}"))
+}
+
+fn volume_handle(client: &mut Client, volume: &Option<PathBuf>) -> Result<Option<u32>> {
+    match volume {
+        None => Ok(None),
+        Some(p) => Ok(Some(client.open_volume(p).map_err(|e| anyhow!("{e}"))?.vol)),
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config, volumes } => serve(cli.socket, config, volumes),
+        Command::Status { volume, json } => {
+            let mut client = connect(&cli.socket, cli.timeout)?;
+            let vol = volume_handle(&mut client, &volume)?;
+            let statuses = client.status(vol).map_err(|e| anyhow!("{e}"))?;
+            for s in statuses {
+                let root = display_bytes(&s.root);
+                if json {
+                    let v = serde_json::json!({
+                        "path": root,
+                        "desktop": display_bytes(&s.desktop),
+                        "objects": s.objects,
+                        "last_id": s.last_id,
+                        "read_only": s.read_only,
+                        "last_flush": s.last_flush,
+                        "clean_at_start": s.clean_at_start,
+                        "frozen_until": s.frozen_until,
+                        "wal_bytes": s.wal_bytes,
+                        "check_problems": s.check_problems,
+                    });
+                    println!("{v}");
+                } else {
+                    let when = |t: i64| {
+                        if t == 0 {
+                            "never".to_string()
+                        } else {
+                            deskd_server::volume::ctime_string(t)
+                        }
+                    };
+                    println!("{root}");
+                    println!("  desktop:      {}", display_bytes(&s.desktop));
+                    println!("  objects:      {}", s.objects);
+                    println!("  last ID:      {}", s.last_id);
+                    println!("  last flush:   {}", when(s.last_flush));
+                    println!(
+                        "  clean start:  {}",
+                        if s.clean_at_start {
+                            "yes"
+                        } else {
+                            "no (missing DB shutdown)"
+                        }
+                    );
+                    println!(
+                        "  frozen until: {}",
+                        s.frozen_until
+                            .map(when)
+                            .unwrap_or_else(|| "not frozen".into())
+                    );
+                    println!("  WAL:          {} bytes", s.wal_bytes);
+                    println!("  read-only:    {}", if s.read_only { "yes" } else { "no" });
+                    if !s.check_problems.is_empty() {
+                        println!(
+                            "  CHECK FAILED: {} (run deskd rebuild)",
+                            s.check_problems.join("; ")
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Flush { volume } => {
+            let mut client = connect(&cli.socket, cli.timeout)?;
+            let vol = volume_handle(&mut client, &volume)?;
+            client
+                .call(Request::Flush { vol })
+                .map_err(|e| anyhow!("{e}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Freeze { volume, seconds } => {
+            let mut client = connect(&cli.socket, cli.timeout)?;
+            let vol = volume_handle(&mut client, &volume)?;
+            match client
+                .call(Request::Freeze { vol, seconds })
+                .map_err(|e| anyhow!("{e}"))?
+            {
+                Response::Frozen {
+                    until,
+                    clamped,
+                    max,
+                } => {
+                    if clamped {
+                        println!(
+                            "FreezeTime ({}) > FreezeMax ({max}), using new value: {max}",
+                            seconds.unwrap_or(0)
+                        );
+                    }
+                    println!("frozen until {}", deskd_server::volume::ctime_string(until));
+                }
+                other => return Err(anyhow!("unexpected reply {other:?}")),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Thaw { volume } => {
+            let mut client = connect(&cli.socket, cli.timeout)?;
+            let vol = volume_handle(&mut client, &volume)?;
+            client
+                .call(Request::Thaw { vol })
+                .map_err(|e| anyhow!("{e}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Find {
+            volume,
+            json,
+            prefix,
+            glob,
+            exact,
+            limit,
+            pattern,
+        } => {
+            let mode = if prefix {
+                FindMode::Prefix
+            } else if exact {
+                FindMode::Exact
+            } else if glob || deskd_db::names::looks_like_glob(&pattern) {
+                FindMode::Glob
+            } else {
+                FindMode::Substring
+            };
+            let mut client = connect(&cli.socket, cli.timeout)?;
+            let volumes = match volume_handle(&mut client, &volume)? {
+                Some(v) => client
+                    .volumes()
+                    .map_err(|e| anyhow!("{e}"))?
+                    .into_iter()
+                    .filter(|i| i.vol == v)
+                    .collect(),
+                None => client.volumes().map_err(|e| anyhow!("{e}"))?,
+            };
+            let mut printed = 0u64;
+            let limit = limit.unwrap_or(u64::MAX);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            use std::io::Write;
+            'volumes: for v in volumes {
+                let mut after_id = 0;
+                loop {
+                    let page = (limit - printed).min(5000) as u32;
+                    let hits = client
+                        .objects(Request::Find {
+                            vol: v.vol,
+                            pattern: pattern.clone(),
+                            mode,
+                            limit: page,
+                            after_id,
+                        })
+                        .map_err(|e| anyhow!("{e}"))?;
+                    for o in &hits {
+                        let mut full = v.root.clone();
+                        full.push(b'/');
+                        full.extend_from_slice(o.path.as_deref().unwrap_or_default());
+                        if json {
+                            let line = serde_json::json!({
+                                "volume": display_bytes(&v.root),
+                                "path": display_bytes(&full),
+                                "id": o.id,
+                                "parent_id": o.parent,
+                                "name": display_bytes(&o.name),
+                                "kind": o.kind.as_str(),
+                            });
+                            writeln!(out, "{line}")?;
+                        } else {
+                            out.write_all(&full)?;
+                            out.write_all(b"\n")?;
+                        }
+                        printed += 1;
+                        if printed >= limit {
+                            break 'volumes;
+                        }
+                    }
+                    match hits.last() {
+                        Some(last) if hits.len() as u32 == page => after_id = last.id,
+                        _ => break,
+                    }
+                }
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn serve(
+    socket: Option<PathBuf>,
+    config: Option<PathBuf>,
+    volumes: Vec<PathBuf>,
+) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DESKD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let file = match &config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let explicit = socket.or_else(|| file.server.socket.clone());
+    let config = file.resolve(deskd_proto::socket_path(explicit), &volumes)?;
+    for v in &config.volumes {
+        if !Path::new(&v.root).is_dir() {
+            return Err(anyhow!("{}: not a directory", v.root.display()));
+        }
+    }
+    let server = Server::start(config).context("cannot start")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("cannot install signal handlers")?;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down");
+    }
+    server.shutdown();
+    Ok(ExitCode::SUCCESS)
+}

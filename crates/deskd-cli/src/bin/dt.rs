@@ -1,1 +1,781 @@
-fn main(){}
+//! `dt`: POSIX file verbs that keep IDs, resource files, the xattr mirror and the desktop
+//! consistent. Outside any volume each verb behaves like the plain command.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use deskd_cli::fsops::{copy_tree, remove_any, set_times};
+use deskd_cli::output::{display_bytes, fourcc};
+use deskd_cli::target::{place, InVolume, Place, Session};
+use deskd_client::{ObjectInfo, Request, Response};
+use deskd_volume::rsrc;
+
+#[derive(Parser)]
+#[command(
+    name = "dt",
+    version,
+    about = "File verbs that keep deskd IDs, resource files and the desktop right"
+)]
+struct Cli {
+    /// Socket path (default: $DESKD_SOCKET, else /run/deskd/deskd.sock for root, else
+    /// $XDG_RUNTIME_DIR/deskd.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Seconds to wait for deskd; then the volume counts as read-only.
+    #[arg(long, global = true, env = "DESKD_CLIENT_TIMEOUT")]
+    timeout: Option<f64>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create directories.
+    Mkdir {
+        /// Create missing parents; no error if the directory exists.
+        #[arg(short, long)]
+        parents: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Create files or update their times.
+    Touch {
+        /// Do not create missing files.
+        #[arg(short = 'c', long = "no-create")]
+        no_create: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Move or rename; inside one volume every ID stays.
+    Mv {
+        /// Replace an existing target (its ID is lost). Without -f an existing target is an error.
+        #[arg(short, long)]
+        force: bool,
+        /// Sources, then the target.
+        #[arg(required = true, num_args = 2..)]
+        paths: Vec<PathBuf>,
+    },
+    /// Remove files (and with -r directories).
+    Rm {
+        /// Remove directories and their contents.
+        #[arg(short = 'r', short_alias = 'R', long)]
+        recursive: bool,
+        /// Ignore missing files.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Remove empty directories.
+    Rmdir {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List directories; -l adds ID, type and creator.
+    Ls {
+        /// Long format: ID, type, creator, mode, size, name.
+        #[arg(short = 'l')]
+        long: bool,
+        /// Show names that start with '.' (deskd's own names never show).
+        #[arg(short = 'a')]
+        all: bool,
+        /// List subdirectories recursively.
+        #[arg(short = 'R')]
+        recursive: bool,
+        paths: Vec<PathBuf>,
+    },
+    /// Show ID, parent ID, kind, type and creator (registering unseen objects).
+    Info {
+        /// One JSON object per path per line.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print the absolute path of object ID in VOLUME.
+    Resolve { volume: PathBuf, id: u32 },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = deskd_proto::socket_path(cli.socket.clone());
+    let timeout = cli
+        .timeout
+        .filter(|t| *t > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or_else(deskd_client::default_timeout);
+    let mut dt = Dt {
+        session: Session::new(socket, timeout),
+        failed: false,
+    };
+    if let Err(e) = dt.run(cli.command) {
+        eprintln!("dt: {e:#}");
+        return ExitCode::from(1);
+    }
+    if dt.failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+struct Dt {
+    session: Session,
+    failed: bool,
+}
+
+fn exists(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok()
+}
+
+fn name_of(p: &Path) -> Result<&OsStr> {
+    p.file_name()
+        .ok_or_else(|| anyhow!("{}: has no file name", p.display()))
+}
+
+impl Dt {
+    /// Run `f` for each operand; report failures and carry on, like the POSIX tools.
+    fn each(&mut self, paths: &[PathBuf], mut f: impl FnMut(&mut Self, &Path) -> Result<()>) {
+        for p in paths {
+            if let Err(e) = f(self, p) {
+                eprintln!("dt: {e:#}");
+                self.failed = true;
+            }
+        }
+    }
+
+    fn run(&mut self, command: Command) -> Result<()> {
+        match command {
+            Command::Mkdir { parents, paths } => self.each(&paths, |dt, p| dt.mkdir(p, parents)),
+            Command::Touch { no_create, paths } => {
+                self.each(&paths, |dt, p| dt.touch(p, no_create))
+            }
+            Command::Rm {
+                recursive,
+                force,
+                paths,
+            } => self.each(&paths, |dt, p| dt.rm(p, recursive, force)),
+            Command::Rmdir { paths } => self.each(&paths, |dt, p| dt.rmdir(p)),
+            Command::Mv { force, mut paths } => {
+                let target = paths.pop().expect("clap requires two paths");
+                let into_dir = fs::metadata(&target).map(|m| m.is_dir()).unwrap_or(false);
+                if paths.len() > 1 && !into_dir {
+                    bail!("target {} is not a directory", target.display());
+                }
+                self.each(&paths, |dt, src| {
+                    let dest = if into_dir {
+                        target.join(name_of(src)?)
+                    } else {
+                        target.clone()
+                    };
+                    dt.mv(src, &dest, force)
+                });
+            }
+            Command::Ls {
+                long,
+                all,
+                recursive,
+                paths,
+            } => {
+                let paths = if paths.is_empty() {
+                    vec![PathBuf::from(".")]
+                } else {
+                    paths
+                };
+                let many = paths.len() > 1 || recursive;
+                self.each(&paths, |dt, p| dt.ls(p, long, all, recursive, many));
+            }
+            Command::Info { json, paths } => self.each(&paths, |dt, p| dt.info(p, json)),
+            Command::Resolve { volume, id } => self.resolve(&volume, id)?,
+        }
+        Ok(())
+    }
+
+    fn mkdir(&mut self, path: &Path, parents: bool) -> Result<()> {
+        match place(path)? {
+            Place::Outside(abs) => if parents {
+                fs::create_dir_all(&abs)
+            } else {
+                fs::create_dir(&abs)
+            }
+            .with_context(|| format!("cannot create directory {}", path.display())),
+            Place::Inside(iv) => {
+                self.session.check_reachable(&iv)?;
+                let target = iv.path();
+                if parents {
+                    fs::create_dir_all(&target)
+                } else {
+                    fs::create_dir(&target)
+                }
+                .with_context(|| format!("cannot create directory {}", path.display()))?;
+                // Every directory on the way gets its ID and resource file.
+                for depth in 1..=iv.components.len() {
+                    self.session
+                        .register(&iv.with_components(iv.components[..depth].to_vec()), true)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn touch(&mut self, path: &Path, no_create: bool) -> Result<()> {
+        let place = place(path)?;
+        let abs = match &place {
+            Place::Outside(abs) => abs.clone(),
+            Place::Inside(iv) => {
+                self.session.check_reachable(iv)?;
+                iv.path()
+            }
+        };
+        if exists(&abs) {
+            set_times(&abs, None).with_context(|| format!("cannot touch {}", path.display()))?;
+        } else if no_create {
+            return Ok(());
+        } else {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&abs)
+                .with_context(|| format!("cannot touch {}", path.display()))?;
+        }
+        if let Place::Inside(iv) = place {
+            self.session.register(&iv, true)?;
+        }
+        Ok(())
+    }
+
+    fn rm(&mut self, path: &Path, recursive: bool, force: bool) -> Result<()> {
+        let place = place(path)?;
+        let abs = match &place {
+            Place::Outside(abs) => abs.clone(),
+            Place::Inside(iv) => {
+                if iv.components.is_empty() {
+                    bail!("{}: refusing to remove a volume root", path.display());
+                }
+                iv.path()
+            }
+        };
+        let meta = match fs::symlink_metadata(&abs) {
+            Ok(m) => m,
+            Err(_) if force => return Ok(()),
+            Err(e) => return Err(anyhow!("cannot remove {}: {e}", path.display())),
+        };
+        if meta.is_dir() && !recursive {
+            bail!("cannot remove {}: is a directory (use -r)", path.display());
+        }
+        if let Place::Inside(iv) = &place {
+            self.session.check_reachable(iv)?;
+        }
+        remove_any(&abs).with_context(|| format!("cannot remove {}", path.display()))?;
+        if let Place::Inside(iv) = place {
+            let _ = fs::remove_file(iv.rsrc_path());
+            let rel = iv.rel();
+            self.session
+                .call(&iv, |vol| Request::DeletePath {
+                    vol,
+                    path: rel,
+                    recursive,
+                })
+                .with_context(|| {
+                    format!(
+                        "{} was removed but the desktop was not updated; run deskd rebuild",
+                        path.display()
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    fn rmdir(&mut self, path: &Path) -> Result<()> {
+        match place(path)? {
+            Place::Outside(abs) => {
+                fs::remove_dir(&abs).with_context(|| format!("cannot remove {}", path.display()))
+            }
+            Place::Inside(iv) => {
+                if iv.components.is_empty() {
+                    bail!("{}: refusing to remove a volume root", path.display());
+                }
+                let dir = iv.path();
+                // The directory's own .rsrc holds only its entries' records: empty with them.
+                let rsrc_dir = dir.join(rsrc::RSRC_DIR);
+                let entries: Vec<_> = fs::read_dir(&dir)
+                    .with_context(|| format!("cannot remove {}", path.display()))?
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name() != rsrc::RSRC_DIR)
+                    .collect();
+                if !entries.is_empty() {
+                    bail!("cannot remove {}: directory not empty", path.display());
+                }
+                self.session.check_reachable(&iv)?;
+                if rsrc_dir.exists() {
+                    fs::remove_dir_all(&rsrc_dir)
+                        .with_context(|| format!("cannot remove {}", rsrc_dir.display()))?;
+                }
+                fs::remove_dir(&dir)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+                let _ = fs::remove_file(iv.rsrc_path());
+                let rel = iv.rel();
+                self.session.call(&iv, |vol| Request::DeletePath {
+                    vol,
+                    path: rel,
+                    recursive: true,
+                })?;
+                Ok(())
+            }
+        }
+    }
+
+    fn mv(&mut self, src: &Path, dest: &Path, force: bool) -> Result<()> {
+        let from = place(src)?;
+        let to = place(dest)?;
+        let from_abs = match &from {
+            Place::Outside(a) => a.clone(),
+            Place::Inside(iv) => {
+                if iv.components.is_empty() {
+                    bail!("{}: cannot move a volume root", src.display());
+                }
+                iv.path()
+            }
+        };
+        let to_abs = match &to {
+            Place::Outside(a) => a.clone(),
+            Place::Inside(iv) => {
+                if iv.components.is_empty() {
+                    bail!("{}: cannot replace a volume root", dest.display());
+                }
+                iv.path()
+            }
+        };
+        if !exists(&from_abs) {
+            bail!("cannot move {}: no such file or directory", src.display());
+        }
+        if from_abs == to_abs {
+            return Ok(());
+        }
+        if exists(&to_abs) && !force {
+            bail!(
+                "cannot move {} to {}: target exists (use -f to replace it)",
+                src.display(),
+                dest.display()
+            );
+        }
+        if to_abs.starts_with(&from_abs) {
+            bail!("cannot move {} into itself", src.display());
+        }
+        for p in [&from, &to] {
+            if let Place::Inside(iv) = p {
+                self.session.check_reachable(iv)?;
+            }
+        }
+        match (from, to) {
+            (Place::Outside(_), Place::Outside(_)) => move_plain(&from_abs, &to_abs),
+            (Place::Inside(a), Place::Inside(b)) if a.same_volume(&b) => {
+                self.mv_within(&a, &b, force)
+            }
+            (from, to) => self.mv_across(&from, &to, &from_abs, &to_abs, force),
+        }
+    }
+
+    /// Inside one volume: rename on disk, move the resource file, tell deskd; IDs stay.
+    fn mv_within(&mut self, a: &InVolume, b: &InVolume, force: bool) -> Result<()> {
+        let (from_abs, to_abs) = (a.path(), b.path());
+        let hint = self.session.lookup(a)?.map(|o| o.id);
+        let (from_rsrc, to_rsrc) = (a.rsrc_path(), b.rsrc_path());
+        match fs::rename(&from_abs, &to_abs) {
+            Ok(()) => {
+                if exists(&from_rsrc) {
+                    if let Some(dir) = to_rsrc.parent() {
+                        let _ = fs::create_dir(dir);
+                    }
+                    fs::rename(&from_rsrc, &to_rsrc).with_context(|| {
+                        format!("cannot move resource file {}", from_rsrc.display())
+                    })?;
+                }
+                let (from_rel, to_rel) = (a.rel(), b.rel());
+                self.session
+                    .call(a, |vol| Request::RenamePath {
+                        vol,
+                        from: from_rel,
+                        to: to_rel,
+                        replace: force,
+                        hint,
+                    })
+                    .with_context(|| {
+                        format!(
+                            "{} was moved but the desktop was not updated; run deskd rebuild",
+                            a.shown()
+                        )
+                    })?;
+                self.session.register(b, true)?;
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                // Another file system inside the volume: copy, then re-register every object
+                // with the ID from its resource file.
+                if force && exists(&to_abs) {
+                    remove_any(&to_abs)?;
+                }
+                copy_tree(&from_abs, &to_abs, &|_| false)?;
+                if exists(&from_rsrc) {
+                    if let Some(dir) = to_rsrc.parent() {
+                        let _ = fs::create_dir(dir);
+                    }
+                    fs::copy(&from_rsrc, &to_rsrc)?;
+                }
+                remove_any(&from_abs)?;
+                let _ = fs::remove_file(&from_rsrc);
+                let from_rel = a.rel();
+                self.session.call(a, |vol| Request::DeletePath {
+                    vol,
+                    path: from_rel,
+                    recursive: true,
+                })?;
+                self.register_tree(b, true)
+            }
+            Err(e) => Err(anyhow!("cannot move {} to {}: {e}", a.shown(), b.shown())),
+        }
+    }
+
+    /// Between volumes, or into/out of one: the data moves, the arriving objects get new IDs,
+    /// the leaving ones are removed from their desktop.
+    fn mv_across(
+        &mut self,
+        from: &Place,
+        to: &Place,
+        from_abs: &Path,
+        to_abs: &Path,
+        force: bool,
+    ) -> Result<()> {
+        if force && exists(to_abs) {
+            if let Place::Inside(b) = to {
+                let rel = b.rel();
+                remove_any(to_abs)?;
+                let _ = fs::remove_file(b.rsrc_path());
+                self.session.call(b, |vol| Request::DeletePath {
+                    vol,
+                    path: rel,
+                    recursive: true,
+                })?;
+            } else {
+                remove_any(to_abs)?;
+            }
+        }
+        // Resource files of the moved tree's entries are carried along (and renumbered on
+        // arrival); the top object's own record lives in its parent's .rsrc and moves separately.
+        if fs::rename(from_abs, to_abs).is_err() {
+            copy_tree(from_abs, to_abs, &|_| false).with_context(|| {
+                format!("cannot copy {} to {}", from_abs.display(), to_abs.display())
+            })?;
+            remove_any(from_abs)
+                .with_context(|| format!("cannot remove {}", from_abs.display()))?;
+        }
+        if let Place::Inside(a) = from {
+            let src_rsrc = a.rsrc_path();
+            if let Place::Inside(b) = to {
+                if let Ok(header) = rsrc::read_header(&src_rsrc) {
+                    if let Some(h) = header {
+                        let mut h = h;
+                        h.id = 0;
+                        rsrc::write_header(&b.rsrc_path(), &h)?;
+                    }
+                }
+            }
+            let _ = fs::remove_file(&src_rsrc);
+            let rel = a.rel();
+            self.session
+                .call(a, |vol| Request::DeletePath {
+                    vol,
+                    path: rel,
+                    recursive: true,
+                })
+                .with_context(|| {
+                    format!(
+                        "{} was moved but its desktop was not updated; run deskd rebuild",
+                        a.shown()
+                    )
+                })?;
+        }
+        if let Place::Inside(b) = to {
+            self.register_tree(b, false)?;
+        }
+        Ok(())
+    }
+
+    /// Register `iv` and everything below it; with `keep_ids` the IDs in the resource files
+    /// (or xattrs) are kept where free, otherwise every object gets a new ID.
+    fn register_tree(&mut self, iv: &InVolume, keep_ids: bool) -> Result<()> {
+        if !keep_ids {
+            // Fresh IDs: forget IDs recorded for another volume.
+            let mut header = rsrc::read_header(&iv.rsrc_path()).ok().flatten();
+            if let Some(h) = header.as_mut() {
+                h.id = 0;
+                rsrc::write_header(&iv.rsrc_path(), h)?;
+            }
+        }
+        self.session.register(iv, keep_ids)?;
+        let path = iv.path();
+        if fs::symlink_metadata(&path)
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
+            let mut entries: Vec<_> = fs::read_dir(&path)?.filter_map(|e| e.ok()).collect();
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                let name = e.file_name();
+                if deskd_volume::is_protected(name.as_bytes()) {
+                    continue;
+                }
+                self.register_tree(&iv.child(name.as_bytes()), keep_ids)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ls(
+        &mut self,
+        path: &Path,
+        long: bool,
+        all: bool,
+        recursive: bool,
+        header: bool,
+    ) -> Result<()> {
+        let place = place(path)?;
+        let abs = match &place {
+            Place::Outside(a) => a.clone(),
+            Place::Inside(iv) => iv.path(),
+        };
+        let meta = fs::symlink_metadata(&abs)
+            .with_context(|| format!("cannot access {}", path.display()))?;
+        let mut out = std::io::stdout().lock();
+        if !meta.is_dir() {
+            let ids = self.ids_of_dir(&place, true);
+            let name = abs
+                .file_name()
+                .map(|n| n.as_bytes().to_vec())
+                .unwrap_or_default();
+            print_entry(
+                &mut out,
+                long,
+                &abs,
+                &name,
+                ids.as_ref().and_then(|m| m.get(&name)),
+                path.as_os_str().as_bytes(),
+            )?;
+            return Ok(());
+        }
+        if header {
+            out.write_all(path.as_os_str().as_bytes())?;
+            out.write_all(b":\n")?;
+        }
+        let mut names: Vec<Vec<u8>> = fs::read_dir(&abs)
+            .with_context(|| format!("cannot open directory {}", path.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().as_bytes().to_vec())
+            .filter(|n| !deskd_volume::is_protected(n) && (all || !n.starts_with(b".")))
+            .collect();
+        names.sort();
+        let ids = if long {
+            self.ids_of_dir(&place, false)
+        } else {
+            None
+        };
+        for name in &names {
+            let child = abs.join(OsStr::from_bytes(name));
+            print_entry(
+                &mut out,
+                long,
+                &child,
+                name,
+                ids.as_ref().and_then(|m| m.get(name)),
+                name,
+            )?;
+        }
+        drop(out);
+        if recursive {
+            for name in &names {
+                let child = path.join(OsStr::from_bytes(name));
+                if fs::symlink_metadata(abs.join(OsStr::from_bytes(name)))
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false)
+                {
+                    println!();
+                    self.ls(&child, long, all, recursive, true)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The registered entries of a directory (or of a file's parent), by name. `None` outside
+    /// volumes or when deskd cannot answer (the listing still works, without IDs).
+    fn ids_of_dir(
+        &mut self,
+        place: &Place,
+        parent_of: bool,
+    ) -> Option<HashMap<Vec<u8>, ObjectInfo>> {
+        let Place::Inside(iv) = place else {
+            return None;
+        };
+        let dir = if parent_of {
+            iv.with_components(iv.components[..iv.components.len().saturating_sub(1)].to_vec())
+        } else {
+            iv.clone()
+        };
+        let result = (|| -> Result<HashMap<Vec<u8>, ObjectInfo>> {
+            let Some(d) = self.session.lookup(&dir)? else {
+                return Ok(HashMap::new());
+            };
+            match self
+                .session
+                .call(&dir, |vol| Request::Children { vol, dir: d.id })?
+            {
+                Response::Objects(children) => {
+                    Ok(children.into_iter().map(|o| (o.name.clone(), o)).collect())
+                }
+                other => Err(anyhow!("unexpected reply {other:?}")),
+            }
+        })();
+        match result {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("dt: {e:#} (listing without IDs)");
+                None
+            }
+        }
+    }
+
+    fn info(&mut self, path: &Path, json: bool) -> Result<()> {
+        let Place::Inside(iv) = place(path)? else {
+            bail!(
+                "{}: not in a deskd volume (no .Desktop above it)",
+                path.display()
+            );
+        };
+        if !exists(&iv.path()) {
+            bail!("{}: no such file or directory", path.display());
+        }
+        let o = self.session.register(&iv, true)?;
+        let full = iv.path();
+        if json {
+            let v = serde_json::json!({
+                "path": display_bytes(full.as_os_str().as_bytes()),
+                "volume": display_bytes(iv.volume.root().as_os_str().as_bytes()),
+                "id": o.id,
+                "parent_id": o.parent,
+                "name": display_bytes(&o.name),
+                "kind": o.kind.as_str(),
+                "type": fourcc(&o.type_code),
+                "creator": fourcc(&o.creator),
+                "flags": o.flags,
+            });
+            println!("{v}");
+        } else {
+            println!("path:      {}", display_bytes(full.as_os_str().as_bytes()));
+            println!("id:        {}", o.id);
+            println!("parent_id: {}", o.parent);
+            println!("name:      {}", display_bytes(&o.name));
+            println!("kind:      {}", o.kind.as_str());
+            println!("type:      {}", fourcc(&o.type_code));
+            println!("creator:   {}", fourcc(&o.creator));
+        }
+        Ok(())
+    }
+
+    fn resolve(&mut self, volume: &Path, id: u32) -> Result<()> {
+        let Place::Inside(iv) = place(volume)? else {
+            bail!("{}: not a deskd volume (no .Desktop)", volume.display());
+        };
+        let root = iv.with_components(Vec::new());
+        match self
+            .session
+            .call(&root, |vol| Request::Resolve { vol, id })?
+        {
+            Response::Object(o) => {
+                let mut full = root.volume.root().as_os_str().as_bytes().to_vec();
+                if let Some(p) = o.path.filter(|p| !p.is_empty()) {
+                    full.push(b'/');
+                    full.extend_from_slice(&p);
+                }
+                let mut out = std::io::stdout().lock();
+                out.write_all(&full)?;
+                out.write_all(b"\n")?;
+                Ok(())
+            }
+            other => Err(anyhow!("unexpected reply {other:?}")),
+        }
+    }
+}
+
+fn move_plain(from: &Path, to: &Path) -> Result<()> {
+    match fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            if exists(to) {
+                remove_any(to)?;
+            }
+            copy_tree(from, to, &|_| false)?;
+            remove_any(from).map_err(Into::into)
+        }
+        Err(e) => Err(anyhow!(
+            "cannot move {} to {}: {e}",
+            from.display(),
+            to.display()
+        )),
+    }
+}
+
+fn mode_string(m: &fs::Metadata) -> String {
+    let ft = m.file_type();
+    let kind = if ft.is_dir() {
+        'd'
+    } else if ft.is_symlink() {
+        'l'
+    } else {
+        '-'
+    };
+    let mode = m.permissions().mode();
+    let mut s = String::with_capacity(10);
+    s.push(kind);
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+fn print_entry(
+    out: &mut impl Write,
+    long: bool,
+    path: &Path,
+    _name: &[u8],
+    info: Option<&ObjectInfo>,
+    shown: &[u8],
+) -> Result<()> {
+    if long {
+        let meta = fs::symlink_metadata(path)?;
+        let (id, t, c) = match info {
+            Some(o) => (o.id.to_string(), fourcc(&o.type_code), fourcc(&o.creator)),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        write!(
+            out,
+            "{id:>10} {t:<4} {c:<4} {} {:>12} ",
+            mode_string(&meta),
+            meta.size()
+        )?;
+    }
+    out.write_all(shown)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! Shared pieces of the `deskd` and `dt` command-line tools: finding which volume a path is in
+//! and talking to its server ([`target`]), printing names and codes ([`output`]), and the file
+//! copying that cross-volume moves need ([`fsops`]).
+
+pub mod fsops;
+pub mod output;
+pub mod target;

@@ -1,0 +1,266 @@
+//! Where a command-line path lies (in which volume, if any) and the session with deskd that
+//! keeps the desktop, the resource files and the xattr mirror right for it.
+//!
+//! A path is in a volume when one of its (lexical) ancestors holds a `.Desktop`. Inside a
+//! volume, the path is resolved physically by [`deskd_volume::Volume`], which refuses `..`
+//! escapes, symlinks that leave the volume and protected names.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use deskd_client::{Client, ClientError, ObjectInfo, Request, Response};
+use deskd_volume::rsrc::{self, ResourceHeader};
+use deskd_volume::Volume;
+
+/// A path inside a volume.
+#[derive(Debug, Clone)]
+pub struct InVolume {
+    /// The volume root as found (lexically).
+    pub root: PathBuf,
+    pub volume: Volume,
+    /// Physical names from the root down (empty for the root).
+    pub components: Vec<Vec<u8>>,
+}
+
+impl InVolume {
+    /// The path relative to the root, as sent to deskd.
+    pub fn rel(&self) -> Vec<u8> {
+        self.components.join(&b'/')
+    }
+
+    /// The absolute physical path.
+    pub fn path(&self) -> PathBuf {
+        self.volume.path_of(&self.components)
+    }
+
+    /// The path of this object's resource file.
+    pub fn rsrc_path(&self) -> PathBuf {
+        match self.components.split_last() {
+            None => rsrc::root_rsrc_path(self.volume.root()),
+            Some((name, parent)) => self
+                .volume
+                .path_of(parent)
+                .join(rsrc::RSRC_DIR)
+                .join(OsStr::from_bytes(name)),
+        }
+    }
+
+    /// The same volume, another list of components.
+    pub fn with_components(&self, components: Vec<Vec<u8>>) -> InVolume {
+        InVolume {
+            root: self.root.clone(),
+            volume: self.volume.clone(),
+            components,
+        }
+    }
+
+    /// The child `name` of this directory.
+    pub fn child(&self, name: &[u8]) -> InVolume {
+        let mut c = self.components.clone();
+        c.push(name.to_vec());
+        self.with_components(c)
+    }
+
+    /// True when both name the same volume.
+    pub fn same_volume(&self, other: &InVolume) -> bool {
+        self.volume.root() == other.volume.root()
+    }
+
+    /// How the user sees this path.
+    pub fn shown(&self) -> String {
+        self.path().display().to_string()
+    }
+}
+
+/// Where a command-line path lies.
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// Not in any volume: the plain command's behaviour.
+    Outside(PathBuf),
+    Inside(InVolume),
+}
+
+/// Classify `path`. Errors for paths that are in a volume but escape it or use protected names.
+pub fn place(path: &Path) -> Result<Place> {
+    let abs = deskd_volume::absolute(path)?;
+    let Some(root) = deskd_volume::locate_volume(&abs) else {
+        return Ok(Place::Outside(abs));
+    };
+    let volume =
+        Volume::new(&root).with_context(|| format!("{}: cannot open volume", root.display()))?;
+    let rel = abs.strip_prefix(&root).expect("volume root is an ancestor");
+    let resolved = volume
+        .resolve_relative(rel.as_os_str().as_bytes())
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok(Place::Inside(InVolume {
+        root,
+        volume,
+        components: resolved
+            .components
+            .iter()
+            .map(|c| c.as_bytes().to_vec())
+            .collect(),
+    }))
+}
+
+/// A lazily opened connection to deskd and the volume handles it gave out.
+pub struct Session {
+    socket: PathBuf,
+    timeout: Duration,
+    client: Option<Client>,
+    handles: HashMap<PathBuf, u32>,
+}
+
+fn now_secs() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+impl Session {
+    pub fn new(socket: PathBuf, timeout: Duration) -> Session {
+        Session {
+            socket,
+            timeout,
+            client: None,
+            handles: HashMap::new(),
+        }
+    }
+
+    fn explain(&self, root: &Path, e: ClientError) -> anyhow::Error {
+        match e {
+            ClientError::Timeout => {
+                anyhow!(
+                    "{}: deskd: timed out; only read-only access possible",
+                    root.display()
+                )
+            }
+            ClientError::Connect { .. } | ClientError::Closed => {
+                anyhow!("{}: {e}; only read-only access possible", root.display())
+            }
+            ClientError::Server(reply) => anyhow!("deskd: {}", reply.message),
+            other => anyhow!("{}: {other}", root.display()),
+        }
+    }
+
+    fn client(&mut self, root: &Path) -> Result<&mut Client> {
+        if self.client.is_none() {
+            let c =
+                Client::connect(&self.socket, self.timeout).map_err(|e| self.explain(root, e))?;
+            self.client = Some(c);
+        }
+        Ok(self.client.as_mut().expect("just set"))
+    }
+
+    /// The server's handle for the volume of `iv`.
+    pub fn handle(&mut self, iv: &InVolume) -> Result<u32> {
+        let root = iv.volume.root().to_path_buf();
+        if let Some(&h) = self.handles.get(&root) {
+            return Ok(h);
+        }
+        let info = self.client(&root)?.open_volume(&root);
+        let info = info.map_err(|e| self.explain(&root, e))?;
+        self.handles.insert(root, info.vol);
+        Ok(info.vol)
+    }
+
+    /// Send a request about the volume of `iv` (built from its handle) and wait.
+    pub fn call(&mut self, iv: &InVolume, make: impl FnOnce(u32) -> Request) -> Result<Response> {
+        let vol = self.handle(iv)?;
+        let root = iv.root.clone();
+        let result = self.client(&root)?.call(make(vol));
+        result.map_err(|e| self.explain(&root, e))
+    }
+
+    /// Make sure deskd serves the volume before touching the disk.
+    pub fn check_reachable(&mut self, iv: &InVolume) -> Result<()> {
+        self.handle(iv).map(|_| ())
+    }
+
+    /// The registered object at `iv`, if any.
+    pub fn lookup(&mut self, iv: &InVolume) -> Result<Option<ObjectInfo>> {
+        let rel = iv.rel();
+        match self.call(iv, |vol| Request::LookupPath { vol, path: rel })? {
+            Response::MaybeObject(o) => Ok(o),
+            other => Err(anyhow!("unexpected reply {other:?}")),
+        }
+    }
+
+    /// Register the object at `iv` (an existing path) and keep its resource file and xattr
+    /// mirror right. With `use_hints`, an ID from its resource file or xattr is kept if free.
+    pub fn register(&mut self, iv: &InVolume, use_hints: bool) -> Result<ObjectInfo> {
+        let rsrc_path = iv.rsrc_path();
+        let header = rsrc::read_header(&rsrc_path).ok().flatten();
+        let hint = if use_hints {
+            header
+                .as_ref()
+                .map(|h| h.id)
+                .filter(|&id| id != 0)
+                .or_else(|| deskd_volume::read_id_xattr(&iv.path()))
+        } else {
+            None
+        };
+        let (type_code, creator) = match &header {
+            Some(h) if h.type_code != [0; 4] || h.creator != [0; 4] => {
+                (Some(h.type_code), Some(h.creator))
+            }
+            _ => (None, None),
+        };
+        let rel = iv.rel();
+        let info = match self.call(iv, |vol| Request::AddPath {
+            vol,
+            path: rel,
+            hint,
+            type_code,
+            creator,
+        })? {
+            Response::Object(o) => o,
+            other => return Err(anyhow!("unexpected reply {other:?}")),
+        };
+        self.write_record(iv, &info, header)?;
+        if info.created {
+            // Directories registered on the way need their resource files too.
+            for depth in 0..iv.components.len() {
+                let ancestor = iv.with_components(iv.components[..depth].to_vec());
+                if !ancestor.rsrc_path().exists() {
+                    let rel = ancestor.rel();
+                    if let Response::Object(a) = self.call(&ancestor, |vol| Request::AddPath {
+                        vol,
+                        path: rel,
+                        hint: None,
+                        type_code: None,
+                        creator: None,
+                    })? {
+                        self.write_record(&ancestor, &a, None)?;
+                    }
+                }
+            }
+        }
+        Ok(info)
+    }
+
+    /// Write the resource file (keeping a fork and Finder info already there) and the xattr.
+    pub fn write_record(
+        &mut self,
+        iv: &InVolume,
+        info: &ObjectInfo,
+        header: Option<ResourceHeader>,
+    ) -> Result<()> {
+        let rsrc_path = iv.rsrc_path();
+        let mut header = header
+            .unwrap_or_else(|| ResourceHeader::new(0, info.type_code, info.creator, now_secs()));
+        if header.id != info.id || !rsrc_path.exists() {
+            header.id = info.id;
+            rsrc::write_header(&rsrc_path, &header)
+                .with_context(|| format!("{}: cannot write resource file", rsrc_path.display()))?;
+        }
+        deskd_volume::write_id_xattr(&iv.path(), info.id)
+            .with_context(|| format!("{}: cannot write ID xattr", iv.shown()))?;
+        Ok(())
+    }
+}
