@@ -268,10 +268,6 @@ pub fn apply_write(b: &mut Batch<'_>, vol: &Volume, read_only: bool, request: &R
             ..
         } => {
             deskd_volume::check_name(name).map_err(volume_error)?;
-            if let Some(existing) = b.lookup(*parent, name).map_err(db_error)? {
-                let path = join(&b.path_of(existing.id).map_err(db_error)?);
-                return Ok(Response::Object(info(&existing, Some(path), false)));
-            }
             let (parent_rel, parent_path) = object_path(b, vol, *parent)?;
             let path = parent_path.join(std::ffi::OsStr::from_bytes(name));
             let Some((sdev, sino, kind, ctime)) = stat(&path) else {
@@ -285,6 +281,14 @@ pub fn apply_write(b: &mut Batch<'_>, vol: &Volume, read_only: bool, request: &R
                     "{}: dev/ino {sdev}/{sino} on disk, client said {dev}/{ino}",
                     path.display()
                 )));
+            }
+            if let Some(existing) = b.lookup(*parent, name).map_err(db_error)? {
+                if (existing.dev, existing.ino) != (sdev, sino) {
+                    // Same name, new inode (save-by-replace, restore): the name keeps its ID.
+                    b.set_devino(existing.id, sdev, sino).map_err(db_error)?;
+                }
+                let path = join(&b.path_of(existing.id).map_err(db_error)?);
+                return Ok(Response::Object(info(&existing, Some(path), false)));
             }
             let file = kind == Kind::File;
             let new = NewObject {

@@ -1,0 +1,215 @@
+//! Test harness: a temp directory with volumes, a real `deskd serve` on a private socket, and
+//! helpers to run the real `dt` and `deskd` binaries and read desktops with the sqlite3 CLI.
+#![allow(dead_code)]
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const DESKD: &str = env!("CARGO_BIN_EXE_deskd");
+pub const DT: &str = env!("CARGO_BIN_EXE_dt");
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub server: Option<Child>,
+    pub log: PathBuf,
+    pub starts: u32,
+}
+
+impl Env {
+    /// A temp dir with volume directories `names` (not yet served).
+    pub fn new(names: &[&str]) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        for n in names {
+            std::fs::create_dir_all(dir.path().join(n)).unwrap();
+        }
+        let socket = dir.path().join("deskd.sock");
+        let log = dir.path().join("server-0.log");
+        Env {
+            dir,
+            socket,
+            server: None,
+            log,
+            starts: 0,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Start `deskd serve` with these extra arguments; wait until the socket answers.
+    pub fn start(&mut self, args: &[&str]) -> Duration {
+        self.starts += 1;
+        self.log = self.dir.path().join(format!("server-{}.log", self.starts));
+        let log = std::fs::File::create(&self.log).unwrap();
+        let began = Instant::now();
+        let child = Command::new(DESKD)
+            .arg("serve")
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+        self.wait_ready(began)
+    }
+
+    /// Serve the named volumes (relative to the temp dir).
+    pub fn serve(&mut self, volumes: &[&str]) -> Duration {
+        let paths: Vec<String> = volumes
+            .iter()
+            .map(|v| self.path(v).display().to_string())
+            .collect();
+        let refs: Vec<&str> = paths.iter().map(|s| s.as_str()).collect();
+        self.start(&refs)
+    }
+
+    fn wait_ready(&mut self, began: Instant) -> Duration {
+        loop {
+            if let Ok(mut c) = deskd_client::Client::connect(&self.socket, Duration::from_secs(5)) {
+                if c.volumes().is_ok() {
+                    return began.elapsed();
+                }
+            }
+            if let Some(status) = self.server.as_mut().unwrap().try_wait().unwrap() {
+                panic!("deskd exited with {status}: {}", self.log_text());
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(20),
+                "deskd did not start: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn term(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let status = c.wait().unwrap();
+            assert!(
+                status.success(),
+                "deskd exit status after SIGTERM: {status}"
+            );
+        }
+    }
+
+    pub fn client(&self) -> deskd_client::Client {
+        deskd_client::Client::connect(&self.socket, Duration::from_secs(10)).unwrap()
+    }
+
+    fn command(&self, bin: &str, args: &[&[u8]]) -> Output {
+        let mut cmd = Command::new(bin);
+        cmd.current_dir(self.dir.path())
+            .env("DESKD_SOCKET", &self.socket);
+        for a in args {
+            cmd.arg(std::ffi::OsStr::from_bytes(a));
+        }
+        cmd.output().unwrap()
+    }
+
+    /// Run dt; arguments are bytes so tests can pass non-UTF-8 names.
+    pub fn dt(&self, args: &[&[u8]]) -> Output {
+        self.command(DT, args)
+    }
+
+    /// Run dt and require success; returns stdout.
+    pub fn dt_ok(&self, args: &[&[u8]]) -> String {
+        let out = self.dt(args);
+        assert!(
+            out.status.success(),
+            "dt {:?} failed: {}",
+            show(args),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn deskd(&self, args: &[&str]) -> Output {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.command(DESKD, &args)
+    }
+
+    pub fn deskd_ok(&self, args: &[&str]) -> String {
+        let out = self.deskd(args);
+        assert!(
+            out.status.success(),
+            "deskd {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `dt info --json` for each path: (path, id, parent_id).
+    pub fn ids(&self, paths: &[PathBuf]) -> Vec<serde_json::Value> {
+        let mut args: Vec<&[u8]> = vec![b"info", b"--json"];
+        for p in paths {
+            args.push(p.as_os_str().as_bytes());
+        }
+        let out = self.dt_ok(&args);
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn id_of(&self, path: &Path) -> u32 {
+        self.ids(&[path.to_path_buf()])[0]["id"].as_u64().unwrap() as u32
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn show(args: &[&[u8]]) -> Vec<String> {
+    args.iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Run the sqlite3 CLI on a desktop and return its output.
+pub fn sqlite3(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 CLI installed");
+    assert!(
+        out.status.success(),
+        "sqlite3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A snapshot of a desktop's objects table (for "unchanged" checks).
+pub fn objects_dump(db: &Path) -> String {
+    sqlite3(db, "SELECT id, parent, hex(name) FROM objects ORDER BY id")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
