@@ -8,12 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// An acknowledged create: the ID and the path it was given for.
+type Acked = (u32, Vec<u8>);
+
 #[test]
 fn sigkill_during_4_concurrent_writers_loses_no_acknowledged_create() {
     let mut env = Env::new(&["vol"]);
     env.serve(&["vol"]);
     let vol_root = env.path("vol").canonicalize().unwrap();
-    let acked: Arc<Mutex<Vec<(u32, Vec<u8>)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for t in 0..4 {

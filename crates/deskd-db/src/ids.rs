@@ -17,7 +17,7 @@ pub const LAST_USABLE_ID: u32 = u32::MAX - 1;
 
 /// True for IDs that allocation must never return (reserved or skipped values).
 pub fn is_forbidden(id: u32) -> bool {
-    if id < FIRST_ID || id > LAST_USABLE_ID {
+    if !(FIRST_ID..=LAST_USABLE_ID).contains(&id) {
         return true;
     }
     id & 0x00FF_FFFF == 0 && (1..=16).contains(&(id >> 24))

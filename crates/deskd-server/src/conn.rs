@@ -170,16 +170,16 @@ impl Connection {
     fn targets(&self, vol: Option<u32>) -> Result<Vec<Arc<VolumeHandle>>, ErrorReply> {
         match vol {
             Some(v) => Ok(vec![self.volume(v)?]),
-            None => Ok(self.shared.volumes.iter().cloned().collect()),
+            None => Ok(self.shared.volumes.to_vec()),
         }
     }
 
     fn reader(&mut self, handle: &VolumeHandle) -> Result<&Reader, ErrorReply> {
-        if !self.readers.contains_key(&handle.index) {
-            let reader = Reader::open(&handle.desktop_path).map_err(db_error)?;
-            self.readers.insert(handle.index, reader);
+        use std::collections::hash_map::Entry;
+        match self.readers.entry(handle.index) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => Ok(e.insert(Reader::open(&handle.desktop_path).map_err(db_error)?)),
         }
-        Ok(&self.readers[&handle.index])
     }
 
     /// Admin verbs need root or the owner of the volume root.

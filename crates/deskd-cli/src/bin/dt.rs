@@ -481,12 +481,10 @@ impl Dt {
         if let Place::Inside(a) = from {
             let src_rsrc = a.rsrc_path();
             if let Place::Inside(b) = to {
-                if let Ok(header) = rsrc::read_header(&src_rsrc) {
-                    if let Some(h) = header {
-                        let mut h = h;
-                        h.id = 0;
-                        rsrc::write_header(&b.rsrc_path(), &h)?;
-                    }
+                // Type, creator and fork travel; the ID is the destination's to give.
+                if let Ok(Some(mut h)) = rsrc::read_header(&src_rsrc) {
+                    h.id = 0;
+                    rsrc::write_header(&b.rsrc_path(), &h)?;
                 }
             }
             let _ = fs::remove_file(&src_rsrc);

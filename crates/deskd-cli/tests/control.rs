@@ -1,0 +1,235 @@
+//! Control verbs and preferences: status, flush, freeze/thaw, idle close, config file,
+//! read-only volumes, relocated desktops, a desktop locked by another server.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn status(env: &Env) -> serde_json::Value {
+    let out = env.deskd_ok(&["status", "--json"]);
+    serde_json::from_str(out.lines().next().unwrap()).unwrap()
+}
+
+#[test]
+fn status_flush_freeze_and_thaw() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/a", b"vol/b"]);
+    let s = status(&env);
+    assert_eq!(s["objects"], 3);
+    assert_eq!(s["clean_at_start"], true);
+    assert!(s["frozen_until"].is_null());
+    assert_eq!(s["last_flush"], 0);
+    assert!(s["path"].as_str().unwrap().ends_with("/vol"));
+    let text = env.deskd_ok(&["status"]);
+    assert!(
+        text.contains("objects:      3") && text.contains("not frozen"),
+        "{text}"
+    );
+
+    env.deskd_ok(&["flush"]);
+    let s = status(&env);
+    assert!(s["last_flush"].as_i64().unwrap() > 0);
+    assert_eq!(s["wal_bytes"], 0, "a flush empties the WAL");
+    let db = env.path("vol/.Desktop");
+    let a_id = env.id_of(&env.path("vol/a")).to_string();
+    // Right after a flush the main file alone holds the data.
+    let copy = env.path("copy.db");
+    std::fs::copy(&db, &copy).unwrap();
+    assert_eq!(sqlite3(&copy, "SELECT count(*) FROM objects"), "3");
+    assert_eq!(sqlite3(&copy, "PRAGMA integrity_check"), "ok");
+
+    // Freeze: .Desktop stays byte-identical while writes continue into the WAL.
+    let out = env.deskd_ok(&["freeze", "30"]);
+    assert!(out.contains("frozen until"));
+    let frozen_bytes = std::fs::read(&db).unwrap();
+    assert!(!status(&env)["frozen_until"].is_null());
+    for i in 0..50 {
+        env.dt_ok(&[b"touch", format!("vol/during-{i}").as_bytes()]);
+    }
+    assert!(
+        env.deskd(&["flush"]).status.code() == Some(1),
+        "flush refuses while frozen"
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        frozen_bytes,
+        ".Desktop changed during the freeze"
+    );
+    assert_eq!(status(&env)["objects"], 53, "writes were not blocked");
+    // Over freeze_max: clamped with the HELIOS-style message.
+    let out = env.deskd_ok(&["freeze", "500"]);
+    assert!(
+        out.contains("FreezeTime (500) > FreezeMax (60), using new value: 60"),
+        "{out}"
+    );
+    env.deskd_ok(&["thaw"]);
+    assert!(status(&env)["frozen_until"].is_null());
+    env.deskd_ok(&["flush"]);
+    assert_ne!(std::fs::read(&db).unwrap(), frozen_bytes);
+    assert_eq!(
+        sqlite3(
+            &db,
+            &format!("SELECT count(*) FROM objects WHERE id = {a_id}")
+        ),
+        "1"
+    );
+}
+
+#[test]
+fn idle_close_and_flush_delay_checkpoint_by_themselves() {
+    let mut env = Env::new(&["vol"]);
+    let cfg = env.path("deskd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[defaults]\nidle_close = 1\nflush_delay = 2\n\n[volume.\"{}\"]\n",
+            env.path("vol").display()
+        ),
+    )
+    .unwrap();
+    env.start(&["--config", cfg.to_str().unwrap()]);
+    env.dt_ok(&[b"touch", b"vol/x"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = status(&env);
+        if s["wal_bytes"] == 0 && s["last_flush"].as_i64().unwrap() > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no idle flush: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn config_errors_are_clear() {
+    let mut env = Env::new(&["vol"]);
+    let cfg = env.path("bad.toml");
+    std::fs::write(&cfg, "[defaults]\nflush_dealy = 3\n").unwrap();
+    let out = env.deskd(&[
+        "serve",
+        "--socket",
+        "x.sock",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown field `flush_dealy`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.deskd(&["serve", "--socket", "x.sock", "/nonexistent/volume"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not a directory"));
+    let out = env.deskd(&["serve", "--socket", "x.sock"]);
+    assert!(stderr(&out).contains("no volumes"));
+    // A second server on the same volume: the desktop is busy.
+    env.serve(&["vol"]);
+    let out = env.deskd(&[
+        "serve",
+        "--socket",
+        "other.sock",
+        env.path("vol").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("Warning, desktop DB busy by another process"),
+        "{}",
+        stderr(&out)
+    );
+    // ... and the same socket is refused too.
+    let out = env.deskd(&[
+        "serve",
+        "--socket",
+        env.socket.to_str().unwrap(),
+        env.path("vol").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn read_only_volume_refuses_changes_but_gives_ids() {
+    let mut env = Env::new(&["vol"]);
+    std::fs::write(env.path("vol/file"), b"").unwrap();
+    let cfg = env.path("deskd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[volume.\"{}\"]\nread_only = true\n",
+            env.path("vol").display()
+        ),
+    )
+    .unwrap();
+    env.start(&["--config", cfg.to_str().unwrap()]);
+    let mut c = env.client();
+    let vol = c.open_volume(&env.path("vol")).unwrap();
+    assert!(vol.read_only);
+    let o = c
+        .object(deskd_client::Request::AddPath {
+            vol: vol.vol,
+            path: b"file".to_vec(),
+            hint: None,
+            type_code: None,
+            creator: None,
+        })
+        .unwrap();
+    assert_eq!(o.id, 17);
+    std::fs::rename(env.path("vol/file"), env.path("vol/moved")).unwrap();
+    let err = c
+        .call(deskd_client::Request::RenamePath {
+            vol: vol.vol,
+            from: b"file".to_vec(),
+            to: b"moved".to_vec(),
+            replace: false,
+            hint: None,
+        })
+        .unwrap_err();
+    assert_eq!(err.code(), Some(deskd_client::ErrorCode::ReadOnly));
+    assert!(err.to_string().contains("read-only"));
+}
+
+#[test]
+fn relocated_desktop_and_missing_target() {
+    let mut env = Env::new(&["vol", "state"]);
+    let cfg = env.path("deskd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nstate_dir = \"{}\"\n[defaults]\ndesktop_location = \"desktops\"\n[volume.\"{}\"]\n",
+            env.path("state").display(),
+            env.path("vol").display()
+        ),
+    )
+    .unwrap();
+    env.start(&["--config", cfg.to_str().unwrap()]);
+    env.dt_ok(&[b"touch", b"vol/f"]);
+    let link = env.path("vol/.Desktop");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let target = env
+        .path("state/desktops")
+        .join(env.path("vol").strip_prefix("/").unwrap())
+        .join(".Desktop");
+    assert_eq!(std::fs::read_link(&link).unwrap(), target);
+    env.term();
+    assert_eq!(sqlite3(&target, "SELECT count(*) FROM objects"), "2");
+    // The target's directory vanishes: the HELIOS error, and nothing served.
+    std::fs::remove_dir_all(env.path("state/desktops")).unwrap();
+    let out = env.deskd(&[
+        "serve",
+        "--socket",
+        "y.sock",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let vol = env.path("vol").canonicalize().unwrap();
+    assert!(
+        stderr(&out).contains(&format!("OpenDesk {}: Miscellaneous error", vol.display())),
+        "{}",
+        stderr(&out)
+    );
+}

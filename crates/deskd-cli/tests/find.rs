@@ -1,0 +1,156 @@
+//! `deskd find`: prefix, substring and glob, case-insensitive, NFC and NFD alike, never a
+//! protected name.
+
+mod common;
+use common::*;
+
+fn lines(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s.lines().map(|l| l.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn find_matches_prefix_substring_glob_case_and_normalisation() {
+    let mut env = Env::new(&["vol", "other"]);
+    env.serve(&["vol", "other"]);
+    env.dt_ok(&[b"mkdir", b"-p", b"vol/Projects/2024"]);
+    for name in [
+        "Report Final.PDF",
+        "report-draft.pdf",
+        "Caf\u{e9} Menu.txt",
+        "notes.txt",
+    ] {
+        let p = format!("vol/Projects/2024/{name}");
+        env.dt_ok(&[b"touch", p.as_bytes()]);
+    }
+    env.dt_ok(&[
+        b"touch",
+        "vol/Cafe\u{301} NFD.doc".as_bytes(),
+        b"other/report-other.pdf",
+    ]);
+    let root = env
+        .path("vol")
+        .canonicalize()
+        .unwrap()
+        .display()
+        .to_string();
+    let other = env
+        .path("other")
+        .canonicalize()
+        .unwrap()
+        .display()
+        .to_string();
+    let vol = env.path("vol").display().to_string();
+
+    // Substring, case-insensitive, across all volumes by default.
+    let out = lines(&env.deskd_ok(&["find", "REPORT"]));
+    assert_eq!(
+        out,
+        vec![
+            format!("{other}/report-other.pdf"),
+            format!("{root}/Projects/2024/Report Final.PDF"),
+            format!("{root}/Projects/2024/report-draft.pdf"),
+        ]
+    );
+    // --volume restricts; --prefix anchors.
+    assert_eq!(
+        lines(&env.deskd_ok(&["find", "--volume", &vol, "port"])).len(),
+        2
+    );
+    assert_eq!(
+        lines(&env.deskd_ok(&["find", "--volume", &vol, "--prefix", "port"])).len(),
+        0
+    );
+    assert_eq!(
+        lines(&env.deskd_ok(&["find", "--volume", &vol, "--prefix", "rEp"])).len(),
+        2
+    );
+    // Globs (automatic when the pattern has * ? [).
+    assert_eq!(
+        lines(&env.deskd_ok(&["find", "--volume", &vol, "*.pdf"])),
+        vec![
+            format!("{root}/Projects/2024/Report Final.PDF"),
+            format!("{root}/Projects/2024/report-draft.pdf")
+        ]
+    );
+    assert_eq!(
+        lines(&env.deskd_ok(&["find", "--volume", &vol, "report?draft.*"])).len(),
+        1
+    );
+    assert_eq!(
+        lines(&env.deskd_ok(&["find", "--volume", &vol, "[nN]otes.txt"])).len(),
+        1
+    );
+    assert_eq!(
+        lines(&env.deskd_ok(&["find", "--volume", &vol, "--exact", "NOTES.TXT"])).len(),
+        1
+    );
+    // NFC pattern finds the NFD name and vice versa.
+    let nfc = lines(&env.deskd_ok(&["find", "caf\u{e9}"]));
+    let nfd = lines(&env.deskd_ok(&["find", "CAFE\u{301}"]));
+    assert_eq!(nfc.len(), 2, "{nfc:?}");
+    assert_eq!(nfc, nfd);
+    // Protected names never appear.
+    for p in [".Desktop", "desktop", ".rsrc", "rsrc", "*"] {
+        let out = env.deskd_ok(&["find", p]);
+        assert!(
+            !out.contains(".Desktop") && !out.contains(".rsrc"),
+            "{p}: {out}"
+        );
+    }
+    // --json and --limit.
+    let json = env.deskd_ok(&["find", "--json", "--limit", "1", "report"]);
+    assert_eq!(json.lines().count(), 1);
+    let v: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    for key in ["path", "id", "parent_id", "name", "kind", "volume"] {
+        assert!(!v[key].is_null(), "{key}");
+    }
+    // Renames are reflected at once.
+    env.dt_ok(&[
+        b"mv",
+        b"vol/Projects/2024/notes.txt",
+        b"vol/Projects/2024/minutes.txt",
+    ]);
+    assert!(env.deskd_ok(&["find", "notes"]).is_empty());
+    assert_eq!(lines(&env.deskd_ok(&["find", "minutes"])).len(), 1);
+}
+
+#[test]
+fn find_pages_through_many_results() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    std::fs::create_dir(env.path("vol/many")).unwrap();
+    let mut paths = Vec::new();
+    for i in 0..12_000 {
+        let p = env.path(&format!("vol/many/item-{i:05}"));
+        std::fs::write(&p, b"").unwrap();
+        paths.push(p);
+    }
+    // Register them through one pipelined client, as a file server would.
+    let mut c = env.client();
+    let vol = c.open_volume(&env.path("vol")).unwrap().vol;
+    let mut ids = Vec::new();
+    for i in 0..12_000 {
+        ids.push(
+            c.send(deskd_client::Request::AddPath {
+                vol,
+                path: format!("many/item-{i:05}").into_bytes(),
+                hint: None,
+                type_code: None,
+                creator: None,
+            })
+            .unwrap(),
+        );
+    }
+    c.flush().unwrap();
+    for id in ids {
+        c.wait(id).unwrap();
+    }
+    let out = env.deskd_ok(&["find", "item-"]);
+    assert_eq!(
+        out.lines().count(),
+        12_000,
+        "more than one page (5,000) comes back whole"
+    );
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need, then checks formatting and lints, builds
+# and runs every test of the workspace. Used by the README and by CI (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages the tests drive for real: the sqlite3 CLI reads desktops; a C compiler builds
+# the bundled SQLite.
+missing=()
+command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "scripts/test.sh: please install: ${missing[*]} (or run as root)" >&2
+        exit 1
+    fi
+    echo "scripts/test.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q "${missing[@]}"
+fi
+
+# Tests place sockets and volumes in a temp dir; keep it on a file system with xattrs.
+export TMPDIR="${TMPDIR:-/tmp}"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
