@@ -601,13 +601,22 @@ mod tests {
     /// The example in docs/protocol.md, byte for byte.
     #[test]
     fn golden_bytes_match_the_documentation() {
-        let frame = RequestFrame { id: 1, request: Request::Resolve { vol: 0, id: 300 } };
-        assert_eq!(encode_frame(&frame).unwrap(), vec![0, 0, 0, 5, 0x01, 0x06, 0x00, 0xac, 0x02]);
+        let frame = RequestFrame {
+            id: 1,
+            request: Request::Resolve { vol: 0, id: 300 },
+        };
+        assert_eq!(
+            encode_frame(&frame).unwrap(),
+            vec![0, 0, 0, 5, 0x01, 0x06, 0x00, 0xac, 0x02]
+        );
         let reply = ReplyFrame {
             id: 1,
             result: Err(ErrorReply::new(ErrorCode::NotFound, "no")),
         };
-        assert_eq!(encode_frame(&reply).unwrap(), vec![0, 0, 0, 6, 0x01, 0x01, 0x03, 0x02, b'n', b'o']);
+        assert_eq!(
+            encode_frame(&reply).unwrap(),
+            vec![0, 0, 0, 6, 0x01, 0x01, 0x03, 0x02, b'n', b'o']
+        );
     }
 
     #[test]

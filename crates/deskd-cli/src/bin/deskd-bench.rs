@@ -1,1 +1,349 @@
-fn main() {}
+//! `deskd-bench`: load generators for docs/PERFORMANCE.md, driven by `scripts/bench.sh`.
+//! Each subcommand prints one JSON object with its measurements.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use clap::{Parser, Subcommand};
+use deskd_client::{Client, FindMode, Request, Response};
+
+#[derive(Parser)]
+#[command(
+    name = "deskd-bench",
+    about = "Benchmarks for deskd (see scripts/bench.sh)"
+)]
+struct Cli {
+    #[arg(long)]
+    socket: PathBuf,
+    #[arg(long)]
+    volume: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create DIRS×PER_DIR empty files on disk (untimed set-up) and time nothing.
+    Populate {
+        #[arg(long)]
+        dirs: u32,
+        #[arg(long)]
+        per_dir: u32,
+    },
+    /// Register every populated file through CLIENTS pipelining clients (ID creation rate).
+    Create {
+        #[arg(long)]
+        dirs: u32,
+        #[arg(long)]
+        per_dir: u32,
+        #[arg(long, default_value_t = 4)]
+        clients: u32,
+        #[arg(long, default_value_t = 64)]
+        depth: usize,
+    },
+    /// One client, one request at a time: resolve and lookup latency percentiles.
+    Latency {
+        #[arg(long)]
+        dirs: u32,
+        #[arg(long)]
+        per_dir: u32,
+        #[arg(long, default_value_t = 20000)]
+        ops: u32,
+    },
+    /// CLIENTS clients pipelining DEPTH resolve/lookup requests each for SECONDS.
+    Throughput {
+        #[arg(long)]
+        dirs: u32,
+        #[arg(long)]
+        per_dir: u32,
+        #[arg(long, default_value_t = 4)]
+        clients: u32,
+        #[arg(long, default_value_t = 64)]
+        depth: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
+    /// Substring find queries through one client: per-query latency.
+    Find {
+        #[arg(long, default_value_t = 7)]
+        runs: u32,
+        patterns: Vec<String>,
+    },
+    /// Time from now until the server answers a resolve (run right after starting it).
+    FirstAnswer {
+        #[arg(long, default_value_t = 17)]
+        id: u32,
+    },
+}
+
+fn name(d: u32, f: u32) -> String {
+    // Varied, realistic-looking names so substring queries have something to find.
+    const WORDS: [&str; 8] = [
+        "report", "layout", "invoice", "photo", "draft", "scan", "proof", "final",
+    ];
+    format!(
+        "{}-{:04}-{}-{f:06}.dat",
+        WORDS[(f % 8) as usize],
+        d,
+        WORDS[((f / 8) % 8) as usize]
+    )
+}
+
+fn dir_name(d: u32) -> String {
+    format!("dir{d:04}")
+}
+
+fn connect(socket: &Path) -> Result<Client> {
+    Client::connect(socket, Duration::from_secs(120)).map_err(|e| anyhow!("{e}"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = cli.volume.canonicalize()?;
+    match cli.command {
+        Command::Populate { dirs, per_dir } => {
+            let t = Instant::now();
+            for d in 0..dirs {
+                let dir = root.join(dir_name(d));
+                std::fs::create_dir_all(&dir)?;
+                for f in 0..per_dir {
+                    std::fs::File::create(dir.join(name(d, f)))?;
+                }
+            }
+            println!(
+                "{}",
+                serde_json::json!({"populate_s": t.elapsed().as_secs_f64(), "files": dirs * per_dir})
+            );
+        }
+        Command::Create {
+            dirs,
+            per_dir,
+            clients,
+            depth,
+        } => {
+            let started = Instant::now();
+            let mut threads = Vec::new();
+            for c in 0..clients {
+                let (socket, root) = (cli.socket.clone(), root.clone());
+                threads.push(std::thread::spawn(move || -> Result<Vec<(u64, f64)>> {
+                    let mut client = connect(&socket)?;
+                    let vol = client.open_volume(&root).map_err(|e| anyhow!("{e}"))?.vol;
+                    let mut marks = Vec::new();
+                    let mut done = 0u64;
+                    for d in (c..dirs).step_by(clients as usize) {
+                        let dir = client
+                            .object(Request::AddPath {
+                                vol,
+                                path: dir_name(d).into_bytes(),
+                                hint: None,
+                                type_code: None,
+                                creator: None,
+                            })
+                            .map_err(|e| anyhow!("{e}"))?;
+                        let dir_path = root.join(dir_name(d));
+                        let mut inflight = std::collections::VecDeque::new();
+                        for f in 0..per_dir {
+                            let n = name(d, f);
+                            let meta = std::fs::symlink_metadata(dir_path.join(&n))?;
+                            let id = client
+                                .send(Request::Add {
+                                    vol,
+                                    parent: dir.id,
+                                    name: n.into_bytes(),
+                                    dev: meta.dev(),
+                                    ino: meta.ino(),
+                                    hint: None,
+                                    type_code: None,
+                                    creator: None,
+                                })
+                                .map_err(|e| anyhow!("{e}"))?;
+                            inflight.push_back(id);
+                            if inflight.len() >= depth {
+                                client.flush().map_err(|e| anyhow!("{e}"))?;
+                                let id = inflight.pop_front().unwrap();
+                                client.wait(id).map_err(|e| anyhow!("{e}"))?;
+                                done += 1;
+                                if done % 50_000 == 0 {
+                                    marks.push((done, started.elapsed().as_secs_f64()));
+                                }
+                            }
+                        }
+                        client.flush().map_err(|e| anyhow!("{e}"))?;
+                        while let Some(id) = inflight.pop_front() {
+                            client.wait(id).map_err(|e| anyhow!("{e}"))?;
+                            done += 1;
+                        }
+                    }
+                    Ok(marks)
+                }));
+            }
+            for t in threads {
+                t.join().map_err(|_| anyhow!("thread panicked"))??;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let total = (dirs as u64) * (per_dir as u64);
+            println!(
+                "{}",
+                serde_json::json!({"objects": total, "seconds": secs, "objects_per_s": total as f64 / secs})
+            );
+        }
+        Command::Latency { dirs, per_dir, ops } => {
+            let mut client = connect(&cli.socket)?;
+            let vol = client.open_volume(&root).map_err(|e| anyhow!("{e}"))?.vol;
+            let max_id = 17 + dirs * (per_dir + 1);
+            let mut rng = 0x2545F4914F6CDD1Du64;
+            let mut next = || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            let mut resolve = Vec::with_capacity(ops as usize);
+            let mut lookup = Vec::with_capacity(ops as usize);
+            for _ in 0..ops {
+                let id = 17 + (next() % (max_id as u64 - 17)) as u32;
+                let t = Instant::now();
+                let o = client.object(Request::Resolve { vol, id });
+                resolve.push(t.elapsed().as_secs_f64() * 1e6);
+                if let Ok(o) = o {
+                    let t = Instant::now();
+                    client
+                        .maybe_object(Request::Lookup {
+                            vol,
+                            parent: o.parent,
+                            name: o.name,
+                        })
+                        .map_err(|e| anyhow!("{e}"))?;
+                    lookup.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            resolve.sort_by(f64::total_cmp);
+            lookup.sort_by(f64::total_cmp);
+            println!(
+                "{}",
+                serde_json::json!({
+                    "resolve_p50_us": percentile(&resolve, 0.5), "resolve_p99_us": percentile(&resolve, 0.99),
+                    "lookup_p50_us": percentile(&lookup, 0.5), "lookup_p99_us": percentile(&lookup, 0.99),
+                })
+            );
+        }
+        Command::Throughput {
+            dirs,
+            per_dir,
+            clients,
+            depth,
+            seconds,
+        } => {
+            let max_id = 17 + dirs * (per_dir + 1);
+            let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+            let started = Instant::now();
+            let mut threads = Vec::new();
+            for c in 0..clients {
+                let (socket, root) = (cli.socket.clone(), root.clone());
+                threads.push(std::thread::spawn(move || -> Result<u64> {
+                    let mut client = connect(&socket)?;
+                    let vol = client.open_volume(&root).map_err(|e| anyhow!("{e}"))?.vol;
+                    let mut done = 0u64;
+                    let mut i = c as u64 * 7919;
+                    while Instant::now() < deadline {
+                        let mut ids = Vec::with_capacity(depth);
+                        for _ in 0..depth {
+                            i = i
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
+                            let id = 17 + ((i >> 33) % (max_id as u64 - 17)) as u32;
+                            ids.push(
+                                client
+                                    .send(Request::Resolve { vol, id })
+                                    .map_err(|e| anyhow!("{e}"))?,
+                            );
+                        }
+                        client.flush().map_err(|e| anyhow!("{e}"))?;
+                        for id in ids {
+                            let _ = client.wait(id);
+                            done += 1;
+                        }
+                    }
+                    Ok(done)
+                }));
+            }
+            let mut total = 0;
+            for t in threads {
+                total += t.join().map_err(|_| anyhow!("thread panicked"))??;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({"ops": total, "seconds": secs, "ops_per_s": total as f64 / secs})
+            );
+        }
+        Command::Find { runs, patterns } => {
+            let mut client = connect(&cli.socket)?;
+            let vol = client.open_volume(&root).map_err(|e| anyhow!("{e}"))?.vol;
+            let mut times = Vec::new();
+            let mut hits = Vec::new();
+            for p in &patterns {
+                let mut count = 0;
+                for _ in 0..runs {
+                    let t = Instant::now();
+                    let mut after_id = 0;
+                    count = 0;
+                    loop {
+                        let page = match client
+                            .call(Request::Find {
+                                vol,
+                                pattern: p.clone(),
+                                mode: FindMode::Substring,
+                                limit: 10_000,
+                                after_id,
+                            })
+                            .map_err(|e| anyhow!("{e}"))?
+                        {
+                            Response::Objects(o) => o,
+                            other => return Err(anyhow!("unexpected {other:?}")),
+                        };
+                        count += page.len();
+                        match page.last() {
+                            Some(last) if page.len() == 10_000 => after_id = last.id,
+                            _ => break,
+                        }
+                    }
+                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                hits.push(serde_json::json!({"pattern": p, "hits": count}));
+            }
+            times.sort_by(f64::total_cmp);
+            println!(
+                "{}",
+                serde_json::json!({"find_p50_ms": percentile(&times, 0.5), "find_max_ms": times.last(), "queries": hits})
+            );
+        }
+        Command::FirstAnswer { id } => {
+            let t = Instant::now();
+            loop {
+                if let Ok(mut c) = Client::connect(&cli.socket, Duration::from_secs(10)) {
+                    if let Ok(v) = c.open_volume(&root) {
+                        if c.object(Request::Resolve { vol: v.vol, id }).is_ok() {
+                            break;
+                        }
+                    }
+                }
+                if t.elapsed() > Duration::from_secs(60) {
+                    return Err(anyhow!("no answer within 60 s"));
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            println!(
+                "{}",
+                serde_json::json!({"first_answer_ms": t.elapsed().as_secs_f64() * 1e3})
+            );
+        }
+    }
+    Ok(())
+}
