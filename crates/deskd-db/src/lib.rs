@@ -511,6 +511,26 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// Start one read snapshot for several reads (one WAL read lock instead of one per
+    /// statement). Reads see the state as of the first read after this call.
+    pub fn begin_snapshot(&self) -> Result<()> {
+        if self.conn.is_autocommit() {
+            self.conn.execute_batch("BEGIN")?;
+        }
+        Ok(())
+    }
+
+    /// End the snapshot started by [`Reader::begin_snapshot`] (no-op when none is open), so
+    /// the next read sees the newest commit and checkpoints are not held back.
+    pub fn end_snapshot(&self) -> Result<()> {
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch("COMMIT")?;
+        }
+        Ok(())
+    }
+}
+
 impl Read for Reader {
     fn conn(&self) -> &Connection {
         &self.conn

@@ -36,16 +36,31 @@ pub struct ReplySink {
 }
 
 impl ReplySink {
-    /// Send the reply; a client that went away is not an error for the server.
+    /// Send the reply now; a client that went away is not an error for the server.
     pub fn send(&self, result: Reply) {
+        self.queue(result);
+        self.flush();
+    }
+
+    /// Buffer the reply; it leaves with the next [`ReplySink::flush`] on this connection, so a
+    /// burst of pipelined replies costs one write.
+    pub fn queue(&self, result: Reply) {
         let frame = ReplyFrame {
             id: self.id,
             result,
         };
         let mut stream = self.writer.stream.lock().unwrap();
-        if deskd_proto::write_frame(&mut *stream, &frame).is_ok() {
-            let _ = stream.flush();
-        }
+        let _ = deskd_proto::write_frame(&mut *stream, &frame);
+    }
+
+    /// Push buffered replies to the client.
+    pub fn flush(&self) {
+        let _ = self.writer.stream.lock().unwrap().flush();
+    }
+
+    /// True when both replies go to the same connection.
+    pub fn same_connection(&self, other: &ReplySink) -> bool {
+        Arc::ptr_eq(&self.writer, &other.writer)
     }
 }
 
@@ -124,7 +139,12 @@ pub fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
             writer: writer.clone(),
             id: frame.id,
         };
-        conn.dispatch(frame.request, sink);
+        // More requests already received: answer them before flushing (pipelining).
+        let more = !input.buffer().is_empty();
+        conn.dispatch(frame.request, sink, more);
+        if !more {
+            conn.end_snapshots();
+        }
     }
 }
 
@@ -148,7 +168,8 @@ fn handshake(stream: &UnixStream) -> Result<(), ProtoError> {
 struct Connection {
     shared: Arc<Shared>,
     uid: Option<u32>,
-    readers: HashMap<u32, Reader>,
+    /// Per volume: a read-only connection and the writer's commit count when its snapshot began.
+    readers: HashMap<u32, (Reader, u64)>,
 }
 
 fn no_volume(vol: u32) -> ErrorReply {
@@ -174,11 +195,30 @@ impl Connection {
         }
     }
 
+    /// The read connection for a volume, inside a snapshot that includes every write
+    /// acknowledged so far (a new commit ends the old snapshot).
     fn reader(&mut self, handle: &VolumeHandle) -> Result<&Reader, ErrorReply> {
         use std::collections::hash_map::Entry;
-        match self.readers.entry(handle.index) {
-            Entry::Occupied(e) => Ok(e.into_mut()),
-            Entry::Vacant(e) => Ok(e.insert(Reader::open(&handle.desktop_path).map_err(db_error)?)),
+        let commits = handle.commits.load(Ordering::SeqCst);
+        let entry = match self.readers.entry(handle.index) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert((
+                Reader::open(&handle.desktop_path).map_err(db_error)?,
+                commits,
+            )),
+        };
+        if entry.1 != commits {
+            entry.0.end_snapshot().map_err(db_error)?;
+            entry.1 = commits;
+        }
+        entry.0.begin_snapshot().map_err(db_error)?;
+        Ok(&entry.0)
+    }
+
+    /// End every read snapshot (when no request is waiting), so checkpoints can proceed.
+    fn end_snapshots(&mut self) {
+        for (reader, _) in self.readers.values() {
+            let _ = reader.end_snapshot();
         }
     }
 
@@ -197,8 +237,10 @@ impl Connection {
         }
     }
 
-    fn dispatch(&mut self, request: Request, sink: ReplySink) {
+    fn dispatch(&mut self, request: Request, sink: ReplySink, more_pending: bool) {
         if request.is_write() {
+            // Replies to earlier pipelined reads must not wait behind this write's commit.
+            sink.flush();
             let handle = match self.volume(request.volume().unwrap_or(u32::MAX)) {
                 Ok(h) => h,
                 Err(e) => return sink.send(Err(e)),
@@ -223,7 +265,11 @@ impl Connection {
             return;
         }
         let result = self.answer(request);
-        sink.send(result);
+        if more_pending {
+            sink.queue(result);
+        } else {
+            sink.send(result);
+        }
     }
 
     fn answer(&mut self, request: Request) -> Reply {

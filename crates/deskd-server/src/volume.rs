@@ -10,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -51,6 +52,8 @@ pub struct VolumeHandle {
     pub queue: Sender<Job>,
     pub state: Arc<Mutex<SharedState>>,
     pub owner_uid: u32,
+    /// Commits so far; readers start a new snapshot when it moves (read-your-writes).
+    pub commits: Arc<AtomicU64>,
     /// Held for the server's lifetime: the exclusive lock that makes this the only writer.
     _lock: File,
 }
@@ -206,6 +209,7 @@ impl VolumeHandle {
             ..Default::default()
         }));
         let (tx, rx) = crossbeam_channel::unbounded();
+        let commits = Arc::new(AtomicU64::new(0));
         let handle = Arc::new(VolumeHandle {
             index,
             volume: volume.clone(),
@@ -214,6 +218,7 @@ impl VolumeHandle {
             queue: tx,
             state: state.clone(),
             owner_uid,
+            commits: commits.clone(),
             _lock: lock,
         });
         spawn_check(&desktop_path, &root, state.clone());
@@ -222,6 +227,7 @@ impl VolumeHandle {
             volume,
             config,
             state,
+            commits,
             wal_path: wal_path(&desktop_path),
             dirty_since: None,
             last_write: Instant::now(),
@@ -298,6 +304,7 @@ struct Writer {
     volume: Volume,
     config: VolumeConfig,
     state: Arc<Mutex<SharedState>>,
+    commits: Arc<AtomicU64>,
     wal_path: PathBuf,
     /// When the oldest committed but not yet checkpointed change was made.
     dirty_since: Option<Instant>,
@@ -368,8 +375,17 @@ impl Writer {
             Ok(()) => {
                 self.last_write = Instant::now();
                 self.dirty_since.get_or_insert(self.last_write);
+                // Before any acknowledgement: readers must see this commit from now on.
+                self.commits.fetch_add(1, Ordering::SeqCst);
+                let mut connections: Vec<ReplySink> = Vec::new();
                 for ((_, sink), reply) in writes.drain(..).zip(replies) {
-                    sink.send(reply);
+                    sink.queue(reply);
+                    if !connections.iter().any(|c| c.same_connection(&sink)) {
+                        connections.push(sink);
+                    }
+                }
+                for c in connections {
+                    c.flush();
                 }
                 self.check_wal_limit();
             }
