@@ -360,14 +360,16 @@ pub trait Read {
                 folded,
             ),
             FindMode::Prefix => (
-                "SELECT id, parent, name, kind, dev, ino, type, creator, flags, ctime
-                 FROM objects WHERE skey GLOB ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                "SELECT o.id, o.parent, o.name, o.kind, o.dev, o.ino, o.type, o.creator, o.flags, o.ctime
+                 FROM names_fts f JOIN objects o ON o.id = f.rowid
+                 WHERE f.skey GLOB ?1 AND f.rowid > ?2 ORDER BY f.rowid LIMIT ?3",
                 format!("{}*", names::glob_escape_literal(&folded)),
             ),
             FindMode::Exact => (
-                "SELECT id, parent, name, kind, dev, ino, type, creator, flags, ctime
-                 FROM objects WHERE skey = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-                folded,
+                "SELECT o.id, o.parent, o.name, o.kind, o.dev, o.ino, o.type, o.creator, o.flags, o.ctime
+                 FROM names_fts f JOIN objects o ON o.id = f.rowid
+                 WHERE f.skey GLOB ?1 AND f.rowid > ?2 ORDER BY f.rowid LIMIT ?3",
+                names::glob_escape_literal(&folded),
             ),
         };
         let mut stmt = self.conn().prepare_cached(sql)?;
@@ -507,6 +509,7 @@ impl Reader {
         )?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "query_only", true)?;
+        conn.pragma_update(None, "cache_size", -8192)?;
         Ok(Reader { conn })
     }
 }
@@ -592,6 +595,8 @@ impl Desktop {
             },
         )?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // 64 MiB of page cache: index pages of a large volume stay in memory between batches.
+        conn.pragma_update(None, "cache_size", -65536)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
@@ -614,6 +619,11 @@ impl Desktop {
             tx.execute(
                 "INSERT INTO objects (id, parent, name, kind, skey, ctime) VALUES (?1, ?2, x'', 1, '', ?3)",
                 params![ROOT_ID, ROOT_PARENT_ID, now_unix()],
+            )?;
+            // Every row of the content table is in the index, even one without trigrams.
+            tx.execute(
+                "INSERT INTO names_fts (rowid, skey) VALUES (?1, '')",
+                [ROOT_ID],
             )?;
         }
         meta_set(&tx, "clean", 0)?;
@@ -638,6 +648,7 @@ impl Desktop {
         Ok(Batch {
             tx,
             last_id: &mut self.last_id,
+            fts: Vec::new(),
         })
     }
 
@@ -682,6 +693,14 @@ fn random_u64() -> Result<u64> {
 pub struct Batch<'a> {
     tx: rusqlite::Transaction<'a>,
     last_id: &'a mut u32,
+    /// Search-index changes, written just before commit (see the schema note on names_fts).
+    fts: Vec<FtsChange>,
+}
+
+/// One change to the substring index: remove (id, old key) or add (id, new key).
+enum FtsChange {
+    Remove(u32, String),
+    Add(u32, String),
 }
 
 impl Read for Batch<'_> {
@@ -694,6 +713,7 @@ impl Batch<'_> {
     /// Run one request in a savepoint: if it fails, only its own changes are undone.
     pub fn step<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.tx.execute_batch("SAVEPOINT step")?;
+        let fts_mark = self.fts.len();
         match f(self) {
             Ok(v) => {
                 self.tx.execute_batch("RELEASE step")?;
@@ -703,6 +723,7 @@ impl Batch<'_> {
                 self.tx
                     .execute_batch("ROLLBACK TO step; RELEASE step")
                     .map_err(DbError::from)?;
+                self.fts.truncate(fts_mark);
                 Err(e)
             }
         }
@@ -711,6 +732,21 @@ impl Batch<'_> {
     /// Commit the batch (the counter is stored with it).
     pub fn commit(self) -> Result<()> {
         meta_set(&self.tx, "last_id", *self.last_id as i64)?;
+        // Last, so no later statement journal makes FTS5 flush early.
+        {
+            let mut remove = self.tx.prepare_cached(
+                "INSERT INTO names_fts (names_fts, rowid, skey) VALUES ('delete', ?1, ?2)",
+            )?;
+            let mut add = self
+                .tx
+                .prepare_cached("INSERT INTO names_fts (rowid, skey) VALUES (?1, ?2)")?;
+            for change in &self.fts {
+                match change {
+                    FtsChange::Remove(id, key) => remove.execute(params![id, key])?,
+                    FtsChange::Add(id, key) => add.execute(params![id, key])?,
+                };
+            }
+        }
         self.tx.commit()?;
         Ok(())
     }
@@ -720,6 +756,15 @@ impl Batch<'_> {
             .tx
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM objects WHERE id = ?1)")?
             .query_row([id], |r| r.get(0))?)
+    }
+
+    /// The search key as stored (the index must be told the exact value it holds).
+    fn stored_key(&self, id: u32) -> Result<String> {
+        self.tx
+            .prepare_cached("SELECT skey FROM objects WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?
+            .ok_or(DbError::NoSuchId(id))
     }
 
     fn require_dir(&self, id: u32) -> Result<()> {
@@ -754,15 +799,16 @@ impl Batch<'_> {
         }
     }
 
-    /// Register a new object and return its ID. If the name is already registered in that
-    /// directory, the existing object is returned instead (lookup-or-add).
-    pub fn add(&mut self, new: &NewObject) -> Result<(u32, bool)> {
+    /// Register a new object and return it with `true`. If the name is already registered in
+    /// that directory, the existing object is returned with `false` (lookup-or-add).
+    pub fn add(&mut self, new: &NewObject) -> Result<(Object, bool)> {
         validate_name(&new.name)?;
         if let Some(existing) = self.lookup(new.parent, &new.name)? {
-            return Ok((existing.id, false));
+            return Ok((existing, false));
         }
         self.require_dir(new.parent)?;
         let id = self.allocate(new.hint)?;
+        let key = names::search_key(&new.name);
         self.tx
             .prepare_cached(
                 "INSERT INTO objects (id, parent, name, kind, dev, ino, type, creator, flags, ctime, skey)
@@ -779,9 +825,22 @@ impl Batch<'_> {
                 &new.creator[..],
                 new.flags,
                 new.ctime,
-                names::search_key(&new.name),
+                key,
             ])?;
-        Ok((id, true))
+        self.fts.push(FtsChange::Add(id, key));
+        let object = Object {
+            id,
+            parent: new.parent,
+            name: new.name.clone(),
+            kind: new.kind,
+            dev: new.dev,
+            ino: new.ino,
+            type_code: new.type_code,
+            creator: new.creator,
+            flags: new.flags,
+            ctime: new.ctime,
+        };
+        Ok((object, true))
     }
 
     /// Update the recorded device and inode of an object (after a copy-replace on disk).
@@ -836,14 +895,15 @@ impl Batch<'_> {
             }
             removed = self.delete(existing.id, true)?;
         }
+        let old_key = self.stored_key(id)?;
+        let new_key = names::search_key(new_name);
         self.tx
             .prepare_cached("UPDATE objects SET parent = ?2, name = ?3, skey = ?4 WHERE id = ?1")?
-            .execute(params![
-                id,
-                new_parent,
-                new_name,
-                names::search_key(new_name)
-            ])?;
+            .execute(params![id, new_parent, new_name, new_key])?;
+        if old_key != new_key {
+            self.fts.push(FtsChange::Remove(id, old_key));
+            self.fts.push(FtsChange::Add(id, new_key));
+        }
         Ok(removed)
     }
 
@@ -854,26 +914,32 @@ impl Batch<'_> {
             return Err(DbError::Root("deleted"));
         }
         let object = self.get(id)?;
-        let ids: Vec<u32> = if object.kind == Kind::Dir {
+        let rows: Vec<(u32, String)> = if object.kind == Kind::Dir {
             let mut stmt = self.tx.prepare_cached(
                 "WITH RECURSIVE sub(id) AS (
                     SELECT ?1 UNION ALL SELECT o.id FROM objects o JOIN sub ON o.parent = sub.id)
-                 SELECT id FROM sub",
+                 SELECT o.id, o.skey FROM sub JOIN objects o ON o.id = sub.id",
             )?;
-            let rows = stmt.query_map([id], |r| r.get::<_, i64>(0).map(|v| v as u32))?;
+            let rows = stmt.query_map([id], |r| Ok((r.get::<_, i64>(0)? as u32, r.get(1)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         } else {
-            vec![id]
+            vec![(id, self.stored_key(id)?)]
         };
-        if ids.len() > 1 && !recursive {
+        if rows.len() > 1 && !recursive {
             return Err(DbError::NotEmpty(id));
         }
         let mut stmt = self
             .tx
             .prepare_cached("DELETE FROM objects WHERE id = ?1")?;
         // Children first, so no row is ever left without its parent.
-        for removed in ids.iter().rev() {
+        for (removed, _) in rows.iter().rev() {
             stmt.execute([removed])?;
+        }
+        drop(stmt);
+        let mut ids = Vec::with_capacity(rows.len());
+        for (removed, key) in rows {
+            self.fts.push(FtsChange::Remove(removed, key));
+            ids.push(removed);
         }
         Ok(ids)
     }

@@ -30,22 +30,13 @@ CREATE TABLE objects (
     UNIQUE (parent, name)
 ) STRICT;
 CREATE INDEX objects_devino ON objects (dev, ino);
-CREATE INDEX objects_skey ON objects (skey);
 
+
+-- Kept in step by deskd-db itself (not by triggers): a trigger would give every insert a
+-- statement journal, and FTS5 writes its whole in-memory index out at each one.
 CREATE VIRTUAL TABLE names_fts USING fts5 (
     skey, content = 'objects', content_rowid = 'id', tokenize = 'trigram', detail = 'none'
 );
-CREATE TRIGGER objects_fts_insert AFTER INSERT ON objects BEGIN
-    INSERT INTO names_fts (rowid, skey) VALUES (new.id, new.skey);
-END;
-CREATE TRIGGER objects_fts_delete AFTER DELETE ON objects BEGIN
-    INSERT INTO names_fts (names_fts, rowid, skey) VALUES ('delete', old.id, old.skey);
-END;
-CREATE TRIGGER objects_fts_update AFTER UPDATE OF skey ON objects BEGIN
-    INSERT INTO names_fts (names_fts, rowid, skey) VALUES ('delete', old.id, old.skey);
-    INSERT INTO names_fts (rowid, skey) VALUES (new.id, new.skey);
-END;
-
 -- An object whose type is APPL is its creator's application (seed 002).
 CREATE TABLE appl (
     creator BLOB NOT NULL CHECK (length(creator) = 4),

@@ -32,9 +32,9 @@ fn dir(parent: u32, name: &[u8]) -> NewObject {
 
 fn add(desk: &mut Desktop, new: NewObject) -> u32 {
     let mut b = desk.batch().unwrap();
-    let (id, _) = b.add(&new).unwrap();
+    let (o, _) = b.add(&new).unwrap();
     b.commit().unwrap();
-    id
+    o.id
 }
 
 #[test]
@@ -93,10 +93,10 @@ fn skips_multiples_of_2_pow_24_and_reports_exhaustion() {
     let (_d, mut desk) = open_temp();
     let mut b = desk.batch().unwrap();
     b.raise_counter((1 << 24) - 1);
-    let (id, _) = b.add(&file(ROOT_ID, b"x")).unwrap();
+    let id = b.add(&file(ROOT_ID, b"x")).unwrap().0.id;
     assert_eq!(id, (1 << 24) + 1);
     b.raise_counter(LAST_USABLE_ID - 1);
-    let (id, _) = b.add(&file(ROOT_ID, b"y")).unwrap();
+    let id = b.add(&file(ROOT_ID, b"y")).unwrap().0.id;
     assert_eq!(id, LAST_USABLE_ID);
     let err = b.add(&file(ROOT_ID, b"z")).unwrap_err();
     assert!(matches!(err, DbError::IdSpaceExhausted));
@@ -188,7 +188,7 @@ fn delete_needs_recursive_for_non_empty_dirs() {
 fn step_isolates_a_failing_request() {
     let (_d, mut desk) = open_temp();
     let mut b = desk.batch().unwrap();
-    let ok = b.step(|b| b.add(&file(ROOT_ID, b"kept"))).unwrap().0;
+    let ok = b.step(|b| b.add(&file(ROOT_ID, b"kept"))).unwrap().0.id;
     let failed = b.step(|b| {
         b.add(&file(ROOT_ID, b"undone"))?;
         b.delete(ROOT_ID, true)
@@ -417,7 +417,8 @@ proptest! {
             if is_add {
                 let mut n = file(ROOT_ID, format!("n{slot}").as_bytes());
                 n.hint = hint.filter(|h| !deleted.contains(h)); // hints only ever come from live resource files
-                let (id, created) = b.add(&n).unwrap();
+                let (o, created) = b.add(&n).unwrap();
+                let id = o.id;
                 if created {
                     prop_assert!(id >= FIRST_ID && !ids::is_forbidden(id));
                     prop_assert!(!ever.contains(&id), "ID {} handed out twice", id);
@@ -433,4 +434,43 @@ proptest! {
             b.commit().unwrap();
         }
     }
+}
+
+/// The substring index matches the objects table exactly after adds, renames, recursive
+/// deletes and rolled-back steps (FTS5's own check against its content table).
+#[test]
+fn search_index_stays_consistent() {
+    let (_tmp, mut desk) = open_temp();
+    let check = |desk: &Desktop, when: &str| {
+        desk.conn()
+            .execute(
+                "INSERT INTO names_fts (names_fts, rank) VALUES ('integrity-check', 1)",
+                [],
+            )
+            .unwrap_or_else(|e| panic!("FTS index inconsistent {when}: {e}"));
+    };
+    check(&desk, "after open");
+    let d = add(&mut desk, dir(ROOT_ID, b"Folder"));
+    let f = add(&mut desk, file(d, b"Alpha.txt"));
+    add(&mut desk, file(d, b"beta.txt"));
+    check(&desk, "after adds");
+    let mut b = desk.batch().unwrap();
+    b.rename(f, ROOT_ID, b"Gamma.txt", false).unwrap();
+    let _ = b.step(|b| {
+        b.add(&file(ROOT_ID, b"rolled-back.txt"))?;
+        b.rename(d, d, b"x", false) // fails: into itself
+    });
+    b.commit().unwrap();
+    check(&desk, "after rename and rollback");
+    let mut b = desk.batch().unwrap();
+    b.delete(d, true).unwrap();
+    b.commit().unwrap();
+    check(&desk, "after recursive delete");
+    assert_eq!(
+        find(&desk, "gamma", FindMode::Substring),
+        vec![b"Gamma.txt".to_vec()]
+    );
+    assert!(find(&desk, "alpha", FindMode::Substring).is_empty());
+    assert!(find(&desk, "rolled", FindMode::Substring).is_empty());
+    assert!(find(&desk, "beta", FindMode::Substring).is_empty());
 }

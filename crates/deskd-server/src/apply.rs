@@ -2,9 +2,10 @@
 //! system (DESIGN §5): the object exists at the new place with the recorded dev/ino, the old
 //! name is gone. Reads are answered here too.
 
+use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use deskd_db::{Batch, DbError, InfoUpdate, Kind, NewObject, Object, Read};
 use deskd_proto::{ErrorCode, ErrorReply, ObjectInfo, Request, Response};
@@ -94,14 +95,24 @@ fn same_object(o: &Object, dev: u64, ino: u64) -> bool {
     (o.dev == 0 && o.ino == 0) || (o.dev == dev && o.ino == ino)
 }
 
+/// Directory paths already resolved in this batch (by ID). Requests that rename or delete
+/// clear it, so an entry is never stale.
+#[derive(Default)]
+pub struct DirCache(HashMap<u32, (Vec<u8>, PathBuf)>);
+
 /// The physical path of a registered object, checked to lie inside the volume.
 fn object_path<R: Read>(
     db: &R,
     vol: &Volume,
     id: u32,
-) -> Result<(Vec<u8>, std::path::PathBuf), ErrorReply> {
+    cache: &mut DirCache,
+) -> Result<(Vec<u8>, PathBuf), ErrorReply> {
+    if let Some(hit) = cache.0.get(&id) {
+        return Ok(hit.clone());
+    }
     let rel = join(&db.path_of(id).map_err(db_error)?);
     let resolved = vol.resolve_relative(&rel).map_err(volume_error)?;
+    cache.0.insert(id, (rel.clone(), resolved.path.clone()));
     Ok((rel, resolved.path))
 }
 
@@ -167,8 +178,7 @@ fn add_path(
             ctime,
             hint: if last { hint } else { None },
         };
-        let (id, _) = b.add(&new).map_err(db_error)?;
-        current = b.get(id).map_err(db_error)?;
+        current = b.add(&new).map_err(db_error)?.0;
         created = true;
     }
     Ok((current, created))
@@ -245,7 +255,22 @@ fn do_rename(
 
 /// Apply one write request inside the batch. `read_only` volumes refuse changes but still
 /// register objects (a client needs IDs to browse).
-pub fn apply_write(b: &mut Batch<'_>, vol: &Volume, read_only: bool, request: &Request) -> Reply {
+pub fn apply_write(
+    b: &mut Batch<'_>,
+    vol: &Volume,
+    read_only: bool,
+    request: &Request,
+    cache: &mut DirCache,
+) -> Reply {
+    if matches!(
+        request,
+        Request::Rename { .. }
+            | Request::RenamePath { .. }
+            | Request::Delete { .. }
+            | Request::DeletePath { .. }
+    ) {
+        cache.0.clear();
+    }
     let refuse_ro = || {
         if read_only {
             Err(ErrorReply::new(
@@ -268,7 +293,7 @@ pub fn apply_write(b: &mut Batch<'_>, vol: &Volume, read_only: bool, request: &R
             ..
         } => {
             deskd_volume::check_name(name).map_err(volume_error)?;
-            let (parent_rel, parent_path) = object_path(b, vol, *parent)?;
+            let (parent_rel, parent_path) = object_path(b, vol, *parent, cache)?;
             let path = parent_path.join(std::ffi::OsStr::from_bytes(name));
             let Some((sdev, sino, kind, ctime)) = stat(&path) else {
                 return Err(claim(format!(
@@ -281,14 +306,6 @@ pub fn apply_write(b: &mut Batch<'_>, vol: &Volume, read_only: bool, request: &R
                     "{}: dev/ino {sdev}/{sino} on disk, client said {dev}/{ino}",
                     path.display()
                 )));
-            }
-            if let Some(existing) = b.lookup(*parent, name).map_err(db_error)? {
-                if (existing.dev, existing.ino) != (sdev, sino) {
-                    // Same name, new inode (save-by-replace, restore): the name keeps its ID.
-                    b.set_devino(existing.id, sdev, sino).map_err(db_error)?;
-                }
-                let path = join(&b.path_of(existing.id).map_err(db_error)?);
-                return Ok(Response::Object(info(&existing, Some(path), false)));
             }
             let file = kind == Kind::File;
             let new = NewObject {
@@ -303,8 +320,11 @@ pub fn apply_write(b: &mut Batch<'_>, vol: &Volume, read_only: bool, request: &R
                 ctime,
                 hint: *hint,
             };
-            let (id, created) = b.add(&new).map_err(db_error)?;
-            let o = b.get(id).map_err(db_error)?;
+            let (o, created) = b.add(&new).map_err(db_error)?;
+            if !created && (o.dev, o.ino) != (sdev, sino) {
+                // Same name, new inode (save-by-replace, restore): the name keeps its ID.
+                b.set_devino(o.id, sdev, sino).map_err(db_error)?;
+            }
             let mut rel = parent_rel;
             if !rel.is_empty() {
                 rel.push(b'/');
@@ -337,7 +357,7 @@ pub fn apply_write(b: &mut Batch<'_>, vol: &Volume, read_only: bool, request: &R
             refuse_ro()?;
             deskd_volume::check_name(new_name).map_err(volume_error)?;
             let object = b.get(*id).map_err(db_error)?;
-            let (_, old_path) = object_path(b, vol, *id)?;
+            let (_, old_path) = object_path(b, vol, *id, cache)?;
             let mut components = b.path_of(*new_parent).map_err(db_error)?;
             components.push(new_name.clone());
             do_rename(b, vol, &object, &old_path, &components, *replace)
@@ -388,7 +408,7 @@ pub fn apply_write(b: &mut Batch<'_>, vol: &Volume, read_only: bool, request: &R
         Request::Delete { id, recursive, .. } => {
             refuse_ro()?;
             let object = b.get(*id).map_err(db_error)?;
-            let (_, path) = object_path(b, vol, *id)?;
+            let (_, path) = object_path(b, vol, *id, cache)?;
             verify_gone(&object, &path)?;
             Ok(Response::Removed(
                 b.delete(*id, *recursive).map_err(db_error)?,

@@ -20,7 +20,7 @@ use deskd_proto::{ErrorCode, ErrorReply, Request, Response, VolumeStatus};
 use deskd_volume::Volume;
 use tracing::{error, info, warn};
 
-use crate::apply::{apply_write, db_error, Reply};
+use crate::apply::{apply_write, db_error, DirCache, Reply};
 use crate::config::VolumeConfig;
 use crate::conn::ReplySink;
 use crate::ServerError;
@@ -296,6 +296,46 @@ fn spawn_check(desktop: &Path, root: &Path, state: Arc<Mutex<SharedState>>) {
         });
 }
 
+/// What one run of a batch produced.
+enum Attempt {
+    /// Committed (or, for a lone failed request, rolled back); one reply per request.
+    Done(Vec<Reply>),
+    /// A request failed in a non-isolated run; nothing was committed.
+    Retry,
+}
+
+/// Apply `writes` in one transaction. With `isolated`, each request runs in its own savepoint
+/// so a failure undoes only that request; without, the first failure abandons the batch.
+fn run_batch(
+    desktop: &mut Desktop,
+    volume: &Volume,
+    read_only: bool,
+    writes: &[(Request, ReplySink)],
+    isolated: bool,
+) -> Result<Attempt, deskd_db::DbError> {
+    let mut batch = desktop.batch()?;
+    let mut replies = Vec::with_capacity(writes.len());
+    let mut cache = DirCache::default();
+    for (request, _) in writes {
+        if isolated {
+            replies
+                .push(batch.step(|b| Ok(apply_write(b, volume, read_only, request, &mut cache)))?);
+            continue;
+        }
+        let reply = apply_write(&mut batch, volume, read_only, request, &mut cache);
+        if reply.is_err() {
+            if writes.len() > 1 {
+                return Ok(Attempt::Retry); // dropping the batch rolls it back
+            }
+            drop(batch); // a lone request: undo whatever it did, answer its error
+            return Ok(Attempt::Done(vec![reply]));
+        }
+        replies.push(reply);
+    }
+    batch.commit()?;
+    Ok(Attempt::Done(replies))
+}
+
 /// Most writes taken into one transaction.
 const MAX_BATCH: usize = 4096;
 
@@ -361,18 +401,18 @@ impl Writer {
             return;
         }
         let desktop = self.desktop.as_mut().expect("writer used after shutdown");
-        let mut replies: Vec<Reply> = Vec::with_capacity(writes.len());
-        let outcome = (|| -> Result<(), deskd_db::DbError> {
-            let mut batch = desktop.batch()?;
-            for (request, _) in writes.iter() {
-                let result = batch
-                    .step(|b| Ok(apply_write(b, &self.volume, self.config.read_only, request)))?;
-                replies.push(result);
-            }
-            batch.commit()
-        })();
+        let (volume, read_only) = (&self.volume, self.config.read_only);
+        // Fast path: the whole batch in one transaction without savepoints (a savepoint per
+        // request would make FTS5 write its index out per request). If a request fails, its
+        // partial changes must not be committed: run the batch again, isolating each request.
+        let outcome = match run_batch(desktop, volume, read_only, writes, false) {
+            Ok(Attempt::Retry) => run_batch(desktop, volume, read_only, writes, true),
+            other => other,
+        };
         match outcome {
-            Ok(()) => {
+            Ok(Attempt::Retry) => unreachable!("an isolated run never asks for a retry"),
+            Ok(Attempt::Done(replies)) => {
+                tracing::debug!(batch = replies.len(), "committed");
                 self.last_write = Instant::now();
                 self.dirty_since.get_or_insert(self.last_write);
                 // Before any acknowledgement: readers must see this commit from now on.

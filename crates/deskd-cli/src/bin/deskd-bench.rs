@@ -17,8 +17,9 @@ use deskd_client::{Client, FindMode, Request, Response};
 struct Cli {
     #[arg(long)]
     socket: PathBuf,
+    /// The volume root (every subcommand but the echo pair).
     #[arg(long)]
-    volume: PathBuf,
+    volume: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,6 +72,13 @@ enum Command {
         runs: u32,
         patterns: Vec<String>,
     },
+    /// Serve a bare echo on --socket (16-byte messages): the floor for a round trip.
+    EchoServer,
+    /// Round trips against echo-server: p50/p99 of a bare Unix-socket exchange.
+    EchoClient {
+        #[arg(long, default_value_t = 20000)]
+        ops: u32,
+    },
     /// Time from now until the server answers a resolve (run right after starting it).
     FirstAnswer {
         #[arg(long, default_value_t = 17)]
@@ -105,8 +113,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let root = cli.volume.canonicalize()?;
     match cli.command {
+        Command::EchoServer => return echo_server(&cli.socket),
+        Command::EchoClient { ops } => return echo_client(&cli.socket, ops),
+        _ => {}
+    }
+    let root = cli
+        .volume
+        .as_ref()
+        .ok_or_else(|| anyhow!("--volume is required"))?
+        .canonicalize()?;
+    match cli.command {
+        Command::EchoServer | Command::EchoClient { .. } => unreachable!("handled above"),
         Command::Populate { dirs, per_dir } => {
             let t = Instant::now();
             for d in 0..dirs {
@@ -128,14 +146,30 @@ fn main() -> Result<()> {
             depth,
         } => {
             let started = Instant::now();
+            let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let total = (dirs as u64) * (per_dir as u64);
+            // Sample the acknowledged count every 250 ms to see whether the rate holds up.
+            let sampler = {
+                let acked = acked.clone();
+                std::thread::spawn(move || {
+                    let mut samples = vec![(0.0f64, 0u64)];
+                    loop {
+                        std::thread::sleep(Duration::from_millis(250));
+                        let n = acked.load(std::sync::atomic::Ordering::Relaxed);
+                        samples.push((started.elapsed().as_secs_f64(), n));
+                        if n >= total {
+                            return samples;
+                        }
+                    }
+                })
+            };
             let mut threads = Vec::new();
             for c in 0..clients {
-                let (socket, root) = (cli.socket.clone(), root.clone());
-                threads.push(std::thread::spawn(move || -> Result<Vec<(u64, f64)>> {
+                let (socket, root, acked) = (cli.socket.clone(), root.clone(), acked.clone());
+                threads.push(std::thread::spawn(move || -> Result<()> {
                     let mut client = connect(&socket)?;
                     let vol = client.open_volume(&root).map_err(|e| anyhow!("{e}"))?.vol;
-                    let mut marks = Vec::new();
-                    let mut done = 0u64;
+
                     for d in (c..dirs).step_by(clients as usize) {
                         let dir = client
                             .object(Request::AddPath {
@@ -168,29 +202,43 @@ fn main() -> Result<()> {
                                 client.flush().map_err(|e| anyhow!("{e}"))?;
                                 let id = inflight.pop_front().unwrap();
                                 client.wait(id).map_err(|e| anyhow!("{e}"))?;
-                                done += 1;
-                                if done % 50_000 == 0 {
-                                    marks.push((done, started.elapsed().as_secs_f64()));
-                                }
+                                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
                         }
                         client.flush().map_err(|e| anyhow!("{e}"))?;
                         while let Some(id) = inflight.pop_front() {
                             client.wait(id).map_err(|e| anyhow!("{e}"))?;
-                            done += 1;
+                            acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
-                    Ok(marks)
+                    Ok(())
                 }));
             }
             for t in threads {
                 t.join().map_err(|_| anyhow!("thread panicked"))??;
             }
             let secs = started.elapsed().as_secs_f64();
-            let total = (dirs as u64) * (per_dir as u64);
+            let samples = sampler.join().map_err(|_| anyhow!("sampler panicked"))?;
+            // Slowest one-second window, and the rate over the last tenth of the objects.
+            let mut slowest = f64::MAX;
+            for (i, &(t0, n0)) in samples.iter().enumerate() {
+                if let Some(&(t1, n1)) = samples[i..].iter().find(|(t, _)| *t >= t0 + 1.0) {
+                    slowest = slowest.min((n1 - n0) as f64 / (t1 - t0));
+                }
+            }
+            let tail_from = samples
+                .iter()
+                .find(|(_, n)| *n >= total * 9 / 10)
+                .copied()
+                .unwrap_or((0.0, 0));
+            let tail_rate = (total - tail_from.1) as f64 / (secs - tail_from.0).max(1e-9);
             println!(
                 "{}",
-                serde_json::json!({"objects": total, "seconds": secs, "objects_per_s": total as f64 / secs})
+                serde_json::json!({
+                    "objects": total, "seconds": secs, "objects_per_s": total as f64 / secs,
+                    "slowest_1s_window_per_s": if slowest == f64::MAX { 0.0 } else { slowest },
+                    "last_10pct_per_s": tail_rate,
+                })
             );
         }
         Command::Latency { dirs, per_dir, ops } => {
@@ -345,5 +393,43 @@ fn main() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn echo_server(socket: &Path) -> Result<()> {
+    use std::io::{Read, Write};
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket)?;
+    for stream in listener.incoming() {
+        let mut stream = stream?;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16];
+            while stream.read_exact(&mut buf).is_ok() {
+                if stream.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn echo_client(socket: &Path, ops: u32) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut buf = [7u8; 16];
+    let mut times = Vec::with_capacity(ops as usize);
+    for _ in 0..ops {
+        let t = Instant::now();
+        stream.write_all(&buf)?;
+        stream.read_exact(&mut buf)?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{}",
+        serde_json::json!({"echo_p50_us": percentile(&times, 0.5), "echo_p99_us": percentile(&times, 0.99)})
+    );
     Ok(())
 }
