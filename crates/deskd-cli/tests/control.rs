@@ -233,3 +233,56 @@ fn relocated_desktop_and_missing_target() {
         stderr(&out)
     );
 }
+
+#[test]
+fn wal_limit_bounds_the_wal() {
+    let mut env = Env::new(&["vol"]);
+    let cfg = env.path("deskd.toml");
+    // The smallest allowed limit (1 MiB); flush_delay and idle_close far away so only the
+    // limit can checkpoint. (With no limit this load grows the WAL past 10 MB.)
+    std::fs::write(
+        &cfg,
+        format!(
+            "[defaults]\nwal_limit = 1048576\nflush_delay = 3600\nidle_close = 3600\n[volume.\"{}\"]\n",
+            env.path("vol").display()
+        ),
+    )
+    .unwrap();
+    env.start(&["--config", cfg.to_str().unwrap()]);
+    std::fs::create_dir(env.path("vol/many")).unwrap();
+    let mut c = env.client();
+    let vol = c.open_volume(&env.path("vol")).unwrap().vol;
+    let mut max_wal = 0;
+    for chunk in 0..20 {
+        let mut ids = Vec::new();
+        for i in 0..500 {
+            let name = format!("many/a-fairly-long-file-name-to-fill-pages-{chunk:03}-{i:05}.txt");
+            std::fs::write(env.path(&format!("vol/{name}")), b"").unwrap();
+            ids.push(
+                c.send(deskd_client::Request::AddPath {
+                    vol,
+                    path: name.into_bytes(),
+                    hint: None,
+                    type_code: None,
+                    creator: None,
+                })
+                .unwrap(),
+            );
+        }
+        c.flush().unwrap();
+        for id in ids {
+            c.wait(id).unwrap();
+        }
+        let wal = std::fs::metadata(env.path("vol/.Desktop-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        max_wal = max_wal.max(wal);
+    }
+    assert!(max_wal > 0);
+    // One batch may overshoot the limit before it is checkpointed, never by much.
+    assert!(
+        max_wal < 3 << 20,
+        "WAL grew to {max_wal} bytes with a 1 MiB limit"
+    );
+    assert_eq!(status(&env)["objects"], 10_002);
+}
