@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
+use deskd_cli::connection::ConnectionArgs;
 use deskd_cli::output::display_bytes;
 use deskd_client::{Client, FindMode, Request, Response};
 use deskd_server::{ConfigFile, Server};
@@ -17,13 +17,8 @@ use deskd_server::{ConfigFile, Server};
     about = "Desktop database server for file-server volumes"
 )]
 struct Cli {
-    /// Socket path (default: $DESKD_SOCKET, else /run/deskd/deskd.sock for root, else
-    /// $XDG_RUNTIME_DIR/deskd.sock).
-    #[arg(long, global = true)]
-    socket: Option<PathBuf>,
-    /// Seconds to wait for the server before giving up.
-    #[arg(long, global = true, env = "DESKD_CLIENT_TIMEOUT")]
-    timeout: Option<f64>,
+    #[command(flatten)]
+    connection: ConnectionArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -97,13 +92,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn connect(cli_socket: &Option<PathBuf>, timeout: Option<f64>) -> Result<Client> {
-    let socket = deskd_proto::socket_path(cli_socket.clone());
-    let timeout = timeout
-        .filter(|t| *t > 0.0)
-        .map(Duration::from_secs_f64)
-        .unwrap_or_else(deskd_client::default_timeout);
-    Client::connect(&socket, timeout).map_err(|e| anyhow!("{e}"))
+fn connect(args: &ConnectionArgs) -> Result<Client> {
+    Client::connect(&args.socket_path(), args.timeout()).map_err(|e| anyhow!("{e}"))
 }
 
 fn volume_handle(client: &mut Client, volume: &Option<PathBuf>) -> Result<Option<u32>> {
@@ -115,9 +105,9 @@ fn volume_handle(client: &mut Client, volume: &Option<PathBuf>) -> Result<Option
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, volumes } => serve(cli.socket, config, volumes),
+        Command::Serve { config, volumes } => serve(cli.connection.socket, config, volumes),
         Command::Status { volume, json } => {
-            let mut client = connect(&cli.socket, cli.timeout)?;
+            let mut client = connect(&cli.connection)?;
             let vol = volume_handle(&mut client, &volume)?;
             let statuses = client.status(vol).map_err(|e| anyhow!("{e}"))?;
             for s in statuses {
@@ -176,7 +166,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Flush { volume } => {
-            let mut client = connect(&cli.socket, cli.timeout)?;
+            let mut client = connect(&cli.connection)?;
             let vol = volume_handle(&mut client, &volume)?;
             client
                 .call(Request::Flush { vol })
@@ -184,7 +174,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Freeze { volume, seconds } => {
-            let mut client = connect(&cli.socket, cli.timeout)?;
+            let mut client = connect(&cli.connection)?;
             let vol = volume_handle(&mut client, &volume)?;
             match client
                 .call(Request::Freeze { vol, seconds })
@@ -208,7 +198,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Thaw { volume } => {
-            let mut client = connect(&cli.socket, cli.timeout)?;
+            let mut client = connect(&cli.connection)?;
             let vol = volume_handle(&mut client, &volume)?;
             client
                 .call(Request::Thaw { vol })
@@ -233,7 +223,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 FindMode::Substring
             };
-            let mut client = connect(&cli.socket, cli.timeout)?;
+            let mut client = connect(&cli.connection)?;
             let volumes = match volume_handle(&mut client, &volume)? {
                 Some(v) => client
                     .volumes()

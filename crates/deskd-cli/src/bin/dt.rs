@@ -9,10 +9,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
+use deskd_cli::connection::ConnectionArgs;
 use deskd_cli::fsops::{copy_tree, remove_any, set_times};
 use deskd_cli::output::{display_bytes, fourcc};
 use deskd_cli::target::{place, InVolume, Place, Session};
@@ -26,13 +26,8 @@ use deskd_volume::rsrc;
     about = "File verbs that keep deskd IDs, resource files and the desktop right"
 )]
 struct Cli {
-    /// Socket path (default: $DESKD_SOCKET, else /run/deskd/deskd.sock for root, else
-    /// $XDG_RUNTIME_DIR/deskd.sock).
-    #[arg(long, global = true)]
-    socket: Option<PathBuf>,
-    /// Seconds to wait for deskd; then the volume counts as read-only.
-    #[arg(long, global = true, env = "DESKD_CLIENT_TIMEOUT")]
-    timeout: Option<f64>,
+    #[command(flatten)]
+    connection: ConnectionArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,14 +102,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let socket = deskd_proto::socket_path(cli.socket.clone());
-    let timeout = cli
-        .timeout
-        .filter(|t| *t > 0.0)
-        .map(Duration::from_secs_f64)
-        .unwrap_or_else(deskd_client::default_timeout);
     let mut dt = Dt {
-        session: Session::new(socket, timeout),
+        session: Session::new(cli.connection.socket_path(), cli.connection.timeout()),
         failed: false,
     };
     if let Err(e) = dt.run(cli.command) {
