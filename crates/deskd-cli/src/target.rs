@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use deskd_client::{Client, ClientError, ObjectInfo, Request, Response};
+use deskd_client::{Client, ClientError, ObjectInfo, Request, Response, VolumeInfo};
 use deskd_volume::rsrc::{self, ResourceHeader};
 use deskd_volume::Volume;
 
@@ -112,7 +112,7 @@ pub struct Session {
     socket: PathBuf,
     timeout: Duration,
     client: Option<Client>,
-    handles: HashMap<PathBuf, u32>,
+    handles: HashMap<PathBuf, VolumeInfo>,
 }
 
 fn now_secs() -> u32 {
@@ -159,14 +159,18 @@ impl Session {
 
     /// The server's handle for the volume of `iv`.
     pub fn handle(&mut self, iv: &InVolume) -> Result<u32> {
+        self.volume_info(iv).map(|v| v.vol)
+    }
+
+    fn volume_info(&mut self, iv: &InVolume) -> Result<VolumeInfo> {
         let root = iv.volume.root().to_path_buf();
-        if let Some(&h) = self.handles.get(&root) {
-            return Ok(h);
+        if let Some(v) = self.handles.get(&root) {
+            return Ok(v.clone());
         }
         let info = self.client(&root)?.open_volume(&root);
         let info = info.map_err(|e| self.explain(&root, e))?;
-        self.handles.insert(root, info.vol);
-        Ok(info.vol)
+        self.handles.insert(root, info.clone());
+        Ok(info)
     }
 
     /// Send a request about the volume of `iv` (built from its handle) and wait.
@@ -177,9 +181,12 @@ impl Session {
         result.map_err(|e| self.explain(&root, e))
     }
 
-    /// Make sure deskd serves the volume before touching the disk.
-    pub fn check_reachable(&mut self, iv: &InVolume) -> Result<()> {
-        self.handle(iv).map(|_| ())
+    /// Before touching the disk: deskd must serve the volume, and not as read-only.
+    pub fn check_writable(&mut self, iv: &InVolume) -> Result<()> {
+        if self.volume_info(iv)?.read_only {
+            return Err(anyhow!("{}: volume is read-only", iv.root.display()));
+        }
+        Ok(())
     }
 
     /// The registered object at `iv`, if any.

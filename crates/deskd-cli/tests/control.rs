@@ -83,7 +83,9 @@ fn idle_close_and_flush_delay_checkpoint_by_themselves() {
     std::fs::write(
         &cfg,
         format!(
-            "[defaults]\nidle_close = 1\nflush_delay = 2\n\n[volume.\"{}\"]\n",
+            // --socket (which the harness passes) wins over [server] socket.
+            "[server]\nsocket = \"{}\"\n[defaults]\nidle_close = 1\nflush_delay = 2\n\n[volume.\"{}\"]\n",
+            env.path("not-this.sock").display(),
             env.path("vol").display()
         ),
     )
@@ -187,6 +189,18 @@ fn read_only_volume_refuses_changes_but_gives_ids() {
         .unwrap_err();
     assert_eq!(err.code(), Some(deskd_client::ErrorCode::ReadOnly));
     assert!(err.to_string().contains("read-only"));
+    // dt refuses before touching the disk.
+    let out = env.dt(&[b"mv", b"vol/moved", b"vol/again"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("volume is read-only"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(env.path("vol/moved").exists() && !env.path("vol/again").exists());
+    let out = env.dt(&[b"touch", b"vol/new"]);
+    assert!(stderr(&out).contains("volume is read-only"));
+    assert!(!env.path("vol/new").exists());
 }
 
 #[test]

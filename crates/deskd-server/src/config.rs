@@ -82,6 +82,8 @@ impl ConfigFile {
     }
 
     /// Resolve against defaults; `extra_volumes` (from the command line) use `[defaults]`.
+    /// `socket` is the path already chosen by the caller (`--socket`, else `[server] socket`,
+    /// else the common rule).
     pub fn resolve(
         &self,
         socket: PathBuf,
@@ -141,7 +143,7 @@ impl ConfigFile {
             ));
         }
         Ok(Config {
-            socket: self.server.socket.clone().unwrap_or(socket),
+            socket,
             state_dir,
             volumes,
         })

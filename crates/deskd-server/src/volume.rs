@@ -118,14 +118,22 @@ fn desktop_path(cfg: &VolumeConfig, root: &Path) -> Result<PathBuf, ServerError>
     }
 }
 
-/// For a read-only volume: the volume's own `.Desktop` when we may write it, else a temporary
-/// copy (or a new temporary desktop) under the temp directory named `desksrv…`.
+/// For a read-only volume: the volume's own `.Desktop` when deskd may write it (or create it,
+/// so that dt and other tools recognise the volume), else a temporary copy (or a new temporary
+/// desktop) under the temp directory named `desksrv…`.
 fn read_only_desktop(path: &Path, root: &Path) -> Result<PathBuf, ServerError> {
-    let writable = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .is_ok();
+    let writable = if path.exists() {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .is_ok()
+    } else {
+        let c_root = std::ffi::CString::new(root.as_os_str().as_bytes())
+            .map_err(|_| ServerError::Volume(format!("{}: NUL in path", root.display())))?;
+        // SAFETY: access(2) with a valid NUL-terminated path.
+        unsafe { libc::access(c_root.as_ptr(), libc::W_OK) == 0 }
+    };
     if writable {
         return Ok(path.to_path_buf());
     }

@@ -198,7 +198,7 @@ impl Dt {
             }
             .with_context(|| format!("cannot create directory {}", path.display())),
             Place::Inside(iv) => {
-                self.session.check_reachable(&iv)?;
+                self.session.check_writable(&iv)?;
                 let target = iv.path();
                 if parents {
                     fs::create_dir_all(&target)
@@ -221,7 +221,7 @@ impl Dt {
         let abs = match &place {
             Place::Outside(abs) => abs.clone(),
             Place::Inside(iv) => {
-                self.session.check_reachable(iv)?;
+                self.session.check_writable(iv)?;
                 iv.path()
             }
         };
@@ -262,7 +262,7 @@ impl Dt {
             bail!("cannot remove {}: is a directory (use -r)", path.display());
         }
         if let Place::Inside(iv) = &place {
-            self.session.check_reachable(iv)?;
+            self.session.check_writable(iv)?;
         }
         remove_any(&abs).with_context(|| format!("cannot remove {}", path.display()))?;
         if let Place::Inside(iv) = place {
@@ -304,7 +304,7 @@ impl Dt {
                 if !entries.is_empty() {
                     bail!("cannot remove {}: directory not empty", path.display());
                 }
-                self.session.check_reachable(&iv)?;
+                self.session.check_writable(&iv)?;
                 if rsrc_dir.exists() {
                     fs::remove_dir_all(&rsrc_dir)
                         .with_context(|| format!("cannot remove {}", rsrc_dir.display()))?;
@@ -362,7 +362,7 @@ impl Dt {
         }
         for p in [&from, &to] {
             if let Place::Inside(iv) = p {
-                self.session.check_reachable(iv)?;
+                self.session.check_writable(iv)?;
             }
         }
         match (from, to) {
