@@ -13,6 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use deskd_proto::spin::{spin_window, SpinRead};
 pub use deskd_proto::{
     ErrorCode, ErrorReply, FindMode, Kind, ObjectInfo, Request, Response, VolumeInfo, VolumeStatus,
 };
@@ -83,7 +84,7 @@ pub fn default_timeout() -> Duration {
 
 /// A connection to deskd.
 pub struct Client {
-    input: BufReader<UnixStream>,
+    input: BufReader<SpinRead>,
     output: BufWriter<UnixStream>,
     next_id: u64,
     /// Replies that arrived while waiting for another id.
@@ -108,7 +109,7 @@ impl Client {
         deskd_proto::check_server_hello(&hello)?;
         let output = BufWriter::new(stream.try_clone().map_err(io_error)?);
         Ok(Client {
-            input: BufReader::with_capacity(64 * 1024, stream),
+            input: BufReader::with_capacity(64 * 1024, SpinRead::new(stream, spin_window())),
             output,
             next_id: 1,
             early: HashMap::new(),

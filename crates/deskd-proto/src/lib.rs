@@ -10,6 +10,8 @@
 //! any order, so a client can pipeline. Every error is an [`ErrorCode`] plus a human message.
 //! `docs/protocol.md` documents the format byte by byte.
 
+pub mod spin;
+
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 

@@ -97,7 +97,9 @@ pub fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
     let writer = Arc::new(ConnWriter {
         stream: Mutex::new(BufWriter::new(write_half)),
     });
-    let mut input = BufReader::with_capacity(64 * 1024, stream);
+    let spin = deskd_proto::spin::spin_window();
+    let mut input =
+        BufReader::with_capacity(64 * 1024, deskd_proto::spin::SpinRead::new(stream, spin));
     let mut conn = Connection {
         shared,
         uid,
