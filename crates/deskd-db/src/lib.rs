@@ -795,14 +795,12 @@ impl Batch<'_> {
                 return Ok(h);
             }
         }
-        let mut candidate = *self.last_id;
-        loop {
-            candidate = ids::next_candidate(candidate).ok_or(DbError::IdSpaceExhausted)?;
-            if !self.id_taken(candidate)? {
-                *self.last_id = candidate;
-                return Ok(candidate);
-            }
-        }
+        // The counter is at least every ID in use (hints raise it), so the next candidate is
+        // free; were the desktop corrupt, the primary key would refuse the insert rather than
+        // reuse an ID.
+        let candidate = ids::next_candidate(*self.last_id).ok_or(DbError::IdSpaceExhausted)?;
+        *self.last_id = candidate;
+        Ok(candidate)
     }
 
     /// Register a new object and return it with `true`. If the name is already registered in

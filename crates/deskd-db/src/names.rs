@@ -8,6 +8,10 @@ use unicode_normalization::UnicodeNormalization;
 
 /// The search key of a name: NFC, lower case, NFC again (lower-casing can decompose).
 pub fn search_key(name: &[u8]) -> String {
+    if name.is_ascii() {
+        // ASCII is already NFC; lower-casing it cannot decompose anything.
+        return String::from_utf8_lossy(name).to_ascii_lowercase();
+    }
     let text = String::from_utf8_lossy(name);
     let nfc: String = text.nfc().collect();
     nfc.to_lowercase().nfc().collect()
@@ -67,6 +71,12 @@ mod tests {
         fn key_is_idempotent(s in "\\PC{0,20}") {
             let once = search_key(s.as_bytes());
             prop_assert_eq!(search_key(once.as_bytes()), once.clone());
+        }
+
+        #[test]
+        fn ascii_fast_path_matches_the_general_rule(s in "[ -~]{0,40}") {
+            let general: String = s.nfc().collect::<String>().to_lowercase().nfc().collect();
+            prop_assert_eq!(search_key(s.as_bytes()), general);
         }
 
         #[test]
