@@ -21,7 +21,7 @@ if [ ${#need[@]} -gt 0 ]; then apt-get update -q && apt-get install -y -q "${nee
 cargo build --release --quiet
 BIN=target/release
 bench() { "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" "$@"; }
-DEPTH=${DEPTH:-256}
+DEPTH=${DEPTH:-1024}
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 jget() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
 SERVER=
