@@ -1,0 +1,306 @@
+//! The check file: which files make up a set, with their sizes and modification times, guarded
+//! by a CRC-32.
+//!
+//! Both formats start with the same 16-byte header of little-endian u32s: `crc`, `nfiles`, `ver`,
+//! `spare` (0). The CRC is CRC-32 (IEEE 802.3, as zlib's `crc32`) over every byte after the `crc`
+//! field, header included, so a flipped bit anywhere is caught.
+//!
+//! * Version 1 (the QNX layout): `nfiles` entries of 128 bytes: `mtime` u32, `size` u32, and the
+//!   name in 120 bytes, NUL-terminated (so at most 119 bytes, no `/`).
+//! * Version 2: `nfiles` entries of variable size: `mtime_sec` i64, `mtime_nsec` u32, `size` u64,
+//!   `sha256` [32], `name_len` u16, then the name (a relative path with `/`, up to 4,095 bytes).
+
+/// Size of the header.
+pub const HEADER_LEN: usize = 16;
+/// Size of a version-1 entry.
+pub const V1_ENTRY_LEN: usize = 128;
+/// Longest name in version 1 (120 bytes with its NUL).
+pub const V1_MAX_NAME: usize = 119;
+/// Longest relative path in version 2.
+pub const V2_MAX_NAME: usize = 4095;
+/// Most entries a check file may claim (protects against absurd allocations).
+pub const MAX_FILES: u32 = 1_000_000;
+
+/// What is wrong with a check file.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CheckError {
+    #[error("check file is truncated ({0} bytes)")]
+    Truncated(usize),
+    #[error("check file CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    BadCrc { stored: u32, computed: u32 },
+    #[error("check file version {0} is not supported (1 and 2 are)")]
+    BadVersion(u32),
+    #[error("check file is malformed: {0}")]
+    Malformed(String),
+    #[error("{name}: {reason} (format 1 cannot hold it; use --format 2)")]
+    TooBigForV1 { name: String, reason: &'static str },
+}
+
+/// One file of the set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Name relative to the set directory (`/`-separated in version 2).
+    pub name: String,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    /// SHA-256 of the contents (version 2 only; zero in version 1).
+    pub sha256: [u8; 32],
+}
+
+/// A whole check file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckFile {
+    pub version: u32,
+    pub entries: Vec<Entry>,
+}
+
+impl CheckFile {
+    /// Encode; fails if an entry does not fit the version.
+    pub fn encode(&self) -> Result<Vec<u8>, CheckError> {
+        let mut out = vec![0u8; HEADER_LEN];
+        out[4..8].copy_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        out[8..12].copy_from_slice(&self.version.to_le_bytes());
+        match self.version {
+            1 => {
+                for e in &self.entries {
+                    check_v1(e)?;
+                    let mut entry = [0u8; V1_ENTRY_LEN];
+                    entry[0..4].copy_from_slice(&(e.mtime_sec as u32).to_le_bytes());
+                    entry[4..8].copy_from_slice(&(e.size as u32).to_le_bytes());
+                    entry[8..8 + e.name.len()].copy_from_slice(e.name.as_bytes());
+                    out.extend_from_slice(&entry);
+                }
+            }
+            2 => {
+                for e in &self.entries {
+                    if e.name.is_empty() || e.name.len() > V2_MAX_NAME {
+                        return Err(CheckError::Malformed(format!(
+                            "name length {}",
+                            e.name.len()
+                        )));
+                    }
+                    out.extend_from_slice(&e.mtime_sec.to_le_bytes());
+                    out.extend_from_slice(&e.mtime_nsec.to_le_bytes());
+                    out.extend_from_slice(&e.size.to_le_bytes());
+                    out.extend_from_slice(&e.sha256);
+                    out.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
+                    out.extend_from_slice(e.name.as_bytes());
+                }
+            }
+            v => return Err(CheckError::BadVersion(v)),
+        }
+        let crc = crc32fast::hash(&out[4..]);
+        out[0..4].copy_from_slice(&crc.to_le_bytes());
+        Ok(out)
+    }
+
+    /// Decode and verify the CRC.
+    pub fn decode(bytes: &[u8]) -> Result<CheckFile, CheckError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(CheckError::Truncated(bytes.len()));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+        let stored = u32_at(0);
+        let computed = crc32fast::hash(&bytes[4..]);
+        if stored != computed {
+            return Err(CheckError::BadCrc { stored, computed });
+        }
+        let nfiles = u32_at(4);
+        let version = u32_at(8);
+        if nfiles > MAX_FILES {
+            return Err(CheckError::Malformed(format!("{nfiles} files")));
+        }
+        let mut entries = Vec::with_capacity(nfiles as usize);
+        let mut at = HEADER_LEN;
+        match version {
+            1 => {
+                if bytes.len() != HEADER_LEN + nfiles as usize * V1_ENTRY_LEN {
+                    return Err(CheckError::Truncated(bytes.len()));
+                }
+                for _ in 0..nfiles {
+                    let e = &bytes[at..at + V1_ENTRY_LEN];
+                    let field = &e[8..];
+                    let len = field
+                        .iter()
+                        .position(|&c| c == 0)
+                        .ok_or_else(|| CheckError::Malformed("name without NUL".into()))?;
+                    entries.push(Entry {
+                        name: name_from(&field[..len])?,
+                        mtime_sec: u32::from_le_bytes(e[0..4].try_into().unwrap()) as i64,
+                        mtime_nsec: 0,
+                        size: u32::from_le_bytes(e[4..8].try_into().unwrap()) as u64,
+                        sha256: [0; 32],
+                    });
+                    at += V1_ENTRY_LEN;
+                }
+            }
+            2 => {
+                for _ in 0..nfiles {
+                    let fixed = 8 + 4 + 8 + 32 + 2;
+                    let e = bytes
+                        .get(at..at + fixed)
+                        .ok_or(CheckError::Truncated(bytes.len()))?;
+                    let name_len = u16::from_le_bytes(e[52..54].try_into().unwrap()) as usize;
+                    let name = bytes
+                        .get(at + fixed..at + fixed + name_len)
+                        .ok_or(CheckError::Truncated(bytes.len()))?;
+                    entries.push(Entry {
+                        mtime_sec: i64::from_le_bytes(e[0..8].try_into().unwrap()),
+                        mtime_nsec: u32::from_le_bytes(e[8..12].try_into().unwrap()),
+                        size: u64::from_le_bytes(e[12..20].try_into().unwrap()),
+                        sha256: e[20..52].try_into().unwrap(),
+                        name: name_from(name)?,
+                    });
+                    at += fixed + name_len;
+                }
+                if at != bytes.len() {
+                    return Err(CheckError::Malformed("trailing bytes".into()));
+                }
+            }
+            v => return Err(CheckError::BadVersion(v)),
+        }
+        Ok(CheckFile { version, entries })
+    }
+}
+
+fn name_from(bytes: &[u8]) -> Result<String, CheckError> {
+    let name = std::str::from_utf8(bytes)
+        .map_err(|_| CheckError::Malformed("name is not UTF-8".into()))?
+        .to_string();
+    // Names are relative, without `..`, `.` or empty components: a check file can never
+    // make load write outside its directory.
+    let bad = name.is_empty()
+        || name.starts_with('/')
+        || name
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        return Err(CheckError::Malformed(format!("unsafe name {name:?}")));
+    }
+    Ok(name)
+}
+
+/// Whether an entry fits format 1.
+pub fn check_v1(e: &Entry) -> Result<(), CheckError> {
+    let fail = |reason| CheckError::TooBigForV1 {
+        name: e.name.clone(),
+        reason,
+    };
+    if e.name.len() > V1_MAX_NAME {
+        return Err(fail("name longer than 119 bytes"));
+    }
+    if e.name.contains('/') {
+        return Err(fail("in a subdirectory"));
+    }
+    if e.size >= 1 << 32 {
+        return Err(fail("4 GiB or larger"));
+    }
+    if !(0..1 << 32).contains(&e.mtime_sec) {
+        return Err(fail("modification time outside 1970..2106"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(name: &str, size: u64, mtime: i64) -> Entry {
+        Entry {
+            name: name.into(),
+            size,
+            mtime_sec: mtime,
+            mtime_nsec: 0,
+            sha256: [0; 32],
+        }
+    }
+
+    #[test]
+    fn v1_layout() {
+        let c = CheckFile {
+            version: 1,
+            entries: vec![entry("a.dat", 3, 7)],
+        };
+        let b = c.encode().unwrap();
+        assert_eq!(b.len(), 16 + 128);
+        assert_eq!(&b[4..8], &1u32.to_le_bytes());
+        assert_eq!(&b[8..12], &1u32.to_le_bytes());
+        assert_eq!(&b[16..20], &7u32.to_le_bytes());
+        assert_eq!(&b[20..24], &3u32.to_le_bytes());
+        assert_eq!(&b[24..29], b"a.dat");
+        assert_eq!(b[29], 0);
+        assert_eq!(&b[0..4], &crc32fast::hash(&b[4..]).to_le_bytes());
+    }
+
+    #[test]
+    fn v1_refuses_what_it_cannot_hold() {
+        let long = "n".repeat(120);
+        for e in [
+            entry(&long, 1, 1),
+            entry("d/x", 1, 1),
+            entry("big", 1 << 32, 1),
+        ] {
+            let err = CheckFile {
+                version: 1,
+                entries: vec![e],
+            }
+            .encode()
+            .unwrap_err();
+            assert!(matches!(err, CheckError::TooBigForV1 { .. }), "{err}");
+        }
+        assert!(CheckFile {
+            version: 1,
+            entries: vec![entry(&"n".repeat(119), 1, 1)]
+        }
+        .encode()
+        .is_ok());
+    }
+
+    #[test]
+    fn unsafe_names_are_refused_on_decode() {
+        for name in ["../etc/passwd", "/abs", "a//b", "./x"] {
+            let c = CheckFile {
+                version: 2,
+                entries: vec![entry(name, 1, 1)],
+            };
+            let bytes = c.encode().unwrap();
+            assert!(
+                matches!(CheckFile::decode(&bytes), Err(CheckError::Malformed(_))),
+                "{name}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_single_bit_flip_is_detected(bit in 0usize..(16 + 2 * 128) * 8) {
+            let c = CheckFile { version: 1, entries: vec![entry("a", 1, 2), entry("b", 3, 4)] };
+            let mut b = c.encode().unwrap();
+            b[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(CheckFile::decode(&b).is_err());
+        }
+
+        #[test]
+        fn round_trip_v1(names in proptest::collection::btree_set("[a-zA-Z0-9._-]{1,119}", 0..20),
+                         size in 0u64..(1 << 32), mtime in 0i64..(1 << 32)) {
+            let entries: Vec<Entry> = names.into_iter().filter(|n| n != "." && n != "..").map(|n| entry(&n, size, mtime)).collect();
+            let c = CheckFile { version: 1, entries };
+            prop_assert_eq!(CheckFile::decode(&c.encode().unwrap()).unwrap(), c);
+        }
+
+        #[test]
+        fn round_trip_v2(names in proptest::collection::btree_set("[a-z]{1,8}(/[a-z]{1,8}){0,3}", 0..20),
+                         size in any::<u64>(), mtime in any::<i64>(), nsec in 0u32..1_000_000_000, sha in any::<[u8; 32]>()) {
+            let entries: Vec<Entry> = names.into_iter().map(|n| Entry { name: n, size, mtime_sec: mtime, mtime_nsec: nsec, sha256: sha }).collect();
+            let c = CheckFile { version: 2, entries };
+            prop_assert_eq!(CheckFile::decode(&c.encode().unwrap()).unwrap(), c);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = CheckFile::decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,707 @@
+//! fileset: checkpoint copies of a set of files between a permanent directory (on disk) and a
+//! working directory (usually tmpfs), guarded by a check file with a CRC — the QNX QDB utility,
+//! made crash-atomic.
+//!
+//! * [`checkfile`]: the check-file formats (version 1 = the QNX layout, version 2 = 64-bit
+//!   sizes, nanosecond times, paths, SHA-256).
+//! * [`copy`]: kernel-side copying with a read/write fallback.
+//! * [`load`], [`save`], [`test`]: the three commands.
+//!
+//! **How save stays atomic.** Changed files are written next to their final names under
+//! temporary names and fsynced; then the new check file is written to `<check>.new` and fsynced
+//! (the *intent*); then the files are renamed into place and `<check>.new` is renamed to
+//! `<check>`, with the directory fsynced. Whoever next opens the directory ([`recover`]) finishes
+//! an interrupted save whose intent is complete and valid (roll forward), and otherwise deletes
+//! the temporary files and the broken intent (roll back). Old data are only replaced after the
+//! intent is durable, so a crash at any instant leaves the complete old set or the complete new
+//! set. `docs/fileset.md` has the details.
+
+pub mod checkfile;
+pub mod copy;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use checkfile::{CheckError, CheckFile, Entry};
+use sha2::{Digest, Sha256};
+
+/// The default check-file name.
+pub const DEFAULT_CHECK_NAME: &str = "_FILESET_";
+/// Suffix of fileset's temporary files.
+pub const TEMP_SUFFIX: &str = ".fileset-tmp";
+/// Suffix of the check file written by a save that has not finished.
+pub const INTENT_SUFFIX: &str = ".new";
+/// Most `-p` patterns.
+pub const MAX_PATTERNS: usize = 16;
+
+/// Everything that can go wrong, each with its exit status (see [`FilesetError::exit_code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum FilesetError {
+    #[error("{0}: check file missing")]
+    MissingCheck(PathBuf),
+    #[error("{0}: {1}")]
+    BadCheck(PathBuf, CheckError),
+    #[error("{0}: file in the set is missing")]
+    MissingFile(PathBuf),
+    #[error("{path}: {what}")]
+    Mismatch { path: PathBuf, what: String },
+    #[error("{0}")]
+    Format(CheckError),
+    #[error("{0}: contents differ from the SHA-256 in the check file")]
+    Digest(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl FilesetError {
+    /// Exit status: 2 check file missing, 3 check file bad (CRC, version, malformed), 4 a file
+    /// of the set missing, 5 a size or mtime mismatch, 6 a file format 1 cannot hold, 7 a
+    /// SHA-256 mismatch, 1 an I/O error, 64 a usage error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            FilesetError::MissingCheck(_) => 2,
+            FilesetError::BadCheck(..) => 3,
+            FilesetError::MissingFile(_) => 4,
+            FilesetError::Mismatch { .. } => 5,
+            FilesetError::Format(_) => 6,
+            FilesetError::Digest(_) => 7,
+            FilesetError::Io { .. } => 1,
+            FilesetError::Usage(_) => 64,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, FilesetError>;
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FilesetError + '_ {
+    move |source| FilesetError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Options shared by the commands.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub check_name: String,
+    /// `-m`: create missing directories.
+    pub make_dirs: bool,
+    /// `-p`: name patterns for a new set (default `*`).
+    pub patterns: Vec<String>,
+    /// `-v` count.
+    pub verbose: u8,
+    /// `-x`: save only files that changed.
+    pub only_changed: bool,
+    /// `-t`: modification time given to saved files.
+    pub save_time: Option<i64>,
+    /// `-P`: permission bits of saved files.
+    pub perms: Option<u32>,
+    /// `-6`: no transfer crosses a 64 KiB boundary.
+    pub boundary_64k: bool,
+    /// Check-file format of a new set (1 or 2).
+    pub format: u32,
+    /// `-b`: where `load` goes when the permanent directory fails.
+    pub backup: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            check_name: DEFAULT_CHECK_NAME.into(),
+            make_dirs: false,
+            patterns: Vec::new(),
+            verbose: 0,
+            only_changed: false,
+            save_time: None,
+            perms: None,
+            boundary_64k: false,
+            format: 1,
+            backup: None,
+        }
+    }
+}
+
+impl Options {
+    fn say(&self, level: u8, text: impl FnOnce() -> String) {
+        if self.verbose >= level {
+            println!("{}", text());
+        }
+    }
+}
+
+/// The testing hook: `FILESET_CRASH_AFTER=K` aborts the process right after save step K, so
+/// tests can stop a save at every point. Steps are numbered from 1.
+struct CrashHook {
+    after: Option<u64>,
+    step: u64,
+}
+
+impl CrashHook {
+    fn from_env() -> CrashHook {
+        let after = std::env::var("FILESET_CRASH_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        CrashHook { after, step: 0 }
+    }
+
+    fn step(&mut self) {
+        self.step += 1;
+        if self.after == Some(self.step) {
+            std::process::abort();
+        }
+    }
+}
+
+/// `dir/name` for a `/`-separated relative name.
+fn join(dir: &Path, name: &str) -> PathBuf {
+    let mut p = dir.to_path_buf();
+    for part in name.split('/') {
+        p.push(part);
+    }
+    p
+}
+
+/// The temporary name next to `final_path`: `.NAME.fileset-tmp`.
+fn temp_path(final_path: &Path) -> PathBuf {
+    let name = final_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    final_path.with_file_name(format!(".{name}{TEMP_SUFFIX}"))
+}
+
+fn intent_path(dir: &Path, opts: &Options) -> PathBuf {
+    dir.join(format!("{}{INTENT_SUFFIX}", opts.check_name))
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Set a file's times to (sec, nsec) for both access and modification.
+fn set_mtime(file: &File, sec: i64, nsec: u32, path: &Path) -> Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let ts = [
+        libc::timespec {
+            tv_sec: sec as _,
+            tv_nsec: nsec as _,
+        },
+        libc::timespec {
+            tv_sec: sec as _,
+            tv_nsec: nsec as _,
+        },
+    ];
+    // SAFETY: a valid open descriptor and two timespecs.
+    if unsafe { libc::futimens(file.as_raw_fd(), ts.as_ptr()) } != 0 {
+        return Err(io_err(path)(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn read_check(path: &Path) -> Result<CheckFile> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(FilesetError::MissingCheck(path.to_path_buf()))
+        }
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    CheckFile::decode(&bytes).map_err(|e| FilesetError::BadCheck(path.to_path_buf(), e))
+}
+
+fn sha256_of(path: &Path) -> Result<[u8; 32]> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            return Ok(hasher.finalize().into());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Check that `path` is the file `e` describes (size and mtime; SHA-256 too when asked).
+fn verify_file(path: &Path, e: &Entry, version: u32, hash: bool) -> Result<()> {
+    let m = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(FilesetError::MissingFile(path.to_path_buf()))
+        }
+        Err(err) => return Err(io_err(path)(err)),
+    };
+    let mismatch = |what: String| {
+        Err(FilesetError::Mismatch {
+            path: path.to_path_buf(),
+            what,
+        })
+    };
+    if !m.is_file() {
+        return mismatch("not a regular file".into());
+    }
+    if m.len() != e.size {
+        return mismatch(format!(
+            "size {} differs from the check file's {}",
+            m.len(),
+            e.size
+        ));
+    }
+    let nsec_differs = version >= 2 && m.mtime_nsec() as u32 != e.mtime_nsec;
+    if m.mtime() != e.mtime_sec || nsec_differs {
+        return mismatch(format!(
+            "modification time {}.{:09} differs from the check file's {}.{:09}",
+            m.mtime(),
+            m.mtime_nsec(),
+            e.mtime_sec,
+            e.mtime_nsec
+        ));
+    }
+    if hash && version >= 2 && sha256_of(path)? != e.sha256 {
+        return Err(FilesetError::Digest(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Where each entry of an unfinished save's intent is now: its temporary name if that is
+/// there and right, else its final name if that is right. `None` when the intent cannot be
+/// completed (it must be rolled back).
+fn intent_locations(dir: &Path, intent: &CheckFile) -> Option<Vec<(PathBuf, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in &intent.entries {
+        let final_path = join(dir, &e.name);
+        let temp = temp_path(&final_path);
+        if verify_file(&temp, e, intent.version, false).is_ok() {
+            out.push((temp, final_path));
+        } else if verify_file(&final_path, e, intent.version, false).is_ok() {
+            out.push((final_path.clone(), final_path));
+        } else {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+fn remove_temps(dir: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let ft = entry.file_type().map_err(io_err(&path))?;
+        if ft.is_dir() {
+            remove_temps(&path)?;
+        } else if name.to_string_lossy().ends_with(TEMP_SUFFIX) {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// What [`recover`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Nothing was pending.
+    Clean,
+    /// An interrupted save was completed.
+    RolledForward,
+    /// An interrupted save was undone; the old set stands.
+    RolledBack,
+}
+
+/// Finish or undo a save that was interrupted in `dir`.
+pub fn recover(dir: &Path, opts: &Options) -> Result<Recovery> {
+    let intent = intent_path(dir, opts);
+    if !intent.exists() {
+        remove_temps(dir)?;
+        return Ok(Recovery::Clean);
+    }
+    let complete = read_check(&intent)
+        .ok()
+        .and_then(|c| intent_locations(dir, &c));
+    match complete {
+        Some(locations) => {
+            for (from, to) in &locations {
+                if from != to {
+                    fs::rename(from, to).map_err(io_err(from))?;
+                }
+            }
+            for d in locations
+                .iter()
+                .filter_map(|(_, to)| to.parent())
+                .collect::<std::collections::BTreeSet<_>>()
+            {
+                fsync_dir(d)?;
+            }
+            let check = dir.join(&opts.check_name);
+            fs::rename(&intent, &check).map_err(io_err(&intent))?;
+            fsync_dir(dir)?;
+            remove_temps(dir)?;
+            opts.say(1, || {
+                format!(
+                    "recovered: finished an interrupted save in {}",
+                    dir.display()
+                )
+            });
+            Ok(Recovery::RolledForward)
+        }
+        None => {
+            remove_temps(dir)?;
+            fs::remove_file(&intent).map_err(io_err(&intent))?;
+            fsync_dir(dir)?;
+            opts.say(1, || {
+                format!("recovered: undid an interrupted save in {}", dir.display())
+            });
+            Ok(Recovery::RolledBack)
+        }
+    }
+}
+
+/// `test`: the check file of `dir` is valid and every file matches it (version 2: contents
+/// too). Read-only: an interrupted save is judged as [`recover`] would finish it.
+pub fn test(dir: &Path, opts: &Options) -> Result<CheckFile> {
+    let intent = intent_path(dir, opts);
+    if let Ok(c) = read_check(&intent) {
+        if let Some(locations) = intent_locations(dir, &c) {
+            for ((path, _), e) in locations.iter().zip(&c.entries) {
+                verify_file(path, e, c.version, true)?;
+            }
+            return Ok(c);
+        }
+    }
+    let c = read_check(&dir.join(&opts.check_name))?;
+    for e in &c.entries {
+        verify_file(&join(dir, &e.name), e, c.version, true)?;
+    }
+    Ok(c)
+}
+
+fn ensure_dir(dir: &Path, opts: &Options) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if !opts.make_dirs {
+        return Err(FilesetError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such directory (-m creates it)",
+            ),
+        });
+    }
+    fs::create_dir_all(dir).map_err(io_err(dir))
+}
+
+/// Copy `src` to a temporary name next to `dst`, give it `mtime` and `mode`, fsync it; returns
+/// the temporary path and the byte count.
+fn copy_to_temp(
+    src: &Path,
+    dst: &Path,
+    mtime: (i64, u32),
+    mode: u32,
+    opts: &Options,
+) -> Result<(PathBuf, u64)> {
+    let temp = temp_path(dst);
+    let mut from = File::open(src).map_err(io_err(src))?;
+    let mut to = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&temp)
+        .map_err(io_err(&temp))?;
+    let (n, method) =
+        copy::copy_contents(&mut from, &mut to, opts.boundary_64k).map_err(io_err(src))?;
+    to.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_err(&temp))?;
+    set_mtime(&to, mtime.0, mtime.1, &temp)?;
+    to.sync_all().map_err(io_err(&temp))?;
+    opts.say(3, || format!("  {} bytes by {:?} copy", n, method));
+    Ok((temp, n))
+}
+
+/// `load`: copy the set from `permdir` to `tmpdir`; with `-b`, from the backup directory when
+/// that fails. Returns the directory the set came from.
+pub fn load(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<PathBuf> {
+    match load_from(permdir, tmpdir, opts) {
+        Ok(()) => Ok(permdir.to_path_buf()),
+        Err(e) => match &opts.backup {
+            Some(backup) => {
+                eprintln!("fileset: {e}; loading from {} instead", backup.display());
+                load_from(backup, tmpdir, opts)?;
+                Ok(backup.clone())
+            }
+            None => Err(e),
+        },
+    }
+}
+
+fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
+    // Finish or undo an interrupted save first; a read-only source is judged as it is.
+    match recover(source, opts) {
+        Ok(_) => {}
+        Err(FilesetError::Io { source: e, .. }) if e.raw_os_error() == Some(libc::EROFS) => {}
+        Err(e) => return Err(e),
+    }
+    let check = read_check(&source.join(&opts.check_name))?;
+    for e in &check.entries {
+        verify_file(&join(source, &e.name), e, check.version, false)?;
+    }
+    ensure_dir(tmpdir, opts)?;
+    let mut written: Vec<PathBuf> = Vec::new();
+    let result = (|| -> Result<()> {
+        for e in &check.entries {
+            let src = join(source, &e.name);
+            let dst = join(tmpdir, &e.name);
+            if let Some(parent) = dst.parent() {
+                if !parent.is_dir() {
+                    fs::create_dir_all(parent).map_err(io_err(parent))?;
+                }
+            }
+            let mode = fs::metadata(&src).map_err(io_err(&src))?.mode() & 0o7777;
+            opts.say(1, || format!("load {} ({} bytes)", e.name, e.size));
+            let (temp, n) = copy_to_temp(&src, &dst, (e.mtime_sec, e.mtime_nsec), mode, opts)?;
+            written.push(temp.clone());
+            if n != e.size {
+                return Err(FilesetError::Mismatch {
+                    path: src.clone(),
+                    what: format!("copied {n} bytes, the check file says {}", e.size),
+                });
+            }
+            if check.version >= 2 && sha256_of(&temp)? != e.sha256 {
+                return Err(FilesetError::Digest(src.clone()));
+            }
+            fs::rename(&temp, &dst).map_err(io_err(&temp))?;
+            written.pop();
+            written.push(dst);
+        }
+        fsync_dir(tmpdir)
+    })();
+    if result.is_err() {
+        // Leave nothing half-loaded behind.
+        for p in &written {
+            let _ = fs::remove_file(p);
+        }
+    }
+    result
+}
+
+/// The files of a new set: regular files in `tmpdir` matching any pattern (default `*`);
+/// version 2 also descends into subdirectories (patterns then match the relative path).
+fn select_new_set(tmpdir: &Path, opts: &Options) -> Result<Vec<String>> {
+    let patterns: Vec<glob::Pattern> = if opts.patterns.is_empty() {
+        vec![glob::Pattern::new("*").expect("valid")]
+    } else {
+        opts.patterns
+            .iter()
+            .map(|p| {
+                glob::Pattern::new(p)
+                    .map_err(|e| FilesetError::Usage(format!("pattern {p:?}: {e}")))
+            })
+            .collect::<Result<_>>()?
+    };
+    let mut names = Vec::new();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = if rel.is_empty() {
+            tmpdir.to_path_buf()
+        } else {
+            join(tmpdir, &rel)
+        };
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel_name = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            if name == opts.check_name
+                || name.ends_with(TEMP_SUFFIX)
+                || name == format!("{}{INTENT_SUFFIX}", opts.check_name)
+            {
+                continue;
+            }
+            let ft = entry.file_type().map_err(io_err(&entry.path()))?;
+            if ft.is_dir() {
+                if opts.format >= 2 {
+                    stack.push(rel_name);
+                } else if patterns.iter().any(|p| p.matches(&name)) {
+                    return Err(FilesetError::Format(CheckError::TooBigForV1 {
+                        name: rel_name,
+                        reason: "a subdirectory",
+                    }));
+                }
+                continue;
+            }
+            if ft.is_file()
+                && patterns
+                    .iter()
+                    .any(|p| p.matches(&rel_name) || p.matches(&name))
+            {
+                names.push(rel_name);
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// `save`: make the files of `tmpdir` the set in `permdir`, atomically.
+pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> {
+    if opts.patterns.len() > MAX_PATTERNS {
+        return Err(FilesetError::Usage(format!(
+            "at most {MAX_PATTERNS} -p patterns"
+        )));
+    }
+    ensure_dir(permdir, opts)?;
+    recover(permdir, opts)?;
+    let old = read_check(&permdir.join(&opts.check_name));
+    let (version, names, old_entries) = match &old {
+        Ok(c) => (
+            c.version,
+            c.entries.iter().map(|e| e.name.clone()).collect::<Vec<_>>(),
+            c.entries.clone(),
+        ),
+        Err(e) => {
+            opts.say(1, || format!("{e}: making a new set from the patterns"));
+            (opts.format, select_new_set(tmpdir, opts)?, Vec::new())
+        }
+    };
+    // Every entry is checked against the format before anything is written.
+    let mut plan = Vec::new();
+    for name in &names {
+        let src = join(tmpdir, name);
+        let m = match fs::metadata(&src) {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => {
+                return Err(FilesetError::Mismatch {
+                    path: src,
+                    what: "not a regular file".into(),
+                })
+            }
+            Err(_) => return Err(FilesetError::MissingFile(src)),
+        };
+        let (sec, nsec) = match opts.save_time {
+            Some(t) => (t, 0),
+            None => (
+                m.mtime(),
+                if version >= 2 {
+                    m.mtime_nsec() as u32
+                } else {
+                    0
+                },
+            ),
+        };
+        let entry = Entry {
+            name: name.clone(),
+            size: m.len(),
+            mtime_sec: sec,
+            mtime_nsec: nsec,
+            sha256: [0; 32],
+        };
+        if version == 1 {
+            checkfile::check_v1(&entry).map_err(FilesetError::Format)?;
+        }
+        let mode = opts.perms.unwrap_or(m.mode() & 0o7777);
+        plan.push((entry, src, mode));
+    }
+    let mut hook = CrashHook::from_env();
+    let mut renames: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut entries = Vec::new();
+    let outcome = (|| -> Result<()> {
+        for (mut entry, src, mode) in plan {
+            let dst = join(permdir, &entry.name);
+            let previous = old_entries.iter().find(|e| e.name == entry.name);
+            let unchanged = opts.only_changed
+                && previous.is_some_and(|p| {
+                    p.size == entry.size
+                        && p.mtime_sec == entry.mtime_sec
+                        && p.mtime_nsec == entry.mtime_nsec
+                        && verify_file(&dst, p, version, false).is_ok()
+                });
+            if unchanged {
+                entry.sha256 = previous.map(|p| p.sha256).unwrap_or_default();
+                opts.say(2, || format!("unchanged {}", entry.name));
+                entries.push(entry);
+                continue;
+            }
+            if let Some(parent) = dst.parent() {
+                if !parent.is_dir() {
+                    fs::create_dir_all(parent).map_err(io_err(parent))?;
+                }
+            }
+            opts.say(1, || format!("save {} ({} bytes)", entry.name, entry.size));
+            let (temp, n) =
+                copy_to_temp(&src, &dst, (entry.mtime_sec, entry.mtime_nsec), mode, opts)?;
+            renames.push((temp.clone(), dst));
+            if n != entry.size {
+                return Err(FilesetError::Mismatch {
+                    path: src,
+                    what: format!(
+                        "changed while saving ({n} bytes copied, {} expected)",
+                        entry.size
+                    ),
+                });
+            }
+            if version >= 2 {
+                entry.sha256 = sha256_of(&temp)?;
+            }
+            entries.push(entry);
+            hook.step();
+        }
+        let check = CheckFile {
+            version,
+            entries: entries.clone(),
+        };
+        let bytes = check.encode().map_err(FilesetError::Format)?;
+        let intent = intent_path(permdir, opts);
+        {
+            let mut f = File::create(&intent).map_err(io_err(&intent))?;
+            std::io::Write::write_all(&mut f, &bytes).map_err(io_err(&intent))?;
+            f.sync_all().map_err(io_err(&intent))?;
+        }
+        fsync_dir(permdir)?;
+        hook.step();
+        // The intent is durable: from here on the new set wins, even after a crash.
+        for (temp, dst) in renames.drain(..) {
+            fs::rename(&temp, &dst).map_err(io_err(&temp))?;
+            hook.step();
+        }
+        fs::rename(&intent, permdir.join(&opts.check_name)).map_err(io_err(&intent))?;
+        hook.step();
+        fsync_dir(permdir)?;
+        hook.step();
+        Ok(())
+    })();
+    match outcome {
+        Ok(()) => {
+            opts.say(1, || {
+                format!("saved {} files to {}", entries.len(), permdir.display())
+            });
+            Ok(CheckFile { version, entries })
+        }
+        Err(e) => {
+            // Before the intent is on disk, undo this save; after, finish it if it can be
+            // finished — either way the directory holds one whole set.
+            if !intent_path(permdir, opts).exists() {
+                for (temp, _) in &renames {
+                    let _ = fs::remove_file(temp);
+                }
+            }
+            let _ = recover(permdir, opts);
+            Err(e)
+        }
+    }
+}

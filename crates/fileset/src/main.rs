@@ -1,0 +1,147 @@
+//! `fileset`: checkpoint copies of a file set (see the library docs and docs/fileset.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use fileset::{FilesetError, Options};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Command {
+    /// Copy the set from PERMDIR to TMPDIR (at start-up).
+    Load,
+    /// Save the set from TMPDIR to PERMDIR, atomically (at shutdown or on demand).
+    Save,
+    /// Check the check file against PERMDIR.
+    Test,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fileset",
+    version,
+    about = "Checkpoint copies of a set of files between a permanent and a tmpfs directory",
+    after_help = "Exit status: 0 ok; 1 I/O error; 2 check file missing; 3 check file bad (CRC, \
+                  version); 4 a file of the set missing; 5 size or mtime mismatch; 6 a file \
+                  format 1 cannot hold; 7 SHA-256 mismatch (format 2); 64 usage error."
+)]
+struct Cli {
+    /// Keep every transfer within 64 KiB boundaries (for DMA engines that need it).
+    #[arg(short = '6')]
+    boundary_64k: bool,
+    /// load: when PERMDIR fails, load the set from this directory instead (factory defaults).
+    #[arg(short = 'b', value_name = "BACKUPDIR")]
+    backup: Option<PathBuf>,
+    /// Name of the check file.
+    #[arg(short = 'c', value_name = "FNAME", default_value = fileset::DEFAULT_CHECK_NAME)]
+    check_name: String,
+    /// Create missing directories.
+    #[arg(short = 'm')]
+    make_dirs: bool,
+    /// Files of a new set (shell pattern; up to 16; default "*").
+    #[arg(short = 'p', value_name = "PATTERN")]
+    patterns: Vec<String>,
+    /// save: permission bits of the saved files (octal, e.g. 0640).
+    #[arg(short = 'P', value_name = "PERMS", value_parser = parse_perms)]
+    perms: Option<u32>,
+    /// save: give the saved files this modification time (Unix seconds).
+    #[arg(short = 't', value_name = "SAVETIME")]
+    save_time: Option<i64>,
+    /// More detail on stdout (up to -vvv).
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// save: copy only files that changed since the last save.
+    #[arg(short = 'x')]
+    only_changed: bool,
+    /// Check-file format for a new set: 1 (QNX layout) or 2 (64-bit sizes, ns times, paths, SHA-256).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
+    format: u32,
+    #[arg(value_enum)]
+    command: Command,
+    permdir: PathBuf,
+    tmpdir: Option<PathBuf>,
+}
+
+fn parse_perms(text: &str) -> Result<u32, String> {
+    let v = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{text:?} is not an octal mode"))?;
+    if v > 0o7777 {
+        return Err(format!("{text:?} is more than 07777"));
+    }
+    Ok(v)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fileset: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), FilesetError> {
+    if cli.patterns.len() > fileset::MAX_PATTERNS {
+        return Err(FilesetError::Usage(format!(
+            "at most {} -p patterns",
+            fileset::MAX_PATTERNS
+        )));
+    }
+    let opts = Options {
+        check_name: cli.check_name,
+        make_dirs: cli.make_dirs,
+        patterns: cli.patterns,
+        verbose: cli.verbose,
+        only_changed: cli.only_changed,
+        save_time: cli.save_time,
+        perms: cli.perms,
+        boundary_64k: cli.boundary_64k,
+        format: cli.format,
+        backup: cli.backup,
+    };
+    let need_tmp = |cmd: &str| {
+        cli.tmpdir
+            .clone()
+            .ok_or_else(|| FilesetError::Usage(format!("{cmd} needs PERMDIR and TMPDIR")))
+    };
+    match cli.command {
+        Command::Load => {
+            let tmpdir = need_tmp("load")?;
+            let from = fileset::load(&cli.permdir, &tmpdir, &opts)?;
+            if from != cli.permdir {
+                eprintln!("fileset: loaded the set from {}", from.display());
+            }
+        }
+        Command::Save => {
+            let tmpdir = need_tmp("save")?;
+            fileset::save(&cli.permdir, &tmpdir, &opts)?;
+        }
+        Command::Test => {
+            let c = fileset::test(&cli.permdir, &opts)?;
+            opts_say(&opts, || {
+                format!(
+                    "{}: valid, {} files, format {}",
+                    cli.permdir.display(),
+                    c.entries.len(),
+                    c.version
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+fn opts_say(opts: &Options, text: impl FnOnce() -> String) {
+    if opts.verbose >= 1 {
+        println!("{}", text());
+    }
+}

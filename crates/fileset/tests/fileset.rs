@@ -1,0 +1,465 @@
+//! fileset end to end, driving the real binary.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const FILESET: &str = env!("CARGO_BIN_EXE_fileset");
+
+fn run(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(FILESET);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = run(args, &[]);
+    assert!(
+        out.status.success(),
+        "fileset {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Contents and mtimes (seconds) of the regular files of a directory, by name.
+type Snapshot = BTreeMap<String, (Vec<u8>, i64)>;
+
+/// The snapshot of the regular files directly in `dir`, except fileset's own.
+fn snapshot(dir: &Path) -> Snapshot {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("_FILESET_")
+            || name.contains(".fileset-tmp")
+            || !e.file_type().unwrap().is_file()
+        {
+            continue;
+        }
+        out.insert(
+            name,
+            (
+                std::fs::read(e.path()).unwrap(),
+                e.metadata().unwrap().mtime(),
+            ),
+        );
+    }
+    out
+}
+
+fn write_set(dir: &Path, files: &[(&str, &[u8])], mtime: i64) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, data) in files {
+        let p = dir.join(name);
+        std::fs::write(&p, data).unwrap();
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime as u64);
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+}
+
+struct Dirs {
+    _d: tempfile::TempDir,
+    perm: PathBuf,
+    tmp: PathBuf,
+    root: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().to_path_buf();
+    let perm = root.join("perm");
+    let tmp = root.join("tmp");
+    std::fs::create_dir_all(&perm).unwrap();
+    std::fs::create_dir_all(&tmp).unwrap();
+    Dirs {
+        _d: d,
+        perm,
+        tmp,
+        root,
+    }
+}
+
+#[test]
+fn save_then_load_reproduces_the_set_with_mtimes() {
+    for format in ["1", "2"] {
+        let d = dirs();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        write_set(
+            &d.tmp,
+            &[
+                ("a.dat", b"alpha"),
+                ("b.dat", &big),
+                ("empty.dat", b""),
+                ("skip.txt", b"x"),
+            ],
+            1_600_000_000,
+        );
+        ok(&[
+            "--format",
+            format,
+            "-p",
+            "*.dat",
+            "save",
+            s(&d.perm),
+            s(&d.tmp),
+        ]);
+        ok(&["test", s(&d.perm)]);
+        let loaded = d.root.join("loaded");
+        ok(&["-m", "load", s(&d.perm), s(&loaded)]);
+        let mut expected = snapshot(&d.tmp);
+        expected.remove("skip.txt");
+        assert_eq!(snapshot(&loaded), expected, "format {format}");
+        assert_eq!(snapshot(&d.perm), expected);
+    }
+}
+
+#[test]
+fn format_2_keeps_nanoseconds_paths_and_long_names() {
+    let d = dirs();
+    let long = "n".repeat(200);
+    std::fs::create_dir_all(d.tmp.join("sub/deeper")).unwrap();
+    std::fs::write(d.tmp.join("sub/deeper/x.dat"), b"nested").unwrap();
+    std::fs::write(d.tmp.join(&long), b"long").unwrap();
+    let nsec = std::fs::metadata(d.tmp.join("sub/deeper/x.dat"))
+        .unwrap()
+        .mtime_nsec();
+    ok(&["--format", "2", "save", s(&d.perm), s(&d.tmp)]);
+    let loaded = d.root.join("loaded");
+    ok(&["-m", "load", s(&d.perm), s(&loaded)]);
+    assert_eq!(
+        std::fs::read(loaded.join("sub/deeper/x.dat")).unwrap(),
+        b"nested"
+    );
+    assert_eq!(
+        std::fs::metadata(loaded.join("sub/deeper/x.dat"))
+            .unwrap()
+            .mtime_nsec(),
+        nsec
+    );
+    assert_eq!(std::fs::read(loaded.join(&long)).unwrap(), b"long");
+    // Same size and mtime but other contents: only format 2 notices (SHA-256).
+    let victim = d.perm.join("sub/deeper/x.dat");
+    let meta = std::fs::metadata(&victim).unwrap();
+    std::fs::write(&victim, b"NESTED").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&victim)
+        .unwrap()
+        .set_modified(meta.modified().unwrap())
+        .unwrap();
+    let out = run(&["test", s(&d.perm)], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SHA-256"));
+}
+
+#[test]
+fn format_1_refuses_what_it_cannot_hold() {
+    let d = dirs();
+    std::fs::write(d.tmp.join("n".repeat(120)), b"x").unwrap();
+    let out = run(&["save", s(&d.perm), s(&d.tmp)], &[]);
+    assert_eq!(out.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("longer than 119 bytes"));
+    let d = dirs();
+    std::fs::create_dir(d.tmp.join("subdir")).unwrap();
+    let out = run(&["save", s(&d.perm), s(&d.tmp)], &[]);
+    assert_eq!(out.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("subdirectory"));
+    assert!(!d.perm.join("_FILESET_").exists(), "nothing written");
+}
+
+#[test]
+fn test_exit_codes_name_the_cause() {
+    let d = dirs();
+    assert_eq!(
+        run(&["test", s(&d.perm)], &[]).status.code(),
+        Some(2),
+        "missing check file"
+    );
+    write_set(&d.tmp, &[("a", b"one"), ("b", b"two")], 1_500_000_000);
+    ok(&["save", s(&d.perm), s(&d.tmp)]);
+    ok(&["test", s(&d.perm)]);
+    std::fs::remove_file(d.perm.join("b")).unwrap();
+    let out = run(&["test", s(&d.perm)], &[]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
+    std::fs::write(d.perm.join("b"), b"two").unwrap(); // right size, wrong mtime
+    let out = run(&["test", s(&d.perm)], &[]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("modification time"));
+    let mut check = std::fs::read(d.perm.join("_FILESET_")).unwrap();
+    check[40] ^= 0x01;
+    std::fs::write(d.perm.join("_FILESET_"), &check).unwrap();
+    let out = run(&["test", s(&d.perm)], &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CRC"));
+    // Usage errors.
+    assert_eq!(run(&["load", s(&d.perm)], &[]).status.code(), Some(64));
+    assert_eq!(
+        run(&["frobnicate", s(&d.perm)], &[]).status.code(),
+        Some(64)
+    );
+}
+
+#[test]
+fn corrupt_check_file_falls_back_to_the_factory_set() {
+    let d = dirs();
+    let factory = d.root.join("factory");
+    write_set(&factory, &[("cfg.dat", b"factory defaults")], 1_400_000_000);
+    ok(&["save", s(&factory), s(&factory)]);
+    write_set(
+        &d.tmp,
+        &[("cfg.dat", b"user settings"), ("more.dat", b"x")],
+        1_600_000_000,
+    );
+    ok(&["save", s(&d.perm), s(&d.tmp)]);
+    // One flipped bit in the permanent check file.
+    let mut check = std::fs::read(d.perm.join("_FILESET_")).unwrap();
+    check[20] ^= 0x10;
+    std::fs::write(d.perm.join("_FILESET_"), &check).unwrap();
+    let target = d.root.join("run");
+    let out = run(&["-m", "load", s(&d.perm), s(&target)], &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CRC mismatch"));
+    assert!(snapshot(&target).is_empty(), "nothing left behind");
+    let out = run(
+        &["-m", "-b", s(&factory), "load", s(&d.perm), s(&target)],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loaded the set from"));
+    assert_eq!(
+        std::fs::read(target.join("cfg.dat")).unwrap(),
+        b"factory defaults"
+    );
+    assert!(!target.join("more.dat").exists());
+}
+
+#[test]
+fn truncated_data_file_fails_with_a_size_message() {
+    let d = dirs();
+    write_set(
+        &d.tmp,
+        &[("a.dat", b"0123456789"), ("b.dat", b"abc")],
+        1_600_000_000,
+    );
+    ok(&["save", s(&d.perm), s(&d.tmp)]);
+    let f = std::fs::File::options()
+        .write(true)
+        .open(d.perm.join("a.dat"))
+        .unwrap();
+    let mtime = f.metadata().unwrap().modified().unwrap();
+    f.set_len(4).unwrap();
+    f.set_modified(mtime).unwrap();
+    let target = d.root.join("run");
+    let out = run(&["-m", "load", s(&d.perm), s(&target)], &[]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("size 4 differs from the check file's 10")
+    );
+    assert!(snapshot(&target).is_empty());
+}
+
+#[test]
+fn only_changed_times_and_perms() {
+    let d = dirs();
+    write_set(&d.tmp, &[("a", b"one"), ("b", b"two")], 1_600_000_000);
+    ok(&[
+        "-P",
+        "0600",
+        "-t",
+        "1234567890",
+        "save",
+        s(&d.perm),
+        s(&d.tmp),
+    ]);
+    let m = std::fs::metadata(d.perm.join("a")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o600);
+    assert_eq!(m.mtime(), 1234567890);
+    ok(&["test", s(&d.perm)]);
+    // -x: only the changed file is rewritten (the other keeps its inode). (With -t every
+    // file's time is replaced, so -x compares against a fresh save.)
+    ok(&["save", s(&d.perm), s(&d.tmp)]);
+    let ino_a = std::fs::metadata(d.perm.join("a")).unwrap().ino();
+    let ino_b = std::fs::metadata(d.perm.join("b")).unwrap().ino();
+    write_set(&d.tmp, &[("b", b"TWO!")], 1_700_000_000);
+    ok(&["-x", "save", s(&d.perm), s(&d.tmp)]);
+    ok(&["-x", "save", s(&d.perm), s(&d.tmp)]);
+    assert_eq!(std::fs::metadata(d.perm.join("a")).unwrap().ino(), ino_a);
+    assert_ne!(std::fs::metadata(d.perm.join("b")).unwrap().ino(), ino_b);
+    assert_eq!(std::fs::read(d.perm.join("b")).unwrap(), b"TWO!");
+    ok(&["test", s(&d.perm)]);
+}
+
+/// Old set A and new set B differ in every file, and B has one file more.
+fn crash_fixture() -> (Dirs, Snapshot, Snapshot) {
+    let d = dirs();
+    write_set(
+        &d.tmp,
+        &[
+            ("one.dat", b"old 1"),
+            ("two.dat", b"old 2"),
+            ("three.dat", b"old 3"),
+        ],
+        1_500_000_000,
+    );
+    ok(&["save", s(&d.perm), s(&d.tmp)]);
+    let old = snapshot(&d.perm);
+    write_set(
+        &d.tmp,
+        &[
+            ("one.dat", b"new one"),
+            ("two.dat", b"new two"),
+            ("three.dat", b"new three"),
+        ],
+        1_600_000_000,
+    );
+    let new = snapshot(&d.tmp);
+    (d, old, new)
+}
+
+/// After a crash: test must pass, and load must give exactly the old or exactly the new set.
+fn assert_whole_set(d: &Dirs, old: &Snapshot, new: &Snapshot, what: &str) -> bool {
+    let out = run(&["test", s(&d.perm)], &[]);
+    assert!(
+        out.status.success(),
+        "{what}: test failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let target = d.root.join(format!("load-{}", what.replace(' ', "-")));
+    ok(&["-m", "load", s(&d.perm), s(&target)]);
+    let got = snapshot(&target);
+    assert!(
+        got == *old || got == *new,
+        "{what}: a mix of sets: {:?}",
+        got.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        snapshot(&d.perm) == *old || snapshot(&d.perm) == *new,
+        "{what}: permdir holds a mix"
+    );
+    got == *new
+}
+
+#[test]
+fn save_killed_after_every_step_leaves_a_whole_set() {
+    // 3 files: 3 temp writes, the intent, 3 renames, the check rename, the directory fsync.
+    let steps = 3 + 1 + 3 + 1 + 1;
+    let mut saw_old = false;
+    let mut saw_new = false;
+    for k in 1..=steps {
+        let (d, old, new) = crash_fixture();
+        let out = run(
+            &["save", s(&d.perm), s(&d.tmp)],
+            &[("FILESET_CRASH_AFTER", k.to_string())],
+        );
+        assert!(
+            !out.status.success(),
+            "step {k}: the hook should have aborted the save"
+        );
+        if assert_whole_set(&d, &old, &new, &format!("step {k}")) {
+            saw_new = true;
+        } else {
+            saw_old = true;
+        }
+        // And the next save completes normally.
+        ok(&["save", s(&d.perm), s(&d.tmp)]);
+        assert_eq!(snapshot(&d.perm), new);
+    }
+    assert!(
+        saw_old && saw_new,
+        "crashes before and after the commit point were both exercised"
+    );
+}
+
+#[test]
+fn save_killed_at_random_moments_leaves_a_whole_set() {
+    let mut seed = 0x9E3779B97F4A7C15u64;
+    for round in 0..50 {
+        let (d, old, new) = crash_fixture();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = std::time::Duration::from_micros(seed % 4000);
+        let mut child = Command::new(FILESET)
+            .args(["save", s(&d.perm), s(&d.tmp)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        assert_whole_set(&d, &old, &new, &format!("round {round}"));
+    }
+}
+
+#[test]
+fn check_file_bytes_match_the_documentation() {
+    // The fixed set of docs/fileset.md: a.dat (5 bytes, mtime 1000000000) and
+    // config.ini (300 bytes, mtime 1700000000).
+    let d = dirs();
+    write_set(
+        &d.tmp,
+        &[("a.dat", b"hello"), ("config.ini", &[b'x'; 300])],
+        0,
+    );
+    for (name, mtime) in [("a.dat", 1_000_000_000u64), ("config.ini", 1_700_000_000)] {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+        std::fs::File::options()
+            .write(true)
+            .open(d.tmp.join(name))
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+    ok(&["save", s(&d.perm), s(&d.tmp)]);
+    let bytes = std::fs::read(d.perm.join("_FILESET_")).unwrap();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/fileset.md"
+    ))
+    .unwrap();
+    let block = doc
+        .split("<!-- golden-v1 -->")
+        .nth(1)
+        .expect("golden block in docs/fileset.md");
+    let block = block.split("```").nth(1).unwrap();
+    let mut documented = Vec::new();
+    for line in block.lines() {
+        // "0000: 12 34 ..." — offset, colon, hex bytes
+        if let Some((_, hex)) = line.split_once(':') {
+            for b in hex.split_whitespace() {
+                documented.push(u8::from_str_radix(b, 16).unwrap());
+            }
+        }
+    }
+    assert_eq!(
+        bytes, documented,
+        "docs/fileset.md golden bytes are out of date"
+    );
+}
