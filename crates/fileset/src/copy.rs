@@ -1,5 +1,7 @@
-//! Copying file contents in the kernel (`copy_file_range`), falling back to read/write where
-//! the kernel or file systems cannot.
+//! Copying file contents in the kernel: `copy_file_range(2)` (same file system: may share
+//! blocks or copy without touching user memory), else `sendfile(2)` (any two files, e.g. disk
+//! and tmpfs, which `copy_file_range` refuses with `EXDEV` on current kernels), else a
+//! read/write loop.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -12,7 +14,10 @@ const CHUNK: u64 = 16 << 20;
 /// How a copy was done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    Kernel,
+    /// `O_DIRECT` writes from a mapping of the source: the device reads the source's memory.
+    DirectFromMap,
+    CopyFileRange,
+    Sendfile,
     ReadWrite,
 }
 
@@ -49,7 +54,7 @@ pub fn copy_contents(
                 Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
             );
             if unsupported && done == 0 {
-                return read_write(src, dst, boundary_64k).map(|n| (n, Method::ReadWrite));
+                return send_file(src, dst, len, boundary_64k);
             }
             if err.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -61,7 +66,47 @@ pub fn copy_contents(
         }
         done += n as u64;
     }
-    Ok((done, Method::Kernel))
+    Ok((done, Method::CopyFileRange))
+}
+
+/// `sendfile(2)` from the current offsets; falls back to read/write where unsupported.
+fn send_file(
+    src: &mut File,
+    dst: &mut File,
+    len: u64,
+    boundary_64k: bool,
+) -> io::Result<(u64, Method)> {
+    let mut done: u64 = 0;
+    while done < len {
+        let mut want = (len - done).min(CHUNK);
+        if boundary_64k {
+            want = want.min(BOUNDARY_64K - done % BOUNDARY_64K);
+        }
+        // SAFETY: valid descriptors; a null offset uses and advances the source's position.
+        let n = unsafe {
+            libc::sendfile(
+                dst.as_raw_fd(),
+                src.as_raw_fd(),
+                std::ptr::null_mut(),
+                want as usize,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if done == 0 && matches!(err.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+                return read_write(src, dst, boundary_64k).map(|n| (n, Method::ReadWrite));
+            }
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            break;
+        }
+        done += n as u64;
+    }
+    Ok((done, Method::Sendfile))
 }
 
 fn read_write(src: &mut File, dst: &mut File, boundary_64k: bool) -> io::Result<u64> {
@@ -86,6 +131,91 @@ fn read_write(src: &mut File, dst: &mut File, boundary_64k: bool) -> io::Result<
     }
 }
 
+/// Alignment `O_DIRECT` needs for offsets, lengths and memory on common devices.
+const DIRECT_ALIGN: u64 = 4096;
+
+/// Copy `src` to the file at `dst_path` (created and truncated) by `O_DIRECT` writes straight
+/// from a shared mapping of `src`: no page-cache copy and no user buffer. For sources in memory
+/// (tmpfs) going to disk. Returns `None` when the destination file system does not take
+/// `O_DIRECT` (the caller copies another way); the unaligned tail is written normally.
+pub fn copy_direct_from_map(
+    src: &File,
+    dst_path: &std::path::Path,
+    mode: u32,
+) -> io::Result<Option<u64>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let len = src.metadata()?.len();
+    let aligned = len - len % DIRECT_ALIGN;
+    let direct = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .custom_flags(libc::O_DIRECT)
+        .open(dst_path);
+    let direct = match direct {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if len == 0 {
+        return Ok(Some(0));
+    }
+    // SAFETY: mapping `len` bytes of a file we hold open, read-only and shared; the mapping
+    // is unmapped below before returning and only read through the slice.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            src.as_raw_fd(),
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Ok(None);
+    }
+    let result = (|| -> io::Result<Option<u64>> {
+        // SAFETY: the mapping is `len` bytes long and lives until munmap below.
+        let data = unsafe { std::slice::from_raw_parts(map as *const u8, len as usize) };
+        let mut done = 0u64;
+        while done < aligned {
+            let want = (aligned - done).min(CHUNK) as usize;
+            // SAFETY: `data[done..done + want]` is in the mapping; offsets and lengths are
+            // multiples of DIRECT_ALIGN and the mapping is page-aligned, as O_DIRECT wants.
+            let n = unsafe {
+                libc::pwrite(
+                    direct.as_raw_fd(),
+                    data.as_ptr().add(done as usize) as *const libc::c_void,
+                    want,
+                    done as i64,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if done == 0 && err.raw_os_error() == Some(libc::EINVAL) {
+                    return Ok(None);
+                }
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            done += n as u64;
+        }
+        if aligned < len {
+            let mut tail = std::fs::OpenOptions::new().write(true).open(dst_path)?;
+            std::io::Seek::seek(&mut tail, std::io::SeekFrom::Start(aligned))?;
+            tail.write_all(&data[aligned as usize..])?;
+        }
+        Ok(Some(len))
+    })();
+    // SAFETY: unmapping exactly what was mapped above.
+    unsafe { libc::munmap(map, len as usize) };
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,7 +233,13 @@ mod tests {
             drop(dst);
             assert_eq!(std::fs::read(d.path().join("dst")).unwrap(), data);
         }
-        // The fallback path on its own.
+        // The sendfile and read/write paths on their own.
+        let mut src = File::open(d.path().join("src")).unwrap();
+        let mut dst = File::create(d.path().join("dst1")).unwrap();
+        let (n, method) = send_file(&mut src, &mut dst, data.len() as u64, true).unwrap();
+        assert_eq!((n, method), (data.len() as u64, Method::Sendfile));
+        drop(dst);
+        assert_eq!(std::fs::read(d.path().join("dst1")).unwrap(), data);
         let mut src = File::open(d.path().join("src")).unwrap();
         let mut dst = File::create(d.path().join("dst2")).unwrap();
         assert_eq!(
@@ -112,5 +248,11 @@ mod tests {
         );
         drop(dst);
         assert_eq!(std::fs::read(d.path().join("dst2")).unwrap(), data);
+        // O_DIRECT from a mapping, where the file system takes it (tmpfs does not).
+        let src = File::open(d.path().join("src")).unwrap();
+        if let Some(n) = copy_direct_from_map(&src, &d.path().join("dst3"), 0o644).unwrap() {
+            assert_eq!(n, data.len() as u64);
+            assert_eq!(std::fs::read(d.path().join("dst3")).unwrap(), data);
+        }
     }
 }

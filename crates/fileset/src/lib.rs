@@ -106,6 +106,9 @@ pub struct Options {
     pub perms: Option<u32>,
     /// `-6`: no transfer crosses a 64 KiB boundary.
     pub boundary_64k: bool,
+    /// Write to the destination with `O_DIRECT` from a mapping of the source where possible
+    /// (set by `save`, whose source is normally tmpfs).
+    pub direct: bool,
     /// Check-file format of a new set (1 or 2).
     pub format: u32,
     /// `-b`: where `load` goes when the permanent directory fails.
@@ -123,6 +126,7 @@ impl Default for Options {
             save_time: None,
             perms: None,
             boundary_64k: false,
+            direct: false,
             format: 1,
             backup: None,
         }
@@ -414,6 +418,22 @@ fn copy_to_temp(
 ) -> Result<(PathBuf, u64)> {
     let temp = temp_path(dst);
     let mut from = File::open(src).map_err(io_err(src))?;
+    if opts.direct && !opts.boundary_64k {
+        if let Some(n) = copy::copy_direct_from_map(&from, &temp, mode).map_err(io_err(&temp))? {
+            let to = OpenOptions::new()
+                .write(true)
+                .open(&temp)
+                .map_err(io_err(&temp))?;
+            to.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(io_err(&temp))?;
+            set_mtime(&to, mtime.0, mtime.1, &temp)?;
+            to.sync_all().map_err(io_err(&temp))?;
+            opts.say(3, || {
+                format!("  {n} bytes by {:?}", copy::Method::DirectFromMap)
+            });
+            return Ok((temp, n));
+        }
+    }
     let mut to = OpenOptions::new()
         .write(true)
         .create(true)
@@ -567,6 +587,10 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
     }
     ensure_dir(permdir, opts)?;
     recover(permdir, opts)?;
+    let opts = &Options {
+        direct: true,
+        ..opts.clone()
+    };
     let old = read_check(&permdir.join(&opts.check_name));
     let (version, names, old_entries) = match &old {
         Ok(c) => (
