@@ -29,24 +29,38 @@ pub fn copy_contents(
     boundary_64k: bool,
 ) -> io::Result<(u64, Method)> {
     let len = src.metadata()?.len();
+    let (s, d) = (src.as_raw_fd(), dst.as_raw_fd());
+    // SAFETY (both closures): valid descriptors owned by the caller; null offsets use and
+    // advance the files' own positions.
+    let copied = kernel_copy(len, boundary_64k, |want| unsafe {
+        libc::copy_file_range(s, std::ptr::null_mut(), d, std::ptr::null_mut(), want, 0)
+    })?;
+    if let Some(n) = copied {
+        return Ok((n, Method::CopyFileRange));
+    }
+    let sent = kernel_copy(len, boundary_64k, |want| unsafe {
+        libc::sendfile(d, s, std::ptr::null_mut(), want)
+    })?;
+    if let Some(n) = sent {
+        return Ok((n, Method::Sendfile));
+    }
+    read_write(src, dst, boundary_64k).map(|n| (n, Method::ReadWrite))
+}
+
+/// Run a kernel copy call until `len` bytes are done. `Ok(None)` when the first call says the
+/// kernel or the file systems cannot do it (nothing was copied), so the caller tries the next way.
+fn kernel_copy(
+    len: u64,
+    boundary_64k: bool,
+    mut call: impl FnMut(usize) -> isize,
+) -> io::Result<Option<u64>> {
     let mut done: u64 = 0;
     while done < len {
         let mut want = (len - done).min(CHUNK);
         if boundary_64k {
             want = want.min(BOUNDARY_64K - done % BOUNDARY_64K);
         }
-        // SAFETY: both descriptors are open files owned by the caller; null offsets use and
-        // advance the files' own positions.
-        let n = unsafe {
-            libc::copy_file_range(
-                src.as_raw_fd(),
-                std::ptr::null_mut(),
-                dst.as_raw_fd(),
-                std::ptr::null_mut(),
-                want as usize,
-                0,
-            )
-        };
+        let n = call(want as usize);
         if n < 0 {
             let err = io::Error::last_os_error();
             let unsupported = matches!(
@@ -54,7 +68,7 @@ pub fn copy_contents(
                 Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
             );
             if unsupported && done == 0 {
-                return send_file(src, dst, len, boundary_64k);
+                return Ok(None);
             }
             if err.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -66,47 +80,7 @@ pub fn copy_contents(
         }
         done += n as u64;
     }
-    Ok((done, Method::CopyFileRange))
-}
-
-/// `sendfile(2)` from the current offsets; falls back to read/write where unsupported.
-fn send_file(
-    src: &mut File,
-    dst: &mut File,
-    len: u64,
-    boundary_64k: bool,
-) -> io::Result<(u64, Method)> {
-    let mut done: u64 = 0;
-    while done < len {
-        let mut want = (len - done).min(CHUNK);
-        if boundary_64k {
-            want = want.min(BOUNDARY_64K - done % BOUNDARY_64K);
-        }
-        // SAFETY: valid descriptors; a null offset uses and advances the source's position.
-        let n = unsafe {
-            libc::sendfile(
-                dst.as_raw_fd(),
-                src.as_raw_fd(),
-                std::ptr::null_mut(),
-                want as usize,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if done == 0 && matches!(err.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
-                return read_write(src, dst, boundary_64k).map(|n| (n, Method::ReadWrite));
-            }
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            break;
-        }
-        done += n as u64;
-    }
-    Ok((done, Method::Sendfile))
+    Ok(Some(done))
 }
 
 fn read_write(src: &mut File, dst: &mut File, boundary_64k: bool) -> io::Result<u64> {
@@ -234,10 +208,14 @@ mod tests {
             assert_eq!(std::fs::read(d.path().join("dst")).unwrap(), data);
         }
         // The sendfile and read/write paths on their own.
-        let mut src = File::open(d.path().join("src")).unwrap();
-        let mut dst = File::create(d.path().join("dst1")).unwrap();
-        let (n, method) = send_file(&mut src, &mut dst, data.len() as u64, true).unwrap();
-        assert_eq!((n, method), (data.len() as u64, Method::Sendfile));
+        let src = File::open(d.path().join("src")).unwrap();
+        let dst = File::create(d.path().join("dst1")).unwrap();
+        let (s, d2) = (src.as_raw_fd(), dst.as_raw_fd());
+        let n = kernel_copy(data.len() as u64, true, |want| unsafe {
+            libc::sendfile(d2, s, std::ptr::null_mut(), want)
+        })
+        .unwrap();
+        assert_eq!(n, Some(data.len() as u64));
         drop(dst);
         assert_eq!(std::fs::read(d.path().join("dst1")).unwrap(), data);
         let mut src = File::open(d.path().join("src")).unwrap();
