@@ -268,25 +268,13 @@ fn wal_limit_bounds_the_wal() {
     let vol = c.open_volume(&env.path("vol")).unwrap().vol;
     let mut max_wal = 0;
     for chunk in 0..20 {
-        let mut ids = Vec::new();
-        for i in 0..500 {
-            let name = format!("many/a-fairly-long-file-name-to-fill-pages-{chunk:03}-{i:05}.txt");
+        let names: Vec<String> = (0..500)
+            .map(|i| format!("many/a-fairly-long-file-name-to-fill-pages-{chunk:03}-{i:05}.txt"))
+            .collect();
+        for name in &names {
             std::fs::write(env.path(&format!("vol/{name}")), b"").unwrap();
-            ids.push(
-                c.send(deskd_client::Request::AddPath {
-                    vol,
-                    path: name.into_bytes(),
-                    hint: None,
-                    type_code: None,
-                    creator: None,
-                })
-                .unwrap(),
-            );
         }
-        c.flush().unwrap();
-        for id in ids {
-            c.wait(id).unwrap();
-        }
+        register_pipelined(&mut c, vol, &names);
         let wal = std::fs::metadata(env.path("vol/.Desktop-wal"))
             .map(|m| m.len())
             .unwrap_or(0);
@@ -299,4 +287,51 @@ fn wal_limit_bounds_the_wal() {
         "WAL grew to {max_wal} bytes with a 1 MiB limit"
     );
     assert_eq!(status(&env)["objects"], 10_002);
+}
+
+#[test]
+fn admin_verbs_need_root_or_the_volume_owner() {
+    use std::os::unix::process::CommandExt;
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    // SAFETY: only root can switch to another uid; the suite runs as root in CI.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    // The temp dir is 0700; let "nobody" reach the socket (it is 0666 itself).
+    std::fs::set_permissions(
+        env.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    for verb in [&["flush"][..], &["freeze", "5"], &["thaw"]] {
+        let out = std::process::Command::new(DESKD)
+            .args(verb)
+            .arg("--socket")
+            .arg(&env.socket)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{verb:?} as nobody");
+        assert!(
+            stderr(&out).contains("need root or the volume owner"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // Reading is for everyone.
+    let out = std::process::Command::new(DESKD)
+        .args(["status", "--json", "--socket"])
+        .arg(&env.socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        status(&env)["frozen_until"].is_null(),
+        "nobody's freeze was refused"
+    );
 }

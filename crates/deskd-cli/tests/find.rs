@@ -130,23 +130,8 @@ fn find_pages_through_many_results() {
     // Register them through one pipelined client, as a file server would.
     let mut c = env.client();
     let vol = c.open_volume(&env.path("vol")).unwrap().vol;
-    let mut ids = Vec::new();
-    for i in 0..12_000 {
-        ids.push(
-            c.send(deskd_client::Request::AddPath {
-                vol,
-                path: format!("many/item-{i:05}").into_bytes(),
-                hint: None,
-                type_code: None,
-                creator: None,
-            })
-            .unwrap(),
-        );
-    }
-    c.flush().unwrap();
-    for id in ids {
-        c.wait(id).unwrap();
-    }
+    let names: Vec<String> = (0..12_000).map(|i| format!("many/item-{i:05}")).collect();
+    register_pipelined(&mut c, vol, &names);
     let out = env.deskd_ok(&["find", "item-"]);
     assert_eq!(
         out.lines().count(),

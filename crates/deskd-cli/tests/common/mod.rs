@@ -190,6 +190,26 @@ fn show(args: &[&[u8]]) -> Vec<String> {
         .collect()
 }
 
+/// Register existing paths (relative to the volume root) through one client, pipelined as a
+/// file server would; panics on any error.
+pub fn register_pipelined(c: &mut deskd_client::Client, vol: u32, paths: &[String]) {
+    let mut ids = Vec::with_capacity(paths.len());
+    for p in paths {
+        let request = deskd_client::Request::AddPath {
+            vol,
+            path: p.clone().into_bytes(),
+            hint: None,
+            type_code: None,
+            creator: None,
+        };
+        ids.push(c.send(request).unwrap());
+    }
+    c.flush().unwrap();
+    for id in ids {
+        c.wait(id).unwrap();
+    }
+}
+
 /// Run the sqlite3 CLI on a desktop and return its output.
 pub fn sqlite3(db: &Path, sql: &str) -> String {
     let out = Command::new("sqlite3")
