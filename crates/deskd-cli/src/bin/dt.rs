@@ -500,6 +500,26 @@ impl Dt {
     /// Register `iv` and everything below it; with `keep_ids` the IDs in the resource files
     /// (or xattrs) are kept where free, otherwise every object gets a new ID.
     fn register_tree(&mut self, iv: &InVolume, keep_ids: bool) -> Result<()> {
+        // A spinner with a count on a terminal (indicatif draws nothing otherwise).
+        let progress = indicatif::ProgressBar::new_spinner()
+            .with_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg}: {pos} objects")
+                    .expect("valid template"),
+            )
+            .with_message(format!("registering {}", iv.shown()));
+        progress.enable_steady_tick(std::time::Duration::from_millis(200));
+        let result = self.register_tree_with(iv, keep_ids, &progress);
+        progress.finish_and_clear();
+        result
+    }
+
+    fn register_tree_with(
+        &mut self,
+        iv: &InVolume,
+        keep_ids: bool,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<()> {
+        progress.inc(1);
         if !keep_ids {
             // Fresh IDs: forget IDs recorded for another volume.
             let mut header = rsrc::read_header(&iv.rsrc_path()).ok().flatten();
@@ -521,7 +541,7 @@ impl Dt {
                 if deskd_volume::is_protected(name.as_bytes()) {
                     continue;
                 }
-                self.register_tree(&iv.child(name.as_bytes()), keep_ids)?;
+                self.register_tree_with(&iv.child(name.as_bytes()), keep_ids, progress)?;
             }
         }
         Ok(())
