@@ -299,14 +299,17 @@ fn admin_verbs_need_root_or_the_volume_owner() {
         eprintln!("skipped: needs root to act as another user");
         return;
     }
-    // The temp dir is 0700; let "nobody" reach the socket (it is 0666 itself).
+    // The temp dir is 0700; let "nobody" reach the socket (it is 0666 itself), and run a copy
+    // of the binary from there (the build directory may not be reachable for nobody).
     std::fs::set_permissions(
         env.dir.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
+    let deskd = env.path("deskd-copy");
+    std::fs::copy(DESKD, &deskd).unwrap();
     for verb in [&["flush"][..], &["freeze", "5"], &["thaw"]] {
-        let out = std::process::Command::new(DESKD)
+        let out = std::process::Command::new(&deskd)
             .args(verb)
             .arg("--socket")
             .arg(&env.socket)
@@ -322,7 +325,7 @@ fn admin_verbs_need_root_or_the_volume_owner() {
         );
     }
     // Reading is for everyone.
-    let out = std::process::Command::new(DESKD)
+    let out = std::process::Command::new(&deskd)
         .args(["status", "--json", "--socket"])
         .arg(&env.socket)
         .uid(65534)
