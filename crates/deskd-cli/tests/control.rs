@@ -84,13 +84,19 @@ fn idle_close_and_flush_delay_checkpoint_by_themselves() {
         &cfg,
         format!(
             // --socket (which the harness passes) wins over [server] socket.
-            "[server]\nsocket = \"{}\"\n[defaults]\nidle_close = 1\nflush_delay = 2\n\n[volume.\"{}\"]\n",
+            "[server]\nsocket = \"{}\"\n[defaults]\nidle_close = 1\nflush_delay = 2\ndurability = \"full\"\n\n[volume.\"{}\"]\n",
             env.path("not-this.sock").display(),
             env.path("vol").display()
         ),
     )
     .unwrap();
     env.start(&["--config", cfg.to_str().unwrap()]);
+    // durability = "full" reaches SQLite (PRAGMA synchronous = FULL, as the server logs it).
+    assert!(
+        env.log_text().contains("durability=Full"),
+        "{}",
+        env.log_text()
+    );
     env.dt_ok(&[b"touch", b"vol/x"]);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

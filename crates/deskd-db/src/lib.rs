@@ -680,6 +680,18 @@ impl Desktop {
         Ok(())
     }
 
+    /// The durability in force, as SQLite reports it (`PRAGMA synchronous`).
+    pub fn durability(&self) -> Result<Durability> {
+        let level: i64 = self
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+        Ok(if level >= 2 {
+            Durability::Full
+        } else {
+            Durability::Normal
+        })
+    }
+
     /// The last allocated ID (the counter only grows).
     pub fn last_id(&self) -> u32 {
         self.last_id

@@ -209,6 +209,7 @@ impl VolumeHandle {
             desktop = %desktop_path.display(),
             created = report.created,
             read_only = config.read_only,
+            durability = ?desktop.durability().map_err(|e| ServerError::Volume(e.to_string()))?,
             "volume open"
         );
         let owner_uid = std::fs::metadata(&root).map(|m| m.uid()).unwrap_or(0);
