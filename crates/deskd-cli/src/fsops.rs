@@ -39,8 +39,8 @@ fn times_of(m: &fs::Metadata) -> (i64, i64, i64, i64) {
 }
 
 /// Copy `from` to `to` (which must not exist): files with mode and times, directories
-/// recursively, symlinks as symlinks. `skip` is asked for every directory entry name.
-pub fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&[u8]) -> bool) -> io::Result<()> {
+/// recursively, symlinks as symlinks.
+pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     let meta = fs::symlink_metadata(from)?;
     let ft = meta.file_type();
     if ft.is_symlink() {
@@ -50,11 +50,7 @@ pub fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&[u8]) -> bool) -> io::Re
         let mut entries: Vec<_> = fs::read_dir(from)?.collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
-            let name = entry.file_name();
-            if skip(name.as_bytes()) {
-                continue;
-            }
-            copy_tree(&entry.path(), &to.join(&name), skip)?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
         }
         fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     } else {
@@ -84,15 +80,13 @@ mod tests {
         let src = d.path().join("src");
         fs::create_dir_all(src.join("a/b")).unwrap();
         fs::write(src.join("a/b/f"), b"data").unwrap();
-        fs::write(src.join("skip.me"), b"x").unwrap();
         symlink("a/b/f", src.join("link")).unwrap();
         set_times(&src.join("a/b/f"), Some((1000, 0, 2000, 0))).unwrap();
-        copy_tree(&src, &d.path().join("dst"), &|n| n == b"skip.me").unwrap();
+        copy_tree(&src, &d.path().join("dst")).unwrap();
         let dst = d.path().join("dst");
         assert_eq!(fs::read(dst.join("a/b/f")).unwrap(), b"data");
         assert_eq!(fs::metadata(dst.join("a/b/f")).unwrap().mtime(), 2000);
         assert_eq!(fs::read_link(dst.join("link")).unwrap(), Path::new("a/b/f"));
-        assert!(!dst.join("skip.me").exists());
         remove_any(&dst).unwrap();
         assert!(!dst.exists());
     }

@@ -26,17 +26,6 @@ pub fn fourcc(code: &[u8; 4]) -> String {
     }
 }
 
-/// Parse a four-character code given on a command line (exactly 4 bytes, or `0x` + 8 hex).
-pub fn parse_fourcc(text: &str) -> Result<[u8; 4], String> {
-    if let Some(hex) = text.strip_prefix("0x") {
-        let v = u32::from_str_radix(hex, 16).map_err(|_| format!("{text:?}: not a hex code"))?;
-        return Ok(v.to_be_bytes());
-    }
-    text.as_bytes()
-        .try_into()
-        .map_err(|_| format!("{text:?}: a type or creator code is exactly 4 bytes"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,8 +36,5 @@ mod tests {
         assert_eq!(display_bytes(b"bad\xffname"), "bad\\xffname");
         assert_eq!(fourcc(b"TEXT"), "TEXT");
         assert_eq!(fourcc(&[0, 0, 0, 0]), "0x00000000");
-        assert_eq!(parse_fourcc("ttxt").unwrap(), *b"ttxt");
-        assert_eq!(parse_fourcc("0x41504c4c").unwrap(), *b"APLL");
-        assert!(parse_fourcc("toolong").is_err());
     }
 }

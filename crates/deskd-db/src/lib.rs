@@ -288,15 +288,6 @@ pub trait Read {
             .optional()?)
     }
 
-    /// Objects recorded with this device and inode.
-    fn lookup_devino(&self, dev: u64, ino: u64) -> Result<Vec<Object>> {
-        let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT {OBJECT_COLUMNS} FROM objects WHERE dev = ?1 AND ino = ?2"
-        ))?;
-        let rows = stmt.query_map(params![dev as i64, ino as i64], object_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
     /// The children of a directory, in name order.
     fn children(&self, parent: u32) -> Result<Vec<Object>> {
         let mut stmt = self.conn().prepare_cached(&format!(
@@ -690,11 +681,6 @@ impl Desktop {
         } else {
             Durability::Normal
         })
-    }
-
-    /// The last allocated ID (the counter only grows).
-    pub fn last_id(&self) -> u32 {
-        self.last_id
     }
 }
 

@@ -34,11 +34,6 @@ impl SpinRead {
     pub fn new(stream: UnixStream, spin: Duration) -> SpinRead {
         SpinRead { stream, spin }
     }
-
-    /// The stream underneath.
-    pub fn get_ref(&self) -> &UnixStream {
-        &self.stream
-    }
 }
 
 impl Read for SpinRead {

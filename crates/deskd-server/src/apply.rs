@@ -38,7 +38,7 @@ pub fn db_error(e: DbError) -> ErrorReply {
 
 pub fn volume_error(e: VolumeError) -> ErrorReply {
     let code = match &e {
-        VolumeError::Escape(_) | VolumeError::Outside(..) => ErrorCode::Escape,
+        VolumeError::Escape(_) => ErrorCode::Escape,
         VolumeError::Protected(_) => ErrorCode::Protected,
         VolumeError::InvalidName(..) => ErrorCode::InvalidName,
         _ => ErrorCode::Internal,

@@ -121,11 +121,6 @@ impl Server {
         })
     }
 
-    /// The socket path being served.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     /// Stop taking writes, commit what is queued, flush and mark every desktop clean.
     pub fn shutdown(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);

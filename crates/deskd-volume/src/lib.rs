@@ -48,8 +48,6 @@ pub enum VolumeError {
     Protected(String),
     #[error("{0}: invalid name: {1}")]
     InvalidName(String, &'static str),
-    #[error("{0}: not inside the volume {1}")]
-    Outside(String, String),
 }
 
 impl VolumeError {
@@ -212,36 +210,6 @@ impl Volume {
             components.push(OsStr::from_bytes(part).to_os_string());
         }
         self.physical(components, rel)
-    }
-
-    /// Resolve an absolute client path that should lie in this volume.
-    pub fn resolve_absolute(&self, path: &Path) -> Result<Resolved, VolumeError> {
-        let clean = absolute(path)?;
-        let shown = || path.display().to_string();
-        // The lexical path may name the root through a symlink; try the literal prefix first.
-        let rel = match clean.strip_prefix(&self.root) {
-            Ok(r) => r.to_path_buf(),
-            Err(_) => {
-                let parent_real = clean
-                    .parent()
-                    .and_then(|p| p.canonicalize().ok())
-                    .ok_or_else(|| {
-                        VolumeError::Outside(shown(), self.root.display().to_string())
-                    })?;
-                let joined = match clean.file_name() {
-                    Some(n) => parent_real.join(n),
-                    None => parent_real,
-                };
-                joined
-                    .strip_prefix(&self.root)
-                    .map_err(|_| VolumeError::Outside(shown(), self.root.display().to_string()))?
-                    .to_path_buf()
-            }
-        };
-        if rel.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(VolumeError::Escape(shown()));
-        }
-        self.resolve_relative(rel.as_os_str().as_bytes())
     }
 
     fn physical(&self, components: Vec<OsString>, shown: &[u8]) -> Result<Resolved, VolumeError> {

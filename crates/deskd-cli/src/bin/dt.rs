@@ -413,7 +413,7 @@ impl Dt {
                 if force && exists(&to_abs) {
                     remove_any(&to_abs)?;
                 }
-                copy_tree(&from_abs, &to_abs, &|_| false)?;
+                copy_tree(&from_abs, &to_abs)?;
                 if exists(&from_rsrc) {
                     if let Some(dir) = to_rsrc.parent() {
                         let _ = fs::create_dir(dir);
@@ -461,7 +461,7 @@ impl Dt {
         // Resource files of the moved tree's entries are carried along (and renumbered on
         // arrival); the top object's own record lives in its parent's .rsrc and moves separately.
         if fs::rename(from_abs, to_abs).is_err() {
-            copy_tree(from_abs, to_abs, &|_| false).with_context(|| {
+            copy_tree(from_abs, to_abs).with_context(|| {
                 format!("cannot copy {} to {}", from_abs.display(), to_abs.display())
             })?;
             remove_any(from_abs)
@@ -729,7 +729,7 @@ fn move_plain(from: &Path, to: &Path) -> Result<()> {
             if exists(to) {
                 remove_any(to)?;
             }
-            copy_tree(from, to, &|_| false)?;
+            copy_tree(from, to)?;
             remove_any(from).map_err(Into::into)
         }
         Err(e) => Err(anyhow!(
