@@ -649,25 +649,22 @@ impl Desktop {
         })
     }
 
-    /// Checkpoint the WAL into the main file. `truncate` also empties the WAL file (flush);
-    /// otherwise a passive checkpoint copies what it can without waiting for readers.
+    /// Checkpoint the WAL into the main file and empty the WAL file (TRUNCATE). When readers
+    /// hold it back, SQLite copies what it can and reports busy.
     /// Returns (busy, frames in WAL, frames checkpointed).
-    pub fn checkpoint(&self, truncate: bool) -> Result<(i64, i64, i64)> {
-        let sql = if truncate {
-            "PRAGMA wal_checkpoint(TRUNCATE)"
-        } else {
-            "PRAGMA wal_checkpoint(PASSIVE)"
-        };
+    pub fn checkpoint(&self) -> Result<(i64, i64, i64)> {
         Ok(self
             .conn
-            .query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?)
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?)
     }
 
     /// Record a clean shutdown and flush everything into the main file.
     pub fn close_clean(self) -> Result<()> {
         meta_set(&self.conn, "clean", 1)?;
         meta_set(&self.conn, "last_seen", now_unix())?;
-        self.checkpoint(true)?;
+        self.checkpoint()?;
         Ok(())
     }
 

@@ -441,11 +441,7 @@ impl Writer {
             Err(e) => {
                 error!(volume = %self.volume.root().display(), "commit failed: {e}");
                 let reply = ErrorReply::new(
-                    if e.to_string().contains("full") {
-                        ErrorCode::Internal
-                    } else {
-                        db_error(e).code
-                    },
+                    db_error(e).code,
                     format!(
                         "{}: desktop commit failed; nothing in this batch was recorded",
                         self.volume.root().display()
@@ -510,19 +506,17 @@ impl Writer {
             .map(|m| m.len())
             .unwrap_or(0);
         if size > self.config.wal_limit {
-            if let Some(d) = &self.desktop {
-                if let Err(e) = d.checkpoint(false) {
-                    warn!("passive checkpoint failed: {e}");
-                }
+            // A truncating checkpoint that readers hold back still copies every frame it can
+            // (SQLite then proceeds as PASSIVE), so one call covers both cases.
+            if let Err(e) = self.flush() {
+                warn!(volume = %self.volume.root().display(), "WAL over its limit: {}", e.message);
             }
-            // PASSIVE copies frames but cannot shrink the file; a truncating flush can.
-            let _ = self.flush();
         }
     }
 
     fn flush(&mut self) -> Result<(), ErrorReply> {
         let desktop = self.desktop.as_ref().expect("writer used after shutdown");
-        let (busy, _, _) = desktop.checkpoint(true).map_err(db_error)?;
+        let (busy, _, _) = desktop.checkpoint().map_err(db_error)?;
         if busy != 0 {
             return Err(ErrorReply::new(
                 ErrorCode::Busy,
