@@ -92,23 +92,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn connect(args: &ConnectionArgs) -> Result<Client> {
-    Client::connect(&args.socket_path(), args.timeout()).map_err(|e| anyhow!("{e}"))
+/// Connect, and resolve `--volume` (if given) to its handle.
+fn connect_for(args: &ConnectionArgs, volume: &Option<PathBuf>) -> Result<(Client, Option<u32>)> {
+    let mut client =
+        Client::connect(&args.socket_path(), args.timeout()).map_err(|e| anyhow!("{e}"))?;
+    let vol = match volume {
+        None => None,
+        Some(p) => Some(client.open_volume(p).map_err(|e| anyhow!("{e}"))?.vol),
+    };
+    Ok((client, vol))
 }
 
-fn volume_handle(client: &mut Client, volume: &Option<PathBuf>) -> Result<Option<u32>> {
-    match volume {
-        None => Ok(None),
-        Some(p) => Ok(Some(client.open_volume(p).map_err(|e| anyhow!("{e}"))?.vol)),
-    }
+/// One request, with the server's error as the message.
+fn call(client: &mut Client, request: Request) -> Result<Response> {
+    client.call(request).map_err(|e| anyhow!("{e}"))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve { config, volumes } => serve(cli.connection.socket, config, volumes),
         Command::Status { volume, json } => {
-            let mut client = connect(&cli.connection)?;
-            let vol = volume_handle(&mut client, &volume)?;
+            let (mut client, vol) = connect_for(&cli.connection, &volume)?;
             let statuses = client.status(vol).map_err(|e| anyhow!("{e}"))?;
             for s in statuses {
                 let root = display_bytes(&s.root);
@@ -166,20 +170,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Flush { volume } => {
-            let mut client = connect(&cli.connection)?;
-            let vol = volume_handle(&mut client, &volume)?;
-            client
-                .call(Request::Flush { vol })
-                .map_err(|e| anyhow!("{e}"))?;
+            let (mut client, vol) = connect_for(&cli.connection, &volume)?;
+            call(&mut client, Request::Flush { vol })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Freeze { volume, seconds } => {
-            let mut client = connect(&cli.connection)?;
-            let vol = volume_handle(&mut client, &volume)?;
-            match client
-                .call(Request::Freeze { vol, seconds })
-                .map_err(|e| anyhow!("{e}"))?
-            {
+            let (mut client, vol) = connect_for(&cli.connection, &volume)?;
+            match call(&mut client, Request::Freeze { vol, seconds })? {
                 Response::Frozen {
                     until,
                     clamped,
@@ -198,11 +195,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Thaw { volume } => {
-            let mut client = connect(&cli.connection)?;
-            let vol = volume_handle(&mut client, &volume)?;
-            client
-                .call(Request::Thaw { vol })
-                .map_err(|e| anyhow!("{e}"))?;
+            let (mut client, vol) = connect_for(&cli.connection, &volume)?;
+            call(&mut client, Request::Thaw { vol })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Find {
@@ -223,8 +217,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 FindMode::Substring
             };
-            let mut client = connect(&cli.connection)?;
-            let volumes = match volume_handle(&mut client, &volume)? {
+            let (mut client, vol) = connect_for(&cli.connection, &volume)?;
+            let volumes = match vol {
                 Some(v) => client
                     .volumes()
                     .map_err(|e| anyhow!("{e}"))?
