@@ -24,21 +24,26 @@ struct Cli {
     command: Command,
 }
 
+/// The populated tree: DIRS directories of PER_DIR files each.
+#[derive(clap::Args, Clone, Copy)]
+struct Shape {
+    #[arg(long)]
+    dirs: u32,
+    #[arg(long)]
+    per_dir: u32,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create DIRS×PER_DIR empty files on disk (untimed set-up) and time nothing.
     Populate {
-        #[arg(long)]
-        dirs: u32,
-        #[arg(long)]
-        per_dir: u32,
+        #[command(flatten)]
+        shape: Shape,
     },
     /// Register every populated file through CLIENTS pipelining clients (ID creation rate).
     Create {
-        #[arg(long)]
-        dirs: u32,
-        #[arg(long)]
-        per_dir: u32,
+        #[command(flatten)]
+        shape: Shape,
         #[arg(long, default_value_t = 4)]
         clients: u32,
         #[arg(long, default_value_t = 64)]
@@ -46,19 +51,15 @@ enum Command {
     },
     /// One client, one request at a time: resolve and lookup latency percentiles.
     Latency {
-        #[arg(long)]
-        dirs: u32,
-        #[arg(long)]
-        per_dir: u32,
+        #[command(flatten)]
+        shape: Shape,
         #[arg(long, default_value_t = 20000)]
         ops: u32,
     },
     /// CLIENTS clients pipelining DEPTH resolve/lookup requests each for SECONDS.
     Throughput {
-        #[arg(long)]
-        dirs: u32,
-        #[arg(long)]
-        per_dir: u32,
+        #[command(flatten)]
+        shape: Shape,
         #[arg(long, default_value_t = 4)]
         clients: u32,
         #[arg(long, default_value_t = 64)]
@@ -125,7 +126,9 @@ fn main() -> Result<()> {
         .canonicalize()?;
     match cli.command {
         Command::EchoServer | Command::EchoClient { .. } => unreachable!("handled above"),
-        Command::Populate { dirs, per_dir } => {
+        Command::Populate {
+            shape: Shape { dirs, per_dir },
+        } => {
             let t = Instant::now();
             for d in 0..dirs {
                 let dir = root.join(dir_name(d));
@@ -140,8 +143,7 @@ fn main() -> Result<()> {
             );
         }
         Command::Create {
-            dirs,
-            per_dir,
+            shape: Shape { dirs, per_dir },
             clients,
             depth,
         } => {
@@ -231,17 +233,26 @@ fn main() -> Result<()> {
                 .find(|(_, n)| *n >= total * 9 / 10)
                 .copied()
                 .unwrap_or((0.0, 0));
-            let tail_rate = (total - tail_from.1) as f64 / (secs - tail_from.0).max(1e-9);
+            let mean = total as f64 / secs;
+            // Runs shorter than a sampling period have no windows: report the mean there.
+            let tail_rate = if tail_from.0 < secs && tail_from.1 < total {
+                (total - tail_from.1) as f64 / (secs - tail_from.0)
+            } else {
+                mean
+            };
             println!(
                 "{}",
                 serde_json::json!({
-                    "objects": total, "seconds": secs, "objects_per_s": total as f64 / secs,
-                    "slowest_1s_window_per_s": if slowest == f64::MAX { 0.0 } else { slowest },
+                    "objects": total, "seconds": secs, "objects_per_s": mean,
+                    "slowest_1s_window_per_s": if slowest == f64::MAX { mean } else { slowest },
                     "last_10pct_per_s": tail_rate,
                 })
             );
         }
-        Command::Latency { dirs, per_dir, ops } => {
+        Command::Latency {
+            shape: Shape { dirs, per_dir },
+            ops,
+        } => {
             let mut client = connect(&cli.socket)?;
             let vol = client.open_volume(&root).map_err(|e| anyhow!("{e}"))?.vol;
             let max_id = 17 + dirs * (per_dir + 1);
@@ -282,8 +293,7 @@ fn main() -> Result<()> {
             );
         }
         Command::Throughput {
-            dirs,
-            per_dir,
+            shape: Shape { dirs, per_dir },
             clients,
             depth,
             seconds,
