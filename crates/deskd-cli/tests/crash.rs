@@ -96,3 +96,18 @@ fn sigkill_during_4_concurrent_writers_loses_no_acknowledged_create() {
     env.term();
     assert_eq!(sqlite3(&db, "PRAGMA integrity_check"), "ok");
 }
+
+#[test]
+fn sigint_also_shuts_down_cleanly() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/a"]);
+    env.stop_with(libc::SIGINT);
+    let db = env.path("vol/.Desktop");
+    assert_eq!(
+        sqlite3(&db, "SELECT value FROM meta WHERE key = 'clean'"),
+        "1"
+    );
+    assert!(!env.path("vol/.Desktop-wal").exists(), "flushed and closed");
+    assert!(!env.socket.exists(), "socket removed");
+}

@@ -249,3 +249,26 @@ fn ls_hides_protected_names_and_shows_ids() {
     assert!(f_line.contains("UNIX UNKN"));
     assert!(!long.contains(".rsrc") && !long.contains(".Desktop"));
 }
+
+#[test]
+fn touch_updates_times_and_c_creates_nothing() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/f"]);
+    let id = env.id_of(&env.path("vol/f"));
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(env.path("vol/f"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    env.dt_ok(&[b"touch", b"-c", b"vol/f", b"vol/missing"]);
+    assert!(!env.path("vol/missing").exists(), "-c creates nothing");
+    let mtime = std::fs::metadata(env.path("vol/f"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert!(mtime > old, "an existing file gets the current time");
+    assert_eq!(env.id_of(&env.path("vol/f")), id, "and keeps its ID");
+}

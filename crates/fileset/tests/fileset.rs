@@ -463,3 +463,37 @@ fn check_file_bytes_match_the_documentation() {
         "docs/fileset.md golden bytes are out of date"
     );
 }
+
+#[test]
+fn check_file_name_64k_boundaries_and_verbose_progress() {
+    let d = dirs();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    write_set(
+        &d.tmp,
+        &[("one.dat", &data), ("two.dat", b"2")],
+        1_600_000_000,
+    );
+    let out = ok(&["-6", "-v", "-c", "SET.chk", "save", s(&d.perm), s(&d.tmp)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("save one.dat (200000 bytes)") && text.contains("save two.dat (1 bytes)"),
+        "{text}"
+    );
+    assert!(d.perm.join("SET.chk").exists() && !d.perm.join("_FILESET_").exists());
+    // Under the default name there is no set; under -c there is.
+    assert_eq!(run(&["test", s(&d.perm)], &[]).status.code(), Some(2));
+    ok(&["-c", "SET.chk", "test", s(&d.perm)]);
+    let loaded = d.root.join("loaded");
+    let out = ok(&[
+        "-6",
+        "-v",
+        "-m",
+        "-c",
+        "SET.chk",
+        "load",
+        s(&d.perm),
+        s(&loaded),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("load one.dat (200000 bytes)"));
+    assert_eq!(snapshot(&loaded), snapshot(&d.tmp));
+}

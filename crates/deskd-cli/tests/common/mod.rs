@@ -101,9 +101,14 @@ impl Env {
     }
 
     pub fn term(&mut self) {
+        self.stop_with(libc::SIGTERM);
+    }
+
+    /// Stop the server with `signal` and require a successful exit.
+    pub fn stop_with(&mut self, signal: i32) {
         if let Some(mut c) = self.server.take() {
             // SAFETY: sending a signal to our own child process.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(c.id() as i32, signal) };
             let status = c.wait().unwrap();
             assert!(
                 status.success(),
