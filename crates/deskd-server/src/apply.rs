@@ -132,6 +132,13 @@ fn add_path(
     for (i, name) in components.iter().enumerate() {
         let last = i + 1 == components.len();
         path.push(std::ffi::OsStr::from_bytes(name));
+        let existing = b.lookup(current.id, name).map_err(db_error)?;
+        if let Some(dir) = existing.as_ref().filter(|_| !last) {
+            // A registered directory on the way: the resolver has just checked it on disk.
+            current = dir.clone();
+            created = false;
+            continue;
+        }
         let Some((dev, ino, kind, ctime)) = stat(&path) else {
             return Err(claim(format!(
                 "{}: no such file or directory on disk",
@@ -144,12 +151,13 @@ fn add_path(
                 format!("{}: not a directory", path.display()),
             ));
         }
-        if let Some(existing) = b.lookup(current.id, name).map_err(db_error)? {
-            if existing.dev != dev || existing.ino != ino {
+        if let Some(mut object) = existing {
+            if (object.dev, object.ino) != (dev, ino) {
                 // Same name, new inode (save-by-replace, restore): the name keeps its ID.
-                b.set_devino(existing.id, dev, ino).map_err(db_error)?;
+                b.set_devino(object.id, dev, ino).map_err(db_error)?;
+                (object.dev, object.ino) = (dev, ino);
             }
-            current = b.get(existing.id).map_err(db_error)?;
+            current = object;
             created = false;
             continue;
         }
