@@ -303,12 +303,13 @@ fn serve(
             return Err(anyhow!("{}: not a directory", v.root.display()));
         }
     }
-    let server = Server::start(config).context("cannot start")?;
+    // Handlers first: once the socket answers, a SIGTERM must already mean a clean shutdown.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])
     .context("cannot install signal handlers")?;
+    let server = Server::start(config).context("cannot start")?;
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down");
     }
