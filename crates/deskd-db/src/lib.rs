@@ -2,7 +2,7 @@
 //!
 //! It gives every object of a volume a 32-bit ID that never changes on rename or move and is never
 //! reused ([`ids`]), keeps the Mac APPL, icon and comment records, and answers "find file" by
-//! prefix, substring or glob from indexes ([`names`]). The schema is versioned and migrated
+//! prefix, substring or glob ([`names`], and the in-memory [`name_index`] the server keeps). The schema is versioned and migrated
 //! forward ([`schema`]); `docs/desktop-format.md` describes it.
 //!
 //! * [`Desktop`] is the write handle. The server holds exactly one per volume; every mutation is a
@@ -12,16 +12,19 @@
 //! * No SQL lives outside this crate.
 
 pub mod ids;
+pub mod name_index;
 pub mod names;
 pub mod schema;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 pub use ids::{FIRST_ID, LAST_USABLE_ID, ROOT_ID, ROOT_PARENT_ID};
+pub use name_index::{NameChange, NameIndex};
 pub use schema::FORMAT_VERSION;
 
 /// The longest name (in bytes) an object may have; the usual Linux `NAME_MAX`.
@@ -102,6 +105,16 @@ impl Kind {
             Kind::Dir => "dir",
             Kind::Symlink => "symlink",
         }
+    }
+}
+
+/// The SQLite GLOB pattern that a search key must match for `mode` and the folded pattern.
+pub(crate) fn find_glob(mode: FindMode, folded: &str) -> String {
+    match mode {
+        FindMode::Substring => format!("*{}*", names::glob_escape_literal(folded)),
+        FindMode::Glob => folded.to_string(),
+        FindMode::Prefix => format!("{}*", names::glob_escape_literal(folded)),
+        FindMode::Exact => names::glob_escape_literal(folded),
     }
 }
 
@@ -221,7 +234,8 @@ pub fn validate_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
-const OBJECT_COLUMNS: &str = "id, parent, name, kind, dev, ino, type, creator, flags, ctime";
+pub(crate) const OBJECT_COLUMNS: &str =
+    "id, parent, name, kind, dev, ino, type, creator, flags, ctime";
 
 fn four(v: Vec<u8>) -> [u8; 4] {
     let mut out = [0u8; 4];
@@ -230,7 +244,7 @@ fn four(v: Vec<u8>) -> [u8; 4] {
     out
 }
 
-fn object_from_row(r: &Row<'_>) -> rusqlite::Result<Object> {
+pub(crate) fn object_from_row(r: &Row<'_>) -> rusqlite::Result<Object> {
     Ok(Object {
         id: r.get::<_, i64>(0)? as u32,
         parent: r.get::<_, i64>(1)? as u32,
@@ -337,43 +351,24 @@ pub trait Read {
         Ok(Some(current))
     }
 
-    /// Objects whose names match `query`; protected names never appear.
+    /// Objects whose names match `query`, in ID order, by scanning the table (the server
+    /// answers from its [`NameIndex`] instead, and uses this only while the index loads).
     fn find(&self, query: &FindQuery) -> Result<Vec<Object>> {
         let folded = names::fold_pattern(&query.pattern);
-        let (sql, pattern) = match query.mode {
-            FindMode::Substring => (
-                "SELECT o.id, o.parent, o.name, o.kind, o.dev, o.ino, o.type, o.creator, o.flags, o.ctime
-                 FROM names_fts f JOIN objects o ON o.id = f.rowid
-                 WHERE f.skey GLOB ?1 AND f.rowid > ?2 ORDER BY f.rowid LIMIT ?3",
-                format!("*{}*", names::glob_escape_literal(&folded)),
-            ),
-            FindMode::Glob => (
-                "SELECT o.id, o.parent, o.name, o.kind, o.dev, o.ino, o.type, o.creator, o.flags, o.ctime
-                 FROM names_fts f JOIN objects o ON o.id = f.rowid
-                 WHERE f.skey GLOB ?1 AND f.rowid > ?2 ORDER BY f.rowid LIMIT ?3",
-                folded,
-            ),
-            FindMode::Prefix => (
-                "SELECT o.id, o.parent, o.name, o.kind, o.dev, o.ino, o.type, o.creator, o.flags, o.ctime
-                 FROM names_fts f JOIN objects o ON o.id = f.rowid
-                 WHERE f.skey GLOB ?1 AND f.rowid > ?2 ORDER BY f.rowid LIMIT ?3",
-                format!("{}*", names::glob_escape_literal(&folded)),
-            ),
-            FindMode::Exact => (
-                "SELECT o.id, o.parent, o.name, o.kind, o.dev, o.ino, o.type, o.creator, o.flags, o.ctime
-                 FROM names_fts f JOIN objects o ON o.id = f.rowid
-                 WHERE f.skey GLOB ?1 AND f.rowid > ?2 ORDER BY f.rowid LIMIT ?3",
-                names::glob_escape_literal(&folded),
-            ),
-        };
-        let mut stmt = self.conn().prepare_cached(sql)?;
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT {OBJECT_COLUMNS} FROM objects
+             WHERE skey GLOB ?1 AND id > ?2 AND id != ?4 ORDER BY id LIMIT ?3"
+        ))?;
         let rows = stmt.query_map(
-            params![pattern, query.after_id, query.limit.max(1)],
+            params![
+                find_glob(query.mode, &folded),
+                query.after_id,
+                query.limit.max(1),
+                ROOT_ID
+            ],
             object_from_row,
         )?;
-        let mut out: Vec<Object> = rows.collect::<rusqlite::Result<_>>()?;
-        out.retain(|o| o.id != ROOT_ID);
-        Ok(out)
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The applications registered for `creator`, in ID order.
@@ -551,6 +546,8 @@ pub struct OpenReport {
 pub struct Desktop {
     conn: Connection,
     last_id: u32,
+    /// Told about every committed name change, when attached.
+    names: Option<Arc<NameIndex>>,
 }
 
 impl Read for Desktop {
@@ -617,24 +614,28 @@ impl Desktop {
                 "INSERT INTO objects (id, parent, name, kind, skey, ctime) VALUES (?1, ?2, x'', 1, '', ?3)",
                 params![ROOT_ID, ROOT_PARENT_ID, now_unix()],
             )?;
-            // Every row of the content table is in the index, even one without trigrams.
-            tx.execute(
-                "INSERT INTO names_fts (rowid, skey) VALUES (?1, '')",
-                [ROOT_ID],
-            )?;
         }
         meta_set(&tx, "clean", 0)?;
         meta_set(&tx, "last_seen", now_unix())?;
         tx.commit()?;
         let last_id = meta_get(&conn, "last_id")?.unwrap_or((FIRST_ID - 1) as i64) as u32;
         Ok((
-            Desktop { conn, last_id },
+            Desktop {
+                conn,
+                last_id,
+                names: None,
+            },
             OpenReport {
                 created,
                 was_clean: created || was_clean,
                 last_seen,
             },
         ))
+    }
+
+    /// Keep `index` in step with every batch committed from now on.
+    pub fn attach_name_index(&mut self, index: Arc<NameIndex>) {
+        self.names = Some(index);
     }
 
     /// Start a batch: one transaction for many requests (group commit).
@@ -645,7 +646,8 @@ impl Desktop {
         Ok(Batch {
             tx,
             last_id: &mut self.last_id,
-            fts: Vec::new(),
+            names: self.names.as_deref(),
+            changes: Vec::new(),
         })
     }
 
@@ -694,14 +696,9 @@ fn random_u64() -> Result<u64> {
 pub struct Batch<'a> {
     tx: rusqlite::Transaction<'a>,
     last_id: &'a mut u32,
-    /// Search-index changes, written just before commit (see the schema note on names_fts).
-    fts: Vec<FtsChange>,
-}
-
-/// One change to the substring index: remove (id, old key) or add (id, new key).
-enum FtsChange {
-    Remove(u32, String),
-    Add(u32, String),
+    names: Option<&'a NameIndex>,
+    /// Name changes, handed to the name index once the commit succeeded.
+    changes: Vec<NameChange>,
 }
 
 impl Read for Batch<'_> {
@@ -714,7 +711,7 @@ impl Batch<'_> {
     /// Run one request in a savepoint: if it fails, only its own changes are undone.
     pub fn step<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.tx.execute_batch("SAVEPOINT step")?;
-        let fts_mark = self.fts.len();
+        let changes_mark = self.changes.len();
         match f(self) {
             Ok(v) => {
                 self.tx.execute_batch("RELEASE step")?;
@@ -724,7 +721,7 @@ impl Batch<'_> {
                 self.tx
                     .execute_batch("ROLLBACK TO step; RELEASE step")
                     .map_err(DbError::from)?;
-                self.fts.truncate(fts_mark);
+                self.changes.truncate(changes_mark);
                 Err(e)
             }
         }
@@ -733,22 +730,10 @@ impl Batch<'_> {
     /// Commit the batch (the counter is stored with it).
     pub fn commit(self) -> Result<()> {
         meta_set(&self.tx, "last_id", *self.last_id as i64)?;
-        // Last, so no later statement journal makes FTS5 flush early.
-        {
-            let mut remove = self.tx.prepare_cached(
-                "INSERT INTO names_fts (names_fts, rowid, skey) VALUES ('delete', ?1, ?2)",
-            )?;
-            let mut add = self
-                .tx
-                .prepare_cached("INSERT INTO names_fts (rowid, skey) VALUES (?1, ?2)")?;
-            for change in &self.fts {
-                match change {
-                    FtsChange::Remove(id, key) => remove.execute(params![id, key])?,
-                    FtsChange::Add(id, key) => add.execute(params![id, key])?,
-                };
-            }
-        }
         self.tx.commit()?;
+        if let Some(index) = self.names {
+            index.apply(&self.changes);
+        }
         Ok(())
     }
 
@@ -757,15 +742,6 @@ impl Batch<'_> {
             .tx
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM objects WHERE id = ?1)")?
             .query_row([id], |r| r.get(0))?)
-    }
-
-    /// The search key as stored (the index must be told the exact value it holds).
-    fn stored_key(&self, id: u32) -> Result<String> {
-        self.tx
-            .prepare_cached("SELECT skey FROM objects WHERE id = ?1")?
-            .query_row([id], |r| r.get(0))
-            .optional()?
-            .ok_or(DbError::NoSuchId(id))
     }
 
     fn require_dir(&self, id: u32) -> Result<()> {
@@ -826,7 +802,7 @@ impl Batch<'_> {
                 new.ctime,
                 key,
             ])?;
-        self.fts.push(FtsChange::Add(id, key));
+        self.changes.push(NameChange::Set(id, key));
         let object = Object {
             id,
             parent: new.parent,
@@ -894,15 +870,11 @@ impl Batch<'_> {
             }
             removed = self.delete(existing.id, true)?;
         }
-        let old_key = self.stored_key(id)?;
         let new_key = names::search_key(new_name);
         self.tx
             .prepare_cached("UPDATE objects SET parent = ?2, name = ?3, skey = ?4 WHERE id = ?1")?
             .execute(params![id, new_parent, new_name, new_key])?;
-        if old_key != new_key {
-            self.fts.push(FtsChange::Remove(id, old_key));
-            self.fts.push(FtsChange::Add(id, new_key));
-        }
+        self.changes.push(NameChange::Set(id, new_key));
         Ok(removed)
     }
 
@@ -913,16 +885,16 @@ impl Batch<'_> {
             return Err(DbError::Root("deleted"));
         }
         let object = self.get(id)?;
-        let rows: Vec<(u32, String)> = if object.kind == Kind::Dir {
+        let rows: Vec<u32> = if object.kind == Kind::Dir {
             let mut stmt = self.tx.prepare_cached(
                 "WITH RECURSIVE sub(id) AS (
                     SELECT ?1 UNION ALL SELECT o.id FROM objects o JOIN sub ON o.parent = sub.id)
-                 SELECT o.id, o.skey FROM sub JOIN objects o ON o.id = sub.id",
+                 SELECT id FROM sub",
             )?;
-            let rows = stmt.query_map([id], |r| Ok((r.get::<_, i64>(0)? as u32, r.get(1)?)))?;
+            let rows = stmt.query_map([id], |r| Ok(r.get::<_, i64>(0)? as u32))?;
             rows.collect::<rusqlite::Result<_>>()?
         } else {
-            vec![(id, self.stored_key(id)?)]
+            vec![id]
         };
         if rows.len() > 1 && !recursive {
             return Err(DbError::NotEmpty(id));
@@ -931,16 +903,13 @@ impl Batch<'_> {
             .tx
             .prepare_cached("DELETE FROM objects WHERE id = ?1")?;
         // Children first, so no row is ever left without its parent.
-        for (removed, _) in rows.iter().rev() {
+        for removed in rows.iter().rev() {
             stmt.execute([removed])?;
         }
         drop(stmt);
-        let mut ids = Vec::with_capacity(rows.len());
-        for (removed, key) in rows {
-            self.fts.push(FtsChange::Remove(removed, key));
-            ids.push(removed);
-        }
-        Ok(ids)
+        self.changes
+            .extend(rows.iter().map(|&removed| NameChange::Remove(removed)));
+        Ok(rows)
     }
 
     /// Change Mac type, creator or Finder flags. A type of `APPL` registers the object as its

@@ -7,9 +7,10 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::DbError;
 
 /// The format version this build writes. Older files are migrated forward on open.
-pub const FORMAT_VERSION: i32 = 1;
+pub const FORMAT_VERSION: i32 = 2;
 
-const SCHEMA_V1: &str = r#"
+/// Version 1, as first released; later versions are steps on top of it.
+pub(crate) const SCHEMA_V1: &str = r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value ANY NOT NULL
@@ -69,6 +70,10 @@ CREATE TABLE comments (
 ) STRICT;
 "#;
 
+/// Version 2: the name index moved out of the file (deskd-db's `name_index`, in memory), so the
+/// writer no longer pays for FTS5 on every new name.
+const V1_TO_V2: &str = "DROP TABLE names_fts;";
+
 /// Bring `conn` to [`FORMAT_VERSION`], creating the schema on an empty file.
 pub fn migrate(conn: &mut Connection) -> Result<(), DbError> {
     let version: i32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -95,7 +100,10 @@ pub fn migrate(conn: &mut Connection) -> Result<(), DbError> {
         }
         tx.execute_batch(SCHEMA_V1)?;
     }
-    // Future versions: `if version < 2 { ... }` steps go here, each forward only.
+    if version < 2 {
+        tx.execute_batch(V1_TO_V2)?;
+    }
+    // Future versions: `if version < 3 { ... }` steps go here, each forward only.
     tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
     tx.commit()?;
     Ok(())

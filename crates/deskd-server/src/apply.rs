@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use deskd_db::{Batch, DbError, InfoUpdate, Kind, NewObject, Object, Read};
+use deskd_db::{Batch, DbError, InfoUpdate, Kind, NameIndex, NewObject, Object, Read};
 use deskd_proto::{ErrorCode, ErrorReply, ObjectInfo, Request, Response};
 use deskd_volume::{Volume, VolumeError};
 
@@ -524,7 +524,7 @@ pub fn apply_write(
 }
 
 /// Answer a read request from any connection.
-pub fn apply_read<R: Read>(db: &R, vol: &Volume, request: &Request) -> Reply {
+pub fn apply_read<R: Read>(db: &R, vol: &Volume, names: &NameIndex, request: &Request) -> Reply {
     let with_path = |o: &Object| -> Result<ObjectInfo, ErrorReply> {
         let path = join(&db.path_of(o.id).map_err(db_error)?);
         Ok(info(o, Some(path), false))
@@ -578,7 +578,7 @@ pub fn apply_read<R: Read>(db: &R, vol: &Volume, request: &Request) -> Reply {
                 limit: (*limit).clamp(1, MAX_FIND_LIMIT),
                 after_id: *after_id,
             };
-            let hits = db.find(&query).map_err(db_error)?;
+            let hits = names.find(db, &query).map_err(db_error)?;
             let mut out = Vec::with_capacity(hits.len());
             for o in hits {
                 if deskd_volume::is_protected(&o.name) {

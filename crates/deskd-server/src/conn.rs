@@ -308,7 +308,7 @@ impl Connection {
             other => {
                 let handle = self.volume(other.volume().unwrap_or(u32::MAX))?;
                 let reader = self.reader(&handle)?;
-                apply_read(reader, &handle.volume, &other)
+                apply_read(reader, &handle.volume, &handle.names, &other)
             }
         }
     }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use deskd_db::{Desktop, Read};
+use deskd_db::{Desktop, NameIndex, Read};
 use deskd_proto::{ErrorCode, ErrorReply, Request, Response, VolumeStatus};
 use deskd_volume::Volume;
 use tracing::{error, info, warn};
@@ -54,6 +54,8 @@ pub struct VolumeHandle {
     pub owner_uid: u32,
     /// Commits so far; readers start a new snapshot when it moves (read-your-writes).
     pub commits: Arc<AtomicU64>,
+    /// The in-memory name index that answers `find` (built in the background at open).
+    pub names: Arc<NameIndex>,
     /// Held for the server's lifetime: the exclusive lock that makes this the only writer.
     _lock: File,
 }
@@ -190,13 +192,14 @@ impl VolumeHandle {
             desktop_path = read_only_desktop(&desktop_path, &root)?;
         }
         let lock = lock_exclusive(&desktop_path, &root)?;
-        let (desktop, report) = Desktop::open(&desktop_path, config.durability).map_err(|e| {
-            ServerError::Volume(format!(
-                "{}: cannot open desktop {}: {e}",
-                root.display(),
-                desktop_path.display()
-            ))
-        })?;
+        let (mut desktop, report) =
+            Desktop::open(&desktop_path, config.durability).map_err(|e| {
+                ServerError::Volume(format!(
+                    "{}: cannot open desktop {}: {e}",
+                    root.display(),
+                    desktop_path.display()
+                ))
+            })?;
         if !report.was_clean {
             warn!(
                 "missing DB shutdown:[{}] at {}, recommend rebuild to re-create desktop file",
@@ -217,6 +220,10 @@ impl VolumeHandle {
             clean_at_start: report.was_clean,
             ..Default::default()
         }));
+        // Attached before the loader takes its snapshot: no commit can fall between the two.
+        let names = Arc::new(NameIndex::new());
+        desktop.attach_name_index(names.clone());
+        spawn_name_index_load(&desktop_path, &root, names.clone());
         let (tx, rx) = crossbeam_channel::unbounded();
         let commits = Arc::new(AtomicU64::new(0));
         let handle = Arc::new(VolumeHandle {
@@ -228,6 +235,7 @@ impl VolumeHandle {
             state: state.clone(),
             owner_uid,
             commits: commits.clone(),
+            names,
             _lock: lock,
         });
         spawn_check(&desktop_path, &root, state.clone());
@@ -276,6 +284,29 @@ fn wal_path(desktop: &Path) -> PathBuf {
     let mut s = desktop.as_os_str().to_os_string();
     s.push("-wal");
     PathBuf::from(s)
+}
+
+/// Build the name index off the start-up path; `find` scans the table until it is ready.
+fn spawn_name_index_load(desktop: &Path, root: &Path, names: Arc<NameIndex>) {
+    let desktop = desktop.to_path_buf();
+    let root = root.to_path_buf();
+    let _ = std::thread::Builder::new()
+        .name("name-index".into())
+        .spawn(move || {
+            let began = Instant::now();
+            match deskd_db::Reader::open(&desktop).and_then(|r| names.load(&r)) {
+                Ok(()) => info!(
+                    volume = %root.display(),
+                    names = names.len().unwrap_or(0),
+                    ms = began.elapsed().as_millis() as u64,
+                    "name index ready"
+                ),
+                Err(e) => error!(
+                    "cannot build the name index of [{}]: {e}; find scans the desktop instead",
+                    root.display()
+                ),
+            }
+        });
 }
 
 /// The quick logical check of DESIGN §6.5, off the start-up path.
@@ -412,7 +443,7 @@ impl Writer {
         let desktop = self.desktop.as_mut().expect("writer used after shutdown");
         let (volume, read_only) = (&self.volume, self.config.read_only);
         // Fast path: the whole batch in one transaction without savepoints (a savepoint per
-        // request would make FTS5 write its index out per request). If a request fails, its
+        // request costs a statement journal per request). If a request fails, its
         // partial changes must not be committed: run the batch again, isolating each request.
         let outcome = match run_batch(desktop, volume, read_only, writes, false) {
             Ok(Attempt::Retry) => run_batch(desktop, volume, read_only, writes, true),
