@@ -420,12 +420,12 @@ fn version_1_desktop_is_migrated() {
     let fts: i64 = desk
         .conn()
         .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'names_fts'",
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('names_fts', 'objects_devino')",
             [],
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(fts, 0, "names_fts dropped");
+    assert_eq!(fts, 0, "names_fts and objects_devino dropped");
     assert_eq!(
         find(&desk, "OLD", FindMode::Substring),
         vec![b"Old.txt".to_vec()]
