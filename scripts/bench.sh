@@ -33,11 +33,23 @@ mkdir -p "$VOL"
 echo "== populate $((DIRS * PER_DIR)) files in $VOL (this is the file-creation anchor)"
 POP=$(bench populate --dirs "$DIRS" --per-dir "$PER_DIR")
 echo "$POP"
-start_server
-sleep 0.5
-echo "== ID creation, 4 clients pipelining $DEPTH requests each"
-CREATE=$(bench create --dirs "$DIRS" --per-dir "$PER_DIR" --clients 4 --depth "$DEPTH")
-echo "$CREATE"
+# Let the kernel write the new files back first, so ID creation is not measured against it.
+sync
+CREATE_RUNS=${CREATE_RUNS:-3}
+echo "== ID creation, 4 clients pipelining $DEPTH requests each (median of $CREATE_RUNS fresh desktops)"
+CREATES=()
+for i in $(seq "$CREATE_RUNS"); do
+    rm -f "$VOL"/.Desktop "$VOL"/.Desktop-wal "$VOL"/.Desktop-shm
+    start_server
+    sleep 0.5
+    CREATES+=("$(bench create --dirs "$DIRS" --per-dir "$PER_DIR" --clients 4 --depth "$DEPTH")")
+    echo "${CREATES[-1]}"
+    [ "$i" = "$CREATE_RUNS" ] || stop_server
+done
+CREATE=$(printf '%s\n' "${CREATES[@]}" | python3 -c "
+import json, sys
+runs = sorted((json.loads(l) for l in sys.stdin if l.strip()), key=lambda r: r['objects_per_s'])
+print(json.dumps(runs[len(runs) // 2]))")
 "$BIN/deskd" flush --socket "$SOCK"
 
 echo "== resolve/lookup latency, one client (median of $RUNS runs)"
@@ -130,7 +142,7 @@ print(f"| resolve p50 / p99, 1 client | {r50:.1f} / {r99:.1f} µs | echo {e50:.1
 print(f"| lookup p50 / p99, 1 client | {l50:.1f} / {l99:.1f} µs | echo {e50:.1f} µs | {l50/e50:.2f}× echo | ≤ 20 / ≤ 200 µs |")
 t = med([x["ops_per_s"] for x in tps])
 print(f"| resolve, 4 pipelining clients | {t:,.0f} ops/s | | | ≥ 150,000 ops/s |")
-print(f"| ID creation, 4 clients, {create['objects']:,} objects, mean | {create['objects_per_s']:,.0f} objects/s | creating the files: {files_per_s:,.0f} files/s | {create['objects_per_s']/files_per_s:.2f}× | ≥ 50,000 objects/s |")
+print(f"| ID creation, 4 clients, {create['objects']:,} objects, mean (median run) | {create['objects_per_s']:,.0f} objects/s | creating the files: {files_per_s:,.0f} files/s | {create['objects_per_s']/files_per_s:.2f}× | ≥ 50,000 objects/s |")
 print(f"| ID creation: slowest 1 s window / last 10 % | {create['slowest_1s_window_per_s']:,.0f} / {create['last_10pct_per_s']:,.0f} objects/s | | | sustained |")
 print(f"| find substring, in-process client, p50 | {find['find_p50_ms']:.2f} ms | | | ≤ 20 ms |")
 rows = [l.split() for l in open(hf_file)]

@@ -11,6 +11,7 @@
 //! * [`Reader`] is a read-only connection; any number may be open. Both implement [`Read`].
 //! * No SQL lives outside this crate.
 
+pub mod bulk;
 pub mod ids;
 pub mod name_index;
 pub mod names;
@@ -405,6 +406,56 @@ pub trait Read {
             .optional()?)
     }
 
+    /// Every object, in ID order (rebuild compares a whole desktop with the disk).
+    fn all_objects(&self) -> Result<Vec<Object>> {
+        let mut stmt = self
+            .conn()
+            .prepare(&format!("SELECT {OBJECT_COLUMNS} FROM objects ORDER BY id"))?;
+        let rows = stmt.query_map([], object_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every Finder comment, by object ID.
+    fn all_comments(&self) -> Result<Vec<(u32, Vec<u8>)>> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT id, text FROM comments ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u32, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every icon record.
+    fn all_icons(&self) -> Result<Vec<IconRecord>> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT creator, type, itype, tag, bitmap FROM icons")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(IconRecord {
+                creator: four(r.get(0)?),
+                type_code: four(r.get(1)?),
+                itype: r.get(2)?,
+                tag: r.get::<_, i64>(3)? as u32,
+                bitmap: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every APPL record.
+    fn all_appl(&self) -> Result<Vec<ApplRecord>> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT creator, app_id, tag FROM appl")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ApplRecord {
+                creator: four(r.get(0)?),
+                app_id: r.get::<_, i64>(1)? as u32,
+                tag: r.get::<_, i64>(2)? as u32,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// The icons recorded for a creator (AFP `FPGetIconInfo` iterates these).
     fn icons_for(&self, creator: [u8; 4]) -> Result<Vec<IconRecord>> {
         let mut stmt = self.conn().prepare_cached(
@@ -482,6 +533,21 @@ pub trait Read {
     fn meta(&self, key: &str) -> Result<Option<i64>> {
         meta_get(self.conn(), key)
     }
+}
+
+/// Fold a desktop's WAL into its main file and close it; no server may have it open.
+pub fn checkpoint_file(path: &Path) -> Result<()> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    if busy != 0 {
+        return Err(DbError::Corrupt(format!(
+            "{}: another connection blocks the checkpoint",
+            path.display()
+        )));
+    }
+    conn.close().map_err(|(_, e)| DbError::from(e))?;
+    Ok(())
 }
 
 /// A read-only connection to a desktop.

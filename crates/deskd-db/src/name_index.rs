@@ -320,7 +320,7 @@ impl NameIndex {
     }
 
     /// Number of names indexed (None while loading).
-    pub fn len(&self) -> Option<usize> {
+    pub fn names(&self) -> Option<usize> {
         match &*self.state.read().unwrap() {
             State::Ready(arena) => Some(arena.live()),
             State::Loading(_) => None,

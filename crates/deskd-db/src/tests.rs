@@ -494,7 +494,7 @@ fn name_index_stays_consistent() {
     // Still loading: the changes above are queued; load replays them on top of the snapshot.
     assert!(!index.is_ready());
     index.load(&desk).unwrap();
-    assert_eq!(index.len(), Some(3));
+    assert_eq!(index.names(), Some(3));
     let mut b = desk.batch().unwrap();
     b.rename(f, ROOT_ID, b"Gamma.txt", false).unwrap();
     let _ = b.step(|b| {
@@ -508,7 +508,7 @@ fn name_index_stays_consistent() {
     let mut b = desk.batch().unwrap();
     b.delete(d, true).unwrap();
     b.commit().unwrap();
-    assert_eq!(index.len(), Some(1));
+    assert_eq!(index.names(), Some(1));
     let query = |pattern: &str| FindQuery {
         pattern: pattern.into(),
         mode: FindMode::Substring,

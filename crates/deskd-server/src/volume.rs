@@ -215,6 +215,9 @@ impl VolumeHandle {
             durability = ?desktop.durability().map_err(|e| ServerError::Volume(e.to_string()))?,
             "volume open"
         );
+        if !config.read_only {
+            ensure_root_record(&root);
+        }
         let owner_uid = std::fs::metadata(&root).map(|m| m.uid()).unwrap_or(0);
         let state = Arc::new(Mutex::new(SharedState {
             clean_at_start: report.was_clean,
@@ -286,6 +289,24 @@ fn wal_path(desktop: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The root's own resource record (`ROOT/.rsrc/.rsrc`, ID 2) and mirror, as rebuild expects
+/// them; clients never create the root, so the server writes them when it opens the volume.
+fn ensure_root_record(root: &Path) {
+    use deskd_volume::rsrc;
+    let path = rsrc::root_rsrc_path(root);
+    let made = rsrc::ensure_id(&path, deskd_db::ROOT_ID, || {
+        rsrc::ResourceHeader::new(deskd_db::ROOT_ID, [0; 4], [0; 4], now_unix() as u32)
+    })
+    .map(|_| ())
+    .and_then(|_| deskd_volume::write_id_xattr(root, deskd_db::ROOT_ID));
+    if let Err(e) = made {
+        warn!(
+            "{}: cannot write the root's resource record: {e}",
+            root.display()
+        );
+    }
+}
+
 /// Build the name index off the start-up path; `find` scans the table until it is ready.
 fn spawn_name_index_load(desktop: &Path, root: &Path, names: Arc<NameIndex>) {
     let desktop = desktop.to_path_buf();
@@ -297,7 +318,7 @@ fn spawn_name_index_load(desktop: &Path, root: &Path, names: Arc<NameIndex>) {
             match deskd_db::Reader::open(&desktop).and_then(|r| names.load(&r)) {
                 Ok(()) => info!(
                     volume = %root.display(),
-                    names = names.len().unwrap_or(0),
+                    names = names.names().unwrap_or(0),
                     ms = began.elapsed().as_millis() as u64,
                     "name index ready"
                 ),

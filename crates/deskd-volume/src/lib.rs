@@ -4,11 +4,13 @@
 //!   root's own record is `ROOT/.rsrc/.rsrc`.
 //! * The ID mirror: the xattr `user.deskd.id` (4 bytes, big-endian), so an object moved by a
 //!   plain `mv` still carries its ID ([`read_id_xattr`], [`write_id_xattr`]).
+//! * [`netatalk`]: Netatalk's `org.netatalk.Metadata` xattr, read when migrating a volume.
 //! * Protected names (`.Desktop*`, `.rsrc`) that no client may see, create, rename or delete
 //!   ([`is_protected`]).
 //! * [`Volume`]: the one place where a client path is turned into a path inside the volume,
 //!   refusing `..` escapes, symlinks that leave the volume and invalid names.
 
+pub mod netatalk;
 pub mod rsrc;
 
 use std::ffi::{OsStr, OsString};
@@ -28,8 +30,13 @@ pub const PROTECTED_NAMES: &[&str] = &[
     ".Desktop-wal",
     ".Desktop-shm",
     ".Desktop-journal",
+    ".Desktop-rebuild",
+    ".Desktop-rebuild-journal",
     ".rsrc",
 ];
+
+/// The temporary name `deskd rebuild` writes a new desktop under, beside the desktop.
+pub const REBUILD_FILE: &str = ".Desktop-rebuild";
 
 /// Errors of the file-system side.
 #[derive(Debug, thiserror::Error)]

@@ -79,6 +79,32 @@ enum Command {
         limit: Option<u64>,
         pattern: String,
     },
+    /// Re-create (-f), repair (default) or check (-s) a volume's desktop from its resource
+    /// files, xattr mirrors and Netatalk metadata. Offline: the server must not be serving it.
+    ///
+    /// Exit status: 0 done (with -s: the desktop is up to date), 1 with -s: differences found,
+    /// 2 error.
+    Rebuild {
+        /// Build an entirely new desktop from the disk (no ID is lost).
+        #[arg(short = 'f', long = "fresh", conflicts_with = "scan")]
+        fresh: bool,
+        /// Scan only: print one line per difference (`<kind> <path>: <detail>`), change nothing.
+        #[arg(short = 's', long = "scan")]
+        scan: bool,
+        /// Also print each repair (the -s lines) while repairing.
+        #[arg(short, long)]
+        verbose: bool,
+        /// Differences and the summary as JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Walker threads (default: the number of CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Rebuild even with less than twice the desktop's size free.
+        #[arg(long)]
+        force: bool,
+        volume: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -111,6 +137,30 @@ fn call(client: &mut Client, request: Request) -> Result<Response> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve { config, volumes } => serve(cli.connection.socket, config, volumes),
+        Command::Rebuild {
+            fresh,
+            scan,
+            verbose,
+            json,
+            threads,
+            force,
+            volume,
+        } => {
+            let mode = if scan {
+                deskd_rebuild::Mode::Scan
+            } else if fresh {
+                deskd_rebuild::Mode::Fresh
+            } else {
+                deskd_rebuild::Mode::Repair
+            };
+            let options = deskd_rebuild::Options {
+                mode,
+                threads: threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+                force,
+            };
+            Ok(rebuild(&volume, &options, verbose || scan, json))
+        }
         Command::Status { volume, json } => {
             let (mut client, vol) = connect_for(&cli.connection, &volume)?;
             let statuses = client.status(vol).map_err(|e| anyhow!("{e}"))?;
@@ -315,4 +365,80 @@ fn serve(
     }
     server.shutdown();
     Ok(ExitCode::SUCCESS)
+}
+
+/// `deskd rebuild`; errors are exit status 2, differences found by `-s` status 1.
+fn rebuild(volume: &Path, options: &deskd_rebuild::Options, show: bool, json: bool) -> ExitCode {
+    use std::io::Write;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {pos} objects walked ({per_sec}) {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut write_failed = false;
+    let result = deskd_rebuild::rebuild(volume, options, &|n| bar.set_position(n), &mut |d| {
+        if !show {
+            return;
+        }
+        let written = if json {
+            serde_json::to_string(d)
+                .map_err(std::io::Error::other)
+                .and_then(|line| writeln!(out, "{line}"))
+        } else {
+            out.write_all(d.kind.as_bytes())
+                .and_then(|_| out.write_all(b" "))
+                .and_then(|_| out.write_all(&d.path))
+                .and_then(|_| writeln!(out, ": {}", d.detail))
+        };
+        write_failed |= written.is_err();
+    });
+    bar.finish_and_clear();
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("deskd rebuild: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let c = &report.counts;
+    if json {
+        let _ = writeln!(out, "{}", serde_json::json!({ "summary": report }));
+    }
+    // With -s the summary goes to stderr and only when something differs: an up-to-date
+    // desktop gives no output at all.
+    let summary = format!(
+        "rebuild {}: {} objects, {} directories, {} new IDs, {} renumbered duplicates, {} repaired, {} removed, {:.2}s",
+        volume.display(),
+        c.objects,
+        c.directories,
+        c.new_ids,
+        c.renumbered,
+        c.repaired,
+        c.removed,
+        report.seconds
+    );
+    if !json {
+        if options.mode == deskd_rebuild::Mode::Scan {
+            if report.differences > 0 {
+                eprintln!("{summary}");
+            }
+        } else {
+            let _ = writeln!(out, "{summary}");
+        }
+    }
+    if out.flush().is_err() || write_failed {
+        eprintln!("deskd rebuild: cannot write the output");
+        return ExitCode::from(2);
+    }
+    if options.mode == deskd_rebuild::Mode::Scan && report.differences > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

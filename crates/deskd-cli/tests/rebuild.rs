@@ -1,0 +1,494 @@
+//! `deskd rebuild` on real trees: -f after losing the desktop, -s and repair after plain-Unix
+//! damage, HELIOS and Netatalk migration, refusal while served and on low space, and kills at
+//! every step.
+
+mod common;
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{sqlite3, Env, DESKD};
+
+fn rebuild(env: &Env, args: &[&str]) -> Output {
+    let mut cmd = Command::new(DESKD);
+    cmd.arg("rebuild").args(args).current_dir(env.path(""));
+    cmd.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A served volume with nested directories and `files` files spread over them, made with dt;
+/// returns every path made (relative to the temp dir).
+fn populate(env: &mut Env, files: usize) -> Vec<PathBuf> {
+    env.serve(&["vol"]);
+    let mut made = Vec::new();
+    for a in 0..5 {
+        for b in 0..4 {
+            let dir = format!("vol/d{a}/e{b}");
+            env.dt_ok(&[b"mkdir", b"-p", dir.as_bytes()]);
+            made.push(PathBuf::from(format!("vol/d{a}")));
+            made.push(PathBuf::from(&dir));
+        }
+    }
+    made.sort();
+    made.dedup();
+    let per_dir = files / 20;
+    for a in 0..5 {
+        for b in 0..4 {
+            let paths: Vec<String> = (0..per_dir)
+                .map(|i| format!("vol/d{a}/e{b}/file {i}.txt"))
+                .collect();
+            let mut args: Vec<&[u8]> = vec![b"touch"];
+            args.extend(paths.iter().map(|p| p.as_bytes()));
+            env.dt_ok(&args);
+            made.extend(paths.into_iter().map(PathBuf::from));
+        }
+    }
+    made
+}
+
+fn ids_of(env: &Env, paths: &[PathBuf]) -> Vec<u32> {
+    paths
+        .chunks(200)
+        .flat_map(|chunk| env.ids(chunk))
+        .map(|v| v["id"].as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn fresh_rebuild_after_losing_the_desktop_keeps_every_id() {
+    let mut env = Env::new(&["vol"]);
+    let paths = populate(&mut env, 1000);
+    assert!(paths.len() >= 1000);
+    let before = ids_of(&env, &paths);
+    env.term();
+    for f in [".Desktop", ".Desktop-wal", ".Desktop-shm"] {
+        let _ = std::fs::remove_file(env.path("vol").join(f));
+    }
+    let out = rebuild(&env, &["-f", "vol"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        text(&out).contains(&format!("{} objects", paths.len() + 1)),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("0 new IDs"), "{}", text(&out));
+    let db = env.path("vol/.Desktop");
+    assert_eq!(sqlite3(&db, "PRAGMA integrity_check"), "ok");
+    let scan = rebuild(&env, &["-s", "vol"]);
+    assert_eq!(
+        scan.status.code(),
+        Some(0),
+        "{}{}",
+        text(&scan),
+        common::stderr(&scan)
+    );
+    assert_eq!(text(&scan), "");
+    assert!(scan.stderr.is_empty());
+    env.serve(&["vol"]);
+    assert_eq!(ids_of(&env, &paths), before, "every ID came back");
+    // The counter did not go back: a new object gets a fresh ID.
+    env.dt_ok(&[b"touch", b"vol/new-after-rebuild"]);
+    let new_id = env.id_of(Path::new("vol/new-after-rebuild"));
+    assert!(new_id > *before.iter().max().unwrap());
+}
+
+fn plain(cmd: &str, args: &[&str], dir: &Path) {
+    let st = Command::new(cmd)
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{cmd} {args:?}");
+}
+
+#[test]
+fn scan_lists_plain_unix_damage_repair_fixes_it_and_ids_survive() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    for d in ["vol/docs", "vol/docs/sub", "vol/photos", "vol/old"] {
+        env.dt_ok(&[b"mkdir", d.as_bytes()]);
+    }
+    for f in [
+        "vol/docs/a.txt",
+        "vol/docs/b.txt",
+        "vol/docs/sub/c.txt",
+        "vol/photos/p.jpg",
+        "vol/docs/gone.txt",
+        "vol/docs/corrupt.txt",
+        "vol/docs/wrong-id.txt",
+    ] {
+        env.dt_ok(&[b"touch", f.as_bytes()]);
+    }
+    let id = |env: &Env, p: &str| env.id_of(Path::new(p));
+    let (a, sub, c, p, wrong) = (
+        id(&env, "vol/docs/a.txt"),
+        id(&env, "vol/docs/sub"),
+        id(&env, "vol/docs/sub/c.txt"),
+        id(&env, "vol/photos/p.jpg"),
+        id(&env, "vol/docs/wrong-id.txt"),
+    );
+    env.term();
+    let vol = env.path("vol");
+    // Plain-Unix damage.
+    plain("mv", &["docs/a.txt", "photos/a-moved.txt"], &vol); // file moved, rsrc left behind
+    plain("mv", &["docs/sub", "old/sub"], &vol); // directory moved
+    plain("cp", &["-a", "photos/p.jpg", "photos/p-copy.jpg"], &vol); // duplicate via xattr
+    plain("cp", &["-a", "old/sub", "old/sub-copy"], &vol); // duplicate subtree with .rsrc
+    plain("rm", &["docs/gone.txt"], &vol);
+    plain("touch", &["docs/new.txt"], &vol);
+    std::fs::write(vol.join("docs/.rsrc/corrupt.txt"), b"garbage, not a header").unwrap();
+    let unused = 900_000u32;
+    let rsrc = vol.join("docs/.rsrc/wrong-id.txt");
+    let mut bytes = std::fs::read(&rsrc).unwrap();
+    bytes[20..24].copy_from_slice(&unused.to_be_bytes());
+    std::fs::write(&rsrc, bytes).unwrap();
+
+    let scan = rebuild(&env, &["-s", "vol"]);
+    assert_eq!(scan.status.code(), Some(1), "{}", common::stderr(&scan));
+    let lines = text(&scan);
+    let root = vol.canonicalize().unwrap();
+    let has = |kind: &str, rel: &str| {
+        let prefix = format!("{kind} {}/{rel}: ", root.display());
+        lines.lines().any(|l| l.starts_with(&prefix))
+    };
+    for (kind, rel) in [
+        ("moved", "photos/a-moved.txt"),
+        ("missing-rsrc", "photos/a-moved.txt"),
+        ("orphan-rsrc", "docs/.rsrc/a.txt"),
+        ("moved", "old/sub"),
+        ("duplicate", "photos/p-copy.jpg"),
+        ("duplicate", "old/sub-copy"),
+        ("duplicate", "old/sub-copy/c.txt"),
+        ("vanished", "docs/gone.txt"),
+        ("new", "docs/new.txt"),
+        ("missing-rsrc", "docs/new.txt"),
+        ("corrupt-rsrc", "docs/corrupt.txt"),
+        ("id-mismatch", "docs/wrong-id.txt"),
+    ] {
+        assert!(has(kind, rel), "no `{kind} {rel}` line in:\n{lines}");
+    }
+    for line in lines.lines() {
+        assert!(line.contains(": "), "line format: {line}");
+    }
+    let db = env.path("vol/.Desktop");
+    let desktop_before = common::objects_dump(&db);
+
+    let repair = rebuild(&env, &["vol"]);
+    assert!(repair.status.success(), "{}", common::stderr(&repair));
+    assert!(
+        text(&repair).contains("renumbered duplicates"),
+        "{}",
+        text(&repair)
+    );
+    assert_ne!(common::objects_dump(&db), desktop_before);
+    let again = rebuild(&env, &["-s", "vol"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert_eq!(text(&again), "");
+
+    env.serve(&["vol"]);
+    assert_eq!(
+        id(&env, "vol/photos/a-moved.txt"),
+        a,
+        "moved file keeps its ID"
+    );
+    assert_eq!(id(&env, "vol/old/sub"), sub, "moved directory keeps its ID");
+    assert_eq!(id(&env, "vol/old/sub/c.txt"), c);
+    assert_eq!(id(&env, "vol/photos/p.jpg"), p, "the original keeps its ID");
+    let copy = id(&env, "vol/photos/p-copy.jpg");
+    assert_ne!(copy, p, "the copy is renumbered");
+    assert_ne!(id(&env, "vol/old/sub-copy"), sub);
+    assert_ne!(id(&env, "vol/old/sub-copy/c.txt"), c);
+    assert_eq!(
+        id(&env, "vol/docs/wrong-id.txt"),
+        unused,
+        "the resource file wins"
+    );
+    assert_ne!(wrong, unused);
+    // The moved file's resource file followed it; the copy's now carries the new ID.
+    assert!(!vol.join("docs/.rsrc/a.txt").exists());
+    assert!(vol.join("photos/.rsrc/a-moved.txt").exists());
+    let header = std::fs::read(vol.join("photos/.rsrc/p-copy.jpg")).unwrap();
+    assert_eq!(u32::from_be_bytes(header[20..24].try_into().unwrap()), copy);
+    let resolve = env.dt_ok(&[b"resolve", b"vol", a.to_string().as_bytes()]);
+    assert!(
+        resolve.trim_end().ends_with("photos/a-moved.txt"),
+        "{resolve}"
+    );
+    assert!(env.dt(&[b"resolve", b"vol", b"17000000"]).status.code() != Some(0));
+}
+
+/// A HELIOS resource file from the documented layout: 512-byte header, fork after it.
+fn helios_rsrc(
+    id: u32,
+    type_code: &[u8; 4],
+    creator: &[u8; 4],
+    comment: &[u8],
+    fork: &[u8],
+) -> Vec<u8> {
+    let mut b = vec![0u8; 512];
+    b[0..4].copy_from_slice(&0x0368_1093u32.to_be_bytes());
+    b[4..8].copy_from_slice(&77u32.to_be_bytes()); // serno
+    b[8..10].copy_from_slice(&0x0102u16.to_be_bytes());
+    b[20..24].copy_from_slice(&id.to_be_bytes());
+    b[24..28].copy_from_slice(&1_200_000_000u32.to_be_bytes());
+    b[32..36].copy_from_slice(type_code);
+    b[36..40].copy_from_slice(creator);
+    b[116..116 + comment.len()].copy_from_slice(comment);
+    b.extend_from_slice(fork);
+    b
+}
+
+#[test]
+fn helios_volume_comes_through_fresh_rebuild_with_its_ids() {
+    let env = Env::new(&["vol"]);
+    let vol = env.path("vol");
+    std::fs::create_dir_all(vol.join("Projects/.rsrc")).unwrap();
+    std::fs::create_dir_all(vol.join(".rsrc")).unwrap();
+    std::fs::write(
+        vol.join(".rsrc/Projects"),
+        helios_rsrc(100, &[0; 4], &[0; 4], b"", b""),
+    )
+    .unwrap();
+    std::fs::write(vol.join("Projects/Layout.qxd"), b"data").unwrap();
+    std::fs::write(
+        vol.join("Projects/.rsrc/Layout.qxd"),
+        helios_rsrc(
+            4242,
+            b"XDOC",
+            b"XPR3",
+            b"final version",
+            b"RESOURCE FORK BYTES",
+        ),
+    )
+    .unwrap();
+    std::fs::write(vol.join("Projects/App"), b"exec").unwrap();
+    // Newer HELIOS servers write only the 64-byte FileInfo.
+    let mut short = helios_rsrc(5000, b"APPL", b"XPR3", b"", b"");
+    short.truncate(64);
+    std::fs::write(vol.join("Projects/.rsrc/App"), short).unwrap();
+
+    let out = rebuild(&env, &["-f", "vol"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let db = vol.join(".Desktop");
+    assert_eq!(
+        sqlite3(&db, "SELECT id, hex(type), hex(creator) FROM objects WHERE id IN (100, 4242, 5000) ORDER BY id"),
+        format!(
+            "100|00000000|00000000\n4242|{}|{}\n5000|{}|{}",
+            hex(b"XDOC"),
+            hex(b"XPR3"),
+            hex(b"APPL"),
+            hex(b"XPR3")
+        )
+    );
+    assert_eq!(
+        sqlite3(&db, "SELECT text FROM comments WHERE id = 4242"),
+        "final version"
+    );
+    assert_eq!(
+        sqlite3(
+            &db,
+            "SELECT app_id FROM appl WHERE creator = CAST('XPR3' AS BLOB)"
+        ),
+        "5000"
+    );
+    // The fork is kept; the root got its record.
+    let rsrc = std::fs::read(vol.join("Projects/.rsrc/Layout.qxd")).unwrap();
+    assert!(rsrc.ends_with(b"RESOURCE FORK BYTES"));
+    assert!(vol.join(".rsrc/.rsrc").exists());
+    let scan = rebuild(&env, &["-s", "vol"]);
+    assert_eq!(scan.status.code(), Some(0), "{}", text(&scan));
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02X}")).collect()
+}
+
+/// Netatalk 3's `org.netatalk.Metadata` (appledouble = ea), from the documented layout.
+fn netatalk_blob(cnid: u32, type_code: &[u8; 4], creator: &[u8; 4]) -> Vec<u8> {
+    let mut b = vec![0u8; 402];
+    b[0..4].copy_from_slice(&0x0005_1607u32.to_be_bytes());
+    b[4..8].copy_from_slice(&0x0002_0000u32.to_be_bytes());
+    b[24..26].copy_from_slice(&8u16.to_be_bytes());
+    let entries: [(u32, u32, u32); 8] = [
+        (9, 122, 32),
+        (4, 154, 0),
+        (8, 354, 16),
+        (14, 370, 4),
+        (0x8044_4556, 374, 8),
+        (0x8049_4E4F, 382, 8),
+        (0x8053_594E, 390, 8),
+        (0x8053_567E, 398, 4),
+    ];
+    for (i, (eid, off, len)) in entries.iter().enumerate() {
+        let at = 26 + i * 12;
+        b[at..at + 4].copy_from_slice(&eid.to_be_bytes());
+        b[at + 4..at + 8].copy_from_slice(&off.to_be_bytes());
+        b[at + 8..at + 12].copy_from_slice(&len.to_be_bytes());
+    }
+    b[122..126].copy_from_slice(type_code);
+    b[126..130].copy_from_slice(creator);
+    b[398..402].copy_from_slice(&cnid.to_be_bytes());
+    b
+}
+
+#[test]
+fn netatalk_volume_comes_through_fresh_rebuild_with_its_cnids() {
+    let env = Env::new(&["vol"]);
+    let vol = env.path("vol");
+    std::fs::create_dir_all(vol.join("Shared")).unwrap();
+    std::fs::write(vol.join("Shared/report.doc"), b"x").unwrap();
+    std::fs::write(vol.join("Shared/plain.txt"), b"y").unwrap();
+    let set = |p: &str, blob: Vec<u8>| {
+        xattr::set(vol.join(p), "user.org.netatalk.Metadata", &blob).unwrap();
+    };
+    set("Shared", netatalk_blob(31, &[0; 4], &[0; 4]));
+    set("Shared/report.doc", netatalk_blob(1234, b"W8BN", b"MSWD"));
+    let out = rebuild(&env, &["-f", "vol"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let db = vol.join(".Desktop");
+    assert_eq!(
+        sqlite3(
+            &db,
+            "SELECT id, hex(type), hex(creator) FROM objects WHERE id IN (31, 1234) ORDER BY id"
+        ),
+        format!(
+            "31|00000000|00000000\n1234|{}|{}",
+            hex(b"W8BN"),
+            hex(b"MSWD")
+        )
+    );
+    // A file without metadata gets a new ID above every CNID, and UNIX/UNKN.
+    let plain_id: u32 = sqlite3(
+        &db,
+        "SELECT id FROM objects WHERE name = CAST('plain.txt' AS BLOB)",
+    )
+    .parse()
+    .unwrap();
+    assert!(plain_id > 1234);
+    // Resource files and mirrors now carry the IDs.
+    let header = std::fs::read(vol.join("Shared/.rsrc/report.doc")).unwrap();
+    assert_eq!(u32::from_be_bytes(header[20..24].try_into().unwrap()), 1234);
+    assert_eq!(&header[32..40], b"W8BNMSWD");
+    assert_eq!(
+        xattr::get(vol.join("Shared/report.doc"), "user.deskd.id")
+            .unwrap()
+            .unwrap(),
+        1234u32.to_be_bytes()
+    );
+    let scan = rebuild(&env, &["-s", "vol"]);
+    assert_eq!(scan.status.code(), Some(0), "{}", text(&scan));
+}
+
+#[test]
+fn rebuild_refuses_a_served_volume_and_low_space() {
+    let mut env = Env::new(&["vol", "big"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/a"]);
+    let out = rebuild(&env, &["vol"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        common::stderr(&out).contains("running deskd serve"),
+        "{}",
+        common::stderr(&out)
+    );
+    // -s works beside a running server (read-only).
+    let scan = rebuild(&env, &["-s", "vol"]);
+    assert_eq!(scan.status.code(), Some(0), "{}", text(&scan));
+    env.term();
+
+    // A (sparse) desktop larger than half the free space: refused, nothing touched.
+    let big = env.path("big/.Desktop");
+    let free = {
+        let c = std::ffi::CString::new(env.path("big").as_os_str().as_bytes()).unwrap();
+        // SAFETY: statvfs into a zeroed buffer; checked below.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        st.f_bavail as u64 * st.f_frsize as u64
+    };
+    let len = free / 2 + (1 << 30);
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(len).unwrap();
+    let out = rebuild(&env, &["-f", "big"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        common::stderr(&out).contains("twice the desktop"),
+        "{}",
+        common::stderr(&out)
+    );
+    assert_eq!(std::fs::metadata(&big).unwrap().len(), len);
+    // --force skips the check (here the old file is no desktop, so -f builds from the disk).
+    let out = rebuild(&env, &["-f", "--force", "big"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(sqlite3(&big, "PRAGMA integrity_check"), "ok");
+
+    // Bad arguments are errors with status 2.
+    let out = rebuild(&env, &["-s", "does-not-exist"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!common::stderr(&out).is_empty());
+}
+
+#[test]
+fn a_rebuild_killed_at_any_step_leaves_an_openable_desktop() {
+    let mut env = Env::new(&["vol"]);
+    let paths = populate(&mut env, 200);
+    let before = ids_of(&env, &paths);
+    env.term();
+    let vol = env.path("vol");
+    // Damage that needs repairs on disk and in the desktop.
+    plain("mv", &["d0/e0/file 0.txt", "d1/moved.txt"], &vol);
+    plain("cp", &["-a", "d2", "d2-copy"], &vol);
+    let steps = ["fixes", "written", "checkpointed", "sidefiles"];
+    for step in steps {
+        let out = Command::new(DESKD)
+            .args(["rebuild", "vol"])
+            .env("DESKD_REBUILD_CRASH_AFTER", step)
+            .current_dir(env.path(""))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "crash hook {step} did not fire");
+        let db = vol.join(".Desktop");
+        assert_eq!(
+            sqlite3(&db, "PRAGMA integrity_check"),
+            "ok",
+            "after a kill at {step}"
+        );
+        env.serve(&["vol"]);
+        env.term();
+    }
+    // Random SIGKILLs too.
+    for delay_ms in [1u64, 5, 10, 20, 40] {
+        let mut child = Command::new(DESKD)
+            .args(["rebuild", "vol"])
+            .current_dir(env.path(""))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            sqlite3(&vol.join(".Desktop"), "PRAGMA integrity_check"),
+            "ok"
+        );
+    }
+    let out = rebuild(&env, &["vol"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let scan = rebuild(&env, &["-s", "vol"]);
+    assert_eq!(scan.status.code(), Some(0), "{}", text(&scan));
+    env.serve(&["vol"]);
+    let mut moved_paths = paths.clone();
+    let i = moved_paths
+        .iter()
+        .position(|p| p == Path::new("vol/d0/e0/file 0.txt"))
+        .unwrap();
+    moved_paths[i] = PathBuf::from("vol/d1/moved.txt");
+    assert_eq!(
+        ids_of(&env, &moved_paths),
+        before,
+        "no ID lost across the kills"
+    );
+}

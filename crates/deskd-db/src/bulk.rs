@@ -1,0 +1,146 @@
+//! Writing a whole new desktop file at once (`deskd rebuild`).
+//!
+//! A rebuild decides every row before it writes any, so the new file is written without a
+//! journal and without per-row checks, in one transaction, and made durable and switched to WAL
+//! only at the end. The caller writes it under a temporary name and renames it over `.Desktop`
+//! once [`BulkLoad::finish`] returned: until then the old desktop is untouched, so a rebuild
+//! killed at any moment leaves a desktop the server can open.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection};
+
+use crate::{meta_set, names, ApplRecord, DbError, IconRecord, Object, Read, Result, ROOT_ID};
+
+/// A new desktop file being filled.
+pub struct BulkLoad {
+    conn: Connection,
+}
+
+/// What the new desktop keeps from its predecessor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// Unix time the volume's desktop was first created.
+    pub created: i64,
+    /// The desktop's random name.
+    pub volume_uuid: i64,
+}
+
+impl Read for BulkLoad {
+    fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl BulkLoad {
+    /// Create a new, empty desktop at `path` (which must not exist) with the current schema.
+    pub fn create(path: &Path) -> Result<BulkLoad> {
+        if path.exists() {
+            return Err(DbError::Corrupt(format!(
+                "{}: already exists; refusing to overwrite",
+                path.display()
+            )));
+        }
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "OFF")?;
+        conn.pragma_update(None, "synchronous", "OFF")?;
+        conn.pragma_update(None, "cache_size", -262_144)?;
+        crate::schema::migrate(&mut conn)?;
+        conn.execute_batch("BEGIN")?;
+        Ok(BulkLoad { conn })
+    }
+
+    /// Insert one object row exactly as given (the root included; the caller guarantees unique
+    /// IDs, unique (parent, name) and parents before children).
+    pub fn insert(&mut self, o: &Object) -> Result<()> {
+        let key = if o.id == ROOT_ID {
+            String::new()
+        } else {
+            names::search_key(&o.name)
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO objects (id, parent, name, kind, dev, ino, type, creator, flags, ctime, skey)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                o.id,
+                o.parent,
+                o.name,
+                o.kind.to_sql(),
+                o.dev as i64,
+                o.ino as i64,
+                &o.type_code[..],
+                &o.creator[..],
+                o.flags,
+                o.ctime,
+                key,
+            ])?;
+        Ok(())
+    }
+
+    /// Set a Finder comment.
+    pub fn add_comment(&mut self, id: u32, text: &[u8]) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO comments (id, text) VALUES (?1, ?2)")?
+            .execute(params![id, text])?;
+        Ok(())
+    }
+
+    /// Keep an icon record.
+    pub fn add_icon(&mut self, icon: &IconRecord) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO icons (creator, type, itype, tag, bitmap) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                &icon.creator[..],
+                &icon.type_code[..],
+                icon.itype,
+                icon.tag,
+                icon.bitmap
+            ])?;
+        Ok(())
+    }
+
+    /// Keep an APPL record (its application must have been inserted).
+    pub fn add_appl(&mut self, record: &ApplRecord) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO appl (creator, app_id, tag) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (creator, app_id) DO UPDATE SET tag = excluded.tag",
+            )?
+            .execute(params![&record.creator[..], record.app_id, record.tag])?;
+        Ok(())
+    }
+
+    /// Write the counter and identity, commit, switch the file to WAL and sync it to disk.
+    /// The file is complete and closed when this returns.
+    pub fn finish(self, last_id: u32, identity: Identity) -> Result<()> {
+        meta_set(&self.conn, "created", identity.created)?;
+        meta_set(&self.conn, "volume_uuid", identity.volume_uuid)?;
+        meta_set(&self.conn, "last_id", last_id as i64)?;
+        meta_set(&self.conn, "clean", 1)?;
+        meta_set(&self.conn, "last_seen", crate::now_unix())?;
+        self.conn.execute_batch("COMMIT")?;
+        let problems = self.quick_check()?;
+        if !problems.is_empty() {
+            return Err(DbError::Corrupt(problems.join("; ")));
+        }
+        let conn = self.conn;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(DbError::Corrupt(format!(
+                "cannot switch to WAL journal (got {mode})"
+            )));
+        }
+        let path = conn.path().map(std::path::PathBuf::from);
+        conn.close().map_err(|(_, e)| DbError::from(e))?;
+        if let Some(path) = path {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| DbError::Corrupt(format!("cannot sync {}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+}

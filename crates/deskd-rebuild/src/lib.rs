@@ -1,0 +1,400 @@
+//! `deskd rebuild`: re-create, repair or check a volume's desktop from what is on disk — the
+//! resource files, the `user.deskd.id` mirrors and Netatalk's metadata.
+//!
+//! Two passes (DESIGN §8): [`walk`] reads the whole volume in parallel; [`plan`] then decides
+//! every ID (renumbering only true duplicates) and lists the differences and repairs. `-s` prints
+//! the differences; the other modes repair the disk (resource files, mirrors, orphans) and write a
+//! complete new desktop under a temporary name, which replaces `.Desktop` by one atomic rename.
+//! The old desktop is untouched until that rename, so a rebuild killed at any moment leaves a
+//! desktop the server can open, and running it again completes the work.
+//!
+//! This runs offline: the desktop is locked exclusively (`flock`, the same lock `deskd serve`
+//! holds), so a running server makes the rebuild stop with a clear message.
+
+pub mod plan;
+pub mod walk;
+
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use deskd_db::bulk::{BulkLoad, Identity};
+use deskd_db::Read as _;
+use serde::Serialize;
+
+pub use plan::{Counts, Difference, Fix, OldDesktop, Plan};
+
+/// Errors of a rebuild.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Space(String),
+    #[error("desktop: {0}")]
+    Db(#[from] deskd_db::DbError),
+    #[error("{0}")]
+    Volume(#[from] deskd_volume::VolumeError),
+}
+
+impl RebuildError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        RebuildError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// What a rebuild does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `-s`: report differences, change nothing.
+    Scan,
+    /// default: repair the disk and the desktop, using the desktop where the disk is silent.
+    Repair,
+    /// `-f`: a new desktop from the disk alone.
+    Fresh,
+}
+
+/// Options of a rebuild.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mode: Mode,
+    pub threads: usize,
+    /// Skip the free-space check.
+    pub force: bool,
+}
+
+/// What a rebuild did (or, for `-s`, found).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub mode: Mode,
+    pub volume: String,
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub differences: usize,
+    pub seconds: f64,
+}
+
+/// Serialise bytes as a string, invalid UTF-8 as `\xNN`.
+pub(crate) fn bytes_lossy<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    s.serialize_str(&out)
+}
+
+/// Where the desktop of `root` lives (following a relocation symlink).
+pub fn desktop_path(root: &Path) -> Result<PathBuf, RebuildError> {
+    let in_root = root.join(deskd_volume::DESKTOP_FILE);
+    match std::fs::symlink_metadata(&in_root) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::read_link(&in_root).map_err(|e| RebuildError::io(&in_root, e))?;
+            Ok(if target.is_absolute() {
+                target
+            } else {
+                root.join(target)
+            })
+        }
+        _ => Ok(in_root),
+    }
+}
+
+fn lock(desktop: &Path, root: &Path) -> Result<File, RebuildError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(desktop)
+        .map_err(|e| RebuildError::io(desktop, e))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(RebuildError::Busy(format!(
+            "{}: the desktop is open by a running deskd serve (or another rebuild); stop the server first",
+            root.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Refuse when the file system of the desktop has less than twice the desktop's size free.
+pub fn check_space(desktop: &Path) -> Result<(), RebuildError> {
+    let size = std::fs::metadata(desktop).map(|m| m.len()).unwrap_or(0)
+        + std::fs::metadata(wal_of(desktop))
+            .map(|m| m.len())
+            .unwrap_or(0);
+    let dir = desktop.parent().unwrap_or(Path::new("/"));
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| RebuildError::Usage(format!("{}: NUL in path", dir.display())))?;
+    // SAFETY: statvfs into a zeroed buffer; the result is checked.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(RebuildError::io(dir, std::io::Error::last_os_error()));
+    }
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    if free < 2 * size {
+        return Err(RebuildError::Space(format!(
+            "{}: only {} bytes free, a rebuild needs at least twice the desktop's {} bytes; free space or use --force",
+            dir.display(),
+            free,
+            size
+        )));
+    }
+    Ok(())
+}
+
+fn wal_of(desktop: &Path) -> PathBuf {
+    let mut s = desktop.as_os_str().to_os_string();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+fn shm_of(desktop: &Path) -> PathBuf {
+    let mut s = desktop.as_os_str().to_os_string();
+    s.push("-shm");
+    PathBuf::from(s)
+}
+
+/// Read the old desktop completely; `None` when there is none (missing or empty file).
+pub fn read_old(desktop: &Path) -> Result<Option<OldDesktop>, RebuildError> {
+    if std::fs::metadata(desktop).map(|m| m.len()).unwrap_or(0) == 0 {
+        return Ok(None);
+    }
+    let reader = deskd_db::Reader::open(desktop)?;
+    reader.begin_snapshot()?;
+    let objects = reader.all_objects()?;
+    let mut old = OldDesktop {
+        last_id: reader.meta("last_id")?.unwrap_or(0) as u32,
+        comments: reader.all_comments()?.into_iter().collect(),
+        icons: reader.all_icons()?,
+        appl: reader.all_appl()?,
+        identity: match (reader.meta("created")?, reader.meta("volume_uuid")?) {
+            (Some(created), Some(volume_uuid)) => Some(Identity {
+                created,
+                volume_uuid,
+            }),
+            _ => None,
+        },
+        ..Default::default()
+    };
+    old.by_place.reserve(objects.len());
+    old.objects.reserve(objects.len());
+    for o in objects {
+        old.by_place.insert((o.parent, o.name.clone()), o.id);
+        old.objects.insert(o.id, o);
+    }
+    Ok(Some(old))
+}
+
+/// Whether the volume's file system keeps user xattrs (so mirrors are expected).
+fn xattrs_supported(root: &Path) -> bool {
+    match xattr::get(root, deskd_volume::ID_XATTR) {
+        Ok(_) => true,
+        Err(e) => !matches!(e.raw_os_error(), Some(libc::ENOTSUP)),
+    }
+}
+
+/// Run a rebuild of the volume at `root`. `on_difference` receives each difference (for `-s`
+/// and `-v`), `on_progress` the number of objects walked so far.
+pub fn rebuild(
+    root: &Path,
+    options: &Options,
+    on_progress: &(dyn Fn(u64) + Sync),
+    on_difference: &mut dyn FnMut(&Difference),
+) -> Result<Report, RebuildError> {
+    let started = Instant::now();
+    let root = std::fs::canonicalize(root).map_err(|e| RebuildError::io(root, e))?;
+    if !root.is_dir() {
+        return Err(RebuildError::Usage(format!(
+            "{}: not a directory",
+            root.display()
+        )));
+    }
+    let desktop = desktop_path(&root)?;
+    let _lock = match options.mode {
+        Mode::Scan => None,
+        _ => Some(lock(&desktop, &root)?),
+    };
+    if options.mode != Mode::Scan && !options.force {
+        check_space(&desktop)?;
+    }
+    let old = match read_old(&desktop) {
+        Ok(old) => old,
+        Err(e) if options.mode == Mode::Fresh => {
+            tracing::warn!("the old desktop cannot be read ({e}); building from the disk alone");
+            None
+        }
+        Err(e) => {
+            return Err(RebuildError::Usage(format!(
+                "{}: cannot read the desktop ({e}); run `deskd rebuild -f` to build a new one",
+                root.display()
+            )))
+        }
+    };
+    let walk = walk::walk(&root, options.threads, on_progress)?;
+    let (counter, identity) = match &old {
+        Some(o) => (o.last_id, o.identity),
+        None => (0, None),
+    };
+    let decide_from = match options.mode {
+        Mode::Fresh => None,
+        _ => old.as_ref(),
+    };
+    let plan = plan::plan(&walk, decide_from, counter, xattrs_supported(&root));
+    let mut differences = plan.differences.len();
+    if options.mode == Mode::Scan && old.is_none() {
+        // No desktop at all: that is one difference, not a million "new" lines.
+        differences += 1;
+        on_difference(&Difference {
+            kind: "no-desktop",
+            path: desktop.as_os_str().as_bytes().to_vec(),
+            detail: "there is no desktop; run `deskd rebuild -f`".into(),
+        });
+    } else {
+        for d in &plan.differences {
+            on_difference(d);
+        }
+    }
+    if options.mode != Mode::Scan {
+        apply_fixes(&plan.fixes)?;
+        crash_point("fixes");
+        write_desktop(&desktop, &plan, old.as_ref(), identity)?;
+    }
+    Ok(Report {
+        mode: options.mode,
+        volume: root.display().to_string(),
+        counts: plan.counts.clone(),
+        differences,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn apply_fixes(fixes: &[Fix]) -> Result<(), RebuildError> {
+    for fix in fixes {
+        match fix {
+            Fix::WriteRsrc { path, header } => deskd_volume::rsrc::write_header(path, header)?,
+            Fix::MoveRsrc { from, to, id } => {
+                if let Some(dir) = to.parent() {
+                    match std::fs::create_dir(dir) {
+                        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                            return Err(RebuildError::io(dir, e))
+                        }
+                        _ => {}
+                    }
+                }
+                std::fs::rename(from, to).map_err(|e| RebuildError::io(from, e))?;
+                deskd_volume::rsrc::ensure_id(to, *id, || {
+                    deskd_volume::rsrc::ResourceHeader::new(*id, [0; 4], [0; 4], 0)
+                })?;
+            }
+            Fix::WriteXattr { path, id } => deskd_volume::write_id_xattr(path, *id)?,
+            Fix::RemoveOrphan { path } => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(RebuildError::io(path, e))
+                }
+                _ => {}
+            },
+        }
+    }
+    Ok(())
+}
+
+/// Write the planned desktop under a temporary name and rename it over the old one.
+fn write_desktop(
+    desktop: &Path,
+    plan: &Plan,
+    old: Option<&OldDesktop>,
+    identity: Option<Identity>,
+) -> Result<(), RebuildError> {
+    let dir = desktop.parent().unwrap_or(Path::new("/"));
+    let temp = dir.join(deskd_volume::REBUILD_FILE);
+    for stale in [temp.clone(), {
+        let mut j = temp.as_os_str().to_os_string();
+        j.push("-journal");
+        PathBuf::from(j)
+    }] {
+        match std::fs::remove_file(&stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(RebuildError::io(&stale, e))
+            }
+            _ => {}
+        }
+    }
+    let mut bulk = BulkLoad::create(&temp)?;
+    for row in &plan.rows {
+        bulk.insert(row)?;
+    }
+    let alive: std::collections::HashSet<u32> = plan.rows.iter().map(|r| r.id).collect();
+    for (id, text) in &plan.comments {
+        bulk.add_comment(*id, text)?;
+    }
+    if let Some(o) = old {
+        for icon in &o.icons {
+            bulk.add_icon(icon)?;
+        }
+        for record in o.appl.iter().filter(|r| alive.contains(&r.app_id)) {
+            bulk.add_appl(record)?;
+        }
+    }
+    let identity = identity.unwrap_or(Identity {
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+        volume_uuid: random_i64(),
+    });
+    bulk.finish(plan.last_id, identity)?;
+    crash_point("written");
+    // The old desktop's WAL belongs to the old file: fold it in, then remove it, so it can never
+    // be applied to the new one. The old file is still complete until the rename below.
+    // (An unreadable old desktop has nothing worth folding in.)
+    if old.is_some() {
+        deskd_db::checkpoint_file(desktop)?;
+    }
+    crash_point("checkpointed");
+    for side in [wal_of(desktop), shm_of(desktop)] {
+        match std::fs::remove_file(&side) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(RebuildError::io(&side, e))
+            }
+            _ => {}
+        }
+    }
+    crash_point("sidefiles");
+    std::fs::rename(&temp, desktop).map_err(|e| RebuildError::io(desktop, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| RebuildError::io(dir, e))?;
+    Ok(())
+}
+
+/// Test hook: `DESKD_REBUILD_CRASH_AFTER=<step>` aborts the process right after that step, so the
+/// tests can show that a rebuild killed there leaves a desktop the server can open.
+fn crash_point(step: &str) {
+    if std::env::var("DESKD_REBUILD_CRASH_AFTER").is_ok_and(|s| s == step) {
+        std::process::abort();
+    }
+}
+
+fn random_i64() -> i64 {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    let _ = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    i64::from_le_bytes(bytes)
+}

@@ -1,0 +1,367 @@
+//! Pass 1: walk the whole volume in parallel and record, for every object, what the disk says
+//! about it — kind, device and inode, its resource file, its xattr mirror and any Netatalk
+//! metadata — plus the resource files that have no object.
+//!
+//! The unit of work is a directory: a worker lists it, reads its `.rsrc/` listing once, and
+//! examines every entry relative to the directory's descriptor (`fstatat`, `openat`), so the
+//! cost per object is a handful of system calls that do not re-walk the path.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use deskd_db::Kind;
+use deskd_volume::netatalk::{self, NetatalkInfo};
+use deskd_volume::rsrc::{self, ResourceHeader};
+
+use crate::RebuildError;
+
+/// What the resource file of an object holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rsrc {
+    Missing,
+    Corrupt(String),
+    Valid(ResourceHeader),
+}
+
+/// One object found on disk.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Index of the parent directory in the walk's list; `u32::MAX` for the root.
+    pub parent: u32,
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    pub dev: u64,
+    pub ino: u64,
+    pub ctime: i64,
+    pub rsrc: Rsrc,
+    /// The `user.deskd.id` mirror.
+    pub xattr_id: Option<u32>,
+    /// Netatalk's metadata, read only when neither a resource file nor a mirror gives an ID.
+    pub netatalk: Option<NetatalkInfo>,
+}
+
+/// The result of pass 1.
+pub struct Walk {
+    /// Every object; index 0 is the volume root; a directory comes before its entries.
+    pub found: Vec<Found>,
+    /// Resource files without an object: (index of the directory, name).
+    pub orphans: Vec<(u32, Vec<u8>)>,
+    /// Full path of every directory in `found` (by index), for reports and repairs.
+    pub dir_paths: std::collections::HashMap<u32, PathBuf>,
+}
+
+impl Walk {
+    /// The absolute path of object `index`.
+    pub fn path(&self, index: u32) -> PathBuf {
+        let f = &self.found[index as usize];
+        if f.parent == u32::MAX {
+            return self.dir_paths[&0].clone();
+        }
+        self.dir_paths[&f.parent].join(std::ffi::OsStr::from_bytes(&f.name))
+    }
+
+    /// The path of object `index` relative to the root, as bytes (`""` for the root).
+    pub fn rel_path(&self, index: u32) -> Vec<u8> {
+        let mut parts = Vec::new();
+        let mut i = index;
+        while self.found[i as usize].parent != u32::MAX {
+            parts.push(&self.found[i as usize].name[..]);
+            i = self.found[i as usize].parent;
+        }
+        parts.reverse();
+        parts.join(&b'/')
+    }
+}
+
+struct Queue {
+    dirs: Vec<(u32, PathBuf)>,
+    busy: usize,
+    failed: Option<RebuildError>,
+}
+
+/// What the workers have collected: objects, orphaned resource files, directory paths.
+type Collected = (Vec<Found>, Vec<(u32, Vec<u8>)>, Vec<(u32, PathBuf)>);
+
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    found: Mutex<Collected>,
+    progress: AtomicU64,
+}
+
+/// Walk the volume at `root` with `threads` workers; `progress` is bumped per object.
+pub fn walk(
+    root: &Path,
+    threads: usize,
+    on_progress: &(dyn Fn(u64) + Sync),
+) -> Result<Walk, RebuildError> {
+    let meta = std::fs::symlink_metadata(root).map_err(|e| RebuildError::io(root, e))?;
+    if !meta.is_dir() {
+        return Err(RebuildError::Usage(format!(
+            "{}: not a directory",
+            root.display()
+        )));
+    }
+    use std::os::unix::fs::MetadataExt;
+    let root_rsrc = read_rsrc_path(&rsrc::root_rsrc_path(root));
+    let root_found = Found {
+        parent: u32::MAX,
+        name: Vec::new(),
+        kind: Kind::Dir,
+        dev: meta.dev(),
+        ino: meta.ino(),
+        ctime: meta.ctime(),
+        rsrc: root_rsrc,
+        xattr_id: deskd_volume::read_id_xattr(root),
+        netatalk: None,
+    };
+    let shared = Shared {
+        queue: Mutex::new(Queue {
+            dirs: vec![(0, root.to_path_buf())],
+            busy: 0,
+            failed: None,
+        }),
+        ready: Condvar::new(),
+        found: Mutex::new((vec![root_found], Vec::new(), vec![(0, root.to_path_buf())])),
+        progress: AtomicU64::new(1),
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| worker(&shared, on_progress));
+        }
+    });
+    let queue = shared.queue.into_inner().unwrap();
+    if let Some(e) = queue.failed {
+        return Err(e);
+    }
+    let (found, orphans, dirs) = shared.found.into_inner().unwrap();
+    Ok(Walk {
+        found,
+        orphans,
+        dir_paths: dirs.into_iter().collect(),
+    })
+}
+
+fn worker(shared: &Shared, on_progress: &(dyn Fn(u64) + Sync)) {
+    loop {
+        let (index, path) = {
+            let mut q = shared.queue.lock().unwrap();
+            loop {
+                if q.failed.is_some() {
+                    return;
+                }
+                if let Some(job) = q.dirs.pop() {
+                    q.busy += 1;
+                    break job;
+                }
+                if q.busy == 0 {
+                    shared.ready.notify_all();
+                    return;
+                }
+                q = shared.ready.wait(q).unwrap();
+            }
+        };
+        let result = scan_dir(shared, index, &path, on_progress);
+        let mut q = shared.queue.lock().unwrap();
+        q.busy -= 1;
+        match result {
+            Ok(subdirs) => q.dirs.extend(subdirs),
+            Err(e) => {
+                q.failed.get_or_insert(e);
+            }
+        }
+        shared.ready.notify_all();
+    }
+}
+
+fn cstring(name: &[u8]) -> CString {
+    // Names from readdir never contain NUL.
+    CString::new(name).expect("NUL in a directory entry")
+}
+
+fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
+    let c = cstring(path.as_os_str().as_bytes());
+    // SAFETY: open(2) with a valid NUL-terminated path; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a freshly opened descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Names in a directory (without `.` and `..`).
+fn list(path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        names.push(entry?.file_name().as_bytes().to_vec());
+    }
+    Ok(names)
+}
+
+fn read_rsrc_path(path: &Path) -> Rsrc {
+    match rsrc::read_header(path) {
+        Ok(Some(h)) => Rsrc::Valid(h),
+        Ok(None) => Rsrc::Missing,
+        Err(e) => Rsrc::Corrupt(e.to_string()),
+    }
+}
+
+fn read_rsrc_at(dir: &OwnedFd, name: &CString) -> Rsrc {
+    // SAFETY: openat(2) relative to a directory descriptor we own; the result is checked.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOENT) => Rsrc::Missing,
+            _ => Rsrc::Corrupt(format!("cannot open resource file: {e}")),
+        };
+    }
+    // SAFETY: fd was just opened and is owned here.
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut buf = [0u8; rsrc::HEADER_LEN];
+    let mut filled = 0;
+    use std::io::Read;
+    let mut file = file;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) => return Rsrc::Corrupt(format!("cannot read resource file: {e}")),
+        }
+    }
+    match ResourceHeader::decode(&buf[..filled]) {
+        Ok(h) => Rsrc::Valid(h),
+        Err(e) => Rsrc::Corrupt(e.to_string()),
+    }
+}
+
+/// Examine one directory; returns its subdirectories to walk.
+fn scan_dir(
+    shared: &Shared,
+    dir_index: u32,
+    path: &Path,
+    on_progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<(u32, PathBuf)>, RebuildError> {
+    let dir = open_dir(path).map_err(|e| RebuildError::io(path, e))?;
+    let names = list(path).map_err(|e| RebuildError::io(path, e))?;
+    let rsrc_dir_path = path.join(rsrc::RSRC_DIR);
+    let (rsrc_dir, rsrc_names): (Option<OwnedFd>, HashSet<Vec<u8>>) = match open_dir(&rsrc_dir_path)
+    {
+        Ok(fd) => {
+            let listed = list(&rsrc_dir_path).map_err(|e| RebuildError::io(&rsrc_dir_path, e))?;
+            (Some(fd), listed.into_iter().collect())
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+            (None, HashSet::new())
+        }
+        Err(e) => return Err(RebuildError::io(&rsrc_dir_path, e)),
+    };
+    let mut found = Vec::with_capacity(names.len());
+    let mut seen = HashSet::with_capacity(names.len());
+    for name in names {
+        if deskd_volume::is_protected(&name) {
+            continue;
+        }
+        let c = cstring(&name);
+        // SAFETY: fstatat(2) into a zeroed stat buffer; the result is checked.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                continue; // removed while we walk: it is simply not there
+            }
+            return Err(RebuildError::io(
+                &path.join(std::ffi::OsStr::from_bytes(&name)),
+                e,
+            ));
+        }
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFREG => Kind::File,
+            // Sockets, FIFOs and devices are not desktop objects.
+            _ => continue,
+        };
+        let rsrc = match &rsrc_dir {
+            Some(fd) if rsrc_names.contains(&name) => read_rsrc_at(fd, &c),
+            _ => Rsrc::Missing,
+        };
+        let full = path.join(std::ffi::OsStr::from_bytes(&name));
+        let xattr_id = if kind == Kind::Symlink {
+            None
+        } else {
+            deskd_volume::read_id_xattr(&full)
+        };
+        let netatalk = match (&rsrc, xattr_id, kind) {
+            (Rsrc::Valid(h), _, _) if h.id != 0 => None,
+            (_, Some(_), _) | (_, _, Kind::Symlink) => None,
+            _ => netatalk::read(&full),
+        };
+        seen.insert(name.clone());
+        found.push(Found {
+            parent: dir_index,
+            name,
+            kind,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            ctime: st.st_ctime,
+            rsrc,
+            xattr_id,
+            netatalk,
+        });
+    }
+    let mut orphans: Vec<Vec<u8>> = rsrc_names
+        .into_iter()
+        .filter(|n| !seen.contains(n))
+        .filter(|n| !(dir_index == 0 && n == rsrc::ROOT_RECORD.as_bytes()))
+        .filter(|n| {
+            std::fs::symlink_metadata(rsrc_dir_path.join(std::ffi::OsStr::from_bytes(n)))
+                .map(|m| m.is_file())
+                .unwrap_or(false)
+        })
+        .collect();
+    orphans.sort();
+    let count = found.len() as u64;
+    let mut subdirs = Vec::new();
+    {
+        let mut all = shared.found.lock().unwrap();
+        let base = all.0.len() as u32;
+        for (i, f) in found.iter().enumerate() {
+            if f.kind == Kind::Dir {
+                let p = path.join(std::ffi::OsStr::from_bytes(&f.name));
+                all.2.push((base + i as u32, p.clone()));
+                subdirs.push((base + i as u32, p));
+            }
+        }
+        all.0.extend(found);
+        all.1.extend(orphans.into_iter().map(|n| (dir_index, n)));
+    }
+    let total = shared.progress.fetch_add(count, Ordering::Relaxed) + count;
+    on_progress(total);
+    Ok(subdirs)
+}
