@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# deskd rebuild against `find VOLUME -printf '%s\n'` on the same tree, warm cache, same run.
+#
+#   scripts/bench-rebuild.sh              # makes a 1,000,000-object volume with deskd-bench
+#   VOL=/path/to/volume scripts/bench-rebuild.sh   # an existing volume (its desktop is rebuilt)
+#
+# The tree gets its resource files and mirrors from one `deskd rebuild` (untimed set-up); then
+# `find`, `rebuild -s` and `rebuild -f` run RUNS times each, interleaved, and medians are printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+cargo build --release --quiet
+BIN=$PWD/target/release
+if [ -z "${VOL:-}" ]; then
+    WORK=$(mktemp -d /tmp/deskd-rebuild-bench.XXXXXX)
+    VOL=$WORK/vol
+    mkdir -p "$VOL"
+    "$BIN/deskd-bench" --socket "$WORK/s.sock" --volume "$VOL" populate --dirs "${DIRS:-100}" --per-dir "${PER_DIR:-10000}"
+    "$BIN/deskd" rebuild -f --force "$VOL" >/dev/null
+fi
+"$BIN/deskd" rebuild --force "$VOL" >/dev/null      # set-up: resource files and mirrors everywhere
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+t() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1 || true; e=$(date +%s.%N); echo "$e - $s" | bc; }
+find "$VOL" -printf '%s\n' >/dev/null   # warm the cache
+F=(); S=(); R=()
+for i in $(seq "$RUNS"); do
+    F+=("$(t find "$VOL" -printf '%s\n')")
+    S+=("$(t "$BIN/deskd" rebuild -s "$VOL")")
+    R+=("$(t "$BIN/deskd" rebuild -f --force "$VOL")")
+done
+"$BIN/deskd" rebuild -s "$VOL" && echo "rebuild -s after the runs: up to date"
+objects=$(sqlite3 "$VOL/.Desktop" 'SELECT count(*) FROM objects')
+fm=$(printf '%s\n' "${F[@]}" | median); sm=$(printf '%s\n' "${S[@]}" | median); rm_=$(printf '%s\n' "${R[@]}" | median)
+echo "objects in the desktop: $objects; entries find visits: $(find "$VOL" | wc -l)"
+echo "find runs: ${F[*]}"; echo "rebuild -s runs: ${S[*]}"; echo "rebuild -f runs: ${R[*]}"
+printf '| find VOLUME -printf %%s | %.2f s | | |\n' "$fm"
+printf '| rebuild -s | %.2f s | %.2fx find | <= 3x |\n' "$sm" "$(echo "$sm / $fm" | bc -l)"
+printf '| rebuild -f | %.2f s | %.2fx find | <= 6x |\n' "$rm_" "$(echo "$rm_ / $fm" | bc -l)"
