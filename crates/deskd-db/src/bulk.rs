@@ -10,7 +10,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection};
 
-use crate::{meta_set, names, ApplRecord, DbError, IconRecord, Object, Read, Result, ROOT_ID};
+use crate::{meta_set, names, ApplRecord, DbError, IconRecord, Object, Read, Result};
 
 /// A new desktop file being filled.
 pub struct BulkLoad {
@@ -24,6 +24,16 @@ pub struct Identity {
     pub created: i64,
     /// The desktop's random name.
     pub volume_uuid: i64,
+}
+
+impl Identity {
+    /// A new identity: created now, with a fresh random name.
+    pub fn fresh() -> Result<Identity> {
+        Ok(Identity {
+            created: crate::now_unix(),
+            volume_uuid: crate::random_u64()? as i64,
+        })
+    }
 }
 
 impl Read for BulkLoad {
@@ -53,30 +63,7 @@ impl BulkLoad {
     /// Insert one object row exactly as given (the root included; the caller guarantees unique
     /// IDs, unique (parent, name) and parents before children).
     pub fn insert(&mut self, o: &Object) -> Result<()> {
-        let key = if o.id == ROOT_ID {
-            String::new()
-        } else {
-            names::search_key(&o.name)
-        };
-        self.conn
-            .prepare_cached(
-                "INSERT INTO objects (id, parent, name, kind, dev, ino, type, creator, flags, ctime, skey)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(params![
-                o.id,
-                o.parent,
-                o.name,
-                o.kind.to_sql(),
-                o.dev as i64,
-                o.ino as i64,
-                &o.type_code[..],
-                &o.creator[..],
-                o.flags,
-                o.ctime,
-                key,
-            ])?;
-        Ok(())
+        crate::insert_object(&self.conn, o, &names::search_key(&o.name))
     }
 
     /// Set a Finder comment.

@@ -266,6 +266,48 @@ fn meta_get(conn: &Connection, key: &str) -> Result<Option<i64>> {
         .optional()?)
 }
 
+/// An APPL row: `creator, app_id, tag`.
+fn appl_from_row(r: &Row<'_>) -> rusqlite::Result<ApplRecord> {
+    Ok(ApplRecord {
+        creator: four(r.get(0)?),
+        app_id: r.get::<_, i64>(1)? as u32,
+        tag: r.get::<_, i64>(2)? as u32,
+    })
+}
+
+/// An icon row: `creator, type, itype, tag, bitmap`.
+fn icon_from_row(r: &Row<'_>) -> rusqlite::Result<IconRecord> {
+    Ok(IconRecord {
+        creator: four(r.get(0)?),
+        type_code: four(r.get(1)?),
+        itype: r.get::<_, i64>(2)? as u8,
+        tag: r.get::<_, i64>(3)? as u32,
+        bitmap: r.get(4)?,
+    })
+}
+
+/// Insert one object row with its search key (no checks: callers check first).
+fn insert_object(conn: &Connection, o: &Object, key: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO objects (id, parent, name, kind, dev, ino, type, creator, flags, ctime, skey)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        o.id,
+        o.parent,
+        o.name,
+        o.kind.to_sql(),
+        o.dev as i64,
+        o.ino as i64,
+        &o.type_code[..],
+        &o.creator[..],
+        o.flags,
+        o.ctime,
+        key,
+    ])?;
+    Ok(())
+}
+
 fn meta_set(conn: &Connection, key: &str, value: i64) -> Result<()> {
     conn.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
@@ -377,13 +419,7 @@ pub trait Read {
         let mut stmt = self.conn().prepare_cached(
             "SELECT creator, app_id, tag FROM appl WHERE creator = ?1 ORDER BY app_id",
         )?;
-        let rows = stmt.query_map([&creator[..]], |r| {
-            Ok(ApplRecord {
-                creator: four(r.get(0)?),
-                app_id: r.get::<_, i64>(1)? as u32,
-                tag: r.get::<_, i64>(2)? as u32,
-            })
-        })?;
+        let rows = stmt.query_map([&creator[..]], appl_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -429,15 +465,7 @@ pub trait Read {
         let mut stmt = self
             .conn()
             .prepare("SELECT creator, type, itype, tag, bitmap FROM icons")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(IconRecord {
-                creator: four(r.get(0)?),
-                type_code: four(r.get(1)?),
-                itype: r.get(2)?,
-                tag: r.get::<_, i64>(3)? as u32,
-                bitmap: r.get(4)?,
-            })
-        })?;
+        let rows = stmt.query_map([], icon_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -446,30 +474,16 @@ pub trait Read {
         let mut stmt = self
             .conn()
             .prepare("SELECT creator, app_id, tag FROM appl")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(ApplRecord {
-                creator: four(r.get(0)?),
-                app_id: r.get::<_, i64>(1)? as u32,
-                tag: r.get::<_, i64>(2)? as u32,
-            })
-        })?;
+        let rows = stmt.query_map([], appl_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The icons recorded for a creator (AFP `FPGetIconInfo` iterates these).
     fn icons_for(&self, creator: [u8; 4]) -> Result<Vec<IconRecord>> {
         let mut stmt = self.conn().prepare_cached(
-            "SELECT type, itype, tag, bitmap FROM icons WHERE creator = ?1 ORDER BY type, itype",
+            "SELECT creator, type, itype, tag, bitmap FROM icons WHERE creator = ?1 ORDER BY type, itype",
         )?;
-        let rows = stmt.query_map([&creator[..]], |r| {
-            Ok(IconRecord {
-                creator,
-                type_code: four(r.get(0)?),
-                itype: r.get::<_, i64>(1)? as u8,
-                tag: r.get::<_, i64>(2)? as u32,
-                bitmap: r.get(3)?,
-            })
-        })?;
+        let rows = stmt.query_map([&creator[..]], icon_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -533,6 +547,20 @@ pub trait Read {
     fn meta(&self, key: &str) -> Result<Option<i64>> {
         meta_get(self.conn(), key)
     }
+}
+
+/// The WAL file SQLite keeps beside a desktop (`.Desktop-wal`).
+pub fn wal_path(desktop: &Path) -> std::path::PathBuf {
+    let mut s = desktop.as_os_str().to_os_string();
+    s.push("-wal");
+    s.into()
+}
+
+/// The shared-memory index SQLite keeps beside a desktop in WAL mode (`.Desktop-shm`).
+pub fn shm_path(desktop: &Path) -> std::path::PathBuf {
+    let mut s = desktop.as_os_str().to_os_string();
+    s.push("-shm");
+    s.into()
 }
 
 /// Fold a desktop's WAL into its main file and close it; no server may have it open.
@@ -849,26 +877,6 @@ impl Batch<'_> {
         }
         self.require_dir(new.parent)?;
         let id = self.allocate(new.hint)?;
-        let key = names::search_key(&new.name);
-        self.tx
-            .prepare_cached(
-                "INSERT INTO objects (id, parent, name, kind, dev, ino, type, creator, flags, ctime, skey)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(params![
-                id,
-                new.parent,
-                new.name,
-                new.kind.to_sql(),
-                new.dev as i64,
-                new.ino as i64,
-                &new.type_code[..],
-                &new.creator[..],
-                new.flags,
-                new.ctime,
-                key,
-            ])?;
-        self.changes.push(NameChange::Set(id, key));
         let object = Object {
             id,
             parent: new.parent,
@@ -881,6 +889,9 @@ impl Batch<'_> {
             flags: new.flags,
             ctime: new.ctime,
         };
+        let key = names::search_key(&new.name);
+        insert_object(&self.tx, &object, &key)?;
+        self.changes.push(NameChange::Set(id, key));
         Ok((object, true))
     }
 

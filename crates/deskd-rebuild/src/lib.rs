@@ -16,7 +16,6 @@ pub mod walk;
 
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -101,42 +100,26 @@ pub(crate) fn bytes_lossy<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S:
 
 /// Where the desktop of `root` lives (following a relocation symlink).
 pub fn desktop_path(root: &Path) -> Result<PathBuf, RebuildError> {
-    let in_root = root.join(deskd_volume::DESKTOP_FILE);
-    match std::fs::symlink_metadata(&in_root) {
-        Ok(m) if m.file_type().is_symlink() => {
-            let target = std::fs::read_link(&in_root).map_err(|e| RebuildError::io(&in_root, e))?;
-            Ok(if target.is_absolute() {
-                target
-            } else {
-                root.join(target)
-            })
-        }
-        _ => Ok(in_root),
-    }
+    let link = deskd_volume::desktop_link(root)
+        .map_err(|e| RebuildError::io(&root.join(deskd_volume::DESKTOP_FILE), e))?;
+    Ok(link.unwrap_or_else(|| root.join(deskd_volume::DESKTOP_FILE)))
 }
 
 fn lock(desktop: &Path, root: &Path) -> Result<File, RebuildError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(desktop)
-        .map_err(|e| RebuildError::io(desktop, e))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(RebuildError::Busy(format!(
-            "{}: the desktop is open by a running deskd serve (or another rebuild); stop the server first",
-            root.display()
-        )));
-    }
-    Ok(file)
+    deskd_volume::lock_desktop(desktop)
+        .map_err(|e| RebuildError::io(desktop, e))?
+        .ok_or_else(|| {
+            RebuildError::Busy(format!(
+                "{}: the desktop is open by a running deskd serve (or another rebuild); stop the server first",
+                root.display()
+            ))
+        })
 }
 
 /// Refuse when the file system of the desktop has less than twice the desktop's size free.
 pub fn check_space(desktop: &Path) -> Result<(), RebuildError> {
     let size = std::fs::metadata(desktop).map(|m| m.len()).unwrap_or(0)
-        + std::fs::metadata(wal_of(desktop))
+        + std::fs::metadata(deskd_db::wal_path(desktop))
             .map(|m| m.len())
             .unwrap_or(0);
     let dir = desktop.parent().unwrap_or(Path::new("/"));
@@ -157,18 +140,6 @@ pub fn check_space(desktop: &Path) -> Result<(), RebuildError> {
         )));
     }
     Ok(())
-}
-
-fn wal_of(desktop: &Path) -> PathBuf {
-    let mut s = desktop.as_os_str().to_os_string();
-    s.push("-wal");
-    PathBuf::from(s)
-}
-
-fn shm_of(desktop: &Path) -> PathBuf {
-    let mut s = desktop.as_os_str().to_os_string();
-    s.push("-shm");
-    PathBuf::from(s)
 }
 
 /// Read the old desktop completely; `None` when there is none (missing or empty file).
@@ -352,13 +323,10 @@ fn write_desktop(
             bulk.add_appl(record)?;
         }
     }
-    let identity = identity.unwrap_or(Identity {
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-        volume_uuid: random_i64(),
-    });
+    let identity = match identity {
+        Some(identity) => identity,
+        None => Identity::fresh()?,
+    };
     bulk.finish(plan.last_id, identity)?;
     crash_point("written");
     // The old desktop's WAL belongs to the old file: fold it in, then remove it, so it can never
@@ -368,7 +336,7 @@ fn write_desktop(
         deskd_db::checkpoint_file(desktop)?;
     }
     crash_point("checkpointed");
-    for side in [wal_of(desktop), shm_of(desktop)] {
+    for side in [deskd_db::wal_path(desktop), deskd_db::shm_path(desktop)] {
         match std::fs::remove_file(&side) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(RebuildError::io(&side, e))
@@ -390,11 +358,4 @@ fn crash_point(step: &str) {
     if std::env::var("DESKD_REBUILD_CRASH_AFTER").is_ok_and(|s| s == step) {
         std::process::abort();
     }
-}
-
-fn random_i64() -> i64 {
-    use std::io::Read;
-    let mut bytes = [0u8; 8];
-    let _ = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    i64::from_le_bytes(bytes)
 }

@@ -137,7 +137,6 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
         directories: found.iter().filter(|f| f.kind == Kind::Dir).count() as u64,
         ..Default::default()
     };
-    let abs = |i: u32| walk.path(i).as_os_str().as_bytes().to_vec();
 
     // Claims.
     let mut claim: Vec<Option<(u32, Source)>> = Vec::with_capacity(n);
@@ -219,6 +218,8 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
     let mut rows = Vec::with_capacity(n);
     let mut comments = Vec::new();
     let mut used_old_place: std::collections::HashSet<u32> = Default::default();
+    // Objects without a resource file, by their ID: where a left-behind one would go.
+    let mut missing_rsrc: HashMap<u32, PathBuf> = HashMap::new();
     for i in 0..n {
         let f = &found[i];
         let parent_id = if i == 0 {
@@ -226,17 +227,17 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
         } else {
             final_ids[f.parent as usize]
         };
+        // The ID the old desktop has at this place (used for unclaimed objects and the report).
+        let place_id = old.and_then(|o| o.by_place.get(&(parent_id, f.name.clone())).copied());
         let mut source = claim[i].map(|c| c.1);
         let id = match claim[i] {
             Some((id, _)) => id,
             None => {
-                let at_place = old
-                    .and_then(|o| o.by_place.get(&(parent_id, f.name.clone())).copied())
-                    .filter(|id| {
-                        !claimed.contains(id)
-                            && !used_old_place.contains(id)
-                            && old.and_then(|o| o.objects.get(id)).map(|r| r.kind) == Some(f.kind)
-                    });
+                let at_place = place_id.filter(|id| {
+                    !claimed.contains(id)
+                        && !used_old_place.contains(id)
+                        && old.and_then(|o| o.objects.get(id)).map(|r| r.kind) == Some(f.kind)
+                });
                 match at_place {
                     Some(id) => {
                         used_old_place.insert(id);
@@ -291,7 +292,8 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
         }
 
         // Differences with the desktop.
-        let path = abs(i as u32);
+        let disk_path = walk.path(i as u32);
+        let path = disk_path.as_os_str().as_bytes().to_vec();
         let mut repaired = false;
         if let Some(&(dup_id, winner)) = loser_of.get(&(i as u32)) {
             counts.renumbered += 1;
@@ -300,11 +302,10 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
                 path: path.clone(),
                 detail: format!(
                     "ID {dup_id} is also claimed by {}, which keeps it; this one gets ID {id}",
-                    String::from_utf8_lossy(&abs(winner))
+                    walk.path(winner).display()
                 ),
             });
         } else if let Some(o) = old {
-            let place_id = o.by_place.get(&(parent_id, f.name.clone())).copied();
             match (old_row, place_id) {
                 (_, Some(place_id)) if place_id != id => {
                     repaired = true;
@@ -380,10 +381,13 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
 
         // Repairs on disk: the resource file and the mirror.
         let rsrc_path = if i == 0 {
-            rsrc::root_rsrc_path(&walk.path(0))
+            rsrc::root_rsrc_path(&disk_path)
         } else {
-            rsrc::rsrc_path(&walk.path(i as u32)).expect("a child has a parent")
+            rsrc::rsrc_path(&disk_path).expect("a child has a parent")
         };
+        if f.rsrc == Rsrc::Missing {
+            missing_rsrc.insert(id, rsrc_path.clone());
+        }
         match &f.rsrc {
             Rsrc::Valid(h) if h.id == id => {}
             Rsrc::Valid(h) => {
@@ -435,7 +439,7 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
                 },
             });
             fixes.push(Fix::WriteXattr {
-                path: walk.path(i as u32),
+                path: disk_path,
                 id,
             });
             repaired = true;
@@ -448,22 +452,15 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
 
     // Resource files that belong to no object. One left behind by a plain `mv` moves to the
     // object that now carries its ID (its fork and comment go with it).
-    let needs_rsrc: HashMap<u32, PathBuf> = fixes
-        .iter()
-        .filter_map(|f| match f {
-            Fix::WriteRsrc { path, header } if !path.exists() => Some((header.id, path.clone())),
-            _ => None,
-        })
-        .collect();
-    let mut moved_to = Vec::new();
+    let mut moved_to = std::collections::HashSet::new();
     for (dir, name) in &walk.orphans {
         let path = walk.dir_paths[dir]
             .join(rsrc::RSRC_DIR)
             .join(std::ffi::OsStr::from_bytes(name));
         let header = rsrc::read_header(&path).ok().flatten();
-        match header.and_then(|h| needs_rsrc.get(&h.id).map(|to| (h.id, to.clone()))) {
+        match header.and_then(|h| missing_rsrc.get(&h.id).map(|to| (h.id, to.clone()))) {
             Some((id, to)) if !moved_to.contains(&to) => {
-                moved_to.push(to.clone());
+                moved_to.insert(to.clone());
                 differences.push(Difference {
                     kind: "orphan-rsrc",
                     path: path.as_os_str().as_bytes().to_vec(),

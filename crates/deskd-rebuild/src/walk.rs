@@ -234,19 +234,9 @@ fn read_rsrc_at(dir: &OwnedFd, name: &CString) -> Rsrc {
         };
     }
     // SAFETY: fd was just opened and is owned here.
-    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let mut buf = [0u8; rsrc::HEADER_LEN];
-    let mut filled = 0;
-    use std::io::Read;
-    let mut file = file;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) => return Rsrc::Corrupt(format!("cannot read resource file: {e}")),
-        }
-    }
-    match ResourceHeader::decode(&buf[..filled]) {
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let shown = Path::new(std::ffi::OsStr::from_bytes(name.as_bytes()));
+    match rsrc::read_header_from(&mut file, shown) {
         Ok(h) => Rsrc::Valid(h),
         Err(e) => Rsrc::Corrupt(e.to_string()),
     }

@@ -8,7 +8,6 @@
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,22 +80,15 @@ pub fn ctime_string(unix: i64) -> String {
 fn desktop_path(cfg: &VolumeConfig, root: &Path) -> Result<PathBuf, ServerError> {
     let in_root = root.join(deskd_volume::DESKTOP_FILE);
     let misc = || ServerError::Volume(format!("OpenDesk {}: Miscellaneous error", root.display()));
-    match std::fs::symlink_metadata(&in_root) {
-        Ok(m) if m.file_type().is_symlink() => {
-            // Relocated: the target's directory must exist.
-            let target = std::fs::read_link(&in_root).map_err(|_| misc())?;
-            let target = if target.is_absolute() {
-                target
-            } else {
-                root.join(target)
-            };
-            match target.parent() {
-                Some(dir) if dir.is_dir() => Ok(target),
-                _ => Err(misc()),
-            }
-        }
-        Ok(_) => Ok(in_root),
-        Err(_) => match &cfg.desktop_location {
+    match deskd_volume::desktop_link(root) {
+        Err(_) => Err(misc()),
+        // Relocated: the target's directory must exist.
+        Ok(Some(target)) => match target.parent() {
+            Some(dir) if dir.is_dir() => Ok(target),
+            _ => Err(misc()),
+        },
+        Ok(None) if std::fs::symlink_metadata(&in_root).is_ok() => Ok(in_root),
+        Ok(None) => match &cfg.desktop_location {
             None => Ok(in_root),
             Some(location) => {
                 let rel = root.strip_prefix("/").unwrap_or(root);
@@ -161,24 +153,14 @@ fn read_only_desktop(path: &Path, root: &Path) -> Result<PathBuf, ServerError> {
 }
 
 fn lock_exclusive(path: &Path, root: &Path) -> Result<File, ServerError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| {
-            ServerError::Volume(format!("{}: cannot open desktop: {e}", path.display()))
-        })?;
-    // SAFETY: flock on a valid, owned descriptor.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(ServerError::Volume(format!(
-            "{}: Warning, desktop DB busy by another process",
-            root.display()
-        )));
-    }
-    Ok(file)
+    deskd_volume::lock_desktop(path)
+        .map_err(|e| ServerError::Volume(format!("{}: cannot open desktop: {e}", path.display())))?
+        .ok_or_else(|| {
+            ServerError::Volume(format!(
+                "{}: Warning, desktop DB busy by another process",
+                root.display()
+            ))
+        })
 }
 
 impl VolumeHandle {
@@ -248,7 +230,7 @@ impl VolumeHandle {
             config,
             state,
             commits,
-            wal_path: wal_path(&desktop_path),
+            wal_path: deskd_db::wal_path(&desktop_path),
             dirty_since: None,
             last_write: Instant::now(),
             frozen_until: None,
@@ -275,18 +257,12 @@ impl VolumeHandle {
             last_flush: state.last_flush,
             clean_at_start: state.clean_at_start,
             frozen_until,
-            wal_bytes: std::fs::metadata(wal_path(&self.desktop_path))
+            wal_bytes: std::fs::metadata(deskd_db::wal_path(&self.desktop_path))
                 .map(|m| m.len())
                 .unwrap_or(0),
             check_problems: state.check_problems,
         })
     }
-}
-
-fn wal_path(desktop: &Path) -> PathBuf {
-    let mut s = desktop.as_os_str().to_os_string();
-    s.push("-wal");
-    PathBuf::from(s)
 }
 
 /// The root's own resource record (`ROOT/.rsrc/.rsrc`, ID 2) and mirror, as rebuild expects
@@ -298,7 +274,14 @@ fn ensure_root_record(root: &Path) {
         rsrc::ResourceHeader::new(deskd_db::ROOT_ID, [0; 4], [0; 4], now_unix() as u32)
     })
     .map(|_| ())
-    .and_then(|_| deskd_volume::write_id_xattr(root, deskd_db::ROOT_ID));
+    .and_then(|_| {
+        // Only when missing: setting it anyway would change the root's ctime at every start.
+        if deskd_volume::read_id_xattr(root) == Some(deskd_db::ROOT_ID) {
+            Ok(())
+        } else {
+            deskd_volume::write_id_xattr(root, deskd_db::ROOT_ID)
+        }
+    });
     if let Err(e) = made {
         warn!(
             "{}: cannot write the root's resource record: {e}",

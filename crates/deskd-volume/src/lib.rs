@@ -38,6 +38,39 @@ pub const PROTECTED_NAMES: &[&str] = &[
 /// The temporary name `deskd rebuild` writes a new desktop under, beside the desktop.
 pub const REBUILD_FILE: &str = ".Desktop-rebuild";
 
+/// Where `ROOT/.Desktop` points when it is a relocation symlink (relative targets are taken
+/// from the root); `None` when it is no symlink (a plain file, or nothing yet).
+pub fn desktop_link(root: &Path) -> std::io::Result<Option<PathBuf>> {
+    let in_root = root.join(DESKTOP_FILE);
+    match std::fs::symlink_metadata(&in_root) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::read_link(&in_root)?;
+            Ok(Some(if target.is_absolute() {
+                target
+            } else {
+                root.join(target)
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Open (creating if missing) the desktop file and take the exclusive lock that makes its holder
+/// the only writer — `deskd serve` and `deskd rebuild` both take it. `Ok(None)` when another
+/// process holds it.
+pub fn lock_desktop(path: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    // SAFETY: flock on a valid, owned descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    Ok((rc == 0).then_some(file))
+}
+
 /// Errors of the file-system side.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {

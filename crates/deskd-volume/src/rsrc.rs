@@ -151,17 +151,23 @@ pub fn read_header(path: &Path) -> Result<Option<ResourceHeader>, VolumeError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(VolumeError::io(path, e)),
     };
+    read_header_from(&mut file, path)
+        .map(Some)
+        .map_err(|e| match e {
+            VolumeError::BadResourceFile(m) => {
+                VolumeError::BadResourceFile(format!("{}: {m}", path.display()))
+            }
+            other => other,
+        })
+}
+
+/// Read the header of an open resource file (`path` names it in I/O errors only).
+pub fn read_header_from(file: &mut File, path: &Path) -> Result<ResourceHeader, VolumeError> {
     let mut buf = Vec::with_capacity(HEADER_LEN);
-    (&mut file)
-        .take(HEADER_LEN as u64)
+    file.take(HEADER_LEN as u64)
         .read_to_end(&mut buf)
         .map_err(|e| VolumeError::io(path, e))?;
-    ResourceHeader::decode(&buf).map(Some).map_err(|e| match e {
-        VolumeError::BadResourceFile(m) => {
-            VolumeError::BadResourceFile(format!("{}: {m}", path.display()))
-        }
-        other => other,
-    })
+    ResourceHeader::decode(&buf)
 }
 
 /// Write `header` into the resource file at `path`, creating `.rsrc/` and the file if needed

@@ -407,11 +407,6 @@ fn rebuild(volume: &Path, options: &deskd_rebuild::Options, show: bool, json: bo
         }
     };
     let c = &report.counts;
-    if json {
-        let _ = writeln!(out, "{}", serde_json::json!({ "summary": report }));
-    }
-    // With -s the summary goes to stderr and only when something differs: an up-to-date
-    // desktop gives no output at all.
     let summary = format!(
         "rebuild {}: {} objects, {} directories, {} new IDs, {} renumbered duplicates, {} repaired, {} removed, {:.2}s",
         volume.display(),
@@ -423,20 +418,21 @@ fn rebuild(volume: &Path, options: &deskd_rebuild::Options, show: bool, json: bo
         c.removed,
         report.seconds
     );
-    if !json {
-        if options.mode == deskd_rebuild::Mode::Scan {
-            if report.differences > 0 {
-                eprintln!("{summary}");
-            }
-        } else {
-            let _ = writeln!(out, "{summary}");
-        }
+    let scan = options.mode == deskd_rebuild::Mode::Scan;
+    if json {
+        write_failed |= writeln!(out, "{}", serde_json::json!({ "summary": report })).is_err();
+    } else if !scan {
+        write_failed |= writeln!(out, "{summary}").is_err();
+    } else if report.differences > 0 {
+        // With -s the summary goes to stderr and only when something differs: an up-to-date
+        // desktop gives no output at all.
+        eprintln!("{summary}");
     }
     if out.flush().is_err() || write_failed {
         eprintln!("deskd rebuild: cannot write the output");
         return ExitCode::from(2);
     }
-    if options.mode == deskd_rebuild::Mode::Scan && report.differences > 0 {
+    if scan && report.differences > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
