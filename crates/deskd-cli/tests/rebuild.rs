@@ -492,3 +492,64 @@ fn a_rebuild_killed_at_any_step_leaves_an_openable_desktop() {
         "no ID lost across the kills"
     );
 }
+
+#[test]
+fn json_verbose_threads_and_the_summary_line_agree() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"mkdir", b"vol/d"]);
+    env.dt_ok(&[b"touch", b"vol/d/a", b"vol/d/b"]);
+    env.term();
+    let vol = env.path("vol");
+    plain("cp", &["-a", "d/a", "d/a-copy"], &vol);
+    plain("rm", &["d/b"], &vol);
+
+    // -s --json: one object per difference, then the summary.
+    let out = rebuild(&env, &["-s", "--json", "--threads", "1", "vol"]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    let lines: Vec<serde_json::Value> = text(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (summary, diffs) = lines.split_last().unwrap();
+    let kinds: Vec<&str> = diffs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert!(
+        kinds.contains(&"duplicate") && kinds.contains(&"vanished"),
+        "{kinds:?}"
+    );
+    for d in diffs {
+        assert!(d["path"].as_str().unwrap().starts_with('/'), "{d}");
+        assert!(!d["detail"].as_str().unwrap().is_empty(), "{d}");
+    }
+    let s = &summary["summary"];
+    assert_eq!(s["mode"], "scan");
+    assert_eq!(s["objects"], 4, "root, d, a, a-copy: {s}");
+    assert_eq!(s["directories"], 2);
+    assert_eq!(s["renumbered"], 1);
+    assert_eq!(s["new_ids"], 1);
+    assert_eq!(s["removed"], 2, "the vanished row and its resource file");
+    assert_eq!(s["differences"].as_u64().unwrap() as usize, diffs.len());
+
+    // The same differences as text lines, with another thread count.
+    let plain_scan = rebuild(&env, &["-s", "--threads", "2", "vol"]);
+    assert_eq!(plain_scan.status.code(), Some(1));
+    assert_eq!(text(&plain_scan).lines().count(), diffs.len());
+    assert!(common::stderr(&plain_scan).contains("1 renumbered duplicates"));
+
+    // -v prints each repair, then the summary line.
+    let repair = rebuild(&env, &["-v", "vol"]);
+    assert!(repair.status.success(), "{}", common::stderr(&repair));
+    let out = text(&repair);
+    let mut lines = out.lines().collect::<Vec<_>>();
+    let last = lines.pop().unwrap();
+    assert_eq!(lines.len(), diffs.len(), "{out}");
+    assert!(
+        last.starts_with(
+            "rebuild vol: 4 objects, 2 directories, 1 new IDs, 1 renumbered duplicates, "
+        ) && last.contains(" removed, "),
+        "{last}"
+    );
+    // Without -v only the summary line.
+    let quiet = rebuild(&env, &["vol"]);
+    assert_eq!(text(&quiet).lines().count(), 1, "{}", text(&quiet));
+}
