@@ -20,6 +20,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -q "${missing[@]}"
 fi
 
+# prov-backup's tests run a real slapd and real rsnapshot (installed here when missing).
+bash scripts/slapd-fixture.sh install
+
 # Tests place sockets and volumes in a temp dir; keep it on a file system with xattrs.
 export TMPDIR="${TMPDIR:-/tmp}"
 

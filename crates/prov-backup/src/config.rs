@@ -1,0 +1,556 @@
+//! The configuration files of the original daemon (INI): the service file given with `-c` and the
+//! optional global file given with `-g`, plus our `[Backup]` section.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Why a configuration file was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not an INI file: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: [{section}] {key} is missing")]
+    Missing {
+        path: PathBuf,
+        section: &'static str,
+        key: &'static str,
+    },
+    #[error("{path}: [{section}] {key} = {value:?}: {why}")]
+    Invalid {
+        path: PathBuf,
+        section: &'static str,
+        key: &'static str,
+        value: String,
+        why: String,
+    },
+}
+
+/// Which log levels are written (`LOG_DEBUG`, `LOG_INFO`, `LOG_WARNING`, `LOG_ERR`, 0 or 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogLevels {
+    pub debug: bool,
+    pub info: bool,
+    pub warning: bool,
+    pub err: bool,
+}
+
+/// The `[Database]` section: where the accounts live and how to watch them.
+#[derive(Clone, Debug)]
+pub struct Database {
+    /// `ldap://host:port/` or `ldapi://…`, from SERVER (host or URI) and PORT.
+    pub url: String,
+    pub admin_user: String,
+    pub admin_password: String,
+    pub service_subtree: String,
+    pub cookie_file: PathBuf,
+    /// The search filter of the content-sync search; `%entryCSN%` is replaced by the CSN of the
+    /// saved cookie (or the start of 2000 when there is none).
+    pub search_filter: String,
+}
+
+/// When quotas are set (`[Backup] QUOTA`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaMode {
+    /// Only where the file system holding the backup root is mounted with user quotas.
+    Auto,
+    /// Always run the quota command (it fails if the file system has none).
+    Always,
+    /// Never touch quotas.
+    Never,
+}
+
+/// Our `[Backup]` section: where accounts go and which tools make them.
+#[derive(Clone, Debug)]
+pub struct Backup {
+    /// Every account tree is created, changed and removed strictly below this directory.
+    pub root: PathBuf,
+    /// One rsnapshot configuration per account, `<uid>.conf`.
+    pub rsnapshot_config_dir: PathBuf,
+    pub rsnapshot: PathBuf,
+    pub rsync: PathBuf,
+    /// Where the per-account rsnapshot lock files go (`lockfile` of the generated config).
+    pub rsnapshot_lock_dir: PathBuf,
+    pub quota: QuotaMode,
+    /// `setquota`-compatible: `CMD -u UID SOFT HARD 0 0 FILESYSTEM` with 1 KiB blocks.
+    pub quota_command: PathBuf,
+    /// Optional command that populates a new jail, run with the jail directory as last argument
+    /// (for example `jk_init -j`), split on white space.
+    pub jail_init: Option<Vec<String>>,
+    /// Accounts worked on at the same time.
+    pub workers: usize,
+    /// Poll interval when the server has no content sync (syncprov).
+    pub poll_interval: Duration,
+    /// Single-instance lock file.
+    pub lock_file: PathBuf,
+}
+
+/// A connect policy: how long to wait between attempts and how many attempts to make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    pub sleep: Duration,
+    pub attempts: u32,
+}
+
+/// Everything the daemon reads from its configuration files.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub log: LogLevels,
+    /// `[Global] ENVIRONMENT`: the host name used in messages.
+    pub environment: Option<String>,
+    pub database: Database,
+    /// `[Service] SERVICE` and `TYPE` (Backup, Rsnapshot).
+    pub service: String,
+    pub kind: String,
+    /// `[Service] SYSLOG`: prefix of every log message.
+    pub syslog: String,
+    pub backup: Backup,
+    /// Global.conf `[Global] SLEEP/ATTEMPTS`: connecting at start-up.
+    pub connect: Retry,
+    /// Global.conf `[Operation Mode] SLEEP/ATTEMPTS`: reconnecting while running.
+    pub reconnect: Retry,
+}
+
+/// The CSN used when no cookie is saved: every entry comes through (as in the original).
+pub const EPOCH_CSN: &str = "20000101000000.000000Z#000000#000#000000";
+
+type Sections = HashMap<String, HashMap<String, String>>;
+
+fn parse_ini(path: &Path) -> Result<Sections, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let ini = ini::Ini::load_from_str(&text).map_err(|e| ConfigError::Syntax {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let mut out: Sections = HashMap::new();
+    for (section, props) in ini.iter() {
+        let entry = out
+            .entry(section.unwrap_or("").to_ascii_lowercase())
+            .or_default();
+        for (k, v) in props.iter() {
+            entry.insert(k.to_ascii_uppercase(), v.trim().to_owned());
+        }
+    }
+    Ok(out)
+}
+
+struct Reader<'a> {
+    path: &'a Path,
+    sections: &'a Sections,
+}
+
+impl<'a> Reader<'a> {
+    fn get(&self, section: &'static str, key: &'static str) -> Option<&'a str> {
+        self.sections
+            .get(&section.to_ascii_lowercase())
+            .and_then(|s| s.get(key))
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn require(&self, section: &'static str, key: &'static str) -> Result<&'a str, ConfigError> {
+        self.get(section, key).ok_or_else(|| ConfigError::Missing {
+            path: self.path.to_owned(),
+            section,
+            key,
+        })
+    }
+
+    fn invalid(
+        &self,
+        section: &'static str,
+        key: &'static str,
+        value: &str,
+        why: &str,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            section,
+            key,
+            value: value.to_owned(),
+            why: why.to_owned(),
+        }
+    }
+
+    fn number(&self, section: &'static str, key: &'static str) -> Result<Option<u64>, ConfigError> {
+        match self.get(section, key) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| self.invalid(section, key, v, "not a whole number")),
+        }
+    }
+
+    fn flag(&self, section: &'static str, key: &'static str) -> Result<Option<bool>, ConfigError> {
+        match self.get(section, key) {
+            None => Ok(None),
+            Some("1") | Some("yes") | Some("true") => Ok(Some(true)),
+            Some("0") | Some("no") | Some("false") => Ok(Some(false)),
+            Some(v) => Err(self.invalid(section, key, v, "expected 0 or 1")),
+        }
+    }
+
+    fn absolute(
+        &self,
+        section: &'static str,
+        key: &'static str,
+        v: &str,
+    ) -> Result<PathBuf, ConfigError> {
+        let p = PathBuf::from(v);
+        if p.is_absolute() {
+            Ok(p)
+        } else {
+            Err(self.invalid(section, key, v, "must be an absolute path"))
+        }
+    }
+
+    fn retry(&self, section: &'static str, default: Retry) -> Result<Retry, ConfigError> {
+        Ok(Retry {
+            sleep: self
+                .number(section, "SLEEP")?
+                .map(Duration::from_secs)
+                .unwrap_or(default.sleep),
+            attempts: self
+                .number(section, "ATTEMPTS")?
+                .map(|a| a.max(1) as u32)
+                .unwrap_or(default.attempts),
+        })
+    }
+
+    fn log_levels(&self, default: LogLevels) -> Result<LogLevels, ConfigError> {
+        Ok(LogLevels {
+            debug: self.flag("Global", "LOG_DEBUG")?.unwrap_or(default.debug),
+            info: self.flag("Global", "LOG_INFO")?.unwrap_or(default.info),
+            warning: self
+                .flag("Global", "LOG_WARNING")?
+                .unwrap_or(default.warning),
+            err: self.flag("Global", "LOG_ERR")?.unwrap_or(default.err),
+        })
+    }
+}
+
+/// Builds the LDAP URL from SERVER (a host name or a URI) and PORT.
+fn server_url(r: &Reader, server: &str, port: Option<u64>) -> Result<String, ConfigError> {
+    if let Some((scheme, rest)) = server.split_once("://") {
+        match scheme {
+            "ldap" | "ldapi" => {}
+            "ldaps" => {
+                return Err(r.invalid(
+                    "Database",
+                    "SERVER",
+                    server,
+                    "ldaps is not supported by this build; use ldap:// on a trusted network or ldapi://",
+                ))
+            }
+            _ => return Err(r.invalid("Database", "SERVER", server, "unknown URI scheme")),
+        }
+        let host_part = rest.split('/').next().unwrap_or("");
+        if scheme == "ldap" && !host_part.contains(':') {
+            if let Some(port) = port {
+                return Ok(format!("ldap://{host_part}:{port}/"));
+            }
+        }
+        return Ok(server.to_owned());
+    }
+    if server.contains('/') || server.contains(' ') {
+        return Err(r.invalid(
+            "Database",
+            "SERVER",
+            server,
+            "not a host name or ldap:// URI",
+        ));
+    }
+    Ok(format!("ldap://{server}:{}/", port.unwrap_or(389)))
+}
+
+impl Config {
+    /// Reads the service file and, when given, the global file.
+    pub fn load(service_file: &Path, global_file: Option<&Path>) -> Result<Config, ConfigError> {
+        let defaults = LogLevels {
+            debug: false,
+            info: true,
+            warning: true,
+            err: true,
+        };
+        let (global_log, connect, reconnect) = match global_file {
+            Some(path) => {
+                let sections = parse_ini(path)?;
+                let g = Reader {
+                    path,
+                    sections: &sections,
+                };
+                (
+                    g.log_levels(defaults)?,
+                    g.retry(
+                        "Global",
+                        Retry {
+                            sleep: Duration::from_secs(10),
+                            attempts: 3,
+                        },
+                    )?,
+                    g.retry(
+                        "Operation Mode",
+                        Retry {
+                            sleep: Duration::from_secs(30),
+                            attempts: 3,
+                        },
+                    )?,
+                )
+            }
+            None => (
+                defaults,
+                Retry {
+                    sleep: Duration::from_secs(10),
+                    attempts: 3,
+                },
+                Retry {
+                    sleep: Duration::from_secs(30),
+                    attempts: 3,
+                },
+            ),
+        };
+
+        let sections = parse_ini(service_file)?;
+        let r = Reader {
+            path: service_file,
+            sections: &sections,
+        };
+        // The original reads LOG_* from the service file; Global.conf's values are the fallback.
+        let log = r.log_levels(global_log)?;
+
+        if let Some(backend) = r.get("Database", "BACKEND") {
+            if !backend.eq_ignore_ascii_case("LDAP") {
+                return Err(r.invalid("Database", "BACKEND", backend, "only LDAP is supported"));
+            }
+        }
+        let server = r.require("Database", "SERVER")?;
+        let port = r.number("Database", "PORT")?;
+        let url = server_url(&r, server, port)?;
+        let search_filter = r
+            .get("Database", "SEARCH_FILTER")
+            .unwrap_or("(&(entryCSN>=%entryCSN%)(objectClass=*))")
+            .to_owned();
+        let database = Database {
+            url,
+            admin_user: r.require("Database", "ADMIN_USER")?.to_owned(),
+            admin_password: r.require("Database", "ADMIN_PASSWORD")?.to_owned(),
+            service_subtree: r.require("Database", "SERVICE_SUBTREE")?.to_owned(),
+            cookie_file: r.absolute(
+                "Database",
+                "COOKIE_FILE",
+                r.require("Database", "COOKIE_FILE")?,
+            )?,
+            search_filter,
+        };
+
+        let modus = r.get("Service", "MODUS").unwrap_or("selfcare");
+        if !modus.eq_ignore_ascii_case("selfcare") {
+            return Err(r.invalid(
+                "Service",
+                "MODUS",
+                modus,
+                "only selfcare is supported (accounts act on sstProvisioningMode)",
+            ));
+        }
+        let service = r.get("Service", "SERVICE").unwrap_or("Backup").to_owned();
+        let kind = r.get("Service", "TYPE").unwrap_or("Rsnapshot").to_owned();
+        let syslog = r
+            .get("Service", "SYSLOG")
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{service}-{kind}"));
+
+        let root = r.absolute(
+            "Backup",
+            "BACKUP_ROOT",
+            r.get("Backup", "BACKUP_ROOT").unwrap_or("/var/backup"),
+        )?;
+        if root == Path::new("/") {
+            return Err(r.invalid("Backup", "BACKUP_ROOT", "/", "the backup root cannot be /"));
+        }
+        let quota = match r.get("Backup", "QUOTA").unwrap_or("auto") {
+            v if v.eq_ignore_ascii_case("auto") => QuotaMode::Auto,
+            v if v.eq_ignore_ascii_case("always") => QuotaMode::Always,
+            v if v.eq_ignore_ascii_case("never") => QuotaMode::Never,
+            v => return Err(r.invalid("Backup", "QUOTA", v, "expected auto, always or never")),
+        };
+        let workers = match r.number("Backup", "WORKERS")? {
+            None => 4,
+            Some(0) => return Err(r.invalid("Backup", "WORKERS", "0", "at least 1")),
+            Some(n) if n > 64 => {
+                return Err(r.invalid("Backup", "WORKERS", &n.to_string(), "at most 64"))
+            }
+            Some(n) => n as usize,
+        };
+        let poll_interval = match r.number("Backup", "POLL_INTERVAL")? {
+            None => Duration::from_secs(10),
+            Some(0) => return Err(r.invalid("Backup", "POLL_INTERVAL", "0", "at least 1 second")),
+            Some(n) => Duration::from_secs(n),
+        };
+        let jail_init = r
+            .get("Backup", "JAIL_INIT")
+            .map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
+        let default_lock = format!("/var/run/Provisioning-{service}-{kind}.lock");
+        let backup = Backup {
+            rsnapshot_config_dir: r.absolute(
+                "Backup",
+                "RSNAPSHOT_CONFIG_DIR",
+                r.get("Backup", "RSNAPSHOT_CONFIG_DIR")
+                    .unwrap_or("/etc/rsnapshot.d"),
+            )?,
+            rsnapshot: PathBuf::from(r.get("Backup", "RSNAPSHOT").unwrap_or("rsnapshot")),
+            rsync: r.absolute(
+                "Backup",
+                "RSYNC",
+                r.get("Backup", "RSYNC").unwrap_or("/usr/bin/rsync"),
+            )?,
+            rsnapshot_lock_dir: r.absolute(
+                "Backup",
+                "RSNAPSHOT_LOCK_DIR",
+                r.get("Backup", "RSNAPSHOT_LOCK_DIR").unwrap_or("/var/run"),
+            )?,
+            quota,
+            quota_command: PathBuf::from(r.get("Backup", "QUOTA_COMMAND").unwrap_or("setquota")),
+            jail_init,
+            workers,
+            poll_interval,
+            lock_file: r.absolute(
+                "Backup",
+                "LOCK_FILE",
+                r.get("Backup", "LOCK_FILE").unwrap_or(&default_lock),
+            )?,
+            root,
+        };
+        Ok(Config {
+            log,
+            environment: r.get("Global", "ENVIRONMENT").map(str::to_owned),
+            database,
+            service,
+            kind,
+            syslog,
+            backup,
+            connect,
+            reconnect,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const SERVICE: &str = "[Global]\nLOG_DEBUG = 1\nLOG_INFO = 1\nLOG_WARNING = 1\nLOG_ERR = 1\n\
+        ENVIRONMENT = backup-01\n\n[Database]\nBACKEND = LDAP\nSERVER = ldap.example.org\nPORT = 3890\n\
+        ADMIN_USER = cn=admin,dc=example\nADMIN_PASSWORD = pw\n\
+        SERVICE_SUBTREE = ou=accounts,ou=backup,dc=example\nCOOKIE_FILE = /var/lib/prov/cookie\n\
+        DEFAULT_COOKIE = rid=001,csn=\n\n[Service]\nMODUS = selfcare\nTRANSPORTAPI = LocalCLI\n\
+        SERVICE = Backup\nTYPE = Rsnapshot\nSYSLOG = Backup-Rsnapshot\n\n[Gateway]\nHOST = localhost\n\n\
+        [Backup]\nBACKUP_ROOT = /srv/backup\nWORKERS = 2\n";
+
+    #[test]
+    fn reads_the_original_keys_and_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = write(dir.path(), "s.conf", SERVICE);
+        let global = write(
+            dir.path(),
+            "g.conf",
+            "[Global]\nSLEEP = 2\nATTEMPTS = 5\n\n[Operation Mode]\nSLEEP = 1\nATTEMPTS = 7\n",
+        );
+        let c = Config::load(&service, Some(&global)).unwrap();
+        assert_eq!(c.database.url, "ldap://ldap.example.org:3890/");
+        assert_eq!(
+            c.database.service_subtree,
+            "ou=accounts,ou=backup,dc=example"
+        );
+        assert_eq!(
+            c.database.search_filter,
+            "(&(entryCSN>=%entryCSN%)(objectClass=*))"
+        );
+        assert_eq!(c.syslog, "Backup-Rsnapshot");
+        assert!(c.log.debug);
+        assert_eq!(c.environment.as_deref(), Some("backup-01"));
+        assert_eq!(c.backup.root, PathBuf::from("/srv/backup"));
+        assert_eq!(c.backup.workers, 2);
+        assert_eq!(c.backup.quota, QuotaMode::Auto);
+        assert_eq!(
+            c.backup.lock_file,
+            PathBuf::from("/var/run/Provisioning-Backup-Rsnapshot.lock")
+        );
+        assert_eq!(
+            c.connect,
+            Retry {
+                sleep: Duration::from_secs(2),
+                attempts: 5
+            }
+        );
+        assert_eq!(
+            c.reconnect,
+            Retry {
+                sleep: Duration::from_secs(1),
+                attempts: 7
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_honour() {
+        let dir = tempfile::tempdir().unwrap();
+        for (from, to, needle) in [
+            ("SERVER = ldap.example.org", "SERVER = ldaps://x", "ldaps"),
+            ("MODUS = selfcare", "MODUS = ldap", "only selfcare"),
+            (
+                "BACKUP_ROOT = /srv/backup",
+                "BACKUP_ROOT = relative",
+                "absolute",
+            ),
+            (
+                "BACKUP_ROOT = /srv/backup",
+                "BACKUP_ROOT = /",
+                "cannot be /",
+            ),
+            ("WORKERS = 2", "WORKERS = 0", "at least 1"),
+            ("PORT = 3890", "PORT = many", "whole number"),
+            ("ADMIN_PASSWORD = pw\n", "", "ADMIN_PASSWORD is missing"),
+        ] {
+            let text = SERVICE.replace(from, to);
+            assert_ne!(text, SERVICE);
+            let p = write(dir.path(), "s.conf", &text);
+            let err = Config::load(&p, None).unwrap_err().to_string();
+            assert!(err.contains(needle), "{to}: {err}");
+        }
+        let err = Config::load(&dir.path().join("absent.conf"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn server_may_be_a_uri() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "s.conf",
+            &SERVICE.replace("SERVER = ldap.example.org", "SERVER = ldap://127.0.0.1"),
+        );
+        assert_eq!(
+            Config::load(&p, None).unwrap().database.url,
+            "ldap://127.0.0.1:3890/"
+        );
+    }
+}

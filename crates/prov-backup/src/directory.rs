@@ -1,0 +1,129 @@
+//! The LDAP side: connecting and binding, finding pending entries, and the writes that move an
+//! entry through its states (claim, done, failed).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
+use ldap3::controls::{Assertion, MakeCritical};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Mod, Scope, SearchEntry};
+
+use crate::account::{Attributes, Mode};
+use crate::config::Database;
+
+/// How long one LDAP operation may take before the connection counts as lost.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Entries that ask for work now or later (the date is checked by the selfcare rule).
+pub const PENDING_FILTER: &str = "(&(sstProvisioningState=0)(|(sstProvisioningMode=add)(sstProvisioningMode=modify)(sstProvisioningMode=delete)))";
+
+/// LDAP result codes we act on.
+pub const RC_NO_SUCH_OBJECT: u32 = 32;
+pub const RC_ASSERTION_FAILED: u32 = 122;
+pub const RC_UNAVAILABLE_CRITICAL_EXTENSION: u32 = 12;
+
+/// Opens a connection and binds as ADMIN_USER.
+pub async fn connect(db: &Database) -> Result<Ldap, LdapError> {
+    let settings = LdapConnSettings::new().set_conn_timeout(Duration::from_secs(10));
+    let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &db.url).await?;
+    ldap3::drive!(conn);
+    ldap.with_timeout(OP_TIMEOUT)
+        .simple_bind(&db.admin_user, &db.admin_password)
+        .await?
+        .success()?;
+    Ok(ldap)
+}
+
+/// Every entry under SERVICE_SUBTREE that asks for add, modify or delete with state "0",
+/// read in pages so a server size limit does not cut the list short.
+pub async fn pending(ldap: &mut Ldap, base: &str) -> Result<Vec<(String, Attributes)>, LdapError> {
+    let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![
+        Box::new(EntriesOnly::new()),
+        Box::new(PagedResults::new(500)),
+    ];
+    let mut stream = ldap
+        .with_timeout(OP_TIMEOUT)
+        .streaming_search_with(adapters, base, Scope::Subtree, PENDING_FILTER, vec!["*"])
+        .await?;
+    let mut out = Vec::new();
+    while let Some(entry) = stream.next().await? {
+        let e = SearchEntry::construct(entry);
+        out.push((e.dn, e.attrs));
+    }
+    stream.finish().await.success()?;
+    Ok(out)
+}
+
+/// The current attributes of one entry; None when it no longer exists.
+pub async fn read(ldap: &mut Ldap, dn: &str) -> Result<Option<Attributes>, LdapError> {
+    let res = ldap
+        .with_timeout(OP_TIMEOUT)
+        .search(dn, Scope::Base, "(objectClass=*)", vec!["*"])
+        .await?;
+    if res.1.rc == RC_NO_SUCH_OBJECT {
+        return Ok(None);
+    }
+    let (entries, _) = res.success()?;
+    Ok(entries
+        .into_iter()
+        .next()
+        .map(|e| SearchEntry::construct(e).attrs))
+}
+
+fn replace(attr: &'static str, value: String) -> Mod<String> {
+    Mod::Replace(attr.to_owned(), HashSet::from([value]))
+}
+
+/// Writes the "-ing" mode, but only while the entry still asks for `mode` with state "0" (an
+/// LDAP assertion): that write is the lock, so two daemons, or a stale copy of the entry,
+/// never start the same work twice. Ok(false): the entry changed or went away first.
+pub async fn claim(ldap: &mut Ldap, dn: &str, mode: Mode) -> Result<bool, LdapError> {
+    let filter = format!(
+        "(&(sstProvisioningMode={})(sstProvisioningState=0))",
+        mode.requested()
+    );
+    let res = ldap
+        .with_controls(Assertion { filter }.critical())
+        .with_timeout(OP_TIMEOUT)
+        .modify(
+            dn,
+            vec![replace("sstProvisioningMode", mode.running().to_owned())],
+        )
+        .await?;
+    match res.rc {
+        0 => Ok(true),
+        RC_ASSERTION_FAILED | RC_NO_SUCH_OBJECT => Ok(false),
+        _ => Err(LdapError::LdapResult { result: res }),
+    }
+}
+
+/// The work is done: the "-ed" mode, return value 0 and the UTC completion time, in one write.
+pub async fn finish(ldap: &mut Ldap, dn: &str, mode: Mode, stamp: &str) -> Result<(), LdapError> {
+    ldap.with_timeout(OP_TIMEOUT)
+        .modify(
+            dn,
+            vec![
+                replace("sstProvisioningMode", mode.done().to_owned()),
+                replace("sstProvisioningReturnValue", "0".to_owned()),
+                replace("sstProvisioningState", stamp.to_owned()),
+            ],
+        )
+        .await?
+        .success()?;
+    Ok(())
+}
+
+/// The work failed: the "-ing" mode and state "0" stay, the return value says why.
+pub async fn fail(ldap: &mut Ldap, dn: &str, return_value: i32) -> Result<(), LdapError> {
+    ldap.with_timeout(OP_TIMEOUT)
+        .modify(
+            dn,
+            vec![replace(
+                "sstProvisioningReturnValue",
+                return_value.to_string(),
+            )],
+        )
+        .await?
+        .success()?;
+    Ok(())
+}

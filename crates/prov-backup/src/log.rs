@@ -1,0 +1,89 @@
+//! Logging as the original does it: syslog (ident `prov-backup`, facility local0, with the pid)
+//! with every message prefixed by `[Service] SYSLOG`, each level switched on or off by LOG_*,
+//! and with `-d` the same lines on stdout as `LEVEL:  text`.
+
+use std::ffi::CString;
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::prelude::*;
+
+use crate::config::LogLevels;
+
+struct Logger {
+    levels: LogLevels,
+    prefix: String,
+    stdout: bool,
+}
+
+#[derive(Default)]
+struct Message(String);
+
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        } else {
+            let _ = write!(self.0, " {}={value}", field.name());
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Logger {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        if !meta.target().starts_with("prov_backup") {
+            return;
+        }
+        let level = *meta.level();
+        let (on, priority, name) = match level {
+            Level::ERROR => (self.levels.err, libc::LOG_ERR, "ERROR"),
+            Level::WARN => (self.levels.warning, libc::LOG_WARNING, "WARNING"),
+            Level::INFO => (self.levels.info, libc::LOG_INFO, "INFO"),
+            _ => (self.levels.debug, libc::LOG_DEBUG, "DEBUG"),
+        };
+        if !on {
+            return;
+        }
+        let mut m = Message::default();
+        event.record(&mut m);
+        let line = format!("{}:  {}", self.prefix, m.0);
+        if let Ok(c) = CString::new(line.replace('\0', " ")) {
+            // SAFETY: a constant "%s" format and a NUL-terminated string.
+            unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
+        }
+        if self.stdout {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{name}:  {}", m.0);
+            let _ = out.flush();
+        }
+    }
+}
+
+/// Installs the logger for the whole process.
+pub fn init(levels: LogLevels, prefix: &str, stdout: bool) {
+    // SAFETY: openlog keeps the ident pointer; a static C string lives for the process.
+    unsafe {
+        libc::openlog(
+            c"prov-backup".as_ptr(),
+            libc::LOG_NDELAY | libc::LOG_PID,
+            libc::LOG_LOCAL0,
+        )
+    };
+    let logger = Logger {
+        levels,
+        prefix: prefix.to_owned(),
+        stdout,
+    };
+    let _ = tracing_subscriber::registry().with(logger).try_init();
+}

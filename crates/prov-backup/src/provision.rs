@@ -1,0 +1,503 @@
+//! The work on disk for add, modify and delete: the account tree under the backup root, the
+//! rsnapshot configuration and the quota. Nothing outside the backup root (and the rsnapshot
+//! configuration directory) is ever created or removed. In a dry run every step is printed
+//! (`DRY-RUN:  …`) and nothing changes.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use thiserror::Error;
+
+use crate::account::{Account, AccountPaths, EntryError, Uid};
+use crate::config::{Backup, QuotaMode};
+use crate::rsnapshot;
+
+/// Why the work for one entry failed; `return_value` is what goes into
+/// sstProvisioningReturnValue.
+#[derive(Debug, Error)]
+pub enum WorkError {
+    #[error("bad entry: {0}")]
+    Entry(#[from] EntryError),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("rsnapshot configtest refused {path}: {output}")]
+    ConfigTest { path: PathBuf, output: String },
+    #[error("quota: {0}")]
+    Quota(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("jail: {0}")]
+    Jail(String),
+}
+
+impl WorkError {
+    /// 1 bad entry, 2 file-system error, 3 rsnapshot refused the configuration, 4 quota,
+    /// 5 refused for safety (path not a plain directory, tree missing), 6 jail command.
+    pub fn return_value(&self) -> i32 {
+        match self {
+            WorkError::Entry(_) => 1,
+            WorkError::Io { .. } => 2,
+            WorkError::ConfigTest { .. } => 3,
+            WorkError::Quota(_) => 4,
+            WorkError::Refused(_) => 5,
+            WorkError::Jail(_) => 6,
+        }
+    }
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> WorkError {
+    let path = path.to_owned();
+    move |source| WorkError::Io { op, path, source }
+}
+
+/// Does the work for one account entry at a time; cheap to share between workers.
+#[derive(Clone, Debug)]
+pub struct Provisioner {
+    backup: Backup,
+    dry_run: bool,
+}
+
+/// Who owns a directory of the account tree, and its mode.
+#[derive(Clone, Copy)]
+struct Owner {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: u32,
+}
+
+const ROOT_OWNED: Owner = Owner {
+    uid: None,
+    gid: None,
+    mode: 0o755,
+};
+
+impl Provisioner {
+    pub fn new(backup: Backup, dry_run: bool) -> Provisioner {
+        Provisioner { backup, dry_run }
+    }
+
+    /// Runs one step, or prints it in a dry run.
+    fn step(
+        &self,
+        what: String,
+        f: impl FnOnce() -> Result<(), WorkError>,
+    ) -> Result<(), WorkError> {
+        if self.dry_run {
+            println!("DRY-RUN:  {what}");
+            tracing::info!("DRY-RUN:  {what}");
+            return Ok(());
+        }
+        tracing::debug!("{what}");
+        f()
+    }
+
+    /// The backup root, which must exist: a missing root usually means an unmounted volume,
+    /// and creating it would fill the wrong file system.
+    fn root(&self) -> Result<PathBuf, WorkError> {
+        let root = &self.backup.root;
+        match fs::metadata(root) {
+            Ok(m) if m.is_dir() => fs::canonicalize(root).map_err(io("resolve", root)),
+            Ok(_) => Err(WorkError::Refused(format!(
+                "backup root {} is not a directory",
+                root.display()
+            ))),
+            Err(e) => Err(WorkError::Io {
+                op: "open backup root",
+                path: root.clone(),
+                source: e,
+            }),
+        }
+    }
+
+    /// Creates add's tree, the jail (when JAIL_INIT is set), the rsnapshot configuration and
+    /// the quota. Runs again without harm on an existing account.
+    pub fn add(&self, account: &Account) -> Result<(), WorkError> {
+        let root = self.root()?;
+        let paths = AccountPaths::new(&root, &account.uid);
+        self.warn_home_directory(account, &paths);
+        self.create_tree(&root, &paths, account)?;
+        if let Some(cmd) = &self.backup.jail_init {
+            self.run_jail_init(cmd, &paths.jail)?;
+        }
+        self.write_config(account, &paths)?;
+        self.set_quota(&root, account.uid_number, account.quota_bytes)
+    }
+
+    /// Rewrites the rsnapshot configuration and the quota; the tree must exist.
+    pub fn modify(&self, account: &Account) -> Result<(), WorkError> {
+        let root = self.root()?;
+        let paths = AccountPaths::new(&root, &account.uid);
+        self.warn_home_directory(account, &paths);
+        if !self.dry_run && !real_dir_below(&root, &paths.home)? {
+            return Err(WorkError::Refused(format!(
+                "account tree {} is missing; set sstProvisioningMode to add to create it",
+                paths.home.display()
+            )));
+        }
+        self.write_config(account, &paths)?;
+        self.set_quota(&root, account.uid_number, account.quota_bytes)
+    }
+
+    /// Removes the rsnapshot configuration, the account tree and the quota. An account that
+    /// is already gone is not an error.
+    pub fn delete(&self, uid: &Uid, uid_number: Option<u32>) -> Result<(), WorkError> {
+        let root = self.root()?;
+        let paths = AccountPaths::new(&root, uid);
+        let conf = self.config_path(uid);
+        if fs::symlink_metadata(&conf).is_ok() {
+            self.step(format!("remove {}", conf.display()), || {
+                fs::remove_file(&conf).map_err(io("remove", &conf))?;
+                sync_dir(&self.backup.rsnapshot_config_dir)
+            })?;
+        }
+        if real_dir_below(&root, &paths.account_dir)? {
+            let dir = &paths.account_dir;
+            self.step(format!("remove tree {}", dir.display()), || {
+                // std's remove_dir_all does not follow symlinks inside the tree.
+                fs::remove_dir_all(dir).map_err(io("remove tree", dir))
+            })?;
+            // Tidy the hash levels that became empty; a level still in use stays.
+            if !self.dry_run {
+                let mut level = dir.parent();
+                while let Some(d) = level {
+                    if d == root || fs::remove_dir(d).is_err() {
+                        break;
+                    }
+                    level = d.parent();
+                }
+            }
+        } else {
+            tracing::info!(
+                "{}: no account tree at {}",
+                uid,
+                paths.account_dir.display()
+            );
+        }
+        match uid_number {
+            Some(n) if n != 0 => self.set_quota(&root, n, Some(0)),
+            _ => {
+                tracing::info!("{uid}: no uidNumber in the entry; quota left as it is");
+                Ok(())
+            }
+        }
+    }
+
+    fn warn_home_directory(&self, account: &Account, paths: &AccountPaths) {
+        if let Some(hd) = &account.home_directory {
+            let ours = paths.home_directory();
+            if *hd != ours {
+                tracing::warn!(
+                    "{}: homeDirectory {hd} differs from the account's home {ours}; logins will not find it",
+                    account.uid
+                );
+            }
+        }
+    }
+
+    fn create_tree(&self, root: &Path, paths: &AccountPaths, a: &Account) -> Result<(), WorkError> {
+        let user = Owner {
+            uid: Some(a.uid_number),
+            gid: Some(a.gid_number),
+            mode: 0o700,
+        };
+        // Root owns everything down to the home so the user cannot swap .snapshots for a
+        // symlink and steer root's rsnapshot elsewhere; the group may read the snapshots.
+        let readable = Owner {
+            uid: None,
+            gid: Some(a.gid_number),
+            mode: 0o750,
+        };
+        let mut dirs: Vec<(PathBuf, Owner)> = Vec::new();
+        let mut levels: Vec<PathBuf> = paths
+            .account_dir
+            .ancestors()
+            .take_while(|p| *p != root)
+            .map(Path::to_owned)
+            .collect();
+        levels.reverse();
+        for l in levels {
+            dirs.push((l, ROOT_OWNED));
+        }
+        dirs.push((paths.jail.clone(), ROOT_OWNED));
+        dirs.push((paths.jail.join("home"), ROOT_OWNED));
+        dirs.push((paths.home.clone(), readable));
+        dirs.push((paths.home.join(".snapshots"), readable));
+        for sub in ["incoming", ".ssh", ".sepiola_backup"] {
+            dirs.push((paths.home.join(sub), user));
+        }
+        for (dir, owner) in dirs {
+            self.ensure_dir(&dir, owner)?;
+        }
+        Ok(())
+    }
+
+    fn ensure_dir(&self, dir: &Path, owner: Owner) -> Result<(), WorkError> {
+        let who = match (owner.uid, owner.gid) {
+            (Some(u), Some(g)) => format!(" owner {u}:{g}"),
+            (None, Some(g)) => format!(" group {g}"),
+            _ => String::new(),
+        };
+        self.step(
+            format!("mkdir {} mode {:o}{who}", dir.display(), owner.mode),
+            || {
+                match fs::symlink_metadata(dir) {
+                    Ok(m) if m.file_type().is_dir() => {}
+                    Ok(_) => {
+                        return Err(WorkError::Refused(format!(
+                            "{} exists and is not a directory (a symlink or a file)",
+                            dir.display()
+                        )))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        fs::DirBuilder::new()
+                            .mode(owner.mode)
+                            .create(dir)
+                            .map_err(io("mkdir", dir))?;
+                    }
+                    Err(e) => return Err(io("stat", dir)(e)),
+                }
+                fs::set_permissions(dir, fs::Permissions::from_mode(owner.mode))
+                    .map_err(io("chmod", dir))?;
+                if owner.uid.is_some() || owner.gid.is_some() {
+                    std::os::unix::fs::lchown(dir, owner.uid, owner.gid)
+                        .map_err(io("chown", dir))?;
+                }
+                Ok(())
+            },
+        )
+    }
+
+    fn run_jail_init(&self, cmd: &[String], jail: &Path) -> Result<(), WorkError> {
+        let shown = format!("{} {}", cmd.join(" "), jail.display());
+        self.step(format!("run {shown}"), || {
+            let (prog, args) = cmd
+                .split_first()
+                .ok_or_else(|| WorkError::Jail("JAIL_INIT is empty".into()))?;
+            let out = Command::new(prog)
+                .args(args)
+                .arg(jail)
+                .output()
+                .map_err(|e| WorkError::Jail(format!("cannot run {prog}: {e}")))?;
+            if !out.status.success() {
+                return Err(WorkError::Jail(format!(
+                    "{shown} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    fn config_path(&self, uid: &Uid) -> PathBuf {
+        self.backup.rsnapshot_config_dir.join(format!("{uid}.conf"))
+    }
+
+    /// Writes the configuration under a temporary name, has rsnapshot check it and only then
+    /// renames it into place, so a configuration rsnapshot refuses never replaces a good one.
+    fn write_config(&self, a: &Account, paths: &AccountPaths) -> Result<(), WorkError> {
+        let dir = &self.backup.rsnapshot_config_dir;
+        let conf = self.config_path(&a.uid);
+        let tmp = dir.join(format!(".{}.conf.tmp", a.uid));
+        let text = rsnapshot::render(
+            a,
+            paths,
+            &self.backup.rsync,
+            &self.backup.rsnapshot_lock_dir,
+        );
+        if self.dry_run {
+            println!(
+                "DRY-RUN:  write {} and check it with rsnapshot configtest:",
+                conf.display()
+            );
+            for line in text.lines() {
+                println!("DRY-RUN:      {line}");
+            }
+            tracing::info!("DRY-RUN:  write {}", conf.display());
+            return Ok(());
+        }
+        tracing::debug!("write {}", conf.display());
+        fs::create_dir_all(dir).map_err(io("mkdir", dir))?;
+        {
+            let mut f = fs::File::create(&tmp).map_err(io("create", &tmp))?;
+            f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
+            f.sync_all().map_err(io("fsync", &tmp))?;
+        }
+        if let Err(output) = rsnapshot::configtest(&self.backup.rsnapshot, &tmp) {
+            let _ = fs::remove_file(&tmp);
+            return Err(WorkError::ConfigTest { path: conf, output });
+        }
+        fs::rename(&tmp, &conf).map_err(io("rename", &conf))?;
+        sync_dir(dir)
+    }
+
+    fn set_quota(&self, root: &Path, uid_number: u32, bytes: Option<u64>) -> Result<(), WorkError> {
+        let Some(bytes) = bytes else {
+            tracing::info!("uid {uid_number}: the entry has no sstQuota; no quota set");
+            return Ok(());
+        };
+        if self.backup.quota == QuotaMode::Never {
+            tracing::debug!("uid {uid_number}: quotas are off (QUOTA = never)");
+            return Ok(());
+        }
+        let mount = mount_of(root)
+            .map_err(|e| WorkError::Quota(format!("cannot read the mount table: {e}")))?;
+        if self.backup.quota == QuotaMode::Auto && !mount.user_quota {
+            tracing::info!(
+                "uid {uid_number}: quota of {bytes} bytes not set: {} is not mounted with user quotas \
+                 (mount it with usrquota, or set QUOTA = never in [Backup])",
+                mount.point.display()
+            );
+            return Ok(());
+        }
+        // setquota counts 1 KiB blocks; round up so the limit is never below what was sold.
+        let blocks = bytes.div_ceil(1024).to_string();
+        let cmd = &self.backup.quota_command;
+        let shown = format!(
+            "{} -u {uid_number} {blocks} {blocks} 0 0 {}",
+            cmd.display(),
+            mount.point.display()
+        );
+        self.step(format!("run {shown}"), || {
+            let out = Command::new(cmd)
+                .arg("-u")
+                .arg(uid_number.to_string())
+                .args([&blocks, &blocks, "0", "0"])
+                .arg(&mount.point)
+                .output()
+                .map_err(|e| WorkError::Quota(format!("cannot run {}: {e}", cmd.display())))?;
+            if !out.status.success() {
+                return Err(WorkError::Quota(format!(
+                    "{shown} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Is `path` an existing plain directory, reached from `root` through plain directories only?
+/// A symlink anywhere below the root is refused: it could point outside the backup root.
+fn real_dir_below(root: &Path, path: &Path) -> Result<bool, WorkError> {
+    let rel = path.strip_prefix(root).map_err(|_| {
+        WorkError::Refused(format!("{} is outside the backup root", path.display()))
+    })?;
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        match c {
+            std::path::Component::Normal(n) => cur.push(n),
+            _ => {
+                return Err(WorkError::Refused(format!(
+                    "{} is not a plain path",
+                    path.display()
+                )))
+            }
+        }
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(WorkError::Refused(format!(
+                    "{} is not a directory (a symlink or a file); not touching it",
+                    cur.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io("stat", &cur)(e)),
+        }
+    }
+    Ok(true)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WorkError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", dir))
+}
+
+/// The mount holding a path, from /proc/self/mountinfo.
+struct Mount {
+    point: PathBuf,
+    user_quota: bool,
+}
+
+fn unescape_mount(s: &str) -> String {
+    // mountinfo writes space, tab, newline and backslash as \ooo.
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn mount_of(path: &Path) -> std::io::Result<Mount> {
+    let table = fs::read_to_string("/proc/self/mountinfo")?;
+    let mut best: Option<Mount> = None;
+    for line in table.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.len() < 10 {
+            continue;
+        }
+        let point = PathBuf::from(unescape_mount(fields[4]));
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let sep = fields
+            .iter()
+            .position(|f| *f == "-")
+            .unwrap_or(fields.len());
+        let mut options: Vec<&str> = fields[5].split(',').collect();
+        if let Some(sup) = fields.get(sep + 3) {
+            options.extend(sup.split(','));
+        }
+        let user_quota = options.iter().any(|o| {
+            matches!(*o, "usrquota" | "quota" | "uquota" | "uqnoenforce")
+                || o.starts_with("usrjquota=")
+        });
+        if best
+            .as_ref()
+            .map_or(true, |b| point.as_os_str().len() >= b.point.as_os_str().len())
+        {
+            best = Some(Mount { point, user_quota });
+        }
+    }
+    best.ok_or_else(|| std::io::Error::other(format!("no mount holds {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_names_are_unescaped() {
+        assert_eq!(unescape_mount("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_mount("/plain"), "/plain");
+        assert_eq!(unescape_mount("/end\\04"), "/end\\04");
+    }
+
+    #[test]
+    fn the_root_mount_holds_everything() {
+        let m = mount_of(Path::new("/")).unwrap();
+        assert_eq!(m.point, Path::new("/"));
+    }
+}

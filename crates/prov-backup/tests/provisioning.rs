@@ -1,0 +1,547 @@
+//! prov-backup against a real slapd (with syncprov unless said otherwise) and real rsnapshot.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+
+use common::*;
+
+const EXAMPLE_UID: &str = "4000123";
+
+fn configtest(conf: &std::path::Path) -> String {
+    let out = Command::new("rsnapshot")
+        .arg("-c")
+        .arg(conf)
+        .arg("configtest")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn add_modify_delete_through_their_states() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(&tmp.path().join("ldap"), true);
+    let setup = Setup::new(&tmp.path().join("prov"), &slapd.url(), "");
+    // Someone else's data in the backup root must survive the delete.
+    std::fs::write(setup.root.join("keep-me"), "x").unwrap();
+    let mut daemon = setup.start(&[]);
+    let dn = account_dn(EXAMPLE_UID);
+
+    // add (the example entry asks for it) -> adding -> added with a timestamp.
+    let e = slapd.wait_for(&dn, "added", is_stamp);
+    assert_eq!(e["sstProvisioningReturnValue"], "0");
+    daemon.wait_log(&format!("{dn}: adding"));
+    let home = setup.home(EXAMPLE_UID);
+    for (sub, uid, mode) in [
+        ("incoming", 4000123, 0o700),
+        (".ssh", 4000123, 0o700),
+        (".sepiola_backup", 4000123, 0o700),
+        (".snapshots", 0, 0o750),
+    ] {
+        let m = std::fs::symlink_metadata(home.join(sub)).unwrap();
+        assert!(m.is_dir(), "{sub}");
+        assert_eq!((m.uid(), m.gid()), (uid, 4000123), "{sub}");
+        assert_eq!(m.permissions().mode() & 0o7777, mode, "{sub}");
+    }
+    let conf = setup.conf_dir.join("4000123.conf");
+    assert!(configtest(&conf).contains("Syntax OK"));
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(
+        text.contains("retain\tdaily\t7\nretain\tweekly\t4\nretain\tmonthly\t3\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("hourly") && !text.contains("yearly"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("snapshot_root\t{}/.snapshots/\n", home.display())));
+    assert!(text.contains(&format!("backup\t{}/incoming/\t./\t", home.display())));
+    assert!(text.contains("no_create_root\t1\n") && text.contains("sync_first\t1\n"));
+    // No quotas on the test file system: said so in the log.
+    daemon.wait_log("is not mounted with user quotas");
+
+    // modify of the intervals regenerates the configuration.
+    slapd.set(
+        &dn,
+        &[
+            ("sstBackupIntervalHourly", "24"),
+            ("sstBackupIntervalDaily", "14"),
+            ("sstBackupIntervalYearly", "2"),
+            ("sstProvisioningMode", "modify"),
+            ("sstProvisioningState", "0"),
+        ],
+    );
+    let e = slapd.wait_for(&dn, "modified", is_stamp);
+    assert_eq!(e["sstProvisioningReturnValue"], "0");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(
+        text.contains("retain\thourly\t24\nretain\tdaily\t14\nretain\tweekly\t4\nretain\tmonthly\t3\nretain\tyearly\t2\n"),
+        "{text}"
+    );
+    assert!(configtest(&conf).contains("Syntax OK"));
+
+    // delete removes the tree and the configuration, and nothing else.
+    std::fs::write(home.join("incoming/file"), "data").unwrap();
+    slapd.set(
+        &dn,
+        &[
+            ("sstProvisioningMode", "delete"),
+            ("sstProvisioningState", "0"),
+        ],
+    );
+    let e = slapd.wait_for(&dn, "deleted", is_stamp);
+    assert_eq!(e["sstProvisioningReturnValue"], "0");
+    assert!(!setup.account_dir(EXAMPLE_UID).exists());
+    assert!(!conf.exists());
+    assert!(setup.root.join("keep-me").exists());
+    assert!(setup.root.is_dir());
+
+    assert_eq!(daemon.terminate(), 0);
+    let log = daemon.log_text();
+    assert!(
+        log.contains("Stopping Backup Rsnapshot provisioning script"),
+        "{log}"
+    );
+    // Each step once: the echoes of our own writes were not taken for new requests.
+    assert_eq!(log.matches(&format!("{dn}: adding")).count(), 1, "{log}");
+    assert_eq!(log.matches(&format!("{dn}: modifying")).count(), 1, "{log}");
+    assert_eq!(log.matches(&format!("{dn}: deleting")).count(), 1, "{log}");
+}
+
+#[test]
+fn future_dates_and_other_states_are_left_alone_and_failures_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(&tmp.path().join("ldap"), true);
+    let setup = Setup::new(&tmp.path().join("prov"), &slapd.url(), "");
+    let tomorrow = (chrono_like_today() + 2).to_string();
+    let ldif = [
+        account_ldif("5000001", "add", "0", &tomorrow, [0, 7, 4, 3, 0], ""),
+        account_ldif(
+            "5000002",
+            "add",
+            "20250101T000000Z",
+            "0",
+            [0, 7, 4, 3, 0],
+            "",
+        ),
+        account_ldif("5000003", "adding", "0", "0", [0, 7, 4, 3, 0], ""),
+        // A past date is done (the original would wait for exactly that day forever).
+        account_ldif("5000004", "add", "0", "20240101", [0, 7, 4, 3, 0], ""),
+        // Its account's place is taken by a file: the add fails.
+        account_ldif("5000005", "add", "0", "0", [0, 7, 4, 3, 0], ""),
+    ]
+    .join("\n");
+    let blocked = setup.account_dir("5000005");
+    std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
+    std::fs::write(&blocked, "in the way").unwrap();
+    slapd.add(&ldif);
+    let daemon = setup.start(&[]);
+
+    slapd.wait_for(&account_dn("5000004"), "added", is_stamp);
+    slapd.wait_for(&account_dn(EXAMPLE_UID), "added", is_stamp);
+    let failed = slapd.wait_for(&account_dn("5000005"), "adding", |s| s == "0");
+    // The failure lands after the claim; wait for its return value.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut failed = failed;
+    while !failed.contains_key("sstProvisioningReturnValue") {
+        assert!(std::time::Instant::now() < deadline, "{failed:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        failed = slapd.get(&account_dn("5000005")).unwrap();
+    }
+    assert_eq!(failed["sstProvisioningReturnValue"], "5");
+    daemon.wait_log(&format!(
+        "{}: add failed (return value 5)",
+        account_dn("5000005")
+    ));
+    assert_eq!(std::fs::read_to_string(&blocked).unwrap(), "in the way");
+
+    // The daemon goes on: a new request after the failure is done.
+    slapd.add(&account_ldif(
+        "5000006",
+        "add",
+        "0",
+        "0",
+        [0, 7, 0, 0, 0],
+        "",
+    ));
+    slapd.wait_for(&account_dn("5000006"), "added", is_stamp);
+
+    // Left alone: future date, a state other than "0", a mode that is not a request.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let e = slapd.get(&account_dn("5000001")).unwrap();
+    assert_eq!(
+        (
+            e["sstProvisioningMode"].as_str(),
+            e["sstProvisioningState"].as_str()
+        ),
+        ("add", "0")
+    );
+    let e = slapd.get(&account_dn("5000002")).unwrap();
+    assert_eq!(e["sstProvisioningMode"], "add");
+    assert_eq!(e["sstProvisioningState"], "20250101T000000Z");
+    let e = slapd.get(&account_dn("5000003")).unwrap();
+    assert_eq!(e["sstProvisioningMode"], "adding");
+    for uid in ["5000001", "5000002", "5000003"] {
+        assert!(!setup.account_dir(uid).exists(), "{uid}");
+        assert!(
+            !setup.conf_dir.join(format!("{uid}.conf")).exists(),
+            "{uid}"
+        );
+    }
+}
+
+/// Today as YYYYMMDD in local time, like the daemon, computed with `date`.
+fn chrono_like_today() -> u32 {
+    let out = Command::new("date").arg("+%Y%m%d").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn bad_entries_fail_with_a_message_and_the_others_go_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(&tmp.path().join("ldap"), true);
+    let setup = Setup::new(&tmp.path().join("prov"), &slapd.url(), "");
+    let no_backup_class = format!(
+        "dn: {}\nobjectClass: account\nobjectClass: posixAccount\nobjectClass: sstProvisioning\n\
+         uid: 6000001\ncn: x\nuidNumber: 6000001\ngidNumber: 6000001\nhomeDirectory: /x\n\
+         sstProvisioningMode: add\nsstProvisioningState: 0\nsstProvisioningExecutionDate: 0\n",
+        account_dn("6000001")
+    );
+    let ldif = [
+        no_backup_class,
+        account_ldif("a/b", "add", "0", "0", [0, 7, 4, 3, 0], "").replace("uid=a/b", "uid=a\\2Fb"),
+        account_ldif("..", "add", "0", "0", [0, 7, 4, 3, 0], "").replace("uid=..,", "uid=x..,"),
+        account_ldif("6000004", "add", "0", "0", [0, 100, 4, 3, 0], ""),
+        account_ldif("6000005", "add", "0", "0", [0, 7, 4, 3, 0], ""),
+    ]
+    .join("\n");
+    slapd.add(&ldif);
+    let daemon = setup.start(&[]);
+    slapd.wait_for(&account_dn("6000005"), "added", is_stamp);
+    // The log names the DN as the server returns it ("/" unescaped).
+    for (dn, logged, needle) in [
+        (
+            account_dn("6000001"),
+            account_dn("6000001"),
+            "sstBackupIntervalHourly: missing",
+        ),
+        (
+            account_dn("a\\2Fb"),
+            account_dn("a/b"),
+            "uid: \"a/b\" has a character other than",
+        ),
+        (
+            account_dn("x.."),
+            account_dn("x.."),
+            "uid: \"..\" starts with '.'",
+        ),
+        (
+            account_dn("6000004"),
+            account_dn("6000004"),
+            "sstBackupIntervalDaily: 100 is out of range 0-99",
+        ),
+    ] {
+        daemon.wait_log(&format!(
+            "{logged}: add failed (return value 1): bad entry: {needle}"
+        ));
+        let e = slapd.get(&dn).unwrap();
+        assert_eq!(e["sstProvisioningMode"], "adding", "{dn}");
+        assert_eq!(e["sstProvisioningState"], "0", "{dn}");
+        assert_eq!(e["sstProvisioningReturnValue"], "1", "{dn}");
+    }
+    // Nothing was made for them; only the good accounts exist.
+    let mut made: Vec<String> = std::fs::read_dir(&setup.conf_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    made.sort();
+    assert_eq!(made, vec!["4000123.conf", "6000005.conf"]);
+    assert!(!tmp.path().join("b").exists());
+}
+
+#[test]
+fn restart_redoes_nothing_and_picks_up_what_changed_meanwhile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(&tmp.path().join("ldap"), true);
+    let setup = Setup::new(&tmp.path().join("prov"), &slapd.url(), "");
+    let dn = account_dn(EXAMPLE_UID);
+    let mut first = setup.start(&[]);
+    let done = slapd.wait_for(&dn, "added", is_stamp);
+    assert_eq!(first.terminate(), 0);
+    assert!(std::fs::read_to_string(setup.dir.join("cookie"))
+        .unwrap()
+        .contains("csn="));
+
+    // While it is down: a new account, and a modify of the first.
+    slapd.add(&account_ldif(
+        "7000001",
+        "add",
+        "0",
+        "0",
+        [0, 7, 4, 3, 0],
+        "",
+    ));
+    slapd.set(
+        &dn,
+        &[
+            ("sstBackupIntervalDaily", "3"),
+            ("sstProvisioningMode", "modify"),
+            ("sstProvisioningState", "0"),
+        ],
+    );
+    let marker = setup.home(EXAMPLE_UID).join("incoming/marker");
+    std::fs::write(&marker, "kept").unwrap();
+
+    let mut second = setup.start(&[]);
+    slapd.wait_for(&account_dn("7000001"), "added", is_stamp);
+    slapd.wait_for(&dn, "modified", is_stamp);
+    let text = std::fs::read_to_string(setup.conf_dir.join("4000123.conf")).unwrap();
+    assert!(text.contains("retain\tdaily\t3\n"), "{text}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "kept");
+    assert_eq!(second.terminate(), 0);
+    let log = second.log_text();
+    assert!(
+        !log.contains(&format!("{dn}: adding")),
+        "the add was redone:\n{log}"
+    );
+    assert_eq!(log.matches(&format!("{dn}: modifying")).count(), 1, "{log}");
+    assert!(done["sstProvisioningState"] <= slapd.get(&dn).unwrap()["sstProvisioningState"]);
+
+    // A third start with nothing to do does nothing.
+    let mut third = setup.start(&[]);
+    third.wait_log("connected to");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert_eq!(third.terminate(), 0);
+    let log = third.log_text();
+    assert!(
+        !log.contains(": adding") && !log.contains(": modifying"),
+        "{log}"
+    );
+}
+
+#[test]
+fn slapd_restart_mid_run_reconnects_and_carries_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(&tmp.path().join("ldap"), true);
+    let setup = Setup::new(&tmp.path().join("prov"), &slapd.url(), "");
+    let mut daemon = setup.start(&[]);
+    slapd.wait_for(&account_dn(EXAMPLE_UID), "added", is_stamp);
+
+    slapd.stop();
+    daemon.wait_log("retrying in 1 s");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    slapd.restart();
+    slapd.add(&account_ldif(
+        "8000001",
+        "add",
+        "0",
+        "0",
+        [0, 7, 4, 3, 0],
+        "",
+    ));
+    slapd.wait_for(&account_dn("8000001"), "added", is_stamp);
+    assert!(daemon.log_text().matches("connected to").count() >= 2);
+    assert_eq!(daemon.terminate(), 0);
+}
+
+#[test]
+fn without_syncprov_it_polls_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(&tmp.path().join("ldap"), false);
+    let setup = Setup::new(&tmp.path().join("prov"), &slapd.url(), "");
+    let mut daemon = setup.start(&[]);
+    daemon.wait_log("offers no content sync (syncprov overlay); polling every 1 s instead");
+    slapd.wait_for(&account_dn(EXAMPLE_UID), "added", is_stamp);
+    slapd.add(&account_ldif(
+        "8100001",
+        "add",
+        "0",
+        "0",
+        [0, 7, 4, 3, 0],
+        "",
+    ));
+    slapd.wait_for(&account_dn("8100001"), "added", is_stamp);
+    assert_eq!(daemon.terminate(), 0);
+}
+
+#[test]
+fn unreachable_ldap_ends_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let setup = Setup::new(tmp.path(), &format!("ldap://127.0.0.1:{port}/"), "");
+    let mut daemon = setup.start(&[]);
+    assert_eq!(daemon.wait_exit(), 1);
+    let log = daemon.log_text();
+    assert!(
+        log.contains(&format!(
+            "LDAP server ldap://127.0.0.1:{port}/ unreachable after 3 attempts"
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn one_instance_at_a_time_and_dry_run_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(&tmp.path().join("ldap"), true);
+    let setup = Setup::new(&tmp.path().join("prov"), &slapd.url(), "");
+    let mut dry = setup.start(&["-r"]);
+    dry.wait_log("DRY-RUN:  write");
+    dry.wait_log(&format!(
+        "DRY-RUN:  {}: set sstProvisioningMode added",
+        account_dn(EXAMPLE_UID)
+    ));
+    let log = dry.log_text();
+    assert!(
+        log.contains(&format!(
+            "DRY-RUN:  mkdir {}",
+            setup.home(EXAMPLE_UID).join("incoming").display()
+        )),
+        "{log}"
+    );
+    assert!(log.contains("DRY-RUN:      retain\tdaily\t7"), "{log}");
+
+    // A second instance is refused while the first runs.
+    let mut second = setup.start(&[]);
+    assert_eq!(second.wait_exit(), 1);
+    assert!(
+        second.log_text().contains("another prov-backup is running"),
+        "{}",
+        second.log_text()
+    );
+
+    assert_eq!(dry.terminate(), 0);
+    let e = slapd.get(&account_dn(EXAMPLE_UID)).unwrap();
+    assert_eq!(
+        (
+            e["sstProvisioningMode"].as_str(),
+            e["sstProvisioningState"].as_str()
+        ),
+        ("add", "0")
+    );
+    assert!(!e.contains_key("sstProvisioningReturnValue"));
+    assert_eq!(std::fs::read_dir(&setup.root).unwrap().count(), 0);
+    assert!(!setup.conf_dir.exists());
+    assert!(!setup.dir.join("cookie").exists());
+}
+
+#[test]
+fn delete_never_follows_a_symlink_out_of_the_backup_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(&tmp.path().join("ldap"), true);
+    let setup = Setup::new(&tmp.path().join("prov"), &slapd.url(), "");
+    let mut daemon = setup.start(&[]);
+    let dn = account_dn(EXAMPLE_UID);
+    slapd.wait_for(&dn, "added", is_stamp);
+    assert_eq!(daemon.terminate(), 0);
+
+    // The account directory is swapped for a symlink to precious data elsewhere.
+    let precious = tmp.path().join("precious");
+    std::fs::create_dir_all(precious.join("chroot")).unwrap();
+    std::fs::write(precious.join("chroot/data"), "do not delete").unwrap();
+    let account = setup.account_dir(EXAMPLE_UID);
+    std::fs::rename(&account, tmp.path().join("moved-away")).unwrap();
+    std::os::unix::fs::symlink(&precious, &account).unwrap();
+
+    let daemon = setup.start(&[]);
+    slapd.set(
+        &dn,
+        &[
+            ("sstProvisioningMode", "delete"),
+            ("sstProvisioningState", "0"),
+        ],
+    );
+    daemon.wait_log(&format!("{dn}: delete failed (return value 5)"));
+    assert_eq!(
+        std::fs::read_to_string(precious.join("chroot/data")).unwrap(),
+        "do not delete"
+    );
+    let e = slapd.get(&dn).unwrap();
+    assert_eq!(e["sstProvisioningMode"], "deleting");
+    assert_eq!(e["sstProvisioningReturnValue"], "5");
+}
+
+#[test]
+fn quota_is_set_in_kib_blocks_on_the_backup_root_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(&tmp.path().join("ldap"), true);
+    // QUOTA = always with a stand-in for setquota that records its arguments (the test file
+    // system has no quotas to set).
+    let record = tmp.path().join("setquota.args");
+    let script = tmp.path().join("setquota");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", record.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let setup = Setup::new(
+        &tmp.path().join("prov"),
+        &slapd.url(),
+        &format!("QUOTA = always\nQUOTA_COMMAND = {}\n", script.display()),
+    );
+    let _daemon = setup.start(&[]);
+    let dn = account_dn(EXAMPLE_UID);
+    slapd.wait_for(&dn, "added", is_stamp);
+    let mount = String::from_utf8(
+        Command::new("findmnt")
+            .args(["-n", "-o", "TARGET", "--target"])
+            .arg(&setup.root)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let args = std::fs::read_to_string(&record).unwrap();
+    // 1073741824 bytes = 1048576 KiB.
+    assert_eq!(
+        args.trim(),
+        format!("-u 4000123 1048576 1048576 0 0 {}", mount.trim())
+    );
+    slapd.set(
+        &dn,
+        &[
+            ("sstQuota", "1500"),
+            ("sstProvisioningMode", "modify"),
+            ("sstProvisioningState", "0"),
+        ],
+    );
+    slapd.wait_for(&dn, "modified", is_stamp);
+    let args = std::fs::read_to_string(&record).unwrap();
+    // 1500 bytes round up to 2 KiB.
+    assert!(
+        args.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("-u 4000123 2 2 0 0 "),
+        "{args}"
+    );
+    slapd.set(
+        &dn,
+        &[
+            ("sstProvisioningMode", "delete"),
+            ("sstProvisioningState", "0"),
+        ],
+    );
+    slapd.wait_for(&dn, "deleted", is_stamp);
+    let args = std::fs::read_to_string(&record).unwrap();
+    assert!(
+        args.lines()
+            .nth(2)
+            .unwrap()
+            .starts_with("-u 4000123 0 0 0 0 "),
+        "{args}"
+    );
+}
