@@ -545,3 +545,89 @@ fn quota_is_set_in_kib_blocks_on_the_backup_root_mount() {
         "{args}"
     );
 }
+
+/// Clears the immutable flag again so the temp dir can be removed.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: &std::path::Path) -> Immutable {
+        let out = Command::new("chattr").arg("+i").arg(path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "chattr +i {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Immutable(path.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn an_unwritable_backup_root_fails_the_add_and_the_daemon_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(&tmp.path().join("ldap"), true);
+    let setup = Setup::new(&tmp.path().join("prov"), &slapd.url(), "");
+    // Not writable even for root: the immutable flag.
+    let guard = Immutable::set(&setup.root);
+    let daemon = setup.start(&[]);
+    let dn = account_dn(EXAMPLE_UID);
+    daemon.wait_log(&format!("{dn}: add failed (return value 2): mkdir "));
+    let e = slapd.get(&dn).unwrap();
+    assert_eq!(e["sstProvisioningMode"], "adding");
+    assert_eq!(e["sstProvisioningState"], "0");
+    assert_eq!(e["sstProvisioningReturnValue"], "2");
+    drop(guard);
+
+    // Once the root is writable, a reset request goes through with the same daemon.
+    slapd.set(
+        &dn,
+        &[
+            ("sstProvisioningMode", "add"),
+            ("sstProvisioningState", "0"),
+        ],
+    );
+    let e = slapd.wait_for(&dn, "added", is_stamp);
+    assert_eq!(e["sstProvisioningReturnValue"], "0");
+    assert!(setup.home(EXAMPLE_UID).join("incoming").is_dir());
+}
+
+#[test]
+fn sigterm_finishes_the_entry_in_hand_then_exits_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(&tmp.path().join("ldap"), true);
+    // A slow jail command keeps the add busy long enough to stop the daemon in the middle.
+    let slow = tmp.path().join("slow-jail-init");
+    std::fs::write(&slow, "#!/bin/sh\nsleep 2\ntouch \"$1/initialised\"\n").unwrap();
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let setup = Setup::new(
+        &tmp.path().join("prov"),
+        &slapd.url(),
+        &format!("JAIL_INIT = {}\n", slow.display()),
+    );
+    let mut daemon = setup.start(&[]);
+    let dn = account_dn(EXAMPLE_UID);
+    daemon.wait_log(&format!("{dn}: adding"));
+    assert_eq!(daemon.terminate(), 0);
+    let e = slapd.get(&dn).unwrap();
+    assert_eq!(
+        e["sstProvisioningMode"],
+        "added",
+        "{e:?}\n{}",
+        daemon.log_text()
+    );
+    assert!(is_stamp(&e["sstProvisioningState"]));
+    assert!(setup
+        .account_dir(EXAMPLE_UID)
+        .join("chroot/initialised")
+        .exists());
+    let log = daemon.log_text();
+    let stop = log.find("stop requested").unwrap();
+    let added = log.find(&format!("{dn}: added at")).unwrap();
+    assert!(stop < added, "{log}");
+}
