@@ -280,19 +280,7 @@ impl Provisioner {
             let (prog, args) = cmd
                 .split_first()
                 .ok_or_else(|| WorkError::Jail("JAIL_INIT is empty".into()))?;
-            let out = Command::new(prog)
-                .args(args)
-                .arg(jail)
-                .output()
-                .map_err(|e| WorkError::Jail(format!("cannot run {prog}: {e}")))?;
-            if !out.status.success() {
-                return Err(WorkError::Jail(format!(
-                    "{shown} failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
-            Ok(())
+            run_tool(Command::new(prog).args(args).arg(jail), &shown).map_err(WorkError::Jail)
         })
     }
 
@@ -366,23 +354,32 @@ impl Provisioner {
             mount.point.display()
         );
         self.step(format!("run {shown}"), || {
-            let out = Command::new(cmd)
-                .arg("-u")
-                .arg(uid_number.to_string())
-                .args([&blocks, &blocks, "0", "0"])
-                .arg(&mount.point)
-                .output()
-                .map_err(|e| WorkError::Quota(format!("cannot run {}: {e}", cmd.display())))?;
-            if !out.status.success() {
-                return Err(WorkError::Quota(format!(
-                    "{shown} failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
-            Ok(())
+            run_tool(
+                Command::new(cmd)
+                    .arg("-u")
+                    .arg(uid_number.to_string())
+                    .args([&blocks, &blocks, "0", "0"])
+                    .arg(&mount.point),
+                &shown,
+            )
+            .map_err(WorkError::Quota)
         })
     }
+}
+
+/// Runs an external tool; Err with what it said when it cannot start or exits non-zero.
+fn run_tool(cmd: &mut Command, shown: &str) -> Result<(), String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{shown} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
 }
 
 /// Is `path` an existing plain directory, reached from `root` through plain directories only?

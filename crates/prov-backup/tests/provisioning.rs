@@ -504,46 +504,37 @@ fn quota_is_set_in_kib_blocks_on_the_backup_root_mount() {
             .stdout,
     )
     .unwrap();
-    let args = std::fs::read_to_string(&record).unwrap();
+    // One line per setquota call; `call(n)` waits for none and reads the n-th.
+    let call = |n: usize| {
+        std::fs::read_to_string(&record)
+            .unwrap()
+            .lines()
+            .nth(n)
+            .unwrap_or_default()
+            .to_owned()
+    };
     // 1073741824 bytes = 1048576 KiB.
     assert_eq!(
-        args.trim(),
+        call(0),
         format!("-u 4000123 1048576 1048576 0 0 {}", mount.trim())
     );
-    slapd.set(
-        &dn,
-        &[
-            ("sstQuota", "1500"),
-            ("sstProvisioningMode", "modify"),
-            ("sstProvisioningState", "0"),
-        ],
-    );
-    slapd.wait_for(&dn, "modified", is_stamp);
-    let args = std::fs::read_to_string(&record).unwrap();
-    // 1500 bytes round up to 2 KiB.
-    assert!(
-        args.lines()
-            .nth(1)
-            .unwrap()
-            .starts_with("-u 4000123 2 2 0 0 "),
-        "{args}"
-    );
-    slapd.set(
-        &dn,
-        &[
-            ("sstProvisioningMode", "delete"),
-            ("sstProvisioningState", "0"),
-        ],
-    );
-    slapd.wait_for(&dn, "deleted", is_stamp);
-    let args = std::fs::read_to_string(&record).unwrap();
-    assert!(
-        args.lines()
-            .nth(2)
-            .unwrap()
-            .starts_with("-u 4000123 0 0 0 0 "),
-        "{args}"
-    );
+    for (n, quota, mode, done, limit) in [
+        // 1500 bytes round up to 2 KiB.
+        (1, Some("1500"), "modify", "modified", "2"),
+        // delete lifts the limit.
+        (2, None, "delete", "deleted", "0"),
+    ] {
+        let mut pairs = vec![("sstProvisioningMode", mode), ("sstProvisioningState", "0")];
+        if let Some(q) = quota {
+            pairs.push(("sstQuota", q));
+        }
+        slapd.set(&dn, &pairs);
+        slapd.wait_for(&dn, done, is_stamp);
+        assert_eq!(
+            call(n),
+            format!("-u 4000123 {limit} {limit} 0 0 {}", mount.trim())
+        );
+    }
 }
 
 /// Clears the immutable flag again so the temp dir can be removed.

@@ -63,23 +63,27 @@ impl Slapd {
         format!("ldap://127.0.0.1:{}/", self.port)
     }
 
-    pub fn stop(&self) {
-        let out = Command::new("bash")
+    /// Runs a verb of scripts/slapd-fixture.sh on this server's directory.
+    fn fixture(&self, verb: &str) -> std::process::Output {
+        Command::new("bash")
             .arg(repo_root().join("scripts/slapd-fixture.sh"))
-            .arg("stop")
+            .arg(verb)
             .arg(&self.dir)
             .output()
-            .unwrap();
-        assert!(out.status.success());
+            .unwrap()
+    }
+
+    pub fn stop(&self) {
+        let out = self.fixture("stop");
+        assert!(
+            out.status.success(),
+            "stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn restart(&self) {
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/slapd-fixture.sh"))
-            .arg("restart")
-            .arg(&self.dir)
-            .output()
-            .unwrap();
+        let out = self.fixture("restart");
         assert!(
             out.status.success(),
             "restart: {}",
@@ -194,11 +198,7 @@ impl Slapd {
 
 impl Drop for Slapd {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo_root().join("scripts/slapd-fixture.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .output();
+        let _ = self.fixture("stop");
     }
 }
 
