@@ -97,7 +97,7 @@ enum Command {
         /// Differences and the summary as JSON lines.
         #[arg(long)]
         json: bool,
-        /// Walker threads (default: the number of CPUs).
+        /// Walker threads (default: 8 per CPU, from 8 to 64; they mostly wait on the disk).
         #[arg(long)]
         threads: Option<usize>,
         /// Rebuild even with less than twice the desktop's size free.
@@ -156,7 +156,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let options = deskd_rebuild::Options {
                 mode,
                 threads: threads
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+                    // Walkers mostly wait on the disk (a cold cache means one read per
+                    // resource file), so more of them than CPUs keep the device queue full.
+                    .unwrap_or_else(|| {
+                        (std::thread::available_parallelism().map_or(2, |n| n.get()) * 8)
+                            .clamp(8, 64)
+                    }),
                 force,
             };
             Ok(rebuild(&volume, &options, verbose || scan, json))
