@@ -84,6 +84,20 @@ pub enum Place {
     Inside(InVolume),
 }
 
+impl Place {
+    /// The absolute path of a place a verb may remove or replace; a volume root is refused with
+    /// "`shown`: `refusal`".
+    pub fn abs_unless_root(&self, shown: &Path, refusal: &str) -> Result<PathBuf> {
+        match self {
+            Place::Outside(abs) => Ok(abs.clone()),
+            Place::Inside(iv) if iv.components.is_empty() => {
+                Err(anyhow!("{}: {refusal}", shown.display()))
+            }
+            Place::Inside(iv) => Ok(iv.path()),
+        }
+    }
+}
+
 /// Classify `path`. Errors for paths that are in a volume but escape it or use protected names.
 pub fn place(path: &Path) -> Result<Place> {
     let abs = deskd_volume::absolute(path)?;

@@ -118,6 +118,17 @@ pub struct Config {
     pub reconnect: Retry,
 }
 
+/// The original's defaults: Global.conf [Global] (connecting at start-up) and
+/// [Operation Mode] (reconnecting while running).
+const CONNECT_DEFAULT: Retry = Retry {
+    sleep: Duration::from_secs(10),
+    attempts: 3,
+};
+const RECONNECT_DEFAULT: Retry = Retry {
+    sleep: Duration::from_secs(30),
+    attempts: 3,
+};
+
 /// The CSN used when no cookie is saved: every entry comes through (as in the original).
 pub const EPOCH_CSN: &str = "20000101000000.000000Z#000000#000#000000";
 
@@ -292,33 +303,11 @@ impl Config {
                 };
                 (
                     g.log_levels(defaults)?,
-                    g.retry(
-                        "Global",
-                        Retry {
-                            sleep: Duration::from_secs(10),
-                            attempts: 3,
-                        },
-                    )?,
-                    g.retry(
-                        "Operation Mode",
-                        Retry {
-                            sleep: Duration::from_secs(30),
-                            attempts: 3,
-                        },
-                    )?,
+                    g.retry("Global", CONNECT_DEFAULT)?,
+                    g.retry("Operation Mode", RECONNECT_DEFAULT)?,
                 )
             }
-            None => (
-                defaults,
-                Retry {
-                    sleep: Duration::from_secs(10),
-                    attempts: 3,
-                },
-                Retry {
-                    sleep: Duration::from_secs(30),
-                    attempts: 3,
-                },
-            ),
+            None => (defaults, CONNECT_DEFAULT, RECONNECT_DEFAULT),
         };
 
         let sections = parse_ini(service_file)?;

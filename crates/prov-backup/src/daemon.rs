@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ldap3::controls::{
-    parse_syncinfo, EntryState, MakeCritical, RefreshMode, SyncInfo, SyncRequest, SyncState,
+    parse_syncinfo, ControlType, EntryState, MakeCritical, RefreshMode, SyncInfo, SyncRequest,
+    SyncState,
 };
 use ldap3::{Ldap, LdapError, Scope, SearchEntry};
 use tokio::sync::{watch, Mutex, Semaphore};
@@ -19,8 +20,6 @@ use crate::config::{Config, EPOCH_CSN};
 use crate::cookie;
 use crate::directory::{self, RC_UNAVAILABLE_CRITICAL_EXTENSION};
 use crate::provision::{Provisioner, WorkError};
-
-const SYNC_STATE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.2";
 
 /// Today's local date as YYYYMMDD.
 pub fn today() -> u32 {
@@ -112,10 +111,6 @@ pub struct Daemon {
     scanned_on: u32,
 }
 
-enum SessionEnd {
-    Stop,
-}
-
 impl Daemon {
     pub fn new(
         config: Config,
@@ -156,9 +151,9 @@ impl Daemon {
                 break Ok(());
             }
             let mut connected = false;
-            let err = match self.session(&mut connected).await {
-                Ok(SessionEnd::Stop) => break Ok(()),
-                Err(e) => e,
+            // A session returns Ok only when told to stop.
+            let Err(err) = self.session(&mut connected).await else {
+                break Ok(());
             };
             if connected {
                 was_connected = true;
@@ -289,7 +284,8 @@ impl Daemon {
             .replace("%entryCSN%", &csn)
     }
 
-    async fn session(&mut self, connected: &mut bool) -> Result<SessionEnd, LdapError> {
+    /// Serves one connection: Ok when told to stop, Err when the connection failed.
+    async fn session(&mut self, connected: &mut bool) -> Result<(), LdapError> {
         let db = self.shared.config.database.clone();
         let mut ldap = directory::connect(&db).await?;
         *connected = true;
@@ -317,7 +313,7 @@ impl Daemon {
                     let id = stream.ldap_handle().last_id();
                     let _ = ldap.abandon(id).await;
                     let _ = ldap.unbind().await;
-                    return Ok(SessionEnd::Stop);
+                    return Ok(());
                 }
                 Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => self.job_done(done),
                 _ = tick.tick() => {
@@ -347,7 +343,7 @@ impl Daemon {
                         let state = entry
                             .1
                             .iter()
-                            .find(|c| c.1.ctype == SYNC_STATE_OID)
+                            .find(|c| matches!(c.0, Some(ControlType::SyncState)))
                             .map(|c| c.1.parse::<SyncState>());
                         let e = SearchEntry::construct(entry);
                         let cookie = match state {
@@ -383,7 +379,7 @@ impl Daemon {
     }
 
     /// Without syncprov: search for pending entries every POLL_INTERVAL.
-    async fn poll(&mut self, mut ldap: Ldap) -> Result<SessionEnd, LdapError> {
+    async fn poll(&mut self, mut ldap: Ldap) -> Result<(), LdapError> {
         let every = self.shared.config.backup.poll_interval;
         tracing::warn!(
             "{} offers no content sync (syncprov overlay); polling every {} s instead",
@@ -395,13 +391,46 @@ impl Daemon {
             tokio::select! {
                 _ = stop.changed() => {
                     let _ = ldap.unbind().await;
-                    return Ok(SessionEnd::Stop);
+                    return Ok(());
                 }
                 Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => self.job_done(done),
                 _ = tokio::time::sleep(every) => self.scan(&mut ldap).await?,
             }
         }
     }
+}
+
+/// Reads the entry as it is now (not the copy that announced it) and does the disk work for
+/// `mode`; None when the entry was deleted in the meantime.
+async fn work_from_current_entry(
+    shared: &Arc<Shared>,
+    dn: &str,
+    mode: Mode,
+    problem: Option<EntryError>,
+) -> Option<Result<(), WorkError>> {
+    if let Some(p) = problem {
+        return Some(Err(WorkError::Entry(p)));
+    }
+    let attrs = match shared.writer().await {
+        Ok(mut l) => directory::read(&mut l, dn).await,
+        Err(e) => Err(e),
+    };
+    let attrs = match attrs {
+        Ok(Some(attrs)) => attrs,
+        Ok(None) => return None,
+        Err(e) => {
+            return Some(Err(WorkError::Refused(format!(
+                "cannot read the entry: {e}"
+            ))))
+        }
+    };
+    let sh = shared.clone();
+    let dn = dn.to_owned();
+    Some(
+        tokio::task::spawn_blocking(move || do_work(&sh.provisioner, mode, &dn, &attrs))
+            .await
+            .unwrap_or_else(|e| Err(WorkError::Refused(format!("worker panicked: {e}")))),
+    )
 }
 
 /// The work for one entry, start to end; every outcome is logged and written back.
@@ -411,30 +440,16 @@ async fn work_on(shared: Arc<Shared>, dn: String, mode: Mode, problem: Option<En
     };
     if shared.dry_run {
         println!("DRY-RUN:  {dn}: set sstProvisioningMode {}", mode.running());
-        let attrs = match shared.writer().await {
-            Ok(mut l) => directory::read(&mut l, &dn).await.ok().flatten(),
-            Err(_) => None,
-        };
-        let outcome = match (problem, attrs) {
-            (Some(p), _) => Err(WorkError::Entry(p)),
-            (None, Some(attrs)) => {
-                let sh = shared.clone();
-                let dn2 = dn.clone();
-                tokio::task::spawn_blocking(move || do_work(&sh.provisioner, mode, &dn2, &attrs))
-                    .await
-                    .unwrap_or_else(|e| Err(WorkError::Refused(format!("worker panicked: {e}"))))
-            }
-            (None, None) => Err(WorkError::Refused("entry could not be read".into())),
-        };
-        match outcome {
-            Ok(()) => println!(
+        match work_from_current_entry(&shared, &dn, mode, problem).await {
+            Some(Ok(())) => println!(
                 "DRY-RUN:  {dn}: set sstProvisioningMode {}, sstProvisioningReturnValue 0, sstProvisioningState <UTC time>",
                 mode.done()
             ),
-            Err(e) => println!(
+            Some(Err(e)) => println!(
                 "DRY-RUN:  {dn}: would fail: {e}; set sstProvisioningReturnValue {}",
                 e.return_value()
             ),
+            None => println!("DRY-RUN:  {dn}: no longer in the directory"),
         }
         return;
     }
@@ -462,33 +477,10 @@ async fn work_on(shared: Arc<Shared>, dn: String, mode: Mode, problem: Option<En
     }
     tracing::info!("{dn}: {}", mode.running());
 
-    let outcome = match problem {
-        Some(p) => Err(WorkError::Entry(p)),
-        None => {
-            // Work from the entry as it is now, not from the copy that announced it.
-            let attrs = match shared.writer().await {
-                Ok(mut l) => directory::read(&mut l, &dn).await,
-                Err(e) => Err(e),
-            };
-            match attrs {
-                Ok(Some(attrs)) => {
-                    let sh = shared.clone();
-                    let dn2 = dn.clone();
-                    tokio::task::spawn_blocking(move || {
-                        do_work(&sh.provisioner, mode, &dn2, &attrs)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(WorkError::Refused(format!("worker panicked: {e}"))))
-                }
-                Ok(None) => {
-                    tracing::warn!("{dn}: deleted from the directory while being claimed");
-                    return;
-                }
-                Err(e) => Err(WorkError::Refused(format!("cannot read the entry: {e}"))),
-            }
-        }
+    let Some(outcome) = work_from_current_entry(&shared, &dn, mode, problem).await else {
+        tracing::warn!("{dn}: deleted from the directory while being claimed");
+        return;
     };
-
     match outcome {
         Ok(()) => {
             let stamp = utc_stamp();

@@ -622,3 +622,41 @@ fn sigterm_finishes_the_entry_in_hand_then_exits_0() {
     let added = log.find(&format!("{dn}: added at")).unwrap();
     assert!(stop < added, "{log}");
 }
+
+#[test]
+fn two_daemons_on_one_directory_never_do_an_entry_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(&tmp.path().join("ldap"), true);
+    // Two daemons by mistake (own lock files and cookies) watching the same accounts: the claim
+    // is written under an assertion, so only one of them may take each request.
+    let a = Setup::new(&tmp.path().join("a"), &slapd.url(), "");
+    let b = Setup::new(&tmp.path().join("b"), &slapd.url(), "");
+    let uids: Vec<String> = (0..40).map(|i| format!("{}", 9_100_000 + i)).collect();
+    let ldif: Vec<String> = uids
+        .iter()
+        .map(|u| account_ldif(u, "add", "0", "0", [0, 7, 4, 3, 0], ""))
+        .collect();
+    let first = a.start(&[]);
+    let second = b.start(&[]);
+    first.wait_log("connected to");
+    second.wait_log("connected to");
+    slapd.add(&ldif.join("\n"));
+    for u in &uids {
+        slapd.wait_for(&account_dn(u), "added", is_stamp);
+    }
+    slapd.wait_for(&account_dn(EXAMPLE_UID), "added", is_stamp);
+    let logs = format!("{}\n{}", first.log_text(), second.log_text());
+    for u in uids.iter().map(String::as_str).chain([EXAMPLE_UID]) {
+        let dn = account_dn(u);
+        assert_eq!(
+            logs.matches(&format!("{dn}: adding")).count(),
+            1,
+            "{u}:\n{logs}"
+        );
+        assert_eq!(
+            logs.matches(&format!("{dn}: added at")).count(),
+            1,
+            "{u}:\n{logs}"
+        );
+    }
+}

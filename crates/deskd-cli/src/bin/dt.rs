@@ -244,15 +244,7 @@ impl Dt {
 
     fn rm(&mut self, path: &Path, recursive: bool, force: bool) -> Result<()> {
         let place = place(path)?;
-        let abs = match &place {
-            Place::Outside(abs) => abs.clone(),
-            Place::Inside(iv) => {
-                if iv.components.is_empty() {
-                    bail!("{}: refusing to remove a volume root", path.display());
-                }
-                iv.path()
-            }
-        };
+        let abs = place.abs_unless_root(path, "refusing to remove a volume root")?;
         let meta = match fs::symlink_metadata(&abs) {
             Ok(m) => m,
             Err(_) if force => return Ok(()),
@@ -326,24 +318,8 @@ impl Dt {
     fn mv(&mut self, src: &Path, dest: &Path, force: bool) -> Result<()> {
         let from = place(src)?;
         let to = place(dest)?;
-        let from_abs = match &from {
-            Place::Outside(a) => a.clone(),
-            Place::Inside(iv) => {
-                if iv.components.is_empty() {
-                    bail!("{}: cannot move a volume root", src.display());
-                }
-                iv.path()
-            }
-        };
-        let to_abs = match &to {
-            Place::Outside(a) => a.clone(),
-            Place::Inside(iv) => {
-                if iv.components.is_empty() {
-                    bail!("{}: cannot replace a volume root", dest.display());
-                }
-                iv.path()
-            }
-        };
+        let from_abs = from.abs_unless_root(src, "cannot move a volume root")?;
+        let to_abs = to.abs_unless_root(dest, "cannot replace a volume root")?;
         if !exists(&from_abs) {
             bail!("cannot move {}: no such file or directory", src.display());
         }
