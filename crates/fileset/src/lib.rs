@@ -106,7 +106,7 @@ pub struct Options {
     pub perms: Option<u32>,
     /// `-6`: no transfer crosses a 64 KiB boundary.
     pub boundary_64k: bool,
-    /// Write to the destination with `O_DIRECT` from a mapping of the source where possible
+    /// Write to the destination with `O_DIRECT` of the source's spliced pages where possible
     /// (set by `save`, whose source is normally tmpfs).
     pub direct: bool,
     /// Check-file format of a new set (1 or 2).
@@ -419,7 +419,7 @@ fn copy_to_temp(
     let temp = temp_path(dst);
     let mut from = File::open(src).map_err(io_err(src))?;
     if opts.direct && !opts.boundary_64k {
-        if let Some(n) = copy::copy_direct_from_map(&from, &temp, mode).map_err(io_err(&temp))? {
+        if let Some(n) = copy::copy_direct_by_splice(&from, &temp, mode).map_err(io_err(&temp))? {
             let to = OpenOptions::new()
                 .write(true)
                 .open(&temp)
@@ -429,7 +429,7 @@ fn copy_to_temp(
             set_mtime(&to, mtime.0, mtime.1, &temp)?;
             to.sync_all().map_err(io_err(&temp))?;
             opts.say(3, || {
-                format!("  {n} bytes by {:?}", copy::Method::DirectFromMap)
+                format!("  {n} bytes by {:?}", copy::Method::DirectSplice)
             });
             return Ok((temp, n));
         }
