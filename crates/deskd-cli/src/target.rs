@@ -243,6 +243,14 @@ impl Session {
             Response::Object(o) => o,
             other => return Err(anyhow!("unexpected reply {other:?}")),
         };
+        // Test hook: widen the moment between the server's answer and the resource file, which
+        // an online rebuild must not mistake for damage.
+        if let Some(ms) = std::env::var("DESKD_TEST_PAUSE_BEFORE_RECORD_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         self.write_record(iv, &info, header)?;
         if info.created {
             // Directories registered on the way need their resource files too.

@@ -553,3 +553,211 @@ fn json_verbose_threads_and_the_summary_line_agree() {
     let quiet = rebuild(&env, &["vol"]);
     assert_eq!(text(&quiet).lines().count(), 1, "{}", text(&quiet));
 }
+
+/// Run dt against the server at `socket`, from `dir` (usable from several threads at once).
+/// dt pauses 300 ms between the server's answer and writing the resource file, so a walk sees
+/// objects in that state (which a rebuild must leave to the client).
+fn dt_at(dir: &Path, socket: &Path, args: &[&str]) -> Output {
+    Command::new(common::DT)
+        .args(args)
+        .current_dir(dir)
+        .env("DESKD_SOCKET", socket)
+        .env("DESKD_TEST_PAUSE_BEFORE_RECORD_MS", "300")
+        .output()
+        .unwrap()
+}
+
+/// The ID dt reports for `path`.
+fn id_at(dir: &Path, socket: &Path, path: &str) -> u32 {
+    let out = dt_at(dir, socket, &["info", "--json", path]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["id"].as_u64().unwrap() as u32
+}
+
+/// Wait (up to 20 s) until `deskd status` shows a rebuild line containing `phase`.
+fn wait_for_phase(env: &Env, phase: &str) -> String {
+    let began = std::time::Instant::now();
+    loop {
+        let status = env.deskd_ok(&["status"]);
+        if let Some(line) = status.lines().find(|l| l.contains("rebuild:")) {
+            if line.contains(phase) {
+                return line.to_string();
+            }
+        }
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(20),
+            "no rebuild {phase} in status:\n{status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn online_rebuild_while_two_clients_create_and_rename_keeps_every_acknowledged_write() {
+    let mut env = Env::new(&["vol"]);
+    // Every directory the walk visits takes 60 ms longer, so the clients' work overlaps it.
+    env.server_env
+        .push(("DESKD_REBUILD_DIR_DELAY_MS".into(), "60".into()));
+    populate(&mut env, 200);
+    let vol = env.path("vol");
+    let id = |env: &Env, p: &str| env.id_of(Path::new(p));
+    let moved_file = id(&env, "vol/d0/e0/file 0.txt");
+    let moved_dir = id(&env, "vol/d0/e1");
+    let original = id(&env, "vol/d1/e1/file 1.txt");
+    // Plain-Unix damage behind the running server's back, in d0–d2.
+    plain("mv", &["d0/e0/file 0.txt", "d1/e0/moved.txt"], &vol);
+    plain("mv", &["d0/e1", "d2/e1-moved"], &vol);
+    plain("cp", &["-a", "d1/e1/file 1.txt", "d1/e1/copy.txt"], &vol);
+    plain("rm", &["d2/e2/file 2.txt"], &vol);
+    plain("touch", &["d2/e3/plain-new.txt"], &vol);
+    std::fs::write(vol.join("d1/e2/.rsrc/file 3.txt"), b"garbage").unwrap();
+
+    let (dir, socket) = (env.path(""), env.socket.clone());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (acked, rebuild_out, status_line) = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..2)
+            .map(|k| {
+                let (dir, socket, stop) = (&dir, &socket, &stop);
+                s.spawn(move || {
+                    // Each client: new files created (half of them then renamed) in its own
+                    // directory, and existing files renamed in d3 or d4. Every acknowledged
+                    // result is kept.
+                    let mine = format!("vol/c{k}");
+                    assert!(dt_at(dir, socket, &["mkdir", &mine]).status.success());
+                    let mut acked: Vec<(String, u32)> = Vec::new();
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let made = format!("{mine}/new {n}");
+                        if dt_at(dir, socket, &["touch", &made]).status.success() {
+                            let id = id_at(dir, socket, &made);
+                            // Half stay where they were made (a later walk finds them there).
+                            let renamed = format!("{mine}/renamed {n}");
+                            if n % 2 == 1
+                                && dt_at(dir, socket, &["mv", &made, &renamed])
+                                    .status
+                                    .success()
+                            {
+                                acked.push((renamed, id));
+                            } else {
+                                acked.push((made, id));
+                            }
+                        }
+                        if n < 10 {
+                            let old = format!("vol/d{}/e{}/file {n}.txt", 3 + k, n % 4);
+                            let id = id_at(dir, socket, &old);
+                            let new = format!("vol/d{}/e{}/client-{n}.txt", 3 + k, n % 4);
+                            if dt_at(dir, socket, &["mv", &old, &new]).status.success() {
+                                acked.push((new, id));
+                            }
+                        }
+                        n += 1;
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let clients_began = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let child = env
+            .command_for(
+                common::DESKD,
+                &[b"rebuild", b"-v", b"--threads", b"2", b"vol"],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status_line = wait_for_phase(&env, "walking");
+        let out = child.wait_with_output().unwrap();
+        // The clients go on a little after the rebuild, and work at least 3 s in all.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if let Some(rest) = std::time::Duration::from_secs(3).checked_sub(clients_began.elapsed()) {
+            std::thread::sleep(rest);
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let acked: Vec<(String, u32)> = clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect();
+        (acked, out, status_line)
+    });
+    assert!(
+        rebuild_out.status.success(),
+        "{}{}",
+        text(&rebuild_out),
+        common::stderr(&rebuild_out)
+    );
+    assert!(status_line.contains("objects walked"), "{status_line}");
+    assert!(
+        text(&rebuild_out).contains("(online,"),
+        "{}",
+        text(&rebuild_out)
+    );
+    assert!(acked.len() >= 4, "the clients did too little: {acked:?}");
+    // Every acknowledged write is there, with the ID its client saw.
+    for (path, want) in &acked {
+        assert_eq!(id(&env, path), *want, "{path}");
+    }
+    // The damage is repaired: IDs followed the plain moves, the copy got its own.
+    assert_eq!(id(&env, "vol/d1/e0/moved.txt"), moved_file);
+    assert_eq!(id(&env, "vol/d2/e1-moved"), moved_dir);
+    assert_eq!(id(&env, "vol/d1/e1/file 1.txt"), original);
+    assert_ne!(id(&env, "vol/d1/e1/copy.txt"), original);
+    // Online and offline scans agree that disk and desktop match.
+    let scan = env.deskd(&["rebuild", "-s", "vol"]);
+    assert_eq!(scan.status.code(), Some(0), "{}", text(&scan));
+    assert_eq!(text(&scan), "");
+    env.term();
+    let scan = rebuild(&env, &["-s", "vol"]);
+    assert_eq!(scan.status.code(), Some(0), "{}", text(&scan));
+    assert_eq!(text(&scan), "");
+}
+
+#[test]
+fn online_rebuild_ends_at_once_when_the_server_stops_answering() {
+    let mut env = Env::new(&["vol"]);
+    env.server_env
+        .push(("DESKD_REBUILD_DIR_DELAY_MS".into(), "400".into()));
+    populate(&mut env, 40);
+    plain("touch", &["d0/e0/plain-new.txt"], &env.path("vol"));
+    let child = env
+        .command_for(common::DESKD, &[b"--timeout", b"1", b"rebuild", b"vol"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_phase(&env, "walking");
+    // One job per volume at a time.
+    let second = env.deskd(&["rebuild", "vol"]);
+    assert_eq!(second.status.code(), Some(2));
+    assert!(
+        common::stderr(&second).contains("already running"),
+        "{}",
+        common::stderr(&second)
+    );
+    let server = env.server.as_ref().unwrap().id() as i32;
+    // SAFETY: signals to our own child process.
+    unsafe { libc::kill(server, libc::SIGSTOP) };
+    let began = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let waited = began.elapsed();
+    unsafe { libc::kill(server, libc::SIGCONT) };
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        common::stderr(&out).contains("no answer from deskd within 1 s"),
+        "{}",
+        common::stderr(&out)
+    );
+    assert!(waited < std::time::Duration::from_secs(10), "{waited:?}");
+    // The server, hearing no poll, stopped the job before applying anything.
+    let line = wait_for_phase(&env, "stopped");
+    assert!(line.contains("communication timeout"), "{line}");
+    let scan = env.deskd(&["rebuild", "-s", "vol"]);
+    assert_eq!(scan.status.code(), Some(1), "{}", common::stderr(&scan));
+    assert!(
+        text(&scan).contains("plain-new.txt: not in the desktop"),
+        "{}",
+        text(&scan)
+    );
+}

@@ -642,6 +642,39 @@ pub struct Desktop {
     last_id: u32,
     /// Told about every committed name change, when attached.
     names: Option<Arc<NameIndex>>,
+    /// Told which objects every committed batch changed, when attached.
+    touches: Option<Arc<TouchLog>>,
+}
+
+/// The IDs whose rows committed batches changed while recording is on. An online rebuild
+/// starts recording before it reads its snapshot, and leaves every recorded object to the
+/// clients that changed it: their change is newer than anything the rebuild saw.
+#[derive(Debug, Default)]
+pub struct TouchLog {
+    recording: std::sync::Mutex<Option<std::collections::HashSet<u32>>>,
+}
+
+impl TouchLog {
+    /// Start (or restart) recording with an empty set.
+    pub fn start(&self) {
+        *self.recording.lock().unwrap() = Some(Default::default());
+    }
+
+    /// Stop recording and return what was recorded.
+    pub fn take(&self) -> std::collections::HashSet<u32> {
+        self.recording.lock().unwrap().take().unwrap_or_default()
+    }
+
+    /// What was recorded so far (recording goes on).
+    pub fn peek(&self) -> std::collections::HashSet<u32> {
+        self.recording.lock().unwrap().clone().unwrap_or_default()
+    }
+
+    fn record(&self, ids: &[u32]) {
+        if let Some(set) = self.recording.lock().unwrap().as_mut() {
+            set.extend(ids.iter().copied());
+        }
+    }
 }
 
 impl Read for Desktop {
@@ -718,6 +751,7 @@ impl Desktop {
                 conn,
                 last_id,
                 names: None,
+                touches: None,
             },
             OpenReport {
                 created,
@@ -732,6 +766,11 @@ impl Desktop {
         self.names = Some(index);
     }
 
+    /// Record the IDs every batch committed from now on changes (while `log` records).
+    pub fn attach_touch_log(&mut self, log: Arc<TouchLog>) {
+        self.touches = Some(log);
+    }
+
     /// Start a batch: one transaction for many requests (group commit).
     pub fn batch(&mut self) -> Result<Batch<'_>> {
         let tx = self
@@ -742,6 +781,8 @@ impl Desktop {
             last_id: &mut self.last_id,
             names: self.names.as_deref(),
             changes: Vec::new(),
+            touches: self.touches.as_deref(),
+            touched: Vec::new(),
         })
     }
 
@@ -793,6 +834,9 @@ pub struct Batch<'a> {
     names: Option<&'a NameIndex>,
     /// Name changes, handed to the name index once the commit succeeded.
     changes: Vec<NameChange>,
+    touches: Option<&'a TouchLog>,
+    /// IDs this batch changed, handed to the touch log once the commit succeeded.
+    touched: Vec<u32>,
 }
 
 impl Read for Batch<'_> {
@@ -806,6 +850,7 @@ impl Batch<'_> {
     pub fn step<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.tx.execute_batch("SAVEPOINT step")?;
         let changes_mark = self.changes.len();
+        let touched_mark = self.touched.len();
         match f(self) {
             Ok(v) => {
                 self.tx.execute_batch("RELEASE step")?;
@@ -816,6 +861,7 @@ impl Batch<'_> {
                     .execute_batch("ROLLBACK TO step; RELEASE step")
                     .map_err(DbError::from)?;
                 self.changes.truncate(changes_mark);
+                self.touched.truncate(touched_mark);
                 Err(e)
             }
         }
@@ -827,6 +873,9 @@ impl Batch<'_> {
         self.tx.commit()?;
         if let Some(index) = self.names {
             index.apply(&self.changes);
+        }
+        if let Some(log) = self.touches {
+            log.record(&self.touched);
         }
         Ok(())
     }
@@ -892,6 +941,7 @@ impl Batch<'_> {
         let key = names::search_key(&new.name);
         insert_object(&self.tx, &object, &key)?;
         self.changes.push(NameChange::Set(id, key));
+        self.touched.push(id);
         Ok((object, true))
     }
 
@@ -904,6 +954,7 @@ impl Batch<'_> {
         if n == 0 {
             return Err(DbError::NoSuchId(id));
         }
+        self.touched.push(id);
         Ok(())
     }
 
@@ -952,6 +1003,7 @@ impl Batch<'_> {
             .prepare_cached("UPDATE objects SET parent = ?2, name = ?3, skey = ?4 WHERE id = ?1")?
             .execute(params![id, new_parent, new_name, new_key])?;
         self.changes.push(NameChange::Set(id, new_key));
+        self.touched.push(id);
         Ok(removed)
     }
 
@@ -986,6 +1038,7 @@ impl Batch<'_> {
         drop(stmt);
         self.changes
             .extend(rows.iter().map(|&removed| NameChange::Remove(removed)));
+        self.touched.extend_from_slice(&rows);
         Ok(rows)
     }
 
@@ -1010,6 +1063,7 @@ impl Batch<'_> {
                 &object.creator[..],
                 object.flags
             ])?;
+        self.touched.push(id);
         Ok(object)
     }
 
@@ -1065,6 +1119,98 @@ impl Batch<'_> {
             .tx
             .execute("DELETE FROM comments WHERE id = ?1", [id])?
             > 0)
+    }
+
+    /// A new ID from the counter (never one handed out before), for a rebuild's new objects.
+    pub fn allocate_id(&mut self) -> Result<u32> {
+        self.allocate(None)
+    }
+
+    /// Insert `o` with its own ID (a rebuild restoring an ID from the disk). The ID and the
+    /// place must be free and the parent a directory; the counter rises to the ID.
+    pub fn insert_with_id(&mut self, o: &Object) -> Result<()> {
+        validate_name(&o.name)?;
+        if ids::is_forbidden(o.id) || self.id_taken(o.id)? {
+            return Err(DbError::Corrupt(format!("ID {} is not free", o.id)));
+        }
+        self.require_dir(o.parent)?;
+        if let Some(existing) = self.lookup(o.parent, &o.name)? {
+            return Err(DbError::Exists {
+                parent: o.parent,
+                name: String::from_utf8_lossy(&o.name).into_owned(),
+                existing: existing.id,
+            });
+        }
+        let key = names::search_key(&o.name);
+        insert_object(&self.tx, o, &key)?;
+        *self.last_id = (*self.last_id).max(o.id);
+        self.changes.push(NameChange::Set(o.id, key));
+        Ok(())
+    }
+
+    /// Overwrite the row of `o.id` with `o` (place, kind, inode, Mac info): a rebuild making the
+    /// desktop say what the disk says. The place must be free and not inside the object itself.
+    pub fn overwrite(&mut self, o: &Object) -> Result<()> {
+        validate_name(&o.name)?;
+        if o.id == ROOT_ID {
+            return Err(DbError::Root("moved"));
+        }
+        self.require_dir(o.parent)?;
+        let mut cursor = o.parent;
+        while cursor != ROOT_ID && cursor != ROOT_PARENT_ID {
+            if cursor == o.id {
+                return Err(DbError::IntoItself(o.id));
+            }
+            cursor = self.get(cursor)?.parent;
+        }
+        if let Some(existing) = self.lookup(o.parent, &o.name)? {
+            if existing.id != o.id {
+                return Err(DbError::Exists {
+                    parent: o.parent,
+                    name: String::from_utf8_lossy(&o.name).into_owned(),
+                    existing: existing.id,
+                });
+            }
+        }
+        let key = names::search_key(&o.name);
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE objects SET parent = ?2, name = ?3, skey = ?4, kind = ?5, dev = ?6,
+                 ino = ?7, type = ?8, creator = ?9, flags = ?10 WHERE id = ?1",
+            )?
+            .execute(params![
+                o.id,
+                o.parent,
+                o.name,
+                key,
+                o.kind.to_sql(),
+                o.dev as i64,
+                o.ino as i64,
+                &o.type_code[..],
+                &o.creator[..],
+                o.flags
+            ])?;
+        if n == 0 {
+            return Err(DbError::NoSuchId(o.id));
+        }
+        self.changes.push(NameChange::Set(o.id, key));
+        Ok(())
+    }
+
+    /// Move the row of `id` out of its place to a name no file can have (it contains `/`),
+    /// so another object can take the place; a rebuild then overwrites or removes it.
+    pub fn park(&mut self, id: u32) -> Result<()> {
+        let name = format!("park/{id}");
+        self.tx
+            .prepare_cached("UPDATE objects SET name = ?2, skey = ?3 WHERE id = ?1")?
+            .execute(params![
+                id,
+                name.as_bytes(),
+                names::search_key(name.as_bytes())
+            ])?;
+        self.changes.push(NameChange::Remove(id));
+        Ok(())
     }
 
     /// Set the allocation counter (tests and migration tools); it never moves backwards.

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Handshake magic.
 pub const MAGIC: [u8; 4] = *b"DSKD";
 /// The largest frame body accepted, in bytes.
@@ -228,6 +228,84 @@ pub enum Request {
     Thaw {
         vol: Option<VolumeId>,
     },
+    /// Start an online rebuild of a served volume (admin). The job ends by itself when no
+    /// [`Request::RebuildPoll`] arrives for `timeout_secs` (the client is gone).
+    RebuildStart {
+        vol: VolumeId,
+        mode: RebuildMode,
+        threads: Option<u32>,
+        force: bool,
+        timeout_secs: u32,
+    },
+    /// The state of rebuild `job`, with its difference lines from number `from` on (admin).
+    /// Every poll keeps the job alive.
+    RebuildPoll {
+        vol: VolumeId,
+        job: u64,
+        from: u64,
+    },
+    /// Stop rebuild `job` (admin); nothing is applied after the stop.
+    RebuildCancel {
+        vol: VolumeId,
+        job: u64,
+    },
+}
+
+/// What a rebuild does (see `deskd rebuild`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RebuildMode {
+    /// `-s`: report differences, change nothing.
+    Scan,
+    /// Repair the disk and the desktop.
+    Repair,
+    /// `-f`: decide every ID from the disk alone.
+    Fresh,
+}
+
+/// One difference a rebuild found (one `-s` line: `<kind> <path>: <detail>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DifferenceLine {
+    pub kind: String,
+    pub path: Vec<u8>,
+    pub detail: String,
+}
+
+/// The totals of a finished rebuild.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildSummary {
+    pub objects: u64,
+    pub directories: u64,
+    pub new_ids: u64,
+    pub renumbered: u64,
+    pub repaired: u64,
+    pub removed: u64,
+    /// Difference lines reported.
+    pub differences: u64,
+    /// Objects left to clients that changed them meanwhile, with a difference still open.
+    pub left: u64,
+    pub passes: u32,
+    pub millis: u64,
+}
+
+/// A rebuild job as the server reports it (in a poll reply and in `Status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildState {
+    pub job: u64,
+    pub mode: RebuildMode,
+    /// `walking`, `planning`, `applying`, `done`, `failed` or `stopped`.
+    pub phase: String,
+    /// Passes so far (a pass is repeated when clients changed objects it had to leave alone).
+    pub pass: u32,
+    /// Objects walked in this pass.
+    pub objects: u64,
+    /// Unix time the job started.
+    pub started: i64,
+    /// Difference lines from the poll's `from` on (empty in `Status`).
+    pub lines: Vec<DifferenceLine>,
+    /// Number of the line after the last one sent.
+    pub next: u64,
+    /// Set when the job has ended: its totals, or why it failed or stopped.
+    pub finished: Option<Result<RebuildSummary, String>>,
 }
 
 impl Request {
@@ -256,6 +334,9 @@ impl Request {
         match self {
             Volumes | OpenVolume { .. } => None,
             Status { vol } | Flush { vol } | Freeze { vol, .. } | Thaw { vol } => *vol,
+            RebuildStart { vol, .. } | RebuildPoll { vol, .. } | RebuildCancel { vol, .. } => {
+                Some(*vol)
+            }
             Add { vol, .. }
             | AddPath { vol, .. }
             | Lookup { vol, .. }
@@ -324,6 +405,8 @@ pub struct VolumeStatus {
     pub wal_bytes: u64,
     /// Problems found by the start-up check (empty = sound).
     pub check_problems: Vec<String>,
+    /// The running (or last) online rebuild, if any since the server started.
+    pub rebuild: Option<RebuildState>,
 }
 
 /// A successful reply.
@@ -347,6 +430,10 @@ pub enum Response {
         clamped: bool,
         max: u32,
     },
+    RebuildStarted {
+        job: u64,
+    },
+    Rebuild(RebuildState),
     Done,
 }
 

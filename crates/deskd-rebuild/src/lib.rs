@@ -11,6 +11,7 @@
 //! This runs offline: the desktop is locked exclusively (`flock`, the same lock `deskd serve`
 //! holds), so a running server makes the rebuild stop with a clear message.
 
+pub mod online;
 pub mod plan;
 pub mod walk;
 
@@ -37,6 +38,8 @@ pub enum RebuildError {
     Usage(String),
     #[error("{0}")]
     Busy(String),
+    #[error("{0}")]
+    Cancelled(String),
     #[error("{0}")]
     Space(String),
     #[error("desktop: {0}")]
@@ -110,7 +113,7 @@ fn lock(desktop: &Path, root: &Path) -> Result<File, RebuildError> {
         .map_err(|e| RebuildError::io(desktop, e))?
         .ok_or_else(|| {
             RebuildError::Busy(format!(
-                "{}: the desktop is open by a running deskd serve (or another rebuild); stop the server first",
+                "{}: the desktop is open by a running deskd serve that this command cannot reach (or by another rebuild); give its socket with --socket or DESKD_SOCKET to rebuild online, or stop the server",
                 root.display()
             ))
         })
@@ -174,7 +177,7 @@ pub fn read_old(desktop: &Path) -> Result<Option<OldDesktop>, RebuildError> {
 }
 
 /// Whether the volume's file system keeps user xattrs (so mirrors are expected).
-fn xattrs_supported(root: &Path) -> bool {
+pub fn xattrs_supported(root: &Path) -> bool {
     match xattr::get(root, deskd_volume::ID_XATTR) {
         Ok(_) => true,
         Err(e) => !matches!(e.raw_os_error(), Some(libc::ENOTSUP)),
@@ -218,7 +221,12 @@ pub fn rebuild(
             )))
         }
     };
-    let walk = walk::walk(&root, options.threads, on_progress)?;
+    let walk = walk::walk(
+        &root,
+        options.threads,
+        on_progress,
+        &std::sync::atomic::AtomicBool::new(false),
+    )?;
     let (counter, identity) = match &old {
         Some(o) => (o.last_id, o.identity),
         None => (0, None),
@@ -233,6 +241,8 @@ pub fn rebuild(
         // No desktop at all: that is one difference, not a million "new" lines.
         differences += 1;
         on_difference(&Difference {
+            object: None,
+            id: None,
             kind: "no-desktop",
             path: desktop.as_os_str().as_bytes().to_vec(),
             detail: "there is no desktop; run `deskd rebuild -f`".into(),

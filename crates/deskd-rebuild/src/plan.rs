@@ -53,6 +53,12 @@ impl OldDesktop {
 /// One difference between the disk and the desktop (one `-s` line).
 #[derive(Debug, Clone, Serialize)]
 pub struct Difference {
+    /// The object's index in the walk, for differences about a walked object.
+    #[serde(skip)]
+    pub object: Option<u32>,
+    /// The ID concerned (the object's, or a vanished row's).
+    #[serde(skip)]
+    pub id: Option<u32>,
     pub kind: &'static str,
     /// Absolute path, as bytes (printed raw).
     #[serde(serialize_with = "crate::bytes_lossy")]
@@ -89,8 +95,11 @@ pub struct Counts {
 
 /// The outcome of pass 2.
 pub struct Plan {
-    /// The new desktop's rows, parents before children.
+    /// The new desktop's rows, parents before children (row `i` is walked object `i`).
     pub rows: Vec<Object>,
+    /// Per row: its ID is a new one from the counter (an online rebuild re-allocates these
+    /// from the live counter, which may have moved since the snapshot).
+    pub new_id: Vec<bool>,
     pub comments: Vec<(u32, Vec<u8>)>,
     pub differences: Vec<Difference>,
     pub fixes: Vec<Fix>,
@@ -215,6 +224,7 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
 
     // Assign, parents first (the walk lists a directory before its entries).
     let mut final_ids = vec![0u32; n];
+    let mut new_id = vec![false; n];
     let mut rows = Vec::with_capacity(n);
     let mut comments = Vec::new();
     let mut used_old_place: std::collections::HashSet<u32> = Default::default();
@@ -248,6 +258,7 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
                         // above the largest claimed ID unless the space is truly used up.
                         counter = ids::next_candidate(counter).unwrap_or(ids::LAST_USABLE_ID);
                         counts.new_ids += 1;
+                        new_id[i] = true;
                         source = None;
                         counter
                     }
@@ -298,6 +309,8 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
         if let Some(&(dup_id, winner)) = loser_of.get(&(i as u32)) {
             counts.renumbered += 1;
             differences.push(Difference {
+                object: Some(i as u32),
+                id: Some(id),
                 kind: "duplicate",
                 path: path.clone(),
                 detail: format!(
@@ -310,6 +323,8 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
                 (_, Some(place_id)) if place_id != id => {
                     repaired = true;
                     differences.push(Difference {
+                        object: Some(i as u32),
+                        id: Some(id),
                         kind: "id-mismatch",
                         path: path.clone(),
                         detail: format!(
@@ -319,6 +334,8 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
                     });
                 }
                 (None, _) => differences.push(Difference {
+                    object: Some(i as u32),
+                    id: Some(id),
                     kind: "new",
                     path: path.clone(),
                     detail: match source {
@@ -370,6 +387,8 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
                     if let Some((kind, detail)) = detail {
                         repaired = true;
                         differences.push(Difference {
+                            object: Some(i as u32),
+                            id: Some(id),
                             kind,
                             path: path.clone(),
                             detail,
@@ -395,6 +414,8 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
                 fixed.id = id;
                 if !loser_of.contains_key(&(i as u32)) {
                     differences.push(Difference {
+                        object: Some(i as u32),
+                        id: Some(id),
                         kind: "rsrc-id",
                         path: path.clone(),
                         detail: format!("the resource file says ID {}, the ID is {id}", h.id),
@@ -415,6 +436,8 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
                     ),
                 };
                 differences.push(Difference {
+                    object: Some(i as u32),
+                    id: Some(id),
                     kind: why.0,
                     path: path.clone(),
                     detail: why.1,
@@ -431,6 +454,8 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
         }
         if xattrs && f.kind != Kind::Symlink && f.xattr_id != Some(id) {
             differences.push(Difference {
+                object: Some(i as u32),
+                id: Some(id),
                 kind: "mirror",
                 path: path.clone(),
                 detail: match f.xattr_id {
@@ -462,6 +487,8 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
             Some((id, to)) if !moved_to.contains(&to) => {
                 moved_to.insert(to.clone());
                 differences.push(Difference {
+                    object: None,
+                    id: None,
                     kind: "orphan-rsrc",
                     path: path.as_os_str().as_bytes().to_vec(),
                     detail: format!("left behind by a move; goes to {}", to.display()),
@@ -471,6 +498,8 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
             _ => {
                 counts.removed += 1;
                 differences.push(Difference {
+                    object: None,
+                    id: None,
                     kind: "orphan-rsrc",
                     path: path.as_os_str().as_bytes().to_vec(),
                     detail: "no object of that name; removed".into(),
@@ -503,6 +532,8 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
             path.push(b'/');
             path.extend_from_slice(&rel);
             differences.push(Difference {
+                object: None,
+                id: Some(id),
                 kind: "vanished",
                 path,
                 detail: format!("ID {id} is in the desktop but not on disk; removed"),
@@ -512,6 +543,7 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
     let max_assigned = final_ids.iter().copied().max().unwrap_or(0);
     Plan {
         rows,
+        new_id,
         comments,
         differences,
         fixes,

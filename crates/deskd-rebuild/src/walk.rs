@@ -11,7 +11,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use deskd_db::Kind;
@@ -87,18 +87,25 @@ struct Queue {
 /// What the workers have collected: objects, orphaned resource files, directory paths.
 type Collected = (Vec<Found>, Vec<(u32, Vec<u8>)>, Vec<(u32, PathBuf)>);
 
-struct Shared {
+struct Shared<'a> {
     queue: Mutex<Queue>,
     ready: Condvar,
     found: Mutex<Collected>,
     progress: AtomicU64,
+    stop: &'a AtomicBool,
+    /// Test hook (`DESKD_REBUILD_DIR_DELAY_MS`): a pause per directory, so the tests can act
+    /// while a walk is under way.
+    dir_delay: Option<std::time::Duration>,
 }
 
-/// Walk the volume at `root` with `threads` workers; `progress` is bumped per object.
+/// Walk the volume at `root` with `threads` workers; `on_progress` gets the number of objects
+/// walked so far. Setting `stop` ends the walk early with [`RebuildError::Cancelled`].
+/// Directories removed while the walk runs are passed over (their entries are not there).
 pub fn walk(
     root: &Path,
     threads: usize,
     on_progress: &(dyn Fn(u64) + Sync),
+    stop: &AtomicBool,
 ) -> Result<Walk, RebuildError> {
     let meta = std::fs::symlink_metadata(root).map_err(|e| RebuildError::io(root, e))?;
     if !meta.is_dir() {
@@ -129,6 +136,11 @@ pub fn walk(
         ready: Condvar::new(),
         found: Mutex::new((vec![root_found], Vec::new(), vec![(0, root.to_path_buf())])),
         progress: AtomicU64::new(1),
+        stop,
+        dir_delay: std::env::var("DESKD_REBUILD_DIR_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis),
     };
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
@@ -139,6 +151,9 @@ pub fn walk(
     if let Some(e) = queue.failed {
         return Err(e);
     }
+    if stop.load(Ordering::SeqCst) {
+        return Err(RebuildError::Cancelled("the walk was stopped".into()));
+    }
     let (found, orphans, dirs) = shared.found.into_inner().unwrap();
     Ok(Walk {
         found,
@@ -147,12 +162,13 @@ pub fn walk(
     })
 }
 
-fn worker(shared: &Shared, on_progress: &(dyn Fn(u64) + Sync)) {
+fn worker(shared: &Shared<'_>, on_progress: &(dyn Fn(u64) + Sync)) {
     loop {
         let (index, path) = {
             let mut q = shared.queue.lock().unwrap();
             loop {
-                if q.failed.is_some() {
+                if q.failed.is_some() || shared.stop.load(Ordering::Relaxed) {
+                    shared.ready.notify_all();
                     return;
                 }
                 if let Some(job) = q.dirs.pop() {
@@ -244,13 +260,28 @@ fn read_rsrc_at(dir: &OwnedFd, name: &CString) -> Rsrc {
 
 /// Examine one directory; returns its subdirectories to walk.
 fn scan_dir(
-    shared: &Shared,
+    shared: &Shared<'_>,
     dir_index: u32,
     path: &Path,
     on_progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<(u32, PathBuf)>, RebuildError> {
-    let dir = open_dir(path).map_err(|e| RebuildError::io(path, e))?;
-    let names = list(path).map_err(|e| RebuildError::io(path, e))?;
+    if let Some(delay) = shared.dir_delay {
+        std::thread::sleep(delay);
+    }
+    // A directory removed or replaced since its parent was listed is simply not there.
+    let gone = |e: &std::io::Error| {
+        dir_index != 0 && matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))
+    };
+    let dir = match open_dir(path) {
+        Ok(fd) => fd,
+        Err(e) if gone(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(RebuildError::io(path, e)),
+    };
+    let names = match list(path) {
+        Ok(names) => names,
+        Err(e) if gone(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(RebuildError::io(path, e)),
+    };
     let rsrc_dir_path = path.join(rsrc::RSRC_DIR);
     let (rsrc_dir, rsrc_names): (Option<OwnedFd>, HashSet<Vec<u8>>) = match open_dir(&rsrc_dir_path)
     {

@@ -232,7 +232,7 @@ impl Connection {
             _ => Err(ErrorReply::new(
                 ErrorCode::PermissionDenied,
                 format!(
-                    "{}: flush, freeze and thaw need root or the volume owner",
+                    "{}: flush, freeze, thaw and rebuild need root or the volume owner",
                     handle.volume.root().display()
                 ),
             )),
@@ -305,12 +305,56 @@ impl Connection {
             Request::Flush { vol } => self.control(vol, |_, tx| Job::Flush(tx)),
             Request::Freeze { vol, seconds } => self.control(vol, |_, tx| Job::Freeze(seconds, tx)),
             Request::Thaw { vol } => self.control(vol, |_, tx| Job::Thaw(tx)),
+            Request::RebuildStart {
+                vol,
+                mode,
+                threads,
+                force,
+                timeout_secs,
+            } => {
+                let handle = self.volume(vol)?;
+                self.require_admin(&handle)?;
+                crate::rebuild::start(&handle, mode, threads, force, timeout_secs)
+                    .map(|job| Response::RebuildStarted { job })
+            }
+            Request::RebuildPoll { vol, job, from } => {
+                let handle = self.volume(vol)?;
+                self.require_admin(&handle)?;
+                let current = self.rebuild_job(&handle, job)?;
+                current.heard();
+                Ok(Response::Rebuild(current.state(from)))
+            }
+            Request::RebuildCancel { vol, job } => {
+                let handle = self.volume(vol)?;
+                self.require_admin(&handle)?;
+                self.rebuild_job(&handle, job)?.cancel();
+                Ok(Response::Done)
+            }
             other => {
                 let handle = self.volume(other.volume().unwrap_or(u32::MAX))?;
                 let reader = self.reader(&handle)?;
                 apply_read(reader, &handle.volume, &handle.names, &other)
             }
         }
+    }
+
+    fn rebuild_job(
+        &self,
+        handle: &VolumeHandle,
+        job: u64,
+    ) -> Result<Arc<crate::rebuild::RebuildJob>, ErrorReply> {
+        handle
+            .rebuild
+            .lock()
+            .unwrap()
+            .clone()
+            .filter(|j| j.id == job)
+            .ok_or_else(|| {
+                ErrorReply::new(
+                    ErrorCode::NotFound,
+                    format!("{}: no rebuild job {job}", handle.volume.root().display()),
+                )
+            })
     }
 
     fn control(

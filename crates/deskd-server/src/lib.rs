@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod config;
 pub mod conn;
+pub mod rebuild;
 pub mod volume;
 
 use std::os::unix::fs::PermissionsExt;

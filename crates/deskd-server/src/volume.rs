@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use deskd_db::{Desktop, NameIndex, Read};
+use deskd_db::{Desktop, NameIndex, Read, TouchLog};
 use deskd_proto::{ErrorCode, ErrorReply, Request, Response, VolumeStatus};
 use deskd_volume::Volume;
 use tracing::{error, info, warn};
@@ -26,10 +26,16 @@ use crate::ServerError;
 
 /// Work for a volume's writer thread.
 pub enum Job {
-    Write { request: Request, reply: ReplySink },
+    Write {
+        request: Request,
+        reply: ReplySink,
+    },
     Flush(Sender<Reply>),
     Freeze(Option<u32>, Sender<Reply>),
     Thaw(Sender<Reply>),
+    /// Work on the desktop between two batches (an online rebuild's apply); returns whether
+    /// it committed.
+    Run(Box<dyn FnOnce(&mut Desktop) -> bool + Send>),
     Shutdown(Sender<()>),
 }
 
@@ -55,11 +61,15 @@ pub struct VolumeHandle {
     pub commits: Arc<AtomicU64>,
     /// The in-memory name index that answers `find` (built in the background at open).
     pub names: Arc<NameIndex>,
+    /// The IDs client batches change while an online rebuild runs.
+    pub touches: Arc<TouchLog>,
+    /// The running or last online rebuild.
+    pub rebuild: Mutex<Option<Arc<crate::rebuild::RebuildJob>>>,
     /// Held for the server's lifetime: the exclusive lock that makes this the only writer.
     _lock: File,
 }
 
-fn now_unix() -> i64 {
+pub fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -208,6 +218,8 @@ impl VolumeHandle {
         // Attached before the loader takes its snapshot: no commit can fall between the two.
         let names = Arc::new(NameIndex::new());
         desktop.attach_name_index(names.clone());
+        let touches = Arc::new(TouchLog::default());
+        desktop.attach_touch_log(touches.clone());
         spawn_name_index_load(&desktop_path, &root, names.clone());
         let (tx, rx) = crossbeam_channel::unbounded();
         let commits = Arc::new(AtomicU64::new(0));
@@ -221,6 +233,8 @@ impl VolumeHandle {
             owner_uid,
             commits: commits.clone(),
             names,
+            touches,
+            rebuild: Mutex::new(None),
             _lock: lock,
         });
         spawn_check(&desktop_path, &root, state.clone());
@@ -261,6 +275,12 @@ impl VolumeHandle {
                 .map(|m| m.len())
                 .unwrap_or(0),
             check_problems: state.check_problems,
+            rebuild: self
+                .rebuild
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|job| job.state(u64::MAX)),
         })
     }
 }
@@ -457,10 +477,8 @@ impl Writer {
             Ok(Attempt::Retry) => unreachable!("an isolated run never asks for a retry"),
             Ok(Attempt::Done(replies)) => {
                 tracing::debug!(batch = replies.len(), "committed");
-                self.last_write = Instant::now();
-                self.dirty_since.get_or_insert(self.last_write);
                 // Before any acknowledgement: readers must see this commit from now on.
-                self.commits.fetch_add(1, Ordering::SeqCst);
+                self.committed();
                 let mut connections: Vec<ReplySink> = Vec::new();
                 for ((_, sink), reply) in writes.drain(..).zip(replies) {
                     sink.queue(reply);
@@ -487,6 +505,13 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Bookkeeping after a commit: timers, and a new snapshot for readers.
+    fn committed(&mut self) {
+        self.last_write = Instant::now();
+        self.dirty_since.get_or_insert(self.last_write);
+        self.commits.fetch_add(1, Ordering::SeqCst);
     }
 
     fn frozen(&mut self) -> bool {
@@ -602,6 +627,13 @@ impl Writer {
                 self.frozen_until = None;
                 self.state.lock().unwrap().frozen_until = None;
                 let _ = reply.send(Ok(Response::Done));
+            }
+            Job::Run(work) => {
+                let desktop = self.desktop.as_mut().expect("writer used after shutdown");
+                if work(desktop) {
+                    self.committed();
+                    self.check_wal_limit();
+                }
             }
             Job::Write { .. } | Job::Shutdown(_) => unreachable!("handled by run"),
         }

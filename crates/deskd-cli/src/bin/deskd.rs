@@ -80,7 +80,9 @@ enum Command {
         pattern: String,
     },
     /// Re-create (-f), repair (default) or check (-s) a volume's desktop from its resource
-    /// files, xattr mirrors and Netatalk metadata. Offline: the server must not be serving it.
+    /// files, xattr mirrors and Netatalk metadata. On a volume deskd serves, the server runs it
+    /// as a job while clients keep working (`deskd status` shows its progress; no answer from
+    /// the server within --timeout ends it); otherwise it runs here with the desktop locked.
     ///
     /// Exit status: 0 done (with -s: the desktop is up to date), 1 with -s: differences found,
     /// 2 error.
@@ -164,6 +166,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }),
                 force,
             };
+            if let Some((client, vol)) = served(&cli.connection, &volume) {
+                return Ok(rebuild_online(
+                    client,
+                    vol,
+                    &volume,
+                    &options,
+                    verbose || scan,
+                    json,
+                    cli.connection.timeout(),
+                ));
+            }
             Ok(rebuild(&volume, &options, verbose || scan, json))
         }
         Command::Status { volume, json } => {
@@ -183,6 +196,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         "frozen_until": s.frozen_until,
                         "wal_bytes": s.wal_bytes,
                         "check_problems": s.check_problems,
+                        "rebuild": s.rebuild.as_ref().map(|r| serde_json::json!({
+                            "job": r.job,
+                            "mode": format!("{:?}", r.mode).to_lowercase(),
+                            "phase": r.phase,
+                            "pass": r.pass,
+                            "objects": r.objects,
+                            "started": r.started,
+                            "error": r.finished.as_ref().and_then(|f| f.as_ref().err()),
+                        })),
                     });
                     println!("{v}");
                 } else {
@@ -214,6 +236,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                     println!("  WAL:          {} bytes", s.wal_bytes);
                     println!("  read-only:    {}", if s.read_only { "yes" } else { "no" });
+                    if let Some(r) = &s.rebuild {
+                        let mode = format!("{:?}", r.mode).to_lowercase();
+                        match &r.finished {
+                            None => println!(
+                                "  rebuild:      job {} ({mode}) {}, pass {}, {} objects walked, started {}",
+                                r.job, r.phase, r.pass, r.objects, when(r.started)
+                            ),
+                            Some(Ok(_)) => println!(
+                                "  rebuild:      job {} ({mode}) done, started {}",
+                                r.job,
+                                when(r.started)
+                            ),
+                            Some(Err(e)) => println!(
+                                "  rebuild:      job {} ({mode}) {}: {e}",
+                                r.job, r.phase
+                            ),
+                        }
+                    }
                     if !s.check_problems.is_empty() {
                         println!(
                             "  CHECK FAILED: {} (run deskd rebuild)",
@@ -372,17 +412,183 @@ fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The server and the volume's handle, when a running deskd serves `volume`.
+fn served(args: &ConnectionArgs, volume: &Path) -> Option<(Client, u32)> {
+    let root = std::fs::canonicalize(volume).ok()?;
+    let mut client = Client::connect(&args.socket_path(), args.timeout()).ok()?;
+    let vol = client.open_volume(&root).ok()?.vol;
+    Some((client, vol))
+}
+
+/// Print one difference line (`<kind> <path>: <detail>`, or JSON).
+fn write_difference(
+    out: &mut impl std::io::Write,
+    json: bool,
+    kind: &str,
+    path: &[u8],
+    detail: &str,
+) -> std::io::Result<()> {
+    if json {
+        let line =
+            serde_json::json!({ "kind": kind, "path": display_bytes(path), "detail": detail });
+        writeln!(out, "{line}")
+    } else {
+        out.write_all(kind.as_bytes())?;
+        out.write_all(b" ")?;
+        out.write_all(path)?;
+        writeln!(out, ": {detail}")
+    }
+}
+
+fn progress_bar(template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
+/// `deskd rebuild` on a served volume: the server runs the job, this polls it. Every poll must
+/// be answered within `timeout`; otherwise the rebuild ends here, and the server, hearing no
+/// poll, stops the job as well.
+fn rebuild_online(
+    mut client: Client,
+    vol: u32,
+    volume: &Path,
+    options: &deskd_rebuild::Options,
+    show: bool,
+    json: bool,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    use deskd_proto::RebuildMode;
+    use std::io::Write;
+    let mode = match options.mode {
+        deskd_rebuild::Mode::Scan => RebuildMode::Scan,
+        deskd_rebuild::Mode::Repair => RebuildMode::Repair,
+        deskd_rebuild::Mode::Fresh => RebuildMode::Fresh,
+    };
+    let start = Request::RebuildStart {
+        vol,
+        mode,
+        threads: Some(options.threads as u32),
+        force: options.force,
+        timeout_secs: timeout.as_secs().max(1) as u32,
+    };
+    let job = match client.call(start) {
+        Ok(Response::RebuildStarted { job }) => job,
+        Ok(other) => {
+            eprintln!("deskd rebuild: unexpected reply {other:?}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("deskd rebuild: {}: {e}", volume.display());
+            return ExitCode::from(2);
+        }
+    };
+    let bar = progress_bar("{spinner} deskd: {msg}, {pos} objects walked {elapsed}");
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut write_failed = false;
+    let mut from = 0;
+    let interval = (timeout / 4).clamp(
+        std::time::Duration::from_millis(20),
+        std::time::Duration::from_millis(250),
+    );
+    let summary = loop {
+        std::thread::sleep(interval);
+        let state = match client.call(Request::RebuildPoll { vol, job, from }) {
+            Ok(Response::Rebuild(state)) => state,
+            Ok(other) => {
+                bar.finish_and_clear();
+                eprintln!("deskd rebuild: unexpected reply {other:?}");
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                bar.finish_and_clear();
+                let _ = out.flush();
+                eprintln!(
+                    "deskd rebuild: {}: no answer from deskd within {:.0} s ({e}); the rebuild ended (the server stops its job too)",
+                    volume.display(),
+                    timeout.as_secs_f64()
+                );
+                return ExitCode::from(2);
+            }
+        };
+        from = state.next;
+        if show {
+            for l in &state.lines {
+                write_failed |=
+                    write_difference(&mut out, json, &l.kind, &l.path, &l.detail).is_err();
+            }
+        }
+        bar.set_position(state.objects);
+        bar.set_message(format!("{} (pass {})", state.phase, state.pass));
+        match state.finished {
+            None => {}
+            Some(Ok(summary)) => break summary,
+            Some(Err(message)) => {
+                bar.finish_and_clear();
+                let _ = out.flush();
+                eprintln!("deskd rebuild: {}: {message}", volume.display());
+                return ExitCode::from(2);
+            }
+        }
+    };
+    bar.finish_and_clear();
+    let text = format!(
+        "rebuild {} (online, {} pass{}): {} objects, {} directories, {} new IDs, {} renumbered duplicates, {} repaired, {} removed, {} left to clients, {:.2}s",
+        volume.display(),
+        summary.passes,
+        if summary.passes == 1 { "" } else { "es" },
+        summary.objects,
+        summary.directories,
+        summary.new_ids,
+        summary.renumbered,
+        summary.repaired,
+        summary.removed,
+        summary.left,
+        summary.millis as f64 / 1000.0
+    );
+    let scan = options.mode == deskd_rebuild::Mode::Scan;
+    if json {
+        let v = serde_json::json!({ "summary": {
+            "mode": format!("{mode:?}").to_lowercase(),
+            "volume": volume.display().to_string(),
+            "online": true,
+            "objects": summary.objects,
+            "directories": summary.directories,
+            "new_ids": summary.new_ids,
+            "renumbered": summary.renumbered,
+            "repaired": summary.repaired,
+            "removed": summary.removed,
+            "differences": summary.differences,
+            "left": summary.left,
+            "passes": summary.passes,
+            "seconds": summary.millis as f64 / 1000.0,
+        }});
+        write_failed |= writeln!(out, "{v}").is_err();
+    } else if !scan {
+        write_failed |= writeln!(out, "{text}").is_err();
+    } else if summary.differences > 0 {
+        eprintln!("{text}");
+    }
+    if out.flush().is_err() || write_failed {
+        eprintln!("deskd rebuild: cannot write the output");
+        return ExitCode::from(2);
+    }
+    if scan && summary.differences > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 /// `deskd rebuild`; errors are exit status 2, differences found by `-s` status 1.
 fn rebuild(volume: &Path, options: &deskd_rebuild::Options, show: bool, json: bool) -> ExitCode {
     use std::io::Write;
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {pos} objects walked ({per_sec}) {elapsed}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let bar = progress_bar("{spinner} {pos} objects walked ({per_sec}) {elapsed}");
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut write_failed = false;
@@ -390,17 +596,7 @@ fn rebuild(volume: &Path, options: &deskd_rebuild::Options, show: bool, json: bo
         if !show {
             return;
         }
-        let written = if json {
-            serde_json::to_string(d)
-                .map_err(std::io::Error::other)
-                .and_then(|line| writeln!(out, "{line}"))
-        } else {
-            out.write_all(d.kind.as_bytes())
-                .and_then(|_| out.write_all(b" "))
-                .and_then(|_| out.write_all(&d.path))
-                .and_then(|_| writeln!(out, ": {}", d.detail))
-        };
-        write_failed |= written.is_err();
+        write_failed |= write_difference(&mut out, json, d.kind, &d.path, &d.detail).is_err();
     });
     bar.finish_and_clear();
     let report = match result {

@@ -16,6 +16,8 @@ pub struct Env {
     pub server: Option<Child>,
     pub log: PathBuf,
     pub starts: u32,
+    /// Extra environment for the servers this Env starts (test hooks).
+    pub server_env: Vec<(String, String)>,
 }
 
 impl Env {
@@ -33,6 +35,7 @@ impl Env {
             server: None,
             log,
             starts: 0,
+            server_env: Vec::new(),
         }
     }
 
@@ -51,6 +54,7 @@ impl Env {
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
+            .envs(self.server_env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(log)
@@ -121,14 +125,19 @@ impl Env {
         deskd_client::Client::connect(&self.socket, Duration::from_secs(10)).unwrap()
     }
 
-    fn command(&self, bin: &str, args: &[&[u8]]) -> Output {
+    /// `bin` with `args`, in the temp dir, talking to this Env's server.
+    pub fn command_for(&self, bin: &str, args: &[&[u8]]) -> Command {
         let mut cmd = Command::new(bin);
         cmd.current_dir(self.dir.path())
             .env("DESKD_SOCKET", &self.socket);
         for a in args {
             cmd.arg(std::ffi::OsStr::from_bytes(a));
         }
-        cmd.output().unwrap()
+        cmd
+    }
+
+    fn command(&self, bin: &str, args: &[&[u8]]) -> Output {
+        self.command_for(bin, args).output().unwrap()
     }
 
     /// Run dt; arguments are bytes so tests can pass non-UTF-8 names.

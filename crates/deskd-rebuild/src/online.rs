@@ -1,0 +1,443 @@
+//! Online rebuild: the server runs the walk and the plan while clients go on working, then
+//! applies the plan inside its writer thread (so no client write lands in between), as a diff
+//! against the live desktop rather than a new file.
+//!
+//! What keeps every acknowledged write (docs/rebuild.md, "Online"):
+//! * The server records the ID of every row a client batch changes from just before the
+//!   snapshot the plan starts from ([`deskd_db::TouchLog`]). A recorded object, a recorded row
+//!   at an object's place, and everything below them are left as the clients made them.
+//! * Every change is re-checked against the disk first: an object is only written when its
+//!   path still shows the device and inode the walk saw; a row is only removed when its object
+//!   is really gone; a resource file or mirror is only written after reading it again.
+//! * New IDs come from the live counter, which clients may have moved since the snapshot.
+//! * Only objects with a difference (or whose parent's ID changed) are touched, so the writer
+//!   holds client writes back for a moment proportional to the damage, not to the volume.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use deskd_db::{Batch, DbError, Kind, Object, Read, ROOT_ID};
+use deskd_volume::rsrc::{self, ResourceHeader};
+use serde::Serialize;
+
+use crate::plan::{Fix, OldDesktop, Plan};
+use crate::walk::Walk;
+use crate::Mode;
+
+/// What one online pass needs.
+pub struct Pass<'a> {
+    pub mode: Mode,
+    pub walk: &'a Walk,
+    pub plan: &'a Plan,
+    /// The desktop the plan started from.
+    pub snapshot: Option<&'a OldDesktop>,
+    /// IDs clients changed since the snapshot.
+    pub touched: &'a HashSet<u32>,
+    /// The volume keeps user xattrs (mirrors are expected).
+    pub xattrs: bool,
+}
+
+/// What one online pass did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Applied {
+    /// Objects whose row, resource file or mirror changed.
+    pub changed: u64,
+    /// New IDs handed out (objects without one, and renumbered duplicates).
+    pub new_ids: u64,
+    /// Rows of vanished objects and orphaned resource files removed.
+    pub removed: u64,
+    /// Objects left alone because a client changed them (or the disk moved on) meanwhile.
+    pub left: u64,
+    /// Of those, how many had a difference the pass did not repair (another pass looks again).
+    pub left_with_differences: u64,
+    /// Repairs that failed, one line each.
+    pub errors: Vec<String>,
+}
+
+/// What happened to one object.
+enum Outcome {
+    /// The row is now as planned, under this ID; `changed` when the desktop changed.
+    Placed { id: u32, changed: bool, new: bool },
+    /// Left alone; its ID in the live desktop if it has one there (its children go on).
+    Left(Option<u32>),
+}
+
+fn get_opt<R: Read>(db: &R, id: u32) -> Result<Option<Object>, DbError> {
+    match db.get(id) {
+        Ok(o) => Ok(Some(o)),
+        Err(DbError::NoSuchId(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The device and inode at `path` now (not following a symlink).
+fn devino(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Same row, ignoring the creation time (which a rebuild keeps from the desktop).
+fn same_row(a: &Object, b: &Object) -> bool {
+    (
+        a.parent,
+        &a.name,
+        a.kind,
+        a.dev,
+        a.ino,
+        a.type_code,
+        a.creator,
+        a.flags,
+    ) == (
+        b.parent,
+        &b.name,
+        b.kind,
+        b.dev,
+        b.ino,
+        b.type_code,
+        b.creator,
+        b.flags,
+    )
+}
+
+/// Which walked objects the plan found a difference for.
+fn differing(p: &Pass<'_>) -> Vec<bool> {
+    let mut out = vec![false; p.walk.found.len()];
+    for d in &p.plan.differences {
+        if let Some(i) = d.object {
+            out[i as usize] = true;
+        }
+    }
+    out
+}
+
+/// Apply one pass inside the writer's batch. Returns what it did; the caller commits.
+pub fn apply(batch: &mut Batch<'_>, p: &Pass<'_>) -> Applied {
+    let walk = p.walk;
+    let n = walk.found.len();
+    let differs = differing(p);
+    let everything = p.mode == Mode::Fresh;
+    let moves: HashMap<&Path, (&Path, u32)> = p
+        .plan
+        .fixes
+        .iter()
+        .filter_map(|f| match f {
+            Fix::MoveRsrc { from, to, id } => Some((to.as_path(), (from.as_path(), *id))),
+            _ => None,
+        })
+        .collect();
+    let comments: HashMap<u32, &[u8]> = p
+        .plan
+        .comments
+        .iter()
+        .map(|(id, text)| (*id, &text[..]))
+        .collect();
+    let mut out = Applied::default();
+    let mut final_id: Vec<Option<u32>> = vec![None; n];
+    let mut parked: HashSet<u32> = HashSet::new();
+    final_id[0] = Some(ROOT_ID);
+    let root = walk.path(0);
+    if (everything || differs[0]) && !p.touched.contains(&ROOT_ID) {
+        let row = &p.plan.rows[0];
+        match fix_disk(&root, &rsrc::root_rsrc_path(&root), row, ROOT_ID, p, &moves) {
+            Ok(true) => out.changed += 1,
+            Ok(false) => {}
+            Err(e) => out.errors.push(format!("{}: {e}", root.display())),
+        }
+    }
+    for i in 1..n {
+        let f = &walk.found[i];
+        let planned = &p.plan.rows[i];
+        let Some(parent) = final_id[f.parent as usize] else {
+            out.left += 1;
+            out.left_with_differences += differs[i] as u64;
+            continue;
+        };
+        let needed = everything
+            || differs[i]
+            || p.plan.new_id[i]
+            || parent != planned.parent
+            || p.touched.contains(&planned.id);
+        if !needed {
+            final_id[i] = Some(planned.id);
+            continue;
+        }
+        let path = walk.path(i as u32);
+        // Rows this object pushed aside; they count only if its step commits.
+        let mut pushed_aside = Vec::new();
+        let outcome =
+            batch.step(|b| place_object(b, p, i, parent, &path, &mut pushed_aside, &comments));
+        match outcome {
+            Ok(Outcome::Placed { id, changed, new }) => {
+                parked.extend(pushed_aside);
+                parked.remove(&id);
+                final_id[i] = Some(id);
+                out.new_ids += new as u64;
+                let rsrc_path = rsrc::rsrc_path(&path).expect("a child has a parent");
+                let row = Object {
+                    id,
+                    parent,
+                    ..planned.clone()
+                };
+                match fix_disk(&path, &rsrc_path, &row, planned.id, p, &moves) {
+                    Ok(disk) => out.changed += (changed || disk) as u64,
+                    Err(e) => out.errors.push(format!("{}: {e}", path.display())),
+                }
+            }
+            Ok(Outcome::Left(id)) => {
+                final_id[i] = id;
+                out.left += 1;
+                out.left_with_differences += differs[i] as u64;
+            }
+            Err(e) => {
+                out.errors.push(format!("{}: {e}", path.display()));
+                out.left_with_differences += 1;
+            }
+        }
+    }
+    remove_orphans(p, &mut out);
+    remove_vanished(batch, p, &final_id, &parked, &mut out);
+    out
+}
+
+/// Make the desktop hold walked object `i` at (`parent`, its name) with its planned ID.
+fn place_object(
+    b: &mut Batch<'_>,
+    p: &Pass<'_>,
+    i: usize,
+    parent: u32,
+    path: &Path,
+    pushed_aside: &mut Vec<u32>,
+    comments: &HashMap<u32, &[u8]>,
+) -> Result<Outcome, DbError> {
+    let f = &p.walk.found[i];
+    let planned = &p.plan.rows[i];
+    // The disk must still show the object the walk saw.
+    if devino(path) != Some((f.dev, f.ino)) {
+        return Ok(Outcome::Left(None));
+    }
+    // A row a client put at this place since the snapshot is newer than the walk.
+    let at_place = b.lookup(parent, &f.name)?;
+    if let Some(o) = &at_place {
+        if p.touched.contains(&o.id) {
+            return Ok(Outcome::Left(
+                ((o.dev, o.ino) == (f.dev, f.ino)).then_some(o.id),
+            ));
+        }
+    }
+    let mut new = false;
+    let id = if p.plan.new_id[i] {
+        new = true;
+        b.allocate_id()?
+    } else if p.touched.contains(&planned.id) {
+        match get_opt(b, planned.id)? {
+            // A client changed this very object: its row is newer.
+            Some(live) if (live.dev, live.ino) == (f.dev, f.ino) => {
+                return Ok(Outcome::Left(Some(planned.id)))
+            }
+            // A client gave the ID to another object meanwhile: this one is the duplicate.
+            _ => {
+                new = true;
+                b.allocate_id()?
+            }
+        }
+    } else {
+        planned.id
+    };
+    if let Some(o) = at_place {
+        if o.id != id {
+            b.park(o.id)?;
+            pushed_aside.push(o.id);
+        }
+    }
+    let row = Object {
+        id,
+        parent,
+        ..planned.clone()
+    };
+    let changed = match get_opt(b, id)? {
+        Some(live) if same_row(&live, &row) => false,
+        Some(_) => {
+            b.overwrite(&row)?;
+            true
+        }
+        None => {
+            b.insert_with_id(&row)?;
+            true
+        }
+    };
+    if let Some(text) = comments.get(&planned.id) {
+        if b.comment(id)?.is_none() {
+            b.comment_set(id, text)?;
+        }
+    }
+    Ok(Outcome::Placed { id, changed, new })
+}
+
+/// Make the resource file and the mirror of the object at `path` carry `row.id`, reading both
+/// again first. A resource file left behind by a plain `mv` (planned for `planned_id`) moves
+/// here when this object has none. Returns whether anything was written.
+fn fix_disk(
+    path: &Path,
+    rsrc_path: &Path,
+    row: &Object,
+    planned_id: u32,
+    p: &Pass<'_>,
+    moves: &HashMap<&Path, (&Path, u32)>,
+) -> Result<bool, crate::RebuildError> {
+    let id = row.id;
+    let mut wrote = false;
+    match rsrc::read_header(rsrc_path) {
+        Ok(Some(h)) if h.id == id => {}
+        Ok(Some(mut h)) => {
+            h.id = id;
+            rsrc::write_header(rsrc_path, &h)?;
+            wrote = true;
+        }
+        current => {
+            let moved = match (&current, moves.get(rsrc_path)) {
+                (Ok(None), Some(&(from, moved_id)))
+                    if moved_id == planned_id && !p.touched.contains(&moved_id) =>
+                {
+                    if let Some(dir) = rsrc_path.parent() {
+                        match std::fs::create_dir(dir) {
+                            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                                return Err(crate::RebuildError::io(dir, e))
+                            }
+                            _ => {}
+                        }
+                    }
+                    std::fs::rename(from, rsrc_path).is_ok()
+                }
+                _ => false,
+            };
+            if moved {
+                rsrc::ensure_id(rsrc_path, id, || {
+                    ResourceHeader::new(id, row.type_code, row.creator, 0)
+                })?;
+            } else {
+                let mut header =
+                    ResourceHeader::new(id, row.type_code, row.creator, row.ctime.max(0) as u32);
+                header.finder_flags = row.flags;
+                rsrc::write_header(rsrc_path, &header)?;
+            }
+            wrote = true;
+        }
+    }
+    if p.xattrs && row.kind != Kind::Symlink && deskd_volume::read_id_xattr(path) != Some(id) {
+        deskd_volume::write_id_xattr(path, id)?;
+        wrote = true;
+    }
+    Ok(wrote)
+}
+
+/// Remove the resource files the plan found without an object, if that is still so.
+fn remove_orphans(p: &Pass<'_>, out: &mut Applied) {
+    for fix in &p.plan.fixes {
+        let Fix::RemoveOrphan { path } = fix else {
+            continue;
+        };
+        let (Some(dir), Some(name)) = (path.parent().and_then(Path::parent), path.file_name())
+        else {
+            continue;
+        };
+        let owner_back = std::fs::symlink_metadata(dir.join(name)).is_ok();
+        let claimed_by_client = rsrc::read_header(path)
+            .ok()
+            .flatten()
+            .is_some_and(|h| p.touched.contains(&h.id));
+        if owner_back || claimed_by_client {
+            continue;
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => out.removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => out.errors.push(format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+/// Remove the rows of objects that are gone: rows of the snapshot the plan has no place for,
+/// and rows parked to make room, unless a client changed them or the object is still where
+/// the desktop says. Deepest first, so a directory goes after its entries.
+fn remove_vanished(
+    batch: &mut Batch<'_>,
+    p: &Pass<'_>,
+    final_id: &[Option<u32>],
+    parked: &HashSet<u32>,
+    out: &mut Applied,
+) {
+    let alive: HashSet<u32> = final_id.iter().flatten().copied().collect();
+    let planned: HashSet<u32> = p.plan.rows.iter().map(|r| r.id).collect();
+    let mut candidates: Vec<u32> = p
+        .snapshot
+        .map(|s| {
+            s.objects
+                .keys()
+                .copied()
+                .filter(|id| !planned.contains(id))
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.extend(parked.iter().copied());
+    candidates.retain(|id| *id != ROOT_ID && !alive.contains(id) && !p.touched.contains(id));
+    candidates.sort_unstable();
+    candidates.dedup();
+    let root = p.walk.path(0);
+    let mut by_depth: Vec<(usize, u32)> = Vec::with_capacity(candidates.len());
+    for id in candidates {
+        let Ok(Some(live)) = get_opt(batch, id) else {
+            continue;
+        };
+        let Ok(components) = batch.path_of(id) else {
+            continue;
+        };
+        if !parked.contains(&id) {
+            let mut path = root.as_os_str().as_bytes().to_vec();
+            for c in &components {
+                path.push(b'/');
+                path.extend_from_slice(c);
+            }
+            let path = PathBuf::from(std::ffi::OsString::from(std::ffi::OsStr::from_bytes(&path)));
+            if devino(&path) == Some((live.dev, live.ino)) {
+                continue; // still there: the walk passed it by (moved into a walked directory)
+            }
+        }
+        by_depth.push((components.len(), id));
+    }
+    by_depth.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, id) in by_depth {
+        match batch.step(|b| b.delete(id, false)) {
+            Ok(_) => out.removed += 1,
+            Err(DbError::NotEmpty(_)) => out.left += 1,
+            Err(e) => out.errors.push(format!("ID {id}: {e}")),
+        }
+    }
+}
+
+/// For a scan while clients work: drop the differences about objects a client changed since
+/// the snapshot, or that the disk no longer shows as the walk saw them — they are the clients'
+/// work in progress, not damage.
+pub fn settled(
+    differences: Vec<crate::Difference>,
+    walk: &Walk,
+    plan: &Plan,
+    touched: &HashSet<u32>,
+) -> Vec<crate::Difference> {
+    differences
+        .into_iter()
+        .filter(|d| match (d.object, d.id) {
+            (Some(i), _) => {
+                let f = &walk.found[i as usize];
+                // (A planned new ID means nothing yet: clients may hold that number now.)
+                let id_touched =
+                    !plan.new_id[i as usize] && touched.contains(&plan.rows[i as usize].id);
+                !id_touched && devino(&walk.path(i)) == Some((f.dev, f.ino))
+            }
+            (None, Some(id)) => !touched.contains(&id),
+            (None, None) => true,
+        })
+        .collect()
+}

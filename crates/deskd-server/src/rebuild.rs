@@ -1,0 +1,339 @@
+//! Online rebuild jobs: `deskd rebuild` on a served volume asks the server to do the work.
+//!
+//! A job runs on its own thread: it starts the volume's touch log, reads a snapshot of the
+//! desktop, walks the volume (clients go on working), plans, and hands the plan to the
+//! volume's writer, which applies it between two client batches
+//! ([`deskd_rebuild::online::apply`]). When clients changed objects the pass had to leave
+//! alone and some of those still differ, another pass follows (at most [`MAX_PASSES`]).
+//!
+//! The requesting client polls; a job that hears no poll for its timeout stops at once (the
+//! client is gone or cut off), before anything is applied if it is still walking.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deskd_proto::{
+    DifferenceLine, ErrorCode, ErrorReply, RebuildMode, RebuildState, RebuildSummary,
+};
+use deskd_rebuild::online::{self, Applied, Pass};
+use deskd_rebuild::{Difference, Mode, OldDesktop, Plan};
+use tracing::{info, warn};
+
+use crate::volume::{now_unix, Job, VolumeHandle};
+
+/// Most passes one job makes.
+pub const MAX_PASSES: u32 = 3;
+
+/// One online rebuild.
+pub struct RebuildJob {
+    pub id: u64,
+    pub mode: RebuildMode,
+    started: i64,
+    began: Instant,
+    timeout: Duration,
+    phase: Mutex<&'static str>,
+    pass: AtomicU32,
+    objects: AtomicU64,
+    stop: AtomicBool,
+    last_heard: Mutex<Instant>,
+    lines: Mutex<Vec<DifferenceLine>>,
+    finished: Mutex<Option<Result<RebuildSummary, String>>>,
+}
+
+impl RebuildJob {
+    /// The job's state, with the difference lines from `from` on.
+    pub fn state(&self, from: u64) -> RebuildState {
+        let lines = self.lines.lock().unwrap();
+        let from = (from as usize).min(lines.len());
+        RebuildState {
+            job: self.id,
+            mode: self.mode,
+            phase: self.phase.lock().unwrap().to_string(),
+            pass: self.pass.load(Ordering::SeqCst),
+            objects: self.objects.load(Ordering::Relaxed),
+            started: self.started,
+            lines: lines[from..].to_vec(),
+            next: lines.len() as u64,
+            finished: self.finished.lock().unwrap().clone(),
+        }
+    }
+
+    /// The client is still there.
+    pub fn heard(&self) {
+        *self.last_heard.lock().unwrap() = Instant::now();
+    }
+
+    /// Stop the job (nothing more is applied).
+    pub fn cancel(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished.lock().unwrap().is_some()
+    }
+
+    fn set_phase(&self, phase: &'static str) {
+        *self.phase.lock().unwrap() = phase;
+    }
+
+    fn stopped(&self) -> Result<(), String> {
+        if self.stop.load(Ordering::SeqCst) {
+            Err(format!(
+                "stopped: no word from the client for {} s (communication timeout) or cancelled",
+                self.timeout.as_secs()
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
+
+fn mode_of(mode: RebuildMode) -> Mode {
+    match mode {
+        RebuildMode::Scan => Mode::Scan,
+        RebuildMode::Repair => Mode::Repair,
+        RebuildMode::Fresh => Mode::Fresh,
+    }
+}
+
+/// Start a job on `handle`; refused while another runs or when the volume is read-only.
+pub fn start(
+    handle: &Arc<VolumeHandle>,
+    mode: RebuildMode,
+    threads: Option<u32>,
+    force: bool,
+    timeout_secs: u32,
+) -> Result<u64, ErrorReply> {
+    let root = handle.volume.root().display().to_string();
+    if handle.config.read_only && mode != RebuildMode::Scan {
+        return Err(ErrorReply::new(
+            ErrorCode::ReadOnly,
+            format!("{root}: the volume is read-only; only rebuild -s can run"),
+        ));
+    }
+    let mut slot = handle.rebuild.lock().unwrap();
+    if let Some(job) = slot.as_ref() {
+        if !job.is_finished() {
+            return Err(ErrorReply::new(
+                ErrorCode::Busy,
+                format!("{root}: rebuild job {} is already running", job.id),
+            ));
+        }
+    }
+    if mode != RebuildMode::Scan && !force {
+        deskd_rebuild::check_space(&handle.desktop_path)
+            .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?;
+    }
+    let job = Arc::new(RebuildJob {
+        id: NEXT_JOB.fetch_add(1, Ordering::SeqCst),
+        mode,
+        started: now_unix(),
+        began: Instant::now(),
+        timeout: Duration::from_secs(timeout_secs.max(1) as u64),
+        phase: Mutex::new("starting"),
+        pass: AtomicU32::new(0),
+        objects: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        last_heard: Mutex::new(Instant::now()),
+        lines: Mutex::new(Vec::new()),
+        finished: Mutex::new(None),
+    });
+    *slot = Some(job.clone());
+    drop(slot);
+    let threads = threads.map(|t| t as usize).unwrap_or_else(|| {
+        (std::thread::available_parallelism().map_or(2, |n| n.get()) * 8).clamp(8, 64)
+    });
+    let id = job.id;
+    spawn_watchdog(job.clone());
+    let worker_handle = handle.clone();
+    std::thread::Builder::new()
+        .name(format!("rebuild-{id}"))
+        .spawn(move || {
+            info!(volume = %worker_handle.volume.root().display(), job = id, mode = ?mode, "online rebuild started");
+            let result = run(&worker_handle, &job, threads);
+            // Recording is only for a running job.
+            worker_handle.touches.take();
+            match &result {
+                Ok(s) => info!(volume = %worker_handle.volume.root().display(), job = id,
+                    differences = s.differences, new_ids = s.new_ids, removed = s.removed,
+                    left = s.left, passes = s.passes, "online rebuild done"),
+                Err(e) => warn!(volume = %worker_handle.volume.root().display(), job = id, "online rebuild ended: {e}"),
+            }
+            job.set_phase(match &result {
+                Ok(_) => "done",
+                Err(_) if job.stop.load(Ordering::SeqCst) => "stopped",
+                Err(_) => "failed",
+            });
+            *job.finished.lock().unwrap() = Some(result);
+        })
+        .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("cannot start the job: {e}")))?;
+    Ok(id)
+}
+
+/// Stop the job when its client has not polled for the timeout.
+fn spawn_watchdog(job: Arc<RebuildJob>) {
+    let _ = std::thread::Builder::new()
+        .name(format!("rebuild-watch-{}", job.id))
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(100));
+            if job.is_finished() {
+                return;
+            }
+            if job.last_heard.lock().unwrap().elapsed() > job.timeout {
+                warn!(
+                    job = job.id,
+                    "no poll from the rebuild's client within {} s; stopping it",
+                    job.timeout.as_secs()
+                );
+                job.cancel();
+                return;
+            }
+        });
+}
+
+fn line(d: &Difference) -> DifferenceLine {
+    DifferenceLine {
+        kind: d.kind.to_string(),
+        path: d.path.clone(),
+        detail: d.detail.clone(),
+    }
+}
+
+/// What the writer hands back from applying one pass.
+struct PassResult {
+    applied: Applied,
+    lines: Vec<DifferenceLine>,
+}
+
+fn run(
+    handle: &Arc<VolumeHandle>,
+    job: &Arc<RebuildJob>,
+    threads: usize,
+) -> Result<RebuildSummary, String> {
+    let mode = mode_of(job.mode);
+    let root = handle.volume.root().to_path_buf();
+    let xattrs = deskd_rebuild::xattrs_supported(&root);
+    let mut summary = RebuildSummary {
+        objects: 0,
+        directories: 0,
+        new_ids: 0,
+        renumbered: 0,
+        repaired: 0,
+        removed: 0,
+        differences: 0,
+        left: 0,
+        passes: 0,
+        millis: 0,
+    };
+    for pass in 1..=MAX_PASSES {
+        job.pass.store(pass, Ordering::SeqCst);
+        summary.passes = pass;
+        // Recording first, then the snapshot: every commit is either in the snapshot or recorded.
+        handle.touches.start();
+        let snapshot = deskd_rebuild::read_old(&handle.desktop_path).map_err(|e| e.to_string())?;
+        job.set_phase("walking");
+        job.objects.store(0, Ordering::Relaxed);
+        let walk = deskd_rebuild::walk::walk(
+            &root,
+            threads,
+            &|n| job.objects.store(n, Ordering::Relaxed),
+            &job.stop,
+        )
+        .map_err(|e| match e {
+            deskd_rebuild::RebuildError::Cancelled(_) => job.stopped().unwrap_err(),
+            other => other.to_string(),
+        })?;
+        job.stopped()?;
+        job.set_phase("planning");
+        let counter = snapshot.as_ref().map_or(0, |s| s.last_id);
+        let decide_from = match mode {
+            Mode::Fresh => None,
+            _ => snapshot.as_ref(),
+        };
+        let plan = deskd_rebuild::plan::plan(&walk, decide_from, counter, xattrs);
+        summary.objects = plan.counts.objects;
+        summary.directories = plan.counts.directories;
+        if mode != Mode::Scan {
+            summary.renumbered += plan.counts.renumbered;
+        }
+        job.stopped()?;
+        let result = if mode == Mode::Scan {
+            let touched = handle.touches.take();
+            let lines = online::settled(plan.differences.clone(), &walk, &plan, &touched)
+                .iter()
+                .map(line)
+                .collect();
+            PassResult {
+                applied: Applied::default(),
+                lines,
+            }
+        } else {
+            job.set_phase("applying");
+            apply_in_writer(handle, mode, walk, plan, snapshot, xattrs)?
+        };
+        summary.differences += result.lines.len() as u64;
+        summary.repaired += result.applied.changed;
+        summary.new_ids += result.applied.new_ids;
+        summary.removed += result.applied.removed;
+        summary.left = result.applied.left_with_differences;
+        for e in &result.applied.errors {
+            warn!(volume = %root.display(), "rebuild could not repair {e}");
+        }
+        job.lines.lock().unwrap().extend(result.lines);
+        if mode == Mode::Scan || result.applied.left_with_differences == 0 {
+            break;
+        }
+    }
+    summary.millis = job.began.elapsed().as_millis() as u64;
+    Ok(summary)
+}
+
+/// Run the apply of one pass on the writer thread and wait for it.
+fn apply_in_writer(
+    handle: &Arc<VolumeHandle>,
+    mode: Mode,
+    walk: deskd_rebuild::walk::Walk,
+    plan: Plan,
+    snapshot: Option<OldDesktop>,
+    xattrs: bool,
+) -> Result<PassResult, String> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let touches = handle.touches.clone();
+    let work = move |desktop: &mut deskd_db::Desktop| -> bool {
+        // On the writer: no client batch can commit between this and the apply's commit.
+        let touched = touches.take();
+        let pass = Pass {
+            mode,
+            walk: &walk,
+            plan: &plan,
+            snapshot: snapshot.as_ref(),
+            touched: &touched,
+            xattrs,
+        };
+        let lines: Vec<DifferenceLine> =
+            online::settled(plan.differences.clone(), &walk, &plan, &touched)
+                .iter()
+                .map(line)
+                .collect();
+        let outcome = desktop.batch().and_then(|mut batch| {
+            let applied = online::apply(&mut batch, &pass);
+            batch.commit().map(|_| applied)
+        });
+        let committed = outcome.is_ok();
+        let _ = tx.send(
+            outcome
+                .map(|applied| PassResult { applied, lines })
+                .map_err(|e| format!("the desktop could not take the repairs: {e}")),
+        );
+        committed
+    };
+    handle
+        .queue
+        .send(Job::Run(Box::new(work)))
+        .map_err(|_| "deskd is shutting down".to_string())?;
+    rx.recv()
+        .map_err(|_| "deskd is shutting down".to_string())?
+}
