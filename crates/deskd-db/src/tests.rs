@@ -568,3 +568,82 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn touch_log_records_committed_changes_only_while_recording() {
+    let (_d, mut desk) = open_temp();
+    let log = Arc::new(TouchLog::default());
+    desk.attach_touch_log(log.clone());
+    let before = add(&mut desk, file(ROOT_ID, b"before"));
+    let untouched = add(&mut desk, file(ROOT_ID, b"untouched"));
+    assert!(log.peek().is_empty(), "nothing is recorded before start");
+    log.start();
+    let a = add(&mut desk, file(ROOT_ID, b"a"));
+    let d = add(&mut desk, dir(ROOT_ID, b"d"));
+    let mut b = desk.batch().unwrap();
+    b.rename(before, d, b"moved", false).unwrap();
+    // A failed step is undone, and so is its record.
+    let failed = b.step(|b| {
+        b.set_info(untouched, &InfoUpdate::default())?;
+        b.delete(999_999, false)
+    });
+    assert!(failed.is_err());
+    b.commit().unwrap();
+    // A batch rolled back (dropped) records nothing.
+    let mut b = desk.batch().unwrap();
+    b.set_info(untouched, &InfoUpdate::default()).unwrap();
+    drop(b);
+    let touched = log.take();
+    let want: std::collections::HashSet<u32> = [a, d, before].into_iter().collect();
+    assert_eq!(touched, want);
+    add(&mut desk, file(ROOT_ID, b"after"));
+    assert!(log.take().is_empty(), "take stops recording");
+}
+
+#[test]
+fn rebuild_writes_keep_ids_places_and_the_counter_right() {
+    let (_d, mut desk) = open_temp();
+    let d = add(&mut desk, dir(ROOT_ID, b"d"));
+    let a = add(&mut desk, file(ROOT_ID, b"a"));
+    let sub = add(&mut desk, dir(d, b"sub"));
+    let mut b = desk.batch().unwrap();
+    // An ID from the disk, far above the counter: inserted as is, the counter follows.
+    let restored = Object {
+        id: 70_000,
+        parent: d,
+        name: b"restored".to_vec(),
+        kind: Kind::File,
+        dev: 1,
+        ino: 9,
+        type_code: *b"TEXT",
+        creator: *b"ttxt",
+        flags: 0,
+        ctime: 0,
+    };
+    b.insert_with_id(&restored).unwrap();
+    assert!(b.insert_with_id(&restored).is_err(), "the ID is taken now");
+    assert!(b.allocate_id().unwrap() > 70_000);
+    // Swap two names the way a rebuild does: park one, overwrite the other, then the first.
+    let mut a_row = b.get(a).unwrap();
+    let mut d_row = b.get(d).unwrap();
+    b.park(a).unwrap();
+    assert!(b.lookup(ROOT_ID, b"a").unwrap().is_none());
+    d_row.name = b"a".to_vec();
+    b.overwrite(&d_row).unwrap();
+    a_row.name = b"d".to_vec();
+    a_row.type_code = *b"APPL";
+    b.overwrite(&a_row).unwrap();
+    // A directory cannot go inside itself, nor onto a taken place.
+    let mut d_into_sub = d_row.clone();
+    d_into_sub.parent = sub;
+    assert!(matches!(b.overwrite(&d_into_sub), Err(DbError::IntoItself(_))));
+    let mut clash = restored.clone();
+    clash.name = b"sub".to_vec();
+    assert!(matches!(b.overwrite(&clash), Err(DbError::Exists { .. })));
+    b.commit().unwrap();
+    assert_eq!(desk.lookup(ROOT_ID, b"a").unwrap().unwrap().id, d);
+    let now_d = desk.lookup(ROOT_ID, b"d").unwrap().unwrap();
+    assert_eq!((now_d.id, now_d.type_code), (a, *b"APPL"));
+    assert_eq!(desk.get(70_000).unwrap(), restored);
+    assert!(desk.quick_check().unwrap().is_empty());
+}
