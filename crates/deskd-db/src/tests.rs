@@ -636,7 +636,10 @@ fn rebuild_writes_keep_ids_places_and_the_counter_right() {
     // A directory cannot go inside itself, nor onto a taken place.
     let mut d_into_sub = d_row.clone();
     d_into_sub.parent = sub;
-    assert!(matches!(b.overwrite(&d_into_sub), Err(DbError::IntoItself(_))));
+    assert!(matches!(
+        b.overwrite(&d_into_sub),
+        Err(DbError::IntoItself(_))
+    ));
     let mut clash = restored.clone();
     clash.name = b"sub".to_vec();
     assert!(matches!(b.overwrite(&clash), Err(DbError::Exists { .. })));

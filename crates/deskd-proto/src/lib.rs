@@ -648,6 +648,25 @@ mod tests {
             }),
             proptest::collection::vec(any::<u8>(), 0..100)
                 .prop_map(|root| Request::OpenVolume { root }),
+            (
+                any::<u32>(),
+                0..3u8,
+                any::<Option<u32>>(),
+                any::<bool>(),
+                any::<u32>()
+            )
+                .prop_map(|(vol, mode, threads, force, timeout_secs)| {
+                    Request::RebuildStart {
+                        vol,
+                        mode: [RebuildMode::Scan, RebuildMode::Repair, RebuildMode::Fresh]
+                            [mode as usize],
+                        threads,
+                        force,
+                        timeout_secs,
+                    }
+                }),
+            (any::<u32>(), any::<u64>(), any::<u64>())
+                .prop_map(|(vol, job, from)| Request::RebuildPoll { vol, job, from }),
         ]
     }
 
