@@ -715,7 +715,7 @@ fn online_rebuild_while_two_clients_create_and_rename_keeps_every_acknowledged_w
 }
 
 #[test]
-fn online_rebuild_ends_at_once_when_the_server_stops_answering() {
+fn online_rebuild_ends_at_once_when_the_server_stops_answering_and_survives_a_kill() {
     let mut env = Env::new(&["vol"]);
     env.server_env
         .push(("DESKD_REBUILD_DIR_DELAY_MS".into(), "400".into()));
@@ -760,4 +760,28 @@ fn online_rebuild_ends_at_once_when_the_server_stops_answering() {
         "{}",
         text(&scan)
     );
+
+    // A server killed in the middle of an online rebuild restarts on a sound desktop, and the
+    // rebuild run again completes.
+    let child = env
+        .command_for(common::DESKD, &[b"rebuild", b"vol"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_phase(&env, "walking");
+    env.kill9();
+    let mut child = child;
+    assert!(!child.wait().unwrap().success());
+    env.server_env.clear();
+    env.serve(&["vol"]);
+    assert_eq!(
+        sqlite3(&env.path("vol/.Desktop"), "PRAGMA integrity_check"),
+        "ok"
+    );
+    let out = env.deskd(&["rebuild", "vol"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let scan = env.deskd(&["rebuild", "-s", "vol"]);
+    assert_eq!(scan.status.code(), Some(0), "{}", text(&scan));
+    assert_eq!(text(&scan), "");
 }
