@@ -784,4 +784,14 @@ fn online_rebuild_ends_at_once_when_the_server_stops_answering_and_survives_a_ki
     let scan = env.deskd(&["rebuild", "-s", "vol"]);
     assert_eq!(scan.status.code(), Some(0), "{}", text(&scan));
     assert_eq!(text(&scan), "");
+    let js = env.deskd(&["rebuild", "-s", "--json", "vol"]);
+    assert_eq!(js.status.code(), Some(0), "{}", common::stderr(&js));
+    let lines: Vec<serde_json::Value> = text(&js)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", text(&js));
+    assert_eq!(lines[0]["summary"]["online"], true);
+    assert_eq!(lines[0]["summary"]["differences"], 0);
+    assert_eq!(lines[0]["summary"]["mode"], "scan");
 }

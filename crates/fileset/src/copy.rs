@@ -109,6 +109,36 @@ fn read_write(src: &mut File, dst: &mut File, boundary_64k: bool) -> io::Result<
 /// Alignment `O_DIRECT` needs for offsets, lengths and memory on common devices.
 const DIRECT_ALIGN: u64 = 4096;
 
+/// One `splice(2)` from `from` to `to` (each a descriptor and, for a file, its offset, which
+/// the kernel advances). `Ok(Some(n))`: `n` bytes moved; `Ok(None)`: the kernel refuses this
+/// pairing (`EINVAL`) and nothing was written yet, so the caller copies another way. `EINTR` is
+/// retried.
+fn splice_step(
+    from: (std::os::unix::io::RawFd, Option<&mut libc::loff_t>),
+    to: (std::os::unix::io::RawFd, Option<&mut libc::loff_t>),
+    len: usize,
+    nothing_yet: bool,
+) -> io::Result<Option<usize>> {
+    let offset = |o: Option<&mut libc::loff_t>| o.map_or(std::ptr::null_mut(), |o| o as *mut _);
+    let (from_off, to_off) = (offset(from.1), offset(to.1));
+    loop {
+        // SAFETY: descriptors owned by the caller; the offsets are null or point at the
+        // caller's integers, alive for this call.
+        let n = unsafe { libc::splice(from.0, from_off, to.0, to_off, len, libc::SPLICE_F_MOVE) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if nothing_yet && err.raw_os_error() == Some(libc::EINVAL) {
+            return Ok(None);
+        }
+        return Err(err);
+    }
+}
+
 /// The pipe `copy_direct_by_splice` asks for: one `O_DIRECT` write per megabyte (the
 /// unprivileged `pipe-max-size` default).
 const SPLICE_PIPE: usize = 1 << 20;
@@ -167,53 +197,31 @@ pub fn copy_direct_by_splice(
     let mut write_at: libc::loff_t = 0;
     while (read_at as u64) < aligned {
         let want = (aligned - read_at as u64).min(capacity) as usize;
-        // SAFETY: valid descriptors; the offset pointer is ours and advanced by the kernel.
-        let mut in_pipe = unsafe {
-            libc::splice(
-                src.as_raw_fd(),
-                &mut read_at,
-                pipe_write.as_raw_fd(),
-                std::ptr::null_mut(),
-                want,
-                libc::SPLICE_F_MOVE,
-            )
+        let nothing_yet = write_at == 0;
+        let Some(mut in_pipe) = splice_step(
+            (src.as_raw_fd(), Some(&mut read_at)),
+            (pipe_write.as_raw_fd(), None),
+            want,
+            nothing_yet,
+        )?
+        else {
+            return Ok(None);
         };
-        if in_pipe < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            if write_at == 0 && err.raw_os_error() == Some(libc::EINVAL) {
-                return Ok(None);
-            }
-            return Err(err);
-        }
         if in_pipe == 0 {
             // The source shrank while we copied; the caller checks the size.
             return Ok(Some(write_at as u64));
         }
         while in_pipe > 0 {
-            // SAFETY: as above.
-            let out = unsafe {
-                libc::splice(
-                    pipe_read.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    direct.as_raw_fd(),
-                    &mut write_at,
-                    in_pipe as usize,
-                    libc::SPLICE_F_MOVE,
-                )
+            let nothing_yet = write_at == 0;
+            let Some(out) = splice_step(
+                (pipe_read.as_raw_fd(), None),
+                (direct.as_raw_fd(), Some(&mut write_at)),
+                in_pipe,
+                nothing_yet,
+            )?
+            else {
+                return Ok(None);
             };
-            if out < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                if write_at == 0 && err.raw_os_error() == Some(libc::EINVAL) {
-                    return Ok(None);
-                }
-                return Err(err);
-            }
             in_pipe -= out;
         }
     }

@@ -552,8 +552,8 @@ fn rebuild_online(
         summary.millis as f64 / 1000.0
     );
     let scan = options.mode == deskd_rebuild::Mode::Scan;
-    if json {
-        let v = serde_json::json!({ "summary": {
+    let json = json.then(|| {
+        serde_json::json!({ "summary": {
             "mode": format!("{mode:?}").to_lowercase(),
             "volume": volume.display().to_string(),
             "online": true,
@@ -567,18 +567,41 @@ fn rebuild_online(
             "left": summary.left,
             "passes": summary.passes,
             "seconds": summary.millis as f64 / 1000.0,
-        }});
+        }})
+    });
+    finish_rebuild(
+        &mut out,
+        json,
+        &text,
+        scan,
+        summary.differences,
+        write_failed,
+    )
+}
+
+/// The end of a rebuild's output — the summary as JSON, as a line on stdout, or with `-s` on
+/// stderr and only when something differs (an up-to-date desktop gives no output at all) — and
+/// the exit status.
+fn finish_rebuild(
+    out: &mut impl std::io::Write,
+    json: Option<serde_json::Value>,
+    text: &str,
+    scan: bool,
+    differences: u64,
+    mut write_failed: bool,
+) -> ExitCode {
+    if let Some(v) = json {
         write_failed |= writeln!(out, "{v}").is_err();
     } else if !scan {
         write_failed |= writeln!(out, "{text}").is_err();
-    } else if summary.differences > 0 {
+    } else if differences > 0 {
         eprintln!("{text}");
     }
     if out.flush().is_err() || write_failed {
         eprintln!("deskd rebuild: cannot write the output");
         return ExitCode::from(2);
     }
-    if scan && summary.differences > 0 {
+    if scan && differences > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -620,22 +643,13 @@ fn rebuild(volume: &Path, options: &deskd_rebuild::Options, show: bool, json: bo
         report.seconds
     );
     let scan = options.mode == deskd_rebuild::Mode::Scan;
-    if json {
-        write_failed |= writeln!(out, "{}", serde_json::json!({ "summary": report })).is_err();
-    } else if !scan {
-        write_failed |= writeln!(out, "{summary}").is_err();
-    } else if report.differences > 0 {
-        // With -s the summary goes to stderr and only when something differs: an up-to-date
-        // desktop gives no output at all.
-        eprintln!("{summary}");
-    }
-    if out.flush().is_err() || write_failed {
-        eprintln!("deskd rebuild: cannot write the output");
-        return ExitCode::from(2);
-    }
-    if scan && report.differences > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    let json = json.then(|| serde_json::json!({ "summary": report }));
+    finish_rebuild(
+        &mut out,
+        json,
+        &summary,
+        scan,
+        report.differences as u64,
+        write_failed,
+    )
 }
