@@ -39,3 +39,21 @@ echo "find runs: ${F[*]}"; echo "rebuild -s runs: ${S[*]}"; echo "rebuild -f run
 printf '| find VOLUME -printf %%s | %.2f s | | |\n' "$fm"
 printf '| rebuild -s | %.2f s | %.2fx find | <= 3x |\n' "$sm" "$(echo "$sm / $fm" | bc -l)"
 printf '| rebuild -f | %.2f s | %.2fx find | <= 6x |\n' "$rm_" "$(echo "$rm_ / $fm" | bc -l)"
+# Online: the same volume served by deskd; the rebuild runs as a server job (warm, in a row).
+if [ "${ONLINE:-1}" = 1 ]; then
+    SOCK=$(mktemp -u /tmp/deskd-rebuild-bench-sock.XXXXXX)
+    "$BIN/deskd" serve --socket "$SOCK" "$VOL" 2>/dev/null &
+    SERVER=$!
+    trap 'kill $SERVER 2>/dev/null || true' EXIT
+    for _ in $(seq 200); do [ -S "$SOCK" ] && break; sleep 0.1; done
+    OS=(); OR=()
+    "$BIN/deskd" --socket "$SOCK" rebuild -s "$VOL" >/dev/null 2>&1 || true
+    for i in $(seq "$RUNS"); do OS+=("$(t "$BIN/deskd" --socket "$SOCK" rebuild -s "$VOL")"); done
+    for i in $(seq "$RUNS"); do OR+=("$(t "$BIN/deskd" --socket "$SOCK" rebuild "$VOL")"); done
+    "$BIN/deskd" --socket "$SOCK" rebuild -s "$VOL" && echo "online rebuild -s after the runs: up to date"
+    kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
+    osm=$(printf '%s\n' "${OS[@]}" | median); orm=$(printf '%s\n' "${OR[@]}" | median)
+    echo "online rebuild -s runs: ${OS[*]}"; echo "online rebuild (repair) runs: ${OR[*]}"
+    printf '| online rebuild -s (server job) | %.2f s | %.2fx find | |\n' "$osm" "$(echo "$osm / $fm" | bc -l)"
+    printf '| online rebuild (repair, nothing to repair) | %.2f s | %.2fx find | |\n' "$orm" "$(echo "$orm / $fm" | bc -l)"
+fi
