@@ -207,6 +207,16 @@ fn read_only_volume_refuses_changes_but_gives_ids() {
     let out = env.dt(&[b"touch", b"vol/new"]);
     assert!(stderr(&out).contains("volume is read-only"));
     assert!(!env.path("vol/new").exists());
+    // An online rebuild may only scan a read-only volume.
+    let out = env.deskd(&["rebuild", "vol"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("only rebuild -s can run"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.deskd(&["rebuild", "-s", "vol"]);
+    assert_ne!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
 #[test]

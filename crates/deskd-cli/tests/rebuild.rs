@@ -753,6 +753,37 @@ fn online_rebuild_ends_at_once_when_the_server_stops_answering_and_survives_a_ki
     // The server, hearing no poll, stopped the job before applying anything.
     let line = wait_for_phase(&env, "stopped");
     assert!(line.contains("communication timeout"), "{line}");
+    // A job can also be cancelled by request; it stops at once, nothing applied.
+    let mut c = env.client();
+    let vol = c.open_volume(&env.path("vol")).unwrap().vol;
+    let job = match c
+        .call(deskd_client::Request::RebuildStart {
+            vol,
+            mode: deskd_proto::RebuildMode::Repair,
+            threads: Some(2),
+            force: false,
+            timeout_secs: 60,
+        })
+        .unwrap()
+    {
+        deskd_client::Response::RebuildStarted { job } => job,
+        other => panic!("{other:?}"),
+    };
+    c.call(deskd_client::Request::RebuildCancel { vol, job })
+        .unwrap();
+    let began = std::time::Instant::now();
+    let finished = loop {
+        match c
+            .call(deskd_client::Request::RebuildPoll { vol, job, from: 0 })
+            .unwrap()
+        {
+            deskd_client::Response::Rebuild(s) if s.finished.is_some() => break s,
+            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
+    assert!(began.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(finished.phase, "stopped");
+    assert!(matches!(finished.finished, Some(Err(_))));
     let scan = env.deskd(&["rebuild", "-s", "vol"]);
     assert_eq!(scan.status.code(), Some(1), "{}", common::stderr(&scan));
     assert!(

@@ -266,19 +266,31 @@ pub fn rebuild(
     })
 }
 
+/// Walker threads when none are asked for: they mostly wait on the disk (a cold cache means
+/// one read per resource file), so more of them than CPUs keep the device queue full.
+pub fn default_threads() -> usize {
+    (std::thread::available_parallelism().map_or(2, |n| n.get()) * 8).clamp(8, 64)
+}
+
+/// Create the `.rsrc` directory that will hold `rsrc_path`, unless it exists.
+pub(crate) fn ensure_rsrc_dir(rsrc_path: &Path) -> Result<(), RebuildError> {
+    if let Some(dir) = rsrc_path.parent() {
+        match std::fs::create_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(RebuildError::io(dir, e))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn apply_fixes(fixes: &[Fix]) -> Result<(), RebuildError> {
     for fix in fixes {
         match fix {
             Fix::WriteRsrc { path, header } => deskd_volume::rsrc::write_header(path, header)?,
             Fix::MoveRsrc { from, to, id } => {
-                if let Some(dir) = to.parent() {
-                    match std::fs::create_dir(dir) {
-                        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                            return Err(RebuildError::io(dir, e))
-                        }
-                        _ => {}
-                    }
-                }
+                ensure_rsrc_dir(to)?;
                 std::fs::rename(from, to).map_err(|e| RebuildError::io(from, e))?;
                 deskd_volume::rsrc::ensure_id(to, *id, || {
                     deskd_volume::rsrc::ResourceHeader::new(*id, [0; 4], [0; 4], 0)

@@ -301,14 +301,7 @@ fn fix_disk(
                 (Ok(None), Some(&(from, moved_id)))
                     if moved_id == planned_id && !p.touched.contains(&moved_id) =>
                 {
-                    if let Some(dir) = rsrc_path.parent() {
-                        match std::fs::create_dir(dir) {
-                            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                                return Err(crate::RebuildError::io(dir, e))
-                            }
-                            _ => {}
-                        }
-                    }
+                    crate::ensure_rsrc_dir(rsrc_path)?;
                     std::fs::rename(from, rsrc_path).is_ok()
                 }
                 _ => false,
@@ -420,14 +413,13 @@ fn remove_vanished(
 /// For a scan while clients work: drop the differences about objects a client changed since
 /// the snapshot, or that the disk no longer shows as the walk saw them — they are the clients'
 /// work in progress, not damage.
-pub fn settled(
-    differences: Vec<crate::Difference>,
+pub fn settled<'p>(
     walk: &Walk,
-    plan: &Plan,
+    plan: &'p Plan,
     touched: &HashSet<u32>,
-) -> Vec<crate::Difference> {
-    differences
-        .into_iter()
+) -> Vec<&'p crate::Difference> {
+    plan.differences
+        .iter()
         .filter(|d| match (d.object, d.id) {
             (Some(i), _) => {
                 let f = &walk.found[i as usize];

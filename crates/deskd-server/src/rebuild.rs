@@ -143,9 +143,9 @@ pub fn start(
     });
     *slot = Some(job.clone());
     drop(slot);
-    let threads = threads.map(|t| t as usize).unwrap_or_else(|| {
-        (std::thread::available_parallelism().map_or(2, |n| n.get()) * 8).clamp(8, 64)
-    });
+    let threads = threads
+        .map(|t| t as usize)
+        .unwrap_or_else(deskd_rebuild::default_threads);
     let id = job.id;
     spawn_watchdog(job.clone());
     let worker_handle = handle.clone();
@@ -262,8 +262,8 @@ fn run(
         job.stopped()?;
         let result = if mode == Mode::Scan {
             let touched = handle.touches.take();
-            let lines = online::settled(plan.differences.clone(), &walk, &plan, &touched)
-                .iter()
+            let lines = online::settled(&walk, &plan, &touched)
+                .into_iter()
                 .map(line)
                 .collect();
             PassResult {
@@ -313,11 +313,10 @@ fn apply_in_writer(
             touched: &touched,
             xattrs,
         };
-        let lines: Vec<DifferenceLine> =
-            online::settled(plan.differences.clone(), &walk, &plan, &touched)
-                .iter()
-                .map(line)
-                .collect();
+        let lines: Vec<DifferenceLine> = online::settled(&walk, &plan, &touched)
+            .into_iter()
+            .map(line)
+            .collect();
         let outcome = desktop.batch().and_then(|mut batch| {
             let applied = online::apply(&mut batch, &pass);
             batch.commit().map(|_| applied)

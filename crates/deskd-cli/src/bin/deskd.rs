@@ -157,13 +157,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let options = deskd_rebuild::Options {
                 mode,
-                threads: threads
-                    // Walkers mostly wait on the disk (a cold cache means one read per
-                    // resource file), so more of them than CPUs keep the device queue full.
-                    .unwrap_or_else(|| {
-                        (std::thread::available_parallelism().map_or(2, |n| n.get()) * 8)
-                            .clamp(8, 64)
-                    }),
+                threads: threads.unwrap_or_else(deskd_rebuild::default_threads),
                 force,
             };
             if let Some((client, vol)) = served(&cli.connection, &volume) {
