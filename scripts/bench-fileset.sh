@@ -17,6 +17,12 @@ FS=target/release/fileset
 RW="target/release/fileset-bench rwcopy"
 rm -rf "$TMPFS" "$DISK"
 mkdir -p "$TMPFS/src" "$DISK"
+need=$((RUNS * 4 * FILES * SIZE))
+avail=$(df --output=avail -B1 "$DISK" | tail -1)
+if [ "$avail" -lt "$need" ]; then
+    echo "bench-fileset: $DISK needs $((need / 1000000)) MB free ($((avail / 1000000)) MB are)" >&2
+    exit 1
+fi
 for i in $(seq -w 1 "$FILES"); do head -c "$SIZE" /dev/urandom > "$TMPFS/src/f$i.dat"; done
 
 # Prints "elapsed user+sys" of a command (its children's CPU, from getrusage).
@@ -29,22 +35,34 @@ r = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(f"{time.perf_counter() - t:.4f} {r.ru_utime + r.ru_stime:.4f}")
 PY
 }
-# Empty the page cache (root only; otherwise loads may read cached data, said in the output).
+# Every contender starts from the same memory: an empty page cache, as at boot (root only;
+# otherwise said in the output), and the working set on the active list, as a working set in
+# use is. drop_caches moves every tmpfs page to the inactive list, so the set is read twice
+# after it; else whoever reads it first pays for moving all its pages back — a cost of the
+# benchmark, not of copying.
 COLD=yes
-cold() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || COLD=no; }
+reset() {
+    sync
+    echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || COLD=no
+    cat "$TMPFS"/src/* > /dev/null
+    cat "$TMPFS"/src/* > /dev/null
+}
 results=$(mktemp)
+# Every run writes into new directories on the disk and nothing there is deleted until the
+# end: ext4 without a journal (as here) makes each file creation step over inodes freed in the
+# last 30-300 s, which would charge a previous run's `rm -rf` to whoever creates files next.
 for run in $(seq "$RUNS"); do
-    rm -rf "$DISK"/* "$TMPFS"/load* "$TMPFS"/cpload "$TMPFS"/rwload
-    mkdir -p "$DISK/cp" "$DISK/rw" "$TMPFS/cpload" "$TMPFS/rwload"
-    echo "save_fileset $(measure $FS -m save "$DISK/perm" "$TMPFS/src")" >> "$results"
-    echo "save_cp_sync $(measure bash -c "cp $TMPFS/src/* $DISK/cp/ && sync $DISK/cp/*")" >> "$results"
-    rm -rf "$DISK/cp"; mkdir -p "$DISK/cp"
-    echo "save_cp $(measure bash -c "cp $TMPFS/src/* $DISK/cp/")" >> "$results"
-    echo "save_rw64k $(measure $RW "$TMPFS/src" "$DISK/rw")" >> "$results"
-    # Each load starts cold, as at boot: the set is read from the disk, not the page cache.
-    cold; echo "load_fileset $(measure $FS -m load "$DISK/perm" "$TMPFS/load")" >> "$results"
-    cold; echo "load_cp $(measure bash -c "cp $DISK/perm/*.dat $TMPFS/cpload/")" >> "$results"
-    cold; echo "load_rw64k $(measure $RW "$DISK/perm" "$TMPFS/rwload")" >> "$results"
+    out="$DISK/run$run"
+    rm -rf "$TMPFS"/load "$TMPFS"/cpload "$TMPFS"/rwload
+    mkdir -p "$out/cpsync" "$out/cp" "$out/rw" "$TMPFS/cpload" "$TMPFS/rwload"
+    reset; echo "save_fileset $(measure $FS -m save "$out/perm" "$TMPFS/src")" >> "$results"
+    reset; echo "save_cp_sync $(measure bash -c "cp $TMPFS/src/* $out/cpsync/ && sync $out/cpsync/*")" >> "$results"
+    reset; echo "save_rw64k $(measure $RW "$TMPFS/src" "$out/rw")" >> "$results"
+    reset; echo "save_cp $(measure bash -c "cp $TMPFS/src/* $out/cp/")" >> "$results"
+    # Loads read the set from the disk (the cache was emptied), as at boot.
+    reset; echo "load_fileset $(measure $FS -m load "$out/perm" "$TMPFS/load")" >> "$results"
+    reset; echo "load_cp $(measure bash -c "cp $out/perm/*.dat $TMPFS/cpload/")" >> "$results"
+    reset; echo "load_rw64k $(measure $RW "$out/perm" "$TMPFS/rwload")" >> "$results"
     cmp -s "$TMPFS/src/f$(printf "%0${#FILES}d" 1).dat" "$TMPFS/load/f$(printf "%0${#FILES}d" 1).dat" || { echo "load produced different data" >&2; exit 1; }
 done
 echo "## fileset: $FILES files of $SIZE bytes, $(nproc) cores, median of $RUNS runs ($(date -u +%Y-%m-%d)); loads from a cold cache: $COLD"
@@ -62,6 +80,9 @@ print("|---|---|---|---|---|---|---|")
 for op, cp in (("save", "save_cp_sync"), ("load", "load_cp")):
     f = f"{op}_fileset"
     print(f"| {op} | {mbs(f):.0f} MB/s | {mbs(cp):.0f} MB/s ({'cp + sync of the files' if op == 'save' else 'cp'}) | {mbs(f)/mbs(cp):.2f} | {med(f,1):.3f} s | {med(op + '_rw64k',1):.3f} s | {med(f,1)/med(op + '_rw64k',1):.2f} |")
+for op in ("save", "load"):
+    runs = lambda name: ", ".join(f"{c:.2f}" for _, c in rows[name])
+    print(f"\n{op} CPU of each run: fileset {runs(op + '_fileset')}; loop {runs(op + '_rw64k')} (s)")
 print(f"\nplain cp without sync (save direction): {mbs('save_cp'):.0f} MB/s; read/write loop (with fsync, like fileset): save {mbs('save_rw64k'):.0f} MB/s, load {mbs('load_rw64k'):.0f} MB/s")
 PY
 rm -rf "$TMPFS" "$DISK" "$results"

@@ -105,7 +105,6 @@ fn run(cli: Cli) -> Result<(), FilesetError> {
         save_time: cli.save_time,
         perms: cli.perms,
         boundary_64k: cli.boundary_64k,
-        direct: false,
         format: cli.format,
         backup: cli.backup,
     };
