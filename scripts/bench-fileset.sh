@@ -3,12 +3,12 @@
 # tmpfs (/dev/shm) and disk (the directory of BENCH_DIR), against cp and a plain 64 KiB
 # read/write loop, in the same run; medians of RUNS runs.
 #
-#   scripts/bench-fileset.sh            # 200 files of 5 MB, 5 runs
+#   scripts/bench-fileset.sh            # 200 files of 5 MB, 7 runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${FILES:-200}
 SIZE=${SIZE:-5000000}
-RUNS=${RUNS:-5}
+RUNS=${RUNS:-7}
 TMPFS=${TMPFS:-/dev/shm/fileset-bench}
 DISK=${BENCH_DIR:-/tmp/fileset-bench}
 
@@ -51,18 +51,27 @@ results=$(mktemp)
 # Every run writes into new directories on the disk and nothing there is deleted until the
 # end: ext4 without a journal (as here) makes each file creation step over inodes freed in the
 # last 30-300 s, which would charge a previous run's `rm -rf` to whoever creates files next.
+save_fileset() { measure $FS -m save "$out/perm" "$TMPFS/src"; }
+save_cp_sync() { measure bash -c "cp $TMPFS/src/* $out/cpsync/ && sync $out/cpsync/*"; }
+save_rw64k() { measure $RW "$TMPFS/src" "$out/rw"; }
+save_cp() { measure bash -c "cp $TMPFS/src/* $out/cp/"; }
+# Loads read the set from the disk (the cache was emptied), as at boot.
+load_fileset() { measure $FS -m load "$out/perm" "$TMPFS/load"; }
+load_cp() { measure bash -c "cp $out/perm/*.dat $TMPFS/cpload/"; }
+load_rw64k() { measure $RW "$out/perm" "$TMPFS/rwload"; }
+# Each run starts with a different contender (the order rotates), so no one always goes first.
+rotate() { local n=$1; shift; local a=("$@"); echo "${a[@]:n%${#a[@]}}" "${a[@]:0:n%${#a[@]}}"; }
 for run in $(seq "$RUNS"); do
     out="$DISK/run$run"
     rm -rf "$TMPFS"/load "$TMPFS"/cpload "$TMPFS"/rwload
     mkdir -p "$out/cpsync" "$out/cp" "$out/rw" "$TMPFS/cpload" "$TMPFS/rwload"
-    reset; echo "save_fileset $(measure $FS -m save "$out/perm" "$TMPFS/src")" >> "$results"
-    reset; echo "save_cp_sync $(measure bash -c "cp $TMPFS/src/* $out/cpsync/ && sync $out/cpsync/*")" >> "$results"
-    reset; echo "save_rw64k $(measure $RW "$TMPFS/src" "$out/rw")" >> "$results"
-    reset; echo "save_cp $(measure bash -c "cp $TMPFS/src/* $out/cp/")" >> "$results"
-    # Loads read the set from the disk (the cache was emptied), as at boot.
-    reset; echo "load_fileset $(measure $FS -m load "$out/perm" "$TMPFS/load")" >> "$results"
-    reset; echo "load_cp $(measure bash -c "cp $out/perm/*.dat $TMPFS/cpload/")" >> "$results"
-    reset; echo "load_rw64k $(measure $RW "$out/perm" "$TMPFS/rwload")" >> "$results"
+    # All saves first: every load reads the set fileset saved.
+    for c in $(rotate "$run" save_fileset save_cp_sync save_rw64k save_cp); do
+        reset; echo "$c $($c)" >> "$results"
+    done
+    for c in $(rotate "$run" load_fileset load_cp load_rw64k); do
+        reset; echo "$c $($c)" >> "$results"
+    done
     cmp -s "$TMPFS/src/f$(printf "%0${#FILES}d" 1).dat" "$TMPFS/load/f$(printf "%0${#FILES}d" 1).dat" || { echo "load produced different data" >&2; exit 1; }
 done
 echo "## fileset: $FILES files of $SIZE bytes, $(nproc) cores, median of $RUNS runs ($(date -u +%Y-%m-%d)); loads from a cold cache: $COLD"

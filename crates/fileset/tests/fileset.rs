@@ -164,6 +164,32 @@ fn save_of_many_files_in_several_fsync_batches_round_trips() {
     }
 }
 
+/// The real use: the working set on tmpfs, the permanent set on disk. Save writes the tmpfs
+/// pages with O_DIRECT, load reads the disk with O_DIRECT (verbose output names the way), and
+/// the set arrives whole both ways.
+#[test]
+fn tmpfs_to_disk_and_back_uses_the_direct_paths() {
+    let shm = Path::new("/dev/shm");
+    let tmpfs = tempfile::tempdir_in(shm).expect("tmpfs at /dev/shm for this test");
+    let d = dirs();
+    let work = tmpfs.path().join("work");
+    let big: Vec<u8> = (0..5_000_123u32).map(|i| (i % 247) as u8).collect();
+    write_set(
+        &work,
+        &[("big.dat", &big), ("small.dat", b"tiny")],
+        1_600_000_000,
+    );
+    let out = ok(&["-vvv", "save", s(&d.perm), s(&work)]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("by DirectSplice"), "{said}");
+    let back = tmpfs.path().join("back");
+    let out = ok(&["-m", "-vvv", "load", s(&d.perm), s(&back)]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("by DirectRead"), "{said}");
+    assert_eq!(snapshot(&back), snapshot(&work));
+    assert_eq!(snapshot(&d.perm), snapshot(&work));
+}
+
 #[test]
 fn format_2_keeps_nanoseconds_paths_and_long_names() {
     let d = dirs();
