@@ -17,8 +17,6 @@ pub enum Method {
     /// `O_DIRECT` writes of the source's pages spliced through a pipe: the device reads the
     /// source's memory.
     DirectSplice,
-    /// `O_DIRECT` reads of the source into an aligned buffer, written normally.
-    DirectRead,
     CopyFileRange,
     Sendfile,
     ReadWrite,
@@ -281,103 +279,6 @@ pub fn copy_direct_by_splice(
     Ok(Some((direct, len)))
 }
 
-/// The buffer [`copy_by_direct_read`] reads into: 4 MiB aligned to 2 MiB, so the kernel can back
-/// it with huge pages (asked with `MADV_HUGEPAGE`) and the device gets a few large segments
-/// per read instead of a thousand small ones.
-pub struct DirectBuffer {
-    ptr: std::ptr::NonNull<u8>,
-}
-
-const DIRECT_BUFFER: usize = 4 << 20;
-const DIRECT_BUFFER_ALIGN: usize = 2 << 20;
-
-impl DirectBuffer {
-    pub fn new() -> DirectBuffer {
-        let layout = Self::layout();
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let Some(ptr) = std::ptr::NonNull::new(raw) else {
-            std::alloc::handle_alloc_error(layout);
-        };
-        // Best effort: without huge pages the buffer still works, in more segments.
-        // SAFETY: the range is the allocation just made.
-        unsafe { libc::madvise(raw.cast(), DIRECT_BUFFER, libc::MADV_HUGEPAGE) };
-        DirectBuffer { ptr }
-    }
-
-    fn layout() -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(DIRECT_BUFFER, DIRECT_BUFFER_ALIGN)
-            .expect("constant layout")
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr` owns DIRECT_BUFFER initialised bytes for the life of `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), DIRECT_BUFFER) }
-    }
-}
-
-impl Default for DirectBuffer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for DirectBuffer {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with the same layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout()) };
-    }
-}
-
-/// Copy the file at `src_path` to the new file at `dst_path` (created and truncated) by reading
-/// the source with `O_DIRECT` into `buf` and writing it normally: the disk puts the data
-/// straight into the buffer, so the source is neither copied through nor left in the page
-/// cache — for a load from disk into tmpfs, where it would be a second copy of the set in
-/// memory. Returns the destination (open for writing) and the bytes copied, or `None` when the
-/// source's file system does not take `O_DIRECT` reads (the caller copies another way).
-pub fn copy_by_direct_read(
-    src_path: &std::path::Path,
-    dst_path: &std::path::Path,
-    mode: u32,
-    buf: &mut DirectBuffer,
-) -> io::Result<Option<(File, u64)>> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let src = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(src_path)
-    {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let dst = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(dst_path)?;
-    let buf = buf.as_mut_slice();
-    let mut at: u64 = 0;
-    loop {
-        // Offsets stay aligned: every read but the last (short, at the end) is a whole buffer.
-        let n = match src.read_at(buf, at) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && at == 0 => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            return Ok(Some((dst, at)));
-        }
-        dst.write_all_at(&buf[..n], at)?;
-        at += n as u64;
-        if n < buf.len() {
-            return Ok(Some((dst, at)));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,20 +317,6 @@ mod tests {
         assert_eq!(std::fs::read(d.path().join("dst2")).unwrap(), data);
         // O_DIRECT of spliced pages, where the file system takes it (tmpfs does not): empty,
         // page-aligned, with a tail, and over several pipe loads.
-        // O_DIRECT reads into the aligned buffer, where the file system takes them: empty,
-        // aligned, with a tail, and over several buffer loads.
-        let mut buf = DirectBuffer::new();
-        for size in [0usize, 8192, 300_000, 2 * DIRECT_BUFFER + 4097] {
-            let data: Vec<u8> = (0..size as u32).map(|i| (i * 11 % 241) as u8).collect();
-            std::fs::write(d.path().join("src5"), &data).unwrap();
-            let dst = d.path().join(format!("dst5-{size}"));
-            if let Some((_, n)) =
-                copy_by_direct_read(&d.path().join("src5"), &dst, 0o600, &mut buf).unwrap()
-            {
-                assert_eq!(n, size as u64);
-                assert_eq!(std::fs::read(&dst).unwrap(), data, "size {size}");
-            }
-        }
         // One pipe serves every copy.
         let pipe = SplicePipe::new().unwrap();
         for size in [0usize, 8192, 300_000, 3 * pipe.capacity as usize + 4097] {

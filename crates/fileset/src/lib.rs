@@ -403,43 +403,31 @@ fn ensure_dir(dir: &Path, opts: &Options) -> Result<()> {
     fs::create_dir_all(dir).map_err(io_err(dir))
 }
 
-/// The fast way a run copies, tried before the general one ([`copy::copy_contents`]); dropped
-/// (set to `General`) when a file system refuses it, so the rest of the set goes the general way.
-enum FastCopy {
-    General,
-    /// Save, tmpfs → disk: `O_DIRECT` writes of the source's spliced pages.
-    SpliceToDirect(copy::SplicePipe),
-    /// Load, disk → another file system (tmpfs): `O_DIRECT` reads into one buffer.
-    DirectRead(copy::DirectBuffer),
-}
-
 /// Copy `src` to a temporary name next to `dst` and give it `mtime` and `mode`; returns the
 /// temporary path, the byte count and the file, still open and not yet fsynced (the caller
-/// fsyncs, alone or in a batch). `-6` always copies the general way, in 64 KiB pieces.
+/// fsyncs, alone or in a batch). With a `pipe` (save), the copy is tried with
+/// `O_DIRECT` writes of the source's spliced pages first; the pipe is dropped when the
+/// destination refuses them, so the rest of the set goes the ordinary way.
 fn copy_to_temp(
     src: &Path,
     dst: &Path,
     mtime: (i64, u32),
     mode: u32,
     opts: &Options,
-    fast: &mut FastCopy,
+    pipe: &mut Option<copy::SplicePipe>,
 ) -> Result<(PathBuf, u64, File)> {
     let temp = temp_path(dst);
     let mut from = File::open(src).map_err(io_err(src))?;
-    let done = match fast {
-        _ if opts.boundary_64k => None,
-        FastCopy::General => None,
-        FastCopy::SpliceToDirect(pipe) => copy::copy_direct_by_splice(&from, &temp, mode, pipe)
-            .map_err(io_err(&temp))?
-            .map(|(to, n)| (to, n, copy::Method::DirectSplice)),
-        FastCopy::DirectRead(buf) => copy::copy_by_direct_read(src, &temp, mode, buf)
-            .map_err(io_err(src))?
-            .map(|(to, n)| (to, n, copy::Method::DirectRead)),
+    let direct = match pipe {
+        Some(p) if !opts.boundary_64k => {
+            copy::copy_direct_by_splice(&from, &temp, mode, p).map_err(io_err(&temp))?
+        }
+        _ => None,
     };
-    let (to, n, method) = match done {
-        Some(done) => done,
+    let (to, n, method) = match direct {
+        Some((to, n)) => (to, n, copy::Method::DirectSplice),
         None => {
-            *fast = FastCopy::General;
+            *pipe = None;
             let mut to = OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -500,18 +488,6 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
         verify_file(&join(source, &e.name), e, check.version, false)?;
     }
     ensure_dir(tmpdir, opts)?;
-    // Across file systems (disk → tmpfs), read the set past the page cache: it is going to
-    // live in tmpfs, and a second copy in the cache would only crowd memory. On one file
-    // system, copy_file_range can share or copy blocks in place instead.
-    let across = match (fs::metadata(source), fs::metadata(tmpdir)) {
-        (Ok(a), Ok(b)) => a.dev() != b.dev(),
-        _ => false,
-    };
-    let mut fast = if across {
-        FastCopy::DirectRead(copy::DirectBuffer::new())
-    } else {
-        FastCopy::General
-    };
     let mut written: Vec<PathBuf> = Vec::new();
     let result = (|| -> Result<()> {
         for e in &check.entries {
@@ -530,7 +506,7 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
                 (e.mtime_sec, e.mtime_nsec),
                 mode,
                 opts,
-                &mut fast,
+                &mut None,
             )?;
             written.push(temp.clone());
             file.sync_all().map_err(io_err(&temp))?;
@@ -680,10 +656,7 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
     }
     let mut hook = CrashHook::from_env();
     // The working set is normally on tmpfs: its pages go to the disk by O_DIRECT, uncopied.
-    let mut fast = match copy::SplicePipe::new() {
-        Ok(pipe) => FastCopy::SpliceToDirect(pipe),
-        Err(_) => FastCopy::General,
-    };
+    let mut pipe = copy::SplicePipe::new().ok();
     let mut renames: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut unsynced: Vec<(File, PathBuf)> = Vec::new();
     let mut entries = Vec::new();
@@ -716,7 +689,7 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
                 (entry.mtime_sec, entry.mtime_nsec),
                 mode,
                 opts,
-                &mut fast,
+                &mut pipe,
             )?;
             renames.push((temp.clone(), dst));
             unsynced.push((file, temp.clone()));

@@ -165,8 +165,8 @@ fn save_of_many_files_in_several_fsync_batches_round_trips() {
 }
 
 /// The real use: the working set on tmpfs, the permanent set on disk. Save writes the tmpfs
-/// pages with O_DIRECT, load reads the disk with O_DIRECT (verbose output names the way), and
-/// the set arrives whole both ways.
+/// pages with O_DIRECT, load copies in the kernel with sendfile (verbose output names the
+/// way), and the set arrives whole both ways.
 #[test]
 fn tmpfs_to_disk_and_back_uses_the_direct_paths() {
     let shm = Path::new("/dev/shm");
@@ -185,7 +185,7 @@ fn tmpfs_to_disk_and_back_uses_the_direct_paths() {
     let back = tmpfs.path().join("back");
     let out = ok(&["-m", "-vvv", "load", s(&d.perm), s(&back)]);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(said.contains("by DirectRead"), "{said}");
+    assert!(said.contains("by Sendfile"), "{said}");
     assert_eq!(snapshot(&back), snapshot(&work));
     assert_eq!(snapshot(&d.perm), snapshot(&work));
 }
