@@ -5,10 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests drive for real: the sqlite3 CLI reads desktops; a C compiler builds
-# the bundled SQLite.
+# the bundled SQLite; mkfs.ext4 and mount make the small file system fileset's full-disk test
+# fills.
 missing=()
 command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+command -v mount >/dev/null 2>&1 || missing+=(mount)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: please install: ${missing[*]} (or run as root)" >&2
