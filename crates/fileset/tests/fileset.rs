@@ -613,24 +613,20 @@ fn full_disk_during_save_keeps_the_old_set() {
     };
     let d = dirs();
     let perm = small.mnt.join("perm");
-    let old: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1_000_000]).collect();
-    let names = ["a.dat", "b.dat", "c.dat"];
-    let files: Vec<(&str, &[u8])> = names
-        .iter()
-        .copied()
-        .zip(old.iter().map(|v| v.as_slice()))
-        .collect();
-    write_set(&d.tmp, &files, 1_600_000_000);
+    // Three files a.dat, b.dat, c.dat of `len` bytes each, filled with `fill`, `fill + 1`, ….
+    let write_three = |len: usize, fill: u8, mtime: i64| {
+        let contents: Vec<Vec<u8>> = (0..3u8).map(|i| vec![fill + i; len]).collect();
+        let files: Vec<(&str, &[u8])> = ["a.dat", "b.dat", "c.dat"]
+            .into_iter()
+            .zip(contents.iter().map(|v| v.as_slice()))
+            .collect();
+        write_set(&d.tmp, &files, mtime);
+    };
+    write_three(1_000_000, 0, 1_600_000_000);
     ok(&["-m", "save", s(&perm), s(&d.tmp)]);
     let old_set = snapshot(&d.tmp);
     // The new set (9 MB) cannot fit beside the old one on the 8 MiB file system.
-    let new: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i + 10; 3_000_000]).collect();
-    let files: Vec<(&str, &[u8])> = names
-        .iter()
-        .copied()
-        .zip(new.iter().map(|v| v.as_slice()))
-        .collect();
-    write_set(&d.tmp, &files, 1_700_000_000);
+    write_three(3_000_000, 10, 1_700_000_000);
     let out = run(&["save", s(&perm), s(&d.tmp)], &[]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{said}");
