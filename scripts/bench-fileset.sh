@@ -25,14 +25,18 @@ if [ "$avail" -lt "$need" ]; then
 fi
 for i in $(seq -w 1 "$FILES"); do head -c "$SIZE" /dev/urandom > "$TMPFS/src/f$i.dat"; done
 
-# Prints "elapsed user+sys" of a command (its children's CPU, from getrusage).
+# Prints "elapsed user+sys" of a command: the CPU of its process tree, from getrusage, taken
+# as a difference — whatever started python3 may have charged children of its own to it (a
+# pyenv shim runs ~0.06 s of them), which must not be charged to the command.
 measure() {
     python3 - "$@" <<'PY'
 import resource, subprocess, sys, time
+cpu = lambda r: r.ru_utime + r.ru_stime
+before = cpu(resource.getrusage(resource.RUSAGE_CHILDREN))
 t = time.perf_counter()
 subprocess.run(sys.argv[1:], check=True)
-r = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(f"{time.perf_counter() - t:.4f} {r.ru_utime + r.ru_stime:.4f}")
+elapsed = time.perf_counter() - t
+print(f"{elapsed:.4f} {cpu(resource.getrusage(resource.RUSAGE_CHILDREN)) - before:.4f}")
 PY
 }
 # Every contender starts from the same memory: an empty page cache, as at boot (root only;
