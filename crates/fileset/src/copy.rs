@@ -151,11 +151,58 @@ const SPLICE_PIPE_SIZES: [usize; 2] = [4 << 20, 1 << 20];
 pub struct SplicePipe {
     read: std::os::unix::io::OwnedFd,
     write: std::os::unix::io::OwnedFd,
-    capacity: u64,
+    /// Bytes per `O_DIRECT` write: a whole number of the destination device's largest
+    /// requests where that fits in the pipe, else the pipe's capacity.
+    chunk: u64,
+}
+
+/// The largest request, in bytes, the block device holding `dir` takes for writes of
+/// separate 4 KiB pages (tmpfs pages are rarely adjacent in memory): its segment limit in
+/// pages, capped by its size limit — from `/sys/dev/block/MAJ:MIN/queue` (for a partition,
+/// its disk's). `None` where the file system has no such device (tmpfs, btrfs, NFS).
+pub fn device_request_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let node = std::path::PathBuf::from(format!(
+        "/sys/dev/block/{}:{}",
+        libc::major(dev),
+        libc::minor(dev)
+    ));
+    let queue = [node.join("queue"), node.join("../queue")]
+        .into_iter()
+        .find(|q| q.is_dir())?;
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(queue.join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let by_segments = read("max_segments")?.checked_mul(DIRECT_ALIGN)?;
+    let by_size = read("max_sectors_kb")?.checked_mul(1024)?;
+    let bytes = by_segments.min(by_size);
+    (bytes >= DIRECT_ALIGN).then_some(bytes - bytes % DIRECT_ALIGN)
+}
+
+/// Bytes per `O_DIRECT` write through a pipe of `capacity` bytes to a device whose largest
+/// request is `request` bytes. A write of 1 MiB to a device that takes 254 pages per request
+/// becomes a full request and a 2-page one, and the block layer sends each large request to
+/// the device at once (another doorbell, on a VM an exit); writing whole requests halves that.
+fn chunk_for(capacity: u64, request: Option<u64>) -> u64 {
+    match request {
+        Some(r) if r <= capacity => capacity / r * r,
+        _ => capacity,
+    }
 }
 
 impl SplicePipe {
-    pub fn new() -> io::Result<SplicePipe> {
+    /// Bytes per `O_DIRECT` write.
+    pub fn chunk(&self) -> u64 {
+        self.chunk
+    }
+
+    /// A pipe for copies into `dest_dir`, whose device sets the size of each write.
+    pub fn new(dest_dir: &std::path::Path) -> io::Result<SplicePipe> {
         use std::os::unix::io::{FromRawFd, OwnedFd};
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
@@ -183,7 +230,7 @@ impl SplicePipe {
         Ok(SplicePipe {
             read,
             write,
-            capacity,
+            chunk: chunk_for(capacity, device_request_bytes(dest_dir)),
         })
     }
 }
@@ -232,7 +279,7 @@ pub fn copy_direct_by_splice(
     let mut read_at: libc::loff_t = 0;
     let mut write_at: libc::loff_t = 0;
     while (read_at as u64) < aligned {
-        let want = (aligned - read_at as u64).min(pipe.capacity) as usize;
+        let want = (aligned - read_at as u64).min(pipe.chunk) as usize;
         let nothing_yet = write_at == 0;
         let Some(mut in_pipe) = splice_step(
             (src.as_raw_fd(), Some(&mut read_at)),
@@ -310,8 +357,8 @@ mod tests {
         // O_DIRECT of spliced pages, where the file system takes it (tmpfs does not): empty,
         // page-aligned, with a tail, and over several pipe loads.
         // One pipe serves every copy.
-        let pipe = SplicePipe::new().unwrap();
-        for size in [0usize, 8192, 300_000, 3 * pipe.capacity as usize + 4097] {
+        let pipe = SplicePipe::new(d.path()).unwrap();
+        for size in [0usize, 8192, 300_000, 3 * pipe.chunk as usize + 4097] {
             let data: Vec<u8> = (0..size as u32).map(|i| (i * 13 % 253) as u8).collect();
             std::fs::write(d.path().join("src4"), &data).unwrap();
             let src = File::open(d.path().join("src4")).unwrap();
@@ -320,6 +367,32 @@ mod tests {
                 assert_eq!(n, size as u64);
                 assert_eq!(std::fs::read(&dst).unwrap(), data, "size {size}");
             }
+        }
+    }
+
+    #[test]
+    fn writes_are_whole_device_requests_where_they_fit() {
+        // virtio-blk: 254 segments, 4 MiB per request; 1 MiB and 4 MiB pipes.
+        assert_eq!(chunk_for(1 << 20, Some(254 * 4096)), 254 * 4096);
+        assert_eq!(chunk_for(4 << 20, Some(254 * 4096)), 4 * 254 * 4096);
+        // NVMe with 127 segments: two requests per 1 MiB pipe load.
+        assert_eq!(chunk_for(1 << 20, Some(127 * 4096)), 2 * 127 * 4096);
+        // Requests larger than the pipe, or no device: the whole pipe.
+        assert_eq!(chunk_for(1 << 20, Some(4 << 20)), 1 << 20);
+        assert_eq!(chunk_for(1 << 20, None), 1 << 20);
+    }
+
+    #[test]
+    fn device_limits_are_read_for_a_disk_and_absent_for_tmpfs() {
+        // The root file system is on a block device wherever the tests run; /dev/shm is not.
+        if let Some(bytes) = device_request_bytes(std::path::Path::new("/")) {
+            assert!(
+                bytes >= DIRECT_ALIGN && bytes % DIRECT_ALIGN == 0,
+                "{bytes}"
+            );
+        }
+        if std::path::Path::new("/dev/shm").is_dir() {
+            assert_eq!(device_request_bytes(std::path::Path::new("/dev/shm")), None);
         }
     }
 }

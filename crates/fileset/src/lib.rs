@@ -20,7 +20,7 @@ pub mod checkfile;
 pub mod copy;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -130,9 +130,11 @@ impl Default for Options {
 }
 
 impl Options {
-    fn say(&self, level: u8, text: impl FnOnce() -> String) {
+    /// Print a progress line at verbosity `level` and above. A reader that went away (`-v |
+    /// head`) must not stop a save or load halfway, so write errors are ignored.
+    pub fn say(&self, level: u8, text: impl FnOnce() -> String) {
         if self.verbose >= level {
-            println!("{}", text());
+            let _ = writeln!(std::io::stdout().lock(), "{}", text());
         }
     }
 }
@@ -656,7 +658,12 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
     }
     let mut hook = CrashHook::from_env();
     // The working set is normally on tmpfs: its pages go to the disk by O_DIRECT, uncopied.
-    let mut pipe = copy::SplicePipe::new().ok();
+    let mut pipe = copy::SplicePipe::new(permdir).ok();
+    if let Some(p) = &pipe {
+        opts.say(3, || {
+            format!("O_DIRECT writes of up to {} bytes", p.chunk())
+        });
+    }
     let mut renames: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut unsynced: Vec<(File, PathBuf)> = Vec::new();
     let mut entries = Vec::new();
@@ -728,7 +735,7 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
         let intent = intent_path(permdir, opts);
         {
             let mut f = File::create(&intent).map_err(io_err(&intent))?;
-            std::io::Write::write_all(&mut f, &bytes).map_err(io_err(&intent))?;
+            f.write_all(&bytes).map_err(io_err(&intent))?;
             f.sync_all().map_err(io_err(&intent))?;
         }
         fsync_dir(permdir)?;

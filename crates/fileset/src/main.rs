@@ -127,7 +127,7 @@ fn run(cli: Cli) -> Result<(), FilesetError> {
         }
         Command::Test => {
             let c = fileset::test(&cli.permdir, &opts)?;
-            opts_say(&opts, || {
+            opts.say(1, || {
                 format!(
                     "{}: valid, {} files, format {}",
                     cli.permdir.display(),
@@ -138,10 +138,4 @@ fn run(cli: Cli) -> Result<(), FilesetError> {
         }
     }
     Ok(())
-}
-
-fn opts_say(opts: &Options, text: impl FnOnce() -> String) {
-    if opts.verbose >= 1 {
-        println!("{}", text());
-    }
 }

@@ -182,6 +182,17 @@ fn tmpfs_to_disk_and_back_uses_the_direct_paths() {
     let out = ok(&["-vvv", "save", s(&d.perm), s(&work)]);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(said.contains("by DirectSplice"), "{said}");
+    // Each write is a whole number of pages, no more than a pipe holds.
+    let chunk: u64 = said
+        .lines()
+        .find_map(|l| l.strip_prefix("O_DIRECT writes of up to "))
+        .and_then(|l| l.strip_suffix(" bytes"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no write size in {said}"));
+    assert!(
+        chunk >= 4096 && chunk.trailing_zeros() >= 12 && chunk <= 4 << 20,
+        "{chunk}"
+    );
     let back = tmpfs.path().join("back");
     let out = ok(&["-m", "-vvv", "load", s(&d.perm), s(&back)]);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -523,6 +534,43 @@ fn check_file_bytes_match_the_documentation() {
         bytes, documented,
         "docs/fileset.md golden bytes are out of date"
     );
+}
+
+#[test]
+fn progress_reader_that_goes_away_does_not_stop_save_or_load() {
+    let d = dirs();
+    let files: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| (format!("f{i:02}.dat"), vec![i as u8; 3000 + i]))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    write_set(&d.tmp, &refs, 1_600_000_000);
+    let loaded = d.root.join("loaded");
+    for args in [
+        vec!["-vvv", "save", s(&d.perm), s(&d.tmp)],
+        vec!["-vvv", "-m", "load", s(&d.perm), s(&loaded)],
+    ] {
+        // As `fileset -vvv save … | head -1`: the pipe's reader is gone before the first line.
+        let mut child = Command::new(FILESET)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    ok(&["test", s(&d.perm)]);
+    assert_eq!(snapshot(&d.perm), snapshot(&d.tmp));
+    assert_eq!(snapshot(&loaded), snapshot(&d.tmp));
 }
 
 #[test]
