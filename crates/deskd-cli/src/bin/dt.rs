@@ -590,7 +590,8 @@ impl Dt {
                     .map(|m| m.is_dir())
                     .unwrap_or(false)
                 {
-                    println!();
+                    // An error (a reader that went away) ends the listing like any other.
+                    writeln!(std::io::stdout())?;
                     self.ls(&child, long, all, recursive, true)?;
                 }
             }
