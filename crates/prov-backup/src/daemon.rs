@@ -439,17 +439,20 @@ async fn work_on(shared: Arc<Shared>, dn: String, mode: Mode, problem: Option<En
         return;
     };
     if shared.dry_run {
-        println!("DRY-RUN:  {dn}: set sstProvisioningMode {}", mode.running());
+        crate::log::dry_run(format_args!(
+            "{dn}: set sstProvisioningMode {}",
+            mode.running()
+        ));
         match work_from_current_entry(&shared, &dn, mode, problem).await {
-            Some(Ok(())) => println!(
-                "DRY-RUN:  {dn}: set sstProvisioningMode {}, sstProvisioningReturnValue 0, sstProvisioningState <UTC time>",
+            Some(Ok(())) => crate::log::dry_run(format_args!(
+                "{dn}: set sstProvisioningMode {}, sstProvisioningReturnValue 0, sstProvisioningState <UTC time>",
                 mode.done()
-            ),
-            Some(Err(e)) => println!(
-                "DRY-RUN:  {dn}: would fail: {e}; set sstProvisioningReturnValue {}",
+            )),
+            Some(Err(e)) => crate::log::dry_run(format_args!(
+                "{dn}: would fail: {e}; set sstProvisioningReturnValue {}",
                 e.return_value()
-            ),
-            None => println!("DRY-RUN:  {dn}: no longer in the directory"),
+            )),
+            None => crate::log::dry_run(format_args!("{dn}: no longer in the directory")),
         }
         return;
     }

@@ -70,6 +70,15 @@ impl<S: Subscriber> Layer<S> for Logger {
     }
 }
 
+/// Prints one line of a dry run's report on stdout. A reader that went away (`--dry-run |
+/// head`) must not end the run with a panic in one task and carry on in the others, so write
+/// errors are ignored, as for the `-d` log lines.
+pub fn dry_run(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "DRY-RUN:  {line}");
+    let _ = out.flush();
+}
+
 /// Installs the logger for the whole process.
 pub fn init(levels: LogLevels, prefix: &str, stdout: bool) {
     // SAFETY: openlog keeps the ident pointer; a static C string lives for the process.

@@ -90,7 +90,7 @@ impl Provisioner {
         f: impl FnOnce() -> Result<(), WorkError>,
     ) -> Result<(), WorkError> {
         if self.dry_run {
-            println!("DRY-RUN:  {what}");
+            crate::log::dry_run(format_args!("{what}"));
             tracing::info!("DRY-RUN:  {what}");
             return Ok(());
         }
@@ -301,12 +301,12 @@ impl Provisioner {
             &self.backup.rsnapshot_lock_dir,
         );
         if self.dry_run {
-            println!(
-                "DRY-RUN:  write {} and check it with rsnapshot configtest:",
+            crate::log::dry_run(format_args!(
+                "write {} and check it with rsnapshot configtest:",
                 conf.display()
-            );
+            ));
             for line in text.lines() {
-                println!("DRY-RUN:      {line}");
+                crate::log::dry_run(format_args!("    {line}"));
             }
             tracing::info!("DRY-RUN:  write {}", conf.display());
             return Ok(());

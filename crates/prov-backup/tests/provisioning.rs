@@ -393,6 +393,22 @@ fn unreachable_ldap_ends_with_a_clear_error() {
 }
 
 #[test]
+fn dry_run_whose_reader_went_away_does_not_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(&tmp.path().join("ldap"), true);
+    let setup = Setup::new(&tmp.path().join("prov"), &slapd.url(), "");
+    let mut dry = setup.start_with(&["-r"], false);
+    // The report is printed within the first second; give it three.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < deadline && !dry.log_text().contains("panicked") {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!dry.log_text().contains("panicked"), "{}", dry.log_text());
+    assert_eq!(dry.terminate(), 0, "{}", dry.log_text());
+    assert_eq!(std::fs::read_dir(&setup.root).unwrap().count(), 0);
+}
+
+#[test]
 fn one_instance_at_a_time_and_dry_run_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let slapd = Slapd::start(&tmp.path().join("ldap"), true);

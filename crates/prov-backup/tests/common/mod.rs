@@ -297,6 +297,12 @@ impl Setup {
     }
 
     pub fn start(&self, extra_args: &[&str]) -> Daemon {
+        self.start_with(extra_args, true)
+    }
+
+    /// With `stdout_read` false, the daemon's stdout is a pipe whose reader is gone (as in
+    /// `prov-backup -d | head`); only stderr is collected.
+    pub fn start_with(&self, extra_args: &[&str], stdout_read: bool) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_prov-backup"))
             .arg("-c")
             .arg(&self.service_conf)
@@ -309,10 +315,13 @@ impl Setup {
             .spawn()
             .unwrap();
         let log = Arc::new(Mutex::new(Vec::<String>::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
+        let stdout = child.stdout.take().unwrap();
+        let mut streams =
+            vec![Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>];
+        if stdout_read {
+            streams.push(Box::new(stdout));
+        }
+        for stream in streams {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
