@@ -371,15 +371,36 @@ fn without_syncprov_it_polls_and_says_so() {
     assert_eq!(daemon.terminate(), 0);
 }
 
+/// A loopback TCP port bound by a socket that never listens: connecting to it is refused for
+/// as long as the returned descriptor is open.
+fn bound_unlistened_port() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; `addr` and `len` are
+    // valid for the calls that fill them.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len);
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut got_len = len;
+        let rc = libc::getsockname(fd, &mut addr as *mut _ as *mut libc::sockaddr, &mut got_len);
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        (owned, u16::from_be(addr.sin_port))
+    }
+}
+
 #[test]
 fn unreachable_ldap_ends_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    // Nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Nothing listens there, and nothing can: the port stays bound (without listen) by this
+    // test, so a slapd of a test running beside it cannot take it (a dropped listener's port
+    // could be, and once was).
+    let (_reserved, port) = bound_unlistened_port();
     let setup = Setup::new(tmp.path(), &format!("ldap://127.0.0.1:{port}/"), "");
     let mut daemon = setup.start(&[]);
     assert_eq!(daemon.wait_exit(), 1);
