@@ -87,7 +87,14 @@ for run in $(seq "$RUNS"); do
     done
     cmp -s "$TMPFS/src/f$(printf "%0${#FILES}d" 1).dat" "$TMPFS/load/f$(printf "%0${#FILES}d" 1).dat" || { echo "load produced different data" >&2; exit 1; }
 done
-echo "## fileset: $FILES files of $SIZE bytes, $(nproc) cores, median of $RUNS runs ($(date -u +%Y-%m-%d)); loads from a cold cache: $COLD; pipe-max-size $(cat "$PIPE_MAX"); O_DIRECT writes of up to $("$FS" -vvv save "$DISK/probe" "$TMPFS/src" -m | sed -n 's/^O_DIRECT writes of up to //p')"
+# The write size fileset chose for this disk and pipe: it prints it at -vvv; one small file
+# is enough to see it.
+write_size() {
+    mkdir -p "$TMPFS/probe"
+    head -c 4096 /dev/urandom > "$TMPFS/probe/one.dat"
+    "$FS" -m -vvv save "$DISK/probe" "$TMPFS/probe" | sed -n 's/^O_DIRECT writes of up to //p'
+}
+echo "## fileset: $FILES files of $SIZE bytes, $(nproc) cores, median of $RUNS runs ($(date -u +%Y-%m-%d)); loads from a cold cache: $COLD; pipe-max-size $(cat "$PIPE_MAX"); O_DIRECT writes of up to $(write_size)"
 python3 - "$results" "$FILES" "$SIZE" <<'PY'
 import statistics, sys
 rows = {}

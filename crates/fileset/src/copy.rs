@@ -162,7 +162,7 @@ pub struct SplicePipe {
 /// separate 4 KiB pages (tmpfs pages are rarely adjacent in memory): its segment limit in
 /// pages, capped by its size limit — from `/sys/dev/block/MAJ:MIN/queue` (for a partition,
 /// its disk's). `None` where the file system has no such device (tmpfs, btrfs, NFS).
-pub fn device_request_bytes(dir: &std::path::Path) -> Option<u64> {
+fn device_request_bytes(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(dir).ok()?.dev();
     let node = std::path::PathBuf::from(format!(

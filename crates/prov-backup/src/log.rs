@@ -73,7 +73,7 @@ impl<S: Subscriber> Layer<S> for Logger {
 /// Prints one line of a dry run's report on stdout. A reader that went away (`--dry-run |
 /// head`) must not end the run with a panic in one task and carry on in the others, so write
 /// errors are ignored, as for the `-d` log lines.
-pub fn dry_run(line: std::fmt::Arguments<'_>) {
+pub fn dry_run(line: impl std::fmt::Display) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "DRY-RUN:  {line}");
     let _ = out.flush();

@@ -90,7 +90,7 @@ impl Provisioner {
         f: impl FnOnce() -> Result<(), WorkError>,
     ) -> Result<(), WorkError> {
         if self.dry_run {
-            crate::log::dry_run(format_args!("{what}"));
+            crate::log::dry_run(&what);
             tracing::info!("DRY-RUN:  {what}");
             return Ok(());
         }
