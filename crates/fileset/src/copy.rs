@@ -17,6 +17,9 @@ pub enum Method {
     /// `O_DIRECT` writes of the source's pages spliced through a pipe: the device reads the
     /// source's memory.
     DirectSplice,
+    /// `O_DIRECT` reads into huge-page buffers on a reader thread, written out by the caller
+    /// (see the `readahead` module).
+    DirectRead,
     CopyFileRange,
     Sendfile,
     ReadWrite,

@@ -4,7 +4,9 @@
 //!
 //! * [`checkfile`]: the check-file formats (version 1 = the QNX layout, version 2 = 64-bit
 //!   sizes, nanosecond times, paths, SHA-256).
-//! * [`copy`]: kernel-side copying with a read/write fallback.
+//! * [`copy`]: kernel-side copying with a read/write fallback, and `O_DIRECT` writes of
+//!   spliced pages for save.
+//! * [`readahead`]: `O_DIRECT` reads on a thread of their own for load.
 //! * [`load`], [`save`], [`test`]: the three commands.
 //!
 //! **How save stays atomic.** Changed files are written next to their final names under
@@ -18,6 +20,7 @@
 
 pub mod checkfile;
 pub mod copy;
+pub mod readahead;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -405,48 +408,79 @@ fn ensure_dir(dir: &Path, opts: &Options) -> Result<()> {
     fs::create_dir_all(dir).map_err(io_err(dir))
 }
 
+/// How [`copy_to_temp`] gets a file's contents.
+enum Via<'a> {
+    /// save: `O_DIRECT` writes of the source's spliced pages while there is a pipe; the pipe
+    /// is dropped when the destination refuses them, so the rest of the set goes the
+    /// ordinary way.
+    Splice(&'a mut Option<copy::SplicePipe>),
+    /// load: the next file of a read-ahead, fed to the digest too when given.
+    ReadAhead(&'a mut readahead::ReadAhead, Option<&'a mut Sha256>),
+    /// In the kernel (or a read/write loop where it cannot).
+    Kernel,
+}
+
 /// Copy `src` to a temporary name next to `dst` and give it `mtime` and `mode`; returns the
 /// temporary path, the byte count and the file, still open and not yet fsynced (the caller
-/// fsyncs, alone or in a batch). With a `pipe` (save), the copy is tried with
-/// `O_DIRECT` writes of the source's spliced pages first; the pipe is dropped when the
-/// destination refuses them, so the rest of the set goes the ordinary way.
+/// fsyncs, alone or in a batch).
 fn copy_to_temp(
     src: &Path,
     dst: &Path,
     mtime: (i64, u32),
     mode: u32,
     opts: &Options,
-    pipe: &mut Option<copy::SplicePipe>,
+    via: Via,
 ) -> Result<(PathBuf, u64, File)> {
     let temp = temp_path(dst);
-    let mut from = File::open(src).map_err(io_err(src))?;
-    let direct = match pipe {
-        Some(p) if !opts.boundary_64k => {
-            copy::copy_direct_by_splice(&from, &temp, mode, p).map_err(io_err(&temp))?
-        }
-        _ => None,
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temp)
+            .map_err(io_err(&temp))
     };
-    let (to, n, method) = match direct {
-        Some((to, n)) => (to, n, copy::Method::DirectSplice),
-        None => {
-            *pipe = None;
-            let mut to = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode)
-                .open(&temp)
-                .map_err(io_err(&temp))?;
-            let (n, method) =
-                copy::copy_contents(&mut from, &mut to, opts.boundary_64k).map_err(io_err(src))?;
-            (to, n, method)
+    let (to, n, method) = match via {
+        Via::ReadAhead(ahead, digest) => {
+            let mut to = create()?;
+            let n = ahead.copy_next(&mut to, digest).map_err(io_err(src))?;
+            (to, n, copy::Method::DirectRead)
         }
+        Via::Splice(pipe) => {
+            let from = File::open(src).map_err(io_err(src))?;
+            let direct = match pipe {
+                Some(p) if !opts.boundary_64k => {
+                    copy::copy_direct_by_splice(&from, &temp, mode, p).map_err(io_err(&temp))?
+                }
+                _ => None,
+            };
+            match direct {
+                Some((to, n)) => (to, n, copy::Method::DirectSplice),
+                None => {
+                    *pipe = None;
+                    kernel_copy(from, create()?, src, opts)?
+                }
+            }
+        }
+        Via::Kernel => kernel_copy(File::open(src).map_err(io_err(src))?, create()?, src, opts)?,
     };
     to.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err(&temp))?;
     set_mtime(&to, mtime.0, mtime.1, &temp)?;
     opts.say(3, || format!("  {n} bytes by {method:?}"));
     Ok((temp, n, to))
+}
+
+fn kernel_copy(
+    mut from: File,
+    mut to: File,
+    src: &Path,
+    opts: &Options,
+) -> Result<(File, u64, copy::Method)> {
+    let (n, method) =
+        copy::copy_contents(&mut from, &mut to, opts.boundary_64k).map_err(io_err(src))?;
+    Ok((to, n, method))
 }
 
 /// How many saved files wait, open, for their fsync: fsyncs after a batch of writes find the
@@ -490,6 +524,25 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
         verify_file(&join(source, &e.name), e, check.version, false)?;
     }
     ensure_dir(tmpdir, opts)?;
+    // From a disk, the set is read ahead with O_DIRECT; from memory, the kernel copies once.
+    let mut ahead = if opts.boundary_64k || readahead::in_memory(source) {
+        None
+    } else {
+        let files = check
+            .entries
+            .iter()
+            .map(|e| join(source, &e.name))
+            .collect();
+        match readahead::ReadAhead::start(files) {
+            Ok(a) => Some(a),
+            Err(err) => {
+                opts.say(3, || {
+                    format!("no read-ahead ({err}): copying in the kernel")
+                });
+                None
+            }
+        }
+    };
     let mut written: Vec<PathBuf> = Vec::new();
     let result = (|| -> Result<()> {
         for e in &check.entries {
@@ -502,14 +555,13 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
             }
             let mode = fs::metadata(&src).map_err(io_err(&src))?.mode() & 0o7777;
             opts.say(1, || format!("load {} ({} bytes)", e.name, e.size));
-            let (temp, n, file) = copy_to_temp(
-                &src,
-                &dst,
-                (e.mtime_sec, e.mtime_nsec),
-                mode,
-                opts,
-                &mut None,
-            )?;
+            let mut digest = (check.version >= 2).then(Sha256::new);
+            let via = match &mut ahead {
+                Some(a) => Via::ReadAhead(a, digest.as_mut()),
+                None => Via::Kernel,
+            };
+            let (temp, n, file) =
+                copy_to_temp(&src, &dst, (e.mtime_sec, e.mtime_nsec), mode, opts, via)?;
             written.push(temp.clone());
             file.sync_all().map_err(io_err(&temp))?;
             if n != e.size {
@@ -518,8 +570,15 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
                     what: format!("copied {n} bytes, the check file says {}", e.size),
                 });
             }
-            if check.version >= 2 && sha256_of(&temp)? != e.sha256 {
-                return Err(FilesetError::Digest(src.clone()));
+            if check.version >= 2 {
+                // Hashed on the way in when read ahead; else read back from tmpdir.
+                let got: [u8; 32] = match (digest, &ahead) {
+                    (Some(d), Some(_)) => d.finalize().into(),
+                    _ => sha256_of(&temp)?,
+                };
+                if got != e.sha256 {
+                    return Err(FilesetError::Digest(src.clone()));
+                }
             }
             fs::rename(&temp, &dst).map_err(io_err(&temp))?;
             written.pop();
@@ -696,7 +755,7 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
                 (entry.mtime_sec, entry.mtime_nsec),
                 mode,
                 opts,
-                &mut pipe,
+                Via::Splice(&mut pipe),
             )?;
             renames.push((temp.clone(), dst));
             unsynced.push((file, temp.clone()));

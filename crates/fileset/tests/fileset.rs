@@ -165,8 +165,8 @@ fn save_of_many_files_in_several_fsync_batches_round_trips() {
 }
 
 /// The real use: the working set on tmpfs, the permanent set on disk. Save writes the tmpfs
-/// pages with O_DIRECT, load copies in the kernel with sendfile (verbose output names the
-/// way), and the set arrives whole both ways.
+/// pages with O_DIRECT, load reads the disk with O_DIRECT on a reader thread (verbose output
+/// names the way), and the set arrives whole both ways, in both formats.
 #[test]
 fn tmpfs_to_disk_and_back_uses_the_direct_paths() {
     let shm = Path::new("/dev/shm");
@@ -197,9 +197,75 @@ fn tmpfs_to_disk_and_back_uses_the_direct_paths() {
     let back = tmpfs.path().join("back");
     let out = ok(&["-m", "-vvv", "load", s(&d.perm), s(&back)]);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(said.contains("by Sendfile"), "{said}");
+    assert!(said.contains("by DirectRead"), "{said}");
+    assert!(!said.contains("by Sendfile"), "{said}");
     assert_eq!(snapshot(&back), snapshot(&work));
     assert_eq!(snapshot(&d.perm), snapshot(&work));
+
+    // Format 2: the digest is taken on the way in, and a wrong one is still caught.
+    let perm2 = d.root.join("perm2");
+    ok(&["-m", "--format", "2", "save", s(&perm2), s(&work)]);
+    let back2 = tmpfs.path().join("back2");
+    let out = ok(&["-m", "-vvv", "load", s(&perm2), s(&back2)]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("by DirectRead"));
+    assert_eq!(snapshot(&back2), snapshot(&work));
+    // Same size and mtime, one byte different: only the digest can tell.
+    let victim = perm2.join("big.dat");
+    let mut changed = std::fs::read(&victim).unwrap();
+    changed[4_000_000] ^= 1;
+    let mtime = std::fs::metadata(&victim).unwrap().modified().unwrap();
+    std::fs::write(&victim, &changed).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&victim)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let back3 = tmpfs.path().join("back3");
+    let out = run(&["-m", "load", s(&perm2), s(&back3)], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SHA-256"), "{err}");
+    assert!(
+        !back3.join("big.dat").exists(),
+        "a file failing its digest was left in tmpdir"
+    );
+}
+
+/// A permanent set that is itself in memory is copied in the kernel (copy_file_range or
+/// sendfile), without the reader thread (O_DIRECT on tmpfs would be one more copy). With
+/// `-6`, a load from disk is a kernel copy too, in transfers that keep within 64 KiB
+/// boundaries, not the reader thread's 4 MiB reads.
+#[test]
+fn load_from_memory_and_with_dash_6_copies_in_the_kernel() {
+    let shm = Path::new("/dev/shm");
+    let tmpfs = tempfile::tempdir_in(shm).expect("tmpfs at /dev/shm for this test");
+    let perm = tmpfs.path().join("perm");
+    let work = tmpfs.path().join("work");
+    let data: Vec<u8> = (0..300_001u32).map(|i| (i % 253) as u8).collect();
+    write_set(&work, &[("a.dat", &data), ("b.dat", b"b")], 1_600_000_000);
+    ok(&["-m", "save", s(&perm), s(&work)]);
+    let back = tmpfs.path().join("back");
+    let out = ok(&["-m", "-vvv", "load", s(&perm), s(&back)]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("by Sendfile") || said.contains("by CopyFileRange"),
+        "{said}"
+    );
+    assert!(!said.contains("by DirectRead"), "{said}");
+    assert_eq!(snapshot(&back), snapshot(&work));
+
+    let d = dirs();
+    ok(&["save", s(&d.perm), s(&work)]);
+    let back6 = tmpfs.path().join("back6");
+    let out = ok(&["-6", "-m", "-vvv", "load", s(&d.perm), s(&back6)]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("by Sendfile") || said.contains("by CopyFileRange"),
+        "{said}"
+    );
+    assert!(!said.contains("by DirectRead"), "{said}");
+    assert_eq!(snapshot(&back6), snapshot(&work));
 }
 
 #[test]

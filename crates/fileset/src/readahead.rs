@@ -1,0 +1,414 @@
+//! Reading a set from disk for `load`: a reader thread reads each file with `O_DIRECT` into
+//! huge-page buffers — the device fills them, so the CPU copies nothing on the way in and the
+//! page cache gets no second copy of the set — while the caller writes the filled buffers into
+//! tmpfs, the one copy a load cannot avoid. Reading the next piece overlaps writing this one.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+/// Bytes per read: two huge pages, several device requests.
+const PIECE_BYTES: usize = 4 << 20;
+/// Buffers in flight: one being filled, one being written, one waiting.
+const BUFFERS: usize = 3;
+const HUGE_PAGE: usize = 2 << 20;
+/// Alignment `O_DIRECT` needs for offsets, lengths and memory on common devices.
+const DIRECT_ALIGN: u64 = 4096;
+
+/// An anonymous mapping aligned to a huge page and advised to use huge pages where the system
+/// allows (`transparent_hugepage` = `madvise` or `always`): pinning it for a device read then
+/// costs one step per 2 MiB, not per 4 KiB. Zero-filled by the kernel.
+struct PieceBuffer {
+    mapping: NonNull<u8>,
+    mapping_len: usize,
+    start: *mut u8,
+}
+
+// SAFETY: the buffer owns its mapping; it moves between threads whole, used by one at a time.
+unsafe impl Send for PieceBuffer {}
+
+impl PieceBuffer {
+    fn new() -> io::Result<PieceBuffer> {
+        let mapping_len = PIECE_BYTES + HUGE_PAGE;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+        let mapping = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapping_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if mapping == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mapping = NonNull::new(mapping.cast::<u8>()).expect("mmap does not return null");
+        let misalign = mapping.as_ptr() as usize % HUGE_PAGE;
+        let skip = if misalign == 0 {
+            0
+        } else {
+            HUGE_PAGE - misalign
+        };
+        // SAFETY: `skip` < HUGE_PAGE, so `start` .. `start + PIECE_BYTES` lies in the mapping.
+        let start = unsafe { mapping.as_ptr().add(skip) };
+        // A hint only: without huge pages the buffer works the same, a little slower.
+        // SAFETY: the range lies in our mapping.
+        unsafe { libc::madvise(start.cast(), PIECE_BYTES, libc::MADV_HUGEPAGE) };
+        Ok(PieceBuffer {
+            mapping,
+            mapping_len,
+            start,
+        })
+    }
+
+    fn bytes(&self, len: usize) -> &[u8] {
+        // SAFETY: `len` ≤ PIECE_BYTES (the reader never reports more), inside the mapping,
+        // which is initialised (zero-filled, then read into).
+        unsafe { std::slice::from_raw_parts(self.start, len.min(PIECE_BYTES)) }
+    }
+}
+
+impl Drop for PieceBuffer {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping `new` made; nothing refers to it any more.
+        unsafe { libc::munmap(self.mapping.as_ptr().cast(), self.mapping_len) };
+    }
+}
+
+/// What the reader sends for each file, in order: any number of `Data`, then `End` or
+/// `Failed` — exactly one of those two per file.
+enum Piece {
+    Data(PieceBuffer, usize),
+    End,
+    Failed(io::Error),
+}
+
+/// The files of a load being read ahead, in the order given to [`ReadAhead::start`]; each call
+/// of [`ReadAhead::copy_next`] writes the next one out.
+pub struct ReadAhead {
+    pieces: Option<Receiver<Piece>>,
+    free: Option<SyncSender<PieceBuffer>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+/// Whether `dir` is on a file system whose files live in memory (tmpfs, ramfs): `O_DIRECT`
+/// there is an ordinary copy through the page cache, so reading ahead would add a copy that
+/// `sendfile` does not make.
+pub fn in_memory(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // f_type and the libc constant are c_long on some targets and narrower on others.
+    #[allow(clippy::unnecessary_cast)]
+    let (magic, tmpfs) = (st.f_type as i64, libc::TMPFS_MAGIC as i64);
+    magic == tmpfs || magic == RAMFS_MAGIC
+}
+
+impl ReadAhead {
+    /// Start reading `files` on a thread of its own. Fails only when the buffers cannot be
+    /// made (no memory); a file that cannot be read shows as an error from its `copy_next`.
+    pub fn start(files: Vec<PathBuf>) -> io::Result<ReadAhead> {
+        let (free_tx, free_rx) = sync_channel(BUFFERS);
+        for _ in 0..BUFFERS {
+            free_tx
+                .send(PieceBuffer::new()?)
+                .expect("the free list has room for every buffer");
+        }
+        let (piece_tx, piece_rx) = sync_channel(BUFFERS);
+        let reader = std::thread::Builder::new()
+            .name("fileset-read".into())
+            .spawn(move || read_files(&files, &free_rx, &piece_tx))?;
+        Ok(ReadAhead {
+            pieces: Some(piece_rx),
+            free: Some(free_tx),
+            reader: Some(reader),
+        })
+    }
+
+    /// Write the next file's contents to `dst` (from its current position), feeding them to
+    /// `digest` too when given; returns the bytes written. An error names no path: the caller
+    /// knows which file it asked for.
+    pub fn copy_next(
+        &mut self,
+        dst: &mut File,
+        mut digest: Option<&mut sha2::Sha256>,
+    ) -> io::Result<u64> {
+        use sha2::Digest;
+        let (Some(pieces), Some(free)) = (&self.pieces, &self.free) else {
+            return Err(io::Error::other("the reader was stopped"));
+        };
+        let mut total = 0u64;
+        loop {
+            match pieces.recv() {
+                Ok(Piece::Data(buf, len)) => {
+                    let bytes = buf.bytes(len);
+                    dst.write_all(bytes)?;
+                    if let Some(d) = digest.as_deref_mut() {
+                        d.update(bytes);
+                    }
+                    total += bytes.len() as u64;
+                    // The reader may have finished with every file and gone: no one to return to.
+                    let _ = free.send(buf);
+                }
+                Ok(Piece::End) => return Ok(total),
+                Ok(Piece::Failed(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("no more files were asked to be read")),
+            }
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // Closing both channels makes a reader still at work stop at its next send or wait.
+        self.pieces.take();
+        self.free.take();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// The reader thread: every file in order, one `End` or `Failed` each; returns early when the
+/// writer has gone.
+fn read_files(files: &[PathBuf], free: &Receiver<PieceBuffer>, pieces: &SyncSender<Piece>) {
+    // The buffer a file's last read found empty (or failed into) serves the next file: a
+    // buffer dropped here would never come back, and the pipeline would stall for want of it.
+    let mut held = None;
+    for path in files {
+        let last = match read_file(path, free, pieces, &mut held) {
+            Ok(true) => Piece::End,
+            Ok(false) => return,
+            Err(e) => Piece::Failed(e),
+        };
+        if pieces.send(last).is_err() {
+            return;
+        }
+    }
+}
+
+/// Read one file into pieces. `Ok(false)` when the writer has gone. A buffer it takes and
+/// does not send is left in `held`.
+fn read_file(
+    path: &Path,
+    free: &Receiver<PieceBuffer>,
+    pieces: &SyncSender<Piece>,
+    held: &mut Option<PieceBuffer>,
+) -> io::Result<bool> {
+    let (file, mut direct) = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => (f, true),
+        // The file system takes no O_DIRECT: read it through the page cache.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (File::open(path)?, false),
+        Err(e) => return Err(e),
+    };
+    let mut offset = 0u64;
+    loop {
+        let buf = match held.take() {
+            Some(buf) => buf,
+            None => match free.recv() {
+                Ok(buf) => buf,
+                Err(_) => return Ok(false),
+            },
+        };
+        let buf = held.insert(buf);
+        let n = loop {
+            // SAFETY: reading into our own buffer of PIECE_BYTES bytes.
+            let n = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    buf.start.cast(),
+                    PIECE_BYTES,
+                    offset as libc::off_t,
+                )
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // The device wants another alignment than ours: read it the ordinary way.
+                Some(libc::EINVAL) if direct => {
+                    clear_direct(&file)?;
+                    direct = false;
+                }
+                _ => return Err(err),
+            }
+        };
+        if n == 0 {
+            return Ok(true);
+        }
+        if direct && (n as u64) & (DIRECT_ALIGN - 1) != 0 {
+            // Short of a block: the end of the file. Any bytes after it (a file that grows
+            // meanwhile) need an unaligned offset, which only a buffered read takes.
+            clear_direct(&file)?;
+            direct = false;
+        }
+        let buf = held.take().expect("the buffer was just put there");
+        offset += n as u64;
+        if pieces.send(Piece::Data(buf, n)).is_err() {
+            return Ok(false);
+        }
+    }
+}
+
+fn clear_direct(file: &File) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    /// Runs `body` and fails the test when it does not finish in a minute: a lost buffer or a
+    /// reader that never ends shows as a stall, which a plain test would wait on for ever.
+    fn within_a_minute(body: impl FnOnce() + Send + 'static) {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            body();
+            let _ = done_tx.send(());
+        });
+        match done_rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(()) => worker.join().unwrap(),
+            // The body panicked: join to pass its message on.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => worker.join().unwrap(),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("stalled for a minute"),
+        }
+    }
+
+    fn content(len: usize, seed: u32) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn copies_every_size_exactly_and_in_order() {
+        within_a_minute(|| {
+            let d = tempfile::tempdir().unwrap();
+            let sizes = [
+                0,
+                1,
+                4095,
+                4096,
+                4097,
+                PIECE_BYTES - 1,
+                PIECE_BYTES,
+                PIECE_BYTES + 1,
+                3 * PIECE_BYTES + 12_345,
+            ];
+            let mut paths = Vec::new();
+            for (i, size) in sizes.iter().enumerate() {
+                let p = d.path().join(format!("f{i}"));
+                std::fs::write(&p, content(*size, i as u32)).unwrap();
+                paths.push(p);
+            }
+            let mut ahead = ReadAhead::start(paths).unwrap();
+            for (i, size) in sizes.iter().enumerate() {
+                let out = d.path().join(format!("out{i}"));
+                let mut dst = File::create(&out).unwrap();
+                let mut digest = Sha256::new();
+                let n = ahead.copy_next(&mut dst, Some(&mut digest)).unwrap();
+                assert_eq!(n, *size as u64, "file {i}");
+                let want = content(*size, i as u32);
+                assert_eq!(std::fs::read(&out).unwrap(), want, "file {i}");
+                assert_eq!(digest.finalize()[..], Sha256::digest(&want)[..], "file {i}");
+            }
+            assert!(ahead
+                .copy_next(&mut File::create(d.path().join("extra")).unwrap(), None)
+                .is_err());
+        });
+    }
+
+    #[test]
+    fn many_empty_and_failing_files_do_not_use_up_the_buffers() {
+        within_a_minute(|| {
+            let d = tempfile::tempdir().unwrap();
+            let mut files = Vec::new();
+            for i in 0..(4 * BUFFERS) {
+                let p = d.path().join(format!("f{i}"));
+                match i % 3 {
+                    0 => std::fs::write(&p, b"").unwrap(),
+                    1 => {} // missing
+                    _ => std::fs::write(&p, content(5000, i as u32)).unwrap(),
+                }
+                files.push(p);
+            }
+            let mut ahead = ReadAhead::start(files).unwrap();
+            let mut sink = File::create(d.path().join("out")).unwrap();
+            for i in 0..(4 * BUFFERS) {
+                let got = ahead.copy_next(&mut sink, None);
+                match i % 3 {
+                    0 => assert_eq!(got.unwrap(), 0, "file {i}"),
+                    1 => assert!(got.is_err(), "file {i}"),
+                    _ => assert_eq!(got.unwrap(), 5000, "file {i}"),
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn an_unreadable_file_fails_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let good = d.path().join("good");
+        std::fs::write(&good, b"fine").unwrap();
+        let files = vec![d.path().join("missing"), good];
+        let mut ahead = ReadAhead::start(files).unwrap();
+        let mut sink = File::create(d.path().join("out")).unwrap();
+        let err = ahead.copy_next(&mut sink, None).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert_eq!(ahead.copy_next(&mut sink, None).unwrap(), 4);
+    }
+
+    #[test]
+    fn stopping_half_way_ends_the_reader() {
+        within_a_minute(|| {
+            let d = tempfile::tempdir().unwrap();
+            let mut files = Vec::new();
+            for i in 0..8 {
+                let p = d.path().join(format!("f{i}"));
+                std::fs::write(&p, content(2 * PIECE_BYTES, i)).unwrap();
+                files.push(p);
+            }
+            let mut ahead = ReadAhead::start(files).unwrap();
+            let mut sink = File::create(d.path().join("out")).unwrap();
+            ahead.copy_next(&mut sink, None).unwrap();
+            // Dropping joins the reader thread: the test hangs if the reader waits forever.
+            drop(ahead);
+        });
+    }
+
+    #[test]
+    fn tmpfs_is_told_from_disk() {
+        if Path::new("/dev/shm").is_dir() {
+            assert!(in_memory(Path::new("/dev/shm")));
+        }
+        assert!(!in_memory(Path::new("/proc/self")));
+    }
+}
