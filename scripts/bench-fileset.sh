@@ -7,6 +7,13 @@
 #   PIPE_MAX_SIZE=16777216 scripts/bench-fileset.sh
 #       # as root: raise /proc/sys/fs/pipe-max-size for the run (put back at the end), so
 #       # fileset gets the 16 MiB pipes that root with CAP_SYS_RESOURCE gets on a normal server
+#   TMPFS_HUGE=within_size scripts/bench-fileset.sh
+#       # as root: the working directory on a tmpfs of its own mounted with huge=within_size
+#       # (transparent huge pages for its files), unmounted at the end; all contenders use it
+#   NO_PAGE_REPORTING=1 scripts/bench-fileset.sh
+#       # as root in a VM with free-page reporting (virtio-balloon): stop the guest handing
+#       # freed memory back to the host for the run, and touch the free memory once first, so
+#       # no contender pays host faults for pages another one freed (see docs/PERFORMANCE.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILES=${FILES:-200}
@@ -17,10 +24,37 @@ DISK=${BENCH_DIR:-/tmp/fileset-bench}
 
 cargo build --release --quiet -p fileset
 PIPE_MAX=/proc/sys/fs/pipe-max-size
+old_pipe_max=$(cat "$PIPE_MAX")
+huge_mount=""
+REPORTING=/sys/module/page_reporting/parameters/page_reporting_order
+old_reporting=""
+# Puts back what the run changed on the machine, however it ends.
+restore() {
+    [ -n "${PIPE_MAX_SIZE:-}" ] && echo "$old_pipe_max" > "$PIPE_MAX"
+    [ -n "$old_reporting" ] && echo "$old_reporting" > "$REPORTING"
+    if [ -n "$huge_mount" ]; then
+        umount "$huge_mount" && rmdir "$huge_mount"
+    fi
+    return 0
+}
+trap restore EXIT
 if [ -n "${PIPE_MAX_SIZE:-}" ]; then
-    old_pipe_max=$(cat "$PIPE_MAX")
-    trap 'echo "$old_pipe_max" > "$PIPE_MAX"' EXIT
     echo "$PIPE_MAX_SIZE" > "$PIPE_MAX"
+fi
+if [ -n "${NO_PAGE_REPORTING:-}" ]; then
+    [ -w "$REPORTING" ] || { echo "bench-fileset: no writable $REPORTING" >&2; exit 1; }
+    old_reporting=$(cat "$REPORTING")
+    # Only free blocks of this order or larger are reported; none is that large.
+    echo 11 > "$REPORTING"
+    # Every free page once, through tmpfs, leaving 1 GiB: handed back pages come home now.
+    warm_mb=$(( $(awk '/MemAvailable/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
+    head -c "${warm_mb}M" /dev/zero > /dev/shm/fileset-bench-warm || true
+    rm -f /dev/shm/fileset-bench-warm
+fi
+if [ -n "${TMPFS_HUGE:-}" ]; then
+    huge_mount=$(mktemp -d /tmp/fileset-bench-tmpfs.XXXXXX)
+    mount -t tmpfs -o "huge=$TMPFS_HUGE,size=$((4 * FILES * SIZE + (64 << 20)))" tmpfs "$huge_mount"
+    TMPFS=$huge_mount/fileset-bench
 fi
 FS=target/release/fileset
 RW="target/release/fileset-bench rwcopy"
@@ -94,7 +128,7 @@ write_size() {
     head -c 4096 /dev/urandom > "$TMPFS/probe/one.dat"
     "$FS" -m -vvv save "$DISK/probe" "$TMPFS/probe" | sed -n 's/^O_DIRECT writes of up to //p'
 }
-echo "## fileset: $FILES files of $SIZE bytes, $(nproc) cores, median of $RUNS runs ($(date -u +%Y-%m-%d)); loads from a cold cache: $COLD; pipe-max-size $(cat "$PIPE_MAX"); O_DIRECT writes of up to $(write_size)"
+echo "## fileset: $FILES files of $SIZE bytes, $(nproc) cores, median of $RUNS runs ($(date -u +%Y-%m-%d)); loads from a cold cache: $COLD; pipe-max-size $(cat "$PIPE_MAX"); tmpfs huge=${TMPFS_HUGE:-never, /dev/shm}; free-page reporting held: ${NO_PAGE_REPORTING:-no}; O_DIRECT writes of up to $(write_size)"
 python3 - "$results" "$FILES" "$SIZE" <<'PY'
 import statistics, sys
 rows = {}

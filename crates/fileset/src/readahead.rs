@@ -219,8 +219,18 @@ fn read_file(
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (File::open(path)?, false),
         Err(e) => return Err(e),
     };
+    // Reads stop at the size the file had when opened, rounded up to a block: a direct read
+    // past the end fills the rest of the buffer with zeros, a copy for nothing. A file that
+    // grew meanwhile is still read whole: reading on past that size finds its new end.
+    let size_at_open = file.metadata()?.len();
     let mut offset = 0u64;
     loop {
+        let want = if offset < size_at_open {
+            let rest = (size_at_open - offset).next_multiple_of(DIRECT_ALIGN);
+            rest.min(PIECE_BYTES as u64) as usize
+        } else {
+            PIECE_BYTES
+        };
         let buf = match held.take() {
             Some(buf) => buf,
             None => match free.recv() {
@@ -235,7 +245,7 @@ fn read_file(
                 libc::pread(
                     file.as_raw_fd(),
                     buf.start.cast(),
-                    PIECE_BYTES,
+                    want,
                     offset as libc::off_t,
                 )
             };
