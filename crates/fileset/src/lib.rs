@@ -422,7 +422,7 @@ enum Via<'a> {
 
 /// Copy `src` to a temporary name next to `dst` and give it `mtime` and `mode`; returns the
 /// temporary path, the byte count and the file, still open and not yet fsynced (the caller
-/// fsyncs, alone or in a batch).
+/// fsyncs, alone or in a batch). On failure the temporary file is removed again.
 fn copy_to_temp(
     src: &Path,
     dst: &Path,
@@ -432,26 +432,47 @@ fn copy_to_temp(
     via: Via,
 ) -> Result<(PathBuf, u64, File)> {
     let temp = temp_path(dst);
+    match fill_temp(src, &temp, mtime, mode, opts, via) {
+        Ok((n, file)) => Ok((temp, n, file)),
+        Err(e) => {
+            // Nothing half-copied stays behind (a full tmpfs most of all).
+            let _ = fs::remove_file(&temp);
+            Err(e)
+        }
+    }
+}
+
+fn fill_temp(
+    src: &Path,
+    temp: &Path,
+    mtime: (i64, u32),
+    mode: u32,
+    opts: &Options,
+    via: Via,
+) -> Result<(u64, File)> {
     let create = || {
         OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(mode)
-            .open(&temp)
-            .map_err(io_err(&temp))
+            .open(temp)
+            .map_err(io_err(temp))
     };
     let (to, n, method) = match via {
         Via::ReadAhead(ahead, digest) => {
             let mut to = create()?;
-            let n = ahead.copy_next(&mut to, digest).map_err(io_err(src))?;
+            let n = ahead.copy_next(&mut to, digest).map_err(|e| match e {
+                readahead::CopyFailure::Reading(e) => io_err(src)(e),
+                readahead::CopyFailure::Writing(e) => io_err(temp)(e),
+            })?;
             (to, n, copy::Method::DirectRead)
         }
         Via::Splice(pipe) => {
             let from = File::open(src).map_err(io_err(src))?;
             let direct = match pipe {
                 Some(p) if !opts.boundary_64k => {
-                    copy::copy_direct_by_splice(&from, &temp, mode, p).map_err(io_err(&temp))?
+                    copy::copy_direct_by_splice(&from, temp, mode, p).map_err(io_err(temp))?
                 }
                 _ => None,
             };
@@ -459,27 +480,38 @@ fn copy_to_temp(
                 Some((to, n)) => (to, n, copy::Method::DirectSplice),
                 None => {
                     *pipe = None;
-                    kernel_copy(from, create()?, src, opts)?
+                    kernel_copy(from, create()?, src, temp, opts)?
                 }
             }
         }
-        Via::Kernel => kernel_copy(File::open(src).map_err(io_err(src))?, create()?, src, opts)?,
+        Via::Kernel => {
+            let from = File::open(src).map_err(io_err(src))?;
+            kernel_copy(from, create()?, src, temp, opts)?
+        }
     };
     to.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_err(&temp))?;
-    set_mtime(&to, mtime.0, mtime.1, &temp)?;
+        .map_err(io_err(temp))?;
+    set_mtime(&to, mtime.0, mtime.1, temp)?;
     opts.say(3, || format!("  {n} bytes by {method:?}"));
-    Ok((temp, n, to))
+    Ok((n, to))
 }
 
+/// A copy in the kernel (or the read/write loop). Its error does not say which side failed;
+/// the errors only a destination gives (full, over quota, too large) are reported with the
+/// destination's path, the rest with the source's.
 fn kernel_copy(
     mut from: File,
     mut to: File,
     src: &Path,
+    temp: &Path,
     opts: &Options,
 ) -> Result<(File, u64, copy::Method)> {
-    let (n, method) =
-        copy::copy_contents(&mut from, &mut to, opts.boundary_64k).map_err(io_err(src))?;
+    let (n, method) = copy::copy_contents(&mut from, &mut to, opts.boundary_64k).map_err(|e| {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => io_err(temp)(e),
+            _ => io_err(src)(e),
+        }
+    })?;
     Ok((to, n, method))
 }
 

@@ -90,6 +90,14 @@ enum Piece {
     Failed(io::Error),
 }
 
+/// Which side of [`ReadAhead::copy_next`] failed: the source file (opening or reading it) or
+/// the destination (writing it).
+#[derive(Debug)]
+pub enum CopyFailure {
+    Reading(io::Error),
+    Writing(io::Error),
+}
+
 /// The files of a load being read ahead, in the order given to [`ReadAhead::start`]; each call
 /// of [`ReadAhead::copy_next`] writes the next one out.
 pub struct ReadAhead {
@@ -146,27 +154,48 @@ impl ReadAhead {
         &mut self,
         dst: &mut File,
         mut digest: Option<&mut sha2::Sha256>,
-    ) -> io::Result<u64> {
+    ) -> Result<u64, CopyFailure> {
         use sha2::Digest;
         let (Some(pieces), Some(free)) = (&self.pieces, &self.free) else {
-            return Err(io::Error::other("the reader was stopped"));
+            return Err(CopyFailure::Reading(io::Error::other(
+                "the reader was stopped",
+            )));
         };
         let mut total = 0u64;
+        let mut write_error = None;
         loop {
             match pieces.recv() {
                 Ok(Piece::Data(buf, len)) => {
                     let bytes = buf.bytes(len);
-                    dst.write_all(bytes)?;
-                    if let Some(d) = digest.as_deref_mut() {
-                        d.update(bytes);
+                    // After a failed write the rest of the file is only taken off the channel,
+                    // so the next call starts at the next file.
+                    if write_error.is_none() {
+                        match dst.write_all(bytes) {
+                            Ok(()) => {
+                                if let Some(d) = digest.as_deref_mut() {
+                                    d.update(bytes);
+                                }
+                                total += bytes.len() as u64;
+                            }
+                            Err(e) => write_error = Some(e),
+                        }
                     }
-                    total += bytes.len() as u64;
-                    // The reader may have finished with every file and gone: no one to return to.
+                    // Every buffer goes back, or the reader would run out of them. The reader
+                    // may have finished with every file and gone: no one to return it to.
                     let _ = free.send(buf);
                 }
-                Ok(Piece::End) => return Ok(total),
-                Ok(Piece::Failed(e)) => return Err(e),
-                Err(_) => return Err(io::Error::other("no more files were asked to be read")),
+                Ok(Piece::End) => {
+                    return match write_error {
+                        None => Ok(total),
+                        Some(e) => Err(CopyFailure::Writing(e)),
+                    }
+                }
+                Ok(Piece::Failed(e)) => return Err(CopyFailure::Reading(e)),
+                Err(_) => {
+                    return Err(CopyFailure::Reading(io::Error::other(
+                        "no more files were asked to be read",
+                    )))
+                }
             }
         }
     }
@@ -384,6 +413,41 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_skips_to_the_next_file() {
+        within_a_minute(|| {
+            let d = tempfile::tempdir().unwrap();
+            let mut files = Vec::new();
+            for i in 0..(2 * BUFFERS) {
+                let p = d.path().join(format!("f{i}"));
+                std::fs::write(&p, content(3 * PIECE_BYTES, i as u32)).unwrap();
+                files.push(p);
+            }
+            let mut ahead = ReadAhead::start(files).unwrap();
+            for i in 0..(2 * BUFFERS) {
+                let out = d.path().join(format!("out{i}"));
+                std::fs::write(&out, b"").unwrap();
+                if i % 2 == 0 {
+                    // Opened read-only: every write fails.
+                    let mut read_only = File::open(&out).unwrap();
+                    match ahead.copy_next(&mut read_only, None) {
+                        Err(CopyFailure::Writing(_)) => {}
+                        other => panic!("file {i}: {other:?}"),
+                    }
+                } else {
+                    let mut dst = File::create(&out).unwrap();
+                    let n = ahead.copy_next(&mut dst, None).unwrap();
+                    assert_eq!(n, 3 * PIECE_BYTES as u64, "file {i}");
+                    assert_eq!(
+                        std::fs::read(&out).unwrap(),
+                        content(3 * PIECE_BYTES, i as u32),
+                        "file {i}"
+                    );
+                }
+            }
+        });
+    }
+
+    #[test]
     fn an_unreadable_file_fails_alone() {
         let d = tempfile::tempdir().unwrap();
         let good = d.path().join("good");
@@ -391,8 +455,10 @@ mod tests {
         let files = vec![d.path().join("missing"), good];
         let mut ahead = ReadAhead::start(files).unwrap();
         let mut sink = File::create(d.path().join("out")).unwrap();
-        let err = ahead.copy_next(&mut sink, None).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        match ahead.copy_next(&mut sink, None) {
+            Err(CopyFailure::Reading(e)) => assert_eq!(e.kind(), io::ErrorKind::NotFound),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(ahead.copy_next(&mut sink, None).unwrap(), 4);
     }
 

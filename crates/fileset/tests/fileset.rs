@@ -757,3 +757,67 @@ fn full_disk_during_save_keeps_the_old_set() {
     ok(&["-m", "load", s(&perm), s(&loaded)]);
     assert_eq!(snapshot(&loaded), old_set);
 }
+
+/// tmpdir fills up in the middle of a load read from disk (the reader-thread path): the load
+/// fails with exit 1 naming the cause, ends (the reader thread stops with it), and leaves no
+/// file of the set — whole or partial — in tmpdir.
+#[test]
+fn full_tmpfs_during_load_leaves_nothing_behind() {
+    let d = dirs();
+    let small = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs", s(small.path())])
+        .output();
+    match &mounted {
+        Ok(o) if o.status.success() => {}
+        other => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "mounting a small tmpfs failed under CI: {other:?}"
+            );
+            eprintln!("skipped: mounting a small tmpfs failed (needs root): {other:?}");
+            return;
+        }
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.path());
+    let files: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i + 1; 1_000_000]).collect();
+    write_set(
+        &d.tmp,
+        &[
+            ("a.dat", &files[0]),
+            ("b.dat", &files[1]),
+            ("c.dat", &files[2]),
+        ],
+        1_600_000_000,
+    );
+    ok(&["-m", "save", s(&d.perm), s(&d.tmp)]);
+    // The reader-thread path, then (-6) the kernel-copy path.
+    for (args, way) in [
+        (&["-vvv"][..], "by DirectRead"),
+        (&["-vvv", "-6"][..], "by Sendfile"),
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["load", s(&d.perm), s(small.path())]);
+        let out = run(&args, &[]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        // The message names the file system that is full: tmpdir's, not the source's.
+        assert!(said.contains("No space left on device"), "{said}");
+        assert!(said.contains(s(small.path())), "{said}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(way),
+            "the load did not copy {way}"
+        );
+        let left: Vec<_> = std::fs::read_dir(small.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{way}: left in tmpdir: {left:?}");
+    }
+}
