@@ -240,8 +240,8 @@ impl SplicePipe {
     }
 }
 
-/// Turn `O_DIRECT` off on an open file (for the unaligned tail, and for the caller).
-fn clear_direct(file: &File) -> io::Result<()> {
+/// Turn `O_DIRECT` off on an open file (for an unaligned tail, and for the caller).
+pub(crate) fn clear_direct(file: &File) -> io::Result<()> {
     let fd = file.as_raw_fd();
     // SAFETY: fcntl on a descriptor the caller owns.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };

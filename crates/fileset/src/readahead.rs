@@ -12,6 +12,8 @@ use std::ptr::NonNull;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
+use crate::copy::clear_direct;
+
 /// Bytes per read: two huge pages, several device requests.
 const PIECE_BYTES: usize = 4 << 20;
 /// Buffers in flight: one being filled, one being written, one waiting.
@@ -309,17 +311,6 @@ fn read_file(
     }
 }
 
-fn clear_direct(file: &File) -> io::Result<()> {
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +330,24 @@ mod tests {
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => worker.join().unwrap(),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("stalled for a minute"),
         }
+    }
+
+    /// Files `f0`, `f1`, … in `dir`, with the sizes `size_of(i)` gives (`None`: no file, only
+    /// its path), filled with [`content`] seeded by the index.
+    fn make_files(
+        dir: &Path,
+        count: usize,
+        size_of: impl Fn(usize) -> Option<usize>,
+    ) -> Vec<PathBuf> {
+        (0..count)
+            .map(|i| {
+                let p = dir.join(format!("f{i}"));
+                if let Some(size) = size_of(i) {
+                    std::fs::write(&p, content(size, i as u32)).unwrap();
+                }
+                p
+            })
+            .collect()
     }
 
     fn content(len: usize, seed: u32) -> Vec<u8> {
@@ -362,12 +371,7 @@ mod tests {
                 PIECE_BYTES + 1,
                 3 * PIECE_BYTES + 12_345,
             ];
-            let mut paths = Vec::new();
-            for (i, size) in sizes.iter().enumerate() {
-                let p = d.path().join(format!("f{i}"));
-                std::fs::write(&p, content(*size, i as u32)).unwrap();
-                paths.push(p);
-            }
+            let paths = make_files(d.path(), sizes.len(), |i| Some(sizes[i]));
             let mut ahead = ReadAhead::start(paths).unwrap();
             for (i, size) in sizes.iter().enumerate() {
                 let out = d.path().join(format!("out{i}"));
@@ -389,16 +393,10 @@ mod tests {
     fn many_empty_and_failing_files_do_not_use_up_the_buffers() {
         within_a_minute(|| {
             let d = tempfile::tempdir().unwrap();
-            let mut files = Vec::new();
-            for i in 0..(4 * BUFFERS) {
-                let p = d.path().join(format!("f{i}"));
-                match i % 3 {
-                    0 => std::fs::write(&p, b"").unwrap(),
-                    1 => {} // missing
-                    _ => std::fs::write(&p, content(5000, i as u32)).unwrap(),
-                }
-                files.push(p);
-            }
+            // Empty, missing, 5000 bytes, empty, ….
+            let files = make_files(d.path(), 4 * BUFFERS, |i| {
+                [Some(0), None, Some(5000)][i % 3]
+            });
             let mut ahead = ReadAhead::start(files).unwrap();
             let mut sink = File::create(d.path().join("out")).unwrap();
             for i in 0..(4 * BUFFERS) {
@@ -416,12 +414,7 @@ mod tests {
     fn a_failed_write_skips_to_the_next_file() {
         within_a_minute(|| {
             let d = tempfile::tempdir().unwrap();
-            let mut files = Vec::new();
-            for i in 0..(2 * BUFFERS) {
-                let p = d.path().join(format!("f{i}"));
-                std::fs::write(&p, content(3 * PIECE_BYTES, i as u32)).unwrap();
-                files.push(p);
-            }
+            let files = make_files(d.path(), 2 * BUFFERS, |_| Some(3 * PIECE_BYTES));
             let mut ahead = ReadAhead::start(files).unwrap();
             for i in 0..(2 * BUFFERS) {
                 let out = d.path().join(format!("out{i}"));
@@ -466,12 +459,7 @@ mod tests {
     fn stopping_half_way_ends_the_reader() {
         within_a_minute(|| {
             let d = tempfile::tempdir().unwrap();
-            let mut files = Vec::new();
-            for i in 0..8 {
-                let p = d.path().join(format!("f{i}"));
-                std::fs::write(&p, content(2 * PIECE_BYTES, i)).unwrap();
-                files.push(p);
-            }
+            let files = make_files(d.path(), 8, |_| Some(2 * PIECE_BYTES));
             let mut ahead = ReadAhead::start(files).unwrap();
             let mut sink = File::create(d.path().join("out")).unwrap();
             ahead.copy_next(&mut sink, None).unwrap();

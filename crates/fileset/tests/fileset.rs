@@ -232,6 +232,17 @@ fn tmpfs_to_disk_and_back_uses_the_direct_paths() {
     );
 }
 
+/// `-vvv` output of a load that took copy_file_range or sendfile for every file, never the
+/// reader thread.
+fn assert_copied_in_the_kernel(out: &Output) {
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("by Sendfile") || said.contains("by CopyFileRange"),
+        "{said}"
+    );
+    assert!(!said.contains("by DirectRead"), "{said}");
+}
+
 /// A permanent set that is itself in memory is copied in the kernel (copy_file_range or
 /// sendfile), without the reader thread (O_DIRECT on tmpfs would be one more copy). With
 /// `-6`, a load from disk is a kernel copy too, in transfers that keep within 64 KiB
@@ -247,24 +258,14 @@ fn load_from_memory_and_with_dash_6_copies_in_the_kernel() {
     ok(&["-m", "save", s(&perm), s(&work)]);
     let back = tmpfs.path().join("back");
     let out = ok(&["-m", "-vvv", "load", s(&perm), s(&back)]);
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        said.contains("by Sendfile") || said.contains("by CopyFileRange"),
-        "{said}"
-    );
-    assert!(!said.contains("by DirectRead"), "{said}");
+    assert_copied_in_the_kernel(&out);
     assert_eq!(snapshot(&back), snapshot(&work));
 
     let d = dirs();
     ok(&["save", s(&d.perm), s(&work)]);
     let back6 = tmpfs.path().join("back6");
     let out = ok(&["-6", "-m", "-vvv", "load", s(&d.perm), s(&back6)]);
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        said.contains("by Sendfile") || said.contains("by CopyFileRange"),
-        "{said}"
-    );
-    assert!(!said.contains("by DirectRead"), "{said}");
+    assert_copied_in_the_kernel(&out);
     assert_eq!(snapshot(&back6), snapshot(&work));
 }
 
