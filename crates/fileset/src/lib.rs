@@ -587,7 +587,8 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
             }
             let mode = fs::metadata(&src).map_err(io_err(&src))?.mode() & 0o7777;
             opts.say(1, || format!("load {} ({} bytes)", e.name, e.size));
-            let mut digest = (check.version >= 2).then(Sha256::new);
+            // Read ahead, a version-2 file is hashed on the way in.
+            let mut digest = (check.version >= 2 && ahead.is_some()).then(Sha256::new);
             let via = match &mut ahead {
                 Some(a) => Via::ReadAhead(a, digest.as_mut()),
                 None => Via::Kernel,
@@ -603,10 +604,9 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
                 });
             }
             if check.version >= 2 {
-                // Hashed on the way in when read ahead; else read back from tmpdir.
-                let got: [u8; 32] = match (digest, &ahead) {
-                    (Some(d), Some(_)) => d.finalize().into(),
-                    _ => sha256_of(&temp)?,
+                let got: [u8; 32] = match digest {
+                    Some(d) => d.finalize().into(),
+                    None => sha256_of(&temp)?,
                 };
                 if got != e.sha256 {
                     return Err(FilesetError::Digest(src.clone()));

@@ -209,25 +209,31 @@ fn tmpfs_to_disk_and_back_uses_the_direct_paths() {
     let out = ok(&["-m", "-vvv", "load", s(&perm2), s(&back2)]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("by DirectRead"));
     assert_eq!(snapshot(&back2), snapshot(&work));
-    // Same size and mtime, one byte different: only the digest can tell.
-    let victim = perm2.join("big.dat");
-    let mut changed = std::fs::read(&victim).unwrap();
-    changed[4_000_000] ^= 1;
-    let mtime = std::fs::metadata(&victim).unwrap().modified().unwrap();
-    std::fs::write(&victim, &changed).unwrap();
+    flip_a_byte_keeping_size_and_mtime(&perm2.join("big.dat"), 4_000_000);
+    assert_load_fails_on_the_digest(&perm2, &tmpfs.path().join("back3"), "big.dat");
+}
+
+/// Changes one byte of `path` and puts its mtime back: only a SHA-256 can tell.
+fn flip_a_byte_keeping_size_and_mtime(path: &Path, at: usize) {
+    let mut changed = std::fs::read(path).unwrap();
+    changed[at] ^= 1;
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+    std::fs::write(path, &changed).unwrap();
     std::fs::File::options()
         .write(true)
-        .open(&victim)
+        .open(path)
         .unwrap()
         .set_modified(mtime)
         .unwrap();
-    let back3 = tmpfs.path().join("back3");
-    let out = run(&["-m", "load", s(&perm2), s(&back3)], &[]);
-    assert!(!out.status.success());
+}
+
+fn assert_load_fails_on_the_digest(perm: &Path, tmpdir: &Path, name: &str) {
+    let out = run(&["-m", "load", s(perm), s(tmpdir)], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{err}");
     assert!(err.contains("SHA-256"), "{err}");
     assert!(
-        !back3.join("big.dat").exists(),
+        !tmpdir.join(name).exists(),
         "a file failing its digest was left in tmpdir"
     );
 }
@@ -260,6 +266,14 @@ fn load_from_memory_and_with_dash_6_copies_in_the_kernel() {
     let out = ok(&["-m", "-vvv", "load", s(&perm), s(&back)]);
     assert_copied_in_the_kernel(&out);
     assert_eq!(snapshot(&back), snapshot(&work));
+    // Format 2 this way: the digest is taken from the loaded copy, and a wrong one is caught.
+    let perm2 = tmpfs.path().join("perm2");
+    ok(&["-m", "--format", "2", "save", s(&perm2), s(&work)]);
+    let back2 = tmpfs.path().join("back2");
+    assert_copied_in_the_kernel(&ok(&["-m", "-vvv", "load", s(&perm2), s(&back2)]));
+    assert_eq!(snapshot(&back2), snapshot(&work));
+    flip_a_byte_keeping_size_and_mtime(&perm2.join("a.dat"), 1234);
+    assert_load_fails_on_the_digest(&perm2, &tmpfs.path().join("back3"), "a.dat");
 
     let d = dirs();
     ok(&["save", s(&d.perm), s(&work)]);
@@ -294,15 +308,7 @@ fn format_2_keeps_nanoseconds_paths_and_long_names() {
     );
     assert_eq!(std::fs::read(loaded.join(&long)).unwrap(), b"long");
     // Same size and mtime but other contents: only format 2 notices (SHA-256).
-    let victim = d.perm.join("sub/deeper/x.dat");
-    let meta = std::fs::metadata(&victim).unwrap();
-    std::fs::write(&victim, b"NESTED").unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&victim)
-        .unwrap()
-        .set_modified(meta.modified().unwrap())
-        .unwrap();
+    flip_a_byte_keeping_size_and_mtime(&d.perm.join("sub/deeper/x.dat"), 0);
     let out = run(&["test", s(&d.perm)], &[]);
     assert_eq!(
         out.status.code(),
