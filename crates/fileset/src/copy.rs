@@ -110,7 +110,7 @@ fn read_write(src: &mut File, dst: &mut File, boundary_64k: bool) -> io::Result<
 }
 
 /// Alignment `O_DIRECT` needs for offsets, lengths and memory on common devices.
-const DIRECT_ALIGN: u64 = 4096;
+pub(crate) const DIRECT_ALIGN: u64 = 4096;
 
 /// One `splice(2)` from `from` to `to` (each a descriptor and, for a file, its offset, which
 /// the kernel advances). `Ok(Some(n))`: `n` bytes moved; `Ok(None)`: the kernel refuses this

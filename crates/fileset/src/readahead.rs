@@ -12,15 +12,13 @@ use std::ptr::NonNull;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-use crate::copy::clear_direct;
+use crate::copy::{clear_direct, DIRECT_ALIGN};
 
 /// Bytes per read: two huge pages, several device requests.
 const PIECE_BYTES: usize = 4 << 20;
 /// Buffers in flight: one being filled, one being written, one waiting.
 const BUFFERS: usize = 3;
 const HUGE_PAGE: usize = 2 << 20;
-/// Alignment `O_DIRECT` needs for offsets, lengths and memory on common devices.
-const DIRECT_ALIGN: u64 = 4096;
 
 /// An anonymous mapping aligned to a huge page and advised to use huge pages where the system
 /// allows (`transparent_hugepage` = `madvise` or `always`): pinning it for a device read then
@@ -52,12 +50,7 @@ impl PieceBuffer {
             return Err(io::Error::last_os_error());
         }
         let mapping = NonNull::new(mapping.cast::<u8>()).expect("mmap does not return null");
-        let misalign = mapping.as_ptr() as usize % HUGE_PAGE;
-        let skip = if misalign == 0 {
-            0
-        } else {
-            HUGE_PAGE - misalign
-        };
+        let skip = mapping.as_ptr().align_offset(HUGE_PAGE);
         // SAFETY: `skip` < HUGE_PAGE, so `start` .. `start + PIECE_BYTES` lies in the mapping.
         let start = unsafe { mapping.as_ptr().add(skip) };
         // A hint only: without huge pages the buffer works the same, a little slower.
@@ -103,9 +96,22 @@ pub enum CopyFailure {
 /// The files of a load being read ahead, in the order given to [`ReadAhead::start`]; each call
 /// of [`ReadAhead::copy_next`] writes the next one out.
 pub struct ReadAhead {
-    pieces: Option<Receiver<Piece>>,
-    free: Option<SyncSender<PieceBuffer>>,
-    reader: Option<JoinHandle<()>>,
+    // Fields drop in this order: closing both channels first makes a reader still at work
+    // stop at its next send or wait, so the join that follows does not wait for ever.
+    pieces: Receiver<Piece>,
+    free: SyncSender<PieceBuffer>,
+    _reader: JoinOnDrop,
+}
+
+/// Joins the reader thread when dropped, after the channels (see [`ReadAhead`]).
+struct JoinOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for JoinOnDrop {
+    fn drop(&mut self) {
+        if let Some(reader) = self.0.take() {
+            let _ = reader.join();
+        }
+    }
 }
 
 /// Whether `dir` is on a file system whose files live in memory (tmpfs, ramfs): `O_DIRECT`
@@ -143,9 +149,9 @@ impl ReadAhead {
             .name("fileset-read".into())
             .spawn(move || read_files(&files, &free_rx, &piece_tx))?;
         Ok(ReadAhead {
-            pieces: Some(piece_rx),
-            free: Some(free_tx),
-            reader: Some(reader),
+            pieces: piece_rx,
+            free: free_tx,
+            _reader: JoinOnDrop(Some(reader)),
         })
     }
 
@@ -158,11 +164,7 @@ impl ReadAhead {
         mut digest: Option<&mut sha2::Sha256>,
     ) -> Result<u64, CopyFailure> {
         use sha2::Digest;
-        let (Some(pieces), Some(free)) = (&self.pieces, &self.free) else {
-            return Err(CopyFailure::Reading(io::Error::other(
-                "the reader was stopped",
-            )));
-        };
+        let (pieces, free) = (&self.pieces, &self.free);
         let mut total = 0u64;
         let mut write_error = None;
         loop {
@@ -199,17 +201,6 @@ impl ReadAhead {
                     )))
                 }
             }
-        }
-    }
-}
-
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        // Closing both channels makes a reader still at work stop at its next send or wait.
-        self.pieces.take();
-        self.free.take();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
         }
     }
 }
@@ -269,46 +260,64 @@ fn read_file(
                 Err(_) => return Ok(false),
             },
         };
-        let buf = held.insert(buf);
-        let n = loop {
-            // SAFETY: reading into our own buffer of PIECE_BYTES bytes.
-            let n = unsafe {
-                libc::pread(
-                    file.as_raw_fd(),
-                    buf.start.cast(),
-                    want,
-                    offset as libc::off_t,
-                )
-            };
-            if n >= 0 {
-                break n as usize;
+        let n = match read_piece(&file, &buf, want, offset, &mut direct) {
+            Ok(0) => {
+                *held = Some(buf);
+                return Ok(true);
             }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                // The device wants another alignment than ours: read it the ordinary way.
-                Some(libc::EINVAL) if direct => {
-                    clear_direct(&file)?;
-                    direct = false;
-                }
-                _ => return Err(err),
+            Ok(n) => n,
+            Err(e) => {
+                *held = Some(buf);
+                return Err(e);
             }
         };
-        if n == 0 {
-            return Ok(true);
-        }
-        if direct && (n as u64) & (DIRECT_ALIGN - 1) != 0 {
-            // Short of a block: the end of the file. Any bytes after it (a file that grows
-            // meanwhile) need an unaligned offset, which only a buffered read takes.
-            clear_direct(&file)?;
-            direct = false;
-        }
-        let buf = held.take().expect("the buffer was just put there");
         offset += n as u64;
         if pieces.send(Piece::Data(buf, n)).is_err() {
             return Ok(false);
         }
     }
+}
+
+/// One read of up to `want` bytes at `offset` into `buf`; 0 at the end of the file. Turns
+/// `O_DIRECT` off (`direct` = false) where it cannot go on.
+fn read_piece(
+    file: &File,
+    buf: &PieceBuffer,
+    want: usize,
+    offset: u64,
+    direct: &mut bool,
+) -> io::Result<usize> {
+    let n = loop {
+        // SAFETY: reading into our own buffer of PIECE_BYTES ≥ `want` bytes.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buf.start.cast(),
+                want,
+                offset as libc::off_t,
+            )
+        };
+        if n >= 0 {
+            break n as usize;
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // The device wants another alignment than ours: read it the ordinary way.
+            Some(libc::EINVAL) if *direct => {
+                clear_direct(file)?;
+                *direct = false;
+            }
+            _ => return Err(err),
+        }
+    };
+    if *direct && n != 0 && (n as u64) & (DIRECT_ALIGN - 1) != 0 {
+        // Short of a block: the end of the file. Any bytes after it (a file that grows
+        // meanwhile) need an unaligned offset, which only a buffered read takes.
+        clear_direct(file)?;
+        *direct = false;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -689,6 +689,7 @@ struct SmallFs {
 }
 
 impl SmallFs {
+    /// An 8 MiB ext4 on a loop device.
     fn mount() -> Option<SmallFs> {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("fs.img");
@@ -702,6 +703,20 @@ impl SmallFs {
             &["mkfs.ext4", "-q", "-F", s(&image)],
             &["mount", "-o", "loop", s(&image), s(&mnt)],
         ];
+        SmallFs::set_up(dir, mnt.clone(), &steps)
+    }
+
+    /// A 2 MiB tmpfs.
+    fn tmpfs() -> Option<SmallFs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let steps: [&[&str]; 1] = [&["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", s(&mnt)]];
+        SmallFs::set_up(dir, mnt.clone(), &steps)
+    }
+
+    /// Runs the steps that mount `mnt`; `None` (the test skips) where they fail outside CI.
+    fn set_up(dir: tempfile::TempDir, mnt: PathBuf, steps: &[&[&str]]) -> Option<SmallFs> {
         for step in steps {
             let out = Command::new(step[0]).args(&step[1..]).output();
             let failed = match &out {
@@ -713,7 +728,7 @@ impl SmallFs {
                 std::env::var_os("CI").is_none(),
                 "{step:?} failed under CI: {failed}"
             );
-            eprintln!("skipped: {step:?} failed (needs root and loop devices): {failed}");
+            eprintln!("skipped: {step:?} failed (needs root, and loop devices for ext4): {failed}");
             return None;
         }
         Some(SmallFs { _dir: dir, mnt })
@@ -770,29 +785,10 @@ fn full_disk_during_save_keeps_the_old_set() {
 /// file of the set — whole or partial — in tmpdir.
 #[test]
 fn full_tmpfs_during_load_leaves_nothing_behind() {
+    let Some(small) = SmallFs::tmpfs() else {
+        return;
+    };
     let d = dirs();
-    let small = tempfile::tempdir().unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs", s(small.path())])
-        .output();
-    match &mounted {
-        Ok(o) if o.status.success() => {}
-        other => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "mounting a small tmpfs failed under CI: {other:?}"
-            );
-            eprintln!("skipped: mounting a small tmpfs failed (needs root): {other:?}");
-            return;
-        }
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(small.path());
     let files: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i + 1; 1_000_000]).collect();
     write_set(
         &d.tmp,
@@ -810,18 +806,18 @@ fn full_tmpfs_during_load_leaves_nothing_behind() {
         (&["-vvv", "-6"][..], "by Sendfile"),
     ] {
         let mut args = args.to_vec();
-        args.extend(["load", s(&d.perm), s(small.path())]);
+        args.extend(["load", s(&d.perm), s(&small.mnt)]);
         let out = run(&args, &[]);
         let said = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{said}");
         // The message names the file system that is full: tmpdir's, not the source's.
         assert!(said.contains("No space left on device"), "{said}");
-        assert!(said.contains(s(small.path())), "{said}");
+        assert!(said.contains(s(&small.mnt)), "{said}");
         assert!(
             String::from_utf8_lossy(&out.stdout).contains(way),
             "the load did not copy {way}"
         );
-        let left: Vec<_> = std::fs::read_dir(small.path())
+        let left: Vec<_> = std::fs::read_dir(&small.mnt)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
