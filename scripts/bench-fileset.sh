@@ -53,11 +53,12 @@ if [ -n "${NO_PAGE_REPORTING:-}" ]; then
 fi
 if [ -n "${TMPFS_HUGE:-}" ]; then
     huge_mount=$(mktemp -d /tmp/fileset-bench-tmpfs.XXXXXX)
-    mount -t tmpfs -o "huge=$TMPFS_HUGE,size=$((4 * FILES * SIZE + (64 << 20)))" tmpfs "$huge_mount"
+    mount -t tmpfs -o "huge=$TMPFS_HUGE,size=$((6 * FILES * SIZE + (64 << 20)))" tmpfs "$huge_mount"
     TMPFS=$huge_mount/fileset-bench
 fi
 FS=target/release/fileset
-RW="target/release/fileset-bench rwcopy"
+BENCH=target/release/fileset-bench
+RW="$BENCH rwcopy"
 rm -rf "$TMPFS" "$DISK"
 mkdir -p "$TMPFS/src" "$DISK"
 need=$((RUNS * 4 * FILES * SIZE))
@@ -106,17 +107,22 @@ save_cp() { measure bash -c "cp $TMPFS/src/* $out/cp/"; }
 load_fileset() { measure $FS -m load "$out/perm" "$TMPFS/load"; }
 load_cp() { measure bash -c "cp $out/perm/*.dat $TMPFS/cpload/"; }
 load_rw64k() { measure $RW "$out/perm" "$TMPFS/rwload"; }
+# The two halves every load needs, each alone: getting the set off the disk (O_DIRECT, one
+# request per file, nothing written) and putting its bytes into new tmpfs files (written from
+# memory, nothing read). Their sum bounds from below what any way of loading can cost.
+load_readfloor() { measure $BENCH readfloor "$out/perm"; }
+load_writefloor() { measure $BENCH writefloor "$out/perm" "$TMPFS/floorload"; }
 # Each run starts with a different contender (the order rotates), so no one always goes first.
 rotate() { local n=$1; shift; local a=("$@"); echo "${a[@]:n%${#a[@]}}" "${a[@]:0:n%${#a[@]}}"; }
 for run in $(seq "$RUNS"); do
     out="$DISK/run$run"
-    rm -rf "$TMPFS"/load "$TMPFS"/cpload "$TMPFS"/rwload
-    mkdir -p "$out/cpsync" "$out/cp" "$out/rw" "$TMPFS/cpload" "$TMPFS/rwload"
+    rm -rf "$TMPFS"/load "$TMPFS"/cpload "$TMPFS"/rwload "$TMPFS"/floorload
+    mkdir -p "$out/cpsync" "$out/cp" "$out/rw" "$TMPFS/cpload" "$TMPFS/rwload" "$TMPFS/floorload"
     # All saves first: every load reads the set fileset saved.
     for c in $(rotate "$run" save_fileset save_cp_sync save_rw64k save_cp); do
         reset; echo "$c $($c)" >> "$results"
     done
-    for c in $(rotate "$run" load_fileset load_cp load_rw64k); do
+    for c in $(rotate "$run" load_fileset load_cp load_rw64k load_readfloor load_writefloor); do
         reset; echo "$c $($c)" >> "$results"
     done
     cmp -s "$TMPFS/src/f$(printf "%0${#FILES}d" 1).dat" "$TMPFS/load/f$(printf "%0${#FILES}d" 1).dat" || { echo "load produced different data" >&2; exit 1; }
@@ -146,6 +152,9 @@ for op, cp in (("save", "save_cp_sync"), ("load", "load_cp")):
 for op in ("save", "load"):
     runs = lambda name: ", ".join(f"{c:.2f}" for _, c in rows[name])
     print(f"\n{op} CPU of each run: fileset {runs(op + '_fileset')}; loop {runs(op + '_rw64k')} (s)")
+rf, wf, loop = med("load_readfloor", 1), med("load_writefloor", 1), med("load_rw64k", 1)
+print(f"\nfloor of any load (each half alone, medians): read {rf:.3f} s + write {wf:.3f} s = {rf + wf:.3f} s = {(rf + wf) / loop:.2f} of the loop's CPU (fileset: {med('load_fileset', 1) / loop:.2f})")
+print(f"load floor CPU of each run: read {runs('load_readfloor')}; write {runs('load_writefloor')} (s)")
 print(f"\nplain cp without sync (save direction): {mbs('save_cp'):.0f} MB/s; read/write loop (with fsync, like fileset): save {mbs('save_rw64k'):.0f} MB/s, load {mbs('load_rw64k'):.0f} MB/s")
 PY
 rm -rf "$TMPFS" "$DISK" "$results"

@@ -22,19 +22,22 @@ const HUGE_PAGE: usize = 2 << 20;
 
 /// An anonymous mapping aligned to a huge page and advised to use huge pages where the system
 /// allows (`transparent_hugepage` = `madvise` or `always`): pinning it for a device read then
-/// costs one step per 2 MiB, not per 4 KiB. Zero-filled by the kernel.
-struct PieceBuffer {
+/// costs one step per 2 MiB, not per 4 KiB, and a long read goes to the device in fewer, larger
+/// requests. Zero-filled by the kernel; suitably aligned for `O_DIRECT`.
+pub struct HugePageBuffer {
     mapping: NonNull<u8>,
     mapping_len: usize,
     start: *mut u8,
+    len: usize,
 }
 
 // SAFETY: the buffer owns its mapping; it moves between threads whole, used by one at a time.
-unsafe impl Send for PieceBuffer {}
+unsafe impl Send for HugePageBuffer {}
 
-impl PieceBuffer {
-    fn new() -> io::Result<PieceBuffer> {
-        let mapping_len = PIECE_BYTES + HUGE_PAGE;
+impl HugePageBuffer {
+    /// A buffer of `len` bytes (`len` > 0).
+    pub fn new(len: usize) -> io::Result<HugePageBuffer> {
+        let mapping_len = len + HUGE_PAGE;
         // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
         let mapping = unsafe {
             libc::mmap(
@@ -51,26 +54,34 @@ impl PieceBuffer {
         }
         let mapping = NonNull::new(mapping.cast::<u8>()).expect("mmap does not return null");
         let skip = mapping.as_ptr().align_offset(HUGE_PAGE);
-        // SAFETY: `skip` < HUGE_PAGE, so `start` .. `start + PIECE_BYTES` lies in the mapping.
+        // SAFETY: `skip` < HUGE_PAGE, so `start` .. `start + len` lies in the mapping.
         let start = unsafe { mapping.as_ptr().add(skip) };
         // A hint only: without huge pages the buffer works the same, a little slower.
         // SAFETY: the range lies in our mapping.
-        unsafe { libc::madvise(start.cast(), PIECE_BYTES, libc::MADV_HUGEPAGE) };
-        Ok(PieceBuffer {
+        unsafe { libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE) };
+        Ok(HugePageBuffer {
             mapping,
             mapping_len,
             start,
+            len,
         })
     }
 
-    fn bytes(&self, len: usize) -> &[u8] {
-        // SAFETY: `len` ≤ PIECE_BYTES (the reader never reports more), inside the mapping,
-        // which is initialised (zero-filled, then read into).
-        unsafe { std::slice::from_raw_parts(self.start, len.min(PIECE_BYTES)) }
+    /// The first `len` bytes (all of them if `len` is more).
+    pub fn bytes(&self, len: usize) -> &[u8] {
+        // SAFETY: at most `self.len` bytes, inside the mapping, which is initialised
+        // (zero-filled, then written into).
+        unsafe { std::slice::from_raw_parts(self.start, len.min(self.len)) }
+    }
+
+    /// The whole buffer, to write into.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`; the mutable borrow of self makes it the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.start, self.len) }
     }
 }
 
-impl Drop for PieceBuffer {
+impl Drop for HugePageBuffer {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly the mapping `new` made; nothing refers to it any more.
         unsafe { libc::munmap(self.mapping.as_ptr().cast(), self.mapping_len) };
@@ -80,7 +91,7 @@ impl Drop for PieceBuffer {
 /// What the reader sends for each file, in order: any number of `Data`, then `End` or
 /// `Failed` — exactly one of those two per file.
 enum Piece {
-    Data(PieceBuffer, usize),
+    Data(HugePageBuffer, usize),
     End,
     Failed(io::Error),
 }
@@ -99,7 +110,7 @@ pub struct ReadAhead {
     // Fields drop in this order: closing both channels first makes a reader still at work
     // stop at its next send or wait, so the join that follows does not wait for ever.
     pieces: Receiver<Piece>,
-    free: SyncSender<PieceBuffer>,
+    free: SyncSender<HugePageBuffer>,
     _reader: JoinOnDrop,
 }
 
@@ -141,7 +152,7 @@ impl ReadAhead {
         let (free_tx, free_rx) = sync_channel(BUFFERS);
         for _ in 0..BUFFERS {
             free_tx
-                .send(PieceBuffer::new()?)
+                .send(HugePageBuffer::new(PIECE_BYTES)?)
                 .expect("the free list has room for every buffer");
         }
         let (piece_tx, piece_rx) = sync_channel(BUFFERS);
@@ -207,7 +218,7 @@ impl ReadAhead {
 
 /// The reader thread: every file in order, one `End` or `Failed` each; returns early when the
 /// writer has gone.
-fn read_files(files: &[PathBuf], free: &Receiver<PieceBuffer>, pieces: &SyncSender<Piece>) {
+fn read_files(files: &[PathBuf], free: &Receiver<HugePageBuffer>, pieces: &SyncSender<Piece>) {
     // The buffer a file's last read found empty (or failed into) serves the next file: a
     // buffer dropped here would never come back, and the pipeline would stall for want of it.
     let mut held = None;
@@ -227,9 +238,9 @@ fn read_files(files: &[PathBuf], free: &Receiver<PieceBuffer>, pieces: &SyncSend
 /// does not send is left in `held`.
 fn read_file(
     path: &Path,
-    free: &Receiver<PieceBuffer>,
+    free: &Receiver<HugePageBuffer>,
     pieces: &SyncSender<Piece>,
-    held: &mut Option<PieceBuffer>,
+    held: &mut Option<HugePageBuffer>,
 ) -> io::Result<bool> {
     let (file, mut direct) = match std::fs::OpenOptions::new()
         .read(true)
@@ -282,13 +293,14 @@ fn read_file(
 /// `O_DIRECT` off (`direct` = false) where it cannot go on.
 fn read_piece(
     file: &File,
-    buf: &PieceBuffer,
+    buf: &HugePageBuffer,
     want: usize,
     offset: u64,
     direct: &mut bool,
 ) -> io::Result<usize> {
     let n = loop {
-        // SAFETY: reading into our own buffer of PIECE_BYTES ≥ `want` bytes.
+        // SAFETY: reading into our own buffer of PIECE_BYTES ≥ `want` bytes (the
+        // caller's limit).
         let n = unsafe {
             libc::pread(
                 file.as_raw_fd(),
