@@ -299,8 +299,8 @@ fn read_piece(
     direct: &mut bool,
 ) -> io::Result<usize> {
     let n = loop {
-        // SAFETY: reading into our own buffer of PIECE_BYTES ≥ `want` bytes (the
-        // caller's limit).
+        // SAFETY: every buffer of the reader is PIECE_BYTES long, and read_file asks for no
+        // more than that.
         let n = unsafe {
             libc::pread(
                 file.as_raw_fd(),
