@@ -53,6 +53,7 @@ if [ -n "${NO_PAGE_REPORTING:-}" ]; then
 fi
 if [ -n "${TMPFS_HUGE:-}" ]; then
     huge_mount=$(mktemp -d /tmp/fileset-bench-tmpfs.XXXXXX)
+    # Room for the set and the four copies the loads make (fileset, cp, loop, write floor).
     mount -t tmpfs -o "huge=$TMPFS_HUGE,size=$((6 * FILES * SIZE + (64 << 20)))" tmpfs "$huge_mount"
     TMPFS=$huge_mount/fileset-bench
 fi
@@ -138,6 +139,7 @@ echo "## fileset: $FILES files of $SIZE bytes, $(nproc) cores, median of $RUNS r
 python3 - "$results" "$FILES" "$SIZE" <<'PY'
 import statistics, sys
 rows = {}
+runs = lambda name: ", ".join(f"{c:.2f}" for _, c in rows[name])
 for line in open(sys.argv[1]):
     name, el, cpu = line.split()
     rows.setdefault(name, []).append((float(el), float(cpu)))
@@ -150,7 +152,6 @@ for op, cp in (("save", "save_cp_sync"), ("load", "load_cp")):
     f = f"{op}_fileset"
     print(f"| {op} | {mbs(f):.0f} MB/s | {mbs(cp):.0f} MB/s ({'cp + sync of the files' if op == 'save' else 'cp'}) | {mbs(f)/mbs(cp):.2f} | {med(f,1):.3f} s | {med(op + '_rw64k',1):.3f} s | {med(f,1)/med(op + '_rw64k',1):.2f} |")
 for op in ("save", "load"):
-    runs = lambda name: ", ".join(f"{c:.2f}" for _, c in rows[name])
     print(f"\n{op} CPU of each run: fileset {runs(op + '_fileset')}; loop {runs(op + '_rw64k')} (s)")
 rf, wf, loop = med("load_readfloor", 1), med("load_writefloor", 1), med("load_rw64k", 1)
 print(f"\nfloor of any load (each half alone, medians): read {rf:.3f} s + write {wf:.3f} s = {rf + wf:.3f} s = {(rf + wf) / loop:.2f} of the loop's CPU (fileset: {med('load_fileset', 1) / loop:.2f})")

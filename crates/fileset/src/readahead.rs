@@ -18,7 +18,8 @@ use crate::copy::{clear_direct, DIRECT_ALIGN};
 const PIECE_BYTES: usize = 4 << 20;
 /// Buffers in flight: one being filled, one being written, one waiting.
 const BUFFERS: usize = 3;
-const HUGE_PAGE: usize = 2 << 20;
+/// The transparent huge page size of x86-64 and most arm64 kernels.
+pub const HUGE_PAGE: usize = 2 << 20;
 
 /// An anonymous mapping aligned to a huge page and advised to use huge pages where the system
 /// allows (`transparent_hugepage` = `madvise` or `always`): pinning it for a device read then
@@ -35,7 +36,7 @@ pub struct HugePageBuffer {
 unsafe impl Send for HugePageBuffer {}
 
 impl HugePageBuffer {
-    /// A buffer of `len` bytes (`len` > 0).
+    /// A buffer of `len` bytes.
     pub fn new(len: usize) -> io::Result<HugePageBuffer> {
         let mapping_len = len + HUGE_PAGE;
         // SAFETY: a fresh private anonymous mapping; no existing memory is touched.

@@ -17,13 +17,12 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use fileset::readahead::HugePageBuffer;
+use fileset::readahead::{HugePageBuffer, HUGE_PAGE};
 
 const USAGE: &str =
     "usage: fileset-bench rwcopy SRCDIR DSTDIR | readfloor SRCDIR | writefloor SRCDIR DSTDIR";
 /// The largest single request the floors make; files above it take several.
 const FLOOR_REQUEST: usize = 64 << 20;
-const HUGE_PAGE: usize = 2 << 20;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -73,7 +72,8 @@ fn floor_buffer(len: usize) -> anyhow::Result<HugePageBuffer> {
     Ok(buffer)
 }
 
-/// One request the size of the largest file (up to FLOOR_REQUEST), rounded up to a block.
+/// One request the size of the largest file (up to FLOOR_REQUEST), rounded up to whole huge
+/// pages — so also to whole blocks, which the last `O_DIRECT` read of a file asks for.
 fn floor_request(files: &[(PathBuf, u64)]) -> usize {
     let largest = files.iter().map(|(_, len)| *len).max().unwrap_or(0) as usize;
     largest.clamp(1, FLOOR_REQUEST).next_multiple_of(HUGE_PAGE)
