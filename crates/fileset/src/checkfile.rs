@@ -34,6 +34,13 @@ pub enum CheckError {
     Malformed(String),
     #[error("{name}: {reason} (format 1 cannot hold it; use --format 2)")]
     TooBigForV1 { name: String, reason: &'static str },
+    #[error(
+        "{0}: the name is not UTF-8, and check files hold UTF-8 names \
+         (rename it, or leave it out with -p)"
+    )]
+    NameNotUtf8(String),
+    #[error("{name}: a {kind}, and a set holds regular files only (leave it out with -p)")]
+    NotRegular { name: String, kind: &'static str },
 }
 
 /// One file of the set.

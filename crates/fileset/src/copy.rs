@@ -3,9 +3,39 @@
 //! and tmpfs, which `copy_file_range` refuses with `EXDEV` on current kernels), else a
 //! read/write loop.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+/// Open `path` for reading, refusing a symbolic link in its place (`ELOOP`): a link planted
+/// in a working directory must not make a privileged fileset copy the file it points to.
+/// `flags` are added to the open (`O_DIRECT`).
+pub fn open_source(path: &Path, flags: libc::c_int) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(flags | libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Create `path` afresh for writing with `mode`: whatever is under that name — a stale
+/// temporary, or a symbolic link planted to make a privileged fileset write through it — is
+/// unlinked first, and the file is made with `O_EXCL | O_NOFOLLOW`, so the bytes go into a new
+/// file of ours or nowhere. `flags` are added to the open (`O_DIRECT`).
+pub fn create_fresh(path: &Path, mode: u32, flags: libc::c_int) -> io::Result<File> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(flags | libc::O_NOFOLLOW)
+        .open(path)
+}
 
 /// The DMA boundary `-6` keeps transfers from crossing.
 pub const BOUNDARY_64K: u64 = 64 * 1024;
@@ -266,16 +296,10 @@ pub fn copy_direct_by_splice(
     mode: u32,
     pipe: &SplicePipe,
 ) -> io::Result<Option<(File, u64)>> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::os::unix::fs::FileExt;
     let len = src.metadata()?.len();
     let aligned = len - len % DIRECT_ALIGN;
-    let direct = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .custom_flags(libc::O_DIRECT)
-        .open(dst_path);
+    let direct = create_fresh(dst_path, mode, libc::O_DIRECT);
     let direct = match direct {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),

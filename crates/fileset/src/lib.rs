@@ -22,9 +22,9 @@ pub mod checkfile;
 pub mod copy;
 pub mod readahead;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use checkfile::{CheckError, CheckFile, Entry};
@@ -66,7 +66,7 @@ pub enum FilesetError {
 
 impl FilesetError {
     /// Exit status: 2 check file missing, 3 check file bad (CRC, version, malformed), 4 a file
-    /// of the set missing, 5 a size or mtime mismatch, 6 a file format 1 cannot hold, 7 a
+    /// of the set missing, 5 a size or mtime mismatch, 6 a file the set cannot hold, 7 a
     /// SHA-256 mismatch, 1 an I/O error, 64 a usage error.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -225,7 +225,7 @@ fn read_check(path: &Path) -> Result<CheckFile> {
 }
 
 fn sha256_of(path: &Path) -> Result<[u8; 32]> {
-    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut f = copy::open_source(path, 0).map_err(io_err(path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -234,6 +234,24 @@ fn sha256_of(path: &Path) -> Result<[u8; 32]> {
             return Ok(hasher.finalize().into());
         }
         hasher.update(&buf[..n]);
+    }
+}
+
+/// What a directory entry that is not a regular file is, for messages.
+fn kind_of(ft: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_symlink() {
+        "symbolic link"
+    } else if ft.is_dir() {
+        "directory"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "device"
+    } else {
+        "special file"
     }
 }
 
@@ -253,7 +271,7 @@ fn verify_file(path: &Path, e: &Entry, version: u32, hash: bool) -> Result<()> {
         })
     };
     if !m.is_file() {
-        return mismatch("not a regular file".into());
+        return mismatch(format!("not a regular file ({})", kind_of(&m.file_type())));
     }
     if m.len() != e.size {
         return mismatch(format!(
@@ -450,15 +468,7 @@ fn fill_temp(
     opts: &Options,
     via: Via,
 ) -> Result<(u64, File)> {
-    let create = || {
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(temp)
-            .map_err(io_err(temp))
-    };
+    let create = || copy::create_fresh(temp, mode, 0).map_err(io_err(temp));
     let (to, n, method) = match via {
         Via::ReadAhead(ahead, digest) => {
             let mut to = create()?;
@@ -469,7 +479,7 @@ fn fill_temp(
             (to, n, copy::Method::DirectRead)
         }
         Via::Splice(pipe) => {
-            let from = File::open(src).map_err(io_err(src))?;
+            let from = copy::open_source(src, 0).map_err(io_err(src))?;
             let direct = match pipe {
                 Some(p) if !opts.boundary_64k => {
                     copy::copy_direct_by_splice(&from, temp, mode, p).map_err(io_err(temp))?
@@ -485,7 +495,7 @@ fn fill_temp(
             }
         }
         Via::Kernel => {
-            let from = File::open(src).map_err(io_err(src))?;
+            let from = copy::open_source(src, 0).map_err(io_err(src))?;
             kernel_copy(from, create()?, src, temp, opts)?
         }
     };
@@ -642,16 +652,16 @@ fn select_new_set(tmpdir: &Path, opts: &Options) -> Result<Vec<String>> {
             .collect::<Result<_>>()?
     };
     let mut names = Vec::new();
-    let mut stack = vec![String::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = if rel.is_empty() {
-            tmpdir.to_path_buf()
-        } else {
-            join(tmpdir, &rel)
-        };
+    // (directory, its path relative to tmpdir, whether that path is UTF-8). A name that is
+    // not UTF-8 is matched in its lossy form and refused if the set would take a file under
+    // it: never silently left out, never saved under another name.
+    let mut stack = vec![(tmpdir.to_path_buf(), String::new(), true)];
+    while let Some((dir, rel, rel_is_utf8)) = stack.pop() {
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
             let entry = entry.map_err(io_err(&dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+            let raw_name = entry.file_name();
+            let is_utf8 = rel_is_utf8 && raw_name.to_str().is_some();
+            let name = raw_name.to_string_lossy().into_owned();
             let rel_name = if rel.is_empty() {
                 name.clone()
             } else {
@@ -666,7 +676,7 @@ fn select_new_set(tmpdir: &Path, opts: &Options) -> Result<Vec<String>> {
             let ft = entry.file_type().map_err(io_err(&entry.path()))?;
             if ft.is_dir() {
                 if opts.format >= 2 {
-                    stack.push(rel_name);
+                    stack.push((entry.path(), rel_name, is_utf8));
                 } else if patterns.iter().any(|p| p.matches(&name)) {
                     return Err(FilesetError::Format(CheckError::TooBigForV1 {
                         name: rel_name,
@@ -675,11 +685,22 @@ fn select_new_set(tmpdir: &Path, opts: &Options) -> Result<Vec<String>> {
                 }
                 continue;
             }
-            if ft.is_file()
-                && patterns
-                    .iter()
-                    .any(|p| p.matches(&rel_name) || p.matches(&name))
+            if patterns
+                .iter()
+                .any(|p| p.matches(&rel_name) || p.matches(&name))
             {
+                let shown = || entry.path().to_string_lossy().into_owned();
+                // A symbolic link would be saved as the file it points to (or, planted,
+                // as any file the saving user can read); a FIFO or socket has no contents.
+                if !ft.is_file() {
+                    return Err(FilesetError::Format(CheckError::NotRegular {
+                        name: shown(),
+                        kind: kind_of(&ft),
+                    }));
+                }
+                if !is_utf8 {
+                    return Err(FilesetError::Format(CheckError::NameNotUtf8(shown())));
+                }
                 names.push(rel_name);
             }
         }
@@ -713,15 +734,19 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
     let mut plan = Vec::new();
     for name in &names {
         let src = join(tmpdir, name);
-        let m = match fs::metadata(&src) {
+        // The file itself, not what a symbolic link in its place points to.
+        let m = match fs::symlink_metadata(&src) {
             Ok(m) if m.is_file() => m,
-            Ok(_) => {
+            Ok(m) => {
                 return Err(FilesetError::Mismatch {
+                    what: format!("not a regular file ({})", kind_of(&m.file_type())),
                     path: src,
-                    what: "not a regular file".into(),
                 })
             }
-            Err(_) => return Err(FilesetError::MissingFile(src)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(FilesetError::MissingFile(src))
+            }
+            Err(e) => return Err(io_err(&src)(e)),
         };
         let (sec, nsec) = match opts.save_time {
             Some(t) => (t, 0),
@@ -825,7 +850,7 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
         let bytes = check.encode().map_err(FilesetError::Format)?;
         let intent = intent_path(permdir, opts);
         {
-            let mut f = File::create(&intent).map_err(io_err(&intent))?;
+            let mut f = copy::create_fresh(&intent, 0o644, 0).map_err(io_err(&intent))?;
             f.write_all(&bytes).map_err(io_err(&intent))?;
             f.sync_all().map_err(io_err(&intent))?;
         }

@@ -22,8 +22,9 @@ enum Command {
     version,
     about = "Checkpoint copies of a set of files between a permanent and a tmpfs directory",
     after_help = "Exit status: 0 ok; 1 I/O error; 2 check file missing; 3 check file bad (CRC, \
-                  version); 4 a file of the set missing; 5 size or mtime mismatch; 6 a file \
-                  format 1 cannot hold; 7 SHA-256 mismatch (format 2); 64 usage error."
+                  version); 4 a file of the set missing; 5 size or mtime mismatch (or not a regular \
+                  file); 6 a file the set cannot hold (format 1 limits, a name not UTF-8, not a \
+                  regular file); 7 SHA-256 mismatch (format 2); 64 usage error."
 )]
 struct Cli {
     /// Keep every transfer within 64 KiB boundaries (for DMA engines that need it).
@@ -58,7 +59,9 @@ struct Cli {
     format: u32,
     #[arg(value_enum)]
     command: Command,
+    /// The permanent directory (on disk): the saved set and its check file.
     permdir: PathBuf,
+    /// The working directory (usually tmpfs); load and save need it, test does not.
     tmpdir: Option<PathBuf>,
 }
 

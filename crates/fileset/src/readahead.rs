@@ -5,7 +5,6 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -243,14 +242,12 @@ fn read_file(
     pieces: &SyncSender<Piece>,
     held: &mut Option<HugePageBuffer>,
 ) -> io::Result<bool> {
-    let (file, mut direct) = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
+    let (file, mut direct) = match crate::copy::open_source(path, libc::O_DIRECT) {
         Ok(f) => (f, true),
         // The file system takes no O_DIRECT: read it through the page cache.
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (File::open(path)?, false),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            (crate::copy::open_source(path, 0)?, false)
+        }
         Err(e) => return Err(e),
     };
     // Reads stop at the size the file had when opened, rounded up to a block: a direct read

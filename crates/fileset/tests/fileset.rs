@@ -334,6 +334,124 @@ fn format_1_refuses_what_it_cannot_hold() {
     assert!(!d.perm.join("_FILESET_").exists(), "nothing written");
 }
 
+/// Runs `args`, expecting exit `code` and a message on stderr that contains `words`.
+fn fails_with(args: &[&str], code: i32, words: &str) {
+    let out = run(args, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "fileset {args:?}: {stderr}");
+    assert!(
+        stderr.contains(words),
+        "fileset {args:?}: {stderr:?} lacks {words:?}"
+    );
+}
+
+#[test]
+fn a_new_set_refuses_names_and_kinds_it_cannot_keep() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    // A name that is not UTF-8 cannot go into a check file under its own name: refused, not
+    // left out silently nor saved under a lossy one; left out with -p, the rest saves.
+    for format in ["1", "2"] {
+        let d = dirs();
+        write_set(&d.tmp, &[("ok.dat", b"fine")], 1_600_000_000);
+        std::fs::write(d.tmp.join(OsStr::from_bytes(b"bad\xff.dat")), b"x").unwrap();
+        let args = ["--format", format, "save", s(&d.perm), s(&d.tmp)];
+        fails_with(&args, 6, "not UTF-8");
+        assert!(!d.perm.join("_FILESET_").exists(), "nothing committed");
+        assert_eq!(snapshot(&d.perm), Snapshot::new(), "nothing written");
+        let args = [
+            "--format",
+            format,
+            "-p",
+            "ok*",
+            "save",
+            s(&d.perm),
+            s(&d.tmp),
+        ];
+        ok(&args);
+        assert_eq!(snapshot(&d.perm), snapshot(&d.tmp).split_off("ok"));
+    }
+    // Format 2 walks into a directory whose name is not UTF-8; only a file the set would take
+    // under it is refused.
+    let d = dirs();
+    write_set(&d.tmp, &[("ok.dat", b"fine")], 1_600_000_000);
+    let odd_dir = d.tmp.join(OsStr::from_bytes(b"d\xfe"));
+    std::fs::create_dir(&odd_dir).unwrap();
+    std::fs::write(odd_dir.join("in.txt"), b"x").unwrap();
+    fails_with(
+        &["--format", "2", "save", s(&d.perm), s(&d.tmp)],
+        6,
+        "not UTF-8",
+    );
+    ok(&[
+        "--format",
+        "2",
+        "-p",
+        "*.dat",
+        "save",
+        s(&d.perm),
+        s(&d.tmp),
+    ]);
+    // A symbolic link would be saved as whatever it points to; a socket has no contents.
+    let d = dirs();
+    write_set(&d.tmp, &[("ok.dat", b"fine")], 1_600_000_000);
+    std::os::unix::fs::symlink("ok.dat", d.tmp.join("link.dat")).unwrap();
+    fails_with(&["save", s(&d.perm), s(&d.tmp)], 6, "symbolic link");
+    std::fs::remove_file(d.tmp.join("link.dat")).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(d.tmp.join("ctl.sock")).unwrap();
+    fails_with(&["save", s(&d.perm), s(&d.tmp)], 6, "socket");
+    assert!(!d.perm.join("_FILESET_").exists(), "nothing committed");
+    ok(&["-p", "*.dat", "save", s(&d.perm), s(&d.tmp)]);
+    assert_eq!(snapshot(&d.perm).keys().collect::<Vec<_>>(), ["ok.dat"]);
+}
+
+#[test]
+fn symbolic_links_planted_in_either_directory_are_not_followed() {
+    let d = dirs();
+    let victim = d.root.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let secret = d.root.join("secret");
+    std::fs::write(&secret, b"not for the set").unwrap();
+    write_set(
+        &d.tmp,
+        &[("a.dat", b"alpha"), ("b.dat", b"beta")],
+        1_600_000_000,
+    );
+    // Save: links under the temporary and intent names fileset is about to write.
+    for planted in [".a.dat.fileset-tmp", "_FILESET_.new"] {
+        std::os::unix::fs::symlink(&victim, d.perm.join(planted)).unwrap();
+    }
+    ok(&["save", s(&d.perm), s(&d.tmp)]);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    ok(&["test", s(&d.perm)]);
+    assert_eq!(snapshot(&d.perm), snapshot(&d.tmp));
+    // Load: a link under a temporary name in the working directory.
+    let fresh = d.root.join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    std::os::unix::fs::symlink(&victim, fresh.join(".b.dat.fileset-tmp")).unwrap();
+    ok(&["load", s(&d.perm), s(&fresh)]);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(snapshot(&fresh), snapshot(&d.tmp));
+    assert!(
+        !fresh.join("b.dat").is_symlink(),
+        "the landed file is a file"
+    );
+    // Save of an existing set: a file of it replaced by a link to another file is refused,
+    // and the saved set stands.
+    let before = snapshot(&d.perm);
+    std::fs::remove_file(d.tmp.join("b.dat")).unwrap();
+    std::os::unix::fs::symlink(&secret, d.tmp.join("b.dat")).unwrap();
+    fails_with(&["save", s(&d.perm), s(&d.tmp)], 5, "symbolic link");
+    assert_eq!(snapshot(&d.perm), before);
+    ok(&["test", s(&d.perm)]);
+    // Load: a file of the set replaced by a link in the permanent directory is refused.
+    std::fs::remove_file(d.perm.join("a.dat")).unwrap();
+    std::os::unix::fs::symlink(&secret, d.perm.join("a.dat")).unwrap();
+    let other = d.root.join("other");
+    fails_with(&["-m", "load", s(&d.perm), s(&other)], 5, "symbolic link");
+    assert_eq!(snapshot(&other), Snapshot::new(), "nothing loaded");
+}
+
 #[test]
 fn test_exit_codes_name_the_cause() {
     let d = dirs();
