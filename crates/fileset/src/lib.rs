@@ -133,6 +133,33 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Refuse options no command can work with: more than [`MAX_PATTERNS`] patterns, or a
+    /// check-file name that is not a plain name in the set's directory (`-c /etc/x` would make
+    /// a save replace `/etc/x`; `-c sub/x` or `..` would fail halfway).
+    pub fn validate(&self) -> Result<()> {
+        if self.patterns.len() > MAX_PATTERNS {
+            return Err(FilesetError::Usage(format!(
+                "at most {MAX_PATTERNS} -p patterns"
+            )));
+        }
+        let name = self.check_name.as_str();
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.contains('/')
+            || name.contains('\0')
+            || name.ends_with(TEMP_SUFFIX)
+            || name.len() + INTENT_SUFFIX.len() > 255
+        {
+            return Err(FilesetError::Usage(format!(
+                "check-file name {name:?}: must be a file name in the set's directory \
+                 (no '/', not . or .., at most {} bytes, not ending in {TEMP_SUFFIX})",
+                255 - INTENT_SUFFIX.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// Print a progress line at verbosity `level` and above. A reader that went away (`-v |
     /// head`) must not stop a save or load halfway, so write errors are ignored.
     pub fn say(&self, level: u8, text: impl FnOnce() -> String) {
@@ -345,6 +372,7 @@ pub enum Recovery {
 
 /// Finish or undo a save that was interrupted in `dir`.
 pub fn recover(dir: &Path, opts: &Options) -> Result<Recovery> {
+    opts.validate()?;
     let intent = intent_path(dir, opts);
     if !intent.exists() {
         remove_temps(dir)?;
@@ -394,6 +422,7 @@ pub fn recover(dir: &Path, opts: &Options) -> Result<Recovery> {
 /// `test`: the check file of `dir` is valid and every file matches it (version 2: contents
 /// too). Read-only: an interrupted save is judged as [`recover`] would finish it.
 pub fn test(dir: &Path, opts: &Options) -> Result<CheckFile> {
+    opts.validate()?;
     let intent = intent_path(dir, opts);
     if let Ok(c) = read_check(&intent) {
         if let Some(locations) = intent_locations(dir, &c) {
@@ -541,6 +570,7 @@ fn sync_batch(unsynced: &mut Vec<(File, PathBuf)>) -> Result<()> {
 /// `load`: copy the set from `permdir` to `tmpdir`; with `-b`, from the backup directory when
 /// that fails. Returns the directory the set came from.
 pub fn load(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<PathBuf> {
+    opts.validate()?;
     match load_from(permdir, tmpdir, opts) {
         Ok(()) => Ok(permdir.to_path_buf()),
         Err(e) => match &opts.backup {
@@ -711,11 +741,7 @@ fn select_new_set(tmpdir: &Path, opts: &Options) -> Result<Vec<String>> {
 
 /// `save`: make the files of `tmpdir` the set in `permdir`, atomically.
 pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> {
-    if opts.patterns.len() > MAX_PATTERNS {
-        return Err(FilesetError::Usage(format!(
-            "at most {MAX_PATTERNS} -p patterns"
-        )));
-    }
+    opts.validate()?;
     ensure_dir(permdir, opts)?;
     recover(permdir, opts)?;
     let old = read_check(&permdir.join(&opts.check_name));

@@ -33,7 +33,7 @@ struct Cli {
     /// load: when PERMDIR fails, load the set from this directory instead (factory defaults).
     #[arg(short = 'b', value_name = "BACKUPDIR")]
     backup: Option<PathBuf>,
-    /// Name of the check file.
+    /// Name of the check file, in PERMDIR (a plain name: no '/').
     #[arg(short = 'c', value_name = "FNAME", default_value = fileset::DEFAULT_CHECK_NAME)]
     check_name: String,
     /// Create missing directories.
@@ -93,12 +93,6 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), FilesetError> {
-    if cli.patterns.len() > fileset::MAX_PATTERNS {
-        return Err(FilesetError::Usage(format!(
-            "at most {} -p patterns",
-            fileset::MAX_PATTERNS
-        )));
-    }
     let opts = Options {
         check_name: cli.check_name,
         make_dirs: cli.make_dirs,

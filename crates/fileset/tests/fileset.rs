@@ -406,6 +406,43 @@ fn a_new_set_refuses_names_and_kinds_it_cannot_keep() {
 }
 
 #[test]
+fn a_check_file_name_must_stay_in_the_set_directory() {
+    let d = dirs();
+    write_set(&d.tmp, &[("a.dat", b"alpha")], 1_600_000_000);
+    let outside = d.root.join("outside");
+    let outside_name = s(&outside).to_string();
+    for name in [
+        outside_name.as_str(),
+        "",
+        ".",
+        "..",
+        "sub/x",
+        "x.fileset-tmp",
+    ] {
+        for command in ["save", "load", "test"] {
+            fails_with(
+                &["-c", name, command, s(&d.perm), s(&d.tmp)],
+                64,
+                "must be a file name",
+            );
+        }
+    }
+    assert!(!outside.exists() && !d.root.join("outside.new").exists());
+    assert_eq!(
+        std::fs::read_dir(&d.perm).unwrap().count(),
+        0,
+        "nothing written"
+    );
+    let long = "c".repeat(252);
+    fails_with(
+        &["-c", &long, "save", s(&d.perm), s(&d.tmp)],
+        64,
+        "251 bytes",
+    );
+    ok(&["-c", &"c".repeat(251), "save", s(&d.perm), s(&d.tmp)]);
+}
+
+#[test]
 fn symbolic_links_planted_in_either_directory_are_not_followed() {
     let d = dirs();
     let victim = d.root.join("victim");
