@@ -20,6 +20,8 @@ pub const V1_MAX_NAME: usize = 119;
 pub const V2_MAX_NAME: usize = 4095;
 /// Most entries a check file may claim (protects against absurd allocations).
 pub const MAX_FILES: u32 = 1_000_000;
+/// The fixed part of a version-2 entry (times, size, SHA-256, name length): its smallest size.
+const V2_FIXED_LEN: usize = 8 + 4 + 8 + 32 + 2;
 
 /// What is wrong with a check file.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -65,6 +67,7 @@ pub struct CheckFile {
 impl CheckFile {
     /// Encode; fails if an entry does not fit the version.
     pub fn encode(&self) -> Result<Vec<u8>, CheckError> {
+        check_consistent(&self.entries)?;
         let mut out = vec![0u8; HEADER_LEN];
         out[4..8].copy_from_slice(&(self.entries.len() as u32).to_le_bytes());
         out[8..12].copy_from_slice(&self.version.to_le_bytes());
@@ -118,12 +121,20 @@ impl CheckFile {
         if nfiles > MAX_FILES {
             return Err(CheckError::Malformed(format!("{nfiles} files")));
         }
-        let mut entries = Vec::with_capacity(nfiles as usize);
+        // Room for as many entries as the bytes can hold, not as many as the header claims.
+        let mut entries = Vec::with_capacity((nfiles as usize).min(bytes.len() / V2_FIXED_LEN));
         let mut at = HEADER_LEN;
         match version {
             1 => {
-                if bytes.len() != HEADER_LEN + nfiles as usize * V1_ENTRY_LEN {
+                let expected = HEADER_LEN + nfiles as usize * V1_ENTRY_LEN;
+                if bytes.len() < expected {
                     return Err(CheckError::Truncated(bytes.len()));
+                }
+                if bytes.len() > expected {
+                    return Err(CheckError::Malformed(format!(
+                        "{} bytes where {nfiles} files take {expected}",
+                        bytes.len()
+                    )));
                 }
                 for _ in 0..nfiles {
                     let e = &bytes[at..at + V1_ENTRY_LEN];
@@ -144,7 +155,7 @@ impl CheckFile {
             }
             2 => {
                 for _ in 0..nfiles {
-                    let fixed = 8 + 4 + 8 + 32 + 2;
+                    let fixed = V2_FIXED_LEN;
                     let e = bytes
                         .get(at..at + fixed)
                         .ok_or(CheckError::Truncated(bytes.len()))?;
@@ -167,8 +178,27 @@ impl CheckFile {
             }
             v => return Err(CheckError::BadVersion(v)),
         }
+        // A CRC proves the bytes are the ones written, not that the writer wrote sense.
+        check_consistent(&entries)?;
         Ok(CheckFile { version, entries })
     }
+}
+
+/// What no set can hold, in either format: a time no file can have, or one name twice (it
+/// would be loaded twice and counted twice). Checked on encode and decode alike.
+fn check_consistent(entries: &[Entry]) -> Result<(), CheckError> {
+    if let Some(e) = entries.iter().find(|e| e.mtime_nsec >= 1_000_000_000) {
+        return Err(CheckError::Malformed(format!(
+            "{}: {} nanoseconds",
+            e.name, e.mtime_nsec
+        )));
+    }
+    let mut names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(CheckError::Malformed(format!("{} listed twice", pair[0])));
+    }
+    Ok(())
 }
 
 fn name_from(bytes: &[u8]) -> Result<String, CheckError> {
@@ -278,6 +308,67 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// Header and entries as a writer that does not check them would put them down.
+    fn unchecked(version: u32, entries: &[u8], nfiles: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&nfiles.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(entries);
+        let crc = crc32fast::hash(&out[4..]);
+        out[0..4].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    fn malformed(bytes: &[u8]) -> String {
+        match CheckFile::decode(bytes) {
+            Err(CheckError::Malformed(why)) => why,
+            other => panic!("not refused as malformed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sense_is_checked_behind_a_right_crc() {
+        let one = CheckFile {
+            version: 2,
+            entries: vec![entry("a", 1, 1)],
+        }
+        .encode()
+        .unwrap();
+        let body = &one[HEADER_LEN..];
+        // One name twice, in either format.
+        let twice = [body, body].concat();
+        assert!(malformed(&unchecked(2, &twice, 2)).contains("listed twice"));
+        let v1 = CheckFile {
+            version: 1,
+            entries: vec![entry("a", 1, 1)],
+        }
+        .encode()
+        .unwrap();
+        let v1_twice = [&v1[HEADER_LEN..], &v1[HEADER_LEN..]].concat();
+        assert!(malformed(&unchecked(1, &v1_twice, 2)).contains("listed twice"));
+        // A nanosecond field of a second or more.
+        let mut late = body.to_vec();
+        late[8..12].copy_from_slice(&1_000_000_000u32.to_le_bytes());
+        assert!(malformed(&unchecked(2, &late, 1)).contains("nanoseconds"));
+        // Bytes after the last format-1 entry.
+        let mut long = v1[HEADER_LEN..].to_vec();
+        long.push(0);
+        assert!(malformed(&unchecked(1, &long, 1)).contains("take"));
+        // A header claiming a million files in 16 bytes is short, and allocates nothing big.
+        assert!(matches!(
+            CheckFile::decode(&unchecked(2, &[], MAX_FILES)),
+            Err(CheckError::Truncated(16))
+        ));
+        // The encoder refuses what the decoder would.
+        let dup = CheckFile {
+            version: 2,
+            entries: vec![entry("a", 1, 1), entry("a", 2, 2)],
+        };
+        assert!(matches!(dup.encode(), Err(CheckError::Malformed(_))));
     }
 
     proptest! {
