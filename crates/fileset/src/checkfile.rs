@@ -184,6 +184,41 @@ impl CheckFile {
     }
 }
 
+/// The most bytes a check file with this header can have: a reader refuses a longer file with
+/// [`judge_overlong`] instead of holding it in memory. An unknown version counts as version 2
+/// and a file count over [`MAX_FILES`] as `MAX_FILES`, so the bound never decides what only
+/// the CRC should (a flipped bit in `ver` or `nfiles` is a CRC error first).
+pub fn longest_for(header: &[u8; HEADER_LEN]) -> u64 {
+    let nfiles = u32::from_le_bytes(header[4..8].try_into().unwrap()).min(MAX_FILES);
+    let version = u32::from_le_bytes(header[8..12].try_into().unwrap());
+    let longest_entry = if version == 1 {
+        V1_ENTRY_LEN
+    } else {
+        V2_FIXED_LEN + V2_MAX_NAME
+    };
+    HEADER_LEN as u64 + u64::from(nfiles) * longest_entry as u64
+}
+
+/// What [`CheckFile::decode`] would say of a check file longer than [`longest_for`] its
+/// header, from the header, the length and the CRC of every byte after the crc field (which
+/// the caller computes as it streams the file): a CRC mismatch first, as decode does.
+pub fn judge_overlong(header: &[u8; HEADER_LEN], len: u64, computed: u32) -> CheckError {
+    let u32_at = |o: usize| u32::from_le_bytes(header[o..o + 4].try_into().unwrap());
+    let (stored, nfiles, version) = (u32_at(0), u32_at(4), u32_at(8));
+    if stored != computed {
+        CheckError::BadCrc { stored, computed }
+    } else if nfiles > MAX_FILES {
+        CheckError::Malformed(format!("{nfiles} files"))
+    } else if version != 1 && version != 2 {
+        CheckError::BadVersion(version)
+    } else {
+        CheckError::Malformed(format!(
+            "{len} bytes, more than {nfiles} files can take ({})",
+            longest_for(header)
+        ))
+    }
+}
+
 /// What no set can hold, in either format: a time no file can have, or one name twice (it
 /// would be loaded twice and counted twice). Checked on encode and decode alike.
 fn check_consistent(entries: &[Entry]) -> Result<(), CheckError> {
@@ -358,6 +393,24 @@ mod tests {
         let mut long = v1[HEADER_LEN..].to_vec();
         long.push(0);
         assert!(malformed(&unchecked(1, &long, 1)).contains("take"));
+        // Too long for its header: the bound is exact for format 1, and the verdict on a file
+        // over it is decode's, CRC first.
+        let header: [u8; HEADER_LEN] = v1[..HEADER_LEN].try_into().unwrap();
+        assert_eq!(longest_for(&header), v1.len() as u64);
+        let crc_after = |bytes: &[u8]| crc32fast::hash(&bytes[4..]);
+        let over = [&v1[..], &[0]].concat();
+        assert!(matches!(
+            judge_overlong(&header, over.len() as u64, crc_after(&over)),
+            CheckError::BadCrc { .. }
+        ));
+        let over = unchecked(1, &long, 1);
+        let header: [u8; HEADER_LEN] = over[..HEADER_LEN].try_into().unwrap();
+        let verdict = judge_overlong(&header, over.len() as u64, crc_after(&over));
+        assert!(matches!(verdict, CheckError::Malformed(ref why) if why.contains("can take")));
+        let over = unchecked(7, &long, 0);
+        let header: [u8; HEADER_LEN] = over[..HEADER_LEN].try_into().unwrap();
+        let verdict = judge_overlong(&header, over.len() as u64, crc_after(&over));
+        assert!(matches!(verdict, CheckError::BadVersion(7)));
         // A header claiming a million files in 16 bytes is short, and allocates nothing big.
         assert!(matches!(
             CheckFile::decode(&unchecked(2, &[], MAX_FILES)),

@@ -241,14 +241,38 @@ fn set_mtime(file: &File, sec: i64, nsec: u32, path: &Path) -> Result<()> {
 }
 
 fn read_check(path: &Path) -> Result<CheckFile> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
+    let bad = |e| FilesetError::BadCheck(path.to_path_buf(), e);
+    let mut file = match File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(FilesetError::MissingCheck(path.to_path_buf()))
         }
         Err(e) => return Err(io_err(path)(e)),
     };
-    CheckFile::decode(&bytes).map_err(|e| FilesetError::BadCheck(path.to_path_buf(), e))
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut bytes = Vec::new();
+    let mut header = [0u8; checkfile::HEADER_LEN];
+    if len >= header.len() as u64 {
+        file.read_exact(&mut header).map_err(io_err(path))?;
+        if len > checkfile::longest_for(&header) {
+            // Longer than any check file with this header: judged by streaming its CRC,
+            // never held in memory.
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&header[4..]);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match file.read(&mut buf).map_err(io_err(path))? {
+                    0 => break,
+                    n => crc.update(&buf[..n]),
+                }
+            }
+            return Err(bad(checkfile::judge_overlong(&header, len, crc.finalize())));
+        }
+        bytes.reserve_exact(len as usize);
+        bytes.extend_from_slice(&header);
+    }
+    file.read_to_end(&mut bytes).map_err(io_err(path))?;
+    CheckFile::decode(&bytes).map_err(bad)
 }
 
 fn sha256_of(path: &Path) -> Result<[u8; 32]> {

@@ -406,6 +406,68 @@ fn a_new_set_refuses_names_and_kinds_it_cannot_keep() {
 }
 
 #[test]
+fn a_huge_file_under_the_check_file_name_is_refused_without_reading_it_into_memory() {
+    use std::os::unix::process::CommandExt;
+    let d = dirs();
+    // A format-1 header for no files with a right CRC over 256 MiB of zeros (sparse on disk).
+    let len: u64 = 256 << 20;
+    let mut header = [0u8; 16];
+    header[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header[4..]);
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..(len - 16) / zeros.len() as u64 {
+        crc.update(&zeros);
+    }
+    crc.update(&zeros[..((len - 16) % zeros.len() as u64) as usize]);
+    header[0..4].copy_from_slice(&crc.finalize().to_le_bytes());
+    let check = d.perm.join("_FILESET_");
+    std::fs::write(&check, header).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&check)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+    let tested = |check_bytes: Option<&[u8; 16]>| {
+        if let Some(h) = check_bytes {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::options().write(true).open(&check).unwrap();
+            f.write_all_at(h, 0).unwrap();
+        }
+        let mut cmd = Command::new(FILESET);
+        cmd.args(["test", s(&d.perm)]);
+        // 128 MiB of address space: reading the file whole would fail.
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 128 << 20,
+                    rlim_max: 128 << 20,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = tested(None);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("more than 0 files can take"), "{stderr}");
+    // A flipped bit is still a CRC error first.
+    header[4] ^= 1;
+    let (code, stderr) = tested(Some(&header));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("CRC mismatch"), "{stderr}");
+}
+
+#[test]
 fn a_check_file_name_must_stay_in_the_set_directory() {
     let d = dirs();
     write_set(&d.tmp, &[("a.dat", b"alpha")], 1_600_000_000);
