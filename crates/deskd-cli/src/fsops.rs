@@ -5,7 +5,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Set access and modification times of `path` (not following a final symlink); `None` = now.
@@ -54,8 +54,18 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         }
         fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     } else {
-        fs::copy(from, to)?;
-        fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        // O_EXCL: `to` must not exist, and a link planted there (even a dangling one) must not
+        // be written through. std's copy still uses copy_file_range or sendfile.
+        let mut source = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(from)?;
+        let mut dest = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(to)?;
+        io::copy(&mut source, &mut dest)?;
+        dest.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     }
     set_times(to, Some(times_of(&meta)))
 }

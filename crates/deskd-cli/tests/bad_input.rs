@@ -288,3 +288,79 @@ fn timeout_reports_read_only_and_changes_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to deskd"));
     assert!(!env.path("vol/x").exists());
 }
+
+/// A tmpfs mounted at `mnt` for the life of the guard; `None` (the test skips) where mounting
+/// fails outside CI — it needs root, which CI has.
+struct Mounted(std::path::PathBuf);
+
+impl Mounted {
+    fn tmpfs(mnt: std::path::PathBuf) -> Option<Mounted> {
+        std::fs::create_dir_all(&mnt).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(&mnt)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Mounted(mnt)),
+            other => {
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                    Err(e) => e.to_string(),
+                };
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "mount failed under CI: {why}"
+                );
+                eprintln!("skipped: mounting a tmpfs failed (needs root): {why}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn dt_mv_onto_another_file_system_in_the_volume_keeps_the_id_and_follows_no_link() {
+    let mut env = Env::new(&["vol", "outside"]);
+    let Some(_mnt) = Mounted::tmpfs(env.path("vol/mnt")) else {
+        return;
+    };
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/a.txt"]);
+    std::fs::write(env.path("vol/a.txt"), b"contents").unwrap();
+    let id = env.id_of(std::path::Path::new("vol/a.txt"));
+    // Give the resource file a fork, so the move is seen to carry all of it.
+    let from_rsrc = env.path("vol/.rsrc/a.txt");
+    let mut rsrc = std::fs::read(&from_rsrc).unwrap();
+    rsrc.extend_from_slice(b"fork bytes");
+    std::fs::write(&from_rsrc, &rsrc).unwrap();
+    // A link planted where the moved resource file will land, pointing outside the volume.
+    let victim = env.path("outside/victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::fs::create_dir(env.path("vol/mnt/.rsrc")).unwrap();
+    std::os::unix::fs::symlink(&victim, env.path("vol/mnt/.rsrc/a.txt")).unwrap();
+    env.dt_ok(&[b"mv", b"vol/a.txt", b"vol/mnt/a.txt"]);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(
+        std::fs::read(env.path("vol/mnt/a.txt")).unwrap(),
+        b"contents"
+    );
+    let moved_rsrc = env.path("vol/mnt/.rsrc/a.txt");
+    assert!(std::fs::symlink_metadata(&moved_rsrc).unwrap().is_file());
+    assert_eq!(
+        std::fs::read(&moved_rsrc).unwrap(),
+        rsrc,
+        "header and fork moved"
+    );
+    assert!(!env.path("vol/a.txt").exists() && !from_rsrc.exists());
+    assert_eq!(
+        env.id_of(std::path::Path::new("vol/mnt/a.txt")),
+        id,
+        "the ID survives"
+    );
+}

@@ -826,3 +826,50 @@ fn online_rebuild_ends_at_once_when_the_server_stops_answering_and_survives_a_ki
     assert_eq!(lines[0]["summary"]["differences"], 0);
     assert_eq!(lines[0]["summary"]["mode"], "scan");
 }
+
+#[test]
+fn links_planted_in_rsrc_are_never_written_through() {
+    let env = Env::new(&["vol"]);
+    std::fs::write(env.path("vol/a.txt"), b"data").unwrap();
+    let victim = env.path("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let first = rebuild(&env, &["-f", "vol"]);
+    assert!(first.status.success(), "{}", common::stderr(&first));
+    let rsrc = env.path("vol/.rsrc/a.txt");
+    let id = deskd_volume::rsrc::read_header(&rsrc).unwrap().unwrap().id;
+    // A resource file replaced by a link to a file outside: repair replaces the link with a
+    // real resource file carrying the desktop's ID, and the outside file keeps its bytes.
+    std::fs::remove_file(&rsrc).unwrap();
+    std::os::unix::fs::symlink(&victim, &rsrc).unwrap();
+    let scan = rebuild(&env, &["-s", "vol"]);
+    assert_eq!(scan.status.code(), Some(1), "a difference is reported");
+    let repair = rebuild(&env, &["vol"]);
+    assert!(repair.status.success(), "{}", common::stderr(&repair));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(std::fs::symlink_metadata(&rsrc).unwrap().is_file());
+    assert_eq!(
+        deskd_volume::rsrc::read_header(&rsrc).unwrap().unwrap().id,
+        id
+    );
+    // The .rsrc directory replaced by a link to a directory outside: refused by name, and
+    // nothing is written there.
+    let outside = env.path("outside");
+    std::fs::rename(env.path("vol/.rsrc"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, env.path("vol/.rsrc")).unwrap();
+    let before: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    let refused = rebuild(&env, &["vol"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        common::stderr(&refused).contains("symbolic link where a real .rsrc directory belongs"),
+        "{}",
+        common::stderr(&refused)
+    );
+    let after: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(before, after, "the outside directory is untouched");
+}

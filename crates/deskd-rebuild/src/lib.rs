@@ -273,16 +273,9 @@ pub fn default_threads() -> usize {
 }
 
 /// Create the `.rsrc` directory that will hold `rsrc_path`, unless it exists.
+/// A link in its place is refused, so no resource file is renamed out of the volume.
 pub(crate) fn ensure_rsrc_dir(rsrc_path: &Path) -> Result<(), RebuildError> {
-    if let Some(dir) = rsrc_path.parent() {
-        match std::fs::create_dir(dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(RebuildError::io(dir, e))
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    Ok(deskd_volume::rsrc::make_rsrc_dir(rsrc_path)?)
 }
 
 fn apply_fixes(fixes: &[Fix]) -> Result<(), RebuildError> {

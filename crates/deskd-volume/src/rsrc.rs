@@ -144,11 +144,137 @@ pub fn root_rsrc_path(root: &Path) -> PathBuf {
     root.join(RSRC_DIR).join(ROOT_RECORD)
 }
 
-/// Read the header of a resource file. `Ok(None)` when the file does not exist.
+// Resource files live in a directory every user of the volume can write, and the tools that
+// write them (rebuild, the server, dt) often run as root: a symbolic link planted as
+// `.rsrc/NAME` or as `.rsrc` itself must never make them read or write a file outside. So the
+// `.rsrc` directory is opened with O_NOFOLLOW and the file relative to it, with O_NOFOLLOW too.
+
+/// Why a link in deskd's own namespace is refused.
+const LINK_REFUSED: &str =
+    "a symbolic link where a real .rsrc directory belongs; refused (move it away, then run \
+     deskd rebuild)";
+
+/// Open the `.rsrc` directory holding `path`, never through a symbolic link. `Ok(None)` when
+/// it does not exist.
+fn open_rsrc_dir(path: &Path) -> Result<Option<(File, &std::ffi::OsStr)>, VolumeError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(VolumeError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a resource-file path"),
+        ));
+    };
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+    {
+        Ok(d) => Ok(Some((d, name))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // With O_DIRECTORY, Linux reports a link as ENOTDIR, not ELOOP.
+        Err(e)
+            if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR))
+                && fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) =>
+        {
+            Err(VolumeError::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, LINK_REFUSED),
+            ))
+        }
+        Err(e) => Err(VolumeError::io(dir, e)),
+    }
+}
+
+/// Create the `.rsrc` directory that holds the resource file `path`, unless it exists; a
+/// symbolic link in its place is refused (for those who then rename a resource file into it).
+pub fn make_rsrc_dir(path: &Path) -> Result<(), VolumeError> {
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            match fs::symlink_metadata(dir) {
+                Ok(m) if m.file_type().is_symlink() => Err(VolumeError::io(
+                    dir,
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, LINK_REFUSED),
+                )),
+                _ => Ok(()),
+            }
+        }
+        Err(e) => Err(VolumeError::io(dir, e)),
+    }
+}
+
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.
+fn open_at(
+    dir: &File,
+    name: &std::ffi::OsStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> std::io::Result<File> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::{AsRawFd, FromRawFd};
+    let name = std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: openat relative to a directory descriptor we own, with a NUL-terminated name;
+    // the result is checked before it is owned.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            libc::c_uint::from(mode),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and nothing else owns it.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Open a resource file for writing (`extra` adds `O_TRUNC`), creating it if missing. A
+/// symbolic link in its place is no resource file of ours: it is removed — the link itself,
+/// never what it points to — and a real file made.
+fn open_for_writing(path: &Path, extra: libc::c_int) -> Result<File, VolumeError> {
+    make_rsrc_dir(path)?;
+    let Some((dir, name)) = open_rsrc_dir(path)? else {
+        return Err(VolumeError::io(
+            path,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    };
+    let flags = libc::O_WRONLY | libc::O_CREAT | extra;
+    match open_at(&dir, name, flags, 0o666) {
+        Ok(f) => Ok(f),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            tracing::warn!(
+                "{}: a symbolic link, replaced by a resource file",
+                path.display()
+            );
+            fs::remove_file(path).map_err(|e| VolumeError::io(path, e))?;
+            open_at(&dir, name, flags | libc::O_EXCL, 0o666).map_err(|e| VolumeError::io(path, e))
+        }
+        Err(e) => Err(VolumeError::io(path, e)),
+    }
+}
+
+/// Read the header of a resource file. `Ok(None)` when the file does not exist; a symbolic
+/// link in its place is a bad resource file (not followed).
 pub fn read_header(path: &Path) -> Result<Option<ResourceHeader>, VolumeError> {
-    let mut file = match File::open(path) {
+    let Some((dir, name)) = open_rsrc_dir(path)? else {
+        return Ok(None);
+    };
+    let mut file = match open_at(&dir, name, libc::O_RDONLY, 0) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(VolumeError::BadResourceFile(format!(
+                "{}: a symbolic link, not followed",
+                path.display()
+            )))
+        }
         Err(e) => return Err(VolumeError::io(path, e)),
     };
     read_header_from(&mut file, path)
@@ -171,24 +297,29 @@ pub fn read_header_from(file: &mut File, path: &Path) -> Result<ResourceHeader, 
 }
 
 /// Write `header` into the resource file at `path`, creating `.rsrc/` and the file if needed
-/// and keeping any resource fork bytes after offset 512.
+/// and keeping any resource fork bytes after offset 512. Links are never followed (see
+/// [`read_header`]; a link in the file's place is replaced by a real file).
 pub fn write_header(path: &Path, header: &ResourceHeader) -> Result<(), VolumeError> {
-    if let Some(dir) = path.parent() {
-        match fs::create_dir(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(VolumeError::io(dir, e)),
-        }
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| VolumeError::io(path, e))?;
+    let mut file = open_for_writing(path, 0)?;
     file.seek(SeekFrom::Start(0))
         .and_then(|_| file.write_all(&header.encode()))
         .map_err(|e| VolumeError::io(path, e))
+}
+
+/// Copy the resource file `from` (header and fork) to `to`, replacing it; neither end is
+/// followed through a symbolic link. `Ok(false)` when `from` does not exist.
+pub fn copy_file(from: &Path, to: &Path) -> Result<bool, VolumeError> {
+    let Some((dir, name)) = open_rsrc_dir(from)? else {
+        return Ok(false);
+    };
+    let mut source = match open_at(&dir, name, libc::O_RDONLY, 0) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(VolumeError::io(from, e)),
+    };
+    let mut dest = open_for_writing(to, libc::O_TRUNC)?;
+    std::io::copy(&mut source, &mut dest).map_err(|e| VolumeError::io(to, e))?;
+    Ok(true)
 }
 
 /// Update only the ID (and type/creator when given) of an existing resource file, or create it
@@ -198,15 +329,14 @@ pub fn ensure_id(
     id: u32,
     fallback: impl FnOnce() -> ResourceHeader,
 ) -> Result<ResourceHeader, VolumeError> {
-    let mut header = match read_header(path) {
-        Ok(Some(h)) => h,
-        Ok(None) | Err(VolumeError::BadResourceFile(_)) => fallback(),
+    let (mut header, readable) = match read_header(path) {
+        Ok(Some(h)) => (h, true),
+        Ok(None) | Err(VolumeError::BadResourceFile(_)) => (fallback(), false),
         Err(e) => return Err(e),
     };
-    if header.id != id {
+    // Missing, unreadable (a link in its place included) or holding another ID: written.
+    if header.id != id || !readable {
         header.id = id;
-        write_header(path, &header)?;
-    } else if !path.exists() {
         write_header(path, &header)?;
     }
     Ok(header)
@@ -251,6 +381,81 @@ mod tests {
         let after = fs::read(&path).unwrap();
         assert_eq!(&after[512..], b"fork bytes");
         assert_eq!(read_header(&path).unwrap().unwrap().id, 99);
+    }
+
+    #[test]
+    fn a_link_planted_as_a_resource_file_is_replaced_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let rsrc_dir = dir.path().join("vol").join(RSRC_DIR);
+        fs::create_dir_all(&rsrc_dir).unwrap();
+        let planted = rsrc_dir.join("f");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        // Reading it is an error, not the victim's bytes.
+        let err = read_header(&planted).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        // ensure_id (what rebuild and the server call) makes a real file in the link's place.
+        let h = ensure_id(&planted, 42, || {
+            ResourceHeader::new(0, *b"TEXT", *b"ttxt", 0)
+        })
+        .unwrap();
+        assert_eq!(h.id, 42);
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(fs::symlink_metadata(&planted).unwrap().is_file());
+        assert_eq!(read_header(&planted).unwrap().unwrap().id, 42);
+        // Copying: from a link nothing is read, onto a link nothing is written through.
+        let other = rsrc_dir.join("g");
+        std::os::unix::fs::symlink(&victim, &other).unwrap();
+        assert!(copy_file(&other, &rsrc_dir.join("h")).is_err());
+        assert!(copy_file(&planted, &other).unwrap());
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(read_header(&other).unwrap().unwrap().id, 42);
+    }
+
+    #[test]
+    fn a_link_planted_as_the_rsrc_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let vol = dir.path().join("vol");
+        fs::create_dir(&vol).unwrap();
+        std::os::unix::fs::symlink(&outside, vol.join(RSRC_DIR)).unwrap();
+        let path = vol.join(RSRC_DIR).join("f");
+        let h = ResourceHeader::new(7, *b"TEXT", *b"ttxt", 0);
+        let err = write_header(&path, &h).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(read_header(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("symbolic link"));
+        assert!(make_rsrc_dir(&path).is_err(), "no rename into it either");
+        let in_sub = vol.join("sub").join(RSRC_DIR).join("f");
+        assert!(make_rsrc_dir(&in_sub).is_err(), "sub does not exist");
+        fs::create_dir(vol.join("sub")).unwrap();
+        make_rsrc_dir(&in_sub).unwrap();
+        assert!(vol.join("sub").join(RSRC_DIR).is_dir());
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "nothing written outside"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_resource_file_with_the_right_id_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RSRC_DIR).join("f");
+        fs::create_dir(path.parent().unwrap()).unwrap();
+        fs::write(&path, vec![0xee; 600]).unwrap();
+        ensure_id(&path, 5, || ResourceHeader::new(5, *b"TEXT", *b"ttxt", 0)).unwrap();
+        let h = read_header(&path).unwrap().unwrap();
+        assert_eq!((h.id, &h.type_code), (5, b"TEXT"));
+        assert_eq!(
+            fs::read(&path).unwrap()[512..],
+            [0xee; 88],
+            "the fork is kept"
+        );
     }
 
     proptest! {

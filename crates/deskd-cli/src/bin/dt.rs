@@ -390,12 +390,7 @@ impl Dt {
                     remove_any(&to_abs)?;
                 }
                 copy_tree(&from_abs, &to_abs)?;
-                if exists(&from_rsrc) {
-                    if let Some(dir) = to_rsrc.parent() {
-                        let _ = fs::create_dir(dir);
-                    }
-                    fs::copy(&from_rsrc, &to_rsrc)?;
-                }
+                rsrc::copy_file(&from_rsrc, &to_rsrc)?;
                 remove_any(&from_abs)?;
                 let _ = fs::remove_file(&from_rsrc);
                 let from_rel = a.rel();
