@@ -133,7 +133,21 @@ impl Default for Options {
 }
 
 impl Options {
-    /// Refuse options no command can work with: more than [`MAX_PATTERNS`] patterns, or a
+    /// The `-p` patterns (`*` when none), compiled.
+    fn compiled_patterns(&self) -> Result<Vec<glob::Pattern>> {
+        if self.patterns.is_empty() {
+            return Ok(vec![glob::Pattern::new("*").expect("valid")]);
+        }
+        self.patterns
+            .iter()
+            .map(|p| {
+                glob::Pattern::new(p)
+                    .map_err(|e| FilesetError::Usage(format!("pattern {p:?}: {e}")))
+            })
+            .collect()
+    }
+
+    /// Refuse options no command can work with (a bad `-p` pattern too): more than [`MAX_PATTERNS`] patterns, or a
     /// check-file name that is not a plain name in the set's directory (`-c /etc/x` would make
     /// a save replace `/etc/x`; `-c sub/x` or `..` would fail halfway).
     pub fn validate(&self) -> Result<()> {
@@ -142,6 +156,7 @@ impl Options {
                 "at most {MAX_PATTERNS} -p patterns"
             )));
         }
+        self.compiled_patterns()?;
         let name = self.check_name.as_str();
         if name.is_empty()
             || name == "."
@@ -467,6 +482,12 @@ fn ensure_dir(dir: &Path, opts: &Options) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
+    if dir.exists() {
+        return Err(FilesetError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
     if !opts.make_dirs {
         return Err(FilesetError::Io {
             path: dir.to_path_buf(),
@@ -694,17 +715,7 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
 /// The files of a new set: regular files in `tmpdir` matching any pattern (default `*`);
 /// version 2 also descends into subdirectories (patterns then match the relative path).
 fn select_new_set(tmpdir: &Path, opts: &Options) -> Result<Vec<String>> {
-    let patterns: Vec<glob::Pattern> = if opts.patterns.is_empty() {
-        vec![glob::Pattern::new("*").expect("valid")]
-    } else {
-        opts.patterns
-            .iter()
-            .map(|p| {
-                glob::Pattern::new(p)
-                    .map_err(|e| FilesetError::Usage(format!("pattern {p:?}: {e}")))
-            })
-            .collect::<Result<_>>()?
-    };
+    let patterns = opts.compiled_patterns()?;
     let mut names = Vec::new();
     // (directory, its path relative to tmpdir, whether that path is UTF-8). A name that is
     // not UTF-8 is matched in its lossy form and refused if the set would take a file under

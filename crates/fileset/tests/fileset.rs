@@ -576,7 +576,19 @@ fn test_exit_codes_name_the_cause() {
     let out = run(&["test", s(&d.perm)], &[]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CRC"));
-    // Usage errors.
+    // Usage errors, found before anything is made.
+    let new_perm = d.root.join("new-perm");
+    fails_with(
+        &["-m", "-p", "[", "save", s(&new_perm), s(&d.tmp)],
+        64,
+        "pattern",
+    );
+    assert!(
+        !new_perm.exists(),
+        "-m made nothing for a save that could not run"
+    );
+    let a_file = d.tmp.join("a");
+    fails_with(&["save", s(&a_file), s(&d.tmp)], 1, "not a directory");
     assert_eq!(run(&["load", s(&d.perm)], &[]).status.code(), Some(64));
     assert_eq!(
         run(&["frobnicate", s(&d.perm)], &[]).status.code(),
