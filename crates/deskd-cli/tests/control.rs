@@ -265,6 +265,41 @@ fn relocated_desktop_and_missing_target() {
 }
 
 #[test]
+fn a_relocation_link_planted_by_a_user_is_not_followed() {
+    let mut env = Env::new(&["vol"]);
+    let victim = env.path("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let link = env.path("vol/.Desktop");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("skipped: needs root to give the link another owner");
+        return;
+    }
+    // As if user "nobody" had made it in a volume root open to everybody.
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+    let out = env.deskd(&["serve", "--socket", "x.sock", "vol"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("relocation link owned by uid 65534"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.deskd(&["rebuild", "-f", "vol"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not followed"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    // The same link made by root is the administrator's relocation, and is followed.
+    std::fs::remove_file(&victim).unwrap();
+    std::os::unix::fs::lchown(&link, Some(0), Some(0)).unwrap();
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/f"]);
+    env.term();
+    assert_eq!(sqlite3(&victim, "SELECT count(*) FROM objects"), "2");
+}
+
+#[test]
 fn wal_limit_bounds_the_wal() {
     let mut env = Env::new(&["vol"]);
     let cfg = env.path("deskd.toml");

@@ -91,7 +91,10 @@ fn desktop_path(cfg: &VolumeConfig, root: &Path) -> Result<PathBuf, ServerError>
     let in_root = root.join(deskd_volume::DESKTOP_FILE);
     let misc = || ServerError::Volume(format!("OpenDesk {}: Miscellaneous error", root.display()));
     match deskd_volume::desktop_link(root) {
-        Err(_) => Err(misc()),
+        Err(e) => Err(ServerError::Volume(format!(
+            "OpenDesk {}: Miscellaneous error ({e})",
+            root.display()
+        ))),
         // Relocated: the target's directory must exist.
         Ok(Some(target)) => match target.parent() {
             Some(dir) if dir.is_dir() => Ok(target),

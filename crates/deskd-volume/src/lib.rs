@@ -40,10 +40,27 @@ pub const REBUILD_FILE: &str = ".Desktop-rebuild";
 
 /// Where `ROOT/.Desktop` points when it is a relocation symlink (relative targets are taken
 /// from the root); `None` when it is no symlink (a plain file, or nothing yet).
+///
+/// Only a link owned by root or by the user deskd runs as is followed: a volume root is often
+/// writable by its users, and a link one of them planted would have the server open — and
+/// `rebuild -f` replace — any file it names. Any other owner is an error (`PermissionDenied`).
 pub fn desktop_link(root: &Path) -> std::io::Result<Option<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
     let in_root = root.join(DESKTOP_FILE);
     match std::fs::symlink_metadata(&in_root) {
         Ok(m) if m.file_type().is_symlink() => {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let deskd_user = unsafe { libc::geteuid() };
+            if m.uid() != 0 && m.uid() != deskd_user {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{DESKTOP_FILE} is a relocation link owned by uid {}, not by root or \
+                         deskd's user (uid {deskd_user}); not followed",
+                        m.uid()
+                    ),
+                ));
+            }
             let target = std::fs::read_link(&in_root)?;
             Ok(Some(if target.is_absolute() {
                 target
