@@ -364,3 +364,27 @@ fn dt_mv_onto_another_file_system_in_the_volume_keeps_the_id_and_follows_no_link
         "the ID survives"
     );
 }
+
+#[test]
+fn dt_mv_into_a_directory_whose_rsrc_is_a_link_moves_nothing() {
+    let (env, db) = setup();
+    env.dt_ok(&[b"mkdir", b"vol/target"]);
+    let id = env.id_of(std::path::Path::new("vol/dir/a"));
+    std::os::unix::fs::symlink(env.path("outside"), env.path("vol/target/.rsrc")).unwrap();
+    let before = objects_dump(&db);
+    let out = env.dt(&[b"mv", b"vol/dir/a", b"vol/target/a"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("symbolic link where a real .rsrc directory belongs"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(env.path("vol/dir/a").exists() && !env.path("vol/target/a").exists());
+    assert!(
+        env.path("vol/dir/.rsrc/a").is_file(),
+        "the resource file stays home"
+    );
+    assert_eq!(std::fs::read_dir(env.path("outside")).unwrap().count(), 0);
+    assert_eq!(objects_dump(&db), before);
+    assert_eq!(env.id_of(std::path::Path::new("vol/dir/a")), id);
+}

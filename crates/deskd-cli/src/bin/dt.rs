@@ -355,12 +355,15 @@ impl Dt {
         let (from_abs, to_abs) = (a.path(), b.path());
         let hint = self.session.lookup(a)?.map(|o| o.id);
         let (from_rsrc, to_rsrc) = (a.rsrc_path(), b.rsrc_path());
+        let has_rsrc = fs::symlink_metadata(&from_rsrc).is_ok();
+        if has_rsrc {
+            // Before anything moves: a link in place of the destination's .rsrc is refused,
+            // so the resource file is never renamed out of the volume.
+            rsrc::make_rsrc_dir(&to_rsrc)?;
+        }
         match fs::rename(&from_abs, &to_abs) {
             Ok(()) => {
-                if exists(&from_rsrc) {
-                    if let Some(dir) = to_rsrc.parent() {
-                        let _ = fs::create_dir(dir);
-                    }
+                if has_rsrc {
                     fs::rename(&from_rsrc, &to_rsrc).with_context(|| {
                         format!("cannot move resource file {}", from_rsrc.display())
                     })?;
