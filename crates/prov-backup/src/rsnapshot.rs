@@ -15,7 +15,8 @@ pub fn render(account: &Account, paths: &AccountPaths, rsync: &Path, lock_dir: &
     out.push_str(&format!(
         "# rsnapshot configuration of backup account {} ({}).\n\
          # Written by prov-backup; it is rewritten when the account is modified.\n",
-        account.uid, account.dn
+        account.uid,
+        one_line(&account.dn)
     ));
     out.push_str("config_version\t1.2\n");
     out.push_str(&format!("snapshot_root\t{home}/.snapshots/\n"));
@@ -36,6 +37,21 @@ pub fn render(account: &Account, paths: &AccountPaths, rsync: &Path, lock_dir: &
     out
 }
 
+/// `text` with every control character shown as `\xNN`: a DN is the directory's to choose, and
+/// a newline in one would end the comment it is quoted in and start a directive of its own
+/// (`cmd_preexec`, run by root).
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\x{:02X}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Runs `rsnapshot -c FILE configtest`; Ok when it says `Syntax OK`, else its output.
 pub fn configtest(rsnapshot: &Path, file: &Path) -> Result<(), String> {
     let out = Command::new(rsnapshot)
@@ -51,4 +67,56 @@ pub fn configtest(rsnapshot: &Path, file: &Path) -> Result<(), String> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let text = format!("{}{}", stdout.trim(), stderr.trim());
     Err(text.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account::{Intervals, Uid};
+
+    #[test]
+    fn a_dn_cannot_add_a_directive() {
+        let account = Account {
+            dn: "uid=eve\ncmd_preexec\t/bin/sh -c id\r,ou=backup".into(),
+            uid: Uid::parse("eve").unwrap(),
+            uid_number: 1000,
+            gid_number: 1000,
+            intervals: Intervals {
+                hourly: 0,
+                daily: 7,
+                weekly: 4,
+                monthly: 0,
+                yearly: 0,
+            },
+            quota_bytes: None,
+            home_directory: None,
+        };
+        let paths = AccountPaths::new(Path::new("/srv/backup"), &account.uid);
+        let text = render(
+            &account,
+            &paths,
+            Path::new("/usr/bin/rsync"),
+            Path::new("/run"),
+        );
+        let directives: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split('\t').next().unwrap())
+            .collect();
+        assert_eq!(
+            directives,
+            [
+                "config_version",
+                "snapshot_root",
+                "no_create_root",
+                "cmd_rsync",
+                "lockfile",
+                "sync_first",
+                "retain",
+                "retain",
+                "backup"
+            ]
+        );
+        assert!(text.contains("uid=eve\\x0Acmd_preexec\\x09/bin/sh -c id\\x0D,ou=backup"));
+    }
 }
