@@ -388,3 +388,47 @@ fn dt_mv_into_a_directory_whose_rsrc_is_a_link_moves_nothing() {
     assert_eq!(objects_dump(&db), before);
     assert_eq!(env.id_of(std::path::Path::new("vol/dir/a")), id);
 }
+
+#[test]
+fn a_full_volume_fails_commits_clearly_and_serves_again_when_space_returns() {
+    let mut env = Env::new(&["outside"]);
+    let Some(_mnt) = Mounted::tmpfs(env.path("vol")) else {
+        return;
+    };
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"mkdir", b"vol/a"]);
+    env.dt_ok(&[b"touch", b"vol/a/before"]);
+    let db = env.path("vol/.Desktop");
+    let before = objects_dump(&db);
+    // Fill the volume (a 4 MiB tmpfs) to the last block.
+    let fill = env.path("vol/fill");
+    let mut f = std::fs::File::create(&fill).unwrap();
+    let block = vec![0u8; 1 << 16];
+    while f.write_all(&block).is_ok() {}
+    drop(f);
+    for name in ["vol/a/during1", "vol/a/during2"] {
+        let out = env.dt(&[b"touch", name.as_bytes()]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("desktop commit failed"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(objects_dump(&db), before, "nothing half-recorded");
+    assert!(env.log_text().contains("database or disk is full"));
+    // Space comes back: the same server records again, and the desktop is sound.
+    std::fs::remove_file(&fill).unwrap();
+    env.dt_ok(&[b"touch", b"vol/a/after"]);
+    let ids = env.ids(&[
+        std::path::PathBuf::from("vol/a/before"),
+        std::path::PathBuf::from("vol/a/during1"),
+        std::path::PathBuf::from("vol/a/after"),
+    ]);
+    let mut seen: Vec<u64> = ids.iter().map(|v| v["id"].as_u64().unwrap()).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 3, "three objects, three IDs: {ids:?}");
+    env.term();
+    assert_eq!(sqlite3(&db, "PRAGMA integrity_check"), "ok");
+}
