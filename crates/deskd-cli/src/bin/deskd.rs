@@ -35,6 +35,7 @@ enum Command {
     },
     /// Show each volume: path, objects, last flush, clean flag, freeze.
     Status {
+        /// Only this volume (default: every volume the server serves).
         #[arg(long)]
         volume: Option<PathBuf>,
         /// One JSON object per volume per line.
@@ -43,23 +44,28 @@ enum Command {
     },
     /// Commit and write the WAL into .Desktop on every volume (or one).
     Flush {
+        /// Only this volume (default: every volume the server serves).
         #[arg(long)]
         volume: Option<PathBuf>,
     },
     /// Flush, then keep .Desktop byte-stable for SECONDS (default freeze_default).
     Freeze {
+        /// Only this volume (default: every volume the server serves).
         #[arg(long)]
         volume: Option<PathBuf>,
+        /// How long the freeze lasts (default: the server's freeze_default); `deskd thaw` ends it
+        /// earlier.
         seconds: Option<u32>,
     },
     /// End a freeze early.
     Thaw {
+        /// Only this volume (default: every volume the server serves).
         #[arg(long)]
         volume: Option<PathBuf>,
     },
     /// Find objects by name: substring by default, case-insensitive, NFC = NFD.
     Find {
-        /// Search only this volume.
+        /// Search only this volume (default: every volume the server serves).
         #[arg(long)]
         volume: Option<PathBuf>,
         /// One JSON object per match per line.
@@ -77,6 +83,7 @@ enum Command {
         /// Stop after N matches.
         #[arg(long)]
         limit: Option<u64>,
+        /// The name, or part of it, to look for.
         pattern: String,
     },
     /// Re-create (-f), repair (default) or check (-s) a volume's desktop from its resource
@@ -105,6 +112,7 @@ enum Command {
         /// Rebuild even with less than twice the desktop's size free.
         #[arg(long)]
         force: bool,
+        /// The volume's root directory (where its .Desktop is).
         volume: PathBuf,
     },
 }

@@ -39,6 +39,7 @@ enum Command {
         /// Create missing parents; no error if the directory exists.
         #[arg(short, long)]
         parents: bool,
+        /// Paths, inside a volume or not (outside one, dt acts like the plain command).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -47,6 +48,7 @@ enum Command {
         /// Do not create missing files.
         #[arg(short = 'c', long = "no-create")]
         no_create: bool,
+        /// Paths, inside a volume or not (outside one, dt acts like the plain command).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -67,11 +69,13 @@ enum Command {
         /// Ignore missing files.
         #[arg(short, long)]
         force: bool,
+        /// Paths, inside a volume or not (outside one, dt acts like the plain command).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
     /// Remove empty directories.
     Rmdir {
+        /// Paths, inside a volume or not (outside one, dt acts like the plain command).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -86,6 +90,7 @@ enum Command {
         /// List subdirectories recursively.
         #[arg(short = 'R')]
         recursive: bool,
+        /// Directories or files to list (default: the current directory).
         paths: Vec<PathBuf>,
     },
     /// Show ID, parent ID, kind, type and creator (registering unseen objects).
@@ -93,11 +98,17 @@ enum Command {
         /// One JSON object per path per line.
         #[arg(long)]
         json: bool,
+        /// Paths, inside a volume or not (outside one, dt acts like the plain command).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
     /// Print the absolute path of object ID in VOLUME.
-    Resolve { volume: PathBuf, id: u32 },
+    Resolve {
+        /// The volume's root directory.
+        volume: PathBuf,
+        /// The object's ID.
+        id: u32,
+    },
 }
 
 fn main() -> ExitCode {
