@@ -147,9 +147,10 @@ impl Options {
             .collect()
     }
 
-    /// Refuse options no command can work with (a bad `-p` pattern too): more than [`MAX_PATTERNS`] patterns, or a
-    /// check-file name that is not a plain name in the set's directory (`-c /etc/x` would make
-    /// a save replace `/etc/x`; `-c sub/x` or `..` would fail halfway).
+    /// Refuse options no command can work with: a `-p` pattern that does not compile, more
+    /// than [`MAX_PATTERNS`] of them, or a check-file name that is not a plain name in the
+    /// set's directory (`-c /etc/x` would make a save replace `/etc/x`; `-c sub/x` or `..`
+    /// would fail halfway).
     pub fn validate(&self) -> Result<()> {
         if self.patterns.len() > MAX_PATTERNS {
             return Err(FilesetError::Usage(format!(
