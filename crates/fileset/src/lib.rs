@@ -399,6 +399,54 @@ fn remove_temps(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// An advisory `flock` on a set's directory, held while a command works on it: a save
+/// started by cron while the shutdown save runs would otherwise unlink the other's temporary
+/// files and commit an intent that lists sizes of one copy over files of the other. Released
+/// when dropped (and by the kernel if the process dies).
+struct DirLock {
+    _dir: File,
+}
+
+/// Take the lock on `dir` — exclusive for save and load (which may finish or undo an
+/// interrupted save), shared for test — waiting, with a line at `-v`, while another fileset
+/// holds it. `None` where there is nothing to lock (no such directory: the command reports
+/// that itself) or the file system has no locks (some network file systems).
+fn lock_dir(dir: &Path, exclusive: bool, opts: &Options) -> Result<Option<DirLock>> {
+    use std::os::unix::io::AsRawFd;
+    let file = match File::open(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    let flock = |op| {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let outcome = match flock(op | libc::LOCK_NB) {
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+            opts.say(1, || {
+                format!("{}: waiting for another fileset to finish", dir.display())
+            });
+            flock(op)
+        }
+        other => other,
+    };
+    match outcome {
+        Ok(()) => Ok(Some(DirLock { _dir: file })),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOLCK | libc::EOPNOTSUPP)) => Ok(None),
+        Err(e) => Err(io_err(dir)(e)),
+    }
+}
+
 /// What [`recover`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recovery {
@@ -463,6 +511,7 @@ pub fn recover(dir: &Path, opts: &Options) -> Result<Recovery> {
 /// too). Read-only: an interrupted save is judged as [`recover`] would finish it.
 pub fn test(dir: &Path, opts: &Options) -> Result<CheckFile> {
     opts.validate()?;
+    let _lock = lock_dir(dir, false, opts)?;
     let intent = intent_path(dir, opts);
     if let Ok(c) = read_check(&intent) {
         if let Some(locations) = intent_locations(dir, &c) {
@@ -631,6 +680,7 @@ pub fn load(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<PathBuf> {
 }
 
 fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
+    let _lock = lock_dir(source, true, opts)?;
     // Finish or undo an interrupted save first; a read-only source is judged as it is.
     match recover(source, opts) {
         Ok(_) => {}
@@ -779,6 +829,7 @@ fn select_new_set(tmpdir: &Path, opts: &Options) -> Result<Vec<String>> {
 pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> {
     opts.validate()?;
     ensure_dir(permdir, opts)?;
+    let _lock = lock_dir(permdir, true, opts)?;
     recover(permdir, opts)?;
     let old = read_check(&permdir.join(&opts.check_name));
     let (version, names, old_entries) = match &old {

@@ -468,6 +468,36 @@ fn a_huge_file_under_the_check_file_name_is_refused_without_reading_it_into_memo
 }
 
 #[test]
+fn a_second_fileset_waits_for_the_first() {
+    use std::io::BufRead;
+    use std::os::unix::io::AsRawFd;
+    let d = dirs();
+    write_set(&d.tmp, &[("a.dat", b"alpha")], 1_600_000_000);
+    // This test holds the lock a running save would hold.
+    let held = std::fs::File::open(&d.perm).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let mut save = Command::new(FILESET)
+        .args(["-v", "save", s(&d.perm), s(&d.tmp)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(save.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("waiting for another fileset"), "{first}");
+    assert!(save.try_wait().unwrap().is_none(), "it waits");
+    assert!(
+        !d.perm.join("_FILESET_").exists(),
+        "and writes nothing meanwhile"
+    );
+    drop(held);
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(save.wait().unwrap().success(), "{rest:?}");
+    ok(&["test", s(&d.perm)]);
+    assert_eq!(snapshot(&d.perm), snapshot(&d.tmp));
+}
+
+#[test]
 fn a_check_file_name_must_stay_in_the_set_directory() {
     let d = dirs();
     write_set(&d.tmp, &[("a.dat", b"alpha")], 1_600_000_000);
