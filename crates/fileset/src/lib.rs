@@ -410,12 +410,20 @@ struct DirLock {
 /// Take the lock on `dir` — exclusive for save and load (which may finish or undo an
 /// interrupted save), shared for test — waiting, with a line at `-v`, while another fileset
 /// holds it. `None` where there is nothing to lock (no such directory: the command reports
-/// that itself) or the file system has no locks (some network file systems).
+/// that itself), the directory cannot be opened but its files may still be reachable (search
+/// permission only), or the file system has no locks (some network file systems).
 fn lock_dir(dir: &Path, exclusive: bool, opts: &Options) -> Result<Option<DirLock>> {
     use std::os::unix::io::AsRawFd;
     let file = match File::open(dir) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            return Ok(None)
+        }
         Err(e) => return Err(io_err(dir)(e)),
     };
     let op = if exclusive {
