@@ -43,15 +43,21 @@ impl Read for BulkLoad {
 }
 
 impl BulkLoad {
-    /// Create a new, empty desktop at `path` (which must not exist) with the current schema.
+    /// Create a new, empty desktop at `path` (which must not exist, not even as a dangling
+    /// symbolic link) with the current schema. SQLite is told not to follow a link there
+    /// either: the path is in a directory users may write (the volume root), and a link
+    /// planted between the check and the open must not have the desktop written elsewhere.
     pub fn create(path: &Path) -> Result<BulkLoad> {
-        if path.exists() {
+        if std::fs::symlink_metadata(path).is_ok() {
             return Err(DbError::Corrupt(format!(
                 "{}: already exists; refusing to overwrite",
                 path.display()
             )));
         }
-        let mut conn = Connection::open(path)?;
+        let mut conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )?;
         conn.pragma_update(None, "journal_mode", "OFF")?;
         conn.pragma_update(None, "synchronous", "OFF")?;
         conn.pragma_update(None, "cache_size", -262_144)?;

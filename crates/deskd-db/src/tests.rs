@@ -650,3 +650,18 @@ fn rebuild_writes_keep_ids_places_and_the_counter_right() {
     assert_eq!(desk.get(70_000).unwrap(), restored);
     assert!(desk.quick_check().unwrap().is_empty());
 }
+
+#[test]
+fn bulk_create_never_writes_through_a_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    let path = dir.path().join(".Desktop-rebuild");
+    // A dangling link: `exists()` says no, and a plain open would create `elsewhere`.
+    std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+    assert!(bulk::BulkLoad::create(&path).is_err());
+    assert!(!elsewhere.exists(), "nothing made through the link");
+    // A real new path works.
+    std::fs::remove_file(&path).unwrap();
+    let _bulk = bulk::BulkLoad::create(&path).unwrap();
+    assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+}
