@@ -468,6 +468,26 @@ fn a_huge_file_under_the_check_file_name_is_refused_without_reading_it_into_memo
 }
 
 #[test]
+fn saving_a_directory_into_itself_makes_a_check_file_for_the_files_there() {
+    // The seed's "create a check file for an existing file set": the files are already in the
+    // permanent directory, so it is saved into itself.
+    let d = dirs();
+    write_set(
+        &d.perm,
+        &[("a.db", b"alpha"), ("b.db", b"beta"), ("notes.txt", b"x")],
+        1_600_000_000,
+    );
+    let before = snapshot(&d.perm);
+    ok(&["-p", "*.db", "save", s(&d.perm), s(&d.perm)]);
+    assert_eq!(snapshot(&d.perm), before, "contents and times unchanged");
+    ok(&["test", s(&d.perm)]);
+    ok(&["load", s(&d.perm), s(&d.tmp)]);
+    let mut loaded = before.clone();
+    loaded.remove("notes.txt");
+    assert_eq!(snapshot(&d.tmp), loaded, "the set is the files the patterns took");
+}
+
+#[test]
 fn a_second_fileset_waits_for_the_first() {
     use std::io::BufRead;
     use std::os::unix::io::AsRawFd;
