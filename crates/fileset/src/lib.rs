@@ -208,13 +208,26 @@ impl CrashHook {
     }
 }
 
-/// `dir/name` for a `/`-separated relative name.
-fn join(dir: &Path, name: &str) -> PathBuf {
+/// `dir/name` for a `/`-separated relative name (format 2's subdirectories), refusing a
+/// symbolic link in place of any directory on the way: a link planted as `tmpdir/sub` must
+/// not send `load` writing, or `save` reading, outside the set's directories. The last
+/// component is the caller's to check (it is opened without following links). A component
+/// that does not exist yet is fine: load and save make it.
+fn join(dir: &Path, name: &str) -> Result<PathBuf> {
     let mut p = dir.to_path_buf();
-    for part in name.split('/') {
+    let mut parts = name.split('/').peekable();
+    while let Some(part) = parts.next() {
         p.push(part);
+        if parts.peek().is_some()
+            && fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return Err(FilesetError::Mismatch {
+                path: p,
+                what: "a symbolic link where a directory of the set belongs".into(),
+            });
+        }
     }
-    p
+    Ok(p)
 }
 
 /// The temporary name next to `final_path`: `.NAME.fileset-tmp`.
@@ -369,7 +382,8 @@ fn verify_file(path: &Path, e: &Entry, version: u32, hash: bool) -> Result<()> {
 fn intent_locations(dir: &Path, intent: &CheckFile) -> Option<Vec<(PathBuf, PathBuf)>> {
     let mut out = Vec::new();
     for e in &intent.entries {
-        let final_path = join(dir, &e.name);
+        // A link on the way makes the intent unusable: it is rolled back.
+        let final_path = join(dir, &e.name).ok()?;
         let temp = temp_path(&final_path);
         if verify_file(&temp, e, intent.version, false).is_ok() {
             out.push((temp, final_path));
@@ -531,7 +545,7 @@ pub fn test(dir: &Path, opts: &Options) -> Result<CheckFile> {
     }
     let c = read_check(&dir.join(&opts.check_name))?;
     for e in &c.entries {
-        verify_file(&join(dir, &e.name), e, c.version, true)?;
+        verify_file(&join(dir, &e.name)?, e, c.version, true)?;
     }
     Ok(c)
 }
@@ -697,7 +711,7 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
     }
     let check = read_check(&source.join(&opts.check_name))?;
     for e in &check.entries {
-        verify_file(&join(source, &e.name), e, check.version, false)?;
+        verify_file(&join(source, &e.name)?, e, check.version, false)?;
     }
     ensure_dir(tmpdir, opts)?;
     // From a disk, the set is read ahead with O_DIRECT; from memory, the kernel copies once.
@@ -708,7 +722,7 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
             .entries
             .iter()
             .map(|e| join(source, &e.name))
-            .collect();
+            .collect::<Result<_>>()?;
         match readahead::ReadAhead::start(files) {
             Ok(a) => Some(a),
             Err(err) => {
@@ -722,8 +736,8 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
     let mut written: Vec<PathBuf> = Vec::new();
     let result = (|| -> Result<()> {
         for e in &check.entries {
-            let src = join(source, &e.name);
-            let dst = join(tmpdir, &e.name);
+            let src = join(source, &e.name)?;
+            let dst = join(tmpdir, &e.name)?;
             if let Some(parent) = dst.parent() {
                 if !parent.is_dir() {
                     fs::create_dir_all(parent).map_err(io_err(parent))?;
@@ -854,7 +868,7 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
     // Every entry is checked against the format before anything is written.
     let mut plan = Vec::new();
     for name in &names {
-        let src = join(tmpdir, name);
+        let src = join(tmpdir, name)?;
         // The file itself, not what a symbolic link in its place points to.
         let m = match fs::symlink_metadata(&src) {
             Ok(m) if m.is_file() => m,
@@ -906,7 +920,7 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
     let mut entries = Vec::new();
     let outcome = (|| -> Result<()> {
         for (mut entry, src, mode) in plan {
-            let dst = join(permdir, &entry.name);
+            let dst = join(permdir, &entry.name)?;
             let previous = old_entries.iter().find(|e| e.name == entry.name);
             let unchanged = opts.only_changed
                 && previous.is_some_and(|p| {

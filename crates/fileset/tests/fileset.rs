@@ -484,7 +484,11 @@ fn saving_a_directory_into_itself_makes_a_check_file_for_the_files_there() {
     ok(&["load", s(&d.perm), s(&d.tmp)]);
     let mut loaded = before.clone();
     loaded.remove("notes.txt");
-    assert_eq!(snapshot(&d.tmp), loaded, "the set is the files the patterns took");
+    assert_eq!(
+        snapshot(&d.tmp),
+        loaded,
+        "the set is the files the patterns took"
+    );
 }
 
 #[test]
@@ -515,6 +519,54 @@ fn a_second_fileset_waits_for_the_first() {
     assert!(save.wait().unwrap().success(), "{rest:?}");
     ok(&["test", s(&d.perm)]);
     assert_eq!(snapshot(&d.perm), snapshot(&d.tmp));
+}
+
+#[test]
+fn format_2_subdirectories_are_never_reached_through_a_link() {
+    let d = dirs();
+    std::fs::create_dir(d.tmp.join("sub")).unwrap();
+    write_set(&d.tmp.join("sub"), &[("x.db", b"the set's")], 1_600_000_000);
+    ok(&["--format", "2", "save", s(&d.perm), s(&d.tmp)]);
+    let saved = std::fs::read(d.perm.join("sub/x.db")).unwrap();
+    // Elsewhere: a directory holding a file of the same name, size and time.
+    let outside = d.root.join("outside");
+    write_set(&outside, &[("x.db", b"not yours")], 1_600_000_000);
+    let link_in_place = |dir: &std::path::Path| {
+        std::fs::remove_dir_all(dir.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("sub")).unwrap();
+    };
+    // Load into a working directory whose `sub` is a link: refused, nothing written there.
+    let work = d.root.join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::os::unix::fs::symlink(&outside, work.join("sub")).unwrap();
+    fails_with(
+        &["load", s(&d.perm), s(&work)],
+        5,
+        "symbolic link where a directory",
+    );
+    assert_eq!(std::fs::read(outside.join("x.db")).unwrap(), b"not yours");
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        1,
+        "no temporary left there"
+    );
+    // Save from a working directory whose `sub` became a link: refused, the saved set stands.
+    link_in_place(&d.tmp);
+    fails_with(
+        &["save", s(&d.perm), s(&d.tmp)],
+        5,
+        "symbolic link where a directory",
+    );
+    assert_eq!(std::fs::read(d.perm.join("sub/x.db")).unwrap(), saved);
+    ok(&["test", s(&d.perm)]);
+    // A permanent directory whose `sub` became a link fails test and load.
+    link_in_place(&d.perm);
+    fails_with(&["test", s(&d.perm)], 5, "symbolic link where a directory");
+    fails_with(
+        &["load", s(&d.perm), s(&d.root.join("fresh"))],
+        5,
+        "symbolic link",
+    );
 }
 
 #[test]
