@@ -733,7 +733,10 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
             }
         }
     };
-    let mut written: Vec<PathBuf> = Vec::new();
+    // Every file is copied and checked under its temporary name first, and only then do they
+    // all take their names: a load that fails leaves tmpdir as it found it, with no file of a
+    // working set already there replaced by half of the saved one.
+    let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
     let result = (|| -> Result<()> {
         for e in &check.entries {
             let src = join(source, &e.name)?;
@@ -753,7 +756,7 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
             };
             let (temp, n, file) =
                 copy_to_temp(&src, &dst, (e.mtime_sec, e.mtime_nsec), mode, opts, via)?;
-            written.push(temp.clone());
+            staged.push((temp.clone(), dst));
             file.sync_all().map_err(io_err(&temp))?;
             if n != e.size {
                 return Err(FilesetError::Mismatch {
@@ -770,16 +773,16 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
                     return Err(FilesetError::Digest(src.clone()));
                 }
             }
-            fs::rename(&temp, &dst).map_err(io_err(&temp))?;
-            written.pop();
-            written.push(dst);
+        }
+        for (temp, dst) in &staged {
+            fs::rename(temp, dst).map_err(io_err(temp))?;
         }
         fsync_dir(tmpdir)
     })();
     if result.is_err() {
-        // Leave nothing half-loaded behind.
-        for p in &written {
-            let _ = fs::remove_file(p);
+        // Leave nothing half-loaded behind (a temporary already renamed is no longer there).
+        for (temp, _) in &staged {
+            let _ = fs::remove_file(temp);
         }
     }
     result

@@ -492,6 +492,33 @@ fn saving_a_directory_into_itself_makes_a_check_file_for_the_files_there() {
 }
 
 #[test]
+fn a_load_that_fails_leaves_the_working_directory_as_it_was() {
+    let d = dirs();
+    write_set(
+        &d.tmp,
+        &[("a.db", b"saved a"), ("b.db", b"saved b")],
+        1_600_000_000,
+    );
+    ok(&["--format", "2", "save", s(&d.perm), s(&d.tmp)]);
+    // The working directory moves on; then the saved b.db is damaged (same size and time, so
+    // only its digest tells, and only once a.db has been copied).
+    write_set(
+        &d.tmp,
+        &[("a.db", b"newer a"), ("b.db", b"newer b")],
+        1_700_000_000,
+    );
+    let working = snapshot(&d.tmp);
+    flip_a_byte_keeping_size_and_mtime(&d.perm.join("b.db"), 0);
+    fails_with(&["-v", "load", s(&d.perm), s(&d.tmp)], 7, "SHA-256");
+    assert_eq!(snapshot(&d.tmp), working, "the working set is untouched");
+    let names: Vec<_> = std::fs::read_dir(&d.tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "no temporary left: {names:?}");
+}
+
+#[test]
 fn a_second_fileset_waits_for_the_first() {
     use std::io::BufRead;
     use std::os::unix::io::AsRawFd;
