@@ -43,6 +43,8 @@ pub enum CheckError {
     NameNotUtf8(String),
     #[error("{name}: a {kind}, and a set holds regular files only (leave it out with -p)")]
     NotRegular { name: String, kind: &'static str },
+    #[error("{0} files, more than a check file holds ({MAX_FILES}); narrow the set with -p")]
+    TooManyFiles(usize),
 }
 
 /// One file of the set.
@@ -67,6 +69,7 @@ pub struct CheckFile {
 impl CheckFile {
     /// Encode; fails if an entry does not fit the version.
     pub fn encode(&self) -> Result<Vec<u8>, CheckError> {
+        check_count(self.entries.len())?;
         check_consistent(&self.entries)?;
         let mut out = vec![0u8; HEADER_LEN];
         out[4..8].copy_from_slice(&(self.entries.len() as u32).to_le_bytes());
@@ -217,6 +220,14 @@ pub fn judge_overlong(header: &[u8; HEADER_LEN], len: u64, computed: u32) -> Che
             longest_for(header)
         ))
     }
+}
+
+/// A set of more files than [`MAX_FILES`] would make a check file no reader accepts.
+pub fn check_count(files: usize) -> Result<(), CheckError> {
+    if files > MAX_FILES as usize {
+        return Err(CheckError::TooManyFiles(files));
+    }
+    Ok(())
 }
 
 /// What no set can hold, in either format: a time no file can have, or one name twice (it
@@ -416,7 +427,12 @@ mod tests {
             CheckFile::decode(&unchecked(2, &[], MAX_FILES)),
             Err(CheckError::Truncated(16))
         ));
-        // The encoder refuses what the decoder would.
+        // The encoder refuses what the decoder would: too many files, or a name twice.
+        let many = CheckFile {
+            version: 1,
+            entries: vec![entry("a", 1, 1); MAX_FILES as usize + 1],
+        };
+        assert!(matches!(many.encode(), Err(CheckError::TooManyFiles(_))));
         let dup = CheckFile {
             version: 2,
             entries: vec![entry("a", 1, 1), entry("a", 2, 2)],

@@ -869,6 +869,7 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
         }
     };
     // Every entry is checked against the format before anything is written.
+    checkfile::check_count(names.len()).map_err(FilesetError::Format)?;
     let mut plan = Vec::new();
     for name in &names {
         let src = join(tmpdir, name)?;
