@@ -230,9 +230,16 @@ pub fn check_count(files: usize) -> Result<(), CheckError> {
     Ok(())
 }
 
-/// What no set can hold, in either format: a time no file can have, or one name twice (it
-/// would be loaded twice and counted twice). Checked on encode and decode alike.
+/// What no set can hold, in either format: an unsafe name (see [`name_from`]; a NUL would
+/// also end a format-1 name early), a time no file can have, or one name twice (it would be
+/// loaded twice and counted twice). Checked on encode and decode alike.
 fn check_consistent(entries: &[Entry]) -> Result<(), CheckError> {
+    if let Some(e) = entries.iter().find(|e| e.name.contains('\0')) {
+        return Err(CheckError::Malformed(format!("unsafe name {:?}", e.name)));
+    }
+    for e in entries {
+        name_from(e.name.as_bytes())?;
+    }
     if let Some(e) = entries.iter().find(|e| e.mtime_nsec >= 1_000_000_000) {
         return Err(CheckError::Malformed(format!(
             "{}: {} nanoseconds",
@@ -344,13 +351,15 @@ mod tests {
     #[test]
     fn unsafe_names_are_refused_on_decode() {
         for name in ["../etc/passwd", "/abs", "a//b", "./x"] {
-            let c = CheckFile {
-                version: 2,
-                entries: vec![entry(name, 1, 1)],
-            };
-            let bytes = c.encode().unwrap();
+            // A format-2 entry as a careless writer would put it down (encode refuses it).
+            let mut e = vec![0u8; V2_FIXED_LEN - 2];
+            e.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            e.extend_from_slice(name.as_bytes());
             assert!(
-                matches!(CheckFile::decode(&bytes), Err(CheckError::Malformed(_))),
+                matches!(
+                    CheckFile::decode(&unchecked(2, &e, 1)),
+                    Err(CheckError::Malformed(_))
+                ),
                 "{name}"
             );
         }
@@ -427,7 +436,18 @@ mod tests {
             CheckFile::decode(&unchecked(2, &[], MAX_FILES)),
             Err(CheckError::Truncated(16))
         ));
-        // The encoder refuses what the decoder would: too many files, or a name twice.
+        // The encoder refuses what the decoder would: too many files, an unsafe name, or a name
+        // twice.
+        for name in ["../up", "/abs", "a\0b", ""] {
+            let bad = CheckFile {
+                version: 2,
+                entries: vec![entry(name, 1, 1)],
+            };
+            assert!(
+                matches!(bad.encode(), Err(CheckError::Malformed(_))),
+                "{name:?}"
+            );
+        }
         let many = CheckFile {
             version: 1,
             entries: vec![entry("a", 1, 1); MAX_FILES as usize + 1],
