@@ -87,12 +87,7 @@ impl CheckFile {
             }
             2 => {
                 for e in &self.entries {
-                    if e.name.is_empty() || e.name.len() > V2_MAX_NAME {
-                        return Err(CheckError::Malformed(format!(
-                            "name length {}",
-                            e.name.len()
-                        )));
-                    }
+                    check_v2(e)?;
                     out.extend_from_slice(&e.mtime_sec.to_le_bytes());
                     out.extend_from_slice(&e.mtime_nsec.to_le_bytes());
                     out.extend_from_slice(&e.size.to_le_bytes());
@@ -271,6 +266,18 @@ fn name_from(bytes: &[u8]) -> Result<String, CheckError> {
     Ok(name)
 }
 
+/// Whether an entry fits format 2: a path of 1 to 4,095 bytes.
+pub fn check_v2(e: &Entry) -> Result<(), CheckError> {
+    if e.name.is_empty() || e.name.len() > V2_MAX_NAME {
+        return Err(CheckError::Malformed(format!(
+            "{}...: a path of {} bytes (format 2 holds up to {V2_MAX_NAME})",
+            e.name.chars().take(40).collect::<String>(),
+            e.name.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Whether an entry fits format 1.
 pub fn check_v1(e: &Entry) -> Result<(), CheckError> {
     let fail = |reason| CheckError::TooBigForV1 {
@@ -346,6 +353,21 @@ mod tests {
         }
         .encode()
         .is_ok());
+    }
+
+    #[test]
+    fn v2_holds_paths_up_to_4095_bytes() {
+        assert!(check_v2(&entry(&"p".repeat(V2_MAX_NAME), 1, 1)).is_ok());
+        let long = entry(&"p".repeat(V2_MAX_NAME + 1), 1, 1);
+        assert!(check_v2(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("4096 bytes"));
+        let c = CheckFile {
+            version: 2,
+            entries: vec![long],
+        };
+        assert!(c.encode().is_err());
     }
 
     #[test]

@@ -905,9 +905,12 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
             mtime_nsec: nsec,
             sha256: [0; 32],
         };
-        if version == 1 {
-            checkfile::check_v1(&entry).map_err(FilesetError::Format)?;
-        }
+        let fits = if version == 1 {
+            checkfile::check_v1(&entry)
+        } else {
+            checkfile::check_v2(&entry)
+        };
+        fits.map_err(FilesetError::Format)?;
         let mode = opts.perms.unwrap_or(m.mode() & 0o7777);
         plan.push((entry, src, mode));
     }
