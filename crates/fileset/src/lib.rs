@@ -790,8 +790,11 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
 
 /// The files of a new set: regular files in `tmpdir` matching any pattern (default `*`);
 /// version 2 also descends into subdirectories (patterns then match the relative path).
-fn select_new_set(tmpdir: &Path, opts: &Options) -> Result<Vec<String>> {
+/// The permanent directory is skipped if it lies inside `tmpdir`: taken into the set, each save
+/// would copy the saved set into itself again.
+fn select_new_set(tmpdir: &Path, permdir: &Path, opts: &Options) -> Result<Vec<String>> {
     let patterns = opts.compiled_patterns()?;
+    let permdir_id = fs::metadata(permdir).map(|m| (m.dev(), m.ino())).ok();
     let mut names = Vec::new();
     // (directory, its path relative to tmpdir, whether that path is UTF-8). A name that is
     // not UTF-8 is matched in its lossy form and refused if the set would take a file under
@@ -815,6 +818,18 @@ fn select_new_set(tmpdir: &Path, opts: &Options) -> Result<Vec<String>> {
                 continue;
             }
             let ft = entry.file_type().map_err(io_err(&entry.path()))?;
+            if ft.is_dir()
+                && permdir_id.is_some()
+                && entry.metadata().map(|m| (m.dev(), m.ino())).ok() == permdir_id
+            {
+                opts.say(2, || {
+                    format!(
+                        "{}: the permanent directory, left out",
+                        entry.path().display()
+                    )
+                });
+                continue;
+            }
             if ft.is_dir() {
                 if opts.format >= 2 {
                     stack.push((entry.path(), rel_name, is_utf8));
@@ -865,7 +880,11 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
         ),
         Err(e) => {
             opts.say(1, || format!("{e}: making a new set from the patterns"));
-            (opts.format, select_new_set(tmpdir, opts)?, Vec::new())
+            (
+                opts.format,
+                select_new_set(tmpdir, permdir, opts)?,
+                Vec::new(),
+            )
         }
     };
     // Every entry is checked against the format before anything is written.

@@ -519,6 +519,28 @@ fn a_load_that_fails_leaves_the_working_directory_as_it_was() {
 }
 
 #[test]
+fn a_permanent_directory_inside_the_working_one_is_not_taken_into_the_set() {
+    for format in ["1", "2"] {
+        let d = dirs();
+        write_set(&d.tmp, &[("a.db", b"alpha")], 1_600_000_000);
+        let inside = d.tmp.join("saved");
+        let args = ["--format", format, "-m", "save", s(&inside), s(&d.tmp)];
+        ok(&args);
+        // A second save: the set is still the one file (not saved/a.db, saved/saved/...).
+        std::fs::remove_file(inside.join("_FILESET_")).unwrap();
+        ok(&args);
+        ok(&["test", s(&inside)]);
+        let fresh = d.root.join("fresh");
+        ok(&["-m", "load", s(&inside), s(&fresh)]);
+        let names: Vec<_> = std::fs::read_dir(&fresh)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["a.db"], "format {format}");
+    }
+}
+
+#[test]
 fn a_second_fileset_waits_for_the_first() {
     use std::io::BufRead;
     use std::os::unix::io::AsRawFd;
