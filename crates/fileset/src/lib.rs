@@ -1011,7 +1011,7 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
         let bytes = check.encode().map_err(FilesetError::Format)?;
         let intent = intent_path(permdir, opts);
         {
-            let mut f = copy::create_fresh(&intent, 0o644, 0).map_err(io_err(&intent))?;
+            let mut f = copy::create_fresh(&intent, 0o666, 0).map_err(io_err(&intent))?;
             f.write_all(&bytes).map_err(io_err(&intent))?;
             f.sync_all().map_err(io_err(&intent))?;
         }
