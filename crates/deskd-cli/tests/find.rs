@@ -139,3 +139,47 @@ fn find_pages_through_many_results() {
         "more than one page (5,000) comes back whole"
     );
 }
+
+#[test]
+fn brackets_in_names_and_bad_globs_and_limits() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    for name in ["vol/[draft notes.txt", "vol/Photo [1].jpg", "vol/1"] {
+        env.dt_ok(&[b"touch", name.as_bytes()]);
+    }
+    let root = env
+        .path("vol")
+        .canonicalize()
+        .unwrap()
+        .display()
+        .to_string();
+    // An unclosed '[' cannot be a glob: the name part is looked for as written.
+    assert_eq!(
+        lines(&env.deskd_ok(&["find", "[draft"])),
+        [format!("{root}/[draft notes.txt")]
+    );
+    // A closed class is a glob; "[[]" is a literal '['.
+    assert_eq!(
+        lines(&env.deskd_ok(&["find", "*[[]1]*"])),
+        [format!("{root}/Photo [1].jpg")]
+    );
+    assert_eq!(
+        lines(&env.deskd_ok(&["find", "[1]"])),
+        [format!("{root}/1")]
+    );
+    // Asked for as a glob, an unclosed '[' is an error that says so, not an empty answer.
+    let out = env.deskd(&["find", "--glob", "[draft"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("has no closing ']'"),
+        "{}",
+        stderr(&out)
+    );
+    // --limit 0 is a usage error (it used to print one match).
+    let out = env.deskd(&["find", "--limit", "0", "Photo"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        lines(&env.deskd_ok(&["find", "--limit", "1", "o"])).len(),
+        1
+    );
+}

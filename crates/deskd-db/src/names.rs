@@ -36,15 +36,64 @@ pub fn glob_escape_literal(text: &str) -> String {
     out
 }
 
-/// True when a pattern uses glob syntax (`*`, `?` or `[`).
+/// True when a pattern uses glob syntax: `*`, `?`, or a closed `[...]` class. A `[` that no
+/// `]` closes cannot be a glob (SQLite's GLOB would match nothing), so `deskd find "[draft"`
+/// looks for the name part as written.
 pub fn looks_like_glob(pattern: &str) -> bool {
-    pattern.contains(['*', '?', '['])
+    pattern.contains(['*', '?']) || (pattern.contains('[') && unclosed_bracket(pattern).is_none())
+}
+
+/// The byte offset of the first `[` in a glob that no `]` closes, with SQLite's rules (`^`
+/// right after `[` negates; a `]` right after `[` or `[^` is a member, not the end).
+pub fn unclosed_bracket(pattern: &str) -> Option<usize> {
+    let b = pattern.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'[' {
+            i += 1;
+            continue;
+        }
+        let mut j = i + 1;
+        if b.get(j) == Some(&b'^') {
+            j += 1;
+        }
+        if b.get(j) == Some(&b']') {
+            j += 1;
+        }
+        match b[j.min(b.len())..].iter().position(|&c| c == b']') {
+            Some(k) => i = j + k + 1,
+            None => return Some(i),
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn brackets_make_a_glob_only_when_closed() {
+        assert!(looks_like_glob("[nN]otes.txt"));
+        assert!(looks_like_glob("*.pdf") && looks_like_glob("a?c"));
+        assert!(!looks_like_glob("[draft"));
+        assert!(!looks_like_glob("report"));
+        assert_eq!(unclosed_bracket("[draft"), Some(0));
+        assert_eq!(unclosed_bracket("ok[a]then[x"), Some(9));
+        assert_eq!(unclosed_bracket("[]]"), None, "a leading ] is a member");
+        assert_eq!(unclosed_bracket("[^]x]"), None);
+        assert_eq!(
+            unclosed_bracket("[]"),
+            Some(0),
+            "] as first member, then unclosed"
+        );
+        assert_eq!(
+            unclosed_bracket("*[[]draft*"),
+            None,
+            "the escape for a literal ["
+        );
+    }
 
     #[test]
     fn nfc_and_nfd_share_a_key() {

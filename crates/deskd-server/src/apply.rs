@@ -572,6 +572,17 @@ pub fn apply_read<R: Read>(db: &R, vol: &Volume, names: &NameIndex, request: &Re
                 deskd_proto::FindMode::Glob => deskd_db::FindMode::Glob,
                 deskd_proto::FindMode::Exact => deskd_db::FindMode::Exact,
             };
+            if mode == deskd_db::FindMode::Glob {
+                if let Some(at) = deskd_db::names::unclosed_bracket(pattern) {
+                    return Err(ErrorReply::new(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "glob {pattern:?}: the '[' at byte {at} has no closing ']' \
+                             (a literal '[' is written [[])"
+                        ),
+                    ));
+                }
+            }
             let query = deskd_db::FindQuery {
                 pattern: pattern.clone(),
                 mode,

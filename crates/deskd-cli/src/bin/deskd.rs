@@ -74,14 +74,15 @@ enum Command {
         /// Match names that start with PATTERN.
         #[arg(long, short, conflicts_with_all = ["glob", "exact"])]
         prefix: bool,
-        /// PATTERN is a shell glob over the whole name (default when it holds * ? or [).
+        /// PATTERN is a shell glob over the whole name (default when it holds * ?, or a closed
+        /// [...] class).
         #[arg(long, short, conflicts_with = "exact")]
         glob: bool,
         /// Match whole names.
         #[arg(long, short)]
         exact: bool,
-        /// Stop after N matches.
-        #[arg(long)]
+        /// Stop after N matches (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         limit: Option<u64>,
         /// The name, or part of it, to look for.
         pattern: String,
