@@ -4,6 +4,11 @@
 mod common;
 use common::*;
 
+/// The physical path of a directory of the test, as find prints it.
+fn canonical(env: &Env, rel: &str) -> String {
+    env.path(rel).canonicalize().unwrap().display().to_string()
+}
+
 fn lines(s: &str) -> Vec<String> {
     let mut v: Vec<String> = s.lines().map(|l| l.to_string()).collect();
     v.sort();
@@ -29,18 +34,8 @@ fn find_matches_prefix_substring_glob_case_and_normalisation() {
         "vol/Cafe\u{301} NFD.doc".as_bytes(),
         b"other/report-other.pdf",
     ]);
-    let root = env
-        .path("vol")
-        .canonicalize()
-        .unwrap()
-        .display()
-        .to_string();
-    let other = env
-        .path("other")
-        .canonicalize()
-        .unwrap()
-        .display()
-        .to_string();
+    let root = canonical(&env, "vol");
+    let other = canonical(&env, "other");
     let vol = env.path("vol").display().to_string();
 
     // Substring, case-insensitive, across all volumes by default.
@@ -147,12 +142,7 @@ fn brackets_in_names_and_bad_globs_and_limits() {
     for name in ["vol/[draft notes.txt", "vol/Photo [1].jpg", "vol/1"] {
         env.dt_ok(&[b"touch", name.as_bytes()]);
     }
-    let root = env
-        .path("vol")
-        .canonicalize()
-        .unwrap()
-        .display()
-        .to_string();
+    let root = canonical(&env, "vol");
     // An unclosed '[' cannot be a glob: the name part is looked for as written.
     assert_eq!(
         lines(&env.deskd_ok(&["find", "[draft"])),
