@@ -865,6 +865,43 @@ fn select_new_set(tmpdir: &Path, permdir: &Path, opts: &Options) -> Result<Vec<S
     Ok(names)
 }
 
+/// The modification time a saved entry records for a file with metadata `m`: `-t` when given,
+/// else the file's own (nanoseconds in format 2 only).
+fn recorded_time(m: &fs::Metadata, version: u32, opts: &Options) -> (i64, u32) {
+    match opts.save_time {
+        Some(t) => (t, 0),
+        None if version >= 2 => (m.mtime(), m.mtime_nsec() as u32),
+        None => (m.mtime(), 0),
+    }
+}
+
+/// What changes when a file is written to: same inode, size, and modification and change
+/// times before and after a copy mean nobody wrote to it meanwhile (ctime catches a writer
+/// that puts the modification time back).
+fn fingerprint(m: &fs::Metadata) -> (u64, u64, i64, i64, i64, i64) {
+    (
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    )
+}
+
+/// Whether `entry` fits the check-file format `version`.
+fn fits_format(version: u32, entry: &Entry) -> Result<()> {
+    let fits = if version == 1 {
+        checkfile::check_v1(entry)
+    } else {
+        checkfile::check_v2(entry)
+    };
+    fits.map_err(FilesetError::Format)
+}
+
+/// How often save copies a file that is written to while it is copied before it gives up.
+const COPY_ATTEMPTS: u32 = 3;
+
 /// `save`: make the files of `tmpdir` the set in `permdir`, atomically.
 pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> {
     opts.validate()?;
@@ -906,17 +943,7 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
             }
             Err(e) => return Err(io_err(&src)(e)),
         };
-        let (sec, nsec) = match opts.save_time {
-            Some(t) => (t, 0),
-            None => (
-                m.mtime(),
-                if version >= 2 {
-                    m.mtime_nsec() as u32
-                } else {
-                    0
-                },
-            ),
-        };
+        let (sec, nsec) = recorded_time(&m, version, opts);
         let entry = Entry {
             name: name.clone(),
             size: m.len(),
@@ -924,12 +951,7 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
             mtime_nsec: nsec,
             sha256: [0; 32],
         };
-        let fits = if version == 1 {
-            checkfile::check_v1(&entry)
-        } else {
-            checkfile::check_v2(&entry)
-        };
-        fits.map_err(FilesetError::Format)?;
+        fits_format(version, &entry)?;
         let mode = opts.perms.unwrap_or(m.mode() & 0o7777);
         plan.push((entry, src, mode));
     }
@@ -967,27 +989,46 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
                 }
             }
             opts.say(1, || format!("save {} ({} bytes)", entry.name, entry.size));
-            let (temp, n, file) = copy_to_temp(
-                &src,
-                &dst,
-                (entry.mtime_sec, entry.mtime_nsec),
-                mode,
-                opts,
-                Via::Splice(&mut pipe),
-            )?;
+            // A file written to while it is copied would be saved torn under a valid check
+            // file: it is copied again, and the save fails rather than keep a torn copy.
+            let stat = |src: &Path| fs::symlink_metadata(src).map_err(io_err(src));
+            let mut attempt = 1;
+            let (temp, file) = loop {
+                let before = stat(&src)?;
+                entry.size = before.len();
+                (entry.mtime_sec, entry.mtime_nsec) = recorded_time(&before, version, opts);
+                let (temp, n, file) = copy_to_temp(
+                    &src,
+                    &dst,
+                    (entry.mtime_sec, entry.mtime_nsec),
+                    mode,
+                    opts,
+                    Via::Splice(&mut pipe),
+                )?;
+                if n == entry.size && fingerprint(&stat(&src)?) == fingerprint(&before) {
+                    break (temp, file);
+                }
+                let _ = fs::remove_file(&temp);
+                if attempt == COPY_ATTEMPTS {
+                    return Err(FilesetError::Mismatch {
+                        path: src,
+                        what: format!(
+                            "changed while saving, {COPY_ATTEMPTS} times in a row (a set \
+                             must be saved while nothing writes to it)"
+                        ),
+                    });
+                }
+                opts.say(1, || {
+                    format!("{}: written to while copied; copying it again", entry.name)
+                });
+                attempt += 1;
+            };
+            // Its size may have grown past what the format holds since the plan.
+            fits_format(version, &entry)?;
             renames.push((temp.clone(), dst));
             unsynced.push((file, temp.clone()));
             if unsynced.len() >= SYNC_BATCH {
                 sync_batch(&mut unsynced)?;
-            }
-            if n != entry.size {
-                return Err(FilesetError::Mismatch {
-                    path: src,
-                    what: format!(
-                        "changed while saving ({n} bytes copied, {} expected)",
-                        entry.size
-                    ),
-                });
             }
             if version >= 2 {
                 entry.sha256 = sha256_of(&temp)?;

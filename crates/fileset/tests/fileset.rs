@@ -541,6 +541,65 @@ fn a_permanent_directory_inside_the_working_one_is_not_taken_into_the_set() {
 }
 
 #[test]
+fn a_file_written_to_during_the_save_is_never_saved_torn() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // On tmpfs where there is one, so the save takes its O_DIRECT splice path.
+    let shm = std::path::Path::new("/dev/shm");
+    let work = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    let d = dirs();
+    let live = work.path().join("live.db");
+    const SIZE: usize = 16 << 20;
+    std::fs::write(&live, vec![0u8; SIZE]).unwrap();
+    ok(&["save", s(&d.perm), s(work.path())]);
+    let saved = snapshot(&d.perm);
+    // A writer rewrites the whole file, one byte value at a time, for as long as saves run.
+    let stop = AtomicBool::new(false);
+    // Stops the writer however the saves end: a failed assertion must fail the test, not
+    // leave the scope waiting for the writer forever.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let f = std::fs::File::options().write(true).open(&live).unwrap();
+            let mut value = 1u8;
+            while !stop.load(Ordering::Relaxed) {
+                f.write_all_at(&vec![value; SIZE], 0).unwrap();
+                value = value.wrapping_add(1).max(1);
+            }
+        });
+        let _stop = StopOnDrop(&stop);
+        for _ in 0..5 {
+            let out = run(&["save", s(&d.perm), s(work.path())], &[]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            match out.status.code() {
+                // Refused: the saved set is the one from before, whole.
+                Some(5) => {
+                    assert!(stderr.contains("changed while saving"), "{stderr}");
+                    assert_eq!(snapshot(&d.perm), saved);
+                }
+                // Saved: the copy is one of the writer's versions, never a mix of two.
+                Some(0) => {
+                    let copy = std::fs::read(d.perm.join("live.db")).unwrap();
+                    assert_eq!(copy.len(), SIZE);
+                    assert!(copy.iter().all(|&b| b == copy[0]), "a torn copy was saved");
+                }
+                other => panic!("save ended with {other:?}: {stderr}"),
+            }
+            ok(&["test", s(&d.perm)]);
+        }
+    });
+}
+
+#[test]
 fn a_second_fileset_waits_for_the_first() {
     use std::io::BufRead;
     use std::os::unix::io::AsRawFd;
