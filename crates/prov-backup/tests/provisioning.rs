@@ -251,7 +251,7 @@ fn bad_entries_fail_with_a_message_and_the_others_go_through() {
         daemon.wait_log(&format!(
             "{logged}: add failed (return value 1): bad entry: {needle}"
         ));
-        let e = slapd.get(&dn).unwrap();
+        let e = slapd.wait_attr(&dn, "sstProvisioningReturnValue", "1");
         assert_eq!(e["sstProvisioningMode"], "adding", "{dn}");
         assert_eq!(e["sstProvisioningState"], "0", "{dn}");
         assert_eq!(e["sstProvisioningReturnValue"], "1", "{dn}");
@@ -505,7 +505,7 @@ fn delete_never_follows_a_symlink_out_of_the_backup_root() {
         std::fs::read_to_string(precious.join("chroot/data")).unwrap(),
         "do not delete"
     );
-    let e = slapd.get(&dn).unwrap();
+    let e = slapd.wait_attr(&dn, "sstProvisioningReturnValue", "5");
     assert_eq!(e["sstProvisioningMode"], "deleting");
     assert_eq!(e["sstProvisioningReturnValue"], "5");
 }
@@ -606,7 +606,7 @@ fn an_unwritable_backup_root_fails_the_add_and_the_daemon_goes_on() {
     let daemon = setup.start(&[]);
     let dn = account_dn(EXAMPLE_UID);
     daemon.wait_log(&format!("{dn}: add failed (return value 2): mkdir "));
-    let e = slapd.get(&dn).unwrap();
+    let e = slapd.wait_attr(&dn, "sstProvisioningReturnValue", "2");
     assert_eq!(e["sstProvisioningMode"], "adding");
     assert_eq!(e["sstProvisioningState"], "0");
     assert_eq!(e["sstProvisioningReturnValue"], "2");

@@ -173,6 +173,22 @@ impl Slapd {
     }
 
     /// Waits until the entry's sstProvisioningMode is `mode` and the state satisfies `state_ok`.
+    /// The entry once `attr` has `value` (the daemon logs a failure before it writes it).
+    pub fn wait_attr(&self, dn: &str, attr: &str, value: &str) -> HashMap<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let e = self.get(dn).unwrap_or_default();
+            if e.get(attr).map(String::as_str) == Some(value) {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{dn}: still {e:?} after 30 s, waiting for {attr} {value}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn wait_for(
         &self,
         dn: &str,
