@@ -272,18 +272,13 @@ pub fn default_threads() -> usize {
     (std::thread::available_parallelism().map_or(2, |n| n.get()) * 8).clamp(8, 64)
 }
 
-/// Create the `.rsrc` directory that will hold `rsrc_path`, unless it exists.
-/// A link in its place is refused, so no resource file is renamed out of the volume.
-pub(crate) fn ensure_rsrc_dir(rsrc_path: &Path) -> Result<(), RebuildError> {
-    Ok(deskd_volume::rsrc::make_rsrc_dir(rsrc_path)?)
-}
-
 fn apply_fixes(fixes: &[Fix]) -> Result<(), RebuildError> {
     for fix in fixes {
         match fix {
             Fix::WriteRsrc { path, header } => deskd_volume::rsrc::write_header(path, header)?,
             Fix::MoveRsrc { from, to, id } => {
-                ensure_rsrc_dir(to)?;
+                // A link in place of .rsrc is refused: nothing is renamed out of the volume.
+                deskd_volume::rsrc::make_rsrc_dir(to)?;
                 std::fs::rename(from, to).map_err(|e| RebuildError::io(from, e))?;
                 deskd_volume::rsrc::ensure_id(to, *id, || {
                     deskd_volume::rsrc::ResourceHeader::new(*id, [0; 4], [0; 4], 0)

@@ -301,7 +301,7 @@ fn fix_disk(
                 (Ok(None), Some(&(from, moved_id)))
                     if moved_id == planned_id && !p.touched.contains(&moved_id) =>
                 {
-                    crate::ensure_rsrc_dir(rsrc_path)?;
+                    rsrc::make_rsrc_dir(rsrc_path)?;
                     std::fs::rename(from, rsrc_path).is_ok()
                 }
                 _ => false,

@@ -234,23 +234,12 @@ fn read_rsrc_path(path: &Path) -> Rsrc {
 }
 
 fn read_rsrc_at(dir: &OwnedFd, name: &CString) -> Rsrc {
-    // SAFETY: openat(2) relative to a directory descriptor we own; the result is checked.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
+    use std::os::unix::io::AsFd;
+    let mut file = match rsrc::open_at(dir.as_fd(), name, libc::O_RDONLY, 0) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Rsrc::Missing,
+        Err(e) => return Rsrc::Corrupt(format!("cannot open resource file: {e}")),
     };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENOENT) => Rsrc::Missing,
-            _ => Rsrc::Corrupt(format!("cannot open resource file: {e}")),
-        };
-    }
-    // SAFETY: fd was just opened and is owned here.
-    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     let shown = Path::new(std::ffi::OsStr::from_bytes(name.as_bytes()));
     match rsrc::read_header_from(&mut file, shown) {
         Ok(h) => Rsrc::Valid(h),

@@ -149,10 +149,17 @@ pub fn root_rsrc_path(root: &Path) -> PathBuf {
 // `.rsrc/NAME` or as `.rsrc` itself must never make them read or write a file outside. So the
 // `.rsrc` directory is opened with O_NOFOLLOW and the file relative to it, with O_NOFOLLOW too.
 
-/// Why a link in deskd's own namespace is refused.
-const LINK_REFUSED: &str =
-    "a symbolic link where a real .rsrc directory belongs; refused (move it away, then run \
-     deskd rebuild)";
+/// The error for a link in place of the `.rsrc` directory `dir`.
+fn link_refused(dir: &Path) -> VolumeError {
+    VolumeError::io(
+        dir,
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a symbolic link where a real .rsrc directory belongs; refused (move it away, then \
+             run deskd rebuild)",
+        ),
+    )
+}
 
 /// Open the `.rsrc` directory holding `path`, never through a symbolic link. `Ok(None)` when
 /// it does not exist.
@@ -176,10 +183,7 @@ fn open_rsrc_dir(path: &Path) -> Result<Option<(File, &std::ffi::OsStr)>, Volume
             if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR))
                 && fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) =>
         {
-            Err(VolumeError::io(
-                dir,
-                std::io::Error::new(std::io::ErrorKind::InvalidData, LINK_REFUSED),
-            ))
+            Err(link_refused(dir))
         }
         Err(e) => Err(VolumeError::io(dir, e)),
     }
@@ -195,10 +199,7 @@ pub fn make_rsrc_dir(path: &Path) -> Result<(), VolumeError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             match fs::symlink_metadata(dir) {
-                Ok(m) if m.file_type().is_symlink() => Err(VolumeError::io(
-                    dir,
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, LINK_REFUSED),
-                )),
+                Ok(m) if m.file_type().is_symlink() => Err(link_refused(dir)),
                 _ => Ok(()),
             }
         }
@@ -206,19 +207,17 @@ pub fn make_rsrc_dir(path: &Path) -> Result<(), VolumeError> {
     }
 }
 
-/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.
-fn open_at(
-    dir: &File,
-    name: &std::ffi::OsStr,
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`: a file relative to a directory
+/// descriptor, never through a symbolic link in its place (`ELOOP`).
+pub fn open_at(
+    dir: std::os::unix::io::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
     flags: libc::c_int,
     mode: libc::mode_t,
 ) -> std::io::Result<File> {
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::io::{AsRawFd, FromRawFd};
-    let name = std::ffi::CString::new(name.as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: openat relative to a directory descriptor we own, with a NUL-terminated name;
-    // the result is checked before it is owned.
+    // SAFETY: openat relative to a directory descriptor the caller holds open, with a
+    // NUL-terminated name; the result is checked before it is owned.
     let fd = unsafe {
         libc::openat(
             dir.as_raw_fd(),
@@ -234,6 +233,40 @@ fn open_at(
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// [`open_at`] with the name of a resource-file path.
+fn open_in(
+    dir: &File,
+    name: &std::ffi::OsStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> std::io::Result<File> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::AsFd;
+    let name = std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    open_at(dir.as_fd(), &name, flags, mode)
+}
+
+/// What is at a resource-file path, opened for reading without following links.
+enum Existing {
+    Missing,
+    /// A symbolic link in the resource file's place: no resource file of ours.
+    Link,
+    File(File),
+}
+
+fn open_existing(path: &Path) -> Result<Existing, VolumeError> {
+    let Some((dir, name)) = open_rsrc_dir(path)? else {
+        return Ok(Existing::Missing);
+    };
+    match open_in(&dir, name, libc::O_RDONLY, 0) {
+        Ok(f) => Ok(Existing::File(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Existing::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Ok(Existing::Link),
+        Err(e) => Err(VolumeError::io(path, e)),
+    }
+}
+
 /// Open a resource file for writing (`extra` adds `O_TRUNC`), creating it if missing. A
 /// symbolic link in its place is no resource file of ours: it is removed — the link itself,
 /// never what it points to — and a real file made.
@@ -246,7 +279,7 @@ fn open_for_writing(path: &Path, extra: libc::c_int) -> Result<File, VolumeError
         ));
     };
     let flags = libc::O_WRONLY | libc::O_CREAT | extra;
-    match open_at(&dir, name, flags, 0o666) {
+    match open_in(&dir, name, flags, 0o666) {
         Ok(f) => Ok(f),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             tracing::warn!(
@@ -254,7 +287,7 @@ fn open_for_writing(path: &Path, extra: libc::c_int) -> Result<File, VolumeError
                 path.display()
             );
             fs::remove_file(path).map_err(|e| VolumeError::io(path, e))?;
-            open_at(&dir, name, flags | libc::O_EXCL, 0o666).map_err(|e| VolumeError::io(path, e))
+            open_in(&dir, name, flags | libc::O_EXCL, 0o666).map_err(|e| VolumeError::io(path, e))
         }
         Err(e) => Err(VolumeError::io(path, e)),
     }
@@ -263,19 +296,15 @@ fn open_for_writing(path: &Path, extra: libc::c_int) -> Result<File, VolumeError
 /// Read the header of a resource file. `Ok(None)` when the file does not exist; a symbolic
 /// link in its place is a bad resource file (not followed).
 pub fn read_header(path: &Path) -> Result<Option<ResourceHeader>, VolumeError> {
-    let Some((dir, name)) = open_rsrc_dir(path)? else {
-        return Ok(None);
-    };
-    let mut file = match open_at(&dir, name, libc::O_RDONLY, 0) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+    let mut file = match open_existing(path)? {
+        Existing::File(f) => f,
+        Existing::Missing => return Ok(None),
+        Existing::Link => {
             return Err(VolumeError::BadResourceFile(format!(
                 "{}: a symbolic link, not followed",
                 path.display()
             )))
         }
-        Err(e) => return Err(VolumeError::io(path, e)),
     };
     read_header_from(&mut file, path)
         .map(Some)
@@ -310,14 +339,8 @@ pub fn write_header(path: &Path, header: &ResourceHeader) -> Result<(), VolumeEr
 /// followed through a symbolic link. `Ok(false)`, copying nothing, when `from` does not exist
 /// or is a link (no resource file of ours: the object gets a fresh one when registered).
 pub fn copy_file(from: &Path, to: &Path) -> Result<bool, VolumeError> {
-    let Some((dir, name)) = open_rsrc_dir(from)? else {
+    let Existing::File(mut source) = open_existing(from)? else {
         return Ok(false);
-    };
-    let mut source = match open_at(&dir, name, libc::O_RDONLY, 0) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(false),
-        Err(e) => return Err(VolumeError::io(from, e)),
     };
     let mut dest = open_for_writing(to, libc::O_TRUNC)?;
     std::io::copy(&mut source, &mut dest).map_err(|e| VolumeError::io(to, e))?;

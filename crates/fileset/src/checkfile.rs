@@ -70,6 +70,9 @@ impl CheckFile {
     /// Encode; fails if an entry does not fit the version.
     pub fn encode(&self) -> Result<Vec<u8>, CheckError> {
         check_count(self.entries.len())?;
+        for e in &self.entries {
+            check_name(&e.name)?;
+        }
         check_consistent(&self.entries)?;
         let mut out = vec![0u8; HEADER_LEN];
         out[4..8].copy_from_slice(&(self.entries.len() as u32).to_le_bytes());
@@ -225,16 +228,10 @@ pub fn check_count(files: usize) -> Result<(), CheckError> {
     Ok(())
 }
 
-/// What no set can hold, in either format: an unsafe name (see [`name_from`]; a NUL would
-/// also end a format-1 name early), a time no file can have, or one name twice (it would be
-/// loaded twice and counted twice). Checked on encode and decode alike.
+/// What no set can hold, in either format: a time no file can have, or one name twice (it
+/// would be loaded twice and counted twice). Checked on encode and decode alike; names are
+/// checked one by one ([`check_name`]).
 fn check_consistent(entries: &[Entry]) -> Result<(), CheckError> {
-    if let Some(e) = entries.iter().find(|e| e.name.contains('\0')) {
-        return Err(CheckError::Malformed(format!("unsafe name {:?}", e.name)));
-    }
-    for e in entries {
-        name_from(e.name.as_bytes())?;
-    }
     if let Some(e) = entries.iter().find(|e| e.mtime_nsec >= 1_000_000_000) {
         return Err(CheckError::Malformed(format!(
             "{}: {} nanoseconds",
@@ -251,19 +248,25 @@ fn check_consistent(entries: &[Entry]) -> Result<(), CheckError> {
 
 fn name_from(bytes: &[u8]) -> Result<String, CheckError> {
     let name = std::str::from_utf8(bytes)
-        .map_err(|_| CheckError::Malformed("name is not UTF-8".into()))?
-        .to_string();
-    // Names are relative, without `..`, `.` or empty components: a check file can never
-    // make load write outside its directory.
+        .map_err(|_| CheckError::Malformed("name is not UTF-8".into()))?;
+    check_name(name)?;
+    Ok(name.to_string())
+}
+
+/// Names are relative, without `..`, `.` or empty components, so a check file can never make
+/// load write outside its directory, and without NUL, which would end a format-1 name early.
+/// Checked on encode and decode alike.
+fn check_name(name: &str) -> Result<(), CheckError> {
     let bad = name.is_empty()
         || name.starts_with('/')
+        || name.contains('\0')
         || name
             .split('/')
             .any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
         return Err(CheckError::Malformed(format!("unsafe name {name:?}")));
     }
-    Ok(name)
+    Ok(())
 }
 
 /// Whether an entry fits format 2: a path of 1 to 4,095 bytes.

@@ -336,7 +336,7 @@ fn kind_of(ft: &fs::FileType) -> &'static str {
 }
 
 /// Check that `path` is the file `e` describes (size and mtime; SHA-256 too when asked).
-fn verify_file(path: &Path, e: &Entry, version: u32, hash: bool) -> Result<()> {
+fn verify_file(path: &Path, e: &Entry, version: u32, hash: bool) -> Result<fs::Metadata> {
     let m = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -373,7 +373,7 @@ fn verify_file(path: &Path, e: &Entry, version: u32, hash: bool) -> Result<()> {
     if hash && version >= 2 && sha256_of(path)? != e.sha256 {
         return Err(FilesetError::Digest(path.to_path_buf()));
     }
-    Ok(())
+    Ok(m)
 }
 
 /// Where each entry of an unfinished save's intent is now: its temporary name if that is
@@ -710,19 +710,19 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
         Err(e) => return Err(e),
     }
     let check = read_check(&source.join(&opts.check_name))?;
+    // Each file's path and permission bits, found once.
+    let mut sources: Vec<(PathBuf, u32)> = Vec::with_capacity(check.entries.len());
     for e in &check.entries {
-        verify_file(&join(source, &e.name)?, e, check.version, false)?;
+        let src = join(source, &e.name)?;
+        let m = verify_file(&src, e, check.version, false)?;
+        sources.push((src, m.mode() & 0o7777));
     }
     ensure_dir(tmpdir, opts)?;
     // From a disk, the set is read ahead with O_DIRECT; from memory, the kernel copies once.
     let mut ahead = if opts.boundary_64k || readahead::in_memory(source) {
         None
     } else {
-        let files = check
-            .entries
-            .iter()
-            .map(|e| join(source, &e.name))
-            .collect::<Result<_>>()?;
+        let files = sources.iter().map(|(src, _)| src.clone()).collect();
         match readahead::ReadAhead::start(files) {
             Ok(a) => Some(a),
             Err(err) => {
@@ -738,15 +738,13 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
     // working set already there replaced by half of the saved one.
     let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
     let result = (|| -> Result<()> {
-        for e in &check.entries {
-            let src = join(source, &e.name)?;
+        for (e, (src, mode)) in check.entries.iter().zip(&sources) {
             let dst = join(tmpdir, &e.name)?;
             if let Some(parent) = dst.parent() {
                 if !parent.is_dir() {
                     fs::create_dir_all(parent).map_err(io_err(parent))?;
                 }
             }
-            let mode = fs::metadata(&src).map_err(io_err(&src))?.mode() & 0o7777;
             opts.say(1, || format!("load {} ({} bytes)", e.name, e.size));
             // Read ahead, a version-2 file is hashed on the way in.
             let mut digest = (check.version >= 2 && ahead.is_some()).then(Sha256::new);
@@ -755,7 +753,7 @@ fn load_from(source: &Path, tmpdir: &Path, opts: &Options) -> Result<()> {
                 None => Via::Kernel,
             };
             let (temp, n, file) =
-                copy_to_temp(&src, &dst, (e.mtime_sec, e.mtime_nsec), mode, opts, via)?;
+                copy_to_temp(src, &dst, (e.mtime_sec, e.mtime_nsec), *mode, opts, via)?;
             staged.push((temp.clone(), dst));
             file.sync_all().map_err(io_err(&temp))?;
             if n != e.size {
