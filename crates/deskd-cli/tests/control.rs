@@ -300,6 +300,62 @@ fn a_relocation_link_planted_by_a_user_is_not_followed() {
 }
 
 #[test]
+fn a_reader_holding_a_snapshot_does_not_hold_up_writes() {
+    // A backup through SQLite, or an admin's sqlite3 session, keeps a read snapshot open for as
+    // long as it likes. Checkpoints then cannot finish; the writes behind them must not wait.
+    let mut env = Env::new(&["vol"]);
+    let cfg = env.path("deskd.toml");
+    std::fs::write(&cfg, "[defaults]\nflush_delay = 1\nidle_close = 1\n").unwrap();
+    let vol = env.path("vol");
+    env.start(&["--config", cfg.to_str().unwrap(), vol.to_str().unwrap()]);
+    env.dt_ok(&[b"touch", b"vol/before"]);
+    let mut reader = std::process::Command::new("sqlite3")
+        .arg(env.path("vol/.Desktop"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = reader.stdin.take().unwrap();
+    use std::io::Write as _;
+    stdin
+        .write_all(b"BEGIN;\nSELECT count(*) FROM objects;\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    // Past the flush delay: from now on every timed checkpoint finds the reader.
+    std::thread::sleep(Duration::from_millis(1500));
+    let began = Instant::now();
+    for i in 0..8 {
+        env.dt_ok(&[b"touch", format!("vol/during-{i}").as_bytes()]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = began.elapsed();
+    // 8 × 200 ms of pauses; each checkpoint used to wait 2 s for the reader, in front of a write.
+    assert!(took < Duration::from_secs(4), "8 writes took {took:?}");
+    let log = env.log_text();
+    assert_eq!(
+        log.matches("holds the checkpoint back").count(),
+        1,
+        "logged once, not per retry: {log}"
+    );
+    drop(stdin);
+    reader.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if status(&env)["wal_bytes"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint after the reader left");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        env.log_text().contains("checkpoint done after readers held it back"),
+        "{}",
+        env.log_text()
+    );
+    assert_eq!(status(&env)["objects"], 10);
+}
+
+#[test]
 fn wal_limit_bounds_the_wal() {
     let mut env = Env::new(&["vol"]);
     let cfg = env.path("deskd.toml");

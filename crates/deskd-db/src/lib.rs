@@ -34,6 +34,9 @@ pub const MAX_NAME_LEN: usize = 255;
 /// How much of a desktop file is memory-mapped (address space only; pages load on use).
 const MMAP_SIZE: i64 = 4 << 30;
 
+/// How long the write connection waits for a lock another process holds.
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The Mac type that marks an application.
 pub const APPL: [u8; 4] = *b"APPL";
 
@@ -699,7 +702,7 @@ impl Desktop {
             .map(|m| m.len() == 0)
             .unwrap_or(true);
         let mut conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(2))?;
+        conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(DbError::Corrupt(format!(
@@ -786,22 +789,28 @@ impl Desktop {
         })
     }
 
-    /// Checkpoint the WAL into the main file and empty the WAL file (TRUNCATE). When readers
-    /// hold it back, SQLite copies what it can and reports busy.
+    /// Checkpoint the WAL into the main file and empty the WAL file (TRUNCATE), waiting at most
+    /// `wait` for readers of older snapshots to finish. When readers still hold it back, SQLite
+    /// copies what it can and reports busy. The wait blocks this connection, the only writer,
+    /// so callers that must not hold up writes pass a short one: a backup or an `sqlite3`
+    /// session may hold its snapshot for minutes.
     /// Returns (busy, frames in WAL, frames checkpointed).
-    pub fn checkpoint(&self) -> Result<(i64, i64, i64)> {
-        Ok(self
+    pub fn checkpoint(&self, wait: Duration) -> Result<(i64, i64, i64)> {
+        self.conn.busy_timeout(wait)?;
+        let result = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?)
+            });
+        self.conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
+        Ok(result?)
     }
 
     /// Record a clean shutdown and flush everything into the main file.
     pub fn close_clean(self) -> Result<()> {
         meta_set(&self.conn, "clean", 1)?;
         meta_set(&self.conn, "last_seen", now_unix())?;
-        self.checkpoint()?;
+        self.checkpoint(WRITER_BUSY_TIMEOUT)?;
         Ok(())
     }
 

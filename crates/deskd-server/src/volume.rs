@@ -251,6 +251,8 @@ impl VolumeHandle {
             dirty_since: None,
             last_write: Instant::now(),
             frozen_until: None,
+            checkpoint_after: None,
+            held_back_since: None,
         };
         std::thread::Builder::new()
             .name(format!("writer-{index}"))
@@ -406,6 +408,15 @@ fn run_batch(
 /// Most writes taken into one transaction.
 const MAX_BATCH: usize = 4096;
 
+/// How long a timed or WAL-limit checkpoint waits for readers of older snapshots: long enough
+/// for the server's own short reads, short enough that a long reader (a backup, an `sqlite3`
+/// session) never holds up the writes queued behind the checkpoint.
+const TIMED_CHECKPOINT_WAIT: Duration = Duration::from_millis(20);
+/// How long `deskd flush` and `deskd freeze` wait for such readers.
+const REQUESTED_CHECKPOINT_WAIT: Duration = Duration::from_millis(500);
+/// After a checkpoint that readers held back, no timed one is tried again before this.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
+
 struct Writer {
     desktop: Option<Desktop>,
     volume: Volume,
@@ -417,6 +428,10 @@ struct Writer {
     dirty_since: Option<Instant>,
     last_write: Instant,
     frozen_until: Option<Instant>,
+    /// After a checkpoint that readers held back: no timed checkpoint before this.
+    checkpoint_after: Option<Instant>,
+    /// Since when timed checkpoints have been held back by a reader (for the log).
+    held_back_since: Option<Instant>,
 }
 
 impl Writer {
@@ -536,6 +551,10 @@ impl Writer {
             let flush = since + Duration::from_secs(self.config.flush_delay);
             let idle = self.last_write + Duration::from_secs(self.config.idle_close);
             let d = flush.min(idle);
+            let d = match self.checkpoint_after {
+                Some(after) => d.max(after),
+                None => d,
+            };
             let d = match self.frozen_until {
                 Some(f) => d.max(f),
                 None => d,
@@ -545,8 +564,19 @@ impl Writer {
         deadline
     }
 
+    /// Whether a checkpoint that readers held back was tried too recently for another now.
+    fn backing_off(&mut self) -> bool {
+        match self.checkpoint_after {
+            Some(after) if Instant::now() < after => true,
+            _ => {
+                self.checkpoint_after = None;
+                false
+            }
+        }
+    }
+
     fn timers(&mut self) {
-        if self.frozen() {
+        if self.frozen() || self.backing_off() {
             return;
         }
         if let Some(since) = self.dirty_since {
@@ -554,15 +584,13 @@ impl Writer {
             if now >= since + Duration::from_secs(self.config.flush_delay)
                 || now >= self.last_write + Duration::from_secs(self.config.idle_close)
             {
-                if let Err(e) = self.flush() {
-                    warn!(volume = %self.volume.root().display(), "timed flush failed: {}", e.message);
-                }
+                self.timed_flush("timed flush");
             }
         }
     }
 
     fn check_wal_limit(&mut self) {
-        if self.frozen() {
+        if self.frozen() || self.backing_off() {
             return;
         }
         let size = std::fs::metadata(&self.wal_path)
@@ -571,22 +599,45 @@ impl Writer {
         if size > self.config.wal_limit {
             // A truncating checkpoint that readers hold back still copies every frame it can
             // (SQLite then proceeds as PASSIVE), so one call covers both cases.
-            if let Err(e) = self.flush() {
-                warn!(volume = %self.volume.root().display(), "WAL over its limit: {}", e.message);
-            }
+            self.timed_flush("WAL over its limit");
         }
     }
 
-    fn flush(&mut self) -> Result<(), ErrorReply> {
+    /// A checkpoint nobody asked for: logged once when readers start holding checkpoints
+    /// back and once when one gets through, not at every retry.
+    fn timed_flush(&mut self, why: &str) {
+        let root = self.volume.root().display().to_string();
+        match self.flush(TIMED_CHECKPOINT_WAIT) {
+            Ok(()) => {
+                if let Some(since) = self.held_back_since.take() {
+                    info!(volume = %root, "{why}: checkpoint done after readers held it back for {} s", since.elapsed().as_secs());
+                }
+            }
+            Err(e) if e.code == ErrorCode::Busy => {
+                if self.held_back_since.is_none() {
+                    self.held_back_since = Some(Instant::now());
+                    warn!(volume = %root, "{why}: a reader of an older snapshot (a backup, an sqlite3 session) holds the checkpoint back; writes go on, retrying every {} s", CHECKPOINT_RETRY.as_secs());
+                } else {
+                    tracing::debug!(volume = %root, "{why}: checkpoint still held back");
+                }
+            }
+            Err(e) => warn!(volume = %root, "{why} failed: {}", e.message),
+        }
+    }
+
+    /// Checkpoint, waiting at most `wait` for readers of older snapshots.
+    fn flush(&mut self, wait: Duration) -> Result<(), ErrorReply> {
         let desktop = self.desktop.as_ref().expect("writer used after shutdown");
-        let (busy, _, _) = desktop.checkpoint().map_err(db_error)?;
+        let (busy, _, _) = desktop.checkpoint(wait).map_err(db_error)?;
         if busy != 0 {
+            self.checkpoint_after = Some(Instant::now() + CHECKPOINT_RETRY);
             return Err(ErrorReply::new(
                 ErrorCode::Busy,
                 "checkpoint blocked by a reader; try again",
             ));
         }
         self.dirty_since = None;
+        self.checkpoint_after = None;
         self.state.lock().unwrap().last_flush = now_unix();
         Ok(())
     }
@@ -603,7 +654,8 @@ impl Writer {
                         ),
                     ))
                 } else {
-                    self.flush().map(|_| Response::Done)
+                    self.flush(REQUESTED_CHECKPOINT_WAIT)
+                        .map(|_| Response::Done)
                 };
                 let _ = reply.send(result);
             }
@@ -612,7 +664,11 @@ impl Writer {
                 let clamped = wanted > self.config.freeze_max;
                 let secs = wanted.min(self.config.freeze_max).max(1);
                 // Flush first (a new freeze on a frozen volume just extends it).
-                let result = if self.frozen() { Ok(()) } else { self.flush() };
+                let result = if self.frozen() {
+                    Ok(())
+                } else {
+                    self.flush(REQUESTED_CHECKPOINT_WAIT)
+                };
                 let result = result.map(|_| {
                     self.frozen_until = Some(Instant::now() + Duration::from_secs(secs as u64));
                     let until = now_unix() + secs as i64;
