@@ -344,11 +344,15 @@ fn a_reader_holding_a_snapshot_does_not_hold_up_writes() {
         if status(&env)["wal_bytes"] == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "no checkpoint after the reader left");
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint after the reader left"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
-        env.log_text().contains("checkpoint done after readers held it back"),
+        env.log_text()
+            .contains("checkpoint done after readers held it back"),
         "{}",
         env.log_text()
     );

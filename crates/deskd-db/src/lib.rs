@@ -16,6 +16,7 @@ pub mod ids;
 pub mod name_index;
 pub mod names;
 pub mod schema;
+pub mod snapshot;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -76,6 +76,25 @@ pub struct Options {
     pub threads: usize,
     /// Skip the free-space check.
     pub force: bool,
+    /// Take the desktop records from this desktop (a backup being restored) instead of the
+    /// volume's own, which the new desktop replaces whether it can be read or not.
+    pub start_from: Option<PathBuf>,
+    /// The new desktop's ID counter is at least this (a restore: IDs handed out after the
+    /// backup was made must not be handed out again).
+    pub min_last_id: u32,
+}
+
+impl Options {
+    /// A rebuild of the volume's own desktop.
+    pub fn new(mode: Mode, threads: usize, force: bool) -> Options {
+        Options {
+            mode,
+            threads,
+            force,
+            start_from: None,
+            min_last_id: 0,
+        }
+    }
 }
 
 /// What a rebuild did (or, for `-s`, found).
@@ -208,18 +227,37 @@ pub fn rebuild(
     if options.mode != Mode::Scan && !options.force {
         check_space(&desktop)?;
     }
-    let old = match read_old(&desktop) {
-        Ok(old) => old,
-        Err(e) if options.mode == Mode::Fresh => {
-            tracing::warn!("the old desktop cannot be read ({e}); building from the disk alone");
-            None
-        }
-        Err(e) => {
-            return Err(RebuildError::Usage(format!(
-                "{}: cannot read the desktop ({e}); run `deskd rebuild -f` to build a new one",
-                root.display()
-            )))
-        }
+    let old = match &options.start_from {
+        Some(backup) => match read_old(backup) {
+            Ok(Some(old)) => Some(old),
+            Ok(None) => {
+                return Err(RebuildError::Usage(format!(
+                    "{}: empty desktop",
+                    backup.display()
+                )))
+            }
+            Err(e) => {
+                return Err(RebuildError::Usage(format!(
+                    "{}: cannot read the desktop to restore ({e})",
+                    backup.display()
+                )))
+            }
+        },
+        None => match read_old(&desktop) {
+            Ok(old) => old,
+            Err(e) if options.mode == Mode::Fresh => {
+                tracing::warn!(
+                    "the old desktop cannot be read ({e}); building from the disk alone"
+                );
+                None
+            }
+            Err(e) => {
+                return Err(RebuildError::Usage(format!(
+                    "{}: cannot read the desktop ({e}); run `deskd rebuild -f` to build a new one",
+                    root.display()
+                )))
+            }
+        },
     };
     let walk = walk::walk(
         &root,
@@ -228,8 +266,8 @@ pub fn rebuild(
         &std::sync::atomic::AtomicBool::new(false),
     )?;
     let (counter, identity) = match &old {
-        Some(o) => (o.last_id, o.identity),
-        None => (0, None),
+        Some(o) => (o.last_id.max(options.min_last_id), o.identity),
+        None => (options.min_last_id, None),
     };
     let decide_from = match options.mode {
         Mode::Fresh => None,
@@ -255,7 +293,12 @@ pub fn rebuild(
     if options.mode != Mode::Scan {
         apply_fixes(&plan.fixes)?;
         crash_point("fixes");
-        write_desktop(&desktop, &plan, old.as_ref(), identity)?;
+        let replacing = match options.start_from {
+            Some(_) => Replacing::AnyDesktop,
+            None if old.is_some() => Replacing::ReadDesktop,
+            None => Replacing::Unreadable,
+        };
+        write_desktop(&desktop, &plan, old.as_ref(), identity, replacing)?;
     }
     Ok(Report {
         mode: options.mode,
@@ -296,12 +339,25 @@ fn apply_fixes(fixes: &[Fix]) -> Result<(), RebuildError> {
     Ok(())
 }
 
+/// What the new desktop replaces, which decides what becomes of the old one's WAL.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replacing {
+    /// The desktop the plan was made from: its WAL must be folded in first.
+    ReadDesktop,
+    /// A desktop that could not be read: its WAL is worth nothing.
+    Unreadable,
+    /// Whatever the volume has (a restore): fold its WAL in if it can be, so the file stays
+    /// whole until the rename; otherwise drop it.
+    AnyDesktop,
+}
+
 /// Write the planned desktop under a temporary name and rename it over the old one.
 fn write_desktop(
     desktop: &Path,
     plan: &Plan,
     old: Option<&OldDesktop>,
     identity: Option<Identity>,
+    replacing: Replacing,
 ) -> Result<(), RebuildError> {
     let dir = desktop.parent().unwrap_or(Path::new("/"));
     let temp = dir.join(deskd_volume::REBUILD_FILE);
@@ -342,8 +398,16 @@ fn write_desktop(
     // The old desktop's WAL belongs to the old file: fold it in, then remove it, so it can never
     // be applied to the new one. The old file is still complete until the rename below.
     // (An unreadable old desktop has nothing worth folding in.)
-    if old.is_some() {
-        deskd_db::checkpoint_file(desktop)?;
+    match replacing {
+        Replacing::ReadDesktop => deskd_db::checkpoint_file(desktop)?,
+        Replacing::AnyDesktop if std::fs::metadata(desktop).is_ok() => {
+            if let Err(e) = deskd_db::checkpoint_file(desktop) {
+                tracing::warn!(
+                    "the desktop being replaced cannot be checkpointed ({e}); its WAL is dropped"
+                );
+            }
+        }
+        _ => {}
     }
     crash_point("checkpointed");
     for side in [deskd_db::wal_path(desktop), deskd_db::shm_path(desktop)] {

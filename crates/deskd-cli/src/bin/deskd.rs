@@ -116,6 +116,65 @@ enum Command {
         /// The volume's root directory (where its .Desktop is).
         volume: PathBuf,
     },
+    /// Copy a volume's desktop while clients keep working, check the copy, and write a
+    /// manifest beside it (FILE.manifest.json, written last). The copy is one consistent
+    /// snapshot; the server is not needed and is not held up.
+    ///
+    /// Exit status: 0 done, 1 the copy failed its check, 2 error.
+    Backup {
+        /// Replace an existing backup file.
+        #[arg(long)]
+        force: bool,
+        /// Print the manifest as one JSON line instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// The volume's root directory (where its .Desktop is).
+        volume: PathBuf,
+        /// The backup file to write, or a directory to write `<volume name>-<UTC time>.desktop`
+        /// in.
+        dest: PathBuf,
+    },
+    /// Check a backup made by `deskd backup`: manifest, size, SHA-256, SQLite integrity and
+    /// the counts. Changes nothing.
+    ///
+    /// Exit status: 0 the backup is good, 1 it is not, 2 error.
+    Verify {
+        /// Print the manifest as one JSON line.
+        #[arg(long)]
+        json: bool,
+        /// The backup file (its manifest is FILE.manifest.json).
+        backup: PathBuf,
+    },
+    /// Put a backup back as a volume's desktop, then bring it up to what is on the disk now (a
+    /// repair rebuild that starts from the backup): objects made, moved or deleted since the
+    /// backup are right, and no ID handed out since is handed out again. The volume must not
+    /// be served while this runs.
+    ///
+    /// Exit status: 0 done, 1 the backup failed its checks, 2 error.
+    Restore {
+        /// Also print each repair (the `deskd rebuild -s` lines).
+        #[arg(short, long)]
+        verbose: bool,
+        /// Repairs and the summary as JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Walker threads (default: 8 per CPU, from 8 to 64).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Restore a backup with a missing or mismatched manifest, or of another desktop than
+        /// the volume's, and skip the free-space check. SQLite's integrity check still applies.
+        #[arg(long)]
+        force: bool,
+        /// When the volume's own desktop cannot be read, IDs continue this far past the
+        /// backup's last ID (IDs handed out after the backup, to objects since deleted, are
+        /// known nowhere else).
+        #[arg(long, default_value_t = deskd_backup::DEFAULT_ID_GAP)]
+        id_gap: u32,
+        /// The backup file (made by `deskd backup`).
+        backup: PathBuf,
+        /// The volume's root directory.
+        volume: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -164,11 +223,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 deskd_rebuild::Mode::Repair
             };
-            let options = deskd_rebuild::Options {
+            let options = deskd_rebuild::Options::new(
                 mode,
-                threads: threads.unwrap_or_else(deskd_rebuild::default_threads),
+                threads.unwrap_or_else(deskd_rebuild::default_threads),
                 force,
-            };
+            );
             if let Some((client, vol)) = served(&cli.connection, &volume) {
                 return Ok(rebuild_online(
                     client,
@@ -181,6 +240,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ));
             }
             Ok(rebuild(&volume, &options, verbose || scan, json))
+        }
+        Command::Backup {
+            force,
+            json,
+            volume,
+            dest,
+        } => Ok(backup(&volume, &dest, force, json)),
+        Command::Verify { json, backup } => Ok(verify(&backup, json)),
+        Command::Restore {
+            verbose,
+            json,
+            threads,
+            force,
+            id_gap,
+            backup,
+            volume,
+        } => {
+            let options = deskd_backup::RestoreOptions {
+                threads: threads.unwrap_or_else(deskd_rebuild::default_threads),
+                force,
+                id_gap,
+            };
+            Ok(restore(&backup, &volume, &options, verbose, json))
         }
         Command::Status { volume, json } => {
             let (mut client, vol) = connect_for(&cli.connection, &volume)?;
@@ -655,4 +737,131 @@ fn rebuild(volume: &Path, options: &deskd_rebuild::Options, show: bool, json: bo
         report.differences as u64,
         write_failed,
     )
+}
+
+/// Exit status of a backup error: 1 when a backup (or its copy) fails its checks, else 2.
+fn backup_error(verb: &str, e: &deskd_backup::BackupError) -> ExitCode {
+    eprintln!("deskd {verb}: {e}");
+    match e {
+        deskd_backup::BackupError::Invalid(_) => ExitCode::from(1),
+        _ => ExitCode::from(2),
+    }
+}
+
+/// `deskd backup`.
+fn backup(volume: &Path, dest: &Path, force: bool, json: bool) -> ExitCode {
+    let bar = progress_bar("{spinner} {pos}/{len} pages copied {elapsed}");
+    let started = std::time::Instant::now();
+    let result = deskd_backup::backup(volume, dest, force, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    match result {
+        Ok((path, m)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&m).expect("a manifest serialises")
+                );
+            } else {
+                println!(
+                    "backup {}: {} objects, last ID {}, {} bytes, integrity ok, {:.2}s -> {}",
+                    m.volume,
+                    m.desktop_info.objects,
+                    m.desktop_info.last_id,
+                    m.bytes,
+                    started.elapsed().as_secs_f64(),
+                    path.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => backup_error("backup", &e),
+    }
+}
+
+/// `deskd verify`.
+fn verify(backup: &Path, json: bool) -> ExitCode {
+    match deskd_backup::verify(backup) {
+        Ok(m) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&m).expect("a manifest serialises")
+                );
+            } else {
+                println!(
+                    "{}: good: the desktop of {} as of {}, {} objects, last ID {}",
+                    backup.display(),
+                    m.volume,
+                    deskd_server::volume::ctime_string(m.started),
+                    m.desktop_info.objects,
+                    m.desktop_info.last_id
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => backup_error("verify", &e),
+    }
+}
+
+/// `deskd restore`.
+fn restore(
+    backup: &Path,
+    volume: &Path,
+    options: &deskd_backup::RestoreOptions,
+    show: bool,
+    json: bool,
+) -> ExitCode {
+    use std::io::Write;
+    let bar = progress_bar("{spinner} {pos} objects walked ({per_sec}) {elapsed}");
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut write_failed = false;
+    let result = deskd_backup::restore(
+        backup,
+        volume,
+        options,
+        &|n| bar.set_position(n),
+        &mut |d| {
+            if show {
+                write_failed |=
+                    write_difference(&mut out, json, d.kind, &d.path, &d.detail).is_err();
+            }
+        },
+    );
+    bar.finish_and_clear();
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            let _ = out.flush();
+            return backup_error("restore", &e);
+        }
+    };
+    let c = &report.rebuild.counts;
+    if json {
+        write_failed |= writeln!(out, "{}", serde_json::json!({ "restore": report })).is_err();
+    } else {
+        write_failed |= writeln!(
+            out,
+            "restore {} from {}: {} objects, {} directories, {} new IDs, {} renumbered duplicates, {} repaired, {} removed; IDs continue after {}; {:.2}s",
+            report.rebuild.volume,
+            report.backup,
+            c.objects,
+            c.directories,
+            c.new_ids,
+            c.renumbered,
+            c.repaired,
+            c.removed,
+            report.last_id,
+            report.rebuild.seconds
+        )
+        .is_err();
+    }
+    if out.flush().is_err() || write_failed {
+        eprintln!("deskd restore: cannot write the output");
+        return ExitCode::from(2);
+    }
+    ExitCode::SUCCESS
 }

@@ -1,0 +1,485 @@
+//! `deskd backup` and `deskd restore`: a consistent copy of a live desktop, with a manifest that
+//! says what it holds, and putting such a copy back on its volume.
+//!
+//! * [`backup`] copies the desktop in one SQLite read snapshot ([`deskd_db::snapshot`]) while the
+//!   server goes on writing, checks the copy (`integrity_check`, the same counts as the
+//!   snapshot), syncs it and renames it into place, and writes the manifest last, so a backup
+//!   with a manifest is always complete.
+//! * [`verify`] checks a backup against its manifest (size, SHA-256, integrity, counts).
+//! * [`restore`] puts a verified backup back: the volume's desktop is rebuilt from the backup's
+//!   records and what is on the disk now ([`deskd_rebuild`] in repair mode, starting from the
+//!   backup), so objects made, moved or deleted since the backup are right too, and the ID
+//!   counter never goes back (IDs handed out after the backup are never handed out again).
+
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use deskd_db::snapshot::{check_copy, copy_snapshot, CopyInfo};
+use deskd_db::Read as _;
+use deskd_rebuild::{Difference, Mode, RebuildError, Report};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What names a manifest, beside its backup: `FILE` → `FILE.manifest.json`.
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// The manifest's `kind`.
+pub const MANIFEST_KIND: &str = "deskd-backup";
+/// The manifest layout this deskd writes and reads.
+pub const MANIFEST_VERSION: u32 = 1;
+/// How far a restore moves the ID counter past the backup's when the volume's own desktop cannot
+/// be read, so that IDs handed out after the backup (to objects since deleted, which no resource
+/// file remembers) are not handed out again.
+pub const DEFAULT_ID_GAP: u32 = 1 << 20;
+
+/// Errors of backup, verify and restore.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Wrong arguments or a state the user must change (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The backup does not pass its checks.
+    #[error("{0}")]
+    Invalid(String),
+    /// The volume is served or being rebuilt.
+    #[error("{0}")]
+    Busy(String),
+    #[error("{path}: {source}")]
+    Desktop {
+        path: PathBuf,
+        source: deskd_db::DbError,
+    },
+    #[error("{0}")]
+    Rebuild(#[from] RebuildError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn db(path: &Path) -> impl FnOnce(deskd_db::DbError) -> BackupError + '_ {
+    move |source| BackupError::Desktop {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The manifest written beside every backup (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always `deskd-backup`.
+    pub kind: String,
+    pub manifest_version: u32,
+    /// The volume root the desktop belongs to.
+    pub volume: String,
+    /// The desktop file that was copied.
+    pub desktop: String,
+    /// The backup file's name (in the manifest's directory).
+    pub file: String,
+    pub bytes: u64,
+    /// SHA-256 of the backup file, lower-case hex.
+    pub sha256: String,
+    /// Unix times: the copy started (its snapshot is from then) and the backup was complete.
+    pub started: i64,
+    pub finished: i64,
+    pub deskd_version: String,
+    /// What the desktop held, read in the copy's snapshot.
+    #[serde(flatten)]
+    pub desktop_info: CopyInfo,
+}
+
+/// The manifest path of a backup file.
+pub fn manifest_path(backup: &Path) -> PathBuf {
+    let mut s = backup.as_os_str().to_os_string();
+    s.push(MANIFEST_SUFFIX);
+    s.into()
+}
+
+fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Removes a temporary file unless [`TempFile::keep`] was called (errors, panics).
+struct TempFile(Option<PathBuf>);
+
+impl TempFile {
+    /// Create `path` new (never through a link, never over an existing file), mode 0600.
+    fn create(path: PathBuf) -> Result<(TempFile, File), BackupError> {
+        let _ = std::fs::remove_file(&path);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io(&path))?;
+        Ok((TempFile(Some(path)), file))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.as_deref().expect("temporary file kept already")
+    }
+
+    /// Rename into `target` and sync the directory.
+    fn rename_to(mut self, target: &Path) -> Result<(), BackupError> {
+        let temp = self.0.take().expect("temporary file kept already");
+        if let Err(e) = std::fs::rename(&temp, target) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(io(target)(e));
+        }
+        sync_dir(target)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn sync_dir(file: &Path) -> Result<(), BackupError> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// Size and SHA-256 (hex) of a file.
+fn digest(path: &Path) -> Result<(u64, String), BackupError> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    let hex = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((bytes, hex))
+}
+
+/// Where the backup goes: `dest` itself, or a new name in `dest` when it is a directory.
+fn backup_target(root: &Path, dest: &Path, force: bool) -> Result<PathBuf, BackupError> {
+    let target = if dest.is_dir() {
+        let base = root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "root".into());
+        dest.join(format!(
+            "{base}-{}.desktop",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+        ))
+    } else {
+        dest.to_path_buf()
+    };
+    if target.file_name().is_none() {
+        return Err(BackupError::Usage(format!(
+            "{}: not a file name",
+            dest.display()
+        )));
+    }
+    match std::fs::symlink_metadata(&target) {
+        Ok(m) if m.is_dir() => Err(BackupError::Usage(format!(
+            "{}: is a directory",
+            target.display()
+        ))),
+        Ok(_) if !force => Err(BackupError::Usage(format!(
+            "{}: exists; give another name, or --force to replace it",
+            target.display()
+        ))),
+        _ => Ok(target),
+    }
+}
+
+/// The canonical volume root and the path of its desktop.
+fn volume_desktop(volume: &Path) -> Result<(PathBuf, PathBuf), BackupError> {
+    let root = std::fs::canonicalize(volume).map_err(io(volume))?;
+    if !root.is_dir() {
+        return Err(BackupError::Usage(format!(
+            "{}: not a directory",
+            root.display()
+        )));
+    }
+    let desktop = deskd_rebuild::desktop_path(&root)?;
+    Ok((root, desktop))
+}
+
+/// Back up the desktop of `volume` into `dest` (a file name, or a directory to make a dated
+/// name in) while the volume stays in use. `progress` gets (pages copied, pages in all).
+/// Returns the backup's path and manifest.
+pub fn backup(
+    volume: &Path,
+    dest: &Path,
+    force: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(PathBuf, Manifest), BackupError> {
+    let (root, desktop) = volume_desktop(volume)?;
+    if std::fs::metadata(&desktop).map(|m| m.len()).unwrap_or(0) == 0 {
+        return Err(BackupError::Usage(format!(
+            "{}: the volume has no desktop ({}); nothing to back up",
+            root.display(),
+            desktop.display()
+        )));
+    }
+    let target = backup_target(&root, dest, force)?;
+    let name = target
+        .file_name()
+        .expect("checked by backup_target")
+        .to_string_lossy()
+        .into_owned();
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let (temp, file) = TempFile::create(dir.join(format!(".{name}.partial")))?;
+    drop(file);
+    let started = now_unix();
+    let info = copy_snapshot(&desktop, temp.path(), progress).map_err(db(&desktop))?;
+    let copied = check_copy(temp.path()).map_err(|e| {
+        BackupError::Invalid(format!(
+            "{}: the copy does not pass its check: {e}",
+            target.display()
+        ))
+    })?;
+    if copied != info {
+        return Err(BackupError::Invalid(format!(
+            "{}: the copy holds {copied:?}, its snapshot held {info:?}",
+            target.display()
+        )));
+    }
+    File::open(temp.path())
+        .and_then(|f| f.sync_all())
+        .map_err(io(temp.path()))?;
+    let (bytes, sha256) = digest(temp.path())?;
+    temp.rename_to(&target)?;
+    let manifest = Manifest {
+        kind: MANIFEST_KIND.into(),
+        manifest_version: MANIFEST_VERSION,
+        volume: root.display().to_string(),
+        desktop: desktop.display().to_string(),
+        file: name,
+        bytes,
+        sha256,
+        started,
+        finished: now_unix(),
+        deskd_version: env!("CARGO_PKG_VERSION").into(),
+        desktop_info: info,
+    };
+    write_manifest(&target, &manifest)?;
+    Ok((target, manifest))
+}
+
+/// Write the manifest of `backup` atomically (temporary name, sync, rename, directory sync).
+fn write_manifest(backup: &Path, manifest: &Manifest) -> Result<(), BackupError> {
+    let path = manifest_path(backup);
+    let name = path
+        .file_name()
+        .expect("a backup path has a file name")
+        .to_string_lossy()
+        .into_owned();
+    let (temp, mut file) = TempFile::create(
+        path.parent()
+            .unwrap_or(Path::new("."))
+            .join(format!(".{name}.partial")),
+    )?;
+    let mut text = serde_json::to_string_pretty(manifest).expect("a manifest serialises");
+    text.push('\n');
+    file.write_all(text.as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(io(temp.path()))?;
+    drop(file);
+    temp.rename_to(&path)
+}
+
+/// Check a backup against its manifest: kind and version, size, SHA-256, SQLite integrity, and
+/// the counts the manifest recorded. Changes nothing.
+pub fn verify(backup: &Path) -> Result<Manifest, BackupError> {
+    let path = manifest_path(backup);
+    let text = match std::fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(BackupError::Invalid(format!(
+                "{}: missing; {} is not a complete deskd backup (the manifest is written last)",
+                path.display(),
+                backup.display()
+            )))
+        }
+        other => other.map_err(io(&path))?,
+    };
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
+        BackupError::Invalid(format!(
+            "{}: not a deskd backup manifest: {e}",
+            path.display()
+        ))
+    })?;
+    if manifest.kind != MANIFEST_KIND || manifest.manifest_version > MANIFEST_VERSION {
+        return Err(BackupError::Invalid(format!(
+            "{}: kind {:?} version {}; this deskd reads {MANIFEST_KIND:?} up to version {MANIFEST_VERSION}",
+            path.display(),
+            manifest.kind,
+            manifest.manifest_version
+        )));
+    }
+    let (bytes, sha256) = digest(backup)?;
+    if bytes != manifest.bytes {
+        return Err(BackupError::Invalid(format!(
+            "{}: {bytes} bytes, the manifest says {} (truncated or replaced)",
+            backup.display(),
+            manifest.bytes
+        )));
+    }
+    if sha256 != manifest.sha256 {
+        return Err(BackupError::Invalid(format!(
+            "{}: SHA-256 {sha256} does not match the manifest's {} (the file was changed)",
+            backup.display(),
+            manifest.sha256
+        )));
+    }
+    let info = check_copy(backup)
+        .map_err(|e| BackupError::Invalid(format!("{}: {e}", backup.display())))?;
+    if info != manifest.desktop_info {
+        return Err(BackupError::Invalid(format!(
+            "{}: holds {info:?}, the manifest says {:?}",
+            backup.display(),
+            manifest.desktop_info
+        )));
+    }
+    Ok(manifest)
+}
+
+/// Options of a restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub threads: usize,
+    /// Restore a backup whose manifest is missing or does not match it, or that was made of
+    /// another desktop than the volume's; skip the free-space check. The copy must still pass
+    /// SQLite's integrity check.
+    pub force: bool,
+    /// How far past the backup's counter IDs start when the volume's own desktop cannot be read.
+    pub id_gap: u32,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub backup: String,
+    /// The manifest, when the backup had a valid one.
+    pub manifest: Option<Manifest>,
+    /// The ID counter of the desktop the restore replaced, when it could be read.
+    pub replaced_last_id: Option<u32>,
+    /// The ID counter the restore asked for at least.
+    pub last_id_at_least: u32,
+    /// The restored desktop's ID counter: new IDs start after it.
+    pub last_id: u32,
+    /// The repair that brought the backup up to the disk.
+    pub rebuild: Report,
+}
+
+/// Put the backup `backup` back as the desktop of `volume` (not served: the desktop is locked
+/// as for an offline rebuild), then bring it up to what is on the disk now.
+pub fn restore(
+    backup: &Path,
+    volume: &Path,
+    options: &RestoreOptions,
+    on_progress: &(dyn Fn(u64) + Sync),
+    on_difference: &mut dyn FnMut(&Difference),
+) -> Result<RestoreReport, BackupError> {
+    let manifest = match verify(backup) {
+        Ok(m) => Some(m),
+        Err(BackupError::Invalid(why)) if options.force => {
+            tracing::warn!("{why}; restoring anyway (--force)");
+            None
+        }
+        Err(BackupError::Invalid(why)) => {
+            return Err(BackupError::Invalid(format!(
+                "{why}; not restored (--force restores a backup that passes SQLite's integrity check anyway)"
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    let info = match &manifest {
+        Some(m) => m.desktop_info.clone(),
+        None => check_copy(backup).map_err(|e| {
+            BackupError::Invalid(format!("{}: {e}; not restored", backup.display()))
+        })?,
+    };
+    let (root, desktop) = volume_desktop(volume)?;
+    let current = read_current(&desktop);
+    if let Some((uuid, _)) = current {
+        if uuid != info.volume_uuid && !options.force {
+            return Err(BackupError::Usage(format!(
+                "{}: the backup is of another desktop (volume_uuid {}) than this volume's ({uuid}); --force restores it anyway",
+                backup.display(),
+                info.volume_uuid
+            )));
+        }
+    }
+    let last_id_at_least = match current {
+        Some((_, last_id)) => last_id.max(info.last_id),
+        None => info
+            .last_id
+            .saturating_add(options.id_gap)
+            .min(deskd_db::LAST_USABLE_ID),
+    };
+    let rebuild_options = deskd_rebuild::Options {
+        start_from: Some(backup.to_path_buf()),
+        min_last_id: last_id_at_least,
+        ..deskd_rebuild::Options::new(Mode::Repair, options.threads, options.force)
+    };
+    let report = match deskd_rebuild::rebuild(&root, &rebuild_options, on_progress, on_difference)
+    {
+        Err(RebuildError::Busy(_)) => {
+            return Err(BackupError::Busy(format!(
+                "{}: the desktop is open by a running deskd serve (or a rebuild); stop serving this volume, restore, then serve it again",
+                root.display()
+            )))
+        }
+        other => other?,
+    };
+    let (_, last_id) = read_current(&desktop).ok_or_else(|| {
+        BackupError::Invalid(format!(
+            "{}: the restored desktop cannot be read back",
+            desktop.display()
+        ))
+    })?;
+    Ok(RestoreReport {
+        backup: backup.display().to_string(),
+        manifest,
+        replaced_last_id: current.map(|(_, last)| last),
+        last_id_at_least,
+        last_id,
+        rebuild: report,
+    })
+}
+
+/// The volume_uuid and ID counter of the desktop at `desktop`, when it can be read.
+fn read_current(desktop: &Path) -> Option<(i64, u32)> {
+    if std::fs::metadata(desktop).map(|m| m.len()).unwrap_or(0) == 0 {
+        return None;
+    }
+    let reader = deskd_db::Reader::open(desktop).ok()?;
+    reader.begin_snapshot().ok()?;
+    let uuid = reader.meta("volume_uuid").ok()??;
+    let last = reader.meta("last_id").ok()??;
+    Some((uuid, u32::try_from(last).ok()?))
+}

@@ -1,0 +1,463 @@
+//! `deskd backup`, `deskd verify` and `deskd restore`, driven as a user would: backups of a
+//! live volume under write load, a restore after the desktop was destroyed, and the refusals.
+
+mod common;
+use common::*;
+use deskd_client::{Request, Response};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn manifest(backup: &Path) -> serde_json::Value {
+    let mut m = backup.as_os_str().to_os_string();
+    m.push(".manifest.json");
+    serde_json::from_str(&std::fs::read_to_string(m).unwrap()).unwrap()
+}
+
+/// `deskd backup --json VOLUME DEST`, which must succeed; returns the manifest it printed.
+fn backup(env: &Env, volume: &str, dest: &Path) -> serde_json::Value {
+    let out = env.deskd_ok(&[
+        "backup",
+        "--json",
+        env.path(volume).to_str().unwrap(),
+        dest.to_str().unwrap(),
+    ]);
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+fn sha256sum(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Sets the flag when dropped: writer threads stop even when an assertion fails.
+struct StopOnDrop(Arc<AtomicBool>);
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn backups_of_a_live_volume_are_consistent_snapshots_and_writers_go_on() {
+    let mut env = Env::new(&["vol"]);
+    let cfg = env.path("deskd.toml");
+    // Checkpoints are due all the time, so they meet the backup's snapshot.
+    std::fs::write(
+        &cfg,
+        "[defaults]\nflush_delay = 1\nidle_close = 1\nwal_limit = 1048576\n",
+    )
+    .unwrap();
+    let vol_path = env.path("vol");
+    env.start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        vol_path.to_str().unwrap(),
+    ]);
+    // A desktop of several MB, so a copy takes more than one backup step (1,024 pages each).
+    std::fs::create_dir(env.path("vol/bulk")).unwrap();
+    let mut c = env.client();
+    let vol = c.open_volume(&vol_path).unwrap().vol;
+    for chunk in 0..6 {
+        let names: Vec<String> = (0..5000)
+            .map(|i| format!("bulk/{chunk}-{i:05}-a-long-name-so-the-desktop-spans-many-pages.txt"))
+            .collect();
+        for n in &names {
+            std::fs::write(env.path(&format!("vol/{n}")), b"").unwrap();
+        }
+        register_pipelined(&mut c, vol, &names);
+    }
+    // Four writers, each making w/00000, w/00001, ... one after the other, acknowledged
+    // before the next: a snapshot holds, per writer, some first n of them and nothing else.
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_guard = StopOnDrop(stop.clone());
+    let socket = env.socket.clone();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let dir = vol_path.join(format!("w{w}"));
+            std::fs::create_dir(&dir).unwrap();
+            let (stop, socket, vol_path) = (stop.clone(), socket.clone(), vol_path.clone());
+            std::thread::spawn(move || {
+                let mut c =
+                    deskd_client::Client::connect(&socket, Duration::from_secs(10)).unwrap();
+                let vol = c.open_volume(&vol_path).unwrap().vol;
+                let mut n = 0u32;
+                while !stop.load(Ordering::SeqCst) {
+                    let rel = format!("w{w}/{n:05}");
+                    std::fs::write(vol_path.join(&rel), b"").unwrap();
+                    c.object(Request::AddPath {
+                        vol,
+                        path: rel.into_bytes(),
+                        hint: None,
+                        type_code: None,
+                        creator: None,
+                    })
+                    .unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let backups = env.path("backups");
+    std::fs::create_dir(&backups).unwrap();
+    for round in 0..3 {
+        let file = backups.join(format!("round-{round}.desktop"));
+        let printed = backup(&env, "vol", &file);
+        assert_eq!(printed, manifest(&file), "--json prints the manifest");
+        // The copy is a self-contained, sound SQLite file (no WAL beside it).
+        assert_eq!(sqlite3(&file, "PRAGMA integrity_check"), "ok");
+        assert_eq!(sqlite3(&file, "PRAGMA journal_mode"), "delete");
+        assert!(!backups.join(format!("round-{round}.desktop-wal")).exists());
+        assert_eq!(printed["sha256"], sha256sum(&file));
+        assert_eq!(printed["bytes"], std::fs::metadata(&file).unwrap().len());
+        assert!(printed["pages"].as_u64().unwrap() > 1024, "{printed}");
+        let objects: u64 = sqlite3(&file, "SELECT count(*) FROM objects")
+            .parse()
+            .unwrap();
+        assert_eq!(printed["objects"], objects);
+        // Per writer, names 0..n with no gap: one snapshot, not pages of different moments.
+        for w in 0..4 {
+            let names = sqlite3(
+                &file,
+                &format!(
+                    "SELECT CAST(o.name AS TEXT) FROM objects o JOIN objects d ON o.parent = d.id \
+                     WHERE d.name = CAST('w{w}' AS BLOB) ORDER BY o.name"
+                ),
+            );
+            for (i, name) in names.lines().enumerate() {
+                assert_eq!(name, format!("{i:05}"), "writer {w} in round {round}");
+            }
+        }
+        env.deskd_ok(&["verify", file.to_str().unwrap()]);
+    }
+    // A later backup has more than an earlier one: the writers were never stopped.
+    let counts: Vec<u64> = (0..3)
+        .map(|r| {
+            manifest(&backups.join(format!("round-{r}.desktop")))["objects"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(counts[0] < counts[1] && counts[1] < counts[2], "{counts:?}");
+    stop.store(true, Ordering::SeqCst);
+    let made: u32 = writers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(made > 0);
+    // A directory as DEST gets a dated name; nothing but the backup and its manifest is left.
+    let dated = backup(&env, "vol", &backups);
+    let name = dated["file"].as_str().unwrap();
+    assert!(
+        name.starts_with("vol-") && name.ends_with("Z.desktop"),
+        "{name}"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left.len(), 8, "{left:?}");
+    assert!(left
+        .iter()
+        .all(|n| n.ends_with(".desktop") || n.ends_with(".desktop.manifest.json")));
+}
+
+/// The ID of every path under `root` (relative), through `dt info --json`.
+fn ids_under(env: &Env, rels: &[&str]) -> Vec<(String, u64)> {
+    let paths: Vec<PathBuf> = rels.iter().map(|r| env.path(r)).collect();
+    env.ids(&paths)
+        .into_iter()
+        .zip(rels)
+        .map(|(v, r)| (r.to_string(), v["id"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn restore_brings_back_the_desktop_and_catches_up_with_the_disk() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"mkdir", b"vol/d"]);
+    for f in ["f1", "f2", "f3", "f4"] {
+        env.dt_ok(&[b"touch", format!("vol/d/{f}").as_bytes()]);
+    }
+    // An icon lives only in the desktop: only the backup can bring it back.
+    let mut c = env.client();
+    let vol = c.open_volume(&env.path("vol")).unwrap().vol;
+    c.call(Request::IconAdd {
+        vol,
+        creator: *b"ttxt",
+        type_code: *b"TEXT",
+        itype: 1,
+        tag: 9,
+        bitmap: vec![0xAA; 128],
+    })
+    .unwrap();
+    drop(c);
+    let bk = env.path("desktop.bk");
+    let made = backup(&env, "vol", &bk);
+    // After the backup: a new file, a rename, a delete, and an object made and deleted again.
+    env.dt_ok(&[b"touch", b"vol/d/after"]);
+    env.dt_ok(&[b"mv", b"vol/d/f2", b"vol/d/f2-renamed"]);
+    let f3 = env.id_of(&env.path("vol/d/f3"));
+    env.dt_ok(&[b"rm", b"vol/d/f3"]);
+    env.dt_ok(&[b"touch", b"vol/d/gone"]);
+    let gone = env.id_of(&env.path("vol/d/gone"));
+    env.dt_ok(&[b"rm", b"vol/d/gone"]);
+    let now = [
+        "vol/d",
+        "vol/d/f1",
+        "vol/d/f2-renamed",
+        "vol/d/f4",
+        "vol/d/after",
+    ];
+    let before = ids_under(&env, &now);
+    env.term();
+
+    // Restoring onto a served volume is refused, and nothing changes.
+    env.serve(&["vol"]);
+    let out = env.deskd(&[
+        "restore",
+        bk.to_str().unwrap(),
+        env.path("vol").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stop serving this volume"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(ids_under(&env, &now), before);
+    env.term();
+
+    // The desktop is destroyed.
+    let desktop = env.path("vol/.Desktop");
+    std::fs::write(&desktop, vec![0x5A; 8192]).unwrap();
+    for side in [".Desktop-wal", ".Desktop-shm"] {
+        let _ = std::fs::remove_file(env.path(&format!("vol/{side}")));
+    }
+    let out = env.deskd(&[
+        "restore",
+        "--json",
+        bk.to_str().unwrap(),
+        env.path("vol").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    let report = &report["restore"];
+    assert_eq!(report["replaced_last_id"], serde_json::Value::Null);
+    let gap = 1u64 << 20;
+    assert_eq!(
+        report["last_id_at_least"].as_u64().unwrap(),
+        made["last_id"].as_u64().unwrap() + gap
+    );
+    assert_eq!(sqlite3(&desktop, "PRAGMA integrity_check"), "ok");
+
+    env.serve(&["vol"]);
+    // Every object has the ID it had before the desktop was lost, also those made or renamed
+    // after the backup; the deleted one is gone.
+    assert_eq!(ids_under(&env, &now), before);
+    let out = env.dt(&[
+        b"resolve",
+        env.path("vol").to_str().unwrap().as_bytes(),
+        f3.to_string().as_bytes(),
+    ]);
+    assert!(
+        !out.status.success(),
+        "ID {f3} of a deleted file still resolves"
+    );
+    // The icon only the backup had is back.
+    let mut c = env.client();
+    let vol = c.open_volume(&env.path("vol")).unwrap().vol;
+    assert_eq!(
+        c.call(Request::IconGet {
+            vol,
+            creator: *b"ttxt",
+            type_code: *b"TEXT",
+            itype: 1
+        })
+        .unwrap(),
+        Response::Icon(Some((9, vec![0xAA; 128])))
+    );
+    // No ID is handed out twice: not the one given (after the backup) to a file since deleted.
+    env.dt_ok(&[b"touch", b"vol/d/newest"]);
+    let newest = env.id_of(&env.path("vol/d/newest"));
+    assert!(
+        u64::from(newest) > made["last_id"].as_u64().unwrap() + gap && newest > gone,
+        "new ID {newest}, deleted after the backup {gone}"
+    );
+    env.term();
+
+    // With the volume's own desktop readable, its counter is kept (no gap needed) and a second
+    // restore changes no ID.
+    let out = env.deskd(&[
+        "restore",
+        "--json",
+        bk.to_str().unwrap(),
+        env.path("vol").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["restore"]["replaced_last_id"], u64::from(newest));
+    assert_eq!(report["restore"]["last_id"], u64::from(newest));
+    env.serve(&["vol"]);
+    assert_eq!(ids_under(&env, &now), before);
+    assert_eq!(env.id_of(&env.path("vol/d/newest")), newest);
+}
+
+#[test]
+fn damaged_incomplete_or_foreign_backups_are_refused() {
+    let mut env = Env::new(&["vol", "other", "empty"]);
+    env.serve(&["vol", "other"]);
+    env.dt_ok(&[b"touch", b"vol/a", b"other/b"]);
+    let bk = env.path("vol.bk");
+    backup(&env, "vol", &bk);
+    let vol = env.path("vol");
+    let vol = vol.to_str().unwrap();
+
+    // The volume of an offline server backs up too, and the target is never overwritten
+    // without --force.
+    env.term();
+    let out = env.deskd(&["backup", vol, bk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("exists; give another name, or --force"),
+        "{}",
+        stderr(&out)
+    );
+    env.deskd_ok(&["backup", "--force", vol, bk.to_str().unwrap()]);
+    env.deskd_ok(&["verify", bk.to_str().unwrap()]);
+    // A volume without a desktop has nothing to back up.
+    let out = env.deskd(&[
+        "backup",
+        env.path("empty").to_str().unwrap(),
+        env.path("e.bk").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("has no desktop"), "{}", stderr(&out));
+    assert!(!env.path("e.bk").exists());
+
+    let desktop = env.path("vol/.Desktop");
+    let dump = objects_dump(&desktop);
+    let expect_refused = |args: &[&str], code: i32, says: &str| {
+        let out = env.deskd(args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+        assert_eq!(objects_dump(&desktop), dump, "{args:?} changed the desktop");
+    };
+
+    // One byte changed: verify and restore say so, with exit 1.
+    let bytes = std::fs::read(&bk).unwrap();
+    let mut flipped = bytes.clone();
+    let at = flipped.len() - 100;
+    flipped[at] ^= 0x01;
+    let damaged = env.path("damaged.bk");
+    std::fs::write(&damaged, &flipped).unwrap();
+    std::fs::copy(manifest_path(&bk), manifest_path(&damaged)).unwrap();
+    expect_refused(
+        &["verify", damaged.to_str().unwrap()],
+        1,
+        "does not match the manifest",
+    );
+    expect_refused(
+        &["restore", damaged.to_str().unwrap(), vol],
+        1,
+        "does not match the manifest",
+    );
+
+    // Truncated.
+    let short = env.path("short.bk");
+    std::fs::write(&short, &bytes[..bytes.len() - 4096]).unwrap();
+    std::fs::copy(manifest_path(&bk), manifest_path(&short)).unwrap();
+    expect_refused(
+        &["verify", short.to_str().unwrap()],
+        1,
+        "truncated or replaced",
+    );
+
+    // No manifest: not a complete backup; --force restores it, as it passes integrity_check.
+    let bare = env.path("bare.bk");
+    std::fs::write(&bare, &bytes).unwrap();
+    expect_refused(
+        &["verify", bare.to_str().unwrap()],
+        1,
+        "not a complete deskd backup",
+    );
+    expect_refused(
+        &["restore", bare.to_str().unwrap(), vol],
+        1,
+        "not a complete deskd backup",
+    );
+    env.deskd_ok(&["restore", "--force", bare.to_str().unwrap(), vol]);
+    assert_eq!(objects_dump(&desktop), dump);
+
+    // Not SQLite at all: even --force refuses it.
+    let junk = env.path("junk.bk");
+    std::fs::write(&junk, vec![0x42; 8192]).unwrap();
+    expect_refused(
+        &["restore", "--force", junk.to_str().unwrap(), vol],
+        1,
+        "junk.bk",
+    );
+
+    // The backup of another volume's desktop.
+    let foreign = env.path("other.bk");
+    backup(&env, "other", &foreign);
+    expect_refused(
+        &["restore", foreign.to_str().unwrap(), vol],
+        2,
+        "is of another desktop",
+    );
+}
+
+fn manifest_path(backup: &Path) -> PathBuf {
+    let mut m = backup.as_os_str().to_os_string();
+    m.push(".manifest.json");
+    m.into()
+}
+
+#[test]
+fn a_restore_killed_at_any_step_can_be_run_again() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"mkdir", b"vol/d"]);
+    env.dt_ok(&[b"touch", b"vol/d/a", b"vol/d/b"]);
+    let bk = env.path("vol.bk");
+    backup(&env, "vol", &bk);
+    env.dt_ok(&[b"touch", b"vol/d/after"]);
+    let now = ["vol/d", "vol/d/a", "vol/d/b", "vol/d/after"];
+    let before = ids_under(&env, &now);
+    env.term();
+    let vol = env.path("vol");
+    for step in ["fixes", "written", "checkpointed", "sidefiles"] {
+        let out = env
+            .command_for(
+                DESKD,
+                &[
+                    b"restore",
+                    bk.as_os_str().as_encoded_bytes(),
+                    vol.as_os_str().as_encoded_bytes(),
+                ],
+            )
+            .env("DESKD_REBUILD_CRASH_AFTER", step)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the hook at {step} did not fire");
+        // Whatever the crash left, the desktop is whole, and the restore runs again to the end.
+        env.deskd_ok(&["restore", bk.to_str().unwrap(), vol.to_str().unwrap()]);
+        assert_eq!(
+            sqlite3(&env.path("vol/.Desktop"), "PRAGMA integrity_check"),
+            "ok"
+        );
+        env.serve(&["vol"]);
+        assert_eq!(ids_under(&env, &now), before, "after a crash at {step}");
+        env.term();
+    }
+}
