@@ -256,7 +256,16 @@ pub fn backup(
     drop(file);
     let started = now_unix();
     let info = copy_snapshot(&desktop, temp.path(), progress).map_err(db(&desktop))?;
-    let copied = check_copy(temp.path()).map_err(|e| {
+    // The check and the digest each read the whole copy; on two cores they overlap.
+    let (checked, digested) = std::thread::scope(|s| {
+        let digest = s.spawn(|| digest(temp.path()));
+        let checked = check_copy(temp.path());
+        (
+            checked,
+            digest.join().expect("the digest thread does not panic"),
+        )
+    });
+    let copied = checked.map_err(|e| {
         BackupError::Invalid(format!(
             "{}: the copy does not pass its check: {e}",
             target.display()
@@ -268,10 +277,10 @@ pub fn backup(
             target.display()
         )));
     }
+    let (bytes, sha256) = digested?;
     File::open(temp.path())
         .and_then(|f| f.sync_all())
         .map_err(io(temp.path()))?;
-    let (bytes, sha256) = digest(temp.path())?;
     temp.rename_to(&target)?;
     let manifest = Manifest {
         kind: MANIFEST_KIND.into(),

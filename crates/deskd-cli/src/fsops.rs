@@ -1,5 +1,5 @@
-//! File operations the dt verbs share: recursive copy keeping modes, times and symlinks, and
-//! setting times.
+//! File operations the dt verbs share: recursive copy keeping (or, for a plain `dt cp`, not
+//! keeping) modes, times and owners, symlinks as symlinks, and setting times.
 
 use std::ffi::CString;
 use std::fs;
@@ -38,11 +38,39 @@ fn times_of(m: &fs::Metadata) -> (i64, i64, i64, i64) {
     (m.atime(), m.atime_nsec(), m.mtime(), m.mtime_nsec())
 }
 
-/// Copy `from` to `to` (which must not exist): files with mode and times, directories
-/// recursively, symlinks as symlinks.
+/// What a copy keeps of the original.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyMode {
+    /// Keep modes (set-ID bits too), times and, as root, owners — `cp -p`, and every move.
+    /// Otherwise modes lose the umask's bits and the times are the copy's own, as cp(1) does.
+    pub preserve: bool,
+    /// The umask a copy without `preserve` applies.
+    pub umask: u32,
+}
+
+impl CopyMode {
+    /// What a move keeps: everything.
+    pub const MOVE: CopyMode = CopyMode {
+        preserve: true,
+        umask: 0,
+    };
+}
+
+/// Copy `from` to `to` (which must not exist) keeping everything, as a move does: files with
+/// mode, times and (as root) owner, directories recursively, symlinks as symlinks.
 pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    copy_tree_with(from, to, CopyMode::MOVE)
+}
+
+/// Copy `from` to `to` (which must not exist), keeping what `how` says.
+pub fn copy_tree_with(from: &Path, to: &Path, how: CopyMode) -> io::Result<()> {
     let meta = fs::symlink_metadata(from)?;
     let ft = meta.file_type();
+    let mode = if how.preserve {
+        meta.mode() & 0o7777
+    } else {
+        meta.mode() & 0o777 & !how.umask
+    };
     if ft.is_symlink() {
         symlink(fs::read_link(from)?, to)?;
     } else if ft.is_dir() {
@@ -50,9 +78,13 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         let mut entries: Vec<_> = fs::read_dir(from)?.collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
-            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+            copy_tree_with(&entry.path(), &to.join(entry.file_name()), how)?;
         }
-        fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        // Owner first: a change of owner clears set-ID bits.
+        if how.preserve {
+            keep_owner(to, &meta)?;
+        }
+        fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
     } else {
         // O_EXCL: `to` must not exist, and a link planted there (even a dangling one) must not
         // be written through. std's copy still uses copy_file_range or sendfile.
@@ -65,9 +97,27 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
             .create_new(true)
             .open(to)?;
         io::copy(&mut source, &mut dest)?;
-        dest.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        if how.preserve {
+            keep_owner(to, &meta)?;
+        }
+        dest.set_permissions(fs::Permissions::from_mode(mode))?;
+    }
+    if !how.preserve {
+        return Ok(());
+    }
+    if ft.is_symlink() {
+        keep_owner(to, &meta)?;
     }
     set_times(to, Some(times_of(&meta)))
+}
+
+/// Give `to` the owner and group of `meta`, where the caller may (root may; others may only
+/// choose among their own groups, so a refusal is not an error, as for cp -p).
+pub fn keep_owner(to: &Path, meta: &fs::Metadata) -> io::Result<()> {
+    match std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid())) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
+        other => other,
+    }
 }
 
 /// Remove `path`, whatever it is (a directory with everything below it).

@@ -6,17 +6,18 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use deskd_cli::connection::ConnectionArgs;
-use deskd_cli::fsops::{copy_tree, remove_any, set_times};
+use deskd_cli::fsops::{copy_tree, copy_tree_with, keep_owner, remove_any, set_times, CopyMode};
+use deskd_cli::mode;
 use deskd_cli::output::{display_bytes, fourcc};
 use deskd_cli::target::{place, InVolume, Place, Session};
-use deskd_client::{ObjectInfo, Request, Response};
+use deskd_client::{FindMode, ObjectInfo, Request, Response};
 use deskd_volume::rsrc;
 
 #[derive(Parser)]
@@ -101,6 +102,98 @@ enum Command {
         /// Paths, inside a volume or not (outside one, dt acts like the plain command).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+    /// Copy files (with -R directories). Copies in a volume get new IDs; type, creator,
+    /// comment and resource fork travel with them. An existing file is overwritten and keeps
+    /// its ID.
+    Cp {
+        /// Copy directories and everything in them (symbolic links are copied as links).
+        #[arg(short = 'R', short_alias = 'r', long)]
+        recursive: bool,
+        /// Keep modes, times and (as root) owners.
+        #[arg(short, long)]
+        preserve: bool,
+        /// Do not overwrite an existing file.
+        #[arg(short = 'n', long = "no-clobber")]
+        no_clobber: bool,
+        /// Sources, then the target (a directory when there are several sources).
+        #[arg(required = true, num_args = 2..)]
+        paths: Vec<PathBuf>,
+    },
+    /// Change modes (octal, or chmod's symbolic form: u+x, go-w, a=rX, ...). Resource files
+    /// follow their objects.
+    Chmod {
+        /// Also everything below each directory (symbolic links are not followed).
+        #[arg(short = 'R')]
+        recursive: bool,
+        /// The mode: 640, u+x,go-w, a=rX, ...
+        mode: String,
+        /// Paths, inside a volume or not (outside one, dt acts like the plain command).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Change owner (and group). Resource files follow their objects.
+    Chown {
+        /// Also everything below each directory (links themselves, never their targets).
+        #[arg(short = 'R')]
+        recursive: bool,
+        /// USER, USER:GROUP, USER: (the user's login group) or :GROUP; names or numbers.
+        owner: String,
+        /// Paths, inside a volume or not (outside one, dt acts like the plain command).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Change group. Resource files follow their objects.
+    Chgrp {
+        /// Also everything below each directory (links themselves, never their targets).
+        #[arg(short = 'R')]
+        recursive: bool,
+        /// The group, by name or number.
+        group: String,
+        /// Paths, inside a volume or not (outside one, dt acts like the plain command).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Set Mac file information: type, creator, Finder flags, comment (in the desktop and the
+    /// resource file alike).
+    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true)))]
+    Set {
+        /// Type code, 4 characters (e.g. TEXT, APPL); APPL registers the application.
+        #[arg(short = 't', long = "type", group = "what", value_parser = parse_code)]
+        type_code: Option<[u8; 4]>,
+        /// Creator code, 4 characters (e.g. ttxt).
+        #[arg(short = 'c', long, group = "what", value_parser = parse_code)]
+        creator: Option<[u8; 4]>,
+        /// Finder flags, decimal or 0x hex.
+        #[arg(long, group = "what", value_parser = parse_flags)]
+        flags: Option<u16>,
+        /// Finder comment; "" removes it.
+        #[arg(long, group = "what")]
+        comment: Option<String>,
+        /// Objects in a volume.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Find objects by name below DIR, from the desktop (no disk scan): substring by default,
+    /// case-insensitive, NFC = NFD.
+    Find {
+        /// Match names that start with PATTERN.
+        #[arg(long, short, conflicts_with_all = ["glob", "exact"])]
+        prefix: bool,
+        /// PATTERN is a shell glob over the whole name (default when it holds * ?, or a closed
+        /// [...] class).
+        #[arg(long, short, conflicts_with = "exact")]
+        glob: bool,
+        /// Match whole names.
+        #[arg(long, short)]
+        exact: bool,
+        /// One JSON object per match per line.
+        #[arg(long)]
+        json: bool,
+        /// A directory in a volume (its volume root for all of it).
+        dir: PathBuf,
+        /// The name, or part of it, to look for.
+        pattern: String,
     },
     /// Print the absolute path of object ID in VOLUME.
     Resolve {
@@ -196,7 +289,398 @@ impl Dt {
             }
             Command::Info { json, paths } => self.each(&paths, |dt, p| dt.info(p, json)),
             Command::Resolve { volume, id } => self.resolve(&volume, id)?,
+            Command::Cp {
+                recursive,
+                preserve,
+                no_clobber,
+                mut paths,
+            } => {
+                let target = paths.pop().expect("clap requires two paths");
+                let into_dir = fs::metadata(&target).map(|m| m.is_dir()).unwrap_or(false);
+                if paths.len() > 1 && !into_dir {
+                    bail!("target {} is not a directory", target.display());
+                }
+                let how = CopyMode {
+                    preserve,
+                    umask: mode::umask(),
+                };
+                self.each(&paths, |dt, src| {
+                    let dest = if into_dir {
+                        target.join(name_of(src)?)
+                    } else {
+                        target.clone()
+                    };
+                    dt.cp(src, &dest, recursive, no_clobber, how)
+                });
+            }
+            Command::Chmod {
+                recursive,
+                mode,
+                paths,
+            } => {
+                let spec = mode::parse_mode(&mode).map_err(|e| anyhow!(e))?;
+                let umask = mode::umask();
+                self.each(&paths, |dt, p| {
+                    dt.change(p, recursive, &mut |path, meta| {
+                        let new = spec.apply(meta.mode(), meta.is_dir(), umask);
+                        fs::set_permissions(path, fs::Permissions::from_mode(new))
+                            .with_context(|| format!("cannot change mode of {}", path.display()))?;
+                        Ok(Change::Mode(new))
+                    })
+                });
+            }
+            Command::Chown {
+                recursive,
+                owner,
+                paths,
+            } => {
+                let (uid, gid) = mode::parse_owner(&owner).map_err(|e| anyhow!(e))?;
+                self.each(&paths, |dt, p| dt.change_owner(p, recursive, uid, gid));
+            }
+            Command::Chgrp {
+                recursive,
+                group,
+                paths,
+            } => {
+                let gid = mode::group_id(&group).map_err(|e| anyhow!(e))?;
+                self.each(&paths, |dt, p| {
+                    dt.change_owner(p, recursive, None, Some(gid))
+                });
+            }
+            Command::Set {
+                type_code,
+                creator,
+                flags,
+                comment,
+                paths,
+            } => self.each(&paths, |dt, p| {
+                dt.set(p, type_code, creator, flags, comment.as_deref())
+            }),
+            Command::Find {
+                prefix,
+                glob,
+                exact,
+                json,
+                dir,
+                pattern,
+            } => {
+                let mode = if prefix {
+                    FindMode::Prefix
+                } else if exact {
+                    FindMode::Exact
+                } else if glob || deskd_db::names::looks_like_glob(&pattern) {
+                    FindMode::Glob
+                } else {
+                    FindMode::Substring
+                };
+                self.find(&dir, &pattern, mode, json)?;
+            }
         }
+        Ok(())
+    }
+
+    /// `dt cp` of one source to `dest` (the final name).
+    fn cp(
+        &mut self,
+        src: &Path,
+        dest: &Path,
+        recursive: bool,
+        no_clobber: bool,
+        how: CopyMode,
+    ) -> Result<()> {
+        let from = place(src)?;
+        let to = place(dest)?;
+        let from_abs =
+            from.abs_unless_root(src, "cannot copy a volume root (copy what is in it)")?;
+        let to_abs = to.abs_unless_root(dest, "cannot replace a volume root")?;
+        // Without -R a link given as the source is copied as the file it names, as cp(1) does;
+        // in a volume such a link never leads out of it (place() refuses that).
+        let meta = if recursive {
+            fs::symlink_metadata(&from_abs)
+        } else {
+            fs::metadata(&from_abs)
+        }
+        .with_context(|| format!("cannot copy {}", src.display()))?;
+        if meta.is_dir() && !recursive {
+            bail!("cannot copy {}: is a directory (use -R)", src.display());
+        }
+        if meta.is_dir() && to_abs.starts_with(&from_abs) {
+            bail!("cannot copy {} into itself", src.display());
+        }
+        if let Place::Inside(b) = &to {
+            self.session.check_writable(b)?;
+        }
+        if let Ok(existing) = fs::symlink_metadata(&to_abs) {
+            if meta.is_dir() || existing.is_dir() {
+                bail!(
+                    "cannot copy {} to {}: target exists (dt cp does not merge directories, nor put a file in a directory's place)",
+                    src.display(),
+                    dest.display()
+                );
+            }
+            if no_clobber {
+                return Ok(());
+            }
+            if existing.dev() == meta.dev() && existing.ino() == meta.ino() {
+                bail!("{} and {} are the same file", src.display(), dest.display());
+            }
+            self.overwrite(&from_abs, &to_abs, &to, how)
+                .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
+            return Ok(());
+        }
+        let source = if recursive {
+            from_abs.clone()
+        } else {
+            fs::canonicalize(&from_abs)?
+        };
+        copy_tree_with(&source, &to_abs, how)
+            .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
+        if let Place::Inside(b) = &to {
+            if let Place::Inside(a) = &from {
+                // The top object's record lives beside it, not in the copied tree.
+                rsrc::make_rsrc_dir(&b.rsrc_path())?;
+                rsrc::copy_file(&a.rsrc_path(), &b.rsrc_path())?;
+            }
+            // Every copy is a new object: new IDs, Mac information kept.
+            self.register_tree(b, false)?;
+        }
+        Ok(())
+    }
+
+    /// Overwrite an existing file's data in place, as cp(1) does: it stays the same object and
+    /// keeps its ID and Mac information.
+    fn overwrite(&mut self, from: &Path, to: &Path, to_place: &Place, how: CopyMode) -> Result<()> {
+        let mut source = fs::OpenOptions::new().read(true).open(from)?;
+        let mut open = fs::OpenOptions::new();
+        open.write(true).truncate(true);
+        if let Place::Inside(_) = to_place {
+            // A link planted in a volume is not written through.
+            open.custom_flags(libc::O_NOFOLLOW);
+        }
+        let mut dest = open.open(to)?;
+        std::io::copy(&mut source, &mut dest)?;
+        if how.preserve {
+            let meta = source.metadata()?;
+            keep_owner(to, &meta)?;
+            dest.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            set_times(
+                to,
+                Some((
+                    meta.atime(),
+                    meta.atime_nsec(),
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                )),
+            )?;
+        }
+        if let Place::Inside(b) = to_place {
+            self.session.register(b, true)?;
+        }
+        Ok(())
+    }
+
+    /// Apply `f` to `path` (and with `recursive` to everything below it, never through a
+    /// link), then make the resource records of each object in a volume follow it.
+    fn change(
+        &mut self,
+        path: &Path,
+        recursive: bool,
+        f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<Change>,
+    ) -> Result<()> {
+        let place = place(path)?;
+        let (abs, inside) = match place {
+            Place::Outside(abs) => (abs, None),
+            Place::Inside(iv) => {
+                self.session.check_writable(&iv)?;
+                (iv.path(), Some(iv))
+            }
+        };
+        // The operand itself is followed if it is a link, as chmod(1) and chown(1) do.
+        let meta =
+            fs::metadata(&abs).with_context(|| format!("cannot access {}", path.display()))?;
+        self.change_tree(&abs, inside.as_ref(), &meta, recursive, f)
+    }
+
+    fn change_tree(
+        &mut self,
+        abs: &Path,
+        inside: Option<&InVolume>,
+        meta: &fs::Metadata,
+        recursive: bool,
+        f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<Change>,
+    ) -> Result<()> {
+        let change = f(abs, meta)?;
+        if let Some(iv) = inside {
+            follow_records(iv, meta.is_dir(), change)?;
+        }
+        if !(recursive && meta.is_dir()) {
+            return Ok(());
+        }
+        let mut entries: Vec<_> = fs::read_dir(abs)
+            .with_context(|| format!("cannot read directory {}", abs.display()))?
+            .filter_map(|e| e.ok())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            // In a volume deskd's own names follow their objects instead of being walked.
+            if inside.is_some() && deskd_volume::is_protected(name.as_bytes()) {
+                continue;
+            }
+            let child = abs.join(&name);
+            let child_meta = fs::symlink_metadata(&child)?;
+            if child_meta.file_type().is_symlink() {
+                // Links themselves: chmod(1) -R leaves them, chown(1) -R changes the link.
+                if let Change::Owner(uid, gid) = change {
+                    std::os::unix::fs::lchown(&child, uid, gid)
+                        .with_context(|| format!("cannot change owner of {}", child.display()))?;
+                }
+                continue;
+            }
+            let child_iv = inside.map(|iv| iv.child(name.as_bytes()));
+            self.change_tree(&child, child_iv.as_ref(), &child_meta, recursive, f)?;
+        }
+        Ok(())
+    }
+
+    fn change_owner(
+        &mut self,
+        path: &Path,
+        recursive: bool,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<()> {
+        self.change(path, recursive, &mut |p, _| {
+            std::os::unix::fs::chown(p, uid, gid)
+                .with_context(|| format!("cannot change owner of {}", p.display()))?;
+            Ok(Change::Owner(uid, gid))
+        })
+    }
+
+    /// `dt set`: Mac information into the desktop and the resource file.
+    fn set(
+        &mut self,
+        path: &Path,
+        type_code: Option<[u8; 4]>,
+        creator: Option<[u8; 4]>,
+        flags: Option<u16>,
+        comment: Option<&str>,
+    ) -> Result<()> {
+        let Place::Inside(iv) = place(path)? else {
+            bail!(
+                "{}: not in a deskd volume (no .Desktop above it); Mac information lives in a volume's desktop",
+                path.display()
+            );
+        };
+        self.session.check_writable(&iv)?;
+        if !exists(&iv.path()) {
+            bail!("{}: no such file or directory", path.display());
+        }
+        let o = self.session.register(&iv, true)?;
+        if type_code.is_some() || creator.is_some() || flags.is_some() {
+            self.session.call(&iv, |vol| Request::SetInfo {
+                vol,
+                id: o.id,
+                type_code,
+                creator,
+                flags,
+            })?;
+        }
+        if let Some(text) = comment {
+            let text = text.as_bytes().to_vec();
+            self.session.call(&iv, |vol| {
+                if text.is_empty() {
+                    Request::CommentRemove { vol, id: o.id }
+                } else {
+                    Request::CommentSet {
+                        vol,
+                        id: o.id,
+                        text,
+                    }
+                }
+            })?;
+        }
+        // The resource file says the same (a rebuild reads it; a comment longer than its 199
+        // bytes stays whole in the desktop).
+        let rsrc_path = iv.rsrc_path();
+        let mut header = rsrc::read_header(&rsrc_path)?
+            .unwrap_or_else(|| rsrc::ResourceHeader::new(o.id, o.type_code, o.creator, 0));
+        header.id = o.id;
+        if let Some(t) = type_code {
+            header.type_code = t;
+        }
+        if let Some(c) = creator {
+            header.creator = c;
+        }
+        if let Some(f) = flags {
+            header.finder_flags = f;
+        }
+        if let Some(text) = comment {
+            header.comment = text.as_bytes().to_vec();
+        }
+        rsrc::write_header(&rsrc_path, &header)
+            .with_context(|| format!("{}: cannot write resource file", rsrc_path.display()))?;
+        Ok(())
+    }
+
+    /// `dt find DIR PATTERN`: the server's name search, kept to what lies below DIR.
+    fn find(&mut self, dir: &Path, pattern: &str, mode: FindMode, json: bool) -> Result<()> {
+        let Place::Inside(iv) = place(dir)? else {
+            bail!(
+                "{}: not in a deskd volume (no .Desktop above it); use find(1) outside volumes",
+                dir.display()
+            );
+        };
+        if !fs::metadata(iv.path()).map(|m| m.is_dir()).unwrap_or(false) {
+            bail!("{}: not a directory", dir.display());
+        }
+        let mut below = iv.rel();
+        if !below.is_empty() {
+            below.push(b'/');
+        }
+        let root = iv.volume.root().as_os_str().as_bytes().to_vec();
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut after_id = 0;
+        loop {
+            let page = 5000;
+            let hits = match self.session.call(&iv, |vol| Request::Find {
+                vol,
+                pattern: pattern.to_string(),
+                mode,
+                limit: page,
+                after_id,
+            })? {
+                Response::Objects(hits) => hits,
+                other => bail!("unexpected reply {other:?}"),
+            };
+            for o in &hits {
+                let rel = o.path.as_deref().unwrap_or_default();
+                if !rel.starts_with(&below) {
+                    continue;
+                }
+                let mut full = root.clone();
+                full.push(b'/');
+                full.extend_from_slice(rel);
+                if json {
+                    let line = serde_json::json!({
+                        "path": display_bytes(&full),
+                        "id": o.id,
+                        "parent_id": o.parent,
+                        "name": display_bytes(&o.name),
+                        "kind": o.kind.as_str(),
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    out.write_all(&full)?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            match hits.last() {
+                Some(last) if hits.len() as u32 == page => after_id = last.id,
+                _ => break,
+            }
+        }
+        out.flush()?;
         Ok(())
     }
 
@@ -706,6 +1190,57 @@ impl Dt {
             other => Err(anyhow!("unexpected reply {other:?}")),
         }
     }
+}
+
+/// What `dt chmod`/`chown`/`chgrp` did to an object, for its resource records to follow.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Mode(u32),
+    Owner(Option<u32>, Option<u32>),
+}
+
+/// Make an object's resource records follow its new mode or owner: its resource file (mode:
+/// the read and write bits only; it is never executable or set-ID), and for a directory the
+/// `.rsrc` directory that holds its entries' records (mode: the directory's). A link in either
+/// place is left alone (dt never works through one).
+fn follow_records(iv: &InVolume, is_dir: bool, change: Change) -> Result<()> {
+    let mut places = vec![(iv.rsrc_path(), false)];
+    if is_dir {
+        places.push((iv.path().join(rsrc::RSRC_DIR), true));
+    }
+    for (place, dir) in places {
+        let Ok(meta) = fs::symlink_metadata(&place) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() || meta.is_dir() != dir {
+            continue;
+        }
+        match change {
+            Change::Mode(mode) => {
+                let mode = if dir { mode } else { mode & 0o666 };
+                fs::set_permissions(&place, fs::Permissions::from_mode(mode))
+            }
+            Change::Owner(uid, gid) => std::os::unix::fs::lchown(&place, uid, gid),
+        }
+        .with_context(|| format!("cannot change {}", place.display()))?;
+    }
+    Ok(())
+}
+
+/// A type or creator code: exactly 4 bytes.
+fn parse_code(s: &str) -> Result<[u8; 4], String> {
+    s.as_bytes()
+        .try_into()
+        .map_err(|_| format!("{s:?}: a type or creator code is exactly 4 characters (bytes)"))
+}
+
+/// Finder flags: decimal or `0x` hex, 16 bits.
+fn parse_flags(s: &str) -> Result<u16, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|_| format!("{s:?}: Finder flags are a 16-bit number (decimal or 0x hex)"))
 }
 
 fn move_plain(from: &Path, to: &Path) -> Result<()> {
