@@ -1,6 +1,9 @@
-//! Rendering names (bytes, not always UTF-8) and four-character codes for people and JSON.
+//! Rendering names (bytes, not always UTF-8), four-character codes and find matches for people
+//! and JSON, and the find mode the `find` verbs' flags ask for.
 
 use std::fmt::Write as _;
+
+use deskd_client::{FindMode, ObjectInfo};
 
 /// A name or path as text: valid UTF-8 as is, every invalid byte as `\xNN`.
 pub fn display_bytes(bytes: &[u8]) -> String {
@@ -23,6 +26,67 @@ pub fn fourcc(code: &[u8; 4]) -> String {
             "0x{}",
             code.iter().map(|b| format!("{b:02x}")).collect::<String>()
         )
+    }
+}
+
+/// How a `find` verb matches names and prints matches (`deskd find` and `dt find`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct FindArgs {
+    /// Match names that start with PATTERN.
+    #[arg(long, short, conflicts_with_all = ["glob", "exact"])]
+    pub prefix: bool,
+    /// PATTERN is a shell glob over the whole name (default when it holds * ?, or a closed
+    /// [...] class).
+    #[arg(long, short, conflicts_with = "exact")]
+    pub glob: bool,
+    /// Match whole names.
+    #[arg(long, short)]
+    pub exact: bool,
+    /// One JSON object per match per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl FindArgs {
+    /// The mode the flags ask for; without any, a pattern with `*`, `?` or a closed `[...]` is
+    /// a glob and anything else a substring.
+    pub fn mode(&self, pattern: &str) -> FindMode {
+        if self.prefix {
+            FindMode::Prefix
+        } else if self.exact {
+            FindMode::Exact
+        } else if self.glob || deskd_db::names::looks_like_glob(pattern) {
+            FindMode::Glob
+        } else {
+            FindMode::Substring
+        }
+    }
+}
+
+/// Print one find match of the volume at `root`: its full path, or with `json` one object with
+/// `volume path id parent_id name kind`.
+pub fn write_match(
+    out: &mut impl std::io::Write,
+    json: bool,
+    root: &[u8],
+    hit: &ObjectInfo,
+) -> std::io::Result<()> {
+    let mut full = root.to_vec();
+    full.push(b'/');
+    full.extend_from_slice(hit.path.as_deref().unwrap_or_default());
+    if json {
+        let line = serde_json::json!({
+            "volume": display_bytes(root),
+            "path": display_bytes(&full),
+            "id": hit.id,
+            "parent_id": hit.parent,
+            "name": display_bytes(&hit.name),
+            "kind": hit.kind.as_str(),
+        });
+        writeln!(out, "{line}")
+    } else {
+        out.write_all(&full)?;
+        out.write_all(b"\n")
     }
 }
 

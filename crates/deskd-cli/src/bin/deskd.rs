@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 use deskd_cli::connection::ConnectionArgs;
-use deskd_cli::output::display_bytes;
-use deskd_client::{Client, FindMode, Request, Response};
+use deskd_cli::output::{display_bytes, write_match, FindArgs};
+use deskd_client::{Client, Request, Response};
 use deskd_server::{ConfigFile, Server};
 
 #[derive(Parser)]
@@ -21,6 +21,26 @@ struct Cli {
     connection: ConnectionArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The walk and output options of `deskd rebuild` and `deskd restore`.
+#[derive(clap::Args)]
+struct WalkArgs {
+    /// Also print each repair (the `deskd rebuild -s` lines) while repairing.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Differences (or repairs) and the summary as JSON lines.
+    #[arg(long)]
+    json: bool,
+    /// Walker threads (default: 8 per CPU, from 8 to 64; they mostly wait on the disk).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl WalkArgs {
+    fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(deskd_rebuild::default_threads)
+    }
 }
 
 #[derive(Subcommand)]
@@ -68,19 +88,8 @@ enum Command {
         /// Search only this volume (default: every volume the server serves).
         #[arg(long)]
         volume: Option<PathBuf>,
-        /// One JSON object per match per line.
-        #[arg(long)]
-        json: bool,
-        /// Match names that start with PATTERN.
-        #[arg(long, short, conflicts_with_all = ["glob", "exact"])]
-        prefix: bool,
-        /// PATTERN is a shell glob over the whole name (default when it holds * ?, or a closed
-        /// [...] class).
-        #[arg(long, short, conflicts_with = "exact")]
-        glob: bool,
-        /// Match whole names.
-        #[arg(long, short)]
-        exact: bool,
+        #[command(flatten)]
+        matching: FindArgs,
         /// Stop after N matches (at least 1).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         limit: Option<u64>,
@@ -101,15 +110,8 @@ enum Command {
         /// Scan only: print one line per difference (`<kind> <path>: <detail>`), change nothing.
         #[arg(short = 's', long = "scan")]
         scan: bool,
-        /// Also print each repair (the -s lines) while repairing.
-        #[arg(short, long)]
-        verbose: bool,
-        /// Differences and the summary as JSON lines.
-        #[arg(long)]
-        json: bool,
-        /// Walker threads (default: 8 per CPU, from 8 to 64; they mostly wait on the disk).
-        #[arg(long)]
-        threads: Option<usize>,
+        #[command(flatten)]
+        walk: WalkArgs,
         /// Rebuild even with less than twice the desktop's size free.
         #[arg(long)]
         force: bool,
@@ -152,15 +154,8 @@ enum Command {
     ///
     /// Exit status: 0 done, 1 the backup failed its checks, 2 error.
     Restore {
-        /// Also print each repair (the `deskd rebuild -s` lines).
-        #[arg(short, long)]
-        verbose: bool,
-        /// Repairs and the summary as JSON lines.
-        #[arg(long)]
-        json: bool,
-        /// Walker threads (default: 8 per CPU, from 8 to 64).
-        #[arg(long)]
-        threads: Option<usize>,
+        #[command(flatten)]
+        walk: WalkArgs,
         /// Restore a backup with a missing or mismatched manifest, or of another desktop than
         /// the volume's, and skip the free-space check. SQLite's integrity check still applies.
         #[arg(long)]
@@ -210,12 +205,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rebuild {
             fresh,
             scan,
-            verbose,
-            json,
-            threads,
+            walk,
             force,
             volume,
         } => {
+            let WalkArgs { verbose, json, .. } = walk;
             let mode = if scan {
                 deskd_rebuild::Mode::Scan
             } else if fresh {
@@ -223,11 +217,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 deskd_rebuild::Mode::Repair
             };
-            let options = deskd_rebuild::Options::new(
-                mode,
-                threads.unwrap_or_else(deskd_rebuild::default_threads),
-                force,
-            );
+            let options = deskd_rebuild::Options::new(mode, walk.threads(), force);
             if let Some((client, vol)) = served(&cli.connection, &volume) {
                 return Ok(rebuild_online(
                     client,
@@ -249,20 +239,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => Ok(backup(&volume, &dest, force, json)),
         Command::Verify { json, backup } => Ok(verify(&backup, json)),
         Command::Restore {
-            verbose,
-            json,
-            threads,
+            walk,
             force,
             id_gap,
             backup,
             volume,
         } => {
             let options = deskd_backup::RestoreOptions {
-                threads: threads.unwrap_or_else(deskd_rebuild::default_threads),
+                threads: walk.threads(),
                 force,
                 id_gap,
             };
-            Ok(restore(&backup, &volume, &options, verbose, json))
+            Ok(restore(&backup, &volume, &options, walk.verbose, walk.json))
         }
         Command::Status { volume, json } => {
             let (mut client, vol) = connect_for(&cli.connection, &volume)?;
@@ -381,22 +369,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Find {
             volume,
-            json,
-            prefix,
-            glob,
-            exact,
+            matching,
             limit,
             pattern,
         } => {
-            let mode = if prefix {
-                FindMode::Prefix
-            } else if exact {
-                FindMode::Exact
-            } else if glob || deskd_db::names::looks_like_glob(&pattern) {
-                FindMode::Glob
-            } else {
-                FindMode::Substring
-            };
+            let (mode, json) = (matching.mode(&pattern), matching.json);
             let (mut client, vol) = connect_for(&cli.connection, &volume)?;
             let volumes = match vol {
                 Some(v) => client
@@ -425,23 +402,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         })
                         .map_err(|e| anyhow!("{e}"))?;
                     for o in &hits {
-                        let mut full = v.root.clone();
-                        full.push(b'/');
-                        full.extend_from_slice(o.path.as_deref().unwrap_or_default());
-                        if json {
-                            let line = serde_json::json!({
-                                "volume": display_bytes(&v.root),
-                                "path": display_bytes(&full),
-                                "id": o.id,
-                                "parent_id": o.parent,
-                                "name": display_bytes(&o.name),
-                                "kind": o.kind.as_str(),
-                            });
-                            writeln!(out, "{line}")?;
-                        } else {
-                            out.write_all(&full)?;
-                            out.write_all(b"\n")?;
-                        }
+                        write_match(&mut out, json, &v.root, o)?;
                         printed += 1;
                         if printed >= limit {
                             break 'volumes;

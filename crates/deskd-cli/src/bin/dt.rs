@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use deskd_cli::connection::ConnectionArgs;
 use deskd_cli::fsops::{copy_tree, copy_tree_with, keep_owner, remove_any, set_times, CopyMode};
 use deskd_cli::mode;
-use deskd_cli::output::{display_bytes, fourcc};
+use deskd_cli::output::{display_bytes, fourcc, write_match, FindArgs};
 use deskd_cli::target::{place, InVolume, Place, Session};
 use deskd_client::{FindMode, ObjectInfo, Request, Response};
 use deskd_volume::rsrc;
@@ -177,19 +177,8 @@ enum Command {
     /// Find objects by name below DIR, from the desktop (no disk scan): substring by default,
     /// case-insensitive, NFC = NFD.
     Find {
-        /// Match names that start with PATTERN.
-        #[arg(long, short, conflicts_with_all = ["glob", "exact"])]
-        prefix: bool,
-        /// PATTERN is a shell glob over the whole name (default when it holds * ?, or a closed
-        /// [...] class).
-        #[arg(long, short, conflicts_with = "exact")]
-        glob: bool,
-        /// Match whole names.
-        #[arg(long, short)]
-        exact: bool,
-        /// One JSON object per match per line.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        matching: FindArgs,
         /// A directory in a volume (its volume root for all of it).
         dir: PathBuf,
         /// The name, or part of it, to look for.
@@ -357,23 +346,11 @@ impl Dt {
                 dt.set(p, type_code, creator, flags, comment.as_deref())
             }),
             Command::Find {
-                prefix,
-                glob,
-                exact,
-                json,
+                matching,
                 dir,
                 pattern,
             } => {
-                let mode = if prefix {
-                    FindMode::Prefix
-                } else if exact {
-                    FindMode::Exact
-                } else if glob || deskd_db::names::looks_like_glob(&pattern) {
-                    FindMode::Glob
-                } else {
-                    FindMode::Substring
-                };
-                self.find(&dir, &pattern, mode, json)?;
+                self.find(&dir, &pattern, matching.mode(&pattern), matching.json)?;
             }
         }
         Ok(())
@@ -654,25 +631,8 @@ impl Dt {
                 other => bail!("unexpected reply {other:?}"),
             };
             for o in &hits {
-                let rel = o.path.as_deref().unwrap_or_default();
-                if !rel.starts_with(&below) {
-                    continue;
-                }
-                let mut full = root.clone();
-                full.push(b'/');
-                full.extend_from_slice(rel);
-                if json {
-                    let line = serde_json::json!({
-                        "path": display_bytes(&full),
-                        "id": o.id,
-                        "parent_id": o.parent,
-                        "name": display_bytes(&o.name),
-                        "kind": o.kind.as_str(),
-                    });
-                    writeln!(out, "{line}")?;
-                } else {
-                    out.write_all(&full)?;
-                    out.write_all(b"\n")?;
+                if o.path.as_deref().unwrap_or_default().starts_with(&below) {
+                    write_match(&mut out, json, &root, o)?;
                 }
             }
             match hits.last() {
