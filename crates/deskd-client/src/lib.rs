@@ -142,7 +142,13 @@ impl Client {
     }
 
     fn read_reply(&mut self) -> Result<(u64, std::result::Result<Response, ErrorReply>)> {
-        if !deskd_proto::read_frame_body(&mut self.input, &mut self.body).map_err(proto_error)? {
+        if !deskd_proto::read_frame_body_within(
+            &mut self.input,
+            &mut self.body,
+            deskd_proto::MAX_REPLY_FRAME,
+        )
+        .map_err(proto_error)?
+        {
             return Err(ClientError::Closed);
         }
         let frame: ReplyFrame = deskd_proto::decode(&self.body)?;

@@ -4,8 +4,8 @@
 //! `"DSKD" ++ u16 version ++ u16 flags` (big-endian); the server answers `"DSKD" ++ u16 version
 //! ++ u16 status` where status 0 accepts and 1 refuses (unsupported version; the server closes).
 //!
-//! After that, both sides send frames: a big-endian `u32` length (at most [`MAX_FRAME`]) then a
-//! [postcard]-encoded body: [`RequestFrame`] from the client, [`ReplyFrame`] from the server.
+//! After that, both sides send frames: a big-endian `u32` length (at most [`MAX_FRAME`] for a
+//! request, [`MAX_REPLY_FRAME`] for a reply) then a [postcard]-encoded body: [`RequestFrame`] from the client, [`ReplyFrame`] from the server.
 //! Every request carries an id chosen by the client; replies carry the same id and may arrive in
 //! any order, so a client can pipeline. Every error is an [`ErrorCode`] plus a human message.
 //! `docs/protocol.md` documents the format byte by byte.
@@ -21,16 +21,21 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u16 = 2;
 /// Handshake magic.
 pub const MAGIC: [u8; 4] = *b"DSKD";
-/// The largest frame body accepted, in bytes.
+/// The largest request frame body the server accepts, in bytes: what any local process may
+/// make the server read and hold.
 pub const MAX_FRAME: u32 = 1 << 20;
+/// The largest reply frame body, in bytes. Replies come from the trusted server and can be big
+/// (the entries of a directory of a million files); a reply that would be larger still is
+/// replaced by a `FrameTooLarge` error, never dropped.
+pub const MAX_REPLY_FRAME: u32 = 256 << 20;
 
 /// Errors of framing and encoding.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
-    FrameTooLarge(u32),
+    #[error("frame of {len} bytes exceeds the {limit}-byte limit")]
+    FrameTooLarge { len: u32, limit: u32 },
     #[error("malformed message: {0}")]
     Malformed(String),
     #[error("bad handshake: {0}")]
@@ -503,13 +508,18 @@ pub struct ReplyFrame {
     pub result: Result<Response, ErrorReply>,
 }
 
-/// Encode a value as one frame (length prefix + postcard body).
+/// Encode a value as one request frame (length prefix + postcard body, at most [`MAX_FRAME`]).
 pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtoError> {
+    encode_frame_within(value, MAX_FRAME)
+}
+
+/// Encode a value as one frame whose body is at most `limit` bytes.
+pub fn encode_frame_within<T: Serialize>(value: &T, limit: u32) -> Result<Vec<u8>, ProtoError> {
     let mut out = vec![0u8; 4];
     out = postcard::to_extend(value, out).map_err(|e| ProtoError::Malformed(e.to_string()))?;
-    let len = (out.len() - 4) as u32;
-    if len > MAX_FRAME {
-        return Err(ProtoError::FrameTooLarge(len));
+    let len = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
+    if len > limit {
+        return Err(ProtoError::FrameTooLarge { len, limit });
     }
     out[..4].copy_from_slice(&len.to_be_bytes());
     Ok(out)
@@ -521,8 +531,18 @@ pub fn write_frame<T: Serialize>(w: &mut impl Write, value: &T) -> Result<(), Pr
     Ok(())
 }
 
-/// Read one frame body. `Ok(None)` on a clean end of stream before the length prefix.
+/// Read one request frame body (at most [`MAX_FRAME`]). `Ok(false)` on a clean end of stream
+/// before the length prefix.
 pub fn read_frame_body(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<bool, ProtoError> {
+    read_frame_body_within(r, buf, MAX_FRAME)
+}
+
+/// Read one frame body of at most `limit` bytes; a longer one is refused before it is read.
+pub fn read_frame_body_within(
+    r: &mut impl Read,
+    buf: &mut Vec<u8>,
+    limit: u32,
+) -> Result<bool, ProtoError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
@@ -530,8 +550,8 @@ pub fn read_frame_body(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<bool, Pro
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len);
-    if len > MAX_FRAME {
-        return Err(ProtoError::FrameTooLarge(len));
+    if len > limit {
+        return Err(ProtoError::FrameTooLarge { len, limit });
     }
     buf.clear();
     buf.resize(len as usize, 0);
@@ -692,7 +712,23 @@ mod tests {
         let mut bytes = (MAX_FRAME + 1).to_be_bytes().to_vec();
         bytes.extend_from_slice(&[0; 16]);
         let err = read_frame_body(&mut io::Cursor::new(bytes), &mut Vec::new()).unwrap_err();
-        assert!(matches!(err, ProtoError::FrameTooLarge(_)));
+        assert!(matches!(err, ProtoError::FrameTooLarge { .. }));
+        // A reply may be larger than a request, up to its own limit.
+        let reply = ReplyFrame {
+            id: 1,
+            result: Ok(Response::Comment(Some(vec![7; MAX_FRAME as usize + 1]))),
+        };
+        assert!(matches!(
+            encode_frame(&reply),
+            Err(ProtoError::FrameTooLarge { .. })
+        ));
+        let bytes = encode_frame_within(&reply, MAX_REPLY_FRAME).unwrap();
+        let mut body = Vec::new();
+        assert!(
+            read_frame_body_within(&mut io::Cursor::new(bytes), &mut body, MAX_REPLY_FRAME)
+                .unwrap()
+        );
+        assert_eq!(decode::<ReplyFrame>(&body).unwrap(), reply);
     }
 
     #[test]

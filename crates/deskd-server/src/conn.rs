@@ -49,8 +49,20 @@ impl ReplySink {
             id: self.id,
             result,
         };
+        let bytes = match deskd_proto::encode_frame_within(&frame, deskd_proto::MAX_REPLY_FRAME) {
+            Ok(bytes) => bytes,
+            // Never leave a request unanswered: a client would wait for its timeout.
+            Err(e) => deskd_proto::encode_frame(&ReplyFrame {
+                id: self.id,
+                result: Err(ErrorReply::new(
+                    ErrorCode::FrameTooLarge,
+                    format!("the reply cannot be sent: {e}"),
+                )),
+            })
+            .expect("an error reply fits a frame"),
+        };
         let mut stream = self.writer.stream.lock().unwrap();
-        let _ = deskd_proto::write_frame(&mut *stream, &frame);
+        let _ = stream.write_all(&bytes);
     }
 
     /// Push buffered replies to the client.
@@ -110,7 +122,7 @@ pub fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
         match read_frame_body(&mut input, &mut body) {
             Ok(true) => {}
             Ok(false) => break,
-            Err(ProtoError::FrameTooLarge(n)) => {
+            Err(ProtoError::FrameTooLarge { len: n, .. }) => {
                 let sink = ReplySink {
                     writer: writer.clone(),
                     id: 0,

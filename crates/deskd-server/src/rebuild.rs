@@ -41,11 +41,19 @@ pub struct RebuildJob {
     finished: Mutex<Option<Result<RebuildSummary, String>>>,
 }
 
+/// Difference lines per poll reply: a volume with millions of differences is sent in pieces
+/// that each fit a reply frame (a line holds a path of up to 4 KiB).
+pub const LINES_PER_POLL: usize = 10_000;
+
 impl RebuildJob {
-    /// The job's state, with the difference lines from `from` on.
+    /// The job's state, with at most [`LINES_PER_POLL`] difference lines from `from` on (a
+    /// client that shows none asks from `u64::MAX`). The end of the job is reported only with
+    /// the last line, so a client that polls until it sees the end has them all.
     pub fn state(&self, from: u64) -> RebuildState {
         let lines = self.lines.lock().unwrap();
-        let from = (from as usize).min(lines.len());
+        let from = usize::try_from(from).unwrap_or(usize::MAX).min(lines.len());
+        let to = (from + LINES_PER_POLL).min(lines.len());
+        let finished = self.finished.lock().unwrap().clone();
         RebuildState {
             job: self.id,
             mode: self.mode,
@@ -53,9 +61,9 @@ impl RebuildJob {
             pass: self.pass.load(Ordering::SeqCst),
             objects: self.objects.load(Ordering::Relaxed),
             started: self.started,
-            lines: lines[from..].to_vec(),
-            next: lines.len() as u64,
-            finished: self.finished.lock().unwrap().clone(),
+            lines: lines[from..to].to_vec(),
+            next: to as u64,
+            finished: if to == lines.len() { finished } else { None },
         }
     }
 

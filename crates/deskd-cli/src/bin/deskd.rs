@@ -174,6 +174,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Find { .. } | Command::Status { .. }) {
+        // `deskd find … | head` ends quietly, as find(1) does. (Not for the verbs that change
+        // things, nor for the server, which must outlive a client that hangs up.)
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -537,13 +543,18 @@ fn rebuild_online(
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut write_failed = false;
-    let mut from = 0;
+    // A client that shows no lines asks for none.
+    let mut from = if show { 0 } else { u64::MAX };
     let interval = (timeout / 4).clamp(
         std::time::Duration::from_millis(20),
         std::time::Duration::from_millis(250),
     );
+    let mut more_lines = false;
     let summary = loop {
-        std::thread::sleep(interval);
+        // While lines keep coming, fetch the rest at once rather than a piece per interval.
+        if !more_lines {
+            std::thread::sleep(interval);
+        }
         let state = match client.call(Request::RebuildPoll { vol, job, from }) {
             Ok(Response::Rebuild(state)) => state,
             Ok(other) => {
@@ -562,7 +573,10 @@ fn rebuild_online(
                 return ExitCode::from(2);
             }
         };
-        from = state.next;
+        more_lines = !state.lines.is_empty() && state.finished.is_none();
+        if show {
+            from = state.next;
+        }
         if show {
             for l in &state.lines {
                 write_failed |=

@@ -194,6 +194,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `dt ls | head` ends quietly, as ls(1) does (only the listing verbs write to stdout).
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let mut dt = Dt {
         session: Session::new(cli.connection.socket_path(), cli.connection.timeout()),
