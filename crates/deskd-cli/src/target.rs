@@ -129,6 +129,37 @@ pub struct Session {
     handles: HashMap<PathBuf, VolumeInfo>,
 }
 
+/// The `AddPath` request that registers `iv`: with `use_hints`, the ID its resource file (or
+/// else its xattr mirror) carries, and the type and creator its resource file has.
+fn add_request(
+    vol: u32,
+    iv: &InVolume,
+    header: Option<&ResourceHeader>,
+    use_hints: bool,
+) -> Request {
+    let hint = if use_hints {
+        header
+            .map(|h| h.id)
+            .filter(|&id| id != 0)
+            .or_else(|| deskd_volume::read_id_xattr(&iv.path()))
+    } else {
+        None
+    };
+    let (type_code, creator) = match header {
+        Some(h) if h.type_code != [0; 4] || h.creator != [0; 4] => {
+            (Some(h.type_code), Some(h.creator))
+        }
+        _ => (None, None),
+    };
+    Request::AddPath {
+        vol,
+        path: iv.rel(),
+        hint,
+        type_code,
+        creator,
+    }
+}
+
 fn now_secs() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -215,31 +246,8 @@ impl Session {
     /// Register the object at `iv` (an existing path) and keep its resource file and xattr
     /// mirror right. With `use_hints`, an ID from its resource file or xattr is kept if free.
     pub fn register(&mut self, iv: &InVolume, use_hints: bool) -> Result<ObjectInfo> {
-        let rsrc_path = iv.rsrc_path();
-        let header = rsrc::read_header(&rsrc_path).ok().flatten();
-        let hint = if use_hints {
-            header
-                .as_ref()
-                .map(|h| h.id)
-                .filter(|&id| id != 0)
-                .or_else(|| deskd_volume::read_id_xattr(&iv.path()))
-        } else {
-            None
-        };
-        let (type_code, creator) = match &header {
-            Some(h) if h.type_code != [0; 4] || h.creator != [0; 4] => {
-                (Some(h.type_code), Some(h.creator))
-            }
-            _ => (None, None),
-        };
-        let rel = iv.rel();
-        let info = match self.call(iv, |vol| Request::AddPath {
-            vol,
-            path: rel,
-            hint,
-            type_code,
-            creator,
-        })? {
+        let header = rsrc::read_header(&iv.rsrc_path()).ok().flatten();
+        let info = match self.call(iv, |vol| add_request(vol, iv, header.as_ref(), use_hints))? {
             Response::Object(o) => o,
             other => return Err(anyhow!("unexpected reply {other:?}")),
         };
@@ -271,6 +279,45 @@ impl Session {
             }
         }
         Ok(info)
+    }
+
+    /// Register objects of one volume as [`Session::register`] does, but pipelined: one round
+    /// trip for all of them instead of one each. Parents must come before their children (the
+    /// server applies the requests in order). `done` is called as each object is recorded.
+    pub fn register_many(
+        &mut self,
+        ivs: &[InVolume],
+        use_hints: bool,
+        done: &mut dyn FnMut(),
+    ) -> Result<()> {
+        let Some(first) = ivs.first() else {
+            return Ok(());
+        };
+        let vol = self.handle(first)?;
+        let root = first.root.clone();
+        let headers: Vec<Option<ResourceHeader>> = ivs
+            .iter()
+            .map(|iv| rsrc::read_header(&iv.rsrc_path()).ok().flatten())
+            .collect();
+        let mut sent = Vec::with_capacity(ivs.len());
+        let client = self.client(&root)?;
+        let result = (|| {
+            for (iv, header) in ivs.iter().zip(&headers) {
+                sent.push(client.send(add_request(vol, iv, header.as_ref(), use_hints))?);
+            }
+            client.flush()
+        })();
+        result.map_err(|e| self.explain(&root, e))?;
+        for ((iv, header), id) in ivs.iter().zip(headers).zip(sent) {
+            let reply = self.client(&root)?.wait(id);
+            let info = match reply.map_err(|e| self.explain(&root, e))? {
+                Response::Object(o) => o,
+                other => return Err(anyhow!("unexpected reply {other:?}")),
+            };
+            self.write_record(iv, &info, header)?;
+            done();
+        }
+        Ok(())
     }
 
     /// Write the resource file (keeping a fork and Finder info already there) and the xattr.

@@ -1,6 +1,8 @@
-//! Replies larger than a request may be: the entries of a big directory, and the difference
-//! lines of a rebuild of a big volume, reach the client whole (a reply over the 1 MiB request
-//! limit used to be dropped, and the client waited for its timeout).
+//! Big replies and many of them: the entries of a big directory and the difference lines of a
+//! rebuild of a big volume reach the client whole (a reply over the 1 MiB request limit used to
+//! be dropped, and the client waited for its timeout), and a client that sends all its requests
+//! before it reads a reply is answered without stalling anyone (the server used to stop reading
+//! while it waited to write, and both sides waited for each other).
 
 mod common;
 use common::*;
@@ -83,5 +85,48 @@ fn an_online_scan_with_more_lines_than_one_reply_holds_prints_them_all() {
         out.status.success() && out.stdout.is_empty(),
         "{}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn a_client_that_sends_everything_before_reading_is_answered_and_stalls_nobody() {
+    use deskd_client::{Request, Response};
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    std::fs::create_dir(env.path("vol/many")).unwrap();
+    let names: Vec<String> = (0..20_000).map(|i| format!("many/f{i:05}")).collect();
+    for n in &names {
+        std::fs::write(env.path(&format!("vol/{n}")), b"").unwrap();
+    }
+    let mut a = env.client();
+    let vol = a.open_volume(&env.path("vol")).unwrap().vol;
+    // Writes and reads, all sent before a single reply is read: megabytes of replies, far more
+    // than the socket holds. Each send would time out (10 s) if the server stopped reading.
+    let mut ids = Vec::new();
+    for n in &names {
+        ids.push(
+            a.send(Request::AddPath {
+                vol,
+                path: n.clone().into_bytes(),
+                hint: None,
+                type_code: None,
+                creator: None,
+            })
+            .unwrap(),
+        );
+        ids.push(a.send(Request::Resolve { vol, id: 2 }).unwrap());
+    }
+    a.flush().unwrap();
+    // Meanwhile the volume's writer goes on for everyone else.
+    env.dt_ok(&[b"--timeout", b"10", b"touch", b"vol/someone-else"]);
+    for id in ids {
+        match a.wait(id).unwrap() {
+            Response::Object(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        sqlite3(&env.path("vol/.Desktop"), "SELECT count(*) FROM objects"),
+        "20003"
     );
 }

@@ -3,13 +3,13 @@
 //! once committed, so replies may come back out of order (clients match them by request id).
 
 use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Read as _, Write as _};
+use std::io::{BufReader, Read as _, Write as _};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deskd_db::Reader;
@@ -20,18 +20,14 @@ use deskd_proto::{
 use tracing::debug;
 
 use crate::apply::{apply_read, db_error, Reply};
+use crate::outbox::Outbox;
 use crate::volume::{Job, VolumeHandle};
 use crate::Shared;
-
-/// The sending half of a connection, shared by the connection thread and the writers.
-pub struct ConnWriter {
-    stream: Mutex<BufWriter<UnixStream>>,
-}
 
 /// Where the reply to one request goes.
 #[derive(Clone)]
 pub struct ReplySink {
-    writer: Arc<ConnWriter>,
+    writer: Arc<Outbox>,
     id: u64,
 }
 
@@ -61,13 +57,12 @@ impl ReplySink {
             })
             .expect("an error reply fits a frame"),
         };
-        let mut stream = self.writer.stream.lock().unwrap();
-        let _ = stream.write_all(&bytes);
+        self.writer.push(&bytes);
     }
 
-    /// Push buffered replies to the client.
+    /// Push buffered replies to the client (never waiting for it to read).
     pub fn flush(&self) {
-        let _ = self.writer.stream.lock().unwrap().flush();
+        self.writer.flush();
     }
 
     /// True when both replies go to the same connection.
@@ -106,9 +101,7 @@ pub fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
-    let writer = Arc::new(ConnWriter {
-        stream: Mutex::new(BufWriter::new(write_half)),
-    });
+    let writer = Outbox::new(write_half);
     let spin = deskd_proto::spin::spin_window();
     let mut input =
         BufReader::with_capacity(64 * 1024, deskd_proto::spin::SpinRead::new(stream, spin));

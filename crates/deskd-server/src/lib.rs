@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod config;
 pub mod conn;
+pub mod outbox;
 pub mod rebuild;
 pub mod volume;
 

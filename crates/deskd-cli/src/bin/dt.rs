@@ -945,38 +945,54 @@ impl Dt {
         result
     }
 
+    /// Walk the tree depth first (parents before children) and register it in pipelined
+    /// chunks.
     fn register_tree_with(
         &mut self,
-        iv: &InVolume,
+        top: &InVolume,
         keep_ids: bool,
         progress: &indicatif::ProgressBar,
     ) -> Result<()> {
-        progress.inc(1);
-        if !keep_ids {
-            // Fresh IDs: forget IDs recorded for another volume.
-            let mut header = rsrc::read_header(&iv.rsrc_path()).ok().flatten();
-            if let Some(h) = header.as_mut() {
-                h.id = 0;
-                rsrc::write_header(&iv.rsrc_path(), h)?;
-            }
-        }
-        self.session.register(iv, keep_ids)?;
-        let path = iv.path();
-        if fs::symlink_metadata(&path)
-            .map(|m| m.is_dir())
-            .unwrap_or(false)
-        {
-            let mut entries: Vec<_> = fs::read_dir(&path)?.filter_map(|e| e.ok()).collect();
-            entries.sort_by_key(|e| e.file_name());
-            for e in entries {
-                let name = e.file_name();
-                if deskd_volume::is_protected(name.as_bytes()) {
-                    continue;
+        /// Objects per pipelined round trip.
+        const CHUNK: usize = 512;
+        let mut stack = vec![top.clone()];
+        let mut chunk: Vec<InVolume> = Vec::with_capacity(CHUNK);
+        while let Some(iv) = stack.pop() {
+            if !keep_ids {
+                // Fresh IDs: forget IDs recorded for another volume (or for the original of a
+                // copy) before the server is asked, so no later look at this file takes one.
+                let rsrc_path = iv.rsrc_path();
+                if let Some(mut h) = rsrc::read_header(&rsrc_path).ok().flatten() {
+                    if h.id != 0 {
+                        h.id = 0;
+                        rsrc::write_header(&rsrc_path, &h)?;
+                    }
                 }
-                self.register_tree_with(&iv.child(name.as_bytes()), keep_ids, progress)?;
+            }
+            let path = iv.path();
+            if fs::symlink_metadata(&path)
+                .map(|m| m.is_dir())
+                .unwrap_or(false)
+            {
+                let mut entries: Vec<_> = fs::read_dir(&path)?.filter_map(|e| e.ok()).collect();
+                // Reversed onto the stack, so they come off in name order.
+                entries.sort_by_key(|e| std::cmp::Reverse(e.file_name()));
+                for e in entries {
+                    let name = e.file_name();
+                    if !deskd_volume::is_protected(name.as_bytes()) {
+                        stack.push(iv.child(name.as_bytes()));
+                    }
+                }
+            }
+            chunk.push(iv);
+            if chunk.len() == CHUNK {
+                self.session
+                    .register_many(&chunk, keep_ids, &mut || progress.inc(1))?;
+                chunk.clear();
             }
         }
-        Ok(())
+        self.session
+            .register_many(&chunk, keep_ids, &mut || progress.inc(1))
     }
 
     fn ls(
