@@ -256,6 +256,7 @@ pub fn backup(
     drop(file);
     let started = now_unix();
     let info = copy_snapshot(&desktop, temp.path(), progress).map_err(db(&desktop))?;
+    crash_point("copied");
     // The check and the digest each read the whole copy; on two cores they overlap.
     let (checked, digested) = std::thread::scope(|s| {
         let digest = s.spawn(|| digest(temp.path()));
@@ -282,6 +283,7 @@ pub fn backup(
         .and_then(|f| f.sync_all())
         .map_err(io(temp.path()))?;
     temp.rename_to(&target)?;
+    crash_point("renamed");
     let manifest = Manifest {
         kind: MANIFEST_KIND.into(),
         manifest_version: MANIFEST_VERSION,
@@ -297,6 +299,14 @@ pub fn backup(
     };
     write_manifest(&target, &manifest)?;
     Ok((target, manifest))
+}
+
+/// Test hook: `DESKD_BACKUP_CRASH_AFTER=<step>` aborts the process right after that step, so the
+/// tests can show what a backup killed there leaves behind.
+fn crash_point(step: &str) {
+    if std::env::var("DESKD_BACKUP_CRASH_AFTER").is_ok_and(|s| s == step) {
+        std::process::abort();
+    }
 }
 
 /// Write the manifest of `backup` atomically (temporary name, sync, rename, directory sync).

@@ -461,3 +461,50 @@ fn a_restore_killed_at_any_step_can_be_run_again() {
         env.term();
     }
 }
+
+#[test]
+fn a_backup_killed_at_any_step_leaves_nothing_that_passes_for_a_backup() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/a"]);
+    let vol = env.path("vol");
+    let bk = env.path("vol.bk");
+    for step in ["copied", "renamed"] {
+        // The desktop differs from any earlier backup's.
+        env.dt_ok(&[b"touch", format!("vol/before-{step}").as_bytes()]);
+        let out = env
+            .command_for(
+                DESKD,
+                &[
+                    b"backup",
+                    b"--force",
+                    vol.as_os_str().as_encoded_bytes(),
+                    bk.as_os_str().as_encoded_bytes(),
+                ],
+            )
+            .env("DESKD_BACKUP_CRASH_AFTER", step)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the hook at {step} did not fire");
+        // Killed before its manifest: whatever is there is not taken for a backup — neither
+        // a copy without a manifest, nor a new copy under the last backup's manifest.
+        let out = env.deskd(&["verify", bk.to_str().unwrap()]);
+        assert_ne!(out.status.code(), Some(0), "after {step}");
+        let out = env.deskd(&["restore", bk.to_str().unwrap(), vol.to_str().unwrap()]);
+        assert_ne!(out.status.code(), Some(0), "after {step}");
+        // The next backup to the same name completes (and clears the leftover temporary).
+        env.deskd_ok(&[
+            "backup",
+            "--force",
+            vol.to_str().unwrap(),
+            bk.to_str().unwrap(),
+        ]);
+        env.deskd_ok(&["verify", bk.to_str().unwrap()]);
+        let left: Vec<_> = std::fs::read_dir(env.path(""))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("partial"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
