@@ -247,6 +247,12 @@ fn ls_hides_protected_names_and_shows_ids() {
     let f_line = long.lines().find(|l| l.ends_with(" f")).unwrap();
     assert!(f_line.contains(&env.id_of(&env.path("vol/d/f")).to_string()));
     assert!(f_line.contains("UNIX UNKN"));
+    // A directory has no type or creator: "-", not zero bytes in hex.
+    let d_line = long.lines().find(|l| l.ends_with(" d")).unwrap();
+    assert!(
+        d_line.contains(" -    -    drwx") && !long.contains("0x00000000"),
+        "{d_line}"
+    );
     assert!(!long.contains(".rsrc") && !long.contains(".Desktop"));
 }
 

@@ -1272,7 +1272,17 @@ fn print_entry(
     if long {
         let meta = fs::symlink_metadata(path)?;
         let (id, t, c) = match info {
-            Some(o) => (o.id.to_string(), fourcc(&o.type_code), fourcc(&o.creator)),
+            Some(o) => {
+                // Directories have no type or creator (all zero bytes): shown as "-".
+                let code = |c: &[u8; 4]| {
+                    if *c == [0; 4] {
+                        "-".to_string()
+                    } else {
+                        fourcc(c)
+                    }
+                };
+                (o.id.to_string(), code(&o.type_code), code(&o.creator))
+            }
             None => ("-".into(), "-".into(), "-".into()),
         };
         write!(
