@@ -189,10 +189,21 @@ fn backup_target(root: &Path, dest: &Path, force: bool) -> Result<PathBuf, Backu
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "root".into());
-        dest.join(format!(
-            "{base}-{}.desktop",
-            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-        ))
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        // A name of our own making never replaces a backup: two volumes of the same name
+        // backed up in the same second get -2, -3, ...
+        let mut n = 1;
+        loop {
+            let name = match n {
+                1 => format!("{base}-{stamp}.desktop"),
+                _ => format!("{base}-{stamp}-{n}.desktop"),
+            };
+            let candidate = dest.join(name);
+            if std::fs::symlink_metadata(&candidate).is_err() {
+                return Ok(candidate);
+            }
+            n += 1;
+        }
     } else {
         dest.to_path_buf()
     };
@@ -501,4 +512,32 @@ fn read_current(desktop: &Path) -> Option<(i64, u32)> {
     let uuid = reader.meta("volume_uuid").ok()??;
     let last = reader.meta("last_id").ok()??;
     Some((uuid, u32::try_from(last).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_of_our_making_never_replaces_a_backup() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Path::new("/srv/public");
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..5 {
+            // --force replaces only a name the user gave.
+            let t = backup_target(root, d.path(), true).unwrap();
+            assert!(!t.exists(), "{}", t.display());
+            let name = t.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(name.starts_with("public-") && name.ends_with(".desktop"), "{name}");
+            std::fs::write(&t, b"taken").unwrap();
+            assert!(seen.insert(t));
+        }
+        let given = d.path().join("given.desktop");
+        std::fs::write(&given, b"old").unwrap();
+        assert!(matches!(
+            backup_target(root, &given, false),
+            Err(BackupError::Usage(_))
+        ));
+        assert_eq!(backup_target(root, &given, true).unwrap(), given);
+    }
 }

@@ -508,3 +508,55 @@ fn a_backup_killed_at_any_step_leaves_nothing_that_passes_for_a_backup() {
         assert!(left.is_empty(), "{left:?}");
     }
 }
+
+#[test]
+fn several_volumes_back_up_into_one_directory_and_one_failure_stops_none() {
+    let mut env = Env::new(&["a/public", "b/public", "empty"]);
+    env.serve(&["a/public", "b/public"]);
+    env.dt_ok(&[b"touch", b"a/public/x", b"b/public/y"]);
+    let dir = env.path("backups");
+    std::fs::create_dir(&dir).unwrap();
+    let (a, b, empty) = (
+        env.path("a/public"),
+        env.path("b/public"),
+        env.path("empty"),
+    );
+    // The volume without a desktop fails (exit 2); the two others are backed up all the same,
+    // under names that do not collide although both volumes are called "public".
+    let out = env.deskd(&[
+        "backup",
+        "--json",
+        a.to_str().unwrap(),
+        empty.to_str().unwrap(),
+        b.to_str().unwrap(),
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("has no desktop"), "{}", stderr(&out));
+    let manifests: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(manifests.len(), 2);
+    let files: std::collections::HashSet<&str> = manifests
+        .iter()
+        .map(|m| m["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for m in &manifests {
+        env.deskd_ok(&[
+            "verify",
+            dir.join(m["file"].as_str().unwrap()).to_str().unwrap(),
+        ]);
+    }
+    // Several volumes need a directory to go into.
+    let out = env.deskd(&[
+        "backup",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        env.path("one-file").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not a directory"), "{}", stderr(&out));
+}

@@ -130,11 +130,11 @@ enum Command {
         /// Print the manifest as one JSON line instead of the summary.
         #[arg(long)]
         json: bool,
-        /// The volume's root directory (where its .Desktop is).
-        volume: PathBuf,
-        /// The backup file to write, or a directory to write `<volume name>-<UTC time>.desktop`
-        /// in.
-        dest: PathBuf,
+        /// The volumes' root directories (where their .Desktop is), then the backup file to
+        /// write, or a directory to write `<volume name>-<UTC time>.desktop` in (which it must be
+        /// for several volumes).
+        #[arg(required = true, num_args = 2.., value_name = "VOLUME... DEST")]
+        paths: Vec<PathBuf>,
     },
     /// Check a backup made by `deskd backup`: manifest, size, SHA-256, SQLite integrity and
     /// the counts. Changes nothing.
@@ -240,9 +240,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup {
             force,
             json,
-            volume,
-            dest,
-        } => Ok(backup(&volume, &dest, force, json)),
+            mut paths,
+        } => {
+            let dest = paths.pop().expect("clap requires two paths");
+            if paths.len() > 1 && !dest.is_dir() {
+                eprintln!(
+                    "deskd backup: {}: not a directory (several volumes go into a directory)",
+                    dest.display()
+                );
+                return Ok(ExitCode::from(2));
+            }
+            // Each volume in turn; one that fails does not stop the others.
+            let mut worst = ExitCode::SUCCESS;
+            for volume in &paths {
+                let code = backup(volume, &dest, force, json);
+                if code != ExitCode::SUCCESS && worst != ExitCode::from(2) {
+                    worst = code;
+                }
+            }
+            Ok(worst)
+        }
         Command::Verify { json, backup } => Ok(verify(&backup, json)),
         Command::Restore {
             walk,
