@@ -528,7 +528,10 @@ mod tests {
             let t = backup_target(root, d.path(), true).unwrap();
             assert!(!t.exists(), "{}", t.display());
             let name = t.file_name().unwrap().to_string_lossy().into_owned();
-            assert!(name.starts_with("public-") && name.ends_with(".desktop"), "{name}");
+            assert!(
+                name.starts_with("public-") && name.ends_with(".desktop"),
+                "{name}"
+            );
             std::fs::write(&t, b"taken").unwrap();
             assert!(seen.insert(t));
         }

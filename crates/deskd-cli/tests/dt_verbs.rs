@@ -329,14 +329,44 @@ fn chmod_chown_and_chgrp_take_the_resource_records_along() {
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
     }
+    // An entry that cannot be changed (immutable, even for root) is reported, and the rest of
+    // the tree is still done, as chmod -R does.
+    env.dt_ok(&[b"touch", b"vol/d/e/stuck", b"vol/d/e/zz"]);
+    let immutable = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(env.path("vol/d/e/stuck"))
+        .status()
+        .unwrap()
+        .success();
+    if immutable {
+        let out = env.dt(&[b"chmod", b"-R", b"a+r", b"vol/d"]);
+        std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(env.path("vol/d/e/stuck"))
+            .status()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("stuck"), "{}", stderr(&out));
+        assert_eq!(
+            mode_of(&env.path("vol/d/e/zz")) & 0o444,
+            0o444,
+            "the rest was done"
+        );
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chattr +i must work in CI (root on ext4)"
+        );
+    }
     // Outside volumes: the plain command, no server needed.
     env.term();
     env.dt_ok(&[b"chmod", b"600", b"plain/outside"]);
     assert_eq!(mode_of(&env.path("plain/outside")), 0o600);
     // Inside one with no server: refused before anything changes.
+    let before = mode_of(&env.path("vol/d/f"));
     let out = env.dt(&[b"chmod", b"777", b"vol/d/f"]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(mode_of(&env.path("vol/d/f")), 0o600);
+    assert_eq!(mode_of(&env.path("vol/d/f")), before);
 }
 
 #[test]

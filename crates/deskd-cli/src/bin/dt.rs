@@ -518,7 +518,11 @@ impl Dt {
                 continue;
             }
             let child_iv = inside.map(|iv| iv.child(name.as_bytes()));
-            self.change_tree(&child, child_iv.as_ref(), &child_meta, recursive, f)?;
+            // As chmod -R does: report an entry that fails and go on with the rest.
+            if let Err(e) = self.change_tree(&child, child_iv.as_ref(), &child_meta, recursive, f) {
+                eprintln!("dt: {e:#}");
+                self.failed = true;
+            }
         }
         Ok(())
     }
