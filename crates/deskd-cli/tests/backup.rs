@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn manifest(backup: &Path) -> serde_json::Value {
-    let mut m = backup.as_os_str().to_os_string();
-    m.push(".manifest.json");
-    serde_json::from_str(&std::fs::read_to_string(m).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(manifest_path(backup)).unwrap()).unwrap()
 }
 
 /// `deskd backup --json VOLUME DEST`, which must succeed; returns the manifest it printed.

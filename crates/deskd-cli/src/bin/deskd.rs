@@ -752,10 +752,7 @@ fn backup(volume: &Path, dest: &Path, force: bool, json: bool) -> ExitCode {
     match result {
         Ok((path, m)) => {
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&m).expect("a manifest serialises")
-                );
+                print_manifest(&m);
             } else {
                 println!(
                     "backup {}: {} objects, last ID {}, {} bytes, integrity ok, {:.2}s -> {}",
@@ -773,15 +770,20 @@ fn backup(volume: &Path, dest: &Path, force: bool, json: bool) -> ExitCode {
     }
 }
 
+/// A backup's manifest as one JSON line.
+fn print_manifest(m: &deskd_backup::Manifest) {
+    println!(
+        "{}",
+        serde_json::to_string(m).expect("a manifest serialises")
+    );
+}
+
 /// `deskd verify`.
 fn verify(backup: &Path, json: bool) -> ExitCode {
     match deskd_backup::verify(backup) {
         Ok(m) => {
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&m).expect("a manifest serialises")
-                );
+                print_manifest(&m);
             } else {
                 println!(
                     "{}: good: the desktop of {} as of {}, {} objects, last ID {}",
