@@ -266,7 +266,13 @@ pub fn backup(
     let (temp, file) = TempFile::create(dir.join(format!(".{name}.partial")))?;
     drop(file);
     let started = now_unix();
-    let info = copy_snapshot(&desktop, temp.path(), progress).map_err(db(&desktop))?;
+    let info = copy_snapshot(&desktop, temp.path(), progress).map_err(|e| match e {
+        deskd_db::DbError::NoSpace(_) => BackupError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        },
+        e => db(&desktop)(e),
+    })?;
     crash_point("copied");
     // The check and the digest each read the whole copy; on two cores they overlap.
     let (checked, digested) = std::thread::scope(|s| {

@@ -558,3 +558,37 @@ fn several_volumes_back_up_into_one_directory_and_one_failure_stops_none() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not a directory"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_backup_onto_a_full_disk_says_so_and_leaves_nothing() {
+    let mut env = Env::new(&["vol"]);
+    let Some(_mnt) = Mounted::tmpfs_of(env.path("small"), "1m") else {
+        return;
+    };
+    env.serve(&["vol"]);
+    // A desktop of several MB.
+    std::fs::create_dir(env.path("vol/many")).unwrap();
+    let names: Vec<String> = (0..20_000)
+        .map(|i| format!("many/a-long-enough-name-to-make-the-desktop-grow-{i:05}"))
+        .collect();
+    for n in &names {
+        std::fs::write(env.path(&format!("vol/{n}")), b"").unwrap();
+    }
+    let mut c = env.client();
+    let vol = c.open_volume(&env.path("vol")).unwrap().vol;
+    register_pipelined(&mut c, vol, &names);
+    let out = env.deskd(&[
+        "backup",
+        env.path("vol").to_str().unwrap(),
+        env.path("small").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("small: No space left on device"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_dir(env.path("small")).unwrap().count(), 0);
+    // The volume goes on.
+    env.dt_ok(&[b"touch", b"vol/after"]);
+}

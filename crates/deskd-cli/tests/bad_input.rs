@@ -289,46 +289,6 @@ fn timeout_reports_read_only_and_changes_nothing() {
     assert!(!env.path("vol/x").exists());
 }
 
-/// A tmpfs mounted at `mnt` for the life of the guard; `None` (the test skips) where mounting
-/// fails outside CI — it needs root, which CI has.
-struct Mounted(std::path::PathBuf);
-
-impl Mounted {
-    fn tmpfs(mnt: std::path::PathBuf) -> Option<Mounted> {
-        std::fs::create_dir_all(&mnt).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-            .arg(&mnt)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Mounted(mnt)),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                    Err(e) => e.to_string(),
-                };
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "mount failed under CI: {why}"
-                );
-                eprintln!("skipped: mounting a tmpfs failed (needs root): {why}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        // Lazy: a server still holding files there (a test that failed early) cannot keep
-        // the mount alive after the test.
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn dt_mv_onto_another_file_system_in_the_volume_keeps_the_id_and_follows_no_link() {
     let mut env = Env::new(&["vol", "outside"]);

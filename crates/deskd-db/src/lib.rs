@@ -76,6 +76,9 @@ pub enum DbError {
     NotADesktop,
     #[error("desktop is corrupt: {0}")]
     Corrupt(String),
+    /// The file system of this file is full.
+    #[error("{0}: no space left on the device")]
+    NoSpace(std::path::PathBuf),
 }
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;

@@ -66,7 +66,15 @@ pub fn copy_snapshot(
     {
         let backup = Backup::new(&src, &mut dst)?;
         loop {
-            match backup.step(STEP_PAGES)? {
+            // A full disk can only be the copy's (the source is only read); SQLite reports it
+            // with the source connection's message, which says nothing.
+            let step = backup
+                .step(STEP_PAGES)
+                .map_err(|e| match e.sqlite_error_code() {
+                    Some(rusqlite::ErrorCode::DiskFull) => DbError::NoSpace(dest.to_path_buf()),
+                    _ => DbError::from(e),
+                })?;
+            match step {
                 StepResult::Done => break,
                 StepResult::More => {
                     let p = backup.progress();
@@ -86,7 +94,12 @@ pub fn copy_snapshot(
     src.execute_batch("COMMIT")?;
     drop(src);
     // The copied header still says WAL; a backup is one file that any sqlite3 can open.
-    let mode: String = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
+    let mode: String = dst
+        .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => DbError::NoSpace(dest.to_path_buf()),
+            _ => DbError::from(e),
+        })?;
     if !mode.eq_ignore_ascii_case("delete") {
         return Err(DbError::Corrupt(format!(
             "{}: cannot leave WAL mode (got {mode})",

@@ -247,3 +247,49 @@ pub fn objects_dump(db: &Path) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A tmpfs mounted at `mnt` for the life of the guard; `None` (the test skips) where mounting
+/// fails outside CI — it needs root, which CI has.
+pub struct Mounted(std::path::PathBuf);
+
+impl Mounted {
+    /// A 4 MiB tmpfs.
+    pub fn tmpfs(mnt: std::path::PathBuf) -> Option<Mounted> {
+        Mounted::tmpfs_of(mnt, "4m")
+    }
+
+    /// A tmpfs of `size` (mount's `size=` syntax).
+    pub fn tmpfs_of(mnt: std::path::PathBuf, size: &str) -> Option<Mounted> {
+        std::fs::create_dir_all(&mnt).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mnt)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Mounted(mnt)),
+            other => {
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                    Err(e) => e.to_string(),
+                };
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "mount failed under CI: {why}"
+                );
+                eprintln!("skipped: mounting a tmpfs failed (needs root): {why}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        // Lazy: a server still holding files there (a test that failed early) cannot keep
+        // the mount alive after the test.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
