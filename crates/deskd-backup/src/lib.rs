@@ -12,8 +12,8 @@
 //!   counter never goes back (IDs handed out after the backup are never handed out again).
 
 use std::fs::File;
-use std::io::{Read as _, Write as _};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{Read as _, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use deskd_db::snapshot::{check_copy, copy_snapshot, CopyInfo};
@@ -324,6 +324,37 @@ fn crash_point(step: &str) {
     if std::env::var("DESKD_BACKUP_CRASH_AFTER").is_ok_and(|s| s == step) {
         std::process::abort();
     }
+}
+
+/// Back up the desktop of `volume` and write the checked copy to `out` (standard output, for a
+/// backup tool that reads a stream: `restic backup --stdin-from-command -- deskd backup VOL -`).
+/// The copy is made and checked in a private directory under `$TMPDIR` first, so nothing reaches
+/// `out` unless the whole backup succeeded; the directory is removed afterwards.
+pub fn backup_to_stream(
+    volume: &Path,
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Manifest, BackupError> {
+    let base = std::env::temp_dir();
+    let dir = base.join(format!(
+        ".deskd-backup-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io(&dir))?;
+    let result = (|| {
+        let (path, manifest) = backup(volume, &dir.join("desktop"), false, progress)?;
+        let mut file = File::open(&path).map_err(io(&path))?;
+        std::io::copy(&mut file, out)
+            .and_then(|_| out.flush())
+            .map_err(|e| io(Path::new("standard output"))(e))?;
+        Ok(manifest)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 /// Write the manifest of `backup` atomically (temporary name, sync, rename, directory sync).

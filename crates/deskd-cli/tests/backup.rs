@@ -592,3 +592,52 @@ fn a_backup_onto_a_full_disk_says_so_and_leaves_nothing() {
     // The volume goes on.
     env.dt_ok(&[b"touch", b"vol/after"]);
 }
+
+#[test]
+fn a_backup_to_standard_output_is_the_checked_copy_and_leaves_no_temporary() {
+    let mut env = Env::new(&["vol", "empty", "tmp"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/a", b"vol/b"]);
+    let vol = env.path("vol");
+    let out = env
+        .command_for(
+            DESKD,
+            &[
+                b"backup",
+                b"--json",
+                vol.as_os_str().as_encoded_bytes(),
+                b"-",
+            ],
+        )
+        .env("TMPDIR", env.path("tmp"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The manifest on standard error describes the bytes on standard output.
+    let m: serde_json::Value = serde_json::from_str(stderr(&out).trim()).unwrap();
+    let copy = env.path("from-stdout.desktop");
+    std::fs::write(&copy, &out.stdout).unwrap();
+    assert_eq!(m["bytes"], out.stdout.len());
+    assert_eq!(m["sha256"], sha256sum(&copy));
+    assert_eq!(sqlite3(&copy, "PRAGMA integrity_check"), "ok");
+    assert_eq!(sqlite3(&copy, "SELECT count(*) FROM objects"), "3");
+    assert_eq!(std::fs::read_dir(env.path("tmp")).unwrap().count(), 0);
+    // A failed backup writes nothing to standard output (a backup tool then keeps no snapshot).
+    let out = env
+        .command_for(
+            DESKD,
+            &[
+                b"backup",
+                env.path("empty").as_os_str().as_encoded_bytes(),
+                b"-",
+            ],
+        )
+        .env("TMPDIR", env.path("tmp"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_dir(env.path("tmp")).unwrap().count(), 0);
+    let out = env.deskd(&["backup", vol.to_str().unwrap(), vol.to_str().unwrap(), "-"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -132,7 +132,8 @@ enum Command {
         json: bool,
         /// The volumes' root directories (where their .Desktop is), then the backup file to
         /// write, or a directory to write `<volume name>-<UTC time>.desktop` in (which it must be
-        /// for several volumes).
+        /// for several volumes), or `-` for standard output (one volume; the summary or the
+        /// manifest then goes to standard error).
         #[arg(required = true, num_args = 2.., value_name = "VOLUME... DEST")]
         paths: Vec<PathBuf>,
     },
@@ -243,6 +244,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             mut paths,
         } => {
             let dest = paths.pop().expect("clap requires two paths");
+            if dest.as_os_str() == "-" {
+                if paths.len() > 1 {
+                    eprintln!("deskd backup: one volume at a time goes to standard output");
+                    return Ok(ExitCode::from(2));
+                }
+                return Ok(backup_to_stdout(&paths[0], json));
+            }
             if paths.len() > 1 && !dest.is_dir() {
                 eprintln!(
                     "deskd backup: {}: not a directory (several volumes go into a directory)",
@@ -764,6 +772,36 @@ fn backup(volume: &Path, dest: &Path, force: bool, json: bool) -> ExitCode {
                     path.display()
                 );
             }
+            ExitCode::SUCCESS
+        }
+        Err(e) => backup_error("backup", &e),
+    }
+}
+
+/// `deskd backup VOLUME -`: the checked copy on standard output, the summary (or with `--json`
+/// the manifest) on standard error.
+fn backup_to_stdout(volume: &Path, json: bool) -> ExitCode {
+    let bar = progress_bar("{spinner} {pos}/{len} pages copied {elapsed}");
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = deskd_backup::backup_to_stream(volume, &mut out, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    match result {
+        Ok(m) if json => {
+            eprintln!(
+                "{}",
+                serde_json::to_string(&m).expect("a manifest serialises")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(m) => {
+            eprintln!(
+                "backup {}: {} objects, last ID {}, {} bytes, sha256 {}, integrity ok -> standard output",
+                m.volume, m.desktop_info.objects, m.desktop_info.last_id, m.bytes, m.sha256
+            );
             ExitCode::SUCCESS
         }
         Err(e) => backup_error("backup", &e),
