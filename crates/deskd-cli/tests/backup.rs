@@ -62,17 +62,10 @@ fn backups_of_a_live_volume_are_consistent_snapshots_and_writers_go_on() {
     ]);
     // A desktop of several MB, so a copy takes more than one backup step (1,024 pages each).
     std::fs::create_dir(env.path("vol/bulk")).unwrap();
-    let mut c = env.client();
-    let vol = c.open_volume(&vol_path).unwrap().vol;
-    for chunk in 0..6 {
-        let names: Vec<String> = (0..5000)
-            .map(|i| format!("bulk/{chunk}-{i:05}-a-long-name-so-the-desktop-spans-many-pages.txt"))
-            .collect();
-        for n in &names {
-            std::fs::write(env.path(&format!("vol/{n}")), b"").unwrap();
-        }
-        register_pipelined(&mut c, vol, &names);
-    }
+    let names: Vec<String> = (0..30_000)
+        .map(|i| format!("bulk/{i:05}-a-long-name-so-the-desktop-spans-many-pages.txt"))
+        .collect();
+    make_and_register(&env, "vol", &names);
     // Four writers, each making w/00000, w/00001, ... one after the other, acknowledged
     // before the next: a snapshot holds, per writer, some first n of them and nothing else.
     let stop = Arc::new(AtomicBool::new(false));
@@ -571,12 +564,7 @@ fn a_backup_onto_a_full_disk_says_so_and_leaves_nothing() {
     let names: Vec<String> = (0..20_000)
         .map(|i| format!("many/a-long-enough-name-to-make-the-desktop-grow-{i:05}"))
         .collect();
-    for n in &names {
-        std::fs::write(env.path(&format!("vol/{n}")), b"").unwrap();
-    }
-    let mut c = env.client();
-    let vol = c.open_volume(&env.path("vol")).unwrap().vol;
-    register_pipelined(&mut c, vol, &names);
+    make_and_register(&env, "vol", &names);
     let out = env.deskd(&[
         "backup",
         env.path("vol").to_str().unwrap(),

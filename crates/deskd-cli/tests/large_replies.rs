@@ -17,12 +17,7 @@ fn a_directory_of_20000_long_names_lists_with_ids() {
             format!("big/a-name-long-enough-that-twenty-thousand-overflow-one-mebibyte-{i:05}")
         })
         .collect();
-    for n in &names {
-        std::fs::write(env.path(&format!("vol/{n}")), b"").unwrap();
-    }
-    let mut c = env.client();
-    let vol = c.open_volume(&env.path("vol")).unwrap().vol;
-    register_pipelined(&mut c, vol, &names);
+    make_and_register(&env, "vol", &names);
     let out = env.dt(&[b"--timeout", b"20", b"ls", b"-l", b"vol/big"]);
     let err = stderr(&out);
     assert!(

@@ -693,6 +693,14 @@ fn finish_rebuild(
     }
 }
 
+/// What an offline rebuild (or a restore) counted, for its summary line.
+fn counts_text(c: &deskd_rebuild::Counts) -> String {
+    format!(
+        "{} objects, {} directories, {} new IDs, {} renumbered duplicates, {} repaired, {} removed",
+        c.objects, c.directories, c.new_ids, c.renumbered, c.repaired, c.removed
+    )
+}
+
 /// `deskd rebuild`; errors are exit status 2, differences found by `-s` status 1.
 fn rebuild(volume: &Path, options: &deskd_rebuild::Options, show: bool, json: bool) -> ExitCode {
     use std::io::Write;
@@ -715,16 +723,10 @@ fn rebuild(volume: &Path, options: &deskd_rebuild::Options, show: bool, json: bo
             return ExitCode::from(2);
         }
     };
-    let c = &report.counts;
     let summary = format!(
-        "rebuild {}: {} objects, {} directories, {} new IDs, {} renumbered duplicates, {} repaired, {} removed, {:.2}s",
+        "rebuild {}: {}, {:.2}s",
         volume.display(),
-        c.objects,
-        c.directories,
-        c.new_ids,
-        c.renumbered,
-        c.repaired,
-        c.removed,
+        counts_text(&report.counts),
         report.seconds
     );
     let scan = options.mode == deskd_rebuild::Mode::Scan;
@@ -871,21 +873,15 @@ fn restore(
             return backup_error("restore", &e);
         }
     };
-    let c = &report.rebuild.counts;
     if json {
         write_failed |= writeln!(out, "{}", serde_json::json!({ "restore": report })).is_err();
     } else {
         write_failed |= writeln!(
             out,
-            "restore {} from {}: {} objects, {} directories, {} new IDs, {} renumbered duplicates, {} repaired, {} removed; IDs continue after {}; {:.2}s",
+            "restore {} from {}: {}; IDs continue after {}; {:.2}s",
             report.rebuild.volume,
             report.backup,
-            c.objects,
-            c.directories,
-            c.new_ids,
-            c.renumbered,
-            c.repaired,
-            c.removed,
+            counts_text(&report.rebuild.counts),
             report.last_id,
             report.rebuild.seconds
         )

@@ -224,6 +224,17 @@ pub fn register_pipelined(c: &mut deskd_client::Client, vol: u32, paths: &[Strin
     }
 }
 
+/// Create empty files at `paths` (relative to the volume `volume` of `env`) and register them
+/// through one pipelining client, as a file server would.
+pub fn make_and_register(env: &Env, volume: &str, paths: &[String]) {
+    for p in paths {
+        std::fs::write(env.path(volume).join(p), b"").unwrap();
+    }
+    let mut c = env.client();
+    let vol = c.open_volume(&env.path(volume)).unwrap().vol;
+    register_pipelined(&mut c, vol, paths);
+}
+
 /// Run the sqlite3 CLI on a desktop and return its output.
 pub fn sqlite3(db: &Path, sql: &str) -> String {
     let out = Command::new("sqlite3")
