@@ -284,37 +284,34 @@ impl Session {
     /// Register objects of one volume as [`Session::register`] does, but pipelined: one round
     /// trip for all of them instead of one each. Parents must come before their children (the
     /// server applies the requests in order). `done` is called as each object is recorded.
+    /// Each object comes with its resource-file header as the caller read it (`None`: none).
     pub fn register_many(
         &mut self,
-        ivs: &[InVolume],
+        objects: Vec<(InVolume, Option<ResourceHeader>)>,
         use_hints: bool,
         done: &mut dyn FnMut(),
     ) -> Result<()> {
-        let Some(first) = ivs.first() else {
+        let Some((first, _)) = objects.first() else {
             return Ok(());
         };
         let vol = self.handle(first)?;
         let root = first.root.clone();
-        let headers: Vec<Option<ResourceHeader>> = ivs
-            .iter()
-            .map(|iv| rsrc::read_header(&iv.rsrc_path()).ok().flatten())
-            .collect();
-        let mut sent = Vec::with_capacity(ivs.len());
+        let mut sent = Vec::with_capacity(objects.len());
         let client = self.client(&root)?;
         let result = (|| {
-            for (iv, header) in ivs.iter().zip(&headers) {
+            for (iv, header) in &objects {
                 sent.push(client.send(add_request(vol, iv, header.as_ref(), use_hints))?);
             }
             client.flush()
         })();
         result.map_err(|e| self.explain(&root, e))?;
-        for ((iv, header), id) in ivs.iter().zip(headers).zip(sent) {
+        for ((iv, header), id) in objects.into_iter().zip(sent) {
             let reply = self.client(&root)?.wait(id);
             let info = match reply.map_err(|e| self.explain(&root, e))? {
                 Response::Object(o) => o,
                 other => return Err(anyhow!("unexpected reply {other:?}")),
             };
-            self.write_record(iv, &info, header)?;
+            self.write_record(&iv, &info, header)?;
             done();
         }
         Ok(())

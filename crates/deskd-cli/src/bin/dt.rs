@@ -960,18 +960,15 @@ impl Dt {
         /// Objects per pipelined round trip.
         const CHUNK: usize = 512;
         let mut stack = vec![top.clone()];
-        let mut chunk: Vec<InVolume> = Vec::with_capacity(CHUNK);
+        let mut chunk = Vec::with_capacity(CHUNK);
         while let Some(iv) = stack.pop() {
-            if !keep_ids {
+            let rsrc_path = iv.rsrc_path();
+            let mut header = rsrc::read_header(&rsrc_path).ok().flatten();
+            if let Some(h) = header.as_mut().filter(|h| !keep_ids && h.id != 0) {
                 // Fresh IDs: forget IDs recorded for another volume (or for the original of a
                 // copy) before the server is asked, so no later look at this file takes one.
-                let rsrc_path = iv.rsrc_path();
-                if let Some(mut h) = rsrc::read_header(&rsrc_path).ok().flatten() {
-                    if h.id != 0 {
-                        h.id = 0;
-                        rsrc::write_header(&rsrc_path, &h)?;
-                    }
-                }
+                h.id = 0;
+                rsrc::write_header(&rsrc_path, h)?;
             }
             let path = iv.path();
             if fs::symlink_metadata(&path)
@@ -988,15 +985,15 @@ impl Dt {
                     }
                 }
             }
-            chunk.push(iv);
+            chunk.push((iv, header));
             if chunk.len() == CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
                 self.session
-                    .register_many(&chunk, keep_ids, &mut || progress.inc(1))?;
-                chunk.clear();
+                    .register_many(full, keep_ids, &mut || progress.inc(1))?;
             }
         }
         self.session
-            .register_many(&chunk, keep_ids, &mut || progress.inc(1))
+            .register_many(chunk, keep_ids, &mut || progress.inc(1))
     }
 
     fn ls(
