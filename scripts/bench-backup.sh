@@ -38,8 +38,8 @@ DESKTOP=$VOL/.Desktop
 objects=$(sqlite3 "$DESKTOP" 'SELECT count(*) FROM objects')
 bytes=$(stat -c %s "$DESKTOP")
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-t() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); echo "$e - $s" | bc; }
+. scripts/bench-common.sh
+t() { elapsed "$@" 2>/dev/null; }
 deskd_backup() { "$BIN/deskd" backup --force "$VOL" "$OUT/deskd.desktop"; }
 sqlite_backup() { rm -f "$OUT/sqlite.desktop"; sqlite3 "$DESKTOP" ".backup '$OUT/sqlite.desktop'"; }
 sqlite_backup_check() {

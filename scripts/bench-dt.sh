@@ -35,8 +35,9 @@ until "$BIN/deskd" status >/dev/null 2>&1; do sleep 0.1; done
 cp -a "$VOL/src" "$PLAIN/src"
 objects=$(find "$VOL/src" -not -path '*/.rsrc*' | wc -l)
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-t() { local s e; sync; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); echo "$e - $s" | bc; }
+. scripts/bench-common.sh
+# Written data from the previous run is on the disk before the clock starts.
+t() { sync; elapsed "$@"; }
 declare -A T
 add() { T[$1]="${T[$1]:-} $2"; }
 for run in $(seq "$RUNS"); do

@@ -19,8 +19,9 @@ if [ -z "${VOL:-}" ]; then
     "$BIN/deskd" rebuild -f --force "$VOL" >/dev/null
 fi
 "$BIN/deskd" rebuild --force "$VOL" >/dev/null      # set-up: resource files and mirrors everywhere
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-t() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1 || true; e=$(date +%s.%N); echo "$e - $s" | bc; }
+. scripts/bench-common.sh
+# rebuild -s reports differences on standard error; they are not wanted here.
+t() { elapsed "$@" 2>/dev/null; }
 # Warm cache, as the target asks: each command runs once untimed, then RUNS times in a row.
 # (Interleaving them lets rebuild -f's desktop writes evict the resource-file pages that
 # rebuild -s then reads from disk: that measures a cold cache.)

@@ -22,7 +22,7 @@ cargo build --release --quiet
 BIN=target/release
 bench() { "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" "$@"; }
 DEPTH=${DEPTH:-1024}
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+. scripts/bench-common.sh
 jget() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
 SERVER=
 start_server() { "$BIN/deskd" serve --socket "$SOCK" "$VOL" 2>>"$WORK/server.log" & SERVER=$!; }

@@ -170,19 +170,27 @@ pub fn umask() -> u32 {
     }
 }
 
-/// A user name or number.
+/// A user name or number (a number need not have a passwd entry, as for chown(1)).
 pub fn user_id(name: &str) -> Result<u32, String> {
-    if let Ok(n) = name.parse::<u32>() {
-        return Ok(n);
-    }
-    let c = CString::new(name).map_err(|_| format!("invalid user {name:?}"))?;
-    // SAFETY: getpwnam with a valid C string; the result is read before any other call.
-    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
-    if pw.is_null() {
-        return Err(format!("invalid user: {name:?}"));
-    }
-    // SAFETY: non-null result of getpwnam.
-    Ok(unsafe { (*pw).pw_uid })
+    name.parse::<u32>()
+        .ok()
+        .or_else(|| passwd(name).map(|(uid, _)| uid))
+        .ok_or_else(|| format!("invalid user: {name:?}"))
+}
+
+/// The uid and login group of a user by name or number, from the passwd database.
+fn passwd(user: &str) -> Option<(u32, u32)> {
+    // SAFETY: getpwuid/getpwnam with a valid uid or C string; the result is read before any
+    // other call could overwrite it.
+    let pw = match user.parse::<u32>() {
+        Ok(uid) => unsafe { libc::getpwuid(uid) },
+        Err(_) => {
+            let name = CString::new(user).ok()?;
+            unsafe { libc::getpwnam(name.as_ptr()) }
+        }
+    };
+    // SAFETY: a non-null result of getpwuid/getpwnam.
+    (!pw.is_null()).then(|| unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
 }
 
 /// A group name or number.
@@ -226,17 +234,9 @@ pub fn parse_owner(spec: &str) -> Result<(Option<u32>, Option<u32>), String> {
 }
 
 fn login_group(user: &str) -> Result<u32, String> {
-    let c = CString::new(user).map_err(|_| format!("invalid user {user:?}"))?;
-    // SAFETY: as in user_id; by number getpwuid is used.
-    let pw = match user.parse::<u32>() {
-        Ok(uid) => unsafe { libc::getpwuid(uid) },
-        Err(_) => unsafe { libc::getpwnam(c.as_ptr()) },
-    };
-    if pw.is_null() {
-        return Err(format!("{user:?} has no login group"));
-    }
-    // SAFETY: non-null result.
-    Ok(unsafe { (*pw).pw_gid })
+    passwd(user)
+        .map(|(_, gid)| gid)
+        .ok_or_else(|| format!("{user:?} has no login group"))
 }
 
 #[cfg(test)]

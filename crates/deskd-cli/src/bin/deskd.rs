@@ -752,13 +752,8 @@ fn backup_error(verb: &str, e: &deskd_backup::BackupError) -> ExitCode {
 
 /// `deskd backup`.
 fn backup(volume: &Path, dest: &Path, force: bool, json: bool) -> ExitCode {
-    let bar = progress_bar("{spinner} {pos}/{len} pages copied {elapsed}");
     let started = std::time::Instant::now();
-    let result = deskd_backup::backup(volume, dest, force, &mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    });
-    bar.finish_and_clear();
+    let result = with_page_bar(|progress| deskd_backup::backup(volume, dest, force, progress));
     match result {
         Ok((path, m)) => {
             if json {
@@ -783,14 +778,10 @@ fn backup(volume: &Path, dest: &Path, force: bool, json: bool) -> ExitCode {
 /// `deskd backup VOLUME -`: the checked copy on standard output, the summary (or with `--json`
 /// the manifest) on standard error.
 fn backup_to_stdout(volume: &Path, json: bool) -> ExitCode {
-    let bar = progress_bar("{spinner} {pos}/{len} pages copied {elapsed}");
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let result = deskd_backup::backup_to_stream(volume, &mut out, &mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    });
-    bar.finish_and_clear();
+    let result =
+        with_page_bar(|progress| deskd_backup::backup_to_stream(volume, &mut out, progress));
     match result {
         Ok(m) if json => {
             eprintln!(
@@ -808,6 +799,17 @@ fn backup_to_stdout(volume: &Path, json: bool) -> ExitCode {
         }
         Err(e) => backup_error("backup", &e),
     }
+}
+
+/// Run a backup with a progress bar of the pages copied (drawn only on a terminal).
+fn with_page_bar<T>(backup: impl FnOnce(&mut dyn FnMut(u64, u64)) -> T) -> T {
+    let bar = progress_bar("{spinner} {pos}/{len} pages copied {elapsed}");
+    let result = backup(&mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    result
 }
 
 /// A backup's manifest as one JSON line.
