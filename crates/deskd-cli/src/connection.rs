@@ -1,24 +1,52 @@
-//! The `--socket` and `--timeout` options every client verb has, and how they resolve.
+//! The `--socket`, `--token-file` and `--timeout` options every client verb has, and how they
+//! resolve.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use deskd_client::{Client, ClientError};
+use deskd_proto::Endpoint;
+
 /// Where the server is and how long to wait for it (flattened into each tool's options).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnectionArgs {
-    /// Socket path (default: $DESKD_SOCKET, else /run/deskd/deskd.sock for root, else
-    /// $XDG_RUNTIME_DIR/deskd.sock).
+    /// Socket path, or tcp://HOST:PORT for a deskd listening on TCP (default: $DESKD_SOCKET,
+    /// else /run/deskd/deskd.sock for root, else $XDG_RUNTIME_DIR/deskd.sock).
     #[arg(long, global = true)]
     pub socket: Option<PathBuf>,
+    /// File holding the shared token a deskd on TCP asks for.
+    #[arg(long, global = true, env = "DESKD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Seconds to wait for deskd before giving up; then a volume counts as read-only.
     #[arg(long, global = true, env = "DESKD_CLIENT_TIMEOUT")]
     pub timeout: Option<f64>,
 }
 
+/// Where a client connects and with what: resolved once, used for every connection.
+#[derive(Debug, Clone)]
+pub struct ServerAddress {
+    pub endpoint: Endpoint,
+    pub token_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+impl ServerAddress {
+    /// Connect and handshake. A TCP endpoint needs the token file; its errors name the file.
+    pub fn connect(&self) -> Result<Client, ClientError> {
+        let token = match (&self.endpoint, &self.token_file) {
+            (Endpoint::Tcp(_), Some(path)) => {
+                Some(deskd_proto::transport::read_token_file(path).map_err(ClientError::Token)?)
+            }
+            _ => None,
+        };
+        Client::connect_to(&self.endpoint, token.as_deref(), self.timeout)
+    }
+}
+
 impl ConnectionArgs {
-    /// The socket path by the rule all deskd programs share.
-    pub fn socket_path(&self) -> PathBuf {
-        deskd_proto::socket_path(self.socket.clone())
+    /// Where the server is, by the rule all deskd programs share.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::resolve(self.socket.as_deref().map(|p| p.as_os_str()))
     }
 
     /// The client timeout: `--timeout`, else `$DESKD_CLIENT_TIMEOUT`, else 60 s.
@@ -27,5 +55,19 @@ impl ConnectionArgs {
             .filter(|t| *t > 0.0)
             .map(Duration::from_secs_f64)
             .unwrap_or_else(deskd_client::default_timeout)
+    }
+
+    /// Endpoint, token file and timeout together.
+    pub fn address(&self) -> ServerAddress {
+        ServerAddress {
+            endpoint: self.endpoint(),
+            token_file: self.token_file.clone(),
+            timeout: self.timeout(),
+        }
+    }
+
+    /// Connect to the server these options name.
+    pub fn connect(&self) -> Result<Client, ClientError> {
+        self.address().connect()
     }
 }

@@ -5,11 +5,11 @@
 //! volume, the path is resolved physically by [`deskd_volume::Volume`], which refuses `..`
 //! escapes, symlinks that leave the volume and protected names.
 
+use crate::connection::ServerAddress;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use deskd_client::{Client, ClientError, ObjectInfo, Request, Response, VolumeInfo};
@@ -123,8 +123,7 @@ pub fn place(path: &Path) -> Result<Place> {
 
 /// A lazily opened connection to deskd and the volume handles it gave out.
 pub struct Session {
-    socket: PathBuf,
-    timeout: Duration,
+    server: ServerAddress,
     client: Option<Client>,
     handles: HashMap<PathBuf, VolumeInfo>,
 }
@@ -168,10 +167,9 @@ fn now_secs() -> u32 {
 }
 
 impl Session {
-    pub fn new(socket: PathBuf, timeout: Duration) -> Session {
+    pub fn new(server: ServerAddress) -> Session {
         Session {
-            socket,
-            timeout,
+            server,
             client: None,
             handles: HashMap::new(),
         }
@@ -195,8 +193,7 @@ impl Session {
 
     fn client(&mut self, root: &Path) -> Result<&mut Client> {
         if self.client.is_none() {
-            let c =
-                Client::connect(&self.socket, self.timeout).map_err(|e| self.explain(root, e))?;
+            let c = self.server.connect().map_err(|e| self.explain(root, e))?;
             self.client = Some(c);
         }
         Ok(self.client.as_mut().expect("just set"))

@@ -1,23 +1,25 @@
 //! Synchronous client for the deskd desktop server, used by `dt`, `deskd` and file servers.
 //!
 //! [`Client::connect`] opens the Unix socket (see [`deskd_proto::socket_path`] for the rule every
-//! program uses) and does the version handshake. [`Client::call`] sends one request and waits;
+//! program uses) and does the version handshake; [`Client::connect_to`] also reaches a server over
+//! TCP, proving it holds the server's token ([`deskd_proto::transport`]). [`Client::call`] sends one request and waits;
 //! [`Client::send`] / [`Client::recv`] pipeline many. Every wait is bounded by the client timeout
 //! (default 60 s, `$DESKD_CLIENT_TIMEOUT`): past it the call fails with
 //! [`ClientError::Timeout`], and callers treat the volume as read-only.
 
 use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
+use std::net::TcpStream;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use deskd_proto::spin::{spin_window, SpinRead};
+use deskd_proto::{Endpoint, ProtoError, ReplyFrame, RequestFrame, Stream};
 pub use deskd_proto::{
     ErrorCode, ErrorReply, FindMode, Kind, ObjectInfo, Request, Response, VolumeInfo, VolumeStatus,
 };
-use deskd_proto::{ProtoError, ReplyFrame, RequestFrame, PROTOCOL_VERSION};
 
 /// The client timeout when none is configured (HELIOS: 60 s).
 pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
@@ -25,9 +27,9 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
 /// Errors of a client call.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to deskd at {path}: {source} (is `deskd serve` running?)")]
+    #[error("cannot connect to deskd at {endpoint}: {source} (is `deskd serve` running?)")]
     Connect {
-        path: PathBuf,
+        endpoint: String,
         #[source]
         source: std::io::Error,
     },
@@ -35,6 +37,14 @@ pub enum ClientError {
     Timeout,
     #[error("deskd closed the connection")]
     Closed,
+    #[error("{0}")]
+    Token(String),
+    #[error("{endpoint}: {source}")]
+    Handshake {
+        endpoint: String,
+        #[source]
+        source: ProtoError,
+    },
     #[error("protocol: {0}")]
     Proto(#[from] ProtoError),
     #[error("{0}")]
@@ -85,7 +95,7 @@ pub fn default_timeout() -> Duration {
 /// A connection to deskd.
 pub struct Client {
     input: BufReader<SpinRead>,
-    output: BufWriter<UnixStream>,
+    output: BufWriter<Stream>,
     next_id: u64,
     /// Replies that arrived while waiting for another id.
     early: HashMap<u64, std::result::Result<Response, ErrorReply>>,
@@ -93,20 +103,39 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connect and handshake, with `timeout` bounding every later wait.
+    /// Connect to the Unix socket at `path` and handshake, with `timeout` bounding every later
+    /// wait.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Client> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
-            path: path.to_path_buf(),
+        Client::connect_to(&Endpoint::Unix(path.to_path_buf()), None, timeout)
+    }
+
+    /// Connect to `endpoint` and handshake; a TCP server's challenge is answered with `token`.
+    pub fn connect_to(
+        endpoint: &Endpoint,
+        token: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Client> {
+        let connect_error = |source| ClientError::Connect {
+            endpoint: endpoint.to_string(),
             source,
-        })?;
+        };
+        let stream = match endpoint {
+            Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path).map_err(connect_error)?),
+            Endpoint::Tcp(addr) => {
+                let stream = connect_tcp(addr, timeout).map_err(connect_error)?;
+                deskd_proto::transport::tune_tcp(&stream).map_err(io_error)?;
+                Stream::Tcp(stream)
+            }
+        };
         stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
         stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
-        (&stream)
-            .write_all(&deskd_proto::client_hello(PROTOCOL_VERSION))
-            .map_err(io_error)?;
-        let mut hello = [0u8; 8];
-        (&stream).read_exact(&mut hello).map_err(io_error)?;
-        deskd_proto::check_server_hello(&hello)?;
+        deskd_proto::transport::client_handshake(&stream, token).map_err(|e| match e {
+            ProtoError::Io(io) => io_error(io),
+            source => ClientError::Handshake {
+                endpoint: endpoint.to_string(),
+                source,
+            },
+        })?;
         let output = BufWriter::new(stream.try_clone().map_err(io_error)?);
         Ok(Client {
             input: BufReader::with_capacity(64 * 1024, SpinRead::new(stream, spin_window())),
@@ -239,6 +268,22 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+}
+
+/// Connect to the first address of `addr` that answers, each try bounded by `timeout`.
+fn connect_tcp(addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "the name resolves to no address",
+    );
+    for candidate in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&candidate, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 fn unexpected(r: Response) -> ClientError {

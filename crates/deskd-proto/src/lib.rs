@@ -3,6 +3,8 @@
 //! A connection starts with a handshake: the client sends the 8 bytes
 //! `"DSKD" ++ u16 version ++ u16 flags` (big-endian); the server answers `"DSKD" ++ u16 version
 //! ++ u16 status` where status 0 accepts and 1 refuses (unsupported version; the server closes).
+//! Over TCP the server first challenges the client to prove it holds the shared token
+//! ([`transport`]).
 //!
 //! After that, both sides send frames: a big-endian `u32` length (at most [`MAX_FRAME`] for a
 //! request, [`MAX_REPLY_FRAME`] for a reply) then a [postcard]-encoded body: [`RequestFrame`] from the client, [`ReplyFrame`] from the server.
@@ -11,11 +13,16 @@
 //! `docs/protocol.md` documents the format byte by byte.
 
 pub mod spin;
+pub mod transport;
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+pub use transport::{
+    client_hello, parse_hello, parse_server_hello, server_hello, Endpoint, Stream,
+};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -42,6 +49,8 @@ pub enum ProtoError {
     Handshake(String),
     #[error("server speaks protocol {server}, this client speaks {client}")]
     VersionMismatch { server: u16, client: u16 },
+    #[error("authentication: {0}")]
+    Auth(String),
 }
 
 /// What an object is, on the wire.
@@ -564,52 +573,6 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ProtoError> {
     postcard::from_bytes(body).map_err(|e| ProtoError::Malformed(e.to_string()))
 }
 
-/// The client's half of the handshake.
-pub fn client_hello(version: u16) -> [u8; 8] {
-    let mut b = [0u8; 8];
-    b[..4].copy_from_slice(&MAGIC);
-    b[4..6].copy_from_slice(&version.to_be_bytes());
-    b
-}
-
-/// Parse the client's hello; returns the requested version.
-pub fn parse_hello(b: &[u8; 8]) -> Result<u16, ProtoError> {
-    if b[..4] != MAGIC {
-        return Err(ProtoError::Handshake(format!(
-            "expected magic DSKD, got {:02x?}",
-            &b[..4]
-        )));
-    }
-    Ok(u16::from_be_bytes([b[4], b[5]]))
-}
-
-/// The server's answer: status 0 = accepted, 1 = unsupported version.
-pub fn server_hello(status: u16) -> [u8; 8] {
-    let mut b = [0u8; 8];
-    b[..4].copy_from_slice(&MAGIC);
-    b[4..6].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
-    b[6..8].copy_from_slice(&status.to_be_bytes());
-    b
-}
-
-/// Check the server's answer on the client side.
-pub fn check_server_hello(b: &[u8; 8]) -> Result<(), ProtoError> {
-    if b[..4] != MAGIC {
-        return Err(ProtoError::Handshake(
-            "the socket does not speak the deskd protocol".into(),
-        ));
-    }
-    let server = u16::from_be_bytes([b[4], b[5]]);
-    let status = u16::from_be_bytes([b[6], b[7]]);
-    if status != 0 {
-        return Err(ProtoError::VersionMismatch {
-            server,
-            client: PROTOCOL_VERSION,
-        });
-    }
-    Ok(())
-}
-
 /// The socket path every deskd program uses: `explicit`, else `$DESKD_SOCKET`, else
 /// `/run/deskd/deskd.sock` for root, else `$XDG_RUNTIME_DIR/deskd.sock`, else
 /// `/tmp/deskd-<uid>/deskd.sock`.
@@ -735,9 +698,9 @@ mod tests {
     fn handshake() {
         assert_eq!(parse_hello(&client_hello(7)).unwrap(), 7);
         assert!(parse_hello(b"HTTP/1.1").is_err());
-        assert!(check_server_hello(&server_hello(0)).is_ok());
+        assert_eq!(parse_server_hello(&server_hello(0)).unwrap(), 0);
         assert!(matches!(
-            check_server_hello(&server_hello(1)),
+            parse_server_hello(&server_hello(1)),
             Err(ProtoError::VersionMismatch { .. })
         ));
     }

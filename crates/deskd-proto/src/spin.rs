@@ -7,9 +7,9 @@
 //! wake-up. The window is `$DESKD_SPIN_US` microseconds (default 100; 0 disables polling).
 //! Blocking reads keep the socket's read timeout.
 
+use crate::Stream;
 use std::io::{self, Read};
 use std::os::unix::io::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 /// The polling window when `$DESKD_SPIN_US` is not set.
@@ -24,14 +24,14 @@ pub fn spin_window() -> Duration {
     Duration::from_micros(us.min(10_000))
 }
 
-/// Reads from a Unix stream, polling for `spin` before a blocking read.
+/// Reads from a stream, polling for `spin` before a blocking read.
 pub struct SpinRead {
-    stream: UnixStream,
+    stream: Stream,
     spin: Duration,
 }
 
 impl SpinRead {
-    pub fn new(stream: UnixStream, spin: Duration) -> SpinRead {
+    pub fn new(stream: Stream, spin: Duration) -> SpinRead {
         SpinRead { stream, spin }
     }
 }
@@ -76,11 +76,12 @@ impl Read for SpinRead {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::net::UnixStream;
 
     #[test]
     fn reads_what_was_written_and_sees_eof() {
         let (a, mut b) = UnixStream::pair().unwrap();
-        let mut r = SpinRead::new(a, Duration::from_micros(50));
+        let mut r = SpinRead::new(Stream::Unix(a), Duration::from_micros(50));
         b.write_all(b"hello").unwrap();
         let mut buf = [0u8; 5];
         r.read_exact(&mut buf).unwrap();
@@ -101,7 +102,7 @@ mod tests {
     fn read_timeout_still_applies() {
         let (a, _b) = UnixStream::pair().unwrap();
         a.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
-        let mut r = SpinRead::new(a, Duration::from_micros(100));
+        let mut r = SpinRead::new(Stream::Unix(a), Duration::from_micros(100));
         let err = r.read(&mut [0u8; 1]).unwrap_err();
         assert!(matches!(
             err.kind(),

@@ -37,6 +37,12 @@ pub struct ServerPrefs {
     pub socket: Option<PathBuf>,
     /// Base for relative `desktop_location` values (default `/var/lib/deskd`).
     pub state_dir: Option<PathBuf>,
+    /// Also listen on TCP at this address (`HOST:PORT`); needs `token_file`.
+    pub listen: Option<String>,
+    /// The shared token TCP clients must prove they hold.
+    pub token_file: Option<PathBuf>,
+    /// Whether TCP clients may use the admin verbs (flush, freeze, thaw, rebuild); default no.
+    pub tcp_admin: Option<bool>,
 }
 
 /// The whole configuration file.
@@ -65,10 +71,20 @@ pub struct VolumeConfig {
     pub read_only: bool,
 }
 
+/// Resolved TCP settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpConfig {
+    pub listen: String,
+    pub token_file: PathBuf,
+    pub admin: bool,
+}
+
 /// Resolved server settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub socket: PathBuf,
+    /// TCP listener, when `listen` is set.
+    pub tcp: Option<TcpConfig>,
     pub state_dir: PathBuf,
     pub volumes: Vec<VolumeConfig>,
 }
@@ -142,8 +158,23 @@ impl ConfigFile {
                 "no volumes: name them on the command line or in [volume.\"<path>\"] tables".into(),
             ));
         }
+        let tcp = match (&self.server.listen, &self.server.token_file) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(ServerError::Config(
+                    "listen needs token_file: TCP clients must prove they hold a shared token"
+                        .into(),
+                ))
+            }
+            (Some(listen), Some(token_file)) => Some(TcpConfig {
+                listen: listen.clone(),
+                token_file: token_file.clone(),
+                admin: self.server.tcp_admin.unwrap_or(false),
+            }),
+        };
         Ok(Config {
             socket,
+            tcp,
             state_dir,
             volumes,
         })
@@ -183,6 +214,27 @@ mod tests {
         assert_eq!(a.durability, Durability::Full);
         assert_eq!(a.desktop_location, Some(PathBuf::from("/state/desktops")));
         assert_eq!(cfg.volumes[1].idle_close, 60);
+    }
+
+    #[test]
+    fn tcp_needs_a_token_file() {
+        let parse = |text: &str| {
+            toml::from_str::<ConfigFile>(text)
+                .unwrap()
+                .resolve("/s".into(), &[PathBuf::from("/v")])
+        };
+        let e = parse("[server]\nlisten = \"127.0.0.1:4700\"").unwrap_err();
+        assert!(e.to_string().contains("listen needs token_file"), "{e}");
+        let cfg = parse("[server]\nlisten = \"[::1]:4700\"\ntoken_file = \"/t\"").unwrap();
+        assert_eq!(
+            cfg.tcp,
+            Some(TcpConfig {
+                listen: "[::1]:4700".into(),
+                token_file: "/t".into(),
+                admin: false
+            })
+        );
+        assert_eq!(parse("").unwrap().tcp, None);
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //! once committed, so replies may come back out of order (clients match them by request id).
 
 use std::collections::HashMap;
-use std::io::{BufReader, Read as _, Write as _};
+use std::io::BufReader;
+use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,9 +15,9 @@ use std::time::Duration;
 use deskd_db::Reader;
 use deskd_proto::{
     decode, read_frame_body, ErrorCode, ErrorReply, ProtoError, ReplyFrame, Request, RequestFrame,
-    Response, VolumeInfo, PROTOCOL_VERSION,
+    Response, Stream, VolumeInfo,
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::apply::{apply_read, db_error, Reply};
 use crate::outbox::Outbox;
@@ -71,8 +71,20 @@ impl ReplySink {
     }
 }
 
+/// Who is at the other end of a connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Peer {
+    /// A local process, with its uid from `SO_PEERCRED`.
+    Unix { uid: Option<u32> },
+    /// A TCP client that proved it holds the token.
+    Tcp { addr: SocketAddr },
+}
+
+/// How long a TCP client that gave a wrong token waits for its answer (slows guessing).
+const WRONG_TOKEN_PENALTY: Duration = Duration::from_secs(1);
+
 /// The uid of the peer process (SO_PEERCRED).
-fn peer_uid(stream: &UnixStream) -> Option<u32> {
+pub fn peer_uid(stream: &impl AsRawFd) -> Option<u32> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -92,10 +104,20 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
     (rc == 0).then_some(cred.uid)
 }
 
-pub fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
-    let uid = peer_uid(&stream);
-    if let Err(e) = handshake(&stream) {
-        debug!("handshake failed: {e}");
+/// Serve one connection until the client leaves. A TCP client must first answer the token
+/// challenge.
+pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
+    let token = match peer {
+        Peer::Tcp { .. } => shared.tcp.as_ref().map(|t| t.token.as_slice()),
+        Peer::Unix { .. } => None,
+    };
+    if let Err(e) = handshake(&stream, token) {
+        match (e, peer) {
+            (ProtoError::Auth(_), Peer::Tcp { addr }) => {
+                warn!("{addr}: refused a TCP client that gave a wrong token")
+            }
+            (e, _) => debug!("handshake failed: {e}"),
+        }
         return;
     }
     let Ok(write_half) = stream.try_clone() else {
@@ -107,7 +129,7 @@ pub fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
         BufReader::with_capacity(64 * 1024, deskd_proto::spin::SpinRead::new(stream, spin));
     let mut conn = Connection {
         shared,
-        uid,
+        peer,
         readers: HashMap::new(),
     };
     let mut body = Vec::new();
@@ -155,26 +177,17 @@ pub fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
     }
 }
 
-fn handshake(stream: &UnixStream) -> Result<(), ProtoError> {
+/// The handshake, bounded to 10 seconds of silence.
+fn handshake(stream: &Stream, token: Option<&[u8]>) -> Result<(), ProtoError> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut hello = [0u8; 8];
-    (&*stream).read_exact(&mut hello)?;
-    let version = deskd_proto::parse_hello(&hello)?;
-    if version != PROTOCOL_VERSION {
-        (&*stream).write_all(&deskd_proto::server_hello(1))?;
-        return Err(ProtoError::VersionMismatch {
-            server: PROTOCOL_VERSION,
-            client: version,
-        });
-    }
-    (&*stream).write_all(&deskd_proto::server_hello(0))?;
+    deskd_proto::transport::server_handshake(stream, token, WRONG_TOKEN_PENALTY)?;
     stream.set_read_timeout(None)?;
     Ok(())
 }
 
 struct Connection {
     shared: Arc<Shared>,
-    uid: Option<u32>,
+    peer: Peer,
     /// Per volume: a read-only connection and the writer's commit count when its snapshot began.
     readers: HashMap<u32, (Reader, u64)>,
 }
@@ -229,12 +242,21 @@ impl Connection {
         }
     }
 
-    /// Admin verbs need root or the owner of the volume root.
+    /// Admin verbs need root or the owner of the volume root; over TCP, `tcp_admin`.
     fn require_admin(&self, handle: &VolumeHandle) -> Result<(), ErrorReply> {
-        match self.uid {
-            Some(0) => Ok(()),
-            Some(uid) if uid == handle.owner_uid => Ok(()),
-            _ => Err(ErrorReply::new(
+        match self.peer {
+            Peer::Unix { uid: Some(0) } => Ok(()),
+            Peer::Unix { uid: Some(uid) } if uid == handle.owner_uid => Ok(()),
+            Peer::Tcp { .. } if self.shared.tcp.as_ref().is_some_and(|t| t.admin) => Ok(()),
+            Peer::Tcp { .. } => Err(ErrorReply::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "{}: flush, freeze, thaw and rebuild are not allowed over TCP \
+                     (tcp_admin = true in [server] allows them)",
+                    handle.volume.root().display()
+                ),
+            )),
+            Peer::Unix { .. } => Err(ErrorReply::new(
                 ErrorCode::PermissionDenied,
                 format!(
                     "{}: flush, freeze, thaw and rebuild need root or the volume owner",

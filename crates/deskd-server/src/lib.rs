@@ -2,7 +2,8 @@
 //!
 //! [`Server::start`] opens every configured volume ([`volume`]: desktop location, exclusive
 //! lock, the `missing DB shutdown` line, a background logical check, one writer thread with
-//! group commit and the flush/idle/WAL/freeze timers), binds the Unix socket and serves each
+//! group commit and the flush/idle/WAL/freeze timers), binds the Unix socket (and, when
+//! configured, a TCP address whose clients must prove they hold a shared token) and serves each
 //! connection on its own thread ([`conn`]). Every client claim is verified against the file
 //! system before the desktop changes ([`apply`]). [`Server::shutdown`] commits, flushes and
 //! records the clean-shutdown flag on every volume.
@@ -14,15 +15,18 @@ pub mod outbox;
 pub mod rebuild;
 pub mod volume;
 
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use deskd_proto::Stream;
 use tracing::{error, info};
 
-pub use config::{Config, ConfigFile, VolumeConfig, VolumePrefs};
+pub use config::{Config, ConfigFile, TcpConfig, VolumeConfig, VolumePrefs};
+use conn::Peer;
 use volume::{Job, VolumeHandle};
 
 /// Errors that stop the server or a volume from starting.
@@ -34,18 +38,73 @@ pub enum ServerError {
     Volume(String),
     #[error("socket {path}: {message}")]
     Socket { path: PathBuf, message: String },
+    #[error("tcp {addr}: {message}")]
+    Tcp { addr: String, message: String },
+}
+
+/// What TCP connections need: the token they must prove they hold, and whether they may use the
+/// admin verbs.
+pub struct TcpAccess {
+    pub token: Vec<u8>,
+    pub admin: bool,
 }
 
 /// What every connection thread shares.
 pub struct Shared {
     pub volumes: Vec<Arc<VolumeHandle>>,
     pub shutting_down: AtomicBool,
+    pub tcp: Option<TcpAccess>,
 }
 
 /// A running server.
 pub struct Server {
     shared: Arc<Shared>,
     socket: PathBuf,
+    tcp_addr: Option<SocketAddr>,
+}
+
+/// Read the token and bind the TCP address.
+fn bind_tcp(tcp: &TcpConfig) -> Result<(TcpListener, TcpAccess), ServerError> {
+    let token =
+        deskd_proto::transport::read_token_file(&tcp.token_file).map_err(ServerError::Config)?;
+    let listener = TcpListener::bind(&tcp.listen).map_err(|e| ServerError::Tcp {
+        addr: tcp.listen.clone(),
+        message: e.to_string(),
+    })?;
+    Ok((
+        listener,
+        TcpAccess {
+            token,
+            admin: tcp.admin,
+        },
+    ))
+}
+
+/// Run `accept` for every connection `next` yields, each on its own thread, until it fails
+/// for good.
+fn spawn_acceptor(
+    name: &str,
+    shared: Arc<Shared>,
+    mut next: impl FnMut() -> std::io::Result<(Stream, Peer)> + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || loop {
+            match next() {
+                Ok((stream, peer)) => {
+                    let shared = shared.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("conn".into())
+                        .spawn(move || conn::serve_connection(stream, peer, shared));
+                }
+                Err(e) => {
+                    error!("accept failed: {e}");
+                    // Out of descriptors and the like: do not spin at full speed.
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        })
+        .map(|_| ())
 }
 
 fn bind(path: &Path) -> Result<UnixListener, ServerError> {
@@ -73,6 +132,8 @@ impl Server {
     /// Open the volumes, bind the socket and start serving in background threads. Volumes that
     /// fail to open are logged and skipped; if none opens, start-up fails.
     pub fn start(config: Config) -> Result<Server, ServerError> {
+        // A bad token file or a taken port stops the start before any desktop is opened.
+        let tcp = config.tcp.as_ref().map(bind_tcp).transpose()?;
         let mut volumes = Vec::new();
         let mut failures = Vec::new();
         for vc in config.volumes {
@@ -92,35 +153,59 @@ impl Server {
             )));
         }
         let listener = bind(&config.socket)?;
+        let (tcp_listener, tcp_access) = tcp.unzip();
         let shared = Arc::new(Shared {
             volumes,
             shutting_down: AtomicBool::new(false),
+            tcp: tcp_access,
         });
-        let accept_shared = shared.clone();
-        std::thread::Builder::new()
-            .name("accept".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    match stream {
-                        Ok(stream) => {
-                            let shared = accept_shared.clone();
-                            let _ = std::thread::Builder::new()
-                                .name("conn".into())
-                                .spawn(move || conn::serve_connection(stream, shared));
-                        }
-                        Err(e) => error!("accept failed: {e}"),
-                    }
-                }
-            })
-            .map_err(|e| ServerError::Socket {
-                path: config.socket.clone(),
+        spawn_acceptor("accept", shared.clone(), move || {
+            let (stream, _) = listener.accept()?;
+            let uid = conn::peer_uid(&stream);
+            Ok((Stream::Unix(stream), Peer::Unix { uid }))
+        })
+        .map_err(|e| ServerError::Socket {
+            path: config.socket.clone(),
+            message: e.to_string(),
+        })?;
+        let mut tcp_addr = None;
+        if let Some(listener) = tcp_listener {
+            let addr = listener.local_addr().map_err(|e| ServerError::Tcp {
+                addr: format!("{:?}", config.tcp.as_ref().map(|t| &t.listen)),
                 message: e.to_string(),
             })?;
+            tcp_addr = Some(addr);
+            spawn_acceptor("accept-tcp", shared.clone(), move || {
+                let (stream, addr) = listener.accept()?;
+                if let Err(e) = deskd_proto::transport::tune_tcp(&stream) {
+                    tracing::debug!("{addr}: cannot set TCP options: {e}");
+                }
+                Ok((Stream::Tcp(stream), Peer::Tcp { addr }))
+            })
+            .map_err(|e| ServerError::Tcp {
+                addr: addr.to_string(),
+                message: e.to_string(),
+            })?;
+            info!(
+                "listening on tcp {addr} (token required; admin verbs {})",
+                if shared.tcp.as_ref().is_some_and(|t| t.admin) {
+                    "allowed"
+                } else {
+                    "refused"
+                }
+            );
+        }
         info!(socket = %config.socket.display(), volumes = shared.volumes.len(), "deskd serving");
         Ok(Server {
             shared,
             socket: config.socket,
+            tcp_addr,
         })
+    }
+
+    /// The TCP address actually bound (with the port the system chose for port 0).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
     }
 
     /// Stop taking writes, commit what is queued, flush and mark every desktop clean.

@@ -10,15 +10,16 @@
 //! to read, and exits when the outbox is empty.
 
 use std::os::unix::io::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
+
+use deskd_proto::Stream;
 
 /// More unsent bytes than this, and the client is not reading: the connection is closed.
 const MAX_UNSENT: usize = 2 * deskd_proto::MAX_REPLY_FRAME as usize;
 
 /// The sending half of a connection, shared by the connection thread and the writers.
 pub struct Outbox {
-    stream: UnixStream,
+    stream: Stream,
     state: Mutex<State>,
 }
 
@@ -34,7 +35,7 @@ struct State {
 }
 
 impl Outbox {
-    pub fn new(stream: UnixStream) -> Arc<Outbox> {
+    pub fn new(stream: Stream) -> Arc<Outbox> {
         Arc::new(Outbox {
             stream,
             state: Mutex::new(State::default()),
@@ -136,11 +137,12 @@ impl Outbox {
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::os::unix::net::UnixStream;
 
     #[test]
     fn a_client_that_reads_late_gets_every_byte_and_nobody_waits() {
         let (server, mut client) = UnixStream::pair().unwrap();
-        let outbox = Outbox::new(server);
+        let outbox = Outbox::new(Stream::Unix(server));
         // Far more than a socket buffer holds, pushed while the client reads nothing: every
         // flush returns at once.
         let frame: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
@@ -158,7 +160,7 @@ mod tests {
     #[test]
     fn a_client_that_went_away_breaks_the_outbox() {
         let (server, client) = UnixStream::pair().unwrap();
-        let outbox = Outbox::new(server);
+        let outbox = Outbox::new(Stream::Unix(server));
         drop(client);
         outbox.push(b"reply");
         outbox.flush();

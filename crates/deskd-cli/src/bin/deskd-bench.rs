@@ -15,6 +15,7 @@ use deskd_client::{Client, FindMode, Request, Response};
     about = "Benchmarks for deskd (see scripts/bench.sh)"
 )]
 struct Cli {
+    /// Socket path, or tcp://HOST:PORT (token from $DESKD_TOKEN_FILE).
     #[arg(long)]
     socket: PathBuf,
     /// The volume root (every subcommand but the echo pair).
@@ -104,8 +105,18 @@ fn dir_name(d: u32) -> String {
     format!("dir{d:04}")
 }
 
+/// Connect to `--socket`: a socket path, or `tcp://HOST:PORT` with the token of
+/// `$DESKD_TOKEN_FILE`.
 fn connect(socket: &Path) -> Result<Client> {
-    Client::connect(socket, Duration::from_secs(120)).map_err(|e| anyhow!("{e}"))
+    let endpoint = deskd_proto::Endpoint::parse(socket.as_os_str());
+    let token = match (&endpoint, std::env::var_os("DESKD_TOKEN_FILE")) {
+        (deskd_proto::Endpoint::Tcp(_), Some(file)) => Some(
+            deskd_proto::transport::read_token_file(Path::new(&file)).map_err(|e| anyhow!(e))?,
+        ),
+        _ => None,
+    };
+    Client::connect_to(&endpoint, token.as_deref(), Duration::from_secs(120))
+        .map_err(|e| anyhow!("{e}"))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

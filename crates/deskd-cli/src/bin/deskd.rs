@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use deskd_cli::connection::ConnectionArgs;
 use deskd_cli::output::{display_bytes, write_match, FindArgs};
 use deskd_client::{Client, Request, Response};
+use deskd_proto::Endpoint;
 use deskd_server::{ConfigFile, Server};
 
 #[derive(Parser)]
@@ -50,6 +51,10 @@ enum Command {
         /// TOML configuration ([server], [defaults], [volume."<path>"]).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Also listen on TCP at HOST:PORT (clients must hold the token of --token-file;
+        /// overrides `listen` in [server]).
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
         /// Volume roots to serve with the [defaults] settings.
         volumes: Vec<PathBuf>,
     },
@@ -192,8 +197,7 @@ fn main() -> ExitCode {
 
 /// Connect, and resolve `--volume` (if given) to its handle.
 fn connect_for(args: &ConnectionArgs, volume: &Option<PathBuf>) -> Result<(Client, Option<u32>)> {
-    let mut client =
-        Client::connect(&args.socket_path(), args.timeout()).map_err(|e| anyhow!("{e}"))?;
+    let mut client = args.connect().map_err(|e| anyhow!("{e}"))?;
     let vol = match volume {
         None => None,
         Some(p) => Some(client.open_volume(p).map_err(|e| anyhow!("{e}"))?.vol),
@@ -208,7 +212,11 @@ fn call(client: &mut Client, request: Request) -> Result<Response> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, volumes } => serve(cli.connection.socket, config, volumes),
+        Command::Serve {
+            config,
+            listen,
+            volumes,
+        } => serve(&cli.connection, config, listen, volumes),
         Command::Rebuild {
             fresh,
             scan,
@@ -452,8 +460,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn serve(
-    socket: Option<PathBuf>,
+    connection: &ConnectionArgs,
     config: Option<PathBuf>,
+    listen: Option<String>,
     volumes: Vec<PathBuf>,
 ) -> Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -464,12 +473,28 @@ fn serve(
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let file = match &config {
+    let mut file = match &config {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
-    let explicit = socket.or_else(|| file.server.socket.clone());
-    let config = file.resolve(deskd_proto::socket_path(explicit), &volumes)?;
+    let explicit = connection
+        .socket
+        .clone()
+        .or_else(|| file.server.socket.clone());
+    let socket = deskd_proto::socket_path(explicit);
+    if let Endpoint::Tcp(_) = Endpoint::parse(socket.as_os_str()) {
+        return Err(anyhow!(
+            "{}: deskd serve needs a Unix socket path here; listen on TCP with --listen HOST:PORT",
+            socket.display()
+        ));
+    }
+    if listen.is_some() {
+        file.server.listen = listen;
+    }
+    if connection.token_file.is_some() {
+        file.server.token_file = connection.token_file.clone();
+    }
+    let config = file.resolve(socket, &volumes)?;
     for v in &config.volumes {
         if !Path::new(&v.root).is_dir() {
             return Err(anyhow!("{}: not a directory", v.root.display()));
@@ -492,7 +517,7 @@ fn serve(
 /// The server and the volume's handle, when a running deskd serves `volume`.
 fn served(args: &ConnectionArgs, volume: &Path) -> Option<(Client, u32)> {
     let root = std::fs::canonicalize(volume).ok()?;
-    let mut client = Client::connect(&args.socket_path(), args.timeout()).ok()?;
+    let mut client = args.connect().ok()?;
     let vol = client.open_volume(&root).ok()?.vol;
     Some((client, vol))
 }

@@ -199,7 +199,7 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let mut dt = Dt {
-        session: Session::new(cli.connection.socket_path(), cli.connection.timeout()),
+        session: Session::new(cli.connection.address()),
         failed: false,
     };
     if let Err(e) = dt.run(cli.command) {

@@ -1,0 +1,332 @@
+//! deskd over TCP: the real `deskd serve --listen`, the real `dt` and `deskd` verbs with
+//! `--socket tcp://…`, the token challenge, and what is refused (wrong or missing token, admin
+//! verbs without `tcp_admin`, unsafe token files, a listener without a token).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const TOKEN: &[u8] = b"k3Jq9vX2pL7sW0eRt5YzA8bN1cM4dF6h\n";
+
+fn write_token(path: &Path, token: &[u8], mode: u32) {
+    std::fs::write(path, token).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A server on a Unix socket and on a TCP port of its choosing; returns the TCP address.
+fn serve_tcp(env: &mut Env, extra: &[&str]) -> String {
+    let token = env.path("token");
+    write_token(&token, TOKEN, 0o600);
+    let vol = env.path("vol").display().to_string();
+    let token = token.display().to_string();
+    let mut args = vec!["--listen", "127.0.0.1:0", "--token-file", &token];
+    args.extend_from_slice(extra);
+    args.push(&vol);
+    env.start(&args);
+    tcp_address(env)
+}
+
+/// The address the server logged for its TCP listener.
+fn tcp_address(env: &Env) -> String {
+    let began = Instant::now();
+    loop {
+        if let Some(rest) = env.log_text().split("listening on tcp ").nth(1) {
+            return rest.split_whitespace().next().unwrap().to_string();
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "no TCP listener in the log: {}",
+            env.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `bin args` pointed at the TCP endpoint with `token` (or none).
+fn over_tcp(env: &Env, bin: &str, addr: &str, token: Option<&Path>, args: &[&[u8]]) -> Output {
+    let mut cmd: Command = env.command_for(bin, args);
+    cmd.env("DESKD_SOCKET", format!("tcp://{addr}"));
+    match token {
+        Some(t) => cmd.env("DESKD_TOKEN_FILE", t),
+        None => cmd.env_remove("DESKD_TOKEN_FILE"),
+    };
+    cmd.output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "failed: {}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn token_path(env: &Env) -> PathBuf {
+    env.path("token")
+}
+
+#[test]
+fn dt_and_deskd_work_over_tcp_with_the_token() {
+    let mut env = Env::new(&["vol"]);
+    let addr = serve_tcp(&mut env, &[]);
+    let tok = token_path(&env);
+    ok(over_tcp(
+        &env,
+        DT,
+        &addr,
+        Some(&tok),
+        &[b"mkdir", b"vol/dir"],
+    ));
+    ok(over_tcp(
+        &env,
+        DT,
+        &addr,
+        Some(&tok),
+        &[b"touch", b"vol/dir/a"],
+    ));
+    // A tree is registered pipelined (hundreds of requests per round trip).
+    for i in 0..300 {
+        std::fs::write(env.path(&format!("vol/dir/f{i}")), b"x").unwrap();
+    }
+    ok(over_tcp(
+        &env,
+        DT,
+        &addr,
+        Some(&tok),
+        &[b"cp", b"-R", b"vol/dir", b"vol/copy"],
+    ));
+    ok(over_tcp(
+        &env,
+        DT,
+        &addr,
+        Some(&tok),
+        &[b"mv", b"vol/dir/a", b"vol/b"],
+    ));
+    // The Unix socket sees the same desktop: the ID made over TCP, now under its new name.
+    let via_tcp = over_tcp(&env, DT, &addr, Some(&tok), &[b"info", b"--json", b"vol/b"]);
+    let tcp_info: serde_json::Value = serde_json::from_str(&ok(via_tcp)).unwrap();
+    assert_eq!(
+        env.id_of(&env.path("vol/b")) as u64,
+        tcp_info["id"].as_u64().unwrap()
+    );
+    let copied = sqlite3(
+        &env.path("vol/.Desktop"),
+        "SELECT count(*) FROM objects o JOIN objects p ON o.parent = p.id \
+         WHERE CAST(p.name AS TEXT) = 'copy'",
+    );
+    assert_eq!(copied.trim(), "301", "a and f0..f299");
+    // Read verbs of deskd work over TCP.
+    let status = ok(over_tcp(
+        &env,
+        DESKD,
+        &addr,
+        Some(&tok),
+        &[b"status", b"--json"],
+    ));
+    let status: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
+    // root, dir, b, copy and the 301 objects in copy (dir's f* were never registered).
+    assert_eq!(status["objects"].as_u64(), Some(305), "{status}");
+    let found = ok(over_tcp(
+        &env,
+        DESKD,
+        &addr,
+        Some(&tok),
+        &[b"find", b"--exact", b"f299"],
+    ));
+    assert_eq!(
+        found.trim(),
+        env.path("vol/copy/f299").display().to_string()
+    );
+}
+
+#[test]
+fn a_wrong_or_missing_token_is_refused_and_logged() {
+    let mut env = Env::new(&["vol"]);
+    let addr = serve_tcp(&mut env, &[]);
+    let wrong = env.path("wrong");
+    write_token(&wrong, b"not-the-token-but-long-enough\n", 0o600);
+    let before = objects_dump(&env.path("vol/.Desktop"));
+    std::fs::write(env.path("vol/new"), b"x").unwrap();
+    let out = over_tcp(&env, DT, &addr, Some(&wrong), &[b"touch", b"vol/new"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("deskd refused the token"),
+        "{}",
+        stderr(&out)
+    );
+    let out = over_tcp(&env, DESKD, &addr, None, &[b"status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("needs a token"), "{}", stderr(&out));
+    assert!(env
+        .log_text()
+        .contains("refused a TCP client that gave a wrong token"));
+    assert_eq!(
+        objects_dump(&env.path("vol/.Desktop")),
+        before,
+        "nothing registered"
+    );
+    // A token file others may read is refused by the client too, before connecting.
+    let open = env.path("open");
+    write_token(&open, TOKEN, 0o644);
+    let out = over_tcp(&env, DESKD, &addr, Some(&open), &[b"status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("other users may read it"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_replayed_answer_and_raw_garbage_get_nothing() {
+    let mut env = Env::new(&["vol"]);
+    let addr = serve_tcp(&mut env, &[]);
+    let token = TOKEN.trim_ascii_end();
+    let challenge = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&deskd_proto::client_hello(deskd_proto::PROTOCOL_VERSION))
+            .unwrap();
+        let mut hello = [0u8; 8];
+        s.read_exact(&mut hello).unwrap();
+        assert_eq!(deskd_proto::parse_server_hello(&hello).unwrap(), 2);
+        let mut c = [0u8; 32];
+        s.read_exact(&mut c).unwrap();
+        c
+    };
+    // A right answer to one challenge...
+    let mut first = TcpStream::connect(&addr).unwrap();
+    let c1 = challenge(&mut first);
+    let answer = deskd_proto::transport::challenge_answer(token, &c1);
+    // ...replayed on another connection: that one has a fresh challenge, so it is refused.
+    let mut second = TcpStream::connect(&addr).unwrap();
+    let c2 = challenge(&mut second);
+    assert_ne!(c1, c2, "every connection gets its own challenge");
+    second.write_all(&answer).unwrap();
+    let mut hello = [0u8; 8];
+    second.read_exact(&mut hello).unwrap();
+    assert_eq!(
+        deskd_proto::parse_server_hello(&hello).unwrap(),
+        3,
+        "refused"
+    );
+    assert_eq!(second.read(&mut [0u8; 1]).unwrap(), 0, "then closed");
+    first.write_all(&answer).unwrap();
+    first.read_exact(&mut hello).unwrap();
+    assert_eq!(
+        deskd_proto::parse_server_hello(&hello).unwrap(),
+        0,
+        "accepted"
+    );
+    // Not our protocol at all: closed without an answer; the server goes on.
+    let mut http = TcpStream::connect(&addr).unwrap();
+    http.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(http.read(&mut [0u8; 8]).unwrap_or(0), 0);
+    let tok = token_path(&env);
+    ok(over_tcp(&env, DESKD, &addr, Some(&tok), &[b"status"]));
+}
+
+#[test]
+fn admin_verbs_over_tcp_need_tcp_admin() {
+    let mut env = Env::new(&["vol"]);
+    let addr = serve_tcp(&mut env, &[]);
+    let tok = token_path(&env);
+    let out = over_tcp(&env, DESKD, &addr, Some(&tok), &[b"flush"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not allowed over TCP (tcp_admin = true in [server] allows them)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = over_tcp(&env, DESKD, &addr, Some(&tok), &[b"freeze", b"5"]);
+    assert_eq!(out.status.code(), Some(1));
+    env.term();
+    // With tcp_admin = true in the config file they work.
+    let config = env.path("deskd.toml");
+    std::fs::write(&config, "[server]\ntcp_admin = true\n").unwrap();
+    let config = config.display().to_string();
+    let addr = serve_tcp(&mut env, &["--config", &config]);
+    assert!(env.log_text().contains("admin verbs allowed"));
+    ok(over_tcp(&env, DESKD, &addr, Some(&tok), &[b"flush"]));
+    ok(over_tcp(&env, DESKD, &addr, Some(&tok), &[b"freeze", b"5"]));
+    let status = ok(over_tcp(
+        &env,
+        DESKD,
+        &addr,
+        Some(&tok),
+        &[b"status", b"--json"],
+    ));
+    let status: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
+    assert!(status["frozen_until"].is_i64(), "frozen: {status}");
+    ok(over_tcp(&env, DESKD, &addr, Some(&tok), &[b"thaw"]));
+}
+
+#[test]
+fn the_server_refuses_unsafe_tcp_settings() {
+    let env = Env::new(&["vol"]);
+    let vol = env.path("vol").display().to_string();
+    let sock = env.socket.display().to_string();
+    let serve = |args: &[&str]| {
+        Command::new(DESKD)
+            .args(["serve", "--socket", &sock])
+            .args(args)
+            .arg(&vol)
+            .env_remove("DESKD_TOKEN_FILE")
+            .output()
+            .unwrap()
+    };
+    let out = serve(&["--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("listen needs token_file"),
+        "{}",
+        stderr(&out)
+    );
+    let open = env.path("open").display().to_string();
+    write_token(Path::new(&open), TOKEN, 0o604);
+    let out = serve(&["--listen", "127.0.0.1:0", "--token-file", &open]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("other users may read it (mode 0604)"),
+        "{}",
+        stderr(&out)
+    );
+    let short = env.path("short").display().to_string();
+    write_token(Path::new(&short), b"abc\n", 0o600);
+    let out = serve(&["--listen", "127.0.0.1:0", "--token-file", &short]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the token has 3 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    // A port taken by someone else.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let good = env.path("good").display().to_string();
+    write_token(Path::new(&good), TOKEN, 0o600);
+    let out = serve(&["--listen", &port, "--token-file", &good]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("tcp {port}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!env.socket.exists(), "no socket left behind");
+    // --socket must stay a Unix socket path for the server.
+    let out = Command::new(DESKD)
+        .args(["serve", "--socket", "tcp://127.0.0.1:1", &vol])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--listen HOST:PORT"),
+        "{}",
+        stderr(&out)
+    );
+}
