@@ -19,7 +19,8 @@ cargo build --release --quiet
 BIN=target/release
 . scripts/bench-common.sh
 SERVER=
-trap 'kill -9 $SERVER 2>/dev/null || true; rm -rf "$WORK"' EXIT
+stop() { [ -z "$SERVER" ] || { kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; } || true; rm -rf "$WORK"; }
+trap stop EXIT
 
 mkdir -p "$VOL"
 (umask 077; head -c 32 /dev/urandom | base64 >"$TOKEN")
@@ -58,5 +59,5 @@ for k in resolve_p50_us resolve_p99_us lookup_p50_us ops_per_s; do
     u=$(printf '%s\n' ${VALUES[unix.$k]} | median)
     # shellcheck disable=SC2086
     t=$(printf '%s\n' ${VALUES[tcp.$k]} | median)
-    echo "| $k | $u | $t | $(python3 -c "print(f'{$t / $u:.2f}')") |"
+    python3 -c "print(f'| $k | {$u:.1f} | {$t:.1f} | {$t / $u:.2f} |')"
 done
