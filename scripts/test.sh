@@ -12,6 +12,8 @@ command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v mount >/dev/null 2>&1 || missing+=(mount)
+# systemd-analyze checks the unit file in contrib/ (systemd need not be running).
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: please install: ${missing[*]} (or run as root)" >&2

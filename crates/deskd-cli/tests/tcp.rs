@@ -60,6 +60,25 @@ fn over_tcp(env: &Env, bin: &str, addr: &str, token: Option<&Path>, args: &[&[u8
     cmd.output().unwrap()
 }
 
+/// Run a `deskd serve` that must refuse to start; one that starts anyway is killed after 20 s
+/// (and the test fails on its exit status) rather than hanging the test.
+fn refused_start(mut cmd: Command) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let began = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if began.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn ok(out: Output) -> String {
     assert!(out.status.success(), "failed: {}", stderr(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -272,13 +291,12 @@ fn the_server_refuses_unsafe_tcp_settings() {
     let vol = env.path("vol").display().to_string();
     let sock = env.socket.display().to_string();
     let serve = |args: &[&str]| {
-        Command::new(DESKD)
-            .args(["serve", "--socket", &sock])
+        let mut cmd = Command::new(DESKD);
+        cmd.args(["serve", "--socket", &sock])
             .args(args)
             .arg(&vol)
-            .env_remove("DESKD_TOKEN_FILE")
-            .output()
-            .unwrap()
+            .env_remove("DESKD_TOKEN_FILE");
+        refused_start(cmd)
     };
     let out = serve(&["--listen", "127.0.0.1:0"]);
     assert_eq!(out.status.code(), Some(1));
@@ -319,10 +337,9 @@ fn the_server_refuses_unsafe_tcp_settings() {
     );
     assert!(!env.socket.exists(), "no socket left behind");
     // --socket must stay a Unix socket path for the server.
-    let out = Command::new(DESKD)
-        .args(["serve", "--socket", "tcp://127.0.0.1:1", &vol])
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(DESKD);
+    cmd.args(["serve", "--socket", "tcp://127.0.0.1:1", &vol]);
+    let out = refused_start(cmd);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("--listen HOST:PORT"),

@@ -203,6 +203,11 @@ impl Server {
         })
     }
 
+    /// How many volumes are served (those that failed to open are not).
+    pub fn served_volumes(&self) -> usize {
+        self.shared.volumes.len()
+    }
+
     /// The TCP address actually bound (with the port the system chose for port 0).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr

@@ -506,12 +506,33 @@ fn serve(
         signal_hook::consts::SIGINT,
     ])
     .context("cannot install signal handlers")?;
+    let configured = config.volumes.len();
     let server = Server::start(config).context("cannot start")?;
+    // Under systemd (Type=notify): ready only now, with every volume open and the socket bound,
+    // so file servers ordered after deskd find it answering.
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!(
+            "serving {} of {configured} volume(s)",
+            server.served_volumes()
+        )),
+    ]);
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down");
     }
+    notify_systemd(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("flushing desktops"),
+    ]);
     server.shutdown();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tell systemd about a state change when it started us with `$NOTIFY_SOCKET` (else nothing).
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
 }
 
 /// The server and the volume's handle, when a running deskd serves `volume`.
