@@ -347,3 +347,63 @@ fn the_server_refuses_unsafe_tcp_settings() {
         stderr(&out)
     );
 }
+
+#[test]
+fn sighup_flushes_and_rereads_the_token() {
+    let mut env = Env::new(&["vol"]);
+    let addr = serve_tcp(&mut env, &[]);
+    let tok = token_path(&env);
+    ok(over_tcp(&env, DT, &addr, Some(&tok), &[b"touch", b"vol/a"]));
+    let old = env.path("old-token");
+    write_token(&old, TOKEN, 0o600);
+    // A new token in the file; the running server still wants the old one...
+    write_token(&tok, b"a-new-token-after-rotation\n", 0o600);
+    ok(over_tcp(&env, DESKD, &addr, Some(&old), &[b"status"]));
+    let wal_before = wal_bytes(&env);
+    assert!(wal_before > 0, "the touch is in the WAL");
+    // ...until SIGHUP: then only the new one, and every desktop is flushed.
+    hup_and_wait(&mut env, 1);
+    let out = over_tcp(&env, DESKD, &addr, Some(&old), &[b"status"]);
+    assert!(
+        stderr(&out).contains("refused the token"),
+        "{}",
+        stderr(&out)
+    );
+    ok(over_tcp(&env, DESKD, &addr, Some(&tok), &[b"status"]));
+    assert_eq!(wal_bytes(&env), 0, "flushed by SIGHUP");
+    // A token file that cannot be used leaves the token in force, and says why.
+    std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o644)).unwrap();
+    hup_and_wait(&mut env, 2);
+    assert!(env.log_text().contains(
+        "other users may read it (mode 0644); `chmod o-rwx` it; the previous token stays in force"
+    ));
+    std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600)).unwrap();
+    ok(over_tcp(&env, DESKD, &addr, Some(&tok), &[b"status"]));
+}
+
+fn wal_bytes(env: &Env) -> u64 {
+    let status = env.deskd_ok(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
+    status["wal_bytes"].as_u64().unwrap()
+}
+
+/// SIGHUP the server and wait for its `n`th "reconfigured" log line.
+fn hup_and_wait(env: &mut Env, n: usize) {
+    let pid = env.server.as_ref().unwrap().id();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let began = Instant::now();
+    while env
+        .log_text()
+        .matches("reconfigured: desktops flushed")
+        .count()
+        < n
+    {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "{}",
+            env.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -108,10 +108,10 @@ pub fn peer_uid(stream: &impl AsRawFd) -> Option<u32> {
 /// challenge.
 pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
     let token = match peer {
-        Peer::Tcp { .. } => shared.tcp.as_ref().map(|t| t.token.as_slice()),
+        Peer::Tcp { .. } => shared.tcp.as_ref().map(|t| t.token()),
         Peer::Unix { .. } => None,
     };
-    if let Err(e) = handshake(&stream, token) {
+    if let Err(e) = handshake(&stream, token.as_deref()) {
         match (e, peer) {
             (ProtoError::Auth(_), Peer::Tcp { addr }) => {
                 warn!("{addr}: refused a TCP client that gave a wrong token")

@@ -42,11 +42,19 @@ pub enum ServerError {
     Tcp { addr: String, message: String },
 }
 
-/// What TCP connections need: the token they must prove they hold, and whether they may use the
-/// admin verbs.
+/// What TCP connections need: the token they must prove they hold (re-read from its file on
+/// [`Server::reconfigure`]), and whether they may use the admin verbs.
 pub struct TcpAccess {
-    pub token: Vec<u8>,
+    pub token: std::sync::RwLock<Vec<u8>>,
+    pub token_file: PathBuf,
     pub admin: bool,
+}
+
+impl TcpAccess {
+    /// The token connections must prove they hold now.
+    pub fn token(&self) -> Vec<u8> {
+        self.token.read().unwrap().clone()
+    }
 }
 
 /// What every connection thread shares.
@@ -74,7 +82,8 @@ fn bind_tcp(tcp: &TcpConfig) -> Result<(TcpListener, TcpAccess), ServerError> {
     Ok((
         listener,
         TcpAccess {
-            token,
+            token: std::sync::RwLock::new(token),
+            token_file: tcp.token_file.clone(),
             admin: tcp.admin,
         },
     ))
@@ -211,6 +220,50 @@ impl Server {
     /// The TCP address actually bound (with the port the system chose for port 0).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
+    }
+
+    /// SIGHUP (HELIOS `srvutil reconf desksrv`): flush every volume that is not frozen, and
+    /// re-read the TCP token file (a token that cannot be read keeps the old one). Returns the
+    /// problems, each also logged.
+    pub fn reconfigure(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for handle in &self.shared.volumes {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let result = match handle.queue.send(Job::Flush(tx)) {
+                Ok(()) => rx.recv().unwrap_or_else(|_| {
+                    Err(deskd_proto::ErrorReply::new(
+                        deskd_proto::ErrorCode::ShuttingDown,
+                        "deskd is shutting down",
+                    ))
+                }),
+                Err(_) => continue,
+            };
+            if let Err(e) = result {
+                problems.push(format!(
+                    "{}: not flushed: {}",
+                    handle.volume.root().display(),
+                    e.message
+                ));
+            }
+        }
+        if let Some(tcp) = &self.shared.tcp {
+            match deskd_proto::transport::read_token_file(&tcp.token_file) {
+                Ok(token) => *tcp.token.write().unwrap() = token,
+                Err(e) => problems.push(format!("{e}; the previous token stays in force")),
+            }
+        }
+        for p in &problems {
+            tracing::warn!("reconfigure: {p}");
+        }
+        info!(
+            "reconfigured: desktops flushed{}",
+            if self.shared.tcp.is_some() {
+                ", token file read"
+            } else {
+                ""
+            }
+        );
+        problems
     }
 
     /// Stop taking writes, commit what is queued, flush and mark every desktop clean.

@@ -504,6 +504,7 @@ fn serve(
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .context("cannot install signal handlers")?;
     let configured = config.volumes.len();
@@ -517,8 +518,13 @@ fn serve(
             server.served_volumes()
         )),
     ]);
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            server.reconfigure();
+            continue;
+        }
         tracing::info!(signal = sig, "shutting down");
+        break;
     }
     notify_systemd(&[
         sd_notify::NotifyState::Stopping,
