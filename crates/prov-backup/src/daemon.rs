@@ -95,6 +95,13 @@ impl Shared {
 }
 
 /// Is this the connection failing rather than the server refusing the operation?
+/// Tell systemd about a state change when it started us with `$NOTIFY_SOCKET` (else nothing).
+pub fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}
+
 fn is_connection_error(e: &LdapError) -> bool {
     !matches!(e, LdapError::LdapResult { .. })
 }
@@ -172,13 +179,15 @@ impl Daemon {
                     failures
                 ));
             }
-            tracing::warn!(
+            let retry = format!(
                 "LDAP {}: {err}; retrying in {} s (attempt {} of {})",
                 self.shared.config.database.url,
                 policy.sleep.as_secs(),
                 failures + 1,
                 policy.attempts
             );
+            tracing::warn!("{retry}");
+            notify_systemd(&[sd_notify::NotifyState::Status(&retry)]);
             let mut stop = self.stop.clone();
             tokio::select! {
                 _ = tokio::time::sleep(policy.sleep) => {}
@@ -305,6 +314,15 @@ impl Daemon {
             .with_controls(request.critical())
             .streaming_search(&db.service_subtree, Scope::Subtree, &filter, vec!["*"])
             .await?;
+        // Connected, and every entry pending from before is in hand: ready (systemd
+        // Type=notify; repeated after a reconnect, which systemd ignores).
+        notify_systemd(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&format!(
+                "watching {} on {}",
+                db.service_subtree, db.url
+            )),
+        ]);
         let mut tick = tokio::time::interval(Duration::from_secs(30));
         let mut stop = self.stop.clone();
         loop {
@@ -386,6 +404,11 @@ impl Daemon {
             self.shared.config.database.url,
             every.as_secs()
         );
+        notify_systemd(&[sd_notify::NotifyState::Status(&format!(
+            "polling {} every {} s (no content sync)",
+            self.shared.config.database.url,
+            every.as_secs()
+        ))]);
         let mut stop = self.stop.clone();
         loop {
             tokio::select! {

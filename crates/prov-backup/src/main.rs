@@ -73,6 +73,10 @@ fn main() -> ExitCode {
                 _ = int.recv() => {}
             }
             tracing::info!("stop requested: finishing the entries in hand");
+            prov_backup::daemon::notify_systemd(&[
+                sd_notify::NotifyState::Stopping,
+                sd_notify::NotifyState::Status("finishing the entries in hand"),
+            ]);
             let _ = stop_tx.send(true);
         });
         tracing::info!("{starting}");

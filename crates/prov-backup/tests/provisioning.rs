@@ -351,6 +351,46 @@ fn slapd_restart_mid_run_reconnects_and_carries_on() {
     assert_eq!(daemon.terminate(), 0);
 }
 
+/// The next message prov-backup sent to the notify socket (30 s at most).
+fn next_notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 1024];
+    let n = socket
+        .recv(&mut buf)
+        .expect("a systemd notification within 30 s");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn under_systemd_it_is_ready_once_watching_and_says_when_it_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(&tmp.path().join("ldap"), true);
+    let setup = Setup::new(&tmp.path().join("prov"), &slapd.url(), "");
+    let path = tmp.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut daemon = setup.start_notified(&path);
+    let ready = next_notification(&notify);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(
+        ready.contains(&format!("STATUS=watching {ACCOUNTS} on ")),
+        "{ready}"
+    );
+    // Ready means connected, with the entries pending from before already in hand.
+    assert!(
+        daemon.log_text().contains("connected to"),
+        "{}",
+        daemon.log_text()
+    );
+    slapd.wait_for(&account_dn(EXAMPLE_UID), "added", is_stamp);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) };
+    let stopping = next_notification(&notify);
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert_eq!(daemon.wait_exit(), 0);
+}
+
 #[test]
 fn without_syncprov_it_polls_and_says_so() {
     let tmp = tempfile::tempdir().unwrap();

@@ -319,7 +319,17 @@ impl Setup {
     /// With `stdout_read` false, the daemon's stdout is a pipe whose reader is gone (as in
     /// `prov-backup -d | head`); only stderr is collected.
     pub fn start_with(&self, extra_args: &[&str], stdout_read: bool) -> Daemon {
+        self.spawn(extra_args, stdout_read, &[])
+    }
+
+    /// Started as systemd would, telling its states to the datagram socket `notify`.
+    pub fn start_notified(&self, notify: &Path) -> Daemon {
+        self.spawn(&[], true, &[("NOTIFY_SOCKET", notify)])
+    }
+
+    fn spawn(&self, extra_args: &[&str], stdout_read: bool, envs: &[(&str, &Path)]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_prov-backup"))
+            .envs(envs.iter().copied())
             .arg("-c")
             .arg(&self.service_conf)
             .arg("-g")
