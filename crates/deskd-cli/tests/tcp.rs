@@ -79,6 +79,24 @@ fn refused_start(mut cmd: Command) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// `deskd status --json` over TCP (one volume).
+fn tcp_status(env: &Env, addr: &str, token: &Path) -> serde_json::Value {
+    let out = ok(over_tcp(
+        env,
+        DESKD,
+        addr,
+        Some(token),
+        &[b"status", b"--json"],
+    ));
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// The command failed with exit status 1 and a message containing `text`.
+fn fails_with(out: &Output, text: &str) {
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
+    assert!(stderr(out).contains(text), "{}", stderr(out));
+}
+
 fn ok(out: Output) -> String {
     assert!(out.status.success(), "failed: {}", stderr(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -139,14 +157,7 @@ fn dt_and_deskd_work_over_tcp_with_the_token() {
     );
     assert_eq!(copied.trim(), "301", "a and f0..f299");
     // Read verbs of deskd work over TCP.
-    let status = ok(over_tcp(
-        &env,
-        DESKD,
-        &addr,
-        Some(&tok),
-        &[b"status", b"--json"],
-    ));
-    let status: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
+    let status = tcp_status(&env, &addr, &tok);
     // root, dir, b, copy and the 301 objects in copy (dir's f* were never registered).
     assert_eq!(status["objects"].as_u64(), Some(305), "{status}");
     let found = ok(over_tcp(
@@ -171,15 +182,9 @@ fn a_wrong_or_missing_token_is_refused_and_logged() {
     let before = objects_dump(&env.path("vol/.Desktop"));
     std::fs::write(env.path("vol/new"), b"x").unwrap();
     let out = over_tcp(&env, DT, &addr, Some(&wrong), &[b"touch", b"vol/new"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("deskd refused the token"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, "deskd refused the token");
     let out = over_tcp(&env, DESKD, &addr, None, &[b"status"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("needs a token"), "{}", stderr(&out));
+    fails_with(&out, "needs a token");
     assert!(env
         .log_text()
         .contains("refused a TCP client that gave a wrong token"));
@@ -192,12 +197,7 @@ fn a_wrong_or_missing_token_is_refused_and_logged() {
     let open = env.path("open");
     write_token(&open, TOKEN, 0o644);
     let out = over_tcp(&env, DESKD, &addr, Some(&open), &[b"status"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("other users may read it"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, "other users may read it");
 }
 
 #[test]
@@ -256,14 +256,12 @@ fn admin_verbs_over_tcp_need_tcp_admin() {
     let addr = serve_tcp(&mut env, &[]);
     let tok = token_path(&env);
     let out = over_tcp(&env, DESKD, &addr, Some(&tok), &[b"flush"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("not allowed over TCP (tcp_admin = true in [server] allows them)"),
-        "{}",
-        stderr(&out)
+    fails_with(
+        &out,
+        "not allowed over TCP (tcp_admin = true in [server] allows them)",
     );
     let out = over_tcp(&env, DESKD, &addr, Some(&tok), &[b"freeze", b"5"]);
-    assert_eq!(out.status.code(), Some(1));
+    fails_with(&out, "not allowed over TCP");
     env.term();
     // With tcp_admin = true in the config file they work.
     let config = env.path("deskd.toml");
@@ -273,14 +271,7 @@ fn admin_verbs_over_tcp_need_tcp_admin() {
     assert!(env.log_text().contains("admin verbs allowed"));
     ok(over_tcp(&env, DESKD, &addr, Some(&tok), &[b"flush"]));
     ok(over_tcp(&env, DESKD, &addr, Some(&tok), &[b"freeze", b"5"]));
-    let status = ok(over_tcp(
-        &env,
-        DESKD,
-        &addr,
-        Some(&tok),
-        &[b"status", b"--json"],
-    ));
-    let status: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
+    let status = tcp_status(&env, &addr, &tok);
     assert!(status["frozen_until"].is_i64(), "frozen: {status}");
     ok(over_tcp(&env, DESKD, &addr, Some(&tok), &[b"thaw"]));
 }
@@ -299,53 +290,28 @@ fn the_server_refuses_unsafe_tcp_settings() {
         refused_start(cmd)
     };
     let out = serve(&["--listen", "127.0.0.1:0"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("listen needs token_file"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, "listen needs token_file");
     let open = env.path("open").display().to_string();
     write_token(Path::new(&open), TOKEN, 0o604);
     let out = serve(&["--listen", "127.0.0.1:0", "--token-file", &open]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("other users may read it (mode 0604)"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, "other users may read it (mode 0604)");
     let short = env.path("short").display().to_string();
     write_token(Path::new(&short), b"abc\n", 0o600);
     let out = serve(&["--listen", "127.0.0.1:0", "--token-file", &short]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("the token has 3 bytes"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, "the token has 3 bytes");
     // A port taken by someone else.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().to_string();
     let good = env.path("good").display().to_string();
     write_token(Path::new(&good), TOKEN, 0o600);
     let out = serve(&["--listen", &port, "--token-file", &good]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains(&format!("tcp {port}")),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, &format!("tcp {port}"));
     assert!(!env.socket.exists(), "no socket left behind");
     // --socket must stay a Unix socket path for the server.
     let mut cmd = Command::new(DESKD);
     cmd.args(["serve", "--socket", "tcp://127.0.0.1:1", &vol]);
     let out = refused_start(cmd);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("--listen HOST:PORT"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, "--listen HOST:PORT");
 }
 
 #[test]
