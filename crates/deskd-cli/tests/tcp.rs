@@ -373,3 +373,57 @@ fn hup_and_wait(env: &mut Env, n: usize) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn connections_beyond_tcp_max_connections_are_closed_at_once() {
+    let mut env = Env::new(&["vol"]);
+    let config = env.path("deskd.toml");
+    std::fs::write(&config, "[server]\ntcp_max_connections = 2\n").unwrap();
+    let config = config.display().to_string();
+    let addr = serve_tcp(&mut env, &["--config", &config]);
+    let tok = token_path(&env);
+    // Two connections that never say hello hold both slots...
+    let first = TcpStream::connect(&addr).unwrap();
+    let _second = TcpStream::connect(&addr).unwrap();
+    // ...so a third is closed without an answer, and the log says why.
+    let began = Instant::now();
+    while !env
+        .log_text()
+        .contains("refused: 2 TCP connections are open")
+    {
+        let mut third = TcpStream::connect(&addr).unwrap();
+        third
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = third.write_all(&deskd_proto::client_hello(deskd_proto::PROTOCOL_VERSION));
+        assert_eq!(
+            third.read(&mut [0u8; 8]).unwrap_or(0),
+            0,
+            "closed unanswered"
+        );
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "{}",
+            env.log_text()
+        );
+    }
+    let out = over_tcp(&env, DESKD, &addr, Some(&tok), &[b"status"]);
+    assert_eq!(out.status.code(), Some(1), "no slot free");
+    // Once one leaves, its slot is free again.
+    drop(first);
+    let began = Instant::now();
+    loop {
+        let out = over_tcp(&env, DESKD, &addr, Some(&tok), &[b"status"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "{}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The Unix socket is never limited by it.
+    env.deskd_ok(&["status"]);
+}

@@ -43,6 +43,8 @@ pub struct ServerPrefs {
     pub token_file: Option<PathBuf>,
     /// Whether TCP clients may use the admin verbs (flush, freeze, thaw, rebuild); default no.
     pub tcp_admin: Option<bool>,
+    /// Most TCP connections open at once (default 1024); more are closed at once.
+    pub tcp_max_connections: Option<usize>,
 }
 
 /// The whole configuration file.
@@ -77,6 +79,7 @@ pub struct TcpConfig {
     pub listen: String,
     pub token_file: PathBuf,
     pub admin: bool,
+    pub max_connections: usize,
 }
 
 /// Resolved server settings.
@@ -170,6 +173,7 @@ impl ConfigFile {
                 listen: listen.clone(),
                 token_file: token_file.clone(),
                 admin: self.server.tcp_admin.unwrap_or(false),
+                max_connections: self.server.tcp_max_connections.unwrap_or(1024).max(1),
             }),
         };
         Ok(Config {
@@ -231,7 +235,8 @@ mod tests {
             Some(TcpConfig {
                 listen: "[::1]:4700".into(),
                 token_file: "/t".into(),
-                admin: false
+                admin: false,
+                max_connections: 1024,
             })
         );
         assert_eq!(parse("").unwrap().tcp, None);

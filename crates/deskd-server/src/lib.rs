@@ -48,6 +48,32 @@ pub struct TcpAccess {
     pub token: std::sync::RwLock<Vec<u8>>,
     pub token_file: PathBuf,
     pub admin: bool,
+    /// Connections beyond this many are closed at once: each costs a thread, and anyone who
+    /// can reach the port can open them (before the token is asked for).
+    pub max_connections: usize,
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts one open TCP connection while it lives.
+pub struct TcpSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl TcpAccess {
+    /// A slot for one more connection, or None when `max_connections` are open.
+    fn slot(&self) -> Option<TcpSlot> {
+        let taken = self
+            .open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_connections).then_some(n + 1)
+            })
+            .is_ok();
+        taken.then(|| TcpSlot(self.open.clone()))
+    }
 }
 
 impl TcpAccess {
@@ -85,26 +111,35 @@ fn bind_tcp(tcp: &TcpConfig) -> Result<(TcpListener, TcpAccess), ServerError> {
             token: std::sync::RwLock::new(token),
             token_file: tcp.token_file.clone(),
             admin: tcp.admin,
+            max_connections: tcp.max_connections,
+            open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         },
     ))
 }
 
-/// Run `accept` for every connection `next` yields, each on its own thread, until it fails
-/// for good.
+/// One accepted connection to serve, and the TCP slot it holds while it lives.
+type Accepted = (Stream, Peer, Option<TcpSlot>);
+
+/// Serve every connection `next` yields, each on its own thread (`Ok(None)`: one that was
+/// turned away).
 fn spawn_acceptor(
     name: &str,
     shared: Arc<Shared>,
-    mut next: impl FnMut() -> std::io::Result<(Stream, Peer)> + Send + 'static,
+    mut next: impl FnMut() -> std::io::Result<Option<Accepted>> + Send + 'static,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || loop {
             match next() {
-                Ok((stream, peer)) => {
+                Ok(None) => {}
+                Ok(Some((stream, peer, slot))) => {
                     let shared = shared.clone();
                     let _ = std::thread::Builder::new()
                         .name("conn".into())
-                        .spawn(move || conn::serve_connection(stream, peer, shared));
+                        .spawn(move || {
+                            let _slot = slot;
+                            conn::serve_connection(stream, peer, shared)
+                        });
                 }
                 Err(e) => {
                     error!("accept failed: {e}");
@@ -171,7 +206,7 @@ impl Server {
         spawn_acceptor("accept", shared.clone(), move || {
             let (stream, _) = listener.accept()?;
             let uid = conn::peer_uid(&stream);
-            Ok((Stream::Unix(stream), Peer::Unix { uid }))
+            Ok(Some((Stream::Unix(stream), Peer::Unix { uid }, None)))
         })
         .map_err(|e| ServerError::Socket {
             path: config.socket.clone(),
@@ -184,12 +219,30 @@ impl Server {
                 message: e.to_string(),
             })?;
             tcp_addr = Some(addr);
+            let access = shared.clone();
+            let mut last_warning: Option<std::time::Instant> = None;
             spawn_acceptor("accept-tcp", shared.clone(), move || {
                 let (stream, addr) = listener.accept()?;
+                let tcp = access
+                    .tcp
+                    .as_ref()
+                    .expect("a TCP listener has TCP settings");
+                let Some(slot) = tcp.slot() else {
+                    // Closed at once; said at most every 10 s, so a flood cannot fill the log.
+                    if last_warning.map_or(true, |t| t.elapsed().as_secs() >= 10) {
+                        tracing::warn!(
+                            "{addr}: refused: {} TCP connections are open \
+                             (tcp_max_connections)",
+                            tcp.max_connections
+                        );
+                        last_warning = Some(std::time::Instant::now());
+                    }
+                    return Ok(None);
+                };
                 if let Err(e) = deskd_proto::transport::tune_tcp(&stream) {
                     tracing::debug!("{addr}: cannot set TCP options: {e}");
                 }
-                Ok((Stream::Tcp(stream), Peer::Tcp { addr }))
+                Ok(Some((Stream::Tcp(stream), Peer::Tcp { addr }, Some(slot))))
             })
             .map_err(|e| ServerError::Tcp {
                 addr: addr.to_string(),
