@@ -229,7 +229,7 @@ impl Server {
                     .expect("a TCP listener has TCP settings");
                 let Some(slot) = tcp.slot() else {
                     // Closed at once; said at most every 10 s, so a flood cannot fill the log.
-                    if last_warning.map_or(true, |t| t.elapsed().as_secs() >= 10) {
+                    if !matches!(last_warning, Some(t) if t.elapsed().as_secs() < 10) {
                         tracing::warn!(
                             "{addr}: refused: {} TCP connections are open \
                              (tcp_max_connections)",
