@@ -504,3 +504,71 @@ fn find_keeps_to_the_directory_it_is_given() {
         stderr(&out)
     );
 }
+
+#[test]
+fn cp_keep_ids_restores_a_file_level_backup_with_its_ids() {
+    let mut env = Env::new(&["vol", "backup"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"mkdir", b"-p", b"vol/Projects/2026"]);
+    env.dt_ok(&[b"touch", b"vol/Projects/2026/Report.indd"]);
+    env.dt_ok(&[b"touch", b"vol/Projects/notes"]);
+    env.dt_ok(&[
+        b"set",
+        b"-t",
+        b"IDd8",
+        b"-c",
+        b"InDn",
+        b"vol/Projects/2026/Report.indd",
+    ]);
+    let before = tree_ids(&env, "vol/Projects");
+    let top = env.id_of(&env.path("vol/Projects"));
+    // A file-level backup of the volume, as tar or rsync makes it: data and .rsrc directories.
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(env.path("vol/Projects"))
+        .arg(env.path("vol/.rsrc"))
+        .arg(env.path("backup"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    env.dt_ok(&[b"rm", b"-r", b"vol/Projects"]);
+    assert!(env.dt(&[b"info", b"vol/Projects"]).status.code() != Some(0));
+
+    // Restored with --keep-ids: every object has its old ID again, the top one too (its record
+    // is beside it in the backup, not in the tree), with its Mac information.
+    env.dt_ok(&[
+        b"cp",
+        b"-R",
+        b"-p",
+        b"--keep-ids",
+        b"backup/Projects",
+        b"vol/Projects",
+    ]);
+    assert_eq!(tree_ids(&env, "vol/Projects"), before);
+    assert_eq!(env.id_of(&env.path("vol/Projects")), top);
+    let report = &env.ids(&[env.path("vol/Projects/2026/Report.indd")])[0];
+    assert_eq!(
+        (report["type"].as_str(), report["creator"].as_str()),
+        (Some("IDd8"), Some("InDn"))
+    );
+    let resolved = env.dt_ok(&[b"resolve", b"vol", before[0].1.to_string().as_bytes()]);
+    assert_eq!(resolved.trim(), before[0].0);
+
+    // The same backup restored a second time: those IDs are in use, so this copy gets new
+    // ones, and its resource files say so.
+    env.dt_ok(&[
+        b"cp",
+        b"-R",
+        b"--keep-ids",
+        b"backup/Projects",
+        b"vol/Again",
+    ]);
+    let again = tree_ids(&env, "vol/Again");
+    let first: HashSet<u32> = before.iter().map(|(_, id)| *id).collect();
+    assert!(again.iter().all(|(_, id)| !first.contains(id)), "{again:?}");
+    assert_eq!(
+        header(&env.path("vol/Again/2026/.rsrc/Report.indd")).id,
+        env.id_of(&env.path("vol/Again/2026/Report.indd"))
+    );
+    rebuild_scan_is_silent(&env, "vol");
+}

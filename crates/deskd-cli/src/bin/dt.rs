@@ -103,9 +103,9 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Copy files (with -R directories). Copies in a volume get new IDs; type, creator,
-    /// comment and resource fork travel with them. An existing file is overwritten and keeps
-    /// its ID.
+    /// Copy files (with -R directories). Copies in a volume get new IDs (--keep-ids: restore
+    /// them from the resource files); type, creator, comment and resource fork travel with
+    /// them. An existing file is overwritten and keeps its ID.
     Cp {
         /// Copy directories and everything in them (symbolic links are copied as links).
         #[arg(short = 'R', short_alias = 'r', long)]
@@ -116,6 +116,12 @@ enum Command {
         /// Do not overwrite an existing file.
         #[arg(short = 'n', long = "no-clobber")]
         no_clobber: bool,
+        /// Restore: keep the IDs the copied resource files carry wherever
+        /// the volume has them free, so aliases to the files work again; an ID in use (a tree
+        /// restored twice) gets a new one. For copies of this volume's own files, such as a
+        /// file-level backup of it.
+        #[arg(long)]
+        keep_ids: bool,
         /// Sources, then the target (a directory when there are several sources).
         #[arg(required = true, num_args = 2..)]
         paths: Vec<PathBuf>,
@@ -285,6 +291,7 @@ impl Dt {
                 recursive,
                 preserve,
                 no_clobber,
+                keep_ids,
                 mut paths,
             } => {
                 let target = paths.pop().expect("clap requires two paths");
@@ -302,7 +309,7 @@ impl Dt {
                     } else {
                         target.clone()
                     };
-                    dt.cp(src, &dest, recursive, no_clobber, how)
+                    dt.cp(src, &dest, recursive, no_clobber, keep_ids, how)
                 });
             }
             Command::Chmod {
@@ -366,6 +373,7 @@ impl Dt {
         dest: &Path,
         recursive: bool,
         no_clobber: bool,
+        keep_ids: bool,
         how: CopyMode,
     ) -> Result<()> {
         let from = place(src)?;
@@ -416,13 +424,23 @@ impl Dt {
         copy_tree_with(&source, &to_abs, how)
             .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
         if let Place::Inside(b) = &to {
-            if let Place::Inside(a) = &from {
-                // The top object's record lives beside it, not in the copied tree.
+            // The top object's record lives beside it, not in the copied tree. A tree from
+            // outside any volume (a file-level backup of one) may have it beside it too.
+            let top_record = match &from {
+                Place::Inside(a) => Some(a.rsrc_path()),
+                Place::Outside(a) => a.file_name().map(|name| {
+                    a.parent()
+                        .unwrap_or(Path::new("/"))
+                        .join(rsrc::RSRC_DIR)
+                        .join(name)
+                }),
+            };
+            if let Some(record) = top_record.filter(|r| r.is_file()) {
                 rsrc::make_rsrc_dir(&b.rsrc_path())?;
-                rsrc::copy_file(&a.rsrc_path(), &b.rsrc_path())?;
+                rsrc::copy_file(&record, &b.rsrc_path())?;
             }
-            // Every copy is a new object: new IDs, Mac information kept.
-            self.register_tree(b, false)?;
+            // A copy is a new object (new IDs, Mac information kept), unless restoring.
+            self.register_tree(b, keep_ids)?;
         }
         Ok(())
     }
