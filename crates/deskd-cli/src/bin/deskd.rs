@@ -46,7 +46,9 @@ impl WalkArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the desktops of the given volumes (and those in the config file).
+    /// Serve the desktops of the given volumes (and those in the config file). SIGTERM or
+    /// SIGINT stop it cleanly (every desktop flushed and marked clean); SIGHUP flushes every
+    /// desktop and re-reads the TCP token file.
     Serve {
         /// TOML configuration ([server], [defaults], [volume."<path>"]).
         #[arg(long, short)]
