@@ -1,11 +1,11 @@
 //! Synchronous client for the deskd desktop server, used by `dt`, `deskd` and file servers.
 //!
 //! [`Client::connect`] opens the Unix socket (see [`deskd_proto::socket_path`] for the rule every
-//! program uses) and does the version handshake; [`Client::connect_to`] also reaches a server over
-//! TCP, proving it holds the server's token ([`deskd_proto::transport`]). [`Client::call`] sends one request and waits;
-//! [`Client::send`] / [`Client::recv`] pipeline many. Every wait is bounded by the client timeout
-//! (default 60 s, `$DESKD_CLIENT_TIMEOUT`): past it the call fails with
-//! [`ClientError::Timeout`], and callers treat the volume as read-only.
+//! program uses) and does the version handshake; [`Client::connect_to`] also reaches a server
+//! over TCP, proving it holds the server's token ([`deskd_proto::transport`]). [`Client::call`]
+//! sends one request and waits; [`Client::send`] / [`Client::recv`] pipeline many. Every wait is
+//! bounded by the client timeout (default 60 s, `$DESKD_CLIENT_TIMEOUT`): past it the call fails
+//! with [`ClientError::Timeout`], and callers treat the volume as read-only.
 
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Write};

@@ -107,9 +107,11 @@ pub fn peer_uid(stream: &impl AsRawFd) -> Option<u32> {
 /// Serve one connection until the client leaves. A TCP client must first answer the token
 /// challenge.
 pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
-    let token = match peer {
-        Peer::Tcp { .. } => shared.tcp.as_ref().map(|t| t.token()),
-        Peer::Unix { .. } => None,
+    let token = match (peer, &shared.tcp) {
+        (Peer::Tcp { .. }, Some(tcp)) => Some(tcp.token()),
+        // Never serve TCP without a token, whatever the configuration says.
+        (Peer::Tcp { .. }, None) => return,
+        (Peer::Unix { .. }, _) => None,
     };
     if let Err(e) = handshake(&stream, token.as_deref()) {
         match (e, peer) {

@@ -19,8 +19,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use deskd_proto::Stream;
 use tracing::{error, info};
@@ -45,17 +45,17 @@ pub enum ServerError {
 /// What TCP connections need: the token they must prove they hold (re-read from its file on
 /// [`Server::reconfigure`]), and whether they may use the admin verbs.
 pub struct TcpAccess {
-    pub token: std::sync::RwLock<Vec<u8>>,
-    pub token_file: PathBuf,
+    token: RwLock<Vec<u8>>,
+    token_file: PathBuf,
     pub admin: bool,
     /// Connections beyond this many are closed at once: each costs a thread, and anyone who
     /// can reach the port can open them (before the token is asked for).
     pub max_connections: usize,
-    pub open: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<AtomicUsize>,
 }
 
 /// Counts one open TCP connection while it lives.
-pub struct TcpSlot(Arc<std::sync::atomic::AtomicUsize>);
+pub struct TcpSlot(Arc<AtomicUsize>);
 
 impl Drop for TcpSlot {
     fn drop(&mut self) {
@@ -74,9 +74,7 @@ impl TcpAccess {
             .is_ok();
         taken.then(|| TcpSlot(self.open.clone()))
     }
-}
 
-impl TcpAccess {
     /// The token connections must prove they hold now.
     pub fn token(&self) -> Vec<u8> {
         self.token.read().unwrap().clone()
@@ -108,11 +106,11 @@ fn bind_tcp(tcp: &TcpConfig) -> Result<(TcpListener, TcpAccess), ServerError> {
     Ok((
         listener,
         TcpAccess {
-            token: std::sync::RwLock::new(token),
+            token: RwLock::new(token),
             token_file: tcp.token_file.clone(),
             admin: tcp.admin,
             max_connections: tcp.max_connections,
-            open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            open: Arc::new(AtomicUsize::new(0)),
         },
     ))
 }
@@ -134,12 +132,17 @@ fn spawn_acceptor(
                 Ok(None) => {}
                 Ok(Some((stream, peer, slot))) => {
                     let shared = shared.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("conn".into())
-                        .spawn(move || {
-                            let _slot = slot;
-                            conn::serve_connection(stream, peer, shared)
-                        });
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("conn".into())
+                            .spawn(move || {
+                                let _slot = slot;
+                                conn::serve_connection(stream, peer, shared)
+                            });
+                    // The connection (and its slot) is dropped: the client sees it closed.
+                    if let Err(e) = spawned {
+                        error!("cannot start a thread for a connection: {e}");
+                    }
                 }
                 Err(e) => {
                     error!("accept failed: {e}");
