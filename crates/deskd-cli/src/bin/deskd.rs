@@ -178,6 +178,14 @@ enum Command {
         /// The volume's root directory.
         volume: PathBuf,
     },
+    /// Stand in for Netatalk's cnid_metad/cnid_dbd: serve afpd's CNID protocol (`cnid scheme
+    /// = dbd`, `cnid server = HOST:PORT` in afp.conf) from the running deskd, so Netatalk keeps
+    /// its IDs in deskd's desktops. Runs until SIGTERM.
+    Netatalk {
+        /// Where afpd connects. The protocol has no authentication: keep it on loopback.
+        #[arg(long, default_value = "127.0.0.1:4700", value_name = "HOST:PORT")]
+        listen: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -219,6 +227,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             volumes,
         } => serve(&cli.connection, config, listen, volumes),
+        Command::Netatalk { listen } => netatalk(&cli.connection, &listen),
         Command::Rebuild {
             fresh,
             scan,
@@ -461,12 +470,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn serve(
-    connection: &ConnectionArgs,
-    config: Option<PathBuf>,
-    listen: Option<String>,
-    volumes: Vec<PathBuf>,
-) -> Result<ExitCode> {
+/// Log to stderr as `deskd serve` does (`DESKD_LOG` filters).
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -475,6 +480,62 @@ fn serve(
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+}
+
+/// `deskd netatalk`: accept afpd connections, one thread each, until killed.
+fn netatalk(connection: &ConnectionArgs, listen: &str) -> Result<ExitCode> {
+    init_logging();
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let address = connection.address();
+    // Fail early, with deskd's own message, when deskd is not there.
+    address.connect().map_err(|e| anyhow!("{e}"))?;
+    tracing::info!(
+        "serving Netatalk's CNID protocol on {} for deskd at {}",
+        listener.local_addr()?,
+        address.endpoint
+    );
+    let address = std::sync::Arc::new(address);
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("accept failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+        };
+        let address = address.clone();
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let spawned = std::thread::Builder::new()
+            .name("afpd".into())
+            .spawn(move || {
+                let connect = || address.connect();
+                if let Err(e) = deskd_netatalk::serve_connection(
+                    stream,
+                    &connect,
+                    std::time::Duration::from_secs(10),
+                ) {
+                    tracing::warn!("{peer}: {e}; connection closed");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a thread for a connection: {e}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(
+    connection: &ConnectionArgs,
+    config: Option<PathBuf>,
+    listen: Option<String>,
+    volumes: Vec<PathBuf>,
+) -> Result<ExitCode> {
+    init_logging();
     let mut file = match &config {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),

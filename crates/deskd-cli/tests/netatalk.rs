@@ -1,0 +1,298 @@
+//! `deskd netatalk`: afpd's CNID protocol (Netatalk `dbd`) served from deskd, driven through a
+//! real `deskd serve` and the real `deskd netatalk` with requests built byte by byte as afpd
+//! sends them; every answer is checked against the desktop through `dt` and `sqlite3`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use deskd_netatalk::wire::{self, op, res, Handshake, Reply, Request};
+
+/// `deskd netatalk` on a port of its choosing, talking to the Env's server.
+struct Bridge {
+    child: Child,
+    log: std::path::PathBuf,
+    addr: String,
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_bridge(env: &Env) -> Bridge {
+    let log = env.path("netatalk.log");
+    let child = Command::new(DESKD)
+        .args(["netatalk", "--listen", "127.0.0.1:0"])
+        .env("DESKD_SOCKET", &env.socket)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Killed on drop, also when the address never shows.
+    let mut bridge = Bridge {
+        child,
+        log,
+        addr: String::new(),
+    };
+    let began = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&bridge.log).unwrap_or_default();
+        if let Some(rest) = text.split("CNID protocol on ").nth(1) {
+            bridge.addr = rest.split_whitespace().next().unwrap().to_string();
+            return bridge;
+        }
+        assert!(began.elapsed() < Duration::from_secs(10), "{text}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An afpd connection to the volume at `path`.
+fn afpd(bridge: &Bridge, path: &std::path::Path) -> TcpStream {
+    let mut s = TcpStream::connect(&bridge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&wire::encode_handshake(&Handshake {
+        volume_name: b"Public".to_vec(),
+        volume_path: path.as_os_str().as_encoded_bytes().to_vec(),
+        user: b"alice".to_vec(),
+    }))
+    .unwrap();
+    s
+}
+
+fn call(s: &mut TcpStream, q: Request) -> Reply {
+    s.write_all(&wire::encode_request(&q)).unwrap();
+    wire::read_reply(s).unwrap()
+}
+
+fn request(op: i32, cnid: u32, did: u32, name: &[u8]) -> Request {
+    Request {
+        op,
+        cnid,
+        dev: 0,
+        ino: 0,
+        kind: 0,
+        did,
+        name: name.to_vec(),
+    }
+}
+
+/// ADD as afpd sends it: the object's dev/ino from stat, its type, and a hint (0: none).
+fn add(s: &mut TcpStream, path: &std::path::Path, did: u32, hint: u32) -> Reply {
+    let m = std::fs::symlink_metadata(path).unwrap();
+    call(
+        s,
+        Request {
+            op: op::ADD,
+            cnid: hint,
+            dev: m.dev(),
+            ino: m.ino(),
+            kind: m.is_dir() as u32,
+            did,
+            name: path.file_name().unwrap().as_encoded_bytes().to_vec(),
+        },
+    )
+}
+
+#[test]
+fn afpd_requests_keep_ids_in_the_deskd_desktop() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    let bridge = start_bridge(&env);
+    let mut s = afpd(&bridge, &env.path("vol"));
+    assert_eq!(call(&mut s, request(op::OPEN, 0, 0, b"")).result, res::OK);
+
+    // ADD registers (the same answer twice); dt sees the ID.
+    std::fs::write(env.path("vol/a"), b"x").unwrap();
+    let a = add(&mut s, &env.path("vol/a"), 2, 0);
+    assert_eq!(a.result, res::OK);
+    assert!(a.cnid >= 17);
+    assert_eq!(add(&mut s, &env.path("vol/a"), 2, 0).cnid, a.cnid);
+    assert_eq!(env.id_of(&env.path("vol/a")), a.cnid);
+    // GET and LOOKUP by parent and name; LOOKUP also wants the right type.
+    assert_eq!(call(&mut s, request(op::GET, 0, 2, b"a")).cnid, a.cnid);
+    assert_eq!(call(&mut s, request(op::LOOKUP, 0, 2, b"a")).cnid, a.cnid);
+    let mut as_dir = request(op::LOOKUP, 0, 2, b"a");
+    as_dir.kind = 1;
+    assert_eq!(call(&mut s, as_dir).result, res::NOTFOUND);
+    assert_eq!(
+        call(&mut s, request(op::GET, 0, 2, b"none")).result,
+        res::NOTFOUND
+    );
+    // RESOLVE: the parent, and the record with the name at offset 28.
+    let r = call(&mut s, request(op::RESOLVE, a.cnid, 0, b""));
+    assert_eq!((r.result, r.did), (res::OK, 2));
+    assert_eq!(&r.payload[..4], &a.cnid.to_be_bytes());
+    assert_eq!(&r.payload[28..], b"a\0");
+
+    // A move done by afpd, then UPDATE: the same ID at the new place.
+    std::fs::create_dir(env.path("vol/dir")).unwrap();
+    let dir = add(&mut s, &env.path("vol/dir"), 2, 0);
+    std::fs::rename(env.path("vol/a"), env.path("vol/dir/b")).unwrap();
+    let u = call(&mut s, request(op::UPDATE, a.cnid, dir.cnid, b"b"));
+    assert_eq!((u.result, u.cnid), (res::OK, a.cnid));
+    assert_eq!(env.id_of(&env.path("vol/dir/b")), a.cnid);
+    // A claim the disk does not show changes nothing: "a" is not in "dir".
+    let wrong = call(&mut s, request(op::UPDATE, a.cnid, 2, b"elsewhere"));
+    assert_eq!(wrong.result, res::ERR_DB);
+    assert_eq!(env.id_of(&env.path("vol/dir/b")), a.cnid);
+
+    // A free hint (the ID afpd cached in the file's metadata) is honoured.
+    std::fs::write(env.path("vol/c"), b"c").unwrap();
+    assert_eq!(add(&mut s, &env.path("vol/c"), 2, 5000).cnid, 5000);
+    // `cnid dev = no` (dev 0): the server reads the object from disk itself.
+    std::fs::write(env.path("vol/dir/d"), b"d").unwrap();
+    let mut no_dev = request(op::ADD, 0, dir.cnid, b"d");
+    no_dev.ino = std::fs::metadata(env.path("vol/dir/d")).unwrap().ino();
+    let d = call(&mut s, no_dev);
+    assert_eq!(d.result, res::OK);
+    assert_eq!(env.id_of(&env.path("vol/dir/d")), d.cnid);
+
+    // SEARCH: name prefix, IDs in network order.
+    let found = call(&mut s, request(op::SEARCH, 0, 0, b"di"));
+    assert_eq!(found.result, res::OK);
+    let ids: Vec<u32> = found
+        .payload
+        .chunks(4)
+        .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(ids, vec![dir.cnid]);
+    // GETSTAMP: 8 bytes, the same each time.
+    let stamp = call(&mut s, request(op::GETSTAMP, 0, 0, b""));
+    assert_eq!((stamp.result, stamp.payload.len()), (res::OK, 8));
+    assert_eq!(
+        call(&mut s, request(op::GETSTAMP, 0, 0, b"")).payload,
+        stamp.payload
+    );
+    // WIPE is refused, and the desktop keeps everything.
+    assert_eq!(
+        call(&mut s, request(op::WIPE, 0, 0, b"")).result,
+        res::ERR_DB
+    );
+    assert_eq!(env.id_of(&env.path("vol/dir")), dir.cnid);
+
+    // DELETE after afpd removed the file; the ID is gone for good.
+    std::fs::remove_file(env.path("vol/dir/b")).unwrap();
+    assert_eq!(
+        call(&mut s, request(op::DELETE, a.cnid, 0, b"")).result,
+        res::OK
+    );
+    assert_eq!(
+        call(&mut s, request(op::RESOLVE, a.cnid, 0, b"")).result,
+        res::NOTFOUND
+    );
+    let rows = sqlite3(
+        &env.path("vol/.Desktop"),
+        &format!("SELECT count(*) FROM objects WHERE id = {}", a.cnid),
+    );
+    assert_eq!(rows.trim(), "0");
+    // DELETE of something still on disk keeps it (deskd verifies) and is not an error to afpd.
+    assert_eq!(
+        call(&mut s, request(op::DELETE, 5000, 0, b"")).result,
+        res::OK
+    );
+    assert_eq!(env.id_of(&env.path("vol/c")), 5000);
+    assert_eq!(call(&mut s, request(op::CLOSE, 0, 0, b"")).result, res::OK);
+}
+
+#[test]
+fn bad_connections_are_closed_and_deskd_restarts_are_survived() {
+    let mut env = Env::new(&["vol", "other"]);
+    env.serve(&["vol"]);
+    let bridge = start_bridge(&env);
+    let closed = |s: &mut TcpStream| s.read(&mut [0u8; 1]).unwrap_or(0) == 0;
+    // A volume deskd does not serve.
+    let mut s = afpd(&bridge, &env.path("other"));
+    assert!(closed(&mut s));
+    // An operation cnid_dbd does not know either (it exits on one).
+    let mut s = afpd(&bridge, &env.path("vol"));
+    s.write_all(&wire::encode_request(&request(99, 0, 0, b"")))
+        .unwrap();
+    assert!(closed(&mut s));
+    // A name longer than any path.
+    let mut s = afpd(&bridge, &env.path("vol"));
+    let mut q = wire::encode_request(&request(op::GET, 0, 2, b""));
+    q[40..48].copy_from_slice(&(1u64 << 40).to_ne_bytes());
+    s.write_all(&q).unwrap();
+    assert!(closed(&mut s));
+    // Each is logged (after its connection closed: poll for the lines).
+    for line in [
+        "other: not a volume served by this deskd; connection closed",
+        "operation 99 is not supported",
+        "name of 1099511627776 bytes",
+    ] {
+        let began = Instant::now();
+        while !std::fs::read_to_string(&bridge.log).unwrap().contains(line) {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "no {line:?} in the log"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    // deskd restarts under a live afpd connection: at most one request fails, then the
+    // bridge reconnects by itself.
+    let mut s = afpd(&bridge, &env.path("vol"));
+    std::fs::write(env.path("vol/f"), b"f").unwrap();
+    let f = add(&mut s, &env.path("vol/f"), 2, 0);
+    env.term();
+    env.serve(&["vol"]);
+    let first = call(&mut s, request(op::GET, 0, 2, b"f"));
+    assert!(first.result == res::OK || first.result == res::ERR_DB);
+    let again = call(&mut s, request(op::GET, 0, 2, b"f"));
+    assert_eq!((again.result, again.cnid), (res::OK, f.cnid));
+}
+
+#[test]
+fn the_wire_layout_is_the_c_layout_of_this_host() {
+    // Netatalk's structs (include/atalk/cnid_bdb_private.h), compiled by this host's C
+    // compiler: sizes and offsets must be the ones deskd reads and writes.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("layout.c");
+    std::fs::write(
+        &src,
+        r#"#include <stdio.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+typedef uint32_t cnid_t;
+struct cnid_dbd_rqst { int op; cnid_t cnid; dev_t dev; ino_t ino; uint32_t type; cnid_t did;
+                       const char *name; size_t namelen; };
+struct cnid_dbd_rply { int result; cnid_t cnid; cnid_t did; char *name; size_t namelen; };
+int main(void) {
+    printf("%zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct cnid_dbd_rqst),
+           offsetof(struct cnid_dbd_rqst, cnid), offsetof(struct cnid_dbd_rqst, dev),
+           offsetof(struct cnid_dbd_rqst, ino), offsetof(struct cnid_dbd_rqst, type),
+           offsetof(struct cnid_dbd_rqst, did), offsetof(struct cnid_dbd_rqst, namelen),
+           sizeof(struct cnid_dbd_rply));
+    printf("%zu %zu %zu\n", offsetof(struct cnid_dbd_rply, cnid),
+           offsetof(struct cnid_dbd_rply, did), offsetof(struct cnid_dbd_rply, namelen));
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.path().join("layout");
+    let cc = Command::new("cc")
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "{}", stderr(&cc));
+    let out = Command::new(&exe).output().unwrap();
+    let expected = format!(
+        "{} 4 8 16 24 28 40 {}\n4 8 24\n",
+        wire::REQUEST_LEN,
+        wire::REPLY_LEN
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+}
