@@ -144,6 +144,11 @@ fn afpd_requests_keep_ids_in_the_deskd_desktop() {
     assert_eq!(wrong.result, res::ERR_DB);
     assert_eq!(env.id_of(&env.path("vol/dir/b")), a.cnid);
 
+    // Save-by-replace (a new inode under the same name) keeps the name's ID.
+    std::fs::write(env.path("vol/dir/new"), b"saved").unwrap();
+    std::fs::rename(env.path("vol/dir/new"), env.path("vol/dir/b")).unwrap();
+    let saved = add(&mut s, &env.path("vol/dir/b"), dir.cnid, 0);
+    assert_eq!((saved.result, saved.cnid), (res::OK, a.cnid));
     // A free hint (the ID afpd cached in the file's metadata) is honoured.
     std::fs::write(env.path("vol/c"), b"c").unwrap();
     assert_eq!(add(&mut s, &env.path("vol/c"), 2, 5000).cnid, 5000);
