@@ -27,10 +27,7 @@ mkdir -p "$VOL"
 export DESKD_TOKEN_FILE="$TOKEN"
 "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" populate --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
 "$BIN/deskd" serve --socket "$SOCK" --listen 127.0.0.1:0 "$VOL" 2>"$WORK/server.log" & SERVER=$!
-for _ in $(seq 200); do
-    grep -q "deskd serving" "$WORK/server.log" && break
-    sleep 0.05
-done
+wait_for_line "$WORK/server.log" "deskd serving"
 TCP="tcp://$(sed -n 's/.*listening on tcp \([^ ]*\).*/\1/p' "$WORK/server.log")"
 echo "== register $((DIRS * PER_DIR)) files over the Unix socket; TCP endpoint $TCP"
 "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" create --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null

@@ -81,6 +81,15 @@ enum Command {
         #[arg(long, default_value_t = 20000)]
         ops: u32,
     },
+    /// Like `latency`, through `deskd netatalk` at ADDR: RESOLVE and GET as afpd sends them.
+    NetatalkLatency {
+        #[command(flatten)]
+        shape: Shape,
+        #[arg(long, default_value_t = 20000)]
+        ops: u32,
+        #[arg(long)]
+        addr: String,
+    },
     /// Time from now until the server answers a resolve (run right after starting it).
     FirstAnswer {
         #[arg(long, default_value_t = 17)]
@@ -257,6 +266,55 @@ fn main() -> Result<()> {
                     "objects": total, "seconds": secs, "objects_per_s": mean,
                     "slowest_1s_window_per_s": if slowest == f64::MAX { mean } else { slowest },
                     "last_10pct_per_s": tail_rate,
+                })
+            );
+        }
+        Command::NetatalkLatency {
+            shape: Shape { dirs, per_dir },
+            ops,
+            addr,
+        } => {
+            use deskd_netatalk::wire;
+            use std::io::Write as _;
+            let mut s = std::net::TcpStream::connect(&addr)?;
+            s.set_nodelay(true)?;
+            s.write_all(&wire::encode_handshake(&wire::Handshake {
+                volume_name: b"bench".to_vec(),
+                volume_path: root.as_os_str().as_encoded_bytes().to_vec(),
+                user: Vec::new(),
+            }))?;
+            let mut call = |op: i32, cnid: u32, did: u32, name: Vec<u8>| -> Result<wire::Reply> {
+                let q = wire::Request { op, cnid, dev: 0, ino: 0, kind: 0, did, name };
+                s.write_all(&wire::encode_request(&q))?;
+                Ok(wire::read_reply(&mut s)?)
+            };
+            let max_id = 17 + dirs * (per_dir + 1);
+            let mut rng = 0x2545F4914F6CDD1Du64;
+            let mut resolve = Vec::with_capacity(ops as usize);
+            let mut get = Vec::with_capacity(ops as usize);
+            for _ in 0..ops {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let id = 17 + (rng % (max_id as u64 - 17)) as u32;
+                let t = Instant::now();
+                let r = call(wire::op::RESOLVE, id, 0, Vec::new())?;
+                resolve.push(t.elapsed().as_secs_f64() * 1e6);
+                if r.result == wire::res::OK && r.payload.len() > 29 {
+                    let name = r.payload[28..r.payload.len() - 1].to_vec();
+                    let t = Instant::now();
+                    call(wire::op::GET, 0, r.did, name)?;
+                    get.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            resolve.sort_by(f64::total_cmp);
+            get.sort_by(f64::total_cmp);
+            anyhow::ensure!(!get.is_empty(), "no object resolved: is the volume registered?");
+            println!(
+                "{}",
+                serde_json::json!({
+                    "resolve_p50_us": percentile(&resolve, 0.5), "resolve_p99_us": percentile(&resolve, 0.99),
+                    "get_p50_us": percentile(&get, 0.5), "get_p99_us": percentile(&get, 0.99),
                 })
             );
         }
