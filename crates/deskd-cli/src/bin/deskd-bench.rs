@@ -284,7 +284,15 @@ fn main() -> Result<()> {
                 user: Vec::new(),
             }))?;
             let mut call = |op: i32, cnid: u32, did: u32, name: Vec<u8>| -> Result<wire::Reply> {
-                let q = wire::Request { op, cnid, dev: 0, ino: 0, kind: 0, did, name };
+                let q = wire::Request {
+                    op,
+                    cnid,
+                    dev: 0,
+                    ino: 0,
+                    kind: 0,
+                    did,
+                    name,
+                };
                 s.write_all(&wire::encode_request(&q))?;
                 Ok(wire::read_reply(&mut s)?)
             };
@@ -309,7 +317,10 @@ fn main() -> Result<()> {
             }
             resolve.sort_by(f64::total_cmp);
             get.sort_by(f64::total_cmp);
-            anyhow::ensure!(!get.is_empty(), "no object resolved: is the volume registered?");
+            anyhow::ensure!(
+                !get.is_empty(),
+                "no object resolved: is the volume registered?"
+            );
             println!(
                 "{}",
                 serde_json::json!({
