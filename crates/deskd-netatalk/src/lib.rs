@@ -21,6 +21,10 @@ use tracing::{debug, warn};
 
 use wire::{op, res, Reply, WireError};
 
+/// How long a request waits for deskd to come back after its connection broke; afpd's own
+/// read timeout is 5 s.
+pub const RECONNECT_FOR: Duration = Duration::from_secs(4);
+
 /// Errors that end one afpd connection.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -55,17 +59,30 @@ impl Desk<'_> {
         Ok((client, *vol))
     }
 
-    /// Send one request; a broken connection is dropped so the next request reconnects.
-    fn call(&mut self, make: impl FnOnce(u32) -> Request) -> Result<Response, ClientError> {
-        let (client, vol) = self.client()?;
-        let result = client.call(make(vol));
-        if matches!(
-            result,
-            Err(ClientError::Closed | ClientError::Timeout | ClientError::Proto(_))
-        ) {
+    /// Send one request. When the connection to deskd broke (deskd restarted), reconnect and
+    /// send it again for up to [`RECONNECT_FOR`]: afpd ends a session on `ERR_DB` for an ADD,
+    /// and every request here is safe to repeat (ADD is lookup-or-add, UPDATE moves to where
+    /// the object already is, a repeated DELETE finds nothing).
+    fn call(&mut self, make: impl Fn(u32) -> Request) -> Result<Response, ClientError> {
+        let began = std::time::Instant::now();
+        loop {
+            let result = match self.client() {
+                Ok((client, vol)) => client.call(make(vol)),
+                Err(e) => Err(e),
+            };
+            let broken = matches!(
+                result,
+                Err(ClientError::Closed | ClientError::Proto(_) | ClientError::Connect { .. })
+            );
+            if !broken {
+                return result;
+            }
             self.client = None;
+            if began.elapsed() >= RECONNECT_FOR {
+                return result;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        result
     }
 }
 
@@ -189,7 +206,7 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
             let pattern = String::from_utf8_lossy(&q.name).into_owned();
             match desk.call(|vol| Request::Find {
                 vol,
-                pattern,
+                pattern: pattern.clone(),
                 mode: FindMode::Prefix,
                 limit: 100,
                 after_id: 0,
@@ -230,7 +247,7 @@ fn add_by_path(
     path.extend_from_slice(name);
     object(desk.call(|vol| Request::AddPath {
         vol,
-        path,
+        path: path.clone(),
         hint,
         type_code: None,
         creator: None,
