@@ -139,6 +139,9 @@ fn afpd_requests_keep_ids_in_the_deskd_desktop() {
     let u = call(&mut s, request(op::UPDATE, a.cnid, dir.cnid, b"b"));
     assert_eq!((u.result, u.cnid), (res::OK, a.cnid));
     assert_eq!(env.id_of(&env.path("vol/dir/b")), a.cnid);
+    // The same UPDATE again (a resend after a lost answer): already done, so OK.
+    let u = call(&mut s, request(op::UPDATE, a.cnid, dir.cnid, b"b"));
+    assert_eq!((u.result, u.cnid), (res::OK, a.cnid));
     // A claim the disk does not show changes nothing: "a" is not in "dir".
     let wrong = call(&mut s, request(op::UPDATE, a.cnid, 2, b"elsewhere"));
     assert_eq!(wrong.result, res::ERR_DB);

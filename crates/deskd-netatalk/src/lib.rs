@@ -178,6 +178,11 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
                         Err(e) => failed("update", &q, &e),
                     }
                 }
+                // Already there (a resend, or afpd repeating itself): done.
+                Err(e) if already_at(desk, q.cnid, q.did, &q.name) => {
+                    debug!("update of {}: {e}; already in place", q.cnid);
+                    Reply::id(q.cnid)
+                }
                 Err(e) => failed("update", &q, &e),
             }
         }
@@ -230,6 +235,14 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
         other => return Err(BridgeError::Unsupported(other)),
     };
     Ok(reply)
+}
+
+/// Whether deskd has `cnid` at `did`/`name` already.
+fn already_at(desk: &mut Desk, cnid: u32, did: u32, name: &[u8]) -> bool {
+    matches!(
+        desk.call(|vol| Request::Lookup { vol, parent: did, name: name.to_vec() }),
+        Ok(Response::MaybeObject(Some(o))) if o.id == cnid
+    )
 }
 
 /// Register `name` in directory `did` through its path, the server reading it from disk.
