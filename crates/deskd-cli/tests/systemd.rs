@@ -1,4 +1,5 @@
-//! deskd under systemd: the unit file in contrib/ passes `systemd-analyze verify`, and the
+//! deskd under systemd: the unit files in contrib/ pass `systemd-analyze verify`, the netatalk
+//! unit's command line starts a bridge that reaches deskd, and the
 //! server started with its ExecStart line tells `$NOTIFY_SOCKET` READY=1 only once it answers,
 //! and STOPPING=1 when SIGTERM begins the clean shutdown.
 
@@ -12,7 +13,13 @@ use std::time::Duration;
 use common::*;
 
 fn unit_text() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/deskd.service");
+    contrib("deskd.service")
+}
+
+fn contrib(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../contrib")
+        .join(name);
     std::fs::read_to_string(path).unwrap()
 }
 
@@ -45,13 +52,18 @@ impl Drop for KillOnDrop {
 }
 
 #[test]
-fn the_unit_file_verifies() {
+fn the_unit_files_verify() {
+    // Verified together, so the netatalk unit's Requires=deskd.service is found.
     let dir = tempfile::tempdir().unwrap();
-    let unit = dir.path().join("deskd.service");
-    std::fs::write(&unit, unit_text().replace("/usr/local/bin/deskd", DESKD)).unwrap();
+    let mut units = Vec::new();
+    for name in ["deskd.service", "deskd-netatalk.service"] {
+        let unit = dir.path().join(name);
+        std::fs::write(&unit, contrib(name).replace("/usr/local/bin/deskd", DESKD)).unwrap();
+        units.push(unit);
+    }
     let out = Command::new("systemd-analyze")
         .arg("verify")
-        .arg(&unit)
+        .args(&units)
         .output()
         .expect("systemd-analyze (package systemd; scripts/test.sh installs it)");
     assert!(
@@ -59,6 +71,48 @@ fn the_unit_file_verifies() {
         "systemd-analyze verify: {}",
         stderr(&out)
     );
+}
+
+#[test]
+fn the_netatalk_units_command_line_starts_a_bridge_on_deskd() {
+    let text = contrib("deskd-netatalk.service");
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart=/usr/local/bin/deskd "))
+        .expect("an ExecStart line");
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    // The unit's arguments, with a free port and this test's socket.
+    let socket = env.socket.display().to_string();
+    let args: Vec<&str> = line
+        .split_whitespace()
+        .map(|w| match w {
+            "127.0.0.1:4700" => "127.0.0.1:0",
+            "/run/deskd/deskd.sock" => socket.as_str(),
+            other => other,
+        })
+        .collect();
+    let log = env.path("bridge.log");
+    let _bridge = KillOnDrop(
+        Command::new(DESKD)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let began = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("serving Netatalk's CNID protocol")
+    {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
