@@ -1,6 +1,7 @@
 //! `deskd netatalk`: afpd's CNID protocol (Netatalk `dbd`) served from deskd, driven through a
 //! real `deskd serve` and the real `deskd netatalk` with requests built byte by byte as afpd
-//! sends them; every answer is checked against the desktop through `dt` and `sqlite3`.
+//! sends them; every answer is checked against the desktop through `dt` and `sqlite3`, also
+//! across a SIGKILL of deskd under load.
 
 mod common;
 
@@ -8,6 +9,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -311,4 +314,53 @@ int main(void) {
         wire::REPLY_LEN
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+}
+
+#[test]
+fn sigkill_of_deskd_under_afpd_load_loses_no_answered_add() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    let bridge = start_bridge(&env);
+    let root = env.path("vol").canonicalize().unwrap();
+    let acked: Arc<Mutex<Vec<(u32, String)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for t in 0..2 {
+        let mut s = afpd(&bridge, &root);
+        std::fs::create_dir(root.join(format!("t{t}"))).unwrap();
+        let dir = add(&mut s, &root.join(format!("t{t}")), 2, 0).cnid;
+        let (acked, stop, root) = (acked.clone(), stop.clone(), root.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let rel = format!("t{t}/f{i}");
+                std::fs::write(root.join(&rel), b"").unwrap();
+                let r = add(&mut s, &root.join(&rel), dir, 0);
+                if r.result == res::OK {
+                    acked.lock().unwrap().push((r.cnid, rel));
+                }
+                i += 1;
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    env.kill9();
+    // The ADDs in flight wait for deskd (up to 4 s); it comes back at once.
+    env.serve(&["vol"]);
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "load too small: {}", acked.len());
+    let ids: std::collections::HashSet<u32> = acked.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len(), acked.len(), "an ID was answered twice");
+    let mut c = env.client();
+    let vol = c.open_volume(&root).unwrap().vol;
+    for (id, rel) in &acked {
+        let o = c
+            .object(deskd_client::Request::Resolve { vol, id: *id })
+            .unwrap();
+        assert_eq!(o.path.as_deref(), Some(rel.as_bytes()), "ID {id}");
+    }
 }
