@@ -458,3 +458,61 @@ fn admin_verbs_need_root_or_the_volume_owner() {
         "nobody's freeze was refused"
     );
 }
+
+#[test]
+fn sighup_reloads_the_timers_and_names_what_needs_a_restart() {
+    let mut env = Env::new(&["vol", "later"]);
+    let config = env.path("deskd.toml");
+    let vol = env.path("vol").display().to_string();
+    let write_config = |freeze_max: u32, extra: &str| {
+        std::fs::write(
+            &config,
+            format!("[defaults]\nfreeze_max = {freeze_max}\n[volume.\"{vol}\"]\n{extra}"),
+        )
+        .unwrap()
+    };
+    write_config(20, "");
+    let config_arg = config.display().to_string();
+    env.start(&["--config", &config_arg]);
+    let out = env.deskd_ok(&["freeze", "50"]);
+    assert!(out.contains("FreezeMax (20), using new value: 20"), "{out}");
+    env.deskd_ok(&["thaw"]);
+
+    // A new freeze_max, a read_only change and a volume more, then SIGHUP.
+    write_config(40, "read_only = true\n");
+    let later = env.path("later").display().to_string();
+    std::fs::write(
+        &config,
+        format!(
+            "{}[volume.\"{later}\"]\n",
+            std::fs::read_to_string(&config).unwrap()
+        ),
+    )
+    .unwrap();
+    env.sighup(1);
+    let out = env.deskd_ok(&["freeze", "50"]);
+    assert!(out.contains("FreezeMax (40), using new value: 40"), "{out}");
+    env.deskd_ok(&["thaw"]);
+    let log = env.log_text();
+    assert!(
+        log.contains(&format!("{vol}: read_only changes at the next start")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "{later}: new in the configuration; served after a restart"
+        )),
+        "{log}"
+    );
+    // Still writable until the restart.
+    env.dt_ok(&[b"touch", b"vol/x"]);
+
+    // A configuration that does not parse keeps the old one, and says so.
+    std::fs::write(&config, "[defaults]\nfreeze_max = \"soon\"\n").unwrap();
+    env.sighup(2);
+    assert!(env
+        .log_text()
+        .contains("configuration not reloaded, the old one stays"));
+    let out = env.deskd_ok(&["freeze", "50"]);
+    assert!(out.contains("FreezeMax (40), using new value: 40"), "{out}");
+}

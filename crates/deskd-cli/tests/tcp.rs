@@ -328,7 +328,7 @@ fn sighup_flushes_and_rereads_the_token() {
     let wal_before = wal_bytes(&env);
     assert!(wal_before > 0, "the touch is in the WAL");
     // ...until SIGHUP: then only the new one, and every desktop is flushed.
-    hup_and_wait(&mut env, 1);
+    env.sighup(1);
     let out = over_tcp(&env, DESKD, &addr, Some(&old), &[b"status"]);
     assert!(
         stderr(&out).contains("refused the token"),
@@ -339,7 +339,7 @@ fn sighup_flushes_and_rereads_the_token() {
     assert_eq!(wal_bytes(&env), 0, "flushed by SIGHUP");
     // A token file that cannot be used leaves the token in force, and says why.
     std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o644)).unwrap();
-    hup_and_wait(&mut env, 2);
+    env.sighup(2);
     assert!(env.log_text().contains(
         "other users may read it (mode 0644); `chmod o-rwx` it; the previous token stays in force"
     ));
@@ -351,27 +351,6 @@ fn wal_bytes(env: &Env) -> u64 {
     let status = env.deskd_ok(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
     status["wal_bytes"].as_u64().unwrap()
-}
-
-/// SIGHUP the server and wait for its `n`th "reconfigured" log line.
-fn hup_and_wait(env: &mut Env, n: usize) {
-    let pid = env.server.as_ref().unwrap().id();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
-    let began = Instant::now();
-    while env
-        .log_text()
-        .matches("reconfigured: desktops flushed")
-        .count()
-        < n
-    {
-        assert!(
-            began.elapsed() < Duration::from_secs(20),
-            "{}",
-            env.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

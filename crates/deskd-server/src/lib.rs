@@ -93,6 +93,8 @@ pub struct Server {
     shared: Arc<Shared>,
     socket: PathBuf,
     tcp_addr: Option<SocketAddr>,
+    /// The TCP settings in force (a reload compares against them).
+    tcp_config: Option<TcpConfig>,
 }
 
 /// Read the token and bind the TCP address.
@@ -265,6 +267,7 @@ impl Server {
             shared,
             socket: config.socket,
             tcp_addr,
+            tcp_config: config.tcp,
         })
     }
 
@@ -278,11 +281,15 @@ impl Server {
         self.tcp_addr
     }
 
-    /// SIGHUP (HELIOS `srvutil reconf desksrv`): flush every volume that is not frozen, and
-    /// re-read the TCP token file (a token that cannot be read keeps the old one). Returns the
-    /// problems, each also logged.
-    pub fn reconfigure(&self) -> Vec<String> {
+    /// SIGHUP (HELIOS `srvutil reconf desksrv`): take the timer settings of a reloaded
+    /// configuration (`new`), flush every volume that is not frozen, and re-read the TCP token
+    /// file (a token that cannot be read keeps the old one). Settings that need a restart are
+    /// named. Returns the problems and notes, each also logged.
+    pub fn reconfigure(&self, new: Option<&Config>) -> Vec<String> {
         let mut problems = Vec::new();
+        if let Some(new) = new {
+            self.retime(new, &mut problems);
+        }
         for handle in &self.shared.volumes {
             let (tx, rx) = crossbeam_channel::bounded(1);
             let result = match handle.queue.send(Job::Flush(tx)) {
@@ -312,7 +319,12 @@ impl Server {
             tracing::warn!("reconfigure: {p}");
         }
         info!(
-            "reconfigured: desktops flushed{}",
+            "reconfigured: {}desktops flushed{}",
+            if new.is_some() {
+                "settings reloaded, "
+            } else {
+                ""
+            },
             if self.shared.tcp.is_some() {
                 ", token file read"
             } else {
@@ -320,6 +332,60 @@ impl Server {
             }
         );
         problems
+    }
+
+    /// Hand each served volume its new timers; note what only a restart changes.
+    fn retime(&self, new: &Config, notes: &mut Vec<String>) {
+        let canonical = |v: &VolumeConfig| std::fs::canonicalize(&v.root).unwrap_or(v.root.clone());
+        for handle in &self.shared.volumes {
+            let root = handle.volume.root();
+            let Some(v) = new.volumes.iter().find(|v| canonical(v) == root) else {
+                notes.push(format!(
+                    "{}: no longer in the configuration; served until a restart",
+                    root.display()
+                ));
+                continue;
+            };
+            let old = &handle.config;
+            for (name, changed) in [
+                ("read_only", v.read_only != old.read_only),
+                ("durability", v.durability != old.durability),
+                (
+                    "desktop_location",
+                    v.desktop_location != old.desktop_location,
+                ),
+            ] {
+                if changed {
+                    notes.push(format!(
+                        "{}: {name} changes at the next start",
+                        root.display()
+                    ));
+                }
+            }
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if handle.queue.send(Job::Retime(v.clone(), tx)).is_ok() {
+                let _ = rx.recv();
+            }
+        }
+        for v in &new.volumes {
+            if !self
+                .shared
+                .volumes
+                .iter()
+                .any(|h| canonical(v) == h.volume.root())
+            {
+                notes.push(format!(
+                    "{}: new in the configuration; served after a restart",
+                    v.root.display()
+                ));
+            }
+        }
+        if new.tcp != self.tcp_config {
+            notes.push(
+                "listen, token_file, tcp_admin and tcp_max_connections change at the next start"
+                    .into(),
+            );
+        }
     }
 
     /// Stop taking writes, commit what is queued, flush and mark every desktop clean.

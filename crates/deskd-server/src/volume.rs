@@ -33,6 +33,9 @@ pub enum Job {
     Flush(Sender<Reply>),
     Freeze(Option<u32>, Sender<Reply>),
     Thaw(Sender<Reply>),
+    /// New timer settings (flush_delay, idle_close, freeze_default, freeze_max, wal_limit)
+    /// from a reloaded configuration; the rest of it applies at the next start.
+    Retime(VolumeConfig, Sender<()>),
     /// Work on the desktop between two batches (an online rebuild's apply); returns whether
     /// it committed.
     Run(Box<dyn FnOnce(&mut Desktop) -> bool + Send>),
@@ -686,6 +689,14 @@ impl Writer {
                 self.frozen_until = None;
                 self.state.lock().unwrap().frozen_until = None;
                 let _ = reply.send(Ok(Response::Done));
+            }
+            Job::Retime(new, done) => {
+                self.config.flush_delay = new.flush_delay;
+                self.config.idle_close = new.idle_close;
+                self.config.freeze_default = new.freeze_default;
+                self.config.freeze_max = new.freeze_max;
+                self.config.wal_limit = new.wal_limit;
+                let _ = done.send(());
             }
             Job::Run(work) => {
                 let desktop = self.desktop.as_mut().expect("writer used after shutdown");

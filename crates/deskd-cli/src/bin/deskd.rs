@@ -47,8 +47,8 @@ impl WalkArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the desktops of the given volumes (and those in the config file). SIGTERM or
-    /// SIGINT stop it cleanly (every desktop flushed and marked clean); SIGHUP flushes every
-    /// desktop and re-reads the TCP token file.
+    /// SIGINT stop it cleanly (every desktop flushed and marked clean); SIGHUP re-reads the
+    /// configuration's timers and the TCP token file and flushes every desktop.
     Serve {
         /// TOML configuration ([server], [defaults], [volume."<path>"]).
         #[arg(long, short)]
@@ -536,28 +536,33 @@ fn serve(
     volumes: Vec<PathBuf>,
 ) -> Result<ExitCode> {
     init_logging();
-    let mut file = match &config {
-        Some(path) => ConfigFile::load(path)?,
-        None => ConfigFile::default(),
+    // The configuration as the command line and the file say; read again on SIGHUP.
+    let load = || -> Result<deskd_server::Config> {
+        let mut file = match &config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        let explicit = connection
+            .socket
+            .clone()
+            .or_else(|| file.server.socket.clone());
+        let socket = deskd_proto::socket_path(explicit);
+        if let Endpoint::Tcp(_) = Endpoint::parse(socket.as_os_str()) {
+            return Err(anyhow!(
+                "{}: deskd serve needs a Unix socket path here; listen on TCP with --listen HOST:PORT",
+                socket.display()
+            ));
+        }
+        if listen.is_some() {
+            file.server.listen = listen.clone();
+        }
+        if connection.token_file.is_some() {
+            file.server.token_file = connection.token_file.clone();
+        }
+        Ok(file.resolve(socket, &volumes)?)
     };
-    let explicit = connection
-        .socket
-        .clone()
-        .or_else(|| file.server.socket.clone());
-    let socket = deskd_proto::socket_path(explicit);
-    if let Endpoint::Tcp(_) = Endpoint::parse(socket.as_os_str()) {
-        return Err(anyhow!(
-            "{}: deskd serve needs a Unix socket path here; listen on TCP with --listen HOST:PORT",
-            socket.display()
-        ));
-    }
-    if listen.is_some() {
-        file.server.listen = listen;
-    }
-    if connection.token_file.is_some() {
-        file.server.token_file = connection.token_file.clone();
-    }
-    let config = file.resolve(socket, &volumes)?;
+    let has_file = config.is_some();
+    let config = load()?;
     for v in &config.volumes {
         if !Path::new(&v.root).is_dir() {
             return Err(anyhow!("{}: not a directory", v.root.display()));
@@ -583,7 +588,15 @@ fn serve(
     ]);
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {
-            server.reconfigure();
+            // Without a configuration file there is nothing to re-read.
+            let reloaded = match has_file.then(load).transpose() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("configuration not reloaded, the old one stays: {e:#}");
+                    None
+                }
+            };
+            server.reconfigure(reloaded.as_ref());
             continue;
         }
         tracing::info!(signal = sig, "shutting down");

@@ -121,6 +121,22 @@ impl Env {
         }
     }
 
+    /// SIGHUP the server and wait for its `n`th "reconfigured" log line.
+    pub fn sighup(&mut self, n: usize) {
+        let pid = self.server.as_ref().expect("a running server").id();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+        let began = Instant::now();
+        while self.log_text().matches("reconfigured: ").count() < n {
+            assert!(
+                began.elapsed() < Duration::from_secs(20),
+                "{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn client(&self) -> deskd_client::Client {
         deskd_client::Client::connect(&self.socket, Duration::from_secs(10)).unwrap()
     }
