@@ -76,15 +76,7 @@ fn call(s: &mut TcpStream, q: Request) -> Reply {
 }
 
 fn request(op: i32, cnid: u32, did: u32, name: &[u8]) -> Request {
-    Request {
-        op,
-        cnid,
-        dev: 0,
-        ino: 0,
-        kind: 0,
-        did,
-        name: name.to_vec(),
-    }
+    Request::new(op, cnid, did, name)
 }
 
 /// ADD as afpd sends it: the object's dev/ino from stat, its type, and a hint (0: none).
@@ -363,4 +355,33 @@ fn sigkill_of_deskd_under_afpd_load_loses_no_answered_add() {
             .unwrap();
         assert_eq!(o.path.as_deref(), Some(rel.as_bytes()), "ID {id}");
     }
+}
+
+#[test]
+fn the_bridge_needs_deskd_and_warns_off_loopback() {
+    let env = Env::new(&["vol"]);
+    // No deskd: exit 1 at once, with deskd's own message.
+    let out = Command::new(DESKD)
+        .args(["netatalk", "--listen", "127.0.0.1:0", "--socket"])
+        .arg(&env.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot connect to deskd at"),
+        "{}",
+        stderr(&out)
+    );
+    // Listening beyond loopback is allowed, with a warning (checked before deskd is asked).
+    let out = Command::new(DESKD)
+        .args(["netatalk", "--listen", "0.0.0.0:0", "--socket"])
+        .arg(&env.socket)
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out)
+            .contains("is not a loopback address: afpd's CNID protocol has no authentication"),
+        "{}",
+        stderr(&out)
+    );
 }

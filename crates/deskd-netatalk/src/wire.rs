@@ -86,6 +86,21 @@ pub struct Request {
     pub name: Vec<u8>,
 }
 
+impl Request {
+    /// A request without dev/ino or type (GET, RESOLVE, UPDATE, DELETE, SEARCH, …).
+    pub fn new(op: i32, cnid: u32, did: u32, name: &[u8]) -> Request {
+        Request {
+            op,
+            cnid,
+            dev: 0,
+            ino: 0,
+            kind: 0,
+            did,
+            name: name.to_vec(),
+        }
+    }
+}
+
 /// One reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {

@@ -284,16 +284,9 @@ fn main() -> Result<()> {
                 user: Vec::new(),
             }))?;
             let mut call = |op: i32, cnid: u32, did: u32, name: Vec<u8>| -> Result<wire::Reply> {
-                let q = wire::Request {
-                    op,
-                    cnid,
-                    dev: 0,
-                    ino: 0,
-                    kind: 0,
-                    did,
-                    name,
-                };
-                s.write_all(&wire::encode_request(&q))?;
+                s.write_all(&wire::encode_request(&wire::Request::new(
+                    op, cnid, did, &name,
+                )))?;
                 Ok(wire::read_reply(&mut s)?)
             };
             let max_id = 17 + dirs * (per_dir + 1);

@@ -487,6 +487,13 @@ fn netatalk(connection: &ConnectionArgs, listen: &str) -> Result<ExitCode> {
     init_logging();
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
+    if !listener.local_addr()?.ip().is_loopback() {
+        tracing::warn!(
+            "{listen} is not a loopback address: afpd's CNID protocol has no authentication, \
+             so anyone who reaches it can register and rename objects (within what deskd \
+             verifies on disk)"
+        );
+    }
     let address = connection.address();
     // Fail early, with deskd's own message, when deskd is not there.
     address.connect().map_err(|e| anyhow!("{e}"))?;
