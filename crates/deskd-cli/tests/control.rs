@@ -460,7 +460,7 @@ fn admin_verbs_need_root_or_the_volume_owner() {
 }
 
 #[test]
-fn sighup_reloads_the_timers_and_names_what_needs_a_restart() {
+fn sighup_reloads_timers_and_volumes_and_names_what_needs_a_restart() {
     let mut env = Env::new(&["vol", "later"]);
     let config = env.path("deskd.toml");
     let vol = env.path("vol").display().to_string();
@@ -478,13 +478,15 @@ fn sighup_reloads_the_timers_and_names_what_needs_a_restart() {
     assert!(out.contains("FreezeMax (20), using new value: 20"), "{out}");
     env.deskd_ok(&["thaw"]);
 
-    // A new freeze_max, a read_only change and a volume more, then SIGHUP.
+    // A new freeze_max, a read_only change, a volume more and one that does not exist, then
+    // SIGHUP.
     write_config(40, "read_only = true\n");
     let later = env.path("later").display().to_string();
+    let missing = env.path("missing").display().to_string();
     std::fs::write(
         &config,
         format!(
-            "{}[volume.\"{later}\"]\n",
+            "{}[volume.\"{later}\"]\n[volume.\"{missing}\"]\n",
             std::fs::read_to_string(&config).unwrap()
         ),
     )
@@ -498,14 +500,22 @@ fn sighup_reloads_the_timers_and_names_what_needs_a_restart() {
         log.contains(&format!("{vol}: read_only changes at the next start")),
         "{log}"
     );
-    assert!(
-        log.contains(&format!(
-            "{later}: new in the configuration; served after a restart"
-        )),
-        "{log}"
-    );
-    // Still writable until the restart.
+    // The new volume is served at once; the old one stays writable until the restart.
+    assert!(log.contains(&format!("{later}: now served")), "{log}");
+    assert!(log.contains(&format!("{missing}: not served: ")), "{log}");
     env.dt_ok(&[b"touch", b"vol/x"]);
+    env.dt_ok(&[b"touch", b"later/y"]);
+    let later_db = env.path("later/.Desktop");
+    assert_eq!(
+        sqlite3(
+            &later_db,
+            "SELECT count(*) FROM objects WHERE CAST(name AS TEXT) = 'y'"
+        )
+        .trim(),
+        "1"
+    );
+    let statuses = env.deskd_ok(&["status", "--json"]);
+    assert_eq!(statuses.lines().count(), 2, "{statuses}");
 
     // A configuration that does not parse keeps the old one, and says so.
     std::fs::write(&config, "[defaults]\nfreeze_max = \"soon\"\n").unwrap();

@@ -203,17 +203,13 @@ fn no_volume(vol: u32) -> ErrorReply {
 
 impl Connection {
     fn volume(&self, vol: u32) -> Result<Arc<VolumeHandle>, ErrorReply> {
-        self.shared
-            .volumes
-            .get(vol as usize)
-            .cloned()
-            .ok_or_else(|| no_volume(vol))
+        self.shared.volume(vol).ok_or_else(|| no_volume(vol))
     }
 
     fn targets(&self, vol: Option<u32>) -> Result<Vec<Arc<VolumeHandle>>, ErrorReply> {
         match vol {
             Some(v) => Ok(vec![self.volume(v)?]),
-            None => Ok(self.shared.volumes.to_vec()),
+            None => Ok(self.shared.volumes()),
         }
     }
 
@@ -306,13 +302,17 @@ impl Connection {
     fn answer(&mut self, request: Request) -> Reply {
         match request {
             Request::Volumes => Ok(Response::Volumes(
-                self.shared.volumes.iter().map(|h| volume_info(h)).collect(),
+                self.shared
+                    .volumes()
+                    .iter()
+                    .map(|h| volume_info(h))
+                    .collect(),
             )),
             Request::OpenVolume { root } => {
                 let path = Path::new(std::ffi::OsStr::from_bytes(&root));
                 let canonical = path.canonicalize().ok();
                 self.shared
-                    .volumes
+                    .volumes()
                     .iter()
                     .find(|h| canonical.as_deref() == Some(h.volume.root()))
                     .map(|h| Response::Volume(volume_info(h)))

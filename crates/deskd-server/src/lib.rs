@@ -83,9 +83,23 @@ impl TcpAccess {
 
 /// What every connection thread shares.
 pub struct Shared {
-    pub volumes: Vec<Arc<VolumeHandle>>,
+    /// Served volumes; a handle is the position. A reload may add volumes at the end; none is
+    /// removed while the server runs, so a handle never changes meaning.
+    volumes: RwLock<Vec<Arc<VolumeHandle>>>,
     pub shutting_down: AtomicBool,
     pub tcp: Option<TcpAccess>,
+}
+
+impl Shared {
+    /// Every served volume, in handle order.
+    pub fn volumes(&self) -> Vec<Arc<VolumeHandle>> {
+        self.volumes.read().unwrap().clone()
+    }
+
+    /// The volume with handle `vol`.
+    pub fn volume(&self, vol: u32) -> Option<Arc<VolumeHandle>> {
+        self.volumes.read().unwrap().get(vol as usize).cloned()
+    }
 }
 
 /// A running server.
@@ -204,7 +218,7 @@ impl Server {
         let listener = bind(&config.socket)?;
         let (tcp_listener, tcp_access) = tcp.unzip();
         let shared = Arc::new(Shared {
-            volumes,
+            volumes: RwLock::new(volumes),
             shutting_down: AtomicBool::new(false),
             tcp: tcp_access,
         });
@@ -262,7 +276,7 @@ impl Server {
                 }
             );
         }
-        info!(socket = %config.socket.display(), volumes = shared.volumes.len(), "deskd serving");
+        info!(socket = %config.socket.display(), volumes = shared.volumes().len(), "deskd serving");
         Ok(Server {
             shared,
             socket: config.socket,
@@ -273,7 +287,7 @@ impl Server {
 
     /// How many volumes are served (those that failed to open are not).
     pub fn served_volumes(&self) -> usize {
-        self.shared.volumes.len()
+        self.shared.volumes().len()
     }
 
     /// The TCP address actually bound (with the port the system chose for port 0).
@@ -290,7 +304,7 @@ impl Server {
         if let Some(new) = new {
             self.retime(new, &mut problems);
         }
-        for handle in &self.shared.volumes {
+        for handle in &self.shared.volumes() {
             let (tx, rx) = crossbeam_channel::bounded(1);
             let result = match handle.queue.send(Job::Flush(tx)) {
                 Ok(()) => rx.recv().unwrap_or_else(|_| {
@@ -337,7 +351,7 @@ impl Server {
     /// Hand each served volume its new timers; note what only a restart changes.
     fn retime(&self, new: &Config, notes: &mut Vec<String>) {
         let canonical = |v: &VolumeConfig| std::fs::canonicalize(&v.root).unwrap_or(v.root.clone());
-        for handle in &self.shared.volumes {
+        for handle in &self.shared.volumes() {
             let root = handle.volume.root();
             let Some(v) = new.volumes.iter().find(|v| canonical(v) == root) else {
                 notes.push(format!(
@@ -367,17 +381,20 @@ impl Server {
                 let _ = rx.recv();
             }
         }
+        // Volumes new in the configuration are opened now, with the next handles. Only this
+        // (the signal) thread adds volumes, so the handle stays free while the desktop opens
+        // outside the lock.
         for v in &new.volumes {
-            if !self
-                .shared
-                .volumes
-                .iter()
-                .any(|h| canonical(v) == h.volume.root())
-            {
-                notes.push(format!(
-                    "{}: new in the configuration; served after a restart",
-                    v.root.display()
-                ));
+            let served = self.shared.volumes();
+            if served.iter().any(|h| canonical(v) == h.volume.root()) {
+                continue;
+            }
+            match VolumeHandle::open(served.len() as u32, v.clone()) {
+                Ok(handle) => {
+                    info!("{}: now served", handle.volume.root().display());
+                    self.shared.volumes.write().unwrap().push(handle);
+                }
+                Err(e) => notes.push(format!("{}: not served: {e}", v.root.display())),
             }
         }
         if new.tcp != self.tcp_config {
@@ -391,7 +408,7 @@ impl Server {
     /// Stop taking writes, commit what is queued, flush and mark every desktop clean.
     pub fn shutdown(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
-        for handle in &self.shared.volumes {
+        for handle in &self.shared.volumes() {
             let (tx, rx) = crossbeam_channel::bounded(1);
             if handle.queue.send(Job::Shutdown(tx)).is_ok() {
                 let _ = rx.recv();

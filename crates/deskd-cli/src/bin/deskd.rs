@@ -48,7 +48,7 @@ impl WalkArgs {
 enum Command {
     /// Serve the desktops of the given volumes (and those in the config file). SIGTERM or
     /// SIGINT stop it cleanly (every desktop flushed and marked clean); SIGHUP re-reads the
-    /// configuration's timers and the TCP token file and flushes every desktop.
+    /// configuration (timers, new volumes) and the TCP token file and flushes every desktop.
     Serve {
         /// TOML configuration ([server], [defaults], [volume."<path>"]).
         #[arg(long, short)]
@@ -604,6 +604,13 @@ fn serve(
                 }
             };
             server.reconfigure(reloaded.as_ref());
+            if let Some(c) = &reloaded {
+                notify_systemd(&[sd_notify::NotifyState::Status(&format!(
+                    "serving {} of {} volume(s)",
+                    server.served_volumes(),
+                    c.volumes.len()
+                ))]);
+            }
             continue;
         }
         tracing::info!(signal = sig, "shutting down");
