@@ -15,7 +15,7 @@ pub mod outbox;
 pub mod rebuild;
 pub mod volume;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -106,7 +106,6 @@ impl Shared {
 pub struct Server {
     shared: Arc<Shared>,
     socket: PathBuf,
-    tcp_addr: Option<SocketAddr>,
     /// The TCP settings in force (a reload compares against them).
     tcp_config: Option<TcpConfig>,
 }
@@ -231,13 +230,11 @@ impl Server {
             path: config.socket.clone(),
             message: e.to_string(),
         })?;
-        let mut tcp_addr = None;
         if let Some(listener) = tcp_listener {
             let addr = listener.local_addr().map_err(|e| ServerError::Tcp {
                 addr: format!("{:?}", config.tcp.as_ref().map(|t| &t.listen)),
                 message: e.to_string(),
             })?;
-            tcp_addr = Some(addr);
             let access = shared.clone();
             let mut last_warning: Option<std::time::Instant> = None;
             spawn_acceptor("accept-tcp", shared.clone(), move || {
@@ -280,7 +277,6 @@ impl Server {
         Ok(Server {
             shared,
             socket: config.socket,
-            tcp_addr,
             tcp_config: config.tcp,
         })
     }
@@ -288,11 +284,6 @@ impl Server {
     /// How many volumes are served (those that failed to open are not).
     pub fn served_volumes(&self) -> usize {
         self.shared.volumes().len()
-    }
-
-    /// The TCP address actually bound (with the port the system chose for port 0).
-    pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.tcp_addr
     }
 
     /// SIGHUP (HELIOS `srvutil reconf desksrv`): take the timer settings of a reloaded
