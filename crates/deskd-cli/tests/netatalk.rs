@@ -150,6 +150,20 @@ fn afpd_requests_keep_ids_in_the_deskd_desktop() {
     // A free hint (the ID afpd cached in the file's metadata) is honoured.
     std::fs::write(env.path("vol/c"), b"c").unwrap();
     assert_eq!(add(&mut s, &env.path("vol/c"), 2, 5000).cnid, 5000);
+    // REBUILD_ADD (Netatalk's dbd tool) is an ADD whose hint is never forced: 5000 is taken.
+    std::fs::write(env.path("vol/e"), b"e").unwrap();
+    let m = std::fs::metadata(env.path("vol/e")).unwrap();
+    let rebuilt = call(
+        &mut s,
+        Request {
+            dev: m.dev(),
+            ino: m.ino(),
+            ..Request::new(op::REBUILD_ADD, 5000, 2, b"e")
+        },
+    );
+    assert_eq!(rebuilt.result, res::OK);
+    assert_ne!(rebuilt.cnid, 5000);
+    assert_eq!(env.id_of(&env.path("vol/e")), rebuilt.cnid);
     // `cnid dev = no` (dev 0): the server reads the object from disk itself.
     std::fs::write(env.path("vol/dir/d"), b"d").unwrap();
     let mut no_dev = request(op::ADD, 0, dir.cnid, b"d");

@@ -2,8 +2,8 @@
 //! ([`wire`]) served from deskd, so a Netatalk file server keeps its IDs in the deskd desktop
 //! that `dt`, HELIOS-style tools and other file servers share.
 //!
-//! Each afpd connection names its volume in the handshake and then sends one request at a time.
-//! [`serve_connection`] maps every request onto the deskd protocol through its own
+//! [`serve`] accepts afpd connections, one thread each. Each afpd connection names its volume
+//! in the handshake and then sends one request at a time. [`serve_connection`] maps every request onto the deskd protocol through its own
 //! [`deskd_client::Client`], so deskd's rules hold unchanged: every claim is verified on disk,
 //! a write is acknowledged only once committed, IDs are never reused. Where Netatalk's own
 //! rules differ (its LOOKUP "salvation" deletes records on a mismatch; deskd keeps an ID across
@@ -11,15 +11,19 @@
 
 pub mod wire;
 
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deskd_client::{Client, ClientError, ErrorCode, FindMode, Kind, ObjectInfo, Request, Response};
 use tracing::{debug, warn};
 
 use wire::{op, res, Reply, WireError};
+
+/// How long a new afpd connection may take to send its handshake.
+pub const HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a request waits for deskd to come back after its connection broke; afpd's own
 /// read timeout is 5 s.
@@ -285,6 +289,40 @@ fn stamp(desktop: &Path) -> [u8; 8] {
     std::fs::metadata(desktop)
         .map(|m| m.ino().to_be_bytes())
         .unwrap_or([0; 8])
+}
+
+/// Accept afpd connections on `listener` until it fails for good, serving each on its own
+/// thread with its own connection to deskd (made by `connect`).
+pub fn serve(
+    listener: TcpListener,
+    connect: Arc<dyn Fn() -> Result<Client, ClientError> + Send + Sync>,
+) {
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("accept failed: {e}");
+                // Out of descriptors and the like: do not spin at full speed.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let connect = connect.clone();
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let spawned = std::thread::Builder::new()
+            .name("afpd".into())
+            .spawn(move || {
+                if let Err(e) = serve_connection(stream, &*connect, HANDSHAKE_WAIT) {
+                    warn!("{peer}: {e}; connection closed");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a thread for a connection: {e}");
+        }
+    }
 }
 
 /// Serve one afpd connection until it closes. The handshake must come within `handshake_wait`.

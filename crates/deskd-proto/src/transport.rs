@@ -424,6 +424,34 @@ mod tests {
     }
 
     #[test]
+    fn tcp_connections_get_no_delay_and_keep_alive() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        tune_tcp(&client).unwrap();
+        assert!(client.nodelay().unwrap());
+        let get = |level, name| {
+            let mut value: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt writes one c_int into `value`.
+            let rc = unsafe {
+                libc::getsockopt(
+                    client.as_raw_fd(),
+                    level,
+                    name,
+                    &mut value as *mut libc::c_int as *mut libc::c_void,
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0);
+            value
+        };
+        assert_eq!(get(libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 60);
+        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), 10);
+        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 6);
+    }
+
+    #[test]
     fn token_files_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");

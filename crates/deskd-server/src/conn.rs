@@ -397,14 +397,9 @@ impl Connection {
         }
         let mut last = Ok(Response::Done);
         for handle in &targets {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            handle
-                .queue
-                .send(make(handle, tx))
-                .map_err(|_| ErrorReply::new(ErrorCode::ShuttingDown, "deskd is shutting down"))?;
-            let reply = rx
-                .recv()
-                .map_err(|_| ErrorReply::new(ErrorCode::ShuttingDown, "deskd is shutting down"))?;
+            let reply = handle.ask(|tx| make(handle, tx)).ok_or_else(|| {
+                ErrorReply::new(ErrorCode::ShuttingDown, "deskd is shutting down")
+            })?;
             match reply {
                 Ok(r) => last = Ok(r),
                 Err(e) => {

@@ -296,17 +296,7 @@ impl Server {
             self.retime(new, &mut problems);
         }
         for handle in &self.shared.volumes() {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            let result = match handle.queue.send(Job::Flush(tx)) {
-                Ok(()) => rx.recv().unwrap_or_else(|_| {
-                    Err(deskd_proto::ErrorReply::new(
-                        deskd_proto::ErrorCode::ShuttingDown,
-                        "deskd is shutting down",
-                    ))
-                }),
-                Err(_) => continue,
-            };
-            if let Err(e) = result {
+            if let Some(Err(e)) = handle.ask(Job::Flush) {
                 problems.push(format!(
                     "{}: not flushed: {}",
                     handle.volume.root().display(),
@@ -367,10 +357,7 @@ impl Server {
                     ));
                 }
             }
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            if handle.queue.send(Job::Retime(v.clone(), tx)).is_ok() {
-                let _ = rx.recv();
-            }
+            handle.ask(|done| Job::Retime(v.clone(), done));
         }
         // Volumes new in the configuration are opened now, with the next handles. Only this
         // (the signal) thread adds volumes, so the handle stays free while the desktop opens
@@ -400,10 +387,7 @@ impl Server {
     pub fn shutdown(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         for handle in &self.shared.volumes() {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            if handle.queue.send(Job::Shutdown(tx)).is_ok() {
-                let _ = rx.recv();
-            }
+            handle.ask(Job::Shutdown);
         }
         let _ = std::fs::remove_file(&self.socket);
         info!("deskd stopped cleanly");

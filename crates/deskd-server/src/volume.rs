@@ -180,6 +180,14 @@ fn lock_exclusive(path: &Path, root: &Path) -> Result<File, ServerError> {
 }
 
 impl VolumeHandle {
+    /// Queue a control job for the writer and wait for its answer; None when the writer is
+    /// gone (the server is shutting down).
+    pub fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Job) -> Option<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.queue.send(make(tx)).ok()?;
+        rx.recv().ok()
+    }
+
     /// Open the volume's desktop and start its writer thread.
     pub fn open(index: u32, config: VolumeConfig) -> Result<Arc<VolumeHandle>, ServerError> {
         let volume = Volume::new(&config.root)

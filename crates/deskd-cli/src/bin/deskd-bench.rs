@@ -117,15 +117,13 @@ fn dir_name(d: u32) -> String {
 /// Connect to `--socket`: a socket path, or `tcp://HOST:PORT` with the token of
 /// `$DESKD_TOKEN_FILE`.
 fn connect(socket: &Path) -> Result<Client> {
-    let endpoint = deskd_proto::Endpoint::parse(socket.as_os_str());
-    let token = match (&endpoint, std::env::var_os("DESKD_TOKEN_FILE")) {
-        (deskd_proto::Endpoint::Tcp(_), Some(file)) => Some(
-            deskd_proto::transport::read_token_file(Path::new(&file)).map_err(|e| anyhow!(e))?,
-        ),
-        _ => None,
-    };
-    Client::connect_to(&endpoint, token.as_deref(), Duration::from_secs(120))
-        .map_err(|e| anyhow!("{e}"))
+    deskd_cli::connection::ServerAddress {
+        endpoint: deskd_proto::Endpoint::parse(socket.as_os_str()),
+        token_file: std::env::var_os("DESKD_TOKEN_FILE").map(Into::into),
+        timeout: Duration::from_secs(120),
+    }
+    .connect()
+    .map_err(|e| anyhow!("{e}"))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -502,37 +502,7 @@ fn netatalk(connection: &ConnectionArgs, listen: &str) -> Result<ExitCode> {
         listener.local_addr()?,
         address.endpoint
     );
-    let address = std::sync::Arc::new(address);
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("accept failed: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                continue;
-            }
-        };
-        let address = address.clone();
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let spawned = std::thread::Builder::new()
-            .name("afpd".into())
-            .spawn(move || {
-                let connect = || address.connect();
-                if let Err(e) = deskd_netatalk::serve_connection(
-                    stream,
-                    &connect,
-                    std::time::Duration::from_secs(10),
-                ) {
-                    tracing::warn!("{peer}: {e}; connection closed");
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start a thread for a connection: {e}");
-        }
-    }
+    deskd_netatalk::serve(listener, std::sync::Arc::new(move || address.connect()));
     Ok(ExitCode::SUCCESS)
 }
 
