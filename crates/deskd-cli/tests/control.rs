@@ -525,4 +525,26 @@ fn sighup_reloads_timers_and_volumes_and_names_what_needs_a_restart() {
         .contains("configuration not reloaded, the old one stays"));
     let out = env.deskd_ok(&["freeze", "50"]);
     assert!(out.contains("FreezeMax (40), using new value: 40"), "{out}");
+
+    // A frozen desktop is not flushed by a SIGHUP (a backup may be copying it), and the log
+    // says so.
+    env.dt_ok(&[b"touch", b"vol/while-frozen"]);
+    let db = env.path("vol/.Desktop");
+    let frozen_bytes = std::fs::read(&db).unwrap();
+    env.sighup(3);
+    assert!(
+        env.log_text().contains(&format!(
+            "{vol}: not flushed: frozen; flush after the freeze ends"
+        )),
+        "{}",
+        env.log_text()
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        frozen_bytes,
+        "a SIGHUP flushed a frozen desktop"
+    );
+    env.deskd_ok(&["thaw"]);
+    env.sighup(4);
+    assert_ne!(std::fs::read(&db).unwrap(), frozen_bytes);
 }

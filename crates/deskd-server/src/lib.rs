@@ -297,11 +297,13 @@ impl Server {
         }
         for handle in &self.shared.volumes() {
             if let Some(Err(e)) = handle.ask(Job::Flush) {
-                problems.push(format!(
-                    "{}: not flushed: {}",
-                    handle.volume.root().display(),
-                    e.message
-                ));
+                // The writer's messages may already name the volume; name it once.
+                let root = handle.volume.root().display().to_string();
+                let why = e
+                    .message
+                    .strip_prefix(&format!("{root}: "))
+                    .unwrap_or(&e.message);
+                problems.push(format!("{root}: not flushed: {why}"));
             }
         }
         if let Some(tcp) = &self.shared.tcp {

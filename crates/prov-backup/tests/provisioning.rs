@@ -442,7 +442,22 @@ fn unreachable_ldap_ends_with_a_clear_error() {
     // could be, and once was).
     let (_reserved, port) = bound_unlistened_port();
     let setup = Setup::new(tmp.path(), &format!("ldap://127.0.0.1:{port}/"), "");
-    let mut daemon = setup.start(&[]);
+    // Under systemd, `systemctl status` shows why it is not ready yet while it retries.
+    let path = tmp.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut daemon = setup.start_notified(&path);
+    for attempt in [2, 3] {
+        let status = next_notification(&notify).trim_end().to_owned();
+        assert!(
+            status.starts_with(&format!("STATUS=LDAP ldap://127.0.0.1:{port}/: "))
+                && status.ends_with(&format!("(attempt {attempt} of 3)")),
+            "{status}"
+        );
+        assert!(!status.contains("READY=1"), "{status}");
+    }
     assert_eq!(daemon.wait_exit(), 1);
     let log = daemon.log_text();
     assert!(
