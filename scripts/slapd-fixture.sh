@@ -2,7 +2,7 @@
 # A throw-away OpenLDAP server for the prov-backup tests and benchmarks (research/prov-backup.md §6).
 #
 #   scripts/slapd-fixture.sh install               apt-install slapd, ldap-utils, rsnapshot if missing
-#   scripts/slapd-fixture.sh start DIR PORT [--no-syncprov] [--no-tree]
+#   scripts/slapd-fixture.sh start DIR PORT [--no-syncprov] [--no-tree] [--tls LDAPS_PORT]
 #                                                   slapd on ldap://127.0.0.1:PORT, state in DIR
 #   scripts/slapd-fixture.sh stop DIR               stop the slapd started in DIR (data kept)
 #   scripts/slapd-fixture.sh restart DIR            start it again on the same port with the same data
@@ -11,6 +11,10 @@
 # --no-syncprov), the sst schema subset of crates/prov-backup/testdata/sst-schema.ldif and the
 # example tree of crates/prov-backup/testdata/example-tree.ldif (unless --no-tree).
 # Root DN cn=admin,dc=stoney-cloud,dc=org, password "secret".
+# With --tls it also answers ldaps://127.0.0.1:LDAPS_PORT and StartTLS, with a server certificate
+# (for 127.0.0.1 and localhost) signed by a CA made for it, DIR/tls/ca.pem; and it refuses simple
+# binds without TLS (olcSecurity simple_bind=128), so a bind that works was encrypted. The
+# OpenLDAP tools then need LDAPTLS_CACERT=DIR/tls/ca.pem and -ZZ.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 testdata="$here/crates/prov-backup/testdata"
@@ -24,6 +28,7 @@ install_packages() {
     command -v ldapadd >/dev/null 2>&1 || missing+=(ldap-utils)
     command -v rsnapshot >/dev/null 2>&1 || missing+=(rsnapshot)
     command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ]; then
         echo "slapd-fixture: please install: ${missing[*]} (or run as root)" >&2
@@ -49,11 +54,29 @@ wait_for() {
     return 1
 }
 
+# A CA and a server certificate for 127.0.0.1/localhost in DIR/tls (P-256 keys: quick to make).
+make_certificates() {
+    local tls="$1/tls"
+    mkdir -p "$tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -subj "/CN=deskd test CA" -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -subj "/CN=127.0.0.1" -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' \
+        >"$tls/server.ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+        -CAcreateserial -days 30 -extfile "$tls/server.ext" -out "$tls/server.pem" 2>/dev/null
+}
+
 start_slapd() {
-    local dir="$1" port
+    local dir="$1" port urls
     port="$(cat "$dir/port")"
+    urls="ldap://127.0.0.1:$port/"
+    [ -f "$dir/ldaps_port" ] && urls="$urls ldaps://127.0.0.1:$(cat "$dir/ldaps_port")/"
     # slapd forks and writes its pid file itself.
-    /usr/sbin/slapd -F "$dir/slapd.d" -h "ldap://127.0.0.1:$port/" -s 0 >"$dir/slapd.log" 2>&1 || {
+    /usr/sbin/slapd -F "$dir/slapd.d" -h "$urls" -s 0 >"$dir/slapd.log" 2>&1 || {
         cat "$dir/slapd.log" >&2
         return 1
     }
@@ -71,17 +94,27 @@ start)
     shift 3
     syncprov=1
     tree=1
-    for a in "$@"; do
-        case "$a" in
+    ldaps_port=
+    while [ $# -gt 0 ]; do
+        case "$1" in
         --no-syncprov) syncprov=0 ;;
         --no-tree) tree=0 ;;
-        *) echo "slapd-fixture: unknown option $a" >&2; exit 2 ;;
+        --tls) ldaps_port="${2:?--tls LDAPS_PORT}"; shift ;;
+        *) echo "slapd-fixture: unknown option $1" >&2; exit 2 ;;
         esac
+        shift
     done
     install_packages
     mkdir -p "$dir/slapd.d" "$dir/db"
     dir="$(cd "$dir" && pwd)"
     echo "$port" >"$dir/port"
+    tool_tls=()
+    if [ -n "$ldaps_port" ]; then
+        echo "$ldaps_port" >"$dir/ldaps_port"
+        make_certificates "$dir"
+        export LDAPTLS_CACERT="$dir/tls/ca.pem"
+        tool_tls=(-ZZ)
+    fi
     {
         cat <<LDIF
 dn: cn=config
@@ -89,6 +122,16 @@ objectClass: olcGlobal
 cn: config
 olcPidFile: $dir/slapd.pid
 olcLogLevel: none
+LDIF
+        if [ -n "$ldaps_port" ]; then
+            cat <<LDIF
+olcTLSCACertificateFile: $dir/tls/ca.pem
+olcTLSCertificateFile: $dir/tls/server.pem
+olcTLSCertificateKeyFile: $dir/tls/server.key
+olcSecurity: simple_bind=128
+LDIF
+        fi
+        cat <<LDIF
 
 dn: cn=module{0},cn=config
 objectClass: olcModuleList
@@ -153,7 +196,7 @@ LDIF
     }
     start_slapd "$dir"
     if [ "$tree" = 1 ]; then
-        ldapadd -x -H "ldap://127.0.0.1:$port/" -D "$ROOTDN" -w "$ROOTPW" \
+        ldapadd -x "${tool_tls[@]}" -H "ldap://127.0.0.1:$port/" -D "$ROOTDN" -w "$ROOTPW" \
             -f "$testdata/example-tree.ldif" >/dev/null
     fi
     ;;
@@ -175,7 +218,7 @@ restart)
     start_slapd "$dir"
     ;;
 *)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

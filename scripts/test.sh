@@ -31,6 +31,8 @@ bash scripts/slapd-fixture.sh install
 # Tests place sockets and volumes in a temp dir; keep it on a file system with xattrs.
 export TMPDIR="${TMPDIR:-/tmp}"
 
+# The Rust version Cargo.toml promises must build every locked crate.
+bash scripts/check-msrv.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use thiserror::Error;
 
 /// Why a configuration file was refused.
@@ -45,8 +47,14 @@ pub struct LogLevels {
 /// The `[Database]` section: where the accounts live and how to watch them.
 #[derive(Clone, Debug)]
 pub struct Database {
-    /// `ldap://host:port/` or `ldapi://…`, from SERVER (host or URI) and PORT.
+    /// `ldap://host:port/`, `ldaps://host:port/` or `ldapi://…`, from SERVER (host or URI) and
+    /// PORT.
     pub url: String,
+    /// `START_TLS = 1`: upgrade an `ldap://` connection with StartTLS before the bind.
+    pub start_tls: bool,
+    /// `CA_FILE`: the certificates (PEM) that may sign the server's; None means the system's
+    /// trusted CAs.
+    pub ca_certificates: Option<Vec<CertificateDer<'static>>>,
     pub admin_user: String,
     pub admin_password: String,
     pub service_subtree: String,
@@ -54,6 +62,24 @@ pub struct Database {
     /// The search filter of the content-sync search; `%entryCSN%` is replaced by the CSN of the
     /// saved cookie (or the start of 2000 when there is none).
     pub search_filter: String,
+}
+
+impl Database {
+    /// How the connection is protected, for the log: "TLS", "StartTLS" or "no TLS".
+    pub fn protection(&self) -> &'static str {
+        if self.url.starts_with("ldaps://") {
+            "TLS"
+        } else if self.start_tls {
+            "StartTLS"
+        } else {
+            "no TLS"
+        }
+    }
+
+    /// Whether the bind sends ADMIN_PASSWORD unencrypted to another host.
+    pub fn password_in_clear(&self) -> bool {
+        self.url.starts_with("ldap://") && !self.start_tls && !is_loopback_url(&self.url)
+    }
 }
 
 /// When quotas are set (`[Backup] QUOTA`).
@@ -226,6 +252,25 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The PEM certificates of `file` (at least one).
+    fn certificates(
+        &self,
+        section: &'static str,
+        key: &'static str,
+        file: &str,
+    ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+        let path = self.absolute(section, key, file)?;
+        let bytes = std::fs::read(&path)
+            .map_err(|e| self.invalid(section, key, file, &format!("cannot read: {e}")))?;
+        let certs = CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.invalid(section, key, file, &format!("not PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(self.invalid(section, key, file, "holds no CERTIFICATE block"));
+        }
+        Ok(certs)
+    }
+
     fn retry(&self, section: &'static str, default: Retry) -> Result<Retry, ConfigError> {
         Ok(Retry {
             sleep: self
@@ -254,22 +299,13 @@ impl<'a> Reader<'a> {
 /// Builds the LDAP URL from SERVER (a host name or a URI) and PORT.
 fn server_url(r: &Reader, server: &str, port: Option<u64>) -> Result<String, ConfigError> {
     if let Some((scheme, rest)) = server.split_once("://") {
-        match scheme {
-            "ldap" | "ldapi" => {}
-            "ldaps" => {
-                return Err(r.invalid(
-                    "Database",
-                    "SERVER",
-                    server,
-                    "ldaps is not supported by this build; use ldap:// on a trusted network or ldapi://",
-                ))
-            }
-            _ => return Err(r.invalid("Database", "SERVER", server, "unknown URI scheme")),
+        if !matches!(scheme, "ldap" | "ldaps" | "ldapi") {
+            return Err(r.invalid("Database", "SERVER", server, "unknown URI scheme"));
         }
         let host_part = rest.split('/').next().unwrap_or("");
-        if scheme == "ldap" && !host_part.contains(':') {
+        if scheme != "ldapi" && !host_part.contains(':') {
             if let Some(port) = port {
-                return Ok(format!("ldap://{host_part}:{port}/"));
+                return Ok(format!("{scheme}://{host_part}:{port}/"));
             }
         }
         return Ok(server.to_owned());
@@ -283,6 +319,24 @@ fn server_url(r: &Reader, server: &str, port: Option<u64>) -> Result<String, Con
         ));
     }
     Ok(format!("ldap://{server}:{}/", port.unwrap_or(389)))
+}
+
+/// Whether an `ldap://` URL names this host (the password then never leaves it).
+fn is_loopback_url(url: &str) -> bool {
+    let host_port = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Config {
@@ -326,6 +380,28 @@ impl Config {
         let server = r.require("Database", "SERVER")?;
         let port = r.number("Database", "PORT")?;
         let url = server_url(&r, server, port)?;
+        let start_tls = r.flag("Database", "START_TLS")?.unwrap_or(false);
+        if start_tls && !url.starts_with("ldap://") {
+            return Err(r.invalid(
+                "Database",
+                "START_TLS",
+                "1",
+                "StartTLS upgrades an ldap:// connection (ldaps:// is encrypted from the start, \
+                 ldapi:// is a local socket)",
+            ));
+        }
+        let ca_certificates = match r.get("Database", "CA_FILE") {
+            None => None,
+            Some(_) if !start_tls && !url.starts_with("ldaps://") => {
+                return Err(r.invalid(
+                    "Database",
+                    "CA_FILE",
+                    r.get("Database", "CA_FILE").unwrap_or_default(),
+                    "only used with ldaps:// or START_TLS = 1",
+                ))
+            }
+            Some(file) => Some(r.certificates("Database", "CA_FILE", file)?),
+        };
         let search_filter = r
             .get("Database", "SEARCH_FILTER")
             .unwrap_or("(&(entryCSN>=%entryCSN%)(objectClass=*))")
@@ -341,6 +417,8 @@ impl Config {
                 r.require("Database", "COOKIE_FILE")?,
             )?,
             search_filter,
+            start_tls,
+            ca_certificates,
         };
 
         let modus = r.get("Service", "MODUS").unwrap_or("selfcare");
@@ -501,7 +579,11 @@ mod tests {
     fn refuses_what_it_cannot_honour() {
         let dir = tempfile::tempdir().unwrap();
         for (from, to, needle) in [
-            ("SERVER = ldap.example.org", "SERVER = ldaps://x", "ldaps"),
+            (
+                "SERVER = ldap.example.org",
+                "SERVER = ftp://x",
+                "unknown URI scheme",
+            ),
             ("MODUS = selfcare", "MODUS = ldap", "only selfcare"),
             (
                 "BACKUP_ROOT = /srv/backup",
@@ -527,6 +609,96 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot read"), "{err}");
+    }
+
+    /// SERVICE with the [Database] SERVER line replaced by `lines`.
+    fn with_server(dir: &Path, lines: &str) -> Result<Config, ConfigError> {
+        let text = SERVICE.replace("SERVER = ldap.example.org\n", lines);
+        Config::load(&write(dir, "s.conf", &text), None)
+    }
+
+    #[test]
+    fn tls_settings_are_checked_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/config-test-ca.pem");
+        let ca = ca.display();
+
+        let c = with_server(
+            dir.path(),
+            &format!("SERVER = ldaps://ldap.example.org\nCA_FILE = {ca}\n"),
+        )
+        .unwrap();
+        assert_eq!(c.database.url, "ldaps://ldap.example.org:3890/");
+        assert_eq!(c.database.ca_certificates.as_ref().map(Vec::len), Some(1));
+        assert_eq!(c.database.protection(), "TLS");
+        assert!(!c.database.password_in_clear());
+
+        let c = with_server(dir.path(), "SERVER = ldap.example.org\nSTART_TLS = 1\n").unwrap();
+        assert_eq!(c.database.url, "ldap://ldap.example.org:3890/");
+        assert!(c.database.start_tls);
+        assert!(c.database.ca_certificates.is_none(), "the system's CAs");
+        assert_eq!(c.database.protection(), "StartTLS");
+        assert!(!c.database.password_in_clear());
+
+        let empty = write(dir.path(), "empty.pem", "no certificate here\n");
+        let garbled = write(
+            dir.path(),
+            "garbled.pem",
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        );
+        for (lines, needle) in [
+            (
+                "SERVER = ldaps://h\nSTART_TLS = 1\n".to_owned(),
+                "StartTLS upgrades an ldap://",
+            ),
+            (
+                "SERVER = ldapi:///\nSTART_TLS = 1\n".to_owned(),
+                "StartTLS upgrades an ldap://",
+            ),
+            (
+                format!("SERVER = h\nCA_FILE = {ca}\n"),
+                "only used with ldaps:// or START_TLS = 1",
+            ),
+            (
+                "SERVER = ldaps://h\nCA_FILE = ca.pem\n".to_owned(),
+                "must be an absolute path",
+            ),
+            (
+                "SERVER = ldaps://h\nCA_FILE = /nonexistent/ca.pem\n".to_owned(),
+                "cannot read",
+            ),
+            (
+                format!("SERVER = ldaps://h\nCA_FILE = {}\n", empty.display()),
+                "holds no CERTIFICATE block",
+            ),
+            (
+                format!("SERVER = ldaps://h\nCA_FILE = {}\n", garbled.display()),
+                "not PEM",
+            ),
+            (
+                "SERVER = h\nSTART_TLS = maybe\n".to_owned(),
+                "expected 0 or 1",
+            ),
+        ] {
+            let err = with_server(dir.path(), &lines).unwrap_err().to_string();
+            assert!(err.contains(needle), "{lines}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_password_sent_in_clear_to_another_host_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        for (lines, in_clear) in [
+            ("SERVER = ldap.example.org\n", true),
+            ("SERVER = ldap://192.0.2.7/\n", true),
+            ("SERVER = 127.0.0.1\n", false),
+            ("SERVER = localhost\n", false),
+            ("SERVER = ldap://[::1]:389/\n", false),
+            ("SERVER = ldapi:///\n", false),
+        ] {
+            let c = with_server(dir.path(), lines).unwrap();
+            assert_eq!(c.database.password_in_clear(), in_clear, "{lines}");
+        }
     }
 
     #[test]

@@ -173,9 +173,20 @@ impl Daemon {
                 self.shared.config.connect
             };
             if failures >= policy.attempts {
+                // A server that answered but said no (a wrong password, TLS required) is not
+                // "unreachable"; the administrator looks in a different place for each.
+                let bind_refused = !connected && matches!(err, ldap3::LdapError::LdapResult { .. });
                 break Err(anyhow::anyhow!(
-                    "LDAP server {} unreachable after {} attempts: {err}",
+                    "LDAP server {} {} after {} attempts: {err}",
                     self.shared.config.database.url,
+                    if bind_refused {
+                        format!(
+                            "refused the bind as {}",
+                            self.shared.config.database.admin_user
+                        )
+                    } else {
+                        "unreachable".to_owned()
+                    },
                     failures
                 ));
             }
@@ -298,7 +309,12 @@ impl Daemon {
         let db = self.shared.config.database.clone();
         let mut ldap = directory::connect(&db).await?;
         *connected = true;
-        tracing::info!("connected to {} as {}", db.url, db.admin_user);
+        tracing::info!(
+            "connected to {} as {} ({})",
+            db.url,
+            db.admin_user,
+            db.protection()
+        );
         // Entries that asked while we were away, whose date has come, or that a lost cookie
         // would hide: one search for everything pending, then the live stream.
         self.scan(&mut ldap).await?;

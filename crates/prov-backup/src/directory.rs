@@ -2,11 +2,13 @@
 //! entry through its states (claim, done, failed).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::controls::{Assertion, MakeCritical};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Mod, Scope, SearchEntry};
+use rustls::{ClientConfig, RootCertStore};
 
 use crate::account::{Attributes, Mode};
 use crate::config::Database;
@@ -24,7 +26,12 @@ pub const RC_UNAVAILABLE_CRITICAL_EXTENSION: u32 = 12;
 
 /// Opens a connection and binds as ADMIN_USER.
 pub async fn connect(db: &Database) -> Result<Ldap, LdapError> {
-    let settings = LdapConnSettings::new().set_conn_timeout(Duration::from_secs(10));
+    let mut settings = LdapConnSettings::new()
+        .set_conn_timeout(Duration::from_secs(10))
+        .set_starttls(db.start_tls);
+    if db.start_tls || db.url.starts_with("ldaps://") {
+        settings = settings.set_config(tls_config(db)?);
+    }
     let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &db.url).await?;
     ldap3::drive!(conn);
     ldap.with_timeout(OP_TIMEOUT)
@@ -32,6 +39,49 @@ pub async fn connect(db: &Database) -> Result<Ldap, LdapError> {
         .await?
         .success()?;
     Ok(ldap)
+}
+
+/// The TLS client settings: the server's certificate must chain to CA_FILE's certificates, or
+/// to the system's trusted CAs, and name the host of SERVER. There is no way to turn the check
+/// off: a connection that anyone can intercept would hand them ADMIN_PASSWORD.
+fn tls_config(db: &Database) -> Result<Arc<ClientConfig>, LdapError> {
+    let mut roots = RootCertStore::empty();
+    match &db.ca_certificates {
+        Some(certs) => {
+            for cert in certs {
+                roots
+                    .add(cert.clone())
+                    .map_err(|e| tls_error(format!("CA_FILE: {e}")))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (_, unusable) = roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                let why = found
+                    .errors
+                    .first()
+                    .map_or(String::new(), |e| format!(" ({e})"));
+                return Err(tls_error(format!(
+                    "no trusted CA certificates found on this system{why}; set [Database] CA_FILE \
+                     ({unusable} unusable)"
+                )));
+            }
+        }
+    }
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn tls_error(message: String) -> LdapError {
+    LdapError::Io {
+        source: std::io::Error::other(message),
+    }
 }
 
 /// Every entry under SERVICE_SUBTREE that asks for add, modify or delete with state "0",

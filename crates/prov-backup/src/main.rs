@@ -38,6 +38,13 @@ fn main() -> ExitCode {
         }
     };
     prov_backup::log::init(config.log, &config.syslog, args.debug);
+    if config.database.password_in_clear() {
+        tracing::warn!(
+            "{}: ADMIN_PASSWORD crosses the network unencrypted; use ldaps://, START_TLS = 1, \
+             or ldapi:// on the LDAP host",
+            config.database.url
+        );
+    }
     let _lock = match prov_backup::lock::acquire(&config.backup.lock_file) {
         Ok(l) => l,
         Err(e) => {

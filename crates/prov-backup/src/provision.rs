@@ -471,9 +471,10 @@ fn mount_of(path: &Path) -> std::io::Result<Mount> {
             matches!(*o, "usrquota" | "quota" | "uquota" | "uqnoenforce")
                 || o.starts_with("usrjquota=")
         });
-        if best.as_ref().map_or(true, |b| {
-            point.as_os_str().len() >= b.point.as_os_str().len()
-        }) {
+        if best
+            .as_ref()
+            .is_none_or(|b| point.as_os_str().len() >= b.point.as_os_str().len())
+        {
             best = Some(Mount { point, user_quota });
         }
     }

@@ -32,12 +32,30 @@ fn free_port() -> u16 {
 pub struct Slapd {
     pub dir: PathBuf,
     pub port: u16,
+    /// With TLS (`start_tls`): the ldaps:// port; plain simple binds are then refused.
+    pub ldaps_port: Option<u16>,
 }
 
 impl Slapd {
     /// Starts slapd with the sst schema and the example tree (one account asking for add).
     pub fn start(dir: &Path, syncprov: bool) -> Slapd {
+        Slapd::start_with(dir, syncprov, false)
+    }
+
+    /// Like `start`, with TLS on a second port and StartTLS on the first; a simple bind
+    /// without TLS is refused ("confidentiality required").
+    pub fn start_tls(dir: &Path) -> Slapd {
+        Slapd::start_with(dir, true, true)
+    }
+
+    fn start_with(dir: &Path, syncprov: bool, tls: bool) -> Slapd {
         let port = free_port();
+        let ldaps_port = tls.then(|| loop {
+            let p = free_port();
+            if p != port {
+                break p;
+            }
+        });
         let mut cmd = Command::new("bash");
         cmd.arg(repo_root().join("scripts/slapd-fixture.sh"))
             .arg("start")
@@ -45,6 +63,9 @@ impl Slapd {
             .arg(port.to_string());
         if !syncprov {
             cmd.arg("--no-syncprov");
+        }
+        if let Some(p) = ldaps_port {
+            cmd.arg("--tls").arg(p.to_string());
         }
         let out = cmd.output().expect("run slapd-fixture.sh");
         assert!(
@@ -56,11 +77,27 @@ impl Slapd {
         Slapd {
             dir: dir.to_owned(),
             port,
+            ldaps_port,
         }
     }
 
     pub fn url(&self) -> String {
         format!("ldap://127.0.0.1:{}/", self.port)
+    }
+
+    /// The CA that signed the server certificate of a `start_tls` server.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("tls/ca.pem")
+    }
+
+    /// An OpenLDAP tool bound as the admin, over StartTLS when the server wants TLS.
+    fn admin_tool(&self, tool: &str) -> Command {
+        let mut cmd = Command::new(tool);
+        cmd.args(["-x", "-H", &self.url(), "-D", ADMIN, "-w", PASSWORD]);
+        if self.ldaps_port.is_some() {
+            cmd.arg("-ZZ").env("LDAPTLS_CACERT", self.ca_file());
+        }
+        cmd
     }
 
     /// Runs a verb of scripts/slapd-fixture.sh on this server's directory.
@@ -92,8 +129,8 @@ impl Slapd {
     }
 
     fn tool(&self, tool: &str, ldif: &str) {
-        let mut child = Command::new(tool)
-            .args(["-x", "-H", &self.url(), "-D", ADMIN, "-w", PASSWORD])
+        let mut child = self
+            .admin_tool(tool)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -135,18 +172,12 @@ impl Slapd {
 
     /// The attributes of one entry (first value of each), None when it does not exist.
     pub fn get(&self, dn: &str) -> Option<HashMap<String, String>> {
-        let out = Command::new("ldapsearch")
+        let out = self
+            .admin_tool("ldapsearch")
             .args([
-                "-x",
                 "-LLL",
                 "-o",
                 "ldif-wrap=no",
-                "-H",
-                &self.url(),
-                "-D",
-                ADMIN,
-                "-w",
-                PASSWORD,
                 "-s",
                 "base",
                 "-b",
@@ -310,6 +341,13 @@ impl Setup {
             service_conf,
             global_conf,
         }
+    }
+
+    /// Replaces `from` (once) by `to` in the service file.
+    pub fn edit_service(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.service_conf).unwrap();
+        assert_eq!(text.matches(from).count(), 1, "{from} in {text}");
+        std::fs::write(&self.service_conf, text.replace(from, to)).unwrap();
     }
 
     pub fn start(&self, extra_args: &[&str]) -> Daemon {
