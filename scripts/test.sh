@@ -35,4 +35,7 @@ export TMPDIR="${TMPDIR:-/tmp}"
 bash scripts/check-msrv.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The fuzz targets (docs/fuzzing.md) are their own workspace; keep them building and clean.
+cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
+cargo clippy --manifest-path fuzz/Cargo.toml --target-dir target --all-targets --locked -- -D warnings
 cargo test --workspace --locked

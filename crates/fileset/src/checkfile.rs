@@ -144,8 +144,15 @@ impl CheckFile {
                         .iter()
                         .position(|&c| c == 0)
                         .ok_or_else(|| CheckError::Malformed("name without NUL".into()))?;
+                    let name = name_from(&field[..len])?;
+                    // Format 1 lists the files of one directory; no writer puts a path in it.
+                    if name.contains('/') {
+                        return Err(CheckError::Malformed(format!(
+                            "{name}: a path in a format 1 check file"
+                        )));
+                    }
                     entries.push(Entry {
-                        name: name_from(&field[..len])?,
+                        name,
                         mtime_sec: u32::from_le_bytes(e[0..4].try_into().unwrap()) as i64,
                         mtime_nsec: 0,
                         size: u32::from_le_bytes(e[4..8].try_into().unwrap()) as u64,
@@ -315,6 +322,25 @@ mod tests {
             mtime_nsec: 0,
             sha256: [0; 32],
         }
+    }
+
+    #[test]
+    fn a_path_in_a_v1_check_file_is_refused_even_with_a_right_crc() {
+        // Found by fuzz/fuzz_targets/check_file.rs: decode took what encode never writes.
+        let mut bytes = CheckFile {
+            version: 1,
+            entries: vec![entry("a_b", 3, 5)],
+        }
+        .encode()
+        .unwrap();
+        bytes[HEADER_LEN + 8 + 1] = b'/';
+        let crc = crc32fast::hash(&bytes[4..]);
+        bytes[..4].copy_from_slice(&crc.to_le_bytes());
+        let err = CheckFile::decode(&bytes).unwrap_err().to_string();
+        assert!(
+            err.contains("a/b: a path in a format 1 check file"),
+            "{err}"
+        );
     }
 
     #[test]
