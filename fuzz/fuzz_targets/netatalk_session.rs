@@ -48,7 +48,9 @@ fn running() -> &'static Running {
         let socket = dir.path().join("deskd.sock");
         let mut file = ConfigFile::default();
         file.server.state_dir = Some(dir.path().join("state"));
-        let config = file.resolve(socket.clone(), &[volume.clone()]).unwrap();
+        let config = file
+            .resolve(socket.clone(), std::slice::from_ref(&volume))
+            .unwrap();
         let server = Server::start(config).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let bridge = listener.local_addr().unwrap();
