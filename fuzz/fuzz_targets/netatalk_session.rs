@@ -15,28 +15,25 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deskd_netatalk::wire::{self, op, Handshake, Request};
-use deskd_server::config::ConfigFile;
-use deskd_server::Server;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common/mod.rs"]
+mod common;
 
 struct Running {
     bridge: std::net::SocketAddr,
     volume: PathBuf,
     /// (name, dev, ino, is_dir) of the objects on the volume.
     objects: Vec<(Vec<u8>, u64, u64, bool)>,
-    _server: Server,
-    _dir: tempfile::TempDir,
+    _server: common::LiveServer,
 }
 
 fn running() -> &'static Running {
     static RUNNING: OnceLock<Running> = OnceLock::new();
     RUNNING.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let volume = dir.path().join("vol");
-        std::fs::create_dir_all(volume.join("folder")).unwrap();
-        std::fs::write(volume.join("file"), b"x").unwrap();
-        std::fs::write(volume.join("folder/inner"), b"y").unwrap();
+        let server = common::LiveServer::start(&["file", "folder/inner"]);
+        let volume = server.volume.clone();
         let objects = ["folder", "file", "folder/inner"]
             .iter()
             .map(|p| {
@@ -45,15 +42,9 @@ fn running() -> &'static Running {
                 (name, m.dev(), m.ino(), m.is_dir())
             })
             .collect();
-        let socket = dir.path().join("deskd.sock");
-        let mut file = ConfigFile::default();
-        file.server.state_dir = Some(dir.path().join("state"));
-        let config = file
-            .resolve(socket.clone(), std::slice::from_ref(&volume))
-            .unwrap();
-        let server = Server::start(config).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let bridge = listener.local_addr().unwrap();
+        let socket = server.socket.clone();
         std::thread::spawn(move || {
             deskd_netatalk::serve(
                 listener,
@@ -65,7 +56,6 @@ fn running() -> &'static Running {
             volume,
             objects,
             _server: server,
-            _dir: dir,
         }
     })
 }

@@ -9,40 +9,19 @@
 #![no_main]
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use deskd_proto::transport::client_hello;
 use deskd_proto::PROTOCOL_VERSION;
-use deskd_server::config::ConfigFile;
-use deskd_server::Server;
 use libfuzzer_sys::fuzz_target;
 
-struct Running {
-    socket: PathBuf,
-    _server: Server,
-    _dir: tempfile::TempDir,
-}
+#[path = "common/mod.rs"]
+mod common;
 
-fn server() -> &'static Running {
-    static RUNNING: OnceLock<Running> = OnceLock::new();
-    RUNNING.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let volume = dir.path().join("vol");
-        std::fs::create_dir_all(volume.join("folder")).unwrap();
-        std::fs::write(volume.join("folder/file"), b"x").unwrap();
-        let socket = dir.path().join("deskd.sock");
-        let mut file = ConfigFile::default();
-        file.server.state_dir = Some(dir.path().join("state"));
-        let config = file.resolve(socket.clone(), &[volume]).unwrap();
-        let server = Server::start(config).unwrap();
-        Running {
-            socket,
-            _server: server,
-            _dir: dir,
-        }
-    })
+fn server() -> &'static common::LiveServer {
+    static RUNNING: OnceLock<common::LiveServer> = OnceLock::new();
+    RUNNING.get_or_init(|| common::LiveServer::start(&["folder/file"]))
 }
 
 fn frames(data: &[u8]) -> Vec<u8> {

@@ -351,6 +351,17 @@ fn slapd_restart_mid_run_reconnects_and_carries_on() {
     assert_eq!(daemon.terminate(), 0);
 }
 
+/// A datagram socket in `dir` to give prov-backup as `$NOTIFY_SOCKET`, as systemd would; reads
+/// wait 30 s at most.
+fn notify_socket(dir: &std::path::Path) -> (std::path::PathBuf, std::os::unix::net::UnixDatagram) {
+    let path = dir.join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    (path, notify)
+}
+
 /// The next message prov-backup sent to the notify socket (30 s at most).
 fn next_notification(socket: &std::os::unix::net::UnixDatagram) -> String {
     let mut buf = [0u8; 1024];
@@ -365,11 +376,7 @@ fn under_systemd_it_is_ready_once_watching_and_says_when_it_stops() {
     let tmp = tempfile::tempdir().unwrap();
     let slapd = Slapd::start(&tmp.path().join("ldap"), true);
     let setup = Setup::new(&tmp.path().join("prov"), &slapd.url(), "");
-    let path = tmp.path().join("notify");
-    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    notify
-        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
+    let (path, notify) = notify_socket(tmp.path());
     let mut daemon = setup.start_notified(&path);
     let ready = next_notification(&notify);
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
@@ -443,11 +450,7 @@ fn unreachable_ldap_ends_with_a_clear_error() {
     let (_reserved, port) = bound_unlistened_port();
     let setup = Setup::new(tmp.path(), &format!("ldap://127.0.0.1:{port}/"), "");
     // Under systemd, `systemctl status` shows why it is not ready yet while it retries.
-    let path = tmp.path().join("notify");
-    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    notify
-        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
+    let (path, notify) = notify_socket(tmp.path());
     let mut daemon = setup.start_notified(&path);
     for attempt in [2, 3] {
         let status = next_notification(&notify).trim_end().to_owned();
