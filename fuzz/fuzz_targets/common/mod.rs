@@ -1,7 +1,9 @@
 //! A real deskd server in the fuzzing process, on a temp volume, started once and kept for the
 //! whole run (shared by the session targets through `#[path]`).
 #![allow(dead_code)] // each target uses its own part
+use std::io::Read;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use deskd_server::config::ConfigFile;
 use deskd_server::Server;
@@ -38,5 +40,20 @@ impl LiveServer {
             _server: server,
             _dir: dir,
         }
+    }
+}
+
+/// How long a peer may take to answer or close before the fuzzer calls it a hang.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Reads what the peer sends until it closes; a read that times out (after [`PATIENCE`], set on
+/// the stream) means `who` neither answered nor closed, which fails the input.
+pub fn read_until_closed(stream: &mut impl Read, who: &str) {
+    let mut replies = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut replies) {
+        assert!(
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut,
+            "{who} neither answered nor closed within {PATIENCE:?}"
+        );
     }
 }
