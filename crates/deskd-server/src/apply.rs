@@ -11,6 +11,8 @@ use deskd_db::{Batch, DbError, InfoUpdate, Kind, NameIndex, NewObject, Object, R
 use deskd_proto::{ErrorCode, ErrorReply, ObjectInfo, Request, Response};
 use deskd_volume::{Volume, VolumeError};
 
+use crate::access::{self, Access};
+
 pub type Reply = Result<Response, ErrorReply>;
 
 const UNIX_TYPE: [u8; 4] = *b"UNIX";
@@ -523,19 +525,70 @@ pub fn apply_write(
     }
 }
 
-/// Answer a read request from any connection.
-pub fn apply_read<R: Read>(db: &R, vol: &Volume, names: &NameIndex, request: &Request) -> Reply {
+/// The folder whose listing shows the object at `components`, and the access that listing
+/// takes: its parent, read and searched; the root shows itself to whoever can search it.
+fn shown_by(vol: &Volume, components: &[Vec<u8>]) -> (PathBuf, libc::c_int) {
+    match components.split_last() {
+        None => (vol.root().to_path_buf(), access::SEARCH),
+        Some((_, parent)) => (vol.path_of(parent), access::LIST),
+    }
+}
+
+/// Ok when the connection's peer may do `mode` to `path` (see [`access`]).
+pub fn require(
+    access: &Access,
+    path: &Path,
+    mode: libc::c_int,
+    what: &str,
+) -> Result<(), ErrorReply> {
+    if access.is_trusted() || access.check(|may| may(path, mode)) {
+        Ok(())
+    } else {
+        Err(ErrorReply::new(
+            ErrorCode::PermissionDenied,
+            access.refusal(path, what),
+        ))
+    }
+}
+
+/// Answer a read request from any connection; what names an object is answered only where
+/// the peer could see that object itself (`access`).
+pub fn apply_read<R: Read>(
+    db: &R,
+    vol: &Volume,
+    names: &NameIndex,
+    request: &Request,
+    access: &Access,
+) -> Reply {
     let with_path = |o: &Object| -> Result<ObjectInfo, ErrorReply> {
         let path = join(&db.path_of(o.id).map_err(db_error)?);
         Ok(info(o, Some(path), false))
     };
+    // Resolve and the like: the peer must be able to list the folder that shows the object.
+    let require_visible = |id: u32| -> Result<(), ErrorReply> {
+        if access.is_trusted() {
+            return Ok(());
+        }
+        let (folder, mode) = shown_by(vol, &db.path_of(id).map_err(db_error)?);
+        require(access, &folder, mode, "list the folder holding it")
+    };
     match request {
-        Request::Lookup { parent, name, .. } => match db.lookup(*parent, name).map_err(db_error)? {
-            Some(o) => Ok(Response::MaybeObject(Some(with_path(&o)?))),
-            None => Ok(Response::MaybeObject(None)),
-        },
+        Request::Lookup { parent, name, .. } => {
+            // As stat(2): finding a name you know needs only search access to its folder.
+            if !access.is_trusted() {
+                let folder = vol.path_of(&db.path_of(*parent).map_err(db_error)?);
+                require(access, &folder, access::SEARCH, "search it")?;
+            }
+            match db.lookup(*parent, name).map_err(db_error)? {
+                Some(o) => Ok(Response::MaybeObject(Some(with_path(&o)?))),
+                None => Ok(Response::MaybeObject(None)),
+            }
+        }
         Request::LookupPath { path, .. } => {
             let components = resolve_components(vol, path)?;
+            if let Some((_, parent)) = components.split_last() {
+                require(access, &vol.path_of(parent), access::SEARCH, "search it")?;
+            }
             let names: Vec<&[u8]> = components.iter().map(|c| c.as_slice()).collect();
             match db.id_of_path(&names).map_err(db_error)? {
                 Some(id) => {
@@ -551,9 +604,14 @@ pub fn apply_read<R: Read>(db: &R, vol: &Volume, names: &NameIndex, request: &Re
         }
         Request::Resolve { id, .. } => {
             let o = db.get(*id).map_err(db_error)?;
+            require_visible(o.id)?;
             Ok(Response::Object(with_path(&o)?))
         }
         Request::Children { dir, .. } => {
+            if !access.is_trusted() {
+                let folder = vol.path_of(&db.path_of(*dir).map_err(db_error)?);
+                require(access, &folder, access::LIST, "list it")?;
+            }
             let children = db.children(*dir).map_err(db_error)?;
             Ok(Response::Objects(
                 children.iter().map(|o| info(o, None, false)).collect(),
@@ -583,19 +641,49 @@ pub fn apply_read<R: Read>(db: &R, vol: &Volume, names: &NameIndex, request: &Re
                     ));
                 }
             }
-            let query = deskd_db::FindQuery {
+            let limit = (*limit).clamp(1, MAX_FIND_LIMIT);
+            let mut query = deskd_db::FindQuery {
                 pattern: pattern.clone(),
                 mode,
-                limit: (*limit).clamp(1, MAX_FIND_LIMIT),
+                limit,
                 after_id: *after_id,
             };
-            let hits = names.find(db, &query).map_err(db_error)?;
-            let mut out = Vec::with_capacity(hits.len());
-            for o in hits {
-                if deskd_volume::is_protected(&o.name) {
-                    continue;
+            // A page shorter than `limit` means "no more" to every client, so hits left out
+            // (deskd's own files, objects the peer cannot see) are made up from further down.
+            let mut out = Vec::new();
+            loop {
+                let hits = names.find(db, &query).map_err(db_error)?;
+                let last_page = (hits.len() as u32) < limit;
+                let mut candidates = Vec::with_capacity(hits.len());
+                for o in hits {
+                    query.after_id = o.id;
+                    if !deskd_volume::is_protected(&o.name) {
+                        let components = db.path_of(o.id).map_err(db_error)?;
+                        candidates.push((o, components));
+                    }
                 }
-                out.push(with_path(&o)?);
+                let shown: Vec<bool> = if access.is_trusted() {
+                    vec![true; candidates.len()]
+                } else {
+                    // One change of identity for the whole page.
+                    access.check(|may| {
+                        candidates
+                            .iter()
+                            .map(|(_, c)| {
+                                let (folder, mode) = shown_by(vol, c);
+                                may(&folder, mode)
+                            })
+                            .collect()
+                    })
+                };
+                for ((o, components), shown) in candidates.into_iter().zip(shown) {
+                    if shown && (out.len() as u32) < limit {
+                        out.push(info(&o, Some(join(&components)), false));
+                    }
+                }
+                if out.len() as u32 >= limit || last_page {
+                    break;
+                }
             }
             Ok(Response::Objects(out))
         }
@@ -625,6 +713,7 @@ pub fn apply_read<R: Read>(db: &R, vol: &Volume, names: &NameIndex, request: &Re
         )),
         Request::CommentGet { id, .. } => {
             db.get(*id).map_err(db_error)?;
+            require_visible(*id)?;
             Ok(Response::Comment(db.comment(*id).map_err(db_error)?))
         }
         other => Err(ErrorReply::new(

@@ -12,13 +12,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deskd_db::Reader;
+use deskd_db::{Read, Reader};
 use deskd_proto::{
     decode, read_frame_body, ErrorCode, ErrorReply, ProtoError, ReplyFrame, Request, RequestFrame,
     Response, Stream, VolumeInfo,
 };
 use tracing::{debug, warn};
 
+use crate::access::{self, Access, Credentials};
 use crate::apply::{apply_read, db_error, Reply};
 use crate::outbox::Outbox;
 use crate::volume::{Job, VolumeHandle};
@@ -122,6 +123,11 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         }
         return;
     }
+    let access = match peer {
+        Peer::Unix { .. } => Access::for_local(Credentials::of_peer(&stream).ok()),
+        Peer::Tcp { .. } => Access::Trusted,
+    };
+    let access = Arc::new(access);
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
@@ -132,6 +138,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
     let mut conn = Connection {
         shared,
         peer,
+        access,
         readers: HashMap::new(),
     };
     let mut body = Vec::new();
@@ -190,6 +197,8 @@ fn handshake(stream: &Stream, token: Option<&[u8]>) -> Result<(), ProtoError> {
 struct Connection {
     shared: Arc<Shared>,
     peer: Peer,
+    /// What this peer may see and change (root and TCP: everything).
+    access: Arc<Access>,
     /// Per volume: a read-only connection and the writer's commit count when its snapshot began.
     readers: HashMap<u32, (Reader, u64)>,
 }
@@ -264,6 +273,55 @@ impl Connection {
         }
     }
 
+    /// Changes that touch no file, only what the desktop says of one, are checked here, as
+    /// the peer: Finder information and comments need write access to the object or to its
+    /// folder, an APPL record write access to the application's folder (as AFP's FPSetFileParms
+    /// and FPAddAPPL). The changes the client made on disk itself were made with its own
+    /// rights, and the writer verifies them against the disk.
+    fn may_change(&mut self, handle: &VolumeHandle, request: &Request) -> Result<(), ErrorReply> {
+        let id = match request {
+            _ if self.access.is_trusted() => return Ok(()),
+            Request::SetInfo { id, .. }
+            | Request::CommentSet { id, .. }
+            | Request::CommentRemove { id, .. } => *id,
+            Request::ApplAdd { app_id, .. } | Request::ApplRemove { app_id, .. } => *app_id,
+            _ => return Ok(()),
+        };
+        let reader = self.reader(handle)?;
+        let components = match reader.path_of(id) {
+            Ok(c) => c,
+            // Unknown IDs are the writer's to report.
+            Err(_) => return Ok(()),
+        };
+        let object = handle.volume.path_of(&components);
+        let folder = components
+            .split_last()
+            .map(|(_, parent)| handle.volume.path_of(parent));
+        let is_appl = matches!(
+            request,
+            Request::ApplAdd { .. } | Request::ApplRemove { .. }
+        );
+        let allowed = self.access.check(|may| {
+            let in_folder = folder
+                .as_deref()
+                .is_some_and(|f| may(f, access::WRITE | access::SEARCH));
+            in_folder || (!is_appl && may(&object, access::WRITE))
+        });
+        if allowed {
+            Ok(())
+        } else {
+            let what = if is_appl {
+                "write the folder holding the application"
+            } else {
+                "write it or the folder holding it"
+            };
+            Err(ErrorReply::new(
+                ErrorCode::PermissionDenied,
+                self.access.refusal(&object, what),
+            ))
+        }
+    }
+
     fn dispatch(&mut self, request: Request, sink: ReplySink, more_pending: bool) {
         if request.is_write() {
             // Replies to earlier pipelined reads must not wait behind this write's commit.
@@ -272,6 +330,9 @@ impl Connection {
                 Ok(h) => h,
                 Err(e) => return sink.send(Err(e)),
             };
+            if let Err(e) = self.may_change(&handle, &request) {
+                return sink.send(Err(e));
+            }
             if self.shared.shutting_down.load(Ordering::SeqCst) {
                 return sink.send(Err(ErrorReply::new(
                     ErrorCode::ShuttingDown,
@@ -361,8 +422,9 @@ impl Connection {
             }
             other => {
                 let handle = self.volume(other.volume().unwrap_or(u32::MAX))?;
+                let access = self.access.clone();
                 let reader = self.reader(&handle)?;
-                apply_read(reader, &handle.volume, &handle.names, &other)
+                apply_read(reader, &handle.volume, &handle.names, &other, &access)
             }
         }
     }

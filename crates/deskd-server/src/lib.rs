@@ -8,6 +8,7 @@
 //! system before the desktop changes ([`apply`]). [`Server::shutdown`] commits, flushes and
 //! records the clean-shutdown flag on every volume.
 
+pub mod access;
 pub mod apply;
 pub mod config;
 pub mod conn;

@@ -188,6 +188,57 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs `bin` (DESKD or DT) as user "nobody" (uid and gid 65534, no other groups) against
+    /// this Env's server; None when the tests do not run as root. The temp dir is opened to
+    /// everybody (0755) and the binary linked into it, as the build directory may not be
+    /// reachable for nobody.
+    pub fn as_nobody(&self, bin: &str, args: &[&[u8]]) -> Option<Output> {
+        self.as_nobody_with(bin, args, &[])
+    }
+
+    /// `as_nobody` with environment variables.
+    pub fn as_nobody_with(
+        &self,
+        bin: &str,
+        args: &[&[u8]],
+        envs: &[(&str, String)],
+    ) -> Option<Output> {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        std::fs::set_permissions(
+            self.dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let name = Path::new(bin).file_name().unwrap().to_owned();
+        let linked = self.dir.path().join("bin-for-nobody").join(name);
+        if !linked.exists() {
+            std::fs::create_dir_all(linked.parent().unwrap()).unwrap();
+            // A hard link involves no open write handle; a copy does, and a test thread
+            // forking at that moment makes exec fail with ETXTBSY for a while, so runs are
+            // retried then.
+            if std::fs::hard_link(bin, &linked).is_err() {
+                std::fs::copy(bin, &linked).unwrap();
+            }
+        }
+        for _ in 0..100 {
+            let mut cmd = self.command_for(linked.to_str().unwrap(), args);
+            cmd.envs(envs.iter().map(|(k, v)| (k, v)));
+            // As root, std also drops every supplementary group.
+            cmd.uid(65534).gid(65534);
+            match cmd.output() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => return Some(other.unwrap()),
+            }
+        }
+        panic!("{} stayed busy", linked.display());
+    }
+
     /// `dt info --json` for each path: (path, id, parent_id).
     pub fn ids(&self, paths: &[PathBuf]) -> Vec<serde_json::Value> {
         let mut args: Vec<&[u8]> = vec![b"info", b"--json"];

@@ -1,0 +1,332 @@
+//! What a local client may see and change, decided by the kernel as if the client itself had
+//! asked. The socket is open to every local user, and the desktop knows every name on the
+//! volume, so without this any user could list the names in a folder they cannot open (`find`,
+//! `resolve`) or rewrite the Finder information and comments of files they cannot write.
+//!
+//! Root peers (the file servers, which check their own users) and TCP peers (services holding
+//! the token) are trusted. For every other local peer, the connection's thread takes the peer's
+//! uid, gid and groups (`SO_PEERCRED`, `SO_PEERGROUPS`) as its file-system identity for the
+//! length of one request (`setfsuid`, `setfsgid` and the raw `setgroups` system call, all of
+//! which change only the calling thread on Linux), asks `faccessat(…, AT_EACCESS)`, and takes
+//! its own identity back. So ACLs and every other rule the kernel applies count, exactly as for
+//! the peer's own `ls` or `open`.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// A local peer's identity, read from its socket when it connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<libc::gid_t>,
+}
+
+impl Credentials {
+    /// The identity of the process at the other end of a Unix socket.
+    pub fn of_peer(socket: &impl AsRawFd) -> io::Result<Credentials> {
+        let fd = socket.as_raw_fd();
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly sized ucred.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                &mut cred as *mut libc::ucred as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Credentials {
+            uid: cred.uid,
+            gid: cred.gid,
+            groups: peer_groups(fd)?,
+        })
+    }
+}
+
+/// The supplementary groups of the peer (`SO_PEERGROUPS`, Linux 4.13), growing the buffer
+/// when the kernel says it is too small.
+fn peer_groups(fd: libc::c_int) -> io::Result<Vec<libc::gid_t>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `groups`, which holds that many.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr() as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        let count = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ERANGE) && count > groups.len() {
+            groups.resize(count, 0);
+            continue;
+        }
+        return Err(err);
+    }
+}
+
+/// Who decides what a connection may do.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Root, or a TCP service holding the token: everything.
+    Trusted,
+    /// A local user: what the kernel lets that user do.
+    Peer(Credentials),
+    /// A local user whose access this server cannot check (it does not run as root, and the
+    /// peer is someone else): only what names no object.
+    Unverifiable { uid: u32 },
+}
+
+/// `faccessat` modes.
+pub const SEARCH: libc::c_int = libc::X_OK;
+pub const LIST: libc::c_int = libc::R_OK | libc::X_OK;
+pub const WRITE: libc::c_int = libc::W_OK;
+
+impl Access {
+    /// The access rule for a local peer with `credentials` (None when they cannot be read).
+    pub fn for_local(credentials: Option<Credentials>) -> Access {
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        match credentials {
+            Some(c) if c.uid == 0 => Access::Trusted,
+            Some(c) if c.uid == me => Access::Trusted,
+            Some(c) if me == 0 => Access::Peer(c),
+            Some(c) => Access::Unverifiable { uid: c.uid },
+            None => Access::Unverifiable { uid: u32::MAX },
+        }
+    }
+
+    pub fn is_trusted(&self) -> bool {
+        matches!(self, Access::Trusted)
+    }
+
+    /// Runs `f` with a checker that answers "may the peer do `mode` to this path?". The thread
+    /// wears the peer's identity for the length of `f`; `f` must not touch the file system
+    /// for the server meanwhile (the writer threads and other connections are unaffected).
+    pub fn check<T>(&self, f: impl FnOnce(&dyn Fn(&Path, libc::c_int) -> bool) -> T) -> T {
+        match self {
+            Access::Trusted => f(&|_, _| true),
+            Access::Unverifiable { .. } => f(&|_, _| false),
+            Access::Peer(c) => match AsPeer::enter(c) {
+                Ok(_worn) => f(&|path, mode| may(path, mode)),
+                Err(e) => {
+                    tracing::error!(
+                        "cannot take uid {}'s identity to check its access: {e}",
+                        c.uid
+                    );
+                    f(&|_, _| false)
+                }
+            },
+        }
+    }
+
+    /// Why a check failed, for the error message.
+    pub fn refusal(&self, path: &Path, what: &str) -> String {
+        match self {
+            Access::Unverifiable { uid } => format!(
+                "{}: deskd does not run as root, so it cannot check what uid {uid} may {what}",
+                path.display()
+            ),
+            _ => format!("{}: permission denied ({what})", path.display()),
+        }
+    }
+}
+
+/// `faccessat(path, mode, AT_EACCESS)` with the thread's current file-system identity.
+fn may(path: &Path, mode: libc::c_int) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path; faccessat only reads it.
+    unsafe { libc::faccessat(libc::AT_FDCWD, c_path.as_ptr(), mode, libc::AT_EACCESS) == 0 }
+}
+
+/// The calling thread wearing a peer's file-system identity; dropping it restores the server's.
+struct AsPeer {
+    own_groups: Vec<libc::gid_t>,
+    own_uid: u32,
+    own_gid: u32,
+}
+
+impl AsPeer {
+    fn enter(c: &Credentials) -> io::Result<AsPeer> {
+        // SAFETY: plain identity calls on the calling thread; getgroups writes at most the
+        // count it returned a moment before into a buffer of that size.
+        unsafe {
+            let n = libc::getgroups(0, std::ptr::null_mut());
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut own_groups = vec![0; n as usize];
+            let n = libc::getgroups(n, own_groups.as_mut_ptr());
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            own_groups.truncate(n as usize);
+            let worn = AsPeer {
+                own_groups,
+                own_uid: libc::geteuid(),
+                own_gid: libc::getegid(),
+            };
+            // Groups first, while the thread still has the capability to set them. The raw
+            // system call changes this thread only (glibc's setgroups would change them all).
+            if libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::setfsgid(c.gid);
+            libc::setfsuid(c.uid);
+            // setfsuid reports failure by returning the old value: ask again to be sure.
+            if libc::setfsuid(u32::MAX) as u32 != c.uid || libc::setfsgid(u32::MAX) as u32 != c.gid
+            {
+                drop(worn);
+                return Err(io::Error::other("setfsuid/setfsgid did not take"));
+            }
+            Ok(worn)
+        }
+    }
+}
+
+impl Drop for AsPeer {
+    fn drop(&mut self) {
+        // SAFETY: restoring this thread's own identity; as in `enter`.
+        unsafe {
+            libc::setfsuid(self.own_uid);
+            libc::setfsgid(self.own_gid);
+            if libc::syscall(
+                libc::SYS_setgroups,
+                self.own_groups.len(),
+                self.own_groups.as_ptr(),
+            ) != 0
+            {
+                // A thread that cannot become the server again must not serve anyone.
+                tracing::error!(
+                    "cannot restore the server's groups: {}",
+                    io::Error::last_os_error()
+                );
+                std::process::abort();
+            }
+            if libc::setfsuid(u32::MAX) as u32 != self.own_uid {
+                tracing::error!("cannot restore the server's file-system uid");
+                std::process::abort();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn as_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn a_peer_sees_what_the_kernel_lets_it_see_and_the_thread_gets_its_identity_back() {
+        if !as_root() {
+            eprintln!("skipped: needs root to take another identity");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let closed = dir.path().join("closed");
+        let open = dir.path().join("open");
+        let group_only = dir.path().join("group-only");
+        for (d, mode) in [(&closed, 0o700), (&open, 0o755), (&group_only, 0o770)] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::os::unix::fs::chown(&group_only, Some(0), Some(4242)).unwrap();
+        let nobody = Credentials {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![],
+        };
+        let in_group = Credentials {
+            groups: vec![4242],
+            ..nobody.clone()
+        };
+        Access::Peer(nobody).check(|may| {
+            assert!(may(&open, LIST));
+            assert!(!may(&closed, SEARCH));
+            assert!(!may(&closed.join("x"), libc::F_OK));
+            assert!(!may(&open, WRITE));
+            assert!(!may(&group_only, LIST));
+        });
+        Access::Peer(in_group).check(|may| assert!(may(&group_only, LIST | WRITE)));
+        // Root again: the closed folder is open to this thread, with its groups back.
+        assert!(may(&closed, LIST | WRITE));
+        // SAFETY: plain identity queries.
+        unsafe {
+            assert_eq!(libc::setfsuid(u32::MAX), 0);
+            assert_eq!(libc::setfsgid(u32::MAX), 0);
+        }
+        // A thread that was already running (as the server's other threads are) never wears
+        // it. (A thread started during the check would: threads inherit their identity.)
+        let (ask, asked) = std::sync::mpsc::channel::<()>();
+        let (tell, told) = std::sync::mpsc::channel();
+        let other = std::thread::spawn({
+            let closed = closed.clone();
+            move || {
+                asked.recv().unwrap();
+                tell.send(may(&closed, LIST)).unwrap();
+            }
+        });
+        Access::Peer(Credentials {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![],
+        })
+        .check(|may_here| {
+            assert!(!may_here(&closed, LIST));
+            ask.send(()).unwrap();
+            assert!(told.recv().unwrap(), "another thread lost root's access");
+        });
+        other.join().unwrap();
+    }
+
+    #[test]
+    fn trusted_sees_all_and_unverifiable_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        Access::Trusted.check(|may| assert!(may(Path::new("/nonexistent"), LIST)));
+        Access::Unverifiable { uid: 7 }.check(|may| assert!(!may(dir.path(), libc::F_OK)));
+        assert!(Access::Unverifiable { uid: 7 }
+            .refusal(dir.path(), "list")
+            .contains("cannot check what uid 7 may list"));
+    }
+
+    #[test]
+    fn a_peer_of_a_socket_pair_is_this_process() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let c = Credentials::of_peer(&a).unwrap();
+        // SAFETY: plain identity queries.
+        unsafe {
+            assert_eq!(c.uid, libc::geteuid());
+            assert_eq!(c.gid, libc::getegid());
+        }
+        assert!(Access::for_local(Some(c)).is_trusted());
+    }
+}
