@@ -651,16 +651,32 @@ pub fn apply_read<R: Read>(
             // A page shorter than `limit` means "no more" to every client, so hits left out
             // (deskd's own files, objects the peer cannot see) are made up from further down.
             let mut out = Vec::new();
+            // Hits share folders: each folder's path is looked up once per request.
+            let mut folders: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
             loop {
                 let hits = names.find(db, &query).map_err(db_error)?;
                 let last_page = (hits.len() as u32) < limit;
                 let mut candidates = Vec::with_capacity(hits.len());
                 for o in hits {
                     query.after_id = o.id;
-                    if !deskd_volume::is_protected(&o.name) {
-                        let components = db.path_of(o.id).map_err(db_error)?;
-                        candidates.push((o, components));
+                    if deskd_volume::is_protected(&o.name) {
+                        continue;
                     }
+                    let mut components = if o.id == deskd_db::ROOT_ID {
+                        Vec::new()
+                    } else {
+                        let folder = match folders.entry(o.parent) {
+                            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                            std::collections::hash_map::Entry::Vacant(e) => {
+                                e.insert(db.path_of(o.parent).map_err(db_error)?)
+                            }
+                        };
+                        folder.clone()
+                    };
+                    if o.id != deskd_db::ROOT_ID {
+                        components.push(o.name.clone());
+                    }
+                    candidates.push((o, components));
                 }
                 let shown: Vec<bool> = if access.is_trusted() {
                     vec![true; candidates.len()]

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `deskd find` by a local user who is not root (every hit checked as that user, by the kernel)
+# against the same find by root (no checks), and against find(1) run by that user, in the same
+# run, one server. Half of the folders are closed to the user (0700). Runs alternate; medians
+# of RUNS.
+#
+#   scripts/bench-access.sh                      # 10 x 10,000 files, 7 runs each
+#   DIRS=4 PER_DIR=5000 RUNS=3 scripts/bench-access.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIRS=${DIRS:-10}
+PER_DIR=${PER_DIR:-10000}
+RUNS=${RUNS:-7}
+# A broad pattern, one that hits a folder nobody may list, and one that hits an open one.
+PATTERNS=${PATTERNS:-invoice photo-0004-draft photo-0003-draft}
+WORK=$(mktemp -d /tmp/deskd-bench-access.XXXXXX)
+VOL="$WORK/vol"
+SOCK="$WORK/deskd.sock"
+
+[ "$(id -u)" -eq 0 ] || { echo "bench-access.sh: run as root (it acts as user nobody too)" >&2; exit 1; }
+cargo build --release --quiet
+. scripts/bench-common.sh
+SERVER=
+stop() { [ -z "$SERVER" ] || { kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; } || true; rm -rf "$WORK"; }
+trap stop EXIT
+
+# The binaries where nobody can run them.
+chmod 755 "$WORK"
+cp target/release/deskd target/release/deskd-bench "$WORK/"
+BIN=$WORK
+mkdir -p "$VOL"
+"$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" populate --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
+"$BIN/deskd" serve --socket "$SOCK" "$VOL" 2>"$WORK/server.log" & SERVER=$!
+wait_for_line "$WORK/server.log" "deskd serving"
+"$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" create --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
+for d in $(seq 0 2 $((DIRS - 1))); do chmod 700 "$VOL/$(printf 'dir%04d' "$d")"; done
+as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@" 2>/dev/null; }
+export DESKD_SOCKET=$SOCK
+echo "== $((DIRS * PER_DIR)) files in $DIRS folders, every other folder 0700; warm cache"
+echo
+echo "| pattern | hits root / nobody | deskd find, root | deskd find, nobody (checked) | nobody / root | find(1), nobody | deskd as nobody / find(1) |"
+echo "|---|---|---|---|---|---|---|"
+for pattern in $PATTERNS; do
+    root_hits=$("$BIN/deskd" find "$pattern" | wc -l)
+    user_hits=$(as_nobody "$BIN/deskd" find "$pattern" | wc -l)
+    find_hits=$( (as_nobody find "$VOL" -name "*$pattern*" 2>/dev/null || true) | wc -l)
+    [ "$user_hits" = "$find_hits" ] || { echo "nobody: deskd found $user_hits, find(1) $find_hits" >&2; exit 1; }
+    declare -A T=()
+    for i in $(seq "$RUNS"); do
+        T[root]+="$(elapsed "$BIN/deskd" find "$pattern") "
+        T[user]+="$(elapsed as_nobody "$BIN/deskd" find "$pattern") "
+        T[find]+="$(elapsed as_nobody find "$VOL" -name "*$pattern*") "
+    done
+    # shellcheck disable=SC2086
+    root=$(printf '%s\n' ${T[root]} | median)
+    # shellcheck disable=SC2086
+    user=$(printf '%s\n' ${T[user]} | median)
+    # shellcheck disable=SC2086
+    find=$(printf '%s\n' ${T[find]} | median)
+    python3 -c "print(f'| $pattern | $root_hits / $user_hits | {$root*1000:.1f} ms | {$user*1000:.1f} ms | {$user / $root:.2f} | {$find*1000:.1f} ms | {$user / $find:.2f} |')"
+done
