@@ -320,3 +320,72 @@ fn the_server_itself_refuses_what_the_user_could_not_do() {
         "MINE"
     );
 }
+
+#[test]
+fn a_user_works_in_its_own_folder_as_before() {
+    let env = volume_with_closed_folders();
+    // Inside drop/ (search only) too: nobody's folder there is its own.
+    env.dt_ok(&[b"mkdir", b"vol/drop/nobodys-box"]);
+    for rel in ["vol/drop/nobodys-box", "vol/drop/.rsrc"] {
+        chown_nobody(&env, rel);
+    }
+    let steps: &[&[&[u8]]] = &[
+        &[b"mkdir", b"vol/nobodys/sub"],
+        &[
+            b"touch",
+            b"vol/nobodys/sub/a.txt",
+            b"vol/drop/nobodys-box/b.txt",
+        ],
+        &[b"mv", b"vol/nobodys/sub/a.txt", b"vol/nobodys/sub/c.txt"],
+        &[
+            b"set",
+            b"-t",
+            b"TEXT",
+            b"--comment",
+            b"note",
+            b"vol/nobodys/sub/c.txt",
+        ],
+        &[b"info", b"vol/nobodys/sub/c.txt"],
+        &[b"ls", b"-l", b"vol/nobodys/sub"],
+        &[b"info", b"vol/drop/nobodys-box/b.txt"],
+        &[b"cp", b"vol/nobodys/sub/c.txt", b"vol/nobodys/d.txt"],
+        &[b"rm", b"vol/nobodys/d.txt"],
+    ];
+    for args in steps {
+        let Some(out) = env.as_nobody(DT, args) else {
+            eprintln!("skipped: needs root to act as another user");
+            return;
+        };
+        assert!(
+            out.status.success(),
+            "dt {:?}: {}",
+            args.iter()
+                .map(|a| String::from_utf8_lossy(a))
+                .collect::<Vec<_>>(),
+            stderr(&out)
+        );
+    }
+    let out = env.as_nobody(DT, &[b"find", b"vol", b".txt"]).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let found = lines(&out);
+    for name in [
+        "nobodys/sub/c.txt",
+        "drop/nobodys-box/b.txt",
+        "public/report.txt",
+    ] {
+        assert!(
+            found.iter().any(|l| l.ends_with(name)),
+            "{name} in {found:?}"
+        );
+    }
+    assert!(!found.iter().any(|l| l.contains("salaries")), "{found:?}");
+    assert_eq!(type_of(&env, "c.txt"), "TEXT");
+    // The desktop agrees with the disk after all of it.
+    let out = env.deskd(&["rebuild", "-s", env.path("vol").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+}
