@@ -28,32 +28,37 @@ pub struct Credentials {
 impl Credentials {
     /// The identity of the process at the other end of a Unix socket.
     pub fn of_peer(socket: &impl AsRawFd) -> io::Result<Credentials> {
-        let fd = socket.as_raw_fd();
-        let mut cred = libc::ucred {
-            pid: 0,
-            uid: 0,
-            gid: 0,
-        };
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly sized ucred.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_PEERCRED,
-                &mut cred as *mut libc::ucred as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let cred = peer_ucred(socket)?;
         Ok(Credentials {
             uid: cred.uid,
             gid: cred.gid,
-            groups: peer_groups(fd)?,
+            groups: peer_groups(socket.as_raw_fd())?,
         })
     }
+}
+
+/// The pid, uid and gid of the process at the other end of a Unix socket (`SO_PEERCRED`).
+pub fn peer_ucred(socket: &impl AsRawFd) -> io::Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly sized ucred.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred)
 }
 
 /// The supplementary groups of the peer (`SO_PEERGROUPS`, Linux 4.13), growing the buffer

@@ -86,23 +86,7 @@ const WRONG_TOKEN_PENALTY: Duration = Duration::from_secs(1);
 
 /// The uid of the peer process (SO_PEERCRED).
 pub fn peer_uid(stream: &impl AsRawFd) -> Option<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly sized ucred.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            &mut cred as *mut libc::ucred as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(cred.uid)
+    access::peer_ucred(stream).ok().map(|c| c.uid)
 }
 
 /// Serve one connection until the client leaves. A TCP client must first answer the token
