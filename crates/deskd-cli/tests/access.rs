@@ -389,3 +389,62 @@ fn a_user_works_in_its_own_folder_as_before() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_server_not_running_as_root_refuses_what_it_cannot_check() {
+    let mut env = Env::new(&["vol"]);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to act as other users");
+        return;
+    }
+    // The server runs as nobody, on nobody's volume; its socket goes in the temp dir.
+    chown_nobody(&env, "vol");
+    chmod(&env, "", 0o1777);
+    env.server_uid = Some(65534);
+    env.serve(&["vol"]);
+    assert!(env
+        .as_nobody(DT, &[b"touch", b"vol/a.txt"])
+        .unwrap()
+        .status
+        .success());
+    let id = env.id_of(&env.path("vol/a.txt")).to_string();
+    let vol = env.path("vol");
+    // Its own user and root: as before.
+    let out = env
+        .as_nobody(
+            DT,
+            &[
+                b"resolve",
+                vol.as_os_str().as_encoded_bytes(),
+                id.as_bytes(),
+            ],
+        )
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lines(&env.deskd(&["find", "a.txt"])).len(), 1);
+    // Anyone else: the server cannot take their identity, so it refuses and says why.
+    let out = env
+        .as_user(
+            65533,
+            DT,
+            &[
+                b"resolve",
+                vol.as_os_str().as_encoded_bytes(),
+                id.as_bytes(),
+            ],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("deskd does not run as root, so it cannot check what uid 65533 may"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env
+        .as_user(65533, DESKD, &[b"find", b"a.txt"], &[])
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(lines(&out).is_empty(), "{:?}", lines(&out));
+}

@@ -18,6 +18,8 @@ pub struct Env {
     pub starts: u32,
     /// Extra environment for the servers this Env starts (test hooks).
     pub server_env: Vec<(String, String)>,
+    /// Run the servers this Env starts as this uid (and gid), not as the test's user.
+    pub server_uid: Option<u32>,
 }
 
 impl Env {
@@ -36,6 +38,7 @@ impl Env {
             log,
             starts: 0,
             server_env: Vec::new(),
+            server_uid: None,
         }
     }
 
@@ -49,7 +52,16 @@ impl Env {
         self.log = self.dir.path().join(format!("server-{}.log", self.starts));
         let log = std::fs::File::create(&self.log).unwrap();
         let began = Instant::now();
-        let child = Command::new(DESKD)
+        let mut cmd = match self.server_uid {
+            None => Command::new(DESKD),
+            Some(uid) => {
+                use std::os::unix::process::CommandExt;
+                let mut cmd = Command::new(self.linked_for_others(DESKD));
+                cmd.uid(uid).gid(uid);
+                cmd
+            }
+        };
+        let child = cmd
             .arg("serve")
             .arg("--socket")
             .arg(&self.socket)
@@ -189,11 +201,9 @@ impl Env {
     }
 
     /// Runs `bin` (DESKD or DT) as user "nobody" (uid and gid 65534, no other groups) against
-    /// this Env's server; None when the tests do not run as root. The temp dir is opened to
-    /// everybody (0755) and the binary linked into it, as the build directory may not be
-    /// reachable for nobody.
+    /// this Env's server; None when the tests do not run as root.
     pub fn as_nobody(&self, bin: &str, args: &[&[u8]]) -> Option<Output> {
-        self.as_nobody_with(bin, args, &[])
+        self.as_user(65534, bin, args, &[])
     }
 
     /// `as_nobody` with environment variables.
@@ -203,18 +213,21 @@ impl Env {
         args: &[&[u8]],
         envs: &[(&str, String)],
     ) -> Option<Output> {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return None;
-        }
+        self.as_user(65534, bin, args, envs)
+    }
+
+    /// `bin` linked into the temp dir, which is opened to everybody (at least 0755): the build
+    /// directory may not be reachable for other users.
+    pub fn linked_for_others(&self, bin: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(self.dir.path()).unwrap().permissions().mode();
         std::fs::set_permissions(
             self.dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            std::fs::Permissions::from_mode((mode & 0o7777) | 0o755),
         )
         .unwrap();
         let name = Path::new(bin).file_name().unwrap().to_owned();
-        let linked = self.dir.path().join("bin-for-nobody").join(name);
+        let linked = self.dir.path().join("bin-for-others").join(name);
         if !linked.exists() {
             std::fs::create_dir_all(linked.parent().unwrap()).unwrap();
             // A hard link involves no open write handle; a copy does, and a test thread
@@ -224,11 +237,29 @@ impl Env {
                 std::fs::copy(bin, &linked).unwrap();
             }
         }
+        linked
+    }
+
+    /// Runs `bin` as `uid` (gid the same, no other groups) against this Env's server; None
+    /// when the tests do not run as root.
+    pub fn as_user(
+        &self,
+        uid: u32,
+        bin: &str,
+        args: &[&[u8]],
+        envs: &[(&str, String)],
+    ) -> Option<Output> {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        let linked = self.linked_for_others(bin);
         for _ in 0..100 {
             let mut cmd = self.command_for(linked.to_str().unwrap(), args);
             cmd.envs(envs.iter().map(|(k, v)| (k, v)));
             // As root, std also drops every supplementary group.
-            cmd.uid(65534).gid(65534);
+            cmd.uid(uid).gid(uid);
             match cmd.output() {
                 Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
                     std::thread::sleep(Duration::from_millis(20))
