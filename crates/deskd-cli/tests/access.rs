@@ -147,6 +147,8 @@ const PROBES: &[(&str, &str)] = &[
     ("set comment of its own file", "ok"),
     ("APPL for an app in root's folder", "PermissionDenied"),
     ("APPL for an app in its own folder", "ok"),
+    ("register a name in hr", "PermissionDenied"),
+    ("register a name in its own folder", "ok"),
 ];
 
 /// The probe half of `the_server_itself_refuses_what_the_user_could_not_do`, which runs this
@@ -231,6 +233,20 @@ fn probe_as_nobody() {
             creator: *b"MINE",
             app_id: id("OWN"),
             tag: 0,
+        },
+        Request::AddPath {
+            vol,
+            path: b"hr/salaries-1.txt".to_vec(),
+            hint: None,
+            type_code: None,
+            creator: None,
+        },
+        Request::AddPath {
+            vol,
+            path: b"nobodys/own.txt".to_vec(),
+            hint: None,
+            type_code: None,
+            creator: None,
         },
     ];
     for ((probe, _), request) in PROBES.iter().zip(requests) {

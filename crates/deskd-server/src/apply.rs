@@ -194,7 +194,7 @@ fn add_path(
     Ok((current, created))
 }
 
-fn resolve_components(vol: &Volume, rel: &[u8]) -> Result<Vec<Vec<u8>>, ErrorReply> {
+pub fn resolve_components(vol: &Volume, rel: &[u8]) -> Result<Vec<Vec<u8>>, ErrorReply> {
     let r = vol.resolve_relative(rel).map_err(volume_error)?;
     Ok(r.components.iter().map(|c| c.as_bytes().to_vec()).collect())
 }

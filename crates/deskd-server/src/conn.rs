@@ -20,7 +20,7 @@ use deskd_proto::{
 use tracing::{debug, warn};
 
 use crate::access::{self, Access, Credentials};
-use crate::apply::{apply_read, db_error, Reply};
+use crate::apply::{self, apply_read, db_error, Reply};
 use crate::outbox::Outbox;
 use crate::volume::{Job, VolumeHandle};
 use crate::Shared;
@@ -263,8 +263,32 @@ impl Connection {
     /// and FPAddAPPL). The changes the client made on disk itself were made with its own
     /// rights, and the writer verifies them against the disk.
     fn may_change(&mut self, handle: &VolumeHandle, request: &Request) -> Result<(), ErrorReply> {
+        if self.access.is_trusted() {
+            return Ok(());
+        }
+        // A registration or a move answers with the object's ID and path: the peer must be
+        // able to reach the folder the object is in now, as for `stat(2)`. (Deletes answer
+        // only with the IDs of what is gone from the disk.)
+        let vol = &handle.volume;
+        let reached = match request {
+            Request::Add { parent, .. }
+            | Request::Rename {
+                new_parent: parent, ..
+            } => {
+                let reader = self.reader(handle)?;
+                reader.path_of(*parent).ok().map(|c| vol.path_of(&c))
+            }
+            Request::AddPath { path, .. } | Request::RenamePath { to: path, .. } => {
+                apply::resolve_components(vol, path)?
+                    .split_last()
+                    .map(|(_, folder)| vol.path_of(folder))
+            }
+            _ => None,
+        };
+        if let Some(folder) = reached {
+            apply::require(&self.access, &folder, access::SEARCH, "search it")?;
+        }
         let id = match request {
-            _ if self.access.is_trusted() => return Ok(()),
             Request::SetInfo { id, .. }
             | Request::CommentSet { id, .. }
             | Request::CommentRemove { id, .. } => *id,

@@ -220,7 +220,10 @@ impl Env {
     /// directory may not be reachable for other users.
     pub fn linked_for_others(&self, bin: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(self.dir.path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(self.dir.path())
+            .unwrap()
+            .permissions()
+            .mode();
         std::fs::set_permissions(
             self.dir.path(),
             std::fs::Permissions::from_mode((mode & 0o7777) | 0o755),
