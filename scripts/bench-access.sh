@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `deskd find` by a local user who is not root (every hit checked as that user, by the kernel)
 # against the same find by root (no checks), and against find(1) run by that user, in the same
-# run, one server. Half of the folders are closed to the user (0700). Runs alternate; medians
-# of RUNS.
+# run, one server. Half of the folders are closed to the user (0700). Then `dt touch` of new
+# files by that user (every registration checked) against the same by root. Runs alternate;
+# medians of RUNS.
 #
 #   scripts/bench-access.sh                      # 10 x 10,000 files, 7 runs each
 #   DIRS=4 PER_DIR=5000 RUNS=3 scripts/bench-access.sh
@@ -26,7 +27,7 @@ trap stop EXIT
 
 # The binaries where nobody can run them.
 chmod 755 "$WORK"
-cp target/release/deskd target/release/deskd-bench "$WORK/"
+cp target/release/deskd target/release/deskd-bench target/release/dt "$WORK/"
 BIN=$WORK
 mkdir -p "$VOL"
 "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" populate --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
@@ -59,3 +60,28 @@ for pattern in $PATTERNS; do
     find=$(printf '%s\n' ${T[find]} | median)
     python3 -c "print(f'| $pattern | $root_hits / $user_hits | {$root*1000:.1f} ms | {$user*1000:.1f} ms | {$user / $root:.2f} | {$find*1000:.1f} ms | {$user / $find:.2f} |')"
 done
+
+# Writes: `dt touch` of PER_DIR new files in a folder of nobody's, by nobody (every
+# registration checked) and by root (not), alternating; the files removed before the next run.
+mkdir -p "$VOL/nobodys"
+chown 65534:65534 "$VOL/nobodys"
+names=$(seq -f "$VOL/nobodys/new-%06g" 1 "$PER_DIR")
+declare -A C=()
+for i in $(seq "$RUNS"); do
+    sync
+    # shellcheck disable=SC2086
+    C[user]+="$(elapsed as_nobody "$BIN/dt" touch $names) "
+    as_nobody "$BIN/dt" rm -r "$VOL/nobodys"/new-*
+    sync
+    # shellcheck disable=SC2086
+    C[root]+="$(elapsed "$BIN/dt" touch $names) "
+    "$BIN/dt" rm -r "$VOL/nobodys"/new-*
+done
+# shellcheck disable=SC2086
+user=$(printf '%s\n' ${C[user]} | median)
+# shellcheck disable=SC2086
+root=$(printf '%s\n' ${C[root]} | median)
+echo
+echo "| dt touch of $PER_DIR new files | root (no checks) | nobody (checked) | nobody / root |"
+echo "|---|---|---|---|"
+python3 -c "print(f'| seconds (median of $RUNS) | {$root:.3f} | {$user:.3f} | {$user / $root:.2f} |')"
