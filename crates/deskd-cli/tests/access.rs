@@ -149,6 +149,8 @@ const PROBES: &[(&str, &str)] = &[
     ("APPL for an app in its own folder", "ok"),
     ("register a name in hr", "PermissionDenied"),
     ("register a name in its own folder", "ok"),
+    ("pipelined registration", "ok"),
+    ("pipelined set info behind it", "NotFound"),
 ];
 
 /// The probe half of `the_server_itself_refuses_what_the_user_could_not_do`, which runs this
@@ -249,21 +251,47 @@ fn probe_as_nobody() {
             creator: None,
         },
     ];
+    let shown = |answer: deskd_client::Result<Response>| match answer {
+        Ok(
+            Response::Done
+            | Response::Object(_)
+            | Response::Objects(_)
+            | Response::MaybeObject(Some(_))
+            | Response::Comment(_),
+        ) => "ok".to_owned(),
+        Ok(other) => format!("unexpected {other:?}"),
+        Err(e) => format!("{:?}", e.code().unwrap()),
+    };
     for ((probe, _), request) in PROBES.iter().zip(requests) {
-        let answer = match c.call(request) {
-            Ok(
-                Response::Done
-                | Response::Object(_)
-                | Response::Objects(_)
-                | Response::MaybeObject(Some(_))
-                | Response::Comment(_),
-            ) => "ok".to_owned(),
-            Ok(other) => format!("unexpected {other:?}"),
-            Err(e) => format!("{:?}", e.code().unwrap()),
-        };
-        println!("{probe}={answer}");
+        println!("{probe}={}", shown(c.call(request)));
     }
+    // Pipelined: register root's unregistered file with a chosen ID, and in the same burst
+    // change the Finder information of that ID before the registration is answered.
+    let add = c
+        .send(Request::AddPath {
+            vol,
+            path: b"public/plain.txt".to_vec(),
+            hint: Some(PIPELINED_HINT),
+            type_code: None,
+            creator: None,
+        })
+        .unwrap();
+    let set = c
+        .send(Request::SetInfo {
+            vol,
+            id: PIPELINED_HINT,
+            type_code: Some(*b"EVIL"),
+            creator: None,
+            flags: None,
+        })
+        .unwrap();
+    c.flush().unwrap();
+    println!("pipelined registration={}", shown(c.wait(add)));
+    println!("pipelined set info behind it={}", shown(c.wait(set)));
 }
+
+/// The ID the pipelined probe asks for.
+const PIPELINED_HINT: u32 = 60_000;
 
 #[test]
 fn the_server_itself_refuses_what_the_user_could_not_do() {
@@ -271,6 +299,8 @@ fn the_server_itself_refuses_what_the_user_could_not_do() {
         return probe_as_nobody();
     }
     let env = volume_with_closed_folders();
+    // Root's file that no one has registered yet (made without dt).
+    std::fs::write(env.path("vol/public/plain.txt"), "x").unwrap();
     env.dt_ok(&[
         b"set",
         b"--comment",
@@ -325,6 +355,15 @@ fn the_server_itself_refuses_what_the_user_could_not_do() {
     }
     // The refused changes left the desktop as it was; the allowed ones are there.
     assert_ne!(type_of(&env, "locked.txt"), "TEXT");
+    assert_ne!(type_of(&env, "plain.txt"), "EVIL");
+    assert_eq!(
+        sqlite3(
+            &env.path("vol/.Desktop"),
+            "SELECT id FROM objects WHERE CAST(name AS TEXT) = 'plain.txt'"
+        )
+        .trim(),
+        PIPELINED_HINT.to_string()
+    );
     assert_eq!(type_of(&env, "own.txt"), "TEXT");
     let db = env.path("vol/.Desktop");
     assert_eq!(

@@ -274,10 +274,7 @@ impl Connection {
             Request::Add { parent, .. }
             | Request::Rename {
                 new_parent: parent, ..
-            } => {
-                let reader = self.reader(handle)?;
-                reader.path_of(*parent).ok().map(|c| vol.path_of(&c))
-            }
+            } => Some(vol.path_of(&self.components_for_check(handle, *parent)?)),
             Request::AddPath { path, .. } | Request::RenamePath { to: path, .. } => {
                 apply::resolve_components(vol, path)?
                     .split_last()
@@ -295,12 +292,7 @@ impl Connection {
             Request::ApplAdd { app_id, .. } | Request::ApplRemove { app_id, .. } => *app_id,
             _ => return Ok(()),
         };
-        let reader = self.reader(handle)?;
-        let components = match reader.path_of(id) {
-            Ok(c) => c,
-            // Unknown IDs are the writer's to report.
-            Err(_) => return Ok(()),
-        };
+        let components = self.components_for_check(handle, id)?;
         let object = handle.volume.path_of(&components);
         let folder = components
             .split_last()
@@ -328,6 +320,27 @@ impl Connection {
                 self.access.refusal(&object, what),
             ))
         }
+    }
+
+    /// Where object `id` is, for a check of a change that names it. An object this connection
+    /// cannot see yet (unknown, or registered by a request still waiting for its answer) is
+    /// not waved through: the check would have nothing to check.
+    fn components_for_check(
+        &mut self,
+        handle: &VolumeHandle,
+        id: u32,
+    ) -> Result<Vec<Vec<u8>>, ErrorReply> {
+        self.reader(handle)?.path_of(id).map_err(|e| match e {
+            deskd_db::DbError::NoSuchId(_) => ErrorReply::new(
+                ErrorCode::NotFound,
+                format!(
+                    "{}: no object with ID {id} (one registered by a request of yours still \
+                     waiting for its answer counts only once answered)",
+                    handle.volume.root().display()
+                ),
+            ),
+            other => db_error(other),
+        })
     }
 
     fn dispatch(&mut self, request: Request, sink: ReplySink, more_pending: bool) {
