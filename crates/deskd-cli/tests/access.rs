@@ -503,3 +503,29 @@ fn a_server_not_running_as_root_refuses_what_it_cannot_check() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(lines(&out).is_empty(), "{:?}", lines(&out));
 }
+
+#[test]
+fn a_server_without_the_capability_to_switch_groups_refuses_and_goes_on() {
+    // A unit may take CAP_SETGID away from root; the check then cannot be made. The server
+    // must refuse (and log why), not die, and root's requests must go on as before.
+    let mut env = volume_with_closed_folders();
+    env.term();
+    env.server_wrapper = ["setpriv", "--bounding-set=-setgid"]
+        .map(String::from)
+        .to_vec();
+    env.serve(&["vol"]);
+    let Some(out) = env.as_nobody(DESKD, &[b"find", b"report"]) else {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    };
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(lines(&out).is_empty(), "{:?}", lines(&out));
+    assert!(
+        env.log_text()
+            .contains("cannot take uid 65534's identity to check its access"),
+        "{}",
+        env.log_text()
+    );
+    assert_eq!(lines(&env.deskd(&["find", "report"])).len(), 1);
+    env.dt_ok(&[b"touch", b"vol/public/after.txt"]);
+}

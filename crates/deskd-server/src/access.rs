@@ -189,16 +189,17 @@ impl AsPeer {
                 return Err(io::Error::last_os_error());
             }
             own_groups.truncate(n as usize);
+            // Groups first, while the thread still has the capability to set them. The raw
+            // system call changes this thread only (glibc's setgroups would change them all).
+            // If it fails nothing has changed yet, so there is nothing to restore.
+            if libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             let worn = AsPeer {
                 own_groups,
                 own_uid: libc::geteuid(),
                 own_gid: libc::getegid(),
             };
-            // Groups first, while the thread still has the capability to set them. The raw
-            // system call changes this thread only (glibc's setgroups would change them all).
-            if libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
             libc::setfsgid(c.gid);
             libc::setfsuid(c.uid);
             // setfsuid reports failure by returning the old value: ask again to be sure.

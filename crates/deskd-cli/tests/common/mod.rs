@@ -20,6 +20,9 @@ pub struct Env {
     pub server_env: Vec<(String, String)>,
     /// Run the servers this Env starts as this uid (and gid), not as the test's user.
     pub server_uid: Option<u32>,
+    /// A command (and its arguments) the servers this Env starts are run under, such as
+    /// `setpriv` with capabilities taken away.
+    pub server_wrapper: Vec<String>,
 }
 
 impl Env {
@@ -39,6 +42,7 @@ impl Env {
             starts: 0,
             server_env: Vec::new(),
             server_uid: None,
+            server_wrapper: Vec::new(),
         }
     }
 
@@ -52,15 +56,22 @@ impl Env {
         self.log = self.dir.path().join(format!("server-{}.log", self.starts));
         let log = std::fs::File::create(&self.log).unwrap();
         let began = Instant::now();
-        let mut cmd = match self.server_uid {
-            None => Command::new(DESKD),
-            Some(uid) => {
-                use std::os::unix::process::CommandExt;
-                let mut cmd = Command::new(self.linked_for_others(DESKD));
-                cmd.uid(uid).gid(uid);
+        let deskd = match self.server_uid {
+            None => PathBuf::from(DESKD),
+            Some(_) => self.linked_for_others(DESKD),
+        };
+        let mut cmd = match self.server_wrapper.split_first() {
+            None => Command::new(&deskd),
+            Some((wrapper, args)) => {
+                let mut cmd = Command::new(wrapper);
+                cmd.args(args).arg(&deskd);
                 cmd
             }
         };
+        if let Some(uid) = self.server_uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
+        }
         let child = cmd
             .arg("serve")
             .arg("--socket")
