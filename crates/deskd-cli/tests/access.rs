@@ -22,6 +22,17 @@ fn lines(out: &std::process::Output) -> Vec<String> {
         .collect()
 }
 
+/// `dt resolve VOL ID` run as `uid`.
+fn resolve_as(env: &Env, uid: u32, id: &str) -> std::process::Output {
+    let vol = env.path("vol");
+    let args: [&[u8]; 3] = [
+        b"resolve",
+        vol.as_os_str().as_encoded_bytes(),
+        id.as_bytes(),
+    ];
+    env.as_user(uid, DT, &args, &[]).unwrap()
+}
+
 fn type_of(env: &Env, name: &str) -> String {
     sqlite3(
         &env.path("vol/.Desktop"),
@@ -98,17 +109,7 @@ fn find_and_resolve_show_a_user_only_what_it_could_list() {
 
     // An ID does not reveal a path the user could not list.
     let hidden = env.id_of(&env.path("vol/hr/salaries-0.txt")).to_string();
-    let vol = env.path("vol");
-    let out = env
-        .as_nobody(
-            DT,
-            &[
-                b"resolve",
-                vol.as_os_str().as_encoded_bytes(),
-                hidden.as_bytes(),
-            ],
-        )
-        .unwrap();
+    let out = resolve_as(&env, 65534, &hidden);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("permission denied"),
@@ -117,16 +118,7 @@ fn find_and_resolve_show_a_user_only_what_it_could_list() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("salaries"));
     let open = env.id_of(&env.path("vol/public/report.txt")).to_string();
-    let out = env
-        .as_nobody(
-            DT,
-            &[
-                b"resolve",
-                vol.as_os_str().as_encoded_bytes(),
-                open.as_bytes(),
-            ],
-        )
-        .unwrap();
+    let out = resolve_as(&env, 65534, &open);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(lines(&out)[0].ends_with("vol/public/report.txt"));
 }
@@ -464,33 +456,12 @@ fn a_server_not_running_as_root_refuses_what_it_cannot_check() {
         .status
         .success());
     let id = env.id_of(&env.path("vol/a.txt")).to_string();
-    let vol = env.path("vol");
     // Its own user and root: as before.
-    let out = env
-        .as_nobody(
-            DT,
-            &[
-                b"resolve",
-                vol.as_os_str().as_encoded_bytes(),
-                id.as_bytes(),
-            ],
-        )
-        .unwrap();
+    let out = resolve_as(&env, 65534, &id);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(lines(&env.deskd(&["find", "a.txt"])).len(), 1);
     // Anyone else: the server cannot take their identity, so it refuses and says why.
-    let out = env
-        .as_user(
-            65533,
-            DT,
-            &[
-                b"resolve",
-                vol.as_os_str().as_encoded_bytes(),
-                id.as_bytes(),
-            ],
-            &[],
-        )
-        .unwrap();
+    let out = resolve_as(&env, 65533, &id);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("deskd does not run as root, so it cannot check what uid 65533 may"),
