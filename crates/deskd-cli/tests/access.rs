@@ -497,6 +497,15 @@ fn a_server_without_the_capability_to_switch_groups_refuses_and_goes_on() {
         "{}",
         env.log_text()
     );
+    // Said once, not once per request.
+    let again = env.as_nobody(DESKD, &[b"find", b"report"]).unwrap();
+    assert!(lines(&again).is_empty());
+    assert_eq!(
+        env.log_text().matches("cannot take uid").count(),
+        1,
+        "{}",
+        env.log_text()
+    );
     assert_eq!(lines(&env.deskd(&["find", "report"])).len(), 1);
     env.dt_ok(&[b"touch", b"vol/public/after.txt"]);
 }

@@ -136,10 +136,20 @@ impl Access {
             Access::Peer(c) => match AsPeer::enter(c) {
                 Ok(_worn) => f(&|path, mode| may(path, mode)),
                 Err(e) => {
-                    tracing::error!(
-                        "cannot take uid {}'s identity to check its access: {e}",
-                        c.uid
-                    );
+                    // Once at error level: a unit without the capability would otherwise log
+                    // every request of every user.
+                    static SAID: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
+                    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::error!(
+                            "cannot take uid {}'s identity to check its access: {e} (requests \
+                             of users other than root that name an object are refused; said \
+                             once)",
+                            c.uid
+                        );
+                    } else {
+                        tracing::debug!("cannot take uid {}'s identity: {e}", c.uid);
+                    }
                     f(&|_, _| false)
                 }
             },
