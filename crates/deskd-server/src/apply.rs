@@ -564,6 +564,14 @@ pub fn apply_read<R: Read>(
         let path = join(&db.path_of(o.id).map_err(db_error)?);
         Ok(info(o, Some(path), false))
     };
+    // The peer may do `mode` to the directory `dir` (its path looked up only when checked).
+    let require_dir = |dir: u32, mode: libc::c_int, what: &str| -> Result<(), ErrorReply> {
+        if access.is_trusted() {
+            return Ok(());
+        }
+        let folder = vol.path_of(&db.path_of(dir).map_err(db_error)?);
+        require(access, &folder, mode, what)
+    };
     // Resolve and the like: the peer must be able to list the folder that shows the object.
     let require_visible = |id: u32| -> Result<(), ErrorReply> {
         if access.is_trusted() {
@@ -575,10 +583,7 @@ pub fn apply_read<R: Read>(
     match request {
         Request::Lookup { parent, name, .. } => {
             // As stat(2): finding a name you know needs only search access to its folder.
-            if !access.is_trusted() {
-                let folder = vol.path_of(&db.path_of(*parent).map_err(db_error)?);
-                require(access, &folder, access::SEARCH, "search it")?;
-            }
+            require_dir(*parent, access::SEARCH, "search it")?;
             match db.lookup(*parent, name).map_err(db_error)? {
                 Some(o) => Ok(Response::MaybeObject(Some(with_path(&o)?))),
                 None => Ok(Response::MaybeObject(None)),
@@ -608,10 +613,7 @@ pub fn apply_read<R: Read>(
             Ok(Response::Object(with_path(&o)?))
         }
         Request::Children { dir, .. } => {
-            if !access.is_trusted() {
-                let folder = vol.path_of(&db.path_of(*dir).map_err(db_error)?);
-                require(access, &folder, access::LIST, "list it")?;
-            }
+            require_dir(*dir, access::LIST, "list it")?;
             let children = db.children(*dir).map_err(db_error)?;
             Ok(Response::Objects(
                 children.iter().map(|o| info(o, None, false)).collect(),
@@ -662,20 +664,17 @@ pub fn apply_read<R: Read>(
                     if deskd_volume::is_protected(&o.name) {
                         continue;
                     }
-                    let mut components = if o.id == deskd_db::ROOT_ID {
+                    let components = if o.id == deskd_db::ROOT_ID {
                         Vec::new()
                     } else {
-                        let folder = match folders.entry(o.parent) {
-                            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                            std::collections::hash_map::Entry::Vacant(e) => {
-                                e.insert(db.path_of(o.parent).map_err(db_error)?)
-                            }
-                        };
-                        folder.clone()
-                    };
-                    if o.id != deskd_db::ROOT_ID {
+                        if !folders.contains_key(&o.parent) {
+                            let folder = db.path_of(o.parent).map_err(db_error)?;
+                            folders.insert(o.parent, folder);
+                        }
+                        let mut components = folders[&o.parent].clone();
                         components.push(o.name.clone());
-                    }
+                        components
+                    };
                     candidates.push((o, components));
                 }
                 let shown: Vec<bool> = if access.is_trusted() {

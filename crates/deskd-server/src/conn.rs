@@ -293,10 +293,10 @@ impl Connection {
             _ => return Ok(()),
         };
         let components = self.components_for_check(handle, id)?;
-        let object = handle.volume.path_of(&components);
+        let object = vol.path_of(&components);
         let folder = components
             .split_last()
-            .map(|(_, parent)| handle.volume.path_of(parent));
+            .map(|(_, parent)| vol.path_of(parent));
         let is_appl = matches!(
             request,
             Request::ApplAdd { .. } | Request::ApplRemove { .. }

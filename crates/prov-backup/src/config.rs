@@ -392,11 +392,11 @@ impl Config {
         }
         let ca_certificates = match r.get("Database", "CA_FILE") {
             None => None,
-            Some(_) if !start_tls && !url.starts_with("ldaps://") => {
+            Some(file) if !start_tls && !url.starts_with("ldaps://") => {
                 return Err(r.invalid(
                     "Database",
                     "CA_FILE",
-                    r.get("Database", "CA_FILE").unwrap_or_default(),
+                    file,
                     "only used with ldaps:// or START_TLS = 1",
                 ))
             }
