@@ -2,6 +2,7 @@
 //! system (DESIGN §5): the object exists at the new place with the recorded dev/ino, the old
 //! name is gone. Reads are answered here too.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -667,11 +668,11 @@ pub fn apply_read<R: Read>(
                     let components = if o.id == deskd_db::ROOT_ID {
                         Vec::new()
                     } else {
-                        if !folders.contains_key(&o.parent) {
-                            let folder = db.path_of(o.parent).map_err(db_error)?;
-                            folders.insert(o.parent, folder);
-                        }
-                        let mut components = folders[&o.parent].clone();
+                        let folder = match folders.entry(o.parent) {
+                            Entry::Occupied(e) => e.into_mut(),
+                            Entry::Vacant(e) => e.insert(db.path_of(o.parent).map_err(db_error)?),
+                        };
+                        let mut components = folder.clone();
                         components.push(o.name.clone());
                         components
                     };
