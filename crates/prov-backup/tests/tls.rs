@@ -119,3 +119,37 @@ fn no_tls_and_a_foreign_certificate_end_with_clear_errors() {
         "0"
     );
 }
+
+#[test]
+fn a_password_sent_in_clear_to_another_host_is_warned_about_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A host that is not this one (and never resolves: the daemon gives up after 3 tries).
+    let setup = Setup::new(tmp.path(), "ldap://127.0.0.1:389/", "");
+    setup.edit_service(
+        "SERVER = 127.0.0.1\nPORT = 389\n",
+        "SERVER = ldap.example.invalid\nPORT = 389\n",
+    );
+    let mut daemon = setup.start(&[]);
+    assert_eq!(daemon.wait_exit(), 1);
+    let log = daemon.log_text();
+    assert!(
+        log.contains(
+            "ldap://ldap.example.invalid:389/: ADMIN_PASSWORD crosses the network unencrypted"
+        ),
+        "{log}"
+    );
+    // With StartTLS it is not said.
+    let tmp = tempfile::tempdir().unwrap();
+    let setup = Setup::new(tmp.path(), "ldap://127.0.0.1:389/", "");
+    setup.edit_service(
+        "SERVER = 127.0.0.1\nPORT = 389\n",
+        "SERVER = ldap.example.invalid\nPORT = 389\nSTART_TLS = 1\n",
+    );
+    let mut daemon = setup.start(&[]);
+    assert_eq!(daemon.wait_exit(), 1);
+    assert!(
+        !daemon.log_text().contains("unencrypted"),
+        "{}",
+        daemon.log_text()
+    );
+}
