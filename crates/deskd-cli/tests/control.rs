@@ -431,7 +431,7 @@ fn admin_verbs_need_root_or_the_volume_owner() {
 }
 
 #[test]
-fn sighup_reloads_timers_and_volumes_and_names_what_needs_a_restart() {
+fn sighup_reloads_timers_read_only_and_volumes() {
     let mut env = Env::new(&["vol", "later"]);
     let config = env.path("deskd.toml");
     let vol = env.path("vol").display().to_string();
@@ -448,6 +448,9 @@ fn sighup_reloads_timers_and_volumes_and_names_what_needs_a_restart() {
     let out = env.deskd_ok(&["freeze", "50"]);
     assert!(out.contains("FreezeMax (20), using new value: 20"), "{out}");
     env.deskd_ok(&["thaw"]);
+    env.dt_ok(&[b"touch", b"vol/before"]);
+    let mut client = env.client();
+    let handle = client.open_volume(&env.path("vol")).unwrap().vol;
 
     // A new freeze_max, a read_only change, a volume more and one that does not exist, then
     // SIGHUP.
@@ -467,14 +470,31 @@ fn sighup_reloads_timers_and_volumes_and_names_what_needs_a_restart() {
     assert!(out.contains("FreezeMax (40), using new value: 40"), "{out}");
     env.deskd_ok(&["thaw"]);
     let log = env.log_text();
+    // The volume was reopened read-only under the same handle, and the new one is served.
     assert!(
-        log.contains(&format!("{vol}: read_only changes at the next start")),
+        log.contains(&format!("{vol}: reopened, read-only")),
         "{log}"
     );
-    // The new volume is served at once; the old one stays writable until the restart.
     assert!(log.contains(&format!("{later}: now served")), "{log}");
     assert!(log.contains(&format!("{missing}: not served: ")), "{log}");
-    env.dt_ok(&[b"touch", b"vol/x"]);
+    let out = env.dt(&[b"touch", b"vol/x"]);
+    assert!(
+        stderr(&out).contains("volume is read-only"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!env.path("vol/x").exists());
+    // A client connected before the reload goes on with its handle, and sees the change.
+    let info = client.open_volume(&env.path("vol")).unwrap();
+    assert_eq!((info.vol, info.read_only), (handle, true));
+    let before = client
+        .maybe_object(deskd_client::Request::LookupPath {
+            vol: handle,
+            path: b"before".to_vec(),
+        })
+        .unwrap()
+        .expect("registered before the reload");
+    assert_eq!(before.id, env.id_of(&env.path("vol/before")));
     env.dt_ok(&[b"touch", b"later/y"]);
     let later_db = env.path("later/.Desktop");
     assert_eq!(
@@ -497,25 +517,247 @@ fn sighup_reloads_timers_and_volumes_and_names_what_needs_a_restart() {
     let out = env.deskd_ok(&["freeze", "50"]);
     assert!(out.contains("FreezeMax (40), using new value: 40"), "{out}");
 
-    // A frozen desktop is not flushed by a SIGHUP (a backup may be copying it), and the log
-    // says so.
-    env.dt_ok(&[b"touch", b"vol/while-frozen"]);
-    let db = env.path("vol/.Desktop");
+    // A frozen desktop is neither flushed nor reopened by a SIGHUP (a backup may be copying
+    // it), and the log says so; the next SIGHUP after the thaw does both.
+    env.dt_ok(&[b"touch", b"later/while-frozen"]);
+    let db = env.path("later/.Desktop");
     let frozen_bytes = std::fs::read(&db).unwrap();
+    write_config(
+        40,
+        "read_only = true
+",
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "{}[volume.\"{later}\"]\nread_only = true\n",
+            std::fs::read_to_string(&config).unwrap()
+        ),
+    )
+    .unwrap();
     env.sighup(3);
+    let log = env.log_text();
     assert!(
-        env.log_text().contains(&format!(
-            "{vol}: not flushed: frozen; flush after the freeze ends"
+        log.contains(&format!(
+            "{later}: not flushed: frozen; flush after the freeze ends"
         )),
-        "{}",
-        env.log_text()
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "{later}: frozen; read_only changes at a reload after that ends"
+        )),
+        "{log}"
     );
     assert_eq!(
         std::fs::read(&db).unwrap(),
         frozen_bytes,
-        "a SIGHUP flushed a frozen desktop"
+        "a SIGHUP wrote to a frozen desktop"
     );
+    env.dt_ok(&[b"touch", b"later/still-writable"]);
     env.deskd_ok(&["thaw"]);
     env.sighup(4);
+    assert!(env
+        .log_text()
+        .contains(&format!("{later}: reopened, read-only")));
     assert_ne!(std::fs::read(&db).unwrap(), frozen_bytes);
+    let out = env.dt(&[b"touch", b"later/z"]);
+    assert!(
+        stderr(&out).contains("volume is read-only"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn sighup_stops_serving_a_volume_taken_out_and_serves_it_again() {
+    let mut env = Env::new(&["vol", "other"]);
+    let config = env.path("deskd.toml");
+    let (vol, other) = (env.path("vol"), env.path("other"));
+    let with_other = format!(
+        "[volume.\"{}\"]\n[volume.\"{}\"]\n",
+        vol.display(),
+        other.display()
+    );
+    std::fs::write(&config, &with_other).unwrap();
+    env.start(&["--config", &config.display().to_string()]);
+    env.dt_ok(&[b"touch", b"other/a"]);
+    let id = env.id_of(&other.join("a"));
+    let mut client = env.client();
+    let handle = client.open_volume(&other).unwrap().vol;
+    // A read keeps a read connection to the desktop open in the client's server thread.
+    let lookup_a = deskd_client::Request::LookupPath {
+        vol: handle,
+        path: b"a".to_vec(),
+    };
+    assert!(client.maybe_object(lookup_a.clone()).unwrap().is_some());
+    let server = env.server.as_ref().unwrap().id();
+    let db = other.join(".Desktop");
+    let holds_db = || {
+        std::fs::read_dir(format!("/proc/{server}/fd"))
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.unwrap().path()).ok())
+            .any(|target| target == db)
+    };
+    assert!(holds_db());
+
+    std::fs::write(&config, format!("[volume.\"{}\"]\n", vol.display())).unwrap();
+    env.sighup(1);
+    let log = env.log_text();
+    let root = other.display();
+    assert!(
+        log.contains(&format!("{root}: no longer in the configuration")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("{root}: desktop closed; no longer served")),
+        "{log}"
+    );
+    // Closed cleanly: marked clean, the WAL written into it, and its lock released.
+    assert_eq!(
+        sqlite3(&db, "SELECT value FROM meta WHERE key = 'clean'").trim(),
+        "1"
+    );
+    assert!(!other.join(".Desktop-wal").exists());
+    let file = std::fs::File::open(&db).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    let locked = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(locked, 0, "the server still holds the desktop's lock");
+    drop(file);
+    // The client's handle now names a volume that is not served; the other volume goes on.
+    let err = client.call(lookup_a.clone()).unwrap_err();
+    assert_eq!(err.code(), Some(deskd_client::ErrorCode::NoSuchVolume));
+    assert!(err.to_string().contains("no longer served"), "{err}");
+    // The connection has let go of the closed desktop.
+    assert!(!holds_db(), "the server still has the closed desktop open");
+    let statuses = env.deskd_ok(&["status", "--json"]);
+    assert_eq!(statuses.lines().count(), 1, "{statuses}");
+    env.dt_ok(&[b"touch", b"vol/b"]);
+
+    // Back in the configuration, it gets its old handle, and its IDs are as they were.
+    std::fs::write(&config, &with_other).unwrap();
+    env.sighup(2);
+    assert!(env.log_text().contains(&format!("{root}: now served")));
+    let again = client
+        .maybe_object(lookup_a)
+        .unwrap()
+        .expect("registered before it was taken out");
+    assert_eq!(again.id, id);
+    assert_eq!(client.open_volume(&other).unwrap().vol, handle);
+}
+
+/// Registrations pipelined by a file server while SIGHUPs reopen its volume again and again:
+/// every request is answered (none waits for its timeout), every acknowledged ID is in the
+/// desktop, and a refusal is the one a closing desktop gives. (A read-only volume still gives
+/// IDs, so registrations go on while it is read-only.)
+#[test]
+fn writes_during_reloads_are_answered_and_kept() {
+    let mut env = Env::new(&["vol"]);
+    let config = env.path("deskd.toml");
+    let vol = env.path("vol");
+    let write_config = |read_only: bool, durability: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[volume.\"{}\"]\nread_only = {read_only}\ndurability = \"{durability}\"\n",
+                vol.display()
+            ),
+        )
+        .unwrap()
+    };
+    write_config(false, "normal");
+    env.start(&["--config", &config.display().to_string()]);
+    let mut client = env.client();
+    let handle = client.open_volume(&vol).unwrap().vol;
+    // Creates and registers files, 20 to a pipelined burst, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (writer_stop, writer_vol, writer_answered) = (stop.clone(), vol.clone(), answered.clone());
+    let writer = std::thread::spawn(move || {
+        let mut outcomes = Vec::new();
+        while !writer_stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let names: Vec<String> = (outcomes.len()..outcomes.len() + 20)
+                .map(|i| format!("f{i:05}"))
+                .collect();
+            let ids: Vec<u64> = names
+                .iter()
+                .map(|n| {
+                    std::fs::write(writer_vol.join(n), b"").unwrap();
+                    let request = deskd_client::Request::AddPath {
+                        vol: handle,
+                        path: n.clone().into_bytes(),
+                        hint: None,
+                        type_code: None,
+                        creator: None,
+                    };
+                    client.send(request).unwrap()
+                })
+                .collect();
+            client.flush().unwrap();
+            for (n, id) in names.into_iter().zip(ids) {
+                outcomes.push((n, client.wait(id)));
+            }
+            writer_answered.store(outcomes.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+        outcomes
+    });
+    // read_only flips at rounds 1, 3, 5 and 6 (a reopening); durability alone at 2 and 4.
+    let rounds = [(true, "normal"), (true, "full"), (false, "full")];
+    let rounds = rounds
+        .iter()
+        .chain(&[(false, "normal"), (true, "normal"), (false, "normal")]);
+    for (round, &(read_only, durability)) in rounds.enumerate() {
+        let before = answered.load(std::sync::atomic::Ordering::SeqCst);
+        write_config(read_only, durability);
+        env.sighup(round + 1);
+        // Writes go on across each reload: a whole burst answered after it.
+        let began = std::time::Instant::now();
+        while answered.load(std::sync::atomic::Ordering::SeqCst) < before + 40 {
+            assert!(began.elapsed() < Duration::from_secs(20), "writes stopped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let outcomes = writer.join().unwrap();
+    let log = env.log_text();
+    assert_eq!(log.matches("reopened, read-only").count(), 2, "{log}");
+    assert_eq!(log.matches("reopened, writable").count(), 2, "{log}");
+    assert!(
+        log.contains("durability now Full"),
+        "durability taken at a reload: {log}"
+    );
+    env.term();
+    let db = vol.join(".Desktop");
+    let rows = sqlite3(&db, "SELECT id, CAST(name AS TEXT) FROM objects");
+    let in_desktop: std::collections::HashMap<u32, &str> = rows
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(id, name)| (id.parse().unwrap(), name))
+        .collect();
+    let (mut kept, mut refused) = (0, 0);
+    let total = outcomes.len();
+    for (name, outcome) in outcomes {
+        match outcome {
+            Ok(deskd_client::Response::Object(o)) => {
+                let row = in_desktop.get(&o.id).copied();
+                assert_eq!(row, Some(name.as_str()), "acknowledged ID {} lost", o.id);
+                kept += 1;
+            }
+            Ok(other) => panic!("{name}: unexpected answer {other:?}"),
+            Err(e) => {
+                assert!(
+                    matches!(e.code(), Some(deskd_client::ErrorCode::ShuttingDown)),
+                    "{name}: {e}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(kept > 0, "{kept} kept, {refused} refused");
+    assert_eq!(kept + refused, total);
 }

@@ -406,3 +406,92 @@ fn connections_beyond_tcp_max_connections_are_closed_at_once() {
     // The Unix socket is never limited by it.
     env.deskd_ok(&["status"]);
 }
+
+#[test]
+fn sighup_applies_tcp_admin_token_file_and_max_connections() {
+    let mut env = Env::new(&["vol"]);
+    let (tok_a, tok_b) = (env.path("token-a"), env.path("token-b"));
+    write_token(&tok_a, TOKEN, 0o600);
+    write_token(&tok_b, b"the-second-token-of-this-test\n", 0o600);
+    let config = env.path("deskd.toml");
+    let write_config = |listen: &str, token: &Path, admin: bool, max: usize| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"{listen}\"\ntoken_file = \"{}\"\ntcp_admin = {admin}\n\
+                 tcp_max_connections = {max}\n",
+                token.display()
+            ),
+        )
+        .unwrap()
+    };
+    write_config("127.0.0.1:0", &tok_a, false, 100);
+    let vol = env.path("vol").display().to_string();
+    env.start(&["--config", &config.display().to_string(), &vol]);
+    let addr = tcp_address(&env);
+    let out = over_tcp(&env, DESKD, &addr, Some(&tok_a), &[b"flush"]);
+    fails_with(&out, "not allowed over TCP");
+
+    // tcp_admin, token_file and tcp_max_connections take effect at the SIGHUP.
+    write_config("127.0.0.1:0", &tok_b, true, 1);
+    env.sighup(1);
+    ok(over_tcp(&env, DESKD, &addr, Some(&tok_b), &[b"flush"]));
+    let out = over_tcp(&env, DESKD, &addr, Some(&tok_a), &[b"status"]);
+    assert!(
+        stderr(&out).contains("refused the token"),
+        "{}",
+        stderr(&out)
+    );
+    // One connection that never says hello now holds the only slot.
+    let _idle = TcpStream::connect(&addr).unwrap();
+    let began = Instant::now();
+    while !env
+        .log_text()
+        .contains("refused: 1 TCP connections are open")
+    {
+        let mut probe = TcpStream::connect(&addr).unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = probe.read(&mut [0u8; 8]);
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "{}",
+            env.log_text()
+        );
+    }
+    let out = over_tcp(&env, DESKD, &addr, Some(&tok_b), &[b"status"]);
+    assert_eq!(out.status.code(), Some(1), "no slot free");
+
+    // Only the address waits for a restart, and the log says so.
+    write_config("127.0.0.1:1", &tok_b, true, 100);
+    env.sighup(2);
+    assert!(
+        env.log_text()
+            .contains("listen: 127.0.0.1:1 changes at the next start"),
+        "{}",
+        env.log_text()
+    );
+    // A token file that cannot be used keeps the token (and the file) in force.
+    write_config("127.0.0.1:0", &env.path("no-such-token"), true, 100);
+    env.sighup(3);
+    assert!(
+        env.log_text().contains("the previous token stays in force"),
+        "{}",
+        env.log_text()
+    );
+    drop(_idle);
+    let began = Instant::now();
+    loop {
+        let out = over_tcp(&env, DESKD, &addr, Some(&tok_b), &[b"status"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "{}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -713,14 +713,7 @@ impl Desktop {
                 "cannot switch to WAL journal (got {mode})"
             )));
         }
-        conn.pragma_update(
-            None,
-            "synchronous",
-            match durability {
-                Durability::Normal => "NORMAL",
-                Durability::Full => "FULL",
-            },
-        )?;
+        set_synchronous(&conn, durability)?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         // 64 MiB of page cache: index pages of a large volume stay in memory between batches.
         conn.pragma_update(None, "cache_size", -65536)?;
@@ -818,6 +811,11 @@ impl Desktop {
         Ok(())
     }
 
+    /// Change the durability of the commits from now on (a reloaded configuration).
+    pub fn set_durability(&self, durability: Durability) -> Result<()> {
+        set_synchronous(&self.conn, durability)
+    }
+
     /// The durability in force, as SQLite reports it (`PRAGMA synchronous`).
     pub fn durability(&self) -> Result<Durability> {
         let level: i64 = self
@@ -829,6 +827,15 @@ impl Desktop {
             Durability::Normal
         })
     }
+}
+
+fn set_synchronous(conn: &Connection, durability: Durability) -> Result<()> {
+    let level = match durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", level)?;
+    Ok(())
 }
 
 fn random_u64() -> Result<u64> {

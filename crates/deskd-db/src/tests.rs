@@ -665,3 +665,14 @@ fn bulk_create_never_writes_through_a_link() {
     let _bulk = bulk::BulkLoad::create(&path).unwrap();
     assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
 }
+
+#[test]
+fn durability_changes_on_an_open_desktop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (desk, _) = Desktop::open(&dir.path().join(".Desktop"), Durability::Normal).unwrap();
+    assert_eq!(desk.durability().unwrap(), Durability::Normal);
+    desk.set_durability(Durability::Full).unwrap();
+    assert_eq!(desk.durability().unwrap(), Durability::Full);
+    desk.set_durability(Durability::Normal).unwrap();
+    assert_eq!(desk.durability().unwrap(), Durability::Normal);
+}

@@ -124,6 +124,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         peer,
         access,
         readers: HashMap::new(),
+        closings_seen: 0,
     };
     let mut body = Vec::new();
     loop {
@@ -183,20 +184,24 @@ struct Connection {
     peer: Peer,
     /// What this peer may see and change (root and TCP: everything).
     access: Arc<Access>,
-    /// Per volume: a read-only connection and the writer's commit count when its snapshot began.
-    readers: HashMap<u32, (Reader, u64)>,
+    /// Per volume handle: a read-only connection to one opening of its desktop.
+    readers: HashMap<u32, CachedReader>,
+    /// [`Shared::closings`] when the readers were last pruned.
+    closings_seen: u64,
 }
 
-fn no_volume(vol: u32) -> ErrorReply {
-    ErrorReply::new(
-        ErrorCode::NoSuchVolume,
-        format!("no volume with handle {vol}"),
-    )
+/// A connection's read connection to one opening of a volume's desktop.
+struct CachedReader {
+    reader: Reader,
+    /// The writer's commit count when its snapshot began.
+    commits: u64,
+    /// [`VolumeHandle::opening`]: a volume reopened by a reload needs a new reader.
+    opening: u64,
 }
 
 impl Connection {
     fn volume(&self, vol: u32) -> Result<Arc<VolumeHandle>, ErrorReply> {
-        self.shared.volume(vol).ok_or_else(|| no_volume(vol))
+        self.shared.volume(vol)
     }
 
     fn targets(&self, vol: Option<u32>) -> Result<Vec<Arc<VolumeHandle>>, ErrorReply> {
@@ -211,25 +216,45 @@ impl Connection {
     fn reader(&mut self, handle: &VolumeHandle) -> Result<&Reader, ErrorReply> {
         use std::collections::hash_map::Entry;
         let commits = handle.commits.load(Ordering::SeqCst);
-        let entry = match self.readers.entry(handle.index) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert((
-                Reader::open(&handle.desktop_path).map_err(db_error)?,
+        let open = || -> Result<CachedReader, ErrorReply> {
+            Ok(CachedReader {
+                reader: Reader::open(&handle.desktop_path).map_err(db_error)?,
                 commits,
-            )),
+                opening: handle.opening,
+            })
         };
-        if entry.1 != commits {
-            entry.0.end_snapshot().map_err(db_error)?;
-            entry.1 = commits;
+        let entry = match self.readers.entry(handle.index) {
+            Entry::Occupied(e) if e.get().opening == handle.opening => e.into_mut(),
+            Entry::Occupied(mut e) => {
+                e.insert(open()?);
+                e.into_mut()
+            }
+            Entry::Vacant(e) => e.insert(open()?),
+        };
+        if entry.commits != commits {
+            entry.reader.end_snapshot().map_err(db_error)?;
+            entry.commits = commits;
         }
-        entry.0.begin_snapshot().map_err(db_error)?;
-        Ok(&entry.0)
+        entry.reader.begin_snapshot().map_err(db_error)?;
+        Ok(&entry.reader)
     }
 
     /// End every read snapshot (when no request is waiting), so checkpoints can proceed.
     fn end_snapshots(&mut self) {
-        for (reader, _) in self.readers.values() {
-            let _ = reader.end_snapshot();
+        for cached in self.readers.values() {
+            let _ = cached.reader.end_snapshot();
+        }
+    }
+
+    /// After a reload closed a desktop: close the read connections to openings no longer
+    /// served, so none keeps an old desktop file open.
+    fn prune_readers(&mut self) {
+        let closings = self.shared.closings();
+        if closings != self.closings_seen {
+            self.closings_seen = closings;
+            let shared = &self.shared;
+            self.readers
+                .retain(|&vol, cached| shared.is_current(vol, cached.opening));
         }
     }
 
@@ -238,7 +263,7 @@ impl Connection {
         match self.peer {
             Peer::Unix { uid: Some(0) } => Ok(()),
             Peer::Unix { uid: Some(uid) } if uid == handle.owner_uid => Ok(()),
-            Peer::Tcp { .. } if self.shared.tcp.as_ref().is_some_and(|t| t.admin) => Ok(()),
+            Peer::Tcp { .. } if self.shared.tcp.as_ref().is_some_and(|t| t.admin()) => Ok(()),
             Peer::Tcp { .. } => Err(ErrorReply::new(
                 ErrorCode::PermissionDenied,
                 format!(
@@ -344,6 +369,7 @@ impl Connection {
     }
 
     fn dispatch(&mut self, request: Request, sink: ReplySink, more_pending: bool) {
+        self.prune_readers();
         if request.is_write() {
             // Replies to earlier pipelined reads must not wait behind this write's commit.
             sink.flush();

@@ -5,8 +5,9 @@
 //! group commit and the flush/idle/WAL/freeze timers), binds the Unix socket (and, when
 //! configured, a TCP address whose clients must prove they hold a shared token) and serves each
 //! connection on its own thread ([`conn`]). Every client claim is verified against the file
-//! system before the desktop changes ([`apply`]). [`Server::shutdown`] commits, flushes and
-//! records the clean-shutdown flag on every volume.
+//! system before the desktop changes ([`apply`]). A SIGHUP's reload ([`reload`]) applies a new
+//! configuration to the running server. [`Server::shutdown`] commits, flushes and records the
+//! clean-shutdown flag on every volume.
 
 pub mod access;
 pub mod apply;
@@ -14,16 +15,18 @@ pub mod config;
 pub mod conn;
 pub mod outbox;
 pub mod rebuild;
+pub mod reload;
 pub mod volume;
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-use deskd_proto::Stream;
+use deskd_proto::{ErrorCode, ErrorReply, Stream};
 use tracing::{error, info};
 
 pub use config::{Config, ConfigFile, TcpConfig, VolumeConfig, VolumePrefs};
@@ -44,14 +47,15 @@ pub enum ServerError {
 }
 
 /// What TCP connections need: the token they must prove they hold (re-read from its file on
-/// [`Server::reconfigure`]), and whether they may use the admin verbs.
+/// [`Server::reconfigure`]), and whether they may use the admin verbs. All but the address
+/// can change on a reload.
 pub struct TcpAccess {
     token: RwLock<Vec<u8>>,
-    token_file: PathBuf,
-    pub admin: bool,
+    token_file: RwLock<PathBuf>,
+    admin: AtomicBool,
     /// Connections beyond this many are closed at once: each costs a thread, and anyone who
     /// can reach the port can open them (before the token is asked for).
-    pub max_connections: usize,
+    max_connections: AtomicUsize,
     open: Arc<AtomicUsize>,
 }
 
@@ -67,10 +71,11 @@ impl Drop for TcpSlot {
 impl TcpAccess {
     /// A slot for one more connection, or None when `max_connections` are open.
     fn slot(&self) -> Option<TcpSlot> {
+        let max = self.max_connections();
         let taken = self
             .open
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.max_connections).then_some(n + 1)
+                (n < max).then_some(n + 1)
             })
             .is_ok();
         taken.then(|| TcpSlot(self.open.clone()))
@@ -80,13 +85,38 @@ impl TcpAccess {
     pub fn token(&self) -> Vec<u8> {
         self.token.read().unwrap().clone()
     }
+
+    /// Whether TCP clients may use the admin verbs (`tcp_admin`).
+    pub fn admin(&self) -> bool {
+        self.admin.load(Ordering::SeqCst)
+    }
+
+    /// Most TCP connections open at once (`tcp_max_connections`).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.load(Ordering::SeqCst)
+    }
 }
+
+/// What a volume handle stands for. A handle is a position in [`Shared`]'s list and keeps its
+/// meaning for the server's life: a volume that is reopened keeps it, and one that is served
+/// again after it was taken out of the configuration gets its old handle back.
+enum Slot {
+    Served(Arc<VolumeHandle>),
+    /// Being closed and opened again, or closed, by a reload: requests wait for the outcome.
+    Changing,
+    /// No longer in the configuration; the volume root it was.
+    Retired(PathBuf),
+}
+
+/// How long a request waits for a volume that a reload is closing or reopening.
+const CHANGING_WAIT: Duration = Duration::from_secs(30);
 
 /// What every connection thread shares.
 pub struct Shared {
-    /// Served volumes; a handle is the position. A reload may add volumes at the end; none is
-    /// removed while the server runs, so a handle never changes meaning.
-    volumes: RwLock<Vec<Arc<VolumeHandle>>>,
+    volumes: RwLock<Vec<Slot>>,
+    /// Counts reloads that closed a desktop: connections then drop read connections to
+    /// desktops no longer served.
+    closings: AtomicU64,
     pub shutting_down: AtomicBool,
     pub tcp: Option<TcpAccess>,
 }
@@ -94,12 +124,59 @@ pub struct Shared {
 impl Shared {
     /// Every served volume, in handle order.
     pub fn volumes(&self) -> Vec<Arc<VolumeHandle>> {
-        self.volumes.read().unwrap().clone()
+        self.volumes
+            .read()
+            .unwrap()
+            .iter()
+            .filter_map(|slot| match slot {
+                Slot::Served(handle) => Some(handle.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
-    /// The volume with handle `vol`.
-    pub fn volume(&self, vol: u32) -> Option<Arc<VolumeHandle>> {
-        self.volumes.read().unwrap().get(vol as usize).cloned()
+    /// The volume with handle `vol`; while a reload reopens it, waits for it.
+    pub fn volume(&self, vol: u32) -> Result<Arc<VolumeHandle>, ErrorReply> {
+        let began = Instant::now();
+        loop {
+            match self.volumes.read().unwrap().get(vol as usize) {
+                Some(Slot::Served(handle)) => return Ok(handle.clone()),
+                Some(Slot::Changing) if began.elapsed() < CHANGING_WAIT => {}
+                Some(Slot::Changing) => {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Busy,
+                        format!("volume handle {vol} is being reopened; try again"),
+                    ))
+                }
+                Some(Slot::Retired(root)) => {
+                    return Err(ErrorReply::new(
+                        ErrorCode::NoSuchVolume,
+                        format!(
+                            "{}: no longer served (taken out of the configuration)",
+                            root.display()
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(ErrorReply::new(
+                        ErrorCode::NoSuchVolume,
+                        format!("no volume with handle {vol}"),
+                    ))
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// How many reloads have closed a desktop so far.
+    pub fn closings(&self) -> u64 {
+        self.closings.load(Ordering::SeqCst)
+    }
+
+    /// Whether `handle` is still the served opening of its volume.
+    pub fn is_current(&self, vol: u32, opening: u64) -> bool {
+        matches!(self.volumes.read().unwrap().get(vol as usize),
+            Some(Slot::Served(h)) if h.opening == opening)
     }
 }
 
@@ -107,8 +184,8 @@ impl Shared {
 pub struct Server {
     shared: Arc<Shared>,
     socket: PathBuf,
-    /// The TCP settings in force (a reload compares against them).
-    tcp_config: Option<TcpConfig>,
+    /// The TCP address listened on, if any (only a restart changes it).
+    tcp_listen: Option<String>,
 }
 
 /// Read the token and bind the TCP address.
@@ -123,9 +200,9 @@ fn bind_tcp(tcp: &TcpConfig) -> Result<(TcpListener, TcpAccess), ServerError> {
         listener,
         TcpAccess {
             token: RwLock::new(token),
-            token_file: tcp.token_file.clone(),
-            admin: tcp.admin,
-            max_connections: tcp.max_connections,
+            token_file: RwLock::new(tcp.token_file.clone()),
+            admin: AtomicBool::new(tcp.admin),
+            max_connections: AtomicUsize::new(tcp.max_connections),
             open: Arc::new(AtomicUsize::new(0)),
         },
     ))
@@ -202,7 +279,7 @@ impl Server {
         for vc in config.volumes {
             let root = vc.root.clone();
             match VolumeHandle::open(volumes.len() as u32, vc) {
-                Ok(h) => volumes.push(h),
+                Ok(h) => volumes.push(Slot::Served(h)),
                 Err(e) => {
                     error!("{e}");
                     failures.push(format!("{}: {e}", root.display()));
@@ -219,6 +296,7 @@ impl Server {
         let (tcp_listener, tcp_access) = tcp.unzip();
         let shared = Arc::new(Shared {
             volumes: RwLock::new(volumes),
+            closings: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             tcp: tcp_access,
         });
@@ -250,7 +328,7 @@ impl Server {
                         tracing::warn!(
                             "{addr}: refused: {} TCP connections are open \
                              (tcp_max_connections)",
-                            tcp.max_connections
+                            tcp.max_connections()
                         );
                         last_warning = Some(std::time::Instant::now());
                     }
@@ -267,7 +345,7 @@ impl Server {
             })?;
             info!(
                 "listening on tcp {addr} (token required; admin verbs {})",
-                if shared.tcp.as_ref().is_some_and(|t| t.admin) {
+                if shared.tcp.as_ref().is_some_and(|t| t.admin()) {
                     "allowed"
                 } else {
                     "refused"
@@ -278,112 +356,13 @@ impl Server {
         Ok(Server {
             shared,
             socket: config.socket,
-            tcp_config: config.tcp,
+            tcp_listen: config.tcp.map(|t| t.listen),
         })
     }
 
     /// How many volumes are served (those that failed to open are not).
     pub fn served_volumes(&self) -> usize {
         self.shared.volumes().len()
-    }
-
-    /// SIGHUP (HELIOS `srvutil reconf desksrv`): take the timer settings of a reloaded
-    /// configuration (`new`), flush every volume that is not frozen, and re-read the TCP token
-    /// file (a token that cannot be read keeps the old one). Settings that need a restart are
-    /// named. Returns the problems and notes, each also logged.
-    pub fn reconfigure(&self, new: Option<&Config>) -> Vec<String> {
-        let mut problems = Vec::new();
-        if let Some(new) = new {
-            self.retime(new, &mut problems);
-        }
-        for handle in &self.shared.volumes() {
-            if let Some(Err(e)) = handle.ask(Job::Flush) {
-                // The writer's messages may already name the volume; name it once.
-                let root = handle.volume.root().display().to_string();
-                let why = e
-                    .message
-                    .strip_prefix(&format!("{root}: "))
-                    .unwrap_or(&e.message);
-                problems.push(format!("{root}: not flushed: {why}"));
-            }
-        }
-        if let Some(tcp) = &self.shared.tcp {
-            match deskd_proto::transport::read_token_file(&tcp.token_file) {
-                Ok(token) => *tcp.token.write().unwrap() = token,
-                Err(e) => problems.push(format!("{e}; the previous token stays in force")),
-            }
-        }
-        for p in &problems {
-            tracing::warn!("reconfigure: {p}");
-        }
-        info!(
-            "reconfigured: {}desktops flushed{}",
-            if new.is_some() {
-                "settings reloaded, "
-            } else {
-                ""
-            },
-            if self.shared.tcp.is_some() {
-                ", token file read"
-            } else {
-                ""
-            }
-        );
-        problems
-    }
-
-    /// Hand each served volume its new timers; note what only a restart changes.
-    fn retime(&self, new: &Config, notes: &mut Vec<String>) {
-        let canonical = |v: &VolumeConfig| std::fs::canonicalize(&v.root).unwrap_or(v.root.clone());
-        for handle in &self.shared.volumes() {
-            let root = handle.volume.root();
-            let Some(v) = new.volumes.iter().find(|v| canonical(v) == root) else {
-                notes.push(format!(
-                    "{}: no longer in the configuration; served until a restart",
-                    root.display()
-                ));
-                continue;
-            };
-            let old = &handle.config;
-            for (name, changed) in [
-                ("read_only", v.read_only != old.read_only),
-                ("durability", v.durability != old.durability),
-                (
-                    "desktop_location",
-                    v.desktop_location != old.desktop_location,
-                ),
-            ] {
-                if changed {
-                    notes.push(format!(
-                        "{}: {name} changes at the next start",
-                        root.display()
-                    ));
-                }
-            }
-            handle.ask(|done| Job::Retime(v.clone(), done));
-        }
-        // Volumes new in the configuration are opened now, with the next handles. Only this
-        // (the signal) thread adds volumes, so the handle stays free while the desktop opens
-        // outside the lock.
-        for v in &new.volumes {
-            let served = self.shared.volumes();
-            if served.iter().any(|h| canonical(v) == h.volume.root()) {
-                continue;
-            }
-            match VolumeHandle::open(served.len() as u32, v.clone()) {
-                Ok(handle) => {
-                    info!("{}: now served", handle.volume.root().display());
-                    self.shared.volumes.write().unwrap().push(handle);
-                }
-                Err(e) => notes.push(format!("{}: not served: {e}", v.root.display())),
-            }
-        }
-        if new.tcp != self.tcp_config {
-            notes.push(
-                "listen, token_file, tcp_admin and tcp_max_connections change at the next start"
-                    .into(),
-            );
-        }
     }
 
     /// Stop taking writes, commit what is queued, flush and mark every desktop clean.

@@ -33,12 +33,16 @@ pub enum Job {
     Flush(Sender<Reply>),
     Freeze(Option<u32>, Sender<Reply>),
     Thaw(Sender<Reply>),
-    /// New timer settings (flush_delay, idle_close, freeze_default, freeze_max, wal_limit)
-    /// from a reloaded configuration; the rest of it applies at the next start.
+    /// New settings (flush_delay, idle_close, freeze_default, freeze_max, wal_limit and
+    /// durability) from a reloaded configuration; read_only needs the volume reopened.
     Retime(VolumeConfig, Sender<()>),
     /// Work on the desktop between two batches (an online rebuild's apply); returns whether
     /// it committed.
     Run(Box<dyn FnOnce(&mut Desktop) -> bool + Send>),
+    /// Commit, close the desktop cleanly and release its lock, so that it can be opened again
+    /// (a reload that reopens or stops serving the volume). Refused while the volume is frozen:
+    /// a backup may be copying the file, and closing writes to it.
+    Close(Sender<Result<(), String>>),
     Shutdown(Sender<()>),
 }
 
@@ -68,9 +72,13 @@ pub struct VolumeHandle {
     pub touches: Arc<TouchLog>,
     /// The running or last online rebuild.
     pub rebuild: Mutex<Option<Arc<crate::rebuild::RebuildJob>>>,
-    /// Held for the server's lifetime: the exclusive lock that makes this the only writer.
-    _lock: File,
+    /// Tells this opening from an earlier one of the same volume (a reload may reopen it under
+    /// the same handle): connections keep read connections per opening.
+    pub opening: u64,
 }
+
+/// Numbers the openings of volumes, for [`VolumeHandle::opening`].
+static OPENINGS: AtomicU64 = AtomicU64::new(1);
 
 pub fn now_unix() -> i64 {
     SystemTime::now()
@@ -249,11 +257,12 @@ impl VolumeHandle {
             names,
             touches,
             rebuild: Mutex::new(None),
-            _lock: lock,
+            opening: OPENINGS.fetch_add(1, Ordering::SeqCst),
         });
         spawn_check(&desktop_path, &root, state.clone());
         let writer = Writer {
             desktop: Some(desktop),
+            lock: Some(lock),
             volume,
             config,
             state,
@@ -430,6 +439,8 @@ const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
 
 struct Writer {
     desktop: Option<Desktop>,
+    /// The exclusive lock that makes this the only writer, held until the desktop is closed.
+    lock: Option<File>,
     volume: Volume,
     config: VolumeConfig,
     state: Arc<Mutex<SharedState>>,
@@ -471,12 +482,22 @@ impl Writer {
                     Job::Write { request, reply } => writes.push((request, reply)),
                     control => {
                         self.commit_batch(&mut writes);
-                        if let Job::Shutdown(done) = control {
-                            self.shutdown();
-                            let _ = done.send(());
-                            return;
+                        match control {
+                            Job::Shutdown(done) => {
+                                self.shutdown();
+                                let _ = done.send(());
+                                return self.refuse_all(rx);
+                            }
+                            Job::Close(done) if self.frozen() => {
+                                let _ = done.send(Err("frozen".into()));
+                            }
+                            Job::Close(done) => {
+                                self.shutdown();
+                                let _ = done.send(Ok(()));
+                                return self.refuse_all(rx);
+                            }
+                            control => self.control(control),
                         }
-                        self.control(control);
                     }
                 }
                 if writes.len() < MAX_BATCH {
@@ -487,6 +508,38 @@ impl Writer {
             self.timers();
         }
         self.shutdown();
+    }
+
+    /// After the desktop is closed: answer whatever still arrives, until the last sender is
+    /// gone. A connection may have taken the handle just before the volume was closed; its
+    /// request must get an answer, not wait forever.
+    fn refuse_all(self, rx: Receiver<Job>) {
+        let closed = || {
+            ErrorReply::new(
+                ErrorCode::ShuttingDown,
+                format!(
+                    "{}: the desktop was closed (deskd is stopping, or reopening or no longer \
+                     serving the volume); nothing was recorded, try again",
+                    self.volume.root().display()
+                ),
+            )
+        };
+        for job in rx.iter() {
+            match job {
+                Job::Write { reply, .. } => reply.send(Err(closed())),
+                Job::Flush(reply) | Job::Freeze(_, reply) | Job::Thaw(reply) => {
+                    let _ = reply.send(Err(closed()));
+                }
+                Job::Retime(_, done) | Job::Shutdown(done) => {
+                    let _ = done.send(());
+                }
+                Job::Close(done) => {
+                    let _ = done.send(Ok(()));
+                }
+                // Dropping an online rebuild's work tells it that the desktop is gone.
+                Job::Run(_) => {}
+            }
+        }
     }
 
     fn commit_batch(&mut self, writes: &mut Vec<(Request, ReplySink)>) {
@@ -704,6 +757,18 @@ impl Writer {
                 self.config.freeze_default = new.freeze_default;
                 self.config.freeze_max = new.freeze_max;
                 self.config.wal_limit = new.wal_limit;
+                if new.durability != self.config.durability {
+                    let desktop = self.desktop.as_ref().expect("writer used after shutdown");
+                    match desktop.set_durability(new.durability) {
+                        Ok(()) => {
+                            self.config.durability = new.durability;
+                            info!(volume = %self.volume.root().display(),
+                                "durability now {:?}", new.durability);
+                        }
+                        Err(e) => warn!(volume = %self.volume.root().display(),
+                            "durability stays {:?}: {e}", self.config.durability),
+                    }
+                }
                 let _ = done.send(());
             }
             Job::Run(work) => {
@@ -713,7 +778,9 @@ impl Writer {
                     self.check_wal_limit();
                 }
             }
-            Job::Write { .. } | Job::Shutdown(_) => unreachable!("handled by run"),
+            Job::Write { .. } | Job::Close(_) | Job::Shutdown(_) => {
+                unreachable!("handled by run")
+            }
         }
     }
 
@@ -724,5 +791,56 @@ impl Writer {
                 Err(e) => error!(volume = %self.volume.root().display(), "clean close failed: {e}"),
             }
         }
+        // Only now may another opening of this desktop take the lock.
+        self.lock = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigFile;
+
+    fn config_for(root: &Path) -> VolumeConfig {
+        ConfigFile::default()
+            .resolve("/unused".into(), &[root.to_path_buf()])
+            .unwrap()
+            .volumes
+            .remove(0)
+    }
+
+    #[test]
+    fn a_closed_volume_releases_its_lock_and_answers_what_still_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_for(dir.path());
+        let first = VolumeHandle::open(0, config.clone()).unwrap();
+        // While it is open, nothing else may open the desktop.
+        let Err(busy) = VolumeHandle::open(0, config.clone()) else {
+            panic!("a second opening of an open desktop")
+        };
+        assert!(busy.to_string().contains("busy"), "{busy}");
+        assert_eq!(first.ask(Job::Close), Some(Ok(())));
+        // A request that took the handle before the close gets an answer, not silence.
+        let late = first.ask(Job::Flush).expect("answered after the close");
+        let message = late.unwrap_err().message;
+        assert!(message.contains("the desktop was closed"), "{message}");
+        // The lock went with the close, though the old handle still lives.
+        let second = VolumeHandle::open(0, config).unwrap();
+        assert_ne!(second.opening, first.opening);
+        assert_eq!(second.ask(Job::Flush).map(|r| r.is_ok()), Some(true));
+    }
+
+    #[test]
+    fn a_frozen_volume_is_not_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = VolumeHandle::open(0, config_for(dir.path())).unwrap();
+        assert!(matches!(
+            handle.ask(|tx| Job::Freeze(Some(30), tx)),
+            Some(Ok(_))
+        ));
+        assert_eq!(handle.ask(Job::Close), Some(Err("frozen".to_string())));
+        // Still open and serving.
+        assert!(matches!(handle.ask(Job::Thaw), Some(Ok(_))));
+        assert_eq!(handle.ask(Job::Close), Some(Ok(())));
     }
 }
