@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::io::BufReader;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -75,7 +74,8 @@ impl ReplySink {
 /// Who is at the other end of a connection.
 #[derive(Debug, Clone, Copy)]
 pub enum Peer {
-    /// A local process, with its uid from `SO_PEERCRED`.
+    /// A local process, with its uid from `SO_PEERCRED` (None until the connection thread has
+    /// read it, and when the kernel would not say).
     Unix { uid: Option<u32> },
     /// A TCP client that proved it holds the token.
     Tcp { addr: SocketAddr },
@@ -84,13 +84,9 @@ pub enum Peer {
 /// How long a TCP client that gave a wrong token waits for its answer (slows guessing).
 const WRONG_TOKEN_PENALTY: Duration = Duration::from_secs(1);
 
-/// The uid of the peer process (SO_PEERCRED).
-pub fn peer_uid(stream: &impl AsRawFd) -> Option<u32> {
-    access::peer_ucred(stream).ok().map(|c| c.uid)
-}
-
 /// Serve one connection until the client leaves. A TCP client must first answer the token
-/// challenge.
+/// challenge. A local peer's credentials (uid for the admin verbs, uid, gid and groups for
+/// the access checks) are read here, once, with `SO_PEERCRED` and `SO_PEERGROUPS`.
 pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
     let token = match (peer, &shared.tcp) {
         (Peer::Tcp { .. }, Some(tcp)) => Some(tcp.token()),
@@ -107,9 +103,13 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         }
         return;
     }
-    let access = match peer {
-        Peer::Unix { .. } => Access::for_local(Credentials::of_peer(&stream).ok()),
-        Peer::Tcp { .. } => Access::Trusted,
+    let (peer, access) = match peer {
+        Peer::Unix { .. } => {
+            let credentials = Credentials::of_peer(&stream).ok();
+            let uid = credentials.as_ref().map(|c| c.uid);
+            (Peer::Unix { uid }, Access::for_local(credentials))
+        }
+        tcp @ Peer::Tcp { .. } => (tcp, Access::Trusted),
     };
     let access = Arc::new(access);
     let Ok(write_half) = stream.try_clone() else {
