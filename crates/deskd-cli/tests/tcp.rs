@@ -102,6 +102,23 @@ fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `deskd status` over TCP, tried until a connection slot is free (within 10 s).
+fn status_once_a_slot_is_free(env: &Env, addr: &str, token: &Path) {
+    let began = Instant::now();
+    loop {
+        let out = over_tcp(env, DESKD, addr, Some(token), &[b"status"]);
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "{}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn token_path(env: &Env) -> PathBuf {
     env.path("token")
 }
@@ -390,19 +407,7 @@ fn connections_beyond_tcp_max_connections_are_closed_at_once() {
     assert_eq!(out.status.code(), Some(1), "no slot free");
     // Once one leaves, its slot is free again.
     drop(first);
-    let began = Instant::now();
-    loop {
-        let out = over_tcp(&env, DESKD, &addr, Some(&tok), &[b"status"]);
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(10),
-            "{}",
-            stderr(&out)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    status_once_a_slot_is_free(&env, &addr, &tok);
     // The Unix socket is never limited by it.
     env.deskd_ok(&["status"]);
 }
@@ -485,17 +490,5 @@ fn sighup_applies_tcp_admin_token_file_and_max_connections() {
         env.log_text()
     );
     drop(_idle);
-    let began = Instant::now();
-    loop {
-        let out = over_tcp(&env, DESKD, &addr, Some(&tok_b), &[b"status"]);
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(10),
-            "{}",
-            stderr(&out)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    status_once_a_slot_is_free(&env, &addr, &tok_b);
 }
