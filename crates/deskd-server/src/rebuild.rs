@@ -337,10 +337,12 @@ fn apply_in_writer(
         );
         committed
     };
+    // The writer drops the work once the desktop is closed (deskd stopping, or a reload
+    // closing the volume as the rebuild started).
+    let closed = || "the desktop was closed before the repairs could be applied".to_string();
     handle
         .queue
         .send(Job::Run(Box::new(work)))
-        .map_err(|_| "deskd is shutting down".to_string())?;
-    rx.recv()
-        .map_err(|_| "deskd is shutting down".to_string())?
+        .map_err(|_| closed())?;
+    rx.recv().map_err(|_| closed())?
 }
