@@ -164,7 +164,7 @@ impl Shared {
                     ))
                 }
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 

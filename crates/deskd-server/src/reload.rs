@@ -192,9 +192,11 @@ impl Server {
     ) -> bool {
         let root = handle.volume.root().display().to_string();
         let later = "read_only changes at a reload after that ends";
+        let began = std::time::Instant::now();
         if !self.close(handle, notes, later) {
             return false;
         }
+        let closed = began.elapsed();
         let reopened = VolumeHandle::open(handle.index, new.clone()).or_else(|e| {
             notes.push(format!(
                 "{root}: cannot open it with the new settings ({e}); the old ones stay"
@@ -208,12 +210,14 @@ impl Server {
         match reopened {
             Ok(again) => {
                 info!(
-                    "{root}: reopened{}",
+                    "{root}: reopened, {} (closed in {} ms, open again after {} ms)",
                     if again.config.read_only {
-                        ", read-only"
+                        "read-only"
                     } else {
-                        ", writable"
-                    }
+                        "writable"
+                    },
+                    closed.as_millis(),
+                    began.elapsed().as_millis()
                 );
                 self.set_slot(handle.index, Slot::Served(again));
             }

@@ -95,6 +95,15 @@ enum Command {
         #[arg(long, default_value_t = 17)]
         id: u32,
     },
+    /// One client resolving IDs 17..=MAX_ID one at a time for SECONDS, reconnecting whenever
+    /// the server goes away: the longest time between two answers, as a client sees a reload
+    /// or a restart in that time.
+    Stall {
+        #[arg(long)]
+        max_id: u32,
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+    },
 }
 
 fn name(d: u32, f: u32) -> String {
@@ -451,6 +460,45 @@ fn main() -> Result<()> {
             println!(
                 "{}",
                 serde_json::json!({"find_p50_ms": percentile(&times, 0.5), "find_max_ms": times.last(), "queries": hits})
+            );
+        }
+        Command::Stall { max_id, seconds } => {
+            let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+            let (mut answers, mut refusals, mut reconnects) = (0u64, 0u64, 0u64);
+            let mut longest = Duration::ZERO;
+            let mut last_answer = Instant::now();
+            let mut next = 17u32;
+            'connection: while Instant::now() < deadline {
+                let Ok(mut client) = Client::connect(&cli.socket, Duration::from_secs(10)) else {
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                };
+                let Ok(vol) = client.open_volume(&root) else {
+                    continue;
+                };
+                while Instant::now() < deadline {
+                    match client.object(Request::Resolve {
+                        vol: vol.vol,
+                        id: next,
+                    }) {
+                        Ok(_) => {
+                            longest = longest.max(last_answer.elapsed());
+                            last_answer = Instant::now();
+                            answers += 1;
+                            next = if next >= max_id { 17 } else { next + 1 };
+                        }
+                        Err(e) if e.code().is_some() => refusals += 1,
+                        Err(_) => {
+                            reconnects += 1;
+                            continue 'connection;
+                        }
+                    }
+                }
+            }
+            println!(
+                "{}",
+                serde_json::json!({"longest_wait_ms": longest.as_secs_f64() * 1e3,
+                    "answers": answers, "refusals": refusals, "reconnects": reconnects})
             );
         }
         Command::FirstAnswer { id } => {
