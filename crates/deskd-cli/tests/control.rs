@@ -761,3 +761,47 @@ fn writes_during_reloads_are_answered_and_kept() {
     assert!(kept > 0, "{kept} kept, {refused} refused");
     assert_eq!(kept + refused, total);
 }
+
+/// A write that took the volume just before a reload closed it (the server's test hook holds
+/// it there) is answered with `ShuttingDown` and the reason, nothing of it is recorded, and the
+/// same request sent again is recorded in the reopened desktop.
+#[test]
+fn a_write_caught_by_a_reopening_is_refused_and_can_be_sent_again() {
+    let mut env = Env::new(&["vol"]);
+    let config = env.path("deskd.toml");
+    let vol = env.path("vol");
+    let write_config = |read_only: bool| {
+        let text = format!("[volume.\"{}\"]\nread_only = {read_only}\n", vol.display());
+        std::fs::write(&config, text).unwrap()
+    };
+    write_config(false);
+    env.server_env
+        .push(("DESKD_TEST_PAUSE_BEFORE_QUEUE_MS".into(), "500".into()));
+    env.start(&["--config", &config.display().to_string()]);
+    std::fs::write(vol.join("caught"), b"").unwrap();
+    let mut client = env.client();
+    let handle = client.open_volume(&vol).unwrap().vol;
+    let add = move || deskd_client::Request::AddPath {
+        vol: handle,
+        path: b"caught".to_vec(),
+        hint: None,
+        type_code: None,
+        creator: None,
+    };
+    let adding = std::thread::spawn(move || {
+        let first = client.call(add());
+        (client, first)
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    write_config(true);
+    env.sighup(1);
+    let (mut client, first) = adding.join().unwrap();
+    let err = first.unwrap_err();
+    assert_eq!(err.code(), Some(deskd_client::ErrorCode::ShuttingDown));
+    assert!(err.to_string().contains("the desktop was closed"), "{err}");
+    let db = vol.join(".Desktop");
+    let count = "SELECT count(*) FROM objects WHERE CAST(name AS TEXT) = 'caught'";
+    assert_eq!(sqlite3(&db, count).trim(), "0");
+    client.call(add()).unwrap();
+    assert_eq!(sqlite3(&db, count).trim(), "1");
+}

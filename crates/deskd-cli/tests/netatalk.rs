@@ -399,3 +399,34 @@ fn the_bridge_needs_deskd_and_warns_off_loopback() {
         stderr(&out)
     );
 }
+
+/// A reload reopens the volume just as an ADD reaches it (the server's test hook holds the
+/// write between taking the volume and queueing it): deskd refuses it with `ShuttingDown`, and
+/// the bridge sends it again rather than answer ERR_DB, which would end afpd's session.
+#[test]
+fn an_add_caught_by_a_reopening_is_sent_again() {
+    let mut env = Env::new(&["vol"]);
+    let config = env.path("deskd.toml");
+    let vol = env.path("vol");
+    let write_config = |read_only: bool| {
+        let text = format!("[volume.\"{}\"]\nread_only = {read_only}\n", vol.display());
+        std::fs::write(&config, text).unwrap()
+    };
+    write_config(false);
+    env.server_env
+        .push(("DESKD_TEST_PAUSE_BEFORE_QUEUE_MS".into(), "500".into()));
+    env.start(&["--config", &config.display().to_string()]);
+    let bridge = start_bridge(&env);
+    let mut s = afpd(&bridge, &vol);
+    std::fs::write(vol.join("caught"), b"x").unwrap();
+    let path = vol.join("caught");
+    let adding = std::thread::spawn(move || add(&mut s, &path, 2, 0));
+    std::thread::sleep(Duration::from_millis(150));
+    write_config(true);
+    env.sighup(1);
+    let reply = adding.join().unwrap();
+    assert_eq!(reply.result, res::OK, "{}", env.log_text());
+    assert_eq!(env.id_of(&vol.join("caught")), reply.cnid);
+    // The first attempt met the closed desktop: the log shows the reopening under it.
+    assert!(env.log_text().contains("reopened, read-only"));
+}

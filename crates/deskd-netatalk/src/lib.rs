@@ -64,9 +64,11 @@ impl Desk<'_> {
     }
 
     /// Send one request. When the connection to deskd broke (deskd restarted), reconnect and
-    /// send it again for up to [`RECONNECT_FOR`]: afpd ends a session on `ERR_DB` for an ADD,
-    /// and every request here is safe to repeat (ADD is lookup-or-add, UPDATE moves to where
-    /// the object already is, a repeated DELETE finds nothing).
+    /// send it again for up to [`RECONNECT_FOR`]; when deskd refused it with `ShuttingDown`
+    /// (stopping, or a reload reopening the volume as the request reached it; nothing was
+    /// recorded), send it again the same way. afpd ends a session on `ERR_DB` for an ADD, and
+    /// every request here is safe to repeat (ADD is lookup-or-add, UPDATE moves to where the
+    /// object already is, a repeated DELETE finds nothing).
     fn call(&mut self, make: impl Fn(u32) -> Request) -> Result<Response, ClientError> {
         let began = std::time::Instant::now();
         loop {
@@ -78,10 +80,14 @@ impl Desk<'_> {
                 result,
                 Err(ClientError::Closed | ClientError::Proto(_) | ClientError::Connect { .. })
             );
-            if !broken {
+            let closed_desktop =
+                matches!(&result, Err(e) if e.code() == Some(ErrorCode::ShuttingDown));
+            if !broken && !closed_desktop {
                 return result;
             }
-            self.client = None;
+            if broken {
+                self.client = None;
+            }
             if began.elapsed() >= RECONNECT_FOR {
                 return result;
             }

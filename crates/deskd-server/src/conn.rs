@@ -171,6 +171,22 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
     }
 }
 
+/// Test hook (`DESKD_TEST_PAUSE_BEFORE_QUEUE_MS`, read once): widen the moment between taking
+/// a volume's handle and queueing a write to it, which a reload closing the volume can fall
+/// into; the write must then be answered and refused, never lost or left waiting.
+fn pause_before_queueing() {
+    static PAUSE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    let pause = PAUSE.get_or_init(|| {
+        std::env::var("DESKD_TEST_PAUSE_BEFORE_QUEUE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    });
+    if let Some(pause) = pause {
+        std::thread::sleep(*pause);
+    }
+}
+
 /// The handshake, bounded to 10 seconds of silence.
 fn handshake(stream: &Stream, token: Option<&[u8]>) -> Result<(), ProtoError> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -380,6 +396,7 @@ impl Connection {
             if let Err(e) = self.may_change(&handle, &request) {
                 return sink.send(Err(e));
             }
+            pause_before_queueing();
             if self.shared.shutting_down.load(Ordering::SeqCst) {
                 return sink.send(Err(ErrorReply::new(
                     ErrorCode::ShuttingDown,
