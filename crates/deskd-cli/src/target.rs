@@ -10,9 +10,10 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use deskd_client::{Client, ClientError, ObjectInfo, Request, Response, VolumeInfo};
+use deskd_client::{Client, ClientError, ErrorCode, ObjectInfo, Request, Response, VolumeInfo};
 use deskd_volume::rsrc::{self, ResourceHeader};
 use deskd_volume::Volume;
 
@@ -159,6 +160,16 @@ fn add_request(
     }
 }
 
+/// How long a request that deskd refused with `ShuttingDown` is sent again. deskd gives that
+/// answer when it is stopping, or when a reload closed the volume's desktop to reopen it just as
+/// the request reached it. Nothing of the request was recorded then, so sending it again is
+/// safe, and a reopening takes tens of milliseconds.
+const RESEND_FOR: Duration = Duration::from_secs(4);
+
+fn refused_while_closing(e: &ClientError) -> bool {
+    e.code() == Some(ErrorCode::ShuttingDown)
+}
+
 fn now_secs() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -215,12 +226,21 @@ impl Session {
         Ok(info)
     }
 
-    /// Send a request about the volume of `iv` (built from its handle) and wait.
+    /// Send a request about the volume of `iv` (built from its handle) and wait; sent again
+    /// for up to [`RESEND_FOR`] while deskd refuses it with `ShuttingDown`.
     pub fn call(&mut self, iv: &InVolume, make: impl FnOnce(u32) -> Request) -> Result<Response> {
         let vol = self.handle(iv)?;
         let root = iv.root.clone();
-        let result = self.client(&root)?.call(make(vol));
-        result.map_err(|e| self.explain(&root, e))
+        let request = make(vol);
+        let began = Instant::now();
+        loop {
+            match self.client(&root)?.call(request.clone()) {
+                Err(e) if refused_while_closing(&e) && began.elapsed() < RESEND_FOR => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                result => return result.map_err(|e| self.explain(&root, e)),
+            }
+        }
     }
 
     /// Before touching the disk: deskd must serve the volume, and not as read-only.
@@ -303,8 +323,14 @@ impl Session {
         })();
         result.map_err(|e| self.explain(&root, e))?;
         for ((iv, header), id) in objects.into_iter().zip(sent) {
-            let reply = self.client(&root)?.wait(id);
-            let info = match reply.map_err(|e| self.explain(&root, e))? {
+            let reply = match self.client(&root)?.wait(id) {
+                // Caught by a reopening: this one again, on its own.
+                Err(e) if refused_while_closing(&e) => {
+                    self.call(&iv, |vol| add_request(vol, &iv, header.as_ref(), use_hints))?
+                }
+                reply => reply.map_err(|e| self.explain(&root, e))?,
+            };
+            let info = match reply {
                 Response::Object(o) => o,
                 other => return Err(anyhow!("unexpected reply {other:?}")),
             };

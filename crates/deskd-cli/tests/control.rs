@@ -805,3 +805,57 @@ fn a_write_caught_by_a_reopening_is_refused_and_can_be_sent_again() {
     client.call(add()).unwrap();
     assert_eq!(sqlite3(&db, count).trim(), "1");
 }
+
+/// dt's registrations caught by a reopening (the server's test hook holds each write for 1 s
+/// before it reaches the volume) are sent again, alone and out of a pipelined copy, and the
+/// commands succeed with every object recorded.
+#[test]
+fn dt_sends_a_registration_caught_by_a_reopening_again() {
+    let mut env = Env::new(&["vol"]);
+    let config = env.path("deskd.toml");
+    let vol = env.path("vol");
+    let write_config = |read_only: bool| {
+        let text = format!("[volume.\"{}\"]\nread_only = {read_only}\n", vol.display());
+        std::fs::write(&config, text).unwrap()
+    };
+    write_config(false);
+    std::fs::create_dir(vol.join("src")).unwrap();
+    for name in ["a", "b"] {
+        std::fs::write(vol.join("src").join(name), name).unwrap();
+    }
+    env.server_env
+        .push(("DESKD_TEST_PAUSE_BEFORE_QUEUE_MS".into(), "1000".into()));
+    env.start(&["--config", &config.display().to_string()]);
+    // Each command starts on a writable volume, and a reload makes it read-only under it
+    // (read-only volumes still give IDs).
+    let mut reloads = 0;
+    for args in [
+        vec![&b"touch"[..], b"vol/touched"],
+        vec![b"cp", b"-R", b"vol/src", b"vol/copy"],
+    ] {
+        if reloads > 0 {
+            write_config(false);
+            reloads += 1;
+            env.sighup(reloads);
+        }
+        let mut dt = env.command_for(DT, &args);
+        let running = std::thread::spawn(move || dt.output().unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        write_config(true);
+        reloads += 1;
+        env.sighup(reloads);
+        let out = running.join().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let db = vol.join(".Desktop");
+    for path in ["touched", "copy", "copy/a", "copy/b"] {
+        let id = env.id_of(&vol.join(path));
+        let name = path.rsplit('/').next().unwrap();
+        let row = sqlite3(
+            &db,
+            &format!("SELECT CAST(name AS TEXT) FROM objects WHERE id = {id}"),
+        );
+        assert_eq!(row.trim(), name);
+    }
+    assert_eq!(env.log_text().matches("reopened, ").count(), 3);
+}
