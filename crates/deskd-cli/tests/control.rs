@@ -768,16 +768,9 @@ fn writes_during_reloads_are_answered_and_kept() {
 #[test]
 fn a_write_caught_by_a_reopening_is_refused_and_can_be_sent_again() {
     let mut env = Env::new(&["vol"]);
-    let config = env.path("deskd.toml");
     let vol = env.path("vol");
-    let write_config = |read_only: bool| {
-        let text = format!("[volume.\"{}\"]\nread_only = {read_only}\n", vol.display());
-        std::fs::write(&config, text).unwrap()
-    };
-    write_config(false);
-    env.server_env
-        .push(("DESKD_TEST_PAUSE_BEFORE_QUEUE_MS".into(), "500".into()));
-    env.start(&["--config", &config.display().to_string()]);
+    env.set_read_only(false);
+    env.start_pausing_writes(500);
     std::fs::write(vol.join("caught"), b"").unwrap();
     let mut client = env.client();
     let handle = client.open_volume(&vol).unwrap().vol;
@@ -793,7 +786,7 @@ fn a_write_caught_by_a_reopening_is_refused_and_can_be_sent_again() {
         (client, first)
     });
     std::thread::sleep(Duration::from_millis(150));
-    write_config(true);
+    env.set_read_only(true);
     env.sighup(1);
     let (mut client, first) = adding.join().unwrap();
     let err = first.unwrap_err();
@@ -812,20 +805,13 @@ fn a_write_caught_by_a_reopening_is_refused_and_can_be_sent_again() {
 #[test]
 fn dt_sends_a_registration_caught_by_a_reopening_again() {
     let mut env = Env::new(&["vol"]);
-    let config = env.path("deskd.toml");
     let vol = env.path("vol");
-    let write_config = |read_only: bool| {
-        let text = format!("[volume.\"{}\"]\nread_only = {read_only}\n", vol.display());
-        std::fs::write(&config, text).unwrap()
-    };
-    write_config(false);
+    env.set_read_only(false);
     std::fs::create_dir(vol.join("src")).unwrap();
     for name in ["a", "b"] {
         std::fs::write(vol.join("src").join(name), name).unwrap();
     }
-    env.server_env
-        .push(("DESKD_TEST_PAUSE_BEFORE_QUEUE_MS".into(), "1000".into()));
-    env.start(&["--config", &config.display().to_string()]);
+    env.start_pausing_writes(1000);
     // Each command starts on a writable volume, and a reload makes it read-only under it
     // (read-only volumes still give IDs).
     let mut reloads = 0;
@@ -834,14 +820,14 @@ fn dt_sends_a_registration_caught_by_a_reopening_again() {
         vec![b"cp", b"-R", b"vol/src", b"vol/copy"],
     ] {
         if reloads > 0 {
-            write_config(false);
+            env.set_read_only(false);
             reloads += 1;
             env.sighup(reloads);
         }
         let mut dt = env.command_for(DT, &args);
         let running = std::thread::spawn(move || dt.output().unwrap());
         std::thread::sleep(Duration::from_millis(300));
-        write_config(true);
+        env.set_read_only(true);
         reloads += 1;
         env.sighup(reloads);
         let out = running.join().unwrap();

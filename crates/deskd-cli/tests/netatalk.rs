@@ -406,23 +406,16 @@ fn the_bridge_needs_deskd_and_warns_off_loopback() {
 #[test]
 fn an_add_caught_by_a_reopening_is_sent_again() {
     let mut env = Env::new(&["vol"]);
-    let config = env.path("deskd.toml");
     let vol = env.path("vol");
-    let write_config = |read_only: bool| {
-        let text = format!("[volume.\"{}\"]\nread_only = {read_only}\n", vol.display());
-        std::fs::write(&config, text).unwrap()
-    };
-    write_config(false);
-    env.server_env
-        .push(("DESKD_TEST_PAUSE_BEFORE_QUEUE_MS".into(), "500".into()));
-    env.start(&["--config", &config.display().to_string()]);
+    env.set_read_only(false);
+    env.start_pausing_writes(500);
     let bridge = start_bridge(&env);
     let mut s = afpd(&bridge, &vol);
     std::fs::write(vol.join("caught"), b"x").unwrap();
     let path = vol.join("caught");
     let adding = std::thread::spawn(move || add(&mut s, &path, 2, 0));
     std::thread::sleep(Duration::from_millis(150));
-    write_config(true);
+    env.set_read_only(true);
     env.sighup(1);
     let reply = adding.join().unwrap();
     assert_eq!(reply.result, res::OK, "{}", env.log_text());

@@ -160,6 +160,28 @@ impl Env {
         }
     }
 
+    /// Write `deskd.toml` in the temp dir: volume `vol` alone, read-only or not. SIGHUP tests
+    /// rewrite it and signal the server.
+    pub fn set_read_only(&self, read_only: bool) {
+        let text = format!(
+            "[volume.\"{}\"]\nread_only = {read_only}\n",
+            self.path("vol").display()
+        );
+        std::fs::write(self.path("deskd.toml"), text).unwrap()
+    }
+
+    /// Serve with `deskd.toml`, each write held `pause_ms` ms between taking its volume and
+    /// reaching the volume's writer (the server's `DESKD_TEST_PAUSE_BEFORE_QUEUE_MS` hook), so
+    /// a reload can close the volume under it.
+    pub fn start_pausing_writes(&mut self, pause_ms: u64) {
+        self.server_env.push((
+            "DESKD_TEST_PAUSE_BEFORE_QUEUE_MS".into(),
+            pause_ms.to_string(),
+        ));
+        let config = self.path("deskd.toml").display().to_string();
+        self.start(&["--config", &config]);
+    }
+
     pub fn client(&self) -> deskd_client::Client {
         deskd_client::Client::connect(&self.socket, Duration::from_secs(10)).unwrap()
     }
