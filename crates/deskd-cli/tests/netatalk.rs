@@ -407,7 +407,6 @@ fn the_bridge_needs_deskd_and_warns_off_loopback() {
 fn an_add_caught_by_a_reopening_is_sent_again() {
     let mut env = Env::new(&["vol"]);
     let vol = env.path("vol");
-    env.set_read_only(false);
     env.start_pausing_writes(500);
     let bridge = start_bridge(&env);
     let mut s = afpd(&bridge, &vol);

@@ -216,13 +216,9 @@ struct CachedReader {
 }
 
 impl Connection {
-    fn volume(&self, vol: u32) -> Result<Arc<VolumeHandle>, ErrorReply> {
-        self.shared.volume(vol)
-    }
-
     fn targets(&self, vol: Option<u32>) -> Result<Vec<Arc<VolumeHandle>>, ErrorReply> {
         match vol {
-            Some(v) => Ok(vec![self.volume(v)?]),
+            Some(v) => Ok(vec![self.shared.volume(v)?]),
             None => Ok(self.shared.volumes()),
         }
     }
@@ -389,7 +385,7 @@ impl Connection {
         if request.is_write() {
             // Replies to earlier pipelined reads must not wait behind this write's commit.
             sink.flush();
-            let handle = match self.volume(request.volume().unwrap_or(u32::MAX)) {
+            let handle = match self.shared.volume(request.volume().unwrap_or(u32::MAX)) {
                 Ok(h) => h,
                 Err(e) => return sink.send(Err(e)),
             };
@@ -466,26 +462,26 @@ impl Connection {
                 force,
                 timeout_secs,
             } => {
-                let handle = self.volume(vol)?;
+                let handle = self.shared.volume(vol)?;
                 self.require_admin(&handle)?;
                 crate::rebuild::start(&handle, mode, threads, force, timeout_secs)
                     .map(|job| Response::RebuildStarted { job })
             }
             Request::RebuildPoll { vol, job, from } => {
-                let handle = self.volume(vol)?;
+                let handle = self.shared.volume(vol)?;
                 self.require_admin(&handle)?;
                 let current = self.rebuild_job(&handle, job)?;
                 current.heard();
                 Ok(Response::Rebuild(current.state(from)))
             }
             Request::RebuildCancel { vol, job } => {
-                let handle = self.volume(vol)?;
+                let handle = self.shared.volume(vol)?;
                 self.require_admin(&handle)?;
                 self.rebuild_job(&handle, job)?.cancel();
                 Ok(Response::Done)
             }
             other => {
-                let handle = self.volume(other.volume().unwrap_or(u32::MAX))?;
+                let handle = self.shared.volume(other.volume().unwrap_or(u32::MAX))?;
                 let access = self.access.clone();
                 let reader = self.reader(&handle)?;
                 apply_read(reader, &handle.volume, &handle.names, &other, &access)

@@ -173,7 +173,7 @@ impl Shared {
         self.closings.load(Ordering::SeqCst)
     }
 
-    /// Whether `handle` is still the served opening of its volume.
+    /// Whether opening `opening` of the volume with handle `vol` is still the one served.
     pub fn is_current(&self, vol: u32, opening: u64) -> bool {
         matches!(self.volumes.read().unwrap().get(vol as usize),
             Some(Slot::Served(h)) if h.opening == opening)

@@ -60,6 +60,8 @@ pub struct VolumeHandle {
     pub index: u32,
     pub volume: Volume,
     pub desktop_path: PathBuf,
+    /// The settings this opening was made with. The writer keeps the timers and durability in
+    /// force, which a reload may have changed since.
     pub config: VolumeConfig,
     pub queue: Sender<Job>,
     pub state: Arc<Mutex<SharedState>>,

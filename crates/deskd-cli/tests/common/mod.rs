@@ -170,10 +170,11 @@ impl Env {
         std::fs::write(self.path("deskd.toml"), text).unwrap()
     }
 
-    /// Serve with `deskd.toml`, each write held `pause_ms` ms between taking its volume and
-    /// reaching the volume's writer (the server's `DESKD_TEST_PAUSE_BEFORE_QUEUE_MS` hook), so
-    /// a reload can close the volume under it.
+    /// Serve volume `vol`, writable, from `deskd.toml`, each write held `pause_ms` ms between
+    /// taking its volume and reaching the volume's writer (the server's
+    /// `DESKD_TEST_PAUSE_BEFORE_QUEUE_MS` hook), so a reload can close the volume under it.
     pub fn start_pausing_writes(&mut self, pause_ms: u64) {
+        self.set_read_only(false);
         self.server_env.push((
             "DESKD_TEST_PAUSE_BEFORE_QUEUE_MS".into(),
             pause_ms.to_string(),
