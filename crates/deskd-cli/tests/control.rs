@@ -769,7 +769,6 @@ fn writes_during_reloads_are_answered_and_kept() {
 fn a_write_caught_by_a_reopening_is_refused_and_can_be_sent_again() {
     let mut env = Env::new(&["vol"]);
     let vol = env.path("vol");
-    env.set_read_only(false);
     env.start_pausing_writes(500);
     std::fs::write(vol.join("caught"), b"").unwrap();
     let mut client = env.client();
@@ -806,7 +805,6 @@ fn a_write_caught_by_a_reopening_is_refused_and_can_be_sent_again() {
 fn dt_sends_a_registration_caught_by_a_reopening_again() {
     let mut env = Env::new(&["vol"]);
     let vol = env.path("vol");
-    env.set_read_only(false);
     std::fs::create_dir(vol.join("src")).unwrap();
     for name in ["a", "b"] {
         std::fs::write(vol.join("src").join(name), name).unwrap();
@@ -844,4 +842,65 @@ fn dt_sends_a_registration_caught_by_a_reopening_again() {
         assert_eq!(row.trim(), name);
     }
     assert_eq!(env.log_text().matches("reopened, ").count(), 3);
+}
+
+/// A volume running an online rebuild is not closed by a reload (the rebuild would lose its
+/// desktop); the log says so, and the next reload after the rebuild ends applies the change.
+#[test]
+fn a_rebuilding_volume_is_reopened_only_after_its_rebuild() {
+    let mut env = Env::new(&["vol"]);
+    for d in 0..4 {
+        std::fs::create_dir(env.path(&format!("vol/d{d}"))).unwrap();
+    }
+    // Every directory the walk visits takes 300 ms, so the rebuild is still walking.
+    env.server_env
+        .push(("DESKD_REBUILD_DIR_DELAY_MS".into(), "300".into()));
+    env.set_read_only(false);
+    env.start(&["--config", &env.path("deskd.toml").display().to_string()]);
+    let mut c = env.client();
+    let vol = c.open_volume(&env.path("vol")).unwrap().vol;
+    let job = match c
+        .call(deskd_client::Request::RebuildStart {
+            vol,
+            mode: deskd_proto::RebuildMode::Repair,
+            threads: Some(1),
+            force: false,
+            timeout_secs: 60,
+        })
+        .unwrap()
+    {
+        deskd_client::Response::RebuildStarted { job } => job,
+        other => panic!("{other:?}"),
+    };
+    env.set_read_only(true);
+    env.sighup(1);
+    let root = env.path("vol").display().to_string();
+    assert!(
+        env.log_text().contains(&format!(
+            "{root}: an online rebuild is running; read_only changes at a reload after that ends"
+        )),
+        "{}",
+        env.log_text()
+    );
+    assert!(!c.open_volume(&env.path("vol")).unwrap().read_only);
+    // Once the rebuild has ended, the next reload reopens the volume.
+    let began = Instant::now();
+    loop {
+        match c
+            .call(deskd_client::Request::RebuildPoll { vol, job, from: 0 })
+            .unwrap()
+        {
+            deskd_client::Response::Rebuild(s) if s.finished.is_some() => break,
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "rebuild never ended"
+        );
+    }
+    env.sighup(2);
+    assert!(env
+        .log_text()
+        .contains(&format!("{root}: reopened, read-only")));
+    assert!(c.open_volume(&env.path("vol")).unwrap().read_only);
 }
