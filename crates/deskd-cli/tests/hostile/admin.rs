@@ -1,0 +1,1 @@
+//! Hostile-user tests, part `admin` (see main.rs).

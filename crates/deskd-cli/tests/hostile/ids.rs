@@ -1,0 +1,1 @@
+//! Hostile-user tests, part `ids` (see main.rs).

@@ -1,0 +1,1 @@
+//! Hostile-user tests, part `limits` (see main.rs).

@@ -1,0 +1,1 @@
+//! Hostile-user tests, part `mv` (see main.rs).

@@ -1,0 +1,1 @@
+//! Hostile-user tests, part `oracle` (see main.rs).
