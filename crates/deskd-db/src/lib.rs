@@ -12,6 +12,7 @@
 //! * No SQL lives outside this crate.
 
 pub mod bulk;
+pub mod files;
 pub mod ids;
 pub mod name_index;
 pub mod names;
@@ -593,6 +594,9 @@ pub struct Reader {
 impl Reader {
     /// Open `path` read-only. Readers never block the writer (WAL).
     pub fn open(path: &Path) -> Result<Reader> {
+        // A read-only open creates the shared-memory file when it is missing, with the main
+        // file's mode: that must be private first.
+        files::make_private(path);
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -705,6 +709,11 @@ impl Desktop {
         let created = std::fs::metadata(path)
             .map(|m| m.len() == 0)
             .unwrap_or(true);
+        // Private before SQLite opens it: the WAL and shared-memory files take its mode.
+        files::create_private(path).map_err(|e| {
+            DbError::Corrupt(format!("{}: cannot create the desktop: {e}", path.display()))
+        })?;
+        files::make_private(path);
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
