@@ -107,9 +107,10 @@ pub fn header_format(path: &Path) -> std::io::Result<Option<i32>> {
 }
 
 /// Refuse a desktop whose format is newer than this deskd writes ([`DbError::FormatTooNew`]):
-/// rebuilding, restoring or backing it up would drop what this deskd does not know. Read
-/// through a read-only connection, so a version still in the WAL counts. A missing or empty
-/// file passes (there is nothing to lose). The one check every command uses.
+/// rebuilding, restoring or backing it up would drop what this deskd does not know. The header
+/// is read first; when a WAL with frames is beside the file, a read-only connection reads the
+/// version again, so one still in the WAL counts. A missing or empty file passes (there is
+/// nothing to lose). The one check every command uses.
 pub fn check_format(path: &Path) -> Result<()> {
     if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0 {
         return Ok(());
@@ -122,6 +123,11 @@ pub fn check_format(path: &Path) -> Result<()> {
                 supported: FORMAT_VERSION,
             });
         }
+    }
+    // Only a WAL with frames can hold a newer version than the header; a read-only open
+    // would leave empty side files behind, so it is made only then.
+    if std::fs::metadata(wal_path(path)).map_or(true, |m| m.len() == 0) {
+        return Ok(());
     }
     make_private(path);
     let conn = Connection::open_with_flags(
