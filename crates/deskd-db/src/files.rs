@@ -10,6 +10,7 @@
 use std::fs::OpenOptions;
 use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
@@ -40,10 +41,12 @@ pub fn create_private(path: &Path) -> std::io::Result<()> {
 pub fn make_private(desktop: &Path) -> Vec<(PathBuf, u32)> {
     let mut changed = Vec::new();
     for path in [desktop.to_path_buf(), wal_path(desktop), shm_path(desktop)] {
-        // O_NOFOLLOW: the mode is changed on the file itself, never on what a link names.
+        // An O_PATH descriptor: closing it does not drop the POSIX locks SQLite holds on the
+        // file in this process (closing any other descriptor of it would), and with
+        // O_NOFOLLOW the mode is changed on the file itself, never on what a link names.
         let Ok(file) = OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
         else {
             continue;
@@ -54,7 +57,9 @@ pub fn make_private(desktop: &Path) -> Vec<(PathBuf, u32)> {
             continue;
         }
         let private = mode & 0o7700;
-        match file.set_permissions(std::fs::Permissions::from_mode(private)) {
+        // fchmod does not take an O_PATH descriptor; its /proc link names exactly that file.
+        let by_descriptor = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        match std::fs::set_permissions(&by_descriptor, std::fs::Permissions::from_mode(private)) {
             Ok(()) => {
                 tracing::warn!(
                     "{}: mode {mode:04o} let other users read the desktop; now {private:04o}",
@@ -72,7 +77,8 @@ pub fn make_private(desktop: &Path) -> Vec<(PathBuf, u32)> {
 }
 
 /// The format version (`PRAGMA user_version`) in the header of the database file at `path`,
-/// read as bytes: nothing is opened as a database, nothing is created. `None` for a missing
+/// read as bytes: nothing is opened as a database, nothing is created. Not for a file this
+/// process has open in SQLite: closing the descriptor read here would drop SQLite's locks. `None` for a missing
 /// or empty file. A version set in a WAL not yet checkpointed is not seen here; the open that
 /// follows ([`crate::schema::migrate`]) refuses it then.
 pub fn header_format(path: &Path) -> std::io::Result<Option<i32>> {
