@@ -130,13 +130,17 @@ fn serve_takes_group_and_other_bits_off_an_existing_desktop() {
 fn backup_rebuild_and_restore_by_a_stranger_are_refused() {
     let mut env = Env::new(&["vol"]);
     let vol = env.path("vol");
-    touch(&vol, &["secret-plan.txt"]);
-    deskd_ok(&env, &["rebuild", "-f", vol.to_str().unwrap()]);
+    env.serve(&["vol"]);
+    let secret = vol.join("secret-plan.txt");
+    env.dt_ok(&[b"touch", secret.as_os_str().as_bytes()]);
     let backup = env.path("root.desktop");
     deskd_ok(&env, &["backup", vol.to_str().unwrap(), backup.to_str().unwrap()]);
-    // An old desktop, world-readable: only deskd's own check stands between nobody and it.
-    let desktop = vol.join(".Desktop");
-    std::fs::set_permissions(&desktop, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // A desktop left world-readable by an older deskd, with its WAL and shared memory (the
+    // server was killed): only deskd's own check stands between nobody and the names.
+    env.kill9();
+    for f in desktop_files(&vol) {
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let drop_box = env.path("drop");
     std::fs::create_dir(&drop_box).unwrap();
     std::fs::set_permissions(&drop_box, std::fs::Permissions::from_mode(0o777)).unwrap();
