@@ -215,6 +215,27 @@ fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
     dest.sync_all()
 }
 
+/// Refuse a desktop owned by anyone but root, deskd's user or the volume owner: in a root its
+/// users may write, one of them could have made the file first, and would then read (and
+/// change) every record deskd keeps in it whatever its mode.
+fn check_desktop_owner(lock: &File, path: &Path, root: &Path) -> Result<(), ServerError> {
+    let owner = lock
+        .metadata()
+        .map_err(|e| ServerError::Volume(format!("{}: {e}", path.display())))?
+        .uid();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let volume_owner = std::fs::metadata(root).map(|m| m.uid()).ok();
+    if owner == 0 || owner == me || Some(owner) == volume_owner {
+        return Ok(());
+    }
+    Err(ServerError::Volume(format!(
+        "{}: the desktop {} is owned by uid {owner}, which is neither root, deskd's user          (uid {me}) nor the volume owner; someone else made it, so it is not used (move it          away and serve the volume again)",
+        root.display(),
+        path.display()
+    )))
+}
+
 fn lock_exclusive(path: &Path, root: &Path) -> Result<File, ServerError> {
     deskd_volume::lock_desktop(path)
         .map_err(|e| ServerError::Volume(format!("{}: cannot open desktop: {e}", path.display())))?
@@ -245,6 +266,7 @@ impl VolumeHandle {
             desktop_path = read_only_desktop(&desktop_path, &root)?;
         }
         let lock = lock_exclusive(&desktop_path, &root)?;
+        check_desktop_owner(&lock, &desktop_path, &root)?;
         let (mut desktop, report) =
             Desktop::open(&desktop_path, config.durability).map_err(|e| {
                 ServerError::Volume(format!(

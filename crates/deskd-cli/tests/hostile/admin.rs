@@ -320,6 +320,39 @@ fn serve_and_rebuild_refuse_a_volume_inside_another() {
     // Forced, it is done.
     deskd_ok(&env, &["rebuild", "-f", "--nested", i]);
     assert!(inner.join(".Desktop").exists());
+    let inner_ids = mirrors(&inner);
+
+    // Now the outer volume is around another one: the server's own (online) rebuild of it
+    // refuses to rewrite the inner volume's mirrors.
+    let mut env = env;
+    env.serve(&["outer"]);
+    let out = env.deskd(&["rebuild", "-f", outer.to_str().unwrap()]);
+    assert_refused(
+        &out,
+        2,
+        &format!("the volume {} is inside it", inner.display()),
+    );
+    assert_eq!(mirrors(&inner), inner_ids);
+}
+
+#[test]
+fn serve_refuses_a_desktop_another_user_made_first() {
+    let env = Env::new(&["shared"]);
+    let root = env.path("shared");
+    // A folder its group (nobody's) may write, as shared folders are.
+    std::os::unix::fs::chown(&root, None, Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let planted = root.join(".Desktop");
+    let out = as_nobody(&env, "/usr/bin/touch", &[&planted]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.serve_refused(&env.path("s.sock"), &[root.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is owned by uid 65534, which is neither root"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::metadata(&planted).unwrap().len(), 0);
 }
 
 #[test]
