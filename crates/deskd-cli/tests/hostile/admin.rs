@@ -448,3 +448,32 @@ fn a_world_writable_root_is_refused_unless_asked_for() {
     deskd_ok(&env, &["rebuild", "-f", "--world-writable", r]);
     assert_eq!(mode_of(&root.join(".Desktop")), 0o600);
 }
+
+#[test]
+fn a_read_only_volume_gets_a_private_temporary_desktop() {
+    let mut env = Env::new(&["vol", "tmp"]);
+    // deskd runs as nobody, who may not write the volume: its desktop goes to a temporary one.
+    let tmp = env.path("tmp");
+    std::os::unix::fs::chown(&tmp, Some(NOBODY), Some(NOBODY)).unwrap();
+    env.server_uid = Some(NOBODY);
+    env.socket = tmp.join("deskd.sock");
+    env.server_env.push(("TMPDIR".into(), tmp.display().to_string()));
+    env.server_wrapper = common::UMASK_022.iter().map(|s| s.to_string()).collect();
+    env.set_read_only(true);
+    let config = env.path("deskd.toml").display().to_string();
+    env.start(&["--config", &config]);
+    let dirs: Vec<PathBuf> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("desksrv."))
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}: {}", env.log_text());
+    assert_eq!(mode_of(&dirs[0]), 0o700);
+    let desktop = dirs[0].join(".Desktop");
+    for f in [desktop.clone(), deskd_db::wal_path(&desktop), deskd_db::shm_path(&desktop)] {
+        if f.exists() {
+            assert_eq!(mode_of(&f), 0o600, "{}", f.display());
+        }
+    }
+    assert!(desktop.exists());
+}
