@@ -711,7 +711,10 @@ impl Desktop {
             .unwrap_or(true);
         // Private before SQLite opens it: the WAL and shared-memory files take its mode.
         files::create_private(path).map_err(|e| {
-            DbError::Corrupt(format!("{}: cannot create the desktop: {e}", path.display()))
+            DbError::Corrupt(format!(
+                "{}: cannot create the desktop: {e}",
+                path.display()
+            ))
         })?;
         files::make_private(path);
         let mut conn = Connection::open(path)?;

@@ -265,8 +265,10 @@ fn refuse_unsafe(root: &Path, desktop: &Path, options: &Options) -> Result<(), R
     if let Some(backup) = &options.start_from {
         refuse_newer(backup, "it cannot be restored")?;
     }
-    if let Err(e) = refuse_newer(desktop, "rebuilding it would drop what this deskd does not know")
-    {
+    if let Err(e) = refuse_newer(
+        desktop,
+        "rebuilding it would drop what this deskd does not know",
+    ) {
         if !(options.mode == Mode::Fresh && options.downgrade) {
             return Err(match e {
                 RebuildError::Refused(why) if options.mode == Mode::Fresh => RebuildError::Refused(

@@ -117,7 +117,11 @@ impl Server {
                 .volumes()
                 .iter()
                 .map(|h| h.volume.root().to_path_buf())
-                .chain(crate::preflight::canonical_roots(&new.volumes).into_iter().flatten())
+                .chain(
+                    crate::preflight::canonical_roots(&new.volumes)
+                        .into_iter()
+                        .flatten(),
+                )
                 .collect();
             if let Err(e) = crate::preflight::check_volume(v, &served) {
                 notes.push(format!("{}: not served: {e}", v.root.display()));

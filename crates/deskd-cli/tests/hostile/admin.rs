@@ -23,11 +23,7 @@ fn as_nobody(env: &Env, bin: &str, args: &[&Path]) -> Output {
 /// The three files of a live desktop.
 fn desktop_files(vol: &Path) -> [PathBuf; 3] {
     let d = vol.join(".Desktop");
-    [
-        d.clone(),
-        deskd_db::wal_path(&d),
-        deskd_db::shm_path(&d),
-    ]
+    [d.clone(), deskd_db::wal_path(&d), deskd_db::shm_path(&d)]
 }
 
 /// Nobody can read `path` at all: the kernel refuses the open.
@@ -90,10 +86,7 @@ fn serve_creates_the_desktop_files_private() {
     }
     // What the issue tried: read the names with sqlite3.
     let desktop = env.path("vol/.Desktop");
-    let args: Vec<&[u8]> = vec![
-        desktop.as_os_str().as_bytes(),
-        b"SELECT name FROM objects",
-    ];
+    let args: Vec<&[u8]> = vec![desktop.as_os_str().as_bytes(), b"SELECT name FROM objects"];
     let out = env.as_user(NOBODY, "/usr/bin/sqlite3", &args, &[]).unwrap();
     assert!(
         !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("secret"),
@@ -134,7 +127,10 @@ fn backup_rebuild_and_restore_by_a_stranger_are_refused() {
     let secret = vol.join("secret-plan.txt");
     env.dt_ok(&[b"touch", secret.as_os_str().as_bytes()]);
     let backup = env.path("root.desktop");
-    deskd_ok(&env, &["backup", vol.to_str().unwrap(), backup.to_str().unwrap()]);
+    deskd_ok(
+        &env,
+        &["backup", vol.to_str().unwrap(), backup.to_str().unwrap()],
+    );
     // A desktop left world-readable by an older deskd, with its WAL and shared memory (the
     // server was killed): only deskd's own check stands between nobody and the names.
     env.kill9();
@@ -311,11 +307,19 @@ fn serve_and_rebuild_refuse_a_volume_inside_another() {
     let out = env.serve_refused(&env.path("s.sock"), &[i]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains(&says), "{}", stderr(&out));
-    for args in [&["rebuild", "-f", i][..], &["rebuild", i], &["rebuild", "-s", i]] {
+    for args in [
+        &["rebuild", "-f", i][..],
+        &["rebuild", i],
+        &["rebuild", "-s", i],
+    ] {
         assert_refused(&env.deskd(args), 2, &says);
     }
     assert!(std::fs::symlink_metadata(inner.join(".Desktop")).is_err());
-    assert_eq!(mirrors(&inner), ids, "the inner folder's ID mirrors changed");
+    assert_eq!(
+        mirrors(&inner),
+        ids,
+        "the inner folder's ID mirrors changed"
+    );
 
     // Forced, it is done.
     deskd_ok(&env, &["rebuild", "-f", "--nested", i]);
@@ -371,8 +375,14 @@ fn serve_and_rebuild_refuse_a_volume_around_another() {
     assert!(stderr(&out).contains(&says), "{}", stderr(&out));
     assert_refused(&env.deskd(&["rebuild", "-f", a]), 2, &says);
     assert!(std::fs::symlink_metadata(around.join(".Desktop")).is_err());
-    assert!(!around.join(".rsrc").exists(), "resource files were written");
-    assert_eq!(mirrors(&env.path("around/plain")), vec![("d.txt".into(), None)]);
+    assert!(
+        !around.join(".rsrc").exists(),
+        "resource files were written"
+    );
+    assert_eq!(
+        mirrors(&env.path("around/plain")),
+        vec![("d.txt".into(), None)]
+    );
     assert_eq!(mirrors(&sub), ids);
 
     // Two configured volumes, one inside the other: neither is served.
@@ -414,7 +424,10 @@ fn serve_with_its_socket_in_use_opens_no_desktop() {
     touch(&c, &["x.txt"]);
     deskd_ok(&env, &["rebuild", "-f", c.to_str().unwrap()]);
     let before = snapshot(&c);
-    let modified = std::fs::metadata(c.join(".Desktop")).unwrap().modified().unwrap();
+    let modified = std::fs::metadata(c.join(".Desktop"))
+        .unwrap()
+        .modified()
+        .unwrap();
     let out = env.serve_refused(
         &env.socket,
         &[env.path("b").to_str().unwrap(), c.to_str().unwrap()],
@@ -423,7 +436,10 @@ fn serve_with_its_socket_in_use_opens_no_desktop() {
     assert!(std::fs::symlink_metadata(env.path("b/.Desktop")).is_err());
     assert_eq!(snapshot(&c), before);
     assert_eq!(
-        std::fs::metadata(c.join(".Desktop")).unwrap().modified().unwrap(),
+        std::fs::metadata(c.join(".Desktop"))
+            .unwrap()
+            .modified()
+            .unwrap(),
         modified
     );
     // The first server is untouched and still answers.
@@ -437,13 +453,13 @@ fn a_world_writable_root_is_refused_unless_asked_for() {
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let r = root.to_str().unwrap();
     let out = env.serve_refused(&env.path("s.sock"), &[r]);
-    assert!(stderr(&out).contains("every user may create files"), "{}", stderr(&out));
-    assert!(std::fs::symlink_metadata(root.join(".Desktop")).is_err());
-    assert_refused(
-        &env.deskd(&["rebuild", "-f", r]),
-        2,
-        "use --world-writable",
+    assert!(
+        stderr(&out).contains("every user may create files"),
+        "{}",
+        stderr(&out)
     );
+    assert!(std::fs::symlink_metadata(root.join(".Desktop")).is_err());
+    assert_refused(&env.deskd(&["rebuild", "-f", r]), 2, "use --world-writable");
     assert!(std::fs::symlink_metadata(root.join(".Desktop")).is_err());
     deskd_ok(&env, &["rebuild", "-f", "--world-writable", r]);
     assert_eq!(mode_of(&root.join(".Desktop")), 0o600);
@@ -457,7 +473,8 @@ fn a_read_only_volume_gets_a_private_temporary_desktop() {
     std::os::unix::fs::chown(&tmp, Some(NOBODY), Some(NOBODY)).unwrap();
     env.server_uid = Some(NOBODY);
     env.socket = tmp.join("deskd.sock");
-    env.server_env.push(("TMPDIR".into(), tmp.display().to_string()));
+    env.server_env
+        .push(("TMPDIR".into(), tmp.display().to_string()));
     env.server_wrapper = common::UMASK_022.iter().map(|s| s.to_string()).collect();
     env.set_read_only(true);
     let config = env.path("deskd.toml").display().to_string();
@@ -465,12 +482,21 @@ fn a_read_only_volume_gets_a_private_temporary_desktop() {
     let dirs: Vec<PathBuf> = std::fs::read_dir(&tmp)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("desksrv."))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("desksrv.")
+        })
         .collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}: {}", env.log_text());
     assert_eq!(mode_of(&dirs[0]), 0o700);
     let desktop = dirs[0].join(".Desktop");
-    for f in [desktop.clone(), deskd_db::wal_path(&desktop), deskd_db::shm_path(&desktop)] {
+    for f in [
+        desktop.clone(),
+        deskd_db::wal_path(&desktop),
+        deskd_db::shm_path(&desktop),
+    ] {
         if f.exists() {
             assert_eq!(mode_of(&f), 0o600, "{}", f.display());
         }
