@@ -496,6 +496,13 @@ pub fn restore(
     // Who may, and over what, before the backup or the desktop is read.
     let (root, desktop) = volume_desktop(volume)?;
     refuse_unsafe(&root, &desktop, "deskd restore")?;
+    let rebuild_options = deskd_rebuild::Options {
+        start_from: Some(backup.to_path_buf()),
+        nested: options.nested,
+        world_writable: options.world_writable,
+        ..deskd_rebuild::Options::new(Mode::Repair, options.threads, options.force)
+    };
+    deskd_rebuild::refuse_unsafe(&root, &desktop, &rebuild_options)?;
     let manifest = match verify(backup) {
         Ok(m) => Some(m),
         Err(BackupError::Invalid(why)) if options.force => {
@@ -533,11 +540,8 @@ pub fn restore(
             .min(deskd_db::LAST_USABLE_ID),
     };
     let rebuild_options = deskd_rebuild::Options {
-        start_from: Some(backup.to_path_buf()),
         min_last_id: last_id_at_least,
-        nested: options.nested,
-        world_writable: options.world_writable,
-        ..deskd_rebuild::Options::new(Mode::Repair, options.threads, options.force)
+        ..rebuild_options
     };
     let report = match deskd_rebuild::rebuild(&root, &rebuild_options, on_progress, on_difference)
     {

@@ -254,8 +254,9 @@ pub fn rebuild(
 
 /// What must hold before anything of the volume is read or written: the user may read its
 /// desktop, it is of a format this deskd knows, it is no volume inside another one (or a root
-/// every user may write) unless asked to be, and a repair has a desktop to repair.
-fn refuse_unsafe(root: &Path, desktop: &Path, options: &Options) -> Result<(), RebuildError> {
+/// every user may write) unless asked to be, and a repair has a desktop to repair. [`rebuild`]
+/// checks it first; a restore checks it before it reads the backup.
+pub fn refuse_unsafe(root: &Path, desktop: &Path, options: &Options) -> Result<(), RebuildError> {
     let what = match options.mode {
         Mode::Scan => "deskd rebuild -s",
         Mode::Repair => "deskd rebuild",

@@ -307,10 +307,17 @@ fn serve_and_rebuild_refuse_a_volume_inside_another() {
     let out = env.serve_refused(&env.path("s.sock"), &[i]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains(&says), "{}", stderr(&out));
+    let backup = env.path("outer.desktop");
+    deskd_ok(
+        &env,
+        &["backup", outer.to_str().unwrap(), backup.to_str().unwrap()],
+    );
+    let b = backup.to_str().unwrap();
     for args in [
         &["rebuild", "-f", i][..],
         &["rebuild", i],
         &["rebuild", "-s", i],
+        &["restore", "--force", b, i],
     ] {
         assert_refused(&env.deskd(args), 2, &says);
     }
