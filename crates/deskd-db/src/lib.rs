@@ -573,7 +573,8 @@ pub fn shm_path(desktop: &Path) -> std::path::PathBuf {
 
 /// Fold a desktop's WAL into its main file and close it; no server may have it open.
 pub fn checkpoint_file(path: &Path) -> Result<()> {
-    let conn = Connection::open(path)?;
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
     if busy != 0 {
@@ -717,7 +718,12 @@ impl Desktop {
             ))
         })?;
         files::make_private(path);
-        let mut conn = Connection::open(path)?;
+        // Never through a link: one put in place of the desktop (in a root its users may
+        // write) would have deskd turn any empty file it names into a desktop.
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )?;
         conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
