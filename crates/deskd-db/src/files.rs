@@ -197,4 +197,22 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), before);
         assert_eq!(header_format(&d.path().join("none")).unwrap(), None);
     }
+
+    #[test]
+    fn a_newer_format_still_in_the_wal_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join(".Desktop");
+        drop(crate::Desktop::open(&path, crate::Durability::Normal).unwrap());
+        crate::checkpoint_file(&path).unwrap();
+        // Kept open with checkpoints off: the new version is only in the WAL.
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        assert_eq!(header_format(&path).unwrap(), Some(FORMAT_VERSION));
+        assert!(matches!(
+            check_format(&path),
+            Err(DbError::FormatTooNew { found: 99, .. })
+        ));
+        drop(conn);
+    }
 }
