@@ -105,7 +105,7 @@ pub fn around_message(root: &Path, inner: &Path) -> String {
 pub fn world_writable_message(root: &Path) -> String {
     format!(
         "{}: every user may create files in this directory (mode o+w, like /tmp), so any user \
-         could plant the files deskd keeps there; use --world-writable to serve it anyway",
+         could plant the files deskd keeps there; use --world-writable to do it anyway",
         root.display()
     )
 }
