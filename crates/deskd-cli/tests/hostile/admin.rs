@@ -510,3 +510,27 @@ fn a_read_only_volume_gets_a_private_temporary_desktop() {
     }
     assert!(desktop.exists());
 }
+
+#[test]
+fn a_read_only_open_makes_the_desktop_private_before_its_shared_memory_exists() {
+    let env = Env::new(&["vol"]);
+    let vol = env.path("vol");
+    touch(&vol, &["a.txt"]);
+    let v = vol.to_str().unwrap();
+    deskd_ok(&env, &["rebuild", "-f", v]);
+    let [desktop, wal, shm] = desktop_files(&vol);
+    for verb in [&["rebuild", "-s", v][..], &["backup", v, "-"]] {
+        // A desktop left world-readable, without side files: the read-only open makes them.
+        let _ = std::fs::remove_file(&wal);
+        let _ = std::fs::remove_file(&shm);
+        std::fs::set_permissions(&desktop, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = env.deskd_umask_022(verb, &[]);
+        assert!(out.status.success(), "{verb:?}: {}", stderr(&out));
+        assert!(shm.exists(), "{verb:?} made no shared-memory file");
+        for f in [&desktop, &wal, &shm] {
+            if f.exists() {
+                assert_eq!(mode_of(f), 0o600, "{verb:?}: {}", f.display());
+            }
+        }
+    }
+}
