@@ -244,6 +244,15 @@ fn call(client: &mut Client, request: Request) -> Result<Response> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if matches!(
+        cli.command,
+        Command::Rebuild { .. }
+            | Command::Backup { .. }
+            | Command::Verify { .. }
+            | Command::Restore { .. }
+    ) {
+        init_offline_logging();
+    }
     match cli.command {
         Command::Serve {
             config,
@@ -512,6 +521,22 @@ fn init_logging() {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DESKD_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+}
+
+/// Warnings of the offline verbs (rebuild, backup, verify, restore) to stderr, one short line
+/// each: a desktop whose mode was tightened, a desktop replaced with `--downgrade` or restored
+/// with `--force` (`DESKD_LOG` filters, as for the server).
+fn init_offline_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DESKD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
 }

@@ -527,6 +527,11 @@ fn a_read_only_open_makes_the_desktop_private_before_its_shared_memory_exists() 
         let out = env.deskd_umask_022(verb, &[]);
         assert!(out.status.success(), "{verb:?}: {}", stderr(&out));
         assert!(shm.exists(), "{verb:?} made no shared-memory file");
+        assert!(
+            stderr(&out).contains(".Desktop: mode 0644 let other users read the desktop; now 0600"),
+            "{verb:?}: {}",
+            stderr(&out)
+        );
         for f in [&desktop, &wal, &shm] {
             if f.exists() {
                 assert_eq!(mode_of(f), 0o600, "{verb:?}: {}", f.display());
