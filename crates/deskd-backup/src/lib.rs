@@ -50,6 +50,9 @@ pub enum BackupError {
     /// The volume is served or being rebuilt.
     #[error("{0}")]
     Busy(String),
+    /// The user may not read the volume's desktop, or it is of a newer format.
+    #[error("{0}")]
+    Refused(String),
     #[error("{path}: {source}")]
     Desktop {
         path: PathBuf,
@@ -239,6 +242,20 @@ fn volume_desktop(volume: &Path) -> Result<(PathBuf, PathBuf), BackupError> {
     Ok((root, desktop))
 }
 
+/// Refuse, before anything is read, a user who may not read the volume's desktop (only root,
+/// the volume owner and deskd's own user may), and a desktop of a newer format than this
+/// deskd's (a copy or restore of it would lose what this deskd does not know).
+fn refuse_unsafe(root: &Path, desktop: &Path, what: &str) -> Result<(), BackupError> {
+    deskd_volume::guard::require_admin(root, desktop, what).map_err(BackupError::Refused)?;
+    match deskd_db::files::check_format(desktop) {
+        Err(e @ deskd_db::DbError::FormatTooNew { .. }) => Err(BackupError::Refused(format!(
+            "{}: {e}; {what} refuses it",
+            desktop.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Back up the desktop of `volume` into `dest` (a file name, or a directory to make a dated
 /// name in) while the volume stays in use. `progress` gets (pages copied, pages in all).
 /// Returns the backup's path and manifest.
@@ -249,6 +266,7 @@ pub fn backup(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(PathBuf, Manifest), BackupError> {
     let (root, desktop) = volume_desktop(volume)?;
+    refuse_unsafe(&root, &desktop, "deskd backup")?;
     if std::fs::metadata(&desktop).map(|m| m.len()).unwrap_or(0) == 0 {
         return Err(BackupError::Usage(format!(
             "{}: the volume has no desktop ({}); nothing to back up",
@@ -444,6 +462,10 @@ pub struct RestoreOptions {
     pub force: bool,
     /// How far past the backup's counter IDs start when the volume's own desktop cannot be read.
     pub id_gap: u32,
+    /// Restore a volume inside or around another volume's root (`--nested`).
+    pub nested: bool,
+    /// Restore a volume whose root every user may write (`--world-writable`).
+    pub world_writable: bool,
 }
 
 /// What a restore did.
@@ -471,6 +493,16 @@ pub fn restore(
     on_progress: &(dyn Fn(u64) + Sync),
     on_difference: &mut dyn FnMut(&Difference),
 ) -> Result<RestoreReport, BackupError> {
+    // Who may, and over what, before the backup or the desktop is read.
+    let (root, desktop) = volume_desktop(volume)?;
+    refuse_unsafe(&root, &desktop, "deskd restore")?;
+    let rebuild_options = deskd_rebuild::Options {
+        start_from: Some(backup.to_path_buf()),
+        nested: options.nested,
+        world_writable: options.world_writable,
+        ..deskd_rebuild::Options::new(Mode::Repair, options.threads, options.force)
+    };
+    deskd_rebuild::refuse_unsafe(&root, &desktop, &rebuild_options)?;
     let manifest = match verify(backup) {
         Ok(m) => Some(m),
         Err(BackupError::Invalid(why)) if options.force => {
@@ -490,7 +522,6 @@ pub fn restore(
             BackupError::Invalid(format!("{}: {e}; not restored", backup.display()))
         })?,
     };
-    let (root, desktop) = volume_desktop(volume)?;
     let current = read_current(&desktop);
     if let Some((uuid, _)) = current {
         if uuid != info.volume_uuid && !options.force {
@@ -509,9 +540,8 @@ pub fn restore(
             .min(deskd_db::LAST_USABLE_ID),
     };
     let rebuild_options = deskd_rebuild::Options {
-        start_from: Some(backup.to_path_buf()),
         min_last_id: last_id_at_least,
-        ..deskd_rebuild::Options::new(Mode::Repair, options.threads, options.force)
+        ..rebuild_options
     };
     let report = match deskd_rebuild::rebuild(&root, &rebuild_options, on_progress, on_difference)
     {

@@ -360,6 +360,9 @@ fn a_full_volume_fails_commits_clearly_and_serves_again_when_space_returns() {
     let Some(_mnt) = Mounted::tmpfs(env.path("vol")) else {
         return;
     };
+    // A new tmpfs is 1777, like /tmp, and deskd refuses a root every user may write.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.path("vol"), std::fs::Permissions::from_mode(0o755)).unwrap();
     env.serve(&["vol"]);
     env.dt_ok(&[b"mkdir", b"vol/a"]);
     env.dt_ok(&[b"touch", b"vol/a/before"]);

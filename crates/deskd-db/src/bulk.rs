@@ -6,6 +6,7 @@
 //! once [`BulkLoad::finish`] returned: until then the old desktop is untouched, so a rebuild
 //! killed at any moment leaves a desktop the server can open.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use rusqlite::{params, Connection};
@@ -48,11 +49,28 @@ impl BulkLoad {
     /// either: the path is in a directory users may write (the volume root), and a link
     /// planted between the check and the open must not have the desktop written elsewhere.
     pub fn create(path: &Path) -> Result<BulkLoad> {
-        if std::fs::symlink_metadata(path).is_ok() {
-            return Err(DbError::Corrupt(format!(
-                "{}: already exists; refusing to overwrite",
-                path.display()
-            )));
+        // Made here, new and private (0600), before SQLite opens it: SQLite would create it
+        // with the umask's mode, readable by every user, and its journal and WAL take its mode.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(crate::files::PRIVATE_MODE)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(DbError::Corrupt(format!(
+                    "{}: already exists; refusing to overwrite",
+                    path.display()
+                )))
+            }
+            Err(e) => {
+                return Err(DbError::Corrupt(format!(
+                    "{}: cannot create: {e}",
+                    path.display()
+                )))
+            }
         }
         let mut conn = Connection::open_with_flags(
             path,

@@ -12,6 +12,7 @@
 //! * No SQL lives outside this crate.
 
 pub mod bulk;
+pub mod files;
 pub mod ids;
 pub mod name_index;
 pub mod names;
@@ -572,7 +573,8 @@ pub fn shm_path(desktop: &Path) -> std::path::PathBuf {
 
 /// Fold a desktop's WAL into its main file and close it; no server may have it open.
 pub fn checkpoint_file(path: &Path) -> Result<()> {
-    let conn = Connection::open(path)?;
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
     if busy != 0 {
@@ -593,6 +595,9 @@ pub struct Reader {
 impl Reader {
     /// Open `path` read-only. Readers never block the writer (WAL).
     pub fn open(path: &Path) -> Result<Reader> {
+        // A read-only open creates the shared-memory file when it is missing, with the main
+        // file's mode: that must be private first.
+        files::make_private(path);
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -705,7 +710,20 @@ impl Desktop {
         let created = std::fs::metadata(path)
             .map(|m| m.len() == 0)
             .unwrap_or(true);
-        let mut conn = Connection::open(path)?;
+        // Private before SQLite opens it: the WAL and shared-memory files take its mode.
+        files::create_private(path).map_err(|e| {
+            DbError::Corrupt(format!(
+                "{}: cannot create the desktop: {e}",
+                path.display()
+            ))
+        })?;
+        files::make_private(path);
+        // Never through a link: one put in place of the desktop (in a root its users may
+        // write) would have deskd turn any empty file it names into a desktop.
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )?;
         conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {

@@ -43,6 +43,8 @@ pub fn copy_snapshot(
     dest: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<CopyInfo> {
+    // The read-only open may create the shared-memory file, with the main file's mode.
+    crate::files::make_private(source);
     let src = Connection::open_with_flags(
         source,
         OpenFlags::SQLITE_OPEN_READ_ONLY

@@ -42,6 +42,10 @@ pub enum RebuildError {
     Cancelled(String),
     #[error("{0}")]
     Space(String),
+    /// The user may not read this volume's desktop, or the volume is nested, world-writable
+    /// or of a newer format and the matching override was not given.
+    #[error("{0}")]
+    Refused(String),
     #[error("desktop: {0}")]
     Db(#[from] deskd_db::DbError),
     #[error("{0}")]
@@ -82,6 +86,13 @@ pub struct Options {
     /// The new desktop's ID counter is at least this (a restore: IDs handed out after the
     /// backup was made must not be handed out again).
     pub min_last_id: u32,
+    /// Rebuild a volume inside or around another volume's root (`--nested`).
+    pub nested: bool,
+    /// Rebuild a volume whose root every user may write (`--world-writable`).
+    pub world_writable: bool,
+    /// With `-f`: replace a desktop of a newer format (`--downgrade`); what this deskd does not
+    /// know of it is lost.
+    pub downgrade: bool,
 }
 
 impl Options {
@@ -93,6 +104,9 @@ impl Options {
             force,
             start_from: None,
             min_last_id: 0,
+            nested: false,
+            world_writable: false,
+            downgrade: false,
         }
     }
 }
@@ -220,6 +234,96 @@ pub fn rebuild(
         )));
     }
     let desktop = desktop_path(&root)?;
+    refuse_unsafe(&root, &desktop, options)?;
+    // The lock creates the desktop file; a rebuild that fails must not leave one behind where
+    // there was none (a nested volume found by the walk, say).
+    let existed = std::fs::symlink_metadata(&desktop).is_ok();
+    let result = rebuild_checked(
+        &root,
+        &desktop,
+        options,
+        started,
+        on_progress,
+        on_difference,
+    );
+    if result.is_err() && !existed && std::fs::metadata(&desktop).is_ok_and(|m| m.len() == 0) {
+        let _ = std::fs::remove_file(&desktop);
+    }
+    result
+}
+
+/// What must hold before anything of the volume is read or written: the user may read its
+/// desktop, it is of a format this deskd knows, it is no volume inside another one (or a root
+/// every user may write) unless asked to be, and a repair has a desktop to repair. [`rebuild`]
+/// checks it first; a restore checks it before it reads the backup.
+pub fn refuse_unsafe(root: &Path, desktop: &Path, options: &Options) -> Result<(), RebuildError> {
+    let what = match options.mode {
+        Mode::Scan => "deskd rebuild -s",
+        Mode::Repair => "deskd rebuild",
+        Mode::Fresh => "deskd rebuild -f",
+    };
+    deskd_volume::guard::require_admin(root, desktop, what).map_err(RebuildError::Refused)?;
+    if let Some(backup) = &options.start_from {
+        refuse_newer(backup, "it cannot be restored")?;
+    }
+    if let Err(e) = refuse_newer(
+        desktop,
+        "rebuilding it would drop what this deskd does not know",
+    ) {
+        if !(options.mode == Mode::Fresh && options.downgrade) {
+            return Err(match e {
+                RebuildError::Refused(why) if options.mode == Mode::Fresh => RebuildError::Refused(
+                    format!("{why} (--downgrade replaces it with a new desktop anyway)"),
+                ),
+                e => e,
+            });
+        }
+        tracing::warn!("{e}; replacing it (--downgrade)");
+    }
+    if !options.nested {
+        if let Some(outer) = deskd_volume::guard::enclosing_volume(root) {
+            return Err(RebuildError::Refused(deskd_volume::guard::inside_message(
+                root, &outer,
+            )));
+        }
+    }
+    if !options.world_writable && deskd_volume::guard::world_writable(root) {
+        return Err(RebuildError::Refused(
+            deskd_volume::guard::world_writable_message(root),
+        ));
+    }
+    let has_desktop = std::fs::metadata(desktop).is_ok_and(|m| m.len() > 0);
+    if options.mode == Mode::Repair && options.start_from.is_none() && !has_desktop {
+        return Err(RebuildError::Usage(format!(
+            "no desktop at {}; use deskd rebuild -f to create one",
+            desktop.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuse the desktop at `path` when its format is newer than this deskd's.
+fn refuse_newer(path: &Path, why: &str) -> Result<(), RebuildError> {
+    match deskd_db::files::check_format(path) {
+        Err(e @ deskd_db::DbError::FormatTooNew { .. }) => Err(RebuildError::Refused(format!(
+            "{}: {e}; {why}",
+            path.display()
+        ))),
+        // Anything else (a damaged file) is for the rebuild itself to report or replace.
+        _ => Ok(()),
+    }
+}
+
+/// [`rebuild`] once the volume passed [`refuse_unsafe`].
+fn rebuild_checked(
+    root: &Path,
+    desktop: &Path,
+    options: &Options,
+    started: Instant,
+    on_progress: &(dyn Fn(u64) + Sync),
+    on_difference: &mut dyn FnMut(&Difference),
+) -> Result<Report, RebuildError> {
+    let (root, desktop) = (root.to_path_buf(), desktop.to_path_buf());
     let _lock = match options.mode {
         Mode::Scan => None,
         _ => Some(lock(&desktop, &root)?),
@@ -265,6 +369,11 @@ pub fn rebuild(
         on_progress,
         &std::sync::atomic::AtomicBool::new(false),
     )?;
+    if let (Some(inner), false) = (walk.nested_volumes.first(), options.nested) {
+        return Err(RebuildError::Refused(deskd_volume::guard::around_message(
+            &root, inner,
+        )));
+    }
     let (counter, identity) = match &old {
         Some(o) => (o.last_id.max(options.min_last_id), o.identity),
         None => (options.min_last_id, None),

@@ -53,6 +53,8 @@ pub struct Walk {
     pub orphans: Vec<(u32, Vec<u8>)>,
     /// Full path of every directory in `found` (by index), for reports and repairs.
     pub dir_paths: std::collections::HashMap<u32, PathBuf>,
+    /// Directories below the root that hold a `.Desktop`: roots of other volumes.
+    pub nested_volumes: Vec<PathBuf>,
 }
 
 impl Walk {
@@ -93,6 +95,8 @@ struct Shared<'a> {
     found: Mutex<Collected>,
     progress: AtomicU64,
     stop: &'a AtomicBool,
+    /// Directories below the root met holding a `.Desktop`.
+    nested: Mutex<Vec<PathBuf>>,
     /// Test hook (`DESKD_REBUILD_DIR_DELAY_MS`): a pause per directory, so the tests can act
     /// while a walk is under way.
     dir_delay: Option<std::time::Duration>,
@@ -136,6 +140,7 @@ pub fn walk(
         ready: Condvar::new(),
         found: Mutex::new((vec![root_found], Vec::new(), vec![(0, root.to_path_buf())])),
         progress: AtomicU64::new(1),
+        nested: Mutex::new(Vec::new()),
         stop,
         dir_delay: std::env::var("DESKD_REBUILD_DIR_DELAY_MS")
             .ok()
@@ -155,10 +160,13 @@ pub fn walk(
         return Err(RebuildError::Cancelled("the walk was stopped".into()));
     }
     let (found, orphans, dirs) = shared.found.into_inner().unwrap();
+    let mut nested_volumes = shared.nested.into_inner().unwrap();
+    nested_volumes.sort();
     Ok(Walk {
         found,
         orphans,
         dir_paths: dirs.into_iter().collect(),
+        nested_volumes,
     })
 }
 
@@ -287,6 +295,9 @@ fn scan_dir(
     let mut seen = HashSet::with_capacity(names.len());
     for name in names {
         if deskd_volume::is_protected(&name) {
+            if dir_index != 0 && name == deskd_volume::DESKTOP_FILE.as_bytes() {
+                shared.nested.lock().unwrap().push(path.to_path_buf());
+            }
             continue;
         }
         let c = cstring(&name);

@@ -28,6 +28,10 @@ pub struct VolumePrefs {
     pub desktop_location: Option<PathBuf>,
     /// Refuse client changes; use a valid `.Desktop` if present, else a temporary desktop.
     pub read_only: Option<bool>,
+    /// Serve the volume although its root is inside or around another volume's root.
+    pub nested: Option<bool>,
+    /// Serve the volume although every user may write its root (mode o+w, like /tmp).
+    pub world_writable: Option<bool>,
 }
 
 /// The `[server]` table.
@@ -71,6 +75,10 @@ pub struct VolumeConfig {
     pub wal_limit: u64,
     pub desktop_location: Option<PathBuf>,
     pub read_only: bool,
+    /// Served although inside or around another volume's root (`nested`, `--nested`).
+    pub nested: bool,
+    /// Served although every user may write its root (`world_writable`, `--world-writable`).
+    pub world_writable: bool,
 }
 
 /// Resolved TCP settings.
@@ -145,6 +153,8 @@ impl ConfigFile {
                 wal_limit: pick(prefs.wal_limit, d.wal_limit, 64 << 20).max(1 << 20),
                 desktop_location: location,
                 read_only: prefs.read_only.or(d.read_only).unwrap_or(false),
+                nested: prefs.nested.or(d.nested).unwrap_or(false),
+                world_writable: prefs.world_writable.or(d.world_writable).unwrap_or(false),
                 root,
             };
             volumes.push(cfg);

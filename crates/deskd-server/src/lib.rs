@@ -14,6 +14,7 @@ pub mod apply;
 pub mod config;
 pub mod conn;
 pub mod outbox;
+pub mod preflight;
 pub mod rebuild;
 pub mod reload;
 pub mod volume;
@@ -269,14 +270,43 @@ fn bind(path: &Path) -> Result<UnixListener, ServerError> {
 }
 
 impl Server {
-    /// Open the volumes, bind the socket and start serving in background threads. Volumes that
-    /// fail to open are logged and skipped; if none opens, start-up fails.
+    /// Check the volumes, bind the socket, open the volumes and start serving in background
+    /// threads. Every check (the TCP token and port, each volume's root, nesting and desktop
+    /// format, the socket) comes before any desktop is opened or created. Volumes that fail
+    /// their checks or to open are logged and skipped; if none is left, start-up fails.
     pub fn start(config: Config) -> Result<Server, ServerError> {
         // A bad token file or a taken port stops the start before any desktop is opened.
         let tcp = config.tcp.as_ref().map(bind_tcp).transpose()?;
-        let mut volumes = Vec::new();
+        let roots = preflight::canonical_roots(&config.volumes);
         let mut failures = Vec::new();
-        for vc in config.volumes {
+        let mut checked = Vec::new();
+        for (i, vc) in config.volumes.into_iter().enumerate() {
+            let others: Vec<PathBuf> = roots
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .filter_map(|(_, r)| r.clone())
+                .collect();
+            match preflight::check_volume(&vc, &others) {
+                Ok(()) => checked.push(vc),
+                Err(e) => {
+                    error!("{e}");
+                    failures.push(format!("{}: {e}", vc.root.display()));
+                }
+            }
+        }
+        let none_opened = |failures: &[String]| {
+            ServerError::Volume(format!(
+                "no volume could be opened: {}",
+                failures.join("; ")
+            ))
+        };
+        if checked.is_empty() {
+            return Err(none_opened(&failures));
+        }
+        let listener = bind(&config.socket)?;
+        let mut volumes = Vec::new();
+        for vc in checked {
             let root = vc.root.clone();
             match VolumeHandle::open(volumes.len() as u32, vc) {
                 Ok(h) => volumes.push(Slot::Served(h)),
@@ -287,12 +317,9 @@ impl Server {
             }
         }
         if volumes.is_empty() {
-            return Err(ServerError::Volume(format!(
-                "no volume could be opened: {}",
-                failures.join("; ")
-            )));
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(none_opened(&failures));
         }
-        let listener = bind(&config.socket)?;
         let (tcp_listener, tcp_access) = tcp.unzip();
         let shared = Arc::new(Shared {
             volumes: RwLock::new(volumes),

@@ -255,6 +255,11 @@ fn run(
             other => other.to_string(),
         })?;
         job.stopped()?;
+        // Another volume below this one: its objects are its own desktop's, and a rebuild
+        // here would give them IDs here and rewrite their mirrors (unless served `nested`).
+        if let (Some(inner), false) = (walk.nested_volumes.first(), handle.config.nested) {
+            return Err(deskd_volume::guard::around_message(&root, inner));
+        }
         job.set_phase("planning");
         let counter = snapshot.as_ref().map_or(0, |s| s.last_id);
         let decide_from = match mode {

@@ -112,6 +112,21 @@ impl Server {
             {
                 continue;
             }
+            let served: Vec<PathBuf> = self
+                .shared
+                .volumes()
+                .iter()
+                .map(|h| h.volume.root().to_path_buf())
+                .chain(
+                    crate::preflight::canonical_roots(&new.volumes)
+                        .into_iter()
+                        .flatten(),
+                )
+                .collect();
+            if let Err(e) = crate::preflight::check_volume(v, &served) {
+                notes.push(format!("{}: not served: {e}", v.root.display()));
+                continue;
+            }
             let index = self.handle_for(&root);
             match VolumeHandle::open(index, v.clone()) {
                 Ok(handle) => {

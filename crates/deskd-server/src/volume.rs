@@ -165,17 +165,75 @@ fn read_only_desktop(path: &Path, root: &Path) -> Result<PathBuf, ServerError> {
             .iter()
             .fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(b as u32))
     ));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| ServerError::Volume(format!("{}: {e}", dir.display())))?;
+    private_dir(&dir)?;
     let temp = dir.join(deskd_volume::DESKTOP_FILE);
     if path.exists() && !temp.exists() {
         // A valid desktop on read-only media: work on a copy so IDs stay as recorded.
         if deskd_db::Reader::open(path).and_then(|r| r.stats()).is_ok() {
-            std::fs::copy(path, &temp)
+            copy_private(path, &temp)
                 .map_err(|e| ServerError::Volume(format!("{}: {e}", temp.display())))?;
         }
     }
     Ok(temp)
+}
+
+/// Make `dir` (in the shared temp directory, whose names anyone can take first) a directory
+/// only deskd's user can enter: created 0700, or, when it is there already, refused unless it
+/// is a real directory of deskd's user that no one else may enter.
+fn private_dir(dir: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let refuse = |why: String| ServerError::Volume(format!("{}: {why}", dir.display()));
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(refuse(e.to_string())),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| refuse(e.to_string()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
+        return Err(refuse(format!(
+            "exists and is not a private directory of uid {me} (owner {}, mode {:o});              not used for the temporary desktop",
+            meta.uid(),
+            meta.permissions().mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Copy the desktop `from` to the new file `to`, mode 0600 whatever `from`'s mode is.
+fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut source = File::open(from)?;
+    let mut dest = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(to)?;
+    std::io::copy(&mut source, &mut dest)?;
+    dest.sync_all()
+}
+
+/// Refuse a desktop owned by anyone but root, deskd's user or the volume owner: in a root its
+/// users may write, one of them could have made the file first, and would then read (and
+/// change) every record deskd keeps in it whatever its mode.
+fn check_desktop_owner(lock: &File, path: &Path, root: &Path) -> Result<(), ServerError> {
+    let owner = lock
+        .metadata()
+        .map_err(|e| ServerError::Volume(format!("{}: {e}", path.display())))?
+        .uid();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let volume_owner = std::fs::metadata(root).map(|m| m.uid()).ok();
+    if owner == 0 || owner == me || Some(owner) == volume_owner {
+        return Ok(());
+    }
+    Err(ServerError::Volume(format!(
+        "{}: the desktop {} is owned by uid {owner}, which is neither root, deskd's user          (uid {me}) nor the volume owner; someone else made it, so it is not used (move it          away and serve the volume again)",
+        root.display(),
+        path.display()
+    )))
 }
 
 fn lock_exclusive(path: &Path, root: &Path) -> Result<File, ServerError> {
@@ -208,6 +266,7 @@ impl VolumeHandle {
             desktop_path = read_only_desktop(&desktop_path, &root)?;
         }
         let lock = lock_exclusive(&desktop_path, &root)?;
+        check_desktop_owner(&lock, &desktop_path, &root)?;
         let (mut desktop, report) =
             Desktop::open(&desktop_path, config.durability).map_err(|e| {
                 ServerError::Volume(format!(

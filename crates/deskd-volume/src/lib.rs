@@ -10,6 +10,7 @@
 //! * [`Volume`]: the one place where a client path is turned into a path inside the volume,
 //!   refusing `..` escapes, symlinks that leave the volume and invalid names.
 
+pub mod guard;
 pub mod netatalk;
 pub mod rsrc;
 
@@ -75,13 +76,20 @@ pub fn desktop_link(root: &Path) -> std::io::Result<Option<PathBuf>> {
 /// Open (creating if missing) the desktop file and take the exclusive lock that makes its holder
 /// the only writer — `deskd serve` and `deskd rebuild` both take it. `Ok(None)` when another
 /// process holds it.
+///
+/// A desktop this creates is private (mode 0600): it will hold every name of the volume, and
+/// SQLite gives its WAL and shared-memory files the same mode. A symbolic link at `path` is
+/// refused (`ELOOP`): relocation links are resolved by [`desktop_link`] before this.
 pub fn lock_desktop(path: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
     // SAFETY: flock on a valid, owned descriptor.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };

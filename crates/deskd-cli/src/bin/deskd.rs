@@ -44,6 +44,19 @@ impl WalkArgs {
     }
 }
 
+/// Overrides of the checks of a volume root (docs/security.md, "Formats and nested volumes").
+#[derive(clap::Args, Clone, Copy)]
+struct RootArgs {
+    /// Go on although the volume's root is inside or around another volume's root (a folder
+    /// above or below holds a .Desktop): its objects then have IDs in both desktops.
+    #[arg(long)]
+    nested: bool,
+    /// Go on although every user may write the volume's root (mode o+w, like /tmp), and so
+    /// plant files where deskd keeps its own.
+    #[arg(long)]
+    world_writable: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the desktops of the given volumes (and those in the config file). SIGTERM or
@@ -57,6 +70,8 @@ enum Command {
         /// overrides `listen` in [server]).
         #[arg(long, value_name = "HOST:PORT")]
         listen: Option<String>,
+        #[command(flatten)]
+        roots: RootArgs,
         /// Volume roots to serve with the [defaults] settings.
         volumes: Vec<PathBuf>,
     },
@@ -122,6 +137,12 @@ enum Command {
         /// Rebuild even with less than twice the desktop's size free.
         #[arg(long)]
         force: bool,
+        /// With -f: replace a desktop of a newer format than this deskd's (what this deskd
+        /// does not know of it is lost). Without it, every mode refuses such a desktop.
+        #[arg(long, requires = "fresh")]
+        downgrade: bool,
+        #[command(flatten)]
+        roots: RootArgs,
         /// The volume's root directory (where its .Desktop is).
         volume: PathBuf,
     },
@@ -173,6 +194,8 @@ enum Command {
         /// known nowhere else).
         #[arg(long, default_value_t = deskd_backup::DEFAULT_ID_GAP)]
         id_gap: u32,
+        #[command(flatten)]
+        roots: RootArgs,
         /// The backup file (made by `deskd backup`).
         backup: PathBuf,
         /// The volume's root directory.
@@ -221,18 +244,30 @@ fn call(client: &mut Client, request: Request) -> Result<Response> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if matches!(
+        cli.command,
+        Command::Rebuild { .. }
+            | Command::Backup { .. }
+            | Command::Verify { .. }
+            | Command::Restore { .. }
+    ) {
+        init_offline_logging();
+    }
     match cli.command {
         Command::Serve {
             config,
             listen,
+            roots,
             volumes,
-        } => serve(&cli.connection, config, listen, volumes),
+        } => serve(&cli.connection, config, listen, roots, volumes),
         Command::Netatalk { listen } => netatalk(&cli.connection, &listen),
         Command::Rebuild {
             fresh,
             scan,
             walk,
             force,
+            downgrade,
+            roots,
             volume,
         } => {
             let WalkArgs { verbose, json, .. } = walk;
@@ -243,7 +278,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 deskd_rebuild::Mode::Repair
             };
-            let options = deskd_rebuild::Options::new(mode, walk.threads(), force);
+            let options = deskd_rebuild::Options {
+                nested: roots.nested,
+                world_writable: roots.world_writable,
+                downgrade,
+                ..deskd_rebuild::Options::new(mode, walk.threads(), force)
+            };
             if let Some((client, vol)) = served(&cli.connection, &volume) {
                 return Ok(rebuild_online(
                     client,
@@ -292,6 +332,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             walk,
             force,
             id_gap,
+            roots,
             backup,
             volume,
         } => {
@@ -299,6 +340,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 threads: walk.threads(),
                 force,
                 id_gap,
+                nested: roots.nested,
+                world_writable: roots.world_writable,
             };
             Ok(restore(&backup, &volume, &options, walk.verbose, walk.json))
         }
@@ -482,6 +525,22 @@ fn init_logging() {
         .init();
 }
 
+/// Warnings of the offline verbs (rebuild, backup, verify, restore) to stderr, one short line
+/// each: a desktop whose mode was tightened, a desktop replaced with `--downgrade` or restored
+/// with `--force` (`DESKD_LOG` filters, as for the server).
+fn init_offline_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DESKD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+}
+
 /// `deskd netatalk`: accept afpd connections, one thread each, until killed.
 fn netatalk(connection: &ConnectionArgs, listen: &str) -> Result<ExitCode> {
     init_logging();
@@ -510,6 +569,7 @@ fn serve(
     connection: &ConnectionArgs,
     config: Option<PathBuf>,
     listen: Option<String>,
+    roots: RootArgs,
     volumes: Vec<PathBuf>,
 ) -> Result<ExitCode> {
     init_logging();
@@ -536,7 +596,12 @@ fn serve(
         if connection.token_file.is_some() {
             file.server.token_file = connection.token_file.clone();
         }
-        Ok(file.resolve(socket, &volumes)?)
+        let mut resolved = file.resolve(socket, &volumes)?;
+        for v in &mut resolved.volumes {
+            v.nested |= roots.nested;
+            v.world_writable |= roots.world_writable;
+        }
+        Ok(resolved)
     };
     let has_file = config.is_some();
     let config = load()?;

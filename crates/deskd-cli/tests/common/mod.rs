@@ -439,3 +439,63 @@ impl Drop for Mounted {
             .status();
     }
 }
+
+// --- admin ---
+
+/// The permission bits of `path` (not following a final symlink).
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// `sh -c 'umask 022; exec "$@"'`: what a command creates gets the usual world-readable mode
+/// unless the command itself asks for less, whatever the test runner's umask is.
+pub const UMASK_022: [&str; 4] = ["sh", "-c", "umask 022 && exec \"$@\"", "sh"];
+
+impl Env {
+    /// `deskd ARGS` under umask 022 (see [`UMASK_022`]), with `envs`, in the temp dir.
+    pub fn deskd_umask_022(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(UMASK_022[0]);
+        cmd.args(&UMASK_022[1..])
+            .arg(DESKD)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("DESKD_SOCKET", &self.socket)
+            .envs(envs.iter().copied());
+        cmd.output().unwrap()
+    }
+
+    /// Run `deskd serve --socket SOCKET ARGS`, which must exit on its own (a refusal) within
+    /// 20 s; a server that starts serving instead is killed and the test fails.
+    pub fn serve_refused(&self, socket: &Path, args: &[&str]) -> Output {
+        let mut child = Command::new(DESKD)
+            .arg("serve")
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let began = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return child.wait_with_output().unwrap();
+            }
+            if began.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "deskd serve {args:?} did not refuse to start: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Checks made before a desktop is opened, created or read by an admin command (`deskd serve`,
+//! `rebuild`, `backup`, `restore`):
+//!
+//! * [`require_admin`]: reading a volume's desktop needs root, the volume owner (the owner of
+//!   the root directory) or the user that owns the desktop (deskd's own user); anyone else is
+//!   refused before anything is read, whatever the file's mode says.
+//! * Nesting: a volume root inside another volume ([`enclosing_volume`]: an ancestor holds a
+//!   `.Desktop`) or around one ([`volume_below`]: a directory below holds one) would give the
+//!   same objects two sets of IDs and have two desktops fight over their ID mirrors.
+//! * [`world_writable`]: a root every user may write (`/tmp`) lets any user plant files where
+//!   deskd keeps its own (`.Desktop`, `.Desktop-rebuild`, `.rsrc`).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::DESKTOP_FILE;
+
+/// The effective uid of this process.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Refuse (with the message to show) when the user running this may not read the desktop of
+/// the volume at `root`: only root, the volume owner and the owner of the desktop file itself
+/// (the user deskd runs as) may. `what` names the command for the message.
+pub fn require_admin(root: &Path, desktop: &Path, what: &str) -> Result<(), String> {
+    let me = euid();
+    if me == 0 {
+        return Ok(());
+    }
+    let owner = std::fs::metadata(root)
+        .map_err(|e| format!("{}: {e}", root.display()))?
+        .uid();
+    let desktop_owner = std::fs::metadata(desktop).map(|m| m.uid()).ok();
+    if me == owner || desktop_owner == Some(me) {
+        return Ok(());
+    }
+    Err(format!(
+        "{}: {what} reads the volume's desktop, which only root or the volume owner (uid {owner}) \
+         may do; you are uid {me}",
+        root.display()
+    ))
+}
+
+/// The nearest ancestor of `root` (not `root` itself) that is a volume root: it holds a
+/// `.Desktop` (a file, or the symlink to a relocated desktop). `root` must be absolute.
+pub fn enclosing_volume(root: &Path) -> Option<PathBuf> {
+    root.parent().and_then(crate::locate_volume)
+}
+
+/// The first directory below `root` that is a volume root (holds a `.Desktop`), found by a walk
+/// that reads directory listings only (no `stat` per entry where the file system gives the
+/// entry's type). Symbolic links are not followed; directories that cannot be read are passed
+/// over. `.rsrc` folders hold no volumes and are skipped.
+pub fn volume_below(root: &Path) -> Option<PathBuf> {
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if dir != root && name == DESKTOP_FILE {
+                return Some(dir);
+            }
+            if name == crate::rsrc::RSRC_DIR {
+                continue;
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            }
+        }
+    }
+    None
+}
+
+/// Whether every user may create and rename entries in `root` (the `w` bit for others, as on
+/// `/tmp`, sticky or not).
+pub fn world_writable(root: &Path) -> bool {
+    std::fs::metadata(root).is_ok_and(|m| m.mode() & 0o002 != 0)
+}
+
+/// The message for a volume inside another.
+pub fn inside_message(root: &Path, outer: &Path) -> String {
+    format!(
+        "{}: inside the volume {} (it has a {DESKTOP_FILE}); a second desktop there would give its \
+         objects a second set of IDs and rewrite their ID mirrors; use --nested to do it anyway",
+        root.display(),
+        outer.display()
+    )
+}
+
+/// The message for a volume around another.
+pub fn around_message(root: &Path, inner: &Path) -> String {
+    format!(
+        "{}: the volume {} is inside it (it has a {DESKTOP_FILE}); a desktop here would give its \
+         objects a second set of IDs and rewrite their ID mirrors; use --nested to do it anyway",
+        root.display(),
+        inner.display()
+    )
+}
+
+/// The message for a root every user may write.
+pub fn world_writable_message(root: &Path) -> String {
+    format!(
+        "{}: every user may create files in this directory (mode o+w, like /tmp), so any user \
+         could plant the files deskd keeps there; use --world-writable to do it anyway",
+        root.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_inside_and_around_are_found() {
+        let d = tempfile::tempdir().unwrap();
+        let outer = d.path().join("outer");
+        let inner = outer.join("a/b/inner");
+        std::fs::create_dir_all(inner.join("deep")).unwrap();
+        std::fs::create_dir_all(outer.join(".rsrc/x")).unwrap();
+        assert_eq!(enclosing_volume(&inner), None);
+        assert_eq!(volume_below(&outer), None);
+        std::fs::write(outer.join(DESKTOP_FILE), b"").unwrap();
+        assert_eq!(enclosing_volume(&inner), Some(outer.clone()));
+        assert_eq!(enclosing_volume(&outer), None);
+        // The root's own desktop is not a volume below it.
+        assert_eq!(volume_below(&outer), None);
+        std::fs::write(inner.join(DESKTOP_FILE), b"").unwrap();
+        assert_eq!(volume_below(&outer), Some(inner.clone()));
+        assert_eq!(volume_below(&d.path().join("outer/a")), Some(inner));
+    }
+}
