@@ -444,6 +444,8 @@ pub struct RestoreOptions {
     pub force: bool,
     /// How far past the backup's counter IDs start when the volume's own desktop cannot be read.
     pub id_gap: u32,
+    /// Accept every ID claim on the disk, whoever wrote it (`--trust-ids`).
+    pub trust_ids: bool,
 }
 
 /// What a restore did.
@@ -511,6 +513,7 @@ pub fn restore(
     let rebuild_options = deskd_rebuild::Options {
         start_from: Some(backup.to_path_buf()),
         min_last_id: last_id_at_least,
+        trust_ids: options.trust_ids,
         ..deskd_rebuild::Options::new(Mode::Repair, options.threads, options.force)
     };
     let report = match deskd_rebuild::rebuild(&root, &rebuild_options, on_progress, on_difference)

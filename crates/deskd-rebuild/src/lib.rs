@@ -11,6 +11,7 @@
 //! This runs offline: the desktop is locked exclusively (`flock`, the same lock `deskd serve`
 //! holds), so a running server makes the rebuild stop with a clear message.
 
+pub mod claims;
 pub mod online;
 pub mod plan;
 pub mod walk;
@@ -24,6 +25,7 @@ use deskd_db::bulk::{BulkLoad, Identity};
 use deskd_db::Read as _;
 use serde::Serialize;
 
+pub use claims::ClaimPolicy;
 pub use plan::{Counts, Difference, Fix, OldDesktop, Plan};
 
 /// Errors of a rebuild.
@@ -82,6 +84,9 @@ pub struct Options {
     /// The new desktop's ID counter is at least this (a restore: IDs handed out after the
     /// backup was made must not be handed out again).
     pub min_last_id: u32,
+    /// Accept every ID claim of the resource files and mirrors, whoever wrote them
+    /// (`--trust-ids`, e.g. after a tar restore of the user files).
+    pub trust_ids: bool,
 }
 
 impl Options {
@@ -93,6 +98,7 @@ impl Options {
             force,
             start_from: None,
             min_last_id: 0,
+            trust_ids: false,
         }
     }
 }
@@ -273,7 +279,18 @@ pub fn rebuild(
         Mode::Fresh => None,
         _ => old.as_ref(),
     };
-    let plan = plan::plan(&walk, decide_from, counter, xattrs_supported(&root));
+    // Claims are checked against every desktop that can be read: the backup being restored
+    // and the volume's own, or the volume's own (also for -f, when it can still be read).
+    let live = match &options.start_from {
+        Some(_) => read_old(&desktop).ok().flatten(),
+        None => None,
+    };
+    let policy = ClaimPolicy {
+        references: old.iter().chain(live.iter()).collect(),
+        trust_all: options.trust_ids,
+        recorded_max: options.min_last_id,
+    };
+    let plan = plan::plan(&walk, decide_from, counter, xattrs_supported(&root), &policy);
     let mut differences = plan.differences.len();
     if options.mode == Mode::Scan && old.is_none() {
         // No desktop at all: that is one difference, not a million "new" lines.

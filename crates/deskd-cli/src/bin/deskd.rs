@@ -122,6 +122,12 @@ enum Command {
         /// Rebuild even with less than twice the desktop's size free.
         #[arg(long)]
         force: bool,
+        /// Accept the ID in every resource file and xattr mirror, whoever wrote it (e.g. after
+        /// restoring the user files from tar). Without it, an ID written by someone other than
+        /// root or the volume owner counts only when the desktop has it for the same object.
+        /// Offline only.
+        #[arg(long)]
+        trust_ids: bool,
         /// The volume's root directory (where its .Desktop is).
         volume: PathBuf,
     },
@@ -173,6 +179,10 @@ enum Command {
         /// known nowhere else).
         #[arg(long, default_value_t = deskd_backup::DEFAULT_ID_GAP)]
         id_gap: u32,
+        /// Accept the ID in every resource file and xattr mirror, whoever wrote it (as
+        /// `deskd rebuild --trust-ids`).
+        #[arg(long)]
+        trust_ids: bool,
         /// The backup file (made by `deskd backup`).
         backup: PathBuf,
         /// The volume's root directory.
@@ -233,6 +243,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             scan,
             walk,
             force,
+            trust_ids,
             volume,
         } => {
             let WalkArgs { verbose, json, .. } = walk;
@@ -243,8 +254,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 deskd_rebuild::Mode::Repair
             };
-            let options = deskd_rebuild::Options::new(mode, walk.threads(), force);
+            let options = deskd_rebuild::Options {
+                trust_ids,
+                ..deskd_rebuild::Options::new(mode, walk.threads(), force)
+            };
             if let Some((client, vol)) = served(&cli.connection, &volume) {
+                if trust_ids {
+                    eprintln!(
+                        "deskd rebuild: {}: --trust-ids works offline only; stop serving the volume first",
+                        volume.display()
+                    );
+                    return Ok(ExitCode::from(2));
+                }
                 return Ok(rebuild_online(
                     client,
                     vol,
@@ -292,6 +313,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             walk,
             force,
             id_gap,
+            trust_ids,
             backup,
             volume,
         } => {
@@ -299,6 +321,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 threads: walk.threads(),
                 force,
                 id_gap,
+                trust_ids,
             };
             Ok(restore(&backup, &volume, &options, walk.verbose, walk.json))
         }

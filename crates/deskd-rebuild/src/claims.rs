@@ -1,0 +1,100 @@
+//! Which ID claims a rebuild believes (docs/security.md, "IDs under attack").
+//!
+//! The ID in a resource file header, in the `user.deskd.id` mirror or in Netatalk's metadata is
+//! a *claim*: whoever can write that carrier can write any number there. A claim is accepted
+//! when
+//! * the carrier is owned by root or by the volume owner (they could restore the volume anyway),
+//! * or a reference desktop (the live one, the old one of `-f` when it can be read, the backup
+//!   being restored) has a row with that ID for the same object: the same device and inode (a
+//!   plain `mv`), or the same path (a save-by-rename),
+//! * or, when there is no reference desktop at all, the ID is not above the highest ID known to
+//!   have been handed out (a trusted claim, or the counter a restore asked for): such a claim can
+//!   neither move the counter nor take an ID no one had yet,
+//! * or the administrator said `--trust-ids` (after a tar restore of the user files).
+//!
+//! Everything else is ignored: the object is treated as if it carried no ID.
+
+use crate::plan::OldDesktop;
+
+/// What a rebuild trusts.
+#[derive(Default)]
+pub struct ClaimPolicy<'a> {
+    /// Desktops a claim is checked against: a row with the claimed ID must be the same object.
+    pub references: Vec<&'a OldDesktop>,
+    /// Accept every claim, whoever wrote it (`--trust-ids`).
+    pub trust_all: bool,
+    /// The largest ID known to have been handed out besides the references' counters (a
+    /// restore's lower bound for the counter); used only when there is no reference.
+    pub recorded_max: u32,
+}
+
+/// A claim as the walk found it.
+pub struct Claim<'w> {
+    pub id: u32,
+    /// The owner of the file that carries it (`None`: not known, never trusted).
+    pub carrier_uid: Option<u32>,
+    /// The claimant's path relative to the volume root, its device and inode.
+    pub rel_path: &'w [u8],
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// What the policy says of a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Believed because of who wrote it (root, the volume owner, or `--trust-ids`); it may
+    /// raise the counter.
+    Trusted,
+    /// A reference desktop has this ID for this very object.
+    Verified,
+    /// Not trusted and nothing to check it against: accepted only up to the highest ID known
+    /// to have been handed out (decided by the plan, which knows the trusted claims).
+    Unchecked,
+    /// Ignored, with the reason (for `-s`).
+    Rejected(String),
+}
+
+impl ClaimPolicy<'_> {
+    /// Judge one claim. `volume_owner` is the uid owning the volume root.
+    pub fn judge(&self, claim: &Claim<'_>, volume_owner: u32) -> Verdict {
+        if self.trust_all {
+            return Verdict::Trusted;
+        }
+        if claim
+            .carrier_uid
+            .is_some_and(|uid| uid == 0 || uid == volume_owner)
+        {
+            return Verdict::Trusted;
+        }
+        if self.references.is_empty() {
+            return Verdict::Unchecked;
+        }
+        let mut recorded_elsewhere = false;
+        for reference in &self.references {
+            if let Some(row) = reference.objects.get(&claim.id) {
+                let same_inode = (row.dev, row.ino) == (claim.dev, claim.ino);
+                let same_path = reference.rel_path(claim.id).as_deref() == Some(claim.rel_path);
+                if same_inode || same_path {
+                    return Verdict::Verified;
+                }
+                recorded_elsewhere = true;
+            }
+        }
+        let owner = claim
+            .carrier_uid
+            .map_or_else(|| "an unknown owner".to_owned(), |u| format!("uid {u}"));
+        Verdict::Rejected(if recorded_elsewhere {
+            format!(
+                "written by {owner} (not root or the volume owner), and the desktop has ID {} \
+                 for another object",
+                claim.id
+            )
+        } else {
+            format!(
+                "written by {owner} (not root or the volume owner), and the desktop has no \
+                 object with ID {}",
+                claim.id
+            )
+        })
+    }
+}
