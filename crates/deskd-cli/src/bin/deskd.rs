@@ -336,6 +336,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         "desktop": display_bytes(&s.desktop),
                         "objects": s.objects,
                         "last_id": s.last_id,
+                        "ids_left": deskd_db::ids::ids_left(s.last_id),
+                        "id_space_warning": deskd_db::ids::space_warning(s.last_id),
                         "read_only": s.read_only,
                         "last_flush": s.last_flush,
                         "clean_at_start": s.clean_at_start,
@@ -365,6 +367,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("  desktop:      {}", display_bytes(&s.desktop));
                     println!("  objects:      {}", s.objects);
                     println!("  last ID:      {}", s.last_id);
+                    if let Some(warning) = deskd_db::ids::space_warning(s.last_id) {
+                        println!("  WARNING:      {warning}");
+                    }
                     println!("  last flush:   {}", when(s.last_flush));
                     println!(
                         "  clean start:  {}",
