@@ -93,7 +93,9 @@ mod tests {
         assert_eq!(ids_left(LAST_USABLE_ID - 1), 1);
         assert!(space_warning(17).is_none());
         assert!(space_warning(WARN_LAST_ID).is_none());
-        assert!(space_warning(WARN_LAST_ID + 1).unwrap().contains("nearly exhausted"));
+        assert!(space_warning(WARN_LAST_ID + 1)
+            .unwrap()
+            .contains("nearly exhausted"));
         assert!(space_warning(LAST_USABLE_ID).unwrap().contains("EXHAUSTED"));
     }
 

@@ -33,6 +33,10 @@ pub struct Claim<'w> {
     pub id: u32,
     /// The owner of the file that carries it (`None`: not known, never trusted).
     pub carrier_uid: Option<u32>,
+    /// For a resource file: the owner and mode of its `.rsrc` directory. Whoever may rename
+    /// entries there could have put another object's resource file (root's own, with the ID of
+    /// an object since deleted) in this place, so the directory must be safe too.
+    pub carrier_dir: Option<(u32, u32)>,
     /// The claimant's path relative to the volume root, its device and inode.
     pub rel_path: &'w [u8],
     pub dev: u64,
@@ -60,10 +64,13 @@ impl ClaimPolicy<'_> {
         if self.trust_all {
             return Verdict::Trusted;
         }
-        if claim
-            .carrier_uid
-            .is_some_and(|uid| uid == 0 || uid == volume_owner)
-        {
+        let trusted = |uid: u32| uid == 0 || uid == volume_owner;
+        // Only its owner (and root) can rename in a directory no one else may write, or one
+        // with the sticky bit.
+        let dir_safe = claim.carrier_dir.is_none_or(|(uid, mode)| {
+            trusted(uid) && (mode & 0o022 == 0 || mode & libc::S_ISVTX != 0)
+        });
+        if claim.carrier_uid.is_some_and(trusted) && dir_safe {
             return Verdict::Trusted;
         }
         if self.references.is_empty() {
@@ -80,9 +87,11 @@ impl ClaimPolicy<'_> {
                 recorded_elsewhere = true;
             }
         }
-        let owner = claim
-            .carrier_uid
-            .map_or_else(|| "an unknown owner".to_owned(), |u| format!("uid {u}"));
+        let owner = match (claim.carrier_uid, dir_safe) {
+            (Some(u), true) => format!("uid {u}"),
+            (Some(u), false) => format!("uid {u} in a folder others can rename in"),
+            (None, _) => "an unknown owner".to_owned(),
+        };
         Verdict::Rejected(if recorded_elsewhere {
             format!(
                 "written by {owner} (not root or the volume owner), and the desktop has ID {} \

@@ -290,7 +290,13 @@ pub fn rebuild(
         trust_all: options.trust_ids,
         recorded_max: options.min_last_id,
     };
-    let plan = plan::plan(&walk, decide_from, counter, xattrs_supported(&root), &policy);
+    let plan = plan::plan(
+        &walk,
+        decide_from,
+        counter,
+        xattrs_supported(&root),
+        &policy,
+    );
     let mut differences = plan.differences.len();
     if options.mode == Mode::Scan && old.is_none() {
         // No desktop at all: that is one difference, not a million "new" lines.

@@ -169,19 +169,21 @@ pub fn plan(
             continue;
         }
         let from_rsrc = match &f.rsrc {
-            Rsrc::Valid(h) if h.id != 0 && usable(h.id) => Some((h.id, Source::Rsrc, f.rsrc_uid)),
+            Rsrc::Valid(h) if h.id != 0 && usable(h.id) => {
+                Some((h.id, Source::Rsrc, f.rsrc_uid, f.rsrc_dir))
+            }
             _ => None,
         };
         let candidates = [
             from_rsrc,
             f.xattr_id
                 .filter(|&id| usable(id))
-                .map(|id| (id, Source::Xattr, Some(f.uid))),
+                .map(|id| (id, Source::Xattr, Some(f.uid), None)),
             f.netatalk
                 .as_ref()
                 .and_then(|m| m.cnid)
                 .filter(|&id| usable(id))
-                .map(|id| (id, Source::Netatalk, Some(f.uid))),
+                .map(|id| (id, Source::Netatalk, Some(f.uid), None)),
         ];
         let rel_path = if candidates.iter().any(Option::is_some) {
             walk.rel_path(i as u32)
@@ -191,11 +193,12 @@ pub fn plan(
         let mut chosen = None;
         let mut first_unchecked = None;
         let mut first_rejection = None;
-        for (id, source, carrier_uid) in candidates.into_iter().flatten() {
+        for (id, source, carrier_uid, carrier_dir) in candidates.into_iter().flatten() {
             let verdict = policy.judge(
                 &Claim {
                     id,
                     carrier_uid,
+                    carrier_dir,
                     rel_path: &rel_path,
                     dev: f.dev,
                     ino: f.ino,
@@ -250,7 +253,8 @@ pub fn plan(
                     "the {} claims ID {id}, written by {} (not root or the volume owner), \
                      above every ID known to have been handed out ({bound}); ignored",
                     source.describe(),
-                    carrier_uid.map_or_else(|| "an unknown owner".to_owned(), |u| format!("uid {u}")),
+                    carrier_uid
+                        .map_or_else(|| "an unknown owner".to_owned(), |u| format!("uid {u}")),
                 ),
             });
         }

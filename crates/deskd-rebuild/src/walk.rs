@@ -43,6 +43,9 @@ pub struct Found {
     pub rsrc: Rsrc,
     /// The owner of the resource file, when there is one (whose word its ID is).
     pub rsrc_uid: Option<u32>,
+    /// The owner and mode of the `.rsrc` directory holding it (who could have renamed another
+    /// resource file into its place).
+    pub rsrc_dir: Option<(u32, u32)>,
     /// The `user.deskd.id` mirror.
     pub xattr_id: Option<u32>,
     /// Netatalk's metadata, read only when neither a resource file nor a mirror gives an ID.
@@ -124,6 +127,9 @@ pub fn walk(
     let root_rsrc_uid = std::fs::symlink_metadata(&root_rsrc_path)
         .ok()
         .map(|m| m.uid());
+    let root_rsrc_dir = std::fs::symlink_metadata(root.join(rsrc::RSRC_DIR))
+        .ok()
+        .map(|m| (m.uid(), m.mode()));
     let root_found = Found {
         parent: u32::MAX,
         name: Vec::new(),
@@ -134,6 +140,7 @@ pub fn walk(
         uid: meta.uid(),
         rsrc: root_rsrc,
         rsrc_uid: root_rsrc_uid,
+        rsrc_dir: root_rsrc_dir,
         xattr_id: deskd_volume::read_id_xattr(root),
         netatalk: None,
     };
@@ -250,7 +257,12 @@ fn read_rsrc_at(dir: &OwnedFd, name: &CString) -> (Rsrc, Option<u32>) {
     let mut file = match rsrc::open_at(dir.as_fd(), name, libc::O_RDONLY, 0) {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return (Rsrc::Missing, None),
-        Err(e) => return (Rsrc::Corrupt(format!("cannot open resource file: {e}")), None),
+        Err(e) => {
+            return (
+                Rsrc::Corrupt(format!("cannot open resource file: {e}")),
+                None,
+            )
+        }
     };
     // The owner of the very file read (fstat), so a swap after the read changes nothing.
     let owner = file.metadata().ok().map(|m| m.uid());
@@ -297,6 +309,13 @@ fn scan_dir(
         }
         Err(e) => return Err(RebuildError::io(&rsrc_dir_path, e)),
     };
+    let rsrc_dir_owner = rsrc_dir.as_ref().and_then(|fd| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::File::from(fd.try_clone().ok()?)
+            .metadata()
+            .ok()
+            .map(|m| (m.uid(), m.mode()))
+    });
     let mut found = Vec::with_capacity(names.len());
     let mut seen = HashSet::with_capacity(names.len());
     for name in names {
@@ -357,6 +376,7 @@ fn scan_dir(
             uid: st.st_uid,
             rsrc,
             rsrc_uid,
+            rsrc_dir: rsrc_uid.and(rsrc_dir_owner),
             xattr_id,
             netatalk,
         });

@@ -275,7 +275,9 @@ impl Connection {
         let tcp_admin = self.shared.tcp.as_ref().is_some_and(|t| t.admin());
         match self.peer {
             Peer::Unix { uid } => crate::hints::hints_trusted(uid, false, handle.owner_uid, false),
-            Peer::Tcp { .. } => crate::hints::hints_trusted(None, true, handle.owner_uid, tcp_admin),
+            Peer::Tcp { .. } => {
+                crate::hints::hints_trusted(None, true, handle.owner_uid, tcp_admin)
+            }
         }
     }
 
@@ -402,7 +404,10 @@ impl Connection {
                 return sink.send(Err(e));
             }
             if !self.hints_trusted(&handle) && crate::hints::drop_hint(&mut request) {
-                debug!("dropped the ID hint of an unprivileged peer ({:?})", self.peer);
+                debug!(
+                    "dropped the ID hint of an unprivileged peer ({:?})",
+                    self.peer
+                );
             }
             pause_before_queueing();
             if self.shared.shutting_down.load(Ordering::SeqCst) {
