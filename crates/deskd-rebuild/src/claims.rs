@@ -7,9 +7,10 @@
 //! * or a reference desktop (the live one, the old one of `-f` when it can be read, the backup
 //!   being restored) has a row with that ID for the same object: the same device and inode (a
 //!   plain `mv`), or the same path (a save-by-rename),
-//! * or, when there is no reference desktop at all, the ID is not above the highest ID known to
-//!   have been handed out (a trusted claim, or the counter a restore asked for): such a claim can
-//!   neither move the counter nor take an ID no one had yet,
+//! * or, when no reference desktop can know the ID (there is none, or the ID is above all their
+//!   counters: a restore whose live desktop is lost), the ID is not above the highest ID known
+//!   to have been handed out (a trusted claim, or the counter a restore asked for): such a claim
+//!   cannot move the counter,
 //! * or the administrator said `--trust-ids` (after a tar restore of the user files).
 //!
 //! Everything else is ignored: the object is treated as if it carried no ID.
@@ -51,8 +52,8 @@ pub enum Verdict {
     Trusted,
     /// A reference desktop has this ID for this very object.
     Verified,
-    /// Not trusted and nothing to check it against: accepted only up to the highest ID known
-    /// to have been handed out (decided by the plan, which knows the trusted claims).
+    /// Not trusted and no reference can know it: accepted only up to the highest ID known to
+    /// have been handed out (decided by the plan, which knows the trusted claims).
     Unchecked,
     /// Ignored, with the reason (for `-s`).
     Rejected(String),
@@ -86,6 +87,12 @@ impl ClaimPolicy<'_> {
                 }
                 recorded_elsewhere = true;
             }
+        }
+        // Above every reference's counter: handed out after the references were made (a restore
+        // whose live desktop is lost), or never. Nothing can tell; the plan's bound decides.
+        let newest = self.references.iter().map(|r| r.last_id).max().unwrap_or(0);
+        if !recorded_elsewhere && claim.id > newest {
+            return Verdict::Unchecked;
         }
         let owner = match (claim.carrier_uid, dir_safe) {
             (Some(u), true) => format!("uid {u}"),
