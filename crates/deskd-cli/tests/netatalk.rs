@@ -216,10 +216,10 @@ fn afpd_requests_keep_ids_in_the_deskd_desktop() {
     assert_eq!(rows.trim(), "0");
     // DELETE of something still on disk keeps it (deskd verifies) and is not an error to afpd.
     assert_eq!(
-        call(&mut s, request(op::DELETE, 5000, 0, b"")).result,
+        call(&mut s, request(op::DELETE, c.cnid, 0, b"")).result,
         res::OK
     );
-    assert_eq!(env.id_of(&env.path("vol/c")), 5000);
+    assert_eq!(env.id_of(&env.path("vol/c")), c.cnid);
     assert_eq!(call(&mut s, request(op::CLOSE, 0, 0, b"")).result, res::OK);
 }
 
