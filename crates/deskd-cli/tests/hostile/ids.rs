@@ -592,3 +592,80 @@ fn status_warns_long_before_the_id_space_runs_out() {
     env.dt_ok(&[b"touch", b"vol/public/still-works"]);
     assert_eq!(env.id_of(&env.path("vol/public/still-works")), seeded + 1);
 }
+
+/// Serve `vol` on the Unix socket and on a TCP port (token `token`, the config `config` if
+/// any); returns the TCP address from the server's log.
+fn serve_tcp(env: &mut Env, token: &Path, config: Option<&Path>) -> String {
+    let vol = env.path("vol").display().to_string();
+    let token = token.display().to_string();
+    let config = config.map(|c| c.display().to_string());
+    let mut args = vec!["--listen", "127.0.0.1:0", "--token-file", &token];
+    if let Some(c) = &config {
+        args.extend(["--config", c.as_str()]);
+    }
+    args.push(&vol);
+    env.start(&args);
+    let text = env.log_text();
+    text.split("listening on tcp ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no TCP listener in the log: {text}"))
+        .to_owned()
+}
+
+/// Register `rel` over TCP with `hint`; the ID given.
+fn add_over_tcp(env: &Env, addr: &str, token: &[u8], rel: &str, hint: u32) -> u32 {
+    std::fs::write(env.path("vol").join(rel), b"x").unwrap();
+    let mut c = deskd_client::Client::connect_to(
+        &deskd_proto::transport::Endpoint::Tcp(addr.to_owned()),
+        Some(token),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    let vol = c.open_volume(&env.path("vol")).unwrap().vol;
+    match c
+        .call(deskd_client::Request::AddPath {
+            vol,
+            path: rel.as_bytes().to_vec(),
+            hint: Some(hint),
+            type_code: None,
+            creator: None,
+        })
+        .unwrap()
+    {
+        deskd_client::Response::Object(o) => o.id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn tcp_token_holders_choose_ids_only_with_tcp_admin() {
+    if nobody_side() {
+        return;
+    }
+    const TOKEN: &[u8] = b"k3Jq9vX2pL7sW0eRt5YzA8bN1cM4dF6h\n";
+    let mut env = Env::new(&["vol"]);
+    let token = env.path("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // A token holder is a service acting for remote users: its hint is a user's.
+    let addr = serve_tcp(&mut env, &token, None);
+    let given = add_over_tcp(
+        &env,
+        &addr,
+        TOKEN.trim_ascii_end(),
+        "remote",
+        deskd_db::LAST_USABLE_ID,
+    );
+    assert!(given < SANE, "a TCP hint was honoured: ID {given}");
+    assert!(last_id(&env) < SANE);
+    env.term();
+    // With tcp_admin = true the token is an admin's, and its hint is honoured.
+    let config = env.path("deskd.toml");
+    std::fs::write(&config, "[server]\ntcp_admin = true\n").unwrap();
+    let addr = serve_tcp(&mut env, &token, Some(&config));
+    assert_eq!(
+        add_over_tcp(&env, &addr, TOKEN.trim_ascii_end(), "admin", 50_000),
+        50_000
+    );
+}
