@@ -669,3 +669,32 @@ fn tcp_token_holders_choose_ids_only_with_tcp_admin() {
         50_000
     );
 }
+
+#[test]
+fn trust_ids_is_the_admins_way_to_accept_every_claim_offline() {
+    if nobody_side() {
+        return;
+    }
+    let Scene {
+        mut env, dead_id, ..
+    } = scene();
+    let file = env.path("vol/nobodys/restored").display().to_string();
+    as_nobody(
+        &env,
+        "trust_ids_is_the_admins_way_to_accept_every_claim_offline",
+        &format!("write {file};xattr {file} {dead_id}"),
+    );
+    // Online it is refused: the server's rebuild has no such switch.
+    let online = env.deskd(&["rebuild", "--trust-ids", "vol"]);
+    assert_eq!(online.status.code(), Some(2), "{}", stderr(&online));
+    assert!(stderr(&online).contains("offline only"));
+    env.term();
+    env.deskd_ok(&["rebuild", "vol"]);
+    assert_ne!(id_named(&env, "restored"), Some(dead_id));
+    // The admin vouches for the files (say, just restored from tar): the claim is taken.
+    let file = env.path("vol/nobodys/restored");
+    xattr::set(&file, deskd_volume::ID_XATTR, &dead_id.to_be_bytes()).unwrap();
+    std::fs::remove_file(env.path("vol/nobodys/.rsrc/restored")).unwrap();
+    env.deskd_ok(&["rebuild", "--trust-ids", "vol"]);
+    assert_eq!(id_named(&env, "restored"), Some(dead_id));
+}
