@@ -114,3 +114,108 @@ impl ClaimPolicy<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deskd_db::{Kind, Object, ROOT_ID};
+
+    /// A desktop with `docs/a` = ID 20 (inode 7), last ID 30.
+    fn reference() -> OldDesktop {
+        let mut old = OldDesktop {
+            last_id: 30,
+            ..Default::default()
+        };
+        for (id, parent, name, ino) in [(17, ROOT_ID, "docs", 6), (20, 17, "a", 7)] {
+            old.objects.insert(
+                id,
+                Object {
+                    id,
+                    parent,
+                    name: name.as_bytes().to_vec(),
+                    kind: if id == 17 { Kind::Dir } else { Kind::File },
+                    dev: 1,
+                    ino,
+                    type_code: [0; 4],
+                    creator: [0; 4],
+                    flags: 0,
+                    ctime: 0,
+                },
+            );
+        }
+        old
+    }
+
+    fn claim(id: u32, uid: u32, path: &'static str, ino: u64) -> Claim<'static> {
+        Claim {
+            id,
+            carrier_uid: Some(uid),
+            carrier_dir: None,
+            rel_path: path.as_bytes(),
+            dev: 1,
+            ino,
+        }
+    }
+
+    #[test]
+    fn who_wrote_it_or_what_the_desktop_says_decides() {
+        let old = reference();
+        let policy = ClaimPolicy {
+            references: vec![&old],
+            ..Default::default()
+        };
+        // Root and the volume owner (uid 1000) are believed.
+        assert_eq!(policy.judge(&claim(25, 0, "x", 9), 1000), Verdict::Trusted);
+        assert_eq!(
+            policy.judge(&claim(25, 1000, "x", 9), 1000),
+            Verdict::Trusted
+        );
+        // A user's claim: the same inode (moved) or the same path (saved over) is verified.
+        assert_eq!(
+            policy.judge(&claim(20, 65534, "b", 7), 1000),
+            Verdict::Verified
+        );
+        assert_eq!(
+            policy.judge(&claim(20, 65534, "docs/a", 8), 1000),
+            Verdict::Verified
+        );
+        // Another object's ID, a dead one, one past the counter.
+        assert!(matches!(
+            policy.judge(&claim(20, 65534, "c", 9), 1000),
+            Verdict::Rejected(_)
+        ));
+        assert!(matches!(
+            policy.judge(&claim(25, 65534, "c", 9), 1000),
+            Verdict::Rejected(_)
+        ));
+        assert_eq!(
+            policy.judge(&claim(31, 65534, "c", 9), 1000),
+            Verdict::Unchecked
+        );
+        // Root's resource file in a folder others may rename in is no better than theirs.
+        let in_open_dir = Claim {
+            carrier_dir: Some((0, 0o40777)),
+            ..claim(25, 0, "x", 9)
+        };
+        assert!(matches!(
+            policy.judge(&in_open_dir, 1000),
+            Verdict::Rejected(_)
+        ));
+        let sticky = Claim {
+            carrier_dir: Some((0, 0o41777)),
+            ..claim(25, 0, "x", 9)
+        };
+        assert_eq!(policy.judge(&sticky, 1000), Verdict::Trusted);
+        // No reference: the plan bounds it. --trust-ids: everything goes.
+        let none = ClaimPolicy::default();
+        assert_eq!(
+            none.judge(&claim(25, 65534, "c", 9), 1000),
+            Verdict::Unchecked
+        );
+        let all = ClaimPolicy {
+            trust_all: true,
+            ..Default::default()
+        };
+        assert_eq!(all.judge(&claim(25, 65534, "c", 9), 1000), Verdict::Trusted);
+    }
+}

@@ -698,3 +698,32 @@ fn trust_ids_is_the_admins_way_to_accept_every_claim_offline() {
     env.deskd_ok(&["rebuild", "--trust-ids", "vol"]);
     assert_eq!(id_named(&env, "restored"), Some(dead_id));
 }
+
+#[test]
+fn the_volume_owner_may_choose_ids() {
+    if nobody_side() {
+        return;
+    }
+    // A volume nobody owns: nobody is its administrator, so its hint is honoured.
+    let mut env = Env::new(&["vol"]);
+    std::os::unix::fs::chown(env.path("vol"), Some(NOBODY), Some(NOBODY)).unwrap();
+    env.serve(&["vol"]);
+    let vol = env.path("vol");
+    let file = vol.join("owned").display().to_string();
+    let out = as_nobody(
+        &env,
+        "the_volume_owner_may_choose_ids",
+        &format!("write {file};add {} owned 70000", vol.display()),
+    );
+    assert_eq!(probe_id(&out, "owned"), "70000");
+    // And a rebuild takes the owner's mirror as written.
+    let other = vol.join("mirrored").display().to_string();
+    as_nobody(
+        &env,
+        "the_volume_owner_may_choose_ids",
+        &format!("write {other};xattr {other} 80000"),
+    );
+    env.term();
+    env.deskd_ok(&["rebuild", "vol"]);
+    assert_eq!(id_named(&env, "mirrored"), Some(80_000));
+}
