@@ -8,7 +8,9 @@
 //!   or the desktop having that ID for the same object); the first accepted one is taken.
 //! * Only true duplicates are renumbered: when several objects claim one ID, the one whose place
 //!   (its path) matches the desktop's row for that ID keeps it; failing that the one with the
-//!   recorded device and inode; failing that the first by path. The others get new IDs.
+//!   recorded device and inode; failing that a trusted claim (root's or the volume owner's);
+//!   failing that one from a resource file; failing that the first by path. The others get new
+//!   IDs.
 //! * An object with no claim keeps the ID the desktop has at its place (when nobody else claims
 //!   it), else gets a new one from the counter, which never goes back.
 
@@ -237,8 +239,9 @@ pub fn plan(
         }
         claim.push(chosen);
     }
-    // With nothing to check against: a claim no one trusted may not reach past the highest ID
-    // known to have been handed out, so it can neither move the counter nor take a new ID.
+    // Claims no reference can know (none, or above all their counters): one no one vouches for
+    // may not reach past the highest ID known to have been handed out, so it cannot move the
+    // counter.
     let bound = policy.recorded_max.max(highest_trusted).max(old_counter);
     for (i, id, source, carrier_uid) in unchecked {
         if id <= bound {
