@@ -727,3 +727,81 @@ fn the_volume_owner_may_choose_ids() {
     env.deskd_ok(&["rebuild", "vol"]);
     assert_eq!(id_named(&env, "mirrored"), Some(80_000));
 }
+
+#[test]
+fn afpd_cached_cnids_reach_deskd_as_no_hint() {
+    if nobody_side() {
+        return;
+    }
+    use deskd_netatalk::wire::{self, op, res, Handshake, Request};
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let Scene {
+        env,
+        root_id,
+        dead_id,
+    } = scene();
+    // `deskd netatalk`, which connects as root, on a port of its choosing.
+    let log = env.path("netatalk.log");
+    let mut bridge = std::process::Command::new(DESKD)
+        .args(["netatalk", "--listen", "127.0.0.1:0"])
+        .env("DESKD_SOCKET", &env.socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let began = std::time::Instant::now();
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(rest) = text.split("CNID protocol on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+        if began.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = bridge.kill();
+            panic!("the bridge did not start: {text}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(&wire::encode_handshake(&Handshake {
+        volume_name: b"Public".to_vec(),
+        volume_path: env.path("vol").as_os_str().as_encoded_bytes().to_vec(),
+        user: b"nobody".to_vec(),
+    }))
+    .unwrap();
+    let nobodys = id_named(&env, "nobodys").unwrap();
+    // afpd sends the CNID it read from the file's AppleDouble metadata, which nobody wrote.
+    let mut given = Vec::new();
+    for (name, cached) in [
+        ("afp-far", deskd_db::LAST_USABLE_ID),
+        ("afp-dead", dead_id),
+        ("afp-taken", root_id),
+    ] {
+        let path = env.path("vol/nobodys").join(name);
+        std::fs::write(&path, b"x").unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        s.write_all(&wire::encode_request(&Request {
+            op: op::ADD,
+            cnid: cached,
+            dev: m.dev(),
+            ino: m.ino(),
+            kind: 0,
+            did: nobodys,
+            name: name.as_bytes().to_vec(),
+        }))
+        .unwrap();
+        let reply = wire::read_reply(&mut s).unwrap();
+        assert_eq!(reply.result, res::OK, "{name}");
+        given.push((name, cached, reply.cnid));
+    }
+    let _ = bridge.kill();
+    let _ = bridge.wait();
+    for (name, cached, id) in given {
+        assert_ne!(id, cached, "{name}: afpd's cached CNID was taken");
+        assert!(id < SANE, "{name}: ID {id}");
+    }
+    assert!(last_id(&env) < SANE);
+    assert!(!has_id(&env, dead_id));
+}
