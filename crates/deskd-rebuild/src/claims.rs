@@ -38,8 +38,9 @@ pub struct Claim<'w> {
     /// entries there could have put another object's resource file (root's own, with the ID of
     /// an object since deleted) in this place, so the directory must be safe too.
     pub carrier_dir: Option<(u32, u32)>,
-    /// The claimant's path relative to the volume root, its device and inode.
-    pub rel_path: &'w [u8],
+    /// The claimant's path relative to the volume root (made only when needed), its device and
+    /// inode.
+    pub rel_path: &'w dyn Fn() -> Vec<u8>,
     pub dev: u64,
     pub ino: u64,
 }
@@ -81,8 +82,11 @@ impl ClaimPolicy<'_> {
         for reference in &self.references {
             if let Some(row) = reference.objects.get(&claim.id) {
                 let same_inode = (row.dev, row.ino) == (claim.dev, claim.ino);
-                let same_path = reference.rel_path(claim.id).as_deref() == Some(claim.rel_path);
-                if same_inode || same_path {
+                if same_inode
+                    || reference
+                        .rel_path(claim.id)
+                        .is_some_and(|p| p == (claim.rel_path)())
+                {
                     return Verdict::Verified;
                 }
                 recorded_elsewhere = true;
@@ -147,11 +151,12 @@ mod tests {
     }
 
     fn claim(id: u32, uid: u32, path: &'static str, ino: u64) -> Claim<'static> {
+        let rel_path: &'static dyn Fn() -> Vec<u8> = Box::leak(Box::new(move || path.into()));
         Claim {
             id,
             carrier_uid: Some(uid),
             carrier_dir: None,
-            rel_path: path.as_bytes(),
+            rel_path,
             dev: 1,
             ino,
         }

@@ -187,11 +187,7 @@ pub fn plan(
                 .filter(|&id| usable(id))
                 .map(|id| (id, Source::Netatalk, Some(f.uid), None)),
         ];
-        let rel_path = if candidates.iter().any(Option::is_some) {
-            walk.rel_path(i as u32)
-        } else {
-            Vec::new()
-        };
+        let rel_path = || walk.rel_path(i as u32);
         let mut chosen = None;
         let mut first_unchecked = None;
         let mut first_rejection = None;
