@@ -466,6 +466,8 @@ pub struct RestoreOptions {
     pub nested: bool,
     /// Restore a volume whose root every user may write (`--world-writable`).
     pub world_writable: bool,
+    /// Accept every ID claim on the disk, whoever wrote it (`--trust-ids`).
+    pub trust_ids: bool,
 }
 
 /// What a restore did.
@@ -541,6 +543,7 @@ pub fn restore(
     };
     let rebuild_options = deskd_rebuild::Options {
         min_last_id: last_id_at_least,
+        trust_ids: options.trust_ids,
         ..rebuild_options
     };
     let report = match deskd_rebuild::rebuild(&root, &rebuild_options, on_progress, on_difference)

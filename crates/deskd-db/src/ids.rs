@@ -15,6 +15,37 @@ pub const FIRST_ID: u32 = 17;
 /// The largest ID that may ever be handed out.
 pub const LAST_USABLE_ID: u32 = u32::MAX - 1;
 
+/// The counter past which the ID space is reported as running out (`deskd status`, the server's
+/// log at open): 90% of the 32-bit space, with about 429 million IDs still left, which at a
+/// thousand new objects a second is five days and at a million a day over a year.
+pub const WARN_LAST_ID: u32 = 3_865_470_566;
+
+/// How many IDs allocation can still hand out after `last_id` (skipped values not counted).
+pub fn ids_left(last_id: u32) -> u64 {
+    let last = u64::from(last_id.max(FIRST_ID - 1));
+    let mut left = u64::from(LAST_USABLE_ID).saturating_sub(last);
+    // The skipped multiples k * 2^24 (k = 1..=16) still ahead of the counter.
+    left -= (1..=16u64).filter(|k| k << 24 > last).count() as u64;
+    left
+}
+
+/// The warning to show when the counter has passed [`WARN_LAST_ID`], `None` before.
+pub fn space_warning(last_id: u32) -> Option<String> {
+    (last_id > WARN_LAST_ID).then(|| {
+        let left = ids_left(last_id);
+        if left == 0 {
+            "ID space EXHAUSTED: no new object can be registered in this volume; \
+             move its files into a new volume (docs/security.md, \"IDs under attack\")"
+                .to_owned()
+        } else {
+            format!(
+                "ID space nearly exhausted: last ID {last_id}, only {left} IDs left; move the volume's files into a new volume before it runs out \
+                 (docs/security.md, \"IDs under attack\")"
+            )
+        }
+    })
+}
+
 /// True for IDs that allocation must never return (reserved or skipped values).
 pub fn is_forbidden(id: u32) -> bool {
     if !(FIRST_ID..=LAST_USABLE_ID).contains(&id) {
@@ -53,6 +84,19 @@ mod tests {
         assert_eq!(next_candidate(LAST_USABLE_ID - 1), Some(LAST_USABLE_ID));
         assert_eq!(next_candidate(LAST_USABLE_ID), None);
         assert_eq!(next_candidate(u32::MAX), None);
+    }
+
+    #[test]
+    fn the_warning_comes_at_ninety_percent() {
+        assert_eq!(ids_left(0), u64::from(LAST_USABLE_ID) - 16 - 16);
+        assert_eq!(ids_left(LAST_USABLE_ID), 0);
+        assert_eq!(ids_left(LAST_USABLE_ID - 1), 1);
+        assert!(space_warning(17).is_none());
+        assert!(space_warning(WARN_LAST_ID).is_none());
+        assert!(space_warning(WARN_LAST_ID + 1)
+            .unwrap()
+            .contains("nearly exhausted"));
+        assert!(space_warning(LAST_USABLE_ID).unwrap().contains("EXHAUSTED"));
     }
 
     proptest! {

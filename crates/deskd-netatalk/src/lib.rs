@@ -121,7 +121,10 @@ fn kind_code(kind: Kind) -> u32 {
 
 /// Answer one request.
 fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
-    let hint = (q.cnid >= 17).then_some(q.cnid);
+    // afpd's CNID in an ADD comes from the AppleDouble metadata of the file, which its owner
+    // can write, and the bridge connects as root: it is never passed on as a hint, so a user
+    // cannot pick an ID through afpd (docs/netatalk.md, docs/security.md).
+    let hint = None;
     let reply = match q.op {
         op::OPEN | op::CLOSE => Reply::status(res::OK),
         op::ADD | op::REBUILD_ADD => {

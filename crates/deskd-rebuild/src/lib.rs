@@ -11,6 +11,7 @@
 //! This runs offline: the desktop is locked exclusively (`flock`, the same lock `deskd serve`
 //! holds), so a running server makes the rebuild stop with a clear message.
 
+pub mod claims;
 pub mod online;
 pub mod plan;
 pub mod walk;
@@ -24,6 +25,7 @@ use deskd_db::bulk::{BulkLoad, Identity};
 use deskd_db::Read as _;
 use serde::Serialize;
 
+pub use claims::ClaimPolicy;
 pub use plan::{Counts, Difference, Fix, OldDesktop, Plan};
 
 /// Errors of a rebuild.
@@ -93,6 +95,9 @@ pub struct Options {
     /// With `-f`: replace a desktop of a newer format (`--downgrade`); what this deskd does not
     /// know of it is lost.
     pub downgrade: bool,
+    /// Accept every ID claim of the resource files and mirrors, whoever wrote them
+    /// (`--trust-ids`, e.g. after a tar restore of the user files).
+    pub trust_ids: bool,
 }
 
 impl Options {
@@ -107,6 +112,7 @@ impl Options {
             nested: false,
             world_writable: false,
             downgrade: false,
+            trust_ids: false,
         }
     }
 }
@@ -382,7 +388,24 @@ fn rebuild_checked(
         Mode::Fresh => None,
         _ => old.as_ref(),
     };
-    let plan = plan::plan(&walk, decide_from, counter, xattrs_supported(&root));
+    // Claims are checked against every desktop that can be read: the backup being restored
+    // and the volume's own, or the volume's own (also for -f, when it can still be read).
+    let live = match &options.start_from {
+        Some(_) => read_old(&desktop).ok().flatten(),
+        None => None,
+    };
+    let policy = ClaimPolicy {
+        references: old.iter().chain(live.iter()).collect(),
+        trust_all: options.trust_ids,
+        recorded_max: options.min_last_id,
+    };
+    let plan = plan::plan(
+        &walk,
+        decide_from,
+        counter,
+        xattrs_supported(&root),
+        &policy,
+    );
     let mut differences = plan.differences.len();
     if options.mode == Mode::Scan && old.is_none() {
         // No desktop at all: that is one difference, not a million "new" lines.

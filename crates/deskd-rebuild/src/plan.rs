@@ -3,10 +3,14 @@
 //!
 //! Rules (DESIGN §8, docs/rebuild.md):
 //! * An object's claim is the ID in its resource file; without a usable one, its xattr mirror;
-//!   without that, Netatalk's cached CNID. The resource file wins over the desktop.
+//!   without that, Netatalk's cached CNID. The resource file wins over the desktop, but only a
+//!   claim the [`ClaimPolicy`] accepts counts (its carrier written by root or the volume owner,
+//!   or the desktop having that ID for the same object); the first accepted one is taken.
 //! * Only true duplicates are renumbered: when several objects claim one ID, the one whose place
 //!   (its path) matches the desktop's row for that ID keeps it; failing that the one with the
-//!   recorded device and inode; failing that the first by path. The others get new IDs.
+//!   recorded device and inode; failing that a trusted claim (root's or the volume owner's);
+//!   failing that one from a resource file; failing that the first by path. The others get new
+//!   IDs.
 //! * An object with no claim keeps the ID the desktop has at its place (when nobody else claims
 //!   it), else gets a new one from the counter, which never goes back.
 
@@ -18,6 +22,7 @@ use deskd_db::{ids, ApplRecord, IconRecord, Kind, Object, ROOT_ID, ROOT_PARENT_I
 use deskd_volume::rsrc::{self, ResourceHeader};
 use serde::Serialize;
 
+use crate::claims::{Claim, ClaimPolicy, Verdict};
 use crate::walk::{Rsrc, Walk};
 
 /// The old desktop, as far as a rebuild uses it.
@@ -34,7 +39,7 @@ pub struct OldDesktop {
 
 impl OldDesktop {
     /// The path of `id` relative to the root, from the old rows.
-    fn rel_path(&self, id: u32) -> Option<Vec<u8>> {
+    pub(crate) fn rel_path(&self, id: u32) -> Option<Vec<u8>> {
         let mut parts = Vec::new();
         let mut current = id;
         while current != ROOT_ID {
@@ -135,8 +140,14 @@ fn four(code: [u8; 4]) -> String {
 }
 
 /// Decide IDs and repairs. `old` is `None` for `rebuild -f` (a new desktop from the disk alone);
-/// `xattrs` tells whether the file system keeps user xattrs.
-pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: bool) -> Plan {
+/// `xattrs` tells whether the file system keeps user xattrs; `policy` which claims count.
+pub fn plan(
+    walk: &Walk,
+    old: Option<&OldDesktop>,
+    old_counter: u32,
+    xattrs: bool,
+    policy: &ClaimPolicy<'_>,
+) -> Plan {
     let found = &walk.found;
     let n = found.len();
     let mut differences = Vec::new();
@@ -147,31 +158,105 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
         ..Default::default()
     };
 
-    // Claims.
+    // Claims: the first one the policy accepts, in the order resource file, mirror, Netatalk.
+    let volume_owner = found.first().map_or(0, |f| f.uid);
     let mut claim: Vec<Option<(u32, Source)>> = Vec::with_capacity(n);
+    let mut trusted = vec![false; n];
+    let mut unchecked: Vec<(usize, u32, Source, Option<u32>)> = Vec::new();
+    let mut highest_trusted = 0u32;
     for (i, f) in found.iter().enumerate() {
         if i == 0 {
             claim.push(Some((ROOT_ID, Source::Root)));
+            trusted[0] = true;
             continue;
         }
         let from_rsrc = match &f.rsrc {
-            Rsrc::Valid(h) if h.id != 0 && usable(h.id) => Some((h.id, Source::Rsrc)),
+            Rsrc::Valid(h) if h.id != 0 && usable(h.id) => {
+                Some((h.id, Source::Rsrc, f.rsrc_uid, f.rsrc_dir))
+            }
             _ => None,
         };
-        let c = from_rsrc
-            .or_else(|| {
-                f.xattr_id
-                    .filter(|&id| usable(id))
-                    .map(|id| (id, Source::Xattr))
-            })
-            .or_else(|| {
-                f.netatalk
-                    .as_ref()
-                    .and_then(|m| m.cnid)
-                    .filter(|&id| usable(id))
-                    .map(|id| (id, Source::Netatalk))
+        let candidates = [
+            from_rsrc,
+            f.xattr_id
+                .filter(|&id| usable(id))
+                .map(|id| (id, Source::Xattr, Some(f.uid), None)),
+            f.netatalk
+                .as_ref()
+                .and_then(|m| m.cnid)
+                .filter(|&id| usable(id))
+                .map(|id| (id, Source::Netatalk, Some(f.uid), None)),
+        ];
+        let rel_path = || walk.rel_path(i as u32);
+        let mut chosen = None;
+        let mut first_unchecked = None;
+        let mut first_rejection = None;
+        for (id, source, carrier_uid, carrier_dir) in candidates.into_iter().flatten() {
+            let verdict = policy.judge(
+                &Claim {
+                    id,
+                    carrier_uid,
+                    carrier_dir,
+                    rel_path: &rel_path,
+                    dev: f.dev,
+                    ino: f.ino,
+                },
+                volume_owner,
+            );
+            match verdict {
+                Verdict::Trusted => {
+                    trusted[i] = true;
+                    highest_trusted = highest_trusted.max(id);
+                    chosen = Some((id, source));
+                }
+                Verdict::Verified => chosen = Some((id, source)),
+                Verdict::Unchecked => {
+                    first_unchecked.get_or_insert((i, id, source, carrier_uid));
+                    continue;
+                }
+                Verdict::Rejected(why) => {
+                    first_rejection.get_or_insert((id, source, why));
+                    continue;
+                }
+            }
+            break;
+        }
+        if chosen.is_none() {
+            unchecked.extend(first_unchecked);
+        }
+        if let (None, Some((id, source, why))) = (chosen, first_rejection) {
+            differences.push(Difference {
+                object: Some(i as u32),
+                id: Some(id),
+                kind: "claim-rejected",
+                path: walk.path(i as u32).as_os_str().as_bytes().to_vec(),
+                detail: format!("the {} claims ID {id}, {why}; ignored", source.describe()),
             });
-        claim.push(c);
+        }
+        claim.push(chosen);
+    }
+    // Claims no reference can know (none, or above all their counters): one no one vouches for
+    // may not reach past the highest ID known to have been handed out, so it cannot move the
+    // counter.
+    let bound = policy.recorded_max.max(highest_trusted).max(old_counter);
+    for (i, id, source, carrier_uid) in unchecked {
+        if id <= bound {
+            claim[i] = Some((id, source));
+        } else {
+            differences.push(Difference {
+                object: Some(i as u32),
+                id: Some(id),
+                kind: "claim-rejected",
+                path: walk.path(i as u32).as_os_str().as_bytes().to_vec(),
+                detail: format!(
+                    "the {} claims ID {id}, written by {} (not root or the volume owner), \
+                     above every ID known to have been handed out ({bound}); ignored",
+                    source.describe(),
+                    carrier_uid
+                        .map_or_else(|| "an unknown owner".to_owned(), |u| format!("uid {u}")),
+                ),
+            });
+        }
     }
 
     // Duplicates: several objects claiming one ID.
@@ -197,6 +282,8 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
                     old_row.is_some_and(|r| (r.dev, r.ino) == (f.dev, f.ino))
                 })
             })
+            // A claim no one vouches for never takes an ID from one someone does.
+            .or_else(|| candidates.iter().find(|(_, i)| trusted[*i as usize]))
             .or_else(|| {
                 candidates
                     .iter()
@@ -229,7 +316,8 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
     let mut comments = Vec::new();
     let mut used_old_place: std::collections::HashSet<u32> = Default::default();
     // Objects without a resource file, by their ID: where a left-behind one would go.
-    let mut missing_rsrc: HashMap<u32, PathBuf> = HashMap::new();
+    // (With the object's owner: only its own or a trusted resource file may move to it.)
+    let mut missing_rsrc: HashMap<u32, (PathBuf, u32)> = HashMap::new();
     for i in 0..n {
         let f = &found[i];
         let parent_id = if i == 0 {
@@ -405,7 +493,7 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
             rsrc::rsrc_path(&disk_path).expect("a child has a parent")
         };
         if f.rsrc == Rsrc::Missing {
-            missing_rsrc.insert(id, rsrc_path.clone());
+            missing_rsrc.insert(id, (rsrc_path.clone(), f.uid));
         }
         match &f.rsrc {
             Rsrc::Valid(h) if h.id == id => {}
@@ -483,7 +571,21 @@ pub fn plan(walk: &Walk, old: Option<&OldDesktop>, old_counter: u32, xattrs: boo
             .join(rsrc::RSRC_DIR)
             .join(std::ffi::OsStr::from_bytes(name));
         let header = rsrc::read_header(&path).ok().flatten();
-        match header.and_then(|h| missing_rsrc.get(&h.id).map(|to| (h.id, to.clone()))) {
+        let orphan_owner = std::fs::symlink_metadata(&path).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid()
+        });
+        // A resource file someone else planted does not become this object's.
+        let may_move = |object_owner: u32| {
+            policy.trust_all
+                || orphan_owner.is_some_and(|u| u == 0 || u == volume_owner || u == object_owner)
+        };
+        match header.and_then(|h| {
+            missing_rsrc
+                .get(&h.id)
+                .filter(|(_, owner)| may_move(*owner))
+                .map(|(to, _)| (h.id, to.clone()))
+        }) {
             Some((id, to)) if !moved_to.contains(&to) => {
                 moved_to.insert(to.clone());
                 differences.push(Difference {

@@ -38,7 +38,14 @@ pub struct Found {
     pub dev: u64,
     pub ino: u64,
     pub ctime: i64,
+    /// The object's owner: the carrier of its xattr mirror and Netatalk metadata.
+    pub uid: u32,
     pub rsrc: Rsrc,
+    /// The owner of the resource file, when there is one (whose word its ID is).
+    pub rsrc_uid: Option<u32>,
+    /// The owner and mode of the `.rsrc` directory holding it (who could have renamed another
+    /// resource file into its place).
+    pub rsrc_dir: Option<(u32, u32)>,
     /// The `user.deskd.id` mirror.
     pub xattr_id: Option<u32>,
     /// Netatalk's metadata, read only when neither a resource file nor a mirror gives an ID.
@@ -119,7 +126,14 @@ pub fn walk(
         )));
     }
     use std::os::unix::fs::MetadataExt;
-    let root_rsrc = read_rsrc_path(&rsrc::root_rsrc_path(root));
+    let root_rsrc_path = rsrc::root_rsrc_path(root);
+    let root_rsrc = read_rsrc_path(&root_rsrc_path);
+    let root_rsrc_uid = std::fs::symlink_metadata(&root_rsrc_path)
+        .ok()
+        .map(|m| m.uid());
+    let root_rsrc_dir = std::fs::symlink_metadata(root.join(rsrc::RSRC_DIR))
+        .ok()
+        .map(|m| (m.uid(), m.mode()));
     let root_found = Found {
         parent: u32::MAX,
         name: Vec::new(),
@@ -127,7 +141,10 @@ pub fn walk(
         dev: meta.dev(),
         ino: meta.ino(),
         ctime: meta.ctime(),
+        uid: meta.uid(),
         rsrc: root_rsrc,
+        rsrc_uid: root_rsrc_uid,
+        rsrc_dir: root_rsrc_dir,
         xattr_id: deskd_volume::read_id_xattr(root),
         netatalk: None,
     };
@@ -241,17 +258,26 @@ fn read_rsrc_path(path: &Path) -> Rsrc {
     }
 }
 
-fn read_rsrc_at(dir: &OwnedFd, name: &CString) -> Rsrc {
+/// The resource file `name` in the `.rsrc` directory `dir`, and its owner.
+fn read_rsrc_at(dir: &OwnedFd, name: &CString) -> (Rsrc, Option<u32>) {
+    use std::os::unix::fs::MetadataExt;
     use std::os::unix::io::AsFd;
     let mut file = match rsrc::open_at(dir.as_fd(), name, libc::O_RDONLY, 0) {
         Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Rsrc::Missing,
-        Err(e) => return Rsrc::Corrupt(format!("cannot open resource file: {e}")),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return (Rsrc::Missing, None),
+        Err(e) => {
+            return (
+                Rsrc::Corrupt(format!("cannot open resource file: {e}")),
+                None,
+            )
+        }
     };
+    // The owner of the very file read (fstat), so a swap after the read changes nothing.
+    let owner = file.metadata().ok().map(|m| m.uid());
     let shown = Path::new(std::ffi::OsStr::from_bytes(name.as_bytes()));
     match rsrc::read_header_from(&mut file, shown) {
-        Ok(h) => Rsrc::Valid(h),
-        Err(e) => Rsrc::Corrupt(e.to_string()),
+        Ok(h) => (Rsrc::Valid(h), owner),
+        Err(e) => (Rsrc::Corrupt(e.to_string()), owner),
     }
 }
 
@@ -291,6 +317,12 @@ fn scan_dir(
         }
         Err(e) => return Err(RebuildError::io(&rsrc_dir_path, e)),
     };
+    // Owner and mode of the very .rsrc directory listed (who may rename entries in it).
+    let rsrc_dir_owner = rsrc_dir.as_ref().and_then(|fd| {
+        // SAFETY: fstat(2) of a descriptor we own into a zeroed buffer; the result is checked.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        (unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0).then_some((st.st_uid, st.st_mode))
+    });
     let mut found = Vec::with_capacity(names.len());
     let mut seen = HashSet::with_capacity(names.len());
     for name in names {
@@ -328,9 +360,9 @@ fn scan_dir(
             // Sockets, FIFOs and devices are not desktop objects.
             _ => continue,
         };
-        let rsrc = match &rsrc_dir {
+        let (rsrc, rsrc_uid) = match &rsrc_dir {
             Some(fd) if rsrc_names.contains(&name) => read_rsrc_at(fd, &c),
-            _ => Rsrc::Missing,
+            _ => (Rsrc::Missing, None),
         };
         let full = path.join(std::ffi::OsStr::from_bytes(&name));
         let xattr_id = if kind == Kind::Symlink {
@@ -351,7 +383,10 @@ fn scan_dir(
             dev: st.st_dev,
             ino: st.st_ino,
             ctime: st.st_ctime,
+            uid: st.st_uid,
             rsrc,
+            rsrc_uid,
+            rsrc_dir: rsrc_uid.and(rsrc_dir_owner),
             xattr_id,
             netatalk,
         });

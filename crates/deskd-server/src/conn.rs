@@ -270,6 +270,17 @@ impl Connection {
         }
     }
 
+    /// Whether this peer's ID hints are honoured (see [`crate::hints`]).
+    fn hints_trusted(&self, handle: &VolumeHandle) -> bool {
+        let tcp_admin = self.shared.tcp.as_ref().is_some_and(|t| t.admin());
+        match self.peer {
+            Peer::Unix { uid } => crate::hints::hints_trusted(uid, false, handle.owner_uid, false),
+            Peer::Tcp { .. } => {
+                crate::hints::hints_trusted(None, true, handle.owner_uid, tcp_admin)
+            }
+        }
+    }
+
     /// Admin verbs need root or the owner of the volume root; over TCP, `tcp_admin`.
     fn require_admin(&self, handle: &VolumeHandle) -> Result<(), ErrorReply> {
         match self.peer {
@@ -380,7 +391,7 @@ impl Connection {
         })
     }
 
-    fn dispatch(&mut self, request: Request, sink: ReplySink, more_pending: bool) {
+    fn dispatch(&mut self, mut request: Request, sink: ReplySink, more_pending: bool) {
         self.prune_readers();
         if request.is_write() {
             // Replies to earlier pipelined reads must not wait behind this write's commit.
@@ -391,6 +402,12 @@ impl Connection {
             };
             if let Err(e) = self.may_change(&handle, &request) {
                 return sink.send(Err(e));
+            }
+            if !self.hints_trusted(&handle) && crate::hints::drop_hint(&mut request) {
+                debug!(
+                    "dropped the ID hint of an unprivileged peer ({:?})",
+                    self.peer
+                );
             }
             pause_before_queueing();
             if self.shared.shutting_down.load(Ordering::SeqCst) {

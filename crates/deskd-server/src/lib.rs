@@ -13,6 +13,7 @@ pub mod access;
 pub mod apply;
 pub mod config;
 pub mod conn;
+pub mod hints;
 pub mod outbox;
 pub mod preflight;
 pub mod rebuild;

@@ -266,7 +266,12 @@ fn run(
             Mode::Fresh => None,
             _ => snapshot.as_ref(),
         };
-        let plan = deskd_rebuild::plan::plan(&walk, decide_from, counter, xattrs);
+        // Claims are checked against the live desktop (the snapshot), in every mode.
+        let policy = deskd_rebuild::ClaimPolicy {
+            references: snapshot.iter().collect(),
+            ..Default::default()
+        };
+        let plan = deskd_rebuild::plan::plan(&walk, decide_from, counter, xattrs, &policy);
         summary.objects = plan.counts.objects;
         summary.directories = plan.counts.directories;
         if mode != Mode::Scan {

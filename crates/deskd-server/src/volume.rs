@@ -290,6 +290,14 @@ impl VolumeHandle {
             durability = ?desktop.durability().map_err(|e| ServerError::Volume(e.to_string()))?,
             "volume open"
         );
+        if let Some(warning) = desktop
+            .meta("last_id")
+            .ok()
+            .flatten()
+            .and_then(|last| deskd_db::ids::space_warning(last as u32))
+        {
+            warn!(volume = %root.display(), "{warning}");
+        }
         if !config.read_only {
             ensure_root_record(&root);
         }

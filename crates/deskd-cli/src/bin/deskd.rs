@@ -143,6 +143,12 @@ enum Command {
         downgrade: bool,
         #[command(flatten)]
         roots: RootArgs,
+        /// Accept the ID in every resource file and xattr mirror, whoever wrote it (e.g. after
+        /// restoring the user files from tar). Without it, an ID written by someone other than
+        /// root or the volume owner counts only when the desktop has it for the same object.
+        /// Offline only.
+        #[arg(long)]
+        trust_ids: bool,
         /// The volume's root directory (where its .Desktop is).
         volume: PathBuf,
     },
@@ -196,6 +202,10 @@ enum Command {
         id_gap: u32,
         #[command(flatten)]
         roots: RootArgs,
+        /// Accept the ID in every resource file and xattr mirror, whoever wrote it (as
+        /// `deskd rebuild --trust-ids`).
+        #[arg(long)]
+        trust_ids: bool,
         /// The backup file (made by `deskd backup`).
         backup: PathBuf,
         /// The volume's root directory.
@@ -268,6 +278,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             force,
             downgrade,
             roots,
+            trust_ids,
             volume,
         } => {
             let WalkArgs { verbose, json, .. } = walk;
@@ -282,9 +293,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 nested: roots.nested,
                 world_writable: roots.world_writable,
                 downgrade,
+                trust_ids,
                 ..deskd_rebuild::Options::new(mode, walk.threads(), force)
             };
             if let Some((client, vol)) = served(&cli.connection, &volume) {
+                if trust_ids {
+                    eprintln!(
+                        "deskd rebuild: {}: --trust-ids works offline only; stop serving the volume first",
+                        volume.display()
+                    );
+                    return Ok(ExitCode::from(2));
+                }
                 return Ok(rebuild_online(
                     client,
                     vol,
@@ -333,6 +352,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             force,
             id_gap,
             roots,
+            trust_ids,
             backup,
             volume,
         } => {
@@ -342,6 +362,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 id_gap,
                 nested: roots.nested,
                 world_writable: roots.world_writable,
+                trust_ids,
             };
             Ok(restore(&backup, &volume, &options, walk.verbose, walk.json))
         }
@@ -356,6 +377,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         "desktop": display_bytes(&s.desktop),
                         "objects": s.objects,
                         "last_id": s.last_id,
+                        "ids_left": deskd_db::ids::ids_left(s.last_id),
+                        "id_space_warning": deskd_db::ids::space_warning(s.last_id),
                         "read_only": s.read_only,
                         "last_flush": s.last_flush,
                         "clean_at_start": s.clean_at_start,
@@ -385,6 +408,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("  desktop:      {}", display_bytes(&s.desktop));
                     println!("  objects:      {}", s.objects);
                     println!("  last ID:      {}", s.last_id);
+                    if let Some(warning) = deskd_db::ids::space_warning(s.last_id) {
+                        println!("  WARNING:      {warning}");
+                    }
                     println!("  last flush:   {}", when(s.last_flush));
                     println!(
                         "  clean start:  {}",
