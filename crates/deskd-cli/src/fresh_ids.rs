@@ -12,6 +12,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use deskd_volume::netatalk;
 use deskd_volume::rsrc::{self, ResourceHeader};
 
 /// Where the ID lies in a resource-file header (the HELIOS layout, docs/desktop-format.md).
@@ -76,8 +77,10 @@ pub fn copy_record_cleared(from: &Path, to: &Path) -> anyhow::Result<bool> {
 }
 
 /// Clear, in place, every ID the tree at `top` carries along when it is renamed: the ID
-/// mirror of each object (the top one too) and the ID in each resource file inside it (the top
-/// object's own record lies outside, in its parent's `.rsrc`, and is not touched). Symbolic
+/// mirror of each object (the top one too), the CNID Netatalk caches in its metadata xattr
+/// (which a rebuild reads when nothing else gives an ID), and the ID in each resource file
+/// inside the tree (the top object's own record lies outside, in its parent's `.rsrc`, and is
+/// not touched). Symbolic
 /// links are never followed. The first failure ends it: the caller must then not rename.
 pub fn clear_tree(top: &Path) -> io::Result<()> {
     let meta = fs::symlink_metadata(top)?;
@@ -85,6 +88,7 @@ pub fn clear_tree(top: &Path) -> io::Result<()> {
         return Ok(());
     }
     remove_mirror(top)?;
+    clear_netatalk_cnid(top)?;
     if !meta.is_dir() {
         return Ok(());
     }
@@ -134,6 +138,39 @@ fn remove_mirror(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Set the CNID Netatalk caches for `path` (in `user.org.netatalk.Metadata`) to 0, keeping the
+/// rest of its metadata (Finder information) as it is.
+fn clear_netatalk_cnid(path: &Path) -> io::Result<()> {
+    let blob = match xattr::get(path, netatalk::NETATALK_XATTR) {
+        Ok(Some(blob)) => blob,
+        Ok(None) => return Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    match without_cnid(&blob) {
+        Some(cleared) => xattr::set(path, netatalk::NETATALK_XATTR, &cleared),
+        None => Ok(()),
+    }
+}
+
+/// A Netatalk metadata blob with every cached CNID entry set to 0; `None` when it holds no
+/// CNID (or is no AppleDouble header `deskd_volume::netatalk` would read one from).
+fn without_cnid(blob: &[u8]) -> Option<Vec<u8>> {
+    netatalk::parse(blob).ok()?.cnid?;
+    let be32 = |at: usize| u32::from_be_bytes(blob[at..at + 4].try_into().unwrap());
+    let count = u16::from_be_bytes([blob[24], blob[25]]) as usize;
+    let mut out = blob.to_vec();
+    for i in 0..count {
+        let at = 26 + i * 12;
+        let (id, off, len) = (be32(at), be32(at + 4) as usize, be32(at + 8) as usize);
+        let is_cnid = matches!(id, netatalk::ENTRY_CNID | netatalk::ENTRY_CNID_ON_DISK);
+        if is_cnid && len == 4 && off.checked_add(4).is_some_and(|end| end <= out.len()) {
+            out[off..off + 4].fill(0);
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +178,8 @@ mod tests {
     #[test]
     fn a_copied_record_keeps_everything_but_its_id() {
         let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("a")).unwrap();
+        fs::create_dir(d.path().join("b")).unwrap();
         let from = d.path().join("a/.rsrc/f");
         let mut h = ResourceHeader::new(4711, *b"TEXT", *b"ttxt", 9);
         h.comment = b"note".to_vec();
@@ -156,6 +195,31 @@ mod tests {
         assert_eq!(&copied[..20], &bytes[..20]);
         assert_eq!(&copied[24..], &bytes[24..]);
         assert!(!copy_record_cleared(&d.path().join("none"), &to).unwrap());
+    }
+
+    #[test]
+    fn netatalk_metadata_loses_its_cnid_only() {
+        let mut blob = vec![0u8; 26 + 2 * 12 + 32 + 4];
+        blob[0..4].copy_from_slice(&netatalk::APPLEDOUBLE_MAGIC.to_be_bytes());
+        blob[4..8].copy_from_slice(&netatalk::APPLEDOUBLE_VERSION.to_be_bytes());
+        blob[24..26].copy_from_slice(&2u16.to_be_bytes());
+        for (i, (id, off, len)) in [(9u32, 50u32, 32u32), (0x8053_567E, 82, 4)]
+            .into_iter()
+            .enumerate()
+        {
+            let at = 26 + i * 12;
+            blob[at..at + 4].copy_from_slice(&id.to_be_bytes());
+            blob[at + 4..at + 8].copy_from_slice(&off.to_be_bytes());
+            blob[at + 8..at + 12].copy_from_slice(&len.to_be_bytes());
+        }
+        blob[50..54].copy_from_slice(b"TEXT");
+        blob[82..86].copy_from_slice(&4711u32.to_be_bytes());
+        assert_eq!(netatalk::parse(&blob).unwrap().cnid, Some(4711));
+        let cleared = without_cnid(&blob).unwrap();
+        let info = netatalk::parse(&cleared).unwrap();
+        assert_eq!((info.cnid, &info.type_code), (None, b"TEXT"));
+        assert_eq!(without_cnid(&cleared), None);
+        assert_eq!(without_cnid(b"not appledouble at all, no"), None);
     }
 
     #[test]

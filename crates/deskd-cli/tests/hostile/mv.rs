@@ -54,6 +54,28 @@ struct Scene {
     _mount: Option<Mounted>,
 }
 
+/// Netatalk 3's metadata (`appledouble = ea`) for a file: Finder info `TEXT`/`ttxt` and the
+/// cached CNID `cnid` (docs/desktop-format.md).
+fn netatalk_blob(cnid: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 26 + 2 * 12 + 32 + 4];
+    b[0..4].copy_from_slice(&0x0005_1607u32.to_be_bytes());
+    b[4..8].copy_from_slice(&0x0002_0000u32.to_be_bytes());
+    b[24..26].copy_from_slice(&2u16.to_be_bytes());
+    for (i, (id, off, len)) in [(9u32, 50u32, 32u32), (0x8053_567E, 82, 4)]
+        .into_iter()
+        .enumerate()
+    {
+        let at = 26 + i * 12;
+        b[at..at + 4].copy_from_slice(&id.to_be_bytes());
+        b[at + 4..at + 8].copy_from_slice(&off.to_be_bytes());
+        b[at + 8..at + 12].copy_from_slice(&len.to_be_bytes());
+    }
+    b[50..54].copy_from_slice(b"TEXT");
+    b[54..58].copy_from_slice(b"ttxt");
+    b[82..86].copy_from_slice(&cnid.to_be_bytes());
+    b
+}
+
 fn bytes(p: &Path) -> &[u8] {
     use std::os::unix::ffi::OsStrExt;
     p.as_os_str().as_bytes()
@@ -134,6 +156,15 @@ impl Scene {
             .filter(|(p, _)| p.starts_with("home/tree"))
             .collect();
         assert_eq!(tree_in_a.len(), 8, "{tree_in_a:?}");
+        // A file Netatalk's afpd served through deskd caches its CNID (= its ID in A) in its
+        // metadata xattr, which a rebuild reads when nothing else gives an ID.
+        let f0 = scene.a.join("home/tree/f0");
+        xattr::set(
+            &f0,
+            deskd_volume::netatalk::NETATALK_XATTR,
+            &netatalk_blob(tree_in_a["home/tree/f0"]),
+        )
+        .unwrap();
         let b_counter = desktop_counter(&scene.b);
         assert!(
             tree_in_a.values().all(|&id| id > b_counter),
