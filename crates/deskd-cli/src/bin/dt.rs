@@ -437,6 +437,7 @@ impl Dt {
         };
         copy_tree_with(&source, &to_abs, how)
             .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
+        test_pause("copied");
         if let Place::Inside(b) = &to {
             // The top object's record lives beside it, not in the copied tree. A tree from
             // outside any volume (a file-level backup of one) may have it beside it too.
@@ -958,11 +959,22 @@ impl Dt {
             Place::Outside(_) => false,
         };
         test_pause("record");
-        let renamed = land_without_ids(from_abs, to_abs).inspect_err(|_| {
-            if record {
-                let _ = fs::remove_file(b.rsrc_path());
+        let renamed = match land_without_ids(from_abs, to_abs) {
+            Ok(renamed) => renamed,
+            Err(e) => {
+                if record {
+                    let _ = fs::remove_file(b.rsrc_path());
+                }
+                // The source may have lost its carriers' IDs on the way: its desktop still has
+                // them, and registering it again writes them back.
+                if let Place::Inside(a) = from {
+                    if exists(from_abs) {
+                        let _ = self.register_tree(a, true);
+                    }
+                }
+                return Err(e);
             }
-        })?;
+        };
         test_pause("landed");
         if !renamed {
             // First out of the way in one step, so a source found under its own name is
@@ -1425,7 +1437,7 @@ fn test_pausing() -> bool {
 /// Test hook: with `DESKD_TEST_MV_PAUSE_AT=<step>`, dt says `dt: test pause at <step>` on
 /// stderr when it reaches that step of a move into another volume (`record`, `cleared`,
 /// `landed`, `aside`, `source-removed`, `registered:<n>` after n objects, `registered`,
-/// `forgotten`)
+/// `forgotten`) or of a copy (`copied`, then `registered:<n>`)
 /// and waits there to be killed, so the tests kill it at exactly that point.
 fn test_pause(step: &str) {
     if pause_step() == Some(step) {

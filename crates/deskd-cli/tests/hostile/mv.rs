@@ -198,6 +198,17 @@ impl Scene {
         [self.a.join("home/tree"), self.b.join("home/tree")]
     }
 
+    /// `dt cp -R` of the tree to B, killed at `step`.
+    fn kill_copy_at(&self, step: &str) {
+        let [from, to] = self.mv_args();
+        dt_killed_at(
+            &self.env,
+            self.user,
+            step,
+            &[b"cp", b"-R", bytes(&from), bytes(&to)],
+        );
+    }
+
     /// `dt mv` of the tree, killed at `step`.
     fn kill_move_at(&self, step: &str) {
         let [from, to] = self.mv_args();
@@ -440,4 +451,26 @@ fn mv_killed_as_the_trees_owner_imports_no_foreign_id() {
     );
     killed_at_each_step(false, Some(65534), Repair::Online, &["landed", "record"]);
     killed_at_each_step(true, Some(65534), Repair::Online, &["landed", "record"]);
+}
+
+#[test]
+fn cp_killed_between_volumes_imports_no_foreign_id() {
+    // A copy is a new object in B too; its resource files are written without A's IDs.
+    for how in [Repair::Offline, Repair::Online] {
+        let mut scene = Scene::new(false, Some(65534));
+        scene.kill_copy_at("copied");
+        let acknowledged = desktop_paths(&scene.b);
+        scene.repair(how);
+        scene.check(
+            &acknowledged,
+            &format!("dt cp killed after copying, {how:?} repair"),
+        );
+        assert_eq!(
+            disk_objects(&scene.b, "home/tree").len(),
+            TREE.len(),
+            "the copy is all there"
+        );
+        // The original is whole in A, with A's IDs (check() saw to the IDs).
+        assert_eq!(disk_objects(&scene.a, "home/tree").len(), TREE.len());
+    }
 }
