@@ -1398,7 +1398,7 @@ fn land_without_ids(from: &Path, to: &Path) -> Result<bool> {
         (Ok(a), Ok(b)) => a.dev() == b.dev(),
         _ => false,
     };
-    if same_fs && clear_tree(from).is_ok() {
+    if same_fs && may_rename(from, to) && clear_tree(from).is_ok() {
         test_pause("cleared");
         if fs::rename(from, to).is_ok() {
             return Ok(true);
@@ -1407,6 +1407,31 @@ fn land_without_ids(from: &Path, to: &Path) -> Result<bool> {
     copy_tree_with(from, to, CopyMode::ARRIVING)
         .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
     Ok(false)
+}
+
+/// Whether this user may rename `from` to `to` as far as permissions go (write and search on
+/// both parents, and write on a directory that changes parent, for its `..`): checked before
+/// the source's carriers are cleared for a rename, so a rename refused for want of permission
+/// leaves them alone. (The rename itself still decides; this only keeps the common refusal
+/// from costing the source its carriers.)
+fn may_rename(from: &Path, to: &Path) -> bool {
+    let allowed = |p: &Path| {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: faccessat with a NUL-terminated path; no memory is handed over.
+        unsafe {
+            libc::faccessat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                libc::W_OK | libc::X_OK,
+                libc::AT_EACCESS,
+            ) == 0
+        }
+    };
+    let parent = |p: &Path| p.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let is_dir = fs::symlink_metadata(from).is_ok_and(|m| m.is_dir());
+    allowed(&parent(from)) && allowed(&parent(to)) && (!is_dir || allowed(from))
 }
 
 /// Where a source copied into another volume is put aside while it is removed: a hidden name

@@ -4,7 +4,9 @@
 //! between volumes that was cut short"): the source in A with A's IDs, and/or the copy in B with
 //! new IDs of B — never the copy with A's IDs, whether dt ran as root or as the user who owns the
 //! tree (`nobody`, who must not be able to import a foreign ID into B that way). No ID B had
-//! acknowledged changes, and running the same `dt mv` again finishes the move.
+//! acknowledged changes, and running the same `dt mv` again finishes the move. Also: a `dt cp`
+//! killed the same way, and a move refused for want of permission, which must leave the
+//! source's IDs alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -473,4 +475,59 @@ fn cp_killed_between_volumes_imports_no_foreign_id() {
         // The original is whole in A, with A's IDs (check() saw to the IDs).
         assert_eq!(disk_objects(&scene.a, "home/tree").len(), TREE.len());
     }
+}
+
+#[test]
+fn a_move_refused_for_want_of_permission_leaves_the_sources_ids_alone() {
+    // A file-level copy of A's tree outside every volume (resource files and mirrors with A's
+    // IDs: what a later `dt cp --keep-ids` restores from), owned by nobody, moved by nobody into
+    // a directory of B nobody may not write: refused, and the copy's IDs are as they were.
+    let scene = Scene::new(false, Some(65534));
+    let outside = scene.env.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(scene.a.join("home/tree"))
+        .arg(&outside)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&outside)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let carriers = |root: &Path| -> Vec<(String, u32, Option<u32>)> {
+        let mut all = Vec::new();
+        for rel in disk_objects(root, "tree") {
+            let path = root.join(&rel);
+            let record = rsrc::read_header(&rsrc::rsrc_path(&path).unwrap())
+                .unwrap()
+                .map_or(0, |h| h.id);
+            all.push((rel, record, deskd_volume::read_id_xattr(&path)));
+        }
+        all
+    };
+    let before = carriers(&outside);
+    assert!(
+        before
+            .iter()
+            .filter(|(rel, ..)| rel != "tree")
+            .all(|(_, id, _)| *id != 0),
+        "{before:?}"
+    );
+    let target = scene.b.join("keep/tree");
+    let out = scene
+        .env
+        .as_user(
+            65534,
+            DT,
+            &[b"mv", bytes(&outside.join("tree")), bytes(&target)],
+            &[],
+        )
+        .unwrap();
+    assert!(!out.status.success(), "nobody may not write in B's keep/");
+    assert!(!target.exists());
+    assert_eq!(carriers(&outside), before);
 }
