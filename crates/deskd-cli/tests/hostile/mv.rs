@@ -531,3 +531,45 @@ fn a_move_refused_for_want_of_permission_leaves_the_sources_ids_alone() {
     assert!(!target.exists());
     assert_eq!(carriers(&outside), before);
 }
+
+#[test]
+fn an_object_of_b_with_the_same_number_keeps_its_id_after_a_killed_mv() {
+    // B gives an object the very number A gave the moved tree's f0, and that object has lost
+    // its resource file and mirror (plain-Unix damage: nothing but B's desktop knows its ID).
+    // A killed move must not let the arriving f0 take that number from it in B's repair.
+    for how in [Repair::Offline, Repair::Online] {
+        let mut scene = Scene::new(false, None);
+        let wanted = scene.tree_in_a["home/tree/f0"];
+        let fillers: Vec<String> = (desktop_counter(&scene.b) + 1..wanted)
+            .map(|i| {
+                scene
+                    .b
+                    .join(format!("keep/filler-{i}"))
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        let mut args: Vec<&[u8]> = vec![b"touch"];
+        args.extend(fillers.iter().map(|p| p.as_bytes()));
+        scene.env.dt_ok(&args);
+        let victim = scene.b.join("keep/victim");
+        scene.env.dt_ok(&[b"touch", bytes(&victim)]);
+        assert_eq!(scene.env.id_of(&victim), wanted);
+        std::fs::remove_file(scene.b.join("keep/.rsrc/victim")).unwrap();
+        xattr::remove(&victim, deskd_volume::ID_XATTR).unwrap();
+        let b_counter = desktop_counter(&scene.b);
+        let before = desktop_paths(&scene.b);
+
+        scene.kill_move_at("landed");
+        scene.repair(how);
+        let context = format!("killed at landed, {how:?} repair");
+        let after = desktop_paths(&scene.b);
+        for (path, id) in &before {
+            assert_eq!(after.get(path), Some(id), "{context}: B's {path}");
+        }
+        for path in disk_objects(&scene.b, "home/tree") {
+            let id = after[&path];
+            assert!(id > b_counter, "{context}: {path} got {id}, not a new ID");
+        }
+    }
+}
