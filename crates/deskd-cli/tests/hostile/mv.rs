@@ -1,7 +1,7 @@
 //! Hostile-user tests, part `mv` (see main.rs): a `dt mv` between two volumes of one deskd,
 //! killed (SIGKILL, at a step named by dt's `DESKD_TEST_MV_PAUSE_AT` hook) at each step, then
 //! repaired by `deskd rebuild` offline and online. What it must leave (docs/dt.md, "A move
-//! between volumes that was cut short"): the source in A with A's IDs, and/or the copy in B with
+//! between volumes cut short"): the source in A with A's IDs, and/or the copy in B with
 //! new IDs of B — never the copy with A's IDs, whether dt ran as root or as the user who owns the
 //! tree (`nobody`, who must not be able to import a foreign ID into B that way). No ID B had
 //! acknowledged changes, and running the same `dt mv` again finishes the move. Also: a `dt cp`
@@ -45,6 +45,8 @@ enum Repair {
 /// with a `home` directory owned by `user` (root when `None`); A holds `home/tree` made by
 /// `user`, and more objects than B so that A's IDs are not B's.
 struct Scene {
+    /// First, so it is dropped (unmounted, lazily) before `env` removes the temp dir.
+    _mount: Option<Mounted>,
     env: Env,
     a: PathBuf,
     b: PathBuf,
@@ -53,7 +55,6 @@ struct Scene {
     tree_in_a: BTreeMap<String, u32>,
     /// B's counter before the move: every ID B gives the arrivals is above it.
     b_counter: u32,
-    _mount: Option<Mounted>,
 }
 
 /// Netatalk 3's metadata (`appledouble = ea`) for a file: Finder info `TEXT`/`ttxt` and the
@@ -117,13 +118,13 @@ impl Scene {
             bytes(&b.join("keep/sub/y")),
         ]);
         let scene = Scene {
+            _mount: mount,
             env,
             a,
             b,
             user,
             tree_in_a: BTreeMap::new(),
             b_counter: 0,
-            _mount: mount,
         };
         for d in TREE_DIRS {
             scene.dt_as_user(
