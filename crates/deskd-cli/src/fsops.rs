@@ -46,6 +46,10 @@ pub struct CopyMode {
     pub preserve: bool,
     /// The umask a copy without `preserve` applies.
     pub umask: u32,
+    /// Resource files are copied with their ID cleared (before any byte is written), so a copy
+    /// arriving in a volume carries no ID of where it came from, even when interrupted: such a
+    /// copy gets new IDs ([`crate::fresh_ids`]).
+    pub fresh_ids: bool,
 }
 
 impl CopyMode {
@@ -53,6 +57,13 @@ impl CopyMode {
     pub const MOVE: CopyMode = CopyMode {
         preserve: true,
         umask: 0,
+        fresh_ids: false,
+    };
+
+    /// What a move into another volume keeps: everything but the IDs.
+    pub const ARRIVING: CopyMode = CopyMode {
+        fresh_ids: true,
+        ..CopyMode::MOVE
     };
 }
 
@@ -96,7 +107,11 @@ pub fn copy_tree_with(from: &Path, to: &Path, how: CopyMode) -> io::Result<()> {
             .write(true)
             .create_new(true)
             .open(to)?;
-        io::copy(&mut source, &mut dest)?;
+        if how.fresh_ids && crate::fresh_ids::is_resource_file(from) {
+            crate::fresh_ids::copy_cleared(&mut source, &mut dest)?;
+        } else {
+            io::copy(&mut source, &mut dest)?;
+        }
         if how.preserve {
             keep_owner(to, &meta)?;
         }

@@ -1,10 +1,12 @@
 //! Shared pieces of the `deskd` and `dt` command-line tools: the connection options
 //! ([`connection`]), finding which volume a path is in
 //! and talking to its server ([`target`]), printing names and codes ([`output`]), and the file
-//! copying that `dt cp` and cross-volume moves need ([`fsops`]), and the mode and owner arguments
+//! copying that `dt cp` and cross-volume moves need ([`fsops`]) and what it does to the IDs a copy
+//! carries into another volume ([`fresh_ids`]), and the mode and owner arguments
 //! of `dt chmod`, `chown` and `chgrp` ([`mode`]).
 
 pub mod connection;
+pub mod fresh_ids;
 pub mod fsops;
 pub mod mode;
 pub mod output;

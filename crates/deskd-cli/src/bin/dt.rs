@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use deskd_cli::connection::ConnectionArgs;
+use deskd_cli::fresh_ids::{clear_tree, copy_record_cleared};
 use deskd_cli::fsops::{copy_tree, copy_tree_with, keep_owner, remove_any, set_times, CopyMode};
 use deskd_cli::mode;
 use deskd_cli::output::{display_bytes, fourcc, write_match, FindArgs};
@@ -263,8 +264,13 @@ impl Dt {
                     bail!("target {} is not a directory", target.display());
                 }
                 self.each(&paths, |dt, src| {
-                    let dest = if into_dir {
-                        target.join(name_of(src)?)
+                    let inside = target.join(name_of(src)?);
+                    // A source that is gone with nothing of its name in the target directory:
+                    // the target itself may be what it became in a move that was cut short
+                    // (see Dt::resume_move), as `dt mv SRC DEST` made it.
+                    let cut_short = !exists(src) && !exists(&inside);
+                    let dest = if into_dir && !cut_short {
+                        inside
                     } else {
                         target.clone()
                     };
@@ -302,6 +308,8 @@ impl Dt {
                 let how = CopyMode {
                     preserve,
                     umask: mode::umask(),
+                    // Set per operand: only a copy arriving in a volume gets new IDs.
+                    fresh_ids: false,
                 };
                 self.each(&paths, |dt, src| {
                     let dest = if into_dir {
@@ -421,8 +429,15 @@ impl Dt {
         } else {
             fs::canonicalize(&from_abs)?
         };
+        // A copy in a volume gets new IDs: its resource files are written without the
+        // originals' (a dt killed midway leaves none for a rebuild to take), unless restoring.
+        let how = CopyMode {
+            fresh_ids: matches!(to, Place::Inside(_)) && !keep_ids,
+            ..how
+        };
         copy_tree_with(&source, &to_abs, how)
             .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
+        test_pause("copied");
         if let Place::Inside(b) = &to {
             // The top object's record lives beside it, not in the copied tree. A tree from
             // outside any volume (a file-level backup of one) may have it beside it too.
@@ -436,8 +451,12 @@ impl Dt {
                 }),
             };
             if let Some(record) = top_record.filter(|r| r.is_file()) {
-                rsrc::make_rsrc_dir(&b.rsrc_path())?;
-                rsrc::copy_file(&record, &b.rsrc_path())?;
+                if keep_ids {
+                    rsrc::make_rsrc_dir(&b.rsrc_path())?;
+                    rsrc::copy_file(&record, &b.rsrc_path())?;
+                } else {
+                    copy_record_cleared(&record, &b.rsrc_path())?;
+                }
             }
             // A copy is a new object (new IDs, Mac information kept), unless restoring.
             self.register_tree(b, keep_ids)?;
@@ -801,6 +820,9 @@ impl Dt {
         let from_abs = from.abs_unless_root(src, "cannot move a volume root")?;
         let to_abs = to.abs_unless_root(dest, "cannot replace a volume root")?;
         if !exists(&from_abs) {
+            if self.resume_move(&from, &to, &to_abs)? {
+                return Ok(());
+            }
             bail!("cannot move {}: no such file or directory", src.display());
         }
         if from_abs == to_abs {
@@ -889,7 +911,11 @@ impl Dt {
     }
 
     /// Between volumes, or into/out of one: the data moves, the arriving objects get new IDs,
-    /// the leaving ones are removed from their desktop.
+    /// the leaving ones are removed from their desktop. The order keeps a `dt` killed at any
+    /// point from leaving a copy with the source volume's IDs (docs/dt.md, "A move between
+    /// volumes cut short"): the top object's record (type, creator, fork; no ID) is made; the
+    /// data lands carrying no ID; the source goes; the destination gives the new IDs; last the
+    /// source's desktop and record forget it.
     fn mv_across(
         &mut self,
         from: &Place,
@@ -912,43 +938,136 @@ impl Dt {
                 remove_any(to_abs)?;
             }
         }
-        // Resource files of the moved tree's entries are carried along (and renumbered on
-        // arrival); the top object's own record lives in its parent's .rsrc and moves separately.
-        if fs::rename(from_abs, to_abs).is_err() {
-            copy_tree(from_abs, to_abs).with_context(|| {
-                format!("cannot copy {} to {}", from_abs.display(), to_abs.display())
-            })?;
-            remove_any(from_abs)
-                .with_context(|| format!("cannot remove {}", from_abs.display()))?;
-        }
-        if let Place::Inside(a) = from {
-            let src_rsrc = a.rsrc_path();
-            if let Place::Inside(b) = to {
-                // Type, creator and fork travel; the ID is the destination's to give.
-                if let Ok(Some(mut h)) = rsrc::read_header(&src_rsrc) {
-                    h.id = 0;
-                    rsrc::write_header(&b.rsrc_path(), &h)?;
-                }
-            }
-            let _ = fs::remove_file(&src_rsrc);
-            let rel = a.rel();
-            self.session
-                .call(a, |vol| Request::DeletePath {
-                    vol,
-                    path: rel,
-                    recursive: true,
-                })
-                .with_context(|| {
-                    format!(
-                        "{} was moved but its desktop was not updated; run deskd rebuild",
-                        a.shown()
-                    )
+        let Place::Inside(b) = to else {
+            // Leaving for outside every volume: the resource files go along as they are.
+            if fs::rename(from_abs, to_abs).is_err() {
+                copy_tree(from_abs, to_abs).with_context(|| {
+                    format!("cannot copy {} to {}", from_abs.display(), to_abs.display())
                 })?;
+                remove_any(from_abs)
+                    .with_context(|| format!("cannot remove {}", from_abs.display()))?;
+            }
+            if let Place::Inside(a) = from {
+                self.forget_moved(a)?;
+            }
+            return Ok(());
+        };
+        // Type, creator and fork travel; the ID is the destination's to give. The record goes
+        // first, made by this user: it is there from the moment the data is.
+        let record = match from {
+            Place::Inside(a) => copy_record_cleared(&a.rsrc_path(), &b.rsrc_path())?,
+            Place::Outside(_) => false,
+        };
+        test_pause("record");
+        let renamed = match land_without_ids(from_abs, to_abs) {
+            Ok(renamed) => renamed,
+            Err(e) => {
+                if record {
+                    let _ = fs::remove_file(b.rsrc_path());
+                }
+                // The source may have lost its carriers' IDs on the way: its desktop still has
+                // them, and registering it again writes them back.
+                if let Place::Inside(a) = from {
+                    if exists(from_abs) {
+                        let _ = self.register_tree(a, true);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        test_pause("landed");
+        if !renamed {
+            // First out of the way in one step, so a source found under its own name is
+            // always whole (docs/dt.md: what a move cut short leaves).
+            let aside = set_aside_name(from_abs);
+            fs::rename(from_abs, &aside)
+                .with_context(|| format!("cannot remove {}", from_abs.display()))?;
+            test_pause("aside");
+            remove_any(&aside).with_context(|| format!("cannot remove {}", aside.display()))?;
         }
-        if let Place::Inside(b) = to {
-            self.register_tree(b, false)?;
+        test_pause("source-removed");
+        self.finish_arrival(from, b)
+    }
+
+    /// The end of a move into volume `b` once the data is there and the source gone: new IDs in
+    /// `b` for everything that arrived, then the source's desktop and record forget it.
+    fn finish_arrival(&mut self, from: &Place, b: &InVolume) -> Result<()> {
+        self.register_tree(b, false).with_context(|| {
+            format!(
+                "{} arrived but is not registered yet; run the same dt mv again",
+                b.shown()
+            )
+        })?;
+        test_pause("registered");
+        if let Place::Inside(a) = from {
+            self.forget_moved(a)?;
         }
         Ok(())
+    }
+
+    /// A source that left volume `a`: out of its desktop, then its resource file (the last
+    /// trace, which tells an unfinished move: see [`Dt::resume_move`]).
+    fn forget_moved(&mut self, a: &InVolume) -> Result<()> {
+        let rel = a.rel();
+        self.session
+            .call(a, |vol| Request::DeletePath {
+                vol,
+                path: rel,
+                recursive: true,
+            })
+            .with_context(|| {
+                format!(
+                    "{} was moved but its desktop was not updated; run deskd rebuild",
+                    a.shown()
+                )
+            })?;
+        test_pause("forgotten");
+        let _ = fs::remove_file(a.rsrc_path());
+        Ok(())
+    }
+
+    /// `dt mv` of a source that is gone, to a target in another volume that is there, while
+    /// the source's resource file (or what was left of it, put aside to be removed: see
+    /// [`set_aside_name`]) is still in its volume: a move between volumes cut short after its
+    /// data arrived. Finish it (register the arrival with new IDs, forget the
+    /// source); `Ok(false)` when this is not such a move.
+    fn resume_move(&mut self, from: &Place, to: &Place, to_abs: &Path) -> Result<bool> {
+        let (Place::Inside(a), Place::Inside(b)) = (from, to) else {
+            return Ok(false);
+        };
+        let left_record = fs::symlink_metadata(a.rsrc_path()).is_ok_and(|m| m.is_file());
+        let aside = set_aside_name(&a.path());
+        let left_aside = fs::symlink_metadata(&aside).is_ok();
+        if a.same_volume(b) || !(left_record || left_aside) || !exists(to_abs) {
+            return Ok(false);
+        }
+        self.session.check_writable(a)?;
+        self.session.check_writable(b)?;
+        eprintln!(
+            "dt: {} is gone and {} is there: finishing the move that was cut short",
+            a.shown(),
+            b.shown()
+        );
+        if !exists(&b.rsrc_path()) {
+            copy_record_cleared(&a.rsrc_path(), &b.rsrc_path())?;
+        }
+        if left_aside {
+            // What was left of the source while it was being removed (a repair of its volume
+            // may have registered it there).
+            remove_any(&aside).with_context(|| format!("cannot remove {}", aside.display()))?;
+            let mut beside = a.components.clone();
+            if let (Some(last), Some(name)) = (beside.last_mut(), aside.file_name()) {
+                *last = name.as_bytes().to_vec();
+            }
+            let rel = a.with_components(beside).rel();
+            self.session.call(a, |vol| Request::DeletePath {
+                vol,
+                path: rel,
+                recursive: true,
+            })?;
+        }
+        self.finish_arrival(from, b)?;
+        Ok(true)
     }
 
     /// Register `iv` and everything below it; with `keep_ids` the IDs in the resource files
@@ -979,6 +1098,14 @@ impl Dt {
         const CHUNK: usize = 512;
         let mut stack = vec![top.clone()];
         let mut chunk = Vec::with_capacity(CHUNK);
+        let mut registered = 0u64;
+        let mut done = || {
+            progress.inc(1);
+            registered += 1;
+            if test_pausing() {
+                test_pause(&format!("registered:{registered}"));
+            }
+        };
         while let Some(iv) = stack.pop() {
             let rsrc_path = iv.rsrc_path();
             let mut header = rsrc::read_header(&rsrc_path).ok().flatten();
@@ -1006,12 +1133,10 @@ impl Dt {
             chunk.push((iv, header));
             if chunk.len() == CHUNK {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-                self.session
-                    .register_many(full, keep_ids, &mut || progress.inc(1))?;
+                self.session.register_many(full, keep_ids, &mut done)?;
             }
         }
-        self.session
-            .register_many(chunk, keep_ids, &mut || progress.inc(1))
+        self.session.register_many(chunk, keep_ids, &mut done)
     }
 
     fn ls(
@@ -1256,6 +1381,95 @@ fn move_plain(from: &Path, to: &Path) -> Result<()> {
             from.display(),
             to.display()
         )),
+    }
+}
+
+/// Put the data of `from` at `to`, in another volume, carrying no ID of where it came from.
+/// On one file system a rename, once the tree's resource files and mirrors hold no ID (the
+/// source keeps its IDs in its desktop until the end, and a repair gives them back to its
+/// files); else, or when they cannot all be cleared, a copy whose resource files are written
+/// without IDs (and which takes no xattrs). `true` for a rename (the source is gone), `false`
+/// for a copy (the source is still there).
+fn land_without_ids(from: &Path, to: &Path) -> Result<bool> {
+    let same_fs = match (
+        fs::symlink_metadata(from),
+        fs::metadata(to.parent().unwrap_or(Path::new("/"))),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    };
+    if same_fs && may_rename(from, to) && clear_tree(from).is_ok() {
+        test_pause("cleared");
+        if fs::rename(from, to).is_ok() {
+            return Ok(true);
+        }
+    }
+    copy_tree_with(from, to, CopyMode::ARRIVING)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    Ok(false)
+}
+
+/// Whether this user may rename `from` to `to` as far as permissions go (write and search on
+/// both parents, and write on a directory that changes parent, for its `..`): checked before
+/// the source's carriers are cleared for a rename, so a rename refused for want of permission
+/// leaves them alone. (The rename itself still decides; this only keeps the common refusal
+/// from costing the source its carriers.)
+fn may_rename(from: &Path, to: &Path) -> bool {
+    let allowed = |p: &Path| {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: faccessat with a NUL-terminated path; no memory is handed over.
+        unsafe {
+            libc::faccessat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                libc::W_OK | libc::X_OK,
+                libc::AT_EACCESS,
+            ) == 0
+        }
+    };
+    let parent = |p: &Path| p.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let is_dir = fs::symlink_metadata(from).is_ok_and(|m| m.is_dir());
+    allowed(&parent(from)) && allowed(&parent(to)) && (!is_dir || allowed(from))
+}
+
+/// Where a source copied into another volume is put aside while it is removed: a hidden name
+/// beside it, made from its name (short enough for any name).
+fn set_aside_name(source: &Path) -> PathBuf {
+    // FNV-1a: stable from one dt to the next, which must find what an earlier one left.
+    let hash = source
+        .file_name()
+        .map_or(&[][..], |n| n.as_bytes())
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    source.with_file_name(format!(".dt-mv-{hash:016x}"))
+}
+
+/// The step `DESKD_TEST_MV_PAUSE_AT` names, if any (a test hook).
+fn pause_step() -> Option<&'static str> {
+    static STEP: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    STEP.get_or_init(|| std::env::var("DESKD_TEST_MV_PAUSE_AT").ok())
+        .as_deref()
+}
+
+fn test_pausing() -> bool {
+    pause_step().is_some()
+}
+
+/// Test hook: with `DESKD_TEST_MV_PAUSE_AT=<step>`, dt says `dt: test pause at <step>` on
+/// stderr when it reaches that step of a move into another volume (`record`, `cleared`,
+/// `landed`, `aside`, `source-removed`, `registered:<n>` after n objects, `registered`,
+/// `forgotten`) or of a copy (`copied`, then `registered:<n>`)
+/// and waits there to be killed, so the tests kill it at exactly that point.
+fn test_pause(step: &str) {
+    if pause_step() == Some(step) {
+        eprintln!("dt: test pause at {step}");
+        loop {
+            std::thread::park();
+        }
     }
 }
 

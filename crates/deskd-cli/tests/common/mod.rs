@@ -498,4 +498,109 @@ impl Env {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+
+// --- mv ---
+
+/// Every object in the desktop of the volume at `root`, by its path relative to the root
+/// (`""` for the root itself): its ID. Read with the sqlite3 CLI (the server may be running).
+pub fn desktop_paths(root: &Path) -> std::collections::BTreeMap<String, u32> {
+    let out = sqlite3(
+        &root.join(".Desktop"),
+        "WITH RECURSIVE p(id, path) AS (
+             SELECT id, '' FROM objects WHERE id = 2
+             UNION ALL
+             SELECT o.id, CASE p.path WHEN '' THEN CAST(o.name AS TEXT)
+                          ELSE p.path || '/' || CAST(o.name AS TEXT) END
+             FROM objects o JOIN p ON o.parent = p.id WHERE o.id <> 2)
+         SELECT id || '|' || path FROM p",
+    );
+    out.lines()
+        .map(|l| {
+            let (id, path) = l.split_once('|').unwrap();
+            (path.to_string(), id.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The ID counter of the desktop of the volume at `root` (the last ID it gave out).
+pub fn desktop_counter(root: &Path) -> u32 {
+    sqlite3(
+        &root.join(".Desktop"),
+        "SELECT value FROM meta WHERE key = 'last_id'",
+    )
+    .parse()
+    .unwrap()
+}
+
+/// Every object on disk at and below `top` (relative to the volume `root`), deskd's own
+/// names left out: their paths relative to `root`.
+pub fn disk_objects(root: &Path, top: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![top.to_string()];
+    while let Some(rel) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(root.join(&rel)) else {
+            continue;
+        };
+        if meta.is_dir() {
+            for e in std::fs::read_dir(root.join(&rel)).unwrap() {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                if !deskd_volume::is_protected(name.as_bytes()) {
+                    stack.push(format!("{rel}/{name}"));
+                }
+            }
+        }
+        out.push(rel);
+    }
+    out.sort();
+    out
+}
+
+/// Run dt (as `uid` when given) with the test hook `DESKD_TEST_MV_PAUSE_AT=step`, wait until
+/// it says it has reached that step, and kill it there with SIGKILL. Panics when dt ends
+/// without reaching it.
+pub fn dt_killed_at(env: &Env, uid: Option<u32>, step: &str, args: &[&[u8]]) {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let bin = match uid {
+        None => PathBuf::from(DT),
+        Some(_) => env.linked_for_others(DT),
+    };
+    let mut child = None;
+    for _ in 0..100 {
+        let mut cmd = env.command_for(bin.to_str().unwrap(), args);
+        cmd.env("DESKD_TEST_MV_PAUSE_AT", step)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => {
+                child = Some(other.unwrap());
+                break;
+            }
+        }
+    }
+    let mut child = child.expect("dt stayed busy");
+    let stderr = child.stderr.take().unwrap();
+    let mut said = String::new();
+    let wanted = format!("dt: test pause at {step}");
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        if line == wanted {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return;
+        }
+        said.push_str(&line);
+        said.push('\n');
+    }
+    panic!(
+        "dt {:?} ended ({:?}) without reaching step {step}: {said}",
+        show(args),
+        child.wait()
+    );
 }
