@@ -498,6 +498,7 @@ impl Env {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
 
 // --- mv ---
 
