@@ -404,11 +404,12 @@ impl Mounted {
         Mounted::tmpfs_of(mnt, "4m")
     }
 
-    /// A tmpfs of `size` (mount's `size=` syntax).
+    /// A tmpfs of `size` (mount's `size=` syntax), its root 0755 as a volume's usually is (a
+    /// new tmpfs is 1777, a world-writable root that deskd refuses to serve).
     pub fn tmpfs_of(mnt: std::path::PathBuf, size: &str) -> Option<Mounted> {
         std::fs::create_dir_all(&mnt).unwrap();
         let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
             .arg(&mnt)
             .output();
         match out {
