@@ -2,7 +2,8 @@
 //!
 //! A connection starts with a handshake: the client sends the 8 bytes
 //! `"DSKD" ++ u16 version ++ u16 flags` (big-endian); the server answers `"DSKD" ++ u16 version
-//! ++ u16 status` where status 0 accepts and 1 refuses (unsupported version; the server closes).
+//! ++ u16 status` where status 0 accepts and 1 refuses (unsupported version; the server closes);
+//! 4 and 5 refuse a connection over the connection limits ([`transport`]).
 //! Over TCP the server first challenges the client to prove it holds the shared token
 //! ([`transport`]).
 //!
@@ -12,6 +13,7 @@
 //! any order, so a client can pipeline. Every error is an [`ErrorCode`] plus a human message.
 //! `docs/protocol.md` documents the format byte by byte.
 
+pub mod deadline;
 pub mod spin;
 pub mod transport;
 
@@ -51,6 +53,9 @@ pub enum ProtoError {
     VersionMismatch { server: u16, client: u16 },
     #[error("authentication: {0}")]
     Auth(String),
+    /// The server turned the connection away (a connection limit); it closes.
+    #[error("deskd refused the connection: {0}")]
+    Refused(String),
 }
 
 /// What an object is, on the wire.

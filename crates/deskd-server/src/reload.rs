@@ -3,8 +3,9 @@
 //! Every setting of a reloaded configuration takes effect without a restart, except the TCP
 //! address: timers and durability on the volume's writer, `read_only` by closing and reopening
 //! the desktop under the same handle, volumes new in the file are opened, volumes gone from it
-//! are closed cleanly and no longer served, and the TCP token file, `tcp_admin` and
-//! `tcp_max_connections` are taken at once. A volume that is frozen (a backup may be copying its
+//! are closed cleanly and no longer served, and the TCP token file, `tcp_admin`,
+//! `tcp_max_connections` and the connection limits (`max_connections`,
+//! `max_connections_per_uid`, `frame_timeout`) are taken at once. A volume that is frozen (a backup may be copying its
 //! desktop) or rebuilding online is not closed; the log says so, and the next reload after that
 //! ends does it.
 
@@ -42,6 +43,7 @@ impl Server {
         let mut notes = Vec::new();
         if let Some(new) = new {
             self.reload_volumes(new, &mut notes);
+            self.shared.limits.set(new.limits);
         }
         for handle in &self.shared.volumes() {
             if let Some(Err(e)) = handle.ask(Job::Flush) {
