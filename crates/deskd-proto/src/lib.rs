@@ -414,6 +414,8 @@ pub struct VolumeStatus {
     pub objects: u64,
     pub last_id: u32,
     pub read_only: bool,
+    /// Why the volume is read-only when its configuration says writable (`file system full`).
+    pub read_only_reason: Option<String>,
     /// Unix time of the last flush (TRUNCATE checkpoint), 0 if none since start.
     pub last_flush: i64,
     /// False when the previous session ended without a clean shutdown.
@@ -484,6 +486,9 @@ pub enum ErrorCode {
     /// The server is shutting down.
     ShuttingDown,
     Internal,
+    /// The desktop's file system is (nearly) full: the write was refused before it could take
+    /// the space a checkpoint needs. Reads go on.
+    DiskFull,
 }
 
 /// An error reply.

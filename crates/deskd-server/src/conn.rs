@@ -291,7 +291,7 @@ impl Connection {
         let commits = handle.commits.load(Ordering::SeqCst);
         let open = || -> Result<CachedReader, ErrorReply> {
             Ok(CachedReader {
-                reader: Reader::open(&handle.desktop_path).map_err(db_error)?,
+                reader: handle.open_reader().map_err(db_error)?,
                 commits,
                 opening: handle.opening,
             })
@@ -601,6 +601,6 @@ fn volume_info(h: &VolumeHandle) -> VolumeInfo {
     VolumeInfo {
         vol: h.index,
         root: h.volume.root().as_os_str().as_bytes().to_vec(),
-        read_only: h.config.read_only,
+        read_only: h.read_only(),
     }
 }

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod outbox;
 pub mod rebuild;
 pub mod reload;
+pub mod space;
 pub mod volume;
 
 use std::net::TcpListener;

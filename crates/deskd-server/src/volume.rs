@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::apply::{apply_write, db_error, DirCache, Reply};
 use crate::config::VolumeConfig;
 use crate::conn::ReplySink;
+use crate::space;
 use crate::ServerError;
 
 /// Work for a volume's writer thread.
@@ -77,6 +78,23 @@ pub struct VolumeHandle {
     /// Tells this opening from an earlier one of the same volume (a reload may reopen it under
     /// the same handle): connections keep read connections per opening.
     pub opening: u64,
+    /// Why the volume is served read-only though its configuration says writable
+    /// ([`crate::space::FULL_REASON`]); a reload tries to open it writable again.
+    pub read_only_reason: Option<String>,
+    /// What readers open: the desktop, or a copy of it when it had to be read elsewhere.
+    reads: PathBuf,
+    /// Readers open `reads` immutable (a full file system: no `-shm` can be made).
+    immutable: bool,
+}
+
+/// What opening a desktop produced, for [`VolumeHandle::serve`].
+struct Opened {
+    reads: PathBuf,
+    immutable: bool,
+    read_only_reason: Option<String>,
+    clean_at_start: bool,
+    names: Arc<NameIndex>,
+    touches: Arc<TouchLog>,
 }
 
 /// Numbers the openings of volumes, for [`VolumeHandle::opening`].
@@ -198,7 +216,9 @@ impl VolumeHandle {
         rx.recv().ok()
     }
 
-    /// Open the volume's desktop and start its writer thread.
+    /// Open the volume's desktop and start its writer thread. When the desktop cannot be
+    /// opened for writing because its file system is full, the volume is served read-only
+    /// (`read-only: file system full` in the log and in status) and writes are refused.
     pub fn open(index: u32, config: VolumeConfig) -> Result<Arc<VolumeHandle>, ServerError> {
         let volume = Volume::new(&config.root)
             .map_err(|e| ServerError::Volume(format!("{}: {e}", config.root.display())))?;
@@ -208,14 +228,21 @@ impl VolumeHandle {
             desktop_path = read_only_desktop(&desktop_path, &root)?;
         }
         let lock = lock_exclusive(&desktop_path, &root)?;
-        let (mut desktop, report) =
-            Desktop::open(&desktop_path, config.durability).map_err(|e| {
-                ServerError::Volume(format!(
+        let side_files = space::SideFiles::missing_now(&desktop_path);
+        let (mut desktop, report) = match Desktop::open(&desktop_path, config.durability) {
+            Ok(opened) => opened,
+            Err(e) if space::open_failed_for_space(&e, &desktop_path, config.min_free) => {
+                side_files.remove_created();
+                return Self::open_full(index, config, volume, desktop_path, lock, e);
+            }
+            Err(e) => {
+                return Err(ServerError::Volume(format!(
                     "{}: cannot open desktop {}: {e}",
                     root.display(),
                     desktop_path.display()
-                ))
-            })?;
+                )))
+            }
+        };
         if !report.was_clean {
             warn!(
                 "missing DB shutdown:[{}] at {}, recommend rebuild to re-create desktop file",
@@ -234,17 +261,90 @@ impl VolumeHandle {
         if !config.read_only {
             ensure_root_record(&root);
         }
-        let owner_uid = std::fs::metadata(&root).map(|m| m.uid()).unwrap_or(0);
-        let state = Arc::new(Mutex::new(SharedState {
-            clean_at_start: report.was_clean,
-            ..Default::default()
-        }));
         // Attached before the loader takes its snapshot: no commit can fall between the two.
         let names = Arc::new(NameIndex::new());
         desktop.attach_name_index(names.clone());
         let touches = Arc::new(TouchLog::default());
         desktop.attach_touch_log(touches.clone());
-        spawn_name_index_load(&desktop_path, &root, names.clone());
+        let opened = Opened {
+            reads: desktop_path.clone(),
+            immutable: false,
+            read_only_reason: None,
+            clean_at_start: report.was_clean,
+            names,
+            touches,
+        };
+        Self::serve(
+            index,
+            config,
+            volume,
+            desktop_path,
+            lock,
+            Some(desktop),
+            opened,
+        )
+    }
+
+    /// Serve a volume whose desktop cannot be opened for writing for want of space: reads
+    /// only, from the desktop itself or a copy ([`space::full_disk_reads`]).
+    fn open_full(
+        index: u32,
+        config: VolumeConfig,
+        volume: Volume,
+        desktop_path: PathBuf,
+        lock: File,
+        why: deskd_db::DbError,
+    ) -> Result<Arc<VolumeHandle>, ServerError> {
+        let root = volume.root().to_path_buf();
+        let cannot = |e: String| {
+            ServerError::Volume(format!(
+                "{}: cannot open desktop {} ({why}), not even read-only: {e}",
+                root.display(),
+                desktop_path.display()
+            ))
+        };
+        let reads =
+            space::full_disk_reads(&desktop_path, &root).map_err(|e| cannot(e.to_string()))?;
+        let clean = open_reader_at(&reads.path, reads.immutable)
+            .and_then(|r| Ok((r.stats()?, r.meta("clean")?)))
+            .map_err(|e| cannot(e.to_string()))?;
+        let clean_at_start = clean.1.map(|v| v != 0).unwrap_or(true);
+        warn!(
+            "{}: read-only: {} (cannot open the desktop for writing: {why}); reads are served \
+             from {}{}; writes are refused until space is freed and deskd is reloaded (SIGHUP) \
+             or restarted",
+            root.display(),
+            space::FULL_REASON,
+            reads.path.display(),
+            if reads.immutable { "" } else { " (a copy)" },
+        );
+        let opened = Opened {
+            reads: reads.path,
+            immutable: reads.immutable,
+            read_only_reason: Some(space::FULL_REASON.to_string()),
+            clean_at_start,
+            names: Arc::new(NameIndex::new()),
+            touches: Arc::new(TouchLog::default()),
+        };
+        Self::serve(index, config, volume, desktop_path, lock, None, opened)
+    }
+
+    /// The handle of an opened volume, with its background loader, check and writer started.
+    fn serve(
+        index: u32,
+        config: VolumeConfig,
+        volume: Volume,
+        desktop_path: PathBuf,
+        lock: File,
+        desktop: Option<Desktop>,
+        opened: Opened,
+    ) -> Result<Arc<VolumeHandle>, ServerError> {
+        let root = volume.root().to_path_buf();
+        let owner_uid = std::fs::metadata(&root).map(|m| m.uid()).unwrap_or(0);
+        let state = Arc::new(Mutex::new(SharedState {
+            clean_at_start: opened.clean_at_start,
+            ..Default::default()
+        }));
         let (tx, rx) = crossbeam_channel::unbounded();
         let commits = Arc::new(AtomicU64::new(0));
         let handle = Arc::new(VolumeHandle {
@@ -256,31 +356,48 @@ impl VolumeHandle {
             state: state.clone(),
             owner_uid,
             commits: commits.clone(),
-            names,
-            touches,
+            names: opened.names,
+            touches: opened.touches,
             rebuild: Mutex::new(None),
             opening: OPENINGS.fetch_add(1, Ordering::SeqCst),
+            read_only_reason: opened.read_only_reason,
+            reads: opened.reads,
+            immutable: opened.immutable,
         });
-        spawn_check(&desktop_path, &root, state.clone());
+        spawn_name_index_load(&handle.reads, handle.immutable, &root, handle.names.clone());
+        spawn_check(&handle.reads, handle.immutable, &root, state.clone());
         let writer = Writer {
-            desktop: Some(desktop),
+            desktop,
             lock: Some(lock),
             volume,
             config,
             state,
             commits,
             wal_path: deskd_db::wal_path(&desktop_path),
+            desktop_dir: space::desktop_dir(&desktop_path).to_path_buf(),
             dirty_since: None,
             last_write: Instant::now(),
             frozen_until: None,
             checkpoint_after: None,
             held_back_since: None,
+            low_space_logged: None,
         };
         std::thread::Builder::new()
             .name(format!("writer-{index}"))
             .spawn(move || writer.run(rx))
             .map_err(|e| ServerError::Volume(format!("cannot start writer thread: {e}")))?;
         Ok(handle)
+    }
+
+    /// Whether clients may change this volume: not when configured read-only, nor when served
+    /// read-only for want of space.
+    pub fn read_only(&self) -> bool {
+        self.config.read_only || self.read_only_reason.is_some()
+    }
+
+    /// A read connection to this opening's desktop.
+    pub fn open_reader(&self) -> deskd_db::Result<deskd_db::Reader> {
+        open_reader_at(&self.reads, self.immutable)
     }
 
     /// Status of this volume, read through `reader`.
@@ -294,7 +411,8 @@ impl VolumeHandle {
             desktop: self.desktop_path.as_os_str().as_bytes().to_vec(),
             objects: stats.objects,
             last_id: stats.last_id,
-            read_only: self.config.read_only,
+            read_only: self.read_only(),
+            read_only_reason: self.read_only_reason.clone(),
             last_flush: state.last_flush,
             clean_at_start: state.clean_at_start,
             frozen_until,
@@ -338,14 +456,23 @@ fn ensure_root_record(root: &Path) {
 }
 
 /// Build the name index off the start-up path; `find` scans the table until it is ready.
-fn spawn_name_index_load(desktop: &Path, root: &Path, names: Arc<NameIndex>) {
+/// A read connection to `path`, immutable or not (see [`VolumeHandle::open_reader`]).
+fn open_reader_at(path: &Path, immutable: bool) -> deskd_db::Result<deskd_db::Reader> {
+    if immutable {
+        deskd_db::Reader::open_immutable(path)
+    } else {
+        deskd_db::Reader::open(path)
+    }
+}
+
+fn spawn_name_index_load(desktop: &Path, immutable: bool, root: &Path, names: Arc<NameIndex>) {
     let desktop = desktop.to_path_buf();
     let root = root.to_path_buf();
     let _ = std::thread::Builder::new()
         .name("name-index".into())
         .spawn(move || {
             let began = Instant::now();
-            match deskd_db::Reader::open(&desktop).and_then(|r| names.load(&r)) {
+            match open_reader_at(&desktop, immutable).and_then(|r| names.load(&r)) {
                 Ok(()) => info!(
                     volume = %root.display(),
                     names = names.names().unwrap_or(0),
@@ -361,13 +488,13 @@ fn spawn_name_index_load(desktop: &Path, root: &Path, names: Arc<NameIndex>) {
 }
 
 /// The quick logical check of DESIGN §6.5, off the start-up path.
-fn spawn_check(desktop: &Path, root: &Path, state: Arc<Mutex<SharedState>>) {
+fn spawn_check(desktop: &Path, immutable: bool, root: &Path, state: Arc<Mutex<SharedState>>) {
     let desktop = desktop.to_path_buf();
     let root = root.to_path_buf();
     let _ = std::thread::Builder::new()
         .name("check".into())
         .spawn(move || {
-            let result = deskd_db::Reader::open(&desktop).and_then(|r| r.quick_check());
+            let result = open_reader_at(&desktop, immutable).and_then(|r| r.quick_check());
             match result {
                 Ok(problems) if problems.is_empty() => {}
                 Ok(problems) => {
@@ -456,10 +583,17 @@ struct Writer {
     checkpoint_after: Option<Instant>,
     /// Since when timed checkpoints have been held back by a reader (for the log).
     held_back_since: Option<Instant>,
+    /// Where the WAL grows: its free space is checked before each commit.
+    desktop_dir: PathBuf,
+    /// When writes were last refused for want of space (logged at most once a minute).
+    low_space_logged: Option<Instant>,
 }
 
 impl Writer {
     fn run(mut self, rx: Receiver<Job>) {
+        if self.desktop.is_none() {
+            return self.serve_without_desktop(rx);
+        }
         let mut writes: Vec<(Request, ReplySink)> = Vec::new();
         loop {
             let job = match self.next_deadline() {
@@ -487,6 +621,7 @@ impl Writer {
                         match control {
                             Job::Shutdown(done) => {
                                 self.shutdown();
+                                self.remove_empty_wal();
                                 let _ = done.send(());
                                 return self.refuse_all(rx);
                             }
@@ -510,6 +645,100 @@ impl Writer {
             self.timers();
         }
         self.shutdown();
+    }
+
+    /// A volume served read-only for want of space has no write connection: writes are
+    /// refused with `DiskFull`, a flush has nothing to do, and a freeze only says so (the
+    /// desktop cannot change).
+    fn serve_without_desktop(mut self, rx: Receiver<Job>) {
+        let refusal = || {
+            ErrorReply::new(
+                ErrorCode::DiskFull,
+                format!(
+                    "{}: read-only: {}; free space on it, then reload deskd (SIGHUP) to write \
+                     again",
+                    self.volume.root().display(),
+                    space::FULL_REASON
+                ),
+            )
+        };
+        while let Ok(job) = rx.recv() {
+            match job {
+                Job::Write { reply, .. } => reply.send(Err(refusal())),
+                Job::Flush(reply) | Job::Thaw(reply) => {
+                    let _ = reply.send(Ok(Response::Done));
+                }
+                Job::Freeze(seconds, reply) => {
+                    let secs = seconds
+                        .unwrap_or(self.config.freeze_default)
+                        .min(self.config.freeze_max)
+                        .max(1);
+                    let _ = reply.send(Ok(Response::Frozen {
+                        until: now_unix() + secs as i64,
+                        clamped: seconds.is_some_and(|s| s > self.config.freeze_max),
+                        max: self.config.freeze_max,
+                    }));
+                }
+                Job::Retime(new, done) => {
+                    self.config = new;
+                    let _ = done.send(());
+                }
+                Job::Run(_) => {}
+                Job::Close(done) => {
+                    self.lock = None;
+                    let _ = done.send(Ok(()));
+                    return self.refuse_all(rx);
+                }
+                Job::Shutdown(done) => {
+                    self.lock = None;
+                    let _ = done.send(());
+                    return self.refuse_all(rx);
+                }
+            }
+        }
+    }
+
+    /// Before a commit: free space must cover the WAL (what a checkpoint may need to grow
+    /// the desktop) and `min_free`. When it does not, checkpoint first (the WAL's space comes
+    /// back); when that does not leave `min_free` either, refuse the batch.
+    fn make_room(&mut self) -> Result<(), ErrorReply> {
+        let free = |dir: &Path| space::free_bytes(dir).unwrap_or(u64::MAX);
+        let len = |file: &Path| std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        let min_free = self.config.min_free;
+        if space::room(free(&self.desktop_dir), len(&self.wal_path), min_free)
+            == space::Room::Enough
+        {
+            return Ok(());
+        }
+        let checkpointed = if self.frozen() {
+            Err(ErrorReply::new(ErrorCode::Busy, "frozen"))
+        } else {
+            self.flush(REQUESTED_CHECKPOINT_WAIT)
+        };
+        let left = free(&self.desktop_dir);
+        let wal = len(&self.wal_path);
+        if space::room(left, wal, min_free) == space::Room::Enough {
+            info!(volume = %self.volume.root().display(),
+                "little space left on the desktop's file system: WAL checkpointed before a commit");
+            return Ok(());
+        }
+        let root = self.volume.root().display().to_string();
+        if !matches!(self.low_space_logged, Some(t) if t.elapsed() < Duration::from_secs(60)) {
+            self.low_space_logged = Some(Instant::now());
+            warn!(volume = %root, "writes refused: {left} bytes free on the desktop's file system, \
+            less than the WAL ({wal} bytes) and min_free ({min_free}){}",
+            match &checkpointed {
+                Ok(()) => String::new(),
+                Err(e) => format!("; checkpoint: {}", e.message),
+            });
+        }
+        Err(ErrorReply::new(
+            ErrorCode::DiskFull,
+            format!(
+                "{root}: the desktop's file system is nearly full ({left} bytes free, min_free \
+                 {min_free}); nothing was recorded. Reads go on; free space and try again"
+            ),
+        ))
     }
 
     /// After the desktop is closed: answer whatever still arrives, until the last sender is
@@ -546,6 +775,12 @@ impl Writer {
 
     fn commit_batch(&mut self, writes: &mut Vec<(Request, ReplySink)>) {
         if writes.is_empty() {
+            return;
+        }
+        if let Err(refusal) = self.make_room() {
+            for (_, sink) in writes.drain(..) {
+                sink.send(Err(refusal.clone()));
+            }
             return;
         }
         let desktop = self.desktop.as_mut().expect("writer used after shutdown");
@@ -694,7 +929,24 @@ impl Writer {
     /// Checkpoint, waiting at most `wait` for readers of older snapshots.
     fn flush(&mut self, wait: Duration) -> Result<(), ErrorReply> {
         let desktop = self.desktop.as_ref().expect("writer used after shutdown");
-        let (busy, _, _) = desktop.checkpoint(wait).map_err(db_error)?;
+        let (busy, _, _) = desktop.checkpoint(wait).map_err(|e| {
+            if e.is_disk_full() {
+                let wal = std::fs::metadata(&self.wal_path)
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                ErrorReply::new(
+                    ErrorCode::DiskFull,
+                    format!(
+                        "{}: no space left for the checkpoint: folding the WAL ({wal} bytes) \
+                         into the desktop needs the desktop to grow; free space and flush \
+                         again (nothing is lost: the WAL keeps every change)",
+                        self.volume.root().display()
+                    ),
+                )
+            } else {
+                db_error(e)
+            }
+        })?;
         if busy != 0 {
             self.checkpoint_after = Some(Instant::now() + CHECKPOINT_RETRY);
             return Err(ErrorReply::new(
@@ -783,6 +1035,18 @@ impl Writer {
             Job::Write { .. } | Job::Close(_) | Job::Shutdown(_) => {
                 unreachable!("handled by run")
             }
+        }
+    }
+
+    /// At the server's end, after a clean close: remove a WAL the checkpoint emptied (and its
+    /// index), which the process's read connections would otherwise leave behind. Never done
+    /// at a reload's close: readers of this opening may still use them.
+    fn remove_empty_wal(&self) {
+        if std::fs::metadata(&self.wal_path).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(&self.wal_path);
+            let wal = self.wal_path.as_os_str().as_bytes();
+            let desktop = std::ffi::OsStr::from_bytes(&wal[..wal.len() - "-wal".len()]);
+            let _ = std::fs::remove_file(deskd_db::shm_path(Path::new(desktop)));
         }
     }
 

@@ -314,6 +314,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         "objects": s.objects,
                         "last_id": s.last_id,
                         "read_only": s.read_only,
+                        "read_only_reason": s.read_only_reason,
                         "last_flush": s.last_flush,
                         "clean_at_start": s.clean_at_start,
                         "frozen_until": s.frozen_until,
@@ -358,7 +359,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             .unwrap_or_else(|| "not frozen".into())
                     );
                     println!("  WAL:          {} bytes", s.wal_bytes);
-                    println!("  read-only:    {}", if s.read_only { "yes" } else { "no" });
+                    match (&s.read_only_reason, s.read_only) {
+                        (Some(why), _) => println!("  read-only:    yes: {why}"),
+                        (None, read_only) => {
+                            println!("  read-only:    {}", if read_only { "yes" } else { "no" })
+                        }
+                    }
                     if let Some(r) = &s.rebuild {
                         let mode = format!("{:?}", r.mode).to_lowercase();
                         match &r.finished {

@@ -278,3 +278,230 @@ fn half_sent_frames_are_closed_after_frame_timeout() {
     idle.volumes().unwrap();
     root_dt_works(&env);
 }
+
+// --- full disks ---
+
+/// The registered ID of `rel` (a path in the volume `root`), read with a lookup (no write).
+fn looked_up(env: &Env, root: &std::path::Path, rel: &str) -> u32 {
+    let mut c = env.client();
+    let vol = c.open_volume(root).unwrap().vol;
+    c.maybe_object(deskd_client::Request::LookupPath {
+        vol,
+        path: rel.as_bytes().to_vec(),
+    })
+    .unwrap()
+    .unwrap_or_else(|| panic!("{rel} not registered"))
+    .id
+}
+
+fn status_json(env: &Env, root: &std::path::Path) -> serde_json::Value {
+    let out = env.deskd_ok(&["status", "--json", "--volume", root.to_str().unwrap()]);
+    serde_json::from_str(out.lines().next().unwrap()).unwrap()
+}
+
+/// The desktop is sound: SQLite's integrity check, read without creating any side file.
+fn assert_sound(desktop: &std::path::Path) {
+    let uri = format!("file:{}?immutable=1", desktop.display());
+    assert_eq!(
+        sqlite3(std::path::Path::new(&uri), "PRAGMA integrity_check"),
+        "ok"
+    );
+}
+
+fn assert_no_wal(desktop: &std::path::Path, env: &Env) {
+    for side in ["-wal", "-shm"] {
+        let mut path = desktop.as_os_str().to_owned();
+        path.push(side);
+        assert!(
+            !std::path::Path::new(&path).exists(),
+            "{} left behind: {}",
+            std::path::Path::new(&path).display(),
+            env.log_text()
+        );
+    }
+}
+
+#[test]
+fn a_volume_on_a_full_file_system_opens_read_only_and_serves_reads() {
+    let mut env = Env::new(&[]);
+    let fs = SmallExt4::mount(env.path("mnt"), 16);
+    let vol = fs.mnt.join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    for n in &names {
+        std::fs::write(vol.join(n), b"").unwrap();
+    }
+    let vol_arg = vol.display().to_string();
+    env.start(&[&vol_arg]);
+    let paths: Vec<_> = names.iter().map(|n| vol.join(n)).collect();
+    let ids: Vec<u64> = env
+        .ids(&paths)
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect();
+    env.term();
+    fs.fill_leaving("fill", 0);
+    assert!(fs.free_bytes() < 4096, "{} bytes free", fs.free_bytes());
+
+    // It opens, read-only, and says why in the log and in status.
+    env.start(&[&vol_arg]);
+    assert!(
+        env.log_text().contains("read-only: file system full"),
+        "{}",
+        env.log_text()
+    );
+    let status = status_json(&env, &vol);
+    assert_eq!(status["read_only"], true, "{status}");
+    assert_eq!(status["read_only_reason"], "file system full", "{status}");
+    let text = env.deskd_ok(&["status", "--volume", &vol_arg]);
+    assert!(
+        text.contains("read-only:    yes: file system full"),
+        "{text}"
+    );
+    // Reads are served, with the IDs as recorded.
+    for (n, id) in names.iter().zip(&ids) {
+        assert_eq!(looked_up(&env, &vol, n) as u64, *id);
+    }
+    let listing = env.dt_ok(&[b"ls", b"-l", vol_arg.as_bytes()]);
+    assert!(listing.contains(&ids[3].to_string()), "{listing}");
+    // A write is refused, saying why.
+    let out = env.dt(&[b"mkdir", vol.join("new").as_os_str().as_encoded_bytes()]);
+    assert!(!out.status.success());
+    // SIGTERM leaves no WAL (nor anything else the failed writable open made).
+    env.term();
+    assert_no_wal(&vol.join(".Desktop"), &env);
+    assert_sound(&vol.join(".Desktop"));
+
+    // Space comes back: a SIGHUP opens it writable again.
+    env.start(&[&vol_arg]);
+    std::fs::remove_file(fs.mnt.join("fill")).unwrap();
+    env.sighup(1);
+    let status = status_json(&env, &vol);
+    assert_eq!(status["read_only"], false, "{status}");
+    assert!(status["read_only_reason"].is_null(), "{status}");
+    std::fs::write(vol.join("later"), b"").unwrap();
+    let later = env.id_of(&vol.join("later"));
+    assert!(later as u64 > *ids.iter().max().unwrap());
+    env.term();
+    assert_no_wal(&vol.join(".Desktop"), &env);
+    assert_sound(&vol.join(".Desktop"));
+}
+
+/// Register `paths` (relative to `root`) through one pipelining client; the error of each
+/// refused one.
+fn register_all(env: &Env, root: &std::path::Path, paths: &[String]) -> Vec<Option<String>> {
+    let mut c = env.client();
+    let vol = c.open_volume(root).unwrap().vol;
+    let sent: Vec<u64> = paths
+        .iter()
+        .map(|p| {
+            c.send(deskd_client::Request::AddPath {
+                vol,
+                path: p.clone().into_bytes(),
+                hint: None,
+                type_code: None,
+                creator: None,
+            })
+            .unwrap()
+        })
+        .collect();
+    c.flush().unwrap();
+    sent.into_iter()
+        .map(|id| c.wait(id).err().map(|e| e.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_wal_never_takes_the_last_space_and_flush_works_on_a_full_disk() {
+    const MIN_FREE: u64 = 1 << 20;
+    let mut env = Env::new(&[]);
+    let fs = SmallExt4::mount(env.path("mnt"), 24);
+    let vol = fs.mnt.join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    let config = env.path("deskd.toml");
+    // No timed checkpoint during the test: only the free-space rule can empty the WAL.
+    std::fs::write(
+        &config,
+        format!("[defaults]\nmin_free = {MIN_FREE}\nflush_delay = 3600\nidle_close = 3600\n"),
+    )
+    .unwrap();
+    let (config, vol_arg) = (config.display().to_string(), vol.display().to_string());
+    env.start(&["--config", &config, &vol_arg]);
+    fs.fill_leaving("fill", MIN_FREE + (1536 << 10));
+
+    // Rounds of 100 registrations, each a commit that grows the WAL, until space runs out.
+    let mut registered = Vec::new();
+    let mut refused = None;
+    'rounds: for round in 0..50 {
+        let names: Vec<String> = (0..100).map(|i| format!("r{round}-{i}")).collect();
+        for n in &names {
+            if std::fs::write(vol.join(n), b"").is_err() {
+                break 'rounds; // out of inodes or directory blocks: enough
+            }
+        }
+        for (name, error) in names.iter().zip(register_all(&env, &vol, &names)) {
+            match error {
+                None => registered.push(name.clone()),
+                Some(e) => {
+                    refused = Some(e);
+                    break 'rounds;
+                }
+            }
+        }
+        assert!(fs.free_bytes() > 0, "the disk filled up in round {round}");
+    }
+    let log = env.log_text();
+    assert!(
+        log.contains("WAL checkpointed before a commit"),
+        "the free-space rule never checkpointed: {log}"
+    );
+    if let Some(e) = &refused {
+        assert!(e.contains("nearly full"), "{e}");
+    }
+    // Every acknowledged registration is there, the WAL can be folded in, reads go on.
+    env.deskd_ok(&["flush", "--volume", &vol_arg]);
+    assert_eq!(status_json(&env, &vol)["wal_bytes"], 0);
+    assert!(looked_up(&env, &vol, &registered[0]) > 0);
+    assert!(looked_up(&env, &vol, registered.last().unwrap()) > 0);
+
+    // A WAL of changes to existing rows, then the disk filled to the last block by someone
+    // else: `deskd flush` folds it in (no new page is needed) and gives its space back.
+    let mut c = env.client();
+    let v = c.open_volume(&vol).unwrap().vol;
+    for name in registered.iter().take(50) {
+        let id = looked_up(&env, &vol, name);
+        c.object(deskd_client::Request::SetInfo {
+            vol: v,
+            id,
+            type_code: Some(*b"TEXT"),
+            creator: Some(*b"ttxt"),
+            flags: None,
+        })
+        .unwrap();
+    }
+    assert!(status_json(&env, &vol)["wal_bytes"].as_u64().unwrap() > 0);
+    fs.fill_leaving("fill2", 0);
+    env.deskd_ok(&["flush", "--volume", &vol_arg]);
+    assert_eq!(status_json(&env, &vol)["wal_bytes"], 0);
+    // With less than min_free left, a write is refused with a clear error; reads go on.
+    let errors = register_all(&env, &vol, &[registered[0].clone(), "r0-0-new".into()]);
+    let error = errors[1].clone().expect("refused");
+    assert!(
+        error.contains("nearly full") && error.contains("nothing was recorded"),
+        "{error}"
+    );
+    assert!(looked_up(&env, &vol, &registered[1]) > 0);
+
+    // SIGTERM on the full disk leaves no WAL, and the desktop is sound.
+    env.term();
+    assert_no_wal(&vol.join(".Desktop"), &env);
+    assert_sound(&vol.join(".Desktop"));
+    let objects = sqlite3(
+        std::path::Path::new(&format!("file:{}/.Desktop?immutable=1", vol.display())),
+        "SELECT count(*) FROM objects",
+    );
+    assert!(
+        objects.parse::<usize>().unwrap() > registered.len(),
+        "{objects}"
+    );
+}
