@@ -305,10 +305,19 @@ impl VolumeHandle {
         };
         let reads =
             space::full_disk_reads(&desktop_path, &root).map_err(|e| cannot(e.to_string()))?;
-        let clean = open_reader_at(&reads.path, reads.immutable)
+        let (stats, clean) = open_reader_at(&reads.path, reads.immutable)
             .and_then(|r| Ok((r.stats()?, r.meta("clean")?)))
             .map_err(|e| cannot(e.to_string()))?;
-        let clean_at_start = clean.1.map(|v| v != 0).unwrap_or(true);
+        if stats.format_version > deskd_db::FORMAT_VERSION {
+            return Err(cannot(
+                deskd_db::DbError::FormatTooNew {
+                    found: stats.format_version,
+                    supported: deskd_db::FORMAT_VERSION,
+                }
+                .to_string(),
+            ));
+        }
+        let clean_at_start = clean.map(|v| v != 0).unwrap_or(true);
         warn!(
             "{}: read-only: {} (cannot open the desktop for writing: {why}); reads are served \
              from {}{}; writes are refused until space is freed and deskd is reloaded (SIGHUP) \
