@@ -34,8 +34,8 @@ pub enum Job {
     Flush(Sender<Reply>),
     Freeze(Option<u32>, Sender<Reply>),
     Thaw(Sender<Reply>),
-    /// New settings (flush_delay, idle_close, freeze_default, freeze_max, wal_limit and
-    /// durability) from a reloaded configuration; read_only needs the volume reopened.
+    /// New settings (flush_delay, idle_close, freeze_default, freeze_max, wal_limit, min_free
+    /// and durability) from a reloaded configuration; read_only needs the volume reopened.
     Retime(VolumeConfig, Sender<()>),
     /// Work on the desktop between two batches (an online rebuild's apply); returns whether
     /// it committed.
@@ -390,6 +390,7 @@ impl VolumeHandle {
             checkpoint_after: None,
             held_back_since: None,
             low_space_logged: None,
+            low_space_checkpointed: None,
         };
         std::thread::Builder::new()
             .name(format!("writer-{index}"))
@@ -596,7 +597,12 @@ struct Writer {
     desktop_dir: PathBuf,
     /// When writes were last refused for want of space (logged at most once a minute).
     low_space_logged: Option<Instant>,
+    /// When a commit last had to checkpoint first for want of space (logged likewise).
+    low_space_checkpointed: Option<Instant>,
 }
+
+/// How often the log may say that space is short (a nearly full disk affects every commit).
+const LOW_SPACE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl Writer {
     fn run(mut self, rx: Receiver<Job>) {
@@ -727,12 +733,17 @@ impl Writer {
         let left = free(&self.desktop_dir);
         let wal = len(&self.wal_path);
         if space::room(left, wal, min_free) == space::Room::Enough {
-            info!(volume = %self.volume.root().display(),
-                "little space left on the desktop's file system: WAL checkpointed before a commit");
+            if !matches!(self.low_space_checkpointed, Some(t) if t.elapsed() < LOW_SPACE_LOG_EVERY)
+            {
+                self.low_space_checkpointed = Some(Instant::now());
+                info!(volume = %self.volume.root().display(),
+                    "little space left on the desktop's file system: WAL checkpointed before a \
+                     commit ({left} bytes free; said at most once a minute)");
+            }
             return Ok(());
         }
         let root = self.volume.root().display().to_string();
-        if !matches!(self.low_space_logged, Some(t) if t.elapsed() < Duration::from_secs(60)) {
+        if !matches!(self.low_space_logged, Some(t) if t.elapsed() < LOW_SPACE_LOG_EVERY) {
             self.low_space_logged = Some(Instant::now());
             warn!(volume = %root, "writes refused: {left} bytes free on the desktop's file system, \
             less than the WAL ({wal} bytes) and min_free ({min_free}){}",
@@ -1020,6 +1031,7 @@ impl Writer {
                 self.config.freeze_default = new.freeze_default;
                 self.config.freeze_max = new.freeze_max;
                 self.config.wal_limit = new.wal_limit;
+                self.config.min_free = new.min_free;
                 if new.durability != self.config.durability {
                     let desktop = self.desktop.as_ref().expect("writer used after shutdown");
                     match desktop.set_durability(new.durability) {
