@@ -75,8 +75,8 @@ impl ReplySink {
 /// Who is at the other end of a connection.
 #[derive(Debug, Clone, Copy)]
 pub enum Peer {
-    /// A local process, with its uid from `SO_PEERCRED` (None until the connection thread has
-    /// read it, and when the kernel would not say).
+    /// A local process, with its uid from `SO_PEERCRED` (None when the kernel would not say;
+    /// the connection thread reads it again with the rest of the credentials).
     Unix { uid: Option<u32> },
     /// A TCP client that proved it holds the token.
     Tcp { addr: SocketAddr },

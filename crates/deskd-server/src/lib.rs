@@ -335,7 +335,7 @@ impl Server {
             match limits.admit(uid) {
                 Ok(slot) => Ok(Some((
                     Stream::Unix(stream),
-                    Peer::Unix { uid: None },
+                    Peer::Unix { uid },
                     ConnSlot::Unix(slot),
                 ))),
                 Err(refusal) => {
