@@ -410,12 +410,14 @@ fn a_volume_on_a_full_file_system_opens_read_only_and_serves_reads() {
     let errors = register_all(&env, &vol, &["f1".to_string()]);
     let error = errors[0].clone().expect("refused");
     assert!(error.contains("read-only: file system full"), "{error}");
-    let out = env.dt(&[b"info", vol.join("f2").as_os_str().as_encoded_bytes()]);
+    let out = env.dt(&[b"mkdir", vol.join("new").as_os_str().as_encoded_bytes()]);
     assert!(
-        stderr(&out).contains("read-only: file system full"),
+        stderr(&out).contains("volume is read-only"),
         "{}",
         stderr(&out)
     );
+    // `dt info` of a registered object needs no write.
+    assert_eq!(env.id_of(&vol.join("f2")) as u64, ids[2]);
     // SIGTERM leaves no WAL (nor anything else the failed writable open made).
     env.term();
     assert_no_wal(&vol.join(".Desktop"), &env);
