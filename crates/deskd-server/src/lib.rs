@@ -331,8 +331,9 @@ impl Server {
             let (stream, _) = listener.accept()?;
             // The uid decides the slot; the rest of the credentials the connection's own
             // thread asks the kernel for.
-            let uid = access::peer_ucred(&stream).ok().map(|c| c.uid);
-            match limits.admit(uid) {
+            let cred = access::peer_ucred(&stream).ok();
+            let (uid, pid) = (cred.map(|c| c.uid), cred.map_or(0, |c| c.pid));
+            match limits.admit(uid, pid) {
                 Ok(slot) => Ok(Some((
                     Stream::Unix(stream),
                     Peer::Unix { uid },
