@@ -185,6 +185,12 @@ enum Command {
         /// Where afpd connects. The protocol has no authentication: keep it on loopback.
         #[arg(long, default_value = "127.0.0.1:4700", value_name = "HOST:PORT")]
         listen: String,
+        /// Most afpd connections served at once; more are closed at once.
+        #[arg(long, default_value_t = 256)]
+        max_connections: usize,
+        /// Seconds a handshake, or a request once begun, may take to arrive whole.
+        #[arg(long, default_value_t = 10)]
+        frame_timeout: u64,
     },
 }
 
@@ -227,7 +233,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             volumes,
         } => serve(&cli.connection, config, listen, volumes),
-        Command::Netatalk { listen } => netatalk(&cli.connection, &listen),
+        Command::Netatalk {
+            listen,
+            max_connections,
+            frame_timeout,
+        } => {
+            let limits = deskd_netatalk::Limits {
+                max_connections: max_connections.max(1),
+                frame_timeout: std::time::Duration::from_secs(frame_timeout.max(1)),
+            };
+            netatalk(&cli.connection, &listen, limits)
+        }
         Command::Rebuild {
             fresh,
             scan,
@@ -489,7 +505,11 @@ fn init_logging() {
 }
 
 /// `deskd netatalk`: accept afpd connections, one thread each, until killed.
-fn netatalk(connection: &ConnectionArgs, listen: &str) -> Result<ExitCode> {
+fn netatalk(
+    connection: &ConnectionArgs,
+    listen: &str,
+    limits: deskd_netatalk::Limits,
+) -> Result<ExitCode> {
     init_logging();
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -508,7 +528,11 @@ fn netatalk(connection: &ConnectionArgs, listen: &str) -> Result<ExitCode> {
         listener.local_addr()?,
         address.endpoint
     );
-    deskd_netatalk::serve(listener, std::sync::Arc::new(move || address.connect()));
+    deskd_netatalk::serve(
+        listener,
+        std::sync::Arc::new(move || address.connect()),
+        limits,
+    );
     Ok(ExitCode::SUCCESS)
 }
 

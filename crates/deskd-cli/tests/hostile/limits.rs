@@ -577,3 +577,142 @@ fn the_wal_never_takes_the_last_space_and_flush_works_on_a_full_disk() {
         "{objects}"
     );
 }
+
+// --- the Netatalk bridge ---
+
+/// `deskd netatalk` with `args`, talking to the Env's server; killed when dropped.
+struct Bridge {
+    child: Child,
+    log: std::path::PathBuf,
+    addr: String,
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Bridge {
+    fn start(env: &Env, args: &[&str]) -> Bridge {
+        let log = env.path("netatalk.log");
+        let child = std::process::Command::new(DESKD)
+            .args(["netatalk", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("DESKD_SOCKET", &env.socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut bridge = Bridge {
+            child,
+            log,
+            addr: String::new(),
+        };
+        let began = Instant::now();
+        loop {
+            let text = bridge.log_text();
+            if let Some(rest) = text.split("CNID protocol on ").nth(1) {
+                bridge.addr = rest.split_whitespace().next().unwrap().to_string();
+                return bridge;
+            }
+            assert!(began.elapsed() < Duration::from_secs(10), "{text}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// afpd's handshake for volume `root`.
+    fn hello(root: &std::path::Path) -> Vec<u8> {
+        deskd_netatalk::wire::encode_handshake(&deskd_netatalk::wire::Handshake {
+            volume_name: b"Public".to_vec(),
+            volume_path: root.as_os_str().as_encoded_bytes().to_vec(),
+            user: b"alice".to_vec(),
+        })
+    }
+
+    /// A GETSTAMP request.
+    fn getstamp() -> Vec<u8> {
+        deskd_netatalk::wire::encode_request(&deskd_netatalk::wire::Request::new(
+            deskd_netatalk::wire::op::GETSTAMP,
+            0,
+            0,
+            b"",
+        ))
+    }
+
+    /// An afpd connection to `root` that the bridge answered (None: it was closed).
+    fn served(&self, root: &std::path::Path) -> Option<TcpStream> {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&Bridge::hello(root)).ok()?;
+        Bridge::stamp(&mut s).then_some(s)
+    }
+
+    /// Whether a GETSTAMP on `s` is answered.
+    fn stamp(s: &mut TcpStream) -> bool {
+        s.write_all(&Bridge::getstamp()).is_ok() && deskd_netatalk::wire::read_reply(s).is_ok()
+    }
+}
+
+#[test]
+fn the_netatalk_bridge_limits_connections_and_half_sent_requests() {
+    let mut env = Env::new(&["vol"]);
+    std::fs::write(env.path("vol/f"), b"x").unwrap();
+    // (One process of root, as the bridge is, cannot use up deskd's reserve either: see
+    // a_flood_by_one_user_keeps_no_one_else_out.)
+    serve_with(&mut env, "max_connections = 64");
+    root_dt_works(&env);
+    let vol = env.path("vol");
+    let bridge = Bridge::start(&env, &["--max-connections", "20", "--frame-timeout", "1"]);
+
+    // Half-sent input is cut off: a trickled handshake, and half a request after a good one.
+    let mut idle = bridge.served(&vol).expect("served");
+    let mut trickle = TcpStream::connect(&bridge.addr).unwrap();
+    trickle
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    trickle_until_closed(&mut trickle, &Bridge::hello(&vol), &env, "bridge handshake");
+    let mut half = bridge.served(&vol).expect("served");
+    half.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    half.write_all(&Bridge::getstamp()[..20]).unwrap();
+    closed_within(&mut half, Duration::from_secs(8), "bridge request", &env);
+    assert!(
+        bridge
+            .log_text()
+            .contains("a request did not arrive whole within the frame timeout"),
+        "{}",
+        bridge.log_text()
+    );
+    // An idle afpd connection, quiet for longer than the frame timeout, is still served.
+    assert!(Bridge::stamp(&mut idle));
+    drop(idle);
+
+    // A flood of afpd connections (anyone on the host can make them): at most 20 are served
+    // by the bridge, the rest closed at once; root's dt still gets in.
+    let began = Instant::now();
+    let mut served = Vec::new();
+    let mut closed = 0;
+    for _ in 0..40 {
+        match bridge.served(&vol) {
+            Some(s) => served.push(s),
+            None => closed += 1,
+        }
+    }
+    assert!(served.len() <= 20, "{} served", served.len());
+    assert!(closed >= 20, "{closed} closed");
+    let log = bridge.log_text();
+    assert!(
+        log.contains("refused: 20 afpd connections are open (--max-connections)"),
+        "{log}"
+    );
+    for _ in 0..3 {
+        root_dt_works(&env);
+    }
+    assert!(began.elapsed() < Duration::from_secs(60));
+}
