@@ -24,7 +24,8 @@ pub struct VolumePrefs {
     pub durability: Option<Durability>,
     /// WAL size in bytes that triggers a passive checkpoint.
     pub wal_limit: Option<u64>,
-    /// Bytes kept free on the desktop's file system beyond the WAL (default 4 MiB): a commit
+    /// Bytes kept free on the desktop's file system beyond the WAL (default 4 MiB, or 1/64 of a
+    /// smaller file system's size): a commit
     /// that would leave less checkpoints first, and is refused when that does not make room.
     pub min_free: Option<u64>,
     /// Keep desktops under `<location>/<volume path>/.Desktop` (relative: under `state_dir`).
@@ -34,7 +35,8 @@ pub struct VolumePrefs {
 }
 
 /// Bytes kept free beside the WAL when `min_free` is not set: room for a large batch's frames
-/// and for the checkpoint that folds them into the desktop.
+/// and for the checkpoint that folds them into the desktop. On a file system smaller than 256
+/// MiB it is 1/64 of its size instead ([`crate::space::min_free`]).
 pub const DEFAULT_MIN_FREE: u64 = 4 << 20;
 
 /// The `[server]` table.
@@ -84,7 +86,8 @@ pub struct VolumeConfig {
     pub freeze_max: u32,
     pub durability: Durability,
     pub wal_limit: u64,
-    pub min_free: u64,
+    /// None: [`DEFAULT_MIN_FREE`], or less on a small file system.
+    pub min_free: Option<u64>,
     pub desktop_location: Option<PathBuf>,
     pub read_only: bool,
 }
@@ -183,7 +186,7 @@ impl ConfigFile {
                 freeze_max,
                 durability: prefs.durability.or(d.durability).unwrap_or_default(),
                 wal_limit: pick(prefs.wal_limit, d.wal_limit, 64 << 20).max(1 << 20),
-                min_free: pick(prefs.min_free, d.min_free, DEFAULT_MIN_FREE),
+                min_free: prefs.min_free.or(d.min_free),
                 desktop_location: location,
                 read_only: prefs.read_only.or(d.read_only).unwrap_or(false),
                 root,

@@ -12,6 +12,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::config::DEFAULT_MIN_FREE;
+
 /// What status and the log say of a volume served read-only for want of space.
 pub const FULL_REASON: &str = "file system full";
 
@@ -19,8 +21,15 @@ pub const FULL_REASON: &str = "file system full";
 /// SQLite said (a `-shm` that cannot grow is reported as a plain I/O error).
 const NEARLY_FULL: u64 = 1 << 20;
 
-/// Bytes free for the server under `path` (statvfs: `f_bavail`; root may have more).
-pub fn free_bytes(path: &Path) -> io::Result<u64> {
+/// A file system's size and the bytes free on it for the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub free: u64,
+    pub size: u64,
+}
+
+/// Size and free bytes of the file system under `path` (statvfs: `f_blocks`, `f_bavail`).
+pub fn usage(path: &Path) -> io::Result<Usage> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
     // SAFETY: statvfs writes one struct statvfs; the path is a valid C string.
@@ -28,7 +37,22 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    let block = st.f_frsize as u64;
+    Ok(Usage {
+        free: st.f_bavail as u64 * block,
+        size: st.f_blocks as u64 * block,
+    })
+}
+
+/// Bytes free for the server under `path`.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    usage(path).map(|u| u.free)
+}
+
+/// The reserve kept beyond the WAL: `configured`, else [`DEFAULT_MIN_FREE`] or 1/64 of a
+/// file system of `size` bytes when that is less (a 16 MiB file system keeps 256 KiB).
+pub fn min_free(configured: Option<u64>, size: u64) -> u64 {
+    configured.unwrap_or((size / 64).min(DEFAULT_MIN_FREE))
 }
 
 /// The directory a desktop is in (where its WAL grows).
@@ -40,9 +64,14 @@ pub fn desktop_dir(desktop: &Path) -> &Path {
 }
 
 /// Whether an open of `desktop` that failed with `error` failed for want of space.
-pub fn open_failed_for_space(error: &deskd_db::DbError, desktop: &Path, min_free: u64) -> bool {
+pub fn open_failed_for_space(
+    error: &deskd_db::DbError,
+    desktop: &Path,
+    configured_min_free: Option<u64>,
+) -> bool {
     error.is_disk_full()
-        || free_bytes(desktop_dir(desktop)).is_ok_and(|free| free < NEARLY_FULL.min(min_free))
+        || usage(desktop_dir(desktop))
+            .is_ok_and(|u| u.free < NEARLY_FULL.min(min_free(configured_min_free, u.size)))
 }
 
 /// Whether a commit may go ahead on the desktop's file system.
@@ -148,6 +177,13 @@ mod tests {
         assert_eq!(room(100, 10, 50), Room::Enough);
         assert_eq!(room(59, 10, 50), Room::CheckpointFirst);
         assert_eq!(room(u64::MAX, u64::MAX, 1), Room::Enough);
+    }
+
+    #[test]
+    fn the_default_reserve_shrinks_on_small_file_systems() {
+        assert_eq!(min_free(None, 16 << 20), 256 << 10);
+        assert_eq!(min_free(None, 1 << 40), DEFAULT_MIN_FREE);
+        assert_eq!(min_free(Some(7), 1 << 40), 7);
     }
 
     #[test]

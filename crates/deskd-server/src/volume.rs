@@ -717,12 +717,16 @@ impl Writer {
     /// the desktop) and `min_free`. When it does not, checkpoint first (the WAL's space comes
     /// back); when that does not leave `min_free` either, refuse the batch.
     fn make_room(&mut self) -> Result<(), ErrorReply> {
-        let free = |dir: &Path| space::free_bytes(dir).unwrap_or(u64::MAX);
+        let usage = |dir: &Path| {
+            space::usage(dir).unwrap_or(space::Usage {
+                free: u64::MAX,
+                size: u64::MAX,
+            })
+        };
         let len = |file: &Path| std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
-        let min_free = self.config.min_free;
-        if space::room(free(&self.desktop_dir), len(&self.wal_path), min_free)
-            == space::Room::Enough
-        {
+        let now = usage(&self.desktop_dir);
+        let min_free = space::min_free(self.config.min_free, now.size);
+        if space::room(now.free, len(&self.wal_path), min_free) == space::Room::Enough {
             return Ok(());
         }
         let checkpointed = if self.frozen() {
@@ -730,7 +734,7 @@ impl Writer {
         } else {
             self.flush(REQUESTED_CHECKPOINT_WAIT)
         };
-        let left = free(&self.desktop_dir);
+        let left = usage(&self.desktop_dir).free;
         let wal = len(&self.wal_path);
         if space::room(left, wal, min_free) == space::Room::Enough {
             if !matches!(self.low_space_checkpointed, Some(t) if t.elapsed() < LOW_SPACE_LOG_EVERY)
