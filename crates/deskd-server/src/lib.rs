@@ -4,7 +4,9 @@
 //! lock, the `missing DB shutdown` line, a background logical check, one writer thread with
 //! group commit and the flush/idle/WAL/freeze timers), binds the Unix socket (and, when
 //! configured, a TCP address whose clients must prove they hold a shared token) and serves each
-//! connection on its own thread ([`conn`]). Every client claim is verified against the file
+//! connection on its own thread ([`conn`]), within the connection limits and frame timeout of
+//! [`limits`]. A desktop on a full file system is served read-only, and no commit takes the
+//! space its checkpoint needs ([`space`]). Every client claim is verified against the file
 //! system before the desktop changes ([`apply`]). A SIGHUP's reload ([`reload`]) applies a new
 //! configuration to the running server. [`Server::shutdown`] commits, flushes and records the
 //! clean-shutdown flag on every volume.

@@ -3,7 +3,9 @@
 //!
 //! The writer drains its queue, applies everything that arrived as one transaction (each
 //! request in its own savepoint), commits, and only then acknowledges (group commit with no added
-//! delay). Between batches it runs the flush, idle-close, WAL-limit and freeze timers.
+//! delay). Between batches it runs the flush, idle-close, WAL-limit and freeze timers. Before a
+//! commit it keeps `min_free` free beyond the WAL ([`crate::space`]); a desktop that cannot be
+//! opened for writing for want of space is served read-only, by a writer without a desktop.
 
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -465,7 +467,6 @@ fn ensure_root_record(root: &Path) {
     }
 }
 
-/// Build the name index off the start-up path; `find` scans the table until it is ready.
 /// A read connection to `path`, immutable or not (see [`VolumeHandle::open_reader`]).
 fn open_reader_at(path: &Path, immutable: bool) -> deskd_db::Result<deskd_db::Reader> {
     if immutable {
@@ -475,6 +476,7 @@ fn open_reader_at(path: &Path, immutable: bool) -> deskd_db::Result<deskd_db::Re
     }
 }
 
+/// Build the name index off the start-up path; `find` scans the table until it is ready.
 fn spawn_name_index_load(desktop: &Path, immutable: bool, root: &Path, names: Arc<NameIndex>) {
     let desktop = desktop.to_path_buf();
     let root = root.to_path_buf();
