@@ -115,6 +115,29 @@ impl SideFiles {
     }
 }
 
+/// The byte of a `-shm` file every SQLite connection holds a read lock on for its whole life
+/// (SQLite's "DMS" lock: `(22 + 8) * 4` in the unix VFS).
+const SHM_DMS_BYTE: libc::off_t = 128;
+
+/// Whether another process has `desktop` open through SQLite (a lock on its `-shm` file's DMS
+/// byte). This process's own locks are not seen. Asking closes a descriptor of the file, which
+/// drops this process's own locks on it: only for the end of the server's life.
+pub fn open_elsewhere(desktop: &Path) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let Ok(shm) = std::fs::File::open(deskd_db::shm_path(desktop)) else {
+        return false;
+    };
+    // SAFETY: an all-zero flock is a valid value to fill in.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock.l_start = SHM_DMS_BYTE;
+    lock.l_len = 1;
+    // SAFETY: F_GETLK reads and writes one flock on a valid descriptor.
+    let rc = unsafe { libc::fcntl(shm.as_raw_fd(), libc::F_GETLK, &mut lock) };
+    rc != 0 || lock.l_type != libc::F_UNLCK as libc::c_short
+}
+
 /// Where a volume served read-only for want of space is read from.
 pub struct FullDiskReads {
     /// The file readers open.
@@ -191,6 +214,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(free_bytes(dir.path()).unwrap() > 0);
         assert_eq!(desktop_dir(Path::new(".Desktop")), Path::new("."));
+    }
+
+    #[test]
+    fn a_connection_of_another_process_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".Desktop");
+        let (d, _) = deskd_db::Desktop::open(&path, deskd_db::Durability::Normal).unwrap();
+        // This process's own connection does not count.
+        assert!(!open_elsewhere(&path));
+        let child = std::process::Command::new("sqlite3")
+            .arg(&path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sqlite3 CLI installed");
+        let mut child = child;
+        {
+            use std::io::{BufRead, Write};
+            let stdin = child.stdin.as_mut().unwrap();
+            writeln!(stdin, "SELECT count(*) FROM objects;").unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line.trim(), "1");
+        }
+        assert!(
+            open_elsewhere(&path),
+            "the sqlite3 session holds the desktop"
+        );
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        assert!(!open_elsewhere(&path));
+        drop(d);
     }
 
     #[test]

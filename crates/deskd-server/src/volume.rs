@@ -1067,13 +1067,18 @@ impl Writer {
 
     /// At the server's end, after a clean close: remove a WAL the checkpoint emptied (and its
     /// index), which the process's read connections would otherwise leave behind. Never done
-    /// at a reload's close: readers of this opening may still use them.
+    /// at a reload's close (readers of this opening may still use them), nor while another
+    /// process (an `sqlite3` session, a backup) has the desktop open.
     fn remove_empty_wal(&self) {
-        if std::fs::metadata(&self.wal_path).is_ok_and(|m| m.len() == 0) {
+        let wal = self.wal_path.as_os_str().as_bytes();
+        let desktop = Path::new(std::ffi::OsStr::from_bytes(
+            &wal[..wal.len() - "-wal".len()],
+        ));
+        if std::fs::metadata(&self.wal_path).is_ok_and(|m| m.len() == 0)
+            && !space::open_elsewhere(desktop)
+        {
             let _ = std::fs::remove_file(&self.wal_path);
-            let wal = self.wal_path.as_os_str().as_bytes();
-            let desktop = std::ffi::OsStr::from_bytes(&wal[..wal.len() - "-wal".len()]);
-            let _ = std::fs::remove_file(deskd_db::shm_path(Path::new(desktop)));
+            let _ = std::fs::remove_file(deskd_db::shm_path(desktop));
         }
     }
 
