@@ -525,6 +525,27 @@ fn the_wal_never_takes_the_last_space_and_flush_works_on_a_full_disk() {
     assert!(looked_up(&env, &vol, &registered[0]) > 0);
     assert!(looked_up(&env, &vol, registered.last().unwrap()) > 0);
 
+    // New objects in the WAL, then the disk filled to the last block by someone else: the
+    // checkpoint would have to grow the desktop, so `deskd flush` fails and says why; once
+    // space is back it goes through. Nothing is lost meanwhile.
+    let more: Vec<String> = (0..100).map(|i| format!("late-{i}")).collect();
+    for n in &more {
+        std::fs::write(vol.join(n), b"").unwrap();
+    }
+    assert!(register_all(&env, &vol, &more).iter().all(Option::is_none));
+    registered.extend(more);
+    fs.fill_leaving("fill3", 0);
+    let out = env.deskd(&["flush", "--volume", &vol_arg]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no space left for the checkpoint"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(fs.mnt.join("fill3")).unwrap();
+    env.deskd_ok(&["flush", "--volume", &vol_arg]);
+    assert_eq!(status_json(&env, &vol)["wal_bytes"], 0);
+
     // A WAL of changes to existing rows, then the disk filled to the last block by someone
     // else: `deskd flush` folds it in (no new page is needed) and gives its space back.
     let mut c = env.client();
