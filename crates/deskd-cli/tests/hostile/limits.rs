@@ -737,3 +737,61 @@ fn the_netatalk_bridge_limits_connections_and_half_sent_requests() {
     }
     assert!(began.elapsed() < Duration::from_secs(60));
 }
+
+#[test]
+fn a_crashed_volume_on_a_full_disk_serves_what_its_wal_holds() {
+    let mut env = Env::new(&[]);
+    let fs = SmallExt4::mount(env.path("mnt"), 16);
+    let vol = fs.mnt.join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    let names: Vec<String> = (0..30).map(|i| format!("w{i}")).collect();
+    for n in &names {
+        std::fs::write(vol.join(n), b"").unwrap();
+    }
+    let config = env.path("deskd.toml");
+    // No timed checkpoint: the registrations stay in the WAL.
+    std::fs::write(
+        &config,
+        "[defaults]\nflush_delay = 3600\nidle_close = 3600\n",
+    )
+    .unwrap();
+    let (config, vol_arg) = (config.display().to_string(), vol.display().to_string());
+    env.start(&["--config", &config, &vol_arg]);
+    assert!(register_all(&env, &vol, &names).iter().all(Option::is_none));
+    let ids: Vec<u32> = names.iter().map(|n| looked_up(&env, &vol, n)).collect();
+    // A crash leaves them in the WAL only (and, as after a restore of the desktop and its WAL,
+    // no `-shm`); then the disk fills up, so not even the `-shm` can be made.
+    env.kill9();
+    let wal = vol.join(".Desktop-wal");
+    assert!(
+        std::fs::metadata(&wal).unwrap().len() > 0,
+        "the WAL holds them"
+    );
+    std::fs::remove_file(vol.join(".Desktop-shm")).unwrap();
+    fs.fill_leaving("fill", 0);
+
+    env.start(&["--config", &config, &vol_arg]);
+    let log = env.log_text();
+    assert!(log.contains("read-only: file system full"), "{log}");
+    assert!(log.contains("(a copy)"), "{log}");
+    assert_eq!(
+        status_json(&env, &vol)["read_only_reason"],
+        "file system full"
+    );
+    // Every acknowledged registration is served, from the WAL's copy.
+    for (n, id) in names.iter().zip(&ids) {
+        assert_eq!(looked_up(&env, &vol, n), *id, "{n}");
+    }
+    // The crashed desktop and its WAL are left as they were, for a later writable open.
+    env.term();
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    std::fs::remove_file(fs.mnt.join("fill")).unwrap();
+    env.start(&["--config", &config, &vol_arg]);
+    assert_eq!(status_json(&env, &vol)["read_only"], false);
+    for (n, id) in names.iter().zip(&ids) {
+        assert_eq!(looked_up(&env, &vol, n), *id, "{n}");
+    }
+    env.term();
+    assert_no_wal(&vol.join(".Desktop"), &env);
+    assert_sound(&vol.join(".Desktop"));
+}
