@@ -375,6 +375,10 @@ impl VolumeHandle {
             reads: opened.reads,
             immutable: opened.immutable,
         });
+        // A copy made for want of space goes when this opening is closed.
+        let temp_copy = (handle.read_only_reason.is_some() && !handle.immutable)
+            .then(|| handle.reads.parent().map(Path::to_path_buf))
+            .flatten();
         spawn_name_index_load(&handle.reads, handle.immutable, &root, handle.names.clone());
         spawn_check(&handle.reads, handle.immutable, &root, state.clone());
         let writer = Writer {
@@ -393,6 +397,7 @@ impl VolumeHandle {
             held_back_since: None,
             low_space_logged: None,
             low_space_checkpointed: None,
+            temp_copy,
         };
         std::thread::Builder::new()
             .name(format!("writer-{index}"))
@@ -601,6 +606,8 @@ struct Writer {
     low_space_logged: Option<Instant>,
     /// When a commit last had to checkpoint first for want of space (logged likewise).
     low_space_checkpointed: Option<Instant>,
+    /// The temporary directory holding the copy a full-disk opening reads, removed at close.
+    temp_copy: Option<PathBuf>,
 }
 
 /// How often the log may say that space is short (a nearly full disk affects every commit).
@@ -703,15 +710,25 @@ impl Writer {
                 Job::Run(_) => {}
                 Job::Close(done) => {
                     self.lock = None;
+                    self.remove_temp_copy();
                     let _ = done.send(Ok(()));
                     return self.refuse_all(rx);
                 }
                 Job::Shutdown(done) => {
                     self.lock = None;
+                    self.remove_temp_copy();
                     let _ = done.send(());
                     return self.refuse_all(rx);
                 }
             }
+        }
+    }
+
+    /// Remove the copy of the desktop a full-disk opening read (readers that still have it
+    /// open keep reading the unlinked files until they notice the opening is gone).
+    fn remove_temp_copy(&mut self) {
+        if let Some(dir) = self.temp_copy.take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 

@@ -782,9 +782,18 @@ fn a_crashed_volume_on_a_full_disk_serves_what_its_wal_holds() {
     for (n, id) in names.iter().zip(&ids) {
         assert_eq!(looked_up(&env, &vol, n), *id, "{n}");
     }
-    // The crashed desktop and its WAL are left as they were, for a later writable open.
+    // The crashed desktop and its WAL are left as they were, for a later writable open; the
+    // copy is gone.
+    let copy = log
+        .split("reads are served from ")
+        .nth(1)
+        .and_then(|rest| rest.split(" (a copy)").next())
+        .map(std::path::PathBuf::from)
+        .expect("the copy named in the log");
+    assert!(copy.exists(), "{}", copy.display());
     env.term();
     assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    assert!(!copy.exists(), "{} left behind", copy.display());
     std::fs::remove_file(fs.mnt.join("fill")).unwrap();
     env.start(&["--config", &config, &vol_arg]);
     assert_eq!(status_json(&env, &vol)["read_only"], false);
