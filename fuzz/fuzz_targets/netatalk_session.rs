@@ -48,6 +48,7 @@ fn running() -> &'static Running {
             deskd_netatalk::serve(
                 listener,
                 Arc::new(move || deskd_client::Client::connect(&socket, common::PATIENCE)),
+                deskd_netatalk::Limits::default(),
             )
         });
         Running {

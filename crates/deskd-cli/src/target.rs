@@ -251,6 +251,16 @@ impl Session {
         Ok(())
     }
 
+    /// On a read-only volume, the object at `iv` if it is registered already: showing it
+    /// needs no write (and on a volume served read-only because its file system is full, none
+    /// could be made). None on a writable volume.
+    pub fn registered_if_read_only(&mut self, iv: &InVolume) -> Result<Option<ObjectInfo>> {
+        if !self.volume_info(iv)?.read_only {
+            return Ok(None);
+        }
+        self.lookup(iv)
+    }
+
     /// The registered object at `iv`, if any.
     pub fn lookup(&mut self, iv: &InVolume) -> Result<Option<ObjectInfo>> {
         let rel = iv.rel();

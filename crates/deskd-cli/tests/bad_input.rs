@@ -377,14 +377,15 @@ fn a_full_volume_fails_commits_clearly_and_serves_again_when_space_returns() {
     for name in ["vol/a/during1", "vol/a/during2"] {
         let out = env.dt(&[b"touch", name.as_bytes()]);
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        // Refused before the commit: the WAL must not take the last of the space.
         assert!(
-            stderr(&out).contains("desktop commit failed"),
+            stderr(&out).contains("nearly full") && stderr(&out).contains("nothing was recorded"),
             "{}",
             stderr(&out)
         );
     }
     assert_eq!(objects_dump(&db), before, "nothing half-recorded");
-    assert!(env.log_text().contains("database or disk is full"));
+    assert!(env.log_text().contains("writes refused"));
     // Space comes back: the same server records again, and the desktop is sound.
     std::fs::remove_file(&fill).unwrap();
     env.dt_ok(&[b"touch", b"vol/a/after"]);

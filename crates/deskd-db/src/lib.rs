@@ -82,6 +82,21 @@ pub enum DbError {
     NoSpace(std::path::PathBuf),
 }
 
+impl DbError {
+    /// Whether SQLite said the file system is full (`SQLITE_FULL`). Some writes that fail
+    /// for want of space (the `-shm` file's) report only an I/O error; callers that must know
+    /// ask the file system how much is free.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            DbError::NoSpace(_) => true,
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
 /// What an object is.
@@ -587,6 +602,22 @@ pub fn checkpoint_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `file:` URI of `path` with `immutable=1`; every byte but the unreserved ones and `/` is
+/// percent-encoded, so no name can add URI parameters.
+fn immutable_uri(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
+}
+
 /// A read-only connection to a desktop.
 pub struct Reader {
     conn: Connection,
@@ -612,6 +643,22 @@ impl Reader {
 }
 
 impl Reader {
+    /// Open `path` read-only as an immutable file: no lock, no `-shm`, no `-wal` (nothing is
+    /// created or written, so it works on a full file system). Only for a desktop that nothing
+    /// writes and whose WAL is empty or gone: committed frames in a WAL would not be seen.
+    pub fn open_immutable(path: &Path) -> Result<Reader> {
+        let conn = Connection::open_with_flags(
+            immutable_uri(path),
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        conn.pragma_update(None, "query_only", true)?;
+        conn.pragma_update(None, "cache_size", -8192)?;
+        conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
+        Ok(Reader { conn })
+    }
+
     /// Start one read snapshot for several reads (one WAL read lock instead of one per
     /// statement). Reads see the state as of the first read after this call.
     pub fn begin_snapshot(&self) -> Result<()> {
@@ -821,12 +868,17 @@ impl Desktop {
         Ok(result?)
     }
 
-    /// Record a clean shutdown and flush everything into the main file.
+    /// Record a clean shutdown and flush everything into the main file. The WAL is emptied
+    /// first, so the two rows of the clean mark never need space the WAL already took (on a
+    /// full file system the mark may still fail: then the WAL is emptied all the same, and
+    /// the error says the mark is missing).
     pub fn close_clean(self) -> Result<()> {
-        meta_set(&self.conn, "clean", 1)?;
-        meta_set(&self.conn, "last_seen", now_unix())?;
+        let first = self.checkpoint(WRITER_BUSY_TIMEOUT);
+        let marked = meta_set(&self.conn, "clean", 1)
+            .and_then(|_| meta_set(&self.conn, "last_seen", now_unix()));
         self.checkpoint(WRITER_BUSY_TIMEOUT)?;
-        Ok(())
+        first?;
+        marked
     }
 
     /// Change the durability of the commits from now on (a reloaded configuration).

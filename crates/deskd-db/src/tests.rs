@@ -676,3 +676,34 @@ fn durability_changes_on_an_open_desktop() {
     desk.set_durability(Durability::Normal).unwrap();
     assert_eq!(desk.durability().unwrap(), Durability::Normal);
 }
+
+#[test]
+fn an_immutable_reader_needs_no_side_files_and_takes_any_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("a ?#%&=b");
+    std::fs::create_dir(&odd).unwrap();
+    let path = odd.join(".Desktop");
+    let (d, _) = Desktop::open(&path, Durability::Normal).unwrap();
+    d.close_clean().unwrap();
+    assert!(!crate::wal_path(&path).exists());
+    let r = Reader::open_immutable(&path).unwrap();
+    assert_eq!(r.stats().unwrap().objects, 1, "the root");
+    assert_eq!(r.meta("clean").unwrap(), Some(1));
+    assert!(!crate::wal_path(&path).exists(), "no WAL made");
+    assert!(!crate::shm_path(&path).exists(), "no -shm made");
+}
+
+#[test]
+fn close_clean_leaves_an_empty_wal_and_a_clean_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".Desktop");
+    let (d, _) = Desktop::open(&path, Durability::Normal).unwrap();
+    let reader = Reader::open(&path).unwrap();
+    reader.stats().unwrap();
+    d.close_clean().unwrap();
+    // The reader keeps the WAL file; the checkpoint emptied it.
+    assert_eq!(std::fs::metadata(crate::wal_path(&path)).unwrap().len(), 0);
+    drop(reader);
+    let (_, report) = Desktop::open(&path, Durability::Normal).unwrap();
+    assert!(report.was_clean);
+}

@@ -2,8 +2,11 @@
 //! ([`wire`]) served from deskd, so a Netatalk file server keeps its IDs in the deskd desktop
 //! that `dt`, HELIOS-style tools and other file servers share.
 //!
-//! [`serve`] accepts afpd connections, one thread each. Each afpd connection names its volume
-//! in the handshake and then sends one request at a time. [`serve_connection`] maps every request onto the deskd protocol through its own
+//! [`serve`] accepts afpd connections, one thread each, at most [`Limits::max_connections`] at
+//! once (anyone on the host can connect, and each connection also holds a connection to deskd
+//! as the bridge's user). Each afpd connection names its volume in the handshake and then sends
+//! one request at a time; the handshake, and each request once begun, must arrive whole within
+//! [`Limits::frame_timeout`] (idle time between requests is not bounded). [`serve_connection`] maps every request onto the deskd protocol through its own
 //! [`deskd_client::Client`], so deskd's rules hold unchanged: every claim is verified on disk,
 //! a write is acknowledged only once committed, IDs are never reused. Where Netatalk's own
 //! rules differ (its LOOKUP "salvation" deletes records on a mismatch; deskd keeps an ID across
@@ -13,17 +16,33 @@ pub mod wire;
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deskd_client::{Client, ClientError, ErrorCode, FindMode, Kind, ObjectInfo, Request, Response};
 use tracing::{debug, warn};
 
 use wire::{op, res, Reply, WireError};
 
-/// How long a new afpd connection may take to send its handshake.
-pub const HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
+/// How many afpd connections the bridge serves at once, and how long a handshake or a started
+/// request may take to arrive whole.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub frame_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 256,
+            frame_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// How long a request waits for deskd to come back after its connection broke; afpd's own
 /// read timeout is 5 s.
@@ -39,6 +58,45 @@ pub enum BridgeError {
     Volume(String),
     #[error("operation {0} is not supported (Netatalk's cnid_dbd ends the connection too)")]
     Unsupported(i32),
+    /// The handshake or a begun request did not arrive whole in time.
+    #[error("{0} did not arrive whole within the frame timeout")]
+    Stalled(&'static str),
+}
+
+/// What [`BridgeError::Stalled`] calls a handshake that did not end in time.
+const HANDSHAKE: &str = "the handshake";
+
+/// A read that ran out of time becomes [`BridgeError::Stalled`].
+fn stalled(e: WireError, what: &'static str) -> BridgeError {
+    match e {
+        WireError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            BridgeError::Stalled(what)
+        }
+        other => BridgeError::Wire(other),
+    }
+}
+
+/// Whether to log the end of a connection by `error` now. Errors a peer can cause at will
+/// (a stalled handshake or request, a volume deskd will not serve it, deskd refusing one
+/// more connection) are logged at most every 10 s for each kind, so that a flood of them
+/// cannot fill the log; others always.
+fn log_now(error: &BridgeError) -> bool {
+    type Last = std::sync::Mutex<Option<Instant>>;
+    static HANDSHAKES: Last = std::sync::Mutex::new(None);
+    static REQUESTS: Last = std::sync::Mutex::new(None);
+    static VOLUMES: Last = std::sync::Mutex::new(None);
+    let which = match error {
+        BridgeError::Stalled(what) if *what == HANDSHAKE => &HANDSHAKES,
+        BridgeError::Stalled(_) => &REQUESTS,
+        BridgeError::Volume(_) => &VOLUMES,
+        _ => return true,
+    };
+    let mut last = which.lock().unwrap();
+    if matches!(*last, Some(t) if t.elapsed() < Duration::from_secs(10)) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
 }
 
 /// How the bridge reaches deskd (a new connection after deskd went away).
@@ -300,12 +358,25 @@ fn stamp(desktop: &Path) -> [u8; 8] {
         .unwrap_or([0; 8])
 }
 
+/// Counts one open afpd connection while it lives.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Accept afpd connections on `listener` until it fails for good, serving each on its own
-/// thread with its own connection to deskd (made by `connect`).
+/// thread with its own connection to deskd (made by `connect`). Connections beyond
+/// `limits.max_connections` are closed at once (logged at most every 10 s).
 pub fn serve(
     listener: TcpListener,
     connect: Arc<dyn Fn() -> Result<Client, ClientError> + Send + Sync>,
+    limits: Limits,
 ) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut last_warning: Option<Instant> = None;
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(s) => s,
@@ -316,16 +387,33 @@ pub fn serve(
                 continue;
             }
         };
-        let connect = connect.clone();
         let peer = stream
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let taken = open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < limits.max_connections).then_some(n + 1)
+        });
+        if taken.is_err() {
+            if !matches!(last_warning, Some(t) if t.elapsed() < Duration::from_secs(10)) {
+                warn!(
+                    "{peer}: refused: {} afpd connections are open (--max-connections)",
+                    limits.max_connections
+                );
+                last_warning = Some(Instant::now());
+            }
+            continue; // dropped: closed at once
+        }
+        let slot = Slot(open.clone());
+        let connect = connect.clone();
         let spawned = std::thread::Builder::new()
             .name("afpd".into())
             .spawn(move || {
-                if let Err(e) = serve_connection(stream, &*connect, HANDSHAKE_WAIT) {
-                    warn!("{peer}: {e}; connection closed");
+                let _slot = slot;
+                if let Err(e) = serve_connection(stream, &*connect, limits.frame_timeout) {
+                    if log_now(&e) {
+                        warn!("{peer}: {e}; connection closed");
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -334,19 +422,35 @@ pub fn serve(
     }
 }
 
-/// Serve one afpd connection until it closes. The handshake must come within `handshake_wait`.
+/// Reads a TCP stream, each read ending by `deadline` when one is set.
+struct Timed<'a> {
+    stream: &'a TcpStream,
+    deadline: Option<Instant>,
+}
+
+impl std::io::Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            deskd_proto::deadline::wait_readable(self.stream.as_raw_fd(), deadline)?;
+        }
+        (&mut &*self.stream).read(buf)
+    }
+}
+
+/// Serve one afpd connection until it closes. The handshake must be whole within `timeout` of
+/// the start, and each request within `timeout` of its first byte.
 pub fn serve_connection(
     stream: TcpStream,
     connect: Connect,
-    handshake_wait: Duration,
+    timeout: Duration,
 ) -> Result<(), BridgeError> {
+    use std::io::BufRead;
     let _ = stream.set_nodelay(true);
-    stream
-        .set_read_timeout(Some(handshake_wait))
-        .map_err(WireError::from)?;
-    let mut input = std::io::BufReader::new(&stream);
-    let hello = wire::read_handshake(&mut input)?;
-    stream.set_read_timeout(None).map_err(WireError::from)?;
+    let mut input = std::io::BufReader::new(Timed {
+        stream: &stream,
+        deadline: Some(Instant::now() + timeout),
+    });
+    let hello = wire::read_handshake(&mut input).map_err(|e| stalled(e, HANDSHAKE))?;
     let shown = String::from_utf8_lossy(&hello.volume_path).into_owned();
     let root = std::fs::canonicalize(std::ffi::OsStr::from_bytes(&hello.volume_path))
         .map_err(|e| BridgeError::Volume(format!("{shown}: {e}")))?;
@@ -363,7 +467,16 @@ pub fn serve_connection(
     })?;
     debug!(volume = %shown, user = %String::from_utf8_lossy(&hello.user), "afpd connected");
     let mut output = &stream;
-    while let Some(q) = wire::read_request(&mut input)? {
+    loop {
+        // Idle between requests is fine; a request once begun must arrive whole in time.
+        input.get_mut().deadline = None;
+        if input.fill_buf().map_err(WireError::from)?.is_empty() {
+            break;
+        }
+        input.get_mut().deadline = Some(Instant::now() + timeout);
+        let Some(q) = wire::read_request(&mut input).map_err(|e| stalled(e, "a request"))? else {
+            break;
+        };
         let reply = answer(&mut desk, q)?;
         wire::send(&mut output, &wire::encode_reply(&reply)).map_err(WireError::from)?;
     }

@@ -2,7 +2,8 @@
 //!
 //! A connection starts with a handshake: the client sends the 8 bytes
 //! `"DSKD" ++ u16 version ++ u16 flags` (big-endian); the server answers `"DSKD" ++ u16 version
-//! ++ u16 status` where status 0 accepts and 1 refuses (unsupported version; the server closes).
+//! ++ u16 status` where status 0 accepts and 1 refuses (unsupported version; the server closes);
+//! 4 and 5 refuse a connection over the connection limits ([`transport`]).
 //! Over TCP the server first challenges the client to prove it holds the shared token
 //! ([`transport`]).
 //!
@@ -12,6 +13,7 @@
 //! any order, so a client can pipeline. Every error is an [`ErrorCode`] plus a human message.
 //! `docs/protocol.md` documents the format byte by byte.
 
+pub mod deadline;
 pub mod spin;
 pub mod transport;
 
@@ -51,6 +53,9 @@ pub enum ProtoError {
     VersionMismatch { server: u16, client: u16 },
     #[error("authentication: {0}")]
     Auth(String),
+    /// The server turned the connection away (a connection limit); it closes.
+    #[error("deskd refused the connection: {0}")]
+    Refused(String),
 }
 
 /// What an object is, on the wire.
@@ -409,6 +414,8 @@ pub struct VolumeStatus {
     pub objects: u64,
     pub last_id: u32,
     pub read_only: bool,
+    /// Why the volume is read-only when its configuration says writable (`file system full`).
+    pub read_only_reason: Option<String>,
     /// Unix time of the last flush (TRUNCATE checkpoint), 0 if none since start.
     pub last_flush: i64,
     /// False when the previous session ended without a clean shutdown.
@@ -479,6 +486,9 @@ pub enum ErrorCode {
     /// The server is shutting down.
     ShuttingDown,
     Internal,
+    /// The desktop's file system is (nearly) full: the write was refused before it could take
+    /// the space a checkpoint needs. Reads go on.
+    DiskFull,
 }
 
 /// An error reply.

@@ -5,7 +5,9 @@
 //! is already awake). [`SpinRead`] first polls with `recv(MSG_DONTWAIT)` for a short window and
 //! only then blocks, so a request that follows quickly on the previous one is read without a
 //! wake-up. The window is `$DESKD_SPIN_US` microseconds (default 100; 0 disables polling).
-//! Blocking reads keep the socket's read timeout.
+//! Blocking reads keep the socket's read timeout; while a deadline is set
+//! ([`SpinRead::set_deadline`]), a blocking read that would end after it fails with
+//! [`io::ErrorKind::TimedOut`] instead.
 
 use crate::Stream;
 use std::io::{self, Read};
@@ -28,11 +30,22 @@ pub fn spin_window() -> Duration {
 pub struct SpinRead {
     stream: Stream,
     spin: Duration,
+    deadline: Option<Instant>,
 }
 
 impl SpinRead {
     pub fn new(stream: Stream, spin: Duration) -> SpinRead {
-        SpinRead { stream, spin }
+        SpinRead {
+            stream,
+            spin,
+            deadline: None,
+        }
+    }
+
+    /// Bound every later read by `deadline` (None: no bound). A server sets one while a frame
+    /// has started to arrive, so a peer cannot hold a half-sent frame open.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
     }
 }
 
@@ -67,6 +80,9 @@ impl Read for SpinRead {
                 }
                 std::hint::spin_loop();
             }
+        }
+        if let Some(deadline) = self.deadline {
+            crate::deadline::wait_readable(self.stream.as_raw_fd(), deadline)?;
         }
         self.stream.read(buf)
     }

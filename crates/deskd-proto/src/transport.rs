@@ -30,6 +30,11 @@ pub const STATUS_BAD_VERSION: u16 = 1;
 pub const STATUS_CHALLENGE: u16 = 2;
 /// Handshake status: the answer to the challenge was wrong (the server closes).
 pub const STATUS_AUTH_FAILED: u16 = 3;
+/// Handshake status: the peer's uid has `max_connections_per_uid` connections open already
+/// (the server closes). A server may send it before it reads the client's hello.
+pub const STATUS_TOO_MANY_OF_USER: u16 = 4;
+/// Handshake status: `max_connections` connections are open already (the server closes).
+pub const STATUS_TOO_MANY: u16 = 5;
 /// Length of the server's challenge and of the client's answer.
 pub const CHALLENGE_LEN: usize = 32;
 /// Shortest token a server or client accepts, in bytes.
@@ -282,6 +287,16 @@ pub fn parse_server_hello(b: &[u8; 8]) -> Result<u16, ProtoError> {
             client: PROTOCOL_VERSION,
         }),
         status @ (STATUS_ACCEPTED | STATUS_CHALLENGE | STATUS_AUTH_FAILED) => Ok(status),
+        STATUS_TOO_MANY_OF_USER => Err(ProtoError::Refused(
+            "your user has too many connections open (max_connections_per_uid in deskd's \
+             [server] settings); close some and try again"
+                .into(),
+        )),
+        STATUS_TOO_MANY => Err(ProtoError::Refused(
+            "too many connections are open (max_connections in deskd's [server] settings); \
+             try again later"
+                .into(),
+        )),
         other => Err(ProtoError::Handshake(format!(
             "unknown handshake status {other}"
         ))),
@@ -293,8 +308,15 @@ pub fn client_handshake(
     mut stream: impl Read + Write,
     token: Option<&[u8]>,
 ) -> Result<(), ProtoError> {
-    stream.write_all(&client_hello(PROTOCOL_VERSION))?;
     let mut hello = [0u8; 8];
+    if let Err(e) = stream.write_all(&client_hello(PROTOCOL_VERSION)) {
+        // A server that refuses at once may have answered and closed before the hello got
+        // there: its answer says more than the broken pipe.
+        return match stream.read_exact(&mut hello) {
+            Ok(()) => parse_server_hello(&hello).and(Err(e.into())),
+            Err(_) => Err(e.into()),
+        };
+    }
     stream.read_exact(&mut hello)?;
     match parse_server_hello(&hello)? {
         STATUS_ACCEPTED => Ok(()),
@@ -410,6 +432,23 @@ mod tests {
         assert!(matches!(server, Err(ProtoError::Auth(_))));
         let (client, _) = run(Some(TOKEN), None);
         assert!(matches!(client, Err(ProtoError::Auth(ref m)) if m.contains("--token-file")));
+    }
+
+    #[test]
+    fn a_refusal_sent_before_the_hello_is_reported() {
+        for (status, words) in [
+            (STATUS_TOO_MANY_OF_USER, "max_connections_per_uid"),
+            (STATUS_TOO_MANY, "max_connections"),
+        ] {
+            let (a, b) = UnixStream::pair().unwrap();
+            (&b).write_all(&server_hello(status)).unwrap();
+            drop(b);
+            let e = client_handshake(&a, None).unwrap_err();
+            assert!(
+                matches!(e, ProtoError::Refused(ref m) if m.contains(words)),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub fn db_error(e: DbError) -> ErrorReply {
         DbError::IntoItself(_) => ErrorCode::IntoItself,
         DbError::Root(_) => ErrorCode::PermissionDenied,
         DbError::IdSpaceExhausted => ErrorCode::IdSpaceExhausted,
+        e if e.is_disk_full() => ErrorCode::DiskFull,
         DbError::Sqlite(rusqlite_err) if rusqlite_err.to_string().contains("locked") => {
             ErrorCode::Busy
         }

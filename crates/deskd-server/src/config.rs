@@ -24,6 +24,10 @@ pub struct VolumePrefs {
     pub durability: Option<Durability>,
     /// WAL size in bytes that triggers a passive checkpoint.
     pub wal_limit: Option<u64>,
+    /// Bytes kept free on the desktop's file system beyond the WAL (default 4 MiB, or 1/64 of a
+    /// smaller file system's size): a commit
+    /// that would leave less checkpoints first, and is refused when that does not make room.
+    pub min_free: Option<u64>,
     /// Keep desktops under `<location>/<volume path>/.Desktop` (relative: under `state_dir`).
     pub desktop_location: Option<PathBuf>,
     /// Refuse client changes; use a valid `.Desktop` if present, else a temporary desktop.
@@ -33,6 +37,11 @@ pub struct VolumePrefs {
     /// Serve the volume although every user may write its root (mode o+w, like /tmp).
     pub world_writable: Option<bool>,
 }
+
+/// Bytes kept free beside the WAL when `min_free` is not set: room for a large batch's frames
+/// and for the checkpoint that folds them into the desktop. On a file system smaller than 256
+/// MiB it is 1/64 of its size instead ([`crate::space::min_free`]).
+pub const DEFAULT_MIN_FREE: u64 = 4 << 20;
 
 /// The `[server]` table.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -49,6 +58,14 @@ pub struct ServerPrefs {
     pub tcp_admin: Option<bool>,
     /// Most TCP connections open at once (default 1024); more are closed at once.
     pub tcp_max_connections: Option<usize>,
+    /// Most Unix-socket connections open at once (default 4096); root and the server's own
+    /// uid have a reserve of slots beyond it.
+    pub max_connections: Option<usize>,
+    /// Most Unix-socket connections one uid may hold (default 256; root and the server's own
+    /// uid are not counted against it).
+    pub max_connections_per_uid: Option<usize>,
+    /// Seconds a started frame (and the handshake) may take to arrive whole (default 10).
+    pub frame_timeout: Option<u64>,
 }
 
 /// The whole configuration file.
@@ -73,6 +90,8 @@ pub struct VolumeConfig {
     pub freeze_max: u32,
     pub durability: Durability,
     pub wal_limit: u64,
+    /// None: [`DEFAULT_MIN_FREE`], or less on a small file system.
+    pub min_free: Option<u64>,
     pub desktop_location: Option<PathBuf>,
     pub read_only: bool,
     /// Served although inside or around another volume's root (`nested`, `--nested`).
@@ -90,10 +109,34 @@ pub struct TcpConfig {
     pub max_connections: usize,
 }
 
+/// Resolved connection limits (both transports; TCP's own count is [`TcpConfig`]'s).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Unix-socket connections open at once, all users but root and the server's uid.
+    pub max_connections: usize,
+    /// Unix-socket connections one uid may hold (root and the server's uid: no such limit).
+    pub max_connections_per_uid: usize,
+    /// How long a started frame, or the handshake, may take to arrive whole.
+    pub frame_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    /// The defaults fit the systemd unit's `LimitNOFILE=65536` (docs/security.md, "Resource
+    /// limits").
+    fn default() -> Limits {
+        Limits {
+            max_connections: 4096,
+            max_connections_per_uid: 256,
+            frame_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
 /// Resolved server settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub socket: PathBuf,
+    pub limits: Limits,
     /// TCP listener, when `listen` is set.
     pub tcp: Option<TcpConfig>,
     pub state_dir: PathBuf,
@@ -151,6 +194,7 @@ impl ConfigFile {
                 freeze_max,
                 durability: prefs.durability.or(d.durability).unwrap_or_default(),
                 wal_limit: pick(prefs.wal_limit, d.wal_limit, 64 << 20).max(1 << 20),
+                min_free: prefs.min_free.or(d.min_free),
                 desktop_location: location,
                 read_only: prefs.read_only.or(d.read_only).unwrap_or(false),
                 nested: prefs.nested.or(d.nested).unwrap_or(false),
@@ -186,8 +230,27 @@ impl ConfigFile {
                 max_connections: self.server.tcp_max_connections.unwrap_or(1024).max(1),
             }),
         };
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_connections: self
+                .server
+                .max_connections
+                .unwrap_or(defaults.max_connections)
+                .max(1),
+            max_connections_per_uid: self
+                .server
+                .max_connections_per_uid
+                .unwrap_or(defaults.max_connections_per_uid)
+                .max(1),
+            frame_timeout: self
+                .server
+                .frame_timeout
+                .map(|s| std::time::Duration::from_secs(s.max(1)))
+                .unwrap_or(defaults.frame_timeout),
+        };
         Ok(Config {
             socket,
+            limits,
             tcp,
             state_dir,
             volumes,
@@ -250,6 +313,23 @@ mod tests {
             })
         );
         assert_eq!(parse("").unwrap().tcp, None);
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_floors() {
+        let parse = |text: &str| {
+            toml::from_str::<ConfigFile>(text)
+                .unwrap()
+                .resolve("/s".into(), &[PathBuf::from("/v")])
+                .unwrap()
+                .limits
+        };
+        assert_eq!(parse(""), Limits::default());
+        let set =
+            parse("[server]\nmax_connections = 50\nmax_connections_per_uid = 0\nframe_timeout = 3");
+        assert_eq!(set.max_connections, 50);
+        assert_eq!(set.max_connections_per_uid, 1, "at least one");
+        assert_eq!(set.frame_timeout, std::time::Duration::from_secs(3));
     }
 
     #[test]

@@ -3,13 +3,13 @@
 //! once committed, so replies may come back out of order (clients match them by request id).
 
 use std::collections::HashMap;
-use std::io::BufReader;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deskd_db::{Read, Reader};
 use deskd_proto::{
@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use crate::access::{self, Access, Credentials};
 use crate::apply::{self, apply_read, db_error, Reply};
+use crate::limits::RateLimited;
 use crate::outbox::Outbox;
 use crate::volume::{Job, VolumeHandle};
 use crate::Shared;
@@ -74,8 +75,8 @@ impl ReplySink {
 /// Who is at the other end of a connection.
 #[derive(Debug, Clone, Copy)]
 pub enum Peer {
-    /// A local process, with its uid from `SO_PEERCRED` (None until the connection thread has
-    /// read it, and when the kernel would not say).
+    /// A local process, with its uid from `SO_PEERCRED` (None when the kernel would not say;
+    /// the connection thread reads it again with the rest of the credentials).
     Unix { uid: Option<u32> },
     /// A TCP client that proved it holds the token.
     Tcp { addr: SocketAddr },
@@ -94,10 +95,14 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         (Peer::Tcp { .. }, None) => return,
         (Peer::Unix { .. }, _) => None,
     };
-    if let Err(e) = handshake(&stream, token.as_deref()) {
+    let frame_timeout = shared.limits.frame_timeout();
+    if let Err(e) = handshake(&stream, token.as_deref(), frame_timeout) {
         match (e, peer) {
             (ProtoError::Auth(_), Peer::Tcp { addr }) => {
                 warn!("{addr}: refused a TCP client that gave a wrong token")
+            }
+            (ProtoError::Io(e), _) if e.kind() == std::io::ErrorKind::TimedOut => {
+                stalled(peer, HANDSHAKE, frame_timeout)
             }
             (e, _) => debug!("handshake failed: {e}"),
         }
@@ -128,9 +133,36 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
     };
     let mut body = Vec::new();
     loop {
+        // Idle between frames is fine; a frame once begun must arrive whole in time.
+        input.get_mut().set_deadline(None);
+        match input.fill_buf() {
+            Ok([]) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+        let frame_timeout = conn.shared.limits.frame_timeout();
+        input
+            .get_mut()
+            .set_deadline(Some(Instant::now() + frame_timeout));
         match read_frame_body(&mut input, &mut body) {
             Ok(true) => {}
             Ok(false) => break,
+            Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                stalled(conn.peer, "a frame", frame_timeout);
+                let sink = ReplySink {
+                    writer: writer.clone(),
+                    id: 0,
+                };
+                sink.send(Err(ErrorReply::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "a frame did not arrive whole within {} s (frame_timeout); closing",
+                        frame_timeout.as_secs()
+                    ),
+                )));
+                break;
+            }
             Err(ProtoError::FrameTooLarge { len: n, .. }) => {
                 let sink = ReplySink {
                     writer: writer.clone(),
@@ -187,12 +219,41 @@ fn pause_before_queueing() {
     }
 }
 
-/// The handshake, bounded to 10 seconds of silence.
-fn handshake(stream: &Stream, token: Option<&[u8]>) -> Result<(), ProtoError> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    deskd_proto::transport::server_handshake(stream, token, WRONG_TOKEN_PENALTY)?;
-    stream.set_read_timeout(None)?;
-    Ok(())
+/// The handshake, which must be over within `timeout` of the connection's start (however
+/// the client spaces its bytes).
+fn handshake(stream: &Stream, token: Option<&[u8]>, timeout: Duration) -> Result<(), ProtoError> {
+    let timed = deskd_proto::deadline::Deadlined {
+        stream,
+        deadline: Instant::now() + timeout,
+    };
+    deskd_proto::transport::server_handshake(timed, token, WRONG_TOKEN_PENALTY)
+}
+
+/// What [`stalled`] calls a handshake that did not end in time.
+const HANDSHAKE: &str = "the handshake";
+
+/// Log a connection closed because `what` did not arrive whole in time, at most every 10 s
+/// (a flood of stalled connections cannot fill the log).
+fn stalled(peer: Peer, what: &str, timeout: Duration) {
+    static HANDSHAKES: RateLimited = RateLimited::new(Duration::from_secs(10));
+    static FRAMES: RateLimited = RateLimited::new(Duration::from_secs(10));
+    let log = if what == HANDSHAKE {
+        &HANDSHAKES
+    } else {
+        &FRAMES
+    };
+    if log.now() {
+        let who = match peer {
+            Peer::Unix { uid: Some(uid) } => format!("uid {uid}"),
+            Peer::Unix { uid: None } => "a local peer".into(),
+            Peer::Tcp { addr } => addr.to_string(),
+        };
+        warn!(
+            "{who}: closed a connection: {what} did not arrive whole within {} s \
+             (frame_timeout)",
+            timeout.as_secs()
+        );
+    }
 }
 
 struct Connection {
@@ -230,7 +291,7 @@ impl Connection {
         let commits = handle.commits.load(Ordering::SeqCst);
         let open = || -> Result<CachedReader, ErrorReply> {
             Ok(CachedReader {
-                reader: Reader::open(&handle.desktop_path).map_err(db_error)?,
+                reader: handle.open_reader().map_err(db_error)?,
                 commits,
                 opening: handle.opening,
             })
@@ -557,6 +618,6 @@ fn volume_info(h: &VolumeHandle) -> VolumeInfo {
     VolumeInfo {
         vol: h.index,
         root: h.volume.root().as_os_str().as_bytes().to_vec(),
-        read_only: h.config.read_only,
+        read_only: h.read_only(),
     }
 }

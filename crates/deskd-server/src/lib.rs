@@ -4,7 +4,9 @@
 //! lock, the `missing DB shutdown` line, a background logical check, one writer thread with
 //! group commit and the flush/idle/WAL/freeze timers), binds the Unix socket (and, when
 //! configured, a TCP address whose clients must prove they hold a shared token) and serves each
-//! connection on its own thread ([`conn`]). Every client claim is verified against the file
+//! connection on its own thread ([`conn`]), within the connection limits and frame timeout of
+//! [`limits`]. A desktop on a full file system is served read-only, and no commit takes the
+//! space its checkpoint needs ([`space`]). Every client claim is verified against the file
 //! system before the desktop changes ([`apply`]). A SIGHUP's reload ([`reload`]) applies a new
 //! configuration to the running server. [`Server::shutdown`] commits, flushes and records the
 //! clean-shutdown flag on every volume.
@@ -14,10 +16,12 @@ pub mod apply;
 pub mod config;
 pub mod conn;
 pub mod hints;
+pub mod limits;
 pub mod outbox;
 pub mod preflight;
 pub mod rebuild;
 pub mod reload;
+pub mod space;
 pub mod volume;
 
 use std::net::TcpListener;
@@ -121,6 +125,8 @@ pub struct Shared {
     closings: AtomicU64,
     pub shutting_down: AtomicBool,
     pub tcp: Option<TcpAccess>,
+    /// Connection counts and limits, and the frame timeout (both transports).
+    pub limits: Arc<limits::ConnectionLimits>,
 }
 
 impl Shared {
@@ -210,8 +216,14 @@ fn bind_tcp(tcp: &TcpConfig) -> Result<(TcpListener, TcpAccess), ServerError> {
     ))
 }
 
-/// One accepted connection to serve, and the TCP slot it holds while it lives.
-type Accepted = (Stream, Peer, Option<TcpSlot>);
+/// What a connection holds while it lives: its place under a connection limit.
+pub enum ConnSlot {
+    Unix(limits::UnixSlot),
+    Tcp(TcpSlot),
+}
+
+/// One accepted connection to serve, and the slot it holds while it lives.
+type Accepted = (Stream, Peer, ConnSlot);
 
 /// Serve every connection `next` yields, each on its own thread (`Ok(None)`: one that was
 /// turned away).
@@ -247,6 +259,18 @@ fn spawn_acceptor(
             }
         })
         .map(|_| ())
+}
+
+/// Turn away a Unix connection over a limit: the handshake status that says which limit (sent
+/// before the client's hello is read; a fresh socket's buffer always takes the 8 bytes, and
+/// the write never waits), then the connection is closed. Logged at most every 10 s.
+fn refuse_unix(stream: &UnixStream, refusal: limits::Refusal, log: &limits::RateLimited) {
+    use std::io::Write;
+    let _ = stream.set_nonblocking(true);
+    let _ = (&*stream).write(&deskd_proto::server_hello(refusal.status()));
+    if log.now() {
+        tracing::warn!("refused a connection: {refusal}");
+    }
 }
 
 fn bind(path: &Path) -> Result<UnixListener, ServerError> {
@@ -322,16 +346,34 @@ impl Server {
             return Err(none_opened(&failures));
         }
         let (tcp_listener, tcp_access) = tcp.unzip();
+        // SAFETY: geteuid has no preconditions.
+        let server_uid = unsafe { libc::geteuid() };
         let shared = Arc::new(Shared {
             volumes: RwLock::new(volumes),
             closings: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             tcp: tcp_access,
+            limits: Arc::new(limits::ConnectionLimits::new(config.limits, server_uid)),
         });
+        let limits = shared.limits.clone();
+        let refusals = limits::RateLimited::new(Duration::from_secs(10));
         spawn_acceptor("accept", shared.clone(), move || {
             let (stream, _) = listener.accept()?;
-            // Who the peer is, the connection's own thread asks the kernel.
-            Ok(Some((Stream::Unix(stream), Peer::Unix { uid: None }, None)))
+            // The uid decides the slot; the rest of the credentials the connection's own
+            // thread asks the kernel for.
+            let cred = access::peer_ucred(&stream).ok();
+            let (uid, pid) = (cred.map(|c| c.uid), cred.map_or(0, |c| c.pid));
+            match limits.admit(uid, pid) {
+                Ok(slot) => Ok(Some((
+                    Stream::Unix(stream),
+                    Peer::Unix { uid },
+                    ConnSlot::Unix(slot),
+                ))),
+                Err(refusal) => {
+                    refuse_unix(&stream, refusal, &refusals);
+                    Ok(None)
+                }
+            }
         })
         .map_err(|e| ServerError::Socket {
             path: config.socket.clone(),
@@ -365,7 +407,11 @@ impl Server {
                 if let Err(e) = deskd_proto::transport::tune_tcp(&stream) {
                     tracing::debug!("{addr}: cannot set TCP options: {e}");
                 }
-                Ok(Some((Stream::Tcp(stream), Peer::Tcp { addr }, Some(slot))))
+                Ok(Some((
+                    Stream::Tcp(stream),
+                    Peer::Tcp { addr },
+                    ConnSlot::Tcp(slot),
+                )))
             })
             .map_err(|e| ServerError::Tcp {
                 addr: addr.to_string(),

@@ -116,7 +116,7 @@ pub fn start(
     timeout_secs: u32,
 ) -> Result<u64, ErrorReply> {
     let root = handle.volume.root().display().to_string();
-    if handle.config.read_only && mode != RebuildMode::Scan {
+    if handle.read_only() && mode != RebuildMode::Scan {
         return Err(ErrorReply::new(
             ErrorCode::ReadOnly,
             format!("{root}: the volume is read-only; only rebuild -s can run"),

@@ -3,8 +3,11 @@
 //! Every setting of a reloaded configuration takes effect without a restart, except the TCP
 //! address: timers and durability on the volume's writer, `read_only` by closing and reopening
 //! the desktop under the same handle, volumes new in the file are opened, volumes gone from it
-//! are closed cleanly and no longer served, and the TCP token file, `tcp_admin` and
-//! `tcp_max_connections` are taken at once. A volume that is frozen (a backup may be copying its
+//! are closed cleanly and no longer served, and the TCP token file, `tcp_admin`,
+//! `tcp_max_connections` and the connection limits (`max_connections`,
+//! `max_connections_per_uid`, `frame_timeout`) are taken at once. A volume served read-only
+//! because its file system was full is closed and opened again, writable if space came back
+//! (also on a SIGHUP without a configuration file). A volume that is frozen (a backup may be copying its
 //! desktop) or rebuilding online is not closed; the log says so, and the next reload after that
 //! ends does it.
 
@@ -42,6 +45,15 @@ impl Server {
         let mut notes = Vec::new();
         if let Some(new) = new {
             self.reload_volumes(new, &mut notes);
+            self.shared.limits.set(new.limits);
+        } else {
+            // No file to read: only volumes served read-only for want of space are tried
+            // again, writable, with the settings they have.
+            for handle in &self.shared.volumes() {
+                if handle.read_only_reason.is_some() {
+                    self.reopen(handle, &handle.config.clone(), &mut notes);
+                }
+            }
         }
         for handle in &self.shared.volumes() {
             if let Some(Err(e)) = handle.ask(Job::Flush) {
@@ -94,7 +106,9 @@ impl Server {
                     handle.desktop_path.display()
                 ));
             }
-            if v.read_only != old.read_only && self.reopen(handle, v, notes) {
+            // A volume served read-only for want of space is tried writable again.
+            let retry = handle.read_only_reason.is_some();
+            if (v.read_only != old.read_only || retry) && self.reopen(handle, v, notes) {
                 continue;
             }
             handle.ask(|done| Job::Retime(v.clone(), done));
@@ -226,10 +240,10 @@ impl Server {
             Ok(again) => {
                 info!(
                     "{root}: reopened, {} (closed in {} ms, open again after {} ms)",
-                    if again.config.read_only {
-                        "read-only"
-                    } else {
-                        "writable"
+                    match (&again.read_only_reason, again.config.read_only) {
+                        (Some(why), _) => format!("read-only: {why}"),
+                        (None, true) => "read-only".into(),
+                        (None, false) => "writable".into(),
                     },
                     closed.as_millis(),
                     began.elapsed().as_millis()

@@ -3,7 +3,9 @@
 //!
 //! The writer drains its queue, applies everything that arrived as one transaction (each
 //! request in its own savepoint), commits, and only then acknowledges (group commit with no added
-//! delay). Between batches it runs the flush, idle-close, WAL-limit and freeze timers.
+//! delay). Between batches it runs the flush, idle-close, WAL-limit and freeze timers. Before a
+//! commit it keeps `min_free` free beyond the WAL ([`crate::space`]); a desktop that cannot be
+//! opened for writing for want of space is served read-only, by a writer without a desktop.
 
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -22,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::apply::{apply_write, db_error, DirCache, Reply};
 use crate::config::VolumeConfig;
 use crate::conn::ReplySink;
+use crate::space;
 use crate::ServerError;
 
 /// Work for a volume's writer thread.
@@ -33,8 +36,8 @@ pub enum Job {
     Flush(Sender<Reply>),
     Freeze(Option<u32>, Sender<Reply>),
     Thaw(Sender<Reply>),
-    /// New settings (flush_delay, idle_close, freeze_default, freeze_max, wal_limit and
-    /// durability) from a reloaded configuration; read_only needs the volume reopened.
+    /// New settings (flush_delay, idle_close, freeze_default, freeze_max, wal_limit, min_free
+    /// and durability) from a reloaded configuration; read_only needs the volume reopened.
     Retime(VolumeConfig, Sender<()>),
     /// Work on the desktop between two batches (an online rebuild's apply); returns whether
     /// it committed.
@@ -77,6 +80,23 @@ pub struct VolumeHandle {
     /// Tells this opening from an earlier one of the same volume (a reload may reopen it under
     /// the same handle): connections keep read connections per opening.
     pub opening: u64,
+    /// Why the volume is served read-only though its configuration says writable
+    /// ([`crate::space::FULL_REASON`]); a reload tries to open it writable again.
+    pub read_only_reason: Option<String>,
+    /// What readers open: the desktop, or a copy of it when it had to be read elsewhere.
+    reads: PathBuf,
+    /// Readers open `reads` immutable (a full file system: no `-shm` can be made).
+    immutable: bool,
+}
+
+/// What opening a desktop produced, for [`VolumeHandle::serve`].
+struct Opened {
+    reads: PathBuf,
+    immutable: bool,
+    read_only_reason: Option<String>,
+    clean_at_start: bool,
+    names: Arc<NameIndex>,
+    touches: Arc<TouchLog>,
 }
 
 /// Numbers the openings of volumes, for [`VolumeHandle::opening`].
@@ -256,7 +276,9 @@ impl VolumeHandle {
         rx.recv().ok()
     }
 
-    /// Open the volume's desktop and start its writer thread.
+    /// Open the volume's desktop and start its writer thread. When the desktop cannot be
+    /// opened for writing because its file system is full, the volume is served read-only
+    /// (`read-only: file system full` in the log and in status) and writes are refused.
     pub fn open(index: u32, config: VolumeConfig) -> Result<Arc<VolumeHandle>, ServerError> {
         let volume = Volume::new(&config.root)
             .map_err(|e| ServerError::Volume(format!("{}: {e}", config.root.display())))?;
@@ -267,14 +289,21 @@ impl VolumeHandle {
         }
         let lock = lock_exclusive(&desktop_path, &root)?;
         check_desktop_owner(&lock, &desktop_path, &root)?;
-        let (mut desktop, report) =
-            Desktop::open(&desktop_path, config.durability).map_err(|e| {
-                ServerError::Volume(format!(
+        let side_files = space::SideFiles::missing_now(&desktop_path);
+        let (mut desktop, report) = match Desktop::open(&desktop_path, config.durability) {
+            Ok(opened) => opened,
+            Err(e) if space::open_failed_for_space(&e, &desktop_path, config.min_free) => {
+                side_files.remove_created();
+                return Self::open_full(index, config, volume, desktop_path, lock, e);
+            }
+            Err(e) => {
+                return Err(ServerError::Volume(format!(
                     "{}: cannot open desktop {}: {e}",
                     root.display(),
                     desktop_path.display()
-                ))
-            })?;
+                )))
+            }
+        };
         if !report.was_clean {
             warn!(
                 "missing DB shutdown:[{}] at {}, recommend rebuild to re-create desktop file",
@@ -301,17 +330,99 @@ impl VolumeHandle {
         if !config.read_only {
             ensure_root_record(&root);
         }
-        let owner_uid = std::fs::metadata(&root).map(|m| m.uid()).unwrap_or(0);
-        let state = Arc::new(Mutex::new(SharedState {
-            clean_at_start: report.was_clean,
-            ..Default::default()
-        }));
         // Attached before the loader takes its snapshot: no commit can fall between the two.
         let names = Arc::new(NameIndex::new());
         desktop.attach_name_index(names.clone());
         let touches = Arc::new(TouchLog::default());
         desktop.attach_touch_log(touches.clone());
-        spawn_name_index_load(&desktop_path, &root, names.clone());
+        let opened = Opened {
+            reads: desktop_path.clone(),
+            immutable: false,
+            read_only_reason: None,
+            clean_at_start: report.was_clean,
+            names,
+            touches,
+        };
+        Self::serve(
+            index,
+            config,
+            volume,
+            desktop_path,
+            lock,
+            Some(desktop),
+            opened,
+        )
+    }
+
+    /// Serve a volume whose desktop cannot be opened for writing for want of space: reads
+    /// only, from the desktop itself or a copy ([`space::full_disk_reads`]).
+    fn open_full(
+        index: u32,
+        config: VolumeConfig,
+        volume: Volume,
+        desktop_path: PathBuf,
+        lock: File,
+        why: deskd_db::DbError,
+    ) -> Result<Arc<VolumeHandle>, ServerError> {
+        let root = volume.root().to_path_buf();
+        let cannot = |e: String| {
+            ServerError::Volume(format!(
+                "{}: cannot open desktop {} ({why}), not even read-only: {e}",
+                root.display(),
+                desktop_path.display()
+            ))
+        };
+        let reads =
+            space::full_disk_reads(&desktop_path, &root).map_err(|e| cannot(e.to_string()))?;
+        let (stats, clean) = open_reader_at(&reads.path, reads.immutable)
+            .and_then(|r| Ok((r.stats()?, r.meta("clean")?)))
+            .map_err(|e| cannot(e.to_string()))?;
+        if stats.format_version > deskd_db::FORMAT_VERSION {
+            return Err(cannot(
+                deskd_db::DbError::FormatTooNew {
+                    found: stats.format_version,
+                    supported: deskd_db::FORMAT_VERSION,
+                }
+                .to_string(),
+            ));
+        }
+        let clean_at_start = clean.map(|v| v != 0).unwrap_or(true);
+        warn!(
+            "{}: read-only: {} (cannot open the desktop for writing: {why}); reads are served \
+             from {}{}; writes are refused until space is freed and deskd is reloaded (SIGHUP) \
+             or restarted",
+            root.display(),
+            space::FULL_REASON,
+            reads.path.display(),
+            if reads.immutable { "" } else { " (a copy)" },
+        );
+        let opened = Opened {
+            reads: reads.path,
+            immutable: reads.immutable,
+            read_only_reason: Some(space::FULL_REASON.to_string()),
+            clean_at_start,
+            names: Arc::new(NameIndex::new()),
+            touches: Arc::new(TouchLog::default()),
+        };
+        Self::serve(index, config, volume, desktop_path, lock, None, opened)
+    }
+
+    /// The handle of an opened volume, with its background loader, check and writer started.
+    fn serve(
+        index: u32,
+        config: VolumeConfig,
+        volume: Volume,
+        desktop_path: PathBuf,
+        lock: File,
+        desktop: Option<Desktop>,
+        opened: Opened,
+    ) -> Result<Arc<VolumeHandle>, ServerError> {
+        let root = volume.root().to_path_buf();
+        let owner_uid = std::fs::metadata(&root).map(|m| m.uid()).unwrap_or(0);
+        let state = Arc::new(Mutex::new(SharedState {
+            clean_at_start: opened.clean_at_start,
+            ..Default::default()
+        }));
         let (tx, rx) = crossbeam_channel::unbounded();
         let commits = Arc::new(AtomicU64::new(0));
         let handle = Arc::new(VolumeHandle {
@@ -323,31 +434,54 @@ impl VolumeHandle {
             state: state.clone(),
             owner_uid,
             commits: commits.clone(),
-            names,
-            touches,
+            names: opened.names,
+            touches: opened.touches,
             rebuild: Mutex::new(None),
             opening: OPENINGS.fetch_add(1, Ordering::SeqCst),
+            read_only_reason: opened.read_only_reason,
+            reads: opened.reads,
+            immutable: opened.immutable,
         });
-        spawn_check(&desktop_path, &root, state.clone());
+        // A copy made for want of space goes when this opening is closed.
+        let temp_copy = (handle.read_only_reason.is_some() && !handle.immutable)
+            .then(|| handle.reads.parent().map(Path::to_path_buf))
+            .flatten();
+        spawn_name_index_load(&handle.reads, handle.immutable, &root, handle.names.clone());
+        spawn_check(&handle.reads, handle.immutable, &root, state.clone());
         let writer = Writer {
-            desktop: Some(desktop),
+            desktop,
             lock: Some(lock),
             volume,
             config,
             state,
             commits,
             wal_path: deskd_db::wal_path(&desktop_path),
+            desktop_dir: space::desktop_dir(&desktop_path).to_path_buf(),
             dirty_since: None,
             last_write: Instant::now(),
             frozen_until: None,
             checkpoint_after: None,
             held_back_since: None,
+            low_space_logged: None,
+            low_space_checkpointed: None,
+            temp_copy,
         };
         std::thread::Builder::new()
             .name(format!("writer-{index}"))
             .spawn(move || writer.run(rx))
             .map_err(|e| ServerError::Volume(format!("cannot start writer thread: {e}")))?;
         Ok(handle)
+    }
+
+    /// Whether clients may change this volume: not when configured read-only, nor when served
+    /// read-only for want of space.
+    pub fn read_only(&self) -> bool {
+        self.config.read_only || self.read_only_reason.is_some()
+    }
+
+    /// A read connection to this opening's desktop.
+    pub fn open_reader(&self) -> deskd_db::Result<deskd_db::Reader> {
+        open_reader_at(&self.reads, self.immutable)
     }
 
     /// Status of this volume, read through `reader`.
@@ -361,7 +495,8 @@ impl VolumeHandle {
             desktop: self.desktop_path.as_os_str().as_bytes().to_vec(),
             objects: stats.objects,
             last_id: stats.last_id,
-            read_only: self.config.read_only,
+            read_only: self.read_only(),
+            read_only_reason: self.read_only_reason.clone(),
             last_flush: state.last_flush,
             clean_at_start: state.clean_at_start,
             frozen_until,
@@ -404,15 +539,24 @@ fn ensure_root_record(root: &Path) {
     }
 }
 
+/// A read connection to `path`, immutable or not (see [`VolumeHandle::open_reader`]).
+fn open_reader_at(path: &Path, immutable: bool) -> deskd_db::Result<deskd_db::Reader> {
+    if immutable {
+        deskd_db::Reader::open_immutable(path)
+    } else {
+        deskd_db::Reader::open(path)
+    }
+}
+
 /// Build the name index off the start-up path; `find` scans the table until it is ready.
-fn spawn_name_index_load(desktop: &Path, root: &Path, names: Arc<NameIndex>) {
+fn spawn_name_index_load(desktop: &Path, immutable: bool, root: &Path, names: Arc<NameIndex>) {
     let desktop = desktop.to_path_buf();
     let root = root.to_path_buf();
     let _ = std::thread::Builder::new()
         .name("name-index".into())
         .spawn(move || {
             let began = Instant::now();
-            match deskd_db::Reader::open(&desktop).and_then(|r| names.load(&r)) {
+            match open_reader_at(&desktop, immutable).and_then(|r| names.load(&r)) {
                 Ok(()) => info!(
                     volume = %root.display(),
                     names = names.names().unwrap_or(0),
@@ -428,13 +572,13 @@ fn spawn_name_index_load(desktop: &Path, root: &Path, names: Arc<NameIndex>) {
 }
 
 /// The quick logical check of DESIGN §6.5, off the start-up path.
-fn spawn_check(desktop: &Path, root: &Path, state: Arc<Mutex<SharedState>>) {
+fn spawn_check(desktop: &Path, immutable: bool, root: &Path, state: Arc<Mutex<SharedState>>) {
     let desktop = desktop.to_path_buf();
     let root = root.to_path_buf();
     let _ = std::thread::Builder::new()
         .name("check".into())
         .spawn(move || {
-            let result = deskd_db::Reader::open(&desktop).and_then(|r| r.quick_check());
+            let result = open_reader_at(&desktop, immutable).and_then(|r| r.quick_check());
             match result {
                 Ok(problems) if problems.is_empty() => {}
                 Ok(problems) => {
@@ -523,10 +667,24 @@ struct Writer {
     checkpoint_after: Option<Instant>,
     /// Since when timed checkpoints have been held back by a reader (for the log).
     held_back_since: Option<Instant>,
+    /// Where the WAL grows: its free space is checked before each commit.
+    desktop_dir: PathBuf,
+    /// When writes were last refused for want of space (logged at most once a minute).
+    low_space_logged: Option<Instant>,
+    /// When a commit last had to checkpoint first for want of space (logged likewise).
+    low_space_checkpointed: Option<Instant>,
+    /// The temporary directory holding the copy a full-disk opening reads, removed at close.
+    temp_copy: Option<PathBuf>,
 }
+
+/// How often the log may say that space is short (a nearly full disk affects every commit).
+const LOW_SPACE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl Writer {
     fn run(mut self, rx: Receiver<Job>) {
+        if self.desktop.is_none() {
+            return self.serve_without_desktop(rx);
+        }
         let mut writes: Vec<(Request, ReplySink)> = Vec::new();
         loop {
             let job = match self.next_deadline() {
@@ -554,6 +712,7 @@ impl Writer {
                         match control {
                             Job::Shutdown(done) => {
                                 self.shutdown();
+                                self.remove_empty_wal();
                                 let _ = done.send(());
                                 return self.refuse_all(rx);
                             }
@@ -577,6 +736,119 @@ impl Writer {
             self.timers();
         }
         self.shutdown();
+    }
+
+    /// A volume served read-only for want of space has no write connection: writes are
+    /// refused with `DiskFull`, a flush has nothing to do, and a freeze only says so (the
+    /// desktop cannot change).
+    fn serve_without_desktop(mut self, rx: Receiver<Job>) {
+        let refusal = || {
+            ErrorReply::new(
+                ErrorCode::DiskFull,
+                format!(
+                    "{}: read-only: {}; free space on it, then reload deskd (SIGHUP) to write \
+                     again",
+                    self.volume.root().display(),
+                    space::FULL_REASON
+                ),
+            )
+        };
+        while let Ok(job) = rx.recv() {
+            match job {
+                Job::Write { reply, .. } => reply.send(Err(refusal())),
+                Job::Flush(reply) | Job::Thaw(reply) => {
+                    let _ = reply.send(Ok(Response::Done));
+                }
+                Job::Freeze(seconds, reply) => {
+                    let secs = seconds
+                        .unwrap_or(self.config.freeze_default)
+                        .min(self.config.freeze_max)
+                        .max(1);
+                    let _ = reply.send(Ok(Response::Frozen {
+                        until: now_unix() + secs as i64,
+                        clamped: seconds.is_some_and(|s| s > self.config.freeze_max),
+                        max: self.config.freeze_max,
+                    }));
+                }
+                Job::Retime(new, done) => {
+                    self.config = new;
+                    let _ = done.send(());
+                }
+                Job::Run(_) => {}
+                Job::Close(done) => {
+                    self.lock = None;
+                    self.remove_temp_copy();
+                    let _ = done.send(Ok(()));
+                    return self.refuse_all(rx);
+                }
+                Job::Shutdown(done) => {
+                    self.lock = None;
+                    self.remove_temp_copy();
+                    let _ = done.send(());
+                    return self.refuse_all(rx);
+                }
+            }
+        }
+    }
+
+    /// Remove the copy of the desktop a full-disk opening read (readers that still have it
+    /// open keep reading the unlinked files until they notice the opening is gone).
+    fn remove_temp_copy(&mut self) {
+        if let Some(dir) = self.temp_copy.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// Before a commit: free space must cover the WAL (what a checkpoint may need to grow
+    /// the desktop) and `min_free`. When it does not, checkpoint first (the WAL's space comes
+    /// back); when that does not leave `min_free` either, refuse the batch.
+    fn make_room(&mut self) -> Result<(), ErrorReply> {
+        let usage = |dir: &Path| {
+            space::usage(dir).unwrap_or(space::Usage {
+                free: u64::MAX,
+                size: u64::MAX,
+            })
+        };
+        let len = |file: &Path| std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        let now = usage(&self.desktop_dir);
+        let min_free = space::min_free(self.config.min_free, now.size);
+        if space::room(now.free, len(&self.wal_path), min_free) == space::Room::Enough {
+            return Ok(());
+        }
+        let checkpointed = if self.frozen() {
+            Err(ErrorReply::new(ErrorCode::Busy, "frozen"))
+        } else {
+            self.flush(REQUESTED_CHECKPOINT_WAIT)
+        };
+        let left = usage(&self.desktop_dir).free;
+        let wal = len(&self.wal_path);
+        if space::room(left, wal, min_free) == space::Room::Enough {
+            if !matches!(self.low_space_checkpointed, Some(t) if t.elapsed() < LOW_SPACE_LOG_EVERY)
+            {
+                self.low_space_checkpointed = Some(Instant::now());
+                info!(volume = %self.volume.root().display(),
+                    "little space left on the desktop's file system: WAL checkpointed before a \
+                     commit ({left} bytes free; said at most once a minute)");
+            }
+            return Ok(());
+        }
+        let root = self.volume.root().display().to_string();
+        if !matches!(self.low_space_logged, Some(t) if t.elapsed() < LOW_SPACE_LOG_EVERY) {
+            self.low_space_logged = Some(Instant::now());
+            warn!(volume = %root, "writes refused: {left} bytes free on the desktop's file system, \
+            less than the WAL ({wal} bytes) and min_free ({min_free}){}",
+            match &checkpointed {
+                Ok(()) => String::new(),
+                Err(e) => format!("; checkpoint: {}", e.message),
+            });
+        }
+        Err(ErrorReply::new(
+            ErrorCode::DiskFull,
+            format!(
+                "{root}: the desktop's file system is nearly full ({left} bytes free, min_free \
+                 {min_free}); nothing was recorded. Reads go on; free space and try again"
+            ),
+        ))
     }
 
     /// After the desktop is closed: answer whatever still arrives, until the last sender is
@@ -613,6 +885,12 @@ impl Writer {
 
     fn commit_batch(&mut self, writes: &mut Vec<(Request, ReplySink)>) {
         if writes.is_empty() {
+            return;
+        }
+        if let Err(refusal) = self.make_room() {
+            for (_, sink) in writes.drain(..) {
+                sink.send(Err(refusal.clone()));
+            }
             return;
         }
         let desktop = self.desktop.as_mut().expect("writer used after shutdown");
@@ -761,7 +1039,24 @@ impl Writer {
     /// Checkpoint, waiting at most `wait` for readers of older snapshots.
     fn flush(&mut self, wait: Duration) -> Result<(), ErrorReply> {
         let desktop = self.desktop.as_ref().expect("writer used after shutdown");
-        let (busy, _, _) = desktop.checkpoint(wait).map_err(db_error)?;
+        let (busy, _, _) = desktop.checkpoint(wait).map_err(|e| {
+            if e.is_disk_full() {
+                let wal = std::fs::metadata(&self.wal_path)
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                ErrorReply::new(
+                    ErrorCode::DiskFull,
+                    format!(
+                        "{}: no space left for the checkpoint: folding the WAL ({wal} bytes) \
+                         into the desktop needs the desktop to grow; free space and flush \
+                         again (nothing is lost: the WAL keeps every change)",
+                        self.volume.root().display()
+                    ),
+                )
+            } else {
+                db_error(e)
+            }
+        })?;
         if busy != 0 {
             self.checkpoint_after = Some(Instant::now() + CHECKPOINT_RETRY);
             return Err(ErrorReply::new(
@@ -826,6 +1121,7 @@ impl Writer {
                 self.config.freeze_default = new.freeze_default;
                 self.config.freeze_max = new.freeze_max;
                 self.config.wal_limit = new.wal_limit;
+                self.config.min_free = new.min_free;
                 if new.durability != self.config.durability {
                     let desktop = self.desktop.as_ref().expect("writer used after shutdown");
                     match desktop.set_durability(new.durability) {
@@ -850,6 +1146,23 @@ impl Writer {
             Job::Write { .. } | Job::Close(_) | Job::Shutdown(_) => {
                 unreachable!("handled by run")
             }
+        }
+    }
+
+    /// At the server's end, after a clean close: remove a WAL the checkpoint emptied (and its
+    /// index), which the process's read connections would otherwise leave behind. Never done
+    /// at a reload's close (readers of this opening may still use them), nor while another
+    /// process (an `sqlite3` session, a backup) has the desktop open.
+    fn remove_empty_wal(&self) {
+        let wal = self.wal_path.as_os_str().as_bytes();
+        let desktop = Path::new(std::ffi::OsStr::from_bytes(
+            &wal[..wal.len() - "-wal".len()],
+        ));
+        if std::fs::metadata(&self.wal_path).is_ok_and(|m| m.len() == 0)
+            && !space::open_elsewhere(desktop)
+        {
+            let _ = std::fs::remove_file(&self.wal_path);
+            let _ = std::fs::remove_file(deskd_db::shm_path(desktop));
         }
     }
 

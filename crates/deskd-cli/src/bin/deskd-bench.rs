@@ -74,6 +74,18 @@ enum Command {
         runs: u32,
         patterns: Vec<String>,
     },
+    /// Test helper (hostile tests): open COUNT connections to --socket and hold them, the
+    /// first HALF_FRAMES of those accepted with half a request frame sent. Prints one JSON
+    /// line (accepted, refused, the first refusal) at once, then holds them until stdin is
+    /// closed or SECONDS pass.
+    Hold {
+        #[arg(long)]
+        count: u32,
+        #[arg(long, default_value_t = 0)]
+        half_frames: u32,
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+    },
     /// Serve a bare echo on --socket (16-byte messages): the floor for a round trip.
     EchoServer,
     /// Round trips against echo-server: p50/p99 of a bare Unix-socket exchange.
@@ -144,6 +156,11 @@ fn main() -> Result<()> {
     match cli.command {
         Command::EchoServer => return echo_server(&cli.socket),
         Command::EchoClient { ops } => return echo_client(&cli.socket, ops),
+        Command::Hold {
+            count,
+            half_frames,
+            seconds,
+        } => return hold(&cli.socket, count, half_frames, seconds),
         _ => {}
     }
     let root = cli
@@ -152,7 +169,9 @@ fn main() -> Result<()> {
         .ok_or_else(|| anyhow!("--volume is required"))?
         .canonicalize()?;
     match cli.command {
-        Command::EchoServer | Command::EchoClient { .. } => unreachable!("handled above"),
+        Command::EchoServer | Command::EchoClient { .. } | Command::Hold { .. } => {
+            unreachable!("handled above")
+        }
         Command::Populate {
             shape: Shape { dirs, per_dir },
         } => {
@@ -522,6 +541,44 @@ fn main() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `hold`: a bounded flood of connections, some stalled in the middle of a frame.
+fn hold(socket: &Path, count: u32, half_frames: u32, seconds: f64) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut held = Vec::new();
+    let (mut refused, mut failed) = (0u32, 0u32);
+    let mut refusal: Option<String> = None;
+    for _ in 0..count.min(10_000) {
+        let stream = std::os::unix::net::UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        match deskd_proto::transport::client_handshake(&stream, None) {
+            Ok(()) => held.push(stream),
+            Err(deskd_proto::ProtoError::Refused(why)) => {
+                refused += 1;
+                refusal.get_or_insert(format!("deskd refused the connection: {why}"));
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    for mut stream in held.iter().take(half_frames as usize) {
+        // A length of 100 bytes, then 10 of them.
+        stream.write_all(&100u32.to_be_bytes())?;
+        stream.write_all(&[0u8; 10])?;
+    }
+    println!(
+        "{}",
+        serde_json::json!({"accepted": held.len(), "refused": refused, "failed": failed,
+            "refusal": refusal})
+    );
+    std::io::stdout().flush()?;
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        let _ = done.send(());
+    });
+    let _ = wait.recv_timeout(Duration::from_secs_f64(seconds.min(600.0)));
     Ok(())
 }
 

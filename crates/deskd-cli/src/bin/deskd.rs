@@ -218,6 +218,12 @@ enum Command {
         /// Where afpd connects. The protocol has no authentication: keep it on loopback.
         #[arg(long, default_value = "127.0.0.1:4700", value_name = "HOST:PORT")]
         listen: String,
+        /// Most afpd connections served at once; more are closed at once.
+        #[arg(long, default_value_t = 256)]
+        max_connections: usize,
+        /// Seconds a handshake, or a request once begun, may take to arrive whole.
+        #[arg(long, default_value_t = 10)]
+        frame_timeout: u64,
     },
 }
 
@@ -270,7 +276,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             roots,
             volumes,
         } => serve(&cli.connection, config, listen, roots, volumes),
-        Command::Netatalk { listen } => netatalk(&cli.connection, &listen),
+        Command::Netatalk {
+            listen,
+            max_connections,
+            frame_timeout,
+        } => {
+            let limits = deskd_netatalk::Limits {
+                max_connections: max_connections.max(1),
+                frame_timeout: std::time::Duration::from_secs(frame_timeout.max(1)),
+            };
+            netatalk(&cli.connection, &listen, limits)
+        }
         Command::Rebuild {
             fresh,
             scan,
@@ -380,6 +396,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         "ids_left": deskd_db::ids::ids_left(s.last_id),
                         "id_space_warning": deskd_db::ids::space_warning(s.last_id),
                         "read_only": s.read_only,
+                        "read_only_reason": s.read_only_reason,
                         "last_flush": s.last_flush,
                         "clean_at_start": s.clean_at_start,
                         "frozen_until": s.frozen_until,
@@ -427,7 +444,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             .unwrap_or_else(|| "not frozen".into())
                     );
                     println!("  WAL:          {} bytes", s.wal_bytes);
-                    println!("  read-only:    {}", if s.read_only { "yes" } else { "no" });
+                    match (&s.read_only_reason, s.read_only) {
+                        (Some(why), _) => println!("  read-only:    yes: {why}"),
+                        (None, read_only) => {
+                            println!("  read-only:    {}", if read_only { "yes" } else { "no" })
+                        }
+                    }
                     if let Some(r) = &s.rebuild {
                         let mode = format!("{:?}", r.mode).to_lowercase();
                         match &r.finished {
@@ -568,7 +590,11 @@ fn init_offline_logging() {
 }
 
 /// `deskd netatalk`: accept afpd connections, one thread each, until killed.
-fn netatalk(connection: &ConnectionArgs, listen: &str) -> Result<ExitCode> {
+fn netatalk(
+    connection: &ConnectionArgs,
+    listen: &str,
+    limits: deskd_netatalk::Limits,
+) -> Result<ExitCode> {
     init_logging();
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -587,7 +613,11 @@ fn netatalk(connection: &ConnectionArgs, listen: &str) -> Result<ExitCode> {
         listener.local_addr()?,
         address.endpoint
     );
-    deskd_netatalk::serve(listener, std::sync::Arc::new(move || address.connect()));
+    deskd_netatalk::serve(
+        listener,
+        std::sync::Arc::new(move || address.connect()),
+        limits,
+    );
     Ok(ExitCode::SUCCESS)
 }
 

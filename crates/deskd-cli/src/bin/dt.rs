@@ -1263,7 +1263,10 @@ impl Dt {
         if !exists(&iv.path()) {
             bail!("{}: no such file or directory", path.display());
         }
-        let o = self.session.register(&iv, true)?;
+        let o = match self.session.registered_if_read_only(&iv)? {
+            Some(o) => o,
+            None => self.session.register(&iv, true)?,
+        };
         let full = iv.path();
         if json {
             let v = serde_json::json!({

@@ -606,3 +606,122 @@ pub fn dt_killed_at(env: &Env, uid: Option<u32>, step: &str, args: &[&[u8]]) {
         child.wait()
     );
 }
+
+// --- limits ---
+
+pub const BENCH: &str = env!("CARGO_BIN_EXE_deskd-bench");
+
+impl Env {
+    /// Start `bin args` as `uid` (gid the same, no other groups) against this Env's server,
+    /// with stdin and stdout piped (closing stdin ends a `deskd-bench hold`). Panics when the
+    /// tests do not run as root: such a test cannot run and must fail, not skip.
+    pub fn spawn_as_user(&self, uid: u32, bin: &str, args: &[&[u8]]) -> Child {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+        let linked = self.linked_for_others(bin);
+        for _ in 0..100 {
+            let mut cmd = self.command_for(linked.to_str().unwrap(), args);
+            cmd.uid(uid)
+                .gid(uid)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped());
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => return other.unwrap(),
+            }
+        }
+        panic!("{} stayed busy", linked.display());
+    }
+}
+
+/// A small ext4 file system on a loop device, mounted at `mnt` for the life of the guard
+/// (unmounted when dropped, also when the test fails). Needs root: it panics otherwise.
+pub struct SmallExt4 {
+    pub mnt: PathBuf,
+    _image_dir: tempfile::TempDir,
+}
+
+impl SmallExt4 {
+    /// An ext4 of `mib` MiB mounted at `mnt` (created if missing).
+    pub fn mount(mnt: PathBuf, mib: u64) -> SmallExt4 {
+        let image_dir = tempfile::tempdir().unwrap();
+        let image = image_dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        let run = |cmd: &mut Command| {
+            let out = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("{cmd:?}: {e} (needs e2fsprogs and root)"));
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        // No reserved blocks and no journal: "full" means full, for root too, and the
+        // little space there is stays for the test.
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0", "-O", "^has_journal"])
+            .arg(&image));
+        run(Command::new("mount")
+            .arg("-o")
+            .arg("loop")
+            .arg(&image)
+            .arg(&mnt));
+        SmallExt4 {
+            mnt,
+            _image_dir: image_dir,
+        }
+    }
+
+    /// Bytes free for an unprivileged writer (statvfs `f_bavail`).
+    pub fn free_bytes(&self) -> u64 {
+        free_bytes(&self.mnt)
+    }
+
+    /// Fill the file system with `name` (written as root) until at most `leave` bytes are free.
+    pub fn fill_leaving(&self, name: &str, leave: u64) {
+        use std::io::Write;
+        let path = self.mnt.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let block = vec![0xa5u8; 4096];
+        while self.free_bytes() > leave {
+            let chunk = (self.free_bytes() - leave).min(1 << 20) as usize;
+            let mut left = chunk.max(1);
+            while left > 0 {
+                let n = left.min(block.len());
+                if f.write_all(&block[..n]).is_err() {
+                    return;
+                }
+                left -= n;
+            }
+            f.sync_all().unwrap();
+        }
+    }
+}
+
+/// Bytes free under `path` for an unprivileged writer (statvfs `f_bavail`).
+pub fn free_bytes(path: &Path) -> u64 {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs writes one struct statvfs; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+impl Drop for SmallExt4 {
+    fn drop(&mut self) {
+        // Lazy: a server still holding files there cannot keep the mount alive.
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}

@@ -1,0 +1,115 @@
+//! Reading against a deadline: a peer that starts a handshake or a frame must finish it in time.
+//!
+//! A socket read timeout bounds each silence, so a peer that sends one byte every few seconds
+//! would keep a half-sent frame (and the thread reading it) alive for ever. [`wait_readable`]
+//! instead bounds the whole: it waits for data only until a fixed instant. [`Deadlined`] reads
+//! a stream that way (the handshake); [`crate::spin::SpinRead`] does it while a frame is open.
+
+use std::io::{self, Read, Write};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use crate::Stream;
+
+/// Wait until `fd` has something to read (data, end of stream or an error), or fail with
+/// [`io::ErrorKind::TimedOut`] once `deadline` has passed.
+pub fn wait_readable(fd: RawFd, deadline: Instant) -> io::Result<()> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer did not finish in time",
+            ));
+        }
+        let mut pollfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // Round up: a wait of 0 ms would spin until the deadline.
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+        // SAFETY: poll reads and writes one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pollfd, 1, ms) };
+        match rc {
+            n if n > 0 => return Ok(()),
+            0 => {}
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+}
+
+/// A stream whose reads all end by one deadline (writes are not bounded by it).
+pub struct Deadlined<'a> {
+    pub stream: &'a Stream,
+    pub deadline: Instant,
+}
+
+impl Read for Deadlined<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        wait_readable(self.stream.as_raw_fd(), self.deadline)?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Deadlined<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    #[test]
+    fn a_trickle_does_not_extend_the_deadline() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let stream = Stream::Unix(a);
+        let began = Instant::now();
+        let mut r = Deadlined {
+            stream: &stream,
+            deadline: began + Duration::from_millis(150),
+        };
+        let writer = std::thread::spawn(move || {
+            // One byte every 40 ms: each silence is short, the whole is too long.
+            for _ in 0..10 {
+                if b.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(40));
+            }
+        });
+        let mut buf = [0u8; 8];
+        let err = r.read_exact(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(began.elapsed() < Duration::from_millis(300));
+        drop(stream);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn data_in_time_is_read() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let stream = Stream::Unix(a);
+        b.write_all(b"hello").unwrap();
+        let mut r = Deadlined {
+            stream: &stream,
+            deadline: Instant::now() + Duration::from_secs(5),
+        };
+        let mut buf = [0u8; 5];
+        r.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hello");
+    }
+}
