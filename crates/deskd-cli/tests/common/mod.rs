@@ -409,7 +409,13 @@ impl Mounted {
     pub fn tmpfs_of(mnt: std::path::PathBuf, size: &str) -> Option<Mounted> {
         std::fs::create_dir_all(&mnt).unwrap();
         let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
             .arg(&mnt)
             .output();
         match out {
