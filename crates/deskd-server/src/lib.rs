@@ -16,7 +16,9 @@ pub mod conn;
 pub mod outbox;
 pub mod rebuild;
 pub mod reload;
+pub mod sight;
 pub mod volume;
+pub mod walk;
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
