@@ -31,12 +31,20 @@ pub fn unseen() -> ErrorReply {
 }
 
 /// What an unprivileged peer hears instead of `reply`: any `NotFound` is [`unseen`], so the
-/// words of a missing ID, name or path never differ from those of a hidden one.
+/// words of a missing ID, name or path never differ from those of a hidden one. A peer whose
+/// access this server cannot check at all is told why, about everything alike.
 pub fn for_peer(access: &Access, reply: ErrorReply) -> ErrorReply {
-    if reply.code == ErrorCode::NotFound && !access.is_trusted() {
-        unseen()
-    } else {
-        reply
+    match access {
+        _ if reply.code != ErrorCode::NotFound => reply,
+        Access::Trusted => reply,
+        Access::Peer(_) => unseen(),
+        Access::Unverifiable { uid } => ErrorReply::new(
+            ErrorCode::NotFound,
+            format!(
+                "{UNSEEN_MESSAGE}: deskd does not run as root, so it cannot check what uid \
+                 {uid} may see"
+            ),
+        ),
     }
 }
 
