@@ -132,8 +132,13 @@ fn walk_names(vol: &Volume, access: &Access, components: &[Vec<u8>]) -> Result<W
         .ok_or_else(sight::unseen)
 }
 
-/// The walk got to its last name: else what stopped it (a refusal, or a missing name).
+/// The walk got to its last name: else what stopped it (a refusal, or a missing name; the
+/// same [`sight::unseen`] to an unprivileged peer, so a hidden name and a missing one sound
+/// alike).
 fn reached(access: &Access, vol: &Volume, walked: Walked) -> Result<Walked, ErrorReply> {
+    if walked.stopped.is_some() && !access.is_trusted() {
+        return Err(sight::unseen());
+    }
     if walked.refused() {
         return Err(sight::refused_walk(access, vol, &walked));
     }
@@ -164,11 +169,19 @@ fn add_path(
         let existing = b.lookup(current.id, name).map_err(db_error)?;
         if let Some(dir) = existing.as_ref().filter(|_| !last) {
             // A registered directory on the way: the walk has just been through it.
+            if dir.kind != Kind::Dir {
+                return Err(kind_changed(&components[..=i], dir, node));
+            }
             current = dir.clone();
             created = false;
             continue;
         }
         if let Some(mut object) = existing {
+            if object.kind != node.kind {
+                // Not a new copy of the same thing (a symlink swapped in for a folder): the
+                // record is never made to say the descriptor is what it is not.
+                return Err(kind_changed(&components[..=i], &object, node));
+            }
             if (object.dev, object.ino) != (node.dev, node.ino) {
                 // Same name, new inode (save-by-replace, restore): the name keeps its ID.
                 b.set_devino(object.id, node.dev, node.ino)
@@ -208,6 +221,17 @@ fn add_path(
         created = true;
     }
     Ok((current, created))
+}
+
+/// The refusal to record a name whose object on disk is of another kind than its record.
+fn kind_changed(components: &[Vec<u8>], recorded: &Object, node: &Node) -> ErrorReply {
+    claim(format!(
+        "{}: is a {} on disk, recorded as a {} (ID {}); tell deskd of the removal first",
+        String::from_utf8_lossy(&join(components)),
+        node.kind.as_str(),
+        recorded.kind.as_str(),
+        recorded.id
+    ))
 }
 
 fn registered(b: &Batch<'_>, components: &[Vec<u8>]) -> Result<Option<Object>, ErrorReply> {
@@ -267,8 +291,10 @@ fn do_rename(
             "cannot rename onto the volume root",
         ));
     }
-    verify_gone(vol, object, old)?;
+    // Where it is now first: that walk is the peer's, and what it may not see is refused
+    // before anything else is said.
     let new = verify_arrived(access, vol, object, new)?;
+    verify_gone(vol, object, old)?;
     let (new_name, parent_components) = new.components.split_last().expect("not the root");
     let node = *new.last().expect("a walk that reached its end");
     let (parent, _) = add_path(
@@ -358,6 +384,9 @@ pub fn apply_write(
                 hint: *hint,
             };
             let (o, created) = b.add(&new).map_err(db_error)?;
+            if !created && o.kind != node.kind {
+                return Err(kind_changed(&components, &o, &node));
+            }
             if !created && (o.dev, o.ino) != (node.dev, node.ino) {
                 // Same name, new inode (save-by-replace, restore): the name keeps its ID.
                 b.set_devino(o.id, node.dev, node.ino).map_err(db_error)?;
@@ -415,8 +444,10 @@ pub fn apply_write(
         } => {
             refuse_ro()?;
             let from_walk = walk_path(vol, access, from)?;
-            if from_walk.refused() {
-                // The peer may not see where it says the object was.
+            // Where the peer may not see, its `from` names nothing: as for a path that does
+            // not exist, the object at `to` is registered where it is.
+            let hidden_from = from_walk.refused() && !access.is_trusted();
+            if from_walk.refused() && !hidden_from {
                 return Err(sight::refused_walk(access, vol, &from_walk));
             }
             let to_walk = walk_path(vol, access, to)?;
@@ -426,7 +457,12 @@ pub fn apply_write(
                     "the volume root cannot be renamed",
                 ));
             }
-            match registered(b, &from_walk.components)? {
+            let object = if hidden_from {
+                None
+            } else {
+                registered(b, &from_walk.components)?
+            };
+            match object {
                 Some(object) => do_rename(
                     b,
                     vol,
@@ -473,7 +509,11 @@ pub fn apply_write(
             refuse_ro()?;
             let walked = walk_path(vol, access, path)?;
             if walked.refused() {
-                return Err(sight::refused_walk(access, vol, &walked));
+                // Where the peer may not see, its path names nothing (and nothing is removed).
+                if access.is_trusted() {
+                    return Err(sight::refused_walk(access, vol, &walked));
+                }
+                return Ok(Response::Removed(Vec::new()));
             }
             if walked.components.is_empty() {
                 return Err(ErrorReply::new(
@@ -623,13 +663,11 @@ pub fn apply_read<R: Read>(
             }
         }
         Request::LookupPath { path, .. } => {
-            // As stat(2) again: the walk as the peer must reach the folder of the last name.
+            // As stat(2) again: the walk as the peer must reach the folder of the last name;
+            // a path it cannot walk is answered as one that names nothing.
             let walked = walk_path(vol, access, path)?;
             if walked.refused() {
-                if access.is_trusted() {
-                    return Ok(Response::MaybeObject(None));
-                }
-                return Err(sight::unseen());
+                return Ok(Response::MaybeObject(None));
             }
             let names: Vec<&[u8]> = walked.components.iter().map(|c| c.as_slice()).collect();
             match db.id_of_path(&names).map_err(db_error)? {
@@ -762,13 +800,19 @@ pub fn apply_read<R: Read>(
             }
             Ok(Response::Objects(out))
         }
-        Request::ApplGet { creator, .. } => Ok(Response::Appl(
-            db.appl_for(*creator)
-                .map_err(db_error)?
-                .into_iter()
-                .map(|r| (r.app_id, r.tag))
-                .collect(),
-        )),
+        Request::ApplGet { creator, .. } => {
+            let mut apps = Vec::new();
+            for r in db.appl_for(*creator).map_err(db_error)? {
+                // An application the peer may not see is not named to it, not even by ID.
+                let seen = access.is_trusted()
+                    || sight::look(db, vol, access, r.app_id, sight::Ask::default())
+                        .is_ok_and(|l| l.seen);
+                if seen {
+                    apps.push((r.app_id, r.tag));
+                }
+            }
+            Ok(Response::Appl(apps))
+        }
         Request::IconGet {
             creator,
             type_code,
