@@ -632,13 +632,9 @@ fn register_as_nobody() {
                     println!("LEAK {o:?}");
                 }
             }
+            // The requests never say "vault": any reply that does shows a path inside it.
             let shown = raw(answer);
-            if HIDDEN_NAMES
-                .iter()
-                .filter(|n| **n != "inner" && **n != "sub")
-                .any(|n| shown.contains(n))
-                && !shown.starts_with("ok")
-            {
+            if shown.contains("vault") {
                 println!("LEAK {shown}");
             }
         }
