@@ -2,11 +2,15 @@
 # `deskd find` by a local user who is not root (every hit checked as that user, by the kernel)
 # against the same find by root (no checks), and against find(1) run by that user, in the same
 # run, one server. Half of the folders are closed to the user (0700). Then `dt touch` of new
-# files by that user (every registration checked) against the same by root. Runs alternate;
-# medians of RUNS.
+# files by that user (every registration checked) against the same by root. Then the latency
+# of one resolve and one AddPath at a time (p50) by that user and by root, against this
+# build's server and, when BASE names a directory holding another build's `deskd` (such as
+# main's target/release), against that server too, on the same volume in the same run. Runs
+# alternate; medians of RUNS.
 #
 #   scripts/bench-access.sh                      # 10 x 10,000 files, 7 runs each
 #   DIRS=4 PER_DIR=5000 RUNS=3 scripts/bench-access.sh
+#   BASE=/work/main/target/release scripts/bench-access.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIRS=${DIRS:-10}
@@ -29,6 +33,10 @@ trap stop EXIT
 chmod 755 "$WORK"
 cp target/release/deskd target/release/deskd-bench target/release/dt "$WORK/"
 BIN=$WORK
+if [ -n "${BASE:-}" ]; then
+    mkdir -p "$WORK/base"
+    cp "$BASE/deskd" "$WORK/base/"
+fi
 mkdir -p "$VOL"
 "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" populate --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
 "$BIN/deskd" serve --socket "$SOCK" "$VOL" 2>"$WORK/server.log" & SERVER=$!
@@ -85,3 +93,47 @@ echo
 echo "| dt touch of $PER_DIR new files | root (no checks) | nobody (checked) | nobody / root |"
 echo "|---|---|---|---|"
 python3 -c "print(f'| seconds (median of $RUNS) | {$root:.3f} | {$user:.3f} | {$user / $root:.2f} |')"
+
+# Latency: one request at a time, files of an open folder: resolve by ID, AddPath by path.
+OPEN_DIR=$(printf 'dir%04d' 1)
+OPS=${OPS:-5000}
+latency() { "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" access-latency --dir "$OPEN_DIR" --ops "$OPS"; }
+field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
+echo
+echo "| one request at a time, $OPS each | server | root p50 | nobody (checked) p50 | nobody / root |"
+echo "|---|---|---|---|---|"
+servers="this"
+[ -z "${BASE:-}" ] || servers="this base"
+declare -A P=()
+stop_server() { kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; }
+for server in $servers; do
+    stop_server
+    deskd=$BIN/deskd
+    [ "$server" = this ] || deskd=$WORK/base/deskd
+    "$deskd" serve --socket "$SOCK" "$VOL" 2>"$WORK/server-$server.log" & SERVER=$!
+    wait_for_line "$WORK/server-$server.log" "deskd serving"
+    latency >/dev/null  # warm up
+    declare -A R=([root_resolve]="" [user_resolve]="" [root_addpath]="" [user_addpath]="")
+    for i in $(seq "$RUNS"); do
+        root_json=$(latency)
+        user_json=$(as_nobody "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" access-latency --dir "$OPEN_DIR" --ops "$OPS")
+        for what in resolve addpath; do
+            R[root_$what]+="$(echo "$root_json" | field ${what}_p50_us) "
+            R[user_$what]+="$(echo "$user_json" | field ${what}_p50_us) "
+        done
+    done
+    for what in resolve addpath; do
+        # shellcheck disable=SC2086
+        root=$(printf '%s\n' ${R[root_$what]} | median)
+        # shellcheck disable=SC2086
+        user=$(printf '%s\n' ${R[user_$what]} | median)
+        P[${server}_$what]=$user
+        python3 -c "print(f'| $what | $server | {$root:.1f} µs | {$user:.1f} µs | {$user / $root:.2f} |')"
+    done
+done
+if [ -n "${BASE:-}" ]; then
+    echo
+    for what in resolve addpath; do
+        python3 -c "print(f'$what, checked: this build / base = {${P[this_$what]} / ${P[base_$what]}:.2f}')"
+    done
+fi

@@ -57,6 +57,15 @@ enum Command {
         #[arg(long, default_value_t = 20000)]
         ops: u32,
     },
+    /// One client, one request at a time, in the open folder DIR: resolve of its files by
+    /// ID and AddPath of them by path (already registered: the path is walked and checked,
+    /// nothing new is recorded). Latency percentiles of both.
+    AccessLatency {
+        #[arg(long)]
+        dir: String,
+        #[arg(long, default_value_t = 5000)]
+        ops: u32,
+    },
     /// CLIENTS clients pipelining DEPTH resolve/lookup requests each for SECONDS.
     Throughput {
         #[command(flatten)]
@@ -369,6 +378,68 @@ fn main() -> Result<()> {
                 serde_json::json!({
                     "resolve_p50_us": percentile(&resolve, 0.5), "resolve_p99_us": percentile(&resolve, 0.99),
                     "lookup_p50_us": percentile(&lookup, 0.5), "lookup_p99_us": percentile(&lookup, 0.99),
+                })
+            );
+        }
+        Command::AccessLatency { dir, ops } => {
+            let mut client = connect(&cli.socket)?;
+            let vol = client.open_volume(&root).map_err(|e| anyhow!("{e}"))?.vol;
+            let folder = client
+                .maybe_object(Request::LookupPath {
+                    vol,
+                    path: dir.clone().into_bytes(),
+                })
+                .map_err(|e| anyhow!("{e}"))?
+                .ok_or_else(|| anyhow!("{dir}: not registered"))?;
+            let files = match client
+                .call(Request::Children {
+                    vol,
+                    dir: folder.id,
+                })
+                .map_err(|e| anyhow!("{e}"))?
+            {
+                Response::Objects(files) => files,
+                other => return Err(anyhow!("unexpected {other:?}")),
+            };
+            anyhow::ensure!(!files.is_empty(), "{dir}: no registered files");
+            let mut rng = 0x2545F4914F6CDD1Du64;
+            let mut next = || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % files.len() as u64) as usize
+            };
+            let mut resolve = Vec::with_capacity(ops as usize);
+            let mut add_path = Vec::with_capacity(ops as usize);
+            for _ in 0..ops {
+                let file = &files[next()];
+                let t = Instant::now();
+                client
+                    .object(Request::Resolve { vol, id: file.id })
+                    .map_err(|e| anyhow!("resolve: {e}"))?;
+                resolve.push(t.elapsed().as_secs_f64() * 1e6);
+                let mut path = dir.clone().into_bytes();
+                path.push(b'/');
+                path.extend_from_slice(&files[next()].name);
+                let t = Instant::now();
+                client
+                    .object(Request::AddPath {
+                        vol,
+                        path,
+                        hint: None,
+                        type_code: None,
+                        creator: None,
+                    })
+                    .map_err(|e| anyhow!("add path: {e}"))?;
+                add_path.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            resolve.sort_by(f64::total_cmp);
+            add_path.sort_by(f64::total_cmp);
+            println!(
+                "{}",
+                serde_json::json!({
+                    "resolve_p50_us": percentile(&resolve, 0.5), "resolve_p99_us": percentile(&resolve, 0.99),
+                    "addpath_p50_us": percentile(&add_path, 0.5), "addpath_p99_us": percentile(&add_path, 0.99),
                 })
             );
         }
