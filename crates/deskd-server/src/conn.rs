@@ -448,7 +448,9 @@ impl Connection {
             )),
             Request::OpenVolume { root } => {
                 let path = Path::new(std::ffi::OsStr::from_bytes(&root));
-                let canonical = path.canonicalize().ok();
+                // As the peer: a path through a folder closed to it must not resolve (else
+                // `hidden/name/..` would tell whether `name` exists).
+                let canonical = self.access.wear(|| path.canonicalize().ok()).flatten();
                 self.shared
                     .volumes()
                     .iter()
