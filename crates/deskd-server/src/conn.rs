@@ -457,9 +457,15 @@ impl Connection {
                     .find(|h| canonical.as_deref() == Some(h.volume.root()))
                     .map(|h| Response::Volume(volume_info(h)))
                     .ok_or_else(|| {
+                        // The path only to whom it cannot tell anything hidden.
+                        let shown = if self.access.is_trusted() {
+                            format!("{}: ", path.display())
+                        } else {
+                            String::new()
+                        };
                         ErrorReply::new(
                             ErrorCode::NoSuchVolume,
-                            format!("{}: not a volume served by this deskd", path.display()),
+                            format!("{shown}not a volume served by this deskd"),
                         )
                     })
             }

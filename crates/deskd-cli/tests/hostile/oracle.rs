@@ -433,6 +433,18 @@ fn probes(vol: u32) -> Vec<(&'static str, Vec<Request>)> {
             ],
         ),
         (
+            // The paths through the vault: resolvable only if the names in it exist.
+            "OpenVolume",
+            vec![
+                Request::OpenVolume {
+                    root: format!("{}/vault/inner/sub/../../..", var("VOLUME")).into_bytes(),
+                },
+                Request::OpenVolume {
+                    root: format!("{}/vault/no-such/sub/../../..", var("VOLUME")).into_bytes(),
+                },
+            ],
+        ),
+        (
             "Find",
             vec![find("secret-name"), find("no-such-name-at-all")],
         ),
@@ -487,7 +499,7 @@ fn every_request_kind_answers_a_hidden_object_as_a_missing_one() {
         .lines()
         .filter_map(|l| l.split("PROBE ").nth(1))
         .collect();
-    assert_eq!(lines.len(), 23, "{out}");
+    assert_eq!(lines.len(), 24, "{out}");
     eprintln!("{}", lines.join("\n"));
     let hidden_ids: Vec<&String> = vars[..3].iter().map(|(_, v)| v).collect();
     for line in &lines {
@@ -677,6 +689,8 @@ fn a_symlink_swapped_in_during_registration_never_leads_inside() {
         ("SECS", secs.as_secs_f64().to_string()),
     ];
     let test = "oracle::a_symlink_swapped_in_during_registration_never_leads_inside";
+    // Linked for nobody once, before the two runs start side by side.
+    env.linked_for_others(std::env::current_exe().unwrap().to_str().unwrap());
     let out = std::thread::scope(|s| {
         let swapper = s.spawn(|| run_as_nobody(&env, test, "swap", &vars));
         let registered = run_as_nobody(&env, test, "register", &vars);
