@@ -67,8 +67,12 @@ pub struct Ask {
     pub folder: Option<libc::c_int>,
 }
 
+/// The walk reached the desktop's object. By inode number alone: a replacement made by
+/// someone else has another inode (the replaced one still exists wherever it was moved, so
+/// its number cannot be reused), while a device number may change when the file system is
+/// mounted again, which must not hide every object from every user.
 fn same(o: &Object, node: &walk::Node) -> bool {
-    (o.dev == 0 && o.ino == 0) || (o.dev == node.dev && o.ino == node.ino)
+    o.ino == 0 || o.ino == node.ino
 }
 
 /// Walk to desktop object `id` as the peer and see how it stands to it. Unknown IDs are
