@@ -7,9 +7,10 @@
 //! the token) are trusted. For every other local peer, the connection's thread takes the peer's
 //! uid, gid and groups (`SO_PEERCRED`, `SO_PEERGROUPS`) as its file-system identity for the
 //! length of one request (`setfsuid`, `setfsgid` and the raw `setgroups` system call, all of
-//! which change only the calling thread on Linux), asks `faccessat(…, AT_EACCESS)`, and takes
-//! its own identity back. So ACLs and every other rule the kernel applies count, exactly as for
-//! the peer's own `ls` or `open`.
+//! which change only the calling thread on Linux), walks the paths it needs as the peer and
+//! asks `faccessat2(…, AT_EACCESS)` on the descriptors the walk holds ([`crate::walk`],
+//! [`crate::sight`]), and takes its own identity back. So ACLs and every other rule the kernel
+//! applies count, exactly as for the peer's own `ls` or `open`.
 
 use std::io;
 use std::os::fd::AsRawFd;
