@@ -11,6 +11,7 @@
 #   scripts/bench-access.sh                      # 10 x 10,000 files, 7 runs each
 #   DIRS=4 PER_DIR=5000 RUNS=3 scripts/bench-access.sh
 #   BASE=/work/main/target/release scripts/bench-access.sh
+#   ONLY=latency BASE=/work/main/target/release scripts/bench-access.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIRS=${DIRS:-10}
@@ -45,6 +46,7 @@ wait_for_line "$WORK/server.log" "deskd serving"
 for d in $(seq 0 2 $((DIRS - 1))); do chmod 700 "$VOL/$(printf 'dir%04d' "$d")"; done
 as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@" 2>/dev/null; }
 export DESKD_SOCKET=$SOCK
+if [ "${ONLY:-}" != latency ]; then  # ONLY=latency: just the last table
 echo "== $((DIRS * PER_DIR)) files in $DIRS folders, every other folder 0700; warm cache"
 echo
 echo "| pattern | hits root / nobody | deskd find, root | deskd find, nobody (checked) | nobody / root | find(1), nobody | deskd as nobody / find(1) |"
@@ -94,39 +96,55 @@ echo "| dt touch of $PER_DIR new files | root (no checks) | nobody (checked) | n
 echo "|---|---|---|---|"
 python3 -c "print(f'| seconds (median of $RUNS) | {$root:.3f} | {$user:.3f} | {$user / $root:.2f} |')"
 
-# Latency: one request at a time, files of an open folder: resolve by ID, AddPath by path.
+fi
+
+# Latency: one request at a time, files of an open folder: resolve by ID, AddPath by path. With
+# BASE, the other build's server serves a second volume made the same way, beside this one, so
+# the rounds can alternate between them without restarts.
 OPEN_DIR=$(printf 'dir%04d' 1)
-OPS=${OPS:-5000}
-latency() { "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" access-latency --dir "$OPEN_DIR" --ops "$OPS"; }
-field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
-echo
-echo "| one request at a time, $OPS each | server | root p50 | nobody (checked) p50 | nobody / root |"
-echo "|---|---|---|---|---|"
+OPS=${OPS:-3000}
+declare -A SOCKET=([this]=$SOCK) VOLUME=([this]=$VOL)
 servers="this"
-[ -z "${BASE:-}" ] || servers="this base"
-declare -A P=()
-stop_server() { kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; }
-for server in $servers; do
-    stop_server
-    deskd=$BIN/deskd
-    [ "$server" = this ] || deskd=$WORK/base/deskd
-    "$deskd" serve --socket "$SOCK" "$VOL" 2>"$WORK/server-$server.log" & SERVER=$!
-    wait_for_line "$WORK/server-$server.log" "deskd serving"
-    latency >/dev/null  # warm up
-    declare -A R=([root_resolve]="" [user_resolve]="" [root_addpath]="" [user_addpath]="")
-    for i in $(seq "$RUNS"); do
-        root_json=$(latency)
-        user_json=$(as_nobody "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" access-latency --dir "$OPEN_DIR" --ops "$OPS")
+BASE_SERVER=
+if [ -n "${BASE:-}" ]; then
+    servers="this base"
+    SOCKET[base]=$WORK/base.sock
+    VOLUME[base]=$WORK/vol-base
+    mkdir -p "${VOLUME[base]}"
+    "$BIN/deskd-bench" --socket "${SOCKET[base]}" --volume "${VOLUME[base]}" populate --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
+    "$WORK/base/deskd" serve --socket "${SOCKET[base]}" "${VOLUME[base]}" 2>"$WORK/server-base.log" & BASE_SERVER=$!
+    trap '[ -z "$BASE_SERVER" ] || kill -TERM "$BASE_SERVER" 2>/dev/null; stop' EXIT
+    wait_for_line "$WORK/server-base.log" "deskd serving"
+    "$BIN/deskd-bench" --socket "${SOCKET[base]}" --volume "${VOLUME[base]}" create --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
+    for d in $(seq 0 2 $((DIRS - 1))); do chmod 700 "${VOLUME[base]}/$(printf 'dir%04d' "$d")"; done
+fi
+latency() { # SERVER [as_nobody]
+    local server=$1; shift
+    "$@" "$BIN/deskd-bench" --socket "${SOCKET[$server]}" --volume "${VOLUME[$server]}" access-latency --dir "$OPEN_DIR" --ops "$OPS"
+}
+field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
+for server in $servers; do latency "$server" >/dev/null; latency "$server" as_nobody >/dev/null; done  # warm up
+declare -A R=()
+for i in $(seq "$RUNS"); do
+    for server in $servers; do
+        root_json=$(latency "$server")
+        user_json=$(latency "$server" as_nobody)
         for what in resolve addpath; do
-            R[root_$what]+="$(echo "$root_json" | field ${what}_p50_us) "
-            R[user_$what]+="$(echo "$user_json" | field ${what}_p50_us) "
+            R[${server}_root_$what]+="$(echo "$root_json" | field ${what}_p50_us) "
+            R[${server}_user_$what]+="$(echo "$user_json" | field ${what}_p50_us) "
         done
     done
+done
+echo
+echo "| one request at a time, $OPS each, p50 (median of $RUNS) | server | root | nobody (checked) | nobody / root |"
+echo "|---|---|---|---|---|"
+declare -A P=()
+for server in $servers; do
     for what in resolve addpath; do
         # shellcheck disable=SC2086
-        root=$(printf '%s\n' ${R[root_$what]} | median)
+        root=$(printf '%s\n' ${R[${server}_root_$what]} | median)
         # shellcheck disable=SC2086
-        user=$(printf '%s\n' ${R[user_$what]} | median)
+        user=$(printf '%s\n' ${R[${server}_user_$what]} | median)
         P[${server}_$what]=$user
         python3 -c "print(f'| $what | $server | {$root:.1f} µs | {$user:.1f} µs | {$user / $root:.2f} |')"
     done

@@ -178,19 +178,9 @@ struct AsPeer {
 
 impl AsPeer {
     fn enter(c: &Credentials) -> io::Result<AsPeer> {
-        // SAFETY: plain identity calls on the calling thread; getgroups writes at most the
-        // count it returned a moment before into a buffer of that size.
+        let own_groups = own_groups()?;
+        // SAFETY: plain identity calls on the calling thread.
         unsafe {
-            let n = libc::getgroups(0, std::ptr::null_mut());
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut own_groups = vec![0; n as usize];
-            let n = libc::getgroups(n, own_groups.as_mut_ptr());
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            own_groups.truncate(n as usize);
             // Groups first, while the thread still has the capability to set them. The raw
             // system call changes this thread only (glibc's setgroups would change them all).
             // If it fails nothing has changed yet, so there is nothing to restore.
@@ -213,6 +203,32 @@ impl AsPeer {
             Ok(worn)
         }
     }
+}
+
+/// The server's own supplementary groups, read once: every thread has them (only the threads
+/// wearing a peer's identity change theirs, and they put them back), and reading them on every
+/// change of identity cost two system calls per request.
+fn own_groups() -> io::Result<Vec<libc::gid_t>> {
+    static OWN: std::sync::OnceLock<Vec<libc::gid_t>> = std::sync::OnceLock::new();
+    if let Some(groups) = OWN.get() {
+        return Ok(groups.clone());
+    }
+    // SAFETY: getgroups writes at most the count it returned a moment before into a buffer of
+    // that size.
+    let groups = unsafe {
+        let n = libc::getgroups(0, std::ptr::null_mut());
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut groups = vec![0; n as usize];
+        let n = libc::getgroups(n, groups.as_mut_ptr());
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        groups.truncate(n as usize);
+        groups
+    };
+    Ok(OWN.get_or_init(|| groups).clone())
 }
 
 impl Drop for AsPeer {

@@ -684,8 +684,11 @@ pub fn apply_read<R: Read>(
         }
         Request::Resolve { id, .. } => {
             let o = db.get(*id).map_err(db_error)?;
-            require_visible(o.id)?;
-            Ok(Response::Object(with_path(&o)?))
+            let components = db.path_of(o.id).map_err(db_error)?;
+            if !sight::look_at(db, vol, access, &o, &components, sight::Ask::default())?.seen {
+                return Err(sight::unseen());
+            }
+            Ok(Response::Object(info(&o, Some(join(&components)), false)))
         }
         Request::Children { dir, .. } => {
             require_dir(*dir, access::LIST, "list it")?;
