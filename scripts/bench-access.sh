@@ -5,8 +5,8 @@
 # files by that user (every registration checked) against the same by root. Then the latency
 # of one resolve and one AddPath at a time (p50) by that user and by root, against this
 # build's server and, when BASE names a directory holding another build's `deskd` (such as
-# main's target/release), against that server too, on the same volume in the same run. Runs
-# alternate; medians of RUNS.
+# main's target/release), against that server too, on a volume made the same way, in the same
+# run: each run sends blocks of requests to the two servers in turn. Runs alternate; medians of RUNS.
 #
 #   scripts/bench-access.sh                      # 10 x 10,000 files, 7 runs each
 #   DIRS=4 PER_DIR=5000 RUNS=3 scripts/bench-access.sh
@@ -99,8 +99,7 @@ python3 -c "print(f'| seconds (median of $RUNS) | {$root:.3f} | {$user:.3f} | {$
 fi
 
 # Latency: one request at a time, files of an open folder: resolve by ID, AddPath by path. With
-# BASE, the other build's server serves a second volume made the same way, beside this one, so
-# the rounds can alternate between them without restarts.
+# BASE, the other build's server serves a second volume made the same way, beside this one.
 OPEN_DIR=$(printf 'dir%04d' 1)
 OPS=${OPS:-3000}
 declare -A SOCKET=([this]=$SOCK) VOLUME=([this]=$VOL)
@@ -118,20 +117,25 @@ if [ -n "${BASE:-}" ]; then
     "$BIN/deskd-bench" --socket "${SOCKET[base]}" --volume "${VOLUME[base]}" create --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
     for d in $(seq 0 2 $((DIRS - 1))); do chmod 700 "${VOLUME[base]}/$(printf 'dir%04d' "$d")"; done
 fi
-latency() { # SERVER [as_nobody]
-    local server=$1; shift
-    "$@" "$BIN/deskd-bench" --socket "${SOCKET[$server]}" --volume "${VOLUME[$server]}" access-latency --dir "$OPEN_DIR" --ops "$OPS"
+# Each run alternates blocks of 100 steps between the two servers (one client process for
+# both), so they are measured under the same load; runs alternate between root and nobody.
+latency() { # [as_nobody]
+    local base=()
+    [ -z "${BASE:-}" ] || base=(--base-socket "${SOCKET[base]}" --base-volume "${VOLUME[base]}")
+    "$@" "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" access-latency --dir "$OPEN_DIR" --ops "$OPS" "${base[@]}"
 }
 field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
-for server in $servers; do latency "$server" >/dev/null; latency "$server" as_nobody >/dev/null; done  # warm up
+latency >/dev/null; latency as_nobody >/dev/null  # warm up
 declare -A R=()
 for i in $(seq "$RUNS"); do
+    root_json=$(latency)
+    user_json=$(latency as_nobody)
     for server in $servers; do
-        root_json=$(latency "$server")
-        user_json=$(latency "$server" as_nobody)
+        prefix=
+        [ "$server" = this ] || prefix=base_
         for what in resolve addpath; do
-            R[${server}_root_$what]+="$(echo "$root_json" | field ${what}_p50_us) "
-            R[${server}_user_$what]+="$(echo "$user_json" | field ${what}_p50_us) "
+            R[${server}_root_$what]+="$(echo "$root_json" | field ${prefix}${what}_p50_us) "
+            R[${server}_user_$what]+="$(echo "$user_json" | field ${prefix}${what}_p50_us) "
         done
     done
 done
