@@ -99,30 +99,35 @@ python3 -c "print(f'| seconds (median of $RUNS) | {$root:.3f} | {$user:.3f} | {$
 fi
 
 # Latency: one request at a time, files of an open folder: resolve by ID, AddPath by path. With
-# BASE, the other build's server serves a second volume made the same way, beside this one.
+# BASE, the other build's server serves a second volume made the same way, beside this one's.
 OPEN_DIR=$(printf 'dir%04d' 1)
 OPS=${OPS:-3000}
-declare -A SOCKET=([this]=$SOCK) VOLUME=([this]=$VOL)
+# Fresh volumes with the same history for each server (the first one's has seen the runs above).
+kill -TERM "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; SERVER=
+declare -A SOCKET=() VOLUME=() PID=()
+trap 'for p in "${PID[@]}"; do kill -TERM "$p" 2>/dev/null; done; stop' EXIT
+fresh_volume() { # NAME DESKD
+    SOCKET[$1]=$WORK/$1.sock
+    VOLUME[$1]=$WORK/vol-$1
+    mkdir -p "${VOLUME[$1]}"
+    "$BIN/deskd-bench" --socket "${SOCKET[$1]}" --volume "${VOLUME[$1]}" populate --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
+    "$2" serve --socket "${SOCKET[$1]}" "${VOLUME[$1]}" 2>"$WORK/server-$1.log" & PID[$1]=$!
+    wait_for_line "$WORK/server-$1.log" "deskd serving"
+    "$BIN/deskd-bench" --socket "${SOCKET[$1]}" --volume "${VOLUME[$1]}" create --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
+    for d in $(seq 0 2 $((DIRS - 1))); do chmod 700 "${VOLUME[$1]}/$(printf 'dir%04d' "$d")"; done
+}
 servers="this"
-BASE_SERVER=
+fresh_volume this "$BIN/deskd"
 if [ -n "${BASE:-}" ]; then
     servers="this base"
-    SOCKET[base]=$WORK/base.sock
-    VOLUME[base]=$WORK/vol-base
-    mkdir -p "${VOLUME[base]}"
-    "$BIN/deskd-bench" --socket "${SOCKET[base]}" --volume "${VOLUME[base]}" populate --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
-    "$WORK/base/deskd" serve --socket "${SOCKET[base]}" "${VOLUME[base]}" 2>"$WORK/server-base.log" & BASE_SERVER=$!
-    trap '[ -z "$BASE_SERVER" ] || kill -TERM "$BASE_SERVER" 2>/dev/null; stop' EXIT
-    wait_for_line "$WORK/server-base.log" "deskd serving"
-    "$BIN/deskd-bench" --socket "${SOCKET[base]}" --volume "${VOLUME[base]}" create --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
-    for d in $(seq 0 2 $((DIRS - 1))); do chmod 700 "${VOLUME[base]}/$(printf 'dir%04d' "$d")"; done
+    fresh_volume base "$WORK/base/deskd"
 fi
 # Each run alternates blocks of 100 steps between the two servers (one client process for
 # both), so they are measured under the same load; runs alternate between root and nobody.
 latency() { # [as_nobody]
     local base=()
     [ -z "${BASE:-}" ] || base=(--base-socket "${SOCKET[base]}" --base-volume "${VOLUME[base]}")
-    "$@" "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" access-latency --dir "$OPEN_DIR" --ops "$OPS" "${base[@]}"
+    "$@" "$BIN/deskd-bench" --socket "${SOCKET[this]}" --volume "${VOLUME[this]}" access-latency --dir "$OPEN_DIR" --ops "$OPS" "${base[@]}"
 }
 field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
 latency >/dev/null; latency as_nobody >/dev/null  # warm up
