@@ -291,10 +291,8 @@ fn do_rename(
             "cannot rename onto the volume root",
         ));
     }
-    // Where it is now first: that walk is the peer's, and what it may not see is refused
-    // before anything else is said.
-    let new = verify_arrived(access, vol, object, new)?;
     verify_gone(vol, object, old)?;
+    let new = verify_arrived(access, vol, object, new)?;
     let (new_name, parent_components) = new.components.split_last().expect("not the root");
     let node = *new.last().expect("a walk that reached its end");
     let (parent, _) = add_path(

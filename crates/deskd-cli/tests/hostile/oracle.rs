@@ -80,7 +80,8 @@ fn run_as_nobody(env: &Env, test: &str, role: &str, vars: &[(&str, String)]) -> 
 
 /// A served volume with a root-owned 0700 `vault` (registered: `vault/inner/secret-name.txt`,
 /// `vault/inner/sub/`, `vault/top-secret.txt`; an APPL record of root's for the secret file),
-/// an open `public/` and nobody's own `mine/` (with `own.txt`).
+/// an open `public/` and nobody's own `mine/` (with `own.txt`, and `gone.txt`, registered but
+/// no longer on disk).
 fn volume_with_a_vault() -> Env {
     let mut env = Env::new(&["vol"]);
     env.serve(&["vol"]);
@@ -98,7 +99,10 @@ fn volume_with_a_vault() -> Env {
         b"vol/vault/top-secret.txt",
         b"vol/public/open.txt",
         b"vol/mine/own.txt",
+        b"vol/mine/gone.txt",
     ]);
+    // Registered, then moved away on disk without telling deskd: a rename's `from`.
+    std::fs::remove_file(env.path("vol/mine/gone.txt")).unwrap();
     let secret = env.id_of(&env.path("vol/vault/inner/secret-name.txt"));
     let mut c = env.client();
     let vol = c.volumes().unwrap()[0].vol;
@@ -427,9 +431,9 @@ fn probes(vol: u32) -> Vec<(&'static str, Vec<Request>)> {
         (
             "RenamePath to a hidden path",
             vec![
-                rename_path(b"mine/own.txt", b"vault/inner/secret-name.txt"),
-                rename_path(b"mine/own.txt", b"vault/inner/no-such.txt"),
-                rename_path(b"mine/own.txt", b"no-such/inner/secret-name.txt"),
+                rename_path(b"mine/gone.txt", b"vault/inner/secret-name.txt"),
+                rename_path(b"mine/gone.txt", b"vault/inner/no-such.txt"),
+                rename_path(b"mine/gone.txt", b"no-such/inner/secret-name.txt"),
             ],
         ),
         (
