@@ -695,13 +695,51 @@ fn a_symlink_swapped_in_during_registration_never_leads_inside() {
     let test = "oracle::a_symlink_swapped_in_during_registration_never_leads_inside";
     // Linked for nobody once, before the two runs start side by side.
     env.linked_for_others(std::env::current_exe().unwrap().to_str().unwrap());
-    let out = std::thread::scope(|s| {
+    // What the desktop says while the race runs, read back to back with sqlite3 (a bad record
+    // may be overwritten again before the end): dir rows with the symlink's inode, and rows
+    // with an inode of the vault's (exactly its own 5 objects).
+    let db = env.path("vol/.Desktop");
+    let vault_inos: Vec<String> = [
+        "vault",
+        "vault/inner",
+        "vault/inner/sub",
+        "vault/inner/secret-name.txt",
+        "vault/top-secret.txt",
+    ]
+    .iter()
+    .map(|rel| {
+        let m = std::fs::symlink_metadata(env.path("vol").join(rel)).unwrap();
+        m.ino().to_string()
+    })
+    .collect();
+    let census = format!(
+        "SELECT (SELECT count(*) FROM objects WHERE kind = 1 AND ino = {link_ino}) || ' ' || \
+         (SELECT count(*) FROM objects WHERE ino IN ({}))",
+        vault_inos.join(",")
+    );
+    let stop = mine.join("stop");
+    let (out, seen) = std::thread::scope(|s| {
         let swapper = s.spawn(|| run_as_nobody(&env, test, "swap", &vars));
+        let watcher = s.spawn(|| {
+            let mut seen = std::collections::BTreeMap::new();
+            while !stop.exists() {
+                *seen
+                    .entry(sqlite3(&db, &census).trim().to_owned())
+                    .or_insert(0) += 1;
+            }
+            seen
+        });
         let registered = run_as_nobody(&env, test, "register", &vars);
-        std::fs::write(mine.join("stop"), "").unwrap();
+        std::fs::write(&stop, "").unwrap();
         let swapped = swapper.join().unwrap();
-        format!("{registered}{swapped}")
+        (format!("{registered}{swapped}"), watcher.join().unwrap())
     });
+    eprintln!("desktop census during the race (symlink-inode dirs, vault-inode rows): {seen:?}");
+    assert!(
+        seen.keys().all(|k| k == "0 5"),
+        "the desktop recorded the symlink as a directory, or a vault object twice: {seen:?}"
+    );
+    assert!(seen.values().sum::<u32>() > 10, "{seen:?}");
     eprintln!(
         "{}",
         out.lines()
@@ -727,9 +765,8 @@ fn a_symlink_swapped_in_during_registration_never_leads_inside() {
     assert!(count("SWAPS ") > 1000, "{out}");
     assert!(count("SENT ") > 100, "{out}");
     assert!(count(" OK ") > 0, "no registration ever succeeded:\n{out}");
-    // Nothing recorded is the symlink dressed as a directory, and nothing under nobody's
-    // names is an object of the vault.
-    let db = env.path("vol/.Desktop");
+    // And at the end: nothing recorded is the symlink dressed as a directory, and nothing
+    // under nobody's names is an object of the vault.
     assert_eq!(
         sqlite3(
             &db,
