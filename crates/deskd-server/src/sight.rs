@@ -230,3 +230,109 @@ pub fn refuse_unless(
         Err(unseen())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::Credentials;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn object(path: &std::path::Path, kind: Kind) -> Object {
+        let m = std::fs::symlink_metadata(path).unwrap();
+        Object {
+            id: 0,
+            parent: 0,
+            name: Vec::new(),
+            kind,
+            dev: m.dev(),
+            ino: m.ino(),
+            type_code: [0; 4],
+            creator: [0; 4],
+            flags: 0,
+            ctime: 0,
+        }
+    }
+
+    fn names(path: &str) -> Vec<Vec<u8>> {
+        path.split('/').map(|c| c.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_peer_sees_what_its_ls_would_show_and_nothing_through_a_swapped_folder() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to take another identity");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = dir.path().join("vol");
+        std::fs::create_dir_all(root.join("closed/inner")).unwrap();
+        std::fs::create_dir_all(root.join("open")).unwrap();
+        std::fs::write(root.join("closed/inner/f"), "").unwrap();
+        std::fs::write(root.join("open/f"), "").unwrap();
+        std::fs::set_permissions(root.join("closed"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        let vol = Volume::new(&root).unwrap();
+        let nobody = Access::Peer(Credentials {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![],
+        });
+        let look = |rel: &str, folder: &str, ask: Ask| {
+            let o = object(&root.join(rel), Kind::File);
+            let f = object(&root.join(folder), Kind::Dir);
+            nobody
+                .wear(|| look_as_peer(&vol, &o, Some(&f), &names(rel), ask))
+                .unwrap()
+        };
+        let write = Ask {
+            object: Some(access::WRITE),
+            folder: Some(access::WRITE | access::SEARCH),
+        };
+        let open = look("open/f", "open", write);
+        assert!(open.seen && !open.object && !open.folder);
+        let closed = look("closed/inner/f", "closed/inner", write);
+        assert!(!closed.seen && !closed.object && !closed.folder);
+        // The open folder renamed away and replaced by another: its names are not lent.
+        let f = object(&root.join("open/f"), Kind::File);
+        let old_folder = object(&root.join("open"), Kind::Dir);
+        std::fs::rename(root.join("open"), root.join("moved")).unwrap();
+        std::fs::create_dir(root.join("open")).unwrap();
+        let swapped = nobody
+            .wear(|| {
+                look_as_peer(
+                    &vol,
+                    &f,
+                    Some(&old_folder),
+                    &names("open/f"),
+                    Ask::default(),
+                )
+            })
+            .unwrap();
+        assert!(!swapped.seen);
+        // Nor does a symlink in its place lead anywhere.
+        std::fs::remove_dir(root.join("open")).unwrap();
+        std::os::unix::fs::symlink("moved", root.join("open")).unwrap();
+        let linked = nobody
+            .wear(|| {
+                look_as_peer(
+                    &vol,
+                    &f,
+                    Some(&old_folder),
+                    &names("open/f"),
+                    Ask::default(),
+                )
+            })
+            .unwrap();
+        assert!(!linked.seen);
+        // The reply to an unprivileged peer about anything missing is always the same.
+        assert_eq!(
+            for_peer(
+                &nobody,
+                ErrorReply::new(ErrorCode::NotFound, "no object with ID 7")
+            ),
+            unseen()
+        );
+    }
+}
