@@ -128,7 +128,8 @@ fn find_and_resolve_show_a_user_only_what_it_could_list() {
 const PROBES: &[(&str, &str)] = &[
     ("children of hr", "PermissionDenied"),
     ("children of public", "ok"),
-    ("lookup in hr", "PermissionDenied"),
+    // A name in a folder nobody cannot search is an object it may not see.
+    ("lookup in hr", "NotFound"),
     ("lookup in drop", "ok"),
     // Hidden objects are refused as missing ones are (docs/security.md).
     ("comment of a hidden file", "NotFound"),

@@ -653,8 +653,22 @@ pub fn apply_read<R: Read>(
     };
     match request {
         Request::Lookup { parent, name, .. } => {
-            // As stat(2): finding a name you know needs only search access to its folder.
-            require_dir(*parent, access::SEARCH, "search it")?;
+            // As stat(2): finding a name you know needs only search access to its folder. A
+            // name in a folder the peer cannot search is an object it may not see, whatever
+            // it may see of the folder itself.
+            let look = sight::look(
+                db,
+                vol,
+                access,
+                *parent,
+                sight::Ask {
+                    object: Some(access::SEARCH),
+                    folder: None,
+                },
+            )?;
+            if !look.object {
+                return Err(sight::unseen());
+            }
             match db.lookup(*parent, name).map_err(db_error)? {
                 Some(o) => Ok(Response::MaybeObject(Some(with_path(&o)?))),
                 None => Ok(Response::MaybeObject(None)),

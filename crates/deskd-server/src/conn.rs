@@ -325,15 +325,13 @@ impl Connection {
             new_parent: parent, ..
         } = request
         {
-            let look = self.look(handle, *parent, Some(access::SEARCH), None)?;
-            let parent = *parent;
-            sight::refuse_unless(
-                look.object,
-                &look,
-                &self.access,
-                || self.path_for_message(handle, parent),
-                "search it",
-            )?;
+            // (Where it cannot search, the object would be one it may not see.)
+            if !self
+                .look(handle, *parent, Some(access::SEARCH), None)?
+                .object
+            {
+                return Err(sight::unseen());
+            }
         }
         let (id, object_mode, what) = match request {
             Request::Rename { id, .. } | Request::Delete { id, .. } => {

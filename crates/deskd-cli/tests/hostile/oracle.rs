@@ -138,6 +138,7 @@ fn volume_with_a_vault() -> Env {
 fn probes(vol: u32) -> Vec<(&'static str, Vec<Request>)> {
     let (secret, inner, top, own, mine) =
         (id("SECRET"), id("INNER"), id("TOP"), id("OWN"), id("MINE"));
+    let vault = id("VAULT");
     let (dev, ino): (u64, u64) = (var("DEV").parse().unwrap(), var("INO").parse().unwrap());
     let add_path = |path: &[u8]| Request::AddPath {
         vol,
@@ -217,6 +218,52 @@ fn probes(vol: u32) -> Vec<(&'static str, Vec<Request>)> {
                     vol,
                     parent: MISSING,
                     name: b"secret-name.txt".to_vec(),
+                },
+            ],
+        ),
+        (
+            // The vault itself is in nobody's listing of the root; what is in it is not.
+            "Lookup in the vault itself",
+            vec![
+                Request::Lookup {
+                    vol,
+                    parent: vault,
+                    name: b"top-secret.txt".to_vec(),
+                },
+                Request::Lookup {
+                    vol,
+                    parent: vault,
+                    name: b"no-such.txt".to_vec(),
+                },
+                Request::Lookup {
+                    vol,
+                    parent: MISSING,
+                    name: b"top-secret.txt".to_vec(),
+                },
+            ],
+        ),
+        (
+            "Add in the vault itself",
+            vec![
+                Request::Add {
+                    vol,
+                    parent: vault,
+                    name: b"top-secret.txt".to_vec(),
+                    dev,
+                    ino,
+                    hint: None,
+                    type_code: None,
+                    creator: None,
+                },
+                Request::Add {
+                    vol,
+                    parent: MISSING,
+                    name: b"top-secret.txt".to_vec(),
+                    dev,
+                    ino,
+                    hint: None,
+                    type_code: None,
+                    creator: None,
                 },
             ],
         ),
@@ -484,6 +531,7 @@ fn every_request_kind_answers_a_hidden_object_as_a_missing_one() {
         ("TOP", "vol/vault/top-secret.txt"),
         ("OWN", "vol/mine/own.txt"),
         ("MINE", "vol/mine"),
+        ("VAULT", "vol/vault"),
     ]
     .into_iter()
     .map(|(k, rel)| (k, env.id_of(&env.path(rel)).to_string()))
@@ -503,7 +551,7 @@ fn every_request_kind_answers_a_hidden_object_as_a_missing_one() {
         .lines()
         .filter_map(|l| l.split("PROBE ").nth(1))
         .collect();
-    assert_eq!(lines.len(), 24, "{out}");
+    assert_eq!(lines.len(), 26, "{out}");
     eprintln!("{}", lines.join("\n"));
     let hidden_ids: Vec<&String> = vars[..3].iter().map(|(_, v)| v).collect();
     for line in &lines {
