@@ -1,6 +1,8 @@
 //! Turning requests into desktop changes, after verifying every client claim against the file
 //! system (DESIGN §5): the object exists at the new place with the recorded dev/ino, the old
-//! name is gone. Reads are answered here too.
+//! name is gone. Every path is walked race-free as the peer ([`crate::walk`]) and what is
+//! recorded is what the walk reached. Reads are answered here too, showing a peer only what it
+//! may see ([`crate::sight`]).
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
