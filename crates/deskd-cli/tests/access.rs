@@ -107,15 +107,14 @@ fn find_and_resolve_show_a_user_only_what_it_could_list() {
     assert_eq!(seen.len(), 2, "{seen:?} {}", stderr(&out));
     assert!(seen.iter().all(|l| !l.contains("/hr/")), "{seen:?}");
 
-    // An ID does not reveal a path the user could not list.
+    // An ID does not reveal a path the user could not list, nor that it exists: the answer
+    // is the one for an ID that was never given.
     let hidden = env.id_of(&env.path("vol/hr/salaries-0.txt")).to_string();
     let out = resolve_as(&env, 65534, &hidden);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("permission denied"),
-        "{}",
-        stderr(&out)
-    );
+    let missing = resolve_as(&env, 65534, "999999");
+    assert_eq!(stderr(&out), stderr(&missing));
+    assert!(!stderr(&out).contains("hr"), "{}", stderr(&out));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("salaries"));
     let open = env.id_of(&env.path("vol/public/report.txt")).to_string();
     let out = resolve_as(&env, 65534, &open);
@@ -129,9 +128,11 @@ fn find_and_resolve_show_a_user_only_what_it_could_list() {
 const PROBES: &[(&str, &str)] = &[
     ("children of hr", "PermissionDenied"),
     ("children of public", "ok"),
-    ("lookup in hr", "PermissionDenied"),
+    // A name in a folder nobody cannot search is an object it may not see.
+    ("lookup in hr", "NotFound"),
     ("lookup in drop", "ok"),
-    ("comment of a hidden file", "PermissionDenied"),
+    // Hidden objects are refused as missing ones are (docs/security.md).
+    ("comment of a hidden file", "NotFound"),
     ("comment of an open file", "ok"),
     ("set info of root's file", "PermissionDenied"),
     ("set comment of root's file", "PermissionDenied"),
@@ -140,7 +141,7 @@ const PROBES: &[(&str, &str)] = &[
     ("set comment of its own file", "ok"),
     ("APPL for an app in root's folder", "PermissionDenied"),
     ("APPL for an app in its own folder", "ok"),
-    ("register a name in hr", "PermissionDenied"),
+    ("register a name in hr", "NotFound"),
     ("register a name in its own folder", "ok"),
     ("pipelined registration", "ok"),
     // NotFound while the registration is still uncommitted; PermissionDenied once it has

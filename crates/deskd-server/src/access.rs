@@ -7,14 +7,13 @@
 //! the token) are trusted. For every other local peer, the connection's thread takes the peer's
 //! uid, gid and groups (`SO_PEERCRED`, `SO_PEERGROUPS`) as its file-system identity for the
 //! length of one request (`setfsuid`, `setfsgid` and the raw `setgroups` system call, all of
-//! which change only the calling thread on Linux), asks `faccessat(…, AT_EACCESS)`, and takes
-//! its own identity back. So ACLs and every other rule the kernel applies count, exactly as for
-//! the peer's own `ls` or `open`.
+//! which change only the calling thread on Linux), walks the paths it needs as the peer and
+//! asks `faccessat2(…, AT_EACCESS)` on the descriptors the walk holds ([`crate::walk`],
+//! [`crate::sight`]), and takes its own identity back. So ACLs and every other rule the kernel
+//! applies count, exactly as for the peer's own `ls` or `open`.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// A local peer's identity, read from its socket when it connected.
@@ -126,15 +125,17 @@ impl Access {
         matches!(self, Access::Trusted)
     }
 
-    /// Runs `f` with a checker that answers "may the peer do `mode` to this path?". The thread
-    /// wears the peer's identity for the length of `f`; `f` must not touch the file system
-    /// for the server meanwhile (the writer threads and other connections are unaffected).
-    pub fn check<T>(&self, f: impl FnOnce(&dyn Fn(&Path, libc::c_int) -> bool) -> T) -> T {
+    /// Runs `f` wearing the peer's file-system identity (the server's own for a trusted peer),
+    /// so every file-system call in `f` is checked by the kernel as the peer's own would be;
+    /// `None` when this server cannot take the identity (then the peer sees nothing). `f` must
+    /// not touch the file system for the server meanwhile (the writer threads and other
+    /// connections are unaffected).
+    pub fn wear<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
         match self {
-            Access::Trusted => f(&|_, _| true),
-            Access::Unverifiable { .. } => f(&|_, _| false),
+            Access::Trusted => Some(f()),
+            Access::Unverifiable { .. } => None,
             Access::Peer(c) => match AsPeer::enter(c) {
-                Ok(_worn) => f(&|path, mode| may(path, mode)),
+                Ok(_worn) => Some(f()),
                 Err(e) => {
                     // Once at error level: a unit without the capability would otherwise log
                     // every request of every user.
@@ -150,13 +151,13 @@ impl Access {
                     } else {
                         tracing::debug!("cannot take uid {}'s identity: {e}", c.uid);
                     }
-                    f(&|_, _| false)
+                    None
                 }
             },
         }
     }
 
-    /// Why a check failed, for the error message.
+    /// Why a check of an object the peer may see failed, for the error message.
     pub fn refusal(&self, path: &Path, what: &str) -> String {
         match self {
             Access::Unverifiable { uid } => format!(
@@ -168,15 +169,6 @@ impl Access {
     }
 }
 
-/// `faccessat(path, mode, AT_EACCESS)` with the thread's current file-system identity.
-fn may(path: &Path, mode: libc::c_int) -> bool {
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: a valid NUL-terminated path; faccessat only reads it.
-    unsafe { libc::faccessat(libc::AT_FDCWD, c_path.as_ptr(), mode, libc::AT_EACCESS) == 0 }
-}
-
 /// The calling thread wearing a peer's file-system identity; dropping it restores the server's.
 struct AsPeer {
     own_groups: Vec<libc::gid_t>,
@@ -186,19 +178,9 @@ struct AsPeer {
 
 impl AsPeer {
     fn enter(c: &Credentials) -> io::Result<AsPeer> {
-        // SAFETY: plain identity calls on the calling thread; getgroups writes at most the
-        // count it returned a moment before into a buffer of that size.
+        let own_groups = own_groups()?;
+        // SAFETY: plain identity calls on the calling thread.
         unsafe {
-            let n = libc::getgroups(0, std::ptr::null_mut());
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut own_groups = vec![0; n as usize];
-            let n = libc::getgroups(n, own_groups.as_mut_ptr());
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            own_groups.truncate(n as usize);
             // Groups first, while the thread still has the capability to set them. The raw
             // system call changes this thread only (glibc's setgroups would change them all).
             // If it fails nothing has changed yet, so there is nothing to restore.
@@ -221,6 +203,32 @@ impl AsPeer {
             Ok(worn)
         }
     }
+}
+
+/// The server's own supplementary groups, read once: every thread has them (only the threads
+/// wearing a peer's identity change theirs, and they put them back), and reading them on every
+/// change of identity cost two system calls per request.
+fn own_groups() -> io::Result<Vec<libc::gid_t>> {
+    static OWN: std::sync::OnceLock<Vec<libc::gid_t>> = std::sync::OnceLock::new();
+    if let Some(groups) = OWN.get() {
+        return Ok(groups.clone());
+    }
+    // SAFETY: getgroups writes at most the count it returned a moment before into a buffer of
+    // that size.
+    let groups = unsafe {
+        let n = libc::getgroups(0, std::ptr::null_mut());
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut groups = vec![0; n as usize];
+        let n = libc::getgroups(n, groups.as_mut_ptr());
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        groups.truncate(n as usize);
+        groups
+    };
+    Ok(OWN.get_or_init(|| groups).clone())
 }
 
 impl Drop for AsPeer {
@@ -253,7 +261,20 @@ impl Drop for AsPeer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::PermissionsExt;
+
+    /// May the calling thread's identity do `mode` to `path`, walked from `/`?
+    fn may(path: &Path, mode: libc::c_int) -> bool {
+        let names: Vec<Vec<u8>> = path.iter().skip(1).map(|c| c.as_bytes().to_vec()).collect();
+        let walked = crate::walk::walk(Path::new("/"), &names);
+        walked.stopped.is_none()
+            && walked
+                .fd
+                .as_ref()
+                .is_some_and(|fd| crate::walk::may(fd.as_fd(), mode))
+    }
 
     fn as_root() -> bool {
         // SAFETY: geteuid has no preconditions.
@@ -285,14 +306,18 @@ mod tests {
             groups: vec![4242],
             ..nobody.clone()
         };
-        Access::Peer(nobody).check(|may| {
-            assert!(may(&open, LIST));
-            assert!(!may(&closed, SEARCH));
-            assert!(!may(&closed.join("x"), libc::F_OK));
-            assert!(!may(&open, WRITE));
-            assert!(!may(&group_only, LIST));
-        });
-        Access::Peer(in_group).check(|may| assert!(may(&group_only, LIST | WRITE)));
+        Access::Peer(nobody)
+            .wear(|| {
+                assert!(may(&open, LIST));
+                assert!(!may(&closed, SEARCH));
+                assert!(!may(&closed.join("x"), libc::F_OK));
+                assert!(!may(&open, WRITE));
+                assert!(!may(&group_only, LIST));
+            })
+            .unwrap();
+        Access::Peer(in_group)
+            .wear(|| assert!(may(&group_only, LIST | WRITE)))
+            .unwrap();
         // Root again: the closed folder is open to this thread, with its groups back.
         assert!(may(&closed, LIST | WRITE));
         // SAFETY: plain identity queries.
@@ -316,19 +341,20 @@ mod tests {
             gid: 65534,
             groups: vec![],
         })
-        .check(|may_here| {
-            assert!(!may_here(&closed, LIST));
+        .wear(|| {
+            assert!(!may(&closed, LIST));
             ask.send(()).unwrap();
             assert!(told.recv().unwrap(), "another thread lost root's access");
-        });
+        })
+        .unwrap();
         other.join().unwrap();
     }
 
     #[test]
     fn trusted_sees_all_and_unverifiable_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        Access::Trusted.check(|may| assert!(may(Path::new("/nonexistent"), LIST)));
-        Access::Unverifiable { uid: 7 }.check(|may| assert!(!may(dir.path(), libc::F_OK)));
+        assert_eq!(Access::Trusted.wear(|| 1), Some(1));
+        assert_eq!(Access::Unverifiable { uid: 7 }.wear(|| 1), None);
         assert!(Access::Unverifiable { uid: 7 }
             .refusal(dir.path(), "list")
             .contains("cannot check what uid 7 may list"));

@@ -1,18 +1,19 @@
 //! Turning requests into desktop changes, after verifying every client claim against the file
 //! system (DESIGN §5): the object exists at the new place with the recorded dev/ino, the old
-//! name is gone. Reads are answered here too.
+//! name is gone. Every path is walked race-free as the peer ([`crate::walk`]) and what is
+//! recorded is what the walk reached. Reads are answered here too, showing a peer only what it
+//! may see ([`crate::sight`]).
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 
 use deskd_db::{Batch, DbError, InfoUpdate, Kind, NameIndex, NewObject, Object, Read};
 use deskd_proto::{ErrorCode, ErrorReply, ObjectInfo, Request, Response};
 use deskd_volume::{Volume, VolumeError};
 
 use crate::access::{self, Access};
+use crate::sight;
+use crate::walk::{self, Node, Walked};
 
 pub type Reply = Result<Response, ErrorReply>;
 
@@ -82,90 +83,119 @@ pub fn join(components: &[Vec<u8>]) -> Vec<u8> {
     components.join(&b'/')
 }
 
-/// What `lstat` says about a path: (dev, ino, kind, ctime), or `None` when it does not exist.
-fn stat(path: &Path) -> Option<(u64, u64, Kind, i64)> {
-    let m = std::fs::symlink_metadata(path).ok()?;
-    let kind = if m.file_type().is_dir() {
-        Kind::Dir
-    } else if m.file_type().is_symlink() {
-        Kind::Symlink
-    } else {
-        Kind::File
-    };
-    Some((m.dev(), m.ino(), kind, m.ctime()))
-}
-
 fn same_object(o: &Object, dev: u64, ino: u64) -> bool {
     (o.dev == 0 && o.ino == 0) || (o.dev == dev && o.ino == ino)
 }
 
-/// Directory paths already resolved in this batch (by ID). Requests that rename or delete
-/// clear it, so an entry is never stale.
+/// Desktop paths of directories already looked up in this batch (by ID). Requests that rename
+/// or delete clear it, so an entry is never stale.
 #[derive(Default)]
-pub struct DirCache(HashMap<u32, (Vec<u8>, PathBuf)>);
+pub struct DirCache(HashMap<u32, Vec<Vec<u8>>>);
 
-/// The physical path of a registered object, checked to lie inside the volume.
-fn object_path<R: Read>(
+/// The names from the root to a registered object.
+fn components_of<R: Read>(
     db: &R,
-    vol: &Volume,
     id: u32,
     cache: &mut DirCache,
-) -> Result<(Vec<u8>, PathBuf), ErrorReply> {
+) -> Result<Vec<Vec<u8>>, ErrorReply> {
     if let Some(hit) = cache.0.get(&id) {
         return Ok(hit.clone());
     }
-    let rel = join(&db.path_of(id).map_err(db_error)?);
-    let resolved = vol.resolve_relative(&rel).map_err(volume_error)?;
-    cache.0.insert(id, (rel.clone(), resolved.path.clone()));
-    Ok((rel, resolved.path))
+    let components = db.path_of(id).map_err(db_error)?;
+    cache.0.insert(id, components.clone());
+    Ok(components)
 }
 
-/// Register the object at `components` (and every unregistered directory above it), reading
-/// what it is from the file system. Returns the final object and whether it was created.
+/// Split a client's path into names, refusing `..`, `.`, protected and invalid names.
+pub fn client_names(rel: &[u8]) -> Result<Vec<Vec<u8>>, ErrorReply> {
+    let mut out = Vec::new();
+    for part in rel.split(|&b| b == b'/') {
+        if part.is_empty() {
+            continue;
+        }
+        deskd_volume::check_name(part).map_err(volume_error)?;
+        out.push(part.to_vec());
+    }
+    Ok(out)
+}
+
+/// Walk a client's path race-free as the peer ([`walk::walk_client`]).
+pub fn walk_path(vol: &Volume, access: &Access, rel: &[u8]) -> Result<Walked, ErrorReply> {
+    let names = client_names(rel)?;
+    access
+        .wear(|| walk::walk_client(vol.root(), names, rel))
+        .ok_or_else(sight::unseen)?
+        .map_err(volume_error)
+}
+
+/// Walk desktop names race-free as the peer ([`walk::walk`]).
+fn walk_names(vol: &Volume, access: &Access, components: &[Vec<u8>]) -> Result<Walked, ErrorReply> {
+    access
+        .wear(|| walk::walk(vol.root(), components))
+        .ok_or_else(sight::unseen)
+}
+
+/// The walk got to its last name: else what stopped it (a refusal, or a missing name; the
+/// same [`sight::unseen`] to an unprivileged peer, so a hidden name and a missing one sound
+/// alike).
+fn reached(access: &Access, vol: &Volume, walked: Walked) -> Result<Walked, ErrorReply> {
+    if walked.stopped.is_some() && !access.is_trusted() {
+        return Err(sight::unseen());
+    }
+    if walked.refused() {
+        return Err(sight::refused_walk(access, vol, &walked));
+    }
+    if walked.stopped.is_some() {
+        return Err(claim(format!(
+            "{}: no such file or directory on disk",
+            vol.path_of(&walked.components).display()
+        )));
+    }
+    Ok(walked)
+}
+
+/// Register the objects walked (`components`, with what the walk found each to be) and every
+/// unregistered directory above the last. What is recorded is what the walk's descriptors
+/// were. Returns the final object and whether it was created.
 fn add_path(
     b: &mut Batch<'_>,
-    vol: &Volume,
     components: &[Vec<u8>],
+    nodes: &[Node],
     hint: Option<u32>,
     type_code: Option<[u8; 4]>,
     creator: Option<[u8; 4]>,
 ) -> Result<(Object, bool), ErrorReply> {
     let mut current = b.get(deskd_db::ROOT_ID).map_err(db_error)?;
     let mut created = false;
-    let mut path = vol.root().to_path_buf();
-    for (i, name) in components.iter().enumerate() {
+    for (i, (name, node)) in components.iter().zip(nodes).enumerate() {
         let last = i + 1 == components.len();
-        path.push(std::ffi::OsStr::from_bytes(name));
         let existing = b.lookup(current.id, name).map_err(db_error)?;
         if let Some(dir) = existing.as_ref().filter(|_| !last) {
-            // A registered directory on the way: the resolver has just checked it on disk.
+            // A registered directory on the way: the walk has just been through it.
+            if dir.kind != Kind::Dir {
+                return Err(kind_changed(&components[..=i], dir, node));
+            }
             current = dir.clone();
             created = false;
             continue;
         }
-        let Some((dev, ino, kind, ctime)) = stat(&path) else {
-            return Err(claim(format!(
-                "{}: no such file or directory on disk",
-                path.display()
-            )));
-        };
-        if !last && kind != Kind::Dir {
-            return Err(ErrorReply::new(
-                ErrorCode::NotADirectory,
-                format!("{}: not a directory", path.display()),
-            ));
-        }
         if let Some(mut object) = existing {
-            if (object.dev, object.ino) != (dev, ino) {
+            if object.kind != node.kind {
+                // Not a new copy of the same thing (a symlink swapped in for a folder): the
+                // record is never made to say the descriptor is what it is not.
+                return Err(kind_changed(&components[..=i], &object, node));
+            }
+            if (object.dev, object.ino) != (node.dev, node.ino) {
                 // Same name, new inode (save-by-replace, restore): the name keeps its ID.
-                b.set_devino(object.id, dev, ino).map_err(db_error)?;
-                (object.dev, object.ino) = (dev, ino);
+                b.set_devino(object.id, node.dev, node.ino)
+                    .map_err(db_error)?;
+                (object.dev, object.ino) = (node.dev, node.ino);
             }
             current = object;
             created = false;
             continue;
         }
-        let (default_type, default_creator) = if kind == Kind::File {
+        let (default_type, default_creator) = if node.kind == Kind::File {
             (UNIX_TYPE, UNKN_CREATOR)
         } else {
             ([0; 4], [0; 4])
@@ -173,9 +203,9 @@ fn add_path(
         let new = NewObject {
             parent: current.id,
             name: name.clone(),
-            kind,
-            dev,
-            ino,
+            kind: node.kind,
+            dev: node.dev,
+            ino: node.ino,
             type_code: if last {
                 type_code.unwrap_or(default_type)
             } else {
@@ -187,7 +217,7 @@ fn add_path(
                 default_creator
             },
             flags: 0,
-            ctime,
+            ctime: node.ctime,
             hint: if last { hint } else { None },
         };
         current = b.add(&new).map_err(db_error)?.0;
@@ -196,9 +226,15 @@ fn add_path(
     Ok((current, created))
 }
 
-pub fn resolve_components(vol: &Volume, rel: &[u8]) -> Result<Vec<Vec<u8>>, ErrorReply> {
-    let r = vol.resolve_relative(rel).map_err(volume_error)?;
-    Ok(r.components.iter().map(|c| c.as_bytes().to_vec()).collect())
+/// The refusal to record a name whose object on disk is of another kind than its record.
+fn kind_changed(components: &[Vec<u8>], recorded: &Object, node: &Node) -> ErrorReply {
+    claim(format!(
+        "{}: is a {} on disk, recorded as a {} (ID {}); tell deskd of the removal first",
+        String::from_utf8_lossy(&join(components)),
+        node.kind.as_str(),
+        recorded.kind.as_str(),
+        recorded.id
+    ))
 }
 
 fn registered(b: &Batch<'_>, components: &[Vec<u8>]) -> Result<Option<Object>, ErrorReply> {
@@ -209,70 +245,87 @@ fn registered(b: &Batch<'_>, components: &[Vec<u8>]) -> Result<Option<Object>, E
     }
 }
 
-/// Verify that `object` is no longer at `old_path`.
-fn verify_gone(object: &Object, old_path: &Path) -> Result<(), ErrorReply> {
-    if let Some((dev, ino, _, _)) = stat(old_path) {
-        if object.dev != 0 && same_object(object, dev, ino) {
+/// Verify that `object` is no longer at `old` (walked by the server: is it still there for
+/// anyone?).
+fn verify_gone(vol: &Volume, object: &Object, old: &[Vec<u8>]) -> Result<(), ErrorReply> {
+    let walked = walk::walk(vol.root(), old);
+    if let Some(node) = walked.last() {
+        if object.dev != 0 && same_object(object, node.dev, node.ino) {
             return Err(claim(format!(
                 "{}: still exists on disk; do the operation before telling deskd",
-                old_path.display()
+                vol.path_of(old).display()
             )));
         }
     }
     Ok(())
 }
 
-/// Verify that `object` is now at `new_path`.
-fn verify_arrived(object: &Object, new_path: &Path) -> Result<(u64, u64), ErrorReply> {
-    match stat(new_path) {
-        None => Err(claim(format!(
-            "{}: no such file or directory on disk",
-            new_path.display()
-        ))),
-        Some((dev, ino, _, _)) if !same_object(object, dev, ino) => Err(claim(format!(
+/// Verify, walking as the peer, that `object` is now at the end of `walked`.
+fn verify_arrived(
+    access: &Access,
+    vol: &Volume,
+    object: &Object,
+    walked: Walked,
+) -> Result<Walked, ErrorReply> {
+    let walked = reached(access, vol, walked)?;
+    let node = walked.last().expect("a walk that reached its end");
+    if !same_object(object, node.dev, node.ino) {
+        return Err(claim(format!(
             "{}: is not the object with ID {} (different inode)",
-            new_path.display(),
+            vol.path_of(&walked.components).display(),
             object.id
-        ))),
-        Some((dev, ino, _, _)) => Ok((dev, ino)),
+        )));
     }
+    Ok(walked)
 }
 
 fn do_rename(
     b: &mut Batch<'_>,
     vol: &Volume,
+    access: &Access,
     object: &Object,
-    old_path: &Path,
-    new_components: &[Vec<u8>],
+    old: &[Vec<u8>],
+    new: Walked,
     replace: bool,
 ) -> Reply {
-    let (new_name, parent_components) = new_components.split_last().ok_or_else(|| {
-        ErrorReply::new(
+    if new.components.is_empty() {
+        return Err(ErrorReply::new(
             ErrorCode::PermissionDenied,
             "cannot rename onto the volume root",
-        )
-    })?;
-    let new_path = vol.path_of(new_components);
-    verify_gone(object, old_path)?;
-    let (dev, ino) = verify_arrived(object, &new_path)?;
-    let (parent, _) = add_path(b, vol, parent_components, None, None, None)?;
+        ));
+    }
+    verify_gone(vol, object, old)?;
+    let new = verify_arrived(access, vol, object, new)?;
+    let (new_name, parent_components) = new.components.split_last().expect("not the root");
+    let node = *new.last().expect("a walk that reached its end");
+    let (parent, _) = add_path(
+        b,
+        parent_components,
+        &new.nodes[..parent_components.len()],
+        None,
+        None,
+        None,
+    )?;
     let removed = b
         .rename(object.id, parent.id, new_name, replace)
         .map_err(db_error)?;
     if object.dev == 0 && object.ino == 0 {
-        b.set_devino(object.id, dev, ino).map_err(db_error)?;
+        b.set_devino(object.id, node.dev, node.ino)
+            .map_err(db_error)?;
     }
     Ok(Response::Removed(removed))
 }
 
 /// Apply one write request inside the batch. `read_only` volumes refuse changes but still
-/// register objects (a client needs IDs to browse).
+/// register objects (a client needs IDs to browse). Every path is walked race-free as the
+/// peer (`access`), and what is recorded is what the walk reached.
 pub fn apply_write(
     b: &mut Batch<'_>,
     vol: &Volume,
     read_only: bool,
     request: &Request,
     cache: &mut DirCache,
+    access: &Access,
 ) -> Reply {
     if matches!(
         request,
@@ -305,44 +358,41 @@ pub fn apply_write(
             ..
         } => {
             deskd_volume::check_name(name).map_err(volume_error)?;
-            let (parent_rel, parent_path) = object_path(b, vol, *parent, cache)?;
-            let path = parent_path.join(std::ffi::OsStr::from_bytes(name));
-            let Some((sdev, sino, kind, ctime)) = stat(&path) else {
+            let parent_components = components_of(b, *parent, cache)?;
+            let mut components = parent_components.clone();
+            components.push(name.clone());
+            let walked = reached(access, vol, walk_names(vol, access, &components)?)?;
+            let node = *walked.last().expect("a walk that reached its end");
+            if (node.dev, node.ino) != (*dev, *ino) {
                 return Err(claim(format!(
-                    "{}: no such file or directory on disk",
-                    path.display()
-                )));
-            };
-            if (sdev, sino) != (*dev, *ino) {
-                return Err(claim(format!(
-                    "{}: dev/ino {sdev}/{sino} on disk, client said {dev}/{ino}",
-                    path.display()
+                    "{}: dev/ino {}/{} on disk, client said {dev}/{ino}",
+                    vol.path_of(&components).display(),
+                    node.dev,
+                    node.ino
                 )));
             }
-            let file = kind == Kind::File;
+            let file = node.kind == Kind::File;
             let new = NewObject {
                 parent: *parent,
                 name: name.clone(),
-                kind,
-                dev: sdev,
-                ino: sino,
+                kind: node.kind,
+                dev: node.dev,
+                ino: node.ino,
                 type_code: type_code.unwrap_or(if file { UNIX_TYPE } else { [0; 4] }),
                 creator: creator.unwrap_or(if file { UNKN_CREATOR } else { [0; 4] }),
                 flags: 0,
-                ctime,
+                ctime: node.ctime,
                 hint: *hint,
             };
             let (o, created) = b.add(&new).map_err(db_error)?;
-            if !created && (o.dev, o.ino) != (sdev, sino) {
+            if !created && o.kind != node.kind {
+                return Err(kind_changed(&components, &o, &node));
+            }
+            if !created && (o.dev, o.ino) != (node.dev, node.ino) {
                 // Same name, new inode (save-by-replace, restore): the name keeps its ID.
-                b.set_devino(o.id, sdev, sino).map_err(db_error)?;
+                b.set_devino(o.id, node.dev, node.ino).map_err(db_error)?;
             }
-            let mut rel = parent_rel;
-            if !rel.is_empty() {
-                rel.push(b'/');
-            }
-            rel.extend_from_slice(name);
-            Ok(Response::Object(info(&o, Some(rel), created)))
+            Ok(Response::Object(info(&o, Some(join(&components)), created)))
         }
         Request::AddPath {
             path,
@@ -351,13 +401,24 @@ pub fn apply_write(
             creator,
             ..
         } => {
-            let components = resolve_components(vol, path)?;
-            if components.is_empty() {
+            let walked = reached(access, vol, walk_path(vol, access, path)?)?;
+            if walked.components.is_empty() {
                 let root = b.get(deskd_db::ROOT_ID).map_err(db_error)?;
                 return Ok(Response::Object(info(&root, Some(Vec::new()), false)));
             }
-            let (o, created) = add_path(b, vol, &components, *hint, *type_code, *creator)?;
-            Ok(Response::Object(info(&o, Some(join(&components)), created)))
+            let (o, created) = add_path(
+                b,
+                &walked.components,
+                &walked.nodes,
+                *hint,
+                *type_code,
+                *creator,
+            )?;
+            Ok(Response::Object(info(
+                &o,
+                Some(join(&walked.components)),
+                created,
+            )))
         }
         Request::Rename {
             id,
@@ -369,10 +430,11 @@ pub fn apply_write(
             refuse_ro()?;
             deskd_volume::check_name(new_name).map_err(volume_error)?;
             let object = b.get(*id).map_err(db_error)?;
-            let (_, old_path) = object_path(b, vol, *id, cache)?;
+            let old = components_of(b, *id, cache)?;
             let mut components = b.path_of(*new_parent).map_err(db_error)?;
             components.push(new_name.clone());
-            do_rename(b, vol, &object, &old_path, &components, *replace)
+            let new = walk_names(vol, access, &components)?;
+            do_rename(b, vol, access, &object, &old, new, *replace)
         }
         Request::RenamePath {
             from,
@@ -382,37 +444,53 @@ pub fn apply_write(
             ..
         } => {
             refuse_ro()?;
-            let from_c = resolve_components(vol, from)?;
-            let to_c = resolve_components(vol, to)?;
-            if from_c.is_empty() || to_c.is_empty() {
+            let from_walk = walk_path(vol, access, from)?;
+            // Where the peer may not see, its `from` names nothing: as for a path that does
+            // not exist, the object at `to` is registered where it is.
+            let hidden_from = from_walk.refused() && !access.is_trusted();
+            if from_walk.refused() && !hidden_from {
+                return Err(sight::refused_walk(access, vol, &from_walk));
+            }
+            let to_walk = walk_path(vol, access, to)?;
+            if from_walk.components.is_empty() || to_walk.components.is_empty() {
                 return Err(ErrorReply::new(
                     ErrorCode::PermissionDenied,
                     "the volume root cannot be renamed",
                 ));
             }
-            match registered(b, &from_c)? {
-                Some(object) => {
-                    let old_path = vol.path_of(&from_c);
-                    do_rename(b, vol, &object, &old_path, &to_c, *replace)
-                }
+            let object = if hidden_from {
+                None
+            } else {
+                registered(b, &from_walk.components)?
+            };
+            match object {
+                Some(object) => do_rename(
+                    b,
+                    vol,
+                    access,
+                    &object,
+                    &from_walk.components,
+                    to_walk,
+                    *replace,
+                ),
                 None => {
                     // Never registered: register it where it is now.
+                    let to_walk = reached(access, vol, to_walk)?;
+                    let node = *to_walk.last().expect("a walk that reached its end");
                     let mut removed = Vec::new();
-                    if let Some(existing) = registered(b, &to_c)? {
-                        if let Some((dev, ino, _, _)) = stat(&vol.path_of(&to_c)) {
-                            if !same_object(&existing, dev, ino) {
-                                if !*replace {
-                                    return Err(db_error(DbError::Exists {
-                                        parent: existing.parent,
-                                        name: String::from_utf8_lossy(&existing.name).into_owned(),
-                                        existing: existing.id,
-                                    }));
-                                }
-                                removed = b.delete(existing.id, true).map_err(db_error)?;
+                    if let Some(existing) = registered(b, &to_walk.components)? {
+                        if !same_object(&existing, node.dev, node.ino) {
+                            if !*replace {
+                                return Err(db_error(DbError::Exists {
+                                    parent: existing.parent,
+                                    name: String::from_utf8_lossy(&existing.name).into_owned(),
+                                    existing: existing.id,
+                                }));
                             }
+                            removed = b.delete(existing.id, true).map_err(db_error)?;
                         }
                     }
-                    add_path(b, vol, &to_c, *hint, None, None)?;
+                    add_path(b, &to_walk.components, &to_walk.nodes, *hint, None, None)?;
                     Ok(Response::Removed(removed))
                 }
             }
@@ -420,8 +498,8 @@ pub fn apply_write(
         Request::Delete { id, recursive, .. } => {
             refuse_ro()?;
             let object = b.get(*id).map_err(db_error)?;
-            let (_, path) = object_path(b, vol, *id, cache)?;
-            verify_gone(&object, &path)?;
+            let old = components_of(b, *id, cache)?;
+            verify_gone(vol, &object, &old)?;
             Ok(Response::Removed(
                 b.delete(*id, *recursive).map_err(db_error)?,
             ))
@@ -430,17 +508,24 @@ pub fn apply_write(
             path, recursive, ..
         } => {
             refuse_ro()?;
-            let components = resolve_components(vol, path)?;
-            if components.is_empty() {
+            let walked = walk_path(vol, access, path)?;
+            if walked.refused() {
+                // Where the peer may not see, its path names nothing (and nothing is removed).
+                if access.is_trusted() {
+                    return Err(sight::refused_walk(access, vol, &walked));
+                }
+                return Ok(Response::Removed(Vec::new()));
+            }
+            if walked.components.is_empty() {
                 return Err(ErrorReply::new(
                     ErrorCode::PermissionDenied,
                     "the volume root cannot be deleted",
                 ));
             }
-            match registered(b, &components)? {
+            match registered(b, &walked.components)? {
                 None => Ok(Response::Removed(Vec::new())),
                 Some(object) => {
-                    verify_gone(&object, &vol.path_of(&components))?;
+                    verify_gone(vol, &object, &walked.components)?;
                     Ok(Response::Removed(
                         b.delete(object.id, *recursive).map_err(db_error)?,
                     ))
@@ -527,34 +612,8 @@ pub fn apply_write(
     }
 }
 
-/// The folder whose listing shows the object at `components`, and the access that listing
-/// takes: its parent, read and searched; the root shows itself to whoever can search it.
-fn shown_by(vol: &Volume, components: &[Vec<u8>]) -> (PathBuf, libc::c_int) {
-    match components.split_last() {
-        None => (vol.root().to_path_buf(), access::SEARCH),
-        Some((_, parent)) => (vol.path_of(parent), access::LIST),
-    }
-}
-
-/// Ok when the connection's peer may do `mode` to `path` (see [`access`]).
-pub fn require(
-    access: &Access,
-    path: &Path,
-    mode: libc::c_int,
-    what: &str,
-) -> Result<(), ErrorReply> {
-    if access.is_trusted() || access.check(|may| may(path, mode)) {
-        Ok(())
-    } else {
-        Err(ErrorReply::new(
-            ErrorCode::PermissionDenied,
-            access.refusal(path, what),
-        ))
-    }
-}
-
 /// Answer a read request from any connection; what names an object is answered only where
-/// the peer could see that object itself (`access`).
+/// the peer could see that object itself ([`sight`]).
 pub fn apply_read<R: Read>(
     db: &R,
     vol: &Volume,
@@ -566,43 +625,72 @@ pub fn apply_read<R: Read>(
         let path = join(&db.path_of(o.id).map_err(db_error)?);
         Ok(info(o, Some(path), false))
     };
-    // The peer may do `mode` to the directory `dir` (its path looked up only when checked).
+    // The peer may do `mode` to the directory `dir` (refused as `unseen` when it may not
+    // even see it).
     let require_dir = |dir: u32, mode: libc::c_int, what: &str| -> Result<(), ErrorReply> {
-        if access.is_trusted() {
-            return Ok(());
-        }
-        let folder = vol.path_of(&db.path_of(dir).map_err(db_error)?);
-        require(access, &folder, mode, what)
+        let look = sight::look(
+            db,
+            vol,
+            access,
+            dir,
+            sight::Ask {
+                object: Some(mode),
+                folder: None,
+            },
+        )?;
+        sight::refuse_unless(
+            look.object,
+            &look,
+            access,
+            || vol.path_of(&db.path_of(dir).unwrap_or_default()),
+            what,
+        )
     };
-    // Resolve and the like: the peer must be able to list the folder that shows the object.
+    // Resolve and the like: the peer must see the object (list the folder that shows it).
     let require_visible = |id: u32| -> Result<(), ErrorReply> {
-        if access.is_trusted() {
-            return Ok(());
+        if sight::look(db, vol, access, id, sight::Ask::default())?.seen {
+            Ok(())
+        } else {
+            Err(sight::unseen())
         }
-        let (folder, mode) = shown_by(vol, &db.path_of(id).map_err(db_error)?);
-        require(access, &folder, mode, "list the folder holding it")
     };
     match request {
         Request::Lookup { parent, name, .. } => {
-            // As stat(2): finding a name you know needs only search access to its folder.
-            require_dir(*parent, access::SEARCH, "search it")?;
+            // As stat(2): finding a name you know needs only search access to its folder. A
+            // name in a folder the peer cannot search is an object it may not see, whatever
+            // it may see of the folder itself.
+            let look = sight::look(
+                db,
+                vol,
+                access,
+                *parent,
+                sight::Ask {
+                    object: Some(access::SEARCH),
+                    folder: None,
+                },
+            )?;
+            if !look.object {
+                return Err(sight::unseen());
+            }
             match db.lookup(*parent, name).map_err(db_error)? {
                 Some(o) => Ok(Response::MaybeObject(Some(with_path(&o)?))),
                 None => Ok(Response::MaybeObject(None)),
             }
         }
         Request::LookupPath { path, .. } => {
-            let components = resolve_components(vol, path)?;
-            if let Some((_, parent)) = components.split_last() {
-                require(access, &vol.path_of(parent), access::SEARCH, "search it")?;
+            // As stat(2) again: the walk as the peer must reach the folder of the last name;
+            // a path it cannot walk is answered as one that names nothing.
+            let walked = walk_path(vol, access, path)?;
+            if walked.refused() {
+                return Ok(Response::MaybeObject(None));
             }
-            let names: Vec<&[u8]> = components.iter().map(|c| c.as_slice()).collect();
+            let names: Vec<&[u8]> = walked.components.iter().map(|c| c.as_slice()).collect();
             match db.id_of_path(&names).map_err(db_error)? {
                 Some(id) => {
                     let o = db.get(id).map_err(db_error)?;
                     Ok(Response::MaybeObject(Some(info(
                         &o,
-                        Some(join(&components)),
+                        Some(join(&walked.components)),
                         false,
                     ))))
                 }
@@ -611,8 +699,11 @@ pub fn apply_read<R: Read>(
         }
         Request::Resolve { id, .. } => {
             let o = db.get(*id).map_err(db_error)?;
-            require_visible(o.id)?;
-            Ok(Response::Object(with_path(&o)?))
+            let components = db.path_of(o.id).map_err(db_error)?;
+            if !sight::look_at(db, vol, access, &o, &components, sight::Ask::default())?.seen {
+                return Err(sight::unseen());
+            }
+            Ok(Response::Object(info(&o, Some(join(&components)), false)))
         }
         Request::Children { dir, .. } => {
             require_dir(*dir, access::LIST, "list it")?;
@@ -682,16 +773,39 @@ pub fn apply_read<R: Read>(
                 let shown: Vec<bool> = if access.is_trusted() {
                     vec![true; candidates.len()]
                 } else {
-                    // One change of identity for the whole page.
-                    access.check(|may| {
-                        candidates
-                            .iter()
-                            .map(|(_, c)| {
-                                let (folder, mode) = shown_by(vol, c);
-                                may(&folder, mode)
-                            })
-                            .collect()
-                    })
+                    // The folders' own records (for their dev/ino), read before the change of
+                    // identity; then one change of identity for the whole page.
+                    let mut holders: HashMap<u32, Option<Object>> = HashMap::new();
+                    for (o, c) in &candidates {
+                        if !c.is_empty() {
+                            if let Entry::Vacant(e) = holders.entry(o.parent) {
+                                e.insert(Some(db.get(o.parent).map_err(db_error)?));
+                            }
+                        }
+                    }
+                    access
+                        .wear(|| {
+                            let mut seen: HashMap<u32, bool> = HashMap::new();
+                            candidates
+                                .iter()
+                                .map(|(o, c)| {
+                                    let holder = if c.is_empty() { u32::MAX } else { o.parent };
+                                    *seen.entry(holder).or_insert_with(|| {
+                                        let folder =
+                                            holders.get(&o.parent).and_then(|f| f.as_ref());
+                                        sight::look_as_peer(
+                                            vol,
+                                            o,
+                                            folder,
+                                            c,
+                                            sight::Ask::default(),
+                                        )
+                                        .seen
+                                    })
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_else(|| vec![false; candidates.len()])
                 };
                 for ((o, components), shown) in candidates.into_iter().zip(shown) {
                     if shown && (out.len() as u32) < limit {
@@ -704,13 +818,19 @@ pub fn apply_read<R: Read>(
             }
             Ok(Response::Objects(out))
         }
-        Request::ApplGet { creator, .. } => Ok(Response::Appl(
-            db.appl_for(*creator)
-                .map_err(db_error)?
-                .into_iter()
-                .map(|r| (r.app_id, r.tag))
-                .collect(),
-        )),
+        Request::ApplGet { creator, .. } => {
+            let mut apps = Vec::new();
+            for r in db.appl_for(*creator).map_err(db_error)? {
+                // An application the peer may not see is not named to it, not even by ID.
+                let seen = access.is_trusted()
+                    || sight::look(db, vol, access, r.app_id, sight::Ask::default())
+                        .is_ok_and(|l| l.seen);
+                if seen {
+                    apps.push((r.app_id, r.tag));
+                }
+            }
+            Ok(Response::Appl(apps))
+        }
         Request::IconGet {
             creator,
             type_code,

@@ -19,9 +19,10 @@ use deskd_proto::{
 use tracing::{debug, warn};
 
 use crate::access::{self, Access, Credentials};
-use crate::apply::{self, apply_read, db_error, Reply};
+use crate::apply::{apply_read, db_error, Reply};
 use crate::limits::RateLimited;
 use crate::outbox::Outbox;
+use crate::sight;
 use crate::volume::{Job, VolumeHandle};
 use crate::Shared;
 
@@ -30,6 +31,9 @@ use crate::Shared;
 pub struct ReplySink {
     writer: Arc<Outbox>,
     id: u64,
+    /// Whose request it is: an unprivileged peer's errors never say more than [`sight::unseen`]
+    /// where they would tell a missing object from a hidden one.
+    access: Arc<Access>,
 }
 
 impl ReplySink {
@@ -44,7 +48,7 @@ impl ReplySink {
     pub fn queue(&self, result: Reply) {
         let frame = ReplyFrame {
             id: self.id,
-            result,
+            result: result.map_err(|e| sight::for_peer(&self.access, e)),
         };
         let bytes = match deskd_proto::encode_frame_within(&frame, deskd_proto::MAX_REPLY_FRAME) {
             Ok(bytes) => bytes,
@@ -64,6 +68,11 @@ impl ReplySink {
     /// Push buffered replies to the client (never waiting for it to read).
     pub fn flush(&self) {
         self.writer.flush();
+    }
+
+    /// What the peer that sent the request may see and change.
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     /// True when both replies go to the same connection.
@@ -153,6 +162,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
                 let sink = ReplySink {
                     writer: writer.clone(),
                     id: 0,
+                    access: conn.access.clone(),
                 };
                 sink.send(Err(ErrorReply::new(
                     ErrorCode::BadRequest,
@@ -167,6 +177,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
                 let sink = ReplySink {
                     writer: writer.clone(),
                     id: 0,
+                    access: conn.access.clone(),
                 };
                 sink.send(Err(ErrorReply::new(
                     ErrorCode::FrameTooLarge,
@@ -185,6 +196,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
                 let sink = ReplySink {
                     writer: writer.clone(),
                     id: 0,
+                    access: conn.access.clone(),
                 };
                 sink.send(Err(ErrorReply::new(ErrorCode::BadRequest, e.to_string())));
                 continue;
@@ -193,6 +205,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         let sink = ReplySink {
             writer: writer.clone(),
             id: frame.id,
+            access: conn.access.clone(),
         };
         // More requests already received: answer them before flushing (pipelining).
         let more = !input.buffer().is_empty();
@@ -369,87 +382,90 @@ impl Connection {
     /// Changes that touch no file, only what the desktop says of one, are checked here, as
     /// the peer: Finder information and comments need write access to the object or to its
     /// folder, an APPL record write access to the application's folder (as AFP's FPSetFileParms
-    /// and FPAddAPPL). The changes the client made on disk itself were made with its own
-    /// rights, and the writer verifies them against the disk.
+    /// and FPAddAPPL). A move or a removal by ID needs the object seen or its folder writable.
+    /// The changes the client made on disk itself were made with its own rights, and the
+    /// writer verifies them against the disk, walking every path as the peer. An object the
+    /// peer may not see is refused as one that does not exist ([`sight::unseen`]).
     fn may_change(&mut self, handle: &VolumeHandle, request: &Request) -> Result<(), ErrorReply> {
         if self.access.is_trusted() {
             return Ok(());
         }
+        let folder_rw = Some(access::WRITE | access::SEARCH);
         // A registration or a move answers with the object's ID and path: the peer must be
-        // able to reach the folder the object is in now, as for `stat(2)`. (Deletes answer
-        // only with the IDs of what is gone from the disk.)
-        let vol = &handle.volume;
-        let reached = match request {
-            Request::Add { parent, .. }
-            | Request::Rename {
-                new_parent: parent, ..
-            } => Some(vol.path_of(&self.components_for_check(handle, *parent)?)),
-            Request::AddPath { path, .. } | Request::RenamePath { to: path, .. } => {
-                apply::resolve_components(vol, path)?
-                    .split_last()
-                    .map(|(_, folder)| vol.path_of(folder))
+        // able to reach the folder the object is in now, as for `stat(2)`.
+        if let Request::Add { parent, .. }
+        | Request::Rename {
+            new_parent: parent, ..
+        } = request
+        {
+            // (Where it cannot search, the object would be one it may not see.)
+            if !self
+                .look(handle, *parent, Some(access::SEARCH), None)?
+                .object
+            {
+                return Err(sight::unseen());
             }
-            _ => None,
-        };
-        if let Some(folder) = reached {
-            apply::require(&self.access, &folder, access::SEARCH, "search it")?;
         }
-        let id = match request {
+        let (id, object_mode, what) = match request {
+            Request::Rename { id, .. } | Request::Delete { id, .. } => {
+                let look = self.look(handle, *id, None, folder_rw)?;
+                return if look.seen || look.folder {
+                    Ok(())
+                } else {
+                    Err(sight::unseen())
+                };
+            }
             Request::SetInfo { id, .. }
             | Request::CommentSet { id, .. }
-            | Request::CommentRemove { id, .. } => *id,
-            Request::ApplAdd { app_id, .. } | Request::ApplRemove { app_id, .. } => *app_id,
+            | Request::CommentRemove { id, .. } => (
+                *id,
+                Some(access::WRITE),
+                "write it or the folder holding it",
+            ),
+            Request::ApplAdd { app_id, .. } | Request::ApplRemove { app_id, .. } => {
+                (*app_id, None, "write the folder holding the application")
+            }
             _ => return Ok(()),
         };
-        let components = self.components_for_check(handle, id)?;
-        let object = vol.path_of(&components);
-        let folder = components
-            .split_last()
-            .map(|(_, parent)| vol.path_of(parent));
-        let is_appl = matches!(
-            request,
-            Request::ApplAdd { .. } | Request::ApplRemove { .. }
-        );
-        let allowed = self.access.check(|may| {
-            let in_folder = folder
-                .as_deref()
-                .is_some_and(|f| may(f, access::WRITE | access::SEARCH));
-            in_folder || (!is_appl && may(&object, access::WRITE))
-        });
-        if allowed {
-            Ok(())
-        } else {
-            let what = if is_appl {
-                "write the folder holding the application"
-            } else {
-                "write it or the folder holding it"
-            };
-            Err(ErrorReply::new(
-                ErrorCode::PermissionDenied,
-                self.access.refusal(&object, what),
-            ))
-        }
+        let look = self.look(handle, id, object_mode, folder_rw)?;
+        sight::refuse_unless(
+            look.object || look.folder,
+            &look,
+            &self.access,
+            || self.path_for_message(handle, id),
+            what,
+        )
     }
 
-    /// Where object `id` is, for a check of a change that names it. An object this connection
-    /// cannot see yet (unknown, or registered by a request still waiting for its answer) is
-    /// not waved through: the check would have nothing to check.
-    fn components_for_check(
+    /// How the peer stands to object `id` ([`sight::look`]). An object this connection cannot
+    /// see yet (unknown, or registered by a request still waiting for its answer) is not waved
+    /// through: the check would have nothing to check.
+    fn look(
         &mut self,
         handle: &VolumeHandle,
         id: u32,
-    ) -> Result<Vec<Vec<u8>>, ErrorReply> {
-        self.reader(handle)?.path_of(id).map_err(|e| match e {
-            deskd_db::DbError::NoSuchId(_) => ErrorReply::new(
-                ErrorCode::NotFound,
-                format!(
-                    "{}: no object with ID {id} (one registered by a request of yours still \
-                     waiting for its answer counts only once answered)",
-                    handle.volume.root().display()
-                ),
-            ),
-            other => db_error(other),
-        })
+        object: Option<libc::c_int>,
+        folder: Option<libc::c_int>,
+    ) -> Result<sight::Look, ErrorReply> {
+        let access = self.access.clone();
+        let reader = self.reader(handle)?;
+        sight::look(
+            reader,
+            &handle.volume,
+            &access,
+            id,
+            sight::Ask { object, folder },
+        )
+    }
+
+    /// The path of object `id`, for the message refusing a peer what it sees but may not do.
+    fn path_for_message(&self, handle: &VolumeHandle, id: u32) -> std::path::PathBuf {
+        let components = self
+            .readers
+            .get(&handle.index)
+            .and_then(|r| r.reader.path_of(id).ok())
+            .unwrap_or_default();
+        handle.volume.path_of(&components)
     }
 
     fn dispatch(&mut self, mut request: Request, sink: ReplySink, more_pending: bool) {
@@ -509,16 +525,28 @@ impl Connection {
             )),
             Request::OpenVolume { root } => {
                 let path = Path::new(std::ffi::OsStr::from_bytes(&root));
-                let canonical = path.canonicalize().ok();
+                // As the peer: a path through a folder closed to it must not resolve (else
+                // `hidden/name/..` would tell whether `name` exists). A server that cannot
+                // take identities (not root) sees no more than its own user anyway.
+                let canonical = match &*self.access {
+                    Access::Unverifiable { .. } => path.canonicalize().ok(),
+                    access => access.wear(|| path.canonicalize().ok()).flatten(),
+                };
                 self.shared
                     .volumes()
                     .iter()
                     .find(|h| canonical.as_deref() == Some(h.volume.root()))
                     .map(|h| Response::Volume(volume_info(h)))
                     .ok_or_else(|| {
+                        // The path only to whom it cannot tell anything hidden.
+                        let shown = if self.access.is_trusted() {
+                            format!("{}: ", path.display())
+                        } else {
+                            String::new()
+                        };
                         ErrorReply::new(
                             ErrorCode::NoSuchVolume,
-                            format!("{}: not a volume served by this deskd", path.display()),
+                            format!("{shown}not a volume served by this deskd"),
                         )
                     })
             }

@@ -21,8 +21,10 @@ pub mod outbox;
 pub mod preflight;
 pub mod rebuild;
 pub mod reload;
+pub mod sight;
 pub mod space;
 pub mod volume;
+pub mod walk;
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;

@@ -618,13 +618,17 @@ fn run_batch(
     let mut batch = desktop.batch()?;
     let mut replies = Vec::with_capacity(writes.len());
     let mut cache = DirCache::default();
-    for (request, _) in writes {
+    for (request, sink) in writes {
+        let access = sink.access();
         if isolated {
-            replies
-                .push(batch.step(|b| Ok(apply_write(b, volume, read_only, request, &mut cache)))?);
+            replies.push(batch.step(|b| {
+                Ok(apply_write(
+                    b, volume, read_only, request, &mut cache, access,
+                ))
+            })?);
             continue;
         }
-        let reply = apply_write(&mut batch, volume, read_only, request, &mut cache);
+        let reply = apply_write(&mut batch, volume, read_only, request, &mut cache, access);
         if reply.is_err() {
             if writes.len() > 1 {
                 return Ok(Attempt::Retry); // dropping the batch rolls it back

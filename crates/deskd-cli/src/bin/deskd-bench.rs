@@ -57,6 +57,21 @@ enum Command {
         #[arg(long, default_value_t = 20000)]
         ops: u32,
     },
+    /// One client, one request at a time, in the open folder DIR: resolve of its files by
+    /// ID and AddPath of them by path (already registered: the path is walked and checked,
+    /// nothing new is recorded). Latency percentiles of both.
+    /// With --base-socket and --base-volume, blocks of 100 steps alternate between this server
+    /// and that one (another build's), so both are measured under the same load.
+    AccessLatency {
+        #[arg(long)]
+        dir: String,
+        #[arg(long, default_value_t = 5000)]
+        ops: u32,
+        #[arg(long, requires = "base_volume")]
+        base_socket: Option<PathBuf>,
+        #[arg(long)]
+        base_volume: Option<PathBuf>,
+    },
     /// CLIENTS clients pipelining DEPTH resolve/lookup requests each for SECONDS.
     Throughput {
         #[command(flatten)]
@@ -145,6 +160,71 @@ fn connect(socket: &Path) -> Result<Client> {
     }
     .connect()
     .map_err(|e| anyhow!("{e}"))
+}
+
+/// One server's open folder for `access-latency`, and the times measured against it.
+struct AccessTarget {
+    client: Client,
+    vol: u32,
+    dir: String,
+    files: Vec<deskd_client::ObjectInfo>,
+    resolve: Vec<f64>,
+    add_path: Vec<f64>,
+}
+
+impl AccessTarget {
+    fn open(socket: &Path, root: &Path, dir: &str) -> Result<AccessTarget> {
+        let mut client = connect(socket)?;
+        let vol = client.open_volume(root).map_err(|e| anyhow!("{e}"))?.vol;
+        let folder = client
+            .maybe_object(Request::LookupPath {
+                vol,
+                path: dir.as_bytes().to_vec(),
+            })
+            .map_err(|e| anyhow!("{e}"))?
+            .ok_or_else(|| anyhow!("{dir}: not registered"))?;
+        let files = client
+            .objects(Request::Children {
+                vol,
+                dir: folder.id,
+            })
+            .map_err(|e| anyhow!("{e}"))?;
+        anyhow::ensure!(!files.is_empty(), "{dir}: no registered files");
+        Ok(AccessTarget {
+            client,
+            vol,
+            dir: dir.to_owned(),
+            files,
+            resolve: Vec::new(),
+            add_path: Vec::new(),
+        })
+    }
+
+    /// One resolve of a file by ID, then one AddPath of a file by path (both picked by `a`, `b`).
+    fn step(&mut self, a: u64, b: u64) -> Result<()> {
+        let vol = self.vol;
+        let file = &self.files[(a % self.files.len() as u64) as usize];
+        let t = Instant::now();
+        self.client
+            .object(Request::Resolve { vol, id: file.id })
+            .map_err(|e| anyhow!("resolve: {e}"))?;
+        self.resolve.push(t.elapsed().as_secs_f64() * 1e6);
+        let mut path = self.dir.clone().into_bytes();
+        path.push(b'/');
+        path.extend_from_slice(&self.files[(b % self.files.len() as u64) as usize].name);
+        let t = Instant::now();
+        self.client
+            .object(Request::AddPath {
+                vol,
+                path,
+                hint: None,
+                type_code: None,
+                creator: None,
+            })
+            .map_err(|e| anyhow!("add path: {e}"))?;
+        self.add_path.push(t.elapsed().as_secs_f64() * 1e6);
+        Ok(())
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -390,6 +470,50 @@ fn main() -> Result<()> {
                     "lookup_p50_us": percentile(&lookup, 0.5), "lookup_p99_us": percentile(&lookup, 0.99),
                 })
             );
+        }
+        Command::AccessLatency {
+            dir,
+            ops,
+            base_socket,
+            base_volume,
+        } => {
+            let mut targets = vec![AccessTarget::open(&cli.socket, &root, &dir)?];
+            if let (Some(socket), Some(volume)) = (base_socket, base_volume) {
+                targets.push(AccessTarget::open(&socket, &volume.canonicalize()?, &dir)?);
+            }
+            let mut rng = 0x2545F4914F6CDD1Du64;
+            let mut next = || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            // In blocks: a request to the other server between two of this one's would let
+            // this one's connection stop spinning and sleep, which is not what one client sees.
+            const BLOCK: u32 = 100;
+            for _ in 0..ops.div_ceil(BLOCK) {
+                for target in &mut targets {
+                    for _ in 0..BLOCK {
+                        target.step(next(), next())?;
+                    }
+                }
+            }
+            let mut out = serde_json::Map::new();
+            for (target, prefix) in targets.iter_mut().zip(["", "base_"]) {
+                target.resolve.sort_by(f64::total_cmp);
+                target.add_path.sort_by(f64::total_cmp);
+                for (what, times) in [("resolve", &target.resolve), ("addpath", &target.add_path)] {
+                    out.insert(
+                        format!("{prefix}{what}_p50_us"),
+                        percentile(times, 0.5).into(),
+                    );
+                    out.insert(
+                        format!("{prefix}{what}_p99_us"),
+                        percentile(times, 0.99).into(),
+                    );
+                }
+            }
+            println!("{}", serde_json::Value::Object(out));
         }
         Command::Throughput {
             shape: Shape { dirs, per_dir },

@@ -1,1 +1,844 @@
-//! Hostile-user tests, part `oracle` (see main.rs).
+//! Hostile-user tests, part `oracle` (issue 21, items 3 and 4): user `nobody` asks the server
+//! about objects inside a root-owned 0700 folder and must learn nothing — every request kind
+//! answers them exactly as it answers an ID or a name that does not exist — and races a
+//! directory against a symlink into that folder (`renameat2(RENAME_EXCHANGE)`) while
+//! registering names under it, which must never reach inside.
+//!
+//! The requests come straight from a client process running as nobody (no `dt` in between,
+//! whose own file operations would fail first): this test binary, run again as nobody with
+//! `DESKD_ORACLE_ROLE` set, as tests/access.rs does.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use deskd_proto::{FindMode, Request, Response};
+
+/// An ID no object has.
+const MISSING: u32 = 999_999;
+
+/// The names inside the vault; no reply to nobody may contain any of them.
+const HIDDEN_NAMES: &[&str] = &["vault", "inner", "secret-name", "top-secret", "sub"];
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn chown_nobody(path: &Path) {
+    std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+}
+
+fn role() -> Option<String> {
+    std::env::var("DESKD_ORACLE_ROLE").ok()
+}
+
+fn var(name: &str) -> String {
+    std::env::var(format!("DESKD_ORACLE_{name}")).unwrap()
+}
+
+fn id(name: &str) -> u32 {
+    var(name).parse().unwrap()
+}
+
+fn connect() -> (deskd_client::Client, u32) {
+    let socket = std::env::var("DESKD_SOCKET").unwrap();
+    let mut c = deskd_client::Client::connect(Path::new(&socket), Duration::from_secs(10)).unwrap();
+    let vol = c.volumes().unwrap()[0].vol;
+    (c, vol)
+}
+
+/// A reply as raw as the client gives it: the error's code and message, or the response.
+fn raw(answer: deskd_client::Result<Response>) -> String {
+    match answer {
+        Ok(r) => format!("ok {r:?}"),
+        Err(deskd_client::ClientError::Server(e)) => format!("{:?} {}", e.code, e.message),
+        Err(other) => format!("client error {other}"),
+    }
+}
+
+/// Run this test again as nobody in `role`, with `vars` as `DESKD_ORACLE_<NAME>`.
+fn run_as_nobody(env: &Env, test: &str, role: &str, vars: &[(&str, String)]) -> String {
+    let mut envs: Vec<(&str, String)> = vec![("DESKD_ORACLE_ROLE", role.to_owned())];
+    for (k, v) in vars {
+        envs.push((["DESKD_ORACLE_", k].concat().leak(), v.clone()));
+    }
+    let me = std::env::current_exe().unwrap();
+    let args: [&[u8]; 4] = [
+        b"--exact",
+        test.as_bytes(),
+        b"--nocapture",
+        b"--test-threads=1",
+    ];
+    let out = env
+        .as_nobody_with(me.to_str().unwrap(), &args, &envs)
+        .expect("the hostile tests need root, to act as nobody");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", stderr(&out));
+    stdout
+}
+
+/// A served volume with a root-owned 0700 `vault` (registered: `vault/inner/secret-name.txt`,
+/// `vault/inner/sub/`, `vault/top-secret.txt`; an APPL record of root's for the secret file),
+/// an open `public/` and nobody's own `mine/` (with `own.txt`, and `gone.txt`, registered but
+/// no longer on disk).
+fn volume_with_a_vault() -> Env {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[
+        b"mkdir",
+        b"vol/vault",
+        b"vol/vault/inner",
+        b"vol/vault/inner/sub",
+        b"vol/public",
+        b"vol/mine",
+    ]);
+    env.dt_ok(&[
+        b"touch",
+        b"vol/vault/inner/secret-name.txt",
+        b"vol/vault/top-secret.txt",
+        b"vol/public/open.txt",
+        b"vol/mine/own.txt",
+        b"vol/mine/gone.txt",
+    ]);
+    // Registered, then moved away on disk without telling deskd: a rename's `from`.
+    std::fs::remove_file(env.path("vol/mine/gone.txt")).unwrap();
+    let secret = env.id_of(&env.path("vol/vault/inner/secret-name.txt"));
+    let mut c = env.client();
+    let vol = c.volumes().unwrap()[0].vol;
+    c.call(Request::ApplAdd {
+        vol,
+        creator: *b"SECR",
+        app_id: secret,
+        tag: 7,
+    })
+    .unwrap();
+    c.call(Request::CommentSet {
+        vol,
+        id: secret,
+        text: b"root's note".to_vec(),
+    })
+    .unwrap();
+    chmod(&env.path("vol/vault"), 0o700);
+    for rel in ["vol/mine", "vol/mine/own.txt", "vol/mine/.rsrc"] {
+        if env.path(rel).exists() {
+            chown_nobody(&env.path(rel));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(env.path("vol/mine/.rsrc")) {
+        for e in entries {
+            chown_nobody(&e.unwrap().path());
+        }
+    }
+    env
+}
+
+/// The probes: for each request kind that names an object, the request about a hidden object
+/// and the same request about a missing one (or several), whose replies must be identical.
+fn probes(vol: u32) -> Vec<(&'static str, Vec<Request>)> {
+    let (secret, inner, top, own, mine) =
+        (id("SECRET"), id("INNER"), id("TOP"), id("OWN"), id("MINE"));
+    let vault = id("VAULT");
+    let (dev, ino): (u64, u64) = (var("DEV").parse().unwrap(), var("INO").parse().unwrap());
+    let add_path = |path: &[u8]| Request::AddPath {
+        vol,
+        path: path.to_vec(),
+        hint: None,
+        type_code: None,
+        creator: None,
+    };
+    let lookup_path = |path: &[u8]| Request::LookupPath {
+        vol,
+        path: path.to_vec(),
+    };
+    let set_info = |id| Request::SetInfo {
+        vol,
+        id,
+        type_code: Some(*b"EVIL"),
+        creator: None,
+        flags: None,
+    };
+    let rename_path = |from: &[u8], to: &[u8]| Request::RenamePath {
+        vol,
+        from: from.to_vec(),
+        to: to.to_vec(),
+        replace: false,
+        hint: None,
+    };
+    let find = |pattern: &str| Request::Find {
+        vol,
+        pattern: pattern.to_owned(),
+        mode: FindMode::Substring,
+        limit: 100,
+        after_id: 0,
+    };
+    vec![
+        (
+            "Resolve of a file",
+            vec![
+                Request::Resolve { vol, id: secret },
+                Request::Resolve { vol, id: MISSING },
+            ],
+        ),
+        (
+            "Resolve of a folder",
+            vec![
+                Request::Resolve { vol, id: inner },
+                Request::Resolve { vol, id: MISSING },
+            ],
+        ),
+        (
+            "Resolve of a file at the top of the vault",
+            vec![
+                Request::Resolve { vol, id: top },
+                Request::Resolve { vol, id: MISSING },
+            ],
+        ),
+        (
+            "Children",
+            vec![
+                Request::Children { vol, dir: inner },
+                Request::Children { vol, dir: MISSING },
+            ],
+        ),
+        (
+            "Lookup",
+            vec![
+                Request::Lookup {
+                    vol,
+                    parent: inner,
+                    name: b"secret-name.txt".to_vec(),
+                },
+                Request::Lookup {
+                    vol,
+                    parent: inner,
+                    name: b"no-such.txt".to_vec(),
+                },
+                Request::Lookup {
+                    vol,
+                    parent: MISSING,
+                    name: b"secret-name.txt".to_vec(),
+                },
+            ],
+        ),
+        (
+            // The vault itself is in nobody's listing of the root; what is in it is not.
+            "Lookup in the vault itself",
+            vec![
+                Request::Lookup {
+                    vol,
+                    parent: vault,
+                    name: b"top-secret.txt".to_vec(),
+                },
+                Request::Lookup {
+                    vol,
+                    parent: vault,
+                    name: b"no-such.txt".to_vec(),
+                },
+                Request::Lookup {
+                    vol,
+                    parent: MISSING,
+                    name: b"top-secret.txt".to_vec(),
+                },
+            ],
+        ),
+        (
+            "Add in the vault itself",
+            vec![
+                Request::Add {
+                    vol,
+                    parent: vault,
+                    name: b"top-secret.txt".to_vec(),
+                    dev,
+                    ino,
+                    hint: None,
+                    type_code: None,
+                    creator: None,
+                },
+                Request::Add {
+                    vol,
+                    parent: MISSING,
+                    name: b"top-secret.txt".to_vec(),
+                    dev,
+                    ino,
+                    hint: None,
+                    type_code: None,
+                    creator: None,
+                },
+            ],
+        ),
+        (
+            "LookupPath",
+            vec![
+                lookup_path(b"vault/inner/secret-name.txt"),
+                lookup_path(b"vault/inner/no-such.txt"),
+                lookup_path(b"vault/no-such/secret-name.txt"),
+                lookup_path(b"no-such/inner/secret-name.txt"),
+            ],
+        ),
+        (
+            "AddPath",
+            vec![
+                add_path(b"vault/inner/secret-name.txt"),
+                add_path(b"vault/inner/no-such.txt"),
+                add_path(b"no-such/inner/secret-name.txt"),
+            ],
+        ),
+        (
+            "Add",
+            vec![
+                Request::Add {
+                    vol,
+                    parent: inner,
+                    name: b"secret-name.txt".to_vec(),
+                    dev,
+                    ino,
+                    hint: None,
+                    type_code: None,
+                    creator: None,
+                },
+                Request::Add {
+                    vol,
+                    parent: inner,
+                    name: b"no-such.txt".to_vec(),
+                    dev,
+                    ino: ino + 1_000_000,
+                    hint: None,
+                    type_code: None,
+                    creator: None,
+                },
+                Request::Add {
+                    vol,
+                    parent: MISSING,
+                    name: b"secret-name.txt".to_vec(),
+                    dev,
+                    ino,
+                    hint: None,
+                    type_code: None,
+                    creator: None,
+                },
+            ],
+        ),
+        ("SetInfo", vec![set_info(secret), set_info(MISSING)]),
+        (
+            "CommentGet",
+            vec![
+                Request::CommentGet { vol, id: secret },
+                Request::CommentGet { vol, id: MISSING },
+            ],
+        ),
+        (
+            "CommentSet",
+            vec![
+                Request::CommentSet {
+                    vol,
+                    id: secret,
+                    text: b"defaced".to_vec(),
+                },
+                Request::CommentSet {
+                    vol,
+                    id: MISSING,
+                    text: b"defaced".to_vec(),
+                },
+            ],
+        ),
+        (
+            "CommentRemove",
+            vec![
+                Request::CommentRemove { vol, id: secret },
+                Request::CommentRemove { vol, id: MISSING },
+            ],
+        ),
+        (
+            "ApplAdd",
+            vec![
+                Request::ApplAdd {
+                    vol,
+                    creator: *b"EVIL",
+                    app_id: secret,
+                    tag: 0,
+                },
+                Request::ApplAdd {
+                    vol,
+                    creator: *b"EVIL",
+                    app_id: MISSING,
+                    tag: 0,
+                },
+            ],
+        ),
+        (
+            "ApplRemove",
+            vec![
+                Request::ApplRemove {
+                    vol,
+                    creator: *b"SECR",
+                    app_id: secret,
+                },
+                Request::ApplRemove {
+                    vol,
+                    creator: *b"SECR",
+                    app_id: MISSING,
+                },
+            ],
+        ),
+        (
+            "ApplGet",
+            vec![
+                Request::ApplGet {
+                    vol,
+                    creator: *b"SECR",
+                },
+                Request::ApplGet {
+                    vol,
+                    creator: *b"NONE",
+                },
+            ],
+        ),
+        (
+            "Delete",
+            vec![
+                Request::Delete {
+                    vol,
+                    id: secret,
+                    recursive: false,
+                },
+                Request::Delete {
+                    vol,
+                    id: MISSING,
+                    recursive: false,
+                },
+            ],
+        ),
+        (
+            "DeletePath",
+            vec![
+                Request::DeletePath {
+                    vol,
+                    path: b"vault/inner/secret-name.txt".to_vec(),
+                    recursive: false,
+                },
+                Request::DeletePath {
+                    vol,
+                    path: b"vault/inner/no-such.txt".to_vec(),
+                    recursive: false,
+                },
+                Request::DeletePath {
+                    vol,
+                    path: b"no-such/inner/secret-name.txt".to_vec(),
+                    recursive: false,
+                },
+            ],
+        ),
+        (
+            "Rename of a hidden object",
+            vec![
+                Request::Rename {
+                    vol,
+                    id: secret,
+                    new_parent: mine,
+                    new_name: b"stolen.txt".to_vec(),
+                    replace: false,
+                },
+                Request::Rename {
+                    vol,
+                    id: MISSING,
+                    new_parent: mine,
+                    new_name: b"stolen.txt".to_vec(),
+                    replace: false,
+                },
+            ],
+        ),
+        (
+            "Rename into a hidden folder",
+            vec![
+                Request::Rename {
+                    vol,
+                    id: own,
+                    new_parent: inner,
+                    new_name: b"secret-name.txt".to_vec(),
+                    replace: false,
+                },
+                Request::Rename {
+                    vol,
+                    id: own,
+                    new_parent: MISSING,
+                    new_name: b"secret-name.txt".to_vec(),
+                    replace: false,
+                },
+            ],
+        ),
+        (
+            "RenamePath from a hidden path",
+            vec![
+                rename_path(b"vault/inner/secret-name.txt", b"mine/moved.txt"),
+                rename_path(b"vault/inner/no-such.txt", b"mine/moved.txt"),
+                rename_path(b"no-such/inner/secret-name.txt", b"mine/moved.txt"),
+            ],
+        ),
+        (
+            "RenamePath to a hidden path",
+            vec![
+                rename_path(b"mine/gone.txt", b"vault/inner/secret-name.txt"),
+                rename_path(b"mine/gone.txt", b"vault/inner/no-such.txt"),
+                rename_path(b"mine/gone.txt", b"no-such/inner/secret-name.txt"),
+            ],
+        ),
+        (
+            // The paths through the vault: resolvable only if the names in it exist.
+            "OpenVolume",
+            vec![
+                Request::OpenVolume {
+                    root: format!("{}/vault/inner/sub/../../..", var("VOLUME")).into_bytes(),
+                },
+                Request::OpenVolume {
+                    root: format!("{}/vault/no-such/sub/../../..", var("VOLUME")).into_bytes(),
+                },
+            ],
+        ),
+        (
+            "Find",
+            vec![find("secret-name"), find("no-such-name-at-all")],
+        ),
+        (
+            "Find of a folder",
+            vec![find("inner"), find("no-such-folder")],
+        ),
+    ]
+}
+
+/// The probe half: every request of [`probes`], as nobody; one line per probe.
+fn probe_as_nobody() {
+    let (mut c, vol) = connect();
+    // Made by the probe, so that the renames have something of nobody's to land on.
+    std::fs::write(Path::new(&var("VOLUME")).join("mine/moved.txt"), "nobody's").unwrap();
+    for (kind, requests) in probes(vol) {
+        let answers: Vec<String> = requests.into_iter().map(|r| raw(c.call(r))).collect();
+        println!("PROBE {kind}\t{}", answers.join("\t"));
+    }
+}
+
+#[test]
+fn every_request_kind_answers_a_hidden_object_as_a_missing_one() {
+    if role().as_deref() == Some("probe") {
+        return probe_as_nobody();
+    }
+    let env = volume_with_a_vault();
+    let vol_root = env.path("vol");
+    let secret_meta = std::fs::metadata(env.path("vol/vault/inner/secret-name.txt")).unwrap();
+    let vars: Vec<(&str, String)> = vec![
+        ("SECRET", "vol/vault/inner/secret-name.txt"),
+        ("INNER", "vol/vault/inner"),
+        ("TOP", "vol/vault/top-secret.txt"),
+        ("OWN", "vol/mine/own.txt"),
+        ("MINE", "vol/mine"),
+        ("VAULT", "vol/vault"),
+    ]
+    .into_iter()
+    .map(|(k, rel)| (k, env.id_of(&env.path(rel)).to_string()))
+    .chain([
+        ("DEV", secret_meta.dev().to_string()),
+        ("INO", secret_meta.ino().to_string()),
+        ("VOLUME", vol_root.to_str().unwrap().to_owned()),
+    ])
+    .collect();
+    let out = run_as_nobody(
+        &env,
+        "oracle::every_request_kind_answers_a_hidden_object_as_a_missing_one",
+        "probe",
+        &vars,
+    );
+    let lines: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split("PROBE ").nth(1))
+        .collect();
+    assert_eq!(lines.len(), 26, "{out}");
+    eprintln!("{}", lines.join("\n"));
+    let hidden_ids: Vec<&String> = vars[..3].iter().map(|(_, v)| v).collect();
+    for line in &lines {
+        let mut fields = line.split('\t');
+        let kind = fields.next().unwrap();
+        let answers: Vec<&str> = fields.collect();
+        assert!(
+            answers.iter().all(|a| *a == answers[0]),
+            "{kind}: a hidden object is answered differently from a missing one:\n{}",
+            answers.join("\n")
+        );
+        for name in HIDDEN_NAMES {
+            assert!(
+                !answers[0].contains(name),
+                "{kind}: names {name}: {}",
+                answers[0]
+            );
+        }
+        assert!(
+            !answers[0].contains(vol_root.to_str().unwrap()),
+            "{kind}: a path: {}",
+            answers[0]
+        );
+        for hidden in &hidden_ids {
+            assert!(
+                !answers[0].contains(&format!("id: {hidden},")),
+                "{kind}: an ID inside the vault: {}",
+                answers[0]
+            );
+        }
+    }
+    // Nothing the probes asked for changed the vault's records.
+    let db = env.path("vol/.Desktop");
+    assert_eq!(
+        sqlite3(
+            &db,
+            "SELECT CAST(type AS TEXT) FROM objects WHERE CAST(name AS TEXT) = 'secret-name.txt'"
+        )
+        .trim(),
+        "UNIX"
+    );
+    assert_eq!(
+        sqlite3(&db, "SELECT CAST(text AS TEXT) FROM comments").trim(),
+        "root's note"
+    );
+    assert_eq!(
+        sqlite3(&db, "SELECT CAST(creator AS TEXT) FROM appl").trim(),
+        "SECR"
+    );
+    // Root (a trusted peer) still hears the details.
+    let mut c = env.client();
+    let vol = c.volumes().unwrap()[0].vol;
+    let missing = raw(c.call(Request::Resolve { vol, id: MISSING }));
+    assert!(missing.contains(&MISSING.to_string()), "{missing}");
+}
+
+/// How long the symlink race runs (`DESKD_ORACLE_RACE_SECS` shortens it locally; CI runs
+/// the full 30 seconds).
+fn race_duration() -> Duration {
+    let secs = match std::env::var("DESKD_ORACLE_RACE_SECS") {
+        Ok(v) if std::env::var_os("CI").is_none() => v.parse().unwrap(),
+        _ => 30.0,
+    };
+    Duration::from_secs_f64(secs)
+}
+
+/// The swapping half: exchange `mine/d` (a directory) and `mine/l` (a symlink into the vault)
+/// as fast as possible until the stop file appears.
+fn swap_as_nobody() {
+    let mine = std::path::PathBuf::from(var("MINE_PATH"));
+    let stop = mine.join("stop");
+    let (d, l) = (mine.join("d"), mine.join("l"));
+    let mut swaps = 0u64;
+    while !stop.exists() {
+        for _ in 0..1000 {
+            exchange(&d, &l);
+            swaps += 1;
+        }
+    }
+    println!("SWAPS {swaps}");
+}
+
+/// `renameat2(d, l, RENAME_EXCHANGE)`.
+fn exchange(a: &Path, b: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let a = std::ffi::CString::new(a.as_os_str().as_bytes()).unwrap();
+    let b = std::ffi::CString::new(b.as_os_str().as_bytes()).unwrap();
+    // SAFETY: two valid NUL-terminated paths; renameat2 only reads them.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(rc, 0, "renameat2: {}", std::io::Error::last_os_error());
+}
+
+/// The registering half: AddPath of names under `mine/d` (pipelined, 16 at a time) for the
+/// length of the race; prints every reply that shows anything of the vault.
+fn register_as_nobody() {
+    let (mut c, vol) = connect();
+    let hidden: Vec<u32> = var("HIDDEN_IDS")
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let paths: [&[u8]; 5] = [
+        b"mine/d",
+        b"mine/d/inner/secret-name.txt",
+        b"mine/d/inner",
+        b"mine/d/inner/sub",
+        b"mine/d/top-secret.txt",
+    ];
+    let until = Instant::now() + Duration::from_secs_f64(var("SECS").parse().unwrap());
+    let (mut sent, mut ok) = (0u64, 0u64);
+    while Instant::now() < until {
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            for path in paths {
+                ids.push(
+                    c.send(Request::AddPath {
+                        vol,
+                        path: path.to_vec(),
+                        hint: None,
+                        type_code: None,
+                        creator: None,
+                    })
+                    .unwrap(),
+                );
+            }
+        }
+        c.flush().unwrap();
+        for id in ids {
+            sent += 1;
+            let answer = c.wait(id);
+            if let Ok(Response::Object(o)) = &answer {
+                ok += 1;
+                let path = String::from_utf8_lossy(o.path.as_deref().unwrap_or_default());
+                if hidden.contains(&o.id) || path.starts_with("vault") {
+                    println!("LEAK {o:?}");
+                }
+            }
+            // The requests never say "vault": any reply that does shows a path inside it.
+            let shown = raw(answer);
+            if shown.contains("vault") {
+                println!("LEAK {shown}");
+            }
+        }
+    }
+    println!("SENT {sent} OK {ok}");
+}
+
+#[test]
+fn a_symlink_swapped_in_during_registration_never_leads_inside() {
+    match role().as_deref() {
+        Some("swap") => return swap_as_nobody(),
+        Some("register") => return register_as_nobody(),
+        _ => {}
+    }
+    let env = volume_with_a_vault();
+    // nobody's decoy: mine/d/inner/sub, a real tree shaped like the vault's (so a check made
+    // on it passes), and mine/l, a symlink into the vault.
+    let mine = env.path("vol/mine");
+    std::fs::create_dir_all(mine.join("d/inner/sub")).unwrap();
+    for p in ["d", "d/inner", "d/inner/sub"] {
+        chown_nobody(&mine.join(p));
+    }
+    std::os::unix::fs::symlink(env.path("vol/vault"), mine.join("l")).unwrap();
+    std::os::unix::fs::lchown(mine.join("l"), Some(65534), Some(65534)).unwrap();
+    let link_ino = std::fs::symlink_metadata(mine.join("l")).unwrap().ino();
+    let hidden: Vec<String> = [
+        "vol/vault",
+        "vol/vault/inner",
+        "vol/vault/inner/sub",
+        "vol/vault/inner/secret-name.txt",
+        "vol/vault/top-secret.txt",
+    ]
+    .iter()
+    .map(|rel| env.id_of(&env.path(rel)).to_string())
+    .collect();
+    let secs = race_duration();
+    let vars = vec![
+        ("MINE_PATH", mine.to_str().unwrap().to_owned()),
+        ("HIDDEN_IDS", hidden.join(",")),
+        ("SECS", secs.as_secs_f64().to_string()),
+    ];
+    let test = "oracle::a_symlink_swapped_in_during_registration_never_leads_inside";
+    // Linked for nobody once, before the two runs start side by side.
+    env.linked_for_others(std::env::current_exe().unwrap().to_str().unwrap());
+    // What the desktop says while the race runs, read back to back with sqlite3 (a bad record
+    // may be overwritten again before the end): dir rows with the symlink's inode, and rows
+    // with an inode of the vault's (exactly its own 5 objects).
+    let db = env.path("vol/.Desktop");
+    let vault_inos: Vec<String> = [
+        "vault",
+        "vault/inner",
+        "vault/inner/sub",
+        "vault/inner/secret-name.txt",
+        "vault/top-secret.txt",
+    ]
+    .iter()
+    .map(|rel| {
+        let m = std::fs::symlink_metadata(env.path("vol").join(rel)).unwrap();
+        m.ino().to_string()
+    })
+    .collect();
+    let census = format!(
+        "SELECT (SELECT count(*) FROM objects WHERE kind = 1 AND ino = {link_ino}) || ' ' || \
+         (SELECT count(*) FROM objects WHERE ino IN ({}))",
+        vault_inos.join(",")
+    );
+    let stop = mine.join("stop");
+    let (out, seen) = std::thread::scope(|s| {
+        let swapper = s.spawn(|| run_as_nobody(&env, test, "swap", &vars));
+        let watcher = s.spawn(|| {
+            let mut seen = std::collections::BTreeMap::new();
+            while !stop.exists() {
+                *seen
+                    .entry(sqlite3(&db, &census).trim().to_owned())
+                    .or_insert(0) += 1;
+            }
+            seen
+        });
+        let registered = run_as_nobody(&env, test, "register", &vars);
+        std::fs::write(&stop, "").unwrap();
+        let swapped = swapper.join().unwrap();
+        (format!("{registered}{swapped}"), watcher.join().unwrap())
+    });
+    eprintln!("desktop census during the race (symlink-inode dirs, vault-inode rows): {seen:?}");
+    assert!(
+        seen.keys().all(|k| k == "0 5"),
+        "the desktop recorded the symlink as a directory, or a vault object twice: {seen:?}"
+    );
+    assert!(seen.values().sum::<u32>() > 10, "{seen:?}");
+    eprintln!(
+        "{}",
+        out.lines()
+            .filter(|l| !l.contains("LEAK"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let leaks: Vec<&str> = out.lines().filter(|l| l.contains("LEAK")).collect();
+    assert!(
+        leaks.is_empty(),
+        "replies showed the vault:\n{}",
+        leaks.join("\n")
+    );
+    let count = |tag: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.split(tag).nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {tag} in:\n{out}"))
+            .parse()
+            .unwrap()
+    };
+    // The race really ran: many swaps, many registrations, some of them of nobody's own tree.
+    assert!(count("SWAPS ") > 1000, "{out}");
+    assert!(count("SENT ") > 100, "{out}");
+    assert!(count(" OK ") > 0, "no registration ever succeeded:\n{out}");
+    // And at the end: nothing recorded is the symlink dressed as a directory, and nothing
+    // under nobody's names is an object of the vault.
+    assert_eq!(
+        sqlite3(
+            &db,
+            &format!("SELECT count(*) FROM objects WHERE kind = 1 AND ino = {link_ino}")
+        )
+        .trim(),
+        "0"
+    );
+    for rel in [
+        "vault/inner",
+        "vault/inner/sub",
+        "vault/inner/secret-name.txt",
+    ] {
+        let ino = std::fs::symlink_metadata(env.path("vol").join(rel))
+            .unwrap()
+            .ino();
+        assert_eq!(
+            sqlite3(
+                &db,
+                &format!("SELECT count(*) FROM objects WHERE ino = {ino}")
+            )
+            .trim(),
+            "1",
+            "{rel} is recorded twice"
+        );
+    }
+}
