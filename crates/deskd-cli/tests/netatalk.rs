@@ -8,7 +8,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,45 +16,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use deskd_netatalk::wire::{self, op, res, Handshake, Reply, Request};
 
-/// `deskd netatalk` on a port of its choosing, talking to the Env's server.
-struct Bridge {
-    child: Child,
-    log: std::path::PathBuf,
-    addr: String,
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_bridge(env: &Env) -> Bridge {
-    let log = env.path("netatalk.log");
-    let child = Command::new(DESKD)
-        .args(["netatalk", "--listen", "127.0.0.1:0"])
-        .env("DESKD_SOCKET", &env.socket)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    // Killed on drop, also when the address never shows.
-    let mut bridge = Bridge {
-        child,
-        log,
-        addr: String::new(),
-    };
-    let began = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(&bridge.log).unwrap_or_default();
-        if let Some(rest) = text.split("CNID protocol on ").nth(1) {
-            bridge.addr = rest.split_whitespace().next().unwrap().to_string();
-            return bridge;
-        }
-        assert!(began.elapsed() < Duration::from_secs(10), "{text}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    Bridge::start(env, &[])
 }
 
 /// An afpd connection to the volume at `path`.

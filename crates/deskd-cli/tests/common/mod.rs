@@ -731,3 +731,54 @@ impl Drop for SmallExt4 {
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
     }
 }
+
+// --- the Netatalk bridge ---
+
+/// `deskd netatalk` on a port of its choosing, talking to the Env's server; killed when dropped.
+pub struct Bridge {
+    pub child: Child,
+    pub log: PathBuf,
+    pub addr: String,
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Bridge {
+    /// Start `deskd netatalk --listen 127.0.0.1:0 ARGS` and wait for the address it logs.
+    pub fn start(env: &Env, args: &[&str]) -> Bridge {
+        let log = env.path("netatalk.log");
+        let child = Command::new(DESKD)
+            .args(["netatalk", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("DESKD_SOCKET", &env.socket)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        // Killed on drop, also when the address never shows.
+        let mut bridge = Bridge {
+            child,
+            log,
+            addr: String::new(),
+        };
+        let began = Instant::now();
+        loop {
+            let text = bridge.log_text();
+            if let Some(rest) = text.split("CNID protocol on ").nth(1) {
+                bridge.addr = rest.split_whitespace().next().unwrap().to_string();
+                return bridge;
+            }
+            assert!(began.elapsed() < Duration::from_secs(10), "{text}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}

@@ -742,27 +742,8 @@ fn afpd_cached_cnids_reach_deskd_as_no_hint() {
         dead_id,
     } = scene();
     // `deskd netatalk`, which connects as root, on a port of its choosing.
-    let log = env.path("netatalk.log");
-    let mut bridge = std::process::Command::new(DESKD)
-        .args(["netatalk", "--listen", "127.0.0.1:0"])
-        .env("DESKD_SOCKET", &env.socket)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let began = std::time::Instant::now();
-    let addr = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(rest) = text.split("CNID protocol on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-        if began.elapsed() > std::time::Duration::from_secs(10) {
-            let _ = bridge.kill();
-            panic!("the bridge did not start: {text}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    let bridge = Bridge::start(&env, &[]);
+    let mut s = std::net::TcpStream::connect(&bridge.addr).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     s.write_all(&wire::encode_handshake(&Handshake {
@@ -796,8 +777,7 @@ fn afpd_cached_cnids_reach_deskd_as_no_hint() {
         assert_eq!(reply.result, res::OK, "{name}");
         given.push((name, cached, reply.cnid));
     }
-    let _ = bridge.kill();
-    let _ = bridge.wait();
+    drop(bridge);
     for (name, cached, id) in given {
         assert_ne!(id, cached, "{name}: afpd's cached CNID was taken");
         assert!(id < SANE, "{name}: ID {id}");

@@ -601,52 +601,7 @@ fn the_wal_never_takes_the_last_space_and_flush_works_on_a_full_disk() {
 
 // --- the Netatalk bridge ---
 
-/// `deskd netatalk` with `args`, talking to the Env's server; killed when dropped.
-struct Bridge {
-    child: Child,
-    log: std::path::PathBuf,
-    addr: String,
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Bridge {
-    fn start(env: &Env, args: &[&str]) -> Bridge {
-        let log = env.path("netatalk.log");
-        let child = std::process::Command::new(DESKD)
-            .args(["netatalk", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("DESKD_SOCKET", &env.socket)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut bridge = Bridge {
-            child,
-            log,
-            addr: String::new(),
-        };
-        let began = Instant::now();
-        loop {
-            let text = bridge.log_text();
-            if let Some(rest) = text.split("CNID protocol on ").nth(1) {
-                bridge.addr = rest.split_whitespace().next().unwrap().to_string();
-                return bridge;
-            }
-            assert!(began.elapsed() < Duration::from_secs(10), "{text}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     /// afpd's handshake for volume `root`.
     fn hello(root: &std::path::Path) -> Vec<u8> {
         deskd_netatalk::wire::encode_handshake(&deskd_netatalk::wire::Handshake {
