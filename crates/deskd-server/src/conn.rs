@@ -554,7 +554,11 @@ impl Connection {
                 let mut out = Vec::new();
                 for handle in self.targets(vol)? {
                     let reader = self.reader(&handle)?;
-                    out.push(handle.status(reader)?);
+                    let mut status = handle.status(reader)?;
+                    if !self.access.is_trusted() && self.require_admin(&handle).is_err() {
+                        redact_details(&mut status);
+                    }
+                    out.push(status);
                 }
                 Ok(Response::Status(out))
             }
@@ -647,5 +651,14 @@ fn volume_info(h: &VolumeHandle) -> VolumeInfo {
         vol: h.index,
         root: h.volume.root().as_os_str().as_bytes().to_vec(),
         read_only: h.read_only(),
+    }
+}
+
+/// What `Status` tells a peer that is neither trusted nor the volume's admin: a failed
+/// rebuild's reason can name objects in folders it may not list, so it learns only that the
+/// rebuild ended early. (The start-up check's findings name no object.)
+fn redact_details(status: &mut deskd_proto::VolumeStatus) {
+    if let Some(Some(Err(why))) = status.rebuild.as_mut().map(|r| r.finished.as_mut()) {
+        *why = "the rebuild ended early (root or the volume owner sees why)".to_owned();
     }
 }

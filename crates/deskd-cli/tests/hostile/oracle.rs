@@ -842,3 +842,36 @@ fn a_symlink_swapped_in_during_registration_never_leads_inside() {
         );
     }
 }
+
+/// A failed online rebuild's reason can name a path inside a folder nobody may list (here: the
+/// volume found inside the closed folder); `deskd status` tells nobody only that it failed.
+#[test]
+fn status_tells_nobody_no_hidden_path_of_a_failed_rebuild() {
+    if role().is_some() {
+        return;
+    }
+    let mut env = Env::new(&["vol/vault/inner-volume"]);
+    let (vol, vault) = (env.path("vol"), env.path("vol/vault"));
+    let inner = env.path("vol/vault/inner-volume");
+    let ok = |out: std::process::Output| assert!(out.status.success(), "{}", stderr(&out));
+    ok(env.deskd(&["rebuild", "-f", vol.to_str().unwrap()]));
+    ok(env.deskd(&["rebuild", "-f", "--nested", inner.to_str().unwrap()]));
+    chmod(&vault, 0o700);
+    env.serve(&["vol"]);
+    // Root's online rebuild meets the inner volume's desktop and stops, saying where.
+    let out = env.deskd(&["rebuild", vol.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("inner-volume"), "{}", stderr(&out));
+    let root_sees = String::from_utf8_lossy(&env.deskd(&["status", "--json"]).stdout).into_owned();
+    assert!(root_sees.contains("inner-volume"), "{root_sees}");
+
+    let out = env
+        .as_nobody(DESKD, &[b"status", b"--json"])
+        .expect("needs root to run as nobody");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let nobody_sees = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(nobody_sees.contains("failed"), "{nobody_sees}");
+    for hidden in ["inner-volume", "vault"] {
+        assert!(!nobody_sees.contains(hidden), "{hidden}: {nobody_sees}");
+    }
+}
