@@ -10,8 +10,9 @@
 #
 #   scripts/bench-access.sh                      # 10 x 10,000 files, 7 runs each
 #   DIRS=4 PER_DIR=5000 RUNS=3 scripts/bench-access.sh
-#   BASE=/work/main/target/release scripts/bench-access.sh
-#   ONLY=latency BASE=/work/main/target/release scripts/bench-access.sh
+#   git worktree add /tmp/base 2cae7ae && (cd /tmp/base && cargo build --release -p deskd-cli)
+#   BASE=/tmp/base/target/release scripts/bench-access.sh
+#   ONLY=latency BASE=/tmp/base/target/release scripts/bench-access.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIRS=${DIRS:-10}
