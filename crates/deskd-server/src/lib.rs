@@ -318,7 +318,8 @@ impl Server {
                 Ok(()) => checked.push(vc),
                 Err(e) => {
                     error!("{e}");
-                    failures.push(format!("{}: {e}", vc.root.display()));
+                    // Every check's message begins with the volume's root already.
+                    failures.push(e.to_string());
                 }
             }
         }

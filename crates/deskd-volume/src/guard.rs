@@ -85,7 +85,8 @@ pub fn world_writable(root: &Path) -> bool {
 pub fn inside_message(root: &Path, outer: &Path) -> String {
     format!(
         "{}: inside the volume {} (it has a {DESKTOP_FILE}); a second desktop there would give its \
-         objects a second set of IDs and rewrite their ID mirrors; use --nested to do it anyway",
+         objects a second set of IDs and rewrite their ID mirrors; use --nested \
+         (nested = true in the configuration) to do it anyway",
         root.display(),
         outer.display()
     )
@@ -95,7 +96,8 @@ pub fn inside_message(root: &Path, outer: &Path) -> String {
 pub fn around_message(root: &Path, inner: &Path) -> String {
     format!(
         "{}: the volume {} is inside it (it has a {DESKTOP_FILE}); a desktop here would give its \
-         objects a second set of IDs and rewrite their ID mirrors; use --nested to do it anyway",
+         objects a second set of IDs and rewrite their ID mirrors; use --nested \
+         (nested = true in the configuration) to do it anyway",
         root.display(),
         inner.display()
     )
@@ -104,8 +106,10 @@ pub fn around_message(root: &Path, inner: &Path) -> String {
 /// The message for a root every user may write.
 pub fn world_writable_message(root: &Path) -> String {
     format!(
-        "{}: every user may create files in this directory (mode o+w, like /tmp), so any user \
-         could plant the files deskd keeps there; use --world-writable to do it anyway",
+        "{0}: every user may create files in this directory (mode o+w, like /tmp), so any user \
+         could plant the files deskd keeps there; take that right away (`chmod o-w {0}`; a tmpfs \
+         is mounted mode 1777 unless given mode=0755), or use --world-writable \
+         (world_writable = true in the configuration) to do it anyway",
         root.display()
     )
 }
