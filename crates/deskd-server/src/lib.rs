@@ -340,7 +340,13 @@ impl Server {
                 Ok(h) => volumes.push(Slot::Served(h)),
                 Err(e) => {
                     error!("{e}");
-                    failures.push(format!("{}: {e}", root.display()));
+                    // Most messages name the volume first already; say it once.
+                    let e = e.to_string();
+                    failures.push(if e.starts_with(&format!("{}: ", root.display())) {
+                        e
+                    } else {
+                        format!("{}: {e}", root.display())
+                    });
                 }
             }
         }
