@@ -323,27 +323,6 @@ pub fn refuse_unsafe(root: &Path, desktop: &Path, options: &Options) -> Result<(
     Ok(())
 }
 
-/// Why the calling user may not read the desktop at `path` (its owner and mode), when the
-/// kernel refuses it read access; `None` when it may, or the file cannot be examined.
-fn unreadable_by_caller(path: &Path) -> Option<String> {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::MetadataExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: access(2) on a NUL-terminated path; nothing is opened.
-    if unsafe { libc::access(c.as_ptr(), libc::R_OK) } == 0 {
-        return None;
-    }
-    if std::io::Error::last_os_error().kind() != std::io::ErrorKind::PermissionDenied {
-        return None;
-    }
-    let m = std::fs::metadata(path).ok()?;
-    Some(format!(
-        "you may not read it (owned by uid {}, mode {:04o})",
-        m.uid(),
-        m.mode() & 0o7777
-    ))
-}
-
 /// Refuse the desktop at `path` when its format is newer than this deskd's.
 fn refuse_newer(path: &Path, why: &str) -> Result<(), RebuildError> {
     match deskd_db::files::check_format(path) {
@@ -400,7 +379,7 @@ fn rebuild_checked(
             Err(e) => {
                 // `-f` is no way out for a desktop this user may not read: it cannot replace
                 // it either (a root-run deskd's desktop is root's, mode 0600).
-                let advice = match unreadable_by_caller(&desktop) {
+                let advice = match deskd_volume::guard::unreadable_desktop(&desktop) {
                     Some(why) => format!(
                         "{why}; run this as root, or while deskd serves the volume (the server \
                          runs the rebuild)"

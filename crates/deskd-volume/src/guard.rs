@@ -43,6 +43,27 @@ pub fn require_admin(root: &Path, desktop: &Path, what: &str) -> Result<(), Stri
     ))
 }
 
+/// Why this process may not read the desktop file at `desktop`, when the kernel refuses it
+/// read access: `you may not read it (owned by uid N, mode 0600)`. A volume owner passes
+/// [`require_admin`] but cannot read the 0600 desktop a root-run deskd made. `None` when it may
+/// read it, or the file cannot be examined. Nothing is opened.
+pub fn unreadable_desktop(desktop: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(desktop.as_os_str().as_bytes()).ok()?;
+    // SAFETY: access(2) on a NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::R_OK) } == 0
+        || std::io::Error::last_os_error().kind() != std::io::ErrorKind::PermissionDenied
+    {
+        return None;
+    }
+    let m = std::fs::metadata(desktop).ok()?;
+    Some(format!(
+        "you may not read it (owned by uid {}, mode {:04o})",
+        m.uid(),
+        m.mode() & 0o7777
+    ))
+}
+
 /// The nearest ancestor of `root` (not `root` itself) that is a volume root: it holds a
 /// `.Desktop` (a file, or the symlink to a relocated desktop). `root` must be absolute.
 pub fn enclosing_volume(root: &Path) -> Option<PathBuf> {
