@@ -221,7 +221,20 @@ impl Session {
             return Ok(v.clone());
         }
         let info = self.client(&root)?.open_volume(&root);
-        let info = info.map_err(|e| self.explain(&root, e))?;
+        let info = info.map_err(|e| {
+            if e.code() == Some(ErrorCode::NoSuchVolume) {
+                // The server names no path to a peer it does not trust; dt knows it.
+                anyhow!(
+                    "{}: deskd at {} does not serve this volume: add it to that deskd's volumes \
+                     (command line or configuration, then reload), or give the socket of the \
+                     deskd that serves it (--socket, $DESKD_SOCKET)",
+                    root.display(),
+                    self.server.endpoint
+                )
+            } else {
+                self.explain(&root, e)
+            }
+        })?;
         self.handles.insert(root, info.clone());
         Ok(info)
     }
