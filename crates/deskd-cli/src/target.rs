@@ -259,7 +259,11 @@ impl Session {
     /// Before touching the disk: deskd must serve the volume, and not as read-only.
     pub fn check_writable(&mut self, iv: &InVolume) -> Result<()> {
         if self.volume_info(iv)?.read_only {
-            return Err(anyhow!("{}: volume is read-only", iv.root.display()));
+            return Err(anyhow!(
+                "{}: volume is read-only (configured read_only, or served so because its file \
+                 system is full: `deskd status` says which)",
+                iv.root.display()
+            ));
         }
         Ok(())
     }
