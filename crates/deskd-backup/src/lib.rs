@@ -267,6 +267,14 @@ pub fn backup(
 ) -> Result<(PathBuf, Manifest), BackupError> {
     let (root, desktop) = volume_desktop(volume)?;
     refuse_unsafe(&root, &desktop, "deskd backup")?;
+    // A volume owner may back up, but not read the 0600 desktop a root-run deskd made; say so
+    // rather than pass on SQLite's "unable to open database file".
+    if let Some(why) = deskd_volume::guard::unreadable_desktop(&desktop) {
+        return Err(BackupError::Refused(format!(
+            "{}: {why}; back it up as root (or as the desktop's owner)",
+            desktop.display()
+        )));
+    }
     if std::fs::metadata(&desktop).map(|m| m.len()).unwrap_or(0) == 0 {
         return Err(BackupError::Usage(format!(
             "{}: the volume has no desktop ({}); nothing to back up",

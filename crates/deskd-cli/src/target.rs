@@ -221,7 +221,20 @@ impl Session {
             return Ok(v.clone());
         }
         let info = self.client(&root)?.open_volume(&root);
-        let info = info.map_err(|e| self.explain(&root, e))?;
+        let info = info.map_err(|e| {
+            if e.code() == Some(ErrorCode::NoSuchVolume) {
+                // The server names no path to a peer it does not trust; dt knows it.
+                anyhow!(
+                    "{}: deskd at {} does not serve this volume: add it to that deskd's volumes \
+                     (command line or configuration, then reload), or give the socket of the \
+                     deskd that serves it (--socket, $DESKD_SOCKET)",
+                    root.display(),
+                    self.server.endpoint
+                )
+            } else {
+                self.explain(&root, e)
+            }
+        })?;
         self.handles.insert(root, info.clone());
         Ok(info)
     }
@@ -246,7 +259,11 @@ impl Session {
     /// Before touching the disk: deskd must serve the volume, and not as read-only.
     pub fn check_writable(&mut self, iv: &InVolume) -> Result<()> {
         if self.volume_info(iv)?.read_only {
-            return Err(anyhow!("{}: volume is read-only", iv.root.display()));
+            return Err(anyhow!(
+                "{}: volume is read-only (configured read_only, or served so because its file \
+                 system is full: `deskd status` says which)",
+                iv.root.display()
+            ));
         }
         Ok(())
     }

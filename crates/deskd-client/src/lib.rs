@@ -21,17 +21,40 @@ pub use deskd_proto::{
     ErrorCode, ErrorReply, FindMode, Kind, ObjectInfo, Request, Response, VolumeInfo, VolumeStatus,
 };
 
+/// The socket a deskd run as root listens on by default.
+const SYSTEM_SOCKET: &str = "/run/deskd/deskd.sock";
+
+/// When a user's own default socket (`$XDG_RUNTIME_DIR/deskd.sock`, `/tmp/deskd-<uid>/…`) has
+/// no server but the system deskd's socket exists, say how to reach that one: a user who is not
+/// root does not look there by itself.
+fn system_socket_hint(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Unix(path)
+            if path.as_path() != std::path::Path::new(SYSTEM_SOCKET)
+                && std::fs::symlink_metadata(SYSTEM_SOCKET).is_ok() =>
+        {
+            format!(
+                "; a deskd run as root listens on {SYSTEM_SOCKET}: give --socket \
+                 {SYSTEM_SOCKET} or set DESKD_SOCKET={SYSTEM_SOCKET}"
+            )
+        }
+        _ => String::new(),
+    }
+}
+
 /// The client timeout when none is configured (HELIOS: 60 s).
 pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
 
 /// Errors of a client call.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to deskd at {endpoint}: {source} (is `deskd serve` running?)")]
+    #[error("cannot connect to deskd at {endpoint}: {source} (is `deskd serve` running?){hint}")]
     Connect {
         endpoint: String,
         #[source]
         source: std::io::Error,
+        /// Where else a deskd listens, when one does: empty, or `; …`.
+        hint: String,
     },
     #[error("deskd: timed out; only read-only access possible")]
     Timeout,
@@ -118,6 +141,7 @@ impl Client {
         let connect_error = |source| ClientError::Connect {
             endpoint: endpoint.to_string(),
             source,
+            hint: system_socket_hint(endpoint),
         };
         let stream = match endpoint {
             Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path).map_err(connect_error)?),

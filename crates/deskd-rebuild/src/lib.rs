@@ -149,7 +149,22 @@ pub fn desktop_path(root: &Path) -> Result<PathBuf, RebuildError> {
 
 fn lock(desktop: &Path, root: &Path) -> Result<File, RebuildError> {
     deskd_volume::lock_desktop(desktop)
-        .map_err(|e| RebuildError::io(desktop, e))?
+        .map_err(|e| {
+            if e.kind() != std::io::ErrorKind::PermissionDenied {
+                return RebuildError::io(desktop, e);
+            }
+            let whose = std::fs::metadata(desktop)
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    format!(" (owned by uid {}, mode {:04o})", m.uid(), m.mode() & 0o7777)
+                })
+                .unwrap_or_default();
+            RebuildError::Usage(format!(
+                "{}: {e}: you may not write the desktop{whose}; run this as root, or while \
+                 deskd serves the volume (the server runs the rebuild)",
+                desktop.display()
+            ))
+        })?
         .ok_or_else(|| {
             RebuildError::Busy(format!(
                 "{}: the desktop is open by a running deskd serve that this command cannot reach (or by another rebuild); give its socket with --socket or DESKD_SOCKET to rebuild online, or stop the server",
@@ -362,10 +377,19 @@ fn rebuild_checked(
                 None
             }
             Err(e) => {
+                // `-f` is no way out for a desktop this user may not read: it cannot replace
+                // it either (a root-run deskd's desktop is root's, mode 0600).
+                let advice = match deskd_volume::guard::unreadable_desktop(&desktop) {
+                    Some(why) => format!(
+                        "{why}; run this as root, or while deskd serves the volume (the server \
+                         runs the rebuild)"
+                    ),
+                    None => "run `deskd rebuild -f` to build a new one".to_string(),
+                };
                 return Err(RebuildError::Usage(format!(
-                    "{}: cannot read the desktop ({e}); run `deskd rebuild -f` to build a new one",
+                    "{}: cannot read the desktop ({e}); {advice}",
                     root.display()
-                )))
+                )));
             }
         },
     };

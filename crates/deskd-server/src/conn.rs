@@ -635,10 +635,14 @@ impl Connection {
             match reply {
                 Ok(r) => last = Ok(r),
                 Err(e) => {
-                    return Err(ErrorReply::new(
-                        e.code,
-                        format!("{}: {}", handle.volume.root().display(), e.message),
-                    ))
+                    // Name the volume once: some messages begin with it already.
+                    let root = format!("{}: ", handle.volume.root().display());
+                    let message = if e.message.starts_with(&root) {
+                        e.message
+                    } else {
+                        format!("{root}{}", e.message)
+                    };
+                    return Err(ErrorReply::new(e.code, message));
                 }
             }
         }

@@ -318,7 +318,8 @@ impl Server {
                 Ok(()) => checked.push(vc),
                 Err(e) => {
                     error!("{e}");
-                    failures.push(format!("{}: {e}", vc.root.display()));
+                    // Every check's message begins with the volume's root already.
+                    failures.push(e.to_string());
                 }
             }
         }
@@ -339,7 +340,13 @@ impl Server {
                 Ok(h) => volumes.push(Slot::Served(h)),
                 Err(e) => {
                     error!("{e}");
-                    failures.push(format!("{}: {e}", root.display()));
+                    // Most messages name the volume first already; say it once.
+                    let e = e.to_string();
+                    failures.push(if e.starts_with(&format!("{}: ", root.display())) {
+                        e
+                    } else {
+                        format!("{}: {e}", root.display())
+                    });
                 }
             }
         }

@@ -213,7 +213,8 @@ fn private_dir(dir: &Path) -> Result<(), ServerError> {
     let me = unsafe { libc::geteuid() };
     if !meta.is_dir() || meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
         return Err(refuse(format!(
-            "exists and is not a private directory of uid {me} (owner {}, mode {:o});              not used for the temporary desktop",
+            "exists and is not a private directory of uid {me} (owner {}, mode {:o}); \
+             not used for the temporary desktop",
             meta.uid(),
             meta.permissions().mode() & 0o7777
         )));
@@ -250,7 +251,9 @@ fn check_desktop_owner(lock: &File, path: &Path, root: &Path) -> Result<(), Serv
         return Ok(());
     }
     Err(ServerError::Volume(format!(
-        "{}: the desktop {} is owned by uid {owner}, which is neither root, deskd's user          (uid {me}) nor the volume owner; someone else made it, so it is not used (move it          away and serve the volume again)",
+        "{}: the desktop {} is owned by uid {owner}, which is neither root, deskd's user \
+         (uid {me}) nor the volume owner; someone else made it, so it is not used (move it \
+         away and serve the volume again)",
         root.display(),
         path.display()
     )))

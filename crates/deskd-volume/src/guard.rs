@@ -43,6 +43,27 @@ pub fn require_admin(root: &Path, desktop: &Path, what: &str) -> Result<(), Stri
     ))
 }
 
+/// Why this process may not read the desktop file at `desktop`, when the kernel refuses it
+/// read access: `you may not read it (owned by uid N, mode 0600)`. A volume owner passes
+/// [`require_admin`] but cannot read the 0600 desktop a root-run deskd made. `None` when it may
+/// read it, or the file cannot be examined. Nothing is opened.
+pub fn unreadable_desktop(desktop: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(desktop.as_os_str().as_bytes()).ok()?;
+    // SAFETY: access(2) on a NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::R_OK) } == 0
+        || std::io::Error::last_os_error().kind() != std::io::ErrorKind::PermissionDenied
+    {
+        return None;
+    }
+    let m = std::fs::metadata(desktop).ok()?;
+    Some(format!(
+        "you may not read it (owned by uid {}, mode {:04o})",
+        m.uid(),
+        m.mode() & 0o7777
+    ))
+}
+
 /// The nearest ancestor of `root` (not `root` itself) that is a volume root: it holds a
 /// `.Desktop` (a file, or the symlink to a relocated desktop). `root` must be absolute.
 pub fn enclosing_volume(root: &Path) -> Option<PathBuf> {
@@ -85,7 +106,8 @@ pub fn world_writable(root: &Path) -> bool {
 pub fn inside_message(root: &Path, outer: &Path) -> String {
     format!(
         "{}: inside the volume {} (it has a {DESKTOP_FILE}); a second desktop there would give its \
-         objects a second set of IDs and rewrite their ID mirrors; use --nested to do it anyway",
+         objects a second set of IDs and rewrite their ID mirrors; use --nested \
+         (nested = true in the configuration) to do it anyway",
         root.display(),
         outer.display()
     )
@@ -95,7 +117,8 @@ pub fn inside_message(root: &Path, outer: &Path) -> String {
 pub fn around_message(root: &Path, inner: &Path) -> String {
     format!(
         "{}: the volume {} is inside it (it has a {DESKTOP_FILE}); a desktop here would give its \
-         objects a second set of IDs and rewrite their ID mirrors; use --nested to do it anyway",
+         objects a second set of IDs and rewrite their ID mirrors; use --nested \
+         (nested = true in the configuration) to do it anyway",
         root.display(),
         inner.display()
     )
@@ -104,8 +127,10 @@ pub fn around_message(root: &Path, inner: &Path) -> String {
 /// The message for a root every user may write.
 pub fn world_writable_message(root: &Path) -> String {
     format!(
-        "{}: every user may create files in this directory (mode o+w, like /tmp), so any user \
-         could plant the files deskd keeps there; use --world-writable to do it anyway",
+        "{0}: every user may create files in this directory (mode o+w, like /tmp), so any user \
+         could plant the files deskd keeps there; take that right away (`chmod o-w {0}`; a tmpfs \
+         is mounted mode 1777 unless given mode=0755), or use --world-writable \
+         (world_writable = true in the configuration) to do it anyway",
         root.display()
     )
 }

@@ -99,11 +99,13 @@ pub fn lock_desktop(path: &Path) -> std::io::Result<Option<std::fs::File>> {
 /// Errors of the file-system side.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
-    #[error("{path}: {source}")]
+    // The I/O error is part of the message and deliberately not a `source`: printed with
+    // anyhow's `{:#}` (as dt and deskd do) a source would be repeated after the message
+    // ("…: Permission denied (os error 13): Permission denied (os error 13)").
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("bad resource file: {0}")]
     BadResourceFile(String),
@@ -119,7 +121,7 @@ impl VolumeError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         VolumeError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 }

@@ -793,7 +793,14 @@ fn rebuild_online(
             return ExitCode::from(2);
         }
         Err(e) => {
-            eprintln!("deskd rebuild: {}: {e}", volume.display());
+            // The server's refusals mostly name the volume already.
+            let e = e.to_string();
+            let root = format!("{}: ", volume.display());
+            if e.starts_with(&root) {
+                eprintln!("deskd rebuild: {e}");
+            } else {
+                eprintln!("deskd rebuild: {root}{e}");
+            }
             return ExitCode::from(2);
         }
     };
