@@ -1,0 +1,109 @@
+//! Hostile-user tests, part `review` (see main.rs): findings of the issue-21 attack review.
+//!
+//! A rebuild (offline or online) plans its fixes from a walk and then writes resource files,
+//! sets `user.deskd.id` and removes orphaned resource files by path, as root. A user who owns
+//! a folder of the volume can exchange it for a symlink to any directory between the walk and
+//! the fixes (`renameat2(RENAME_EXCHANGE)` in a loop does it within a few rebuilds): before
+//! the fix, root's rebuild then removed `.rsrc/NAME` files, wrote resource files and set xattrs
+//! outside the volume. Now every fix is made below the root without following a symlink on
+//! the way (`deskd_volume::pin`).
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{stderr, Env, DESKD};
+
+const NOBODY: u32 = 65534;
+
+fn chown_nobody(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: lchown with a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::lchown(c.as_ptr(), NOBODY, NOBODY) },
+        0,
+        "{}",
+        path.display()
+    );
+}
+
+#[test]
+fn a_folder_swapped_for_a_symlink_before_the_fixes_leads_rebuild_nowhere_else() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the hostile-user tests must run as root"
+    );
+    let env = Env::new(&["vol", "outside/.rsrc"]);
+    let vol = env.path("vol");
+    let sub = vol.join("mine/sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let names: Vec<String> = (0..5).map(|i| format!("f{i}")).collect();
+    for n in &names {
+        std::fs::write(sub.join(n), b"").unwrap();
+        std::fs::write(env.path("outside").join(n), b"").unwrap();
+    }
+    env.deskd_ok(&["rebuild", "-f", vol.to_str().unwrap()]);
+    // What the repair will want to fix in nobody's folder: lost resource files and mirrors,
+    // and an orphaned resource file.
+    for n in &names {
+        std::fs::remove_file(sub.join(".rsrc").join(n)).unwrap();
+        let _ = xattr::remove(sub.join(n), "user.deskd.id");
+    }
+    std::fs::write(sub.join(".rsrc/orph"), [0u8; 512]).unwrap();
+    // Root's files outside the volume, named like nobody's.
+    std::fs::write(env.path("outside/.rsrc/orph"), b"root's").unwrap();
+    for p in [
+        vol.join("mine"),
+        sub.clone(),
+        sub.join(".rsrc"),
+        sub.join(".rsrc/orph"),
+    ] {
+        chown_nobody(&p);
+    }
+    for n in &names {
+        chown_nobody(&sub.join(n));
+    }
+
+    let child = Command::new(DESKD)
+        .args(["rebuild", vol.to_str().unwrap()])
+        .env("DESKD_TEST_REBUILD_PAUSE_BEFORE_FIXES_MS", "1500")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    // What nobody may do in its own folder: its sub/ becomes a link to root's directory.
+    std::fs::rename(&sub, vol.join("mine/sub.real")).unwrap();
+    std::os::unix::fs::symlink(env.path("outside"), &sub).unwrap();
+    chown_nobody(&sub);
+    let out = child.wait_with_output().unwrap();
+
+    assert_eq!(
+        std::fs::read(env.path("outside/.rsrc/orph")).unwrap(),
+        b"root's",
+        "rebuild removed or rewrote a file outside the volume"
+    );
+    for n in &names {
+        assert!(
+            !env.path("outside/.rsrc").join(n).exists(),
+            "rebuild wrote outside/.rsrc/{n}"
+        );
+        assert_eq!(
+            xattr::get(env.path("outside").join(n), "user.deskd.id").unwrap(),
+            None,
+            "rebuild set an xattr on outside/{n}"
+        );
+    }
+    assert!(
+        !out.status.success(),
+        "the rebuild went on through the link"
+    );
+    assert!(
+        stderr(&out).contains("symbolic link on the way"),
+        "{}",
+        stderr(&out)
+    );
+}

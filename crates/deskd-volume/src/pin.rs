@@ -1,0 +1,134 @@
+//! Paths below a volume root made safe against symlink swaps, for tools that run as root
+//! (rebuild) and write, rename or remove by path after a walk made earlier.
+//!
+//! Between the walk that planned a fix and the fix, a user can exchange a directory it owns
+//! for a symlink to any directory (`renameat2(RENAME_EXCHANGE)`): a plain path would then
+//! lead root's write, xattr or `unlink` out of the volume or into a folder closed to that
+//! user. [`pin`] opens the folders of a path below the root with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)` (no symlink anywhere on the way, never above the root) and returns
+//! a path through `/proc/self/fd/N` that names the same entries for as long as the
+//! [`Pinned`] lives, whatever is renamed meanwhile. The last `keep` names are left to the
+//! caller, who opens them without following links (`.rsrc` and resource files are opened with
+//! `O_NOFOLLOW`; xattrs are set with `lsetxattr`; `unlink` and `rename` never follow the last
+//! name).
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::VolumeError;
+
+/// A path whose folders are held open (see the module documentation).
+#[derive(Debug)]
+pub struct Pinned {
+    _dir: OwnedFd,
+    /// `/proc/self/fd/N/` followed by the names left to the caller.
+    pub path: PathBuf,
+}
+
+fn refused(path: &Path, why: &str) -> VolumeError {
+    VolumeError::io(
+        path,
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string()),
+    )
+}
+
+fn open_dir(dirfd: libc::c_int, rel: &OsStr, resolve: u64) -> std::io::Result<OwnedFd> {
+    let c = CString::new(rel.as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_how is a plain C struct; zeroed is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve;
+    // SAFETY: valid pointers for the duration of the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel gave us this descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Hold the folders of `path` (below `root`, all names but the last `keep`) open without
+/// following any symlink, and name `path` through them.
+pub fn pin(root: &Path, path: &Path, keep: usize) -> Result<Pinned, VolumeError> {
+    let rel = path
+        .strip_prefix(root)
+        .map_err(|_| refused(path, "not below the volume root"))?;
+    let mut names = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => names.push(n),
+            _ => return Err(refused(path, "not a plain path below the volume root")),
+        }
+    }
+    if names.len() < keep {
+        return Err(refused(path, "not below the volume root"));
+    }
+    let (dirs, rest) = names.split_at(names.len() - keep);
+    let root_fd =
+        open_dir(libc::AT_FDCWD, root.as_os_str(), 0).map_err(|e| VolumeError::io(root, e))?;
+    let dir = if dirs.is_empty() {
+        root_fd
+    } else {
+        let rel_dir: PathBuf = dirs.iter().collect();
+        open_dir(
+            root_fd.as_raw_fd(),
+            rel_dir.as_os_str(),
+            libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+        )
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::EXDEV) {
+                refused(
+                    path,
+                    "a symbolic link on the way (a folder was replaced by a link after the walk); \
+                     refused",
+                )
+            } else {
+                VolumeError::io(path, e)
+            }
+        })?
+    };
+    let mut pinned = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    for r in rest {
+        pinned.push(r);
+    }
+    Ok(Pinned {
+        _dir: dir,
+        path: pinned,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_on_the_way_is_refused_and_a_real_folder_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("vol");
+        std::fs::create_dir_all(root.join("a/.rsrc")).unwrap();
+        std::fs::create_dir_all(dir.path().join("outside/.rsrc")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("l")).unwrap();
+        assert!(pin(&root, &root.join("l/.rsrc/x"), 2).is_err());
+        assert!(pin(&root, &root.join("l/.rsrc/x"), 1).is_err());
+        let held = pin(&root, &root.join("a/.rsrc/x"), 2).unwrap();
+        // Swapped after the pin: the held path still leads into the real folder.
+        std::fs::rename(root.join("a"), root.join("b")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("a")).unwrap();
+        std::fs::write(&held.path, b"x").unwrap();
+        assert!(root.join("b/.rsrc/x").exists());
+        assert!(!dir.path().join("outside/.rsrc/x").exists());
+        // The root's own entries.
+        assert!(pin(&root, &root.join(".rsrc/.rsrc"), 2).is_ok());
+    }
+}
