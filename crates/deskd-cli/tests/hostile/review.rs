@@ -107,3 +107,117 @@ fn a_folder_swapped_for_a_symlink_before_the_fixes_leads_rebuild_nowhere_else() 
         stderr(&out)
     );
 }
+
+/// Run `f` on a thread of its own that is nobody (uid, gid, no groups) for the kernel: the raw
+/// system calls change the calling thread only, and `SO_PEERCRED` reports the connecting
+/// thread's credentials.
+fn on_a_nobody_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: plain system calls on this thread's credentials.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+                0
+            );
+            assert_eq!(
+                libc::syscall(libc::SYS_setresgid, NOBODY, NOBODY, NOBODY),
+                0
+            );
+            assert_eq!(
+                libc::syscall(libc::SYS_setresuid, NOBODY, NOBODY, NOBODY),
+                0
+            );
+        }
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn a_move_or_removal_by_id_in_a_write_only_folder_names_nothing() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the hostile-user tests must run as root"
+    );
+    use deskd_proto::{Request, Response};
+    let mut env = Env::new(&["vol"]);
+    std::fs::set_permissions(
+        env.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    env.serve(&["vol"]);
+    // A drop box: every user may put files in, none may list it (0733, as 1733).
+    env.dt_ok(&[b"mkdir", b"vol/drop", b"vol/drop/salaries-2027"]);
+    env.dt_ok(&[b"touch", b"vol/drop/board-minutes.txt"]);
+    let ids: Vec<u32> = ["vol/drop/board-minutes.txt", "vol/drop/salaries-2027"]
+        .iter()
+        .map(|p| env.id_of(&env.path(p)))
+        .collect();
+    std::fs::set_permissions(
+        env.path("vol/drop"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o733),
+    )
+    .unwrap();
+    let socket = env.socket.clone();
+    let root = env.path("vol");
+    let answers = on_a_nobody_thread(move || {
+        let mut c =
+            deskd_client::Client::connect(&socket, std::time::Duration::from_secs(10)).unwrap();
+        let vol = c.open_volume(&root).unwrap().vol;
+        let mut answers = Vec::new();
+        for id in ids.iter().copied().chain([999_999]) {
+            for request in [
+                Request::Delete {
+                    vol,
+                    id,
+                    recursive: false,
+                },
+                Request::Delete {
+                    vol,
+                    id,
+                    recursive: true,
+                },
+                Request::Rename {
+                    vol,
+                    id,
+                    new_parent: 2,
+                    new_name: b"taken".to_vec(),
+                    replace: true,
+                },
+            ] {
+                let answer = match c.call(request) {
+                    Ok(Response::Removed(r)) => format!("removed {r:?}"),
+                    Ok(other) => format!("{other:?}"),
+                    Err(deskd_client::ClientError::Server(e)) => {
+                        format!("{:?} {}", e.code, e.message)
+                    }
+                    Err(e) => format!("client error {e}"),
+                };
+                answers.push((id, answer));
+            }
+        }
+        answers
+    });
+    let missing: Vec<&String> = answers
+        .iter()
+        .filter(|(id, _)| *id == 999_999)
+        .map(|(_, a)| a)
+        .collect();
+    for (i, (id, answer)) in answers.iter().enumerate() {
+        assert!(
+            !answer.contains("board") && !answer.contains("salaries") && !answer.contains("drop"),
+            "ID {id}: {answer}"
+        );
+        assert_eq!(answer, missing[i % 3], "ID {id}");
+    }
+    // Nothing was removed from the desktop.
+    assert!(env.path("vol/drop/board-minutes.txt").exists());
+    assert_eq!(
+        env.id_of(&env.path("vol/drop/board-minutes.txt")),
+        answers[0].0
+    );
+}
