@@ -221,3 +221,40 @@ fn a_move_or_removal_by_id_in_a_write_only_folder_names_nothing() {
         answers[0].0
     );
 }
+
+/// The walk itself: a folder of nobody's swapped for a link after the walk listed it, before
+/// it opens the folder below, made the walk read another directory's entries (a folder closed
+/// to nobody, or one outside the volume) as nobody's: their names, inodes, resource files and
+/// mirrors went into the desktop under nobody's folder, where `dt find` showed them to nobody.
+#[test]
+fn a_folder_swapped_for_a_symlink_during_the_walk_lends_it_nothing() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the hostile-user tests must run as root"
+    );
+    let env = Env::new(&["vol/mine/s/deep", "outside/deep"]);
+    let vol = env.path("vol");
+    std::fs::write(env.path("outside/deep/topsecret.txt"), b"").unwrap();
+    env.deskd_ok(&["rebuild", "-f", vol.to_str().unwrap()]);
+    for p in ["vol/mine", "vol/mine/s", "vol/mine/s/deep"] {
+        chown_nobody(&env.path(p));
+    }
+    // One walker, one second per directory: root, mine, mine/s, mine/s/deep in this order;
+    // nobody swaps mine/s for a link while the walker waits before mine/s/deep.
+    let child = Command::new(DESKD)
+        .args(["rebuild", "-s", "--threads", "1", vol.to_str().unwrap()])
+        .env("DESKD_REBUILD_DIR_DELAY_MS", "1000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(3500));
+    std::fs::rename(vol.join("mine/s"), vol.join("mine/s.real")).unwrap();
+    std::os::unix::fs::symlink(env.path("outside"), vol.join("mine/s")).unwrap();
+    chown_nobody(&vol.join("mine/s"));
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(!text.contains("topsecret"), "{text}");
+}
