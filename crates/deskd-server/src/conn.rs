@@ -574,8 +574,20 @@ impl Connection {
             Request::Status { vol } => {
                 let mut out = Vec::new();
                 for handle in self.targets(vol)? {
+                    let admin = self.access.is_trusted() || self.require_admin(&handle).is_ok();
                     let reader = self.reader(&handle)?;
-                    out.push(handle.status(reader)?);
+                    let mut status = handle.status(reader)?;
+                    // Why a rebuild failed may name any path of the volume (a nested volume
+                    // in a closed folder, a resource file that could not be read): told to
+                    // those who may run one.
+                    if !admin {
+                        if let Some(Some(Err(why))) =
+                            status.rebuild.as_mut().map(|r| r.finished.as_mut())
+                        {
+                            *why = "the reason is shown to root and the volume owner".into();
+                        }
+                    }
+                    out.push(status);
                 }
                 Ok(Response::Status(out))
             }

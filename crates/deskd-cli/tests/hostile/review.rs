@@ -258,3 +258,45 @@ fn a_folder_swapped_for_a_symlink_during_the_walk_lends_it_nothing() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(!text.contains("topsecret"), "{text}");
 }
+
+/// `deskd status` is open to every user; the reason an online rebuild failed may name any
+/// path (here a nested volume's folder inside a root-only 0700 folder).
+#[test]
+fn status_tells_a_stranger_no_path_from_a_failed_rebuild() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the hostile-user tests must run as root"
+    );
+    let mut env = Env::new(&["vol/closed"]);
+    std::fs::set_permissions(
+        env.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    env.serve(&["vol"]);
+    std::fs::set_permissions(
+        env.path("vol/closed"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    std::fs::create_dir(env.path("vol/closed/acquisition-2027")).unwrap();
+    std::fs::write(env.path("vol/closed/acquisition-2027/.Desktop"), b"").unwrap();
+    let out = env.deskd(&["rebuild", env.path("vol").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("acquisition-2027"),
+        "{}",
+        stderr(&out)
+    );
+    // Root still reads why.
+    assert!(env.deskd_ok(&["status"]).contains("acquisition-2027"));
+    for args in [&[b"status".as_slice()][..], &[b"status", b"--json"]] {
+        let out = env.as_nobody(DESKD, args).unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("failed"), "{text}");
+        assert!(!text.contains("acquisition"), "{text}");
+    }
+}
