@@ -300,3 +300,87 @@ fn status_tells_a_stranger_no_path_from_a_failed_rebuild() {
         assert!(!text.contains("acquisition"), "{text}");
     }
 }
+
+/// A crashed volume on a full disk is read from a copy of its desktop and WAL in the temp
+/// directory, under a name anyone can work out (`desksrv-full.<pid>.<hash of the root>`).
+/// Before the fix a user who made that directory first, with a `.Desktop` file of its own in
+/// it, got every record of the desktop written into its file.
+#[test]
+fn a_full_disk_copy_never_goes_into_a_directory_a_user_made_first() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the hostile-user tests must run as root"
+    );
+    let mut env = Env::new(&[]);
+    let fs = crate::common::SmallExt4::mount(env.path("mnt"), 16);
+    let vol = fs.mnt.join("vol");
+    std::fs::create_dir_all(vol.join("closed")).unwrap();
+    std::fs::write(vol.join("closed/merger-plans.txt"), b"").unwrap();
+    let config = env.path("deskd.toml");
+    std::fs::write(
+        &config,
+        "[defaults]\nflush_delay = 3600\nidle_close = 3600\n",
+    )
+    .unwrap();
+    let (config, vol_arg) = (config.display().to_string(), vol.display().to_string());
+    env.start(&["--config", &config, &vol_arg]);
+    let id = env.id_of(&vol.join("closed/merger-plans.txt"));
+    env.kill9();
+    assert!(std::fs::metadata(vol.join(".Desktop-wal")).unwrap().len() > 0);
+    let _ = std::fs::remove_file(vol.join(".Desktop-shm"));
+    fs.fill_leaving("fill", 0);
+
+    // nobody's directories for the next few thousand pids.
+    let hash = vol
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(b as u32));
+    let first = std::process::Command::new("/bin/sh")
+        .args(["-c", "echo $$"])
+        .output()
+        .unwrap();
+    let first: u32 = String::from_utf8_lossy(&first.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let planted: Vec<std::path::PathBuf> = (first..first + 3000)
+        .map(|pid| std::env::temp_dir().join(format!("desksrv-full.{pid}.{hash}")))
+        .filter(|d| std::fs::create_dir(d).is_ok())
+        .collect();
+    for d in &planted {
+        std::fs::write(d.join(".Desktop"), b"").unwrap();
+        for p in [d.clone(), d.join(".Desktop")] {
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+                .unwrap();
+            chown_nobody(&p);
+        }
+    }
+    struct Planted(Vec<std::path::PathBuf>);
+    impl Drop for Planted {
+        fn drop(&mut self) {
+            for d in &self.0 {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    let planted = Planted(planted);
+
+    env.start(&["--config", &config, &vol_arg]);
+    let log = env.log_text();
+    assert!(log.contains("(a copy)"), "{log}");
+    // Served, with the recorded ID, from a copy of deskd's own.
+    assert_eq!(env.id_of(&vol.join("closed/merger-plans.txt")), id);
+    for d in &planted.0 {
+        assert_eq!(
+            std::fs::metadata(d.join(".Desktop")).unwrap().len(),
+            0,
+            "deskd wrote the desktop into {}",
+            d.display()
+        );
+        assert_eq!(std::fs::read_dir(d).unwrap().count(), 1, "{}", d.display());
+    }
+    env.term();
+}
