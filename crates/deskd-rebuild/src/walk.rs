@@ -230,53 +230,13 @@ fn cstring(name: &[u8]) -> CString {
     CString::new(name).expect("NUL in a directory entry")
 }
 
-fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
-    let c = cstring(path.as_os_str().as_bytes());
-    // SAFETY: open(2) with a valid NUL-terminated path; the result is checked.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a freshly opened descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Open the directory `path` (below `root`, or the root itself) for reading, following no
-/// symlink on the way and never leaving the root (`openat2` with `RESOLVE_BENEATH |
-/// RESOLVE_NO_SYMLINKS`).
+/// symlink on the way and never leaving the root ([`deskd_volume::pin::open_dir_beneath`]).
 fn open_dir_below(root: &Path, path: &Path) -> std::io::Result<OwnedFd> {
     let Ok(rel) = path.strip_prefix(root) else {
         return Err(std::io::Error::from_raw_os_error(libc::EXDEV));
     };
-    let root_fd = open_dir(root)?;
-    if rel.as_os_str().is_empty() {
-        return Ok(root_fd);
-    }
-    let c = cstring(rel.as_os_str().as_bytes());
-    // SAFETY: open_how is a plain C struct; zeroed is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: valid pointers for the duration of the call; the result is checked.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root_fd.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a freshly opened descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+    deskd_volume::pin::open_dir_beneath(root, rel, true)
 }
 
 /// The directory `name` in `dir`, not through a symlink.

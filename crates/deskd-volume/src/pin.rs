@@ -4,8 +4,8 @@
 //! Between the walk that planned a fix and the fix, a user can exchange a directory it owns
 //! for a symlink to any directory (`renameat2(RENAME_EXCHANGE)`): a plain path would then
 //! lead root's write, xattr or `unlink` out of the volume or into a folder closed to that
-//! user. [`pin`] opens the folders of a path below the root with `openat2(RESOLVE_BENEATH |
-//! RESOLVE_NO_SYMLINKS)` (no symlink anywhere on the way, never above the root) and returns
+//! user. [`pin`] opens the folders of a path below the root one name at a time with
+//! `openat(O_NOFOLLOW)` (no symlink anywhere on the way, never above the root) and returns
 //! a path through `/proc/self/fd/N` that names the same entries for as long as the
 //! [`Pinned`] lives, whatever is renamed meanwhile. The last `keep` names are left to the
 //! caller, who opens them without following links (`.rsrc` and resource files are opened with
@@ -34,28 +34,54 @@ fn refused(path: &Path, why: &str) -> VolumeError {
     )
 }
 
-fn open_dir(dirfd: libc::c_int, rel: &OsStr, resolve: u64) -> std::io::Result<OwnedFd> {
-    let c = CString::new(rel.as_bytes())
+fn open_at(dirfd: libc::c_int, name: &OsStr, flags: libc::c_int) -> std::io::Result<OwnedFd> {
+    let c = CString::new(name.as_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open_how is a plain C struct; zeroed is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    how.resolve = resolve;
-    // SAFETY: valid pointers for the duration of the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dirfd,
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
+    // SAFETY: openat(2) with a valid NUL-terminated name; the result is checked.
+    let fd = unsafe { libc::openat(dirfd, c.as_ptr(), flags | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: the kernel gave us this descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Open the directory `rel` below `root` one name at a time (`openat` with `O_NOFOLLOW |
+/// O_DIRECTORY` from the descriptor before): no symlink is followed anywhere on the way, and
+/// `..` or an absolute name is refused. `read`: open the last one for reading its entries,
+/// else `O_PATH`. (What `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` does, which
+/// kernels before 5.6 lack.) A link on the way fails with `ELOOP` or `ENOTDIR`.
+pub fn open_dir_beneath(root: &Path, rel: &Path, read: bool) -> std::io::Result<OwnedFd> {
+    let last_flags = if read {
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW
+    } else {
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW
+    };
+    let names: Vec<&OsStr> = rel
+        .components()
+        .map(|c| match c {
+            Component::Normal(n) => Ok(n),
+            _ => Err(std::io::Error::from_raw_os_error(libc::EXDEV)),
+        })
+        .collect::<Result<_, _>>()?;
+    let mut fd = open_at(
+        libc::AT_FDCWD,
+        root.as_os_str(),
+        if names.is_empty() {
+            last_flags & !libc::O_NOFOLLOW
+        } else {
+            libc::O_PATH | libc::O_DIRECTORY
+        },
+    )?;
+    for (i, name) in names.iter().enumerate() {
+        let flags = if i + 1 == names.len() {
+            last_flags
+        } else {
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW
+        };
+        fd = open_at(fd.as_raw_fd(), name, flags)?;
+    }
+    Ok(fd)
 }
 
 /// Hold the folders of `path` (below `root`, all names but the last `keep`) open without
@@ -75,29 +101,21 @@ pub fn pin(root: &Path, path: &Path, keep: usize) -> Result<Pinned, VolumeError>
         return Err(refused(path, "not below the volume root"));
     }
     let (dirs, rest) = names.split_at(names.len() - keep);
-    let root_fd =
-        open_dir(libc::AT_FDCWD, root.as_os_str(), 0).map_err(|e| VolumeError::io(root, e))?;
-    let dir = if dirs.is_empty() {
-        root_fd
-    } else {
-        let rel_dir: PathBuf = dirs.iter().collect();
-        open_dir(
-            root_fd.as_raw_fd(),
-            rel_dir.as_os_str(),
-            libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
-        )
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::EXDEV) {
-                refused(
-                    path,
-                    "a symbolic link on the way (a folder was replaced by a link after the walk); \
-                     refused",
-                )
-            } else {
-                VolumeError::io(path, e)
-            }
-        })?
-    };
+    let rel_dir: PathBuf = dirs.iter().collect();
+    let dir = open_dir_beneath(root, &rel_dir, false).map_err(|e| {
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV)
+        ) {
+            refused(
+                path,
+                "a symbolic link on the way (a folder was replaced by a link after the walk); \
+                 refused",
+            )
+        } else {
+            VolumeError::io(path, e)
+        }
+    })?;
     let mut pinned = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
     for r in rest {
         pinned.push(r);
