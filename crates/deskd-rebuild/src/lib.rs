@@ -447,7 +447,8 @@ fn rebuild_checked(
         }
     }
     if options.mode != Mode::Scan {
-        apply_fixes(&plan.fixes)?;
+        test_pause_before_fixes();
+        apply_fixes(&root, &plan.fixes)?;
         crash_point("fixes");
         let replacing = match options.start_from {
             Some(_) => Replacing::AnyDesktop,
@@ -471,20 +472,34 @@ pub fn default_threads() -> usize {
     (std::thread::available_parallelism().map_or(2, |n| n.get()) * 8).clamp(8, 64)
 }
 
-fn apply_fixes(fixes: &[Fix]) -> Result<(), RebuildError> {
+fn apply_fixes(root: &Path, fixes: &[Fix]) -> Result<(), RebuildError> {
+    // Every path is opened below the root without following a symlink on the way: a user
+    // who swaps a folder of its own for a link after the walk cannot lead root's writes,
+    // xattrs or removals anywhere else (deskd_volume::pin).
+    use deskd_volume::pin::pin;
     for fix in fixes {
         match fix {
-            Fix::WriteRsrc { path, header } => deskd_volume::rsrc::write_header(path, header)?,
+            Fix::WriteRsrc { path, header } => {
+                deskd_volume::rsrc::write_header(&pin(root, path, 2)?.path, header)?
+            }
             Fix::MoveRsrc { from, to, id } => {
                 // A link in place of .rsrc is refused: nothing is renamed out of the volume.
-                deskd_volume::rsrc::make_rsrc_dir(to)?;
-                std::fs::rename(from, to).map_err(|e| RebuildError::io(from, e))?;
-                deskd_volume::rsrc::ensure_id(to, *id, || {
+                let to2 = pin(root, to, 2)?;
+                deskd_volume::rsrc::make_rsrc_dir(&to2.path)?;
+                let from1 = pin(root, from, 1)?;
+                let to1 = pin(root, to, 1)?;
+                std::fs::rename(&from1.path, &to1.path).map_err(|e| RebuildError::io(from, e))?;
+                deskd_volume::rsrc::ensure_id(&to2.path, *id, || {
                     deskd_volume::rsrc::ResourceHeader::new(*id, [0; 4], [0; 4], 0)
                 })?;
             }
-            Fix::WriteXattr { path, id } => deskd_volume::write_id_xattr(path, *id)?,
-            Fix::RemoveOrphan { path } => match std::fs::remove_file(path) {
+            Fix::WriteXattr { path, id } if path == root => {
+                deskd_volume::write_id_xattr(path, *id)?
+            }
+            Fix::WriteXattr { path, id } => {
+                deskd_volume::write_id_xattr(&pin(root, path, 1)?.path, *id)?
+            }
+            Fix::RemoveOrphan { path } => match std::fs::remove_file(&pin(root, path, 1)?.path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(RebuildError::io(path, e))
                 }
@@ -584,6 +599,17 @@ fn write_desktop(
 
 /// Test hook: `DESKD_REBUILD_CRASH_AFTER=<step>` aborts the process right after that step, so the
 /// tests can show that a rebuild killed there leaves a desktop the server can open.
+/// Test hook: wait between the plan and its fixes (`DESKD_TEST_REBUILD_PAUSE_BEFORE_FIXES_MS`),
+/// so a test can swap a folder for a symlink where a hostile user would race.
+fn test_pause_before_fixes() {
+    if let Some(ms) = std::env::var("DESKD_TEST_REBUILD_PAUSE_BEFORE_FIXES_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
 fn crash_point(step: &str) {
     if std::env::var("DESKD_REBUILD_CRASH_AFTER").is_ok_and(|s| s == step) {
         std::process::abort();

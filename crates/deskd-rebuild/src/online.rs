@@ -289,6 +289,19 @@ fn fix_disk(
 ) -> Result<bool, crate::RebuildError> {
     let id = row.id;
     let mut wrote = false;
+    // Opened below the root without following a symlink on the way (deskd_volume::pin): a
+    // folder swapped for a link since the walk leads nowhere else.
+    use deskd_volume::pin::pin;
+    let root = p.walk.path(0);
+    let planned_rsrc = rsrc_path;
+    let object_pin = if path == root {
+        None
+    } else {
+        Some(pin(&root, path, 1)?)
+    };
+    let path: &Path = object_pin.as_ref().map_or(path, |x| &x.path);
+    let rsrc_pin = pin(&root, rsrc_path, 2)?;
+    let rsrc_path: &Path = &rsrc_pin.path;
     match rsrc::read_header(rsrc_path) {
         Ok(Some(h)) if h.id == id => {}
         Ok(Some(mut h)) => {
@@ -297,12 +310,14 @@ fn fix_disk(
             wrote = true;
         }
         current => {
-            let moved = match (&current, moves.get(rsrc_path)) {
+            let moved = match (&current, moves.get(planned_rsrc)) {
                 (Ok(None), Some(&(from, moved_id)))
                     if moved_id == planned_id && !p.touched.contains(&moved_id) =>
                 {
                     rsrc::make_rsrc_dir(rsrc_path)?;
-                    std::fs::rename(from, rsrc_path).is_ok()
+                    let from = pin(&root, from, 1)?;
+                    let to = pin(&root, planned_rsrc, 1)?;
+                    std::fs::rename(&from.path, &to.path).is_ok()
                 }
                 _ => false,
             };
@@ -336,7 +351,24 @@ fn remove_orphans(p: &Pass<'_>, out: &mut Applied) {
         else {
             continue;
         };
-        let owner_back = std::fs::symlink_metadata(dir.join(name)).is_ok();
+        // Below the root without following a symlink on the way (deskd_volume::pin).
+        let root = p.walk.path(0);
+        let pinned = deskd_volume::pin::pin(&root, &dir.join(name), 1)
+            .and_then(|owner| Ok((owner, deskd_volume::pin::pin(&root, path, 1)?)));
+        let (owner, orphan) = match pinned {
+            Ok(both) => both,
+            Err(deskd_volume::VolumeError::Io { error, .. })
+                if error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                continue
+            }
+            Err(e) => {
+                out.errors.push(e.to_string());
+                continue;
+            }
+        };
+        let owner_back = std::fs::symlink_metadata(&owner.path).is_ok();
+        let path = &orphan.path;
         let claimed_by_client = rsrc::read_header(path)
             .ok()
             .flatten()

@@ -97,6 +97,10 @@ struct Queue {
 type Collected = (Vec<Found>, Vec<(u32, Vec<u8>)>, Vec<(u32, PathBuf)>);
 
 struct Shared<'a> {
+    /// The volume root: every directory below it is opened from here without following a
+    /// symlink on the way, so a folder a user swaps for a link during the walk does not lend
+    /// the walk another folder's entries (names, inodes, resource files, mirrors).
+    root: &'a Path,
     queue: Mutex<Queue>,
     ready: Condvar,
     found: Mutex<Collected>,
@@ -149,6 +153,7 @@ pub fn walk(
         netatalk: None,
     };
     let shared = Shared {
+        root,
         queue: Mutex::new(Queue {
             dirs: vec![(0, root.to_path_buf())],
             busy: 0,
@@ -225,11 +230,22 @@ fn cstring(name: &[u8]) -> CString {
     CString::new(name).expect("NUL in a directory entry")
 }
 
-fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
-    let c = cstring(path.as_os_str().as_bytes());
-    // SAFETY: open(2) with a valid NUL-terminated path; the result is checked.
+/// Open the directory `path` (below `root`, or the root itself) for reading, following no
+/// symlink on the way and never leaving the root ([`deskd_volume::pin::open_dir_beneath`]).
+fn open_dir_below(root: &Path, path: &Path) -> std::io::Result<OwnedFd> {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EXDEV));
+    };
+    deskd_volume::pin::open_dir_beneath(root, rel, true)
+}
+
+/// The directory `name` in `dir`, not through a symlink.
+fn open_dir_at(dir: &OwnedFd, name: &str) -> std::io::Result<OwnedFd> {
+    let c = cstring(name.as_bytes());
+    // SAFETY: openat(2) with a valid descriptor and NUL-terminated name; the result is checked.
     let fd = unsafe {
-        libc::open(
+        libc::openat(
+            dir.as_raw_fd(),
             c.as_ptr(),
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         )
@@ -239,6 +255,11 @@ fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: fd is a freshly opened descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A path that names the directory open on `fd` for as long as it stays open.
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 /// Names in a directory (without `.` and `..`).
@@ -295,21 +316,28 @@ fn scan_dir(
     let gone = |e: &std::io::Error| {
         dir_index != 0 && matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))
     };
-    let dir = match open_dir(path) {
+    // A link on the way (ELOOP) means a folder was swapped for a link: not there either.
+    let gone =
+        |e: &std::io::Error| gone(e) || (dir_index != 0 && e.raw_os_error() == Some(libc::ELOOP));
+    let dir = match open_dir_below(shared.root, path) {
         Ok(fd) => fd,
         Err(e) if gone(&e) => return Ok(Vec::new()),
         Err(e) => return Err(RebuildError::io(path, e)),
     };
-    let names = match list(path) {
+    // Everything below is read through the descriptors (/proc/self/fd/N names the very
+    // directory opened, whatever is renamed meanwhile).
+    let here = fd_path(&dir);
+    let names = match list(&here) {
         Ok(names) => names,
         Err(e) if gone(&e) => return Ok(Vec::new()),
         Err(e) => return Err(RebuildError::io(path, e)),
     };
     let rsrc_dir_path = path.join(rsrc::RSRC_DIR);
-    let (rsrc_dir, rsrc_names): (Option<OwnedFd>, HashSet<Vec<u8>>) = match open_dir(&rsrc_dir_path)
-    {
+    let rsrc_opened = open_dir_at(&dir, rsrc::RSRC_DIR);
+    let rsrc_here = rsrc_opened.as_ref().ok().map(fd_path);
+    let (rsrc_dir, rsrc_names): (Option<OwnedFd>, HashSet<Vec<u8>>) = match rsrc_opened {
         Ok(fd) => {
-            let listed = list(&rsrc_dir_path).map_err(|e| RebuildError::io(&rsrc_dir_path, e))?;
+            let listed = list(&fd_path(&fd)).map_err(|e| RebuildError::io(&rsrc_dir_path, e))?;
             (Some(fd), listed.into_iter().collect())
         }
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
@@ -364,7 +392,7 @@ fn scan_dir(
             Some(fd) if rsrc_names.contains(&name) => read_rsrc_at(fd, &c),
             _ => (Rsrc::Missing, None),
         };
-        let full = path.join(std::ffi::OsStr::from_bytes(&name));
+        let full = here.join(std::ffi::OsStr::from_bytes(&name));
         let xattr_id = if kind == Kind::Symlink {
             None
         } else {
@@ -396,9 +424,11 @@ fn scan_dir(
         .filter(|n| !seen.contains(n))
         .filter(|n| !(dir_index == 0 && n == rsrc::ROOT_RECORD.as_bytes()))
         .filter(|n| {
-            std::fs::symlink_metadata(rsrc_dir_path.join(std::ffi::OsStr::from_bytes(n)))
-                .map(|m| m.is_file())
-                .unwrap_or(false)
+            rsrc_here.as_ref().is_some_and(|r| {
+                std::fs::symlink_metadata(r.join(std::ffi::OsStr::from_bytes(n)))
+                    .map(|m| m.is_file())
+                    .unwrap_or(false)
+            })
         })
         .collect();
     orphans.sort();

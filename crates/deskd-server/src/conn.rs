@@ -34,6 +34,10 @@ pub struct ReplySink {
     /// Whose request it is: an unprivileged peer's errors never say more than [`sight::unseen`]
     /// where they would tell a missing object from a hidden one.
     access: Arc<Access>,
+    /// The request names an object the peer may not see (a move or removal allowed by a
+    /// folder it may write but not list): any error is [`sight::unseen`], since the writer's
+    /// detailed refusals (`still exists on disk`, with the path) would name it.
+    unseen_errors: bool,
 }
 
 impl ReplySink {
@@ -48,7 +52,13 @@ impl ReplySink {
     pub fn queue(&self, result: Reply) {
         let frame = ReplyFrame {
             id: self.id,
-            result: result.map_err(|e| sight::for_peer(&self.access, e)),
+            result: result.map_err(|e| {
+                if self.unseen_errors && !self.access.is_trusted() {
+                    sight::unseen()
+                } else {
+                    sight::for_peer(&self.access, e)
+                }
+            }),
         };
         let bytes = match deskd_proto::encode_frame_within(&frame, deskd_proto::MAX_REPLY_FRAME) {
             Ok(bytes) => bytes,
@@ -163,6 +173,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
                     writer: writer.clone(),
                     id: 0,
                     access: conn.access.clone(),
+                    unseen_errors: false,
                 };
                 sink.send(Err(ErrorReply::new(
                     ErrorCode::BadRequest,
@@ -178,6 +189,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
                     writer: writer.clone(),
                     id: 0,
                     access: conn.access.clone(),
+                    unseen_errors: false,
                 };
                 sink.send(Err(ErrorReply::new(
                     ErrorCode::FrameTooLarge,
@@ -197,6 +209,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
                     writer: writer.clone(),
                     id: 0,
                     access: conn.access.clone(),
+                    unseen_errors: false,
                 };
                 sink.send(Err(ErrorReply::new(ErrorCode::BadRequest, e.to_string())));
                 continue;
@@ -206,6 +219,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
             writer: writer.clone(),
             id: frame.id,
             access: conn.access.clone(),
+            unseen_errors: false,
         };
         // More requests already received: answer them before flushing (pipelining).
         let more = !input.buffer().is_empty();
@@ -386,9 +400,12 @@ impl Connection {
     /// The changes the client made on disk itself were made with its own rights, and the
     /// writer verifies them against the disk, walking every path as the peer. An object the
     /// peer may not see is refused as one that does not exist ([`sight::unseen`]).
-    fn may_change(&mut self, handle: &VolumeHandle, request: &Request) -> Result<(), ErrorReply> {
+    ///
+    /// `Ok(true)`: allowed, but the peer does not see the object (a move or removal in a
+    /// folder it may write but not list), so no error may name it.
+    fn may_change(&mut self, handle: &VolumeHandle, request: &Request) -> Result<bool, ErrorReply> {
         if self.access.is_trusted() {
-            return Ok(());
+            return Ok(false);
         }
         let folder_rw = Some(access::WRITE | access::SEARCH);
         // A registration or a move answers with the object's ID and path: the peer must be
@@ -409,8 +426,10 @@ impl Connection {
         let (id, object_mode, what) = match request {
             Request::Rename { id, .. } | Request::Delete { id, .. } => {
                 let look = self.look(handle, *id, None, folder_rw)?;
-                return if look.seen || look.folder {
-                    Ok(())
+                return if look.seen {
+                    Ok(false)
+                } else if look.folder {
+                    Ok(true)
                 } else {
                     Err(sight::unseen())
                 };
@@ -425,7 +444,7 @@ impl Connection {
             Request::ApplAdd { app_id, .. } | Request::ApplRemove { app_id, .. } => {
                 (*app_id, None, "write the folder holding the application")
             }
-            _ => return Ok(()),
+            _ => return Ok(false),
         };
         let look = self.look(handle, id, object_mode, folder_rw)?;
         sight::refuse_unless(
@@ -435,6 +454,7 @@ impl Connection {
             || self.path_for_message(handle, id),
             what,
         )
+        .map(|()| !look.seen)
     }
 
     /// How the peer stands to object `id` ([`sight::look`]). An object this connection cannot
@@ -468,7 +488,7 @@ impl Connection {
         handle.volume.path_of(&components)
     }
 
-    fn dispatch(&mut self, mut request: Request, sink: ReplySink, more_pending: bool) {
+    fn dispatch(&mut self, mut request: Request, mut sink: ReplySink, more_pending: bool) {
         self.prune_readers();
         if request.is_write() {
             // Replies to earlier pipelined reads must not wait behind this write's commit.
@@ -477,8 +497,9 @@ impl Connection {
                 Ok(h) => h,
                 Err(e) => return sink.send(Err(e)),
             };
-            if let Err(e) = self.may_change(&handle, &request) {
-                return sink.send(Err(e));
+            match self.may_change(&handle, &request) {
+                Err(e) => return sink.send(Err(e)),
+                Ok(unseen) => sink.unseen_errors = unseen,
             }
             if !self.hints_trusted(&handle) && crate::hints::drop_hint(&mut request) {
                 debug!(
@@ -553,9 +574,10 @@ impl Connection {
             Request::Status { vol } => {
                 let mut out = Vec::new();
                 for handle in self.targets(vol)? {
+                    let admin = self.access.is_trusted() || self.require_admin(&handle).is_ok();
                     let reader = self.reader(&handle)?;
                     let mut status = handle.status(reader)?;
-                    if !self.access.is_trusted() && self.require_admin(&handle).is_err() {
+                    if !admin {
                         redact_details(&mut status);
                     }
                     out.push(status);

@@ -167,18 +167,46 @@ pub fn full_disk_reads(desktop: &Path, root: &Path) -> io::Result<FullDiskReads>
             .iter()
             .fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(b as u32))
     ));
-    std::fs::create_dir_all(&dir)?;
+    // Anyone can take a name in the shared temp directory first (the pid and the root are
+    // easy to guess): a directory there that is not deskd's own and private is refused, and
+    // the copies are made new (O_EXCL, O_NOFOLLOW, 0600), never into a file or link a user
+    // put there, which would hand that user every record of the desktop.
+    // A name taken by someone else is passed over for the next one, so planting
+    // directories does not keep the volume from being served either.
+    let mut refused = None;
+    let dir = (0..100)
+        .map(|i| match i {
+            0 => dir.clone(),
+            i => {
+                let mut d = dir.clone().into_os_string();
+                d.push(format!(".{i}"));
+                std::path::PathBuf::from(d)
+            }
+        })
+        .find(|d| match crate::volume::private_dir(d) {
+            Ok(()) => true,
+            Err(e) => {
+                refused.get_or_insert(e);
+                false
+            }
+        })
+        .ok_or_else(|| io::Error::other(refused.map(|e| e.to_string()).unwrap_or_default()))?;
     let copy = dir.join(deskd_volume::DESKTOP_FILE);
-    for side in [deskd_db::wal_path(&copy), deskd_db::shm_path(&copy)] {
-        let _ = std::fs::remove_file(side);
+    for file in [
+        copy.clone(),
+        deskd_db::wal_path(&copy),
+        deskd_db::shm_path(&copy),
+    ] {
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
     }
     if exists {
-        std::fs::copy(desktop, &copy)?;
+        crate::volume::copy_private(desktop, &copy)?;
         if wal_len > 0 {
-            std::fs::copy(&wal, deskd_db::wal_path(&copy))?;
+            crate::volume::copy_private(&wal, &deskd_db::wal_path(&copy))?;
         }
-    } else {
-        let _ = std::fs::remove_file(&copy);
     }
     // Fold the WAL in (or create the empty desktop), so reads need nothing more.
     let (made, _) = deskd_db::Desktop::open(&copy, deskd_db::Durability::Normal)

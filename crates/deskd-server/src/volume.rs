@@ -200,7 +200,7 @@ fn read_only_desktop(path: &Path, root: &Path) -> Result<PathBuf, ServerError> {
 /// Make `dir` (in the shared temp directory, whose names anyone can take first) a directory
 /// only deskd's user can enter: created 0700, or, when it is there already, refused unless it
 /// is a real directory of deskd's user that no one else may enter.
-fn private_dir(dir: &Path) -> Result<(), ServerError> {
+pub(crate) fn private_dir(dir: &Path) -> Result<(), ServerError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let refuse = |why: String| ServerError::Volume(format!("{}: {why}", dir.display()));
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
@@ -223,7 +223,7 @@ fn private_dir(dir: &Path) -> Result<(), ServerError> {
 }
 
 /// Copy the desktop `from` to the new file `to`, mode 0600 whatever `from`'s mode is.
-fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(crate) fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut source = File::open(from)?;
     let mut dest = std::fs::OpenOptions::new()

@@ -12,6 +12,7 @@
 
 pub mod guard;
 pub mod netatalk;
+pub mod pin;
 pub mod rsrc;
 
 use std::ffi::{OsStr, OsString};

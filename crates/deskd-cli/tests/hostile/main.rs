@@ -10,3 +10,4 @@ mod ids;
 mod limits;
 mod mv;
 mod oracle;
+mod review;

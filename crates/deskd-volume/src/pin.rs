@@ -1,0 +1,152 @@
+//! Paths below a volume root made safe against symlink swaps, for tools that run as root
+//! (rebuild) and write, rename or remove by path after a walk made earlier.
+//!
+//! Between the walk that planned a fix and the fix, a user can exchange a directory it owns
+//! for a symlink to any directory (`renameat2(RENAME_EXCHANGE)`): a plain path would then
+//! lead root's write, xattr or `unlink` out of the volume or into a folder closed to that
+//! user. [`pin`] opens the folders of a path below the root one name at a time with
+//! `openat(O_NOFOLLOW)` (no symlink anywhere on the way, never above the root) and returns
+//! a path through `/proc/self/fd/N` that names the same entries for as long as the
+//! [`Pinned`] lives, whatever is renamed meanwhile. The last `keep` names are left to the
+//! caller, who opens them without following links (`.rsrc` and resource files are opened with
+//! `O_NOFOLLOW`; xattrs are set with `lsetxattr`; `unlink` and `rename` never follow the last
+//! name).
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::VolumeError;
+
+/// A path whose folders are held open (see the module documentation).
+#[derive(Debug)]
+pub struct Pinned {
+    _dir: OwnedFd,
+    /// `/proc/self/fd/N/` followed by the names left to the caller.
+    pub path: PathBuf,
+}
+
+fn refused(path: &Path, why: &str) -> VolumeError {
+    VolumeError::io(
+        path,
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string()),
+    )
+}
+
+fn open_at(dirfd: libc::c_int, name: &OsStr, flags: libc::c_int) -> std::io::Result<OwnedFd> {
+    let c = CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: openat(2) with a valid NUL-terminated name; the result is checked.
+    let fd = unsafe { libc::openat(dirfd, c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel gave us this descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Open the directory `rel` below `root` one name at a time (`openat` with `O_NOFOLLOW |
+/// O_DIRECTORY` from the descriptor before): no symlink is followed anywhere on the way, and
+/// `..` or an absolute name is refused. `read`: open the last one for reading its entries,
+/// else `O_PATH`. (What `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` does, which
+/// kernels before 5.6 lack.) A link on the way fails with `ELOOP` or `ENOTDIR`.
+pub fn open_dir_beneath(root: &Path, rel: &Path, read: bool) -> std::io::Result<OwnedFd> {
+    let last_flags = if read {
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW
+    } else {
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW
+    };
+    let names: Vec<&OsStr> = rel
+        .components()
+        .map(|c| match c {
+            Component::Normal(n) => Ok(n),
+            _ => Err(std::io::Error::from_raw_os_error(libc::EXDEV)),
+        })
+        .collect::<Result<_, _>>()?;
+    let mut fd = open_at(
+        libc::AT_FDCWD,
+        root.as_os_str(),
+        if names.is_empty() {
+            last_flags & !libc::O_NOFOLLOW
+        } else {
+            libc::O_PATH | libc::O_DIRECTORY
+        },
+    )?;
+    for (i, name) in names.iter().enumerate() {
+        let flags = if i + 1 == names.len() {
+            last_flags
+        } else {
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW
+        };
+        fd = open_at(fd.as_raw_fd(), name, flags)?;
+    }
+    Ok(fd)
+}
+
+/// Hold the folders of `path` (below `root`, all names but the last `keep`) open without
+/// following any symlink, and name `path` through them.
+pub fn pin(root: &Path, path: &Path, keep: usize) -> Result<Pinned, VolumeError> {
+    let rel = path
+        .strip_prefix(root)
+        .map_err(|_| refused(path, "not below the volume root"))?;
+    let mut names = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => names.push(n),
+            _ => return Err(refused(path, "not a plain path below the volume root")),
+        }
+    }
+    if names.len() < keep {
+        return Err(refused(path, "not below the volume root"));
+    }
+    let (dirs, rest) = names.split_at(names.len() - keep);
+    let rel_dir: PathBuf = dirs.iter().collect();
+    let dir = open_dir_beneath(root, &rel_dir, false).map_err(|e| {
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV)
+        ) {
+            refused(
+                path,
+                "a symbolic link on the way (a folder was replaced by a link after the walk); \
+                 refused",
+            )
+        } else {
+            VolumeError::io(path, e)
+        }
+    })?;
+    let mut pinned = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    for r in rest {
+        pinned.push(r);
+    }
+    Ok(Pinned {
+        _dir: dir,
+        path: pinned,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_on_the_way_is_refused_and_a_real_folder_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("vol");
+        std::fs::create_dir_all(root.join("a/.rsrc")).unwrap();
+        std::fs::create_dir_all(dir.path().join("outside/.rsrc")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("l")).unwrap();
+        assert!(pin(&root, &root.join("l/.rsrc/x"), 2).is_err());
+        assert!(pin(&root, &root.join("l/.rsrc/x"), 1).is_err());
+        let held = pin(&root, &root.join("a/.rsrc/x"), 2).unwrap();
+        // Swapped after the pin: the held path still leads into the real folder.
+        std::fs::rename(root.join("a"), root.join("b")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("a")).unwrap();
+        std::fs::write(&held.path, b"x").unwrap();
+        assert!(root.join("b/.rsrc/x").exists());
+        assert!(!dir.path().join("outside/.rsrc/x").exists());
+        // The root's own entries.
+        assert!(pin(&root, &root.join(".rsrc/.rsrc"), 2).is_ok());
+    }
+}
