@@ -53,6 +53,10 @@ pub fn for_peer(access: &Access, reply: ErrorReply) -> ErrorReply {
 pub struct Look {
     /// The peer may see the object (see the module documentation).
     pub seen: bool,
+    /// Every name of the object's path, its own included, is one the peer could see (its
+    /// folder may be listed, or the peer owns it): the path may be shown, as a folder's to
+    /// which a name is added (`Lookup`, `Add`). Known only when `object` was asked.
+    pub named: bool,
     /// The peer may do the `object` mode asked for to the object itself (false for a symlink:
     /// its own permission bits say nothing).
     pub object: bool,
@@ -87,6 +91,7 @@ pub fn look<R: Read>(
     if access.is_trusted() {
         return Ok(Look {
             seen: true,
+            named: true,
             object: true,
             folder: true,
         });
@@ -108,6 +113,7 @@ pub fn look_at<R: Read>(
     if access.is_trusted() {
         return Ok(Look {
             seen: true,
+            named: true,
             object: true,
             folder: true,
         });
@@ -118,13 +124,23 @@ pub fn look_at<R: Read>(
         Some(db.get(object.parent).map_err(crate::apply::db_error)?)
     };
     Ok(access
-        .wear(|| look_as_peer(vol, object, folder.as_ref(), components, ask))
+        .wear(|| {
+            look_as_peer(
+                vol,
+                access.viewer(),
+                object,
+                folder.as_ref(),
+                components,
+                ask,
+            )
+        })
         .unwrap_or_default())
 }
 
-/// [`look`] once the thread wears the peer's identity.
+/// [`look`] once the thread wears the peer's identity (`viewer`, its uid).
 pub fn look_as_peer(
     vol: &Volume,
+    viewer: Option<u32>,
     object: &Object,
     folder: Option<&Object>,
     components: &[Vec<u8>],
@@ -136,7 +152,7 @@ pub fn look_as_peer(
     } else {
         &components[..n - 1]
     };
-    let walked = walk::walk(vol.root(), walk_to);
+    let walked = walk::walk_as(vol.root(), walk_to, viewer);
     let Some(fd) = walked.fd.as_ref() else {
         return Look::default();
     };
@@ -145,9 +161,15 @@ pub fn look_as_peer(
         let seen = walked.stopped.is_none() && walk::may(fd.as_fd(), access::SEARCH);
         return Look {
             seen,
+            named: seen,
             object: seen && ask.object.is_some_and(|m| walk::may(fd.as_fd(), m)),
             folder: false,
         };
+    }
+    // A folder on the way whose name the peer could not see: the object's path would tell
+    // it, so the object is one it may not see, whatever it may do there.
+    if walked.hidden.is_some_and(|i| i + 1 < n) {
+        return Look::default();
     }
     // The folder's descriptor: the last one when the walk stopped there (or went only so far).
     let (folder_fd, object_node) = match (walked.nodes.len(), walked.stopped) {
@@ -185,6 +207,7 @@ pub fn look_as_peer(
     };
     Look {
         seen,
+        named: object_node.is_some() && walked.hidden.is_none(),
         object: object_ok,
         folder: folder_ok,
     }
@@ -283,7 +306,7 @@ mod tests {
             let o = object(&root.join(rel), Kind::File);
             let f = object(&root.join(folder), Kind::Dir);
             nobody
-                .wear(|| look_as_peer(&vol, &o, Some(&f), &names(rel), ask))
+                .wear(|| look_as_peer(&vol, Some(65534), &o, Some(&f), &names(rel), ask))
                 .unwrap()
         };
         let write = Ask {
@@ -303,6 +326,7 @@ mod tests {
             .wear(|| {
                 look_as_peer(
                     &vol,
+                    Some(65534),
                     &f,
                     Some(&old_folder),
                     &names("open/f"),
@@ -318,6 +342,7 @@ mod tests {
             .wear(|| {
                 look_as_peer(
                     &vol,
+                    Some(65534),
                     &f,
                     Some(&old_folder),
                     &names("open/f"),
