@@ -5,7 +5,10 @@
 //! when the peer reaches the folder holding it and may list that folder — exactly when the
 //! peer's own `ls` would show the name. The folder reached must be the desktop's folder (same
 //! dev/ino), so a folder renamed away and replaced by one of the peer's own does not lend its
-//! listing to the names recorded in the old one.
+//! listing to the names recorded in the old one. Every folder name on the object's path must be
+//! one the peer could see as well (its own folder, or one in a folder it may list: see
+//! [`walk::walk_as`]), since a reply with the path shows them all: an object below a folder
+//! whose name the peer never could have listed is one it may not see.
 //!
 //! For an object the peer may not see, every request gets [`unseen`], the very reply a
 //! request about an ID or a name that does not exist gets: code `NotFound`, no path, no name.
