@@ -320,6 +320,32 @@ mod tests {
         assert!(open.seen && !open.object && !open.folder);
         let closed = look("closed/inner/f", "closed/inner", write);
         assert!(!closed.seen && !closed.object && !closed.folder);
+        // Below a search-only folder: the folder's name is one nobody never could list, so
+        // nothing under it is seen; a folder of nobody's own there keeps its name.
+        std::fs::create_dir_all(root.join("search/named")).unwrap();
+        std::fs::create_dir_all(root.join("search/own")).unwrap();
+        std::fs::write(root.join("search/named/f"), "").unwrap();
+        std::fs::write(root.join("search/own/f"), "").unwrap();
+        std::os::unix::fs::chown(root.join("search/own"), Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(root.join("search"), std::fs::Permissions::from_mode(0o711))
+            .unwrap();
+        assert!(!look("search/named/f", "search/named", Ask::default()).seen);
+        assert!(look("search/own/f", "search/own", Ask::default()).seen);
+        let dir = |rel: &str| {
+            let o = object(&root.join(rel), Kind::Dir);
+            let f = object(&root.join("search"), Kind::Dir);
+            let ask = Ask {
+                object: Some(access::LIST),
+                folder: None,
+            };
+            nobody
+                .wear(|| look_as_peer(&vol, Some(65534), &o, Some(&f), &names(rel), ask))
+                .unwrap()
+        };
+        let named = dir("search/named");
+        assert!(named.object && !named.named && !named.seen);
+        let own = dir("search/own");
+        assert!(own.object && own.named);
         // The open folder renamed away and replaced by another: its names are not lent.
         let f = object(&root.join("open/f"), Kind::File);
         let old_folder = object(&root.join("open"), Kind::Dir);
