@@ -157,6 +157,16 @@ impl Access {
         }
     }
 
+    /// The uid whose sight of names is checked ([`crate::walk::walk_as`]): an unprivileged
+    /// peer's; `None` for a trusted one.
+    pub fn viewer(&self) -> Option<u32> {
+        match self {
+            Access::Peer(c) => Some(c.uid),
+            Access::Unverifiable { uid } => Some(*uid),
+            Access::Trusted => None,
+        }
+    }
+
     /// Why a check of an object the peer may see failed, for the error message.
     pub fn refusal(&self, path: &Path, what: &str) -> String {
         match self {

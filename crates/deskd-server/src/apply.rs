@@ -123,15 +123,31 @@ pub fn client_names(rel: &[u8]) -> Result<Vec<Vec<u8>>, ErrorReply> {
 pub fn walk_path(vol: &Volume, access: &Access, rel: &[u8]) -> Result<Walked, ErrorReply> {
     let names = client_names(rel)?;
     access
-        .wear(|| walk::walk_client(vol.root(), names, rel))
+        .wear(|| walk::walk_client(vol.root(), names, rel, access.viewer()))
         .ok_or_else(sight::unseen)?
+        .map(hide_unseen_names)
         .map_err(volume_error)
+}
+
+/// A walk that went through a folder whose name the peer could not see
+/// ([`walk::Walked::hidden`]) is a refused one: a reply would show the path, and with it that
+/// name. (The last name is the peer's own word, answered as `stat(2)` would.)
+fn hide_unseen_names(mut walked: Walked) -> Walked {
+    if walked
+        .hidden
+        .is_some_and(|i| i + 1 < walked.components.len())
+        && !walked.refused()
+    {
+        walked.stopped = Some(rustix::io::Errno::ACCESS);
+    }
+    walked
 }
 
 /// Walk desktop names race-free as the peer ([`walk::walk`]).
 fn walk_names(vol: &Volume, access: &Access, components: &[Vec<u8>]) -> Result<Walked, ErrorReply> {
     access
-        .wear(|| walk::walk(vol.root(), components))
+        .wear(|| walk::walk_as(vol.root(), components, access.viewer()))
+        .map(hide_unseen_names)
         .ok_or_else(sight::unseen)
 }
 
@@ -639,7 +655,7 @@ pub fn apply_read<R: Read>(
             },
         )?;
         sight::refuse_unless(
-            look.object,
+            look.object && look.named,
             &look,
             access,
             || vol.path_of(&db.path_of(dir).unwrap_or_default()),
@@ -669,7 +685,7 @@ pub fn apply_read<R: Read>(
                     folder: None,
                 },
             )?;
-            if !look.object {
+            if !(look.object && look.named) {
                 return Err(sight::unseen());
             }
             match db.lookup(*parent, name).map_err(db_error)? {
@@ -795,6 +811,7 @@ pub fn apply_read<R: Read>(
                                             holders.get(&o.parent).and_then(|f| f.as_ref());
                                         sight::look_as_peer(
                                             vol,
+                                            access.viewer(),
                                             o,
                                             folder,
                                             c,

@@ -416,10 +416,8 @@ impl Connection {
         } = request
         {
             // (Where it cannot search, the object would be one it may not see.)
-            if !self
-                .look(handle, *parent, Some(access::SEARCH), None)?
-                .object
-            {
+            let look = self.look(handle, *parent, Some(access::SEARCH), None)?;
+            if !(look.object && look.named) {
                 return Err(sight::unseen());
             }
         }

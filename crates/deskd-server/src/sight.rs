@@ -5,7 +5,10 @@
 //! when the peer reaches the folder holding it and may list that folder — exactly when the
 //! peer's own `ls` would show the name. The folder reached must be the desktop's folder (same
 //! dev/ino), so a folder renamed away and replaced by one of the peer's own does not lend its
-//! listing to the names recorded in the old one.
+//! listing to the names recorded in the old one. Every folder name on the object's path must be
+//! one the peer could see as well (its own folder, or one in a folder it may list: see
+//! [`walk::walk_as`]), since a reply with the path shows them all: an object below a folder
+//! whose name the peer never could have listed is one it may not see.
 //!
 //! For an object the peer may not see, every request gets [`unseen`], the very reply a
 //! request about an ID or a name that does not exist gets: code `NotFound`, no path, no name.
@@ -53,6 +56,10 @@ pub fn for_peer(access: &Access, reply: ErrorReply) -> ErrorReply {
 pub struct Look {
     /// The peer may see the object (see the module documentation).
     pub seen: bool,
+    /// Every name of the object's path, its own included, is one the peer could see (its
+    /// folder may be listed, or the peer owns it): the path may be shown, as a folder's to
+    /// which a name is added (`Lookup`, `Add`). Known only when `object` was asked.
+    pub named: bool,
     /// The peer may do the `object` mode asked for to the object itself (false for a symlink:
     /// its own permission bits say nothing).
     pub object: bool,
@@ -87,6 +94,7 @@ pub fn look<R: Read>(
     if access.is_trusted() {
         return Ok(Look {
             seen: true,
+            named: true,
             object: true,
             folder: true,
         });
@@ -108,6 +116,7 @@ pub fn look_at<R: Read>(
     if access.is_trusted() {
         return Ok(Look {
             seen: true,
+            named: true,
             object: true,
             folder: true,
         });
@@ -118,13 +127,23 @@ pub fn look_at<R: Read>(
         Some(db.get(object.parent).map_err(crate::apply::db_error)?)
     };
     Ok(access
-        .wear(|| look_as_peer(vol, object, folder.as_ref(), components, ask))
+        .wear(|| {
+            look_as_peer(
+                vol,
+                access.viewer(),
+                object,
+                folder.as_ref(),
+                components,
+                ask,
+            )
+        })
         .unwrap_or_default())
 }
 
-/// [`look`] once the thread wears the peer's identity.
+/// [`look`] once the thread wears the peer's identity (`viewer`, its uid).
 pub fn look_as_peer(
     vol: &Volume,
+    viewer: Option<u32>,
     object: &Object,
     folder: Option<&Object>,
     components: &[Vec<u8>],
@@ -136,7 +155,7 @@ pub fn look_as_peer(
     } else {
         &components[..n - 1]
     };
-    let walked = walk::walk(vol.root(), walk_to);
+    let walked = walk::walk_as(vol.root(), walk_to, viewer);
     let Some(fd) = walked.fd.as_ref() else {
         return Look::default();
     };
@@ -145,9 +164,15 @@ pub fn look_as_peer(
         let seen = walked.stopped.is_none() && walk::may(fd.as_fd(), access::SEARCH);
         return Look {
             seen,
+            named: seen,
             object: seen && ask.object.is_some_and(|m| walk::may(fd.as_fd(), m)),
             folder: false,
         };
+    }
+    // A folder on the way whose name the peer could not see: the object's path would tell
+    // it, so the object is one it may not see, whatever it may do there.
+    if walked.hidden.is_some_and(|i| i + 1 < n) {
+        return Look::default();
     }
     // The folder's descriptor: the last one when the walk stopped there (or went only so far).
     let (folder_fd, object_node) = match (walked.nodes.len(), walked.stopped) {
@@ -185,6 +210,7 @@ pub fn look_as_peer(
     };
     Look {
         seen,
+        named: object_node.is_some() && walked.hidden.is_none(),
         object: object_ok,
         folder: folder_ok,
     }
@@ -283,7 +309,7 @@ mod tests {
             let o = object(&root.join(rel), Kind::File);
             let f = object(&root.join(folder), Kind::Dir);
             nobody
-                .wear(|| look_as_peer(&vol, &o, Some(&f), &names(rel), ask))
+                .wear(|| look_as_peer(&vol, Some(65534), &o, Some(&f), &names(rel), ask))
                 .unwrap()
         };
         let write = Ask {
@@ -294,6 +320,32 @@ mod tests {
         assert!(open.seen && !open.object && !open.folder);
         let closed = look("closed/inner/f", "closed/inner", write);
         assert!(!closed.seen && !closed.object && !closed.folder);
+        // Below a search-only folder: the folder's name is one nobody never could list, so
+        // nothing under it is seen; a folder of nobody's own there keeps its name.
+        std::fs::create_dir_all(root.join("search/named")).unwrap();
+        std::fs::create_dir_all(root.join("search/own")).unwrap();
+        std::fs::write(root.join("search/named/f"), "").unwrap();
+        std::fs::write(root.join("search/own/f"), "").unwrap();
+        std::os::unix::fs::chown(root.join("search/own"), Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(root.join("search"), std::fs::Permissions::from_mode(0o711))
+            .unwrap();
+        assert!(!look("search/named/f", "search/named", Ask::default()).seen);
+        assert!(look("search/own/f", "search/own", Ask::default()).seen);
+        let dir = |rel: &str| {
+            let o = object(&root.join(rel), Kind::Dir);
+            let f = object(&root.join("search"), Kind::Dir);
+            let ask = Ask {
+                object: Some(access::LIST),
+                folder: None,
+            };
+            nobody
+                .wear(|| look_as_peer(&vol, Some(65534), &o, Some(&f), &names(rel), ask))
+                .unwrap()
+        };
+        let named = dir("search/named");
+        assert!(named.object && !named.named && !named.seen);
+        let own = dir("search/own");
+        assert!(own.object && own.named);
         // The open folder renamed away and replaced by another: its names are not lent.
         let f = object(&root.join("open/f"), Kind::File);
         let old_folder = object(&root.join("open"), Kind::Dir);
@@ -303,6 +355,7 @@ mod tests {
             .wear(|| {
                 look_as_peer(
                     &vol,
+                    Some(65534),
                     &f,
                     Some(&old_folder),
                     &names("open/f"),
@@ -318,6 +371,7 @@ mod tests {
             .wear(|| {
                 look_as_peer(
                     &vol,
+                    Some(65534),
                     &f,
                     Some(&old_folder),
                     &names("open/f"),

@@ -28,6 +28,8 @@ pub struct Node {
     pub ino: u64,
     pub kind: Kind,
     pub ctime: i64,
+    /// The owner (`st_uid`).
+    pub uid: u32,
 }
 
 /// Where a walk got to.
@@ -46,6 +48,9 @@ pub struct Walked {
     /// Why the walk stopped before the end (`ENOENT`: the name is not there; anything else:
     /// the walker may not go there, or a non-directory is in the way).
     pub stopped: Option<Errno>,
+    /// For a walk by a viewer ([`walk_as`]): the first name reached that the viewer could not
+    /// see, being neither its own nor in a folder it may list.
+    pub hidden: Option<usize>,
 }
 
 impl Walked {
@@ -87,17 +92,27 @@ fn node_of(fd: BorrowedFd<'_>) -> Result<Node, Errno> {
         ino: st.st_ino,
         kind,
         ctime: st.st_ctime,
+        uid: st.st_uid,
     })
 }
 
 /// Walk `components` (names as the desktop records them) from `root`, following no symlink.
 pub fn walk(root: &Path, components: &[Vec<u8>]) -> Walked {
+    walk_as(root, components, None)
+}
+
+/// [`walk`], also noting for `viewer` (a uid; the thread must wear its identity) the first
+/// name on the way it could not see ([`Walked::hidden`]): a name is seen when the folder
+/// holding it may be listed (read and search, checked on the descriptor the walk holds) or
+/// when the viewer owns it. One more check per name, none once one name is hidden.
+pub fn walk_as(root: &Path, components: &[Vec<u8>], viewer: Option<u32>) -> Walked {
     let mut walked = Walked {
         components: components.to_vec(),
         nodes: Vec::with_capacity(components.len()),
         fd: None,
         up: None,
         stopped: None,
+        hidden: None,
     };
     // The root's own path is canonical (no symlink in it); opening it by path as the walker
     // also checks search permission on the folders above the volume, as a path would.
@@ -125,6 +140,11 @@ pub fn walk(root: &Path, components: &[Vec<u8>]) -> Walked {
                 break;
             }
         };
+        if let Some(uid) = viewer {
+            if walked.hidden.is_none() && node.uid != uid && !may(fd.as_fd(), crate::access::LIST) {
+                walked.hidden = Some(i);
+            }
+        }
         walked.nodes.push(node);
         walked.up = Some(std::mem::replace(&mut fd, next));
         if !last && node.kind != Kind::Dir {
@@ -151,11 +171,12 @@ pub fn walk_client(
     root: &Path,
     components: Vec<Vec<u8>>,
     shown: &[u8],
+    viewer: Option<u32>,
 ) -> Result<Walked, VolumeError> {
     let shown = || String::from_utf8_lossy(shown).into_owned();
     let mut components = components;
     for _ in 0..=MAX_LINKS {
-        let mut walked = walk(root, &components);
+        let mut walked = walk_as(root, &components, viewer);
         let at = walked.nodes.len();
         if walked.stopped != Some(Errno::LOOP) || at == 0 {
             return Ok(walked);
@@ -254,13 +275,13 @@ mod tests {
         let w = walk(&root, &names("a/b/missing"));
         assert!(w.reached_folder());
         // A client path through the link is walked where the link leads.
-        let w = walk_client(&root, names("link/b/f"), b"link/b/f").unwrap();
+        let w = walk_client(&root, names("link/b/f"), b"link/b/f", None).unwrap();
         assert_eq!(w.components, names("a/b/f"));
         assert!(w.last().is_some());
         std::os::unix::fs::symlink("../..", root.join("a/up")).unwrap();
-        assert!(walk_client(&root, names("a/up/x"), b"a/up/x").is_err());
+        assert!(walk_client(&root, names("a/up/x"), b"a/up/x", None).is_err());
         std::os::unix::fs::symlink(&root, root.join("a/abs")).unwrap();
-        let w = walk_client(&root, names("a/abs/a/b"), b"a/abs/a/b").unwrap();
+        let w = walk_client(&root, names("a/abs/a/b"), b"a/abs/a/b", None).unwrap();
         assert_eq!(w.components, names("a/b"));
     }
 }

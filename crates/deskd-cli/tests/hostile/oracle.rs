@@ -875,3 +875,402 @@ fn status_tells_nobody_no_hidden_path_of_a_failed_rebuild() {
         assert!(!nobody_sees.contains(hidden), "{hidden}: {nobody_sees}");
     }
 }
+
+/// The names of a search-only folder's contents; no reply to nobody may contain them.
+const UNLISTED_NAMES: &[&str] = &["hiddenname", "deep", "readme", "secret.txt"];
+
+/// [`raw`], with the names and paths of the objects in it also written out as text (the
+/// response's own form shows them as bytes).
+fn shown(answer: deskd_client::Result<Response>) -> String {
+    let objects: Vec<deskd_proto::ObjectInfo> = match &answer {
+        Ok(Response::Object(o)) | Ok(Response::MaybeObject(Some(o))) => vec![o.clone()],
+        Ok(Response::Objects(os)) => os.clone(),
+        _ => Vec::new(),
+    };
+    let mut out = raw(answer);
+    for o in objects {
+        out.push_str(&format!(
+            " [{} {}]",
+            String::from_utf8_lossy(&o.name),
+            String::from_utf8_lossy(&o.path.unwrap_or_default())
+        ));
+    }
+    out
+}
+
+/// The probe half of [`names_in_a_search_only_folder_are_not_shown`], as nobody: for each
+/// request kind, the request about an object under `a/hiddenname` and the same about a
+/// missing ID, name or path, one line each; then nobody's own box, one `OWN` line each.
+fn probe_unlisted_as_nobody() {
+    let (mut c, vol) = connect();
+    let (hidden, deep, readme, secret) = (id("HIDDEN"), id("DEEP"), id("README"), id("SECRET"));
+    let (dev, ino): (u64, u64) = (var("DEV").parse().unwrap(), var("INO").parse().unwrap());
+    let add = |parent: u32, name: &[u8]| Request::Add {
+        vol,
+        parent,
+        name: name.to_vec(),
+        dev,
+        ino,
+        hint: None,
+        type_code: None,
+        creator: None,
+    };
+    let add_path = |path: &[u8]| Request::AddPath {
+        vol,
+        path: path.to_vec(),
+        hint: None,
+        type_code: None,
+        creator: None,
+    };
+    let lookup = |parent: u32, name: &[u8]| Request::Lookup {
+        vol,
+        parent,
+        name: name.to_vec(),
+    };
+    let lookup_path = |path: &[u8]| Request::LookupPath {
+        vol,
+        path: path.to_vec(),
+    };
+    let find = |pattern: &str| Request::Find {
+        vol,
+        pattern: pattern.to_owned(),
+        mode: FindMode::Substring,
+        limit: 100,
+        after_id: 0,
+    };
+    let rename = |id: u32, new_parent: u32| Request::Rename {
+        vol,
+        id,
+        new_parent,
+        new_name: b"renamed".to_vec(),
+        replace: false,
+    };
+    let set_info = |id| Request::SetInfo {
+        vol,
+        id,
+        type_code: Some(*b"EVIL"),
+        creator: None,
+        flags: None,
+    };
+    let own = id("OWN");
+    let probes: Vec<(&str, Vec<Request>)> = vec![
+        (
+            "Resolve of a file in the unlisted folder",
+            vec![
+                Request::Resolve { vol, id: readme },
+                Request::Resolve { vol, id: MISSING },
+            ],
+        ),
+        (
+            "Resolve of a file deeper",
+            vec![
+                Request::Resolve { vol, id: secret },
+                Request::Resolve { vol, id: MISSING },
+            ],
+        ),
+        (
+            "Resolve of the folders",
+            vec![
+                Request::Resolve { vol, id: deep },
+                Request::Resolve { vol, id: hidden },
+                Request::Resolve { vol, id: MISSING },
+            ],
+        ),
+        (
+            "Children",
+            vec![
+                Request::Children { vol, dir: hidden },
+                Request::Children { vol, dir: deep },
+                Request::Children { vol, dir: MISSING },
+            ],
+        ),
+        (
+            "Lookup",
+            vec![
+                lookup(hidden, b"readme"),
+                lookup(deep, b"secret.txt"),
+                lookup(MISSING, b"readme"),
+            ],
+        ),
+        (
+            "LookupPath",
+            vec![
+                lookup_path(b"a/hiddenname/readme"),
+                lookup_path(b"a/hiddenname/deep/secret.txt"),
+                lookup_path(b"a/no-such/readme"),
+            ],
+        ),
+        (
+            "Find",
+            vec![find("readme"), find("secret.txt"), find("no-such-name")],
+        ),
+        (
+            "Find of the folders",
+            vec![find("hiddenname"), find("deep"), find("no-such-folder")],
+        ),
+        ("Add", vec![add(hidden, b"readme"), add(MISSING, b"readme")]),
+        (
+            "AddPath",
+            vec![
+                add_path(b"a/hiddenname/readme"),
+                add_path(b"a/hiddenname/deep/secret.txt"),
+                add_path(b"a/no-such/readme"),
+            ],
+        ),
+        (
+            "Rename by ID",
+            vec![rename(readme, ROOT), rename(MISSING, ROOT)],
+        ),
+        (
+            "Rename into the unlisted folder",
+            vec![rename(own, hidden), rename(own, MISSING)],
+        ),
+        (
+            "Delete by ID",
+            vec![
+                Request::Delete {
+                    vol,
+                    id: readme,
+                    recursive: false,
+                },
+                Request::Delete {
+                    vol,
+                    id: MISSING,
+                    recursive: false,
+                },
+            ],
+        ),
+        (
+            "DeletePath",
+            vec![
+                Request::DeletePath {
+                    vol,
+                    path: b"a/hiddenname/readme".to_vec(),
+                    recursive: false,
+                },
+                Request::DeletePath {
+                    vol,
+                    path: b"a/no-such/readme".to_vec(),
+                    recursive: false,
+                },
+            ],
+        ),
+        ("SetInfo", vec![set_info(readme), set_info(MISSING)]),
+        (
+            "CommentGet",
+            vec![
+                Request::CommentGet { vol, id: readme },
+                Request::CommentGet { vol, id: MISSING },
+            ],
+        ),
+        (
+            "CommentSet",
+            vec![
+                Request::CommentSet {
+                    vol,
+                    id: readme,
+                    text: b"x".to_vec(),
+                },
+                Request::CommentSet {
+                    vol,
+                    id: MISSING,
+                    text: b"x".to_vec(),
+                },
+            ],
+        ),
+        (
+            "CommentRemove",
+            vec![
+                Request::CommentRemove { vol, id: readme },
+                Request::CommentRemove { vol, id: MISSING },
+            ],
+        ),
+        (
+            "ApplAdd",
+            vec![
+                Request::ApplAdd {
+                    vol,
+                    creator: *b"EVIL",
+                    app_id: readme,
+                    tag: 1,
+                },
+                Request::ApplAdd {
+                    vol,
+                    creator: *b"EVIL",
+                    app_id: MISSING,
+                    tag: 1,
+                },
+            ],
+        ),
+        (
+            "ApplGet",
+            vec![
+                Request::ApplGet {
+                    vol,
+                    creator: *b"SECR",
+                },
+                Request::ApplGet {
+                    vol,
+                    creator: *b"NONE",
+                },
+            ],
+        ),
+    ];
+    for (kind, requests) in probes {
+        let answers: Vec<String> = requests.into_iter().map(|r| shown(c.call(r))).collect();
+        println!("PROBE {kind}\t{}", answers.join("\t"));
+    }
+    let box_id = id("BOX");
+    for (kind, request) in [
+        ("Resolve", Request::Resolve { vol, id: own }),
+        ("Lookup", lookup(box_id, b"b.txt")),
+        ("LookupPath", lookup_path(b"drop/nobodys-box/b.txt")),
+        ("Children", Request::Children { vol, dir: box_id }),
+        ("Find", find("b.txt")),
+    ] {
+        println!("OWN {kind}\t{}", shown(c.call(request)));
+    }
+}
+
+/// The root's ID.
+const ROOT: u32 = 2;
+
+#[test]
+fn names_in_a_search_only_folder_are_not_shown() {
+    if role().as_deref() == Some("unlisted") {
+        return probe_unlisted_as_nobody();
+    }
+    let mut env = Env::new(&["vol"]);
+    chmod(env.dir.path(), 0o755);
+    env.serve(&["vol"]);
+    env.dt_ok(&[
+        b"mkdir",
+        b"vol/a",
+        b"vol/a/hiddenname",
+        b"vol/a/hiddenname/deep",
+        b"vol/drop",
+        b"vol/drop/nobodys-box",
+    ]);
+    env.dt_ok(&[
+        b"touch",
+        b"vol/a/hiddenname/readme",
+        b"vol/a/hiddenname/deep/secret.txt",
+        b"vol/drop/nobodys-box/b.txt",
+    ]);
+    let secret = env.id_of(&env.path("vol/a/hiddenname/deep/secret.txt"));
+    let mut c = env.client();
+    let vol = c.volumes().unwrap()[0].vol;
+    c.call(Request::ApplAdd {
+        vol,
+        creator: *b"SECR",
+        app_id: secret,
+        tag: 7,
+    })
+    .unwrap();
+    // `a` and `drop` may be searched by all and listed by root alone; what is inside may be
+    // listed by all. nobody's box in `drop` is its own.
+    chmod(&env.path("vol/a"), 0o711);
+    chmod(&env.path("vol/drop"), 0o711);
+    for rel in ["vol/drop/nobodys-box", "vol/drop/nobodys-box/b.txt"] {
+        chown_nobody(&env.path(rel));
+    }
+    let readme = std::fs::metadata(env.path("vol/a/hiddenname/readme")).unwrap();
+    let vars: Vec<(&str, String)> = vec![
+        ("HIDDEN", "vol/a/hiddenname"),
+        ("DEEP", "vol/a/hiddenname/deep"),
+        ("README", "vol/a/hiddenname/readme"),
+        ("SECRET", "vol/a/hiddenname/deep/secret.txt"),
+        ("OWN", "vol/drop/nobodys-box/b.txt"),
+        ("BOX", "vol/drop/nobodys-box"),
+    ]
+    .into_iter()
+    .map(|(k, rel)| (k, env.id_of(&env.path(rel)).to_string()))
+    .chain([
+        ("DEV", readme.dev().to_string()),
+        ("INO", readme.ino().to_string()),
+    ])
+    .collect();
+    assert_eq!(env.id_of(&env.path("vol")), ROOT);
+    let out = run_as_nobody(
+        &env,
+        "oracle::names_in_a_search_only_folder_are_not_shown",
+        "unlisted",
+        &vars,
+    );
+    eprintln!("{out}");
+    let lines: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split("PROBE ").nth(1))
+        .collect();
+    assert_eq!(lines.len(), 20, "{out}");
+    let hidden_ids: Vec<&String> = vars[..4].iter().map(|(_, v)| v).collect();
+    let vol_root = env.path("vol");
+    for line in &lines {
+        let mut fields = line.split('\t');
+        let kind = fields.next().unwrap();
+        let answers: Vec<&str> = fields.collect();
+        assert!(
+            answers.iter().all(|a| *a == answers[0]),
+            "{kind}: an object under a/hiddenname is answered differently from a missing \
+             one:\n{}",
+            answers.join("\n")
+        );
+        for name in UNLISTED_NAMES {
+            assert!(
+                !answers[0].contains(name),
+                "{kind}: names {name}: {}",
+                answers[0]
+            );
+        }
+        assert!(
+            !answers[0].contains(vol_root.to_str().unwrap()),
+            "{kind}: a path: {}",
+            answers[0]
+        );
+        for hidden in &hidden_ids {
+            assert!(
+                !answers[0].contains(&format!("id: {hidden},")),
+                "{kind}: an ID under a/hiddenname: {}",
+                answers[0]
+            );
+        }
+    }
+    // nobody's own box: its name is nobody's to know, and what is in it is shown as before.
+    let own: Vec<&str> = out.lines().filter_map(|l| l.split("OWN ").nth(1)).collect();
+    assert_eq!(own.len(), 5, "{out}");
+    for line in &own {
+        let (kind, answer) = line.split_once('\t').unwrap();
+        let wanted = if kind == "Children" {
+            "b.txt ]"
+        } else {
+            "drop/nobodys-box/b.txt]"
+        };
+        assert!(answer.contains(wanted), "{kind}: {answer}");
+    }
+    // dt find as nobody: no path through the search-only folder.
+    let out = env.as_nobody(DT, &[b"find", b"vol", b""]).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let found = String::from_utf8_lossy(&out.stdout).into_owned();
+    for name in UNLISTED_NAMES {
+        assert!(!found.contains(name), "dt find shows {name}:\n{found}");
+    }
+    assert!(found.contains("drop/nobodys-box/b.txt"), "{found}");
+    // Nothing the probes asked for changed the records.
+    let db = env.path("vol/.Desktop");
+    assert_eq!(
+        sqlite3(
+            &db,
+            "SELECT CAST(type AS TEXT) FROM objects WHERE CAST(name AS TEXT) = 'readme'"
+        )
+        .trim(),
+        "UNIX"
+    );
+    assert_eq!(sqlite3(&db, "SELECT count(*) FROM comments").trim(), "0");
+    assert_eq!(
+        sqlite3(&db, "SELECT CAST(creator AS TEXT) FROM appl").trim(),
+        "SECR"
+    );
+    // Root still sees it all.
+    let answer = shown(c.call(Request::Resolve { vol, id: secret }));
+    assert!(answer.contains("a/hiddenname/deep/secret.txt"), "{answer}");
+}
