@@ -493,6 +493,11 @@ impl Connection {
         if request.is_write() {
             // Replies to earlier pipelined reads must not wait behind this write's commit.
             sink.flush();
+            // What one request may store is bounded, for every peer: the desktop is deskd's
+            // file, which the peer's disk quota does not limit.
+            if let Err(e) = request.check_sizes() {
+                return sink.send(Err(e));
+            }
             let handle = match self.shared.volume(request.volume().unwrap_or(u32::MAX)) {
                 Ok(h) => h,
                 Err(e) => return sink.send(Err(e)),
