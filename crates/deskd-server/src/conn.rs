@@ -151,7 +151,19 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         closings_seen: 0,
     };
     let mut body = Vec::new();
+    let backlog = if conn.access.is_trusted() {
+        crate::outbox::BACKLOG_TRUSTED
+    } else {
+        crate::outbox::BACKLOG
+    };
     loop {
+        // Backpressure: a client that does not read its replies gets no further request read
+        // (docs/security.md, "Resource limits"). Its read snapshots end first, so waiting
+        // never holds up a checkpoint.
+        if writer.unsent() > backlog {
+            conn.end_snapshots();
+            writer.wait_below(backlog);
+        }
         // Idle between frames is fine; a frame once begun must arrive whole in time.
         input.get_mut().set_deadline(None);
         match input.fill_buf() {
