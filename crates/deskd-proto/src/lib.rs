@@ -777,4 +777,27 @@ mod tests {
             PathBuf::from("/x.sock")
         );
     }
+
+    #[test]
+    fn comments_and_icons_are_bounded() {
+        let comment = |len| Request::CommentSet {
+            vol: 1,
+            id: 17,
+            text: vec![b'c'; len],
+        };
+        let icon = |len| Request::IconAdd {
+            vol: 1,
+            creator: *b"ttxt",
+            type_code: *b"TEXT",
+            itype: 1,
+            tag: 0,
+            bitmap: vec![0; len],
+        };
+        assert!(comment(MAX_COMMENT).check_sizes().is_ok());
+        assert!(icon(MAX_ICON_BITMAP).check_sizes().is_ok());
+        for too_big in [comment(MAX_COMMENT + 1), icon(MAX_ICON_BITMAP + 1)] {
+            let e = too_big.check_sizes().unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest);
+        }
+    }
 }
