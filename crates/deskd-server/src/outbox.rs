@@ -141,6 +141,11 @@ impl Outbox {
         if state.sent == state.pending.len() {
             state.pending.clear();
             state.sent = 0;
+            // An idle connection keeps no big buffer: a user's many connections that each once
+            // got a big reply would otherwise hold all that memory for as long as they are open.
+            if state.pending.capacity() > 1 << 20 {
+                state.pending = Vec::new();
+            }
         } else if state.pending.len() - state.sent > MAX_UNSENT {
             tracing::warn!(
                 "a client has not read {} bytes of replies; closing its connection",

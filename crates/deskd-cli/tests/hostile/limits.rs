@@ -858,10 +858,12 @@ fn a_client_that_never_reads_its_replies_cannot_take_the_servers_memory() {
     assert!(reply > 5 << 20, "one reply is {reply} bytes");
     let pid = env.server.as_ref().unwrap().id();
     let before = vm_rss(pid);
-    // Per connection: the backlog bound, the reply that crossed it, the one being built, and
-    // the socket's buffers; twice that for the allocator's slack, and 64 MiB for the rest.
+    // Per connection: the backlog bound, and about four replies' worth (the hits, the encoded
+    // frame, its copy in the outbox, whose buffer may have doubled); twice that for the
+    // allocator's slack, and 64 MiB for the rest. Without backpressure the server holds all
+    // 75 replies (over 600 MB).
     let per_connection: u64 = 2 << 20;
-    let bound = before + FLOOD_CONNECTIONS as u64 * 2 * (per_connection + 2 * reply) + (64 << 20);
+    let bound = before + FLOOD_CONNECTIONS as u64 * 2 * (per_connection + 4 * reply) + (64 << 20);
     let me = std::env::current_exe().unwrap();
     let test = "limits::a_client_that_never_reads_its_replies_cannot_take_the_servers_memory";
     let mut nobody = env.spawn_as_user(
