@@ -920,3 +920,88 @@ fn a_client_that_never_reads_its_replies_cannot_take_the_servers_memory() {
 fn root_dt_works_on(env: &Env, rel: &str) {
     env.dt_ok(&[b"info", env.path(rel).as_os_str().as_encoded_bytes()]);
 }
+
+/// Run as nobody by the test below: 40 `IconAdd`s of 1 MB and a `CommentSet` of 1 MB on its own
+/// file, each of which must be refused.
+fn store_megabytes_in_the_desktop() {
+    let socket = std::env::var("DESKD_SOCKET").unwrap();
+    let mut c =
+        deskd_client::Client::connect(std::path::Path::new(&socket), Duration::from_secs(30))
+            .unwrap();
+    let vol = c.volumes().unwrap()[0].vol;
+    let mine = match c.call(deskd_client::Request::LookupPath {
+        vol,
+        path: b"mine/own.txt".to_vec(),
+    }) {
+        Ok(deskd_client::Response::MaybeObject(Some(o))) => o.id,
+        other => panic!("nobody's own file: {other:?}"),
+    };
+    let mut requests: Vec<deskd_client::Request> = (0..40u32)
+        .map(|i| deskd_client::Request::IconAdd {
+            vol,
+            creator: i.to_be_bytes(),
+            type_code: *b"TEXT",
+            itype: 1,
+            tag: i,
+            bitmap: vec![0xA5; 1_000_000],
+        })
+        .collect();
+    requests.push(deskd_client::Request::CommentSet {
+        vol,
+        id: mine,
+        text: vec![b'c'; 1_000_000],
+    });
+    for r in requests {
+        match c.call(r) {
+            Err(deskd_client::ClientError::Server(e))
+                if e.code == deskd_client::ErrorCode::BadRequest => {}
+            other => panic!("a megabyte was not refused: {other:?}"),
+        }
+    }
+    println!("refused");
+}
+
+#[test]
+fn nobody_cannot_grow_the_desktop_by_a_megabyte_a_request() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 65534 {
+        return store_megabytes_in_the_desktop();
+    }
+    let mut env = Env::new(&["vol/mine"]);
+    std::fs::write(env.path("vol/mine/own.txt"), b"x").unwrap();
+    for p in ["vol/mine", "vol/mine/own.txt"] {
+        std::os::unix::fs::chown(env.path(p), Some(65534), Some(65534)).unwrap();
+    }
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"info", b"vol/mine/own.txt"]);
+    let desktop = env.path("vol/.Desktop");
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let wal = deskd_db::wal_path(&desktop);
+    let before = size(&desktop) + size(&wal);
+    let me = std::env::current_exe().unwrap();
+    let test = "limits::nobody_cannot_grow_the_desktop_by_a_megabyte_a_request";
+    let out = env
+        .as_user(
+            65534,
+            me.to_str().unwrap(),
+            &[
+                b"--exact",
+                test.as_bytes(),
+                b"--nocapture",
+                b"--test-threads=1",
+            ],
+            &[],
+        )
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("refused"),
+        "{stdout}{}",
+        stderr(&out)
+    );
+    let after = size(&desktop) + size(&wal);
+    assert!(
+        after < before + (1 << 20),
+        "the desktop grew from {before} to {after} bytes"
+    );
+}
