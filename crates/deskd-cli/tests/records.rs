@@ -148,3 +148,75 @@ fn appl_icon_comment_and_set_info() {
     .unwrap();
     assert!(env.dt_ok(&[b"ls", b"-l", b"vol"]).contains("TEXT ttxt"));
 }
+
+/// What one request may store is bounded for every peer (docs/security.md, "Resource limits"):
+/// the desktop is deskd's file, which no user's quota limits.
+#[test]
+fn a_comment_or_icon_larger_than_its_bound_is_refused_before_it_is_stored() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/doc"]);
+    let mut c = env.client();
+    let vol = c.open_volume(&env.path("vol")).unwrap().vol;
+    let doc = env.id_of(&env.path("vol/doc"));
+    let icon = |len: usize| Request::IconAdd {
+        vol,
+        creator: *b"ttxt",
+        type_code: *b"TEXT",
+        itype: 1,
+        tag: 1,
+        bitmap: vec![0x55; len],
+    };
+    let comment = |len: usize| Request::CommentSet {
+        vol,
+        id: doc,
+        text: vec![b'c'; len],
+    };
+    // The bounds themselves are stored (a comment longer than AFP's 199 bytes stays whole).
+    c.call(icon(deskd_proto::MAX_ICON_BITMAP)).unwrap();
+    c.call(comment(deskd_proto::MAX_COMMENT)).unwrap();
+    assert_eq!(
+        c.call(Request::CommentGet { vol, id: doc }).unwrap(),
+        Response::Comment(Some(vec![b'c'; deskd_proto::MAX_COMMENT]))
+    );
+    // One byte more, or a megabyte, is refused saying why, and nothing changes.
+    for len in [deskd_proto::MAX_ICON_BITMAP + 1, 1_000_000] {
+        let err = c.call(icon(len)).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+        assert!(
+            err.to_string().contains("larger than the 65535 bytes"),
+            "{err}"
+        );
+    }
+    for len in [deskd_proto::MAX_COMMENT + 1, 1_000_000] {
+        let err = c.call(comment(len)).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+        assert!(
+            err.to_string().contains("longer than the 1024 bytes"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        c.call(Request::IconGet {
+            vol,
+            creator: *b"ttxt",
+            type_code: *b"TEXT",
+            itype: 1
+        })
+        .unwrap(),
+        Response::Icon(Some((1, vec![0x55; deskd_proto::MAX_ICON_BITMAP])))
+    );
+    assert_eq!(
+        c.call(Request::CommentGet { vol, id: doc }).unwrap(),
+        Response::Comment(Some(vec![b'c'; deskd_proto::MAX_COMMENT]))
+    );
+    // dt set says so too.
+    let long = "x".repeat(deskd_proto::MAX_COMMENT + 1);
+    let out = env.dt(&[b"set", b"--comment", long.as_bytes(), b"vol/doc"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("longer than the 1024 bytes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -37,6 +37,15 @@ pub const MAX_FRAME: u32 = 1 << 20;
 /// (the entries of a directory of a million files); a reply that would be larger still is
 /// replaced by a `FrameTooLarge` error, never dropped.
 pub const MAX_REPLY_FRAME: u32 = 256 << 20;
+/// The longest Finder comment a `CommentSet` may store, in bytes. AFP's FPAddComment carries at
+/// most 199 and a resource file holds that much; deskd keeps a longer one whole in the desktop
+/// (docs/dt.md), up to this bound, so that no peer can grow the root-owned desktop, which user
+/// quotas do not limit, by a megabyte per request.
+pub const MAX_COMMENT: usize = 1024;
+/// The largest icon bitmap an `IconAdd` may store, in bytes: the most AFP's FPAddIcon (a 16-bit
+/// size) and Netatalk's `.icon` records can carry, far above every classic Finder icon kind
+/// (`ICN#` 256, `icl8` 1024, `ich8` 2304 bytes).
+pub const MAX_ICON_BITMAP: usize = u16::MAX as usize;
 
 /// Errors of framing and encoding.
 #[derive(Debug, thiserror::Error)]
@@ -345,6 +354,31 @@ impl Request {
                 | Request::CommentSet { .. }
                 | Request::CommentRemove { .. }
         )
+    }
+
+    /// Refuse a request that would store more than one record may hold ([`MAX_COMMENT`],
+    /// [`MAX_ICON_BITMAP`]), before it reaches a volume's writer.
+    pub fn check_sizes(&self) -> Result<(), ErrorReply> {
+        match self {
+            Request::CommentSet { text, .. } if text.len() > MAX_COMMENT => Err(ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "a comment of {} bytes is longer than the {MAX_COMMENT} bytes a comment may have",
+                    text.len()
+                ),
+            )),
+            Request::IconAdd { bitmap, .. } if bitmap.len() > MAX_ICON_BITMAP => {
+                Err(ErrorReply::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "an icon bitmap of {} bytes is larger than the {MAX_ICON_BITMAP} bytes \
+                         an icon may have",
+                        bitmap.len()
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The volume a request addresses, if it addresses exactly one.
@@ -742,5 +776,28 @@ mod tests {
             socket_path(Some("/x.sock".into())),
             PathBuf::from("/x.sock")
         );
+    }
+
+    #[test]
+    fn comments_and_icons_are_bounded() {
+        let comment = |len| Request::CommentSet {
+            vol: 1,
+            id: 17,
+            text: vec![b'c'; len],
+        };
+        let icon = |len| Request::IconAdd {
+            vol: 1,
+            creator: *b"ttxt",
+            type_code: *b"TEXT",
+            itype: 1,
+            tag: 0,
+            bitmap: vec![0; len],
+        };
+        assert!(comment(MAX_COMMENT).check_sizes().is_ok());
+        assert!(icon(MAX_ICON_BITMAP).check_sizes().is_ok());
+        for too_big in [comment(MAX_COMMENT + 1), icon(MAX_ICON_BITMAP + 1)] {
+            let e = too_big.check_sizes().unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest);
+        }
     }
 }

@@ -106,8 +106,10 @@ struct Shared<'a> {
     found: Mutex<Collected>,
     progress: AtomicU64,
     stop: &'a AtomicBool,
-    /// Directories below the root met holding a `.Desktop`.
+    /// Directories below the root met holding a `.Desktop` that could be a volume's.
     nested: Mutex<Vec<PathBuf>>,
+    /// The owner of the volume root (who may make desktops below it).
+    outer_owner: u32,
     /// Test hook (`DESKD_REBUILD_DIR_DELAY_MS`): a pause per directory, so the tests can act
     /// while a walk is under way.
     dir_delay: Option<std::time::Duration>,
@@ -163,6 +165,7 @@ pub fn walk(
         found: Mutex::new((vec![root_found], Vec::new(), vec![(0, root.to_path_buf())])),
         progress: AtomicU64::new(1),
         nested: Mutex::new(Vec::new()),
+        outer_owner: meta.uid(),
         stop,
         dir_delay: std::env::var("DESKD_REBUILD_DIR_DELAY_MS")
             .ok()
@@ -356,7 +359,15 @@ fn scan_dir(
     for name in names {
         if deskd_volume::is_protected(&name) {
             if dir_index != 0 && name == deskd_volume::DESKTOP_FILE.as_bytes() {
-                shared.nested.lock().unwrap().push(path.to_path_buf());
+                use std::os::fd::AsFd;
+                // Only a desktop its makers could have made is another volume's; a planted
+                // one is a user's file (warned about, and otherwise passed over like one).
+                match deskd_volume::guard::desktop_counts(dir.as_fd(), shared.outer_owner) {
+                    Ok(()) => shared.nested.lock().unwrap().push(path.to_path_buf()),
+                    Err(why) => {
+                        tracing::warn!("{}", deskd_volume::guard::planted_message(path, &why))
+                    }
+                }
             }
             continue;
         }

@@ -151,7 +151,19 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         closings_seen: 0,
     };
     let mut body = Vec::new();
+    let backlog = if conn.access.is_trusted() {
+        crate::outbox::BACKLOG_TRUSTED
+    } else {
+        crate::outbox::BACKLOG
+    };
     loop {
+        // Backpressure: a client that does not read its replies gets no further request read
+        // (docs/security.md, "Resource limits"). Its read snapshots end first, so waiting
+        // never holds up a checkpoint.
+        if writer.unsent() > backlog {
+            conn.end_snapshots();
+            writer.wait_below(backlog);
+        }
         // Idle between frames is fine; a frame once begun must arrive whole in time.
         input.get_mut().set_deadline(None);
         match input.fill_buf() {
@@ -491,6 +503,11 @@ impl Connection {
         if request.is_write() {
             // Replies to earlier pipelined reads must not wait behind this write's commit.
             sink.flush();
+            // What one request may store is bounded, for every peer: the desktop is deskd's
+            // file, which the peer's disk quota does not limit.
+            if let Err(e) = request.check_sizes() {
+                return sink.send(Err(e));
+            }
             let handle = match self.shared.volume(request.volume().unwrap_or(u32::MAX)) {
                 Ok(h) => h,
                 Err(e) => return sink.send(Err(e)),

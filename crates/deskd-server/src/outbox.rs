@@ -8,19 +8,37 @@
 //! replies go into an outbox and are sent with `send(MSG_DONTWAIT)` from the calling thread;
 //! what the socket does not take at once is sent by a drainer thread that waits for the client
 //! to read, and exits when the outbox is empty.
+//!
+//! What a client does not read is bounded all the same: the connection thread reads no further
+//! request while more than a bound ([`BACKLOG`], [`BACKLOG_TRUSTED`]) is unsent
+//! ([`Outbox::wait_below`]), so a client that pipelines requests and never reads costs the server
+//! at most about the bound plus the one reply that crossed it (and the answers to the writes it
+//! had already queued), not the 512 MiB of [`MAX_UNSENT`].
 
 use std::os::unix::io::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use deskd_proto::Stream;
 
 /// More unsent bytes than this, and the client is not reading: the connection is closed.
 const MAX_UNSENT: usize = 2 * deskd_proto::MAX_REPLY_FRAME as usize;
 
+/// An unprivileged peer's connection reads no further request while more than this is unsent.
+/// It is above what dt's pipelined registrations (512 at a time, each answered with its path)
+/// can have unread, so they never wait for it.
+pub const BACKLOG: usize = 2 << 20;
+
+/// The same bound for trusted peers (root's file servers, TCP token holders), which are not
+/// counted per uid and may pipeline thousands of registrations before they read a reply.
+pub const BACKLOG_TRUSTED: usize = 64 << 20;
+
 /// The sending half of a connection, shared by the connection thread and the writers.
 pub struct Outbox {
     stream: Stream,
     state: Mutex<State>,
+    /// Signalled whenever bytes leave (or the outbox breaks): [`Outbox::wait_below`] waits on it.
+    sent_some: Condvar,
 }
 
 #[derive(Default)]
@@ -39,7 +57,36 @@ impl Outbox {
         Arc::new(Outbox {
             stream,
             state: Mutex::new(State::default()),
+            sent_some: Condvar::new(),
         })
+    }
+
+    /// Bytes queued and not yet sent.
+    pub fn unsent(&self) -> usize {
+        let state = self.state.lock().unwrap();
+        state.pending.len() - state.sent
+    }
+
+    /// Backpressure: send what is queued, then wait until at most `bound` bytes are unsent (or
+    /// the client is gone). The connection thread calls this before it reads a request, so a
+    /// client that does not read its replies is not read from either.
+    pub fn wait_below(self: &Arc<Self>, bound: usize) {
+        if self.unsent() <= bound {
+            return;
+        }
+        self.flush();
+        let mut state = self.state.lock().unwrap();
+        while !state.broken && state.pending.len() - state.sent > bound {
+            if !state.draining {
+                // (The drainer could not be started: flush broke the outbox then.)
+                break;
+            }
+            state = self
+                .sent_some
+                .wait_timeout(state, Duration::from_secs(1))
+                .unwrap()
+                .0;
+        }
     }
 
     /// Queue one encoded frame; it leaves with the next [`Outbox::flush`].
@@ -82,6 +129,7 @@ impl Outbox {
             };
             if n >= 0 {
                 state.sent += n as usize;
+                self.sent_some.notify_all();
                 continue;
             }
             match std::io::Error::last_os_error().kind() {
@@ -93,6 +141,11 @@ impl Outbox {
         if state.sent == state.pending.len() {
             state.pending.clear();
             state.sent = 0;
+            // An idle connection keeps no big buffer: a user's many connections that each once
+            // got a big reply would otherwise hold all that memory for as long as they are open.
+            if state.pending.capacity() > 1 << 20 {
+                state.pending = Vec::new();
+            }
         } else if state.pending.len() - state.sent > MAX_UNSENT {
             tracing::warn!(
                 "a client has not read {} bytes of replies; closing its connection",
@@ -110,6 +163,7 @@ impl Outbox {
         state.broken = true;
         state.pending = Vec::new();
         state.sent = 0;
+        self.sent_some.notify_all();
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
@@ -155,6 +209,31 @@ mod tests {
         let mut got = vec![0u8; frame.len() * 64];
         client.read_exact(&mut got).unwrap();
         assert!(got.chunks(frame.len()).all(|c| c == frame.as_slice()));
+    }
+
+    #[test]
+    fn wait_below_returns_once_the_client_has_read_enough() {
+        let (server, mut client) = UnixStream::pair().unwrap();
+        let outbox = Outbox::new(Stream::Unix(server));
+        let frame = vec![7u8; 4 << 20];
+        outbox.push(&frame);
+        outbox.flush();
+        assert!(outbox.unsent() > 1 << 20);
+        let waiter = {
+            let outbox = outbox.clone();
+            std::thread::spawn(move || {
+                outbox.wait_below(1 << 20);
+                outbox.unsent()
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            !waiter.is_finished(),
+            "it waited for a client that reads nothing"
+        );
+        let mut got = vec![0u8; frame.len()];
+        client.read_exact(&mut got).unwrap();
+        assert!(waiter.join().unwrap() <= 1 << 20);
     }
 
     #[test]

@@ -70,11 +70,115 @@ pub fn enclosing_volume(root: &Path) -> Option<PathBuf> {
     root.parent().and_then(crate::locate_volume)
 }
 
-/// The first directory below `root` that is a volume root (holds a `.Desktop`), found by a walk
-/// that reads directory listings only (no `stat` per entry where the file system gives the
-/// entry's type). Symbolic links are not followed; directories that cannot be read are passed
-/// over. `.rsrc` folders hold no volumes and are skipped.
+/// The first bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Whether the `.Desktop` in the directory open as `dir` (below a volume root owned by
+/// `outer_owner`) could be another volume's desktop, so that the nesting rule applies to it.
+/// Only root, deskd's own user (this process's) and the outer volume's owner can make desktops
+/// there: a `.Desktop` anyone else made in a folder of theirs is planted, and must not make
+/// admin tools refuse the whole volume. So it counts only when it is a regular file owned by
+/// one of them that starts with the SQLite header, or a relocation symlink owned by root or
+/// deskd's user. `Err` says why it does not count (for a warning line).
+pub fn desktop_counts(dir: std::os::fd::BorrowedFd<'_>, outer_owner: u32) -> Result<(), String> {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let name = std::ffi::CString::new(DESKTOP_FILE).expect("no NUL");
+    // SAFETY: fstatat(2) into a zeroed buffer; the result is checked.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "cannot examine it: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let me = euid();
+    let kind = st.st_mode & libc::S_IFMT;
+    if kind == libc::S_IFLNK {
+        return if st.st_uid == 0 || st.st_uid == me {
+            Ok(())
+        } else {
+            Err(format!(
+                "a symbolic link owned by uid {}, not root or deskd's user",
+                st.st_uid
+            ))
+        };
+    }
+    if kind != libc::S_IFREG {
+        return Err("not a file".into());
+    }
+    if st.st_uid != 0 && st.st_uid != me && st.st_uid != outer_owner {
+        return Err(format!(
+            "owned by uid {}, which is neither root, deskd's user nor the volume owner",
+            st.st_uid
+        ));
+    }
+    // SAFETY: openat(2) of a name in a directory we hold; the descriptor is owned below.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        // A desktop of a trusted owner this process may not read: it counts.
+        return Ok(());
+    }
+    // SAFETY: fd is a fresh descriptor of ours.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut head = [0u8; 16];
+    let mut got = 0;
+    while got < head.len() {
+        match file.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if got == head.len() && &head == SQLITE_HEADER {
+        Ok(())
+    } else {
+        Err("not an SQLite database".into())
+    }
+}
+
+/// [`desktop_counts`] for the directory at `dir` (opened without following a last symlink).
+pub fn desktop_counts_at(dir: &Path, outer_owner: u32) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| format!("cannot open its folder: {e}"))?;
+    desktop_counts(std::os::fd::AsFd::as_fd(&opened), outer_owner)
+}
+
+/// The warning for a `.Desktop` below a volume root that is not another volume's.
+pub fn planted_message(dir: &Path, why: &str) -> String {
+    format!(
+        "{}: ignored for the nesting rule ({why}): only root, deskd's user or the volume owner \
+         can make a desktop there",
+        dir.join(DESKTOP_FILE).display()
+    )
+}
+
+/// The first directory below `root` that is a volume root (holds a `.Desktop` that
+/// [`desktop_counts`]), found by a walk that reads directory listings only (no `stat` per
+/// entry where the file system gives the entry's type). Symbolic links are not followed;
+/// directories that cannot be read are passed over. `.rsrc` folders hold no volumes and are
+/// skipped. A planted `.Desktop` is logged and passed over.
 pub fn volume_below(root: &Path) -> Option<PathBuf> {
+    let outer_owner = std::fs::metadata(root).map(|m| m.uid()).unwrap_or(0);
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -83,7 +187,11 @@ pub fn volume_below(root: &Path) -> Option<PathBuf> {
         for entry in entries.flatten() {
             let name = entry.file_name();
             if dir != root && name == DESKTOP_FILE {
-                return Some(dir);
+                match desktop_counts_at(&dir, outer_owner) {
+                    Ok(()) => return Some(dir),
+                    Err(why) => tracing::warn!("{}", planted_message(&dir, &why)),
+                }
+                continue;
             }
             if name == crate::rsrc::RSRC_DIR {
                 continue;
@@ -153,7 +261,10 @@ mod tests {
         assert_eq!(enclosing_volume(&outer), None);
         // The root's own desktop is not a volume below it.
         assert_eq!(volume_below(&outer), None);
+        // An empty file is no desktop; one that starts as SQLite databases do is.
         std::fs::write(inner.join(DESKTOP_FILE), b"").unwrap();
+        assert_eq!(volume_below(&outer), None);
+        std::fs::write(inner.join(DESKTOP_FILE), b"SQLite format 3\0 and pages").unwrap();
         assert_eq!(volume_below(&outer), Some(inner.clone()));
         assert_eq!(volume_below(&d.path().join("outer/a")), Some(inner));
     }

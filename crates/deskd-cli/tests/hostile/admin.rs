@@ -539,3 +539,100 @@ fn a_read_only_open_makes_the_desktop_private_before_its_shared_memory_exists() 
         }
     }
 }
+
+#[test]
+fn a_desktop_planted_by_a_user_does_not_block_the_admin_tools() {
+    let mut env = Env::new(&["vol/mine/empty", "vol/mine/made", "vol/real"]);
+    let vol = env.path("vol");
+    let v = vol.to_str().unwrap().to_owned();
+    let mine = env.path("vol/mine");
+    touch(&mine, &["own.txt"]);
+    touch(&env.path("vol/real"), &["r.txt"]);
+    for p in [&mine, &mine.join("empty"), &mine.join("made")] {
+        std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    // nobody plants a `.Desktop` in two folders of its own: an empty one, and a real SQLite
+    // database it made.
+    let empty = mine.join("empty/.Desktop");
+    let made = mine.join("made/.Desktop");
+    let out = as_nobody(&env, "/usr/bin/touch", &[&empty]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = as_nobody(
+        &env,
+        "/usr/bin/sqlite3",
+        &[&made, Path::new("CREATE TABLE objects (id)")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(&made)
+        .unwrap()
+        .starts_with(b"SQLite format 3\0"));
+    let planted = || {
+        (
+            std::fs::read(&empty).unwrap(),
+            std::fs::read(&made).unwrap(),
+        )
+    };
+    let before = planted();
+
+    // The first serve of the volume, which has no desktop yet, serves it...
+    env.serve(&["vol"]);
+    assert!(vol.join(".Desktop").exists());
+    let log = env.log_text();
+    assert!(
+        log.contains(&format!("{}: ignored for the nesting rule", made.display())),
+        "{log}"
+    );
+    // ...the online rebuilds of it proceed...
+    for args in [
+        &["rebuild", "-s", &v][..],
+        &["rebuild", &v],
+        &["rebuild", "-f", &v],
+    ] {
+        let out = env.deskd(args);
+        assert!(
+            out.status.code() == Some(0) || (args[1] == "-s" && out.status.code() == Some(1)),
+            "deskd {args:?}: {}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("is inside it"), "{}", stderr(&out));
+    }
+    let backup = env.path("vol.desktop");
+    deskd_ok(&env, &["backup", &v, backup.to_str().unwrap()]);
+    env.term();
+    // ...and so do the offline ones and a restore.
+    for args in [
+        &["rebuild", "-s", &v][..],
+        &["rebuild", &v],
+        &["rebuild", "-f", &v],
+        &["restore", "--force", backup.to_str().unwrap(), &v],
+    ] {
+        let out = env.deskd(args);
+        assert!(
+            out.status.code() == Some(0) || (args[1] == "-s" && out.status.code() == Some(1)),
+            "deskd {args:?}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("ignored for the nesting rule"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // The user's own files are registered as ever; the planted files are left as they are.
+    assert!(deskd_volume::read_id_xattr(&mine.join("own.txt")).is_some());
+    assert_eq!(planted(), before);
+
+    // A real volume inside, made by root, is still refused.
+    let real = env.path("vol/real");
+    deskd_ok(&env, &["rebuild", "-f", "--nested", real.to_str().unwrap()]);
+    let says = format!("the volume {} is inside it", real.display());
+    for args in [&["rebuild", "-f", &v][..], &["rebuild", &v]] {
+        assert_refused(&env.deskd(args), 2, &says);
+    }
+    let out = env.deskd(&["restore", "--force", backup.to_str().unwrap(), &v]);
+    assert_refused(&out, 2, &says);
+    std::fs::remove_file(vol.join(".Desktop")).unwrap();
+    let out = env.serve_refused(&env.path("s.sock"), &[&v]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&says), "{}", stderr(&out));
+}

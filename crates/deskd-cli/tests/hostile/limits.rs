@@ -759,3 +759,249 @@ fn a_crashed_volume_on_a_full_disk_serves_what_its_wal_holds() {
     assert_no_wal(&vol.join(".Desktop"), &env);
     assert_sound(&vol.join(".Desktop"));
 }
+
+/// How many connections nobody floods from, and how many `Find`s it pipelines on each.
+const FLOOD_CONNECTIONS: usize = 3;
+const FLOOD_FINDS: usize = 25;
+
+/// The server's resident memory in bytes (`VmRSS` in /proc/PID/status).
+fn vm_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// The flooder, run as nobody by the test below: on each connection, pipeline many `Find`s of
+/// megabytes of replies each and read none of them; print `flooding`, hold until stdin closes.
+fn flood_finds_without_reading() {
+    let socket = std::env::var("DESKD_SOCKET").unwrap();
+    let mut held = Vec::new();
+    for _ in 0..FLOOD_CONNECTIONS {
+        let mut c =
+            deskd_client::Client::connect(std::path::Path::new(&socket), Duration::from_secs(30))
+                .unwrap();
+        let vol = c.volumes().unwrap()[0].vol;
+        for _ in 0..FLOOD_FINDS {
+            if c.send(deskd_client::Request::Find {
+                vol,
+                pattern: "hoarded".into(),
+                mode: deskd_client::FindMode::Substring,
+                limit: 10_000,
+                after_id: 0,
+            })
+            .is_err()
+            {
+                break;
+            }
+        }
+        // With backpressure the server stops reading: what is left may not fit the socket.
+        let _ = c.flush();
+        held.push(c);
+    }
+    println!("flooding");
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+    drop(held);
+}
+
+#[test]
+fn a_client_that_never_reads_its_replies_cannot_take_the_servers_memory() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 65534 {
+        return flood_finds_without_reading();
+    }
+    let mut env = Env::new(&["vol"]);
+    // 10,000 files whose paths are long: one Find page of them is megabytes.
+    let long = |c: char| std::iter::repeat_n(c, 200).collect::<String>();
+    let dir = format!("{}/{}", long('d'), long('e'));
+    std::fs::create_dir_all(env.path("vol").join(&dir)).unwrap();
+    env.serve(&["vol"]);
+    let paths: Vec<String> = (0..10_000)
+        .map(|i| format!("{dir}/hoarded-{i:05}-{}", long('f')))
+        .collect();
+    let mut dirs = vec![long('d'), dir.clone()];
+    dirs.extend(paths.iter().cloned());
+    for p in &paths {
+        std::fs::write(env.path("vol").join(p), b"").unwrap();
+    }
+    let mut root = env.client();
+    let vol = root.open_volume(&env.path("vol")).unwrap().vol;
+    register_pipelined(&mut root, vol, &dirs);
+    let find = deskd_client::Request::Find {
+        vol,
+        pattern: "hoarded".into(),
+        mode: deskd_client::FindMode::Substring,
+        limit: 10_000,
+        after_id: 0,
+    };
+    // The size of one reply, as nobody gets it (it sees every hit).
+    let reply = match root.call(find.clone()).unwrap() {
+        deskd_client::Response::Objects(hits) => {
+            assert_eq!(hits.len(), 10_000);
+            deskd_proto::encode_frame_within(
+                &deskd_proto::ReplyFrame {
+                    id: 1,
+                    result: Ok(deskd_client::Response::Objects(hits)),
+                },
+                deskd_proto::MAX_REPLY_FRAME,
+            )
+            .unwrap()
+            .len() as u64
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(reply > 5 << 20, "one reply is {reply} bytes");
+    let pid = env.server.as_ref().unwrap().id();
+    let before = vm_rss(pid);
+    // Per connection: the backlog bound, and about four replies' worth (the hits, the encoded
+    // frame, its copy in the outbox, whose buffer may have doubled); twice that for the
+    // allocator's slack, and 64 MiB for the rest. Without backpressure the server holds all
+    // 75 replies (over 600 MB).
+    let per_connection: u64 = 2 << 20;
+    let bound = before + FLOOD_CONNECTIONS as u64 * 2 * (per_connection + 4 * reply) + (64 << 20);
+    let me = std::env::current_exe().unwrap();
+    let test = "limits::a_client_that_never_reads_its_replies_cannot_take_the_servers_memory";
+    let mut nobody = env.spawn_as_user(
+        65534,
+        me.to_str().unwrap(),
+        &[
+            b"--exact",
+            test.as_bytes(),
+            b"--nocapture",
+            b"--test-threads=1",
+        ],
+    );
+    let mut out = BufReader::new(nobody.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.trim_end().ends_with("flooding") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the flooder ended");
+    }
+    // Watch the server while it answers what it read; root is answered all along.
+    let mut peak = before;
+    let watch = Instant::now();
+    let mut root_answers = 0;
+    while watch.elapsed() < Duration::from_secs(20) {
+        peak = peak.max(vm_rss(pid));
+        assert!(
+            peak <= bound,
+            "the server grew from {} MB to {} MB (bound {} MB) for a client that reads nothing",
+            before >> 20,
+            peak >> 20,
+            bound >> 20
+        );
+        root.volumes().unwrap();
+        root_answers += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(root_answers > 10);
+    // Root's own big request is answered meanwhile, from a new connection too.
+    assert!(matches!(
+        root.call(find.clone()).unwrap(),
+        deskd_client::Response::Objects(hits) if hits.len() == 10_000
+    ));
+    root_dt_works_on(&env, &format!("vol/{}", paths[0]));
+    eprintln!(
+        "server memory: {} MB before, peak {} MB, bound {} MB; one reply {} MB",
+        before >> 20,
+        peak >> 20,
+        bound >> 20,
+        reply >> 20
+    );
+    drop(nobody.stdin.take());
+    nobody.wait().unwrap();
+}
+
+fn root_dt_works_on(env: &Env, rel: &str) {
+    env.dt_ok(&[b"info", env.path(rel).as_os_str().as_encoded_bytes()]);
+}
+
+/// Run as nobody by the test below: 40 `IconAdd`s of 1 MB and a `CommentSet` of 1 MB on its own
+/// file, each of which must be refused.
+fn store_megabytes_in_the_desktop() {
+    let socket = std::env::var("DESKD_SOCKET").unwrap();
+    let mut c =
+        deskd_client::Client::connect(std::path::Path::new(&socket), Duration::from_secs(30))
+            .unwrap();
+    let vol = c.volumes().unwrap()[0].vol;
+    let mine = match c.call(deskd_client::Request::LookupPath {
+        vol,
+        path: b"mine/own.txt".to_vec(),
+    }) {
+        Ok(deskd_client::Response::MaybeObject(Some(o))) => o.id,
+        other => panic!("nobody's own file: {other:?}"),
+    };
+    let mut requests: Vec<deskd_client::Request> = (0..40u32)
+        .map(|i| deskd_client::Request::IconAdd {
+            vol,
+            creator: i.to_be_bytes(),
+            type_code: *b"TEXT",
+            itype: 1,
+            tag: i,
+            bitmap: vec![0xA5; 1_000_000],
+        })
+        .collect();
+    requests.push(deskd_client::Request::CommentSet {
+        vol,
+        id: mine,
+        text: vec![b'c'; 1_000_000],
+    });
+    for r in requests {
+        match c.call(r) {
+            Err(deskd_client::ClientError::Server(e))
+                if e.code == deskd_client::ErrorCode::BadRequest => {}
+            other => panic!("a megabyte was not refused: {other:?}"),
+        }
+    }
+    println!("refused");
+}
+
+#[test]
+fn nobody_cannot_grow_the_desktop_by_a_megabyte_a_request() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 65534 {
+        return store_megabytes_in_the_desktop();
+    }
+    let mut env = Env::new(&["vol/mine"]);
+    std::fs::write(env.path("vol/mine/own.txt"), b"x").unwrap();
+    for p in ["vol/mine", "vol/mine/own.txt"] {
+        std::os::unix::fs::chown(env.path(p), Some(65534), Some(65534)).unwrap();
+    }
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"info", b"vol/mine/own.txt"]);
+    let desktop = env.path("vol/.Desktop");
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let wal = deskd_db::wal_path(&desktop);
+    let before = size(&desktop) + size(&wal);
+    let me = std::env::current_exe().unwrap();
+    let test = "limits::nobody_cannot_grow_the_desktop_by_a_megabyte_a_request";
+    let out = env
+        .as_user(
+            65534,
+            me.to_str().unwrap(),
+            &[
+                b"--exact",
+                test.as_bytes(),
+                b"--nocapture",
+                b"--test-threads=1",
+            ],
+            &[],
+        )
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("refused"),
+        "{stdout}{}",
+        stderr(&out)
+    );
+    let after = size(&desktop) + size(&wal);
+    assert!(
+        after < before + (1 << 20),
+        "the desktop grew from {before} to {after} bytes"
+    );
+}

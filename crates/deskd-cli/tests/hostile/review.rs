@@ -282,7 +282,11 @@ fn status_tells_a_stranger_no_path_from_a_failed_rebuild() {
     )
     .unwrap();
     std::fs::create_dir(env.path("vol/closed/acquisition-2027")).unwrap();
-    std::fs::write(env.path("vol/closed/acquisition-2027/.Desktop"), b"").unwrap();
+    // A desktop root made there (an SQLite file of root's: an empty one is no desktop).
+    crate::common::sqlite3(
+        &env.path("vol/closed/acquisition-2027/.Desktop"),
+        "CREATE TABLE t (x)",
+    );
     let out = env.deskd(&["rebuild", env.path("vol").to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(
