@@ -554,35 +554,7 @@ fn every_request_kind_answers_a_hidden_object_as_a_missing_one() {
     assert_eq!(lines.len(), 26, "{out}");
     eprintln!("{}", lines.join("\n"));
     let hidden_ids: Vec<&String> = vars[..3].iter().map(|(_, v)| v).collect();
-    for line in &lines {
-        let mut fields = line.split('\t');
-        let kind = fields.next().unwrap();
-        let answers: Vec<&str> = fields.collect();
-        assert!(
-            answers.iter().all(|a| *a == answers[0]),
-            "{kind}: a hidden object is answered differently from a missing one:\n{}",
-            answers.join("\n")
-        );
-        for name in HIDDEN_NAMES {
-            assert!(
-                !answers[0].contains(name),
-                "{kind}: names {name}: {}",
-                answers[0]
-            );
-        }
-        assert!(
-            !answers[0].contains(vol_root.to_str().unwrap()),
-            "{kind}: a path: {}",
-            answers[0]
-        );
-        for hidden in &hidden_ids {
-            assert!(
-                !answers[0].contains(&format!("id: {hidden},")),
-                "{kind}: an ID inside the vault: {}",
-                answers[0]
-            );
-        }
-    }
+    assert_probes_tell_nothing(&lines, HIDDEN_NAMES, &vol_root, &hidden_ids);
     // Nothing the probes asked for changed the vault's records.
     let db = env.path("vol/.Desktop");
     assert_eq!(
@@ -1205,36 +1177,7 @@ fn names_in_a_search_only_folder_are_not_shown() {
     assert_eq!(lines.len(), 20, "{out}");
     let hidden_ids: Vec<&String> = vars[..4].iter().map(|(_, v)| v).collect();
     let vol_root = env.path("vol");
-    for line in &lines {
-        let mut fields = line.split('\t');
-        let kind = fields.next().unwrap();
-        let answers: Vec<&str> = fields.collect();
-        assert!(
-            answers.iter().all(|a| *a == answers[0]),
-            "{kind}: an object under a/hiddenname is answered differently from a missing \
-             one:\n{}",
-            answers.join("\n")
-        );
-        for name in UNLISTED_NAMES {
-            assert!(
-                !answers[0].contains(name),
-                "{kind}: names {name}: {}",
-                answers[0]
-            );
-        }
-        assert!(
-            !answers[0].contains(vol_root.to_str().unwrap()),
-            "{kind}: a path: {}",
-            answers[0]
-        );
-        for hidden in &hidden_ids {
-            assert!(
-                !answers[0].contains(&format!("id: {hidden},")),
-                "{kind}: an ID under a/hiddenname: {}",
-                answers[0]
-            );
-        }
-    }
+    assert_probes_tell_nothing(&lines, UNLISTED_NAMES, &vol_root, &hidden_ids);
     // nobody's own box: its name is nobody's to know, and what is in it is shown as before.
     let own: Vec<&str> = out.lines().filter_map(|l| l.split("OWN ").nth(1)).collect();
     assert_eq!(own.len(), 5, "{out}");
@@ -1273,4 +1216,44 @@ fn names_in_a_search_only_folder_are_not_shown() {
     // Root still sees it all.
     let answer = shown(c.call(Request::Resolve { vol, id: secret }));
     assert!(answer.contains("a/hiddenname/deep/secret.txt"), "{answer}");
+}
+
+/// Each probe line is `kind<TAB>answer<TAB>answer…`: the answers about a hidden object and about
+/// missing ones. They must be identical, and name none of `names`, no path of the volume and
+/// none of `hidden_ids`.
+fn assert_probes_tell_nothing(
+    lines: &[&str],
+    names: &[&str],
+    vol_root: &Path,
+    hidden_ids: &[&String],
+) {
+    for line in lines {
+        let mut fields = line.split('\t');
+        let kind = fields.next().unwrap();
+        let answers: Vec<&str> = fields.collect();
+        assert!(
+            answers.iter().all(|a| *a == answers[0]),
+            "{kind}: a hidden object is answered differently from a missing one:\n{}",
+            answers.join("\n")
+        );
+        for name in names {
+            assert!(
+                !answers[0].contains(name),
+                "{kind}: names {name}: {}",
+                answers[0]
+            );
+        }
+        assert!(
+            !answers[0].contains(vol_root.to_str().unwrap()),
+            "{kind}: a path: {}",
+            answers[0]
+        );
+        for hidden in hidden_ids {
+            assert!(
+                !answers[0].contains(&format!("id: {hidden},")),
+                "{kind}: a hidden ID: {}",
+                answers[0]
+            );
+        }
+    }
 }
