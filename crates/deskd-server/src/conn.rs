@@ -41,6 +41,16 @@ pub struct ReplySink {
 }
 
 impl ReplySink {
+    /// Where the reply to request `id` goes, for the peer `access` describes.
+    fn new(writer: &Arc<Outbox>, id: u64, access: &Arc<Access>) -> Self {
+        ReplySink {
+            writer: writer.clone(),
+            id,
+            access: access.clone(),
+            unseen_errors: false,
+        }
+    }
+
     /// Send the reply now; a client that went away is not an error for the server.
     pub fn send(&self, result: Reply) {
         self.queue(result);
@@ -181,12 +191,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
             Ok(false) => break,
             Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
                 stalled(conn.peer, "a frame", frame_timeout);
-                let sink = ReplySink {
-                    writer: writer.clone(),
-                    id: 0,
-                    access: conn.access.clone(),
-                    unseen_errors: false,
-                };
+                let sink = ReplySink::new(&writer, 0, &conn.access);
                 sink.send(Err(ErrorReply::new(
                     ErrorCode::BadRequest,
                     format!(
@@ -197,12 +202,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
                 break;
             }
             Err(ProtoError::FrameTooLarge { len: n, .. }) => {
-                let sink = ReplySink {
-                    writer: writer.clone(),
-                    id: 0,
-                    access: conn.access.clone(),
-                    unseen_errors: false,
-                };
+                let sink = ReplySink::new(&writer, 0, &conn.access);
                 sink.send(Err(ErrorReply::new(
                     ErrorCode::FrameTooLarge,
                     format!(
@@ -217,22 +217,12 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         let frame: RequestFrame = match decode(&body) {
             Ok(f) => f,
             Err(e) => {
-                let sink = ReplySink {
-                    writer: writer.clone(),
-                    id: 0,
-                    access: conn.access.clone(),
-                    unseen_errors: false,
-                };
+                let sink = ReplySink::new(&writer, 0, &conn.access);
                 sink.send(Err(ErrorReply::new(ErrorCode::BadRequest, e.to_string())));
                 continue;
             }
         };
-        let sink = ReplySink {
-            writer: writer.clone(),
-            id: frame.id,
-            access: conn.access.clone(),
-            unseen_errors: false,
-        };
+        let sink = ReplySink::new(&writer, frame.id, &conn.access);
         // More requests already received: answer them before flushing (pipelining).
         let more = !input.buffer().is_empty();
         conn.dispatch(frame.request, sink, more);
