@@ -351,34 +351,26 @@ mod tests {
         let old_folder = object(&root.join("open"), Kind::Dir);
         std::fs::rename(root.join("open"), root.join("moved")).unwrap();
         std::fs::create_dir(root.join("open")).unwrap();
-        let swapped = nobody
-            .wear(|| {
-                look_as_peer(
-                    &vol,
-                    Some(65534),
-                    &f,
-                    Some(&old_folder),
-                    &names("open/f"),
-                    Ask::default(),
-                )
-            })
-            .unwrap();
+        let through_old_folder = || {
+            nobody
+                .wear(|| {
+                    look_as_peer(
+                        &vol,
+                        Some(65534),
+                        &f,
+                        Some(&old_folder),
+                        &names("open/f"),
+                        Ask::default(),
+                    )
+                })
+                .unwrap()
+        };
+        let swapped = through_old_folder();
         assert!(!swapped.seen);
         // Nor does a symlink in its place lead anywhere.
         std::fs::remove_dir(root.join("open")).unwrap();
         std::os::unix::fs::symlink("moved", root.join("open")).unwrap();
-        let linked = nobody
-            .wear(|| {
-                look_as_peer(
-                    &vol,
-                    Some(65534),
-                    &f,
-                    Some(&old_folder),
-                    &names("open/f"),
-                    Ask::default(),
-                )
-            })
-            .unwrap();
+        let linked = through_old_folder();
         assert!(!linked.seen);
         // The reply to an unprivileged peer about anything missing is always the same.
         assert_eq!(
