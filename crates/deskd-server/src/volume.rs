@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::apply::{apply_write, db_error, DirCache, Reply};
 use crate::config::VolumeConfig;
 use crate::conn::ReplySink;
+use crate::limits::RateLimited;
 use crate::space;
 use crate::ServerError;
 
@@ -465,8 +466,8 @@ impl VolumeHandle {
             frozen_until: None,
             checkpoint_after: None,
             held_back_since: None,
-            low_space_logged: None,
-            low_space_checkpointed: None,
+            low_space_logged: RateLimited::new(LOW_SPACE_LOG_EVERY),
+            low_space_checkpointed: RateLimited::new(LOW_SPACE_LOG_EVERY),
             temp_copy,
         };
         std::thread::Builder::new()
@@ -676,10 +677,10 @@ struct Writer {
     held_back_since: Option<Instant>,
     /// Where the WAL grows: its free space is checked before each commit.
     desktop_dir: PathBuf,
-    /// When writes were last refused for want of space (logged at most once a minute).
-    low_space_logged: Option<Instant>,
-    /// When a commit last had to checkpoint first for want of space (logged likewise).
-    low_space_checkpointed: Option<Instant>,
+    /// Writes refused for want of space (logged at most once a minute).
+    low_space_logged: RateLimited,
+    /// A commit that had to checkpoint first for want of space (logged likewise).
+    low_space_checkpointed: RateLimited,
     /// The temporary directory holding the copy a full-disk opening reads, removed at close.
     temp_copy: Option<PathBuf>,
 }
@@ -830,9 +831,7 @@ impl Writer {
         let left = usage(&self.desktop_dir).free;
         let wal = len(&self.wal_path);
         if space::room(left, wal, min_free) == space::Room::Enough {
-            if !matches!(self.low_space_checkpointed, Some(t) if t.elapsed() < LOW_SPACE_LOG_EVERY)
-            {
-                self.low_space_checkpointed = Some(Instant::now());
+            if self.low_space_checkpointed.now() {
                 info!(volume = %self.volume.root().display(),
                     "little space left on the desktop's file system: WAL checkpointed before a \
                      commit ({left} bytes free; said at most once a minute)");
@@ -840,8 +839,7 @@ impl Writer {
             return Ok(());
         }
         let root = self.volume.root().display().to_string();
-        if !matches!(self.low_space_logged, Some(t) if t.elapsed() < LOW_SPACE_LOG_EVERY) {
-            self.low_space_logged = Some(Instant::now());
+        if self.low_space_logged.now() {
             warn!(volume = %root, "writes refused: {left} bytes free on the desktop's file system, \
             less than the WAL ({wal} bytes) and min_free ({min_free}){}",
             match &checkpointed {
