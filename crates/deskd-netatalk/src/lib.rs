@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deskd_client::{Client, ClientError, ErrorCode, FindMode, Kind, ObjectInfo, Request, Response};
+use deskd_proto::ratelimit::RateLimited;
 use tracing::{debug, warn};
 
 use wire::{op, res, Reply, WireError};
@@ -81,22 +82,16 @@ fn stalled(e: WireError, what: &'static str) -> BridgeError {
 /// more connection) are logged at most every 10 s for each kind, so that a flood of them
 /// cannot fill the log; others always.
 fn log_now(error: &BridgeError) -> bool {
-    type Last = std::sync::Mutex<Option<Instant>>;
-    static HANDSHAKES: Last = std::sync::Mutex::new(None);
-    static REQUESTS: Last = std::sync::Mutex::new(None);
-    static VOLUMES: Last = std::sync::Mutex::new(None);
+    static HANDSHAKES: RateLimited = RateLimited::new(Duration::from_secs(10));
+    static REQUESTS: RateLimited = RateLimited::new(Duration::from_secs(10));
+    static VOLUMES: RateLimited = RateLimited::new(Duration::from_secs(10));
     let which = match error {
         BridgeError::Stalled(what) if *what == HANDSHAKE => &HANDSHAKES,
         BridgeError::Stalled(_) => &REQUESTS,
         BridgeError::Volume(_) => &VOLUMES,
         _ => return true,
     };
-    let mut last = which.lock().unwrap();
-    if matches!(*last, Some(t) if t.elapsed() < Duration::from_secs(10)) {
-        return false;
-    }
-    *last = Some(Instant::now());
-    true
+    which.now()
 }
 
 /// How the bridge reaches deskd (a new connection after deskd went away).
@@ -376,7 +371,7 @@ pub fn serve(
     limits: Limits,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
-    let mut last_warning: Option<Instant> = None;
+    let refusals = RateLimited::new(Duration::from_secs(10));
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(s) => s,
@@ -395,12 +390,11 @@ pub fn serve(
             (n < limits.max_connections).then_some(n + 1)
         });
         if taken.is_err() {
-            if !matches!(last_warning, Some(t) if t.elapsed() < Duration::from_secs(10)) {
+            if refusals.now() {
                 warn!(
                     "{peer}: refused: {} afpd connections are open (--max-connections)",
                     limits.max_connections
                 );
-                last_warning = Some(Instant::now());
             }
             continue; // dropped: closed at once
         }

@@ -14,6 +14,7 @@
 //! `docs/protocol.md` documents the format byte by byte.
 
 pub mod deadline;
+pub mod ratelimit;
 pub mod spin;
 pub mod transport;
 

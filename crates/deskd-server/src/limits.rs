@@ -12,9 +12,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::Limits;
+
+pub use deskd_proto::ratelimit::RateLimited;
 
 /// Slots beyond `max_connections` that only root and the server's own uid may take.
 pub const RESERVE: usize = 32;
@@ -179,31 +181,6 @@ impl ConnectionLimits {
     /// Unix-socket connections open now.
     pub fn open(&self) -> usize {
         self.open.lock().unwrap().total
-    }
-}
-
-/// Says something at most once per interval, so a flood cannot fill the log.
-pub struct RateLimited {
-    last: Mutex<Option<Instant>>,
-    every: Duration,
-}
-
-impl RateLimited {
-    pub const fn new(every: Duration) -> RateLimited {
-        RateLimited {
-            last: Mutex::new(None),
-            every,
-        }
-    }
-
-    /// Whether to say it now (and remember that it was said).
-    pub fn now(&self) -> bool {
-        let mut last = self.last.lock().unwrap();
-        if matches!(*last, Some(t) if t.elapsed() < self.every) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
     }
 }
 
