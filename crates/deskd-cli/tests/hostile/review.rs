@@ -322,14 +322,7 @@ fn a_full_disk_copy_never_goes_into_a_directory_a_user_made_first() {
     let vol = fs.mnt.join("vol");
     std::fs::create_dir_all(vol.join("closed")).unwrap();
     std::fs::write(vol.join("closed/merger-plans.txt"), b"").unwrap();
-    let config = env.path("deskd.toml");
-    std::fs::write(
-        &config,
-        "[defaults]\nflush_delay = 3600\nidle_close = 3600\n",
-    )
-    .unwrap();
-    let (config, vol_arg) = (config.display().to_string(), vol.display().to_string());
-    env.start(&["--config", &config, &vol_arg]);
+    crate::start_keeping_the_wal(&mut env, &vol);
     let id = env.id_of(&vol.join("closed/merger-plans.txt"));
     env.kill9();
     assert!(std::fs::metadata(vol.join(".Desktop-wal")).unwrap().len() > 0);
@@ -372,7 +365,7 @@ fn a_full_disk_copy_never_goes_into_a_directory_a_user_made_first() {
     }
     let planted = Planted(planted);
 
-    env.start(&["--config", &config, &vol_arg]);
+    crate::start_keeping_the_wal(&mut env, &vol);
     let log = env.log_text();
     assert!(log.contains("(a copy)"), "{log}");
     // Served, with the recorded ID, from a copy of deskd's own.
