@@ -67,18 +67,26 @@ fn a_folder_swapped_for_a_symlink_before_the_fixes_leads_rebuild_nowhere_else() 
         chown_nobody(&sub.join(n));
     }
 
-    let child = Command::new(DESKD)
+    let mut child = Command::new(DESKD)
         .args(["rebuild", vol.to_str().unwrap()])
         .env("DESKD_TEST_REBUILD_PAUSE_BEFORE_FIXES_MS", "1500")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(600));
+    // Wait until the walk is planned and the rebuild pauses before its fixes.
+    let mut errors = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("pausing") {
+        let before = said.len();
+        std::io::BufRead::read_line(&mut errors, &mut said).unwrap();
+        assert!(said.len() > before, "the rebuild never paused: {said}");
+    }
     // What nobody may do in its own folder: its sub/ becomes a link to root's directory.
     std::fs::rename(&sub, vol.join("mine/sub.real")).unwrap();
     std::os::unix::fs::symlink(env.path("outside"), &sub).unwrap();
     chown_nobody(&sub);
+    std::io::Read::read_to_string(&mut errors, &mut said).unwrap();
     let out = child.wait_with_output().unwrap();
 
     assert_eq!(
@@ -101,11 +109,7 @@ fn a_folder_swapped_for_a_symlink_before_the_fixes_leads_rebuild_nowhere_else() 
         !out.status.success(),
         "the rebuild went on through the link"
     );
-    assert!(
-        stderr(&out).contains("symbolic link on the way"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(said.contains("symbolic link on the way"), "{said}");
 }
 
 /// Run `f` on a thread of its own that is nobody (uid, gid, no groups) for the kernel: the raw
