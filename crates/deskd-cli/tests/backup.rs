@@ -268,13 +268,7 @@ fn restore_brings_back_the_desktop_and_catches_up_with_the_disk() {
     let mut c = env.client();
     let vol = c.open_volume(&env.path("vol")).unwrap().vol;
     assert_eq!(
-        c.call(Request::IconGet {
-            vol,
-            creator: *b"ttxt",
-            type_code: *b"TEXT",
-            itype: 1
-        })
-        .unwrap(),
+        text_icon(&mut c, vol),
         Response::Icon(Some((9, vec![0xAA; 128])))
     );
     // No ID is handed out twice: not the one given (after the backup) to a file since deleted.

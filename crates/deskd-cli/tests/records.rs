@@ -86,13 +86,7 @@ fn appl_icon_comment_and_set_info() {
     })
     .unwrap();
     assert_eq!(
-        c.call(Request::IconGet {
-            vol,
-            creator: *b"ttxt",
-            type_code: *b"TEXT",
-            itype: 1
-        })
-        .unwrap(),
+        text_icon(&mut c, vol),
         Response::Icon(Some((9, vec![0xAA; 128])))
     );
     assert_eq!(
@@ -197,13 +191,7 @@ fn a_comment_or_icon_larger_than_its_bound_is_refused_before_it_is_stored() {
         );
     }
     assert_eq!(
-        c.call(Request::IconGet {
-            vol,
-            creator: *b"ttxt",
-            type_code: *b"TEXT",
-            itype: 1
-        })
-        .unwrap(),
+        text_icon(&mut c, vol),
         Response::Icon(Some((1, vec![0x55; deskd_proto::MAX_ICON_BITMAP])))
     );
     assert_eq!(

@@ -600,12 +600,14 @@ fn write_desktop(
 /// Test hook: `DESKD_REBUILD_CRASH_AFTER=<step>` aborts the process right after that step, so the
 /// tests can show that a rebuild killed there leaves a desktop the server can open.
 /// Test hook: wait between the plan and its fixes (`DESKD_TEST_REBUILD_PAUSE_BEFORE_FIXES_MS`),
-/// so a test can swap a folder for a symlink where a hostile user would race.
+/// so a test can swap a folder for a symlink where a hostile user would race; it says on stderr
+/// when the pause begins.
 fn test_pause_before_fixes() {
     if let Some(ms) = std::env::var("DESKD_TEST_REBUILD_PAUSE_BEFORE_FIXES_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
     {
+        eprintln!("test hook: pausing {ms} ms before the fixes");
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }

@@ -359,6 +359,17 @@ pub fn register_pipelined(c: &mut deskd_client::Client, vol: u32, paths: &[Strin
     }
 }
 
+/// The icon stored for creator `ttxt`, type `TEXT`, icon type 1, as the server answers it.
+pub fn text_icon(c: &mut deskd_client::Client, vol: u32) -> deskd_client::Response {
+    c.call(deskd_client::Request::IconGet {
+        vol,
+        creator: *b"ttxt",
+        type_code: *b"TEXT",
+        itype: 1,
+    })
+    .unwrap()
+}
+
 /// Create empty files at `paths` (relative to the volume `volume` of `env`) and register them
 /// through one pipelining client, as a file server would.
 pub fn make_and_register(env: &Env, volume: &str, paths: &[String]) {

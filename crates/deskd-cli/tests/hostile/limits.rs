@@ -368,16 +368,27 @@ fn assert_no_wal(desktop: &std::path::Path, env: &Env) {
     }
 }
 
-#[test]
-fn a_volume_on_a_full_file_system_opens_read_only_and_serves_reads() {
-    let mut env = Env::new(&[]);
+/// `vol`, a new folder on a 16 MiB ext4 mounted at `env`'s `mnt`, with `n` empty files
+/// `{prefix}{i}` in it; the file system stays mounted while the first value lives.
+fn files_on_a_small_disk(
+    env: &Env,
+    prefix: &str,
+    n: usize,
+) -> (SmallExt4, std::path::PathBuf, Vec<String>) {
     let fs = SmallExt4::mount(env.path("mnt"), 16);
     let vol = fs.mnt.join("vol");
     std::fs::create_dir(&vol).unwrap();
-    let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
-    for n in &names {
-        std::fs::write(vol.join(n), b"").unwrap();
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    for name in &names {
+        std::fs::write(vol.join(name), b"").unwrap();
     }
+    (fs, vol, names)
+}
+
+#[test]
+fn a_volume_on_a_full_file_system_opens_read_only_and_serves_reads() {
+    let mut env = Env::new(&[]);
+    let (fs, vol, names) = files_on_a_small_disk(&env, "f", 20);
     let vol_arg = vol.display().to_string();
     env.start(&[&vol_arg]);
     let paths: Vec<_> = names.iter().map(|n| vol.join(n)).collect();
@@ -696,22 +707,8 @@ fn the_netatalk_bridge_limits_connections_and_half_sent_requests() {
 #[test]
 fn a_crashed_volume_on_a_full_disk_serves_what_its_wal_holds() {
     let mut env = Env::new(&[]);
-    let fs = SmallExt4::mount(env.path("mnt"), 16);
-    let vol = fs.mnt.join("vol");
-    std::fs::create_dir(&vol).unwrap();
-    let names: Vec<String> = (0..30).map(|i| format!("w{i}")).collect();
-    for n in &names {
-        std::fs::write(vol.join(n), b"").unwrap();
-    }
-    let config = env.path("deskd.toml");
-    // No timed checkpoint: the registrations stay in the WAL.
-    std::fs::write(
-        &config,
-        "[defaults]\nflush_delay = 3600\nidle_close = 3600\n",
-    )
-    .unwrap();
-    let (config, vol_arg) = (config.display().to_string(), vol.display().to_string());
-    env.start(&["--config", &config, &vol_arg]);
+    let (fs, vol, names) = files_on_a_small_disk(&env, "w", 30);
+    crate::start_keeping_the_wal(&mut env, &vol);
     assert!(register_all(&env, &vol, &names).iter().all(Option::is_none));
     let ids: Vec<u32> = names.iter().map(|n| looked_up(&env, &vol, n)).collect();
     // A crash leaves them in the WAL only (and, as after a restore of the desktop and its WAL,
@@ -725,7 +722,7 @@ fn a_crashed_volume_on_a_full_disk_serves_what_its_wal_holds() {
     std::fs::remove_file(vol.join(".Desktop-shm")).unwrap();
     fs.fill_leaving("fill", 0);
 
-    env.start(&["--config", &config, &vol_arg]);
+    crate::start_keeping_the_wal(&mut env, &vol);
     let log = env.log_text();
     assert!(log.contains("read-only: file system full"), "{log}");
     assert!(log.contains("(a copy)"), "{log}");
@@ -750,7 +747,7 @@ fn a_crashed_volume_on_a_full_disk_serves_what_its_wal_holds() {
     assert!(std::fs::metadata(&wal).unwrap().len() > 0);
     assert!(!copy.exists(), "{} left behind", copy.display());
     std::fs::remove_file(fs.mnt.join("fill")).unwrap();
-    env.start(&["--config", &config, &vol_arg]);
+    crate::start_keeping_the_wal(&mut env, &vol);
     assert_eq!(status_json(&env, &vol)["read_only"], false);
     for (n, id) in names.iter().zip(&ids) {
         assert_eq!(looked_up(&env, &vol, n), *id, "{n}");

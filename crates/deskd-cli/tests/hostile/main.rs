@@ -11,3 +11,16 @@ mod limits;
 mod mv;
 mod oracle;
 mod review;
+
+/// Start `env`'s server on `vol` with no timed checkpoint and no idle close: what it registers
+/// stays in the WAL.
+fn start_keeping_the_wal(env: &mut common::Env, vol: &std::path::Path) {
+    let config = env.path("deskd.toml");
+    std::fs::write(
+        &config,
+        "[defaults]\nflush_delay = 3600\nidle_close = 3600\n",
+    )
+    .unwrap();
+    let (config, vol_arg) = (config.display().to_string(), vol.display().to_string());
+    env.start(&["--config", &config, &vol_arg]);
+}

@@ -133,6 +133,12 @@ fn volume_with_a_vault() -> Env {
     env
 }
 
+/// One probe's requests: the same request about each of `of` (a hidden object, then missing
+/// ones), in that order.
+fn alike<T: Copy>(of: &[T], request: impl Fn(T) -> Request) -> Vec<Request> {
+    of.iter().map(|&x| request(x)).collect()
+}
+
 /// The probes: for each request kind that names an object, the request about a hidden object
 /// and the same request about a missing one (or several), whose replies must be identical.
 fn probes(vol: u32) -> Vec<(&'static str, Vec<Request>)> {
@@ -175,31 +181,19 @@ fn probes(vol: u32) -> Vec<(&'static str, Vec<Request>)> {
     vec![
         (
             "Resolve of a file",
-            vec![
-                Request::Resolve { vol, id: secret },
-                Request::Resolve { vol, id: MISSING },
-            ],
+            alike(&[secret, MISSING], |id| Request::Resolve { vol, id }),
         ),
         (
             "Resolve of a folder",
-            vec![
-                Request::Resolve { vol, id: inner },
-                Request::Resolve { vol, id: MISSING },
-            ],
+            alike(&[inner, MISSING], |id| Request::Resolve { vol, id }),
         ),
         (
             "Resolve of a file at the top of the vault",
-            vec![
-                Request::Resolve { vol, id: top },
-                Request::Resolve { vol, id: MISSING },
-            ],
+            alike(&[top, MISSING], |id| Request::Resolve { vol, id }),
         ),
         (
             "Children",
-            vec![
-                Request::Children { vol, dir: inner },
-                Request::Children { vol, dir: MISSING },
-            ],
+            alike(&[inner, MISSING], |dir| Request::Children { vol, dir }),
         ),
         (
             "Lookup",
@@ -244,28 +238,16 @@ fn probes(vol: u32) -> Vec<(&'static str, Vec<Request>)> {
         ),
         (
             "Add in the vault itself",
-            vec![
-                Request::Add {
-                    vol,
-                    parent: vault,
-                    name: b"top-secret.txt".to_vec(),
-                    dev,
-                    ino,
-                    hint: None,
-                    type_code: None,
-                    creator: None,
-                },
-                Request::Add {
-                    vol,
-                    parent: MISSING,
-                    name: b"top-secret.txt".to_vec(),
-                    dev,
-                    ino,
-                    hint: None,
-                    type_code: None,
-                    creator: None,
-                },
-            ],
+            alike(&[vault, MISSING], |parent| Request::Add {
+                vol,
+                parent,
+                name: b"top-secret.txt".to_vec(),
+                dev,
+                ino,
+                hint: None,
+                type_code: None,
+                creator: None,
+            }),
         ),
         (
             "LookupPath",
@@ -322,92 +304,51 @@ fn probes(vol: u32) -> Vec<(&'static str, Vec<Request>)> {
         ("SetInfo", vec![set_info(secret), set_info(MISSING)]),
         (
             "CommentGet",
-            vec![
-                Request::CommentGet { vol, id: secret },
-                Request::CommentGet { vol, id: MISSING },
-            ],
+            alike(&[secret, MISSING], |id| Request::CommentGet { vol, id }),
         ),
         (
             "CommentSet",
-            vec![
-                Request::CommentSet {
-                    vol,
-                    id: secret,
-                    text: b"defaced".to_vec(),
-                },
-                Request::CommentSet {
-                    vol,
-                    id: MISSING,
-                    text: b"defaced".to_vec(),
-                },
-            ],
+            alike(&[secret, MISSING], |id| Request::CommentSet {
+                vol,
+                id,
+                text: b"defaced".to_vec(),
+            }),
         ),
         (
             "CommentRemove",
-            vec![
-                Request::CommentRemove { vol, id: secret },
-                Request::CommentRemove { vol, id: MISSING },
-            ],
+            alike(&[secret, MISSING], |id| Request::CommentRemove { vol, id }),
         ),
         (
             "ApplAdd",
-            vec![
-                Request::ApplAdd {
-                    vol,
-                    creator: *b"EVIL",
-                    app_id: secret,
-                    tag: 0,
-                },
-                Request::ApplAdd {
-                    vol,
-                    creator: *b"EVIL",
-                    app_id: MISSING,
-                    tag: 0,
-                },
-            ],
+            alike(&[secret, MISSING], |app_id| Request::ApplAdd {
+                vol,
+                creator: *b"EVIL",
+                app_id,
+                tag: 0,
+            }),
         ),
         (
             "ApplRemove",
-            vec![
-                Request::ApplRemove {
-                    vol,
-                    creator: *b"SECR",
-                    app_id: secret,
-                },
-                Request::ApplRemove {
-                    vol,
-                    creator: *b"SECR",
-                    app_id: MISSING,
-                },
-            ],
+            alike(&[secret, MISSING], |app_id| Request::ApplRemove {
+                vol,
+                creator: *b"SECR",
+                app_id,
+            }),
         ),
         (
             "ApplGet",
-            vec![
-                Request::ApplGet {
-                    vol,
-                    creator: *b"SECR",
-                },
-                Request::ApplGet {
-                    vol,
-                    creator: *b"NONE",
-                },
-            ],
+            alike(&[*b"SECR", *b"NONE"], |creator| Request::ApplGet {
+                vol,
+                creator,
+            }),
         ),
         (
             "Delete",
-            vec![
-                Request::Delete {
-                    vol,
-                    id: secret,
-                    recursive: false,
-                },
-                Request::Delete {
-                    vol,
-                    id: MISSING,
-                    recursive: false,
-                },
-            ],
+            alike(&[secret, MISSING], |id| Request::Delete {
+                vol,
+                id,
+                recursive: false,
+            }),
         ),
         (
             "DeletePath",
@@ -431,41 +372,23 @@ fn probes(vol: u32) -> Vec<(&'static str, Vec<Request>)> {
         ),
         (
             "Rename of a hidden object",
-            vec![
-                Request::Rename {
-                    vol,
-                    id: secret,
-                    new_parent: mine,
-                    new_name: b"stolen.txt".to_vec(),
-                    replace: false,
-                },
-                Request::Rename {
-                    vol,
-                    id: MISSING,
-                    new_parent: mine,
-                    new_name: b"stolen.txt".to_vec(),
-                    replace: false,
-                },
-            ],
+            alike(&[secret, MISSING], |id| Request::Rename {
+                vol,
+                id,
+                new_parent: mine,
+                new_name: b"stolen.txt".to_vec(),
+                replace: false,
+            }),
         ),
         (
             "Rename into a hidden folder",
-            vec![
-                Request::Rename {
-                    vol,
-                    id: own,
-                    new_parent: inner,
-                    new_name: b"secret-name.txt".to_vec(),
-                    replace: false,
-                },
-                Request::Rename {
-                    vol,
-                    id: own,
-                    new_parent: MISSING,
-                    new_name: b"secret-name.txt".to_vec(),
-                    replace: false,
-                },
-            ],
+            alike(&[inner, MISSING], |new_parent| Request::Rename {
+                vol,
+                id: own,
+                new_parent,
+                new_name: b"secret-name.txt".to_vec(),
+                replace: false,
+            }),
         ),
         (
             "RenamePath from a hidden path",
@@ -928,33 +851,22 @@ fn probe_unlisted_as_nobody() {
     let probes: Vec<(&str, Vec<Request>)> = vec![
         (
             "Resolve of a file in the unlisted folder",
-            vec![
-                Request::Resolve { vol, id: readme },
-                Request::Resolve { vol, id: MISSING },
-            ],
+            alike(&[readme, MISSING], |id| Request::Resolve { vol, id }),
         ),
         (
             "Resolve of a file deeper",
-            vec![
-                Request::Resolve { vol, id: secret },
-                Request::Resolve { vol, id: MISSING },
-            ],
+            alike(&[secret, MISSING], |id| Request::Resolve { vol, id }),
         ),
         (
             "Resolve of the folders",
-            vec![
-                Request::Resolve { vol, id: deep },
-                Request::Resolve { vol, id: hidden },
-                Request::Resolve { vol, id: MISSING },
-            ],
+            alike(&[deep, hidden, MISSING], |id| Request::Resolve { vol, id }),
         ),
         (
             "Children",
-            vec![
-                Request::Children { vol, dir: hidden },
-                Request::Children { vol, dir: deep },
-                Request::Children { vol, dir: MISSING },
-            ],
+            alike(&[hidden, deep, MISSING], |dir| Request::Children {
+                vol,
+                dir,
+            }),
         ),
         (
             "Lookup",
@@ -999,18 +911,11 @@ fn probe_unlisted_as_nobody() {
         ),
         (
             "Delete by ID",
-            vec![
-                Request::Delete {
-                    vol,
-                    id: readme,
-                    recursive: false,
-                },
-                Request::Delete {
-                    vol,
-                    id: MISSING,
-                    recursive: false,
-                },
-            ],
+            alike(&[readme, MISSING], |id| Request::Delete {
+                vol,
+                id,
+                recursive: false,
+            }),
         ),
         (
             "DeletePath",
@@ -1030,62 +935,35 @@ fn probe_unlisted_as_nobody() {
         ("SetInfo", vec![set_info(readme), set_info(MISSING)]),
         (
             "CommentGet",
-            vec![
-                Request::CommentGet { vol, id: readme },
-                Request::CommentGet { vol, id: MISSING },
-            ],
+            alike(&[readme, MISSING], |id| Request::CommentGet { vol, id }),
         ),
         (
             "CommentSet",
-            vec![
-                Request::CommentSet {
-                    vol,
-                    id: readme,
-                    text: b"x".to_vec(),
-                },
-                Request::CommentSet {
-                    vol,
-                    id: MISSING,
-                    text: b"x".to_vec(),
-                },
-            ],
+            alike(&[readme, MISSING], |id| Request::CommentSet {
+                vol,
+                id,
+                text: b"x".to_vec(),
+            }),
         ),
         (
             "CommentRemove",
-            vec![
-                Request::CommentRemove { vol, id: readme },
-                Request::CommentRemove { vol, id: MISSING },
-            ],
+            alike(&[readme, MISSING], |id| Request::CommentRemove { vol, id }),
         ),
         (
             "ApplAdd",
-            vec![
-                Request::ApplAdd {
-                    vol,
-                    creator: *b"EVIL",
-                    app_id: readme,
-                    tag: 1,
-                },
-                Request::ApplAdd {
-                    vol,
-                    creator: *b"EVIL",
-                    app_id: MISSING,
-                    tag: 1,
-                },
-            ],
+            alike(&[readme, MISSING], |app_id| Request::ApplAdd {
+                vol,
+                creator: *b"EVIL",
+                app_id,
+                tag: 1,
+            }),
         ),
         (
             "ApplGet",
-            vec![
-                Request::ApplGet {
-                    vol,
-                    creator: *b"SECR",
-                },
-                Request::ApplGet {
-                    vol,
-                    creator: *b"NONE",
-                },
-            ],
+            alike(&[*b"SECR", *b"NONE"], |creator| Request::ApplGet {
+                vol,
+                creator,
+            }),
         ),
     ];
     for (kind, requests) in probes {

@@ -67,18 +67,26 @@ fn a_folder_swapped_for_a_symlink_before_the_fixes_leads_rebuild_nowhere_else() 
         chown_nobody(&sub.join(n));
     }
 
-    let child = Command::new(DESKD)
+    let mut child = Command::new(DESKD)
         .args(["rebuild", vol.to_str().unwrap()])
         .env("DESKD_TEST_REBUILD_PAUSE_BEFORE_FIXES_MS", "1500")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(600));
+    // Wait until the walk is planned and the rebuild pauses before its fixes.
+    let mut errors = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("pausing") {
+        let before = said.len();
+        std::io::BufRead::read_line(&mut errors, &mut said).unwrap();
+        assert!(said.len() > before, "the rebuild never paused: {said}");
+    }
     // What nobody may do in its own folder: its sub/ becomes a link to root's directory.
     std::fs::rename(&sub, vol.join("mine/sub.real")).unwrap();
     std::os::unix::fs::symlink(env.path("outside"), &sub).unwrap();
     chown_nobody(&sub);
+    std::io::Read::read_to_string(&mut errors, &mut said).unwrap();
     let out = child.wait_with_output().unwrap();
 
     assert_eq!(
@@ -101,11 +109,7 @@ fn a_folder_swapped_for_a_symlink_before_the_fixes_leads_rebuild_nowhere_else() 
         !out.status.success(),
         "the rebuild went on through the link"
     );
-    assert!(
-        stderr(&out).contains("symbolic link on the way"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(said.contains("symbolic link on the way"), "{said}");
 }
 
 /// Run `f` on a thread of its own that is nobody (uid, gid, no groups) for the kernel: the raw
@@ -322,14 +326,7 @@ fn a_full_disk_copy_never_goes_into_a_directory_a_user_made_first() {
     let vol = fs.mnt.join("vol");
     std::fs::create_dir_all(vol.join("closed")).unwrap();
     std::fs::write(vol.join("closed/merger-plans.txt"), b"").unwrap();
-    let config = env.path("deskd.toml");
-    std::fs::write(
-        &config,
-        "[defaults]\nflush_delay = 3600\nidle_close = 3600\n",
-    )
-    .unwrap();
-    let (config, vol_arg) = (config.display().to_string(), vol.display().to_string());
-    env.start(&["--config", &config, &vol_arg]);
+    crate::start_keeping_the_wal(&mut env, &vol);
     let id = env.id_of(&vol.join("closed/merger-plans.txt"));
     env.kill9();
     assert!(std::fs::metadata(vol.join(".Desktop-wal")).unwrap().len() > 0);
@@ -372,7 +369,7 @@ fn a_full_disk_copy_never_goes_into_a_directory_a_user_made_first() {
     }
     let planted = Planted(planted);
 
-    env.start(&["--config", &config, &vol_arg]);
+    crate::start_keeping_the_wal(&mut env, &vol);
     let log = env.log_text();
     assert!(log.contains("(a copy)"), "{log}");
     // Served, with the recorded ID, from a copy of deskd's own.
