@@ -313,6 +313,12 @@ fn scan_dir(
     on_progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<(u32, PathBuf)>, RebuildError> {
     if let Some(delay) = shared.dir_delay {
+        // Said first, so a test can act while the walker waits before this directory.
+        eprintln!(
+            "test hook: waiting {} ms before {}",
+            delay.as_millis(),
+            path.display()
+        );
         std::thread::sleep(delay);
     }
     // A directory removed or replaced since its parent was listed is simply not there.

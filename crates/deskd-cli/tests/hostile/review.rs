@@ -247,19 +247,41 @@ fn a_folder_swapped_for_a_symlink_during_the_walk_lends_it_nothing() {
     }
     // One walker, one second per directory: root, mine, mine/s, mine/s/deep in this order;
     // nobody swaps mine/s for a link while the walker waits before mine/s/deep.
-    let child = Command::new(DESKD)
+    let mut child = Command::new(DESKD)
         .args(["rebuild", "-s", "--threads", "1", vol.to_str().unwrap()])
         .env("DESKD_REBUILD_DIR_DELAY_MS", "1000")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(3500));
+    // The walker says where it waits; swap while it waits before mine/s/deep.
+    let (at_deep, waiting) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    let said = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut text = String::new();
+        for line in std::io::BufReader::new(err).lines() {
+            let line = line.unwrap();
+            if line.starts_with("test hook: waiting") && line.ends_with("mine/s/deep") {
+                let _ = at_deep.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    waiting
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the walker never reached mine/s/deep");
     std::fs::rename(vol.join("mine/s"), vol.join("mine/s.real")).unwrap();
     std::os::unix::fs::symlink(env.path("outside"), vol.join("mine/s")).unwrap();
     chown_nobody(&vol.join("mine/s"));
     let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        said.join().unwrap()
+    );
     assert!(!text.contains("topsecret"), "{text}");
 }
 
