@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -244,20 +244,14 @@ fn open_dir_below(root: &Path, path: &Path) -> std::io::Result<OwnedFd> {
 
 /// The directory `name` in `dir`, not through a symlink.
 fn open_dir_at(dir: &OwnedFd, name: &str) -> std::io::Result<OwnedFd> {
-    let c = cstring(name.as_bytes());
-    // SAFETY: openat(2) with a valid descriptor and NUL-terminated name; the result is checked.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a freshly opened descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    use std::os::fd::AsFd;
+    rsrc::open_at(
+        dir.as_fd(),
+        &cstring(name.as_bytes()),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )
+    .map(OwnedFd::from)
 }
 
 /// A path that names the directory open on `fd` for as long as it stays open.
