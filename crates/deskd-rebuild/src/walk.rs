@@ -366,26 +366,17 @@ fn scan_dir(
             continue;
         }
         let c = cstring(&name);
-        // SAFETY: fstatat(2) into a zeroed stat buffer; the result is checked.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        let rc = unsafe {
-            libc::fstatat(
-                dir.as_raw_fd(),
-                c.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENOENT) {
-                continue; // removed while we walk: it is simply not there
+        let st = match rsrc::lstat_at(std::os::fd::AsFd::as_fd(&dir), &c) {
+            Ok(st) => st,
+            // Removed while we walk: it is simply not there.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => {
+                return Err(RebuildError::io(
+                    &path.join(std::ffi::OsStr::from_bytes(&name)),
+                    e,
+                ))
             }
-            return Err(RebuildError::io(
-                &path.join(std::ffi::OsStr::from_bytes(&name)),
-                e,
-            ));
-        }
+        };
         let kind = match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => Kind::Dir,
             libc::S_IFLNK => Kind::Symlink,

@@ -82,24 +82,8 @@ const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 /// deskd's user. `Err` says why it does not count (for a warning line).
 pub fn desktop_counts(dir: std::os::fd::BorrowedFd<'_>, outer_owner: u32) -> Result<(), String> {
     use std::io::Read;
-    use std::os::fd::AsRawFd;
     let name = std::ffi::CString::new(DESKTOP_FILE).expect("no NUL");
-    // SAFETY: fstatat(2) into a zeroed buffer; the result is checked.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let rc = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "cannot examine it: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    let st = crate::rsrc::lstat_at(dir, &name).map_err(|e| format!("cannot examine it: {e}"))?;
     let me = euid();
     let kind = st.st_mode & libc::S_IFMT;
     if kind == libc::S_IFLNK {

@@ -233,6 +233,30 @@ pub fn open_at(
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`: what is at `name` in a directory descriptor,
+/// a symbolic link itself rather than what it names.
+pub fn lstat_at(
+    dir: std::os::unix::io::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+) -> std::io::Result<libc::stat> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: fstatat(2) into a zeroed buffer, relative to a directory descriptor the caller
+    // holds open, with a NUL-terminated name; the result is checked.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
 /// [`open_at`] with the name of a resource-file path.
 fn open_in(
     dir: &File,
