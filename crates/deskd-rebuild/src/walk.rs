@@ -330,18 +330,18 @@ fn scan_dir(
         Err(e) => return Err(RebuildError::io(path, e)),
     };
     let rsrc_dir_path = path.join(rsrc::RSRC_DIR);
-    let rsrc_opened = open_dir_at(&dir, rsrc::RSRC_DIR);
-    let rsrc_here = rsrc_opened.as_ref().ok().map(fd_path);
-    let (rsrc_dir, rsrc_names): (Option<OwnedFd>, HashSet<Vec<u8>>) = match rsrc_opened {
-        Ok(fd) => {
-            let listed = list(&fd_path(&fd)).map_err(|e| RebuildError::io(&rsrc_dir_path, e))?;
-            (Some(fd), listed.into_iter().collect())
-        }
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
-            (None, HashSet::new())
-        }
-        Err(e) => return Err(RebuildError::io(&rsrc_dir_path, e)),
-    };
+    let (rsrc_dir, rsrc_names): (Option<OwnedFd>, HashSet<Vec<u8>>) =
+        match open_dir_at(&dir, rsrc::RSRC_DIR) {
+            Ok(fd) => {
+                let listed =
+                    list(&fd_path(&fd)).map_err(|e| RebuildError::io(&rsrc_dir_path, e))?;
+                (Some(fd), listed.into_iter().collect())
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                (None, HashSet::new())
+            }
+            Err(e) => return Err(RebuildError::io(&rsrc_dir_path, e)),
+        };
     // Owner and mode of the very .rsrc directory listed (who may rename entries in it).
     let rsrc_dir_owner = rsrc_dir.as_ref().and_then(|fd| {
         // SAFETY: fstat(2) of a descriptor we own into a zeroed buffer; the result is checked.
@@ -420,10 +420,9 @@ fn scan_dir(
         .filter(|n| !seen.contains(n))
         .filter(|n| !(dir_index == 0 && n == rsrc::ROOT_RECORD.as_bytes()))
         .filter(|n| {
-            rsrc_here.as_ref().is_some_and(|r| {
-                std::fs::symlink_metadata(r.join(std::ffi::OsStr::from_bytes(n)))
-                    .map(|m| m.is_file())
-                    .unwrap_or(false)
+            rsrc_dir.as_ref().is_some_and(|fd| {
+                rsrc::lstat_at(std::os::fd::AsFd::as_fd(fd), &cstring(n))
+                    .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
             })
         })
         .collect();
