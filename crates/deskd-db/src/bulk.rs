@@ -6,7 +6,6 @@
 //! once [`BulkLoad::finish`] returned: until then the old desktop is untouched, so a rebuild
 //! killed at any moment leaves a desktop the server can open.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use rusqlite::{params, Connection};
@@ -51,13 +50,7 @@ impl BulkLoad {
     pub fn create(path: &Path) -> Result<BulkLoad> {
         // Made here, new and private (0600), before SQLite opens it: SQLite would create it
         // with the umask's mode, readable by every user, and its journal and WAL take its mode.
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(crate::files::PRIVATE_MODE)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-        {
+        match crate::files::create_new_private(path) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(DbError::Corrupt(format!(

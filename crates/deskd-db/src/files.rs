@@ -23,16 +23,22 @@ pub const PRIVATE_MODE: u32 = 0o600;
 /// Create the empty file `path`, mode 0600, unless something is there already (never through a
 /// symbolic link).
 pub fn create_private(path: &Path) -> std::io::Result<()> {
-    match OpenOptions::new()
+    match create_new_private(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+/// Create the empty file `path`, mode 0600; `AlreadyExists` when anything is there, a dangling
+/// symbolic link included.
+pub fn create_new_private(path: &Path) -> std::io::Result<()> {
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(PRIVATE_MODE)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-    {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        other => other.map(drop),
-    }
+        .map(drop)
 }
 
 /// Take group and other bits off the desktop at `desktop` and its `-wal` and `-shm`, logging

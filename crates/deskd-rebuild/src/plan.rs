@@ -570,11 +570,8 @@ pub fn plan(
         let path = walk.dir_paths[dir]
             .join(rsrc::RSRC_DIR)
             .join(std::ffi::OsStr::from_bytes(name));
-        let header = rsrc::read_header(&path).ok().flatten();
-        let orphan_owner = std::fs::symlink_metadata(&path).ok().map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.uid()
-        });
+        // The owner of the very file whose header is read.
+        let (header, orphan_owner) = rsrc::read_header_and_owner(&path).ok().flatten().unzip();
         // A resource file someone else planted does not become this object's.
         let may_move = |object_owner: u32| {
             policy.trust_all

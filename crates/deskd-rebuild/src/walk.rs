@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -244,20 +244,14 @@ fn open_dir_below(root: &Path, path: &Path) -> std::io::Result<OwnedFd> {
 
 /// The directory `name` in `dir`, not through a symlink.
 fn open_dir_at(dir: &OwnedFd, name: &str) -> std::io::Result<OwnedFd> {
-    let c = cstring(name.as_bytes());
-    // SAFETY: openat(2) with a valid descriptor and NUL-terminated name; the result is checked.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a freshly opened descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    use std::os::fd::AsFd;
+    rsrc::open_at(
+        dir.as_fd(),
+        &cstring(name.as_bytes()),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )
+    .map(OwnedFd::from)
 }
 
 /// A path that names the directory open on `fd` for as long as it stays open.
@@ -342,18 +336,18 @@ fn scan_dir(
         Err(e) => return Err(RebuildError::io(path, e)),
     };
     let rsrc_dir_path = path.join(rsrc::RSRC_DIR);
-    let rsrc_opened = open_dir_at(&dir, rsrc::RSRC_DIR);
-    let rsrc_here = rsrc_opened.as_ref().ok().map(fd_path);
-    let (rsrc_dir, rsrc_names): (Option<OwnedFd>, HashSet<Vec<u8>>) = match rsrc_opened {
-        Ok(fd) => {
-            let listed = list(&fd_path(&fd)).map_err(|e| RebuildError::io(&rsrc_dir_path, e))?;
-            (Some(fd), listed.into_iter().collect())
-        }
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
-            (None, HashSet::new())
-        }
-        Err(e) => return Err(RebuildError::io(&rsrc_dir_path, e)),
-    };
+    let (rsrc_dir, rsrc_names): (Option<OwnedFd>, HashSet<Vec<u8>>) =
+        match open_dir_at(&dir, rsrc::RSRC_DIR) {
+            Ok(fd) => {
+                let listed =
+                    list(&fd_path(&fd)).map_err(|e| RebuildError::io(&rsrc_dir_path, e))?;
+                (Some(fd), listed.into_iter().collect())
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                (None, HashSet::new())
+            }
+            Err(e) => return Err(RebuildError::io(&rsrc_dir_path, e)),
+        };
     // Owner and mode of the very .rsrc directory listed (who may rename entries in it).
     let rsrc_dir_owner = rsrc_dir.as_ref().and_then(|fd| {
         // SAFETY: fstat(2) of a descriptor we own into a zeroed buffer; the result is checked.
@@ -378,26 +372,17 @@ fn scan_dir(
             continue;
         }
         let c = cstring(&name);
-        // SAFETY: fstatat(2) into a zeroed stat buffer; the result is checked.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        let rc = unsafe {
-            libc::fstatat(
-                dir.as_raw_fd(),
-                c.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENOENT) {
-                continue; // removed while we walk: it is simply not there
+        let st = match rsrc::lstat_at(std::os::fd::AsFd::as_fd(&dir), &c) {
+            Ok(st) => st,
+            // Removed while we walk: it is simply not there.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => {
+                return Err(RebuildError::io(
+                    &path.join(std::ffi::OsStr::from_bytes(&name)),
+                    e,
+                ))
             }
-            return Err(RebuildError::io(
-                &path.join(std::ffi::OsStr::from_bytes(&name)),
-                e,
-            ));
-        }
+        };
         let kind = match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => Kind::Dir,
             libc::S_IFLNK => Kind::Symlink,
@@ -441,10 +426,9 @@ fn scan_dir(
         .filter(|n| !seen.contains(n))
         .filter(|n| !(dir_index == 0 && n == rsrc::ROOT_RECORD.as_bytes()))
         .filter(|n| {
-            rsrc_here.as_ref().is_some_and(|r| {
-                std::fs::symlink_metadata(r.join(std::ffi::OsStr::from_bytes(n)))
-                    .map(|m| m.is_file())
-                    .unwrap_or(false)
+            rsrc_dir.as_ref().is_some_and(|fd| {
+                rsrc::lstat_at(std::os::fd::AsFd::as_fd(fd), &cstring(n))
+                    .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
             })
         })
         .collect();

@@ -82,24 +82,8 @@ const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 /// deskd's user. `Err` says why it does not count (for a warning line).
 pub fn desktop_counts(dir: std::os::fd::BorrowedFd<'_>, outer_owner: u32) -> Result<(), String> {
     use std::io::Read;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let name = std::ffi::CString::new(DESKTOP_FILE).expect("no NUL");
-    // SAFETY: fstatat(2) into a zeroed buffer; the result is checked.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let rc = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "cannot examine it: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    let st = crate::rsrc::lstat_at(dir, &name).map_err(|e| format!("cannot examine it: {e}"))?;
     let me = euid();
     let kind = st.st_mode & libc::S_IFMT;
     if kind == libc::S_IFLNK {
@@ -121,31 +105,13 @@ pub fn desktop_counts(dir: std::os::fd::BorrowedFd<'_>, outer_owner: u32) -> Res
             st.st_uid
         ));
     }
-    // SAFETY: openat(2) of a name in a directory we hold; the descriptor is owned below.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
+    let Ok(mut file) = crate::rsrc::open_at(dir, &name, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+    else {
         // A desktop of a trusted owner this process may not read: it counts.
         return Ok(());
-    }
-    // SAFETY: fd is a fresh descriptor of ours.
-    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    };
     let mut head = [0u8; 16];
-    let mut got = 0;
-    while got < head.len() {
-        match file.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    if got == head.len() && &head == SQLITE_HEADER {
+    if file.read_exact(&mut head).is_ok() && &head == SQLITE_HEADER {
         Ok(())
     } else {
         Err("not an SQLite database".into())

@@ -233,6 +233,30 @@ pub fn open_at(
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`: what is at `name` in a directory descriptor,
+/// a symbolic link itself rather than what it names.
+pub fn lstat_at(
+    dir: std::os::unix::io::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+) -> std::io::Result<libc::stat> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: fstatat(2) into a zeroed buffer, relative to a directory descriptor the caller
+    // holds open, with a NUL-terminated name; the result is checked.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
 /// [`open_at`] with the name of a resource-file path.
 fn open_in(
     dir: &File,
@@ -296,6 +320,22 @@ fn open_for_writing(path: &Path, extra: libc::c_int) -> Result<File, VolumeError
 /// Read the header of a resource file. `Ok(None)` when the file does not exist; a symbolic
 /// link in its place is a bad resource file (not followed).
 pub fn read_header(path: &Path) -> Result<Option<ResourceHeader>, VolumeError> {
+    Ok(open_header(path)?.map(|(_, header)| header))
+}
+
+/// [`read_header`] and the owner of the very file read (`fstat`), for a caller that trusts a
+/// header by who wrote it.
+pub fn read_header_and_owner(path: &Path) -> Result<Option<(ResourceHeader, u32)>, VolumeError> {
+    use std::os::unix::fs::MetadataExt;
+    let Some((file, header)) = open_header(path)? else {
+        return Ok(None);
+    };
+    let owner = file.metadata().map_err(|e| VolumeError::io(path, e))?.uid();
+    Ok(Some((header, owner)))
+}
+
+/// The resource file at `path`, open, and its header (see [`read_header`]).
+fn open_header(path: &Path) -> Result<Option<(File, ResourceHeader)>, VolumeError> {
     let mut file = match open_existing(path)? {
         Existing::File(f) => f,
         Existing::Missing => return Ok(None),
@@ -306,14 +346,13 @@ pub fn read_header(path: &Path) -> Result<Option<ResourceHeader>, VolumeError> {
             )))
         }
     };
-    read_header_from(&mut file, path)
-        .map(Some)
-        .map_err(|e| match e {
-            VolumeError::BadResourceFile(m) => {
-                VolumeError::BadResourceFile(format!("{}: {m}", path.display()))
-            }
-            other => other,
-        })
+    let header = read_header_from(&mut file, path).map_err(|e| match e {
+        VolumeError::BadResourceFile(m) => {
+            VolumeError::BadResourceFile(format!("{}: {m}", path.display()))
+        }
+        other => other,
+    })?;
+    Ok(Some((file, header)))
 }
 
 /// Read the header of an open resource file (`path` names it in I/O errors only).

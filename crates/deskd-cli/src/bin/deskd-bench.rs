@@ -227,6 +227,17 @@ impl AccessTarget {
     }
 }
 
+/// The same pseudo-random sequence (xorshift64) for every run, so runs compare.
+fn xorshift() -> impl FnMut() -> u64 {
+    let mut rng = 0x2545F4914F6CDD1Du64;
+    move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -396,14 +407,11 @@ fn main() -> Result<()> {
                 Ok(wire::read_reply(&mut s)?)
             };
             let max_id = 17 + dirs * (per_dir + 1);
-            let mut rng = 0x2545F4914F6CDD1Du64;
+            let mut next = xorshift();
             let mut resolve = Vec::with_capacity(ops as usize);
             let mut get = Vec::with_capacity(ops as usize);
             for _ in 0..ops {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let id = 17 + (rng % (max_id as u64 - 17)) as u32;
+                let id = 17 + (next() % (max_id as u64 - 17)) as u32;
                 let t = Instant::now();
                 let r = call(wire::op::RESOLVE, id, 0, Vec::new())?;
                 resolve.push(t.elapsed().as_secs_f64() * 1e6);
@@ -435,13 +443,7 @@ fn main() -> Result<()> {
             let mut client = connect(&cli.socket)?;
             let vol = client.open_volume(&root).map_err(|e| anyhow!("{e}"))?.vol;
             let max_id = 17 + dirs * (per_dir + 1);
-            let mut rng = 0x2545F4914F6CDD1Du64;
-            let mut next = || {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng
-            };
+            let mut next = xorshift();
             let mut resolve = Vec::with_capacity(ops as usize);
             let mut lookup = Vec::with_capacity(ops as usize);
             for _ in 0..ops {
@@ -481,13 +483,7 @@ fn main() -> Result<()> {
             if let (Some(socket), Some(volume)) = (base_socket, base_volume) {
                 targets.push(AccessTarget::open(&socket, &volume.canonicalize()?, &dir)?);
             }
-            let mut rng = 0x2545F4914F6CDD1Du64;
-            let mut next = || {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng
-            };
+            let mut next = xorshift();
             // In blocks: a request to the other server between two of this one's would let
             // this one's connection stop spinning and sleep, which is not what one client sees.
             const BLOCK: u32 = 100;
