@@ -1,0 +1,137 @@
+//! `Find`: names matching a pattern, a page at a time in ID order. A page holds only what the
+//! peer could see, and a short page means "no more" to every client, so hits left out are made
+//! up from further down the index.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+
+use deskd_db::{Object, Read};
+use deskd_proto::{ErrorCode, ErrorReply, Response};
+
+use super::errors::db_error;
+use super::wire::{info, join};
+use super::{Reading, Reply, MAX_FIND_LIMIT};
+use crate::sight;
+
+/// A hit and its desktop path (empty for the root).
+type Candidate = (Object, Vec<Vec<u8>>);
+
+/// `Find`: at most `limit` (clamped to 1..=[`MAX_FIND_LIMIT`]) objects whose name matches
+/// `pattern`, with IDs above `after_id`.
+pub(super) fn find<R: Read>(
+    r: &Reading<'_, R>,
+    pattern: &str,
+    mode: deskd_proto::FindMode,
+    limit: u32,
+    after_id: u32,
+) -> Reply {
+    let mode = db_mode(mode);
+    if mode == deskd_db::FindMode::Glob {
+        if let Some(at) = deskd_db::names::unclosed_bracket(pattern) {
+            return Err(ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "glob {pattern:?}: the '[' at byte {at} has no closing ']' \
+                     (a literal '[' is written [[])"
+                ),
+            ));
+        }
+    }
+    let limit = limit.clamp(1, MAX_FIND_LIMIT);
+    let mut query = deskd_db::FindQuery {
+        pattern: pattern.to_owned(),
+        mode,
+        limit,
+        after_id,
+    };
+    let mut out = Vec::new();
+    // Hits share folders: each folder's path is looked up once per request.
+    let mut folders: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+    loop {
+        let hits = r.names.find(r.db, &query).map_err(db_error)?;
+        let last_page = (hits.len() as u32) < limit;
+        let mut candidates: Vec<Candidate> = Vec::with_capacity(hits.len());
+        for o in hits {
+            query.after_id = o.id;
+            // deskd's own files are never shown.
+            if deskd_volume::is_protected(&o.name) {
+                continue;
+            }
+            let components = if o.id == deskd_db::ROOT_ID {
+                Vec::new()
+            } else {
+                let folder = match folders.entry(o.parent) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => e.insert(r.db.path_of(o.parent).map_err(db_error)?),
+                };
+                let mut components = folder.clone();
+                components.push(o.name.clone());
+                components
+            };
+            candidates.push((o, components));
+        }
+        let shown = shown_to_peer(r, &candidates)?;
+        for ((o, components), shown) in candidates.into_iter().zip(shown) {
+            if shown && (out.len() as u32) < limit {
+                out.push(info(&o, Some(join(&components)), false));
+            }
+        }
+        if out.len() as u32 >= limit || last_page {
+            break;
+        }
+    }
+    Ok(Response::Objects(out))
+}
+
+/// The protocol's find mode as the database's.
+fn db_mode(mode: deskd_proto::FindMode) -> deskd_db::FindMode {
+    match mode {
+        deskd_proto::FindMode::Substring => deskd_db::FindMode::Substring,
+        deskd_proto::FindMode::Prefix => deskd_db::FindMode::Prefix,
+        deskd_proto::FindMode::Glob => deskd_db::FindMode::Glob,
+        deskd_proto::FindMode::Exact => deskd_db::FindMode::Exact,
+    }
+}
+
+/// Which candidates the peer may see, in order. The folders' own records (for their dev/ino)
+/// are read before the change of identity; then one change of identity serves the whole page,
+/// and each folder is looked at once.
+fn shown_to_peer<R: Read>(
+    r: &Reading<'_, R>,
+    candidates: &[Candidate],
+) -> Result<Vec<bool>, ErrorReply> {
+    if r.access.is_trusted() {
+        return Ok(vec![true; candidates.len()]);
+    }
+    let mut holders: HashMap<u32, Option<Object>> = HashMap::new();
+    for (o, c) in candidates {
+        if !c.is_empty() {
+            if let Entry::Vacant(e) = holders.entry(o.parent) {
+                e.insert(Some(r.db.get(o.parent).map_err(db_error)?));
+            }
+        }
+    }
+    Ok(r.access
+        .wear(|| {
+            let mut seen: HashMap<u32, bool> = HashMap::new();
+            candidates
+                .iter()
+                .map(|(o, c)| {
+                    let holder = if c.is_empty() { u32::MAX } else { o.parent };
+                    *seen.entry(holder).or_insert_with(|| {
+                        let folder = holders.get(&o.parent).and_then(|f| f.as_ref());
+                        sight::look_as_peer(
+                            r.vol,
+                            r.access.viewer(),
+                            o,
+                            folder,
+                            c,
+                            sight::Ask::default(),
+                        )
+                        .seen
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| vec![false; candidates.len()]))
+}

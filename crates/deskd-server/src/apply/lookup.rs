@@ -1,0 +1,120 @@
+//! Reads that name objects: `Lookup`, `LookupPath`, `Resolve`, `Children`. Each answers only
+//! what the peer could find out itself with `stat(2)` or `ls` ([`crate::sight`]), and nothing
+//! is registered.
+
+use deskd_db::{Object, Read};
+use deskd_proto::{ErrorReply, ObjectInfo, Response};
+
+use super::errors::db_error;
+use super::paths::walk_path;
+use super::wire::{info, join};
+use super::{Reading, Reply};
+use crate::access;
+use crate::sight;
+
+/// `Lookup`: the record `name` in the folder `parent`.
+pub(super) fn lookup<R: Read>(r: &Reading<'_, R>, parent: u32, name: &[u8]) -> Reply {
+    // As stat(2): finding a name you know needs only search access to its folder. A name in a
+    // folder the peer cannot search is an object it may not see, whatever it may see of the
+    // folder itself.
+    let look = sight::look(
+        r.db,
+        r.vol,
+        r.access,
+        parent,
+        sight::Ask {
+            object: Some(access::SEARCH),
+            folder: None,
+        },
+    )?;
+    if !(look.object && look.named) {
+        return Err(sight::unseen());
+    }
+    match r.db.lookup(parent, name).map_err(db_error)? {
+        Some(o) => Ok(Response::MaybeObject(Some(with_path(r.db, &o)?))),
+        None => Ok(Response::MaybeObject(None)),
+    }
+}
+
+/// An object's wire form with its path read from the desktop.
+fn with_path<R: Read>(db: &R, o: &Object) -> Result<ObjectInfo, ErrorReply> {
+    let path = join(&db.path_of(o.id).map_err(db_error)?);
+    Ok(info(o, Some(path), false))
+}
+
+/// `LookupPath`: the record at `path`.
+pub(super) fn lookup_path<R: Read>(r: &Reading<'_, R>, path: &[u8]) -> Reply {
+    // As stat(2) again: the walk as the peer must reach the folder of the last name; a path it
+    // cannot walk is answered as one that names nothing.
+    let walked = walk_path(r.vol, r.access, path)?;
+    if walked.refused() {
+        return Ok(Response::MaybeObject(None));
+    }
+    let names: Vec<&[u8]> = walked.components.iter().map(|c| c.as_slice()).collect();
+    match r.db.id_of_path(&names).map_err(db_error)? {
+        Some(id) => {
+            let o = r.db.get(id).map_err(db_error)?;
+            Ok(Response::MaybeObject(Some(info(
+                &o,
+                Some(join(&walked.components)),
+                false,
+            ))))
+        }
+        None => Ok(Response::MaybeObject(None)),
+    }
+}
+
+/// `Resolve`: the record `id` with its path, if the peer may see the object.
+pub(super) fn resolve<R: Read>(r: &Reading<'_, R>, id: u32) -> Reply {
+    let o = r.db.get(id).map_err(db_error)?;
+    let components = r.db.path_of(o.id).map_err(db_error)?;
+    if !sight::look_at(
+        r.db,
+        r.vol,
+        r.access,
+        &o,
+        &components,
+        sight::Ask::default(),
+    )?
+    .seen
+    {
+        return Err(sight::unseen());
+    }
+    Ok(Response::Object(info(&o, Some(join(&components)), false)))
+}
+
+/// `Children`: the registered objects in the folder `dir`, if the peer may list it.
+pub(super) fn children<R: Read>(r: &Reading<'_, R>, dir: u32) -> Reply {
+    require_dir(r, dir, access::LIST, "list it")?;
+    let children = r.db.children(dir).map_err(db_error)?;
+    Ok(Response::Objects(
+        children.iter().map(|o| info(o, None, false)).collect(),
+    ))
+}
+
+/// The peer may do `mode` to the directory `dir` (refused as [`sight::unseen`] when it may not
+/// even see it; `what` names the refused act in the error).
+fn require_dir<R: Read>(
+    r: &Reading<'_, R>,
+    dir: u32,
+    mode: libc::c_int,
+    what: &str,
+) -> Result<(), ErrorReply> {
+    let look = sight::look(
+        r.db,
+        r.vol,
+        r.access,
+        dir,
+        sight::Ask {
+            object: Some(mode),
+            folder: None,
+        },
+    )?;
+    sight::refuse_unless(
+        look.object && look.named,
+        &look,
+        r.access,
+        || r.vol.path_of(&r.db.path_of(dir).unwrap_or_default()),
+        what,
+    )
+}

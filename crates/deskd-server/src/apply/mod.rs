@@ -1,0 +1,240 @@
+//! Turning requests into desktop changes, after verifying every client claim against the file
+//! system (DESIGN §5): the object exists at the new place with the recorded dev/ino, the old
+//! name is gone. Every path is walked race-free as the peer ([`crate::walk`]) and what is
+//! recorded is what the walk reached. Reads are answered here too, showing a peer only what it
+//! may see ([`crate::sight`]).
+//!
+//! One handler per request kind, in a file per family (as Netatalk's `dbd_add.c`,
+//! `dbd_lookup.c`, …): [`register`] (`Add`, `AddPath`), [`rename`], [`delete`], [`lookup`]
+//! (`Lookup`, `LookupPath`, `Resolve`, `Children`), [`find`], and [`records`] (type/creator,
+//! APPL, icons, comments). [`apply_write`] and [`apply_read`] only dispatch; what handlers
+//! share is in [`paths`] (walking and checking claims), [`errors`] (the replies for errors)
+//! and [`wire`] (records as the protocol sends them).
+
+mod delete;
+mod errors;
+mod find;
+mod lookup;
+mod paths;
+mod records;
+mod register;
+mod rename;
+mod wire;
+
+use deskd_db::{Batch, NameIndex, Read};
+use deskd_proto::{ErrorCode, ErrorReply, Request, Response};
+use deskd_volume::Volume;
+
+use crate::access::Access;
+
+pub use errors::{db_error, volume_error};
+pub use paths::{client_names, walk_path, DirCache};
+pub use wire::{info, join};
+
+/// What a request gets back: its response, or the error the client is sent.
+pub type Reply = Result<Response, ErrorReply>;
+
+/// Upper bound for one `Find` page.
+pub const MAX_FIND_LIMIT: u32 = 10_000;
+
+/// What every write handler works in: the batch (one transaction for many requests, group
+/// commit), the volume, the peer its paths are walked as, and the batch's folder paths.
+struct Writing<'a, 't> {
+    b: &'a mut Batch<'t>,
+    vol: &'a Volume,
+    access: &'a Access,
+    cache: &'a mut DirCache,
+}
+
+/// What every read handler works in: a read snapshot, the volume, its name index (for
+/// `Find`), and the peer whose sight bounds the answer.
+struct Reading<'a, R> {
+    db: &'a R,
+    vol: &'a Volume,
+    names: &'a NameIndex,
+    access: &'a Access,
+}
+
+/// Apply one write request inside the batch. `read_only` volumes refuse changes but still
+/// register objects (a client needs IDs to browse). Every path is walked race-free as the
+/// peer (`access`), and what is recorded is what the walk reached.
+pub fn apply_write(
+    b: &mut Batch<'_>,
+    vol: &Volume,
+    read_only: bool,
+    request: &Request,
+    cache: &mut DirCache,
+    access: &Access,
+) -> Reply {
+    if moves_names(request) {
+        cache.clear();
+    }
+    if read_only && changes_desktop(request) {
+        return Err(ErrorReply::new(
+            ErrorCode::ReadOnly,
+            format!("{}: volume is read-only", vol.root().display()),
+        ));
+    }
+    let w = &mut Writing {
+        b,
+        vol,
+        access,
+        cache,
+    };
+    match request {
+        Request::Add {
+            parent,
+            name,
+            dev,
+            ino,
+            hint,
+            type_code,
+            creator,
+            ..
+        } => register::add(
+            w,
+            *parent,
+            name,
+            (*dev, *ino),
+            register::Asked {
+                hint: *hint,
+                type_code: *type_code,
+                creator: *creator,
+            },
+        ),
+        Request::AddPath {
+            path,
+            hint,
+            type_code,
+            creator,
+            ..
+        } => register::add_path(
+            w,
+            path,
+            register::Asked {
+                hint: *hint,
+                type_code: *type_code,
+                creator: *creator,
+            },
+        ),
+        Request::Rename {
+            id,
+            new_parent,
+            new_name,
+            replace,
+            ..
+        } => rename::rename(w, *id, *new_parent, new_name, *replace),
+        Request::RenamePath {
+            from,
+            to,
+            replace,
+            hint,
+            ..
+        } => rename::rename_path(w, from, to, *replace, *hint),
+        Request::Delete { id, recursive, .. } => delete::delete(w, *id, *recursive),
+        Request::DeletePath {
+            path, recursive, ..
+        } => delete::delete_path(w, path, *recursive),
+        Request::SetInfo {
+            id,
+            type_code,
+            creator,
+            flags,
+            ..
+        } => records::set_info(w.b, *id, *type_code, *creator, *flags),
+        Request::ApplAdd {
+            creator,
+            app_id,
+            tag,
+            ..
+        } => records::appl_add(w.b, *creator, *app_id, *tag),
+        Request::ApplRemove {
+            creator, app_id, ..
+        } => records::appl_remove(w.b, *creator, *app_id),
+        Request::IconAdd {
+            creator,
+            type_code,
+            itype,
+            tag,
+            bitmap,
+            ..
+        } => records::icon_add(w.b, *creator, *type_code, *itype, *tag, bitmap),
+        Request::CommentSet { id, text, .. } => records::comment_set(w.b, *id, text),
+        Request::CommentRemove { id, .. } => records::comment_remove(w.b, *id),
+        other => Err(ErrorReply::new(
+            ErrorCode::Internal,
+            format!("not a write request: {other:?}"),
+        )),
+    }
+}
+
+/// Requests after which a folder's path may differ: the batch's [`DirCache`] is emptied first.
+fn moves_names(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Rename { .. }
+            | Request::RenamePath { .. }
+            | Request::Delete { .. }
+            | Request::DeletePath { .. }
+    )
+}
+
+/// Write requests a read-only volume refuses: all but registration (`Add`, `AddPath`).
+fn changes_desktop(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Rename { .. }
+            | Request::RenamePath { .. }
+            | Request::Delete { .. }
+            | Request::DeletePath { .. }
+            | Request::SetInfo { .. }
+            | Request::ApplAdd { .. }
+            | Request::ApplRemove { .. }
+            | Request::IconAdd { .. }
+            | Request::CommentSet { .. }
+            | Request::CommentRemove { .. }
+    )
+}
+
+/// Answer a read request from any connection; what names an object is answered only where
+/// the peer could see that object itself ([`crate::sight`]).
+pub fn apply_read<R: Read>(
+    db: &R,
+    vol: &Volume,
+    names: &NameIndex,
+    request: &Request,
+    access: &Access,
+) -> Reply {
+    let r = &Reading {
+        db,
+        vol,
+        names,
+        access,
+    };
+    match request {
+        Request::Lookup { parent, name, .. } => lookup::lookup(r, *parent, name),
+        Request::LookupPath { path, .. } => lookup::lookup_path(r, path),
+        Request::Resolve { id, .. } => lookup::resolve(r, *id),
+        Request::Children { dir, .. } => lookup::children(r, *dir),
+        Request::Find {
+            pattern,
+            mode,
+            limit,
+            after_id,
+            ..
+        } => find::find(r, pattern, *mode, *limit, *after_id),
+        Request::ApplGet { creator, .. } => records::appl_get(r, *creator),
+        Request::IconGet {
+            creator,
+            type_code,
+            itype,
+            ..
+        } => records::icon_get(r, *creator, *type_code, *itype),
+        Request::IconList { creator, .. } => records::icon_list(r, *creator),
+        Request::CommentGet { id, .. } => records::comment_get(r, *id),
+        other => Err(ErrorReply::new(
+            ErrorCode::Internal,
+            format!("not a read request: {other:?}"),
+        )),
+    }
+}

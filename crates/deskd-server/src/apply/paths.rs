@@ -1,0 +1,165 @@
+//! Paths, and the checks of a client's claims against them. Every path is walked race-free as
+//! the peer ([`crate::walk`]), so a handler records what the walk reached, never what the
+//! client said, and a peer learns nothing of names it could not see itself.
+
+use std::collections::HashMap;
+
+use deskd_db::{Batch, Object, Read};
+use deskd_proto::ErrorReply;
+use deskd_volume::Volume;
+
+use super::errors::{claim, db_error, volume_error};
+use crate::access::Access;
+use crate::sight;
+use crate::walk::{self, Walked};
+
+/// Desktop paths of directories already looked up in this batch (by ID), so that many adds
+/// into one folder (a copy, a first scan) walk the database once. Requests that rename or
+/// delete clear it, so an entry is never stale.
+#[derive(Default)]
+pub struct DirCache(HashMap<u32, Vec<Vec<u8>>>);
+
+impl DirCache {
+    /// Forget every path: a rename or a delete may have changed any of them.
+    pub(super) fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// The names from the root to a registered object.
+    pub(super) fn components_of<R: Read>(
+        &mut self,
+        db: &R,
+        id: u32,
+    ) -> Result<Vec<Vec<u8>>, ErrorReply> {
+        if let Some(hit) = self.0.get(&id) {
+            return Ok(hit.clone());
+        }
+        let components = db.path_of(id).map_err(db_error)?;
+        self.0.insert(id, components.clone());
+        Ok(components)
+    }
+}
+
+/// Split a client's path into names, refusing `..`, `.`, protected and invalid names.
+pub fn client_names(rel: &[u8]) -> Result<Vec<Vec<u8>>, ErrorReply> {
+    let mut out = Vec::new();
+    for part in rel.split(|&b| b == b'/') {
+        if part.is_empty() {
+            continue;
+        }
+        deskd_volume::check_name(part).map_err(volume_error)?;
+        out.push(part.to_vec());
+    }
+    Ok(out)
+}
+
+/// Walk a client's path race-free as the peer ([`walk::walk_client`]).
+pub fn walk_path(vol: &Volume, access: &Access, rel: &[u8]) -> Result<Walked, ErrorReply> {
+    let names = client_names(rel)?;
+    access
+        .wear(|| walk::walk_client(vol.root(), names, rel, access.viewer()))
+        .ok_or_else(sight::unseen)?
+        .map(hide_unseen_names)
+        .map_err(volume_error)
+}
+
+/// A walk that went through a folder whose name the peer could not see
+/// ([`walk::Walked::hidden`]) is a refused one: a reply would show the path, and with it that
+/// name. (The last name is the peer's own word, answered as `stat(2)` would.)
+fn hide_unseen_names(mut walked: Walked) -> Walked {
+    if walked
+        .hidden
+        .is_some_and(|i| i + 1 < walked.components.len())
+        && !walked.refused()
+    {
+        walked.stopped = Some(rustix::io::Errno::ACCESS);
+    }
+    walked
+}
+
+/// Walk desktop names race-free as the peer ([`walk::walk`]).
+pub(super) fn walk_names(
+    vol: &Volume,
+    access: &Access,
+    components: &[Vec<u8>],
+) -> Result<Walked, ErrorReply> {
+    access
+        .wear(|| walk::walk_as(vol.root(), components, access.viewer()))
+        .map(hide_unseen_names)
+        .ok_or_else(sight::unseen)
+}
+
+/// The walk got to its last name: else what stopped it (a refusal, or a missing name; the
+/// same [`sight::unseen`] to an unprivileged peer, so a hidden name and a missing one sound
+/// alike).
+pub(super) fn reached(access: &Access, vol: &Volume, walked: Walked) -> Result<Walked, ErrorReply> {
+    if walked.stopped.is_some() && !access.is_trusted() {
+        return Err(sight::unseen());
+    }
+    if walked.refused() {
+        return Err(sight::refused_walk(access, vol, &walked));
+    }
+    if walked.stopped.is_some() {
+        return Err(claim(format!(
+            "{}: no such file or directory on disk",
+            vol.path_of(&walked.components).display()
+        )));
+    }
+    Ok(walked)
+}
+
+/// The registered object at desktop path `components`, if any.
+pub(super) fn registered(
+    b: &Batch<'_>,
+    components: &[Vec<u8>],
+) -> Result<Option<Object>, ErrorReply> {
+    let names: Vec<&[u8]> = components.iter().map(|c| c.as_slice()).collect();
+    match b.id_of_path(&names).map_err(db_error)? {
+        Some(id) => Ok(Some(b.get(id).map_err(db_error)?)),
+        None => Ok(None),
+    }
+}
+
+/// Whether `o` is the object with `dev`/`ino` (a record without them, from before deskd kept
+/// them, is taken at its word).
+pub(super) fn same_object(o: &Object, dev: u64, ino: u64) -> bool {
+    (o.dev == 0 && o.ino == 0) || (o.dev == dev && o.ino == ino)
+}
+
+/// Verify that `object` is no longer at `old` (walked by the server: is it still there for
+/// anyone?).
+pub(super) fn verify_gone(
+    vol: &Volume,
+    object: &Object,
+    old: &[Vec<u8>],
+) -> Result<(), ErrorReply> {
+    let walked = walk::walk(vol.root(), old);
+    if let Some(node) = walked.last() {
+        if object.dev != 0 && same_object(object, node.dev, node.ino) {
+            return Err(claim(format!(
+                "{}: still exists on disk; do the operation before telling deskd",
+                vol.path_of(old).display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Verify, walking as the peer, that `object` is now at the end of `walked`.
+pub(super) fn verify_arrived(
+    access: &Access,
+    vol: &Volume,
+    object: &Object,
+    walked: Walked,
+) -> Result<Walked, ErrorReply> {
+    let walked = reached(access, vol, walked)?;
+    let node = walked.last().expect("a walk that reached its end");
+    if !same_object(object, node.dev, node.ino) {
+        return Err(claim(format!(
+            "{}: is not the object with ID {} (different inode)",
+            vol.path_of(&walked.components).display(),
+            object.id
+        )));
+    }
+    Ok(walked)
+}

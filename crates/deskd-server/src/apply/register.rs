@@ -1,0 +1,162 @@
+//! Registering objects: `Add` (a name in a registered folder, with the dev/ino the client saw)
+//! and `AddPath` (a path, with every unregistered folder above it). Registration is allowed on
+//! read-only volumes: a client needs IDs to browse.
+
+use deskd_db::{Batch, Kind, NewObject, Object, Read};
+use deskd_proto::{ErrorReply, Response};
+
+use super::errors::{claim, db_error, kind_changed, volume_error};
+use super::paths::{reached, walk_names, walk_path};
+use super::wire::{info, join};
+use super::{Reply, Writing};
+use crate::walk::Node;
+
+/// The type code of a plain file registered without one (as Netatalk shows Unix files).
+const UNIX_TYPE: [u8; 4] = *b"UNIX";
+/// The creator code of a plain file registered without one.
+const UNKN_CREATOR: [u8; 4] = *b"UNKN";
+
+/// What a client asks of the record it registers, used only when the record is new.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Asked {
+    /// An ID to keep if it is free (a restore, a move between volumes).
+    pub(super) hint: Option<u32>,
+    pub(super) type_code: Option<[u8; 4]>,
+    pub(super) creator: Option<[u8; 4]>,
+}
+
+/// `Add`: register `name` in the registered folder `parent` after checking, walking as the
+/// peer, that the object there has the `dev`/`ino` the client saw.
+pub(super) fn add(
+    w: &mut Writing<'_, '_>,
+    parent: u32,
+    name: &[u8],
+    (dev, ino): (u64, u64),
+    asked: Asked,
+) -> Reply {
+    deskd_volume::check_name(name).map_err(volume_error)?;
+    let mut components = w.cache.components_of(w.b, parent)?;
+    components.push(name.to_vec());
+    let walked = reached(w.access, w.vol, walk_names(w.vol, w.access, &components)?)?;
+    let node = *walked.last().expect("a walk that reached its end");
+    if (node.dev, node.ino) != (dev, ino) {
+        return Err(claim(format!(
+            "{}: dev/ino {}/{} on disk, client said {dev}/{ino}",
+            w.vol.path_of(&components).display(),
+            node.dev,
+            node.ino
+        )));
+    }
+    let file = node.kind == Kind::File;
+    let new = NewObject {
+        parent,
+        name: name.to_vec(),
+        kind: node.kind,
+        dev: node.dev,
+        ino: node.ino,
+        type_code: asked
+            .type_code
+            .unwrap_or(if file { UNIX_TYPE } else { [0; 4] }),
+        creator: asked
+            .creator
+            .unwrap_or(if file { UNKN_CREATOR } else { [0; 4] }),
+        flags: 0,
+        ctime: node.ctime,
+        hint: asked.hint,
+    };
+    let (o, created) = w.b.add(&new).map_err(db_error)?;
+    if !created && o.kind != node.kind {
+        return Err(kind_changed(&components, &o, &node));
+    }
+    if !created && (o.dev, o.ino) != (node.dev, node.ino) {
+        // Same name, new inode (save-by-replace, restore): the name keeps its ID.
+        w.b.set_devino(o.id, node.dev, node.ino).map_err(db_error)?;
+    }
+    Ok(Response::Object(info(&o, Some(join(&components)), created)))
+}
+
+/// `AddPath`: register the object at `path` and every unregistered folder above it, as the
+/// walk (as the peer) found them.
+pub(super) fn add_path(w: &mut Writing<'_, '_>, path: &[u8], asked: Asked) -> Reply {
+    let walked = reached(w.access, w.vol, walk_path(w.vol, w.access, path)?)?;
+    if walked.components.is_empty() {
+        let root = w.b.get(deskd_db::ROOT_ID).map_err(db_error)?;
+        return Ok(Response::Object(info(&root, Some(Vec::new()), false)));
+    }
+    let (o, created) = register_walked(w.b, &walked.components, &walked.nodes, asked)?;
+    Ok(Response::Object(info(
+        &o,
+        Some(join(&walked.components)),
+        created,
+    )))
+}
+
+/// Register the objects walked (`components`, with what the walk found each to be) and every
+/// unregistered directory above the last; `asked` applies to the last only. What is recorded
+/// is what the walk's descriptors were. Returns the final object and whether it was created.
+pub(super) fn register_walked(
+    b: &mut Batch<'_>,
+    components: &[Vec<u8>],
+    nodes: &[Node],
+    asked: Asked,
+) -> Result<(Object, bool), ErrorReply> {
+    let mut current = b.get(deskd_db::ROOT_ID).map_err(db_error)?;
+    let mut created = false;
+    for (i, (name, node)) in components.iter().zip(nodes).enumerate() {
+        let last = i + 1 == components.len();
+        let existing = b.lookup(current.id, name).map_err(db_error)?;
+        if let Some(dir) = existing.as_ref().filter(|_| !last) {
+            // A registered directory on the way: the walk has just been through it.
+            if dir.kind != Kind::Dir {
+                return Err(kind_changed(&components[..=i], dir, node));
+            }
+            current = dir.clone();
+            created = false;
+            continue;
+        }
+        if let Some(mut object) = existing {
+            if object.kind != node.kind {
+                // Not a new copy of the same thing (a symlink swapped in for a folder): the
+                // record is never made to say the descriptor is what it is not.
+                return Err(kind_changed(&components[..=i], &object, node));
+            }
+            if (object.dev, object.ino) != (node.dev, node.ino) {
+                // Same name, new inode (save-by-replace, restore): the name keeps its ID.
+                b.set_devino(object.id, node.dev, node.ino)
+                    .map_err(db_error)?;
+                (object.dev, object.ino) = (node.dev, node.ino);
+            }
+            current = object;
+            created = false;
+            continue;
+        }
+        let (default_type, default_creator) = if node.kind == Kind::File {
+            (UNIX_TYPE, UNKN_CREATOR)
+        } else {
+            ([0; 4], [0; 4])
+        };
+        let new = NewObject {
+            parent: current.id,
+            name: name.clone(),
+            kind: node.kind,
+            dev: node.dev,
+            ino: node.ino,
+            type_code: if last {
+                asked.type_code.unwrap_or(default_type)
+            } else {
+                default_type
+            },
+            creator: if last {
+                asked.creator.unwrap_or(default_creator)
+            } else {
+                default_creator
+            },
+            flags: 0,
+            ctime: node.ctime,
+            hint: if last { asked.hint } else { None },
+        };
+        current = b.add(&new).map_err(db_error)?.0;
+        created = true;
+    }
+    Ok((current, created))
+}
