@@ -21,6 +21,9 @@ mod register;
 mod rename;
 mod wire;
 
+#[cfg(test)]
+mod tests;
+
 use deskd_db::{Batch, NameIndex, Read};
 use deskd_proto::{ErrorCode, ErrorReply, Request, Response};
 use deskd_volume::Volume;
