@@ -194,11 +194,18 @@ fn a_rename_is_recorded_only_once_it_is_done_on_disk() {
     let mut f = Fixture::new();
     std::fs::write(f.on_disk("f"), "").unwrap();
     let o = f.register("f");
+    // Not done: no g on disk.
     assert_eq!(
         code(f.write(rename_path("f", "g"))),
         ErrorCode::ClaimRejected
     );
-    std::fs::rename(f.on_disk("f"), f.on_disk("g")).unwrap();
+    // Half done: the object is at g, and still at f.
+    std::fs::hard_link(f.on_disk("f"), f.on_disk("g")).unwrap();
+    assert_eq!(
+        code(f.write(rename_path("f", "g"))),
+        ErrorCode::ClaimRejected
+    );
+    std::fs::remove_file(f.on_disk("f")).unwrap();
     assert_eq!(
         f.write(rename_path("f", "g")),
         Ok(Response::Removed(vec![]))
