@@ -5,11 +5,13 @@
 //! may see ([`crate::sight`]).
 //!
 //! One handler per request kind, in a file per family (as Netatalk's `dbd_add.c`,
-//! `dbd_lookup.c`, …): [`register`] (`Add`, `AddPath`), [`rename`], [`delete`], [`lookup`]
-//! (`Lookup`, `LookupPath`, `Resolve`, `Children`), [`find`], and [`records`] (type/creator,
+//! `dbd_lookup.c`, …): `register` (`Add`, `AddPath`), `rename`, `delete`, `lookup`
+//! (`Lookup`, `LookupPath`, `Resolve`, `Children`), `find`, and `records` (type/creator,
 //! APPL, icons, comments). [`apply_write`] and [`apply_read`] only dispatch; what handlers
-//! share is in [`paths`] (walking and checking claims), [`errors`] (the replies for errors)
-//! and [`wire`] (records as the protocol sends them).
+//! share is in `paths` (walking and checking claims), `errors` (the replies for errors)
+//! and `wire` (records as the protocol sends them). Two things are decided by the kind of
+//! a write before it is dispatched: whether it may change folder paths (the batch's
+//! [`DirCache`] is emptied) and whether a read-only volume refuses it (all but registration).
 
 mod delete;
 mod errors;

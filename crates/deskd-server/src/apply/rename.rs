@@ -6,8 +6,9 @@ use deskd_db::{DbError, Object, Read};
 use deskd_proto::{ErrorCode, ErrorReply, Response};
 
 use super::errors::{db_error, volume_error};
-use super::paths::walk_path;
-use super::paths::{reached, registered, same_object, verify_arrived, verify_gone, walk_names};
+use super::paths::{
+    reached, registered, same_object, verify_arrived, verify_gone, walk_names, walk_path,
+};
 use super::register::{register_walked, Asked};
 use super::{Reply, Writing};
 use crate::sight;
