@@ -1,8 +1,8 @@
-//! The handlers against a real desktop and a real directory (a temporary one), as a trusted
-//! peer; what an unprivileged peer may see is tested with the server in
+//! The handlers against a real desktop and a real directory (a temporary one), mostly as a
+//! trusted peer; what an unprivileged peer may see is tested more widely with the server in
 //! crates/deskd-cli/tests (access, hostile).
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use deskd_db::{Desktop, Durability, Read, Reader, ROOT_ID};
@@ -10,7 +10,8 @@ use deskd_proto::{ErrorCode, FindMode, ObjectInfo, Request, Response};
 use deskd_volume::Volume;
 
 use super::*;
-use crate::access::Access;
+use crate::access::{Access, Credentials};
+use crate::sight;
 
 /// A volume in a temporary directory and its desktop (kept beside it, out of the volume).
 struct Fixture {
@@ -35,20 +36,15 @@ impl Fixture {
 
     /// The requests in one batch (one transaction, one folder cache), committed.
     fn batch(&mut self, read_only: bool, requests: &[Request]) -> Vec<Reply> {
+        self.batch_as(&Access::Trusted, read_only, requests)
+    }
+
+    fn batch_as(&mut self, access: &Access, read_only: bool, requests: &[Request]) -> Vec<Reply> {
         let mut b = self.desktop.batch().unwrap();
         let mut cache = DirCache::default();
         let replies = requests
             .iter()
-            .map(|r| {
-                apply_write(
-                    &mut b,
-                    &self.vol,
-                    read_only,
-                    r,
-                    &mut cache,
-                    &Access::Trusted,
-                )
-            })
+            .map(|r| apply_write(&mut b, &self.vol, read_only, r, &mut cache, access))
             .collect();
         b.commit().unwrap();
         replies
@@ -59,8 +55,12 @@ impl Fixture {
     }
 
     fn read(&mut self, request: Request) -> Reply {
+        self.read_as(&Access::Trusted, request)
+    }
+
+    fn read_as(&mut self, access: &Access, request: Request) -> Reply {
         let b = self.desktop.batch().unwrap();
-        apply_read(&b, &self.vol, &NameIndex::new(), &request, &Access::Trusted)
+        apply_read(&b, &self.vol, &NameIndex::new(), &request, access)
     }
 
     /// Register the file or folder at `rel` (made beforehand by the test).
@@ -493,4 +493,49 @@ fn an_error_whose_message_says_locked_is_not_busy() {
     };
     assert!(e.to_string().contains("locked"), "{e}");
     assert_eq!(db_error(e).code, ErrorCode::Internal);
+}
+
+#[test]
+fn what_the_peer_cannot_reach_names_nothing_to_it_and_is_not_removed() {
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root to take another identity"
+        );
+        eprintln!("skipped: needs root to take another identity");
+        return;
+    }
+    let mut f = Fixture::new();
+    let open = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(f.dir.path(), open.clone()).unwrap();
+    std::fs::set_permissions(f.vol.root(), open).unwrap();
+    std::fs::create_dir(f.on_disk("closed")).unwrap();
+    std::fs::write(f.on_disk("closed/f"), "").unwrap();
+    std::fs::set_permissions(f.on_disk("closed"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let id = f.register("closed/f").id;
+    let nobody = Access::Peer(Credentials {
+        uid: 65534,
+        gid: 65534,
+        groups: vec![],
+    });
+    assert_eq!(
+        maybe_object(f.read_as(&nobody, lookup_path("closed/f"))),
+        None
+    );
+    let resolve = Request::Resolve { vol: 0, id };
+    assert_eq!(f.read_as(&nobody, resolve.clone()), Err(sight::unseen()));
+    let comment = Request::CommentGet { vol: 0, id };
+    assert_eq!(f.read_as(&nobody, comment), Err(sight::unseen()));
+    assert!(objects(f.read_as(&nobody, find("f", FindMode::Exact, 10, 0))).is_empty());
+    let delete = Request::DeletePath {
+        vol: 0,
+        path: b"closed/f".to_vec(),
+        recursive: false,
+    };
+    assert_eq!(
+        f.batch_as(&nobody, false, &[delete]).pop().unwrap(),
+        Ok(Response::Removed(vec![]))
+    );
+    // Root still sees it, recorded.
+    assert_eq!(object(f.read(resolve)).id, id);
 }
