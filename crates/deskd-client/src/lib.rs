@@ -60,8 +60,10 @@ pub enum ClientError {
     Timeout,
     #[error("deskd closed the connection")]
     Closed,
+    /// The token file a TCP endpoint needs is missing, unreadable, readable by others or too
+    /// short; its message names the file.
     #[error("{0}")]
-    Token(String),
+    Token(deskd_proto::transport::TokenFileError),
     #[error("{endpoint}: {source}")]
     Handshake {
         endpoint: String,
@@ -72,8 +74,10 @@ pub enum ClientError {
     Proto(#[from] ProtoError),
     #[error("{0}")]
     Server(ErrorReply),
-    #[error("unexpected reply from deskd: {0}")]
-    Unexpected(String),
+    /// The server answered with a response of another kind than the request asks for (a
+    /// server of another version, or a bug); shown with `{:?}` since it is for a developer.
+    #[error("unexpected reply from deskd: {0:?}")]
+    Unexpected(Box<Response>),
 }
 
 impl ClientError {
@@ -311,5 +315,5 @@ fn connect_tcp(addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
 }
 
 fn unexpected(r: Response) -> ClientError {
-    ClientError::Unexpected(format!("{r:?}"))
+    ClientError::Unexpected(Box::new(r))
 }

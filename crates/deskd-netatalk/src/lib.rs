@@ -161,7 +161,7 @@ fn result_of(e: &ClientError) -> i32 {
 fn object(r: Result<Response, ClientError>) -> Result<ObjectInfo, ClientError> {
     match r? {
         Response::Object(o) => Ok(o),
-        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        other => Err(ClientError::Unexpected(Box::new(other))),
     }
 }
 
@@ -214,7 +214,7 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
                     Reply::id(o.id)
                 }
                 Ok(Response::MaybeObject(_)) => Reply::status(res::NOTFOUND),
-                Ok(other) => failed("lookup", &q, &ClientError::Unexpected(format!("{other:?}"))),
+                Ok(other) => failed("lookup", &q, &ClientError::Unexpected(Box::new(other))),
                 Err(e) => failed("lookup", &q, &e),
             }
         }
@@ -286,7 +286,7 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
                     payload: found.iter().flat_map(|o| o.id.to_be_bytes()).collect(),
                     ..Reply::status(res::OK)
                 },
-                Ok(other) => failed("search", &q, &ClientError::Unexpected(format!("{other:?}"))),
+                Ok(other) => failed("search", &q, &ClientError::Unexpected(Box::new(other))),
                 Err(e) => failed("search", &q, &e),
             }
         }

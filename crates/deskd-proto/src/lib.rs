@@ -49,16 +49,25 @@ pub const MAX_COMMENT: usize = 1024;
 pub const MAX_ICON_BITMAP: usize = u16::MAX as usize;
 
 /// Errors of framing and encoding.
+///
+/// The causes (`io::Error` aside) are part of the message and deliberately not a `source`:
+/// printed with anyhow's `{:#}` (as dt and deskd do) a source would be repeated after it.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
     #[error("frame of {len} bytes exceeds the {limit}-byte limit")]
     FrameTooLarge { len: u32, limit: u32 },
+    /// A body postcard cannot encode or decode (a peer speaking another shape, a truncated
+    /// frame).
     #[error("malformed message: {0}")]
-    Malformed(String),
+    Malformed(postcard::Error),
+    /// The peer's hello or status is not the deskd protocol's; the text says what came.
     #[error("bad handshake: {0}")]
     Handshake(String),
+    /// The system's random source failed, so the server could not make a TCP challenge.
+    #[error("bad handshake: no random challenge: {0}")]
+    Random(getrandom::Error),
     #[error("server speaks protocol {server}, this client speaks {client}")]
     VersionMismatch { server: u16, client: u16 },
     #[error("authentication: {0}")]
@@ -570,7 +579,7 @@ pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtoError> {
 /// Encode a value as one frame whose body is at most `limit` bytes.
 pub fn encode_frame_within<T: Serialize>(value: &T, limit: u32) -> Result<Vec<u8>, ProtoError> {
     let mut out = vec![0u8; 4];
-    out = postcard::to_extend(value, out).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    out = postcard::to_extend(value, out).map_err(ProtoError::Malformed)?;
     let len = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
     if len > limit {
         return Err(ProtoError::FrameTooLarge { len, limit });
@@ -615,7 +624,7 @@ pub fn read_frame_body_within(
 
 /// Decode a frame body.
 pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ProtoError> {
-    postcard::from_bytes(body).map_err(|e| ProtoError::Malformed(e.to_string()))
+    postcard::from_bytes(body).map_err(ProtoError::Malformed)
 }
 
 /// The socket path every deskd program uses: `explicit`, else `$DESKD_SOCKET`, else

@@ -77,9 +77,12 @@ fn tls_config(db: &Database) -> Result<Arc<ClientConfig>, LdapError> {
 /// the caller as the source of an [`LdapError::Io`].
 #[derive(Debug, thiserror::Error)]
 enum TlsSetupError {
+    // The rustls errors are part of the message and deliberately not a `source`: the
+    // `std::io::Error` this travels in hands its inner error's source on, and printed with
+    // anyhow's `{:#}` it would be repeated after the message.
     /// A certificate of CA_FILE that rustls does not take.
     #[error("CA_FILE: {0}")]
-    CaFile(#[source] rustls::Error),
+    CaFile(rustls::Error),
     /// No CA_FILE and no usable system CA: no server certificate could ever be trusted.
     #[error(
         "no trusted CA certificates found on this system{}; set [Database] CA_FILE \
@@ -90,8 +93,9 @@ enum TlsSetupError {
         first: Option<rustls_native_certs::Error>,
         unusable: usize,
     },
+    /// The crypto provider offers none of the default protocol versions.
     #[error("{0}")]
-    Protocols(#[source] rustls::Error),
+    Protocols(rustls::Error),
 }
 
 impl From<TlsSetupError> for LdapError {
