@@ -143,7 +143,11 @@ impl BulkLoad {
         if let Some(path) = path {
             std::fs::File::open(&path)
                 .and_then(|f| f.sync_all())
-                .map_err(|e| DbError::Corrupt(format!("cannot sync {}: {e}", path.display())))?;
+                .map_err(|error| DbError::Io {
+                    op: "sync",
+                    path: path.clone(),
+                    error,
+                })?;
         }
         Ok(())
     }

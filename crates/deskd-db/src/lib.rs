@@ -80,6 +80,16 @@ pub enum DbError {
     /// The file system of this file is full.
     #[error("{0}: no space left on the device")]
     NoSpace(std::path::PathBuf),
+    // The I/O error is part of the message and deliberately not a `source`: printed with
+    // anyhow's `{:#}` (as dt and deskd do) a source would be repeated after the message.
+    /// A file operation beside SQLite failed: reading `/dev/urandom` for a fresh volume's
+    /// identity, syncing a rewritten file. Not corruption: the desktop itself is intact.
+    #[error("cannot {op} {}: {error}", .path.display())]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
 }
 
 impl DbError {
@@ -913,7 +923,11 @@ fn random_u64() -> Result<u64> {
     let mut bytes = [0u8; 8];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| DbError::Corrupt(format!("cannot read /dev/urandom: {e}")))?;
+        .map_err(|error| DbError::Io {
+            op: "read",
+            path: "/dev/urandom".into(),
+            error,
+        })?;
     Ok(u64::from_le_bytes(bytes))
 }
 
