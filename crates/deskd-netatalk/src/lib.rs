@@ -465,13 +465,14 @@ pub fn serve_connection(
     });
     let hello = wire::read_handshake(&mut input).map_err(|e| stalled(e, HANDSHAKE))?;
     let shown = String::from_utf8_lossy(&hello.volume_path).into_owned();
-    let root = std::fs::canonicalize(std::ffi::OsStr::from_bytes(&hello.volume_path))
-        .map_err(|error| {
+    let root = std::fs::canonicalize(std::ffi::OsStr::from_bytes(&hello.volume_path)).map_err(
+        |error| {
             BridgeError::Volume(VolumeRefused::Resolve {
                 volume: shown.clone(),
                 error,
             })
-        })?;
+        },
+    )?;
     let mut desk = Desk {
         connect,
         root,

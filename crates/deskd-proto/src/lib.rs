@@ -343,6 +343,10 @@ pub struct RebuildState {
     /// Number of the line after the last one sent.
     pub next: u64,
     /// Set when the job has ended: its totals, or why it failed or stopped.
+    ///
+    /// The why is a `String` on purpose: it crosses the socket, where an error's type and
+    /// source chain cannot go, and a client only shows it; the server sends the failure's
+    /// message (with its causes) here.
     pub finished: Option<Result<RebuildSummary, String>>,
 }
 
