@@ -85,7 +85,9 @@ impl std::fmt::Display for Endpoint {
 /// One connection, over either transport.
 #[derive(Debug)]
 pub enum Stream {
+    /// A Unix socket connection (the default; the peer's uid is known).
     Unix(UnixStream),
+    /// A TCP connection (guarded by the token handshake).
     Tcp(TcpStream),
 }
 
@@ -98,6 +100,7 @@ impl Stream {
         }
     }
 
+    /// Bound every read (`None`: wait for ever).
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_read_timeout(timeout),
@@ -105,6 +108,7 @@ impl Stream {
         }
     }
 
+    /// Bound every write (`None`: wait for ever).
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_write_timeout(timeout),
@@ -112,6 +116,7 @@ impl Stream {
         }
     }
 
+    /// Shut down one or both directions of the connection.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.shutdown(how),
@@ -209,20 +214,35 @@ pub enum TokenFileError {
     // anyhow's `{:#}` (as dt and deskd do) a source would be repeated after the message.
     /// It cannot be examined or read.
     #[error("token file {}: {error}", .path.display())]
-    Io { path: PathBuf, error: io::Error },
+    Io {
+        /// The token file.
+        path: PathBuf,
+        /// What the kernel said.
+        error: io::Error,
+    },
     /// Other users may read it: the token is a password.
     #[error(
         "token file {}: other users may read it (mode {mode:04o}); `chmod o-rwx` it",
         .path.display()
     )]
-    Readable { path: PathBuf, mode: u32 },
+    Readable {
+        /// The token file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The token is shorter than [`MIN_TOKEN_LEN`] bytes: too easy to guess.
     #[error(
         "token file {}: the token has {len} bytes; at least {MIN_TOKEN_LEN} are needed \
          (make one with `head -c 32 /dev/urandom | base64`)",
         .path.display()
     )]
-    TooShort { path: PathBuf, len: usize },
+    TooShort {
+        /// The token file.
+        path: PathBuf,
+        /// The token's length in bytes, trailing white space removed.
+        len: usize,
+    },
 }
 
 /// Read a token file: its bytes without trailing white space. Refused: a file other users may
