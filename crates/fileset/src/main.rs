@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use fileset::{FilesetError, Options};
+use fileset::{FilesetError, Options, UsageError};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Command {
@@ -114,10 +114,10 @@ fn run(cli: Cli) -> Result<(), FilesetError> {
         format: cli.format,
         backup: cli.backup,
     };
-    let need_tmp = |cmd: &str| {
+    let need_tmp = |cmd: &'static str| {
         cli.tmpdir
             .clone()
-            .ok_or_else(|| FilesetError::Usage(format!("{cmd} needs PERMDIR and TMPDIR")))
+            .ok_or(FilesetError::Usage(UsageError::NoTmpdir(cmd)))
     };
     match cli.command {
         Command::Load => {
