@@ -58,11 +58,12 @@ impl BulkLoad {
                     path.display()
                 )))
             }
-            Err(e) => {
-                return Err(DbError::Corrupt(format!(
-                    "{}: cannot create: {e}",
-                    path.display()
-                )))
+            Err(error) => {
+                return Err(DbError::Io {
+                    op: "create",
+                    path: path.to_path_buf(),
+                    error,
+                })
             }
         }
         let mut conn = Connection::open_with_flags(

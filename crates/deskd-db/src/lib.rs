@@ -112,11 +112,12 @@ pub enum DbError {
     NoSpace(std::path::PathBuf),
     // The I/O error is part of the message and deliberately not a `source`: printed with
     // anyhow's `{:#}` (as dt and deskd do) a source would be repeated after the message.
-    /// A file operation beside SQLite failed: reading `/dev/urandom` for a fresh volume's
-    /// identity, syncing a rewritten file. Not corruption: the desktop itself is intact.
+    /// A file operation beside SQLite failed: creating the desktop file, reading
+    /// `/dev/urandom` for a fresh volume's identity, syncing a rewritten file. Not
+    /// corruption: no desktop was damaged.
     #[error("cannot {op} {}: {error}", .path.display())]
     Io {
-        /// The operation, a verb: `read`, `sync`.
+        /// What was being done, after "cannot": `read`, `sync`, `create the desktop`.
         op: &'static str,
         /// The file it was about.
         path: std::path::PathBuf,
@@ -842,11 +843,10 @@ impl Desktop {
             .map(|m| m.len() == 0)
             .unwrap_or(true);
         // Private before SQLite opens it: the WAL and shared-memory files take its mode.
-        files::create_private(path).map_err(|e| {
-            DbError::Corrupt(format!(
-                "{}: cannot create the desktop: {e}",
-                path.display()
-            ))
+        files::create_private(path).map_err(|error| DbError::Io {
+            op: "create the desktop",
+            path: path.to_path_buf(),
+            error,
         })?;
         files::make_private(path);
         // Never through a link: one put in place of the desktop (in a root its users may
