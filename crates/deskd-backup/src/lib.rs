@@ -46,7 +46,7 @@ pub enum BackupError {
     Usage(String),
     /// The backup does not pass its checks.
     #[error("{0}")]
-    Invalid(String),
+    Invalid(CheckFailure),
     /// The volume is served or being rebuilt.
     #[error("{0}")]
     Busy(String),
@@ -60,6 +60,98 @@ pub enum BackupError {
     },
     #[error("{0}")]
     Rebuild(#[from] RebuildError),
+}
+
+/// How a backup (or the copy a backup makes) fails its checks; every message starts with the
+/// file it is about.
+// The causes are part of the message and deliberately not a `source`: printed with anyhow's
+// `{:#}` a source would be repeated after the message.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckFailure {
+    /// No manifest: the backup was interrupted (the manifest is written last) or is no backup.
+    #[error(
+        "{}: missing; {} is not a complete deskd backup (the manifest is written last)",
+        .manifest.display(),
+        .backup.display()
+    )]
+    ManifestMissing { manifest: PathBuf, backup: PathBuf },
+    /// The manifest is not the JSON deskd writes.
+    #[error("{}: not a deskd backup manifest: {error}", .manifest.display())]
+    ManifestUnreadable {
+        manifest: PathBuf,
+        error: serde_json::Error,
+    },
+    /// A manifest of another kind, or of a version newer than this deskd reads.
+    #[error(
+        "{}: kind {kind:?} version {version}; this deskd reads {MANIFEST_KIND:?} up to version \
+         {MANIFEST_VERSION}",
+        .manifest.display()
+    )]
+    ManifestUnknown {
+        manifest: PathBuf,
+        kind: String,
+        version: u32,
+    },
+    /// The backup's size is not the manifest's.
+    #[error(
+        "{}: {bytes} bytes, the manifest says {expected} (truncated or replaced)",
+        .backup.display()
+    )]
+    Size {
+        backup: PathBuf,
+        bytes: u64,
+        expected: u64,
+    },
+    /// The backup's SHA-256 is not the manifest's.
+    #[error(
+        "{}: SHA-256 {sha256} does not match the manifest's {expected} (the file was changed)",
+        .backup.display()
+    )]
+    Digest {
+        backup: PathBuf,
+        sha256: String,
+        expected: String,
+    },
+    /// SQLite's checks of the backup fail, or it is no deskd desktop.
+    #[error("{}: {error}", .backup.display())]
+    Check {
+        backup: PathBuf,
+        error: deskd_db::DbError,
+    },
+    /// The backup holds other objects or another identity than the manifest recorded.
+    #[error("{}: holds {info:?}, the manifest says {expected:?}", .backup.display())]
+    Contents {
+        backup: PathBuf,
+        info: Box<CopyInfo>,
+        expected: Box<CopyInfo>,
+    },
+    /// The copy just written fails SQLite's checks.
+    #[error("{}: the copy does not pass its check: {error}", .target.display())]
+    CopyCheck {
+        target: PathBuf,
+        error: deskd_db::DbError,
+    },
+    /// The copy just written holds something else than the snapshot it was made from.
+    #[error("{}: the copy holds {copied:?}, its snapshot held {snapshot:?}", .target.display())]
+    CopyDiffers {
+        target: PathBuf,
+        copied: Box<CopyInfo>,
+        snapshot: Box<CopyInfo>,
+    },
+    /// A restore forced past a failed verify, of a backup SQLite's checks refuse too.
+    #[error("{}: {error}; not restored", .backup.display())]
+    ForcedCheck {
+        backup: PathBuf,
+        error: deskd_db::DbError,
+    },
+    /// A restore refused because verify failed and `--force` was not given.
+    #[error(
+        "{0}; not restored (--force restores a backup that passes SQLite's integrity check anyway)"
+    )]
+    NotRestored(Box<CheckFailure>),
+    /// The desktop a restore wrote cannot be opened again.
+    #[error("{}: the restored desktop cannot be read back", .desktop.display())]
+    ReadBack { desktop: PathBuf },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
@@ -309,17 +401,18 @@ pub fn backup(
             digest.join().expect("the digest thread does not panic"),
         )
     });
-    let copied = checked.map_err(|e| {
-        BackupError::Invalid(format!(
-            "{}: the copy does not pass its check: {e}",
-            target.display()
-        ))
+    let copied = checked.map_err(|error| {
+        BackupError::Invalid(CheckFailure::CopyCheck {
+            target: target.to_path_buf(),
+            error,
+        })
     })?;
     if copied != info {
-        return Err(BackupError::Invalid(format!(
-            "{}: the copy holds {copied:?}, its snapshot held {info:?}",
-            target.display()
-        )));
+        return Err(BackupError::Invalid(CheckFailure::CopyDiffers {
+            target: target.to_path_buf(),
+            copied: Box::new(copied),
+            snapshot: Box::new(info),
+        }));
     }
     let (bytes, sha256) = digested?;
     File::open(temp.path())
@@ -411,51 +504,53 @@ pub fn verify(backup: &Path) -> Result<Manifest, BackupError> {
     let path = manifest_path(backup);
     let text = match std::fs::read_to_string(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(BackupError::Invalid(format!(
-                "{}: missing; {} is not a complete deskd backup (the manifest is written last)",
-                path.display(),
-                backup.display()
-            )))
+            return Err(BackupError::Invalid(CheckFailure::ManifestMissing {
+                manifest: path,
+                backup: backup.to_path_buf(),
+            }))
         }
         other => other.map_err(io(&path))?,
     };
-    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
-        BackupError::Invalid(format!(
-            "{}: not a deskd backup manifest: {e}",
-            path.display()
-        ))
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|error| {
+        BackupError::Invalid(CheckFailure::ManifestUnreadable {
+            manifest: path.clone(),
+            error,
+        })
     })?;
     if manifest.kind != MANIFEST_KIND || manifest.manifest_version > MANIFEST_VERSION {
-        return Err(BackupError::Invalid(format!(
-            "{}: kind {:?} version {}; this deskd reads {MANIFEST_KIND:?} up to version {MANIFEST_VERSION}",
-            path.display(),
-            manifest.kind,
-            manifest.manifest_version
-        )));
+        return Err(BackupError::Invalid(CheckFailure::ManifestUnknown {
+            manifest: path,
+            kind: manifest.kind,
+            version: manifest.manifest_version,
+        }));
     }
     let (bytes, sha256) = digest(backup)?;
     if bytes != manifest.bytes {
-        return Err(BackupError::Invalid(format!(
-            "{}: {bytes} bytes, the manifest says {} (truncated or replaced)",
-            backup.display(),
-            manifest.bytes
-        )));
+        return Err(BackupError::Invalid(CheckFailure::Size {
+            backup: backup.to_path_buf(),
+            bytes,
+            expected: manifest.bytes,
+        }));
     }
     if sha256 != manifest.sha256 {
-        return Err(BackupError::Invalid(format!(
-            "{}: SHA-256 {sha256} does not match the manifest's {} (the file was changed)",
-            backup.display(),
-            manifest.sha256
-        )));
+        return Err(BackupError::Invalid(CheckFailure::Digest {
+            backup: backup.to_path_buf(),
+            sha256,
+            expected: manifest.sha256,
+        }));
     }
-    let info = check_copy(backup)
-        .map_err(|e| BackupError::Invalid(format!("{}: {e}", backup.display())))?;
+    let info = check_copy(backup).map_err(|error| {
+        BackupError::Invalid(CheckFailure::Check {
+            backup: backup.to_path_buf(),
+            error,
+        })
+    })?;
     if info != manifest.desktop_info {
-        return Err(BackupError::Invalid(format!(
-            "{}: holds {info:?}, the manifest says {:?}",
-            backup.display(),
-            manifest.desktop_info
-        )));
+        return Err(BackupError::Invalid(CheckFailure::Contents {
+            backup: backup.to_path_buf(),
+            info: Box::new(info),
+            expected: Box::new(manifest.desktop_info),
+        }));
     }
     Ok(manifest)
 }
@@ -520,16 +615,19 @@ pub fn restore(
             None
         }
         Err(BackupError::Invalid(why)) => {
-            return Err(BackupError::Invalid(format!(
-                "{why}; not restored (--force restores a backup that passes SQLite's integrity check anyway)"
-            )))
+            return Err(BackupError::Invalid(CheckFailure::NotRestored(Box::new(
+                why,
+            ))))
         }
         Err(e) => return Err(e),
     };
     let info = match &manifest {
         Some(m) => m.desktop_info.clone(),
-        None => check_copy(backup).map_err(|e| {
-            BackupError::Invalid(format!("{}: {e}; not restored", backup.display()))
+        None => check_copy(backup).map_err(|error| {
+            BackupError::Invalid(CheckFailure::ForcedCheck {
+                backup: backup.to_path_buf(),
+                error,
+            })
         })?,
     };
     let current = read_current(&desktop);
@@ -565,10 +663,9 @@ pub fn restore(
         other => other?,
     };
     let (_, last_id) = read_current(&desktop).ok_or_else(|| {
-        BackupError::Invalid(format!(
-            "{}: the restored desktop cannot be read back",
-            desktop.display()
-        ))
+        BackupError::Invalid(CheckFailure::ReadBack {
+            desktop: desktop.clone(),
+        })
     })?;
     Ok(RestoreReport {
         backup: backup.display().to_string(),
@@ -595,6 +692,45 @@ fn read_current(desktop: &Path) -> Option<(i64, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_failures_say_which_file_and_what_to_do() {
+        let size = CheckFailure::Size {
+            backup: "/b/v.desktop".into(),
+            bytes: 10,
+            expected: 12,
+        };
+        assert_eq!(
+            size.to_string(),
+            "/b/v.desktop: 10 bytes, the manifest says 12 (truncated or replaced)"
+        );
+        assert_eq!(
+            CheckFailure::NotRestored(Box::new(size)).to_string(),
+            "/b/v.desktop: 10 bytes, the manifest says 12 (truncated or replaced); not restored \
+             (--force restores a backup that passes SQLite's integrity check anyway)"
+        );
+        let unknown = CheckFailure::ManifestUnknown {
+            manifest: "/b/v.desktop.manifest".into(),
+            kind: "other".into(),
+            version: 9,
+        };
+        assert_eq!(
+            unknown.to_string(),
+            format!(
+                "/b/v.desktop.manifest: kind \"other\" version 9; this deskd reads \
+                 {MANIFEST_KIND:?} up to version {MANIFEST_VERSION}"
+            )
+        );
+        let missing = BackupError::Invalid(CheckFailure::ManifestMissing {
+            manifest: "/b/v.desktop.manifest".into(),
+            backup: "/b/v.desktop".into(),
+        });
+        assert_eq!(
+            missing.to_string(),
+            "/b/v.desktop.manifest: missing; /b/v.desktop is not a complete deskd backup \
+             (the manifest is written last)"
+        );
+    }
 
     #[test]
     fn a_name_of_our_making_never_replaces_a_backup() {

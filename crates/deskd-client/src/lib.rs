@@ -7,6 +7,8 @@
 //! bounded by the client timeout (default 60 s, `$DESKD_CLIENT_TIMEOUT`): past it the call fails
 //! with [`ClientError::Timeout`], and callers treat the volume as read-only.
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Write};
 use std::net::TcpStream;
@@ -48,32 +50,48 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
 /// Errors of a client call.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// Nothing answers at the endpoint (no server, wrong socket, refused TCP connection).
     #[error("cannot connect to deskd at {endpoint}: {source} (is `deskd serve` running?){hint}")]
     Connect {
+        /// The endpoint as the user would write it (`tcp://…` or a socket path).
         endpoint: String,
+        /// What connect(2) said.
         #[source]
         source: std::io::Error,
         /// Where else a deskd listens, when one does: empty, or `; …`.
         hint: String,
     },
+    /// No reply within the client timeout: callers then treat the volume as read-only, as
+    /// HELIOS clients do, rather than hang a file server.
     #[error("deskd: timed out; only read-only access possible")]
     Timeout,
+    /// The server closed the connection (it stopped, or dropped a misbehaving client).
     #[error("deskd closed the connection")]
     Closed,
+    /// The token file a TCP endpoint needs is missing, unreadable, readable by others or too
+    /// short; its message names the file.
     #[error("{0}")]
-    Token(String),
+    Token(deskd_proto::transport::TokenFileError),
+    /// The server answered the connection but the handshake failed (version, token,
+    /// connection limit).
     #[error("{endpoint}: {source}")]
     Handshake {
+        /// The endpoint as the user would write it.
         endpoint: String,
+        /// What went wrong, as the protocol layer saw it.
         #[source]
         source: ProtoError,
     },
+    /// A framing or encoding error on an established connection.
     #[error("protocol: {0}")]
     Proto(#[from] ProtoError),
+    /// The server carried out the request and refused it; [`ClientError::code`] says why.
     #[error("{0}")]
     Server(ErrorReply),
-    #[error("unexpected reply from deskd: {0}")]
-    Unexpected(String),
+    /// The server answered with a response of another kind than the request asks for (a
+    /// server of another version, or a bug); shown with `{:?}` since it is for a developer.
+    #[error("unexpected reply from deskd: {0:?}")]
+    Unexpected(Box<Response>),
 }
 
 impl ClientError {
@@ -86,6 +104,7 @@ impl ClientError {
     }
 }
 
+/// A client call's result.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 fn io_error(e: std::io::Error) -> ClientError {
@@ -311,5 +330,5 @@ fn connect_tcp(addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
 }
 
 fn unexpected(r: Response) -> ClientError {
-    ClientError::Unexpected(format!("{r:?}"))
+    ClientError::Unexpected(Box::new(r))
 }

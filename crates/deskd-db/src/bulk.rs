@@ -58,11 +58,12 @@ impl BulkLoad {
                     path.display()
                 )))
             }
-            Err(e) => {
-                return Err(DbError::Corrupt(format!(
-                    "{}: cannot create: {e}",
-                    path.display()
-                )))
+            Err(error) => {
+                return Err(DbError::Io {
+                    op: "create",
+                    path: path.to_path_buf(),
+                    error,
+                })
             }
         }
         let mut conn = Connection::open_with_flags(
@@ -143,7 +144,11 @@ impl BulkLoad {
         if let Some(path) = path {
             std::fs::File::open(&path)
                 .and_then(|f| f.sync_all())
-                .map_err(|e| DbError::Corrupt(format!("cannot sync {}: {e}", path.display())))?;
+                .map_err(|error| DbError::Io {
+                    op: "sync",
+                    path: path.clone(),
+                    error,
+                })?;
         }
         Ok(())
     }

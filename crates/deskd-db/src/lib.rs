@@ -11,6 +11,8 @@
 //! * [`Reader`] is a read-only connection; any number may be open. Both implement [`Read`].
 //! * No SQL lives outside this crate.
 
+#![warn(missing_docs)]
+
 pub mod bulk;
 pub mod files;
 pub mod ids;
@@ -45,41 +47,83 @@ pub const APPL: [u8; 4] = *b"APPL";
 /// Errors of the desktop database.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// SQLite failed; [`DbError::is_disk_full`] and the server's busy check look at its code.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Every ID up to [`LAST_USABLE_ID`] has been handed out; IDs are never reused, since a
+    /// client may still hold an old one.
     #[error("ID space exhausted: no 32-bit ID is left in this volume (rebuild cannot help; IDs are never reused)")]
     IdSpaceExhausted,
+    /// No object has this ID (never registered, or removed).
     #[error("no object with ID {0}")]
     NoSuchId(u32),
+    /// The directory holds no object of this name.
     #[error("no object named {name:?} in directory {parent}")]
-    NoSuchName { parent: u32, name: String },
+    NoSuchName {
+        /// The directory's ID.
+        parent: u32,
+        /// The name looked for, lossily decoded for the message.
+        name: String,
+    },
+    /// The name is taken in that directory; `(parent, name)` is unique.
     #[error("an object named {name:?} already exists in directory {parent} (ID {existing})")]
     Exists {
+        /// The directory's ID.
         parent: u32,
+        /// The name, lossily decoded for the message.
         name: String,
+        /// The ID of the object that has it, so a caller can reuse or report it.
         existing: u32,
     },
+    /// A directory was needed (as a parent, for a listing) and the object is not one.
     #[error("object {0} is not a directory")]
     NotADirectory(u32),
+    /// A directory with children cannot be removed: its children would lose their parent.
     #[error("directory {0} is not empty")]
     NotEmpty(u32),
+    /// A name no object may have; the second field says which rule it breaks.
     #[error("invalid name {0:?}: {1}")]
     InvalidName(String, &'static str),
+    /// A move that would put a directory below itself and cut its subtree off the root.
     #[error("cannot move directory {0} into itself or one of its descendants")]
     IntoItself(u32),
+    /// The root (ID 2) cannot be moved, renamed or deleted; the text says which was asked.
     #[error("the volume root cannot be {0}")]
     Root(&'static str),
+    /// A desktop written by a newer deskd: opening it could lose what this one does not know.
     #[error(
         "desktop format {found} is newer than this deskd supports ({supported}); upgrade deskd"
     )]
-    FormatTooNew { found: i32, supported: i32 },
+    FormatTooNew {
+        /// The file's `PRAGMA user_version`.
+        found: i32,
+        /// [`FORMAT_VERSION`], the newest this build reads.
+        supported: i32,
+    },
+    /// An SQLite file without deskd's tables: not opened, so that it is not changed.
     #[error("the file is an SQLite database but not a deskd desktop")]
     NotADesktop,
+    /// The desktop breaks one of its invariants (docs/desktop-format.md); the text says
+    /// which. `deskd rebuild` repairs it.
     #[error("desktop is corrupt: {0}")]
     Corrupt(String),
     /// The file system of this file is full.
     #[error("{0}: no space left on the device")]
     NoSpace(std::path::PathBuf),
+    // The I/O error is part of the message and deliberately not a `source`: printed with
+    // anyhow's `{:#}` (as dt and deskd do) a source would be repeated after the message.
+    /// A file operation beside SQLite failed: creating the desktop file, reading
+    /// `/dev/urandom` for a fresh volume's identity, syncing a rewritten file. Not
+    /// corruption: no desktop was damaged.
+    #[error("cannot {op} {}: {error}", .path.display())]
+    Io {
+        /// What was being done, after "cannot": `read`, `sync`, `create the desktop`.
+        op: &'static str,
+        /// The file it was about.
+        path: std::path::PathBuf,
+        /// What the kernel said.
+        error: std::io::Error,
+    },
 }
 
 impl DbError {
@@ -97,13 +141,17 @@ impl DbError {
     }
 }
 
+/// A desktop operation's result.
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
 /// What an object is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
+    /// A plain file.
     File,
+    /// A directory: the only kind that may be a parent.
     Dir,
+    /// A symbolic link, registered as itself and never followed.
     Symlink,
 }
 
@@ -145,29 +193,48 @@ pub(crate) fn find_glob(mode: FindMode, folded: &str) -> String {
 /// One row of the objects table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Object {
+    /// The object's ID (the root is 2): what AFP clients keep, so it never changes.
     pub id: u32,
+    /// The ID of the directory holding it (1 for the root).
     pub parent: u32,
+    /// The name as bytes: Linux names need not be UTF-8.
     pub name: Vec<u8>,
+    /// File, directory or symbolic link.
     pub kind: Kind,
+    /// The device last seen for the object; with `ino`, how a moved object is recognised.
     pub dev: u64,
+    /// The inode last seen for the object.
     pub ino: u64,
+    /// The Mac type code (files default to `UNIX`).
     pub type_code: [u8; 4],
+    /// The Mac creator code (files default to `UNKN`).
     pub creator: [u8; 4],
+    /// The Finder flags.
     pub flags: u16,
+    /// Unix time the object was registered.
     pub ctime: i64,
 }
 
 /// What a caller knows about an object it registers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewObject {
+    /// The directory it goes into, which must exist and be a directory.
     pub parent: u32,
+    /// Its name (checked: 1–255 bytes, no `/` or NUL, not `.` or `..`).
     pub name: Vec<u8>,
+    /// File, directory or symbolic link.
     pub kind: Kind,
+    /// The device it is on.
     pub dev: u64,
+    /// Its inode.
     pub ino: u64,
+    /// The Mac type code.
     pub type_code: [u8; 4],
+    /// The Mac creator code.
     pub creator: [u8; 4],
+    /// The Finder flags.
     pub flags: u16,
+    /// Unix time of the registration.
     pub ctime: i64,
     /// An ID to reuse if it is free (from a resource file or xattr mirror).
     pub hint: Option<u32>,
@@ -176,8 +243,11 @@ pub struct NewObject {
 /// Mac information that can be changed on an object; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InfoUpdate {
+    /// A new Mac type code.
     pub type_code: Option<[u8; 4]>,
+    /// A new Mac creator code.
     pub creator: Option<[u8; 4]>,
+    /// New Finder flags.
     pub flags: Option<u16>,
 }
 
@@ -197,35 +267,50 @@ pub enum FindMode {
 /// A find request: results come in ascending ID order, after `after_id`, at most `limit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FindQuery {
+    /// What names are matched against, folded like the names (see [`FindMode`]).
     pub pattern: String,
+    /// How the pattern matches.
     pub mode: FindMode,
+    /// Most results in one answer; callers page with `after_id`.
     pub limit: u32,
+    /// Only IDs above this one (0 for the first page), so paging needs no server state.
     pub after_id: u32,
 }
 
 /// An APPL record: `app_id` is an application for documents of `creator`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplRecord {
+    /// The creator code of the documents.
     pub creator: [u8; 4],
+    /// The ID of the application; the record goes when the object does.
     pub app_id: u32,
+    /// The client's tag (AFP's APPL tag), kept and returned as given.
     pub tag: u32,
 }
 
 /// An icon record, keyed by (creator, type, icon kind).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IconRecord {
+    /// The creator code the icon is for.
     pub creator: [u8; 4],
+    /// The type code the icon is for.
     pub type_code: [u8; 4],
+    /// The icon kind (AFP's icon type: `ICN#`, `icl8`, … as a number).
     pub itype: u8,
+    /// The client's tag, kept and returned as given.
     pub tag: u32,
+    /// The icon bitmap, as the client sent it.
     pub bitmap: Vec<u8>,
 }
 
 /// Counters of a desktop, for status displays.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
+    /// Registered objects, the root included.
     pub objects: u64,
+    /// The highest ID handed out; the next new object gets a higher one.
     pub last_id: u32,
+    /// The desktop format (`PRAGMA user_version`).
     pub format_version: i32,
 }
 
@@ -758,11 +843,10 @@ impl Desktop {
             .map(|m| m.len() == 0)
             .unwrap_or(true);
         // Private before SQLite opens it: the WAL and shared-memory files take its mode.
-        files::create_private(path).map_err(|e| {
-            DbError::Corrupt(format!(
-                "{}: cannot create the desktop: {e}",
-                path.display()
-            ))
+        files::create_private(path).map_err(|error| DbError::Io {
+            op: "create the desktop",
+            path: path.to_path_buf(),
+            error,
         })?;
         files::make_private(path);
         // Never through a link: one put in place of the desktop (in a root its users may
@@ -913,7 +997,11 @@ fn random_u64() -> Result<u64> {
     let mut bytes = [0u8; 8];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| DbError::Corrupt(format!("cannot read /dev/urandom: {e}")))?;
+        .map_err(|error| DbError::Io {
+            op: "read",
+            path: "/dev/urandom".into(),
+            error,
+        })?;
     Ok(u64::from_le_bytes(bytes))
 }
 

@@ -31,7 +31,9 @@ pub struct CopyInfo {
     pub last_id: u32,
     /// Rows in `objects`.
     pub objects: u64,
+    /// SQLite's page size in bytes.
     pub page_size: u64,
+    /// Pages in the file; with `page_size`, its size, and the total of the progress reports.
     pub pages: u64,
 }
 

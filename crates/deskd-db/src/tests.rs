@@ -707,3 +707,24 @@ fn close_clean_leaves_an_empty_wal_and_a_clean_mark() {
     let (_, report) = Desktop::open(&path, Durability::Normal).unwrap();
     assert!(report.was_clean);
 }
+
+#[test]
+fn a_desktop_that_cannot_be_created_is_an_io_error_not_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing").join(".Desktop");
+    let err = match Desktop::open(&path, Durability::Normal) {
+        Err(e) => e,
+        Ok(_) => panic!("opened below a missing directory"),
+    };
+    assert!(matches!(err, DbError::Io { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("cannot create the desktop {}: ", path.display())),
+        "{text}"
+    );
+    let err = match bulk::BulkLoad::create(&path) {
+        Err(e) => e,
+        Ok(_) => panic!("created below a missing directory"),
+    };
+    assert!(matches!(err, DbError::Io { op: "create", .. }), "{err:?}");
+}

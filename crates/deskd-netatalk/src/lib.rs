@@ -54,14 +54,33 @@ pub const RECONNECT_FOR: Duration = Duration::from_secs(4);
 pub enum BridgeError {
     #[error("{0}")]
     Wire(#[from] WireError),
-    /// The handshake's volume cannot be served (the text names it).
+    /// The handshake's volume cannot be served (the message names it).
     #[error("{0}")]
-    Volume(String),
+    Volume(VolumeRefused),
     #[error("operation {0} is not supported (Netatalk's cnid_dbd ends the connection too)")]
     Unsupported(i32),
     /// The handshake or a begun request did not arrive whole in time.
     #[error("{0} did not arrive whole within the frame timeout")]
     Stalled(&'static str),
+}
+
+/// Why the volume of an afpd handshake is not served; `volume` is its path as afpd sent it.
+// The causes are part of the message and deliberately not a `source`: printed with anyhow's
+// `{:#}` a source would be repeated after the message.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeRefused {
+    /// The path does not resolve on this host.
+    #[error("{volume}: {error}")]
+    Resolve {
+        volume: String,
+        error: std::io::Error,
+    },
+    /// deskd answered with an error (not a volume it serves); its message names the path.
+    #[error("{0}")]
+    Deskd(deskd_client::ErrorReply),
+    /// deskd could not be asked (not running, timed out, refused the connection).
+    #[error("{volume}: {error}")]
+    Unreachable { volume: String, error: ClientError },
 }
 
 /// What [`BridgeError::Stalled`] calls a handshake that did not end in time.
@@ -161,7 +180,7 @@ fn result_of(e: &ClientError) -> i32 {
 fn object(r: Result<Response, ClientError>) -> Result<ObjectInfo, ClientError> {
     match r? {
         Response::Object(o) => Ok(o),
-        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        other => Err(ClientError::Unexpected(Box::new(other))),
     }
 }
 
@@ -214,7 +233,7 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
                     Reply::id(o.id)
                 }
                 Ok(Response::MaybeObject(_)) => Reply::status(res::NOTFOUND),
-                Ok(other) => failed("lookup", &q, &ClientError::Unexpected(format!("{other:?}"))),
+                Ok(other) => failed("lookup", &q, &ClientError::Unexpected(Box::new(other))),
                 Err(e) => failed("lookup", &q, &e),
             }
         }
@@ -286,7 +305,7 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
                     payload: found.iter().flat_map(|o| o.id.to_be_bytes()).collect(),
                     ..Reply::status(res::OK)
                 },
-                Ok(other) => failed("search", &q, &ClientError::Unexpected(format!("{other:?}"))),
+                Ok(other) => failed("search", &q, &ClientError::Unexpected(Box::new(other))),
                 Err(e) => failed("search", &q, &e),
             }
         }
@@ -446,8 +465,14 @@ pub fn serve_connection(
     });
     let hello = wire::read_handshake(&mut input).map_err(|e| stalled(e, HANDSHAKE))?;
     let shown = String::from_utf8_lossy(&hello.volume_path).into_owned();
-    let root = std::fs::canonicalize(std::ffi::OsStr::from_bytes(&hello.volume_path))
-        .map_err(|e| BridgeError::Volume(format!("{shown}: {e}")))?;
+    let root = std::fs::canonicalize(std::ffi::OsStr::from_bytes(&hello.volume_path)).map_err(
+        |error| {
+            BridgeError::Volume(VolumeRefused::Resolve {
+                volume: shown.clone(),
+                error,
+            })
+        },
+    )?;
     let mut desk = Desk {
         connect,
         root,
@@ -456,8 +481,11 @@ pub fn serve_connection(
     // The volume must be one deskd serves; afpd learns otherwise from a closed connection.
     desk.client().map_err(|e| match e {
         // deskd's own message names the path already.
-        ClientError::Server(reply) => BridgeError::Volume(reply.message),
-        other => BridgeError::Volume(format!("{shown}: {other}")),
+        ClientError::Server(reply) => BridgeError::Volume(VolumeRefused::Deskd(reply)),
+        error => BridgeError::Volume(VolumeRefused::Unreachable {
+            volume: shown.clone(),
+            error,
+        }),
     })?;
     debug!(volume = %shown, user = %String::from_utf8_lossy(&hello.user), "afpd connected");
     let mut output = &stream;

@@ -46,7 +46,9 @@ pub fn wait_readable(fd: RawFd, deadline: Instant) -> io::Result<()> {
 
 /// A stream whose reads all end by one deadline (writes are not bounded by it).
 pub struct Deadlined<'a> {
+    /// The connection read from.
     pub stream: &'a Stream,
+    /// After this instant every read fails with `TimedOut`.
     pub deadline: Instant,
 }
 

@@ -13,6 +13,8 @@
 //! any order, so a client can pipeline. Every error is an [`ErrorCode`] plus a human message.
 //! `docs/protocol.md` documents the format byte by byte.
 
+#![warn(missing_docs)]
+
 pub mod deadline;
 pub mod ratelimit;
 pub mod spin;
@@ -49,18 +51,44 @@ pub const MAX_COMMENT: usize = 1024;
 pub const MAX_ICON_BITMAP: usize = u16::MAX as usize;
 
 /// Errors of framing and encoding.
+///
+/// The causes (`io::Error` aside) are part of the message and deliberately not a `source`:
+/// printed with anyhow's `{:#}` (as dt and deskd do) a source would be repeated after it.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
+    /// The connection failed; the client turns timeouts and closed sockets into its own
+    /// errors, so they can be told apart from other failures.
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
+    /// A frame's length prefix is over the limit: refused before its body is read, so a peer
+    /// cannot make the other side allocate at will.
     #[error("frame of {len} bytes exceeds the {limit}-byte limit")]
-    FrameTooLarge { len: u32, limit: u32 },
+    FrameTooLarge {
+        /// The length the prefix announced (or the encoded length, when sending).
+        len: u32,
+        /// The limit: [`MAX_FRAME`] for requests, [`MAX_REPLY_FRAME`] for replies.
+        limit: u32,
+    },
+    /// A body postcard cannot encode or decode (a peer speaking another shape, a truncated
+    /// frame).
     #[error("malformed message: {0}")]
-    Malformed(String),
+    Malformed(postcard::Error),
+    /// The peer's hello or status is not the deskd protocol's; the text says what came.
     #[error("bad handshake: {0}")]
     Handshake(String),
+    /// The system's random source failed, so the server could not make a TCP challenge.
+    #[error("bad handshake: no random challenge: {0}")]
+    Random(getrandom::Error),
+    /// The two sides speak different protocol versions; the server closes.
     #[error("server speaks protocol {server}, this client speaks {client}")]
-    VersionMismatch { server: u16, client: u16 },
+    VersionMismatch {
+        /// The server's version.
+        server: u16,
+        /// The client's version.
+        client: u16,
+    },
+    /// The TCP token check failed or could not be done (no token, wrong answer); the text
+    /// says what to give.
     #[error("authentication: {0}")]
     Auth(String),
     /// The server turned the connection away (a connection limit); it closes.
@@ -71,12 +99,16 @@ pub enum ProtoError {
 /// What an object is, on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
+    /// A plain file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link (registered as itself, never followed).
     Symlink,
 }
 
 impl Kind {
+    /// A short lower-case name for listings: `file`, `dir`, `symlink`.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::File => "file",
@@ -89,9 +121,13 @@ impl Kind {
 /// How `Find` matches (always case-insensitive, NFC and NFD alike).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FindMode {
+    /// The name contains the pattern.
     Substring,
+    /// The name starts with the pattern.
     Prefix,
+    /// The whole name matches a shell glob (`*`, `?`, `[...]`).
     Glob,
+    /// The whole name equals the pattern.
     Exact,
 }
 
@@ -105,177 +141,278 @@ pub enum Request {
     Volumes,
     /// The handle of the volume rooted at `root` (an absolute path).
     OpenVolume {
+        /// The volume root, an absolute path as bytes.
         root: Vec<u8>,
     },
     /// ID of `name` in directory `parent`, registering it if needed (lookup-or-add). The server
     /// checks that `dev`/`ino` match the object on disk. `hint` is an ID to keep if free.
     Add {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The ID of the directory holding the object.
         parent: u32,
+        /// The name in that directory, as bytes (Linux names need not be UTF-8).
         name: Vec<u8>,
+        /// The device the client sees the object on; the server checks it.
         dev: u64,
+        /// The inode the client sees; the server checks it.
         ino: u64,
+        /// An ID to keep when it is free and the peer may give hints (see docs/protocol.md).
         hint: Option<u32>,
+        /// The Mac type code for a new object (`None`: the default).
         type_code: Option<[u8; 4]>,
+        /// The Mac creator code for a new object (`None`: the default).
         creator: Option<[u8; 4]>,
     },
     /// Register the object at `path` (relative to the root) and any unregistered directory above
     /// it; the server stats each itself. Returns the final object.
     AddPath {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// A path relative to the volume root.
         path: Vec<u8>,
+        /// An ID to keep when it is free and the peer may give hints (see docs/protocol.md).
         hint: Option<u32>,
+        /// The Mac type code for a new object (`None`: the default).
         type_code: Option<[u8; 4]>,
+        /// The Mac creator code for a new object (`None`: the default).
         creator: Option<[u8; 4]>,
     },
     /// The registered object `name` in `parent` (no registration).
     Lookup {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The ID of the directory holding the object.
         parent: u32,
+        /// The name in that directory, as bytes (Linux names need not be UTF-8).
         name: Vec<u8>,
     },
     /// The registered object at `path` (no registration).
     LookupPath {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// A path relative to the volume root.
         path: Vec<u8>,
     },
     /// The object with this ID, with its path.
     Resolve {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The object's ID.
         id: u32,
     },
     /// The registered children of a directory.
     Children {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The directory's ID.
         dir: u32,
     },
     /// The client renamed/moved object `id` to `new_parent`/`new_name`; the server verifies it.
     Rename {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The object's ID.
         id: u32,
+        /// The directory it is in now.
         new_parent: u32,
+        /// The name it has now.
         new_name: Vec<u8>,
+        /// Replace an object that has the target name (its IDs are removed); else `Exists`.
         replace: bool,
     },
     /// The client renamed `from` to `to` (paths relative to the root); the server verifies it.
     /// An unregistered `from` is registered at `to` (keeping `hint` if free).
     RenamePath {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// Where it was, relative to the root.
         from: Vec<u8>,
+        /// Where it is now, relative to the root.
         to: Vec<u8>,
+        /// Replace an object that has the target name (its IDs are removed); else `Exists`.
         replace: bool,
+        /// An ID to keep when it is free and the peer may give hints (see docs/protocol.md).
         hint: Option<u32>,
     },
     /// The client removed object `id` (and, with `recursive`, everything below); verified.
     Delete {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The object's ID.
         id: u32,
+        /// Remove everything below too (a directory with children is refused otherwise).
         recursive: bool,
     },
     /// The client removed `path`; verified. An unregistered path is not an error.
     DeletePath {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// A path relative to the volume root.
         path: Vec<u8>,
+        /// Remove everything below too (a directory with children is refused otherwise).
         recursive: bool,
     },
     /// Change type, creator or Finder flags.
     SetInfo {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The object's ID.
         id: u32,
+        /// A new Mac type code (`None` leaves it).
         type_code: Option<[u8; 4]>,
+        /// A new Mac creator code (`None` leaves it).
         creator: Option<[u8; 4]>,
+        /// New Finder flags (`None` leaves them).
         flags: Option<u16>,
     },
     /// Names matching `pattern`, in ID order after `after_id`, at most `limit` (≤ 10,000).
     Find {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// What names are matched against.
         pattern: String,
+        /// How the pattern matches.
         mode: FindMode,
+        /// Most results (at most 10,000); fewer means there are no more.
         limit: u32,
+        /// Only IDs above this one: 0, then the last ID of the previous page.
         after_id: u32,
     },
+    /// Register `app_id` as an application for documents of `creator` (AFP FPAddAPPL).
     ApplAdd {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The creator code of the documents the application opens.
         creator: [u8; 4],
+        /// The ID of the application.
         app_id: u32,
+        /// The client's tag, kept and returned as given.
         tag: u32,
     },
+    /// The applications for documents of `creator`: `(app_id, tag)` pairs (FPGetAPPL).
     ApplGet {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The creator code of the documents.
         creator: [u8; 4],
     },
+    /// Unregister an application (FPRemoveAPPL); `NotFound` when it was not.
     ApplRemove {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The creator code of the documents.
         creator: [u8; 4],
+        /// The ID of the application.
         app_id: u32,
     },
+    /// Store an icon bitmap for (creator, type, icon kind), replacing one (FPAddIcon).
     IconAdd {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The creator code the icon is for.
         creator: [u8; 4],
+        /// The type code the icon is for.
         type_code: [u8; 4],
+        /// The icon kind (AFP's icon type).
         itype: u8,
+        /// The client's tag, kept and returned as given.
         tag: u32,
+        /// The bitmap, at most [`MAX_ICON_BITMAP`] bytes.
         bitmap: Vec<u8>,
     },
+    /// The icon for (creator, type, icon kind), with its tag (FPGetIcon).
     IconGet {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The creator code the icon is for.
         creator: [u8; 4],
+        /// The type code the icon is for.
         type_code: [u8; 4],
+        /// The icon kind (AFP's icon type).
         itype: u8,
     },
+    /// The icons stored for `creator`: (type, icon kind, tag) (FPGetIconInfo).
     IconList {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The creator code whose icons are listed.
         creator: [u8; 4],
     },
+    /// Set the Finder comment of object `id` (FPAddComment).
     CommentSet {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The object's ID.
         id: u32,
+        /// The comment, at most [`MAX_COMMENT`] bytes; it replaces any other.
         text: Vec<u8>,
     },
+    /// The Finder comment of object `id` (FPGetComment).
     CommentGet {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The object's ID.
         id: u32,
     },
+    /// Remove the Finder comment of object `id` (FPRemoveComment).
     CommentRemove {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The object's ID.
         id: u32,
     },
     /// Per-volume state; `vol: None` for all volumes.
     Status {
+        /// One volume, or `None` for all.
         vol: Option<VolumeId>,
     },
     /// Commit and TRUNCATE-checkpoint (admin).
     Flush {
+        /// One volume, or `None` for all.
         vol: Option<VolumeId>,
     },
     /// Flush, then keep `.Desktop` byte-stable for `seconds` (admin; `None` = default).
     Freeze {
+        /// One volume, or `None` for all.
         vol: Option<VolumeId>,
+        /// How long (`None`: the configured default; clamped to `freeze_max`).
         seconds: Option<u32>,
     },
     /// End a freeze early (admin).
     Thaw {
+        /// One volume, or `None` for all.
         vol: Option<VolumeId>,
     },
     /// Start an online rebuild of a served volume (admin). The job ends by itself when no
     /// [`Request::RebuildPoll`] arrives for `timeout_secs` (the client is gone).
     RebuildStart {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// Scan, repair or fresh.
         mode: RebuildMode,
+        /// Walker threads (`None`: the rebuild's default).
         threads: Option<u32>,
+        /// Go on when the file system has less than twice the desktop free.
         force: bool,
+        /// Stop the job when no poll arrives for this long.
         timeout_secs: u32,
     },
     /// The state of rebuild `job`, with its difference lines from number `from` on (admin).
     /// Every poll keeps the job alive.
     RebuildPoll {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The job number [`Response::RebuildStarted`] gave.
         job: u64,
+        /// The first difference line wanted (`u64::MAX`: none).
         from: u64,
     },
     /// Stop rebuild `job` (admin); nothing is applied after the stop.
     RebuildCancel {
+        /// The volume handle [`Request::OpenVolume`] gave.
         vol: VolumeId,
+        /// The job number [`Response::RebuildStarted`] gave.
         job: u64,
     },
 }
@@ -294,32 +431,45 @@ pub enum RebuildMode {
 /// One difference a rebuild found (one `-s` line: `<kind> <path>: <detail>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DifferenceLine {
+    /// What differs, a short word (`orphan-rsrc`, …) scripts can match on.
     pub kind: String,
+    /// The absolute path concerned, as bytes.
     pub path: Vec<u8>,
+    /// What was found and what the rebuild does about it.
     pub detail: String,
 }
 
 /// The totals of a finished rebuild.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebuildSummary {
+    /// Objects walked on disk.
     pub objects: u64,
+    /// Of them, directories.
     pub directories: u64,
+    /// Objects that got an ID of the rebuild's making.
     pub new_ids: u64,
+    /// Objects renumbered because another object kept the ID they claimed (true duplicates).
     pub renumbered: u64,
+    /// Objects whose resource file, xattr mirror or desktop row was corrected.
     pub repaired: u64,
+    /// Desktop rows and resource files that belonged to no object and were removed.
     pub removed: u64,
     /// Difference lines reported.
     pub differences: u64,
     /// Objects left to clients that changed them meanwhile, with a difference still open.
     pub left: u64,
+    /// Passes run (one more each time clients changed objects a pass had to leave alone).
     pub passes: u32,
+    /// How long the rebuild took, in milliseconds.
     pub millis: u64,
 }
 
 /// A rebuild job as the server reports it (in a poll reply and in `Status`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebuildState {
+    /// The job number, as [`Response::RebuildStarted`] gave it.
     pub job: u64,
+    /// What the job does.
     pub mode: RebuildMode,
     /// `walking`, `planning`, `applying`, `done`, `failed` or `stopped`.
     pub phase: String,
@@ -334,6 +484,10 @@ pub struct RebuildState {
     /// Number of the line after the last one sent.
     pub next: u64,
     /// Set when the job has ended: its totals, or why it failed or stopped.
+    ///
+    /// The why is a `String` on purpose: it crosses the socket, where an error's type and
+    /// source chain cannot go, and a client only shows it; the server sends the failure's
+    /// message (with its causes) here.
     pub finished: Option<Result<RebuildSummary, String>>,
 }
 
@@ -419,12 +573,19 @@ impl Request {
 /// An object as the server reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectInfo {
+    /// The object's ID, which never changes while the object lives.
     pub id: u32,
+    /// The ID of the directory holding it (1 for the root).
     pub parent: u32,
+    /// Its name, as bytes.
     pub name: Vec<u8>,
+    /// File, directory or symbolic link.
     pub kind: Kind,
+    /// The Mac type code.
     pub type_code: [u8; 4],
+    /// The Mac creator code.
     pub creator: [u8; 4],
+    /// The Finder flags.
     pub flags: u16,
     /// The path relative to the volume root, when the request asked for it.
     pub path: Option<Vec<u8>>,
@@ -435,19 +596,28 @@ pub struct ObjectInfo {
 /// A served volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeInfo {
+    /// The handle later requests name the volume by.
     pub vol: VolumeId,
+    /// The volume root, an absolute path as bytes.
     pub root: Vec<u8>,
+    /// Whether writes are refused (configured so, or the file system is full).
     pub read_only: bool,
 }
 
 /// State of one volume, for `deskd status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeStatus {
+    /// The volume's handle.
     pub vol: VolumeId,
+    /// The volume root, as bytes.
     pub root: Vec<u8>,
+    /// The desktop file's path, as bytes.
     pub desktop: Vec<u8>,
+    /// Registered objects.
     pub objects: u64,
+    /// The highest ID handed out.
     pub last_id: u32,
+    /// Whether writes are refused now.
     pub read_only: bool,
     /// Why the volume is read-only when its configuration says writable (`file system full`).
     pub read_only_reason: Option<String>,
@@ -468,28 +638,45 @@ pub struct VolumeStatus {
 /// A successful reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
+    /// The served volumes (to `Volumes`).
     Volumes(Vec<VolumeInfo>),
+    /// One volume (to `OpenVolume`).
     Volume(VolumeInfo),
+    /// One object (to `Add`, `AddPath`, `Resolve`, `SetInfo`).
     Object(ObjectInfo),
+    /// An object if registered (to `Lookup`, `LookupPath`).
     MaybeObject(Option<ObjectInfo>),
+    /// Objects (to `Children`, `Find`).
     Objects(Vec<ObjectInfo>),
     /// IDs removed by a delete or a replacing rename.
     Removed(Vec<u32>),
+    /// `(app_id, tag)` pairs (to `ApplGet`).
     Appl(Vec<(u32, u32)>),
+    /// `(tag, bitmap)` if stored (to `IconGet`).
     Icon(Option<(u32, Vec<u8>)>),
+    /// `(type_code, itype, tag)` of each stored icon (to `IconList`).
     Icons(Vec<([u8; 4], u8, u32)>),
+    /// The Finder comment if set (to `CommentGet`).
     Comment(Option<Vec<u8>>),
+    /// Per-volume state (to `Status`).
     Status(Vec<VolumeStatus>),
     /// Frozen until this Unix time; `clamped` when the request exceeded `freeze_max`.
     Frozen {
+        /// Unix time the freeze ends.
         until: i64,
+        /// The request asked for more than `max` seconds and got `max`.
         clamped: bool,
+        /// The server's `freeze_max`, in seconds.
         max: u32,
     },
+    /// The rebuild job began (to `RebuildStart`).
     RebuildStarted {
+        /// Its number, for `RebuildPoll` and `RebuildCancel`.
         job: u64,
     },
+    /// A rebuild job's state (to `RebuildPoll`).
     Rebuild(RebuildState),
+    /// Done, nothing to report (to the other changes and admin verbs).
     Done,
 }
 
@@ -500,9 +687,13 @@ pub enum ErrorCode {
     BadRequest,
     /// A frame exceeded [`MAX_FRAME`]; the server closes the connection.
     FrameTooLarge,
+    /// An unknown handle or path, or a volume no longer served.
     NoSuchVolume,
+    /// No such ID, name or path, or one the peer may not see.
     NotFound,
+    /// The target name is taken (a rename without `replace`).
     Exists,
+    /// Empty, over 255 bytes, `/` or NUL.
     InvalidName,
     /// The path leaves the volume (`..`, a symlink, outside the root).
     Escape,
@@ -510,16 +701,24 @@ pub enum ErrorCode {
     Protected,
     /// The file system does not show what the client claims.
     ClaimRejected,
+    /// A non-recursive delete of a directory with children.
     NotEmpty,
+    /// A parent that is not a directory.
     NotADirectory,
+    /// Moving a directory into its own subtree.
     IntoItself,
+    /// No 32-bit ID is left in the volume.
     IdSpaceExhausted,
+    /// The volume is read-only.
     ReadOnly,
+    /// An admin verb by another user, the root renamed or deleted, or a change the peer may
+    /// not make to an object it sees.
     PermissionDenied,
     /// The desktop is locked by another process.
     Busy,
     /// The server is shutting down.
     ShuttingDown,
+    /// Anything else; the message says what.
     Internal,
     /// The desktop's file system is (nearly) full: the write was refused before it could take
     /// the space a checkpoint needs. Reads go on.
@@ -529,7 +728,9 @@ pub enum ErrorCode {
 /// An error reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorReply {
+    /// What kind of failure, for programs to act on.
     pub code: ErrorCode,
+    /// What happened, for people.
     pub message: String,
 }
 
@@ -540,6 +741,7 @@ impl std::fmt::Display for ErrorReply {
 }
 
 impl ErrorReply {
+    /// An error reply with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ErrorReply {
             code,
@@ -551,14 +753,19 @@ impl ErrorReply {
 /// A request with its client-chosen id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestFrame {
+    /// Chosen by the client, so that pipelined replies can be matched up; 0 is best avoided,
+    /// as replies about the connection itself carry it.
     pub id: u64,
+    /// What is asked.
     pub request: Request,
 }
 
 /// A reply to the request with the same id (id 0: a connection-level error).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplyFrame {
+    /// The id of the request answered; 0 for an error about the connection itself.
     pub id: u64,
+    /// The answer, or why there is none.
     pub result: Result<Response, ErrorReply>,
 }
 
@@ -570,7 +777,7 @@ pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtoError> {
 /// Encode a value as one frame whose body is at most `limit` bytes.
 pub fn encode_frame_within<T: Serialize>(value: &T, limit: u32) -> Result<Vec<u8>, ProtoError> {
     let mut out = vec![0u8; 4];
-    out = postcard::to_extend(value, out).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    out = postcard::to_extend(value, out).map_err(ProtoError::Malformed)?;
     let len = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
     if len > limit {
         return Err(ProtoError::FrameTooLarge { len, limit });
@@ -615,7 +822,7 @@ pub fn read_frame_body_within(
 
 /// Decode a frame body.
 pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ProtoError> {
-    postcard::from_bytes(body).map_err(|e| ProtoError::Malformed(e.to_string()))
+    postcard::from_bytes(body).map_err(ProtoError::Malformed)
 }
 
 /// The socket path every deskd program uses: `explicit`, else `$DESKD_SOCKET`, else

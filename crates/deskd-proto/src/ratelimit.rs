@@ -10,6 +10,7 @@ pub struct RateLimited {
 }
 
 impl RateLimited {
+    /// At most once per `every`; `const` so that it can be a `static` at the call site.
     pub const fn new(every: Duration) -> RateLimited {
         RateLimited {
             last: Mutex::new(None),

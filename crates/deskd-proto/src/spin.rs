@@ -34,6 +34,7 @@ pub struct SpinRead {
 }
 
 impl SpinRead {
+    /// Reads from `stream`, polling for `spin` first ([`spin_window`] gives the default).
     pub fn new(stream: Stream, spin: Duration) -> SpinRead {
         SpinRead {
             stream,

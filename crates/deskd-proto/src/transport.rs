@@ -85,7 +85,9 @@ impl std::fmt::Display for Endpoint {
 /// One connection, over either transport.
 #[derive(Debug)]
 pub enum Stream {
+    /// A Unix socket connection (the default; the peer's uid is known).
     Unix(UnixStream),
+    /// A TCP connection (guarded by the token handshake).
     Tcp(TcpStream),
 }
 
@@ -98,6 +100,7 @@ impl Stream {
         }
     }
 
+    /// Bound every read (`None`: wait for ever).
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_read_timeout(timeout),
@@ -105,6 +108,7 @@ impl Stream {
         }
     }
 
+    /// Bound every write (`None`: wait for ever).
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_write_timeout(timeout),
@@ -112,6 +116,7 @@ impl Stream {
         }
     }
 
+    /// Shut down one or both directions of the connection.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.shutdown(how),
@@ -201,29 +206,69 @@ pub fn tune_tcp(stream: &TcpStream) -> io::Result<()> {
     set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6)
 }
 
+/// Why a token file was not used. Every message starts with `token file PATH:` so that the
+/// server's log and a client's error say which file to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    // The I/O error is part of the message and deliberately not a `source`: printed with
+    // anyhow's `{:#}` (as dt and deskd do) a source would be repeated after the message.
+    /// It cannot be examined or read.
+    #[error("token file {}: {error}", .path.display())]
+    Io {
+        /// The token file.
+        path: PathBuf,
+        /// What the kernel said.
+        error: io::Error,
+    },
+    /// Other users may read it: the token is a password.
+    #[error(
+        "token file {}: other users may read it (mode {mode:04o}); `chmod o-rwx` it",
+        .path.display()
+    )]
+    Readable {
+        /// The token file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The token is shorter than [`MIN_TOKEN_LEN`] bytes: too easy to guess.
+    #[error(
+        "token file {}: the token has {len} bytes; at least {MIN_TOKEN_LEN} are needed \
+         (make one with `head -c 32 /dev/urandom | base64`)",
+        .path.display()
+    )]
+    TooShort {
+        /// The token file.
+        path: PathBuf,
+        /// The token's length in bytes, trailing white space removed.
+        len: usize,
+    },
+}
+
 /// Read a token file: its bytes without trailing white space. Refused: a file other users may
 /// read (the token is a password), and a token shorter than [`MIN_TOKEN_LEN`] bytes.
-pub fn read_token_file(path: &Path) -> Result<Vec<u8>, String> {
-    let what = |e: io::Error| format!("token file {}: {e}", path.display());
+pub fn read_token_file(path: &Path) -> Result<Vec<u8>, TokenFileError> {
+    let what = |error: io::Error| TokenFileError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
     let meta = std::fs::metadata(path).map_err(what)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o007 != 0 {
-        return Err(format!(
-            "token file {}: other users may read it (mode {mode:04o}); `chmod o-rwx` it",
-            path.display()
-        ));
+        return Err(TokenFileError::Readable {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     let mut token = std::fs::read(path).map_err(what)?;
     while token.last().is_some_and(|b| b.is_ascii_whitespace()) {
         token.pop();
     }
     if token.len() < MIN_TOKEN_LEN {
-        return Err(format!(
-            "token file {}: the token has {} bytes; at least {MIN_TOKEN_LEN} are needed \
-             (make one with `head -c 32 /dev/urandom | base64`)",
-            path.display(),
-            token.len()
-        ));
+        return Err(TokenFileError::TooShort {
+            path: path.to_path_buf(),
+            len: token.len(),
+        });
     }
     Ok(token)
 }
@@ -361,8 +406,7 @@ pub fn server_handshake(
         return Ok(());
     };
     let mut challenge = [0u8; CHALLENGE_LEN];
-    getrandom::getrandom(&mut challenge)
-        .map_err(|e| ProtoError::Handshake(format!("no random challenge: {e}")))?;
+    getrandom::getrandom(&mut challenge).map_err(ProtoError::Random)?;
     let mut message = server_hello(STATUS_CHALLENGE).to_vec();
     message.extend_from_slice(&challenge);
     stream.write_all(&message)?;
@@ -499,12 +543,23 @@ mod tests {
         assert_eq!(read_token_file(&path).unwrap(), b"0123456789abcdef");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = read_token_file(&path).unwrap_err();
-        assert!(e.contains("other users may read it (mode 0644)"), "{e}");
+        assert!(
+            matches!(e, TokenFileError::Readable { mode: 0o644, .. }),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("token file {}: ", path.display())));
+        assert!(text.contains("other users may read it (mode 0644)"), "{e}");
         std::fs::write(&path, b"short\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let e = read_token_file(&path).unwrap_err();
-        assert!(e.contains("the token has 5 bytes"), "{e}");
+        assert!(
+            matches!(e, TokenFileError::TooShort { len: 5, .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("the token has 5 bytes"), "{e}");
         let e = read_token_file(&dir.path().join("none")).unwrap_err();
-        assert!(e.contains("No such file"), "{e}");
+        assert!(matches!(e, TokenFileError::Io { .. }), "{e:?}");
+        assert!(e.to_string().contains("No such file"), "{e}");
     }
 }

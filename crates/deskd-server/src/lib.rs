@@ -200,8 +200,8 @@ pub struct Server {
 
 /// Read the token and bind the TCP address.
 fn bind_tcp(tcp: &TcpConfig) -> Result<(TcpListener, TcpAccess), ServerError> {
-    let token =
-        deskd_proto::transport::read_token_file(&tcp.token_file).map_err(ServerError::Config)?;
+    let token = deskd_proto::transport::read_token_file(&tcp.token_file)
+        .map_err(|e| ServerError::Config(e.to_string()))?;
     let listener = TcpListener::bind(&tcp.listen).map_err(|e| ServerError::Tcp {
         addr: tcp.listen.clone(),
         message: e.to_string(),

@@ -10,6 +10,8 @@
 //! * [`Volume`]: the one place where a client path is turned into a path inside the volume,
 //!   refusing `..` escapes, symlinks that leave the volume and invalid names.
 
+#![warn(missing_docs)]
+
 pub mod guard;
 pub mod netatalk;
 pub mod pin;
@@ -103,22 +105,33 @@ pub enum VolumeError {
     // The I/O error is part of the message and deliberately not a `source`: printed with
     // anyhow's `{:#}` (as dt and deskd do) a source would be repeated after the message
     // ("…: Permission denied (os error 13): Permission denied (os error 13)").
+    /// A file-system call on `path` failed.
     #[error("{path}: {error}")]
     Io {
+        /// The file or directory the call was about.
         path: PathBuf,
+        /// What the kernel said.
         error: std::io::Error,
     },
+    /// A resource file that is not one: wrong magic or version, too short, or a symbolic
+    /// link (which could send a root-run tool outside the volume). The text says which.
     #[error("bad resource file: {0}")]
     BadResourceFile(String),
+    /// A path that would lead outside the volume (`.` or `..`, a symbolic link to outside);
+    /// refused because the server acts for clients who may not reach beyond it.
     #[error("{0}: path leaves the volume")]
     Escape(String),
+    /// A path through `.Desktop` or `.rsrc`, which only deskd may change.
     #[error("{0}: protected name (.Desktop and .rsrc belong to deskd)")]
     Protected(String),
+    /// A name no object may have (empty, longer than 255 bytes, a `/` or NUL in it); the
+    /// second field says which rule it breaks.
     #[error("{0}: invalid name: {1}")]
     InvalidName(String, &'static str),
 }
 
 impl VolumeError {
+    /// [`VolumeError::Io`] for `path`: the shape every file-system failure here takes.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         VolumeError::Io {
             path: path.to_path_buf(),

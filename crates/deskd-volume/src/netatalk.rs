@@ -20,6 +20,7 @@ pub const APPLEDOUBLE_VERSION: u32 = 0x0002_0000;
 pub const ENTRY_FINDER_INFO: u32 = 9;
 /// Entry id of the cached CNID (Netatalk's private number for it, and the on-disk value).
 pub const ENTRY_CNID: u32 = 19;
+/// The entry id Netatalk actually writes for the cached CNID (its private id range); read too.
 pub const ENTRY_CNID_ON_DISK: u32 = 0x8053_567E;
 
 const HEADER_LEN: usize = 26;
@@ -30,20 +31,28 @@ const ENTRY_LEN: usize = 12;
 pub struct NetatalkInfo {
     /// The cached CNID, when present and non-zero.
     pub cnid: Option<u32>,
+    /// The Finder type code from the Finder info entry (zeros when there is none).
     pub type_code: [u8; 4],
+    /// The Finder creator code from the Finder info entry (zeros when there is none).
     pub creator: [u8; 4],
+    /// The Finder flags from the Finder info entry (0 when there is none).
     pub finder_flags: u16,
 }
 
 /// Why a metadata blob could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetatalkError {
+    /// Fewer bytes than the 26-byte header (the length is given).
     #[error("shorter than an AppleDouble header ({0} bytes)")]
     Short(usize),
+    /// Not AppleDouble: the first four bytes are not [`APPLEDOUBLE_MAGIC`].
     #[error("bad AppleDouble magic {0:#010x}")]
     Magic(u32),
+    /// AppleDouble of a version other than [`APPLEDOUBLE_VERSION`].
     #[error("unsupported AppleDouble version {0:#010x}")]
     Version(u32),
+    /// The entry count or an entry's offset and length point past the blob: truncated or
+    /// forged, so nothing in it is believed.
     #[error("entry table runs past the end")]
     Entries,
 }

@@ -30,16 +30,25 @@ const OFF_COMMENT: usize = 64 + 16 + 36;
 /// The fields of a resource-file header that deskd reads and writes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ResourceHeader {
+    /// The serial number at offset 4 (HELIOS's; kept, not interpreted).
     pub serno: u32,
+    /// The attributes at offset 10 (HELIOS's; kept, not interpreted).
     pub attr: u16,
+    /// The open maximum at offset 12 (HELIOS's; kept, not interpreted).
     pub open_max: u16,
+    /// When the backup bit was cleared (offset 16; kept, not interpreted).
     pub backup_cleared: u32,
     /// The object's ID; 0 means "let the server allocate one".
     pub id: u32,
+    /// Creation time, Unix seconds (what AFP reports as the object's creation date).
     pub create_time: u32,
+    /// Backup time (offset 28; kept, not interpreted).
     pub backup_time: u32,
+    /// The Finder type code (`TEXT`, `APPL`, …): with the creator, what opens the file.
     pub type_code: [u8; 4],
+    /// The Finder creator code: the application that owns the file.
     pub creator: [u8; 4],
+    /// The Finder flags (invisible, has custom icon, …), as the Finder info holds them.
     pub finder_flags: u16,
     /// The remaining 22 bytes of Finder info (location, folder, extended info), kept verbatim.
     pub finder_rest: [u8; 22],

@@ -61,7 +61,36 @@ pub enum FilesetError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Usage(String),
+    Usage(#[from] UsageError),
+}
+
+/// Options no command can work with (exit status 64), found before anything is touched.
+// The glob error is part of the message and deliberately not a `source`: printed with
+// anyhow's `{:#}` a source would be repeated after the message.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// A `-p` pattern that does not compile.
+    #[error("pattern {pattern:?}: {error}")]
+    Pattern {
+        /// The pattern as given.
+        pattern: String,
+        /// Why glob refuses it.
+        error: glob::PatternError,
+    },
+    /// More than [`MAX_PATTERNS`] `-p` patterns (the QNX tool's limit).
+    #[error("at most {MAX_PATTERNS} -p patterns")]
+    TooManyPatterns,
+    /// A check-file name that is not a plain name in the set's directory: `-c /etc/x` would
+    /// make a save replace `/etc/x`, `-c sub/x` or `..` would fail halfway.
+    #[error(
+        "check-file name {0:?}: must be a file name in the set's directory \
+         (no '/', not . or .., at most {max} bytes, not ending in {TEMP_SUFFIX})",
+        max = 255 - INTENT_SUFFIX.len()
+    )]
+    CheckName(String),
+    /// A command that copies between the directories was given only one.
+    #[error("{0} needs PERMDIR and TMPDIR")]
+    NoTmpdir(&'static str),
 }
 
 impl FilesetError {
@@ -141,8 +170,12 @@ impl Options {
         self.patterns
             .iter()
             .map(|p| {
-                glob::Pattern::new(p)
-                    .map_err(|e| FilesetError::Usage(format!("pattern {p:?}: {e}")))
+                glob::Pattern::new(p).map_err(|error| {
+                    FilesetError::from(UsageError::Pattern {
+                        pattern: p.clone(),
+                        error,
+                    })
+                })
             })
             .collect()
     }
@@ -153,9 +186,7 @@ impl Options {
     /// would fail halfway).
     pub fn validate(&self) -> Result<()> {
         if self.patterns.len() > MAX_PATTERNS {
-            return Err(FilesetError::Usage(format!(
-                "at most {MAX_PATTERNS} -p patterns"
-            )));
+            return Err(UsageError::TooManyPatterns.into());
         }
         self.compiled_patterns()?;
         let name = self.check_name.as_str();
@@ -167,11 +198,7 @@ impl Options {
             || name.ends_with(TEMP_SUFFIX)
             || name.len() + INTENT_SUFFIX.len() > 255
         {
-            return Err(FilesetError::Usage(format!(
-                "check-file name {name:?}: must be a file name in the set's directory \
-                 (no '/', not . or .., at most {} bytes, not ending in {TEMP_SUFFIX})",
-                255 - INTENT_SUFFIX.len()
-            )));
+            return Err(UsageError::CheckName(name.to_string()).into());
         }
         Ok(())
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use fileset::{FilesetError, Options};
+use fileset::{FilesetError, Options, UsageError};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Command {
@@ -65,11 +65,20 @@ struct Cli {
     tmpdir: Option<PathBuf>,
 }
 
-fn parse_perms(text: &str) -> Result<u32, String> {
+/// Why a `-P` value is not a permission mode (clap prints it after the option's name).
+#[derive(Debug, thiserror::Error)]
+enum PermsError {
+    #[error("{0:?} is not an octal mode")]
+    NotOctal(String),
+    #[error("{0:?} is more than 07777")]
+    TooLarge(String),
+}
+
+fn parse_perms(text: &str) -> Result<u32, PermsError> {
     let v = u32::from_str_radix(text.trim_start_matches("0o"), 8)
-        .map_err(|_| format!("{text:?} is not an octal mode"))?;
+        .map_err(|_| PermsError::NotOctal(text.to_string()))?;
     if v > 0o7777 {
-        return Err(format!("{text:?} is more than 07777"));
+        return Err(PermsError::TooLarge(text.to_string()));
     }
     Ok(v)
 }
@@ -105,10 +114,10 @@ fn run(cli: Cli) -> Result<(), FilesetError> {
         format: cli.format,
         backup: cli.backup,
     };
-    let need_tmp = |cmd: &str| {
+    let need_tmp = |cmd: &'static str| {
         cli.tmpdir
             .clone()
-            .ok_or_else(|| FilesetError::Usage(format!("{cmd} needs PERMDIR and TMPDIR")))
+            .ok_or(FilesetError::Usage(UsageError::NoTmpdir(cmd)))
     };
     match cli.command {
         Command::Load => {

@@ -17,8 +17,13 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: not an INI file: {message}")]
-    Syntax { path: PathBuf, message: String },
+    // The parse error is part of the message and deliberately not a `source`: printed with
+    // anyhow's `{:#}` (as main does) a source would be repeated after the message.
+    #[error("{path}: not an INI file: {error}")]
+    Syntax {
+        path: PathBuf,
+        error: ini::ParseError,
+    },
     #[error("{path}: [{section}] {key} is missing")]
     Missing {
         path: PathBuf,
@@ -165,9 +170,9 @@ fn parse_ini(path: &Path) -> Result<Sections, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
-    let ini = ini::Ini::load_from_str(&text).map_err(|e| ConfigError::Syntax {
+    let ini = ini::Ini::load_from_str(&text).map_err(|error| ConfigError::Syntax {
         path: path.to_owned(),
-        message: e.to_string(),
+        error,
     })?;
     let mut out: Sections = HashMap::new();
     for (section, props) in ini.iter() {

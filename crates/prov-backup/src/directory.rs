@@ -49,38 +49,60 @@ fn tls_config(db: &Database) -> Result<Arc<ClientConfig>, LdapError> {
     match &db.ca_certificates {
         Some(certs) => {
             for cert in certs {
-                roots
-                    .add(cert.clone())
-                    .map_err(|e| tls_error(format!("CA_FILE: {e}")))?;
+                roots.add(cert.clone()).map_err(TlsSetupError::CaFile)?;
             }
         }
         None => {
             let found = rustls_native_certs::load_native_certs();
             let (_, unusable) = roots.add_parsable_certificates(found.certs);
             if roots.is_empty() {
-                let why = found
-                    .errors
-                    .first()
-                    .map_or(String::new(), |e| format!(" ({e})"));
-                return Err(tls_error(format!(
-                    "no trusted CA certificates found on this system{why}; set [Database] CA_FILE \
-                     ({unusable} unusable)"
-                )));
+                return Err(TlsSetupError::NoTrustedCa {
+                    first: found.errors.into_iter().next(),
+                    unusable,
+                }
+                .into());
             }
         }
     }
     let config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| tls_error(e.to_string()))?
+            .map_err(TlsSetupError::Protocols)?
             .with_root_certificates(roots)
             .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
-fn tls_error(message: String) -> LdapError {
-    LdapError::Io {
-        source: std::io::Error::other(message),
+/// Why the TLS client settings could not be made. ldap3 has no variant for it, so it reaches
+/// the caller as the source of an [`LdapError::Io`].
+#[derive(Debug, thiserror::Error)]
+enum TlsSetupError {
+    // The rustls errors are part of the message and deliberately not a `source`: the
+    // `std::io::Error` this travels in hands its inner error's source on, and printed with
+    // anyhow's `{:#}` it would be repeated after the message.
+    /// A certificate of CA_FILE that rustls does not take.
+    #[error("CA_FILE: {0}")]
+    CaFile(rustls::Error),
+    /// No CA_FILE and no usable system CA: no server certificate could ever be trusted.
+    #[error(
+        "no trusted CA certificates found on this system{}; set [Database] CA_FILE \
+         ({unusable} unusable)",
+        .first.as_ref().map_or(String::new(), |e| format!(" ({e})"))
+    )]
+    NoTrustedCa {
+        first: Option<rustls_native_certs::Error>,
+        unusable: usize,
+    },
+    /// The crypto provider offers none of the default protocol versions.
+    #[error("{0}")]
+    Protocols(rustls::Error),
+}
+
+impl From<TlsSetupError> for LdapError {
+    fn from(e: TlsSetupError) -> LdapError {
+        LdapError::Io {
+            source: std::io::Error::other(e),
+        }
     }
 }
 

@@ -27,14 +27,66 @@ pub enum WorkError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("rsnapshot configtest refused {path}: {output}")]
-    ConfigTest { path: PathBuf, output: String },
+    #[error("rsnapshot configtest refused {path}: {source}")]
+    ConfigTest {
+        path: PathBuf,
+        source: rsnapshot::ConfigTestError,
+    },
     #[error("quota: {0}")]
-    Quota(String),
+    Quota(#[from] QuotaError),
     #[error("refused: {0}")]
     Refused(String),
     #[error("jail: {0}")]
-    Jail(String),
+    Jail(#[from] JailError),
+}
+
+/// Why an external tool (the jail command, setquota) did not do its job. The message holds
+/// the command line as the log shows it, so an administrator can run it by hand.
+#[derive(Debug, Error)]
+pub enum ToolError {
+    /// The program could not be started (missing, not executable).
+    #[error("cannot run {shown}: {source}")]
+    Start {
+        shown: String,
+        source: std::io::Error,
+    },
+    /// It ran and exited non-zero; `stderr` is what it said, trimmed.
+    #[error("{shown} failed ({status}): {stderr}")]
+    Failed {
+        shown: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+}
+
+/// Why the jail of an account could not be made.
+#[derive(Debug, Error)]
+pub enum JailError {
+    /// `JAIL_INIT` is set but names no program.
+    #[error("JAIL_INIT is empty")]
+    Empty,
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+}
+
+/// Why the quota of an account could not be set.
+#[derive(Debug, Error)]
+pub enum QuotaError {
+    /// The mount holding the backup root is needed to give setquota its file system.
+    #[error("cannot read the mount table: {0}")]
+    MountTable(#[source] MountError),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+}
+
+/// Why the mount holding a path was not found in /proc/self/mountinfo.
+#[derive(Debug, Error)]
+pub enum MountError {
+    #[error("{0}")]
+    Read(#[source] std::io::Error),
+    /// No line of the table is a prefix of the path (a broken mount namespace).
+    #[error("no mount holds {}", .0.display())]
+    NoMount(PathBuf),
 }
 
 impl WorkError {
@@ -277,10 +329,9 @@ impl Provisioner {
     fn run_jail_init(&self, cmd: &[String], jail: &Path) -> Result<(), WorkError> {
         let shown = format!("{} {}", cmd.join(" "), jail.display());
         self.step(format!("run {shown}"), || {
-            let (prog, args) = cmd
-                .split_first()
-                .ok_or_else(|| WorkError::Jail("JAIL_INIT is empty".into()))?;
-            run_tool(Command::new(prog).args(args).arg(jail), &shown).map_err(WorkError::Jail)
+            let (prog, args) = cmd.split_first().ok_or(JailError::Empty)?;
+            run_tool(Command::new(prog).args(args).arg(jail), &shown).map_err(JailError::from)?;
+            Ok(())
         })
     }
 
@@ -318,9 +369,9 @@ impl Provisioner {
             f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
             f.sync_all().map_err(io("fsync", &tmp))?;
         }
-        if let Err(output) = rsnapshot::configtest(&self.backup.rsnapshot, &tmp) {
+        if let Err(source) = rsnapshot::configtest(&self.backup.rsnapshot, &tmp) {
             let _ = fs::remove_file(&tmp);
-            return Err(WorkError::ConfigTest { path: conf, output });
+            return Err(WorkError::ConfigTest { path: conf, source });
         }
         fs::rename(&tmp, &conf).map_err(io("rename", &conf))?;
         sync_dir(dir)
@@ -335,8 +386,7 @@ impl Provisioner {
             tracing::debug!("uid {uid_number}: quotas are off (QUOTA = never)");
             return Ok(());
         }
-        let mount = mount_of(root)
-            .map_err(|e| WorkError::Quota(format!("cannot read the mount table: {e}")))?;
+        let mount = mount_of(root).map_err(QuotaError::MountTable)?;
         if self.backup.quota == QuotaMode::Auto && !mount.user_quota {
             tracing::info!(
                 "uid {uid_number}: quota of {bytes} bytes not set: {} is not mounted with user quotas \
@@ -362,24 +412,26 @@ impl Provisioner {
                     .arg(&mount.point),
                 &shown,
             )
-            .map_err(WorkError::Quota)
+            .map_err(QuotaError::from)?;
+            Ok(())
         })
     }
 }
 
 /// Runs an external tool; Err with what it said when it cannot start or exits non-zero.
-fn run_tool(cmd: &mut Command, shown: &str) -> Result<(), String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+fn run_tool(cmd: &mut Command, shown: &str) -> Result<(), ToolError> {
+    let out = cmd.output().map_err(|source| ToolError::Start {
+        shown: shown.to_string(),
+        source,
+    })?;
     if out.status.success() {
         return Ok(());
     }
-    Err(format!(
-        "{shown} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    ))
+    Err(ToolError::Failed {
+        shown: shown.to_string(),
+        status: out.status,
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
 }
 
 /// Is `path` an existing plain directory, reached from `root` through plain directories only?
@@ -447,8 +499,8 @@ fn unescape_mount(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn mount_of(path: &Path) -> std::io::Result<Mount> {
-    let table = fs::read_to_string("/proc/self/mountinfo")?;
+fn mount_of(path: &Path) -> Result<Mount, MountError> {
+    let table = fs::read_to_string("/proc/self/mountinfo").map_err(MountError::Read)?;
     let mut best: Option<Mount> = None;
     for line in table.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
@@ -478,7 +530,7 @@ fn mount_of(path: &Path) -> std::io::Result<Mount> {
             best = Some(Mount { point, user_quota });
         }
     }
-    best.ok_or_else(|| std::io::Error::other(format!("no mount holds {}", path.display())))
+    best.ok_or_else(|| MountError::NoMount(path.to_path_buf()))
 }
 
 #[cfg(test)]
@@ -490,6 +542,54 @@ mod tests {
         assert_eq!(unescape_mount("/mnt/a\\040b"), "/mnt/a b");
         assert_eq!(unescape_mount("/plain"), "/plain");
         assert_eq!(unescape_mount("/end\\04"), "/end\\04");
+    }
+
+    #[test]
+    fn a_tool_that_cannot_start_is_named_with_why() {
+        let e = run_tool(&mut Command::new("/nonexistent/setquota"), "setquota -u 7").unwrap_err();
+        assert!(matches!(e, ToolError::Start { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.starts_with("cannot run setquota -u 7: "), "{text}");
+        assert!(text.contains("No such file"), "{text}");
+    }
+
+    #[test]
+    fn a_failing_tool_gives_its_status_and_what_it_said() {
+        let e = run_tool(
+            Command::new("sh").args(["-c", "echo ' no quota here ' >&2; exit 3"]),
+            "setquota -u 7",
+        )
+        .unwrap_err();
+        assert!(matches!(e, ToolError::Failed { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "setquota -u 7 failed (exit status: 3): no quota here"
+        );
+        run_tool(Command::new("sh").args(["-c", "exit 0"]), "true").unwrap();
+    }
+
+    #[test]
+    fn work_errors_keep_their_words_and_return_values() {
+        let jail = WorkError::from(JailError::Empty);
+        assert_eq!(jail.to_string(), "jail: JAIL_INIT is empty");
+        assert_eq!(jail.return_value(), 6);
+        let quota = WorkError::from(QuotaError::MountTable(MountError::NoMount("/x".into())));
+        assert_eq!(
+            quota.to_string(),
+            "quota: cannot read the mount table: no mount holds /x"
+        );
+        assert_eq!(quota.return_value(), 4);
+        let refused = WorkError::ConfigTest {
+            path: "/etc/r/a.conf".into(),
+            source: rsnapshot::ConfigTestError::Refused {
+                output: "ERROR: bad".into(),
+            },
+        };
+        assert_eq!(
+            refused.to_string(),
+            "rsnapshot configtest refused /etc/r/a.conf: ERROR: bad"
+        );
+        assert_eq!(refused.return_value(), 3);
     }
 
     #[test]

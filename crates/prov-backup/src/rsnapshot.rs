@@ -1,6 +1,6 @@
 //! The per-account rsnapshot configuration: rendering it and having rsnapshot check it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::account::{Account, AccountPaths};
@@ -52,27 +52,88 @@ fn one_line(text: &str) -> String {
         .collect()
 }
 
+/// Why `rsnapshot configtest` did not accept a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigTestError {
+    /// rsnapshot could not be started (`[Backup] RSNAPSHOT` wrong, not installed).
+    #[error("cannot run {}: {source}", .rsnapshot.display())]
+    Start {
+        rsnapshot: PathBuf,
+        source: std::io::Error,
+    },
+    /// It ran and did not say `Syntax OK`; `output` is what it said, on one line (the log
+    /// and the directory's return value keep one line per failure).
+    #[error("{output}")]
+    Refused { output: String },
+}
+
 /// Runs `rsnapshot -c FILE configtest`; Ok when it says `Syntax OK`, else its output.
-pub fn configtest(rsnapshot: &Path, file: &Path) -> Result<(), String> {
+pub fn configtest(rsnapshot: &Path, file: &Path) -> Result<(), ConfigTestError> {
     let out = Command::new(rsnapshot)
         .arg("-c")
         .arg(file)
         .arg("configtest")
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", rsnapshot.display()))?;
+        .map_err(|source| ConfigTestError::Start {
+            rsnapshot: rsnapshot.to_path_buf(),
+            source,
+        })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if out.status.success() && stdout.contains("Syntax OK") {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let text = format!("{}{}", stdout.trim(), stderr.trim());
-    Err(text.split_whitespace().collect::<Vec<_>>().join(" "))
+    Err(ConfigTestError::Refused {
+        output: text.split_whitespace().collect::<Vec<_>>().join(" "),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::account::{Intervals, Uid};
+
+    /// A stand-in rsnapshot: a shell script that prints `out` and exits with `code`.
+    fn fake_rsnapshot(dir: &Path, out: &str, code: i32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("rsnapshot");
+        std::fs::write(&path, format!("#!/bin/sh\nprintf '{out}'\nexit {code}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn configtest_passes_on_syntax_ok_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("a.conf");
+        let ok = fake_rsnapshot(dir.path(), "Syntax OK\\n", 0);
+        configtest(&ok, &conf).unwrap();
+        let silent = fake_rsnapshot(dir.path(), "", 0);
+        assert!(matches!(
+            configtest(&silent, &conf),
+            Err(ConfigTestError::Refused { output }) if output.is_empty()
+        ));
+    }
+
+    #[test]
+    fn configtest_gives_what_rsnapshot_said_on_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = fake_rsnapshot(dir.path(), "ERROR: line 3\\n  retain  bad\\n", 1);
+        let e = configtest(&bad, &dir.path().join("a.conf")).unwrap_err();
+        assert_eq!(e.to_string(), "ERROR: line 3 retain bad");
+    }
+
+    #[test]
+    fn configtest_names_an_rsnapshot_it_cannot_run() {
+        let e = configtest(Path::new("/nonexistent/rsnapshot"), Path::new("a.conf")).unwrap_err();
+        assert!(matches!(e, ConfigTestError::Start { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("cannot run /nonexistent/rsnapshot: "),
+            "{e}"
+        );
+    }
 
     #[test]
     fn a_dn_cannot_add_a_directive() {

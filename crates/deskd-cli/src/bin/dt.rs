@@ -1353,20 +1353,45 @@ fn follow_records(iv: &InVolume, is_dir: bool, change: Change) -> Result<()> {
     Ok(())
 }
 
+/// Why an option value of `dt set` is refused (clap prints it after the option's name).
+#[derive(Debug)]
+enum ValueError {
+    Code(String),
+    Flags(String),
+}
+
+// By hand rather than with thiserror: a binary of deskd-cli, which has no other use for it.
+impl std::fmt::Display for ValueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueError::Code(s) => write!(
+                f,
+                "{s:?}: a type or creator code is exactly 4 characters (bytes)"
+            ),
+            ValueError::Flags(s) => write!(
+                f,
+                "{s:?}: Finder flags are a 16-bit number (decimal or 0x hex)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ValueError {}
+
 /// A type or creator code: exactly 4 bytes.
-fn parse_code(s: &str) -> Result<[u8; 4], String> {
+fn parse_code(s: &str) -> Result<[u8; 4], ValueError> {
     s.as_bytes()
         .try_into()
-        .map_err(|_| format!("{s:?}: a type or creator code is exactly 4 characters (bytes)"))
+        .map_err(|_| ValueError::Code(s.to_string()))
 }
 
 /// Finder flags: decimal or `0x` hex, 16 bits.
-fn parse_flags(s: &str) -> Result<u16, String> {
+fn parse_flags(s: &str) -> Result<u16, ValueError> {
     let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(hex) => u16::from_str_radix(hex, 16),
         None => s.parse(),
     };
-    parsed.map_err(|_| format!("{s:?}: Finder flags are a 16-bit number (decimal or 0x hex)"))
+    parsed.map_err(|_| ValueError::Flags(s.to_string()))
 }
 
 fn move_plain(from: &Path, to: &Path) -> Result<()> {
