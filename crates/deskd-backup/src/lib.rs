@@ -11,6 +11,8 @@
 //!   backup), so objects made, moved or deleted since the backup are right too, and the ID
 //!   counter never goes back (IDs handed out after the backup are never handed out again).
 
+#![forbid(unsafe_code)]
+
 use std::fs::File;
 use std::io::{Read as _, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

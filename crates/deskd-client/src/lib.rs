@@ -7,6 +7,8 @@
 //! bounded by the client timeout (default 60 s, `$DESKD_CLIENT_TIMEOUT`): past it the call fails
 //! with [`ClientError::Timeout`], and callers treat the volume as read-only.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Write};
 use std::net::TcpStream;

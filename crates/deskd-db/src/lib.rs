@@ -11,6 +11,8 @@
 //! * [`Reader`] is a read-only connection; any number may be open. Both implement [`Read`].
 //! * No SQL lives outside this crate.
 
+#![forbid(unsafe_code)]
+
 pub mod bulk;
 pub mod files;
 pub mod ids;
