@@ -17,8 +17,7 @@ use crate::DESKTOP_FILE;
 
 /// The effective uid of this process.
 fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// Refuse (with the message to show) when the user running this may not read the desktop of
@@ -48,13 +47,12 @@ pub fn require_admin(root: &Path, desktop: &Path, what: &str) -> Result<(), Stri
 /// [`require_admin`] but cannot read the 0600 desktop a root-run deskd made. `None` when it may
 /// read it, or the file cannot be examined. Nothing is opened.
 pub fn unreadable_desktop(desktop: &Path) -> Option<String> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(desktop.as_os_str().as_bytes()).ok()?;
-    // SAFETY: access(2) on a NUL-terminated path.
-    if unsafe { libc::access(c.as_ptr(), libc::R_OK) } == 0
-        || std::io::Error::last_os_error().kind() != std::io::ErrorKind::PermissionDenied
-    {
-        return None;
+    use rustix::io::Errno;
+    match rustix::fs::access(desktop, rustix::fs::Access::READ_OK) {
+        // What io::ErrorKind::PermissionDenied stands for.
+        Err(Errno::ACCESS | Errno::PERM) => {}
+        // Readable, or not to be examined (a NUL in the path, no such file, ...).
+        _ => return None,
     }
     let m = std::fs::metadata(desktop).ok()?;
     Some(format!(
