@@ -162,12 +162,10 @@ fn copy_bits(class: char, mode: u32) -> u32 {
 
 /// The process umask (read by setting it and setting it back; dt is single-threaded here).
 pub fn umask() -> u32 {
-    // SAFETY: umask cannot fail; the old value is put back at once.
-    unsafe {
-        let old = libc::umask(0o022);
-        libc::umask(old);
-        old as u32
-    }
+    use rustix::{fs::Mode, process::umask};
+    let old = umask(Mode::from_raw_mode(0o022));
+    umask(old);
+    old.as_raw_mode()
 }
 
 /// A user name or number (a number need not have a passwd entry, as for chown(1)).
@@ -180,17 +178,23 @@ pub fn user_id(name: &str) -> Result<u32, String> {
 
 /// The uid and login group of a user by name or number, from the passwd database.
 fn passwd(user: &str) -> Option<(u32, u32)> {
-    // SAFETY: getpwuid/getpwnam with a valid uid or C string; the result is read before any
-    // other call could overwrite it.
-    let pw = match user.parse::<u32>() {
-        Ok(uid) => unsafe { libc::getpwuid(uid) },
+    let read = |pw: &libc::passwd| (pw.pw_uid, pw.pw_gid);
+    match user.parse::<u32>() {
+        // SAFETY: nss_lookup hands an entry, a buffer of `len` bytes and a result pointer, all
+        // valid for the call.
+        Ok(uid) => nss_lookup(|pw, buf, len, found| unsafe {
+            libc::getpwuid_r(uid, pw, buf, len, found)
+        })
+        .map(|pw| read(&pw)),
         Err(_) => {
             let name = CString::new(user).ok()?;
-            unsafe { libc::getpwnam(name.as_ptr()) }
+            // SAFETY: as above; `name` is NUL-terminated.
+            nss_lookup(|pw, buf, len, found| unsafe {
+                libc::getpwnam_r(name.as_ptr(), pw, buf, len, found)
+            })
+            .map(|pw| read(&pw))
         }
-    };
-    // SAFETY: a non-null result of getpwuid/getpwnam.
-    (!pw.is_null()).then(|| unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+    }
 }
 
 /// A group name or number.
@@ -199,13 +203,38 @@ pub fn group_id(name: &str) -> Result<u32, String> {
         return Ok(n);
     }
     let c = CString::new(name).map_err(|_| format!("invalid group {name:?}"))?;
-    // SAFETY: getgrnam with a valid C string; the result is read before any other call.
-    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-    if gr.is_null() {
-        return Err(format!("invalid group: {name:?}"));
+    // SAFETY: nss_lookup hands an entry, a buffer of `len` bytes and a result pointer, all
+    // valid for the call; `c` is NUL-terminated.
+    nss_lookup(|gr: *mut libc::group, buf, len, found| unsafe {
+        libc::getgrnam_r(c.as_ptr(), gr, buf, len, found)
+    })
+    .map(|gr| gr.gr_gid)
+    .ok_or_else(|| format!("invalid group: {name:?}"))
+}
+
+/// Runs a reentrant passwd or group lookup (`getpwnam_r` and its kind, thread-safe where
+/// `getpwnam` returns a static buffer any thread may overwrite) with a string buffer that
+/// grows while the call says it is too small, and returns the entry found. Its string
+/// pointers point into a buffer freed on return: only its numbers may be read.
+fn nss_lookup<T: Copy>(
+    mut call: impl FnMut(*mut T, *mut libc::c_char, libc::size_t, *mut *mut T) -> libc::c_int,
+) -> Option<T> {
+    let mut buf: Vec<libc::c_char> = vec![0; 1024];
+    loop {
+        let mut entry = std::mem::MaybeUninit::<T>::uninit();
+        let mut found: *mut T = std::ptr::null_mut();
+        let rc = call(entry.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut found);
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc != 0 || found.is_null() {
+            return None;
+        }
+        // SAFETY: the call succeeded with a non-null result, which points at `entry`, now
+        // filled in.
+        return Some(unsafe { entry.assume_init() });
     }
-    // SAFETY: non-null result of getgrnam.
-    Ok(unsafe { (*gr).gr_gid })
 }
 
 /// `OWNER`, `OWNER:GROUP`, `OWNER:` (the owner's login group, as chown(1)) or `:GROUP`.

@@ -32,15 +32,11 @@ pub struct Usage {
 pub fn usage(path: &Path) -> io::Result<Usage> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-    // SAFETY: statvfs writes one struct statvfs; the path is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let block = st.f_frsize as u64;
+    let st = rustix::fs::statvfs(c.as_c_str())?;
+    let block = st.f_frsize;
     Ok(Usage {
-        free: st.f_bavail as u64 * block,
-        size: st.f_blocks as u64 * block,
+        free: st.f_bavail * block,
+        size: st.f_blocks * block,
     })
 }
 
@@ -127,6 +123,7 @@ pub fn open_elsewhere(desktop: &Path) -> bool {
     let Ok(shm) = std::fs::File::open(deskd_db::shm_path(desktop)) else {
         return false;
     };
+    // A raw fcntl: rustix wraps F_SETLK (`fcntl_lock`) but not the F_GETLK query.
     // SAFETY: an all-zero flock is a valid value to fill in.
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
     lock.l_type = libc::F_WRLCK as libc::c_short;
