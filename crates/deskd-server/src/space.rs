@@ -124,12 +124,13 @@ pub fn open_elsewhere(desktop: &Path) -> bool {
         return false;
     };
     // A raw fcntl: rustix wraps F_SETLK (`fcntl_lock`) but not the F_GETLK query.
-    // SAFETY: an all-zero flock is a valid value to fill in.
-    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = libc::F_WRLCK as libc::c_short;
-    lock.l_whence = libc::SEEK_SET as libc::c_short;
-    lock.l_start = SHM_DMS_BYTE;
-    lock.l_len = 1;
+    let mut lock = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: SHM_DMS_BYTE,
+        l_len: 1,
+        l_pid: 0,
+    };
     // SAFETY: F_GETLK reads and writes one flock on a valid descriptor.
     let rc = unsafe { libc::fcntl(shm.as_raw_fd(), libc::F_GETLK, &mut lock) };
     rc != 0 || lock.l_type != libc::F_UNLCK as libc::c_short
