@@ -248,7 +248,8 @@ fn volume_desktop(volume: &Path) -> Result<(PathBuf, PathBuf), BackupError> {
 /// the volume owner and deskd's own user may), and a desktop of a newer format than this
 /// deskd's (a copy or restore of it would lose what this deskd does not know).
 fn refuse_unsafe(root: &Path, desktop: &Path, what: &str) -> Result<(), BackupError> {
-    deskd_volume::guard::require_admin(root, desktop, what).map_err(BackupError::Refused)?;
+    deskd_volume::guard::require_admin(root, desktop, what)
+        .map_err(|e| BackupError::Refused(e.to_string()))?;
     match deskd_db::files::check_format(desktop) {
         Err(e @ deskd_db::DbError::FormatTooNew { .. }) => Err(BackupError::Refused(format!(
             "{}: {e}; {what} refuses it",

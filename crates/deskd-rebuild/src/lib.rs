@@ -281,7 +281,8 @@ pub fn refuse_unsafe(root: &Path, desktop: &Path, options: &Options) -> Result<(
         Mode::Repair => "deskd rebuild",
         Mode::Fresh => "deskd rebuild -f",
     };
-    deskd_volume::guard::require_admin(root, desktop, what).map_err(RebuildError::Refused)?;
+    deskd_volume::guard::require_admin(root, desktop, what)
+        .map_err(|e| RebuildError::Refused(e.to_string()))?;
     if let Some(backup) = &options.start_from {
         refuse_newer(backup, "it cannot be restored")?;
     }
