@@ -15,6 +15,47 @@ use std::path::{Path, PathBuf};
 
 use crate::DESKTOP_FILE;
 
+/// Why [`require_admin`] refused an admin command.
+///
+/// The I/O error is part of the message and deliberately not a `source`, as in
+/// [`crate::VolumeError`]: printed with anyhow's `{:#}` it would otherwise show twice.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The volume root could not be examined (to learn its owner).
+    #[error("{}: {error}", root.display())]
+    Root { root: PathBuf, error: std::io::Error },
+    /// The user running the command is neither root, the volume owner nor the desktop's owner.
+    #[error(
+        "{}: {what} reads the volume's desktop, which only root or the volume owner (uid \
+         {owner}) may do; you are uid {me}",
+        root.display()
+    )]
+    NotAdmin {
+        root: PathBuf,
+        what: String,
+        owner: u32,
+        me: u32,
+    },
+}
+
+/// Why a `.Desktop` below a volume root is not another volume's desktop
+/// ([`desktop_counts`]), for the warning [`planted_message`] makes of it.
+#[derive(Debug, thiserror::Error)]
+pub enum NotADesktop {
+    #[error("cannot examine it: {0}")]
+    Unexamined(std::io::Error),
+    #[error("cannot open its folder: {0}")]
+    FolderUnopened(std::io::Error),
+    #[error("a symbolic link owned by uid {0}, not root or deskd's user")]
+    ForeignLink(u32),
+    #[error("not a file")]
+    NotAFile,
+    #[error("owned by uid {0}, which is neither root, deskd's user nor the volume owner")]
+    ForeignOwner(u32),
+    #[error("not an SQLite database")]
+    NotSqlite,
+}
+
 /// The effective uid of this process.
 fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
@@ -23,23 +64,27 @@ fn euid() -> u32 {
 /// Refuse (with the message to show) when the user running this may not read the desktop of
 /// the volume at `root`: only root, the volume owner and the owner of the desktop file itself
 /// (the user deskd runs as) may. `what` names the command for the message.
-pub fn require_admin(root: &Path, desktop: &Path, what: &str) -> Result<(), String> {
+pub fn require_admin(root: &Path, desktop: &Path, what: &str) -> Result<(), AdminError> {
     let me = euid();
     if me == 0 {
         return Ok(());
     }
     let owner = std::fs::metadata(root)
-        .map_err(|e| format!("{}: {e}", root.display()))?
+        .map_err(|error| AdminError::Root {
+            root: root.to_path_buf(),
+            error,
+        })?
         .uid();
     let desktop_owner = std::fs::metadata(desktop).map(|m| m.uid()).ok();
     if me == owner || desktop_owner == Some(me) {
         return Ok(());
     }
-    Err(format!(
-        "{}: {what} reads the volume's desktop, which only root or the volume owner (uid {owner}) \
-         may do; you are uid {me}",
-        root.display()
-    ))
+    Err(AdminError::NotAdmin {
+        root: root.to_path_buf(),
+        what: what.to_string(),
+        owner,
+        me,
+    })
 }
 
 /// Why this process may not read the desktop file at `desktop`, when the kernel refuses it
@@ -78,30 +123,27 @@ const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 /// admin tools refuse the whole volume. So it counts only when it is a regular file owned by
 /// one of them that starts with the SQLite header, or a relocation symlink owned by root or
 /// deskd's user. `Err` says why it does not count (for a warning line).
-pub fn desktop_counts(dir: std::os::fd::BorrowedFd<'_>, outer_owner: u32) -> Result<(), String> {
+pub fn desktop_counts(
+    dir: std::os::fd::BorrowedFd<'_>,
+    outer_owner: u32,
+) -> Result<(), NotADesktop> {
     use std::io::Read;
     let name = std::ffi::CString::new(DESKTOP_FILE).expect("no NUL");
-    let st = crate::rsrc::lstat_at(dir, &name).map_err(|e| format!("cannot examine it: {e}"))?;
+    let st = crate::rsrc::lstat_at(dir, &name).map_err(NotADesktop::Unexamined)?;
     let me = euid();
     let kind = st.st_mode & libc::S_IFMT;
     if kind == libc::S_IFLNK {
         return if st.st_uid == 0 || st.st_uid == me {
             Ok(())
         } else {
-            Err(format!(
-                "a symbolic link owned by uid {}, not root or deskd's user",
-                st.st_uid
-            ))
+            Err(NotADesktop::ForeignLink(st.st_uid))
         };
     }
     if kind != libc::S_IFREG {
-        return Err("not a file".into());
+        return Err(NotADesktop::NotAFile);
     }
     if st.st_uid != 0 && st.st_uid != me && st.st_uid != outer_owner {
-        return Err(format!(
-            "owned by uid {}, which is neither root, deskd's user nor the volume owner",
-            st.st_uid
-        ));
+        return Err(NotADesktop::ForeignOwner(st.st_uid));
     }
     let Ok(mut file) = crate::rsrc::open_at(dir, &name, libc::O_RDONLY | libc::O_NONBLOCK, 0)
     else {
@@ -112,23 +154,23 @@ pub fn desktop_counts(dir: std::os::fd::BorrowedFd<'_>, outer_owner: u32) -> Res
     if file.read_exact(&mut head).is_ok() && &head == SQLITE_HEADER {
         Ok(())
     } else {
-        Err("not an SQLite database".into())
+        Err(NotADesktop::NotSqlite)
     }
 }
 
 /// [`desktop_counts`] for the directory at `dir` (opened without following a last symlink).
-pub fn desktop_counts_at(dir: &Path, outer_owner: u32) -> Result<(), String> {
+pub fn desktop_counts_at(dir: &Path, outer_owner: u32) -> Result<(), NotADesktop> {
     use std::os::unix::fs::OpenOptionsExt;
     let opened = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(dir)
-        .map_err(|e| format!("cannot open its folder: {e}"))?;
+        .map_err(NotADesktop::FolderUnopened)?;
     desktop_counts(std::os::fd::AsFd::as_fd(&opened), outer_owner)
 }
 
 /// The warning for a `.Desktop` below a volume root that is not another volume's.
-pub fn planted_message(dir: &Path, why: &str) -> String {
+pub fn planted_message(dir: &Path, why: &NotADesktop) -> String {
     format!(
         "{}: ignored for the nesting rule ({why}): only root, deskd's user or the volume owner \
          can make a desktop there",
