@@ -207,23 +207,21 @@ pub fn user_id(name: &str) -> Result<u32, ModeError> {
 
 /// The uid and login group of a user by name or number, from the passwd database.
 fn passwd(user: &str) -> Option<(u32, u32)> {
-    let read = |pw: &libc::passwd| (pw.pw_uid, pw.pw_gid);
-    match user.parse::<u32>() {
-        // SAFETY: nss_lookup hands an entry, a buffer of `len` bytes and a result pointer, all
-        // valid for the call.
-        Ok(uid) => nss_lookup(|pw, buf, len, found| unsafe {
-            libc::getpwuid_r(uid, pw, buf, len, found)
-        })
-        .map(|pw| read(&pw)),
+    let entry: libc::passwd = match user.parse::<u32>() {
+        Ok(uid) => nss_lookup(|pw, buf, len, found| {
+            // SAFETY: nss_lookup hands an entry, a buffer of `len` bytes and a result
+            // pointer, all valid for the call.
+            unsafe { libc::getpwuid_r(uid, pw, buf, len, found) }
+        })?,
         Err(_) => {
             let name = CString::new(user).ok()?;
-            // SAFETY: as above; `name` is NUL-terminated.
-            nss_lookup(|pw, buf, len, found| unsafe {
-                libc::getpwnam_r(name.as_ptr(), pw, buf, len, found)
-            })
-            .map(|pw| read(&pw))
+            nss_lookup(|pw, buf, len, found| {
+                // SAFETY: as above; `name` is NUL-terminated.
+                unsafe { libc::getpwnam_r(name.as_ptr(), pw, buf, len, found) }
+            })?
         }
-    }
+    };
+    Some((entry.pw_uid, entry.pw_gid))
 }
 
 /// A group name or number.
@@ -232,10 +230,10 @@ pub fn group_id(name: &str) -> Result<u32, ModeError> {
         return Ok(n);
     }
     let c = CString::new(name).map_err(|_| ModeError::Group(name.to_string()))?;
-    // SAFETY: nss_lookup hands an entry, a buffer of `len` bytes and a result pointer, all
-    // valid for the call; `c` is NUL-terminated.
-    nss_lookup(|gr: *mut libc::group, buf, len, found| unsafe {
-        libc::getgrnam_r(c.as_ptr(), gr, buf, len, found)
+    nss_lookup(|gr: *mut libc::group, buf, len, found| {
+        // SAFETY: nss_lookup hands an entry, a buffer of `len` bytes and a result pointer,
+        // all valid for the call; `c` is NUL-terminated.
+        unsafe { libc::getgrnam_r(c.as_ptr(), gr, buf, len, found) }
     })
     .map(|gr| gr.gr_gid)
     .ok_or_else(|| ModeError::Group(name.to_string()))

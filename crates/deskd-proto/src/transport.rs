@@ -10,9 +10,9 @@
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -463,8 +463,14 @@ mod tests {
         assert!(client.nodelay().unwrap());
         use rustix::net::sockopt;
         assert!(sockopt::socket_keepalive(&client).unwrap());
-        assert_eq!(sockopt::tcp_keepidle(&client).unwrap(), Duration::from_secs(60));
-        assert_eq!(sockopt::tcp_keepintvl(&client).unwrap(), Duration::from_secs(10));
+        assert_eq!(
+            sockopt::tcp_keepidle(&client).unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            sockopt::tcp_keepintvl(&client).unwrap(),
+            Duration::from_secs(10)
+        );
         assert_eq!(sockopt::tcp_keepcnt(&client).unwrap(), 6);
     }
 

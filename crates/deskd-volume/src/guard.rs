@@ -23,7 +23,10 @@ use crate::DESKTOP_FILE;
 pub enum AdminError {
     /// The volume root could not be examined (to learn its owner).
     #[error("{}: {error}", root.display())]
-    Root { root: PathBuf, error: std::io::Error },
+    Root {
+        root: PathBuf,
+        error: std::io::Error,
+    },
     /// The user running the command is neither root, the volume owner nor the desktop's owner.
     #[error(
         "{}: {what} reads the volume's desktop, which only root or the volume owner (uid \

@@ -36,7 +36,12 @@ fn refused(path: &Path, why: &str) -> VolumeError {
 }
 
 fn open_at(dirfd: BorrowedFd<'_>, name: &OsStr, flags: OFlags) -> std::io::Result<OwnedFd> {
-    Ok(rustix::fs::openat(dirfd, name, flags | OFlags::CLOEXEC, Mode::empty())?)
+    Ok(rustix::fs::openat(
+        dirfd,
+        name,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// Open the directory `rel` below `root` one name at a time (`openat` with `O_NOFOLLOW |

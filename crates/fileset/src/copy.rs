@@ -5,8 +5,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use rustix::io::Errno;
@@ -150,7 +150,14 @@ fn splice_step(
     let (to, mut to_off) = to;
     loop {
         let flags = rustix::pipe::SpliceFlags::MOVE;
-        match rustix::pipe::splice(from, from_off.as_deref_mut(), to, to_off.as_deref_mut(), len, flags) {
+        match rustix::pipe::splice(
+            from,
+            from_off.as_deref_mut(),
+            to,
+            to_off.as_deref_mut(),
+            len,
+            flags,
+        ) {
             Ok(n) => return Ok(Some(n)),
             Err(Errno::INTR) => continue,
             Err(Errno::INVAL) if nothing_yet => return Ok(None),
@@ -248,7 +255,10 @@ impl SplicePipe {
 /// Turn `O_DIRECT` off on an open file (for an unaligned tail, and for the caller).
 pub(crate) fn clear_direct(file: &File) -> io::Result<()> {
     let flags = rustix::fs::fcntl_getfl(file)?;
-    Ok(rustix::fs::fcntl_setfl(file, flags - rustix::fs::OFlags::DIRECT)?)
+    Ok(rustix::fs::fcntl_setfl(
+        file,
+        flags - rustix::fs::OFlags::DIRECT,
+    )?)
 }
 
 /// Copy `src` to the file at `dst_path` (created and truncated) by `O_DIRECT` writes of the
