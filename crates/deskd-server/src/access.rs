@@ -358,6 +358,59 @@ mod tests {
         other.join().unwrap();
     }
 
+    /// The supplementary groups of one thread of this process, from the kernel.
+    fn thread_groups(tid: i32) -> Vec<u32> {
+        let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+        line["Groups:".len()..]
+            .split_whitespace()
+            .map(|g| g.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_peers_groups_are_worn_by_the_asking_thread_only() {
+        if !as_root() {
+            assert!(std::env::var_os("CI").is_none(), "needs root in CI");
+            eprintln!("skipped: needs root to take another identity");
+            return;
+        }
+        let me = rustix::thread::gettid().as_raw_nonzero().get();
+        let own = thread_groups(me);
+        // Another thread of the server, already running, as the writer and the other
+        // connections are.
+        let (ask, asked) = std::sync::mpsc::channel::<()>();
+        let (tell, told) = std::sync::mpsc::channel();
+        let other = std::thread::spawn(move || {
+            tell.send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
+            asked.recv().unwrap();
+        });
+        let other_tid = told.recv().unwrap();
+        let peer = Credentials {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![Gid::from_raw(4242), Gid::from_raw(4343)],
+        };
+        Access::Peer(peer)
+            .wear(|| {
+                assert_eq!(thread_groups(me), vec![4242, 4343]);
+                assert_eq!(
+                    thread_groups(other_tid),
+                    own,
+                    "another thread's groups changed"
+                );
+            })
+            .unwrap();
+        assert_eq!(
+            thread_groups(me),
+            own,
+            "the server's groups were not put back"
+        );
+        ask.send(()).unwrap();
+        other.join().unwrap();
+    }
+
     #[test]
     fn trusted_sees_all_and_unverifiable_nothing() {
         let dir = tempfile::tempdir().unwrap();
