@@ -277,4 +277,84 @@ mod tests {
         assert_eq!(volume_below(&outer), Some(inner.clone()));
         assert_eq!(volume_below(&d.path().join("outer/a")), Some(inner));
     }
+
+    fn as_root() -> bool {
+        let root = euid() == 0;
+        if !root {
+            assert!(std::env::var_os("CI").is_none(), "needs root in CI");
+            eprintln!("skipped: needs root to make files of other owners");
+        }
+        root
+    }
+
+    #[test]
+    fn only_a_desktop_its_makers_could_have_made_counts() {
+        use std::os::unix::fs::PermissionsExt;
+        if !as_root() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let dir = |name: &str| {
+            let dir = d.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            dir
+        };
+        let sqlite = dir("sqlite");
+        std::fs::write(sqlite.join(DESKTOP_FILE), b"SQLite format 3\0 and pages").unwrap();
+        assert!(desktop_counts_at(&sqlite, 1000).is_ok());
+        let link = dir("link");
+        std::os::unix::fs::symlink("/elsewhere", link.join(DESKTOP_FILE)).unwrap();
+        assert!(desktop_counts_at(&link, 1000).is_ok());
+        let empty = dir("empty");
+        std::fs::write(empty.join(DESKTOP_FILE), b"").unwrap();
+        assert!(matches!(
+            desktop_counts_at(&empty, 1000),
+            Err(NotADesktop::NotSqlite)
+        ));
+        let folder = dir("folder");
+        std::fs::create_dir(folder.join(DESKTOP_FILE)).unwrap();
+        assert!(matches!(
+            desktop_counts_at(&folder, 1000),
+            Err(NotADesktop::NotAFile)
+        ));
+        let foreign = dir("foreign");
+        std::fs::write(foreign.join(DESKTOP_FILE), b"SQLite format 3\0 and pages").unwrap();
+        std::os::unix::fs::chown(foreign.join(DESKTOP_FILE), Some(4242), None).unwrap();
+        let why = desktop_counts_at(&foreign, 1000).unwrap_err();
+        assert!(matches!(why, NotADesktop::ForeignOwner(4242)), "{why:?}");
+        assert!(planted_message(&foreign, &why).contains("owned by uid 4242"));
+        // The volume owner's own desktop counts.
+        assert!(desktop_counts_at(&foreign, 4242).is_ok());
+        let none = dir("none");
+        assert!(matches!(
+            desktop_counts_at(&none, 1000),
+            Err(NotADesktop::Unexamined(_))
+        ));
+        // A private desktop: readable to root, not to anyone else (asked on a thread that
+        // becomes nobody for the kernel, real uid included, as access(2) checks that one).
+        let desktop = d.path().join("private");
+        std::fs::write(&desktop, b"").unwrap();
+        std::fs::set_permissions(&desktop, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(unreadable_desktop(&desktop), None);
+        let public = d.path().join("public");
+        std::fs::write(&public, b"").unwrap();
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (private_why, public_why) = std::thread::spawn(move || {
+            use rustix::process::{Gid, Uid};
+            use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+            let (gid, uid) = (Gid::from_raw(65534), Uid::from_raw(65534));
+            set_thread_groups(&[]).unwrap();
+            set_thread_res_gid(gid, gid, gid).unwrap();
+            set_thread_res_uid(uid, uid, uid).unwrap();
+            (unreadable_desktop(&desktop), unreadable_desktop(&public))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            private_why.as_deref(),
+            Some("you may not read it (owned by uid 0, mode 0600)")
+        );
+        assert_eq!(public_why, None);
+    }
 }
