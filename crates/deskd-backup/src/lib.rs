@@ -11,6 +11,8 @@
 //!   backup), so objects made, moved or deleted since the backup are right too, and the ID
 //!   counter never goes back (IDs handed out after the backup are never handed out again).
 
+#![forbid(unsafe_code)]
+
 use std::fs::File;
 use std::io::{Read as _, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -338,7 +340,8 @@ fn volume_desktop(volume: &Path) -> Result<(PathBuf, PathBuf), BackupError> {
 /// the volume owner and deskd's own user may), and a desktop of a newer format than this
 /// deskd's (a copy or restore of it would lose what this deskd does not know).
 fn refuse_unsafe(root: &Path, desktop: &Path, what: &str) -> Result<(), BackupError> {
-    deskd_volume::guard::require_admin(root, desktop, what).map_err(BackupError::Refused)?;
+    deskd_volume::guard::require_admin(root, desktop, what)
+        .map_err(|e| BackupError::Refused(e.to_string()))?;
     match deskd_db::files::check_format(desktop) {
         Err(e @ deskd_db::DbError::FormatTooNew { .. }) => Err(BackupError::Refused(format!(
             "{}: {e}; {what} refuses it",

@@ -1,37 +1,28 @@
 //! File operations the dt verbs share: recursive copy keeping (or, for a plain `dt cp`, not
 //! keeping) modes, times and owners, symlinks as symlinks, and setting times.
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Set access and modification times of `path` (not following a final symlink); `None` = now.
 pub fn set_times(path: &Path, times: Option<(i64, i64, i64, i64)>) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let ts = times.map(|(a, an, m, mn)| {
-        [
-            libc::timespec {
-                tv_sec: a as _,
-                tv_nsec: an as _,
-            },
-            libc::timespec {
-                tv_sec: m as _,
-                tv_nsec: mn as _,
-            },
-        ]
-    });
-    let ptr = ts.as_ref().map_or(std::ptr::null(), |t| t.as_ptr());
-    // SAFETY: `c` is a valid NUL-terminated path; `ptr` is null or points at two timespecs.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ptr, libc::AT_SYMLINK_NOFOLLOW) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    use rustix::fs::{Timespec, Timestamps, UTIME_NOW};
+    // Both UTIME_NOW is what a null `times` means to utimensat(2), permission checks included.
+    let (a, an, m, mn) = times.unwrap_or((0, UTIME_NOW, 0, UTIME_NOW));
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: a as _,
+            tv_nsec: an as _,
+        },
+        last_modification: Timespec {
+            tv_sec: m as _,
+            tv_nsec: mn as _,
+        },
+    };
+    let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+    Ok(rustix::fs::utimensat(rustix::fs::CWD, path, &times, flags)?)
 }
 
 fn times_of(m: &fs::Metadata) -> (i64, i64, i64, i64) {

@@ -5,6 +5,8 @@
 //! carries into another volume ([`fresh_ids`]), and the mode and owner arguments
 //! of `dt chmod`, `chown` and `chgrp` ([`mode`]).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod connection;
 pub mod fresh_ids;
 pub mod fsops;

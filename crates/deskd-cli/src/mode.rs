@@ -3,6 +3,27 @@
 
 use std::ffi::CString;
 
+/// Why a mode, owner or group given to `dt chmod`, `dt chown` or `dt chgrp` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModeError {
+    #[error("invalid mode {spec:?}: an octal mode is at most 7777 (digits 0-7)")]
+    Octal { spec: String },
+    #[error("invalid mode {spec:?}: {found:?} where +, - or = belongs")]
+    NotAnOperation { spec: String, found: char },
+    #[error("invalid mode {spec:?}: {found:?} is not a permission")]
+    NotAPermission { spec: String, found: char },
+    #[error("invalid mode {spec:?}: each clause needs +, - or =")]
+    NoOperation { spec: String },
+    #[error("invalid user: {0:?}")]
+    User(String),
+    #[error("invalid group: {0:?}")]
+    Group(String),
+    #[error("invalid owner {0:?}")]
+    Owner(String),
+    #[error("{0:?} has no login group")]
+    NoLoginGroup(String),
+}
+
 /// A parsed chmod mode: octal (absolute) or symbolic clauses applied to the current mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModeSpec {
@@ -38,8 +59,8 @@ const GROUP: u32 = 0o2070;
 const OTHER: u32 = 0o1007;
 
 /// Parse a chmod(1) mode: `640`, `u+x`, `go-w,a+r`, `u=rwx,g=rx,o=`, `g=u`, `+X`.
-pub fn parse_mode(spec: &str) -> Result<ModeSpec, String> {
-    let bad = |why: &str| format!("invalid mode {spec:?}: {why}");
+pub fn parse_mode(spec: &str) -> Result<ModeSpec, ModeError> {
+    let spec_owned = || spec.to_string();
     if !spec.is_empty() && spec.bytes().all(|b| b.is_ascii_digit()) {
         return match u32::from_str_radix(spec, 8) {
             Ok(mode) if spec.len() <= 5 && mode <= 0o7777 => Ok(ModeSpec::Absolute {
@@ -50,7 +71,7 @@ pub fn parse_mode(spec: &str) -> Result<ModeSpec, String> {
                     mode & 0o6000
                 },
             }),
-            _ => Err(bad("an octal mode is at most 7777 (digits 0-7)")),
+            _ => Err(ModeError::Octal { spec: spec_owned() }),
         };
     }
     let mut clauses = Vec::new();
@@ -71,7 +92,10 @@ pub fn parse_mode(spec: &str) -> Result<ModeSpec, String> {
         let mut ops = Vec::new();
         while let Some(op) = chars.next() {
             if !matches!(op, '+' | '-' | '=') {
-                return Err(bad(&format!("{op:?} where +, - or = belongs")));
+                return Err(ModeError::NotAnOperation {
+                    spec: spec_owned(),
+                    found: op,
+                });
             }
             let mut letters = String::new();
             let mut copy = None;
@@ -80,14 +104,19 @@ pub fn parse_mode(spec: &str) -> Result<ModeSpec, String> {
                     'r' | 'w' | 'x' | 'X' | 's' | 't' if copy.is_none() => letters.push(c),
                     'u' | 'g' | 'o' if letters.is_empty() && copy.is_none() => copy = Some(c),
                     '+' | '-' | '=' => break,
-                    _ => return Err(bad(&format!("{c:?} is not a permission"))),
+                    _ => {
+                        return Err(ModeError::NotAPermission {
+                            spec: spec_owned(),
+                            found: c,
+                        })
+                    }
                 }
                 chars.next();
             }
             ops.push((op, copy.map_or(Perm::Letters(letters), Perm::CopyOf)));
         }
         if ops.is_empty() {
-            return Err(bad("each clause needs +, - or ="));
+            return Err(ModeError::NoOperation { spec: spec_owned() });
         }
         clauses.push(Clause { who, ops });
     }
@@ -162,54 +191,81 @@ fn copy_bits(class: char, mode: u32) -> u32 {
 
 /// The process umask (read by setting it and setting it back; dt is single-threaded here).
 pub fn umask() -> u32 {
-    // SAFETY: umask cannot fail; the old value is put back at once.
-    unsafe {
-        let old = libc::umask(0o022);
-        libc::umask(old);
-        old as u32
-    }
+    use rustix::{fs::Mode, process::umask};
+    let old = umask(Mode::from_raw_mode(0o022));
+    umask(old);
+    old.as_raw_mode()
 }
 
 /// A user name or number (a number need not have a passwd entry, as for chown(1)).
-pub fn user_id(name: &str) -> Result<u32, String> {
+pub fn user_id(name: &str) -> Result<u32, ModeError> {
     name.parse::<u32>()
         .ok()
         .or_else(|| passwd(name).map(|(uid, _)| uid))
-        .ok_or_else(|| format!("invalid user: {name:?}"))
+        .ok_or_else(|| ModeError::User(name.to_string()))
 }
 
 /// The uid and login group of a user by name or number, from the passwd database.
 fn passwd(user: &str) -> Option<(u32, u32)> {
-    // SAFETY: getpwuid/getpwnam with a valid uid or C string; the result is read before any
-    // other call could overwrite it.
-    let pw = match user.parse::<u32>() {
-        Ok(uid) => unsafe { libc::getpwuid(uid) },
+    let entry: libc::passwd = match user.parse::<u32>() {
+        Ok(uid) => nss_lookup(|pw, buf, len, found| {
+            // SAFETY: nss_lookup hands an entry, a buffer of `len` bytes and a result
+            // pointer, all valid for the call.
+            unsafe { libc::getpwuid_r(uid, pw, buf, len, found) }
+        })?,
         Err(_) => {
             let name = CString::new(user).ok()?;
-            unsafe { libc::getpwnam(name.as_ptr()) }
+            nss_lookup(|pw, buf, len, found| {
+                // SAFETY: as above; `name` is NUL-terminated.
+                unsafe { libc::getpwnam_r(name.as_ptr(), pw, buf, len, found) }
+            })?
         }
     };
-    // SAFETY: a non-null result of getpwuid/getpwnam.
-    (!pw.is_null()).then(|| unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+    Some((entry.pw_uid, entry.pw_gid))
 }
 
 /// A group name or number.
-pub fn group_id(name: &str) -> Result<u32, String> {
+pub fn group_id(name: &str) -> Result<u32, ModeError> {
     if let Ok(n) = name.parse::<u32>() {
         return Ok(n);
     }
-    let c = CString::new(name).map_err(|_| format!("invalid group {name:?}"))?;
-    // SAFETY: getgrnam with a valid C string; the result is read before any other call.
-    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-    if gr.is_null() {
-        return Err(format!("invalid group: {name:?}"));
+    let c = CString::new(name).map_err(|_| ModeError::Group(name.to_string()))?;
+    nss_lookup(|gr: *mut libc::group, buf, len, found| {
+        // SAFETY: nss_lookup hands an entry, a buffer of `len` bytes and a result pointer,
+        // all valid for the call; `c` is NUL-terminated.
+        unsafe { libc::getgrnam_r(c.as_ptr(), gr, buf, len, found) }
+    })
+    .map(|gr| gr.gr_gid)
+    .ok_or_else(|| ModeError::Group(name.to_string()))
+}
+
+/// Runs a reentrant passwd or group lookup (`getpwnam_r` and its kind, thread-safe where
+/// `getpwnam` returns a static buffer any thread may overwrite) with a string buffer that
+/// grows while the call says it is too small, and returns the entry found. Its string
+/// pointers point into a buffer freed on return: only its numbers may be read.
+fn nss_lookup<T: Copy>(
+    mut call: impl FnMut(*mut T, *mut libc::c_char, libc::size_t, *mut *mut T) -> libc::c_int,
+) -> Option<T> {
+    let mut buf: Vec<libc::c_char> = vec![0; 1024];
+    loop {
+        let mut entry = std::mem::MaybeUninit::<T>::uninit();
+        let mut found: *mut T = std::ptr::null_mut();
+        let rc = call(entry.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut found);
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc != 0 || found.is_null() {
+            return None;
+        }
+        // SAFETY: the call succeeded with a non-null result, which points at `entry`, now
+        // filled in.
+        return Some(unsafe { entry.assume_init() });
     }
-    // SAFETY: non-null result of getgrnam.
-    Ok(unsafe { (*gr).gr_gid })
 }
 
 /// `OWNER`, `OWNER:GROUP`, `OWNER:` (the owner's login group, as chown(1)) or `:GROUP`.
-pub fn parse_owner(spec: &str) -> Result<(Option<u32>, Option<u32>), String> {
+pub fn parse_owner(spec: &str) -> Result<(Option<u32>, Option<u32>), ModeError> {
     let (user, group) = match spec.split_once([':', '.']) {
         None => (spec, None),
         Some((u, g)) => (u, Some(g)),
@@ -223,20 +279,20 @@ pub fn parse_owner(spec: &str) -> Result<(Option<u32>, Option<u32>), String> {
         None => None,
         Some("") => match uid {
             Some(_) => Some(login_group(user)?),
-            None => return Err(format!("invalid owner {spec:?}")),
+            None => return Err(ModeError::Owner(spec.to_string())),
         },
         Some(g) => Some(group_id(g)?),
     };
     if uid.is_none() && gid.is_none() {
-        return Err(format!("invalid owner {spec:?}"));
+        return Err(ModeError::Owner(spec.to_string()));
     }
     Ok((uid, gid))
 }
 
-fn login_group(user: &str) -> Result<u32, String> {
+fn login_group(user: &str) -> Result<u32, ModeError> {
     passwd(user)
         .map(|(_, gid)| gid)
-        .ok_or_else(|| format!("{user:?} has no login group"))
+        .ok_or_else(|| ModeError::NoLoginGroup(user.to_string()))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! bounded by the client timeout (default 60 s, `$DESKD_CLIENT_TIMEOUT`): past it the call fails
 //! with [`ClientError::Timeout`], and callers treat the volume as read-only.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 use std::collections::HashMap;

@@ -11,6 +11,7 @@
 //! * [`Reader`] is a read-only connection; any number may be open. Both implement [`Read`].
 //! * No SQL lives outside this crate.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bulk;

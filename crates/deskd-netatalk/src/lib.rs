@@ -12,11 +12,13 @@
 //! rules differ (its LOOKUP "salvation" deletes records on a mismatch; deskd keeps an ID across
 //! a save-by-replace), deskd's apply; `docs/netatalk.md` lists each mapping.
 
+#![forbid(unsafe_code)]
+
 pub mod wire;
 
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -444,7 +446,7 @@ struct Timed<'a> {
 impl std::io::Read for Timed<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if let Some(deadline) = self.deadline {
-            deskd_proto::deadline::wait_readable(self.stream.as_raw_fd(), deadline)?;
+            deskd_proto::deadline::wait_readable(self.stream.as_fd(), deadline)?;
         }
         (&mut &*self.stream).read(buf)
     }

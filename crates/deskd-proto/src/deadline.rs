@@ -6,14 +6,15 @@
 //! a stream that way (the handshake); [`crate::spin::SpinRead`] does it while a frame is open.
 
 use std::io::{self, Read, Write};
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
 use crate::Stream;
 
 /// Wait until `fd` has something to read (data, end of stream or an error), or fail with
 /// [`io::ErrorKind::TimedOut`] once `deadline` has passed.
-pub fn wait_readable(fd: RawFd, deadline: Instant) -> io::Result<()> {
+pub fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<()> {
+    use rustix::event::{PollFd, PollFlags, Timespec};
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -22,24 +23,18 @@ pub fn wait_readable(fd: RawFd, deadline: Instant) -> io::Result<()> {
                 "the peer did not finish in time",
             ));
         }
-        let mut pollfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
+        let mut pollfd = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
+        // Round up to whole milliseconds, as poll(2) counts them: a wait of 0 would spin until
+        // the deadline.
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i64;
+        let timeout = Timespec {
+            tv_sec: ms / 1000,
+            tv_nsec: (ms % 1000) * 1_000_000,
         };
-        // Round up: a wait of 0 ms would spin until the deadline.
-        let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-        // SAFETY: poll reads and writes one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pollfd, 1, ms) };
-        match rc {
-            n if n > 0 => return Ok(()),
-            0 => {}
-            _ => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
+        match rustix::event::poll(&mut pollfd, Some(&timeout)) {
+            Ok(n) if n > 0 => return Ok(()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -54,7 +49,7 @@ pub struct Deadlined<'a> {
 
 impl Read for Deadlined<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        wait_readable(self.stream.as_raw_fd(), self.deadline)?;
+        wait_readable(self.stream.as_fd(), self.deadline)?;
         self.stream.read(buf)
     }
 }

@@ -13,6 +13,7 @@
 //! any order, so a client can pipeline. Every error is an [`ErrorCode`] plus a human message.
 //! `docs/protocol.md` documents the format byte by byte.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod deadline;
@@ -835,8 +836,7 @@ pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
     if let Some(p) = std::env::var_os("DESKD_SOCKET").filter(|v| !v.is_empty()) {
         return PathBuf::from(p);
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = rustix::process::geteuid().as_raw();
     if uid == 0 {
         return PathBuf::from("/run/deskd/deskd.sock");
     }

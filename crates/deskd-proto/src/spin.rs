@@ -11,7 +11,7 @@
 
 use crate::Stream;
 use std::io::{self, Read};
-use std::os::unix::io::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 /// The polling window when `$DESKD_SPIN_US` is not set.
@@ -58,23 +58,11 @@ impl Read for SpinRead {
         if !self.spin.is_zero() {
             let start = Instant::now();
             loop {
-                // SAFETY: recv writes at most buf.len() bytes into buf, a valid &mut [u8].
-                let n = unsafe {
-                    libc::recv(
-                        self.stream.as_raw_fd(),
-                        buf.as_mut_ptr() as *mut libc::c_void,
-                        buf.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if n >= 0 {
-                    return Ok(n as usize);
-                }
-                let err = io::Error::last_os_error();
-                match err.kind() {
-                    io::ErrorKind::WouldBlock => {}
-                    io::ErrorKind::Interrupted => continue,
-                    _ => return Err(err),
+                match rustix::net::recv(&self.stream, &mut *buf, rustix::net::RecvFlags::DONTWAIT) {
+                    Ok((n, _)) => return Ok(n),
+                    Err(rustix::io::Errno::AGAIN) => {}
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
                 }
                 if start.elapsed() >= self.spin {
                     break;
@@ -83,7 +71,7 @@ impl Read for SpinRead {
             }
         }
         if let Some(deadline) = self.deadline {
-            crate::deadline::wait_readable(self.stream.as_raw_fd(), deadline)?;
+            crate::deadline::wait_readable(self.stream.as_fd(), deadline)?;
         }
         self.stream.read(buf)
     }

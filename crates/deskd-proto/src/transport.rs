@@ -10,9 +10,9 @@
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -130,6 +130,15 @@ impl Stream {
     }
 }
 
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+        }
+    }
+}
+
 impl AsRawFd for Stream {
     fn as_raw_fd(&self) -> RawFd {
         match self {
@@ -182,28 +191,12 @@ impl Write for Stream {
 /// that lost power) is closed after about two minutes instead of holding its thread forever.
 pub fn tune_tcp(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let fd = stream.as_raw_fd();
-    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| -> io::Result<()> {
-        // SAFETY: setsockopt reads one c_int from a valid pointer of the given length.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                &value as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    };
-    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60)?;
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10)?;
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6)
+    use rustix::net::sockopt;
+    sockopt::set_socket_keepalive(stream, true)?;
+    sockopt::set_tcp_keepidle(stream, Duration::from_secs(60))?;
+    sockopt::set_tcp_keepintvl(stream, Duration::from_secs(10))?;
+    sockopt::set_tcp_keepcnt(stream, 6)?;
+    Ok(())
 }
 
 /// Why a token file was not used. Every message starts with `token file PATH:` so that the
@@ -512,26 +505,17 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         tune_tcp(&client).unwrap();
         assert!(client.nodelay().unwrap());
-        let get = |level, name| {
-            let mut value: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: getsockopt writes one c_int into `value`.
-            let rc = unsafe {
-                libc::getsockopt(
-                    client.as_raw_fd(),
-                    level,
-                    name,
-                    &mut value as *mut libc::c_int as *mut libc::c_void,
-                    &mut len,
-                )
-            };
-            assert_eq!(rc, 0);
-            value
-        };
-        assert_eq!(get(libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
-        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 60);
-        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), 10);
-        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 6);
+        use rustix::net::sockopt;
+        assert!(sockopt::socket_keepalive(&client).unwrap());
+        assert_eq!(
+            sockopt::tcp_keepidle(&client).unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            sockopt::tcp_keepintvl(&client).unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(sockopt::tcp_keepcnt(&client).unwrap(), 6);
     }
 
     #[test]

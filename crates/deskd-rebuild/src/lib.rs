@@ -11,6 +11,8 @@
 //! This runs offline: the desktop is locked exclusively (`flock`, the same lock `deskd serve`
 //! holds), so a running server makes the rebuild stop with a clear message.
 
+#![forbid(unsafe_code)]
+
 pub mod claims;
 pub mod online;
 pub mod plan;
@@ -182,12 +184,8 @@ pub fn check_space(desktop: &Path) -> Result<(), RebuildError> {
     let dir = desktop.parent().unwrap_or(Path::new("/"));
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| RebuildError::Usage(format!("{}: NUL in path", dir.display())))?;
-    // SAFETY: statvfs into a zeroed buffer; the result is checked.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(RebuildError::io(dir, std::io::Error::last_os_error()));
-    }
-    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    let st = rustix::fs::statvfs(c.as_c_str()).map_err(|e| RebuildError::io(dir, e.into()))?;
+    let free = st.f_bavail * st.f_frsize;
     if free < 2 * size {
         return Err(RebuildError::Space(format!(
             "{}: only {} bytes free, a rebuild needs at least twice the desktop's {} bytes; free space or use --force",
@@ -283,7 +281,8 @@ pub fn refuse_unsafe(root: &Path, desktop: &Path, options: &Options) -> Result<(
         Mode::Repair => "deskd rebuild",
         Mode::Fresh => "deskd rebuild -f",
     };
-    deskd_volume::guard::require_admin(root, desktop, what).map_err(RebuildError::Refused)?;
+    deskd_volume::guard::require_admin(root, desktop, what)
+        .map_err(|e| RebuildError::Refused(e.to_string()))?;
     if let Some(backup) = &options.start_from {
         refuse_newer(backup, "it cannot be restored")?;
     }

@@ -349,11 +349,10 @@ fn scan_dir(
             Err(e) => return Err(RebuildError::io(&rsrc_dir_path, e)),
         };
     // Owner and mode of the very .rsrc directory listed (who may rename entries in it).
-    let rsrc_dir_owner = rsrc_dir.as_ref().and_then(|fd| {
-        // SAFETY: fstat(2) of a descriptor we own into a zeroed buffer; the result is checked.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        (unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0).then_some((st.st_uid, st.st_mode))
-    });
+    let rsrc_dir_owner = rsrc_dir
+        .as_ref()
+        .and_then(|fd| rustix::fs::fstat(fd).ok())
+        .map(|st| (st.st_uid, st.st_mode));
     let mut found = Vec::with_capacity(names.len());
     let mut seen = HashSet::with_capacity(names.len());
     for name in names {

@@ -16,12 +16,14 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use rustix::process::Gid;
+
 /// A local peer's identity, read from its socket when it connected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub uid: u32,
     pub gid: u32,
-    pub groups: Vec<libc::gid_t>,
+    pub groups: Vec<Gid>,
 }
 
 impl Credentials {
@@ -37,6 +39,9 @@ impl Credentials {
 }
 
 /// The pid, uid and gid of the process at the other end of a Unix socket (`SO_PEERCRED`).
+///
+/// Not rustix's `socket_peercred`: its `UCred` holds the pid as a non-zero `Pid`, and the
+/// kernel reports pid 0 for a peer in a pid namespace this one cannot see (a container).
 pub fn peer_ucred(socket: &impl AsRawFd) -> io::Result<libc::ucred> {
     let mut cred = libc::ucred {
         pid: 0,
@@ -60,9 +65,9 @@ pub fn peer_ucred(socket: &impl AsRawFd) -> io::Result<libc::ucred> {
     Ok(cred)
 }
 
-/// The supplementary groups of the peer (`SO_PEERGROUPS`, Linux 4.13), growing the buffer
-/// when the kernel says it is too small.
-fn peer_groups(fd: libc::c_int) -> io::Result<Vec<libc::gid_t>> {
+/// The supplementary groups of the peer (`SO_PEERGROUPS`, Linux 4.13, which rustix does not
+/// wrap), growing the buffer when the kernel says it is too small.
+fn peer_groups(fd: libc::c_int) -> io::Result<Vec<Gid>> {
     let mut groups: Vec<libc::gid_t> = vec![0; 64];
     loop {
         let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
@@ -79,7 +84,8 @@ fn peer_groups(fd: libc::c_int) -> io::Result<Vec<libc::gid_t>> {
         let count = len as usize / std::mem::size_of::<libc::gid_t>();
         if rc == 0 {
             groups.truncate(count);
-            return Ok(groups);
+            // Collected in place (same layout): no second allocation.
+            return Ok(groups.into_iter().map(Gid::from_raw).collect());
         }
         let err = io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::ERANGE) && count > groups.len() {
@@ -110,8 +116,7 @@ pub const WRITE: libc::c_int = libc::W_OK;
 impl Access {
     /// The access rule for a local peer with `credentials` (None when they cannot be read).
     pub fn for_local(credentials: Option<Credentials>) -> Access {
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
+        let me = rustix::process::geteuid().as_raw();
         match credentials {
             Some(c) if c.uid == 0 => Access::Trusted,
             Some(c) if c.uid == me => Access::Trusted,
@@ -180,90 +185,83 @@ impl Access {
 }
 
 /// The calling thread wearing a peer's file-system identity; dropping it restores the server's.
+///
+/// Groups go through rustix's `set_thread_groups`, the raw `setgroups` system call, which
+/// changes the calling thread only (glibc's and nix's `setgroups` change every thread of the
+/// process). `setfsuid`/`setfsgid` have no safe wrapper (rustix has none; they are per thread
+/// in the kernel and glibc does not broadcast them), so they stay raw libc calls.
 struct AsPeer {
-    own_groups: Vec<libc::gid_t>,
+    own_groups: &'static [Gid],
     own_uid: u32,
     own_gid: u32,
+}
+
+/// `setfsuid(uid)`: this thread's file-system uid; returns the previous one (also on failure,
+/// so [`fs_ids`] asks again).
+fn set_fsuid(uid: u32) -> u32 {
+    // SAFETY: setfsuid takes a plain integer and changes only the calling thread's
+    // file-system uid; it has no memory effects.
+    unsafe { libc::setfsuid(uid) as u32 }
+}
+
+/// `setfsgid(gid)`, as [`set_fsuid`].
+fn set_fsgid(gid: u32) -> u32 {
+    // SAFETY: as in `set_fsuid`, for the file-system gid.
+    unsafe { libc::setfsgid(gid) as u32 }
+}
+
+/// This thread's file-system uid and gid (`setfs*id(-1)` changes nothing and answers them).
+fn fs_ids() -> (u32, u32) {
+    (set_fsuid(u32::MAX), set_fsgid(u32::MAX))
 }
 
 impl AsPeer {
     fn enter(c: &Credentials) -> io::Result<AsPeer> {
         let own_groups = own_groups()?;
-        // SAFETY: plain identity calls on the calling thread.
-        unsafe {
-            // Groups first, while the thread still has the capability to set them. The raw
-            // system call changes this thread only (glibc's setgroups would change them all).
-            // If it fails nothing has changed yet, so there is nothing to restore.
-            if libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let worn = AsPeer {
-                own_groups,
-                own_uid: libc::geteuid(),
-                own_gid: libc::getegid(),
-            };
-            libc::setfsgid(c.gid);
-            libc::setfsuid(c.uid);
-            // setfsuid reports failure by returning the old value: ask again to be sure.
-            if libc::setfsuid(u32::MAX) as u32 != c.uid || libc::setfsgid(u32::MAX) as u32 != c.gid
-            {
-                drop(worn);
-                return Err(io::Error::other("setfsuid/setfsgid did not take"));
-            }
-            Ok(worn)
+        // Groups first, while the thread still has the capability to set them. The raw system
+        // call changes this thread only. If it fails nothing has changed yet, so there is
+        // nothing to restore.
+        rustix::thread::set_thread_groups(&c.groups)?;
+        let worn = AsPeer {
+            own_groups,
+            own_uid: rustix::process::geteuid().as_raw(),
+            own_gid: rustix::process::getegid().as_raw(),
+        };
+        set_fsgid(c.gid);
+        set_fsuid(c.uid);
+        // setfsuid reports failure by returning the old value: ask again to be sure.
+        if fs_ids() != (c.uid, c.gid) {
+            drop(worn);
+            return Err(io::Error::other("setfsuid/setfsgid did not take"));
         }
+        Ok(worn)
     }
 }
 
 /// The server's own supplementary groups, read once: every thread has them (only the threads
 /// wearing a peer's identity change theirs, and they put them back), and reading them on every
 /// change of identity cost two system calls per request.
-fn own_groups() -> io::Result<Vec<libc::gid_t>> {
-    static OWN: std::sync::OnceLock<Vec<libc::gid_t>> = std::sync::OnceLock::new();
+fn own_groups() -> io::Result<&'static [Gid]> {
+    static OWN: std::sync::OnceLock<Vec<Gid>> = std::sync::OnceLock::new();
     if let Some(groups) = OWN.get() {
-        return Ok(groups.clone());
+        return Ok(groups);
     }
-    // SAFETY: getgroups writes at most the count it returned a moment before into a buffer of
-    // that size.
-    let groups = unsafe {
-        let n = libc::getgroups(0, std::ptr::null_mut());
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut groups = vec![0; n as usize];
-        let n = libc::getgroups(n, groups.as_mut_ptr());
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        groups.truncate(n as usize);
-        groups
-    };
-    Ok(OWN.get_or_init(|| groups).clone())
+    let groups = rustix::process::getgroups()?;
+    Ok(OWN.get_or_init(|| groups))
 }
 
 impl Drop for AsPeer {
     fn drop(&mut self) {
-        // SAFETY: restoring this thread's own identity; as in `enter`.
-        unsafe {
-            libc::setfsuid(self.own_uid);
-            libc::setfsgid(self.own_gid);
-            if libc::syscall(
-                libc::SYS_setgroups,
-                self.own_groups.len(),
-                self.own_groups.as_ptr(),
-            ) != 0
-            {
-                // A thread that cannot become the server again must not serve anyone.
-                tracing::error!(
-                    "cannot restore the server's groups: {}",
-                    io::Error::last_os_error()
-                );
-                std::process::abort();
-            }
-            if libc::setfsuid(u32::MAX) as u32 != self.own_uid {
-                tracing::error!("cannot restore the server's file-system uid");
-                std::process::abort();
-            }
+        set_fsuid(self.own_uid);
+        set_fsgid(self.own_gid);
+        if let Err(e) = rustix::thread::set_thread_groups(self.own_groups) {
+            // A thread that cannot become the server again must not serve anyone.
+            tracing::error!("cannot restore the server's groups: {e}");
+            std::process::abort();
+        }
+        if set_fsuid(u32::MAX) != self.own_uid {
+            tracing::error!("cannot restore the server's file-system uid");
+            std::process::abort();
         }
     }
 }
@@ -313,7 +311,7 @@ mod tests {
             groups: vec![],
         };
         let in_group = Credentials {
-            groups: vec![4242],
+            groups: vec![Gid::from_raw(4242)],
             ..nobody.clone()
         };
         Access::Peer(nobody)
@@ -357,6 +355,59 @@ mod tests {
             assert!(told.recv().unwrap(), "another thread lost root's access");
         })
         .unwrap();
+        other.join().unwrap();
+    }
+
+    /// The supplementary groups of one thread of this process, from the kernel.
+    fn thread_groups(tid: i32) -> Vec<u32> {
+        let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+        line["Groups:".len()..]
+            .split_whitespace()
+            .map(|g| g.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_peers_groups_are_worn_by_the_asking_thread_only() {
+        if !as_root() {
+            assert!(std::env::var_os("CI").is_none(), "needs root in CI");
+            eprintln!("skipped: needs root to take another identity");
+            return;
+        }
+        let me = rustix::thread::gettid().as_raw_nonzero().get();
+        let own = thread_groups(me);
+        // Another thread of the server, already running, as the writer and the other
+        // connections are.
+        let (ask, asked) = std::sync::mpsc::channel::<()>();
+        let (tell, told) = std::sync::mpsc::channel();
+        let other = std::thread::spawn(move || {
+            tell.send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
+            asked.recv().unwrap();
+        });
+        let other_tid = told.recv().unwrap();
+        let peer = Credentials {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![Gid::from_raw(4242), Gid::from_raw(4343)],
+        };
+        Access::Peer(peer)
+            .wear(|| {
+                assert_eq!(thread_groups(me), vec![4242, 4343]);
+                assert_eq!(
+                    thread_groups(other_tid),
+                    own,
+                    "another thread's groups changed"
+                );
+            })
+            .unwrap();
+        assert_eq!(
+            thread_groups(me),
+            own,
+            "the server's groups were not put back"
+        );
+        ask.send(()).unwrap();
         other.join().unwrap();
     }
 

@@ -15,8 +15,7 @@ pub fn hints_trusted(uid: Option<u32>, tcp: bool, owner_uid: u32, tcp_admin: boo
     if tcp {
         return tcp_admin;
     }
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     uid.is_some_and(|uid| uid == 0 || uid == me || uid == owner_uid)
 }
 

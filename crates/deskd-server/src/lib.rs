@@ -11,6 +11,8 @@
 //! configuration to the running server. [`Server::shutdown`] commits, flushes and records the
 //! clean-shutdown flag on every volume.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod access;
 pub mod apply;
 pub mod config;
@@ -355,8 +357,7 @@ impl Server {
             return Err(none_opened(&failures));
         }
         let (tcp_listener, tcp_access) = tcp.unzip();
-        // SAFETY: geteuid has no preconditions.
-        let server_uid = unsafe { libc::geteuid() };
+        let server_uid = rustix::process::geteuid().as_raw();
         let shared = Arc::new(Shared {
             volumes: RwLock::new(volumes),
             closings: AtomicU64::new(0),

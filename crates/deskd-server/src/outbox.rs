@@ -15,7 +15,6 @@
 //! at most about the bound plus the one reply that crossed it (and the answers to the writes it
 //! had already queued), not the 512 MiB of [`MAX_UNSENT`].
 
-use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -118,24 +117,15 @@ impl Outbox {
     fn send_some(&self, state: &mut State) {
         while !state.broken && state.sent < state.pending.len() {
             let rest = &state.pending[state.sent..];
-            // SAFETY: send reads at most rest.len() bytes from rest, a valid slice.
-            let n = unsafe {
-                libc::send(
-                    self.stream.as_raw_fd(),
-                    rest.as_ptr() as *const libc::c_void,
-                    rest.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n >= 0 {
-                state.sent += n as usize;
-                self.sent_some.notify_all();
-                continue;
-            }
-            match std::io::Error::last_os_error().kind() {
-                std::io::ErrorKind::Interrupted => continue,
-                std::io::ErrorKind::WouldBlock => break,
-                _ => self.break_off(state),
+            let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+            match rustix::net::send(&self.stream, rest, flags) {
+                Ok(n) => {
+                    state.sent += n;
+                    self.sent_some.notify_all();
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(_) => self.break_off(state),
             }
         }
         if state.sent == state.pending.len() {
@@ -170,13 +160,15 @@ impl Outbox {
     /// The drainer: wait until the client reads, send, until nothing is left.
     fn drain(self: Arc<Self>) {
         loop {
-            let mut poll = libc::pollfd {
-                fd: self.stream.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
+            use rustix::event::{PollFd, PollFlags, Timespec};
+            let mut poll = [PollFd::new(&self.stream, PollFlags::OUT)];
+            // A timeout bounds the wait so a broken flag is seen; its outcome is not needed
+            // (send_some finds out).
+            let second = Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
             };
-            // SAFETY: one valid pollfd; a timeout bounds the wait so a broken flag is seen.
-            unsafe { libc::poll(&mut poll, 1, 1000) };
+            let _ = rustix::event::poll(&mut poll, Some(&second));
             let mut state = self.state.lock().unwrap();
             self.send_some(&mut state);
             if state.broken || state.sent == state.pending.len() {

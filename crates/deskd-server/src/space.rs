@@ -32,15 +32,11 @@ pub struct Usage {
 pub fn usage(path: &Path) -> io::Result<Usage> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-    // SAFETY: statvfs writes one struct statvfs; the path is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let block = st.f_frsize as u64;
+    let st = rustix::fs::statvfs(c.as_c_str())?;
+    let block = st.f_frsize;
     Ok(Usage {
-        free: st.f_bavail as u64 * block,
-        size: st.f_blocks as u64 * block,
+        free: st.f_bavail * block,
+        size: st.f_blocks * block,
     })
 }
 
@@ -127,12 +123,14 @@ pub fn open_elsewhere(desktop: &Path) -> bool {
     let Ok(shm) = std::fs::File::open(deskd_db::shm_path(desktop)) else {
         return false;
     };
-    // SAFETY: an all-zero flock is a valid value to fill in.
-    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = libc::F_WRLCK as libc::c_short;
-    lock.l_whence = libc::SEEK_SET as libc::c_short;
-    lock.l_start = SHM_DMS_BYTE;
-    lock.l_len = 1;
+    // A raw fcntl: rustix wraps F_SETLK (`fcntl_lock`) but not the F_GETLK query.
+    let mut lock = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: SHM_DMS_BYTE,
+        l_len: 1,
+        l_pid: 0,
+    };
     // SAFETY: F_GETLK reads and writes one flock on a valid descriptor.
     let rc = unsafe { libc::fcntl(shm.as_raw_fd(), libc::F_GETLK, &mut lock) };
     rc != 0 || lock.l_type != libc::F_UNLCK as libc::c_short

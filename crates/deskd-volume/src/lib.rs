@@ -10,6 +10,7 @@
 //! * [`Volume`]: the one place where a client path is turned into a path inside the volume,
 //!   refusing `..` escapes, symlinks that leave the volume and invalid names.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod guard;
@@ -53,8 +54,7 @@ pub fn desktop_link(root: &Path) -> std::io::Result<Option<PathBuf>> {
     let in_root = root.join(DESKTOP_FILE);
     match std::fs::symlink_metadata(&in_root) {
         Ok(m) if m.file_type().is_symlink() => {
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            let deskd_user = unsafe { libc::geteuid() };
+            let deskd_user = rustix::process::geteuid().as_raw();
             if m.uid() != 0 && m.uid() != deskd_user {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::PermissionDenied,
@@ -85,7 +85,6 @@ pub fn desktop_link(root: &Path) -> std::io::Result<Option<PathBuf>> {
 /// refused (`ELOOP`): relocation links are resolved by [`desktop_link`] before this.
 pub fn lock_desktop(path: &Path) -> std::io::Result<Option<std::fs::File>> {
     use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::io::AsRawFd;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -94,9 +93,8 @@ pub fn lock_desktop(path: &Path) -> std::io::Result<Option<std::fs::File>> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
-    // SAFETY: flock on a valid, owned descriptor.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    Ok((rc == 0).then_some(file))
+    let locked = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+    Ok(locked.is_ok().then_some(file))
 }
 
 /// Errors of the file-system side.

@@ -12,10 +12,11 @@
 //! `O_NOFOLLOW`; xattrs are set with `lsetxattr`; `unlink` and `rename` never follow the last
 //! name).
 
-use std::ffi::{CString, OsStr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
 
 use crate::VolumeError;
 
@@ -34,16 +35,13 @@ fn refused(path: &Path, why: &str) -> VolumeError {
     )
 }
 
-fn open_at(dirfd: libc::c_int, name: &OsStr, flags: libc::c_int) -> std::io::Result<OwnedFd> {
-    let c = CString::new(name.as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: openat(2) with a valid NUL-terminated name; the result is checked.
-    let fd = unsafe { libc::openat(dirfd, c.as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel gave us this descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn open_at(dirfd: BorrowedFd<'_>, name: &OsStr, flags: OFlags) -> std::io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dirfd,
+        name,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// Open the directory `rel` below `root` one name at a time (`openat` with `O_NOFOLLOW |
@@ -53,9 +51,9 @@ fn open_at(dirfd: libc::c_int, name: &OsStr, flags: libc::c_int) -> std::io::Res
 /// kernels before 5.6 lack.) A link on the way fails with `ELOOP` or `ENOTDIR`.
 pub fn open_dir_beneath(root: &Path, rel: &Path, read: bool) -> std::io::Result<OwnedFd> {
     let last_flags = if read {
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW
     } else {
-        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW
     };
     let names: Vec<&OsStr> = rel
         .components()
@@ -65,21 +63,21 @@ pub fn open_dir_beneath(root: &Path, rel: &Path, read: bool) -> std::io::Result<
         })
         .collect::<Result<_, _>>()?;
     let mut fd = open_at(
-        libc::AT_FDCWD,
+        rustix::fs::CWD,
         root.as_os_str(),
         if names.is_empty() {
-            last_flags & !libc::O_NOFOLLOW
+            last_flags - OFlags::NOFOLLOW
         } else {
-            libc::O_PATH | libc::O_DIRECTORY
+            OFlags::PATH | OFlags::DIRECTORY
         },
     )?;
     for (i, name) in names.iter().enumerate() {
         let flags = if i + 1 == names.len() {
             last_flags
         } else {
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW
         };
-        fd = open_at(fd.as_raw_fd(), name, flags)?;
+        fd = open_at(fd.as_fd(), name, flags)?;
     }
     Ok(fd)
 }

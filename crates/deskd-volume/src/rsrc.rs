@@ -224,22 +224,10 @@ pub fn open_at(
     flags: libc::c_int,
     mode: libc::mode_t,
 ) -> std::io::Result<File> {
-    use std::os::unix::io::{AsRawFd, FromRawFd};
-    // SAFETY: openat relative to a directory descriptor the caller holds open, with a
-    // NUL-terminated name; the result is checked before it is owned.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            libc::c_uint::from(mode),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and nothing else owns it.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::from_bits_retain(flags as u32) | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(mode))?;
+    Ok(File::from(fd))
 }
 
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`: what is at `name` in a directory descriptor,
@@ -247,23 +235,12 @@ pub fn open_at(
 pub fn lstat_at(
     dir: std::os::unix::io::BorrowedFd<'_>,
     name: &std::ffi::CStr,
-) -> std::io::Result<libc::stat> {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: fstatat(2) into a zeroed buffer, relative to a directory descriptor the caller
-    // holds open, with a NUL-terminated name; the result is checked.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let rc = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st)
+) -> std::io::Result<rustix::fs::Stat> {
+    Ok(rustix::fs::statat(
+        dir,
+        name,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?)
 }
 
 /// [`open_at`] with the name of a resource-file path.

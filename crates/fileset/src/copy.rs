@@ -5,9 +5,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
+
+use rustix::io::Errno;
 
 /// Open `path` for reading, refusing a symbolic link in its place (`ELOOP`): a link planted
 /// in a working directory must not make a privileged fileset copy the file it points to.
@@ -63,17 +65,16 @@ pub fn copy_contents(
     boundary_64k: bool,
 ) -> io::Result<(u64, Method)> {
     let len = src.metadata()?.len();
-    let (s, d) = (src.as_raw_fd(), dst.as_raw_fd());
-    // SAFETY (both closures): valid descriptors owned by the caller; null offsets use and
-    // advance the files' own positions.
-    let copied = kernel_copy(len, boundary_64k, |want| unsafe {
-        libc::copy_file_range(s, std::ptr::null_mut(), d, std::ptr::null_mut(), want, 0)
+    let (s, d) = (src.as_fd(), dst.as_fd());
+    // No offsets: both calls use and advance the files' own positions.
+    let copied = kernel_copy(len, boundary_64k, |want| {
+        rustix::fs::copy_file_range(s, None, d, None, want)
     })?;
     if let Some(n) = copied {
         return Ok((n, Method::CopyFileRange));
     }
-    let sent = kernel_copy(len, boundary_64k, |want| unsafe {
-        libc::sendfile(d, s, std::ptr::null_mut(), want)
+    let sent = kernel_copy(len, boundary_64k, |want| {
+        rustix::fs::sendfile(d, s, None, want)
     })?;
     if let Some(n) = sent {
         return Ok((n, Method::Sendfile));
@@ -86,7 +87,7 @@ pub fn copy_contents(
 fn kernel_copy(
     len: u64,
     boundary_64k: bool,
-    mut call: impl FnMut(usize) -> isize,
+    mut call: impl FnMut(usize) -> rustix::io::Result<usize>,
 ) -> io::Result<Option<u64>> {
     let mut done: u64 = 0;
     while done < len {
@@ -94,21 +95,14 @@ fn kernel_copy(
         if boundary_64k {
             want = want.min(BOUNDARY_64K - done % BOUNDARY_64K);
         }
-        let n = call(want as usize);
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            let unsupported = matches!(
-                err.raw_os_error(),
-                Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
-            );
-            if unsupported && done == 0 {
-                return Ok(None);
+        let n = match call(want as usize) {
+            Ok(n) => n,
+            Err(Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP | Errno::INVAL) if done == 0 => {
+                return Ok(None)
             }
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
             break; // the source shrank while we copied; the caller checks the size
         }
@@ -147,28 +141,28 @@ pub(crate) const DIRECT_ALIGN: u64 = 4096;
 /// pairing (`EINVAL`) and nothing was written yet, so the caller copies another way. `EINTR` is
 /// retried.
 fn splice_step(
-    from: (std::os::unix::io::RawFd, Option<&mut libc::loff_t>),
-    to: (std::os::unix::io::RawFd, Option<&mut libc::loff_t>),
+    from: (BorrowedFd<'_>, Option<&mut u64>),
+    to: (BorrowedFd<'_>, Option<&mut u64>),
     len: usize,
     nothing_yet: bool,
 ) -> io::Result<Option<usize>> {
-    let offset = |o: Option<&mut libc::loff_t>| o.map_or(std::ptr::null_mut(), |o| o as *mut _);
-    let (from_off, to_off) = (offset(from.1), offset(to.1));
+    let (from, mut from_off) = from;
+    let (to, mut to_off) = to;
     loop {
-        // SAFETY: descriptors owned by the caller; the offsets are null or point at the
-        // caller's integers, alive for this call.
-        let n = unsafe { libc::splice(from.0, from_off, to.0, to_off, len, libc::SPLICE_F_MOVE) };
-        if n >= 0 {
-            return Ok(Some(n as usize));
+        let flags = rustix::pipe::SpliceFlags::MOVE;
+        match rustix::pipe::splice(
+            from,
+            from_off.as_deref_mut(),
+            to,
+            to_off.as_deref_mut(),
+            len,
+            flags,
+        ) {
+            Ok(n) => return Ok(Some(n)),
+            Err(Errno::INTR) => continue,
+            Err(Errno::INVAL) if nothing_yet => return Ok(None),
+            Err(e) => return Err(e.into()),
         }
-        let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        if nothing_yet && err.raw_os_error() == Some(libc::EINVAL) {
-            return Ok(None);
-        }
-        return Err(err);
     }
 }
 
@@ -184,8 +178,8 @@ const SPLICE_PIPE_SIZES: [usize; 3] = [16 << 20, 4 << 20, 1 << 20];
 /// used for every file (an empty pipe between copies; a copy that fails or is refused may
 /// leave pages in it, so the caller drops it then).
 pub struct SplicePipe {
-    read: std::os::unix::io::OwnedFd,
-    write: std::os::unix::io::OwnedFd,
+    read: OwnedFd,
+    write: OwnedFd,
     /// Bytes per `O_DIRECT` write: a whole number of the destination device's largest
     /// requests where that fits in the pipe, else the pipe's capacity.
     chunk: u64,
@@ -238,29 +232,17 @@ impl SplicePipe {
 
     /// A pipe for copies into `dest_dir`, whose device sets the size of each write.
     pub fn new(dest_dir: &std::path::Path) -> io::Result<SplicePipe> {
-        use std::os::unix::io::{FromRawFd, OwnedFd};
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 just returned these two descriptors; nothing else owns them.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        use rustix::pipe::{fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, PipeFlags};
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC)?;
         // A bigger pipe means bigger device writes; keep whatever size the system allows.
         for size in SPLICE_PIPE_SIZES {
-            // SAFETY: fcntl on a descriptor we own.
-            if unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) }
-                > 0
-            {
+            if fcntl_setpipe_size(&write, size).is_ok_and(|granted| granted > 0) {
                 break;
             }
         }
-        // SAFETY: as above.
-        let capacity = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        let capacity = if capacity > 0 {
-            capacity as u64
-        } else {
-            64 * 1024
+        let capacity = match fcntl_getpipe_size(&write) {
+            Ok(capacity) if capacity > 0 => capacity as u64,
+            _ => 64 * 1024,
         };
         Ok(SplicePipe {
             read,
@@ -272,14 +254,11 @@ impl SplicePipe {
 
 /// Turn `O_DIRECT` off on an open file (for an unaligned tail, and for the caller).
 pub(crate) fn clear_direct(file: &File) -> io::Result<()> {
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a descriptor the caller owns.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    Ok(rustix::fs::fcntl_setfl(
+        file,
+        flags - rustix::fs::OFlags::DIRECT,
+    )?)
 }
 
 /// Copy `src` to the file at `dst_path` (created and truncated) by `O_DIRECT` writes of the
@@ -305,14 +284,14 @@ pub fn copy_direct_by_splice(
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut read_at: libc::loff_t = 0;
-    let mut write_at: libc::loff_t = 0;
-    while (read_at as u64) < aligned {
-        let want = (aligned - read_at as u64).min(pipe.chunk) as usize;
+    let mut read_at: u64 = 0;
+    let mut write_at: u64 = 0;
+    while read_at < aligned {
+        let want = (aligned - read_at).min(pipe.chunk) as usize;
         let nothing_yet = write_at == 0;
         let Some(mut in_pipe) = splice_step(
-            (src.as_raw_fd(), Some(&mut read_at)),
-            (pipe.write.as_raw_fd(), None),
+            (src.as_fd(), Some(&mut read_at)),
+            (pipe.write.as_fd(), None),
             want,
             nothing_yet,
         )?
@@ -322,13 +301,13 @@ pub fn copy_direct_by_splice(
         if in_pipe == 0 {
             // The source shrank while we copied; the caller checks the size.
             clear_direct(&direct)?;
-            return Ok(Some((direct, write_at as u64)));
+            return Ok(Some((direct, write_at)));
         }
         while in_pipe > 0 {
             let nothing_yet = write_at == 0;
             let Some(out) = splice_step(
-                (pipe.read.as_raw_fd(), None),
-                (direct.as_raw_fd(), Some(&mut write_at)),
+                (pipe.read.as_fd(), None),
+                (direct.as_fd(), Some(&mut write_at)),
                 in_pipe,
                 nothing_yet,
             )?
@@ -367,9 +346,8 @@ mod tests {
         // The sendfile and read/write paths on their own.
         let src = File::open(d.path().join("src")).unwrap();
         let dst = File::create(d.path().join("dst1")).unwrap();
-        let (s, d2) = (src.as_raw_fd(), dst.as_raw_fd());
-        let n = kernel_copy(data.len() as u64, true, |want| unsafe {
-            libc::sendfile(d2, s, std::ptr::null_mut(), want)
+        let n = kernel_copy(data.len() as u64, true, |want| {
+            rustix::fs::sendfile(&dst, &src, None, want)
         })
         .unwrap();
         assert_eq!(n, Some(data.len() as u64));

@@ -18,6 +18,8 @@
 //! intent is durable, so a crash at any instant leaves the complete old set or the complete new
 //! set. `docs/fileset.md` has the details.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod checkfile;
 pub mod copy;
 pub mod readahead;
@@ -278,22 +280,16 @@ fn fsync_dir(dir: &Path) -> Result<()> {
 
 /// Set a file's times to (sec, nsec) for both access and modification.
 fn set_mtime(file: &File, sec: i64, nsec: u32, path: &Path) -> Result<()> {
-    use std::os::unix::io::AsRawFd;
-    let ts = [
-        libc::timespec {
-            tv_sec: sec as _,
-            tv_nsec: nsec as _,
-        },
-        libc::timespec {
-            tv_sec: sec as _,
-            tv_nsec: nsec as _,
-        },
-    ];
-    // SAFETY: a valid open descriptor and two timespecs.
-    if unsafe { libc::futimens(file.as_raw_fd(), ts.as_ptr()) } != 0 {
-        return Err(io_err(path)(std::io::Error::last_os_error()));
-    }
-    Ok(())
+    use rustix::fs::{Timespec, Timestamps};
+    let time = Timespec {
+        tv_sec: sec as _,
+        tv_nsec: nsec as _,
+    };
+    let times = Timestamps {
+        last_access: time,
+        last_modification: time,
+    };
+    rustix::fs::futimens(file, &times).map_err(|e| io_err(path)(e.into()))
 }
 
 fn read_check(path: &Path) -> Result<CheckFile> {
@@ -454,7 +450,6 @@ struct DirLock {
 /// that itself), the directory cannot be opened but its files may still be reachable (search
 /// permission only), or the file system has no locks (some network file systems).
 fn lock_dir(dir: &Path, exclusive: bool, opts: &Options) -> Result<Option<DirLock>> {
-    use std::os::unix::io::AsRawFd;
     let file = match File::open(dir) {
         Ok(f) => f,
         Err(e)
@@ -467,32 +462,25 @@ fn lock_dir(dir: &Path, exclusive: bool, opts: &Options) -> Result<Option<DirLoc
         }
         Err(e) => return Err(io_err(dir)(e)),
     };
-    let op = if exclusive {
-        libc::LOCK_EX
+    use rustix::{fs::FlockOperation as Op, io::Errno};
+    let (blocking, at_once) = if exclusive {
+        (Op::LockExclusive, Op::NonBlockingLockExclusive)
     } else {
-        libc::LOCK_SH
+        (Op::LockShared, Op::NonBlockingLockShared)
     };
-    let flock = |op| {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
-    let outcome = match flock(op | libc::LOCK_NB) {
-        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+    let outcome = match rustix::fs::flock(&file, at_once) {
+        Err(Errno::WOULDBLOCK) => {
             opts.say(1, || {
                 format!("{}: waiting for another fileset to finish", dir.display())
             });
-            flock(op)
+            rustix::fs::flock(&file, blocking)
         }
         other => other,
     };
     match outcome {
         Ok(()) => Ok(Some(DirLock { _dir: file })),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOLCK | libc::EOPNOTSUPP)) => Ok(None),
-        Err(e) => Err(io_err(dir)(e)),
+        Err(Errno::NOLCK | Errno::OPNOTSUPP) => Ok(None),
+        Err(e) => Err(io_err(dir)(e.into())),
     }
 }
 

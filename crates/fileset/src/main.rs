@@ -1,5 +1,7 @@
 //! `fileset`: checkpoint copies of a file set (see the library docs and docs/fileset.md).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

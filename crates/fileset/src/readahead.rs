@@ -5,11 +5,12 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
+
+use rustix::io::Errno;
 
 use crate::copy::{clear_direct, DIRECT_ALIGN};
 
@@ -54,8 +55,8 @@ impl HugePageBuffer {
         }
         let mapping = NonNull::new(mapping.cast::<u8>()).expect("mmap does not return null");
         let skip = mapping.as_ptr().align_offset(HUGE_PAGE);
-        // SAFETY: `skip` < HUGE_PAGE, so `start` .. `start + len` lies in the mapping.
-        let start = unsafe { mapping.as_ptr().add(skip) };
+        // `skip` < HUGE_PAGE, so `start` .. `start + len` lies in the mapping.
+        let start = mapping.as_ptr().wrapping_add(skip);
         // A hint only: without huge pages the buffer works the same, a little slower.
         // SAFETY: the range lies in our mapping.
         unsafe { libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE) };
@@ -129,15 +130,9 @@ impl Drop for JoinOnDrop {
 /// there is an ordinary copy through the page cache, so reading ahead would add a copy that
 /// `sendfile` does not make.
 pub fn in_memory(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c_path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+    let Ok(st) = rustix::fs::statfs(dir) else {
         return false;
     };
-    // SAFETY: statfs writes into the zeroed struct; the path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
-        return false;
-    }
     const RAMFS_MAGIC: i64 = 0x8584_58f6;
     // f_type and the libc constant are c_long on some targets and narrower on others.
     #[allow(clippy::unnecessary_cast)]
@@ -262,14 +257,14 @@ fn read_file(
         } else {
             PIECE_BYTES
         };
-        let buf = match held.take() {
+        let mut buf = match held.take() {
             Some(buf) => buf,
             None => match free.recv() {
                 Ok(buf) => buf,
                 Err(_) => return Ok(false),
             },
         };
-        let n = match read_piece(&file, &buf, want, offset, &mut direct) {
+        let n = match read_piece(&file, &mut buf, want, offset, &mut direct) {
             Ok(0) => {
                 *held = Some(buf);
                 return Ok(true);
@@ -291,34 +286,22 @@ fn read_file(
 /// `O_DIRECT` off (`direct` = false) where it cannot go on.
 fn read_piece(
     file: &File,
-    buf: &HugePageBuffer,
+    buf: &mut HugePageBuffer,
     want: usize,
     offset: u64,
     direct: &mut bool,
 ) -> io::Result<usize> {
     let n = loop {
-        // SAFETY: every buffer of the reader is PIECE_BYTES long, and read_file asks for no
-        // more than that.
-        let n = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                buf.start.cast(),
-                want,
-                offset as libc::off_t,
-            )
-        };
-        if n >= 0 {
-            break n as usize;
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
+        // Every buffer of the reader is PIECE_BYTES long, and read_file asks for no more.
+        match rustix::io::pread(file, &mut buf.bytes_mut()[..want], offset) {
+            Ok(n) => break n,
+            Err(Errno::INTR) => continue,
             // The device wants another alignment than ours: read it the ordinary way.
-            Some(libc::EINVAL) if *direct => {
+            Err(Errno::INVAL) if *direct => {
                 clear_direct(file)?;
                 *direct = false;
             }
-            _ => return Err(err),
+            Err(e) => return Err(e.into()),
         }
     };
     if *direct && n != 0 && (n as u64) & (DIRECT_ALIGN - 1) != 0 {

@@ -12,6 +12,8 @@
 //! [`provision`] (the disk work), [`directory`] (LDAP operations), [`daemon`] (the loop),
 //! [`cookie`], [`lock`], [`log`].
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod account;
 pub mod config;
 pub mod cookie;

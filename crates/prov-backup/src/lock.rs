@@ -3,7 +3,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -39,10 +38,8 @@ pub fn acquire(path: &Path) -> Result<InstanceLock, LockError> {
         .truncate(false)
         .open(path)
         .map_err(io)?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+    if let Err(e) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        if e == rustix::io::Errno::WOULDBLOCK {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
             return Err(LockError::Held {
@@ -50,7 +47,7 @@ pub fn acquire(path: &Path) -> Result<InstanceLock, LockError> {
                 pid: pid.trim().to_owned(),
             });
         }
-        return Err(io(e));
+        return Err(io(e.into()));
     }
     file.set_len(0).map_err(io)?;
     file.rewind().map_err(io)?;

@@ -1,6 +1,8 @@
 //! `prov-backup -c SERVICE.conf [-g GLOBAL.conf] [-d] [-r]`: the backup-account provisioning
 //! daemon. Runs in the foreground; SIGTERM or SIGINT finish the entries in hand and exit 0.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,6 +1,8 @@
 //! `deskd-bench`: load generators for docs/PERFORMANCE.md, driven by `scripts/bench.sh`.
 //! Each subcommand prints one JSON object with its measurements.
 
+#![forbid(unsafe_code)]
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! `deskd`: the desktop server (`deskd serve`) and its control verbs.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

@@ -1,6 +1,8 @@
 //! `dt`: POSIX file verbs that keep IDs, resource files, the xattr mirror and the desktop
 //! consistent. Outside any volume each verb behaves like the plain command.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -1444,18 +1446,9 @@ fn land_without_ids(from: &Path, to: &Path) -> Result<bool> {
 /// from costing the source its carriers.)
 fn may_rename(from: &Path, to: &Path) -> bool {
     let allowed = |p: &Path| {
-        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
-            return false;
-        };
-        // SAFETY: faccessat with a NUL-terminated path; no memory is handed over.
-        unsafe {
-            libc::faccessat(
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                libc::W_OK | libc::X_OK,
-                libc::AT_EACCESS,
-            ) == 0
-        }
+        use rustix::fs::{Access, AtFlags};
+        let wx = Access::WRITE_OK | Access::EXEC_OK;
+        rustix::fs::accessat(rustix::fs::CWD, p, wx, AtFlags::EACCESS).is_ok()
     };
     let parent = |p: &Path| p.parent().unwrap_or(Path::new("/")).to_path_buf();
     let is_dir = fs::symlink_metadata(from).is_ok_and(|m| m.is_dir());

@@ -11,6 +11,8 @@
 //! A load needs both halves, so readfloor + writefloor bounds from below what any load of the
 //! set can cost.
 
+#![forbid(unsafe_code)]
+
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
