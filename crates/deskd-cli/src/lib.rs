@@ -5,7 +5,7 @@
 //! carries into another volume ([`fresh_ids`]), and the mode and owner arguments
 //! of `dt chmod`, `chown` and `chgrp` ([`mode`]).
 
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_code)]
 
 pub mod connection;
 pub mod fresh_ids;

@@ -1,8 +1,6 @@
 //! Arguments of `dt chmod`, `dt chown` and `dt chgrp`: modes in octal or chmod(1)'s symbolic
 //! form, and owners and groups by name or number.
 
-use std::ffi::CString;
-
 /// Why a mode, owner or group given to `dt chmod`, `dt chown` or `dt chgrp` was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModeError {
@@ -205,63 +203,32 @@ pub fn user_id(name: &str) -> Result<u32, ModeError> {
         .ok_or_else(|| ModeError::User(name.to_string()))
 }
 
-/// The uid and login group of a user by name or number, from the passwd database.
+/// The uid and login group of a user by name or number, from the passwd database, through
+/// nix's `User` lookups: the reentrant `getpwuid_r`/`getpwnam_r`, thread-safe where `getpwnam`
+/// returns a static buffer any thread may overwrite.
 fn passwd(user: &str) -> Option<(u32, u32)> {
-    let entry: libc::passwd = match user.parse::<u32>() {
-        Ok(uid) => nss_lookup(|pw, buf, len, found| {
-            // SAFETY: nss_lookup hands an entry, a buffer of `len` bytes and a result
-            // pointer, all valid for the call.
-            unsafe { libc::getpwuid_r(uid, pw, buf, len, found) }
-        })?,
-        Err(_) => {
-            let name = CString::new(user).ok()?;
-            nss_lookup(|pw, buf, len, found| {
-                // SAFETY: as above; `name` is NUL-terminated.
-                unsafe { libc::getpwnam_r(name.as_ptr(), pw, buf, len, found) }
-            })?
-        }
+    use nix::unistd::{Uid, User};
+    let entry = match user.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(user),
     };
-    Some((entry.pw_uid, entry.pw_gid))
+    entry
+        .ok()
+        .flatten()
+        .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
 }
 
-/// A group name or number.
+/// A group name or number (by name through nix's `Group::from_name`, the reentrant
+/// `getgrnam_r`).
 pub fn group_id(name: &str) -> Result<u32, ModeError> {
     if let Ok(n) = name.parse::<u32>() {
         return Ok(n);
     }
-    let c = CString::new(name).map_err(|_| ModeError::Group(name.to_string()))?;
-    nss_lookup(|gr: *mut libc::group, buf, len, found| {
-        // SAFETY: nss_lookup hands an entry, a buffer of `len` bytes and a result pointer,
-        // all valid for the call; `c` is NUL-terminated.
-        unsafe { libc::getgrnam_r(c.as_ptr(), gr, buf, len, found) }
-    })
-    .map(|gr| gr.gr_gid)
-    .ok_or_else(|| ModeError::Group(name.to_string()))
-}
-
-/// Runs a reentrant passwd or group lookup (`getpwnam_r` and its kind, thread-safe where
-/// `getpwnam` returns a static buffer any thread may overwrite) with a string buffer that
-/// grows while the call says it is too small, and returns the entry found. Its string
-/// pointers point into a buffer freed on return: only its numbers may be read.
-fn nss_lookup<T: Copy>(
-    mut call: impl FnMut(*mut T, *mut libc::c_char, libc::size_t, *mut *mut T) -> libc::c_int,
-) -> Option<T> {
-    let mut buf: Vec<libc::c_char> = vec![0; 1024];
-    loop {
-        let mut entry = std::mem::MaybeUninit::<T>::uninit();
-        let mut found: *mut T = std::ptr::null_mut();
-        let rc = call(entry.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut found);
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if rc != 0 || found.is_null() {
-            return None;
-        }
-        // SAFETY: the call succeeded with a non-null result, which points at `entry`, now
-        // filled in.
-        return Some(unsafe { entry.assume_init() });
-    }
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|gr| gr.gid.as_raw())
+        .ok_or_else(|| ModeError::Group(name.to_string()))
 }
 
 /// `OWNER`, `OWNER:GROUP`, `OWNER:` (the owner's login group, as chown(1)) or `:GROUP`.
@@ -325,6 +292,32 @@ mod tests {
         assert_eq!(parse_owner(":0"), Ok((None, Some(0))));
         assert!(parse_owner("no-such-user-here").is_err());
         assert!(parse_owner(":").is_err());
+    }
+
+    #[test]
+    fn owners_and_groups_by_name_come_from_the_passwd_and_group_databases() {
+        // root (uid 0, login group 0) and the group root exist on every Linux system.
+        assert_eq!(parse_owner("root:"), Ok((Some(0), Some(0))));
+        assert_eq!(
+            parse_owner("0:"),
+            Ok((Some(0), Some(0))),
+            "login group by uid"
+        );
+        assert_eq!(parse_owner(":root"), Ok((None, Some(0))));
+        assert_eq!(parse_owner("root:root"), Ok((Some(0), Some(0))));
+        // A number needs no passwd entry, but its login group does.
+        assert_eq!(user_id("4000000000"), Ok(4_000_000_000));
+        assert_eq!(
+            parse_owner("4000000000:"),
+            Err(ModeError::NoLoginGroup("4000000000".to_string()))
+        );
+        for bad in ["no-such-group-here", "ro\0ot"] {
+            assert_eq!(group_id(bad), Err(ModeError::Group(bad.to_string())));
+        }
+        assert_eq!(
+            user_id("ro\0ot"),
+            Err(ModeError::User("ro\0ot".to_string()))
+        );
     }
 
     fn clause() -> impl Strategy<Value = String> {

@@ -90,6 +90,23 @@ pub fn write_match(
     }
 }
 
+/// Makes a write to a closed pipe end the process as SIGPIPE's default action does, so
+/// `dt ls | head` or `deskd find … | head` ends quietly, as ls(1) and find(1) do (Rust ignores
+/// SIGPIPE, and the next `println!` would panic). signal-hook's safe
+/// `register_conditional_default` installs a handler that, with the condition always true,
+/// restores the default disposition and raises the signal again: the same death by SIGPIPE as
+/// `signal(SIGPIPE, SIG_DFL)`, with no unsafe call here. Only for tools whose output is all
+/// they do: not for the server, which must outlive a client that hangs up.
+pub fn end_quietly_on_a_closed_pipe() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    // It fails only for a signal it does not know; then a closed pipe is an error, as before.
+    let _ = signal_hook::flag::register_conditional_default(
+        signal_hook::consts::SIGPIPE,
+        Arc::new(AtomicBool::new(true)),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

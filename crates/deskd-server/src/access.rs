@@ -13,9 +13,10 @@
 //! applies count, exactly as for the peer's own `ls` or `open`.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use rustix::process::Gid;
 
 /// A local peer's identity, read from its socket when it connected.
@@ -28,53 +29,38 @@ pub struct Credentials {
 
 impl Credentials {
     /// The identity of the process at the other end of a Unix socket.
-    pub fn of_peer(socket: &impl AsRawFd) -> io::Result<Credentials> {
+    pub fn of_peer(socket: &impl AsFd) -> io::Result<Credentials> {
         let cred = peer_ucred(socket)?;
         Ok(Credentials {
             uid: cred.uid,
             gid: cred.gid,
-            groups: peer_groups(socket.as_raw_fd())?,
+            groups: peer_groups(socket.as_fd())?,
         })
     }
 }
 
 /// The pid, uid and gid of the process at the other end of a Unix socket (`SO_PEERCRED`).
 ///
-/// Not rustix's `socket_peercred`: its `UCred` holds the pid as a non-zero `Pid`, and the
-/// kernel reports pid 0 for a peer in a pid namespace this one cannot see (a container).
-pub fn peer_ucred(socket: &impl AsRawFd) -> io::Result<libc::ucred> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly sized ucred.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            &mut cred as *mut libc::ucred as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cred)
+/// Through nix's `PeerCredentials`, not rustix's `socket_peercred`: rustix's `UCred` holds the
+/// pid as a non-zero `Pid`, and the kernel reports pid 0 for a peer in a pid namespace this one
+/// cannot see (a container); nix hands the kernel's `ucred` back as it is.
+pub fn peer_ucred(socket: &impl AsFd) -> io::Result<libc::ucred> {
+    let cred = getsockopt(&socket.as_fd(), PeerCredentials)?;
+    Ok(cred.into())
 }
 
-/// The supplementary groups of the peer (`SO_PEERGROUPS`, Linux 4.13, which rustix does not
-/// wrap), growing the buffer when the kernel says it is too small.
-fn peer_groups(fd: libc::c_int) -> io::Result<Vec<Gid>> {
+/// The supplementary groups of the peer (`SO_PEERGROUPS`, Linux 4.13, which neither rustix nor
+/// nix wraps: nix's socket options are fixed-size values, and this answer is a list whose
+/// length only the kernel knows), growing the buffer when the kernel says it is too small.
+fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<Gid>> {
     let mut groups: Vec<libc::gid_t> = vec![0; 64];
     loop {
         let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `groups`, which holds that many.
+        // SAFETY: getsockopt writes at most `len` bytes into `groups`, which holds that many,
+        // and `fd` is a descriptor borrowed for the call.
         let rc = unsafe {
             libc::getsockopt(
-                fd,
+                fd.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_PEERGROUPS,
                 groups.as_mut_ptr() as *mut libc::c_void,
@@ -188,8 +174,9 @@ impl Access {
 ///
 /// Groups go through rustix's `set_thread_groups`, the raw `setgroups` system call, which
 /// changes the calling thread only (glibc's and nix's `setgroups` change every thread of the
-/// process). `setfsuid`/`setfsgid` have no safe wrapper (rustix has none; they are per thread
-/// in the kernel and glibc does not broadcast them), so they stay raw libc calls.
+/// process). The file-system uid and gid go through nix's `setfsuid`/`setfsgid`, which call
+/// glibc's `setfsuid`/`setfsgid`: one system call each, per thread in the kernel, and not
+/// broadcast to the other threads as glibc's `setuid`/`setgroups` are.
 struct AsPeer {
     own_groups: &'static [Gid],
     own_uid: u32,
@@ -199,15 +186,12 @@ struct AsPeer {
 /// `setfsuid(uid)`: this thread's file-system uid; returns the previous one (also on failure,
 /// so [`fs_ids`] asks again).
 fn set_fsuid(uid: u32) -> u32 {
-    // SAFETY: setfsuid takes a plain integer and changes only the calling thread's
-    // file-system uid; it has no memory effects.
-    unsafe { libc::setfsuid(uid) as u32 }
+    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid)).as_raw()
 }
 
 /// `setfsgid(gid)`, as [`set_fsuid`].
 fn set_fsgid(gid: u32) -> u32 {
-    // SAFETY: as in `set_fsuid`, for the file-system gid.
-    unsafe { libc::setfsgid(gid) as u32 }
+    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid)).as_raw()
 }
 
 /// This thread's file-system uid and gid (`setfs*id(-1)` changes nothing and answers them).

@@ -119,11 +119,11 @@ const SHM_DMS_BYTE: libc::off_t = 128;
 /// byte). This process's own locks are not seen. Asking closes a descriptor of the file, which
 /// drops this process's own locks on it: only for the end of the server's life.
 pub fn open_elsewhere(desktop: &Path) -> bool {
-    use std::os::unix::io::AsRawFd;
+    use nix::fcntl::{fcntl, FcntlArg};
     let Ok(shm) = std::fs::File::open(deskd_db::shm_path(desktop)) else {
         return false;
     };
-    // A raw fcntl: rustix wraps F_SETLK (`fcntl_lock`) but not the F_GETLK query.
+    // nix's fcntl: rustix wraps F_SETLK (`fcntl_lock`) but not the F_GETLK query.
     let mut lock = libc::flock {
         l_type: libc::F_WRLCK as libc::c_short,
         l_whence: libc::SEEK_SET as libc::c_short,
@@ -131,9 +131,8 @@ pub fn open_elsewhere(desktop: &Path) -> bool {
         l_len: 1,
         l_pid: 0,
     };
-    // SAFETY: F_GETLK reads and writes one flock on a valid descriptor.
-    let rc = unsafe { libc::fcntl(shm.as_raw_fd(), libc::F_GETLK, &mut lock) };
-    rc != 0 || lock.l_type != libc::F_UNLCK as libc::c_short
+    let asked = fcntl(&shm, FcntlArg::F_GETLK(&mut lock));
+    asked.is_err() || lock.l_type != libc::F_UNLCK as libc::c_short
 }
 
 /// Where a volume served read-only for want of space is read from.

@@ -12,7 +12,7 @@
 //! reached, replaces the names so far by where the link leads, and walks again from the root.
 
 use std::ffi::{CStr, OsStr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -233,19 +233,21 @@ fn follow(root: &Path, components: &[Vec<u8>], link: usize, target: &CStr) -> Op
 
 /// `faccessat2(fd, "", mode, AT_EACCESS | AT_EMPTY_PATH)`: may the calling thread's current
 /// file-system identity do `mode` to what `fd` is (not to whatever its path names now)?
+///
+/// Through nix's `faccessat`, which calls glibc's: since glibc 2.33 that is the `faccessat2`
+/// system call with the flags as given, one call as before (Linux 5.8 or later). rustix's
+/// `accessat` refuses `AT_EMPTY_PATH`. Where `faccessat2` is missing the answer is "no": a
+/// C library emulating the flags has no empty-path case, so nothing is let through.
 pub fn may(fd: BorrowedFd<'_>, mode: libc::c_int) -> bool {
-    // SAFETY: a valid descriptor and a NUL-terminated empty path; the call only reads them.
-    // (rustix's accessat refuses AT_EMPTY_PATH, hence the raw call; Linux 5.8 or later.)
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_faccessat2,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            mode,
-            libc::AT_EACCESS | libc::AT_EMPTY_PATH,
-        )
-    };
-    rc == 0
+    use nix::fcntl::AtFlags;
+    use nix::unistd::{faccessat, AccessFlags};
+    faccessat(
+        fd,
+        c"",
+        AccessFlags::from_bits_retain(mode),
+        AtFlags::AT_EACCESS | AtFlags::AT_EMPTY_PATH,
+    )
+    .is_ok()
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! [`provision`] (the disk work), [`directory`] (LDAP operations), [`daemon`] (the loop),
 //! [`cookie`], [`lock`], [`log`].
 
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_code)]
 
 pub mod account;
 pub mod config;

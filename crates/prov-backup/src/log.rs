@@ -2,10 +2,10 @@
 //! with every message prefixed by `[Service] SYSLOG`, each level switched on or off by LOG_*,
 //! and with `-d` the same lines on stdout as `LEVEL:  text`.
 
-use std::ffi::CString;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
+use nix::syslog::{openlog, syslog, Facility, LogFlags, Severity};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
@@ -47,10 +47,10 @@ impl<S: Subscriber> Layer<S> for Logger {
         }
         let level = *meta.level();
         let (on, priority, name) = match level {
-            Level::ERROR => (self.levels.err, libc::LOG_ERR, "ERROR"),
-            Level::WARN => (self.levels.warning, libc::LOG_WARNING, "WARNING"),
-            Level::INFO => (self.levels.info, libc::LOG_INFO, "INFO"),
-            _ => (self.levels.debug, libc::LOG_DEBUG, "DEBUG"),
+            Level::ERROR => (self.levels.err, Severity::LOG_ERR, "ERROR"),
+            Level::WARN => (self.levels.warning, Severity::LOG_WARNING, "WARNING"),
+            Level::INFO => (self.levels.info, Severity::LOG_INFO, "INFO"),
+            _ => (self.levels.debug, Severity::LOG_DEBUG, "DEBUG"),
         };
         if !on {
             return;
@@ -58,10 +58,8 @@ impl<S: Subscriber> Layer<S> for Logger {
         let mut m = Message::default();
         event.record(&mut m);
         let line = format!("{}:  {}", self.prefix, m.0);
-        if let Ok(c) = CString::new(line.replace('\0', " ")) {
-            // SAFETY: a constant "%s" format and a NUL-terminated string.
-            unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
-        }
+        // nix passes the line through a constant "%s" format; a NUL inside would end it.
+        let _ = syslog(priority, line.replace('\0', " ").as_str());
         if self.stdout {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{name}:  {}", m.0);
@@ -81,14 +79,12 @@ pub fn dry_run(line: impl std::fmt::Display) {
 
 /// Installs the logger for the whole process.
 pub fn init(levels: LogLevels, prefix: &str, stdout: bool) {
-    // SAFETY: openlog keeps the ident pointer; a static C string lives for the process.
-    unsafe {
-        libc::openlog(
-            c"prov-backup".as_ptr(),
-            libc::LOG_NDELAY | libc::LOG_PID,
-            libc::LOG_LOCAL0,
-        )
-    };
+    // openlog keeps the ident pointer: nix takes it only as a static C string.
+    let _ = openlog(
+        Some(c"prov-backup"),
+        LogFlags::LOG_NDELAY | LogFlags::LOG_PID,
+        Facility::LOG_LOCAL0,
+    );
     let logger = Logger {
         levels,
         prefix: prefix.to_owned(),

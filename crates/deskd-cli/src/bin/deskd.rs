@@ -1,6 +1,6 @@
 //! `deskd`: the desktop server (`deskd serve`) and its control verbs.
 
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -234,8 +234,7 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Find { .. } | Command::Status { .. }) {
         // `deskd find … | head` ends quietly, as find(1) does. (Not for the verbs that change
         // things, nor for the server, which must outlive a client that hangs up.)
-        // SAFETY: setting a signal disposition before any thread starts.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        deskd_cli::output::end_quietly_on_a_closed_pipe();
     }
     match run(cli) {
         Ok(code) => code,

@@ -1,7 +1,7 @@
 //! `dt`: POSIX file verbs that keep IDs, resource files, the xattr mirror and the desktop
 //! consistent. Outside any volume each verb behaves like the plain command.
 
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -204,8 +204,7 @@ enum Command {
 
 fn main() -> ExitCode {
     // `dt ls | head` ends quietly, as ls(1) does (only the listing verbs write to stdout).
-    // SAFETY: setting a signal disposition before any thread starts.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    deskd_cli::output::end_quietly_on_a_closed_pipe();
     let cli = Cli::parse();
     let mut dt = Dt {
         session: Session::new(cli.connection.address()),
