@@ -18,7 +18,7 @@
 //! intent is durable, so a crash at any instant leaves the complete old set or the complete new
 //! set. `docs/fileset.md` has the details.
 
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_code)]
 
 pub mod checkfile;
 pub mod copy;

@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
@@ -25,67 +24,35 @@ pub const HUGE_PAGE: usize = 2 << 20;
 /// allows (`transparent_hugepage` = `madvise` or `always`): pinning it for a device read then
 /// costs one step per 2 MiB, not per 4 KiB, and a long read goes to the device in fewer, larger
 /// requests. Zero-filled by the kernel; suitably aligned for `O_DIRECT`.
+///
+/// Through memmap2, whose anonymous mappings and `Advice` values are safe calls: the same
+/// `mmap`, `madvise` and (on drop) `munmap` as raw libc, without an unsafe block here.
 pub struct HugePageBuffer {
-    mapping: NonNull<u8>,
-    mapping_len: usize,
-    start: *mut u8,
+    /// `len` bytes and a huge page more, so an aligned `len` bytes fit inside.
+    mapping: memmap2::MmapMut,
+    /// Where the aligned buffer starts in the mapping (less than a huge page).
+    skip: usize,
     len: usize,
 }
-
-// SAFETY: the buffer owns its mapping; it moves between threads whole, used by one at a time.
-unsafe impl Send for HugePageBuffer {}
 
 impl HugePageBuffer {
     /// A buffer of `len` bytes.
     pub fn new(len: usize) -> io::Result<HugePageBuffer> {
-        let mapping_len = len + HUGE_PAGE;
-        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
-        let mapping = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                mapping_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if mapping == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let mapping = NonNull::new(mapping.cast::<u8>()).expect("mmap does not return null");
+        let mapping = memmap2::MmapMut::map_anon(len + HUGE_PAGE)?;
         let skip = mapping.as_ptr().align_offset(HUGE_PAGE);
-        // `skip` < HUGE_PAGE, so `start` .. `start + len` lies in the mapping.
-        let start = mapping.as_ptr().wrapping_add(skip);
         // A hint only: without huge pages the buffer works the same, a little slower.
-        // SAFETY: the range lies in our mapping.
-        unsafe { libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE) };
-        Ok(HugePageBuffer {
-            mapping,
-            mapping_len,
-            start,
-            len,
-        })
+        let _ = mapping.advise_range(memmap2::Advice::HugePage, skip, len);
+        Ok(HugePageBuffer { mapping, skip, len })
     }
 
     /// The first `len` bytes (all of them if `len` is more).
     pub fn bytes(&self, len: usize) -> &[u8] {
-        // SAFETY: at most `self.len` bytes, inside the mapping, which is initialised
-        // (zero-filled, then written into).
-        unsafe { std::slice::from_raw_parts(self.start, len.min(self.len)) }
+        &self.mapping[self.skip..self.skip + len.min(self.len)]
     }
 
     /// The whole buffer, to write into.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `bytes`; the mutable borrow of self makes it the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.start, self.len) }
-    }
-}
-
-impl Drop for HugePageBuffer {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping `new` made; nothing refers to it any more.
-        unsafe { libc::munmap(self.mapping.as_ptr().cast(), self.mapping_len) };
+        &mut self.mapping[self.skip..self.skip + self.len]
     }
 }
 
