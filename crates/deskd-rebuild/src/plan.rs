@@ -14,7 +14,7 @@
 //! * An object with no claim keeps the ID the desktop has at its place (when nobody else claims
 //!   it), else gets a new one from the counter, which never goes back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -23,7 +23,7 @@ use deskd_volume::rsrc::{self, ResourceHeader};
 use serde::Serialize;
 
 use crate::claims::{Claim, ClaimPolicy, Verdict};
-use crate::walk::{Rsrc, Walk};
+use crate::walk::{Found, Rsrc, Walk};
 
 /// The old desktop, as far as a rebuild uses it.
 #[derive(Default)]
@@ -141,6 +141,17 @@ fn four(code: [u8; 4]) -> String {
 
 /// Decide IDs and repairs. `old` is `None` for `rebuild -f` (a new desktop from the disk alone);
 /// `xattrs` tells whether the file system keeps user xattrs; `policy` which claims count.
+///
+/// The phases, in order (each a function below, with its own tests):
+/// 1. [`accepted_claims`]: every object's claim, the first one the policy accepts;
+/// 2. [`admit_unchecked`]: claims no reference can know, kept only up to the highest ID known
+///    to have been handed out;
+/// 3. [`settle_duplicates`]: one winner per ID claimed several times, the others lose it;
+/// 4. [`counter_start`]: the counter new IDs come from;
+/// 5. [`assign`]: each object's ID and row, its differences with the desktop, its repairs;
+/// 6. [`place_orphans`]: resource files of no object, moved to their object or removed;
+/// 7. [`drop_replaced_headers`]: no fresh header where an orphan moves in;
+/// 8. [`vanished`]: desktop rows of objects that are gone.
 pub fn plan(
     walk: &Walk,
     old: Option<&OldDesktop>,
@@ -148,228 +159,447 @@ pub fn plan(
     xattrs: bool,
     policy: &ClaimPolicy<'_>,
 ) -> Plan {
-    let found = &walk.found;
-    let n = found.len();
-    let mut differences = Vec::new();
-    let mut fixes = Vec::new();
-    let mut counts = Counts {
-        objects: n as u64,
-        directories: found.iter().filter(|f| f.kind == Kind::Dir).count() as u64,
+    let volume_owner = walk.found.first().map_or(0, |f| f.uid);
+    let mut counts = tally(walk);
+
+    let mut claims = accepted_claims(walk, policy, volume_owner);
+    let mut differences = std::mem::take(&mut claims.rejections);
+    let bound = policy
+        .recorded_max
+        .max(claims.highest_trusted)
+        .max(old_counter);
+    differences.extend(admit_unchecked(walk, &mut claims, bound));
+    let losers = settle_duplicates(walk, old, &mut claims);
+    let counter = counter_start(old_counter, old, &claims.chosen);
+
+    let assigned = assign(walk, old, &claims, &losers, counter, xattrs);
+    counts.new_ids += assigned.new_ids;
+    counts.renumbered += assigned.renumbered;
+    counts.repaired += assigned.repaired;
+    differences.extend(assigned.differences);
+    let mut fixes = assigned.fixes;
+
+    let orphans = place_orphans(walk, policy, volume_owner, &assigned.missing_rsrc);
+    counts.removed += orphans.removed;
+    differences.extend(orphans.differences);
+    fixes.extend(orphans.fixes);
+    drop_replaced_headers(&mut fixes, &orphans.moved_to);
+
+    if let Some(o) = old {
+        let gone = vanished(walk, o, &assigned.final_ids);
+        counts.removed += gone.len() as u64;
+        differences.extend(gone);
+    }
+    let max_assigned = assigned.final_ids.iter().copied().max().unwrap_or(0);
+    Plan {
+        rows: assigned.rows,
+        new_id: assigned.new_id,
+        comments: assigned.comments,
+        differences,
+        fixes,
+        last_id: assigned.counter.max(max_assigned),
+        counts,
+    }
+}
+
+/// The counts known before anything is decided: objects and directories walked.
+fn tally(walk: &Walk) -> Counts {
+    Counts {
+        objects: walk.found.len() as u64,
+        directories: walk.found.iter().filter(|f| f.kind == Kind::Dir).count() as u64,
+        ..Default::default()
+    }
+}
+
+/// A claim the policy could not check (no reference can know it), kept aside until the bound
+/// is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Unchecked {
+    object: usize,
+    id: u32,
+    source: Source,
+    carrier_uid: Option<u32>,
+}
+
+/// What phase 1 (and 2, 3) decided about the claims.
+#[derive(Debug, Default)]
+struct Claims {
+    /// Per walked object: the ID it keeps and where that came from (`None`: no claim counts).
+    chosen: Vec<Option<(u32, Source)>>,
+    /// Per walked object: its claim was believed for who wrote it (it may raise the counter and
+    /// wins a duplicate against an unvouched claim).
+    trusted: Vec<bool>,
+    /// Claims left for [`admit_unchecked`], in walk order.
+    unchecked: Vec<Unchecked>,
+    /// The highest ID of a trusted claim (the root's aside).
+    highest_trusted: u32,
+    /// `claim-rejected` differences, in walk order.
+    rejections: Vec<Difference>,
+}
+
+/// What the policy made of one object's claims.
+#[derive(Debug, Default, PartialEq)]
+struct ObjectClaim {
+    chosen: Option<(u32, Source)>,
+    trusted: bool,
+    /// The first claim the policy could not check, when none was accepted.
+    unchecked: Option<Unchecked>,
+    /// The first claim rejected, when none was accepted: (id, carrier, why).
+    rejection: Option<(u32, Source, String)>,
+}
+
+/// Phase 1: every object's claim, the first one the policy accepts in the order resource
+/// file, xattr mirror, Netatalk (the root always has [`ROOT_ID`]).
+fn accepted_claims(walk: &Walk, policy: &ClaimPolicy<'_>, volume_owner: u32) -> Claims {
+    let n = walk.found.len();
+    let mut claims = Claims {
+        chosen: Vec::with_capacity(n),
+        trusted: vec![false; n],
         ..Default::default()
     };
-
-    // Claims: the first one the policy accepts, in the order resource file, mirror, Netatalk.
-    let volume_owner = found.first().map_or(0, |f| f.uid);
-    let mut claim: Vec<Option<(u32, Source)>> = Vec::with_capacity(n);
-    let mut trusted = vec![false; n];
-    let mut unchecked: Vec<(usize, u32, Source, Option<u32>)> = Vec::new();
-    let mut highest_trusted = 0u32;
-    for (i, f) in found.iter().enumerate() {
+    for i in 0..n {
         if i == 0 {
-            claim.push(Some((ROOT_ID, Source::Root)));
-            trusted[0] = true;
+            claims.chosen.push(Some((ROOT_ID, Source::Root)));
+            claims.trusted[0] = true;
             continue;
         }
-        let from_rsrc = match &f.rsrc {
-            Rsrc::Valid(h) if h.id != 0 && usable(h.id) => {
-                Some((h.id, Source::Rsrc, f.rsrc_uid, f.rsrc_dir))
+        let judged = judge_object(walk, i, policy, volume_owner);
+        if judged.trusted {
+            claims.trusted[i] = true;
+            if let Some((id, _)) = judged.chosen {
+                claims.highest_trusted = claims.highest_trusted.max(id);
             }
-            _ => None,
-        };
-        let candidates = [
-            from_rsrc,
-            f.xattr_id
-                .filter(|&id| usable(id))
-                .map(|id| (id, Source::Xattr, Some(f.uid), None)),
-            f.netatalk
-                .as_ref()
-                .and_then(|m| m.cnid)
-                .filter(|&id| usable(id))
-                .map(|id| (id, Source::Netatalk, Some(f.uid), None)),
-        ];
-        let rel_path = || walk.rel_path(i as u32);
-        let mut chosen = None;
-        let mut first_unchecked = None;
-        let mut first_rejection = None;
-        for (id, source, carrier_uid, carrier_dir) in candidates.into_iter().flatten() {
-            let verdict = policy.judge(
-                &Claim {
-                    id,
-                    carrier_uid,
-                    carrier_dir,
-                    rel_path: &rel_path,
-                    dev: f.dev,
-                    ino: f.ino,
-                },
-                volume_owner,
-            );
-            match verdict {
-                Verdict::Trusted => {
-                    trusted[i] = true;
-                    highest_trusted = highest_trusted.max(id);
-                    chosen = Some((id, source));
-                }
-                Verdict::Verified => chosen = Some((id, source)),
-                Verdict::Unchecked => {
-                    first_unchecked.get_or_insert((i, id, source, carrier_uid));
-                    continue;
-                }
-                Verdict::Rejected(why) => {
-                    first_rejection.get_or_insert((id, source, why));
-                    continue;
-                }
+        }
+        if judged.chosen.is_none() {
+            claims.unchecked.extend(judged.unchecked);
+            if let Some((id, source, why)) = judged.rejection {
+                claims.rejections.push(Difference {
+                    object: Some(i as u32),
+                    id: Some(id),
+                    kind: "claim-rejected",
+                    path: walk.path(i as u32).as_os_str().as_bytes().to_vec(),
+                    detail: format!("the {} claims ID {id}, {why}; ignored", source.describe()),
+                });
             }
-            break;
         }
-        if chosen.is_none() {
-            unchecked.extend(first_unchecked);
-        }
-        if let (None, Some((id, source, why))) = (chosen, first_rejection) {
-            differences.push(Difference {
-                object: Some(i as u32),
-                id: Some(id),
-                kind: "claim-rejected",
-                path: walk.path(i as u32).as_os_str().as_bytes().to_vec(),
-                detail: format!("the {} claims ID {id}, {why}; ignored", source.describe()),
-            });
-        }
-        claim.push(chosen);
+        claims.chosen.push(judged.chosen);
     }
-    // Claims no reference can know (none, or above all their counters): one no one vouches for
-    // may not reach past the highest ID known to have been handed out, so it cannot move the
-    // counter.
-    let bound = policy.recorded_max.max(highest_trusted).max(old_counter);
-    for (i, id, source, carrier_uid) in unchecked {
-        if id <= bound {
-            claim[i] = Some((id, source));
-        } else {
-            differences.push(Difference {
-                object: Some(i as u32),
-                id: Some(id),
-                kind: "claim-rejected",
-                path: walk.path(i as u32).as_os_str().as_bytes().to_vec(),
-                detail: format!(
-                    "the {} claims ID {id}, written by {} (not root or the volume owner), \
-                     above every ID known to have been handed out ({bound}); ignored",
-                    source.describe(),
-                    carrier_uid
-                        .map_or_else(|| "an unknown owner".to_owned(), |u| format!("uid {u}")),
-                ),
-            });
-        }
-    }
+    claims
+}
 
-    // Duplicates: several objects claiming one ID.
-    let mut claimants: HashMap<u32, Vec<u32>> = HashMap::with_capacity(n);
-    for (i, c) in claim.iter().enumerate() {
+/// One ID an object carries, with who could have written it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Candidate {
+    id: u32,
+    source: Source,
+    /// The carrier's owner.
+    carrier_uid: Option<u32>,
+    /// For a resource file: the owner and mode of the `.rsrc` directory holding it.
+    carrier_dir: Option<(u32, u32)>,
+}
+
+/// The usable IDs object `i` carries, in the order they are tried: resource file, xattr
+/// mirror, Netatalk's cached CNID.
+fn candidates(walk: &Walk, i: usize) -> [Option<Candidate>; 3] {
+    let f = &walk.found[i];
+    let from_rsrc = match &f.rsrc {
+        Rsrc::Valid(h) if h.id != 0 && usable(h.id) => Some(Candidate {
+            id: h.id,
+            source: Source::Rsrc,
+            carrier_uid: f.rsrc_uid,
+            carrier_dir: f.rsrc_dir,
+        }),
+        _ => None,
+    };
+    let owned_by_object = |id: u32, source| Candidate {
+        id,
+        source,
+        carrier_uid: Some(f.uid),
+        carrier_dir: None,
+    };
+    [
+        from_rsrc,
+        f.xattr_id
+            .filter(|&id| usable(id))
+            .map(|id| owned_by_object(id, Source::Xattr)),
+        f.netatalk
+            .as_ref()
+            .and_then(|m| m.cnid)
+            .filter(|&id| usable(id))
+            .map(|id| owned_by_object(id, Source::Netatalk)),
+    ]
+}
+
+/// Ask the policy about object `i`'s claims until one is accepted.
+fn judge_object(walk: &Walk, i: usize, policy: &ClaimPolicy<'_>, volume_owner: u32) -> ObjectClaim {
+    let f = &walk.found[i];
+    let rel_path = || walk.rel_path(i as u32);
+    let mut out = ObjectClaim::default();
+    for Candidate {
+        id,
+        source,
+        carrier_uid,
+        carrier_dir,
+    } in candidates(walk, i).into_iter().flatten()
+    {
+        let verdict = policy.judge(
+            &Claim {
+                id,
+                carrier_uid,
+                carrier_dir,
+                rel_path: &rel_path,
+                dev: f.dev,
+                ino: f.ino,
+            },
+            volume_owner,
+        );
+        match verdict {
+            Verdict::Trusted => {
+                out.trusted = true;
+                out.chosen = Some((id, source));
+            }
+            Verdict::Verified => out.chosen = Some((id, source)),
+            Verdict::Unchecked => {
+                out.unchecked.get_or_insert(Unchecked {
+                    object: i,
+                    id,
+                    source,
+                    carrier_uid,
+                });
+                continue;
+            }
+            Verdict::Rejected(why) => {
+                out.rejection.get_or_insert((id, source, why));
+                continue;
+            }
+        }
+        break;
+    }
+    if out.chosen.is_some() {
+        out.unchecked = None;
+        out.rejection = None;
+    }
+    out
+}
+
+/// Phase 2: claims no reference can know (none, or above all their counters). One no one
+/// vouches for may not reach past `bound`, the highest ID known to have been handed out, so it
+/// cannot move the counter. Returns the `claim-rejected` differences of those above it.
+fn admit_unchecked(walk: &Walk, claims: &mut Claims, bound: u32) -> Vec<Difference> {
+    let mut rejected = Vec::new();
+    for u in std::mem::take(&mut claims.unchecked) {
+        if u.id <= bound {
+            claims.chosen[u.object] = Some((u.id, u.source));
+            continue;
+        }
+        rejected.push(Difference {
+            object: Some(u.object as u32),
+            id: Some(u.id),
+            kind: "claim-rejected",
+            path: walk.path(u.object as u32).as_os_str().as_bytes().to_vec(),
+            detail: format!(
+                "the {} claims ID {}, written by {} (not root or the volume owner), \
+                 above every ID known to have been handed out ({bound}); ignored",
+                u.source.describe(),
+                u.id,
+                u.carrier_uid
+                    .map_or_else(|| "an unknown owner".to_owned(), |u| format!("uid {u}")),
+            ),
+        });
+    }
+    rejected
+}
+
+/// Phase 3: several objects claiming one ID. One keeps it ([`duplicate_winner`]); the others
+/// lose their claim. Returns loser -> (the ID, the winner), by walk index.
+fn settle_duplicates(
+    walk: &Walk,
+    old: Option<&OldDesktop>,
+    claims: &mut Claims,
+) -> HashMap<u32, (u32, u32)> {
+    let mut claimants: HashMap<u32, Vec<u32>> = HashMap::with_capacity(claims.chosen.len());
+    for (i, c) in claims.chosen.iter().enumerate() {
         if let Some((id, _)) = c {
             claimants.entry(*id).or_default().push(i as u32);
         }
     }
-    let mut loser_of: HashMap<u32, (u32, u32)> = HashMap::new(); // loser -> (id, winner)
+    let mut loser_of = HashMap::new();
     for (&id, list) in claimants.iter().filter(|(_, l)| l.len() > 1) {
-        let mut candidates: Vec<(Vec<u8>, u32)> =
-            list.iter().map(|&i| (walk.rel_path(i), i)).collect();
-        candidates.sort();
-        let old_row = old.and_then(|o| o.objects.get(&id));
-        let old_path = old.and_then(|o| o.rel_path(id));
-        let winner = candidates
-            .iter()
-            .find(|(p, _)| Some(p) == old_path.as_ref())
-            .or_else(|| {
-                candidates.iter().find(|(_, i)| {
-                    let f = &found[*i as usize];
-                    old_row.is_some_and(|r| (r.dev, r.ino) == (f.dev, f.ino))
-                })
-            })
-            // A claim no one vouches for never takes an ID from one someone does.
-            .or_else(|| candidates.iter().find(|(_, i)| trusted[*i as usize]))
-            .or_else(|| {
-                candidates
-                    .iter()
-                    .find(|(_, i)| claim[*i as usize].map(|c| c.1) == Some(Source::Rsrc))
-            })
-            .unwrap_or(&candidates[0])
-            .1;
-        for &(_, i) in &candidates {
+        let winner = duplicate_winner(walk, old, claims, id, list);
+        for &i in list {
             if i != winner {
                 loser_of.insert(i, (id, winner));
             }
         }
     }
     for &loser in loser_of.keys() {
-        claim[loser as usize] = None;
+        claims.chosen[loser as usize] = None;
     }
-    let claimed: std::collections::HashSet<u32> =
-        claim.iter().filter_map(|c| c.map(|(id, _)| id)).collect();
+    loser_of
+}
 
-    // The counter starts above every ID anyone has seen, so new IDs are never old ones.
-    let mut counter = old_counter
+/// Which of `list` (walk indices, at least two) keeps `id`: the one at the desktop's place for
+/// it; failing that the one with the recorded device and inode; failing that a trusted claim;
+/// failing that one from a resource file; failing that the first by path.
+fn duplicate_winner(
+    walk: &Walk,
+    old: Option<&OldDesktop>,
+    claims: &Claims,
+    id: u32,
+    list: &[u32],
+) -> u32 {
+    let mut candidates: Vec<(Vec<u8>, u32)> = list.iter().map(|&i| (walk.rel_path(i), i)).collect();
+    candidates.sort();
+    let old_row = old.and_then(|o| o.objects.get(&id));
+    let old_path = old.and_then(|o| o.rel_path(id));
+    candidates
+        .iter()
+        .find(|(p, _)| Some(p) == old_path.as_ref())
+        .or_else(|| {
+            candidates.iter().find(|(_, i)| {
+                let f = &walk.found[*i as usize];
+                old_row.is_some_and(|r| (r.dev, r.ino) == (f.dev, f.ino))
+            })
+        })
+        // A claim no one vouches for never takes an ID from one someone does.
+        .or_else(|| candidates.iter().find(|(_, i)| claims.trusted[*i as usize]))
+        .or_else(|| {
+            candidates
+                .iter()
+                .find(|(_, i)| claims.chosen[*i as usize].map(|c| c.1) == Some(Source::Rsrc))
+        })
+        .unwrap_or(&candidates[0])
+        .1
+}
+
+/// Phase 4: the counter starts above every ID anyone has seen, so new IDs are never old ones.
+fn counter_start(
+    old_counter: u32,
+    old: Option<&OldDesktop>,
+    chosen: &[Option<(u32, Source)>],
+) -> u32 {
+    old_counter
         .max(old.map_or(0, |o| o.last_id))
-        .max(claimed.iter().copied().max().unwrap_or(0))
-        .max(ids::FIRST_ID - 1);
+        .max(
+            chosen
+                .iter()
+                .filter_map(|c| c.map(|(id, _)| id))
+                .max()
+                .unwrap_or(0),
+        )
+        .max(ids::FIRST_ID - 1)
+}
 
-    // Assign, parents first (the walk lists a directory before its entries).
-    let mut final_ids = vec![0u32; n];
-    let mut new_id = vec![false; n];
-    let mut rows = Vec::with_capacity(n);
-    let mut comments = Vec::new();
-    let mut used_old_place: std::collections::HashSet<u32> = Default::default();
-    // Objects without a resource file, by their ID: where a left-behind one would go.
-    // (With the object's owner: only its own or a trusted resource file may move to it.)
-    let mut missing_rsrc: HashMap<u32, (PathBuf, u32)> = HashMap::new();
-    for i in 0..n {
-        let f = &found[i];
+/// What phase 5 decided.
+#[derive(Default)]
+struct Assigned {
+    rows: Vec<Object>,
+    new_id: Vec<bool>,
+    /// Each walked object's ID.
+    final_ids: Vec<u32>,
+    comments: Vec<(u32, Vec<u8>)>,
+    differences: Vec<Difference>,
+    fixes: Vec<Fix>,
+    /// Objects without a resource file, by their ID: where a left-behind one would go, with the
+    /// object's owner (only its own or a trusted resource file may move to it).
+    missing_rsrc: HashMap<u32, (PathBuf, u32)>,
+    /// The counter after the new IDs.
+    counter: u32,
+    new_ids: u64,
+    renumbered: u64,
+    repaired: u64,
+}
+
+/// Hands out the IDs of objects whose claim did not count.
+struct Unclaimed<'a> {
+    old: Option<&'a OldDesktop>,
+    /// Every ID kept by a claim.
+    claimed: HashSet<u32>,
+    /// Old IDs already given to an object at their place.
+    used_old_place: HashSet<u32>,
+    counter: u32,
+}
+
+impl Unclaimed<'_> {
+    /// The ID for an unclaimed object of `kind` whose place has `place_id` in the old desktop:
+    /// that one when nobody claims it, it is not taken yet and its row is of the same kind;
+    /// else the next from the counter. The flag says the ID is a new one.
+    fn id(&mut self, place_id: Option<u32>, kind: Kind) -> (u32, bool) {
+        let at_place = place_id.filter(|id| {
+            !self.claimed.contains(id)
+                && !self.used_old_place.contains(id)
+                && self.old.and_then(|o| o.objects.get(id)).map(|r| r.kind) == Some(kind)
+        });
+        match at_place {
+            Some(id) => {
+                self.used_old_place.insert(id);
+                (id, false)
+            }
+            None => {
+                // A counter past 2^32 - 2 cannot happen for a walk of < 2^32 objects above the
+                // largest claimed ID unless the space is truly used up.
+                self.counter = ids::next_candidate(self.counter).unwrap_or(ids::LAST_USABLE_ID);
+                (self.counter, true)
+            }
+        }
+    }
+}
+
+/// Phase 5: every object's ID, parents first (the walk lists a directory before its entries),
+/// its new row and comment, its differences with the desktop and the repairs of its resource
+/// file and mirror.
+fn assign(
+    walk: &Walk,
+    old: Option<&OldDesktop>,
+    claims: &Claims,
+    loser_of: &HashMap<u32, (u32, u32)>,
+    counter: u32,
+    xattrs: bool,
+) -> Assigned {
+    let found = &walk.found;
+    let n = found.len();
+    let mut ids = Unclaimed {
+        old,
+        claimed: claims
+            .chosen
+            .iter()
+            .filter_map(|c| c.map(|(id, _)| id))
+            .collect(),
+        used_old_place: HashSet::new(),
+        counter,
+    };
+    let mut out = Assigned {
+        rows: Vec::with_capacity(n),
+        new_id: vec![false; n],
+        final_ids: vec![0; n],
+        ..Default::default()
+    };
+    for (i, f) in found.iter().enumerate() {
         let parent_id = if i == 0 {
             ROOT_PARENT_ID
         } else {
-            final_ids[f.parent as usize]
+            out.final_ids[f.parent as usize]
         };
         // The ID the old desktop has at this place (used for unclaimed objects and the report).
         let place_id = old.and_then(|o| o.by_place.get(&(parent_id, f.name.clone())).copied());
-        let mut source = claim[i].map(|c| c.1);
-        let id = match claim[i] {
-            Some((id, _)) => id,
+        let (id, source) = match claims.chosen[i] {
+            Some((id, source)) => (id, Some(source)),
             None => {
-                let at_place = place_id.filter(|id| {
-                    !claimed.contains(id)
-                        && !used_old_place.contains(id)
-                        && old.and_then(|o| o.objects.get(id)).map(|r| r.kind) == Some(f.kind)
-                });
-                match at_place {
-                    Some(id) => {
-                        used_old_place.insert(id);
-                        id
-                    }
-                    None => {
-                        // A counter past 2^32 - 2 cannot happen for a walk of < 2^32 objects
-                        // above the largest claimed ID unless the space is truly used up.
-                        counter = ids::next_candidate(counter).unwrap_or(ids::LAST_USABLE_ID);
-                        counts.new_ids += 1;
-                        new_id[i] = true;
-                        source = None;
-                        counter
-                    }
+                let (id, new) = ids.id(place_id, f.kind);
+                if new {
+                    out.new_ids += 1;
+                    out.new_id[i] = true;
                 }
+                (id, None)
             }
         };
-        final_ids[i] = id;
+        out.final_ids[i] = id;
         let old_row = old.and_then(|o| o.objects.get(&id));
         let header = match &f.rsrc {
             Rsrc::Valid(h) => Some(h),
             _ => None,
         };
-        let (type_code, creator, flags) = if let Some(h) = header {
-            (h.type_code, h.creator, h.finder_flags)
-        } else if let Some(m) = &f.netatalk {
-            (m.type_code, m.creator, m.finder_flags)
-        } else if let Some(r) = old_row {
-            (r.type_code, r.creator, r.flags)
-        } else if f.kind == Kind::File {
-            (*b"UNIX", *b"UNKN", 0)
-        } else {
-            ([0; 4], [0; 4], 0)
-        };
+        let (type_code, creator, flags) = finder_info(f, old_row);
         let row = Object {
             id,
             parent: parent_id,
@@ -382,21 +612,18 @@ pub fn plan(
             flags,
             ctime: old_row.map_or(f.ctime, |r| r.ctime),
         };
-        if let Some(text) = old
-            .and_then(|o| o.comments.get(&id))
-            .cloned()
-            .or_else(|| header.map(|h| h.comment.clone()).filter(|c| !c.is_empty()))
-        {
-            comments.push((id, text));
+        if let Some(text) = comment(old, id, header) {
+            out.comments.push((id, text));
         }
 
         // Differences with the desktop.
         let disk_path = walk.path(i as u32);
         let path = disk_path.as_os_str().as_bytes().to_vec();
         let mut repaired = false;
-        if let Some(&(dup_id, winner)) = loser_of.get(&(i as u32)) {
-            counts.renumbered += 1;
-            differences.push(Difference {
+        let loser = loser_of.get(&(i as u32));
+        if let Some(&(dup_id, winner)) = loser {
+            out.renumbered += 1;
+            out.differences.push(Difference {
                 object: Some(i as u32),
                 id: Some(id),
                 kind: "duplicate",
@@ -407,82 +634,18 @@ pub fn plan(
                 ),
             });
         } else if let Some(o) = old {
-            match (old_row, place_id) {
-                (_, Some(place_id)) if place_id != id => {
-                    repaired = true;
-                    differences.push(Difference {
-                        object: Some(i as u32),
-                        id: Some(id),
-                        kind: "id-mismatch",
-                        path: path.clone(),
-                        detail: format!(
-                            "the {} says ID {id}, the desktop has ID {place_id} here",
-                            source.unwrap_or(Source::Rsrc).describe()
-                        ),
-                    });
-                }
-                (None, _) => differences.push(Difference {
-                    object: Some(i as u32),
-                    id: Some(id),
-                    kind: "new",
-                    path: path.clone(),
-                    detail: match source {
-                        Some(s) if s != Source::Root => {
-                            format!(
-                                "not in the desktop; keeps ID {id} from its {}",
-                                s.describe()
-                            )
-                        }
-                        _ => format!("not in the desktop; gets ID {id}"),
-                    },
-                }),
-                (Some(r), _) => {
-                    let detail = if (r.parent, &r.name) != (parent_id, &f.name) {
-                        Some((
-                            "moved",
-                            format!(
-                                "ID {id} was at {}",
-                                o.rel_path(id)
-                                    .map(|p| String::from_utf8_lossy(&p).into_owned())
-                                    .unwrap_or_else(|| "an unknown place".into())
-                            ),
-                        ))
-                    } else if r.kind != f.kind {
-                        Some((
-                            "changed",
-                            format!("was a {}, is a {}", r.kind.as_str(), f.kind.as_str()),
-                        ))
-                    } else if (r.type_code, r.creator) != (type_code, creator) {
-                        Some((
-                            "changed",
-                            format!(
-                                "type/creator {}/{} on disk, {}/{} in the desktop",
-                                four(type_code),
-                                four(creator),
-                                four(r.type_code),
-                                four(r.creator)
-                            ),
-                        ))
-                    } else if i != 0 && (r.dev, r.ino) != (f.dev, f.ino) {
-                        // (The root's row carries no inode: the root is found by its path.)
-                        Some((
-                            "changed",
-                            format!("inode {} on disk, {} in the desktop", f.ino, r.ino),
-                        ))
-                    } else {
-                        None
-                    };
-                    if let Some((kind, detail)) = detail {
-                        repaired = true;
-                        differences.push(Difference {
-                            object: Some(i as u32),
-                            id: Some(id),
-                            kind,
-                            path: path.clone(),
-                            detail,
-                        });
-                    }
-                }
+            let seen = Seen {
+                object: i,
+                id,
+                source,
+                place_id,
+                parent_id,
+                type_code,
+                creator,
+            };
+            if let Some((difference, repairs)) = desktop_difference(f, o, old_row, &seen, &path) {
+                repaired |= repairs;
+                out.differences.push(difference);
             }
         }
 
@@ -493,160 +656,361 @@ pub fn plan(
             rsrc::rsrc_path(&disk_path).expect("a child has a parent")
         };
         if f.rsrc == Rsrc::Missing {
-            missing_rsrc.insert(id, (rsrc_path.clone(), f.uid));
+            out.missing_rsrc.insert(id, (rsrc_path.clone(), f.uid));
         }
-        match &f.rsrc {
-            Rsrc::Valid(h) if h.id == id => {}
-            Rsrc::Valid(h) => {
-                let mut fixed = h.clone();
-                fixed.id = id;
-                if !loser_of.contains_key(&(i as u32)) {
-                    differences.push(Difference {
-                        object: Some(i as u32),
-                        id: Some(id),
-                        kind: "rsrc-id",
-                        path: path.clone(),
-                        detail: format!("the resource file says ID {}, the ID is {id}", h.id),
-                    });
-                }
-                fixes.push(Fix::WriteRsrc {
-                    path: rsrc_path,
-                    header: fixed,
-                });
-                repaired = true;
-            }
-            state => {
-                let why = match state {
-                    Rsrc::Corrupt(why) => ("corrupt-rsrc", why.clone()),
-                    _ => (
-                        "missing-rsrc",
-                        format!("no resource file; one is made for ID {id}"),
-                    ),
-                };
-                differences.push(Difference {
-                    object: Some(i as u32),
-                    id: Some(id),
-                    kind: why.0,
-                    path: path.clone(),
-                    detail: why.1,
-                });
-                let mut header =
-                    ResourceHeader::new(id, type_code, creator, row.ctime.max(0) as u32);
-                header.finder_flags = flags;
-                fixes.push(Fix::WriteRsrc {
-                    path: rsrc_path,
-                    header,
-                });
-                repaired = true;
-            }
+        if let Some((difference, fix)) = rsrc_repair(f, i, &row, rsrc_path, &path, loser.is_some())
+        {
+            out.differences.extend(difference);
+            out.fixes.push(fix);
+            repaired = true;
         }
-        if xattrs && f.kind != Kind::Symlink && f.xattr_id != Some(id) {
-            differences.push(Difference {
-                object: Some(i as u32),
-                id: Some(id),
-                kind: "mirror",
-                path: path.clone(),
-                detail: match f.xattr_id {
-                    Some(x) => format!("the xattr mirror says ID {x}, the ID is {id}"),
-                    None => format!("no xattr mirror; set to ID {id}"),
-                },
-            });
-            fixes.push(Fix::WriteXattr {
-                path: disk_path,
-                id,
-            });
+        if let Some((difference, fix)) = mirror_repair(f, i, id, xattrs, path, disk_path) {
+            out.differences.push(difference);
+            out.fixes.push(fix);
             repaired = true;
         }
         if repaired {
-            counts.repaired += 1;
+            out.repaired += 1;
         }
-        rows.push(row);
+        out.rows.push(row);
     }
+    out.counter = ids.counter;
+    out
+}
 
-    // Resource files that belong to no object. One left behind by a plain `mv` moves to the
-    // object that now carries its ID (its fork and comment go with it).
-    let mut moved_to = std::collections::HashSet::new();
+/// Type, creator and Finder flags: from the resource file, else Netatalk's metadata, else the
+/// old row, else `UNIX`/`UNKN` for a file and nothing for the rest.
+fn finder_info(f: &Found, old_row: Option<&Object>) -> ([u8; 4], [u8; 4], u16) {
+    if let Rsrc::Valid(h) = &f.rsrc {
+        (h.type_code, h.creator, h.finder_flags)
+    } else if let Some(m) = &f.netatalk {
+        (m.type_code, m.creator, m.finder_flags)
+    } else if let Some(r) = old_row {
+        (r.type_code, r.creator, r.flags)
+    } else if f.kind == Kind::File {
+        (*b"UNIX", *b"UNKN", 0)
+    } else {
+        ([0; 4], [0; 4], 0)
+    }
+}
+
+/// The object's comment: the desktop's, else a non-empty one from its resource file.
+fn comment(old: Option<&OldDesktop>, id: u32, header: Option<&ResourceHeader>) -> Option<Vec<u8>> {
+    old.and_then(|o| o.comments.get(&id))
+        .cloned()
+        .or_else(|| header.map(|h| h.comment.clone()).filter(|c| !c.is_empty()))
+}
+
+/// What phase 5 decided about one object, as [`desktop_difference`] needs it.
+struct Seen {
+    object: usize,
+    id: u32,
+    /// Where its ID came from (`None`: not from a claim).
+    source: Option<Source>,
+    /// The ID the old desktop has at its place.
+    place_id: Option<u32>,
+    parent_id: u32,
+    type_code: [u8; 4],
+    creator: [u8; 4],
+}
+
+/// How the object differs from the old desktop's row (`old_row`, the row with its ID), if it
+/// does; the flag says the difference is repaired (a `new` object is simply added).
+fn desktop_difference(
+    f: &Found,
+    old: &OldDesktop,
+    old_row: Option<&Object>,
+    seen: &Seen,
+    path: &[u8],
+) -> Option<(Difference, bool)> {
+    let id = seen.id;
+    let difference = |kind, detail| Difference {
+        object: Some(seen.object as u32),
+        id: Some(id),
+        kind,
+        path: path.to_vec(),
+        detail,
+    };
+    match (old_row, seen.place_id) {
+        (_, Some(place_id)) if place_id != id => Some((
+            difference(
+                "id-mismatch",
+                format!(
+                    "the {} says ID {id}, the desktop has ID {place_id} here",
+                    seen.source.unwrap_or(Source::Rsrc).describe()
+                ),
+            ),
+            true,
+        )),
+        (None, _) => Some((
+            difference(
+                "new",
+                match seen.source {
+                    Some(s) if s != Source::Root => {
+                        format!(
+                            "not in the desktop; keeps ID {id} from its {}",
+                            s.describe()
+                        )
+                    }
+                    _ => format!("not in the desktop; gets ID {id}"),
+                },
+            ),
+            false,
+        )),
+        (Some(r), _) => {
+            let (kind, detail) = if (r.parent, &r.name) != (seen.parent_id, &f.name) {
+                (
+                    "moved",
+                    format!(
+                        "ID {id} was at {}",
+                        old.rel_path(id)
+                            .map(|p| String::from_utf8_lossy(&p).into_owned())
+                            .unwrap_or_else(|| "an unknown place".into())
+                    ),
+                )
+            } else if r.kind != f.kind {
+                (
+                    "changed",
+                    format!("was a {}, is a {}", r.kind.as_str(), f.kind.as_str()),
+                )
+            } else if (r.type_code, r.creator) != (seen.type_code, seen.creator) {
+                (
+                    "changed",
+                    format!(
+                        "type/creator {}/{} on disk, {}/{} in the desktop",
+                        four(seen.type_code),
+                        four(seen.creator),
+                        four(r.type_code),
+                        four(r.creator)
+                    ),
+                )
+            } else if seen.object != 0 && (r.dev, r.ino) != (f.dev, f.ino) {
+                // (The root's row carries no inode: the root is found by its path.)
+                (
+                    "changed",
+                    format!("inode {} on disk, {} in the desktop", f.ino, r.ino),
+                )
+            } else {
+                return None;
+            };
+            Some((difference(kind, detail), true))
+        }
+    }
+}
+
+/// The repair of the object's resource file, when it does not hold a valid header with the
+/// object's ID (`row`): its header rewritten with the ID, or a new one made. A duplicate's
+/// loser is already reported as such, so its rewritten header is not reported again.
+fn rsrc_repair(
+    f: &Found,
+    object: usize,
+    row: &Object,
+    rsrc_path: PathBuf,
+    path: &[u8],
+    loser: bool,
+) -> Option<(Option<Difference>, Fix)> {
+    let id = row.id;
+    let difference = |kind, detail| Difference {
+        object: Some(object as u32),
+        id: Some(id),
+        kind,
+        path: path.to_vec(),
+        detail,
+    };
+    match &f.rsrc {
+        Rsrc::Valid(h) if h.id == id => None,
+        Rsrc::Valid(h) => {
+            let mut fixed = h.clone();
+            fixed.id = id;
+            let reported = (!loser).then(|| {
+                difference(
+                    "rsrc-id",
+                    format!("the resource file says ID {}, the ID is {id}", h.id),
+                )
+            });
+            Some((
+                reported,
+                Fix::WriteRsrc {
+                    path: rsrc_path,
+                    header: fixed,
+                },
+            ))
+        }
+        state => {
+            let (kind, detail) = match state {
+                Rsrc::Corrupt(why) => ("corrupt-rsrc", why.clone()),
+                _ => (
+                    "missing-rsrc",
+                    format!("no resource file; one is made for ID {id}"),
+                ),
+            };
+            let mut header =
+                ResourceHeader::new(id, row.type_code, row.creator, row.ctime.max(0) as u32);
+            header.finder_flags = row.flags;
+            Some((
+                Some(difference(kind, detail)),
+                Fix::WriteRsrc {
+                    path: rsrc_path,
+                    header,
+                },
+            ))
+        }
+    }
+}
+
+/// The repair of the object's `user.deskd.id` mirror, when the file system keeps xattrs and the
+/// mirror does not say `id` (symbolic links carry none).
+fn mirror_repair(
+    f: &Found,
+    object: usize,
+    id: u32,
+    xattrs: bool,
+    path: Vec<u8>,
+    disk_path: PathBuf,
+) -> Option<(Difference, Fix)> {
+    if !xattrs || f.kind == Kind::Symlink || f.xattr_id == Some(id) {
+        return None;
+    }
+    Some((
+        Difference {
+            object: Some(object as u32),
+            id: Some(id),
+            kind: "mirror",
+            path,
+            detail: match f.xattr_id {
+                Some(x) => format!("the xattr mirror says ID {x}, the ID is {id}"),
+                None => format!("no xattr mirror; set to ID {id}"),
+            },
+        },
+        Fix::WriteXattr {
+            path: disk_path,
+            id,
+        },
+    ))
+}
+
+/// What phase 6 decided about the resource files of no object.
+#[derive(Default)]
+struct Orphans {
+    differences: Vec<Difference>,
+    fixes: Vec<Fix>,
+    /// Orphans removed.
+    removed: u64,
+    /// Resource file paths an orphan moves to.
+    moved_to: HashSet<PathBuf>,
+}
+
+/// Phase 6: resource files that belong to no object. One left behind by a plain `mv` moves to
+/// the object that now carries its ID (its fork and comment go with it); the others are
+/// removed. Reads each orphan's header and owner.
+fn place_orphans(
+    walk: &Walk,
+    policy: &ClaimPolicy<'_>,
+    volume_owner: u32,
+    missing_rsrc: &HashMap<u32, (PathBuf, u32)>,
+) -> Orphans {
+    let mut out = Orphans::default();
     for (dir, name) in &walk.orphans {
         let path = walk.dir_paths[dir]
             .join(rsrc::RSRC_DIR)
             .join(std::ffi::OsStr::from_bytes(name));
         // The owner of the very file whose header is read.
         let (header, orphan_owner) = rsrc::read_header_and_owner(&path).ok().flatten().unzip();
-        // A resource file someone else planted does not become this object's.
-        let may_move = |object_owner: u32| {
-            policy.trust_all
-                || orphan_owner.is_some_and(|u| u == 0 || u == volume_owner || u == object_owner)
+        let orphan = OrphanRsrc {
+            id: header.map(|h| h.id),
+            owner: orphan_owner,
         };
-        match header.and_then(|h| {
-            missing_rsrc
-                .get(&h.id)
-                .filter(|(_, owner)| may_move(*owner))
-                .map(|(to, _)| (h.id, to.clone()))
-        }) {
-            Some((id, to)) if !moved_to.contains(&to) => {
-                moved_to.insert(to.clone());
-                differences.push(Difference {
+        match orphan_destination(&orphan, missing_rsrc, policy.trust_all, volume_owner) {
+            Some((id, to)) if !out.moved_to.contains(&to) => {
+                out.moved_to.insert(to.clone());
+                out.differences.push(Difference {
                     object: None,
                     id: None,
                     kind: "orphan-rsrc",
                     path: path.as_os_str().as_bytes().to_vec(),
                     detail: format!("left behind by a move; goes to {}", to.display()),
                 });
-                fixes.push(Fix::MoveRsrc { from: path, to, id });
+                out.fixes.push(Fix::MoveRsrc { from: path, to, id });
             }
             _ => {
-                counts.removed += 1;
-                differences.push(Difference {
+                out.removed += 1;
+                out.differences.push(Difference {
                     object: None,
                     id: None,
                     kind: "orphan-rsrc",
                     path: path.as_os_str().as_bytes().to_vec(),
                     detail: "no object of that name; removed".into(),
                 });
-                fixes.push(Fix::RemoveOrphan { path });
+                out.fixes.push(Fix::RemoveOrphan { path });
             }
         }
     }
-    // A moved resource file replaces the fresh header that would have been written.
+    out
+}
+
+/// A resource file of no object, as read: the ID in its header and its owner (`None` both when
+/// it could not be read).
+struct OrphanRsrc {
+    id: Option<u32>,
+    owner: Option<u32>,
+}
+
+/// Where an orphan may move: the resource file path of the object carrying its ID that has
+/// none, when the orphan was written by root, the volume owner or that object's owner (a
+/// resource file someone else planted does not become this object's), or by anyone under
+/// `--trust-ids`.
+fn orphan_destination(
+    orphan: &OrphanRsrc,
+    missing_rsrc: &HashMap<u32, (PathBuf, u32)>,
+    trust_all: bool,
+    volume_owner: u32,
+) -> Option<(u32, PathBuf)> {
+    let may_move = |object_owner: u32| {
+        trust_all
+            || orphan
+                .owner
+                .is_some_and(|u| u == 0 || u == volume_owner || u == object_owner)
+    };
+    let id = orphan.id?;
+    missing_rsrc
+        .get(&id)
+        .filter(|(_, owner)| may_move(*owner))
+        .map(|(to, _)| (id, to.clone()))
+}
+
+/// Phase 7: a moved resource file replaces the fresh header that would have been written.
+fn drop_replaced_headers(fixes: &mut Vec<Fix>, moved_to: &HashSet<PathBuf>) {
     fixes.retain(|f| match f {
         Fix::WriteRsrc { path, .. } => !moved_to.contains(path),
         _ => true,
     });
+}
 
-    // Desktop rows of objects that are gone.
-    if let Some(o) = old {
-        let alive: std::collections::HashSet<u32> = final_ids.iter().copied().collect();
-        let mut gone: Vec<u32> = o
-            .objects
-            .keys()
-            .copied()
-            .filter(|id| !alive.contains(id))
-            .collect();
-        gone.sort_unstable();
-        let root = walk.path(0);
-        for id in gone {
-            counts.removed += 1;
-            let rel = o.rel_path(id).unwrap_or_default();
+/// Phase 8: the `vanished` differences of the old desktop's rows whose ID no walked object has
+/// (`final_ids`), in ID order.
+fn vanished(walk: &Walk, old: &OldDesktop, final_ids: &[u32]) -> Vec<Difference> {
+    let alive: HashSet<u32> = final_ids.iter().copied().collect();
+    let mut gone: Vec<u32> = old
+        .objects
+        .keys()
+        .copied()
+        .filter(|id| !alive.contains(id))
+        .collect();
+    gone.sort_unstable();
+    let root = walk.path(0);
+    gone.into_iter()
+        .map(|id| {
+            let rel = old.rel_path(id).unwrap_or_default();
             let mut path = root.as_os_str().as_bytes().to_vec();
             path.push(b'/');
             path.extend_from_slice(&rel);
-            differences.push(Difference {
+            Difference {
                 object: None,
                 id: Some(id),
                 kind: "vanished",
                 path,
                 detail: format!("ID {id} is in the desktop but not on disk; removed"),
-            });
-        }
-    }
-    let max_assigned = final_ids.iter().copied().max().unwrap_or(0);
-    Plan {
-        rows,
-        new_id,
-        comments,
-        differences,
-        fixes,
-        last_id: counter.max(max_assigned),
-        counts,
-    }
+            }
+        })
+        .collect()
 }
