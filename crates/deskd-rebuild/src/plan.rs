@@ -1014,3 +1014,681 @@ fn vanished(walk: &Walk, old: &OldDesktop, final_ids: &[u32]) -> Vec<Difference>
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each phase on a hand-built walk of `/vol` (no file system): objects are owned by the
+    //! volume owner (uid 1000) unless a test says otherwise.
+
+    use super::*;
+    use deskd_volume::netatalk::NetatalkInfo;
+
+    const OWNER: u32 = 1000;
+    const USER: u32 = 65534;
+
+    fn object(parent: u32, name: &str, kind: Kind, ino: u64) -> Found {
+        Found {
+            parent,
+            name: name.as_bytes().to_vec(),
+            kind,
+            dev: 1,
+            ino,
+            ctime: 100,
+            uid: OWNER,
+            rsrc: Rsrc::Missing,
+            rsrc_uid: None,
+            rsrc_dir: None,
+            xattr_id: None,
+            netatalk: None,
+        }
+    }
+
+    fn root() -> Found {
+        object(u32::MAX, "", Kind::Dir, 2)
+    }
+
+    /// `f` with a resource file claiming `id`, written by `uid` in a safe `.rsrc`.
+    fn with_rsrc(mut f: Found, id: u32, uid: u32) -> Found {
+        f.rsrc = Rsrc::Valid(ResourceHeader::new(id, *b"TEXT", *b"ttxt", 0));
+        f.rsrc_uid = Some(uid);
+        f.rsrc_dir = Some((OWNER, 0o40755));
+        f
+    }
+
+    fn with_xattr(mut f: Found, id: u32) -> Found {
+        f.xattr_id = Some(id);
+        f
+    }
+
+    /// A walk of `/vol` listing `found` (index 0 the root); directories get their paths.
+    fn walk_of(found: Vec<Found>) -> Walk {
+        let mut w = Walk {
+            found,
+            orphans: Vec::new(),
+            dir_paths: HashMap::from([(0, PathBuf::from("/vol"))]),
+            nested_volumes: Vec::new(),
+        };
+        for i in 1..w.found.len() {
+            if w.found[i].kind == Kind::Dir {
+                let p = w.path(i as u32);
+                w.dir_paths.insert(i as u32, p);
+            }
+        }
+        w
+    }
+
+    /// An old desktop of `rows` (id, parent ID, name, kind, inode) below the root (ID 2).
+    fn desktop(rows: &[(u32, u32, &str, Kind, u64)], last_id: u32) -> OldDesktop {
+        let mut old = OldDesktop {
+            last_id,
+            ..Default::default()
+        };
+        for &(id, parent, name, kind, ino) in [(ROOT_ID, ROOT_PARENT_ID, "", Kind::Dir, 0)]
+            .iter()
+            .chain(rows)
+        {
+            old.objects.insert(
+                id,
+                Object {
+                    id,
+                    parent,
+                    name: name.as_bytes().to_vec(),
+                    kind,
+                    dev: 1,
+                    ino,
+                    type_code: [0; 4],
+                    creator: [0; 4],
+                    flags: 0,
+                    ctime: 50,
+                },
+            );
+            old.by_place.insert((parent, name.as_bytes().to_vec()), id);
+        }
+        old
+    }
+
+    fn kinds(differences: &[Difference]) -> Vec<&'static str> {
+        differences.iter().map(|d| d.kind).collect()
+    }
+
+    #[test]
+    fn tally_counts_objects_and_directories() {
+        let w = walk_of(vec![
+            root(),
+            object(0, "d", Kind::Dir, 3),
+            object(1, "f", Kind::File, 4),
+            object(0, "l", Kind::Symlink, 5),
+        ]);
+        let c = tally(&w);
+        assert_eq!((c.objects, c.directories), (4, 2));
+        assert_eq!(c.new_ids + c.renumbered + c.repaired + c.removed, 0);
+    }
+
+    #[test]
+    fn the_resource_file_claim_comes_before_the_mirror_and_netatalk() {
+        let mut f = with_xattr(with_rsrc(object(0, "f", Kind::File, 3), 40, OWNER), 41);
+        f.netatalk = Some(NetatalkInfo {
+            cnid: Some(42),
+            type_code: [0; 4],
+            creator: [0; 4],
+            finder_flags: 0,
+        });
+        let w = walk_of(vec![root(), f]);
+        let judged = judge_object(&w, 1, &ClaimPolicy::default(), OWNER);
+        assert_eq!(judged.chosen, Some((40, Source::Rsrc)));
+        assert!(judged.trusted);
+        let order: Vec<_> = candidates(&w, 1)
+            .iter()
+            .flatten()
+            .map(|c| c.source)
+            .collect();
+        assert_eq!(order, [Source::Rsrc, Source::Xattr, Source::Netatalk]);
+    }
+
+    #[test]
+    fn forbidden_and_zero_ids_are_no_claim() {
+        let w = walk_of(vec![
+            root(),
+            with_xattr(with_rsrc(object(0, "f", Kind::File, 3), 0, OWNER), 5),
+        ]);
+        assert!(candidates(&w, 1).iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn a_rejected_claim_gives_way_to_the_next_accepted_one() {
+        // The user's resource file says ID 20, which the desktop has for another object; the
+        // mirror (the object's owner is the volume owner) is trusted.
+        let old = desktop(&[(20, ROOT_ID, "other", Kind::File, 9)], 30);
+        let policy = ClaimPolicy {
+            references: vec![&old],
+            ..Default::default()
+        };
+        let w = walk_of(vec![
+            root(),
+            with_xattr(with_rsrc(object(0, "f", Kind::File, 3), 20, USER), 25),
+        ]);
+        let judged = judge_object(&w, 1, &policy, OWNER);
+        assert_eq!(judged.chosen, Some((25, Source::Xattr)));
+        assert_eq!(
+            judged.rejection, None,
+            "no rejection is reported when one counts"
+        );
+    }
+
+    #[test]
+    fn accepted_claims_report_rejections_and_keep_unchecked_ones() {
+        let old = desktop(&[(20, ROOT_ID, "other", Kind::File, 9)], 30);
+        let policy = ClaimPolicy {
+            references: vec![&old],
+            ..Default::default()
+        };
+        let w = walk_of(vec![
+            root(),
+            with_rsrc(object(0, "rejected", Kind::File, 3), 20, USER),
+            with_rsrc(object(0, "unchecked", Kind::File, 4), 50, USER),
+            with_rsrc(object(0, "trusted", Kind::File, 5), 60, OWNER),
+        ]);
+        let claims = accepted_claims(&w, &policy, OWNER);
+        assert_eq!(
+            claims.chosen,
+            [
+                Some((ROOT_ID, Source::Root)),
+                None,
+                None,
+                Some((60, Source::Rsrc))
+            ]
+        );
+        assert_eq!(claims.trusted, [true, false, false, true]);
+        assert_eq!(claims.highest_trusted, 60);
+        assert_eq!(kinds(&claims.rejections), ["claim-rejected"]);
+        assert_eq!(claims.rejections[0].path, b"/vol/rejected");
+        assert_eq!(claims.rejections[0].id, Some(20));
+        assert_eq!(
+            claims.unchecked,
+            [Unchecked {
+                object: 2,
+                id: 50,
+                source: Source::Rsrc,
+                carrier_uid: Some(USER),
+            }]
+        );
+    }
+
+    #[test]
+    fn unchecked_claims_are_kept_up_to_the_bound_only() {
+        let w = walk_of(vec![
+            root(),
+            object(0, "low", Kind::File, 3),
+            object(0, "high", Kind::File, 4),
+        ]);
+        let unchecked = |object, id| Unchecked {
+            object,
+            id,
+            source: Source::Xattr,
+            carrier_uid: Some(USER),
+        };
+        let mut claims = Claims {
+            chosen: vec![Some((ROOT_ID, Source::Root)), None, None],
+            unchecked: vec![unchecked(1, 40), unchecked(2, 41)],
+            ..Default::default()
+        };
+        let rejected = admit_unchecked(&w, &mut claims, 40);
+        assert_eq!(claims.chosen[1], Some((40, Source::Xattr)));
+        assert_eq!(claims.chosen[2], None);
+        assert_eq!(kinds(&rejected), ["claim-rejected"]);
+        assert_eq!(rejected[0].path, b"/vol/high");
+        assert!(
+            rejected[0].detail.contains("uid 65534"),
+            "{}",
+            rejected[0].detail
+        );
+        assert!(claims.unchecked.is_empty());
+    }
+
+    /// Claims of `ids` (by walk index, index 0 the root), all from resource files, none trusted.
+    fn claims_of(ids: &[Option<u32>]) -> Claims {
+        Claims {
+            chosen: ids.iter().map(|c| c.map(|id| (id, Source::Rsrc))).collect(),
+            trusted: vec![false; ids.len()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_object_at_the_desktops_place_keeps_a_duplicated_id() {
+        let old = desktop(&[(20, ROOT_ID, "b", Kind::File, 9)], 30);
+        let w = walk_of(vec![
+            root(),
+            object(0, "a", Kind::File, 3),
+            object(0, "b", Kind::File, 4),
+        ]);
+        let claims = claims_of(&[Some(ROOT_ID), Some(20), Some(20)]);
+        assert_eq!(duplicate_winner(&w, Some(&old), &claims, 20, &[1, 2]), 2);
+    }
+
+    #[test]
+    fn failing_the_place_the_recorded_inode_keeps_it() {
+        let old = desktop(&[(20, ROOT_ID, "gone", Kind::File, 4)], 30);
+        let w = walk_of(vec![
+            root(),
+            object(0, "a", Kind::File, 3),
+            object(0, "b", Kind::File, 4),
+        ]);
+        let claims = claims_of(&[Some(ROOT_ID), Some(20), Some(20)]);
+        assert_eq!(duplicate_winner(&w, Some(&old), &claims, 20, &[1, 2]), 2);
+    }
+
+    #[test]
+    fn failing_the_desktop_a_trusted_then_a_resource_file_claim_keeps_it() {
+        let w = walk_of(vec![
+            root(),
+            object(0, "a", Kind::File, 3),
+            object(0, "b", Kind::File, 4),
+            object(0, "c", Kind::File, 5),
+        ]);
+        let mut claims = claims_of(&[Some(ROOT_ID), Some(20), Some(20), Some(20)]);
+        claims.chosen[1] = Some((20, Source::Xattr));
+        // No trusted claim: the first resource-file claim by path.
+        assert_eq!(duplicate_winner(&w, None, &claims, 20, &[1, 2, 3]), 2);
+        // A trusted claim beats the resource files.
+        claims.trusted[3] = true;
+        assert_eq!(duplicate_winner(&w, None, &claims, 20, &[1, 2, 3]), 3);
+    }
+
+    #[test]
+    fn failing_everything_the_first_by_path_keeps_it() {
+        let w = walk_of(vec![
+            root(),
+            object(0, "b", Kind::File, 3),
+            object(0, "a", Kind::File, 4),
+        ]);
+        let mut claims = claims_of(&[Some(ROOT_ID), Some(20), Some(20)]);
+        claims.chosen[1] = Some((20, Source::Xattr));
+        claims.chosen[2] = Some((20, Source::Netatalk));
+        assert_eq!(duplicate_winner(&w, None, &claims, 20, &[1, 2]), 2);
+    }
+
+    #[test]
+    fn duplicate_losers_lose_their_claim_and_know_the_winner() {
+        let w = walk_of(vec![
+            root(),
+            object(0, "a", Kind::File, 3),
+            object(0, "b", Kind::File, 4),
+            object(0, "c", Kind::File, 5),
+        ]);
+        let mut claims = claims_of(&[Some(ROOT_ID), Some(20), Some(20), Some(21)]);
+        let losers = settle_duplicates(&w, None, &mut claims);
+        assert_eq!(losers, HashMap::from([(2, (20, 1))]));
+        assert_eq!(claims.chosen[1], Some((20, Source::Rsrc)));
+        assert_eq!(claims.chosen[2], None);
+        assert_eq!(claims.chosen[3], Some((21, Source::Rsrc)));
+    }
+
+    #[test]
+    fn the_counter_starts_above_every_id_seen() {
+        let claimed = [
+            Some((ROOT_ID, Source::Root)),
+            Some((70, Source::Rsrc)),
+            None,
+        ];
+        assert_eq!(counter_start(0, None, &[None]), ids::FIRST_ID - 1);
+        assert_eq!(counter_start(50, None, &claimed), 70);
+        assert_eq!(counter_start(80, None, &claimed), 80);
+        let old = desktop(&[], 90);
+        assert_eq!(counter_start(80, Some(&old), &claimed), 90);
+    }
+
+    #[test]
+    fn an_unclaimed_object_keeps_the_id_at_its_place_once() {
+        let old = desktop(&[(20, ROOT_ID, "f", Kind::File, 3)], 30);
+        let mut ids = Unclaimed {
+            old: Some(&old),
+            claimed: HashSet::new(),
+            used_old_place: HashSet::new(),
+            counter: 30,
+        };
+        assert_eq!(ids.id(Some(20), Kind::File), (20, false));
+        // Taken already: a new one from the counter.
+        assert_eq!(ids.id(Some(20), Kind::File), (31, true));
+        // Another kind at that place, or claimed by another object: new ones too.
+        ids.used_old_place.clear();
+        assert_eq!(ids.id(Some(20), Kind::Dir), (32, true));
+        ids.claimed.insert(20);
+        assert_eq!(ids.id(Some(20), Kind::File), (33, true));
+        assert_eq!(ids.id(None, Kind::File), (34, true));
+    }
+
+    #[test]
+    fn new_ids_skip_the_forbidden_ones() {
+        let mut ids = Unclaimed {
+            old: None,
+            claimed: HashSet::new(),
+            used_old_place: HashSet::new(),
+            counter: 0x0100_0000 - 1,
+        };
+        assert_eq!(ids.id(None, Kind::File), (0x0100_0001, true));
+    }
+
+    #[test]
+    fn finder_info_comes_from_the_resource_file_then_netatalk_then_the_desktop() {
+        let netatalk = NetatalkInfo {
+            cnid: None,
+            type_code: *b"APPL",
+            creator: *b"ntlk",
+            finder_flags: 7,
+        };
+        let mut row = desktop(&[(20, ROOT_ID, "f", Kind::File, 3)], 30).objects[&20].clone();
+        row.type_code = *b"PDF ";
+        row.creator = *b"prvw";
+        row.flags = 9;
+        let mut f = with_rsrc(object(0, "f", Kind::File, 3), 20, OWNER);
+        f.netatalk = Some(netatalk);
+        assert_eq!(finder_info(&f, Some(&row)), (*b"TEXT", *b"ttxt", 0));
+        f.rsrc = Rsrc::Missing;
+        assert_eq!(finder_info(&f, Some(&row)), (*b"APPL", *b"ntlk", 7));
+        f.netatalk = None;
+        assert_eq!(finder_info(&f, Some(&row)), (*b"PDF ", *b"prvw", 9));
+        assert_eq!(finder_info(&f, None), (*b"UNIX", *b"UNKN", 0));
+        let d = object(0, "d", Kind::Dir, 4);
+        assert_eq!(finder_info(&d, None), ([0; 4], [0; 4], 0));
+    }
+
+    #[test]
+    fn the_desktops_comment_wins_over_the_resource_files() {
+        let mut header = ResourceHeader::new(20, [0; 4], [0; 4], 0);
+        let mut old = desktop(&[], 30);
+        assert_eq!(
+            comment(Some(&old), 20, Some(&header)),
+            None,
+            "empty is none"
+        );
+        header.comment = b"from the file".to_vec();
+        assert_eq!(
+            comment(Some(&old), 20, Some(&header)),
+            Some(b"from the file".to_vec())
+        );
+        old.comments.insert(20, b"from the desktop".to_vec());
+        assert_eq!(
+            comment(Some(&old), 20, Some(&header)),
+            Some(b"from the desktop".to_vec())
+        );
+    }
+
+    fn seen(object: usize, id: u32, place_id: Option<u32>) -> Seen {
+        Seen {
+            object,
+            id,
+            source: Some(Source::Xattr),
+            place_id,
+            parent_id: ROOT_ID,
+            type_code: [0; 4],
+            creator: [0; 4],
+        }
+    }
+
+    /// The kind and repaired flag of what [`desktop_difference`] says of `f` against `old`.
+    fn compare(f: &Found, old: &OldDesktop, s: &Seen) -> Option<(&'static str, bool)> {
+        desktop_difference(f, old, old.objects.get(&s.id), s, b"/vol/f").map(|(d, r)| (d.kind, r))
+    }
+
+    #[test]
+    fn the_desktop_difference_of_an_object_says_what_changed() {
+        let old = desktop(
+            &[
+                (20, ROOT_ID, "f", Kind::File, 3),
+                (21, ROOT_ID, "elsewhere", Kind::File, 4),
+            ],
+            30,
+        );
+        let f = object(1, "f", Kind::File, 3);
+        // The same row: nothing.
+        assert_eq!(compare(&f, &old, &seen(1, 20, Some(20))), None);
+        // Another ID at its place.
+        assert_eq!(
+            compare(&f, &old, &seen(1, 21, Some(20))),
+            Some(("id-mismatch", true))
+        );
+        // An ID the desktop has elsewhere: moved.
+        assert_eq!(compare(&f, &old, &seen(1, 21, None)), Some(("moved", true)));
+        // Not in the desktop: new, added rather than repaired.
+        let d = desktop_difference(&f, &old, None, &seen(1, 40, None), b"/vol/f").unwrap();
+        assert_eq!((d.0.kind, d.1), ("new", false));
+        assert!(
+            d.0.detail.contains("from its xattr mirror"),
+            "{}",
+            d.0.detail
+        );
+        // Another kind, type/creator, inode.
+        let dir = object(1, "f", Kind::Dir, 3);
+        assert_eq!(
+            compare(&dir, &old, &seen(1, 20, Some(20))),
+            Some(("changed", true))
+        );
+        let mut typed = seen(1, 20, Some(20));
+        typed.type_code = *b"TEXT";
+        assert_eq!(compare(&f, &old, &typed), Some(("changed", true)));
+        let other_inode = object(1, "f", Kind::File, 8);
+        assert_eq!(
+            compare(&other_inode, &old, &seen(1, 20, Some(20))),
+            Some(("changed", true))
+        );
+    }
+
+    #[test]
+    fn the_roots_inode_is_not_compared() {
+        let old = desktop(&[], 30);
+        let mut s = seen(0, ROOT_ID, Some(ROOT_ID));
+        s.parent_id = ROOT_PARENT_ID;
+        s.source = Some(Source::Root);
+        assert_eq!(compare(&root(), &old, &s), None);
+    }
+
+    fn row_of(id: u32) -> Object {
+        Object {
+            id,
+            parent: ROOT_ID,
+            name: b"f".to_vec(),
+            kind: Kind::File,
+            dev: 1,
+            ino: 3,
+            type_code: *b"TEXT",
+            creator: *b"ttxt",
+            flags: 5,
+            ctime: 100,
+        }
+    }
+
+    #[test]
+    fn a_resource_file_with_the_right_id_needs_no_repair() {
+        let f = with_rsrc(object(0, "f", Kind::File, 3), 20, OWNER);
+        assert!(rsrc_repair(&f, 1, &row_of(20), "/vol/.rsrc/f".into(), b"/vol/f", false).is_none());
+    }
+
+    #[test]
+    fn a_resource_file_with_another_id_is_rewritten_keeping_the_rest() {
+        let mut f = with_rsrc(object(0, "f", Kind::File, 3), 20, OWNER);
+        if let Rsrc::Valid(h) = &mut f.rsrc {
+            h.comment = b"kept".to_vec();
+        }
+        let (d, fix) =
+            rsrc_repair(&f, 1, &row_of(40), "/vol/.rsrc/f".into(), b"/vol/f", false).unwrap();
+        assert_eq!(d.map(|d| d.kind), Some("rsrc-id"));
+        let Fix::WriteRsrc { path, header } = fix else {
+            panic!("{fix:?}")
+        };
+        assert_eq!(path, PathBuf::from("/vol/.rsrc/f"));
+        assert_eq!((header.id, &header.comment[..]), (40, &b"kept"[..]));
+        // A duplicate's loser is reported as a duplicate, not again here.
+        let (d, _) =
+            rsrc_repair(&f, 1, &row_of(40), "/vol/.rsrc/f".into(), b"/vol/f", true).unwrap();
+        assert!(d.is_none());
+    }
+
+    #[test]
+    fn a_missing_or_corrupt_resource_file_is_made_from_the_row() {
+        let f = object(0, "f", Kind::File, 3);
+        let (d, fix) =
+            rsrc_repair(&f, 1, &row_of(40), "/vol/.rsrc/f".into(), b"/vol/f", false).unwrap();
+        assert_eq!(d.map(|d| d.kind), Some("missing-rsrc"));
+        let Fix::WriteRsrc { header, .. } = fix else {
+            panic!("{fix:?}")
+        };
+        assert_eq!(
+            (
+                header.id,
+                header.type_code,
+                header.creator,
+                header.finder_flags
+            ),
+            (40, *b"TEXT", *b"ttxt", 5)
+        );
+        assert_eq!(header.create_time, 100);
+        let mut corrupt = f;
+        corrupt.rsrc = Rsrc::Corrupt("short header".into());
+        let (d, _) = rsrc_repair(
+            &corrupt,
+            1,
+            &row_of(40),
+            "/vol/.rsrc/f".into(),
+            b"/vol/f",
+            false,
+        )
+        .unwrap();
+        let d = d.unwrap();
+        assert_eq!((d.kind, &d.detail[..]), ("corrupt-rsrc", "short header"));
+    }
+
+    #[test]
+    fn the_mirror_is_set_where_xattrs_are_kept_and_it_is_wrong() {
+        let repair = |f: &Found, xattrs| {
+            mirror_repair(f, 1, 20, xattrs, b"/vol/f".to_vec(), "/vol/f".into())
+                .map(|(d, _)| d.detail)
+        };
+        let f = object(0, "f", Kind::File, 3);
+        assert_eq!(repair(&f, false), None);
+        assert_eq!(
+            repair(&f, true).as_deref(),
+            Some("no xattr mirror; set to ID 20")
+        );
+        assert_eq!(repair(&with_xattr(f.clone(), 20), true), None);
+        assert!(repair(&with_xattr(f, 21), true).is_some());
+        assert_eq!(repair(&object(0, "l", Kind::Symlink, 4), true), None);
+    }
+
+    #[test]
+    fn an_orphan_moves_only_to_an_object_without_one_and_only_when_trusted() {
+        let missing = HashMap::from([(20, (PathBuf::from("/vol/.rsrc/new"), USER))]);
+        let to = |id, owner, trust_all| {
+            orphan_destination(&OrphanRsrc { id, owner }, &missing, trust_all, OWNER)
+        };
+        let moved = Some((20, PathBuf::from("/vol/.rsrc/new")));
+        // Root's, the volume owner's, the object owner's.
+        assert_eq!(to(Some(20), Some(0), false), moved);
+        assert_eq!(to(Some(20), Some(OWNER), false), moved);
+        assert_eq!(to(Some(20), Some(USER), false), moved);
+        // Someone else's, unless --trust-ids; an unknown owner; an ID no object lacks.
+        assert_eq!(to(Some(20), Some(4242), false), None);
+        assert_eq!(to(Some(20), Some(4242), true), moved);
+        assert_eq!(to(Some(20), None, false), None);
+        assert_eq!(to(Some(21), Some(0), false), None);
+        assert_eq!(to(None, Some(0), true), None);
+    }
+
+    #[test]
+    fn a_moved_orphan_replaces_the_fresh_header() {
+        let header = ResourceHeader::new(20, [0; 4], [0; 4], 0);
+        let mut fixes = vec![
+            Fix::WriteRsrc {
+                path: "/vol/.rsrc/a".into(),
+                header: header.clone(),
+            },
+            Fix::WriteRsrc {
+                path: "/vol/.rsrc/b".into(),
+                header,
+            },
+            Fix::WriteXattr {
+                path: "/vol/.rsrc/a".into(),
+                id: 20,
+            },
+        ];
+        drop_replaced_headers(&mut fixes, &HashSet::from([PathBuf::from("/vol/.rsrc/a")]));
+        assert!(
+            matches!(&fixes[..], [Fix::WriteRsrc { path, .. }, Fix::WriteXattr { .. }]
+            if path == std::path::Path::new("/vol/.rsrc/b"))
+        );
+    }
+
+    #[test]
+    fn rows_no_object_has_vanish_in_id_order() {
+        let old = desktop(
+            &[
+                (30, ROOT_ID, "d", Kind::Dir, 3),
+                (31, 30, "x", Kind::File, 4),
+                (20, ROOT_ID, "kept", Kind::File, 5),
+            ],
+            40,
+        );
+        let w = walk_of(vec![root()]);
+        let gone = vanished(&w, &old, &[ROOT_ID, 20]);
+        let seen: Vec<_> = gone.iter().map(|d| (d.id, d.path.clone())).collect();
+        assert_eq!(
+            seen,
+            [
+                (Some(30), b"/vol/d".to_vec()),
+                (Some(31), b"/vol/d/x".to_vec())
+            ]
+        );
+        assert_eq!(kinds(&gone), ["vanished", "vanished"]);
+    }
+
+    #[test]
+    fn a_whole_plan_renumbers_only_the_duplicate() {
+        // The desktop has a = 20 and b = 21; on disk b was copied with its resource file (c),
+        // d is new, and the row of e is gone.
+        let mut old = desktop(
+            &[
+                (20, ROOT_ID, "a", Kind::File, 3),
+                (21, ROOT_ID, "b", Kind::File, 4),
+                (22, ROOT_ID, "e", Kind::File, 9),
+            ],
+            30,
+        );
+        for row in old.objects.values_mut().filter(|r| r.kind == Kind::File) {
+            (row.type_code, row.creator) = (*b"TEXT", *b"ttxt");
+        }
+        let mut volume_root = root();
+        volume_root.rsrc = Rsrc::Valid(ResourceHeader::new(ROOT_ID, [0; 4], [0; 4], 0));
+        let w = walk_of(vec![
+            volume_root,
+            with_rsrc(object(0, "a", Kind::File, 3), 20, OWNER),
+            with_rsrc(object(0, "b", Kind::File, 4), 21, OWNER),
+            with_rsrc(object(0, "c", Kind::File, 5), 21, OWNER),
+            object(0, "d", Kind::File, 6),
+        ]);
+        let policy = ClaimPolicy {
+            references: vec![&old],
+            ..Default::default()
+        };
+        let p = plan(&w, Some(&old), 30, false, &policy);
+        let ids: Vec<u32> = p.rows.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [ROOT_ID, 20, 21, 31, 32]);
+        assert_eq!(p.new_id, [false, false, false, true, true]);
+        assert_eq!(p.last_id, 32);
+        assert_eq!(
+            kinds(&p.differences),
+            ["duplicate", "new", "missing-rsrc", "vanished"]
+        );
+        let c = &p.counts;
+        assert_eq!(
+            (
+                c.objects,
+                c.directories,
+                c.new_ids,
+                c.renumbered,
+                c.repaired,
+                c.removed
+            ),
+            (5, 1, 2, 1, 2, 1)
+        );
+    }
+}
