@@ -1642,6 +1642,30 @@ mod tests {
     }
 
     #[test]
+    fn many_vanished_rows_come_sorted_by_id() {
+        // (Enough rows that the desktop's hash order is not ID order by chance.)
+        let rows: Vec<_> = (0..32u32)
+            .map(|k| (100 - k, ROOT_ID, "x", Kind::File, u64::from(k)))
+            .collect();
+        let old = desktop(&rows, 100);
+        let gone = vanished(&walk_of(vec![root()]), &old, &[ROOT_ID]);
+        let ids: Vec<u32> = gone.iter().filter_map(|d| d.id).collect();
+        assert_eq!(ids, (69..=100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_counter_never_goes_back() {
+        let old = desktop(&[(20, ROOT_ID, "a", Kind::File, 3)], 30);
+        let w = walk_of(vec![
+            root(),
+            with_rsrc(object(0, "a", Kind::File, 3), 20, OWNER),
+        ]);
+        let p = plan(&w, Some(&old), 25, false, &ClaimPolicy::default());
+        assert_eq!(p.last_id, 30);
+        assert_eq!(p.counts.new_ids, 0);
+    }
+
+    #[test]
     fn a_whole_plan_renumbers_only_the_duplicate() {
         // The desktop has a = 20 and b = 21; on disk b was copied with its resource file (c),
         // d is new, and the row of e is gone.
