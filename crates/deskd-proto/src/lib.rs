@@ -86,12 +86,20 @@ impl Kind {
     }
 }
 
-/// How `Find` matches (always case-insensitive, NFC and NFD alike).
+/// How `Find` matches a pattern against names (always case-insensitive, NFC and NFD alike).
+///
+/// The one definition: the desktop database (`deskd_db::FindMode`) re-exports it, so a request
+/// reaches the database without a translation that could drift. The order of the variants is
+/// the wire encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FindMode {
+    /// The name contains the pattern.
     Substring,
+    /// The name starts with the pattern.
     Prefix,
+    /// The whole name matches a shell glob (`*`, `?`, `[...]`).
     Glob,
+    /// The whole name equals the pattern.
     Exact,
 }
 
@@ -299,15 +307,29 @@ pub struct DifferenceLine {
     pub detail: String,
 }
 
-/// The totals of a finished rebuild.
+/// What a rebuild counted: the summary line of `deskd rebuild`, offline (`deskd_rebuild::Counts`
+/// is this type) and online (inside [`RebuildSummary`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildCounts {
+    /// Objects walked, the root included.
+    pub objects: u64,
+    /// Directories among them.
+    pub directories: u64,
+    /// Objects given an ID from the counter.
+    pub new_ids: u64,
+    /// Objects that lost a duplicated ID and got a new one.
+    pub renumbered: u64,
+    /// Objects with something repaired (desktop row, resource file or mirror).
+    pub repaired: u64,
+    /// Desktop rows and orphaned resource files removed.
+    pub removed: u64,
+}
+
+/// The totals of a finished rebuild. (On the wire, `counts` encodes exactly as its six fields
+/// did when they stood here: postcard writes a struct's fields in order with no framing.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebuildSummary {
-    pub objects: u64,
-    pub directories: u64,
-    pub new_ids: u64,
-    pub renumbered: u64,
-    pub repaired: u64,
-    pub removed: u64,
+    pub counts: RebuildCounts,
     /// Difference lines reported.
     pub differences: u64,
     /// Objects left to clients that changed them meanwhile, with a difference still open.

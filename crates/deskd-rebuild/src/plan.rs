@@ -87,16 +87,9 @@ pub enum Fix {
     RemoveOrphan { path: PathBuf },
 }
 
-/// Counts for the summary line.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Counts {
-    pub objects: u64,
-    pub directories: u64,
-    pub new_ids: u64,
-    pub renumbered: u64,
-    pub repaired: u64,
-    pub removed: u64,
-}
+/// Counts for the summary line: the protocol's, so the offline report and the server's online
+/// summary count the same things under the same names.
+pub use deskd_proto::RebuildCounts as Counts;
 
 /// The outcome of pass 2.
 pub struct Plan {
