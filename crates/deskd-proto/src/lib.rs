@@ -666,6 +666,67 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// `RebuildSummary` as it was before its counts moved into [`RebuildCounts`]: an older
+    /// client or server must read the new one's bytes and the other way round.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct FlatSummary {
+        objects: u64,
+        directories: u64,
+        new_ids: u64,
+        renumbered: u64,
+        repaired: u64,
+        removed: u64,
+        differences: u64,
+        left: u64,
+        passes: u32,
+        millis: u64,
+    }
+
+    #[test]
+    fn the_rebuild_summary_encodes_as_its_flat_predecessor() {
+        let summary = RebuildSummary {
+            counts: RebuildCounts {
+                objects: 1,
+                directories: 2,
+                new_ids: 300,
+                renumbered: 4,
+                repaired: 5,
+                removed: 6,
+            },
+            differences: 7,
+            left: 8,
+            passes: 9,
+            millis: 100_000,
+        };
+        let flat = FlatSummary {
+            objects: 1,
+            directories: 2,
+            new_ids: 300,
+            renumbered: 4,
+            repaired: 5,
+            removed: 6,
+            differences: 7,
+            left: 8,
+            passes: 9,
+            millis: 100_000,
+        };
+        let bytes = postcard::to_allocvec(&summary).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&flat).unwrap());
+        assert_eq!(decode::<RebuildSummary>(&bytes).unwrap(), summary);
+    }
+
+    #[test]
+    fn find_modes_keep_their_wire_numbers() {
+        for (mode, n) in [
+            (FindMode::Substring, 0u8),
+            (FindMode::Prefix, 1),
+            (FindMode::Glob, 2),
+            (FindMode::Exact, 3),
+        ] {
+            assert_eq!(postcard::to_allocvec(&mode).unwrap(), [n]);
+        }
+    }
+
     fn arb_request() -> impl Strategy<Value = Request> {
         prop_oneof![
             (
