@@ -1100,6 +1100,23 @@ mod tests {
         old
     }
 
+    #[test]
+    fn an_old_rows_path_is_read_up_to_the_root() {
+        let mut old = desktop(
+            &[
+                (30, ROOT_ID, "d", Kind::Dir, 3),
+                (31, 30, "x", Kind::File, 4),
+            ],
+            40,
+        );
+        assert_eq!(old.rel_path(31), Some(b"d/x".to_vec()));
+        assert_eq!(old.rel_path(ROOT_ID), Some(Vec::new()));
+        // A parent the desktop does not have, and a loop: no path.
+        assert_eq!(old.rel_path(99), None);
+        old.objects.get_mut(&30).unwrap().parent = 31;
+        assert_eq!(old.rel_path(31), None);
+    }
+
     fn kinds(differences: &[Difference]) -> Vec<&'static str> {
         differences.iter().map(|d| d.kind).collect()
     }
