@@ -1117,6 +1117,46 @@ mod tests {
         assert_eq!(old.rel_path(31), None);
     }
 
+    #[test]
+    fn a_difference_prints_its_path_raw_and_keeps_its_indices_private() {
+        let d = Difference {
+            object: Some(1),
+            id: Some(20),
+            kind: "mirror",
+            path: b"/vol/caf\xe9".to_vec(),
+            detail: "x".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&d).unwrap(),
+            serde_json::json!({"kind": "mirror", "path": "/vol/caf\\xE9", "detail": "x"})
+        );
+    }
+
+    #[test]
+    fn the_report_lists_the_counts_beside_its_other_fields() {
+        let report = crate::Report {
+            mode: crate::Mode::Scan,
+            volume: "/vol".into(),
+            counts: Counts {
+                objects: 1,
+                directories: 2,
+                new_ids: 3,
+                renumbered: 4,
+                repaired: 5,
+                removed: 6,
+            },
+            differences: 7,
+            seconds: 0.5,
+        };
+        assert_eq!(
+            serde_json::to_value(&report).unwrap(),
+            serde_json::json!({
+                "mode": "scan", "volume": "/vol", "objects": 1, "directories": 2, "new_ids": 3,
+                "renumbered": 4, "repaired": 5, "removed": 6, "differences": 7, "seconds": 0.5,
+            })
+        );
+    }
+
     fn kinds(differences: &[Difference]) -> Vec<&'static str> {
         differences.iter().map(|d| d.kind).collect()
     }
