@@ -592,19 +592,7 @@ fn assign(
             Rsrc::Valid(h) => Some(h),
             _ => None,
         };
-        let (type_code, creator, flags) = finder_info(f, old_row);
-        let row = Object {
-            id,
-            parent: parent_id,
-            name: f.name.clone(),
-            kind: f.kind,
-            dev: f.dev,
-            ino: f.ino,
-            type_code,
-            creator,
-            flags,
-            ctime: old_row.map_or(f.ctime, |r| r.ctime),
-        };
+        let row = new_row(f, id, parent_id, old_row);
         if let Some(text) = comment(old, id, header) {
             out.comments.push((id, text));
         }
@@ -633,8 +621,8 @@ fn assign(
                 source,
                 place_id,
                 parent_id,
-                type_code,
-                creator,
+                type_code: row.type_code,
+                creator: row.creator,
             };
             if let Some((difference, repairs)) = desktop_difference(f, o, old_row, &seen, &path) {
                 repaired |= repairs;
@@ -643,11 +631,7 @@ fn assign(
         }
 
         // Repairs on disk: the resource file and the mirror.
-        let rsrc_path = if i == 0 {
-            rsrc::root_rsrc_path(&disk_path)
-        } else {
-            rsrc::rsrc_path(&disk_path).expect("a child has a parent")
-        };
+        let rsrc_path = rsrc_path_of(i, &disk_path);
         if f.rsrc == Rsrc::Missing {
             out.missing_rsrc.insert(id, (rsrc_path.clone(), f.uid));
         }
@@ -669,6 +653,35 @@ fn assign(
     }
     out.counter = ids.counter;
     out
+}
+
+/// The new desktop's row for walked object `f` with ID `id` in directory `parent_id`; the
+/// desktop's row with that ID (`old_row`) lends its creation time and, failing better sources,
+/// its Finder info.
+fn new_row(f: &Found, id: u32, parent_id: u32, old_row: Option<&Object>) -> Object {
+    let (type_code, creator, flags) = finder_info(f, old_row);
+    Object {
+        id,
+        parent: parent_id,
+        name: f.name.clone(),
+        kind: f.kind,
+        dev: f.dev,
+        ino: f.ino,
+        type_code,
+        creator,
+        flags,
+        ctime: old_row.map_or(f.ctime, |r| r.ctime),
+    }
+}
+
+/// Where walked object `i` (at `disk_path`) keeps its resource file: `ROOT/.rsrc/.rsrc` for
+/// the root, `DIR/.rsrc/NAME` for the rest.
+fn rsrc_path_of(i: usize, disk_path: &std::path::Path) -> PathBuf {
+    if i == 0 {
+        rsrc::root_rsrc_path(disk_path)
+    } else {
+        rsrc::rsrc_path(disk_path).expect("a child has a parent")
+    }
 }
 
 /// Type, creator and Finder flags: from the resource file, else Netatalk's metadata, else the
@@ -1441,6 +1454,28 @@ mod tests {
         assert_eq!(finder_info(&f, None), (*b"UNIX", *b"UNKN", 0));
         let d = object(0, "d", Kind::Dir, 4);
         assert_eq!(finder_info(&d, None), ([0; 4], [0; 4], 0));
+    }
+
+    #[test]
+    fn a_new_row_keeps_the_desktops_creation_time() {
+        let f = object(0, "f", Kind::File, 3);
+        let fresh = new_row(&f, 40, ROOT_ID, None);
+        assert_eq!((fresh.id, fresh.parent, fresh.ctime), (40, ROOT_ID, 100));
+        assert_eq!((fresh.dev, fresh.ino, &fresh.name[..]), (1, 3, &b"f"[..]));
+        let old = desktop(&[(40, ROOT_ID, "f", Kind::File, 3)], 50);
+        assert_eq!(new_row(&f, 40, ROOT_ID, old.objects.get(&40)).ctime, 50);
+    }
+
+    #[test]
+    fn the_root_keeps_its_resource_file_in_its_own_rsrc() {
+        assert_eq!(
+            rsrc_path_of(0, std::path::Path::new("/vol")),
+            PathBuf::from("/vol/.rsrc/.rsrc")
+        );
+        assert_eq!(
+            rsrc_path_of(3, std::path::Path::new("/vol/d/f")),
+            PathBuf::from("/vol/d/.rsrc/f")
+        );
     }
 
     #[test]
