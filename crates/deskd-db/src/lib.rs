@@ -252,18 +252,9 @@ pub struct InfoUpdate {
     pub flags: Option<u16>,
 }
 
-/// How a find pattern is matched against names (always case-insensitively, NFC = NFD).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FindMode {
-    /// The name contains the pattern.
-    Substring,
-    /// The name starts with the pattern.
-    Prefix,
-    /// The whole name matches a shell glob (`*`, `?`, `[...]`).
-    Glob,
-    /// The whole name equals the pattern.
-    Exact,
-}
+/// How a find pattern is matched against names: the protocol's type, so a `Find` request
+/// reaches the database as it came.
+pub use deskd_proto::FindMode;
 
 /// A find request: results come in ascending ID order, after `after_id`, at most `limit`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -451,3 +451,46 @@ fn scan_dir(
     on_progress(total);
     Ok(subdirs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(parent: u32, name: &str, kind: Kind) -> Found {
+        Found {
+            parent,
+            name: name.as_bytes().to_vec(),
+            kind,
+            dev: 1,
+            ino: 1,
+            ctime: 0,
+            uid: 0,
+            rsrc: Rsrc::Missing,
+            rsrc_uid: None,
+            rsrc_dir: None,
+            xattr_id: None,
+            netatalk: None,
+        }
+    }
+
+    #[test]
+    fn paths_of_walked_objects_are_built_from_their_directory() {
+        let walk = Walk {
+            found: vec![
+                found(u32::MAX, "", Kind::Dir),
+                found(0, "docs", Kind::Dir),
+                found(1, "a b", Kind::File),
+                found(0, "top", Kind::File),
+            ],
+            orphans: Vec::new(),
+            dir_paths: [(0, PathBuf::from("/vol")), (1, PathBuf::from("/vol/docs"))].into(),
+            nested_volumes: Vec::new(),
+        };
+        assert_eq!(walk.path(0), Path::new("/vol"));
+        assert_eq!(walk.path(2), Path::new("/vol/docs/a b"));
+        assert_eq!(walk.path(3), Path::new("/vol/top"));
+        assert_eq!(walk.rel_path(0), b"");
+        assert_eq!(walk.rel_path(2), b"docs/a b");
+        assert_eq!(walk.rel_path(3), b"top");
+    }
+}

@@ -166,7 +166,7 @@ pub fn start(
             worker_handle.touches.take();
             match &result {
                 Ok(s) => info!(volume = %worker_handle.volume.root().display(), job = id,
-                    differences = s.differences, new_ids = s.new_ids, removed = s.removed,
+                    differences = s.differences, new_ids = s.counts.new_ids, removed = s.counts.removed,
                     left = s.left, passes = s.passes, "online rebuild done"),
                 Err(e) => warn!(volume = %worker_handle.volume.root().display(), job = id, "online rebuild ended: {e}"),
             }
@@ -225,12 +225,7 @@ fn run(
     let root = handle.volume.root().to_path_buf();
     let xattrs = deskd_rebuild::xattrs_supported(&root);
     let mut summary = RebuildSummary {
-        objects: 0,
-        directories: 0,
-        new_ids: 0,
-        renumbered: 0,
-        repaired: 0,
-        removed: 0,
+        counts: Default::default(),
         differences: 0,
         left: 0,
         passes: 0,
@@ -272,10 +267,10 @@ fn run(
             ..Default::default()
         };
         let plan = deskd_rebuild::plan::plan(&walk, decide_from, counter, xattrs, &policy);
-        summary.objects = plan.counts.objects;
-        summary.directories = plan.counts.directories;
+        summary.counts.objects = plan.counts.objects;
+        summary.counts.directories = plan.counts.directories;
         if mode != Mode::Scan {
-            summary.renumbered += plan.counts.renumbered;
+            summary.counts.renumbered += plan.counts.renumbered;
         }
         job.stopped()?;
         let result = if mode == Mode::Scan {
@@ -293,9 +288,9 @@ fn run(
             apply_in_writer(handle, mode, walk, plan, snapshot, xattrs)?
         };
         summary.differences += result.lines.len() as u64;
-        summary.repaired += result.applied.changed;
-        summary.new_ids += result.applied.new_ids;
-        summary.removed += result.applied.removed;
+        summary.counts.repaired += result.applied.changed;
+        summary.counts.new_ids += result.applied.new_ids;
+        summary.counts.removed += result.applied.removed;
         summary.left = result.applied.left_with_differences;
         for e in &result.applied.errors {
             warn!(volume = %root.display(), "rebuild could not repair {e}");
