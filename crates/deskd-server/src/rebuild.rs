@@ -9,6 +9,7 @@
 //! The requesting client polls; a job that hears no poll for its timeout stops at once (the
 //! client is gone or cut off), before anything is applied if it is still walking.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,15 +21,45 @@ use deskd_rebuild::online::{self, Applied, Pass};
 use deskd_rebuild::{Difference, Mode, OldDesktop, Plan};
 use tracing::{info, warn};
 
-use crate::volume::{now_unix, Job, VolumeHandle};
+use deskd_db::now_unix;
+
+use crate::volume::VolumeHandle;
+use crate::writer::Job;
 
 /// Most passes one job makes.
 pub const MAX_PASSES: u32 = 3;
 
+/// The running or last online rebuild of each volume, by handle. It lives beside the rebuild,
+/// not in the volume handle: the rebuild drives the handle's writer, and the handle need know
+/// nothing of rebuilds. A job belongs to one opening of its volume: a volume reopened by a
+/// reload has none until one is started on it.
+#[derive(Default)]
+pub(crate) struct Registry(Mutex<HashMap<u32, Arc<RebuildJob>>>);
+
+impl Registry {
+    /// The running or last job of this opening of the volume.
+    pub(crate) fn current(&self, handle: &VolumeHandle) -> Option<Arc<RebuildJob>> {
+        Self::of(&self.0.lock().unwrap(), handle)
+    }
+
+    /// Whether a job is running on this opening of the volume.
+    pub(crate) fn running(&self, handle: &VolumeHandle) -> bool {
+        self.current(handle).is_some_and(|job| !job.is_finished())
+    }
+
+    fn of(jobs: &HashMap<u32, Arc<RebuildJob>>, handle: &VolumeHandle) -> Option<Arc<RebuildJob>> {
+        jobs.get(&handle.index)
+            .filter(|job| job.opening == handle.opening)
+            .cloned()
+    }
+}
+
 /// One online rebuild.
-pub struct RebuildJob {
-    pub id: u64,
-    pub mode: RebuildMode,
+pub(crate) struct RebuildJob {
+    pub(crate) id: u64,
+    pub(crate) mode: RebuildMode,
+    /// The opening of the volume it runs on ([`VolumeHandle::opening`]).
+    opening: u64,
     started: i64,
     began: Instant,
     timeout: Duration,
@@ -108,7 +139,8 @@ fn mode_of(mode: RebuildMode) -> Mode {
 }
 
 /// Start a job on `handle`; refused while another runs or when the volume is read-only.
-pub fn start(
+pub(crate) fn start(
+    registry: &Registry,
     handle: &Arc<VolumeHandle>,
     mode: RebuildMode,
     threads: Option<u32>,
@@ -122,8 +154,8 @@ pub fn start(
             format!("{root}: the volume is read-only; only rebuild -s can run"),
         ));
     }
-    let mut slot = handle.rebuild.lock().unwrap();
-    if let Some(job) = slot.as_ref() {
+    let mut jobs = registry.0.lock().unwrap();
+    if let Some(job) = Registry::of(&jobs, handle) {
         if !job.is_finished() {
             return Err(ErrorReply::new(
                 ErrorCode::Busy,
@@ -138,6 +170,7 @@ pub fn start(
     let job = Arc::new(RebuildJob {
         id: NEXT_JOB.fetch_add(1, Ordering::SeqCst),
         mode,
+        opening: handle.opening,
         started: now_unix(),
         began: Instant::now(),
         timeout: Duration::from_secs(timeout_secs.max(1) as u64),
@@ -149,8 +182,8 @@ pub fn start(
         lines: Mutex::new(Vec::new()),
         finished: Mutex::new(None),
     });
-    *slot = Some(job.clone());
-    drop(slot);
+    jobs.insert(handle.index, job.clone());
+    drop(jobs);
     let threads = threads
         .map(|t| t as usize)
         .unwrap_or_else(deskd_rebuild::default_threads);

@@ -1,0 +1,48 @@
+//! The exclusive lock that makes a writer the only one of its desktop, and the owner check
+//! made on the locked file before anything in it is trusted.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::ServerError;
+
+/// Refuse a desktop owned by anyone but root, deskd's user or the volume owner: in a root its
+/// users may write, one of them could have made the file first, and would then read (and
+/// change) every record deskd keeps in it whatever its mode.
+pub(crate) fn check_desktop_owner(
+    lock: &File,
+    path: &Path,
+    root: &Path,
+) -> Result<(), ServerError> {
+    let owner = lock
+        .metadata()
+        .map_err(|e| ServerError::Volume(format!("{}: {e}", path.display())))?
+        .uid();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let volume_owner = std::fs::metadata(root).map(|m| m.uid()).ok();
+    if owner == 0 || owner == me || Some(owner) == volume_owner {
+        return Ok(());
+    }
+    Err(ServerError::Volume(format!(
+        "{}: the desktop {} is owned by uid {owner}, which is neither root, deskd's user \
+         (uid {me}) nor the volume owner; someone else made it, so it is not used (move it \
+         away and serve the volume again)",
+        root.display(),
+        path.display()
+    )))
+}
+
+/// Take the exclusive lock on the desktop at `path` (creating the file if needed): one
+/// writer per desktop, whichever process it is in.
+pub(crate) fn lock_exclusive(path: &Path, root: &Path) -> Result<File, ServerError> {
+    deskd_volume::lock_desktop(path)
+        .map_err(|e| ServerError::Volume(format!("{}: cannot open desktop: {e}", path.display())))?
+        .ok_or_else(|| {
+            ServerError::Volume(format!(
+                "{}: Warning, desktop DB busy by another process",
+                root.display()
+            ))
+        })
+}
