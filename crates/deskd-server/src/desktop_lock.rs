@@ -19,8 +19,7 @@ pub(crate) fn check_desktop_owner(
         .metadata()
         .map_err(|e| ServerError::Volume(format!("{}: {e}", path.display())))?
         .uid();
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     let volume_owner = std::fs::metadata(root).map(|m| m.uid()).ok();
     if owner == 0 || owner == me || Some(owner) == volume_owner {
         return Ok(());

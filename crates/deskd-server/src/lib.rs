@@ -230,8 +230,7 @@ impl Server {
             return Err(none_opened(&failures));
         }
         let (tcp_listener, tcp_access) = tcp.unzip();
-        // SAFETY: geteuid has no preconditions.
-        let server_uid = unsafe { libc::geteuid() };
+        let server_uid = rustix::process::geteuid().as_raw();
         let shared = Arc::new(Shared {
             volumes: RwLock::new(volumes),
             closings: AtomicU64::new(0),

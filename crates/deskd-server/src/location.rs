@@ -64,10 +64,7 @@ pub(crate) fn read_only_desktop(path: &Path, root: &Path) -> Result<PathBuf, Ser
             .open(path)
             .is_ok()
     } else {
-        let c_root = std::ffi::CString::new(root.as_os_str().as_bytes())
-            .map_err(|_| ServerError::Volume(format!("{}: NUL in path", root.display())))?;
-        // SAFETY: access(2) with a valid NUL-terminated path.
-        unsafe { libc::access(c_root.as_ptr(), libc::W_OK) == 0 }
+        rustix::fs::access(root, rustix::fs::Access::WRITE_OK).is_ok()
     };
     if writable {
         return Ok(path.to_path_buf());
@@ -104,8 +101,7 @@ pub(crate) fn private_dir(dir: &Path) -> Result<(), ServerError> {
         Err(e) => return Err(refuse(e.to_string())),
     }
     let meta = std::fs::symlink_metadata(dir).map_err(|e| refuse(e.to_string()))?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     if !meta.is_dir() || meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
         return Err(refuse(format!(
             "exists and is not a private directory of uid {me} (owner {}, mode {:o}); \
