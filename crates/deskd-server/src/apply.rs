@@ -12,6 +12,7 @@ use deskd_proto::{ErrorCode, ErrorReply, ObjectInfo, Request, Response};
 use deskd_volume::{Volume, VolumeError};
 
 use crate::access::{self, Access};
+pub use crate::db_reply::db_error;
 use crate::sight;
 use crate::walk::{self, Node, Walked};
 
@@ -21,25 +22,6 @@ const UNIX_TYPE: [u8; 4] = *b"UNIX";
 const UNKN_CREATOR: [u8; 4] = *b"UNKN";
 /// Upper bound for one `Find` page.
 pub const MAX_FIND_LIMIT: u32 = 10_000;
-
-pub fn db_error(e: DbError) -> ErrorReply {
-    let code = match &e {
-        DbError::NoSuchId(_) | DbError::NoSuchName { .. } => ErrorCode::NotFound,
-        DbError::Exists { .. } => ErrorCode::Exists,
-        DbError::NotADirectory(_) => ErrorCode::NotADirectory,
-        DbError::NotEmpty(_) => ErrorCode::NotEmpty,
-        DbError::InvalidName(..) => ErrorCode::InvalidName,
-        DbError::IntoItself(_) => ErrorCode::IntoItself,
-        DbError::Root(_) => ErrorCode::PermissionDenied,
-        DbError::IdSpaceExhausted => ErrorCode::IdSpaceExhausted,
-        e if e.is_disk_full() => ErrorCode::DiskFull,
-        DbError::Sqlite(rusqlite_err) if rusqlite_err.to_string().contains("locked") => {
-            ErrorCode::Busy
-        }
-        _ => ErrorCode::Internal,
-    };
-    ErrorReply::new(code, e.to_string())
-}
 
 pub fn volume_error(e: VolumeError) -> ErrorReply {
     let code = match &e {

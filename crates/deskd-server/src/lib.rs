@@ -20,6 +20,7 @@ mod apply;
 mod background;
 mod config;
 mod conn;
+mod db_reply;
 mod desktop_lock;
 mod hints;
 mod limits;

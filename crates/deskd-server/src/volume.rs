@@ -17,9 +17,9 @@ use deskd_proto::{ErrorReply, RebuildState, VolumeStatus};
 use deskd_volume::Volume;
 use tracing::{info, warn};
 
-use crate::apply::db_error;
 use crate::background::{spawn_check, spawn_name_index_load};
 use crate::config::VolumeConfig;
+use crate::db_reply::db_error;
 use crate::desktop_lock::{check_desktop_owner, lock_exclusive};
 use crate::location::{desktop_path, open_reader_at, read_only_desktop};
 use crate::space;
