@@ -22,9 +22,12 @@ mod config;
 mod conn;
 mod db_reply;
 mod desktop_lock;
+mod error;
 mod hints;
 mod limits;
 mod location;
+#[cfg(test)]
+mod module_graph;
 mod outbox;
 mod preflight;
 mod rebuild;
@@ -49,22 +52,10 @@ use tracing::{error, info};
 
 pub use config::{Config, ConfigFile, TcpConfig, VolumeConfig, VolumePrefs};
 use conn::Peer;
+pub use error::ServerError;
 use shared::{Shared, Slot, TcpAccess, TcpSlot};
 use volume::VolumeHandle;
 use writer::Job;
-
-/// Errors that stop the server or a volume from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("configuration: {0}")]
-    Config(String),
-    #[error("{0}")]
-    Volume(String),
-    #[error("socket {path}: {message}")]
-    Socket { path: PathBuf, message: String },
-    #[error("tcp {addr}: {message}")]
-    Tcp { addr: String, message: String },
-}
 
 /// A running server.
 pub struct Server {
@@ -76,11 +67,11 @@ pub struct Server {
 
 /// Read the token and bind the TCP address.
 fn bind_tcp(tcp: &TcpConfig) -> Result<(TcpListener, TcpAccess), ServerError> {
-    let token =
-        deskd_proto::transport::read_token_file(&tcp.token_file).map_err(ServerError::Config)?;
-    let listener = TcpListener::bind(&tcp.listen).map_err(|e| ServerError::Tcp {
+    let token = deskd_proto::transport::read_token_file(&tcp.token_file)
+        .map_err(|message| ServerError::TokenFile { message })?;
+    let listener = TcpListener::bind(&tcp.listen).map_err(|source| ServerError::Tcp {
         addr: tcp.listen.clone(),
-        message: e.to_string(),
+        source,
     })?;
     Ok((
         listener,
@@ -152,23 +143,27 @@ fn refuse_unix(stream: &UnixStream, refusal: limits::Refusal, log: &limits::Rate
 }
 
 fn bind(path: &Path) -> Result<UnixListener, ServerError> {
-    let err = |message: String| ServerError::Socket {
-        path: path.to_path_buf(),
-        message,
+    let err = |step: &'static str| {
+        move |source| ServerError::Socket {
+            path: path.to_path_buf(),
+            step,
+            source,
+        }
     };
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(err("another deskd is already serving on this socket".into()));
+            return Err(ServerError::SocketTaken {
+                path: path.to_path_buf(),
+            });
         }
-        std::fs::remove_file(path).map_err(|e| err(format!("cannot remove stale socket: {e}")))?;
+        std::fs::remove_file(path).map_err(err("cannot remove stale socket: "))?;
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create directory: {e}")))?;
+        std::fs::create_dir_all(dir).map_err(err("cannot create directory: "))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    let listener = UnixListener::bind(path).map_err(err(""))?;
     // Anyone may connect: claims are verified and admin verbs check peer credentials.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
-        .map_err(|e| err(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err(""))?;
     Ok(listener)
 }
 
@@ -199,14 +194,8 @@ impl Server {
                 }
             }
         }
-        let none_opened = |failures: &[String]| {
-            ServerError::Volume(format!(
-                "no volume could be opened: {}",
-                failures.join("; ")
-            ))
-        };
         if checked.is_empty() {
-            return Err(none_opened(&failures));
+            return Err(ServerError::NoVolumeOpened { failures });
         }
         let listener = bind(&config.socket)?;
         let mut volumes = Vec::new();
@@ -228,7 +217,7 @@ impl Server {
         }
         if volumes.is_empty() {
             let _ = std::fs::remove_file(&config.socket);
-            return Err(none_opened(&failures));
+            return Err(ServerError::NoVolumeOpened { failures });
         }
         let (tcp_listener, tcp_access) = tcp.unzip();
         let server_uid = rustix::process::geteuid().as_raw();
@@ -260,14 +249,15 @@ impl Server {
                 }
             }
         })
-        .map_err(|e| ServerError::Socket {
+        .map_err(|source| ServerError::Socket {
             path: config.socket.clone(),
-            message: e.to_string(),
+            step: "",
+            source,
         })?;
         if let Some(listener) = tcp_listener {
-            let addr = listener.local_addr().map_err(|e| ServerError::Tcp {
+            let addr = listener.local_addr().map_err(|source| ServerError::Tcp {
                 addr: format!("{:?}", config.tcp.as_ref().map(|t| &t.listen)),
-                message: e.to_string(),
+                source,
             })?;
             let access = shared.clone();
             let mut last_warning: Option<std::time::Instant> = None;
@@ -298,9 +288,9 @@ impl Server {
                     ConnSlot::Tcp(slot),
                 )))
             })
-            .map_err(|e| ServerError::Tcp {
+            .map_err(|source| ServerError::Tcp {
                 addr: addr.to_string(),
-                message: e.to_string(),
+                source,
             })?;
             info!(
                 "listening on tcp {addr} (token required; admin verbs {})",

@@ -12,21 +12,21 @@ use std::path::{Path, PathBuf};
 use deskd_db::Read;
 
 use crate::config::VolumeConfig;
-use crate::ServerError;
+use crate::error::ServerError;
 
 /// Where the desktop of `root` lives, creating the relocation symlink for a new volume.
 pub(crate) fn desktop_path(cfg: &VolumeConfig, root: &Path) -> Result<PathBuf, ServerError> {
     let in_root = root.join(deskd_volume::DESKTOP_FILE);
-    let misc = || ServerError::Volume(format!("OpenDesk {}: Miscellaneous error", root.display()));
+    let root_buf = || root.to_path_buf();
     match deskd_volume::desktop_link(root) {
-        Err(e) => Err(ServerError::Volume(format!(
-            "OpenDesk {}: Miscellaneous error ({e})",
-            root.display()
-        ))),
+        Err(source) => Err(ServerError::DesktopLink {
+            root: root_buf(),
+            source,
+        }),
         // Relocated: the target's directory must exist.
         Ok(Some(target)) => match target.parent() {
             Some(dir) if dir.is_dir() => Ok(target),
-            _ => Err(misc()),
+            _ => Err(ServerError::RelocationMissing { root: root_buf() }),
         },
         Ok(None) if std::fs::symlink_metadata(&in_root).is_ok() => Ok(in_root),
         Ok(None) => match &cfg.desktop_location {
@@ -34,18 +34,16 @@ pub(crate) fn desktop_path(cfg: &VolumeConfig, root: &Path) -> Result<PathBuf, S
             Some(location) => {
                 let rel = root.strip_prefix("/").unwrap_or(root);
                 let dir = location.join(rel);
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    ServerError::Volume(format!(
-                        "{}: cannot create desktop directory: {e}",
-                        dir.display()
-                    ))
+                std::fs::create_dir_all(&dir).map_err(|source| ServerError::DesktopDir {
+                    dir: dir.clone(),
+                    source,
                 })?;
                 let target = dir.join(deskd_volume::DESKTOP_FILE);
-                std::os::unix::fs::symlink(&target, &in_root).map_err(|e| {
-                    ServerError::Volume(format!(
-                        "{}: cannot create symlink: {e}",
-                        in_root.display()
-                    ))
+                std::os::unix::fs::symlink(&target, &in_root).map_err(|source| {
+                    ServerError::DesktopSymlink {
+                        link: in_root.clone(),
+                        source,
+                    }
                 })?;
                 Ok(target)
             }
@@ -82,8 +80,10 @@ pub(crate) fn read_only_desktop(path: &Path, root: &Path) -> Result<PathBuf, Ser
     if path.exists() && !temp.exists() {
         // A valid desktop on read-only media: work on a copy so IDs stay as recorded.
         if deskd_db::Reader::open(path).and_then(|r| r.stats()).is_ok() {
-            copy_private(path, &temp)
-                .map_err(|e| ServerError::Volume(format!("{}: {e}", temp.display())))?;
+            copy_private(path, &temp).map_err(|source| ServerError::DesktopCopy {
+                path: temp.clone(),
+                source,
+            })?;
         }
     }
     Ok(temp)
@@ -94,21 +94,24 @@ pub(crate) fn read_only_desktop(path: &Path, root: &Path) -> Result<PathBuf, Ser
 /// is a real directory of deskd's user that no one else may enter.
 pub(crate) fn private_dir(dir: &Path) -> Result<(), ServerError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let refuse = |why: String| ServerError::Volume(format!("{}: {why}", dir.display()));
+    let refuse = |source| ServerError::PrivateDir {
+        dir: dir.to_path_buf(),
+        source,
+    };
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(refuse(e.to_string())),
+        Err(e) => return Err(refuse(e)),
     }
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| refuse(e.to_string()))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(refuse)?;
     let me = rustix::process::geteuid().as_raw();
     if !meta.is_dir() || meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
-        return Err(refuse(format!(
-            "exists and is not a private directory of uid {me} (owner {}, mode {:o}); \
-             not used for the temporary desktop",
-            meta.uid(),
-            meta.permissions().mode() & 0o7777
-        )));
+        return Err(ServerError::NotPrivate {
+            dir: dir.to_path_buf(),
+            me,
+            owner: meta.uid(),
+            mode: meta.permissions().mode() & 0o7777,
+        });
     }
     Ok(())
 }

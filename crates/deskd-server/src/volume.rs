@@ -21,10 +21,10 @@ use crate::background::{spawn_check, spawn_name_index_load};
 use crate::config::VolumeConfig;
 use crate::db_reply::db_error;
 use crate::desktop_lock::{check_desktop_owner, lock_exclusive};
+use crate::error::ServerError;
 use crate::location::{desktop_path, open_reader_at, read_only_desktop};
 use crate::space;
 use crate::writer::{Job, SharedState, Writer};
-use crate::ServerError;
 
 /// A served volume.
 pub struct VolumeHandle {
@@ -85,8 +85,10 @@ impl VolumeHandle {
     /// opened for writing because its file system is full, the volume is served read-only
     /// (`read-only: file system full` in the log and in status) and writes are refused.
     pub fn open(index: u32, config: VolumeConfig) -> Result<Arc<VolumeHandle>, ServerError> {
-        let volume = Volume::new(&config.root)
-            .map_err(|e| ServerError::Volume(format!("{}: {e}", config.root.display())))?;
+        let volume = Volume::new(&config.root).map_err(|source| ServerError::Root {
+            root: config.root.clone(),
+            source,
+        })?;
         let root = volume.root().to_path_buf();
         let mut desktop_path = desktop_path(&config, &root)?;
         if config.read_only {
@@ -101,12 +103,12 @@ impl VolumeHandle {
                 side_files.remove_created();
                 return Self::open_full(index, config, volume, desktop_path, lock, e);
             }
-            Err(e) => {
-                return Err(ServerError::Volume(format!(
-                    "{}: cannot open desktop {}: {e}",
-                    root.display(),
-                    desktop_path.display()
-                )))
+            Err(source) => {
+                return Err(ServerError::DesktopOpen {
+                    root,
+                    path: desktop_path,
+                    source: Box::new(source),
+                })
             }
         };
         if !report.was_clean {
@@ -121,7 +123,7 @@ impl VolumeHandle {
             desktop = %desktop_path.display(),
             created = report.created,
             read_only = config.read_only,
-            durability = ?desktop.durability().map_err(|e| ServerError::Volume(e.to_string()))?,
+            durability = ?desktop.durability().map_err(|e| ServerError::Durability(Box::new(e)))?,
             "volume open"
         );
         if let Some(warning) = desktop
@@ -170,26 +172,30 @@ impl VolumeHandle {
         why: deskd_db::DbError,
     ) -> Result<Arc<VolumeHandle>, ServerError> {
         let root = volume.root().to_path_buf();
-        let cannot = |e: String| {
-            ServerError::Volume(format!(
-                "{}: cannot open desktop {} ({why}), not even read-only: {e}",
-                root.display(),
-                desktop_path.display()
-            ))
+        let cannot = |why, source: Box<dyn std::error::Error + Send + Sync>| {
+            Err(ServerError::DesktopUnreadable {
+                root: root.clone(),
+                path: desktop_path.clone(),
+                why: Box::new(why),
+                source,
+            })
         };
-        let reads =
-            space::full_disk_reads(&desktop_path, &root).map_err(|e| cannot(e.to_string()))?;
-        let (stats, clean) = open_reader_at(&reads.path, reads.immutable)
+        let reads = match space::full_disk_reads(&desktop_path, &root) {
+            Ok(reads) => reads,
+            Err(e) => return cannot(why, e.into()),
+        };
+        let (stats, clean) = match open_reader_at(&reads.path, reads.immutable)
             .and_then(|r| Ok((r.stats()?, r.meta("clean")?)))
-            .map_err(|e| cannot(e.to_string()))?;
+        {
+            Ok(read) => read,
+            Err(e) => return cannot(why, e.into()),
+        };
         if stats.format_version > deskd_db::FORMAT_VERSION {
-            return Err(cannot(
-                deskd_db::DbError::FormatTooNew {
-                    found: stats.format_version,
-                    supported: deskd_db::FORMAT_VERSION,
-                }
-                .to_string(),
-            ));
+            let too_new = deskd_db::DbError::FormatTooNew {
+                found: stats.format_version,
+                supported: deskd_db::FORMAT_VERSION,
+            };
+            return cannot(why, too_new.into());
         }
         let clean_at_start = clean.map(|v| v != 0).unwrap_or(true);
         warn!(
@@ -263,7 +269,7 @@ impl VolumeHandle {
             temp_copy,
         )
         .spawn(index, rx)
-        .map_err(|e| ServerError::Volume(format!("cannot start writer thread: {e}")))?;
+        .map_err(ServerError::WriterThread)?;
         Ok(handle)
     }
 
