@@ -10,6 +10,7 @@
 //! client is gone or cut off), before anything is applied if it is still walking.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +26,30 @@ use deskd_db::now_unix;
 
 use crate::volume::VolumeHandle;
 use crate::writer::Job;
+
+/// Why an online rebuild ended early. Clients get its text (the protocol carries the outcome
+/// as a string, [`RebuildState::finished`]); the log and the job keep the kind.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RebuildFailure {
+    /// The client stopped polling for the timeout, or cancelled.
+    #[error(
+        "stopped: no word from the client for {} s (communication timeout) or cancelled",
+        timeout.as_secs()
+    )]
+    Stopped { timeout: Duration },
+    /// The desktop's snapshot could not be read, or the walk failed.
+    #[error("{0}")]
+    Rebuild(#[from] deskd_rebuild::RebuildError),
+    /// Another volume lies below this one, which is not served `nested`.
+    #[error("{}", deskd_volume::guard::around_message(root, inner))]
+    VolumeBelow { root: PathBuf, inner: PathBuf },
+    /// The repairs could not be committed.
+    #[error("the desktop could not take the repairs: {0}")]
+    Repairs(#[source] deskd_db::DbError),
+    /// The writer was gone (deskd stopping, or a reload closing the volume) before the apply.
+    #[error("the desktop was closed before the repairs could be applied")]
+    DesktopClosed,
+}
 
 /// Most passes one job makes.
 pub const MAX_PASSES: u32 = 3;
@@ -116,12 +141,11 @@ impl RebuildJob {
         *self.phase.lock().unwrap() = phase;
     }
 
-    fn stopped(&self) -> Result<(), String> {
+    fn stopped(&self) -> Result<(), RebuildFailure> {
         if self.stop.load(Ordering::SeqCst) {
-            Err(format!(
-                "stopped: no word from the client for {} s (communication timeout) or cancelled",
-                self.timeout.as_secs()
-            ))
+            Err(RebuildFailure::Stopped {
+                timeout: self.timeout,
+            })
         } else {
             Ok(())
         }
@@ -208,7 +232,8 @@ pub(crate) fn start(
                 Err(_) if job.stop.load(Ordering::SeqCst) => "stopped",
                 Err(_) => "failed",
             });
-            *job.finished.lock().unwrap() = Some(result);
+            // The protocol carries the outcome as text.
+            *job.finished.lock().unwrap() = Some(result.map_err(|e| e.to_string()));
         })
         .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("cannot start the job: {e}")))?;
     Ok(id)
@@ -253,7 +278,7 @@ fn run(
     handle: &Arc<VolumeHandle>,
     job: &Arc<RebuildJob>,
     threads: usize,
-) -> Result<RebuildSummary, String> {
+) -> Result<RebuildSummary, RebuildFailure> {
     let mode = mode_of(job.mode);
     let root = handle.volume.root().to_path_buf();
     let xattrs = deskd_rebuild::xattrs_supported(&root);
@@ -274,7 +299,7 @@ fn run(
         summary.passes = pass;
         // Recording first, then the snapshot: every commit is either in the snapshot or recorded.
         handle.touches.start();
-        let snapshot = deskd_rebuild::read_old(&handle.desktop_path).map_err(|e| e.to_string())?;
+        let snapshot = deskd_rebuild::read_old(&handle.desktop_path)?;
         job.set_phase("walking");
         job.objects.store(0, Ordering::Relaxed);
         let walk = deskd_rebuild::walk::walk(
@@ -284,14 +309,19 @@ fn run(
             &job.stop,
         )
         .map_err(|e| match e {
-            deskd_rebuild::RebuildError::Cancelled(_) => job.stopped().unwrap_err(),
-            other => other.to_string(),
+            deskd_rebuild::RebuildError::Cancelled(_) => RebuildFailure::Stopped {
+                timeout: job.timeout,
+            },
+            other => other.into(),
         })?;
         job.stopped()?;
         // Another volume below this one: its objects are its own desktop's, and a rebuild
         // here would give them IDs here and rewrite their mirrors (unless served `nested`).
         if let (Some(inner), false) = (walk.nested_volumes.first(), handle.config.nested) {
-            return Err(deskd_volume::guard::around_message(&root, inner));
+            return Err(RebuildFailure::VolumeBelow {
+                root,
+                inner: inner.clone(),
+            });
         }
         job.set_phase("planning");
         let counter = snapshot.as_ref().map_or(0, |s| s.last_id);
@@ -350,7 +380,7 @@ fn apply_in_writer(
     plan: Plan,
     snapshot: Option<OldDesktop>,
     xattrs: bool,
-) -> Result<PassResult, String> {
+) -> Result<PassResult, RebuildFailure> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let touches = handle.touches.clone();
     let work = move |desktop: &mut deskd_db::Desktop| -> bool {
@@ -376,16 +406,15 @@ fn apply_in_writer(
         let _ = tx.send(
             outcome
                 .map(|applied| PassResult { applied, lines })
-                .map_err(|e| format!("the desktop could not take the repairs: {e}")),
+                .map_err(RebuildFailure::Repairs),
         );
         committed
     };
     // The writer drops the work once the desktop is closed (deskd stopping, or a reload
     // closing the volume as the rebuild started).
-    let closed = || "the desktop was closed before the repairs could be applied".to_string();
     handle
         .queue
         .send(Job::Run(Box::new(work)))
-        .map_err(|_| closed())?;
-    rx.recv().map_err(|_| closed())?
+        .map_err(|_| RebuildFailure::DesktopClosed)?;
+    rx.recv().map_err(|_| RebuildFailure::DesktopClosed)?
 }
