@@ -60,12 +60,13 @@ if [ -n "${BASE:-}" ]; then
             deskd=$BIN/deskd
             [ "$server" = this ] || deskd=$BASE/deskd
             serve_fresh "$deskd" "$WORK/server-$server.log"
-            CREATED[$server]+="$(bench create --dirs "$DIRS" --per-dir "$PER_DIR" --clients 4 --depth "$DEPTH" | jget objects_per_s) "
+            created=$(bench create --dirs "$DIRS" --per-dir "$PER_DIR" --clients 4 --depth "$DEPTH" | jget objects_per_s)
+            CREATED[$server]+="$created "
             "$BIN/deskd" flush --socket "$SOCK" >/dev/null
             P50[$server]+="$(bench latency --dirs "$DIRS" --per-dir "$PER_DIR" --ops 20000 | jget resolve_p50_us) "
             TPS[$server]+="$(bench throughput --dirs "$DIRS" --per-dir "$PER_DIR" --clients 4 --seconds 3 | jget ops_per_s) "
             stop_server
-            echo "run $i $server: created ${CREATED[$server]##* }"
+            echo "run $i $server: $created objects/s created"
         done
     done
     echo
