@@ -1,15 +1,17 @@
 //! The deskd daemon.
 //!
-//! [`Server::start`] opens every configured volume ([`volume`]: desktop location, exclusive
-//! lock, the `missing DB shutdown` line, a background logical check, one writer thread with
-//! group commit and the flush/idle/WAL/freeze timers), binds the Unix socket (and, when
-//! configured, a TCP address whose clients must prove they hold a shared token) and serves each
-//! connection on its own thread ([`conn`]), within the connection limits and frame timeout of
-//! [`limits`]. A desktop on a full file system is served read-only, and no commit takes the
-//! space its checkpoint needs ([`space`]). Every client claim is verified against the file
-//! system before the desktop changes ([`apply`]). A SIGHUP's reload ([`reload`]) applies a new
-//! configuration to the running server. [`Server::shutdown`] commits, flushes and records the
-//! clean-shutdown flag on every volume.
+//! [`Server::start`] opens every configured volume ([`volume`]: where the desktop is,
+//! [`location`]; its exclusive lock, [`desktop_lock`]; the `missing DB shutdown` line; the
+//! name-index load and logical check off the start-up path, [`background`]), starts one writer
+//! thread per volume ([`writer`]: group commit and the flush/idle/WAL/freeze timers), binds the
+//! Unix socket (and, when configured, a TCP address whose clients must prove they hold a shared
+//! token) and serves each connection on its own thread ([`conn`]), within the connection limits
+//! and frame timeout of [`limits`]. What the connection threads share is in [`shared`]. A
+//! desktop on a full file system is served read-only, and no commit takes the space its
+//! checkpoint needs ([`space`]). Every client claim is verified against the file system before
+//! the desktop changes ([`apply`]). Online rebuilds run beside the writer ([`rebuild`]). A
+//! SIGHUP's reload ([`reload`]) applies a new configuration to the running server.
+//! [`Server::shutdown`] commits, flushes and records the clean-shutdown flag on every volume.
 
 // Private modules: the CLI needs only [`Server`], its configuration and [`ServerError`].
 // Dependencies point one way (checked by scripts/module-cycles.sh): conn → writer, volume →

@@ -381,7 +381,10 @@ mod tests {
             handle.ask(|tx| Job::Freeze(Some(30), tx)),
             Some(Ok(_))
         ));
-        assert_eq!(handle.ask(Job::Close), Some(Err("frozen".to_string())));
+        assert_eq!(
+            handle.ask(Job::Close),
+            Some(Err(crate::writer::CloseRefused::Frozen))
+        );
         // Still open and serving.
         assert!(matches!(handle.ask(Job::Thaw), Some(Ok(_))));
         assert_eq!(handle.ask(Job::Close), Some(Ok(())));

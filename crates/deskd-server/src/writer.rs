@@ -71,8 +71,16 @@ pub(crate) enum Job {
     /// Commit, close the desktop cleanly and release its lock, so that it can be opened again
     /// (a reload that reopens or stops serving the volume). Refused while the volume is frozen:
     /// a backup may be copying the file, and closing writes to it.
-    Close(Sender<Result<(), String>>),
+    Close(Sender<Result<(), CloseRefused>>),
     Shutdown(Sender<()>),
+}
+
+/// Why a writer does not close its desktop when asked ([`Job::Close`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CloseRefused {
+    /// A backup may be copying the file, and closing writes to it.
+    #[error("frozen")]
+    Frozen,
 }
 
 /// State shared between the writer and status readers.
@@ -254,7 +262,7 @@ impl Writer {
                                 return self.refuse_all(rx);
                             }
                             Job::Close(done) if self.frozen() => {
-                                let _ = done.send(Err("frozen".into()));
+                                let _ = done.send(Err(CloseRefused::Frozen));
                             }
                             Job::Close(done) => {
                                 self.shutdown();
