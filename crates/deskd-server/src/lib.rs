@@ -14,7 +14,7 @@
 //! [`Server::shutdown`] commits, flushes and records the clean-shutdown flag on every volume.
 
 // Private modules: the CLI needs only [`Server`], its configuration and [`ServerError`].
-// Dependencies point one way (checked by scripts/module-cycles.sh): conn → writer, volume →
+// Dependencies point one way (checked by the unit test in module_graph.rs): conn → writer, volume →
 // writer, rebuild → volume; the writer knows no connection (it answers through
 // [`writer::ReplyTo`]) and no volume handle.
 mod access;

@@ -103,6 +103,39 @@ fn paths(code: &str) -> Vec<Vec<String>> {
                 chars.next();
                 tokens.push(Token::Sep);
             }
+            // A string's words are not paths (its braces are not groups either).
+            '"' => {
+                let mut escaped = false;
+                for n in chars.by_ref() {
+                    match n {
+                        '\\' if !escaped => escaped = true,
+                        '"' if !escaped => break,
+                        _ => escaped = false,
+                    }
+                }
+                tokens.push(Token::Other);
+            }
+            // A char literal (`'"'`, `'\''`); a lifetime is left as it is.
+            '\'' => {
+                let mut ahead = chars.clone();
+                match (ahead.next(), ahead.next()) {
+                    (Some('\\'), _) => {
+                        chars.next();
+                        chars.next();
+                        for n in chars.by_ref() {
+                            if n == '\'' {
+                                break;
+                            }
+                        }
+                    }
+                    (Some(_), Some('\'')) => {
+                        chars.next();
+                        chars.next();
+                    }
+                    _ => {}
+                }
+                tokens.push(Token::Other);
+            }
             '{' => tokens.push(Token::Open),
             '}' => tokens.push(Token::Close),
             ',' => tokens.push(Token::Comma),
@@ -263,11 +296,21 @@ fn a_circle_is_found_and_a_parent_with_its_children_is_not_one() {
     let circle = sources(&[
         ("", "mod a; mod b; mod c;"),
         ("a", "use crate::b::Thing; // crate::c in a comment"),
+        (
+            "d",
+            "fn f() { let _ = (\"crate::a::x\", '\"', '\\'', crate::c::y); }",
+        ),
         ("b", "use crate::{c::{self, More}, x};"),
         ("c", "fn f() { super::a::g() }"),
     ]);
     let found = find_circle(&graph_of(&circle)).expect("a -> b -> c -> a");
     assert_eq!(found.len(), 3, "{found:?}");
+    let graph = graph_of(&circle);
+    assert_eq!(
+        graph["d"].iter().collect::<Vec<_>>(),
+        ["c"],
+        "strings and char literals hold no paths"
+    );
     let family = sources(&[
         ("", "mod a; mod b;"),
         ("a", "pub use one::f; fn g() { one::h() }"),
