@@ -18,6 +18,7 @@ use std::io::{Read as _, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use deskd_db::now_unix;
 use deskd_db::snapshot::{check_copy, copy_snapshot, CopyInfo};
 use deskd_db::Read as _;
 use deskd_rebuild::{Difference, Mode, RebuildError, Report};
@@ -199,10 +200,6 @@ pub fn manifest_path(backup: &Path) -> PathBuf {
     let mut s = backup.as_os_str().to_os_string();
     s.push(MANIFEST_SUFFIX);
     s.into()
-}
-
-fn now_unix() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 /// Removes a temporary file unless [`TempFile::keep`] was called (errors, panics).

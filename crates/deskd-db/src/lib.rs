@@ -819,7 +819,10 @@ impl Read for Desktop {
     }
 }
 
-fn now_unix() -> i64 {
+/// Seconds since the Unix epoch (0 for a clock set before it): the one clock of the
+/// workspace's records (the desktop's `created`/`last_seen`, the server's flush and freeze
+/// times, backup manifests).
+pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

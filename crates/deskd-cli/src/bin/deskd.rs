@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 use deskd_cli::connection::ConnectionArgs;
-use deskd_cli::output::{display_bytes, write_match, FindArgs};
+use deskd_cli::output::{ctime_string, display_bytes, write_match, FindArgs};
 use deskd_client::{Client, Request, Response};
 use deskd_proto::Endpoint;
 use deskd_server::{ConfigFile, Server};
@@ -420,7 +420,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         if t == 0 {
                             "never".to_string()
                         } else {
-                            deskd_server::volume::ctime_string(t)
+                            ctime_string(t)
                         }
                     };
                     println!("{root}");
@@ -499,7 +499,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             seconds.unwrap_or(0)
                         );
                     }
-                    println!("frozen until {}", deskd_server::volume::ctime_string(until));
+                    println!("frozen until {}", ctime_string(until));
                 }
                 other => return Err(anyhow!("unexpected reply {other:?}")),
             }
@@ -1073,7 +1073,7 @@ fn verify(backup: &Path, json: bool) -> ExitCode {
                     "{}: good: the desktop of {} as of {}, {} objects, last ID {}",
                     backup.display(),
                     m.volume,
-                    deskd_server::volume::ctime_string(m.started),
+                    ctime_string(m.started),
                     m.desktop_info.objects,
                     m.desktop_info.last_id
                 );
