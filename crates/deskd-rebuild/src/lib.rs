@@ -602,6 +602,7 @@ fn write_desktop(
 /// Test hook: wait between the plan and its fixes (`DESKD_TEST_REBUILD_PAUSE_BEFORE_FIXES_MS`),
 /// so a test can swap a folder for a symlink where a hostile user would race; it says on stderr
 /// when the pause begins.
+#[cfg(feature = "test-hooks")]
 fn test_pause_before_fixes() {
     if let Some(ms) = std::env::var("DESKD_TEST_REBUILD_PAUSE_BEFORE_FIXES_MS")
         .ok()
@@ -612,8 +613,15 @@ fn test_pause_before_fixes() {
     }
 }
 
+#[cfg(feature = "test-hooks")]
 fn crash_point(step: &str) {
     if std::env::var("DESKD_REBUILD_CRASH_AFTER").is_ok_and(|s| s == step) {
         std::process::abort();
     }
 }
+
+// Without the `test-hooks` feature the hooks are compiled out (release binaries hold none).
+#[cfg(not(feature = "test-hooks"))]
+fn test_pause_before_fixes() {}
+#[cfg(not(feature = "test-hooks"))]
+fn crash_point(_step: &str) {}

@@ -115,6 +115,21 @@ struct Shared<'a> {
     dir_delay: Option<std::time::Duration>,
 }
 
+/// The per-directory pause `DESKD_REBUILD_DIR_DELAY_MS` asks for (a test hook).
+#[cfg(feature = "test-hooks")]
+fn dir_delay_hook() -> Option<std::time::Duration> {
+    std::env::var("DESKD_REBUILD_DIR_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis)
+}
+
+/// Without the `test-hooks` feature the hook is compiled out (release binaries hold none).
+#[cfg(not(feature = "test-hooks"))]
+fn dir_delay_hook() -> Option<std::time::Duration> {
+    None
+}
+
 /// Walk the volume at `root` with `threads` workers; `on_progress` gets the number of objects
 /// walked so far. Setting `stop` ends the walk early with [`RebuildError::Cancelled`].
 /// Directories removed while the walk runs are passed over (their entries are not there).
@@ -167,10 +182,7 @@ pub fn walk(
         nested: Mutex::new(Vec::new()),
         outer_owner: meta.uid(),
         stop,
-        dir_delay: std::env::var("DESKD_REBUILD_DIR_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(std::time::Duration::from_millis),
+        dir_delay: dir_delay_hook(),
     };
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {

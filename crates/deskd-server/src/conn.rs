@@ -235,6 +235,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
 /// Test hook (`DESKD_TEST_PAUSE_BEFORE_QUEUE_MS`, read once): widen the moment between taking
 /// a volume's handle and queueing a write to it, which a reload closing the volume can fall
 /// into; the write must then be answered and refused, never lost or left waiting.
+#[cfg(feature = "test-hooks")]
 fn pause_before_queueing() {
     static PAUSE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
     let pause = PAUSE.get_or_init(|| {
@@ -247,6 +248,10 @@ fn pause_before_queueing() {
         std::thread::sleep(*pause);
     }
 }
+
+/// Without the `test-hooks` feature the hook is compiled out (release binaries hold no hook).
+#[cfg(not(feature = "test-hooks"))]
+fn pause_before_queueing() {}
 
 /// The handshake, which must be over within `timeout` of the connection's start (however
 /// the client spaces its bytes).
