@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{sqlite3, Env, DESKD};
+use deskd_volume::netatalk::netatalk3_blob;
 
 fn rebuild(env: &Env, args: &[&str]) -> Output {
     let mut cmd = Command::new(DESKD);
@@ -307,34 +308,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02X}")).collect()
 }
 
-/// Netatalk 3's `org.netatalk.Metadata` (appledouble = ea), from the documented layout.
-fn netatalk_blob(cnid: u32, type_code: &[u8; 4], creator: &[u8; 4]) -> Vec<u8> {
-    let mut b = vec![0u8; 402];
-    b[0..4].copy_from_slice(&0x0005_1607u32.to_be_bytes());
-    b[4..8].copy_from_slice(&0x0002_0000u32.to_be_bytes());
-    b[24..26].copy_from_slice(&8u16.to_be_bytes());
-    let entries: [(u32, u32, u32); 8] = [
-        (9, 122, 32),
-        (4, 154, 0),
-        (8, 354, 16),
-        (14, 370, 4),
-        (0x8044_4556, 374, 8),
-        (0x8049_4E4F, 382, 8),
-        (0x8053_594E, 390, 8),
-        (0x8053_567E, 398, 4),
-    ];
-    for (i, (eid, off, len)) in entries.iter().enumerate() {
-        let at = 26 + i * 12;
-        b[at..at + 4].copy_from_slice(&eid.to_be_bytes());
-        b[at + 4..at + 8].copy_from_slice(&off.to_be_bytes());
-        b[at + 8..at + 12].copy_from_slice(&len.to_be_bytes());
-    }
-    b[122..126].copy_from_slice(type_code);
-    b[126..130].copy_from_slice(creator);
-    b[398..402].copy_from_slice(&cnid.to_be_bytes());
-    b
-}
-
 #[test]
 fn netatalk_volume_comes_through_fresh_rebuild_with_its_cnids() {
     let env = Env::new(&["vol"]);
@@ -345,8 +318,8 @@ fn netatalk_volume_comes_through_fresh_rebuild_with_its_cnids() {
     let set = |p: &str, blob: Vec<u8>| {
         xattr::set(vol.join(p), "user.org.netatalk.Metadata", &blob).unwrap();
     };
-    set("Shared", netatalk_blob(31, &[0; 4], &[0; 4]));
-    set("Shared/report.doc", netatalk_blob(1234, b"W8BN", b"MSWD"));
+    set("Shared", netatalk3_blob(31, &[0; 4], &[0; 4]));
+    set("Shared/report.doc", netatalk3_blob(1234, b"W8BN", b"MSWD"));
     let out = rebuild(&env, &["-f", "vol"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     let db = vol.join(".Desktop");
