@@ -768,7 +768,7 @@ fn writes_during_reloads_are_answered_and_kept() {
 fn a_write_caught_by_a_reopening_is_refused_and_can_be_sent_again() {
     let mut env = Env::new(&["vol"]);
     let vol = env.path("vol");
-    env.start_pausing_writes(500);
+    env.start_holding_writes();
     std::fs::write(vol.join("caught"), b"").unwrap();
     let mut client = env.client();
     let handle = client.open_volume(&vol).unwrap().vol;
@@ -783,9 +783,11 @@ fn a_write_caught_by_a_reopening_is_refused_and_can_be_sent_again() {
         let first = client.call(add());
         (client, first)
     });
-    std::thread::sleep(Duration::from_millis(150));
+    // The write has taken the volume when the reload closes it, and reaches it after.
+    env.wait_for_held_write(1);
     env.set_read_only(true);
     env.sighup(1);
+    env.release_writes();
     let (mut client, first) = adding.join().unwrap();
     let err = first.unwrap_err();
     assert_eq!(err.code(), Some(deskd_client::ErrorCode::ShuttingDown));
@@ -797,9 +799,9 @@ fn a_write_caught_by_a_reopening_is_refused_and_can_be_sent_again() {
     assert_eq!(sqlite3(&db, count).trim(), "1");
 }
 
-/// dt's registrations caught by a reopening (the server's test hook holds each write for 1 s
-/// before it reaches the volume) are sent again, alone and out of a pipelined copy, and the
-/// commands succeed with every object recorded.
+/// dt's registrations caught by a reopening (the server's test hook holds dt's first write
+/// before it reaches the volume, until the reload is over) are sent again, alone and out of a
+/// pipelined copy, and the commands succeed with every object recorded.
 #[test]
 fn dt_sends_a_registration_caught_by_a_reopening_again() {
     let mut env = Env::new(&["vol"]);
@@ -808,25 +810,30 @@ fn dt_sends_a_registration_caught_by_a_reopening_again() {
     for name in ["a", "b"] {
         std::fs::write(vol.join("src").join(name), name).unwrap();
     }
-    env.start_pausing_writes(1000);
+    env.start_holding_writes();
     // Each command starts on a writable volume, and a reload makes it read-only under it
     // (read-only volumes still give IDs).
     let mut reloads = 0;
-    for args in [
+    for (held, args) in [
         vec![&b"touch"[..], b"vol/touched"],
         vec![b"cp", b"-R", b"vol/src", b"vol/copy"],
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         if reloads > 0 {
             env.set_read_only(false);
             reloads += 1;
             env.sighup(reloads);
+            env.hold_writes_again();
         }
         let mut dt = env.command_for(DT, &args);
         let running = std::thread::spawn(move || dt.output().unwrap());
-        std::thread::sleep(Duration::from_millis(300));
+        env.wait_for_held_write(held + 1);
         env.set_read_only(true);
         reloads += 1;
         env.sighup(reloads);
+        env.release_writes();
         let out = running.join().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }

@@ -368,21 +368,24 @@ fn the_bridge_needs_deskd_and_warns_off_loopback() {
 }
 
 /// A reload reopens the volume just as an ADD reaches it (the server's test hook holds the
-/// write between taking the volume and queueing it): deskd refuses it with `ShuttingDown`, and
-/// the bridge sends it again rather than answer ERR_DB, which would end afpd's session.
+/// write between taking the volume and queueing it, until the reload is over): deskd refuses it
+/// with `ShuttingDown`, and the bridge sends it again rather than answer ERR_DB, which would end
+/// afpd's session.
 #[test]
 fn an_add_caught_by_a_reopening_is_sent_again() {
     let mut env = Env::new(&["vol"]);
     let vol = env.path("vol");
-    env.start_pausing_writes(500);
+    env.start_holding_writes();
     let bridge = start_bridge(&env);
     let mut s = afpd(&bridge, &vol);
     std::fs::write(vol.join("caught"), b"x").unwrap();
     let path = vol.join("caught");
     let adding = std::thread::spawn(move || add(&mut s, &path, 2, 0));
-    std::thread::sleep(Duration::from_millis(150));
+    // The ADD has taken the volume when the reload closes it, and reaches it after.
+    env.wait_for_held_write(1);
     env.set_read_only(true);
     env.sighup(1);
+    env.release_writes();
     let reply = adding.join().unwrap();
     assert_eq!(reply.result, res::OK, "{}", env.log_text());
     assert_eq!(env.id_of(&vol.join("caught")), reply.cnid);

@@ -180,17 +180,45 @@ impl Env {
         std::fs::write(self.path("deskd.toml"), text).unwrap()
     }
 
-    /// Serve volume `vol`, writable, from `deskd.toml`, each write held `pause_ms` ms between
-    /// taking its volume and reaching the volume's writer (the server's
-    /// `DESKD_TEST_PAUSE_BEFORE_QUEUE_MS` hook), so a reload can close the volume under it.
-    pub fn start_pausing_writes(&mut self, pause_ms: u64) {
+    /// Serve volume `vol`, writable, from `deskd.toml`, each write held between taking its
+    /// volume and reaching the volume's writer until [`Env::release_writes`] (the server's
+    /// `DESKD_TEST_HOLD_WRITES_UNTIL` hook), so a reload can close the volume under it.
+    pub fn start_holding_writes(&mut self) {
         self.set_read_only(false);
-        self.server_env.push((
-            "DESKD_TEST_PAUSE_BEFORE_QUEUE_MS".into(),
-            pause_ms.to_string(),
-        ));
+        let release = self.path("release-writes").display().to_string();
+        self.server_env
+            .push(("DESKD_TEST_HOLD_WRITES_UNTIL".into(), release));
         let config = self.path("deskd.toml").display().to_string();
         self.start(&["--config", &config]);
+    }
+
+    /// Wait until the server holds its `n`-th write (counted from its start) in the hook of
+    /// [`Env::start_holding_writes`].
+    pub fn wait_for_held_write(&self, n: usize) {
+        self.wait_for_log("test hook: write held until", n);
+    }
+
+    /// Let the held writes go on, and every later one through without holding it.
+    pub fn release_writes(&self) {
+        std::fs::write(self.path("release-writes"), b"").unwrap();
+    }
+
+    /// Hold writes again after [`Env::release_writes`].
+    pub fn hold_writes_again(&self) {
+        std::fs::remove_file(self.path("release-writes")).unwrap();
+    }
+
+    /// Wait until the server's log holds `what` `n` times (20 s at most).
+    pub fn wait_for_log(&self, what: &str, n: usize) {
+        let began = Instant::now();
+        while self.log_text().matches(what).count() < n {
+            assert!(
+                began.elapsed() < Duration::from_secs(20),
+                "waited for {n} times {what:?} in the log: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     pub fn client(&self) -> deskd_client::Client {
