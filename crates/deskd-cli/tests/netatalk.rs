@@ -231,12 +231,26 @@ fn bad_connections_are_closed_and_deskd_restarts_are_survived() {
     env.serve(&["vol"]);
     let again = call(&mut s, request(op::GET, 0, 2, b"f"));
     assert_eq!((again.result, again.cnid), (res::OK, f.cnid));
-    // Also when deskd is still starting: the request waits for it (up to 4 s).
+    // Also when deskd is still starting: the request waits for it (up to 4 s). A stand-in on
+    // deskd's socket shows when the bridge, with the ADD in hand, tries to reach deskd; it
+    // closes that connection, and deskd starts only then.
     env.term();
+    let _ = std::fs::remove_file(&env.socket);
+    let stand_in = std::os::unix::net::UnixListener::bind(&env.socket).unwrap();
+    stand_in.set_nonblocking(true).unwrap();
     std::fs::write(env.path("vol/g"), b"g").unwrap();
     let path = env.path("vol/g");
     let waiting = std::thread::spawn(move || add(&mut s, &path, 2, 0));
-    std::thread::sleep(Duration::from_millis(500));
+    let began = Instant::now();
+    while stand_in.accept().is_err() {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the bridge never tried to reach deskd"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(stand_in);
+    std::fs::remove_file(&env.socket).unwrap();
     env.serve(&["vol"]);
     let g = waiting.join().unwrap();
     assert_eq!(g.result, res::OK);
@@ -316,7 +330,16 @@ fn sigkill_of_deskd_under_afpd_load_loses_no_answered_add() {
             }
         }));
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill deskd once the load is well under way (ADDs answered and more in flight).
+    let began = Instant::now();
+    while acked.lock().unwrap().len() < 200 {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "load too small: {}",
+            acked.lock().unwrap().len()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     env.kill9();
     // The ADDs in flight wait for deskd (up to 4 s); it comes back at once.
     env.serve(&["vol"]);
