@@ -330,10 +330,12 @@ fn restart_redoes_nothing_and_picks_up_what_changed_meanwhile() {
     assert_eq!(log.matches(&format!("{dn}: modifying")).count(), 1, "{log}");
     assert!(done["sstProvisioningState"] <= slapd.get(&dn).unwrap()["sstProvisioningState"]);
 
-    // A third start with nothing to do does nothing.
-    let mut third = setup.start(&[]);
-    third.wait_log("connected to");
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    // A third start with nothing to do does nothing: once it is ready (connected, with every
+    // entry pending from before in hand) it is stopped, which finishes what it has in hand.
+    let (path, notify) = notify_socket(tmp.path());
+    let mut third = setup.start_notified(&path);
+    let ready = next_notification(&notify);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
     assert_eq!(third.terminate(), 0);
     let log = third.log_text();
     assert!(
@@ -352,7 +354,8 @@ fn slapd_restart_mid_run_reconnects_and_carries_on() {
 
     slapd.stop();
     daemon.wait_log("retrying in 1 s");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // A retry while slapd is still down fails too, and the daemon goes on retrying.
+    daemon.wait_log("(attempt 2 of");
     slapd.restart();
     slapd.add(&account_ldif(
         "8000001",
