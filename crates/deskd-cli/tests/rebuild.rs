@@ -7,6 +7,7 @@ mod common;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 use common::{sqlite3, Env, DESKD};
 use deskd_volume::netatalk::netatalk3_blob;
@@ -588,10 +589,23 @@ fn online_rebuild_while_two_clients_create_and_rename_keeps_every_acknowledged_w
 
     let (dir, socket) = (env.path(""), env.socket.clone());
     let stop = std::sync::atomic::AtomicBool::new(false);
+    // How many writes each client has had acknowledged so far.
+    let counts = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    // Wait (up to 60 s) until each client has more than `at_least` writes acknowledged.
+    let wait_for_clients = |at_least: [usize; 2]| {
+        let began = std::time::Instant::now();
+        while (0..2).any(|k| counts[k].load(SeqCst) <= at_least[k]) {
+            assert!(
+                began.elapsed() < std::time::Duration::from_secs(60),
+                "the clients are stuck: {counts:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
     let (acked, rebuild_out, status_line) = std::thread::scope(|s| {
         let clients: Vec<_> = (0..2)
             .map(|k| {
-                let (dir, socket, stop) = (&dir, &socket, &stop);
+                let (dir, socket, stop, count) = (&dir, &socket, &stop, &counts[k]);
                 s.spawn(move || {
                     // Each client: new files created (half of them then renamed) in its own
                     // directory, and existing files renamed in d3 or d4. Every acknowledged
@@ -615,6 +629,7 @@ fn online_rebuild_while_two_clients_create_and_rename_keeps_every_acknowledged_w
                             } else {
                                 acked.push((made, id));
                             }
+                            count.fetch_add(1, SeqCst);
                         }
                         if n < 10 {
                             let old = format!("vol/d{}/e{}/file {n}.txt", 3 + k, n % 4);
@@ -622,6 +637,7 @@ fn online_rebuild_while_two_clients_create_and_rename_keeps_every_acknowledged_w
                             let new = format!("vol/d{}/e{}/client-{n}.txt", 3 + k, n % 4);
                             if dt_at(dir, socket, &["mv", &old, &new]).status.success() {
                                 acked.push((new, id));
+                                count.fetch_add(1, SeqCst);
                             }
                         }
                         n += 1;
@@ -630,8 +646,8 @@ fn online_rebuild_while_two_clients_create_and_rename_keeps_every_acknowledged_w
                 })
             })
             .collect();
-        let clients_began = std::time::Instant::now();
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // The rebuild starts once both clients are at work.
+        wait_for_clients([0, 0]);
         let child = env
             .command_for(
                 common::DESKD,
@@ -643,11 +659,9 @@ fn online_rebuild_while_two_clients_create_and_rename_keeps_every_acknowledged_w
             .unwrap();
         let status_line = wait_for_phase(&env, "walking");
         let out = child.wait_with_output().unwrap();
-        // The clients go on a little after the rebuild, and work at least 3 s in all.
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        if let Some(rest) = std::time::Duration::from_secs(3).checked_sub(clients_began.elapsed()) {
-            std::thread::sleep(rest);
-        }
+        // The clients go on after the rebuild: two more acknowledged writes each.
+        let at_the_end = [counts[0].load(SeqCst), counts[1].load(SeqCst)];
+        wait_for_clients([at_the_end[0] + 1, at_the_end[1] + 1]);
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let acked: Vec<(String, u32)> = clients
             .into_iter()
