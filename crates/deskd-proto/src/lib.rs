@@ -800,24 +800,21 @@ mod tests {
         // 1. An explicit path wins over everything, for root and others.
         for uid in [0, 7] {
             assert_eq!(
-                socket_path_for(Some("/x.sock".into()), &both, uid),
+                socket_path_for(Some("/x.sock".into()), both, uid),
                 path("/x.sock")
             );
         }
         // 2. Else $DESKD_SOCKET, for root and others.
         for uid in [0, 7] {
-            assert_eq!(socket_path_for(None, &both, uid), path("/env.sock"));
+            assert_eq!(socket_path_for(None, both, uid), path("/env.sock"));
         }
         // 3. Else root gets the system socket, whatever $XDG_RUNTIME_DIR says; an empty
         // $DESKD_SOCKET counts as unset.
         let xdg = env(&[("DESKD_SOCKET", ""), ("XDG_RUNTIME_DIR", "/run/user/7")]);
-        assert_eq!(
-            socket_path_for(None, &xdg, 0),
-            path("/run/deskd/deskd.sock")
-        );
+        assert_eq!(socket_path_for(None, xdg, 0), path("/run/deskd/deskd.sock"));
         // 4. Else a user's runtime directory...
         assert_eq!(
-            socket_path_for(None, &xdg, 7),
+            socket_path_for(None, xdg, 7),
             path("/run/user/7/deskd.sock")
         );
         // 5. ...and without one (unset or empty), a directory in /tmp named for the uid.
