@@ -830,4 +830,21 @@ impl Bridge {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Wait (up to 20 s) until the bridge's log holds `what`; returns the log. The bridge logs
+    /// a refused or cut-off connection after closing it, so a test that saw the close polls.
+    pub fn wait_for_log(&self, what: &str) -> String {
+        let began = Instant::now();
+        loop {
+            let text = self.log_text();
+            if text.contains(what) {
+                return text;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(20),
+                "no {what:?} in the bridge's log: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
