@@ -858,9 +858,13 @@ fn a_rebuilding_volume_is_reopened_only_after_its_rebuild() {
     for d in 0..4 {
         std::fs::create_dir(env.path(&format!("vol/d{d}"))).unwrap();
     }
-    // Every directory the walk visits takes 300 ms, so the rebuild is still walking.
-    env.server_env
-        .push(("DESKD_REBUILD_DIR_DELAY_MS".into(), "300".into()));
+    // The walk holds before its first directory until the test lets it go on, so the rebuild
+    // is surely running when the reload comes.
+    let go_on = env.path("walk-on");
+    env.server_env.push((
+        "DESKD_TEST_REBUILD_HOLD_WALK_UNTIL".into(),
+        go_on.display().to_string(),
+    ));
     env.set_read_only(false);
     env.start(&["--config", &env.path("deskd.toml").display().to_string()]);
     let mut c = env.client();
@@ -878,6 +882,7 @@ fn a_rebuilding_volume_is_reopened_only_after_its_rebuild() {
         deskd_client::Response::RebuildStarted { job } => job,
         other => panic!("{other:?}"),
     };
+    env.wait_for_log("test hook: walk held before", 1);
     env.set_read_only(true);
     env.sighup(1);
     let root = env.path("vol").display().to_string();
@@ -889,6 +894,7 @@ fn a_rebuilding_volume_is_reopened_only_after_its_rebuild() {
         env.log_text()
     );
     assert!(!c.open_volume(&env.path("vol")).unwrap().read_only);
+    std::fs::write(&go_on, b"").unwrap();
     // Once the rebuild has ended, the next reload reopens the volume.
     let began = Instant::now();
     loop {
