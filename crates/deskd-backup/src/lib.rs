@@ -439,11 +439,16 @@ pub fn backup(
 
 /// Test hook: `DESKD_BACKUP_CRASH_AFTER=<step>` aborts the process right after that step, so the
 /// tests can show what a backup killed there leaves behind.
+#[cfg(feature = "test-hooks")]
 fn crash_point(step: &str) {
     if std::env::var("DESKD_BACKUP_CRASH_AFTER").is_ok_and(|s| s == step) {
         std::process::abort();
     }
 }
+
+/// Without the `test-hooks` feature the hook is compiled out (release binaries hold none).
+#[cfg(not(feature = "test-hooks"))]
+fn crash_point(_step: &str) {}
 
 /// Back up the desktop of `volume` and write the checked copy to `out` (standard output, for a
 /// backup tool that reads a stream: `restic backup --stdin-from-command -- deskd backup VOL -`).

@@ -290,6 +290,7 @@ impl Session {
         };
         // Test hook: widen the moment between the server's answer and the resource file, which
         // an online rebuild must not mistake for damage.
+        #[cfg(feature = "test-hooks")]
         if let Some(ms) = std::env::var("DESKD_TEST_PAUSE_BEFORE_RECORD_MS")
             .ok()
             .and_then(|v| v.parse().ok())

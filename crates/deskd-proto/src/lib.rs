@@ -843,17 +843,27 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ProtoError> {
 /// `/run/deskd/deskd.sock` for root, else `$XDG_RUNTIME_DIR/deskd.sock`, else
 /// `/tmp/deskd-<uid>/deskd.sock`.
 pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
+    let uid = rustix::process::geteuid().as_raw();
+    socket_path_for(explicit, |name| std::env::var_os(name), uid)
+}
+
+/// [`socket_path`]'s rule with the environment (`env` reads a variable) and the effective uid
+/// given, so each branch can be tested without changing the process's own.
+fn socket_path_for(
+    explicit: Option<PathBuf>,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    uid: u32,
+) -> PathBuf {
     if let Some(p) = explicit {
         return p;
     }
-    if let Some(p) = std::env::var_os("DESKD_SOCKET").filter(|v| !v.is_empty()) {
+    if let Some(p) = env("DESKD_SOCKET").filter(|v| !v.is_empty()) {
         return PathBuf::from(p);
     }
-    let uid = rustix::process::geteuid().as_raw();
     if uid == 0 {
         return PathBuf::from("/run/deskd/deskd.sock");
     }
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+    if let Some(dir) = env("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         return PathBuf::from(dir).join("deskd.sock");
     }
     PathBuf::from(format!("/tmp/deskd-{uid}/deskd.sock"))
@@ -1054,10 +1064,49 @@ mod tests {
 
     #[test]
     fn socket_path_rule() {
+        use std::ffi::OsString;
+        // An environment holding `vars` (name, value).
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let both = env(&[
+            ("DESKD_SOCKET", "/env.sock"),
+            ("XDG_RUNTIME_DIR", "/run/user/7"),
+        ]);
+        let path = |p: &str| PathBuf::from(p);
+        // 1. An explicit path wins over everything, for root and others.
+        for uid in [0, 7] {
+            assert_eq!(
+                socket_path_for(Some("/x.sock".into()), both, uid),
+                path("/x.sock")
+            );
+        }
+        // 2. Else $DESKD_SOCKET, for root and others.
+        for uid in [0, 7] {
+            assert_eq!(socket_path_for(None, both, uid), path("/env.sock"));
+        }
+        // 3. Else root gets the system socket, whatever $XDG_RUNTIME_DIR says; an empty
+        // $DESKD_SOCKET counts as unset.
+        let xdg = env(&[("DESKD_SOCKET", ""), ("XDG_RUNTIME_DIR", "/run/user/7")]);
+        assert_eq!(socket_path_for(None, xdg, 0), path("/run/deskd/deskd.sock"));
+        // 4. Else a user's runtime directory...
         assert_eq!(
-            socket_path(Some("/x.sock".into())),
-            PathBuf::from("/x.sock")
+            socket_path_for(None, xdg, 7),
+            path("/run/user/7/deskd.sock")
         );
+        // 5. ...and without one (unset or empty), a directory in /tmp named for the uid.
+        for none in [env(&[]), env(&[("XDG_RUNTIME_DIR", "")])] {
+            assert_eq!(
+                socket_path_for(None, none, 7),
+                path("/tmp/deskd-7/deskd.sock")
+            );
+        }
+        // The public function reads the real environment and uid the same way.
+        assert_eq!(socket_path(Some("/x.sock".into())), path("/x.sock"));
     }
 
     #[test]

@@ -230,21 +230,28 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
     }
 }
 
-/// Test hook (`DESKD_TEST_PAUSE_BEFORE_QUEUE_MS`, read once): widen the moment between taking
-/// a volume's handle and queueing a write to it, which a reload closing the volume can fall
-/// into; the write must then be answered and refused, never lost or left waiting.
+/// Test hook (`DESKD_TEST_HOLD_WRITES_UNTIL=<file>`, read once): hold each write between taking
+/// a volume's handle and queueing it, until `<file>` exists, saying so on stderr first. A reload
+/// closing the volume can fall into that moment; a test reloads while the write is held (it
+/// waits for the line) and creates the file once the volume is reopened. The write must then be
+/// answered and refused, never lost or left waiting.
+#[cfg(feature = "test-hooks")]
 fn pause_before_queueing() {
-    static PAUSE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
-    let pause = PAUSE.get_or_init(|| {
-        std::env::var("DESKD_TEST_PAUSE_BEFORE_QUEUE_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis)
+    static UNTIL: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let until = UNTIL.get_or_init(|| {
+        std::env::var_os("DESKD_TEST_HOLD_WRITES_UNTIL").map(std::path::PathBuf::from)
     });
-    if let Some(pause) = pause {
-        std::thread::sleep(*pause);
+    if let Some(until) = until.as_deref().filter(|f| !f.exists()) {
+        eprintln!("test hook: write held until {} exists", until.display());
+        while !until.exists() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
+
+/// Without the `test-hooks` feature the hook is compiled out (release binaries hold no hook).
+#[cfg(not(feature = "test-hooks"))]
+fn pause_before_queueing() {}
 
 /// The handshake, which must be over within `timeout` of the connection's start (however
 /// the client spaces its bytes).
