@@ -5,6 +5,15 @@
 #
 #   scripts/bench.sh                      # full run (1,000,000 objects; about 10 minutes)
 #   DIRS=10 PER_DIR=10000 scripts/bench.sh  # quicker
+#
+# With BASE naming a directory that holds another build's `deskd` (such as main's
+# target/release), only the three numbers a change must keep are measured, for this build's
+# server and for BASE's in the same run, on the same files: ID creation rate, resolve p50 (one
+# client) and pipelined resolve throughput (4 clients). Each run serves the volume with both
+# servers in turn (alternating which goes first), each from a fresh desktop; medians of RUNS.
+#
+#   git worktree add /tmp/base main && (cd /tmp/base && cargo build --release -p deskd-cli)
+#   BASE=/tmp/base/target/release DIRS=10 PER_DIR=10000 scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIRS=${DIRS:-100}
@@ -35,6 +44,49 @@ POP=$(bench populate --dirs "$DIRS" --per-dir "$PER_DIR")
 echo "$POP"
 # Let the kernel write the new files back first, so ID creation is not measured against it.
 sync
+if [ -n "${BASE:-}" ]; then
+    [ -x "$BASE/deskd" ] || { echo "bench.sh: no deskd in BASE=$BASE" >&2; exit 1; }
+    declare -A CREATED=() P50=() TPS=()
+    serve_fresh() { # DESKD LOG: a fresh desktop, served by DESKD
+        rm -f "$VOL"/.Desktop "$VOL"/.Desktop-wal "$VOL"/.Desktop-shm
+        : >"$2"
+        "$1" serve --socket "$SOCK" "$VOL" 2>>"$2" & SERVER=$!
+        wait_for_line "$2" "deskd serving"
+    }
+    for i in $(seq "$RUNS"); do
+        order="this base"
+        [ $((i % 2)) = 1 ] || order="base this"
+        for server in $order; do
+            deskd=$BIN/deskd
+            [ "$server" = this ] || deskd=$BASE/deskd
+            serve_fresh "$deskd" "$WORK/server-$server.log"
+            created=$(bench create --dirs "$DIRS" --per-dir "$PER_DIR" --clients 4 --depth "$DEPTH" | jget objects_per_s)
+            CREATED[$server]+="$created "
+            "$BIN/deskd" flush --socket "$SOCK" >/dev/null
+            P50[$server]+="$(bench latency --dirs "$DIRS" --per-dir "$PER_DIR" --ops 20000 | jget resolve_p50_us) "
+            TPS[$server]+="$(bench throughput --dirs "$DIRS" --per-dir "$PER_DIR" --clients 4 --seconds 3 | jget ops_per_s) "
+            stop_server
+            echo "run $i $server: $created objects/s created"
+        done
+    done
+    echo
+    echo "## This build against BASE ($BASE), same run ($(date -u +%Y-%m-%d), $(nproc) cores, $((DIRS * PER_DIR)) objects, median of $RUNS)"
+    echo "| measure | this build | base | this / base |"
+    echo "|---|---|---|---|"
+    row() { # NAME UNIT THIS_VALUES BASE_VALUES
+        local this base
+        # shellcheck disable=SC2086
+        this=$(printf '%s\n' $3 | median)
+        # shellcheck disable=SC2086
+        base=$(printf '%s\n' $4 | median)
+        python3 -c "print(f'| $1 | {$this:,.1f} $2 | {$base:,.1f} $2 | {$this / $base:.3f} |')"
+    }
+    row "ID creation, 4 clients pipelining $DEPTH" "objects/s" "${CREATED[this]}" "${CREATED[base]}"
+    row "resolve p50, 1 client" "µs" "${P50[this]}" "${P50[base]}"
+    row "resolve, 4 pipelining clients" "ops/s" "${TPS[this]}" "${TPS[base]}"
+    echo "work directory: $WORK (remove it when done)"
+    exit 0
+fi
 CREATE_RUNS=${CREATE_RUNS:-3}
 echo "== ID creation, 4 clients pipelining $DEPTH requests each (median of $CREATE_RUNS fresh desktops)"
 CREATES=()

@@ -12,6 +12,8 @@ command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v mount >/dev/null 2>&1 || missing+=(mount)
+# strings shows that release binaries hold no test hook (below).
+command -v strings >/dev/null 2>&1 || missing+=(binutils)
 # systemd-analyze checks the unit file in contrib/ (systemd need not be running).
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -38,4 +40,17 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The fuzz targets (docs/fuzzing.md) are their own workspace; keep them building and clean.
 cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
 cargo clippy --manifest-path fuzz/Cargo.toml --target-dir target --all-targets --locked -- -D warnings
+# The test hooks (docs/ARCHITECTURE.md) are compiled only with the `test-hooks` feature, which
+# deskd-cli and fileset turn on for their own tests (a dev-dependency on themselves), so the
+# test run above has them; `cargo test` alone does too.
 cargo test --workspace --locked
+
+# A release build leaves the feature off: its binaries must not hold a hook's name.
+cargo build --release --workspace --locked --bins
+hooks='DESKD_TEST_|_CRASH_AFTER|DESKD_REBUILD_DIR_DELAY_MS'
+for bin in deskd dt deskd-bench fileset fileset-bench prov-backup; do
+    if strings "target/release/$bin" | grep -E "$hooks"; then
+        echo "scripts/test.sh: target/release/$bin holds a test hook (above)" >&2
+        exit 1
+    fi
+done

@@ -18,6 +18,7 @@ use std::io::{Read as _, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use deskd_db::now_unix;
 use deskd_db::snapshot::{check_copy, copy_snapshot, CopyInfo};
 use deskd_db::Read as _;
 use deskd_rebuild::{Difference, Mode, RebuildError, Report};
@@ -199,10 +200,6 @@ pub fn manifest_path(backup: &Path) -> PathBuf {
     let mut s = backup.as_os_str().to_os_string();
     s.push(MANIFEST_SUFFIX);
     s.into()
-}
-
-fn now_unix() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 /// Removes a temporary file unless [`TempFile::keep`] was called (errors, panics).
@@ -442,11 +439,16 @@ pub fn backup(
 
 /// Test hook: `DESKD_BACKUP_CRASH_AFTER=<step>` aborts the process right after that step, so the
 /// tests can show what a backup killed there leaves behind.
+#[cfg(feature = "test-hooks")]
 fn crash_point(step: &str) {
     if std::env::var("DESKD_BACKUP_CRASH_AFTER").is_ok_and(|s| s == step) {
         std::process::abort();
     }
 }
+
+/// Without the `test-hooks` feature the hook is compiled out (release binaries hold none).
+#[cfg(not(feature = "test-hooks"))]
+fn crash_point(_step: &str) {}
 
 /// Back up the desktop of `volume` and write the checked copy to `out` (standard output, for a
 /// backup tool that reads a stream: `restic backup --stdin-from-command -- deskd backup VOL -`).

@@ -199,21 +199,7 @@ mod tests {
 
     #[test]
     fn netatalk_metadata_loses_its_cnid_only() {
-        let mut blob = vec![0u8; 26 + 2 * 12 + 32 + 4];
-        blob[0..4].copy_from_slice(&netatalk::APPLEDOUBLE_MAGIC.to_be_bytes());
-        blob[4..8].copy_from_slice(&netatalk::APPLEDOUBLE_VERSION.to_be_bytes());
-        blob[24..26].copy_from_slice(&2u16.to_be_bytes());
-        for (i, (id, off, len)) in [(9u32, 50u32, 32u32), (0x8053_567E, 82, 4)]
-            .into_iter()
-            .enumerate()
-        {
-            let at = 26 + i * 12;
-            blob[at..at + 4].copy_from_slice(&id.to_be_bytes());
-            blob[at + 4..at + 8].copy_from_slice(&off.to_be_bytes());
-            blob[at + 8..at + 12].copy_from_slice(&len.to_be_bytes());
-        }
-        blob[50..54].copy_from_slice(b"TEXT");
-        blob[82..86].copy_from_slice(&4711u32.to_be_bytes());
+        let blob = netatalk::netatalk3_blob(4711, b"TEXT", b"ttxt");
         assert_eq!(netatalk::parse(&blob).unwrap().cnid, Some(4711));
         let cleared = without_cnid(&blob).unwrap();
         let info = netatalk::parse(&cleared).unwrap();

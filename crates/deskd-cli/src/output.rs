@@ -17,6 +17,17 @@ pub fn display_bytes(bytes: &[u8]) -> String {
     out
 }
 
+/// `ctime(3)`-style local time, as HELIOS prints times: `Thu Nov 24 18:22:48 2009` (the
+/// number itself when the local time zone has no such moment).
+pub fn ctime_string(unix: i64) -> String {
+    use chrono::TimeZone;
+    chrono::Local
+        .timestamp_opt(unix, 0)
+        .single()
+        .map(|t| t.format("%a %b %e %H:%M:%S %Y").to_string())
+        .unwrap_or_else(|| unix.to_string())
+}
+
 /// A Mac four-character code: printable ASCII as text, otherwise `0x` and hex.
 pub fn fourcc(code: &[u8; 4]) -> String {
     if code.iter().all(|&c| (0x20..0x7f).contains(&c)) {

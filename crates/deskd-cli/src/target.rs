@@ -170,13 +170,6 @@ fn refused_while_closing(e: &ClientError) -> bool {
     e.code() == Some(ErrorCode::ShuttingDown)
 }
 
-fn now_secs() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(0)
-}
-
 impl Session {
     pub fn new(server: ServerAddress) -> Session {
         Session {
@@ -297,6 +290,7 @@ impl Session {
         };
         // Test hook: widen the moment between the server's answer and the resource file, which
         // an online rebuild must not mistake for damage.
+        #[cfg(feature = "test-hooks")]
         if let Some(ms) = std::env::var("DESKD_TEST_PAUSE_BEFORE_RECORD_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -375,8 +369,9 @@ impl Session {
         header: Option<ResourceHeader>,
     ) -> Result<()> {
         let rsrc_path = iv.rsrc_path();
-        let mut header = header
-            .unwrap_or_else(|| ResourceHeader::new(0, info.type_code, info.creator, now_secs()));
+        let mut header = header.unwrap_or_else(|| {
+            ResourceHeader::new(0, info.type_code, info.creator, deskd_db::now_unix() as u32)
+        });
         if header.id != info.id || !rsrc_path.exists() {
             header.id = info.id;
             rsrc::write_header(&rsrc_path, &header)

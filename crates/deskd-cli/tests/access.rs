@@ -81,7 +81,7 @@ fn volume_with_closed_folders() -> Env {
 fn find_and_resolve_show_a_user_only_what_it_could_list() {
     let env = volume_with_closed_folders();
     let Some(out) = env.as_nobody(DESKD, &[b"find", b".txt"]) else {
-        eprintln!("skipped: needs root to act as another user");
+        skip("needs root to act as another user");
         return;
     };
     assert!(out.status.success(), "{}", stderr(&out));
@@ -330,7 +330,7 @@ fn the_server_itself_refuses_what_the_user_could_not_do() {
         b"--test-threads=1",
     ];
     let Some(out) = env.as_nobody_with(me.to_str().unwrap(), &args, &envs) else {
-        eprintln!("skipped: needs root to act as another user");
+        skip("needs root to act as another user");
         return;
     };
     assert!(
@@ -405,7 +405,7 @@ fn a_user_works_in_its_own_folder_as_before() {
     ];
     for args in steps {
         let Some(out) = env.as_nobody(DT, args) else {
-            eprintln!("skipped: needs root to act as another user");
+            skip("needs root to act as another user");
             return;
         };
         assert!(
@@ -447,7 +447,7 @@ fn a_server_not_running_as_root_refuses_what_it_cannot_check() {
     let mut env = Env::new(&["vol"]);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to act as other users");
+        skip("needs root to act as other users");
         return;
     }
     // The server runs as nobody, on nobody's volume; its socket goes in the temp dir.
@@ -491,7 +491,7 @@ fn a_server_without_the_capability_to_switch_groups_refuses_and_goes_on() {
         .to_vec();
     env.serve(&["vol"]);
     let Some(out) = env.as_nobody(DESKD, &[b"find", b"report"]) else {
-        eprintln!("skipped: needs root to act as another user");
+        skip("needs root to act as another user");
         return;
     };
     assert!(out.status.success(), "{}", stderr(&out));

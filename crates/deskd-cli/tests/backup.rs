@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use deskd_client::{Request, Response};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,11 +71,14 @@ fn backups_of_a_live_volume_are_consistent_snapshots_and_writers_go_on() {
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_guard = StopOnDrop(stop.clone());
     let socket = env.socket.clone();
+    // How many writes each writer has had acknowledged so far.
+    let acked: Arc<[AtomicU32; 4]> = Arc::default();
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let dir = vol_path.join(format!("w{w}"));
             std::fs::create_dir(&dir).unwrap();
             let (stop, socket, vol_path) = (stop.clone(), socket.clone(), vol_path.clone());
+            let acked = acked.clone();
             std::thread::spawn(move || {
                 let mut c =
                     deskd_client::Client::connect(&socket, Duration::from_secs(10)).unwrap();
@@ -93,12 +96,21 @@ fn backups_of_a_live_volume_are_consistent_snapshots_and_writers_go_on() {
                     })
                     .unwrap();
                     n += 1;
+                    acked[w].store(n, Ordering::SeqCst);
                 }
                 n
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // The backups begin once every writer is under way.
+    let began = std::time::Instant::now();
+    while acked.iter().any(|n| n.load(Ordering::SeqCst) < 20) {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "the writers did not get going: {acked:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let backups = env.path("backups");
     std::fs::create_dir(&backups).unwrap();
     for round in 0..3 {

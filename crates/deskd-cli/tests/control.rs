@@ -273,8 +273,7 @@ fn a_relocation_link_planted_by_a_user_is_not_followed() {
     std::os::unix::fs::symlink(&victim, &link).unwrap();
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
-        eprintln!("skipped: needs root to give the link another owner");
+        skip("needs root to give the link another owner");
         return;
     }
     // As if user "nobody" had made it in a volume root open to everybody.
@@ -321,8 +320,8 @@ fn a_reader_holding_a_snapshot_does_not_hold_up_writes() {
         .write_all(b"BEGIN;\nSELECT count(*) FROM objects;\n")
         .unwrap();
     stdin.flush().unwrap();
-    // Past the flush delay: from now on every timed checkpoint finds the reader.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once a timed checkpoint has found the reader (it says so), every later one finds it too.
+    env.wait_for_log("holds the checkpoint back", 1);
     let began = Instant::now();
     for i in 0..8 {
         env.dt_ok(&[b"touch", format!("vol/during-{i}").as_bytes()]);
@@ -409,7 +408,7 @@ fn admin_verbs_need_root_or_the_volume_owner() {
         env.as_nobody(DESKD, &args)
     };
     if as_nobody(&["status"]).is_none() {
-        eprintln!("skipped: needs root to act as another user");
+        skip("needs root to act as another user");
         return;
     }
     for verb in [&["flush"][..], &["freeze", "5"], &["thaw"]] {
@@ -769,7 +768,7 @@ fn writes_during_reloads_are_answered_and_kept() {
 fn a_write_caught_by_a_reopening_is_refused_and_can_be_sent_again() {
     let mut env = Env::new(&["vol"]);
     let vol = env.path("vol");
-    env.start_pausing_writes(500);
+    env.start_holding_writes();
     std::fs::write(vol.join("caught"), b"").unwrap();
     let mut client = env.client();
     let handle = client.open_volume(&vol).unwrap().vol;
@@ -784,9 +783,11 @@ fn a_write_caught_by_a_reopening_is_refused_and_can_be_sent_again() {
         let first = client.call(add());
         (client, first)
     });
-    std::thread::sleep(Duration::from_millis(150));
+    // The write has taken the volume when the reload closes it, and reaches it after.
+    env.wait_for_held_write(1);
     env.set_read_only(true);
     env.sighup(1);
+    env.release_writes();
     let (mut client, first) = adding.join().unwrap();
     let err = first.unwrap_err();
     assert_eq!(err.code(), Some(deskd_client::ErrorCode::ShuttingDown));
@@ -798,9 +799,9 @@ fn a_write_caught_by_a_reopening_is_refused_and_can_be_sent_again() {
     assert_eq!(sqlite3(&db, count).trim(), "1");
 }
 
-/// dt's registrations caught by a reopening (the server's test hook holds each write for 1 s
-/// before it reaches the volume) are sent again, alone and out of a pipelined copy, and the
-/// commands succeed with every object recorded.
+/// dt's registrations caught by a reopening (the server's test hook holds dt's first write
+/// before it reaches the volume, until the reload is over) are sent again, alone and out of a
+/// pipelined copy, and the commands succeed with every object recorded.
 #[test]
 fn dt_sends_a_registration_caught_by_a_reopening_again() {
     let mut env = Env::new(&["vol"]);
@@ -809,25 +810,30 @@ fn dt_sends_a_registration_caught_by_a_reopening_again() {
     for name in ["a", "b"] {
         std::fs::write(vol.join("src").join(name), name).unwrap();
     }
-    env.start_pausing_writes(1000);
+    env.start_holding_writes();
     // Each command starts on a writable volume, and a reload makes it read-only under it
     // (read-only volumes still give IDs).
     let mut reloads = 0;
-    for args in [
+    for (held, args) in [
         vec![&b"touch"[..], b"vol/touched"],
         vec![b"cp", b"-R", b"vol/src", b"vol/copy"],
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         if reloads > 0 {
             env.set_read_only(false);
             reloads += 1;
             env.sighup(reloads);
+            env.hold_writes_again();
         }
         let mut dt = env.command_for(DT, &args);
         let running = std::thread::spawn(move || dt.output().unwrap());
-        std::thread::sleep(Duration::from_millis(300));
+        env.wait_for_held_write(held + 1);
         env.set_read_only(true);
         reloads += 1;
         env.sighup(reloads);
+        env.release_writes();
         let out = running.join().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
@@ -852,9 +858,13 @@ fn a_rebuilding_volume_is_reopened_only_after_its_rebuild() {
     for d in 0..4 {
         std::fs::create_dir(env.path(&format!("vol/d{d}"))).unwrap();
     }
-    // Every directory the walk visits takes 300 ms, so the rebuild is still walking.
-    env.server_env
-        .push(("DESKD_REBUILD_DIR_DELAY_MS".into(), "300".into()));
+    // The walk holds before its first directory until the test lets it go on, so the rebuild
+    // is surely running when the reload comes.
+    let go_on = env.path("walk-on");
+    env.server_env.push((
+        "DESKD_TEST_REBUILD_HOLD_WALK_UNTIL".into(),
+        go_on.display().to_string(),
+    ));
     env.set_read_only(false);
     env.start(&["--config", &env.path("deskd.toml").display().to_string()]);
     let mut c = env.client();
@@ -872,6 +882,7 @@ fn a_rebuilding_volume_is_reopened_only_after_its_rebuild() {
         deskd_client::Response::RebuildStarted { job } => job,
         other => panic!("{other:?}"),
     };
+    env.wait_for_log("test hook: walk held before", 1);
     env.set_read_only(true);
     env.sighup(1);
     let root = env.path("vol").display().to_string();
@@ -883,6 +894,7 @@ fn a_rebuilding_volume_is_reopened_only_after_its_rebuild() {
         env.log_text()
     );
     assert!(!c.open_volume(&env.path("vol")).unwrap().read_only);
+    std::fs::write(&go_on, b"").unwrap();
     // Once the rebuild has ended, the next reload reopens the volume.
     let began = Instant::now();
     loop {

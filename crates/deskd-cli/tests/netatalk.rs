@@ -231,12 +231,26 @@ fn bad_connections_are_closed_and_deskd_restarts_are_survived() {
     env.serve(&["vol"]);
     let again = call(&mut s, request(op::GET, 0, 2, b"f"));
     assert_eq!((again.result, again.cnid), (res::OK, f.cnid));
-    // Also when deskd is still starting: the request waits for it (up to 4 s).
+    // Also when deskd is still starting: the request waits for it (up to 4 s). A stand-in on
+    // deskd's socket shows when the bridge, with the ADD in hand, tries to reach deskd; it
+    // closes that connection, and deskd starts only then.
     env.term();
+    let _ = std::fs::remove_file(&env.socket);
+    let stand_in = std::os::unix::net::UnixListener::bind(&env.socket).unwrap();
+    stand_in.set_nonblocking(true).unwrap();
     std::fs::write(env.path("vol/g"), b"g").unwrap();
     let path = env.path("vol/g");
     let waiting = std::thread::spawn(move || add(&mut s, &path, 2, 0));
-    std::thread::sleep(Duration::from_millis(500));
+    let began = Instant::now();
+    while stand_in.accept().is_err() {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the bridge never tried to reach deskd"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(stand_in);
+    std::fs::remove_file(&env.socket).unwrap();
     env.serve(&["vol"]);
     let g = waiting.join().unwrap();
     assert_eq!(g.result, res::OK);
@@ -316,7 +330,16 @@ fn sigkill_of_deskd_under_afpd_load_loses_no_answered_add() {
             }
         }));
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill deskd once the load is well under way (ADDs answered and more in flight).
+    let began = Instant::now();
+    while acked.lock().unwrap().len() < 200 {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "load too small: {}",
+            acked.lock().unwrap().len()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     env.kill9();
     // The ADDs in flight wait for deskd (up to 4 s); it comes back at once.
     env.serve(&["vol"]);
@@ -368,21 +391,24 @@ fn the_bridge_needs_deskd_and_warns_off_loopback() {
 }
 
 /// A reload reopens the volume just as an ADD reaches it (the server's test hook holds the
-/// write between taking the volume and queueing it): deskd refuses it with `ShuttingDown`, and
-/// the bridge sends it again rather than answer ERR_DB, which would end afpd's session.
+/// write between taking the volume and queueing it, until the reload is over): deskd refuses it
+/// with `ShuttingDown`, and the bridge sends it again rather than answer ERR_DB, which would end
+/// afpd's session.
 #[test]
 fn an_add_caught_by_a_reopening_is_sent_again() {
     let mut env = Env::new(&["vol"]);
     let vol = env.path("vol");
-    env.start_pausing_writes(500);
+    env.start_holding_writes();
     let bridge = start_bridge(&env);
     let mut s = afpd(&bridge, &vol);
     std::fs::write(vol.join("caught"), b"x").unwrap();
     let path = vol.join("caught");
     let adding = std::thread::spawn(move || add(&mut s, &path, 2, 0));
-    std::thread::sleep(Duration::from_millis(150));
+    // The ADD has taken the volume when the reload closes it, and reaches it after.
+    env.wait_for_held_write(1);
     env.set_read_only(true);
     env.sighup(1);
+    env.release_writes();
     let reply = adding.join().unwrap();
     assert_eq!(reply.result, res::OK, "{}", env.log_text());
     assert_eq!(env.id_of(&vol.join("caught")), reply.cnid);

@@ -7,8 +7,10 @@ mod common;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 use common::{sqlite3, Env, DESKD};
+use deskd_volume::netatalk::netatalk3_blob;
 
 fn rebuild(env: &Env, args: &[&str]) -> Output {
     let mut cmd = Command::new(DESKD);
@@ -307,34 +309,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02X}")).collect()
 }
 
-/// Netatalk 3's `org.netatalk.Metadata` (appledouble = ea), from the documented layout.
-fn netatalk_blob(cnid: u32, type_code: &[u8; 4], creator: &[u8; 4]) -> Vec<u8> {
-    let mut b = vec![0u8; 402];
-    b[0..4].copy_from_slice(&0x0005_1607u32.to_be_bytes());
-    b[4..8].copy_from_slice(&0x0002_0000u32.to_be_bytes());
-    b[24..26].copy_from_slice(&8u16.to_be_bytes());
-    let entries: [(u32, u32, u32); 8] = [
-        (9, 122, 32),
-        (4, 154, 0),
-        (8, 354, 16),
-        (14, 370, 4),
-        (0x8044_4556, 374, 8),
-        (0x8049_4E4F, 382, 8),
-        (0x8053_594E, 390, 8),
-        (0x8053_567E, 398, 4),
-    ];
-    for (i, (eid, off, len)) in entries.iter().enumerate() {
-        let at = 26 + i * 12;
-        b[at..at + 4].copy_from_slice(&eid.to_be_bytes());
-        b[at + 4..at + 8].copy_from_slice(&off.to_be_bytes());
-        b[at + 8..at + 12].copy_from_slice(&len.to_be_bytes());
-    }
-    b[122..126].copy_from_slice(type_code);
-    b[126..130].copy_from_slice(creator);
-    b[398..402].copy_from_slice(&cnid.to_be_bytes());
-    b
-}
-
 #[test]
 fn netatalk_volume_comes_through_fresh_rebuild_with_its_cnids() {
     let env = Env::new(&["vol"]);
@@ -345,8 +319,8 @@ fn netatalk_volume_comes_through_fresh_rebuild_with_its_cnids() {
     let set = |p: &str, blob: Vec<u8>| {
         xattr::set(vol.join(p), "user.org.netatalk.Metadata", &blob).unwrap();
     };
-    set("Shared", netatalk_blob(31, &[0; 4], &[0; 4]));
-    set("Shared/report.doc", netatalk_blob(1234, b"W8BN", b"MSWD"));
+    set("Shared", netatalk3_blob(31, &[0; 4], &[0; 4]));
+    set("Shared/report.doc", netatalk3_blob(1234, b"W8BN", b"MSWD"));
     let out = rebuild(&env, &["-f", "vol"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     let db = vol.join(".Desktop");
@@ -615,10 +589,23 @@ fn online_rebuild_while_two_clients_create_and_rename_keeps_every_acknowledged_w
 
     let (dir, socket) = (env.path(""), env.socket.clone());
     let stop = std::sync::atomic::AtomicBool::new(false);
+    // How many writes each client has had acknowledged so far.
+    let counts = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    // Wait (up to 60 s) until each client has more than `at_least` writes acknowledged.
+    let wait_for_clients = |at_least: [usize; 2]| {
+        let began = std::time::Instant::now();
+        while (0..2).any(|k| counts[k].load(SeqCst) <= at_least[k]) {
+            assert!(
+                began.elapsed() < std::time::Duration::from_secs(60),
+                "the clients are stuck: {counts:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
     let (acked, rebuild_out, status_line) = std::thread::scope(|s| {
         let clients: Vec<_> = (0..2)
             .map(|k| {
-                let (dir, socket, stop) = (&dir, &socket, &stop);
+                let (dir, socket, stop, count) = (&dir, &socket, &stop, &counts[k]);
                 s.spawn(move || {
                     // Each client: new files created (half of them then renamed) in its own
                     // directory, and existing files renamed in d3 or d4. Every acknowledged
@@ -642,6 +629,7 @@ fn online_rebuild_while_two_clients_create_and_rename_keeps_every_acknowledged_w
                             } else {
                                 acked.push((made, id));
                             }
+                            count.fetch_add(1, SeqCst);
                         }
                         if n < 10 {
                             let old = format!("vol/d{}/e{}/file {n}.txt", 3 + k, n % 4);
@@ -649,6 +637,7 @@ fn online_rebuild_while_two_clients_create_and_rename_keeps_every_acknowledged_w
                             let new = format!("vol/d{}/e{}/client-{n}.txt", 3 + k, n % 4);
                             if dt_at(dir, socket, &["mv", &old, &new]).status.success() {
                                 acked.push((new, id));
+                                count.fetch_add(1, SeqCst);
                             }
                         }
                         n += 1;
@@ -657,8 +646,8 @@ fn online_rebuild_while_two_clients_create_and_rename_keeps_every_acknowledged_w
                 })
             })
             .collect();
-        let clients_began = std::time::Instant::now();
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // The rebuild starts once both clients are at work.
+        wait_for_clients([0, 0]);
         let child = env
             .command_for(
                 common::DESKD,
@@ -670,11 +659,9 @@ fn online_rebuild_while_two_clients_create_and_rename_keeps_every_acknowledged_w
             .unwrap();
         let status_line = wait_for_phase(&env, "walking");
         let out = child.wait_with_output().unwrap();
-        // The clients go on a little after the rebuild, and work at least 3 s in all.
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        if let Some(rest) = std::time::Duration::from_secs(3).checked_sub(clients_began.elapsed()) {
-            std::thread::sleep(rest);
-        }
+        // The clients go on after the rebuild: two more acknowledged writes each.
+        let at_the_end = [counts[0].load(SeqCst), counts[1].load(SeqCst)];
+        wait_for_clients([at_the_end[0] + 1, at_the_end[1] + 1]);
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let acked: Vec<(String, u32)> = clients
             .into_iter()

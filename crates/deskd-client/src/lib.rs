@@ -127,8 +127,13 @@ fn proto_error(e: ProtoError) -> ClientError {
 
 /// The timeout from `$DESKD_CLIENT_TIMEOUT` (seconds), else 60 s.
 pub fn default_timeout() -> Duration {
-    let secs = std::env::var("DESKD_CLIENT_TIMEOUT")
-        .ok()
+    timeout_from(std::env::var("DESKD_CLIENT_TIMEOUT").ok().as_deref())
+}
+
+/// The timeout a `$DESKD_CLIENT_TIMEOUT` value says: positive seconds (fractions allowed),
+/// else (unset, unreadable, zero or negative) the default.
+fn timeout_from(value: Option<&str>) -> Duration {
+    let secs = value
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|v| *v > 0.0)
         .unwrap_or(DEFAULT_TIMEOUT_SECS as f64);
@@ -171,6 +176,17 @@ impl Client {
                 Stream::Tcp(stream)
             }
         };
+        Client::over(stream, endpoint, token, timeout)
+    }
+
+    /// Handshake over `stream`, just connected to `endpoint` (named in errors), with `timeout`
+    /// bounding this and every later wait.
+    fn over(
+        stream: Stream,
+        endpoint: &Endpoint,
+        token: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Client> {
         stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
         stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
         deskd_proto::transport::client_handshake(&stream, token).map_err(|e| match e {
@@ -332,4 +348,247 @@ fn connect_tcp(addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
 
 fn unexpected(r: Response) -> ClientError {
     ClientError::Unexpected(Box::new(r))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The client against a scripted server on the other end of a socket pair: the real
+    //! handshake and frames, no daemon.
+
+    use super::*;
+    use deskd_proto::transport::{server_handshake, server_hello};
+    use std::io::Read;
+    use std::thread::JoinHandle;
+
+    const SHORT: Duration = Duration::from_millis(200);
+
+    /// A client connected to a server thread that handshakes, then runs `script` on its end.
+    fn pair<F>(timeout: Duration, script: F) -> (Result<Client>, JoinHandle<()>)
+    where
+        F: FnOnce(&mut UnixStream) + Send + 'static,
+    {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            server_handshake(&theirs, None, Duration::ZERO).unwrap();
+            script(&mut theirs);
+        });
+        let endpoint = Endpoint::Unix("/test.sock".into());
+        (
+            Client::over(Stream::Unix(ours), &endpoint, None, timeout),
+            server,
+        )
+    }
+
+    /// Read one request frame.
+    fn request(stream: &mut UnixStream) -> RequestFrame {
+        let mut body = Vec::new();
+        assert!(deskd_proto::read_frame_body(stream, &mut body).unwrap());
+        deskd_proto::decode(&body).unwrap()
+    }
+
+    fn reply(stream: &mut UnixStream, id: u64, result: std::result::Result<Response, ErrorReply>) {
+        let bytes = deskd_proto::encode_frame_within(
+            &ReplyFrame { id, result },
+            deskd_proto::MAX_REPLY_FRAME,
+        )
+        .unwrap();
+        stream.write_all(&bytes).unwrap();
+    }
+
+    #[test]
+    fn a_call_sends_one_frame_and_returns_its_reply() {
+        let (client, server) = pair(SHORT, |s| {
+            let frame = request(s);
+            assert_eq!(frame.request, Request::Status { vol: Some(3) });
+            reply(s, frame.id, Ok(Response::Removed(vec![frame.id as u32])));
+        });
+        let got = client
+            .unwrap()
+            .call(Request::Status { vol: Some(3) })
+            .unwrap();
+        assert_eq!(
+            got,
+            Response::Removed(vec![1]),
+            "the first request has id 1"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn pipelined_replies_out_of_order_reach_their_request() {
+        let (client, server) = pair(SHORT, |s| {
+            let first = request(s);
+            let second = request(s);
+            // The second is answered first.
+            reply(s, second.id, Ok(Response::Removed(vec![2])));
+            reply(s, first.id, Ok(Response::Removed(vec![1])));
+        });
+        let mut client = client.unwrap();
+        let first = client.send(Request::Volumes).unwrap();
+        let second = client.send(Request::Volumes).unwrap();
+        client.flush().unwrap();
+        assert_eq!(client.wait(first).unwrap(), Response::Removed(vec![1]));
+        // Read while waiting for the first, kept for its own wait.
+        assert_eq!(client.wait(second).unwrap(), Response::Removed(vec![2]));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn recv_hands_out_a_reply_kept_early_before_reading() {
+        let (client, server) = pair(SHORT, |s| {
+            let first = request(s);
+            let second = request(s);
+            reply(s, second.id, Ok(Response::Removed(vec![2])));
+            reply(s, first.id, Ok(Response::Removed(vec![1])));
+        });
+        let mut client = client.unwrap();
+        let first = client.send(Request::Volumes).unwrap();
+        let second = client.send(Request::Volumes).unwrap();
+        client.flush().unwrap();
+        client.wait(first).unwrap();
+        let (id, result) = client.recv().unwrap();
+        assert_eq!((id, result), (second, Ok(Response::Removed(vec![2]))));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_server_error_keeps_its_code() {
+        let (client, server) = pair(SHORT, |s| {
+            let frame = request(s);
+            reply(
+                s,
+                frame.id,
+                Err(ErrorReply::new(ErrorCode::NotFound, "no such object")),
+            );
+        });
+        let err = client.unwrap().call(Request::Volumes).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::NotFound));
+        assert!(matches!(&err, ClientError::Server(e) if e.message == "no such object"));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_connection_level_error_fails_the_waiting_call() {
+        let (client, server) = pair(SHORT, |s| {
+            request(s);
+            reply(
+                s,
+                0,
+                Err(ErrorReply::new(ErrorCode::BadRequest, "malformed frame")),
+            );
+        });
+        let err = client.unwrap().call(Request::Volumes).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_server_that_hangs_up_is_closed() {
+        let (client, server) = pair(SHORT, |s| {
+            request(s);
+        });
+        let mut client = client.unwrap();
+        let id = client.send(Request::Volumes).unwrap();
+        client.flush().unwrap();
+        server.join().unwrap(); // its end is dropped: the connection is closed
+        assert!(matches!(client.wait(id), Err(ClientError::Closed)));
+    }
+
+    #[test]
+    fn a_server_that_does_not_answer_times_out() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let (client, server) = pair(SHORT, move |s| {
+            request(s);
+            // Hold the connection open, silent, until the client has given up.
+            done_rx.recv().unwrap();
+        });
+        let err = client.unwrap().call(Request::Volumes).unwrap_err();
+        assert!(matches!(err, ClientError::Timeout), "{err:?}");
+        done_tx.send(()).unwrap();
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_reply_of_the_wrong_shape_is_unexpected() {
+        let (client, server) = pair(SHORT, |s| {
+            let frame = request(s);
+            reply(s, frame.id, Ok(Response::Removed(vec![])));
+        });
+        let err = client.unwrap().volumes().unwrap_err();
+        assert!(matches!(err, ClientError::Unexpected(_)), "{err:?}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_refused_version_is_a_handshake_error_naming_the_endpoint() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut hello = [0u8; 8];
+            theirs.read_exact(&mut hello).unwrap();
+            theirs
+                .write_all(&server_hello(deskd_proto::transport::STATUS_BAD_VERSION))
+                .unwrap();
+        });
+        let endpoint = Endpoint::Unix("/test.sock".into());
+        let err = Client::over(Stream::Unix(ours), &endpoint, None, SHORT)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&err, ClientError::Handshake { endpoint, .. } if endpoint.contains("/test.sock")),
+            "{err:?}"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn io_errors_become_timeout_closed_or_protocol() {
+        use std::io::{Error, ErrorKind};
+        for kind in [ErrorKind::WouldBlock, ErrorKind::TimedOut] {
+            assert!(matches!(io_error(Error::from(kind)), ClientError::Timeout));
+        }
+        for kind in [
+            ErrorKind::UnexpectedEof,
+            ErrorKind::BrokenPipe,
+            ErrorKind::ConnectionReset,
+        ] {
+            assert!(matches!(io_error(Error::from(kind)), ClientError::Closed));
+        }
+        assert!(matches!(
+            io_error(Error::from(ErrorKind::PermissionDenied)),
+            ClientError::Proto(ProtoError::Io(_))
+        ));
+        assert!(matches!(
+            proto_error(ProtoError::Io(Error::from(ErrorKind::BrokenPipe))),
+            ClientError::Closed
+        ));
+    }
+
+    #[test]
+    fn the_timeout_setting_takes_positive_seconds_only() {
+        assert_eq!(
+            timeout_from(None),
+            Duration::from_secs(DEFAULT_TIMEOUT_SECS)
+        );
+        assert_eq!(timeout_from(Some(" 2.5 ")), Duration::from_millis(2500));
+        for bad in ["0", "-1", "soon", ""] {
+            assert_eq!(
+                timeout_from(Some(bad)),
+                Duration::from_secs(DEFAULT_TIMEOUT_SECS),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_ids_count_up_from_one() {
+        let (client, server) = pair(SHORT, |s| {
+            request(s);
+            request(s);
+        });
+        let mut client = client.unwrap();
+        assert_eq!(client.send(Request::Volumes).unwrap(), 1);
+        assert_eq!(client.send(Request::Volumes).unwrap(), 2);
+        client.flush().unwrap();
+        server.join().unwrap();
+    }
 }

@@ -252,18 +252,9 @@ pub struct InfoUpdate {
     pub flags: Option<u16>,
 }
 
-/// How a find pattern is matched against names (always case-insensitively, NFC = NFD).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FindMode {
-    /// The name contains the pattern.
-    Substring,
-    /// The name starts with the pattern.
-    Prefix,
-    /// The whole name matches a shell glob (`*`, `?`, `[...]`).
-    Glob,
-    /// The whole name equals the pattern.
-    Exact,
-}
+/// How a find pattern is matched against names: the protocol's type, so a `Find` request
+/// reaches the database as it came.
+pub use deskd_proto::FindMode;
 
 /// A find request: results come in ascending ID order, after `after_id`, at most `limit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -828,7 +819,10 @@ impl Read for Desktop {
     }
 }
 
-fn now_unix() -> i64 {
+/// Seconds since the Unix epoch (0 for a clock set before it): the one clock of the
+/// workspace's records (the desktop's `created`/`last_seen`, the server's flush and freeze
+/// times, backup manifests).
+pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -119,7 +119,11 @@ impl Kind {
     }
 }
 
-/// How `Find` matches (always case-insensitive, NFC and NFD alike).
+/// How `Find` matches a pattern against names (always case-insensitive, NFC and NFD alike).
+///
+/// The one definition: the desktop database (`deskd_db::FindMode`) re-exports it, so a request
+/// reaches the database without a translation that could drift. The order of the variants is
+/// the wire encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FindMode {
     /// The name contains the pattern.
@@ -440,21 +444,30 @@ pub struct DifferenceLine {
     pub detail: String,
 }
 
-/// The totals of a finished rebuild.
+/// What a rebuild counted: the summary line of `deskd rebuild`, offline (`deskd_rebuild::Counts`
+/// is this type) and online (inside [`RebuildSummary`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildCounts {
+    /// Objects walked, the root included.
+    pub objects: u64,
+    /// Directories among them.
+    pub directories: u64,
+    /// Objects given an ID from the counter.
+    pub new_ids: u64,
+    /// Objects that lost a duplicated ID and got a new one.
+    pub renumbered: u64,
+    /// Objects with something repaired (desktop row, resource file or mirror).
+    pub repaired: u64,
+    /// Desktop rows and orphaned resource files removed.
+    pub removed: u64,
+}
+
+/// The totals of a finished rebuild. (On the wire, `counts` encodes exactly as its six fields
+/// did when they stood here: postcard writes a struct's fields in order with no framing.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebuildSummary {
-    /// Objects walked on disk.
-    pub objects: u64,
-    /// Of them, directories.
-    pub directories: u64,
-    /// Objects that got an ID of the rebuild's making.
-    pub new_ids: u64,
-    /// Objects renumbered because another object kept the ID they claimed (true duplicates).
-    pub renumbered: u64,
-    /// Objects whose resource file, xattr mirror or desktop row was corrected.
-    pub repaired: u64,
-    /// Desktop rows and resource files that belonged to no object and were removed.
-    pub removed: u64,
+    /// What was counted (objects, new IDs, repairs, removals).
+    pub counts: RebuildCounts,
     /// Difference lines reported.
     pub differences: u64,
     /// Objects left to clients that changed them meanwhile, with a difference still open.
@@ -830,17 +843,27 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ProtoError> {
 /// `/run/deskd/deskd.sock` for root, else `$XDG_RUNTIME_DIR/deskd.sock`, else
 /// `/tmp/deskd-<uid>/deskd.sock`.
 pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
+    let uid = rustix::process::geteuid().as_raw();
+    socket_path_for(explicit, |name| std::env::var_os(name), uid)
+}
+
+/// [`socket_path`]'s rule with the environment (`env` reads a variable) and the effective uid
+/// given, so each branch can be tested without changing the process's own.
+fn socket_path_for(
+    explicit: Option<PathBuf>,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    uid: u32,
+) -> PathBuf {
     if let Some(p) = explicit {
         return p;
     }
-    if let Some(p) = std::env::var_os("DESKD_SOCKET").filter(|v| !v.is_empty()) {
+    if let Some(p) = env("DESKD_SOCKET").filter(|v| !v.is_empty()) {
         return PathBuf::from(p);
     }
-    let uid = rustix::process::geteuid().as_raw();
     if uid == 0 {
         return PathBuf::from("/run/deskd/deskd.sock");
     }
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+    if let Some(dir) = env("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         return PathBuf::from(dir).join("deskd.sock");
     }
     PathBuf::from(format!("/tmp/deskd-{uid}/deskd.sock"))
@@ -850,6 +873,67 @@ pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// `RebuildSummary` as it was before its counts moved into [`RebuildCounts`]: an older
+    /// client or server must read the new one's bytes and the other way round.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct FlatSummary {
+        objects: u64,
+        directories: u64,
+        new_ids: u64,
+        renumbered: u64,
+        repaired: u64,
+        removed: u64,
+        differences: u64,
+        left: u64,
+        passes: u32,
+        millis: u64,
+    }
+
+    #[test]
+    fn the_rebuild_summary_encodes_as_its_flat_predecessor() {
+        let summary = RebuildSummary {
+            counts: RebuildCounts {
+                objects: 1,
+                directories: 2,
+                new_ids: 300,
+                renumbered: 4,
+                repaired: 5,
+                removed: 6,
+            },
+            differences: 7,
+            left: 8,
+            passes: 9,
+            millis: 100_000,
+        };
+        let flat = FlatSummary {
+            objects: 1,
+            directories: 2,
+            new_ids: 300,
+            renumbered: 4,
+            repaired: 5,
+            removed: 6,
+            differences: 7,
+            left: 8,
+            passes: 9,
+            millis: 100_000,
+        };
+        let bytes = postcard::to_allocvec(&summary).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&flat).unwrap());
+        assert_eq!(decode::<RebuildSummary>(&bytes).unwrap(), summary);
+    }
+
+    #[test]
+    fn find_modes_keep_their_wire_numbers() {
+        for (mode, n) in [
+            (FindMode::Substring, 0u8),
+            (FindMode::Prefix, 1),
+            (FindMode::Glob, 2),
+            (FindMode::Exact, 3),
+        ] {
+            assert_eq!(postcard::to_allocvec(&mode).unwrap(), [n]);
+        }
+    }
 
     fn arb_request() -> impl Strategy<Value = Request> {
         prop_oneof![
@@ -980,10 +1064,49 @@ mod tests {
 
     #[test]
     fn socket_path_rule() {
+        use std::ffi::OsString;
+        // An environment holding `vars` (name, value).
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let both = env(&[
+            ("DESKD_SOCKET", "/env.sock"),
+            ("XDG_RUNTIME_DIR", "/run/user/7"),
+        ]);
+        let path = |p: &str| PathBuf::from(p);
+        // 1. An explicit path wins over everything, for root and others.
+        for uid in [0, 7] {
+            assert_eq!(
+                socket_path_for(Some("/x.sock".into()), both, uid),
+                path("/x.sock")
+            );
+        }
+        // 2. Else $DESKD_SOCKET, for root and others.
+        for uid in [0, 7] {
+            assert_eq!(socket_path_for(None, both, uid), path("/env.sock"));
+        }
+        // 3. Else root gets the system socket, whatever $XDG_RUNTIME_DIR says; an empty
+        // $DESKD_SOCKET counts as unset.
+        let xdg = env(&[("DESKD_SOCKET", ""), ("XDG_RUNTIME_DIR", "/run/user/7")]);
+        assert_eq!(socket_path_for(None, xdg, 0), path("/run/deskd/deskd.sock"));
+        // 4. Else a user's runtime directory...
         assert_eq!(
-            socket_path(Some("/x.sock".into())),
-            PathBuf::from("/x.sock")
+            socket_path_for(None, xdg, 7),
+            path("/run/user/7/deskd.sock")
         );
+        // 5. ...and without one (unset or empty), a directory in /tmp named for the uid.
+        for none in [env(&[]), env(&[("XDG_RUNTIME_DIR", "")])] {
+            assert_eq!(
+                socket_path_for(None, none, 7),
+                path("/tmp/deskd-7/deskd.sock")
+            );
+        }
+        // The public function reads the real environment and uid the same way.
+        assert_eq!(socket_path(Some("/x.sock".into())), path("/x.sock"));
     }
 
     #[test]

@@ -598,21 +598,33 @@ fn write_desktop(
 
 /// Test hook: `DESKD_REBUILD_CRASH_AFTER=<step>` aborts the process right after that step, so the
 /// tests can show that a rebuild killed there leaves a desktop the server can open.
-/// Test hook: wait between the plan and its fixes (`DESKD_TEST_REBUILD_PAUSE_BEFORE_FIXES_MS`),
-/// so a test can swap a folder for a symlink where a hostile user would race; it says on stderr
-/// when the pause begins.
+/// Test hook: wait between the plan and its fixes until a file exists
+/// (`DESKD_TEST_REBUILD_HOLD_BEFORE_FIXES=<file>`), so a test can swap a folder for a symlink
+/// where a hostile user would race; it says on stderr when the wait begins, and the test
+/// creates the file when its swap is done.
+#[cfg(feature = "test-hooks")]
 fn test_pause_before_fixes() {
-    if let Some(ms) = std::env::var("DESKD_TEST_REBUILD_PAUSE_BEFORE_FIXES_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        eprintln!("test hook: pausing {ms} ms before the fixes");
-        std::thread::sleep(std::time::Duration::from_millis(ms));
+    if let Some(until) = std::env::var_os("DESKD_TEST_REBUILD_HOLD_BEFORE_FIXES") {
+        let until = std::path::Path::new(&until);
+        eprintln!(
+            "test hook: pausing before the fixes until {} exists",
+            until.display()
+        );
+        while !until.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 
+#[cfg(feature = "test-hooks")]
 fn crash_point(step: &str) {
     if std::env::var("DESKD_REBUILD_CRASH_AFTER").is_ok_and(|s| s == step) {
         std::process::abort();
     }
 }
+
+// Without the `test-hooks` feature the hooks are compiled out (release binaries hold none).
+#[cfg(not(feature = "test-hooks"))]
+fn test_pause_before_fixes() {}
+#[cfg(not(feature = "test-hooks"))]
+fn crash_point(_step: &str) {}

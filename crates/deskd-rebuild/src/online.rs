@@ -465,3 +465,158 @@ pub fn settled<'p>(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Counts, Difference};
+    use crate::walk::{Found, Rsrc};
+
+    fn row(id: u32) -> Object {
+        Object {
+            id,
+            parent: ROOT_ID,
+            name: b"f".to_vec(),
+            kind: Kind::File,
+            dev: 1,
+            ino: 3,
+            type_code: *b"TEXT",
+            creator: *b"ttxt",
+            flags: 0,
+            ctime: 100,
+        }
+    }
+
+    #[test]
+    fn the_same_row_ignores_only_the_creation_time() {
+        let a = row(20);
+        assert!(same_row(
+            &a,
+            &Object {
+                ctime: 5,
+                ..row(20)
+            }
+        ));
+        assert!(!same_row(
+            &a,
+            &Object {
+                flags: 1,
+                ..row(20)
+            }
+        ));
+        assert!(!same_row(&a, &Object { ino: 4, ..row(20) }));
+        assert!(!same_row(
+            &a,
+            &Object {
+                name: b"g".to_vec(),
+                ..row(20)
+            }
+        ));
+    }
+
+    /// A walk of the real directory `root` holding the file `f`, and a plan with one
+    /// difference about it, one about a vanished row (ID 40) and one orphan.
+    fn scanned(root: &Path) -> (Walk, Plan) {
+        let meta = |p: &Path| std::fs::symlink_metadata(p).unwrap();
+        let object = |parent, name: &str, m: std::fs::Metadata, kind| Found {
+            parent,
+            name: name.as_bytes().to_vec(),
+            kind,
+            dev: m.dev(),
+            ino: m.ino(),
+            ctime: 0,
+            uid: 0,
+            rsrc: Rsrc::Missing,
+            rsrc_uid: None,
+            rsrc_dir: None,
+            xattr_id: None,
+            netatalk: None,
+        };
+        let walk = Walk {
+            found: vec![
+                object(u32::MAX, "", meta(root), Kind::Dir),
+                object(0, "f", meta(&root.join("f")), Kind::File),
+            ],
+            orphans: Vec::new(),
+            dir_paths: [(0, root.to_path_buf())].into(),
+            nested_volumes: Vec::new(),
+        };
+        let difference = |object, id, kind| Difference {
+            object,
+            id,
+            kind,
+            path: Vec::new(),
+            detail: String::new(),
+        };
+        let plan = Plan {
+            rows: vec![row(ROOT_ID), row(20)],
+            new_id: vec![false, false],
+            comments: Vec::new(),
+            differences: vec![
+                difference(Some(1), Some(20), "mirror"),
+                difference(None, Some(40), "vanished"),
+                difference(None, None, "orphan-rsrc"),
+            ],
+            fixes: Vec::new(),
+            last_id: 40,
+            counts: Counts::default(),
+        };
+        (walk, plan)
+    }
+
+    fn kinds(differences: Vec<&Difference>) -> Vec<&'static str> {
+        differences.into_iter().map(|d| d.kind).collect()
+    }
+
+    #[test]
+    fn a_scan_keeps_differences_no_client_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"").unwrap();
+        let (walk, plan) = scanned(dir.path());
+        assert_eq!(
+            kinds(settled(&walk, &plan, &HashSet::new())),
+            ["mirror", "vanished", "orphan-rsrc"]
+        );
+        assert_eq!(differing_of(&walk, &plan), [false, true]);
+    }
+
+    #[test]
+    fn a_scan_drops_differences_about_what_clients_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"").unwrap();
+        let (walk, mut plan) = scanned(dir.path());
+        let touched = HashSet::from([20, 40]);
+        assert_eq!(kinds(settled(&walk, &plan, &touched)), ["orphan-rsrc"]);
+        // A planned new ID that clients happen to hold now says nothing.
+        plan.new_id[1] = true;
+        assert_eq!(
+            kinds(settled(&walk, &plan, &touched)),
+            ["mirror", "orphan-rsrc"]
+        );
+    }
+
+    #[test]
+    fn a_scan_drops_differences_about_objects_the_disk_moved_on_from() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"").unwrap();
+        let (walk, plan) = scanned(dir.path());
+        // Replaced by a save-by-rename: another inode at the path.
+        std::fs::write(dir.path().join("g"), b"").unwrap();
+        std::fs::rename(dir.path().join("g"), dir.path().join("f")).unwrap();
+        assert_eq!(
+            kinds(settled(&walk, &plan, &HashSet::new())),
+            ["vanished", "orphan-rsrc"]
+        );
+    }
+
+    fn differing_of(walk: &Walk, plan: &Plan) -> Vec<bool> {
+        differing(&Pass {
+            mode: Mode::Repair,
+            walk,
+            plan,
+            snapshot: None,
+            touched: &HashSet::new(),
+            xattrs: false,
+        })
+    }
+}

@@ -115,6 +115,45 @@ struct Shared<'a> {
     dir_delay: Option<std::time::Duration>,
 }
 
+/// The per-directory pause `DESKD_REBUILD_DIR_DELAY_MS` asks for (a test hook).
+#[cfg(feature = "test-hooks")]
+fn dir_delay_hook() -> Option<std::time::Duration> {
+    std::env::var("DESKD_REBUILD_DIR_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis)
+}
+
+/// Without the `test-hooks` feature the hook is compiled out (release binaries hold none).
+#[cfg(not(feature = "test-hooks"))]
+fn dir_delay_hook() -> Option<std::time::Duration> {
+    None
+}
+
+/// Test hook (`DESKD_TEST_REBUILD_HOLD_WALK_UNTIL=<file>`, read once): before each directory,
+/// while `<file>` does not exist, say so on stderr and wait; so a test acts while a walk is
+/// surely under way, then creates the file to let it finish.
+#[cfg(feature = "test-hooks")]
+fn hold_walk_hook(path: &Path) {
+    static UNTIL: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let until = UNTIL
+        .get_or_init(|| std::env::var_os("DESKD_TEST_REBUILD_HOLD_WALK_UNTIL").map(PathBuf::from));
+    if let Some(until) = until.as_deref().filter(|f| !f.exists()) {
+        eprintln!(
+            "test hook: walk held before {} until {} exists",
+            path.display(),
+            until.display()
+        );
+        while !until.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// Without the `test-hooks` feature the hook is compiled out (release binaries hold none).
+#[cfg(not(feature = "test-hooks"))]
+fn hold_walk_hook(_path: &Path) {}
+
 /// Walk the volume at `root` with `threads` workers; `on_progress` gets the number of objects
 /// walked so far. Setting `stop` ends the walk early with [`RebuildError::Cancelled`].
 /// Directories removed while the walk runs are passed over (their entries are not there).
@@ -167,10 +206,7 @@ pub fn walk(
         nested: Mutex::new(Vec::new()),
         outer_owner: meta.uid(),
         stop,
-        dir_delay: std::env::var("DESKD_REBUILD_DIR_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(std::time::Duration::from_millis),
+        dir_delay: dir_delay_hook(),
     };
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
@@ -306,6 +342,7 @@ fn scan_dir(
     path: &Path,
     on_progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<(u32, PathBuf)>, RebuildError> {
+    hold_walk_hook(path);
     if let Some(delay) = shared.dir_delay {
         // Said first, so a test can act while the walker waits before this directory.
         eprintln!(
@@ -450,4 +487,47 @@ fn scan_dir(
     let total = shared.progress.fetch_add(count, Ordering::Relaxed) + count;
     on_progress(total);
     Ok(subdirs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(parent: u32, name: &str, kind: Kind) -> Found {
+        Found {
+            parent,
+            name: name.as_bytes().to_vec(),
+            kind,
+            dev: 1,
+            ino: 1,
+            ctime: 0,
+            uid: 0,
+            rsrc: Rsrc::Missing,
+            rsrc_uid: None,
+            rsrc_dir: None,
+            xattr_id: None,
+            netatalk: None,
+        }
+    }
+
+    #[test]
+    fn paths_of_walked_objects_are_built_from_their_directory() {
+        let walk = Walk {
+            found: vec![
+                found(u32::MAX, "", Kind::Dir),
+                found(0, "docs", Kind::Dir),
+                found(1, "a b", Kind::File),
+                found(0, "top", Kind::File),
+            ],
+            orphans: Vec::new(),
+            dir_paths: [(0, PathBuf::from("/vol")), (1, PathBuf::from("/vol/docs"))].into(),
+            nested_volumes: Vec::new(),
+        };
+        assert_eq!(walk.path(0), Path::new("/vol"));
+        assert_eq!(walk.path(2), Path::new("/vol/docs/a b"));
+        assert_eq!(walk.path(3), Path::new("/vol/top"));
+        assert_eq!(walk.rel_path(0), b"");
+        assert_eq!(walk.rel_path(2), b"docs/a b");
+        assert_eq!(walk.rel_path(3), b"top");
+    }
 }

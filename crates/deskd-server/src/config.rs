@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use deskd_db::Durability;
 use serde::Deserialize;
 
-use crate::ServerError;
+use crate::error::ServerError;
 
 /// Per-volume preferences; `[defaults]` supplies what a volume table leaves out.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -146,9 +146,14 @@ pub struct Config {
 impl ConfigFile {
     /// Parse a configuration file.
     pub fn load(path: &Path) -> Result<ConfigFile, ServerError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))
+        let text = std::fs::read_to_string(path).map_err(|source| ServerError::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ServerError::ConfigSyntax {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
     }
 
     /// Resolve against defaults; `extra_volumes` (from the command line) use `[defaults]`.
@@ -171,10 +176,7 @@ impl ConfigFile {
             let freeze_max = prefs.freeze_max.or(d.freeze_max).unwrap_or(60);
             let freeze_default = prefs.freeze_default.or(d.freeze_default).unwrap_or(10);
             if freeze_max == 0 {
-                return Err(ServerError::Config(format!(
-                    "{}: freeze_max must be at least 1 second",
-                    root.display()
-                )));
+                return Err(ServerError::FreezeMaxZero { root });
             }
             let location = prefs
                 .desktop_location
@@ -211,18 +213,11 @@ impl ConfigFile {
             add(root.clone(), &VolumePrefs::default())?;
         }
         if volumes.is_empty() {
-            return Err(ServerError::Config(
-                "no volumes: name them on the command line or in [volume.\"<path>\"] tables".into(),
-            ));
+            return Err(ServerError::NoVolumes);
         }
         let tcp = match (&self.server.listen, &self.server.token_file) {
             (None, _) => None,
-            (Some(_), None) => {
-                return Err(ServerError::Config(
-                    "listen needs token_file: TCP clients must prove they hold a shared token"
-                        .into(),
-                ))
-            }
+            (Some(_), None) => return Err(ServerError::ListenWithoutToken),
             (Some(listen), Some(token_file)) => Some(TcpConfig {
                 listen: listen.clone(),
                 token_file: token_file.clone(),

@@ -19,16 +19,18 @@ use deskd_proto::{
 use tracing::{debug, warn};
 
 use crate::access::{self, Access, Credentials};
-use crate::apply::{apply_read, db_error, Reply};
+use crate::apply::{apply_read, Reply};
+use crate::db_reply::db_error;
 use crate::limits::RateLimited;
 use crate::outbox::Outbox;
+use crate::shared::Shared;
 use crate::sight;
-use crate::volume::{Job, VolumeHandle};
-use crate::Shared;
+use crate::volume::VolumeHandle;
+use crate::writer::{Job, ReplyTo};
 
 /// Where the reply to one request goes.
 #[derive(Clone)]
-pub struct ReplySink {
+pub(crate) struct ReplySink {
     writer: Arc<Outbox>,
     id: u64,
     /// Whose request it is: an unprivileged peer's errors never say more than [`sight::unseen`]
@@ -50,16 +52,17 @@ impl ReplySink {
             unseen_errors: false,
         }
     }
+}
 
-    /// Send the reply now; a client that went away is not an error for the server.
-    pub fn send(&self, result: Reply) {
-        self.queue(result);
-        self.flush();
+/// The writer acknowledges a connection's writes through its reply sink.
+impl ReplyTo for ReplySink {
+    fn access(&self) -> &Access {
+        &self.access
     }
 
-    /// Buffer the reply; it leaves with the next [`ReplySink::flush`] on this connection, so a
-    /// burst of pipelined replies costs one write.
-    pub fn queue(&self, result: Reply) {
+    /// Buffer the reply; it leaves with the next flush on this connection, so a burst of
+    /// pipelined replies costs one write.
+    fn queue(&self, result: Reply) {
         let frame = ReplyFrame {
             id: self.id,
             result: result.map_err(|e| {
@@ -86,18 +89,13 @@ impl ReplySink {
     }
 
     /// Push buffered replies to the client (never waiting for it to read).
-    pub fn flush(&self) {
+    fn flush(&self) {
         self.writer.flush();
     }
 
-    /// What the peer that sent the request may see and change.
-    pub fn access(&self) -> &Access {
-        &self.access
-    }
-
-    /// True when both replies go to the same connection.
-    pub fn same_connection(&self, other: &ReplySink) -> bool {
-        Arc::ptr_eq(&self.writer, &other.writer)
+    /// The outbox's address: one per connection.
+    fn connection(&self) -> usize {
+        Arc::as_ptr(&self.writer) as usize
     }
 }
 
@@ -232,21 +230,28 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
     }
 }
 
-/// Test hook (`DESKD_TEST_PAUSE_BEFORE_QUEUE_MS`, read once): widen the moment between taking
-/// a volume's handle and queueing a write to it, which a reload closing the volume can fall
-/// into; the write must then be answered and refused, never lost or left waiting.
+/// Test hook (`DESKD_TEST_HOLD_WRITES_UNTIL=<file>`, read once): hold each write between taking
+/// a volume's handle and queueing it, until `<file>` exists, saying so on stderr first. A reload
+/// closing the volume can fall into that moment; a test reloads while the write is held (it
+/// waits for the line) and creates the file once the volume is reopened. The write must then be
+/// answered and refused, never lost or left waiting.
+#[cfg(feature = "test-hooks")]
 fn pause_before_queueing() {
-    static PAUSE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
-    let pause = PAUSE.get_or_init(|| {
-        std::env::var("DESKD_TEST_PAUSE_BEFORE_QUEUE_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis)
+    static UNTIL: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let until = UNTIL.get_or_init(|| {
+        std::env::var_os("DESKD_TEST_HOLD_WRITES_UNTIL").map(std::path::PathBuf::from)
     });
-    if let Some(pause) = pause {
-        std::thread::sleep(*pause);
+    if let Some(until) = until.as_deref().filter(|f| !f.exists()) {
+        eprintln!("test hook: write held until {} exists", until.display());
+        while !until.exists() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
+
+/// Without the `test-hooks` feature the hook is compiled out (release binaries hold no hook).
+#[cfg(not(feature = "test-hooks"))]
+fn pause_before_queueing() {}
 
 /// The handshake, which must be over within `timeout` of the connection's start (however
 /// the client spaces its bytes).
@@ -522,7 +527,7 @@ impl Connection {
             if let Err(crossbeam_channel::SendError(Job::Write { reply, .. })) =
                 handle.queue.send(Job::Write {
                     request,
-                    reply: sink,
+                    reply: Box::new(sink),
                 })
             {
                 reply.send(Err(ErrorReply::new(
@@ -580,8 +585,13 @@ impl Connection {
                 let mut out = Vec::new();
                 for handle in self.targets(vol)? {
                     let admin = self.access.is_trusted() || self.require_admin(&handle).is_ok();
+                    let rebuild = self
+                        .shared
+                        .rebuilds
+                        .current(&handle)
+                        .map(|job| job.state(u64::MAX));
                     let reader = self.reader(&handle)?;
-                    let mut status = handle.status(reader)?;
+                    let mut status = handle.status(reader, rebuild)?;
                     if !admin {
                         redact_details(&mut status);
                     }
@@ -601,8 +611,15 @@ impl Connection {
             } => {
                 let handle = self.shared.volume(vol)?;
                 self.require_admin(&handle)?;
-                crate::rebuild::start(&handle, mode, threads, force, timeout_secs)
-                    .map(|job| Response::RebuildStarted { job })
+                crate::rebuild::start(
+                    &self.shared.rebuilds,
+                    &handle,
+                    mode,
+                    threads,
+                    force,
+                    timeout_secs,
+                )
+                .map(|job| Response::RebuildStarted { job })
             }
             Request::RebuildPoll { vol, job, from } => {
                 let handle = self.shared.volume(vol)?;
@@ -631,11 +648,9 @@ impl Connection {
         handle: &VolumeHandle,
         job: u64,
     ) -> Result<Arc<crate::rebuild::RebuildJob>, ErrorReply> {
-        handle
-            .rebuild
-            .lock()
-            .unwrap()
-            .clone()
+        self.shared
+            .rebuilds
+            .current(handle)
             .filter(|j| j.id == job)
             .ok_or_else(|| {
                 ErrorReply::new(

@@ -1,32 +1,47 @@
 //! The deskd daemon.
 //!
-//! [`Server::start`] opens every configured volume ([`volume`]: desktop location, exclusive
-//! lock, the `missing DB shutdown` line, a background logical check, one writer thread with
-//! group commit and the flush/idle/WAL/freeze timers), binds the Unix socket (and, when
-//! configured, a TCP address whose clients must prove they hold a shared token) and serves each
-//! connection on its own thread ([`conn`]), within the connection limits and frame timeout of
-//! [`limits`]. A desktop on a full file system is served read-only, and no commit takes the
-//! space its checkpoint needs ([`space`]). Every client claim is verified against the file
-//! system before the desktop changes ([`apply`]). A SIGHUP's reload ([`reload`]) applies a new
-//! configuration to the running server. [`Server::shutdown`] commits, flushes and records the
-//! clean-shutdown flag on every volume.
+//! [`Server::start`] opens every configured volume ([`volume`]: where the desktop is,
+//! [`location`]; its exclusive lock, [`desktop_lock`]; the `missing DB shutdown` line; the
+//! name-index load and logical check off the start-up path, [`background`]), starts one writer
+//! thread per volume ([`writer`]: group commit and the flush/idle/WAL/freeze timers), binds the
+//! Unix socket (and, when configured, a TCP address whose clients must prove they hold a shared
+//! token) and serves each connection on its own thread ([`conn`]), within the connection limits
+//! and frame timeout of [`limits`]. What the connection threads share is in [`shared`]. A
+//! desktop on a full file system is served read-only, and no commit takes the space its
+//! checkpoint needs ([`space`]). Every client claim is verified against the file system before
+//! the desktop changes ([`apply`]). Online rebuilds run beside the writer ([`rebuild`]). A
+//! SIGHUP's reload ([`reload`]) applies a new configuration to the running server.
+//! [`Server::shutdown`] commits, flushes and records the clean-shutdown flag on every volume.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod access;
-pub mod apply;
-pub mod config;
-pub mod conn;
-pub mod hints;
-pub mod limits;
-pub mod outbox;
-pub mod preflight;
-pub mod rebuild;
-pub mod reload;
-pub mod sight;
-pub mod space;
-pub mod volume;
-pub mod walk;
+// Private modules: the CLI needs only [`Server`], its configuration and [`ServerError`].
+// Dependencies point one way (checked by the unit test in module_graph.rs): conn → writer, volume →
+// writer, rebuild → volume; the writer knows no connection (it answers through
+// [`writer::ReplyTo`]) and no volume handle.
+mod access;
+mod apply;
+mod background;
+mod config;
+mod conn;
+mod db_reply;
+mod desktop_lock;
+mod error;
+mod hints;
+mod limits;
+mod location;
+#[cfg(test)]
+mod module_graph;
+mod outbox;
+mod preflight;
+mod rebuild;
+mod reload;
+mod shared;
+mod sight;
+mod space;
+mod volume;
+mod walk;
+mod writer;
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -34,163 +49,17 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use deskd_proto::{ErrorCode, ErrorReply, Stream};
+use deskd_proto::Stream;
 use tracing::{error, info};
 
 pub use config::{Config, ConfigFile, TcpConfig, VolumeConfig, VolumePrefs};
 use conn::Peer;
-use volume::{Job, VolumeHandle};
-
-/// Errors that stop the server or a volume from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("configuration: {0}")]
-    Config(String),
-    #[error("{0}")]
-    Volume(String),
-    #[error("socket {path}: {message}")]
-    Socket { path: PathBuf, message: String },
-    #[error("tcp {addr}: {message}")]
-    Tcp { addr: String, message: String },
-}
-
-/// What TCP connections need: the token they must prove they hold (re-read from its file on
-/// [`Server::reconfigure`]), and whether they may use the admin verbs. All but the address
-/// can change on a reload.
-pub struct TcpAccess {
-    token: RwLock<Vec<u8>>,
-    token_file: RwLock<PathBuf>,
-    admin: AtomicBool,
-    /// Connections beyond this many are closed at once: each costs a thread, and anyone who
-    /// can reach the port can open them (before the token is asked for).
-    max_connections: AtomicUsize,
-    open: Arc<AtomicUsize>,
-}
-
-/// Counts one open TCP connection while it lives.
-pub struct TcpSlot(Arc<AtomicUsize>);
-
-impl Drop for TcpSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl TcpAccess {
-    /// A slot for one more connection, or None when `max_connections` are open.
-    fn slot(&self) -> Option<TcpSlot> {
-        let max = self.max_connections();
-        let taken = self
-            .open
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok();
-        taken.then(|| TcpSlot(self.open.clone()))
-    }
-
-    /// The token connections must prove they hold now.
-    pub fn token(&self) -> Vec<u8> {
-        self.token.read().unwrap().clone()
-    }
-
-    /// Whether TCP clients may use the admin verbs (`tcp_admin`).
-    pub fn admin(&self) -> bool {
-        self.admin.load(Ordering::SeqCst)
-    }
-
-    /// Most TCP connections open at once (`tcp_max_connections`).
-    pub fn max_connections(&self) -> usize {
-        self.max_connections.load(Ordering::SeqCst)
-    }
-}
-
-/// What a volume handle stands for. A handle is a position in [`Shared`]'s list and keeps its
-/// meaning for the server's life: a volume that is reopened keeps it, and one that is served
-/// again after it was taken out of the configuration gets its old handle back.
-enum Slot {
-    Served(Arc<VolumeHandle>),
-    /// Being closed and opened again, or closed, by a reload: requests wait for the outcome.
-    Changing,
-    /// No longer in the configuration; the volume root it was.
-    Retired(PathBuf),
-}
-
-/// How long a request waits for a volume that a reload is closing or reopening.
-const CHANGING_WAIT: Duration = Duration::from_secs(30);
-
-/// What every connection thread shares.
-pub struct Shared {
-    volumes: RwLock<Vec<Slot>>,
-    /// Counts reloads that closed a desktop: connections then drop read connections to
-    /// desktops no longer served.
-    closings: AtomicU64,
-    pub shutting_down: AtomicBool,
-    pub tcp: Option<TcpAccess>,
-    /// Connection counts and limits, and the frame timeout (both transports).
-    pub limits: Arc<limits::ConnectionLimits>,
-}
-
-impl Shared {
-    /// Every served volume, in handle order.
-    pub fn volumes(&self) -> Vec<Arc<VolumeHandle>> {
-        self.volumes
-            .read()
-            .unwrap()
-            .iter()
-            .filter_map(|slot| match slot {
-                Slot::Served(handle) => Some(handle.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// The volume with handle `vol`; while a reload reopens it, waits for it.
-    pub fn volume(&self, vol: u32) -> Result<Arc<VolumeHandle>, ErrorReply> {
-        let began = Instant::now();
-        loop {
-            match self.volumes.read().unwrap().get(vol as usize) {
-                Some(Slot::Served(handle)) => return Ok(handle.clone()),
-                Some(Slot::Changing) if began.elapsed() < CHANGING_WAIT => {}
-                Some(Slot::Changing) => {
-                    return Err(ErrorReply::new(
-                        ErrorCode::Busy,
-                        format!("volume handle {vol} is being reopened; try again"),
-                    ))
-                }
-                Some(Slot::Retired(root)) => {
-                    return Err(ErrorReply::new(
-                        ErrorCode::NoSuchVolume,
-                        format!(
-                            "{}: no longer served (taken out of the configuration)",
-                            root.display()
-                        ),
-                    ))
-                }
-                None => {
-                    return Err(ErrorReply::new(
-                        ErrorCode::NoSuchVolume,
-                        format!("no volume with handle {vol}"),
-                    ))
-                }
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// How many reloads have closed a desktop so far.
-    pub fn closings(&self) -> u64 {
-        self.closings.load(Ordering::SeqCst)
-    }
-
-    /// Whether opening `opening` of the volume with handle `vol` is still the one served.
-    pub fn is_current(&self, vol: u32, opening: u64) -> bool {
-        matches!(self.volumes.read().unwrap().get(vol as usize),
-            Some(Slot::Served(h)) if h.opening == opening)
-    }
-}
+pub use error::ServerError;
+use shared::{Shared, Slot, TcpAccess, TcpSlot};
+use volume::VolumeHandle;
+use writer::Job;
 
 /// A running server.
 pub struct Server {
@@ -203,10 +72,10 @@ pub struct Server {
 /// Read the token and bind the TCP address.
 fn bind_tcp(tcp: &TcpConfig) -> Result<(TcpListener, TcpAccess), ServerError> {
     let token = deskd_proto::transport::read_token_file(&tcp.token_file)
-        .map_err(|e| ServerError::Config(e.to_string()))?;
-    let listener = TcpListener::bind(&tcp.listen).map_err(|e| ServerError::Tcp {
+        .map_err(|source| ServerError::TokenFile { source })?;
+    let listener = TcpListener::bind(&tcp.listen).map_err(|source| ServerError::Tcp {
         addr: tcp.listen.clone(),
-        message: e.to_string(),
+        source,
     })?;
     Ok((
         listener,
@@ -278,23 +147,27 @@ fn refuse_unix(stream: &UnixStream, refusal: limits::Refusal, log: &limits::Rate
 }
 
 fn bind(path: &Path) -> Result<UnixListener, ServerError> {
-    let err = |message: String| ServerError::Socket {
-        path: path.to_path_buf(),
-        message,
+    let err = |step: &'static str| {
+        move |source| ServerError::Socket {
+            path: path.to_path_buf(),
+            step,
+            source,
+        }
     };
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(err("another deskd is already serving on this socket".into()));
+            return Err(ServerError::SocketTaken {
+                path: path.to_path_buf(),
+            });
         }
-        std::fs::remove_file(path).map_err(|e| err(format!("cannot remove stale socket: {e}")))?;
+        std::fs::remove_file(path).map_err(err("cannot remove stale socket: "))?;
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create directory: {e}")))?;
+        std::fs::create_dir_all(dir).map_err(err("cannot create directory: "))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    let listener = UnixListener::bind(path).map_err(err(""))?;
     // Anyone may connect: claims are verified and admin verbs check peer credentials.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
-        .map_err(|e| err(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err(""))?;
     Ok(listener)
 }
 
@@ -325,14 +198,8 @@ impl Server {
                 }
             }
         }
-        let none_opened = |failures: &[String]| {
-            ServerError::Volume(format!(
-                "no volume could be opened: {}",
-                failures.join("; ")
-            ))
-        };
         if checked.is_empty() {
-            return Err(none_opened(&failures));
+            return Err(ServerError::NoVolumeOpened { failures });
         }
         let listener = bind(&config.socket)?;
         let mut volumes = Vec::new();
@@ -354,13 +221,14 @@ impl Server {
         }
         if volumes.is_empty() {
             let _ = std::fs::remove_file(&config.socket);
-            return Err(none_opened(&failures));
+            return Err(ServerError::NoVolumeOpened { failures });
         }
         let (tcp_listener, tcp_access) = tcp.unzip();
         let server_uid = rustix::process::geteuid().as_raw();
         let shared = Arc::new(Shared {
             volumes: RwLock::new(volumes),
             closings: AtomicU64::new(0),
+            rebuilds: rebuild::Registry::default(),
             shutting_down: AtomicBool::new(false),
             tcp: tcp_access,
             limits: Arc::new(limits::ConnectionLimits::new(config.limits, server_uid)),
@@ -385,14 +253,15 @@ impl Server {
                 }
             }
         })
-        .map_err(|e| ServerError::Socket {
+        .map_err(|source| ServerError::Socket {
             path: config.socket.clone(),
-            message: e.to_string(),
+            step: "",
+            source,
         })?;
         if let Some(listener) = tcp_listener {
-            let addr = listener.local_addr().map_err(|e| ServerError::Tcp {
+            let addr = listener.local_addr().map_err(|source| ServerError::Tcp {
                 addr: format!("{:?}", config.tcp.as_ref().map(|t| &t.listen)),
-                message: e.to_string(),
+                source,
             })?;
             let access = shared.clone();
             let mut last_warning: Option<std::time::Instant> = None;
@@ -423,9 +292,9 @@ impl Server {
                     ConnSlot::Tcp(slot),
                 )))
             })
-            .map_err(|e| ServerError::Tcp {
+            .map_err(|source| ServerError::Tcp {
                 addr: addr.to_string(),
-                message: e.to_string(),
+                source,
             })?;
             info!(
                 "listening on tcp {addr} (token required; admin verbs {})",

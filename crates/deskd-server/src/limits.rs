@@ -179,6 +179,7 @@ impl ConnectionLimits {
     }
 
     /// Unix-socket connections open now.
+    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.open.lock().unwrap().total
     }

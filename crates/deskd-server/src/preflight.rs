@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use deskd_volume::guard;
 
 use crate::config::VolumeConfig;
-use crate::ServerError;
+use crate::error::ServerError;
 
 /// The canonical root of every configured volume that has one, by position.
 pub fn canonical_roots(volumes: &[VolumeConfig]) -> Vec<Option<PathBuf>> {
@@ -28,11 +28,9 @@ pub fn canonical_roots(volumes: &[VolumeConfig]) -> Vec<Option<PathBuf>> {
 /// a relocation link, the `.Desktop` in the root, or where `desktop_location` would put it.
 fn existing_desktop(cfg: &VolumeConfig, root: &Path) -> Result<Option<PathBuf>, ServerError> {
     let in_root = root.join(deskd_volume::DESKTOP_FILE);
-    let link = deskd_volume::desktop_link(root).map_err(|e| {
-        ServerError::Volume(format!(
-            "OpenDesk {}: Miscellaneous error ({e})",
-            root.display()
-        ))
+    let link = deskd_volume::desktop_link(root).map_err(|source| ServerError::DesktopLink {
+        root: root.to_path_buf(),
+        source,
     })?;
     let path = match (link, &cfg.desktop_location) {
         (Some(target), _) => target,
@@ -50,33 +48,38 @@ fn existing_desktop(cfg: &VolumeConfig, root: &Path) -> Result<Option<PathBuf>, 
 /// Check the volume of `cfg`; `others` are the canonical roots of the other volumes served or
 /// about to be. Returns the message to log when the volume must not be served.
 pub fn check_volume(cfg: &VolumeConfig, others: &[PathBuf]) -> Result<(), ServerError> {
-    let root = std::fs::canonicalize(&cfg.root)
-        .map_err(|e| ServerError::Volume(format!("{}: {e}", cfg.root.display())))?;
+    let root = std::fs::canonicalize(&cfg.root).map_err(|source| ServerError::RootUnresolved {
+        root: cfg.root.clone(),
+        source,
+    })?;
     if !root.is_dir() {
-        return Err(ServerError::Volume(format!(
-            "{}: not a directory",
-            root.display()
-        )));
+        return Err(ServerError::NotADirectory { root });
     }
     if !cfg.world_writable && guard::world_writable(&root) {
-        return Err(ServerError::Volume(guard::world_writable_message(&root)));
+        return Err(ServerError::WorldWritable { root });
     }
     let desktop = existing_desktop(cfg, &root)?;
     if !cfg.nested {
         if let Some(outer) = guard::enclosing_volume(&root) {
-            return Err(ServerError::Volume(guard::inside_message(&root, &outer)));
+            return Err(ServerError::InsideVolume { root, outer });
         }
         for other in others.iter().filter(|o| **o != root) {
             if root.starts_with(other) {
-                return Err(ServerError::Volume(guard::inside_message(&root, other)));
+                return Err(ServerError::InsideVolume {
+                    root,
+                    outer: other.clone(),
+                });
             }
             if other.starts_with(&root) {
-                return Err(ServerError::Volume(guard::around_message(&root, other)));
+                return Err(ServerError::AroundVolume {
+                    root,
+                    inner: other.clone(),
+                });
             }
         }
         if desktop.is_none() {
             if let Some(inner) = guard::volume_below(&root) {
-                return Err(ServerError::Volume(guard::around_message(&root, &inner)));
+                return Err(ServerError::AroundVolume { root, inner });
             }
         }
     }
@@ -84,15 +87,14 @@ pub fn check_volume(cfg: &VolumeConfig, others: &[PathBuf]) -> Result<(), Server
         // The header alone: opening the file as a database is what this check comes before.
         if let Ok(Some(found)) = deskd_db::files::header_format(&path) {
             if found > deskd_db::FORMAT_VERSION {
-                return Err(ServerError::Volume(format!(
-                    "{}: cannot open desktop {}: {}",
-                    root.display(),
-                    path.display(),
-                    deskd_db::DbError::FormatTooNew {
+                return Err(ServerError::DesktopOpen {
+                    root,
+                    path,
+                    source: Box::new(deskd_db::DbError::FormatTooNew {
                         found,
-                        supported: deskd_db::FORMAT_VERSION
-                    }
-                )));
+                        supported: deskd_db::FORMAT_VERSION,
+                    }),
+                });
             }
         }
     }

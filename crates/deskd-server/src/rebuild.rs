@@ -9,6 +9,8 @@
 //! The requesting client polls; a job that hears no poll for its timeout stops at once (the
 //! client is gone or cut off), before anything is applied if it is still walking.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,15 +22,69 @@ use deskd_rebuild::online::{self, Applied, Pass};
 use deskd_rebuild::{Difference, Mode, OldDesktop, Plan};
 use tracing::{info, warn};
 
-use crate::volume::{now_unix, Job, VolumeHandle};
+use deskd_db::now_unix;
+
+use crate::volume::VolumeHandle;
+use crate::writer::Job;
+
+/// Why an online rebuild ended early. Clients get its text (the protocol carries the outcome
+/// as a string, [`RebuildState::finished`]); the log and the job keep the kind.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RebuildFailure {
+    /// The client stopped polling for the timeout, or cancelled.
+    #[error(
+        "stopped: no word from the client for {} s (communication timeout) or cancelled",
+        timeout.as_secs()
+    )]
+    Stopped { timeout: Duration },
+    /// The desktop's snapshot could not be read, or the walk failed.
+    #[error("{0}")]
+    Rebuild(#[from] deskd_rebuild::RebuildError),
+    /// Another volume lies below this one, which is not served `nested`.
+    #[error("{}", deskd_volume::guard::around_message(root, inner))]
+    VolumeBelow { root: PathBuf, inner: PathBuf },
+    /// The repairs could not be committed.
+    #[error("the desktop could not take the repairs: {0}")]
+    Repairs(#[source] deskd_db::DbError),
+    /// The writer was gone (deskd stopping, or a reload closing the volume) before the apply.
+    #[error("the desktop was closed before the repairs could be applied")]
+    DesktopClosed,
+}
 
 /// Most passes one job makes.
 pub const MAX_PASSES: u32 = 3;
 
+/// The running or last online rebuild of each volume, by handle. It lives beside the rebuild,
+/// not in the volume handle: the rebuild drives the handle's writer, and the handle need know
+/// nothing of rebuilds. A job belongs to one opening of its volume: a volume reopened by a
+/// reload has none until one is started on it.
+#[derive(Default)]
+pub(crate) struct Registry(Mutex<HashMap<u32, Arc<RebuildJob>>>);
+
+impl Registry {
+    /// The running or last job of this opening of the volume.
+    pub(crate) fn current(&self, handle: &VolumeHandle) -> Option<Arc<RebuildJob>> {
+        Self::of(&self.0.lock().unwrap(), handle)
+    }
+
+    /// Whether a job is running on this opening of the volume.
+    pub(crate) fn running(&self, handle: &VolumeHandle) -> bool {
+        self.current(handle).is_some_and(|job| !job.is_finished())
+    }
+
+    fn of(jobs: &HashMap<u32, Arc<RebuildJob>>, handle: &VolumeHandle) -> Option<Arc<RebuildJob>> {
+        jobs.get(&handle.index)
+            .filter(|job| job.opening == handle.opening)
+            .cloned()
+    }
+}
+
 /// One online rebuild.
-pub struct RebuildJob {
-    pub id: u64,
-    pub mode: RebuildMode,
+pub(crate) struct RebuildJob {
+    pub(crate) id: u64,
+    pub(crate) mode: RebuildMode,
+    /// The opening of the volume it runs on ([`VolumeHandle::opening`]).
+    opening: u64,
     started: i64,
     began: Instant,
     timeout: Duration,
@@ -85,12 +141,11 @@ impl RebuildJob {
         *self.phase.lock().unwrap() = phase;
     }
 
-    fn stopped(&self) -> Result<(), String> {
+    fn stopped(&self) -> Result<(), RebuildFailure> {
         if self.stop.load(Ordering::SeqCst) {
-            Err(format!(
-                "stopped: no word from the client for {} s (communication timeout) or cancelled",
-                self.timeout.as_secs()
-            ))
+            Err(RebuildFailure::Stopped {
+                timeout: self.timeout,
+            })
         } else {
             Ok(())
         }
@@ -108,7 +163,8 @@ fn mode_of(mode: RebuildMode) -> Mode {
 }
 
 /// Start a job on `handle`; refused while another runs or when the volume is read-only.
-pub fn start(
+pub(crate) fn start(
+    registry: &Registry,
     handle: &Arc<VolumeHandle>,
     mode: RebuildMode,
     threads: Option<u32>,
@@ -122,8 +178,8 @@ pub fn start(
             format!("{root}: the volume is read-only; only rebuild -s can run"),
         ));
     }
-    let mut slot = handle.rebuild.lock().unwrap();
-    if let Some(job) = slot.as_ref() {
+    let mut jobs = registry.0.lock().unwrap();
+    if let Some(job) = Registry::of(&jobs, handle) {
         if !job.is_finished() {
             return Err(ErrorReply::new(
                 ErrorCode::Busy,
@@ -138,6 +194,7 @@ pub fn start(
     let job = Arc::new(RebuildJob {
         id: NEXT_JOB.fetch_add(1, Ordering::SeqCst),
         mode,
+        opening: handle.opening,
         started: now_unix(),
         began: Instant::now(),
         timeout: Duration::from_secs(timeout_secs.max(1) as u64),
@@ -149,8 +206,8 @@ pub fn start(
         lines: Mutex::new(Vec::new()),
         finished: Mutex::new(None),
     });
-    *slot = Some(job.clone());
-    drop(slot);
+    jobs.insert(handle.index, job.clone());
+    drop(jobs);
     let threads = threads
         .map(|t| t as usize)
         .unwrap_or_else(deskd_rebuild::default_threads);
@@ -166,7 +223,7 @@ pub fn start(
             worker_handle.touches.take();
             match &result {
                 Ok(s) => info!(volume = %worker_handle.volume.root().display(), job = id,
-                    differences = s.differences, new_ids = s.new_ids, removed = s.removed,
+                    differences = s.differences, new_ids = s.counts.new_ids, removed = s.counts.removed,
                     left = s.left, passes = s.passes, "online rebuild done"),
                 Err(e) => warn!(volume = %worker_handle.volume.root().display(), job = id, "online rebuild ended: {e}"),
             }
@@ -175,7 +232,8 @@ pub fn start(
                 Err(_) if job.stop.load(Ordering::SeqCst) => "stopped",
                 Err(_) => "failed",
             });
-            *job.finished.lock().unwrap() = Some(result);
+            // The protocol carries the outcome as text.
+            *job.finished.lock().unwrap() = Some(result.map_err(|e| e.to_string()));
         })
         .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("cannot start the job: {e}")))?;
     Ok(id)
@@ -220,17 +278,12 @@ fn run(
     handle: &Arc<VolumeHandle>,
     job: &Arc<RebuildJob>,
     threads: usize,
-) -> Result<RebuildSummary, String> {
+) -> Result<RebuildSummary, RebuildFailure> {
     let mode = mode_of(job.mode);
     let root = handle.volume.root().to_path_buf();
     let xattrs = deskd_rebuild::xattrs_supported(&root);
     let mut summary = RebuildSummary {
-        objects: 0,
-        directories: 0,
-        new_ids: 0,
-        renumbered: 0,
-        repaired: 0,
-        removed: 0,
+        counts: Default::default(),
         differences: 0,
         left: 0,
         passes: 0,
@@ -241,7 +294,7 @@ fn run(
         summary.passes = pass;
         // Recording first, then the snapshot: every commit is either in the snapshot or recorded.
         handle.touches.start();
-        let snapshot = deskd_rebuild::read_old(&handle.desktop_path).map_err(|e| e.to_string())?;
+        let snapshot = deskd_rebuild::read_old(&handle.desktop_path)?;
         job.set_phase("walking");
         job.objects.store(0, Ordering::Relaxed);
         let walk = deskd_rebuild::walk::walk(
@@ -251,14 +304,19 @@ fn run(
             &job.stop,
         )
         .map_err(|e| match e {
-            deskd_rebuild::RebuildError::Cancelled(_) => job.stopped().unwrap_err(),
-            other => other.to_string(),
+            deskd_rebuild::RebuildError::Cancelled(_) => RebuildFailure::Stopped {
+                timeout: job.timeout,
+            },
+            other => other.into(),
         })?;
         job.stopped()?;
         // Another volume below this one: its objects are its own desktop's, and a rebuild
         // here would give them IDs here and rewrite their mirrors (unless served `nested`).
         if let (Some(inner), false) = (walk.nested_volumes.first(), handle.config.nested) {
-            return Err(deskd_volume::guard::around_message(&root, inner));
+            return Err(RebuildFailure::VolumeBelow {
+                root,
+                inner: inner.clone(),
+            });
         }
         job.set_phase("planning");
         let counter = snapshot.as_ref().map_or(0, |s| s.last_id);
@@ -272,10 +330,10 @@ fn run(
             ..Default::default()
         };
         let plan = deskd_rebuild::plan::plan(&walk, decide_from, counter, xattrs, &policy);
-        summary.objects = plan.counts.objects;
-        summary.directories = plan.counts.directories;
+        summary.counts.objects = plan.counts.objects;
+        summary.counts.directories = plan.counts.directories;
         if mode != Mode::Scan {
-            summary.renumbered += plan.counts.renumbered;
+            summary.counts.renumbered += plan.counts.renumbered;
         }
         job.stopped()?;
         let result = if mode == Mode::Scan {
@@ -293,9 +351,9 @@ fn run(
             apply_in_writer(handle, mode, walk, plan, snapshot, xattrs)?
         };
         summary.differences += result.lines.len() as u64;
-        summary.repaired += result.applied.changed;
-        summary.new_ids += result.applied.new_ids;
-        summary.removed += result.applied.removed;
+        summary.counts.repaired += result.applied.changed;
+        summary.counts.new_ids += result.applied.new_ids;
+        summary.counts.removed += result.applied.removed;
         summary.left = result.applied.left_with_differences;
         for e in &result.applied.errors {
             warn!(volume = %root.display(), "rebuild could not repair {e}");
@@ -317,7 +375,7 @@ fn apply_in_writer(
     plan: Plan,
     snapshot: Option<OldDesktop>,
     xattrs: bool,
-) -> Result<PassResult, String> {
+) -> Result<PassResult, RebuildFailure> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let touches = handle.touches.clone();
     let work = move |desktop: &mut deskd_db::Desktop| -> bool {
@@ -343,16 +401,15 @@ fn apply_in_writer(
         let _ = tx.send(
             outcome
                 .map(|applied| PassResult { applied, lines })
-                .map_err(|e| format!("the desktop could not take the repairs: {e}")),
+                .map_err(RebuildFailure::Repairs),
         );
         committed
     };
     // The writer drops the work once the desktop is closed (deskd stopping, or a reload
     // closing the volume as the rebuild started).
-    let closed = || "the desktop was closed before the repairs could be applied".to_string();
     handle
         .queue
         .send(Job::Run(Box::new(work)))
-        .map_err(|_| closed())?;
-    rx.recv().map_err(|_| closed())?
+        .map_err(|_| RebuildFailure::DesktopClosed)?;
+    rx.recv().map_err(|_| RebuildFailure::DesktopClosed)?
 }

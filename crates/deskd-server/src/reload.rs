@@ -18,8 +18,11 @@ use std::sync::Arc;
 use tracing::info;
 
 use crate::config::{Config, TcpConfig, VolumeConfig};
-use crate::volume::{Job, VolumeHandle};
-use crate::{Server, Slot};
+use crate::rebuild::Registry;
+use crate::shared::Slot;
+use crate::volume::VolumeHandle;
+use crate::writer::Job;
+use crate::Server;
 
 /// Where a volume's configuration is found: its root as the server knows it (canonical).
 fn canonical(v: &VolumeConfig) -> PathBuf {
@@ -27,14 +30,10 @@ fn canonical(v: &VolumeConfig) -> PathBuf {
 }
 
 /// Why a served volume cannot be closed now, if it cannot.
-fn cannot_close(handle: &VolumeHandle) -> Option<&'static str> {
-    let rebuilding = handle
-        .rebuild
-        .lock()
-        .unwrap()
-        .as_ref()
-        .is_some_and(|job| !job.is_finished());
-    rebuilding.then_some("an online rebuild is running")
+fn cannot_close(rebuilds: &Registry, handle: &VolumeHandle) -> Option<&'static str> {
+    rebuilds
+        .running(handle)
+        .then_some("an online rebuild is running")
 }
 
 impl Server {
@@ -174,7 +173,7 @@ impl Server {
     /// false, with the slot served again, when it is frozen or rebuilding.
     fn close(&self, handle: &Arc<VolumeHandle>, notes: &mut Vec<String>, later: &str) -> bool {
         let root = handle.volume.root().display();
-        if let Some(why) = cannot_close(handle) {
+        if let Some(why) = cannot_close(&self.shared.rebuilds, handle) {
             notes.push(format!("{root}: {why}; {later}"));
             return false;
         }

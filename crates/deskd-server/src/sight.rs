@@ -99,8 +99,8 @@ pub fn look<R: Read>(
             folder: true,
         });
     }
-    let object = db.get(id).map_err(crate::apply::db_error)?;
-    let components = db.path_of(id).map_err(crate::apply::db_error)?;
+    let object = db.get(id).map_err(crate::db_reply::db_error)?;
+    let components = db.path_of(id).map_err(crate::db_reply::db_error)?;
     look_at(db, vol, access, &object, &components, ask)
 }
 
@@ -124,7 +124,7 @@ pub fn look_at<R: Read>(
     let folder = if components.is_empty() {
         None
     } else {
-        Some(db.get(object.parent).map_err(crate::apply::db_error)?)
+        Some(db.get(object.parent).map_err(crate::db_reply::db_error)?)
     };
     Ok(access
         .wear(|| {

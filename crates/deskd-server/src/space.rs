@@ -41,6 +41,7 @@ pub fn usage(path: &Path) -> io::Result<Usage> {
 }
 
 /// Bytes free for the server under `path`.
+#[cfg(test)]
 pub fn free_bytes(path: &Path) -> io::Result<u64> {
     usage(path).map(|u| u.free)
 }
@@ -180,7 +181,7 @@ pub fn full_disk_reads(desktop: &Path, root: &Path) -> io::Result<FullDiskReads>
                 std::path::PathBuf::from(d)
             }
         })
-        .find(|d| match crate::volume::private_dir(d) {
+        .find(|d| match crate::location::private_dir(d) {
             Ok(()) => true,
             Err(e) => {
                 refused.get_or_insert(e);
@@ -200,9 +201,9 @@ pub fn full_disk_reads(desktop: &Path, root: &Path) -> io::Result<FullDiskReads>
         }
     }
     if exists {
-        crate::volume::copy_private(desktop, &copy)?;
+        crate::location::copy_private(desktop, &copy)?;
         if wal_len > 0 {
-            crate::volume::copy_private(&wal, &deskd_db::wal_path(&copy))?;
+            crate::location::copy_private(&wal, &deskd_db::wal_path(&copy))?;
         }
     }
     // Fold the WAL in (or create the empty desktop), so reads need nothing more.

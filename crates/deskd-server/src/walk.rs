@@ -69,6 +69,7 @@ impl Walked {
     }
 
     /// True when every name but the last was reached as a directory (the last may be missing).
+    #[cfg(test)]
     pub fn reached_folder(&self) -> bool {
         match self.stopped {
             None => true,

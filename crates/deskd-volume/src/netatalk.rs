@@ -115,42 +115,46 @@ pub fn read(path: &std::path::Path) -> Option<NetatalkInfo> {
     parse(&value).ok()
 }
 
+/// The 402-byte blob Netatalk 3 writes (entry order and offsets of its `entry_order_ea`) for a
+/// file of type `type_code` and creator `creator` whose cached CNID is `cnid`: the one
+/// definition the tests (here and deskd-cli's) build Netatalk metadata with. Compiled for tests
+/// only (the `test-hooks` feature, which deskd-cli's tests turn on).
+#[cfg(any(test, feature = "test-hooks"))]
+pub fn netatalk3_blob(cnid: u32, type_code: &[u8; 4], creator: &[u8; 4]) -> Vec<u8> {
+    let mut b = vec![0u8; 402];
+    b[0..4].copy_from_slice(&APPLEDOUBLE_MAGIC.to_be_bytes());
+    b[4..8].copy_from_slice(&APPLEDOUBLE_VERSION.to_be_bytes());
+    b[24..26].copy_from_slice(&8u16.to_be_bytes());
+    let entries: [(u32, u32, u32); 8] = [
+        (9, 122, 32),
+        (4, 154, 0),
+        (8, 354, 16),
+        (14, 370, 4),
+        (0x8044_4556, 374, 8),
+        (0x8049_4E4F, 382, 8),
+        (0x8053_594E, 390, 8),
+        (0x8053_567E, 398, 4),
+    ];
+    for (i, (id, off, len)) in entries.iter().enumerate() {
+        let at = 26 + i * 12;
+        b[at..at + 4].copy_from_slice(&id.to_be_bytes());
+        b[at + 4..at + 8].copy_from_slice(&off.to_be_bytes());
+        b[at + 8..at + 12].copy_from_slice(&len.to_be_bytes());
+    }
+    b[122..126].copy_from_slice(type_code);
+    b[126..130].copy_from_slice(creator);
+    b[398..402].copy_from_slice(&cnid.to_be_bytes());
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The 402-byte blob Netatalk 3 writes (entry order and offsets of its `entry_order_ea`).
-    fn netatalk_blob(cnid: u32, type_code: &[u8; 4], creator: &[u8; 4]) -> Vec<u8> {
-        let mut b = vec![0u8; 402];
-        b[0..4].copy_from_slice(&APPLEDOUBLE_MAGIC.to_be_bytes());
-        b[4..8].copy_from_slice(&APPLEDOUBLE_VERSION.to_be_bytes());
-        b[24..26].copy_from_slice(&8u16.to_be_bytes());
-        let entries: [(u32, u32, u32); 8] = [
-            (9, 122, 32),
-            (4, 154, 0),
-            (8, 354, 16),
-            (14, 370, 4),
-            (0x8044_4556, 374, 8),
-            (0x8049_4E4F, 382, 8),
-            (0x8053_594E, 390, 8),
-            (0x8053_567E, 398, 4),
-        ];
-        for (i, (id, off, len)) in entries.iter().enumerate() {
-            let at = 26 + i * 12;
-            b[at..at + 4].copy_from_slice(&id.to_be_bytes());
-            b[at + 4..at + 8].copy_from_slice(&off.to_be_bytes());
-            b[at + 8..at + 12].copy_from_slice(&len.to_be_bytes());
-        }
-        b[122..126].copy_from_slice(type_code);
-        b[126..130].copy_from_slice(creator);
-        b[398..402].copy_from_slice(&cnid.to_be_bytes());
-        b
-    }
-
     #[test]
     fn reads_the_netatalk_3_layout() {
-        let info = parse(&netatalk_blob(4711, b"TEXT", b"ttxt")).unwrap();
+        let info = parse(&netatalk3_blob(4711, b"TEXT", b"ttxt")).unwrap();
         assert_eq!(info.cnid, Some(4711));
         assert_eq!(&info.type_code, b"TEXT");
         assert_eq!(&info.creator, b"ttxt");
@@ -159,7 +163,7 @@ mod tests {
     #[test]
     fn rejects_foreign_blobs() {
         assert_eq!(parse(&[0; 10]), Err(NetatalkError::Short(10)));
-        let mut b = netatalk_blob(1, b"TEXT", b"ttxt");
+        let mut b = netatalk3_blob(1, b"TEXT", b"ttxt");
         b[3] = 0;
         assert!(matches!(parse(&b), Err(NetatalkError::Magic(_))));
     }
@@ -169,7 +173,7 @@ mod tests {
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600), cnid in 1u32..) {
             let _ = parse(&bytes);
-            prop_assert_eq!(parse(&netatalk_blob(cnid, b"APPL", b"abcd")).unwrap().cnid, Some(cnid));
+            prop_assert_eq!(parse(&netatalk3_blob(cnid, b"APPL", b"abcd")).unwrap().cnid, Some(cnid));
         }
     }
 }

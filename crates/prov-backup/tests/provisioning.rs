@@ -142,7 +142,7 @@ fn future_dates_and_other_states_are_left_alone_and_failures_are_reported() {
     std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
     std::fs::write(&blocked, "in the way").unwrap();
     slapd.add(&ldif);
-    let daemon = setup.start(&[]);
+    let mut daemon = setup.start(&[]);
 
     slapd.wait_for(&account_dn("5000004"), "added", is_stamp);
     slapd.wait_for(&account_dn(EXAMPLE_UID), "added", is_stamp);
@@ -173,8 +173,24 @@ fn future_dates_and_other_states_are_left_alone_and_failures_are_reported() {
     ));
     slapd.wait_for(&account_dn("5000006"), "added", is_stamp);
 
-    // Left alone: future date, a state other than "0", a mode that is not a request.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Left alone: future date, a state other than "0", a mode that is not a request. The
+    // daemon saw them at its start, before 5000006; stopped, it finishes every entry in hand
+    // before it exits, so whatever it began for them is over now.
+    assert_eq!(daemon.terminate(), 0);
+    let log = daemon.log_text();
+    assert!(
+        log.contains(&format!(
+            "{}: add waits for its execution date",
+            account_dn("5000001")
+        )),
+        "{log}"
+    );
+    for uid in ["5000001", "5000002", "5000003"] {
+        assert!(
+            !log.contains(&format!("{}: adding", account_dn(uid))),
+            "{log}"
+        );
+    }
     let e = slapd.get(&account_dn("5000001")).unwrap();
     assert_eq!(
         (
@@ -314,10 +330,12 @@ fn restart_redoes_nothing_and_picks_up_what_changed_meanwhile() {
     assert_eq!(log.matches(&format!("{dn}: modifying")).count(), 1, "{log}");
     assert!(done["sstProvisioningState"] <= slapd.get(&dn).unwrap()["sstProvisioningState"]);
 
-    // A third start with nothing to do does nothing.
-    let mut third = setup.start(&[]);
-    third.wait_log("connected to");
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    // A third start with nothing to do does nothing: once it is ready (connected, with every
+    // entry pending from before in hand) it is stopped, which finishes what it has in hand.
+    let (path, notify) = notify_socket(tmp.path());
+    let mut third = setup.start_notified(&path);
+    let ready = next_notification(&notify);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
     assert_eq!(third.terminate(), 0);
     let log = third.log_text();
     assert!(
@@ -336,7 +354,8 @@ fn slapd_restart_mid_run_reconnects_and_carries_on() {
 
     slapd.stop();
     daemon.wait_log("retrying in 1 s");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // A retry while slapd is still down fails too, and the daemon goes on retrying.
+    daemon.wait_log("(attempt 2 of");
     slapd.restart();
     slapd.add(&account_ldif(
         "8000001",

@@ -5,8 +5,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use deskd_server::config::ConfigFile;
-use deskd_server::Server;
+use deskd_server::{ConfigFile, Server};
 
 /// The server, its socket and volume; the temp dir lives as long as the server.
 pub struct LiveServer {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 use deskd_cli::connection::ConnectionArgs;
-use deskd_cli::output::{display_bytes, write_match, FindArgs};
+use deskd_cli::output::{ctime_string, display_bytes, write_match, FindArgs};
 use deskd_client::{Client, Request, Response};
 use deskd_proto::Endpoint;
 use deskd_server::{ConfigFile, Server};
@@ -419,7 +419,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         if t == 0 {
                             "never".to_string()
                         } else {
-                            deskd_server::volume::ctime_string(t)
+                            ctime_string(t)
                         }
                     };
                     println!("{root}");
@@ -498,7 +498,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             seconds.unwrap_or(0)
                         );
                     }
-                    println!("frozen until {}", deskd_server::volume::ctime_string(until));
+                    println!("frozen until {}", ctime_string(until));
                 }
                 other => return Err(anyhow!("unexpected reply {other:?}")),
             }
@@ -868,12 +868,12 @@ fn rebuild_online(
         volume.display(),
         summary.passes,
         if summary.passes == 1 { "" } else { "es" },
-        summary.objects,
-        summary.directories,
-        summary.new_ids,
-        summary.renumbered,
-        summary.repaired,
-        summary.removed,
+        summary.counts.objects,
+        summary.counts.directories,
+        summary.counts.new_ids,
+        summary.counts.renumbered,
+        summary.counts.repaired,
+        summary.counts.removed,
         summary.left,
         summary.millis as f64 / 1000.0
     );
@@ -883,12 +883,12 @@ fn rebuild_online(
             "mode": format!("{mode:?}").to_lowercase(),
             "volume": volume.display().to_string(),
             "online": true,
-            "objects": summary.objects,
-            "directories": summary.directories,
-            "new_ids": summary.new_ids,
-            "renumbered": summary.renumbered,
-            "repaired": summary.repaired,
-            "removed": summary.removed,
+            "objects": summary.counts.objects,
+            "directories": summary.counts.directories,
+            "new_ids": summary.counts.new_ids,
+            "renumbered": summary.counts.renumbered,
+            "repaired": summary.counts.repaired,
+            "removed": summary.counts.removed,
             "differences": summary.differences,
             "left": summary.left,
             "passes": summary.passes,
@@ -1072,7 +1072,7 @@ fn verify(backup: &Path, json: bool) -> ExitCode {
                     "{}: good: the desktop of {} as of {}, {} objects, last ID {}",
                     backup.display(),
                     m.volume,
-                    deskd_server::volume::ctime_string(m.started),
+                    ctime_string(m.started),
                     m.desktop_info.objects,
                     m.desktop_info.last_id
                 );

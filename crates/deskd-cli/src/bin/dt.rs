@@ -1469,10 +1469,17 @@ fn set_aside_name(source: &Path) -> PathBuf {
 }
 
 /// The step `DESKD_TEST_MV_PAUSE_AT` names, if any (a test hook).
+#[cfg(feature = "test-hooks")]
 fn pause_step() -> Option<&'static str> {
     static STEP: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     STEP.get_or_init(|| std::env::var("DESKD_TEST_MV_PAUSE_AT").ok())
         .as_deref()
+}
+
+/// Without the `test-hooks` feature the hook is compiled out (release binaries hold none).
+#[cfg(not(feature = "test-hooks"))]
+fn pause_step() -> Option<&'static str> {
+    None
 }
 
 fn test_pausing() -> bool {

@@ -10,6 +10,16 @@ use std::time::{Duration, Instant};
 pub const DESKD: &str = env!("CARGO_BIN_EXE_deskd");
 pub const DT: &str = env!("CARGO_BIN_EXE_dt");
 
+/// Says on stderr why a test cannot run here before it returns early; under CI (`CI` set, as
+/// root) it fails instead, so a test that cannot run there never passes for one that ran.
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "cannot run under CI, which must run every test: {why}"
+    );
+    eprintln!("skipped: {why}");
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
@@ -170,17 +180,45 @@ impl Env {
         std::fs::write(self.path("deskd.toml"), text).unwrap()
     }
 
-    /// Serve volume `vol`, writable, from `deskd.toml`, each write held `pause_ms` ms between
-    /// taking its volume and reaching the volume's writer (the server's
-    /// `DESKD_TEST_PAUSE_BEFORE_QUEUE_MS` hook), so a reload can close the volume under it.
-    pub fn start_pausing_writes(&mut self, pause_ms: u64) {
+    /// Serve volume `vol`, writable, from `deskd.toml`, each write held between taking its
+    /// volume and reaching the volume's writer until [`Env::release_writes`] (the server's
+    /// `DESKD_TEST_HOLD_WRITES_UNTIL` hook), so a reload can close the volume under it.
+    pub fn start_holding_writes(&mut self) {
         self.set_read_only(false);
-        self.server_env.push((
-            "DESKD_TEST_PAUSE_BEFORE_QUEUE_MS".into(),
-            pause_ms.to_string(),
-        ));
+        let release = self.path("release-writes").display().to_string();
+        self.server_env
+            .push(("DESKD_TEST_HOLD_WRITES_UNTIL".into(), release));
         let config = self.path("deskd.toml").display().to_string();
         self.start(&["--config", &config]);
+    }
+
+    /// Wait until the server holds its `n`-th write (counted from its start) in the hook of
+    /// [`Env::start_holding_writes`].
+    pub fn wait_for_held_write(&self, n: usize) {
+        self.wait_for_log("test hook: write held until", n);
+    }
+
+    /// Let the held writes go on, and every later one through without holding it.
+    pub fn release_writes(&self) {
+        std::fs::write(self.path("release-writes"), b"").unwrap();
+    }
+
+    /// Hold writes again after [`Env::release_writes`].
+    pub fn hold_writes_again(&self) {
+        std::fs::remove_file(self.path("release-writes")).unwrap();
+    }
+
+    /// Wait until the server's log holds `what` `n` times (20 s at most).
+    pub fn wait_for_log(&self, what: &str, n: usize) {
+        let began = Instant::now();
+        while self.log_text().matches(what).count() < n {
+            assert!(
+                began.elapsed() < Duration::from_secs(20),
+                "waited for {n} times {what:?} in the log: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     pub fn client(&self) -> deskd_client::Client {
@@ -791,5 +829,22 @@ impl Bridge {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait (up to 20 s) until the bridge's log holds `what`; returns the log. The bridge logs
+    /// a refused or cut-off connection after closing it, so a test that saw the close polls.
+    pub fn wait_for_log(&self, what: &str) -> String {
+        let began = Instant::now();
+        loop {
+            let text = self.log_text();
+            if text.contains(what) {
+                return text;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(20),
+                "no {what:?} in the bridge's log: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

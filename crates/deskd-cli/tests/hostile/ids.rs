@@ -605,6 +605,8 @@ fn serve_tcp(env: &mut Env, token: &Path, config: Option<&Path>) -> String {
     }
     args.push(&vol);
     env.start(&args);
+    // The listener is logged as it starts, which may be just after the server is ready.
+    env.wait_for_log("listening on tcp ", 1);
     let text = env.log_text();
     text.split("listening on tcp ")
         .nth(1)

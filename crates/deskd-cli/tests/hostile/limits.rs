@@ -262,6 +262,7 @@ fn half_sent_frames_are_closed_after_frame_timeout() {
         ),
     );
     let addr = {
+        env.wait_for_log("listening on tcp ", 1);
         let log = env.log_text();
         log.split("listening on tcp ")
             .nth(1)
@@ -669,13 +670,7 @@ fn the_netatalk_bridge_limits_connections_and_half_sent_requests() {
         .unwrap();
     half.write_all(&Bridge::getstamp()[..20]).unwrap();
     closed_within(&mut half, Duration::from_secs(8), "bridge request", &env);
-    assert!(
-        bridge
-            .log_text()
-            .contains("a request did not arrive whole within the frame timeout"),
-        "{}",
-        bridge.log_text()
-    );
+    bridge.wait_for_log("a request did not arrive whole within the frame timeout");
     // An idle afpd connection, quiet for longer than the frame timeout, is still served.
     assert!(Bridge::stamp(&mut idle));
     drop(idle);
@@ -693,11 +688,7 @@ fn the_netatalk_bridge_limits_connections_and_half_sent_requests() {
     }
     assert!(served.len() <= 20, "{} served", served.len());
     assert!(closed >= 20, "{closed} closed");
-    let log = bridge.log_text();
-    assert!(
-        log.contains("refused: 20 afpd connections are open (--max-connections)"),
-        "{log}"
-    );
+    bridge.wait_for_log("refused: 20 afpd connections are open (--max-connections)");
     for _ in 0..3 {
         root_dt_works(&env);
     }

@@ -15,7 +15,7 @@ use std::process::Command;
 use crate::common::{
     desktop_counter, desktop_paths, disk_objects, dt_killed_at, Env, Mounted, DESKD, DT,
 };
-use deskd_volume::rsrc;
+use deskd_volume::{netatalk, rsrc};
 
 /// The moved tree, below `home/` of volume A (then of volume B).
 const TREE_DIRS: &[&str] = &["tree/d1/d2", "tree/e"];
@@ -55,28 +55,6 @@ struct Scene {
     tree_in_a: BTreeMap<String, u32>,
     /// B's counter before the move: every ID B gives the arrivals is above it.
     b_counter: u32,
-}
-
-/// Netatalk 3's metadata (`appledouble = ea`) for a file: Finder info `TEXT`/`ttxt` and the
-/// cached CNID `cnid` (docs/desktop-format.md).
-fn netatalk_blob(cnid: u32) -> Vec<u8> {
-    let mut b = vec![0u8; 26 + 2 * 12 + 32 + 4];
-    b[0..4].copy_from_slice(&0x0005_1607u32.to_be_bytes());
-    b[4..8].copy_from_slice(&0x0002_0000u32.to_be_bytes());
-    b[24..26].copy_from_slice(&2u16.to_be_bytes());
-    for (i, (id, off, len)) in [(9u32, 50u32, 32u32), (0x8053_567E, 82, 4)]
-        .into_iter()
-        .enumerate()
-    {
-        let at = 26 + i * 12;
-        b[at..at + 4].copy_from_slice(&id.to_be_bytes());
-        b[at + 4..at + 8].copy_from_slice(&off.to_be_bytes());
-        b[at + 8..at + 12].copy_from_slice(&len.to_be_bytes());
-    }
-    b[50..54].copy_from_slice(b"TEXT");
-    b[54..58].copy_from_slice(b"ttxt");
-    b[82..86].copy_from_slice(&cnid.to_be_bytes());
-    b
 }
 
 fn bytes(p: &Path) -> &[u8] {
@@ -162,12 +140,8 @@ impl Scene {
         // A file Netatalk's afpd served through deskd caches its CNID (= its ID in A) in its
         // metadata xattr, which a rebuild reads when nothing else gives an ID.
         let f0 = scene.a.join("home/tree/f0");
-        xattr::set(
-            &f0,
-            deskd_volume::netatalk::NETATALK_XATTR,
-            &netatalk_blob(tree_in_a["home/tree/f0"]),
-        )
-        .unwrap();
+        let blob = netatalk::netatalk3_blob(tree_in_a["home/tree/f0"], b"TEXT", b"ttxt");
+        xattr::set(&f0, netatalk::NETATALK_XATTR, &blob).unwrap();
         let b_counter = desktop_counter(&scene.b);
         assert!(
             tree_in_a.values().all(|&id| id > b_counter),

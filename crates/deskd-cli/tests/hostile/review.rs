@@ -67,9 +67,11 @@ fn a_folder_swapped_for_a_symlink_before_the_fixes_leads_rebuild_nowhere_else() 
         chown_nobody(&sub.join(n));
     }
 
+    // The rebuild waits before its fixes until this file exists.
+    let go_on = env.path("go-on");
     let mut child = Command::new(DESKD)
         .args(["rebuild", vol.to_str().unwrap()])
-        .env("DESKD_TEST_REBUILD_PAUSE_BEFORE_FIXES_MS", "1500")
+        .env("DESKD_TEST_REBUILD_HOLD_BEFORE_FIXES", &go_on)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -86,6 +88,7 @@ fn a_folder_swapped_for_a_symlink_before_the_fixes_leads_rebuild_nowhere_else() 
     std::fs::rename(&sub, vol.join("mine/sub.real")).unwrap();
     std::os::unix::fs::symlink(env.path("outside"), &sub).unwrap();
     chown_nobody(&sub);
+    std::fs::write(&go_on, b"").unwrap();
     std::io::Read::read_to_string(&mut errors, &mut said).unwrap();
     let out = child.wait_with_output().unwrap();
 

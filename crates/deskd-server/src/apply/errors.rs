@@ -2,50 +2,14 @@
 //! exists, the claim is wrong) and a message for people. Database and volume errors are mapped
 //! here once, so every handler answers the same failure the same way.
 
-use deskd_db::{DbError, Object};
+use deskd_db::Object;
 use deskd_proto::{ErrorCode, ErrorReply};
 use deskd_volume::VolumeError;
 
 use super::wire::join;
 use crate::walk::Node;
 
-/// SQLite's primary result code when another connection holds the lock the statement needs
-/// (`SQLITE_BUSY`, <https://sqlite.org/rescode.html#busy>).
-const SQLITE_BUSY: i32 = 5;
-/// SQLite's primary result code when a table is locked by another statement of a shared cache
-/// (`SQLITE_LOCKED`, <https://sqlite.org/rescode.html#locked>).
-const SQLITE_LOCKED: i32 = 6;
-
-/// The reply for a database error.
-pub fn db_error(e: DbError) -> ErrorReply {
-    let code = match &e {
-        DbError::NoSuchId(_) | DbError::NoSuchName { .. } => ErrorCode::NotFound,
-        DbError::Exists { .. } => ErrorCode::Exists,
-        DbError::NotADirectory(_) => ErrorCode::NotADirectory,
-        DbError::NotEmpty(_) => ErrorCode::NotEmpty,
-        DbError::InvalidName(..) => ErrorCode::InvalidName,
-        DbError::IntoItself(_) => ErrorCode::IntoItself,
-        DbError::Root(_) => ErrorCode::PermissionDenied,
-        DbError::IdSpaceExhausted => ErrorCode::IdSpaceExhausted,
-        e if e.is_disk_full() => ErrorCode::DiskFull,
-        e if is_busy(e) => ErrorCode::Busy,
-        _ => ErrorCode::Internal,
-    };
-    ErrorReply::new(code, e.to_string())
-}
-
-/// Whether SQLite refused because another connection holds a lock (a backup's snapshot, an
-/// `sqlite3` session): `Busy` tells the client to try again, where `Internal` would say the
-/// desktop is broken. Decided by SQLite's result code (the low byte of the extended code), not
-/// by the message, which may quote a path of any name.
-fn is_busy(e: &DbError) -> bool {
-    match e {
-        DbError::Sqlite(e) => e
-            .sqlite_error()
-            .is_some_and(|f| matches!(f.extended_code & 0xff, SQLITE_BUSY | SQLITE_LOCKED)),
-        _ => false,
-    }
-}
+pub use crate::db_reply::db_error;
 
 /// The reply for a volume error (a path that leaves the volume, a name deskd keeps for itself).
 pub fn volume_error(e: VolumeError) -> ErrorReply {

@@ -25,7 +25,6 @@ pub(super) fn find<R: Read>(
     limit: u32,
     after_id: u32,
 ) -> Reply {
-    let mode = db_mode(mode);
     if mode == deskd_db::FindMode::Glob {
         if let Some(at) = deskd_db::names::unclosed_bracket(pattern) {
             return Err(ErrorReply::new(
@@ -81,16 +80,6 @@ pub(super) fn find<R: Read>(
         }
     }
     Ok(Response::Objects(out))
-}
-
-/// The protocol's find mode as the database's.
-fn db_mode(mode: deskd_proto::FindMode) -> deskd_db::FindMode {
-    match mode {
-        deskd_proto::FindMode::Substring => deskd_db::FindMode::Substring,
-        deskd_proto::FindMode::Prefix => deskd_db::FindMode::Prefix,
-        deskd_proto::FindMode::Glob => deskd_db::FindMode::Glob,
-        deskd_proto::FindMode::Exact => deskd_db::FindMode::Exact,
-    }
 }
 
 /// Which candidates the peer may see, in order. The folders' own records (for their dev/ino)

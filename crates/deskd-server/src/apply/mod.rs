@@ -32,9 +32,7 @@ use deskd_volume::Volume;
 
 use crate::access::Access;
 
-pub use errors::{db_error, volume_error};
-pub use paths::{client_names, walk_path, DirCache};
-pub use wire::{info, join};
+pub use paths::DirCache;
 
 /// What a request gets back: its response, or the error the client is sent.
 pub type Reply = Result<Response, ErrorReply>;

@@ -11,6 +11,7 @@ use deskd_volume::Volume;
 
 use super::*;
 use crate::access::{Access, Credentials};
+use crate::db_reply::db_error;
 use crate::sight;
 
 /// A volume in a temporary directory and its desktop (kept beside it, out of the volume).

@@ -385,15 +385,22 @@ impl Setup {
         if stdout_read {
             streams.push(Box::new(stdout));
         }
-        for stream in streams {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line);
-                }
-            });
+        let readers = streams
+            .into_iter()
+            .map(|stream| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                        log.lock().unwrap().push(line);
+                    }
+                })
+            })
+            .collect();
+        Daemon {
+            child,
+            log,
+            readers,
         }
-        Daemon { child, log }
     }
 
     /// The account's home under the backup root.
@@ -416,6 +423,8 @@ impl Setup {
 pub struct Daemon {
     pub child: Child,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The threads copying the daemon's output into `log`; they end when the output does.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -445,7 +454,10 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
+                // Its last lines are in the log once the readers have met the end of its output.
+                for reader in self.readers.drain(..) {
+                    reader.join().unwrap();
+                }
                 return status.code().unwrap_or(-1);
             }
             assert!(

@@ -1,0 +1,72 @@
+//! The two threads a volume's opening starts off the start-up path: the name index's load
+//! (until it is ready `find` scans the table) and the quick logical check of DESIGN §6.5.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use deskd_db::{NameIndex, Read};
+use tracing::{error, info};
+
+use crate::location::open_reader_at;
+use crate::writer::SharedState;
+
+/// Build the name index off the start-up path; `find` scans the table until it is ready.
+pub(crate) fn spawn_name_index_load(
+    desktop: &Path,
+    immutable: bool,
+    root: &Path,
+    names: Arc<NameIndex>,
+) {
+    let desktop = desktop.to_path_buf();
+    let root = root.to_path_buf();
+    let _ = std::thread::Builder::new()
+        .name("name-index".into())
+        .spawn(move || {
+            let began = Instant::now();
+            match open_reader_at(&desktop, immutable).and_then(|r| names.load(&r)) {
+                Ok(()) => info!(
+                    volume = %root.display(),
+                    names = names.names().unwrap_or(0),
+                    ms = began.elapsed().as_millis() as u64,
+                    "name index ready"
+                ),
+                Err(e) => error!(
+                    "cannot build the name index of [{}]: {e}; find scans the desktop instead",
+                    root.display()
+                ),
+            }
+        });
+}
+
+/// The quick logical check of DESIGN §6.5, off the start-up path.
+pub(crate) fn spawn_check(
+    desktop: &Path,
+    immutable: bool,
+    root: &Path,
+    state: Arc<Mutex<SharedState>>,
+) {
+    let desktop = desktop.to_path_buf();
+    let root = root.to_path_buf();
+    let _ = std::thread::Builder::new()
+        .name("check".into())
+        .spawn(move || {
+            let result = open_reader_at(&desktop, immutable).and_then(|r| r.quick_check());
+            match result {
+                Ok(problems) if problems.is_empty() => {}
+                Ok(problems) => {
+                    error!(
+                        "desktop check failed for [{}]: {}; run `deskd rebuild {}` to repair it",
+                        root.display(),
+                        problems.join("; "),
+                        root.display()
+                    );
+                    state.lock().unwrap().check_problems = problems;
+                }
+                Err(e) => {
+                    error!("desktop check of [{}] could not run: {e}", root.display());
+                    state.lock().unwrap().check_problems = vec![e.to_string()];
+                }
+            }
+        });
+}

@@ -1,0 +1,161 @@
+//! Why the server, or one of its volumes, could not start: one variant per thing that failed,
+//! with the error underneath as its source. The messages are the ones the log and `deskd
+//! serve` have always printed (tests and HELIOS-trained administrators read them), so each
+//! variant's text is spelled out here rather than built where it fails. Large sources are
+//! boxed: every `Result` of the start-up path carries this type.
+
+use std::io;
+use std::path::PathBuf;
+
+use deskd_volume::guard;
+
+/// Errors that stop the server or a volume from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration file could not be read.
+    #[error("configuration: {}: {source}", path.display())]
+    ConfigRead { path: PathBuf, source: io::Error },
+    /// The configuration file is not valid TOML for deskd.
+    #[error("configuration: {}: {source}", path.display())]
+    ConfigSyntax {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    /// A volume's `freeze_max` is 0.
+    #[error("configuration: {}: freeze_max must be at least 1 second", root.display())]
+    FreezeMaxZero { root: PathBuf },
+    /// Neither the command line nor the file names a volume.
+    #[error(
+        "configuration: no volumes: name them on the command line or in [volume.\"<path>\"] tables"
+    )]
+    NoVolumes,
+    /// `listen` without `token_file`.
+    #[error(
+        "configuration: listen needs token_file: TCP clients must prove they hold a shared token"
+    )]
+    ListenWithoutToken,
+    /// The TCP token file is unusable (missing, readable by others, too short). The reason is
+    /// part of the message, not a `source`, so anyhow's `{:#}` does not print it twice.
+    #[error("configuration: {source}")]
+    TokenFile {
+        /// Why the file cannot be used.
+        source: deskd_proto::transport::TokenFileError,
+    },
+    /// Another server answers on the socket.
+    #[error("socket {}: another deskd is already serving on this socket", path.display())]
+    SocketTaken { path: PathBuf },
+    /// The socket could not be set up; `step` says which part (empty for the bind itself).
+    #[error("socket {}: {step}{source}", path.display())]
+    Socket {
+        path: PathBuf,
+        step: &'static str,
+        source: io::Error,
+    },
+    /// The TCP address could not be bound or served.
+    #[error("tcp {addr}: {source}")]
+    Tcp { addr: String, source: io::Error },
+    /// Every volume failed its checks or to open: what each said.
+    #[error("no volume could be opened: {}", failures.join("; "))]
+    NoVolumeOpened { failures: Vec<String> },
+
+    /// The volume root cannot be resolved.
+    #[error("{}: {source}", root.display())]
+    RootUnresolved { root: PathBuf, source: io::Error },
+    /// The volume root is not usable as one.
+    #[error("{}: {source}", root.display())]
+    Root {
+        root: PathBuf,
+        source: deskd_volume::VolumeError,
+    },
+    /// The volume root is not a directory.
+    #[error("{}: not a directory", root.display())]
+    NotADirectory { root: PathBuf },
+    /// The volume root is world-writable and `world_writable` does not allow it.
+    #[error("{}", guard::world_writable_message(root))]
+    WorldWritable { root: PathBuf },
+    /// The volume lies inside another volume (`outer`) and is not served `nested`.
+    #[error("{}", guard::inside_message(root, outer))]
+    InsideVolume { root: PathBuf, outer: PathBuf },
+    /// Another volume (`inner`) lies inside this one, which is not served `nested`.
+    #[error("{}", guard::around_message(root, inner))]
+    AroundVolume { root: PathBuf, inner: PathBuf },
+    /// The root's `.Desktop` relocation link cannot be read (HELIOS's words).
+    #[error("OpenDesk {}: Miscellaneous error ({source})", root.display())]
+    DesktopLink { root: PathBuf, source: io::Error },
+    /// The relocated desktop's directory is missing (HELIOS's words).
+    #[error("OpenDesk {}: Miscellaneous error", root.display())]
+    RelocationMissing { root: PathBuf },
+    /// The directory `desktop_location` asks for cannot be made.
+    #[error("{}: cannot create desktop directory: {source}", dir.display())]
+    DesktopDir { dir: PathBuf, source: io::Error },
+    /// The relocation symlink cannot be made.
+    #[error("{}: cannot create symlink: {source}", link.display())]
+    DesktopSymlink { link: PathBuf, source: io::Error },
+    /// A private directory in the temp directory cannot be made or looked at.
+    #[error("{}: {source}", dir.display())]
+    PrivateDir { dir: PathBuf, source: io::Error },
+    /// The temp directory's name is taken by a directory that is not deskd's alone.
+    #[error(
+        "{}: exists and is not a private directory of uid {me} (owner {owner}, mode {mode:o}); \
+         not used for the temporary desktop",
+        dir.display()
+    )]
+    NotPrivate {
+        dir: PathBuf,
+        me: u32,
+        owner: u32,
+        mode: u32,
+    },
+    /// The copy of a read-only volume's desktop cannot be made.
+    #[error("{}: {source}", path.display())]
+    DesktopCopy { path: PathBuf, source: io::Error },
+    /// The desktop file cannot be opened to be locked, or looked at once locked.
+    #[error("{}: cannot open desktop: {source}", path.display())]
+    DesktopLock { path: PathBuf, source: io::Error },
+    /// The locked desktop's owner cannot be read.
+    #[error("{}: {source}", path.display())]
+    DesktopMetadata { path: PathBuf, source: io::Error },
+    /// Another process holds the desktop's lock (HELIOS's words).
+    #[error("{}: Warning, desktop DB busy by another process", root.display())]
+    DesktopBusy { root: PathBuf },
+    /// The desktop belongs to someone who may not have made it.
+    #[error(
+        "{}: the desktop {} is owned by uid {owner}, which is neither root, deskd's user \
+         (uid {me}) nor the volume owner; someone else made it, so it is not used (move it \
+         away and serve the volume again)",
+        root.display(),
+        path.display()
+    )]
+    DesktopOwner {
+        root: PathBuf,
+        path: PathBuf,
+        owner: u32,
+        me: u32,
+    },
+    /// The desktop database cannot be opened.
+    #[error("{}: cannot open desktop {}: {source}", root.display(), path.display())]
+    DesktopOpen {
+        root: PathBuf,
+        path: PathBuf,
+        source: Box<deskd_db::DbError>,
+    },
+    /// The desktop could not be opened for writing for want of space (`why`), and not even
+    /// read-only.
+    #[error(
+        "{}: cannot open desktop {} ({why}), not even read-only: {source}",
+        root.display(),
+        path.display()
+    )]
+    DesktopUnreadable {
+        root: PathBuf,
+        path: PathBuf,
+        why: Box<deskd_db::DbError>,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The desktop's durability setting cannot be read back.
+    #[error("{0}")]
+    Durability(#[source] Box<deskd_db::DbError>),
+    /// The volume's writer thread cannot be started.
+    #[error("cannot start writer thread: {0}")]
+    WriterThread(#[source] io::Error),
+}

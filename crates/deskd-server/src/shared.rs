@@ -1,0 +1,151 @@
+//! What every connection thread shares with the server: the served volumes by handle (and
+//! what a handle stands for while a reload changes it), the TCP settings a reload may change,
+//! the connection limits and the online rebuilds.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use deskd_proto::{ErrorCode, ErrorReply};
+
+use crate::volume::VolumeHandle;
+use crate::{limits, rebuild};
+
+/// What TCP connections need: the token they must prove they hold (re-read from its file on
+/// [`Server::reconfigure`]), and whether they may use the admin verbs. All but the address
+/// can change on a reload.
+pub struct TcpAccess {
+    pub(crate) token: RwLock<Vec<u8>>,
+    pub(crate) token_file: RwLock<PathBuf>,
+    pub(crate) admin: AtomicBool,
+    /// Connections beyond this many are closed at once: each costs a thread, and anyone who
+    /// can reach the port can open them (before the token is asked for).
+    pub(crate) max_connections: AtomicUsize,
+    pub(crate) open: Arc<AtomicUsize>,
+}
+
+/// Counts one open TCP connection while it lives.
+pub struct TcpSlot(Arc<AtomicUsize>);
+
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl TcpAccess {
+    /// A slot for one more connection, or None when `max_connections` are open.
+    pub(crate) fn slot(&self) -> Option<TcpSlot> {
+        let max = self.max_connections();
+        let taken = self
+            .open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        taken.then(|| TcpSlot(self.open.clone()))
+    }
+
+    /// The token connections must prove they hold now.
+    pub fn token(&self) -> Vec<u8> {
+        self.token.read().unwrap().clone()
+    }
+
+    /// Whether TCP clients may use the admin verbs (`tcp_admin`).
+    pub fn admin(&self) -> bool {
+        self.admin.load(Ordering::SeqCst)
+    }
+
+    /// Most TCP connections open at once (`tcp_max_connections`).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.load(Ordering::SeqCst)
+    }
+}
+
+/// What a volume handle stands for. A handle is a position in [`Shared`]'s list and keeps its
+/// meaning for the server's life: a volume that is reopened keeps it, and one that is served
+/// again after it was taken out of the configuration gets its old handle back.
+pub(crate) enum Slot {
+    Served(Arc<VolumeHandle>),
+    /// Being closed and opened again, or closed, by a reload: requests wait for the outcome.
+    Changing,
+    /// No longer in the configuration; the volume root it was.
+    Retired(PathBuf),
+}
+
+/// How long a request waits for a volume that a reload is closing or reopening.
+const CHANGING_WAIT: Duration = Duration::from_secs(30);
+
+/// What every connection thread shares.
+pub struct Shared {
+    pub(crate) volumes: RwLock<Vec<Slot>>,
+    /// Counts reloads that closed a desktop: connections then drop read connections to
+    /// desktops no longer served.
+    pub(crate) closings: AtomicU64,
+    pub shutting_down: AtomicBool,
+    pub tcp: Option<TcpAccess>,
+    /// Connection counts and limits, and the frame timeout (both transports).
+    pub limits: Arc<limits::ConnectionLimits>,
+    /// The running or last online rebuild of each volume.
+    pub(crate) rebuilds: rebuild::Registry,
+}
+
+impl Shared {
+    /// Every served volume, in handle order.
+    pub fn volumes(&self) -> Vec<Arc<VolumeHandle>> {
+        self.volumes
+            .read()
+            .unwrap()
+            .iter()
+            .filter_map(|slot| match slot {
+                Slot::Served(handle) => Some(handle.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The volume with handle `vol`; while a reload reopens it, waits for it.
+    pub fn volume(&self, vol: u32) -> Result<Arc<VolumeHandle>, ErrorReply> {
+        let began = Instant::now();
+        loop {
+            match self.volumes.read().unwrap().get(vol as usize) {
+                Some(Slot::Served(handle)) => return Ok(handle.clone()),
+                Some(Slot::Changing) if began.elapsed() < CHANGING_WAIT => {}
+                Some(Slot::Changing) => {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Busy,
+                        format!("volume handle {vol} is being reopened; try again"),
+                    ))
+                }
+                Some(Slot::Retired(root)) => {
+                    return Err(ErrorReply::new(
+                        ErrorCode::NoSuchVolume,
+                        format!(
+                            "{}: no longer served (taken out of the configuration)",
+                            root.display()
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(ErrorReply::new(
+                        ErrorCode::NoSuchVolume,
+                        format!("no volume with handle {vol}"),
+                    ))
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// How many reloads have closed a desktop so far.
+    pub fn closings(&self) -> u64 {
+        self.closings.load(Ordering::SeqCst)
+    }
+
+    /// Whether opening `opening` of the volume with handle `vol` is still the one served.
+    pub fn is_current(&self, vol: u32, opening: u64) -> bool {
+        matches!(self.volumes.read().unwrap().get(vol as usize),
+            Some(Slot::Served(h)) if h.opening == opening)
+    }
+}

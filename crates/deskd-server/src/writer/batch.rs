@@ -1,0 +1,179 @@
+//! Group commit: every write that waits in the queue goes into one transaction, committed
+//! once, and only then acknowledged, each connection flushed once. The batch runs without
+//! savepoints (a savepoint per request costs a statement journal per request); only when a
+//! request in it fails is it rolled back and run again with one savepoint per request, so the
+//! failing request gets its error and never commits half its work, and the others still
+//! commit. Before the commit, the space the WAL and `min_free` need is checked.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use deskd_db::Desktop;
+use deskd_proto::{ErrorCode, ErrorReply, Request};
+use deskd_volume::Volume;
+use tracing::{error, info, warn};
+
+use super::checkpoint::REQUESTED_CHECKPOINT_WAIT;
+use super::{Replier, Writer};
+use crate::apply::{apply_write, DirCache, Reply};
+use crate::db_reply::db_error;
+use crate::space;
+
+/// What one run of a batch produced.
+enum Attempt {
+    /// Committed (or, for a lone failed request, rolled back); one reply per request.
+    Done(Vec<Reply>),
+    /// A request failed in a non-isolated run; nothing was committed.
+    Retry,
+}
+
+/// Apply `writes` in one transaction. With `isolated`, each request runs in its own savepoint
+/// so a failure undoes only that request; without, the first failure abandons the batch.
+fn run_batch(
+    desktop: &mut Desktop,
+    volume: &Volume,
+    read_only: bool,
+    writes: &[(Request, Replier)],
+    isolated: bool,
+) -> Result<Attempt, deskd_db::DbError> {
+    let mut batch = desktop.batch()?;
+    let mut replies = Vec::with_capacity(writes.len());
+    let mut cache = DirCache::default();
+    for (request, sink) in writes {
+        let access = sink.access();
+        if isolated {
+            replies.push(batch.step(|b| {
+                Ok(apply_write(
+                    b, volume, read_only, request, &mut cache, access,
+                ))
+            })?);
+            continue;
+        }
+        let reply = apply_write(&mut batch, volume, read_only, request, &mut cache, access);
+        if reply.is_err() {
+            if writes.len() > 1 {
+                return Ok(Attempt::Retry); // dropping the batch rolls it back
+            }
+            drop(batch); // a lone request: undo whatever it did, answer its error
+            return Ok(Attempt::Done(vec![reply]));
+        }
+        replies.push(reply);
+    }
+    batch.commit()?;
+    Ok(Attempt::Done(replies))
+}
+
+impl Writer {
+    pub(super) fn commit_batch(&mut self, writes: &mut Vec<(Request, Replier)>) {
+        if writes.is_empty() {
+            return;
+        }
+        if let Err(refusal) = self.make_room() {
+            for (_, sink) in writes.drain(..) {
+                sink.send(Err(refusal.clone()));
+            }
+            return;
+        }
+        let desktop = self.desktop.as_mut().expect("writer used after shutdown");
+        let (volume, read_only) = (&self.volume, self.config.read_only);
+        // Fast path: the whole batch in one transaction without savepoints (a savepoint per
+        // request costs a statement journal per request). If a request fails, its
+        // partial changes must not be committed: run the batch again, isolating each request.
+        let outcome = match run_batch(desktop, volume, read_only, writes, false) {
+            Ok(Attempt::Retry) => run_batch(desktop, volume, read_only, writes, true),
+            other => other,
+        };
+        match outcome {
+            Ok(Attempt::Retry) => unreachable!("an isolated run never asks for a retry"),
+            Ok(Attempt::Done(replies)) => {
+                tracing::debug!(batch = replies.len(), "committed");
+                // Before any acknowledgement: readers must see this commit from now on.
+                self.committed();
+                let mut connections: Vec<Replier> = Vec::new();
+                for ((_, sink), reply) in writes.drain(..).zip(replies) {
+                    sink.queue(reply);
+                    if !connections
+                        .iter()
+                        .any(|c| c.connection() == sink.connection())
+                    {
+                        connections.push(sink);
+                    }
+                }
+                for c in connections {
+                    c.flush();
+                }
+                self.check_wal_limit();
+            }
+            Err(e) => {
+                error!(volume = %self.volume.root().display(), "commit failed: {e}");
+                let reply = ErrorReply::new(
+                    db_error(e).code,
+                    format!(
+                        "{}: desktop commit failed; nothing in this batch was recorded",
+                        self.volume.root().display()
+                    ),
+                );
+                for (_, sink) in writes.drain(..) {
+                    sink.send(Err(reply.clone()));
+                }
+            }
+        }
+    }
+
+    /// Bookkeeping after a commit: timers, and a new snapshot for readers.
+    pub(super) fn committed(&mut self) {
+        self.last_write = Instant::now();
+        self.dirty_since.get_or_insert(self.last_write);
+        self.commits.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Before a commit: free space must cover the WAL (what a checkpoint may need to grow
+    /// the desktop) and `min_free`. When it does not, checkpoint first (the WAL's space comes
+    /// back); when that does not leave `min_free` either, refuse the batch.
+    pub(super) fn make_room(&mut self) -> Result<(), ErrorReply> {
+        let usage = |dir: &Path| {
+            space::usage(dir).unwrap_or(space::Usage {
+                free: u64::MAX,
+                size: u64::MAX,
+            })
+        };
+        let len = |file: &Path| std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        let now = usage(&self.desktop_dir);
+        let min_free = space::min_free(self.config.min_free, now.size);
+        if space::room(now.free, len(&self.wal_path), min_free) == space::Room::Enough {
+            return Ok(());
+        }
+        let checkpointed = if self.frozen() {
+            Err(ErrorReply::new(ErrorCode::Busy, "frozen"))
+        } else {
+            self.flush(REQUESTED_CHECKPOINT_WAIT)
+        };
+        let left = usage(&self.desktop_dir).free;
+        let wal = len(&self.wal_path);
+        if space::room(left, wal, min_free) == space::Room::Enough {
+            if self.low_space_checkpointed.now() {
+                info!(volume = %self.volume.root().display(),
+                    "little space left on the desktop's file system: WAL checkpointed before a \
+                     commit ({left} bytes free; said at most once a minute)");
+            }
+            return Ok(());
+        }
+        let root = self.volume.root().display().to_string();
+        if self.low_space_logged.now() {
+            warn!(volume = %root, "writes refused: {left} bytes free on the desktop's file system, \
+            less than the WAL ({wal} bytes) and min_free ({min_free}){}",
+            match &checkpointed {
+                Ok(()) => String::new(),
+                Err(e) => format!("; checkpoint: {}", e.message),
+            });
+        }
+        Err(ErrorReply::new(
+            ErrorCode::DiskFull,
+            format!(
+                "{root}: the desktop's file system is nearly full ({left} bytes free, min_free \
+                 {min_free}); nothing was recorded. Reads go on; free space and try again"
+            ),
+        ))
+    }
+}

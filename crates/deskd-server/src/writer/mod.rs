@@ -1,0 +1,440 @@
+//! The writer thread of one volume: the only write connection to its desktop.
+//!
+//! It drains its queue, applies everything that arrived as one transaction, commits, and only
+//! then acknowledges (group commit with no added delay): the batch runs without savepoints and,
+//! only when a request in it fails, again with one savepoint per request, so the failing
+//! request gets its error and the others still commit. Between batches it runs the flush,
+//! idle-close, WAL-limit and freeze timers. Before a commit it keeps `min_free` free beyond the
+//! WAL ([`crate::space`]); a desktop that cannot be opened for writing for want of space is
+//! served read-only, by a writer without a desktop.
+//!
+//! Group commit is in [`batch`], the timers and checkpoints in [`checkpoint`]. The writer
+//! knows nothing of connections: a write carries a [`ReplyTo`], which the
+//! connection implements, so this module can be driven (and tested) without a socket.
+
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use deskd_db::{now_unix, Desktop};
+use deskd_proto::{ErrorCode, ErrorReply, Request, Response};
+use deskd_volume::Volume;
+use tracing::{error, info, warn};
+
+mod batch;
+mod checkpoint;
+
+use checkpoint::REQUESTED_CHECKPOINT_WAIT;
+#[cfg(test)]
+mod tests;
+
+use crate::access::Access;
+use crate::apply::Reply;
+use crate::config::VolumeConfig;
+use crate::limits::RateLimited;
+use crate::space;
+
+/// Where the writer sends the reply to one write, once its batch is committed (or refused).
+/// The connection thread implements it ([`crate::conn::ReplySink`]); tests record replies.
+pub(crate) trait ReplyTo: Send {
+    /// Whose request it is: the writer walks every path as this peer.
+    fn access(&self) -> &Access;
+    /// Buffer the reply; it leaves with the next [`ReplyTo::flush`] of its connection, so a
+    /// committed batch costs one write per connection, not one per reply.
+    fn queue(&self, reply: Reply);
+    /// Push the buffered replies of this reply's connection to the client.
+    fn flush(&self);
+    /// Which connection the reply goes to: replies with the same key share one flush.
+    fn connection(&self) -> usize;
+    /// Send the reply now.
+    fn send(&self, reply: Reply) {
+        self.queue(reply);
+        self.flush();
+    }
+}
+
+/// Where a write's reply goes (one allocation per write; the writer needs no type of its
+/// caller's).
+pub(crate) type Replier = Box<dyn ReplyTo>;
+
+/// Work for a volume's writer thread.
+pub(crate) enum Job {
+    Write {
+        request: Request,
+        reply: Replier,
+    },
+    Flush(Sender<Reply>),
+    Freeze(Option<u32>, Sender<Reply>),
+    Thaw(Sender<Reply>),
+    /// New settings (flush_delay, idle_close, freeze_default, freeze_max, wal_limit, min_free
+    /// and durability) from a reloaded configuration; read_only needs the volume reopened.
+    Retime(VolumeConfig, Sender<()>),
+    /// Work on the desktop between two batches (an online rebuild's apply); returns whether
+    /// it committed.
+    Run(Box<dyn FnOnce(&mut Desktop) -> bool + Send>),
+    /// Commit, close the desktop cleanly and release its lock, so that it can be opened again
+    /// (a reload that reopens or stops serving the volume). Refused while the volume is frozen:
+    /// a backup may be copying the file, and closing writes to it.
+    Close(Sender<Result<(), CloseRefused>>),
+    Shutdown(Sender<()>),
+}
+
+/// Why a writer does not close its desktop when asked ([`Job::Close`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CloseRefused {
+    /// A backup may be copying the file, and closing writes to it.
+    #[error("frozen")]
+    Frozen,
+}
+
+/// State shared between the writer and status readers.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SharedState {
+    pub(crate) last_flush: i64,
+    pub(crate) frozen_until: Option<i64>,
+    pub(crate) clean_at_start: bool,
+    pub(crate) check_problems: Vec<String>,
+}
+
+/// Most writes taken into one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// The writer of one volume: its desktop (None: served read-only for want of space), the lock
+/// that makes it the only one, and the timers' state. Made by [`Writer::new`], run on its own
+/// thread by [`Writer::spawn`].
+pub(crate) struct Writer {
+    desktop: Option<Desktop>,
+    /// The exclusive lock that makes this the only writer, held until the desktop is closed.
+    lock: Option<File>,
+    volume: Volume,
+    config: VolumeConfig,
+    state: Arc<Mutex<SharedState>>,
+    commits: Arc<AtomicU64>,
+    wal_path: PathBuf,
+    /// When the oldest committed but not yet checkpointed change was made.
+    dirty_since: Option<Instant>,
+    last_write: Instant,
+    frozen_until: Option<Instant>,
+    /// After a checkpoint that readers held back: no timed checkpoint before this.
+    checkpoint_after: Option<Instant>,
+    /// Since when timed checkpoints have been held back by a reader (for the log).
+    held_back_since: Option<Instant>,
+    /// Where the WAL grows: its free space is checked before each commit.
+    desktop_dir: PathBuf,
+    /// Writes refused for want of space (logged at most once a minute).
+    low_space_logged: RateLimited,
+    /// A commit that had to checkpoint first for want of space (logged likewise).
+    low_space_checkpointed: RateLimited,
+    /// The temporary directory holding the copy a full-disk opening reads, removed at close.
+    temp_copy: Option<PathBuf>,
+}
+
+/// How often the log may say that space is short (a nearly full disk affects every commit).
+const LOW_SPACE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl Writer {
+    /// The writer of the desktop at `desktop_path`, opened (`desktop`) and locked (`lock`)
+    /// by the caller. `temp_copy`: a directory holding a copy the readers use, removed at
+    /// close.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        desktop: Option<Desktop>,
+        lock: File,
+        volume: Volume,
+        config: VolumeConfig,
+        state: Arc<Mutex<SharedState>>,
+        commits: Arc<AtomicU64>,
+        desktop_path: &Path,
+        temp_copy: Option<PathBuf>,
+    ) -> Writer {
+        Writer {
+            desktop,
+            lock: Some(lock),
+            volume,
+            config,
+            state,
+            commits,
+            wal_path: deskd_db::wal_path(desktop_path),
+            desktop_dir: space::desktop_dir(desktop_path).to_path_buf(),
+            dirty_since: None,
+            last_write: Instant::now(),
+            frozen_until: None,
+            checkpoint_after: None,
+            held_back_since: None,
+            low_space_logged: RateLimited::new(LOW_SPACE_LOG_EVERY),
+            low_space_checkpointed: RateLimited::new(LOW_SPACE_LOG_EVERY),
+            temp_copy,
+        }
+    }
+
+    /// Run the writer on a thread of its own (`writer-<index>`) until its queue is closed or
+    /// it is told to close or shut down.
+    pub(crate) fn spawn(self, index: u32, rx: Receiver<Job>) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name(format!("writer-{index}"))
+            .spawn(move || self.run(rx))
+            .map(|_| ())
+    }
+
+    /// Serve the queue: batches of writes, control jobs between them, timers when idle.
+    fn run(mut self, rx: Receiver<Job>) {
+        if self.desktop.is_none() {
+            return self.serve_without_desktop(rx);
+        }
+        let mut writes: Vec<(Request, Replier)> = Vec::new();
+        loop {
+            let job = match self.next_deadline() {
+                Some(deadline) => {
+                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.timers();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            };
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Write { request, reply } => writes.push((request, reply)),
+                    control => {
+                        self.commit_batch(&mut writes);
+                        match control {
+                            Job::Shutdown(done) => {
+                                self.shutdown();
+                                self.remove_empty_wal();
+                                let _ = done.send(());
+                                return self.refuse_all(rx);
+                            }
+                            Job::Close(done) if self.frozen() => {
+                                let _ = done.send(Err(CloseRefused::Frozen));
+                            }
+                            Job::Close(done) => {
+                                self.shutdown();
+                                let _ = done.send(Ok(()));
+                                return self.refuse_all(rx);
+                            }
+                            control => self.control(control),
+                        }
+                    }
+                }
+                if writes.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit_batch(&mut writes);
+            self.timers();
+        }
+        self.shutdown();
+    }
+
+    /// A volume served read-only for want of space has no write connection: writes are
+    /// refused with `DiskFull`, a flush has nothing to do, and a freeze only says so (the
+    /// desktop cannot change).
+    fn serve_without_desktop(mut self, rx: Receiver<Job>) {
+        let refusal = || {
+            ErrorReply::new(
+                ErrorCode::DiskFull,
+                format!(
+                    "{}: read-only: {}; free space on it, then reload deskd (SIGHUP) to write \
+                     again",
+                    self.volume.root().display(),
+                    space::FULL_REASON
+                ),
+            )
+        };
+        while let Ok(job) = rx.recv() {
+            match job {
+                Job::Write { reply, .. } => reply.send(Err(refusal())),
+                Job::Flush(reply) | Job::Thaw(reply) => {
+                    let _ = reply.send(Ok(Response::Done));
+                }
+                Job::Freeze(seconds, reply) => {
+                    let secs = seconds
+                        .unwrap_or(self.config.freeze_default)
+                        .min(self.config.freeze_max)
+                        .max(1);
+                    let _ = reply.send(Ok(Response::Frozen {
+                        until: now_unix() + secs as i64,
+                        clamped: seconds.is_some_and(|s| s > self.config.freeze_max),
+                        max: self.config.freeze_max,
+                    }));
+                }
+                Job::Retime(new, done) => {
+                    self.config = new;
+                    let _ = done.send(());
+                }
+                Job::Run(_) => {}
+                Job::Close(done) => {
+                    self.lock = None;
+                    self.remove_temp_copy();
+                    let _ = done.send(Ok(()));
+                    return self.refuse_all(rx);
+                }
+                Job::Shutdown(done) => {
+                    self.lock = None;
+                    self.remove_temp_copy();
+                    let _ = done.send(());
+                    return self.refuse_all(rx);
+                }
+            }
+        }
+    }
+
+    /// Remove the copy of the desktop a full-disk opening read (readers that still have it
+    /// open keep reading the unlinked files until they notice the opening is gone).
+    fn remove_temp_copy(&mut self) {
+        if let Some(dir) = self.temp_copy.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// After the desktop is closed: answer whatever still arrives, until the last sender is
+    /// gone. A connection may have taken the handle just before the volume was closed; its
+    /// request must get an answer, not wait forever.
+    fn refuse_all(self, rx: Receiver<Job>) {
+        let closed = || {
+            ErrorReply::new(
+                ErrorCode::ShuttingDown,
+                format!(
+                    "{}: the desktop was closed (deskd is stopping, or reopening or no longer \
+                     serving the volume); nothing was recorded, try again",
+                    self.volume.root().display()
+                ),
+            )
+        };
+        for job in rx.iter() {
+            match job {
+                Job::Write { reply, .. } => reply.send(Err(closed())),
+                Job::Flush(reply) | Job::Freeze(_, reply) | Job::Thaw(reply) => {
+                    let _ = reply.send(Err(closed()));
+                }
+                Job::Retime(_, done) | Job::Shutdown(done) => {
+                    let _ = done.send(());
+                }
+                Job::Close(done) => {
+                    let _ = done.send(Ok(()));
+                }
+                // Dropping an online rebuild's work tells it that the desktop is gone.
+                Job::Run(_) => {}
+            }
+        }
+    }
+
+    fn control(&mut self, job: Job) {
+        match job {
+            Job::Flush(reply) => {
+                let result = if self.frozen() {
+                    Err(ErrorReply::new(
+                        ErrorCode::Busy,
+                        format!(
+                            "{}: frozen; flush after the freeze ends (or thaw)",
+                            self.volume.root().display()
+                        ),
+                    ))
+                } else {
+                    self.flush(REQUESTED_CHECKPOINT_WAIT)
+                        .map(|_| Response::Done)
+                };
+                let _ = reply.send(result);
+            }
+            Job::Freeze(seconds, reply) => {
+                let wanted = seconds.unwrap_or(self.config.freeze_default);
+                let clamped = wanted > self.config.freeze_max;
+                let secs = wanted.min(self.config.freeze_max).max(1);
+                // Flush first (a new freeze on a frozen volume just extends it).
+                let result = if self.frozen() {
+                    Ok(())
+                } else {
+                    self.flush(REQUESTED_CHECKPOINT_WAIT)
+                };
+                let result = result.map(|_| {
+                    self.frozen_until = Some(Instant::now() + Duration::from_secs(secs as u64));
+                    let until = now_unix() + secs as i64;
+                    self.state.lock().unwrap().frozen_until = Some(until);
+                    info!(volume = %self.volume.root().display(), seconds = secs, "frozen");
+                    Response::Frozen {
+                        until,
+                        clamped,
+                        max: self.config.freeze_max,
+                    }
+                });
+                let _ = reply.send(result);
+            }
+            Job::Thaw(reply) => {
+                self.frozen_until = None;
+                self.state.lock().unwrap().frozen_until = None;
+                let _ = reply.send(Ok(Response::Done));
+            }
+            Job::Retime(new, done) => {
+                self.config.flush_delay = new.flush_delay;
+                self.config.idle_close = new.idle_close;
+                self.config.freeze_default = new.freeze_default;
+                self.config.freeze_max = new.freeze_max;
+                self.config.wal_limit = new.wal_limit;
+                self.config.min_free = new.min_free;
+                if new.durability != self.config.durability {
+                    let desktop = self.desktop.as_ref().expect("writer used after shutdown");
+                    match desktop.set_durability(new.durability) {
+                        Ok(()) => {
+                            self.config.durability = new.durability;
+                            info!(volume = %self.volume.root().display(),
+                                "durability now {:?}", new.durability);
+                        }
+                        Err(e) => warn!(volume = %self.volume.root().display(),
+                            "durability stays {:?}: {e}", self.config.durability),
+                    }
+                }
+                let _ = done.send(());
+            }
+            Job::Run(work) => {
+                let desktop = self.desktop.as_mut().expect("writer used after shutdown");
+                if work(desktop) {
+                    self.committed();
+                    self.check_wal_limit();
+                }
+            }
+            Job::Write { .. } | Job::Close(_) | Job::Shutdown(_) => {
+                unreachable!("handled by run")
+            }
+        }
+    }
+
+    /// At the server's end, after a clean close: remove a WAL the checkpoint emptied (and its
+    /// index), which the process's read connections would otherwise leave behind. Never done
+    /// at a reload's close (readers of this opening may still use them), nor while another
+    /// process (an `sqlite3` session, a backup) has the desktop open.
+    fn remove_empty_wal(&self) {
+        let wal = self.wal_path.as_os_str().as_bytes();
+        let desktop = Path::new(std::ffi::OsStr::from_bytes(
+            &wal[..wal.len() - "-wal".len()],
+        ));
+        if std::fs::metadata(&self.wal_path).is_ok_and(|m| m.len() == 0)
+            && !space::open_elsewhere(desktop)
+        {
+            let _ = std::fs::remove_file(&self.wal_path);
+            let _ = std::fs::remove_file(deskd_db::shm_path(desktop));
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(desktop) = self.desktop.take() {
+            match desktop.close_clean() {
+                Ok(()) => info!(volume = %self.volume.root().display(), "desktop closed cleanly"),
+                Err(e) => error!(volume = %self.volume.root().display(), "clean close failed: {e}"),
+            }
+        }
+        // Only now may another opening of this desktop take the lock.
+        self.lock = None;
+    }
+}

@@ -1,0 +1,238 @@
+//! The writer driven through its queue, with no socket: replies go to [`Recorded`]
+//! connections that keep what they were sent.
+
+use super::*;
+use crate::config::ConfigFile;
+use deskd_db::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A connection as the writer sees it: replies are queued, and sent when flushed.
+#[derive(Default)]
+struct TestConnection {
+    queued: Mutex<Vec<(&'static str, Reply)>>,
+    sent: Mutex<Vec<(&'static str, Reply)>>,
+    flushes: AtomicUsize,
+}
+
+impl TestConnection {
+    /// The replies sent so far, by request tag.
+    fn sent(&self) -> Vec<(&'static str, Reply)> {
+        self.sent.lock().unwrap().clone()
+    }
+}
+
+/// The reply to one request (`tag`), on `connection`.
+struct Recorded {
+    tag: &'static str,
+    connection: Arc<TestConnection>,
+    access: Access,
+    /// Told when the connection is flushed (to wait for a reply from a writer thread).
+    flushed: Option<Sender<()>>,
+}
+
+impl ReplyTo for Recorded {
+    fn access(&self) -> &Access {
+        &self.access
+    }
+    fn queue(&self, reply: Reply) {
+        self.connection
+            .queued
+            .lock()
+            .unwrap()
+            .push((self.tag, reply));
+    }
+    fn flush(&self) {
+        let mut queued = self.connection.queued.lock().unwrap();
+        self.connection.sent.lock().unwrap().append(&mut queued);
+        self.connection.flushes.fetch_add(1, Ordering::SeqCst);
+        if let Some(flushed) = &self.flushed {
+            let _ = flushed.send(());
+        }
+    }
+    fn connection(&self) -> usize {
+        Arc::as_ptr(&self.connection) as usize
+    }
+}
+
+/// Register `name` (a path relative to the volume root), answered on `connection`.
+fn add(name: &'static str, connection: &Arc<TestConnection>) -> Job {
+    Job::Write {
+        request: Request::AddPath {
+            vol: 0,
+            path: name.as_bytes().to_vec(),
+            hint: None,
+            type_code: None,
+            creator: None,
+        },
+        reply: Box::new(Recorded {
+            tag: name,
+            connection: connection.clone(),
+            access: Access::Trusted,
+            flushed: None,
+        }),
+    }
+}
+
+fn config_for(root: &Path) -> VolumeConfig {
+    ConfigFile::default()
+        .resolve("/unused".into(), &[root.to_path_buf()])
+        .unwrap()
+        .volumes
+        .remove(0)
+}
+
+/// A writer of a new desktop in `root`, and its commit count.
+fn writer_for(root: &Path) -> (Writer, Arc<AtomicU64>) {
+    let config = config_for(root);
+    let volume = Volume::new(root).unwrap();
+    let path = volume.root().join(deskd_volume::DESKTOP_FILE);
+    let lock = crate::desktop_lock::lock_exclusive(&path, volume.root()).unwrap();
+    let (desktop, _) = Desktop::open(&path, config.durability).unwrap();
+    let commits = Arc::new(AtomicU64::new(0));
+    let writer = Writer::new(
+        Some(desktop),
+        lock,
+        volume,
+        config,
+        Arc::default(),
+        commits.clone(),
+        &path,
+        None,
+    );
+    (writer, commits)
+}
+
+/// Queue `jobs` and then a shutdown before the writer runs, so that they all wait in its
+/// queue at once, and run the writer on this thread until it has shut down.
+fn run_queued(writer: Writer, jobs: Vec<Job>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for job in jobs {
+        tx.send(job).unwrap();
+    }
+    let (done, _done) = crossbeam_channel::bounded(1);
+    tx.send(Job::Shutdown(done)).unwrap();
+    drop(tx);
+    writer.run(rx);
+}
+
+fn files(root: &Path, names: &[&str]) {
+    for name in names {
+        std::fs::write(root.join(name), b"").unwrap();
+    }
+}
+
+fn id_of(reply: &Reply) -> u32 {
+    match reply {
+        Ok(Response::Object(o)) => o.id,
+        other => panic!("not an object: {other:?}"),
+    }
+}
+
+#[test]
+fn writes_waiting_together_are_committed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path(), &["a", "b", "c"]);
+    let (writer, commits) = writer_for(dir.path());
+    let (one, two) = (Arc::default(), Arc::default());
+    run_queued(writer, vec![add("a", &one), add("b", &two), add("c", &one)]);
+    assert_eq!(
+        commits.load(Ordering::SeqCst),
+        1,
+        "one commit for the batch"
+    );
+    let (one, two) = (one.sent(), two.sent());
+    assert_eq!(one.iter().map(|r| r.0).collect::<Vec<_>>(), ["a", "c"]);
+    assert_eq!(two.iter().map(|r| r.0).collect::<Vec<_>>(), ["b"]);
+    let mut ids: Vec<u32> = one.iter().chain(&two).map(|r| id_of(&r.1)).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "three new objects");
+}
+
+#[test]
+fn a_connection_is_flushed_once_per_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path(), &["a", "b", "c"]);
+    let (writer, _) = writer_for(dir.path());
+    let (one, two): (Arc<TestConnection>, Arc<TestConnection>) = (Arc::default(), Arc::default());
+    run_queued(writer, vec![add("a", &one), add("b", &two), add("c", &one)]);
+    assert_eq!(one.flushes.load(Ordering::SeqCst), 1);
+    assert_eq!(two.flushes.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_failing_request_gets_its_error_and_the_rest_of_its_batch_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path(), &["a", "b"]);
+    let (writer, commits) = writer_for(dir.path());
+    let desktop = dir.path().join(deskd_volume::DESKTOP_FILE);
+    let before = deskd_db::Reader::open(&desktop).unwrap().stats().unwrap();
+    let client = Arc::default();
+    run_queued(
+        writer,
+        vec![
+            add("a", &client),
+            add("missing", &client),
+            add("b", &client),
+        ],
+    );
+    let sent = client.sent();
+    assert_eq!(
+        sent.iter().map(|r| r.0).collect::<Vec<_>>(),
+        ["a", "missing", "b"]
+    );
+    let error = sent[1].1.as_ref().unwrap_err();
+    assert_eq!(error.code, ErrorCode::ClaimRejected, "{error:?}");
+    let (a, b) = (id_of(&sent[0].1), id_of(&sent[2].1));
+    assert_eq!(commits.load(Ordering::SeqCst), 1, "still one commit");
+    // What the acknowledged requests did is on the desktop; the failed one left nothing.
+    let reader = deskd_db::Reader::open(&desktop).unwrap();
+    assert_eq!(reader.get(a).unwrap().name, b"a");
+    assert_eq!(reader.get(b).unwrap().name, b"b");
+    assert_eq!(reader.stats().unwrap().objects, before.objects + 2);
+}
+
+#[test]
+fn a_write_caught_by_a_close_is_refused_and_its_retry_commits_after_the_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path(), &["a"]);
+    let (writer, _) = writer_for(dir.path());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    writer.spawn(0, rx).unwrap();
+    let (closed, close) = crossbeam_channel::bounded(1);
+    tx.send(Job::Close(closed)).unwrap();
+    assert_eq!(close.recv().unwrap(), Ok(()));
+    // A connection that took the old opening's queue before the close: answered, not lost.
+    let client: Arc<TestConnection> = Arc::default();
+    let (flushed, replied) = crossbeam_channel::unbounded();
+    let write = |flushed: &Sender<()>| Job::Write {
+        request: Request::AddPath {
+            vol: 0,
+            path: b"a".to_vec(),
+            hint: None,
+            type_code: None,
+            creator: None,
+        },
+        reply: Box::new(Recorded {
+            tag: "a",
+            connection: client.clone(),
+            access: Access::Trusted,
+            flushed: Some(flushed.clone()),
+        }),
+    };
+    tx.send(write(&flushed)).unwrap();
+    replied
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the refusal of a write caught by the close");
+    let refusal = client.sent().remove(0).1.unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::ShuttingDown, "{refusal:?}");
+    assert!(refusal.message.contains("try again"), "{}", refusal.message);
+    // The close released the lock: the reopening gets it, and the retry commits.
+    let (writer, commits) = writer_for(dir.path());
+    run_queued(writer, vec![write(&flushed)]);
+    assert_eq!(commits.load(Ordering::SeqCst), 1);
+    let sent = client.sent();
+    assert_eq!(sent.len(), 2);
+    let reader = deskd_db::Reader::open(&dir.path().join(deskd_volume::DESKTOP_FILE)).unwrap();
+    assert_eq!(reader.get(id_of(&sent[1].1)).unwrap().name, b"a");
+}
