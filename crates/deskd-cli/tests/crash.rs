@@ -52,15 +52,7 @@ fn sigkill_during_4_concurrent_writers_loses_no_acknowledged_create() {
         }));
     }
     // Kill the server once the load is well under way (creates acknowledged, more in flight).
-    let began = std::time::Instant::now();
-    while acked.lock().unwrap().len() < 200 {
-        assert!(
-            began.elapsed() < Duration::from_secs(30),
-            "load too small: {}",
-            acked.lock().unwrap().len()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_for_acks(&acked, 200);
     env.kill9();
     stop.store(true, Ordering::SeqCst);
     for t in threads {

@@ -331,15 +331,7 @@ fn sigkill_of_deskd_under_afpd_load_loses_no_answered_add() {
         }));
     }
     // Kill deskd once the load is well under way (ADDs answered and more in flight).
-    let began = Instant::now();
-    while acked.lock().unwrap().len() < 200 {
-        assert!(
-            began.elapsed() < Duration::from_secs(30),
-            "load too small: {}",
-            acked.lock().unwrap().len()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_for_acks(&acked, 200);
     env.kill9();
     // The ADDs in flight wait for deskd (up to 4 s); it comes back at once.
     env.serve(&["vol"]);

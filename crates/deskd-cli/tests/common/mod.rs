@@ -379,6 +379,20 @@ fn show(args: &[&[u8]]) -> Vec<String> {
 
 /// Register existing paths (relative to the volume root) through one client, pipelined as a
 /// file server would; panics on any error.
+/// Wait until a load's clients have `n` acknowledgements in `acked` (at most 30 s: a load that
+/// cannot reach `n` is too small to show anything).
+pub fn wait_for_acks<T>(acked: &std::sync::Mutex<Vec<T>>, n: usize) {
+    let began = std::time::Instant::now();
+    while acked.lock().unwrap().len() < n {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "load too small: {}",
+            acked.lock().unwrap().len()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 pub fn register_pipelined(c: &mut deskd_client::Client, vol: u32, paths: &[String]) {
     let mut ids = Vec::with_capacity(paths.len());
     for p in paths {

@@ -182,21 +182,10 @@ fn moves_names(request: &Request) -> bool {
     )
 }
 
-/// Write requests a read-only volume refuses: all but registration (`Add`, `AddPath`).
+/// Write requests a read-only volume refuses: all but registration (`Add`, `AddPath`), which
+/// only records what is on disk.
 fn changes_desktop(request: &Request) -> bool {
-    matches!(
-        request,
-        Request::Rename { .. }
-            | Request::RenamePath { .. }
-            | Request::Delete { .. }
-            | Request::DeletePath { .. }
-            | Request::SetInfo { .. }
-            | Request::ApplAdd { .. }
-            | Request::ApplRemove { .. }
-            | Request::IconAdd { .. }
-            | Request::CommentSet { .. }
-            | Request::CommentRemove { .. }
-    )
+    request.is_write() && !matches!(request, Request::Add { .. } | Request::AddPath { .. })
 }
 
 /// Answer a read request from any connection; what names an object is answered only where
