@@ -352,8 +352,7 @@ fn volume_desktop(volume: &Path) -> Result<(PathBuf, PathBuf), BackupError> {
 /// the volume owner and deskd's own user may), and a desktop of a newer format than this
 /// deskd's (a copy or restore of it would lose what this deskd does not know).
 fn refuse_unsafe(root: &Path, desktop: &Path, what: &str) -> Result<(), BackupError> {
-    deskd_volume::guard::require_admin(root, desktop, what)
-        .map_err(BackupError::NotAdmin)?;
+    deskd_volume::guard::require_admin(root, desktop, what).map_err(BackupError::NotAdmin)?;
     match deskd_db::files::check_format(desktop) {
         Err(error @ deskd_db::DbError::FormatTooNew { .. }) => Err(BackupError::FormatTooNew {
             desktop: desktop.to_path_buf(),

@@ -293,10 +293,11 @@ pub fn check_space(desktop: &Path) -> Result<(), RebuildError> {
             .map(|m| m.len())
             .unwrap_or(0);
     let dir = desktop.parent().unwrap_or(Path::new("/"));
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| RebuildError::NulInPath {
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
+        RebuildError::NulInPath {
             path: dir.to_path_buf(),
-        })?;
+        }
+    })?;
     let st = rustix::fs::statvfs(c.as_c_str()).map_err(|e| RebuildError::io(dir, e.into()))?;
     let free = st.f_bavail * st.f_frsize;
     if free < 2 * size {
@@ -390,8 +391,7 @@ pub fn refuse_unsafe(root: &Path, desktop: &Path, options: &Options) -> Result<(
         Mode::Repair => "deskd rebuild",
         Mode::Fresh => "deskd rebuild -f",
     };
-    deskd_volume::guard::require_admin(root, desktop, what)
-        .map_err(RebuildError::NotAdmin)?;
+    deskd_volume::guard::require_admin(root, desktop, what).map_err(RebuildError::NotAdmin)?;
     if let Some(backup) = &options.start_from {
         refuse_newer(backup, NewerDesktop::Backup)?;
     }
