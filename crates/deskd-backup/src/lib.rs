@@ -54,9 +54,12 @@ pub enum BackupError {
     #[error("{0}")]
     Busy(String),
     /// The user may not read the volume's desktop file (a volume owner and a root-run deskd's
-    /// 0600 desktop).
-    #[error("{0}")]
-    Refused(String),
+    /// 0600 desktop); `why` is [`deskd_volume::guard::unreadable_desktop`]'s reason.
+    #[error(
+        "{}: {why}; back it up as root (or as the desktop's owner)",
+        desktop.display()
+    )]
+    Unreadable { desktop: PathBuf, why: String },
     /// The user may not read this volume's desktop: neither root nor the volume owner.
     #[error("{0}")]
     NotAdmin(deskd_volume::guard::AdminError),
@@ -377,10 +380,7 @@ pub fn backup(
     // A volume owner may back up, but not read the 0600 desktop a root-run deskd made; say so
     // rather than pass on SQLite's "unable to open database file".
     if let Some(why) = deskd_volume::guard::unreadable_desktop(&desktop) {
-        return Err(BackupError::Refused(format!(
-            "{}: {why}; back it up as root (or as the desktop's owner)",
-            desktop.display()
-        )));
+        return Err(BackupError::Unreadable { desktop, why });
     }
     if std::fs::metadata(&desktop).map(|m| m.len()).unwrap_or(0) == 0 {
         return Err(BackupError::Usage(format!(
