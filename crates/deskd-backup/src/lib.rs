@@ -53,9 +53,27 @@ pub enum BackupError {
     /// The volume is served or being rebuilt.
     #[error("{0}")]
     Busy(String),
-    /// The user may not read the volume's desktop, or it is of a newer format.
+    /// The user may not read the volume's desktop file (a volume owner and a root-run deskd's
+    /// 0600 desktop); `why` is [`deskd_volume::guard::unreadable_desktop`]'s reason.
+    #[error(
+        "{}: {why}; back it up as root (or as the desktop's owner)",
+        desktop.display()
+    )]
+    Unreadable { desktop: PathBuf, why: String },
+    /// The user may not read this volume's desktop: neither root nor the volume owner.
     #[error("{0}")]
-    Refused(String),
+    NotAdmin(deskd_volume::guard::AdminError),
+    /// The volume's desktop is of a newer format than this deskd's: a copy or restore of it
+    /// would lose what this deskd does not know. The cause is part of the message, not a
+    /// `source` (printed with anyhow's `{:#}` it would be repeated).
+    #[error("{}: {error}; {what} refuses it", desktop.display())]
+    FormatTooNew {
+        desktop: PathBuf,
+        /// [`deskd_db::DbError::FormatTooNew`].
+        error: deskd_db::DbError,
+        /// The command that refused it (`deskd backup`, ...).
+        what: String,
+    },
     #[error("{path}: {source}")]
     Desktop {
         path: PathBuf,
@@ -337,13 +355,13 @@ fn volume_desktop(volume: &Path) -> Result<(PathBuf, PathBuf), BackupError> {
 /// the volume owner and deskd's own user may), and a desktop of a newer format than this
 /// deskd's (a copy or restore of it would lose what this deskd does not know).
 fn refuse_unsafe(root: &Path, desktop: &Path, what: &str) -> Result<(), BackupError> {
-    deskd_volume::guard::require_admin(root, desktop, what)
-        .map_err(|e| BackupError::Refused(e.to_string()))?;
+    deskd_volume::guard::require_admin(root, desktop, what).map_err(BackupError::NotAdmin)?;
     match deskd_db::files::check_format(desktop) {
-        Err(e @ deskd_db::DbError::FormatTooNew { .. }) => Err(BackupError::Refused(format!(
-            "{}: {e}; {what} refuses it",
-            desktop.display()
-        ))),
+        Err(error @ deskd_db::DbError::FormatTooNew { .. }) => Err(BackupError::FormatTooNew {
+            desktop: desktop.to_path_buf(),
+            error,
+            what: what.to_string(),
+        }),
         _ => Ok(()),
     }
 }
@@ -362,10 +380,7 @@ pub fn backup(
     // A volume owner may back up, but not read the 0600 desktop a root-run deskd made; say so
     // rather than pass on SQLite's "unable to open database file".
     if let Some(why) = deskd_volume::guard::unreadable_desktop(&desktop) {
-        return Err(BackupError::Refused(format!(
-            "{}: {why}; back it up as root (or as the desktop's owner)",
-            desktop.display()
-        )));
+        return Err(BackupError::Unreadable { desktop, why });
     }
     if std::fs::metadata(&desktop).map(|m| m.len()).unwrap_or(0) == 0 {
         return Err(BackupError::Usage(format!(
@@ -659,7 +674,7 @@ pub fn restore(
     };
     let report = match deskd_rebuild::rebuild(&root, &rebuild_options, on_progress, on_difference)
     {
-        Err(RebuildError::Busy(_)) => {
+        Err(RebuildError::Busy { .. }) => {
             return Err(BackupError::Busy(format!(
                 "{}: the desktop is open by a running deskd serve (or a rebuild); stop serving this volume, restore, then serve it again",
                 root.display()

@@ -18,8 +18,26 @@ pub struct ConnectionArgs {
     #[arg(long, global = true, env = "DESKD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// Seconds to wait for deskd before giving up; then a volume counts as read-only.
-    #[arg(long, global = true, env = "DESKD_CLIENT_TIMEOUT")]
+    #[arg(long, global = true, env = "DESKD_CLIENT_TIMEOUT", value_parser = parse_timeout)]
     pub timeout: Option<f64>,
+}
+
+/// A `--timeout` (or `$DESKD_CLIENT_TIMEOUT`) value: a number of seconds. Zero and negative
+/// numbers pass (they mean the default); `inf`, NaN and numbers past what a `Duration` holds
+/// are refused here, as a clear usage error, instead of panicking when the timeout is made.
+fn parse_timeout(value: &str) -> Result<f64, String> {
+    let secs: f64 = value
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a number of seconds: {e}"))?;
+    if secs > 0.0 && deskd_client::timeout_secs(secs).is_none() || secs.is_nan() {
+        return Err(format!(
+            "{value}: not a number of seconds a timeout can wait (give a finite number of \
+             seconds, at most {})",
+            u64::MAX
+        ));
+    }
+    Ok(secs)
 }
 
 /// Where a client connects and with what: resolved once, used for every connection.
@@ -69,5 +87,21 @@ impl ConnectionArgs {
     /// Connect to the server these options name.
     pub fn connect(&self) -> Result<Client, ClientError> {
         self.address().connect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_no_duration_holds_is_a_usage_error() {
+        assert_eq!(parse_timeout("2.5"), Ok(2.5));
+        assert_eq!(parse_timeout("0"), Ok(0.0));
+        assert!(parse_timeout("soon").is_err());
+        for bad in ["inf", "infinity", "NaN", "1e30"] {
+            let e = parse_timeout(bad).unwrap_err();
+            assert!(e.contains("finite"), "{bad}: {e}");
+        }
     }
 }

@@ -131,13 +131,21 @@ pub fn default_timeout() -> Duration {
 }
 
 /// The timeout a `$DESKD_CLIENT_TIMEOUT` value says: positive seconds (fractions allowed),
-/// else (unset, unreadable, zero or negative) the default.
+/// else (unset, unreadable, zero, negative, infinite or past what a `Duration` holds) the
+/// default.
 fn timeout_from(value: Option<&str>) -> Duration {
-    let secs = value
+    value
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|v| *v > 0.0)
-        .unwrap_or(DEFAULT_TIMEOUT_SECS as f64);
-    Duration::from_secs_f64(secs)
+        .and_then(timeout_secs)
+        .unwrap_or(Duration::from_secs(DEFAULT_TIMEOUT_SECS))
+}
+
+/// `secs` seconds as a timeout, or `None` when no `Duration` holds it (NaN, infinite,
+/// negative or too large): `Duration::from_secs_f64` would panic on those, and a user may
+/// type `inf` or `1e30` for "wait forever".
+pub fn timeout_secs(secs: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 /// A connection to deskd.
@@ -570,7 +578,7 @@ mod tests {
             Duration::from_secs(DEFAULT_TIMEOUT_SECS)
         );
         assert_eq!(timeout_from(Some(" 2.5 ")), Duration::from_millis(2500));
-        for bad in ["0", "-1", "soon", ""] {
+        for bad in ["0", "-1", "soon", "", "inf", "-inf", "NaN", "1e30"] {
             assert_eq!(
                 timeout_from(Some(bad)),
                 Duration::from_secs(DEFAULT_TIMEOUT_SECS),

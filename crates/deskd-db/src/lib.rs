@@ -145,39 +145,25 @@ impl DbError {
 /// A desktop operation's result.
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
-/// What an object is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Kind {
-    /// A plain file.
-    File,
-    /// A directory: the only kind that may be a parent.
-    Dir,
-    /// A symbolic link, registered as itself and never followed.
-    Symlink,
+/// What an object is: the protocol's type (one definition, see [`deskd_proto::Kind`]).
+pub use deskd_proto::Kind;
+
+/// The number a kind is stored as in the `objects` table's `kind` column. These numbers are
+/// the desktop format: never change them (a unit test holds them).
+fn kind_to_sql(kind: Kind) -> i64 {
+    match kind {
+        Kind::File => 0,
+        Kind::Dir => 1,
+        Kind::Symlink => 2,
+    }
 }
 
-impl Kind {
-    fn to_sql(self) -> i64 {
-        match self {
-            Kind::File => 0,
-            Kind::Dir => 1,
-            Kind::Symlink => 2,
-        }
-    }
-    fn from_sql(v: i64) -> Kind {
-        match v {
-            1 => Kind::Dir,
-            2 => Kind::Symlink,
-            _ => Kind::File,
-        }
-    }
-    /// A short lower-case name: `file`, `dir`, `symlink`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::File => "file",
-            Kind::Dir => "dir",
-            Kind::Symlink => "symlink",
-        }
+/// The kind a stored number stands for; an unknown number reads as a file.
+fn kind_from_sql(v: i64) -> Kind {
+    match v {
+        1 => Kind::Dir,
+        2 => Kind::Symlink,
+        _ => Kind::File,
     }
 }
 
@@ -350,7 +336,7 @@ pub(crate) fn object_from_row(r: &Row<'_>) -> rusqlite::Result<Object> {
         id: r.get::<_, i64>(0)? as u32,
         parent: r.get::<_, i64>(1)? as u32,
         name: r.get(2)?,
-        kind: Kind::from_sql(r.get(3)?),
+        kind: kind_from_sql(r.get(3)?),
         dev: r.get::<_, i64>(4)? as u64,
         ino: r.get::<_, i64>(5)? as u64,
         type_code: four(r.get(6)?),
@@ -396,7 +382,7 @@ fn insert_object(conn: &Connection, o: &Object, key: &str) -> Result<()> {
         o.id,
         o.parent,
         o.name,
-        o.kind.to_sql(),
+        kind_to_sql(o.kind),
         o.dev as i64,
         o.ino as i64,
         &o.type_code[..],
@@ -1068,7 +1054,7 @@ impl Batch<'_> {
             .optional()?;
         match kind {
             None => Err(DbError::NoSuchId(id)),
-            Some(k) if Kind::from_sql(k) != Kind::Dir => Err(DbError::NotADirectory(id)),
+            Some(k) if kind_from_sql(k) != Kind::Dir => Err(DbError::NotADirectory(id)),
             Some(_) => Ok(()),
         }
     }
@@ -1357,7 +1343,7 @@ impl Batch<'_> {
                 o.parent,
                 o.name,
                 key,
-                o.kind.to_sql(),
+                kind_to_sql(o.kind),
                 o.dev as i64,
                 o.ino as i64,
                 &o.type_code[..],

@@ -728,3 +728,13 @@ fn a_desktop_that_cannot_be_created_is_an_io_error_not_corruption() {
     };
     assert!(matches!(err, DbError::Io { op: "create", .. }), "{err:?}");
 }
+
+/// The `kind` column's numbers are the desktop format, apart from the wire's variant order.
+#[test]
+fn kinds_keep_their_stored_numbers() {
+    for (kind, n) in [(Kind::File, 0), (Kind::Dir, 1), (Kind::Symlink, 2)] {
+        assert_eq!(kind_to_sql(kind), n);
+        assert_eq!(kind_from_sql(n), kind);
+    }
+    assert_eq!(kind_from_sql(7), Kind::File);
+}

@@ -97,14 +97,18 @@ pub enum ProtoError {
     Refused(String),
 }
 
-/// What an object is, on the wire.
+/// What an object is.
+///
+/// The one definition: the desktop database (`deskd_db::Kind`) re-exports it, so a record
+/// reaches the wire without a translation that could drift. The order of the variants is the
+/// wire encoding; the database stores its own numbers (`deskd_db`'s `kind_to_sql`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     /// A plain file.
     File,
-    /// A directory.
+    /// A directory: the only kind that may be a parent.
     Dir,
-    /// A symbolic link (registered as itself, never followed).
+    /// A symbolic link, registered as itself and never followed.
     Symlink,
 }
 
@@ -921,6 +925,13 @@ mod tests {
         let bytes = postcard::to_allocvec(&summary).unwrap();
         assert_eq!(bytes, postcard::to_allocvec(&flat).unwrap());
         assert_eq!(decode::<RebuildSummary>(&bytes).unwrap(), summary);
+    }
+
+    #[test]
+    fn kinds_keep_their_wire_numbers() {
+        for (kind, n) in [(Kind::File, 0u8), (Kind::Dir, 1), (Kind::Symlink, 2)] {
+            assert_eq!(postcard::to_allocvec(&kind).unwrap(), [n]);
+        }
     }
 
     #[test]

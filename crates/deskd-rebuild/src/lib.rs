@@ -30,7 +30,9 @@ use serde::Serialize;
 pub use claims::ClaimPolicy;
 pub use plan::{Counts, Difference, Fix, OldDesktop, Plan};
 
-/// Errors of a rebuild.
+/// Errors of a rebuild. Each variant says what failed; the causes are part of the message and
+/// deliberately not a `source` (named `error`, as in [`deskd_volume::VolumeError`]): printed with
+/// anyhow's `{:#}` a source would be repeated after the message.
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
     #[error("{path}: {source}")]
@@ -38,22 +40,136 @@ pub enum RebuildError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The volume root (or the root given to the walk) is no directory.
+    #[error("{}: not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    /// A path with a NUL byte, which no system call takes.
+    #[error("{}: NUL in path", path.display())]
+    NulInPath { path: PathBuf },
+    /// The desktop's lock was refused: this user may not write the desktop.
+    #[error(
+        "{}: {error}: you may not write the desktop{}; run this as root, or while deskd \
+         serves the volume (the server runs the rebuild)",
+        desktop.display(),
+        owner_and_mode(*owner)
+    )]
+    MayNotWrite {
+        desktop: PathBuf,
+        error: std::io::Error,
+        /// The desktop's owner uid and permission bits, when they could be read.
+        owner: Option<(u32, u32)>,
+    },
+    /// The desktop is locked by a server (or another rebuild) this command cannot reach.
+    #[error(
+        "{}: the desktop is open by a running deskd serve that this command cannot reach (or by \
+         another rebuild); give its socket with --socket or DESKD_SOCKET to rebuild online, or \
+         stop the server",
+        root.display()
+    )]
+    Busy { root: PathBuf },
+    /// The walk's stop flag was set (an online rebuild cancelled or timed out).
+    #[error("the walk was stopped")]
+    Cancelled,
+    /// Less than twice the desktop's size is free where the new desktop is written.
+    #[error(
+        "{}: only {free} bytes free, a rebuild needs at least twice the desktop's {size} bytes; \
+         free space or use --force",
+        dir.display()
+    )]
+    NoSpace { dir: PathBuf, free: u64, size: u64 },
+    /// The user may not read this volume's desktop.
     #[error("{0}")]
-    Usage(String),
-    #[error("{0}")]
-    Busy(String),
-    #[error("{0}")]
-    Cancelled(String),
-    #[error("{0}")]
-    Space(String),
-    /// The user may not read this volume's desktop, or the volume is nested, world-writable
-    /// or of a newer format and the matching override was not given.
-    #[error("{0}")]
-    Refused(String),
+    NotAdmin(deskd_volume::guard::AdminError),
+    /// A desktop (the volume's or the backup to restore) of a newer format than this deskd's.
+    #[error("{}: {error}; {refused}", path.display())]
+    FormatTooNew {
+        path: PathBuf,
+        /// [`deskd_db::DbError::FormatTooNew`].
+        error: deskd_db::DbError,
+        /// Which desktop it is, and so why it is refused.
+        refused: NewerDesktop,
+    },
+    /// The volume lies inside another volume, and `--nested` was not given.
+    #[error("{}", deskd_volume::guard::inside_message(root, outer))]
+    Inside { root: PathBuf, outer: PathBuf },
+    /// Another volume lies below this one, and `--nested` was not given.
+    #[error("{}", deskd_volume::guard::around_message(root, inner))]
+    Around { root: PathBuf, inner: PathBuf },
+    /// Every user may write the volume root, and `--world-writable` was not given.
+    #[error("{}", deskd_volume::guard::world_writable_message(root))]
+    WorldWritable { root: PathBuf },
+    /// A repair (not `-f`) of a volume without a desktop.
+    #[error("no desktop at {}; use deskd rebuild -f to create one", desktop.display())]
+    NoDesktop { desktop: PathBuf },
+    /// The backup to restore from is empty.
+    #[error("{}: empty desktop", backup.display())]
+    EmptyBackup { backup: PathBuf },
+    /// The backup to restore from cannot be read.
+    #[error("{}: cannot read the desktop to restore ({error})", backup.display())]
+    UnreadableBackup {
+        backup: PathBuf,
+        error: Box<RebuildError>,
+    },
+    /// The volume's desktop cannot be read for a repair or scan. `denied` is why this user may
+    /// not read it ([`deskd_volume::guard::unreadable_desktop`]), when that is the reason.
+    #[error(
+        "{}: cannot read the desktop ({error}); {}",
+        root.display(),
+        unreadable_advice(denied.as_deref())
+    )]
+    UnreadableDesktop {
+        root: PathBuf,
+        error: Box<RebuildError>,
+        denied: Option<String>,
+    },
     #[error("desktop: {0}")]
     Db(#[from] deskd_db::DbError),
     #[error("{0}")]
     Volume(#[from] deskd_volume::VolumeError),
+}
+
+/// Which desktop of a newer format was refused ([`RebuildError::FormatTooNew`]); its display
+/// is why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewerDesktop {
+    /// The backup to restore from.
+    Backup,
+    /// The volume's own desktop, under a scan or a repair, or `-f` with `--downgrade` (logged).
+    Volume,
+    /// The volume's own desktop under `-f` without `--downgrade`.
+    VolumeFresh,
+}
+
+impl std::fmt::Display for NewerDesktop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NewerDesktop::Backup => "it cannot be restored",
+            NewerDesktop::Volume => "rebuilding it would drop what this deskd does not know",
+            NewerDesktop::VolumeFresh => {
+                "rebuilding it would drop what this deskd does not know (--downgrade replaces \
+                 it with a new desktop anyway)"
+            }
+        })
+    }
+}
+
+/// ` (owned by uid N, mode 0600)`, or nothing when the desktop could not be examined.
+fn owner_and_mode(owner: Option<(u32, u32)>) -> String {
+    owner
+        .map(|(uid, mode)| format!(" (owned by uid {uid}, mode {mode:04o})"))
+        .unwrap_or_default()
+}
+
+/// What to do about a desktop that cannot be read: `-f` is no way out for a desktop this user
+/// may not read, as it cannot replace it either (a root-run deskd's desktop is root's, 0600).
+fn unreadable_advice(denied: Option<&str>) -> String {
+    match denied {
+        Some(why) => format!(
+            "{why}; run this as root, or while deskd serves the volume (the server runs the \
+             rebuild)"
+        ),
+        None => "run `deskd rebuild -f` to build a new one".to_string(),
+    }
 }
 
 impl RebuildError {
@@ -155,23 +271,18 @@ fn lock(desktop: &Path, root: &Path) -> Result<File, RebuildError> {
             if e.kind() != std::io::ErrorKind::PermissionDenied {
                 return RebuildError::io(desktop, e);
             }
-            let whose = std::fs::metadata(desktop)
-                .map(|m| {
-                    use std::os::unix::fs::MetadataExt;
-                    format!(" (owned by uid {}, mode {:04o})", m.uid(), m.mode() & 0o7777)
-                })
-                .unwrap_or_default();
-            RebuildError::Usage(format!(
-                "{}: {e}: you may not write the desktop{whose}; run this as root, or while \
-                 deskd serves the volume (the server runs the rebuild)",
-                desktop.display()
-            ))
+            let owner = std::fs::metadata(desktop).ok().map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.uid(), m.mode() & 0o7777)
+            });
+            RebuildError::MayNotWrite {
+                desktop: desktop.to_path_buf(),
+                error: e,
+                owner,
+            }
         })?
-        .ok_or_else(|| {
-            RebuildError::Busy(format!(
-                "{}: the desktop is open by a running deskd serve that this command cannot reach (or by another rebuild); give its socket with --socket or DESKD_SOCKET to rebuild online, or stop the server",
-                root.display()
-            ))
+        .ok_or_else(|| RebuildError::Busy {
+            root: root.to_path_buf(),
         })
 }
 
@@ -182,17 +293,19 @@ pub fn check_space(desktop: &Path) -> Result<(), RebuildError> {
             .map(|m| m.len())
             .unwrap_or(0);
     let dir = desktop.parent().unwrap_or(Path::new("/"));
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| RebuildError::Usage(format!("{}: NUL in path", dir.display())))?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
+        RebuildError::NulInPath {
+            path: dir.to_path_buf(),
+        }
+    })?;
     let st = rustix::fs::statvfs(c.as_c_str()).map_err(|e| RebuildError::io(dir, e.into()))?;
     let free = st.f_bavail * st.f_frsize;
     if free < 2 * size {
-        return Err(RebuildError::Space(format!(
-            "{}: only {} bytes free, a rebuild needs at least twice the desktop's {} bytes; free space or use --force",
-            dir.display(),
+        return Err(RebuildError::NoSpace {
+            dir: dir.to_path_buf(),
             free,
-            size
-        )));
+            size,
+        });
     }
     Ok(())
 }
@@ -247,10 +360,7 @@ pub fn rebuild(
     let started = Instant::now();
     let root = std::fs::canonicalize(root).map_err(|e| RebuildError::io(root, e))?;
     if !root.is_dir() {
-        return Err(RebuildError::Usage(format!(
-            "{}: not a directory",
-            root.display()
-        )));
+        return Err(RebuildError::NotADirectory { path: root });
     }
     let desktop = desktop_path(&root)?;
     refuse_unsafe(&root, &desktop, options)?;
@@ -281,20 +391,20 @@ pub fn refuse_unsafe(root: &Path, desktop: &Path, options: &Options) -> Result<(
         Mode::Repair => "deskd rebuild",
         Mode::Fresh => "deskd rebuild -f",
     };
-    deskd_volume::guard::require_admin(root, desktop, what)
-        .map_err(|e| RebuildError::Refused(e.to_string()))?;
+    deskd_volume::guard::require_admin(root, desktop, what).map_err(RebuildError::NotAdmin)?;
     if let Some(backup) = &options.start_from {
-        refuse_newer(backup, "it cannot be restored")?;
+        refuse_newer(backup, NewerDesktop::Backup)?;
     }
-    if let Err(e) = refuse_newer(
-        desktop,
-        "rebuilding it would drop what this deskd does not know",
-    ) {
+    if let Err(e) = refuse_newer(desktop, NewerDesktop::Volume) {
         if !(options.mode == Mode::Fresh && options.downgrade) {
             return Err(match e {
-                RebuildError::Refused(why) if options.mode == Mode::Fresh => RebuildError::Refused(
-                    format!("{why} (--downgrade replaces it with a new desktop anyway)"),
-                ),
+                RebuildError::FormatTooNew { path, error, .. } if options.mode == Mode::Fresh => {
+                    RebuildError::FormatTooNew {
+                        path,
+                        error,
+                        refused: NewerDesktop::VolumeFresh,
+                    }
+                }
                 e => e,
             });
         }
@@ -302,33 +412,34 @@ pub fn refuse_unsafe(root: &Path, desktop: &Path, options: &Options) -> Result<(
     }
     if !options.nested {
         if let Some(outer) = deskd_volume::guard::enclosing_volume(root) {
-            return Err(RebuildError::Refused(deskd_volume::guard::inside_message(
-                root, &outer,
-            )));
+            return Err(RebuildError::Inside {
+                root: root.to_path_buf(),
+                outer,
+            });
         }
     }
     if !options.world_writable && deskd_volume::guard::world_writable(root) {
-        return Err(RebuildError::Refused(
-            deskd_volume::guard::world_writable_message(root),
-        ));
+        return Err(RebuildError::WorldWritable {
+            root: root.to_path_buf(),
+        });
     }
     let has_desktop = std::fs::metadata(desktop).is_ok_and(|m| m.len() > 0);
     if options.mode == Mode::Repair && options.start_from.is_none() && !has_desktop {
-        return Err(RebuildError::Usage(format!(
-            "no desktop at {}; use deskd rebuild -f to create one",
-            desktop.display()
-        )));
+        return Err(RebuildError::NoDesktop {
+            desktop: desktop.to_path_buf(),
+        });
     }
     Ok(())
 }
 
 /// Refuse the desktop at `path` when its format is newer than this deskd's.
-fn refuse_newer(path: &Path, why: &str) -> Result<(), RebuildError> {
+fn refuse_newer(path: &Path, refused: NewerDesktop) -> Result<(), RebuildError> {
     match deskd_db::files::check_format(path) {
-        Err(e @ deskd_db::DbError::FormatTooNew { .. }) => Err(RebuildError::Refused(format!(
-            "{}: {e}; {why}",
-            path.display()
-        ))),
+        Err(error @ deskd_db::DbError::FormatTooNew { .. }) => Err(RebuildError::FormatTooNew {
+            path: path.to_path_buf(),
+            error,
+            refused,
+        }),
         // Anything else (a damaged file) is for the rebuild itself to report or replace.
         _ => Ok(()),
     }
@@ -355,16 +466,15 @@ fn rebuild_checked(
         Some(backup) => match read_old(backup) {
             Ok(Some(old)) => Some(old),
             Ok(None) => {
-                return Err(RebuildError::Usage(format!(
-                    "{}: empty desktop",
-                    backup.display()
-                )))
+                return Err(RebuildError::EmptyBackup {
+                    backup: backup.clone(),
+                })
             }
             Err(e) => {
-                return Err(RebuildError::Usage(format!(
-                    "{}: cannot read the desktop to restore ({e})",
-                    backup.display()
-                )))
+                return Err(RebuildError::UnreadableBackup {
+                    backup: backup.clone(),
+                    error: Box::new(e),
+                })
             }
         },
         None => match read_old(&desktop) {
@@ -376,19 +486,11 @@ fn rebuild_checked(
                 None
             }
             Err(e) => {
-                // `-f` is no way out for a desktop this user may not read: it cannot replace
-                // it either (a root-run deskd's desktop is root's, mode 0600).
-                let advice = match deskd_volume::guard::unreadable_desktop(&desktop) {
-                    Some(why) => format!(
-                        "{why}; run this as root, or while deskd serves the volume (the server \
-                         runs the rebuild)"
-                    ),
-                    None => "run `deskd rebuild -f` to build a new one".to_string(),
-                };
-                return Err(RebuildError::Usage(format!(
-                    "{}: cannot read the desktop ({e}); {advice}",
-                    root.display()
-                )));
+                return Err(RebuildError::UnreadableDesktop {
+                    root: root.clone(),
+                    error: Box::new(e),
+                    denied: deskd_volume::guard::unreadable_desktop(&desktop),
+                });
             }
         },
     };
@@ -399,9 +501,10 @@ fn rebuild_checked(
         &std::sync::atomic::AtomicBool::new(false),
     )?;
     if let (Some(inner), false) = (walk.nested_volumes.first(), options.nested) {
-        return Err(RebuildError::Refused(deskd_volume::guard::around_message(
-            &root, inner,
-        )));
+        return Err(RebuildError::Around {
+            root: root.clone(),
+            inner: inner.clone(),
+        });
     }
     let (counter, identity) = match &old {
         Some(o) => (o.last_id.max(options.min_last_id), o.identity),
@@ -628,3 +731,105 @@ fn crash_point(step: &str) {
 fn test_pause_before_fixes() {}
 #[cfg(not(feature = "test-hooks"))]
 fn crash_point(_step: &str) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The typed errors print the very texts the string errors printed (users, scripts and the
+    /// CLI tests read them).
+    #[test]
+    fn typed_errors_keep_their_messages() {
+        let too_new = || deskd_db::DbError::FormatTooNew {
+            found: 9,
+            supported: 3,
+        };
+        let cases: Vec<(RebuildError, &str)> = vec![
+            (
+                RebuildError::FormatTooNew {
+                    path: "/v/.Desktop".into(),
+                    error: too_new(),
+                    refused: NewerDesktop::VolumeFresh,
+                },
+                "/v/.Desktop: desktop format 9 is newer than this deskd supports (3); upgrade \
+                 deskd; rebuilding it would drop what this deskd does not know (--downgrade \
+                 replaces it with a new desktop anyway)",
+            ),
+            (
+                RebuildError::FormatTooNew {
+                    path: "/b".into(),
+                    error: too_new(),
+                    refused: NewerDesktop::Backup,
+                },
+                "/b: desktop format 9 is newer than this deskd supports (3); upgrade deskd; it \
+                 cannot be restored",
+            ),
+            (
+                RebuildError::Busy { root: "/v".into() },
+                "/v: the desktop is open by a running deskd serve that this command cannot \
+                 reach (or by another rebuild); give its socket with --socket or DESKD_SOCKET \
+                 to rebuild online, or stop the server",
+            ),
+            (
+                RebuildError::MayNotWrite {
+                    desktop: "/v/.Desktop".into(),
+                    error: std::io::Error::from_raw_os_error(libc::EACCES),
+                    owner: Some((0, 0o600)),
+                },
+                "/v/.Desktop: Permission denied (os error 13): you may not write the desktop \
+                 (owned by uid 0, mode 0600); run this as root, or while deskd serves the \
+                 volume (the server runs the rebuild)",
+            ),
+            (
+                RebuildError::NoSpace {
+                    dir: "/v".into(),
+                    free: 10,
+                    size: 20,
+                },
+                "/v: only 10 bytes free, a rebuild needs at least twice the desktop's 20 bytes; \
+                 free space or use --force",
+            ),
+            (
+                RebuildError::UnreadableDesktop {
+                    root: "/v".into(),
+                    error: Box::new(RebuildError::NotADirectory { path: "/x".into() }),
+                    denied: None,
+                },
+                "/v: cannot read the desktop (/x: not a directory); run `deskd rebuild -f` to \
+                 build a new one",
+            ),
+            (
+                RebuildError::UnreadableDesktop {
+                    root: "/v".into(),
+                    error: Box::new(RebuildError::NotADirectory { path: "/x".into() }),
+                    denied: Some("you may not read it".into()),
+                },
+                "/v: cannot read the desktop (/x: not a directory); you may not read it; run \
+                 this as root, or while deskd serves the volume (the server runs the rebuild)",
+            ),
+            (
+                RebuildError::UnreadableBackup {
+                    backup: "/b".into(),
+                    error: Box::new(RebuildError::NulInPath { path: "/x".into() }),
+                },
+                "/b: cannot read the desktop to restore (/x: NUL in path)",
+            ),
+            (
+                RebuildError::NoDesktop {
+                    desktop: "/v/.Desktop".into(),
+                },
+                "no desktop at /v/.Desktop; use deskd rebuild -f to create one",
+            ),
+            (
+                RebuildError::EmptyBackup {
+                    backup: "/b".into(),
+                },
+                "/b: empty desktop",
+            ),
+            (RebuildError::Cancelled, "the walk was stopped"),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
+    }
+}

@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 
 use deskd_db::{Batch, DbError, Kind, Object, Read, ROOT_ID};
 use deskd_volume::rsrc::{self, ResourceHeader};
-use serde::Serialize;
 
 use crate::plan::{Fix, OldDesktop, Plan};
 use crate::walk::Walk;
@@ -40,7 +39,7 @@ pub struct Pass<'a> {
 }
 
 /// What one online pass did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct Applied {
     /// Objects whose row, resource file or mirror changed.
     pub changed: u64,
@@ -52,8 +51,36 @@ pub struct Applied {
     pub left: u64,
     /// Of those, how many had a difference the pass did not repair (another pass looks again).
     pub left_with_differences: u64,
-    /// Repairs that failed, one line each.
-    pub errors: Vec<String>,
+    /// Repairs that failed, each logged as one line.
+    pub errors: Vec<RepairFailure>,
+}
+
+/// A repair an online pass could not make ([`Applied::errors`]). The pass goes on with the
+/// other objects; each failure displays as the line the server logs for it. The causes are
+/// part of the message and deliberately not a `source` (as in [`crate::RebuildError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RepairFailure {
+    /// The object's resource file or ID mirror could not be written.
+    #[error("{}: {error}", path.display())]
+    Disk {
+        path: PathBuf,
+        error: crate::RebuildError,
+    },
+    /// The object's row could not be placed in the desktop.
+    #[error("{}: {error}", path.display())]
+    Row { path: PathBuf, error: DbError },
+    /// An orphaned resource file (or its owner's place) could not be reached below the root.
+    #[error("{0}")]
+    OrphanUnreachable(deskd_volume::VolumeError),
+    /// An orphaned resource file could not be removed.
+    #[error("{}: {error}", path.display())]
+    OrphanKept {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// The row of a vanished object could not be removed.
+    #[error("ID {id}: {error}")]
+    VanishedRow { id: u32, error: DbError },
 }
 
 /// What happened to one object.
@@ -144,7 +171,10 @@ pub fn apply(batch: &mut Batch<'_>, p: &Pass<'_>) -> Applied {
         match fix_disk(&root, &rsrc::root_rsrc_path(&root), row, ROOT_ID, p, &moves) {
             Ok(true) => out.changed += 1,
             Ok(false) => {}
-            Err(e) => out.errors.push(format!("{}: {e}", root.display())),
+            Err(error) => out.errors.push(RepairFailure::Disk {
+                path: root.clone(),
+                error,
+            }),
         }
     }
     for i in 1..n {
@@ -183,7 +213,10 @@ pub fn apply(batch: &mut Batch<'_>, p: &Pass<'_>) -> Applied {
                 };
                 match fix_disk(&path, &rsrc_path, &row, planned.id, p, &moves) {
                     Ok(disk) => out.changed += (changed || disk) as u64,
-                    Err(e) => out.errors.push(format!("{}: {e}", path.display())),
+                    Err(error) => out.errors.push(RepairFailure::Disk {
+                        path: path.clone(),
+                        error,
+                    }),
                 }
             }
             Ok(Outcome::Left(id)) => {
@@ -191,8 +224,11 @@ pub fn apply(batch: &mut Batch<'_>, p: &Pass<'_>) -> Applied {
                 out.left += 1;
                 out.left_with_differences += differs[i] as u64;
             }
-            Err(e) => {
-                out.errors.push(format!("{}: {e}", path.display()));
+            Err(error) => {
+                out.errors.push(RepairFailure::Row {
+                    path: path.clone(),
+                    error,
+                });
                 out.left_with_differences += 1;
             }
         }
@@ -363,7 +399,7 @@ fn remove_orphans(p: &Pass<'_>, out: &mut Applied) {
                 continue
             }
             Err(e) => {
-                out.errors.push(e.to_string());
+                out.errors.push(RepairFailure::OrphanUnreachable(e));
                 continue;
             }
         };
@@ -379,7 +415,10 @@ fn remove_orphans(p: &Pass<'_>, out: &mut Applied) {
         match std::fs::remove_file(path) {
             Ok(()) => out.removed += 1,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => out.errors.push(format!("{}: {e}", path.display())),
+            Err(error) => out.errors.push(RepairFailure::OrphanKept {
+                path: path.clone(),
+                error,
+            }),
         }
     }
 }
@@ -437,7 +476,7 @@ fn remove_vanished(
         match batch.step(|b| b.delete(id, false)) {
             Ok(_) => out.removed += 1,
             Err(DbError::NotEmpty(_)) => out.left += 1,
-            Err(e) => out.errors.push(format!("ID {id}: {e}")),
+            Err(error) => out.errors.push(RepairFailure::VanishedRow { id, error }),
         }
     }
 }

@@ -165,10 +165,9 @@ pub fn walk(
 ) -> Result<Walk, RebuildError> {
     let meta = std::fs::symlink_metadata(root).map_err(|e| RebuildError::io(root, e))?;
     if !meta.is_dir() {
-        return Err(RebuildError::Usage(format!(
-            "{}: not a directory",
-            root.display()
-        )));
+        return Err(RebuildError::NotADirectory {
+            path: root.to_path_buf(),
+        });
     }
     use std::os::unix::fs::MetadataExt;
     let root_rsrc_path = rsrc::root_rsrc_path(root);
@@ -218,7 +217,7 @@ pub fn walk(
         return Err(e);
     }
     if stop.load(Ordering::SeqCst) {
-        return Err(RebuildError::Cancelled("the walk was stopped".into()));
+        return Err(RebuildError::Cancelled);
     }
     let (found, orphans, dirs) = shared.found.into_inner().unwrap();
     let mut nested_volumes = shared.nested.into_inner().unwrap();

@@ -54,9 +54,9 @@ pub enum ServerError {
     /// The TCP address could not be bound or served.
     #[error("tcp {addr}: {source}")]
     Tcp { addr: String, source: io::Error },
-    /// Every volume failed its checks or to open: what each said.
-    #[error("no volume could be opened: {}", failures.join("; "))]
-    NoVolumeOpened { failures: Vec<String> },
+    /// Every volume failed its checks or to open: each one's error.
+    #[error("no volume could be opened: {}", joined(failures))]
+    NoVolumeOpened { failures: Vec<VolumeFailure> },
 
     /// The volume root cannot be resolved.
     #[error("{}: {source}", root.display())]
@@ -158,4 +158,74 @@ pub enum ServerError {
     /// The volume's writer thread cannot be started.
     #[error("cannot start writer thread: {0}")]
     WriterThread(#[source] io::Error),
+}
+
+/// A volume that is not served, one of [`ServerError::NoVolumeOpened`]'s failures.
+#[derive(Debug)]
+pub enum VolumeFailure {
+    /// It failed a check made before any desktop is opened; every check's message begins with
+    /// the volume's root already.
+    Check(ServerError),
+    /// It failed to open.
+    Open {
+        /// The volume's root as configured: named before the error unless its message does.
+        root: PathBuf,
+        error: ServerError,
+    },
+}
+
+impl std::fmt::Display for VolumeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VolumeFailure::Check(error) => write!(f, "{error}"),
+            VolumeFailure::Open { root, error } => {
+                // Most messages name the volume first already; say it once.
+                let text = error.to_string();
+                if text.starts_with(&format!("{}: ", root.display())) {
+                    f.write_str(&text)
+                } else {
+                    write!(f, "{}: {text}", root.display())
+                }
+            }
+        }
+    }
+}
+
+/// The failures, each as it prints, separated by `; `.
+fn joined(failures: &[VolumeFailure]) -> String {
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The failures print as the log always showed them: a check's message as it is, an
+    /// opening's with the root first, once.
+    #[test]
+    fn no_volume_opened_names_each_volume_once() {
+        let e = ServerError::NoVolumeOpened {
+            failures: vec![
+                VolumeFailure::Check(ServerError::NotADirectory { root: "/a".into() }),
+                VolumeFailure::Open {
+                    root: "/b".into(),
+                    error: ServerError::NotADirectory { root: "/b".into() },
+                },
+                VolumeFailure::Open {
+                    root: "/c".into(),
+                    error: ServerError::NoVolumes,
+                },
+            ],
+        };
+        assert_eq!(
+            e.to_string(),
+            "no volume could be opened: /a: not a directory; /b: not a directory; /c: \
+             configuration: no volumes: name them on the command line or in \
+             [volume.\"<path>\"] tables"
+        );
+    }
 }

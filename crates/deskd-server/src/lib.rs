@@ -56,7 +56,7 @@ use tracing::{error, info};
 
 pub use config::{Config, ConfigFile, TcpConfig, VolumeConfig, VolumePrefs};
 use conn::Peer;
-pub use error::ServerError;
+pub use error::{ServerError, VolumeFailure};
 use shared::{Shared, Slot, TcpAccess, TcpSlot};
 use volume::VolumeHandle;
 use writer::Job;
@@ -193,8 +193,7 @@ impl Server {
                 Ok(()) => checked.push(vc),
                 Err(e) => {
                     error!("{e}");
-                    // Every check's message begins with the volume's root already.
-                    failures.push(e.to_string());
+                    failures.push(VolumeFailure::Check(e));
                 }
             }
         }
@@ -209,13 +208,7 @@ impl Server {
                 Ok(h) => volumes.push(Slot::Served(h)),
                 Err(e) => {
                     error!("{e}");
-                    // Most messages name the volume first already; say it once.
-                    let e = e.to_string();
-                    failures.push(if e.starts_with(&format!("{}: ", root.display())) {
-                        e
-                    } else {
-                        format!("{}: {e}", root.display())
-                    });
+                    failures.push(VolumeFailure::Open { root, error: e });
                 }
             }
         }

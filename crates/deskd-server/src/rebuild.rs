@@ -304,7 +304,7 @@ fn run(
             &job.stop,
         )
         .map_err(|e| match e {
-            deskd_rebuild::RebuildError::Cancelled(_) => RebuildFailure::Stopped {
+            deskd_rebuild::RebuildError::Cancelled => RebuildFailure::Stopped {
                 timeout: job.timeout,
             },
             other => other.into(),

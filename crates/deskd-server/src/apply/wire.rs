@@ -1,15 +1,7 @@
 //! Records in the form the protocol sends them.
 
-use deskd_db::{Kind, Object};
+use deskd_db::Object;
 use deskd_proto::ObjectInfo;
-
-fn kind_to_wire(k: Kind) -> deskd_proto::Kind {
-    match k {
-        Kind::File => deskd_proto::Kind::File,
-        Kind::Dir => deskd_proto::Kind::Dir,
-        Kind::Symlink => deskd_proto::Kind::Symlink,
-    }
-}
 
 /// The wire form of an object, with its path when `path` is given.
 pub fn info(o: &Object, path: Option<Vec<u8>>, created: bool) -> ObjectInfo {
@@ -17,7 +9,7 @@ pub fn info(o: &Object, path: Option<Vec<u8>>, created: bool) -> ObjectInfo {
         id: o.id,
         parent: o.parent,
         name: o.name.clone(),
-        kind: kind_to_wire(o.kind),
+        kind: o.kind,
         type_code: o.type_code,
         creator: o.creator,
         flags: o.flags,
