@@ -71,15 +71,19 @@ if [ -n "${BASE:-}" ]; then
     done
     echo
     echo "## This build against BASE ($BASE), same run ($(date -u +%Y-%m-%d), $(nproc) cores, $((DIRS * PER_DIR)) objects, median of $RUNS)"
-    echo "| measure | this build | base | this / base |"
-    echo "|---|---|---|---|"
+    echo "| measure | this build | base | this / base | median of the runs' own ratios |"
+    echo "|---|---|---|---|---|"
     row() { # NAME UNIT THIS_VALUES BASE_VALUES
-        local this base
-        # shellcheck disable=SC2086
-        this=$(printf '%s\n' $3 | median)
-        # shellcheck disable=SC2086
-        base=$(printf '%s\n' $4 | median)
-        python3 -c "print(f'| $1 | {$this:,.1f} $2 | {$base:,.1f} $2 | {$this / $base:.3f} |')"
+        # The last column pairs the two servers of each run (measured back to back), so a burst
+        # of outside load that hits both of a run's measurements cancels out.
+        python3 - "$@" <<'PY'
+import statistics, sys
+name, unit, this, base = sys.argv[1:5]
+this, base = [float(v) for v in this.split()], [float(v) for v in base.split()]
+paired = statistics.median(t / b for t, b in zip(this, base))
+t, b = statistics.median(this), statistics.median(base)
+print(f"| {name} | {t:,.1f} {unit} | {b:,.1f} {unit} | {t / b:.3f} | {paired:.3f} |")
+PY
     }
     row "ID creation, 4 clients pipelining $DEPTH" "objects/s" "${CREATED[this]}" "${CREATED[base]}"
     row "resolve p50, 1 client" "µs" "${P50[this]}" "${P50[base]}"
