@@ -403,12 +403,10 @@ fn under_systemd_it_is_ready_once_watching_and_says_when_it_stops() {
         ready.contains(&format!("STATUS=watching {ACCOUNTS} on ")),
         "{ready}"
     );
-    // Ready means connected, with the entries pending from before already in hand.
-    assert!(
-        daemon.log_text().contains("connected to"),
-        "{}",
-        daemon.log_text()
-    );
+    // Ready means connected, with the entries pending from before already in hand: the daemon
+    // logged it before it said READY, but the thread reading its stderr may not have read the
+    // line yet, so wait for the line (it fails if it never comes).
+    daemon.wait_log("connected to");
     slapd.wait_for(&account_dn(EXAMPLE_UID), "added", is_stamp);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) };
