@@ -47,7 +47,7 @@ cargo test --workspace --locked
 
 # A release build leaves the feature off: its binaries must not hold a hook's name.
 cargo build --release --workspace --locked --bins
-hooks='DESKD_TEST_|_CRASH_AFTER|DESKD_REBUILD_DIR_DELAY_MS'
+hooks='DESKD_TEST_|_CRASH_AFTER|DESKD_REBUILD_DIR_DELAY_MS|test hook'
 for bin in deskd dt deskd-bench fileset fileset-bench prov-backup; do
     if strings "target/release/$bin" | grep -E "$hooks"; then
         echo "scripts/test.sh: target/release/$bin holds a test hook (above)" >&2

@@ -133,8 +133,10 @@ fn dir_delay_hook() -> Option<std::time::Duration> {
 /// Test hook (`DESKD_TEST_REBUILD_HOLD_WALK_UNTIL=<file>`, read once): before each directory,
 /// while `<file>` does not exist, say so on stderr and wait; so a test acts while a walk is
 /// surely under way, then creates the file to let it finish.
+/// Then the pause of `DESKD_REBUILD_DIR_DELAY_MS`, said first so a test can act while the walker
+/// waits before this directory.
 #[cfg(feature = "test-hooks")]
-fn hold_walk_hook(path: &Path) {
+fn hold_walk_hook(path: &Path, delay: Option<std::time::Duration>) {
     static UNTIL: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     let until = UNTIL
         .get_or_init(|| std::env::var_os("DESKD_TEST_REBUILD_HOLD_WALK_UNTIL").map(PathBuf::from));
@@ -148,11 +150,19 @@ fn hold_walk_hook(path: &Path) {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
+    if let Some(delay) = delay {
+        eprintln!(
+            "test hook: waiting {} ms before {}",
+            delay.as_millis(),
+            path.display()
+        );
+        std::thread::sleep(delay);
+    }
 }
 
 /// Without the `test-hooks` feature the hook is compiled out (release binaries hold none).
 #[cfg(not(feature = "test-hooks"))]
-fn hold_walk_hook(_path: &Path) {}
+fn hold_walk_hook(_path: &Path, _delay: Option<std::time::Duration>) {}
 
 /// Walk the volume at `root` with `threads` workers; `on_progress` gets the number of objects
 /// walked so far. Setting `stop` ends the walk early with [`RebuildError::Cancelled`].
@@ -341,16 +351,7 @@ fn scan_dir(
     path: &Path,
     on_progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<(u32, PathBuf)>, RebuildError> {
-    hold_walk_hook(path);
-    if let Some(delay) = shared.dir_delay {
-        // Said first, so a test can act while the walker waits before this directory.
-        eprintln!(
-            "test hook: waiting {} ms before {}",
-            delay.as_millis(),
-            path.display()
-        );
-        std::thread::sleep(delay);
-    }
+    hold_walk_hook(path, shared.dir_delay);
     // A directory removed or replaced since its parent was listed is simply not there.
     let gone = |e: &std::io::Error| {
         dir_index != 0 && matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))
