@@ -1,6 +1,8 @@
 //! What a failed request tells the client: an [`ErrorCode`] it can act on (try again, the name
-//! exists, the claim is wrong) and a message for people. Database and volume errors are mapped
-//! here once, so every handler answers the same failure the same way.
+//! exists, the claim is wrong) and a message for people. Volume errors and rejected claims are
+//! made here; database errors in [`crate::db_reply`], which the writer, [`crate::sight`] and
+//! the volume's status use too (re-exported here for the handlers). So every handler answers
+//! the same failure the same way.
 
 use deskd_db::Object;
 use deskd_proto::{ErrorCode, ErrorReply};
