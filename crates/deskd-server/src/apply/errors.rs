@@ -11,10 +11,10 @@ use deskd_volume::VolumeError;
 use super::wire::join;
 use crate::walk::Node;
 
-pub use crate::db_reply::db_error;
+pub(super) use crate::db_reply::db_error;
 
 /// The reply for a volume error (a path that leaves the volume, a name deskd keeps for itself).
-pub fn volume_error(e: VolumeError) -> ErrorReply {
+pub(super) fn volume_error(e: VolumeError) -> ErrorReply {
     let code = match &e {
         VolumeError::Escape(_) => ErrorCode::Escape,
         VolumeError::Protected(_) => ErrorCode::Protected,
