@@ -220,7 +220,7 @@ pub fn manifest_path(backup: &Path) -> PathBuf {
     s.into()
 }
 
-/// Removes a temporary file unless [`TempFile::keep`] was called (errors, panics).
+/// Removes a temporary file unless [`TempFile::rename_to`] put it in place (errors, panics).
 struct TempFile(Option<PathBuf>);
 
 impl TempFile {

@@ -233,7 +233,7 @@ impl Session {
     }
 
     /// Send a request about the volume of `iv` (built from its handle) and wait; sent again
-    /// for up to [`RESEND_FOR`] while deskd refuses it with `ShuttingDown`.
+    /// for up to `RESEND_FOR` (4 s) while deskd refuses it with `ShuttingDown`.
     pub fn call(&mut self, iv: &InVolume, make: impl FnOnce(u32) -> Request) -> Result<Response> {
         let vol = self.handle(iv)?;
         let root = iv.root.clone();

@@ -30,7 +30,7 @@ pub struct ClaimPolicy<'a> {
 }
 
 /// A claim as the walk found it.
-pub struct Claim<'w> {
+pub(crate) struct Claim<'w> {
     pub id: u32,
     /// The owner of the file that carries it (`None`: not known, never trusted).
     pub carrier_uid: Option<u32>,
@@ -47,7 +47,7 @@ pub struct Claim<'w> {
 
 /// What the policy says of a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Believed because of who wrote it (root, the volume owner, or `--trust-ids`); it may
     /// raise the counter.
     Trusted,
@@ -62,7 +62,7 @@ pub enum Verdict {
 
 impl ClaimPolicy<'_> {
     /// Judge one claim. `volume_owner` is the uid owning the volume root.
-    pub fn judge(&self, claim: &Claim<'_>, volume_owner: u32) -> Verdict {
+    pub(crate) fn judge(&self, claim: &Claim<'_>, volume_owner: u32) -> Verdict {
         if self.trust_all {
             return Verdict::Trusted;
         }

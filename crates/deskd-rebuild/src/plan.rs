@@ -136,15 +136,15 @@ fn four(code: [u8; 4]) -> String {
 /// `xattrs` tells whether the file system keeps user xattrs; `policy` which claims count.
 ///
 /// The phases, in order (each a function below, with its own tests):
-/// 1. [`accepted_claims`]: every object's claim, the first one the policy accepts;
-/// 2. [`admit_unchecked`]: claims no reference can know, kept only up to the highest ID known
+/// 1. `accepted_claims`: every object's claim, the first one the policy accepts;
+/// 2. `admit_unchecked`: claims no reference can know, kept only up to the highest ID known
 ///    to have been handed out;
-/// 3. [`settle_duplicates`]: one winner per ID claimed several times, the others lose it;
-/// 4. [`counter_start`]: the counter new IDs come from;
-/// 5. [`assign`]: each object's ID and row, its differences with the desktop, its repairs;
-/// 6. [`place_orphans`]: resource files of no object, moved to their object or removed;
-/// 7. [`drop_replaced_headers`]: no fresh header where an orphan moves in;
-/// 8. [`vanished`]: desktop rows of objects that are gone.
+/// 3. `settle_duplicates`: one winner per ID claimed several times, the others lose it;
+/// 4. `counter_start`: the counter new IDs come from;
+/// 5. `assign`: each object's ID and row, its differences with the desktop, its repairs;
+/// 6. `place_orphans`: resource files of no object, moved to their object or removed;
+/// 7. `drop_replaced_headers`: no fresh header where an orphan moves in;
+/// 8. `vanished`: desktop rows of objects that are gone.
 pub fn plan(
     walk: &Walk,
     old: Option<&OldDesktop>,

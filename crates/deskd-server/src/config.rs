@@ -90,7 +90,7 @@ pub struct VolumeConfig {
     pub freeze_max: u32,
     pub durability: Durability,
     pub wal_limit: u64,
-    /// None: [`DEFAULT_MIN_FREE`], or less on a small file system.
+    /// None: `DEFAULT_MIN_FREE` (4 MiB), or less on a small file system.
     pub min_free: Option<u64>,
     pub desktop_location: Option<PathBuf>,
     pub read_only: bool,

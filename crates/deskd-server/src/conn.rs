@@ -236,7 +236,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
 /// waits for the line) and creates the file once the volume is reopened. The write must then be
 /// answered and refused, never lost or left waiting.
 #[cfg(feature = "test-hooks")]
-fn pause_before_queueing() {
+fn hold_before_queueing() {
     static UNTIL: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
     let until = UNTIL.get_or_init(|| {
         std::env::var_os("DESKD_TEST_HOLD_WRITES_UNTIL").map(std::path::PathBuf::from)
@@ -251,7 +251,7 @@ fn pause_before_queueing() {
 
 /// Without the `test-hooks` feature the hook is compiled out (release binaries hold no hook).
 #[cfg(not(feature = "test-hooks"))]
-fn pause_before_queueing() {}
+fn hold_before_queueing() {}
 
 /// The handshake, which must be over within `timeout` of the connection's start (however
 /// the client spaces its bytes).
@@ -517,7 +517,7 @@ impl Connection {
                     self.peer
                 );
             }
-            pause_before_queueing();
+            hold_before_queueing();
             if self.shared.shutting_down.load(Ordering::SeqCst) {
                 return sink.send(Err(ErrorReply::new(
                     ErrorCode::ShuttingDown,

@@ -1,16 +1,16 @@
 //! The deskd daemon.
 //!
-//! [`Server::start`] opens every configured volume ([`volume`]: where the desktop is,
-//! [`location`]; its exclusive lock, [`desktop_lock`]; the `missing DB shutdown` line; the
-//! name-index load and logical check off the start-up path, [`background`]), starts one writer
-//! thread per volume ([`writer`]: group commit and the flush/idle/WAL/freeze timers), binds the
+//! [`Server::start`] opens every configured volume (`volume`: where the desktop is,
+//! `location`; its exclusive lock, `desktop_lock`; the `missing DB shutdown` line; the
+//! name-index load and logical check off the start-up path, `background`), starts one writer
+//! thread per volume (`writer`: group commit and the flush/idle/WAL/freeze timers), binds the
 //! Unix socket (and, when configured, a TCP address whose clients must prove they hold a shared
-//! token) and serves each connection on its own thread ([`conn`]), within the connection limits
-//! and frame timeout of [`limits`]. What the connection threads share is in [`shared`]. A
+//! token) and serves each connection on its own thread (`conn`), within the connection limits
+//! and frame timeout of `limits`. What the connection threads share is in `shared`. A
 //! desktop on a full file system is served read-only, and no commit takes the space its
-//! checkpoint needs ([`space`]). Every client claim is verified against the file system before
-//! the desktop changes ([`apply`]). Online rebuilds run beside the writer ([`rebuild`]). A
-//! SIGHUP's reload ([`reload`]) applies a new configuration to the running server.
+//! checkpoint needs (`space`). Every client claim is verified against the file system before
+//! the desktop changes (`apply`). Online rebuilds run beside the writer (`rebuild`). A
+//! SIGHUP's reload (`reload`) applies a new configuration to the running server.
 //! [`Server::shutdown`] commits, flushes and records the clean-shutdown flag on every volume.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -89,8 +89,10 @@ fn bind_tcp(tcp: &TcpConfig) -> Result<(TcpListener, TcpAccess), ServerError> {
     ))
 }
 
-/// What a connection holds while it lives: its place under a connection limit.
-pub enum ConnSlot {
+/// What a connection holds while it lives: its place under a connection limit, given back
+/// when the slot is dropped (it is held, never read).
+#[allow(dead_code)]
+enum ConnSlot {
     Unix(limits::UnixSlot),
     Tcp(TcpSlot),
 }

@@ -130,7 +130,7 @@ pub(crate) fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
     dest.sync_all()
 }
 
-/// A read connection to `path`, immutable or not (see [`VolumeHandle::open_reader`]).
+/// A read connection to `path`, immutable or not (see [`crate::volume::VolumeHandle::open_reader`]).
 pub(crate) fn open_reader_at(path: &Path, immutable: bool) -> deskd_db::Result<deskd_db::Reader> {
     if immutable {
         deskd_db::Reader::open_immutable(path)

@@ -13,7 +13,7 @@ use crate::volume::VolumeHandle;
 use crate::{limits, rebuild};
 
 /// What TCP connections need: the token they must prove they hold (re-read from its file on
-/// [`Server::reconfigure`]), and whether they may use the admin verbs. All but the address
+/// [`crate::Server::reconfigure`]), and whether they may use the admin verbs. All but the address
 /// can change on a reload.
 pub struct TcpAccess {
     pub(crate) token: RwLock<Vec<u8>>,

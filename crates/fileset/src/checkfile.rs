@@ -8,7 +8,7 @@
 //! * Version 1 (the QNX layout): `nfiles` entries of 128 bytes: `mtime` u32, `size` u32, and the
 //!   name in 120 bytes, NUL-terminated (so at most 119 bytes, no `/`).
 //! * Version 2: `nfiles` entries of variable size: `mtime_sec` i64, `mtime_nsec` u32, `size` u64,
-//!   `sha256` [32], `name_len` u16, then the name (a relative path with `/`, up to 4,095 bytes).
+//!   `sha256` 32 bytes, `name_len` u16, then the name (a relative path with `/`, up to 4,095 bytes).
 
 /// Size of the header.
 pub const HEADER_LEN: usize = 16;

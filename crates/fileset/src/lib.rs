@@ -7,7 +7,7 @@
 //! * [`copy`]: kernel-side copying with a read/write fallback, and `O_DIRECT` writes of
 //!   spliced pages for save.
 //! * [`readahead`]: `O_DIRECT` reads on a thread of their own for load.
-//! * [`load`], [`save`], [`test`]: the three commands.
+//! * [`load`], [`save`], [`test`](fn@test): the three commands.
 //!
 //! **How save stays atomic.** Changed files are written next to their final names under
 //! temporary names and fsynced; then the new check file is written to `<check>.new` and fsynced

@@ -149,8 +149,8 @@ pub struct Config {
     pub reconnect: Retry,
 }
 
-/// The original's defaults: Global.conf [Global] (connecting at start-up) and
-/// [Operation Mode] (reconnecting while running).
+/// The original's defaults: Global.conf `[Global]` (connecting at start-up) and
+/// `[Operation Mode]` (reconnecting while running).
 const CONNECT_DEFAULT: Retry = Retry {
     sleep: Duration::from_secs(10),
     attempts: 3,

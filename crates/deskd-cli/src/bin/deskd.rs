@@ -64,6 +64,9 @@ enum Command {
     /// Serve the desktops of the given volumes (and those in the config file). SIGTERM or
     /// SIGINT stop it cleanly (every desktop flushed and marked clean); SIGHUP re-reads the
     /// configuration (timers, new volumes) and the TCP token file and flushes every desktop.
+    // The doc comments of clap's arguments are `--help` text, printed as written: its
+    // `[server]` and `<path>` are not rustdoc links or HTML.
+    #[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
     Serve {
         /// TOML configuration ([server], [defaults], [volume."<path>"]).
         #[arg(long, short)]

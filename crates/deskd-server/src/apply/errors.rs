@@ -1,6 +1,8 @@
 //! What a failed request tells the client: an [`ErrorCode`] it can act on (try again, the name
-//! exists, the claim is wrong) and a message for people. Database and volume errors are mapped
-//! here once, so every handler answers the same failure the same way.
+//! exists, the claim is wrong) and a message for people. Volume errors and rejected claims are
+//! made here; database errors in [`crate::db_reply`], which the writer, [`crate::sight`] and
+//! the volume's status use too (re-exported here for the handlers). So every handler answers
+//! the same failure the same way.
 
 use deskd_db::Object;
 use deskd_proto::{ErrorCode, ErrorReply};
@@ -9,10 +11,10 @@ use deskd_volume::VolumeError;
 use super::wire::join;
 use crate::walk::Node;
 
-pub use crate::db_reply::db_error;
+pub(super) use crate::db_reply::db_error;
 
 /// The reply for a volume error (a path that leaves the volume, a name deskd keeps for itself).
-pub fn volume_error(e: VolumeError) -> ErrorReply {
+pub(super) fn volume_error(e: VolumeError) -> ErrorReply {
     let code = match &e {
         VolumeError::Escape(_) => ErrorCode::Escape,
         VolumeError::Protected(_) => ErrorCode::Protected,

@@ -38,7 +38,7 @@ pub use paths::DirCache;
 pub type Reply = Result<Response, ErrorReply>;
 
 /// Upper bound for one `Find` page.
-pub const MAX_FIND_LIMIT: u32 = 10_000;
+const MAX_FIND_LIMIT: u32 = 10_000;
 
 /// What every write handler works in: the batch (one transaction for many requests, group
 /// commit), the volume, the peer its paths are walked as, and the batch's folder paths.

@@ -41,7 +41,7 @@ impl DirCache {
 }
 
 /// Split a client's path into names, refusing `..`, `.`, protected and invalid names.
-pub fn client_names(rel: &[u8]) -> Result<Vec<Vec<u8>>, ErrorReply> {
+pub(super) fn client_names(rel: &[u8]) -> Result<Vec<Vec<u8>>, ErrorReply> {
     let mut out = Vec::new();
     for part in rel.split(|&b| b == b'/') {
         if part.is_empty() {
@@ -54,7 +54,7 @@ pub fn client_names(rel: &[u8]) -> Result<Vec<Vec<u8>>, ErrorReply> {
 }
 
 /// Walk a client's path race-free as the peer ([`walk::walk_client`]).
-pub fn walk_path(vol: &Volume, access: &Access, rel: &[u8]) -> Result<Walked, ErrorReply> {
+pub(super) fn walk_path(vol: &Volume, access: &Access, rel: &[u8]) -> Result<Walked, ErrorReply> {
     let names = client_names(rel)?;
     access
         .wear(|| walk::walk_client(vol.root(), names, rel, access.viewer()))

@@ -4,7 +4,7 @@ use deskd_db::Object;
 use deskd_proto::ObjectInfo;
 
 /// The wire form of an object, with its path when `path` is given.
-pub fn info(o: &Object, path: Option<Vec<u8>>, created: bool) -> ObjectInfo {
+pub(super) fn info(o: &Object, path: Option<Vec<u8>>, created: bool) -> ObjectInfo {
     ObjectInfo {
         id: o.id,
         parent: o.parent,
@@ -19,6 +19,6 @@ pub fn info(o: &Object, path: Option<Vec<u8>>, created: bool) -> ObjectInfo {
 }
 
 /// Join path components with `/`.
-pub fn join(components: &[Vec<u8>]) -> Vec<u8> {
+pub(super) fn join(components: &[Vec<u8>]) -> Vec<u8> {
     components.join(&b'/')
 }
