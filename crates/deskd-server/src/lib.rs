@@ -39,6 +39,8 @@ mod reload;
 mod shared;
 mod sight;
 mod space;
+#[cfg(test)]
+mod test_support;
 mod volume;
 mod walk;
 mod writer;

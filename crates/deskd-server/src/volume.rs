@@ -342,15 +342,7 @@ fn ensure_root_record(root: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ConfigFile;
-
-    fn config_for(root: &Path) -> VolumeConfig {
-        ConfigFile::default()
-            .resolve("/unused".into(), &[root.to_path_buf()])
-            .unwrap()
-            .volumes
-            .remove(0)
-    }
+    use crate::test_support::config_for;
 
     #[test]
     fn a_closed_volume_releases_its_lock_and_answers_what_still_arrives() {

@@ -2,7 +2,7 @@
 //! connections that keep what they were sent.
 
 use super::*;
-use crate::config::ConfigFile;
+use crate::test_support::config_for;
 use deskd_db::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -71,14 +71,6 @@ fn add(name: &'static str, connection: &Arc<TestConnection>) -> Job {
             flushed: None,
         }),
     }
-}
-
-fn config_for(root: &Path) -> VolumeConfig {
-    ConfigFile::default()
-        .resolve("/unused".into(), &[root.to_path_buf()])
-        .unwrap()
-        .volumes
-        .remove(0)
 }
 
 /// A writer of a new desktop in `root`, and its commit count.
