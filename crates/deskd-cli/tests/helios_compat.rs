@@ -1,0 +1,391 @@
+//! HELIOS compatibility commands (contrib/helios): seed 000's backup script run unchanged by
+//! `perl` against a served volume under write load, and `srvmsg`, `srvutil`, `rebuild` and
+//! `prefvalue` as a HELIOS administrator's scripts call them.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The compatibility commands as shipped: `contrib/helios` holds `bin/srvmsg` and the rest.
+fn helios_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/helios")
+}
+
+/// A command that runs in a private mount namespace whose `/etc` has a `HELIOSInstallPath`
+/// naming `contrib/helios` (an overlay on a private tmpfs: the host's /etc is not touched),
+/// with `deskd` on PATH and this Env's socket; None (the test skips, or fails under CI) when
+/// that cannot be set up here (not root, no unshare).
+fn on_a_helios_host(env: &Env, program: &str, args: &[&str]) -> Option<Command> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip("a private /etc/HELIOSInstallPath needs root (a mount namespace)");
+        return None;
+    }
+    let probe = Command::new("unshare").args(["-m", "true"]).output();
+    if !matches!(probe, Ok(ref o) if o.status.success()) {
+        skip("unshare -m does not work here");
+        return None;
+    }
+    let layer = env.path("etc-layer");
+    std::fs::create_dir_all(&layer).unwrap();
+    let setup = r#"set -e
+mount --make-rprivate /
+mount -t tmpfs tmpfs "$LAYER"
+mkdir "$LAYER/upper" "$LAYER/work"
+printf '%s\n' "$HELIOS_DIR" > "$LAYER/upper/HELIOSInstallPath"
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$LAYER/upper,workdir=$LAYER/work" /etc
+exec "$@""#;
+    let deskd_dir = Path::new(DESKD).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        deskd_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "sh", "-c", setup, "sh", program])
+        .args(args)
+        .current_dir(env.dir.path())
+        .env("LAYER", &layer)
+        .env("HELIOS_DIR", helios_dir().canonicalize().unwrap())
+        .env("PATH", path)
+        .env("DESKD_SOCKET", &env.socket);
+    Some(cmd)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A file server's write load: creates files in `vol` and registers them through one
+/// pipelining client, 20 at a time, until `stop`; every acknowledged (name, ID) goes to `acked`.
+struct WriteLoad {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, u32)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriteLoad {
+    fn start(env: &Env, vol: &Path) -> WriteLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let mut client = env.client();
+        let handle = client.open_volume(vol).unwrap().vol;
+        let (thread_stop, thread_acked, vol) = (stop.clone(), acked.clone(), vol.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let mut n = 0;
+            while !thread_stop.load(Ordering::SeqCst) {
+                let names: Vec<String> = (n..n + 20).map(|i| format!("load-{i:06}")).collect();
+                n += 20;
+                let requests: Vec<u64> = names
+                    .iter()
+                    .map(|name| {
+                        std::fs::write(vol.join(name), b"").unwrap();
+                        client
+                            .send(deskd_client::Request::AddPath {
+                                vol: handle,
+                                path: name.clone().into_bytes(),
+                                hint: None,
+                                type_code: None,
+                                creator: None,
+                            })
+                            .unwrap()
+                    })
+                    .collect();
+                client.flush().unwrap();
+                for (name, request) in names.into_iter().zip(requests) {
+                    match client.wait(request) {
+                        Ok(deskd_client::Response::Object(o)) => {
+                            thread_acked.lock().unwrap().push((name, o.id))
+                        }
+                        other => panic!("{name}: {other:?}"),
+                    }
+                }
+            }
+        });
+        WriteLoad {
+            stop,
+            acked,
+            thread: Some(thread),
+        }
+    }
+
+    fn acked(&self) -> Vec<(String, u32)> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    fn stop(mut self) -> Vec<(String, u32)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap();
+        self.acked()
+    }
+}
+
+/// The rows (ID, name) of a desktop's objects table.
+fn rows_of(db: &Path) -> std::collections::HashMap<u32, String> {
+    sqlite3(db, "SELECT id, CAST(name AS TEXT) FROM objects")
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(id, name)| (id.parse().unwrap(), name.to_string()))
+        .collect()
+}
+
+fn assert_holds(db: &Path, acked: &[(String, u32)], what: &str) {
+    let rows = rows_of(db);
+    for (name, id) in acked {
+        assert_eq!(
+            rows.get(id),
+            Some(name),
+            "{what}: acknowledged ID {id} ({name}) missing"
+        );
+    }
+}
+
+/// Seed 000's `backup-desktop.pl`, unchanged, run by `perl` while a client keeps registering
+/// files: it finds `srvmsg` through /etc/HELIOSInstallPath, freezes the desktop and copies
+/// `.Desktop` with `cp -p`. The copy passes the integrity check and holds every ID acknowledged
+/// before the script started (so before its freeze); the writes went on during the freeze and
+/// none of them is lost.
+#[test]
+fn seed_000_backup_script_runs_unchanged_under_write_load() {
+    let mut env = Env::new(&["vol", "backup"]);
+    env.serve(&["vol"]);
+    let vol = env.path("vol");
+    let load = WriteLoad::start(&env, &vol);
+    wait_for_acks(&load.acked, 200);
+    let before_freeze = load.acked();
+
+    // The seed's script as shipped in contrib/helios/examples; where the team's shared copy
+    // is at hand (../shared beside the repository), it must be the same text.
+    let script = helios_dir().join("examples/backup-desktop.pl");
+    let shared =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/helios/backup-desktop.pl");
+    if let Ok(original) = std::fs::read(&shared) {
+        assert_eq!(
+            std::fs::read(&script).unwrap(),
+            original,
+            "the script is changed"
+        );
+    }
+    let Some(mut cmd) = on_a_helios_host(&env, "perl", &[script.to_str().unwrap(), "5"]) else {
+        return;
+    };
+    let dest = env.path("backup");
+    let out = cmd
+        .env("VOLPATH", &vol)
+        .env("DEST", format!("{}/", dest.display()))
+        .output()
+        .unwrap();
+    let during = load.acked().len();
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Using specified freeze time of 5"),
+        "{report}"
+    );
+    assert!(stdout.contains("The time to copy took less ("), "{report}");
+    assert!(stdout.contains("frozen until"), "deskd's answer: {report}");
+    assert!(
+        env.log_text().contains("frozen"),
+        "the server froze the desktop: {}",
+        env.log_text()
+    );
+
+    let copy = dest.join(".Desktop");
+    assert_eq!(sqlite3(&copy, "PRAGMA integrity_check"), "ok");
+    assert_holds(&copy, &before_freeze, "the backup copy");
+
+    // The load was not held up by the freeze: more answers came after the script started.
+    wait_for_acks(&load.acked, during + 100);
+    let all = load.stop();
+    assert!(all.len() > before_freeze.len());
+    env.deskd_ok(&["thaw"]);
+    env.term();
+    assert_holds(&vol.join(".Desktop"), &all, "the live desktop");
+}
+
+/// An administrator's routine: read and set desksrv's preferences with `prefvalue` (deskd's
+/// configuration file), apply them with `srvutil reconf desksrv` (SIGHUP), check the server
+/// with `srvutil status`, freeze with `srvmsg` past the new FreezeMax (HELIOS's message),
+/// thaw and flush with `srvmsg`; mistakes get clear errors and exit 2.
+#[test]
+fn prefvalue_srvutil_and_srvmsg_do_an_administrators_jobs() {
+    let mut env = Env::new(&["vol"]);
+    let vol = env.path("vol");
+    let config = env.path("deskd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "# site settings\n[defaults]\nflush_delay = 30 # s\n\n[volume.\"{}\"]\n",
+            vol.display()
+        ),
+    )
+    .unwrap();
+    env.start(&["--config", config.to_str().unwrap()]);
+    let run = |env: &Env, program: &str, args: &[&str]| -> Option<Output> {
+        let mut cmd = on_a_helios_host(env, program, args)?;
+        Some(cmd.env("DESKD_CONFIG", &config).output().unwrap())
+    };
+    if run(&env, "true", &[]).is_none() {
+        return;
+    }
+    let tool = |name: &str| helios_dir().join("bin").join(name).display().to_string();
+    let pref = |key: &str| format!("Programs/desksrv/{key}");
+
+    // Reading: a value set, and one left unset (nothing printed, exit 1).
+    let out = run(&env, &tool("prefvalue"), &["-k", &pref("SQLFlushDelay")]).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "30\n",
+        "{}",
+        text(&out)
+    );
+    let out = run(&env, &tool("prefvalue"), &["-k", &pref("FreezeMax")]).unwrap();
+    assert_eq!(
+        (out.status.code(), out.stdout.len()),
+        (Some(1), 0),
+        "{}",
+        text(&out)
+    );
+
+    // Setting: FreezeMax 3 lands in [defaults], the rest of the file is kept.
+    let out = run(
+        &env,
+        &tool("prefvalue"),
+        &["-k", &pref("FreezeMax"), "-t", "int", "3"],
+    )
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let file = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        file.starts_with("# site settings\n[defaults]\nflush_delay = 30 # s\nfreeze_max = 3\n"),
+        "{file}"
+    );
+    assert!(
+        file.contains(&format!("[volume.\"{}\"]", vol.display())),
+        "{file}"
+    );
+    let out = run(&env, &tool("prefvalue"), &["-k", &pref("FreezeMax")]).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "3\n",
+        "{}",
+        text(&out)
+    );
+
+    // Bad input: clear errors, exit 2, the file unchanged.
+    for (args, says) in [
+        (vec!["-k", "Programs/desksrv/UseSQL"], "no preference"),
+        (vec!["-k", "Programs/desksrv/FreezeMax", "0"], "at least 1"),
+        (
+            vec!["-k", "Programs/desksrv/FreezeMax", "soon"],
+            "whole number",
+        ),
+        (
+            vec!["-k", "Programs/desksrv/FreezeMax", "-t", "str", "9"],
+            "type int",
+        ),
+    ] {
+        let out = run(&env, &tool("prefvalue"), &args).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), file);
+
+    // srvutil reconf desksrv: the server re-reads the file (SIGHUP) and says so.
+    let out = run(&env, &tool("srvutil"), &["reconf", "desksrv"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    env.wait_for_log("reconfigured: ", 1);
+    let out = run(&env, &tool("srvutil"), &["status"]).unwrap();
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pid = env.server.as_ref().unwrap().id();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(status.starts_with("desksrv"), "{status}");
+    assert!(
+        status.contains(&format!(" running      pid {pid}, 1 volume,")),
+        "{status}"
+    );
+
+    // The new FreezeMax applies: srvmsg freeze 20 is cut to 3 with HELIOS's message.
+    let out = run(
+        &env,
+        &tool("srvmsg"),
+        &["-c", "-n", "desksrv", "freeze", "20"],
+    )
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("FreezeTime (20) > FreezeMax (3), using new value: 3"),
+        "{}",
+        text(&out)
+    );
+    let frozen = env.deskd_ok(&["status", "--json"]);
+    assert!(!frozen.contains("\"frozen_until\":null"), "{frozen}");
+    // thaw and flush have their deskd meaning.
+    let out = run(&env, &tool("srvmsg"), &["-c", "-n", "desksrv", "thaw"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(env
+        .deskd_ok(&["status", "--json"])
+        .contains("\"frozen_until\":null"));
+    env.dt_ok(&[b"touch", b"vol/after-thaw"]);
+    let out = run(&env, &tool("srvmsg"), &["-c", "-n", "desksrv", "flush"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        env.deskd_ok(&["status", "--json"])
+            .contains("\"wal_bytes\":0"),
+        "a flush empties the WAL"
+    );
+
+    // Messages without a deskd meaning, and other servers, are refused with exit 2.
+    for args in [
+        vec!["-c", "-n", "desksrv", "shutdown"],
+        vec!["-c", "-n", "afpsrv", "freeze"],
+        vec!["-m", "-n", "desksrv", "hello"],
+        vec!["-c", "-n", "desksrv", "freeze", "ten"],
+    ] {
+        let out = run(&env, &tool("srvmsg"), &args).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(!out.stderr.is_empty(), "{args:?}: says why");
+    }
+    // `srvmsg -r -n desksrv` is a reconf too.
+    let out = run(&env, &tool("srvmsg"), &["-r", "-n", "desksrv"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    env.wait_for_log("reconfigured: ", 2);
+
+    // Deleting the preference brings deskd's default back.
+    let out = run(&env, &tool("prefvalue"), &["-k", &pref("FreezeMax"), "-d"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!std::fs::read_to_string(&config)
+        .unwrap()
+        .contains("freeze_max"));
+
+    // With the server gone: status says "not running" (exit 1), reconf fails naming the socket.
+    env.term();
+    let out = run(&env, &tool("srvutil"), &["status"]).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not running"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&env, &tool("srvutil"), &["reconf", "desksrv"]).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(env.socket.to_str().unwrap()),
+        "{}",
+        text(&out)
+    );
+}
