@@ -55,6 +55,10 @@ exec "$@""#;
     Some(cmd)
 }
 
+fn stdout_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn text(o: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -388,4 +392,145 @@ fn prefvalue_srvutil_and_srvmsg_do_an_administrators_jobs() {
         "{}",
         text(&out)
     );
+}
+
+/// `bin/NAME` of contrib/helios run as `uid` (None: the test's user) with `deskd` on PATH and
+/// this Env's socket.
+fn helios_tool(env: &Env, uid: Option<u32>, name: &str, args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let deskd = match uid {
+        None => PathBuf::from(DESKD),
+        Some(_) => env.linked_for_others(DESKD),
+    };
+    let path = format!(
+        "{}:{}",
+        deskd.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("perl");
+    cmd.arg(helios_dir().join("bin").join(name))
+        .args(args)
+        .current_dir(env.dir.path())
+        .env("PATH", path)
+        .env("DESKD_SOCKET", &env.socket);
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.output().unwrap()
+}
+
+/// `rebuild -s` prints nothing and exits 0 when the desktop is up to date, prints the
+/// differences and exits 1 when not; `rebuild` repairs (exit 0); usage errors and missing
+/// volumes exit 2 with a message; with several volumes the worst status wins.
+#[test]
+fn rebuild_keeps_helios_output_and_exit_rules() {
+    let mut env = Env::new(&["vol", "other"]);
+    env.serve(&["vol", "other"]);
+    env.dt_ok(&[b"touch", b"vol/known"]);
+    let vol = env.path("vol").display().to_string();
+    let other = env.path("other").display().to_string();
+
+    let out = helios_tool(&env, None, "rebuild", &["-s", &vol]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        out.stdout.is_empty() && out.stderr.is_empty(),
+        "no output = up to date: {}",
+        text(&out)
+    );
+
+    // A file made behind deskd's back (a host script, an FTP upload).
+    std::fs::write(env.path("vol/uploaded"), b"x").unwrap();
+    let out = helios_tool(&env, None, "rebuild", &["-s", &vol]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("uploaded"),
+        "{}",
+        text(&out)
+    );
+    let out = helios_tool(&env, None, "rebuild", &["-s", &other, &vol]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the worst of both: {}",
+        text(&out)
+    );
+
+    let out = helios_tool(&env, None, "rebuild", &[&vol]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = helios_tool(&env, None, "rebuild", &["-s", &vol, &other]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+    let id = env.id_of(&env.path("vol/uploaded"));
+    let out = helios_tool(&env, None, "rebuild", &["-f", &vol]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        env.id_of(&env.path("vol/uploaded")),
+        id,
+        "rebuild -f loses no ID"
+    );
+
+    for (args, says) in [
+        (vec!["-f", "-s", vol.as_str()], "exclude each other"),
+        (vec!["-s"], "no volume"),
+        (vec!["-x", vol.as_str()], "unknown option"),
+    ] {
+        let out = helios_tool(&env, None, "rebuild", &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    let missing = env.path("missing").display().to_string();
+    let out = helios_tool(&env, None, "rebuild", &["-s", &vol, &missing]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// As an unprivileged user (nobody), `srvmsg` cannot freeze a volume it does not own and
+/// `srvutil reconf` cannot signal the server: both say so and exit 1; nothing is frozen.
+#[test]
+fn an_unprivileged_user_cannot_freeze_or_reconfigure() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip("needs root to run the commands as nobody");
+        return;
+    }
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    let out = helios_tool(
+        &env,
+        Some(65534),
+        "srvmsg",
+        &["-c", "-n", "desksrv", "freeze", "30"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("need root or the volume owner"),
+        "{}",
+        text(&out)
+    );
+    assert!(env
+        .deskd_ok(&["status", "--json"])
+        .contains("\"frozen_until\":null"));
+    let out = helios_tool(&env, Some(65534), "srvutil", &["reconf", "desksrv"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !env.log_text().contains("reconfigured: "),
+        "{}",
+        env.log_text()
+    );
+    let out = helios_tool(&env, Some(65534), "srvutil", &["status"]);
+    assert!(out.status.success(), "any user may ask: {}", text(&out));
+    assert!(stdout_of(&out).contains(" running "), "{}", text(&out));
 }
