@@ -233,6 +233,10 @@ fn prefvalue_srvutil_and_srvmsg_do_an_administrators_jobs() {
         ),
     )
     .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
     env.start(&["--config", config.to_str().unwrap()]);
     let run = |env: &Env, program: &str, args: &[&str]| -> Option<Output> {
         let mut cmd = on_a_helios_host(env, program, args)?;
@@ -277,6 +281,7 @@ fn prefvalue_srvutil_and_srvmsg_do_an_administrators_jobs() {
         file.contains(&format!("[volume.\"{}\"]", vol.display())),
         "{file}"
     );
+    assert_eq!(mode_of(&config), 0o640, "the file keeps its mode");
     let out = run(&env, &tool("prefvalue"), &["-k", &pref("FreezeMax")]).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
