@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 /// The compatibility commands as shipped: `contrib/helios` holds `bin/srvmsg` and the rest.
 fn helios_dir() -> PathBuf {
@@ -73,6 +74,8 @@ fn text(o: &Output) -> String {
 struct WriteLoad {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<(String, u32)>>>,
+    /// When each acknowledgement in `acked` arrived (same order).
+    times: Arc<Mutex<Vec<SystemTime>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -80,9 +83,11 @@ impl WriteLoad {
     fn start(env: &Env, vol: &Path) -> WriteLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
+        let times = Arc::new(Mutex::new(Vec::new()));
         let mut client = env.client();
         let handle = client.open_volume(vol).unwrap().vol;
         let (thread_stop, thread_acked, vol) = (stop.clone(), acked.clone(), vol.to_path_buf());
+        let thread_times = times.clone();
         let thread = std::thread::spawn(move || {
             let mut n = 0;
             while !thread_stop.load(Ordering::SeqCst) {
@@ -107,7 +112,10 @@ impl WriteLoad {
                 for (name, request) in names.into_iter().zip(requests) {
                     match client.wait(request) {
                         Ok(deskd_client::Response::Object(o)) => {
-                            thread_acked.lock().unwrap().push((name, o.id))
+                            // Time first: an acknowledgement is never listed before it came.
+                            let mut acked = thread_acked.lock().unwrap();
+                            thread_times.lock().unwrap().push(SystemTime::now());
+                            acked.push((name, o.id));
                         }
                         other => panic!("{name}: {other:?}"),
                     }
@@ -117,12 +125,25 @@ impl WriteLoad {
         WriteLoad {
             stop,
             acked,
+            times,
             thread: Some(thread),
         }
     }
 
     fn acked(&self) -> Vec<(String, u32)> {
         self.acked.lock().unwrap().clone()
+    }
+
+    /// The acknowledgements that arrived before `when`.
+    fn acked_before(&self, when: SystemTime) -> Vec<(String, u32)> {
+        let acked = self.acked.lock().unwrap();
+        let times = self.times.lock().unwrap();
+        acked
+            .iter()
+            .zip(times.iter())
+            .filter(|(_, t)| **t < when)
+            .map(|(a, _)| a.clone())
+            .collect()
     }
 
     fn stop(mut self) -> Vec<(String, u32)> {
@@ -139,6 +160,30 @@ fn rows_of(db: &Path) -> std::collections::HashMap<u32, String> {
         .filter_map(|l| l.split_once('|'))
         .map(|(id, name)| (id.parse().unwrap(), name.to_string()))
         .collect()
+}
+
+/// When the server logged that it froze the desktop: its log's UTC timestamp
+/// (`2026-12-06T04:03:02.489949Z`) of the line `… frozen volume=…`. The writer flushes, then
+/// logs, then commits anything more: every write acknowledged before then is in `.Desktop`.
+fn frozen_at(log: &str) -> SystemTime {
+    let line = log
+        .lines()
+        .find(|l| l.contains(" frozen volume="))
+        .unwrap_or_else(|| panic!("no freeze in the log: {log}"));
+    let stamp = line.split_whitespace().next().unwrap();
+    let field = |range: std::ops::Range<usize>| -> i64 { stamp[range].parse().unwrap() };
+    let (year, month, day) = (field(0..4), field(5..7), field(8..10));
+    let (hour, minute, second) = (field(11..13), field(14..16), field(17..19));
+    let micros: u64 = stamp[20..26].parse().unwrap();
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = days * 86400 + hour * 3600 + minute * 60 + second;
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_micros(micros)
 }
 
 fn assert_holds(db: &Path, acked: &[(String, u32)], what: &str) {
@@ -182,6 +227,7 @@ fn seed_000_backup_script_runs_unchanged_under_write_load() {
         return;
     };
     let dest = env.path("backup");
+    let script_started = SystemTime::now();
     let out = cmd
         .env("VOLPATH", &vol)
         .env("DEST", format!("{}/", dest.display()))
@@ -200,6 +246,17 @@ fn seed_000_backup_script_runs_unchanged_under_write_load() {
     let copy = dest.join(".Desktop");
     assert_eq!(sqlite3(&copy, "PRAGMA integrity_check"), "ok");
     assert_holds(&copy, &before_freeze, "the backup copy");
+    // ... and every one acknowledged before the server froze the desktop, while perl started.
+    let frozen = frozen_at(&env.log_text());
+    assert!(script_started < frozen && frozen < SystemTime::now());
+    let before_frozen = load.acked_before(frozen);
+    eprintln!(
+        "acknowledged: {} before the script, {} before the freeze",
+        before_freeze.len(),
+        before_frozen.len()
+    );
+    assert!(before_frozen.len() >= before_freeze.len());
+    assert_holds(&copy, &before_frozen, "the backup copy");
     assert!(stdout.contains("frozen until "), "deskd's answer: {report}");
     let status = env.deskd_ok(&["status", "--json"]);
     assert!(
