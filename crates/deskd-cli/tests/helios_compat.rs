@@ -15,9 +15,13 @@ fn helios_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/helios")
 }
 
-/// A command that runs in a private mount namespace whose `/etc` has a `HELIOSInstallPath`
-/// naming `contrib/helios` (an overlay on a private tmpfs: the host's /etc is not touched),
-/// with `deskd` on PATH and this Env's socket; None (the test skips, or fails under CI) when
+/// Where docs/helios.md installs the commands (the shipped `HELIOSInstallPath` names it).
+const INSTALLED: &str = "/usr/local/lib/deskd/helios";
+
+/// A command that runs in a private mount namespace where contrib/helios is installed as
+/// docs/helios.md says (commands under [`INSTALLED`], the shipped `/etc/HELIOSInstallPath`),
+/// on overlays of `/etc` and `/usr/local` kept on a private tmpfs (the host's are not
+/// touched), with `deskd` on PATH and this Env's socket; None (the test skips, or fails under CI) when
 /// that cannot be set up here (not root, no unshare).
 fn on_a_helios_host(env: &Env, program: &str, args: &[&str]) -> Option<Command> {
     // SAFETY: geteuid has no preconditions.
@@ -35,9 +39,13 @@ fn on_a_helios_host(env: &Env, program: &str, args: &[&str]) -> Option<Command> 
     let setup = r#"set -e
 mount --make-rprivate /
 mount -t tmpfs tmpfs "$LAYER"
-mkdir "$LAYER/upper" "$LAYER/work"
-printf '%s\n' "$HELIOS_DIR" > "$LAYER/upper/HELIOSInstallPath"
-mount -t overlay overlay -o "lowerdir=/etc,upperdir=$LAYER/upper,workdir=$LAYER/work" /etc
+for dir in /etc /usr/local; do
+    mkdir -p "$LAYER/upper$dir" "$LAYER/work$dir"
+    mount -t overlay overlay -o "lowerdir=$dir,upperdir=$LAYER/upper$dir,workdir=$LAYER/work$dir" "$dir"
+done
+install -d /usr/local/lib/deskd/helios/bin
+install -m 755 "$HELIOS_DIR"/bin/* /usr/local/lib/deskd/helios/bin/
+install -m 644 "$HELIOS_DIR"/HELIOSInstallPath /etc/HELIOSInstallPath
 exec "$@""#;
     let deskd_dir = Path::new(DESKD).parent().unwrap();
     let path = format!(
@@ -302,7 +310,7 @@ fn prefvalue_srvutil_and_srvmsg_do_an_administrators_jobs() {
     if run(&env, "true", &[]).is_none() {
         return;
     }
-    let tool = |name: &str| helios_dir().join("bin").join(name).display().to_string();
+    let tool = |name: &str| format!("{INSTALLED}/bin/{name}");
     let pref = |key: &str| format!("Programs/desksrv/{key}");
 
     // Reading: a value set, and one left unset (nothing printed, exit 1).
