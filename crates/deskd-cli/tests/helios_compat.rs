@@ -563,7 +563,8 @@ fn rebuild_keeps_helios_output_and_exit_rules() {
 }
 
 /// As an unprivileged user (nobody), `srvmsg` cannot freeze a volume it does not own and
-/// `srvutil reconf` cannot signal the server: both say so and exit 1; nothing is frozen.
+/// `srvutil reconf` cannot signal the server: both say so and exit 1; nothing is frozen. A
+/// socket some other process listens on does not get that process signalled.
 #[test]
 fn an_unprivileged_user_cannot_freeze_or_reconfigure() {
     // SAFETY: geteuid has no preconditions.
@@ -599,6 +600,22 @@ fn an_unprivileged_user_cannot_freeze_or_reconfigure() {
         !env.log_text().contains("reconfigured: "),
         "{}",
         env.log_text()
+    );
+    // A socket that is not deskd's (here the test's own): its process is not signalled.
+    let planted = env.path("planted.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&planted).unwrap();
+    let mut cmd = Command::new("perl");
+    let out = cmd
+        .arg(helios_dir().join("bin/srvutil"))
+        .args(["reconf", "desksrv"])
+        .env("DESKD_SOCKET", &planted)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("not deskd; not signalled"),
+        "{}",
+        text(&out)
     );
     let out = helios_tool(&env, Some(65534), "srvutil", &["status"]);
     assert!(out.status.success(), "any user may ask: {}", text(&out));
