@@ -274,6 +274,30 @@ fn seed_000_backup_script_runs_unchanged_under_write_load() {
 
     // The load was not held up by the freeze: more answers came after the script started.
     wait_for_acks(&load.acked, during + 100);
+    // Run again after a thaw, asking for more than the script's FreezeMax: its own message,
+    // a freeze of 60 s (deskd's freeze_max, so no second message), a good copy.
+    env.deskd_ok(&["thaw"]);
+    let before_second = load.acked();
+    let dest = env.path("backup-2");
+    std::fs::create_dir(&dest).unwrap();
+    let mut cmd = on_a_helios_host(&env, "perl", &[script.to_str().unwrap(), "100"]).unwrap();
+    let out = cmd
+        .env("VOLPATH", &vol)
+        .env("DEST", format!("{}/", dest.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = stdout_of(&out);
+    assert!(
+        stdout.contains("FreezeTime (100) > FreezeMax (60), using new value: 60\n"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(stdout.matches("FreezeMax").count(), 1, "{}", text(&out));
+    let copy = dest.join(".Desktop");
+    assert_eq!(sqlite3(&copy, "PRAGMA integrity_check"), "ok");
+    assert_holds(&copy, &before_second, "the second copy");
+
     let all = load.stop();
     assert!(all.len() > before_freeze.len());
     env.deskd_ok(&["thaw"]);
