@@ -12,6 +12,10 @@ command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v mount >/dev/null 2>&1 || missing+=(mount)
+# contrib/helios's commands are Perl (core modules, File::Temp among them: not in perl-base);
+# their tests install them in a private mount namespace (unshare, mount -t overlay).
+perl -MFile::Temp -MSocket -e1 >/dev/null 2>&1 || missing+=(perl)
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 # strings shows that release binaries hold no test hook (below).
 command -v strings >/dev/null 2>&1 || missing+=(binutils)
 # systemd-analyze checks the unit file in contrib/ (systemd need not be running).
