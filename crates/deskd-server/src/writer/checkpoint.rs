@@ -52,6 +52,9 @@ impl Writer {
             };
             deadline = Some(deadline.map_or(d, |x| x.min(d)));
         }
+        if let Some(retry) = self.busy_retry_at() {
+            deadline = Some(deadline.map_or(retry, |x| x.min(retry)));
+        }
         deadline
     }
 
