@@ -300,6 +300,28 @@ mod tests {
     }
 
     #[test]
+    fn busy_wait_has_a_default_a_floor_and_a_volume_override() {
+        let file: ConfigFile = toml::from_str(
+            r#"
+            [defaults]
+            busy_wait = 0
+            [volume."/srv/a"]
+            busy_wait = 5
+            "#,
+        )
+        .unwrap();
+        let cfg = file
+            .resolve("/s.sock".into(), &[PathBuf::from("/srv/b")])
+            .unwrap();
+        assert_eq!(cfg.volumes[0].busy_wait, 5);
+        assert_eq!(cfg.volumes[1].busy_wait, 1, "at least 1 s");
+        let plain = ConfigFile::default()
+            .resolve("/s.sock".into(), &[PathBuf::from("/srv/b")])
+            .unwrap();
+        assert_eq!(plain.volumes[0].busy_wait, DEFAULT_BUSY_WAIT);
+    }
+
+    #[test]
     fn tcp_needs_a_token_file() {
         let parse = |text: &str| {
             toml::from_str::<ConfigFile>(text)

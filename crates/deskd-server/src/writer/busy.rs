@@ -85,8 +85,8 @@ impl Writer {
     pub(super) fn busy_over(&mut self) {
         if let Some(spell) = self.busy.take() {
             info!(volume = %self.volume.root().display(),
-                "desktop DB no longer busy after {} ms; the writes that waited are committed \
-                 ({} refused after busy_wait)", spell.since.elapsed().as_millis(), spell.refused);
+                "desktop DB no longer busy after {} ms: writes commit again ({} refused after \
+                 waiting busy_wait)", spell.since.elapsed().as_millis(), spell.refused);
         }
     }
 

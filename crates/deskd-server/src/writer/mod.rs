@@ -82,7 +82,7 @@ pub(crate) enum Job {
     Flush(Sender<Reply>),
     Freeze(Option<u32>, Sender<Reply>),
     Thaw(Sender<Reply>),
-    /// New settings (flush_delay, idle_close, freeze_default, freeze_max, wal_limit, min_free
+    /// New settings (flush_delay, idle_close, freeze_default, freeze_max, busy_wait, wal_limit, min_free
     /// and durability) from a reloaded configuration; read_only needs the volume reopened.
     Retime(VolumeConfig, Sender<()>),
     /// Work on the desktop between two batches (an online rebuild's apply); returns whether
