@@ -3,8 +3,8 @@
 //! instead of failing: the writer tries the batch again every [`BUSY_RETRY`], each try waiting
 //! only [`BUSY_TRY`] for the lock, and serves its control jobs (flush, freeze, shutdown) in
 //! between. A write that has waited `busy_wait` seconds is refused with `Busy`, saying nothing
-//! was recorded. The log says so once when a busy spell begins and once when a commit gets
-//! through again.
+//! was recorded. The log says so once when a busy spell begins and once when a commit (or a
+//! timed checkpoint) gets through again.
 
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,15 @@ impl Writer {
             info!(volume = %self.volume.root().display(),
                 "desktop DB no longer busy after {} ms: writes commit again ({} refused after \
                  waiting busy_wait)", spell.since.elapsed().as_millis(), spell.refused);
+        }
+    }
+
+    /// A timed checkpoint got through, so nobody else holds the write lock now: a spell with no
+    /// writes waiting is over (with writes waiting, their next try ends it, and keeps the
+    /// writer's deadline for it).
+    pub(super) fn busy_checkpointed(&mut self) {
+        if self.busy.as_ref().is_some_and(|b| b.next_try.is_none()) {
+            self.busy_over();
         }
     }
 
