@@ -141,3 +141,35 @@ fn a_write_that_waited_busy_wait_gets_busy_and_its_object_an_id_later() {
     assert!(began.elapsed() < Duration::from_secs(1));
     env.wait_for_log("desktop DB no longer busy", 1);
 }
+
+#[test]
+fn pipelined_writes_of_several_clients_wait_and_all_commit() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    let desktop = env.path("vol/.Desktop");
+    let count = || -> u64 {
+        sqlite3(&desktop, "SELECT count(*) FROM objects")
+            .parse()
+            .unwrap()
+    };
+    let before = count();
+    let lock = Sqlite3Lock::take(&desktop);
+    std::thread::scope(|s| {
+        let env = &env;
+        let clients: Vec<_> = (0..3)
+            .map(|c| {
+                s.spawn(move || {
+                    let paths: Vec<String> = (0..300).map(|i| format!("c{c}-{i}")).collect();
+                    make_and_register(env, "vol", &paths);
+                })
+            })
+            .collect();
+        env.wait_for_log(WARNING, 1);
+        lock.release();
+        for c in clients {
+            c.join().expect("every registration acknowledged");
+        }
+    });
+    assert_eq!(count(), before + 900, "every waiting write committed");
+    assert_eq!(env.log_text().matches(WARNING).count(), 1);
+}
