@@ -130,7 +130,7 @@ impl Writer {
             ),
         );
         warn!(volume = %self.volume.root().display(),
-            "{} writes that waited for a busy desktop refused at its close", writes.len());
+            "writes that waited for a busy desktop refused at its close: {}", writes.len());
         for w in writes.drain(..) {
             w.reply.send(Err(refusal.clone()));
         }
