@@ -75,6 +75,14 @@ fn clients_wait_while_sqlite3_holds_the_desktop_and_their_objects_get_ids() {
         "{}",
         stderr(&flush)
     );
+    // A freeze (a backup's first step) cannot flush either, and says so at once.
+    let freeze = env.deskd(&["freeze", "5"]);
+    assert!(!freeze.status.success(), "a freeze cannot checkpoint now");
+    assert!(
+        stderr(&freeze).contains("busy by another process"),
+        "{}",
+        stderr(&freeze)
+    );
     lock.release();
     finished(mkdir, "dt mkdir");
     finished(touch, "dt touch as nobody");
