@@ -181,3 +181,43 @@ fn pipelined_writes_of_several_clients_wait_and_all_commit() {
     assert_eq!(count(), before + 900, "every waiting write committed");
     assert_eq!(env.log_text().matches(WARNING).count(), 1);
 }
+
+#[test]
+fn a_reload_puts_off_reopening_a_desktop_another_process_holds() {
+    let mut env = Env::new(&["vol"]);
+    env.set_read_only(false);
+    let config = env.path("deskd.toml").display().to_string();
+    env.start(&["--config", &config]);
+    let desktop = env.path("vol/.Desktop");
+    let lock = Sqlite3Lock::take(&desktop);
+    let mkdir = env
+        .command_for(DT, &[b"mkdir", b"vol/d"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    env.wait_for_log(WARNING, 1);
+    // A read_only change needs the desktop closed and opened again: neither can be done while
+    // sqlite3 holds it, so the volume stays as it is, served, and the log says why.
+    env.set_read_only(true);
+    env.sighup(1);
+    let log = env.log_text();
+    assert!(
+        log.contains("desktop DB busy by another process; read_only changes at a reload"),
+        "{log}"
+    );
+    lock.release();
+    finished(mkdir, "dt mkdir");
+    let id = env.id_of(&env.path("vol/d"));
+    assert_eq!(
+        sqlite3(
+            &desktop,
+            &format!("SELECT name FROM objects WHERE id = {id}")
+        ),
+        "d"
+    );
+    // The next reload applies it.
+    env.sighup(2);
+    let out = env.dt(&[b"mkdir", b"vol/e"]);
+    assert!(!out.status.success(), "read-only now: {}", stderr(&out));
+}

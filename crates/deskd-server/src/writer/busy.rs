@@ -115,6 +115,25 @@ impl Writer {
         })
     }
 
+    /// Whether another process still holds the desktop's write lock, asked before a close
+    /// that the desktop would reopen (a reload): a desktop closed now could not be marked clean
+    /// nor opened again, so the volume would stop being served. Outside a busy spell, no; in
+    /// one, the waiting writes are tried (or, with none waiting, a checkpoint), and a success
+    /// ends the spell.
+    pub(super) fn still_busy(&mut self, writes: &mut Vec<Pending>) -> bool {
+        if self.busy.is_none() {
+            return false;
+        }
+        if writes.is_empty() {
+            if self.flush(super::REQUESTED_CHECKPOINT_WAIT).is_ok() {
+                self.busy_over();
+            }
+        } else {
+            self.commit_batch(writes);
+        }
+        self.busy.is_some()
+    }
+
     /// The desktop closes (shutdown, a reload's reopening) while writes still wait for it:
     /// answer them, since none was recorded.
     pub(super) fn refuse_waiting(&mut self, writes: &mut Vec<Pending>) {

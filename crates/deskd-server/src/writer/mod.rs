@@ -101,6 +101,10 @@ pub(crate) enum CloseRefused {
     /// A backup may be copying the file, and closing writes to it.
     #[error("frozen")]
     Frozen,
+    /// Another process holds the desktop's write lock: the desktop could neither be closed
+    /// cleanly nor opened again.
+    #[error("desktop DB busy by another process")]
+    Busy,
 }
 
 /// State shared between the writer and status readers.
@@ -240,6 +244,9 @@ impl Writer {
                             }
                             Job::Close(done) if self.frozen() => {
                                 let _ = done.send(Err(CloseRefused::Frozen));
+                            }
+                            Job::Close(done) if self.still_busy(&mut writes) => {
+                                let _ = done.send(Err(CloseRefused::Busy));
                             }
                             Job::Close(done) => {
                                 self.commit_batch(&mut writes); // a last try

@@ -390,3 +390,31 @@ fn writes_waiting_for_a_busy_desktop_are_answered_at_shutdown() {
     stopped.recv_timeout(Duration::from_secs(20)).unwrap();
     lock.release();
 }
+
+#[test]
+fn a_desktop_another_process_holds_is_not_closed_for_a_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path(), &["a"]);
+    let (writer, _) = writer_for(dir.path());
+    let desktop = dir.path().join(deskd_volume::DESKTOP_FILE);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    writer.spawn(0, rx).unwrap();
+    let lock = Sqlite3Lock::take(&desktop);
+    let client: Arc<TestConnection> = Arc::default();
+    let (flushed, replied) = crossbeam_channel::unbounded();
+    tx.send(add_told("a", &client, &flushed)).unwrap();
+    let close = || {
+        let (closed, close) = crossbeam_channel::bounded(1);
+        tx.send(Job::Close(closed)).unwrap();
+        close.recv_timeout(Duration::from_secs(10)).unwrap()
+    };
+    // Closed now, the desktop could be neither marked clean nor opened again.
+    assert_eq!(close(), Err(CloseRefused::Busy));
+    assert!(replied.try_recv().is_err(), "the write still waits");
+    lock.release();
+    replied
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the waiting write answered once the lock is released");
+    assert!(client.sent()[0].1.is_ok(), "{:?}", client.sent());
+    assert_eq!(close(), Ok(()));
+}
