@@ -916,6 +916,34 @@ impl Desktop {
         })
     }
 
+    /// Start a batch, waiting at most `wait` (not the writer's usual 2 s) for a write lock
+    /// another process holds: the server's writer tries again and again while an `sqlite3`
+    /// session holds the lock, and between its short tries it serves its control jobs.
+    pub fn batch_within(&mut self, wait: Duration) -> Result<Batch<'_>> {
+        self.conn.busy_timeout(wait)?;
+        // A shared borrow (the writer's connection is never in a transaction between
+        // batches), so that a failed start can put the usual wait back.
+        let tx = match rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        ) {
+            Ok(tx) => tx,
+            Err(e) => {
+                self.conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
+                return Err(e.into());
+            }
+        };
+        tx.busy_timeout(WRITER_BUSY_TIMEOUT)?;
+        Ok(Batch {
+            tx,
+            last_id: &mut self.last_id,
+            names: self.names.as_deref(),
+            changes: Vec::new(),
+            touches: self.touches.as_deref(),
+            touched: Vec::new(),
+        })
+    }
+
     /// Checkpoint the WAL into the main file and empty the WAL file (TRUNCATE), waiting at most
     /// `wait` for readers of older snapshots to finish. When readers still hold it back, SQLite
     /// copies what it can and reports busy. The wait blocks this connection, the only writer,

@@ -21,6 +21,9 @@ pub struct VolumePrefs {
     pub freeze_default: Option<u32>,
     /// Longest freeze allowed.
     pub freeze_max: Option<u32>,
+    /// Seconds a write waits while another process (an `sqlite3` session) holds the desktop's
+    /// write lock, before it is refused with `Busy` (default 30, half the client timeout).
+    pub busy_wait: Option<u64>,
     pub durability: Option<Durability>,
     /// WAL size in bytes that triggers a passive checkpoint.
     pub wal_limit: Option<u64>,
@@ -42,6 +45,11 @@ pub struct VolumePrefs {
 /// and for the checkpoint that folds them into the desktop. On a file system smaller than 256
 /// MiB it is 1/64 of its size instead ([`crate::space::min_free`]).
 pub const DEFAULT_MIN_FREE: u64 = 4 << 20;
+
+/// How long a write waits for a desktop another process holds locked, when `busy_wait` is not
+/// set: half the client's default timeout (60 s), so the client gets the `Busy` error rather
+/// than a timeout of its own.
+pub const DEFAULT_BUSY_WAIT: u64 = 30;
 
 /// The `[server]` table.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -88,6 +96,8 @@ pub struct VolumeConfig {
     pub idle_close: u64,
     pub freeze_default: u32,
     pub freeze_max: u32,
+    /// How long a write waits for a write lock another process holds, before `Busy`.
+    pub busy_wait: u64,
     pub durability: Durability,
     pub wal_limit: u64,
     /// None: `DEFAULT_MIN_FREE` (4 MiB), or less on a small file system.
@@ -194,6 +204,7 @@ impl ConfigFile {
                 idle_close: pick(prefs.idle_close, d.idle_close, 60).max(1),
                 freeze_default: freeze_default.min(freeze_max),
                 freeze_max,
+                busy_wait: pick(prefs.busy_wait, d.busy_wait, DEFAULT_BUSY_WAIT).max(1),
                 durability: prefs.durability.or(d.durability).unwrap_or_default(),
                 wal_limit: pick(prefs.wal_limit, d.wal_limit, 64 << 20).max(1 << 20),
                 min_free: prefs.min_free.or(d.min_free),
@@ -286,6 +297,28 @@ mod tests {
         assert_eq!(a.durability, Durability::Full);
         assert_eq!(a.desktop_location, Some(PathBuf::from("/state/desktops")));
         assert_eq!(cfg.volumes[1].idle_close, 60);
+    }
+
+    #[test]
+    fn busy_wait_has_a_default_a_floor_and_a_volume_override() {
+        let file: ConfigFile = toml::from_str(
+            r#"
+            [defaults]
+            busy_wait = 0
+            [volume."/srv/a"]
+            busy_wait = 5
+            "#,
+        )
+        .unwrap();
+        let cfg = file
+            .resolve("/s.sock".into(), &[PathBuf::from("/srv/b")])
+            .unwrap();
+        assert_eq!(cfg.volumes[0].busy_wait, 5);
+        assert_eq!(cfg.volumes[1].busy_wait, 1, "at least 1 s");
+        let plain = ConfigFile::default()
+            .resolve("/s.sock".into(), &[PathBuf::from("/srv/b")])
+            .unwrap();
+        assert_eq!(plain.volumes[0].busy_wait, DEFAULT_BUSY_WAIT);
     }
 
     #[test]

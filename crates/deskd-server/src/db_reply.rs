@@ -36,7 +36,7 @@ pub fn db_error(e: DbError) -> ErrorReply {
 /// `sqlite3` session): `Busy` tells the client to try again, where `Internal` would say the
 /// desktop is broken. Decided by SQLite's result code (the low byte of the extended code), not
 /// by the message, which may quote a path of any name.
-fn is_busy(e: &DbError) -> bool {
+pub(crate) fn is_busy(e: &DbError) -> bool {
     match e {
         DbError::Sqlite(e) => e
             .sqlite_error()

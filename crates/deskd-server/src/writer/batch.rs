@@ -3,21 +3,23 @@
 //! savepoints (a savepoint per request costs a statement journal per request); only when a
 //! request in it fails is it rolled back and run again with one savepoint per request, so the
 //! failing request gets its error and never commits half its work, and the others still
-//! commit. Before the commit, the space the WAL and `min_free` need is checked.
+//! commit. Before the commit, the space the WAL and `min_free` need is checked. When another
+//! process holds the desktop's write lock, the batch waits ([`super::busy`]).
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use deskd_db::Desktop;
-use deskd_proto::{ErrorCode, ErrorReply, Request};
+use deskd_proto::{ErrorCode, ErrorReply};
 use deskd_volume::Volume;
 use tracing::{error, info, warn};
 
+use super::busy::BUSY_TRY;
 use super::checkpoint::REQUESTED_CHECKPOINT_WAIT;
-use super::{Replier, Writer};
+use super::{Pending, Replier, Writer};
 use crate::apply::{apply_write, DirCache, Reply};
-use crate::db_reply::db_error;
+use crate::db_reply::{db_error, is_busy};
 use crate::space;
 
 /// What one run of a batch produced.
@@ -34,14 +36,14 @@ fn run_batch(
     desktop: &mut Desktop,
     volume: &Volume,
     read_only: bool,
-    writes: &[(Request, Replier)],
+    writes: &[Pending],
     isolated: bool,
 ) -> Result<Attempt, deskd_db::DbError> {
-    let mut batch = desktop.batch()?;
+    let mut batch = desktop.batch_within(BUSY_TRY)?;
     let mut replies = Vec::with_capacity(writes.len());
     let mut cache = DirCache::default();
-    for (request, sink) in writes {
-        let access = sink.access();
+    for Pending { request, reply, .. } in writes {
+        let access = reply.access();
         if isolated {
             replies.push(batch.step(|b| {
                 Ok(apply_write(
@@ -65,13 +67,23 @@ fn run_batch(
 }
 
 impl Writer {
-    pub(super) fn commit_batch(&mut self, writes: &mut Vec<(Request, Replier)>) {
+    /// Commit the waiting writes, unless they wait for a busy desktop and their next try is
+    /// not due yet.
+    pub(super) fn commit_due(&mut self, writes: &mut Vec<Pending>) {
+        if self.may_try() {
+            self.commit_batch(writes);
+        }
+    }
+
+    /// Commit the waiting writes now (a write lock another process holds is waited for only
+    /// [`BUSY_TRY`]; then they wait for the next try).
+    pub(super) fn commit_batch(&mut self, writes: &mut Vec<Pending>) {
         if writes.is_empty() {
             return;
         }
         if let Err(refusal) = self.make_room() {
-            for (_, sink) in writes.drain(..) {
-                sink.send(Err(refusal.clone()));
+            for w in writes.drain(..) {
+                w.reply.send(Err(refusal.clone()));
             }
             return;
         }
@@ -86,12 +98,15 @@ impl Writer {
         };
         match outcome {
             Ok(Attempt::Retry) => unreachable!("an isolated run never asks for a retry"),
+            // Another process holds the write lock: nothing was recorded; wait and try again.
+            Err(e) if is_busy(&e) => self.busy_wait(writes),
             Ok(Attempt::Done(replies)) => {
                 tracing::debug!(batch = replies.len(), "committed");
+                self.busy_over();
                 // Before any acknowledgement: readers must see this commit from now on.
                 self.committed();
                 let mut connections: Vec<Replier> = Vec::new();
-                for ((_, sink), reply) in writes.drain(..).zip(replies) {
+                for (Pending { reply: sink, .. }, reply) in writes.drain(..).zip(replies) {
                     sink.queue(reply);
                     if !connections
                         .iter()
@@ -114,8 +129,8 @@ impl Writer {
                         self.volume.root().display()
                     ),
                 );
-                for (_, sink) in writes.drain(..) {
-                    sink.send(Err(reply.clone()));
+                for w in writes.drain(..) {
+                    w.reply.send(Err(reply.clone()));
                 }
             }
         }

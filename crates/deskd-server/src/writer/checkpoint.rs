@@ -52,6 +52,9 @@ impl Writer {
             };
             deadline = Some(deadline.map_or(d, |x| x.min(d)));
         }
+        if let Some(retry) = self.busy_retry_at() {
+            deadline = Some(deadline.map_or(retry, |x| x.min(retry)));
+        }
         deadline
     }
 
@@ -100,9 +103,14 @@ impl Writer {
         let root = self.volume.root().display().to_string();
         match self.flush(TIMED_CHECKPOINT_WAIT) {
             Ok(()) => {
+                self.busy_checkpointed();
                 if let Some(since) = self.held_back_since.take() {
                     info!(volume = %root, "{why}: checkpoint done after readers held it back for {} s", since.elapsed().as_secs());
                 }
+            }
+            // Another process holds the write lock: the busy warning said so already.
+            Err(e) if e.code == ErrorCode::Busy && self.busy.is_some() => {
+                tracing::debug!(volume = %root, "{why}: desktop DB busy by another process");
             }
             Err(e) if e.code == ErrorCode::Busy => {
                 if self.held_back_since.is_none() {

@@ -8,6 +8,9 @@
 //! WAL ([`crate::space`]); a desktop that cannot be opened for writing for want of space is
 //! served read-only, by a writer without a desktop.
 //!
+//! When another process holds the desktop's write lock, writes wait (bounded by `busy_wait`)
+//! while control jobs are still served ([`busy`]).
+//!
 //! Group commit is in [`batch`], the timers and checkpoints in [`checkpoint`]. The writer
 //! knows nothing of connections: a write carries a [`ReplyTo`], which the
 //! connection implements, so this module can be driven (and tested) without a socket.
@@ -26,6 +29,7 @@ use deskd_volume::Volume;
 use tracing::{error, info, warn};
 
 mod batch;
+mod busy;
 mod checkpoint;
 
 use checkpoint::REQUESTED_CHECKPOINT_WAIT;
@@ -61,6 +65,14 @@ pub(crate) trait ReplyTo: Send {
 /// caller's).
 pub(crate) type Replier = Box<dyn ReplyTo>;
 
+/// A write taken from the queue, waiting for its batch's commit.
+pub(super) struct Pending {
+    request: Request,
+    reply: Replier,
+    /// When the writer took it (a write waits for a busy desktop at most `busy_wait`).
+    queued: Instant,
+}
+
 /// Work for a volume's writer thread.
 pub(crate) enum Job {
     Write {
@@ -70,7 +82,7 @@ pub(crate) enum Job {
     Flush(Sender<Reply>),
     Freeze(Option<u32>, Sender<Reply>),
     Thaw(Sender<Reply>),
-    /// New settings (flush_delay, idle_close, freeze_default, freeze_max, wal_limit, min_free
+    /// New settings (flush_delay, idle_close, freeze_default, freeze_max, busy_wait, wal_limit, min_free
     /// and durability) from a reloaded configuration; read_only needs the volume reopened.
     Retime(VolumeConfig, Sender<()>),
     /// Work on the desktop between two batches (an online rebuild's apply); returns whether
@@ -89,6 +101,10 @@ pub(crate) enum CloseRefused {
     /// A backup may be copying the file, and closing writes to it.
     #[error("frozen")]
     Frozen,
+    /// Another process holds the desktop's write lock: the desktop could neither be closed
+    /// cleanly nor opened again.
+    #[error("desktop DB busy by another process")]
+    Busy,
 }
 
 /// State shared between the writer and status readers.
@@ -131,6 +147,8 @@ pub(crate) struct Writer {
     low_space_checkpointed: RateLimited,
     /// The temporary directory holding the copy a full-disk opening reads, removed at close.
     temp_copy: Option<PathBuf>,
+    /// Another process holds the desktop's write lock (writes wait).
+    busy: Option<busy::BusySpell>,
 }
 
 /// How often the log may say that space is short (a nearly full disk affects every commit).
@@ -168,6 +186,7 @@ impl Writer {
             low_space_logged: RateLimited::new(LOW_SPACE_LOG_EVERY),
             low_space_checkpointed: RateLimited::new(LOW_SPACE_LOG_EVERY),
             temp_copy,
+            busy: None,
         }
     }
 
@@ -185,13 +204,14 @@ impl Writer {
         if self.desktop.is_none() {
             return self.serve_without_desktop(rx);
         }
-        let mut writes: Vec<(Request, Replier)> = Vec::new();
+        let mut writes: Vec<Pending> = Vec::new();
         loop {
             let job = match self.next_deadline() {
                 Some(deadline) => {
                     match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                         Ok(job) => job,
                         Err(RecvTimeoutError::Timeout) => {
+                            self.commit_due(&mut writes);
                             self.timers();
                             continue;
                         }
@@ -206,11 +226,17 @@ impl Writer {
             let mut next = Some(job);
             while let Some(job) = next.take() {
                 match job {
-                    Job::Write { request, reply } => writes.push((request, reply)),
+                    Job::Write { request, reply } => writes.push(Pending {
+                        request,
+                        reply,
+                        queued: Instant::now(),
+                    }),
                     control => {
-                        self.commit_batch(&mut writes);
+                        self.commit_due(&mut writes);
                         match control {
                             Job::Shutdown(done) => {
+                                self.commit_batch(&mut writes); // a last try
+                                self.refuse_waiting(&mut writes);
                                 self.shutdown();
                                 self.remove_empty_wal();
                                 let _ = done.send(());
@@ -219,7 +245,12 @@ impl Writer {
                             Job::Close(done) if self.frozen() => {
                                 let _ = done.send(Err(CloseRefused::Frozen));
                             }
+                            Job::Close(done) if self.still_busy(&mut writes) => {
+                                let _ = done.send(Err(CloseRefused::Busy));
+                            }
                             Job::Close(done) => {
+                                self.commit_batch(&mut writes); // a last try
+                                self.refuse_waiting(&mut writes);
                                 self.shutdown();
                                 let _ = done.send(Ok(()));
                                 return self.refuse_all(rx);
@@ -232,9 +263,11 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            self.commit_batch(&mut writes);
+            self.commit_due(&mut writes);
             self.timers();
         }
+        self.commit_batch(&mut writes);
+        self.refuse_waiting(&mut writes);
         self.shutdown();
     }
 
@@ -334,7 +367,9 @@ impl Writer {
     fn control(&mut self, job: Job) {
         match job {
             Job::Flush(reply) => {
-                let result = if self.frozen() {
+                let result = if let Some(busy) = self.busy_refusal("flush") {
+                    Err(busy)
+                } else if self.frozen() {
                     Err(ErrorReply::new(
                         ErrorCode::Busy,
                         format!(
@@ -355,6 +390,8 @@ impl Writer {
                 // Flush first (a new freeze on a frozen volume just extends it).
                 let result = if self.frozen() {
                     Ok(())
+                } else if let Some(busy) = self.busy_refusal("freeze") {
+                    Err(busy)
                 } else {
                     self.flush(REQUESTED_CHECKPOINT_WAIT)
                 };
@@ -381,6 +418,7 @@ impl Writer {
                 self.config.idle_close = new.idle_close;
                 self.config.freeze_default = new.freeze_default;
                 self.config.freeze_max = new.freeze_max;
+                self.config.busy_wait = new.busy_wait;
                 self.config.wal_limit = new.wal_limit;
                 self.config.min_free = new.min_free;
                 if new.durability != self.config.durability {

@@ -228,3 +228,193 @@ fn a_write_caught_by_a_close_is_refused_and_its_retry_commits_after_the_reopenin
     let reader = deskd_db::Reader::open(&dir.path().join(deskd_volume::DESKTOP_FILE)).unwrap();
     assert_eq!(reader.get(id_of(&sent[1].1)).unwrap().name, b"a");
 }
+
+/// An `sqlite3` CLI session holding the desktop's write lock (`BEGIN IMMEDIATE`) until
+/// released: what HELIOS calls "desktop DB busy by another process".
+struct Sqlite3Lock(std::process::Child);
+
+impl Sqlite3Lock {
+    fn take(desktop: &Path) -> Sqlite3Lock {
+        use std::io::{BufRead, Write};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("sqlite3")
+            .arg(desktop)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the sqlite3 CLI is installed");
+        let stdin = child.stdin.as_mut().unwrap();
+        writeln!(stdin, "BEGIN IMMEDIATE; SELECT 'locked';").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked", "sqlite3 took the write lock");
+        Sqlite3Lock(child)
+    }
+
+    /// End the session (its transaction is rolled back), releasing the lock.
+    fn release(mut self) {
+        drop(self.0.stdin.take());
+        assert!(self.0.wait().unwrap().success());
+    }
+}
+
+/// Register `name`, telling `flushed` when its reply is sent.
+fn add_told(name: &'static str, connection: &Arc<TestConnection>, flushed: &Sender<()>) -> Job {
+    match add(name, connection) {
+        Job::Write { request, .. } => Job::Write {
+            request,
+            reply: Box::new(Recorded {
+                tag: name,
+                connection: connection.clone(),
+                access: Access::Trusted,
+                flushed: Some(flushed.clone()),
+            }),
+        },
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_write_waits_while_another_process_holds_the_desktop_and_commits_after() {
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path(), &["a"]);
+    let (writer, commits) = writer_for(dir.path());
+    let desktop = dir.path().join(deskd_volume::DESKTOP_FILE);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    writer.spawn(0, rx).unwrap();
+    let lock = Sqlite3Lock::take(&desktop);
+    let client: Arc<TestConnection> = Arc::default();
+    let (flushed, replied) = crossbeam_channel::unbounded();
+    tx.send(add_told("a", &client, &flushed)).unwrap();
+    // The writer still serves control jobs while the write waits, and says why it cannot.
+    let (flush, flush_reply) = crossbeam_channel::bounded(1);
+    tx.send(Job::Flush(flush)).unwrap();
+    let refused = flush_reply
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a flush answered while a write waits")
+        .unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Busy, "{refused:?}");
+    assert!(
+        refused.message.contains("busy by another process"),
+        "{}",
+        refused.message
+    );
+    assert!(
+        replied.try_recv().is_err(),
+        "the write waits: {:?}",
+        client.sent()
+    );
+    assert_eq!(commits.load(Ordering::SeqCst), 0);
+    lock.release();
+    replied
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the waiting write answered once the lock is released");
+    let sent = client.sent();
+    let reader = deskd_db::Reader::open(&desktop).unwrap();
+    assert_eq!(reader.get(id_of(&sent[0].1)).unwrap().name, b"a");
+    assert_eq!(commits.load(Ordering::SeqCst), 1);
+    let (done, stopped) = crossbeam_channel::bounded(1);
+    tx.send(Job::Shutdown(done)).unwrap();
+    stopped.recv_timeout(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn a_write_that_waited_busy_wait_gets_busy_and_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path(), &["a"]);
+    let (mut writer, commits) = writer_for(dir.path());
+    writer.config.busy_wait = 1;
+    let desktop = dir.path().join(deskd_volume::DESKTOP_FILE);
+    let before = deskd_db::Reader::open(&desktop).unwrap().stats().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    writer.spawn(0, rx).unwrap();
+    let lock = Sqlite3Lock::take(&desktop);
+    let client: Arc<TestConnection> = Arc::default();
+    let (flushed, replied) = crossbeam_channel::unbounded();
+    let began = Instant::now();
+    tx.send(add_told("a", &client, &flushed)).unwrap();
+    replied
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the refusal after busy_wait");
+    assert!(
+        began.elapsed() >= Duration::from_secs(1),
+        "waited busy_wait"
+    );
+    let refusal = client.sent().remove(0).1.unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::Busy, "{refusal:?}");
+    assert!(
+        refusal.message.contains("busy by another process")
+            && refusal.message.contains("nothing was recorded"),
+        "{}",
+        refusal.message
+    );
+    lock.release();
+    assert_eq!(commits.load(Ordering::SeqCst), 0);
+    let reader = deskd_db::Reader::open(&desktop).unwrap();
+    assert_eq!(reader.stats().unwrap().objects, before.objects);
+    let (done, stopped) = crossbeam_channel::bounded(1);
+    tx.send(Job::Shutdown(done)).unwrap();
+    stopped.recv_timeout(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn writes_waiting_for_a_busy_desktop_are_answered_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path(), &["a"]);
+    let (writer, _) = writer_for(dir.path());
+    let desktop = dir.path().join(deskd_volume::DESKTOP_FILE);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    writer.spawn(0, rx).unwrap();
+    let lock = Sqlite3Lock::take(&desktop);
+    let client: Arc<TestConnection> = Arc::default();
+    let (flushed, replied) = crossbeam_channel::unbounded();
+    tx.send(add_told("a", &client, &flushed)).unwrap();
+    // A flush answered Busy shows the write's first try was made and it waits.
+    let (flush, flush_reply) = crossbeam_channel::bounded(1);
+    tx.send(Job::Flush(flush)).unwrap();
+    assert!(flush_reply
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .is_err());
+    let (done, stopped) = crossbeam_channel::bounded(1);
+    tx.send(Job::Shutdown(done)).unwrap();
+    replied
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the waiting write answered at shutdown");
+    let refusal = client.sent().remove(0).1.unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::ShuttingDown, "{refusal:?}");
+    assert!(refusal.message.contains("try again"), "{}", refusal.message);
+    stopped.recv_timeout(Duration::from_secs(20)).unwrap();
+    lock.release();
+}
+
+#[test]
+fn a_desktop_another_process_holds_is_not_closed_for_a_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path(), &["a"]);
+    let (writer, _) = writer_for(dir.path());
+    let desktop = dir.path().join(deskd_volume::DESKTOP_FILE);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    writer.spawn(0, rx).unwrap();
+    let lock = Sqlite3Lock::take(&desktop);
+    let client: Arc<TestConnection> = Arc::default();
+    let (flushed, replied) = crossbeam_channel::unbounded();
+    tx.send(add_told("a", &client, &flushed)).unwrap();
+    let close = || {
+        let (closed, close) = crossbeam_channel::bounded(1);
+        tx.send(Job::Close(closed)).unwrap();
+        close.recv_timeout(Duration::from_secs(10)).unwrap()
+    };
+    // Closed now, the desktop could be neither marked clean nor opened again.
+    assert_eq!(close(), Err(CloseRefused::Busy));
+    assert!(replied.try_recv().is_err(), "the write still waits");
+    lock.release();
+    replied
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the waiting write answered once the lock is released");
+    assert!(client.sent()[0].1.is_ok(), "{:?}", client.sent());
+    assert_eq!(close(), Ok(()));
+}
