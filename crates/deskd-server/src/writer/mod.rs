@@ -352,17 +352,41 @@ impl Writer {
                 let wanted = seconds.unwrap_or(self.config.freeze_default);
                 let clamped = wanted > self.config.freeze_max;
                 let secs = wanted.min(self.config.freeze_max).max(1);
-                // Flush first (a new freeze on a frozen volume just extends it).
-                let result = if self.frozen() {
+                // Flush first, unless already frozen: then the freeze is only extended, and
+                // never shortened (a backup relying on `freeze 60` must not lose its time to
+                // a later `freeze 5`).
+                let running = if self.frozen() {
+                    self.frozen_until
+                } else {
+                    None
+                };
+                let result = if running.is_some() {
                     Ok(())
                 } else {
                     self.flush(REQUESTED_CHECKPOINT_WAIT)
                 };
                 let result = result.map(|_| {
-                    self.frozen_until = Some(Instant::now() + Duration::from_secs(secs as u64));
-                    let until = now_unix() + secs as i64;
+                    let asked = Instant::now() + Duration::from_secs(secs as u64);
+                    let asked_unix = now_unix() + secs as i64;
+                    let volume = self.volume.root().display();
+                    let running_unix = self.state.lock().unwrap().frozen_until;
+                    let until = match (running, running_unix) {
+                        (Some(current), Some(current_unix)) if current >= asked => {
+                            info!(%volume, seconds = secs,
+                                "already frozen for longer; the freeze keeps its end");
+                            current_unix.max(asked_unix)
+                        }
+                        _ => {
+                            self.frozen_until = Some(asked);
+                            if running.is_some() {
+                                info!(%volume, seconds = secs, "freeze extended");
+                            } else {
+                                info!(%volume, seconds = secs, "frozen");
+                            }
+                            asked_unix
+                        }
+                    };
                     self.state.lock().unwrap().frozen_until = Some(until);
-                    info!(volume = %self.volume.root().display(), seconds = secs, "frozen");
                     Response::Frozen {
                         until,
                         clamped,
