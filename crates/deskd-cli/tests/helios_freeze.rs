@@ -90,3 +90,148 @@ fn the_freeze_ends_when_the_longer_one_is_up() {
         began.elapsed()
     );
 }
+
+// Issue 24, item 8: the messages an administrator coming from HELIOS reads.
+
+/// After a crash the HELIOS line stays word for word (scripts grep it), and deskd says that
+/// the WAL was recovered and no rebuild is needed.
+#[test]
+fn missing_db_shutdown_keeps_helios_words_and_says_no_rebuild_is_needed() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/a"]);
+    let id = env.id_of(&env.path("vol/a"));
+    env.kill9();
+    env.serve(&["vol"]);
+    let log = env.log_text();
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    assert!(
+        log.contains(&format!("missing DB shutdown:[{}] at ", root.display()))
+            && log.contains(
+                "recommend rebuild to re-create desktop file (deskd: the committed writes were \
+                 recovered from the WAL; no rebuild is needed)"
+            ),
+        "{log}"
+    );
+    assert_eq!(env.id_of(&env.path("vol/a")), id, "the write was recovered");
+}
+
+/// `cannot connect` names the socket tried, where it came from, and the rule.
+#[test]
+fn cannot_connect_names_the_socket_tried_and_the_socket_rule() {
+    let env = Env::new(&["vol"]);
+    let given = env.path("given.sock");
+    let out = env.deskd(&["status", "--socket", given.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    assert!(
+        text.contains(&format!(
+            "cannot connect to deskd at {} (from --socket; the socket is --socket, else \
+             $DESKD_SOCKET, else /run/deskd/deskd.sock for root",
+            given.display()
+        )),
+        "{text}"
+    );
+    // The harness sets $DESKD_SOCKET (to a socket nothing listens on yet).
+    let out = env.deskd(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    assert!(
+        text.contains(&format!(
+            "cannot connect to deskd at {} (from $DESKD_SOCKET; the socket is --socket",
+            env.socket.display()
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches(&*env.socket.to_string_lossy()).count(),
+        1,
+        "{text}"
+    );
+}
+
+/// A file in a folder the user may not search is "permission denied", not "no such file".
+#[test]
+fn a_name_the_user_may_not_reach_is_permission_denied_not_missing() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = Env::new(&["vol"]);
+    std::fs::create_dir(env.path("vol/secret")).unwrap();
+    std::fs::write(env.path("vol/secret/f"), b"x").unwrap();
+    std::fs::set_permissions(
+        env.path("vol/secret"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    env.serve(&["vol"]);
+    let secret = env.path("vol/secret/f");
+    let elsewhere = env.path("vol/h");
+    let Some(out) = env.as_nobody(DT, &[b"info", secret.as_os_str().as_encoded_bytes()]) else {
+        return skip("needs root to run as nobody");
+    };
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim_end(),
+        format!("dt: {}: permission denied", secret.display())
+    );
+    let out = env
+        .as_nobody(
+            DT,
+            &[
+                b"mv",
+                secret.as_os_str().as_encoded_bytes(),
+                elsewhere.as_os_str().as_encoded_bytes(),
+            ],
+        )
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim_end(),
+        format!("dt: cannot move {}: permission denied", secret.display())
+    );
+    assert!(secret.exists() && !elsewhere.exists());
+    // A name that is really missing is still said to be missing.
+    let missing = env.path("vol/nope");
+    let out = env
+        .as_nobody(DT, &[b"info", missing.as_os_str().as_encoded_bytes()])
+        .unwrap();
+    assert_eq!(
+        stderr(&out).trim_end(),
+        format!("dt: {}: no such file or directory", missing.display())
+    );
+}
+
+/// `rebuild -s`'s summary (standard error, only when something differs) counts the
+/// differences, as many as the lines it printed; online and offline.
+#[test]
+fn the_scan_summary_gives_the_number_of_differences() {
+    let mut env = Env::new(&["vol", "bare"]);
+    std::fs::write(env.path("bare/x"), b"x").unwrap();
+    // Offline, no desktop: one difference (one line).
+    let out = env.deskd(&["rebuild", "-s", "bare"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(
+        stderr(&out).contains("rebuild bare: 1 difference, "),
+        "{}",
+        stderr(&out)
+    );
+
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/a"]);
+    std::fs::write(env.path("vol/b"), b"b").unwrap();
+    std::fs::write(env.path("vol/c"), b"c").unwrap();
+    let out = env.deskd(&["rebuild", "-s", "vol"]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert!(lines >= 2, "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        stderr(&out).contains(&format!(" pass): {lines} differences, ")),
+        "{}",
+        stderr(&out)
+    );
+    // Up to date after a repair: no output at all, as HELIOS.
+    env.deskd_ok(&["rebuild", "vol"]);
+    let out = env.deskd(&["rebuild", "-s", "vol"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+}
