@@ -105,8 +105,8 @@ pub fn place(path: &Path) -> Result<Place> {
     let Some(root) = deskd_volume::locate_volume(&abs) else {
         return Ok(Place::Outside(abs));
     };
-    let volume =
-        Volume::new(&root).with_context(|| format!("{}: cannot open volume", root.display()))?;
+    // The error names the root already.
+    let volume = Volume::new(&root).context("cannot open volume")?;
     let rel = abs.strip_prefix(&root).expect("volume root is an ancestor");
     let resolved = volume
         .resolve_relative(rel.as_os_str().as_bytes())
@@ -374,11 +374,10 @@ impl Session {
         });
         if header.id != info.id || !rsrc_path.exists() {
             header.id = info.id;
-            rsrc::write_header(&rsrc_path, &header)
-                .with_context(|| format!("{}: cannot write resource file", rsrc_path.display()))?;
+            // The errors name the file already.
+            rsrc::write_header(&rsrc_path, &header).context("cannot write resource file")?;
         }
-        deskd_volume::write_id_xattr(&iv.path(), info.id)
-            .with_context(|| format!("{}: cannot write ID xattr", iv.shown()))?;
+        deskd_volume::write_id_xattr(&iv.path(), info.id).context("cannot write ID xattr")?;
         Ok(())
     }
 }

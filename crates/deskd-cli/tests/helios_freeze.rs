@@ -235,3 +235,35 @@ fn the_scan_summary_gives_the_number_of_differences() {
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
 }
+
+/// An error names its path once: a resource file the user may not write is said once, with
+/// the kernel's reason.
+#[test]
+fn a_resource_file_error_names_the_file_once() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/f"]);
+    let file = env.path("vol/f");
+    let Some(out) = env.as_nobody(
+        DT,
+        &[b"set", b"-t", b"TEXT", file.as_os_str().as_encoded_bytes()],
+    ) else {
+        return skip("needs root to run as nobody");
+    };
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    // Which of the two it meets first depends on the file system (xattrs or not).
+    let xattr = format!(
+        "dt: cannot write ID xattr: {}: Permission denied (os error 13)",
+        file.display()
+    );
+    let rsrc = format!(
+        "dt: cannot write resource file: {}: Permission denied (os error 13)",
+        env.path("vol/.rsrc/f").display()
+    );
+    assert!(
+        text.trim_end() == xattr || text.trim_end() == rsrc,
+        "{text}"
+    );
+    assert_eq!(text.matches(&*env.dir.path().to_string_lossy()).count(), 1);
+}

@@ -654,8 +654,8 @@ impl Dt {
         if let Some(text) = comment {
             header.comment = text.as_bytes().to_vec();
         }
-        rsrc::write_header(&rsrc_path, &header)
-            .with_context(|| format!("{}: cannot write resource file", rsrc_path.display()))?;
+        // The error names the file already.
+        rsrc::write_header(&rsrc_path, &header).context("cannot write resource file")?;
         Ok(())
     }
 
