@@ -99,6 +99,27 @@ impl Place {
     }
 }
 
+/// Why `path` was refused, without the name the refusal starts with when `path` ends with
+/// it already (`esc/x: path leaves the volume`, not `esc/x: esc/x: …`); a name deeper in
+/// the path (`/v/.rsrc/x: .rsrc: protected name …`) is kept, since it says which part.
+fn refusal_for(path: &Path, e: &deskd_volume::VolumeError) -> String {
+    use deskd_volume::VolumeError::{Escape, InvalidName, Protected};
+    let text = e.to_string();
+    let (Escape(named) | Protected(named) | InvalidName(named, _)) = e else {
+        return text;
+    };
+    if !path.as_os_str().as_bytes().ends_with(named.as_bytes()) {
+        return text;
+    }
+    match text
+        .strip_prefix(named.as_str())
+        .and_then(|t| t.strip_prefix(": "))
+    {
+        Some(reason) => reason.to_string(),
+        None => text,
+    }
+}
+
 /// Classify `path`. Errors for paths that are in a volume but escape it or use protected names.
 pub fn place(path: &Path) -> Result<Place> {
     let abs = deskd_volume::absolute(path)?;
@@ -110,7 +131,7 @@ pub fn place(path: &Path) -> Result<Place> {
     let rel = abs.strip_prefix(&root).expect("volume root is an ancestor");
     let resolved = volume
         .resolve_relative(rel.as_os_str().as_bytes())
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        .map_err(|e| anyhow!("{}: {}", path.display(), refusal_for(path, &e)))?;
     Ok(Place::Inside(InVolume {
         root,
         volume,

@@ -267,3 +267,29 @@ fn a_resource_file_error_names_the_file_once() {
     );
     assert_eq!(text.matches(&*env.dir.path().to_string_lossy()).count(), 1);
 }
+
+/// A refused name is said once: `vol/esc/x: path leaves the volume`, not
+/// `vol/esc/x: esc/x: path leaves the volume`; a protected part deeper in the path is named.
+#[test]
+fn a_refused_name_is_said_once() {
+    let mut env = Env::new(&["vol", "outside"]);
+    std::os::unix::fs::symlink(env.path("outside"), env.path("vol/esc")).unwrap();
+    std::fs::create_dir(env.path("vol/dir")).unwrap();
+    env.serve(&["vol"]);
+    for (path, message) in [
+        (
+            "vol/.Desktop",
+            "dt: vol/.Desktop: protected name (.Desktop and .rsrc belong to deskd)",
+        ),
+        ("vol/esc/x", "dt: vol/esc/x: path leaves the volume"),
+        (
+            "vol/dir/.rsrc/a",
+            "dt: vol/dir/.rsrc/a: .rsrc: protected name (.Desktop and .rsrc belong to deskd)",
+        ),
+    ] {
+        let out = env.dt(&[b"touch", path.as_bytes()]);
+        assert_eq!(out.status.code(), Some(1), "{path}");
+        assert_eq!(stderr(&out).trim_end(), message);
+    }
+    assert!(!env.path("outside/x").exists());
+}
