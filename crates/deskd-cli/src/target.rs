@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use deskd_client::{Client, ClientError, ErrorCode, ObjectInfo, Request, Response, VolumeInfo};
 use deskd_volume::rsrc::{self, ResourceHeader};
 use deskd_volume::Volume;
@@ -99,6 +99,19 @@ impl Place {
     }
 }
 
+/// The highest folder above `abs` (not `abs` itself, which a verb may act on without
+/// searching it) that the user may not search, if any.
+fn unsearchable_above(abs: &Path) -> Option<PathBuf> {
+    abs.ancestors()
+        .skip(1)
+        .filter(|dir| {
+            std::fs::symlink_metadata(dir.join(deskd_volume::DESKTOP_FILE))
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+        })
+        .last()
+        .map(Path::to_path_buf)
+}
+
 /// Why `path` was refused, without the name the refusal starts with when `path` ends with
 /// it already (`esc/x: path leaves the volume`, not `esc/x: esc/x: …`); a name deeper in
 /// the path (`/v/.rsrc/x: .rsrc: protected name …`) is kept, since it says which part.
@@ -124,6 +137,15 @@ fn refusal_for(path: &Path, e: &deskd_volume::VolumeError) -> String {
 pub fn place(path: &Path) -> Result<Place> {
     let abs = deskd_volume::absolute(path)?;
     let Some(root) = deskd_volume::locate_volume(&abs) else {
+        if let Some(dir) = unsearchable_above(&abs) {
+            // The volume may be there, behind a folder the user may not search: saying
+            // "not in a deskd volume" would be wrong, and the path cannot be used anyway.
+            bail!(
+                "{}: permission denied (cannot search {})",
+                path.display(),
+                dir.display()
+            );
+        }
         return Ok(Place::Outside(abs));
     };
     // The error names the root already.

@@ -189,6 +189,20 @@ fn a_name_the_user_may_not_reach_is_permission_denied_not_missing() {
         format!("dt: cannot move {}: permission denied", secret.display())
     );
     assert!(secret.exists() && !elsewhere.exists());
+    // Behind a volume root the user may not search: not "not in a deskd volume".
+    std::fs::set_permissions(env.path("vol"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = env
+        .as_nobody(DT, &[b"info", secret.as_os_str().as_encoded_bytes()])
+        .unwrap();
+    assert_eq!(
+        stderr(&out).trim_end(),
+        format!(
+            "dt: {}: permission denied (cannot search {})",
+            secret.display(),
+            env.path("vol").display()
+        )
+    );
+    std::fs::set_permissions(env.path("vol"), std::fs::Permissions::from_mode(0o755)).unwrap();
     // A name that is really missing is still said to be missing.
     let missing = env.path("vol/nope");
     let out = env
