@@ -370,11 +370,12 @@ impl Writer {
                     let asked_unix = now_unix() + secs as i64;
                     let volume = self.volume.root().display();
                     let running_unix = self.state.lock().unwrap().frozen_until;
-                    let until = match (running, running_unix) {
-                        (Some(current), Some(current_unix)) if current >= asked => {
+                    let until = match running {
+                        Some(current) if current >= asked => {
                             info!(%volume, seconds = secs,
                                 "already frozen for longer; the freeze keeps its end");
-                            current_unix.max(asked_unix)
+                            let left = (current - asked).as_secs() as i64;
+                            running_unix.unwrap_or(asked_unix + left).max(asked_unix)
                         }
                         _ => {
                             self.frozen_until = Some(asked);
