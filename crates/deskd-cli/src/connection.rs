@@ -44,6 +44,8 @@ fn parse_timeout(value: &str) -> Result<f64, String> {
 #[derive(Debug, Clone)]
 pub struct ServerAddress {
     pub endpoint: Endpoint,
+    /// Which part of the socket rule gave `endpoint`, named when nothing answers there.
+    pub chosen_by: SocketChoice,
     pub token_file: Option<PathBuf>,
     pub timeout: Duration,
 }
@@ -57,7 +59,49 @@ impl ServerAddress {
             }
             _ => None,
         };
-        Client::connect_to(&self.endpoint, token.as_deref(), self.timeout)
+        Client::connect_to(&self.endpoint, token.as_deref(), self.timeout).map_err(|e| match e {
+            ClientError::Connect {
+                endpoint,
+                source,
+                hint,
+                ..
+            } => ClientError::Connect {
+                endpoint,
+                chosen_by: self.chosen_by.explained(),
+                source,
+                hint,
+            },
+            other => other,
+        })
+    }
+}
+
+/// The socket rule all deskd programs share, in the words of the `cannot connect` message.
+const SOCKET_RULE: &str = "the socket is --socket, else $DESKD_SOCKET, else \
+                           /run/deskd/deskd.sock for root and $XDG_RUNTIME_DIR/deskd.sock (or \
+                           /tmp/deskd-<uid>/deskd.sock) for other users";
+
+/// Which part of the socket rule chose the server's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketChoice {
+    /// `--socket` on the command line.
+    Option,
+    /// `$DESKD_SOCKET`.
+    Environment,
+    /// Neither: the default for the user.
+    Default,
+}
+
+impl SocketChoice {
+    /// ` (from …; <the rule>)`, for the `cannot connect` message: a user who did not know
+    /// where the tool looked learns it, and how to point it elsewhere.
+    fn explained(self) -> String {
+        let from = match self {
+            SocketChoice::Option => "from --socket",
+            SocketChoice::Environment => "from $DESKD_SOCKET",
+            SocketChoice::Default => "the default: neither --socket nor $DESKD_SOCKET is set",
+        };
+        format!(" ({from}; {SOCKET_RULE})")
     }
 }
 
@@ -75,10 +119,22 @@ impl ConnectionArgs {
             .unwrap_or_else(deskd_client::default_timeout)
     }
 
+    /// Which part of the socket rule [`ConnectionArgs::endpoint`] takes the address from.
+    pub fn socket_choice(&self) -> SocketChoice {
+        if self.socket.is_some() {
+            SocketChoice::Option
+        } else if std::env::var_os("DESKD_SOCKET").is_some_and(|v| !v.is_empty()) {
+            SocketChoice::Environment
+        } else {
+            SocketChoice::Default
+        }
+    }
+
     /// Endpoint, token file and timeout together.
     pub fn address(&self) -> ServerAddress {
         ServerAddress {
             endpoint: self.endpoint(),
+            chosen_by: self.socket_choice(),
             token_file: self.token_file.clone(),
             timeout: self.timeout(),
         }

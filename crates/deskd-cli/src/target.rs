@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use deskd_client::{Client, ClientError, ErrorCode, ObjectInfo, Request, Response, VolumeInfo};
 use deskd_volume::rsrc::{self, ResourceHeader};
 use deskd_volume::Volume;
@@ -99,18 +99,61 @@ impl Place {
     }
 }
 
+/// The highest folder above `abs` (not `abs` itself, which a verb may act on without
+/// searching it) that the user may not search, if any.
+fn unsearchable_above(abs: &Path) -> Option<PathBuf> {
+    abs.ancestors()
+        .skip(1)
+        .filter(|dir| {
+            std::fs::symlink_metadata(dir.join(deskd_volume::DESKTOP_FILE))
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+        })
+        .last()
+        .map(Path::to_path_buf)
+}
+
+/// Why `path` was refused, without the name the refusal starts with when `path` ends with
+/// it already (`esc/x: path leaves the volume`, not `esc/x: esc/x: …`); a name deeper in
+/// the path (`/v/.rsrc/x: .rsrc: protected name …`) is kept, since it says which part.
+fn refusal_for(path: &Path, e: &deskd_volume::VolumeError) -> String {
+    use deskd_volume::VolumeError::{Escape, InvalidName, Protected};
+    let text = e.to_string();
+    let (Escape(named) | Protected(named) | InvalidName(named, _)) = e else {
+        return text;
+    };
+    if !path.as_os_str().as_bytes().ends_with(named.as_bytes()) {
+        return text;
+    }
+    match text
+        .strip_prefix(named.as_str())
+        .and_then(|t| t.strip_prefix(": "))
+    {
+        Some(reason) => reason.to_string(),
+        None => text,
+    }
+}
+
 /// Classify `path`. Errors for paths that are in a volume but escape it or use protected names.
 pub fn place(path: &Path) -> Result<Place> {
     let abs = deskd_volume::absolute(path)?;
     let Some(root) = deskd_volume::locate_volume(&abs) else {
+        if let Some(dir) = unsearchable_above(&abs) {
+            // The volume may be there, behind a folder the user may not search: saying
+            // "not in a deskd volume" would be wrong, and the path cannot be used anyway.
+            bail!(
+                "{}: permission denied (cannot search {})",
+                path.display(),
+                dir.display()
+            );
+        }
         return Ok(Place::Outside(abs));
     };
-    let volume =
-        Volume::new(&root).with_context(|| format!("{}: cannot open volume", root.display()))?;
+    // The error names the root already.
+    let volume = Volume::new(&root).context("cannot open volume")?;
     let rel = abs.strip_prefix(&root).expect("volume root is an ancestor");
     let resolved = volume
         .resolve_relative(rel.as_os_str().as_bytes())
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        .map_err(|e| anyhow!("{}: {}", path.display(), refusal_for(path, &e)))?;
     Ok(Place::Inside(InVolume {
         root,
         volume,
@@ -374,11 +417,10 @@ impl Session {
         });
         if header.id != info.id || !rsrc_path.exists() {
             header.id = info.id;
-            rsrc::write_header(&rsrc_path, &header)
-                .with_context(|| format!("{}: cannot write resource file", rsrc_path.display()))?;
+            // The errors name the file already.
+            rsrc::write_header(&rsrc_path, &header).context("cannot write resource file")?;
         }
-        deskd_volume::write_id_xattr(&iv.path(), info.id)
-            .with_context(|| format!("{}: cannot write ID xattr", iv.shown()))?;
+        deskd_volume::write_id_xattr(&iv.path(), info.id).context("cannot write ID xattr")?;
         Ok(())
     }
 }

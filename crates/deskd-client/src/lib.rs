@@ -52,10 +52,16 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing answers at the endpoint (no server, wrong socket, refused TCP connection).
-    #[error("cannot connect to deskd at {endpoint}: {source} (is `deskd serve` running?){hint}")]
+    #[error(
+        "cannot connect to deskd at {endpoint}{chosen_by}: {source} (is `deskd serve` \
+         running?){hint}"
+    )]
     Connect {
         /// The endpoint as the user would write it (`tcp://…` or a socket path).
         endpoint: String,
+        /// How the endpoint was chosen, for a user who did not choose it (` (from
+        /// $DESKD_SOCKET; …)`), or empty.
+        chosen_by: String,
         /// What connect(2) said.
         #[source]
         source: std::io::Error,
@@ -173,6 +179,7 @@ impl Client {
     ) -> Result<Client> {
         let connect_error = |source| ClientError::Connect {
             endpoint: endpoint.to_string(),
+            chosen_by: String::new(),
             source,
             hint: system_socket_hint(endpoint),
         };

@@ -381,7 +381,8 @@ pub enum Request {
         /// One volume, or `None` for all.
         vol: Option<VolumeId>,
     },
-    /// Flush, then keep `.Desktop` byte-stable for `seconds` (admin; `None` = default).
+    /// Flush, then keep `.Desktop` byte-stable for `seconds` (admin; `None` = default). On a
+    /// frozen volume it only extends the freeze: a running freeze that ends later keeps its end.
     Freeze {
         /// One volume, or `None` for all.
         vol: Option<VolumeId>,
@@ -680,7 +681,7 @@ pub enum Response {
     Status(Vec<VolumeStatus>),
     /// Frozen until this Unix time; `clamped` when the request exceeded `freeze_max`.
     Frozen {
-        /// Unix time the freeze ends.
+        /// Unix time the freeze ends: the asked end, or a running freeze's later one.
         until: i64,
         /// The request asked for more than `max` seconds and got `max`.
         clamped: bool,

@@ -534,8 +534,9 @@ fn rebuild_checked(
     );
     let mut differences = plan.differences.len();
     if options.mode == Mode::Scan && old.is_none() {
-        // No desktop at all: that is one difference, not a million "new" lines.
-        differences += 1;
+        // No desktop at all: that is one difference, not a million "new" lines (and the
+        // count, which the summary gives, is of the lines shown).
+        differences = 1;
         on_difference(&Difference {
             object: None,
             id: None,

@@ -133,7 +133,7 @@ pub enum ServerError {
         me: u32,
     },
     /// The desktop database cannot be opened.
-    #[error("{}: cannot open desktop {}: {source}", root.display(), path.display())]
+    #[error("{}: cannot open desktop{}", root.display(), once(path, source))]
     DesktopOpen {
         root: PathBuf,
         path: PathBuf,
@@ -142,9 +142,10 @@ pub enum ServerError {
     /// The desktop could not be opened for writing for want of space (`why`), and not even
     /// read-only.
     #[error(
-        "{}: cannot open desktop {} ({why}), not even read-only: {source}",
+        "{}: cannot open desktop {} ({}), not even read-only: {source}",
         root.display(),
-        path.display()
+        path.display(),
+        without(path, why)
     )]
     DesktopUnreadable {
         root: PathBuf,
@@ -200,9 +201,67 @@ fn joined(failures: &[VolumeFailure]) -> String {
         .join("; ")
 }
 
+/// ` <path>: <reason>`, or `: <reason>` when the reason names the path already (a `DbError`
+/// about the desktop file does), so that no message says the same path twice.
+fn once(path: &std::path::Path, reason: &impl std::fmt::Display) -> String {
+    let reason = reason.to_string();
+    if reason.contains(&*path.to_string_lossy()) {
+        format!(": {reason}")
+    } else {
+        format!(" {}: {reason}", path.display())
+    }
+}
+
+/// The reason without a leading `<path>: `, for a message that names `path` before it.
+fn without(path: &std::path::Path, reason: &impl std::fmt::Display) -> String {
+    let reason = reason.to_string();
+    let named = format!("{}: ", path.display());
+    reason.strip_prefix(&named).unwrap_or(&reason).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reason that names the desktop already is not preceded by the same path again.
+    #[test]
+    fn the_desktop_path_is_named_once() {
+        let path = PathBuf::from("/v/.Desktop");
+        let e = ServerError::DesktopOpen {
+            root: "/v".into(),
+            path: path.clone(),
+            source: Box::new(deskd_db::DbError::Io {
+                op: "create",
+                path: path.clone(),
+                error: io::Error::from_raw_os_error(13),
+            }),
+        };
+        assert_eq!(
+            e.to_string(),
+            "/v: cannot open desktop: cannot create /v/.Desktop: Permission denied (os error 13)"
+        );
+        let e = ServerError::DesktopOpen {
+            root: "/v".into(),
+            path: path.clone(),
+            source: Box::new(deskd_db::DbError::Corrupt("no root".into())),
+        };
+        assert_eq!(
+            e.to_string(),
+            "/v: cannot open desktop /v/.Desktop: desktop is corrupt: no root"
+        );
+        let e = ServerError::DesktopUnreadable {
+            root: "/v".into(),
+            path: path.clone(),
+            why: Box::new(deskd_db::DbError::NoSpace(path)),
+            source: "unreadable".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "/v: cannot open desktop /v/.Desktop (no space left on the device), not even \
+             read-only: unreadable"
+        );
+        assert_eq!(e.to_string().matches("/v/.Desktop").count(), 1);
+    }
 
     /// The failures print as the log always showed them: a check's message as it is, an
     /// opening's with the root first, once.

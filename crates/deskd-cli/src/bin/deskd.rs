@@ -866,11 +866,13 @@ fn rebuild_online(
         }
     };
     bar.finish_and_clear();
+    let scan = options.mode == deskd_rebuild::Mode::Scan;
     let text = format!(
-        "rebuild {} (online, {} pass{}): {} objects, {} directories, {} new IDs, {} renumbered duplicates, {} repaired, {} removed, {} left to clients, {:.2}s",
+        "rebuild {} (online, {} pass{}): {}{} objects, {} directories, {} new IDs, {} renumbered duplicates, {} repaired, {} removed, {} left to clients, {:.2}s",
         volume.display(),
         summary.passes,
         if summary.passes == 1 { "" } else { "es" },
+        scan_differences(scan, summary.differences),
         summary.counts.objects,
         summary.counts.directories,
         summary.counts.new_ids,
@@ -880,7 +882,6 @@ fn rebuild_online(
         summary.left,
         summary.millis as f64 / 1000.0
     );
-    let scan = options.mode == deskd_rebuild::Mode::Scan;
     let json = json.then(|| {
         serde_json::json!({ "summary": {
             "mode": format!("{mode:?}").to_lowercase(),
@@ -937,6 +938,16 @@ fn finish_rebuild(
     }
 }
 
+/// `-s`'s count at the head of the summary (`3 differences, `); empty for the other modes,
+/// whose counts say what they did.
+fn scan_differences(scan: bool, differences: u64) -> String {
+    match (scan, differences) {
+        (false, _) => String::new(),
+        (true, 1) => "1 difference, ".to_string(),
+        (true, n) => format!("{n} differences, "),
+    }
+}
+
 /// What an offline rebuild (or a restore) counted, for its summary line.
 fn counts_text(c: &deskd_rebuild::Counts) -> String {
     format!(
@@ -967,13 +978,14 @@ fn rebuild(volume: &Path, options: &deskd_rebuild::Options, show: bool, json: bo
             return ExitCode::from(2);
         }
     };
+    let scan = options.mode == deskd_rebuild::Mode::Scan;
     let summary = format!(
-        "rebuild {}: {}, {:.2}s",
+        "rebuild {}: {}{}, {:.2}s",
         volume.display(),
+        scan_differences(scan, report.differences as u64),
         counts_text(&report.counts),
         report.seconds
     );
-    let scan = options.mode == deskd_rebuild::Mode::Scan;
     let json = json.then(|| serde_json::json!({ "summary": report }));
     finish_rebuild(
         &mut out,

@@ -230,6 +230,22 @@ fn exists(p: &Path) -> bool {
     fs::symlink_metadata(p).is_ok()
 }
 
+/// `Ok` when `p` is there (a symbolic link itself counts); else why not, as the system says
+/// it, so a name the user may not look at is reported as permission denied, not as missing.
+/// Errors name `shown`, the path as the user gave it.
+fn must_exist(p: &Path, shown: &Path) -> Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{}: no such file or directory", shown.display())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            bail!("{}: permission denied", shown.display())
+        }
+        Err(e) => bail!("{}: {e}", shown.display()),
+    }
+}
+
 fn name_of(p: &Path) -> Result<&OsStr> {
     p.file_name()
         .ok_or_else(|| anyhow!("{}: has no file name", p.display()))
@@ -595,9 +611,7 @@ impl Dt {
             );
         };
         self.session.check_writable(&iv)?;
-        if !exists(&iv.path()) {
-            bail!("{}: no such file or directory", path.display());
-        }
+        must_exist(&iv.path(), path)?;
         let o = self.session.register(&iv, true)?;
         if type_code.is_some() || creator.is_some() || flags.is_some() {
             self.session.call(&iv, |vol| Request::SetInfo {
@@ -640,8 +654,8 @@ impl Dt {
         if let Some(text) = comment {
             header.comment = text.as_bytes().to_vec();
         }
-        rsrc::write_header(&rsrc_path, &header)
-            .with_context(|| format!("{}: cannot write resource file", rsrc_path.display()))?;
+        // The error names the file already.
+        rsrc::write_header(&rsrc_path, &header).context("cannot write resource file")?;
         Ok(())
     }
 
@@ -820,11 +834,11 @@ impl Dt {
         let to = place(dest)?;
         let from_abs = from.abs_unless_root(src, "cannot move a volume root")?;
         let to_abs = to.abs_unless_root(dest, "cannot replace a volume root")?;
-        if !exists(&from_abs) {
-            if self.resume_move(&from, &to, &to_abs)? {
+        if let Err(e) = fs::symlink_metadata(&from_abs) {
+            if e.kind() == std::io::ErrorKind::NotFound && self.resume_move(&from, &to, &to_abs)? {
                 return Ok(());
             }
-            bail!("cannot move {}: no such file or directory", src.display());
+            must_exist(&from_abs, src).map_err(|e| anyhow!("cannot move {e}"))?;
         }
         if from_abs == to_abs {
             return Ok(());
@@ -1261,9 +1275,7 @@ impl Dt {
                 path.display()
             );
         };
-        if !exists(&iv.path()) {
-            bail!("{}: no such file or directory", path.display());
-        }
+        must_exist(&iv.path(), path)?;
         let o = match self.session.registered_if_read_only(&iv)? {
             Some(o) => o,
             None => self.session.register(&iv, true)?,

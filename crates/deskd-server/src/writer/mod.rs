@@ -387,8 +387,15 @@ impl Writer {
                 let wanted = seconds.unwrap_or(self.config.freeze_default);
                 let clamped = wanted > self.config.freeze_max;
                 let secs = wanted.min(self.config.freeze_max).max(1);
-                // Flush first (a new freeze on a frozen volume just extends it).
-                let result = if self.frozen() {
+                // Flush first, unless already frozen: then the freeze is only extended, and
+                // never shortened (a backup relying on `freeze 60` must not lose its time to
+                // a later `freeze 5`).
+                let running = if self.frozen() {
+                    self.frozen_until
+                } else {
+                    None
+                };
+                let result = if running.is_some() {
                     Ok(())
                 } else if let Some(busy) = self.busy_refusal("freeze") {
                     Err(busy)
@@ -396,10 +403,28 @@ impl Writer {
                     self.flush(REQUESTED_CHECKPOINT_WAIT)
                 };
                 let result = result.map(|_| {
-                    self.frozen_until = Some(Instant::now() + Duration::from_secs(secs as u64));
-                    let until = now_unix() + secs as i64;
+                    let asked = Instant::now() + Duration::from_secs(secs as u64);
+                    let asked_unix = now_unix() + secs as i64;
+                    let volume = self.volume.root().display();
+                    let running_unix = self.state.lock().unwrap().frozen_until;
+                    let until = match running {
+                        Some(current) if current >= asked => {
+                            info!(%volume, seconds = secs,
+                                "already frozen for longer; the freeze keeps its end");
+                            let left = (current - asked).as_secs() as i64;
+                            running_unix.unwrap_or(asked_unix + left).max(asked_unix)
+                        }
+                        _ => {
+                            self.frozen_until = Some(asked);
+                            if running.is_some() {
+                                info!(%volume, seconds = secs, "freeze extended");
+                            } else {
+                                info!(%volume, seconds = secs, "frozen");
+                            }
+                            asked_unix
+                        }
+                    };
                     self.state.lock().unwrap().frozen_until = Some(until);
-                    info!(volume = %self.volume.root().display(), seconds = secs, "frozen");
                     Response::Frozen {
                         until,
                         clamped,
