@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use deskd_db::{NameIndex, Read};
@@ -39,21 +40,23 @@ pub(crate) fn spawn_name_index_load(
         });
 }
 
-/// The quick logical check of DESIGN §6.5, off the start-up path.
+/// The quick logical check of DESIGN §6.5, off the start-up path. The thread's result is the
+/// problems found (an error of the check itself counts as one), for an automatic repair
+/// ([`crate::autorepair`]); None when the thread could not be started.
 pub(crate) fn spawn_check(
     desktop: &Path,
     immutable: bool,
     root: &Path,
     state: Arc<Mutex<SharedState>>,
-) {
+) -> Option<JoinHandle<Vec<String>>> {
     let desktop = desktop.to_path_buf();
     let root = root.to_path_buf();
-    let _ = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("check".into())
         .spawn(move || {
             let result = open_reader_at(&desktop, immutable).and_then(|r| r.quick_check());
             match result {
-                Ok(problems) if problems.is_empty() => {}
+                Ok(problems) if problems.is_empty() => problems,
                 Ok(problems) => {
                     error!(
                         "desktop check failed for [{}]: {}; run `deskd rebuild {}` to repair it",
@@ -61,12 +64,16 @@ pub(crate) fn spawn_check(
                         problems.join("; "),
                         root.display()
                     );
-                    state.lock().unwrap().check_problems = problems;
+                    state.lock().unwrap().check_problems = problems.clone();
+                    problems
                 }
                 Err(e) => {
                     error!("desktop check of [{}] could not run: {e}", root.display());
-                    state.lock().unwrap().check_problems = vec![e.to_string()];
+                    let problems = vec![e.to_string()];
+                    state.lock().unwrap().check_problems = problems.clone();
+                    problems
                 }
             }
-        });
+        })
+        .ok()
 }

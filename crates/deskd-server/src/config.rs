@@ -39,7 +39,14 @@ pub struct VolumePrefs {
     pub nested: Option<bool>,
     /// Serve the volume although every user may write its root (mode o+w, like /tmp).
     pub world_writable: Option<bool>,
+    /// Start an online repair by itself when the start-up check of the desktop fails
+    /// (default false, [`DEFAULT_AUTO_REPAIR`]).
+    pub auto_repair: Option<bool>,
 }
+
+/// `auto_repair` when not set: off. A failed check is reported (log, `deskd status`) and the
+/// administrator decides, since a repair rewrites records clients may be using.
+pub const DEFAULT_AUTO_REPAIR: bool = false;
 
 /// Bytes kept free beside the WAL when `min_free` is not set: room for a large batch's frames
 /// and for the checkpoint that folds them into the desktop. On a file system smaller than 256
@@ -108,6 +115,8 @@ pub struct VolumeConfig {
     pub nested: bool,
     /// Served although every user may write its root (`world_writable`, `--world-writable`).
     pub world_writable: bool,
+    /// An online repair starts by itself when the start-up check fails ([`crate::autorepair`]).
+    pub auto_repair: bool,
 }
 
 /// Resolved TCP settings.
@@ -212,6 +221,10 @@ impl ConfigFile {
                 read_only: prefs.read_only.or(d.read_only).unwrap_or(false),
                 nested: prefs.nested.or(d.nested).unwrap_or(false),
                 world_writable: prefs.world_writable.or(d.world_writable).unwrap_or(false),
+                auto_repair: prefs
+                    .auto_repair
+                    .or(d.auto_repair)
+                    .unwrap_or(DEFAULT_AUTO_REPAIR),
                 root,
             };
             volumes.push(cfg);
@@ -297,6 +310,27 @@ mod tests {
         assert_eq!(a.durability, Durability::Full);
         assert_eq!(a.desktop_location, Some(PathBuf::from("/state/desktops")));
         assert_eq!(cfg.volumes[1].idle_close, 60);
+    }
+
+    #[test]
+    fn auto_repair_is_off_by_default_and_set_per_volume_or_in_defaults() {
+        let resolve = |text: &str| {
+            let file: ConfigFile = toml::from_str(text).unwrap();
+            file.resolve("/s.sock".into(), &[])
+                .unwrap()
+                .volumes
+                .iter()
+                .map(|v| v.auto_repair)
+                .collect::<Vec<_>>()
+        };
+        // The documented default (docs/deskd.md): off.
+        assert_eq!(resolve("[volume.\"/srv/a\"]\n"), vec![false]);
+        assert_eq!(
+            resolve(
+                "[defaults]\nauto_repair = true\n[volume.\"/srv/a\"]\n[volume.\"/srv/b\"]\nauto_repair = false\n"
+            ),
+            vec![true, false]
+        );
     }
 
     #[test]

@@ -617,7 +617,7 @@ impl Connection {
                     mode,
                     threads,
                     force,
-                    timeout_secs,
+                    Some(timeout_secs),
                 )
                 .map(|job| Response::RebuildStarted { job })
             }

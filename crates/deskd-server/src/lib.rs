@@ -21,6 +21,7 @@
 // [`writer::ReplyTo`]) and no volume handle.
 mod access;
 mod apply;
+mod autorepair;
 mod background;
 mod config;
 mod conn;
@@ -230,6 +231,9 @@ impl Server {
             tcp: tcp_access,
             limits: Arc::new(limits::ConnectionLimits::new(config.limits, server_uid)),
         });
+        for handle in shared.volumes() {
+            autorepair::watch(&shared.rebuilds, &handle);
+        }
         let limits = shared.limits.clone();
         let refusals = limits::RateLimited::new(Duration::from_secs(10));
         spawn_acceptor("accept", shared.clone(), move || {

@@ -58,8 +58,9 @@ pub const MAX_PASSES: u32 = 3;
 /// not in the volume handle: the rebuild drives the handle's writer, and the handle need know
 /// nothing of rebuilds. A job belongs to one opening of its volume: a volume reopened by a
 /// reload has none until one is started on it.
-#[derive(Default)]
-pub(crate) struct Registry(Mutex<HashMap<u32, Arc<RebuildJob>>>);
+/// Clones share the jobs (an automatic repair's thread holds one, [`crate::autorepair`]).
+#[derive(Default, Clone)]
+pub(crate) struct Registry(Arc<Mutex<HashMap<u32, Arc<RebuildJob>>>>);
 
 impl Registry {
     /// The running or last job of this opening of the volume.
@@ -163,13 +164,15 @@ fn mode_of(mode: RebuildMode) -> Mode {
 }
 
 /// Start a job on `handle`; refused while another runs or when the volume is read-only.
+/// `timeout_secs` is how long the job waits for its client's next poll; None for a job the
+/// server started itself (an automatic repair): no client polls it, so no watchdog stops it.
 pub(crate) fn start(
     registry: &Registry,
     handle: &Arc<VolumeHandle>,
     mode: RebuildMode,
     threads: Option<u32>,
     force: bool,
-    timeout_secs: u32,
+    timeout_secs: Option<u32>,
 ) -> Result<u64, ErrorReply> {
     let root = handle.volume.root().display().to_string();
     if handle.read_only() && mode != RebuildMode::Scan {
@@ -197,7 +200,7 @@ pub(crate) fn start(
         opening: handle.opening,
         started: now_unix(),
         began: Instant::now(),
-        timeout: Duration::from_secs(timeout_secs.max(1) as u64),
+        timeout: Duration::from_secs(timeout_secs.unwrap_or(0).max(1) as u64),
         phase: Mutex::new("starting"),
         pass: AtomicU32::new(0),
         objects: AtomicU64::new(0),
@@ -212,7 +215,9 @@ pub(crate) fn start(
         .map(|t| t as usize)
         .unwrap_or_else(deskd_rebuild::default_threads);
     let id = job.id;
-    spawn_watchdog(job.clone());
+    if timeout_secs.is_some() {
+        spawn_watchdog(job.clone());
+    }
     let worker_handle = handle.clone();
     std::thread::Builder::new()
         .name(format!("rebuild-{id}"))

@@ -111,6 +111,10 @@ impl Server {
                 continue;
             }
             handle.ask(|done| Job::Retime(v.clone(), done));
+            // Turned on: a desktop whose start-up check failed is repaired now.
+            if v.auto_repair && !old.auto_repair {
+                crate::autorepair::repair_if_check_failed(&self.shared.rebuilds, handle);
+            }
         }
         // Volumes new in the configuration (or back in it) are opened now. Only this (the
         // signal) thread changes the list, so a handle stays free while the desktop opens
@@ -144,6 +148,7 @@ impl Server {
             match VolumeHandle::open(index, v.clone()) {
                 Ok(handle) => {
                     info!("{}: now served", handle.volume.root().display());
+                    crate::autorepair::watch(&self.shared.rebuilds, &handle);
                     self.set_slot(index, Slot::Served(handle));
                 }
                 Err(e) => notes.push(format!("{}: not served: {e}", v.root.display())),
@@ -247,6 +252,7 @@ impl Server {
                     closed.as_millis(),
                     began.elapsed().as_millis()
                 );
+                crate::autorepair::watch(&self.shared.rebuilds, &again);
                 self.set_slot(handle.index, Slot::Served(again));
             }
             Err(e) => {

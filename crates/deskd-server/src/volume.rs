@@ -10,6 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 use deskd_db::{now_unix, Desktop, NameIndex, Read, TouchLog};
@@ -53,6 +54,8 @@ pub struct VolumeHandle {
     reads: PathBuf,
     /// Readers open `reads` immutable (a full file system: no `-shm` can be made).
     immutable: bool,
+    /// The start-up check's thread, until [`crate::autorepair::watch`] takes it.
+    check: Mutex<Option<JoinHandle<Vec<String>>>>,
 }
 
 /// What opening a desktop produced, for [`VolumeHandle::serve`].
@@ -252,13 +255,15 @@ impl VolumeHandle {
             read_only_reason: opened.read_only_reason,
             reads: opened.reads,
             immutable: opened.immutable,
+            check: Mutex::new(None),
         });
         // A copy made for want of space goes when this opening is closed.
         let temp_copy = (handle.read_only_reason.is_some() && !handle.immutable)
             .then(|| handle.reads.parent().map(Path::to_path_buf))
             .flatten();
         spawn_name_index_load(&handle.reads, handle.immutable, &root, handle.names.clone());
-        spawn_check(&handle.reads, handle.immutable, &root, state.clone());
+        *handle.check.lock().unwrap() =
+            spawn_check(&handle.reads, handle.immutable, &root, state.clone());
         Writer::new(
             desktop,
             lock,
@@ -272,6 +277,11 @@ impl VolumeHandle {
         .spawn(index, rx)
         .map_err(ServerError::WriterThread)?;
         Ok(handle)
+    }
+
+    /// The start-up check's thread (once: later calls get None).
+    pub(crate) fn take_check(&self) -> Option<JoinHandle<Vec<String>>> {
+        self.check.lock().unwrap().take()
     }
 
     /// Whether clients may change this volume: not when configured read-only, nor when served
