@@ -143,3 +143,49 @@ fn moving_a_served_desktop_is_refused() {
         .file_type()
         .is_file());
 }
+
+/// A user who owns a volume (and so may rebuild it) and runs `rebuild -f --config` with a
+/// location of their own choosing makes a link only they own: the server does not follow it,
+/// so no one but an administrator can point a served desktop elsewhere.
+#[test]
+fn a_users_relocation_is_not_followed_by_the_server() {
+    use std::os::unix::fs::chown;
+    let mut env = Env::new(&["vol", "state"]);
+    volume_with_desktop_in_root(&mut env);
+    let cfg = config_with_location(&env);
+    env.linked_for_others(DESKD);
+    if !rustix::process::geteuid().is_root() {
+        return skip("needs root to run deskd as nobody");
+    }
+    for p in ["vol", "vol/f", "vol/.Desktop", "state"] {
+        chown(env.path(p), Some(65534), Some(65534)).unwrap();
+    }
+    let vol = env.path("vol");
+    let out = env
+        .as_nobody(
+            DESKD,
+            &[
+                b"rebuild",
+                b"-f",
+                b"--config",
+                cfg.to_str().unwrap().as_bytes(),
+                vol.to_str().unwrap().as_bytes(),
+            ],
+        )
+        .expect("runs as root");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let link = env.path("vol/.Desktop");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+
+    // The volume is left unserved (here the only one, so the server does not start).
+    let out = env.serve_refused(&env.socket, &["--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("relocation link owned by uid 65534"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -294,11 +294,16 @@ fn lock(desktop: &Path, root: &Path) -> Result<File, RebuildError> {
 
 /// Refuse when the file system of the desktop has less than twice the desktop's size free.
 pub fn check_space(desktop: &Path) -> Result<(), RebuildError> {
+    check_space_in(desktop, desktop.parent().unwrap_or(Path::new("/")))
+}
+
+/// [`check_space`] for a new desktop written in `dir` (a relocation's directory, which may be
+/// on another file system than the desktop it replaces).
+fn check_space_in(desktop: &Path, dir: &Path) -> Result<(), RebuildError> {
     let size = std::fs::metadata(desktop).map(|m| m.len()).unwrap_or(0)
         + std::fs::metadata(deskd_db::wal_path(desktop))
             .map(|m| m.len())
             .unwrap_or(0);
-    let dir = desktop.parent().unwrap_or(Path::new("/"));
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
         RebuildError::NulInPath {
             path: dir.to_path_buf(),
@@ -469,7 +474,8 @@ fn rebuild_checked(
         _ => Some(lock(&desktop, &root)?),
     };
     if options.mode != Mode::Scan && !options.force {
-        check_space(&desktop)?;
+        let written_in = relocated.unwrap_or(&desktop).parent();
+        check_space_in(&desktop, written_in.unwrap_or(Path::new("/")))?;
     }
     let old = match &options.start_from {
         Some(backup) => match read_old(backup) {
