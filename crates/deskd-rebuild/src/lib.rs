@@ -16,6 +16,7 @@
 pub mod claims;
 pub mod online;
 pub mod plan;
+mod relocation;
 pub mod walk;
 
 use std::fs::File;
@@ -216,6 +217,10 @@ pub struct Options {
     /// Accept every ID claim of the resource files and mirrors, whoever wrote them
     /// (`--trust-ids`, e.g. after a tar restore of the user files).
     pub trust_ids: bool,
+    /// With `-f`: the directory the volume's `desktop_location` names for it
+    /// (`<location>/<volume path>`). A desktop still in the root is written there instead,
+    /// and `ROOT/.Desktop` becomes the relocation symlink to it; one already relocated stays.
+    pub relocate_to: Option<PathBuf>,
 }
 
 impl Options {
@@ -231,6 +236,7 @@ impl Options {
             world_writable: false,
             downgrade: false,
             trust_ids: false,
+            relocate_to: None,
         }
     }
 }
@@ -288,11 +294,16 @@ fn lock(desktop: &Path, root: &Path) -> Result<File, RebuildError> {
 
 /// Refuse when the file system of the desktop has less than twice the desktop's size free.
 pub fn check_space(desktop: &Path) -> Result<(), RebuildError> {
+    check_space_in(desktop, desktop.parent().unwrap_or(Path::new("/")))
+}
+
+/// [`check_space`] for a new desktop written in `dir` (a relocation's directory, which may be
+/// on another file system than the desktop it replaces).
+fn check_space_in(desktop: &Path, dir: &Path) -> Result<(), RebuildError> {
     let size = std::fs::metadata(desktop).map(|m| m.len()).unwrap_or(0)
         + std::fs::metadata(deskd_db::wal_path(desktop))
             .map(|m| m.len())
             .unwrap_or(0);
-    let dir = desktop.parent().unwrap_or(Path::new("/"));
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
         RebuildError::NulInPath {
             path: dir.to_path_buf(),
@@ -364,12 +375,14 @@ pub fn rebuild(
     }
     let desktop = desktop_path(&root)?;
     refuse_unsafe(&root, &desktop, options)?;
+    let relocated = relocation::target(&root, &desktop, options)?;
     // The lock creates the desktop file; a rebuild that fails must not leave one behind where
     // there was none (a nested volume found by the walk, say).
     let existed = std::fs::symlink_metadata(&desktop).is_ok();
     let result = rebuild_checked(
         &root,
         &desktop,
+        relocated.as_deref(),
         options,
         started,
         on_progress,
@@ -449,6 +462,7 @@ fn refuse_newer(path: &Path, refused: NewerDesktop) -> Result<(), RebuildError> 
 fn rebuild_checked(
     root: &Path,
     desktop: &Path,
+    relocated: Option<&Path>,
     options: &Options,
     started: Instant,
     on_progress: &(dyn Fn(u64) + Sync),
@@ -460,7 +474,8 @@ fn rebuild_checked(
         _ => Some(lock(&desktop, &root)?),
     };
     if options.mode != Mode::Scan && !options.force {
-        check_space(&desktop)?;
+        let written_in = relocated.unwrap_or(&desktop).parent();
+        check_space_in(&desktop, written_in.unwrap_or(Path::new("/")))?;
     }
     let old = match &options.start_from {
         Some(backup) => match read_old(backup) {
@@ -558,7 +573,15 @@ fn rebuild_checked(
             None if old.is_some() => Replacing::ReadDesktop,
             None => Replacing::Unreadable,
         };
-        write_desktop(&desktop, &plan, old.as_ref(), identity, replacing)?;
+        match relocated {
+            None => write_desktop(&desktop, &plan, old.as_ref(), identity, replacing)?,
+            Some(target) => {
+                // The old desktop stays whole (and locked) until the link replaces it; its
+                // rows were read above, so its WAL has nothing left to give.
+                write_desktop(target, &plan, old.as_ref(), identity, Replacing::Unreadable)?;
+                relocation::link(&root, &desktop, target)?;
+            }
+        }
     }
     Ok(Report {
         mode: options.mode,

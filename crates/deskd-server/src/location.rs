@@ -28,7 +28,18 @@ pub(crate) fn desktop_path(cfg: &VolumeConfig, root: &Path) -> Result<PathBuf, S
             Some(dir) if dir.is_dir() => Ok(target),
             _ => Err(ServerError::RelocationMissing { root: root_buf() }),
         },
-        Ok(None) if std::fs::symlink_metadata(&in_root).is_ok() => Ok(in_root),
+        Ok(None) if std::fs::symlink_metadata(&in_root).is_ok() => {
+            // Moving a desktop is rebuild -f's job (with --config); say so, as a reload does.
+            if cfg.desktop_location.is_some() {
+                tracing::info!(
+                    "{}: desktop_location applies only to a volume that has no desktop yet; \
+                     this one stays at {}",
+                    root.display(),
+                    in_root.display()
+                );
+            }
+            Ok(in_root)
+        }
         Ok(None) => match &cfg.desktop_location {
             None => Ok(in_root),
             Some(location) => {

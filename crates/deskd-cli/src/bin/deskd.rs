@@ -154,6 +154,11 @@ enum Command {
         /// Offline only.
         #[arg(long)]
         trust_ids: bool,
+        /// The server's configuration file: with -f, a volume whose `desktop_location` is set
+        /// and whose desktop is still in its root gets its new desktop there, and `.Desktop`
+        /// becomes the symlink to it. Offline only.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// The volume's root directory (where its .Desktop is).
         volume: PathBuf,
     },
@@ -299,9 +304,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             downgrade,
             roots,
             trust_ids,
+            config,
             volume,
         } => {
             let WalkArgs { verbose, json, .. } = walk;
+            let relocate_to = match (&config, fresh) {
+                (Some(path), true) => relocation_dir(path, &volume)?,
+                _ => None,
+            };
             let mode = if scan {
                 deskd_rebuild::Mode::Scan
             } else if fresh {
@@ -314,9 +324,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 world_writable: roots.world_writable,
                 downgrade,
                 trust_ids,
+                relocate_to,
                 ..deskd_rebuild::Options::new(mode, walk.threads(), force)
             };
             if let Some((client, vol)) = served(&cli.connection, &volume) {
+                if options.relocate_to.is_some() {
+                    eprintln!(
+                        "deskd rebuild: {}: moving the desktop to desktop_location works offline only; stop serving the volume first",
+                        volume.display()
+                    );
+                    return Ok(ExitCode::from(2));
+                }
                 if trust_ids {
                     eprintln!(
                         "deskd rebuild: {}: --trust-ids works offline only; stop serving the volume first",
@@ -623,6 +641,23 @@ fn netatalk(
         limits,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The directory `desktop_location` of the configuration file at `path` names for `volume`
+/// (`<location>/<volume path>`, relative locations under `state_dir`); `None` when the volume
+/// has no location (or is not in the file).
+fn relocation_dir(path: &Path, volume: &Path) -> Result<Option<PathBuf>> {
+    let file = ConfigFile::load(path)?;
+    let config = file.resolve(deskd_proto::socket_path(None), &[])?;
+    let root = std::fs::canonicalize(volume)
+        .with_context(|| format!("{}: cannot resolve", volume.display()))?;
+    let found = config
+        .volumes
+        .iter()
+        .find(|v| std::fs::canonicalize(&v.root).is_ok_and(|r| r == root));
+    Ok(found
+        .and_then(|v| v.desktop_location.as_ref())
+        .map(|location| location.join(root.strip_prefix("/").unwrap_or(&root))))
 }
 
 fn serve(
