@@ -17,6 +17,8 @@ pub mod claims;
 pub mod online;
 pub mod plan;
 mod relocation;
+#[cfg(test)]
+mod test_support;
 pub mod walk;
 
 use std::fs::File;

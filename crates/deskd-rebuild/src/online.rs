@@ -509,22 +509,7 @@ pub fn settled<'p>(
 mod tests {
     use super::*;
     use crate::plan::{Counts, Difference};
-    use crate::walk::{Found, Rsrc};
-
-    fn row(id: u32) -> Object {
-        Object {
-            id,
-            parent: ROOT_ID,
-            name: b"f".to_vec(),
-            kind: Kind::File,
-            dev: 1,
-            ino: 3,
-            type_code: *b"TEXT",
-            creator: *b"ttxt",
-            flags: 0,
-            ctime: 100,
-        }
-    }
+    use crate::test_support::file_row as row;
 
     #[test]
     fn the_same_row_ignores_only_the_creation_time() {
@@ -557,19 +542,8 @@ mod tests {
     /// difference about it, one about a vanished row (ID 40) and one orphan.
     fn scanned(root: &Path) -> (Walk, Plan) {
         let meta = |p: &Path| std::fs::symlink_metadata(p).unwrap();
-        let object = |parent, name: &str, m: std::fs::Metadata, kind| Found {
-            parent,
-            name: name.as_bytes().to_vec(),
-            kind,
-            dev: m.dev(),
-            ino: m.ino(),
-            ctime: 0,
-            uid: 0,
-            rsrc: Rsrc::Missing,
-            rsrc_uid: None,
-            rsrc_dir: None,
-            xattr_id: None,
-            netatalk: None,
+        let object = |parent, name: &str, m: std::fs::Metadata, kind| {
+            crate::test_support::found(parent, name, kind, m.dev(), m.ino())
         };
         let walk = Walk {
             found: vec![

@@ -1034,18 +1034,9 @@ mod tests {
 
     fn object(parent: u32, name: &str, kind: Kind, ino: u64) -> Found {
         Found {
-            parent,
-            name: name.as_bytes().to_vec(),
-            kind,
-            dev: 1,
-            ino,
             ctime: 100,
             uid: OWNER,
-            rsrc: Rsrc::Missing,
-            rsrc_uid: None,
-            rsrc_dir: None,
-            xattr_id: None,
-            netatalk: None,
+            ..crate::test_support::found(parent, name, kind, 1, ino)
         }
     }
 
@@ -1570,16 +1561,8 @@ mod tests {
 
     fn row_of(id: u32) -> Object {
         Object {
-            id,
-            parent: ROOT_ID,
-            name: b"f".to_vec(),
-            kind: Kind::File,
-            dev: 1,
-            ino: 3,
-            type_code: *b"TEXT",
-            creator: *b"ttxt",
             flags: 5,
-            ctime: 100,
+            ..crate::test_support::file_row(id)
         }
     }
 

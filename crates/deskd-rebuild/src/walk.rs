@@ -494,20 +494,7 @@ mod tests {
     use super::*;
 
     fn found(parent: u32, name: &str, kind: Kind) -> Found {
-        Found {
-            parent,
-            name: name.as_bytes().to_vec(),
-            kind,
-            dev: 1,
-            ino: 1,
-            ctime: 0,
-            uid: 0,
-            rsrc: Rsrc::Missing,
-            rsrc_uid: None,
-            rsrc_dir: None,
-            xattr_id: None,
-            netatalk: None,
-        }
+        crate::test_support::found(parent, name, kind, 1, 1)
     }
 
     #[test]
