@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// A configuration file serving `vol` with `desktop_location = "desktops"` under `state`.
 fn config_with_location(env: &Env) -> PathBuf {
@@ -187,5 +188,50 @@ fn a_users_relocation_is_not_followed_by_the_server() {
         stderr(&out).contains("relocation link owned by uid 65534"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// HELIOS's `rebuild -f VOLUME` (contrib/helios/bin/rebuild) passes deskd's configuration file
+/// on, so a volume with `desktoplocation` gets its desktop moved, as on a HELIOS host; once
+/// moved, `rebuild -f` of the served volume runs online (nothing is left to move).
+#[test]
+fn helios_rebuild_fresh_moves_the_desktop_and_a_moved_one_rebuilds_online() {
+    let mut env = Env::new(&["vol", "state"]);
+    let id = volume_with_desktop_in_root(&mut env);
+    let cfg = config_with_location(&env);
+    let deskd_dir = Path::new(DESKD).parent().unwrap().display().to_string();
+    let helios_rebuild =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/helios/bin/rebuild");
+    let vol = env.path("vol");
+    let run = |env: &Env| {
+        Command::new("perl")
+            .arg(&helios_rebuild)
+            .args(["-f", vol.to_str().unwrap()])
+            .env(
+                "PATH",
+                format!("{deskd_dir}:{}", std::env::var("PATH").unwrap_or_default()),
+            )
+            .env("DESKD_SOCKET", &env.socket)
+            .env("DESKD_CONFIG", &cfg)
+            .output()
+            .unwrap()
+    };
+    let out = run(&env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let target = relocated_desktop(&env);
+    assert_eq!(
+        std::fs::read_link(env.path("vol/.Desktop")).unwrap(),
+        target
+    );
+
+    env.start(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(env.id_of(&env.path("vol/f")), id);
+    let out = run(&env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_for_log("online rebuild done", 1);
+    assert_eq!(env.id_of(&env.path("vol/f")), id);
+    assert_eq!(
+        std::fs::read_link(env.path("vol/.Desktop")).unwrap(),
+        target
     );
 }

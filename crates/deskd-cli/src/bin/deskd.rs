@@ -645,12 +645,18 @@ fn netatalk(
 
 /// The directory `desktop_location` of the configuration file at `path` names for `volume`
 /// (`<location>/<volume path>`, relative locations under `state_dir`); `None` when the volume
-/// has no location (or is not in the file).
+/// has no location (or is not in the file), or its desktop is relocated already (its
+/// `.Desktop` is a link: there is nothing to move, so a served volume is rebuilt online).
 fn relocation_dir(path: &Path, volume: &Path) -> Result<Option<PathBuf>> {
     let file = ConfigFile::load(path)?;
     let config = file.resolve(deskd_proto::socket_path(None), &[])?;
     let root = std::fs::canonicalize(volume)
         .with_context(|| format!("{}: cannot resolve", volume.display()))?;
+    if std::fs::symlink_metadata(root.join(deskd_volume::DESKTOP_FILE))
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
+        return Ok(None);
+    }
     let found = config
         .volumes
         .iter()
