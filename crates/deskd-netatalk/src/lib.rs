@@ -501,7 +501,22 @@ pub fn serve_connection(
         let Some(q) = wire::read_request(&mut input).map_err(|e| stalled(e, "a request"))? else {
             break;
         };
+        let asked = tracing::enabled!(tracing::Level::TRACE).then(|| {
+            format!(
+                "op {} cnid {} did {} dev/ino {}/{} type {} name {:?}",
+                q.op,
+                q.cnid,
+                q.did,
+                q.dev,
+                q.ino,
+                q.kind,
+                String::from_utf8_lossy(&q.name)
+            )
+        });
         let reply = answer(&mut desk, q)?;
+        if let Some(asked) = asked {
+            tracing::trace!("{asked} -> result {} cnid {}", reply.result, reply.cnid);
+        }
         wire::send(&mut output, &wire::encode_reply(&reply)).map_err(WireError::from)?;
     }
     Ok(())
