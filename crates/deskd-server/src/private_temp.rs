@@ -110,7 +110,11 @@ fn remove_leftovers_in(parent: &Path) -> usize {
     let me = rustix::process::geteuid().as_raw();
     let mut removed = 0;
     for entry in entries.flatten() {
-        if !entry.file_name().as_encoded_bytes().starts_with(PREFIX.as_bytes()) {
+        if !entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(PREFIX.as_bytes())
+        {
             continue;
         }
         let path = entry.path();
@@ -155,7 +159,8 @@ fn dead_owner(dir: &Path, me: u32) -> Option<(String, rustix::fd::OwnedFd)> {
     )
     .ok()?;
     let st = rustix::fs::fstat(&marker).ok()?;
-    if !mine(&st) || rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
+    if !mine(&st)
+        || rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
     {
         return None;
     }

@@ -40,8 +40,8 @@ use crate::access::Access;
 use crate::apply::Reply;
 use crate::config::VolumeConfig;
 use crate::limits::RateLimited;
-use crate::space;
 use crate::private_temp::PrivateTemp;
+use crate::space;
 
 /// Where the writer sends the reply to one write, once its batch is committed (or refused).
 /// The connection thread implements it ([`crate::conn::ReplySink`]); tests record replies.
