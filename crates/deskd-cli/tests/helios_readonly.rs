@@ -538,3 +538,68 @@ fn a_reload_after_a_remount_read_write_makes_the_volume_writable() {
     assert!(vol.join(".Desktop").exists() && vol.join("b.txt").exists());
     env.term();
 }
+
+/// A `.Desktop` on the medium that is no desktop (garbage): the log says so and the volume is
+/// served with a new temporary desktop.
+#[test]
+fn an_invalid_desktop_on_a_read_only_medium_is_replaced_by_a_new_temporary_one() {
+    if !can_mount() {
+        return;
+    }
+    let mut env = env_with_private_tmp();
+    let medium = Medium::new(&env);
+    let vol = medium.vol();
+    std::fs::write(vol.join(".Desktop"), vec![0x5au8; 8192]).unwrap();
+    std::fs::write(vol.join("a.txt"), b"a").unwrap();
+    medium.remount(true);
+    env.start(&[vol.to_str().unwrap()]);
+    env.wait_for_log(
+        "read-only file system; served read-only with a temporary desktop at",
+        1,
+    );
+    let log = env.log_text();
+    assert!(log.contains("not a valid desktop"), "{log}");
+    assert!(env.id_of(&vol.join("a.txt")) >= 17);
+    env.term();
+    assert!(temp_desktops(&env).is_empty());
+}
+
+/// A medium whose server was killed (committed IDs still in `.Desktop-wal`) and then made
+/// read-only: the WAL is copied with the desktop, so every acknowledged ID is answered.
+#[test]
+fn a_crashed_desktop_on_a_read_only_medium_keeps_the_ids_in_its_wal() {
+    if !can_mount() {
+        return;
+    }
+    let mut env = env_with_private_tmp();
+    let medium = Medium::new(&env);
+    let vol = medium.vol();
+    let names: Vec<String> = (0..20).map(|i| format!("f{i}.txt")).collect();
+    for n in &names {
+        std::fs::write(vol.join(n), n.as_bytes()).unwrap();
+    }
+    env.start(&[vol.to_str().unwrap()]);
+    let paths: Vec<PathBuf> = names.iter().map(|n| vol.join(n)).collect();
+    let recorded: Vec<u64> = env
+        .ids(&paths)
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect();
+    env.kill9();
+    let wal = std::fs::metadata(vol.join(".Desktop-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(wal > 0, "the IDs are in the WAL");
+    medium.remount(true);
+
+    env.start(&[vol.to_str().unwrap()]);
+    env.wait_for_log("with its own desktop (read only, copied to", 1);
+    let answered: Vec<u64> = env
+        .ids(&paths)
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(answered, recorded);
+    env.term();
+    assert!(temp_desktops(&env).is_empty());
+}

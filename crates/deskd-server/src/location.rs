@@ -5,7 +5,6 @@
 //! Kept apart from the volume handle so that [`crate::space`] can make its full-disk copies
 //! with the same rules without depending on the handle.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use deskd_db::Read;
@@ -155,10 +154,15 @@ pub(crate) fn existing_desktop_path(root: &Path) -> Result<PathBuf, ServerError>
     }
 }
 
-/// Copy the desktop `from` to the new file `to`, mode 0600 whatever `from`'s mode is.
+/// Copy the desktop `from` to the new file `to`, mode 0600 whatever `from`'s mode is. Neither
+/// is followed if it is a symlink: in a root its users may write, `from` could be one put there
+/// to have deskd serve (and a user query) another desktop deskd may read.
 pub(crate) fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut source = File::open(from)?;
+    let mut source = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(from)?;
     let mut dest = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
