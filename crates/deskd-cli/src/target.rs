@@ -134,6 +134,7 @@ fn refusal_for(path: &Path, e: &deskd_volume::VolumeError) -> String {
 }
 
 /// Classify `path`. Errors for paths that are in a volume but escape it or use protected names.
+/// Only `.Desktop` files say where volumes are here; [`Session::place`] also asks the server.
 pub fn place(path: &Path) -> Result<Place> {
     let abs = deskd_volume::absolute(path)?;
     let Some(root) = deskd_volume::locate_volume(&abs) else {
@@ -148,6 +149,11 @@ pub fn place(path: &Path) -> Result<Place> {
         }
         return Ok(Place::Outside(abs));
     };
+    inside(path, &abs, root)
+}
+
+/// `path` (absolute: `abs`) in the volume whose root, as found above it, is `root`.
+fn inside(path: &Path, abs: &Path, root: PathBuf) -> Result<Place> {
     // The error names the root already.
     let volume = Volume::new(&root).context("cannot open volume")?;
     let rel = abs.strip_prefix(&root).expect("volume root is an ancestor");
@@ -165,11 +171,20 @@ pub fn place(path: &Path) -> Result<Place> {
     }))
 }
 
+/// Whether the file system holding `path` is mounted read-only.
+fn on_read_only_fs(path: &Path) -> bool {
+    rustix::fs::statvfs(path)
+        .is_ok_and(|st| st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+}
+
 /// A lazily opened connection to deskd and the volume handles it gave out.
 pub struct Session {
     server: ServerAddress,
     client: Option<Client>,
     handles: HashMap<PathBuf, VolumeInfo>,
+    /// The roots the server serves, once asked ([`Session::place`]); empty when no server
+    /// answered.
+    served: Option<Vec<VolumeInfo>>,
 }
 
 /// The `AddPath` request that registers `iv`: with `use_hints`, the ID its resource file (or
@@ -219,7 +234,52 @@ impl Session {
             server,
             client: None,
             handles: HashMap::new(),
+            served: None,
         }
+    }
+
+    /// Classify `path` as [`place`] does; when no `.Desktop` is found above it, ask the server
+    /// (once) which of the volumes it serves holds it, the deepest root first: a volume on
+    /// read-only media has no `.Desktop` of its own (its desktop is a temporary one). With no
+    /// server answering, the path is outside any volume, as before.
+    pub fn place(&mut self, path: &Path) -> Result<Place> {
+        let found = place(path)?;
+        let Place::Outside(abs) = &found else {
+            return Ok(found);
+        };
+        if self.served.is_none() {
+            // Quietly: outside volumes dt works without a server.
+            let asked = self
+                .server
+                .connect()
+                .ok()
+                .and_then(|mut c| c.volumes().ok().map(|v| (c, v)));
+            self.served = Some(match asked {
+                Some((client, volumes)) => {
+                    self.client.get_or_insert(client);
+                    volumes
+                }
+                None => Vec::new(),
+            });
+        }
+        let served = self.served.as_ref().expect("just asked");
+        if served.is_empty() {
+            return Ok(found);
+        }
+        // Canonical ancestors, as the server knows its roots; the first match is the deepest.
+        for dir in abs.ancestors() {
+            let Ok(canonical) = dir.canonicalize() else {
+                continue;
+            };
+            if let Some(info) = served
+                .iter()
+                .find(|v| Path::new(OsStr::from_bytes(&v.root)) == canonical)
+            {
+                self.handles.insert(canonical, info.clone());
+                return inside(path, abs, dir.to_path_buf());
+            }
+        }
+        Ok(found)
     }
 
     fn explain(&self, root: &Path, e: ClientError) -> anyhow::Error {
@@ -296,8 +356,8 @@ impl Session {
     pub fn check_writable(&mut self, iv: &InVolume) -> Result<()> {
         if self.volume_info(iv)?.read_only {
             return Err(anyhow!(
-                "{}: volume is read-only (configured read_only, or served so because its file \
-                 system is full: `deskd status` says which)",
+                "{}: volume is read-only (configured read_only or --read-only, or served so \
+                 because its file system is read-only or full: `deskd status` says which)",
                 iv.root.display()
             ));
         }
@@ -404,13 +464,18 @@ impl Session {
         Ok(())
     }
 
-    /// Write the resource file (keeping a fork and Finder info already there) and the xattr.
+    /// Write the resource file (keeping a fork and Finder info already there) and the xattr;
+    /// nothing on a read-only volume on a read-only file system (its IDs live only in the
+    /// server's temporary desktop).
     pub fn write_record(
         &mut self,
         iv: &InVolume,
         info: &ObjectInfo,
         header: Option<ResourceHeader>,
     ) -> Result<()> {
+        if self.volume_info(iv)?.read_only && on_read_only_fs(iv.volume.root()) {
+            return Ok(());
+        }
         let rsrc_path = iv.rsrc_path();
         let mut header = header.unwrap_or_else(|| {
             ResourceHeader::new(0, info.type_code, info.creator, deskd_db::now_unix() as u32)

@@ -619,7 +619,8 @@ pub struct VolumeInfo {
     pub vol: VolumeId,
     /// The volume root, an absolute path as bytes.
     pub root: Vec<u8>,
-    /// Whether writes are refused (configured so, or the file system is full).
+    /// Whether writes are refused (configured so, `deskd serve --read-only`, or the file system
+    /// is read-only or full).
     pub read_only: bool,
 }
 
@@ -638,7 +639,8 @@ pub struct VolumeStatus {
     pub last_id: u32,
     /// Whether writes are refused now.
     pub read_only: bool,
-    /// Why the volume is read-only when its configuration says writable (`file system full`).
+    /// Why the volume is read-only whatever its configuration says (`file system full`,
+    /// `read-only file system`).
     pub read_only_reason: Option<String>,
     /// Unix time of the last flush (TRUNCATE checkpoint), 0 if none since start.
     pub last_flush: i64,

@@ -233,7 +233,17 @@ impl ConfigFile {
         for (root, prefs) in &self.volume {
             add(PathBuf::from(root), prefs)?;
         }
+        // A root given on the command line and in a [volume] table is served once, with the
+        // table's settings (opening it twice would find its own lock taken).
+        let same = |a: &Path, b: &Path| {
+            a == b
+                || std::fs::canonicalize(a)
+                    .is_ok_and(|a| std::fs::canonicalize(b).is_ok_and(|b| a == b))
+        };
         for root in extra_volumes {
+            if self.volume.keys().any(|r| same(Path::new(r), root)) {
+                continue;
+            }
             add(root.clone(), &VolumePrefs::default())?;
         }
         if volumes.is_empty() {
@@ -310,6 +320,23 @@ mod tests {
         assert_eq!(a.durability, Durability::Full);
         assert_eq!(a.desktop_location, Some(PathBuf::from("/state/desktops")));
         assert_eq!(cfg.volumes[1].idle_close, 60);
+    }
+
+    #[test]
+    fn a_root_on_the_command_line_and_in_a_table_is_served_once_with_the_tables_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("v");
+        std::fs::create_dir(&root).unwrap();
+        let file: ConfigFile = toml::from_str(&format!(
+            "[volume.\"{}\"]\nread_only = true\n",
+            root.display()
+        ))
+        .unwrap();
+        // Named another way on the command line: the same directory.
+        let again = dir.path().join(".").join("v");
+        let cfg = file.resolve("/s.sock".into(), &[again]).unwrap();
+        assert_eq!(cfg.volumes.len(), 1);
+        assert!(cfg.volumes[0].read_only);
     }
 
     #[test]

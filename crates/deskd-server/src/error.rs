@@ -91,21 +91,9 @@ pub enum ServerError {
     /// The relocation symlink cannot be made.
     #[error("{}: cannot create symlink: {source}", link.display())]
     DesktopSymlink { link: PathBuf, source: io::Error },
-    /// A private directory in the temp directory cannot be made or looked at.
-    #[error("{}: {source}", dir.display())]
+    /// A private directory for a temporary desktop cannot be made in the temp directory.
+    #[error("{}: cannot make a private directory for a temporary desktop: {source}", dir.display())]
     PrivateDir { dir: PathBuf, source: io::Error },
-    /// The temp directory's name is taken by a directory that is not deskd's alone.
-    #[error(
-        "{}: exists and is not a private directory of uid {me} (owner {owner}, mode {mode:o}); \
-         not used for the temporary desktop",
-        dir.display()
-    )]
-    NotPrivate {
-        dir: PathBuf,
-        me: u32,
-        owner: u32,
-        mode: u32,
-    },
     /// The copy of a read-only volume's desktop cannot be made.
     #[error("{}: {source}", path.display())]
     DesktopCopy { path: PathBuf, source: io::Error },

@@ -35,6 +35,7 @@ mod location;
 mod module_graph;
 mod outbox;
 mod preflight;
+mod private_temp;
 mod rebuild;
 mod reload;
 mod shared;
@@ -184,6 +185,8 @@ impl Server {
     pub fn start(config: Config) -> Result<Server, ServerError> {
         // A bad token file or a taken port stops the start before any desktop is opened.
         let tcp = config.tcp.as_ref().map(bind_tcp).transpose()?;
+        // Temporary desktops and copies a server of this uid left when it died uncleanly.
+        private_temp::remove_leftovers();
         let roots = preflight::canonical_roots(&config.volumes);
         let mut failures = Vec::new();
         let mut checked = Vec::new();

@@ -1,18 +1,17 @@
 //! Where a volume's desktop lives: in the root, relocated under `desktop_location` (the
-//! root's `.Desktop` a symlink to it), or, for a read-only volume deskd may not write, a
-//! private copy under the temp directory; and the private directories and copies those need.
+//! root's `.Desktop` a symlink to it), or, for a read-only volume deskd may not write (on a
+//! read-only file system, say), a temporary desktop in a private directory under the temp
+//! directory ([`crate::private_temp`]); and the private copies those need.
 //! Kept apart from the volume handle so that [`crate::space`] can make its full-disk copies
 //! with the same rules without depending on the handle.
 
-use std::fs::File;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use deskd_db::Read;
 
 use crate::config::VolumeConfig;
 use crate::error::ServerError;
+use crate::private_temp::PrivateTemp;
 
 /// Where the desktop of `root` lives, creating the relocation symlink for a new volume.
 pub(crate) fn desktop_path(cfg: &VolumeConfig, root: &Path) -> Result<PathBuf, ServerError> {
@@ -62,75 +61,108 @@ pub(crate) fn desktop_path(cfg: &VolumeConfig, root: &Path) -> Result<PathBuf, S
     }
 }
 
-/// For a read-only volume: the volume's own `.Desktop` when deskd may write it (or create it,
-/// so that dt and other tools recognise the volume), else a temporary copy (or a new temporary
-/// desktop) under the temp directory named `desksrv…`.
-pub(crate) fn read_only_desktop(path: &Path, root: &Path) -> Result<PathBuf, ServerError> {
-    let writable = if path.exists() {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .is_ok()
-    } else {
-        rustix::fs::access(root, rustix::fs::Access::WRITE_OK).is_ok()
-    };
-    if writable {
-        return Ok(path.to_path_buf());
-    }
-    let dir = std::env::temp_dir().join(format!(
-        "desksrv.{}.{}",
-        std::process::id(),
-        root.as_os_str()
-            .as_bytes()
-            .iter()
-            .fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(b as u32))
-    ));
-    private_dir(&dir)?;
-    let temp = dir.join(deskd_volume::DESKTOP_FILE);
-    if path.exists() && !temp.exists() {
-        // A valid desktop on read-only media: work on a copy so IDs stay as recorded.
-        if deskd_db::Reader::open(path).and_then(|r| r.stats()).is_ok() {
-            copy_private(path, &temp).map_err(|source| ServerError::DesktopCopy {
-                path: temp.clone(),
-                source,
-            })?;
-        }
-    }
-    Ok(temp)
+/// Where a read-only volume's desktop is: the volume's own `.Desktop`, or a temporary one.
+#[derive(Debug)]
+pub(crate) struct ReadOnlyDesktop {
+    /// The desktop the server opens.
+    pub path: PathBuf,
+    /// The private directory holding a temporary desktop (None: the volume's own).
+    pub temp: Option<PrivateTemp>,
+    /// The temporary desktop started as a copy of the volume's own (IDs as recorded).
+    pub copied: bool,
 }
 
-/// Make `dir` (in the shared temp directory, whose names anyone can take first) a directory
-/// only deskd's user can enter: created 0700, or, when it is there already, refused unless it
-/// is a real directory of deskd's user that no one else may enter.
-pub(crate) fn private_dir(dir: &Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let refuse = |source| ServerError::PrivateDir {
-        dir: dir.to_path_buf(),
-        source,
-    };
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(refuse(e)),
-    }
-    let meta = std::fs::symlink_metadata(dir).map_err(refuse)?;
-    let me = rustix::process::geteuid().as_raw();
-    if !meta.is_dir() || meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
-        return Err(ServerError::NotPrivate {
-            dir: dir.to_path_buf(),
-            me,
-            owner: meta.uid(),
-            mode: meta.permissions().mode() & 0o7777,
+/// For a read-only volume: the volume's own `.Desktop` (at `path`) when deskd may write it (or
+/// create it, so that dt and other tools recognise the volume) and its file system is not
+/// mounted read-only (`fs_read_only`); else a temporary desktop in a new private directory
+/// under the temp directory ([`PrivateTemp`]): a copy of the volume's own when that is a valid
+/// desktop (its IDs as recorded), or a new one.
+pub(crate) fn read_only_desktop(
+    path: &Path,
+    root: &Path,
+    fs_read_only: bool,
+) -> Result<ReadOnlyDesktop, ServerError> {
+    let writable = !fs_read_only
+        && if path.exists() {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .is_ok()
+        } else {
+            rustix::fs::access(root, rustix::fs::Access::WRITE_OK).is_ok()
+        };
+    if writable {
+        return Ok(ReadOnlyDesktop {
+            path: path.to_path_buf(),
+            temp: None,
+            copied: false,
         });
     }
-    Ok(())
+    let temp = PrivateTemp::new().map_err(|source| ServerError::PrivateDir {
+        dir: std::env::temp_dir(),
+        source,
+    })?;
+    let copy = temp.path().join(deskd_volume::DESKTOP_FILE);
+    let copy_err = |source| ServerError::DesktopCopy {
+        path: copy.clone(),
+        source,
+    };
+    let mut copied = false;
+    if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0) {
+        // The WAL too: on read-only media the committed frames in it cannot be folded in.
+        copy_private(path, &copy).map_err(copy_err)?;
+        let wal = deskd_db::wal_path(path);
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            copy_private(&wal, &deskd_db::wal_path(&copy)).map_err(copy_err)?;
+        }
+        // Checked on the copy (the original's -shm cannot be made on read-only media).
+        copied = deskd_db::Reader::open(&copy)
+            .and_then(|r| r.stats())
+            .is_ok();
+        if !copied {
+            tracing::warn!(
+                "{}: not a valid desktop; the temporary desktop starts empty",
+                path.display()
+            );
+            for f in [
+                copy.clone(),
+                deskd_db::wal_path(&copy),
+                deskd_db::shm_path(&copy),
+            ] {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+    Ok(ReadOnlyDesktop {
+        path: copy,
+        temp: Some(temp),
+        copied,
+    })
 }
 
-/// Copy the desktop `from` to the new file `to`, mode 0600 whatever `from`'s mode is.
+/// Where the desktop of `root`, on a file system mounted read-only, is, without creating
+/// anything: the target of its relocation symlink, else `.Desktop` in the root.
+pub(crate) fn existing_desktop_path(root: &Path) -> Result<PathBuf, ServerError> {
+    match deskd_volume::desktop_link(root) {
+        Err(source) => Err(ServerError::DesktopLink {
+            root: root.to_path_buf(),
+            source,
+        }),
+        Ok(Some(target)) => Ok(target),
+        Ok(None) => Ok(root.join(deskd_volume::DESKTOP_FILE)),
+    }
+}
+
+/// Copy the desktop `from` to the new file `to`, mode 0600 whatever `from`'s mode is. Neither
+/// is followed if it is a symlink: in a root its users may write, `from` could be one put there
+/// to have deskd serve (and a user query) another desktop deskd may read.
 pub(crate) fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut source = File::open(from)?;
+    let mut source = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(from)?;
     let mut dest = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

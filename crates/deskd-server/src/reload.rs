@@ -7,7 +7,9 @@
 //! `tcp_max_connections` and the connection limits (`max_connections`,
 //! `max_connections_per_uid`, `frame_timeout`) are taken at once. A volume served read-only
 //! because its file system was full is closed and opened again, writable if space came back
-//! (also on a SIGHUP without a configuration file). A volume that is frozen (a backup may be copying its
+//! (also on a SIGHUP without a configuration file); so is one whose file system was remounted
+//! read-write or read-only since it was opened (its temporary desktop, and the IDs only that
+//! held, go with the old opening). A volume that is frozen (a backup may be copying its
 //! desktop) or rebuilding online is not closed; the log says so, and the next reload after that
 //! ends does it.
 
@@ -46,10 +48,10 @@ impl Server {
             self.reload_volumes(new, &mut notes);
             self.shared.limits.set(new.limits);
         } else {
-            // No file to read: only volumes served read-only for want of space are tried
-            // again, writable, with the settings they have.
+            // No file to read: only volumes served read-only for want of space, or whose file
+            // system was remounted, are opened again, with the settings they have.
             for handle in &self.shared.volumes() {
-                if handle.read_only_reason.is_some() {
+                if handle.worth_reopening() {
                     self.reopen(handle, &handle.config.clone(), &mut notes);
                 }
             }
@@ -105,8 +107,9 @@ impl Server {
                     handle.desktop_path.display()
                 ));
             }
-            // A volume served read-only for want of space is tried writable again.
-            let retry = handle.read_only_reason.is_some();
+            // A volume served read-only for want of space is tried writable again; one whose
+            // file system was remounted read-only (or back) is opened as it now is.
+            let retry = handle.worth_reopening();
             if (v.read_only != old.read_only || retry) && self.reopen(handle, v, notes) {
                 continue;
             }

@@ -6,7 +6,8 @@
 //! finds less checkpoints first, and is refused with `DiskFull` when even that leaves less
 //! than `min_free` ([`Room`]). A desktop that cannot be opened for writing because the file
 //! system is full is served read-only ([`FULL_REASON`]), from the file itself when its WAL is
-//! empty (an immutable read needs no `-shm`), else from a copy in the temp directory.
+//! empty (an immutable read needs no `-shm`), else from a copy in a private directory under
+//! the temp directory ([`crate::private_temp`]).
 
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -142,12 +143,14 @@ pub struct FullDiskReads {
     pub path: PathBuf,
     /// True: the desktop itself, immutable (its WAL is empty or gone); false: a copy.
     pub immutable: bool,
+    /// The private directory holding the copy, removed when the opening closes.
+    pub temp: Option<crate::private_temp::PrivateTemp>,
 }
 
 /// How to read `desktop` when it cannot be opened for writing: in place when no committed
-/// frame waits in its WAL, else from a copy (desktop and WAL) in the temp directory, where
+/// frame waits in its WAL, else from a copy (desktop and WAL) in a private temp directory, where
 /// SQLite can fold the WAL in. A missing desktop gets an empty one there.
-pub fn full_disk_reads(desktop: &Path, root: &Path) -> io::Result<FullDiskReads> {
+pub fn full_disk_reads(desktop: &Path) -> io::Result<FullDiskReads> {
     let wal = deskd_db::wal_path(desktop);
     let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
     let exists = std::fs::metadata(desktop).is_ok_and(|m| m.len() > 0);
@@ -155,51 +158,14 @@ pub fn full_disk_reads(desktop: &Path, root: &Path) -> io::Result<FullDiskReads>
         return Ok(FullDiskReads {
             path: desktop.to_path_buf(),
             immutable: true,
+            temp: None,
         });
     }
-    let dir = std::env::temp_dir().join(format!(
-        "desksrv-full.{}.{}",
-        std::process::id(),
-        root.as_os_str()
-            .as_bytes()
-            .iter()
-            .fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(b as u32))
-    ));
-    // Anyone can take a name in the shared temp directory first (the pid and the root are
-    // easy to guess): a directory there that is not deskd's own and private is refused, and
-    // the copies are made new (O_EXCL, O_NOFOLLOW, 0600), never into a file or link a user
-    // put there, which would hand that user every record of the desktop.
-    // A name taken by someone else is passed over for the next one, so planting
-    // directories does not keep the volume from being served either.
-    let mut refused = None;
-    let dir = (0..100)
-        .map(|i| match i {
-            0 => dir.clone(),
-            i => {
-                let mut d = dir.clone().into_os_string();
-                d.push(format!(".{i}"));
-                std::path::PathBuf::from(d)
-            }
-        })
-        .find(|d| match crate::location::private_dir(d) {
-            Ok(()) => true,
-            Err(e) => {
-                refused.get_or_insert(e);
-                false
-            }
-        })
-        .ok_or_else(|| io::Error::other(refused.map(|e| e.to_string()).unwrap_or_default()))?;
+    // A private directory of this opening's own (see crate::private_temp): no user can
+    // have made it first, so the copy never goes into a file or link a user put there.
+    let temp = crate::private_temp::PrivateTemp::new()?;
+    let dir = temp.path().to_path_buf();
     let copy = dir.join(deskd_volume::DESKTOP_FILE);
-    for file in [
-        copy.clone(),
-        deskd_db::wal_path(&copy),
-        deskd_db::shm_path(&copy),
-    ] {
-        match std::fs::remove_file(&file) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-    }
     if exists {
         crate::location::copy_private(desktop, &copy)?;
         if wal_len > 0 {
@@ -214,6 +180,7 @@ pub fn full_disk_reads(desktop: &Path, root: &Path) -> io::Result<FullDiskReads>
     Ok(FullDiskReads {
         path: copy,
         immutable: false,
+        temp: Some(temp),
     })
 }
 
@@ -282,7 +249,7 @@ mod tests {
         let path = dir.path().join(".Desktop");
         let (d, _) = deskd_db::Desktop::open(&path, deskd_db::Durability::Normal).unwrap();
         d.close_clean().unwrap();
-        let reads = full_disk_reads(&path, dir.path()).unwrap();
+        let reads = full_disk_reads(&path).unwrap();
         assert!(reads.immutable);
         assert_eq!(reads.path, path);
     }

@@ -23,7 +23,8 @@ use crate::config::VolumeConfig;
 use crate::db_reply::db_error;
 use crate::desktop_lock::{check_desktop_owner, lock_exclusive};
 use crate::error::ServerError;
-use crate::location::{desktop_path, open_reader_at, read_only_desktop};
+use crate::location::{desktop_path, existing_desktop_path, open_reader_at, read_only_desktop};
+use crate::private_temp::{on_read_only_fs, PrivateTemp};
 use crate::space;
 use crate::writer::{Job, SharedState, Writer};
 
@@ -47,8 +48,9 @@ pub struct VolumeHandle {
     /// Tells this opening from an earlier one of the same volume (a reload may reopen it under
     /// the same handle): connections keep read connections per opening.
     pub opening: u64,
-    /// Why the volume is served read-only though its configuration says writable
-    /// ([`crate::space::FULL_REASON`]); a reload tries to open it writable again.
+    /// Why the volume is served read-only though its configuration may say writable
+    /// ([`crate::space::FULL_REASON`], [`RO_FS_REASON`]); a reload tries to open it writable
+    /// again when that may have changed ([`VolumeHandle::worth_reopening`]).
     pub read_only_reason: Option<String>,
     /// What readers open: the desktop, or a copy of it when it had to be read elsewhere.
     reads: PathBuf,
@@ -66,7 +68,15 @@ struct Opened {
     clean_at_start: bool,
     names: Arc<NameIndex>,
     touches: Arc<TouchLog>,
+    /// Private temp directories this opening uses (a temporary desktop, a full disk's copy),
+    /// removed when it closes.
+    temp: Vec<PrivateTemp>,
+    /// The settings the writer enforces: `read_only` also when the file system is.
+    writer_config: VolumeConfig,
 }
+
+/// What status and the log say of a volume on a file system mounted read-only.
+pub const RO_FS_REASON: &str = "read-only file system";
 
 /// `ctime(3)`-style local time, as in HELIOS's `missing DB shutdown` line:
 /// `Thu Nov 24 18:22:48 2009`.
@@ -93,10 +103,48 @@ impl VolumeHandle {
             source,
         })?;
         let root = volume.root().to_path_buf();
-        let mut desktop_path = desktop_path(&config, &root)?;
-        if config.read_only {
-            desktop_path = read_only_desktop(&desktop_path, &root)?;
-        }
+        // A volume on a file system mounted read-only is served read-only, configured so or
+        // not: nothing on it can change, nor can its desktop be written.
+        let fs_read_only = on_read_only_fs(&root);
+        let mut temp = Vec::new();
+        let desktop_path = if config.read_only || fs_read_only {
+            let own = if fs_read_only {
+                existing_desktop_path(&root)?
+            } else {
+                desktop_path(&config, &root)?
+            };
+            let chosen = read_only_desktop(&own, &root, fs_read_only)?;
+            if chosen.temp.is_some() {
+                info!(
+                    "{}: {}; served read-only with {}",
+                    root.display(),
+                    if fs_read_only {
+                        RO_FS_REASON
+                    } else {
+                        "read-only (configured) and deskd may not write its desktop"
+                    },
+                    if chosen.copied {
+                        format!(
+                            "its own desktop (read only, copied to {})",
+                            chosen.path.display()
+                        )
+                    } else {
+                        format!("a temporary desktop at {}", chosen.path.display())
+                    }
+                );
+            }
+            temp.extend(chosen.temp);
+            chosen.path
+        } else {
+            desktop_path(&config, &root)?
+        };
+        // The writer refuses changes on either ground; the handle keeps the configured value
+        // (a reload compares it with the new one) and the reason.
+        let read_only_reason = fs_read_only.then(|| RO_FS_REASON.to_string());
+        let writer_config = VolumeConfig {
+            read_only: config.read_only || fs_read_only,
+            ..config.clone()
+        };
         let lock = lock_exclusive(&desktop_path, &root)?;
         check_desktop_owner(&lock, &desktop_path, &root)?;
         let side_files = space::SideFiles::missing_now(&desktop_path);
@@ -104,7 +152,7 @@ impl VolumeHandle {
             Ok(opened) => opened,
             Err(e) if space::open_failed_for_space(&e, &desktop_path, config.min_free) => {
                 side_files.remove_created();
-                return Self::open_full(index, config, volume, desktop_path, lock, e);
+                return Self::open_full(index, config, volume, desktop_path, lock, e, temp);
             }
             Err(source) => {
                 return Err(ServerError::DesktopOpen {
@@ -126,7 +174,7 @@ impl VolumeHandle {
             volume = %root.display(),
             desktop = %desktop_path.display(),
             created = report.created,
-            read_only = config.read_only,
+            read_only = writer_config.read_only,
             durability = ?desktop.durability().map_err(|e| ServerError::Durability(Box::new(e)))?,
             "volume open"
         );
@@ -138,7 +186,7 @@ impl VolumeHandle {
         {
             warn!(volume = %root.display(), "{warning}");
         }
-        if !config.read_only {
+        if !writer_config.read_only {
             ensure_root_record(&root);
         }
         // Attached before the loader takes its snapshot: no commit can fall between the two.
@@ -149,10 +197,12 @@ impl VolumeHandle {
         let opened = Opened {
             reads: desktop_path.clone(),
             immutable: false,
-            read_only_reason: None,
+            read_only_reason,
             clean_at_start: report.was_clean,
             names,
             touches,
+            temp,
+            writer_config,
         };
         Self::serve(
             index,
@@ -174,6 +224,7 @@ impl VolumeHandle {
         desktop_path: PathBuf,
         lock: File,
         why: deskd_db::DbError,
+        mut temp: Vec<PrivateTemp>,
     ) -> Result<Arc<VolumeHandle>, ServerError> {
         let root = volume.root().to_path_buf();
         let cannot = |why, source: Box<dyn std::error::Error + Send + Sync>| {
@@ -184,7 +235,7 @@ impl VolumeHandle {
                 source,
             })
         };
-        let reads = match space::full_disk_reads(&desktop_path, &root) {
+        let mut reads = match space::full_disk_reads(&desktop_path) {
             Ok(reads) => reads,
             Err(e) => return cannot(why, e.into()),
         };
@@ -211,6 +262,7 @@ impl VolumeHandle {
             reads.path.display(),
             if reads.immutable { "" } else { " (a copy)" },
         );
+        temp.extend(reads.temp.take());
         let opened = Opened {
             reads: reads.path,
             immutable: reads.immutable,
@@ -218,6 +270,8 @@ impl VolumeHandle {
             clean_at_start,
             names: Arc::new(NameIndex::new()),
             touches: Arc::new(TouchLog::default()),
+            temp,
+            writer_config: config.clone(),
         };
         Self::serve(index, config, volume, desktop_path, lock, None, opened)
     }
@@ -257,10 +311,6 @@ impl VolumeHandle {
             immutable: opened.immutable,
             check: Mutex::new(None),
         });
-        // A copy made for want of space goes when this opening is closed.
-        let temp_copy = (handle.read_only_reason.is_some() && !handle.immutable)
-            .then(|| handle.reads.parent().map(Path::to_path_buf))
-            .flatten();
         spawn_name_index_load(&handle.reads, handle.immutable, &root, handle.names.clone());
         *handle.check.lock().unwrap() =
             spawn_check(&handle.reads, handle.immutable, &root, state.clone());
@@ -268,11 +318,11 @@ impl VolumeHandle {
             desktop,
             lock,
             volume,
-            config,
+            opened.writer_config,
             state,
             commits,
             &desktop_path,
-            temp_copy,
+            opened.temp,
         )
         .spawn(index, rx)
         .map_err(ServerError::WriterThread)?;
@@ -285,9 +335,20 @@ impl VolumeHandle {
     }
 
     /// Whether clients may change this volume: not when configured read-only, nor when served
-    /// read-only for want of space.
+    /// read-only for want of space or because its file system is mounted read-only.
     pub fn read_only(&self) -> bool {
         self.config.read_only || self.read_only_reason.is_some()
+    }
+
+    /// Whether a reload should close and open this volume again though its `read_only`
+    /// setting is unchanged: it is served read-only for want of space (there may be room now),
+    /// or its file system was remounted (read-only to read-write or back) since it was opened.
+    pub fn worth_reopening(&self) -> bool {
+        match self.read_only_reason.as_deref() {
+            Some(space::FULL_REASON) => true,
+            Some(_) => !on_read_only_fs(self.volume.root()),
+            None => on_read_only_fs(self.volume.root()),
+        }
     }
 
     /// A read connection to this opening's desktop.

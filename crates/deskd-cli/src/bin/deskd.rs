@@ -77,7 +77,13 @@ enum Command {
         listen: Option<String>,
         #[command(flatten)]
         roots: RootArgs,
-        /// Volume roots to serve with the [defaults] settings.
+        /// Serve every volume read-only: those given here and those of the configuration file,
+        /// as `read_only = true` would (also after a reload). A volume on a read-only file
+        /// system is served read-only without it.
+        #[arg(long)]
+        read_only: bool,
+        /// Volume roots to serve with the [defaults] settings, besides the [volume."<path>"]
+        /// tables of --config (a reload re-reads the file and keeps these).
         volumes: Vec<PathBuf>,
     },
     /// Show each volume: path, objects, last flush, clean flag, freeze.
@@ -283,8 +289,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config,
             listen,
             roots,
+            read_only,
             volumes,
-        } => serve(&cli.connection, config, listen, roots, volumes),
+        } => serve(&cli.connection, config, listen, roots, read_only, volumes),
         Command::Netatalk {
             listen,
             max_connections,
@@ -671,6 +678,7 @@ fn serve(
     config: Option<PathBuf>,
     listen: Option<String>,
     roots: RootArgs,
+    read_only: bool,
     volumes: Vec<PathBuf>,
 ) -> Result<ExitCode> {
     init_logging();
@@ -701,6 +709,7 @@ fn serve(
         for v in &mut resolved.volumes {
             v.nested |= roots.nested;
             v.world_writable |= roots.world_writable;
+            v.read_only |= read_only;
         }
         Ok(resolved)
     };

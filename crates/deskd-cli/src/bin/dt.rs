@@ -19,7 +19,7 @@ use deskd_cli::fresh_ids::{clear_tree, copy_record_cleared};
 use deskd_cli::fsops::{copy_tree, copy_tree_with, keep_owner, remove_any, set_times, CopyMode};
 use deskd_cli::mode;
 use deskd_cli::output::{display_bytes, fourcc, write_match, FindArgs};
-use deskd_cli::target::{place, InVolume, Place, Session};
+use deskd_cli::target::{InVolume, Place, Session};
 use deskd_client::{FindMode, ObjectInfo, Request, Response};
 use deskd_volume::rsrc;
 
@@ -401,8 +401,8 @@ impl Dt {
         keep_ids: bool,
         how: CopyMode,
     ) -> Result<()> {
-        let from = place(src)?;
-        let to = place(dest)?;
+        let from = self.session.place(src)?;
+        let to = self.session.place(dest)?;
         let from_abs =
             from.abs_unless_root(src, "cannot copy a volume root (copy what is in it)")?;
         let to_abs = to.abs_unless_root(dest, "cannot replace a volume root")?;
@@ -521,7 +521,7 @@ impl Dt {
         recursive: bool,
         f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<Change>,
     ) -> Result<()> {
-        let place = place(path)?;
+        let place = self.session.place(path)?;
         let (abs, inside) = match place {
             Place::Outside(abs) => (abs, None),
             Place::Inside(iv) => {
@@ -604,7 +604,7 @@ impl Dt {
         flags: Option<u16>,
         comment: Option<&str>,
     ) -> Result<()> {
-        let Place::Inside(iv) = place(path)? else {
+        let Place::Inside(iv) = self.session.place(path)? else {
             bail!(
                 "{}: not in a deskd volume (no .Desktop above it); Mac information lives in a volume's desktop",
                 path.display()
@@ -661,7 +661,7 @@ impl Dt {
 
     /// `dt find DIR PATTERN`: the server's name search, kept to what lies below DIR.
     fn find(&mut self, dir: &Path, pattern: &str, mode: FindMode, json: bool) -> Result<()> {
-        let Place::Inside(iv) = place(dir)? else {
+        let Place::Inside(iv) = self.session.place(dir)? else {
             bail!(
                 "{}: not in a deskd volume (no .Desktop above it); use find(1) outside volumes",
                 dir.display()
@@ -704,7 +704,7 @@ impl Dt {
     }
 
     fn mkdir(&mut self, path: &Path, parents: bool) -> Result<()> {
-        match place(path)? {
+        match self.session.place(path)? {
             Place::Outside(abs) => if parents {
                 fs::create_dir_all(&abs)
             } else {
@@ -731,7 +731,7 @@ impl Dt {
     }
 
     fn touch(&mut self, path: &Path, no_create: bool) -> Result<()> {
-        let place = place(path)?;
+        let place = self.session.place(path)?;
         let abs = match &place {
             Place::Outside(abs) => abs.clone(),
             Place::Inside(iv) => {
@@ -757,7 +757,7 @@ impl Dt {
     }
 
     fn rm(&mut self, path: &Path, recursive: bool, force: bool) -> Result<()> {
-        let place = place(path)?;
+        let place = self.session.place(path)?;
         let abs = place.abs_unless_root(path, "refusing to remove a volume root")?;
         let meta = match fs::symlink_metadata(&abs) {
             Ok(m) => m,
@@ -791,7 +791,7 @@ impl Dt {
     }
 
     fn rmdir(&mut self, path: &Path) -> Result<()> {
-        match place(path)? {
+        match self.session.place(path)? {
             Place::Outside(abs) => {
                 fs::remove_dir(&abs).with_context(|| format!("cannot remove {}", path.display()))
             }
@@ -830,8 +830,8 @@ impl Dt {
     }
 
     fn mv(&mut self, src: &Path, dest: &Path, force: bool) -> Result<()> {
-        let from = place(src)?;
-        let to = place(dest)?;
+        let from = self.session.place(src)?;
+        let to = self.session.place(dest)?;
         let from_abs = from.abs_unless_root(src, "cannot move a volume root")?;
         let to_abs = to.abs_unless_root(dest, "cannot replace a volume root")?;
         if let Err(e) = fs::symlink_metadata(&from_abs) {
@@ -1162,7 +1162,7 @@ impl Dt {
         recursive: bool,
         header: bool,
     ) -> Result<()> {
-        let place = place(path)?;
+        let place = self.session.place(path)?;
         let abs = match &place {
             Place::Outside(a) => a.clone(),
             Place::Inside(iv) => iv.path(),
@@ -1269,7 +1269,7 @@ impl Dt {
     }
 
     fn info(&mut self, path: &Path, json: bool) -> Result<()> {
-        let Place::Inside(iv) = place(path)? else {
+        let Place::Inside(iv) = self.session.place(path)? else {
             bail!(
                 "{}: not in a deskd volume (no .Desktop above it)",
                 path.display()
@@ -1307,7 +1307,7 @@ impl Dt {
     }
 
     fn resolve(&mut self, volume: &Path, id: u32) -> Result<()> {
-        let Place::Inside(iv) = place(volume)? else {
+        let Place::Inside(iv) = self.session.place(volume)? else {
             bail!("{}: not a deskd volume (no .Desktop)", volume.display());
         };
         let root = iv.with_components(Vec::new());

@@ -40,6 +40,7 @@ use crate::access::Access;
 use crate::apply::Reply;
 use crate::config::VolumeConfig;
 use crate::limits::RateLimited;
+use crate::private_temp::PrivateTemp;
 use crate::space;
 
 /// Where the writer sends the reply to one write, once its batch is committed (or refused).
@@ -145,8 +146,9 @@ pub(crate) struct Writer {
     low_space_logged: RateLimited,
     /// A commit that had to checkpoint first for want of space (logged likewise).
     low_space_checkpointed: RateLimited,
-    /// The temporary directory holding the copy a full-disk opening reads, removed at close.
-    temp_copy: Option<PathBuf>,
+    /// The private temp directories of this opening (a read-only volume's temporary desktop,
+    /// the copy a full-disk opening reads), removed at close.
+    temp_copy: Vec<PrivateTemp>,
     /// Another process holds the desktop's write lock (writes wait).
     busy: Option<busy::BusySpell>,
 }
@@ -156,8 +158,8 @@ const LOW_SPACE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl Writer {
     /// The writer of the desktop at `desktop_path`, opened (`desktop`) and locked (`lock`)
-    /// by the caller. `temp_copy`: a directory holding a copy the readers use, removed at
-    /// close.
+    /// by the caller. `temp_copy`: private temp directories holding the desktop or a copy the
+    /// readers use, removed at close.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         desktop: Option<Desktop>,
@@ -167,7 +169,7 @@ impl Writer {
         state: Arc<Mutex<SharedState>>,
         commits: Arc<AtomicU64>,
         desktop_path: &Path,
-        temp_copy: Option<PathBuf>,
+        temp_copy: Vec<PrivateTemp>,
     ) -> Writer {
         Writer {
             desktop,
@@ -324,11 +326,12 @@ impl Writer {
         }
     }
 
-    /// Remove the copy of the desktop a full-disk opening read (readers that still have it
-    /// open keep reading the unlinked files until they notice the opening is gone).
+    /// Remove this opening's temp directories: a temporary desktop, the copy a full-disk
+    /// opening read (readers that still have it open keep reading the unlinked files until
+    /// they notice the opening is gone).
     fn remove_temp_copy(&mut self) {
-        if let Some(dir) = self.temp_copy.take() {
-            let _ = std::fs::remove_dir_all(dir);
+        for mut temp in self.temp_copy.drain(..) {
+            temp.remove();
         }
     }
 
@@ -499,5 +502,7 @@ impl Writer {
         }
         // Only now may another opening of this desktop take the lock.
         self.lock = None;
+        // A temporary desktop goes with its opening (seed 002: removed at a clean stop).
+        self.remove_temp_copy();
     }
 }

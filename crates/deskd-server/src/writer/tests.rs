@@ -89,7 +89,7 @@ fn writer_for(root: &Path) -> (Writer, Arc<AtomicU64>) {
         Arc::default(),
         commits.clone(),
         &path,
-        None,
+        Vec::new(),
     );
     (writer, commits)
 }
