@@ -58,3 +58,8 @@ for bin in deskd dt deskd-bench fileset fileset-bench prov-backup; do
         exit 1
     fi
 done
+
+# Netatalk's own AFP conformance suite through a real afpd with deskd as its CNID server
+# (docs/netatalk.md, "Conformance"); afpd and the suite are built once and kept outside the
+# clone (/var/tmp/netatalk-kit).
+bash scripts/afp-conformance.sh

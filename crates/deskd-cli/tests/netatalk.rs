@@ -407,3 +407,131 @@ fn an_add_caught_by_a_reopening_is_sent_again() {
     // The first attempt met the closed desktop: the log shows the reopening under it.
     assert!(env.log_text().contains("reopened, read-only"));
 }
+
+/// An afpd connection to the volume at `path` under the section name `name`.
+fn afpd_named(bridge: &Bridge, path: &std::path::Path, name: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(&bridge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&wire::encode_handshake(&Handshake {
+        volume_name: name.to_vec(),
+        volume_path: path.as_os_str().as_encoded_bytes().to_vec(),
+        user: b"alice".to_vec(),
+    }))
+    .unwrap();
+    s
+}
+
+/// afpd ends its session on ERR_DB for an ADD and aborts on NOTFOUND: what an ADD gets wrong
+/// is mended, and what cannot be mended gets ERR_MAX (issue 22, item 1).
+#[test]
+fn an_add_is_never_answered_with_an_error_that_ends_the_session() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    let bridge = start_bridge(&env);
+    let mut s = afpd(&bridge, &env.path("vol"));
+
+    // A client creates "dir/sub/file" in one call: afpd sends the base folder (the root) as
+    // the did. The object is found below it by dev/ino and registered where it is.
+    std::fs::create_dir_all(env.path("vol/dir/sub")).unwrap();
+    let dir = add(&mut s, &env.path("vol/dir"), 2, 0);
+    let sub = add(&mut s, &env.path("vol/dir/sub"), dir.cnid, 0);
+    std::fs::write(env.path("vol/dir/sub/file"), b"x").unwrap();
+    let file = add(&mut s, &env.path("vol/dir/sub/file"), 2, 0);
+    assert_eq!(file.result, res::OK);
+    assert_eq!(env.id_of(&env.path("vol/dir/sub/file")), file.cnid);
+    let r = call(&mut s, request(op::RESOLVE, file.cnid, 0, b""));
+    assert_eq!((r.result, r.did), (res::OK, sub.cnid));
+
+    // The object at did/name was replaced after afpd's stat: the one there now is registered.
+    std::fs::write(env.path("vol/doc"), b"1").unwrap();
+    let before = std::fs::metadata(env.path("vol/doc")).unwrap();
+    std::fs::write(env.path("vol/doc.new"), b"2").unwrap();
+    std::fs::rename(env.path("vol/doc.new"), env.path("vol/doc")).unwrap();
+    let stale = call(
+        &mut s,
+        Request {
+            dev: before.dev(),
+            ino: before.ino(),
+            ..request(op::ADD, 0, 2, b"doc")
+        },
+    );
+    assert_eq!(stale.result, res::OK);
+    assert_eq!(env.id_of(&env.path("vol/doc")), stale.cnid);
+
+    // deskd's own files (afp.conf without `veto files`): ERR_MAX, and the log says what to add.
+    let desktop = std::fs::metadata(env.path("vol/.Desktop")).unwrap();
+    let own = call(
+        &mut s,
+        Request {
+            dev: desktop.dev(),
+            ino: desktop.ino(),
+            ..request(op::ADD, 0, 2, b".Desktop")
+        },
+    );
+    assert_eq!(own.result, res::ERR_MAX);
+    bridge.wait_for_log("one of deskd's own files: add `veto files =");
+
+    // A folder ID deskd never gave, with nothing to find: ERR_MAX, never NOTFOUND or ERR_DB.
+    std::fs::write(env.path("vol/lost"), b"x").unwrap();
+    let lost = std::fs::metadata(env.path("vol/lost")).unwrap();
+    let unknown = call(
+        &mut s,
+        Request {
+            dev: lost.dev(),
+            ino: lost.ino(),
+            ..request(op::ADD, 0, 99_999, b"lost")
+        },
+    );
+    assert_eq!(unknown.result, res::ERR_MAX);
+
+    // The session goes on.
+    assert_eq!(
+        call(&mut s, request(op::GET, 0, 2, b"doc")).cnid,
+        stale.cnid
+    );
+}
+
+/// The bridge makes afpd's `vol dbpath` folder as cnid_metad does, from afp.conf, and only for
+/// a volume afp.conf has at the path deskd serves (the handshake comes from anyone).
+#[test]
+fn the_bridge_makes_afpds_vol_dbpath_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = Env::new(&["vol", "state"]);
+    env.serve(&["vol"]);
+    let conf = env.path("afp.conf");
+    let vol = std::fs::canonicalize(env.path("vol")).unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "[Global]\ncnid server = 127.0.0.1:4700\nvol dbpath = {}/CNID/$v/\n\n\
+             [Public]\npath = {}\ncnid scheme = dbd\n\n[Other]\npath = /nonexistent\n",
+            env.path("state").display(),
+            vol.display()
+        ),
+    )
+    .unwrap();
+    let bridge = Bridge::start(&env, &["--afp-conf", conf.to_str().unwrap()]);
+
+    let mut s = afpd_named(&bridge, &vol, b"Public");
+    assert_eq!(call(&mut s, request(op::OPEN, 0, 0, b"")).result, res::OK);
+    let folder = env.path("state/CNID/Public");
+    let meta = std::fs::metadata(&folder).expect("vol dbpath folder made");
+    assert!(meta.is_dir());
+    assert_eq!(
+        meta.permissions().mode() & 0o022,
+        0,
+        "not writable by others"
+    );
+
+    // Names afp.conf does not have at this path make nothing, wherever they point.
+    for name in [&b"Other"[..], b"../../escape", b"..", b"Nope"] {
+        let mut s = afpd_named(&bridge, &vol, name);
+        assert_eq!(call(&mut s, request(op::OPEN, 0, 0, b"")).result, res::OK);
+    }
+    let made: Vec<_> = std::fs::read_dir(env.path("state/CNID"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(made, vec![std::ffi::OsString::from("Public")]);
+    assert!(!env.path("escape").exists() && !env.path("state/escape").exists());
+}

@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod dbpath;
 pub mod wire;
 
 use std::net::{TcpListener, TcpStream};
@@ -85,6 +86,9 @@ pub enum VolumeRefused {
     Unreachable { volume: String, error: ClientError },
 }
 
+/// The afp.conf line that hides deskd's own files from afpd (docs/netatalk.md).
+pub const VETO_LINE: &str = "veto files = /.Desktop/.Desktop-wal/.Desktop-shm/.Desktop-journal/.Desktop-rebuild/.Desktop-rebuild-journal/.rsrc/";
+
 /// What [`BridgeError::Stalled`] calls a handshake that did not end in time.
 const HANDSHAKE: &str = "the handshake";
 
@@ -126,7 +130,25 @@ struct Desk<'a> {
     client: Option<(Client, u32)>,
 }
 
+/// Volumes whose afpd showed deskd's own files: warned about once each.
+static UNVETOED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
 impl Desk<'_> {
+    /// Say once per volume that afpd sees deskd's own files: afp.conf lacks `veto files`.
+    fn warn_unvetoed(&self, name: &[u8]) {
+        let mut warned = UNVETOED.lock().unwrap();
+        if !warned.contains(&self.root) {
+            warned.push(self.root.clone());
+            warn!(
+                "{}: afpd asked for an ID for {:?}, one of deskd's own files: add `{VETO_LINE}` \
+                 to this volume's section in afp.conf (docs/netatalk.md); until then afpd gets \
+                 ERR_MAX for them",
+                self.root.display(),
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
+
     fn client(&mut self) -> Result<(&mut Client, u32), ClientError> {
         if self.client.is_none() {
             let mut client = (self.connect)()?;
@@ -201,27 +223,7 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
     let hint = None;
     let reply = match q.op {
         op::OPEN | op::CLOSE => Reply::status(res::OK),
-        op::ADD | op::REBUILD_ADD => {
-            let added = if q.dev != 0 {
-                object(desk.call(|vol| Request::Add {
-                    vol,
-                    parent: q.did,
-                    name: q.name.clone(),
-                    dev: q.dev,
-                    ino: q.ino,
-                    hint,
-                    type_code: None,
-                    creator: None,
-                }))
-            } else {
-                // `cnid dev = no`: no device to check; the server reads the object from disk.
-                add_by_path(desk, q.did, &q.name, hint)
-            };
-            match added {
-                Ok(o) => Reply::id(o.id),
-                Err(e) => failed("add", &q, &e),
-            }
-        }
+        op::ADD | op::REBUILD_ADD => add(desk, &q, hint),
         op::GET | op::LOOKUP => {
             let found = desk.call(|vol| Request::Lookup {
                 vol,
@@ -324,6 +326,150 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
     Ok(reply)
 }
 
+/// How many registered folders an ADD whose folder does not hold its object may search below
+/// that folder, and how deep (see [`find_below`]).
+const SEARCH_DIRS: usize = 1024;
+const SEARCH_DEPTH: usize = 8;
+
+/// ADD (and REBUILD_ADD). afpd ends the session on `ERR_DB` and aborts on `NOTFOUND`
+/// (`cnid_dbd_add`), so only an outage of deskd answers `ERR_DB`; what the request itself gets
+/// wrong is mended where it can be, and otherwise answered `ERR_MAX`, which fails only the one
+/// AFP call (afpd: `AFPERR_MISC`):
+///
+/// * the object is not the one at did/name (replaced between afpd's stat and the ADD): the one
+///   there now is registered (`AddPath`);
+/// * nothing is at did/name (afpd sends the request's base folder for a path of several
+///   names): the object is looked for by dev/ino in the registered folders below did;
+/// * deskd's own files (`.Desktop`, `.rsrc`), which `veto files` hides from afpd: `ERR_MAX`,
+///   and the log says once per volume what afp.conf lacks.
+fn add(desk: &mut Desk, q: &wire::Request, hint: Option<u32>) -> Reply {
+    if deskd_volume::is_protected(&q.name) {
+        desk.warn_unvetoed(&q.name);
+        return Reply::status(res::ERR_MAX);
+    }
+    let added = if q.dev != 0 {
+        object(desk.call(|vol| Request::Add {
+            vol,
+            parent: q.did,
+            name: q.name.clone(),
+            dev: q.dev,
+            ino: q.ino,
+            hint,
+            type_code: None,
+            creator: None,
+        }))
+    } else {
+        // `cnid dev = no`: no device to check; the server reads the object from disk.
+        add_by_path(desk, q.did, &q.name, hint)
+    };
+    let e = match added {
+        Ok(o) => return Reply::id(o.id),
+        Err(e) if is_outage(&e) => return failed("add", q, &e),
+        Err(e) => e,
+    };
+    match mend_add(desk, q, hint) {
+        Some(o) => {
+            debug!(
+                "add (did {}, {:?}): {e}; registered {}",
+                q.did,
+                String::from_utf8_lossy(&q.name),
+                o.id
+            );
+            Reply::id(o.id)
+        }
+        None => {
+            warn!(
+                "add (cnid {}, did {}, {:?}): {e}; answered ERR_MAX (afpd fails this call only)",
+                q.cnid,
+                q.did,
+                String::from_utf8_lossy(&q.name)
+            );
+            Reply::status(res::ERR_MAX)
+        }
+    }
+}
+
+/// An error that says deskd cannot answer now (not what the request says): afpd gets `ERR_DB`.
+fn is_outage(e: &ClientError) -> bool {
+    match e.code() {
+        None => true,
+        Some(code) => matches!(
+            code,
+            ErrorCode::ShuttingDown | ErrorCode::Internal | ErrorCode::Busy | ErrorCode::DiskFull
+        ),
+    }
+}
+
+/// Register the object an ADD deskd refused as it stood: the object at did/name whatever its
+/// inode, else the object with the ADD's dev/ino in a registered folder below did.
+fn mend_add(desk: &mut Desk, q: &wire::Request, hint: Option<u32>) -> Option<ObjectInfo> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = object(desk.call(|vol| Request::Resolve { vol, id: q.did })).ok()?;
+    let parent_path = parent.path.unwrap_or_default();
+    let there = desk
+        .root
+        .join(std::ffi::OsStr::from_bytes(&parent_path))
+        .join(std::ffi::OsStr::from_bytes(&q.name));
+    if std::fs::symlink_metadata(&there).is_ok() {
+        return add_by_path(desk, q.did, &q.name, hint).ok();
+    }
+    let (dir, _) = find_below(desk, q.did, parent_path, &|path: &Path| {
+        std::fs::symlink_metadata(path.join(std::ffi::OsStr::from_bytes(&q.name)))
+            .is_ok_and(|m| m.ino() == q.ino && (q.dev == 0 || m.dev() == q.dev))
+    })?;
+    object(desk.call(|vol| Request::AddPath {
+        vol,
+        path: join_path(&dir, &q.name),
+        hint,
+        type_code: None,
+        creator: None,
+    }))
+    .ok()
+}
+
+/// `parent/name` as a volume-relative path.
+fn join_path(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = parent.to_vec();
+    if !path.is_empty() {
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+    path
+}
+
+/// Breadth first through the registered folders below `did` (at `path`), at most
+/// [`SEARCH_DIRS`] of them and [`SEARCH_DEPTH`] deep: the first whose folder on disk
+/// `holds` is true for, as (its path, its ID).
+fn find_below(
+    desk: &mut Desk,
+    did: u32,
+    path: Vec<u8>,
+    holds: &dyn Fn(&Path) -> bool,
+) -> Option<(Vec<u8>, u32)> {
+    let mut queue = std::collections::VecDeque::from([(did, path, 0usize)]);
+    let mut seen = 0;
+    while let Some((dir, dir_path, depth)) = queue.pop_front() {
+        if depth > 0 && holds(&desk.root.join(std::ffi::OsStr::from_bytes(&dir_path))) {
+            return Some((dir_path, dir));
+        }
+        if depth == SEARCH_DEPTH {
+            continue;
+        }
+        let Ok(Response::Objects(children)) = desk.call(|vol| Request::Children { vol, dir })
+        else {
+            continue;
+        };
+        for child in children.into_iter().filter(|c| c.kind == Kind::Dir) {
+            seen += 1;
+            if seen > SEARCH_DIRS {
+                return None;
+            }
+            queue.push_back((child.id, join_path(&dir_path, &child.name), depth + 1));
+        }
+    }
+    None
+}
+
 /// Whether deskd has `cnid` at `did`/`name` already.
 fn already_at(desk: &mut Desk, cnid: u32, did: u32, name: &[u8]) -> bool {
     matches!(
@@ -340,11 +486,7 @@ fn add_by_path(
     hint: Option<u32>,
 ) -> Result<ObjectInfo, ClientError> {
     let parent = object(desk.call(|vol| Request::Resolve { vol, id: did }))?;
-    let mut path = parent.path.unwrap_or_default();
-    if !path.is_empty() {
-        path.push(b'/');
-    }
-    path.extend_from_slice(name);
+    let path = join_path(&parent.path.unwrap_or_default(), name);
     object(desk.call(|vol| Request::AddPath {
         vol,
         path: path.clone(),
@@ -390,6 +532,7 @@ pub fn serve(
     listener: TcpListener,
     connect: Arc<dyn Fn() -> Result<Client, ClientError> + Send + Sync>,
     limits: Limits,
+    dbpaths: Option<Arc<dbpath::DbPaths>>,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
     let refusals = RateLimited::new(Duration::from_secs(10));
@@ -421,11 +564,14 @@ pub fn serve(
         }
         let slot = Slot(open.clone());
         let connect = connect.clone();
+        let dbpaths = dbpaths.clone();
         let spawned = std::thread::Builder::new()
             .name("afpd".into())
             .spawn(move || {
                 let _slot = slot;
-                if let Err(e) = serve_connection(stream, &*connect, limits.frame_timeout) {
+                if let Err(e) =
+                    serve_connection(stream, &*connect, limits.frame_timeout, dbpaths.as_deref())
+                {
                     if log_now(&e) {
                         warn!("{peer}: {e}; connection closed");
                     }
@@ -453,11 +599,13 @@ impl std::io::Read for Timed<'_> {
 }
 
 /// Serve one afpd connection until it closes. The handshake must be whole within `timeout` of
-/// the start, and each request within `timeout` of its first byte.
+/// the start, and each request within `timeout` of its first byte. With `dbpaths`, the
+/// volume's `vol dbpath` folder is made once its volume is known to be served.
 pub fn serve_connection(
     stream: TcpStream,
     connect: Connect,
     timeout: Duration,
+    dbpaths: Option<&dbpath::DbPaths>,
 ) -> Result<(), BridgeError> {
     use std::io::BufRead;
     let _ = stream.set_nodelay(true);
@@ -490,6 +638,18 @@ pub fn serve_connection(
         }),
     })?;
     debug!(volume = %shown, user = %String::from_utf8_lossy(&hello.user), "afpd connected");
+    if let Some(folder) = dbpaths.and_then(|d| d.folder_for(&hello.volume_name, &desk.root)) {
+        if let Err(e) = dbpaths.expect("just used").ensure(&folder) {
+            static FAILED: RateLimited = RateLimited::new(Duration::from_secs(10));
+            if FAILED.now() {
+                warn!(
+                    "{}: cannot make afpd's vol dbpath folder {}: {e}",
+                    desk.root.display(),
+                    folder.display()
+                );
+            }
+        }
+    }
     let mut output = &stream;
     loop {
         // Idle between requests is fine; a request once begun must arrive whole in time.
@@ -520,4 +680,41 @@ pub fn serve_connection(
         wire::send(&mut output, &wire::encode_reply(&reply)).map_err(WireError::from)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_veto_line_names_every_file_of_deskds_own() {
+        let names: Vec<&str> = VETO_LINE
+            .strip_prefix("veto files = /")
+            .unwrap()
+            .trim_end_matches('/')
+            .split('/')
+            .collect();
+        let mut protected = deskd_volume::PROTECTED_NAMES.to_vec();
+        let mut vetoed = names.clone();
+        protected.sort_unstable();
+        vetoed.sort_unstable();
+        assert_eq!(vetoed, protected);
+        // The afp.conf docs/netatalk.md gives, and the conformance run uses, has this line.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for file in ["docs/netatalk.md", "third_party/netatalk/spectest.sh"] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            assert!(text.contains(VETO_LINE), "{file} lacks {VETO_LINE}");
+        }
+    }
+
+    #[test]
+    fn only_an_outage_is_answered_err_db() {
+        let reply = |code| ClientError::Server(deskd_client::ErrorReply::new(code, "x"));
+        assert!(is_outage(&ClientError::Closed));
+        assert!(is_outage(&reply(ErrorCode::ShuttingDown)));
+        assert!(is_outage(&reply(ErrorCode::Busy)));
+        assert!(!is_outage(&reply(ErrorCode::ClaimRejected)));
+        assert!(!is_outage(&reply(ErrorCode::NotFound)));
+        assert!(!is_outage(&reply(ErrorCode::Protected)));
+    }
 }

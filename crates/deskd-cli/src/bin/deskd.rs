@@ -240,6 +240,13 @@ enum Command {
         /// Seconds a handshake, or a request once begun, may take to arrive whole.
         #[arg(long, default_value_t = 10)]
         frame_timeout: u64,
+        /// Netatalk's configuration, read for each volume's `vol dbpath` folder, which the
+        /// bridge makes as cnid_metad does (default: /etc/netatalk/afp.conf when it exists).
+        #[arg(long, env = "DESKD_AFP_CONF", value_name = "FILE")]
+        afp_conf: Option<PathBuf>,
+        /// The `vol dbpath` of volumes afp.conf names none for ($v = the volume's name).
+        #[arg(long, default_value = deskd_netatalk::dbpath::DEFAULT_TEMPLATE, value_name = "TEMPLATE")]
+        dbpath: String,
     },
 }
 
@@ -296,12 +303,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             max_connections,
             frame_timeout,
+            afp_conf,
+            dbpath,
         } => {
             let limits = deskd_netatalk::Limits {
                 max_connections: max_connections.max(1),
                 frame_timeout: std::time::Duration::from_secs(frame_timeout.max(1)),
             };
-            netatalk(&cli.connection, &listen, limits)
+            netatalk(&cli.connection, &listen, limits, afp_conf, &dbpath)
         }
         Command::Rebuild {
             fresh,
@@ -623,8 +632,26 @@ fn netatalk(
     connection: &ConnectionArgs,
     listen: &str,
     limits: deskd_netatalk::Limits,
+    afp_conf: Option<PathBuf>,
+    dbpath: &str,
 ) -> Result<ExitCode> {
+    use deskd_netatalk::dbpath::DbPaths;
     init_logging();
+    // Named on the command line: it must be readable. The default only when it is there.
+    let afp_conf = afp_conf.or_else(|| {
+        let standard = PathBuf::from("/etc/netatalk/afp.conf");
+        standard.exists().then_some(standard)
+    });
+    let dbpaths = match &afp_conf {
+        Some(path) => Some(std::sync::Arc::new(DbPaths::load(path, dbpath)?)),
+        None => {
+            tracing::info!(
+                "no afp.conf (--afp-conf): afpd's vol dbpath folders are not made; afpd's \
+                 icon and APPL desktop needs them (docs/netatalk.md)"
+            );
+            None
+        }
+    };
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
     if !listener.local_addr()?.ip().is_loopback() {
@@ -646,6 +673,7 @@ fn netatalk(
         listener,
         std::sync::Arc::new(move || address.connect()),
         limits,
+        dbpaths,
     );
     Ok(ExitCode::SUCCESS)
 }

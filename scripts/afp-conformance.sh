@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Netatalk's own AFP conformance tests (afptest: spectest and T2_spectest, AFP 3.4, two users, two
+# volumes) through a real afpd (Netatalk 3.2.0) with deskd as its CNID server, configured as
+# docs/netatalk.md says. Fails on every test that the stock back end passes
+# (third_party/netatalk/stock-baseline.txt) and that does not pass through deskd, and when afpd's
+# log says its CNID back end failed.
+#
+# Usage: scripts/afp-conformance.sh            (root; Debian; apt reachable the first time)
+#   DESKD=path        the deskd binary (default target/release/deskd)
+#   NETATALK_WORK=dir where afpd and the suite are built and kept between runs
+#                     (default /var/tmp/netatalk-kit; delete it to build anew)
+# The first run installs the build dependencies and builds afpd and the suite (about 4 minutes
+# on 2 cores); later runs reuse the build and take about a minute. Results:
+# $NETATALK_WORK/run/deskd-veto-*.log (per test), *-afpd.log, *-deskd-*.out.
+set -euo pipefail
+export LC_ALL=C   # one sort order for sort and join
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+KIT=$ROOT/third_party/netatalk
+export WORK=${NETATALK_WORK:-/var/tmp/netatalk-kit}
+export RUN=$WORK/run
+DESKD_BIN=$(realpath "${DESKD:-$ROOT/target/release/deskd}")
+log() { echo "afp-conformance: $*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    log "must run as root: it builds and starts afpd and makes two throw-away users (afpt1, afpt2)"
+    exit 1
+fi
+[ -x "$DESKD_BIN" ] || { log "no deskd binary at $DESKD_BIN (cargo build --release)"; exit 1; }
+
+# Build dependencies: only what is missing (the kit's list; apt the first time).
+need=(build-essential autoconf automake libtool pkg-config meson ninja-build
+      libgcrypt20-dev libevent-dev libdb-dev libsqlite3-dev libiniparser-dev
+      libacl1-dev libattr1-dev libpam0g-dev libssl-dev libtalloc-dev libtdb-dev
+      bison flex libldap2-dev libkrb5-dev libwrap0-dev libglib2.0-dev file perl openssl)
+missing=()
+for p in "${need[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    bash "$KIT/spectest.sh" deps >"$WORK.deps.log" 2>&1 || { tail -20 "$WORK.deps.log"; exit 1; }
+fi
+mkdir -p "$WORK"
+log "building afpd and afptest in $WORK (kept between runs)"
+bash "$KIT/spectest.sh" build >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
+
+# deskd as an administrator would run it for these volumes. The suite makes its two volumes
+# mode 0777 (its two users share them), which deskd serves only when told to; Netatalk's
+# answer to a file replaced outside AFP (a new ID, test235) is the documented choice for an
+# AFP-only volume.
+mkdir -p "$RUN"
+VOL1=$WORK/afpvol1 VOL2=$WORK/afpvol2
+cat >"$RUN/deskd.toml" <<EOF
+[defaults]
+world_writable = true
+replaced = "new-id"
+
+[volume."$VOL1"]
+[volume."$VOL2"]
+EOF
+# The suite starts "\$DESKD serve VOL1 VOL2" and "\$DESKD netatalk --listen …": add the
+# configuration file and afp.conf (for afpd's vol dbpath folders) as docs/netatalk.md does.
+cat >"$RUN/deskd-as-documented" <<EOF
+#!/bin/sh
+case "\$1" in
+    serve) shift; exec "$DESKD_BIN" serve --config "$RUN/deskd.toml" "\$@" ;;
+    netatalk) shift; exec "$DESKD_BIN" netatalk --afp-conf "$RUN/afp.conf" "\$@" ;;
+    *) exec "$DESKD_BIN" "\$@" ;;
+esac
+EOF
+chmod 755 "$RUN/deskd-as-documented"
+
+log "running spectest and T2_spectest through deskd"
+VETO=1 MKDBDIR=0 DESKD="$RUN/deskd-as-documented" bash "$KIT/spectest.sh" deskd \
+    >"$RUN/conformance.log" 2>&1 || { tail -30 "$RUN/conformance.log"; exit 1; }
+
+# Per test: "prog:testNNN RESULT", as the kit's summary parses it.
+results=$RUN/deskd-veto.results
+for prog in spectest T2_spectest; do
+    grep -a " - summary - " "$RUN/deskd-veto-$prog.log" | sed -E 's/\x1b\[[0-9;]*m//g' \
+        | sed -E 's/^(test[0-9]+) - summary - (PASSED|FAILED|SKIPPED|NOT TESTED).*/\1 \2/' \
+        | sed 's/NOT TESTED/NOT_TESTED/' | sort -u | sed "s/^/$prog:/"
+done | sort >"$results"
+
+status=0
+sort "$KIT/stock-baseline.txt" >"$RUN/stock-baseline.sorted"
+regressions=$(join -a1 -e MISSING -o 0,1.2,2.2 "$RUN/stock-baseline.sorted" "$results" \
+    | awk '$2 == "PASSED" && $3 != "PASSED"')
+if [ -n "$regressions" ]; then
+    log "tests the stock back end passes that do not pass through deskd (test stock deskd):"
+    echo "$regressions" >&2
+    status=1
+fi
+fatal=$(grep -ac 'CNID backend DB failed' "$RUN/deskd-veto-afpd.log" || true)
+if [ "$fatal" != 0 ]; then
+    log "afpd's log says its CNID back end failed ($fatal times): $RUN/deskd-veto-afpd.log"
+    status=1
+fi
+count() { awk -v r="$1" '$2 == r' "$2" | wc -l; }
+log "stock: $(count PASSED "$KIT/stock-baseline.txt") passed, $(count FAILED "$KIT/stock-baseline.txt") failed, $(count SKIPPED "$KIT/stock-baseline.txt") skipped; deskd: $(count PASSED "$results") passed, $(count FAILED "$results") failed, $(count SKIPPED "$results") skipped"
+[ $status = 0 ] && log "every test the stock back end passes passes through deskd"
+exit $status
