@@ -21,8 +21,10 @@
 // [`writer::ReplyTo`]) and no volume handle.
 mod access;
 mod apply;
+mod audit;
 mod autorepair;
 mod background;
+mod clients;
 mod config;
 mod conn;
 mod db_reply;
@@ -227,6 +229,7 @@ impl Server {
             volumes: RwLock::new(volumes),
             closings: AtomicU64::new(0),
             rebuilds: rebuild::Registry::default(),
+            clients: Arc::default(),
             shutting_down: AtomicBool::new(false),
             tcp: tcp_access,
             limits: Arc::new(limits::ConnectionLimits::new(config.limits, server_uid)),

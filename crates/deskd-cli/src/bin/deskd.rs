@@ -433,6 +433,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             "started": r.started,
                             "error": r.finished.as_ref().and_then(|f| f.as_ref().err()),
                         })),
+                        "clients": deskd_cli::active_users::json(&s),
+                        "hidden_clients": s.hidden_clients,
                     });
                     println!("{v}");
                 } else {
@@ -495,6 +497,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             "  CHECK FAILED: {} (run deskd rebuild)",
                             s.check_problems.join("; ")
                         );
+                    }
+                    for line in deskd_cli::active_users::text_lines(&s) {
+                        println!("{line}");
                     }
                 }
             }
