@@ -64,15 +64,40 @@ fn quoted_client_path(path: &[u8]) -> String {
 }
 
 /// What the writer learns of a write while its batch is open, for the line it logs once the
-/// batch has committed: the path of an object named by ID, as the desktop held it.
+/// batch has committed: the path of an object named by ID, the ID of one named by path, as
+/// the desktop held them.
 #[derive(Default)]
-pub(crate) struct Resolved(Option<Vec<Vec<u8>>>);
+pub(crate) struct Resolved {
+    path: Option<Vec<Vec<u8>>>,
+    id: Option<u32>,
+}
 
-/// Before a write: a removal by ID needs the object's path now, while its record exists.
+impl Resolved {
+    fn path(path: Option<Vec<Vec<u8>>>) -> Resolved {
+        Resolved { path, id: None }
+    }
+
+    fn id(id: Option<u32>) -> Resolved {
+        Resolved { path: None, id }
+    }
+}
+
+/// The ID of the record at the client's `path`, looked up name by name from the root.
+fn id_at(b: &Batch<'_>, path: &[u8]) -> Option<u32> {
+    let mut id = deskd_db::ROOT_ID;
+    for name in path.split(|&c| c == b'/').filter(|n| !n.is_empty()) {
+        id = b.lookup(id, name).ok()??.id;
+    }
+    Some(id)
+}
+
+/// Before a write: a removal needs the object's path (by ID) or ID (by path) now, while its
+/// record exists.
 pub(crate) fn before(b: &Batch<'_>, cache: &mut DirCache, request: &Request) -> Resolved {
     match request {
-        Request::Delete { id, .. } => Resolved(cache.components_of(b, *id).ok()),
-        _ => Resolved(None),
+        Request::Delete { id, .. } => Resolved::path(cache.components_of(b, *id).ok()),
+        Request::DeletePath { path, .. } => Resolved::id(id_at(b, path)),
+        _ => Resolved::default(),
     }
 }
 
@@ -88,10 +113,11 @@ pub(crate) fn after(
         Request::Rename { id, .. }
         | Request::SetInfo { id, .. }
         | Request::CommentSet { id, .. }
-        | Request::CommentRemove { id, .. } => Resolved(b.path_of(*id).ok()),
+        | Request::CommentRemove { id, .. } => Resolved::path(b.path_of(*id).ok()),
         Request::ApplAdd { app_id, .. } | Request::ApplRemove { app_id, .. } => {
-            Resolved(cache.components_of(b, *app_id).ok())
+            Resolved::path(cache.components_of(b, *app_id).ok())
         }
+        Request::RenamePath { to, .. } => Resolved::id(id_at(b, to)),
         _ => resolved,
     }
 }
@@ -102,7 +128,7 @@ pub(crate) fn after(
 pub(crate) fn describe(request: &Request, response: &Response, resolved: &Resolved) -> Option<String> {
     let path = || {
         resolved
-            .0
+            .path
             .as_deref()
             .map_or_else(|| "(path unknown)".to_owned(), quoted_path)
     };
@@ -116,6 +142,7 @@ pub(crate) fn describe(request: &Request, response: &Response, resolved: &Resolv
         }
     };
     let fourcc = |c: &[u8; 4]| escape(c);
+    let id = || resolved.id.map_or_else(|| "-".to_owned(), |id| id.to_string());
     Some(match (request, response) {
         (Request::Add { .. } | Request::AddPath { .. }, Response::Object(o)) if !o.created => {
             return None
@@ -131,7 +158,8 @@ pub(crate) fn describe(request: &Request, response: &Response, resolved: &Resolv
             format!("rename id {id} to {}{}", path(), removed(ids))
         }
         (Request::RenamePath { from, to, .. }, Response::Removed(ids)) => format!(
-            "rename path {} to {}{}",
+            "rename id {} path {} to {}{}",
+            id(),
             quoted_client_path(from),
             quoted_client_path(to),
             removed(ids)
@@ -141,7 +169,8 @@ pub(crate) fn describe(request: &Request, response: &Response, resolved: &Resolv
         }
         (Request::DeletePath { .. }, Response::Removed(ids)) if ids.is_empty() => return None,
         (Request::DeletePath { path, .. }, Response::Removed(ids)) => format!(
-            "delete path {}{}",
+            "delete id {} path {}{}",
+            id(),
             quoted_client_path(path),
             removed(ids)
         ),

@@ -317,6 +317,19 @@ impl Server {
         })
     }
 
+    /// Say in the audit log (`deskd::audit`) that the process `pid` of `uid` sent `what` (a
+    /// signal: `reload (SIGHUP)`), once per served volume, as for the admin verbs; `None`: the
+    /// kernel did not say who (the terminal, the kernel itself).
+    pub fn audit_signal(&self, what: &str, sender: Option<(u32, i32)>) {
+        let who = match sender {
+            Some((uid, pid)) => clients::Client::local(Some(uid), pid).who,
+            None => "an unknown sender".to_owned(),
+        };
+        for handle in self.shared.volumes() {
+            audit::log(&who, handle.volume.root(), what);
+        }
+    }
+
     /// How many volumes are served (those that failed to open are not).
     pub fn served_volumes(&self) -> usize {
         self.shared.volumes().len()
