@@ -125,7 +125,11 @@ pub(crate) fn after(
 /// The text of the audit line for `request`, which committed with `response`, or None when
 /// it changed nothing (a registration of an object already registered, a removal by path of
 /// something never registered).
-pub(crate) fn describe(request: &Request, response: &Response, resolved: &Resolved) -> Option<String> {
+pub(crate) fn describe(
+    request: &Request,
+    response: &Response,
+    resolved: &Resolved,
+) -> Option<String> {
     let path = || {
         resolved
             .path
@@ -142,7 +146,11 @@ pub(crate) fn describe(request: &Request, response: &Response, resolved: &Resolv
         }
     };
     let fourcc = |c: &[u8; 4]| escape(c);
-    let id = || resolved.id.map_or_else(|| "-".to_owned(), |id| id.to_string());
+    let id = || {
+        resolved
+            .id
+            .map_or_else(|| "-".to_owned(), |id| id.to_string())
+    };
     Some(match (request, response) {
         (Request::Add { .. } | Request::AddPath { .. }, Response::Object(o)) if !o.created => {
             return None
@@ -202,12 +210,22 @@ pub(crate) fn describe(request: &Request, response: &Response, resolved: &Resolv
         (Request::CommentRemove { id, .. }, _) => {
             format!("remove comment id {id} path {}", path())
         }
-        (Request::ApplAdd { creator, app_id, .. }, _) => format!(
+        (
+            Request::ApplAdd {
+                creator, app_id, ..
+            },
+            _,
+        ) => format!(
             "add APPL creator \"{}\" app id {app_id} path {}",
             fourcc(creator),
             path()
         ),
-        (Request::ApplRemove { creator, app_id, .. }, _) => format!(
+        (
+            Request::ApplRemove {
+                creator, app_id, ..
+            },
+            _,
+        ) => format!(
             "remove APPL creator \"{}\" app id {app_id} path {}",
             fourcc(creator),
             path()

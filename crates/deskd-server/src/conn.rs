@@ -19,9 +19,9 @@ use deskd_proto::{
 use tracing::{debug, warn};
 
 use crate::access::{self, Access, Credentials};
+use crate::apply::{apply_read, Reply};
 use crate::audit;
 use crate::clients::Client;
-use crate::apply::{apply_read, Reply};
 use crate::db_reply::db_error;
 use crate::limits::RateLimited;
 use crate::outbox::Outbox;
@@ -528,7 +528,9 @@ impl Connection {
     fn dispatch(&mut self, mut request: Request, mut sink: ReplySink, more_pending: bool) {
         self.prune_readers();
         // Asking for status is no use of a volume (a monitor is not an active user).
-        if let Some(vol) = request.volume().filter(|_| !matches!(request, Request::Status { .. }))
+        if let Some(vol) = request
+            .volume()
+            .filter(|_| !matches!(request, Request::Status { .. }))
         {
             self.uses(vol);
         }
