@@ -517,9 +517,10 @@ impl Connection {
         handle.volume.path_of(&components)
     }
 
-    /// Record that this connection uses volume `vol` (for `deskd status`).
+    /// Record that this connection uses volume `vol` (for `deskd status`). Only handles the
+    /// server has given out count: a peer naming any number it likes must not grow the list.
     fn uses(&mut self, vol: u32) {
-        if !self.volumes_used.contains(&vol) {
+        if !self.volumes_used.contains(&vol) && self.shared.is_handle(vol) {
             self.volumes_used.push(vol);
             self.client.used(vol);
         }

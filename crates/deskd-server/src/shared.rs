@@ -140,6 +140,11 @@ impl Shared {
         }
     }
 
+    /// Whether `vol` is a handle this server has given out (served now or not).
+    pub fn is_handle(&self, vol: u32) -> bool {
+        (vol as usize) < self.volumes.read().unwrap().len()
+    }
+
     /// How many reloads have closed a desktop so far.
     pub fn closings(&self) -> u64 {
         self.closings.load(Ordering::SeqCst)
