@@ -470,3 +470,27 @@ fn the_audit_target_can_be_turned_off() {
     assert!(log.contains("deskd serving"), "{log}");
     assert!(audit_lines(&env).is_empty(), "{log}");
 }
+
+#[test]
+fn an_online_rebuild_says_who_started_it_and_what_it_repaired() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/registered"]);
+    // A file the desktop does not know: the repair gives it an ID.
+    std::fs::write(env.path("vol/unregistered"), b"").unwrap();
+    let root = env.path("vol").display().to_string();
+    let child = env
+        .command_for(DESKD, &[b"rebuild", root.as_bytes()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let who = format!("uid 0 pid {pid} (deskd) on {root}: ");
+    let start = audit_line(&env, &[&who, "rebuild start job "]);
+    assert!(start.ends_with("(repair)"), "{start}");
+    env.wait_for_log("online rebuild done", 1);
+    let pass = audit_line(&env, &[&who, "pass 1 repaired "]);
+    assert!(pass.contains("new IDs 1,"), "{pass}");
+}
