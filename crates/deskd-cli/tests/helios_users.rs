@@ -248,15 +248,24 @@ fn audit_lines(env: &Env) -> Vec<String> {
         .collect()
 }
 
-/// The one audit line holding every one of `parts`.
+/// The one audit line holding every one of `parts`, once it is written (the server's audit
+/// thread writes the lines a moment after the replies; 20 s at most).
 fn audit_line(env: &Env, parts: &[&str]) -> String {
-    let lines = audit_lines(env);
-    let found: Vec<&String> = lines
-        .iter()
-        .filter(|l| parts.iter().all(|p| l.contains(p)))
-        .collect();
-    assert_eq!(found.len(), 1, "{parts:?} in {lines:#?}");
-    found[0].clone()
+    let began = Instant::now();
+    loop {
+        let lines = audit_lines(env);
+        let found: Vec<&String> = lines
+            .iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .collect();
+        match found.len() {
+            0 if began.elapsed() < Duration::from_secs(20) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            1 => return found[0].clone(),
+            _ => panic!("{parts:?} in {lines:#?}"),
+        }
+    }
 }
 
 #[test]
@@ -321,8 +330,10 @@ fn each_committed_change_is_logged_with_who_what_id_and_path() {
         })
         .unwrap();
     assert!(matches!(again, deskd_client::Response::Object(ref o) if !o.created));
-    // (A change after it, so the log has caught up with the connection.)
+    // A change after it: once its line is written, any line of the request before it would
+    // be too (the lines are written in the order of the commits).
     env.dt_ok(&[b"touch", b"vol/last"]);
+    audit_line(&env, &["path \"last\""]);
     let lines = audit_lines(&env);
     assert_eq!(lines.len(), before + 1, "{lines:#?}");
     assert!(lines[before].contains("add id ") && lines[before].contains("path \"last\""));
@@ -379,10 +390,12 @@ fn refused_requests_leave_no_audit_line() {
         let _ = c.wait(id);
     }
     env.dt_ok(&[b"touch", b"vol/last"]);
+    audit_line(&env, &["path \"last\""]);
 
     let after = audit_lines(&env);
     let new: Vec<&String> = after[before.len()..].iter().collect();
     assert_eq!(new.len(), 3, "{new:#?}");
+    assert!(new[2].contains("path \"last\""), "{new:#?}");
     assert!(
         new.iter()
             .all(|l| !l.contains("delete") && !l.contains("comment")),
@@ -417,6 +430,12 @@ fn freeze_thaw_and_flush_say_who_asked() {
     audit_line(&env, &[&who, "thaw"]);
     let who = deskd(&["flush"]);
     audit_line(&env, &[&who, "flush"]);
+    // Refused to nobody, who is not the volume's owner: no line (by the time the flush after
+    // it has its line).
+    let out = env.as_nobody(DESKD, &[b"flush"]).expect("runs as root");
+    assert!(!out.status.success());
+    let who = deskd(&["flush"]);
+    audit_line(&env, &[&who, "flush"]);
     // A reload names the process that sent SIGHUP (here: this test).
     env.sighup(1);
     audit_line(
@@ -426,9 +445,6 @@ fn freeze_thaw_and_flush_say_who_asked() {
             "reload (SIGHUP)",
         ],
     );
-    // Refused to nobody, who is not the volume's owner: no line.
-    let out = env.as_nobody(DESKD, &[b"flush"]).expect("runs as root");
-    assert!(!out.status.success());
     assert!(!env.log_text().contains("uid 65534"), "{}", env.log_text());
 }
 
@@ -441,12 +457,12 @@ fn a_hostile_name_cannot_forge_a_log_line() {
     name.extend_from_slice(forged.as_bytes());
     name.extend_from_slice(b"\r\x1b[2K\xff");
     env.dt_ok(&[b"touch", &name]);
+    let line = audit_line(&env, &["add id "]);
     let log = env.log_text();
     assert!(
         !log.lines().any(|l| l.starts_with("2026-01-01")),
         "a forged line: {log}"
     );
-    let line = audit_line(&env, &["add id "]);
     assert!(
         line.contains(&format!("path \"x\\n{forged}\\r\\u{{1b}}[2K\\xff\"")),
         "{line}"
@@ -465,7 +481,10 @@ fn the_audit_target_can_be_turned_off() {
     env.deskd_ok(&["freeze", "5"]);
     env.deskd_ok(&["thaw"]);
     env.deskd_ok(&["flush"]);
+    // A clean stop writes out every audit line handed over before it.
+    env.term();
     let log = env.log_text();
+    assert!(log.contains("deskd stopped cleanly"), "{log}");
     // The rest of the info log is still there.
     assert!(log.contains("deskd serving"), "{log}");
     assert!(audit_lines(&env).is_empty(), "{log}");
@@ -493,4 +512,29 @@ fn an_online_rebuild_says_who_started_it_and_what_it_repaired() {
     env.wait_for_log("online rebuild done", 1);
     let pass = audit_line(&env, &[&who, "pass 1 repaired "]);
     assert!(pass.contains("new IDs 1,"), "{pass}");
+}
+
+/// The audit lines are written by a thread of their own: a clean stop waits until every line
+/// of what was committed is in the log.
+#[test]
+fn a_clean_stop_writes_every_audit_line() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    let names: Vec<String> = (0..3000).map(|i| format!("f{i:05}")).collect();
+    for n in &names {
+        std::fs::write(env.path("vol").join(n), b"").unwrap();
+    }
+    let mut c = env.client();
+    let vol = c.open_volume(&env.path("vol")).unwrap().vol;
+    register_pipelined(&mut c, vol, &names);
+    drop(c);
+    env.term();
+    let log = env.log_text();
+    let added = log
+        .lines()
+        .filter(|l| l.contains(" deskd::audit: ") && l.contains(": add id "))
+        .count();
+    assert_eq!(added, names.len(), "{log}");
+    let stopped = log.find("deskd stopped cleanly").expect("a clean stop");
+    assert!(log.rfind(": add id ").unwrap() < stopped);
 }

@@ -7,8 +7,19 @@
 //! none, and only when the target is enabled, so a server with the audit off formats nothing.
 //! Names and program names are the clients' words: [`escape`] makes every control character
 //! and every byte that is not UTF-8 visible, so no name can begin a forged line.
+//!
+//! The lines are written by a thread of their own (`audit`), fed through a bounded queue: the
+//! writer only describes what a request changed (a short string) and hands it over, while the
+//! log's formatting and its `write(2)` — a quarter of the writer's time per registration when
+//! it did them itself (docs/PERFORMANCE.md) — happen beside it. One queue for every line keeps
+//! them in the order they were handed over; a full queue makes the writer wait rather than lose
+//! a line, and a clean stop waits for the queue to be written out ([`drain`]).
 
 use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
 
 use deskd_db::{Batch, Read};
 use deskd_proto::{Request, Response};
@@ -247,9 +258,89 @@ pub(crate) fn describe(
     })
 }
 
-/// Log one audit line: `who` did `what` on the volume at `root`.
+/// What the audit thread is handed.
+enum Message {
+    /// `who` did `what` on the volume at `root` (escaped already).
+    Line {
+        who: Arc<str>,
+        root: Arc<str>,
+        what: String,
+    },
+    /// Answer once every line handed over before is written.
+    Drain(Sender<()>),
+}
+
+/// Lines waiting for the audit thread at most; then the writer waits.
+const QUEUE_LEN: usize = 1 << 16;
+
+/// The audit thread's queue, started with the first line.
+fn queue() -> &'static Sender<Message> {
+    static QUEUE: OnceLock<Sender<Message>> = OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::bounded::<Message>(QUEUE_LEN);
+        // Without the thread the receiver is dropped here, and every line is written by its
+        // caller instead (see `hand_over`).
+        let _ = std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || {
+                for message in rx {
+                    match message {
+                        Message::Line { who, root, what } => emit(&who, &root, &what),
+                        Message::Drain(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+        tx
+    })
+}
+
+fn emit(who: &str, root: &str, what: &str) {
+    tracing::info!(target: TARGET, "{who} on {root}: {what}");
+}
+
+/// The volume root as audit lines name it.
+pub(crate) fn root_text(root: &std::path::Path) -> Arc<str> {
+    escape(root.as_os_str().as_encoded_bytes()).into()
+}
+
+/// Hand a line to the audit thread (waiting while its queue is full); written here when there
+/// is no audit thread.
+fn hand_over(who: Arc<str>, root: Arc<str>, what: String) {
+    let line = Message::Line { who, root, what };
+    let line = match queue().try_send(line) {
+        Ok(()) => return,
+        Err(TrySendError::Full(line)) => match queue().send(line) {
+            Ok(()) => return,
+            Err(e) => e.into_inner(),
+        },
+        Err(TrySendError::Disconnected(line)) => line,
+    };
+    if let Message::Line { who, root, what } = line {
+        emit(&who, &root, &what);
+    }
+}
+
+/// Log that `who` did `what` on the volume at `root` (a committed write's line, from the writer).
+pub(crate) fn committed(who: Arc<str>, root: Arc<str>, what: String) {
+    hand_over(who, root, what);
+}
+
+/// Log one audit line: `who` did `what` on the volume at `root` (admin verbs, rebuilds,
+/// reloads: in order with the writes' lines handed over before).
 pub(crate) fn log(who: &str, root: &std::path::Path, what: &str) {
-    tracing::info!(target: TARGET, "{who} on {}: {what}", escape(root.as_os_str().as_encoded_bytes()));
+    if enabled() {
+        hand_over(who.into(), root_text(root), what.to_owned());
+    }
+}
+
+/// Wait (5 s at most) until every line handed over so far is written: a clean stop loses none.
+pub(crate) fn drain() {
+    let (done, wait) = crossbeam_channel::bounded(1);
+    if queue().send(Message::Drain(done)).is_ok() {
+        let _ = wait.recv_timeout(Duration::from_secs(5));
+    }
 }
 
 #[cfg(test)]

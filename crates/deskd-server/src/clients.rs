@@ -30,7 +30,7 @@ pub(crate) struct Client {
     pub(crate) tcp: Option<SocketAddr>,
     /// Who this is, for the log (`uid 501 pid 4242 (dt)`, `tcp 10.0.0.2:5123`), made once so
     /// an audit line costs no formatting of it; control characters already escaped.
-    pub(crate) who: String,
+    pub(crate) who: Arc<str>,
     /// Volume handles this connection has used, in the order first used.
     volumes: Mutex<Vec<u32>>,
 }
@@ -46,12 +46,12 @@ impl Client {
             pid.map_or("-".into(), |p| p.to_string()),
             audit::escape(program.as_deref().unwrap_or("-").as_bytes()),
         );
-        Client::new(uid, pid, program, None, who)
+        Client::new(uid, pid, program, None, who.into())
     }
 
     /// A TCP peer (it proved it holds the token; the handshake names no user).
     pub(crate) fn tcp(addr: SocketAddr) -> Client {
-        Client::new(None, None, None, Some(addr), format!("tcp {addr}"))
+        Client::new(None, None, None, Some(addr), format!("tcp {addr}").into())
     }
 
     fn new(
@@ -59,7 +59,7 @@ impl Client {
         pid: Option<u32>,
         program: Option<String>,
         tcp: Option<SocketAddr>,
-        who: String,
+        who: Arc<str>,
     ) -> Client {
         Client {
             uid,
@@ -199,7 +199,7 @@ mod tests {
     fn pid_zero_is_unknown_and_names_no_program() {
         let c = Client::local(Some(5), 0);
         assert_eq!((c.pid, c.program.as_deref()), (None, None));
-        assert_eq!(c.who, "uid 5 pid - (-)");
+        assert_eq!(&*c.who, "uid 5 pid - (-)");
         let me = Client::local(Some(0), std::process::id() as i32);
         assert!(me.program.is_some());
     }

@@ -104,8 +104,8 @@ impl ReplyTo for ReplySink {
         Arc::as_ptr(&self.writer) as usize
     }
 
-    fn who(&self) -> &str {
-        &self.client.who
+    fn who(&self) -> Arc<str> {
+        self.client.who.clone()
     }
 }
 

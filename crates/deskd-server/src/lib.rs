@@ -323,7 +323,7 @@ impl Server {
     pub fn audit_signal(&self, what: &str, sender: Option<(u32, i32)>) {
         let who = match sender {
             Some((uid, pid)) => clients::Client::local(Some(uid), pid).who,
-            None => "an unknown sender".to_owned(),
+            None => "an unknown sender".into(),
         };
         for handle in self.shared.volumes() {
             audit::log(&who, handle.volume.root(), what);
@@ -342,6 +342,8 @@ impl Server {
             handle.ask(Job::Shutdown);
         }
         let _ = std::fs::remove_file(&self.socket);
+        // Every audit line of what was committed is in the log before the process ends.
+        audit::drain();
         info!("deskd stopped cleanly");
     }
 }

@@ -125,10 +125,12 @@ impl Writer {
                 // Before any acknowledgement: readers must see this commit from now on.
                 self.committed();
                 let mut connections: Vec<Replier> = Vec::new();
+                let mut root = None;
                 for (Pending { reply: sink, .. }, (reply, line)) in writes.drain(..).zip(replies) {
                     // Committed: now it may be said (a rolled-back request has no line).
                     if let Some(line) = line {
-                        audit::log(sink.who(), self.volume.root(), &line);
+                        let root = root.get_or_insert_with(|| audit::root_text(self.volume.root()));
+                        audit::committed(sink.who(), root.clone(), line);
                     }
                     sink.queue(reply);
                     if !connections
