@@ -538,3 +538,20 @@ fn a_clean_stop_writes_every_audit_line() {
     let stopped = log.find("deskd stopped cleanly").expect("a clean stop");
     assert!(log.rfind(": add id ").unwrap() < stopped);
 }
+
+/// The volume's owner is its admin (as for flush and freeze): it sees every connection.
+#[test]
+fn the_volume_owner_sees_every_client() {
+    let mut env = Env::new(&["vol"]);
+    std::os::unix::fs::chown(env.path("vol"), Some(65534), Some(65534)).unwrap();
+    env.serve(&["vol"]);
+    let mut held = env.client();
+    held.open_volume(&env.path("vol")).unwrap();
+    let seen = clients_of(&status_json(&env, Some(65534)), "vol");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["pid"], std::process::id());
+    assert_eq!(seen[0]["uid"], 0);
+    // Another unprivileged user still sees none of it.
+    let other = clients_of(&status_json(&env, Some(65533)), "vol");
+    assert!(other.is_empty(), "{other:?}");
+}
