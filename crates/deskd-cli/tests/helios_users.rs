@@ -512,6 +512,27 @@ fn an_online_rebuild_says_who_started_it_and_what_it_repaired() {
     env.wait_for_log("online rebuild done", 1);
     let pass = audit_line(&env, &[&who, "pass 1 repaired "]);
     assert!(pass.contains("new IDs 1,"), "{pass}");
+
+    // A job started and cancelled by request: both lines name this process.
+    let mut c = env.client();
+    let vol = c.open_volume(&env.path("vol")).unwrap().vol;
+    let job = match c
+        .call(Request::RebuildStart {
+            vol,
+            mode: deskd_proto::RebuildMode::Scan,
+            threads: Some(1),
+            force: false,
+            timeout_secs: 60,
+        })
+        .unwrap()
+    {
+        deskd_client::Response::RebuildStarted { job } => job,
+        other => panic!("{other:?}"),
+    };
+    c.call(Request::RebuildCancel { vol, job }).unwrap();
+    let me = format!("uid 0 pid {} (", std::process::id());
+    audit_line(&env, &[&me, &format!("rebuild start job {job} (scan)")]);
+    audit_line(&env, &[&me, &format!("rebuild cancel job {job}")]);
 }
 
 /// The audit lines are written by a thread of their own: a clean stop waits until every line
