@@ -469,6 +469,26 @@ fn a_hostile_name_cannot_forge_a_log_line() {
         "{line}"
     );
     assert!(!log.contains('\u{1b}'), "an escape reached the log: {log}");
+
+    // The program name is the client's word too: dt run under a name with a newline (the
+    // kernel takes a process's name from the file it ran, 15 bytes at most).
+    let hostile_dt = env.path("d\n2026 INFO f");
+    std::os::unix::fs::symlink(DT, &hostile_dt).unwrap();
+    let out = env
+        .command_for(
+            hostile_dt.to_str().unwrap(),
+            &[b"touch", b"vol/by-hostile-dt"],
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = audit_line(&env, &["path \"by-hostile-dt\""]);
+    assert!(line.contains("(d\\n2026 INFO f) on "), "{line}");
+    assert!(
+        !env.log_text().lines().any(|l| l.starts_with("2026 INFO")),
+        "{}",
+        env.log_text()
+    );
 }
 
 #[test]
@@ -576,4 +596,27 @@ fn the_volume_owner_sees_every_client() {
     // Another unprivileged user still sees none of it.
     let other = clients_of(&status_json(&env, Some(65533)), "vol");
     assert!(other.is_empty(), "{other:?}");
+}
+
+/// A program name with control characters reaches `deskd status` escaped (text) or as a JSON
+/// string, never raw to the terminal.
+#[test]
+fn a_hostile_program_name_is_escaped_in_status() {
+    let mut env = Env::new(&["vol", "other"]);
+    serve_two_holding_writes(&mut env);
+    let hostile_dt = env.path("d\n\u{1b}[2Jx");
+    std::os::unix::fs::symlink(DT, &hostile_dt).unwrap();
+    let mut held = env
+        .command_for(hostile_dt.to_str().unwrap(), &[b"touch", b"vol/held"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_for_held_write(1);
+    let text = env.deskd_ok(&["status"]);
+    assert!(text.contains(" d\\n\\u{1b}[2Jx  since "), "{text}");
+    assert!(!text.contains('\u{1b}'), "{text}");
+    let clients = clients_of(&status_json(&env, None), "vol");
+    assert_eq!(clients[0]["program"], "d\n\u{1b}[2Jx");
+    env.release_writes();
+    assert!(held.wait().unwrap().success());
 }
