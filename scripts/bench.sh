@@ -14,6 +14,9 @@
 #
 #   git worktree add /tmp/base main && (cd /tmp/base && cargo build --release -p deskd-cli)
 #   BASE=/tmp/base/target/release DIRS=10 PER_DIR=10000 scripts/bench.sh
+#
+# BASE_OWN_CLIENT=1: the base server's client is BASE's own deskd-bench (needed when the two
+# builds speak different protocol versions; the clients then differ too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIRS=${DIRS:-100}
@@ -29,7 +32,10 @@ if [ ${#need[@]} -gt 0 ]; then apt-get update -q && apt-get install -y -q "${nee
 
 cargo build --release --quiet
 BIN=target/release
-bench() { "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" "$@"; }
+# The client binaries; in BASE mode with BASE_OWN_CLIENT=1 the base server gets BASE's own (for a
+# base that speaks another protocol version, which refuses this build's client).
+CLIENT=$BIN
+bench() { "$CLIENT/deskd-bench" --socket "$SOCK" --volume "$VOL" "$@"; }
 DEPTH=${DEPTH:-1024}
 . scripts/bench-common.sh
 jget() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
@@ -58,11 +64,13 @@ if [ -n "${BASE:-}" ]; then
         [ $((i % 2)) = 1 ] || order="base this"
         for server in $order; do
             deskd=$BIN/deskd
+            CLIENT=$BIN
             [ "$server" = this ] || deskd=$BASE/deskd
+            [ "$server" = this ] || [ -z "${BASE_OWN_CLIENT:-}" ] || CLIENT=$BASE
             serve_fresh "$deskd" "$WORK/server-$server.log"
             created=$(bench create --dirs "$DIRS" --per-dir "$PER_DIR" --clients 4 --depth "$DEPTH" | jget objects_per_s)
             CREATED[$server]+="$created "
-            "$BIN/deskd" flush --socket "$SOCK" >/dev/null
+            "$CLIENT/deskd" flush --socket "$SOCK" >/dev/null
             P50[$server]+="$(bench latency --dirs "$DIRS" --per-dir "$PER_DIR" --ops 20000 | jget resolve_p50_us) "
             TPS[$server]+="$(bench throughput --dirs "$DIRS" --per-dir "$PER_DIR" --clients 4 --seconds 3 | jget ops_per_s) "
             stop_server

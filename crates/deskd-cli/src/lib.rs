@@ -3,10 +3,12 @@
 //! and talking to its server ([`target`]), printing names and codes ([`output`]), and the file
 //! copying that `dt cp` and cross-volume moves need ([`fsops`]) and what it does to the IDs a copy
 //! carries into another volume ([`fresh_ids`]), and the mode and owner arguments
-//! of `dt chmod`, `chown` and `chgrp` ([`mode`]).
+//! of `dt chmod`, `chown` and `chgrp` ([`mode`]), and the active users `deskd status` lists
+//! ([`active_users`]).
 
 #![forbid(unsafe_code)]
 
+pub mod active_users;
 pub mod connection;
 pub mod fresh_ids;
 pub mod fsops;

@@ -31,7 +31,7 @@ pub use transport::{
 };
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Handshake magic.
 pub const MAGIC: [u8; 4] = *b"DSKD";
 /// The largest request frame body the server accepts, in bytes: what any local process may
@@ -654,6 +654,32 @@ pub struct VolumeStatus {
     pub check_problems: Vec<String>,
     /// The running (or last) online rebuild, if any since the server started.
     pub rebuild: Option<RebuildState>,
+    /// The connections that have used this volume and are still open, oldest first (version
+    /// 3). A peer that is neither trusted nor the volume's admin gets only those of its own
+    /// uid.
+    pub clients: Vec<ClientStatus>,
+    /// Connections of this volume left out of `clients` because the asker may not see them
+    /// (other users', to a peer that is neither trusted nor the volume's admin).
+    pub hidden_clients: u32,
+}
+
+/// One connected client, as `deskd status` lists it ("Active Users").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    /// The local peer's uid, from the kernel (`SO_PEERCRED`); None over TCP or when unknown.
+    pub uid: Option<u32>,
+    /// The local peer's pid at connect time; None over TCP or for a peer in another pid
+    /// namespace (the kernel says 0).
+    pub pid: Option<u32>,
+    /// The peer's program name (`/proc/PID/comm`, read once at accept). Untrusted text: the
+    /// process chose it.
+    pub program: Option<String>,
+    /// Unix time the connection was accepted.
+    pub since: i64,
+    /// The TCP peer address (`ip:port`) of a TCP connection.
+    pub tcp_peer: Option<String>,
+    /// This is the connection the `Status` request came on.
+    pub asker: bool,
 }
 
 /// A successful reply.

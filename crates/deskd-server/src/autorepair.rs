@@ -55,7 +55,15 @@ pub(crate) fn repair_if_check_failed(registry: &Registry, handle: &Arc<VolumeHan
 
 fn repair(registry: &Registry, handle: &Arc<VolumeHandle>) {
     let root = handle.volume.root().display().to_string();
-    let job = match rebuild::start(registry, handle, RebuildMode::Repair, None, false, None) {
+    let job = match rebuild::start(
+        registry,
+        handle,
+        RebuildMode::Repair,
+        None,
+        false,
+        None,
+        "deskd (auto_repair)",
+    ) {
         Ok(job) => job,
         Err(e) => {
             error!(

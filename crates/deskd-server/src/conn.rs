@@ -20,6 +20,8 @@ use tracing::{debug, warn};
 
 use crate::access::{self, Access, Credentials};
 use crate::apply::{apply_read, Reply};
+use crate::audit;
+use crate::clients::Client;
 use crate::db_reply::db_error;
 use crate::limits::RateLimited;
 use crate::outbox::Outbox;
@@ -40,16 +42,20 @@ pub(crate) struct ReplySink {
     /// folder it may write but not list): any error is [`sight::unseen`], since the writer's
     /// detailed refusals (`still exists on disk`, with the path) would name it.
     unseen_errors: bool,
+    /// The connection, as the registry of live connections holds it (who asked, for the
+    /// audit log).
+    client: Arc<Client>,
 }
 
 impl ReplySink {
     /// Where the reply to request `id` goes, for the peer `access` describes.
-    fn new(writer: &Arc<Outbox>, id: u64, access: &Arc<Access>) -> Self {
+    fn new(writer: &Arc<Outbox>, id: u64, access: &Arc<Access>, client: &Arc<Client>) -> Self {
         ReplySink {
             writer: writer.clone(),
             id,
             access: access.clone(),
             unseen_errors: false,
+            client: client.clone(),
         }
     }
 }
@@ -97,6 +103,10 @@ impl ReplyTo for ReplySink {
     fn connection(&self) -> usize {
         Arc::as_ptr(&self.writer) as usize
     }
+
+    fn who(&self) -> Arc<str> {
+        self.client.who.clone()
+    }
 }
 
 /// Who is at the other end of a connection.
@@ -135,14 +145,21 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         }
         return;
     }
-    let (peer, access) = match peer {
+    let (peer, access, client) = match peer {
         Peer::Unix { .. } => {
             let credentials = Credentials::of_peer(&stream).ok();
             let uid = credentials.as_ref().map(|c| c.uid);
-            (Peer::Unix { uid }, Access::for_local(credentials))
+            let pid = access::peer_ucred(&stream).map_or(0, |c| c.pid);
+            (
+                Peer::Unix { uid },
+                Access::for_local(credentials),
+                Client::local(uid, pid),
+            )
         }
-        tcp @ Peer::Tcp { .. } => (tcp, Access::Trusted),
+        tcp @ Peer::Tcp { addr } => (tcp, Access::Trusted, Client::tcp(addr)),
     };
+    // Listed until this function returns, whichever way it does.
+    let registration = shared.clients.register(client);
     let access = Arc::new(access);
     let Ok(write_half) = stream.try_clone() else {
         return;
@@ -155,6 +172,8 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         shared,
         peer,
         access,
+        client: registration.client.clone(),
+        volumes_used: Vec::new(),
         readers: HashMap::new(),
         closings_seen: 0,
     };
@@ -189,7 +208,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
             Ok(false) => break,
             Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
                 stalled(conn.peer, "a frame", frame_timeout);
-                let sink = ReplySink::new(&writer, 0, &conn.access);
+                let sink = ReplySink::new(&writer, 0, &conn.access, &conn.client);
                 sink.send(Err(ErrorReply::new(
                     ErrorCode::BadRequest,
                     format!(
@@ -200,7 +219,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
                 break;
             }
             Err(ProtoError::FrameTooLarge { len: n, .. }) => {
-                let sink = ReplySink::new(&writer, 0, &conn.access);
+                let sink = ReplySink::new(&writer, 0, &conn.access, &conn.client);
                 sink.send(Err(ErrorReply::new(
                     ErrorCode::FrameTooLarge,
                     format!(
@@ -215,12 +234,12 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         let frame: RequestFrame = match decode(&body) {
             Ok(f) => f,
             Err(e) => {
-                let sink = ReplySink::new(&writer, 0, &conn.access);
+                let sink = ReplySink::new(&writer, 0, &conn.access, &conn.client);
                 sink.send(Err(ErrorReply::new(ErrorCode::BadRequest, e.to_string())));
                 continue;
             }
         };
-        let sink = ReplySink::new(&writer, frame.id, &conn.access);
+        let sink = ReplySink::new(&writer, frame.id, &conn.access, &conn.client);
         // More requests already received: answer them before flushing (pipelining).
         let more = !input.buffer().is_empty();
         conn.dispatch(frame.request, sink, more);
@@ -295,6 +314,11 @@ struct Connection {
     peer: Peer,
     /// What this peer may see and change (root and TCP: everything).
     access: Arc<Access>,
+    /// This connection in the registry of live connections (`deskd status`).
+    client: Arc<Client>,
+    /// The volumes already recorded as used by this connection (saves the registry's lock
+    /// on every request).
+    volumes_used: Vec<u32>,
     /// Per volume handle: a read-only connection to one opening of its desktop.
     readers: HashMap<u32, CachedReader>,
     /// [`Shared::closings`] when the readers were last pruned.
@@ -493,8 +517,24 @@ impl Connection {
         handle.volume.path_of(&components)
     }
 
+    /// Record that this connection uses volume `vol` (for `deskd status`). Only handles the
+    /// server has given out count: a peer naming any number it likes must not grow the list.
+    fn uses(&mut self, vol: u32) {
+        if !self.volumes_used.contains(&vol) && self.shared.is_handle(vol) {
+            self.volumes_used.push(vol);
+            self.client.used(vol);
+        }
+    }
+
     fn dispatch(&mut self, mut request: Request, mut sink: ReplySink, more_pending: bool) {
         self.prune_readers();
+        // Asking for status is no use of a volume (a monitor is not an active user).
+        if let Some(vol) = request
+            .volume()
+            .filter(|_| !matches!(request, Request::Status { .. }))
+        {
+            self.uses(vol);
+        }
         if request.is_write() {
             // Replies to earlier pipelined reads must not wait behind this write's commit.
             sink.flush();
@@ -563,11 +603,16 @@ impl Connection {
                     Access::Unverifiable { .. } => path.canonicalize().ok(),
                     access => access.wear(|| path.canonicalize().ok()).flatten(),
                 };
-                self.shared
+                let found = self
+                    .shared
                     .volumes()
-                    .iter()
-                    .find(|h| canonical.as_deref() == Some(h.volume.root()))
-                    .map(|h| Response::Volume(volume_info(h)))
+                    .into_iter()
+                    .find(|h| canonical.as_deref() == Some(h.volume.root()));
+                if let Some(h) = &found {
+                    self.uses(h.index);
+                }
+                found
+                    .map(|h| Response::Volume(volume_info(&h)))
                     .ok_or_else(|| {
                         // The path only to whom it cannot tell anything hidden.
                         let shown = if self.access.is_trusted() {
@@ -595,13 +640,25 @@ impl Connection {
                     if !admin {
                         redact_details(&mut status);
                     }
+                    let shown = self
+                        .shared
+                        .clients
+                        .of_volume(handle.index, &self.client, admin);
+                    status.clients = shown.clients;
+                    status.hidden_clients = shown.hidden;
                     out.push(status);
                 }
                 Ok(Response::Status(out))
             }
-            Request::Flush { vol } => self.control(vol, |_, tx| Job::Flush(tx)),
-            Request::Freeze { vol, seconds } => self.control(vol, |_, tx| Job::Freeze(seconds, tx)),
-            Request::Thaw { vol } => self.control(vol, |_, tx| Job::Thaw(tx)),
+            Request::Flush { vol } => self.control(vol, "flush", |_, tx| Job::Flush(tx)),
+            Request::Freeze { vol, seconds } => {
+                let verb = match seconds {
+                    Some(s) => format!("freeze {s} s"),
+                    None => "freeze (freeze_default)".to_owned(),
+                };
+                self.control(vol, &verb, |_, tx| Job::Freeze(seconds, tx))
+            }
+            Request::Thaw { vol } => self.control(vol, "thaw", |_, tx| Job::Thaw(tx)),
             Request::RebuildStart {
                 vol,
                 mode,
@@ -611,15 +668,22 @@ impl Connection {
             } => {
                 let handle = self.shared.volume(vol)?;
                 self.require_admin(&handle)?;
-                crate::rebuild::start(
+                let job = crate::rebuild::start(
                     &self.shared.rebuilds,
                     &handle,
                     mode,
                     threads,
                     force,
                     Some(timeout_secs),
-                )
-                .map(|job| Response::RebuildStarted { job })
+                    &self.client.who,
+                )?;
+                let mode = format!("{mode:?}").to_lowercase();
+                audit::log(
+                    &self.client.who,
+                    handle.volume.root(),
+                    &format!("rebuild start job {job} ({mode})"),
+                );
+                Ok(Response::RebuildStarted { job })
             }
             Request::RebuildPoll { vol, job, from } => {
                 let handle = self.shared.volume(vol)?;
@@ -632,6 +696,11 @@ impl Connection {
                 let handle = self.shared.volume(vol)?;
                 self.require_admin(&handle)?;
                 self.rebuild_job(&handle, job)?.cancel();
+                audit::log(
+                    &self.client.who,
+                    handle.volume.root(),
+                    &format!("rebuild cancel job {job}"),
+                );
                 Ok(Response::Done)
             }
             other => {
@@ -660,9 +729,12 @@ impl Connection {
             })
     }
 
+    /// Run the admin verb `verb` (flush, freeze, thaw) on `vol` (None: every volume), saying
+    /// in the audit log who asked, for each volume where it was done.
     fn control(
         &mut self,
         vol: Option<u32>,
+        verb: &str,
         make: impl Fn(&VolumeHandle, crossbeam_channel::Sender<Reply>) -> Job,
     ) -> Reply {
         let targets = self.targets(vol)?;
@@ -675,7 +747,18 @@ impl Connection {
                 ErrorReply::new(ErrorCode::ShuttingDown, "deskd is shutting down")
             })?;
             match reply {
-                Ok(r) => last = Ok(r),
+                Ok(r) => {
+                    let outcome = match &r {
+                        Response::Frozen { until, .. } => format!(" (frozen until {until})"),
+                        _ => String::new(),
+                    };
+                    audit::log(
+                        &self.client.who,
+                        handle.volume.root(),
+                        &format!("{verb}{outcome}"),
+                    );
+                    last = Ok(r)
+                }
                 Err(e) => {
                     // Name the volume once: some messages begin with it already.
                     let root = format!("{}: ", handle.volume.root().display());

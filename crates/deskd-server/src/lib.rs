@@ -21,8 +21,10 @@
 // [`writer::ReplyTo`]) and no volume handle.
 mod access;
 mod apply;
+mod audit;
 mod autorepair;
 mod background;
+mod clients;
 mod config;
 mod conn;
 mod db_reply;
@@ -230,6 +232,7 @@ impl Server {
             volumes: RwLock::new(volumes),
             closings: AtomicU64::new(0),
             rebuilds: rebuild::Registry::default(),
+            clients: Arc::default(),
             shutting_down: AtomicBool::new(false),
             tcp: tcp_access,
             limits: Arc::new(limits::ConnectionLimits::new(config.limits, server_uid)),
@@ -317,6 +320,19 @@ impl Server {
         })
     }
 
+    /// Say in the audit log (`deskd::audit`) that the process `pid` of `uid` sent `what` (a
+    /// signal: `reload (SIGHUP)`), once per served volume, as for the admin verbs; `None`: the
+    /// kernel did not say who (the terminal, the kernel itself).
+    pub fn audit_signal(&self, what: &str, sender: Option<(u32, i32)>) {
+        let who = match sender {
+            Some((uid, pid)) => clients::Client::local(Some(uid), pid).who,
+            None => "an unknown sender".into(),
+        };
+        for handle in self.shared.volumes() {
+            audit::log(&who, handle.volume.root(), what);
+        }
+    }
+
     /// How many volumes are served (those that failed to open are not).
     pub fn served_volumes(&self) -> usize {
         self.shared.volumes().len()
@@ -329,6 +345,8 @@ impl Server {
             handle.ask(Job::Shutdown);
         }
         let _ = std::fs::remove_file(&self.socket);
+        // Every audit line of what was committed is in the log before the process ends.
+        audit::drain();
         info!("deskd stopped cleanly");
     }
 }

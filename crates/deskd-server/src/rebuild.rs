@@ -173,6 +173,7 @@ pub(crate) fn start(
     threads: Option<u32>,
     force: bool,
     timeout_secs: Option<u32>,
+    asker: &str,
 ) -> Result<u64, ErrorReply> {
     let root = handle.volume.root().display().to_string();
     if handle.read_only() && mode != RebuildMode::Scan {
@@ -219,11 +220,12 @@ pub(crate) fn start(
         spawn_watchdog(job.clone());
     }
     let worker_handle = handle.clone();
+    let asker = asker.to_owned();
     std::thread::Builder::new()
         .name(format!("rebuild-{id}"))
         .spawn(move || {
             info!(volume = %worker_handle.volume.root().display(), job = id, mode = ?mode, "online rebuild started");
-            let result = run(&worker_handle, &job, threads);
+            let result = run(&worker_handle, &job, threads, &asker);
             // Recording is only for a running job.
             worker_handle.touches.take();
             match &result {
@@ -283,6 +285,7 @@ fn run(
     handle: &Arc<VolumeHandle>,
     job: &Arc<RebuildJob>,
     threads: usize,
+    asker: &str,
 ) -> Result<RebuildSummary, RebuildFailure> {
     let mode = mode_of(job.mode);
     let root = handle.volume.root().to_path_buf();
@@ -355,6 +358,18 @@ fn run(
             job.set_phase("applying");
             apply_in_writer(handle, mode, walk, plan, snapshot, xattrs)?
         };
+        let applied = &result.applied;
+        if applied.changed + applied.new_ids + applied.removed > 0 {
+            // Committed (the writer answered after its commit): one audit line per pass.
+            crate::audit::log(
+                asker,
+                &root,
+                &format!(
+                    "rebuild job {} pass {pass} repaired {}, new IDs {}, removed {}",
+                    job.id, applied.changed, applied.new_ids, applied.removed
+                ),
+            );
+        }
         summary.differences += result.lines.len() as u64;
         summary.counts.repaired += result.applied.changed;
         summary.counts.new_ids += result.applied.new_ids;

@@ -1,6 +1,6 @@
 //! What every connection thread shares with the server: the served volumes by handle (and
 //! what a handle stands for while a reload changes it), the TCP settings a reload may change,
-//! the connection limits and the online rebuilds.
+//! the connection limits, the online rebuilds and the open connections.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use deskd_proto::{ErrorCode, ErrorReply};
 
 use crate::volume::VolumeHandle;
-use crate::{limits, rebuild};
+use crate::{clients, limits, rebuild};
 
 /// What TCP connections need: the token they must prove they hold (re-read from its file on
 /// [`crate::Server::reconfigure`]), and whether they may use the admin verbs. All but the address
@@ -89,6 +89,8 @@ pub struct Shared {
     pub limits: Arc<limits::ConnectionLimits>,
     /// The running or last online rebuild of each volume.
     pub(crate) rebuilds: rebuild::Registry,
+    /// The open connections (`deskd status`'s active users).
+    pub(crate) clients: Arc<clients::Clients>,
 }
 
 impl Shared {
@@ -136,6 +138,11 @@ impl Shared {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// Whether `vol` is a handle this server has given out (served now or not).
+    pub fn is_handle(&self, vol: u32) -> bool {
+        (vol as usize) < self.volumes.read().unwrap().len()
     }
 
     /// How many reloads have closed a desktop so far.

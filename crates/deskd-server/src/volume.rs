@@ -382,6 +382,9 @@ impl VolumeHandle {
                 .unwrap_or(0),
             check_problems: state.check_problems,
             rebuild,
+            // Filled in by the connection, which knows what the asker may see.
+            clients: Vec::new(),
+            hidden_clients: 0,
         })
     }
 }

@@ -449,6 +449,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             "started": r.started,
                             "error": r.finished.as_ref().and_then(|f| f.as_ref().err()),
                         })),
+                        "clients": deskd_cli::active_users::json(&s),
+                        "hidden_clients": s.hidden_clients,
                     });
                     println!("{v}");
                 } else {
@@ -511,6 +513,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             "  CHECK FAILED: {} (run deskd rebuild)",
                             s.check_problems.join("; ")
                         );
+                    }
+                    for line in deskd_cli::active_users::text_lines(&s) {
+                        println!("{line}");
                     }
                 }
             }
@@ -749,7 +754,10 @@ fn serve(
         }
     }
     // Handlers first: once the socket answers, a SIGTERM must already mean a clean shutdown.
-    let mut signals = signal_hook::iterator::Signals::new([
+    // With the sender's pid and uid, for the audit log's line on a reload.
+    let mut signals = signal_hook::iterator::SignalsInfo::<
+        signal_hook::iterator::exfiltrator::WithOrigin,
+    >::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
@@ -766,8 +774,11 @@ fn serve(
             server.served_volumes()
         )),
     ]);
-    for sig in signals.forever() {
+    for origin in signals.forever() {
+        let sig = origin.signal;
         if sig == signal_hook::consts::SIGHUP {
+            let sender = origin.process.map(|p| (p.uid, p.pid));
+            server.audit_signal("reload (SIGHUP)", sender);
             // Without a configuration file there is nothing to re-read.
             let reloaded = match has_file.then(load).transpose() {
                 Ok(c) => c,

@@ -26,7 +26,7 @@ impl DirCache {
     }
 
     /// The names from the root to a registered object.
-    pub(super) fn components_of<R: Read>(
+    pub(crate) fn components_of<R: Read>(
         &mut self,
         db: &R,
         id: u32,

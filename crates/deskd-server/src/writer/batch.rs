@@ -11,21 +11,24 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use deskd_db::Desktop;
-use deskd_proto::{ErrorCode, ErrorReply};
+use deskd_proto::{ErrorCode, ErrorReply, Request};
 use deskd_volume::Volume;
 use tracing::{error, info, warn};
 
 use super::busy::BUSY_TRY;
 use super::checkpoint::REQUESTED_CHECKPOINT_WAIT;
 use super::{Pending, Replier, Writer};
+use crate::access::Access;
 use crate::apply::{apply_write, DirCache, Reply};
+use crate::audit;
 use crate::db_reply::{db_error, is_busy};
 use crate::space;
 
 /// What one run of a batch produced.
 enum Attempt {
-    /// Committed (or, for a lone failed request, rolled back); one reply per request.
-    Done(Vec<Reply>),
+    /// Committed (or, for a lone failed request, rolled back); one reply per request, each
+    /// with its audit line when the audit is on and the request changed something.
+    Done(Vec<(Reply, Option<String>)>),
     /// A request failed in a non-isolated run; nothing was committed.
     Retry,
 }
@@ -38,29 +41,44 @@ fn run_batch(
     read_only: bool,
     writes: &[Pending],
     isolated: bool,
+    audit_on: bool,
 ) -> Result<Attempt, deskd_db::DbError> {
     let mut batch = desktop.batch_within(BUSY_TRY)?;
     let mut replies = Vec::with_capacity(writes.len());
     let mut cache = DirCache::default();
+    // One request: its reply, and (audit on) the line saying what it changed, made while the
+    // batch still holds the paths of objects named by ID.
+    let mut apply = |b: &mut deskd_db::Batch<'_>, request: &Request, access: &Access| {
+        let resolved = if audit_on {
+            audit::before(b, &mut cache, request)
+        } else {
+            audit::Resolved::default()
+        };
+        let reply = apply_write(b, volume, read_only, request, &mut cache, access);
+        let line = match &reply {
+            Ok(response) if audit_on => {
+                let resolved = audit::after(b, &mut cache, request, resolved);
+                audit::describe(request, response, &resolved)
+            }
+            _ => None,
+        };
+        (reply, line)
+    };
     for Pending { request, reply, .. } in writes {
         let access = reply.access();
         if isolated {
-            replies.push(batch.step(|b| {
-                Ok(apply_write(
-                    b, volume, read_only, request, &mut cache, access,
-                ))
-            })?);
+            replies.push(batch.step(|b| Ok(apply(b, request, access)))?);
             continue;
         }
-        let reply = apply_write(&mut batch, volume, read_only, request, &mut cache, access);
+        let (reply, line) = apply(&mut batch, request, access);
         if reply.is_err() {
             if writes.len() > 1 {
                 return Ok(Attempt::Retry); // dropping the batch rolls it back
             }
             drop(batch); // a lone request: undo whatever it did, answer its error
-            return Ok(Attempt::Done(vec![reply]));
+            return Ok(Attempt::Done(vec![(reply, None)]));
         }
-        replies.push(reply);
+        replies.push((reply, line));
     }
     batch.commit()?;
     Ok(Attempt::Done(replies))
@@ -92,8 +110,9 @@ impl Writer {
         // Fast path: the whole batch in one transaction without savepoints (a savepoint per
         // request costs a statement journal per request). If a request fails, its
         // partial changes must not be committed: run the batch again, isolating each request.
-        let outcome = match run_batch(desktop, volume, read_only, writes, false) {
-            Ok(Attempt::Retry) => run_batch(desktop, volume, read_only, writes, true),
+        let audit_on = audit::enabled();
+        let outcome = match run_batch(desktop, volume, read_only, writes, false, audit_on) {
+            Ok(Attempt::Retry) => run_batch(desktop, volume, read_only, writes, true, audit_on),
             other => other,
         };
         match outcome {
@@ -106,7 +125,13 @@ impl Writer {
                 // Before any acknowledgement: readers must see this commit from now on.
                 self.committed();
                 let mut connections: Vec<Replier> = Vec::new();
-                for (Pending { reply: sink, .. }, reply) in writes.drain(..).zip(replies) {
+                let mut root = None;
+                for (Pending { reply: sink, .. }, (reply, line)) in writes.drain(..).zip(replies) {
+                    // Committed: now it may be said (a rolled-back request has no line).
+                    if let Some(line) = line {
+                        let root = root.get_or_insert_with(|| audit::root_text(self.volume.root()));
+                        audit::committed(sink.who(), root.clone(), line);
+                    }
                     sink.queue(reply);
                     if !connections
                         .iter()

@@ -55,6 +55,10 @@ pub(crate) trait ReplyTo: Send {
     fn flush(&self);
     /// Which connection the reply goes to: replies with the same key share one flush.
     fn connection(&self) -> usize;
+    /// Who asked, for the audit log (`uid 501 pid 4242 (dt)`, `tcp 10.0.0.2:5123`).
+    fn who(&self) -> std::sync::Arc<str> {
+        "an unknown client".into()
+    }
     /// Send the reply now.
     fn send(&self, reply: Reply) {
         self.queue(reply);

@@ -1,0 +1,392 @@
+//! The audit trail: one info line under the tracing target `deskd::audit` for every change a
+//! client made that committed, and for every admin action (flush, freeze, thaw, online rebuild
+//! start, cancel and repairs, reload), each naming who asked. Admins turn it off or route it
+//! with the log filter (`DESKD_LOG=info,deskd::audit=off`).
+//!
+//! A line is made only after the commit succeeded, so refused and rolled-back requests leave
+//! none, and only when the target is enabled, so a server with the audit off formats nothing.
+//! Names and program names are the clients' words: [`escape`] makes every control character
+//! and every byte that is not UTF-8 visible, so no name can begin a forged line.
+//!
+//! The lines are written by a thread of their own (`audit`), fed through a bounded queue: the
+//! writer only describes what a request changed (a short string) and hands it over, while the
+//! log's formatting and its `write(2)` — a quarter of the writer's time per registration when
+//! it did them itself (docs/PERFORMANCE.md) — happen beside it. One queue for every line keeps
+//! them in the order they were handed over; a full queue makes the writer wait rather than lose
+//! a line, and a clean stop waits for the queue to be written out ([`drain`]).
+
+use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use deskd_db::{Batch, Read};
+use deskd_proto::{Request, Response};
+
+use crate::apply::DirCache;
+
+/// The tracing target of every audit line.
+pub(crate) const TARGET: &str = "deskd::audit";
+
+/// Whether audit lines are wanted (the log filter lets `deskd::audit` info through).
+pub(crate) fn enabled() -> bool {
+    tracing::enabled!(target: TARGET, tracing::Level::INFO)
+}
+
+/// `bytes` as printable text: control characters (newline, carriage return, escape, …), `"`
+/// and `\` are escaped as in Rust strings, and bytes that are not UTF-8 as `\xNN`. Printable
+/// UTF-8 (accented names) is kept as it is.
+pub(crate) fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() || is_line_break(c) => {
+                    out.extend(c.escape_default());
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+/// Unicode line and paragraph separators, which some log viewers break lines at.
+fn is_line_break(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}' | '\u{85}')
+}
+
+/// A path relative to the volume root, quoted and escaped.
+fn quoted_path(components: &[Vec<u8>]) -> String {
+    format!("\"{}\"", escape(&components.join(&b'/')))
+}
+
+/// A client's path as it sent it, quoted and escaped (leading `/` dropped: relative to the
+/// root like the others).
+fn quoted_client_path(path: &[u8]) -> String {
+    let trimmed = path.strip_prefix(b"/").unwrap_or(path);
+    format!("\"{}\"", escape(trimmed))
+}
+
+/// What the writer learns of a write while its batch is open, for the line it logs once the
+/// batch has committed: the path of an object named by ID, the ID of one named by path, as
+/// the desktop held them.
+#[derive(Default)]
+pub(crate) struct Resolved {
+    path: Option<Vec<Vec<u8>>>,
+    id: Option<u32>,
+}
+
+impl Resolved {
+    fn path(path: Option<Vec<Vec<u8>>>) -> Resolved {
+        Resolved { path, id: None }
+    }
+
+    fn id(id: Option<u32>) -> Resolved {
+        Resolved { path: None, id }
+    }
+}
+
+/// The ID of the record at the client's `path`, looked up name by name from the root.
+fn id_at(b: &Batch<'_>, path: &[u8]) -> Option<u32> {
+    let mut id = deskd_db::ROOT_ID;
+    for name in path.split(|&c| c == b'/').filter(|n| !n.is_empty()) {
+        id = b.lookup(id, name).ok()??.id;
+    }
+    Some(id)
+}
+
+/// Before a write: a removal needs the object's path (by ID) or ID (by path) now, while its
+/// record exists.
+pub(crate) fn before(b: &Batch<'_>, cache: &mut DirCache, request: &Request) -> Resolved {
+    match request {
+        Request::Delete { id, .. } => Resolved::path(cache.components_of(b, *id).ok()),
+        Request::DeletePath { path, .. } => Resolved::id(id_at(b, path)),
+        _ => Resolved::default(),
+    }
+}
+
+/// After a write that succeeded: the path of an object named by ID whose record the write
+/// kept (a move: where it is now; Finder info and comments: where it is).
+pub(crate) fn after(
+    b: &Batch<'_>,
+    cache: &mut DirCache,
+    request: &Request,
+    resolved: Resolved,
+) -> Resolved {
+    match request {
+        Request::Rename { id, .. }
+        | Request::SetInfo { id, .. }
+        | Request::CommentSet { id, .. }
+        | Request::CommentRemove { id, .. } => Resolved::path(b.path_of(*id).ok()),
+        Request::ApplAdd { app_id, .. } | Request::ApplRemove { app_id, .. } => {
+            Resolved::path(cache.components_of(b, *app_id).ok())
+        }
+        Request::RenamePath { to, .. } => Resolved::id(id_at(b, to)),
+        _ => resolved,
+    }
+}
+
+/// The text of the audit line for `request`, which committed with `response`, or None when
+/// it changed nothing (a registration of an object already registered, a removal by path of
+/// something never registered).
+pub(crate) fn describe(
+    request: &Request,
+    response: &Response,
+    resolved: &Resolved,
+) -> Option<String> {
+    let path = || {
+        resolved
+            .path
+            .as_deref()
+            .map_or_else(|| "(path unknown)".to_owned(), quoted_path)
+    };
+    let removed = |ids: &[u32]| -> String {
+        match ids {
+            [] => String::new(),
+            ids => format!(
+                " removed {}",
+                ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            ),
+        }
+    };
+    let fourcc = |c: &[u8; 4]| escape(c);
+    let id = || {
+        resolved
+            .id
+            .map_or_else(|| "-".to_owned(), |id| id.to_string())
+    };
+    Some(match (request, response) {
+        (Request::Add { .. } | Request::AddPath { .. }, Response::Object(o)) if !o.created => {
+            return None
+        }
+        (Request::Add { parent, name, .. }, Response::Object(o)) => match &o.path {
+            Some(p) => format!("add id {} path \"{}\"", o.id, escape(p)),
+            None => format!("add id {} parent {parent} name \"{}\"", o.id, escape(name)),
+        },
+        (Request::AddPath { path, .. }, Response::Object(o)) => {
+            format!("add id {} path {}", o.id, quoted_client_path(path))
+        }
+        (Request::Rename { id, .. }, Response::Removed(ids)) => {
+            format!("rename id {id} to {}{}", path(), removed(ids))
+        }
+        (Request::RenamePath { from, to, .. }, Response::Removed(ids)) => format!(
+            "rename id {} path {} to {}{}",
+            id(),
+            quoted_client_path(from),
+            quoted_client_path(to),
+            removed(ids)
+        ),
+        (Request::Delete { id, .. }, Response::Removed(ids)) => {
+            format!("delete id {id} path {}{}", path(), removed(ids))
+        }
+        (Request::DeletePath { .. }, Response::Removed(ids)) if ids.is_empty() => return None,
+        (Request::DeletePath { path, .. }, Response::Removed(ids)) => format!(
+            "delete id {} path {}{}",
+            id(),
+            quoted_client_path(path),
+            removed(ids)
+        ),
+        (
+            Request::SetInfo {
+                id,
+                type_code,
+                creator,
+                flags,
+                ..
+            },
+            _,
+        ) => {
+            let mut what = String::new();
+            if let Some(t) = type_code {
+                let _ = write!(what, " type \"{}\"", fourcc(t));
+            }
+            if let Some(c) = creator {
+                let _ = write!(what, " creator \"{}\"", fourcc(c));
+            }
+            if let Some(f) = flags {
+                let _ = write!(what, " flags {f:#06x}");
+            }
+            format!("set info id {id} path {}{what}", path())
+        }
+        (Request::CommentSet { id, text, .. }, _) => {
+            format!("set comment id {id} path {} ({} bytes)", path(), text.len())
+        }
+        (Request::CommentRemove { id, .. }, _) => {
+            format!("remove comment id {id} path {}", path())
+        }
+        (
+            Request::ApplAdd {
+                creator, app_id, ..
+            },
+            _,
+        ) => format!(
+            "add APPL creator \"{}\" app id {app_id} path {}",
+            fourcc(creator),
+            path()
+        ),
+        (
+            Request::ApplRemove {
+                creator, app_id, ..
+            },
+            _,
+        ) => format!(
+            "remove APPL creator \"{}\" app id {app_id} path {}",
+            fourcc(creator),
+            path()
+        ),
+        (
+            Request::IconAdd {
+                creator,
+                type_code,
+                itype,
+                ..
+            },
+            _,
+        ) => format!(
+            "add icon creator \"{}\" type \"{}\" itype {itype}",
+            fourcc(creator),
+            fourcc(type_code)
+        ),
+        _ => return None,
+    })
+}
+
+/// What the audit thread is handed.
+enum Message {
+    /// `who` did `what` on the volume at `root` (escaped already).
+    Line {
+        who: Arc<str>,
+        root: Arc<str>,
+        what: String,
+    },
+    /// Answer once every line handed over before is written.
+    Drain(Sender<()>),
+}
+
+/// Lines waiting for the audit thread at most; then the writer waits.
+const QUEUE_LEN: usize = 1 << 16;
+
+/// The audit thread's queue, started with the first line.
+fn queue() -> &'static Sender<Message> {
+    static QUEUE: OnceLock<Sender<Message>> = OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::bounded::<Message>(QUEUE_LEN);
+        // Without the thread the receiver is dropped here, and every line is written by its
+        // caller instead (see `hand_over`).
+        let _ = std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || {
+                for message in rx {
+                    match message {
+                        Message::Line { who, root, what } => emit(&who, &root, &what),
+                        Message::Drain(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+        tx
+    })
+}
+
+fn emit(who: &str, root: &str, what: &str) {
+    tracing::info!(target: TARGET, "{who} on {root}: {what}");
+}
+
+/// The volume root as audit lines name it.
+pub(crate) fn root_text(root: &std::path::Path) -> Arc<str> {
+    escape(root.as_os_str().as_encoded_bytes()).into()
+}
+
+/// Hand a line to the audit thread (waiting while its queue is full); written here when there
+/// is no audit thread.
+fn hand_over(who: Arc<str>, root: Arc<str>, what: String) {
+    let line = Message::Line { who, root, what };
+    let line = match queue().try_send(line) {
+        Ok(()) => return,
+        Err(TrySendError::Full(line)) => match queue().send(line) {
+            Ok(()) => return,
+            Err(e) => e.into_inner(),
+        },
+        Err(TrySendError::Disconnected(line)) => line,
+    };
+    if let Message::Line { who, root, what } = line {
+        emit(&who, &root, &what);
+    }
+}
+
+/// Log that `who` did `what` on the volume at `root` (a committed write's line, from the writer).
+pub(crate) fn committed(who: Arc<str>, root: Arc<str>, what: String) {
+    hand_over(who, root, what);
+}
+
+/// Log one audit line: `who` did `what` on the volume at `root` (admin verbs, rebuilds,
+/// reloads: in order with the writes' lines handed over before).
+pub(crate) fn log(who: &str, root: &std::path::Path, what: &str) {
+    if enabled() {
+        hand_over(who.into(), root_text(root), what.to_owned());
+    }
+}
+
+/// Wait (5 s at most) until every line handed over so far is written: a clean stop loses none.
+pub(crate) fn drain() {
+    let (done, wait) = crossbeam_channel::bounded(1);
+    if queue().send(Message::Drain(done)).is_ok() {
+        let _ = wait.recv_timeout(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_break_a_line_or_hide_bytes() {
+        assert_eq!(
+            escape(b"x\n2026-01-01T00:00:00Z  INFO fake"),
+            "x\\n2026-01-01T00:00:00Z  INFO fake"
+        );
+        assert_eq!(escape(b"a\rb\x1b[31m\t"), "a\\rb\\u{1b}[31m\\t");
+        assert_eq!(escape(b"caf\xc3\xa9 \xff\"\\"), "caf\u{e9} \\xff\\\"\\\\");
+        assert_eq!(escape("a\u{2028}b".as_bytes()), "a\\u{2028}b");
+    }
+
+    #[test]
+    fn a_registration_that_created_nothing_is_no_change() {
+        let info = deskd_proto::ObjectInfo {
+            id: 17,
+            parent: 2,
+            name: b"f".to_vec(),
+            kind: deskd_proto::Kind::File,
+            type_code: [0; 4],
+            creator: [0; 4],
+            flags: 0,
+            path: Some(b"d/f".to_vec()),
+            created: false,
+        };
+        let add = Request::AddPath {
+            vol: 0,
+            path: b"d/f".to_vec(),
+            hint: None,
+            type_code: None,
+            creator: None,
+        };
+        let none = Resolved::default();
+        assert_eq!(describe(&add, &Response::Object(info.clone()), &none), None);
+        let created = deskd_proto::ObjectInfo {
+            created: true,
+            ..info
+        };
+        assert_eq!(
+            describe(&add, &Response::Object(created), &none).as_deref(),
+            Some("add id 17 path \"d/f\"")
+        );
+    }
+}
