@@ -5,7 +5,11 @@
 # (third_party/netatalk/stock-baseline.txt) and that does not pass through deskd, and when afpd's
 # log says its CNID back end failed.
 #
-# Usage: scripts/afp-conformance.sh            (root; Debian; apt reachable the first time)
+# Usage: scripts/afp-conformance.sh [suite|speed]   (root; Debian; apt reachable the first time)
+#   suite (default)   the conformance run above
+#   speed             lantest (Netatalk's HELIOS LanTest clone) through deskd and through the stock
+#                     back end, alternating, ROUNDS each (default 5): the median of each figure
+#                     and deskd/stock (docs/PERFORMANCE.md)
 #   DESKD=path        the deskd binary (default target/release/deskd)
 #   NETATALK_WORK=dir where afpd and the suite are built and kept between runs
 #                     (default /var/tmp/netatalk-kit; delete it to build anew)
@@ -70,6 +74,46 @@ esac
 EOF
 chmod 755 "$RUN/deskd-as-documented"
 
+if [ "${1:-suite}" = speed ]; then
+    rounds=${ROUNDS:-5}
+    log "lantest, stock and deskd alternating, $rounds rounds each"
+    rm -f "$RUN"/speed-*-lantest.log
+    VETO=1 SPEED_ROUNDS=$rounds DESKD="$RUN/deskd-as-documented" bash "$KIT/spectest.sh" speed \
+        >"$RUN/speed.log" 2>&1 || { tail -30 "$RUN/speed.log"; exit 1; }
+    python3 - "$RUN" <<'PY'
+import glob, re, statistics, sys
+run = sys.argv[1]
+def figures(path):
+    out, on = {}, False
+    for line in open(path, errors="replace"):
+        if "Lantest Results" in line:
+            on = True
+        m = re.match(r"(.+?)\s+(\d+) ms", line)
+        if on and m:
+            out[m.group(1).strip()] = int(m.group(2))
+    return out
+runs = {b: [figures(f) for f in sorted(glob.glob(f"{run}/speed-{b}-veto-[0-9]*-lantest.log"))]
+        for b in ("stock", "deskd")}
+if not runs["stock"] or not runs["deskd"] or not runs["stock"][0]:
+    sys.exit("afp-conformance: no lantest figures (see speed.log)")
+print(f"lantest: {len(runs['stock'])} rounds each; median ms (lower is better)")
+print(f"| figure | stock | deskd | deskd / stock |")
+print(f"|---|---|---|---|")
+worst = 0.0
+for key in runs["stock"][0]:
+    s = [r[key] for r in runs["stock"] if key in r]
+    d = [r[key] for r in runs["deskd"] if key in r]
+    if not s or not d:
+        continue
+    ms, md = statistics.median(s), statistics.median(d)
+    ratio = md / ms if ms else float("nan")
+    worst = max(worst, ratio if ms else 0)
+    print(f"| {key} | {ms:g} | {md:g} | {ratio:.2f} |")
+print(f"worst ratio {worst:.2f}")
+PY
+    exit 0
+fi
+
 log "running spectest and T2_spectest through deskd"
 VETO=1 MKDBDIR=0 DESKD="$RUN/deskd-as-documented" bash "$KIT/spectest.sh" deskd \
     >"$RUN/conformance.log" 2>&1 || { tail -30 "$RUN/conformance.log"; exit 1; }
@@ -81,6 +125,37 @@ for prog in spectest T2_spectest; do
         | sed -E 's/^(test[0-9]+) - summary - (PASSED|FAILED|SKIPPED|NOT TESTED).*/\1 \2/' \
         | sed 's/NOT TESTED/NOT_TESTED/' | sort -u | sed "s/^/$prog:/"
 done | sort >"$results"
+
+# Per group, for docs/netatalk.md: passed/failed/skipped by the stock back end and by deskd.
+python3 - "$RUN" "$KIT/stock-baseline.txt" "$results" <<'PY' >"$RUN/groups.md"
+import re, sys
+run, baseline, deskd = sys.argv[1:]
+group_of = {}
+for prog in ("spectest", "T2_spectest"):
+    group = None
+    for line in open(f"{run}/deskd-veto-{prog}.log", errors="replace"):
+        if line.startswith("##### group "):
+            group = f"{prog} {line.split()[2]}"
+        m = re.match(r"(test\d+) - summary - ", re.sub(r"\x1b\[[0-9;]*m", "", line))
+        if m and group:
+            group_of[f"{prog}:{m.group(1)}"] = group
+def tally(path):
+    out = {}
+    for line in open(path):
+        test, result = line.split()
+        g = group_of.get(test, test.split(":")[0] + " (no result)")
+        out.setdefault(g, {}).setdefault(result, 0)
+        out[g][result] += 1
+    return out
+s, d = tally(baseline), tally(deskd)
+def cell(t, g):
+    r = t.get(g, {})
+    return f"{r.get('PASSED', 0)} / {r.get('FAILED', 0)} / {r.get('SKIPPED', 0) + r.get('NOT_TESTED', 0)}"
+print("| group | stock: passed / failed / skipped | deskd: passed / failed / skipped |")
+print("|---|---|---|")
+for g in sorted(set(s) | set(d)):
+    print(f"| {g} | {cell(s, g)} | {cell(d, g)} |")
+PY
 
 status=0
 sort "$KIT/stock-baseline.txt" >"$RUN/stock-baseline.sorted"
@@ -98,5 +173,6 @@ if [ "$fatal" != 0 ]; then
 fi
 count() { awk -v r="$1" '$2 == r' "$2" | wc -l; }
 log "stock: $(count PASSED "$KIT/stock-baseline.txt") passed, $(count FAILED "$KIT/stock-baseline.txt") failed, $(count SKIPPED "$KIT/stock-baseline.txt") skipped; deskd: $(count PASSED "$results") passed, $(count FAILED "$results") failed, $(count SKIPPED "$results") skipped"
+log "per group: $RUN/groups.md"
 [ $status = 0 ] && log "every test the stock back end passes passes through deskd"
 exit $status
