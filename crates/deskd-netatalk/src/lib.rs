@@ -212,10 +212,11 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
                     hint,
                     type_code: None,
                     creator: None,
+                    carried: (q.cnid != 0).then_some(q.cnid),
                 }))
             } else {
                 // `cnid dev = no`: no device to check; the server reads the object from disk.
-                add_by_path(desk, q.did, &q.name, hint)
+                add_by_path(desk, q.did, &q.name, hint, (q.cnid != 0).then_some(q.cnid))
             };
             match added {
                 Ok(o) => Reply::id(o.id),
@@ -260,7 +261,7 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
                 Ok(_) => Reply::id(q.cnid),
                 // Not registered yet: register it where it is now, keeping its ID if free.
                 Err(e) if e.code() == Some(ErrorCode::NotFound) => {
-                    match add_by_path(desk, q.did, &q.name, hint) {
+                    match add_by_path(desk, q.did, &q.name, hint, None) {
                         Ok(o) => Reply::id(o.id),
                         Err(e) => failed("update", &q, &e),
                     }
@@ -338,6 +339,7 @@ fn add_by_path(
     did: u32,
     name: &[u8],
     hint: Option<u32>,
+    carried: Option<u32>,
 ) -> Result<ObjectInfo, ClientError> {
     let parent = object(desk.call(|vol| Request::Resolve { vol, id: did }))?;
     let mut path = parent.path.unwrap_or_default();
@@ -351,6 +353,7 @@ fn add_by_path(
         hint,
         type_code: None,
         creator: None,
+        carried,
     }))
 }
 

@@ -45,7 +45,19 @@ impl Fixture {
         let mut cache = DirCache::default();
         let replies = requests
             .iter()
-            .map(|r| apply_write(&mut b, &self.vol, read_only, r, &mut cache, access))
+            .map(|r| {
+                apply_write(
+                    &mut b,
+                    &self.vol,
+                    Policy {
+                        read_only,
+                        ..Policy::default()
+                    },
+                    r,
+                    &mut cache,
+                    access,
+                )
+            })
             .collect();
         b.commit().unwrap();
         replies
@@ -85,6 +97,7 @@ fn add_path(path: &str) -> Request {
         hint: None,
         type_code: None,
         creator: None,
+        carried: None,
     }
 }
 
@@ -100,6 +113,7 @@ fn add(parent: u32, name: &str, on_disk: &Path, ino_offset: u64) -> Request {
         hint: None,
         type_code: None,
         creator: None,
+        carried: None,
     }
 }
 
@@ -342,7 +356,7 @@ fn a_rename_in_a_batch_empties_the_cache_of_folder_paths() {
         apply_write(
             &mut b,
             &f.vol,
-            false,
+            Policy::default(),
             &request,
             &mut cache,
             &Access::Trusted,

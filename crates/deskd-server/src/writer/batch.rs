@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 use super::busy::BUSY_TRY;
 use super::checkpoint::REQUESTED_CHECKPOINT_WAIT;
 use super::{Pending, Replier, Writer};
-use crate::apply::{apply_write, DirCache, Reply};
+use crate::apply::{apply_write, DirCache, Policy, Reply};
 use crate::db_reply::{db_error, is_busy};
 use crate::space;
 
@@ -35,7 +35,7 @@ enum Attempt {
 fn run_batch(
     desktop: &mut Desktop,
     volume: &Volume,
-    read_only: bool,
+    policy: Policy,
     writes: &[Pending],
     isolated: bool,
 ) -> Result<Attempt, deskd_db::DbError> {
@@ -45,14 +45,12 @@ fn run_batch(
     for Pending { request, reply, .. } in writes {
         let access = reply.access();
         if isolated {
-            replies.push(batch.step(|b| {
-                Ok(apply_write(
-                    b, volume, read_only, request, &mut cache, access,
-                ))
-            })?);
+            replies.push(
+                batch.step(|b| Ok(apply_write(b, volume, policy, request, &mut cache, access)))?,
+            );
             continue;
         }
-        let reply = apply_write(&mut batch, volume, read_only, request, &mut cache, access);
+        let reply = apply_write(&mut batch, volume, policy, request, &mut cache, access);
         if reply.is_err() {
             if writes.len() > 1 {
                 return Ok(Attempt::Retry); // dropping the batch rolls it back
@@ -88,12 +86,16 @@ impl Writer {
             return;
         }
         let desktop = self.desktop.as_mut().expect("writer used after shutdown");
-        let (volume, read_only) = (&self.volume, self.config.read_only);
+        let volume = &self.volume;
+        let policy = Policy {
+            read_only: self.config.read_only,
+            replaced: self.config.replaced,
+        };
         // Fast path: the whole batch in one transaction without savepoints (a savepoint per
         // request costs a statement journal per request). If a request fails, its
         // partial changes must not be committed: run the batch again, isolating each request.
-        let outcome = match run_batch(desktop, volume, read_only, writes, false) {
-            Ok(Attempt::Retry) => run_batch(desktop, volume, read_only, writes, true),
+        let outcome = match run_batch(desktop, volume, policy, writes, false) {
+            Ok(Attempt::Retry) => run_batch(desktop, volume, policy, writes, true),
             other => other,
         };
         match outcome {
