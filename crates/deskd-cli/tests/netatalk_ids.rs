@@ -413,3 +413,27 @@ fn dt_follows_a_plain_mv_by_the_xattr_mirror_as_an_ordinary_user() {
     assert_eq!(paths.get("home/sub/report 2"), Some(&id));
     assert_eq!(paths.get("home/report"), None);
 }
+
+/// `replaced` is taken at a SIGHUP, without reopening the volume.
+#[test]
+fn replaced_changes_at_a_sighup() {
+    let mut env = Env::new(&["vol"]);
+    serve_replaced(&mut env, "keep-id");
+    let bridge = Bridge::start(&env, &[]);
+    let mut s = afpd(&bridge, &env.path("vol"));
+    let (old, new) = replace_locally(&env, &mut s);
+    assert_eq!(new, old);
+    std::fs::write(
+        env.path("deskd.toml"),
+        format!(
+            "[defaults]\nreplaced = \"new-id\"\n[volume.\"{}\"]\n",
+            env.path("vol").display()
+        ),
+    )
+    .unwrap();
+    env.sighup(1);
+    std::fs::remove_file(env.path("vol/file")).unwrap();
+    let (old, new) = replace_locally(&env, &mut s);
+    assert_ne!(new, old);
+    assert!(!env.log_text().contains("reopened"), "{}", env.log_text());
+}

@@ -361,6 +361,29 @@ mod tests {
     }
 
     #[test]
+    fn replaced_keeps_ids_by_default_and_is_set_per_volume_or_in_defaults() {
+        let file: ConfigFile = toml::from_str(
+            "[defaults]\nreplaced = \"new-id\"\n[volume.\"/a\"]\n\
+             [volume.\"/b\"]\nreplaced = \"keep-id\"\n",
+        )
+        .unwrap();
+        let cfg = file.resolve("/s".into(), &[]).unwrap();
+        let of = |root: &str| {
+            cfg.volumes
+                .iter()
+                .find(|v| v.root == Path::new(root))
+                .unwrap()
+        };
+        assert_eq!(of("/a").replaced, Replaced::NewId);
+        assert_eq!(of("/b").replaced, Replaced::KeepId);
+        let plain = ConfigFile::default()
+            .resolve("/s".into(), &["/c".into()])
+            .unwrap();
+        assert_eq!(plain.volumes[0].replaced, Replaced::KeepId);
+        assert!(toml::from_str::<ConfigFile>("[defaults]\nreplaced = \"new\"\n").is_err());
+    }
+
+    #[test]
     fn auto_repair_is_off_by_default_and_set_per_volume_or_in_defaults() {
         let resolve = |text: &str| {
             let file: ConfigFile = toml::from_str(text).unwrap();
