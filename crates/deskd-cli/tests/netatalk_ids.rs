@@ -133,6 +133,19 @@ fn a_file_renamed_or_moved_on_disk_keeps_its_id() {
         desktop_paths(&env.path("vol")).get("other/moved"),
         Some(&file)
     );
+
+    // `cnid dev = no` (dev 0 in the ADD: the server reads the object from disk) follows too.
+    std::fs::rename(env.path("vol/other/moved"), env.path("vol/other/again")).unwrap();
+    let r = call(
+        &mut s,
+        Request {
+            ino: std::fs::metadata(env.path("vol/other/again"))
+                .unwrap()
+                .ino(),
+            ..Request::new(op::ADD, file, other, b"again")
+        },
+    );
+    assert_eq!((r.result, r.cnid), (res::OK, file));
 }
 
 #[test]
@@ -291,6 +304,14 @@ fn a_name_replaced_on_disk_gets_a_new_id_with_new_id_and_the_old_one_is_retired(
     std::fs::write(env.path("vol/file1"), b"newer").unwrap();
     std::fs::rename(env.path("vol/file1"), env.path("vol/file")).unwrap();
     assert_eq!(add(&mut s, &env.path("vol/file"), 2, new), new);
+    // A registered file renamed over another on disk: the object it is keeps its ID there (as
+    // cnid_dbd finds it by dev/ino), the name's old record goes.
+    std::fs::write(env.path("vol/mover"), b"m").unwrap();
+    let mover = add(&mut s, &env.path("vol/mover"), 2, 0);
+    std::fs::rename(env.path("vol/mover"), env.path("vol/file")).unwrap();
+    assert_eq!(add(&mut s, &env.path("vol/file"), 2, mover), mover);
+    assert_eq!(resolve(&mut s, new), None);
+    assert_eq!(get(&mut s, 2, b"mover"), None);
 }
 
 #[test]

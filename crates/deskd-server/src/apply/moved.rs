@@ -8,6 +8,11 @@
 //!
 //! The check is by inode against deskd's own record, so any peer may name an ID: naming
 //! another user's ID moves nothing, the victim's record has the victim's inode.
+//!
+//! The server does not read an object's `user.deskd.id` mirror itself: the clients that know
+//! an object's carriers send them (dt the mirror, the bridge afpd's CNID), and reading it here
+//! would cost an open and a `getxattr` for every new registration while proving nothing more
+//! (the mirror is the file owner's to write, and the inode check decides anyway).
 
 use deskd_db::{DbError, Object, Read, ROOT_ID};
 use deskd_proto::ErrorReply;

@@ -107,19 +107,17 @@ pub(super) fn add(
         )));
     }
     let asked = asked.registering();
-    let existing = w.b.lookup(parent, name).map_err(db_error)?;
-    if existing.is_none() {
-        if let Some(o) = follow_move(w, &asked.candidates(), &node, parent, name)? {
-            return Ok(Response::Object(info(&o, Some(join(&components)), false)));
-        }
-    }
-    if let Some(mut o) = existing {
+    if let Some(mut o) = w.b.lookup(parent, name).map_err(db_error)? {
         if o.kind != node.kind {
             return Err(kind_changed(&components, &o, &node));
         }
         if (o.dev, o.ino) == (node.dev, node.ino) || take_over(w, &mut o, &node, &asked)? {
             return Ok(Response::Object(info(&o, Some(join(&components)), false)));
         }
+    }
+    // No record at the place (or, with `new-id`, no longer): moved here from elsewhere?
+    if let Some(o) = follow_move(w, &asked.candidates(), &node, parent, name)? {
+        return Ok(Response::Object(info(&o, Some(join(&components)), false)));
     }
     let file = node.kind == Kind::File;
     let new = NewObject {
@@ -194,7 +192,9 @@ pub(super) fn register_walked(
                 created = false;
                 continue;
             }
-        } else if last && asked.registering {
+        }
+        // No record at the place (or, with `new-id`, no longer): moved here from elsewhere?
+        if last && asked.registering {
             if let Some(object) = follow_move(w, &asked.candidates(), node, current.id, name)? {
                 current = object;
                 created = false;
