@@ -40,9 +40,8 @@ pub(super) fn follow_move(
             Err(DbError::NoSuchId(_)) => continue,
             Err(e) => return Err(db_error(e)),
         };
-        // A record from before deskd kept dev/ino proves nothing.
-        let known = record.dev != 0 || record.ino != 0;
-        if !known || record.kind != node.kind || (record.dev, record.ino) != (node.dev, node.ino) {
+        // (A record from before deskd kept dev/ino, 0/0, matches no object on disk.)
+        if record.kind != node.kind || (record.dev, record.ino) != (node.dev, node.ino) {
             continue;
         }
         // Walked as the server: is the inode still at its recorded place for anyone?
