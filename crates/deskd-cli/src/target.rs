@@ -188,7 +188,9 @@ pub struct Session {
 }
 
 /// The `AddPath` request that registers `iv`: with `use_hints`, the ID its resource file (or
-/// else its xattr mirror) carries, and the type and creator its resource file has.
+/// else its xattr mirror) carries, and the type and creator its resource file has. Always, as
+/// `carried`, the ID the object itself carries (its xattr mirror moves with it; else its
+/// resource file's): deskd follows a move made outside it by that ID, never picks one by it.
 fn add_request(
     vol: u32,
     iv: &InVolume,
@@ -203,6 +205,8 @@ fn add_request(
     } else {
         None
     };
+    let carried = deskd_volume::read_id_xattr(&iv.path())
+        .or_else(|| header.map(|h| h.id).filter(|&id| id != 0));
     let (type_code, creator) = match header {
         Some(h) if h.type_code != [0; 4] || h.creator != [0; 4] => {
             (Some(h.type_code), Some(h.creator))
@@ -215,6 +219,7 @@ fn add_request(
         hint,
         type_code,
         creator,
+        carried,
     }
 }
 
@@ -413,6 +418,7 @@ impl Session {
                         hint: None,
                         type_code: None,
                         creator: None,
+                        carried: None,
                     })? {
                         self.write_record(&ancestor, &a, None)?;
                     }

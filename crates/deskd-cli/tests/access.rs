@@ -238,6 +238,7 @@ fn probe_as_nobody() {
             hint: None,
             type_code: None,
             creator: None,
+            carried: None,
         },
         Request::AddPath {
             vol,
@@ -245,6 +246,7 @@ fn probe_as_nobody() {
             hint: None,
             type_code: None,
             creator: None,
+            carried: None,
         },
     ];
     let shown = |answer: deskd_client::Result<Response>| match answer {
@@ -270,6 +272,7 @@ fn probe_as_nobody() {
             hint: Some(PIPELINED_HINT),
             type_code: None,
             creator: None,
+            carried: None,
         })
         .unwrap();
     let set = c

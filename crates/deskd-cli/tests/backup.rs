@@ -93,6 +93,7 @@ fn backups_of_a_live_volume_are_consistent_snapshots_and_writers_go_on() {
                         hint: None,
                         type_code: None,
                         creator: None,
+                        carried: None,
                     })
                     .unwrap();
                     n += 1;

@@ -80,6 +80,7 @@ fn protocol_refuses_escapes_and_false_claims() {
         hint: None,
         type_code: None,
         creator: None,
+        carried: None,
     };
     let expect = |c: &mut deskd_client::Client, req: Request, code: ErrorCode| {
         let err = c.call(req.clone()).unwrap_err();
@@ -139,6 +140,7 @@ fn protocol_refuses_escapes_and_false_claims() {
             hint: None,
             type_code: None,
             creator: None,
+            carried: None,
         },
         ErrorCode::ClaimRejected,
     );

@@ -180,6 +180,7 @@ fn read_only_volume_refuses_changes_but_gives_ids() {
             hint: None,
             type_code: None,
             creator: None,
+            carried: None,
         })
         .unwrap();
     assert_eq!(o.id, 17);
@@ -693,6 +694,7 @@ fn writes_during_reloads_are_answered_and_kept() {
                         hint: None,
                         type_code: None,
                         creator: None,
+                        carried: None,
                     };
                     client.send(request).unwrap()
                 })
@@ -778,6 +780,7 @@ fn a_write_caught_by_a_reopening_is_refused_and_can_be_sent_again() {
         hint: None,
         type_code: None,
         creator: None,
+        carried: None,
     };
     let adding = std::thread::spawn(move || {
         let first = client.call(add());

@@ -41,6 +41,7 @@ fn sigkill_during_4_concurrent_writers_loses_no_acknowledged_create() {
                     hint: None,
                     type_code: None,
                     creator: None,
+                    carried: None,
                 };
                 match c.call(req) {
                     Ok(Response::Object(o)) => acked.lock().unwrap().push((o.id, rel.into_bytes())),

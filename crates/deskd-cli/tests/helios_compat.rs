@@ -112,6 +112,7 @@ impl WriteLoad {
                                 hint: None,
                                 type_code: None,
                                 creator: None,
+                                carried: None,
                             })
                             .unwrap()
                     })

@@ -328,6 +328,7 @@ fn each_committed_change_is_logged_with_who_what_id_and_path() {
             hint: None,
             type_code: None,
             creator: None,
+            carried: None,
         })
         .unwrap();
     assert!(matches!(again, deskd_client::Response::Object(ref o) if !o.created));
@@ -374,6 +375,7 @@ fn refused_requests_leave_no_audit_line() {
             hint: None,
             type_code: None,
             creator: None,
+            carried: None,
         });
     }
     pipelined.insert(

@@ -106,6 +106,7 @@ fn a_client_that_sends_everything_before_reading_is_answered_and_stalls_nobody()
                 hint: None,
                 type_code: None,
                 creator: None,
+                carried: None,
             })
             .unwrap(),
         );

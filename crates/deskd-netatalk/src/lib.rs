@@ -262,7 +262,7 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
                 Ok(_) => Reply::id(q.cnid),
                 // Not registered yet: register it where it is now, keeping its ID if free.
                 Err(e) if e.code() == Some(ErrorCode::NotFound) => {
-                    match add_by_path(desk, q.did, &q.name, hint) {
+                    match add_by_path(desk, q.did, &q.name, hint, None) {
                         Ok(o) => Reply::id(o.id),
                         Err(e) => failed("update", &q, &e),
                     }
@@ -343,6 +343,10 @@ const SEARCH_DEPTH: usize = 8;
 /// * deskd's own files (`.Desktop`, `.rsrc`), which `veto files` hides from afpd: `ERR_MAX`,
 ///   and the log says once per volume what afp.conf lacks.
 fn add(desk: &mut Desk, q: &wire::Request, hint: Option<u32>) -> Reply {
+    // The CNID afpd read from the object's own metadata: used by deskd only to follow a move
+    // made outside AFP (the record of that ID must have this object's dev/ino), never to pick
+    // a free ID.
+    let carried = (q.cnid != 0).then_some(q.cnid);
     if deskd_volume::is_protected(&q.name) {
         desk.warn_unvetoed(&q.name);
         return Reply::status(res::ERR_MAX);
@@ -357,17 +361,18 @@ fn add(desk: &mut Desk, q: &wire::Request, hint: Option<u32>) -> Reply {
             hint,
             type_code: None,
             creator: None,
+            carried,
         }))
     } else {
         // `cnid dev = no`: no device to check; the server reads the object from disk.
-        add_by_path(desk, q.did, &q.name, hint)
+        add_by_path(desk, q.did, &q.name, hint, carried)
     };
     let e = match added {
         Ok(o) => return Reply::id(o.id),
         Err(e) if is_outage(&e) => return failed("add", q, &e),
         Err(e) => e,
     };
-    match mend_add(desk, q, hint) {
+    match mend_add(desk, q, hint, carried) {
         Some(o) => {
             debug!(
                 "add (did {}, {:?}): {e}; registered {}",
@@ -402,7 +407,12 @@ fn is_outage(e: &ClientError) -> bool {
 
 /// Register the object an ADD deskd refused as it stood: the object at did/name whatever its
 /// inode, else the object with the ADD's dev/ino in a registered folder below did.
-fn mend_add(desk: &mut Desk, q: &wire::Request, hint: Option<u32>) -> Option<ObjectInfo> {
+fn mend_add(
+    desk: &mut Desk,
+    q: &wire::Request,
+    hint: Option<u32>,
+    carried: Option<u32>,
+) -> Option<ObjectInfo> {
     use std::os::unix::fs::MetadataExt;
     let parent = object(desk.call(|vol| Request::Resolve { vol, id: q.did })).ok()?;
     let parent_path = parent.path.unwrap_or_default();
@@ -411,7 +421,7 @@ fn mend_add(desk: &mut Desk, q: &wire::Request, hint: Option<u32>) -> Option<Obj
         .join(std::ffi::OsStr::from_bytes(&parent_path))
         .join(std::ffi::OsStr::from_bytes(&q.name));
     if std::fs::symlink_metadata(&there).is_ok() {
-        return add_by_path(desk, q.did, &q.name, hint).ok();
+        return add_by_path(desk, q.did, &q.name, hint, carried).ok();
     }
     let (dir, _) = find_below(desk, q.did, parent_path, &|path: &Path| {
         std::fs::symlink_metadata(path.join(std::ffi::OsStr::from_bytes(&q.name)))
@@ -423,6 +433,7 @@ fn mend_add(desk: &mut Desk, q: &wire::Request, hint: Option<u32>) -> Option<Obj
         hint,
         type_code: None,
         creator: None,
+        carried,
     }))
     .ok()
 }
@@ -484,6 +495,7 @@ fn add_by_path(
     did: u32,
     name: &[u8],
     hint: Option<u32>,
+    carried: Option<u32>,
 ) -> Result<ObjectInfo, ClientError> {
     let parent = object(desk.call(|vol| Request::Resolve { vol, id: did }))?;
     let path = join_path(&parent.path.unwrap_or_default(), name);
@@ -493,6 +505,7 @@ fn add_by_path(
         hint,
         type_code: None,
         creator: None,
+        carried,
     }))
 }
 

@@ -172,6 +172,11 @@ pub enum Request {
         type_code: Option<[u8; 4]>,
         /// The Mac creator code for a new object (`None`: the default).
         creator: Option<[u8; 4]>,
+        /// An ID the object's own metadata carries from where it was (afpd's AppleDouble
+        /// CNID, dt's xattr mirror): used only to follow a move made outside deskd (the record
+        /// of that ID has this object's dev/ino and is no longer at its place), never to pick
+        /// a free ID. Any peer may send it (protocol 3).
+        carried: Option<u32>,
     },
     /// Register the object at `path` (relative to the root) and any unregistered directory above
     /// it; the server stats each itself. Returns the final object.
@@ -186,6 +191,8 @@ pub enum Request {
         type_code: Option<[u8; 4]>,
         /// The Mac creator code for a new object (`None`: the default).
         creator: Option<[u8; 4]>,
+        /// As [`Request::Add`]'s `carried`: an ID to follow a move by, never to pick.
+        carried: Option<u32>,
     },
     /// The registered object `name` in `parent` (no registration).
     Lookup {
@@ -993,7 +1000,8 @@ mod tests {
                     ino,
                     hint,
                     type_code: Some(*b"TEXT"),
-                    creator: None
+                    creator: None,
+                    carried: hint.map(|h| h ^ 1),
                 }),
             (any::<u32>(), any::<u32>()).prop_map(|(vol, id)| Request::Resolve { vol, id }),
             (any::<u32>(), ".{0,40}", any::<u32>()).prop_map(|(vol, pattern, after_id)| {

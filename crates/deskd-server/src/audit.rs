@@ -81,15 +81,52 @@ fn quoted_client_path(path: &[u8]) -> String {
 pub(crate) struct Resolved {
     path: Option<Vec<Vec<u8>>>,
     id: Option<u32>,
+    /// A registration naming an ID (hint or carried): where that ID's record was before, and
+    /// (after) where it is now when the write moved it there (a move made outside deskd).
+    moved: Option<Moved>,
+    /// A registration: the ID recorded at its place before, when the write retired it
+    /// (`replaced = "new-id"`).
+    retired: Option<u32>,
 }
 
 impl Resolved {
     fn path(path: Option<Vec<Vec<u8>>>) -> Resolved {
-        Resolved { path, id: None }
+        Resolved {
+            path,
+            ..Resolved::default()
+        }
     }
 
     fn id(id: Option<u32>) -> Resolved {
-        Resolved { path: None, id }
+        Resolved {
+            id,
+            ..Resolved::default()
+        }
+    }
+}
+
+/// A record a registration named: its ID, its path before the write, and its path after when
+/// the write moved it.
+type Moved = (u32, Components, Option<Components>);
+/// A path as its names from the volume root down.
+type Components = Vec<Vec<u8>>;
+
+/// The ID a registration names for its object (the move rule follows it), if any.
+fn named_id(request: &Request) -> Option<u32> {
+    match request {
+        Request::Add { hint, carried, .. } | Request::AddPath { hint, carried, .. } => {
+            carried.or(*hint)
+        }
+        _ => None,
+    }
+}
+
+/// The ID recorded where a registration registers, before it runs.
+fn id_at_place(b: &Batch<'_>, request: &Request) -> Option<u32> {
+    match request {
+        Request::Add { parent, name, .. } => b.lookup(*parent, name).ok()?.map(|o| o.id),
+        Request::AddPath { path, .. } => id_at(b, path),
+        _ => None,
     }
 }
 
@@ -108,6 +145,13 @@ pub(crate) fn before(b: &Batch<'_>, cache: &mut DirCache, request: &Request) -> 
     match request {
         Request::Delete { id, .. } => Resolved::path(cache.components_of(b, *id).ok()),
         Request::DeletePath { path, .. } => Resolved::id(id_at(b, path)),
+        Request::Add { .. } | Request::AddPath { .. } => Resolved {
+            // Not through `cache`: the write may move this record, and the cache is the
+            // handlers' too.
+            moved: named_id(request).and_then(|named| Some((named, b.path_of(named).ok()?, None))),
+            retired: id_at_place(b, request),
+            ..Resolved::default()
+        },
         _ => Resolved::default(),
     }
 }
@@ -129,6 +173,21 @@ pub(crate) fn after(
             Resolved::path(cache.components_of(b, *app_id).ok())
         }
         Request::RenamePath { to, .. } => Resolved::id(id_at(b, to)),
+        Request::Add { .. } | Request::AddPath { .. } => {
+            let now = id_at_place(b, request);
+            Resolved {
+                // Moved: the named record is now somewhere else than it was.
+                moved: resolved.moved.and_then(|(named, was, _)| {
+                    let at = b.path_of(named).ok()?;
+                    (at != was).then_some((named, was, Some(at)))
+                }),
+                // Retired: the record that was at the place is gone, another is there.
+                retired: resolved
+                    .retired
+                    .filter(|&old| now != Some(old) && b.get(old).is_err()),
+                ..resolved
+            }
+        }
         _ => resolved,
     }
 }
@@ -162,16 +221,41 @@ pub(crate) fn describe(
             .id
             .map_or_else(|| "-".to_owned(), |id| id.to_string())
     };
+    let retired = || {
+        resolved.retired.map_or_else(String::new, |old| {
+            format!(" (retired id {old}, replaced = new-id)")
+        })
+    };
     Some(match (request, response) {
         (Request::Add { .. } | Request::AddPath { .. }, Response::Object(o)) if !o.created => {
-            return None
+            match &resolved.moved {
+                // The move rule followed a move made outside deskd.
+                Some((named, was, Some(at))) if *named == o.id => format!(
+                    "move id {} from {} to {} (found by its inode){}",
+                    o.id,
+                    quoted_path(was),
+                    quoted_path(at),
+                    retired()
+                ),
+                _ => return None,
+            }
         }
         (Request::Add { parent, name, .. }, Response::Object(o)) => match &o.path {
-            Some(p) => format!("add id {} path \"{}\"", o.id, escape(p)),
-            None => format!("add id {} parent {parent} name \"{}\"", o.id, escape(name)),
+            Some(p) => format!("add id {} path \"{}\"{}", o.id, escape(p), retired()),
+            None => format!(
+                "add id {} parent {parent} name \"{}\"{}",
+                o.id,
+                escape(name),
+                retired()
+            ),
         },
         (Request::AddPath { path, .. }, Response::Object(o)) => {
-            format!("add id {} path {}", o.id, quoted_client_path(path))
+            format!(
+                "add id {} path {}{}",
+                o.id,
+                quoted_client_path(path),
+                retired()
+            )
         }
         (Request::Rename { id, .. }, Response::Removed(ids)) => {
             format!("rename id {id} to {}{}", path(), removed(ids))
@@ -377,6 +461,7 @@ mod tests {
             hint: None,
             type_code: None,
             creator: None,
+            carried: None,
         };
         let none = Resolved::default();
         assert_eq!(describe(&add, &Response::Object(info.clone()), &none), None);

@@ -42,6 +42,24 @@ pub struct VolumePrefs {
     /// Start an online repair by itself when the start-up check of the desktop fails
     /// (default false, [`DEFAULT_AUTO_REPAIR`]).
     pub auto_repair: Option<bool>,
+    /// What a name replaced by another object of its kind outside deskd (save-by-replace,
+    /// delete and create) keeps: its ID (`keep-id`, the default) or not (`new-id`, Netatalk's
+    /// rule).
+    pub replaced: Option<Replaced>,
+}
+
+/// The `replaced` setting: whether an object found at a registered name with another inode
+/// (of the same kind) takes over that name's ID.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Replaced {
+    /// The name keeps its ID (and so its aliases, comments): a save-by-replace is the same
+    /// document.
+    #[default]
+    KeepId,
+    /// The old record goes (its ID is never handed out again) and the object gets a new ID,
+    /// unless the request's hint or carried ID names the record (an exchange, dt's replace).
+    NewId,
 }
 
 /// `auto_repair` when not set: off. A failed check is reported (log, `deskd status`) and the
@@ -117,6 +135,8 @@ pub struct VolumeConfig {
     pub world_writable: bool,
     /// An online repair starts by itself when the start-up check fails ([`crate::autorepair`]).
     pub auto_repair: bool,
+    /// Whether a replaced name keeps its ID (`replaced`; reloaded on SIGHUP).
+    pub replaced: Replaced,
 }
 
 /// Resolved TCP settings.
@@ -225,6 +245,7 @@ impl ConfigFile {
                     .auto_repair
                     .or(d.auto_repair)
                     .unwrap_or(DEFAULT_AUTO_REPAIR),
+                replaced: prefs.replaced.or(d.replaced).unwrap_or_default(),
                 root,
             };
             volumes.push(cfg);
@@ -337,6 +358,29 @@ mod tests {
         let cfg = file.resolve("/s.sock".into(), &[again]).unwrap();
         assert_eq!(cfg.volumes.len(), 1);
         assert!(cfg.volumes[0].read_only);
+    }
+
+    #[test]
+    fn replaced_keeps_ids_by_default_and_is_set_per_volume_or_in_defaults() {
+        let file: ConfigFile = toml::from_str(
+            "[defaults]\nreplaced = \"new-id\"\n[volume.\"/a\"]\n\
+             [volume.\"/b\"]\nreplaced = \"keep-id\"\n",
+        )
+        .unwrap();
+        let cfg = file.resolve("/s".into(), &[]).unwrap();
+        let of = |root: &str| {
+            cfg.volumes
+                .iter()
+                .find(|v| v.root == Path::new(root))
+                .unwrap()
+        };
+        assert_eq!(of("/a").replaced, Replaced::NewId);
+        assert_eq!(of("/b").replaced, Replaced::KeepId);
+        let plain = ConfigFile::default()
+            .resolve("/s".into(), &["/c".into()])
+            .unwrap();
+        assert_eq!(plain.volumes[0].replaced, Replaced::KeepId);
+        assert!(toml::from_str::<ConfigFile>("[defaults]\nreplaced = \"new\"\n").is_err());
     }
 
     #[test]

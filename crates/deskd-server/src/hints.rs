@@ -6,6 +6,10 @@
 //! who could rebuild or restore the volume anyway: root, the server's own uid and the volume
 //! owner on the Unix socket, and TCP clients only when `tcp_admin = true`. Everyone else's hint
 //! is dropped before the request is queued, so the object gets a fresh ID from the counter.
+//!
+//! A dropped hint of `Add`/`AddPath` is kept as the request's `carried` ID: that only lets
+//! deskd follow a move made outside it (the record of that ID has the object's own dev/ino and
+//! is gone from its place, apply/register.rs), which no peer can use to take another's ID.
 
 use deskd_proto::Request;
 
@@ -19,13 +23,19 @@ pub fn hints_trusted(uid: Option<u32>, tcp: bool, owner_uid: u32, tcp_admin: boo
     uid.is_some_and(|uid| uid == 0 || uid == me || uid == owner_uid)
 }
 
-/// Drop the hint of a request (the object then gets the next ID from the counter). Returns
-/// whether there was one.
+/// Drop the hint of a request (a new object then gets the next ID from the counter); an
+/// `Add`'s or `AddPath`'s becomes its `carried` ID unless it has one. Returns whether there
+/// was a hint.
 pub fn drop_hint(request: &mut Request) -> bool {
     match request {
-        Request::Add { hint, .. }
-        | Request::AddPath { hint, .. }
-        | Request::RenamePath { hint, .. } => hint.take().is_some(),
+        Request::Add { hint, carried, .. } | Request::AddPath { hint, carried, .. } => {
+            let dropped = hint.take();
+            if carried.is_none() {
+                *carried = dropped;
+            }
+            dropped.is_some()
+        }
+        Request::RenamePath { hint, .. } => hint.take().is_some(),
         _ => false,
     }
 }
@@ -52,9 +62,17 @@ mod tests {
             hint: Some(0xFFFF_FFF0),
             type_code: None,
             creator: None,
+            carried: None,
         };
         assert!(drop_hint(&mut add));
-        assert!(matches!(add, Request::AddPath { hint: None, .. }));
+        assert!(matches!(
+            add,
+            Request::AddPath {
+                hint: None,
+                carried: Some(0xFFFF_FFF0),
+                ..
+            }
+        ));
         assert!(!drop_hint(&mut add));
     }
 }

@@ -223,6 +223,7 @@ impl AccessTarget {
                 hint: None,
                 type_code: None,
                 creator: None,
+                carried: None,
             })
             .map_err(|e| anyhow!("add path: {e}"))?;
         self.add_path.push(t.elapsed().as_secs_f64() * 1e6);
@@ -320,6 +321,7 @@ fn main() -> Result<()> {
                                 hint: None,
                                 type_code: None,
                                 creator: None,
+                                carried: None,
                             })
                             .map_err(|e| anyhow!("{e}"))?;
                         let dir_path = root.join(dir_name(d));
@@ -337,6 +339,7 @@ fn main() -> Result<()> {
                                     hint: None,
                                     type_code: None,
                                     creator: None,
+                                    carried: None,
                                 })
                                 .map_err(|e| anyhow!("{e}"))?;
                             inflight.push_back(id);

@@ -402,6 +402,7 @@ pub fn register_pipelined(c: &mut deskd_client::Client, vol: u32, paths: &[Strin
             hint: None,
             type_code: None,
             creator: None,
+            carried: None,
         };
         ids.push(c.send(request).unwrap());
     }

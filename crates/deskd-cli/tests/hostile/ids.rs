@@ -67,6 +67,7 @@ fn nobody_side() -> bool {
                     hint: Some(hint.parse().unwrap()),
                     type_code: None,
                     creator: None,
+                    carried: None,
                 });
                 match answer {
                     Ok(deskd_client::Response::Object(o)) => println!("probe {rel}={}", o.id),
@@ -283,6 +284,7 @@ fn a_dead_or_taken_id_asked_for_by_nobody_is_not_given() {
             hint: Some(dead_id),
             type_code: None,
             creator: None,
+            carried: None,
         })
         .unwrap();
     assert!(matches!(revived, deskd_client::Response::Object(o) if o.id == dead_id));
@@ -632,6 +634,7 @@ fn add_over_tcp(env: &Env, addr: &str, token: &[u8], rel: &str, hint: u32) -> u3
             hint: Some(hint),
             type_code: None,
             creator: None,
+            carried: None,
         })
         .unwrap()
     {

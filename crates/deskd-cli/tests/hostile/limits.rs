@@ -469,6 +469,7 @@ fn register_all(env: &Env, root: &std::path::Path, paths: &[String]) -> Vec<Opti
                 hint: None,
                 type_code: None,
                 creator: None,
+                carried: None,
             })
             .unwrap()
         })

@@ -152,6 +152,7 @@ fn probes(vol: u32) -> Vec<(&'static str, Vec<Request>)> {
         hint: None,
         type_code: None,
         creator: None,
+        carried: None,
     };
     let lookup_path = |path: &[u8]| Request::LookupPath {
         vol,
@@ -247,6 +248,7 @@ fn probes(vol: u32) -> Vec<(&'static str, Vec<Request>)> {
                 hint: None,
                 type_code: None,
                 creator: None,
+                carried: None,
             }),
         ),
         (
@@ -278,6 +280,7 @@ fn probes(vol: u32) -> Vec<(&'static str, Vec<Request>)> {
                     hint: None,
                     type_code: None,
                     creator: None,
+                    carried: None,
                 },
                 Request::Add {
                     vol,
@@ -288,6 +291,7 @@ fn probes(vol: u32) -> Vec<(&'static str, Vec<Request>)> {
                     hint: None,
                     type_code: None,
                     creator: None,
+                    carried: None,
                 },
                 Request::Add {
                     vol,
@@ -298,6 +302,7 @@ fn probes(vol: u32) -> Vec<(&'static str, Vec<Request>)> {
                     hint: None,
                     type_code: None,
                     creator: None,
+                    carried: None,
                 },
             ],
         ),
@@ -575,6 +580,7 @@ fn register_as_nobody() {
                         hint: None,
                         type_code: None,
                         creator: None,
+                        carried: None,
                     })
                     .unwrap(),
                 );
@@ -809,6 +815,7 @@ fn probe_unlisted_as_nobody() {
         hint: None,
         type_code: None,
         creator: None,
+        carried: None,
     };
     let add_path = |path: &[u8]| Request::AddPath {
         vol,
@@ -816,6 +823,7 @@ fn probe_unlisted_as_nobody() {
         hint: None,
         type_code: None,
         creator: None,
+        carried: None,
     };
     let lookup = |parent: u32, name: &[u8]| Request::Lookup {
         vol,

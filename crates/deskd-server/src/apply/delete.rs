@@ -1,11 +1,12 @@
 //! Removals the client has already done on disk: `Delete` (by ID) and `DeletePath`. A record
-//! goes only once the object is gone from its place for anyone (the server walks it itself).
+//! goes only once nothing of its kind is at its place for anyone (the server walks it itself):
+//! while a file is at a file's name, whatever its inode, the name keeps its ID.
 
 use deskd_db::Read;
 use deskd_proto::{ErrorCode, ErrorReply, Response};
 
 use super::errors::db_error;
-use super::paths::{registered, verify_gone, walk_path};
+use super::paths::{registered, verify_removed, walk_path};
 use super::{Reply, Writing};
 use crate::sight;
 
@@ -13,7 +14,7 @@ use crate::sight;
 pub(super) fn delete(w: &mut Writing<'_, '_>, id: u32, recursive: bool) -> Reply {
     let object = w.b.get(id).map_err(db_error)?;
     let old = w.cache.components_of(w.b, id)?;
-    verify_gone(w.vol, &object, &old)?;
+    verify_removed(w.vol, &object, &old)?;
     Ok(Response::Removed(
         w.b.delete(id, recursive).map_err(db_error)?,
     ))
@@ -38,7 +39,7 @@ pub(super) fn delete_path(w: &mut Writing<'_, '_>, path: &[u8], recursive: bool)
     match registered(w.b, &walked.components)? {
         None => Ok(Response::Removed(Vec::new())),
         Some(object) => {
-            verify_gone(w.vol, &object, &walked.components)?;
+            verify_removed(w.vol, &object, &walked.components)?;
             Ok(Response::Removed(
                 w.b.delete(object.id, recursive).map_err(db_error)?,
             ))

@@ -5,7 +5,8 @@
 //! may see ([`crate::sight`]).
 //!
 //! One handler per request kind, in a file per family (as Netatalk's `dbd_add.c`,
-//! `dbd_lookup.c`, …): `register` (`Add`, `AddPath`), `rename`, `delete`, `lookup`
+//! `dbd_lookup.c`, …): `register` (`Add`, `AddPath`; `moved` follows a move made outside
+//! deskd), `rename`, `delete`, `lookup`
 //! (`Lookup`, `LookupPath`, `Resolve`, `Children`), `find`, and `records` (type/creator,
 //! APPL, icons, comments). [`apply_write`] and [`apply_read`] only dispatch; what handlers
 //! share is in `paths` (walking and checking claims), `errors` (the replies for errors)
@@ -17,6 +18,7 @@ mod delete;
 mod errors;
 mod find;
 mod lookup;
+mod moved;
 mod paths;
 mod records;
 mod register;
@@ -31,6 +33,7 @@ use deskd_proto::{ErrorCode, ErrorReply, Request, Response};
 use deskd_volume::Volume;
 
 use crate::access::Access;
+use crate::config::Replaced;
 
 pub use paths::DirCache;
 
@@ -40,13 +43,23 @@ pub type Reply = Result<Response, ErrorReply>;
 /// Upper bound for one `Find` page.
 const MAX_FIND_LIMIT: u32 = 10_000;
 
+/// The volume's settings a write obeys: whether it is read-only, and whether a replaced name
+/// keeps its ID ([`Replaced`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Policy {
+    pub read_only: bool,
+    pub replaced: Replaced,
+}
+
 /// What every write handler works in: the batch (one transaction for many requests, group
-/// commit), the volume, the peer its paths are walked as, and the batch's folder paths.
+/// commit), the volume, the peer its paths are walked as, the batch's folder paths, and what
+/// a replaced name keeps.
 struct Writing<'a, 't> {
     b: &'a mut Batch<'t>,
     vol: &'a Volume,
     access: &'a Access,
     cache: &'a mut DirCache,
+    replaced: Replaced,
 }
 
 /// What every read handler works in: a read snapshot, the volume, its name index (for
@@ -58,13 +71,13 @@ struct Reading<'a, R> {
     access: &'a Access,
 }
 
-/// Apply one write request inside the batch. `read_only` volumes refuse changes but still
-/// register objects (a client needs IDs to browse). Every path is walked race-free as the
-/// peer (`access`), and what is recorded is what the walk reached.
+/// Apply one write request inside the batch. Read-only volumes (`policy`) refuse changes but
+/// still register objects (a client needs IDs to browse). Every path is walked race-free as
+/// the peer (`access`), and what is recorded is what the walk reached.
 pub fn apply_write(
     b: &mut Batch<'_>,
     vol: &Volume,
-    read_only: bool,
+    policy: Policy,
     request: &Request,
     cache: &mut DirCache,
     access: &Access,
@@ -72,7 +85,7 @@ pub fn apply_write(
     if moves_names(request) {
         cache.clear();
     }
-    if read_only && changes_desktop(request) {
+    if policy.read_only && changes_desktop(request) {
         return Err(ErrorReply::new(
             ErrorCode::ReadOnly,
             format!("{}: volume is read-only", vol.root().display()),
@@ -83,6 +96,7 @@ pub fn apply_write(
         vol,
         access,
         cache,
+        replaced: policy.replaced,
     };
     match request {
         Request::Add {
@@ -93,6 +107,7 @@ pub fn apply_write(
             hint,
             type_code,
             creator,
+            carried,
             ..
         } => register::add(
             w,
@@ -103,6 +118,8 @@ pub fn apply_write(
                 hint: *hint,
                 type_code: *type_code,
                 creator: *creator,
+                carried: *carried,
+                registering: true,
             },
         ),
         Request::AddPath {
@@ -110,6 +127,7 @@ pub fn apply_write(
             hint,
             type_code,
             creator,
+            carried,
             ..
         } => register::add_path(
             w,
@@ -118,6 +136,8 @@ pub fn apply_write(
                 hint: *hint,
                 type_code: *type_code,
                 creator: *creator,
+                carried: *carried,
+                registering: true,
             },
         ),
         Request::Rename {

@@ -126,8 +126,8 @@ pub(super) fn same_object(o: &Object, dev: u64, ino: u64) -> bool {
     (o.dev == 0 && o.ino == 0) || (o.dev == dev && o.ino == ino)
 }
 
-/// Verify that `object` is no longer at `old` (walked by the server: is it still there for
-/// anyone?).
+/// Verify, before a rename records a move, that `object` (its inode) is no longer at `old`
+/// (walked by the server: is it still there for anyone?).
 pub(super) fn verify_gone(
     vol: &Volume,
     object: &Object,
@@ -141,6 +141,25 @@ pub(super) fn verify_gone(
                 vol.path_of(old).display()
             )));
         }
+    }
+    Ok(())
+}
+
+/// Verify, before a `Delete`, that nothing of `object`'s kind is at its place `at` any more
+/// (walked by the server: for anyone). Whatever its inode, an object of the record's kind at
+/// the record's name keeps the record: the ID belongs to the name (an exchange swapped the
+/// contents, a save replaced the file). Another kind there, or nothing, lets the record go.
+pub(super) fn verify_removed(
+    vol: &Volume,
+    object: &Object,
+    at: &[Vec<u8>],
+) -> Result<(), ErrorReply> {
+    let walked = walk::walk(vol.root(), at);
+    if walked.last().is_some_and(|node| node.kind == object.kind) {
+        return Err(claim(format!(
+            "{}: still exists on disk; do the operation before telling deskd",
+            vol.path_of(at).display()
+        )));
     }
     Ok(())
 }

@@ -1,14 +1,20 @@
 //! Registering objects: `Add` (a name in a registered folder, with the dev/ino the client saw)
 //! and `AddPath` (a path, with every unregistered folder above it). Registration is allowed on
 //! read-only volumes: a client needs IDs to browse.
+//!
+//! A place without a record may be where a registered object was moved outside deskd
+//! ([`super::moved`]); a registered name that now holds another inode of its kind keeps its
+//! ID or not as the volume's `replaced` setting says ([`take_over`]).
 
-use deskd_db::{Batch, Kind, NewObject, Object, Read};
+use deskd_db::{Kind, NewObject, Object, Read};
 use deskd_proto::{ErrorReply, Response};
 
 use super::errors::{claim, db_error, kind_changed, volume_error};
+use super::moved::follow_move;
 use super::paths::{reached, walk_names, walk_path};
 use super::wire::{info, join};
 use super::{Reply, Writing};
+use crate::config::Replaced;
 use crate::walk::Node;
 
 /// The type code of a plain file registered without one (as Netatalk shows Unix files).
@@ -23,6 +29,59 @@ pub(super) struct Asked {
     pub(super) hint: Option<u32>,
     pub(super) type_code: Option<[u8; 4]>,
     pub(super) creator: Option<[u8; 4]>,
+    /// The ID the object carries from where it was: only to follow a move ([`follow_move`])
+    /// and, with `replaced = "new-id"`, to keep the ID of the name it replaced.
+    pub(super) carried: Option<u32>,
+    /// A registration (`Add`, `AddPath`, a `RenamePath` of an unregistered object): the
+    /// last name follows a move and obeys `replaced`. Not the folder a rename goes into.
+    pub(super) registering: bool,
+}
+
+impl Asked {
+    /// What a client asks when registering an object.
+    pub(super) fn registering(self) -> Asked {
+        Asked {
+            registering: true,
+            ..self
+        }
+    }
+
+    /// The IDs the object says it had: a move is followed by them.
+    fn candidates(&self) -> [Option<u32>; 2] {
+        [self.hint, self.carried.filter(|&c| Some(c) != self.hint)]
+    }
+
+    /// Whether the request says the object is the one with `id`.
+    fn names(&self, id: u32) -> bool {
+        self.hint == Some(id) || self.carried == Some(id)
+    }
+}
+
+/// A registered name found holding another inode of the record's kind (save-by-replace, an
+/// exchange, delete and create). Under `keep-id`, or when the request names the record's ID,
+/// the record takes the new inode and `true` is returned; under `new-id` the record is removed
+/// (its ID is never handed out again) and `false` tells the caller to register the object anew.
+fn take_over(
+    w: &mut Writing<'_, '_>,
+    object: &mut Object,
+    node: &Node,
+    asked: &Asked,
+) -> Result<bool, ErrorReply> {
+    // A record from before deskd kept dev/ino is taken at its word (as `same_object` does).
+    let legacy = object.dev == 0 && object.ino == 0;
+    let keep =
+        legacy || !asked.registering || w.replaced == Replaced::KeepId || asked.names(object.id);
+    if !keep {
+        w.b.delete(object.id, true).map_err(db_error)?;
+        if object.kind == Kind::Dir {
+            w.cache.clear();
+        }
+        return Ok(false);
+    }
+    w.b.set_devino(object.id, node.dev, node.ino)
+        .map_err(db_error)?;
+    (object.dev, object.ino) = (node.dev, node.ino);
+    Ok(true)
 }
 
 /// `Add`: register `name` in the registered folder `parent` after checking, walking as the
@@ -47,6 +106,19 @@ pub(super) fn add(
             node.ino
         )));
     }
+    let asked = asked.registering();
+    if let Some(mut o) = w.b.lookup(parent, name).map_err(db_error)? {
+        if o.kind != node.kind {
+            return Err(kind_changed(&components, &o, &node));
+        }
+        if (o.dev, o.ino) == (node.dev, node.ino) || take_over(w, &mut o, &node, &asked)? {
+            return Ok(Response::Object(info(&o, Some(join(&components)), false)));
+        }
+    }
+    // No record at the place (or, with `new-id`, no longer): moved here from elsewhere?
+    if let Some(o) = follow_move(w, &asked.candidates(), &node, parent, name)? {
+        return Ok(Response::Object(info(&o, Some(join(&components)), false)));
+    }
     let file = node.kind == Kind::File;
     let new = NewObject {
         parent,
@@ -65,13 +137,6 @@ pub(super) fn add(
         hint: asked.hint,
     };
     let (o, created) = w.b.add(&new).map_err(db_error)?;
-    if !created && o.kind != node.kind {
-        return Err(kind_changed(&components, &o, &node));
-    }
-    if !created && (o.dev, o.ino) != (node.dev, node.ino) {
-        // Same name, new inode (save-by-replace, restore): the name keeps its ID.
-        w.b.set_devino(o.id, node.dev, node.ino).map_err(db_error)?;
-    }
     Ok(Response::Object(info(&o, Some(join(&components)), created)))
 }
 
@@ -83,7 +148,7 @@ pub(super) fn add_path(w: &mut Writing<'_, '_>, path: &[u8], asked: Asked) -> Re
         let root = w.b.get(deskd_db::ROOT_ID).map_err(db_error)?;
         return Ok(Response::Object(info(&root, Some(Vec::new()), false)));
     }
-    let (o, created) = register_walked(w.b, &walked.components, &walked.nodes, asked)?;
+    let (o, created) = register_walked(w, &walked.components, &walked.nodes, asked.registering())?;
     Ok(Response::Object(info(
         &o,
         Some(join(&walked.components)),
@@ -95,16 +160,16 @@ pub(super) fn add_path(w: &mut Writing<'_, '_>, path: &[u8], asked: Asked) -> Re
 /// unregistered directory above the last; `asked` applies to the last only. What is recorded
 /// is what the walk's descriptors were. Returns the final object and whether it was created.
 pub(super) fn register_walked(
-    b: &mut Batch<'_>,
+    w: &mut Writing<'_, '_>,
     components: &[Vec<u8>],
     nodes: &[Node],
     asked: Asked,
 ) -> Result<(Object, bool), ErrorReply> {
-    let mut current = b.get(deskd_db::ROOT_ID).map_err(db_error)?;
+    let mut current = w.b.get(deskd_db::ROOT_ID).map_err(db_error)?;
     let mut created = false;
     for (i, (name, node)) in components.iter().zip(nodes).enumerate() {
         let last = i + 1 == components.len();
-        let existing = b.lookup(current.id, name).map_err(db_error)?;
+        let existing = w.b.lookup(current.id, name).map_err(db_error)?;
         if let Some(dir) = existing.as_ref().filter(|_| !last) {
             // A registered directory on the way: the walk has just been through it.
             if dir.kind != Kind::Dir {
@@ -120,15 +185,21 @@ pub(super) fn register_walked(
                 // record is never made to say the descriptor is what it is not.
                 return Err(kind_changed(&components[..=i], &object, node));
             }
-            if (object.dev, object.ino) != (node.dev, node.ino) {
-                // Same name, new inode (save-by-replace, restore): the name keeps its ID.
-                b.set_devino(object.id, node.dev, node.ino)
-                    .map_err(db_error)?;
-                (object.dev, object.ino) = (node.dev, node.ino);
+            if (object.dev, object.ino) == (node.dev, node.ino)
+                || take_over(w, &mut object, node, &asked)?
+            {
+                current = object;
+                created = false;
+                continue;
             }
-            current = object;
-            created = false;
-            continue;
+        }
+        // No record at the place (or, with `new-id`, no longer): moved here from elsewhere?
+        if last && asked.registering {
+            if let Some(object) = follow_move(w, &asked.candidates(), node, current.id, name)? {
+                current = object;
+                created = false;
+                continue;
+            }
         }
         let (default_type, default_creator) = if node.kind == Kind::File {
             (UNIX_TYPE, UNKN_CREATOR)
@@ -155,7 +226,7 @@ pub(super) fn register_walked(
             ctime: node.ctime,
             hint: if last { asked.hint } else { None },
         };
-        current = b.add(&new).map_err(db_error)?.0;
+        current = w.b.add(&new).map_err(db_error)?.0;
         created = true;
     }
     Ok((current, created))

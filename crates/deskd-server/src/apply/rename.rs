@@ -90,8 +90,9 @@ fn register_in_place(
     let asked = Asked {
         hint,
         ..Asked::default()
-    };
-    register_walked(w.b, &to_walk.components, &to_walk.nodes, asked)?;
+    }
+    .registering();
+    register_walked(w, &to_walk.components, &to_walk.nodes, asked)?;
     Ok(Response::Removed(removed))
 }
 
@@ -116,7 +117,7 @@ fn move_verified(
     let (new_name, parent_components) = new.components.split_last().expect("not the root");
     let node = *new.last().expect("a walk that reached its end");
     let (parent, _) = register_walked(
-        w.b,
+        w,
         parent_components,
         &new.nodes[..parent_components.len()],
         Asked::default(),

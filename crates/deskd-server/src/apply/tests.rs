@@ -45,7 +45,19 @@ impl Fixture {
         let mut cache = DirCache::default();
         let replies = requests
             .iter()
-            .map(|r| apply_write(&mut b, &self.vol, read_only, r, &mut cache, access))
+            .map(|r| {
+                apply_write(
+                    &mut b,
+                    &self.vol,
+                    Policy {
+                        read_only,
+                        ..Policy::default()
+                    },
+                    r,
+                    &mut cache,
+                    access,
+                )
+            })
             .collect();
         b.commit().unwrap();
         replies
@@ -85,6 +97,7 @@ fn add_path(path: &str) -> Request {
         hint: None,
         type_code: None,
         creator: None,
+        carried: None,
     }
 }
 
@@ -100,6 +113,7 @@ fn add(parent: u32, name: &str, on_disk: &Path, ino_offset: u64) -> Request {
         hint: None,
         type_code: None,
         creator: None,
+        carried: None,
     }
 }
 
@@ -342,7 +356,7 @@ fn a_rename_in_a_batch_empties_the_cache_of_folder_paths() {
         apply_write(
             &mut b,
             &f.vol,
-            false,
+            Policy::default(),
             &request,
             &mut cache,
             &Access::Trusted,
@@ -539,4 +553,67 @@ fn what_the_peer_cannot_reach_names_nothing_to_it_and_is_not_removed() {
     );
     // Root still sees it, recorded.
     assert_eq!(object(f.read(resolve)).id, id);
+}
+
+fn add_path_carrying(path: &str, carried: u32) -> Request {
+    Request::AddPath {
+        vol: 0,
+        path: path.into(),
+        hint: None,
+        type_code: None,
+        creator: None,
+        carried: Some(carried),
+    }
+}
+
+#[test]
+fn a_rename_path_of_an_unregistered_from_follows_a_move_by_its_hint() {
+    let mut f = Fixture::new();
+    std::fs::write(f.on_disk("a"), "").unwrap();
+    let a = f.register("a");
+    std::fs::rename(f.on_disk("a"), f.on_disk("b")).unwrap();
+    let request = Request::RenamePath {
+        vol: 0,
+        from: b"never-registered".to_vec(),
+        to: b"b".to_vec(),
+        replace: false,
+        hint: Some(a.id),
+    };
+    assert_eq!(f.write(request), Ok(Response::Removed(vec![])));
+    assert_eq!(maybe_object(f.read(lookup_path("b"))).unwrap().id, a.id);
+    assert_eq!(maybe_object(f.read(lookup_path("a"))), None);
+}
+
+#[test]
+fn a_record_without_dev_ino_is_not_followed() {
+    let mut f = Fixture::new();
+    std::fs::write(f.on_disk("a"), "").unwrap();
+    let a = f.register("a");
+    let mut b = f.desktop.batch().unwrap();
+    b.set_devino(a.id, 0, 0).unwrap();
+    b.commit().unwrap();
+    std::fs::rename(f.on_disk("a"), f.on_disk("b")).unwrap();
+    let b = object(f.write(add_path_carrying("b", a.id)));
+    assert_ne!(b.id, a.id);
+    assert!(b.created);
+    assert_eq!(f.record(a.id).name, b"a".to_vec());
+}
+
+#[test]
+fn delete_path_keeps_a_record_while_an_object_of_its_kind_is_at_its_name() {
+    let mut f = Fixture::new();
+    std::fs::write(f.on_disk("f"), "").unwrap();
+    let o = f.register("f");
+    std::fs::remove_file(f.on_disk("f")).unwrap();
+    std::fs::write(f.on_disk("f"), "another inode").unwrap();
+    let delete = Request::DeletePath {
+        vol: 0,
+        path: b"f".to_vec(),
+        recursive: false,
+    };
+    assert_eq!(code(f.write(delete.clone())), ErrorCode::ClaimRejected);
+    assert_eq!(f.record(o.id).name, b"f".to_vec());
+    std::fs::remove_file(f.on_disk("f")).unwrap();
+    std::fs::create_dir(f.on_disk("f")).unwrap();
+    assert_eq!(f.write(delete), Ok(Response::Removed(vec![o.id])));
 }

@@ -19,7 +19,7 @@ use super::busy::BUSY_TRY;
 use super::checkpoint::REQUESTED_CHECKPOINT_WAIT;
 use super::{Pending, Replier, Writer};
 use crate::access::Access;
-use crate::apply::{apply_write, DirCache, Reply};
+use crate::apply::{apply_write, DirCache, Policy, Reply};
 use crate::audit;
 use crate::db_reply::{db_error, is_busy};
 use crate::space;
@@ -38,7 +38,7 @@ enum Attempt {
 fn run_batch(
     desktop: &mut Desktop,
     volume: &Volume,
-    read_only: bool,
+    policy: Policy,
     writes: &[Pending],
     isolated: bool,
     audit_on: bool,
@@ -54,7 +54,7 @@ fn run_batch(
         } else {
             audit::Resolved::default()
         };
-        let reply = apply_write(b, volume, read_only, request, &mut cache, access);
+        let reply = apply_write(b, volume, policy, request, &mut cache, access);
         let line = match &reply {
             Ok(response) if audit_on => {
                 let resolved = audit::after(b, &mut cache, request, resolved);
@@ -106,13 +106,17 @@ impl Writer {
             return;
         }
         let desktop = self.desktop.as_mut().expect("writer used after shutdown");
-        let (volume, read_only) = (&self.volume, self.config.read_only);
+        let volume = &self.volume;
+        let policy = Policy {
+            read_only: self.config.read_only,
+            replaced: self.config.replaced,
+        };
         // Fast path: the whole batch in one transaction without savepoints (a savepoint per
         // request costs a statement journal per request). If a request fails, its
         // partial changes must not be committed: run the batch again, isolating each request.
         let audit_on = audit::enabled();
-        let outcome = match run_batch(desktop, volume, read_only, writes, false, audit_on) {
-            Ok(Attempt::Retry) => run_batch(desktop, volume, read_only, writes, true, audit_on),
+        let outcome = match run_batch(desktop, volume, policy, writes, false, audit_on) {
+            Ok(Attempt::Retry) => run_batch(desktop, volume, policy, writes, true, audit_on),
             other => other,
         };
         match outcome {

@@ -87,8 +87,8 @@ pub(crate) enum Job {
     Flush(Sender<Reply>),
     Freeze(Option<u32>, Sender<Reply>),
     Thaw(Sender<Reply>),
-    /// New settings (flush_delay, idle_close, freeze_default, freeze_max, busy_wait, wal_limit, min_free
-    /// and durability) from a reloaded configuration; read_only needs the volume reopened.
+    /// New settings (flush_delay, idle_close, freeze_default, freeze_max, busy_wait, wal_limit, min_free,
+    /// replaced and durability) from a reloaded configuration; read_only needs the volume reopened.
     Retime(VolumeConfig, Sender<()>),
     /// Work on the desktop between two batches (an online rebuild's apply); returns whether
     /// it committed.
@@ -453,6 +453,7 @@ impl Writer {
                 self.config.busy_wait = new.busy_wait;
                 self.config.wal_limit = new.wal_limit;
                 self.config.min_free = new.min_free;
+                self.config.replaced = new.replaced;
                 if new.durability != self.config.durability {
                     let desktop = self.desktop.as_ref().expect("writer used after shutdown");
                     match desktop.set_durability(new.durability) {

@@ -63,6 +63,7 @@ fn add(name: &'static str, connection: &Arc<TestConnection>) -> Job {
             hint: None,
             type_code: None,
             creator: None,
+            carried: None,
         },
         reply: Box::new(Recorded {
             tag: name,
@@ -204,6 +205,7 @@ fn a_write_caught_by_a_close_is_refused_and_its_retry_commits_after_the_reopenin
             hint: None,
             type_code: None,
             creator: None,
+            carried: None,
         },
         reply: Box::new(Recorded {
             tag: "a",
