@@ -49,9 +49,10 @@ log "building afpd and afptest in $WORK (kept between runs)"
 bash "$KIT/spectest.sh" build >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
 
 # deskd as an administrator would run it for these volumes. The suite makes its two volumes
-# mode 0777 (its two users share them), which deskd serves only when told to; Netatalk's
-# answer to a file replaced outside AFP (a new ID, test235) is the documented choice for an
-# AFP-only volume.
+# mode 0777 (its two users share them), which deskd serves only when told to. T2 test235 wants
+# Netatalk's answer to a file replaced outside AFP (a new ID): `replaced = "new-id"`, the
+# setting docs/netatalk.md names for Netatalk's exact behaviour (with the default, keep-id,
+# test235 alone differs, by design).
 mkdir -p "$RUN"
 VOL1=$WORK/afpvol1 VOL2=$WORK/afpvol2
 cat >"$RUN/deskd.toml" <<EOF
