@@ -49,6 +49,7 @@ fn running() -> &'static Running {
                 listener,
                 Arc::new(move || deskd_client::Client::connect(&socket, common::PATIENCE)),
                 deskd_netatalk::Limits::default(),
+                None,
             )
         });
         Running {

@@ -187,8 +187,8 @@ pub struct Session {
     served: Option<Vec<VolumeInfo>>,
 }
 
-/// The `AddPath` request that registers `iv`: with `use_hints`, the ID its resource file (or
-/// else its xattr mirror) carries, and the type and creator its resource file has. Always, as
+/// The `AddPath` request that registers `iv`: with `use_hints`, the ID its xattr mirror (or else
+/// its resource file) carries, and the type and creator its resource file has. Always, as
 /// `carried`, the ID the object itself carries (its xattr mirror moves with it; else its
 /// resource file's): deskd follows a move made outside it by that ID, never picks one by it.
 fn add_request(
@@ -197,16 +197,12 @@ fn add_request(
     header: Option<&ResourceHeader>,
     use_hints: bool,
 ) -> Request {
-    let hint = if use_hints {
-        header
-            .map(|h| h.id)
-            .filter(|&id| id != 0)
-            .or_else(|| deskd_volume::read_id_xattr(&iv.path()))
-    } else {
-        None
-    };
+    // The xattr mirror travels with the inode; the resource file stays with the name when
+    // something else moves over it (a plain `mv`), so the mirror says first which object
+    // this is.
     let carried = deskd_volume::read_id_xattr(&iv.path())
         .or_else(|| header.map(|h| h.id).filter(|&id| id != 0));
+    let hint = if use_hints { carried } else { None };
     let (type_code, creator) = match header {
         Some(h) if h.type_code != [0; 4] || h.creator != [0; 4] => {
             (Some(h.type_code), Some(h.creator))

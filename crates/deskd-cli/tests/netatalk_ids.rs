@@ -474,3 +474,102 @@ fn replaced_changes_at_a_sighup() {
     assert_ne!(new, old);
     assert!(!env.log_text().contains("reopened"), "{}", env.log_text());
 }
+
+/// `dt info --json PATH` as nobody: the ID, or None when this test cannot run dt as nobody.
+fn id_as_nobody(env: &Env, rel: &str) -> Option<u32> {
+    let out = env.as_nobody(
+        DT,
+        &[
+            b"info",
+            b"--json",
+            env.path(rel).as_os_str().as_encoded_bytes(),
+        ],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    Some(info["id"].as_u64().unwrap() as u32)
+}
+
+/// A file system gives a freed inode number to the next new file: an object born after its
+/// record's inode was recorded is a newer file that got the number, not the recorded object,
+/// and is not followed (else a user whose new file got the number of a deleted file of root's,
+/// and who wrote root's ID into its xattr, would take that ID). Shown here by making the
+/// record older than its object, as a reused number's record is.
+#[test]
+fn a_newer_file_with_a_recorded_inode_number_is_not_followed() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    std::fs::create_dir(env.path("vol/pub")).unwrap();
+    std::fs::set_permissions(
+        env.path("vol/pub"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    env.id_of(&env.path("vol/pub"));
+    std::fs::write(env.path("vol/pub/bait"), b"b").unwrap();
+    std::os::unix::fs::chown(env.path("vol/pub/bait"), Some(65534), Some(65534)).unwrap();
+    let id = env.id_of(&env.path("vol/pub/bait"));
+    if deskd_volume::read_id_xattr(&env.path("vol/pub/bait")) != Some(id) {
+        return skip("no user xattrs on the temp dir's file system");
+    }
+    env.term();
+    // The record's inode was recorded long before the object on disk was born.
+    sqlite3(
+        &env.path("vol/.Desktop"),
+        &format!("UPDATE objects SET ctime = 1000 WHERE id = {id}"),
+    );
+    env.serve(&["vol"]);
+    std::fs::rename(env.path("vol/pub/bait"), env.path("vol/pub/taken")).unwrap();
+    // (nobody writes the resource files of its own files)
+    std::os::unix::fs::chown(env.path("vol/pub/.rsrc"), Some(65534), Some(65534)).unwrap();
+    let Some(got) = id_as_nobody(&env, "vol/pub/taken") else {
+        return skip("not root: cannot run dt as nobody");
+    };
+    assert_ne!(got, id);
+    // Nor for root: it is the object that is not the recorded one.
+    std::fs::rename(env.path("vol/pub/taken"), env.path("vol/pub/again")).unwrap();
+    std::fs::remove_file(env.path("vol/pub/.rsrc/taken")).ok();
+    assert_ne!(env.id_of(&env.path("vol/pub/again")), id);
+    assert!(!env.log_text().contains(&format!("move id {id} ")));
+}
+
+/// A user who could not have made a move (no write to the record's old folder) does not make
+/// deskd follow it; root, who made it, does.
+#[test]
+fn a_move_out_of_a_folder_the_asker_cannot_write_is_followed_only_for_whoever_could() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    std::fs::create_dir(env.path("vol/staff")).unwrap(); // root's, 0755
+    std::fs::create_dir(env.path("vol/pub")).unwrap();
+    std::fs::set_permissions(
+        env.path("vol/pub"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    // nobody's file in root's folder: nobody may not move it out.
+    std::fs::write(env.path("vol/staff/memo"), b"m").unwrap();
+    std::os::unix::fs::chown(env.path("vol/staff/memo"), Some(65534), Some(65534)).unwrap();
+    let id = env.id_of(&env.path("vol/staff/memo"));
+    if deskd_volume::read_id_xattr(&env.path("vol/staff/memo")) != Some(id) {
+        return skip("no user xattrs on the temp dir's file system");
+    }
+    env.id_of(&env.path("vol/pub"));
+    std::fs::rename(env.path("vol/staff/memo"), env.path("vol/pub/memo")).unwrap();
+    // dt as nobody registers it without its ID (nobody cannot write staff/ ...
+    let Some(got) = id_as_nobody(&env, "vol/pub/memo") else {
+        return skip("not root: cannot run dt as nobody");
+    };
+    assert_ne!(got, id);
+    let paths = desktop_paths(&env.path("vol"));
+    assert_eq!(paths.get("staff/memo"), Some(&id));
+    // ... while a move root can have made is followed when root asks.
+    std::fs::write(env.path("vol/staff/note"), b"n").unwrap();
+    let note = env.id_of(&env.path("vol/staff/note"));
+    std::fs::rename(env.path("vol/staff/note"), env.path("vol/pub/note")).unwrap();
+    assert_eq!(env.id_of(&env.path("vol/pub/note")), note);
+}

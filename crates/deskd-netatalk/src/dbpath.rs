@@ -15,22 +15,25 @@
 //! none is made); a template with any other variable (`$u`, `$h`, …) is not expanded (the
 //! log says so once).
 
-use std::collections::HashSet;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::time::Duration;
+
+use deskd_proto::ratelimit::RateLimited;
 
 /// Netatalk's `vol dbpath` default when afp.conf names none: Debian's build
 /// (`localstatedir=/var/lib`) puts it under `/var/lib/netatalk/CNID/`.
 pub const DEFAULT_TEMPLATE: &str = "/var/lib/netatalk/CNID/$v/";
 
 /// Why afp.conf could not be used.
+// The cause is part of the message and deliberately not a `source`: printed with anyhow's
+// `{:#}` a source would be repeated after the message.
 #[derive(Debug, thiserror::Error)]
 pub enum DbPathError {
-    #[error("{path}: cannot read afp.conf: {source}")]
+    #[error("{path}: cannot read afp.conf: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: not an INI file: {message}")]
     Syntax { path: PathBuf, message: String },
@@ -57,9 +60,22 @@ pub struct DbPaths {
     /// The template used when neither the volume nor [Global] names one.
     default_template: String,
     volumes: Vec<VolumeSection>,
-    /// Folders made or found already (no mkdir per connection), and names warned about.
-    done: Mutex<HashSet<PathBuf>>,
-    warned: Mutex<HashSet<String>>,
+}
+
+/// Where afp.conf is, read again at each afpd connection so that an edit applies to the next
+/// connection without a restart (as `cnid_metad` reads it per volume it starts).
+#[derive(Debug, Clone)]
+pub struct AfpConf {
+    pub path: PathBuf,
+    /// `vol dbpath` of volumes afp.conf names none for.
+    pub default_template: String,
+}
+
+impl AfpConf {
+    /// Read the file now.
+    pub fn read(&self) -> Result<DbPaths, DbPathError> {
+        DbPaths::load(&self.path, &self.default_template)
+    }
 }
 
 /// Netatalk's iniparser reads `yes`, `true`, `1` (any case, first letter) as true.
@@ -73,9 +89,9 @@ fn ini_true(value: &str) -> bool {
 impl DbPaths {
     /// Read `afp_conf`; `default_template` is used where it names no `vol dbpath`.
     pub fn load(afp_conf: &Path, default_template: &str) -> Result<DbPaths, DbPathError> {
-        let text = std::fs::read_to_string(afp_conf).map_err(|source| DbPathError::Read {
+        let text = std::fs::read_to_string(afp_conf).map_err(|error| DbPathError::Read {
             path: afp_conf.to_path_buf(),
-            source,
+            error,
         })?;
         Self::parse(&text, default_template).map_err(|message| DbPathError::Syntax {
             path: afp_conf.to_path_buf(),
@@ -95,8 +111,6 @@ impl DbPaths {
             global: None,
             default_template: default_template.to_owned(),
             volumes: Vec::new(),
-            done: Mutex::default(),
-            warned: Mutex::default(),
         };
         // iniparser, which afpd uses, compares section and key names without case.
         let get = |props: &ini::Properties, key: &str| {
@@ -149,7 +163,8 @@ impl DbPaths {
         };
         let expanded = template.replace("$v", &component);
         if expanded.contains('$') {
-            if self.warned.lock().unwrap().insert(template.clone()) {
+            static WARNED: RateLimited = RateLimited::new(Duration::from_secs(60));
+            if WARNED.now() {
                 tracing::warn!(
                     "vol dbpath = {template}: only $v is expanded by deskd netatalk; \
                      make the folder afpd needs by hand"
@@ -162,15 +177,10 @@ impl DbPaths {
 
     /// Make `folder` (and its parents) if it is not there, as `cnid_metad` does (mode 0755).
     pub fn ensure(&self, folder: &Path) -> std::io::Result<()> {
-        if self.done.lock().unwrap().contains(folder) {
-            return Ok(());
-        }
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
-            .create(folder)?;
-        self.done.lock().unwrap().insert(folder.to_path_buf());
-        Ok(())
+            .create(folder)
     }
 }
 

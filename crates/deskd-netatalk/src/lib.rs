@@ -545,7 +545,7 @@ pub fn serve(
     listener: TcpListener,
     connect: Arc<dyn Fn() -> Result<Client, ClientError> + Send + Sync>,
     limits: Limits,
-    dbpaths: Option<Arc<dbpath::DbPaths>>,
+    afp_conf: Option<Arc<dbpath::AfpConf>>,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
     let refusals = RateLimited::new(Duration::from_secs(10));
@@ -577,13 +577,13 @@ pub fn serve(
         }
         let slot = Slot(open.clone());
         let connect = connect.clone();
-        let dbpaths = dbpaths.clone();
+        let afp_conf = afp_conf.clone();
         let spawned = std::thread::Builder::new()
             .name("afpd".into())
             .spawn(move || {
                 let _slot = slot;
                 if let Err(e) =
-                    serve_connection(stream, &*connect, limits.frame_timeout, dbpaths.as_deref())
+                    serve_connection(stream, &*connect, limits.frame_timeout, afp_conf.as_deref())
                 {
                     if log_now(&e) {
                         warn!("{peer}: {e}; connection closed");
@@ -592,6 +592,29 @@ pub fn serve(
             });
         if let Err(e) = spawned {
             tracing::error!("cannot start a thread for a connection: {e}");
+        }
+    }
+}
+
+/// Make afpd's `vol dbpath` folder for the volume afpd calls `name` at `root`, reading afp.conf
+/// now; failures are logged (at most every 10 s), never fatal to the connection.
+fn make_dbpath_folder(afp_conf: &dbpath::AfpConf, name: &[u8], root: &Path) {
+    static FAILED: RateLimited = RateLimited::new(Duration::from_secs(10));
+    let made = afp_conf
+        .read()
+        .map_err(|e| e.to_string())
+        .and_then(|paths| match paths.folder_for(name, root) {
+            Some(folder) => paths.ensure(&folder).map_err(|e| {
+                format!(
+                    "cannot make afpd's vol dbpath folder {}: {e}",
+                    folder.display()
+                )
+            }),
+            None => Ok(()),
+        });
+    if let Err(e) = made {
+        if FAILED.now() {
+            warn!("{}: {e}", root.display());
         }
     }
 }
@@ -612,13 +635,13 @@ impl std::io::Read for Timed<'_> {
 }
 
 /// Serve one afpd connection until it closes. The handshake must be whole within `timeout` of
-/// the start, and each request within `timeout` of its first byte. With `dbpaths`, the
-/// volume's `vol dbpath` folder is made once its volume is known to be served.
+/// the start, and each request within `timeout` of its first byte. With `afp_conf` (read now),
+/// the volume's `vol dbpath` folder is made once its volume is known to be served.
 pub fn serve_connection(
     stream: TcpStream,
     connect: Connect,
     timeout: Duration,
-    dbpaths: Option<&dbpath::DbPaths>,
+    afp_conf: Option<&dbpath::AfpConf>,
 ) -> Result<(), BridgeError> {
     use std::io::BufRead;
     let _ = stream.set_nodelay(true);
@@ -651,17 +674,8 @@ pub fn serve_connection(
         }),
     })?;
     debug!(volume = %shown, user = %String::from_utf8_lossy(&hello.user), "afpd connected");
-    if let Some(folder) = dbpaths.and_then(|d| d.folder_for(&hello.volume_name, &desk.root)) {
-        if let Err(e) = dbpaths.expect("just used").ensure(&folder) {
-            static FAILED: RateLimited = RateLimited::new(Duration::from_secs(10));
-            if FAILED.now() {
-                warn!(
-                    "{}: cannot make afpd's vol dbpath folder {}: {e}",
-                    desk.root.display(),
-                    folder.display()
-                );
-            }
-        }
+    if let Some(afp_conf) = afp_conf {
+        make_dbpath_folder(afp_conf, &hello.volume_name, &desk.root);
     }
     let mut output = &stream;
     loop {

@@ -640,15 +640,24 @@ fn netatalk(
     afp_conf: Option<PathBuf>,
     dbpath: &str,
 ) -> Result<ExitCode> {
-    use deskd_netatalk::dbpath::DbPaths;
+    use deskd_netatalk::dbpath::AfpConf;
     init_logging();
     // Named on the command line: it must be readable. The default only when it is there.
     let afp_conf = afp_conf.or_else(|| {
         let standard = PathBuf::from("/etc/netatalk/afp.conf");
         standard.exists().then_some(standard)
     });
-    let dbpaths = match &afp_conf {
-        Some(path) => Some(std::sync::Arc::new(DbPaths::load(path, dbpath)?)),
+    let afp_conf = match afp_conf {
+        Some(path) => {
+            let conf = AfpConf {
+                path,
+                default_template: dbpath.to_owned(),
+            };
+            // Read once now, so that a bad file is said at start; afterwards at each afpd
+            // connection (an edit needs no restart).
+            conf.read()?;
+            Some(std::sync::Arc::new(conf))
+        }
         None => {
             tracing::info!(
                 "no afp.conf (--afp-conf): afpd's vol dbpath folders are not made; afpd's \
@@ -669,6 +678,18 @@ fn netatalk(
     let address = connection.address();
     // Fail early, with deskd's own message, when deskd is not there.
     address.connect().map_err(|e| anyhow!("{e}"))?;
+    // A reload (systemctl reload, a HELIOS-style reconf) must not end the bridge: afp.conf is
+    // read at each afpd connection, so there is nothing to read again.
+    let mut hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .context("cannot handle SIGHUP")?;
+    std::thread::spawn(move || {
+        for _ in hangups.forever() {
+            tracing::info!(
+                "SIGHUP: nothing to reload: afp.conf is read at each afpd connection; \
+                 --listen and the deskd connection need a restart"
+            );
+        }
+    });
     tracing::info!(
         "serving Netatalk's CNID protocol on {} for deskd at {}",
         listener.local_addr()?,
@@ -678,7 +699,7 @@ fn netatalk(
         listener,
         std::sync::Arc::new(move || address.connect()),
         limits,
-        dbpaths,
+        afp_conf,
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,17 @@
 //! Netatalk's cnid_dbd (`dbd_lookup.c`) does the same by dev/ino.
 //!
 //! The check is by inode against deskd's own record, so any peer may name an ID: naming
-//! another user's ID moves nothing, the victim's record has the victim's inode.
+//! another user's ID moves nothing, the victim's record has the victim's inode. An inode
+//! number alone is not enough, though: a file system gives a freed number to the next new file
+//! at once, so a user whose file got the number of a deleted (or saved-by-replace) object of
+//! someone else's would take its ID. Two more checks close that:
+//!
+//! * the object must have been born no later than the record's inode was recorded (`statx`
+//!   birth time against the record's `ctime`, the inode's change time when it was registered):
+//!   a reused number belongs to a newer file. Where the file system keeps no birth time, no
+//!   move is followed.
+//! * a peer that is not trusted must be able to have made the move: write and search the
+//!   record's old folder, as itself.
 //!
 //! The server does not read an object's `user.deskd.id` mirror itself: the clients that know
 //! an object's carriers send them (dt the mirror, the bridge afpd's CNID), and reading it here
@@ -52,6 +62,9 @@ pub(super) fn follow_move(
         if still_there {
             continue;
         }
+        if !born_by(w, parent, name, node, record.ctime) || !could_have_moved(w, &old) {
+            continue;
+        }
         match w.b.rename(id, parent, name, false) {
             Ok(_) => {}
             // The desktop still has the new place inside the folder (stale records): not a
@@ -69,4 +82,49 @@ pub(super) fn follow_move(
         return Ok(Some(w.b.get(id).map_err(db_error)?));
     }
     Ok(None)
+}
+
+/// Whether the object at (`parent`, `name`), the walked `node`, was born no later than `when`
+/// (Unix seconds). `false` when its birth time cannot be read, or when what is at the path now
+/// is no longer `node` (replaced since the walk).
+fn born_by(w: &mut Writing<'_, '_>, parent: u32, name: &[u8], node: &Node, when: i64) -> bool {
+    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
+    let Ok(mut components) = w.b.path_of(parent) else {
+        return false;
+    };
+    components.push(name.to_vec());
+    let path = w.vol.path_of(&components);
+    let Ok(stx) = statx(
+        CWD,
+        &path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BTIME | StatxFlags::INO,
+    ) else {
+        return false;
+    };
+    let dev = rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    StatxFlags::from_bits_retain(stx.stx_mask).contains(StatxFlags::BTIME)
+        && (dev, stx.stx_ino) == (node.dev, node.ino)
+        && stx.stx_btime.tv_sec <= when
+}
+
+/// Whether the peer may have moved the object out of the folder at `old` (its recorded
+/// place): trusted peers, and others that may write and search that folder as themselves.
+fn could_have_moved(w: &mut Writing<'_, '_>, old: &[Vec<u8>]) -> bool {
+    use rustix::fs::{accessat, Access, AtFlags, CWD};
+    if w.access.is_trusted() {
+        return true;
+    }
+    let folder = w.vol.path_of(&old[..old.len().saturating_sub(1)]);
+    w.access
+        .wear(|| {
+            accessat(
+                CWD,
+                &folder,
+                Access::WRITE_OK | Access::EXEC_OK,
+                AtFlags::EACCESS,
+            )
+            .is_ok()
+        })
+        .unwrap_or(false)
 }
