@@ -316,26 +316,41 @@ fn a_name_replaced_on_disk_gets_a_new_id_with_new_id_and_the_old_one_is_retired(
 }
 
 #[test]
-fn a_deleted_then_recreated_folder_or_a_file_of_another_kind_lets_the_record_go() {
+fn a_name_made_again_after_its_object_was_removed_does_not_keep_the_record() {
     let mut env = Env::new(&["vol"]);
     env.serve(&["vol"]);
     let bridge = Bridge::start(&env, &[]);
     let mut s = afpd(&bridge, &env.path("vol"));
     std::fs::write(env.path("vol/thing"), b"x").unwrap();
     let thing = add(&mut s, &env.path("vol/thing"), 2, 0);
-    // A file of the same kind at the name keeps the record through DELETE (the ID is the
-    // name's) ...
+    std::fs::write(env.path("vol/other"), b"x").unwrap();
+    let other = add(&mut s, &env.path("vol/other"), 2, 0);
+    // The records' inodes were recorded a while ago (a file born in the same second cannot be
+    // told from the recorded one: the file system may give it the same inode number).
+    drop(s);
+    drop(bridge);
+    env.term();
+    sqlite3(
+        &env.path("vol/.Desktop"),
+        "UPDATE objects SET ctime = ctime - 10",
+    );
+    env.serve(&["vol"]);
+    let bridge = Bridge::start(&env, &[]);
+    let mut s = afpd(&bridge, &env.path("vol"));
+    // A file made again at the name (another user squatting it) does not keep the record
+    // through DELETE: the new file cannot take the removed one's ID.
     std::fs::remove_file(env.path("vol/thing")).unwrap();
     std::fs::write(env.path("vol/thing"), b"y").unwrap();
     let r = call(&mut s, Request::new(op::DELETE, thing, 0, b""));
     assert_eq!(r.result, res::OK);
-    assert_eq!(get(&mut s, 2, b"thing"), Some(thing));
-    // ... a folder there does not.
-    std::fs::remove_file(env.path("vol/thing")).unwrap();
-    std::fs::create_dir(env.path("vol/thing")).unwrap();
-    let r = call(&mut s, Request::new(op::DELETE, thing, 0, b""));
-    assert_eq!(r.result, res::OK);
+    assert_eq!(get(&mut s, 2, b"thing"), None);
     assert_eq!(resolve(&mut s, thing), None);
+    // Nor does a folder made there.
+    std::fs::remove_file(env.path("vol/other")).unwrap();
+    std::fs::create_dir(env.path("vol/other")).unwrap();
+    let r = call(&mut s, Request::new(op::DELETE, other, 0, b""));
+    assert_eq!(r.result, res::OK);
+    assert_eq!(resolve(&mut s, other), None);
 }
 
 /// As nobody, an object whose xattr mirror names another user's ID (which nobody can write on

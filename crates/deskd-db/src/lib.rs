@@ -1132,12 +1132,14 @@ impl Batch<'_> {
         Ok((object, true))
     }
 
-    /// Update the recorded device and inode of an object (after a copy-replace on disk).
-    pub fn set_devino(&mut self, id: u32, dev: u64, ino: u64) -> Result<()> {
+    /// Update the recorded device and inode of an object (after a copy-replace on disk), and
+    /// `ctime`, the new inode's change time: the record describes that inode since then (a
+    /// newer file that gets the same inode number later is born after it).
+    pub fn set_devino(&mut self, id: u32, dev: u64, ino: u64, ctime: i64) -> Result<()> {
         let n = self
             .tx
-            .prepare_cached("UPDATE objects SET dev = ?2, ino = ?3 WHERE id = ?1")?
-            .execute(params![id, dev as i64, ino as i64])?;
+            .prepare_cached("UPDATE objects SET dev = ?2, ino = ?3, ctime = ?4 WHERE id = ?1")?
+            .execute(params![id, dev as i64, ino as i64, ctime])?;
         if n == 0 {
             return Err(DbError::NoSuchId(id));
         }

@@ -128,12 +128,61 @@ struct Desk<'a> {
     connect: Connect<'a>,
     root: std::path::PathBuf,
     client: Option<(Client, u32)>,
+    /// DELETEs held back: their names hold an object of their kind again (see
+    /// [`EXCHANGE_WINDOW`]).
+    held_deletes: Vec<u32>,
 }
+
+/// How long a DELETE whose name holds an object of its kind again is held back. afpd's
+/// FPExchangeFiles swaps two files on disk, then sends DELETE for both IDs and UPDATE for both
+/// (Netatalk deletes the records and adds them again with the same IDs): an UPDATE of a held
+/// ID within this time, with no other request between, cancels its DELETE, so each name keeps
+/// its ID. Any other request, the end of the connection or this much idle time sends the held
+/// DELETEs, and deskd drops a record only when its inode is gone from its place: a user who
+/// made the name again gets no one's ID.
+pub const EXCHANGE_WINDOW: Duration = Duration::from_millis(50);
 
 /// Volumes whose afpd showed deskd's own files: warned about once each.
 static UNVETOED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
 
 impl Desk<'_> {
+    /// DELETE `cnid` now. afpd counts the call as done whatever deskd says, unless deskd cannot
+    /// be reached.
+    fn delete(&mut self, cnid: u32) -> Reply {
+        match self.call(|vol| Request::Delete {
+            vol,
+            id: cnid,
+            recursive: true,
+        }) {
+            Ok(_) => Reply::status(res::OK),
+            // Still on disk: deskd keeps it (and its ID); afpd counts the call as done.
+            Err(e) if e.code() == Some(ErrorCode::ClaimRejected) => {
+                debug!("delete of {cnid}: {e}; kept");
+                Reply::status(res::OK)
+            }
+            Err(e) => failed("delete", &wire::Request::new(op::DELETE, cnid, 0, b""), &e),
+        }
+    }
+
+    /// Send the DELETEs held back (their answers went to afpd already).
+    fn send_held_deletes(&mut self) {
+        for cnid in std::mem::take(&mut self.held_deletes) {
+            self.delete(cnid);
+        }
+    }
+
+    /// Whether the name of `cnid`'s record holds an object of its kind (afpd's exchange, or a
+    /// name made again) rather than nothing.
+    fn name_taken_again(&mut self, cnid: u32) -> bool {
+        let Ok(o) = object(self.call(|vol| Request::Resolve { vol, id: cnid })) else {
+            return false;
+        };
+        let path = self
+            .root
+            .join(std::ffi::OsStr::from_bytes(&o.path.unwrap_or_default()));
+        std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() == (o.kind == Kind::Dir))
+    }
+
     /// Say once per volume that afpd sees deskd's own files: afp.conf lacks `veto files`.
     fn warn_unvetoed(&self, name: &[u8]) {
         let mut warned = UNVETOED.lock().unwrap();
@@ -221,6 +270,12 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
     // can write, and the bridge connects as root: it is never passed on as a hint, so a user
     // cannot pick an ID through afpd (docs/netatalk.md, docs/security.md).
     let hint = None;
+    match q.op {
+        // An UPDATE of a held ID is the second half of an exchange: its DELETE is cancelled.
+        op::UPDATE => desk.held_deletes.retain(|&id| id != q.cnid),
+        op::DELETE => {}
+        _ => desk.send_held_deletes(),
+    }
     let reply = match q.op {
         op::OPEN | op::CLOSE => Reply::status(res::OK),
         op::ADD | op::REBUILD_ADD => add(desk, &q, hint),
@@ -275,19 +330,11 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
                 Err(e) => failed("update", &q, &e),
             }
         }
-        op::DELETE => match desk.call(|vol| Request::Delete {
-            vol,
-            id: q.cnid,
-            recursive: true,
-        }) {
-            Ok(_) => Reply::status(res::OK),
-            // Still on disk: deskd keeps it (and its ID); afpd counts the call as done.
-            Err(e) if e.code() == Some(ErrorCode::ClaimRejected) => {
-                debug!("delete of {}: {e}; kept", q.cnid);
-                Reply::status(res::OK)
-            }
-            Err(e) => failed("delete", &q, &e),
-        },
+        op::DELETE if desk.name_taken_again(q.cnid) => {
+            desk.held_deletes.push(q.cnid);
+            Reply::status(res::OK)
+        }
+        op::DELETE => desk.delete(q.cnid),
         op::GETSTAMP => match desk.call(|vol| Request::Status { vol: Some(vol) }) {
             Ok(Response::Status(s)) if !s.is_empty() => Reply {
                 payload: stamp(Path::new(std::ffi::OsStr::from_bytes(&s[0].desktop))).to_vec(),
@@ -643,7 +690,6 @@ pub fn serve_connection(
     timeout: Duration,
     afp_conf: Option<&dbpath::AfpConf>,
 ) -> Result<(), BridgeError> {
-    use std::io::BufRead;
     let _ = stream.set_nodelay(true);
     let mut input = std::io::BufReader::new(Timed {
         stream: &stream,
@@ -663,6 +709,7 @@ pub fn serve_connection(
         connect,
         root,
         client: None,
+        held_deletes: Vec::new(),
     };
     // The volume must be one deskd serves; afpd learns otherwise from a closed connection.
     desk.client().map_err(|e| match e {
@@ -677,16 +724,38 @@ pub fn serve_connection(
     if let Some(afp_conf) = afp_conf {
         make_dbpath_folder(afp_conf, &hello.volume_name, &desk.root);
     }
-    let mut output = &stream;
+    let served = serve_requests(&mut desk, &mut input, &stream, timeout);
+    // However the connection ends, what afpd was told is done is done.
+    desk.send_held_deletes();
+    served
+}
+
+/// The request loop of [`serve_connection`], after the handshake.
+fn serve_requests(
+    desk: &mut Desk,
+    input: &mut std::io::BufReader<Timed>,
+    stream: &TcpStream,
+    timeout: Duration,
+) -> Result<(), BridgeError> {
+    use std::io::BufRead;
+    let mut output = stream;
     loop {
-        // Idle between requests is fine; a request once begun must arrive whole in time.
-        input.get_mut().deadline = None;
-        if input.fill_buf().map_err(WireError::from)?.is_empty() {
-            break;
+        // Idle between requests is fine (after EXCHANGE_WINDOW the held DELETEs go); a
+        // request once begun must arrive whole in time.
+        let held = !desk.held_deletes.is_empty();
+        input.get_mut().deadline = held.then(|| Instant::now() + EXCHANGE_WINDOW);
+        match input.fill_buf() {
+            Ok([]) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if held && e.kind() == std::io::ErrorKind::TimedOut => {
+                desk.send_held_deletes();
+                continue;
+            }
+            Err(e) => return Err(WireError::from(e).into()),
         }
         input.get_mut().deadline = Some(Instant::now() + timeout);
-        let Some(q) = wire::read_request(&mut input).map_err(|e| stalled(e, "a request"))? else {
-            break;
+        let Some(q) = wire::read_request(input).map_err(|e| stalled(e, "a request"))? else {
+            return Ok(());
         };
         let asked = tracing::enabled!(tracing::Level::TRACE).then(|| {
             format!(
@@ -700,13 +769,12 @@ pub fn serve_connection(
                 String::from_utf8_lossy(&q.name)
             )
         });
-        let reply = answer(&mut desk, q)?;
+        let reply = answer(desk, q)?;
         if let Some(asked) = asked {
             tracing::trace!("{asked} -> result {} cnid {}", reply.result, reply.cnid);
         }
         wire::send(&mut output, &wire::encode_reply(&reply)).map_err(WireError::from)?;
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! Removals the client has already done on disk: `Delete` (by ID) and `DeletePath`. A record
-//! goes only once nothing of its kind is at its place for anyone (the server walks it itself):
-//! while a file is at a file's name, whatever its inode, the name keeps its ID.
+//! goes only once its inode is gone from its place for anyone (the server walks it itself).
+//! Another object at the name (made since: a user who recreates the name at once) does not
+//! keep the record, so it cannot take the removed object's ID; afpd's FPExchangeFiles, which
+//! deletes two IDs whose names hold each other's inodes, is recognised by the Netatalk bridge.
 
 use deskd_db::Read;
 use deskd_proto::{ErrorCode, ErrorReply, Response};
 
 use super::errors::db_error;
-use super::paths::{registered, verify_removed, walk_path};
+use super::paths::{registered, verify_gone, walk_path};
 use super::{Reply, Writing};
 use crate::sight;
 
@@ -14,7 +16,7 @@ use crate::sight;
 pub(super) fn delete(w: &mut Writing<'_, '_>, id: u32, recursive: bool) -> Reply {
     let object = w.b.get(id).map_err(db_error)?;
     let old = w.cache.components_of(w.b, id)?;
-    verify_removed(w.vol, &object, &old)?;
+    verify_gone(w.vol, &object, &old)?;
     Ok(Response::Removed(
         w.b.delete(id, recursive).map_err(db_error)?,
     ))
@@ -39,7 +41,7 @@ pub(super) fn delete_path(w: &mut Writing<'_, '_>, path: &[u8], recursive: bool)
     match registered(w.b, &walked.components)? {
         None => Ok(Response::Removed(Vec::new())),
         Some(object) => {
-            verify_removed(w.vol, &object, &walked.components)?;
+            verify_gone(w.vol, &object, &walked.components)?;
             Ok(Response::Removed(
                 w.b.delete(object.id, recursive).map_err(db_error)?,
             ))

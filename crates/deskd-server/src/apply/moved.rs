@@ -88,24 +88,11 @@ pub(super) fn follow_move(
 /// (Unix seconds). `false` when its birth time cannot be read, or when what is at the path now
 /// is no longer `node` (replaced since the walk).
 fn born_by(w: &mut Writing<'_, '_>, parent: u32, name: &[u8], node: &Node, when: i64) -> bool {
-    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
     let Ok(mut components) = w.b.path_of(parent) else {
         return false;
     };
     components.push(name.to_vec());
-    let path = w.vol.path_of(&components);
-    let Ok(stx) = statx(
-        CWD,
-        &path,
-        AtFlags::SYMLINK_NOFOLLOW,
-        StatxFlags::BTIME | StatxFlags::INO,
-    ) else {
-        return false;
-    };
-    let dev = rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor);
-    StatxFlags::from_bits_retain(stx.stx_mask).contains(StatxFlags::BTIME)
-        && (dev, stx.stx_ino) == (node.dev, node.ino)
-        && stx.stx_btime.tv_sec <= when
+    super::paths::born_no_later(&w.vol.path_of(&components), node, when) == Some(true)
 }
 
 /// Whether the peer may have moved the object out of the folder at `old` (its recorded

@@ -11,7 +11,7 @@ use deskd_volume::Volume;
 use super::errors::{claim, db_error, volume_error};
 use crate::access::Access;
 use crate::sight;
-use crate::walk::{self, Walked};
+use crate::walk::{self, Node, Walked};
 
 /// Desktop paths of directories already looked up in this batch (by ID), so that many adds
 /// into one folder (a copy, a first scan) walk the database once. Requests that rename or
@@ -126,8 +126,8 @@ pub(super) fn same_object(o: &Object, dev: u64, ino: u64) -> bool {
     (o.dev == 0 && o.ino == 0) || (o.dev == dev && o.ino == ino)
 }
 
-/// Verify, before a rename records a move, that `object` (its inode) is no longer at `old`
-/// (walked by the server: is it still there for anyone?).
+/// Verify, before a rename records a move or a removal drops a record, that `object` (its
+/// inode) is no longer at `old` (walked by the server: is it still there for anyone?).
 pub(super) fn verify_gone(
     vol: &Volume,
     object: &Object,
@@ -135,31 +135,15 @@ pub(super) fn verify_gone(
 ) -> Result<(), ErrorReply> {
     let walked = walk::walk(vol.root(), old);
     if let Some(node) = walked.last() {
-        if object.dev != 0 && same_object(object, node.dev, node.ino) {
+        // The same inode number born after the record's inode was recorded is a new file
+        // that got the freed number (a user who made the name again at once): gone.
+        let reused = born_no_later(&vol.path_of(old), node, object.ctime) == Some(false);
+        if object.dev != 0 && same_object(object, node.dev, node.ino) && !reused {
             return Err(claim(format!(
                 "{}: still exists on disk; do the operation before telling deskd",
                 vol.path_of(old).display()
             )));
         }
-    }
-    Ok(())
-}
-
-/// Verify, before a `Delete`, that nothing of `object`'s kind is at its place `at` any more
-/// (walked by the server: for anyone). Whatever its inode, an object of the record's kind at
-/// the record's name keeps the record: the ID belongs to the name (an exchange swapped the
-/// contents, a save replaced the file). Another kind there, or nothing, lets the record go.
-pub(super) fn verify_removed(
-    vol: &Volume,
-    object: &Object,
-    at: &[Vec<u8>],
-) -> Result<(), ErrorReply> {
-    let walked = walk::walk(vol.root(), at);
-    if walked.last().is_some_and(|node| node.kind == object.kind) {
-        return Err(claim(format!(
-            "{}: still exists on disk; do the operation before telling deskd",
-            vol.path_of(at).display()
-        )));
     }
     Ok(())
 }
@@ -181,4 +165,25 @@ pub(super) fn verify_arrived(
         )));
     }
     Ok(walked)
+}
+
+/// Whether the object at `path`, which a walk found as `node`, was born no later than `when`
+/// (Unix seconds): `None` when the file system keeps no birth time, `Some(false)` also when
+/// what is at `path` now is not `node` (replaced since the walk). A file system gives a freed
+/// inode number to the next new file at once, so a number alone does not say "the same
+/// object"; a birth after the record's inode was recorded says "another one".
+pub(super) fn born_no_later(path: &std::path::Path, node: &Node, when: i64) -> Option<bool> {
+    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
+    let stx = statx(
+        CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BTIME | StatxFlags::INO,
+    )
+    .ok()?;
+    if !StatxFlags::from_bits_retain(stx.stx_mask).contains(StatxFlags::BTIME) {
+        return None;
+    }
+    let dev = rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    Some((dev, stx.stx_ino) == (node.dev, node.ino) && stx.stx_btime.tv_sec <= when)
 }

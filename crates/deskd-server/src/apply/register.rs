@@ -78,7 +78,7 @@ fn take_over(
         }
         return Ok(false);
     }
-    w.b.set_devino(object.id, node.dev, node.ino)
+    w.b.set_devino(object.id, node.dev, node.ino, node.ctime)
         .map_err(db_error)?;
     (object.dev, object.ino) = (node.dev, node.ino);
     Ok(true)

@@ -126,7 +126,7 @@ fn move_verified(
         w.b.rename(object.id, parent.id, new_name, replace)
             .map_err(db_error)?;
     if object.dev == 0 && object.ino == 0 {
-        w.b.set_devino(object.id, node.dev, node.ino)
+        w.b.set_devino(object.id, node.dev, node.ino, node.ctime)
             .map_err(db_error)?;
     }
     Ok(Response::Removed(removed))
