@@ -588,3 +588,26 @@ fn a_move_out_of_a_folder_the_asker_cannot_write_is_followed_only_for_whoever_co
     std::fs::rename(env.path("vol/staff/note"), env.path("vol/pub/note")).unwrap();
     assert_eq!(env.id_of(&env.path("vol/pub/note")), note);
 }
+
+/// With `replaced = "new-id"`, retiring the ID of a replaced file is a change to its folder:
+/// a user who may only read the folder does not retire root's ID by looking first.
+#[test]
+fn a_reader_of_a_folder_does_not_retire_an_id_with_new_id() {
+    let mut env = Env::new(&["vol"]);
+    serve_replaced(&mut env, "new-id");
+    std::fs::create_dir(env.path("vol/docs")).unwrap(); // root's, 0755
+    std::fs::write(env.path("vol/docs/budget"), b"v1").unwrap();
+    let id = env.id_of(&env.path("vol/docs/budget"));
+    // Saved by replace (a new inode at the name), then looked at by nobody first.
+    std::fs::write(env.path("vol/docs/.budget.tmp"), b"v2").unwrap();
+    std::fs::rename(
+        env.path("vol/docs/.budget.tmp"),
+        env.path("vol/docs/budget"),
+    )
+    .unwrap();
+    let Some(seen) = id_as_nobody(&env, "vol/docs/budget") else {
+        return skip("not root: cannot run dt as nobody");
+    };
+    assert_eq!(seen, id);
+    assert!(!env.log_text().contains(&format!("retired id {id}")));
+}

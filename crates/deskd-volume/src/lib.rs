@@ -186,7 +186,14 @@ pub fn write_id_xattr(path: &Path, id: u32) -> Result<(), VolumeError> {
     }
     match xattr::set(path, ID_XATTR, &id.to_be_bytes()) {
         Ok(()) => Ok(()),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTSUP) | Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::EROFS)
+            ) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(VolumeError::io(path, e)),
     }
 }

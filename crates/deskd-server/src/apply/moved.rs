@@ -98,11 +98,17 @@ fn born_by(w: &mut Writing<'_, '_>, parent: u32, name: &[u8], node: &Node, when:
 /// Whether the peer may have moved the object out of the folder at `old` (its recorded
 /// place): trusted peers, and others that may write and search that folder as themselves.
 fn could_have_moved(w: &mut Writing<'_, '_>, old: &[Vec<u8>]) -> bool {
+    may_change_folder(w, &old[..old.len().saturating_sub(1)])
+}
+
+/// Whether the peer may change the entries of the folder at `folder` (names from the root):
+/// trusted peers, and others that may write and search it as themselves.
+pub(super) fn may_change_folder(w: &mut Writing<'_, '_>, folder: &[Vec<u8>]) -> bool {
     use rustix::fs::{accessat, Access, AtFlags, CWD};
     if w.access.is_trusted() {
         return true;
     }
-    let folder = w.vol.path_of(&old[..old.len().saturating_sub(1)]);
+    let folder = w.vol.path_of(folder);
     w.access
         .wear(|| {
             accessat(

@@ -69,8 +69,13 @@ fn take_over(
 ) -> Result<bool, ErrorReply> {
     // A record from before deskd kept dev/ino is taken at its word (as `same_object` does).
     let legacy = object.dev == 0 && object.ino == 0;
-    let keep =
-        legacy || !asked.registering || w.replaced == Replaced::KeepId || asked.names(object.id);
+    let keep = legacy
+        || !asked.registering
+        || w.replaced == Replaced::KeepId
+        || asked.names(object.id)
+        // Retiring an ID is a change to the folder's names: not for a peer who may only
+        // read the folder (it gets the record as it is, brought up to date).
+        || !retire_allowed(w, object)?;
     if !keep {
         w.b.delete(object.id, true).map_err(db_error)?;
         if object.kind == Kind::Dir {
@@ -82,6 +87,17 @@ fn take_over(
         .map_err(db_error)?;
     (object.dev, object.ino) = (node.dev, node.ino);
     Ok(true)
+}
+
+/// Whether the peer may retire `object`'s ID (`replaced = "new-id"`): it may change the
+/// entries of the folder that holds it.
+fn retire_allowed(w: &mut Writing<'_, '_>, object: &Object) -> Result<bool, ErrorReply> {
+    let folder = if object.parent == deskd_db::ROOT_ID {
+        Vec::new()
+    } else {
+        w.b.path_of(object.parent).map_err(db_error)?
+    };
+    Ok(super::moved::may_change_folder(w, &folder))
 }
 
 /// `Add`: register `name` in the registered folder `parent` after checking, walking as the
