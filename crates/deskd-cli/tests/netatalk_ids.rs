@@ -605,9 +605,40 @@ fn a_reader_of_a_folder_does_not_retire_an_id_with_new_id() {
         env.path("vol/docs/budget"),
     )
     .unwrap();
-    let Some(seen) = id_as_nobody(&env, "vol/docs/budget") else {
-        return skip("not root: cannot run dt as nobody");
+    // A registration by path, as nobody, naming no ID (deskd-bench's AddPath).
+    let socket = env.socket.as_os_str().as_encoded_bytes().to_vec();
+    let vol = env.path("vol").as_os_str().as_encoded_bytes().to_vec();
+    let Some(out) = env.as_nobody(
+        BENCH,
+        &[
+            b"--socket",
+            &socket,
+            b"--volume",
+            &vol,
+            b"access-latency",
+            b"--dir",
+            b"docs",
+            b"--ops",
+            b"1",
+        ],
+    ) else {
+        return skip("not root: cannot run a client as nobody");
     };
-    assert_eq!(seen, id);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!env.log_text().contains(&format!("retired id {id}")));
+    let paths = desktop_paths(&env.path("vol"));
+    assert_eq!(paths.get("docs/budget"), Some(&id));
+    // Root, who may change the folder, retires it.
+    std::fs::write(env.path("vol/docs/.budget.tmp"), b"v3").unwrap();
+    std::fs::rename(
+        env.path("vol/docs/.budget.tmp"),
+        env.path("vol/docs/budget"),
+    )
+    .unwrap();
+    std::fs::remove_file(env.path("vol/docs/.rsrc/budget")).ok();
+    assert_ne!(env.id_of(&env.path("vol/docs/budget")), id);
 }
