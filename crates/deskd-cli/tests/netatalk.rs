@@ -484,6 +484,18 @@ fn an_add_is_never_answered_with_an_error_that_ends_the_session() {
     );
     assert_eq!(unknown.result, res::ERR_MAX);
 
+    // A name no afpd sends (a path that leaves the volume) is answered without a look at the
+    // disk (the bridge runs as root).
+    let escape = call(
+        &mut s,
+        Request {
+            dev: lost.dev(),
+            ino: lost.ino(),
+            ..request(op::ADD, 0, 2, b"../../../../etc/passwd")
+        },
+    );
+    assert_eq!(escape.result, res::ERR_MAX);
+
     // The session goes on.
     assert_eq!(
         call(&mut s, request(op::GET, 0, 2, b"doc")).cnid,

@@ -161,6 +161,9 @@ impl DbPaths {
             (None, Some(global)) => global.clone(),
             (None, None) => self.default_template.clone(),
         };
+        // The section's own name, not the handshake's spelling of it (which may differ in
+        // case): one folder per volume, not one per spelling.
+        let component = section.name.replace('/', ":");
         let expanded = template.replace("$v", &component);
         if expanded.contains('$') {
             static WARNED: RateLimited = RateLimited::new(Duration::from_secs(60));
@@ -209,7 +212,8 @@ mod tests {
             Some(PathBuf::from("/own/Pub/x"))
         );
         let c = conf("[Global]\nvol dbpath = /g/$v/\n[Pub]\npath = ROOT\n", &root);
-        assert_eq!(c.folder_for(b"pub", &root), Some(PathBuf::from("/g/pub/")));
+        // Any spelling of the name gives the section's own.
+        assert_eq!(c.folder_for(b"pub", &root), Some(PathBuf::from("/g/Pub/")));
     }
 
     #[test]
