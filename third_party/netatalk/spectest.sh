@@ -77,8 +77,9 @@ PY
 }
 
 setup() {
-  # VETO=1 (a volume option: ignored in [Global]) hides deskd's own files from afpd (not in docs/netatalk.md; without it afpd asks deskd
-  # for IDs of .Desktop*, gets ERR_DB, and ends the session). Used for BOTH back ends when set.
+  # VETO=1 (a volume option: ignored in [Global]) hides deskd's own files from afpd, as docs/netatalk.md's afp.conf does (without it
+  # afpd asks deskd for IDs of .Desktop* and .rsrc; the bridge answers ERR_MAX, which afpd cannot take for a folder). Used for BOTH
+  # back ends when set.
   VETOLINE=""
   # deskd: the line docs/netatalk.md gives (every name of deskd's own; the kit had five of them)
   [ "${VETO:-0}" = 1 ] && VETOLINE="veto files = /.Desktop/.Desktop-wal/.Desktop-shm/.Desktop-journal/.Desktop-rebuild/.Desktop-rebuild-journal/.rsrc/"
@@ -153,8 +154,8 @@ start_backend() { # stock|deskd
   if [ "$1" = stock ]; then
     start_bg cnid_metad "$PREFIX/sbin/cnid_metad" -d -F "$RUN/afp.conf"
   else
-    # MKDBDIR=1: make afpd's per-volume "vol dbpath" directory, which cnid_metad makes (set_dbdir)
-    # and deskd netatalk does not; afpd keeps its icon/APPL/comment desktop (.AppleDesktop) there
+    # MKDBDIR=1: make afpd's per-volume "vol dbpath" directory by hand, as cnid_metad makes it (set_dbdir); deskd netatalk makes
+    # it itself when given afp.conf (--afp-conf / $DESKD_AFP_CONF); afpd keeps its icon/APPL/comment desktop (.AppleDesktop) there
     [ "${MKDBDIR:-0}" = 1 ] && { mkdir -p "$RUN/cnid/test1" "$RUN/cnid/test2"; chmod 755 "$RUN/cnid/test1" "$RUN/cnid/test2"; }
     start_bg deskd-serve env DESKD_LOG=${DESKD_LOG:-info} DESKD_SOCKET="$RUN/deskd.sock" "$DESKD" serve "$VOL1" "$VOL2"
     for _ in $(seq 100); do [ -S "$RUN/deskd.sock" ] && break; sleep 0.1; done

@@ -38,7 +38,24 @@ pub(crate) fn enabled() -> bool {
 /// and `\` are escaped as in Rust strings, and bytes that are not UTF-8 as `\xNN`. Printable
 /// UTF-8 (accented names) is kept as it is.
 pub(crate) fn escape(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
+    // A path of long names full of control characters would make a line of tens of KB from one
+    // request: at most MAX_LOGGED bytes of it are shown, and how many more there were.
+    let (shown, cut) = match bytes.len().checked_sub(MAX_LOGGED) {
+        Some(more) if more > 0 => (&bytes[..MAX_LOGGED], more),
+        _ => (bytes, 0),
+    };
+    let mut out = String::with_capacity(shown.len() + 16);
+    escape_into(&mut out, shown);
+    if cut > 0 {
+        let _ = write!(out, "…(+{cut} bytes)");
+    }
+    out
+}
+
+/// The most bytes of one name or path an audit line shows.
+pub(crate) const MAX_LOGGED: usize = 512;
+
+fn escape_into(out: &mut String, bytes: &[u8]) {
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
             match c {
@@ -54,7 +71,6 @@ pub(crate) fn escape(bytes: &[u8]) -> String {
             let _ = write!(out, "\\x{b:02x}");
         }
     }
-    out
 }
 
 /// Unicode line and paragraph separators, which some log viewers break lines at.
@@ -430,6 +446,18 @@ pub(crate) fn drain() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_name_is_cut_and_says_how_much_was_left_out() {
+        let name = vec![0x1bu8; 2000];
+        let shown = escape(&name);
+        assert!(
+            shown.ends_with(&format!("…(+{} bytes)", 2000 - MAX_LOGGED)),
+            "{shown}"
+        );
+        assert_eq!(shown.matches("\\u{1b}").count(), MAX_LOGGED);
+        assert_eq!(escape(b"short"), "short");
+    }
 
     #[test]
     fn names_cannot_break_a_line_or_hide_bytes() {
