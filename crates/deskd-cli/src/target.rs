@@ -219,6 +219,15 @@ fn add_request(
     }
 }
 
+/// A write refused for want of permission (or on a read-only file system).
+fn is_not_permitted(e: &deskd_volume::VolumeError) -> bool {
+    matches!(
+        e,
+        deskd_volume::VolumeError::Io { error, .. }
+            if matches!(error.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS))
+    )
+}
+
 /// How long a request that deskd refused with `ShuttingDown` is sent again. deskd gives that
 /// answer when it is stopping, or when a reload closed the volume's desktop to reopen it just as
 /// the request reached it. Nothing of the request was recorded then, so sending it again is
@@ -484,8 +493,15 @@ impl Session {
         });
         if header.id != info.id || !rsrc_path.exists() {
             header.id = info.id;
-            // The errors name the file already.
-            rsrc::write_header(&rsrc_path, &header).context("cannot write resource file")?;
+            match rsrc::write_header(&rsrc_path, &header) {
+                Ok(()) => {}
+                // A user who may only read the folder cannot keep the on-disk copy of an ID
+                // deskd gave for what they looked at: deskd's record is the ID, the copy is
+                // for rebuilds, and whoever may write the folder writes it.
+                Err(e) if is_not_permitted(&e) => {}
+                // The errors name the file already.
+                Err(e) => return Err(e).context("cannot write resource file"),
+            }
         }
         deskd_volume::write_id_xattr(&iv.path(), info.id).context("cannot write ID xattr")?;
         Ok(())

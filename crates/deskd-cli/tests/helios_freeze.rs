@@ -202,6 +202,14 @@ fn a_name_the_user_may_not_reach_is_permission_denied_not_missing() {
             env.path("vol").display()
         )
     );
+    // The root itself, which the user may stat but not search, is found through the server
+    // and shown (it is the volume's root, ID 2), not "not in a deskd volume".
+    let root = env.path("vol");
+    let out = env
+        .as_nobody(DT, &[b"info", root.as_os_str().as_encoded_bytes()])
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("id:        2"), "{out:?}");
     std::fs::set_permissions(env.path("vol"), std::fs::Permissions::from_mode(0o755)).unwrap();
     // A name that is really missing is still said to be missing.
     let missing = env.path("vol/nope");
