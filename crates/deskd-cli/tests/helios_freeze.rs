@@ -209,7 +209,10 @@ fn a_name_the_user_may_not_reach_is_permission_denied_not_missing() {
         .as_nobody(DT, &[b"info", root.as_os_str().as_encoded_bytes()])
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("id:        2"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("id:        2"),
+        "{out:?}"
+    );
     std::fs::set_permissions(env.path("vol"), std::fs::Permissions::from_mode(0o755)).unwrap();
     // A name that is really missing is still said to be missing.
     let missing = env.path("vol/nope");

@@ -416,24 +416,7 @@ fn dt_follows_a_plain_mv_by_the_xattr_mirror_as_an_ordinary_user() {
     env.id_of(&env.path("vol/home"));
     std::fs::write(env.path("vol/home/report"), b"r").unwrap();
     std::os::unix::fs::chown(env.path("vol/home/report"), Some(65534), Some(65534)).unwrap();
-    let info_as_nobody = |rel: &str| -> Option<u32> {
-        let out = env.as_nobody(
-            DT,
-            &[
-                b"info",
-                b"--json",
-                env.path(rel).as_os_str().as_encoded_bytes(),
-            ],
-        )?;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let info: serde_json::Value =
-            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
-        Some(info["id"].as_u64().unwrap() as u32)
-    };
+    let info_as_nobody = |rel: &str| id_as_nobody(&env, rel);
     let Some(id) = info_as_nobody("vol/home/report") else {
         return skip("not root: cannot run dt as nobody");
     };
