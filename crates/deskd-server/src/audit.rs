@@ -39,18 +39,31 @@ pub(crate) fn enabled() -> bool {
 /// UTF-8 (accented names) is kept as it is.
 pub(crate) fn escape(bytes: &[u8]) -> String {
     // A path of long names full of control characters would make a line of tens of KB from one
-    // request: at most MAX_LOGGED bytes of it are shown, and how many more there were.
+    // request: at most MAX_LOGGED bytes of it are shown, and how long it was.
     let (shown, cut) = match bytes.len().checked_sub(MAX_LOGGED) {
         Some(more) if more > 0 => (&bytes[..MAX_LOGGED], more),
         _ => (bytes, 0),
     };
     let mut out = String::with_capacity(shown.len() + 16);
     escape_into(&mut out, shown);
+    // Escapes make a control byte up to 8 characters: the shown text is bounded too.
+    if out.len() > MAX_SHOWN {
+        let mut end = MAX_SHOWN;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        let _ = write!(out, "…({} bytes in all)", bytes.len());
+        return out;
+    }
     if cut > 0 {
-        let _ = write!(out, "…(+{cut} bytes)");
+        let _ = write!(out, "…({} bytes in all)", bytes.len());
     }
     out
 }
+
+/// The most characters of one escaped name or path an audit line shows.
+const MAX_SHOWN: usize = 1024;
 
 /// The most bytes of one name or path an audit line shows.
 pub(crate) const MAX_LOGGED: usize = 512;
@@ -370,8 +383,9 @@ enum Message {
     Drain(Sender<()>),
 }
 
-/// Lines waiting for the audit thread at most; then the writer waits.
-const QUEUE_LEN: usize = 1 << 16;
+/// Lines waiting for the audit thread at most; then the writer waits. With names and paths cut
+/// at 1,024 characters a line is at most a few KB, so this bounds the queue to tens of MB.
+const QUEUE_LEN: usize = 1 << 13;
 
 /// The audit thread's queue, started with the first line.
 fn queue() -> &'static Sender<Message> {
@@ -451,11 +465,14 @@ mod tests {
     fn a_long_name_is_cut_and_says_how_much_was_left_out() {
         let name = vec![0x1bu8; 2000];
         let shown = escape(&name);
-        assert!(
-            shown.ends_with(&format!("…(+{} bytes)", 2000 - MAX_LOGGED)),
-            "{shown}"
-        );
-        assert_eq!(shown.matches("\\u{1b}").count(), MAX_LOGGED);
+        // Each escape byte shows as 6 characters: the text stops at MAX_SHOWN of them.
+        assert!(shown.len() <= MAX_SHOWN + 32, "{}", shown.len());
+        assert!(shown.ends_with("…(2000 bytes in all)"), "{shown}");
+        let plain = escape(&[b'a'; 2000]);
+        let kept = plain
+            .strip_suffix("…(2000 bytes in all)")
+            .expect("says how long");
+        assert_eq!(kept.len(), MAX_LOGGED);
         assert_eq!(escape(b"short"), "short");
     }
 
