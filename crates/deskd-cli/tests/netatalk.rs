@@ -20,17 +20,9 @@ fn start_bridge(env: &Env) -> Bridge {
     Bridge::start(env, &[])
 }
 
-/// An afpd connection to the volume at `path`.
+/// An afpd connection to the volume at `path` (afp.conf's `[Public]`).
 fn afpd(bridge: &Bridge, path: &std::path::Path) -> TcpStream {
-    let mut s = TcpStream::connect(&bridge.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&wire::encode_handshake(&Handshake {
-        volume_name: b"Public".to_vec(),
-        volume_path: path.as_os_str().as_encoded_bytes().to_vec(),
-        user: b"alice".to_vec(),
-    }))
-    .unwrap();
-    s
+    bridge.afpd(path, b"Public")
 }
 
 fn call(s: &mut TcpStream, q: Request) -> Reply {
@@ -408,19 +400,6 @@ fn an_add_caught_by_a_reopening_is_sent_again() {
     assert!(env.log_text().contains("reopened, read-only"));
 }
 
-/// An afpd connection to the volume at `path` under the section name `name`.
-fn afpd_named(bridge: &Bridge, path: &std::path::Path, name: &[u8]) -> TcpStream {
-    let mut s = TcpStream::connect(&bridge.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&wire::encode_handshake(&Handshake {
-        volume_name: name.to_vec(),
-        volume_path: path.as_os_str().as_encoded_bytes().to_vec(),
-        user: b"alice".to_vec(),
-    }))
-    .unwrap();
-    s
-}
-
 /// afpd ends its session on ERR_DB for an ADD and aborts on NOTFOUND: what an ADD gets wrong
 /// is mended, and what cannot be mended gets ERR_MAX (issue 22, item 1).
 #[test]
@@ -524,7 +503,7 @@ fn the_bridge_makes_afpds_vol_dbpath_folder() {
     .unwrap();
     let bridge = Bridge::start(&env, &["--afp-conf", conf.to_str().unwrap()]);
 
-    let mut s = afpd_named(&bridge, &vol, b"Public");
+    let mut s = bridge.afpd(&vol, b"Public");
     assert_eq!(call(&mut s, request(op::OPEN, 0, 0, b"")).result, res::OK);
     let folder = env.path("state/CNID/Public");
     let meta = std::fs::metadata(&folder).expect("vol dbpath folder made");
@@ -537,7 +516,7 @@ fn the_bridge_makes_afpds_vol_dbpath_folder() {
 
     // Names afp.conf does not have at this path make nothing, wherever they point.
     for name in [&b"Other"[..], b"../../escape", b"..", b"Nope"] {
-        let mut s = afpd_named(&bridge, &vol, name);
+        let mut s = bridge.afpd(&vol, name);
         assert_eq!(call(&mut s, request(op::OPEN, 0, 0, b"")).result, res::OK);
     }
     let made: Vec<_> = std::fs::read_dir(env.path("state/CNID"))

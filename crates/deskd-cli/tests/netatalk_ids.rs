@@ -31,14 +31,7 @@ fn serve_replaced(env: &mut Env, replaced: &str) {
 
 /// An afpd connection to the volume at `path`, opened.
 fn afpd(bridge: &Bridge, path: &Path) -> TcpStream {
-    let mut s = TcpStream::connect(&bridge.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&wire::encode_handshake(&Handshake {
-        volume_name: b"Public".to_vec(),
-        volume_path: path.as_os_str().as_encoded_bytes().to_vec(),
-        user: b"alice".to_vec(),
-    }))
-    .unwrap();
+    let mut s = bridge.afpd(path, b"Public");
     assert_eq!(
         call(&mut s, Request::new(op::OPEN, 0, 0, b"")).result,
         res::OK

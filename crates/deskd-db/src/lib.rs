@@ -1033,6 +1033,17 @@ impl Read for Batch<'_> {
 }
 
 impl Batch<'_> {
+    /// A mark of the name changes made so far, for [`Batch::changed_since`].
+    pub fn change_mark(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// The name changes this batch made since `mark` (new or renamed objects, removed ones), in
+    /// order: what one request did, without looking it up again.
+    pub fn changed_since(&self, mark: usize) -> &[NameChange] {
+        self.changes.get(mark..).unwrap_or_default()
+    }
+
     /// Run one request in a savepoint: if it fails, only its own changes are undone.
     pub fn step<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.tx.execute_batch("SAVEPOINT step")?;

@@ -113,8 +113,10 @@ pub(crate) struct Resolved {
     /// A registration naming an ID (hint or carried): where that ID's record was before, and
     /// (after) where it is now when the write moved it there (a move made outside deskd).
     moved: Option<Moved>,
-    /// A registration: the ID recorded at its place before, when the write retired it
-    /// (`replaced = "new-id"`).
+    /// A registration: the batch's change mark before it ran (what it removed is read from
+    /// the batch afterwards, not looked up: this is the write path).
+    mark: usize,
+    /// A registration that retired the record at its place (`replaced = "new-id"`): its ID.
     retired: Option<u32>,
 }
 
@@ -150,15 +152,6 @@ fn named_id(request: &Request) -> Option<u32> {
     }
 }
 
-/// The ID recorded where a registration registers, before it runs.
-fn id_at_place(b: &Batch<'_>, request: &Request) -> Option<u32> {
-    match request {
-        Request::Add { parent, name, .. } => b.lookup(*parent, name).ok()?.map(|o| o.id),
-        Request::AddPath { path, .. } => id_at(b, path),
-        _ => None,
-    }
-}
-
 /// The ID of the record at the client's `path`, looked up name by name from the root.
 fn id_at(b: &Batch<'_>, path: &[u8]) -> Option<u32> {
     let mut id = deskd_db::ROOT_ID;
@@ -175,10 +168,10 @@ pub(crate) fn before(b: &Batch<'_>, cache: &mut DirCache, request: &Request) -> 
         Request::Delete { id, .. } => Resolved::path(cache.components_of(b, *id).ok()),
         Request::DeletePath { path, .. } => Resolved::id(id_at(b, path)),
         Request::Add { .. } | Request::AddPath { .. } => Resolved {
-            // Not through `cache`: the write may move this record, and the cache is the
-            // handlers' too.
+            // Only when the request names an ID (the move rule may follow it); not through
+            // `cache`: the write may move this record, and the cache is the handlers' too.
             moved: named_id(request).and_then(|named| Some((named, b.path_of(named).ok()?, None))),
-            retired: id_at_place(b, request),
+            mark: b.change_mark(),
             ..Resolved::default()
         },
         _ => Resolved::default(),
@@ -203,17 +196,23 @@ pub(crate) fn after(
         }
         Request::RenamePath { to, .. } => Resolved::id(id_at(b, to)),
         Request::Add { .. } | Request::AddPath { .. } => {
-            let now = id_at_place(b, request);
+            use deskd_db::NameChange;
+            let changed = b.changed_since(resolved.mark);
+            let renamed = |id: u32| {
+                changed
+                    .iter()
+                    .any(|c| matches!(c, NameChange::Set(set, _) if *set == id))
+            };
             Resolved {
-                // Moved: the named record is now somewhere else than it was.
+                // Moved: the batch renamed the named record (and so, where it is now).
                 moved: resolved.moved.and_then(|(named, was, _)| {
-                    let at = b.path_of(named).ok()?;
-                    (at != was).then_some((named, was, Some(at)))
+                    renamed(named).then(|| Some((named, was, Some(b.path_of(named).ok()?))))?
                 }),
-                // Retired: the record that was at the place is gone, another is there.
-                retired: resolved
-                    .retired
-                    .filter(|&old| now != Some(old) && b.get(old).is_err()),
+                // Retired: a record the registration removed (the one at its place).
+                retired: changed.iter().find_map(|c| match c {
+                    NameChange::Remove(id) => Some(*id),
+                    NameChange::Set(..) => None,
+                }),
                 ..resolved
             }
         }

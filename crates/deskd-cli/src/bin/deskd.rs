@@ -86,7 +86,9 @@ enum Command {
         /// tables of --config (a reload re-reads the file and keeps these).
         volumes: Vec<PathBuf>,
     },
-    /// Show each volume: path, objects, last flush, clean flag, freeze.
+    /// Show each volume: path, objects, last flush, clean flag, freeze, and its active users
+    /// (the connected clients: uid, pid, program, since, TCP peer; others' only to the volume's
+    /// owner and root).
     Status {
         /// Only this volume (default: every volume the server serves).
         #[arg(long)]

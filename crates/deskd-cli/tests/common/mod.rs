@@ -846,6 +846,23 @@ impl Bridge {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// A connection as afpd makes one: the handshake for the volume afp.conf names `name`, at
+    /// `path`, as user alice (10 s read timeout).
+    pub fn afpd(&self, path: &Path, name: &[u8]) -> std::net::TcpStream {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&deskd_netatalk::wire::encode_handshake(
+            &deskd_netatalk::wire::Handshake {
+                volume_name: name.to_vec(),
+                volume_path: path.as_os_str().as_encoded_bytes().to_vec(),
+                user: b"alice".to_vec(),
+            },
+        ))
+        .unwrap();
+        s
+    }
+
     /// Wait (up to 20 s) until the bridge's log holds `what`; returns the log. The bridge logs
     /// a refused or cut-off connection after closing it, so a test that saw the close polls.
     pub fn wait_for_log(&self, what: &str) -> String {
