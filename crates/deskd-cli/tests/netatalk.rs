@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use deskd_netatalk::wire::{self, op, res, Handshake, Reply, Request};
+use deskd_netatalk::wire::{self, op, res, Reply, Request};
 
 fn start_bridge(env: &Env) -> Bridge {
     Bridge::start(env, &[])

@@ -10,10 +10,9 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::Duration;
 
 use common::*;
-use deskd_netatalk::wire::{self, op, res, Handshake, Reply, Request};
+use deskd_netatalk::wire::{self, op, res, Reply, Request};
 
 /// `deskd serve` of the Env's "vol" with `replaced` set as given.
 fn serve_replaced(env: &mut Env, replaced: &str) {
