@@ -617,3 +617,41 @@ fn a_reader_of_a_folder_does_not_retire_an_id_with_new_id() {
     std::fs::remove_file(env.path("vol/docs/.rsrc/budget")).ok();
     assert_ne!(env.id_of(&env.path("vol/docs/budget")), id);
 }
+
+/// A DELETE held for an exchange goes at most 50 ms after it was held, however many requests
+/// the peer sends meanwhile: an afpd (or anyone at the port) repeating DELETEs cannot keep a
+/// record alive for a name made again, nor grow the bridge's list.
+#[test]
+fn a_flood_of_deletes_does_not_hold_a_record_forever() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    let bridge = Bridge::start(&env, &[]);
+    let mut s = afpd(&bridge, &env.path("vol"));
+    std::fs::write(env.path("vol/name"), b"old").unwrap();
+    let old = add(&mut s, &env.path("vol/name"), 2, 0);
+    // Another object at the name (a new inode: made before the old one goes).
+    std::fs::write(env.path("vol/name.new"), b"new").unwrap();
+    std::fs::rename(env.path("vol/name.new"), env.path("vol/name")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // OK while held or kept; NOTFOUND once the record is gone.
+                let r = call(&mut s, Request::new(op::DELETE, old, 0, b"")).result;
+                assert!(r == res::OK || r == res::NOTFOUND, "DELETE answered {r}");
+            }
+        })
+    };
+    // Another connection sees the record go while the DELETEs keep coming.
+    let mut watcher = afpd(&bridge, &env.path("vol"));
+    let began = std::time::Instant::now();
+    while resolve(&mut watcher, old).is_some() {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(10),
+            "the record stayed while DELETEs kept coming"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().unwrap();
+}

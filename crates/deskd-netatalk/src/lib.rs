@@ -129,9 +129,16 @@ struct Desk<'a> {
     root: std::path::PathBuf,
     client: Option<(Client, u32)>,
     /// DELETEs held back: their names hold an object of their kind again (see
-    /// [`EXCHANGE_WINDOW`]).
+    /// [`EXCHANGE_WINDOW`]); at most [`MAX_HELD`], none twice.
     held_deletes: Vec<u32>,
+    /// When the first of them was held: they go at most [`EXCHANGE_WINDOW`] later, however
+    /// many requests arrive meanwhile.
+    held_since: Option<Instant>,
 }
+
+/// An exchange holds two DELETEs; more than this and the oldest are sent (a peer that sends
+/// DELETE after DELETE cannot grow the list or keep records alive).
+const MAX_HELD: usize = 2;
 
 /// How long a DELETE whose name holds an object of its kind again is held back. afpd's
 /// FPExchangeFiles swaps two files on disk, then sends DELETE for both IDs and UPDATE for both
@@ -166,9 +173,28 @@ impl Desk<'_> {
 
     /// Send the DELETEs held back (their answers went to afpd already).
     fn send_held_deletes(&mut self) {
+        self.held_since = None;
         for cnid in std::mem::take(&mut self.held_deletes) {
             self.delete(cnid);
         }
+    }
+
+    /// Hold the DELETE of `cnid` (see [`EXCHANGE_WINDOW`]).
+    fn hold_delete(&mut self, cnid: u32) {
+        if self.held_deletes.contains(&cnid) {
+            return;
+        }
+        if self.held_deletes.len() == MAX_HELD {
+            let oldest = self.held_deletes.remove(0);
+            self.delete(oldest);
+        }
+        self.held_deletes.push(cnid);
+        self.held_since.get_or_insert_with(Instant::now);
+    }
+
+    /// When the held DELETEs must go, if any are held.
+    fn held_until(&self) -> Option<Instant> {
+        self.held_since.map(|since| since + EXCHANGE_WINDOW)
     }
 
     /// Whether the name of `cnid`'s record holds an object of its kind (afpd's exchange, or a
@@ -271,6 +297,13 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
     // cannot pick an ID through afpd (docs/netatalk.md, docs/security.md).
     let hint = None;
     match q.op {
+        // Held past their time (a peer sending DELETEs and UPDATEs back to back): send them.
+        _ if desk
+            .held_until()
+            .is_some_and(|until| Instant::now() >= until) =>
+        {
+            desk.send_held_deletes();
+        }
         // An UPDATE of a held ID is the second half of an exchange: its DELETE is cancelled.
         op::UPDATE => desk.held_deletes.retain(|&id| id != q.cnid),
         op::DELETE => {}
@@ -331,7 +364,7 @@ fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
             }
         }
         op::DELETE if desk.name_taken_again(q.cnid) => {
-            desk.held_deletes.push(q.cnid);
+            desk.hold_delete(q.cnid);
             Reply::status(res::OK)
         }
         op::DELETE => desk.delete(q.cnid),
@@ -710,6 +743,7 @@ pub fn serve_connection(
         root,
         client: None,
         held_deletes: Vec::new(),
+        held_since: None,
     };
     // The volume must be one deskd serves; afpd learns otherwise from a closed connection.
     desk.client().map_err(|e| match e {
@@ -742,12 +776,15 @@ fn serve_requests(
     loop {
         // Idle between requests is fine (after EXCHANGE_WINDOW the held DELETEs go); a
         // request once begun must arrive whole in time.
-        let held = !desk.held_deletes.is_empty();
-        input.get_mut().deadline = held.then(|| Instant::now() + EXCHANGE_WINDOW);
+        if desk.held_deletes.is_empty() {
+            desk.held_since = None;
+        }
+        let held = desk.held_until();
+        input.get_mut().deadline = held;
         match input.fill_buf() {
             Ok([]) => return Ok(()),
             Ok(_) => {}
-            Err(e) if held && e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(e) if held.is_some() && e.kind() == std::io::ErrorKind::TimedOut => {
                 desk.send_held_deletes();
                 continue;
             }
