@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use crate::outbox::Outbox;
 use crate::shared::Shared;
 use crate::sight;
 use crate::volume::VolumeHandle;
-use crate::writer::{Job, ReplyTo};
+use crate::writer::{Job, Replier, ReplyTo};
 
 /// Where the reply to one request goes.
 #[derive(Clone)]
@@ -109,6 +109,37 @@ impl ReplyTo for ReplySink {
     }
 }
 
+/// A write's reply sink that counts the connection's writes not yet answered: the count goes
+/// down when the writer is done with the write (answered, or refused at a close).
+struct WaitingWrite {
+    sink: ReplySink,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Drop for WaitingWrite {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl ReplyTo for WaitingWrite {
+    fn access(&self) -> &Access {
+        self.sink.access()
+    }
+    fn queue(&self, reply: Reply) {
+        self.sink.queue(reply)
+    }
+    fn flush(&self) {
+        self.sink.flush()
+    }
+    fn connection(&self) -> usize {
+        self.sink.connection()
+    }
+    fn who(&self) -> Arc<str> {
+        self.sink.who()
+    }
+}
+
 /// Who is at the other end of a connection.
 #[derive(Debug, Clone, Copy)]
 pub enum Peer {
@@ -176,6 +207,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         volumes_used: Vec::new(),
         readers: HashMap::new(),
         closings_seen: 0,
+        writes_waiting: Arc::default(),
     };
     let mut body = Vec::new();
     let backlog = if conn.access.is_trusted() {
@@ -323,6 +355,8 @@ struct Connection {
     readers: HashMap<u32, CachedReader>,
     /// [`Shared::closings`] when the readers were last pruned.
     closings_seen: u64,
+    /// This connection's writes not yet answered ([`WaitingWrite`]).
+    writes_waiting: Arc<AtomicUsize>,
 }
 
 /// A connection's read connection to one opening of a volume's desktop.
@@ -564,11 +598,23 @@ impl Connection {
                     "deskd is shutting down",
                 )));
             }
+            // This connection's writes commit in order: a write commits on this thread (the
+            // writer idle) only when none of the connection's earlier writes still waits.
+            let earlier_waiting = self.writes_waiting.fetch_add(1, Ordering::SeqCst) > 0;
+            let reply: Replier = Box::new(WaitingWrite {
+                sink,
+                waiting: self.writes_waiting.clone(),
+            });
+            let (request, reply) = if earlier_waiting {
+                (request, reply)
+            } else {
+                match handle.writer.commit_alone(request, reply, &handle.queue) {
+                    Ok(()) => return,
+                    Err(back) => back,
+                }
+            };
             if let Err(crossbeam_channel::SendError(Job::Write { reply, .. })) =
-                handle.queue.send(Job::Write {
-                    request,
-                    reply: Box::new(sink),
-                })
+                handle.queue.send(Job::Write { request, reply })
             {
                 reply.send(Err(ErrorReply::new(
                     ErrorCode::ShuttingDown,

@@ -26,7 +26,7 @@ use crate::error::ServerError;
 use crate::location::{desktop_path, existing_desktop_path, open_reader_at, read_only_desktop};
 use crate::private_temp::{on_read_only_fs, PrivateTemp};
 use crate::space;
-use crate::writer::{Job, SharedState, Writer};
+use crate::writer::{Job, SharedState, Writer, WriterShare};
 
 /// A served volume.
 pub struct VolumeHandle {
@@ -37,6 +37,9 @@ pub struct VolumeHandle {
     /// force, which a reload may have changed since.
     pub config: VolumeConfig,
     pub queue: Sender<Job>,
+    /// The writer itself, for a connection thread that commits a lone write while the writer
+    /// thread is idle.
+    pub(crate) writer: WriterShare,
     pub state: Arc<Mutex<SharedState>>,
     pub owner_uid: u32,
     /// Commits so far; readers start a new snapshot when it moves (read-your-writes).
@@ -294,12 +297,25 @@ impl VolumeHandle {
         }));
         let (tx, rx) = crossbeam_channel::unbounded();
         let commits = Arc::new(AtomicU64::new(0));
+        let writer = Writer::new(
+            desktop,
+            lock,
+            volume.clone(),
+            opened.writer_config,
+            state.clone(),
+            commits.clone(),
+            &desktop_path,
+            opened.temp,
+        )
+        .spawn(index, rx)
+        .map_err(ServerError::WriterThread)?;
         let handle = Arc::new(VolumeHandle {
             index,
-            volume: volume.clone(),
+            volume,
             desktop_path: desktop_path.clone(),
             config: config.clone(),
             queue: tx,
+            writer,
             state: state.clone(),
             owner_uid,
             commits: commits.clone(),
@@ -314,18 +330,6 @@ impl VolumeHandle {
         spawn_name_index_load(&handle.reads, handle.immutable, &root, handle.names.clone());
         *handle.check.lock().unwrap() =
             spawn_check(&handle.reads, handle.immutable, &root, state.clone());
-        Writer::new(
-            desktop,
-            lock,
-            volume,
-            opened.writer_config,
-            state,
-            commits,
-            &desktop_path,
-            opened.temp,
-        )
-        .spawn(index, rx)
-        .map_err(ServerError::WriterThread)?;
         Ok(handle)
     }
 

@@ -11,7 +11,8 @@
 //! When another process holds the desktop's write lock, writes wait (bounded by `busy_wait`)
 //! while control jobs are still served ([`busy`]).
 //!
-//! Group commit is in [`batch`], the timers and checkpoints in [`checkpoint`]. The writer
+//! Group commit is in [`batch`], the timers and checkpoints in [`checkpoint`], a lone write
+//! committed by the connection thread that read it (the writer idle) in [`alone`]. The writer
 //! knows nothing of connections: a write carries a [`ReplyTo`], which the
 //! connection implements, so this module can be driven (and tested) without a socket.
 
@@ -28,6 +29,7 @@ use deskd_proto::{ErrorCode, ErrorReply, Request, Response};
 use deskd_volume::Volume;
 use tracing::{error, info, warn};
 
+mod alone;
 mod batch;
 mod busy;
 mod checkpoint;
@@ -98,6 +100,10 @@ pub(crate) enum Job {
     /// a backup may be copying the file, and closing writes to it.
     Close(Sender<Result<(), CloseRefused>>),
     Shutdown(Sender<()>),
+    /// Wake the thread so that it sets its timers again: a lone write committed by a
+    /// connection thread made the desktop dirty while the writer thread slept with no timer,
+    /// or with one too late for the new flush ([`WriterShare::commit_alone`]).
+    Tick,
 }
 
 /// Why a writer does not close its desktop when asked ([`Job::Close`]).
@@ -120,6 +126,10 @@ pub(crate) struct SharedState {
     pub(crate) clean_at_start: bool,
     pub(crate) check_problems: Vec<String>,
 }
+
+/// A volume's writer as its thread and the connection threads share it ([`Writer::spawn`]).
+#[derive(Clone)]
+pub(crate) struct WriterShare(Arc<Mutex<Writer>>);
 
 /// Most writes taken into one transaction.
 const MAX_BATCH: usize = 4096;
@@ -155,6 +165,9 @@ pub(crate) struct Writer {
     temp_copy: Vec<PrivateTemp>,
     /// Another process holds the desktop's write lock (writes wait).
     busy: Option<busy::BusySpell>,
+    /// While the writer thread waits for its queue: until when (`Some(None)`: with no timer).
+    /// A commit made meanwhile on another thread wakes it when its timers need an earlier turn.
+    sleeping_until: Option<Option<Instant>>,
 }
 
 /// How often the log may say that space is short (a nearly full disk affects every commit).
@@ -193,32 +206,57 @@ impl Writer {
             low_space_checkpointed: RateLimited::new(LOW_SPACE_LOG_EVERY),
             temp_copy,
             busy: None,
+            sleeping_until: None,
         }
     }
 
     /// Run the writer on a thread of its own (`writer-<index>`) until its queue is closed or
-    /// it is told to close or shut down.
-    pub(crate) fn spawn(self, index: u32, rx: Receiver<Job>) -> std::io::Result<()> {
+    /// it is told to close or shut down. The returned share lets the thread that read a lone
+    /// write commit it itself when this thread is idle ([`WriterShare::commit_alone`]).
+    pub(crate) fn spawn(self, index: u32, rx: Receiver<Job>) -> std::io::Result<WriterShare> {
+        let share = WriterShare(Arc::new(Mutex::new(self)));
+        let thread_share = share.clone();
         std::thread::Builder::new()
             .name(format!("writer-{index}"))
-            .spawn(move || self.run(rx))
-            .map(|_| ())
+            .spawn(move || thread_share.run(rx))
+            .map(|_| share)
+    }
+}
+
+impl WriterShare {
+    /// The writer, for its own thread (a panic elsewhere while holding it ends the writer
+    /// as a panic on its thread did).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.0.lock().expect("the writer panicked")
     }
 
-    /// Serve the queue: batches of writes, control jobs between them, timers when idle.
-    fn run(mut self, rx: Receiver<Job>) {
-        if self.desktop.is_none() {
-            return self.serve_without_desktop(rx);
+    /// Serve the queue: batches of writes, control jobs between them, timers when idle. The
+    /// writer is locked while a batch or job is served, not while the thread waits, so that a
+    /// connection may commit a lone write meanwhile.
+    fn run(self, rx: Receiver<Job>) {
+        let mut writer = self.lock();
+        if writer.desktop.is_none() {
+            // Locked for good: no write is committed elsewhere.
+            return writer.serve_without_desktop(rx);
         }
+        drop(writer);
         let mut writes: Vec<Pending> = Vec::new();
         loop {
-            let job = match self.next_deadline() {
+            let deadline = {
+                let mut writer = self.lock();
+                let deadline = writer.next_deadline();
+                writer.sleeping_until = Some(deadline);
+                deadline
+            };
+            let job = match deadline {
                 Some(deadline) => {
                     match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                         Ok(job) => job,
                         Err(RecvTimeoutError::Timeout) => {
-                            self.commit_due(&mut writes);
-                            self.timers();
+                            let mut writer = self.lock();
+                            writer.sleeping_until = None;
+                            writer.commit_due(&mut writes);
+                            writer.timers();
                             continue;
                         }
                         Err(RecvTimeoutError::Disconnected) => break,
@@ -229,6 +267,8 @@ impl Writer {
                     Err(_) => break,
                 },
             };
+            let mut writer = self.lock();
+            writer.sleeping_until = None;
             let mut next = Some(job);
             while let Some(job) = next.take() {
                 match job {
@@ -238,30 +278,31 @@ impl Writer {
                         queued: Instant::now(),
                     }),
                     control => {
-                        self.commit_due(&mut writes);
+                        writer.commit_due(&mut writes);
                         match control {
                             Job::Shutdown(done) => {
-                                self.commit_batch(&mut writes); // a last try
-                                self.refuse_waiting(&mut writes);
-                                self.shutdown();
-                                self.remove_empty_wal();
+                                writer.commit_batch(&mut writes); // a last try
+                                writer.refuse_waiting(&mut writes);
+                                writer.shutdown();
+                                writer.remove_empty_wal();
                                 let _ = done.send(());
-                                return self.refuse_all(rx);
+                                // Still locked: nothing is committed inline any more.
+                                return writer.refuse_all(rx);
                             }
-                            Job::Close(done) if self.frozen() => {
+                            Job::Close(done) if writer.frozen() => {
                                 let _ = done.send(Err(CloseRefused::Frozen));
                             }
-                            Job::Close(done) if self.still_busy(&mut writes) => {
+                            Job::Close(done) if writer.still_busy(&mut writes) => {
                                 let _ = done.send(Err(CloseRefused::Busy));
                             }
                             Job::Close(done) => {
-                                self.commit_batch(&mut writes); // a last try
-                                self.refuse_waiting(&mut writes);
-                                self.shutdown();
+                                writer.commit_batch(&mut writes); // a last try
+                                writer.refuse_waiting(&mut writes);
+                                writer.shutdown();
                                 let _ = done.send(Ok(()));
-                                return self.refuse_all(rx);
+                                return writer.refuse_all(rx);
                             }
-                            control => self.control(control),
+                            control => writer.control(control),
                         }
                     }
                 }
@@ -269,18 +310,21 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            self.commit_due(&mut writes);
-            self.timers();
+            writer.commit_due(&mut writes);
+            writer.timers();
         }
-        self.commit_batch(&mut writes);
-        self.refuse_waiting(&mut writes);
-        self.shutdown();
+        let mut writer = self.lock();
+        writer.commit_batch(&mut writes);
+        writer.refuse_waiting(&mut writes);
+        writer.shutdown();
     }
+}
 
+impl Writer {
     /// A volume served read-only for want of space has no write connection: writes are
     /// refused with `DiskFull`, a flush has nothing to do, and a freeze only says so (the
     /// desktop cannot change).
-    fn serve_without_desktop(mut self, rx: Receiver<Job>) {
+    fn serve_without_desktop(&mut self, rx: Receiver<Job>) {
         let refusal = || {
             ErrorReply::new(
                 ErrorCode::DiskFull,
@@ -313,7 +357,7 @@ impl Writer {
                     self.config = new;
                     let _ = done.send(());
                 }
-                Job::Run(_) => {}
+                Job::Run(_) | Job::Tick => {}
                 Job::Close(done) => {
                     self.lock = None;
                     self.remove_temp_copy();
@@ -342,7 +386,7 @@ impl Writer {
     /// After the desktop is closed: answer whatever still arrives, until the last sender is
     /// gone. A connection may have taken the handle just before the volume was closed; its
     /// request must get an answer, not wait forever.
-    fn refuse_all(self, rx: Receiver<Job>) {
+    fn refuse_all(&self, rx: Receiver<Job>) {
         let closed = || {
             ErrorReply::new(
                 ErrorCode::ShuttingDown,
@@ -366,7 +410,7 @@ impl Writer {
                     let _ = done.send(Ok(()));
                 }
                 // Dropping an online rebuild's work tells it that the desktop is gone.
-                Job::Run(_) => {}
+                Job::Run(_) | Job::Tick => {}
             }
         }
     }
@@ -475,6 +519,8 @@ impl Writer {
                     self.check_wal_limit();
                 }
             }
+            // Only wakes the thread, to set its timers after a commit made elsewhere.
+            Job::Tick => {}
             Job::Write { .. } | Job::Close(_) | Job::Shutdown(_) => {
                 unreachable!("handled by run")
             }

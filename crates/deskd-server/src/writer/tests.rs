@@ -105,7 +105,7 @@ fn run_queued(writer: Writer, jobs: Vec<Job>) {
     let (done, _done) = crossbeam_channel::bounded(1);
     tx.send(Job::Shutdown(done)).unwrap();
     drop(tx);
-    writer.run(rx);
+    WriterShare(Arc::new(Mutex::new(writer))).run(rx);
 }
 
 fn files(root: &Path, names: &[&str]) {
@@ -419,4 +419,106 @@ fn a_desktop_another_process_holds_is_not_closed_for_a_reopening() {
         .expect("the waiting write answered once the lock is released");
     assert!(client.sent()[0].1.is_ok(), "{:?}", client.sent());
     assert_eq!(close(), Ok(()));
+}
+
+/// The request and reply of `add_told`, to commit through [`WriterShare::commit_alone`].
+fn write_parts(job: Job) -> (Request, Replier) {
+    match job {
+        Job::Write { request, reply } => (request, reply),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_lone_write_is_committed_and_answered_by_the_thread_that_read_it() {
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path(), &["a", "b"]);
+    let (writer, commits) = writer_for(dir.path());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let share = writer.spawn(0, rx).unwrap();
+    let client: Arc<TestConnection> = Arc::default();
+    let (flushed, _replied) = crossbeam_channel::unbounded();
+    let (request, reply) = write_parts(add_told("a", &client, &flushed));
+    assert!(share.commit_alone(request, reply, &tx).is_ok());
+    // Answered before commit_alone returned: no other thread took part.
+    let sent = client.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(commits.load(Ordering::SeqCst), 1);
+    let desktop = dir.path().join(deskd_volume::DESKTOP_FILE);
+    let reader = deskd_db::Reader::open(&desktop).unwrap();
+    assert_eq!(reader.get(id_of(&sent[0].1)).unwrap().name, b"a");
+    // The writer thread still serves its queue afterwards.
+    let (done, stopped) = crossbeam_channel::bounded(1);
+    tx.send(Job::Shutdown(done)).unwrap();
+    stopped.recv_timeout(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn a_write_goes_to_the_queue_while_the_writer_serves_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path(), &["a"]);
+    let (writer, commits) = writer_for(dir.path());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let share = writer.spawn(0, rx).unwrap();
+    // A job the writer serves until told to go on (as an online rebuild's apply would run).
+    let (started, running) = crossbeam_channel::bounded(1);
+    let (go_on, wait) = crossbeam_channel::bounded::<()>(1);
+    tx.send(Job::Run(Box::new(move |_| {
+        started.send(()).unwrap();
+        wait.recv().unwrap();
+        false
+    })))
+    .unwrap();
+    running.recv_timeout(Duration::from_secs(10)).unwrap();
+    let client: Arc<TestConnection> = Arc::default();
+    let (flushed, replied) = crossbeam_channel::unbounded();
+    let (request, reply) = write_parts(add_told("a", &client, &flushed));
+    let (request, reply) = share
+        .commit_alone(request, reply, &tx)
+        .expect_err("the writer is busy: the write is given back to be queued");
+    tx.send(Job::Write { request, reply }).unwrap();
+    assert_eq!(commits.load(Ordering::SeqCst), 0);
+    go_on.send(()).unwrap();
+    replied
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the queued write answered by the writer thread");
+    assert!(client.sent()[0].1.is_ok(), "{:?}", client.sent());
+    assert_eq!(commits.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_lone_write_made_elsewhere_still_gets_its_timed_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    files(dir.path(), &["a"]);
+    let (mut writer, _) = writer_for(dir.path());
+    writer.config.flush_delay = 1;
+    let state = writer.state.clone();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let share = writer.spawn(0, rx).unwrap();
+    // Wait until the writer thread sleeps with no timer (nothing to flush yet).
+    let (asked, answered) = crossbeam_channel::bounded(1);
+    tx.send(Job::Thaw(asked)).unwrap();
+    answered
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    let client: Arc<TestConnection> = Arc::default();
+    let (flushed, _replied) = crossbeam_channel::unbounded();
+    let committed = loop {
+        let (request, reply) = write_parts(add_told("a", &client, &flushed));
+        match share.commit_alone(request, reply, &tx) {
+            Ok(()) => break now_unix(),
+            // The thread had not yet gone back to sleep: try again.
+            Err(_) => std::thread::yield_now(),
+        }
+    };
+    let flushed_at = |state: &Mutex<SharedState>| state.lock().unwrap().last_flush;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while flushed_at(&state) < committed {
+        assert!(
+            Instant::now() < deadline,
+            "no timed flush after a write committed by another thread"
+        );
+        std::thread::yield_now();
+    }
 }
