@@ -1110,7 +1110,9 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
     })();
     match outcome {
         Ok(()) => {
-            opts.say(1, || saved_line(copied, copied_bytes, entries.len(), permdir));
+            opts.say(1, || {
+                saved_line(copied, copied_bytes, entries.len(), permdir)
+            });
             Ok(CheckFile { version, entries })
         }
         Err(e) => {

@@ -192,7 +192,13 @@ const LOG_KEYS: [&str; 4] = ["LOG_DEBUG", "LOG_INFO", "LOG_WARNING", "LOG_ERR"];
 const SERVICE_SCHEMA: Schema = &[
     (
         "Global",
-        Some(&[LOG_KEYS[0], LOG_KEYS[1], LOG_KEYS[2], LOG_KEYS[3], "ENVIRONMENT"]),
+        Some(&[
+            LOG_KEYS[0],
+            LOG_KEYS[1],
+            LOG_KEYS[2],
+            LOG_KEYS[3],
+            "ENVIRONMENT",
+        ]),
     ),
     (
         "Database",
@@ -891,7 +897,10 @@ mod tests {
             Some(&contrib.join("Global.conf")),
         )
         .unwrap();
-        assert_eq!((c.connect, c.reconnect), (CONNECT_DEFAULT, RECONNECT_DEFAULT));
+        assert_eq!(
+            (c.connect, c.reconnect),
+            (CONNECT_DEFAULT, RECONNECT_DEFAULT)
+        );
     }
 
     #[test]

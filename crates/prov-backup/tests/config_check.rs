@@ -38,7 +38,12 @@ fn check_config_accepts_the_samples_without_ldap() {
         // The sample's SERVER (ldap.example.org) is never asked: nothing listens there.
         let out = prov(&args);
         let stdout = text(&out.stdout);
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
         let lines: Vec<&str> = stdout.lines().collect();
         assert_eq!(lines.len(), 3, "{stdout}");
         assert!(
@@ -71,7 +76,11 @@ fn unknown_keys_and_sections_name_file_section_and_key() {
     let global_text = std::fs::read_to_string(sample("Global.conf")).unwrap();
     let global = sample("Global.conf");
     for (from, to, needle) in [
-        ("PORT = 389", "PROT = 389", "[Database] PROT: unknown key (did you mean PORT?)"),
+        (
+            "PORT = 389",
+            "PROT = 389",
+            "[Database] PROT: unknown key (did you mean PORT?)",
+        ),
         (
             "WORKERS = 4",
             "THREADS = 4",
@@ -110,9 +119,14 @@ fn unknown_keys_and_sections_name_file_section_and_key() {
     let service = write(
         dir.path(),
         "Rsnapshot.conf",
-        &format!("{service_text}\n[Gateway]\nHOST = localhost\nDSA_FILE = /x\n[Mail]\nSENDTO = root\n"),
+        &format!(
+            "{service_text}\n[Gateway]\nHOST = localhost\nDSA_FILE = /x\n[Mail]\nSENDTO = root\n"
+        ),
     );
-    assert_eq!(prov(&["--check-config", "-c", s(&service)]).status.code(), Some(0));
+    assert_eq!(
+        prov(&["--check-config", "-c", s(&service)]).status.code(),
+        Some(0)
+    );
     // The global file: a misspelled retry key, and a key of the service file.
     let service = write(dir.path(), "Rsnapshot.conf", &service_text);
     for (from, to, needle) in [
@@ -140,11 +154,18 @@ fn unknown_keys_and_sections_name_file_section_and_key() {
         );
     }
     // A key before any section.
-    let service = write(dir.path(), "Rsnapshot.conf", &format!("SLEEP = 1\n{service_text}"));
+    let service = write(
+        dir.path(),
+        "Rsnapshot.conf",
+        &format!("SLEEP = 1\n{service_text}"),
+    );
     let out = prov(&["--check-config", "-c", s(&service)]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains(&format!("{}: SLEEP: outside any section", service.display())),
+        text(&out.stderr).contains(&format!(
+            "{}: SLEEP: outside any section",
+            service.display()
+        )),
         "{}",
         text(&out.stderr)
     );
@@ -166,7 +187,11 @@ fn check_config_warns_of_a_password_in_clear() {
         "{}",
         text(&out.stderr)
     );
-    assert!(text(&out.stdout).contains("(no TLS)"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("(no TLS)"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -206,13 +231,20 @@ fn dry_run_prints_each_action_once() {
     let actions: Vec<&str> = log.lines().filter(|l| l.contains("DRY-RUN")).collect();
     assert!(actions.len() > 5, "{log}");
     for line in &actions {
-        assert!(line.starts_with("DRY-RUN:  "), "a log line repeats an action: {line}\n{log}");
+        assert!(
+            line.starts_with("DRY-RUN:  "),
+            "a log line repeats an action: {line}\n{log}"
+        );
     }
     let mkdir = format!(
         "DRY-RUN:  mkdir {}",
         setup.home("4000123").join("incoming").display()
     );
-    assert_eq!(actions.iter().filter(|l| l.starts_with(&mkdir)).count(), 1, "{log}");
+    assert_eq!(
+        actions.iter().filter(|l| l.starts_with(&mkdir)).count(),
+        1,
+        "{log}"
+    );
     assert_eq!(
         actions
             .iter()
