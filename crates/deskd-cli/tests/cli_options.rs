@@ -15,6 +15,7 @@ fn listed_options(verb: &str) -> BTreeSet<String> {
     let out = Command::new(DESKD).args([verb, "--help"]).output().unwrap();
     assert!(out.status.success(), "{verb} --help: {}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Every section of options: "Options:", and "Connection to deskd:" of the client verbs.
     let options = text
         .split_once("\nOptions:\n")
         .unwrap_or_else(|| panic!("{verb} --help has no Options:\n{text}"))
@@ -114,6 +115,16 @@ fn each_verb_lists_exactly_its_options() {
     ];
     for (verb, want) in &expected {
         assert_eq!(&listed_options(verb), want, "deskd {verb} --help");
+    }
+    // The client options are listed apart, under their own heading.
+    let out = Command::new(DESKD)
+        .args(["status", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let connection = text.split_once("\nConnection to deskd:\n").unwrap().1;
+    for option in CLIENT {
+        assert!(connection.contains(&format!("--{option} <")), "{text}");
     }
     // The serve help says what its --socket means: where it listens, not whom it asks.
     let out = Command::new(DESKD)

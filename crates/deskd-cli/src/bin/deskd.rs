@@ -141,10 +141,11 @@ enum Command {
         /// Stop after N matches (at least 1).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         limit: Option<u64>,
-        #[command(flatten)]
-        client: ClientOptions,
         /// The name, or part of it, to look for.
         pattern: String,
+        // Last: the heading of its options would carry over to the arguments after it.
+        #[command(flatten)]
+        client: ClientOptions,
     },
     /// Re-create (-f), repair (default) or check (-s) a volume's desktop from its resource
     /// files, xattr mirrors and Netatalk metadata. On a volume deskd serves, the server runs it
@@ -182,12 +183,12 @@ enum Command {
         /// becomes the symlink to it. Offline only.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// With a served volume: the deskd that runs the rebuild as a job. The timeout bounds
-        /// each of its answers.
-        #[command(flatten)]
-        client: ClientOptions,
         /// The volume's root directory (where its .Desktop is).
         volume: PathBuf,
+        // With a served volume: the deskd that runs the rebuild as a job; the timeout bounds
+        // each of its answers.
+        #[command(flatten)]
+        client: ClientOptions,
     },
     /// Copy a volume's desktop while clients keep working, check the copy, and write a
     /// manifest beside it (FILE.manifest.json, written last). The copy is one consistent

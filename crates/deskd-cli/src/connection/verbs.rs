@@ -13,8 +13,9 @@ use std::path::PathBuf;
 
 use super::{parse_timeout, ConnectionArgs};
 
-/// The options of a verb that asks a running deskd.
+/// The options of a verb that asks a running deskd (listed apart in its `--help`).
 #[derive(clap::Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Connection to deskd")]
 pub struct ClientOptions {
     /// The deskd to ask: its socket path, or tcp://HOST:PORT for a deskd listening on TCP
     /// (default: $DESKD_SOCKET, else /run/deskd/deskd.sock for root, else
@@ -37,8 +38,8 @@ pub struct ServeOptions {
     /// $DESKD_SOCKET, else /run/deskd/deskd.sock for root, else $XDG_RUNTIME_DIR/deskd.sock).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// With --listen: the file holding the token TCP clients must prove (default:
-    /// $DESKD_TOKEN_FILE, else `token_file` in [server]).
+    /// For TCP (--listen, or `listen` in [server]): the file holding the token TCP clients
+    /// must prove (default: $DESKD_TOKEN_FILE, else `token_file` in [server]).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 }
