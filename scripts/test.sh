@@ -20,6 +20,8 @@ command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 command -v strings >/dev/null 2>&1 || missing+=(binutils)
 # systemd-analyze checks the unit file in contrib/ (systemd need not be running).
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# script(1) gives `deskd backup VOL -` a terminal to refuse (tests/cli_options.rs).
+command -v script >/dev/null 2>&1 || missing+=(bsdutils)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: please install: ${missing[*]} (or run as root)" >&2

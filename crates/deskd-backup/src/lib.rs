@@ -465,15 +465,64 @@ fn crash_point(step: &str) {
 #[cfg(not(feature = "test-hooks"))]
 fn crash_point(_step: &str) {}
 
+/// Where a stream backup's manifest goes (`deskd backup VOL - --manifest FILE`).
+#[derive(Debug, Clone)]
+pub struct ManifestTarget {
+    pub path: PathBuf,
+    /// Replace an existing file.
+    pub force: bool,
+}
+
+impl ManifestTarget {
+    /// Refuse, before anything is copied, a manifest that could not be written at the end: a
+    /// directory, or an existing file without `force`.
+    fn check(&self) -> Result<(), BackupError> {
+        if self.path.file_name().is_none() {
+            return Err(BackupError::Usage(format!(
+                "{}: not a file name",
+                self.path.display()
+            )));
+        }
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.is_dir() => Err(BackupError::Usage(format!(
+                "{}: is a directory",
+                self.path.display()
+            ))),
+            Ok(_) if !self.force => Err(BackupError::Usage(format!(
+                "{}: exists; give another name, or --force to replace it",
+                self.path.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The backup's name as the manifest records it: `NAME` for a manifest called
+    /// `NAME.manifest.json` (where `deskd verify NAME` looks), else `-` (standard output).
+    fn backup_name(&self) -> String {
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(MANIFEST_SUFFIX))
+            .filter(|n| !n.is_empty())
+            .unwrap_or("-")
+            .to_owned()
+    }
+}
+
 /// Back up the desktop of `volume` and write the checked copy to `out` (standard output, for a
 /// backup tool that reads a stream: `restic backup --stdin-from-command -- deskd backup VOL -`).
 /// The copy is made and checked in a private directory under `$TMPDIR` first, so nothing reaches
-/// `out` unless the whole backup succeeded; the directory is removed afterwards.
+/// `out` unless the whole backup succeeded; the directory is removed afterwards. With `manifest`,
+/// the manifest is written there once the whole copy is out (checked before anything is copied).
 pub fn backup_to_stream(
     volume: &Path,
     out: &mut dyn Write,
+    manifest: Option<&ManifestTarget>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Manifest, BackupError> {
+    if let Some(target) = manifest {
+        target.check()?;
+    }
     let base = std::env::temp_dir();
     let dir = base.join(format!(
         ".deskd-backup-{}-{}",
@@ -485,12 +534,19 @@ pub fn backup_to_stream(
         .create(&dir)
         .map_err(io(&dir))?;
     let result = (|| {
-        let (path, manifest) = backup(volume, &dir.join("desktop"), false, progress)?;
+        let (path, mut written) = backup(volume, &dir.join("desktop"), false, progress)?;
         let mut file = File::open(&path).map_err(io(&path))?;
         std::io::copy(&mut file, out)
             .and_then(|_| out.flush())
             .map_err(|e| io(Path::new("standard output"))(e))?;
-        Ok(manifest)
+        match manifest {
+            Some(target) => {
+                written.file = target.backup_name();
+                write_manifest_file(&target.path, &written)?;
+            }
+            None => written.file = "-".to_owned(),
+        }
+        Ok(written)
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -498,7 +554,12 @@ pub fn backup_to_stream(
 
 /// Write the manifest of `backup` atomically (temporary name, sync, rename, directory sync).
 fn write_manifest(backup: &Path, manifest: &Manifest) -> Result<(), BackupError> {
-    let path = manifest_path(backup);
+    write_manifest_file(&manifest_path(backup), manifest)
+}
+
+/// Write `manifest` to `path` atomically: a new file (mode 0600, never through a link) under a
+/// temporary name beside it, synced, renamed over `path`, the directory synced.
+fn write_manifest_file(path: &Path, manifest: &Manifest) -> Result<(), BackupError> {
     let name = path
         .file_name()
         .expect("a backup path has a file name")
@@ -515,13 +576,19 @@ fn write_manifest(backup: &Path, manifest: &Manifest) -> Result<(), BackupError>
         .and_then(|_| file.sync_all())
         .map_err(io(temp.path()))?;
     drop(file);
-    temp.rename_to(&path)
+    temp.rename_to(path)
 }
 
 /// Check a backup against its manifest: kind and version, size, SHA-256, SQLite integrity, and
 /// the counts the manifest recorded. Changes nothing.
 pub fn verify(backup: &Path) -> Result<Manifest, BackupError> {
-    let path = manifest_path(backup);
+    verify_with(backup, &manifest_path(backup))
+}
+
+/// [`verify`] against the manifest at `manifest` (one written elsewhere, as for a backup to
+/// standard output with `--manifest`).
+pub fn verify_with(backup: &Path, manifest: &Path) -> Result<Manifest, BackupError> {
+    let path = manifest.to_path_buf();
     let text = match std::fs::read_to_string(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(BackupError::Invalid(CheckFailure::ManifestMissing {
@@ -591,6 +658,8 @@ pub struct RestoreOptions {
     pub world_writable: bool,
     /// Accept every ID claim on the disk, whoever wrote it (`--trust-ids`).
     pub trust_ids: bool,
+    /// The backup's manifest, when it is not beside the backup (`--manifest`).
+    pub manifest: Option<PathBuf>,
 }
 
 /// What a restore did.
@@ -628,7 +697,11 @@ pub fn restore(
         ..deskd_rebuild::Options::new(Mode::Repair, options.threads, options.force)
     };
     deskd_rebuild::refuse_unsafe(&root, &desktop, &rebuild_options)?;
-    let manifest = match verify(backup) {
+    let checked = match &options.manifest {
+        Some(path) => verify_with(backup, path),
+        None => verify(backup),
+    };
+    let manifest = match checked {
         Ok(m) => Some(m),
         Err(BackupError::Invalid(why)) if options.force => {
             tracing::warn!("{why}; restoring anyway (--force)");

@@ -1,5 +1,7 @@
 //! The `--socket`, `--token-file` and `--timeout` options every client verb has, and how they
-//! resolve.
+//! resolve; [`verbs`]: `deskd`'s, by kind of verb.
+
+pub mod verbs;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,7 +27,7 @@ pub struct ConnectionArgs {
 /// A `--timeout` (or `$DESKD_CLIENT_TIMEOUT`) value: a number of seconds. Zero and negative
 /// numbers pass (they mean the default); `inf`, NaN and numbers past what a `Duration` holds
 /// are refused here, as a clear usage error, instead of panicking when the timeout is made.
-fn parse_timeout(value: &str) -> Result<f64, String> {
+pub fn parse_timeout(value: &str) -> Result<f64, String> {
     let secs: f64 = value
         .trim()
         .parse()

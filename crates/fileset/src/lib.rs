@@ -916,6 +916,24 @@ fn fits_format(version: u32, entry: &Entry) -> Result<()> {
     fits.map_err(FilesetError::Format)
 }
 
+/// Save's last `-v` line: the files it copied, not the ones `-x` found unchanged and kept.
+fn saved_line(copied: usize, bytes: u64, total: usize, permdir: &Path) -> String {
+    let files = |n: usize| if n == 1 { "file" } else { "files" };
+    if copied == total {
+        format!(
+            "saved {copied} {} ({bytes} bytes) to {}",
+            files(copied),
+            permdir.display()
+        )
+    } else {
+        format!(
+            "saved {copied} of {total} files ({bytes} bytes) to {}; {} unchanged",
+            permdir.display(),
+            total - copied
+        )
+    }
+}
+
 /// How often save copies a file that is written to while it is copied before it gives up.
 const COPY_ATTEMPTS: u32 = 3;
 
@@ -983,6 +1001,8 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
     let mut renames: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut unsynced: Vec<(File, PathBuf)> = Vec::new();
     let mut entries = Vec::new();
+    // What this save really copied (with -x, the unchanged files are only listed again).
+    let (mut copied, mut copied_bytes) = (0usize, 0u64);
     let outcome = (|| -> Result<()> {
         for (mut entry, src, mode) in plan {
             let dst = join(permdir, &entry.name)?;
@@ -1043,6 +1063,8 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
             // Its size may have grown past what the format holds since the plan.
             fits_format(version, &entry)?;
             renames.push((temp.clone(), dst));
+            copied += 1;
+            copied_bytes += entry.size;
             unsynced.push((file, temp.clone()));
             if unsynced.len() >= SYNC_BATCH {
                 sync_batch(&mut unsynced)?;
@@ -1089,7 +1111,7 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
     match outcome {
         Ok(()) => {
             opts.say(1, || {
-                format!("saved {} files to {}", entries.len(), permdir.display())
+                saved_line(copied, copied_bytes, entries.len(), permdir)
             });
             Ok(CheckFile { version, entries })
         }

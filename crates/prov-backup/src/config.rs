@@ -30,6 +30,23 @@ pub enum ConfigError {
         section: &'static str,
         key: &'static str,
     },
+    /// A key (or a section) this file may not hold: a misspelling would otherwise be ignored
+    /// silently and its default used.
+    #[error("{path}: [{section}] {key}: unknown key ({known})")]
+    UnknownKey {
+        path: PathBuf,
+        section: String,
+        key: String,
+        known: String,
+    },
+    #[error("{path}: [{section}]: unknown section (this file may hold {known})")]
+    UnknownSection {
+        path: PathBuf,
+        section: String,
+        known: String,
+    },
+    #[error("{path}: {key}: outside any section (keys go under a [Section] line)")]
+    NoSection { path: PathBuf, key: String },
     #[error("{path}: [{section}] {key} = {value:?}: {why}")]
     Invalid {
         path: PathBuf,
@@ -165,7 +182,147 @@ pub const EPOCH_CSN: &str = "20000101000000.000000Z#000000#000#000000";
 
 type Sections = HashMap<String, HashMap<String, String>>;
 
-fn parse_ini(path: &Path) -> Result<Sections, ConfigError> {
+/// The sections a configuration file may hold and their keys (upper case). `None`: a section of
+/// the original's that nothing here reads; any key in it is accepted and ignored.
+type Schema = &'static [(&'static str, Option<&'static [&'static str]>)];
+
+const LOG_KEYS: [&str; 4] = ["LOG_DEBUG", "LOG_INFO", "LOG_WARNING", "LOG_ERR"];
+
+/// The service file (`-c`): the original's sections and our `[Backup]`.
+const SERVICE_SCHEMA: Schema = &[
+    (
+        "Global",
+        Some(&[
+            LOG_KEYS[0],
+            LOG_KEYS[1],
+            LOG_KEYS[2],
+            LOG_KEYS[3],
+            "ENVIRONMENT",
+        ]),
+    ),
+    (
+        "Database",
+        Some(&[
+            "BACKEND",
+            "SERVER",
+            "PORT",
+            "START_TLS",
+            "CA_FILE",
+            "ADMIN_USER",
+            "ADMIN_PASSWORD",
+            "SERVICE_SUBTREE",
+            "COOKIE_FILE",
+            "DEFAULT_COOKIE",
+            "SEARCH_FILTER",
+        ]),
+    ),
+    (
+        "Service",
+        Some(&["MODUS", "TRANSPORTAPI", "SERVICE", "TYPE", "SYSLOG"]),
+    ),
+    (
+        "Backup",
+        Some(&[
+            "BACKUP_ROOT",
+            "RSNAPSHOT_CONFIG_DIR",
+            "RSNAPSHOT",
+            "RSYNC",
+            "RSNAPSHOT_LOCK_DIR",
+            "QUOTA",
+            "QUOTA_COMMAND",
+            "JAIL_INIT",
+            "WORKERS",
+            "POLL_INTERVAL",
+            "LOCK_FILE",
+        ]),
+    ),
+    ("Gateway", None),
+    ("Mail", None),
+];
+
+/// The global file (`-g`): the retry policies and the log levels.
+const GLOBAL_SCHEMA: Schema = &[
+    (
+        "Global",
+        Some(&[
+            LOG_KEYS[0],
+            LOG_KEYS[1],
+            LOG_KEYS[2],
+            LOG_KEYS[3],
+            "SLEEP",
+            "ATTEMPTS",
+        ]),
+    ),
+    ("Operation Mode", Some(&["SLEEP", "ATTEMPTS"])),
+    ("Mail", None),
+];
+
+/// Every section and key of `ini` must be in `schema` (sections and keys without regard to
+/// case, as they are read); the error names the file, the section and the key as written.
+fn check_schema(path: &Path, ini: &ini::Ini, schema: Schema) -> Result<(), ConfigError> {
+    for (section, props) in ini.iter() {
+        let Some(section) = section else {
+            if let Some((key, _)) = props.iter().next() {
+                return Err(ConfigError::NoSection {
+                    path: path.to_owned(),
+                    key: key.to_owned(),
+                });
+            }
+            continue;
+        };
+        let Some((_, keys)) = schema
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(section.trim()))
+        else {
+            let names: Vec<String> = schema.iter().map(|(n, _)| format!("[{n}]")).collect();
+            return Err(ConfigError::UnknownSection {
+                path: path.to_owned(),
+                section: section.to_owned(),
+                known: names.join(", "),
+            });
+        };
+        let Some(keys) = keys else { continue };
+        for (key, _) in props.iter() {
+            if !keys.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+                let known = match keys.iter().find(|k| near(k, key)) {
+                    Some(k) => format!("did you mean {k}?"),
+                    None => format!("the keys of [{section}] are {}", keys.join(", ")),
+                };
+                return Err(ConfigError::UnknownKey {
+                    path: path.to_owned(),
+                    section: section.to_owned(),
+                    key: key.to_owned(),
+                    known,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `typed` is `known` with one letter wrong, missing, extra, or two swapped (case aside).
+fn near(known: &str, typed: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (
+        known.chars().collect(),
+        typed.to_ascii_uppercase().chars().collect(),
+    );
+    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let suffix = |skip_a: usize, skip_b: usize| {
+        a.len() >= prefix + skip_a
+            && b.len() >= prefix + skip_b
+            && a[prefix + skip_a..] == b[prefix + skip_b..]
+    };
+    suffix(1, 1)
+        || suffix(1, 0)
+        || suffix(0, 1)
+        || (a.len() == b.len()
+            && prefix + 2 <= a.len()
+            && a[prefix] == b[prefix + 1]
+            && a[prefix + 1] == b[prefix]
+            && a[prefix + 2..] == b[prefix + 2..])
+}
+
+fn parse_ini(path: &Path, schema: Schema) -> Result<Sections, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -174,6 +331,7 @@ fn parse_ini(path: &Path) -> Result<Sections, ConfigError> {
         path: path.to_owned(),
         error,
     })?;
+    check_schema(path, &ini, schema)?;
     let mut out: Sections = HashMap::new();
     for (section, props) in ini.iter() {
         let entry = out
@@ -345,6 +503,30 @@ fn is_loopback_url(url: &str) -> bool {
 }
 
 impl Config {
+    /// What the daemon would do with this configuration, in two lines (`--check-config`).
+    pub fn describe(&self) -> String {
+        let quota = match self.backup.quota {
+            QuotaMode::Auto => "quotas where the backup root's file system has them",
+            QuotaMode::Always => "quotas always",
+            QuotaMode::Never => "no quotas",
+        };
+        format!(
+            "would watch {} on {} ({}) as {}, cookie in {}\n\
+             and keep {} {} accounts under {}, their rsnapshot configurations in {}, {quota}, \
+             {} at a time",
+            self.database.service_subtree,
+            self.database.url,
+            self.database.protection(),
+            self.database.admin_user,
+            self.database.cookie_file.display(),
+            self.service,
+            self.kind,
+            self.backup.root.display(),
+            self.backup.rsnapshot_config_dir.display(),
+            self.backup.workers,
+        )
+    }
+
     /// Reads the service file and, when given, the global file.
     pub fn load(service_file: &Path, global_file: Option<&Path>) -> Result<Config, ConfigError> {
         let defaults = LogLevels {
@@ -355,7 +537,7 @@ impl Config {
         };
         let (global_log, connect, reconnect) = match global_file {
             Some(path) => {
-                let sections = parse_ini(path)?;
+                let sections = parse_ini(path, GLOBAL_SCHEMA)?;
                 let g = Reader {
                     path,
                     sections: &sections,
@@ -369,7 +551,7 @@ impl Config {
             None => (defaults, CONNECT_DEFAULT, RECONNECT_DEFAULT),
         };
 
-        let sections = parse_ini(service_file)?;
+        let sections = parse_ini(service_file, SERVICE_SCHEMA)?;
         let r = Reader {
             path: service_file,
             sections: &sections,
@@ -704,6 +886,21 @@ mod tests {
             let c = with_server(dir.path(), lines).unwrap();
             assert_eq!(c.database.password_in_clear(), in_clear, "{lines}");
         }
+    }
+
+    #[test]
+    fn the_sample_global_file_holds_the_defaults() {
+        // contrib/prov-backup/Global.conf says that without -g its values apply.
+        let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/prov-backup");
+        let c = Config::load(
+            &contrib.join("Rsnapshot.conf"),
+            Some(&contrib.join("Global.conf")),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.connect, c.reconnect),
+            (CONNECT_DEFAULT, RECONNECT_DEFAULT)
+        );
     }
 
     #[test]

@@ -60,13 +60,18 @@ impl<S: Subscriber> Layer<S> for Logger {
         let line = format!("{}:  {}", self.prefix, m.0);
         // nix passes the line through a constant "%s" format; a NUL inside would end it.
         let _ = syslog(priority, line.replace('\0', " ").as_str());
-        if self.stdout {
+        // A dry run's action is on stdout already (`dry_run`): with -d it came twice.
+        if self.stdout && meta.target() != DRY_RUN_TARGET {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{name}:  {}", m.0);
             let _ = out.flush();
         }
     }
 }
+
+/// The target of a dry run's log lines: syslog records each action, stdout has it from
+/// [`dry_run`] only.
+pub const DRY_RUN_TARGET: &str = "prov_backup::dry_run";
 
 /// Prints one line of a dry run's report on stdout. A reader that went away (`--dry-run |
 /// head`) must not end the run with a panic in one task and carry on in the others, so write

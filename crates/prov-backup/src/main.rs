@@ -1,5 +1,6 @@
-//! `prov-backup -c SERVICE.conf [-g GLOBAL.conf] [-d] [-r]`: the backup-account provisioning
-//! daemon. Runs in the foreground; SIGTERM or SIGINT finish the entries in hand and exit 0.
+//! `prov-backup -c SERVICE.conf [-g GLOBAL.conf] [-d] [-r] [--check-config]`: the backup-account
+//! provisioning daemon. Runs in the foreground; SIGTERM or SIGINT finish the entries in hand and
+//! exit 0. `--check-config` reads the files, says what it would do, and exits.
 
 #![forbid(unsafe_code)]
 
@@ -28,6 +29,10 @@ struct Args {
     /// Dry run: print every action (DRY-RUN:  …) and change nothing, on disk or in LDAP.
     #[arg(short = 'r', long = "dry-run")]
     dry_run: bool,
+    /// Check the configuration files and exit (0: good, with what the daemon would do; 2: the
+    /// first problem, naming file, section and key). Needs no LDAP server, takes no lock.
+    #[arg(long = "check-config", conflicts_with_all = ["debug", "dry_run"])]
+    check_config: bool,
 }
 
 fn main() -> ExitCode {
@@ -39,6 +44,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check_config {
+        let global = match &args.global {
+            Some(path) => path.display().to_string(),
+            None => "none (-g), the default retry policies".to_owned(),
+        };
+        println!(
+            "{}: good (global file: {global})\n{}",
+            args.config.display(),
+            config.describe()
+        );
+        if config.database.password_in_clear() {
+            eprintln!(
+                "prov-backup: warning: {}: ADMIN_PASSWORD would cross the network unencrypted; \
+                 use ldaps://, START_TLS = 1, or ldapi:// on the LDAP host",
+                config.database.url
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
     prov_backup::log::init(config.log, &config.syslog, args.debug);
     if config.database.password_in_clear() {
         tracing::warn!(

@@ -143,7 +143,7 @@ impl Provisioner {
     ) -> Result<(), WorkError> {
         if self.dry_run {
             crate::log::dry_run(&what);
-            tracing::info!("DRY-RUN:  {what}");
+            tracing::info!(target: crate::log::DRY_RUN_TARGET, "DRY-RUN:  {what}");
             return Ok(());
         }
         tracing::debug!("{what}");
@@ -359,7 +359,7 @@ impl Provisioner {
             for line in text.lines() {
                 crate::log::dry_run(format_args!("    {line}"));
             }
-            tracing::info!("DRY-RUN:  write {}", conf.display());
+            tracing::info!(target: crate::log::DRY_RUN_TARGET, "DRY-RUN:  write {}", conf.display());
             return Ok(());
         }
         tracing::debug!("write {}", conf.display());

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use deskd_cli::connection::verbs::{BeforeVerb, ClientOptions, ServeOptions, VerbOptionError};
 use deskd_cli::connection::ConnectionArgs;
 use deskd_cli::output::{ctime_string, display_bytes, write_match, FindArgs};
 use deskd_client::{Client, Request, Response};
@@ -20,8 +21,10 @@ use deskd_server::{ConfigFile, Server};
     about = "Desktop database server for file-server volumes"
 )]
 struct Cli {
+    /// `deskd --socket S VERB`: accepted for the verbs that take the option (hidden here; each
+    /// verb's `--help` lists its own).
     #[command(flatten)]
-    connection: ConnectionArgs,
+    before_verb: BeforeVerb,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,6 +79,8 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         listen: Option<String>,
         #[command(flatten)]
+        own: ServeOptions,
+        #[command(flatten)]
         roots: RootArgs,
         /// Serve every volume read-only: those given here and those of the configuration file,
         /// as `read_only = true` would (also after a reload). A volume on a read-only file
@@ -96,12 +101,16 @@ enum Command {
         /// One JSON object per volume per line.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        client: ClientOptions,
     },
     /// Commit and write the WAL into .Desktop on every volume (or one).
     Flush {
         /// Only this volume (default: every volume the server serves).
         #[arg(long)]
         volume: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientOptions,
     },
     /// Flush, then keep .Desktop byte-stable for SECONDS (default freeze_default).
     Freeze {
@@ -111,12 +120,16 @@ enum Command {
         /// How long the freeze lasts (default: the server's freeze_default); `deskd thaw` ends it
         /// earlier.
         seconds: Option<u32>,
+        #[command(flatten)]
+        client: ClientOptions,
     },
     /// End a freeze early.
     Thaw {
         /// Only this volume (default: every volume the server serves).
         #[arg(long)]
         volume: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientOptions,
     },
     /// Find objects by name: substring by default, case-insensitive, NFC = NFD.
     Find {
@@ -130,6 +143,9 @@ enum Command {
         limit: Option<u64>,
         /// The name, or part of it, to look for.
         pattern: String,
+        // Last: the heading of its options would carry over to the arguments after it.
+        #[command(flatten)]
+        client: ClientOptions,
     },
     /// Re-create (-f), repair (default) or check (-s) a volume's desktop from its resource
     /// files, xattr mirrors and Netatalk metadata. On a volume deskd serves, the server runs it
@@ -169,6 +185,10 @@ enum Command {
         config: Option<PathBuf>,
         /// The volume's root directory (where its .Desktop is).
         volume: PathBuf,
+        // With a served volume: the deskd that runs the rebuild as a job; the timeout bounds
+        // each of its answers.
+        #[command(flatten)]
+        client: ClientOptions,
     },
     /// Copy a volume's desktop while clients keep working, check the copy, and write a
     /// manifest beside it (FILE.manifest.json, written last). The copy is one consistent
@@ -176,16 +196,21 @@ enum Command {
     ///
     /// Exit status: 0 done, 1 the copy failed its check, 2 error.
     Backup {
-        /// Replace an existing backup file.
+        /// Replace an existing backup file (or --manifest file).
         #[arg(long)]
         force: bool,
         /// Print the manifest as one JSON line instead of the summary.
         #[arg(long)]
         json: bool,
+        /// With DEST `-`: write the manifest to FILE once the copy is out. Name it
+        /// `BACKUP.manifest.json` for the file you store the stream in as BACKUP, and `deskd
+        /// verify BACKUP` finds it; any other name needs `deskd verify --manifest FILE`.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
         /// The volumes' root directories (where their .Desktop is), then the backup file to
         /// write, or a directory to write `<volume name>-<UTC time>.desktop` in (which it must be
-        /// for several volumes), or `-` for standard output (one volume; the summary or the
-        /// manifest then goes to standard error).
+        /// for several volumes), or `-` for standard output (one volume, and not a terminal; the
+        /// summary or the manifest then goes to standard error).
         #[arg(required = true, num_args = 2.., value_name = "VOLUME... DEST")]
         paths: Vec<PathBuf>,
     },
@@ -197,7 +222,11 @@ enum Command {
         /// Print the manifest as one JSON line.
         #[arg(long)]
         json: bool,
-        /// The backup file (its manifest is FILE.manifest.json).
+        /// The backup's manifest (default: BACKUP.manifest.json), e.g. the one `deskd backup VOL
+        /// - --manifest FILE` wrote.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+        /// The backup file.
         backup: PathBuf,
     },
     /// Put a backup back as a volume's desktop, then bring it up to what is on the disk now (a
@@ -224,6 +253,9 @@ enum Command {
         /// `deskd rebuild --trust-ids`).
         #[arg(long)]
         trust_ids: bool,
+        /// The backup's manifest (default: BACKUP.manifest.json).
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
         /// The backup file (made by `deskd backup`).
         backup: PathBuf,
         /// The volume's root directory.
@@ -249,11 +281,23 @@ enum Command {
         /// The `vol dbpath` of volumes afp.conf names none for ($v = the volume's name).
         #[arg(long, default_value = deskd_netatalk::dbpath::DEFAULT_TEMPLATE, value_name = "TEMPLATE")]
         dbpath: String,
+        /// The deskd whose desktops the bridge serves.
+        #[command(flatten)]
+        client: ClientOptions,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let Cli {
+        before_verb,
+        mut command,
+    } = cli;
+    let reached = match reach(before_verb, &mut command) {
+        Ok(r) => r,
+        Err(e) => usage_error(&command, e),
+    };
+    let cli = Run { command, reached };
     if matches!(cli.command, Command::Find { .. } | Command::Status { .. }) {
         // `deskd find … | head` ends quietly, as find(1) does. (Not for the verbs that change
         // things, nor for the server, which must outlive a client that hangs up.)
@@ -265,6 +309,81 @@ fn main() -> ExitCode {
             eprintln!("deskd: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// A parsed command line with its connection options resolved.
+struct Run {
+    command: Command,
+    reached: Reached,
+}
+
+/// Where a verb finds deskd (a client verb) or listens (`serve`); the defaults for the verbs the
+/// other does not apply to, which [`reach`] made sure were given none of its options.
+struct Reached {
+    connection: ConnectionArgs,
+    serve: ServeOptions,
+}
+
+/// Resolve the connection options: the verb's own, those before the verb, the environment. An
+/// option before the verb that the verb does not take is an error.
+fn reach(before: BeforeVerb, command: &mut Command) -> Result<Reached, VerbOptionError> {
+    let none = ConnectionArgs {
+        socket: None,
+        token_file: None,
+        timeout: None,
+    };
+    let offline = |before: BeforeVerb, verb, what| {
+        before.offline(verb, what).map(|()| Reached {
+            connection: none.clone(),
+            serve: ServeOptions::default(),
+        })
+    };
+    match command {
+        Command::Serve { own, .. } => Ok(Reached {
+            connection: none.clone(),
+            serve: before.serve(std::mem::take(own))?,
+        }),
+        Command::Status { client, .. }
+        | Command::Flush { client, .. }
+        | Command::Freeze { client, .. }
+        | Command::Thaw { client, .. }
+        | Command::Find { client, .. }
+        | Command::Rebuild { client, .. }
+        | Command::Netatalk { client, .. } => Ok(Reached {
+            connection: before.client(std::mem::take(client))?,
+            serve: ServeOptions::default(),
+        }),
+        Command::Backup { .. } => offline(before, "backup", "copies a desktop file"),
+        Command::Verify { .. } => offline(before, "verify", "reads a backup file"),
+        Command::Restore { .. } => offline(before, "restore", "writes a desktop from a backup"),
+    }
+}
+
+/// Exit 2 with clap's usage error, as for any other bad command line.
+fn usage_error(command: &Command, e: VerbOptionError) -> ! {
+    let mut cli = Cli::command();
+    let verb = verb_name(command);
+    let cmd = cli.find_subcommand_mut(verb).cloned().unwrap_or(cli);
+    cmd.bin_name(format!("deskd {verb}"))
+        .error(clap::error::ErrorKind::ArgumentConflict, e)
+        .exit()
+}
+
+/// The verb as typed, for messages.
+fn verb_name(command: &Command) -> &'static str {
+    match command {
+        Command::Serve { .. } => "serve",
+        Command::Status { .. } => "status",
+        Command::Flush { .. } => "flush",
+        Command::Freeze { .. } => "freeze",
+        Command::Thaw { .. } => "thaw",
+        Command::Find { .. } => "find",
+        Command::Rebuild { .. } => "rebuild",
+        Command::Backup { .. } => "backup",
+        Command::Verify { .. } => "verify",
+        Command::Restore { .. } => "restore",
+        Command::Netatalk { .. } => "netatalk",
     }
 }
 
@@ -283,7 +402,8 @@ fn call(client: &mut Client, request: Request) -> Result<Response> {
     client.call(request).map_err(|e| anyhow!("{e}"))
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Run) -> Result<ExitCode> {
+    let connection = &cli.reached.connection;
     if matches!(
         cli.command,
         Command::Rebuild { .. }
@@ -300,19 +420,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             roots,
             read_only,
             volumes,
-        } => serve(&cli.connection, config, listen, roots, read_only, volumes),
+            own: _,
+        } => serve(
+            &cli.reached.serve,
+            config,
+            listen,
+            roots,
+            read_only,
+            volumes,
+        ),
         Command::Netatalk {
             listen,
             max_connections,
             frame_timeout,
             afp_conf,
             dbpath,
+            client: _,
         } => {
             let limits = deskd_netatalk::Limits {
                 max_connections: max_connections.max(1),
                 frame_timeout: std::time::Duration::from_secs(frame_timeout.max(1)),
             };
-            netatalk(&cli.connection, &listen, limits, afp_conf, &dbpath)
+            netatalk(connection, &listen, limits, afp_conf, &dbpath)
         }
         Command::Rebuild {
             fresh,
@@ -324,6 +453,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             trust_ids,
             config,
             volume,
+            client: _,
         } => {
             let WalkArgs { verbose, json, .. } = walk;
             let relocate_to = match (&config, fresh) {
@@ -345,7 +475,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 relocate_to,
                 ..deskd_rebuild::Options::new(mode, walk.threads(), force)
             };
-            if let Some((client, vol)) = served(&cli.connection, &volume) {
+            if let Some((client, vol)) = served(connection, &volume) {
                 if options.relocate_to.is_some() {
                     eprintln!(
                         "deskd rebuild: {}: moving the desktop to desktop_location works offline only; stop serving the volume first",
@@ -367,7 +497,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     &options,
                     verbose || scan,
                     json,
-                    cli.connection.timeout(),
+                    connection.timeout(),
                 ));
             }
             Ok(rebuild(&volume, &options, verbose || scan, json))
@@ -375,6 +505,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup {
             force,
             json,
+            manifest,
             mut paths,
         } => {
             let dest = paths.pop().expect("clap requires two paths");
@@ -383,7 +514,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     eprintln!("deskd backup: one volume at a time goes to standard output");
                     return Ok(ExitCode::from(2));
                 }
-                return Ok(backup_to_stdout(&paths[0], json));
+                // A desktop's bytes on a terminal are garbage to read and can drive it (escape
+                // sequences): refuse before anything is read.
+                if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    eprintln!(
+                        "deskd backup: standard output is a terminal; redirect it to a file or a \
+                         pipe (deskd backup {} - --manifest FILE.manifest.json > FILE)",
+                        paths[0].display()
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+                let manifest = manifest.map(|path| deskd_backup::ManifestTarget { path, force });
+                return Ok(backup_to_stdout(&paths[0], json, manifest.as_ref()));
+            }
+            if manifest.is_some() {
+                eprintln!(
+                    "deskd backup: --manifest is for a backup to standard output (DEST -); a \
+                     backup file's manifest is FILE.manifest.json beside it"
+                );
+                return Ok(ExitCode::from(2));
             }
             if paths.len() > 1 && !dest.is_dir() {
                 eprintln!(
@@ -402,13 +551,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(worst)
         }
-        Command::Verify { json, backup } => Ok(verify(&backup, json)),
+        Command::Verify {
+            json,
+            manifest,
+            backup,
+        } => Ok(verify(&backup, manifest.as_deref(), json)),
         Command::Restore {
             walk,
             force,
             id_gap,
             roots,
             trust_ids,
+            manifest,
             backup,
             volume,
         } => {
@@ -419,11 +573,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 nested: roots.nested,
                 world_writable: roots.world_writable,
                 trust_ids,
+                manifest,
             };
             Ok(restore(&backup, &volume, &options, walk.verbose, walk.json))
         }
-        Command::Status { volume, json } => {
-            let (mut client, vol) = connect_for(&cli.connection, &volume)?;
+        Command::Status { volume, json, .. } => {
+            let (mut client, vol) = connect_for(connection, &volume)?;
             let statuses = client.status(vol).map_err(|e| anyhow!("{e}"))?;
             for s in statuses {
                 let root = display_bytes(&s.root);
@@ -523,13 +678,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Flush { volume } => {
-            let (mut client, vol) = connect_for(&cli.connection, &volume)?;
+        Command::Flush { volume, .. } => {
+            let (mut client, vol) = connect_for(connection, &volume)?;
             call(&mut client, Request::Flush { vol })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Freeze { volume, seconds } => {
-            let (mut client, vol) = connect_for(&cli.connection, &volume)?;
+        Command::Freeze {
+            volume, seconds, ..
+        } => {
+            let (mut client, vol) = connect_for(connection, &volume)?;
             match call(&mut client, Request::Freeze { vol, seconds })? {
                 Response::Frozen {
                     until,
@@ -548,8 +705,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Thaw { volume } => {
-            let (mut client, vol) = connect_for(&cli.connection, &volume)?;
+        Command::Thaw { volume, .. } => {
+            let (mut client, vol) = connect_for(connection, &volume)?;
             call(&mut client, Request::Thaw { vol })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -558,9 +715,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             matching,
             limit,
             pattern,
+            ..
         } => {
             let (mode, json) = (matching.mode(&pattern), matching.json);
-            let (mut client, vol) = connect_for(&cli.connection, &volume)?;
+            let (mut client, vol) = connect_for(connection, &volume)?;
             let volumes = match vol {
                 Some(v) => client
                     .volumes()
@@ -730,7 +888,7 @@ fn relocation_dir(path: &Path, volume: &Path) -> Result<Option<PathBuf>> {
 }
 
 fn serve(
-    connection: &ConnectionArgs,
+    own: &ServeOptions,
     config: Option<PathBuf>,
     listen: Option<String>,
     roots: RootArgs,
@@ -744,10 +902,7 @@ fn serve(
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
         };
-        let explicit = connection
-            .socket
-            .clone()
-            .or_else(|| file.server.socket.clone());
+        let explicit = own.socket.clone().or_else(|| file.server.socket.clone());
         let socket = deskd_proto::socket_path(explicit);
         if let Endpoint::Tcp(_) = Endpoint::parse(socket.as_os_str()) {
             return Err(anyhow!(
@@ -758,8 +913,8 @@ fn serve(
         if listen.is_some() {
             file.server.listen = listen.clone();
         }
-        if connection.token_file.is_some() {
-            file.server.token_file = connection.token_file.clone();
+        if own.token_file.is_some() {
+            file.server.token_file = own.token_file.clone();
         }
         let mut resolved = file.resolve(socket, &volumes)?;
         for v in &mut resolved.volumes {
@@ -1144,12 +1299,17 @@ fn backup(volume: &Path, dest: &Path, force: bool, json: bool) -> ExitCode {
 }
 
 /// `deskd backup VOLUME -`: the checked copy on standard output, the summary (or with `--json`
-/// the manifest) on standard error.
-fn backup_to_stdout(volume: &Path, json: bool) -> ExitCode {
+/// the manifest) on standard error, and the manifest in `manifest` when given.
+fn backup_to_stdout(
+    volume: &Path,
+    json: bool,
+    manifest: Option<&deskd_backup::ManifestTarget>,
+) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let result =
-        with_page_bar(|progress| deskd_backup::backup_to_stream(volume, &mut out, progress));
+    let result = with_page_bar(|progress| {
+        deskd_backup::backup_to_stream(volume, &mut out, manifest, progress)
+    });
     match result {
         Ok(m) if json => {
             eprintln!(
@@ -1159,8 +1319,11 @@ fn backup_to_stdout(volume: &Path, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(m) => {
+            let manifest = manifest
+                .map(|t| format!(", manifest {}", t.path.display()))
+                .unwrap_or_default();
             eprintln!(
-                "backup {}: {} objects, last ID {}, {} bytes, sha256 {}, integrity ok -> standard output",
+                "backup {}: {} objects, last ID {}, {} bytes, sha256 {}, integrity ok -> standard output{manifest}",
                 m.volume, m.desktop_info.objects, m.desktop_info.last_id, m.bytes, m.sha256
             );
             ExitCode::SUCCESS
@@ -1189,8 +1352,12 @@ fn print_manifest(m: &deskd_backup::Manifest) {
 }
 
 /// `deskd verify`.
-fn verify(backup: &Path, json: bool) -> ExitCode {
-    match deskd_backup::verify(backup) {
+fn verify(backup: &Path, manifest: Option<&Path>, json: bool) -> ExitCode {
+    let checked = match manifest {
+        Some(path) => deskd_backup::verify_with(backup, path),
+        None => deskd_backup::verify(backup),
+    };
+    match checked {
         Ok(m) => {
             if json {
                 print_manifest(&m);
