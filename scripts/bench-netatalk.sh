@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # afpd's CNID requests through `deskd netatalk` against the same lookups sent to deskd directly,
 # in the same run, one server: RESOLVE (ID -> parent and name) and GET (parent and name -> ID),
-# one request at a time. Runs alternate; medians of RUNS. (Netatalk's own cnid_dbd is not
-# packaged for this machine, so it cannot be run beside them.)
+# one request at a time. Runs alternate; medians of RUNS. Also ADD through the bridge (ADDS new
+# files, one at a time, each ADD sent as afpd sends it after creating the file: a write).
+# (Netatalk's own cnid_dbd is measured beside deskd by `scripts/afp-conformance.sh speed`.)
 #
 #   scripts/bench-netatalk.sh                          # 10 x 10,000 files, 5 runs each
 #   DIRS=4 PER_DIR=5000 RUNS=3 scripts/bench-netatalk.sh
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 DIRS=${DIRS:-10}
 PER_DIR=${PER_DIR:-10000}
 RUNS=${RUNS:-5}
+ADDS=${ADDS:-2000}
 WORK=$(mktemp -d /tmp/deskd-bench-netatalk.XXXXXX)
 VOL="$WORK/vol"
 SOCK="$WORK/deskd.sock"
@@ -40,7 +42,7 @@ field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])
 declare -A VALUES
 for i in $(seq "$RUNS"); do
     direct=$("$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" latency --dirs "$DIRS" --per-dir "$PER_DIR" --ops 20000)
-    bridged=$("$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" netatalk-latency --dirs "$DIRS" --per-dir "$PER_DIR" --ops 20000 --addr "$ADDR")
+    bridged=$("$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" netatalk-latency --dirs "$DIRS" --per-dir "$PER_DIR" --ops 20000 --adds "$ADDS" --addr "$ADDR")
     echo "run $i: direct $direct; through deskd netatalk $bridged"
     VALUES[direct.resolve]+="$(echo "$direct" | field resolve_p50_us) "
     VALUES[direct.lookup]+="$(echo "$direct" | field lookup_p50_us) "
@@ -48,6 +50,8 @@ for i in $(seq "$RUNS"); do
     VALUES[bridged.resolve]+="$(echo "$bridged" | field resolve_p50_us) "
     VALUES[bridged.lookup]+="$(echo "$bridged" | field get_p50_us) "
     VALUES[bridged.resolve99]+="$(echo "$bridged" | field resolve_p99_us) "
+    VALUES[bridged.add]+="$(echo "$bridged" | field add_p50_us) "
+    VALUES[bridged.add99]+="$(echo "$bridged" | field add_p99_us) "
 done
 echo
 echo "| measure | deskd directly | through deskd netatalk | ratio |"
@@ -58,4 +62,9 @@ for k in resolve lookup resolve99; do
     # shellcheck disable=SC2086
     b=$(printf '%s\n' ${VALUES[bridged.$k]} | median)
     python3 -c "print(f'| $k (µs) | {$d:.1f} | {$b:.1f} | {$b / $d:.2f} |')"
+done
+for k in add add99; do
+    # shellcheck disable=SC2086
+    b=$(printf '%s\n' ${VALUES[bridged.$k]} | median)
+    python3 -c "print(f'| $k (µs) | (a write: not asked directly) | {$b:.1f} | |')"
 done

@@ -118,6 +118,10 @@ enum Command {
         ops: u32,
         #[arg(long)]
         addr: String,
+        /// Also create this many files, one at a time, in a new folder, each registered with an
+        /// ADD as afpd sends it after creating a file (the ADD's latency: a write).
+        #[arg(long, default_value_t = 0)]
+        adds: u32,
     },
     /// Time from now until the server answers a resolve (run right after starting it).
     FirstAnswer {
@@ -396,9 +400,11 @@ fn main() -> Result<()> {
             shape: Shape { dirs, per_dir },
             ops,
             addr,
+            adds,
         } => {
             use deskd_netatalk::wire;
             use std::io::Write as _;
+            use std::os::unix::fs::MetadataExt as _;
             let mut s = std::net::TcpStream::connect(&addr)?;
             s.set_nodelay(true)?;
             s.write_all(&wire::encode_handshake(&wire::Handshake {
@@ -428,19 +434,49 @@ fn main() -> Result<()> {
                     get.push(t.elapsed().as_secs_f64() * 1e6);
                 }
             }
+            // ADDs as afpd sends them after FPCreateFile: the file exists, its dev/ino given.
+            let mut add = Vec::with_capacity(adds as usize);
+            if adds > 0 {
+                let folder_name = format!("bench-adds-{}", std::process::id());
+                let folder = root.join(&folder_name);
+                std::fs::create_dir(&folder)?;
+                let meta = std::fs::metadata(&folder)?;
+                let mut add_call = |did: u32, name: &str, meta: &std::fs::Metadata, kind: u32| {
+                    let mut q = wire::Request::new(wire::op::ADD, 0, did, name.as_bytes());
+                    (q.dev, q.ino, q.kind) = (meta.dev(), meta.ino(), kind);
+                    s.write_all(&wire::encode_request(&q))?;
+                    let r = wire::read_reply(&mut s)?;
+                    anyhow::ensure!(r.result == wire::res::OK, "ADD {name}: result {}", r.result);
+                    Ok::<u32, anyhow::Error>(r.cnid)
+                };
+                // afpd's did of the volume root is 2.
+                let did = add_call(2, &folder_name, &meta, 1)?;
+                for i in 0..adds {
+                    let name = format!("file-{i:06}");
+                    let path = folder.join(&name);
+                    std::fs::File::create(&path)?;
+                    let meta = std::fs::metadata(&path)?;
+                    let t = Instant::now();
+                    add_call(did, &name, &meta, 0)?;
+                    add.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                add.sort_by(f64::total_cmp);
+            }
             resolve.sort_by(f64::total_cmp);
             get.sort_by(f64::total_cmp);
             anyhow::ensure!(
                 !get.is_empty(),
                 "no object resolved: is the volume registered?"
             );
-            println!(
-                "{}",
-                serde_json::json!({
-                    "resolve_p50_us": percentile(&resolve, 0.5), "resolve_p99_us": percentile(&resolve, 0.99),
-                    "get_p50_us": percentile(&get, 0.5), "get_p99_us": percentile(&get, 0.99),
-                })
-            );
+            let mut figures = serde_json::json!({
+                "resolve_p50_us": percentile(&resolve, 0.5), "resolve_p99_us": percentile(&resolve, 0.99),
+                "get_p50_us": percentile(&get, 0.5), "get_p99_us": percentile(&get, 0.99),
+            });
+            if !add.is_empty() {
+                figures["add_p50_us"] = percentile(&add, 0.5).into();
+                figures["add_p99_us"] = percentile(&add, 0.99).into();
+            }
+            println!("{figures}");
         }
         Command::Latency {
             shape: Shape { dirs, per_dir },
