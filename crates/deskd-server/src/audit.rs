@@ -435,7 +435,8 @@ fn hand_over(who: Arc<str>, root: Arc<str>, what: String) {
     }
 }
 
-/// Log that `who` did `what` on the volume at `root` (a committed write's line, from the writer).
+/// Log that `who` did `what` on the volume at `root` (a committed write's line, handed over
+/// right after its batch's replies were sent, by the thread that committed it).
 pub(crate) fn committed(who: Arc<str>, root: Arc<str>, what: String) {
     hand_over(who, root, what);
 }

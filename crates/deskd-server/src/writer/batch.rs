@@ -129,12 +129,11 @@ impl Writer {
                 // Before any acknowledgement: readers must see this commit from now on.
                 self.committed();
                 let mut connections: Vec<Replier> = Vec::new();
-                let mut root = None;
+                let mut said = Vec::new();
                 for (Pending { reply: sink, .. }, (reply, line)) in writes.drain(..).zip(replies) {
                     // Committed: now it may be said (a rolled-back request has no line).
                     if let Some(line) = line {
-                        let root = root.get_or_insert_with(|| audit::root_text(self.volume.root()));
-                        audit::committed(sink.who(), root.clone(), line);
+                        said.push((sink.who(), line));
                     }
                     sink.queue(reply);
                     if !connections
@@ -146,6 +145,13 @@ impl Writer {
                 }
                 for c in connections {
                     c.flush();
+                }
+                // After the replies: waking the audit thread is no part of a client's wait.
+                if !said.is_empty() {
+                    let root = audit::root_text(self.volume.root());
+                    for (who, line) in said {
+                        audit::committed(who, root.clone(), line);
+                    }
                 }
                 self.check_wal_limit();
             }
