@@ -30,6 +30,16 @@ pub fn ask(question: &str) -> bool {
     }
 }
 
+/// A system error as coreutils word it: `No such file or directory`, without Rust's
+/// ` (os error 2)`.
+pub fn io_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text[..at].to_string(),
+        _ => text,
+    }
+}
+
 /// Print a `-v` line on stdout, as coreutils do (`renamed 'a' -> 'b'`).
 pub fn tell(line: &str) {
     println!("{line}");

@@ -121,9 +121,12 @@ enum Command {
         /// Long format: mode, links, owner, group, size, date, ID, type, creator, name.
         #[arg(short = 'l')]
         long: bool,
-        /// Show names that start with '.' (deskd's own names never show).
-        #[arg(short = 'a', long)]
+        /// Show names that start with '.', `.` and `..` too (deskd's own names never show).
+        #[arg(short = 'a', long, overrides_with = "almost_all")]
         all: bool,
+        /// Show names that start with '.', but not `.` and `..`.
+        #[arg(short = 'A', long = "almost-all", overrides_with = "all")]
+        almost_all: bool,
         /// List subdirectories recursively.
         #[arg(short = 'R', long)]
         recursive: bool,
@@ -253,7 +256,13 @@ enum Command {
         /// Finder flags: a number (decimal or 0x hex) replaces them all; ad set letters
         /// (uppercase sets, lowercase clears: d e m n i c t s b v a) or names (+invisible,
         /// -on-desk, ...; comma-separated) change only those.
-        #[arg(short = 'f', long, group = "what", value_parser = finder::parse_flags)]
+        #[arg(
+            short = 'f',
+            long,
+            group = "what",
+            allow_hyphen_values = true,
+            value_parser = finder::parse_flags
+        )]
         flags: Option<finder::FlagsChange>,
         /// Color label: none, grey, green, violet, blue, yellow, red, orange, or 0-7.
         #[arg(short = 'l', long, group = "what", value_parser = finder::parse_label)]
@@ -415,6 +424,7 @@ impl Dt {
             Command::Ls {
                 long,
                 all,
+                almost_all,
                 recursive,
                 directory,
                 human,
@@ -428,7 +438,8 @@ impl Dt {
                 };
                 let how = LsHow {
                     long,
-                    all,
+                    dots: all,
+                    all: all || almost_all,
                     recursive: recursive && !directory,
                     directory,
                     human,
@@ -475,6 +486,10 @@ impl Dt {
             } => {
                 let umask = mode::umask();
                 self.each(&paths, |dt, p| {
+                    if verbose && fs::metadata(p).is_err() {
+                        // chmod -v's line for an operand it cannot reach (the error follows).
+                        interact::tell(&format!("{} could not be accessed", quote(p)));
+                    }
                     dt.change(p, recursive, true, &mut |path, shown, meta| {
                         let old = meta.mode() & 0o7777;
                         let new = spec.apply(meta.mode(), meta.is_dir(), umask);
@@ -1423,8 +1438,9 @@ impl Dt {
                     Place::Outside(a) => a.clone(),
                     Place::Inside(iv) => iv.path(),
                 };
-                let meta = fs::symlink_metadata(&abs)
-                    .with_context(|| format!("cannot access {}", quote(p)))?;
+                let meta = fs::symlink_metadata(&abs).map_err(|e| {
+                    anyhow!("cannot access {}: {}", quote(p), interact::io_text(&e))
+                })?;
                 Ok((place, abs, meta))
             });
             match reached {
@@ -1494,6 +1510,9 @@ impl Dt {
             .map(|e| e.file_name().as_bytes().to_vec())
             .filter(|n| !deskd_volume::is_protected(n) && (how.all || !n.starts_with(b".")))
             .collect();
+        if how.dots {
+            entries.extend([b".".to_vec(), b"..".to_vec()]);
+        }
         entries.sort();
         let mut out = std::io::stdout().lock();
         if header {
@@ -1522,6 +1541,9 @@ impl Dt {
         if how.recursive {
             for name in &entries {
                 let child_abs = abs.join(OsStr::from_bytes(name));
+                if name == b"." || name == b".." {
+                    continue;
+                }
                 if !fs::symlink_metadata(&child_abs).is_ok_and(|m| m.is_dir()) {
                     continue;
                 }
@@ -1708,6 +1730,8 @@ struct RmHow {
 #[derive(Debug, Clone, Copy)]
 struct LsHow {
     long: bool,
+    /// `-a`: `.` and `..` as well.
+    dots: bool,
     all: bool,
     recursive: bool,
     directory: bool,
