@@ -916,10 +916,21 @@ impl Dt {
         };
         // mkdir -p -m leaves a directory that was there as it was, as mkdir(1) does.
         let made = !(parents && fs::metadata(&target).is_ok_and(|m| m.is_dir()));
+        // As mkdir(1) -m: from a=rwx, the umask only for symbolic clauses naming no class.
+        let new_mode = mode.map(|spec| spec.apply(0o777, true, mode::umask()));
         if parents {
-            fs::create_dir_all(&target)
-        } else {
-            fs::create_dir(&target)
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create directory {}", quote(path)))?;
+            }
+        }
+        // Made with no more than its final permission bits (the umask may take some), so the
+        // directory is never open to others before its mode is set below.
+        let mut builder = fs::DirBuilder::new();
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, new_mode.unwrap_or(0o777) & 0o777);
+        match builder.create(&target) {
+            Err(e) if parents && !made && e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
         }
         .with_context(|| format!("cannot create directory {}", quote(path)))?;
         if let Place::Inside(iv) = &place {
@@ -929,9 +940,7 @@ impl Dt {
                     .register(&iv.with_components(iv.components[..depth].to_vec()), true)?;
             }
         }
-        if let (Some(spec), true) = (mode, made) {
-            // As mkdir(1) -m: from a=rwx, the umask only for symbolic clauses naming no class.
-            let new = spec.apply(0o777, true, mode::umask());
+        if let (Some(new), true) = (new_mode, made) {
             fs::set_permissions(&target, fs::Permissions::from_mode(new))
                 .with_context(|| format!("cannot set the mode of {}", quote(path)))?;
             if let Place::Inside(iv) = &place {
@@ -1615,12 +1624,15 @@ impl Dt {
             None => self.session.register(&iv, true)?,
         };
         let full = iv.path();
+        // A comment the server will not give (the volume root has no record of its own to
+        // hold one) is shown as none: the other fields are what was asked for.
         let comment = match self
             .session
-            .call(&iv, |vol| Request::CommentGet { vol, id: o.id })?
+            .call(&iv, |vol| Request::CommentGet { vol, id: o.id })
         {
-            Response::Comment(c) => c,
-            other => bail!("unexpected reply {other:?}"),
+            Ok(Response::Comment(c)) => c,
+            Ok(other) => bail!("unexpected reply {other:?}"),
+            Err(_) => None,
         };
         let meta = fs::symlink_metadata(&full).with_context(|| format!("cannot access {}", quote(path)))?;
         let created = meta
