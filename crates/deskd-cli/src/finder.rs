@@ -18,17 +18,61 @@ pub struct Flag {
 
 /// Every named Finder flag, in bit order (Netatalk's include/atalk/adouble.h).
 pub const FLAGS: [Flag; 11] = [
-    Flag { bit: 1, letter: 'd', name: "on-desk" },
-    Flag { bit: 1 << 4, letter: 'e', name: "hidden-extension" },
-    Flag { bit: 1 << 6, letter: 'm', name: "shared" },
-    Flag { bit: 1 << 7, letter: 'n', name: "no-inits" },
-    Flag { bit: 1 << 8, letter: 'i', name: "inited" },
-    Flag { bit: 1 << 10, letter: 'c', name: "custom-icon" },
-    Flag { bit: 1 << 11, letter: 't', name: "stationery" },
-    Flag { bit: 1 << 12, letter: 's', name: "name-locked" },
-    Flag { bit: 1 << 13, letter: 'b', name: "bundle" },
-    Flag { bit: 1 << 14, letter: 'v', name: "invisible" },
-    Flag { bit: 1 << 15, letter: 'a', name: "alias" },
+    Flag {
+        bit: 1,
+        letter: 'd',
+        name: "on-desk",
+    },
+    Flag {
+        bit: 1 << 4,
+        letter: 'e',
+        name: "hidden-extension",
+    },
+    Flag {
+        bit: 1 << 6,
+        letter: 'm',
+        name: "shared",
+    },
+    Flag {
+        bit: 1 << 7,
+        letter: 'n',
+        name: "no-inits",
+    },
+    Flag {
+        bit: 1 << 8,
+        letter: 'i',
+        name: "inited",
+    },
+    Flag {
+        bit: 1 << 10,
+        letter: 'c',
+        name: "custom-icon",
+    },
+    Flag {
+        bit: 1 << 11,
+        letter: 't',
+        name: "stationery",
+    },
+    Flag {
+        bit: 1 << 12,
+        letter: 's',
+        name: "name-locked",
+    },
+    Flag {
+        bit: 1 << 13,
+        letter: 'b',
+        name: "bundle",
+    },
+    Flag {
+        bit: 1 << 14,
+        letter: 'v',
+        name: "invisible",
+    },
+    Flag {
+        bit: 1 << 15,
+        letter: 'a',
+        name: "alias",
+    },
 ];
 
 /// The color labels by number (Netatalk's `ad set -l` names; 0 is no label).

@@ -89,7 +89,12 @@ impl Twins {
     fn same_tree_failing(&self, args: &[&str], dt_code: i32) -> Output {
         let ours = self.dt(args, "");
         let theirs = self.cu(args, "");
-        assert_eq!(ours.status.code(), Some(dt_code), "{args:?}: {}", stderr(&ours));
+        assert_eq!(
+            ours.status.code(),
+            Some(dt_code),
+            "{args:?}: {}",
+            stderr(&ours)
+        );
         assert!(!theirs.status.success(), "coreutils {args:?} succeeded");
         assert_eq!(snapshot(&self.dt_root()), snapshot(&self.cu_root()));
         ours
@@ -117,8 +122,8 @@ fn run_in(mut cmd: Command, dir: &Path, stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// Files a, b (with contents), an empty file, a link to a, a directory d with a file and a
-/// subdirectory, an empty directory e, a hidden file.
+/// Files a, b (with contents), an empty file, a link to a and one to d, a directory d with a
+/// file and a subdirectory, an empty directory e, a hidden file.
 fn make_tree(root: &Path) {
     std::fs::create_dir_all(root.join("d/sub")).unwrap();
     std::fs::create_dir(root.join("e")).unwrap();
@@ -129,6 +134,7 @@ fn make_tree(root: &Path) {
     std::fs::write(root.join("d/x"), b"x").unwrap();
     std::fs::write(root.join("d/sub/y"), b"yy").unwrap();
     std::os::unix::fs::symlink("a", root.join("l")).unwrap();
+    std::os::unix::fs::symlink("d", root.join("ld")).unwrap();
     std::fs::set_permissions(root.join("b"), std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
@@ -232,8 +238,9 @@ fn mv_replaces_like_mv_and_n_i_v_match_coreutils() {
         stderr(&missing)
     );
     let help = t.dt(&["mv", "--help"], "");
-    assert!(String::from_utf8_lossy(&help.stdout)
-        .contains("Usage: dt mv [OPTIONS] <SOURCE>... <DEST>"));
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("Usage: dt mv [OPTIONS] <SOURCE>... <DEST>")
+    );
 }
 
 #[test]
@@ -257,7 +264,11 @@ fn mv_keeps_the_moved_id_and_retires_the_replaced_one() {
         vol.to_str().unwrap().as_bytes(),
         b.to_string().as_bytes(),
     ]);
-    assert_eq!(gone.status.code(), Some(1), "the replaced ID still resolves");
+    assert_eq!(
+        gone.status.code(),
+        Some(1),
+        "the replaced ID still resolves"
+    );
     // The replaced object's resource file went with it: the one there is the moved one's.
     let record = deskd_volume::rsrc::read_header(&t.dt_root().join(".rsrc/b"))
         .unwrap()
@@ -275,7 +286,11 @@ fn mv_keeps_the_moved_id_and_retires_the_replaced_one() {
         vol.to_str().unwrap().as_bytes(),
         empty.to_string().as_bytes(),
     ]);
-    assert_eq!(gone.status.code(), Some(1), "the replaced ID still resolves");
+    assert_eq!(
+        gone.status.code(),
+        Some(1),
+        "the replaced ID still resolves"
+    );
 }
 
 #[test]
@@ -307,8 +322,7 @@ fn cp_a_matches_coreutils_and_keeps_times() {
     let t = Twins::new();
     // Old times, odd modes: -a must keep them.
     for root in [t.dt_root(), t.cu_root()] {
-        std::fs::set_permissions(root.join("d/x"), std::fs::Permissions::from_mode(0o751))
-            .unwrap();
+        std::fs::set_permissions(root.join("d/x"), std::fs::Permissions::from_mode(0o751)).unwrap();
         let old = std::fs::File::options()
             .write(true)
             .open(root.join("d/x"))
@@ -318,7 +332,10 @@ fn cp_a_matches_coreutils_and_keeps_times() {
     }
     t.same(&["cp", "-a", "d", "d2"], "", false);
     t.same(&["cp", "-a", "a", "l", "e"], "", false);
-    assert_eq!(mtime(&t.dt_root().join("d2/x")), mtime(&t.cu_root().join("d2/x")));
+    assert_eq!(
+        mtime(&t.dt_root().join("d2/x")),
+        mtime(&t.cu_root().join("d2/x"))
+    );
     assert_eq!(mtime(&t.dt_root().join("d2/x")).0, 1_000_000);
     // The copies are new objects with IDs of their own.
     assert_ne!(t.id("d2/x"), t.id("d/x"));
@@ -352,6 +369,8 @@ fn ls_matches_ls() {
         &["ls", "-d", "d", "a"],
         &["ls", "-1", "a", "d", "e"],
         &["ls", "-aR", "d"],
+        &["ls", "ld", "l"],
+        &["ls", "-d", "ld"],
     ] {
         t.same(args, "", false);
     }
@@ -363,7 +382,7 @@ fn ls_matches_ls() {
     for args in [
         &["-l"][..],
         &["-lh"],
-        &["-l", "l", "a", "d"],
+        &["-l", "l", "a", "d", "ld"],
         &["-ld", "d", "e"],
         &["-lR", "d"],
     ] {
@@ -418,7 +437,10 @@ fn ls_h_is_human_sizes_and_help_stays_on_help() {
     // chown -h changes a link given as an operand, not what it names, as chown -h does.
     t.same(&["chown", "-h", "65534", "l"], "", false);
     for root in [t.dt_root(), t.cu_root()] {
-        assert_eq!(std::fs::symlink_metadata(root.join("l")).unwrap().uid(), 65534);
+        assert_eq!(
+            std::fs::symlink_metadata(root.join("l")).unwrap().uid(),
+            65534
+        );
         assert_eq!(std::fs::metadata(root.join("a")).unwrap().uid(), 0);
     }
     t.same(&["chgrp", "-h", "65534", "l"], "", false);
@@ -468,7 +490,17 @@ fn info_shows_every_mac_field_and_set_takes_names() {
     // Flags by ad set letters and by name, a label by name; the comment reads back.
     let set = t.dt(
         &[
-            "set", "-t", "TEXT", "-c", "ttxt", "-f", "VD", "-l", "red", "--comment", "hi there",
+            "set",
+            "-t",
+            "TEXT",
+            "-c",
+            "ttxt",
+            "-f",
+            "VD",
+            "-l",
+            "red",
+            "--comment",
+            "hi there",
             "a",
         ],
         "",
@@ -483,7 +515,10 @@ fn info_shows_every_mac_field_and_set_takes_names() {
     // Lowercase clears, names with + and - set and clear; the label stays.
     t.dt(&["set", "--flags", "d,+alias", "a"], "");
     assert_eq!(field(&info("a"), "flags"), "invisible alias (0xc00c)");
-    t.dt(&["set", "--flags", "-invisible", "--label", "green", "a"], "");
+    t.dt(
+        &["set", "--flags", "-invisible", "--label", "green", "a"],
+        "",
+    );
     let a = info("a");
     assert_eq!(field(&a, "flags"), "alias (0x8004)");
     assert_eq!(field(&a, "label"), "green");

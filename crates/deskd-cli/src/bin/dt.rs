@@ -17,11 +17,11 @@ use clap::{Parser, Subcommand};
 use deskd_cli::connection::ConnectionArgs;
 use deskd_cli::fresh_ids::{clear_tree, copy_record_cleared};
 use deskd_cli::fsops::{copy_tree, copy_tree_with, keep_owner, remove_any, set_times, CopyMode};
+use deskd_cli::interact::{self, quote};
 use deskd_cli::mode;
 use deskd_cli::output::{ctime_string, display_bytes, fourcc, write_match, FindArgs};
-use deskd_cli::interact::{self, quote};
-use deskd_cli::{finder, listing};
 use deskd_cli::target::{InVolume, Place, Session};
+use deskd_cli::{finder, listing};
 use deskd_client::{FindMode, ObjectInfo, Request, Response};
 use deskd_volume::rsrc;
 
@@ -245,13 +245,29 @@ enum Command {
     },
     /// Set Mac file information: type, creator, Finder flags, label, comment (in the desktop
     /// and the resource file alike).
-    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true)))]
+    #[command(
+        group(clap::ArgGroup::new("what").required(true).multiple(true)),
+        override_usage = "dt set [-t TYPE] [-c CREATOR] [-f FLAGS] [-l LABEL] [--comment TEXT] \
+                          [OPTIONS] PATH..."
+    )]
     Set {
         /// Type code, 4 characters (e.g. TEXT, APPL); APPL registers the application.
-        #[arg(short = 't', long = "type", group = "what", value_parser = parse_code)]
+        #[arg(
+            short = 't',
+            long = "type",
+            group = "what",
+            value_name = "TYPE",
+            value_parser = parse_code
+        )]
         type_code: Option<[u8; 4]>,
         /// Creator code, 4 characters (e.g. ttxt).
-        #[arg(short = 'c', long, group = "what", value_parser = parse_code)]
+        #[arg(
+            short = 'c',
+            long,
+            group = "what",
+            value_name = "CREATOR",
+            value_parser = parse_code
+        )]
         creator: Option<[u8; 4]>,
         /// Finder flags: a number (decimal or 0x hex) replaces them all; ad set letters
         /// (uppercase sets, lowercase clears: d e m n i c t s b v a) or names (+invisible,
@@ -268,7 +284,7 @@ enum Command {
         #[arg(short = 'l', long, group = "what", value_parser = finder::parse_label)]
         label: Option<u8>,
         /// Finder comment; "" removes it.
-        #[arg(long, group = "what")]
+        #[arg(long, group = "what", value_name = "TEXT")]
         comment: Option<String>,
         /// Objects in a volume.
         #[arg(required = true, value_name = "PATH")]
@@ -493,9 +509,8 @@ impl Dt {
                     dt.change(p, recursive, true, &mut |path, shown, meta| {
                         let old = meta.mode() & 0o7777;
                         let new = spec.apply(meta.mode(), meta.is_dir(), umask);
-                        fs::set_permissions(path, fs::Permissions::from_mode(new)).with_context(
-                            || format!("cannot change mode of {}", quote(shown)),
-                        )?;
+                        fs::set_permissions(path, fs::Permissions::from_mode(new))
+                            .with_context(|| format!("cannot change mode of {}", quote(shown)))?;
                         let new = new & 0o7777;
                         if old != new && (verbose || changes) {
                             interact::tell(&format!(
@@ -795,9 +810,7 @@ impl Dt {
     /// `dt set`: Mac information into the desktop and the resource file.
     fn set(&mut self, path: &Path, info: &MacInfo) -> Result<()> {
         let MacInfo {
-            type_code,
-            creator,
-            ..
+            type_code, creator, ..
         } = *info;
         let comment = info.comment.as_deref();
         let Place::Inside(iv) = self.session.place(path)? else {
@@ -993,7 +1006,8 @@ impl Dt {
         if let Place::Inside(iv) = &place {
             self.session.check_writable(iv)?;
         }
-        if how.interactive && !interact::ask(&format!("remove {} {}", what_it_is(&meta), quote(path)))
+        if how.interactive
+            && !interact::ask(&format!("remove {} {}", what_it_is(&meta), quote(path)))
         {
             return Ok(());
         }
@@ -1452,8 +1466,17 @@ impl Dt {
                 })?;
                 Ok((place, abs, meta))
             });
+            // As ls(1): a link given as an operand is listed as the directory it names,
+            // unless -l or -d asks about the link itself.
+            let listed_as_dir = |abs: &Path, meta: &fs::Metadata| {
+                !how.directory
+                    && (meta.is_dir()
+                        || (!how.long
+                            && meta.file_type().is_symlink()
+                            && fs::metadata(abs).is_ok_and(|m| m.is_dir())))
+            };
             match reached {
-                Ok((place, abs, meta)) if meta.is_dir() && !how.directory => {
+                Ok((place, abs, meta)) if listed_as_dir(&abs, &meta) => {
                     dirs.push((p.clone(), place, abs))
                 }
                 Ok((place, abs, _)) => files.push((p.clone(), place, abs)),
@@ -1634,7 +1657,8 @@ impl Dt {
             Ok(other) => bail!("unexpected reply {other:?}"),
             Err(_) => None,
         };
-        let meta = fs::symlink_metadata(&full).with_context(|| format!("cannot access {}", quote(path)))?;
+        let meta = fs::symlink_metadata(&full)
+            .with_context(|| format!("cannot access {}", quote(path)))?;
         let created = meta
             .created()
             .ok()
@@ -1849,7 +1873,11 @@ fn removal_order(abs: &Path, shown: &Path, in_volume: bool) -> Vec<(PathBuf, boo
             if in_volume && deskd_volume::is_protected(name.as_bytes()) {
                 continue;
             }
-            out.extend(removal_order(&abs.join(&name), &shown.join(&name), in_volume));
+            out.extend(removal_order(
+                &abs.join(&name),
+                &shown.join(&name),
+                in_volume,
+            ));
         }
     }
     out.push((shown.to_path_buf(), is_dir));
