@@ -551,3 +551,47 @@ fn info_shows_every_mac_field_and_set_takes_names() {
     t.dt(&["set", "--comment", "", "a"], "");
     assert_eq!(field(&info("a"), "comment"), "");
 }
+
+#[test]
+fn mv_into_another_volume_replaces_the_target_and_retires_its_id() {
+    let mut env = Env::new(&["one", "two"]);
+    env.serve(&["one", "two"]);
+    std::fs::write(env.path("one/a"), b"from one").unwrap();
+    std::fs::write(env.path("two/b"), b"old b").unwrap();
+    std::fs::write(env.path("two/c"), b"old c").unwrap();
+    let a = env.id_of(&env.path("one/a"));
+    let b = env.id_of(&env.path("two/b"));
+    env.id_of(&env.path("two/c"));
+    // -n leaves it; the default replaces it: the arrival has a new ID of two's, b's is gone.
+    env.dt_ok(&[b"mv", b"-n", b"one/a", b"two/b"]);
+    assert_eq!(std::fs::read(env.path("two/b")).unwrap(), b"old b");
+    let said = env.dt_ok(&[b"mv", b"-v", b"one/a", b"two/b"]);
+    assert_eq!(said, "renamed 'one/a' -> 'two/b'\n");
+    assert_eq!(std::fs::read(env.path("two/b")).unwrap(), b"from one");
+    assert!(!env.path("one/a").exists());
+    let arrived = env.id_of(&env.path("two/b"));
+    assert_ne!(arrived, b);
+    assert_ne!(arrived, a);
+    let two = env.path("two");
+    let gone = env.dt(&[
+        b"resolve",
+        two.to_str().unwrap().as_bytes(),
+        b.to_string().as_bytes(),
+    ]);
+    assert_eq!(
+        gone.status.code(),
+        Some(1),
+        "the replaced ID still resolves"
+    );
+    // A directory never replaces a file, nor a file a directory: nothing moves.
+    std::fs::create_dir(env.path("one/d")).unwrap();
+    let out = env.dt(&[b"mv", b"one/d", b"two/c"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot overwrite non-directory 'two/c'"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(env.path("one/d").is_dir());
+    assert_eq!(std::fs::read(env.path("two/c")).unwrap(), b"old c");
+}
