@@ -230,6 +230,13 @@ fn mv_replaces_like_mv_and_n_i_v_match_coreutils() {
     t.same(&["mv", "e/d/sub/x", "e/d/sub/y"], "", false);
     t.same(&["mv", "e/d/sub", "e/d/sub/y"], "", false);
     t.same(&["mv", "l", ".hidden", "e/d/sub/y"], "", false);
+    // A name onto itself, or onto a hard link of it: "the same file", nothing moves.
+    for root in [t.dt_root(), t.cu_root()] {
+        std::fs::hard_link(root.join("l"), root.join("hard")).unwrap();
+    }
+    t.same(&["mv", "hard", "l"], "", false);
+    t.same(&["mv", "l", "l"], "", false);
+    t.same(&["mv", "e", "."], "", false);
     // A missing operand is a usage error.
     let missing = t.same_tree_failing(&["mv", "l"], 2);
     assert!(

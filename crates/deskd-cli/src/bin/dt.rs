@@ -1094,8 +1094,16 @@ impl Dt {
             }
             must_exist(&from_abs, src).map_err(|e| anyhow!("cannot move {e}"))?;
         }
-        if from_abs == to_abs {
-            return Ok(false);
+        let same_file = match (
+            fs::symlink_metadata(&from_abs),
+            fs::symlink_metadata(&to_abs),
+        ) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if from_abs == to_abs || same_file {
+            // As mv(1): a name, or a hard link, onto itself moves nothing and is an error.
+            bail!("{} and {} are the same file", quote(src), quote(dest));
         }
         if to_abs.starts_with(&from_abs) {
             bail!("cannot move {} into itself", quote(src));
