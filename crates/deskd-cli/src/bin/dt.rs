@@ -47,7 +47,7 @@ enum Command {
         parents: bool,
         /// The mode of the directories made (octal or symbolic, as chmod takes it; the umask
         /// does not apply); with -p, missing parents get the default mode.
-        #[arg(short, long, value_name = "MODE", value_parser = mode::parse_mode)]
+        #[arg(short, long, value_name = "MODE", value_parser = mode_arg())]
         mode: Option<mode::ModeSpec>,
         /// Paths, inside a volume or not (outside one, dt acts like the plain command).
         #[arg(required = true, value_name = "PATH")]
@@ -199,7 +199,7 @@ enum Command {
         #[arg(short, long)]
         changes: bool,
         /// The mode: 640, u+x,go-w, a=rX, ... (an invalid mode is a usage error).
-        #[arg(value_name = "MODE", value_parser = mode::parse_mode)]
+        #[arg(value_name = "MODE", value_parser = mode_arg())]
         mode: mode::ModeSpec,
         /// Paths, inside a volume or not (outside one, dt acts like the plain command).
         #[arg(required = true, value_name = "PATH")]
@@ -257,7 +257,7 @@ enum Command {
             long = "type",
             group = "what",
             value_name = "TYPE",
-            value_parser = parse_code
+            value_parser = WithUsage(parse_code)
         )]
         type_code: Option<[u8; 4]>,
         /// Creator code, 4 characters (e.g. ttxt).
@@ -266,7 +266,7 @@ enum Command {
             long,
             group = "what",
             value_name = "CREATOR",
-            value_parser = parse_code
+            value_parser = WithUsage(parse_code)
         )]
         creator: Option<[u8; 4]>,
         /// Finder flags: a number (decimal or 0x hex) replaces them all; ad set letters
@@ -277,11 +277,11 @@ enum Command {
             long,
             group = "what",
             allow_hyphen_values = true,
-            value_parser = finder::parse_flags
+            value_parser = WithUsage(finder::parse_flags)
         )]
         flags: Option<finder::FlagsChange>,
         /// Color label: none, grey, green, violet, blue, yellow, red, orange, or 0-7.
-        #[arg(short = 'l', long, group = "what", value_parser = finder::parse_label)]
+        #[arg(short = 'l', long, group = "what", value_parser = WithUsage(finder::parse_label))]
         label: Option<u8>,
         /// Finder comment; "" removes it.
         #[arg(long, group = "what", value_name = "TEXT")]
@@ -1843,6 +1843,34 @@ impl std::fmt::Display for CodeError {
 }
 
 impl std::error::Error for CodeError {}
+
+/// A value parser whose refusals show the verb's usage line, as clap's own usage errors do
+/// (an invalid mode or flag is a usage error: exit 2, with the usage).
+#[derive(Clone)]
+struct WithUsage<P>(P);
+
+impl<P: clap::builder::TypedValueParser> clap::builder::TypedValueParser for WithUsage<P> {
+    type Value = P::Value;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        use clap::error::{ContextKind, ContextValue};
+        self.0.parse_ref(cmd, arg, value).map_err(|mut e| {
+            let usage = cmd.clone().render_usage();
+            e.insert(ContextKind::Usage, ContextValue::StyledStr(usage));
+            e
+        })
+    }
+}
+
+/// [`mode::parse_mode`] for clap, usage shown on refusal.
+fn mode_arg() -> WithUsage<fn(&str) -> Result<mode::ModeSpec, mode::ModeError>> {
+    WithUsage(mode::parse_mode)
+}
 
 /// A type or creator code: exactly 4 bytes.
 fn parse_code(s: &str) -> Result<[u8; 4], CodeError> {
