@@ -319,9 +319,34 @@ fn rm_i_v_match_coreutils() {
     t.same(&["rm", "d"], "", false);
     t.same(&["rm", "nope"], "", false);
     t.same(&["rm", "-f", "nope"], "", false);
+    // rm -ri: "n" to descending leaves the tree; a declined entry leaves its directory, which
+    // then cannot go (exit 1); yes to everything removes it all. (Coreutils walk a directory
+    // in no set order: the trees asked about with mixed answers have one entry a level.)
+    t.same(&["rm", "-ri", "d"], "n\n", false);
+    for root in [t.dt_root(), t.cu_root()] {
+        std::fs::create_dir_all(root.join("one/two")).unwrap();
+        std::fs::write(root.join("one/two/f"), b"f").unwrap();
+        std::fs::create_dir(root.join("hollow")).unwrap();
+    }
+    let asked = t.same(&["rm", "-ri", "one"], "y\ny\nn\ny\ny\n", false);
+    assert_eq!(
+        stderr(&asked).matches("? ").count(),
+        5,
+        "descend one, descend two, f, two, one: {}",
+        stderr(&asked)
+    );
+    t.same(
+        &["rm", "-rvi", "one", "hollow"],
+        "y\ny\ny\ny\ny\ny\n",
+        false,
+    );
+    t.same(&["rm", "-rvi", "d"], &"y\n".repeat(7), true);
     // rm -rv lists every object, each directory after what it held (order within a
     // directory is coreutils' walk: compared sorted).
-    t.same(&["rm", "-rv", "d"], "", true);
+    for root in [t.dt_root(), t.cu_root()] {
+        make_tree(&root.join("again"));
+    }
+    t.same(&["rm", "-rv", "again"], "", true);
     t.same_tree_failing(&["rm"], 2);
 }
 

@@ -1006,6 +1006,9 @@ impl Dt {
         if let Place::Inside(iv) = &place {
             self.session.check_writable(iv)?;
         }
+        if how.interactive && meta.is_dir() {
+            return self.rm_asking(path, &abs, matches!(place, Place::Inside(_)), how);
+        }
         if how.interactive
             && !interact::ask(&format!("remove {} {}", what_it_is(&meta), quote(path)))
         {
@@ -1040,6 +1043,42 @@ impl Dt {
                 })?;
         }
         Ok(())
+    }
+
+    /// `rm -ri` of directory `path` (at `abs`), as rm(1) asks: whether to descend into it
+    /// (not asked when it is empty), then about each entry (in name order), then whether to
+    /// remove the directory itself, which must be empty by then.
+    fn rm_asking(&mut self, path: &Path, abs: &Path, in_volume: bool, how: RmHow) -> Result<()> {
+        if !dir_is_empty(abs, in_volume)? {
+            if !interact::ask(&format!("descend into directory {}", quote(path))) {
+                return Ok(());
+            }
+            let mut names: Vec<_> = fs::read_dir(abs)
+                .with_context(|| format!("cannot read directory {}", quote(path)))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name())
+                .filter(|n| !(in_volume && deskd_volume::is_protected(n.as_bytes())))
+                .collect();
+            names.sort();
+            for name in names {
+                // Each entry as an operand of its own: asked about, removed, reported.
+                if let Err(e) = self.rm(&path.join(&name), how) {
+                    eprintln!("dt: {e:#}");
+                    self.failed = true;
+                }
+            }
+        }
+        if !interact::ask(&format!("remove directory {}", quote(path))) {
+            return Ok(());
+        }
+        if !dir_is_empty(abs, in_volume)? {
+            bail!("cannot remove {}: directory not empty", quote(path));
+        }
+        let how = RmHow {
+            interactive: false,
+            ..how
+        };
+        self.rm(path, how)
     }
 
     fn rmdir(&mut self, path: &Path) -> Result<()> {
@@ -1883,7 +1922,7 @@ fn parse_code(s: &str) -> Result<[u8; 4], CodeError> {
 fn what_it_is(meta: &fs::Metadata) -> &'static str {
     let ft = meta.file_type();
     if ft.is_dir() {
-        "directory (and everything in it)"
+        "directory"
     } else if ft.is_symlink() {
         "symbolic link"
     } else if ft.is_file() && meta.len() == 0 {
