@@ -1906,8 +1906,11 @@ impl<P: clap::builder::TypedValueParser> clap::builder::TypedValueParser for Wit
     }
 }
 
+/// How a mode argument is parsed.
+type ParseMode = fn(&str) -> Result<mode::ModeSpec, mode::ModeError>;
+
 /// [`mode::parse_mode`] for clap, usage shown on refusal.
-fn mode_arg() -> WithUsage<fn(&str) -> Result<mode::ModeSpec, mode::ModeError>> {
+fn mode_arg() -> WithUsage<ParseMode> {
     WithUsage(mode::parse_mode)
 }
 
