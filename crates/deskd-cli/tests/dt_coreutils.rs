@@ -373,6 +373,21 @@ fn cp_a_matches_coreutils_and_keeps_times() {
     // The copies are new objects with IDs of their own.
     assert_ne!(t.id("d2/x"), t.id("d/x"));
     t.same(&["cp", "-a", "nope", "x"], "", false);
+    // -v says what was copied, each object of a tree (compared sorted: coreutils walk a
+    // directory in no set order); -n and -i leave an existing file, -i when told "n".
+    t.same(&["cp", "-Rv", "d", "d3"], "", true);
+    t.same(&["cp", "-v", "a", "b", "e"], "", false);
+    t.same(&["cp", "-n", "b", "a"], "", false);
+    let asked = t.same(&["cp", "-i", "b", "a"], "n\n", false);
+    assert!(
+        stderr(&asked).contains("dt: overwrite 'a'? "),
+        "{}",
+        stderr(&asked)
+    );
+    let a = t.id("a");
+    t.same(&["cp", "-iv", "b", "a"], "y\n", false);
+    // Overwritten in place: the same object, its ID kept.
+    assert_eq!(t.id("a"), a);
 }
 
 /// The words of each line of an `ls -l` listing; with `deskd_columns` (dt's) without the ID,

@@ -169,9 +169,15 @@ enum Command {
         /// Archive: -R and -p together (links are copied as links), as cp -a.
         #[arg(short, long)]
         archive: bool,
-        /// Do not overwrite an existing file.
-        #[arg(short = 'n', long = "no-clobber")]
+        /// Do not overwrite an existing file (cancels -i).
+        #[arg(short = 'n', long = "no-clobber", overrides_with = "interactive")]
         no_clobber: bool,
+        /// Ask on stderr before overwriting an existing file ("y" or "Y" answers yes).
+        #[arg(short, long, overrides_with = "no_clobber")]
+        interactive: bool,
+        /// Say what was copied (`'a' -> 'b'`, each object of a tree).
+        #[arg(short, long)]
+        verbose: bool,
         /// Restore: keep the IDs the copied resource files carry wherever
         /// the volume has them free, so aliases to the files work again; an ID in use (a tree
         /// restored twice) gets a new one. For copies of this volume's own files, such as a
@@ -469,6 +475,8 @@ impl Dt {
                 preserve,
                 archive,
                 no_clobber,
+                interactive,
+                verbose,
                 keep_ids,
                 sources,
                 dest: target,
@@ -483,14 +491,25 @@ impl Dt {
                     // Set per operand: only a copy arriving in a volume gets new IDs.
                     fresh_ids: false,
                 };
-                let recursive = recursive || archive;
+                let what = CpHow {
+                    recursive: recursive || archive,
+                    replace: if no_clobber {
+                        Replace::Never
+                    } else if interactive {
+                        Replace::Ask
+                    } else {
+                        Replace::Always
+                    },
+                    keep_ids,
+                    verbose,
+                };
                 self.each(&sources, |dt, src| {
                     let dest = if into_dir {
                         target.join(name_of(src)?)
                     } else {
                         target.clone()
                     };
-                    dt.cp(src, &dest, recursive, no_clobber, keep_ids, how)
+                    dt.cp(src, &dest, what, how)
                 });
             }
             Command::Chmod {
@@ -583,15 +602,12 @@ impl Dt {
     }
 
     /// `dt cp` of one source to `dest` (the final name).
-    fn cp(
-        &mut self,
-        src: &Path,
-        dest: &Path,
-        recursive: bool,
-        no_clobber: bool,
-        keep_ids: bool,
-        how: CopyMode,
-    ) -> Result<()> {
+    fn cp(&mut self, src: &Path, dest: &Path, what: CpHow, how: CopyMode) -> Result<()> {
+        let CpHow {
+            recursive,
+            keep_ids,
+            ..
+        } = what;
         let from = self.session.place(src)?;
         let to = self.session.place(dest)?;
         let from_abs =
@@ -622,14 +638,23 @@ impl Dt {
                     dest.display()
                 );
             }
-            if no_clobber {
-                return Ok(());
-            }
             if existing.dev() == meta.dev() && existing.ino() == meta.ino() {
                 bail!("{} and {} are the same file", src.display(), dest.display());
             }
+            match what.replace {
+                Replace::Always => {}
+                Replace::Never => return Ok(()),
+                Replace::Ask => {
+                    if !interact::ask(&format!("overwrite {}", quote(dest))) {
+                        return Ok(());
+                    }
+                }
+            }
             self.overwrite(&from_abs, &to_abs, &to, how)
                 .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
+            if what.verbose {
+                interact::tell(&format!("{} -> {}", quote(src), quote(dest)));
+            }
             return Ok(());
         }
         let source = if recursive {
@@ -668,6 +693,18 @@ impl Dt {
             }
             // A copy is a new object (new IDs, Mac information kept), unless restoring.
             self.register_tree(b, keep_ids)?;
+        }
+        if what.verbose {
+            let in_volume = matches!(from, Place::Inside(_)) || matches!(to, Place::Inside(_));
+            for rel in copied_order(&to_abs, Path::new(""), in_volume) {
+                // The top as given (no trailing slash from joining an empty path).
+                let (s, d) = if rel.as_os_str().is_empty() {
+                    (src.to_path_buf(), dest.to_path_buf())
+                } else {
+                    (src.join(&rel), dest.join(&rel))
+                };
+                interact::tell(&format!("{} -> {}", quote(&s), quote(&d)));
+            }
         }
         Ok(())
     }
@@ -1800,6 +1837,16 @@ enum Replace {
     Never,
 }
 
+/// The options of `dt cp` besides what [`CopyMode`] keeps.
+#[derive(Debug, Clone, Copy)]
+struct CpHow {
+    recursive: bool,
+    /// What to do with an existing file: overwrite it, ask (`-i`), leave it (`-n`).
+    replace: Replace,
+    keep_ids: bool,
+    verbose: bool,
+}
+
 /// The options of `dt rm`.
 #[derive(Debug, Clone, Copy)]
 struct RmHow {
@@ -1919,6 +1966,26 @@ fn parse_code(s: &str) -> Result<[u8; 4], CodeError> {
     s.as_bytes()
         .try_into()
         .map_err(|_| CodeError(s.to_string()))
+}
+
+/// The objects of the tree copied to `abs`, relative to it (`rel` so far), each directory
+/// before what it holds, in name order, as cp -v lists them; with `in_volume` deskd's own
+/// names are left out. The top is the empty path.
+fn copied_order(abs: &Path, rel: &Path, in_volume: bool) -> Vec<PathBuf> {
+    let mut out = vec![rel.to_path_buf()];
+    if fs::symlink_metadata(abs).is_ok_and(|m| m.is_dir()) {
+        let mut names: Vec<_> = fs::read_dir(abs)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        names.sort();
+        for name in names {
+            if in_volume && deskd_volume::is_protected(name.as_bytes()) {
+                continue;
+            }
+            out.extend(copied_order(&abs.join(&name), &rel.join(&name), in_volume));
+        }
+    }
+    out
 }
 
 /// How rm(1) -i names an object in its question.
