@@ -506,6 +506,9 @@ fn chmod_v_c_match_coreutils_and_a_bad_mode_is_a_usage_error() {
     t.same(&["chmod", "-Rv", "go-w,u+s", "d"], "", true);
     t.same(&["chmod", "-Rc", "g+w", "d"], "", true);
     t.same(&["chmod", "-v", "644", "nope"], "", false);
+    // A mode that starts with '-' is a mode, as chmod takes it.
+    t.same(&["chmod", "-w", "a"], "", false);
+    t.same(&["chmod", "-Rv", "-w", "d"], "", true);
     let bad = t.same_tree_failing(&["chmod", "999", "a"], 2);
     assert!(stderr(&bad).contains("invalid mode"), "{}", stderr(&bad));
     assert!(stderr(&bad).contains("Usage: dt chmod"), "{}", stderr(&bad));

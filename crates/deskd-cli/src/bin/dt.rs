@@ -99,7 +99,8 @@ enum Command {
         /// Ignore missing files, never ask (cancels -i).
         #[arg(short, long, overrides_with = "interactive")]
         force: bool,
-        /// Ask on stderr before removing each operand ("y" or "Y" answers yes).
+        /// Ask on stderr before each removal ("y" or "Y" answers yes); with -r, whether to
+        /// descend into a directory, then each entry, then the directory.
         #[arg(short, long, overrides_with = "force")]
         interactive: bool,
         /// Say what was removed (`removed 'a'`, `removed directory 'd'`).
@@ -205,7 +206,7 @@ enum Command {
         #[arg(short, long)]
         changes: bool,
         /// The mode: 640, u+x,go-w, a=rX, ... (an invalid mode is a usage error).
-        #[arg(value_name = "MODE", value_parser = mode_arg())]
+        #[arg(value_name = "MODE", value_parser = mode_arg(), allow_hyphen_values = true)]
         mode: mode::ModeSpec,
         /// Paths, inside a volume or not (outside one, dt acts like the plain command).
         #[arg(required = true, value_name = "PATH")]
@@ -525,12 +526,25 @@ impl Dt {
                         // chmod -v's line for an operand it cannot reach (the error follows).
                         interact::tell(&format!("{} could not be accessed", quote(p)));
                     }
-                    dt.change(p, recursive, true, &mut |path, shown, meta| {
+                    let kept_by_umask = std::cell::Cell::new(false);
+                    let result = dt.change(p, recursive, true, &mut |path, shown, meta| {
                         let old = meta.mode() & 0o7777;
                         let new = spec.apply(meta.mode(), meta.is_dir(), umask);
                         fs::set_permissions(path, fs::Permissions::from_mode(new))
                             .with_context(|| format!("cannot change mode of {}", quote(shown)))?;
                         let new = new & 0o7777;
+                        // As chmod(1): a clause naming no class left bits the umask guards,
+                        // which the user may not expect; said, and the exit status is 1.
+                        let naive = spec.apply(meta.mode(), meta.is_dir(), 0) & 0o7777;
+                        if new & !naive != 0 {
+                            eprintln!(
+                                "dt: {}: new permissions are {}, not {}",
+                                shown.display(),
+                                listing::perm_string(new),
+                                listing::perm_string(naive)
+                            );
+                            kept_by_umask.set(true);
+                        }
                         if old != new && (verbose || changes) {
                             interact::tell(&format!(
                                 "mode of {} changed from {old:04o} ({}) to {new:04o} ({})",
@@ -546,7 +560,11 @@ impl Dt {
                             ));
                         }
                         Ok(Change::Mode(new))
-                    })
+                    });
+                    if kept_by_umask.get() {
+                        dt.failed = true;
+                    }
+                    result
                 });
             }
             Command::Chown {
