@@ -422,6 +422,31 @@ fn ls_matches_ls() {
     ] {
         t.same(args, "", false);
     }
+    // -t and -S (ties by name), -r: the same times and sizes in both trees.
+    for root in [t.dt_root(), t.cu_root()] {
+        for (i, name) in ["a", "b", "empty", "d", "e", "l", ".hidden"]
+            .iter()
+            .enumerate()
+        {
+            let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+            // Two share a time, to show the ties.
+            let when = when + std::time::Duration::from_secs((i as u64).min(5) * 1000);
+            let f = std::fs::File::open(root.join(name)).unwrap();
+            f.set_modified(when).unwrap();
+        }
+    }
+    for args in [
+        &["ls", "-t"][..],
+        &["ls", "-tr"],
+        &["ls", "-S"],
+        &["ls", "-Sr"],
+        &["ls", "-r"],
+        &["ls", "-atr"],
+        &["ls", "-St"],
+        &["ls", "-tS", "d", "a", "b"],
+    ] {
+        t.same(args, "", false);
+    }
     // An operand that is not there is ls's "serious trouble": 2, the others still listed.
     t.same(&["ls", "nope", "a"], "", false);
     // -l on the same tree: ls -l's columns, then ID, type and creator.
@@ -433,6 +458,8 @@ fn ls_matches_ls() {
         &["-l", "l", "a", "d", "ld"],
         &["-ld", "d", "e"],
         &["-lR", "d"],
+        &["-lt"],
+        &["-lSr"],
     ] {
         let ours = t.dt(&[&["ls"][..], args].concat(), "");
         let theirs = run_in(

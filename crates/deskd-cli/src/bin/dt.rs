@@ -134,6 +134,15 @@ enum Command {
         /// List directories themselves, not what is in them.
         #[arg(short = 'd', long)]
         directory: bool,
+        /// Newest first (by modification time).
+        #[arg(short = 't', overrides_with = "by_size")]
+        by_time: bool,
+        /// Largest first.
+        #[arg(short = 'S', overrides_with = "by_time")]
+        by_size: bool,
+        /// Reverse the order.
+        #[arg(short = 'r', long)]
+        reverse: bool,
         /// One name per line (what dt ls always prints).
         #[arg(short = '1')]
         _one_per_line: bool,
@@ -451,6 +460,9 @@ impl Dt {
                 recursive,
                 directory,
                 human,
+                by_time,
+                by_size,
+                reverse,
                 paths,
                 ..
             } => {
@@ -466,6 +478,15 @@ impl Dt {
                     recursive: recursive && !directory,
                     directory,
                     human,
+                    // Of -t and -S the last given counts, as for ls(1).
+                    sort: if by_size {
+                        LsSort::Size
+                    } else if by_time {
+                        LsSort::Time
+                    } else {
+                        LsSort::Name
+                    },
+                    reverse,
                 };
                 self.ls_operands(&paths, how)?;
             }
@@ -1590,6 +1611,8 @@ impl Dt {
         }
         files.sort_by(|a, b| a.0.cmp(&b.0));
         dirs.sort_by(|a, b| a.0.cmp(&b.0));
+        how.order(&mut files, |f| f.2.clone());
+        how.order(&mut dirs, |d| d.2.clone());
         let mut names = listing::Names::default();
         let now = chrono::Utc::now().timestamp();
         if !files.is_empty() {
@@ -1648,6 +1671,7 @@ impl Dt {
             entries.extend([b".".to_vec(), b"..".to_vec()]);
         }
         entries.sort();
+        how.order(&mut entries, |name| abs.join(OsStr::from_bytes(name)));
         let mut out = std::io::stdout().lock();
         if header {
             out.write_all(path.as_os_str().as_bytes())?;
@@ -1884,6 +1908,39 @@ struct LsHow {
     recursive: bool,
     directory: bool,
     human: bool,
+    sort: LsSort,
+    reverse: bool,
+}
+
+/// The order of `dt ls`: by name (byte order), newest first (`-t`) or largest first (`-S`),
+/// ties by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LsSort {
+    Name,
+    Time,
+    Size,
+}
+
+impl LsHow {
+    /// Put `items`, already in name order, in the order asked for; `path` gives each one's
+    /// place on disk (its own metadata: a link is sorted as the link).
+    fn order<T>(&self, items: &mut [T], path: impl Fn(&T) -> PathBuf) {
+        let key = |item: &T| {
+            let meta = fs::symlink_metadata(path(item)).ok();
+            match self.sort {
+                LsSort::Name => (0, 0),
+                LsSort::Time => meta.map_or((0, 0), |m| (m.mtime(), m.mtime_nsec())),
+                LsSort::Size => meta.map_or((0, 0), |m| (m.size() as i64, 0)),
+            }
+        };
+        if self.sort != LsSort::Name {
+            // Stable: equal keys stay in name order.
+            items.sort_by_cached_key(|item| std::cmp::Reverse(key(item)));
+        }
+        if self.reverse {
+            items.reverse();
+        }
+    }
 }
 
 /// What `dt set` changes.
