@@ -45,9 +45,7 @@ impl Twins {
 
     /// The coreutils command `args[0]` with the rest, in the tree outside the volume.
     fn cu(&self, args: &[&str], stdin: &str) -> Output {
-        let mut cmd = Command::new(args[0]);
-        cmd.args(&args[1..]);
-        run_in(cmd, &self.cu_root(), stdin)
+        run_in(coreutils(args), &self.cu_root(), stdin)
     }
 
     /// Run both; the trees, the exit statuses and stdout must be the same (stdout's lines
@@ -103,6 +101,14 @@ impl Twins {
     fn id(&self, rel: &str) -> u32 {
         self.env.id_of(&self.dt_root().join(rel))
     }
+}
+
+/// A coreutils command in the C locale (the quotes, dates and words dt uses, whatever the
+/// machine's locale).
+fn coreutils(args: &[&str]) -> Command {
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..]).env("LC_ALL", "C");
+    cmd
 }
 
 fn run_in(mut cmd: Command, dir: &Path, stdin: &str) -> Output {
@@ -462,15 +468,7 @@ fn ls_matches_ls() {
         &["-lSr"],
     ] {
         let ours = t.dt(&[&["ls"][..], args].concat(), "");
-        let theirs = run_in(
-            {
-                let mut c = Command::new("ls");
-                c.args(args);
-                c
-            },
-            &root,
-            "",
-        );
+        let theirs = run_in(coreutils(&[&["ls"][..], args].concat()), &root, "");
         assert!(ours.status.success(), "{}", stderr(&ours));
         let ours_text = String::from_utf8_lossy(&ours.stdout).into_owned();
         let theirs_text = String::from_utf8_lossy(&theirs.stdout).into_owned();
