@@ -5,7 +5,8 @@
 //! carries into another volume ([`fresh_ids`]), and the mode and owner arguments
 //! of `dt chmod`, `chown` and `chgrp` ([`mode`]), and the active users `deskd status` lists
 //! ([`active_users`]); for dt, Finder flags and labels by name ([`finder`]), the `ls -l`
-//! columns ([`listing`]) and coreutils' questions and `-v` lines ([`interact`]).
+//! columns ([`listing`]), coreutils' questions and `-v` lines ([`interact`]) and the orders
+//! they report trees in ([`walk`]).
 
 #![forbid(unsafe_code)]
 
@@ -19,3 +20,4 @@ pub mod listing;
 pub mod mode;
 pub mod output;
 pub mod target;
+pub mod walk;

@@ -21,6 +21,7 @@ use deskd_cli::interact::{self, quote};
 use deskd_cli::mode;
 use deskd_cli::output::{ctime_string, display_bytes, fourcc, write_match, FindArgs};
 use deskd_cli::target::{InVolume, Place, Session};
+use deskd_cli::walk::{copied_order, removal_order, what_it_is};
 use deskd_cli::{finder, listing};
 use deskd_client::{FindMode, ObjectInfo, Request, Response};
 use deskd_volume::rsrc;
@@ -2043,82 +2044,10 @@ fn parse_code(s: &str) -> Result<[u8; 4], CodeError> {
         .map_err(|_| CodeError(s.to_string()))
 }
 
-/// The objects of the tree copied to `abs`, relative to it (`rel` so far), each directory
-/// before what it holds, in name order, as cp -v lists them; with `in_volume` deskd's own
-/// names are left out. The top is the empty path.
-fn copied_order(abs: &Path, rel: &Path, in_volume: bool) -> Vec<PathBuf> {
-    let mut out = vec![rel.to_path_buf()];
-    if fs::symlink_metadata(abs).is_ok_and(|m| m.is_dir()) {
-        let mut names: Vec<_> = fs::read_dir(abs)
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-        names.sort();
-        for name in names {
-            if in_volume && deskd_volume::is_protected(name.as_bytes()) {
-                continue;
-            }
-            out.extend(copied_order(&abs.join(&name), &rel.join(&name), in_volume));
-        }
-    }
-    out
-}
-
-/// How rm(1) -i names an object in its question.
-fn what_it_is(meta: &fs::Metadata) -> &'static str {
-    let ft = meta.file_type();
-    if ft.is_dir() {
-        "directory"
-    } else if ft.is_symlink() {
-        "symbolic link"
-    } else if ft.is_file() && meta.len() == 0 {
-        "regular empty file"
-    } else if ft.is_file() {
-        "regular file"
-    } else {
-        "special file"
-    }
-}
-
-/// The objects of the tree at `abs` (shown from `shown`), each directory after what is in it,
-/// in name order; with `in_volume` deskd's own names are left out.
-fn removal_order(abs: &Path, shown: &Path, in_volume: bool) -> Vec<(PathBuf, bool)> {
-    let mut out = Vec::new();
-    let is_dir = fs::symlink_metadata(abs).is_ok_and(|m| m.is_dir());
-    if is_dir {
-        let mut names: Vec<_> = fs::read_dir(abs)
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-        names.sort();
-        for name in names {
-            if in_volume && deskd_volume::is_protected(name.as_bytes()) {
-                continue;
-            }
-            out.extend(removal_order(
-                &abs.join(&name),
-                &shown.join(&name),
-                in_volume,
-            ));
-        }
-    }
-    out.push((shown.to_path_buf(), is_dir));
-    out
-}
-
-/// Whether directory `dir` holds nothing (in a volume: nothing but an empty `.rsrc`).
+/// [`deskd_cli::walk::dir_is_empty`], the error naming the directory.
 fn dir_is_empty(dir: &Path, in_volume: bool) -> Result<bool> {
-    for e in fs::read_dir(dir).with_context(|| format!("cannot read directory {}", quote(dir)))? {
-        let e = e?;
-        if in_volume && e.file_name() == rsrc::RSRC_DIR {
-            let rsrc_dir = e.path();
-            if fs::symlink_metadata(&rsrc_dir).is_ok_and(|m| m.is_dir())
-                && fs::read_dir(&rsrc_dir)?.next().is_none()
-            {
-                continue;
-            }
-        }
-        return Ok(false);
-    }
-    Ok(true)
+    deskd_cli::walk::dir_is_empty(dir, in_volume)
+        .with_context(|| format!("cannot read directory {}", quote(dir)))
 }
 
 fn move_plain(from: &Path, to: &Path) -> Result<()> {
