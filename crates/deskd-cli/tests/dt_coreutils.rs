@@ -183,6 +183,9 @@ fn mkdir_m_and_p_match_coreutils() {
     t.same(&["mkdir", "-m", "700", "n"], "", false);
     t.same(&["mkdir", "-m", "u=rwx,g=rx,o=", "n2"], "", false);
     t.same(&["mkdir", "-m", "go-w", "n3"], "", false);
+    // A classless clause leaves the umask's bits alone; a mode may start with '-'.
+    t.same(&["mkdir", "-m", "-w", "n4"], "", false);
+    t.same(&["mkdir", "-m", "=rx", "n5"], "", false);
     // Only the last directory gets the mode; parents get the default, one that was there is
     // left as it was.
     t.same(&["mkdir", "-p", "-m", "750", "p/q/r"], "", false);

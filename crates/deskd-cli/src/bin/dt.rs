@@ -48,7 +48,13 @@ enum Command {
         parents: bool,
         /// The mode of the directories made (octal or symbolic, as chmod takes it; the umask
         /// does not apply); with -p, missing parents get the default mode.
-        #[arg(short, long, value_name = "MODE", value_parser = mode_arg())]
+        #[arg(
+            short,
+            long,
+            value_name = "MODE",
+            value_parser = mode_arg(),
+            allow_hyphen_values = true
+        )]
         mode: Option<mode::ModeSpec>,
         /// Paths, inside a volume or not (outside one, dt acts like the plain command).
         #[arg(required = true, value_name = "PATH")]
