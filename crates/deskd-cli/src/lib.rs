@@ -4,14 +4,20 @@
 //! copying that `dt cp` and cross-volume moves need ([`fsops`]) and what it does to the IDs a copy
 //! carries into another volume ([`fresh_ids`]), and the mode and owner arguments
 //! of `dt chmod`, `chown` and `chgrp` ([`mode`]), and the active users `deskd status` lists
-//! ([`active_users`]).
+//! ([`active_users`]); for dt, Finder flags and labels by name ([`finder`]), the `ls -l`
+//! columns ([`listing`]), coreutils' questions and `-v` lines ([`interact`]) and the orders
+//! they report trees in ([`walk`]).
 
 #![forbid(unsafe_code)]
 
 pub mod active_users;
 pub mod connection;
+pub mod finder;
 pub mod fresh_ids;
 pub mod fsops;
+pub mod interact;
+pub mod listing;
 pub mod mode;
 pub mod output;
 pub mod target;
+pub mod walk;

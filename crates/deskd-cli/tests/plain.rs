@@ -78,12 +78,14 @@ fn mv_across_volumes_and_into_and_out_of_one() {
         sqlite3(&env.path("one/.Desktop"), "SELECT count(*) FROM objects"),
         "5"
     );
-    // Without -f an existing target is refused; with -f it is replaced.
-    env.dt_ok(&[b"touch", b"one/t1", b"one/t2"]);
+    // An existing target is replaced, as mv(1) does (-f still accepted); -n refuses.
+    env.dt_ok(&[b"touch", b"one/t1", b"one/t2", b"one/t3"]);
     let t1 = env.id_of(&env.path("one/t1"));
-    let out = env.dt(&[b"mv", b"one/t1", b"one/t2"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("target exists"));
-    env.dt_ok(&[b"mv", b"-f", b"one/t1", b"one/t2"]);
+    let t3 = env.id_of(&env.path("one/t3"));
+    env.dt_ok(&[b"mv", b"-n", b"one/t1", b"one/t2"]);
+    assert_eq!(env.id_of(&env.path("one/t1")), t1);
+    env.dt_ok(&[b"mv", b"one/t1", b"one/t2"]);
     assert_eq!(env.id_of(&env.path("one/t2")), t1);
+    env.dt_ok(&[b"mv", b"-f", b"one/t3", b"one/t2"]);
+    assert_eq!(env.id_of(&env.path("one/t2")), t3);
 }

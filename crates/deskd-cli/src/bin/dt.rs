@@ -17,9 +17,12 @@ use clap::{Parser, Subcommand};
 use deskd_cli::connection::ConnectionArgs;
 use deskd_cli::fresh_ids::{clear_tree, copy_record_cleared};
 use deskd_cli::fsops::{copy_tree, copy_tree_with, keep_owner, remove_any, set_times, CopyMode};
+use deskd_cli::interact::{self, quote};
 use deskd_cli::mode;
-use deskd_cli::output::{display_bytes, fourcc, write_match, FindArgs};
+use deskd_cli::output::{ctime_string, display_bytes, fourcc, write_match, FindArgs};
 use deskd_cli::target::{InVolume, Place, Session};
+use deskd_cli::walk::{copied_order, removal_order, what_it_is};
+use deskd_cli::{finder, listing};
 use deskd_client::{FindMode, ObjectInfo, Request, Response};
 use deskd_volume::rsrc;
 
@@ -43,67 +46,131 @@ enum Command {
         /// Create missing parents; no error if the directory exists.
         #[arg(short, long)]
         parents: bool,
+        /// The mode of the directories made (octal or symbolic, as chmod takes it; the umask
+        /// does not apply); with -p, missing parents get the default mode.
+        #[arg(
+            short,
+            long,
+            value_name = "MODE",
+            value_parser = mode_arg(),
+            allow_hyphen_values = true
+        )]
+        mode: Option<mode::ModeSpec>,
         /// Paths, inside a volume or not (outside one, dt acts like the plain command).
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
     /// Create files or update their times.
+    #[command(disable_help_flag = true)]
     Touch {
         /// Do not create missing files.
         #[arg(short = 'c', long = "no-create")]
         no_create: bool,
+        /// Change a symbolic link itself, never what it names (dt touch always does).
+        #[arg(short = 'h', long = "no-dereference")]
+        _no_dereference: bool,
         /// Paths, inside a volume or not (outside one, dt acts like the plain command).
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
     },
-    /// Move or rename; inside one volume every ID stays.
+    /// Move or rename, replacing an existing target as mv(1) does; inside one volume every
+    /// ID stays (the moved object's; a replaced object's ID is retired).
     Mv {
-        /// Replace an existing target (its ID is lost). Without -f an existing target is an error.
-        #[arg(short, long)]
+        /// Replace an existing target without asking (the default; cancels -i and -n).
+        #[arg(short, long, overrides_with_all = ["interactive", "no_clobber"])]
         force: bool,
-        /// Sources, then the target.
-        #[arg(required = true, num_args = 2..)]
-        paths: Vec<PathBuf>,
+        /// Ask on stderr before replacing an existing target ("y" or "Y" answers yes).
+        #[arg(short, long, overrides_with_all = ["force", "no_clobber"])]
+        interactive: bool,
+        /// Never replace an existing target (skip that source).
+        #[arg(short = 'n', long = "no-clobber", overrides_with_all = ["force", "interactive"])]
+        no_clobber: bool,
+        /// Say what was moved (`renamed 'a' -> 'b'`).
+        #[arg(short, long)]
+        verbose: bool,
+        /// What to move.
+        #[arg(required = true, num_args = 1.., value_name = "SOURCE")]
+        sources: Vec<PathBuf>,
+        /// The new name, or the directory to move into (which it must be for several sources).
+        #[arg(value_name = "DEST")]
+        dest: PathBuf,
     },
     /// Remove files (and with -r directories).
     Rm {
         /// Remove directories and their contents.
         #[arg(short = 'r', short_alias = 'R', long)]
         recursive: bool,
-        /// Ignore missing files.
-        #[arg(short, long)]
+        /// Ignore missing files, never ask (cancels -i).
+        #[arg(short, long, overrides_with = "interactive")]
         force: bool,
+        /// Ask on stderr before each removal ("y" or "Y" answers yes); with -r, whether to
+        /// descend into a directory, then each entry, then the directory.
+        #[arg(short, long, overrides_with = "force")]
+        interactive: bool,
+        /// Say what was removed (`removed 'a'`, `removed directory 'd'`).
+        #[arg(short, long)]
+        verbose: bool,
         /// Paths, inside a volume or not (outside one, dt acts like the plain command).
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
     /// Remove empty directories.
     Rmdir {
         /// Paths, inside a volume or not (outside one, dt acts like the plain command).
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
-    /// List directories; -l adds ID, type and creator.
+    /// List directories; -l adds ls -l's columns and ID, type and creator.
+    #[command(disable_help_flag = true)]
     Ls {
-        /// Long format: ID, type, creator, mode, size, name.
+        /// Long format: mode, links, owner, group, size, date, ID, type, creator, name.
         #[arg(short = 'l')]
         long: bool,
-        /// Show names that start with '.' (deskd's own names never show).
-        #[arg(short = 'a')]
+        /// Show names that start with '.', `.` and `..` too (deskd's own names never show).
+        #[arg(short = 'a', long, overrides_with = "almost_all")]
         all: bool,
+        /// Show names that start with '.', but not `.` and `..`.
+        #[arg(short = 'A', long = "almost-all", overrides_with = "all")]
+        almost_all: bool,
         /// List subdirectories recursively.
-        #[arg(short = 'R')]
+        #[arg(short = 'R', long)]
         recursive: bool,
+        /// List directories themselves, not what is in them.
+        #[arg(short = 'd', long)]
+        directory: bool,
+        /// Newest first (by modification time).
+        #[arg(short = 't', overrides_with = "by_size")]
+        by_time: bool,
+        /// Largest first.
+        #[arg(short = 'S', overrides_with = "by_time")]
+        by_size: bool,
+        /// Reverse the order.
+        #[arg(short = 'r', long)]
+        reverse: bool,
+        /// One name per line (what dt ls always prints).
+        #[arg(short = '1')]
+        _one_per_line: bool,
+        /// With -l, sizes as 1.0K, 23M, ... (powers of 1024), as ls -h.
+        #[arg(short = 'h', long = "human-readable")]
+        human: bool,
         /// Directories or files to list (default: the current directory).
+        #[arg(value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
     },
-    /// Show ID, parent ID, kind, type and creator (registering unseen objects).
+    /// Show ID, parent ID, kind, type, creator, Finder flags and label, comment and dates
+    /// (registering unseen objects).
     Info {
         /// One JSON object per path per line.
         #[arg(long)]
         json: bool,
-        /// Paths, inside a volume or not (outside one, dt acts like the plain command).
-        #[arg(required = true)]
+        /// Paths in a volume.
+        #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
     /// Copy files (with -R directories). Copies in a volume get new IDs (--keep-ids: restore
@@ -116,71 +183,134 @@ enum Command {
         /// Keep modes, times and (as root) owners.
         #[arg(short, long)]
         preserve: bool,
-        /// Do not overwrite an existing file.
-        #[arg(short = 'n', long = "no-clobber")]
+        /// Archive: -R and -p together (links are copied as links), as cp -a.
+        #[arg(short, long)]
+        archive: bool,
+        /// Do not overwrite an existing file (cancels -i).
+        #[arg(short = 'n', long = "no-clobber", overrides_with = "interactive")]
         no_clobber: bool,
+        /// Ask on stderr before overwriting an existing file ("y" or "Y" answers yes).
+        #[arg(short, long, overrides_with = "no_clobber")]
+        interactive: bool,
+        /// Say what was copied (`'a' -> 'b'`, each object of a tree).
+        #[arg(short, long)]
+        verbose: bool,
         /// Restore: keep the IDs the copied resource files carry wherever
         /// the volume has them free, so aliases to the files work again; an ID in use (a tree
         /// restored twice) gets a new one. For copies of this volume's own files, such as a
         /// file-level backup of it.
         #[arg(long)]
         keep_ids: bool,
-        /// Sources, then the target (a directory when there are several sources).
-        #[arg(required = true, num_args = 2..)]
-        paths: Vec<PathBuf>,
+        /// What to copy.
+        #[arg(required = true, num_args = 1.., value_name = "SOURCE")]
+        sources: Vec<PathBuf>,
+        /// The copy's name, or the directory to copy into (which it must be for several
+        /// sources).
+        #[arg(value_name = "DEST")]
+        dest: PathBuf,
     },
     /// Change modes (octal, or chmod's symbolic form: u+x, go-w, a=rX, ...). Resource files
     /// follow their objects.
     Chmod {
         /// Also everything below each directory (symbolic links are not followed).
-        #[arg(short = 'R')]
+        #[arg(short = 'R', long)]
         recursive: bool,
-        /// The mode: 640, u+x,go-w, a=rX, ...
-        mode: String,
+        /// Say what each object's mode was and became (`mode of 'f' changed from ...`).
+        #[arg(short, long)]
+        verbose: bool,
+        /// Like -v, but only for the objects whose mode changed.
+        #[arg(short, long)]
+        changes: bool,
+        /// The mode: 640, u+x,go-w, a=rX, ... (an invalid mode is a usage error).
+        #[arg(value_name = "MODE", value_parser = mode_arg(), allow_hyphen_values = true)]
+        mode: mode::ModeSpec,
         /// Paths, inside a volume or not (outside one, dt acts like the plain command).
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
     /// Change owner (and group). Resource files follow their objects.
+    #[command(disable_help_flag = true)]
     Chown {
         /// Also everything below each directory (links themselves, never their targets).
-        #[arg(short = 'R')]
+        #[arg(short = 'R', long)]
         recursive: bool,
+        /// Change a symbolic link given as an operand itself, not what it names.
+        #[arg(short = 'h', long = "no-dereference")]
+        no_dereference: bool,
         /// USER, USER:GROUP, USER: (the user's login group) or :GROUP; names or numbers.
+        #[arg(value_name = "OWNER[:GROUP]")]
         owner: String,
         /// Paths, inside a volume or not (outside one, dt acts like the plain command).
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
     },
     /// Change group. Resource files follow their objects.
+    #[command(disable_help_flag = true)]
     Chgrp {
         /// Also everything below each directory (links themselves, never their targets).
-        #[arg(short = 'R')]
+        #[arg(short = 'R', long)]
         recursive: bool,
+        /// Change a symbolic link given as an operand itself, not what it names.
+        #[arg(short = 'h', long = "no-dereference")]
+        no_dereference: bool,
         /// The group, by name or number.
+        #[arg(value_name = "GROUP")]
         group: String,
         /// Paths, inside a volume or not (outside one, dt acts like the plain command).
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
     },
-    /// Set Mac file information: type, creator, Finder flags, comment (in the desktop and the
-    /// resource file alike).
-    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true)))]
+    /// Set Mac file information: type, creator, Finder flags, label, comment (in the desktop
+    /// and the resource file alike).
+    #[command(
+        group(clap::ArgGroup::new("what").required(true).multiple(true)),
+        override_usage = "dt set [-t TYPE] [-c CREATOR] [-f FLAGS] [-l LABEL] [--comment TEXT] \
+                          [OPTIONS] PATH..."
+    )]
     Set {
         /// Type code, 4 characters (e.g. TEXT, APPL); APPL registers the application.
-        #[arg(short = 't', long = "type", group = "what", value_parser = parse_code)]
+        #[arg(
+            short = 't',
+            long = "type",
+            group = "what",
+            value_name = "TYPE",
+            value_parser = WithUsage(parse_code)
+        )]
         type_code: Option<[u8; 4]>,
         /// Creator code, 4 characters (e.g. ttxt).
-        #[arg(short = 'c', long, group = "what", value_parser = parse_code)]
+        #[arg(
+            short = 'c',
+            long,
+            group = "what",
+            value_name = "CREATOR",
+            value_parser = WithUsage(parse_code)
+        )]
         creator: Option<[u8; 4]>,
-        /// Finder flags, decimal or 0x hex.
-        #[arg(long, group = "what", value_parser = parse_flags)]
-        flags: Option<u16>,
+        /// Finder flags: a number (decimal or 0x hex) replaces them all; ad set letters
+        /// (uppercase sets, lowercase clears: d e m n i c t s b v a) or names (+invisible,
+        /// -on-desk, ...; comma-separated) change only those.
+        #[arg(
+            short = 'f',
+            long,
+            group = "what",
+            allow_hyphen_values = true,
+            value_parser = WithUsage(finder::parse_flags)
+        )]
+        flags: Option<finder::FlagsChange>,
+        /// Color label: none, grey, green, violet, blue, yellow, red, orange, or 0-7.
+        #[arg(short = 'l', long, group = "what", value_parser = WithUsage(finder::parse_label))]
+        label: Option<u8>,
         /// Finder comment; "" removes it.
-        #[arg(long, group = "what")]
+        #[arg(long, group = "what", value_name = "TEXT")]
         comment: Option<String>,
         /// Objects in a volume.
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
     /// Find objects by name below DIR, from the desktop (no disk scan): substring by default,
@@ -209,12 +339,15 @@ fn main() -> ExitCode {
     let mut dt = Dt {
         session: Session::new(cli.connection.address()),
         failed: false,
+        serious: false,
     };
     if let Err(e) = dt.run(cli.command) {
         eprintln!("dt: {e:#}");
         return ExitCode::from(1);
     }
-    if dt.failed {
+    if dt.serious {
+        ExitCode::from(2)
+    } else if dt.failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -223,7 +356,10 @@ fn main() -> ExitCode {
 
 struct Dt {
     session: Session,
+    /// An operand failed: exit status 1.
     failed: bool,
+    /// `dt ls` could not reach an operand: exit status 2, as ls(1).
+    serious: bool,
 }
 
 fn exists(p: &Path) -> bool {
@@ -264,23 +400,50 @@ impl Dt {
 
     fn run(&mut self, command: Command) -> Result<()> {
         match command {
-            Command::Mkdir { parents, paths } => self.each(&paths, |dt, p| dt.mkdir(p, parents)),
-            Command::Touch { no_create, paths } => {
-                self.each(&paths, |dt, p| dt.touch(p, no_create))
-            }
+            Command::Mkdir {
+                parents,
+                mode,
+                paths,
+            } => self.each(&paths, |dt, p| dt.mkdir(p, parents, mode.as_ref())),
+            Command::Touch {
+                no_create, paths, ..
+            } => self.each(&paths, |dt, p| dt.touch(p, no_create)),
             Command::Rm {
                 recursive,
                 force,
+                interactive,
+                verbose,
                 paths,
-            } => self.each(&paths, |dt, p| dt.rm(p, recursive, force)),
+            } => {
+                let how = RmHow {
+                    recursive,
+                    force,
+                    interactive,
+                    verbose,
+                };
+                self.each(&paths, |dt, p| dt.rm(p, how))
+            }
             Command::Rmdir { paths } => self.each(&paths, |dt, p| dt.rmdir(p)),
-            Command::Mv { force, mut paths } => {
-                let target = paths.pop().expect("clap requires two paths");
+            Command::Mv {
+                interactive,
+                no_clobber,
+                verbose,
+                sources,
+                dest: target,
+                ..
+            } => {
+                let replace = if no_clobber {
+                    Replace::Never
+                } else if interactive {
+                    Replace::Ask
+                } else {
+                    Replace::Always
+                };
                 let into_dir = fs::metadata(&target).map(|m| m.is_dir()).unwrap_or(false);
-                if paths.len() > 1 && !into_dir {
-                    bail!("target {} is not a directory", target.display());
+                if sources.len() > 1 && !into_dir {
+                    bail!("target {} is not a directory", quote(&target));
                 }
-                self.each(&paths, |dt, src| {
+                self.each(&sources, |dt, src| {
                     let inside = target.join(name_of(src)?);
                     // A source that is gone with nothing of its name in the target directory:
                     // the target itself may be what it became in a move that was cut short
@@ -291,95 +454,188 @@ impl Dt {
                     } else {
                         target.clone()
                     };
-                    dt.mv(src, &dest, force)
+                    if dt.mv(src, &dest, replace)? && verbose {
+                        interact::tell(&format!("renamed {} -> {}", quote(src), quote(&dest)));
+                    }
+                    Ok(())
                 });
             }
             Command::Ls {
                 long,
                 all,
+                almost_all,
                 recursive,
+                directory,
+                human,
+                by_time,
+                by_size,
+                reverse,
                 paths,
+                ..
             } => {
                 let paths = if paths.is_empty() {
                     vec![PathBuf::from(".")]
                 } else {
                     paths
                 };
-                let many = paths.len() > 1 || recursive;
-                self.each(&paths, |dt, p| dt.ls(p, long, all, recursive, many));
+                let how = LsHow {
+                    long,
+                    dots: all,
+                    all: all || almost_all,
+                    recursive: recursive && !directory,
+                    directory,
+                    human,
+                    // Of -t and -S the last given counts, as for ls(1).
+                    sort: if by_size {
+                        LsSort::Size
+                    } else if by_time {
+                        LsSort::Time
+                    } else {
+                        LsSort::Name
+                    },
+                    reverse,
+                };
+                self.ls_operands(&paths, how)?;
             }
             Command::Info { json, paths } => self.each(&paths, |dt, p| dt.info(p, json)),
             Command::Resolve { volume, id } => self.resolve(&volume, id)?,
             Command::Cp {
                 recursive,
                 preserve,
+                archive,
                 no_clobber,
+                interactive,
+                verbose,
                 keep_ids,
-                mut paths,
+                sources,
+                dest: target,
             } => {
-                let target = paths.pop().expect("clap requires two paths");
                 let into_dir = fs::metadata(&target).map(|m| m.is_dir()).unwrap_or(false);
-                if paths.len() > 1 && !into_dir {
-                    bail!("target {} is not a directory", target.display());
+                if sources.len() > 1 && !into_dir {
+                    bail!("target {} is not a directory", quote(&target));
                 }
                 let how = CopyMode {
-                    preserve,
+                    preserve: preserve || archive,
                     umask: mode::umask(),
                     // Set per operand: only a copy arriving in a volume gets new IDs.
                     fresh_ids: false,
                 };
-                self.each(&paths, |dt, src| {
+                let what = CpHow {
+                    recursive: recursive || archive,
+                    replace: if no_clobber {
+                        Replace::Never
+                    } else if interactive {
+                        Replace::Ask
+                    } else {
+                        Replace::Always
+                    },
+                    keep_ids,
+                    verbose,
+                };
+                self.each(&sources, |dt, src| {
                     let dest = if into_dir {
                         target.join(name_of(src)?)
                     } else {
                         target.clone()
                     };
-                    dt.cp(src, &dest, recursive, no_clobber, keep_ids, how)
+                    dt.cp(src, &dest, what, how)
                 });
             }
             Command::Chmod {
                 recursive,
-                mode,
+                verbose,
+                changes,
+                mode: spec,
                 paths,
             } => {
-                let spec = mode::parse_mode(&mode).map_err(|e| anyhow!(e))?;
                 let umask = mode::umask();
                 self.each(&paths, |dt, p| {
-                    dt.change(p, recursive, &mut |path, meta| {
+                    if verbose && fs::metadata(p).is_err() {
+                        // chmod -v's line for an operand it cannot reach (the error follows).
+                        interact::tell(&format!("{} could not be accessed", quote(p)));
+                    }
+                    let kept_by_umask = std::cell::Cell::new(false);
+                    let result = dt.change(p, recursive, true, &mut |path, shown, meta| {
+                        let old = meta.mode() & 0o7777;
                         let new = spec.apply(meta.mode(), meta.is_dir(), umask);
                         fs::set_permissions(path, fs::Permissions::from_mode(new))
-                            .with_context(|| format!("cannot change mode of {}", path.display()))?;
+                            .with_context(|| format!("cannot change mode of {}", quote(shown)))?;
+                        let new = new & 0o7777;
+                        // As chmod(1): a clause naming no class left bits the umask guards,
+                        // which the user may not expect; said, and the exit status is 1.
+                        let naive = spec.apply(meta.mode(), meta.is_dir(), 0) & 0o7777;
+                        if new & !naive != 0 {
+                            eprintln!(
+                                "dt: {}: new permissions are {}, not {}",
+                                shown.display(),
+                                listing::perm_string(new),
+                                listing::perm_string(naive)
+                            );
+                            kept_by_umask.set(true);
+                        }
+                        if old != new && (verbose || changes) {
+                            interact::tell(&format!(
+                                "mode of {} changed from {old:04o} ({}) to {new:04o} ({})",
+                                quote(shown),
+                                listing::perm_string(old),
+                                listing::perm_string(new)
+                            ));
+                        } else if old == new && verbose {
+                            interact::tell(&format!(
+                                "mode of {} retained as {old:04o} ({})",
+                                quote(shown),
+                                listing::perm_string(old)
+                            ));
+                        }
                         Ok(Change::Mode(new))
-                    })
+                    });
+                    if kept_by_umask.get() {
+                        dt.failed = true;
+                    }
+                    result
                 });
             }
             Command::Chown {
                 recursive,
+                no_dereference,
                 owner,
                 paths,
+                ..
             } => {
                 let (uid, gid) = mode::parse_owner(&owner).map_err(|e| anyhow!(e))?;
-                self.each(&paths, |dt, p| dt.change_owner(p, recursive, uid, gid));
+                self.each(&paths, |dt, p| {
+                    dt.change_owner(p, recursive, !no_dereference, uid, gid)
+                });
             }
             Command::Chgrp {
                 recursive,
+                no_dereference,
                 group,
                 paths,
+                ..
             } => {
                 let gid = mode::group_id(&group).map_err(|e| anyhow!(e))?;
                 self.each(&paths, |dt, p| {
-                    dt.change_owner(p, recursive, None, Some(gid))
+                    dt.change_owner(p, recursive, !no_dereference, None, Some(gid))
                 });
             }
             Command::Set {
                 type_code,
                 creator,
                 flags,
+                label,
                 comment,
                 paths,
-            } => self.each(&paths, |dt, p| {
-                dt.set(p, type_code, creator, flags, comment.as_deref())
-            }),
+            } => {
+                let info = MacInfo {
+                    type_code,
+                    creator,
+                    flags,
+                    label,
+                    comment,
+                };
+                self.each(&paths, |dt, p| dt.set(p, &info))
+            }
             Command::Find {
                 matching,
                 dir,
@@ -392,15 +648,12 @@ impl Dt {
     }
 
     /// `dt cp` of one source to `dest` (the final name).
-    fn cp(
-        &mut self,
-        src: &Path,
-        dest: &Path,
-        recursive: bool,
-        no_clobber: bool,
-        keep_ids: bool,
-        how: CopyMode,
-    ) -> Result<()> {
+    fn cp(&mut self, src: &Path, dest: &Path, what: CpHow, how: CopyMode) -> Result<()> {
+        let CpHow {
+            recursive,
+            keep_ids,
+            ..
+        } = what;
         let from = self.session.place(src)?;
         let to = self.session.place(dest)?;
         let from_abs =
@@ -431,14 +684,23 @@ impl Dt {
                     dest.display()
                 );
             }
-            if no_clobber {
-                return Ok(());
-            }
             if existing.dev() == meta.dev() && existing.ino() == meta.ino() {
                 bail!("{} and {} are the same file", src.display(), dest.display());
             }
+            match what.replace {
+                Replace::Always => {}
+                Replace::Never => return Ok(()),
+                Replace::Ask => {
+                    if !interact::ask(&format!("overwrite {}", quote(dest))) {
+                        return Ok(());
+                    }
+                }
+            }
             self.overwrite(&from_abs, &to_abs, &to, how)
                 .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
+            if what.verbose {
+                interact::tell(&format!("{} -> {}", quote(src), quote(dest)));
+            }
             return Ok(());
         }
         let source = if recursive {
@@ -477,6 +739,18 @@ impl Dt {
             }
             // A copy is a new object (new IDs, Mac information kept), unless restoring.
             self.register_tree(b, keep_ids)?;
+        }
+        if what.verbose {
+            let in_volume = matches!(from, Place::Inside(_)) || matches!(to, Place::Inside(_));
+            for rel in copied_order(&to_abs, Path::new(""), in_volume) {
+                // The top as given (no trailing slash from joining an empty path).
+                let (s, d) = if rel.as_os_str().is_empty() {
+                    (src.to_path_buf(), dest.to_path_buf())
+                } else {
+                    (src.join(&rel), dest.join(&rel))
+                };
+                interact::tell(&format!("{} -> {}", quote(&s), quote(&d)));
+            }
         }
         Ok(())
     }
@@ -519,7 +793,8 @@ impl Dt {
         &mut self,
         path: &Path,
         recursive: bool,
-        f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<Change>,
+        dereference: bool,
+        f: &mut ChangeFn<'_>,
     ) -> Result<()> {
         let place = self.session.place(path)?;
         let (abs, inside) = match place {
@@ -529,21 +804,27 @@ impl Dt {
                 (iv.path(), Some(iv))
             }
         };
-        // The operand itself is followed if it is a link, as chmod(1) and chown(1) do.
-        let meta =
-            fs::metadata(&abs).with_context(|| format!("cannot access {}", path.display()))?;
-        self.change_tree(&abs, inside.as_ref(), &meta, recursive, f)
+        // The operand itself is followed if it is a link, as chmod(1) and chown(1) do (chown
+        // -h: not).
+        let meta = if dereference {
+            fs::metadata(&abs)
+        } else {
+            fs::symlink_metadata(&abs)
+        }
+        .with_context(|| format!("cannot access {}", quote(path)))?;
+        self.change_tree(&abs, path, inside.as_ref(), &meta, recursive, f)
     }
 
     fn change_tree(
         &mut self,
         abs: &Path,
+        shown: &Path,
         inside: Option<&InVolume>,
         meta: &fs::Metadata,
         recursive: bool,
-        f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<Change>,
+        f: &mut ChangeFn<'_>,
     ) -> Result<()> {
-        let change = f(abs, meta)?;
+        let change = f(abs, shown, meta)?;
         if let Some(iv) = inside {
             follow_records(iv, meta.is_dir(), change)?;
         }
@@ -563,17 +844,26 @@ impl Dt {
             }
             let child = abs.join(&name);
             let child_meta = fs::symlink_metadata(&child)?;
+            let child_shown = shown.join(&name);
             if child_meta.file_type().is_symlink() {
                 // Links themselves: chmod(1) -R leaves them, chown(1) -R changes the link.
                 if let Change::Owner(uid, gid) = change {
-                    std::os::unix::fs::lchown(&child, uid, gid)
-                        .with_context(|| format!("cannot change owner of {}", child.display()))?;
+                    std::os::unix::fs::lchown(&child, uid, gid).with_context(|| {
+                        format!("cannot change owner of {}", quote(&child_shown))
+                    })?;
                 }
                 continue;
             }
             let child_iv = inside.map(|iv| iv.child(name.as_bytes()));
             // As chmod -R does: report an entry that fails and go on with the rest.
-            if let Err(e) = self.change_tree(&child, child_iv.as_ref(), &child_meta, recursive, f) {
+            if let Err(e) = self.change_tree(
+                &child,
+                &child_shown,
+                child_iv.as_ref(),
+                &child_meta,
+                recursive,
+                f,
+            ) {
                 eprintln!("dt: {e:#}");
                 self.failed = true;
             }
@@ -585,25 +875,27 @@ impl Dt {
         &mut self,
         path: &Path,
         recursive: bool,
+        dereference: bool,
         uid: Option<u32>,
         gid: Option<u32>,
     ) -> Result<()> {
-        self.change(path, recursive, &mut |p, _| {
-            std::os::unix::fs::chown(p, uid, gid)
-                .with_context(|| format!("cannot change owner of {}", p.display()))?;
+        self.change(path, recursive, dereference, &mut |p, shown, meta| {
+            if meta.file_type().is_symlink() {
+                std::os::unix::fs::lchown(p, uid, gid)
+            } else {
+                std::os::unix::fs::chown(p, uid, gid)
+            }
+            .with_context(|| format!("cannot change owner of {}", quote(shown)))?;
             Ok(Change::Owner(uid, gid))
         })
     }
 
     /// `dt set`: Mac information into the desktop and the resource file.
-    fn set(
-        &mut self,
-        path: &Path,
-        type_code: Option<[u8; 4]>,
-        creator: Option<[u8; 4]>,
-        flags: Option<u16>,
-        comment: Option<&str>,
-    ) -> Result<()> {
+    fn set(&mut self, path: &Path, info: &MacInfo) -> Result<()> {
+        let MacInfo {
+            type_code, creator, ..
+        } = *info;
+        let comment = info.comment.as_deref();
         let Place::Inside(iv) = self.session.place(path)? else {
             bail!(
                 "{}: not in a deskd volume (no .Desktop above it); Mac information lives in a volume's desktop",
@@ -613,6 +905,12 @@ impl Dt {
         self.session.check_writable(&iv)?;
         must_exist(&iv.path(), path)?;
         let o = self.session.register(&iv, true)?;
+        // Letters and names change single flags of those the object has; a label its bits.
+        let flags = (info.flags.is_some() || info.label.is_some()).then(|| {
+            let flags = info.flags.map_or(o.flags, |change| change.apply(o.flags));
+            info.label
+                .map_or(flags, |label| finder::with_label(flags, label))
+        });
         if type_code.is_some() || creator.is_some() || flags.is_some() {
             self.session.call(&iv, |vol| Request::SetInfo {
                 vol,
@@ -703,31 +1001,49 @@ impl Dt {
         Ok(())
     }
 
-    fn mkdir(&mut self, path: &Path, parents: bool) -> Result<()> {
-        match self.session.place(path)? {
-            Place::Outside(abs) => if parents {
-                fs::create_dir_all(&abs)
-            } else {
-                fs::create_dir(&abs)
-            }
-            .with_context(|| format!("cannot create directory {}", path.display())),
+    fn mkdir(&mut self, path: &Path, parents: bool, mode: Option<&mode::ModeSpec>) -> Result<()> {
+        let place = self.session.place(path)?;
+        let target = match &place {
+            Place::Outside(abs) => abs.clone(),
             Place::Inside(iv) => {
-                self.session.check_writable(&iv)?;
-                let target = iv.path();
-                if parents {
-                    fs::create_dir_all(&target)
-                } else {
-                    fs::create_dir(&target)
-                }
-                .with_context(|| format!("cannot create directory {}", path.display()))?;
-                // Every directory on the way gets its ID and resource file.
-                for depth in 1..=iv.components.len() {
-                    self.session
-                        .register(&iv.with_components(iv.components[..depth].to_vec()), true)?;
-                }
-                Ok(())
+                self.session.check_writable(iv)?;
+                iv.path()
+            }
+        };
+        // mkdir -p -m leaves a directory that was there as it was, as mkdir(1) does.
+        let made = !(parents && fs::metadata(&target).is_ok_and(|m| m.is_dir()));
+        // As mkdir(1) -m: from a=rwx, the umask only for symbolic clauses naming no class.
+        let new_mode = mode.map(|spec| spec.apply(0o777, true, mode::umask()));
+        if parents {
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create directory {}", quote(path)))?;
             }
         }
+        // Made with no more than its final permission bits (the umask may take some), so the
+        // directory is never open to others before its mode is set below.
+        let mut builder = fs::DirBuilder::new();
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, new_mode.unwrap_or(0o777) & 0o777);
+        match builder.create(&target) {
+            Err(e) if parents && !made && e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        }
+        .with_context(|| format!("cannot create directory {}", quote(path)))?;
+        if let Place::Inside(iv) = &place {
+            // Every directory on the way gets its ID and resource file.
+            for depth in 1..=iv.components.len() {
+                self.session
+                    .register(&iv.with_components(iv.components[..depth].to_vec()), true)?;
+            }
+        }
+        if let (Some(new), true) = (new_mode, made) {
+            fs::set_permissions(&target, fs::Permissions::from_mode(new))
+                .with_context(|| format!("cannot set the mode of {}", quote(path)))?;
+            if let Place::Inside(iv) = &place {
+                follow_records(iv, true, Change::Mode(new))?;
+            }
+        }
+        Ok(())
     }
 
     fn touch(&mut self, path: &Path, no_create: bool) -> Result<()> {
@@ -756,21 +1072,43 @@ impl Dt {
         Ok(())
     }
 
-    fn rm(&mut self, path: &Path, recursive: bool, force: bool) -> Result<()> {
+    fn rm(&mut self, path: &Path, how: RmHow) -> Result<()> {
+        let RmHow {
+            recursive, force, ..
+        } = how;
         let place = self.session.place(path)?;
         let abs = place.abs_unless_root(path, "refusing to remove a volume root")?;
         let meta = match fs::symlink_metadata(&abs) {
             Ok(m) => m,
             Err(_) if force => return Ok(()),
-            Err(e) => return Err(anyhow!("cannot remove {}: {e}", path.display())),
+            Err(e) => return Err(anyhow!("cannot remove {}: {e}", quote(path))),
         };
         if meta.is_dir() && !recursive {
-            bail!("cannot remove {}: is a directory (use -r)", path.display());
+            bail!("cannot remove {}: is a directory (use -r)", quote(path));
         }
         if let Place::Inside(iv) = &place {
             self.session.check_writable(iv)?;
         }
-        remove_any(&abs).with_context(|| format!("cannot remove {}", path.display()))?;
+        if how.interactive && meta.is_dir() {
+            return self.rm_asking(path, &abs, matches!(place, Place::Inside(_)), how);
+        }
+        if how.interactive
+            && !interact::ask(&format!("remove {} {}", what_it_is(&meta), quote(path)))
+        {
+            return Ok(());
+        }
+        // What -v reports, listed before it goes: a tree's entries after their contents, as
+        // rm -r removes them (deskd's own names are not reported).
+        let removed = if how.verbose {
+            removal_order(&abs, path, matches!(place, Place::Inside(_)))
+        } else {
+            Vec::new()
+        };
+        remove_any(&abs).with_context(|| format!("cannot remove {}", quote(path)))?;
+        for (shown, dir) in &removed {
+            let what = if *dir { "removed directory" } else { "removed" };
+            interact::tell(&format!("{what} {}", quote(shown)));
+        }
         if let Place::Inside(iv) = place {
             let _ = fs::remove_file(iv.rsrc_path());
             let rel = iv.rel();
@@ -788,6 +1126,42 @@ impl Dt {
                 })?;
         }
         Ok(())
+    }
+
+    /// `rm -ri` of directory `path` (at `abs`), as rm(1) asks: whether to descend into it
+    /// (not asked when it is empty), then about each entry (in name order), then whether to
+    /// remove the directory itself, which must be empty by then.
+    fn rm_asking(&mut self, path: &Path, abs: &Path, in_volume: bool, how: RmHow) -> Result<()> {
+        if !dir_is_empty(abs, in_volume)? {
+            if !interact::ask(&format!("descend into directory {}", quote(path))) {
+                return Ok(());
+            }
+            let mut names: Vec<_> = fs::read_dir(abs)
+                .with_context(|| format!("cannot read directory {}", quote(path)))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name())
+                .filter(|n| !(in_volume && deskd_volume::is_protected(n.as_bytes())))
+                .collect();
+            names.sort();
+            for name in names {
+                // Each entry as an operand of its own: asked about, removed, reported.
+                if let Err(e) = self.rm(&path.join(&name), how) {
+                    eprintln!("dt: {e:#}");
+                    self.failed = true;
+                }
+            }
+        }
+        if !interact::ask(&format!("remove directory {}", quote(path))) {
+            return Ok(());
+        }
+        if !dir_is_empty(abs, in_volume)? {
+            bail!("cannot remove {}: directory not empty", quote(path));
+        }
+        let how = RmHow {
+            interactive: false,
+            ..how
+        };
+        self.rm(path, how)
     }
 
     fn rmdir(&mut self, path: &Path) -> Result<()> {
@@ -829,29 +1203,66 @@ impl Dt {
         }
     }
 
-    fn mv(&mut self, src: &Path, dest: &Path, force: bool) -> Result<()> {
+    /// `dt mv` of one source to `dest` (the final name); `false` when it was left where it is
+    /// (`-n`, or `-i` answered no).
+    fn mv(&mut self, src: &Path, dest: &Path, replace: Replace) -> Result<bool> {
         let from = self.session.place(src)?;
         let to = self.session.place(dest)?;
         let from_abs = from.abs_unless_root(src, "cannot move a volume root")?;
         let to_abs = to.abs_unless_root(dest, "cannot replace a volume root")?;
         if let Err(e) = fs::symlink_metadata(&from_abs) {
             if e.kind() == std::io::ErrorKind::NotFound && self.resume_move(&from, &to, &to_abs)? {
-                return Ok(());
+                return Ok(true);
             }
             must_exist(&from_abs, src).map_err(|e| anyhow!("cannot move {e}"))?;
         }
-        if from_abs == to_abs {
-            return Ok(());
-        }
-        if exists(&to_abs) && !force {
-            bail!(
-                "cannot move {} to {}: target exists (use -f to replace it)",
-                src.display(),
-                dest.display()
-            );
+        let same_file = match (
+            fs::symlink_metadata(&from_abs),
+            fs::symlink_metadata(&to_abs),
+        ) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if from_abs == to_abs || same_file {
+            // As mv(1): a name, or a hard link, onto itself moves nothing and is an error.
+            bail!("{} and {} are the same file", quote(src), quote(dest));
         }
         if to_abs.starts_with(&from_abs) {
-            bail!("cannot move {} into itself", src.display());
+            bail!("cannot move {} into itself", quote(src));
+        }
+        if let Ok(existing) = fs::symlink_metadata(&to_abs) {
+            // As mv(1): a target is replaced only by its own kind, and a directory only when
+            // empty (in a volume, its `.rsrc` of no entries does not count).
+            let src_dir = fs::symlink_metadata(&from_abs).is_ok_and(|m| m.is_dir());
+            if src_dir && !existing.is_dir() {
+                bail!(
+                    "cannot overwrite non-directory {} with directory {}",
+                    quote(dest),
+                    quote(src)
+                );
+            }
+            if !src_dir && existing.is_dir() {
+                bail!(
+                    "cannot overwrite directory {} with non-directory",
+                    quote(dest)
+                );
+            }
+            if existing.is_dir() && !dir_is_empty(&to_abs, matches!(to, Place::Inside(_)))? {
+                bail!(
+                    "cannot move {} to {}: directory not empty",
+                    quote(src),
+                    quote(dest)
+                );
+            }
+            match replace {
+                Replace::Always => {}
+                Replace::Never => return Ok(false),
+                Replace::Ask => {
+                    if !interact::ask(&format!("overwrite {}", quote(dest))) {
+                        return Ok(false);
+                    }
+                }
+            }
         }
         for p in [&from, &to] {
             if let Place::Inside(iv) = p {
@@ -860,16 +1271,21 @@ impl Dt {
         }
         match (from, to) {
             (Place::Outside(_), Place::Outside(_)) => move_plain(&from_abs, &to_abs),
-            (Place::Inside(a), Place::Inside(b)) if a.same_volume(&b) => {
-                self.mv_within(&a, &b, force)
-            }
-            (from, to) => self.mv_across(&from, &to, &from_abs, &to_abs, force),
-        }
+            (Place::Inside(a), Place::Inside(b)) if a.same_volume(&b) => self.mv_within(&a, &b),
+            (from, to) => self.mv_across(&from, &to, &from_abs, &to_abs),
+        }?;
+        Ok(true)
     }
 
     /// Inside one volume: rename on disk, move the resource file, tell deskd; IDs stay.
-    fn mv_within(&mut self, a: &InVolume, b: &InVolume, force: bool) -> Result<()> {
+    /// An object at the target is replaced, as rename(2) does; the server retires its ID.
+    fn mv_within(&mut self, a: &InVolume, b: &InVolume) -> Result<()> {
         let (from_abs, to_abs) = (a.path(), b.path());
+        // An empty directory being replaced may hold its empty `.rsrc`, which rename(2) would
+        // count as an entry.
+        if fs::symlink_metadata(&to_abs).is_ok_and(|m| m.is_dir()) {
+            let _ = fs::remove_dir(to_abs.join(rsrc::RSRC_DIR));
+        }
         let hint = self.session.lookup(a)?.map(|o| o.id);
         let (from_rsrc, to_rsrc) = (a.rsrc_path(), b.rsrc_path());
         let has_rsrc = fs::symlink_metadata(&from_rsrc).is_ok();
@@ -884,6 +1300,9 @@ impl Dt {
                     fs::rename(&from_rsrc, &to_rsrc).with_context(|| {
                         format!("cannot move resource file {}", from_rsrc.display())
                     })?;
+                } else {
+                    // The replaced object's record must not lend its ID to the moved one.
+                    let _ = fs::remove_file(&to_rsrc);
                 }
                 let (from_rel, to_rel) = (a.rel(), b.rel());
                 self.session
@@ -891,7 +1310,7 @@ impl Dt {
                         vol,
                         from: from_rel,
                         to: to_rel,
-                        replace: force,
+                        replace: true,
                         hint,
                     })
                     .with_context(|| {
@@ -906,8 +1325,15 @@ impl Dt {
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
                 // Another file system inside the volume: copy, then re-register every object
                 // with the ID from its resource file.
-                if force && exists(&to_abs) {
+                let replaced = exists(&to_abs);
+                if replaced {
                     remove_any(&to_abs)?;
+                    let to_rel = b.rel();
+                    self.session.call(b, |vol| Request::DeletePath {
+                        vol,
+                        path: to_rel,
+                        recursive: true,
+                    })?;
                 }
                 copy_tree(&from_abs, &to_abs)?;
                 rsrc::copy_file(&from_rsrc, &to_rsrc)?;
@@ -937,9 +1363,8 @@ impl Dt {
         to: &Place,
         from_abs: &Path,
         to_abs: &Path,
-        force: bool,
     ) -> Result<()> {
-        if force && exists(to_abs) {
+        if exists(to_abs) {
             if let Place::Inside(b) = to {
                 let rel = b.rel();
                 remove_any(to_abs)?;
@@ -1154,76 +1579,150 @@ impl Dt {
         self.session.register_many(chunk, keep_ids, &mut done)
     }
 
-    fn ls(
+    /// `dt ls`: as ls(1), the operands that are not directories (all of them with `-d`) first,
+    /// as one list, then what each directory holds. An operand that cannot be reached makes
+    /// the exit status 2, as ls(1)'s "serious trouble".
+    fn ls_operands(&mut self, paths: &[PathBuf], how: LsHow) -> Result<()> {
+        let mut files = Vec::new();
+        let mut dirs = Vec::new();
+        for p in paths {
+            let reached = self.session.place(p).and_then(|place| {
+                let abs = match &place {
+                    Place::Outside(a) => a.clone(),
+                    Place::Inside(iv) => iv.path(),
+                };
+                let meta = fs::symlink_metadata(&abs).map_err(|e| {
+                    anyhow!("cannot access {}: {}", quote(p), interact::io_text(&e))
+                })?;
+                Ok((place, abs, meta))
+            });
+            // As ls(1): a link given as an operand is listed as the directory it names,
+            // unless -l or -d asks about the link itself.
+            let listed_as_dir = |abs: &Path, meta: &fs::Metadata| {
+                !how.directory
+                    && (meta.is_dir()
+                        || (!how.long
+                            && meta.file_type().is_symlink()
+                            && fs::metadata(abs).is_ok_and(|m| m.is_dir())))
+            };
+            match reached {
+                Ok((place, abs, meta)) if listed_as_dir(&abs, &meta) => {
+                    dirs.push((p.clone(), place, abs))
+                }
+                Ok((place, abs, _)) => files.push((p.clone(), place, abs)),
+                Err(e) => {
+                    eprintln!("dt: {e:#}");
+                    self.serious = true;
+                }
+            }
+        }
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        dirs.sort_by(|a, b| a.0.cmp(&b.0));
+        how.order(&mut files, |f| f.2.clone());
+        how.order(&mut dirs, |d| d.2.clone());
+        let mut names = listing::Names::default();
+        let now = chrono::Utc::now().timestamp();
+        if !files.is_empty() {
+            let mut rows = Vec::new();
+            let mut plain = Vec::new();
+            for (p, place, abs) in &files {
+                let shown = p.as_os_str().as_bytes();
+                if how.long {
+                    let ids = self.ids_of_dir(place, true);
+                    let name = abs.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+                    let info = ids.as_ref().and_then(|m| m.get(name));
+                    rows.push(long_row(abs, shown, info, how.human, &mut names, now)?);
+                } else {
+                    plain.push(shown.to_vec());
+                }
+            }
+            let mut out = std::io::stdout().lock();
+            listing::write_rows(&mut out, &rows)?;
+            for name in plain {
+                out.write_all(&name)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        let header = paths.len() > 1 || how.recursive;
+        for (i, (p, place, abs)) in dirs.iter().enumerate() {
+            if i > 0 || !files.is_empty() {
+                writeln!(std::io::stdout())?;
+            }
+            if let Err(e) = self.ls_dir(p, place, abs, how, header, &mut names, now) {
+                eprintln!("dt: {e:#}");
+                self.failed = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// What directory `path` holds (with `-R`, and below).
+    #[allow(clippy::too_many_arguments)]
+    fn ls_dir(
         &mut self,
         path: &Path,
-        long: bool,
-        all: bool,
-        recursive: bool,
+        place: &Place,
+        abs: &Path,
+        how: LsHow,
         header: bool,
+        names: &mut listing::Names,
+        now: i64,
     ) -> Result<()> {
-        let place = self.session.place(path)?;
-        let abs = match &place {
-            Place::Outside(a) => a.clone(),
-            Place::Inside(iv) => iv.path(),
-        };
-        let meta = fs::symlink_metadata(&abs)
-            .with_context(|| format!("cannot access {}", path.display()))?;
-        let mut out = std::io::stdout().lock();
-        if !meta.is_dir() {
-            let ids = self.ids_of_dir(&place, true);
-            let name = abs
-                .file_name()
-                .map(|n| n.as_bytes().to_vec())
-                .unwrap_or_default();
-            print_entry(
-                &mut out,
-                long,
-                &abs,
-                &name,
-                ids.as_ref().and_then(|m| m.get(&name)),
-                path.as_os_str().as_bytes(),
-            )?;
-            return Ok(());
+        let mut entries: Vec<Vec<u8>> = fs::read_dir(abs)
+            .with_context(|| format!("cannot open directory {}", quote(path)))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().as_bytes().to_vec())
+            .filter(|n| !deskd_volume::is_protected(n) && (how.all || !n.starts_with(b".")))
+            .collect();
+        if how.dots {
+            entries.extend([b".".to_vec(), b"..".to_vec()]);
         }
+        entries.sort();
+        how.order(&mut entries, |name| abs.join(OsStr::from_bytes(name)));
+        let mut out = std::io::stdout().lock();
         if header {
             out.write_all(path.as_os_str().as_bytes())?;
             out.write_all(b":\n")?;
         }
-        let mut names: Vec<Vec<u8>> = fs::read_dir(&abs)
-            .with_context(|| format!("cannot open directory {}", path.display()))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().as_bytes().to_vec())
-            .filter(|n| !deskd_volume::is_protected(n) && (all || !n.starts_with(b".")))
-            .collect();
-        names.sort();
-        let ids = if long {
-            self.ids_of_dir(&place, false)
+        if how.long {
+            let ids = self.ids_of_dir(place, false);
+            let mut rows = Vec::with_capacity(entries.len());
+            let mut blocks = 0;
+            for name in &entries {
+                let child = abs.join(OsStr::from_bytes(name));
+                let info = ids.as_ref().and_then(|m| m.get(name));
+                blocks += fs::symlink_metadata(&child).map_or(0, |m| m.blocks());
+                rows.push(long_row(&child, name, info, how.human, names, now)?);
+            }
+            writeln!(out, "{}", listing::total_line(blocks, how.human))?;
+            listing::write_rows(&mut out, &rows)?;
         } else {
-            None
-        };
-        for name in &names {
-            let child = abs.join(OsStr::from_bytes(name));
-            print_entry(
-                &mut out,
-                long,
-                &child,
-                name,
-                ids.as_ref().and_then(|m| m.get(name)),
-                name,
-            )?;
+            for name in &entries {
+                out.write_all(name)?;
+                out.write_all(b"\n")?;
+            }
         }
         drop(out);
-        if recursive {
-            for name in &names {
+        if how.recursive {
+            for name in &entries {
+                let child_abs = abs.join(OsStr::from_bytes(name));
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                if !fs::symlink_metadata(&child_abs).is_ok_and(|m| m.is_dir()) {
+                    continue;
+                }
                 let child = path.join(OsStr::from_bytes(name));
-                if fs::symlink_metadata(abs.join(OsStr::from_bytes(name)))
-                    .map(|m| m.is_dir())
-                    .unwrap_or(false)
+                // An error (a reader that went away) ends the listing like any other.
+                writeln!(std::io::stdout())?;
+                let child_place = match place {
+                    Place::Outside(_) => Place::Outside(child_abs.clone()),
+                    Place::Inside(iv) => Place::Inside(iv.child(name)),
+                };
+                if let Err(e) = self.ls_dir(&child, &child_place, &child_abs, how, true, names, now)
                 {
-                    // An error (a reader that went away) ends the listing like any other.
-                    writeln!(std::io::stdout())?;
-                    self.ls(&child, long, all, recursive, true)?;
+                    eprintln!("dt: {e:#}");
+                    self.failed = true;
                 }
             }
         }
@@ -1281,6 +1780,23 @@ impl Dt {
             None => self.session.register(&iv, true)?,
         };
         let full = iv.path();
+        // A comment the server will not give (the volume root has no record of its own to
+        // hold one) is shown as none: the other fields are what was asked for.
+        let comment = match self
+            .session
+            .call(&iv, |vol| Request::CommentGet { vol, id: o.id })
+        {
+            Ok(Response::Comment(c)) => c,
+            Ok(other) => bail!("unexpected reply {other:?}"),
+            Err(_) => None,
+        };
+        let meta = fs::symlink_metadata(&full)
+            .with_context(|| format!("cannot access {}", quote(path)))?;
+        let created = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64);
         if json {
             let v = serde_json::json!({
                 "path": display_bytes(full.as_os_str().as_bytes()),
@@ -1292,6 +1808,13 @@ impl Dt {
                 "type": fourcc(&o.type_code),
                 "creator": fourcc(&o.creator),
                 "flags": o.flags,
+                "flag_names": finder::flag_names(o.flags),
+                "label": finder::label_name(o.flags),
+                "comment": comment.as_deref().map(display_bytes),
+                "modified": meta.mtime(),
+                "changed": meta.ctime(),
+                "accessed": meta.atime(),
+                "created": created,
             });
             println!("{v}");
         } else {
@@ -1300,8 +1823,27 @@ impl Dt {
             println!("parent_id: {}", o.parent);
             println!("name:      {}", display_bytes(&o.name));
             println!("kind:      {}", o.kind.as_str());
-            println!("type:      {}", fourcc(&o.type_code));
-            println!("creator:   {}", fourcc(&o.creator));
+            // A folder has no type or creator (all zero bytes): shown as "-", as in ls -l.
+            println!("type:      {}", code_or_dash(&o.type_code));
+            println!("creator:   {}", code_or_dash(&o.creator));
+            let names = finder::flag_names(o.flags);
+            let names = if names.is_empty() {
+                "-".to_string()
+            } else {
+                names.join(" ")
+            };
+            println!("flags:     {names} (0x{:04x})", o.flags);
+            println!("label:     {}", finder::label_name(o.flags));
+            println!(
+                "comment:   {}",
+                comment.as_deref().map(display_bytes).unwrap_or_default()
+            );
+            println!("modified:  {}", ctime_string(meta.mtime()));
+            println!("changed:   {}", ctime_string(meta.ctime()));
+            println!("accessed:  {}", ctime_string(meta.atime()));
+            if let Some(t) = created {
+                println!("created:   {}", ctime_string(t));
+            }
         }
         Ok(())
     }
@@ -1329,6 +1871,92 @@ impl Dt {
             other => Err(anyhow!("unexpected reply {other:?}")),
         }
     }
+}
+
+/// What `dt chmod`/`chown`/`chgrp` do to one object: its absolute path, the path to show
+/// (as given, for messages and `-v`), its metadata.
+type ChangeFn<'a> = dyn FnMut(&Path, &Path, &fs::Metadata) -> Result<Change> + 'a;
+
+/// Whether `dt mv` replaces an existing target: always (mv(1)'s default, `-f`), after asking
+/// (`-i`) or never (`-n`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    Always,
+    Ask,
+    Never,
+}
+
+/// The options of `dt cp` besides what [`CopyMode`] keeps.
+#[derive(Debug, Clone, Copy)]
+struct CpHow {
+    recursive: bool,
+    /// What to do with an existing file: overwrite it, ask (`-i`), leave it (`-n`).
+    replace: Replace,
+    keep_ids: bool,
+    verbose: bool,
+}
+
+/// The options of `dt rm`.
+#[derive(Debug, Clone, Copy)]
+struct RmHow {
+    recursive: bool,
+    force: bool,
+    interactive: bool,
+    verbose: bool,
+}
+
+/// The options of `dt ls`.
+#[derive(Debug, Clone, Copy)]
+struct LsHow {
+    long: bool,
+    /// `-a`: `.` and `..` as well.
+    dots: bool,
+    all: bool,
+    recursive: bool,
+    directory: bool,
+    human: bool,
+    sort: LsSort,
+    reverse: bool,
+}
+
+/// The order of `dt ls`: by name (byte order), newest first (`-t`) or largest first (`-S`),
+/// ties by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LsSort {
+    Name,
+    Time,
+    Size,
+}
+
+impl LsHow {
+    /// Put `items`, already in name order, in the order asked for; `path` gives each one's
+    /// place on disk (its own metadata: a link is sorted as the link).
+    fn order<T>(&self, items: &mut [T], path: impl Fn(&T) -> PathBuf) {
+        let key = |item: &T| {
+            let meta = fs::symlink_metadata(path(item)).ok();
+            match self.sort {
+                LsSort::Name => (0, 0),
+                LsSort::Time => meta.map_or((0, 0), |m| (m.mtime(), m.mtime_nsec())),
+                LsSort::Size => meta.map_or((0, 0), |m| (m.size() as i64, 0)),
+            }
+        };
+        if self.sort != LsSort::Name {
+            // Stable: equal keys stay in name order.
+            items.sort_by_cached_key(|item| std::cmp::Reverse(key(item)));
+        }
+        if self.reverse {
+            items.reverse();
+        }
+    }
+}
+
+/// What `dt set` changes.
+struct MacInfo {
+    type_code: Option<[u8; 4]>,
+    creator: Option<[u8; 4]>,
+    flags: Option<finder::FlagsChange>,
+    label: Option<u8>,
+    comment: Option<String>,
 }
 
 /// What `dt chmod`/`chown`/`chgrp` did to an object, for its resource records to follow.
@@ -1366,45 +1994,66 @@ fn follow_records(iv: &InVolume, is_dir: bool, change: Change) -> Result<()> {
     Ok(())
 }
 
-/// Why an option value of `dt set` is refused (clap prints it after the option's name).
+/// Why a type or creator code of `dt set` is refused (clap prints it after the option's
+/// name).
 #[derive(Debug)]
-enum ValueError {
-    Code(String),
-    Flags(String),
-}
+struct CodeError(String);
 
 // By hand rather than with thiserror: a binary of deskd-cli, which has no other use for it.
-impl std::fmt::Display for ValueError {
+impl std::fmt::Display for CodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ValueError::Code(s) => write!(
-                f,
-                "{s:?}: a type or creator code is exactly 4 characters (bytes)"
-            ),
-            ValueError::Flags(s) => write!(
-                f,
-                "{s:?}: Finder flags are a 16-bit number (decimal or 0x hex)"
-            ),
-        }
+        write!(
+            f,
+            "{:?}: a type or creator code is exactly 4 characters (bytes)",
+            self.0
+        )
     }
 }
 
-impl std::error::Error for ValueError {}
+impl std::error::Error for CodeError {}
 
-/// A type or creator code: exactly 4 bytes.
-fn parse_code(s: &str) -> Result<[u8; 4], ValueError> {
-    s.as_bytes()
-        .try_into()
-        .map_err(|_| ValueError::Code(s.to_string()))
+/// A value parser whose refusals show the verb's usage line, as clap's own usage errors do
+/// (an invalid mode or flag is a usage error: exit 2, with the usage).
+#[derive(Clone)]
+struct WithUsage<P>(P);
+
+impl<P: clap::builder::TypedValueParser> clap::builder::TypedValueParser for WithUsage<P> {
+    type Value = P::Value;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        use clap::error::{ContextKind, ContextValue};
+        self.0.parse_ref(cmd, arg, value).map_err(|mut e| {
+            let usage = cmd.clone().render_usage();
+            e.insert(ContextKind::Usage, ContextValue::StyledStr(usage));
+            e
+        })
+    }
 }
 
-/// Finder flags: decimal or `0x` hex, 16 bits.
-fn parse_flags(s: &str) -> Result<u16, ValueError> {
-    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u16::from_str_radix(hex, 16),
-        None => s.parse(),
-    };
-    parsed.map_err(|_| ValueError::Flags(s.to_string()))
+/// How a mode argument is parsed.
+type ParseMode = fn(&str) -> Result<mode::ModeSpec, mode::ModeError>;
+
+/// [`mode::parse_mode`] for clap, usage shown on refusal.
+fn mode_arg() -> WithUsage<ParseMode> {
+    WithUsage(mode::parse_mode)
+}
+
+/// A type or creator code: exactly 4 bytes.
+fn parse_code(s: &str) -> Result<[u8; 4], CodeError> {
+    s.as_bytes()
+        .try_into()
+        .map_err(|_| CodeError(s.to_string()))
+}
+
+/// [`deskd_cli::walk::dir_is_empty`], the error naming the directory.
+fn dir_is_empty(dir: &Path, in_volume: bool) -> Result<bool> {
+    deskd_cli::walk::dir_is_empty(dir, in_volume)
+        .with_context(|| format!("cannot read directory {}", quote(dir)))
 }
 
 fn move_plain(from: &Path, to: &Path) -> Result<()> {
@@ -1512,59 +2161,38 @@ fn test_pause(step: &str) {
     }
 }
 
-fn mode_string(m: &fs::Metadata) -> String {
-    let ft = m.file_type();
-    let kind = if ft.is_dir() {
-        'd'
-    } else if ft.is_symlink() {
-        'l'
-    } else {
-        '-'
-    };
-    let mode = m.permissions().mode();
-    let mut s = String::with_capacity(10);
-    s.push(kind);
-    for shift in [6, 3, 0] {
-        let bits = (mode >> shift) & 7;
-        s.push(if bits & 4 != 0 { 'r' } else { '-' });
-        s.push(if bits & 2 != 0 { 'w' } else { '-' });
-        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+/// One row of `dt ls -l` for the object at `abs`, shown as `shown`.
+fn long_row(
+    abs: &Path,
+    shown: &[u8],
+    info: Option<&ObjectInfo>,
+    human: bool,
+    names: &mut listing::Names,
+    now: i64,
+) -> Result<listing::Row> {
+    let meta = fs::symlink_metadata(abs)
+        .with_context(|| format!("cannot access {}", display_bytes(shown)))?;
+    let mut row = listing::Row::new(&meta, human, names, now);
+    if let Some(o) = info {
+        row.id = o.id.to_string();
+        row.type_code = code_or_dash(&o.type_code);
+        row.creator = code_or_dash(&o.creator);
     }
-    s
+    row.name = shown.to_vec();
+    if meta.file_type().is_symlink() {
+        if let Ok(target) = fs::read_link(abs) {
+            row.name.extend_from_slice(b" -> ");
+            row.name.extend_from_slice(target.as_os_str().as_bytes());
+        }
+    }
+    Ok(row)
 }
 
-fn print_entry(
-    out: &mut impl Write,
-    long: bool,
-    path: &Path,
-    _name: &[u8],
-    info: Option<&ObjectInfo>,
-    shown: &[u8],
-) -> Result<()> {
-    if long {
-        let meta = fs::symlink_metadata(path)?;
-        let (id, t, c) = match info {
-            Some(o) => {
-                // Directories have no type or creator (all zero bytes): shown as "-".
-                let code = |c: &[u8; 4]| {
-                    if *c == [0; 4] {
-                        "-".to_string()
-                    } else {
-                        fourcc(c)
-                    }
-                };
-                (o.id.to_string(), code(&o.type_code), code(&o.creator))
-            }
-            None => ("-".into(), "-".into(), "-".into()),
-        };
-        write!(
-            out,
-            "{id:>10} {t:<4} {c:<4} {} {:>12} ",
-            mode_string(&meta),
-            meta.size()
-        )?;
+/// A type or creator code, `-` when it is all zero bytes (a folder's).
+fn code_or_dash(code: &[u8; 4]) -> String {
+    if *code == [0; 4] {
+        "-".to_string()
+    } else {
+        fourcc(code)
     }
-    out.write_all(shown)?;
-    out.write_all(b"\n")?;
-    Ok(())
 }
