@@ -192,12 +192,15 @@ spec() { # backend
 record_kids() { for p in "${PIDS[@]}"; do pgrep -P "$p"; done > "$RUN/$TAG-main.kids" 2>/dev/null; }
 
 speed() { # lantest (Netatalk's HELIOS LanTest clone), stock and deskd alternating, SPEED_ROUNDS each
+  # SPEED_AA=1: the stock back end a second time in each round (tag stock2), so the run shows its
+  # own noise: what stock differs from stock.
   PW=$(cat "$RUN/pw")
-  local r b
+  local r b backends="stock deskd"
+  [ "${SPEED_AA:-0}" = 1 ] && backends="stock deskd stock2"
   for r in $(seq "$SPEED_ROUNDS"); do
-    for b in stock deskd; do
+    for b in $backends; do
       TAG=speed-$b$(suffix)-$r; fresh_vols; : > "$RUN/afpd.log"
-      start_backend "$b"
+      start_backend "${b%2}"
       log "$TAG: lantest"
       ( cd "$T" && timeout 900 ./lantest -"$AFPVER" -h 127.0.0.1 -p "$AFPPORT" -u $U1 -w "$PW" -s test1 -n 1 ) > "$RUN/$TAG-lantest.log" 2>&1
       echo "lantest rc=$?" >> "$RUN/$TAG-lantest.log"
