@@ -198,7 +198,10 @@ mod tests {
 
     #[test]
     fn the_run_queue_is_read_from_loadavg() {
-        assert_eq!(contention::runnable(b"0.52 0.58 0.59 3/467 12345\n"), Some(3));
+        assert_eq!(
+            contention::runnable(b"0.52 0.58 0.59 3/467 12345\n"),
+            Some(3)
+        );
         assert_eq!(contention::runnable(b"0.52 0.58 0.59 12/467 1\n"), Some(12));
         assert_eq!(contention::runnable(b"garbage"), None);
         assert_eq!(contention::runnable(b"0.1 0.2 0.3 x/4 5"), None);
