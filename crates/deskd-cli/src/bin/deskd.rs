@@ -253,6 +253,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    deskd_docgen::handle_generate(<Cli as clap::CommandFactory>::command);
     let cli = Cli::parse();
     if matches!(cli.command, Command::Find { .. } | Command::Status { .. }) {
         // `deskd find … | head` ends quietly, as find(1) does. (Not for the verbs that change
