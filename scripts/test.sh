@@ -20,6 +20,14 @@ command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 command -v strings >/dev/null 2>&1 || missing+=(binutils)
 # systemd-analyze checks the unit file in contrib/ (systemd need not be running).
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# The package test (crates/deskd-cli/tests/package.rs) builds the .deb (dpkg-deb, dpkg-shlibdeps)
+# and reads it as a user would: man pages with man, completions in bash (with bash-completion's
+# loader), zsh and fish.
+command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
+command -v man >/dev/null 2>&1 || missing+=(man-db)
+[ -f /usr/share/bash-completion/bash_completion ] || missing+=(bash-completion)
+command -v zsh >/dev/null 2>&1 || missing+=(zsh)
+command -v fish >/dev/null 2>&1 || missing+=(fish)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: please install: ${missing[*]} (or run as root)" >&2
@@ -44,13 +52,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The fuzz targets (docs/fuzzing.md) are their own workspace; keep them building and clean.
 cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
 cargo clippy --manifest-path fuzz/Cargo.toml --target-dir target --all-targets --locked -- -D warnings
+# The release build comes before the tests: the package and README tests (package.rs,
+# readme.rs) use target/release as a user would, and find it up to date.
+cargo build --release --workspace --locked --bins
 # The test hooks (docs/ARCHITECTURE.md) are compiled only with the `test-hooks` feature, which
 # deskd-cli and fileset turn on for their own tests (a dev-dependency on themselves), so the
 # test run above has them; `cargo test` alone does too.
 cargo test --workspace --locked
 
 # A release build leaves the feature off: its binaries must not hold a hook's name.
-cargo build --release --workspace --locked --bins
 hooks='DESKD_TEST_|_CRASH_AFTER|DESKD_REBUILD_DIR_DELAY_MS|test hook'
 for bin in deskd dt deskd-bench fileset fileset-bench prov-backup; do
     if strings "target/release/$bin" | grep -E "$hooks"; then
