@@ -77,7 +77,18 @@ shopt -s nullglob
 units=()
 for unit in contrib/*.service; do
     name=$(basename "$unit")
-    sed -e 's|/usr/local/bin/|/usr/bin/|g' "$unit" >"$root/usr/lib/systemd/system/$name"
+    # The unit's header says what it is (first line), then how to install it by hand: the
+    # package's says how to enable it instead.
+    case "$name" in
+        *@.service) enable="${name%@.service}@INSTANCE.service" ;;
+        *) enable=$name ;;
+    esac
+    {
+        sed -n '1{/^#/{s/ Install .*//;p}}' "$unit"
+        echo "# Installed by the deskd package (/usr/share/doc/deskd/, man deskd); enable it with:"
+        echo "#   systemctl enable --now $enable"
+        sed -e '1,/^\[/{/^#/d}' -e 's|/usr/local/bin/|/usr/bin/|g' "$unit"
+    } >"$root/usr/lib/systemd/system/$name"
     chmod 644 "$root/usr/lib/systemd/system/$name"
     units+=("$name")
     for exe in $(sed -n 's/^Exec[A-Za-z]*=[-@:+!]*\([^ ]*\).*/\1/p' "$root/usr/lib/systemd/system/$name"); do
