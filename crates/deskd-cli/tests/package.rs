@@ -266,9 +266,10 @@ complete_words dt mv --f"#;
     assert_eq!(out.trim(), "_fileset: function");
 }
 
-/// A command run in a private mount namespace where the package's files are installed over
-/// /usr and /etc (overlays on a private tmpfs: the host's files are not touched), as dpkg
-/// would place them; None (skipped, a failure under CI) where that needs what is not here.
+/// A bash script run in a private mount namespace with overlays on /usr, /etc and /var (on a
+/// private tmpfs: the host's files and package database are not touched), after
+/// `apt-get install ./deskd_….deb` installed the package there as README.md says (its output
+/// in `$HOME/apt.log`); None (skipped, a failure under CI) where that needs what is not here.
 fn installed(p: &Package, scratch: &Path, script: &str) -> Option<Command> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -286,26 +287,43 @@ fn installed(p: &Package, scratch: &Path, script: &str) -> Option<Command> {
     let setup = r#"set -e
 mount --make-rprivate /
 mount -t tmpfs tmpfs "$LAYER"
-for dir in /usr /etc; do
+for dir in /usr /etc /var; do
     mkdir -p "$LAYER/upper$dir" "$LAYER/work$dir"
     mount -t overlay overlay -o "lowerdir=$dir,upperdir=$LAYER/upper$dir,workdir=$LAYER/work$dir" "$dir"
 done
-cp -a "$PKGROOT/usr/." /usr/
-cp -a "$PKGROOT/etc/." /etc/
+if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$DEB" >"$HOME/apt.log" 2>&1; then
+    cat "$HOME/apt.log" >&2
+    exit 1
+fi
 "#;
     let layer = scratch.join("layer");
     std::fs::create_dir_all(&layer).unwrap();
     let mut cmd = Command::new("unshare");
     cmd.args(["-m", "bash", "-c", &format!("{setup}{script}")])
         .env("LAYER", &layer)
+        .env("DEB", &p.deb)
         .env("PKGROOT", &p.root)
         .env("HOME", scratch)
         .current_dir(scratch);
     Some(cmd)
 }
 
+/// Runs an [`installed`] script; its stdout lines. Fails unless it exits 0 with nothing on
+/// stderr.
+fn run_installed(mut cmd: Command) -> Vec<String> {
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}\nstdout:\n{text}\nstderr:\n{}",
+        out.status,
+        stderr(&out)
+    );
+    text.lines().map(str::to_string).collect()
+}
+
 #[test]
-fn installed_its_units_verify_and_man_and_the_shells_find_its_files_by_name() {
+fn apt_installs_it_and_its_units_verify_and_man_and_the_shells_find_its_files() {
     let Some(p) = package() else { return };
     let scratch = tempfile::tempdir().unwrap();
     // Every unit together (deskd-netatalk Requires deskd), from where systemd reads them, with
@@ -325,18 +343,10 @@ complete -p dt
 fish -c "complete -C 'dt mkd'"
 zsh -f -c 'autoload -Uz compinit && compinit -u -D && print -r -- $_comps[prov-backup]'
 "#;
-    let Some(mut cmd) = installed(p, scratch.path(), script) else {
+    let Some(cmd) = installed(p, scratch.path(), script) else {
         return;
     };
-    let out = cmd.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "{}\nstdout:\n{text}\nstderr:\n{}",
-        out.status,
-        stderr(&out)
-    );
-    let lines: Vec<&str> = text.lines().collect();
+    let lines = run_installed(cmd);
     let units = contrib_files("", ".service").len();
     assert_eq!(
         lines,
@@ -347,6 +357,36 @@ zsh -f -c 'autoload -Uz compinit && compinit -u -D && print -r -- $_comps[prov-b
             "complete -o bashdefault -o default -o nosort -F _dt dt",
             "mkdir\tCreate directories",
             "_prov-backup",
+        ]
+    );
+}
+
+#[test]
+fn dpkg_removes_it_keeping_an_edited_configuration_until_purged() {
+    let Some(p) = package() else { return };
+    let scratch = tempfile::tempdir().unwrap();
+    let script = r##"
+dpkg-query -W -f '${Status} ${Version}\n' deskd
+echo "# an administrator's line" >>/etc/deskd/deskd.toml
+dpkg -r deskd >>"$HOME/apt.log"
+for f in /usr/bin/deskd /usr/lib/systemd/system/deskd.service /usr/share/man/man1/dt-mv.1.gz; do
+    [ -e "$f" ] && echo "left: $f"
+done
+tail -n 1 /etc/deskd/deskd.toml
+dpkg -P deskd >>"$HOME/apt.log"
+[ -e /etc/deskd ] && echo "left: /etc/deskd"
+echo end
+"##;
+    let Some(cmd) = installed(p, scratch.path(), script) else {
+        return;
+    };
+    let lines = run_installed(cmd);
+    assert_eq!(
+        lines,
+        [
+            format!("install ok installed {}", env!("CARGO_PKG_VERSION")).as_str(),
+            "# an administrator's line",
+            "end",
         ]
     );
 }

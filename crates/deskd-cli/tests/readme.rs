@@ -135,6 +135,11 @@ fn the_readmes_first_line_builds_and_serves_and_every_try_it_line_works() {
     });
     let socket: PathBuf = scratch.join("deskd.sock");
     wait_for_server(&mut server, &socket, &log);
+    let first_terminal = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        first_terminal.contains("Finished `release` profile"),
+        "cargo built before deskd served:\n{first_terminal}"
+    );
 
     // The second terminal: each line in turn, with the environment the lines before exported.
     let mut exported = String::new();
