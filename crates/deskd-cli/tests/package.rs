@@ -143,7 +143,9 @@ fn the_package_lists_the_tools_units_pages_completions_and_sample_config() {
         want.push(format!("/usr/lib/systemd/system/{unit}"));
     }
     for example in contrib_files("prov-backup", "") {
-        want.push(format!("/usr/share/doc/deskd/examples/prov-backup/{example}"));
+        want.push(format!(
+            "/usr/share/doc/deskd/examples/prov-backup/{example}"
+        ));
     }
     want.push("/etc/deskd/deskd.toml".into());
     want.push("/usr/share/doc/deskd/copyright".into());
@@ -167,20 +169,38 @@ fn the_package_lists_the_tools_units_pages_completions_and_sample_config() {
 
     // The sample configuration is a conffile (dpkg keeps an administrator's edits), and the
     // package depends on the C library its binaries link.
-    let conffiles = run_ok(Command::new("dpkg-deb").arg("-I").arg(&p.deb).arg("conffiles"));
+    let conffiles = run_ok(
+        Command::new("dpkg-deb")
+            .arg("-I")
+            .arg(&p.deb)
+            .arg("conffiles"),
+    );
     assert_eq!(conffiles.trim(), "/etc/deskd/deskd.toml");
-    let depends = run_ok(Command::new("dpkg-deb").args(["-f"]).arg(&p.deb).arg("Depends"));
+    let depends = run_ok(
+        Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&p.deb)
+            .arg("Depends"),
+    );
     assert!(depends.contains("libc6 (>= "), "{depends}");
-    let version = run_ok(Command::new("dpkg-deb").args(["-f"]).arg(&p.deb).arg("Version"));
+    let version = run_ok(
+        Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&p.deb)
+            .arg("Version"),
+    );
     assert_eq!(version.trim(), env!("CARGO_PKG_VERSION"));
 
     // Units name the installed binaries, never /usr/local.
     for unit in &units {
-        let text = std::fs::read_to_string(p.root.join("usr/lib/systemd/system").join(unit))
-            .unwrap();
+        let text =
+            std::fs::read_to_string(p.root.join("usr/lib/systemd/system").join(unit)).unwrap();
         assert!(!text.contains("/usr/local/bin"), "{unit}: {text}");
         for line in text.lines().filter(|l| l.starts_with("ExecStart=")) {
-            let exe = line["ExecStart=".len()..].split_whitespace().next().unwrap();
+            let exe = line["ExecStart=".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap();
             assert!(exe.starts_with("/usr/bin/"), "{unit}: {line}");
             assert!(p.root.join(&exe[1..]).exists(), "{unit}: {line}");
         }
@@ -191,7 +211,10 @@ fn the_package_lists_the_tools_units_pages_completions_and_sample_config() {
 fn the_extracted_deskd_runs_and_every_man_page_shows_its_verbs_options() {
     let Some(p) = package() else { return };
     let version = run_ok(Command::new(p.root.join("usr/bin/deskd")).arg("--version"));
-    assert_eq!(version.trim(), format!("deskd {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        version.trim(),
+        format!("deskd {}", env!("CARGO_PKG_VERSION"))
+    );
     for tool in ["dt", "prov-backup", "fileset"] {
         let v = run_ok(Command::new(p.root.join("usr/bin").join(tool)).arg("--version"));
         assert_eq!(v.trim(), format!("{tool} {}", env!("CARGO_PKG_VERSION")));
@@ -218,7 +241,10 @@ fn the_extracted_deskd_runs_and_every_man_page_shows_its_verbs_options() {
         // man renders '-' as U+2010 in some locales: compare on plain hyphens.
         let plain = text.replace('\u{2010}', "-");
         for option in &options {
-            assert!(plain.contains(option.as_str()), "{page}: no {option} in\n{text}");
+            assert!(
+                plain.contains(option.as_str()),
+                "{page}: no {option} in\n{text}"
+            );
         }
         assert!(
             plain.contains(&cmd.join(" ")),
@@ -239,7 +265,11 @@ complete_words() { COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMP_LINE="$*"; CO
     _dt dt "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"; printf '%s\n' "${COMPREPLY[@]}"; }
 complete_words dt m
 complete_words dt mv --f"#;
-    let out = run_ok(Command::new("bash").args(["--norc", "-c", script, "bash"]).arg(&bash));
+    let out = run_ok(
+        Command::new("bash")
+            .args(["--norc", "-c", script, "bash"])
+            .arg(&bash),
+    );
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].ends_with(" -F _dt dt"), "{out}");
     assert_eq!(&lines[1..], ["mkdir", "mv", "--force"], "{out}");
@@ -249,7 +279,11 @@ complete_words dt mv --f"#;
     let home = tempfile::tempdir().unwrap();
     let out = run_ok(
         Command::new("fish")
-            .args(["--no-config", "-c", "source $argv[1]; complete -C 'deskd serve --re'"])
+            .args([
+                "--no-config",
+                "-c",
+                "source $argv[1]; complete -C 'deskd serve --re'",
+            ])
             .arg(&fish)
             .env("HOME", home.path()),
     );
@@ -503,7 +537,11 @@ fn generate_docs_writes_only_new_files() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("dt.1: File exists"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("dt.1: File exists"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
     // Without a directory it is a usage error, and the word appears in no help.
     let out = Command::new(DT).arg("__generate-docs").output().unwrap();

@@ -24,7 +24,9 @@ use common::*;
 
 /// The lines of the first fenced block that follows `after` (a heading; "" for the first block).
 fn sh_block(readme: &str, after: &str) -> Vec<String> {
-    let start = readme.find(after).unwrap_or_else(|| panic!("no {after:?} in README.md"));
+    let start = readme
+        .find(after)
+        .unwrap_or_else(|| panic!("no {after:?} in README.md"));
     readme[start..]
         .lines()
         .skip_while(|l| *l != "```sh")

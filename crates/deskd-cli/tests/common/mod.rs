@@ -918,7 +918,11 @@ pub fn release_bins() -> Option<PathBuf> {
             .env("CARGO_TARGET_DIR", target_dir())
             .output()
             .unwrap();
-        assert!(out.status.success(), "cargo build --release: {}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "cargo build --release: {}",
+            stderr(&out)
+        );
     });
     Some(bins)
 }
