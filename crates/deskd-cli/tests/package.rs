@@ -1,11 +1,14 @@
 //! The Debian package (scripts/package-deb.sh), built once per run from this tree's release
 //! binaries: `dpkg-deb -c` lists the tools (and no benchmark), every unit of contrib/, a man
-//! page for every binary and verb, the completions and the sample configuration; extracted with
-//! `dpkg-deb -x`, its deskd runs, its man pages show each verb's options, its completion
-//! scripts complete in bash, zsh and fish; installed over the system in a private mount
-//! namespace, `systemd-analyze verify` passes on its units and man, bash-completion, zsh and
-//! fish find its files by name; its /etc/deskd/deskd.toml starts the server, and so does the
-//! same file with every setting it shows uncommented.
+//! page for every binary and verb, the completions, the docs and the sample configuration (a
+//! conffile). Extracted with `dpkg-deb -x`: its deskd runs, every man page shows its verb's
+//! options (`man -l`), the completion scripts complete in bash, zsh and fish. Installed with
+//! `apt-get install ./deskd_….deb` in a private mount namespace (overlays: the host is not
+//! touched): `systemd-analyze verify` passes on its units where systemd reads them, man,
+//! bash-completion, zsh and fish find its files by name, and `dpkg -r` / `dpkg -P` remove it
+//! (an edited configuration stays until the purge). The packaged deskd serves with its
+//! /etc/deskd/deskd.toml, and with the same file with every setting it shows uncommented.
+//! `BIN __generate-docs DIR`, which makes the pages, writes through no planted symlink.
 
 mod common;
 
