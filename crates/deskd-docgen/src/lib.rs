@@ -107,7 +107,10 @@ mod tests {
         );
         let serve = std::fs::read_to_string(dir.path().join("man1/tool-serve.1")).unwrap();
         assert!(serve.contains("\\-\\-config"), "{serve}");
-        assert!(serve.contains(".SH \"SEE ALSO\"\n\\fBtool\\fR(1),"), "{serve}");
+        assert!(
+            serve.contains(".SH \"SEE ALSO\"\n\\fBtool\\fR(1),"),
+            "{serve}"
+        );
         assert!(serve.contains("tool serve"), "{serve}");
         let inner = std::fs::read_to_string(dir.path().join("man1/tool-outer-inner.1")).unwrap();
         assert!(inner.contains("\\-\\-deep"), "{inner}");
