@@ -71,8 +71,8 @@ for b in "${bins[@]}"; do
 done
 gzip -9n "$root"/usr/share/man/man1/*.1
 
-# Every unit in contrib/, with the installed binaries' paths. A unit whose Exec line still names
-# a binary that is not in /usr/bin would fail only when started: refuse it here.
+# Every unit in contrib/, with the installed binaries' paths (/usr/local/bin becomes /usr/bin). A
+# unit naming a /usr/local/bin program the package lacks would fail only when started: refuse it.
 shopt -s nullglob
 units=()
 for unit in contrib/*.service; do
@@ -91,13 +91,11 @@ for unit in contrib/*.service; do
     } >"$root/usr/lib/systemd/system/$name"
     chmod 644 "$root/usr/lib/systemd/system/$name"
     units+=("$name")
-    for exe in $(sed -n 's/^Exec[A-Za-z]*=[-@:+!]*\([^ ]*\).*/\1/p' "$root/usr/lib/systemd/system/$name"); do
-        case "$exe" in
-            /usr/bin/*) [ -x "$root$exe" ] || {
-                echo "package-deb.sh: $name runs $exe, which the package does not hold" >&2
-                exit 1
-            } ;;
-        esac
+    for exe in $(grep -o '/usr/local/bin/[^ ";]*' "$unit" | sort -u); do
+        [ -x "$root/usr/bin/${exe##*/}" ] || {
+            echo "package-deb.sh: $name runs $exe, which the package does not hold" >&2
+            exit 1
+        }
     done
 done
 

@@ -552,3 +552,68 @@ fn generate_docs_writes_only_new_files() {
     let help = run_ok(Command::new(DT).arg("--help"));
     assert!(!help.contains("generate"), "{help}");
 }
+
+/// A copy of what scripts/package-deb.sh reads (the script, Cargo.toml, README.md, docs/,
+/// contrib/) in `dir`, to package with a changed contrib/.
+fn workspace_copy(dir: &Path) {
+    let ws = workspace_root();
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    for file in ["scripts/package-deb.sh", "Cargo.toml", "README.md"] {
+        std::fs::copy(ws.join(file), dir.join(file)).unwrap();
+    }
+    run_ok(
+        Command::new("cp")
+            .arg("-R")
+            .arg(ws.join("docs"))
+            .arg(ws.join("contrib"))
+            .arg(dir),
+    );
+}
+
+#[test]
+fn a_unit_added_to_contrib_is_packaged_and_one_naming_a_tool_not_packaged_is_refused() {
+    let Some(bins) = release_bins() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    workspace_copy(&ws);
+    let unit = "[Unit]\nDescription=a new unit\n\n[Service]\nType=oneshot\n\
+                ExecStart=/usr/local/bin/fileset test /var/lib/%i\n";
+    std::fs::write(ws.join("contrib/new@.service"), unit).unwrap();
+    let package = |out: &str| {
+        Command::new(ws.join("scripts/package-deb.sh"))
+            .arg("--bin-dir")
+            .arg(&bins)
+            .args(["--compress", "none", "--out"])
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap()
+    };
+    let out = package("good");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deb = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let root = dir.path().join("root");
+    run_ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
+    let packaged =
+        std::fs::read_to_string(root.join("usr/lib/systemd/system/new@.service")).unwrap();
+    assert!(
+        packaged.contains("ExecStart=/usr/bin/fileset test /var/lib/%i\n")
+            && packaged.contains("systemctl enable --now new@INSTANCE.service"),
+        "{packaged}"
+    );
+
+    // A benchmark is no tool of the package: a unit starting one is refused, and no package
+    // is left behind.
+    let bench = unit.replace("/usr/local/bin/fileset", "/usr/local/bin/fileset-bench");
+    std::fs::write(ws.join("contrib/new@.service"), bench).unwrap();
+    let out = package("bad");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "new@.service runs /usr/local/bin/fileset-bench, which the package does not hold"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("bad")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
