@@ -170,14 +170,13 @@ if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload || true
 fi
 EOF
-# fileset@ instances are stopped too: stopping one saves its set, which needs the binary that
-# is about to go (deb-systemd-invoke takes no pattern, hence systemctl).
+# fileset@ instances are stopped too (systemctl, which deb-systemd-invoke runs, takes the
+# pattern): stopping one saves its set, which needs the binary that is about to go.
 cat >"$root/DEBIAN/prerm" <<EOF
 #!/bin/sh
 set -e
 if [ "\$1" = remove ] && [ -d /run/systemd/system ]; then
-    deb-systemd-invoke stop ${plain_units[*]} >/dev/null || true
-    systemctl stop 'fileset@*.service' || true
+    deb-systemd-invoke stop ${plain_units[*]} 'fileset@*.service' >/dev/null || true
 fi
 EOF
 cat >"$root/DEBIAN/postrm" <<'EOF'

@@ -22,12 +22,13 @@ command -v strings >/dev/null 2>&1 || missing+=(binutils)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # The package test (crates/deskd-cli/tests/package.rs) builds the .deb (dpkg-deb, dpkg-shlibdeps)
 # and reads it as a user would: man pages with man, completions in bash (with bash-completion's
-# loader), zsh and fish.
+# loader), zsh and fish; lintian checks it against Debian policy.
 command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
 command -v man >/dev/null 2>&1 || missing+=(man-db)
 [ -f /usr/share/bash-completion/bash_completion ] || missing+=(bash-completion)
 command -v zsh >/dev/null 2>&1 || missing+=(zsh)
 command -v fish >/dev/null 2>&1 || missing+=(fish)
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: please install: ${missing[*]} (or run as root)" >&2

@@ -8,7 +8,9 @@
 //! bash-completion, zsh and fish find its files by name, and `dpkg -r` / `dpkg -P` remove it
 //! (an edited configuration stays until the purge). The packaged deskd serves with its
 //! /etc/deskd/deskd.toml, and with the same file with every setting it shows uncommented.
-//! `BIN __generate-docs DIR`, which makes the pages, writes through no planted symlink.
+//! lintian reports nothing; a unit added to contrib/ is packaged, one starting a program the
+//! package lacks is refused; `BIN __generate-docs DIR`, which makes the pages, writes through
+//! no planted symlink.
 
 mod common;
 
@@ -616,4 +618,28 @@ fn a_unit_added_to_contrib_is_packaged_and_one_naming_a_tool_not_packaged_is_ref
     );
     let left: Vec<_> = std::fs::read_dir(dir.path().join("bad")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn lintian_reports_neither_error_nor_warning() {
+    let Some(bins) = release_bins() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Compressed, as shipped, and with a maintainer's address (the default one, root@localhost,
+    // is lintian's bogus-mail-host: a package to publish is built with DEBFULLNAME/DEBEMAIL).
+    let deb = run_ok(
+        Command::new(workspace_root().join("scripts/package-deb.sh"))
+            .arg("--bin-dir")
+            .arg(&bins)
+            .arg("--out")
+            .arg(dir.path())
+            .args(["--compress", "gzip"])
+            .env("DEBFULLNAME", "Jane Admin")
+            .env("DEBEMAIL", "jane@deskd.example.net"),
+    );
+    let report = run_ok(
+        Command::new("lintian")
+            .args(["--fail-on", "error,warning"])
+            .arg(deb.trim()),
+    );
+    assert_eq!(report, "");
 }
