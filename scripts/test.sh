@@ -12,14 +12,6 @@ command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v mount >/dev/null 2>&1 || missing+=(mount)
-# contrib/helios's commands are Perl (core modules, File::Temp among them: not in perl-base);
-# their tests install them in a private mount namespace (unshare, mount -t overlay).
-perl -MFile::Temp -MSocket -e1 >/dev/null 2>&1 || missing+=(perl)
-command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
-# strings shows that release binaries hold no test hook (below).
-command -v strings >/dev/null 2>&1 || missing+=(binutils)
-# systemd-analyze checks the unit file in contrib/ (systemd need not be running).
-command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # The package test (crates/deskd-cli/tests/package.rs) builds the .deb (dpkg-deb, dpkg-shlibdeps)
 # and reads it as a user would: man pages with man, completions in bash (with bash-completion's
 # loader), zsh and fish; lintian checks it against Debian policy.
@@ -29,6 +21,14 @@ command -v man >/dev/null 2>&1 || missing+=(man-db)
 command -v zsh >/dev/null 2>&1 || missing+=(zsh)
 command -v fish >/dev/null 2>&1 || missing+=(fish)
 command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+# contrib/helios's commands are Perl (core modules, File::Temp among them: not in perl-base);
+# their tests install them in a private mount namespace (unshare, mount -t overlay).
+perl -MFile::Temp -MSocket -e1 >/dev/null 2>&1 || missing+=(perl)
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+# strings shows that release binaries hold no test hook (below).
+command -v strings >/dev/null 2>&1 || missing+=(binutils)
+# systemd-analyze checks the unit file in contrib/ (systemd need not be running).
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: please install: ${missing[*]} (or run as root)" >&2
