@@ -643,3 +643,35 @@ fn lintian_reports_neither_error_nor_warning() {
     );
     assert_eq!(report, "");
 }
+
+/// The `key = value` settings (commented out or not) and tables of a TOML text, in order.
+fn shown_settings(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .filter_map(|l| {
+            if l.starts_with('[') && l.ends_with(']') {
+                return Some(l.to_string());
+            }
+            let (key, _) = l.split_once(" = ")?;
+            key.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_')
+                .then(|| key.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_sample_configuration_shows_the_keys_docs_deskd_md_shows() {
+    let sample = std::fs::read_to_string(workspace_root().join("contrib/deskd.toml")).unwrap();
+    let docs = std::fs::read_to_string(workspace_root().join("docs/deskd.md")).unwrap();
+    let block: String = docs[docs.find("### Configuration").unwrap()..]
+        .lines()
+        .skip_while(|l| *l != "```toml")
+        .skip(1)
+        .take_while(|l| *l != "```")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let documented = shown_settings(&block);
+    assert!(documented.len() > 20, "{block}");
+    assert_eq!(shown_settings(&sample), documented, "{sample}");
+}

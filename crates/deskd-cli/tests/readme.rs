@@ -11,7 +11,9 @@
 //!   then decides, as ever, what is up to date: after scripts/test.sh's release build (which
 //!   runs before the tests) nothing is, and the README's `cargo build --release --workspace`
 //!   takes seconds, not the minutes of a build from nothing; a file that differs (a change not
-//!   built yet) keeps the clone's new time and is rebuilt, so the binaries run are the clone's.
+//!   built yet) keeps the clone's new time and is rebuilt, so the binaries run are the clone's;
+//!   the working tree's copy of such a file then gets a new time too, so the next build there
+//!   rebuilds it from the working tree.
 //!   Without a release build at all the test skips (a failure under CI).
 
 mod common;
@@ -36,8 +38,9 @@ fn sh_block(readme: &str, after: &str) -> Vec<String> {
         .collect()
 }
 
-/// A clean clone of the committed repository at `dest`, sharing this build's target directory.
-fn clone_repository(dest: &Path) {
+/// A clean clone of the committed repository at `dest`, sharing this build's target directory;
+/// returns the files of the working tree that differ from the clone's (uncommitted changes).
+fn clone_repository(dest: &Path) -> Vec<PathBuf> {
     let ws = workspace_root();
     run_ok(
         Command::new("git")
@@ -46,6 +49,7 @@ fn clone_repository(dest: &Path) {
             .arg(dest),
     );
     let files = run_ok(Command::new("git").arg("ls-files").current_dir(dest));
+    let mut differing = Vec::new();
     for rel in files.lines() {
         let (ours, theirs) = (ws.join(rel), dest.join(rel));
         let (Ok(a), Ok(b)) = (std::fs::read(&ours), std::fs::read(&theirs)) else {
@@ -55,9 +59,27 @@ fn clone_repository(dest: &Path) {
             let mtime = std::fs::metadata(&ours).unwrap().modified().unwrap();
             let file = std::fs::File::options().write(true).open(&theirs).unwrap();
             file.set_modified(mtime).unwrap();
+        } else {
+            differing.push(ours);
         }
     }
     std::os::unix::fs::symlink(target_dir(), dest.join("target")).unwrap();
+    differing
+}
+
+/// Makes cargo rebuild from the working tree, when dropped (the test passed or not), what the
+/// clone's build replaced: that build left artifacts newer than the working tree's changed
+/// files, which cargo would otherwise take for up to date.
+struct RebuildLater(Vec<PathBuf>);
+
+impl Drop for RebuildLater {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            if let Ok(file) = std::fs::File::options().write(true).open(path) {
+                let _ = file.set_modified(std::time::SystemTime::now());
+            }
+        }
+    }
 }
 
 /// The README's server, with its whole process group (the shell, cargo, deskd) ended on drop.
@@ -101,7 +123,11 @@ fn the_readmes_first_line_builds_and_serves_and_every_try_it_line_works() {
     if release_bins().is_none() {
         return;
     }
-    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let clone = tmp.path().join("clone");
+    let _rebuild_later = RebuildLater(clone_repository(&clone));
+    // The README as committed: the clone's.
+    let readme = std::fs::read_to_string(clone.join("README.md")).unwrap();
     let first = sh_block(&readme, "");
     assert_eq!(first.len(), 2, "run; test: {first:?}");
     assert!(
@@ -113,19 +139,18 @@ fn the_readmes_first_line_builds_and_serves_and_every_try_it_line_works() {
     let try_it = sh_block(&readme, "## Try it");
     assert!(try_it.len() > 3, "{try_it:?}");
 
-    let tmp = tempfile::tempdir().unwrap();
     let scratch = tmp.path().join("tmp");
     std::fs::create_dir(&scratch).unwrap();
     let ours = |line: &str| line.replace("/tmp/", &format!("{}/", scratch.display()));
-    let clone = tmp.path().join("clone");
-    clone_repository(&clone);
 
     // The first terminal: build and serve, as written (the server stays in the foreground).
     let log = tmp.path().join("first-terminal.log");
     let mut server = Server({
         use std::os::unix::process::CommandExt;
         let output = std::fs::File::create(&log).unwrap();
-        Command::new("sh")
+        let mut first_terminal = Command::new("sh");
+        without_cargos_test_env(&mut first_terminal);
+        first_terminal
             .args(["-c", &ours(&first[0])])
             .current_dir(&clone)
             .stdin(Stdio::null())
