@@ -12,6 +12,15 @@ command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v mount >/dev/null 2>&1 || missing+=(mount)
+# The package test (crates/deskd-cli/tests/package.rs) builds the .deb (dpkg-deb, dpkg-shlibdeps)
+# and reads it as a user would: man pages with man, completions in bash (with bash-completion's
+# loader), zsh and fish; lintian checks it against Debian policy.
+command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
+command -v man >/dev/null 2>&1 || missing+=(man-db)
+[ -f /usr/share/bash-completion/bash_completion ] || missing+=(bash-completion)
+command -v zsh >/dev/null 2>&1 || missing+=(zsh)
+command -v fish >/dev/null 2>&1 || missing+=(fish)
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 # contrib/helios's commands are Perl (core modules, File::Temp among them: not in perl-base);
 # their tests install them in a private mount namespace (unshare, mount -t overlay).
 perl -MFile::Temp -MSocket -e1 >/dev/null 2>&1 || missing+=(perl)
@@ -46,13 +55,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The fuzz targets (docs/fuzzing.md) are their own workspace; keep them building and clean.
 cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
 cargo clippy --manifest-path fuzz/Cargo.toml --target-dir target --all-targets --locked -- -D warnings
+# The release build comes before the tests: the package and README tests (package.rs,
+# readme.rs) use target/release as a user would, and find it up to date.
+cargo build --release --workspace --locked --bins
 # The test hooks (docs/ARCHITECTURE.md) are compiled only with the `test-hooks` feature, which
 # deskd-cli and fileset turn on for their own tests (a dev-dependency on themselves), so the
 # test run above has them; `cargo test` alone does too.
 cargo test --workspace --locked
 
 # A release build leaves the feature off: its binaries must not hold a hook's name.
-cargo build --release --workspace --locked --bins
 hooks='DESKD_TEST_|_CRASH_AFTER|DESKD_REBUILD_DIR_DELAY_MS|test hook'
 for bin in deskd dt deskd-bench fileset fileset-bench prov-backup; do
     if strings "target/release/$bin" | grep -E "$hooks"; then

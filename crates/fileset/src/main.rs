@@ -86,6 +86,7 @@ fn parse_perms(text: &str) -> Result<u32, PermsError> {
 }
 
 fn main() -> ExitCode {
+    deskd_docgen::handle_generate(<Cli as clap::CommandFactory>::command);
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -36,6 +36,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    deskd_docgen::handle_generate(<Args as clap::CommandFactory>::command);
     let args = Args::parse();
     let config = match Config::load(&args.config, args.global.as_deref()) {
         Ok(c) => c,

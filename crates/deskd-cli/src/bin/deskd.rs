@@ -288,6 +288,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    deskd_docgen::handle_generate(<Cli as clap::CommandFactory>::command);
     let cli = Cli::parse();
     let Cli {
         before_verb,

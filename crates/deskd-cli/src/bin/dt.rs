@@ -333,6 +333,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    deskd_docgen::handle_generate(<Cli as clap::CommandFactory>::command);
     // `dt ls | head` ends quietly, as ls(1) does (only the listing verbs write to stdout).
     deskd_cli::output::end_quietly_on_a_closed_pipe();
     let cli = Cli::parse();

@@ -880,3 +880,90 @@ impl Bridge {
         }
     }
 }
+
+// --- issue 25 part PKG ---
+
+/// The workspace's root (the clone under test).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The cargo target directory these tests were built in (`CARGO_TARGET_TMPDIR` is its `tmp`).
+pub fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The release binaries of this tree (target/release), brought up to date by
+/// `cargo build --release --workspace --bins --locked`: a check of a few seconds after
+/// scripts/test.sh's own release build, which runs before the tests. None (the test skips, or
+/// fails under CI) when there is no release build yet: a first one takes minutes.
+pub fn release_bins() -> Option<PathBuf> {
+    let bins = target_dir().join("release");
+    if !bins.join("deskd").exists() {
+        skip("no release build: run cargo build --release --workspace (scripts/test.sh does)");
+        return None;
+    }
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        without_cargos_test_env(&mut build);
+        let out = build
+            .args(["build", "--release", "--workspace", "--bins", "--locked"])
+            .current_dir(workspace_root())
+            .env("CARGO_TARGET_DIR", target_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cargo build --release: {}",
+            stderr(&out)
+        );
+    });
+    Some(bins)
+}
+
+/// Runs `cmd` and returns its stdout, failing the test (with stdout and stderr) unless it
+/// exits 0.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/test.sh installs the tools)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Removes from `cmd`'s environment what cargo sets for a test process (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, …), so a cargo it runs sees the environment of a plain build. Some
+/// build scripts (ring's) rerun when such a variable changes, and with them every crate above:
+/// a minute of rebuilding, twice, for a build that is up to date.
+pub fn without_cargos_test_env(cmd: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_by_cargo_test = name == "CARGO"
+            || [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_RUSTC_CURRENT_DIR"].contains(&name.as_ref());
+        if set_by_cargo_test {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+}
