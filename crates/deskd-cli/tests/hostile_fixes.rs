@@ -1,0 +1,173 @@
+//! Fixes of a hostile review, each attack replayed as user nobody (uid 65534) against the real
+//! binaries; races are made deterministic with the `test-hooks` holds, never with sleeps.
+//! F5: a stream backup's manifest lands in the folder checked before the stream, whatever is
+//! swapped under its path meanwhile, and never over a file that appeared there.
+
+mod common;
+
+use std::io::BufRead;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Run a command (a coreutils tool) as nobody; it must succeed.
+fn nobody_runs(program: &str, args: &[&Path]) {
+    let out = Command::new(program)
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{program} {args:?}: {}", stderr(&out));
+}
+
+/// The temp dir open to everybody, a served volume `vol` with a file, and a folder `mx` with
+/// `mx/sub` owned by nobody (where root is asked to put a manifest).
+fn manifest_setup() -> Env {
+    let mut env = Env::new(&["vol", "tmp", "victim"]);
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/a"]);
+    for d in ["mx", "mx/sub"] {
+        std::fs::create_dir(env.path(d)).unwrap();
+        std::os::unix::fs::chown(env.path(d), Some(65534), Some(65534)).unwrap();
+    }
+    std::fs::write(env.path("victim/important.manifest.json"), "precious\n").unwrap();
+    env
+}
+
+/// Root's `deskd backup vol - --manifest mx/sub/important.manifest.json` (plus `extra`), held
+/// after the stream before the manifest until `go` exists; returns once it is held.
+fn held_backup(env: &Env, extra: &[&str]) -> (Child, PathBuf) {
+    let go = env.path("go");
+    let mut child = env
+        .command_for(DESKD, &[])
+        .args(["backup", env.path("vol").to_str().unwrap(), "-", "--manifest"])
+        .arg(env.path("mx/sub/important.manifest.json"))
+        .args(extra)
+        .env("TMPDIR", env.path("tmp"))
+        .env("DESKD_TEST_HOLD_MANIFEST_UNTIL", &go)
+        .stdout(std::fs::File::create(env.path("out.desktop")).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert_ne!(err.read_line(&mut line).unwrap(), 0, "deskd ended unheld");
+        if line.starts_with("test hook: manifest held") {
+            break;
+        }
+    }
+    // The rest of stderr, read to the end in the background so deskd never blocks on it.
+    let rest = env.path("backup.err");
+    let mut file = std::fs::File::create(&rest).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut err, &mut file));
+    (child, rest)
+}
+
+fn release(env: &Env, mut child: Child, rest: &Path) -> (Option<i32>, String) {
+    std::fs::write(env.path("go"), "").unwrap();
+    let status = child.wait().unwrap();
+    // The copying thread ends at EOF, which follows deskd's exit.
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(rest).unwrap();
+        if !text.is_empty() || status.success() {
+            return (status.code(), text);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    (status.code(), std::fs::read_to_string(rest).unwrap())
+}
+
+#[test]
+fn f5_a_folder_swapped_for_a_link_during_the_stream_does_not_redirect_the_manifest() {
+    if !is_root() {
+        return skip("needs root (the attacker is nobody)");
+    }
+    let env = manifest_setup();
+    for force in [false, true] {
+        let _ = std::fs::remove_file(env.path("go"));
+        let extra: &[&str] = if force { &["--force"] } else { &[] };
+        let (child, rest) = held_backup(&env, extra);
+        // Nobody swaps its folder for a link to root's folder while root's deskd streams.
+        let real = env.path(&format!("mx/sub.real{}", force as u8));
+        nobody_runs("mv", &[&env.path("mx/sub"), &real]);
+        nobody_runs("ln", &[Path::new("-s"), &env.path("victim"), &env.path("mx/sub")]);
+        let (code, err) = release(&env, child, &rest);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(env.path("victim/important.manifest.json")).unwrap(),
+            "precious\n",
+            "root's file behind the link was replaced (force {force})"
+        );
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(real.join("important.manifest.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m["file"], "important");
+        assert_eq!(mode_of(&real.join("important.manifest.json")) & 0o777, 0o600);
+        // Nothing else was left in either folder.
+        assert_eq!(std::fs::read_dir(&real).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(env.path("victim")).unwrap().count(), 1);
+        std::fs::remove_file(env.path("mx/sub")).unwrap();
+        std::fs::create_dir(env.path("mx/sub")).unwrap();
+        std::os::unix::fs::chown(env.path("mx/sub"), Some(65534), Some(65534)).unwrap();
+    }
+}
+
+#[test]
+fn f5_a_manifest_that_appears_during_the_stream_is_not_replaced_without_force() {
+    if !is_root() {
+        return skip("needs root (the attacker is nobody)");
+    }
+    let env = manifest_setup();
+    let (child, rest) = held_backup(&env, &[]);
+    let target = env.path("mx/sub/important.manifest.json");
+    nobody_runs("sh", &[Path::new("-c"), Path::new(&format!("echo theirs > {}", target.display()))]);
+    let (code, err) = release(&env, child, &rest);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs\n");
+    assert!(err.contains("appeared while the backup was streamed"), "{err}");
+    // The manifest is not lost: the error names where it is.
+    let kept = std::fs::read_dir(env.path("mx/sub"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p != &target)
+        .expect("the manifest is kept");
+    assert!(err.contains(kept.to_str().unwrap()), "{err}");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&kept).unwrap()).unwrap();
+    assert_eq!(m["file"], "important");
+}
+
+#[test]
+fn f5_a_temporary_name_taken_beforehand_does_not_stop_the_manifest() {
+    if !is_root() {
+        return skip("needs root (the attacker is nobody)");
+    }
+    let env = manifest_setup();
+    // Nobody takes the old fixed temporary name with a folder root's deskd cannot remove.
+    let taken = env.path("mx/sub/.important.manifest.json.partial");
+    nobody_runs("mkdir", &[&taken]);
+    nobody_runs("touch", &[&taken.join("x")]);
+    let out = env
+        .command_for(DESKD, &[])
+        .args(["backup", env.path("vol").to_str().unwrap(), "-", "--manifest"])
+        .arg(env.path("mx/sub/important.manifest.json"))
+        .env("TMPDIR", env.path("tmp"))
+        .stdout(std::fs::File::create(env.path("out.desktop")).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(env.path("mx/sub/important.manifest.json").is_file());
+}
