@@ -2,6 +2,9 @@
 //! binaries; races are made deterministic with the `test-hooks` holds, never with sleeps.
 //! F5: a stream backup's manifest lands in the folder checked before the stream, whatever is
 //! swapped under its path meanwhile, and never over a file that appeared there.
+//! F7: a Finder comment is shown only to who may read the object.
+//! F8: in a sticky folder only the owner of an object (or of the folder) changes its Finder
+//! information and comment, and `dt set` changes the desktop only once the resource file is written.
 
 mod common;
 
@@ -170,4 +173,129 @@ fn f5_a_temporary_name_taken_beforehand_does_not_stop_the_manifest() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(env.path("mx/sub/important.manifest.json").is_file());
+}
+
+/// The temp dir open to everybody and a served volume `vol`.
+fn served_volume() -> Env {
+    let mut env = Env::new(&["vol"]);
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.serve(&["vol"]);
+    env
+}
+
+fn chmod(env: &Env, rel: &str, mode: u32) {
+    std::fs::set_permissions(env.path(rel), std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn comment_shown_to_nobody(env: &Env, rel: &str) -> serde_json::Value {
+    let out = env
+        .as_nobody(DT, &[b"info", b"--json", rel.as_bytes()])
+        .unwrap();
+    assert!(out.status.success(), "dt info {rel}: {}", stderr(&out));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    v["comment"].clone()
+}
+
+#[test]
+fn f7_the_comment_of_a_private_file_or_folder_is_as_private_as_it() {
+    if !is_root() {
+        return skip("needs root (the reader is nobody)");
+    }
+    let env = served_volume();
+    env.dt_ok(&[b"touch", b"vol/s600", b"vol/public"]);
+    env.dt_ok(&[b"mkdir", b"vol/d700"]);
+    for rel in ["vol/s600", "vol/public", "vol/d700"] {
+        env.dt_ok(&[b"set", b"--comment", b"payroll password", rel.as_bytes()]);
+    }
+    env.dt_ok(&[b"chmod", b"600", b"vol/s600"]);
+    env.dt_ok(&[b"chmod", b"700", b"vol/d700"]);
+    // Nobody sees all three names, and may read only the public file.
+    assert_eq!(comment_shown_to_nobody(&env, "vol/public"), "payroll password");
+    assert_eq!(comment_shown_to_nobody(&env, "vol/s600"), serde_json::Value::Null);
+    assert_eq!(comment_shown_to_nobody(&env, "vol/d700"), serde_json::Value::Null);
+    // Root (and the owner) still see them.
+    let out = env.dt_ok(&[b"info", b"--json", b"vol/s600"]);
+    assert!(out.contains("payroll password"), "{out}");
+}
+
+fn flags_of(env: &Env, name: &str) -> String {
+    sqlite3(
+        &env.path("vol/.Desktop"),
+        &format!("SELECT flags FROM objects WHERE CAST(name AS TEXT) = '{name}'"),
+    )
+    .trim()
+    .to_owned()
+}
+
+fn comments_of(env: &Env, name: &str) -> String {
+    sqlite3(
+        &env.path("vol/.Desktop"),
+        &format!(
+            "SELECT count(*) FROM comments JOIN objects USING (id) \
+             WHERE CAST(name AS TEXT) = '{name}'"
+        ),
+    )
+    .trim()
+    .to_owned()
+}
+
+/// `vol/tmp` sticky and open to all (as /tmp), with root's file `vf2` in it.
+fn sticky_folder() -> Env {
+    let env = served_volume();
+    env.dt_ok(&[b"mkdir", b"vol/tmp"]);
+    env.dt_ok(&[b"touch", b"vol/tmp/vf2", b"vol/tmp/vf3", b"vol/tmp/mine"]);
+    chmod(&env, "vol/tmp", 0o1777);
+    for rel in ["vol/tmp/mine", "vol/tmp/.rsrc/mine"] {
+        std::os::unix::fs::chown(env.path(rel), Some(65534), Some(65534)).unwrap();
+    }
+    env
+}
+
+#[test]
+fn f8_in_a_sticky_folder_the_server_refuses_changing_anothers_label_and_comment() {
+    if !is_root() {
+        return skip("needs root (the attacker is nobody)");
+    }
+    let env = sticky_folder();
+    // Root's resource file open to all: dt's own write cannot stop nobody, only the server.
+    chmod(&env, "vol/tmp/.rsrc/vf2", 0o666);
+    let before = flags_of(&env, "vf2");
+    let out = env
+        .as_nobody(DT, &[b"set", b"-l", b"red", b"vol/tmp/vf2"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("permission denied"), "{}", stderr(&out));
+    let out = env
+        .as_nobody(DT, &[b"set", b"--comment", b"defaced", b"vol/tmp/vf2"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(flags_of(&env, "vf2"), before, "the label was stored");
+    assert_eq!(comments_of(&env, "vf2"), "0", "the comment was stored");
+    // Its own file there, nobody labels as before.
+    let out = env
+        .as_nobody(DT, &[b"set", b"-l", b"red", b"--comment", b"mine", b"vol/tmp/mine"])
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_ne!(flags_of(&env, "mine"), before);
+    assert_eq!(comments_of(&env, "mine"), "1");
+}
+
+#[test]
+fn f8_dt_set_changes_no_desktop_when_the_resource_file_cannot_be_written() {
+    if !is_root() {
+        return skip("needs root (the user is nobody)");
+    }
+    let env = sticky_folder();
+    // Nobody's file (the server lets it change its information) whose resource file is
+    // root's (0644): the kernel refuses dt's write of it.
+    std::os::unix::fs::chown(env.path("vol/tmp/vf3"), Some(65534), Some(65534)).unwrap();
+    let before = flags_of(&env, "vf3");
+    let out = env
+        .as_nobody(DT, &[b"set", b"-l", b"red", b"--comment", b"x", b"vol/tmp/vf3"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot write resource file"), "{}", stderr(&out));
+    assert_eq!(flags_of(&env, "vf3"), before, "the desktop says what the disk does not");
+    assert_eq!(comments_of(&env, "vf3"), "0");
 }

@@ -502,7 +502,7 @@ impl Connection {
             | Request::CommentRemove { id, .. } => (
                 *id,
                 Some(access::WRITE),
-                "write it or the folder holding it",
+                "write it or the folder holding it (in a sticky folder, owning it or the folder)",
             ),
             Request::ApplAdd { app_id, .. } | Request::ApplRemove { app_id, .. } => {
                 (*app_id, None, "write the folder holding the application")

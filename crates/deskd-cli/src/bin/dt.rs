@@ -911,6 +911,28 @@ impl Dt {
             info.label
                 .map_or(flags, |label| finder::with_label(flags, label))
         });
+        // The resource file says the same (a rebuild reads it; a comment longer than its 199
+        // bytes stays whole in the desktop). Written first, with the user's own rights: where
+        // the kernel refuses it (another's file in a sticky folder), the desktop keeps what it
+        // had (review F8).
+        let rsrc_path = iv.rsrc_path();
+        let mut header = rsrc::read_header(&rsrc_path)?
+            .unwrap_or_else(|| rsrc::ResourceHeader::new(o.id, o.type_code, o.creator, 0));
+        header.id = o.id;
+        if let Some(t) = type_code {
+            header.type_code = t;
+        }
+        if let Some(c) = creator {
+            header.creator = c;
+        }
+        if let Some(f) = flags {
+            header.finder_flags = f;
+        }
+        if let Some(text) = comment {
+            header.comment = text.as_bytes().to_vec();
+        }
+        // The error names the file already.
+        rsrc::write_header(&rsrc_path, &header).context("cannot write resource file")?;
         if type_code.is_some() || creator.is_some() || flags.is_some() {
             self.session.call(&iv, |vol| Request::SetInfo {
                 vol,
@@ -934,26 +956,6 @@ impl Dt {
                 }
             })?;
         }
-        // The resource file says the same (a rebuild reads it; a comment longer than its 199
-        // bytes stays whole in the desktop).
-        let rsrc_path = iv.rsrc_path();
-        let mut header = rsrc::read_header(&rsrc_path)?
-            .unwrap_or_else(|| rsrc::ResourceHeader::new(o.id, o.type_code, o.creator, 0));
-        header.id = o.id;
-        if let Some(t) = type_code {
-            header.type_code = t;
-        }
-        if let Some(c) = creator {
-            header.creator = c;
-        }
-        if let Some(f) = flags {
-            header.finder_flags = f;
-        }
-        if let Some(text) = comment {
-            header.comment = text.as_bytes().to_vec();
-        }
-        // The error names the file already.
-        rsrc::write_header(&rsrc_path, &header).context("cannot write resource file")?;
         Ok(())
     }
 
