@@ -529,12 +529,9 @@ impl ManifestTarget {
             e => io(parent)(e.into()),
         })?;
         match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-                Err(BackupError::Usage(format!(
-                    "{}: is a directory",
-                    self.path.display()
-                )))
-            }
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => Err(
+                BackupError::Usage(format!("{}: is a directory", self.path.display())),
+            ),
             Ok(_) if !self.force => Err(BackupError::Usage(format!(
                 "{}: exists; give another name, or --force to replace it",
                 self.path.display()

@@ -53,7 +53,12 @@ fn held_backup(env: &Env, extra: &[&str]) -> (Child, PathBuf) {
     let go = env.path("go");
     let mut child = env
         .command_for(DESKD, &[])
-        .args(["backup", env.path("vol").to_str().unwrap(), "-", "--manifest"])
+        .args([
+            "backup",
+            env.path("vol").to_str().unwrap(),
+            "-",
+            "--manifest",
+        ])
         .arg(env.path("mx/sub/important.manifest.json"))
         .args(extra)
         .env("TMPDIR", env.path("tmp"))
@@ -105,7 +110,10 @@ fn f5_a_folder_swapped_for_a_link_during_the_stream_does_not_redirect_the_manife
         // Nobody swaps its folder for a link to root's folder while root's deskd streams.
         let real = env.path(&format!("mx/sub.real{}", force as u8));
         nobody_runs("mv", &[&env.path("mx/sub"), &real]);
-        nobody_runs("ln", &[Path::new("-s"), &env.path("victim"), &env.path("mx/sub")]);
+        nobody_runs(
+            "ln",
+            &[Path::new("-s"), &env.path("victim"), &env.path("mx/sub")],
+        );
         let (code, err) = release(&env, child, &rest);
         assert_eq!(code, Some(0), "{err}");
         assert_eq!(
@@ -118,7 +126,10 @@ fn f5_a_folder_swapped_for_a_link_during_the_stream_does_not_redirect_the_manife
         )
         .unwrap();
         assert_eq!(m["file"], "important");
-        assert_eq!(mode_of(&real.join("important.manifest.json")) & 0o777, 0o600);
+        assert_eq!(
+            mode_of(&real.join("important.manifest.json")) & 0o777,
+            0o600
+        );
         // Nothing else was left in either folder.
         assert_eq!(std::fs::read_dir(&real).unwrap().count(), 1);
         assert_eq!(std::fs::read_dir(env.path("victim")).unwrap().count(), 1);
@@ -136,11 +147,20 @@ fn f5_a_manifest_that_appears_during_the_stream_is_not_replaced_without_force() 
     let env = manifest_setup();
     let (child, rest) = held_backup(&env, &[]);
     let target = env.path("mx/sub/important.manifest.json");
-    nobody_runs("sh", &[Path::new("-c"), Path::new(&format!("echo theirs > {}", target.display()))]);
+    nobody_runs(
+        "sh",
+        &[
+            Path::new("-c"),
+            Path::new(&format!("echo theirs > {}", target.display())),
+        ],
+    );
     let (code, err) = release(&env, child, &rest);
     assert_eq!(code, Some(2), "{err}");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs\n");
-    assert!(err.contains("appeared while the backup was streamed"), "{err}");
+    assert!(
+        err.contains("appeared while the backup was streamed"),
+        "{err}"
+    );
     // The manifest is not lost: the error names where it is.
     let kept = std::fs::read_dir(env.path("mx/sub"))
         .unwrap()
@@ -165,7 +185,12 @@ fn f5_a_temporary_name_taken_beforehand_does_not_stop_the_manifest() {
     nobody_runs("touch", &[&taken.join("x")]);
     let out = env
         .command_for(DESKD, &[])
-        .args(["backup", env.path("vol").to_str().unwrap(), "-", "--manifest"])
+        .args([
+            "backup",
+            env.path("vol").to_str().unwrap(),
+            "-",
+            "--manifest",
+        ])
         .arg(env.path("mx/sub/important.manifest.json"))
         .env("TMPDIR", env.path("tmp"))
         .stdout(std::fs::File::create(env.path("out.desktop")).unwrap())
@@ -211,9 +236,18 @@ fn f7_the_comment_of_a_private_file_or_folder_is_as_private_as_it() {
     env.dt_ok(&[b"chmod", b"600", b"vol/s600"]);
     env.dt_ok(&[b"chmod", b"700", b"vol/d700"]);
     // Nobody sees all three names, and may read only the public file.
-    assert_eq!(comment_shown_to_nobody(&env, "vol/public"), "payroll password");
-    assert_eq!(comment_shown_to_nobody(&env, "vol/s600"), serde_json::Value::Null);
-    assert_eq!(comment_shown_to_nobody(&env, "vol/d700"), serde_json::Value::Null);
+    assert_eq!(
+        comment_shown_to_nobody(&env, "vol/public"),
+        "payroll password"
+    );
+    assert_eq!(
+        comment_shown_to_nobody(&env, "vol/s600"),
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        comment_shown_to_nobody(&env, "vol/d700"),
+        serde_json::Value::Null
+    );
     // Root (and the owner) still see them.
     let out = env.dt_ok(&[b"info", b"--json", b"vol/s600"]);
     assert!(out.contains("payroll password"), "{out}");
@@ -265,7 +299,11 @@ fn f8_in_a_sticky_folder_the_server_refuses_changing_anothers_label_and_comment(
         .as_nobody(DT, &[b"set", b"-l", b"red", b"vol/tmp/vf2"])
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("permission denied"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("permission denied"),
+        "{}",
+        stderr(&out)
+    );
     let out = env
         .as_nobody(DT, &[b"set", b"--comment", b"defaced", b"vol/tmp/vf2"])
         .unwrap();
@@ -274,7 +312,17 @@ fn f8_in_a_sticky_folder_the_server_refuses_changing_anothers_label_and_comment(
     assert_eq!(comments_of(&env, "vf2"), "0", "the comment was stored");
     // Its own file there, nobody labels as before.
     let out = env
-        .as_nobody(DT, &[b"set", b"-l", b"red", b"--comment", b"mine", b"vol/tmp/mine"])
+        .as_nobody(
+            DT,
+            &[
+                b"set",
+                b"-l",
+                b"red",
+                b"--comment",
+                b"mine",
+                b"vol/tmp/mine",
+            ],
+        )
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_ne!(flags_of(&env, "mine"), before);
@@ -292,10 +340,21 @@ fn f8_dt_set_changes_no_desktop_when_the_resource_file_cannot_be_written() {
     std::os::unix::fs::chown(env.path("vol/tmp/vf3"), Some(65534), Some(65534)).unwrap();
     let before = flags_of(&env, "vf3");
     let out = env
-        .as_nobody(DT, &[b"set", b"-l", b"red", b"--comment", b"x", b"vol/tmp/vf3"])
+        .as_nobody(
+            DT,
+            &[b"set", b"-l", b"red", b"--comment", b"x", b"vol/tmp/vf3"],
+        )
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("cannot write resource file"), "{}", stderr(&out));
-    assert_eq!(flags_of(&env, "vf3"), before, "the desktop says what the disk does not");
+    assert!(
+        stderr(&out).contains("cannot write resource file"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        flags_of(&env, "vf3"),
+        before,
+        "the desktop says what the disk does not"
+    );
     assert_eq!(comments_of(&env, "vf3"), "0");
 }

@@ -242,7 +242,7 @@ fn sticky_forbids(
     }
     let name = std::ffi::OsStr::from_bytes(name);
     match rustix::fs::statat(folder, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => st.st_uid != uid || (object.ino != 0 && st.st_ino as u64 != object.ino),
+        Ok(st) => st.st_uid != uid || (object.ino != 0 && st.st_ino != object.ino),
         Err(_) => true,
     }
 }
