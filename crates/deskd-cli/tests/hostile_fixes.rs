@@ -358,3 +358,94 @@ fn f8_dt_set_changes_no_desktop_when_the_resource_file_cannot_be_written() {
     );
     assert_eq!(comments_of(&env, "vf3"), "0");
 }
+
+#[test]
+fn f8_moves_and_removals_in_a_sticky_drop_folder_go_on_as_the_kernel_allows() {
+    if !is_root() {
+        return skip("needs root (the user is nobody)");
+    }
+    let env = served_volume();
+    env.dt_ok(&[b"mkdir", b"vol/drop"]);
+    chmod(&env, "vol/drop", 0o1733);
+    let nobody_ok = |args: &[&[u8]]| {
+        let out = env.as_nobody(DT, args).unwrap();
+        assert!(out.status.success(), "dt {args:?}: {}", stderr(&out));
+    };
+    nobody_ok(&[b"touch", b"vol/drop/mine", b"vol/drop/gone"]);
+    nobody_ok(&[b"set", b"-l", b"red", b"vol/drop/mine"]);
+    nobody_ok(&[b"mv", b"vol/drop/mine", b"vol/drop/moved"]);
+    nobody_ok(&[b"rm", b"vol/drop/gone"]);
+    let names = sqlite3(
+        &env.path("vol/.Desktop"),
+        "SELECT CAST(name AS TEXT) FROM objects ORDER BY 1",
+    );
+    assert!(names.lines().any(|n| n == "moved"), "{names}");
+    assert!(
+        !names.lines().any(|n| n == "gone" || n == "mine"),
+        "{names}"
+    );
+}
+
+/// Run as nobody by the test below: `Delete` by ID of `DESKD_PROBE_STICKY_ID`, answer printed.
+fn probe_delete_by_id() {
+    let id: u32 = std::env::var("DESKD_PROBE_STICKY_ID")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let socket = std::env::var("DESKD_SOCKET").unwrap();
+    let mut c =
+        deskd_client::Client::connect(Path::new(&socket), std::time::Duration::from_secs(10))
+            .unwrap();
+    let vol = c.volumes().unwrap()[0].vol;
+    let answer = c.call(deskd_proto::Request::Delete {
+        vol,
+        id,
+        recursive: false,
+    });
+    match answer {
+        Ok(_) => println!("delete=ok"),
+        Err(e) => println!("delete={e}"),
+    }
+}
+
+#[test]
+fn f8_a_removal_by_id_in_a_sticky_drop_folder_is_still_recorded() {
+    if std::env::var_os("DESKD_PROBE_STICKY_ID").is_some() {
+        return probe_delete_by_id();
+    }
+    if !is_root() {
+        return skip("needs root (the user is nobody)");
+    }
+    // A 1733 drop folder: nobody may write and search it, not list it, and does not own it.
+    // Nobody removes its own file there on disk, then the record by ID (as a file server
+    // does): the kernel applied the sticky rule already, and the file is gone from the folder,
+    // so the server's sticky rule for Mac information must not refuse this.
+    let env = served_volume();
+    env.dt_ok(&[b"mkdir", b"vol/drop"]);
+    chmod(&env, "vol/drop", 0o1733);
+    let out = env.as_nobody(DT, &[b"touch", b"vol/drop/gone"]).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = env.id_of(&env.path("vol/drop/gone"));
+    nobody_runs("rm", &[&env.path("vol/drop/gone")]);
+    let me = std::env::current_exe().unwrap();
+    let args: [&[u8]; 4] = [
+        b"--exact",
+        b"f8_a_removal_by_id_in_a_sticky_drop_folder_is_still_recorded",
+        b"--nocapture",
+        b"--test-threads=1",
+    ];
+    let out = env
+        .as_nobody_with(
+            me.to_str().unwrap(),
+            &args,
+            &[("DESKD_PROBE_STICKY_ID", id.to_string())],
+        )
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("delete=ok"), "{said}{}", stderr(&out));
+    let names = sqlite3(
+        &env.path("vol/.Desktop"),
+        "SELECT CAST(name AS TEXT) FROM objects ORDER BY 1",
+    );
+    assert!(!names.lines().any(|n| n == "gone"), "{names}");
+}

@@ -73,6 +73,11 @@ pub struct Look {
 pub struct Ask {
     pub object: Option<libc::c_int>,
     pub folder: Option<libc::c_int>,
+    /// Write access to a sticky folder counts only for the owner of the object or of the
+    /// folder ([`sticky_forbids`]): for changes deskd makes without the disk. A move or removal
+    /// is made on disk by the peer, where the kernel applied that rule already (and the object
+    /// may be gone from the folder).
+    pub sticky: bool,
 }
 
 /// The walk reached the desktop's object. By inode number alone: a replacement made by
@@ -204,7 +209,8 @@ pub fn look_as_peer(
     let seen = walk::may(folder_fd.as_fd(), access::LIST);
     let folder_ok = ask.folder.is_some_and(|m| {
         walk::may(folder_fd.as_fd(), m)
-            && (m & access::WRITE == 0
+            && (!ask.sticky
+                || m & access::WRITE == 0
                 || !sticky_forbids(folder_fd.as_fd(), &components[n - 1], object, viewer))
     });
     let object_ok = match (ask.object, object_node) {
@@ -346,6 +352,7 @@ mod tests {
         let write = Ask {
             object: Some(access::WRITE),
             folder: Some(access::WRITE | access::SEARCH),
+            sticky: true,
         };
         let open = look("open/f", "open", write);
         assert!(open.seen && !open.object && !open.folder);
@@ -368,6 +375,7 @@ mod tests {
             let ask = Ask {
                 object: Some(access::LIST),
                 folder: None,
+                sticky: false,
             };
             nobody
                 .wear(|| look_as_peer(&vol, Some(65534), &o, Some(&f), &names(rel), ask))

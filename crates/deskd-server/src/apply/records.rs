@@ -133,6 +133,7 @@ pub(super) fn comment_get<R: Read>(r: &Reading<'_, R>, id: u32) -> Reply {
     let ask = sight::Ask {
         object: Some(crate::access::READ),
         folder: None,
+        sticky: false,
     };
     let look = sight::look(r.db, r.vol, r.access, id, ask)?;
     let readable = look.object || (object.kind == Kind::Symlink && look.seen);
