@@ -295,6 +295,7 @@ fn f8_in_a_sticky_folder_the_server_refuses_changing_anothers_label_and_comment(
     // Root's resource file open to all: dt's own write cannot stop nobody, only the server.
     chmod(&env, "vol/tmp/.rsrc/vf2", 0o666);
     let before = flags_of(&env, "vf2");
+    let rsrc_before = std::fs::read(env.path("vol/tmp/.rsrc/vf2")).unwrap();
     let out = env
         .as_nobody(DT, &[b"set", b"-l", b"red", b"vol/tmp/vf2"])
         .unwrap();
@@ -310,6 +311,11 @@ fn f8_in_a_sticky_folder_the_server_refuses_changing_anothers_label_and_comment(
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(flags_of(&env, "vf2"), before, "the label was stored");
     assert_eq!(comments_of(&env, "vf2"), "0", "the comment was stored");
+    // What the server refused, dt took back from the resource file it wrote first.
+    assert_eq!(
+        std::fs::read(env.path("vol/tmp/.rsrc/vf2")).unwrap(),
+        rsrc_before
+    );
     // Its own file there, nobody labels as before.
     let out = env
         .as_nobody(
