@@ -311,7 +311,7 @@ fn check_schema(
             let names: Vec<String> = schema.iter().map(|(n, _)| format!("[{n}]")).collect();
             return Err(ConfigError::UnknownSection {
                 path: path.to_owned(),
-                section: section.to_owned(),
+                section: redacted(section),
                 known: names.join(", "),
             });
         };
@@ -324,7 +324,7 @@ fn check_schema(
                 };
                 return Err(ConfigError::UnknownKey {
                     path: path.to_owned(),
-                    section: section.to_owned(),
+                    section: redacted(section),
                     key: shown_name(key),
                     known,
                 });
@@ -353,6 +353,20 @@ fn shown_name(name: &str) -> String {
         format!("{shown}\u{2026}")
     } else {
         shown.to_owned()
+    }
+}
+
+/// A section name as it may be shown (spaces are part of such names, as in `[Operation Mode]`):
+/// nothing after `PASSWORD` or `SECRET` (any case).
+fn redacted(name: &str) -> String {
+    let upper = name.to_ascii_uppercase();
+    match ["PASSWORD", "SECRET"]
+        .iter()
+        .filter_map(|word| upper.find(word).map(|at| at + word.len()))
+        .min()
+    {
+        Some(at) if at < name.len() => format!("{}\u{2026}", &name[..at]),
+        _ => name.to_owned(),
     }
 }
 

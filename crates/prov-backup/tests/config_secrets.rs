@@ -31,6 +31,8 @@ fn no_error_about_a_malformed_file_shows_the_password() {
         format!("ADMIN_SECRET{SECRET}"),
         format!("MY_PASSWORD {SECRET} = x"),
         format!("[Database {SECRET}\nADMIN_PASSWORD = x"),
+        format!("[ADMIN_PASSWORD = {SECRET}]"),
+        format!("[Database]\nADMIN_PASSWORD = x\n[Secret {SECRET}]"),
     ];
     for (i, line) in cases.iter().enumerate() {
         let file = dir.path().join(format!("{i}.conf"));
