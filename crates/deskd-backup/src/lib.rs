@@ -13,8 +13,10 @@
 
 #![forbid(unsafe_code)]
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read as _, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -22,6 +24,8 @@ use deskd_db::now_unix;
 use deskd_db::snapshot::{check_copy, copy_snapshot, CopyInfo};
 use deskd_db::Read as _;
 use deskd_rebuild::{Difference, Mode, RebuildError, Report};
+use rustix::fs::{AtFlags, FileType, Mode as FsMode, OFlags, RenameFlags};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -465,6 +469,23 @@ fn crash_point(step: &str) {
 #[cfg(not(feature = "test-hooks"))]
 fn crash_point(_step: &str) {}
 
+/// Test hook (`DESKD_TEST_HOLD_MANIFEST_UNTIL=<file>`): after a stream backup's copy is out and
+/// before its manifest is written, wait until `<file>` exists, saying so on stderr first; a test
+/// swaps the manifest's folder for a link (or creates the manifest) meanwhile.
+#[cfg(feature = "test-hooks")]
+fn hold_before_manifest() {
+    if let Some(until) = std::env::var_os("DESKD_TEST_HOLD_MANIFEST_UNTIL").map(PathBuf::from) {
+        eprintln!("test hook: manifest held until {} exists", until.display());
+        while !until.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// Without the `test-hooks` feature the hook is compiled out (release binaries hold none).
+#[cfg(not(feature = "test-hooks"))]
+fn hold_before_manifest() {}
+
 /// Where a stream backup's manifest goes (`deskd backup VOL - --manifest FILE`).
 #[derive(Debug, Clone)]
 pub struct ManifestTarget {
@@ -473,27 +494,117 @@ pub struct ManifestTarget {
     pub force: bool,
 }
 
+/// The folder of a checked [`ManifestTarget`], held open (never through a link) from the check
+/// before the stream to the write after it: whatever is renamed or swapped for a link under the
+/// manifest's path meanwhile, the manifest lands in the folder that was checked (review F5).
+struct ManifestDir {
+    dir: OwnedFd,
+    name: OsString,
+}
+
 impl ManifestTarget {
     /// Refuse, before anything is copied, a manifest that could not be written at the end: a
-    /// directory, or an existing file without `force`.
-    fn check(&self) -> Result<(), BackupError> {
-        if self.path.file_name().is_none() {
+    /// directory, or an existing file without `force`; open its folder for the write.
+    fn check(&self) -> Result<ManifestDir, BackupError> {
+        let Some(name) = self.path.file_name() else {
             return Err(BackupError::Usage(format!(
                 "{}: not a file name",
                 self.path.display()
             )));
-        }
-        match std::fs::symlink_metadata(&self.path) {
-            Ok(m) if m.is_dir() => Err(BackupError::Usage(format!(
-                "{}: is a directory",
-                self.path.display()
-            ))),
+        };
+        let parent = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let dir = rustix::fs::open(
+            parent,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            FsMode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::LOOP | Errno::NOTDIR => BackupError::Usage(format!(
+                "{}: not a folder (a link is not followed); give the manifest's real folder",
+                parent.display()
+            )),
+            e => io(parent)(e.into()),
+        })?;
+        match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => Err(
+                BackupError::Usage(format!("{}: is a directory", self.path.display())),
+            ),
             Ok(_) if !self.force => Err(BackupError::Usage(format!(
                 "{}: exists; give another name, or --force to replace it",
                 self.path.display()
             ))),
-            _ => Ok(()),
+            _ => Ok(ManifestDir {
+                dir,
+                name: name.to_owned(),
+            }),
         }
+    }
+
+    /// Write `manifest` into the folder opened by [`check`](Self::check): a new file (mode
+    /// 0600, a random name, `O_EXCL`, never through a link) synced, renamed to the manifest's
+    /// name — over an existing file only with `force` (`RENAME_NOREPLACE` otherwise) — and the
+    /// folder synced. A file that appeared under the name during the stream is left alone and
+    /// the manifest kept under its temporary name, which the error gives.
+    fn write(&self, at: &ManifestDir, manifest: &Manifest) -> Result<(), BackupError> {
+        let mut text = serde_json::to_string_pretty(manifest).expect("a manifest serialises");
+        text.push('\n');
+        let folder = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let mut tries = 0;
+        let (temp, file) = loop {
+            let mut random = [0u8; 8];
+            getrandom::getrandom(&mut random)
+                .map_err(|e| io(folder)(std::io::Error::other(e.to_string())))?;
+            let mut temp = OsString::from(".");
+            temp.push(&at.name);
+            temp.push(format!(".{:016x}.partial", u64::from_le_bytes(random)));
+            match rustix::fs::openat(
+                &at.dir,
+                &temp,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                FsMode::from_raw_mode(0o600),
+            ) {
+                Ok(fd) => break (temp, File::from(fd)),
+                Err(Errno::EXIST) if tries < 16 => tries += 1,
+                Err(e) => return Err(io(&folder.join(&temp))(e.into())),
+            }
+        };
+        let temp_path = folder.join(&temp);
+        let written = (&file)
+            .write_all(text.as_bytes())
+            .and_then(|_| file.sync_all());
+        drop(file);
+        if let Err(e) = written {
+            let _ = rustix::fs::unlinkat(&at.dir, &temp, AtFlags::empty());
+            return Err(io(&temp_path)(e));
+        }
+        let renamed = if self.force {
+            rustix::fs::renameat(&at.dir, &temp, &at.dir, &at.name)
+        } else {
+            rustix::fs::renameat_with(&at.dir, &temp, &at.dir, &at.name, RenameFlags::NOREPLACE)
+        };
+        match renamed {
+            Ok(()) => {}
+            Err(Errno::EXIST) => {
+                return Err(BackupError::Usage(format!(
+                    "{}: appeared while the backup was streamed and is left as it is; the \
+                     stream was sent and its manifest is in {}: rename it (or run again with \
+                     --force)",
+                    self.path.display(),
+                    temp_path.display()
+                )))
+            }
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(&at.dir, &temp, AtFlags::empty());
+                return Err(io(&self.path)(e.into()));
+            }
+        }
+        rustix::fs::fsync(&at.dir).map_err(|e| io(folder)(e.into()))
     }
 
     /// The backup's name as the manifest records it: `NAME` for a manifest called
@@ -520,9 +631,10 @@ pub fn backup_to_stream(
     manifest: Option<&ManifestTarget>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Manifest, BackupError> {
-    if let Some(target) = manifest {
-        target.check()?;
-    }
+    let manifest = match manifest {
+        Some(target) => Some((target, target.check()?)),
+        None => None,
+    };
     let base = std::env::temp_dir();
     let dir = base.join(format!(
         ".deskd-backup-{}-{}",
@@ -539,10 +651,11 @@ pub fn backup_to_stream(
         std::io::copy(&mut file, out)
             .and_then(|_| out.flush())
             .map_err(|e| io(Path::new("standard output"))(e))?;
-        match manifest {
-            Some(target) => {
+        match &manifest {
+            Some((target, at)) => {
                 written.file = target.backup_name();
-                write_manifest_file(&target.path, &written)?;
+                hold_before_manifest();
+                target.write(at, &written)?;
             }
             None => written.file = "-".to_owned(),
         }

@@ -98,6 +98,9 @@ pub enum Access {
 pub const SEARCH: libc::c_int = libc::X_OK;
 pub const LIST: libc::c_int = libc::R_OK | libc::X_OK;
 pub const WRITE: libc::c_int = libc::W_OK;
+/// Read an object's contents (a file's bytes, a folder's listing): also what its Finder comment
+/// needs.
+pub const READ: libc::c_int = libc::R_OK;
 
 impl Access {
     /// The access rule for a local peer with `credentials` (None when they cannot be read).

@@ -481,14 +481,14 @@ impl Connection {
         } = request
         {
             // (Where it cannot search, the object would be one it may not see.)
-            let look = self.look(handle, *parent, Some(access::SEARCH), None)?;
+            let look = self.look(handle, *parent, Some(access::SEARCH), None, false)?;
             if !(look.object && look.named) {
                 return Err(sight::unseen());
             }
         }
         let (id, object_mode, what) = match request {
             Request::Rename { id, .. } | Request::Delete { id, .. } => {
-                let look = self.look(handle, *id, None, folder_rw)?;
+                let look = self.look(handle, *id, None, folder_rw, false)?;
                 return if look.seen {
                     Ok(false)
                 } else if look.folder {
@@ -502,14 +502,15 @@ impl Connection {
             | Request::CommentRemove { id, .. } => (
                 *id,
                 Some(access::WRITE),
-                "write it or the folder holding it",
+                "write it or the folder holding it (in a sticky folder, owning it or the folder)",
             ),
             Request::ApplAdd { app_id, .. } | Request::ApplRemove { app_id, .. } => {
                 (*app_id, None, "write the folder holding the application")
             }
             _ => return Ok(false),
         };
-        let look = self.look(handle, id, object_mode, folder_rw)?;
+        // In a sticky folder, only the owner of the object or of the folder (review F8).
+        let look = self.look(handle, id, object_mode, folder_rw, true)?;
         sight::refuse_unless(
             look.object || look.folder,
             &look,
@@ -529,6 +530,7 @@ impl Connection {
         id: u32,
         object: Option<libc::c_int>,
         folder: Option<libc::c_int>,
+        sticky: bool,
     ) -> Result<sight::Look, ErrorReply> {
         let access = self.access.clone();
         let reader = self.reader(handle)?;
@@ -537,7 +539,11 @@ impl Connection {
             &handle.volume,
             &access,
             id,
-            sight::Ask { object, folder },
+            sight::Ask {
+                object,
+                folder,
+                sticky,
+            },
         )
     }
 

@@ -15,6 +15,7 @@
 //! Trusted peers keep the detailed messages.
 
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 
 use deskd_db::{Kind, Object, Read};
 use deskd_proto::{ErrorCode, ErrorReply};
@@ -72,6 +73,11 @@ pub struct Look {
 pub struct Ask {
     pub object: Option<libc::c_int>,
     pub folder: Option<libc::c_int>,
+    /// Write access to a sticky folder counts only for the owner of the object or of the
+    /// folder ([`sticky_forbids`]): for changes deskd makes without the disk. A move or removal
+    /// is made on disk by the peer, where the kernel applied that rule already (and the object
+    /// may be gone from the folder).
+    pub sticky: bool,
 }
 
 /// The walk reached the desktop's object. By inode number alone: a replacement made by
@@ -201,7 +207,12 @@ pub fn look_as_peer(
         }
     }
     let seen = walk::may(folder_fd.as_fd(), access::LIST);
-    let folder_ok = ask.folder.is_some_and(|m| walk::may(folder_fd.as_fd(), m));
+    let folder_ok = ask.folder.is_some_and(|m| {
+        walk::may(folder_fd.as_fd(), m)
+            && (!ask.sticky
+                || m & access::WRITE == 0
+                || !sticky_forbids(folder_fd.as_fd(), &components[n - 1], object, viewer))
+    });
     let object_ok = match (ask.object, object_node) {
         (Some(mode), Some(node)) if node.kind != Kind::Symlink && same(object, &node) => {
             walk::may(fd.as_fd(), mode)
@@ -213,6 +224,32 @@ pub fn look_as_peer(
         named: object_node.is_some() && walked.hidden.is_none(),
         object: object_ok,
         folder: folder_ok,
+    }
+}
+
+/// In a sticky folder (mode `+t`, as `/tmp`) writing the folder lets a peer change only what it
+/// owns, or anything when it owns the folder: the kernel's rule for renames and removals there,
+/// which deskd keeps for the changes it makes without the disk (Finder information, comments:
+/// review F8). True when the folder is sticky and `viewer` owns neither it nor the object at
+/// `name` (or that is not the desktop's object any more).
+fn sticky_forbids(
+    folder: std::os::fd::BorrowedFd<'_>,
+    name: &[u8],
+    object: &Object,
+    viewer: Option<u32>,
+) -> bool {
+    use rustix::fs::{AtFlags, Mode};
+    let Some(uid) = viewer else { return false };
+    let Ok(dir) = rustix::fs::fstat(folder) else {
+        return true;
+    };
+    if !Mode::from_raw_mode(dir.st_mode).contains(Mode::SVTX) || dir.st_uid == uid {
+        return false;
+    }
+    let name = std::ffi::OsStr::from_bytes(name);
+    match rustix::fs::statat(folder, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st.st_uid != uid || (object.ino != 0 && st.st_ino != object.ino),
+        Err(_) => true,
     }
 }
 
@@ -315,6 +352,7 @@ mod tests {
         let write = Ask {
             object: Some(access::WRITE),
             folder: Some(access::WRITE | access::SEARCH),
+            sticky: true,
         };
         let open = look("open/f", "open", write);
         assert!(open.seen && !open.object && !open.folder);
@@ -337,6 +375,7 @@ mod tests {
             let ask = Ask {
                 object: Some(access::LIST),
                 folder: None,
+                sticky: false,
             };
             nobody
                 .wear(|| look_as_peer(&vol, Some(65534), &o, Some(&f), &names(rel), ask))

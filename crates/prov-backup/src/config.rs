@@ -39,6 +39,22 @@ pub enum ConfigError {
         key: String,
         known: String,
     },
+    /// A line without `=`: the INI reader joins it (and the lines after it) into one key, which
+    /// may hold a value such as the password, so only its first word is shown.
+    #[error("{path}: line {line}: no '=' (key {first}\u{2026})")]
+    NoEquals {
+        path: PathBuf,
+        line: usize,
+        first: String,
+    },
+    /// A `[` line without `]`: the INI reader reads on to the next `]`, so the section name may
+    /// hold the lines after it; only its first word is shown.
+    #[error("{path}: line {line}: no ']' (section [{first}\u{2026})")]
+    NoBracket {
+        path: PathBuf,
+        line: usize,
+        first: String,
+    },
     #[error("{path}: [{section}]: unknown section (this file may hold {known})")]
     UnknownSection {
         path: PathBuf,
@@ -259,13 +275,31 @@ const GLOBAL_SCHEMA: Schema = &[
 
 /// Every section and key of `ini` must be in `schema` (sections and keys without regard to
 /// case, as they are read); the error names the file, the section and the key as written.
-fn check_schema(path: &Path, ini: &ini::Ini, schema: Schema) -> Result<(), ConfigError> {
+fn check_schema(
+    path: &Path,
+    text: &str,
+    ini: &ini::Ini,
+    schema: Schema,
+) -> Result<(), ConfigError> {
     for (section, props) in ini.iter() {
+        for (key, _) in props.iter() {
+            if key.contains(char::is_whitespace) {
+                return Err(no_equals(path, text, key));
+            }
+        }
+        if let Some(name) = section.filter(|name| name.contains(['\n', '\r'])) {
+            let head = name.lines().next().unwrap_or("").trim();
+            return Err(ConfigError::NoBracket {
+                path: path.to_owned(),
+                line: line_of(text, &format!("[{head}")),
+                first: shown_name(name).trim_end_matches('\u{2026}').to_owned(),
+            });
+        }
         let Some(section) = section else {
             if let Some((key, _)) = props.iter().next() {
                 return Err(ConfigError::NoSection {
                     path: path.to_owned(),
-                    key: key.to_owned(),
+                    key: shown_name(key),
                 });
             }
             continue;
@@ -277,7 +311,7 @@ fn check_schema(path: &Path, ini: &ini::Ini, schema: Schema) -> Result<(), Confi
             let names: Vec<String> = schema.iter().map(|(n, _)| format!("[{n}]")).collect();
             return Err(ConfigError::UnknownSection {
                 path: path.to_owned(),
-                section: section.to_owned(),
+                section: redacted(section),
                 known: names.join(", "),
             });
         };
@@ -290,14 +324,68 @@ fn check_schema(path: &Path, ini: &ini::Ini, schema: Schema) -> Result<(), Confi
                 };
                 return Err(ConfigError::UnknownKey {
                     path: path.to_owned(),
-                    section: section.to_owned(),
-                    key: key.to_owned(),
+                    section: redacted(section),
+                    key: shown_name(key),
                     known,
                 });
             }
         }
     }
     Ok(())
+}
+
+/// A name as it may be shown in an error: a name holding whitespace is cut at its first word, and
+/// nothing after `PASSWORD` or `SECRET` (any case) is shown, whatever the INI reader made of the
+/// line (review F6: the password of a line without `=` was printed as part of a key).
+fn shown_name(name: &str) -> String {
+    let first = name.split(char::is_whitespace).next().unwrap_or("");
+    let upper = first.to_ascii_uppercase();
+    let cut = ["PASSWORD", "SECRET"]
+        .iter()
+        .filter_map(|word| upper.find(word).map(|at| at + word.len()))
+        .min();
+    let shown = match cut {
+        // `to_ascii_uppercase` keeps byte offsets, so `at` is a boundary of `first` too.
+        Some(at) => &first[..at],
+        None => first,
+    };
+    if shown.len() < name.len() {
+        format!("{shown}\u{2026}")
+    } else {
+        shown.to_owned()
+    }
+}
+
+/// A section name as it may be shown (spaces are part of such names, as in `[Operation Mode]`):
+/// nothing after `PASSWORD` or `SECRET` (any case).
+fn redacted(name: &str) -> String {
+    let upper = name.to_ascii_uppercase();
+    match ["PASSWORD", "SECRET"]
+        .iter()
+        .filter_map(|word| upper.find(word).map(|at| at + word.len()))
+        .min()
+    {
+        Some(at) if at < name.len() => format!("{}\u{2026}", &name[..at]),
+        _ => name.to_owned(),
+    }
+}
+
+/// The error for a key the INI reader joined from a line without `=`: the line it starts on and
+/// its first word only.
+fn no_equals(path: &Path, text: &str, key: &str) -> ConfigError {
+    let head = key.lines().next().unwrap_or("").trim();
+    ConfigError::NoEquals {
+        path: path.to_owned(),
+        line: line_of(text, head),
+        first: shown_name(key).trim_end_matches('\u{2026}').to_owned(),
+    }
+}
+
+/// The number (from 1) of the first line of `text` starting with `head` (spaces aside), 0 if none.
+fn line_of(text: &str, head: &str) -> usize {
+    text.lines()
+        .position(|l| !head.is_empty() && l.trim_start().starts_with(head))
+        .map_or(0, |i| i + 1)
 }
 
 /// Whether `typed` is `known` with one letter wrong, missing, extra, or two swapped (case aside).
@@ -331,7 +419,7 @@ fn parse_ini(path: &Path, schema: Schema) -> Result<Sections, ConfigError> {
         path: path.to_owned(),
         error,
     })?;
-    check_schema(path, &ini, schema)?;
+    check_schema(path, &text, &ini, schema)?;
     let mut out: Sections = HashMap::new();
     for (section, props) in ini.iter() {
         let entry = out

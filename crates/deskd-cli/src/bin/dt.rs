@@ -912,33 +912,14 @@ impl Dt {
             info.label
                 .map_or(flags, |label| finder::with_label(flags, label))
         });
-        if type_code.is_some() || creator.is_some() || flags.is_some() {
-            self.session.call(&iv, |vol| Request::SetInfo {
-                vol,
-                id: o.id,
-                type_code,
-                creator,
-                flags,
-            })?;
-        }
-        if let Some(text) = comment {
-            let text = text.as_bytes().to_vec();
-            self.session.call(&iv, |vol| {
-                if text.is_empty() {
-                    Request::CommentRemove { vol, id: o.id }
-                } else {
-                    Request::CommentSet {
-                        vol,
-                        id: o.id,
-                        text,
-                    }
-                }
-            })?;
-        }
         // The resource file says the same (a rebuild reads it; a comment longer than its 199
-        // bytes stays whole in the desktop).
+        // bytes stays whole in the desktop). Written first, with the user's own rights: where
+        // the kernel refuses it (another's file in a sticky folder), the desktop keeps what it
+        // had (review F8).
         let rsrc_path = iv.rsrc_path();
-        let mut header = rsrc::read_header(&rsrc_path)?
+        let previous = rsrc::read_header(&rsrc_path)?;
+        let mut header = previous
+            .clone()
             .unwrap_or_else(|| rsrc::ResourceHeader::new(o.id, o.type_code, o.creator, 0));
         header.id = o.id;
         if let Some(t) = type_code {
@@ -955,6 +936,43 @@ impl Dt {
         }
         // The error names the file already.
         rsrc::write_header(&rsrc_path, &header).context("cannot write resource file")?;
+        // What the server refuses, the resource file does not keep either (best effort: the
+        // refusal is the error reported).
+        let undo = |header: &rsrc::ResourceHeader| {
+            let _ = rsrc::write_header(&rsrc_path, header);
+        };
+        if type_code.is_some() || creator.is_some() || flags.is_some() {
+            if let Err(e) = self.session.call(&iv, |vol| Request::SetInfo {
+                vol,
+                id: o.id,
+                type_code,
+                creator,
+                flags,
+            }) {
+                if let Some(previous) = &previous {
+                    undo(previous);
+                }
+                return Err(e);
+            }
+        }
+        if let Some(text) = comment {
+            let text = text.as_bytes().to_vec();
+            if let Err(e) = self.session.call(&iv, |vol| {
+                if text.is_empty() {
+                    Request::CommentRemove { vol, id: o.id }
+                } else {
+                    Request::CommentSet {
+                        vol,
+                        id: o.id,
+                        text,
+                    }
+                }
+            }) {
+                header.comment = previous.map(|p| p.comment).unwrap_or_default();
+                undo(&header);
+                return Err(e);
+            }
+        }
         Ok(())
     }
 

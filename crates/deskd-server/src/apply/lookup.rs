@@ -25,6 +25,7 @@ pub(super) fn lookup<R: Read>(r: &Reading<'_, R>, parent: u32, name: &[u8]) -> R
         sight::Ask {
             object: Some(access::SEARCH),
             folder: None,
+            sticky: false,
         },
     )?;
     if !(look.object && look.named) {
@@ -108,6 +109,7 @@ fn require_dir<R: Read>(
         sight::Ask {
             object: Some(mode),
             folder: None,
+            sticky: false,
         },
     )?;
     sight::refuse_unless(

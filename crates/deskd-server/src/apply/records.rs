@@ -2,7 +2,7 @@
 //! that map a creator to applications, icons, and comments. These change no name and walk no
 //! path; the only file-system question is whether the peer may see what a reply names.
 
-use deskd_db::{ApplRecord, Batch, IconRecord, InfoUpdate, Read};
+use deskd_db::{ApplRecord, Batch, IconRecord, InfoUpdate, Kind, Read};
 use deskd_proto::{ErrorCode, ErrorReply, Response};
 
 use super::errors::db_error;
@@ -122,12 +122,27 @@ pub(super) fn icon_list<R: Read>(r: &Reading<'_, R>, creator: [u8; 4]) -> Reply 
     ))
 }
 
-/// `CommentGet`: the Finder comment of `id`, if the peer may see the object (an unknown ID is
-/// `NotFound` before anything is looked at on disk).
+/// `CommentGet`: the Finder comment of `id`, if the peer may read the object itself (an
+/// unknown ID is `NotFound` before anything is looked at on disk). The comment is free text
+/// about the object, kept by the Mac in its resource data: as private as its contents, so a
+/// `chmod 600` file's or a 0700 folder's comment is not shown to the others who see its name
+/// (review F7). Refused as unseen where the peer may not see the object, else "permission
+/// denied". A symlink (whose mode says nothing) gives its comment to whoever sees it.
 pub(super) fn comment_get<R: Read>(r: &Reading<'_, R>, id: u32) -> Reply {
-    r.db.get(id).map_err(db_error)?;
-    if !sight::look(r.db, r.vol, r.access, id, sight::Ask::default())?.seen {
-        return Err(sight::unseen());
-    }
+    let object = r.db.get(id).map_err(db_error)?;
+    let ask = sight::Ask {
+        object: Some(crate::access::READ),
+        folder: None,
+        sticky: false,
+    };
+    let look = sight::look(r.db, r.vol, r.access, id, ask)?;
+    let readable = look.object || (object.kind == Kind::Symlink && look.seen);
+    sight::refuse_unless(
+        readable,
+        &look,
+        r.access,
+        || r.vol.path_of(&r.db.path_of(id).unwrap_or_default()),
+        "read it, which its comment needs",
+    )?;
     Ok(Response::Comment(r.db.comment(id).map_err(db_error)?))
 }
