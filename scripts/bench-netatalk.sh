@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # afpd's CNID requests through `deskd netatalk` against the same lookups sent to deskd directly,
 # in the same run, one server: RESOLVE (ID -> parent and name) and GET (parent and name -> ID),
-# one request at a time. Runs alternate; medians of RUNS. Also ADD through the bridge (ADDS new
-# files, one at a time, each ADD sent as afpd sends it after creating the file: a write).
+# one request at a time. Also ADD through the bridge: ADDS new files created one at a time, each
+# ADD sent as afpd sends it after creating the file (a write), then an ADD of each again (afpd's
+# get_id() on an object it knows: nothing to write). Runs alternate; medians of RUNS.
 # (Netatalk's own cnid_dbd is measured beside deskd by `scripts/afp-conformance.sh speed`.)
 #
 #   scripts/bench-netatalk.sh                          # 10 x 10,000 files, 5 runs each
 #   DIRS=4 PER_DIR=5000 RUNS=3 scripts/bench-netatalk.sh
+#
+# With BASE naming a directory that holds another build's `deskd` (server and bridge), the
+# bridge's figures are measured for this build and for BASE in the same run, alternating which
+# goes first, each on a fresh desktop of the same files:
+#
+#   git worktree add /tmp/base main && (cd /tmp/base && cargo build --release -p deskd-cli)
+#   BASE=/tmp/base/target/release scripts/bench-netatalk.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIRS=${DIRS:-10}
@@ -22,49 +30,83 @@ BIN=target/release
 . scripts/bench-common.sh
 SERVER=
 BRIDGE=
-stop() {
+stop_both() {
     for pid in $BRIDGE $SERVER; do kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; done
+    BRIDGE= SERVER=
+}
+stop() {
+    stop_both
     rm -rf "$WORK"
 }
 trap stop EXIT
 
+# Serve the volume from a fresh desktop with the deskd in $1, register every file, start the
+# bridge; sets SERVER, BRIDGE and ADDR.
+start_both() {
+    rm -f "$VOL"/.Desktop* "$WORK/server.log" "$WORK/netatalk.log"
+    rm -rf "$VOL"/bench-adds-*
+    "$1/deskd" serve --socket "$SOCK" "$VOL" 2>"$WORK/server.log" & SERVER=$!
+    wait_for_line "$WORK/server.log" "deskd serving"
+    "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" create --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
+    "$1/deskd" netatalk --socket "$SOCK" --listen 127.0.0.1:0 2>"$WORK/netatalk.log" & BRIDGE=$!
+    wait_for_line "$WORK/netatalk.log" "CNID protocol on"
+    ADDR=$(sed -n 's/.*CNID protocol on \([^ ]*\).*/\1/p' "$WORK/netatalk.log")
+}
+
 mkdir -p "$VOL"
 "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" populate --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
-"$BIN/deskd" serve --socket "$SOCK" "$VOL" 2>"$WORK/server.log" & SERVER=$!
-wait_for_line "$WORK/server.log" "deskd serving"
-"$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" create --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
-"$BIN/deskd" netatalk --socket "$SOCK" --listen 127.0.0.1:0 2>"$WORK/netatalk.log" & BRIDGE=$!
-wait_for_line "$WORK/netatalk.log" "CNID protocol on"
-ADDR=$(sed -n 's/.*CNID protocol on \([^ ]*\).*/\1/p' "$WORK/netatalk.log")
-echo "== $((DIRS * PER_DIR)) registered files; deskd netatalk on $ADDR"
+echo "== $((DIRS * PER_DIR)) files; ${BASE:+this build against $BASE, }$RUNS runs"
 
 field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
+bridged() { # label
+    local out
+    out=$("$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" netatalk-latency --dirs "$DIRS" \
+        --per-dir "$PER_DIR" --ops 20000 --adds "$ADDS" --addr "$ADDR")
+    echo "run $i: $1 through deskd netatalk $out"
+    for k in resolve_p50_us resolve_p99_us get_p50_us add_p50_us add_p99_us add_again_p50_us; do
+        VALUES[$1.$k]+="$(echo "$out" | field $k) "
+    done
+}
 declare -A VALUES
 for i in $(seq "$RUNS"); do
+    if [ -n "${BASE:-}" ]; then
+        builds=(this base)
+        [ $((i % 2)) -eq 0 ] && builds=(base this)
+        for b in "${builds[@]}"; do
+            if [ "$b" = this ]; then start_both "$BIN"; else start_both "$BASE"; fi
+            bridged "$b"
+            stop_both
+        done
+        continue
+    fi
+    start_both "$BIN"
     direct=$("$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" latency --dirs "$DIRS" --per-dir "$PER_DIR" --ops 20000)
-    bridged=$("$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" netatalk-latency --dirs "$DIRS" --per-dir "$PER_DIR" --ops 20000 --adds "$ADDS" --addr "$ADDR")
-    echo "run $i: direct $direct; through deskd netatalk $bridged"
-    VALUES[direct.resolve]+="$(echo "$direct" | field resolve_p50_us) "
-    VALUES[direct.lookup]+="$(echo "$direct" | field lookup_p50_us) "
-    VALUES[direct.resolve99]+="$(echo "$direct" | field resolve_p99_us) "
-    VALUES[bridged.resolve]+="$(echo "$bridged" | field resolve_p50_us) "
-    VALUES[bridged.lookup]+="$(echo "$bridged" | field get_p50_us) "
-    VALUES[bridged.resolve99]+="$(echo "$bridged" | field resolve_p99_us) "
-    VALUES[bridged.add]+="$(echo "$bridged" | field add_p50_us) "
-    VALUES[bridged.add99]+="$(echo "$bridged" | field add_p99_us) "
+    echo "run $i: direct $direct"
+    VALUES[direct.resolve_p50_us]+="$(echo "$direct" | field resolve_p50_us) "
+    VALUES[direct.get_p50_us]+="$(echo "$direct" | field lookup_p50_us) "
+    VALUES[direct.resolve_p99_us]+="$(echo "$direct" | field resolve_p99_us) "
+    bridged this
+    stop_both
 done
+
+med() { printf '%s\n' ${VALUES[$1]} | median; }
 echo
-echo "| measure | deskd directly | through deskd netatalk | ratio |"
+if [ -n "${BASE:-}" ]; then
+    echo "| measure (µs, median of $RUNS) | this build | base | this / base |"
+    echo "|---|---|---|---|"
+    for k in resolve_p50_us resolve_p99_us get_p50_us add_p50_us add_p99_us add_again_p50_us; do
+        t=$(med this.$k); b=$(med base.$k)
+        python3 -c "print(f'| $k | {$t:.1f} | {$b:.1f} | {$t / $b:.2f} |')"
+    done
+    exit 0
+fi
+echo "| measure (µs, median of $RUNS) | deskd directly | through deskd netatalk | ratio |"
 echo "|---|---|---|---|"
-for k in resolve lookup resolve99; do
-    # shellcheck disable=SC2086
-    d=$(printf '%s\n' ${VALUES[direct.$k]} | median)
-    # shellcheck disable=SC2086
-    b=$(printf '%s\n' ${VALUES[bridged.$k]} | median)
-    python3 -c "print(f'| $k (µs) | {$d:.1f} | {$b:.1f} | {$b / $d:.2f} |')"
+for k in resolve_p50_us get_p50_us resolve_p99_us; do
+    d=$(med direct.$k); b=$(med this.$k)
+    python3 -c "print(f'| $k | {$d:.1f} | {$b:.1f} | {$b / $d:.2f} |')"
 done
-for k in add add99; do
-    # shellcheck disable=SC2086
-    b=$(printf '%s\n' ${VALUES[bridged.$k]} | median)
-    python3 -c "print(f'| $k (µs) | (a write: not asked directly) | {$b:.1f} | |')"
+for k in add_p50_us add_p99_us add_again_p50_us; do
+    b=$(med this.$k)
+    python3 -c "print(f'| $k | (a write: not asked directly) | {$b:.1f} | |')"
 done

@@ -77,17 +77,15 @@ shopt -s nullglob
 units=()
 for unit in contrib/*.service; do
     name=$(basename "$unit")
-    # The unit's header says what it is (first line), then how to install it by hand: the
-    # package's says how to enable it instead.
-    case "$name" in
-        *@.service) enable="${name%@.service}@INSTANCE.service" ;;
-        *) enable=$name ;;
-    esac
+    # The unit's header says what it is and how to set it up by hand; the explanations stay,
+    # with the package's paths, and the steps the package has done are said to be done.
     {
-        sed -n '1{/^#/{s/ Install .*//;p}}' "$unit"
-        echo "# Installed by the deskd package (/usr/share/doc/deskd/, man deskd); enable it with:"
-        echo "#   systemctl enable --now $enable"
-        sed -e '1,/^\[/{/^#/d}' -e 's|/usr/local/bin/|/usr/bin/|g' "$unit"
+        echo "# Installed by the deskd package: the programs are in /usr/bin, this unit in"
+        echo "# /usr/lib/systemd/system, samples in /usr/share/doc/deskd/examples/ (the steps below"
+        echo "# that install a program or copy this file are done already)."
+        sed -e 's|cp contrib/[^ ]* /etc/systemd/system/ && ||' \
+            -e 's|/usr/local/bin|/usr/bin|g' \
+            -e 's|contrib/prov-backup/|/usr/share/doc/deskd/examples/prov-backup/|g' "$unit"
     } >"$root/usr/lib/systemd/system/$name"
     chmod 644 "$root/usr/lib/systemd/system/$name"
     units+=("$name")

@@ -255,6 +255,11 @@ fn the_extracted_deskd_runs_and_every_man_page_shows_its_verbs_options() {
             plain.contains(&cmd.join(" ")),
             "{page}: no synopsis {cmd:?} in\n{text}"
         );
+        // Every page a page names is in the package (no `deskd-help(1)` for clap's help verb).
+        assert!(
+            !plain.contains("-help("),
+            "{page}: names a help page\n{text}"
+        );
     }
 }
 
@@ -599,8 +604,27 @@ fn a_unit_added_to_contrib_is_packaged_and_one_naming_a_tool_not_packaged_is_ref
         std::fs::read_to_string(root.join("usr/lib/systemd/system/new@.service")).unwrap();
     assert!(
         packaged.contains("ExecStart=/usr/bin/fileset test /var/lib/%i\n")
-            && packaged.contains("systemctl enable --now new@INSTANCE.service"),
+            && packaged.starts_with("# Installed by the deskd package"),
         "{packaged}"
+    );
+    // A unit's own explanations stay (how to configure an instance, what to order after it);
+    // the steps the package did (copying the unit) are gone, the package's paths are named.
+    let fileset =
+        std::fs::read_to_string(root.join("usr/lib/systemd/system/fileset@.service")).unwrap();
+    assert!(
+        fileset.contains("FILESET_PERMDIR=")
+            && fileset.contains("Requires=fileset@mme.service")
+            && fileset.contains("#   systemctl enable --now fileset@mme")
+            && !fileset.contains("cp contrib/")
+            && !fileset.contains("/usr/local/bin"),
+        "{fileset}"
+    );
+    let prov =
+        std::fs::read_to_string(root.join("usr/lib/systemd/system/prov-backup.service")).unwrap();
+    assert!(
+        prov.contains("/usr/share/doc/deskd/examples/prov-backup/Rsnapshot.conf")
+            && prov.contains("-g /etc/Provisioning/Global.conf"),
+        "{prov}"
     );
 
     // A benchmark is no tool of the package: a unit starting one is refused, and no package

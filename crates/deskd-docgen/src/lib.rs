@@ -50,10 +50,14 @@ pub fn handle_generate(command: impl FnOnce() -> clap::Command) {
 /// returns the files written. A file that already exists is an error, not overwritten: the
 /// files are created new, never through a symlink someone left in `dir`.
 pub fn generate(cmd: clap::Command, dir: &Path) -> Result<Vec<PathBuf>, WriteError> {
+    // Gives every verb its full name ("deskd serve") and help flags, as at run time. Without
+    // clap's `help` verb for the pages: each page is that help, and a `deskd-help(1)` named in
+    // the verbs' list would be a page nobody can open.
+    let mut pages_cmd = cmd.clone().disable_help_subcommand(true);
+    pages_cmd.build();
     let mut cmd = cmd;
-    // Gives every verb its full name ("deskd serve") and help flags, as at run time.
     cmd.build();
-    let mut written = man::write_pages(&cmd, &dir.join("man1"))?;
+    let mut written = man::write_pages(&pages_cmd, &dir.join("man1"))?;
     written.extend(completions::write_scripts(&mut cmd, dir)?);
     Ok(written)
 }
