@@ -410,6 +410,7 @@ impl Session {
         {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
+        self.carry_mac_info(iv, &info, header.as_ref())?;
         self.write_record(iv, &info, header)?;
         if info.created {
             // Directories registered on the way need their resource files too.
@@ -469,8 +470,39 @@ impl Session {
                 Response::Object(o) => o,
                 other => return Err(anyhow!("unexpected reply {other:?}")),
             };
+            self.carry_mac_info(&iv, &info, header.as_ref())?;
             self.write_record(&iv, &info, header)?;
             done();
+        }
+        Ok(())
+    }
+
+    /// A record just made for an object whose resource file came with it (a copy, a move
+    /// between volumes) takes the Finder flags and the comment that file holds: registration
+    /// carries only type and creator. A record that existed keeps what the desktop says.
+    fn carry_mac_info(
+        &mut self,
+        iv: &InVolume,
+        info: &ObjectInfo,
+        header: Option<&ResourceHeader>,
+    ) -> Result<()> {
+        let Some(header) = header.filter(|_| info.created) else {
+            return Ok(());
+        };
+        let id = info.id;
+        if header.finder_flags != 0 {
+            let flags = Some(header.finder_flags);
+            self.call(iv, |vol| Request::SetInfo {
+                vol,
+                id,
+                type_code: None,
+                creator: None,
+                flags,
+            })?;
+        }
+        if !header.comment.is_empty() {
+            let text = header.comment.clone();
+            self.call(iv, |vol| Request::CommentSet { vol, id, text })?;
         }
         Ok(())
     }

@@ -78,6 +78,8 @@ fn cp_gives_copies_new_ids_and_carries_their_mac_information() {
         b"ttxt",
         b"--comment",
         b"hello",
+        b"-l",
+        b"red",
         b"vol/src/a",
     ]);
     // A resource fork after the 512-byte header travels too.
@@ -101,6 +103,13 @@ fn cp_gives_copies_new_ids_and_carries_their_mac_information() {
     assert_eq!(
         (copy["type"].as_str(), copy["creator"].as_str()),
         (Some("TEXT"), Some("ttxt"))
+    );
+    // The desktop's record of the copy has the label (Finder flags) and the comment too, not
+    // only its resource file.
+    assert_eq!(
+        (copy["label"].as_str(), copy["comment"].as_str()),
+        (Some("red"), Some("hello")),
+        "{copy}"
     );
     assert_eq!(std::fs::read(env.path("vol/a-copy")).unwrap(), b"data of a");
     let h = header(&env.path("vol/.rsrc/a-copy"));
