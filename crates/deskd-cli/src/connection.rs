@@ -13,7 +13,8 @@ use deskd_proto::Endpoint;
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnectionArgs {
     /// Socket path, or tcp://HOST:PORT for a deskd listening on TCP (default: $DESKD_SOCKET,
-    /// else /run/deskd/deskd.sock for root, else $XDG_RUNTIME_DIR/deskd.sock).
+    /// else /run/deskd/deskd.sock for root, else $XDG_RUNTIME_DIR/deskd.sock, else
+    /// /tmp/deskd-UID/deskd.sock).
     #[arg(long, global = true)]
     pub socket: Option<PathBuf>,
     /// File holding the shared token a deskd on TCP asks for.

@@ -19,7 +19,7 @@ use super::{parse_timeout, ConnectionArgs};
 pub struct ClientOptions {
     /// The deskd to ask: its socket path, or tcp://HOST:PORT for a deskd listening on TCP
     /// (default: $DESKD_SOCKET, else /run/deskd/deskd.sock for root, else
-    /// $XDG_RUNTIME_DIR/deskd.sock).
+    /// $XDG_RUNTIME_DIR/deskd.sock, else /tmp/deskd-UID/deskd.sock).
     #[arg(long, value_name = "SOCKET")]
     pub socket: Option<PathBuf>,
     /// File holding the shared token a deskd on TCP asks for (default: $DESKD_TOKEN_FILE).
@@ -35,7 +35,8 @@ pub struct ClientOptions {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ServeOptions {
     /// The Unix socket to listen on (default: `socket` in [server] of --config, else
-    /// $DESKD_SOCKET, else /run/deskd/deskd.sock for root, else $XDG_RUNTIME_DIR/deskd.sock).
+    /// $DESKD_SOCKET, else /run/deskd/deskd.sock for root, else $XDG_RUNTIME_DIR/deskd.sock,
+    /// else /tmp/deskd-UID/deskd.sock).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// For TCP (--listen, or `listen` in [server]): the file holding the token TCP clients
