@@ -1,10 +1,15 @@
 //! File operations the dt verbs share: recursive copy keeping (or, for a plain `dt cp`, not
 //! keeping) modes, times and owners, symlinks as symlinks, and setting times.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
+
+use crate::at;
 
 /// Set access and modification times of `path` (not following a final symlink); `None` = now.
 pub fn set_times(path: &Path, times: Option<(i64, i64, i64, i64)>) -> io::Result<()> {
@@ -23,10 +28,6 @@ pub fn set_times(path: &Path, times: Option<(i64, i64, i64, i64)>) -> io::Result
     };
     let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
     Ok(rustix::fs::utimensat(rustix::fs::CWD, path, &times, flags)?)
-}
-
-fn times_of(m: &fs::Metadata) -> (i64, i64, i64, i64) {
-    (m.atime(), m.atime_nsec(), m.mtime(), m.mtime_nsec())
 }
 
 /// What a copy keeps of the original.
@@ -65,35 +66,61 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Copy `from` to `to` (which must not exist), keeping what `how` says.
+///
+/// The source is walked by descriptors, as cp(1) walks with fts: `from`'s folder is opened
+/// once, each directory is opened without following a link and checked to be what was
+/// looked at, each file is opened relative to its directory and checked the same way, and
+/// what is kept (owner, mode, times) is that of the object opened. A tree whose owner swaps
+/// a name for a symlink mid-copy makes the copy fail ("replaced while being copied"); it never
+/// copies another file under the owner of the one looked at (docs/security.md, "dt's path
+/// races").
 pub fn copy_tree_with(from: &Path, to: &Path, how: CopyMode) -> io::Result<()> {
-    let meta = fs::symlink_metadata(from)?;
-    let ft = meta.file_type();
-    let mode = if how.preserve {
-        meta.mode() & 0o7777
-    } else {
-        meta.mode() & 0o777 & !how.umask
+    let (dir, name) = at::open_parent(from)?;
+    copy_at(dir.as_fd(), &name, from, to, how)
+}
+
+/// [`copy_tree_with`] of `name` in the directory open at `dir` (`from` is its path, for the
+/// messages and the resource-file test).
+fn copy_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    from: &Path,
+    to: &Path,
+    how: CopyMode,
+) -> io::Result<()> {
+    let replaced = |e: io::Error| {
+        if e.to_string() == at::replaced().to_string() {
+            io::Error::other(format!("{}: replaced while being copied", from.display()))
+        } else {
+            e
+        }
     };
-    if ft.is_symlink() {
-        symlink(fs::read_link(from)?, to)?;
-    } else if ft.is_dir() {
+    let st = at::lstat_at(dir, name)?;
+    let mode = if how.preserve {
+        st.st_mode & 0o7777
+    } else {
+        st.st_mode & 0o777 & !how.umask
+    };
+    let owner = (st.st_uid, st.st_gid);
+    if at::is_symlink(&st) {
+        let target = rustix::fs::readlinkat(dir, name, Vec::new())?;
+        symlink(OsStr::from_bytes(target.as_bytes()), to)?;
+    } else if at::is_dir(&st) {
+        let source = at::open_dir_checked(dir, name, &st).map_err(replaced)?;
         fs::create_dir(to)?;
-        let mut entries: Vec<_> = fs::read_dir(from)?.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            copy_tree_with(&entry.path(), &to.join(entry.file_name()), how)?;
+        for entry in at::names(source.as_fd())? {
+            copy_at(source.as_fd(), &entry, &from.join(&entry), &to.join(&entry), how)?;
         }
         // Owner first: a change of owner clears set-ID bits.
         if how.preserve {
-            keep_owner(to, &meta)?;
+            keep_owner_ids(to, owner)?;
         }
         fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
     } else {
+        at::race_pause("cp-open");
+        let mut source = fs::File::from(at::open_checked(dir, name, &st).map_err(replaced)?);
         // O_EXCL: `to` must not exist, and a link planted there (even a dangling one) must not
         // be written through. std's copy still uses copy_file_range or sendfile.
-        let mut source = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(from)?;
         let mut dest = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -104,17 +131,31 @@ pub fn copy_tree_with(from: &Path, to: &Path, how: CopyMode) -> io::Result<()> {
             io::copy(&mut source, &mut dest)?;
         }
         if how.preserve {
-            keep_owner(to, &meta)?;
+            keep_owner_ids(to, owner)?;
         }
         dest.set_permissions(fs::Permissions::from_mode(mode))?;
     }
     if !how.preserve {
         return Ok(());
     }
-    if ft.is_symlink() {
-        keep_owner(to, &meta)?;
+    if at::is_symlink(&st) {
+        keep_owner_ids(to, owner)?;
     }
-    set_times(to, Some(times_of(&meta)))
+    let times = (
+        st.st_atime as i64,
+        st.st_atime_nsec as i64,
+        st.st_mtime as i64,
+        st.st_mtime_nsec as i64,
+    );
+    set_times(to, Some(times))
+}
+
+/// [`keep_owner`] with the owner and group given.
+fn keep_owner_ids(to: &Path, (uid, gid): (u32, u32)) -> io::Result<()> {
+    match std::os::unix::fs::lchown(to, Some(uid), Some(gid)) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
+        other => other,
+    }
 }
 
 /// Give `to` the owner and group of `meta`, where the caller may (root may; others may only
@@ -126,14 +167,11 @@ pub fn keep_owner(to: &Path, meta: &fs::Metadata) -> io::Result<()> {
     }
 }
 
-/// Remove `path`, whatever it is (a directory with everything below it).
+/// Remove `path`, whatever it is (a directory with everything below it): its folder is
+/// resolved once, everything after goes by descriptors and never through a symlink
+/// ([`crate::at::remove_at`]).
 pub fn remove_any(path: &Path) -> io::Result<()> {
-    let meta = fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    }
+    crate::at::remove_path(path)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod active_users;
+pub mod at;
 pub mod connection;
 pub mod finder;
 pub mod fresh_ids;

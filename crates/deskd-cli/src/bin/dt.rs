@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
+use deskd_cli::at;
 use deskd_cli::connection::ConnectionArgs;
 use deskd_cli::fresh_ids::{clear_tree, copy_record_cleared};
 use deskd_cli::fsops::{copy_tree, copy_tree_with, keep_owner, remove_any, set_times, CopyMode};
@@ -1021,25 +1023,49 @@ impl Dt {
             }
         }
         // Made with no more than its final permission bits (the umask may take some), so the
-        // directory is never open to others before its mode is set below.
-        let mut builder = fs::DirBuilder::new();
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, new_mode.unwrap_or(0o777) & 0o777);
-        match builder.create(&target) {
-            Err(e) if parents && !made && e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // directory is never open to others before its mode is set below. Made, and its mode
+        // set, relative to its folder opened once: the mode goes to the directory made, never
+        // through a name its folder's owner swapped for a symlink meanwhile (docs/security.md,
+        // "dt's path races").
+        let cannot = || format!("cannot create directory {}", quote(path));
+        let (dir, name) = at::open_parent(&target).with_context(cannot)?;
+        match rustix::fs::mkdirat(
+            &dir,
+            &name,
+            rustix::fs::Mode::from_raw_mode(new_mode.unwrap_or(0o777) & 0o777),
+        ) {
+            Err(e) if parents && !made && e == rustix::io::Errno::EXIST => Ok(()),
             other => other,
         }
-        .with_context(|| format!("cannot create directory {}", quote(path)))?;
+        .map_err(std::io::Error::from)
+        .with_context(cannot)?;
+        at::race_pause("mkdir-made");
+        if let (Some(new), true) = (new_mode, made) {
+            let cannot = || format!("cannot set the mode of {}", quote(path));
+            let made = match at::open_dir_at(dir.as_fd(), &name) {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                    Err(at::replaced())
+                }
+                other => other,
+            }
+            .with_context(cannot)?;
+            // What was made is this user's: a directory of anybody else put in its place is
+            // not given the mode.
+            let st = rustix::fs::fstat(&made).map_err(std::io::Error::from).with_context(cannot)?;
+            if st.st_uid != rustix::process::geteuid().as_raw() {
+                return Err(at::replaced()).with_context(cannot);
+            }
+            rustix::fs::fchmod(&made, rustix::fs::Mode::from_raw_mode(new))
+                .map_err(std::io::Error::from)
+                .with_context(cannot)?;
+        }
         if let Place::Inside(iv) = &place {
             // Every directory on the way gets its ID and resource file.
             for depth in 1..=iv.components.len() {
                 self.session
                     .register(&iv.with_components(iv.components[..depth].to_vec()), true)?;
             }
-        }
-        if let (Some(new), true) = (new_mode, made) {
-            fs::set_permissions(&target, fs::Permissions::from_mode(new))
-                .with_context(|| format!("cannot set the mode of {}", quote(path)))?;
-            if let Place::Inside(iv) = &place {
+            if let (Some(new), true) = (new_mode, made) {
                 follow_records(iv, true, Change::Mode(new))?;
             }
         }
@@ -1131,21 +1157,77 @@ impl Dt {
     /// `rm -ri` of directory `path` (at `abs`), as rm(1) asks: whether to descend into it
     /// (not asked when it is empty), then about each entry (in name order), then whether to
     /// remove the directory itself, which must be empty by then.
+    ///
+    /// Walked by descriptors, as rm(1) walks with fts: its folder is opened once, each
+    /// directory is opened (never through a symlink) and checked to be what was looked at
+    /// before it is entered, and kept open across the questions; every entry is removed
+    /// relative to it. A folder's owner who swaps a name for a symlink while root reads a
+    /// question turns nothing against another file (docs/security.md, "dt's path races").
     fn rm_asking(&mut self, path: &Path, abs: &Path, in_volume: bool, how: RmHow) -> Result<()> {
-        if !dir_is_empty(abs, in_volume)? {
+        let cannot = || format!("cannot remove {}", quote(path));
+        let (parent, name) = at::open_parent(abs).with_context(cannot)?;
+        let iv = if in_volume {
+            match self.session.place(path)? {
+                Place::Inside(iv) => Some(iv),
+                Place::Outside(_) => None,
+            }
+        } else {
+            None
+        };
+        self.rm_at_asking(parent.as_fd(), &name, path, iv.as_ref(), how)
+    }
+
+    /// [`Self::rm_asking`] of `name` in the directory open at `parent` (shown as `path`;
+    /// in a volume at `iv`).
+    fn rm_at_asking(
+        &mut self,
+        parent: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        path: &Path,
+        iv: Option<&InVolume>,
+        how: RmHow,
+    ) -> Result<()> {
+        let cannot = || format!("cannot remove {}", quote(path));
+        let st = at::lstat_at(parent, name).with_context(cannot)?;
+        if let Some(iv) = iv {
+            self.session.check_writable(iv)?;
+        }
+        if !at::is_dir(&st) {
+            if !interact::ask(&format!("remove {} {}", what_it_is_stat(&st), quote(path))) {
+                return Ok(());
+            }
+            rustix::fs::unlinkat(parent, name, rustix::fs::AtFlags::empty())
+                .map_err(std::io::Error::from)
+                .with_context(cannot)?;
+            if how.verbose {
+                interact::tell(&format!("removed {}", quote(path)));
+            }
+            return self.forget_removed(parent, name, path, iv, false);
+        }
+        let dir = at::open_dir_checked(parent, name, &st).with_context(cannot)?;
+        let listed = |dir: std::os::fd::BorrowedFd<'_>| -> Result<Vec<std::ffi::OsString>> {
+            let mut names = at::names(dir)
+                .with_context(|| format!("cannot read directory {}", quote(path)))?;
+            names.retain(|n| !(iv.is_some() && deskd_volume::is_protected(n.as_bytes())));
+            Ok(names)
+        };
+        let rsrc_empty = |dir: std::os::fd::BorrowedFd<'_>| -> bool {
+            match at::open_dir_at(dir, OsStr::new(rsrc::RSRC_DIR)) {
+                Ok(r) => at::names(r.as_fd()).is_ok_and(|n| n.is_empty()),
+                Err(_) => true,
+            }
+        };
+        let names = listed(dir.as_fd())?;
+        if !names.is_empty() || !rsrc_empty(dir.as_fd()) {
             if !interact::ask(&format!("descend into directory {}", quote(path))) {
                 return Ok(());
             }
-            let mut names: Vec<_> = fs::read_dir(abs)
-                .with_context(|| format!("cannot read directory {}", quote(path)))?
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name())
-                .filter(|n| !(in_volume && deskd_volume::is_protected(n.as_bytes())))
-                .collect();
-            names.sort();
-            for name in names {
+            for entry in names {
                 // Each entry as an operand of its own: asked about, removed, reported.
-                if let Err(e) = self.rm(&path.join(&name), how) {
+                let child = iv.map(|iv| iv.child(entry.as_bytes()));
+                if let Err(e) =
+                    self.rm_at_asking(dir.as_fd(), &entry, &path.join(&entry), child.as_ref(), how)
+                {
                     eprintln!("dt: {e:#}");
                     self.failed = true;
                 }
@@ -1154,14 +1236,64 @@ impl Dt {
         if !interact::ask(&format!("remove directory {}", quote(path))) {
             return Ok(());
         }
-        if !dir_is_empty(abs, in_volume)? {
+        if !listed(dir.as_fd())?.is_empty() || (iv.is_some() && !rsrc_empty(dir.as_fd())) {
             bail!("cannot remove {}: directory not empty", quote(path));
         }
-        let how = RmHow {
-            interactive: false,
-            ..how
+        if iv.is_some() {
+            match rustix::fs::unlinkat(
+                &dir,
+                OsStr::new(rsrc::RSRC_DIR),
+                rustix::fs::AtFlags::REMOVEDIR,
+            ) {
+                Err(e) if e != rustix::io::Errno::NOENT => {
+                    return Err(std::io::Error::from(e)).with_context(cannot)
+                }
+                _ => {}
+            }
+        }
+        // Still the directory that was emptied: a directory put in its place is not removed.
+        if !at::same(&at::lstat_at(parent, name).with_context(cannot)?, &st) {
+            return Err(at::replaced()).with_context(cannot);
+        }
+        rustix::fs::unlinkat(parent, name, rustix::fs::AtFlags::REMOVEDIR)
+            .map_err(std::io::Error::from)
+            .with_context(cannot)?;
+        if how.verbose {
+            interact::tell(&format!("removed directory {}", quote(path)));
+        }
+        self.forget_removed(parent, name, path, iv, true)
+    }
+
+    /// After `name` in the directory open at `parent` was removed: its resource file (in the
+    /// same directory's `.rsrc`, opened without following a link) goes, and deskd forgets it.
+    fn forget_removed(
+        &mut self,
+        parent: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        path: &Path,
+        iv: Option<&InVolume>,
+        recursive: bool,
+    ) -> Result<()> {
+        let Some(iv) = iv else {
+            return Ok(());
         };
-        self.rm(path, how)
+        if let Ok(rsrc_dir) = at::open_dir_at(parent, OsStr::new(rsrc::RSRC_DIR)) {
+            let _ = rustix::fs::unlinkat(&rsrc_dir, name, rustix::fs::AtFlags::empty());
+        }
+        let rel = iv.rel();
+        self.session
+            .call(iv, |vol| Request::DeletePath {
+                vol,
+                path: rel,
+                recursive,
+            })
+            .with_context(|| {
+                format!(
+                    "{} was removed but the desktop was not updated; run deskd rebuild",
+                    path.display()
+                )
+            })?;
+        Ok(())
     }
 
     fn rmdir(&mut self, path: &Path) -> Result<()> {
@@ -1216,6 +1348,25 @@ impl Dt {
             }
             must_exist(&from_abs, src).map_err(|e| anyhow!("cannot move {e}"))?;
         }
+        // Both folders resolved once, to open directories (in a volume without following a
+        // link on the way): whatever their owners do to the names from here on, the move
+        // happens where it was checked (docs/security.md, "dt's path races").
+        let pin = |place: &Place, abs: &Path| match place {
+            Place::Inside(iv) => at::pin_in_volume(iv.volume.root(), &iv.components),
+            Place::Outside(_) => at::pin(abs),
+        };
+        let from_pin = pin(&from, &from_abs)
+            .map_err(|e| anyhow!("cannot move {}: {}", quote(src), interact::io_text(&e)))?;
+        let to_pin = pin(&to, &to_abs).map_err(|e| {
+            anyhow!(
+                "cannot move {} to {}: {}",
+                quote(src),
+                quote(dest),
+                interact::io_text(&e)
+            )
+        })?;
+        let (named_from, named_to) = (from_abs, to_abs);
+        let (from_abs, to_abs) = (from_pin.path(), to_pin.path());
         let same_file = match (
             fs::symlink_metadata(&from_abs),
             fs::symlink_metadata(&to_abs),
@@ -1223,11 +1374,11 @@ impl Dt {
             (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
             _ => false,
         };
-        if from_abs == to_abs || same_file {
+        if named_from == named_to || same_file {
             // As mv(1): a name, or a hard link, onto itself moves nothing and is an error.
             bail!("{} and {} are the same file", quote(src), quote(dest));
         }
-        if to_abs.starts_with(&from_abs) {
+        if named_to.starts_with(&named_from) {
             bail!("cannot move {} into itself", quote(src));
         }
         if let Ok(existing) = fs::symlink_metadata(&to_abs) {
@@ -1269,25 +1420,35 @@ impl Dt {
                 self.session.check_writable(iv)?;
             }
         }
+        at::race_pause("mv-placed");
         match (from, to) {
             (Place::Outside(_), Place::Outside(_)) => move_plain(&from_abs, &to_abs),
-            (Place::Inside(a), Place::Inside(b)) if a.same_volume(&b) => self.mv_within(&a, &b),
-            (from, to) => self.mv_across(&from, &to, &from_abs, &to_abs),
+            (Place::Inside(a), Place::Inside(b)) if a.same_volume(&b) => {
+                self.mv_within(&a, &b, &from_pin, &to_pin)
+            }
+            (from, to) => self.mv_across(&from, &to, &from_pin, &to_pin),
         }?;
         Ok(true)
     }
 
     /// Inside one volume: rename on disk, move the resource file, tell deskd; IDs stay.
     /// An object at the target is replaced, as rename(2) does; the server retires its ID.
-    fn mv_within(&mut self, a: &InVolume, b: &InVolume) -> Result<()> {
-        let (from_abs, to_abs) = (a.path(), b.path());
+    /// The disk is worked on through `from_pin` and `to_pin`, the objects' folders pinned.
+    fn mv_within(
+        &mut self,
+        a: &InVolume,
+        b: &InVolume,
+        from_pin: &at::Pinned,
+        to_pin: &at::Pinned,
+    ) -> Result<()> {
+        let (from_abs, to_abs) = (from_pin.path(), to_pin.path());
         // An empty directory being replaced may hold its empty `.rsrc`, which rename(2) would
         // count as an entry.
         if fs::symlink_metadata(&to_abs).is_ok_and(|m| m.is_dir()) {
             let _ = fs::remove_dir(to_abs.join(rsrc::RSRC_DIR));
         }
         let hint = self.session.lookup(a)?.map(|o| o.id);
-        let (from_rsrc, to_rsrc) = (a.rsrc_path(), b.rsrc_path());
+        let (from_rsrc, to_rsrc) = (from_pin.rsrc_path(), to_pin.rsrc_path());
         let has_rsrc = fs::symlink_metadata(&from_rsrc).is_ok();
         if has_rsrc {
             // Before anything moves: a link in place of the destination's .rsrc is refused,
@@ -1361,14 +1522,15 @@ impl Dt {
         &mut self,
         from: &Place,
         to: &Place,
-        from_abs: &Path,
-        to_abs: &Path,
+        from_pin: &at::Pinned,
+        to_pin: &at::Pinned,
     ) -> Result<()> {
+        let (from_abs, to_abs) = (&from_pin.path(), &to_pin.path());
         if exists(to_abs) {
             if let Place::Inside(b) = to {
                 let rel = b.rel();
                 remove_any(to_abs)?;
-                let _ = fs::remove_file(b.rsrc_path());
+                let _ = fs::remove_file(to_pin.rsrc_path());
                 self.session.call(b, |vol| Request::DeletePath {
                     vol,
                     path: rel,
@@ -1395,7 +1557,7 @@ impl Dt {
         // Type, creator and fork travel; the ID is the destination's to give. The record goes
         // first, made by this user: it is there from the moment the data is.
         let record = match from {
-            Place::Inside(a) => copy_record_cleared(&a.rsrc_path(), &b.rsrc_path())?,
+            Place::Inside(_) => copy_record_cleared(&from_pin.rsrc_path(), &to_pin.rsrc_path())?,
             Place::Outside(_) => false,
         };
         test_pause("record");
@@ -1403,7 +1565,7 @@ impl Dt {
             Ok(renamed) => renamed,
             Err(e) => {
                 if record {
-                    let _ = fs::remove_file(b.rsrc_path());
+                    let _ = fs::remove_file(to_pin.rsrc_path());
                 }
                 // The source may have lost its carriers' IDs on the way: its desktop still has
                 // them, and registering it again writes them back.
@@ -1971,6 +2133,56 @@ enum Change {
 /// `.rsrc` directory that holds its entries' records (mode: the directory's). A link in either
 /// place is left alone (dt never works through one).
 fn follow_records(iv: &InVolume, is_dir: bool, change: Change) -> Result<()> {
+    // Each opened without following a link at any step below the object's folder, and
+    // changed through its descriptor: a link put in the place of either between a check and
+    // the change is never followed (docs/security.md, "dt's path races").
+    let Some((name, parent)) = iv.components.split_last() else {
+        // A volume root: its resource file is deskd's own at the root.
+        return follow_records_by_path(iv, is_dir, change);
+    };
+    let folder = iv.with_components(parent.to_vec()).path();
+    let name = OsStr::from_bytes(name);
+    let shown = |p: &Path| format!("cannot change {}", p.display());
+    let Ok(folder) = at::open_dir_at(rustix::fs::CWD, folder.as_os_str()) else {
+        return Ok(());
+    };
+    let mut places = Vec::new();
+    if let Ok(rsrc_dir) = at::open_dir_at(folder.as_fd(), OsStr::new(rsrc::RSRC_DIR)) {
+        if let Ok(st) = at::lstat_at(rsrc_dir.as_fd(), name) {
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                if let Ok(fd) = at::open_checked(rsrc_dir.as_fd(), name, &st) {
+                    places.push((fd, false, iv.rsrc_path()));
+                }
+            }
+        }
+    }
+    if is_dir {
+        if let Ok(object) = at::open_dir_at(folder.as_fd(), name) {
+            if let Ok(fd) = at::open_dir_at(object.as_fd(), OsStr::new(rsrc::RSRC_DIR)) {
+                places.push((fd, true, iv.path().join(rsrc::RSRC_DIR)));
+            }
+        }
+    }
+    for (fd, dir, place) in places {
+        match change {
+            Change::Mode(mode) => {
+                let mode = if dir { mode } else { mode & 0o666 };
+                rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(mode))
+            }
+            Change::Owner(uid, gid) => rustix::fs::fchown(
+                &fd,
+                uid.map(rustix::process::Uid::from_raw),
+                gid.map(rustix::process::Gid::from_raw),
+            ),
+        }
+        .map_err(std::io::Error::from)
+        .with_context(|| shown(&place))?;
+    }
+    Ok(())
+}
+
+/// [`follow_records`] for a volume root, whose places are deskd's own.
+fn follow_records_by_path(iv: &InVolume, is_dir: bool, change: Change) -> Result<()> {
     let mut places = vec![(iv.rsrc_path(), false)];
     if is_dir {
         places.push((iv.path().join(rsrc::RSRC_DIR), true));
@@ -1992,6 +2204,17 @@ fn follow_records(iv: &InVolume, is_dir: bool, change: Change) -> Result<()> {
         .with_context(|| format!("cannot change {}", place.display()))?;
     }
     Ok(())
+}
+
+/// How rm(1) -i names an object in its question ([`what_it_is`] for a stat).
+fn what_it_is_stat(st: &rustix::fs::Stat) -> &'static str {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => "directory",
+        libc::S_IFLNK => "symbolic link",
+        libc::S_IFREG if st.st_size == 0 => "regular empty file",
+        libc::S_IFREG => "regular file",
+        _ => "special file",
+    }
 }
 
 /// Why a type or creator code of `dt set` is refused (clap prints it after the option's

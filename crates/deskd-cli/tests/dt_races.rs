@@ -1,0 +1,263 @@
+//! dt's path races (docs/security.md, "dt's path races"): root runs an ordinary dt command in
+//! a folder an unprivileged user (`nobody`) may write, and the user swaps a name for a symlink
+//! to root's files at the dangerous step. The step is made deterministic: dt waits there
+//! (test hook `DESKD_TEST_DT_PAUSE=<step>:<file>`, or a question of `-i`) until the test, as
+//! nobody, has swapped the name. Each test fails if root's file was changed, removed, replaced
+//! or copied for the user. They need root (to act as nobody): run without it they fail.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const NOBODY: u32 = 65534;
+
+fn b(p: &Path) -> &[u8] {
+    p.as_os_str().as_bytes()
+}
+
+fn need_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the dt race tests need root (to act as nobody)"
+    );
+}
+
+/// An Env whose directory nobody may search, serving volume `a`.
+fn env_for_races() -> Env {
+    need_root();
+    let mut env = Env::new(&["a"]);
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.serve(&["a"]);
+    env
+}
+
+/// `cmd args` as nobody; must succeed.
+fn as_nobody(cmd: &str, args: &[&Path]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} as nobody: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Nobody swaps `path` for a symlink to `target` (the original kept at `path.real`).
+fn swap_for_symlink(path: &Path, target: &Path) {
+    let mut real = path.as_os_str().to_owned();
+    real.push(".real");
+    as_nobody("mv", &[path, Path::new(&real)]);
+    as_nobody("ln", &[Path::new("-s"), target, path]);
+}
+
+/// A directory of nobody's at `path`.
+fn nobodys_dir(path: &Path) {
+    std::fs::create_dir_all(path).unwrap();
+    std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+}
+
+/// A file of nobody's at `path` holding `text`.
+fn nobodys_file(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+}
+
+/// Root's dt, started with the pause hook at `step` (released by `go` existing).
+fn dt_paused(env: &Env, step: &str, go: &Path, args: &[&[u8]]) -> Child {
+    env.command_for(DT, args)
+        .env("DESKD_TEST_DT_PAUSE", format!("{step}:{}", go.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait for `child` to say it paused at `step`, run `attack`, release it; its exit status and
+/// stderr.
+fn at_pause(
+    mut child: Child,
+    step: &str,
+    go: &Path,
+    attack: impl FnOnce(),
+) -> (std::process::ExitStatus, String) {
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("dt ended before pausing at {step}: {seen}");
+        }
+        seen.push_str(&line);
+        if line.trim_end() == format!("dt: test pause at {step}") {
+            break;
+        }
+    }
+    attack();
+    std::fs::write(go, b"").unwrap();
+    err.read_to_string(&mut seen).unwrap();
+    (child.wait().unwrap(), seen)
+}
+
+/// F1: `dt mkdir -m 4777` by root in nobody's folder; nobody swaps the new directory for a
+/// symlink to root's file before its mode is set. The mode must not reach root's file.
+#[test]
+fn mkdir_mode_never_reaches_a_symlink_swapped_for_the_new_directory() {
+    let env = env_for_races();
+    let pub_dir = env.path("a/pub");
+    env.dt_ok(&[b"mkdir", b(&pub_dir)]);
+    env.dt_ok(&[b"chown", b"65534:65534", b(&pub_dir)]);
+    let victim = env.path("victim");
+    std::fs::write(&victim, b"root's").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let go = env.path("go");
+    let new = pub_dir.join("new");
+    let child = dt_paused(&env, "mkdir-made", &go, &[b"mkdir", b"-m", b"4777", b(&new)]);
+    let (status, stderr) = at_pause(child, "mkdir-made", &go, || swap_for_symlink(&new, &victim));
+    assert_eq!(
+        mode_of(&victim),
+        0o644,
+        "root's file got the new directory's mode: {stderr}"
+    );
+    assert!(!status.success(), "the swap must be reported: {stderr}");
+}
+
+/// F2: `dt rm -ri` by root of nobody's folder; while root reads the question about an entry,
+/// nobody swaps the folder for a symlink to root's directory holding a file of that name.
+#[test]
+fn rm_ri_never_follows_a_folder_swapped_while_root_answers() {
+    let env = env_for_races();
+    let base = env.path("pub");
+    nobodys_dir(&base.join("d"));
+    std::os::unix::fs::chown(&base, Some(NOBODY), Some(NOBODY)).unwrap();
+    nobodys_file(&base.join("d/precious"), "nobody's");
+    let victim_dir = env.path("victimdir");
+    std::fs::create_dir(&victim_dir).unwrap();
+    std::fs::write(victim_dir.join("precious"), b"root's").unwrap();
+    let d = base.join("d");
+    let mut child = env
+        .command_for(DT, &[b"rm", b"-ri", b(&d)])
+        .env("LC_ALL", "C")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut questions = Vec::new();
+    loop {
+        let mut q = Vec::new();
+        let mut byte = [0u8];
+        while !q.ends_with(b"? ") {
+            if err.read(&mut byte).unwrap() == 0 {
+                break;
+            }
+            q.push(byte[0]);
+        }
+        if !q.ends_with(b"? ") {
+            questions.push(String::from_utf8_lossy(&q).into_owned());
+            break;
+        }
+        questions.push(String::from_utf8_lossy(&q).into_owned());
+        if questions.len() == 2 {
+            // Root reads the question about d/precious.
+            swap_for_symlink(&d, &victim_dir);
+        }
+        stdin.write_all(b"y\n").unwrap();
+        stdin.flush().unwrap();
+    }
+    drop(stdin);
+    child.wait().unwrap();
+    assert!(
+        questions[1].contains("precious"),
+        "the second question is about the entry: {questions:?}"
+    );
+    assert_eq!(
+        std::fs::read(victim_dir.join("precious")).ok().as_deref(),
+        Some(&b"root's"[..]),
+        "root's file was removed through the swapped folder: {questions:?}"
+    );
+}
+
+/// F3: `dt mv` by root of a file into nobody's folder in the volume; after the checks, nobody
+/// swaps the destination folder for a symlink to root's directory outside the volume holding a
+/// file of the destination's name.
+#[test]
+fn mv_into_a_folder_swapped_for_a_symlink_stays_where_it_was_checked() {
+    let env = env_for_races();
+    let pub_dir = env.path("a/pub");
+    env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("sub"))]);
+    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    let mine = env.path("a/mine");
+    env.dt_ok(&[b"touch", b(&mine)]);
+    std::fs::write(&mine, b"moved").unwrap();
+    let victim_dir = env.path("victimdir");
+    std::fs::create_dir(&victim_dir).unwrap();
+    std::fs::write(victim_dir.join("target"), b"root's").unwrap();
+    let go = env.path("go");
+    let sub = pub_dir.join("sub");
+    let child = dt_paused(
+        &env,
+        "mv-placed",
+        &go,
+        &[b"mv", b(&mine), b(&sub.join("target"))],
+    );
+    let (_, stderr) = at_pause(child, "mv-placed", &go, || {
+        swap_for_symlink(&sub, &victim_dir)
+    });
+    assert_eq!(
+        std::fs::read(victim_dir.join("target")).ok().as_deref(),
+        Some(&b"root's"[..]),
+        "root's file outside the volume was replaced: {stderr}"
+    );
+    assert!(
+        !victim_dir.join(".rsrc").exists(),
+        "a resource file was put outside the volume: {stderr}"
+    );
+}
+
+/// F4: `dt cp -a` by root of nobody's tree; between the look at a file and its opening, nobody
+/// swaps the folder holding it for a symlink to root's directory with a secret of that name.
+/// The copy (which keeps nobody as its owner) must not hold root's secret.
+#[test]
+fn cp_a_never_copies_root_s_file_for_the_tree_s_owner() {
+    let env = env_for_races();
+    let src = env.path("src");
+    nobodys_dir(&src);
+    nobodys_dir(&src.join("sub"));
+    nobodys_file(&src.join("sub/f"), "nobody's");
+    let secret_dir = env.path("secret");
+    std::fs::create_dir(&secret_dir).unwrap();
+    std::fs::set_permissions(&secret_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(secret_dir.join("f"), b"root's secret").unwrap();
+    std::fs::set_permissions(secret_dir.join("f"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    let dst: PathBuf = env.path("dst");
+    let go = env.path("go");
+    let child = dt_paused(&env, "cp-open", &go, &[b"cp", b"-a", b(&src), b(&dst)]);
+    let (_, stderr) = at_pause(child, "cp-open", &go, || {
+        swap_for_symlink(&src.join("sub"), &secret_dir)
+    });
+    let copy = dst.join("sub/f");
+    if let Ok(text) = std::fs::read(&copy) {
+        assert_ne!(
+            text,
+            b"root's secret",
+            "root's secret was copied (owner {}, mode {:o}): {stderr}",
+            std::fs::metadata(&copy).unwrap().uid(),
+            mode_of(&copy)
+        );
+    }
+}
