@@ -211,6 +211,11 @@ impl Pinned {
     pub fn dir(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()
     }
+
+    /// The pinned name in [`Pinned::dir`].
+    pub fn name(&self) -> &OsStr {
+        &self.name
+    }
 }
 
 /// Pin `path` (not in a volume): its folder opened once, by the name the user gave.

@@ -7,6 +7,7 @@
 
 mod common;
 use common::*;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -260,4 +261,70 @@ fn cp_a_never_copies_root_s_file_for_the_tree_s_owner() {
             mode_of(&copy)
         );
     }
+}
+
+/// F1, the resource file: `dt mkdir -m` by root in nobody's folder makes the new directory's
+/// resource file follow the mode; between the look at it and the change, nobody puts a
+/// symlink to root's file in its place (nobody may write the folder's `.rsrc`).
+#[test]
+fn mkdir_mode_never_reaches_a_symlink_put_in_the_resource_file_s_place() {
+    let env = env_for_races();
+    let pub_dir = env.path("a/pub");
+    env.dt_ok(&[b"mkdir", b(&pub_dir)]);
+    env.dt_ok(&[b"mkdir", b(&pub_dir.join("other"))]);
+    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    let victim = env.path("victim");
+    std::fs::write(&victim, b"root's").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let go = env.path("go");
+    let new = pub_dir.join("new");
+    let record = pub_dir.join(".rsrc/new");
+    let child = dt_paused(
+        &env,
+        "records-looked-at",
+        &go,
+        &[b"mkdir", b"-m", b"777", b(&new)],
+    );
+    let (_, stderr) = at_pause(child, "records-looked-at", &go, || {
+        let link = pub_dir.join(".rsrc/link");
+        as_nobody("ln", &[Path::new("-s"), &victim, &link]);
+        as_nobody("mv", &[Path::new("-T"), &link, &record]);
+    });
+    assert_eq!(
+        mode_of(&victim),
+        0o600,
+        "root's file got the resource file's mode: {stderr}"
+    );
+}
+
+/// F9: `dt mkdir -m 700` in a volume: the new directory's resource file is never open to
+/// others, not even between its registration and the change of its mode.
+#[test]
+fn mkdir_mode_s_resource_file_is_never_open_to_others() {
+    let env = env_for_races();
+    let go = env.path("go");
+    let new = env.path("a/private");
+    let mut cmd = env.command_for(
+        "sh",
+        &[b"-c", b"umask 022 && exec \"$@\"", b"sh", DT.as_bytes()],
+    );
+    cmd.args([OsStr::new("mkdir"), OsStr::new("-m"), OsStr::new("700")])
+        .arg(&new)
+        .env("DESKD_TEST_DT_PAUSE", format!("mkdir-registered:{}", go.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let record = env.path("a/.rsrc/private");
+    let mut seen = 0;
+    let (status, stderr) = at_pause(child, "mkdir-registered", &go, || {
+        seen = mode_of(&record);
+    });
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        seen & 0o077,
+        0,
+        "the resource file was open to others ({seen:o}) before its mode was set"
+    );
+    assert_eq!(mode_of(&record), 0o600);
 }

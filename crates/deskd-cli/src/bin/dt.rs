@@ -1058,6 +1058,9 @@ impl Dt {
             rustix::fs::fchmod(&made, rustix::fs::Mode::from_raw_mode(new))
                 .map_err(std::io::Error::from)
                 .with_context(cannot)?;
+            if let Place::Inside(_) = &place {
+                precreate_record(dir.as_fd(), &name, new);
+            }
         }
         if let Place::Inside(iv) = &place {
             // Every directory on the way gets its ID and resource file.
@@ -1065,6 +1068,7 @@ impl Dt {
                 self.session
                     .register(&iv.with_components(iv.components[..depth].to_vec()), true)?;
             }
+            at::race_pause("mkdir-registered");
             if let (Some(new), true) = (new_mode, made) {
                 follow_records(iv, true, Change::Mode(new))?;
             }
@@ -1130,13 +1134,29 @@ impl Dt {
         } else {
             Vec::new()
         };
-        remove_any(&abs).with_context(|| format!("cannot remove {}", quote(path)))?;
+        let cannot = || format!("cannot remove {}", quote(path));
+        // In a volume, its folder is pinned from the root without following a link, and the
+        // object and its resource file are removed through it (docs/security.md, "dt's path
+        // races"); outside, its folder is resolved once.
+        let pinned = match &place {
+            Place::Inside(iv) => {
+                Some(at::pin_in_volume(iv.volume.root(), &iv.components).with_context(cannot)?)
+            }
+            Place::Outside(_) => None,
+        };
+        match &pinned {
+            Some(pin) => at::remove_at(pin.dir(), pin.name()),
+            None => remove_any(&abs),
+        }
+        .with_context(cannot)?;
         for (shown, dir) in &removed {
             let what = if *dir { "removed directory" } else { "removed" };
             interact::tell(&format!("{what} {}", quote(shown)));
         }
-        if let Place::Inside(iv) = place {
-            let _ = fs::remove_file(iv.rsrc_path());
+        if let (Place::Inside(iv), Some(pin)) = (place, pinned) {
+            if let Ok(rsrc_dir) = at::open_dir_at(pin.dir(), OsStr::new(rsrc::RSRC_DIR)) {
+                let _ = rustix::fs::unlinkat(&rsrc_dir, pin.name(), rustix::fs::AtFlags::empty());
+            }
             let rel = iv.rel();
             self.session
                 .call(&iv, |vol| Request::DeletePath {
@@ -2150,6 +2170,7 @@ fn follow_records(iv: &InVolume, is_dir: bool, change: Change) -> Result<()> {
     if let Ok(rsrc_dir) = at::open_dir_at(folder.as_fd(), OsStr::new(rsrc::RSRC_DIR)) {
         if let Ok(st) = at::lstat_at(rsrc_dir.as_fd(), name) {
             if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                at::race_pause("records-looked-at");
                 if let Ok(fd) = at::open_checked(rsrc_dir.as_fd(), name, &st) {
                     places.push((fd, false, iv.rsrc_path()));
                 }
@@ -2179,6 +2200,27 @@ fn follow_records(iv: &InVolume, is_dir: bool, change: Change) -> Result<()> {
         .with_context(|| shown(&place))?;
     }
     Ok(())
+}
+
+/// Make the resource file of `name` (just made in the directory open at `dir`) before it is
+/// registered, with no more permission for others than `mode` gives (the owner may always
+/// read and write it): written by the registration, it is never open to others that the
+/// mode keeps out, not even until [`follow_records`] sets its mode. Best effort: what cannot
+/// be made here the registration makes.
+fn precreate_record(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, mode: u32) {
+    use rustix::fs::{Mode, OFlags};
+    let rsrc_name = OsStr::new(rsrc::RSRC_DIR);
+    let _ = rustix::fs::mkdirat(dir, rsrc_name, Mode::from_raw_mode(0o777));
+    let Ok(rsrc_dir) = at::open_dir_at(dir, rsrc_name) else {
+        return;
+    };
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let _ = rustix::fs::openat(
+        &rsrc_dir,
+        name,
+        flags,
+        Mode::from_raw_mode((mode & 0o066) | 0o600),
+    );
 }
 
 /// [`follow_records`] for a volume root, whose places are deskd's own.
