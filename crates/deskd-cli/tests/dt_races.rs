@@ -328,3 +328,29 @@ fn mkdir_mode_s_resource_file_is_never_open_to_others() {
     );
     assert_eq!(mode_of(&record), 0o600);
 }
+
+/// F2, without questions: `dt rm -r` by root of an entry of nobody's folder in the volume;
+/// after dt found the entry, nobody swaps its folder for a symlink to root's directory outside
+/// the volume holding a file of that name.
+#[test]
+fn rm_never_follows_a_folder_swapped_after_the_entry_was_found() {
+    let env = env_for_races();
+    let pub_dir = env.path("a/pub");
+    env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("sub"))]);
+    env.dt_ok(&[b"touch", b(&pub_dir.join("sub/target"))]);
+    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    let victim_dir = env.path("victimdir");
+    std::fs::create_dir(&victim_dir).unwrap();
+    std::fs::write(victim_dir.join("target"), b"root's").unwrap();
+    let go = env.path("go");
+    let sub = pub_dir.join("sub");
+    let child = dt_paused(&env, "rm-placed", &go, &[b"rm", b"-r", b(&sub.join("target"))]);
+    let (_, stderr) = at_pause(child, "rm-placed", &go, || {
+        swap_for_symlink(&sub, &victim_dir)
+    });
+    assert_eq!(
+        std::fs::read(victim_dir.join("target")).ok().as_deref(),
+        Some(&b"root's"[..]),
+        "root's file outside the volume was removed: {stderr}"
+    );
+}

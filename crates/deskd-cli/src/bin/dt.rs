@@ -1108,6 +1108,21 @@ impl Dt {
         } = how;
         let place = self.session.place(path)?;
         let abs = place.abs_unless_root(path, "refusing to remove a volume root")?;
+        // Its folder resolved once, to an open directory (in a volume pinned from the root
+        // without following a link): what is looked at, asked about and removed is there,
+        // whatever the folder's owner does to the names meanwhile (docs/security.md, "dt's
+        // path races").
+        let pinned = match &place {
+            Place::Inside(iv) => at::pin_in_volume(iv.volume.root(), &iv.components),
+            Place::Outside(_) => at::pin(&abs),
+        };
+        let pinned = match pinned {
+            Ok(p) => p,
+            Err(_) if force => return Ok(()),
+            Err(e) => return Err(anyhow!("cannot remove {}: {e}", quote(path))),
+        };
+        at::race_pause("rm-placed");
+        let abs = pinned.path();
         let meta = match fs::symlink_metadata(&abs) {
             Ok(m) => m,
             Err(_) if force => return Ok(()),
@@ -1120,7 +1135,7 @@ impl Dt {
             self.session.check_writable(iv)?;
         }
         if how.interactive && meta.is_dir() {
-            return self.rm_asking(path, &abs, matches!(place, Place::Inside(_)), how);
+            return self.rm_asking(path, &pinned, matches!(place, Place::Inside(_)), how);
         }
         if how.interactive
             && !interact::ask(&format!("remove {} {}", what_it_is(&meta), quote(path)))
@@ -1134,28 +1149,15 @@ impl Dt {
         } else {
             Vec::new()
         };
-        let cannot = || format!("cannot remove {}", quote(path));
-        // In a volume, its folder is pinned from the root without following a link, and the
-        // object and its resource file are removed through it (docs/security.md, "dt's path
-        // races"); outside, its folder is resolved once.
-        let pinned = match &place {
-            Place::Inside(iv) => {
-                Some(at::pin_in_volume(iv.volume.root(), &iv.components).with_context(cannot)?)
-            }
-            Place::Outside(_) => None,
-        };
-        match &pinned {
-            Some(pin) => at::remove_at(pin.dir(), pin.name()),
-            None => remove_any(&abs),
-        }
-        .with_context(cannot)?;
+        at::remove_at(pinned.dir(), pinned.name())
+            .with_context(|| format!("cannot remove {}", quote(path)))?;
         for (shown, dir) in &removed {
             let what = if *dir { "removed directory" } else { "removed" };
             interact::tell(&format!("{what} {}", quote(shown)));
         }
-        if let (Place::Inside(iv), Some(pin)) = (place, pinned) {
-            if let Ok(rsrc_dir) = at::open_dir_at(pin.dir(), OsStr::new(rsrc::RSRC_DIR)) {
-                let _ = rustix::fs::unlinkat(&rsrc_dir, pin.name(), rustix::fs::AtFlags::empty());
+        if let Place::Inside(iv) = place {
+            if let Ok(rsrc_dir) = at::open_dir_at(pinned.dir(), OsStr::new(rsrc::RSRC_DIR)) {
+                let _ = rustix::fs::unlinkat(&rsrc_dir, pinned.name(), rustix::fs::AtFlags::empty());
             }
             let rel = iv.rel();
             self.session
@@ -1174,7 +1176,7 @@ impl Dt {
         Ok(())
     }
 
-    /// `rm -ri` of directory `path` (at `abs`), as rm(1) asks: whether to descend into it
+    /// `rm -ri` of directory `path` (pinned at `pinned`), as rm(1) asks: whether to descend into it
     /// (not asked when it is empty), then about each entry (in name order), then whether to
     /// remove the directory itself, which must be empty by then.
     ///
@@ -1183,9 +1185,13 @@ impl Dt {
     /// before it is entered, and kept open across the questions; every entry is removed
     /// relative to it. A folder's owner who swaps a name for a symlink while root reads a
     /// question turns nothing against another file (docs/security.md, "dt's path races").
-    fn rm_asking(&mut self, path: &Path, abs: &Path, in_volume: bool, how: RmHow) -> Result<()> {
-        let cannot = || format!("cannot remove {}", quote(path));
-        let (parent, name) = at::open_parent(abs).with_context(cannot)?;
+    fn rm_asking(
+        &mut self,
+        path: &Path,
+        pinned: &at::Pinned,
+        in_volume: bool,
+        how: RmHow,
+    ) -> Result<()> {
         let iv = if in_volume {
             match self.session.place(path)? {
                 Place::Inside(iv) => Some(iv),
@@ -1194,7 +1200,7 @@ impl Dt {
         } else {
             None
         };
-        self.rm_at_asking(parent.as_fd(), &name, path, iv.as_ref(), how)
+        self.rm_at_asking(pinned.dir(), pinned.name(), path, iv.as_ref(), how)
     }
 
     /// [`Self::rm_asking`] of `name` in the directory open at `parent` (shown as `path`;
