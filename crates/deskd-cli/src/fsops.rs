@@ -109,7 +109,13 @@ fn copy_at(
         let source = at::open_dir_checked(dir, name, &st).map_err(replaced)?;
         fs::create_dir(to)?;
         for entry in at::names(source.as_fd())? {
-            copy_at(source.as_fd(), &entry, &from.join(&entry), &to.join(&entry), how)?;
+            copy_at(
+                source.as_fd(),
+                &entry,
+                &from.join(&entry),
+                &to.join(&entry),
+                how,
+            )?;
         }
         // Owner first: a change of owner clears set-ID bits.
         if how.preserve {

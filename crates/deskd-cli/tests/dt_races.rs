@@ -124,7 +124,12 @@ fn mkdir_mode_never_reaches_a_symlink_swapped_for_the_new_directory() {
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
     let go = env.path("go");
     let new = pub_dir.join("new");
-    let child = dt_paused(&env, "mkdir-made", &go, &[b"mkdir", b"-m", b"4777", b(&new)]);
+    let child = dt_paused(
+        &env,
+        "mkdir-made",
+        &go,
+        &[b"mkdir", b"-m", b"4777", b(&new)],
+    );
     let (status, stderr) = at_pause(child, "mkdir-made", &go, || swap_for_symlink(&new, &victim));
     assert_eq!(
         mode_of(&victim),
@@ -243,8 +248,7 @@ fn cp_a_never_copies_root_s_file_for_the_tree_s_owner() {
     std::fs::create_dir(&secret_dir).unwrap();
     std::fs::set_permissions(&secret_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::write(secret_dir.join("f"), b"root's secret").unwrap();
-    std::fs::set_permissions(secret_dir.join("f"), std::fs::Permissions::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(secret_dir.join("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let dst: PathBuf = env.path("dst");
     let go = env.path("go");
     let child = dt_paused(&env, "cp-open", &go, &[b"cp", b"-a", b(&src), b(&dst)]);
@@ -310,7 +314,10 @@ fn mkdir_mode_s_resource_file_is_never_open_to_others() {
     );
     cmd.args([OsStr::new("mkdir"), OsStr::new("-m"), OsStr::new("700")])
         .arg(&new)
-        .env("DESKD_TEST_DT_PAUSE", format!("mkdir-registered:{}", go.display()))
+        .env(
+            "DESKD_TEST_DT_PAUSE",
+            format!("mkdir-registered:{}", go.display()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -344,7 +351,12 @@ fn rm_never_follows_a_folder_swapped_after_the_entry_was_found() {
     std::fs::write(victim_dir.join("target"), b"root's").unwrap();
     let go = env.path("go");
     let sub = pub_dir.join("sub");
-    let child = dt_paused(&env, "rm-placed", &go, &[b"rm", b"-r", b(&sub.join("target"))]);
+    let child = dt_paused(
+        &env,
+        "rm-placed",
+        &go,
+        &[b"rm", b"-r", b(&sub.join("target"))],
+    );
     let (_, stderr) = at_pause(child, "rm-placed", &go, || {
         swap_for_symlink(&sub, &victim_dir)
     });

@@ -1051,7 +1051,9 @@ impl Dt {
             .with_context(cannot)?;
             // What was made is this user's: a directory of anybody else put in its place is
             // not given the mode.
-            let st = rustix::fs::fstat(&made).map_err(std::io::Error::from).with_context(cannot)?;
+            let st = rustix::fs::fstat(&made)
+                .map_err(std::io::Error::from)
+                .with_context(cannot)?;
             if st.st_uid != rustix::process::geteuid().as_raw() {
                 return Err(at::replaced()).with_context(cannot);
             }
@@ -1157,7 +1159,8 @@ impl Dt {
         }
         if let Place::Inside(iv) = place {
             if let Ok(rsrc_dir) = at::open_dir_at(pinned.dir(), OsStr::new(rsrc::RSRC_DIR)) {
-                let _ = rustix::fs::unlinkat(&rsrc_dir, pinned.name(), rustix::fs::AtFlags::empty());
+                let _ =
+                    rustix::fs::unlinkat(&rsrc_dir, pinned.name(), rustix::fs::AtFlags::empty());
             }
             let rel = iv.rel();
             self.session
@@ -1232,8 +1235,8 @@ impl Dt {
         }
         let dir = at::open_dir_checked(parent, name, &st).with_context(cannot)?;
         let listed = |dir: std::os::fd::BorrowedFd<'_>| -> Result<Vec<std::ffi::OsString>> {
-            let mut names = at::names(dir)
-                .with_context(|| format!("cannot read directory {}", quote(path)))?;
+            let mut names =
+                at::names(dir).with_context(|| format!("cannot read directory {}", quote(path)))?;
             names.retain(|n| !(iv.is_some() && deskd_volume::is_protected(n.as_bytes())));
             Ok(names)
         };
