@@ -107,6 +107,17 @@ pub fn open_parent(path: &Path) -> io::Result<(OwnedFd, OsString)> {
     Ok((fd, name))
 }
 
+/// `name` in `dir` opened `O_PATH` (for a change of mode or owner through
+/// `/proc/self/fd/N`, or `fstat`): a final symlink followed only with `follow`, else opened as
+/// itself.
+pub fn open_path_at(dir: BorrowedFd<'_>, name: &OsStr, follow: bool) -> io::Result<OwnedFd> {
+    let mut flags = OFlags::PATH | OFlags::CLOEXEC;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?)
+}
+
 /// The names in the directory open at `dir` (not `.` and `..`), sorted.
 pub fn names(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
     let mut listing = rustix::fs::Dir::read_from(dir)?;

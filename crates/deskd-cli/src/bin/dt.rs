@@ -799,58 +799,100 @@ impl Dt {
         f: &mut ChangeFn<'_>,
     ) -> Result<()> {
         let place = self.session.place(path)?;
-        let (abs, inside) = match place {
-            Place::Outside(abs) => (abs, None),
+        let cannot = || format!("cannot access {}", quote(path));
+        // The operand's folder resolved once (in a volume from the root, never through a
+        // link), and every object changed through a descriptor of its own: a name swapped for
+        // a symlink after the look is never followed (docs/security.md, "dt's path races").
+        let (pinned, inside) = match place {
+            Place::Outside(abs) => (at::pin(&abs).with_context(cannot)?, None),
             Place::Inside(iv) => {
                 self.session.check_writable(&iv)?;
-                (iv.path(), Some(iv))
+                if iv.components.is_empty() {
+                    let root = iv.path();
+                    (at::pin(&root).with_context(cannot)?, Some(iv))
+                } else {
+                    let pinned = at::pin_in_volume(iv.volume.root(), &iv.components)
+                        .with_context(cannot)?;
+                    (pinned, Some(iv))
+                }
             }
         };
         // The operand itself is followed if it is a link, as chmod(1) and chown(1) do (chown
         // -h: not).
-        let meta = if dereference {
-            fs::metadata(&abs)
-        } else {
-            fs::symlink_metadata(&abs)
+        let object = at::open_path_at(pinned.dir(), pinned.name(), dereference)
+            .map(fs::File::from)
+            .with_context(cannot)?;
+        let meta = object.metadata().with_context(cannot)?;
+        if meta.file_type().is_symlink() {
+            // `chown -h` of a link: by its name in the pinned folder (never followed).
+            let change = f(&pinned.path(), path, &meta)?;
+            if let Some(iv) = &inside {
+                follow_records(iv, false, change)?;
+            }
+            return Ok(());
         }
-        .with_context(|| format!("cannot access {}", quote(path)))?;
-        self.change_tree(&abs, path, inside.as_ref(), &meta, recursive, f)
+        self.change_tree(&object, path, inside.as_ref(), &meta, recursive, f)
     }
 
+    /// Change the object open (`O_PATH`) at `object` and, with `recursive`, everything below
+    /// it, walked by descriptors: `f` gets `/proc/self/fd/N` of the very object.
     fn change_tree(
         &mut self,
-        abs: &Path,
+        object: &fs::File,
         shown: &Path,
         inside: Option<&InVolume>,
         meta: &fs::Metadata,
         recursive: bool,
         f: &mut ChangeFn<'_>,
     ) -> Result<()> {
-        let change = f(abs, shown, meta)?;
+        use std::os::fd::AsRawFd;
+        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", object.as_raw_fd()));
+        let change = f(&fd_path, shown, meta)?;
         if let Some(iv) = inside {
             follow_records(iv, meta.is_dir(), change)?;
         }
         if !(recursive && meta.is_dir()) {
             return Ok(());
         }
-        let mut entries: Vec<_> = fs::read_dir(abs)
-            .with_context(|| format!("cannot read directory {}", abs.display()))?
-            .filter_map(|e| e.ok())
-            .collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name();
+        let cannot_read = || format!("cannot read directory {}", quote(shown));
+        let dir = rustix::fs::openat(
+            object,
+            ".",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .with_context(cannot_read)?;
+        let names = at::names(dir.as_fd()).with_context(cannot_read)?;
+        for name in names {
             // In a volume deskd's own names follow their objects instead of being walked.
             if inside.is_some() && deskd_volume::is_protected(name.as_bytes()) {
                 continue;
             }
-            let child = abs.join(&name);
-            let child_meta = fs::symlink_metadata(&child)?;
             let child_shown = shown.join(&name);
+            at::race_pause("change-listed");
+            // Never through a link: a link opens as itself.
+            let child = match at::open_path_at(dir.as_fd(), &name, false) {
+                Ok(fd) => fs::File::from(fd),
+                Err(e) => {
+                    eprintln!("dt: cannot access {}: {}", quote(&child_shown), interact::io_text(&e));
+                    self.failed = true;
+                    continue;
+                }
+            };
+            let child_meta = child.metadata()?;
             if child_meta.file_type().is_symlink() {
                 // Links themselves: chmod(1) -R leaves them, chown(1) -R changes the link.
                 if let Change::Owner(uid, gid) = change {
-                    std::os::unix::fs::lchown(&child, uid, gid).with_context(|| {
+                    rustix::fs::chownat(
+                        &dir,
+                        &name,
+                        uid.map(rustix::process::Uid::from_raw),
+                        gid.map(rustix::process::Gid::from_raw),
+                        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(std::io::Error::from)
+                    .with_context(|| {
                         format!("cannot change owner of {}", quote(&child_shown))
                     })?;
                 }
