@@ -811,8 +811,8 @@ impl Dt {
                     let root = iv.path();
                     (at::pin(&root).with_context(cannot)?, Some(iv))
                 } else {
-                    let pinned = at::pin_in_volume(iv.volume.root(), &iv.components)
-                        .with_context(cannot)?;
+                    let pinned =
+                        at::pin_in_volume(iv.volume.root(), &iv.components).with_context(cannot)?;
                     (pinned, Some(iv))
                 }
             }
@@ -858,7 +858,9 @@ impl Dt {
         let dir = rustix::fs::openat(
             object,
             ".",
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )
         .map_err(std::io::Error::from)
@@ -875,7 +877,11 @@ impl Dt {
             let child = match at::open_path_at(dir.as_fd(), &name, false) {
                 Ok(fd) => fs::File::from(fd),
                 Err(e) => {
-                    eprintln!("dt: cannot access {}: {}", quote(&child_shown), interact::io_text(&e));
+                    eprintln!(
+                        "dt: cannot access {}: {}",
+                        quote(&child_shown),
+                        interact::io_text(&e)
+                    );
                     self.failed = true;
                     continue;
                 }
@@ -892,9 +898,7 @@ impl Dt {
                         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
                     )
                     .map_err(std::io::Error::from)
-                    .with_context(|| {
-                        format!("cannot change owner of {}", quote(&child_shown))
-                    })?;
+                    .with_context(|| format!("cannot change owner of {}", quote(&child_shown)))?;
                 }
                 continue;
             }
