@@ -408,3 +408,27 @@ fn chown_and_chmod_r_never_follow_an_entry_swapped_after_the_listing() {
         as_nobody("touch", &[&f]);
     }
 }
+
+/// `dt rmdir` by root of nobody's empty folder in the volume: after dt found it, nobody swaps
+/// it for a symlink to root's directory outside the volume whose `.rsrc` holds records. They
+/// must stay (not a finding of the review; the same race in the same tool).
+#[test]
+fn rmdir_never_empties_a_directory_swapped_for_the_one_found() {
+    let env = env_for_races();
+    let pub_dir = env.path("a/pub");
+    env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("sub"))]);
+    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    let victim_dir = env.path("victimdir");
+    std::fs::create_dir_all(victim_dir.join(".rsrc")).unwrap();
+    std::fs::write(victim_dir.join(".rsrc/precious"), b"root's").unwrap();
+    let go = env.path("go");
+    let sub = pub_dir.join("sub");
+    let child = dt_paused(&env, "rmdir-placed", &go, &[b"rmdir", b(&sub)]);
+    let (_, stderr) = at_pause(child, "rmdir-placed", &go, || {
+        swap_for_symlink(&sub, &victim_dir)
+    });
+    assert!(
+        victim_dir.join(".rsrc/precious").exists(),
+        "root's records outside the volume were removed: {stderr}"
+    );
+}

@@ -1380,25 +1380,44 @@ impl Dt {
                 if iv.components.is_empty() {
                     bail!("{}: refusing to remove a volume root", path.display());
                 }
-                let dir = iv.path();
+                let cannot = || format!("cannot remove {}", path.display());
+                // Its folder pinned from the volume root without following a link, the
+                // directory opened and checked to be what was looked at: what is emptied and
+                // removed is there (docs/security.md, "dt's path races").
+                let pinned =
+                    at::pin_in_volume(iv.volume.root(), &iv.components).with_context(cannot)?;
+                at::race_pause("rmdir-placed");
+                let st = at::lstat_at(pinned.dir(), pinned.name()).with_context(cannot)?;
+                if !at::is_dir(&st) {
+                    return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR))
+                        .with_context(cannot);
+                }
+                let dir =
+                    at::open_dir_checked(pinned.dir(), pinned.name(), &st).with_context(cannot)?;
                 // The directory's own .rsrc holds only its entries' records: empty with them.
-                let rsrc_dir = dir.join(rsrc::RSRC_DIR);
-                let entries: Vec<_> = fs::read_dir(&dir)
-                    .with_context(|| format!("cannot remove {}", path.display()))?
-                    .filter_map(|e| e.ok())
-                    .filter(|e| e.file_name() != rsrc::RSRC_DIR)
-                    .collect();
-                if !entries.is_empty() {
+                let entries = at::names(dir.as_fd()).with_context(cannot)?;
+                if entries.iter().any(|n| n != rsrc::RSRC_DIR) {
                     bail!("cannot remove {}: directory not empty", path.display());
                 }
                 self.session.check_writable(&iv)?;
-                if rsrc_dir.exists() {
-                    fs::remove_dir_all(&rsrc_dir)
-                        .with_context(|| format!("cannot remove {}", rsrc_dir.display()))?;
+                match at::remove_at(dir.as_fd(), OsStr::new(rsrc::RSRC_DIR)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).with_context(|| {
+                            format!("cannot remove {}", iv.path().join(rsrc::RSRC_DIR).display())
+                        })
+                    }
+                    _ => {}
                 }
-                fs::remove_dir(&dir)
-                    .with_context(|| format!("cannot remove {}", path.display()))?;
-                let _ = fs::remove_file(iv.rsrc_path());
+                rustix::fs::unlinkat(pinned.dir(), pinned.name(), rustix::fs::AtFlags::REMOVEDIR)
+                    .map_err(std::io::Error::from)
+                    .with_context(cannot)?;
+                if let Ok(rsrc_dir) = at::open_dir_at(pinned.dir(), OsStr::new(rsrc::RSRC_DIR)) {
+                    let _ = rustix::fs::unlinkat(
+                        &rsrc_dir,
+                        pinned.name(),
+                        rustix::fs::AtFlags::empty(),
+                    );
+                }
                 let rel = iv.rel();
                 self.session.call(&iv, |vol| Request::DeletePath {
                     vol,
