@@ -5,8 +5,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::at;
@@ -76,18 +75,46 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 /// races").
 pub fn copy_tree_with(from: &Path, to: &Path, how: CopyMode) -> io::Result<()> {
     let (dir, name) = at::open_parent(from)?;
-    copy_at(dir.as_fd(), &name, from, to, how)
+    let (to_dir, to_name) = at::open_parent(to)?;
+    copy_at(dir.as_fd(), &name, from, to_dir.as_fd(), &to_name, how)
+}
+
+/// The timestamps `utimensat(2)` takes, from `stat` fields.
+fn timestamps(st: &rustix::fs::Stat) -> rustix::fs::Timestamps {
+    use rustix::fs::{Timespec, Timestamps};
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: st.st_atime as _,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: Timespec {
+            tv_sec: st.st_mtime as _,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+    }
+}
+
+/// A change of owner that this user may not make is no error (as for cp -p).
+fn permitted(result: rustix::io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(rustix::io::Errno::PERM) => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// [`copy_tree_with`] of `name` in the directory open at `dir` (`from` is its path, for the
-/// messages and the resource-file test).
+/// messages and the resource-file test) to `to_name` in the directory open at `to_dir`: the
+/// copy is made, and its owner, mode and times set, through descriptors too, so a folder of
+/// the destination swapped for a link is never written through.
 fn copy_at(
     dir: BorrowedFd<'_>,
     name: &OsStr,
     from: &Path,
-    to: &Path,
+    to_dir: BorrowedFd<'_>,
+    to_name: &OsStr,
     how: CopyMode,
 ) -> io::Result<()> {
+    use rustix::fs::{AtFlags, Mode, OFlags};
     let replaced = |e: io::Error| {
         if e.to_string() == at::replaced().to_string() {
             io::Error::other(format!("{}: replaced while being copied", from.display()))
@@ -101,67 +128,76 @@ fn copy_at(
     } else {
         st.st_mode & 0o777 & !how.umask
     };
-    let owner = (st.st_uid, st.st_gid);
+    let (uid, gid) = (
+        rustix::process::Uid::from_raw(st.st_uid),
+        rustix::process::Gid::from_raw(st.st_gid),
+    );
     if at::is_symlink(&st) {
         let target = rustix::fs::readlinkat(dir, name, Vec::new())?;
-        symlink(OsStr::from_bytes(target.as_bytes()), to)?;
-    } else if at::is_dir(&st) {
+        rustix::fs::symlinkat(target.as_c_str(), to_dir, to_name)?;
+        if how.preserve {
+            permitted(rustix::fs::chownat(
+                to_dir,
+                to_name,
+                Some(uid),
+                Some(gid),
+                AtFlags::SYMLINK_NOFOLLOW,
+            ))?;
+            rustix::fs::utimensat(to_dir, to_name, &timestamps(&st), AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        return Ok(());
+    }
+    let made = if at::is_dir(&st) {
         let source = at::open_dir_checked(dir, name, &st).map_err(replaced)?;
-        fs::create_dir(to)?;
+        // Closed to others until its mode is set, after its entries.
+        rustix::fs::mkdirat(to_dir, to_name, Mode::from_raw_mode(0o700))?;
+        let made = at::open_dir_at(to_dir, to_name).map_err(|e| {
+            if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) {
+                io::Error::other(format!("{}: replaced while being copied", from.display()))
+            } else {
+                e
+            }
+        })?;
         for entry in at::names(source.as_fd())? {
             copy_at(
                 source.as_fd(),
                 &entry,
                 &from.join(&entry),
-                &to.join(&entry),
+                made.as_fd(),
+                &entry,
                 how,
             )?;
         }
-        // Owner first: a change of owner clears set-ID bits.
-        if how.preserve {
-            keep_owner_ids(to, owner)?;
-        }
-        fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
+        fs::File::from(made)
     } else {
         at::race_pause("cp-open");
         let mut source = fs::File::from(at::open_checked(dir, name, &st).map_err(replaced)?);
-        // O_EXCL: `to` must not exist, and a link planted there (even a dangling one) must not
-        // be written through. std's copy still uses copy_file_range or sendfile.
-        let mut dest = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(to)?;
+        // O_EXCL: the copy must not exist, and a link planted there (even a dangling one) must
+        // not be written through. std's copy still uses copy_file_range or sendfile.
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut dest = fs::File::from(rustix::fs::openat(
+            to_dir,
+            to_name,
+            flags,
+            Mode::from_raw_mode(0o600),
+        )?);
         if how.fresh_ids && crate::fresh_ids::is_resource_file(from) {
             crate::fresh_ids::copy_cleared(&mut source, &mut dest)?;
         } else {
             io::copy(&mut source, &mut dest)?;
         }
-        if how.preserve {
-            keep_owner_ids(to, owner)?;
-        }
-        dest.set_permissions(fs::Permissions::from_mode(mode))?;
+        dest
+    };
+    // Owner first: a change of owner clears set-ID bits.
+    if how.preserve {
+        permitted(rustix::fs::fchown(&made, Some(uid), Some(gid)))?;
     }
-    if !how.preserve {
-        return Ok(());
+    rustix::fs::fchmod(&made, Mode::from_raw_mode(mode))?;
+    if how.preserve {
+        rustix::fs::futimens(&made, &timestamps(&st))?;
     }
-    if at::is_symlink(&st) {
-        keep_owner_ids(to, owner)?;
-    }
-    let times = (
-        st.st_atime as i64,
-        st.st_atime_nsec as i64,
-        st.st_mtime as i64,
-        st.st_mtime_nsec as i64,
-    );
-    set_times(to, Some(times))
-}
-
-/// [`keep_owner`] with the owner and group given.
-fn keep_owner_ids(to: &Path, (uid, gid): (u32, u32)) -> io::Result<()> {
-    match std::os::unix::fs::lchown(to, Some(uid), Some(gid)) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
-        other => other,
-    }
+    Ok(())
 }
 
 /// Give `to` the owner and group of `meta`, where the caller may (root may; others may only
@@ -183,6 +219,7 @@ pub fn remove_any(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
 
     #[test]
     fn copy_tree_keeps_structure_and_times() {

@@ -432,3 +432,39 @@ fn rmdir_never_empties_a_directory_swapped_for_the_one_found() {
         "root's records outside the volume were removed: {stderr}"
     );
 }
+
+/// `dt cp -a` by root of nobody's tree into nobody's folder: while dt copies, nobody swaps the
+/// copy's top directory (root's, in nobody's folder) for a symlink to root's directory that
+/// holds a directory of the same name as one in the tree. Root's directory must keep its owner
+/// and mode and get no file (not a finding of the review; F4's other side).
+#[test]
+fn cp_a_never_writes_through_a_destination_folder_swapped_for_a_symlink() {
+    let env = env_for_races();
+    let home = env.path("home");
+    nobodys_dir(&home);
+    let src = home.join("src");
+    nobodys_dir(&src.join("sub"));
+    std::os::unix::fs::chown(&src, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(src.join("sub"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    nobodys_file(&src.join("sub/f"), "nobody's");
+    let victim_dir = env.path("victimdir");
+    std::fs::create_dir_all(victim_dir.join("sub")).unwrap();
+    std::fs::set_permissions(victim_dir.join("sub"), std::fs::Permissions::from_mode(0o755))
+        .unwrap();
+    let dst = home.join("dst");
+    let go = env.path("go");
+    let child = dt_paused(&env, "cp-open", &go, &[b"cp", b"-a", b(&src), b(&dst)]);
+    let (_, stderr) = at_pause(child, "cp-open", &go, || {
+        swap_for_symlink(&dst, &victim_dir)
+    });
+    let meta = std::fs::metadata(victim_dir.join("sub")).unwrap();
+    assert_eq!(
+        (meta.uid(), mode_of(&victim_dir.join("sub"))),
+        (0, 0o755),
+        "root's directory was given the copy's owner or mode: {stderr}"
+    );
+    assert!(
+        !victim_dir.join("sub/f").exists(),
+        "a file was copied into root's directory: {stderr}"
+    );
+}
