@@ -5,7 +5,6 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::at;
@@ -200,15 +199,6 @@ fn copy_at(
     Ok(())
 }
 
-/// Give `to` the owner and group of `meta`, where the caller may (root may; others may only
-/// choose among their own groups, so a refusal is not an error, as for cp -p).
-pub fn keep_owner(to: &Path, meta: &fs::Metadata) -> io::Result<()> {
-    match std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid())) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
-        other => other,
-    }
-}
-
 /// Remove `path`, whatever it is (a directory with everything below it): its folder is
 /// resolved once, everything after goes by descriptors and never through a symlink
 /// ([`crate::at::remove_at`]).
@@ -219,7 +209,7 @@ pub fn remove_any(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{symlink, MetadataExt};
 
     #[test]
     fn copy_tree_keeps_structure_and_times() {

@@ -449,8 +449,11 @@ fn cp_a_never_writes_through_a_destination_folder_swapped_for_a_symlink() {
     nobodys_file(&src.join("sub/f"), "nobody's");
     let victim_dir = env.path("victimdir");
     std::fs::create_dir_all(victim_dir.join("sub")).unwrap();
-    std::fs::set_permissions(victim_dir.join("sub"), std::fs::Permissions::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        victim_dir.join("sub"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     let dst = home.join("dst");
     let go = env.path("go");
     let child = dt_paused(&env, "cp-open", &go, &[b"cp", b"-a", b(&src), b(&dst)]);

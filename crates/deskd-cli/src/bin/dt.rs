@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use deskd_cli::at;
 use deskd_cli::connection::ConnectionArgs;
 use deskd_cli::fresh_ids::{clear_tree, copy_record_cleared};
-use deskd_cli::fsops::{copy_tree, copy_tree_with, keep_owner, remove_any, set_times, CopyMode};
+use deskd_cli::fsops::{copy_tree, copy_tree_with, remove_any, set_times, CopyMode};
 use deskd_cli::interact::{self, quote};
 use deskd_cli::mode;
 use deskd_cli::output::{ctime_string, display_bytes, fourcc, write_match, FindArgs};
@@ -770,18 +770,29 @@ impl Dt {
         let mut dest = open.open(to)?;
         std::io::copy(&mut source, &mut dest)?;
         if how.preserve {
+            // Owner, mode and times through the descriptor written, never by the name again
+            // (docs/security.md, "dt's path races"); owner first, as it clears set-ID bits.
             let meta = source.metadata()?;
-            keep_owner(to, &meta)?;
+            match rustix::fs::fchown(
+                &dest,
+                Some(rustix::process::Uid::from_raw(meta.uid())),
+                Some(rustix::process::Gid::from_raw(meta.gid())),
+            ) {
+                Err(e) if e != rustix::io::Errno::PERM => {
+                    return Err(std::io::Error::from(e).into())
+                }
+                _ => {}
+            }
             dest.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-            set_times(
-                to,
-                Some((
-                    meta.atime(),
-                    meta.atime_nsec(),
-                    meta.mtime(),
-                    meta.mtime_nsec(),
-                )),
-            )?;
+            let time = |s: i64, ns: i64| rustix::fs::Timespec {
+                tv_sec: s as _,
+                tv_nsec: ns as _,
+            };
+            let times = rustix::fs::Timestamps {
+                last_access: time(meta.atime(), meta.atime_nsec()),
+                last_modification: time(meta.mtime(), meta.mtime_nsec()),
+            };
+            rustix::fs::futimens(&dest, &times).map_err(std::io::Error::from)?;
         }
         if let Place::Inside(b) = to_place {
             self.session.register(b, true)?;
