@@ -471,3 +471,45 @@ fn cp_a_never_writes_through_a_destination_folder_swapped_for_a_symlink() {
         "a file was copied into root's directory: {stderr}"
     );
 }
+
+/// `dt mv` by root into nobody's folder in the volume: after the server registered the
+/// arrival, before dt writes its resource file and ID mirror, nobody swaps the folder for a
+/// symlink to root's directory outside the volume holding a file of that name (and a record).
+/// Root's files must not be written, nor given an ID mirror (the registration after a move,
+/// by path before).
+#[test]
+fn mv_never_writes_the_record_through_a_folder_swapped_after_registering() {
+    let env = env_for_races();
+    let pub_dir = env.path("a/pub");
+    env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("sub"))]);
+    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    let mine = env.path("a/mine");
+    env.dt_ok(&[b"touch", b(&mine)]);
+    let victim_dir = env.path("victimdir");
+    std::fs::create_dir_all(victim_dir.join(".rsrc")).unwrap();
+    std::fs::write(victim_dir.join(".rsrc/target"), b"root's").unwrap();
+    std::fs::write(victim_dir.join("target"), b"root's").unwrap();
+    let go = env.path("go");
+    let sub = pub_dir.join("sub");
+    let child = dt_paused(
+        &env,
+        "before-record",
+        &go,
+        &[b"mv", b(&mine), b(&sub.join("target"))],
+    );
+    let (_, stderr) = at_pause(child, "before-record", &go, || {
+        swap_for_symlink(&sub, &victim_dir)
+    });
+    assert_eq!(
+        std::fs::read(victim_dir.join(".rsrc/target"))
+            .ok()
+            .as_deref(),
+        Some(&b"root's"[..]),
+        "root's file outside the volume was written: {stderr}"
+    );
+    assert_eq!(
+        xattr::get(victim_dir.join("target"), "user.deskd.id").unwrap(),
+        None,
+        "root's file outside the volume got an ID mirror: {stderr}"
+    );
+}
