@@ -48,6 +48,20 @@ pub fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?)
 }
 
+/// Open directory `name` in `dir` to walk through it (`O_PATH`: search permission is enough,
+/// as for a path), never through a symlink.
+pub fn walk_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?)
+}
+
+/// The path through `/proc/self/fd` of the object open at `fd`: a change of mode or owner by
+/// this path reaches that very object (also for an `O_PATH` descriptor).
+pub fn fd_path(fd: BorrowedFd<'_>) -> std::path::PathBuf {
+    use std::os::fd::AsRawFd;
+    std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
 /// Open directory `name` in `dir` and require it to be the object `seen` (a stat taken
 /// before): the descriptor then leads where the name led when it was looked at.
 pub fn open_dir_checked(dir: BorrowedFd<'_>, name: &OsStr, seen: &Stat) -> io::Result<OwnedFd> {
@@ -102,7 +116,8 @@ pub fn open_parent(path: &Path) -> io::Result<(OwnedFd, OsString)> {
     } else {
         parent
     };
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    // O_PATH: search permission is enough (a drop box may be written, not read).
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(rustix::fs::CWD, &parent, flags, Mode::empty())?;
     Ok((fd, name))
 }
@@ -202,8 +217,7 @@ pub struct Pinned {
 impl Pinned {
     /// The directory's own path through its descriptor.
     fn dir_path(&self) -> std::path::PathBuf {
-        use std::os::fd::AsRawFd;
-        std::path::PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd()))
+        fd_path(self.dir.as_fd())
     }
 
     /// The pinned name's path (through the open directory).
@@ -243,10 +257,10 @@ pub fn pin_in_volume(root: &Path, components: &[Vec<u8>]) -> io::Result<Pinned> 
     let Some((name, folders)) = components.split_last() else {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     };
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let mut dir = rustix::fs::openat(rustix::fs::CWD, root, flags, Mode::empty())?;
     for folder in folders {
-        dir = match open_dir_at(dir.as_fd(), OsStr::from_bytes(folder)) {
+        dir = match walk_dir_at(dir.as_fd(), OsStr::from_bytes(folder)) {
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 return Err(io::Error::other(format!(
                     "{}: a symbolic link on the way (not followed)",

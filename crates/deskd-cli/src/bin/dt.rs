@@ -1099,23 +1099,17 @@ impl Dt {
         at::race_pause("mkdir-made");
         if let (Some(new), true) = (new_mode, made) {
             let cannot = || format!("cannot set the mode of {}", quote(path));
-            let made = match at::open_dir_at(dir.as_fd(), &name) {
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
-                    Err(at::replaced())
-                }
-                other => other,
-            }
-            .with_context(cannot)?;
-            // What was made is this user's: a directory of anybody else put in its place is
-            // not given the mode.
+            // Opened as itself (never through a link), without needing any permission on it.
+            let made = at::open_path_at(dir.as_fd(), &name, false).with_context(cannot)?;
+            // What was made is this user's directory: a link, or a directory of anybody else,
+            // put in its place is not given the mode.
             let st = rustix::fs::fstat(&made)
                 .map_err(std::io::Error::from)
                 .with_context(cannot)?;
-            if st.st_uid != rustix::process::geteuid().as_raw() {
+            if !at::is_dir(&st) || st.st_uid != rustix::process::geteuid().as_raw() {
                 return Err(at::replaced()).with_context(cannot);
             }
-            rustix::fs::fchmod(&made, rustix::fs::Mode::from_raw_mode(new))
-                .map_err(std::io::Error::from)
+            fs::set_permissions(at::fd_path(made.as_fd()), fs::Permissions::from_mode(new))
                 .with_context(cannot)?;
             if let Place::Inside(_) = &place {
                 precreate_record(dir.as_fd(), &name, new);
@@ -1215,7 +1209,7 @@ impl Dt {
             interact::tell(&format!("{what} {}", quote(shown)));
         }
         if let Place::Inside(iv) = place {
-            if let Ok(rsrc_dir) = at::open_dir_at(pinned.dir(), OsStr::new(rsrc::RSRC_DIR)) {
+            if let Ok(rsrc_dir) = at::walk_dir_at(pinned.dir(), OsStr::new(rsrc::RSRC_DIR)) {
                 let _ =
                     rustix::fs::unlinkat(&rsrc_dir, pinned.name(), rustix::fs::AtFlags::empty());
             }
@@ -1363,7 +1357,7 @@ impl Dt {
         let Some(iv) = iv else {
             return Ok(());
         };
-        if let Ok(rsrc_dir) = at::open_dir_at(parent, OsStr::new(rsrc::RSRC_DIR)) {
+        if let Ok(rsrc_dir) = at::walk_dir_at(parent, OsStr::new(rsrc::RSRC_DIR)) {
             let _ = rustix::fs::unlinkat(&rsrc_dir, name, rustix::fs::AtFlags::empty());
         }
         let rel = iv.rel();
@@ -1422,7 +1416,7 @@ impl Dt {
                 rustix::fs::unlinkat(pinned.dir(), pinned.name(), rustix::fs::AtFlags::REMOVEDIR)
                     .map_err(std::io::Error::from)
                     .with_context(cannot)?;
-                if let Ok(rsrc_dir) = at::open_dir_at(pinned.dir(), OsStr::new(rsrc::RSRC_DIR)) {
+                if let Ok(rsrc_dir) = at::walk_dir_at(pinned.dir(), OsStr::new(rsrc::RSRC_DIR)) {
                     let _ = rustix::fs::unlinkat(
                         &rsrc_dir,
                         pinned.name(),
@@ -2238,51 +2232,48 @@ enum Change {
 /// `.rsrc` directory that holds its entries' records (mode: the directory's). A link in either
 /// place is left alone (dt never works through one).
 fn follow_records(iv: &InVolume, is_dir: bool, change: Change) -> Result<()> {
-    // Each opened without following a link at any step below the object's folder, and
-    // changed through its descriptor: a link put in the place of either between a check and
-    // the change is never followed (docs/security.md, "dt's path races").
-    let Some((name, parent)) = iv.components.split_last() else {
+    // Each opened (`O_PATH`) without following a link at any step below the object's folder,
+    // and changed through its descriptor: a link put in the place of either between a check
+    // and the change is never followed (docs/security.md, "dt's path races").
+    let Some(name) = iv.components.last() else {
         // A volume root: its resource file is deskd's own at the root.
         return follow_records_by_path(iv, is_dir, change);
     };
-    let folder = iv.with_components(parent.to_vec()).path();
-    let name = OsStr::from_bytes(name);
-    let shown = |p: &Path| format!("cannot change {}", p.display());
-    let Ok(folder) = at::open_dir_at(rustix::fs::CWD, folder.as_os_str()) else {
+    let Ok(folder) = at::pin_in_volume(iv.volume.root(), &iv.components) else {
         return Ok(());
     };
+    let folder = folder.dir();
+    let name = OsStr::from_bytes(name);
     let mut places = Vec::new();
-    if let Ok(rsrc_dir) = at::open_dir_at(folder.as_fd(), OsStr::new(rsrc::RSRC_DIR)) {
+    if let Ok(rsrc_dir) = at::walk_dir_at(folder, OsStr::new(rsrc::RSRC_DIR)) {
         if let Ok(st) = at::lstat_at(rsrc_dir.as_fd(), name) {
             if st.st_mode & libc::S_IFMT == libc::S_IFREG {
                 at::race_pause("records-looked-at");
-                if let Ok(fd) = at::open_checked(rsrc_dir.as_fd(), name, &st) {
-                    places.push((fd, false, iv.rsrc_path()));
+                if let Ok(fd) = at::open_path_at(rsrc_dir.as_fd(), name, false) {
+                    if rustix::fs::fstat(&fd).is_ok_and(|now| at::same(&now, &st)) {
+                        places.push((fd, false, iv.rsrc_path()));
+                    }
                 }
             }
         }
     }
     if is_dir {
-        if let Ok(object) = at::open_dir_at(folder.as_fd(), name) {
-            if let Ok(fd) = at::open_dir_at(object.as_fd(), OsStr::new(rsrc::RSRC_DIR)) {
+        if let Ok(object) = at::walk_dir_at(folder, name) {
+            if let Ok(fd) = at::walk_dir_at(object.as_fd(), OsStr::new(rsrc::RSRC_DIR)) {
                 places.push((fd, true, iv.path().join(rsrc::RSRC_DIR)));
             }
         }
     }
     for (fd, dir, place) in places {
+        let through = at::fd_path(fd.as_fd());
         match change {
             Change::Mode(mode) => {
                 let mode = if dir { mode } else { mode & 0o666 };
-                rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(mode))
+                fs::set_permissions(&through, fs::Permissions::from_mode(mode))
             }
-            Change::Owner(uid, gid) => rustix::fs::fchown(
-                &fd,
-                uid.map(rustix::process::Uid::from_raw),
-                gid.map(rustix::process::Gid::from_raw),
-            ),
+            Change::Owner(uid, gid) => std::os::unix::fs::chown(&through, uid, gid),
         }
-        .map_err(std::io::Error::from)
-        .with_context(|| shown(&place))?;
+        .with_context(|| format!("cannot change {}", place.display()))?;
     }
     Ok(())
 }
@@ -2296,7 +2287,7 @@ fn precreate_record(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, mode: u32) {
     use rustix::fs::{Mode, OFlags};
     let rsrc_name = OsStr::new(rsrc::RSRC_DIR);
     let _ = rustix::fs::mkdirat(dir, rsrc_name, Mode::from_raw_mode(0o777));
-    let Ok(rsrc_dir) = at::open_dir_at(dir, rsrc_name) else {
+    let Ok(rsrc_dir) = at::walk_dir_at(dir, rsrc_name) else {
         return;
     };
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
