@@ -513,3 +513,40 @@ fn mv_never_writes_the_record_through_a_folder_swapped_after_registering() {
         "root's file outside the volume got an ID mirror: {stderr}"
     );
 }
+
+/// `dt mv` by root of nobody's tree into another volume clears the IDs in the tree's records
+/// before the rename: while it walks the tree, nobody swaps the tree for a symlink to another
+/// directory holding records of the same names. Their IDs must stay.
+#[test]
+fn mv_between_volumes_never_clears_ids_through_a_tree_swapped_for_a_symlink() {
+    need_root();
+    let mut env = Env::new(&["a", "b"]);
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.serve(&["a", "b"]);
+    let home = env.path("a/home");
+    env.dt_ok(&[b"mkdir", b"-p", b(&home.join("tree/sub"))]);
+    env.dt_ok(&[b"touch", b(&home.join("tree/sub/x"))]);
+    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&home)]);
+    let victim_dir = env.path("victimdir");
+    std::fs::create_dir_all(victim_dir.join("sub/.rsrc")).unwrap();
+    std::fs::write(victim_dir.join("sub/x"), b"").unwrap();
+    let record = victim_dir.join("sub/.rsrc/x");
+    let header = deskd_volume::rsrc::ResourceHeader::new(4321, *b"TEXT", *b"ttxt", 0);
+    deskd_volume::rsrc::write_header(&record, &header).unwrap();
+    let go = env.path("go");
+    let tree = home.join("tree");
+    let child = dt_paused(
+        &env,
+        "clear-entry",
+        &go,
+        &[b"mv", b(&tree), b(&env.path("b/tree"))],
+    );
+    let (_, stderr) = at_pause(child, "clear-entry", &go, || {
+        swap_for_symlink(&tree, &victim_dir)
+    });
+    let after = deskd_volume::rsrc::read_header(&record).unwrap().unwrap();
+    assert_eq!(
+        after.id, 4321,
+        "a record outside the tree lost its ID: {stderr}"
+    );
+}

@@ -1808,7 +1808,20 @@ impl Dt {
             }
         };
         while let Some(iv) = stack.pop() {
-            let rsrc_path = iv.rsrc_path();
+            // Through the object's folder pinned from the volume root, never through a link
+            // (docs/security.md, "dt's path races").
+            let pinned = if iv.components.is_empty() {
+                None
+            } else {
+                Some(
+                    at::pin_in_volume(iv.volume.root(), &iv.components)
+                        .with_context(|| format!("cannot register {}", iv.shown()))?,
+                )
+            };
+            let (rsrc_path, path) = match &pinned {
+                Some(p) => (p.rsrc_path(), p.path()),
+                None => (iv.rsrc_path(), iv.path()),
+            };
             let mut header = rsrc::read_header(&rsrc_path).ok().flatten();
             if let Some(h) = header.as_mut().filter(|h| !keep_ids && h.id != 0) {
                 // Fresh IDs: forget IDs recorded for another volume (or for the original of a
@@ -1816,7 +1829,6 @@ impl Dt {
                 h.id = 0;
                 rsrc::write_header(&rsrc_path, h)?;
             }
-            let path = iv.path();
             if fs::symlink_metadata(&path)
                 .map(|m| m.is_dir())
                 .unwrap_or(false)
