@@ -550,3 +550,34 @@ fn mv_between_volumes_never_clears_ids_through_a_tree_swapped_for_a_symlink() {
         "a record outside the tree lost its ID: {stderr}"
     );
 }
+
+/// `dt cp -R` by root into nobody's folder in the volume: after the checks, nobody swaps the
+/// destination folder for a symlink to root's directory outside the volume. Nothing may be
+/// copied there.
+#[test]
+fn cp_into_a_folder_swapped_for_a_symlink_stays_in_the_volume() {
+    let env = env_for_races();
+    let pub_dir = env.path("a/pub");
+    env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("sub"))]);
+    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/f"), b"copied").unwrap();
+    let victim_dir = env.path("victimdir");
+    std::fs::create_dir(&victim_dir).unwrap();
+    let go = env.path("go");
+    let sub = pub_dir.join("sub");
+    let child = dt_paused(
+        &env,
+        "cp-placed",
+        &go,
+        &[b"cp", b"-R", b(&src), b(&sub.join("x"))],
+    );
+    let (_, stderr) = at_pause(child, "cp-placed", &go, || {
+        swap_for_symlink(&sub, &victim_dir)
+    });
+    assert!(
+        !victim_dir.join("x").exists() && !victim_dir.join(".rsrc").exists(),
+        "the copy landed outside the volume: {stderr}"
+    );
+}

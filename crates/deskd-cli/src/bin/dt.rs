@@ -716,8 +716,19 @@ impl Dt {
             fresh_ids: matches!(to, Place::Inside(_)) && !keep_ids,
             ..how
         };
-        copy_tree_with(&source, &to_abs, how)
-            .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
+        // In a volume, the copy's folder pinned from the root without following a link: the
+        // copy and its top record land where the checks found the folder (docs/security.md,
+        // "dt's path races").
+        let cannot = || format!("cannot copy {} to {}", src.display(), dest.display());
+        let to_pin = match &to {
+            Place::Inside(b) => {
+                Some(at::pin_in_volume(b.volume.root(), &b.components).with_context(cannot)?)
+            }
+            Place::Outside(_) => None,
+        };
+        at::race_pause("cp-placed");
+        let copy_to = to_pin.as_ref().map_or_else(|| to_abs.clone(), |p| p.path());
+        copy_tree_with(&source, &copy_to, how).with_context(cannot)?;
         test_pause("copied");
         if let Place::Inside(b) = &to {
             // The top object's record lives beside it, not in the copied tree. A tree from
@@ -731,12 +742,15 @@ impl Dt {
                         .join(name)
                 }),
             };
+            let to_record = to_pin
+                .as_ref()
+                .map_or_else(|| b.rsrc_path(), |p| p.rsrc_path());
             if let Some(record) = top_record.filter(|r| r.is_file()) {
                 if keep_ids {
-                    rsrc::make_rsrc_dir(&b.rsrc_path())?;
-                    rsrc::copy_file(&record, &b.rsrc_path())?;
+                    rsrc::make_rsrc_dir(&to_record)?;
+                    rsrc::copy_file(&record, &to_record)?;
                 } else {
-                    copy_record_cleared(&record, &b.rsrc_path())?;
+                    copy_record_cleared(&record, &to_record)?;
                 }
             }
             // A copy is a new object (new IDs, Mac information kept), unless restoring.
@@ -1723,7 +1737,13 @@ impl Dt {
                 )
             })?;
         test_pause("forgotten");
-        let _ = fs::remove_file(a.rsrc_path());
+        // Through its folder pinned from the root, never through a link.
+        if let Ok(pinned) = at::pin_in_volume(a.volume.root(), &a.components) {
+            if let Ok(rsrc_dir) = at::walk_dir_at(pinned.dir(), OsStr::new(rsrc::RSRC_DIR)) {
+                let _ =
+                    rustix::fs::unlinkat(&rsrc_dir, pinned.name(), rustix::fs::AtFlags::empty());
+            }
+        }
         Ok(())
     }
 
