@@ -581,3 +581,31 @@ fn cp_into_a_folder_swapped_for_a_symlink_stays_in_the_volume() {
         "the copy landed outside the volume: {stderr}"
     );
 }
+
+/// `dt touch` by root of a file in nobody's folder in the volume: after the checks, nobody
+/// swaps the folder for a symlink to root's directory outside the volume holding a file of
+/// that name. Its times must not change.
+#[test]
+fn touch_never_reaches_a_file_through_a_folder_swapped_for_a_symlink() {
+    let env = env_for_races();
+    let pub_dir = env.path("a/pub");
+    env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("sub"))]);
+    env.dt_ok(&[b"touch", b(&pub_dir.join("sub/f"))]);
+    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    let victim_dir = env.path("victimdir");
+    std::fs::create_dir(&victim_dir).unwrap();
+    std::fs::write(victim_dir.join("f"), b"root's").unwrap();
+    deskd_cli::fsops::set_times(&victim_dir.join("f"), Some((1000, 0, 2000, 0))).unwrap();
+    let go = env.path("go");
+    let sub = pub_dir.join("sub");
+    let child = dt_paused(&env, "touch-placed", &go, &[b"touch", b(&sub.join("f"))]);
+    let (_, stderr) = at_pause(child, "touch-placed", &go, || {
+        swap_for_symlink(&sub, &victim_dir)
+    });
+    let meta = std::fs::metadata(victim_dir.join("f")).unwrap();
+    assert_eq!(
+        (meta.atime(), meta.mtime()),
+        (1000, 2000),
+        "root's file outside the volume was touched: {stderr}"
+    );
+}

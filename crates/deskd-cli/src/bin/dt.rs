@@ -1009,7 +1009,15 @@ impl Dt {
         }
         // The resource file says the same (a rebuild reads it; a comment longer than its 199
         // bytes stays whole in the desktop).
-        let rsrc_path = iv.rsrc_path();
+        // Through the object's folder pinned from the root, never through a link
+        // (docs/security.md, "dt's path races").
+        let rsrc_path = if iv.components.is_empty() {
+            iv.rsrc_path()
+        } else {
+            at::pin_in_volume(iv.volume.root(), &iv.components)
+                .with_context(|| format!("cannot write resource file of {}", iv.shown()))?
+                .rsrc_path()
+        };
         let mut header = rsrc::read_header(&rsrc_path)?
             .unwrap_or_else(|| rsrc::ResourceHeader::new(o.id, o.type_code, o.creator, 0));
         header.id = o.id;
@@ -1152,6 +1160,21 @@ impl Dt {
                 iv.path()
             }
         };
+        // Its folder resolved once (in a volume from the root, never through a link): the
+        // times set or the file made are there (docs/security.md, "dt's path races").
+        let pinned = match &place {
+            Place::Inside(iv) if !iv.components.is_empty() => {
+                at::pin_in_volume(iv.volume.root(), &iv.components)
+            }
+            _ => at::pin(&abs),
+        };
+        let pinned = match pinned {
+            // No folder, no file: `-c` makes none, as touch(1).
+            Err(_) if no_create => return Ok(()),
+            other => other.with_context(|| format!("cannot touch {}", path.display()))?,
+        };
+        at::race_pause("touch-placed");
+        let abs = pinned.path();
         if exists(&abs) {
             set_times(&abs, None).with_context(|| format!("cannot touch {}", path.display()))?;
         } else if no_create {
