@@ -1011,13 +1011,18 @@ impl Dt {
         // bytes stays whole in the desktop).
         // Through the object's folder pinned from the root, never through a link
         // (docs/security.md, "dt's path races").
-        let rsrc_path = if iv.components.is_empty() {
-            iv.rsrc_path()
+        // (The pinned folder stays open while its path is used.)
+        let pinned = if iv.components.is_empty() {
+            None
         } else {
-            at::pin_in_volume(iv.volume.root(), &iv.components)
-                .with_context(|| format!("cannot write resource file of {}", iv.shown()))?
-                .rsrc_path()
+            Some(
+                at::pin_in_volume(iv.volume.root(), &iv.components)
+                    .with_context(|| format!("cannot write resource file of {}", iv.shown()))?,
+            )
         };
+        let rsrc_path = pinned
+            .as_ref()
+            .map_or_else(|| iv.rsrc_path(), |p| p.rsrc_path());
         let mut header = rsrc::read_header(&rsrc_path)?
             .unwrap_or_else(|| rsrc::ResourceHeader::new(o.id, o.type_code, o.creator, 0));
         header.id = o.id;
