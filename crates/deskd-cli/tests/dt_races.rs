@@ -609,3 +609,38 @@ fn touch_never_reaches_a_file_through_a_folder_swapped_for_a_symlink() {
         "root's file outside the volume was touched: {stderr}"
     );
 }
+
+/// `dt set` by root of a file in nobody's folder in the volume: after the checks, nobody swaps
+/// the folder for a symlink to root's directory outside the volume holding a `.rsrc` with a
+/// record of that name. It must not be written.
+#[test]
+fn set_never_writes_a_record_through_a_folder_swapped_for_a_symlink() {
+    let env = env_for_races();
+    let pub_dir = env.path("a/pub");
+    env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("sub"))]);
+    env.dt_ok(&[b"touch", b(&pub_dir.join("sub/f"))]);
+    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    let victim_dir = env.path("victimdir");
+    std::fs::create_dir_all(victim_dir.join(".rsrc")).unwrap();
+    std::fs::write(victim_dir.join("f"), b"root's").unwrap();
+    let record = victim_dir.join(".rsrc/f");
+    let header = deskd_volume::rsrc::ResourceHeader::new(4321, *b"APPL", *b"ttxt", 0);
+    deskd_volume::rsrc::write_header(&record, &header).unwrap();
+    let go = env.path("go");
+    let sub = pub_dir.join("sub");
+    let child = dt_paused(
+        &env,
+        "set-placed",
+        &go,
+        &[b"set", b"-t", b"TEXT", b(&sub.join("f"))],
+    );
+    let (_, stderr) = at_pause(child, "set-placed", &go, || {
+        swap_for_symlink(&sub, &victim_dir)
+    });
+    let after = deskd_volume::rsrc::read_header(&record).unwrap().unwrap();
+    assert_eq!(
+        (after.id, after.type_code),
+        (4321, *b"APPL"),
+        "root's record outside the volume was written: {stderr}"
+    );
+}

@@ -1023,6 +1023,7 @@ impl Dt {
         let rsrc_path = pinned
             .as_ref()
             .map_or_else(|| iv.rsrc_path(), |p| p.rsrc_path());
+        at::race_pause("set-placed");
         let mut header = rsrc::read_header(&rsrc_path)?
             .unwrap_or_else(|| rsrc::ResourceHeader::new(o.id, o.type_code, o.creator, 0));
         header.id = o.id;
