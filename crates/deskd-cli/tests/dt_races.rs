@@ -152,40 +152,7 @@ fn rm_ri_never_follows_a_folder_swapped_while_root_answers() {
     std::fs::create_dir(&victim_dir).unwrap();
     std::fs::write(victim_dir.join("precious"), b"root's").unwrap();
     let d = base.join("d");
-    let mut child = env
-        .command_for(DT, &[b"rm", b"-ri", b(&d)])
-        .env("LC_ALL", "C")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut questions = Vec::new();
-    loop {
-        let mut q = Vec::new();
-        let mut byte = [0u8];
-        while !q.ends_with(b"? ") {
-            if err.read(&mut byte).unwrap() == 0 {
-                break;
-            }
-            q.push(byte[0]);
-        }
-        if !q.ends_with(b"? ") {
-            questions.push(String::from_utf8_lossy(&q).into_owned());
-            break;
-        }
-        questions.push(String::from_utf8_lossy(&q).into_owned());
-        if questions.len() == 2 {
-            // Root reads the question about d/precious.
-            swap_for_symlink(&d, &victim_dir);
-        }
-        stdin.write_all(b"y\n").unwrap();
-        stdin.flush().unwrap();
-    }
-    drop(stdin);
-    child.wait().unwrap();
+    let questions = rm_ri_swapping_at_second_question(&env, &d, &victim_dir);
     assert!(
         questions[1].contains("precious"),
         "the second question is about the entry: {questions:?}"
@@ -642,5 +609,75 @@ fn set_never_writes_a_record_through_a_folder_swapped_for_a_symlink() {
         (after.id, after.type_code),
         (4321, *b"APPL"),
         "root's record outside the volume was written: {stderr}"
+    );
+}
+
+/// Run root's `dt rm -ri d`, answering yes to every question; while root reads the second one,
+/// nobody swaps `d` for a symlink to `target`. The questions asked.
+fn rm_ri_swapping_at_second_question(env: &Env, d: &Path, target: &Path) -> Vec<String> {
+    let mut child = env
+        .command_for(DT, &[b"rm", b"-ri", b(d)])
+        .env("LC_ALL", "C")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut questions = Vec::new();
+    loop {
+        let mut q = Vec::new();
+        let mut byte = [0u8];
+        while !q.ends_with(b"? ") {
+            if err.read(&mut byte).unwrap() == 0 {
+                break;
+            }
+            q.push(byte[0]);
+        }
+        let asked = q.ends_with(b"? ");
+        questions.push(String::from_utf8_lossy(&q).into_owned());
+        if !asked {
+            break;
+        }
+        if questions.len() == 2 {
+            swap_for_symlink(d, target);
+        }
+        stdin.write_all(b"y\n").unwrap();
+        stdin.flush().unwrap();
+    }
+    drop(stdin);
+    child.wait().unwrap();
+    questions
+}
+
+/// F2 inside a volume: `dt rm -ri` by root of nobody's folder; while root reads the question
+/// about an entry, nobody swaps the folder for a symlink to another folder of the volume
+/// holding another user's (root's) file of that name. That file must stay, with its ID.
+#[test]
+fn rm_ri_in_a_volume_never_removes_another_user_s_file_or_its_id() {
+    let env = env_for_races();
+    let pub_dir = env.path("a/pub");
+    env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("d"))]);
+    env.dt_ok(&[b"touch", b(&pub_dir.join("d/precious"))]);
+    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    let other = env.path("a/other");
+    env.dt_ok(&[b"mkdir", b(&other)]);
+    env.dt_ok(&[b"touch", b(&other.join("precious"))]);
+    let id = env.id_of(&other.join("precious"));
+    let d = pub_dir.join("d");
+    let questions = rm_ri_swapping_at_second_question(&env, &d, &other);
+    assert!(
+        questions[1].contains("precious"),
+        "the second question is about the entry: {questions:?}"
+    );
+    assert!(
+        other.join("precious").exists(),
+        "root's file was removed through the swapped folder: {questions:?}"
+    );
+    assert_eq!(
+        env.id_of(&other.join("precious")),
+        id,
+        "root's file lost its ID: {questions:?}"
     );
 }
