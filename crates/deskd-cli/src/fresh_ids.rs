@@ -7,7 +7,7 @@
 //! adopt. So the IDs are cleared before the data arrives (a rename), or as it is written (a
 //! copy).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -83,29 +83,42 @@ pub fn copy_record_cleared(from: &Path, to: &Path) -> anyhow::Result<bool> {
 /// not touched). Symbolic
 /// links are never followed. The first failure ends it: the caller must then not rename.
 pub fn clear_tree(top: &Path) -> io::Result<()> {
-    let meta = fs::symlink_metadata(top)?;
-    if meta.file_type().is_symlink() {
+    // Walked by descriptors, never through a name swapped for a link meanwhile
+    // (docs/security.md, "dt's path races"): each change is made by a name in a directory
+    // held open (`/proc/self/fd/N/NAME`).
+    let (dir, name) = crate::at::open_parent(top)?;
+    clear_at(std::os::fd::AsFd::as_fd(&dir), &name)
+}
+
+/// [`clear_tree`] of `name` in the directory open at `dir`.
+fn clear_at(dir: std::os::fd::BorrowedFd<'_>, name: &std::ffi::OsStr) -> io::Result<()> {
+    use crate::at;
+    use std::os::fd::AsFd;
+    let st = at::lstat_at(dir, name)?;
+    if at::is_symlink(&st) {
         return Ok(());
     }
-    remove_mirror(top)?;
-    clear_netatalk_cnid(top)?;
-    if !meta.is_dir() {
+    let path = at::fd_path(dir).join(name);
+    remove_mirror(&path)?;
+    clear_netatalk_cnid(&path)?;
+    if !at::is_dir(&st) {
         return Ok(());
     }
-    for entry in fs::read_dir(top)? {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_name() == rsrc::RSRC_DIR {
-            if entry.file_type()?.is_dir() {
-                for record in fs::read_dir(&path)? {
-                    let record = record?;
-                    if record.file_type()?.is_file() {
-                        clear_record(&record.path())?;
-                    }
+    let sub = at::open_dir_checked(dir, name, &st)?;
+    for entry in at::names(sub.as_fd())? {
+        if entry == rsrc::RSRC_DIR {
+            let Ok(records) = at::open_dir_at(sub.as_fd(), &entry) else {
+                continue;
+            };
+            for record in at::names(records.as_fd())? {
+                let rst = at::lstat_at(records.as_fd(), &record)?;
+                if rst.st_mode & libc::S_IFMT == libc::S_IFREG {
+                    clear_record(&at::fd_path(records.as_fd()).join(&record))?;
                 }
             }
         } else {
-            clear_tree(&path)?;
+            at::race_pause("clear-entry");
+            clear_at(sub.as_fd(), &entry)?;
         }
     }
     Ok(())
@@ -174,6 +187,7 @@ fn without_cnid(blob: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn a_copied_record_keeps_everything_but_its_id() {

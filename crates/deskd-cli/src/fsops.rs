@@ -1,10 +1,13 @@
 //! File operations the dt verbs share: recursive copy keeping (or, for a plain `dt cp`, not
 //! keeping) modes, times and owners, symlinks as symlinks, and setting times.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
+
+use crate::at;
 
 /// Set access and modification times of `path` (not following a final symlink); `None` = now.
 pub fn set_times(path: &Path, times: Option<(i64, i64, i64, i64)>) -> io::Result<()> {
@@ -23,10 +26,6 @@ pub fn set_times(path: &Path, times: Option<(i64, i64, i64, i64)>) -> io::Result
     };
     let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
     Ok(rustix::fs::utimensat(rustix::fs::CWD, path, &times, flags)?)
-}
-
-fn times_of(m: &fs::Metadata) -> (i64, i64, i64, i64) {
-    (m.atime(), m.atime_nsec(), m.mtime(), m.mtime_nsec())
 }
 
 /// What a copy keeps of the original.
@@ -65,80 +64,152 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Copy `from` to `to` (which must not exist), keeping what `how` says.
+///
+/// The source is walked by descriptors, as cp(1) walks with fts: `from`'s folder is opened
+/// once, each directory is opened without following a link and checked to be what was
+/// looked at, each file is opened relative to its directory and checked the same way, and
+/// what is kept (owner, mode, times) is that of the object opened. A tree whose owner swaps
+/// a name for a symlink mid-copy makes the copy fail ("replaced while being copied"); it never
+/// copies another file under the owner of the one looked at (docs/security.md, "dt's path
+/// races").
 pub fn copy_tree_with(from: &Path, to: &Path, how: CopyMode) -> io::Result<()> {
-    let meta = fs::symlink_metadata(from)?;
-    let ft = meta.file_type();
-    let mode = if how.preserve {
-        meta.mode() & 0o7777
-    } else {
-        meta.mode() & 0o777 & !how.umask
+    let (dir, name) = at::open_parent(from)?;
+    let (to_dir, to_name) = at::open_parent(to)?;
+    copy_at(dir.as_fd(), &name, from, to_dir.as_fd(), &to_name, how)
+}
+
+/// The timestamps `utimensat(2)` takes, from `stat` fields.
+fn timestamps(st: &rustix::fs::Stat) -> rustix::fs::Timestamps {
+    use rustix::fs::{Timespec, Timestamps};
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: st.st_atime as _,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: Timespec {
+            tv_sec: st.st_mtime as _,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+    }
+}
+
+/// A change of owner that this user may not make is no error (as for cp -p).
+fn permitted(result: rustix::io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(rustix::io::Errno::PERM) => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// [`copy_tree_with`] of `name` in the directory open at `dir` (`from` is its path, for the
+/// messages and the resource-file test) to `to_name` in the directory open at `to_dir`: the
+/// copy is made, and its owner, mode and times set, through descriptors too, so a folder of
+/// the destination swapped for a link is never written through.
+fn copy_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    from: &Path,
+    to_dir: BorrowedFd<'_>,
+    to_name: &OsStr,
+    how: CopyMode,
+) -> io::Result<()> {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    let replaced = |e: io::Error| {
+        if e.to_string() == at::replaced().to_string() {
+            io::Error::other(format!("{}: replaced while being copied", from.display()))
+        } else {
+            e
+        }
     };
-    if ft.is_symlink() {
-        symlink(fs::read_link(from)?, to)?;
-    } else if ft.is_dir() {
-        fs::create_dir(to)?;
-        let mut entries: Vec<_> = fs::read_dir(from)?.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            copy_tree_with(&entry.path(), &to.join(entry.file_name()), how)?;
-        }
-        // Owner first: a change of owner clears set-ID bits.
-        if how.preserve {
-            keep_owner(to, &meta)?;
-        }
-        fs::set_permissions(to, fs::Permissions::from_mode(mode))?;
+    let st = at::lstat_at(dir, name)?;
+    let mode = if how.preserve {
+        st.st_mode & 0o7777
     } else {
-        // O_EXCL: `to` must not exist, and a link planted there (even a dangling one) must not
-        // be written through. std's copy still uses copy_file_range or sendfile.
-        let mut source = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(from)?;
-        let mut dest = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(to)?;
+        st.st_mode & 0o777 & !how.umask
+    };
+    let (uid, gid) = (
+        rustix::process::Uid::from_raw(st.st_uid),
+        rustix::process::Gid::from_raw(st.st_gid),
+    );
+    if at::is_symlink(&st) {
+        let target = rustix::fs::readlinkat(dir, name, Vec::new())?;
+        rustix::fs::symlinkat(target.as_c_str(), to_dir, to_name)?;
+        if how.preserve {
+            permitted(rustix::fs::chownat(
+                to_dir,
+                to_name,
+                Some(uid),
+                Some(gid),
+                AtFlags::SYMLINK_NOFOLLOW,
+            ))?;
+            rustix::fs::utimensat(to_dir, to_name, &timestamps(&st), AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        return Ok(());
+    }
+    let made = if at::is_dir(&st) {
+        let source = at::open_dir_checked(dir, name, &st).map_err(replaced)?;
+        // Closed to others until its mode is set, after its entries.
+        rustix::fs::mkdirat(to_dir, to_name, Mode::from_raw_mode(0o700))?;
+        let made = at::open_dir_at(to_dir, to_name).map_err(|e| {
+            if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) {
+                io::Error::other(format!("{}: replaced while being copied", from.display()))
+            } else {
+                e
+            }
+        })?;
+        for entry in at::names(source.as_fd())? {
+            copy_at(
+                source.as_fd(),
+                &entry,
+                &from.join(&entry),
+                made.as_fd(),
+                &entry,
+                how,
+            )?;
+        }
+        fs::File::from(made)
+    } else {
+        at::race_pause("cp-open");
+        let mut source = fs::File::from(at::open_checked(dir, name, &st).map_err(replaced)?);
+        // O_EXCL: the copy must not exist, and a link planted there (even a dangling one) must
+        // not be written through. std's copy still uses copy_file_range or sendfile.
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut dest = fs::File::from(rustix::fs::openat(
+            to_dir,
+            to_name,
+            flags,
+            Mode::from_raw_mode(0o600),
+        )?);
         if how.fresh_ids && crate::fresh_ids::is_resource_file(from) {
             crate::fresh_ids::copy_cleared(&mut source, &mut dest)?;
         } else {
             io::copy(&mut source, &mut dest)?;
         }
-        if how.preserve {
-            keep_owner(to, &meta)?;
-        }
-        dest.set_permissions(fs::Permissions::from_mode(mode))?;
+        dest
+    };
+    // Owner first: a change of owner clears set-ID bits.
+    if how.preserve {
+        permitted(rustix::fs::fchown(&made, Some(uid), Some(gid)))?;
     }
-    if !how.preserve {
-        return Ok(());
+    rustix::fs::fchmod(&made, Mode::from_raw_mode(mode))?;
+    if how.preserve {
+        rustix::fs::futimens(&made, &timestamps(&st))?;
     }
-    if ft.is_symlink() {
-        keep_owner(to, &meta)?;
-    }
-    set_times(to, Some(times_of(&meta)))
+    Ok(())
 }
 
-/// Give `to` the owner and group of `meta`, where the caller may (root may; others may only
-/// choose among their own groups, so a refusal is not an error, as for cp -p).
-pub fn keep_owner(to: &Path, meta: &fs::Metadata) -> io::Result<()> {
-    match std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid())) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
-        other => other,
-    }
-}
-
-/// Remove `path`, whatever it is (a directory with everything below it).
+/// Remove `path`, whatever it is (a directory with everything below it): its folder is
+/// resolved once, everything after goes by descriptors and never through a symlink
+/// ([`crate::at::remove_at`]).
 pub fn remove_any(path: &Path) -> io::Result<()> {
-    let meta = fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    }
+    crate::at::remove_path(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{symlink, MetadataExt};
 
     #[test]
     fn copy_tree_keeps_structure_and_times() {

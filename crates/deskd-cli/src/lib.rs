@@ -6,11 +6,14 @@
 //! of `dt chmod`, `chown` and `chgrp` ([`mode`]), and the active users `deskd status` lists
 //! ([`active_users`]); for dt, Finder flags and labels by name ([`finder`]), the `ls -l`
 //! columns ([`listing`]), coreutils' questions and `-v` lines ([`interact`]) and the orders
-//! they report trees in ([`walk`]).
+//! they report trees in ([`walk`]), and working on files through open directory descriptors
+//! rather than path names, so a name swapped for a symlink turns nothing against another file
+//! ([`at`]).
 
 #![forbid(unsafe_code)]
 
 pub mod active_users;
+pub mod at;
 pub mod connection;
 pub mod finder;
 pub mod fresh_ids;

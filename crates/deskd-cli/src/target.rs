@@ -411,6 +411,7 @@ impl Session {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
         self.carry_mac_info(iv, &info, header.as_ref())?;
+        crate::at::race_pause("before-record");
         self.write_record(iv, &info, header)?;
         if info.created {
             // Directories registered on the way need their resource files too.
@@ -519,7 +520,21 @@ impl Session {
         if self.volume_info(iv)?.read_only && on_read_only_fs(iv.volume.root()) {
             return Ok(());
         }
-        let rsrc_path = iv.rsrc_path();
+        // Through the object's folder pinned from the root without following a link: a folder
+        // swapped for a link since the server walked the path leads nowhere else
+        // (docs/security.md, "dt's path races").
+        let pinned = if iv.components.is_empty() {
+            None
+        } else {
+            Some(
+                crate::at::pin_in_volume(iv.volume.root(), &iv.components)
+                    .with_context(|| format!("cannot write resource file of {}", iv.shown()))?,
+            )
+        };
+        let (rsrc_path, object_path) = match &pinned {
+            Some(p) => (p.rsrc_path(), p.path()),
+            None => (iv.rsrc_path(), iv.path()),
+        };
         let mut header = header.unwrap_or_else(|| {
             ResourceHeader::new(0, info.type_code, info.creator, deskd_db::now_unix() as u32)
         });
@@ -535,7 +550,7 @@ impl Session {
                 Err(e) => return Err(e).context("cannot write resource file"),
             }
         }
-        deskd_volume::write_id_xattr(&iv.path(), info.id).context("cannot write ID xattr")?;
+        deskd_volume::write_id_xattr(&object_path, info.id).context("cannot write ID xattr")?;
         Ok(())
     }
 }

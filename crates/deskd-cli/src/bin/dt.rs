@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -14,9 +15,10 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
+use deskd_cli::at;
 use deskd_cli::connection::ConnectionArgs;
 use deskd_cli::fresh_ids::{clear_tree, copy_record_cleared};
-use deskd_cli::fsops::{copy_tree, copy_tree_with, keep_owner, remove_any, set_times, CopyMode};
+use deskd_cli::fsops::{copy_tree, copy_tree_with, remove_any, set_times, CopyMode};
 use deskd_cli::interact::{self, quote};
 use deskd_cli::mode;
 use deskd_cli::output::{ctime_string, display_bytes, fourcc, write_match, FindArgs};
@@ -715,8 +717,19 @@ impl Dt {
             fresh_ids: matches!(to, Place::Inside(_)) && !keep_ids,
             ..how
         };
-        copy_tree_with(&source, &to_abs, how)
-            .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
+        // In a volume, the copy's folder pinned from the root without following a link: the
+        // copy and its top record land where the checks found the folder (docs/security.md,
+        // "dt's path races").
+        let cannot = || format!("cannot copy {} to {}", src.display(), dest.display());
+        let to_pin = match &to {
+            Place::Inside(b) => {
+                Some(at::pin_in_volume(b.volume.root(), &b.components).with_context(cannot)?)
+            }
+            Place::Outside(_) => None,
+        };
+        at::race_pause("cp-placed");
+        let copy_to = to_pin.as_ref().map_or_else(|| to_abs.clone(), |p| p.path());
+        copy_tree_with(&source, &copy_to, how).with_context(cannot)?;
         test_pause("copied");
         if let Place::Inside(b) = &to {
             // The top object's record lives beside it, not in the copied tree. A tree from
@@ -730,12 +743,15 @@ impl Dt {
                         .join(name)
                 }),
             };
+            let to_record = to_pin
+                .as_ref()
+                .map_or_else(|| b.rsrc_path(), |p| p.rsrc_path());
             if let Some(record) = top_record.filter(|r| r.is_file()) {
                 if keep_ids {
-                    rsrc::make_rsrc_dir(&b.rsrc_path())?;
-                    rsrc::copy_file(&record, &b.rsrc_path())?;
+                    rsrc::make_rsrc_dir(&to_record)?;
+                    rsrc::copy_file(&record, &to_record)?;
                 } else {
-                    copy_record_cleared(&record, &b.rsrc_path())?;
+                    copy_record_cleared(&record, &to_record)?;
                 }
             }
             // A copy is a new object (new IDs, Mac information kept), unless restoring.
@@ -769,18 +785,29 @@ impl Dt {
         let mut dest = open.open(to)?;
         std::io::copy(&mut source, &mut dest)?;
         if how.preserve {
+            // Owner, mode and times through the descriptor written, never by the name again
+            // (docs/security.md, "dt's path races"); owner first, as it clears set-ID bits.
             let meta = source.metadata()?;
-            keep_owner(to, &meta)?;
+            match rustix::fs::fchown(
+                &dest,
+                Some(rustix::process::Uid::from_raw(meta.uid())),
+                Some(rustix::process::Gid::from_raw(meta.gid())),
+            ) {
+                Err(e) if e != rustix::io::Errno::PERM => {
+                    return Err(std::io::Error::from(e).into())
+                }
+                _ => {}
+            }
             dest.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-            set_times(
-                to,
-                Some((
-                    meta.atime(),
-                    meta.atime_nsec(),
-                    meta.mtime(),
-                    meta.mtime_nsec(),
-                )),
-            )?;
+            let time = |s: i64, ns: i64| rustix::fs::Timespec {
+                tv_sec: s as _,
+                tv_nsec: ns as _,
+            };
+            let times = rustix::fs::Timestamps {
+                last_access: time(meta.atime(), meta.atime_nsec()),
+                last_modification: time(meta.mtime(), meta.mtime_nsec()),
+            };
+            rustix::fs::futimens(&dest, &times).map_err(std::io::Error::from)?;
         }
         if let Place::Inside(b) = to_place {
             self.session.register(b, true)?;
@@ -798,60 +825,106 @@ impl Dt {
         f: &mut ChangeFn<'_>,
     ) -> Result<()> {
         let place = self.session.place(path)?;
-        let (abs, inside) = match place {
-            Place::Outside(abs) => (abs, None),
+        let cannot = || format!("cannot access {}", quote(path));
+        // The operand's folder resolved once (in a volume from the root, never through a
+        // link), and every object changed through a descriptor of its own: a name swapped for
+        // a symlink after the look is never followed (docs/security.md, "dt's path races").
+        let (pinned, inside) = match place {
+            Place::Outside(abs) => (at::pin(&abs).with_context(cannot)?, None),
             Place::Inside(iv) => {
                 self.session.check_writable(&iv)?;
-                (iv.path(), Some(iv))
+                if iv.components.is_empty() {
+                    let root = iv.path();
+                    (at::pin(&root).with_context(cannot)?, Some(iv))
+                } else {
+                    let pinned =
+                        at::pin_in_volume(iv.volume.root(), &iv.components).with_context(cannot)?;
+                    (pinned, Some(iv))
+                }
             }
         };
         // The operand itself is followed if it is a link, as chmod(1) and chown(1) do (chown
         // -h: not).
-        let meta = if dereference {
-            fs::metadata(&abs)
-        } else {
-            fs::symlink_metadata(&abs)
+        let object = at::open_path_at(pinned.dir(), pinned.name(), dereference)
+            .map(fs::File::from)
+            .with_context(cannot)?;
+        let meta = object.metadata().with_context(cannot)?;
+        if meta.file_type().is_symlink() {
+            // `chown -h` of a link: by its name in the pinned folder (never followed).
+            let change = f(&pinned.path(), path, &meta)?;
+            if let Some(iv) = &inside {
+                follow_records(iv, false, change)?;
+            }
+            return Ok(());
         }
-        .with_context(|| format!("cannot access {}", quote(path)))?;
-        self.change_tree(&abs, path, inside.as_ref(), &meta, recursive, f)
+        self.change_tree(&object, path, inside.as_ref(), &meta, recursive, f)
     }
 
+    /// Change the object open (`O_PATH`) at `object` and, with `recursive`, everything below
+    /// it, walked by descriptors: `f` gets `/proc/self/fd/N` of the very object.
     fn change_tree(
         &mut self,
-        abs: &Path,
+        object: &fs::File,
         shown: &Path,
         inside: Option<&InVolume>,
         meta: &fs::Metadata,
         recursive: bool,
         f: &mut ChangeFn<'_>,
     ) -> Result<()> {
-        let change = f(abs, shown, meta)?;
+        use std::os::fd::AsRawFd;
+        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", object.as_raw_fd()));
+        let change = f(&fd_path, shown, meta)?;
         if let Some(iv) = inside {
             follow_records(iv, meta.is_dir(), change)?;
         }
         if !(recursive && meta.is_dir()) {
             return Ok(());
         }
-        let mut entries: Vec<_> = fs::read_dir(abs)
-            .with_context(|| format!("cannot read directory {}", abs.display()))?
-            .filter_map(|e| e.ok())
-            .collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name();
+        let cannot_read = || format!("cannot read directory {}", quote(shown));
+        let dir = rustix::fs::openat(
+            object,
+            ".",
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .with_context(cannot_read)?;
+        let names = at::names(dir.as_fd()).with_context(cannot_read)?;
+        for name in names {
             // In a volume deskd's own names follow their objects instead of being walked.
             if inside.is_some() && deskd_volume::is_protected(name.as_bytes()) {
                 continue;
             }
-            let child = abs.join(&name);
-            let child_meta = fs::symlink_metadata(&child)?;
             let child_shown = shown.join(&name);
+            at::race_pause("change-listed");
+            // Never through a link: a link opens as itself.
+            let child = match at::open_path_at(dir.as_fd(), &name, false) {
+                Ok(fd) => fs::File::from(fd),
+                Err(e) => {
+                    eprintln!(
+                        "dt: cannot access {}: {}",
+                        quote(&child_shown),
+                        interact::io_text(&e)
+                    );
+                    self.failed = true;
+                    continue;
+                }
+            };
+            let child_meta = child.metadata()?;
             if child_meta.file_type().is_symlink() {
                 // Links themselves: chmod(1) -R leaves them, chown(1) -R changes the link.
                 if let Change::Owner(uid, gid) = change {
-                    std::os::unix::fs::lchown(&child, uid, gid).with_context(|| {
-                        format!("cannot change owner of {}", quote(&child_shown))
-                    })?;
+                    rustix::fs::chownat(
+                        &dir,
+                        &name,
+                        uid.map(rustix::process::Uid::from_raw),
+                        gid.map(rustix::process::Gid::from_raw),
+                        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(std::io::Error::from)
+                    .with_context(|| format!("cannot change owner of {}", quote(&child_shown)))?;
                 }
                 continue;
             }
@@ -915,8 +988,21 @@ impl Dt {
         // The resource file says the same (a rebuild reads it; a comment longer than its 199
         // bytes stays whole in the desktop). Written first, with the user's own rights: where
         // the kernel refuses it (another's file in a sticky folder), the desktop keeps what it
-        // had (review F8).
-        let rsrc_path = iv.rsrc_path();
+        // had (review F8). Through the object's folder pinned from the root, never through a
+        // link (docs/security.md, "dt's path races"); the pinned folder stays open while its
+        // path is used.
+        let pinned = if iv.components.is_empty() {
+            None
+        } else {
+            Some(
+                at::pin_in_volume(iv.volume.root(), &iv.components)
+                    .with_context(|| format!("cannot write resource file of {}", iv.shown()))?,
+            )
+        };
+        let rsrc_path = pinned
+            .as_ref()
+            .map_or_else(|| iv.rsrc_path(), |p| p.rsrc_path());
+        at::race_pause("set-placed");
         let previous = rsrc::read_header(&rsrc_path)?;
         let mut header = previous
             .clone()
@@ -1040,25 +1126,49 @@ impl Dt {
             }
         }
         // Made with no more than its final permission bits (the umask may take some), so the
-        // directory is never open to others before its mode is set below.
-        let mut builder = fs::DirBuilder::new();
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, new_mode.unwrap_or(0o777) & 0o777);
-        match builder.create(&target) {
-            Err(e) if parents && !made && e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // directory is never open to others before its mode is set below. Made, and its mode
+        // set, relative to its folder opened once: the mode goes to the directory made, never
+        // through a name its folder's owner swapped for a symlink meanwhile (docs/security.md,
+        // "dt's path races").
+        let cannot = || format!("cannot create directory {}", quote(path));
+        let (dir, name) = at::open_parent(&target).with_context(cannot)?;
+        match rustix::fs::mkdirat(
+            &dir,
+            &name,
+            rustix::fs::Mode::from_raw_mode(new_mode.unwrap_or(0o777) & 0o777),
+        ) {
+            Err(e) if parents && !made && e == rustix::io::Errno::EXIST => Ok(()),
             other => other,
         }
-        .with_context(|| format!("cannot create directory {}", quote(path)))?;
+        .map_err(std::io::Error::from)
+        .with_context(cannot)?;
+        at::race_pause("mkdir-made");
+        if let (Some(new), true) = (new_mode, made) {
+            let cannot = || format!("cannot set the mode of {}", quote(path));
+            // Opened as itself (never through a link), without needing any permission on it.
+            let made = at::open_path_at(dir.as_fd(), &name, false).with_context(cannot)?;
+            // What was made is this user's directory: a link, or a directory of anybody else,
+            // put in its place is not given the mode.
+            let st = rustix::fs::fstat(&made)
+                .map_err(std::io::Error::from)
+                .with_context(cannot)?;
+            if !at::is_dir(&st) || st.st_uid != rustix::process::geteuid().as_raw() {
+                return Err(at::replaced()).with_context(cannot);
+            }
+            fs::set_permissions(at::fd_path(made.as_fd()), fs::Permissions::from_mode(new))
+                .with_context(cannot)?;
+            if let Place::Inside(_) = &place {
+                precreate_record(dir.as_fd(), &name, new);
+            }
+        }
         if let Place::Inside(iv) = &place {
             // Every directory on the way gets its ID and resource file.
             for depth in 1..=iv.components.len() {
                 self.session
                     .register(&iv.with_components(iv.components[..depth].to_vec()), true)?;
             }
-        }
-        if let (Some(new), true) = (new_mode, made) {
-            fs::set_permissions(&target, fs::Permissions::from_mode(new))
-                .with_context(|| format!("cannot set the mode of {}", quote(path)))?;
-            if let Place::Inside(iv) = &place {
+            at::race_pause("mkdir-registered");
+            if let (Some(new), true) = (new_mode, made) {
                 follow_records(iv, true, Change::Mode(new))?;
             }
         }
@@ -1074,6 +1184,21 @@ impl Dt {
                 iv.path()
             }
         };
+        // Its folder resolved once (in a volume from the root, never through a link): the
+        // times set or the file made are there (docs/security.md, "dt's path races").
+        let pinned = match &place {
+            Place::Inside(iv) if !iv.components.is_empty() => {
+                at::pin_in_volume(iv.volume.root(), &iv.components)
+            }
+            _ => at::pin(&abs),
+        };
+        let pinned = match pinned {
+            // No folder, no file: `-c` makes none, as touch(1).
+            Err(_) if no_create => return Ok(()),
+            other => other.with_context(|| format!("cannot touch {}", path.display()))?,
+        };
+        at::race_pause("touch-placed");
+        let abs = pinned.path();
         if exists(&abs) {
             set_times(&abs, None).with_context(|| format!("cannot touch {}", path.display()))?;
         } else if no_create {
@@ -1097,6 +1222,21 @@ impl Dt {
         } = how;
         let place = self.session.place(path)?;
         let abs = place.abs_unless_root(path, "refusing to remove a volume root")?;
+        // Its folder resolved once, to an open directory (in a volume pinned from the root
+        // without following a link): what is looked at, asked about and removed is there,
+        // whatever the folder's owner does to the names meanwhile (docs/security.md, "dt's
+        // path races").
+        let pinned = match &place {
+            Place::Inside(iv) => at::pin_in_volume(iv.volume.root(), &iv.components),
+            Place::Outside(_) => at::pin(&abs),
+        };
+        let pinned = match pinned {
+            Ok(p) => p,
+            Err(_) if force => return Ok(()),
+            Err(e) => return Err(anyhow!("cannot remove {}: {e}", quote(path))),
+        };
+        at::race_pause("rm-placed");
+        let abs = pinned.path();
         let meta = match fs::symlink_metadata(&abs) {
             Ok(m) => m,
             Err(_) if force => return Ok(()),
@@ -1109,7 +1249,7 @@ impl Dt {
             self.session.check_writable(iv)?;
         }
         if how.interactive && meta.is_dir() {
-            return self.rm_asking(path, &abs, matches!(place, Place::Inside(_)), how);
+            return self.rm_asking(path, &pinned, matches!(place, Place::Inside(_)), how);
         }
         if how.interactive
             && !interact::ask(&format!("remove {} {}", what_it_is(&meta), quote(path)))
@@ -1123,13 +1263,17 @@ impl Dt {
         } else {
             Vec::new()
         };
-        remove_any(&abs).with_context(|| format!("cannot remove {}", quote(path)))?;
+        at::remove_at(pinned.dir(), pinned.name())
+            .with_context(|| format!("cannot remove {}", quote(path)))?;
         for (shown, dir) in &removed {
             let what = if *dir { "removed directory" } else { "removed" };
             interact::tell(&format!("{what} {}", quote(shown)));
         }
         if let Place::Inside(iv) = place {
-            let _ = fs::remove_file(iv.rsrc_path());
+            if let Ok(rsrc_dir) = at::walk_dir_at(pinned.dir(), OsStr::new(rsrc::RSRC_DIR)) {
+                let _ =
+                    rustix::fs::unlinkat(&rsrc_dir, pinned.name(), rustix::fs::AtFlags::empty());
+            }
             let rel = iv.rel();
             self.session
                 .call(&iv, |vol| Request::DeletePath {
@@ -1147,24 +1291,84 @@ impl Dt {
         Ok(())
     }
 
-    /// `rm -ri` of directory `path` (at `abs`), as rm(1) asks: whether to descend into it
+    /// `rm -ri` of directory `path` (pinned at `pinned`), as rm(1) asks: whether to descend into it
     /// (not asked when it is empty), then about each entry (in name order), then whether to
     /// remove the directory itself, which must be empty by then.
-    fn rm_asking(&mut self, path: &Path, abs: &Path, in_volume: bool, how: RmHow) -> Result<()> {
-        if !dir_is_empty(abs, in_volume)? {
+    ///
+    /// Walked by descriptors, as rm(1) walks with fts: its folder is opened once, each
+    /// directory is opened (never through a symlink) and checked to be what was looked at
+    /// before it is entered, and kept open across the questions; every entry is removed
+    /// relative to it. A folder's owner who swaps a name for a symlink while root reads a
+    /// question turns nothing against another file (docs/security.md, "dt's path races").
+    fn rm_asking(
+        &mut self,
+        path: &Path,
+        pinned: &at::Pinned,
+        in_volume: bool,
+        how: RmHow,
+    ) -> Result<()> {
+        let iv = if in_volume {
+            match self.session.place(path)? {
+                Place::Inside(iv) => Some(iv),
+                Place::Outside(_) => None,
+            }
+        } else {
+            None
+        };
+        self.rm_at_asking(pinned.dir(), pinned.name(), path, iv.as_ref(), how)
+    }
+
+    /// [`Self::rm_asking`] of `name` in the directory open at `parent` (shown as `path`;
+    /// in a volume at `iv`).
+    fn rm_at_asking(
+        &mut self,
+        parent: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        path: &Path,
+        iv: Option<&InVolume>,
+        how: RmHow,
+    ) -> Result<()> {
+        let cannot = || format!("cannot remove {}", quote(path));
+        let st = at::lstat_at(parent, name).with_context(cannot)?;
+        if let Some(iv) = iv {
+            self.session.check_writable(iv)?;
+        }
+        if !at::is_dir(&st) {
+            if !interact::ask(&format!("remove {} {}", what_it_is_stat(&st), quote(path))) {
+                return Ok(());
+            }
+            rustix::fs::unlinkat(parent, name, rustix::fs::AtFlags::empty())
+                .map_err(std::io::Error::from)
+                .with_context(cannot)?;
+            if how.verbose {
+                interact::tell(&format!("removed {}", quote(path)));
+            }
+            return self.forget_removed(parent, name, path, iv, false);
+        }
+        let dir = at::open_dir_checked(parent, name, &st).with_context(cannot)?;
+        let listed = |dir: std::os::fd::BorrowedFd<'_>| -> Result<Vec<std::ffi::OsString>> {
+            let mut names =
+                at::names(dir).with_context(|| format!("cannot read directory {}", quote(path)))?;
+            names.retain(|n| !(iv.is_some() && deskd_volume::is_protected(n.as_bytes())));
+            Ok(names)
+        };
+        let rsrc_empty = |dir: std::os::fd::BorrowedFd<'_>| -> bool {
+            match at::open_dir_at(dir, OsStr::new(rsrc::RSRC_DIR)) {
+                Ok(r) => at::names(r.as_fd()).is_ok_and(|n| n.is_empty()),
+                Err(_) => true,
+            }
+        };
+        let names = listed(dir.as_fd())?;
+        if !names.is_empty() || !rsrc_empty(dir.as_fd()) {
             if !interact::ask(&format!("descend into directory {}", quote(path))) {
                 return Ok(());
             }
-            let mut names: Vec<_> = fs::read_dir(abs)
-                .with_context(|| format!("cannot read directory {}", quote(path)))?
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name())
-                .filter(|n| !(in_volume && deskd_volume::is_protected(n.as_bytes())))
-                .collect();
-            names.sort();
-            for name in names {
+            for entry in names {
                 // Each entry as an operand of its own: asked about, removed, reported.
-                if let Err(e) = self.rm(&path.join(&name), how) {
+                let child = iv.map(|iv| iv.child(entry.as_bytes()));
+                if let Err(e) =
+                    self.rm_at_asking(dir.as_fd(), &entry, &path.join(&entry), child.as_ref(), how)
+                {
                     eprintln!("dt: {e:#}");
                     self.failed = true;
                 }
@@ -1173,14 +1377,64 @@ impl Dt {
         if !interact::ask(&format!("remove directory {}", quote(path))) {
             return Ok(());
         }
-        if !dir_is_empty(abs, in_volume)? {
+        if !listed(dir.as_fd())?.is_empty() || (iv.is_some() && !rsrc_empty(dir.as_fd())) {
             bail!("cannot remove {}: directory not empty", quote(path));
         }
-        let how = RmHow {
-            interactive: false,
-            ..how
+        if iv.is_some() {
+            match rustix::fs::unlinkat(
+                &dir,
+                OsStr::new(rsrc::RSRC_DIR),
+                rustix::fs::AtFlags::REMOVEDIR,
+            ) {
+                Err(e) if e != rustix::io::Errno::NOENT => {
+                    return Err(std::io::Error::from(e)).with_context(cannot)
+                }
+                _ => {}
+            }
+        }
+        // Still the directory that was emptied: a directory put in its place is not removed.
+        if !at::same(&at::lstat_at(parent, name).with_context(cannot)?, &st) {
+            return Err(at::replaced()).with_context(cannot);
+        }
+        rustix::fs::unlinkat(parent, name, rustix::fs::AtFlags::REMOVEDIR)
+            .map_err(std::io::Error::from)
+            .with_context(cannot)?;
+        if how.verbose {
+            interact::tell(&format!("removed directory {}", quote(path)));
+        }
+        self.forget_removed(parent, name, path, iv, true)
+    }
+
+    /// After `name` in the directory open at `parent` was removed: its resource file (in the
+    /// same directory's `.rsrc`, opened without following a link) goes, and deskd forgets it.
+    fn forget_removed(
+        &mut self,
+        parent: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        path: &Path,
+        iv: Option<&InVolume>,
+        recursive: bool,
+    ) -> Result<()> {
+        let Some(iv) = iv else {
+            return Ok(());
         };
-        self.rm(path, how)
+        if let Ok(rsrc_dir) = at::walk_dir_at(parent, OsStr::new(rsrc::RSRC_DIR)) {
+            let _ = rustix::fs::unlinkat(&rsrc_dir, name, rustix::fs::AtFlags::empty());
+        }
+        let rel = iv.rel();
+        self.session
+            .call(iv, |vol| Request::DeletePath {
+                vol,
+                path: rel,
+                recursive,
+            })
+            .with_context(|| {
+                format!(
+                    "{} was removed but the desktop was not updated; run deskd rebuild",
+                    path.display()
+                )
+            })?;
+        Ok(())
     }
 
     fn rmdir(&mut self, path: &Path) -> Result<()> {
@@ -1192,25 +1446,44 @@ impl Dt {
                 if iv.components.is_empty() {
                     bail!("{}: refusing to remove a volume root", path.display());
                 }
-                let dir = iv.path();
+                let cannot = || format!("cannot remove {}", path.display());
+                // Its folder pinned from the volume root without following a link, the
+                // directory opened and checked to be what was looked at: what is emptied and
+                // removed is there (docs/security.md, "dt's path races").
+                let pinned =
+                    at::pin_in_volume(iv.volume.root(), &iv.components).with_context(cannot)?;
+                at::race_pause("rmdir-placed");
+                let st = at::lstat_at(pinned.dir(), pinned.name()).with_context(cannot)?;
+                if !at::is_dir(&st) {
+                    return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR))
+                        .with_context(cannot);
+                }
+                let dir =
+                    at::open_dir_checked(pinned.dir(), pinned.name(), &st).with_context(cannot)?;
                 // The directory's own .rsrc holds only its entries' records: empty with them.
-                let rsrc_dir = dir.join(rsrc::RSRC_DIR);
-                let entries: Vec<_> = fs::read_dir(&dir)
-                    .with_context(|| format!("cannot remove {}", path.display()))?
-                    .filter_map(|e| e.ok())
-                    .filter(|e| e.file_name() != rsrc::RSRC_DIR)
-                    .collect();
-                if !entries.is_empty() {
+                let entries = at::names(dir.as_fd()).with_context(cannot)?;
+                if entries.iter().any(|n| n != rsrc::RSRC_DIR) {
                     bail!("cannot remove {}: directory not empty", path.display());
                 }
                 self.session.check_writable(&iv)?;
-                if rsrc_dir.exists() {
-                    fs::remove_dir_all(&rsrc_dir)
-                        .with_context(|| format!("cannot remove {}", rsrc_dir.display()))?;
+                match at::remove_at(dir.as_fd(), OsStr::new(rsrc::RSRC_DIR)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).with_context(|| {
+                            format!("cannot remove {}", iv.path().join(rsrc::RSRC_DIR).display())
+                        })
+                    }
+                    _ => {}
                 }
-                fs::remove_dir(&dir)
-                    .with_context(|| format!("cannot remove {}", path.display()))?;
-                let _ = fs::remove_file(iv.rsrc_path());
+                rustix::fs::unlinkat(pinned.dir(), pinned.name(), rustix::fs::AtFlags::REMOVEDIR)
+                    .map_err(std::io::Error::from)
+                    .with_context(cannot)?;
+                if let Ok(rsrc_dir) = at::walk_dir_at(pinned.dir(), OsStr::new(rsrc::RSRC_DIR)) {
+                    let _ = rustix::fs::unlinkat(
+                        &rsrc_dir,
+                        pinned.name(),
+                        rustix::fs::AtFlags::empty(),
+                    );
+                }
                 let rel = iv.rel();
                 self.session.call(&iv, |vol| Request::DeletePath {
                     vol,
@@ -1235,6 +1508,25 @@ impl Dt {
             }
             must_exist(&from_abs, src).map_err(|e| anyhow!("cannot move {e}"))?;
         }
+        // Both folders resolved once, to open directories (in a volume without following a
+        // link on the way): whatever their owners do to the names from here on, the move
+        // happens where it was checked (docs/security.md, "dt's path races").
+        let pin = |place: &Place, abs: &Path| match place {
+            Place::Inside(iv) => at::pin_in_volume(iv.volume.root(), &iv.components),
+            Place::Outside(_) => at::pin(abs),
+        };
+        let from_pin = pin(&from, &from_abs)
+            .map_err(|e| anyhow!("cannot move {}: {}", quote(src), interact::io_text(&e)))?;
+        let to_pin = pin(&to, &to_abs).map_err(|e| {
+            anyhow!(
+                "cannot move {} to {}: {}",
+                quote(src),
+                quote(dest),
+                interact::io_text(&e)
+            )
+        })?;
+        let (named_from, named_to) = (from_abs, to_abs);
+        let (from_abs, to_abs) = (from_pin.path(), to_pin.path());
         let same_file = match (
             fs::symlink_metadata(&from_abs),
             fs::symlink_metadata(&to_abs),
@@ -1242,11 +1534,11 @@ impl Dt {
             (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
             _ => false,
         };
-        if from_abs == to_abs || same_file {
+        if named_from == named_to || same_file {
             // As mv(1): a name, or a hard link, onto itself moves nothing and is an error.
             bail!("{} and {} are the same file", quote(src), quote(dest));
         }
-        if to_abs.starts_with(&from_abs) {
+        if named_to.starts_with(&named_from) {
             bail!("cannot move {} into itself", quote(src));
         }
         if let Ok(existing) = fs::symlink_metadata(&to_abs) {
@@ -1288,25 +1580,35 @@ impl Dt {
                 self.session.check_writable(iv)?;
             }
         }
+        at::race_pause("mv-placed");
         match (from, to) {
             (Place::Outside(_), Place::Outside(_)) => move_plain(&from_abs, &to_abs),
-            (Place::Inside(a), Place::Inside(b)) if a.same_volume(&b) => self.mv_within(&a, &b),
-            (from, to) => self.mv_across(&from, &to, &from_abs, &to_abs),
+            (Place::Inside(a), Place::Inside(b)) if a.same_volume(&b) => {
+                self.mv_within(&a, &b, &from_pin, &to_pin)
+            }
+            (from, to) => self.mv_across(&from, &to, &from_pin, &to_pin),
         }?;
         Ok(true)
     }
 
     /// Inside one volume: rename on disk, move the resource file, tell deskd; IDs stay.
     /// An object at the target is replaced, as rename(2) does; the server retires its ID.
-    fn mv_within(&mut self, a: &InVolume, b: &InVolume) -> Result<()> {
-        let (from_abs, to_abs) = (a.path(), b.path());
+    /// The disk is worked on through `from_pin` and `to_pin`, the objects' folders pinned.
+    fn mv_within(
+        &mut self,
+        a: &InVolume,
+        b: &InVolume,
+        from_pin: &at::Pinned,
+        to_pin: &at::Pinned,
+    ) -> Result<()> {
+        let (from_abs, to_abs) = (from_pin.path(), to_pin.path());
         // An empty directory being replaced may hold its empty `.rsrc`, which rename(2) would
         // count as an entry.
         if fs::symlink_metadata(&to_abs).is_ok_and(|m| m.is_dir()) {
             let _ = fs::remove_dir(to_abs.join(rsrc::RSRC_DIR));
         }
         let hint = self.session.lookup(a)?.map(|o| o.id);
-        let (from_rsrc, to_rsrc) = (a.rsrc_path(), b.rsrc_path());
+        let (from_rsrc, to_rsrc) = (from_pin.rsrc_path(), to_pin.rsrc_path());
         let has_rsrc = fs::symlink_metadata(&from_rsrc).is_ok();
         if has_rsrc {
             // Before anything moves: a link in place of the destination's .rsrc is refused,
@@ -1380,14 +1682,15 @@ impl Dt {
         &mut self,
         from: &Place,
         to: &Place,
-        from_abs: &Path,
-        to_abs: &Path,
+        from_pin: &at::Pinned,
+        to_pin: &at::Pinned,
     ) -> Result<()> {
+        let (from_abs, to_abs) = (&from_pin.path(), &to_pin.path());
         if exists(to_abs) {
             if let Place::Inside(b) = to {
                 let rel = b.rel();
                 remove_any(to_abs)?;
-                let _ = fs::remove_file(b.rsrc_path());
+                let _ = fs::remove_file(to_pin.rsrc_path());
                 self.session.call(b, |vol| Request::DeletePath {
                     vol,
                     path: rel,
@@ -1414,7 +1717,7 @@ impl Dt {
         // Type, creator and fork travel; the ID is the destination's to give. The record goes
         // first, made by this user: it is there from the moment the data is.
         let record = match from {
-            Place::Inside(a) => copy_record_cleared(&a.rsrc_path(), &b.rsrc_path())?,
+            Place::Inside(_) => copy_record_cleared(&from_pin.rsrc_path(), &to_pin.rsrc_path())?,
             Place::Outside(_) => false,
         };
         test_pause("record");
@@ -1422,7 +1725,7 @@ impl Dt {
             Ok(renamed) => renamed,
             Err(e) => {
                 if record {
-                    let _ = fs::remove_file(b.rsrc_path());
+                    let _ = fs::remove_file(to_pin.rsrc_path());
                 }
                 // The source may have lost its carriers' IDs on the way: its desktop still has
                 // them, and registering it again writes them back.
@@ -1481,7 +1784,13 @@ impl Dt {
                 )
             })?;
         test_pause("forgotten");
-        let _ = fs::remove_file(a.rsrc_path());
+        // Through its folder pinned from the root, never through a link.
+        if let Ok(pinned) = at::pin_in_volume(a.volume.root(), &a.components) {
+            if let Ok(rsrc_dir) = at::walk_dir_at(pinned.dir(), OsStr::new(rsrc::RSRC_DIR)) {
+                let _ =
+                    rustix::fs::unlinkat(&rsrc_dir, pinned.name(), rustix::fs::AtFlags::empty());
+            }
+        }
         Ok(())
     }
 
@@ -1566,7 +1875,20 @@ impl Dt {
             }
         };
         while let Some(iv) = stack.pop() {
-            let rsrc_path = iv.rsrc_path();
+            // Through the object's folder pinned from the volume root, never through a link
+            // (docs/security.md, "dt's path races").
+            let pinned = if iv.components.is_empty() {
+                None
+            } else {
+                Some(
+                    at::pin_in_volume(iv.volume.root(), &iv.components)
+                        .with_context(|| format!("cannot register {}", iv.shown()))?,
+                )
+            };
+            let (rsrc_path, path) = match &pinned {
+                Some(p) => (p.rsrc_path(), p.path()),
+                None => (iv.rsrc_path(), iv.path()),
+            };
             let mut header = rsrc::read_header(&rsrc_path).ok().flatten();
             if let Some(h) = header.as_mut().filter(|h| !keep_ids && h.id != 0) {
                 // Fresh IDs: forget IDs recorded for another volume (or for the original of a
@@ -1574,7 +1896,6 @@ impl Dt {
                 h.id = 0;
                 rsrc::write_header(&rsrc_path, h)?;
             }
-            let path = iv.path();
             if fs::symlink_metadata(&path)
                 .map(|m| m.is_dir())
                 .unwrap_or(false)
@@ -1990,6 +2311,75 @@ enum Change {
 /// `.rsrc` directory that holds its entries' records (mode: the directory's). A link in either
 /// place is left alone (dt never works through one).
 fn follow_records(iv: &InVolume, is_dir: bool, change: Change) -> Result<()> {
+    // Each opened (`O_PATH`) without following a link at any step below the object's folder,
+    // and changed through its descriptor: a link put in the place of either between a check
+    // and the change is never followed (docs/security.md, "dt's path races").
+    let Some(name) = iv.components.last() else {
+        // A volume root: its resource file is deskd's own at the root.
+        return follow_records_by_path(iv, is_dir, change);
+    };
+    let Ok(folder) = at::pin_in_volume(iv.volume.root(), &iv.components) else {
+        return Ok(());
+    };
+    let folder = folder.dir();
+    let name = OsStr::from_bytes(name);
+    let mut places = Vec::new();
+    if let Ok(rsrc_dir) = at::walk_dir_at(folder, OsStr::new(rsrc::RSRC_DIR)) {
+        if let Ok(st) = at::lstat_at(rsrc_dir.as_fd(), name) {
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                at::race_pause("records-looked-at");
+                if let Ok(fd) = at::open_path_at(rsrc_dir.as_fd(), name, false) {
+                    if rustix::fs::fstat(&fd).is_ok_and(|now| at::same(&now, &st)) {
+                        places.push((fd, false, iv.rsrc_path()));
+                    }
+                }
+            }
+        }
+    }
+    if is_dir {
+        if let Ok(object) = at::walk_dir_at(folder, name) {
+            if let Ok(fd) = at::walk_dir_at(object.as_fd(), OsStr::new(rsrc::RSRC_DIR)) {
+                places.push((fd, true, iv.path().join(rsrc::RSRC_DIR)));
+            }
+        }
+    }
+    for (fd, dir, place) in places {
+        let through = at::fd_path(fd.as_fd());
+        match change {
+            Change::Mode(mode) => {
+                let mode = if dir { mode } else { mode & 0o666 };
+                fs::set_permissions(&through, fs::Permissions::from_mode(mode))
+            }
+            Change::Owner(uid, gid) => std::os::unix::fs::chown(&through, uid, gid),
+        }
+        .with_context(|| format!("cannot change {}", place.display()))?;
+    }
+    Ok(())
+}
+
+/// Make the resource file of `name` (just made in the directory open at `dir`) before it is
+/// registered, with no more permission for others than `mode` gives (the owner may always
+/// read and write it): written by the registration, it is never open to others that the
+/// mode keeps out, not even until [`follow_records`] sets its mode. Best effort: what cannot
+/// be made here the registration makes.
+fn precreate_record(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, mode: u32) {
+    use rustix::fs::{Mode, OFlags};
+    let rsrc_name = OsStr::new(rsrc::RSRC_DIR);
+    let _ = rustix::fs::mkdirat(dir, rsrc_name, Mode::from_raw_mode(0o777));
+    let Ok(rsrc_dir) = at::walk_dir_at(dir, rsrc_name) else {
+        return;
+    };
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let _ = rustix::fs::openat(
+        &rsrc_dir,
+        name,
+        flags,
+        Mode::from_raw_mode((mode & 0o066) | 0o600),
+    );
+}
+
+/// [`follow_records`] for a volume root, whose places are deskd's own.
+fn follow_records_by_path(iv: &InVolume, is_dir: bool, change: Change) -> Result<()> {
     let mut places = vec![(iv.rsrc_path(), false)];
     if is_dir {
         places.push((iv.path().join(rsrc::RSRC_DIR), true));
@@ -2011,6 +2401,17 @@ fn follow_records(iv: &InVolume, is_dir: bool, change: Change) -> Result<()> {
         .with_context(|| format!("cannot change {}", place.display()))?;
     }
     Ok(())
+}
+
+/// How rm(1) -i names an object in its question ([`what_it_is`] for a stat).
+fn what_it_is_stat(st: &rustix::fs::Stat) -> &'static str {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => "directory",
+        libc::S_IFLNK => "symbolic link",
+        libc::S_IFREG if st.st_size == 0 => "regular empty file",
+        libc::S_IFREG => "regular file",
+        _ => "special file",
+    }
 }
 
 /// Why a type or creator code of `dt set` is refused (clap prints it after the option's
