@@ -443,6 +443,20 @@ fn ls_matches_ls() {
             let f = std::fs::File::open(root.join(name)).unwrap();
             f.set_modified(when).unwrap();
         }
+        // `-a` lists `.` and `..` too: the tree and the folder above it (the volume, or the
+        // coreutils side's folder) get the same times on both sides, else their order depends
+        // on what was last made in them.
+        let base = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        for (dir, secs) in [
+            (root.clone(), 10_000),
+            (root.parent().unwrap().into(), 20_000),
+        ] {
+            let dir: PathBuf = dir;
+            std::fs::File::open(&dir)
+                .unwrap()
+                .set_modified(base + std::time::Duration::from_secs(secs))
+                .unwrap();
+        }
     }
     for args in [
         &["ls", "-t"][..],
