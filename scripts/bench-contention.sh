@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Resolve and lookup latency (one client, one request at a time) on a quiet machine and with a
-# busy loop pinned to each CPU beside the benchmark, for the three polling rules: adaptive (the
-# default: poll only while no thread waits for a CPU), always (DESKD_SPIN_ADAPT=0, the earlier
-# rule) and never (DESKD_SPIN_US=0). The rule is set for the server and the client alike. Runs
+# busy loop pinned to each CPU beside the benchmark, for the three polling rules: always (the
+# default: poll 100 µs before sleeping), adaptive (DESKD_SPIN_ADAPT=1: poll only while no thread
+# waits for a CPU) and never (DESKD_SPIN_US=0). The rule is set for the server and the client alike. Runs
 # alternate the rules; medians of RUNS.
 #
 #   scripts/bench-contention.sh                      # 10 x 10,000 files, 5 runs
 #   DIRS=4 PER_DIR=5000 RUNS=3 scripts/bench-contention.sh
+#   PINNED=0 scripts/bench-contention.sh             # the busy loops not pinned to a CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIRS=${DIRS:-10}
@@ -53,7 +54,11 @@ measure() { # rule load
     wait_for_line "$WORK/server.log" "deskd serving"
     if [ "$2" = loaded ]; then
         for cpu in $(seq 0 $(($(nproc) - 1))); do
-            taskset -c "$cpu" sh -c 'while :; do :; done' & LOOPS+=($!)
+            if [ "${PINNED:-1}" = 1 ]; then
+                taskset -c "$cpu" sh -c 'while :; do :; done' & LOOPS+=($!)
+            else
+                sh -c 'while :; do :; done' & LOOPS+=($!)
+            fi
         done
     fi
     env "${env[@]}" "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" latency \

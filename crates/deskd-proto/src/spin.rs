@@ -11,12 +11,15 @@
 //!
 //! Polling pays only on a machine with a CPU to spare. When other work waits for a CPU, a
 //! polling thread takes the CPU that work needs, and the CPU time it burns costs it the
-//! wake-up preference the scheduler gives threads that sleep: every later wake-up then waits
-//! for another thread's time slice (measured on 2 vCPUs with two busy loops: resolve p50 from
-//! ~13 to ~217 µs with polling, ~19 µs without). So a reader polls only while no other work
-//! waits: [`contention::busy`] samples the number of runnable threads
-//! (`/proc/loadavg`, at most every 2 ms per process) and polling stops while it exceeds the
-//! CPUs this process may use. `$DESKD_SPIN_ADAPT=0` polls regardless (the earlier rule).
+//! wake-up preference the scheduler gives threads that sleep. With `$DESKD_SPIN_ADAPT=1` a
+//! reader polls only while no other work waits: [`contention::busy`] samples the number of
+//! runnable threads (`/proc/loadavg`, at most every 2 ms per process) and polling stops while
+//! it exceeds the CPUs this process may use. It is not the default: measured on 2 vCPUs
+//! (docs/PERFORMANCE.md, "Polling under load"), it helps a chain with a party that never polls
+//! (afpd → the bridge → deskd, with compilers running: GET through the bridge p50 ~217 →
+//! ~17 µs) but costs the pair deskd client ↔ server, which polls on both sides, its tail
+//! (quiet p99 ~13 → ~40 µs; with busy loops beside it up to 1.5 ms in one run where always
+//! polling kept 16 µs).
 
 use crate::Stream;
 use std::io::{self, Read};
@@ -104,10 +107,10 @@ pub mod contention {
         *EPOCH.get_or_init(Instant::now)
     }
 
-    /// Whether polling adapts to the load (`$DESKD_SPIN_ADAPT`, default on; `0` polls always).
+    /// Whether polling adapts to the load (`$DESKD_SPIN_ADAPT=1`; by default it polls always).
     fn adaptive() -> bool {
         static ADAPT: OnceLock<bool> = OnceLock::new();
-        *ADAPT.get_or_init(|| std::env::var("DESKD_SPIN_ADAPT").map_or(true, |v| v.trim() != "0"))
+        *ADAPT.get_or_init(|| std::env::var("DESKD_SPIN_ADAPT").is_ok_and(|v| v.trim() == "1"))
     }
 
     /// The CPUs this process may run on (its affinity and cgroup quota).
