@@ -1274,19 +1274,7 @@ impl Dt {
                 let _ =
                     rustix::fs::unlinkat(&rsrc_dir, pinned.name(), rustix::fs::AtFlags::empty());
             }
-            let rel = iv.rel();
-            self.session
-                .call(&iv, |vol| Request::DeletePath {
-                    vol,
-                    path: rel,
-                    recursive,
-                })
-                .with_context(|| {
-                    format!(
-                        "{} was removed but the desktop was not updated; run deskd rebuild",
-                        path.display()
-                    )
-                })?;
+            self.record_removed(&iv, path, recursive)?;
         }
         Ok(())
     }
@@ -1421,6 +1409,11 @@ impl Dt {
         if let Ok(rsrc_dir) = at::walk_dir_at(parent, OsStr::new(rsrc::RSRC_DIR)) {
             let _ = rustix::fs::unlinkat(&rsrc_dir, name, rustix::fs::AtFlags::empty());
         }
+        self.record_removed(iv, path, recursive)
+    }
+
+    /// Tell the server that `iv` (shown as `path`) was removed from disk.
+    fn record_removed(&mut self, iv: &InVolume, path: &Path, recursive: bool) -> Result<()> {
         let rel = iv.rel();
         self.session
             .call(iv, |vol| Request::DeletePath {
