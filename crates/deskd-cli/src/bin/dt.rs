@@ -1003,7 +1003,17 @@ impl Dt {
             .as_ref()
             .map_or_else(|| iv.rsrc_path(), |p| p.rsrc_path());
         at::race_pause("set-placed");
-        let previous = rsrc::read_header(&rsrc_path)?;
+        // Errors name the resource file as the user knows it, not the pinned folder's
+        // /proc/self/fd path.
+        let shown_rsrc = iv.rsrc_path();
+        let as_shown = |e: deskd_volume::VolumeError| match e {
+            deskd_volume::VolumeError::Io { error, .. } => deskd_volume::VolumeError::Io {
+                path: shown_rsrc.clone(),
+                error,
+            },
+            other => other,
+        };
+        let previous = rsrc::read_header(&rsrc_path).map_err(as_shown)?;
         let mut header = previous
             .clone()
             .unwrap_or_else(|| rsrc::ResourceHeader::new(o.id, o.type_code, o.creator, 0));
@@ -1021,7 +1031,9 @@ impl Dt {
             header.comment = text.as_bytes().to_vec();
         }
         // The error names the file already.
-        rsrc::write_header(&rsrc_path, &header).context("cannot write resource file")?;
+        rsrc::write_header(&rsrc_path, &header)
+            .map_err(as_shown)
+            .context("cannot write resource file")?;
         // What the server refuses, the resource file does not keep either (best effort: the
         // refusal is the error reported).
         let undo = |header: &rsrc::ResourceHeader| {
