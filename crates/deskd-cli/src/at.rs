@@ -246,6 +246,8 @@ impl Pinned {
 /// Pin `path` (not in a volume): its folder opened once, by the name the user gave.
 pub fn pin(path: &Path) -> io::Result<Pinned> {
     let (dir, name) = open_parent(path)?;
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+    remember_shown(&dir, folder.unwrap_or(Path::new(".")));
     Ok(Pinned { dir, name })
 }
 
@@ -270,8 +272,79 @@ pub fn pin_in_volume(root: &Path, components: &[Vec<u8>]) -> io::Result<Pinned> 
             other => other?,
         };
     }
+    let mut shown = root.to_path_buf();
+    for folder in folders {
+        shown.push(OsStr::from_bytes(folder));
+    }
+    remember_shown(&dir, &shown);
     Ok(Pinned {
         dir,
         name: OsStr::from_bytes(name).to_os_string(),
     })
+}
+
+/// The folders pinned so far, by descriptor number, as the user knows them: an error about a
+/// path through `/proc/self/fd/N` is shown with the folder's own path ([`readable`]).
+static SHOWN: std::sync::Mutex<Vec<(i32, std::path::PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+fn remember_shown(dir: &OwnedFd, shown: &Path) {
+    use std::os::fd::AsRawFd;
+    let fd = dir.as_raw_fd();
+    let mut known = SHOWN.lock().unwrap_or_else(|e| e.into_inner());
+    // A number reused by a later pin names that folder now.
+    known.retain(|(n, _)| *n != fd);
+    known.push((fd, shown.to_path_buf()));
+}
+
+/// `text` (an error message) with every `/proc/self/fd/N` of a pinned folder written as the
+/// folder's path: what dt opened by descriptor is said as the user named it.
+pub fn readable(text: &str) -> String {
+    let known = SHOWN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = text.to_owned();
+    // Longest numbers first, so /proc/self/fd/1 never eats the start of /proc/self/fd/12.
+    let mut by_len: Vec<_> = known.iter().collect();
+    by_len.sort_by_key(|(n, _)| std::cmp::Reverse(n.to_string().len()));
+    for (fd, shown) in by_len {
+        let through = format!("/proc/self/fd/{fd}");
+        let mut rewritten = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(&through) {
+            let after = &rest[at + through.len()..];
+            rewritten.push_str(&rest[..at]);
+            // Only the whole number: /proc/self/fd/5 is not the start of /proc/self/fd/57.
+            if after.starts_with(|c: char| c.is_ascii_digit()) {
+                rewritten.push_str(&through);
+            } else {
+                rewritten.push_str(&shown.to_string_lossy());
+            }
+            rest = after;
+        }
+        rewritten.push_str(rest);
+        out = rewritten;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_a_pinned_folder_as_the_user_named_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let pinned = pin(&dir.path().join("sub/file")).unwrap();
+        let message = format!(
+            "cannot write {}: Permission denied",
+            pinned.rsrc_path().display()
+        );
+        assert!(message.contains("/proc/self/fd/"), "{message}");
+        let shown = dir.path().join("sub/.rsrc/file");
+        assert_eq!(
+            readable(&message),
+            format!("cannot write {}: Permission denied", shown.display())
+        );
+        // A number no pin holds is left as it is.
+        assert_eq!(readable("/proc/self/fd/999999/x"), "/proc/self/fd/999999/x");
+    }
 }

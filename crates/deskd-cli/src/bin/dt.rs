@@ -345,7 +345,7 @@ fn main() -> ExitCode {
         serious: false,
     };
     if let Err(e) = dt.run(cli.command) {
-        eprintln!("dt: {e:#}");
+        eprintln!("dt: {}", at::readable(&format!("{e:#}")));
         return ExitCode::from(1);
     }
     if dt.serious {
@@ -395,7 +395,7 @@ impl Dt {
     fn each(&mut self, paths: &[PathBuf], mut f: impl FnMut(&mut Self, &Path) -> Result<()>) {
         for p in paths {
             if let Err(e) = f(self, p) {
-                eprintln!("dt: {e:#}");
+                eprintln!("dt: {}", at::readable(&format!("{e:#}")));
                 self.failed = true;
             }
         }
@@ -938,7 +938,7 @@ impl Dt {
                 recursive,
                 f,
             ) {
-                eprintln!("dt: {e:#}");
+                eprintln!("dt: {}", at::readable(&format!("{e:#}")));
                 self.failed = true;
             }
         }
@@ -1369,7 +1369,7 @@ impl Dt {
                 if let Err(e) =
                     self.rm_at_asking(dir.as_fd(), &entry, &path.join(&entry), child.as_ref(), how)
                 {
-                    eprintln!("dt: {e:#}");
+                    eprintln!("dt: {}", at::readable(&format!("{e:#}")));
                     self.failed = true;
                 }
             }
@@ -1956,7 +1956,7 @@ impl Dt {
                 }
                 Ok((place, abs, _)) => files.push((p.clone(), place, abs)),
                 Err(e) => {
-                    eprintln!("dt: {e:#}");
+                    eprintln!("dt: {}", at::readable(&format!("{e:#}")));
                     self.serious = true;
                 }
             }
@@ -1994,7 +1994,7 @@ impl Dt {
                 writeln!(std::io::stdout())?;
             }
             if let Err(e) = self.ls_dir(p, place, abs, how, header, &mut names, now) {
-                eprintln!("dt: {e:#}");
+                eprintln!("dt: {}", at::readable(&format!("{e:#}")));
                 self.failed = true;
             }
         }
@@ -2066,7 +2066,7 @@ impl Dt {
                 };
                 if let Err(e) = self.ls_dir(&child, &child_place, &child_abs, how, true, names, now)
                 {
-                    eprintln!("dt: {e:#}");
+                    eprintln!("dt: {}", at::readable(&format!("{e:#}")));
                     self.failed = true;
                 }
             }
