@@ -39,6 +39,11 @@ fn env_for_races() -> Env {
     env
 }
 
+/// Give the tree at `path` (in a volume) to nobody, the attacker of these tests.
+fn give_to_nobody(env: &Env, path: &Path) {
+    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(path)]);
+}
+
 /// `cmd args` as nobody; must succeed.
 fn as_nobody(cmd: &str, args: &[&Path]) {
     let out = Command::new(cmd)
@@ -172,7 +177,7 @@ fn mv_into_a_folder_swapped_for_a_symlink_stays_where_it_was_checked() {
     let env = env_for_races();
     let pub_dir = env.path("a/pub");
     env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("sub"))]);
-    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    give_to_nobody(&env, &pub_dir);
     let mine = env.path("a/mine");
     env.dt_ok(&[b"touch", b(&mine)]);
     std::fs::write(&mine, b"moved").unwrap();
@@ -243,7 +248,7 @@ fn mkdir_mode_never_reaches_a_symlink_put_in_the_resource_file_s_place() {
     let pub_dir = env.path("a/pub");
     env.dt_ok(&[b"mkdir", b(&pub_dir)]);
     env.dt_ok(&[b"mkdir", b(&pub_dir.join("other"))]);
-    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    give_to_nobody(&env, &pub_dir);
     let victim = env.path("victim");
     std::fs::write(&victim, b"root's").unwrap();
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -312,7 +317,7 @@ fn rm_never_follows_a_folder_swapped_after_the_entry_was_found() {
     let pub_dir = env.path("a/pub");
     env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("sub"))]);
     env.dt_ok(&[b"touch", b(&pub_dir.join("sub/target"))]);
-    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    give_to_nobody(&env, &pub_dir);
     let victim_dir = env.path("victimdir");
     std::fs::create_dir(&victim_dir).unwrap();
     std::fs::write(victim_dir.join("target"), b"root's").unwrap();
@@ -343,7 +348,7 @@ fn chown_and_chmod_r_never_follow_an_entry_swapped_after_the_listing() {
     let pub_dir = env.path("a/pub");
     env.dt_ok(&[b"mkdir", b(&pub_dir)]);
     env.dt_ok(&[b"touch", b(&pub_dir.join("f"))]);
-    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    give_to_nobody(&env, &pub_dir);
     let victim = env.path("victim");
     std::fs::write(&victim, b"root's").unwrap();
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -384,7 +389,7 @@ fn rmdir_never_empties_a_directory_swapped_for_the_one_found() {
     let env = env_for_races();
     let pub_dir = env.path("a/pub");
     env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("sub"))]);
-    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    give_to_nobody(&env, &pub_dir);
     let victim_dir = env.path("victimdir");
     std::fs::create_dir_all(victim_dir.join(".rsrc")).unwrap();
     std::fs::write(victim_dir.join(".rsrc/precious"), b"root's").unwrap();
@@ -449,7 +454,7 @@ fn mv_never_writes_the_record_through_a_folder_swapped_after_registering() {
     let env = env_for_races();
     let pub_dir = env.path("a/pub");
     env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("sub"))]);
-    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    give_to_nobody(&env, &pub_dir);
     let mine = env.path("a/mine");
     env.dt_ok(&[b"touch", b(&mine)]);
     let victim_dir = env.path("victimdir");
@@ -493,7 +498,7 @@ fn mv_between_volumes_never_clears_ids_through_a_tree_swapped_for_a_symlink() {
     let home = env.path("a/home");
     env.dt_ok(&[b"mkdir", b"-p", b(&home.join("tree/sub"))]);
     env.dt_ok(&[b"touch", b(&home.join("tree/sub/x"))]);
-    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&home)]);
+    give_to_nobody(&env, &home);
     let victim_dir = env.path("victimdir");
     std::fs::create_dir_all(victim_dir.join("sub/.rsrc")).unwrap();
     std::fs::write(victim_dir.join("sub/x"), b"").unwrap();
@@ -526,7 +531,7 @@ fn cp_into_a_folder_swapped_for_a_symlink_stays_in_the_volume() {
     let env = env_for_races();
     let pub_dir = env.path("a/pub");
     env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("sub"))]);
-    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    give_to_nobody(&env, &pub_dir);
     let src = env.path("src");
     std::fs::create_dir_all(src.join("d")).unwrap();
     std::fs::write(src.join("d/f"), b"copied").unwrap();
@@ -558,7 +563,7 @@ fn touch_never_reaches_a_file_through_a_folder_swapped_for_a_symlink() {
     let pub_dir = env.path("a/pub");
     env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("sub"))]);
     env.dt_ok(&[b"touch", b(&pub_dir.join("sub/f"))]);
-    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    give_to_nobody(&env, &pub_dir);
     let victim_dir = env.path("victimdir");
     std::fs::create_dir(&victim_dir).unwrap();
     std::fs::write(victim_dir.join("f"), b"root's").unwrap();
@@ -586,7 +591,7 @@ fn set_never_writes_a_record_through_a_folder_swapped_for_a_symlink() {
     let pub_dir = env.path("a/pub");
     env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("sub"))]);
     env.dt_ok(&[b"touch", b(&pub_dir.join("sub/f"))]);
-    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    give_to_nobody(&env, &pub_dir);
     let victim_dir = env.path("victimdir");
     std::fs::create_dir_all(victim_dir.join(".rsrc")).unwrap();
     std::fs::write(victim_dir.join("f"), b"root's").unwrap();
@@ -660,7 +665,7 @@ fn rm_ri_in_a_volume_never_removes_another_user_s_file_or_its_id() {
     let pub_dir = env.path("a/pub");
     env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("d"))]);
     env.dt_ok(&[b"touch", b(&pub_dir.join("d/precious"))]);
-    env.dt_ok(&[b"chown", b"-R", b"65534:65534", b(&pub_dir)]);
+    give_to_nobody(&env, &pub_dir);
     let other = env.path("a/other");
     env.dt_ok(&[b"mkdir", b(&other)]);
     env.dt_ok(&[b"touch", b(&other.join("precious"))]);
