@@ -322,6 +322,26 @@ pub fn readable(text: &str) -> String {
         rewritten.push_str(rest);
         out = rewritten;
     }
+    without_os_error_numbers(&out)
+}
+
+/// `text` without Rust's ` (os error N)` after a kernel message: coreutils says
+/// "No such file or directory", and so does dt.
+fn without_os_error_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(" (os error ") {
+        let after = &rest[at + " (os error ".len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && after[digits..].starts_with(')') {
+            out.push_str(&rest[..at]);
+            rest = &after[digits + 1..];
+        } else {
+            out.push_str(&rest[..at + 1]);
+            rest = &rest[at + 1..];
+        }
+    }
+    out.push_str(rest);
     out
 }
 
@@ -346,5 +366,14 @@ mod tests {
         );
         // A number no pin holds is left as it is.
         assert_eq!(readable("/proc/self/fd/999999/x"), "/proc/self/fd/999999/x");
+        // The kernel's words without Rust's error number, as coreutils says them.
+        assert_eq!(
+            readable("cannot remove 'x': No such file or directory (os error 2)"),
+            "cannot remove 'x': No such file or directory"
+        );
+        assert_eq!(
+            readable("a (os error x) b (os error 13)"),
+            "a (os error x) b"
+        );
     }
 }

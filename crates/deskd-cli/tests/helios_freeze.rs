@@ -279,11 +279,11 @@ fn a_resource_file_error_names_the_file_once() {
     let text = stderr(&out);
     // Which of the two it meets first depends on the file system (xattrs or not).
     let xattr = format!(
-        "dt: cannot write ID xattr: {}: Permission denied (os error 13)",
+        "dt: cannot write ID xattr: {}: Permission denied",
         file.display()
     );
     let rsrc = format!(
-        "dt: cannot write resource file: {}: Permission denied (os error 13)",
+        "dt: cannot write resource file: {}: Permission denied",
         env.path("vol/.rsrc/f").display()
     );
     // (The ID mirror is a cache a reader cannot keep: not writing it is no error, and deskd
