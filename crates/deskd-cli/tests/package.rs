@@ -274,7 +274,8 @@ complete -p dt
 complete_words() { COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}
     _dt dt "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"; printf '%s\n' "${COMPREPLY[@]}"; }
 complete_words dt m
-complete_words dt mv --f"#;
+complete_words dt mv --f
+complete_words dt set -l v"#;
     let out = run_ok(
         Command::new("bash")
             .args(["--norc", "-c", script, "bash"])
@@ -282,7 +283,8 @@ complete_words dt mv --f"#;
     );
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].ends_with(" -F _dt dt"), "{out}");
-    assert_eq!(&lines[1..], ["mkdir", "mv", "--force"], "{out}");
+    // A label is completed from its names.
+    assert_eq!(&lines[1..], ["mkdir", "mv", "--force", "violet"], "{out}");
 
     // fish: the script's completions, as `complete -C` lists them for a command line.
     let fish = share.join("fish/vendor_completions.d/deskd.fish");

@@ -306,7 +306,13 @@ enum Command {
         )]
         flags: Option<finder::FlagsChange>,
         /// Color label: none, grey, green, violet, blue, yellow, red, orange, or 0-7.
-        #[arg(short = 'l', long, group = "what", value_parser = WithUsage(finder::parse_label))]
+        #[arg(
+            short = 'l',
+            long,
+            group = "what",
+            hide_possible_values = true,
+            value_parser = Suggesting(WithUsage(finder::parse_label), &finder::LABELS)
+        )]
         label: Option<u8>,
         /// Finder comment; "" removes it.
         #[arg(long, group = "what", value_name = "TEXT")]
@@ -2457,6 +2463,34 @@ impl<P: clap::builder::TypedValueParser> clap::builder::TypedValueParser for Wit
             e.insert(ContextKind::Usage, ContextValue::StyledStr(usage));
             e
         })
+    }
+}
+
+/// A parser whose accepted words shell completions offer (help and parsing are `P`'s: a label
+/// may also be a number, which completion need not list).
+#[derive(Clone)]
+struct Suggesting<P>(P, &'static [&'static str]);
+
+impl<P: clap::builder::TypedValueParser> clap::builder::TypedValueParser for Suggesting<P> {
+    type Value = P::Value;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        self.0.parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            self.1
+                .iter()
+                .map(|&name| clap::builder::PossibleValue::new(name)),
+        ))
     }
 }
 
