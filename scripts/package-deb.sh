@@ -56,7 +56,16 @@ install -d "$root/DEBIAN" "$root/usr/bin" "$root/usr/share/man/man1" "$doc/examp
     "$root/usr/share/fish/vendor_completions.d"
 
 # Binaries, stripped as Debian ships them (release builds keep line tables for backtraces).
+# A binary built with the `test-hooks` feature (a `cargo test --release` leaves such builds in
+# target/release) holds hooks that stop it at chosen points: never shipped (the names as
+# scripts/test.sh checks them).
+hooks='DESKD_TEST_|_CRASH_AFTER|DESKD_REBUILD_DIR_DELAY_MS|test hook'
 for b in "${bins[@]}"; do
+    # (grep reads to the end: with -q, strings would die of SIGPIPE and pipefail hide the match)
+    if strings "$bin_dir/$b" | grep -E "$hooks" >/dev/null; then
+        echo "package-deb.sh: $bin_dir/$b was built with test hooks (the test-hooks feature); build it with cargo build --release" >&2
+        exit 1
+    fi
     install -m 755 "$bin_dir/$b" "$root/usr/bin/$b"
     strip --strip-unneeded "$root/usr/bin/$b"
 done

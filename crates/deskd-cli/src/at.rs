@@ -212,6 +212,8 @@ pub fn race_pause(_point: &str) {}
 pub struct Pinned {
     dir: OwnedFd,
     name: OsString,
+    /// The folder's `.rsrc`, once opened without following a link ([`Pinned::rsrc_dir`]).
+    rsrc: std::sync::OnceLock<OwnedFd>,
 }
 
 impl Pinned {
@@ -225,11 +227,57 @@ impl Pinned {
         self.dir_path().join(&self.name)
     }
 
-    /// The path of the pinned object's resource file, in its directory's `.rsrc`.
+    /// The folder's `.rsrc`, opened without following a link: None while there is none. A
+    /// symlink (or anything not a directory) in its place is refused: the folder's owner could
+    /// point it at any directory, and a resource file moved, copied or removed through it
+    /// would be another file of that name there (review 2, finding 3).
+    pub fn rsrc_dir(&self) -> io::Result<Option<BorrowedFd<'_>>> {
+        if let Some(fd) = self.rsrc.get() {
+            return Ok(Some(fd.as_fd()));
+        }
+        match walk_dir_at(self.dir.as_fd(), OsStr::new(deskd_volume::rsrc::RSRC_DIR)) {
+            Ok(fd) => {
+                let _ = self.rsrc.set(fd);
+                Ok(self.rsrc.get().map(|fd| fd.as_fd()))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                Err(io::Error::other(format!(
+                    "{}: a symbolic link (or a file) where a real .rsrc directory belongs; not \
+                     followed",
+                    readable(
+                        &self
+                            .dir_path()
+                            .join(deskd_volume::rsrc::RSRC_DIR)
+                            .to_string_lossy()
+                    )
+                )))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Refuse a `.rsrc` that is not a real directory ([`Pinned::rsrc_dir`]).
+    pub fn check_rsrc(&self) -> io::Result<()> {
+        self.rsrc_dir().map(|_| ())
+    }
+
+    /// The path of the pinned object's resource file, in its directory's `.rsrc` (through the
+    /// pinned folder: the resource-file code checks that `.rsrc` there is a real directory
+    /// before it writes). Where a link or a file stands in place of `.rsrc`, a path no call can
+    /// use (it holds a NUL byte: refused before any system call), so that nothing is renamed,
+    /// removed or read through it; callers that must say so ask [`Pinned::check_rsrc`] first.
     pub fn rsrc_path(&self) -> std::path::PathBuf {
-        self.dir_path()
-            .join(deskd_volume::rsrc::RSRC_DIR)
-            .join(&self.name)
+        match self.rsrc_dir() {
+            Ok(_) => self
+                .dir_path()
+                .join(deskd_volume::rsrc::RSRC_DIR)
+                .join(&self.name),
+            Err(_) => {
+                use std::os::unix::ffi::OsStringExt;
+                std::path::PathBuf::from(OsString::from_vec(b"\0.rsrc is not a directory".to_vec()))
+            }
+        }
     }
 
     /// The open directory.
@@ -248,7 +296,11 @@ pub fn pin(path: &Path) -> io::Result<Pinned> {
     let (dir, name) = open_parent(path)?;
     let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
     remember_shown(&dir, folder.unwrap_or(Path::new(".")));
-    Ok(Pinned { dir, name })
+    Ok(Pinned {
+        dir,
+        name,
+        rsrc: Default::default(),
+    })
 }
 
 /// Pin the object at `components` below the volume root `root`: every folder on the way is
@@ -280,6 +332,7 @@ pub fn pin_in_volume(root: &Path, components: &[Vec<u8>]) -> io::Result<Pinned> 
     Ok(Pinned {
         dir,
         name: OsStr::from_bytes(name).to_os_string(),
+        rsrc: Default::default(),
     })
 }
 

@@ -701,3 +701,33 @@ fn the_sample_configuration_shows_the_keys_docs_deskd_md_shows() {
     assert!(documented.len() > 20, "{block}");
     assert_eq!(shown_settings(&sample), documented, "{sample}");
 }
+
+#[test]
+fn a_binary_built_with_test_hooks_is_never_packaged() {
+    let Some(bins) = release_bins() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mixed = dir.path().join("bin");
+    std::fs::create_dir(&mixed).unwrap();
+    for b in ["deskd", "dt", "prov-backup", "fileset"] {
+        std::fs::copy(bins.join(b), mixed.join(b)).unwrap();
+    }
+    // The deskd these tests run was built with the `test-hooks` feature (cargo test turns it on).
+    std::fs::copy(DESKD, mixed.join("deskd")).unwrap();
+    let out = Command::new(workspace_root().join("scripts/package-deb.sh"))
+        .arg("--bin-dir")
+        .arg(&mixed)
+        .args(["--compress", "none", "--out"])
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("was built with test hooks"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        std::fs::read_dir(dir.path().join("out")).map_or(true, |mut d| d.next().is_none()),
+        "a package was left behind"
+    );
+}

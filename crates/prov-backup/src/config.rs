@@ -40,13 +40,10 @@ pub enum ConfigError {
         known: String,
     },
     /// A line without `=`: the INI reader joins it (and the lines after it) into one key, which
-    /// may hold a value such as the password, so only its first word is shown.
-    #[error("{path}: line {line}: no '=' (key {first}\u{2026})")]
-    NoEquals {
-        path: PathBuf,
-        line: usize,
-        first: String,
-    },
+    /// may hold a value such as the password (even its first word: a password wrapped onto a
+    /// line of its own), so no word of it is shown, only where it is.
+    #[error("{path}: line {line}: no '=' (KEY = VALUE expected; the line is not shown, it may hold a password)")]
+    NoEquals { path: PathBuf, line: usize },
     /// A `[` line without `]`: the INI reader reads on to the next `]`, so the section name may
     /// hold the lines after it; only its first word is shown.
     #[error("{path}: line {line}: no ']' (section [{first}\u{2026})")]
@@ -370,14 +367,13 @@ fn redacted(name: &str) -> String {
     }
 }
 
-/// The error for a key the INI reader joined from a line without `=`: the line it starts on and
-/// its first word only.
+/// The error for a key the INI reader joined from a line without `=`: the line it starts on
+/// only.
 fn no_equals(path: &Path, text: &str, key: &str) -> ConfigError {
     let head = key.lines().next().unwrap_or("").trim();
     ConfigError::NoEquals {
         path: path.to_owned(),
         line: line_of(text, head),
-        first: shown_name(key).trim_end_matches('\u{2026}').to_owned(),
     }
 }
 

@@ -33,6 +33,10 @@ fn no_error_about_a_malformed_file_shows_the_password() {
         format!("[Database {SECRET}\nADMIN_PASSWORD = x"),
         format!("[ADMIN_PASSWORD = {SECRET}]"),
         format!("[Database]\nADMIN_PASSWORD = x\n[Secret {SECRET}]"),
+        // A password wrapped onto a line of its own, or a stray line holding only it.
+        format!("ADMIN_PASSWORD =\n{SECRET}"),
+        format!("ADMIN_PASSWORD = x\n  {SECRET}"),
+        SECRET.to_string(),
     ];
     for (i, line) in cases.iter().enumerate() {
         let file = dir.path().join(format!("{i}.conf"));
@@ -53,7 +57,7 @@ fn no_error_about_a_malformed_file_shows_the_password() {
 }
 
 #[test]
-fn a_line_without_equals_is_named_by_its_line_and_first_word() {
+fn a_line_without_equals_is_named_by_its_line_only() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("Rsnapshot.conf");
     let text = malformed(&format!("ADMIN_PASSWORD {SECRET}"));
@@ -72,7 +76,8 @@ fn a_line_without_equals_is_named_by_its_line_and_first_word() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "{}: line {line}: no '=' (key ADMIN_PASSWORD\u{2026})",
+            "{}: line {line}: no '=' (KEY = VALUE expected; the line is not shown, it may hold \
+             a password)",
             file.display()
         )),
         "{stderr}"

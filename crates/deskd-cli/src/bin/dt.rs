@@ -740,19 +740,27 @@ impl Dt {
         if let Place::Inside(b) = &to {
             // The top object's record lives beside it, not in the copied tree. A tree from
             // outside any volume (a file-level backup of one) may have it beside it too.
-            let top_record = match &from {
-                Place::Inside(a) => Some(a.rsrc_path()),
-                Place::Outside(a) => a.file_name().map(|name| {
-                    a.parent()
-                        .unwrap_or(Path::new("/"))
-                        .join(rsrc::RSRC_DIR)
-                        .join(name)
-                }),
+            // Both records through their folders' `.rsrc` opened without following a link: a
+            // `.rsrc` symlink in the source's folder must not make dt copy whatever file of
+            // that name lies where it points (review 2, finding 4).
+            let source_pin = match &from {
+                Place::Inside(a) if a.components.is_empty() => None,
+                Place::Inside(a) => at::pin_in_volume(a.volume.root(), &a.components).ok(),
+                Place::Outside(a) => at::pin(a).ok(),
             };
+            let top_record = source_pin
+                .as_ref()
+                .filter(|p| p.check_rsrc().is_ok())
+                .map(|p| p.rsrc_path());
+            if let Some(p) = &to_pin {
+                p.check_rsrc()?;
+            }
             let to_record = to_pin
                 .as_ref()
                 .map_or_else(|| b.rsrc_path(), |p| p.rsrc_path());
-            if let Some(record) = top_record.filter(|r| r.is_file()) {
+            if let Some(record) =
+                top_record.filter(|r| fs::symlink_metadata(r).is_ok_and(|m| m.is_file()))
+            {
                 if keep_ids {
                     rsrc::make_rsrc_dir(&to_record)?;
                     rsrc::copy_file(&record, &to_record)?;
@@ -1619,13 +1627,19 @@ impl Dt {
             let _ = fs::remove_dir(to_abs.join(rsrc::RSRC_DIR));
         }
         let hint = self.session.lookup(a)?.map(|o| o.id);
-        let (from_rsrc, to_rsrc) = (from_pin.rsrc_path(), to_pin.rsrc_path());
+        // Before anything moves: a link (or a file) in place of either folder's .rsrc is
+        // refused, so no resource file is renamed, removed or taken through it (review 2,
+        // finding 3: a user's `.rsrc -> /etc` made root's `dt mv` move or delete /etc's file
+        // of the same name).
+        from_pin.check_rsrc()?;
+        to_pin.check_rsrc()?;
+        let from_rsrc = from_pin.rsrc_path();
         let has_rsrc = fs::symlink_metadata(&from_rsrc).is_ok();
         if has_rsrc {
-            // Before anything moves: a link in place of the destination's .rsrc is refused,
-            // so the resource file is never renamed out of the volume.
-            rsrc::make_rsrc_dir(&to_rsrc)?;
+            rsrc::make_rsrc_dir(&to_pin.rsrc_path())?;
         }
+        // Through the destination's `.rsrc` as it is now (made just above when it was not).
+        let to_rsrc = to_pin.rsrc_path();
         match fs::rename(&from_abs, &to_abs) {
             Ok(()) => {
                 if has_rsrc {
@@ -1697,6 +1711,9 @@ impl Dt {
         to_pin: &at::Pinned,
     ) -> Result<()> {
         let (from_abs, to_abs) = (&from_pin.path(), &to_pin.path());
+        // No resource file goes through a link in place of a `.rsrc` (review 2, finding 3).
+        from_pin.check_rsrc()?;
+        to_pin.check_rsrc()?;
         if exists(to_abs) {
             if let Place::Inside(b) = to {
                 let rel = b.rel();
