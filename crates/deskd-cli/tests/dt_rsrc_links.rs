@@ -114,3 +114,26 @@ fn cp_from_a_folder_whose_rsrc_is_a_link_copies_no_file_of_roots() {
     );
     untouched(&victim, "secret");
 }
+
+/// A Finder comment is as private as its file on disk too: the resource file holding it gets
+/// the file's read and write bits when dt makes it, and a copy's record the copy's (second
+/// review, finding 6: both were 0644 for a 0600 file).
+#[test]
+fn a_private_files_record_is_private() {
+    let env = served();
+    let file = env.path("a/priv");
+    std::fs::write(&file, b"x").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.dt_ok(&[b"set", b"--comment", b"ROOT-PRIVATE", b(&file)]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&env.path("a/.rsrc/priv")), 0o600);
+    env.dt_ok(&[b"mkdir", b(&env.path("a/pub2"))]);
+    env.dt_ok(&[b"cp", b"-p", b(&file), b(&env.path("a/pub2/copy"))]);
+    assert_eq!(mode(&env.path("a/pub2/copy")), 0o600);
+    assert_eq!(mode(&env.path("a/pub2/.rsrc/copy")), 0o600);
+    // nobody reads neither record.
+    let out = env
+        .as_nobody("/bin/cat", &[b(&env.path("a/pub2/.rsrc/copy"))])
+        .expect("runs as nobody");
+    assert!(!out.status.success(), "nobody read the copy's record");
+}

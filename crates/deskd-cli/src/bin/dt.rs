@@ -767,6 +767,10 @@ impl Dt {
                 } else {
                     copy_record_cleared(&record, &to_record)?;
                 }
+                // The copy's record is as private as the copy (a 0600 file's comment stays so).
+                if let Some(p) = &to_pin {
+                    p.record_follows_object().with_context(cannot)?;
+                }
             }
             // A copy is a new object (new IDs, Mac information kept), unless restoring.
             self.register_tree(b, keep_ids)?;
@@ -1048,6 +1052,15 @@ impl Dt {
         rsrc::write_header(&rsrc_path, &header)
             .map_err(as_shown)
             .context("cannot write resource file")?;
+        // The record is as private as its object (its comment must not be readable where the
+        // object is not). Another user's record in a shared folder keeps its mode: its owner's.
+        if let Some(p) = &pinned {
+            match p.record_follows_object() {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {}
+                other => other
+                    .with_context(|| format!("cannot set the mode of {}", shown_rsrc.display()))?,
+            }
+        }
         // What the server refuses, the resource file does not keep either (best effort: the
         // refusal is the error reported).
         let undo = |header: &rsrc::ResourceHeader| {
