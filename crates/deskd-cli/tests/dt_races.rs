@@ -728,8 +728,11 @@ fn cp_onto_existing_setup(env: &Env) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::create_dir(&rootdir).unwrap();
     std::fs::set_permissions(&rootdir, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::write(rootdir.join("secret"), b"TOPSECRET").unwrap();
-    std::fs::set_permissions(rootdir.join("secret"), std::fs::Permissions::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(
+        rootdir.join("secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     (n.join("src"), n.join("dst"), rootdir)
 }
 
@@ -747,9 +750,7 @@ fn cp_r_onto_an_existing_file_never_copies_root_s_file_for_the_user() {
         &go,
         &[b"cp", b"-R", b(&src.join("secret")), b(&dst)],
     );
-    let (_, stderr) = at_pause(child, "cp-exists", &go, || {
-        swap_for_symlink(&src, &rootdir)
-    });
+    let (_, stderr) = at_pause(child, "cp-exists", &go, || swap_for_symlink(&src, &rootdir));
     assert_ne!(
         std::fs::read(&dst).unwrap(),
         b"TOPSECRET",
@@ -770,16 +771,17 @@ fn cp_r_onto_an_existing_file_refuses_a_source_swapped_after_the_look() {
         &go,
         &[b"cp", b"-R", b(&src.join("secret")), b(&dst)],
     );
-    let (status, stderr) = at_pause(child, "cp-looked", &go, || {
-        swap_for_symlink(&src, &rootdir)
-    });
+    let (status, stderr) = at_pause(child, "cp-looked", &go, || swap_for_symlink(&src, &rootdir));
     assert_ne!(
         std::fs::read(&dst).unwrap(),
         b"TOPSECRET",
         "root's secret was copied into nobody's file: {stderr}"
     );
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("replaced while being worked on"), "{stderr}");
+    assert!(
+        stderr.contains("replaced while being worked on"),
+        "{stderr}"
+    );
 }
 
 /// `dt cp` by root onto nobody's existing file outside a volume; after the look at it, nobody

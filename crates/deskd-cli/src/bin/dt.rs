@@ -712,6 +712,14 @@ impl Dt {
                 }
                 _ => existing,
             };
+            if meta.file_type().is_symlink() {
+                // -R copies a link as a link; its data is not written into the file there.
+                bail!(
+                    "cannot copy {} to {}: a symbolic link onto an existing file (remove the target first)",
+                    src.display(),
+                    dest.display()
+                );
+            }
             if target.st_dev == meta.dev() && target.st_ino == meta.ino() {
                 bail!("{} and {} are the same file", src.display(), dest.display());
             }
@@ -732,13 +740,8 @@ impl Dt {
             }
             .with_context(cannot)?;
             at::race_pause("cp-exists");
-            self.overwrite(
-                (&from_pin, &meta, !recursive),
-                (&to_pin, &target),
-                &to,
-                how,
-            )
-            .with_context(cannot)?;
+            self.overwrite((&from_pin, &meta, !recursive), (&to_pin, &target), &to, how)
+                .with_context(cannot)?;
             if what.verbose {
                 interact::tell(&format!("{} -> {}", quote(src), quote(dest)));
             }
@@ -842,7 +845,10 @@ impl Dt {
             other => other.map_err(std::io::Error::from)?,
         };
         // Emptied only once it is known to be the file looked at.
-        if !at::same(&rustix::fs::fstat(&dest).map_err(std::io::Error::from)?, target) {
+        if !at::same(
+            &rustix::fs::fstat(&dest).map_err(std::io::Error::from)?,
+            target,
+        ) {
             return Err(at::replaced().into());
         }
         let mut dest = fs::File::from(dest);
