@@ -1226,7 +1226,10 @@ impl Dt {
         .with_context(cannot)?;
         let (dir, name) = (pinned.dir(), pinned.name());
         // mkdir -p -m leaves a directory that was there as it was, as mkdir(1) does.
-        let made = !(parents && at::lstat_at(dir, name).is_ok_and(|st| at::is_dir(&st)));
+        // (A link to one counts, as there: nothing is made or changed through it.)
+        let made = !(parents
+            && rustix::fs::statat(dir, name, rustix::fs::AtFlags::empty())
+                .is_ok_and(|st| at::is_dir(&st)));
         // Made with no more than its final permission bits (the umask may take some), so the
         // directory is never open to others before its mode is set below. Made, and its mode
         // set, relative to its folder opened once: the mode goes to the directory made, never
