@@ -686,3 +686,179 @@ fn rm_ri_in_a_volume_never_removes_another_user_s_file_or_its_id() {
         "root's file lost its ID: {questions:?}"
     );
 }
+
+/// Second review, 1: `dt cp` by root onto an existing file in nobody's folder in the volume;
+/// after the look at the target, nobody swaps the folder for a symlink to root's directory
+/// outside the volume holding a file of that name. Root's file must not be overwritten.
+#[test]
+fn cp_onto_an_existing_file_never_writes_through_a_folder_swapped_for_a_symlink() {
+    let env = env_for_races();
+    let pub_dir = env.path("a/pub");
+    env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("sub"))]);
+    let target = pub_dir.join("sub/target.txt");
+    env.dt_ok(&[b"touch", b(&target)]);
+    give_to_nobody(&env, &pub_dir);
+    let src = env.path("src.txt");
+    std::fs::write(&src, b"copied").unwrap();
+    let victim_dir = env.path("victimdir");
+    std::fs::create_dir(&victim_dir).unwrap();
+    std::fs::write(victim_dir.join("target.txt"), b"root's").unwrap();
+    let go = env.path("go");
+    let sub = pub_dir.join("sub");
+    let child = dt_paused(&env, "cp-exists", &go, &[b"cp", b(&src), b(&target)]);
+    let (_, stderr) = at_pause(child, "cp-exists", &go, || {
+        swap_for_symlink(&sub, &victim_dir)
+    });
+    assert_eq!(
+        std::fs::read(victim_dir.join("target.txt")).ok().as_deref(),
+        Some(&b"root's"[..]),
+        "root's file outside the volume was overwritten: {stderr}"
+    );
+}
+
+/// A tree of nobody's for the `dt cp -R` onto an existing file tests: `n/src/secret` and
+/// `n/dst` (nobody's), root's directory `rootdir` (0700) with `secret` (0600, TOPSECRET).
+fn cp_onto_existing_setup(env: &Env) -> (PathBuf, PathBuf, PathBuf) {
+    let n = env.path("n");
+    nobodys_dir(&n);
+    nobodys_dir(&n.join("src"));
+    nobodys_file(&n.join("src/secret"), "nobody's");
+    nobodys_file(&n.join("dst"), "old");
+    let rootdir = env.path("rootdir");
+    std::fs::create_dir(&rootdir).unwrap();
+    std::fs::set_permissions(&rootdir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(rootdir.join("secret"), b"TOPSECRET").unwrap();
+    std::fs::set_permissions(
+        rootdir.join("secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    (n.join("src"), n.join("dst"), rootdir)
+}
+
+/// Second review, 2: `dt cp -R` by root of nobody's file onto nobody's existing file; after
+/// the look at the source, nobody swaps its folder for a symlink to root's directory holding
+/// a secret of that name. Nobody's file must not get root's secret.
+#[test]
+fn cp_r_onto_an_existing_file_never_copies_root_s_file_for_the_user() {
+    let env = env_for_races();
+    let (src, dst, rootdir) = cp_onto_existing_setup(&env);
+    let go = env.path("go");
+    let child = dt_paused(
+        &env,
+        "cp-exists",
+        &go,
+        &[b"cp", b"-R", b(&src.join("secret")), b(&dst)],
+    );
+    let (_, stderr) = at_pause(child, "cp-exists", &go, || swap_for_symlink(&src, &rootdir));
+    assert_ne!(
+        std::fs::read(&dst).unwrap(),
+        b"TOPSECRET",
+        "root's secret was copied into nobody's file: {stderr}"
+    );
+}
+
+/// Second review, 2, the swap before dt resolves the source's folder: the source opened must
+/// be the file looked at ("replaced while being worked on", exit 1), not root's secret.
+#[test]
+fn cp_r_onto_an_existing_file_refuses_a_source_swapped_after_the_look() {
+    let env = env_for_races();
+    let (src, dst, rootdir) = cp_onto_existing_setup(&env);
+    let go = env.path("go");
+    let child = dt_paused(
+        &env,
+        "cp-looked",
+        &go,
+        &[b"cp", b"-R", b(&src.join("secret")), b(&dst)],
+    );
+    let (status, stderr) = at_pause(child, "cp-looked", &go, || swap_for_symlink(&src, &rootdir));
+    assert_ne!(
+        std::fs::read(&dst).unwrap(),
+        b"TOPSECRET",
+        "root's secret was copied into nobody's file: {stderr}"
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("replaced while being worked on"),
+        "{stderr}"
+    );
+}
+
+/// `dt cp` by root onto nobody's existing file outside a volume; after the look at it, nobody
+/// swaps the file for a symlink to root's file. Root's file must not be overwritten (the
+/// target opened must be the file looked at).
+#[test]
+fn cp_onto_an_existing_file_refuses_a_target_swapped_for_a_symlink() {
+    let env = env_for_races();
+    let (_, dst, rootdir) = cp_onto_existing_setup(&env);
+    let src = env.path("src.txt");
+    std::fs::write(&src, b"copied").unwrap();
+    let go = env.path("go");
+    let child = dt_paused(&env, "cp-exists", &go, &[b"cp", b(&src), b(&dst)]);
+    let (status, stderr) = at_pause(child, "cp-exists", &go, || {
+        swap_for_symlink(&dst, &rootdir.join("secret"))
+    });
+    assert_eq!(
+        std::fs::read(rootdir.join("secret")).unwrap(),
+        b"TOPSECRET",
+        "root's file was overwritten through the link: {stderr}"
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+}
+
+/// Second review, 5: `dt mkdir -m 777` by root in nobody's folder in the volume; before dt
+/// resolves the folder, nobody swaps it for a symlink to root's directory outside the volume.
+/// Nothing may be made there.
+#[test]
+fn mkdir_m_in_a_volume_never_makes_a_directory_through_a_swapped_folder() {
+    let env = env_for_races();
+    let pub_dir = env.path("a/pub");
+    env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("s2"))]);
+    give_to_nobody(&env, &pub_dir);
+    let victim_dir = env.path("etc2");
+    std::fs::create_dir(&victim_dir).unwrap();
+    let go = env.path("go");
+    let s2 = pub_dir.join("s2");
+    let child = dt_paused(
+        &env,
+        "mkdir-placed",
+        &go,
+        &[b"mkdir", b"-m", b"777", b(&s2.join("new1"))],
+    );
+    let (status, stderr) = at_pause(child, "mkdir-placed", &go, || {
+        swap_for_symlink(&s2, &victim_dir)
+    });
+    assert!(
+        !victim_dir.join("new1").exists(),
+        "a directory was made outside the volume: {stderr}"
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+}
+
+/// Second review, 5, `-p`: the folders on the way are made one name at a time from the
+/// volume root, never through a symlink nobody put in a folder's place.
+#[test]
+fn mkdir_p_in_a_volume_never_makes_folders_through_a_swapped_folder() {
+    let env = env_for_races();
+    let pub_dir = env.path("a/pub");
+    env.dt_ok(&[b"mkdir", b"-p", b(&pub_dir.join("s2"))]);
+    give_to_nobody(&env, &pub_dir);
+    let victim_dir = env.path("etc2");
+    std::fs::create_dir(&victim_dir).unwrap();
+    let go = env.path("go");
+    let s2 = pub_dir.join("s2");
+    let child = dt_paused(
+        &env,
+        "mkdir-placed",
+        &go,
+        &[b"mkdir", b"-p", b(&s2.join("x/y"))],
+    );
+    let (status, stderr) = at_pause(child, "mkdir-placed", &go, || {
+        swap_for_symlink(&s2, &victim_dir)
+    });
+    assert!(
+        !victim_dir.join("x").exists(),
+        "a directory was made outside the volume: {stderr}"
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+}

@@ -9,7 +9,7 @@ use std::fs;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -676,6 +676,7 @@ impl Dt {
             fs::metadata(&from_abs)
         }
         .with_context(|| format!("cannot copy {}", src.display()))?;
+        at::race_pause("cp-looked");
         if meta.is_dir() && !recursive {
             bail!("cannot copy {}: is a directory (use -R)", src.display());
         }
@@ -685,15 +686,41 @@ impl Dt {
         if let Place::Inside(b) = &to {
             self.session.check_writable(b)?;
         }
-        if let Ok(existing) = fs::symlink_metadata(&to_abs) {
-            if meta.is_dir() || existing.is_dir() {
+        // In a volume, the copy's folder pinned from the root without following a link, outside
+        // it opened once by the name given: the copy, an overwritten file and the top record
+        // land where the checks found the folder (docs/security.md, "dt's path races").
+        let cannot = || format!("cannot copy {} to {}", src.display(), dest.display());
+        let to_pin = match &to {
+            Place::Inside(b) => at::pin_in_volume(b.volume.root(), &b.components),
+            Place::Outside(_) => at::pin(&to_abs),
+        }
+        .with_context(cannot)?;
+        if let Ok(existing) = at::lstat_at(to_pin.dir(), to_pin.name()) {
+            if meta.is_dir() || at::is_dir(&existing) {
                 bail!(
                     "cannot copy {} to {}: target exists (dt cp does not merge directories, nor put a file in a directory's place)",
                     src.display(),
                     dest.display()
                 );
             }
-            if existing.dev() == meta.dev() && existing.ino() == meta.ino() {
+            // Outside a volume a link as the target is written through, as cp(1) does.
+            let target = match &to {
+                Place::Outside(_) if at::is_symlink(&existing) => {
+                    rustix::fs::statat(to_pin.dir(), to_pin.name(), rustix::fs::AtFlags::empty())
+                        .map_err(std::io::Error::from)
+                        .with_context(cannot)?
+                }
+                _ => existing,
+            };
+            if meta.file_type().is_symlink() {
+                // -R copies a link as a link; its data is not written into the file there.
+                bail!(
+                    "cannot copy {} to {}: a symbolic link onto an existing file (remove the target first)",
+                    src.display(),
+                    dest.display()
+                );
+            }
+            if target.st_dev == meta.dev() && target.st_ino == meta.ino() {
                 bail!("{} and {} are the same file", src.display(), dest.display());
             }
             match what.replace {
@@ -705,8 +732,16 @@ impl Dt {
                     }
                 }
             }
-            self.overwrite(&from_abs, &to_abs, &to, how)
-                .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
+            // The source read from its folder opened once, and only if it is what was looked
+            // at: a name swapped for a link to another file is not copied for the folder's owner.
+            let from_pin = match &from {
+                Place::Inside(a) => at::pin_in_volume(a.volume.root(), &a.components),
+                Place::Outside(_) => at::pin(&from_abs),
+            }
+            .with_context(cannot)?;
+            at::race_pause("cp-exists");
+            self.overwrite((&from_pin, &meta, !recursive), (&to_pin, &target), &to, how)
+                .with_context(cannot)?;
             if what.verbose {
                 interact::tell(&format!("{} -> {}", quote(src), quote(dest)));
             }
@@ -723,14 +758,8 @@ impl Dt {
             fresh_ids: matches!(to, Place::Inside(_)) && !keep_ids,
             ..how
         };
-        // In a volume, the copy's folder pinned from the root without following a link: the
-        // copy and its top record land where the checks found the folder (docs/security.md,
-        // "dt's path races").
-        let cannot = || format!("cannot copy {} to {}", src.display(), dest.display());
         let to_pin = match &to {
-            Place::Inside(b) => {
-                Some(at::pin_in_volume(b.volume.root(), &b.components).with_context(cannot)?)
-            }
+            Place::Inside(_) => Some(to_pin),
             Place::Outside(_) => None,
         };
         at::race_pause("cp-placed");
@@ -792,15 +821,50 @@ impl Dt {
 
     /// Overwrite an existing file's data in place, as cp(1) does: it stays the same object and
     /// keeps its ID and Mac information.
-    fn overwrite(&mut self, from: &Path, to: &Path, to_place: &Place, how: CopyMode) -> Result<()> {
-        let mut source = fs::OpenOptions::new().read(true).open(from)?;
-        let mut open = fs::OpenOptions::new();
-        open.write(true).truncate(true);
+    ///
+    /// `from`: the source's pinned name, the stat looked at and whether a final link is
+    /// followed (not with `-R`); `to`: the target's pinned name and the stat looked at. Both
+    /// are opened relative to their pinned folders and must be the objects looked at, else
+    /// "replaced while being worked on" (docs/security.md, "dt's path races").
+    fn overwrite(
+        &mut self,
+        (from, seen, follow): (&at::Pinned, &fs::Metadata, bool),
+        (to, target): (&at::Pinned, &rustix::fs::Stat),
+        to_place: &Place,
+        how: CopyMode,
+    ) -> Result<()> {
+        use rustix::fs::{Mode, OFlags};
+        let mut flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
+        if !follow {
+            flags |= OFlags::NOFOLLOW;
+        }
+        let source = match rustix::fs::openat(from.dir(), from.name(), flags, Mode::empty()) {
+            Err(e) if e == rustix::io::Errno::LOOP => return Err(at::replaced().into()),
+            other => other.map_err(std::io::Error::from)?,
+        };
+        let st = rustix::fs::fstat(&source).map_err(std::io::Error::from)?;
+        if st.st_dev != seen.dev() || st.st_ino != seen.ino() {
+            return Err(at::replaced().into());
+        }
+        let mut source = fs::File::from(source);
+        let mut flags = OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
         if let Place::Inside(_) = to_place {
             // A link planted in a volume is not written through.
-            open.custom_flags(libc::O_NOFOLLOW);
+            flags |= OFlags::NOFOLLOW;
         }
-        let mut dest = open.open(to)?;
+        let dest = match rustix::fs::openat(to.dir(), to.name(), flags, Mode::empty()) {
+            Err(e) if e == rustix::io::Errno::LOOP => return Err(at::replaced().into()),
+            other => other.map_err(std::io::Error::from)?,
+        };
+        // Emptied only once it is known to be the file looked at.
+        if !at::same(
+            &rustix::fs::fstat(&dest).map_err(std::io::Error::from)?,
+            target,
+        ) {
+            return Err(at::replaced().into());
+        }
+        let mut dest = fs::File::from(dest);
+        dest.set_len(0)?;
         std::io::copy(&mut source, &mut dest)?;
         if how.preserve {
             // Owner, mode and times through the descriptor written, never by the name again
@@ -1154,26 +1218,47 @@ impl Dt {
                 iv.path()
             }
         };
-        // mkdir -p -m leaves a directory that was there as it was, as mkdir(1) does.
-        let made = !(parents && fs::metadata(&target).is_ok_and(|m| m.is_dir()));
+        at::race_pause("mkdir-placed");
         // As mkdir(1) -m: from a=rwx, the umask only for symbolic clauses naming no class.
         let new_mode = mode.map(|spec| spec.apply(0o777, true, mode::umask()));
-        if parents {
-            if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create directory {}", quote(path)))?;
+        let cannot = || format!("cannot create directory {}", quote(path));
+        // The folder resolved once: in a volume from the root, never through a link (with -p
+        // each missing folder made with mkdirat in the one before); outside by the name given
+        // (docs/security.md, "dt's path races").
+        let pinned = match &place {
+            Place::Outside(_) => {
+                if parents {
+                    if let Some(parent) = target.parent() {
+                        fs::create_dir_all(parent).with_context(cannot)?;
+                    }
+                }
+                at::pin(&target)
+            }
+            // The volume root itself (there already).
+            Place::Inside(iv) if iv.components.is_empty() => at::pin(&target),
+            Place::Inside(iv) => {
+                if parents {
+                    make_folders_in_volume(iv.volume.root(), &iv.components)
+                        .with_context(cannot)?;
+                }
+                at::pin_in_volume(iv.volume.root(), &iv.components)
             }
         }
+        .with_context(cannot)?;
+        let (dir, name) = (pinned.dir(), pinned.name());
+        // mkdir -p -m leaves a directory that was there as it was, as mkdir(1) does.
+        // (A link to one counts, as there: nothing is made or changed through it.)
+        let made = !(parents
+            && rustix::fs::statat(dir, name, rustix::fs::AtFlags::empty())
+                .is_ok_and(|st| at::is_dir(&st)));
         // Made with no more than its final permission bits (the umask may take some), so the
         // directory is never open to others before its mode is set below. Made, and its mode
         // set, relative to its folder opened once: the mode goes to the directory made, never
         // through a name its folder's owner swapped for a symlink meanwhile (docs/security.md,
         // "dt's path races").
-        let cannot = || format!("cannot create directory {}", quote(path));
-        let (dir, name) = at::open_parent(&target).with_context(cannot)?;
         match rustix::fs::mkdirat(
-            &dir,
-            &name,
+            dir,
+            name,
             rustix::fs::Mode::from_raw_mode(new_mode.unwrap_or(0o777) & 0o777),
         ) {
             Err(e) if parents && !made && e == rustix::io::Errno::EXIST => Ok(()),
@@ -1185,7 +1270,7 @@ impl Dt {
         if let (Some(new), true) = (new_mode, made) {
             let cannot = || format!("cannot set the mode of {}", quote(path));
             // Opened as itself (never through a link), without needing any permission on it.
-            let made = at::open_path_at(dir.as_fd(), &name, false).with_context(cannot)?;
+            let made = at::open_path_at(dir, name, false).with_context(cannot)?;
             // What was made is this user's directory: a link, or a directory of anybody else,
             // put in its place is not given the mode.
             let st = rustix::fs::fstat(&made)
@@ -1197,7 +1282,7 @@ impl Dt {
             fs::set_permissions(at::fd_path(made.as_fd()), fs::Permissions::from_mode(new))
                 .with_context(cannot)?;
             if let Place::Inside(_) = &place {
-                precreate_record(dir.as_fd(), &name, new);
+                precreate_record(dir, name, new);
             }
         }
         if let Place::Inside(iv) = &place {
@@ -2275,6 +2360,35 @@ struct CpHow {
     replace: Replace,
     keep_ids: bool,
     verbose: bool,
+}
+
+/// `dt mkdir -p` in a volume: every folder on the way to `components` (all but the last) that
+/// is missing is made with `mkdirat` in the one before, each opened from the volume root
+/// without following a link (docs/security.md, "dt's path races").
+fn make_folders_in_volume(root: &Path, components: &[Vec<u8>]) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let Some((_, folders)) = components.split_last() else {
+        return Ok(());
+    };
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut dir = rustix::fs::openat(rustix::fs::CWD, root, flags, Mode::empty())?;
+    for folder in folders {
+        let name = std::ffi::OsStr::from_bytes(folder);
+        match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o777)) {
+            Err(e) if e == rustix::io::Errno::EXIST => {}
+            other => other?,
+        }
+        dir = match at::walk_dir_at(dir.as_fd(), name) {
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(std::io::Error::other(format!(
+                    "{}: a symbolic link on the way (not followed)",
+                    String::from_utf8_lossy(folder)
+                )))
+            }
+            other => other?,
+        };
+    }
+    Ok(())
 }
 
 /// The options of `dt rm`.
