@@ -243,8 +243,8 @@ impl Pinned {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
                 Err(io::Error::other(format!(
-                    "{}: a symbolic link (or a file) where a real .rsrc directory belongs; not \
-                     followed",
+                    "{}: a symbolic link where a real .rsrc directory belongs; refused (move it \
+                     away, then run deskd rebuild)",
                     readable(
                         &self
                             .dir_path()
