@@ -257,31 +257,6 @@ impl Pinned {
         }
     }
 
-    /// Give the pinned object's resource file the object's read and write bits (no execute),
-    /// as `dt chmod` does: its Mac information (a Finder comment) is then as private as the
-    /// object (second review, finding 6: a record made 0644 for a 0600 file showed its comment
-    /// to everyone). The record is opened without following a link and changed by descriptor;
-    /// nothing is done when there is none.
-    pub fn record_follows_object(&self) -> io::Result<()> {
-        let Some(rsrc) = self.rsrc_dir()? else {
-            return Ok(());
-        };
-        let object = lstat_at(self.dir(), &self.name)?;
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let record = match rustix::fs::openat(rsrc, &self.name, flags, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        let seen = rustix::fs::fstat(&record)?;
-        if rustix::fs::FileType::from_raw_mode(seen.st_mode) != rustix::fs::FileType::RegularFile {
-            return Ok(());
-        }
-        let mode = Mode::from_raw_mode(object.st_mode & 0o666);
-        rustix::fs::fchmod(&record, mode)?;
-        Ok(())
-    }
-
     /// Refuse a `.rsrc` that is not a real directory ([`Pinned::rsrc_dir`]).
     pub fn check_rsrc(&self) -> io::Result<()> {
         self.rsrc_dir().map(|_| ())

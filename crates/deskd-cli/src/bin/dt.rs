@@ -798,7 +798,7 @@ impl Dt {
                 }
                 // The copy's record is as private as the copy (a 0600 file's comment stays so).
                 if let Some(p) = &to_pin {
-                    p.record_follows_object().with_context(cannot)?;
+                    record_follows_object(b, p).with_context(cannot)?;
                 }
             }
             // A copy is a new object (new IDs, Mac information kept), unless restoring.
@@ -1119,8 +1119,12 @@ impl Dt {
         // The record is as private as its object (its comment must not be readable where the
         // object is not). Another user's record in a shared folder keeps its mode: its owner's.
         if let Some(p) = &pinned {
-            match p.record_follows_object() {
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {}
+            match record_follows_object(&iv, p) {
+                Err(e)
+                    if e.root_cause()
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(|e| e.raw_os_error())
+                        .is_some_and(|n| n == libc::EPERM || n == libc::EACCES) => {}
                 other => other
                     .with_context(|| format!("cannot set the mode of {}", shown_rsrc.display()))?,
             }
@@ -2499,15 +2503,9 @@ fn follow_records(iv: &InVolume, is_dir: bool, change: Change) -> Result<()> {
         }
     }
     for (fd, dir, place) in places {
-        let through = at::fd_path(fd.as_fd());
-        match change {
-            Change::Mode(mode) => {
-                let mode = if dir { mode } else { mode & 0o666 };
-                fs::set_permissions(&through, fs::Permissions::from_mode(mode))
-            }
-            Change::Owner(uid, gid) => std::os::unix::fs::chown(&through, uid, gid),
-        }
-        .with_context(|| format!("cannot change {}", place.display()))?;
+        // Through the descriptor: /proc/self/fd/N leads to that very object.
+        change_record(&at::fd_path(fd.as_fd()), dir, change, true)
+            .with_context(|| format!("cannot change {}", place.display()))?;
     }
     Ok(())
 }
@@ -2533,6 +2531,28 @@ fn precreate_record(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, mode: u32) {
     );
 }
 
+/// Apply `change` to a record (`dir`: a `.rsrc` directory) at `path`: a file record never gets
+/// execute bits. `through_fd`: `path` is a descriptor's /proc path, whose link leads to the
+/// object itself; else the owner change does not follow a link.
+fn change_record(path: &Path, dir: bool, change: Change, through_fd: bool) -> std::io::Result<()> {
+    match change {
+        Change::Mode(mode) => {
+            let mode = if dir { mode } else { mode & 0o666 };
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        }
+        Change::Owner(uid, gid) if through_fd => std::os::unix::fs::chown(path, uid, gid),
+        Change::Owner(uid, gid) => std::os::unix::fs::lchown(path, uid, gid),
+    }
+}
+
+/// Give the record of `iv` (pinned at `pinned`) its object's read and write bits, by
+/// `dt chmod`'s rule ([`follow_records`]): its Mac information (a Finder comment) is then as
+/// private as the object.
+fn record_follows_object(iv: &InVolume, pinned: &at::Pinned) -> Result<()> {
+    let object = at::lstat_at(pinned.dir(), pinned.name())?;
+    follow_records(iv, false, Change::Mode(object.st_mode & 0o7777))
+}
+
 /// [`follow_records`] for a volume root, whose places are deskd's own.
 fn follow_records_by_path(iv: &InVolume, is_dir: bool, change: Change) -> Result<()> {
     let mut places = vec![(iv.rsrc_path(), false)];
@@ -2546,14 +2566,8 @@ fn follow_records_by_path(iv: &InVolume, is_dir: bool, change: Change) -> Result
         if meta.file_type().is_symlink() || meta.is_dir() != dir {
             continue;
         }
-        match change {
-            Change::Mode(mode) => {
-                let mode = if dir { mode } else { mode & 0o666 };
-                fs::set_permissions(&place, fs::Permissions::from_mode(mode))
-            }
-            Change::Owner(uid, gid) => std::os::unix::fs::lchown(&place, uid, gid),
-        }
-        .with_context(|| format!("cannot change {}", place.display()))?;
+        change_record(&place, dir, change, false)
+            .with_context(|| format!("cannot change {}", place.display()))?;
     }
     Ok(())
 }
