@@ -8,12 +8,13 @@
 //! columns ([`listing`]), coreutils' questions and `-v` lines ([`interact`]) and the orders
 //! they report trees in ([`walk`]), and working on files through open directory descriptors
 //! rather than path names, so a name swapped for a symlink turns nothing against another file
-//! ([`at`]).
+//! ([`at`]); the afpd CNID listener of `deskd netatalk` and `deskd serve` ([`cnid_listener`]).
 
 #![forbid(unsafe_code)]
 
 pub mod active_users;
 pub mod at;
+pub mod cnid_listener;
 pub mod connection;
 pub mod finder;
 pub mod fresh_ids;

@@ -119,15 +119,30 @@ fn log_now(error: &BridgeError) -> bool {
     which.now()
 }
 
-/// How the bridge reaches deskd (a new connection after deskd went away).
-pub type Connect<'a> = &'a (dyn Fn() -> Result<Client, ClientError> + Sync);
+/// One connection to deskd that answers requests, one at a time: the socket client of the
+/// standalone bridge ([`Client`]), or a connection inside `deskd serve` itself that runs each
+/// request through the server's own dispatch on the calling thread. The mapping of afpd's
+/// requests onto deskd's ([`serve_connection`]) is written once, against this.
+pub trait Desk {
+    /// Send one request; deskd's refusals are [`ClientError::Server`].
+    fn call(&mut self, request: Request) -> Result<Response, ClientError>;
+}
 
-/// The deskd side of one afpd connection: a client and the volume's handle, made again
-/// when deskd restarts.
-struct Desk<'a> {
+impl Desk for Client {
+    fn call(&mut self, request: Request) -> Result<Response, ClientError> {
+        Client::call(self, request)
+    }
+}
+
+/// A new connection to deskd: made for each afpd connection, and again after deskd went away.
+pub type Connect<'a> = &'a (dyn Fn() -> Result<Box<dyn Desk>, ClientError> + Sync);
+
+/// The deskd side of one afpd connection: a connection to deskd and the volume's handle, made
+/// again when deskd restarts.
+struct Session<'a> {
     connect: Connect<'a>,
     root: std::path::PathBuf,
-    client: Option<(Client, u32)>,
+    desk: Option<(Box<dyn Desk>, u32)>,
     /// DELETEs held back: their names hold an object of their kind again (see
     /// [`EXCHANGE_WINDOW`]); at most [`MAX_HELD`], none twice.
     held_deletes: Vec<u32>,
@@ -152,7 +167,7 @@ pub const EXCHANGE_WINDOW: Duration = Duration::from_millis(50);
 /// Volumes whose afpd showed deskd's own files: warned about once each.
 static UNVETOED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
 
-impl Desk<'_> {
+impl Session<'_> {
     /// DELETE `cnid` now. afpd counts the call as done whatever deskd says, unless deskd cannot
     /// be reached.
     fn delete(&mut self, cnid: u32) -> Reply {
@@ -224,14 +239,19 @@ impl Desk<'_> {
         }
     }
 
-    fn client(&mut self) -> Result<(&mut Client, u32), ClientError> {
-        if self.client.is_none() {
-            let mut client = (self.connect)()?;
-            let vol = client.open_volume(&self.root)?.vol;
-            self.client = Some((client, vol));
+    fn desk(&mut self) -> Result<(&mut dyn Desk, u32), ClientError> {
+        if self.desk.is_none() {
+            let mut desk = (self.connect)()?;
+            let vol = match desk.call(Request::OpenVolume {
+                root: self.root.as_os_str().as_bytes().to_vec(),
+            })? {
+                Response::Volume(v) => v.vol,
+                other => return Err(ClientError::Unexpected(Box::new(other))),
+            };
+            self.desk = Some((desk, vol));
         }
-        let (client, vol) = self.client.as_mut().expect("just set");
-        Ok((client, *vol))
+        let (desk, vol) = self.desk.as_mut().expect("just set");
+        Ok((&mut **desk, *vol))
     }
 
     /// Send one request. When the connection to deskd broke (deskd restarted), reconnect and
@@ -243,8 +263,8 @@ impl Desk<'_> {
     fn call(&mut self, make: impl Fn(u32) -> Request) -> Result<Response, ClientError> {
         let began = std::time::Instant::now();
         loop {
-            let result = match self.client() {
-                Ok((client, vol)) => client.call(make(vol)),
+            let result = match self.desk() {
+                Ok((desk, vol)) => desk.call(make(vol)),
                 Err(e) => Err(e),
             };
             let broken = matches!(
@@ -257,7 +277,7 @@ impl Desk<'_> {
                 return result;
             }
             if broken {
-                self.client = None;
+                self.desk = None;
             }
             if began.elapsed() >= RECONNECT_FOR {
                 return result;
@@ -291,7 +311,7 @@ fn kind_code(kind: Kind) -> u32 {
 }
 
 /// Answer one request.
-fn answer(desk: &mut Desk, q: wire::Request) -> Result<Reply, BridgeError> {
+fn answer(desk: &mut Session, q: wire::Request) -> Result<Reply, BridgeError> {
     // afpd's CNID in an ADD comes from the AppleDouble metadata of the file, which its owner
     // can write, and the bridge connects as root: it is never passed on as a hint, so a user
     // cannot pick an ID through afpd (docs/netatalk.md, docs/security.md).
@@ -422,7 +442,7 @@ const SEARCH_DEPTH: usize = 8;
 ///   names): the object is looked for by dev/ino in the registered folders below did;
 /// * deskd's own files (`.Desktop`, `.rsrc`), which `veto files` hides from afpd: `ERR_MAX`,
 ///   and the log says once per volume what afp.conf lacks.
-fn add(desk: &mut Desk, q: &wire::Request, hint: Option<u32>) -> Reply {
+fn add(desk: &mut Session, q: &wire::Request, hint: Option<u32>) -> Reply {
     // The CNID afpd read from the object's own metadata: used by deskd only to follow a move
     // made outside AFP (the record of that ID must have this object's dev/ino), never to pick
     // a free ID.
@@ -488,7 +508,7 @@ fn is_outage(e: &ClientError) -> bool {
 /// Register the object an ADD deskd refused as it stood: the object at did/name whatever its
 /// inode, else the object with the ADD's dev/ino in a registered folder below did.
 fn mend_add(
-    desk: &mut Desk,
+    desk: &mut Session,
     q: &wire::Request,
     hint: Option<u32>,
     carried: Option<u32>,
@@ -532,7 +552,7 @@ fn join_path(parent: &[u8], name: &[u8]) -> Vec<u8> {
 /// [`SEARCH_DIRS`] of them and [`SEARCH_DEPTH`] deep: the first whose folder on disk
 /// `holds` is true for, as (its path, its ID).
 fn find_below(
-    desk: &mut Desk,
+    desk: &mut Session,
     did: u32,
     path: Vec<u8>,
     holds: &dyn Fn(&Path) -> bool,
@@ -562,7 +582,7 @@ fn find_below(
 }
 
 /// Whether deskd has `cnid` at `did`/`name` already.
-fn already_at(desk: &mut Desk, cnid: u32, did: u32, name: &[u8]) -> bool {
+fn already_at(desk: &mut Session, cnid: u32, did: u32, name: &[u8]) -> bool {
     matches!(
         desk.call(|vol| Request::Lookup { vol, parent: did, name: name.to_vec() }),
         Ok(Response::MaybeObject(Some(o))) if o.id == cnid
@@ -571,7 +591,7 @@ fn already_at(desk: &mut Desk, cnid: u32, did: u32, name: &[u8]) -> bool {
 
 /// Register `name` in directory `did` through its path, the server reading it from disk.
 fn add_by_path(
-    desk: &mut Desk,
+    desk: &mut Session,
     did: u32,
     name: &[u8],
     hint: Option<u32>,
@@ -623,7 +643,7 @@ impl Drop for Slot {
 /// `limits.max_connections` are closed at once (logged at most every 10 s).
 pub fn serve(
     listener: TcpListener,
-    connect: Arc<dyn Fn() -> Result<Client, ClientError> + Send + Sync>,
+    connect: Arc<dyn Fn() -> Result<Box<dyn Desk>, ClientError> + Send + Sync>,
     limits: Limits,
     afp_conf: Option<Arc<dbpath::AfpConf>>,
 ) {
@@ -738,15 +758,15 @@ pub fn serve_connection(
             })
         },
     )?;
-    let mut desk = Desk {
+    let mut desk = Session {
         connect,
         root,
-        client: None,
+        desk: None,
         held_deletes: Vec::new(),
         held_since: None,
     };
     // The volume must be one deskd serves; afpd learns otherwise from a closed connection.
-    desk.client().map_err(|e| match e {
+    desk.desk().map(|_| ()).map_err(|e| match e {
         // deskd's own message names the path already.
         ClientError::Server(reply) => BridgeError::Volume(VolumeRefused::Deskd(reply)),
         error => BridgeError::Volume(VolumeRefused::Unreachable {
@@ -766,7 +786,7 @@ pub fn serve_connection(
 
 /// The request loop of [`serve_connection`], after the handshake.
 fn serve_requests(
-    desk: &mut Desk,
+    desk: &mut Session,
     input: &mut std::io::BufReader<Timed>,
     stream: &TcpStream,
     timeout: Duration,

@@ -101,12 +101,34 @@ pub struct ServerPrefs {
     pub frame_timeout: Option<u64>,
 }
 
+/// The `[netatalk]` table: `deskd serve` answers afpd's CNID protocol itself, on `listen`
+/// (docs/netatalk.md). The other keys are the `deskd netatalk` bridge's options of the same
+/// names; `deskd serve` reads them at start (a change needs a restart).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetatalkPrefs {
+    /// Where afpd connects (`HOST:PORT`; the protocol has no authentication: keep it on
+    /// loopback).
+    pub listen: String,
+    /// Most afpd connections served at once (default 256); more are closed at once.
+    pub max_connections: Option<usize>,
+    /// Seconds a handshake, or a request once begun, may take to arrive whole (default 10).
+    pub frame_timeout: Option<u64>,
+    /// Netatalk's afp.conf, read for each volume's `vol dbpath` folder (default
+    /// /etc/netatalk/afp.conf when it exists).
+    pub afp_conf: Option<PathBuf>,
+    /// The `vol dbpath` of volumes afp.conf names none for (`$v`: the volume's name).
+    pub dbpath: Option<String>,
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     #[serde(default)]
     pub server: ServerPrefs,
+    /// The afpd CNID listener, when the table is there.
+    pub netatalk: Option<NetatalkPrefs>,
     #[serde(default)]
     pub defaults: VolumePrefs,
     #[serde(default)]
@@ -180,6 +202,8 @@ pub struct Config {
     pub tcp: Option<TcpConfig>,
     pub state_dir: PathBuf,
     pub volumes: Vec<VolumeConfig>,
+    /// The afpd CNID listener (`[netatalk]`), as the file gives it.
+    pub netatalk: Option<NetatalkPrefs>,
 }
 
 impl ConfigFile {
@@ -304,6 +328,7 @@ impl ConfigFile {
             tcp,
             state_dir,
             volumes,
+            netatalk: self.netatalk.clone(),
         })
     }
 }

@@ -30,10 +30,22 @@ use crate::sight;
 use crate::volume::VolumeHandle;
 use crate::writer::{Job, Replier, ReplyTo};
 
+mod in_process;
+
+pub use in_process::InProcessConnection;
+
+/// Where a connection's replies go: encoded frames to its socket, or replies handed to the
+/// thread that asked ([`in_process`]).
+#[derive(Clone)]
+enum Destination {
+    Socket(Arc<Outbox>),
+    InProcess(Arc<in_process::Mailbox>),
+}
+
 /// Where the reply to one request goes.
 #[derive(Clone)]
 pub(crate) struct ReplySink {
-    writer: Arc<Outbox>,
+    to: Destination,
     id: u64,
     /// Whose request it is: an unprivileged peer's errors never say more than [`sight::unseen`]
     /// where they would tell a missing object from a hidden one.
@@ -51,7 +63,7 @@ impl ReplySink {
     /// Where the reply to request `id` goes, for the peer `access` describes.
     fn new(writer: &Arc<Outbox>, id: u64, access: &Arc<Access>, client: &Arc<Client>) -> Self {
         ReplySink {
-            writer: writer.clone(),
+            to: Destination::Socket(writer.clone()),
             id,
             access: access.clone(),
             unseen_errors: false,
@@ -69,15 +81,20 @@ impl ReplyTo for ReplySink {
     /// Buffer the reply; it leaves with the next flush on this connection, so a burst of
     /// pipelined replies costs one write.
     fn queue(&self, result: Reply) {
+        let result = result.map_err(|e| {
+            if self.unseen_errors && !self.access.is_trusted() {
+                sight::unseen()
+            } else {
+                sight::for_peer(&self.access, e)
+            }
+        });
+        let writer = match &self.to {
+            Destination::Socket(writer) => writer,
+            Destination::InProcess(mailbox) => return mailbox.put(result),
+        };
         let frame = ReplyFrame {
             id: self.id,
-            result: result.map_err(|e| {
-                if self.unseen_errors && !self.access.is_trusted() {
-                    sight::unseen()
-                } else {
-                    sight::for_peer(&self.access, e)
-                }
-            }),
+            result,
         };
         let bytes = match deskd_proto::encode_frame_within(&frame, deskd_proto::MAX_REPLY_FRAME) {
             Ok(bytes) => bytes,
@@ -91,17 +108,23 @@ impl ReplyTo for ReplySink {
             })
             .expect("an error reply fits a frame"),
         };
-        self.writer.push(&bytes);
+        writer.push(&bytes);
     }
 
     /// Push buffered replies to the client (never waiting for it to read).
     fn flush(&self) {
-        self.writer.flush();
+        match &self.to {
+            Destination::Socket(writer) => writer.flush(),
+            Destination::InProcess(mailbox) => mailbox.wake(),
+        }
     }
 
-    /// The outbox's address: one per connection.
+    /// The outbox's (or mailbox's) address: one per connection.
     fn connection(&self) -> usize {
-        Arc::as_ptr(&self.writer) as usize
+        match &self.to {
+            Destination::Socket(writer) => Arc::as_ptr(writer) as usize,
+            Destination::InProcess(mailbox) => Arc::as_ptr(mailbox) as usize,
+        }
     }
 
     fn who(&self) -> Arc<str> {
@@ -119,6 +142,10 @@ struct WaitingWrite {
 impl Drop for WaitingWrite {
     fn drop(&mut self) {
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+        // An in-process caller waits for its write: answered or not, it may look again.
+        if let Destination::InProcess(mailbox) = &self.sink.to {
+            mailbox.wake();
+        }
     }
 }
 

@@ -60,7 +60,8 @@ use std::time::Duration;
 use deskd_proto::Stream;
 use tracing::{error, info};
 
-pub use config::{Config, ConfigFile, TcpConfig, VolumeConfig, VolumePrefs};
+pub use conn::InProcessConnection;
+pub use config::{Config, ConfigFile, NetatalkPrefs, TcpConfig, VolumeConfig, VolumePrefs};
 use conn::Peer;
 pub use error::{ServerError, VolumeFailure};
 use shared::{Shared, Slot, TcpAccess, TcpSlot};
@@ -73,6 +74,17 @@ pub struct Server {
     socket: PathBuf,
     /// The TCP address listened on, if any (only a restart changes it).
     tcp_listen: Option<String>,
+}
+
+/// Makes [`InProcessConnection`]s to a running server, from any thread.
+#[derive(Clone)]
+pub struct InProcessConnector(Arc<Shared>);
+
+impl InProcessConnector {
+    /// A new connection whose peer is the server's own user (see [`InProcessConnection`]).
+    pub fn connect(&self) -> InProcessConnection {
+        InProcessConnection::new(self.0.clone())
+    }
 }
 
 /// Read the token and bind the TCP address.
@@ -331,6 +343,12 @@ impl Server {
         for handle in self.shared.volumes() {
             audit::log(&who, handle.volume.root(), what);
         }
+    }
+
+    /// What makes connections from inside this process ([`InProcessConnection`]), for the
+    /// front ends `deskd serve` runs itself (the afpd CNID listener).
+    pub fn in_process(&self) -> InProcessConnector {
+        InProcessConnector(self.shared.clone())
     }
 
     /// How many volumes are served (those that failed to open are not).

@@ -9,6 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 use deskd_cli::connection::verbs::{BeforeVerb, ClientOptions, ServeOptions, VerbOptionError};
 use deskd_cli::connection::ConnectionArgs;
+use deskd_cli::cnid_listener;
 use deskd_cli::output::{ctime_string, display_bytes, write_match, FindArgs};
 use deskd_client::{Client, Request, Response};
 use deskd_proto::Endpoint;
@@ -437,13 +438,16 @@ fn run(cli: Run) -> Result<ExitCode> {
             afp_conf,
             dbpath,
             client: _,
-        } => {
-            let limits = deskd_netatalk::Limits {
-                max_connections: max_connections.max(1),
-                frame_timeout: std::time::Duration::from_secs(frame_timeout.max(1)),
-            };
-            netatalk(connection, &listen, limits, afp_conf, &dbpath)
-        }
+        } => netatalk(
+            connection,
+            &cnid_listener::Options {
+                listen,
+                max_connections,
+                frame_timeout,
+                afp_conf,
+                dbpath,
+            },
+        ),
         Command::Rebuild {
             fresh,
             scan,
@@ -794,48 +798,9 @@ fn init_offline_logging() {
 }
 
 /// `deskd netatalk`: accept afpd connections, one thread each, until killed.
-fn netatalk(
-    connection: &ConnectionArgs,
-    listen: &str,
-    limits: deskd_netatalk::Limits,
-    afp_conf: Option<PathBuf>,
-    dbpath: &str,
-) -> Result<ExitCode> {
-    use deskd_netatalk::dbpath::AfpConf;
+fn netatalk(connection: &ConnectionArgs, options: &cnid_listener::Options) -> Result<ExitCode> {
     init_logging();
-    // Named on the command line: it must be readable. The default only when it is there.
-    let afp_conf = afp_conf.or_else(|| {
-        let standard = PathBuf::from("/etc/netatalk/afp.conf");
-        standard.exists().then_some(standard)
-    });
-    let afp_conf = match afp_conf {
-        Some(path) => {
-            let conf = AfpConf {
-                path,
-                default_template: dbpath.to_owned(),
-            };
-            // Read once now, so that a bad file is said at start; afterwards at each afpd
-            // connection (an edit needs no restart).
-            conf.read()?;
-            Some(std::sync::Arc::new(conf))
-        }
-        None => {
-            tracing::info!(
-                "no afp.conf (--afp-conf): afpd's vol dbpath folders are not made; afpd's \
-                 icon and APPL desktop needs them (docs/netatalk.md)"
-            );
-            None
-        }
-    };
-    let listener = std::net::TcpListener::bind(listen)
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    if !listener.local_addr()?.ip().is_loopback() {
-        tracing::warn!(
-            "{listen} is not a loopback address: afpd's CNID protocol has no authentication, \
-             so anyone who reaches it can register and rename objects (within what deskd \
-             verifies on disk)"
-        );
-    }
+    let listener = cnid_listener::open(options)?;
     let address = connection.address();
     // Fail early, with deskd's own message, when deskd is not there.
     address.connect().map_err(|e| anyhow!("{e}"))?;
@@ -851,17 +816,15 @@ fn netatalk(
             );
         }
     });
-    tracing::info!(
-        "serving Netatalk's CNID protocol on {} for deskd at {}",
-        listener.local_addr()?,
-        address.endpoint
-    );
-    deskd_netatalk::serve(
-        listener,
-        std::sync::Arc::new(move || address.connect()),
-        limits,
-        afp_conf,
-    );
+    let whose = format!("for deskd at {}", address.endpoint);
+    listener.serve(
+        std::sync::Arc::new(move || {
+            address
+                .connect()
+                .map(|c| Box::new(c) as Box<dyn deskd_netatalk::Desk>)
+        }),
+        &whose,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -943,7 +906,17 @@ fn serve(
     ])
     .context("cannot install signal handlers")?;
     let configured = config.volumes.len();
+    // afpd's CNID listener: afp.conf read and the port bound before any volume is opened.
+    let cnid = config
+        .netatalk
+        .as_ref()
+        .map(|prefs| cnid_listener::open(&cnid_listener::Options::from_prefs(prefs)))
+        .transpose()
+        .context("[netatalk]")?;
     let server = Server::start(config).context("cannot start")?;
+    if let Some(cnid) = cnid {
+        cnid.spawn_in_serve(server.in_process())?;
+    }
     // Under systemd (Type=notify): ready only now, with every volume open and the socket bound,
     // so file servers ordered after deskd find it answering.
     notify_systemd(&[
