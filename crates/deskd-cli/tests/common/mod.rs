@@ -967,3 +967,121 @@ pub fn without_cargos_test_env(cmd: &mut Command) {
         }
     }
 }
+
+// --- issue 22 part INSERVE ---
+
+/// Which of deskd's afpd CNID listeners a Netatalk test drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The standalone `deskd netatalk` bridge, a client of the server's socket.
+    Bridge,
+    /// The listener inside `deskd serve` itself (`[netatalk]` in deskd.toml).
+    InServe,
+}
+
+/// afpd's way to deskd in a test: a [`Bridge`] process, or the server's own listener.
+pub struct Cnid {
+    pub via: Via,
+    /// The log holding the listener's lines (the bridge's, or the server's).
+    pub log: PathBuf,
+    pub addr: String,
+    /// Killed when dropped.
+    bridge: Option<Bridge>,
+}
+
+impl Env {
+    /// Serve `volumes` (relative to the temp dir) with `config` (deskd.toml's text, maybe
+    /// empty) and open afpd's CNID listener as `via` says, reading `afp_conf` for the
+    /// `vol dbpath` folders when given.
+    pub fn serve_cnid(
+        &mut self,
+        via: Via,
+        volumes: &[&str],
+        config: &str,
+        afp_conf: Option<&Path>,
+    ) -> Cnid {
+        let file = self.path("deskd.toml");
+        // A `[netatalk]` table ending `config` gives the in-serve listener's other keys.
+        let (mut text, own) = match config.split_once("[netatalk]\n") {
+            Some((before, own)) => (before.to_owned(), own),
+            None => (config.to_owned(), ""),
+        };
+        if via == Via::InServe {
+            text.push_str("\n[netatalk]\nlisten = \"127.0.0.1:0\"\n");
+            if let Some(conf) = afp_conf {
+                text.push_str(&format!("afp_conf = \"{}\"\n", conf.display()));
+            }
+            text.push_str(own);
+        }
+        std::fs::write(&file, text).unwrap();
+        let mut args = vec!["--config".to_owned(), file.display().to_string()];
+        args.extend(volumes.iter().map(|v| self.path(v).display().to_string()));
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        self.start(&refs);
+        match via {
+            Via::Bridge => {
+                let conf = afp_conf.map(|c| c.display().to_string());
+                let bridge_args: Vec<&str> = match &conf {
+                    Some(c) => vec!["--afp-conf", c],
+                    None => Vec::new(),
+                };
+                let bridge = Bridge::start(self, &bridge_args);
+                Cnid {
+                    via,
+                    log: bridge.log.clone(),
+                    addr: bridge.addr.clone(),
+                    bridge: Some(bridge),
+                }
+            }
+            Via::InServe => {
+                self.wait_for_log("CNID protocol on ", 1);
+                let text = self.log_text();
+                let rest = text.split("CNID protocol on ").nth(1).unwrap();
+                Cnid {
+                    via,
+                    log: self.log.clone(),
+                    addr: rest.split_whitespace().next().unwrap().to_string(),
+                    bridge: None,
+                }
+            }
+        }
+    }
+}
+
+impl Cnid {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A connection as afpd makes one (see [`Bridge::afpd`]).
+    pub fn afpd(&self, path: &Path, name: &[u8]) -> std::net::TcpStream {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&deskd_netatalk::wire::encode_handshake(
+            &deskd_netatalk::wire::Handshake {
+                volume_name: name.to_vec(),
+                volume_path: path.as_os_str().as_encoded_bytes().to_vec(),
+                user: b"alice".to_vec(),
+            },
+        ))
+        .unwrap();
+        s
+    }
+
+    /// Wait (up to 20 s) until the listener's log holds `what`; returns the log.
+    pub fn wait_for_log(&self, what: &str) -> String {
+        let began = Instant::now();
+        loop {
+            let text = self.log_text();
+            if text.contains(what) {
+                return text;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(20),
+                "no {what:?} in the listener's log: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `deskd serve` answering afpd's CNID protocol itself (`[netatalk]` in deskd.toml): every
+//! wire-level case of the standalone bridge (`netatalk_cases/`) runs here through the server's
+//! own listener, plus what is the listener's own: its connection limit, malformed and stalled
+//! frames, and a write committed with the volume's writer idle and with it busy (another
+//! process holding the desktop's write lock), in order per connection.
+
+mod common;
+#[path = "netatalk_cases/ids.rs"]
+mod id_cases;
+#[path = "netatalk_cases/wire.rs"]
+mod wire_cases;
+
+use std::io::{BufRead, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use deskd_netatalk::wire::{self, op, res, Request};
+use wire_cases::{add, afpd, call, request};
+
+wire_cases!(Via::InServe);
+id_cases!(Via::InServe);
+
+/// Whether the listener closed `s` (read returns end of file, or the connection was reset).
+fn closed(s: &mut TcpStream) -> bool {
+    s.read(&mut [0u8; 1]).unwrap_or(0) == 0
+}
+
+#[test]
+fn connections_beyond_max_connections_are_closed_at_once() {
+    let mut env = Env::new(&["vol"]);
+    let cnid = env.serve_cnid(
+        Via::InServe,
+        &["vol"],
+        "[netatalk]\nmax_connections = 2\n",
+        None,
+    );
+    let vol = env.path("vol");
+    let mut first = afpd(&cnid, &vol);
+    let mut second = afpd(&cnid, &vol);
+    for s in [&mut first, &mut second] {
+        assert_eq!(call(s, request(op::OPEN, 0, 0, b"")).result, res::OK);
+    }
+    let mut third = afpd(&cnid, &vol);
+    assert!(closed(&mut third));
+    cnid.wait_for_log("refused: 2 afpd connections are open");
+    // The two served go on; one closed makes room for another.
+    assert_eq!(
+        call(&mut first, request(op::GET, 0, 2, b"nothing")).result,
+        res::NOTFOUND
+    );
+    drop(second);
+    let began = std::time::Instant::now();
+    loop {
+        let mut again = afpd(&cnid, &vol);
+        again
+            .write_all(&wire::encode_request(&request(op::OPEN, 0, 0, b"")))
+            .unwrap();
+        // The slot comes back once the closed connection's thread has ended.
+        if let Ok(reply) = wire::read_reply(&mut again) {
+            assert_eq!(reply.result, res::OK);
+            break;
+        }
+        assert!(began.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn malformed_and_stalled_frames_close_only_their_connection() {
+    let mut env = Env::new(&["vol"]);
+    let cnid = env.serve_cnid(
+        Via::InServe,
+        &["vol"],
+        "[netatalk]\nframe_timeout = 1\n",
+        None,
+    );
+    let vol = env.path("vol");
+    let mut good = afpd(&cnid, &vol);
+    assert_eq!(call(&mut good, request(op::OPEN, 0, 0, b"")).result, res::OK);
+    // A handshake with a negative length.
+    let mut s = TcpStream::connect(&cnid.addr).unwrap();
+    s.write_all(&[0xff; 12]).unwrap();
+    assert!(closed(&mut s));
+    cnid.wait_for_log("negative length of the volume name");
+    // A handshake that never ends.
+    let mut s = TcpStream::connect(&cnid.addr).unwrap();
+    s.write_all(&[1, 0, 0]).unwrap();
+    assert!(closed(&mut s));
+    cnid.wait_for_log("the handshake did not arrive whole within the frame timeout");
+    // A request cut short.
+    let mut s = afpd(&cnid, &vol);
+    let q = wire::encode_request(&request(op::GET, 0, 2, b"name"));
+    s.write_all(&q[..q.len() / 2]).unwrap();
+    assert!(closed(&mut s));
+    cnid.wait_for_log("a request did not arrive whole within the frame timeout");
+    // A name longer than any path.
+    let mut s = afpd(&cnid, &vol);
+    let mut q = wire::encode_request(&request(op::GET, 0, 2, b""));
+    q[40..48].copy_from_slice(&(1u64 << 40).to_ne_bytes());
+    s.write_all(&q).unwrap();
+    assert!(closed(&mut s));
+    // The server and the good connection are unharmed.
+    std::fs::write(vol.join("f"), b"f").unwrap();
+    let f = add(&mut good, &vol.join("f"), 2, 0);
+    assert_eq!(f.result, res::OK);
+    assert_eq!(env.id_of(&vol.join("f")), f.cnid);
+}
+
+/// The real `sqlite3` CLI holding the desktop's write lock until released (as in
+/// helios_busy.rs).
+struct Sqlite3Lock(Child);
+
+impl Sqlite3Lock {
+    fn take(desktop: &std::path::Path) -> Sqlite3Lock {
+        let mut child = Command::new("sqlite3")
+            .arg(desktop)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the sqlite3 CLI is installed");
+        let stdin = child.stdin.as_mut().unwrap();
+        writeln!(stdin, "BEGIN IMMEDIATE; SELECT 'locked';").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked", "sqlite3 took the write lock");
+        Sqlite3Lock(child)
+    }
+
+    fn release(mut self) {
+        drop(self.0.stdin.take());
+        assert!(self.0.wait().unwrap().success());
+    }
+}
+
+/// With the writer idle an ADD is committed and answered at once; with it busy (sqlite3 holds
+/// the desktop), it waits for the writer, reads on other connections are answered meanwhile,
+/// and a GET sent right behind the ADD on the same connection waits for it and sees its ID.
+#[test]
+fn writes_commit_with_the_writer_idle_and_busy_in_order_per_connection() {
+    let mut env = Env::new(&["vol"]);
+    let cnid = env.serve_cnid(Via::InServe, &["vol"], "", None);
+    let vol = env.path("vol");
+    let mut s = afpd(&cnid, &vol);
+    // Idle.
+    std::fs::write(vol.join("idle"), b"i").unwrap();
+    let idle = add(&mut s, &vol.join("idle"), 2, 0);
+    assert_eq!(idle.result, res::OK);
+    assert_eq!(env.id_of(&vol.join("idle")), idle.cnid);
+
+    // Busy: the ADD and the GET behind it are sent together.
+    let lock = Sqlite3Lock::take(&vol.join(".Desktop"));
+    std::fs::write(vol.join("busy"), b"b").unwrap();
+    let m = std::fs::metadata(vol.join("busy")).unwrap();
+    let mut both = wire::encode_request(&Request {
+        dev: std::os::unix::fs::MetadataExt::dev(&m),
+        ino: std::os::unix::fs::MetadataExt::ino(&m),
+        ..request(op::ADD, 0, 2, b"busy")
+    });
+    both.extend(wire::encode_request(&request(op::GET, 0, 2, b"busy")));
+    s.write_all(&both).unwrap();
+    env.wait_for_log("Warning, desktop DB busy by another process", 1);
+    // Another connection's read is answered while the write waits.
+    let mut other = afpd(&cnid, &vol);
+    let r = call(&mut other, request(op::GET, 0, 2, b"idle"));
+    assert_eq!((r.result, r.cnid), (res::OK, idle.cnid));
+    lock.release();
+    let added = wire::read_reply(&mut s).unwrap();
+    assert_eq!(added.result, res::OK);
+    let got = wire::read_reply(&mut s).unwrap();
+    assert_eq!((got.result, got.cnid), (res::OK, added.cnid));
+    assert_eq!(env.id_of(&vol.join("busy")), added.cnid);
+
+    // Idle again: the next write is answered as before.
+    std::fs::write(vol.join("after"), b"a").unwrap();
+    let after = add(&mut s, &vol.join("after"), 2, 0);
+    assert_eq!(after.result, res::OK);
+    assert_eq!(env.id_of(&vol.join("after")), after.cnid);
+}
+
+/// A bad `[netatalk]` table stops `deskd serve` before it serves anything, with a clear error.
+#[test]
+fn a_bad_netatalk_table_stops_the_start() {
+    let env = Env::new(&["vol"]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for (table, said) in [
+        (format!("listen = \"{addr}\"\n"), "cannot listen on".to_owned()),
+        ("max_connections = 2\n".to_owned(), "listen".to_owned()),
+        (
+            "listen = \"127.0.0.1:0\"\nafp_conf = \"/nonexistent/afp.conf\"\n".to_owned(),
+            "/nonexistent/afp.conf".to_owned(),
+        ),
+    ] {
+        std::fs::write(env.path("deskd.toml"), format!("[netatalk]\n{table}")).unwrap();
+        let out = Command::new(DESKD)
+            .arg("serve")
+            .arg("--socket")
+            .arg(&env.socket)
+            .arg("--config")
+            .arg(env.path("deskd.toml"))
+            .arg(env.path("vol"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{table}: {stderr}");
+        assert!(stderr.contains(&said), "{table}: {stderr}");
+        assert!(!env.path("vol/.Desktop").exists(), "{table}: a desktop was made");
+    }
+}
