@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Netatalk's own AFP conformance tests (afptest: spectest and T2_spectest, AFP 3.4, two users, two
 # volumes) through a real afpd (Netatalk 3.2.0) with deskd as its CNID server, configured as
-# docs/netatalk.md says. Fails on every test that the stock back end passes
+# docs/netatalk.md says: `deskd serve` answering afpd itself (`[netatalk]` in deskd.toml), or
+# with DESKD_CNID=bridge through the standalone `deskd netatalk` bridge. Fails on every test that the stock back end passes
 # (third_party/netatalk/stock-baseline.txt) and that does not pass through deskd, and when afpd's
 # log says its CNID back end failed.
 #
@@ -10,8 +11,12 @@
 #   speed             lantest (Netatalk's HELIOS LanTest clone) through the stock back end,
 #                     through deskd and through the stock back end again, alternating, ROUNDS
 #                     each (default 5): the median of each figure, deskd/stock, and stock
-#                     again/stock, the run's own noise (docs/PERFORMANCE.md)
+#                     again/stock, the run's own noise (docs/PERFORMANCE.md); SPEED_BRIDGE=1
+#                     adds deskd through the standalone bridge to each round (bridge / stock)
 #   DESKD=path        the deskd binary (default target/release/deskd)
+#   DESKD_CNID=inserve|bridge
+#                     how afpd reaches deskd (default inserve: deskd serve's own listener, the
+#                     setup docs/netatalk.md recommends; bridge: `deskd netatalk`)
 #   NETATALK_WORK=dir where afpd and the suite are built and kept between runs
 #                     (default /var/tmp/netatalk-kit; delete it to build anew)
 # The first run installs the build dependencies and builds afpd and the suite (about 4 minutes
@@ -24,6 +29,11 @@ KIT=$ROOT/third_party/netatalk
 export WORK=${NETATALK_WORK:-/var/tmp/netatalk-kit}
 export RUN=$WORK/run
 DESKD_BIN=$(realpath "${DESKD:-$ROOT/target/release/deskd}")
+case "${DESKD_CNID:-inserve}" in
+    inserve) export INSERVE=1 ;;
+    bridge) export INSERVE=0 ;;
+    *) echo "afp-conformance: DESKD_CNID is inserve or bridge, not $DESKD_CNID" >&2; exit 2 ;;
+esac
 log() { echo "afp-conformance: $*" >&2; }
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -64,12 +74,25 @@ replaced = "new-id"
 [volume."$VOL1"]
 [volume."$VOL2"]
 EOF
-# The suite starts "\$DESKD serve VOL1 VOL2" and "\$DESKD netatalk --listen …": add the
-# configuration file and afp.conf (for afpd's vol dbpath folders) as docs/netatalk.md does.
+# The same with deskd serve's own afpd listener on the port the kit's afp.conf names, reading
+# afp.conf for afpd's vol dbpath folders.
+cp "$RUN/deskd.toml" "$RUN/deskd-inserve.toml"
+cat >>"$RUN/deskd-inserve.toml" <<EOF
+
+[netatalk]
+listen = "127.0.0.1:4700"
+afp_conf = "$RUN/afp.conf"
+EOF
+# The suite starts "\$DESKD serve VOL1 VOL2" (with DESKD_INSERVE=1 when deskd answers afpd
+# itself) and otherwise "\$DESKD netatalk --listen …": add the configuration file and afp.conf
+# (for afpd's vol dbpath folders) as docs/netatalk.md does.
 cat >"$RUN/deskd-as-documented" <<EOF
 #!/bin/sh
 case "\$1" in
-    serve) shift; exec "$DESKD_BIN" serve --config "$RUN/deskd.toml" "\$@" ;;
+    serve) shift
+        config="$RUN/deskd.toml"
+        [ "\${DESKD_INSERVE:-0}" = 1 ] && config="$RUN/deskd-inserve.toml"
+        exec "$DESKD_BIN" serve --config "\$config" "\$@" ;;
     netatalk) shift; exec "$DESKD_BIN" netatalk --afp-conf "$RUN/afp.conf" "\$@" ;;
     *) exec "$DESKD_BIN" "\$@" ;;
 esac
@@ -80,11 +103,12 @@ if [ "${1:-suite}" = speed ]; then
     rounds=${ROUNDS:-5}
     log "lantest, stock, deskd and stock again alternating, $rounds rounds each"
     rm -f "$RUN"/speed-*-lantest.log
+    [ "${SPEED_BRIDGE:-0}" = 1 ] && log "and deskd through the standalone bridge in each round"
     VETO=1 SPEED_AA=1 SPEED_ROUNDS=$rounds DESKD="$RUN/deskd-as-documented" bash "$KIT/spectest.sh" speed \
         >"$RUN/speed.log" 2>&1 || { tail -30 "$RUN/speed.log"; exit 1; }
-    python3 - "$RUN" <<'PY'
+    python3 - "$RUN" "$INSERVE" <<'PY'
 import glob, re, statistics, sys
-run = sys.argv[1]
+run, inserve = sys.argv[1], sys.argv[2] == "1"
 def figures(path):
     out, on = {}, False
     for line in open(path, errors="replace"):
@@ -95,14 +119,20 @@ def figures(path):
             out[m.group(1).strip()] = int(m.group(2))
     return out
 runs = {b: [figures(f) for f in sorted(glob.glob(f"{run}/speed-{b}-veto-[0-9]*-lantest.log"))]
-        for b in ("stock", "deskd", "stock2")}
+        for b in ("stock", "deskd", "stock2", "bridge")}
 if not runs["stock"] or not runs["deskd"] or not runs["stock"][0]:
     sys.exit("afp-conformance: no lantest figures (see speed.log)")
 # "stock again": the stock back end run a second time in each round; its ratio to the first
 # is the run's own noise for that figure (the floor no back end can be judged below).
 print(f"lantest: {len(runs['stock'])} rounds each; median ms (lower is better)")
-print(f"| figure | stock | deskd | stock again | deskd / stock | stock again / stock |")
-print(f"|---|---|---|---|---|---|")
+bridge = bool(runs["bridge"])
+print(f"deskd: {'deskd serve answering afpd itself' if inserve else 'the standalone bridge'}")
+if bridge:
+    print("| figure | stock | deskd | stock again | bridge | deskd / stock | stock again / stock | bridge / stock |")
+    print("|---|---|---|---|---|---|---|---|")
+else:
+    print("| figure | stock | deskd | stock again | deskd / stock | stock again / stock |")
+    print("|---|---|---|---|---|---|")
 worst = 0.0
 for key in runs["stock"][0]:
     s = [r[key] for r in runs["stock"] if key in r]
@@ -115,7 +145,12 @@ for key in runs["stock"][0]:
     ratio = md / ms if ms else float("nan")
     floor = ma / ms if ms else float("nan")
     worst = max(worst, ratio if ms else 0)
-    print(f"| {key} | {ms:g} | {md:g} | {ma:g} | {ratio:.2f} | {floor:.2f} |")
+    if bridge:
+        b = [r[key] for r in runs["bridge"] if key in r]
+        mb = statistics.median(b) if b else float("nan")
+        print(f"| {key} | {ms:g} | {md:g} | {ma:g} | {mb:g} | {ratio:.2f} | {floor:.2f} | {mb / ms if ms else float('nan'):.2f} |")
+    else:
+        print(f"| {key} | {ms:g} | {md:g} | {ma:g} | {ratio:.2f} | {floor:.2f} |")
 print(f"worst ratio {worst:.2f}")
 PY
     exit 0

@@ -12,6 +12,10 @@
 #   WORK=dir              where sources are unpacked and built, and results go (default /var/tmp/netatalk-kit)
 #   VETO=1     add "veto files = /.Desktop/.Desktop-wal/.Desktop-shm/.Desktop-journal/.rsrc/" to each volume
 #   MKDBDIR=1  make afpd's "vol dbpath" directories before a deskd run (cnid_metad makes them)
+#   INSERVE=1  deskd serve answers afpd itself: no `deskd netatalk` is started, and deskd serve
+#              runs with DESKD_INSERVE=1 in its environment ($DESKD must then give it a
+#              [netatalk] table listening on the CNID port)
+#   SPEED_BRIDGE=1  speed also runs deskd through the standalone bridge in each round (tag bridge)
 # Results: $RUN/{stock,deskd}<suffix>-{spectest,T2_spectest}.{log,rc}, *-afpd.log, *-deskd-*.out
 # The build is kept in $WORK between runs; delete $WORK to rebuild.
 set -u
@@ -150,16 +154,19 @@ trap 'stop_all' EXIT
 wait_port() { # no probe connection: it would be logged as a malformed handshake
   for _ in $(seq 100); do ss -Hltn "sport = :$1" | grep -q . && return 0; sleep 0.1; done; return 1; }
 
-start_backend() { # stock|deskd
+start_backend() { # stock|deskd|bridge (bridge: deskd through `deskd netatalk` whatever INSERVE says)
+  local inserve=${INSERVE:-0}
+  [ "$1" = bridge ] && inserve=0
   if [ "$1" = stock ]; then
     start_bg cnid_metad "$PREFIX/sbin/cnid_metad" -d -F "$RUN/afp.conf"
   else
     # MKDBDIR=1: make afpd's per-volume "vol dbpath" directory by hand, as cnid_metad makes it (set_dbdir); deskd netatalk makes
     # it itself when given afp.conf (--afp-conf / $DESKD_AFP_CONF); afpd keeps its icon/APPL/comment desktop (.AppleDesktop) there
     [ "${MKDBDIR:-0}" = 1 ] && { mkdir -p "$RUN/cnid/test1" "$RUN/cnid/test2"; chmod 755 "$RUN/cnid/test1" "$RUN/cnid/test2"; }
-    start_bg deskd-serve env DESKD_LOG=${DESKD_LOG:-info} DESKD_SOCKET="$RUN/deskd.sock" "$DESKD" serve "$VOL1" "$VOL2"
+    start_bg deskd-serve env DESKD_LOG=${DESKD_LOG:-info} DESKD_SOCKET="$RUN/deskd.sock" DESKD_INSERVE=$inserve "$DESKD" serve "$VOL1" "$VOL2"
     for _ in $(seq 100); do [ -S "$RUN/deskd.sock" ] && break; sleep 0.1; done
-    start_bg deskd-netatalk env DESKD_LOG=${DESKD_LOG:-info} DESKD_SOCKET="$RUN/deskd.sock" "$DESKD" netatalk --listen 127.0.0.1:$CNIDPORT
+    [ "$inserve" = 1 ] || \
+      start_bg deskd-netatalk env DESKD_LOG=${DESKD_LOG:-info} DESKD_SOCKET="$RUN/deskd.sock" "$DESKD" netatalk --listen 127.0.0.1:$CNIDPORT
   fi
   wait_port $CNIDPORT || log "CNID port $CNIDPORT not listening"
   start_bg afpd "$PREFIX/sbin/afpd" -d -F "$RUN/afp.conf"
@@ -196,7 +203,8 @@ speed() { # lantest (Netatalk's HELIOS LanTest clone), stock and deskd alternati
   # own noise: what stock differs from stock.
   PW=$(cat "$RUN/pw")
   local r b backends="stock deskd"
-  [ "${SPEED_AA:-0}" = 1 ] && backends="stock deskd stock2"
+  [ "${SPEED_AA:-0}" = 1 ] && backends="$backends stock2"
+  [ "${SPEED_BRIDGE:-0}" = 1 ] && backends="$backends bridge"
   for r in $(seq "$SPEED_ROUNDS"); do
     for b in $backends; do
       TAG=speed-$b$(suffix)-$r; fresh_vols; : > "$RUN/afpd.log"
