@@ -77,7 +77,10 @@ fn malformed_and_stalled_frames_close_only_their_connection() {
     );
     let vol = env.path("vol");
     let mut good = afpd(&cnid, &vol);
-    assert_eq!(call(&mut good, request(op::OPEN, 0, 0, b"")).result, res::OK);
+    assert_eq!(
+        call(&mut good, request(op::OPEN, 0, 0, b"")).result,
+        res::OK
+    );
     // A handshake with a negative length.
     let mut s = TcpStream::connect(&cnid.addr).unwrap();
     s.write_all(&[0xff; 12]).unwrap();
@@ -188,7 +191,10 @@ fn a_bad_netatalk_table_stops_the_start() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     for (table, said) in [
-        (format!("listen = \"{addr}\"\n"), "cannot listen on".to_owned()),
+        (
+            format!("listen = \"{addr}\"\n"),
+            "cannot listen on".to_owned(),
+        ),
         ("max_connections = 2\n".to_owned(), "listen".to_owned()),
         (
             "listen = \"127.0.0.1:0\"\nafp_conf = \"/nonexistent/afp.conf\"\n".to_owned(),
@@ -208,6 +214,9 @@ fn a_bad_netatalk_table_stops_the_start() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{table}: {stderr}");
         assert!(stderr.contains(&said), "{table}: {stderr}");
-        assert!(!env.path("vol/.Desktop").exists(), "{table}: a desktop was made");
+        assert!(
+            !env.path("vol/.Desktop").exists(),
+            "{table}: a desktop was made"
+        );
     }
 }

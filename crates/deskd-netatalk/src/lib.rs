@@ -3,11 +3,14 @@
 //! that `dt`, HELIOS-style tools and other file servers share.
 //!
 //! [`serve`] accepts afpd connections, one thread each, at most [`Limits::max_connections`] at
-//! once (anyone on the host can connect, and each connection also holds a connection to deskd
-//! as the bridge's user). Each afpd connection names its volume in the handshake and then sends
-//! one request at a time; the handshake, and each request once begun, must arrive whole within
-//! [`Limits::frame_timeout`] (idle time between requests is not bounded). [`serve_connection`] maps every request onto the deskd protocol through its own
-//! [`deskd_client::Client`], so deskd's rules hold unchanged: every claim is verified on disk,
+//! once (anyone on the host can connect, and each connection also holds a connection to deskd).
+//! Each afpd connection names its volume in the handshake and then sends one request at a time;
+//! the handshake, and each request once begun, must arrive whole within
+//! [`Limits::frame_timeout`] (idle time between requests is not bounded). [`serve_connection`]
+//! maps every request onto the deskd protocol through its own [`Desk`]: a
+//! [`deskd_client::Client`] for the standalone bridge (`deskd netatalk`), or a connection inside
+//! `deskd serve` that runs the request on the same thread (deskd-cli's `cnid_listener`). So
+//! deskd's rules hold unchanged either way: every claim is verified on disk,
 //! a write is acknowledged only once committed, IDs are never reused. Where Netatalk's own
 //! rules differ (its LOOKUP "salvation" deletes records on a mismatch; deskd keeps an ID across
 //! a save-by-replace), deskd's apply; `docs/netatalk.md` lists each mapping.

@@ -60,8 +60,8 @@ use std::time::Duration;
 use deskd_proto::Stream;
 use tracing::{error, info};
 
-pub use conn::InProcessConnection;
 pub use config::{Config, ConfigFile, NetatalkPrefs, TcpConfig, VolumeConfig, VolumePrefs};
+pub use conn::InProcessConnection;
 use conn::Peer;
 pub use error::{ServerError, VolumeFailure};
 use shared::{Shared, Slot, TcpAccess, TcpSlot};

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
+use deskd_cli::cnid_listener;
 use deskd_cli::connection::verbs::{BeforeVerb, ClientOptions, ServeOptions, VerbOptionError};
 use deskd_cli::connection::ConnectionArgs;
-use deskd_cli::cnid_listener;
 use deskd_cli::output::{ctime_string, display_bytes, write_match, FindArgs};
 use deskd_client::{Client, Request, Response};
 use deskd_proto::Endpoint;
@@ -906,6 +906,8 @@ fn serve(
     ])
     .context("cannot install signal handlers")?;
     let configured = config.volumes.len();
+    // Read at start only: a reload that changes it says so.
+    let started_netatalk = config.netatalk.clone();
     // afpd's CNID listener: afp.conf read and the port bound before any volume is opened.
     let cnid = config
         .netatalk
@@ -940,6 +942,15 @@ fn serve(
                 }
             };
             server.reconfigure(reloaded.as_ref());
+            if reloaded
+                .as_ref()
+                .is_some_and(|c| c.netatalk != started_netatalk)
+            {
+                tracing::warn!(
+                    "[netatalk] changed: the afpd CNID listener keeps its start-up settings \
+                     until deskd restarts"
+                );
+            }
             if let Some(c) = &reloaded {
                 notify_systemd(&[sd_notify::NotifyState::Status(&format!(
                     "serving {} of {} volume(s)",

@@ -42,7 +42,9 @@ macro_rules! id_cases {
         }
         #[test]
         fn a_name_replaced_on_disk_gets_a_new_id_with_new_id_and_the_old_one_is_retired() {
-            id_cases::a_name_replaced_on_disk_gets_a_new_id_with_new_id_and_the_old_one_is_retired($via)
+            id_cases::a_name_replaced_on_disk_gets_a_new_id_with_new_id_and_the_old_one_is_retired(
+                $via,
+            )
         }
         #[test]
         fn a_name_made_again_after_its_object_was_removed_does_not_keep_the_record() {

@@ -38,7 +38,6 @@ macro_rules! wire_cases {
     };
 }
 
-
 pub fn call(s: &mut TcpStream, q: Request) -> Reply {
     s.write_all(&wire::encode_request(&q)).unwrap();
     wire::read_reply(s).unwrap()
