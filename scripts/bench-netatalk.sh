@@ -4,6 +4,8 @@
 # one request at a time. Also ADD through the bridge: ADDS new files created one at a time, each
 # ADD sent as afpd sends it after creating the file (a write), then an ADD of each again (afpd's
 # get_id() on an object it knows: nothing to write). Runs alternate; medians of RUNS.
+# Without BASE, each run also sends the same requests to `deskd serve`'s own afpd listener
+# (`[netatalk]` in deskd.toml, docs/netatalk.md): the same server, no bridge between.
 # (Netatalk's own cnid_dbd is measured beside deskd by `scripts/afp-conformance.sh speed`.)
 #
 #   scripts/bench-netatalk.sh                          # 10 x 10,000 files, 5 runs each
@@ -40,13 +42,23 @@ stop() {
 }
 trap stop EXIT
 
-# Serve the volume from a fresh desktop with the deskd in $1, register every file, start the
-# bridge; sets SERVER, BRIDGE and ADDR.
+# Serve the volume from a fresh desktop with the deskd in $1 (without BASE, with its own afpd
+# listener too), register every file, start the bridge; sets SERVER, BRIDGE, ADDR (the bridge's)
+# and INSERVE_ADDR (the server's own listener).
 start_both() {
     rm -f "$VOL"/.Desktop* "$WORK/server.log" "$WORK/netatalk.log"
     rm -rf "$VOL"/bench-adds-*
-    "$1/deskd" serve --socket "$SOCK" "$VOL" 2>"$WORK/server.log" & SERVER=$!
+    local config=()
+    if [ -z "${BASE:-}" ]; then
+        printf '[netatalk]\nlisten = "127.0.0.1:0"\nafp_conf = "/dev/null"\n' >"$WORK/deskd.toml"
+        config=(--config "$WORK/deskd.toml")
+    fi
+    "$1/deskd" serve --socket "$SOCK" "${config[@]}" "$VOL" 2>"$WORK/server.log" & SERVER=$!
     wait_for_line "$WORK/server.log" "deskd serving"
+    if [ -z "${BASE:-}" ]; then
+        wait_for_line "$WORK/server.log" "CNID protocol on"
+        INSERVE_ADDR=$(sed -n 's/.*CNID protocol on \([^ ]*\).*/\1/p' "$WORK/server.log")
+    fi
     "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" create --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
     "$1/deskd" netatalk --socket "$SOCK" --listen 127.0.0.1:0 2>"$WORK/netatalk.log" & BRIDGE=$!
     wait_for_line "$WORK/netatalk.log" "CNID protocol on"
@@ -58,11 +70,11 @@ mkdir -p "$VOL"
 echo "== $((DIRS * PER_DIR)) files; ${BASE:+this build against $BASE, }$RUNS runs"
 
 field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
-bridged() { # label
+bridged() { # label [address: default the bridge's]
     local out
     out=$("$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" netatalk-latency --dirs "$DIRS" \
-        --per-dir "$PER_DIR" --ops 20000 --adds "$ADDS" --addr "$ADDR")
-    echo "run $i: $1 through deskd netatalk $out"
+        --per-dir "$PER_DIR" --ops 20000 --adds "$ADDS" --addr "${2:-$ADDR}")
+    echo "run $i: $1 at ${2:-$ADDR} $out"
     for k in resolve_p50_us resolve_p99_us get_p50_us add_p50_us add_p99_us add_again_p50_us; do
         VALUES[$1.$k]+="$(echo "$out" | field $k) "
     done
@@ -85,7 +97,12 @@ for i in $(seq "$RUNS"); do
     VALUES[direct.resolve_p50_us]+="$(echo "$direct" | field resolve_p50_us) "
     VALUES[direct.get_p50_us]+="$(echo "$direct" | field lookup_p50_us) "
     VALUES[direct.resolve_p99_us]+="$(echo "$direct" | field resolve_p99_us) "
-    bridged this
+    # Alternate which of the two afpd paths goes first.
+    if [ $((i % 2)) -eq 1 ]; then
+        bridged this; bridged inserve "$INSERVE_ADDR"
+    else
+        bridged inserve "$INSERVE_ADDR"; bridged this
+    fi
     stop_both
 done
 
@@ -100,13 +117,13 @@ if [ -n "${BASE:-}" ]; then
     done
     exit 0
 fi
-echo "| measure (µs, median of $RUNS) | deskd directly | through deskd netatalk | ratio |"
-echo "|---|---|---|---|"
+echo "| measure (µs, median of $RUNS) | deskd directly | through deskd netatalk | in deskd serve | bridge / direct | in serve / bridge |"
+echo "|---|---|---|---|---|---|"
 for k in resolve_p50_us get_p50_us resolve_p99_us; do
-    d=$(med direct.$k); b=$(med this.$k)
-    python3 -c "print(f'| $k | {$d:.1f} | {$b:.1f} | {$b / $d:.2f} |')"
+    d=$(med direct.$k); b=$(med this.$k); s=$(med inserve.$k)
+    python3 -c "print(f'| $k | {$d:.1f} | {$b:.1f} | {$s:.1f} | {$b / $d:.2f} | {$s / $b:.2f} |')"
 done
 for k in add_p50_us add_p99_us add_again_p50_us; do
-    b=$(med this.$k)
-    python3 -c "print(f'| $k | (a write: not asked directly) | {$b:.1f} | |')"
+    b=$(med this.$k); s=$(med inserve.$k)
+    python3 -c "print(f'| $k | (a write: not asked directly) | {$b:.1f} | {$s:.1f} | | {$s / $b:.2f} |')"
 done
