@@ -495,4 +495,23 @@ mod tests {
         assert!(toml::from_str::<ConfigFile>("[defaults]\nflush_dealy = 3").is_err());
         assert!(ConfigFile::default().resolve("/s".into(), &[]).is_err());
     }
+
+    #[test]
+    fn the_netatalk_table_needs_listen_and_knows_its_keys() {
+        let file: ConfigFile = toml::from_str(
+            "[netatalk]\nlisten = \"127.0.0.1:4700\"\nmax_connections = 8\n\
+             [volume.\"/v\"]\n",
+        )
+        .unwrap();
+        let resolved = file.resolve("/s".into(), &[]).unwrap();
+        let netatalk = resolved.netatalk.unwrap();
+        assert_eq!(netatalk.listen, "127.0.0.1:4700");
+        assert_eq!(netatalk.max_connections, Some(8));
+        assert_eq!(netatalk.frame_timeout, None);
+        // No table: no listener.
+        let plain: ConfigFile = toml::from_str("[volume.\"/v\"]\n").unwrap();
+        assert!(plain.resolve("/s".into(), &[]).unwrap().netatalk.is_none());
+        assert!(toml::from_str::<ConfigFile>("[netatalk]\nmax_connections = 8").is_err());
+        assert!(toml::from_str::<ConfigFile>("[netatalk]\nlisten = \"x\"\nport = 1").is_err());
+    }
 }
