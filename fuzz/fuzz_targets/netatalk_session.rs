@@ -47,7 +47,10 @@ fn running() -> &'static Running {
         std::thread::spawn(move || {
             deskd_netatalk::serve(
                 listener,
-                Arc::new(move || deskd_client::Client::connect(&socket, common::PATIENCE)),
+                Arc::new(move || {
+                    deskd_client::Client::connect(&socket, common::PATIENCE)
+                        .map(|c| Box::new(c) as Box<dyn deskd_netatalk::Desk>)
+                }),
                 deskd_netatalk::Limits::default(),
                 None,
             )
