@@ -1,7 +1,9 @@
 //! `deskd netatalk`: afpd's CNID protocol (Netatalk `dbd`) served from deskd, driven through a
 //! real `deskd serve` and the real `deskd netatalk` with requests built byte by byte as afpd
 //! sends them; every answer is checked against the desktop through `dt` and `sqlite3`, also
-//! across a SIGKILL of deskd under load.
+//! across a SIGKILL of deskd under load. The cases in `netatalk_cases/wire.rs` run here through
+//! the bridge (and in netatalk_inserve.rs through `deskd serve`'s own listener); the tests below
+//! are the bridge's own (deskd restarting under it, its start).
 
 mod common;
 #[path = "netatalk_cases/wire.rs"]

@@ -2,7 +2,9 @@
 //! a replaced name keeps its ID or not as the volume's `replaced` setting says. Driven through
 //! a real `deskd serve` and the real `deskd netatalk` with requests as afpd sends them (traced
 //! from afpd 3.2.0 under afptest), and through the real `dt`, also as nobody. Records are read
-//! back through the bridge and with `sqlite3`.
+//! back through the bridge and with `sqlite3`. The cases in `netatalk_cases/ids.rs` run here
+//! through the bridge (and in netatalk_inserve.rs through `deskd serve`'s own listener); the
+//! tests below need no afpd.
 
 mod common;
 #[path = "netatalk_cases/ids.rs"]

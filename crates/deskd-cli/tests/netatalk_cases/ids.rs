@@ -73,8 +73,8 @@ replaced = \"{replaced}\"
 }
 
 /// An afpd connection to the volume at `path`, opened.
-pub fn afpd(bridge: &Cnid, path: &Path) -> TcpStream {
-    let mut s = bridge.afpd(path, b"Public");
+pub fn afpd(cnid: &Cnid, path: &Path) -> TcpStream {
+    let mut s = cnid.afpd(path, b"Public");
     assert_eq!(
         call(&mut s, Request::new(op::OPEN, 0, 0, b"")).result,
         res::OK
@@ -132,8 +132,8 @@ pub fn resolve(s: &mut TcpStream, id: u32) -> Option<(u32, Vec<u8>)> {
 
 pub fn a_file_renamed_or_moved_on_disk_keeps_its_id(via: Via) {
     let mut env = Env::new(&["vol"]);
-    let bridge = env.serve_cnid(via, &["vol"], "", None);
-    let mut s = afpd(&bridge, &env.path("vol"));
+    let cnid = env.serve_cnid(via, &["vol"], "", None);
+    let mut s = afpd(&cnid, &env.path("vol"));
     std::fs::write(env.path("vol/t331 file"), b"x").unwrap();
     let file = add(&mut s, &env.path("vol/t331 file"), 2, 0);
 
@@ -184,8 +184,8 @@ pub fn a_file_renamed_or_moved_on_disk_keeps_its_id(via: Via) {
 
 pub fn a_folder_moved_on_disk_keeps_its_id_and_its_contents_follow(via: Via) {
     let mut env = Env::new(&["vol"]);
-    let bridge = env.serve_cnid(via, &["vol"], "", None);
-    let mut s = afpd(&bridge, &env.path("vol"));
+    let cnid = env.serve_cnid(via, &["vol"], "", None);
+    let mut s = afpd(&cnid, &env.path("vol"));
     std::fs::create_dir_all(env.path("vol/folder/inner")).unwrap();
     std::fs::write(env.path("vol/folder/inner/doc"), b"d").unwrap();
     let folder = add(&mut s, &env.path("vol/folder"), 2, 0);
@@ -223,8 +223,8 @@ pub fn a_folder_moved_on_disk_keeps_its_id_and_its_contents_follow(via: Via) {
 
 pub fn a_hard_link_gets_its_own_id_and_the_first_name_keeps_its_record(via: Via) {
     let mut env = Env::new(&["vol"]);
-    let bridge = env.serve_cnid(via, &["vol"], "", None);
-    let mut s = afpd(&bridge, &env.path("vol"));
+    let cnid = env.serve_cnid(via, &["vol"], "", None);
+    let mut s = afpd(&cnid, &env.path("vol"));
     std::fs::write(env.path("vol/first"), b"x").unwrap();
     let first = add(&mut s, &env.path("vol/first"), 2, 0);
     // The second name carries the first's metadata (the same inode), but the first name still
@@ -243,8 +243,8 @@ pub fn a_hard_link_gets_its_own_id_and_the_first_name_keeps_its_record(via: Via)
 /// the names, whatever `replaced` says.
 pub fn exchange_keeps_ids_with_names(via: Via, replaced: &str) {
     let mut env = Env::new(&["vol"]);
-    let bridge = serve_replaced(&mut env, via, replaced);
-    let mut s = afpd(&bridge, &env.path("vol"));
+    let cnid = serve_replaced(&mut env, via, replaced);
+    let mut s = afpd(&cnid, &env.path("vol"));
     std::fs::create_dir(env.path("vol/dir")).unwrap();
     let dir = add(&mut s, &env.path("vol/dir"), 2, 0);
     std::fs::write(env.path("vol/dir/one"), b"1").unwrap();
@@ -301,16 +301,16 @@ pub fn replace_locally(env: &Env, s: &mut TcpStream) -> (u32, u32) {
 
 pub fn a_name_replaced_on_disk_keeps_its_id_with_keep_id(via: Via) {
     let mut env = Env::new(&["vol"]);
-    let bridge = serve_replaced(&mut env, via, "keep-id");
-    let mut s = afpd(&bridge, &env.path("vol"));
+    let cnid = serve_replaced(&mut env, via, "keep-id");
+    let mut s = afpd(&cnid, &env.path("vol"));
     let (old, new) = replace_locally(&env, &mut s);
     assert_eq!(new, old);
 }
 
 pub fn a_name_replaced_on_disk_gets_a_new_id_with_new_id_and_the_old_one_is_retired(via: Via) {
     let mut env = Env::new(&["vol"]);
-    let bridge = serve_replaced(&mut env, via, "new-id");
-    let mut s = afpd(&bridge, &env.path("vol"));
+    let cnid = serve_replaced(&mut env, via, "new-id");
+    let mut s = afpd(&cnid, &env.path("vol"));
     let (old, new) = replace_locally(&env, &mut s);
     assert_ne!(new, old);
     env.wait_for_log(&format!("(retired id {old}, replaced = new-id)"), 1);
@@ -340,8 +340,8 @@ pub fn a_name_replaced_on_disk_gets_a_new_id_with_new_id_and_the_old_one_is_reti
 
 pub fn a_name_made_again_after_its_object_was_removed_does_not_keep_the_record(via: Via) {
     let mut env = Env::new(&["vol"]);
-    let bridge = env.serve_cnid(via, &["vol"], "", None);
-    let mut s = afpd(&bridge, &env.path("vol"));
+    let cnid = env.serve_cnid(via, &["vol"], "", None);
+    let mut s = afpd(&cnid, &env.path("vol"));
     std::fs::write(env.path("vol/thing"), b"x").unwrap();
     let thing = add(&mut s, &env.path("vol/thing"), 2, 0);
     std::fs::write(env.path("vol/other"), b"x").unwrap();
@@ -349,14 +349,14 @@ pub fn a_name_made_again_after_its_object_was_removed_does_not_keep_the_record(v
     // The records' inodes were recorded a while ago (a file born in the same second cannot be
     // told from the recorded one: the file system may give it the same inode number).
     drop(s);
-    drop(bridge);
+    drop(cnid);
     env.term();
     sqlite3(
         &env.path("vol/.Desktop"),
         "UPDATE objects SET ctime = ctime - 10",
     );
-    let bridge = env.serve_cnid(via, &["vol"], "", None);
-    let mut s = afpd(&bridge, &env.path("vol"));
+    let cnid = env.serve_cnid(via, &["vol"], "", None);
+    let mut s = afpd(&cnid, &env.path("vol"));
     // A file made again at the name (another user squatting it) does not keep the record
     // through DELETE: the new file cannot take the removed one's ID.
     std::fs::remove_file(env.path("vol/thing")).unwrap();
@@ -376,8 +376,8 @@ pub fn a_name_made_again_after_its_object_was_removed_does_not_keep_the_record(v
 /// `replaced` is taken at a SIGHUP, without reopening the volume.
 pub fn replaced_changes_at_a_sighup(via: Via) {
     let mut env = Env::new(&["vol"]);
-    let bridge = serve_replaced(&mut env, via, "keep-id");
-    let mut s = afpd(&bridge, &env.path("vol"));
+    let cnid = serve_replaced(&mut env, via, "keep-id");
+    let mut s = afpd(&cnid, &env.path("vol"));
     let (old, new) = replace_locally(&env, &mut s);
     assert_eq!(new, old);
     std::fs::write(
@@ -400,8 +400,8 @@ pub fn replaced_changes_at_a_sighup(via: Via) {
 /// record alive for a name made again, nor grow the bridge's list.
 pub fn a_flood_of_deletes_does_not_hold_a_record_forever(via: Via) {
     let mut env = Env::new(&["vol"]);
-    let bridge = env.serve_cnid(via, &["vol"], "", None);
-    let mut s = afpd(&bridge, &env.path("vol"));
+    let cnid = env.serve_cnid(via, &["vol"], "", None);
+    let mut s = afpd(&cnid, &env.path("vol"));
     std::fs::write(env.path("vol/name"), b"old").unwrap();
     let old = add(&mut s, &env.path("vol/name"), 2, 0);
     // Another object at the name (a new inode: made before the old one goes).
@@ -419,7 +419,7 @@ pub fn a_flood_of_deletes_does_not_hold_a_record_forever(via: Via) {
         })
     };
     // Another connection sees the record go while the DELETEs keep coming.
-    let mut watcher = afpd(&bridge, &env.path("vol"));
+    let mut watcher = afpd(&cnid, &env.path("vol"));
     let began = std::time::Instant::now();
     while resolve(&mut watcher, old).is_some() {
         assert!(

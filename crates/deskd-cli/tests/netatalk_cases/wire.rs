@@ -70,8 +70,8 @@ pub fn afpd(cnid: &Cnid, path: &std::path::Path) -> TcpStream {
 
 pub fn afpd_requests_keep_ids_in_the_deskd_desktop(via: Via) {
     let mut env = Env::new(&["vol"]);
-    let bridge = env.serve_cnid(via, &["vol"], "", None);
-    let mut s = afpd(&bridge, &env.path("vol"));
+    let cnid = env.serve_cnid(via, &["vol"], "", None);
+    let mut s = afpd(&cnid, &env.path("vol"));
     assert_eq!(call(&mut s, request(op::OPEN, 0, 0, b"")).result, res::OK);
 
     // ADD registers (the same answer twice); dt sees the ID.
@@ -205,8 +205,8 @@ pub fn an_add_caught_by_a_reopening_is_sent_again(via: Via) {
     env.server_env
         .push(("DESKD_TEST_HOLD_WRITES_UNTIL".into(), release));
     let config = format!("[volume.\"{}\"]\nread_only = false\n", vol.display());
-    let bridge = env.serve_cnid(via, &[], &config, None);
-    let mut s = afpd(&bridge, &vol);
+    let cnid = env.serve_cnid(via, &[], &config, None);
+    let mut s = afpd(&cnid, &vol);
     std::fs::write(vol.join("caught"), b"x").unwrap();
     let path = vol.join("caught");
     let adding = std::thread::spawn(move || add(&mut s, &path, 2, 0));
@@ -226,8 +226,8 @@ pub fn an_add_caught_by_a_reopening_is_sent_again(via: Via) {
 /// is mended, and what cannot be mended gets ERR_MAX (issue 22, item 1).
 pub fn an_add_is_never_answered_with_an_error_that_ends_the_session(via: Via) {
     let mut env = Env::new(&["vol"]);
-    let bridge = env.serve_cnid(via, &["vol"], "", None);
-    let mut s = afpd(&bridge, &env.path("vol"));
+    let cnid = env.serve_cnid(via, &["vol"], "", None);
+    let mut s = afpd(&cnid, &env.path("vol"));
 
     // A client creates "dir/sub/file" in one call: afpd sends the base folder (the root) as
     // the did. The object is found below it by dev/ino and registered where it is.
@@ -268,7 +268,7 @@ pub fn an_add_is_never_answered_with_an_error_that_ends_the_session(via: Via) {
         },
     );
     assert_eq!(own.result, res::ERR_MAX);
-    bridge.wait_for_log("one of deskd's own files: add `veto files =");
+    cnid.wait_for_log("one of deskd's own files: add `veto files =");
 
     // A folder ID deskd never gave, with nothing to find: ERR_MAX, never NOTFOUND or ERR_DB.
     std::fs::write(env.path("vol/lost"), b"x").unwrap();
@@ -319,9 +319,9 @@ pub fn the_bridge_makes_afpds_vol_dbpath_folder(via: Via) {
         ),
     )
     .unwrap();
-    let bridge = env.serve_cnid(via, &["vol"], "", Some(&conf));
+    let cnid = env.serve_cnid(via, &["vol"], "", Some(&conf));
 
-    let mut s = bridge.afpd(&vol, b"Public");
+    let mut s = cnid.afpd(&vol, b"Public");
     assert_eq!(call(&mut s, request(op::OPEN, 0, 0, b"")).result, res::OK);
     let folder = env.path("state/CNID/Public");
     let meta = std::fs::metadata(&folder).expect("vol dbpath folder made");
@@ -334,7 +334,7 @@ pub fn the_bridge_makes_afpds_vol_dbpath_folder(via: Via) {
 
     // Names afp.conf does not have at this path make nothing, wherever they point.
     for name in [&b"Other"[..], b"../../escape", b"..", b"Nope"] {
-        let mut s = bridge.afpd(&vol, name);
+        let mut s = cnid.afpd(&vol, name);
         assert_eq!(call(&mut s, request(op::OPEN, 0, 0, b"")).result, res::OK);
     }
     let made: Vec<_> = std::fs::read_dir(env.path("state/CNID"))
@@ -349,18 +349,18 @@ pub fn the_bridge_makes_afpds_vol_dbpath_folder(via: Via) {
 /// path: each closes its connection and is logged.
 pub fn bad_connections_are_closed(via: Via) {
     let mut env = Env::new(&["vol", "other"]);
-    let bridge = env.serve_cnid(via, &["vol"], "", None);
+    let cnid = env.serve_cnid(via, &["vol"], "", None);
     let closed = |s: &mut TcpStream| s.read(&mut [0u8; 1]).unwrap_or(0) == 0;
     // A volume deskd does not serve.
-    let mut s = afpd(&bridge, &env.path("other"));
+    let mut s = afpd(&cnid, &env.path("other"));
     assert!(closed(&mut s));
     // An operation cnid_dbd does not know either (it exits on one).
-    let mut s = afpd(&bridge, &env.path("vol"));
+    let mut s = afpd(&cnid, &env.path("vol"));
     s.write_all(&wire::encode_request(&request(99, 0, 0, b"")))
         .unwrap();
     assert!(closed(&mut s));
     // A name longer than any path.
-    let mut s = afpd(&bridge, &env.path("vol"));
+    let mut s = afpd(&cnid, &env.path("vol"));
     let mut q = wire::encode_request(&request(op::GET, 0, 2, b""));
     q[40..48].copy_from_slice(&(1u64 << 40).to_ne_bytes());
     s.write_all(&q).unwrap();
@@ -372,7 +372,7 @@ pub fn bad_connections_are_closed(via: Via) {
         "name of 1099511627776 bytes",
     ] {
         let began = Instant::now();
-        while !std::fs::read_to_string(&bridge.log).unwrap().contains(line) {
+        while !std::fs::read_to_string(&cnid.log).unwrap().contains(line) {
             assert!(
                 began.elapsed() < Duration::from_secs(10),
                 "no {line:?} in the log"
