@@ -340,6 +340,29 @@ fn the_contrib_alert_rules_pass_promtool_check_and_their_unit_tests() {
         .collect();
     assert!(variables.contains(&"datasource"), "{variables:?}");
     assert!(variables.contains(&"volume"), "{variables:?}");
+    // Every panel's query parses: promtool checks them as recording rules.
+    let mut exprs_as_rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut queries = Vec::new();
+    collect_exprs(&dashboard, &mut queries);
+    assert!(queries.len() >= 20, "{queries:?}");
+    for (i, q) in queries.iter().enumerate() {
+        let q = q
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*")
+            .replace("$volume", ".*");
+        exprs_as_rules.push_str(&format!(
+            "      - record: dashboard_query_{i}\n        expr: {}\n",
+            serde_json::Value::String(q)
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let as_rules = dir.path().join("dashboard-queries.yml");
+    std::fs::write(&as_rules, exprs_as_rules).unwrap();
+    promtool_ok(
+        &promtool,
+        &["check", "rules", as_rules.to_str().unwrap()],
+        None,
+    );
     // Every metric the rules and panels use is one the server writes.
     let exprs = std::fs::read_to_string(&rules).unwrap()
         + &std::fs::read_to_string(root.join("contrib/grafana/deskd-dashboard.json")).unwrap();
@@ -356,5 +379,21 @@ fn the_contrib_alert_rules_pass_promtool_check_and_their_unit_tests() {
                 "deskd_{name} is used in contrib but the server writes no such metric"
             );
         }
+    }
+}
+
+/// Every `expr` of a Grafana dashboard (panel targets, at any depth).
+fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map {
+                match (key.as_str(), inner) {
+                    ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                    _ => collect_exprs(inner, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| collect_exprs(i, out)),
+        _ => {}
     }
 }
