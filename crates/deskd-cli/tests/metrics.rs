@@ -111,7 +111,12 @@ fn metrics_show_what_two_volumes_went_through_and_promtool_accepts_them() {
         c.call(Request::Resolve { vol: rw, id: 2 }).unwrap();
     }
     // One refused request: an ID nobody has.
-    assert!(c.call(Request::Resolve { vol: rw, id: 999_999 }).is_err());
+    assert!(c
+        .call(Request::Resolve {
+            vol: rw,
+            id: 999_999
+        })
+        .is_err());
     env.deskd_ok(&["flush", "--volume", "rw"]);
     // Damage behind the server's back: a file it never heard of, then a scan finds it.
     std::fs::write(env.path("rw/plain-new"), b"").unwrap();
@@ -150,7 +155,10 @@ fn metrics_show_what_two_volumes_went_through_and_promtool_accepts_them() {
     assert!(value(&m, "deskd_frozen_until_time_seconds", &rw_l) > now());
     assert_eq!(value(&m, "deskd_frozen_until_time_seconds", &ro_l), 0.0);
     let flushed = value(&m, "deskd_last_flush_time_seconds", &rw_l);
-    assert!(flushed > now() - 600.0 && flushed <= now() + 1.0, "{flushed}");
+    assert!(
+        flushed > now() - 600.0 && flushed <= now() + 1.0,
+        "{flushed}"
+    );
     assert!(value(&m, "deskd_commits_total", &rw_l) >= 1.0);
     assert_eq!(value(&m, "deskd_commits_total", &ro_l), 0.0);
     assert!(value(&m, "deskd_commit_batch_requests_count", &rw_l) >= 1.0);
@@ -174,17 +182,26 @@ fn metrics_show_what_two_volumes_went_through_and_promtool_accepts_them() {
     assert!(value(&m, "deskd_rebuild_start_time_seconds", &rw_l) > now() - 600.0);
     // Requests by kind, with their latency histogram and errors.
     let resolve = [("volume", rw_label.as_str()), ("kind", "Resolve")];
-    assert_eq!(value(&m, "deskd_request_duration_seconds_count", &resolve), 8.0);
+    assert_eq!(
+        value(&m, "deskd_request_duration_seconds_count", &resolve),
+        8.0
+    );
     assert_eq!(value(&m, "deskd_request_errors_total", &resolve), 1.0);
     let inf = [
         ("volume", rw_label.as_str()),
         ("kind", "Resolve"),
         ("le", "+Inf"),
     ];
-    assert_eq!(value(&m, "deskd_request_duration_seconds_bucket", &inf), 8.0);
+    assert_eq!(
+        value(&m, "deskd_request_duration_seconds_bucket", &inf),
+        8.0
+    );
     assert!(value(&m, "deskd_request_duration_seconds_sum", &resolve) > 0.0);
     let add = [("volume", rw_label.as_str()), ("kind", "AddPath")];
-    assert_eq!(value(&m, "deskd_request_duration_seconds_count", &add), 20.0);
+    assert_eq!(
+        value(&m, "deskd_request_duration_seconds_count", &add),
+        20.0
+    );
     // make_and_register's client, this one, and the verbs given --volume.
     assert!(
         value(
@@ -262,7 +279,13 @@ fn a_scrape_answers_at_once_while_a_freeze_and_a_slow_rebuild_run() {
         value(&m, "deskd_rebuild_running", &[("volume", &rw_label)]),
         1.0
     );
-    assert!(value(&m, "deskd_frozen_until_time_seconds", &[("volume", &rw_label)]) > now());
+    assert!(
+        value(
+            &m,
+            "deskd_frozen_until_time_seconds",
+            &[("volume", &rw_label)]
+        ) > now()
+    );
     let _ = rebuild.kill();
     let _ = rebuild.wait();
 }
@@ -286,15 +309,26 @@ fn a_local_user_sees_in_metrics_what_status_shows_it() {
     assert!(out.status.success(), "{}", common::stderr(&out));
     let nobody_view = String::from_utf8(out.stdout).unwrap();
     let rw_label = env.path("rw").canonicalize().unwrap().display().to_string();
-    let mine_label = env.path("mine").canonicalize().unwrap().display().to_string();
+    let mine_label = env
+        .path("mine")
+        .canonicalize()
+        .unwrap()
+        .display()
+        .to_string();
     let resolve_on = |label: &str| {
         format!("deskd_request_duration_seconds_count{{volume=\"{label}\",kind=\"Resolve\"}} 1")
     };
     // Root sees every request; nobody only those on the volume it owns (root's there).
     assert!(root_view.contains(&resolve_on(&rw_label)), "{root_view}");
     assert!(root_view.contains(&resolve_on(&mine_label)), "{root_view}");
-    assert!(!nobody_view.contains(&resolve_on(&rw_label)), "{nobody_view}");
-    assert!(nobody_view.contains(&resolve_on(&mine_label)), "{nobody_view}");
+    assert!(
+        !nobody_view.contains(&resolve_on(&rw_label)),
+        "{nobody_view}"
+    );
+    assert!(
+        nobody_view.contains(&resolve_on(&mine_label)),
+        "{nobody_view}"
+    );
     // Connections per transport are not in what status shows nobody.
     assert!(root_view.contains("deskd_connections{transport=\"unix\"}"));
     assert!(!nobody_view.contains("deskd_connections"), "{nobody_view}");
