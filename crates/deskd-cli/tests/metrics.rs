@@ -302,7 +302,21 @@ fn a_local_user_sees_in_metrics_what_status_shows_it() {
     for vol in [rw, mine] {
         c.call(Request::Resolve { vol, id: 2 }).unwrap();
     }
+    // A handle the server never gave out counts as no volume: naming numbers grows nothing.
+    for vol in [7, 4_000_000, u32::MAX - 1] {
+        assert!(c.call(Request::Resolve { vol, id: 2 }).is_err());
+    }
     let root_view = env.deskd_ok(&["metrics"]);
+    let labels: std::collections::BTreeSet<&str> = root_view
+        .lines()
+        .filter(|l| l.starts_with("deskd_request_errors_total{"))
+        .filter_map(|l| l.split('"').nth(1))
+        .collect();
+    assert_eq!(labels.len(), 3, "{labels:?}");
+    assert!(
+        root_view.contains("deskd_request_errors_total{volume=\"\",kind=\"Resolve\"} 3"),
+        "{root_view}"
+    );
     let Some(out) = env.as_nobody(common::DESKD, &[b"metrics"]) else {
         return common::skip("the tests do not run as root");
     };
