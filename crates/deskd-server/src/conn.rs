@@ -55,8 +55,19 @@ pub(crate) struct ReplySink {
     /// detailed refusals (`still exists on disk`, with the path) would name it.
     unseen_errors: bool,
     /// The connection, as the registry of live connections holds it (who asked, for the
-    /// audit log).
+    /// audit log; its request figures).
     client: Arc<Client>,
+    /// The request this reply answers, counted with its latency when the reply is queued
+    /// (None: an answer to no request, such as a bad frame).
+    timing: Option<Timing>,
+}
+
+/// When a request arrived, and what it was, for its latency figure ([`crate::figures`]).
+#[derive(Clone, Copy)]
+struct Timing {
+    began: Instant,
+    vol: u32,
+    kind: u8,
 }
 
 impl ReplySink {
@@ -68,6 +79,7 @@ impl ReplySink {
             access: access.clone(),
             unseen_errors: false,
             client: client.clone(),
+            timing: None,
         }
     }
 }
@@ -81,6 +93,10 @@ impl ReplyTo for ReplySink {
     /// Buffer the reply; it leaves with the next flush on this connection, so a burst of
     /// pipelined replies costs one write.
     fn queue(&self, result: Reply) {
+        if let Some(t) = self.timing {
+            let took = t.began.elapsed();
+            (self.client.requests).record(t.vol, t.kind, took, result.is_err());
+        }
         let result = result.map_err(|e| {
             if self.unseen_errors && !self.access.is_trusted() {
                 sight::unseen()
@@ -235,6 +251,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         readers: HashMap::new(),
         closings_seen: 0,
         writes_waiting: Arc::default(),
+        answered_at: None,
     };
     let mut body = Vec::new();
     let backlog = if conn.access.is_trusted() {
@@ -249,6 +266,11 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         if writer.unsent() > backlog {
             conn.end_snapshots();
             writer.wait_below(backlog);
+            conn.answered_at = None;
+        }
+        if input.buffer().is_empty() {
+            // The next request has yet to arrive: its latency begins when it is read.
+            conn.answered_at = None;
         }
         // Idle between frames is fine; a frame once begun must arrive whole in time.
         input.get_mut().set_deadline(None);
@@ -298,7 +320,8 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let sink = ReplySink::new(&writer, frame.id, &conn.access, &conn.client);
+        let mut sink = ReplySink::new(&writer, frame.id, &conn.access, &conn.client);
+        sink.timing = Some(conn.timing(&frame.request));
         // More requests already received: answer them before flushing (pipelining).
         let more = !input.buffer().is_empty();
         conn.dispatch(frame.request, sink, more);
@@ -384,6 +407,9 @@ struct Connection {
     closings_seen: u64,
     /// This connection's writes not yet answered ([`WaitingWrite`]).
     writes_waiting: Arc<AtomicUsize>,
+    /// When this thread answered the last read, kept only while the next request was
+    /// already buffered: that request's latency begins there ([`Connection::timing`]).
+    answered_at: Option<Instant>,
 }
 
 /// A connection's read connection to one opening of a volume's desktop.
@@ -593,6 +619,21 @@ impl Connection {
         }
     }
 
+    /// The latency figure's key for `request`, timed from now (or from the answer to the
+    /// request before it, when this one was already buffered then). A handle the server never
+    /// gave out counts as no volume: a peer cannot grow the figures by naming numbers.
+    fn timing(&mut self, request: &Request) -> Timing {
+        let vol = request
+            .volume()
+            .filter(|v| self.volumes_used.contains(v) || self.shared.is_handle(*v))
+            .unwrap_or(crate::figures::NO_VOLUME);
+        Timing {
+            began: self.answered_at.take().unwrap_or_else(Instant::now),
+            vol,
+            kind: crate::figures::kind_of(request),
+        }
+    }
+
     fn dispatch(&mut self, mut request: Request, mut sink: ReplySink, more_pending: bool) {
         self.prune_readers();
         // Asking for status is no use of a volume (a monitor is not an active user).
@@ -656,7 +697,19 @@ impl Connection {
             }
             return;
         }
+        // A read is answered here: one clock read ends its latency and, when the next
+        // request is already buffered, begins that one's (one clock read per pipelined read,
+        // not two: each is ~20 ns beside a resolve's ~5 µs; docs/PERFORMANCE.md).
+        let timing = sink.timing.take();
         let result = self.answer(request);
+        if let Some(t) = timing {
+            let answered = Instant::now();
+            let took = answered.saturating_duration_since(t.began);
+            (self.client.requests).record(t.vol, t.kind, took, result.is_err());
+            if more_pending {
+                self.answered_at = Some(answered);
+            }
+        }
         if more_pending {
             sink.queue(result);
         } else {
@@ -728,6 +781,20 @@ impl Connection {
                     out.push(status);
                 }
                 Ok(Response::Status(out))
+            }
+            Request::Metrics => {
+                let view = if self.access.is_trusted() {
+                    crate::metrics::View::Full
+                } else {
+                    match self.peer {
+                        Peer::Unix { uid } => crate::metrics::View::Peer { uid },
+                        Peer::Tcp { .. } => crate::metrics::View::Full,
+                    }
+                };
+                Ok(Response::Metrics(crate::metrics::render(
+                    &self.shared,
+                    view,
+                )))
             }
             Request::Flush { vol } => self.control(vol, "flush", |_, tx| Job::Flush(tx)),
             Request::Freeze { vol, seconds } => {

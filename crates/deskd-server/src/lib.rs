@@ -10,7 +10,9 @@
 //! desktop on a full file system is served read-only, and no commit takes the space its
 //! checkpoint needs (`space`). Every client claim is verified against the file system before
 //! the desktop changes (`apply`). Online rebuilds run beside the writer (`rebuild`). A
-//! SIGHUP's reload (`reload`) applies a new configuration to the running server.
+//! SIGHUP's reload (`reload`) applies a new configuration to the running server. The figures
+//! the hot paths record (`figures`) become the Prometheus text of [`Server::metrics_text`]
+//! (`metrics`), read without waiting for any writer.
 //! [`Server::shutdown`] commits, flushes and records the clean-shutdown flag on every volume.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -30,9 +32,11 @@ mod conn;
 mod db_reply;
 mod desktop_lock;
 mod error;
+mod figures;
 mod hints;
 mod limits;
 mod location;
+mod metrics;
 #[cfg(test)]
 mod module_graph;
 mod outbox;
@@ -40,6 +44,7 @@ mod preflight;
 mod private_temp;
 mod rebuild;
 mod reload;
+mod scrape_cache;
 mod shared;
 mod sight;
 mod space;
@@ -64,6 +69,7 @@ pub use config::{Config, ConfigFile, NetatalkPrefs, TcpConfig, VolumeConfig, Vol
 pub use conn::InProcessConnection;
 use conn::Peer;
 pub use error::{ServerError, VolumeFailure};
+pub use metrics::MetricsSource;
 use shared::{Shared, Slot, TcpAccess, TcpSlot};
 use volume::VolumeHandle;
 use writer::Job;
@@ -248,6 +254,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             tcp: tcp_access,
             limits: Arc::new(limits::ConnectionLimits::new(config.limits, server_uid)),
+            metrics: scrape_cache::ScrapeCache::new(),
         });
         for handle in shared.volumes() {
             autorepair::watch(&shared.rebuilds, &handle);
@@ -349,6 +356,18 @@ impl Server {
     /// front ends `deskd serve` runs itself (the afpd CNID listener).
     pub fn in_process(&self) -> InProcessConnector {
         InProcessConnector(self.shared.clone())
+    }
+
+    /// Every figure of every served volume in the Prometheus text format (what `GET /metrics`
+    /// serves). Never waits for a writer: a freeze or a long rebuild does not delay it.
+    pub fn metrics_text(&self) -> String {
+        self.metrics().text()
+    }
+
+    /// A cheap, cloneable handle whose [`MetricsSource::text`] gives [`Server::metrics_text`]
+    /// from any thread, for as long as the process runs.
+    pub fn metrics(&self) -> MetricsSource {
+        MetricsSource::new(self.shared.clone())
     }
 
     /// How many volumes are served (those that failed to open are not).

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use deskd_proto::{ErrorCode, ErrorReply};
 
+use crate::scrape_cache::ScrapeCache;
 use crate::volume::VolumeHandle;
 use crate::{clients, limits, rebuild};
 
@@ -91,6 +92,8 @@ pub struct Shared {
     pub(crate) rebuilds: rebuild::Registry,
     /// The open connections (`deskd status`'s active users).
     pub(crate) clients: Arc<clients::Clients>,
+    /// What `/metrics` keeps between scrapes (the start time, its read connections).
+    pub(crate) metrics: ScrapeCache,
 }
 
 impl Shared {

@@ -62,7 +62,7 @@ impl InProcessConnection {
         };
         let registration = shared
             .clients
-            .register(Client::local(Some(uid), std::process::id() as i32));
+            .register(Client::in_process(uid));
         InProcessConnection {
             conn: Connection {
                 shared,
@@ -73,6 +73,7 @@ impl InProcessConnection {
                 readers: Default::default(),
                 closings_seen: 0,
                 writes_waiting: Arc::default(),
+                answered_at: None,
             },
             mailbox: Arc::default(),
             _registration: registration,
@@ -82,12 +83,14 @@ impl InProcessConnection {
     /// Send one request and wait for its reply (a read, or a write the writer was idle for,
     /// is answered before dispatch returns, so no wait at all).
     pub fn call(&mut self, request: Request) -> Result<Response, ErrorReply> {
+        let timing = Some(self.conn.timing(&request));
         let sink = ReplySink {
             to: Destination::InProcess(self.mailbox.clone()),
             id: 0,
             access: self.conn.access.clone(),
             unseen_errors: false,
             client: self.conn.client.clone(),
+            timing,
         };
         self.conn.dispatch(request, sink, false);
         // As a socket connection with no request waiting: let checkpoints proceed.
