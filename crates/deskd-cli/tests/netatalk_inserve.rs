@@ -222,3 +222,30 @@ fn a_bad_netatalk_table_stops_the_start() {
         );
     }
 }
+
+#[test]
+fn afpd_connections_and_their_requests_show_in_the_metrics() {
+    let mut env = Env::new(&["vol"]);
+    let cnid = env.serve_cnid(Via::InServe, &["vol"], "", None);
+    let vol = env.path("vol");
+    std::fs::write(vol.join("counted"), b"x").unwrap();
+    let mut s = afpd(&cnid, &vol);
+    assert_eq!(call(&mut s, request(op::OPEN, 0, 0, b"")).result, res::OK);
+    let reply = add(&mut s, &vol.join("counted"), 2, 0);
+    assert_eq!(reply.result, res::OK);
+    assert!(reply.cnid >= 17);
+    let text = env.deskd_ok(&["metrics"]);
+    assert!(
+        text.contains("deskd_connections{transport=\"netatalk\"} 1"),
+        "{text}"
+    );
+    // The ADD was answered through the server's own dispatch, so it was timed there.
+    let timed = |kind: &str| {
+        text.lines().any(|l| {
+            l.starts_with("deskd_request_duration_seconds_count")
+                && l.contains(&format!("kind=\"{kind}\""))
+                && !l.ends_with(" 0")
+        })
+    };
+    assert!(timed("Add") || timed("AddPath"), "{text}");
+}

@@ -60,9 +60,7 @@ impl InProcessConnection {
             gid: rustix::process::getegid().as_raw(),
             groups: Vec::new(),
         };
-        let registration = shared
-            .clients
-            .register(Client::in_process(uid));
+        let registration = shared.clients.register(Client::in_process(uid));
         InProcessConnection {
             conn: Connection {
                 shared,

@@ -101,7 +101,11 @@ pub(crate) fn render(shared: &Shared, view: View) -> String {
         out.sample("deskd_connections", &[("transport", "unix")], local);
         out.sample("deskd_connections", &[("transport", "tcp")], tcp);
         // afpd's connections to the CNID listener inside `deskd serve`.
-        out.sample("deskd_connections", &[("transport", "netatalk")], in_process);
+        out.sample(
+            "deskd_connections",
+            &[("transport", "netatalk")],
+            in_process,
+        );
     }
     per_volume(&mut out, &volumes);
     requests(&mut out, shared, view, &volumes);
