@@ -67,6 +67,14 @@ struct Arena {
 const COMPACT_MIN_DEAD: usize = 1 << 20;
 
 impl Arena {
+    fn heap_bytes(&self) -> u64 {
+        let map_entry = std::mem::size_of::<(u32, u32)>() + 1;
+        (self.bytes.capacity()
+            + self.starts.capacity() * std::mem::size_of::<usize>()
+            + self.ids.capacity() * std::mem::size_of::<u32>()
+            + self.entry_of.capacity() * map_entry) as u64
+    }
+
     fn new() -> Arena {
         Arena {
             bytes: vec![0],
@@ -324,6 +332,21 @@ impl NameIndex {
         match &*self.state.read().unwrap() {
             State::Ready(arena) => Some(arena.live()),
             State::Loading(_) => None,
+        }
+    }
+
+    /// The heap the index holds, in bytes (allocated capacity, not only what is in use; the
+    /// hash map counted as its buckets and control bytes). Takes the read lock briefly.
+    pub fn heap_bytes(&self) -> u64 {
+        match &*self.state.read().unwrap() {
+            State::Ready(arena) => arena.heap_bytes(),
+            State::Loading(queue) => queue
+                .iter()
+                .map(|change| match change {
+                    NameChange::Set(_, key) => key.capacity() + std::mem::size_of::<NameChange>(),
+                    NameChange::Remove(_) => std::mem::size_of::<NameChange>(),
+                })
+                .sum::<usize>() as u64,
         }
     }
 

@@ -432,6 +432,10 @@ pub enum Request {
         /// The job number [`Response::RebuildStarted`] gave.
         job: u64,
     },
+    /// The server's memory figures ([`Response::Memory`]); any peer may ask. Appended after
+    /// version 3 without changing the version: no earlier message encodes differently, and a
+    /// server that predates it answers `BadRequest`.
+    Memory,
 }
 
 /// What a rebuild does (see `deskd rebuild`).
@@ -566,7 +570,7 @@ impl Request {
     pub fn volume(&self) -> Option<VolumeId> {
         use Request::*;
         match self {
-            Volumes | OpenVolume { .. } => None,
+            Volumes | OpenVolume { .. } | Memory => None,
             Status { vol } | Flush { vol } | Freeze { vol, .. } | Thaw { vol } => *vol,
             RebuildStart { vol, .. } | RebuildPoll { vol, .. } | RebuildCancel { vol, .. } => {
                 Some(*vol)
@@ -732,6 +736,61 @@ pub enum Response {
     Rebuild(RebuildState),
     /// Done, nothing to report (to the other changes and admin verbs).
     Done,
+    /// The server's memory figures (to `Memory`).
+    Memory(ServerMemory),
+}
+
+/// The server process's memory as the kernel counts it, and what of it deskd's own structures
+/// and mappings are (`deskd status`; docs/PERFORMANCE.md, "Memory"). Byte counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerMemory {
+    /// Anonymous resident memory (`RssAnon`): the heap, stacks, the name indexes, SQLite's page
+    /// caches. What the server really uses.
+    pub rss_anon: u64,
+    /// Resident file-backed pages (`RssFile`): mostly the desktop mappings, each mapping's
+    /// pages counted again though the page cache holds them once.
+    pub rss_file: u64,
+    /// Peak resident set (`VmHWM`), both kinds, since the server started.
+    pub vm_hwm: u64,
+    /// Open SQLite connections: one writer per writable volume and one read connection per
+    /// client per volume it used, plus any background reader running.
+    pub sqlite_connections: u32,
+    /// The desktop mappings' size, all volumes (what `/proc/self/smaps` shows for them).
+    pub mapped: u64,
+    /// The resident part of [`ServerMemory::mapped`].
+    pub mapped_resident: u64,
+    /// `mmap_total`: the most the read connections may map together.
+    pub mmap_total: u64,
+    /// What the read connections have been granted of `mmap_total` now.
+    pub mmap_granted: u64,
+    /// Read connections that got less than their desktop's size (reading the rest with
+    /// `pread(2)`), now.
+    pub short_readers: u32,
+    /// Per served volume.
+    pub volumes: Vec<VolumeMemory>,
+    /// Milliseconds the figures took to gather (they are cached for a second).
+    pub gather_millis: u32,
+}
+
+/// One volume's part of [`ServerMemory`]. Byte counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMemory {
+    /// The volume's handle.
+    pub vol: VolumeId,
+    /// The desktop file's size.
+    pub desktop_bytes: u64,
+    /// Mappings of the desktop (one per connection that reads through a mapping).
+    pub mappings: u32,
+    /// Their size together.
+    pub mapped: u64,
+    /// Their resident pages together.
+    pub mapped_resident: u64,
+    /// SQLite connections to the desktop (writer and readers).
+    pub connections: u32,
+    /// The in-memory name index behind `find`.
+    pub name_index: u64,
+    /// The most the connections' SQLite page caches may hold together (their `cache_size`).
+    pub page_cache_limit: u64,
 }
 
 /// Typed error codes; the message says the rest.

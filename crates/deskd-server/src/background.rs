@@ -6,26 +6,21 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use deskd_db::{NameIndex, Read};
+use deskd_db::Read;
 use tracing::{error, info};
 
-use crate::location::open_reader_at;
+use crate::volume::VolumeHandle;
 use crate::writer::SharedState;
 
 /// Build the name index off the start-up path; `find` scans the table until it is ready.
-pub(crate) fn spawn_name_index_load(
-    desktop: &Path,
-    immutable: bool,
-    root: &Path,
-    names: Arc<NameIndex>,
-) {
-    let desktop = desktop.to_path_buf();
+pub(crate) fn spawn_name_index_load(handle: Arc<VolumeHandle>, root: &Path) {
     let root = root.to_path_buf();
     let _ = std::thread::Builder::new()
         .name("name-index".into())
         .spawn(move || {
             let began = Instant::now();
-            match open_reader_at(&desktop, immutable).and_then(|r| names.load(&r)) {
+            let names = &handle.names;
+            match handle.open_reader().and_then(|r| names.load(&*r)) {
                 Ok(()) => info!(
                     volume = %root.display(),
                     names = names.names().unwrap_or(0),
@@ -44,17 +39,15 @@ pub(crate) fn spawn_name_index_load(
 /// problems found (an error of the check itself counts as one), for an automatic repair
 /// ([`crate::autorepair`]); None when the thread could not be started.
 pub(crate) fn spawn_check(
-    desktop: &Path,
-    immutable: bool,
+    handle: Arc<VolumeHandle>,
     root: &Path,
     state: Arc<Mutex<SharedState>>,
 ) -> Option<JoinHandle<Vec<String>>> {
-    let desktop = desktop.to_path_buf();
     let root = root.to_path_buf();
     std::thread::Builder::new()
         .name("check".into())
         .spawn(move || {
-            let result = open_reader_at(&desktop, immutable).and_then(|r| r.quick_check());
+            let result = handle.open_reader().and_then(|r| r.quick_check());
             match result {
                 Ok(problems) if problems.is_empty() => problems,
                 Ok(problems) => {
