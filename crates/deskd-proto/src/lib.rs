@@ -1093,7 +1093,32 @@ mod tests {
                 }),
             (any::<u32>(), any::<u64>(), any::<u64>())
                 .prop_map(|(vol, job, from)| Request::RebuildPoll { vol, job, from }),
+            Just(Request::Memory),
         ]
+    }
+
+    #[test]
+    fn memory_was_appended_without_changing_what_version_3_peers_exchange() {
+        // The next numbers after version 3's last request (RebuildCancel, 29) and response
+        // (Done, 14): every earlier message encodes as before.
+        assert_eq!(postcard::to_allocvec(&Request::Memory).unwrap(), [30]);
+        assert_eq!(
+            postcard::to_allocvec(&Request::RebuildCancel { vol: 1, job: 2 }).unwrap(),
+            [29, 1, 2]
+        );
+        assert_eq!(postcard::to_allocvec(&Response::Done).unwrap(), [14]);
+        let reply = Response::Memory(ServerMemory {
+            rss_anon: 1 << 20,
+            volumes: vec![VolumeMemory {
+                vol: 3,
+                mapped: 5,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let bytes = postcard::to_allocvec(&reply).unwrap();
+        assert_eq!(bytes[0], 15);
+        assert_eq!(decode::<Response>(&bytes).unwrap(), reply);
     }
 
     proptest! {

@@ -2,25 +2,32 @@
 //! (until it is ready `find` scans the table) and the quick logical check of DESIGN §6.5.
 
 use std::path::Path;
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use deskd_db::Read;
+use deskd_db::{NameIndex, Read};
 use tracing::{error, info};
 
-use crate::volume::VolumeHandle;
+use crate::location::open_reader_at;
 use crate::writer::SharedState;
 
 /// Build the name index off the start-up path; `find` scans the table until it is ready.
-pub(crate) fn spawn_name_index_load(handle: Arc<VolumeHandle>, root: &Path) {
+pub(crate) fn spawn_name_index_load(
+    desktop: &Path,
+    immutable: bool,
+    count: &Arc<AtomicU32>,
+    root: &Path,
+    names: Arc<NameIndex>,
+) {
+    let (desktop, count) = (desktop.to_path_buf(), count.clone());
     let root = root.to_path_buf();
     let _ = std::thread::Builder::new()
         .name("name-index".into())
         .spawn(move || {
             let began = Instant::now();
-            let names = &handle.names;
-            match handle.open_reader().and_then(|r| names.load(&*r)) {
+            match open_reader_at(&desktop, immutable, &count).and_then(|r| names.load(&*r)) {
                 Ok(()) => info!(
                     volume = %root.display(),
                     names = names.names().unwrap_or(0),
@@ -39,15 +46,18 @@ pub(crate) fn spawn_name_index_load(handle: Arc<VolumeHandle>, root: &Path) {
 /// problems found (an error of the check itself counts as one), for an automatic repair
 /// ([`crate::autorepair`]); None when the thread could not be started.
 pub(crate) fn spawn_check(
-    handle: Arc<VolumeHandle>,
+    desktop: &Path,
+    immutable: bool,
+    count: &Arc<AtomicU32>,
     root: &Path,
     state: Arc<Mutex<SharedState>>,
 ) -> Option<JoinHandle<Vec<String>>> {
+    let (desktop, count) = (desktop.to_path_buf(), count.clone());
     let root = root.to_path_buf();
     std::thread::Builder::new()
         .name("check".into())
         .spawn(move || {
-            let result = handle.open_reader().and_then(|r| r.quick_check());
+            let result = open_reader_at(&desktop, immutable, &count).and_then(|r| r.quick_check());
             match result {
                 Ok(problems) if problems.is_empty() => problems,
                 Ok(problems) => {

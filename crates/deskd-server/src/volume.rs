@@ -336,8 +336,9 @@ impl VolumeHandle {
             writer_connected,
             check: Mutex::new(None),
         });
-        spawn_name_index_load(handle.clone(), &root);
-        *handle.check.lock().unwrap() = spawn_check(handle.clone(), &root, state.clone());
+        let (reads, immutable, count) = (&handle.reads, handle.immutable, &handle.read_connections);
+        spawn_name_index_load(reads, immutable, count, &root, handle.names.clone());
+        *handle.check.lock().unwrap() = spawn_check(reads, immutable, count, &root, state.clone());
         Ok(handle)
     }
 
