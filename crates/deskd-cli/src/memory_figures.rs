@@ -1,6 +1,6 @@
 //! The server's memory figures as `deskd status` prints them (docs/PERFORMANCE.md, "Memory").
 
-use deskd_proto::{ServerMemory, VolumeMemory, VolumeId};
+use deskd_proto::{ServerMemory, VolumeId, VolumeMemory};
 
 /// The figures of volume `vol`, if the server sent them.
 fn of_volume(m: &ServerMemory, vol: VolumeId) -> Option<&VolumeMemory> {
@@ -67,7 +67,10 @@ pub fn volume_line(m: Option<&ServerMemory>, vol: VolumeId) -> Option<String> {
 pub fn server_lines(m: &ServerMemory) -> Vec<String> {
     vec![
         "server memory".to_owned(),
-        format!("  anonymous:    {} (RssAnon: what deskd itself uses)", mib(m.rss_anon)),
+        format!(
+            "  anonymous:    {} (RssAnon: what deskd itself uses)",
+            mib(m.rss_anon)
+        ),
         format!(
             "  file pages:   {} (RssFile: each mapping of a desktop counts its pages again)",
             mib(m.rss_file)

@@ -75,7 +75,10 @@ fn readers(env: &Env) -> Vec<Client> {
                 .map(|o| o.name.clone())
                 .filter(|n| !n.starts_with(b"."))
                 .collect();
-            assert_eq!(got, expected, "every client gets every object, mapped or not");
+            assert_eq!(
+                got, expected,
+                "every client gets every object, mapped or not"
+            );
             for o in children.iter().step_by(97) {
                 let again = c.object(Request::Resolve { vol, id: o.id }).unwrap();
                 assert_eq!(again.name, o.name);
@@ -159,7 +162,10 @@ fn status_shows_the_memory_figures_and_the_cap_bounds_the_mappings() {
     assert!(num(volume, "sqlite_connections") as usize > CLIENTS);
     // What monitoring sees falls with it.
     let saved = num(free_volume, "mapped_resident_bytes") - num(volume, "mapped_resident_bytes");
-    assert!(saved >= (CLIENTS as u64 - 2) * desktop / 2, "{free_volume} {volume}");
+    assert!(
+        saved >= (CLIENTS as u64 - 2) * desktop / 2,
+        "{free_volume} {volume}"
+    );
     assert!(
         num(server, "rss_file_bytes") < num(free_server, "rss_file_bytes"),
         "capped {server}, uncapped {free_server}"
@@ -222,7 +228,11 @@ fn a_bad_mmap_total_stops_the_start_with_a_clear_error() {
         env.path("v").to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("unknown unit \"MB\""), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown unit \"MB\""),
+        "{}",
+        stderr(&out)
+    );
     assert!(
         !env.path("v").join(".Desktop").exists(),
         "nothing opened or created"
@@ -244,7 +254,9 @@ fn nobody_sees_the_memory_figures_and_nothing_more() {
     let line: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     // The figures are numbers only: no path, uid, pid or program of anyone.
     for part in ["memory", "server_memory"] {
-        let figures = line[part].as_object().unwrap_or_else(|| panic!("{part}: {line}"));
+        let figures = line[part]
+            .as_object()
+            .unwrap_or_else(|| panic!("{part}: {line}"));
         assert!(!figures.is_empty());
         for (key, value) in figures {
             assert!(value.is_u64(), "{part}.{key} = {value}");

@@ -742,11 +742,8 @@ impl Reader {
         if !self.conn.is_autocommit() {
             return Ok(false);
         }
-        self.conn.pragma_update(
-            None,
-            "mmap_size",
-            mmap_bytes.min(MMAP_SIZE as u64) as i64,
-        )?;
+        self.conn
+            .pragma_update(None, "mmap_size", mmap_bytes.min(MMAP_SIZE as u64) as i64)?;
         Ok(true)
     }
 

@@ -746,10 +746,7 @@ fn a_reader_mapping_nothing_reads_the_same_and_its_limit_changes_only_between_sn
     let path = dir.path().join(".Desktop");
     let unmapped = Reader::open_mapped(&path, false, 0).unwrap();
     let mapped = Reader::open(&path).unwrap();
-    assert_eq!(
-        unmapped.get(a).unwrap().name,
-        mapped.get(a).unwrap().name
-    );
+    assert_eq!(unmapped.get(a).unwrap().name, mapped.get(a).unwrap().name);
     let mmap = |r: &Reader| -> i64 {
         r.conn()
             .query_row("PRAGMA mmap_size", [], |row| row.get(0))
@@ -760,7 +757,10 @@ fn a_reader_mapping_nothing_reads_the_same_and_its_limit_changes_only_between_sn
     assert_eq!(mmap(&unmapped), 1 << 20);
     unmapped.begin_snapshot().unwrap();
     unmapped.get(a).unwrap();
-    assert!(!unmapped.set_mmap_size(2 << 20).unwrap(), "refused in a snapshot");
+    assert!(
+        !unmapped.set_mmap_size(2 << 20).unwrap(),
+        "refused in a snapshot"
+    );
     unmapped.end_snapshot().unwrap();
     assert_eq!(mmap(&unmapped), 1 << 20);
     // Never more than one connection's limit (SQLite may cap it lower still).
@@ -777,5 +777,9 @@ fn the_name_index_counts_its_heap() {
     let names = NameIndex::new();
     assert_eq!(names.heap_bytes(), 0);
     names.load(&d).unwrap();
-    assert!(names.heap_bytes() >= 100 * "name-00".len() as u64, "{}", names.heap_bytes());
+    assert!(
+        names.heap_bytes() >= 100 * "name-00".len() as u64,
+        "{}",
+        names.heap_bytes()
+    );
 }

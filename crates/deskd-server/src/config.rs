@@ -119,7 +119,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Written::deserialize(d)? {
             Written::Bytes(n) => Ok(ByteSize(n)),
-            Written::Text(text) => parse_size(&text).map(ByteSize).map_err(serde::de::Error::custom),
+            Written::Text(text) => parse_size(&text)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -135,11 +137,9 @@ fn parse_size(text: &str) -> Result<u64, String> {
         "M" | "MiB" => 20,
         "G" | "GiB" => 30,
         "T" | "TiB" => 40,
-        other => {
-            return Err(format!(
-                "{text:?}: unknown unit {other:?} (a number of bytes, or with B, KiB, MiB, GiB, TiB)"
-            ))
-        }
+        other => return Err(format!(
+            "{text:?}: unknown unit {other:?} (a number of bytes, or with B, KiB, MiB, GiB, TiB)"
+        )),
     };
     let n: u64 = number
         .parse()
@@ -522,16 +522,25 @@ mod tests {
     #[test]
     fn mmap_total_has_a_default_and_takes_bytes_or_units() {
         let parse = |text: &str| {
-            toml::from_str::<ConfigFile>(text)
-                .map(|f| f.resolve("/s".into(), &[PathBuf::from("/v")]).unwrap().mmap_total)
+            toml::from_str::<ConfigFile>(text).map(|f| {
+                f.resolve("/s".into(), &[PathBuf::from("/v")])
+                    .unwrap()
+                    .mmap_total
+            })
         };
         assert_eq!(parse("").unwrap(), crate::mmap_budget::DEFAULT_MMAP_TOTAL);
-        assert_eq!(parse("[server]\nmmap_total = \"512MiB\"").unwrap(), 512 << 20);
+        assert_eq!(
+            parse("[server]\nmmap_total = \"512MiB\"").unwrap(),
+            512 << 20
+        );
         assert_eq!(parse("[server]\nmmap_total = \"2G\"").unwrap(), 2 << 30);
         assert_eq!(parse("[server]\nmmap_total = 0").unwrap(), 0);
         assert_eq!(parse("[server]\nmmap_total = 4096").unwrap(), 4096);
         for bad in ["\"512MB\"", "\"lots\"", "-1", "\"99999999999TiB\""] {
-            assert!(parse(&format!("[server]\nmmap_total = {bad}")).is_err(), "{bad}");
+            assert!(
+                parse(&format!("[server]\nmmap_total = {bad}")).is_err(),
+                "{bad}"
+            );
         }
         let e = parse("[server]\nmmap_total = \"512MB\"").unwrap_err();
         assert!(e.to_string().contains("unknown unit \"MB\""), "{e}");

@@ -204,7 +204,12 @@ fn mapping_header(line: &str) -> Option<(&str, u64, &str)> {
     let mut fields = line.splitn(6, ' ');
     let range = fields.next()?;
     let (start, end) = range.split_once('-')?;
-    if start.is_empty() || !start.bytes().chain(end.bytes()).all(|b| b.is_ascii_hexdigit()) {
+    if start.is_empty()
+        || !start
+            .bytes()
+            .chain(end.bytes())
+            .all(|b| b.is_ascii_hexdigit())
+    {
         return None;
     }
     let _perms = fields.next()?;
@@ -221,7 +226,8 @@ mod tests {
 
     #[test]
     fn the_kernel_counts_are_read_in_bytes() {
-        let status = "Name:\tdeskd\nVmHWM:\t  718000 kB\nVmRSS:\t  5000 kB\nRssAnon:\t  146000 kB\n\
+        let status =
+            "Name:\tdeskd\nVmHWM:\t  718000 kB\nVmRSS:\t  5000 kB\nRssAnon:\t  146000 kB\n\
                       RssFile:\t    4000 kB\nRssShmem:\t 0 kB\n";
         assert_eq!(
             KernelCounts::parse(status),
@@ -231,7 +237,10 @@ mod tests {
                 vm_hwm: 718000 * 1024,
             }
         );
-        assert_eq!(KernelCounts::parse("garbage\nVmHWM: x kB"), KernelCounts::default());
+        assert_eq!(
+            KernelCounts::parse("garbage\nVmHWM: x kB"),
+            KernelCounts::default()
+        );
     }
 
     #[test]
