@@ -67,12 +67,14 @@ struct Arena {
 const COMPACT_MIN_DEAD: usize = 1 << 20;
 
 impl Arena {
+    /// What the arena's entries fill (the vectors' spare capacity is left out: untouched, it
+    /// is not resident; the hash map's control bytes are written for every bucket).
     fn heap_bytes(&self) -> u64 {
-        let map_entry = std::mem::size_of::<(u32, u32)>() + 1;
-        (self.bytes.capacity()
-            + self.starts.capacity() * std::mem::size_of::<usize>()
-            + self.ids.capacity() * std::mem::size_of::<u32>()
-            + self.entry_of.capacity() * map_entry) as u64
+        (self.bytes.len()
+            + self.starts.len() * std::mem::size_of::<usize>()
+            + self.ids.len() * std::mem::size_of::<u32>()
+            + self.entry_of.len() * std::mem::size_of::<(u32, u32)>()
+            + self.entry_of.capacity()) as u64
     }
 
     fn new() -> Arena {
@@ -335,8 +337,8 @@ impl NameIndex {
         }
     }
 
-    /// The heap the index holds, in bytes (allocated capacity, not only what is in use; the
-    /// hash map counted as its buckets and control bytes). Takes the read lock briefly.
+    /// The heap the index fills, in bytes (what its entries use, not the spare capacity of its
+    /// vectors). Takes the read lock briefly.
     pub fn heap_bytes(&self) -> u64 {
         match &*self.state.read().unwrap() {
             State::Ready(arena) => arena.heap_bytes(),

@@ -4,7 +4,7 @@
 //! SQLite maps the desktop once per connection, and the kernel counts each mapping's resident
 //! pages in the process's RSS again, though the page cache holds them once: with four
 //! clients a 144 MB desktop showed as 718 MB peak RSS. Each read connection therefore takes
-//! a grant from one budget before it maps anything: its desktop's size and a quarter for
+//! a grant from one budget before it maps anything: its desktop's size and an eighth for
 //! growth, or what is left; a connection that got less reads the rest with `pread(2)` (same
 //! answers, a system call per page its page cache misses) and asks again when the budget has
 //! room. A grant goes back when its connection closes. Each volume's writer maps its desktop
@@ -13,8 +13,9 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// `mmap_total` when the configuration does not say: a 1,000,000-object desktop (about
-/// 144 MB) mapped whole by three read connections.
-pub const DEFAULT_MMAP_TOTAL: u64 = 512 << 20;
+/// 144 MB) mapped whole by six read connections (four clients, `deskd status` and one more),
+/// so that the usual few clients lose nothing (docs/PERFORMANCE.md, "Memory").
+pub const DEFAULT_MMAP_TOTAL: u64 = 1 << 30;
 
 /// Grants are whole multiples of this (a smaller rest of the budget is not handed out).
 pub const GRANULE: u64 = 64 << 10;
@@ -26,9 +27,9 @@ pub fn global() -> &'static MmapBudget {
 }
 
 /// What a read connection asks for to map a desktop of `desktop_len` bytes whole, with room
-/// for a quarter's growth: whole granules, at most SQLite's per-connection limit.
+/// for an eighth's growth: whole granules, at most SQLite's per-connection limit.
 pub fn wanted_for(desktop_len: u64) -> u64 {
-    let with_growth = desktop_len.saturating_add(desktop_len / 4);
+    let with_growth = desktop_len.saturating_add(desktop_len / 8);
     let most = deskd_db::MMAP_SIZE as u64;
     (with_growth.min(most).div_ceil(GRANULE).max(1) * GRANULE).min(most)
 }
@@ -196,10 +197,10 @@ mod tests {
     }
 
     #[test]
-    fn wanted_is_the_desktop_and_a_quarter_in_whole_granules() {
+    fn wanted_is_the_desktop_and_an_eighth_in_whole_granules() {
         assert_eq!(wanted_for(0), GRANULE);
-        assert_eq!(wanted_for(4 * GRANULE), 5 * GRANULE);
-        assert_eq!(wanted_for(4 * GRANULE + 1), 6 * GRANULE);
+        assert_eq!(wanted_for(8 * GRANULE), 9 * GRANULE);
+        assert_eq!(wanted_for(8 * GRANULE + 1), 10 * GRANULE);
         assert_eq!(wanted_for(u64::MAX), deskd_db::MMAP_SIZE as u64);
     }
 
