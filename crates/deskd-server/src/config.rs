@@ -114,11 +114,13 @@ impl<'de> Deserialize<'de> for ByteSize {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Written {
-            Bytes(u64),
+            Bytes(i64),
             Text(String),
         }
         match Written::deserialize(d)? {
-            Written::Bytes(n) => Ok(ByteSize(n)),
+            Written::Bytes(n) => u64::try_from(n)
+                .map(ByteSize)
+                .map_err(|_| serde::de::Error::custom(format!("{n}: a size cannot be negative"))),
             Written::Text(text) => parse_size(&text)
                 .map(ByteSize)
                 .map_err(serde::de::Error::custom),
@@ -137,9 +139,12 @@ fn parse_size(text: &str) -> Result<u64, String> {
         "M" | "MiB" => 20,
         "G" | "GiB" => 30,
         "T" | "TiB" => 40,
-        other => return Err(format!(
-            "{text:?}: unknown unit {other:?} (a number of bytes, or with B, KiB, MiB, GiB, TiB)"
-        )),
+        other => {
+            let units = "B, KiB, MiB, GiB, TiB";
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (a number of bytes, or with {units})"
+            ));
+        }
     };
     let n: u64 = number
         .parse()
@@ -544,6 +549,8 @@ mod tests {
         }
         let e = parse("[server]\nmmap_total = \"512MB\"").unwrap_err();
         assert!(e.to_string().contains("unknown unit \"MB\""), "{e}");
+        let e = parse("[server]\nmmap_total = -1").unwrap_err();
+        assert!(e.to_string().contains("cannot be negative"), "{e}");
     }
 
     #[test]
