@@ -92,3 +92,34 @@ impl Deref for MappedReader {
         &self.reader
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deskd_db::Read;
+
+    #[test]
+    fn a_short_reader_takes_what_is_free_between_snapshots_and_gives_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".Desktop");
+        let (_writer, _) = deskd_db::Desktop::open(&path, deskd_db::Durability::Normal).unwrap();
+        let budget: &'static MmapBudget = Box::leak(Box::new(MmapBudget::new(0)));
+        let count = Arc::default();
+        let mut reader = MappedReader::open(&path, false, budget, &count).unwrap();
+        assert_eq!((reader.applied, count.load(Ordering::SeqCst)), (0, 1));
+        assert_eq!(reader.stats().unwrap().objects, 1, "read with pread");
+        budget.set_total(1 << 20);
+        // Inside a snapshot the grant grows but SQLite keeps the old limit.
+        reader.begin_snapshot().unwrap();
+        reader.stats().unwrap();
+        reader.refresh(false);
+        assert!(reader.grant.bytes() > 0);
+        assert_eq!(reader.applied, 0);
+        reader.end_snapshot().unwrap();
+        reader.refresh(false);
+        assert_eq!(reader.applied, reader.grant.bytes());
+        assert_eq!(reader.stats().unwrap().objects, 1, "read through the mapping");
+        drop(reader);
+        assert_eq!((budget.granted(), count.load(Ordering::SeqCst)), (0, 0));
+    }
+}
