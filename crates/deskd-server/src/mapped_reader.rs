@@ -118,7 +118,11 @@ mod tests {
         reader.end_snapshot().unwrap();
         reader.refresh(false);
         assert_eq!(reader.applied, reader.grant.bytes());
-        assert_eq!(reader.stats().unwrap().objects, 1, "read through the mapping");
+        assert_eq!(
+            reader.stats().unwrap().objects,
+            1,
+            "read through the mapping"
+        );
         drop(reader);
         assert_eq!((budget.granted(), count.load(Ordering::SeqCst)), (0, 0));
     }
