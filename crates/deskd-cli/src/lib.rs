@@ -3,8 +3,8 @@
 //! and talking to its server ([`target`]), printing names and codes ([`output`]), and the file
 //! copying that `dt cp` and cross-volume moves need ([`fsops`]) and what it does to the IDs a copy
 //! carries into another volume ([`fresh_ids`]), and the mode and owner arguments
-//! of `dt chmod`, `chown` and `chgrp` ([`mode`]), and the active users `deskd status` lists
-//! ([`active_users`]); for dt, Finder flags and labels by name ([`finder`]), the `ls -l`
+//! of `dt chmod`, `chown` and `chgrp` ([`mode`]), and the active users and memory figures
+//! `deskd status` lists ([`active_users`], [`memory_figures`]); for dt, Finder flags and labels by name ([`finder`]), the `ls -l`
 //! columns ([`listing`]), coreutils' questions and `-v` lines ([`interact`]) and the orders
 //! they report trees in ([`walk`]), and working on files through open directory descriptors
 //! rather than path names, so a name swapped for a symlink turns nothing against another file
@@ -21,6 +21,7 @@ pub mod fresh_ids;
 pub mod fsops;
 pub mod interact;
 pub mod listing;
+pub mod memory_figures;
 pub mod mode;
 pub mod output;
 pub mod target;

@@ -21,7 +21,8 @@ use std::time::Duration;
 use deskd_proto::spin::{spin_window, SpinRead};
 use deskd_proto::{Endpoint, ProtoError, ReplyFrame, RequestFrame, Stream};
 pub use deskd_proto::{
-    ErrorCode, ErrorReply, FindMode, Kind, ObjectInfo, Request, Response, VolumeInfo, VolumeStatus,
+    ErrorCode, ErrorReply, FindMode, Kind, ObjectInfo, Request, Response, ServerMemory, VolumeInfo,
+    VolumeStatus,
 };
 
 /// The socket a deskd run as root listens on by default.
@@ -348,6 +349,14 @@ impl Client {
     pub fn metrics(&mut self) -> Result<String> {
         match self.call(Request::Metrics)? {
             Response::Metrics(text) => Ok(text),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The server's memory figures (a server older than this request answers `BadRequest`).
+    pub fn memory(&mut self) -> Result<ServerMemory> {
+        match self.call(Request::Memory)? {
+            Response::Memory(m) => Ok(m),
             other => Err(unexpected(other)),
         }
     }

@@ -36,8 +36,15 @@ pub use schema::FORMAT_VERSION;
 /// The longest name (in bytes) an object may have; the usual Linux `NAME_MAX`.
 pub const MAX_NAME_LEN: usize = 255;
 
-/// How much of a desktop file is memory-mapped (address space only; pages load on use).
-const MMAP_SIZE: i64 = 4 << 30;
+/// How much of a desktop file one connection memory-maps at most (address space only; pages
+/// load on use). The server may give its read connections less ([`Reader::open_mapped`]).
+pub const MMAP_SIZE: i64 = 4 << 30;
+
+/// The page cache a read connection may hold (`PRAGMA cache_size`), in bytes.
+pub const READER_CACHE_BYTES: u64 = 8 << 20;
+
+/// The page cache the write connection may hold (`PRAGMA cache_size`), in bytes.
+pub const WRITER_CACHE_BYTES: u64 = 64 << 20;
 
 /// How long the write connection waits for a lock another process holds.
 const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -689,37 +696,55 @@ pub struct Reader {
 impl Reader {
     /// Open `path` read-only. Readers never block the writer (WAL).
     pub fn open(path: &Path) -> Result<Reader> {
-        // A read-only open creates the shared-memory file when it is missing, with the main
-        // file's mode: that must be private first.
-        files::make_private(path);
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "query_only", true)?;
-        conn.pragma_update(None, "cache_size", -8192)?;
-        // Map the file: page reads become memory reads instead of pread(2) calls.
-        conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
-        Ok(Reader { conn })
+        Reader::open_mapped(path, false, MMAP_SIZE as u64)
     }
-}
 
-impl Reader {
     /// Open `path` read-only as an immutable file: no lock, no `-shm`, no `-wal` (nothing is
     /// created or written, so it works on a full file system). Only for a desktop that nothing
     /// writes and whose WAL is empty or gone: committed frames in a WAL would not be seen.
     pub fn open_immutable(path: &Path) -> Result<Reader> {
-        let conn = Connection::open_with_flags(
-            immutable_uri(path),
-            OpenFlags::SQLITE_OPEN_READ_ONLY
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI,
-        )?;
+        Reader::open_mapped(path, true, MMAP_SIZE as u64)
+    }
+
+    /// [`Reader::open`] (or [`Reader::open_immutable`]) mapping at most `mmap_bytes` of the
+    /// file (0: no mapping, pages are read with `pread(2)`). The limit is set before the
+    /// first page is read, so no larger mapping ever exists.
+    pub fn open_mapped(path: &Path, immutable: bool, mmap_bytes: u64) -> Result<Reader> {
+        let conn = if immutable {
+            Connection::open_with_flags(
+                immutable_uri(path),
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )?
+        } else {
+            // A read-only open creates the shared-memory file when it is missing, with the
+            // main file's mode: that must be private first.
+            files::make_private(path);
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            conn
+        };
+        // Map the file: page reads become memory reads instead of pread(2) calls.
+        conn.pragma_update(None, "mmap_size", mmap_bytes.min(MMAP_SIZE as u64) as i64)?;
         conn.pragma_update(None, "query_only", true)?;
-        conn.pragma_update(None, "cache_size", -8192)?;
-        conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
+        conn.pragma_update(None, "cache_size", -((READER_CACHE_BYTES >> 10) as i64))?;
         Ok(Reader { conn })
+    }
+
+    /// Change how much of the file this connection maps. Only between snapshots (SQLite
+    /// ignores the change while pages are in use): returns false, changing nothing, when a
+    /// snapshot is open.
+    pub fn set_mmap_size(&self, mmap_bytes: u64) -> Result<bool> {
+        if !self.conn.is_autocommit() {
+            return Ok(false);
+        }
+        self.conn
+            .pragma_update(None, "mmap_size", mmap_bytes.min(MMAP_SIZE as u64) as i64)?;
+        Ok(true)
     }
 
     /// Start one read snapshot for several reads (one WAL read lock instead of one per
@@ -846,7 +871,7 @@ impl Desktop {
         set_synchronous(&conn, durability)?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         // 64 MiB of page cache: index pages of a large volume stay in memory between batches.
-        conn.pragma_update(None, "cache_size", -65536)?;
+        conn.pragma_update(None, "cache_size", -((WRITER_CACHE_BYTES >> 10) as i64))?;
         conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.set_prepared_statement_cache_capacity(64);

@@ -67,6 +67,16 @@ struct Arena {
 const COMPACT_MIN_DEAD: usize = 1 << 20;
 
 impl Arena {
+    /// What the arena's entries fill (the vectors' spare capacity is left out: untouched, it
+    /// is not resident; the hash map's control bytes are written for every bucket).
+    fn heap_bytes(&self) -> u64 {
+        (self.bytes.len()
+            + self.starts.len() * std::mem::size_of::<usize>()
+            + self.ids.len() * std::mem::size_of::<u32>()
+            + self.entry_of.len() * std::mem::size_of::<(u32, u32)>()
+            + self.entry_of.capacity()) as u64
+    }
+
     fn new() -> Arena {
         Arena {
             bytes: vec![0],
@@ -324,6 +334,21 @@ impl NameIndex {
         match &*self.state.read().unwrap() {
             State::Ready(arena) => Some(arena.live()),
             State::Loading(_) => None,
+        }
+    }
+
+    /// The heap the index fills, in bytes (what its entries use, not the spare capacity of its
+    /// vectors). Takes the read lock briefly.
+    pub fn heap_bytes(&self) -> u64 {
+        match &*self.state.read().unwrap() {
+            State::Ready(arena) => arena.heap_bytes(),
+            State::Loading(queue) => queue
+                .iter()
+                .map(|change| match change {
+                    NameChange::Set(_, key) => key.capacity() + std::mem::size_of::<NameChange>(),
+                    NameChange::Remove(_) => std::mem::size_of::<NameChange>(),
+                })
+                .sum::<usize>() as u64,
         }
     }
 

@@ -738,3 +738,48 @@ fn kinds_keep_their_stored_numbers() {
     }
     assert_eq!(kind_from_sql(7), Kind::File);
 }
+
+#[test]
+fn a_reader_mapping_nothing_reads_the_same_and_its_limit_changes_only_between_snapshots() {
+    let (dir, mut d) = open_temp();
+    let a = add(&mut d, file(ROOT_ID, b"a"));
+    let path = dir.path().join(".Desktop");
+    let unmapped = Reader::open_mapped(&path, false, 0).unwrap();
+    let mapped = Reader::open(&path).unwrap();
+    assert_eq!(unmapped.get(a).unwrap().name, mapped.get(a).unwrap().name);
+    let mmap = |r: &Reader| -> i64 {
+        r.conn()
+            .query_row("PRAGMA mmap_size", [], |row| row.get(0))
+            .unwrap()
+    };
+    assert_eq!(mmap(&unmapped), 0);
+    assert!(unmapped.set_mmap_size(1 << 20).unwrap());
+    assert_eq!(mmap(&unmapped), 1 << 20);
+    unmapped.begin_snapshot().unwrap();
+    unmapped.get(a).unwrap();
+    assert!(
+        !unmapped.set_mmap_size(2 << 20).unwrap(),
+        "refused in a snapshot"
+    );
+    unmapped.end_snapshot().unwrap();
+    assert_eq!(mmap(&unmapped), 1 << 20);
+    // Never more than one connection's limit (SQLite may cap it lower still).
+    assert!(unmapped.set_mmap_size(u64::MAX).unwrap());
+    assert!((2 << 20..=MMAP_SIZE).contains(&mmap(&unmapped)));
+}
+
+#[test]
+fn the_name_index_counts_its_heap() {
+    let (_dir, mut d) = open_temp();
+    for i in 0..100 {
+        add(&mut d, file(ROOT_ID, format!("name-{i}").as_bytes()));
+    }
+    let names = NameIndex::new();
+    assert_eq!(names.heap_bytes(), 0);
+    names.load(&d).unwrap();
+    assert!(
+        names.heap_bytes() >= 100 * "name-00".len() as u64,
+        "{}",
+        names.heap_bytes()
+    );
+}

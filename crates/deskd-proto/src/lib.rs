@@ -436,6 +436,10 @@ pub enum Request {
     /// asker may see of them (the same rule as `Status`; docs/protocol.md). Added after
     /// protocol 3 without a version change: a server that predates it answers `BadRequest`.
     Metrics,
+    /// The server's memory figures ([`Response::Memory`]); any peer may ask. Appended after
+    /// version 3 without changing the version: no earlier message encodes differently, and a
+    /// server that predates it answers `BadRequest`.
+    Memory,
 }
 
 /// What a rebuild does (see `deskd rebuild`).
@@ -570,7 +574,7 @@ impl Request {
     pub fn volume(&self) -> Option<VolumeId> {
         use Request::*;
         match self {
-            Volumes | OpenVolume { .. } | Metrics => None,
+            Volumes | OpenVolume { .. } | Metrics | Memory => None,
             Status { vol } | Flush { vol } | Freeze { vol, .. } | Thaw { vol } => *vol,
             RebuildStart { vol, .. } | RebuildPoll { vol, .. } | RebuildCancel { vol, .. } => {
                 Some(*vol)
@@ -738,6 +742,61 @@ pub enum Response {
     Done,
     /// The Prometheus text exposition (to `Metrics`).
     Metrics(String),
+    /// The server's memory figures (to `Memory`).
+    Memory(ServerMemory),
+}
+
+/// The server process's memory as the kernel counts it, and what of it deskd's own structures
+/// and mappings are (`deskd status`; docs/PERFORMANCE.md, "Memory"). Byte counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerMemory {
+    /// Anonymous resident memory (`RssAnon`): the heap, stacks, the name indexes, SQLite's page
+    /// caches. What the server really uses.
+    pub rss_anon: u64,
+    /// Resident file-backed pages (`RssFile`): mostly the desktop mappings, each mapping's
+    /// pages counted again though the page cache holds them once.
+    pub rss_file: u64,
+    /// Peak resident set (`VmHWM`), both kinds, since the server started.
+    pub vm_hwm: u64,
+    /// Open SQLite connections: one writer per writable volume and one read connection per
+    /// client per volume it used, plus any background reader running.
+    pub sqlite_connections: u32,
+    /// The desktop mappings' size, all volumes (what `/proc/self/smaps` shows for them).
+    pub mapped: u64,
+    /// The resident part of [`ServerMemory::mapped`].
+    pub mapped_resident: u64,
+    /// `mmap_total`: the most the read connections may map together.
+    pub mmap_total: u64,
+    /// What the read connections have been granted of `mmap_total` now.
+    pub mmap_granted: u64,
+    /// Read connections that got less than their desktop's size (reading the rest with
+    /// `pread(2)`), now.
+    pub short_readers: u32,
+    /// Per served volume.
+    pub volumes: Vec<VolumeMemory>,
+    /// Milliseconds the figures took to gather (they are cached for a second).
+    pub gather_millis: u32,
+}
+
+/// One volume's part of [`ServerMemory`]. Byte counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMemory {
+    /// The volume's handle.
+    pub vol: VolumeId,
+    /// The desktop file's size.
+    pub desktop_bytes: u64,
+    /// Mappings of the desktop (one per connection that reads through a mapping).
+    pub mappings: u32,
+    /// Their size together.
+    pub mapped: u64,
+    /// Their resident pages together.
+    pub mapped_resident: u64,
+    /// SQLite connections to the desktop (writer and readers).
+    pub connections: u32,
+    /// The in-memory name index behind `find`.
+    pub name_index: u64,
+    /// The most the connections' SQLite page caches may hold together (their `cache_size`).
+    pub page_cache_limit: u64,
 }
 
 /// Typed error codes; the message says the rest.
@@ -1040,7 +1099,38 @@ mod tests {
                 }),
             (any::<u32>(), any::<u64>(), any::<u64>())
                 .prop_map(|(vol, job, from)| Request::RebuildPoll { vol, job, from }),
+            Just(Request::Metrics),
+            Just(Request::Memory),
         ]
+    }
+
+    #[test]
+    fn metrics_and_memory_were_appended_without_changing_what_version_3_peers_exchange() {
+        // The next numbers after version 3's last request (RebuildCancel, 29) and response
+        // (Done, 14): every earlier message encodes as before.
+        assert_eq!(postcard::to_allocvec(&Request::Metrics).unwrap(), [30]);
+        assert_eq!(postcard::to_allocvec(&Request::Memory).unwrap(), [31]);
+        assert_eq!(
+            postcard::to_allocvec(&Request::RebuildCancel { vol: 1, job: 2 }).unwrap(),
+            [29, 1, 2]
+        );
+        assert_eq!(postcard::to_allocvec(&Response::Done).unwrap(), [14]);
+        let reply = Response::Memory(ServerMemory {
+            rss_anon: 1 << 20,
+            volumes: vec![VolumeMemory {
+                vol: 3,
+                mapped: 5,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let bytes = postcard::to_allocvec(&reply).unwrap();
+        assert_eq!(bytes[0], 16);
+        assert_eq!(
+            postcard::to_allocvec(&Response::Metrics("x".into())).unwrap(),
+            [15, 1, b'x']
+        );
+        assert_eq!(decode::<Response>(&bytes).unwrap(), reply);
     }
 
     proptest! {

@@ -2,6 +2,7 @@
 //! (until it is ready `find` scans the table) and the quick logical check of DESIGN §6.5.
 
 use std::path::Path;
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -16,16 +17,17 @@ use crate::writer::SharedState;
 pub(crate) fn spawn_name_index_load(
     desktop: &Path,
     immutable: bool,
+    count: &Arc<AtomicU32>,
     root: &Path,
     names: Arc<NameIndex>,
 ) {
-    let desktop = desktop.to_path_buf();
+    let (desktop, count) = (desktop.to_path_buf(), count.clone());
     let root = root.to_path_buf();
     let _ = std::thread::Builder::new()
         .name("name-index".into())
         .spawn(move || {
             let began = Instant::now();
-            match open_reader_at(&desktop, immutable).and_then(|r| names.load(&r)) {
+            match open_reader_at(&desktop, immutable, &count).and_then(|r| names.load(&*r)) {
                 Ok(()) => info!(
                     volume = %root.display(),
                     names = names.names().unwrap_or(0),
@@ -46,15 +48,16 @@ pub(crate) fn spawn_name_index_load(
 pub(crate) fn spawn_check(
     desktop: &Path,
     immutable: bool,
+    count: &Arc<AtomicU32>,
     root: &Path,
     state: Arc<Mutex<SharedState>>,
 ) -> Option<JoinHandle<Vec<String>>> {
-    let desktop = desktop.to_path_buf();
+    let (desktop, count) = (desktop.to_path_buf(), count.clone());
     let root = root.to_path_buf();
     std::thread::Builder::new()
         .name("check".into())
         .spawn(move || {
-            let result = open_reader_at(&desktop, immutable).and_then(|r| r.quick_check());
+            let result = open_reader_at(&desktop, immutable, &count).and_then(|r| r.quick_check());
             let finished = Some(deskd_db::now_unix());
             match result {
                 Ok(problems) if problems.is_empty() => {

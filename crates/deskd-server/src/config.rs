@@ -99,6 +99,58 @@ pub struct ServerPrefs {
     pub max_connections_per_uid: Option<usize>,
     /// Seconds a started frame (and the handshake) may take to arrive whole (default 10).
     pub frame_timeout: Option<u64>,
+    /// The most the read connections map of the desktops together (default
+    /// [`crate::mmap_budget::DEFAULT_MMAP_TOTAL`]; `0`: no mapping, every read by `pread(2)`).
+    pub mmap_total: Option<ByteSize>,
+}
+
+/// A size in the configuration: a number of bytes, or a string of a number and a binary unit
+/// (`"512MiB"`, `"2GiB"`, `"64K"`; `B`, `K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(i64),
+            Text(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Bytes(n) => u64::try_from(n)
+                .map(ByteSize)
+                .map_err(|_| serde::de::Error::custom(format!("{n}: a size cannot be negative"))),
+            Written::Text(text) => parse_size(&text)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// `"512MiB"` and the like (see [`ByteSize`]) in bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        other => {
+            let units = "B, KiB, MiB, GiB, TiB";
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (a number of bytes, or with {units})"
+            ));
+        }
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: not a size (e.g. \"512MiB\")"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?}: too large"))
 }
 
 /// The `[netatalk]` table: `deskd serve` answers afpd's CNID protocol itself, on `listen`
@@ -204,6 +256,8 @@ pub struct Config {
     pub volumes: Vec<VolumeConfig>,
     /// The afpd CNID listener (`[netatalk]`), as the file gives it.
     pub netatalk: Option<NetatalkPrefs>,
+    /// The most the read connections map of the desktops together ([`crate::mmap_budget`]).
+    pub mmap_total: u64,
 }
 
 impl ConfigFile {
@@ -329,6 +383,11 @@ impl ConfigFile {
             state_dir,
             volumes,
             netatalk: self.netatalk.clone(),
+            mmap_total: self
+                .server
+                .mmap_total
+                .map(|size| size.0)
+                .unwrap_or(crate::mmap_budget::DEFAULT_MMAP_TOTAL),
         })
     }
 }
@@ -488,6 +547,35 @@ mod tests {
         assert_eq!(set.max_connections, 50);
         assert_eq!(set.max_connections_per_uid, 1, "at least one");
         assert_eq!(set.frame_timeout, std::time::Duration::from_secs(3));
+    }
+
+    #[test]
+    fn mmap_total_has_a_default_and_takes_bytes_or_units() {
+        let parse = |text: &str| {
+            toml::from_str::<ConfigFile>(text).map(|f| {
+                f.resolve("/s".into(), &[PathBuf::from("/v")])
+                    .unwrap()
+                    .mmap_total
+            })
+        };
+        assert_eq!(parse("").unwrap(), crate::mmap_budget::DEFAULT_MMAP_TOTAL);
+        assert_eq!(
+            parse("[server]\nmmap_total = \"512MiB\"").unwrap(),
+            512 << 20
+        );
+        assert_eq!(parse("[server]\nmmap_total = \"2G\"").unwrap(), 2 << 30);
+        assert_eq!(parse("[server]\nmmap_total = 0").unwrap(), 0);
+        assert_eq!(parse("[server]\nmmap_total = 4096").unwrap(), 4096);
+        for bad in ["\"512MB\"", "\"lots\"", "-1", "\"99999999999TiB\""] {
+            assert!(
+                parse(&format!("[server]\nmmap_total = {bad}")).is_err(),
+                "{bad}"
+            );
+        }
+        let e = parse("[server]\nmmap_total = \"512MB\"").unwrap_err();
+        assert!(e.to_string().contains("unknown unit \"MB\""), "{e}");
+        let e = parse("[server]\nmmap_total = -1").unwrap_err();
+        assert!(e.to_string().contains("cannot be negative"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::audit;
 use crate::clients::Client;
 use crate::db_reply::db_error;
 use crate::limits::RateLimited;
+use crate::mapped_reader::MappedReader;
 use crate::outbox::Outbox;
 use crate::shared::Shared;
 use crate::sight;
@@ -414,7 +415,7 @@ struct Connection {
 
 /// A connection's read connection to one opening of a volume's desktop.
 struct CachedReader {
-    reader: Reader,
+    reader: MappedReader,
     /// The writer's commit count when its snapshot began.
     commits: u64,
     /// [`VolumeHandle::opening`]: a volume reopened by a reload needs a new reader.
@@ -449,10 +450,14 @@ impl Connection {
             }
             Entry::Vacant(e) => e.insert(open()?),
         };
-        if entry.commits != commits {
+        let wrote = entry.commits != commits;
+        if wrote {
             entry.reader.end_snapshot().map_err(db_error)?;
             entry.commits = commits;
         }
+        // Between snapshots: the mapping may grow (the desktop did, or the budget has room
+        // again for a connection that got less).
+        entry.reader.refresh(wrote);
         entry.reader.begin_snapshot().map_err(db_error)?;
         Ok(&entry.reader)
     }
@@ -796,6 +801,10 @@ impl Connection {
                     view,
                 )))
             }
+            // No secret: sizes and counts, no paths; `status` tells every peer more.
+            Request::Memory => Ok(Response::Memory(crate::memory::figures(
+                &self.shared.volumes(),
+            ))),
             Request::Flush { vol } => self.control(vol, "flush", |_, tx| Job::Flush(tx)),
             Request::Freeze { vol, seconds } => {
                 let verb = match seconds {

@@ -44,7 +44,7 @@ const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_NS.len() + 1;
 pub(crate) const NO_VOLUME: u32 = u32::MAX;
 
 /// The request kinds, in the order of [`deskd_proto::Request`]'s variants: the `kind` label.
-pub(crate) const KINDS: [&str; 31] = [
+pub(crate) const KINDS: [&str; 32] = [
     "Volumes",
     "OpenVolume",
     "Add",
@@ -76,6 +76,7 @@ pub(crate) const KINDS: [&str; 31] = [
     "RebuildPoll",
     "RebuildCancel",
     "Metrics",
+    "Memory",
 ];
 
 /// The index of `request`'s kind in [`KINDS`]. (Exhaustive on purpose: a new request must
@@ -114,6 +115,7 @@ pub(crate) fn kind_of(request: &Request) -> u8 {
         RebuildPoll { .. } => 28,
         RebuildCancel { .. } => 29,
         Metrics => 30,
+        Memory => 31,
     }
 }
 
@@ -256,7 +258,9 @@ mod tests {
 
     #[test]
     fn every_kind_has_a_name() {
-        assert_eq!(kind_of(&Request::Metrics) as usize, KINDS.len() - 1);
+        // The last request appended to the protocol has the last name.
+        assert_eq!(kind_of(&Request::Memory) as usize, KINDS.len() - 1);
+        assert_eq!(KINDS[kind_of(&Request::Metrics) as usize], "Metrics");
         assert_eq!(
             KINDS[kind_of(&Request::Resolve { vol: 0, id: 2 }) as usize],
             "Resolve"

@@ -37,6 +37,9 @@ mod hints;
 mod limits;
 mod location;
 mod metrics;
+mod mapped_reader;
+mod memory;
+mod mmap_budget;
 #[cfg(test)]
 mod module_graph;
 mod outbox;
@@ -207,6 +210,8 @@ impl Server {
         let tcp = config.tcp.as_ref().map(bind_tcp).transpose()?;
         // Temporary desktops and copies a server of this uid left when it died uncleanly.
         private_temp::remove_leftovers();
+        // Before any desktop is opened: the volumes' first readers draw from it.
+        mmap_budget::global().set_total(config.mmap_total);
         let roots = preflight::canonical_roots(&config.volumes);
         let mut failures = Vec::new();
         let mut checked = Vec::new();

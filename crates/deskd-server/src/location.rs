@@ -173,11 +173,12 @@ pub(crate) fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
     dest.sync_all()
 }
 
-/// A read connection to `path`, immutable or not (see [`crate::volume::VolumeHandle::open_reader`]).
-pub(crate) fn open_reader_at(path: &Path, immutable: bool) -> deskd_db::Result<deskd_db::Reader> {
-    if immutable {
-        deskd_db::Reader::open_immutable(path)
-    } else {
-        deskd_db::Reader::open(path)
-    }
+/// A read connection to `path`, immutable or not, within the server's mapping budget and
+/// counted in `count` (see [`crate::volume::VolumeHandle::open_reader`]).
+pub(crate) fn open_reader_at(
+    path: &Path,
+    immutable: bool,
+    count: &std::sync::Arc<std::sync::atomic::AtomicU32>,
+) -> deskd_db::Result<crate::mapped_reader::MappedReader> {
+    crate::mapped_reader::MappedReader::open(path, immutable, crate::mmap_budget::global(), count)
 }

@@ -47,6 +47,7 @@ impl Server {
         if let Some(new) = new {
             self.reload_volumes(new, &mut notes);
             self.shared.limits.set(new.limits);
+            crate::mmap_budget::global().set_total(new.mmap_total);
         } else {
             // No file to read: only volumes served read-only for want of space, or whose file
             // system was remounted, are opened again, with the settings they have.

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -24,6 +24,7 @@ use crate::db_reply::db_error;
 use crate::desktop_lock::{check_desktop_owner, lock_exclusive};
 use crate::error::ServerError;
 use crate::location::{desktop_path, existing_desktop_path, open_reader_at, read_only_desktop};
+use crate::mapped_reader::MappedReader;
 use crate::private_temp::{on_read_only_fs, PrivateTemp};
 use crate::space;
 use crate::writer::{Job, SharedState, Writer, WriterShare};
@@ -59,6 +60,11 @@ pub struct VolumeHandle {
     reads: PathBuf,
     /// Readers open `reads` immutable (a full file system: no `-shm` can be made).
     immutable: bool,
+    /// The read connections to this opening's desktop now (clients' and background ones).
+    pub(crate) read_connections: Arc<AtomicU32>,
+    /// The writer holds a connection to the desktop (not when it could not be opened for
+    /// writing for want of space).
+    pub(crate) writer_connected: bool,
     /// The start-up check's thread, until [`crate::autorepair::watch`] takes it.
     check: Mutex<Option<JoinHandle<Vec<String>>>>,
 }
@@ -242,7 +248,7 @@ impl VolumeHandle {
             Ok(reads) => reads,
             Err(e) => return cannot(why, e.into()),
         };
-        let (stats, clean) = match open_reader_at(&reads.path, reads.immutable)
+        let (stats, clean) = match open_reader_at(&reads.path, reads.immutable, &Arc::default())
             .and_then(|r| Ok((r.stats()?, r.meta("clean")?)))
         {
             Ok(read) => read,
@@ -297,6 +303,7 @@ impl VolumeHandle {
         }));
         let (tx, rx) = crossbeam_channel::unbounded();
         let commits = Arc::new(AtomicU64::new(0));
+        let writer_connected = desktop.is_some();
         let writer = Writer::new(
             desktop,
             lock,
@@ -325,11 +332,13 @@ impl VolumeHandle {
             read_only_reason: opened.read_only_reason,
             reads: opened.reads,
             immutable: opened.immutable,
+            read_connections: Arc::default(),
+            writer_connected,
             check: Mutex::new(None),
         });
-        spawn_name_index_load(&handle.reads, handle.immutable, &root, handle.names.clone());
-        *handle.check.lock().unwrap() =
-            spawn_check(&handle.reads, handle.immutable, &root, state.clone());
+        let (reads, immutable, count) = (&handle.reads, handle.immutable, &handle.read_connections);
+        spawn_name_index_load(reads, immutable, count, &root, handle.names.clone());
+        *handle.check.lock().unwrap() = spawn_check(reads, immutable, count, &root, state.clone());
         Ok(handle)
     }
 
@@ -355,9 +364,20 @@ impl VolumeHandle {
         }
     }
 
-    /// A read connection to this opening's desktop.
-    pub fn open_reader(&self) -> deskd_db::Result<deskd_db::Reader> {
-        open_reader_at(&self.reads, self.immutable)
+    /// A read connection to this opening's desktop, within the server's mapping budget.
+    pub fn open_reader(&self) -> deskd_db::Result<MappedReader> {
+        open_reader_at(&self.reads, self.immutable, &self.read_connections)
+    }
+
+    /// A read connection that maps nothing (outside the `mmap_total` budget): for the metrics,
+    /// which read a few rows per scrape and should not hold a client's share of the budget.
+    pub(crate) fn open_unmapped_reader(&self) -> deskd_db::Result<deskd_db::Reader> {
+        deskd_db::Reader::open_mapped(&self.reads, self.immutable, 0)
+    }
+
+    /// The file read connections map (the desktop, or the copy reads are served from).
+    pub(crate) fn reads_path(&self) -> &Path {
+        &self.reads
     }
 
     /// Status of this volume, read through `reader`, with the state of its running or last

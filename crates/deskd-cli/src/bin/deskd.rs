@@ -92,9 +92,9 @@ enum Command {
         /// tables of --config (a reload re-reads the file and keeps these).
         volumes: Vec<PathBuf>,
     },
-    /// Show each volume: path, objects, last flush, clean flag, freeze, and its active users
-    /// (the connected clients: uid, pid, program, since, TCP peer; others' only to the volume's
-    /// owner and root).
+    /// Show each volume: path, objects, last flush, clean flag, freeze, memory, and its active
+    /// users (the connected clients: uid, pid, program, since, TCP peer; others' only to the
+    /// volume's owner and root); then the server's memory (RssAnon, RssFile, VmHWM, mappings).
     Status {
         /// Only this volume (default: every volume the server serves).
         #[arg(long)]
@@ -603,6 +603,9 @@ fn run(cli: Run) -> Result<ExitCode> {
         Command::Status { volume, json, .. } => {
             let (mut client, vol) = connect_for(connection, &volume)?;
             let statuses = client.status(vol).map_err(|e| anyhow!("{e}"))?;
+            // A server that predates the figures answers BadRequest: status goes on without.
+            let memory = client.memory().ok();
+            let memory = memory.as_ref();
             for s in statuses {
                 let root = display_bytes(&s.root);
                 if json {
@@ -631,6 +634,8 @@ fn run(cli: Run) -> Result<ExitCode> {
                         })),
                         "clients": deskd_cli::active_users::json(&s),
                         "hidden_clients": s.hidden_clients,
+                        "memory": deskd_cli::memory_figures::volume_json(memory, s.vol),
+                        "server_memory": deskd_cli::memory_figures::server_json(memory),
                     });
                     println!("{v}");
                 } else {
@@ -694,9 +699,17 @@ fn run(cli: Run) -> Result<ExitCode> {
                             s.check_problems.join("; ")
                         );
                     }
+                    if let Some(line) = deskd_cli::memory_figures::volume_line(memory, s.vol) {
+                        println!("{line}");
+                    }
                     for line in deskd_cli::active_users::text_lines(&s) {
                         println!("{line}");
                     }
+                }
+            }
+            if let (Some(m), false) = (memory, json) {
+                for line in deskd_cli::memory_figures::server_lines(m) {
+                    println!("{line}");
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -142,7 +142,7 @@ fn counter_and_objects(shared: &Shared, handle: &VolumeHandle) -> (Option<u64>, 
     let fresh =
         !matches!(readers.get(&handle.index), Some((opening, _)) if *opening == handle.opening);
     if fresh {
-        match handle.open_reader() {
+        match handle.open_unmapped_reader() {
             Ok(reader) => {
                 readers.insert(handle.index, (handle.opening, reader));
             }

@@ -1,0 +1,130 @@
+//! The server's memory figures as `deskd status` prints them (docs/PERFORMANCE.md, "Memory").
+
+use deskd_proto::{ServerMemory, VolumeId, VolumeMemory};
+
+/// The figures of volume `vol`, if the server sent them.
+fn of_volume(m: &ServerMemory, vol: VolumeId) -> Option<&VolumeMemory> {
+    m.volumes.iter().find(|v| v.vol == vol)
+}
+
+/// The `memory` object of a volume's JSON line (null when the server sent none for it).
+pub fn volume_json(m: Option<&ServerMemory>, vol: VolumeId) -> serde_json::Value {
+    match m.and_then(|m| of_volume(m, vol)) {
+        None => serde_json::Value::Null,
+        Some(v) => serde_json::json!({
+            "desktop_bytes": v.desktop_bytes,
+            "mappings": v.mappings,
+            "mapped_bytes": v.mapped,
+            "mapped_resident_bytes": v.mapped_resident,
+            "sqlite_connections": v.connections,
+            "name_index_bytes": v.name_index,
+            "page_cache_limit_bytes": v.page_cache_limit,
+        }),
+    }
+}
+
+/// The `server_memory` object every JSON line carries (null from a server that predates it).
+pub fn server_json(m: Option<&ServerMemory>) -> serde_json::Value {
+    match m {
+        None => serde_json::Value::Null,
+        Some(m) => serde_json::json!({
+            "rss_anon_bytes": m.rss_anon,
+            "rss_file_bytes": m.rss_file,
+            "vm_hwm_bytes": m.vm_hwm,
+            "sqlite_connections": m.sqlite_connections,
+            "mapped_bytes": m.mapped,
+            "mapped_resident_bytes": m.mapped_resident,
+            "mmap_total_bytes": m.mmap_total,
+            "mmap_granted_bytes": m.mmap_granted,
+            "short_readers": m.short_readers,
+            "gather_millis": m.gather_millis,
+        }),
+    }
+}
+
+/// `12.3 MiB`.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// The `memory:` line of a volume in the text output.
+pub fn volume_line(m: Option<&ServerMemory>, vol: VolumeId) -> Option<String> {
+    let v = m.and_then(|m| of_volume(m, vol))?;
+    Some(format!(
+        "  memory:       {} mapped ({} resident) in {} mapping(s) of a {} desktop; \
+         name index {}; page caches up to {} ({} SQLite connection(s))",
+        mib(v.mapped),
+        mib(v.mapped_resident),
+        v.mappings,
+        mib(v.desktop_bytes),
+        mib(v.name_index),
+        mib(v.page_cache_limit),
+        v.connections,
+    ))
+}
+
+/// The server's lines after the volumes in the text output.
+pub fn server_lines(m: &ServerMemory) -> Vec<String> {
+    vec![
+        "server memory".to_owned(),
+        format!(
+            "  anonymous:    {} (RssAnon: what deskd itself uses)",
+            mib(m.rss_anon)
+        ),
+        format!(
+            "  file pages:   {} (RssFile: each mapping of a desktop counts its pages again)",
+            mib(m.rss_file)
+        ),
+        format!("  peak:         {} (VmHWM)", mib(m.vm_hwm)),
+        format!(
+            "  desktops:     {} mapped, {} resident, {} SQLite connection(s)",
+            mib(m.mapped),
+            mib(m.mapped_resident),
+            m.sqlite_connections
+        ),
+        format!(
+            "  mmap_total:   {} granted of {}{}",
+            mib(m.mmap_granted),
+            mib(m.mmap_total),
+            match m.short_readers {
+                0 => String::new(),
+                n => format!("; {n} read connection(s) read part of a desktop with pread"),
+            }
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_volume_without_figures_is_null_and_has_no_line() {
+        let m = ServerMemory::default();
+        assert!(volume_json(Some(&m), 3).is_null());
+        assert!(volume_json(None, 0).is_null());
+        assert!(server_json(None).is_null());
+        assert_eq!(volume_line(Some(&m), 3), None);
+    }
+
+    #[test]
+    fn the_text_says_what_each_figure_is() {
+        let m = ServerMemory {
+            rss_anon: 146 << 20,
+            rss_file: 572 << 20,
+            short_readers: 2,
+            volumes: vec![VolumeMemory {
+                vol: 0,
+                mapped: 144 << 20,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = server_lines(&m).join("\n");
+        assert!(text.contains("146.0 MiB (RssAnon"), "{text}");
+        assert!(text.contains("2 read connection(s) read part"), "{text}");
+        let line = volume_line(Some(&m), 0).unwrap();
+        assert!(line.contains("144.0 MiB mapped"), "{line}");
+        assert_eq!(server_json(Some(&m))["rss_file_bytes"], 572u64 << 20);
+    }
+}
