@@ -167,6 +167,14 @@ fn metrics_show_what_two_volumes_went_through_and_promtool_accepts_them() {
     assert_eq!(value(&m, "deskd_check_ok", &rw_l), 1.0);
     assert_eq!(value(&m, "deskd_check_problems", &rw_l), 0.0);
     assert!(value(&m, "deskd_check_time_seconds", &rw_l) > now() - 600.0);
+    // The memory figures `deskd status` shows: the process's, and the desktop's mappings.
+    assert!(value(&m, "deskd_memory_anonymous_bytes", &[]) > 1e6);
+    assert!(value(&m, "deskd_memory_peak_resident_bytes", &[]) > 1e6);
+    assert!(value(&m, "deskd_mmap_total_bytes", &[]) > 0.0);
+    assert!(value(&m, "deskd_volume_mapped_bytes", &rw_l) > 0.0);
+    assert!(m.contains_key(&format!(
+        "deskd_volume_name_index_bytes{{volume=\"{rw_label}\"}}"
+    )));
     // The scan rebuild: done, the damage among its differences.
     assert!(value(&m, "deskd_rebuild_differences", &rw_l) >= 1.0);
     assert!(value(&m, "deskd_rebuild_objects_walked", &rw_l) >= 21.0);

@@ -36,9 +36,9 @@ mod figures;
 mod hints;
 mod limits;
 mod location;
-mod metrics;
 mod mapped_reader;
 mod memory;
+mod metrics;
 mod mmap_budget;
 #[cfg(test)]
 mod module_graph;
