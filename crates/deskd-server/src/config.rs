@@ -99,6 +99,43 @@ pub struct ServerPrefs {
     pub max_connections_per_uid: Option<usize>,
     /// Seconds a started frame (and the handshake) may take to arrive whole (default 10).
     pub frame_timeout: Option<u64>,
+    /// Serve `/metrics`, the admin page and its actions over HTTP at this address (`HOST:PORT`;
+    /// off when not set). Needs `http_token_file` or `token_file`.
+    pub http_listen: Option<String>,
+    /// Who must show the admin token: `actions` (default: reading is open) or `all`.
+    pub http_auth: Option<HttpAuth>,
+    /// The admin page's own token; without it, the TCP `token_file`'s token.
+    pub http_token_file: Option<PathBuf>,
+    /// Host names (besides IP addresses and `localhost`) the HTTP side answers to.
+    pub http_hosts: Option<Vec<String>>,
+    /// Most HTTP connections open at once (default 1024); more are closed at once.
+    pub http_max_connections: Option<usize>,
+    /// Where the admin page's backup action writes (a new file per run); no backup action
+    /// without it.
+    pub backup_dir: Option<PathBuf>,
+}
+
+/// Who must show the admin token on the HTTP side (`http_auth`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpAuth {
+    /// Reading (the page, `/api/status`, `/metrics`) is open; actions need the token.
+    #[default]
+    Actions,
+    /// Everything but the page's static HTML needs the token.
+    All,
+}
+
+/// Resolved HTTP settings (`http_listen` and its companions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    pub listen: String,
+    pub auth: HttpAuth,
+    /// `http_token_file`, else `token_file`.
+    pub token_file: PathBuf,
+    pub hosts: Vec<String>,
+    pub max_connections: usize,
+    pub backup_dir: Option<PathBuf>,
 }
 
 /// The whole configuration file.
@@ -178,6 +215,8 @@ pub struct Config {
     pub limits: Limits,
     /// TCP listener, when `listen` is set.
     pub tcp: Option<TcpConfig>,
+    /// HTTP listener, when `http_listen` is set.
+    pub http: Option<HttpConfig>,
     pub state_dir: PathBuf,
     pub volumes: Vec<VolumeConfig>,
 }
@@ -280,6 +319,22 @@ impl ConfigFile {
                 max_connections: self.server.tcp_max_connections.unwrap_or(1024).max(1),
             }),
         };
+        let http = match &self.server.http_listen {
+            None => None,
+            Some(listen) => Some(HttpConfig {
+                listen: listen.clone(),
+                auth: self.server.http_auth.unwrap_or_default(),
+                token_file: self
+                    .server
+                    .http_token_file
+                    .clone()
+                    .or_else(|| self.server.token_file.clone())
+                    .ok_or(ServerError::HttpWithoutToken)?,
+                hosts: self.server.http_hosts.clone().unwrap_or_default(),
+                max_connections: self.server.http_max_connections.unwrap_or(1024).max(1),
+                backup_dir: self.server.backup_dir.clone(),
+            }),
+        };
         let defaults = Limits::default();
         let limits = Limits {
             max_connections: self
@@ -302,6 +357,7 @@ impl ConfigFile {
             socket,
             limits,
             tcp,
+            http,
             state_dir,
             volumes,
         })
