@@ -343,6 +343,14 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+
+    /// The server's figures in the Prometheus text format, as much as this peer may see.
+    pub fn metrics(&mut self) -> Result<String> {
+        match self.call(Request::Metrics)? {
+            Response::Metrics(text) => Ok(text),
+            other => Err(unexpected(other)),
+        }
+    }
 }
 
 /// Connect to the first address of `addr` that answers, each try bounded by `timeout`.

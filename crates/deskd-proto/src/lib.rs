@@ -432,6 +432,10 @@ pub enum Request {
         /// The job number [`Response::RebuildStarted`] gave.
         job: u64,
     },
+    /// The server's figures in the Prometheus text format (`deskd metrics`), as much as the
+    /// asker may see of them (the same rule as `Status`; docs/protocol.md). Added after
+    /// protocol 3 without a version change: a server that predates it answers `BadRequest`.
+    Metrics,
 }
 
 /// What a rebuild does (see `deskd rebuild`).
@@ -566,7 +570,7 @@ impl Request {
     pub fn volume(&self) -> Option<VolumeId> {
         use Request::*;
         match self {
-            Volumes | OpenVolume { .. } => None,
+            Volumes | OpenVolume { .. } | Metrics => None,
             Status { vol } | Flush { vol } | Freeze { vol, .. } | Thaw { vol } => *vol,
             RebuildStart { vol, .. } | RebuildPoll { vol, .. } | RebuildCancel { vol, .. } => {
                 Some(*vol)
@@ -732,6 +736,8 @@ pub enum Response {
     Rebuild(RebuildState),
     /// Done, nothing to report (to the other changes and admin verbs).
     Done,
+    /// The Prometheus text exposition (to `Metrics`).
+    Metrics(String),
 }
 
 /// Typed error codes; the message says the rest.

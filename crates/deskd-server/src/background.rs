@@ -55,8 +55,12 @@ pub(crate) fn spawn_check(
         .name("check".into())
         .spawn(move || {
             let result = open_reader_at(&desktop, immutable).and_then(|r| r.quick_check());
+            let finished = Some(deskd_db::now_unix());
             match result {
-                Ok(problems) if problems.is_empty() => problems,
+                Ok(problems) if problems.is_empty() => {
+                    state.lock().unwrap().check_finished = finished;
+                    problems
+                }
                 Ok(problems) => {
                     error!(
                         "desktop check failed for [{}]: {}; run `deskd rebuild {}` to repair it",
@@ -64,13 +68,17 @@ pub(crate) fn spawn_check(
                         problems.join("; "),
                         root.display()
                     );
-                    state.lock().unwrap().check_problems = problems.clone();
+                    let mut state = state.lock().unwrap();
+                    state.check_problems = problems.clone();
+                    state.check_finished = finished;
                     problems
                 }
                 Err(e) => {
                     error!("desktop check of [{}] could not run: {e}", root.display());
                     let problems = vec![e.to_string()];
-                    state.lock().unwrap().check_problems = problems.clone();
+                    let mut state = state.lock().unwrap();
+                    state.check_problems = problems.clone();
+                    state.check_finished = finished;
                     problems
                 }
             }

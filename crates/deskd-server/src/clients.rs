@@ -5,7 +5,7 @@
 //! (end of input, an error, a frame timeout, shutdown, a panic). Its size is bounded by the
 //! connection limits, since every entry is an open connection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use deskd_proto::ClientStatus;
 
 use crate::audit;
+use crate::figures::{Latencies, RequestFigures, RequestKey};
 
 /// One open connection.
 #[derive(Debug)]
@@ -33,6 +34,8 @@ pub(crate) struct Client {
     pub(crate) who: Arc<str>,
     /// Volume handles this connection has used, in the order first used.
     volumes: Mutex<Vec<u32>>,
+    /// The requests it made, by volume and kind, with their latencies (`/metrics`).
+    pub(crate) requests: RequestFigures,
 }
 
 impl Client {
@@ -69,6 +72,7 @@ impl Client {
             tcp,
             who,
             volumes: Mutex::new(Vec::new()),
+            requests: RequestFigures::default(),
         }
     }
 
@@ -109,6 +113,9 @@ fn program_of(pid: u32) -> Option<String> {
 pub(crate) struct Clients {
     open: Mutex<BTreeMap<u64, Arc<Client>>>,
     next: AtomicU64,
+    /// The requests of connections already closed, by uid (None: TCP or unknown), volume and
+    /// kind. Bounded: uids times served handles times kinds.
+    closed: Mutex<HashMap<(Option<u32>, RequestKey), Latencies>>,
 }
 
 /// A connection's place in [`Clients`]; dropping it removes the connection.
@@ -120,7 +127,16 @@ pub(crate) struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.clients.open.lock().unwrap().remove(&self.key);
+        // Both locks at once (open, then closed, as a scrape takes them): a scrape sees the
+        // connection's requests either open or closed, never neither nor both, so no counter
+        // seems to go back.
+        let mut open = self.clients.open.lock().unwrap();
+        let mut closed = self.clients.closed.lock().unwrap();
+        let uid = self.client.uid;
+        self.client.requests.each(|key, cell| {
+            closed.entry((uid, key)).or_default().add(cell);
+        });
+        open.remove(&self.key);
     }
 }
 
@@ -160,6 +176,43 @@ impl Clients {
             }
         }
         shown
+    }
+
+    /// The requests of every connection, open or closed, whose uid `counts` (None: a TCP
+    /// connection or an unknown uid) for the volume, summed by volume and kind.
+    pub(crate) fn requests(
+        &self,
+        counts: impl Fn(Option<u32>, u32) -> bool,
+    ) -> HashMap<RequestKey, Latencies> {
+        let mut sum: HashMap<RequestKey, Latencies> = HashMap::new();
+        // Open, then closed, both held (as [`Registration`]'s drop takes them).
+        let open = self.open.lock().unwrap();
+        for client in open.values() {
+            client.requests.each(|key, cell| {
+                if counts(client.uid, key.0) {
+                    sum.entry(key).or_default().add(cell);
+                }
+            });
+        }
+        for (&(uid, key), cell) in self.closed.lock().unwrap().iter() {
+            if counts(uid, key.0) {
+                sum.entry(key).or_default().add(cell);
+            }
+        }
+        sum
+    }
+
+    /// Open connections per transport: (local, TCP).
+    pub(crate) fn per_transport(&self) -> (u64, u64) {
+        let open = self.open.lock().unwrap();
+        let tcp = open.values().filter(|c| c.tcp.is_some()).count() as u64;
+        (open.len() as u64 - tcp, tcp)
+    }
+
+    /// Open connections that have used volume `vol` (`Status` shows them or counts them).
+    pub(crate) fn of_volume_count(&self, vol: u32) -> u64 {
+        let open = self.open.lock().unwrap();
+        open.values().filter(|c| c.has_used(vol)).count() as u64
     }
 
     /// How many connections are open (tests).

@@ -43,8 +43,19 @@ pub(crate) struct ReplySink {
     /// detailed refusals (`still exists on disk`, with the path) would name it.
     unseen_errors: bool,
     /// The connection, as the registry of live connections holds it (who asked, for the
-    /// audit log).
+    /// audit log; its request figures).
     client: Arc<Client>,
+    /// The request this reply answers, counted with its latency when the reply is queued
+    /// (None: an answer to no request, such as a bad frame).
+    timing: Option<Timing>,
+}
+
+/// When a request arrived, and what it was, for its latency figure ([`crate::figures`]).
+#[derive(Clone, Copy)]
+struct Timing {
+    began: Instant,
+    vol: u32,
+    kind: u8,
 }
 
 impl ReplySink {
@@ -56,6 +67,7 @@ impl ReplySink {
             access: access.clone(),
             unseen_errors: false,
             client: client.clone(),
+            timing: None,
         }
     }
 }
@@ -69,6 +81,10 @@ impl ReplyTo for ReplySink {
     /// Buffer the reply; it leaves with the next flush on this connection, so a burst of
     /// pipelined replies costs one write.
     fn queue(&self, result: Reply) {
+        if let Some(t) = self.timing {
+            let took = t.began.elapsed();
+            (self.client.requests).record(t.vol, t.kind, took, result.is_err());
+        }
         let frame = ReplyFrame {
             id: self.id,
             result: result.map_err(|e| {
@@ -271,7 +287,8 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let sink = ReplySink::new(&writer, frame.id, &conn.access, &conn.client);
+        let mut sink = ReplySink::new(&writer, frame.id, &conn.access, &conn.client);
+        sink.timing = Some(conn.timing(&frame.request));
         // More requests already received: answer them before flushing (pipelining).
         let more = !input.buffer().is_empty();
         conn.dispatch(frame.request, sink, more);
@@ -566,6 +583,20 @@ impl Connection {
         }
     }
 
+    /// The latency figure's key for `request`, timed from now. A handle the server never gave
+    /// out counts as no volume: a peer cannot grow the figures by naming numbers.
+    fn timing(&self, request: &Request) -> Timing {
+        let vol = request
+            .volume()
+            .filter(|v| self.volumes_used.contains(v) || self.shared.is_handle(*v))
+            .unwrap_or(crate::figures::NO_VOLUME);
+        Timing {
+            began: Instant::now(),
+            vol,
+            kind: crate::figures::kind_of(request),
+        }
+    }
+
     fn dispatch(&mut self, mut request: Request, mut sink: ReplySink, more_pending: bool) {
         self.prune_readers();
         // Asking for status is no use of a volume (a monitor is not an active user).
@@ -701,6 +732,20 @@ impl Connection {
                     out.push(status);
                 }
                 Ok(Response::Status(out))
+            }
+            Request::Metrics => {
+                let view = if self.access.is_trusted() {
+                    crate::metrics::View::Full
+                } else {
+                    match self.peer {
+                        Peer::Unix { uid } => crate::metrics::View::Peer { uid },
+                        Peer::Tcp { .. } => crate::metrics::View::Full,
+                    }
+                };
+                Ok(Response::Metrics(crate::metrics::render(
+                    &self.shared,
+                    view,
+                )))
             }
             Request::Flush { vol } => self.control(vol, "flush", |_, tx| Job::Flush(tx)),
             Request::Freeze { vol, seconds } => {

@@ -30,9 +30,11 @@ mod conn;
 mod db_reply;
 mod desktop_lock;
 mod error;
+mod figures;
 mod hints;
 mod limits;
 mod location;
+mod metrics;
 #[cfg(test)]
 mod module_graph;
 mod outbox;
@@ -65,6 +67,7 @@ pub use config::{
 };
 use conn::Peer;
 pub use error::{ServerError, VolumeFailure};
+pub use metrics::MetricsSource;
 use shared::{Shared, Slot, TcpAccess, TcpSlot};
 use volume::VolumeHandle;
 use writer::Job;
@@ -238,6 +241,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             tcp: tcp_access,
             limits: Arc::new(limits::ConnectionLimits::new(config.limits, server_uid)),
+            metrics: metrics::State::new(),
         });
         for handle in shared.volumes() {
             autorepair::watch(&shared.rebuilds, &handle);
@@ -333,6 +337,18 @@ impl Server {
         for handle in self.shared.volumes() {
             audit::log(&who, handle.volume.root(), what);
         }
+    }
+
+    /// Every figure of every served volume in the Prometheus text format (what `GET /metrics`
+    /// serves). Never waits for a writer: a freeze or a long rebuild does not delay it.
+    pub fn metrics_text(&self) -> String {
+        self.metrics().text()
+    }
+
+    /// A cheap, cloneable handle whose [`MetricsSource::text`] gives [`Server::metrics_text`]
+    /// from any thread, for as long as the process runs.
+    pub fn metrics(&self) -> MetricsSource {
+        MetricsSource::new(self.shared.clone())
     }
 
     /// How many volumes are served (those that failed to open are not).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use deskd_proto::{ErrorCode, ErrorReply};
 
 use crate::volume::VolumeHandle;
-use crate::{clients, limits, rebuild};
+use crate::{clients, limits, metrics, rebuild};
 
 /// What TCP connections need: the token they must prove they hold (re-read from its file on
 /// [`crate::Server::reconfigure`]), and whether they may use the admin verbs. All but the address
@@ -91,6 +91,8 @@ pub struct Shared {
     pub(crate) rebuilds: rebuild::Registry,
     /// The open connections (`deskd status`'s active users).
     pub(crate) clients: Arc<clients::Clients>,
+    /// What `/metrics` keeps between scrapes (the start time, its read connections).
+    pub(crate) metrics: metrics::State,
 }
 
 impl Shared {

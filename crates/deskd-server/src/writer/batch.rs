@@ -125,6 +125,7 @@ impl Writer {
             Err(e) if is_busy(&e) => self.busy_wait(writes),
             Ok(Attempt::Done(replies)) => {
                 tracing::debug!(batch = replies.len(), "committed");
+                self.figures.batch(replies.len());
                 self.busy_over();
                 // Before any acknowledgement: readers must see this commit from now on.
                 self.committed();

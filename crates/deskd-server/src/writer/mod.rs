@@ -41,6 +41,7 @@ mod tests;
 use crate::access::Access;
 use crate::apply::Reply;
 use crate::config::VolumeConfig;
+use crate::figures::CommitFigures;
 use crate::limits::RateLimited;
 use crate::private_temp::PrivateTemp;
 use crate::space;
@@ -125,11 +126,14 @@ pub(crate) struct SharedState {
     pub(crate) frozen_until: Option<i64>,
     pub(crate) clean_at_start: bool,
     pub(crate) check_problems: Vec<String>,
+    /// Unix time the start-up check ended (None while it runs).
+    pub(crate) check_finished: Option<i64>,
 }
 
-/// A volume's writer as its thread and the connection threads share it ([`Writer::spawn`]).
+/// A volume's writer as its thread and the connection threads share it ([`Writer::spawn`]),
+/// and its batch sizes, which a scrape reads without the writer.
 #[derive(Clone)]
-pub(crate) struct WriterShare(Arc<Mutex<Writer>>);
+pub(crate) struct WriterShare(Arc<Mutex<Writer>>, Arc<CommitFigures>);
 
 /// Most writes taken into one transaction.
 const MAX_BATCH: usize = 4096;
@@ -168,6 +172,8 @@ pub(crate) struct Writer {
     /// While the writer thread waits for its queue: until when (`Some(None)`: with no timer).
     /// A commit made meanwhile on another thread wakes it when its timers need an earlier turn.
     sleeping_until: Option<Option<Instant>>,
+    /// Sizes of the committed client batches (`/metrics`).
+    figures: Arc<CommitFigures>,
 }
 
 /// How often the log may say that space is short (a nearly full disk affects every commit).
@@ -207,6 +213,7 @@ impl Writer {
             temp_copy,
             busy: None,
             sleeping_until: None,
+            figures: Arc::default(),
         }
     }
 
@@ -214,7 +221,8 @@ impl Writer {
     /// it is told to close or shut down. The returned share lets the thread that read a lone
     /// write commit it itself when this thread is idle ([`WriterShare::commit_alone`]).
     pub(crate) fn spawn(self, index: u32, rx: Receiver<Job>) -> std::io::Result<WriterShare> {
-        let share = WriterShare(Arc::new(Mutex::new(self)));
+        let figures = self.figures.clone();
+        let share = WriterShare(Arc::new(Mutex::new(self)), figures);
         let thread_share = share.clone();
         std::thread::Builder::new()
             .name(format!("writer-{index}"))
@@ -224,6 +232,11 @@ impl Writer {
 }
 
 impl WriterShare {
+    /// The sizes of the batches committed so far (read without the writer's lock).
+    pub(crate) fn figures(&self) -> &CommitFigures {
+        &self.1
+    }
+
     /// The writer, for its own thread (a panic elsewhere while holding it ends the writer
     /// as a panic on its thread did).
     fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {

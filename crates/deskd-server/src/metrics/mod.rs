@@ -1,0 +1,440 @@
+//! The server's figures in the Prometheus text format, for `GET /metrics` and `deskd metrics`.
+//!
+//! A scrape never waits for a writer: it reads what the writer publishes without its lock
+//! (the commit count and batch sizes as atomics, the flush, freeze and check state under the
+//! small state mutex the writer holds only to store a value), the connections' own request
+//! figures ([`crate::figures`]), the name index's size for the object count, the rebuild job's
+//! progress, and the ID counter through a read connection of its own (WAL readers never wait
+//! for the writer). A freeze or a long rebuild leaves every one of these readable.
+//!
+//! What a peer is shown follows `deskd status`'s rule (docs/protocol.md, "What a local user
+//! may see"): see [`View`].
+
+mod text;
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex};
+
+use deskd_db::{now_unix, Read, Reader};
+
+use crate::figures::{self, Latencies, KINDS, LATENCY_BOUNDS_NS, NO_VOLUME};
+use crate::shared::Shared;
+use crate::volume::VolumeHandle;
+use text::{Exposition, Type};
+
+/// What the asker may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum View {
+    /// Everything: root, a TCP client holding the token, the HTTP listener.
+    Full,
+    /// A local user (not root). As `Status` shows it other users' clients only as a count, it
+    /// is shown the requests of its own uid only, except on the volumes it owns (where it is
+    /// the admin and `Status` shows it everything); the server-wide connections per transport
+    /// (which `Status` does not give it) are left out.
+    Peer { uid: Option<u32> },
+}
+
+/// What the metrics keep between scrapes: when the server started, and one read connection
+/// per volume opening for the ID counter (opening one per scrape would cost more than the
+/// whole rest of a scrape).
+pub(crate) struct State {
+    started: i64,
+    readers: Mutex<HashMap<u32, (u64, Reader)>>,
+}
+
+impl State {
+    pub(crate) fn new() -> State {
+        State {
+            started: now_unix(),
+            readers: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// A cheap, cloneable way to get the whole server's metrics text, for a thread of its own
+/// (the HTTP listener): [`crate::Server::metrics`].
+#[derive(Clone)]
+pub struct MetricsSource {
+    shared: Arc<Shared>,
+}
+
+impl MetricsSource {
+    pub(crate) fn new(shared: Arc<Shared>) -> MetricsSource {
+        MetricsSource { shared }
+    }
+
+    /// Every figure of every served volume, in the Prometheus text format (0.0.4).
+    pub fn text(&self) -> String {
+        render(&self.shared, View::Full)
+    }
+}
+
+/// What one volume shows, gathered before any family is written (a family's samples must
+/// be contiguous).
+struct VolumeFigures {
+    label: String,
+    handle: Arc<VolumeHandle>,
+    objects: Option<u64>,
+    last_id: Option<u32>,
+    state: crate::writer::SharedState,
+    wal_bytes: u64,
+    clients: u64,
+    rebuild: Option<deskd_proto::RebuildState>,
+    batches: figures::BatchSizes,
+}
+
+/// The text for `view`.
+pub(crate) fn render(shared: &Shared, view: View) -> String {
+    let volumes: Vec<VolumeFigures> = shared
+        .volumes()
+        .into_iter()
+        .map(|handle| gather(shared, handle))
+        .collect();
+    prune_readers(shared, &volumes);
+    let mut out = Exposition::default();
+    out.family(
+        "deskd_build_info",
+        Type::Gauge,
+        "Always 1; the version label says which deskd runs.",
+    );
+    out.sample(
+        "deskd_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1u64,
+    );
+    out.family(
+        "deskd_start_time_seconds",
+        Type::Gauge,
+        "Unix time the server started.",
+    );
+    out.sample("deskd_start_time_seconds", &[], shared.metrics.started);
+    if view == View::Full {
+        let (local, tcp) = shared.clients.per_transport();
+        out.family(
+            "deskd_connections",
+            Type::Gauge,
+            "Open client connections, by transport.",
+        );
+        out.sample("deskd_connections", &[("transport", "unix")], local);
+        out.sample("deskd_connections", &[("transport", "tcp")], tcp);
+    }
+    per_volume(&mut out, &volumes);
+    requests(&mut out, shared, view, &volumes);
+    out.finish()
+}
+
+/// Read what a scrape shows of one volume.
+fn gather(shared: &Shared, handle: Arc<VolumeHandle>) -> VolumeFigures {
+    let label = String::from_utf8_lossy(handle.volume.root().as_os_str().as_bytes()).into_owned();
+    let state = handle.state.lock().unwrap().clone();
+    let (objects, last_id) = counter_and_objects(shared, &handle);
+    VolumeFigures {
+        label,
+        objects,
+        last_id,
+        state,
+        wal_bytes: std::fs::metadata(deskd_db::wal_path(&handle.desktop_path))
+            .map(|m| m.len())
+            .unwrap_or(0),
+        clients: shared.clients.of_volume_count(handle.index),
+        rebuild: shared
+            .rebuilds
+            .current(&handle)
+            .map(|job| job.state(u64::MAX)),
+        batches: handle.writer.figures().read(),
+        handle,
+    }
+}
+
+/// The object count (the name index's names and the root, or counted by the reader while
+/// the index still loads) and the ID counter, through this volume's cached read connection.
+fn counter_and_objects(shared: &Shared, handle: &VolumeHandle) -> (Option<u64>, Option<u32>) {
+    let mut readers = shared.metrics.readers.lock().unwrap();
+    let fresh =
+        !matches!(readers.get(&handle.index), Some((opening, _)) if *opening == handle.opening);
+    if fresh {
+        match handle.open_reader() {
+            Ok(reader) => {
+                readers.insert(handle.index, (handle.opening, reader));
+            }
+            Err(e) => {
+                tracing::debug!(volume = %handle.volume.root().display(),
+                    "metrics: cannot open a reader: {e}");
+                readers.remove(&handle.index);
+            }
+        }
+    }
+    let reader = readers.get(&handle.index).map(|(_, r)| r);
+    let last_id = reader
+        .and_then(|r| r.meta("last_id").ok())
+        .map(|v| v.unwrap_or(0) as u32);
+    let objects = match handle.names.names() {
+        Some(names) => Some(names as u64 + 1),
+        None => reader.and_then(|r| r.stats().ok()).map(|s| s.objects),
+    };
+    (objects, last_id)
+}
+
+/// Close the read connections of volumes no longer served (or reopened).
+fn prune_readers(shared: &Shared, volumes: &[VolumeFigures]) {
+    shared
+        .metrics
+        .readers
+        .lock()
+        .unwrap()
+        .retain(|index, (opening, _)| {
+            volumes
+                .iter()
+                .any(|v| v.handle.index == *index && v.handle.opening == *opening)
+        });
+}
+
+/// One gauge (or counter) family with a sample per volume where `value` has one.
+fn each_volume<V: text::Value>(
+    out: &mut Exposition,
+    volumes: &[VolumeFigures],
+    name: &str,
+    kind: Type,
+    help: &str,
+    value: impl Fn(&VolumeFigures) -> Option<V>,
+) {
+    out.family(name, kind, help);
+    for v in volumes {
+        if let Some(value) = value(v) {
+            out.sample(name, &[("volume", &v.label)], value);
+        }
+    }
+}
+
+fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
+    use Type::{Counter, Gauge};
+    let now = now_unix();
+    each_volume(
+        out,
+        volumes,
+        "deskd_volume_objects",
+        Gauge,
+        "Objects registered in the volume's desktop (the root included).",
+        |v| v.objects,
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_volume_ids_left",
+        Gauge,
+        "IDs the volume can still hand out before its 32-bit ID space runs out.",
+        |v| v.last_id.map(|id| u64::from(deskd_db::ids::ids_left(id))),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_volume_read_only",
+        Gauge,
+        "1 when writes are refused (configured, read-only file system, or full disk).",
+        |v| Some(v.handle.read_only()),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_volume_clean_at_start",
+        Gauge,
+        "0 when the previous session ended without a clean shutdown.",
+        |v| Some(v.state.clean_at_start),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_volume_clients",
+        Gauge,
+        "Open connections that have used the volume.",
+        |v| Some(v.clients),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_commits_total",
+        Counter,
+        "Transactions committed to the desktop (client batches and rebuild steps).",
+        |v| Some(v.handle.commits.load(std::sync::atomic::Ordering::Relaxed)),
+    );
+    out.family(
+        "deskd_commit_batch_requests",
+        Type::Histogram,
+        "Client requests per committed batch (group commit).",
+    );
+    let batch_bounds: Vec<f64> = figures::BATCH_BOUNDS.iter().map(|&b| b as f64).collect();
+    for v in volumes {
+        out.histogram(
+            "deskd_commit_batch_requests",
+            &[("volume", &v.label)],
+            &batch_bounds,
+            &v.batches.buckets,
+            v.batches.requests as f64,
+        );
+    }
+    each_volume(
+        out,
+        volumes,
+        "deskd_wal_bytes",
+        Gauge,
+        "Size of the desktop's write-ahead log (not yet checkpointed into .Desktop).",
+        |v| Some(v.wal_bytes),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_last_flush_time_seconds",
+        Gauge,
+        "Unix time of the last flush (TRUNCATE checkpoint); 0 if none since start.",
+        |v| Some(v.state.last_flush),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_frozen_until_time_seconds",
+        Gauge,
+        "Unix time the current freeze ends; 0 when not frozen.",
+        |v| Some(v.state.frozen_until.filter(|&t| t > now).unwrap_or(0)),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_check_ok",
+        Gauge,
+        "1 when the start-up check found the desktop sound, 0 when it found problems; \
+         absent while it runs.",
+        |v| {
+            v.state
+                .check_finished
+                .map(|_| v.state.check_problems.is_empty())
+        },
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_check_problems",
+        Gauge,
+        "Problems the start-up check found (0 while it runs or after a repair).",
+        |v| Some(v.state.check_problems.len() as u64),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_check_time_seconds",
+        Gauge,
+        "Unix time the start-up check ended; absent while it runs.",
+        |v| v.state.check_finished,
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_rebuild_running",
+        Gauge,
+        "1 while an online rebuild runs on the volume.",
+        |v| Some(v.rebuild.as_ref().is_some_and(|r| r.finished.is_none())),
+    );
+    out.family(
+        "deskd_rebuild_phase",
+        Type::Gauge,
+        "1 for the phase the running or last online rebuild is in (walking, planning, \
+         applying, done, failed, stopped).",
+    );
+    for v in volumes {
+        if let Some(r) = &v.rebuild {
+            out.sample(
+                "deskd_rebuild_phase",
+                &[("volume", &v.label), ("phase", &r.phase)],
+                1u64,
+            );
+        }
+    }
+    each_volume(
+        out,
+        volumes,
+        "deskd_rebuild_objects_walked",
+        Gauge,
+        "Objects the running or last online rebuild walked in its current pass.",
+        |v| v.rebuild.as_ref().map(|r| r.objects),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_rebuild_differences",
+        Gauge,
+        "Differences the running or last online rebuild found so far.",
+        |v| v.rebuild.as_ref().map(|r| r.next),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_rebuild_start_time_seconds",
+        Gauge,
+        "Unix time the running or last online rebuild started.",
+        |v| v.rebuild.as_ref().map(|r| r.started),
+    );
+}
+
+/// The request latency histograms and error counts, by volume and kind.
+fn requests(out: &mut Exposition, shared: &Shared, view: View, volumes: &[VolumeFigures]) {
+    let owner_of = |vol: u32| {
+        volumes
+            .iter()
+            .find(|v| v.handle.index == vol)
+            .map(|v| v.handle.owner_uid)
+    };
+    let counts = |uid: Option<u32>, vol: u32| match view {
+        View::Full => true,
+        View::Peer { uid: asker } => {
+            let admin = asker.is_some() && (asker == Some(0) || owner_of(vol) == asker);
+            admin || (asker.is_some() && uid == asker)
+        }
+    };
+    let sums = shared.clients.requests(counts);
+    let label_of = |vol: u32| -> Option<&str> {
+        if vol == NO_VOLUME {
+            return Some("");
+        }
+        volumes
+            .iter()
+            .find(|v| v.handle.index == vol)
+            .map(|v| v.label.as_str())
+    };
+    // In a stable order: volume handle, then kind; volumes no longer served are left out.
+    let mut rows: Vec<(&str, u32, &str, &Latencies)> = sums
+        .iter()
+        .filter_map(|(&(vol, kind), cell)| Some((label_of(vol)?, vol, KINDS[kind as usize], cell)))
+        .collect();
+    rows.sort_by_key(|&(_, vol, kind, _)| (vol, kind));
+    out.family(
+        "deskd_request_duration_seconds",
+        Type::Histogram,
+        "Time from a request's arrival to its answer, by volume and request kind \
+         (volume=\"\" for requests that name no single volume).",
+    );
+    let bounds: Vec<f64> = LATENCY_BOUNDS_NS
+        .iter()
+        .map(|&ns| ns as f64 / 1e9)
+        .collect();
+    for &(label, _, kind, cell) in &rows {
+        out.histogram(
+            "deskd_request_duration_seconds",
+            &[("volume", label), ("kind", kind)],
+            &bounds,
+            &cell.buckets,
+            cell.sum_ns as f64 / 1e9,
+        );
+    }
+    out.family(
+        "deskd_request_errors_total",
+        Type::Counter,
+        "Requests answered with an error, by volume and request kind.",
+    );
+    for &(label, _, kind, cell) in &rows {
+        out.sample(
+            "deskd_request_errors_total",
+            &[("volume", label), ("kind", kind)],
+            cell.errors,
+        );
+    }
+}
