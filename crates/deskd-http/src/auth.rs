@@ -182,10 +182,17 @@ mod tests {
         assert!(problem(&[("host", "evil.example:8470")]).is_some());
         assert!(problem(&[]).is_some());
         assert_eq!(
-            problem(&[("host", "127.0.0.1:8470"), ("origin", "http://127.0.0.1:8470")]),
+            problem(&[
+                ("host", "127.0.0.1:8470"),
+                ("origin", "http://127.0.0.1:8470")
+            ]),
             None
         );
-        assert!(problem(&[("host", "127.0.0.1:8470"), ("origin", "http://evil.example")]).is_some());
+        assert!(problem(&[
+            ("host", "127.0.0.1:8470"),
+            ("origin", "http://evil.example")
+        ])
+        .is_some());
         assert!(problem(&[("host", "127.0.0.1:8470"), ("origin", "null")]).is_some());
     }
 }

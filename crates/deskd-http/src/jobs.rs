@@ -334,7 +334,12 @@ fn follow_rebuild(mut run: RebuildRun, handle: JobHandle) {
                         }
                         Err(why) => job.finish(Err(why.clone())),
                     }
-                    tracing::info!(job = job.id, "http: {} ended: {:?}", job.action, job.outcome);
+                    tracing::info!(
+                        job = job.id,
+                        "http: {} ended: {:?}",
+                        job.action,
+                        job.outcome
+                    );
                     return;
                 }
             }

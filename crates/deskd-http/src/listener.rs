@@ -54,10 +54,11 @@ pub fn bind(options: Options) -> Result<Bound, HttpError> {
     if let Some(dir) = &options.backup_dir {
         check_backup_dir(dir)?;
     }
-    let listener = std::net::TcpListener::bind(&options.listen).map_err(|error| HttpError::Bind {
-        listen: options.listen.clone(),
-        error,
-    })?;
+    let listener =
+        std::net::TcpListener::bind(&options.listen).map_err(|error| HttpError::Bind {
+            listen: options.listen.clone(),
+            error,
+        })?;
     listener
         .set_nonblocking(true)
         .map_err(|error| HttpError::Bind {

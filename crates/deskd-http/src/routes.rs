@@ -55,7 +55,10 @@ pub async fn handle(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     Ok(answer)
 }
@@ -85,7 +88,10 @@ async fn route(state: &Arc<State>, peer: SocketAddr, request: Request<Incoming>)
             let metrics = state.metrics.clone();
             match tokio::task::spawn_blocking(move || metrics()).await {
                 Ok(text) => Response::builder()
-                    .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+                    .header(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )
                     .body(Full::new(Bytes::from(text)))
                     .expect("a valid response"),
                 Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "metrics failed"),
@@ -108,7 +114,10 @@ async fn route(state: &Arc<State>, peer: SocketAddr, request: Request<Incoming>)
                 Ok(Ok(view)) => json(StatusCode::OK, &view),
                 Ok(Err(why)) => {
                     tracing::warn!("http: status: {why}");
-                    error(StatusCode::BAD_GATEWAY, "deskd does not answer on its socket")
+                    error(
+                        StatusCode::BAD_GATEWAY,
+                        "deskd does not answer on its socket",
+                    )
                 }
                 Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "status failed"),
             }

@@ -62,9 +62,7 @@ use std::time::Duration;
 use deskd_proto::Stream;
 use tracing::{error, info};
 
-pub use config::{
-    Config, ConfigFile, HttpAuth, HttpConfig, TcpConfig, VolumeConfig, VolumePrefs,
-};
+pub use config::{Config, ConfigFile, HttpAuth, HttpConfig, TcpConfig, VolumeConfig, VolumePrefs};
 use conn::Peer;
 pub use error::{ServerError, VolumeFailure};
 pub use metrics::MetricsSource;

@@ -943,7 +943,18 @@ fn serve(
     ])
     .context("cannot install signal handlers")?;
     let configured = config.volumes.len();
+    // Checked and bound before the server starts: a bad http_* setting stops here.
+    let http = deskd_cli::http_side::bind(&config)?;
+    let http_at_start = config.http.clone();
     let server = Server::start(config).context("cannot start")?;
+    let http = match http {
+        Some(bound) => {
+            let source = server.metrics();
+            let metrics: deskd_http::MetricsFn = std::sync::Arc::new(move || source.text());
+            Some(bound.serve(metrics).context("cannot start the HTTP side")?)
+        }
+        None => None,
+    };
     // Under systemd (Type=notify): ready only now, with every volume open and the socket bound,
     // so file servers ordered after deskd find it answering.
     notify_systemd(&[
@@ -967,6 +978,16 @@ fn serve(
                 }
             };
             server.reconfigure(reloaded.as_ref());
+            if let Some(http) = &http {
+                if let Err(e) = http.reload_token() {
+                    tracing::error!("{e}; the previous HTTP token stays in force");
+                }
+            }
+            if let Some(c) = &reloaded {
+                if c.http != http_at_start {
+                    tracing::warn!("http_* and backup_dir settings change at the next start");
+                }
+            }
             if let Some(c) = &reloaded {
                 notify_systemd(&[sd_notify::NotifyState::Status(&format!(
                     "serving {} of {} volume(s)",
@@ -983,6 +1004,9 @@ fn serve(
         sd_notify::NotifyState::Stopping,
         sd_notify::NotifyState::Status("flushing desktops"),
     ]);
+    if let Some(http) = http {
+        http.shutdown();
+    }
     server.shutdown();
     Ok(ExitCode::SUCCESS)
 }
