@@ -118,6 +118,12 @@ if [ ${#examples[@]} -gt 0 ]; then
 fi
 install -m 644 contrib/deskd.toml "$doc/examples/deskd.toml"
 
+# Monitoring: the Prometheus alert rules (with their promtool unit tests) and the Grafana
+# dashboard (docs/deskd.md, "deskd metrics").
+install -d "$doc/examples/prometheus" "$doc/examples/grafana"
+install -m 644 contrib/prometheus/*.yml "$doc/examples/prometheus/"
+install -m 644 contrib/grafana/*.json "$doc/examples/grafana/"
+
 # Documentation, with the links between pages kept (README links docs/…).
 install -d "$doc/docs"
 install -m 644 README.md "$doc/"

@@ -29,6 +29,8 @@ command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 command -v strings >/dev/null 2>&1 || missing+=(binutils)
 # systemd-analyze checks the unit file in contrib/ (systemd need not be running).
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# promtool checks `deskd metrics` and the alert rules in contrib/prometheus (tests/metrics.rs).
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # script(1) gives `deskd backup VOL -` a terminal to refuse (tests/cli_options.rs).
 command -v script >/dev/null 2>&1 || missing+=(bsdutils)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -63,6 +63,7 @@ fn each_verb_lists_exactly_its_options() {
             ]),
         ),
         ("status", with_client(&["volume", "json"])),
+        ("metrics", with_client(&[])),
         ("flush", with_client(&["volume"])),
         ("freeze", with_client(&["volume"])),
         ("thaw", with_client(&["volume"])),

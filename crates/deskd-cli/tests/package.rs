@@ -152,6 +152,13 @@ fn the_package_lists_the_tools_units_pages_completions_and_sample_config() {
             "/usr/share/doc/deskd/examples/prov-backup/{example}"
         ));
     }
+    for (dir, suffix) in [("prometheus", ".yml"), ("grafana", ".json")] {
+        let files = contrib_files(dir, suffix);
+        assert!(!files.is_empty(), "nothing in contrib/{dir}");
+        for file in files {
+            want.push(format!("/usr/share/doc/deskd/examples/{dir}/{file}"));
+        }
+    }
     want.push("/etc/deskd/deskd.toml".into());
     want.push("/usr/share/doc/deskd/copyright".into());
     want.push("/usr/share/doc/deskd/README.md".into());

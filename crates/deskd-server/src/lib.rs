@@ -10,7 +10,9 @@
 //! desktop on a full file system is served read-only, and no commit takes the space its
 //! checkpoint needs (`space`). Every client claim is verified against the file system before
 //! the desktop changes (`apply`). Online rebuilds run beside the writer (`rebuild`). A
-//! SIGHUP's reload (`reload`) applies a new configuration to the running server.
+//! SIGHUP's reload (`reload`) applies a new configuration to the running server. The figures
+//! the hot paths record (`figures`) become the Prometheus text of [`Server::metrics_text`]
+//! (`metrics`), read without waiting for any writer.
 //! [`Server::shutdown`] commits, flushes and records the clean-shutdown flag on every volume.
 
 #![deny(clippy::undocumented_unsafe_blocks)]

@@ -137,6 +137,18 @@ enum Command {
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
     },
+    /// Ask for the server's metrics (`deskd metrics`) COUNT times, waiting INTERVAL_MS between
+    /// two (0: back to back), or every INTERVAL_MS for SECONDS: the time of each scrape, round
+    /// trip included, and the text's size.
+    Scrape {
+        #[arg(long, default_value_t = 200)]
+        count: u32,
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+        /// Scrape for this long instead of COUNT times.
+        #[arg(long)]
+        seconds: Option<f64>,
+    },
 }
 
 fn name(d: u32, f: u32) -> String {
@@ -260,6 +272,11 @@ fn main() -> Result<()> {
             half_frames,
             seconds,
         } => return hold(&cli.socket, count, half_frames, seconds),
+        Command::Scrape {
+            count,
+            interval_ms,
+            seconds,
+        } => return scrape(&cli.socket, count, interval_ms, seconds),
         _ => {}
     }
     let root = cli
@@ -268,7 +285,10 @@ fn main() -> Result<()> {
         .ok_or_else(|| anyhow!("--volume is required"))?
         .canonicalize()?;
     match cli.command {
-        Command::EchoServer | Command::EchoClient { .. } | Command::Hold { .. } => {
+        Command::EchoServer
+        | Command::EchoClient { .. }
+        | Command::Hold { .. }
+        | Command::Scrape { .. } => {
             unreachable!("handled above")
         }
         Command::Populate {
@@ -791,6 +811,41 @@ fn echo_client(socket: &Path, ops: u32) -> Result<()> {
     println!(
         "{}",
         serde_json::json!({"echo_p50_us": percentile(&times, 0.5), "echo_p99_us": percentile(&times, 0.99)})
+    );
+    Ok(())
+}
+
+/// `scrape`: ask for the metrics text COUNT times (or for SECONDS), INTERVAL_MS apart; the
+/// scrape times' median, 99th percentile and maximum in milliseconds, and the text's size.
+fn scrape(socket: &Path, count: u32, interval_ms: u64, seconds: Option<f64>) -> Result<()> {
+    let mut client = connect(socket)?;
+    let began = Instant::now();
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    loop {
+        let done = match seconds {
+            Some(s) => began.elapsed().as_secs_f64() >= s,
+            None => times.len() as u32 >= count,
+        };
+        if done {
+            break;
+        }
+        let t = Instant::now();
+        bytes = client.metrics().map_err(|e| anyhow!("{e}"))?.len();
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(interval_ms));
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{}",
+        serde_json::json!({
+            "scrapes": times.len(),
+            "p50_ms": at(0.5),
+            "p99_ms": at(0.99),
+            "max_ms": at(1.0),
+            "bytes": bytes,
+        })
     );
     Ok(())
 }

@@ -104,6 +104,13 @@ enum Command {
         #[command(flatten)]
         client: ClientOptions,
     },
+    /// Print the server's figures in the Prometheus text format (for node_exporter's textfile
+    /// collector); a user other than root sees what `deskd status` shows it: its own
+    /// requests, and everyone's on the volumes it owns.
+    Metrics {
+        #[command(flatten)]
+        client: ClientOptions,
+    },
     /// Commit and write the WAL into .Desktop on every volume (or one).
     Flush {
         /// Only this volume (default: every volume the server serves).
@@ -299,7 +306,10 @@ fn main() -> ExitCode {
         Err(e) => usage_error(&command, e),
     };
     let cli = Run { command, reached };
-    if matches!(cli.command, Command::Find { .. } | Command::Status { .. }) {
+    if matches!(
+        cli.command,
+        Command::Find { .. } | Command::Status { .. } | Command::Metrics { .. }
+    ) {
         // `deskd find … | head` ends quietly, as find(1) does. (Not for the verbs that change
         // things, nor for the server, which must outlive a client that hangs up.)
         deskd_cli::output::end_quietly_on_a_closed_pipe();
@@ -346,6 +356,7 @@ fn reach(before: BeforeVerb, command: &mut Command) -> Result<Reached, VerbOptio
             serve: before.serve(std::mem::take(own))?,
         }),
         Command::Status { client, .. }
+        | Command::Metrics { client }
         | Command::Flush { client, .. }
         | Command::Freeze { client, .. }
         | Command::Thaw { client, .. }
@@ -376,6 +387,7 @@ fn verb_name(command: &Command) -> &'static str {
     match command {
         Command::Serve { .. } => "serve",
         Command::Status { .. } => "status",
+        Command::Metrics { .. } => "metrics",
         Command::Flush { .. } => "flush",
         Command::Freeze { .. } => "freeze",
         Command::Thaw { .. } => "thaw",
@@ -577,6 +589,12 @@ fn run(cli: Run) -> Result<ExitCode> {
                 manifest,
             };
             Ok(restore(&backup, &volume, &options, walk.verbose, walk.json))
+        }
+        Command::Metrics { .. } => {
+            let mut client = connection.connect().map_err(|e| anyhow!("{e}"))?;
+            let text = client.metrics().map_err(|e| anyhow!("{e}"))?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { volume, json, .. } => {
             let (mut client, vol) = connect_for(connection, &volume)?;

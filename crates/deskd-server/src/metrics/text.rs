@@ -127,6 +127,8 @@ fn format_float(value: f64) -> String {
         "NaN".into()
     } else if value.is_infinite() {
         if value > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
     } else {
         format!("{value:?}")
     }
@@ -171,7 +173,7 @@ mod tests {
         text.histogram("h", &[("k", "v")], &[0.5, 1.0], &[1, 2, 3], 4.25);
         assert_eq!(
             text.finish(),
-            "h_bucket{k=\"v\",le=\"0.5\"} 1\nh_bucket{k=\"v\",le=\"1.0\"} 3\n\
+            "h_bucket{k=\"v\",le=\"0.5\"} 1\nh_bucket{k=\"v\",le=\"1\"} 3\n\
              h_bucket{k=\"v\",le=\"+Inf\"} 6\nh_sum{k=\"v\"} 4.25\nh_count{k=\"v\"} 6\n"
         );
     }
