@@ -225,7 +225,7 @@ async fn accept_loop(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             // Closed at once; said at most every 10 s so a flood cannot fill the log.
-            if !last_warning.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                 tracing::warn!(
                     "http: {peer}: refused: {max_connections} connections are open \
                      (http_max_connections)"

@@ -198,7 +198,7 @@ impl State {
 
     fn log_refusal(&self, peer: SocketAddr, what: &str) {
         let mut last = self.last_refusal_log.lock().unwrap();
-        if !last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
             tracing::warn!("http: {peer}: refused: {what} (said at most every 10 s)");
             *last = Some(Instant::now());
         }
