@@ -224,7 +224,7 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
         "deskd_volume_ids_left",
         Gauge,
         "IDs the volume can still hand out before its 32-bit ID space runs out.",
-        |v| v.last_id.map(|id| u64::from(deskd_db::ids::ids_left(id))),
+        |v| v.last_id.map(deskd_db::ids::ids_left),
     );
     each_volume(
         out,

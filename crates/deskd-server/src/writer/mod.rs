@@ -221,8 +221,7 @@ impl Writer {
     /// it is told to close or shut down. The returned share lets the thread that read a lone
     /// write commit it itself when this thread is idle ([`WriterShare::commit_alone`]).
     pub(crate) fn spawn(self, index: u32, rx: Receiver<Job>) -> std::io::Result<WriterShare> {
-        let figures = self.figures.clone();
-        let share = WriterShare(Arc::new(Mutex::new(self)), figures);
+        let share = WriterShare::new(self);
         let thread_share = share.clone();
         std::thread::Builder::new()
             .name(format!("writer-{index}"))
@@ -232,6 +231,12 @@ impl Writer {
 }
 
 impl WriterShare {
+    /// Share `writer` (its batch sizes stay readable without its lock).
+    fn new(writer: Writer) -> WriterShare {
+        let figures = writer.figures.clone();
+        WriterShare(Arc::new(Mutex::new(writer)), figures)
+    }
+
     /// The sizes of the batches committed so far (read without the writer's lock).
     pub(crate) fn figures(&self) -> &CommitFigures {
         &self.1

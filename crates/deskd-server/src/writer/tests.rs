@@ -105,7 +105,7 @@ fn run_queued(writer: Writer, jobs: Vec<Job>) {
     let (done, _done) = crossbeam_channel::bounded(1);
     tx.send(Job::Shutdown(done)).unwrap();
     drop(tx);
-    WriterShare(Arc::new(Mutex::new(writer))).run(rx);
+    WriterShare::new(writer).run(rx);
 }
 
 fn files(root: &Path, names: &[&str]) {
