@@ -505,6 +505,48 @@ mod tests {
     }
 
     #[test]
+    fn http_needs_a_token_file_and_falls_back_to_the_tcp_one() {
+        let parse = |text: &str| {
+            toml::from_str::<ConfigFile>(text)
+                .unwrap()
+                .resolve("/s".into(), &[PathBuf::from("/v")])
+        };
+        let e = parse("[server]\nhttp_listen = \"127.0.0.1:8470\"").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("http_listen needs http_token_file or token_file"),
+            "{e}"
+        );
+        let cfg = parse("[server]\nhttp_listen = \"127.0.0.1:8470\"\ntoken_file = \"/t\"").unwrap();
+        assert_eq!(
+            cfg.http,
+            Some(HttpConfig {
+                listen: "127.0.0.1:8470".into(),
+                auth: HttpAuth::Actions,
+                token_file: "/t".into(),
+                hosts: Vec::new(),
+                max_connections: 1024,
+                backup_dir: None,
+            })
+        );
+        let cfg = parse(
+            "[server]\nhttp_listen = \"[::1]:1\"\ntoken_file = \"/t\"\nhttp_token_file = \"/h\"\n\
+             http_auth = \"all\"\nhttp_hosts = [\"files.example\"]\nhttp_max_connections = 0\n\
+             backup_dir = \"/b\"",
+        )
+        .unwrap()
+        .http
+        .unwrap();
+        assert_eq!(cfg.token_file, PathBuf::from("/h"));
+        assert_eq!(cfg.auth, HttpAuth::All);
+        assert_eq!(cfg.hosts, vec!["files.example".to_string()]);
+        assert_eq!(cfg.max_connections, 1, "at least one");
+        assert_eq!(cfg.backup_dir, Some(PathBuf::from("/b")));
+        assert!(toml::from_str::<ConfigFile>("[server]\nhttp_auth = \"some\"").is_err());
+        assert_eq!(parse("").unwrap().http, None);
+    }
+
+    #[test]
     fn connection_limits_have_defaults_and_floors() {
         let parse = |text: &str| {
             toml::from_str::<ConfigFile>(text)
