@@ -811,6 +811,8 @@ fn the_admin_page_in_chromium_shows_rebuild_differences_and_refuses_a_wrong_toke
     let mut env = Env::new(&["damaged"]);
     let addr = serve_http(&mut env, "", &["damaged"]);
     damage(&env, "damaged");
+    // A user's file name that is HTML: the page must show it as text.
+    std::fs::write(env.path("damaged/<b id=injected>x"), b"x").unwrap();
     let Some(mut browser) = Browser::start(env.dir.path()) else {
         skip("chromium is not installed");
         return;
@@ -870,6 +872,12 @@ fn the_admin_page_in_chromium_shows_rebuild_differences_and_refuses_a_wrong_toke
         lines.contains("new") && lines.contains("/damaged/made-plainly"),
         "{lines}"
     );
+    assert!(lines.contains("<b id=injected>"), "{lines}");
+    assert_eq!(
+        browser.eval("document.querySelector('#injected') === null"),
+        json!(true),
+        "a file name is never taken as HTML"
+    );
     // The token stays in the tab's sessionStorage, never in the URL.
     assert_eq!(
         browser.eval("sessionStorage.getItem('deskd-token')"),
@@ -879,7 +887,13 @@ fn the_admin_page_in_chromium_shows_rebuild_differences_and_refuses_a_wrong_toke
         browser.eval("location.href"),
         json!(format!("http://{addr}/"))
     );
-    browser.screenshot(&env.path("admin-page-differences.png"));
+    let after = env.path("admin-page-differences.png");
+    browser.screenshot(&after);
+    if let Some(keep) = std::env::var_os("DESKD_KEEP_SCREENSHOTS") {
+        // For a look by eye: DESKD_KEEP_SCREENSHOTS=DIR keeps both pictures there.
+        std::fs::copy(&shot, Path::new(&keep).join("admin-page.png")).unwrap();
+        std::fs::copy(&after, Path::new(&keep).join("admin-page-differences.png")).unwrap();
+    }
     // A scan changed nothing: the same differences are there for the next one.
     assert!(status(&env).rebuild.unwrap().finished.is_some());
 }
