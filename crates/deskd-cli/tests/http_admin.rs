@@ -470,6 +470,14 @@ fn beyond_loopback_is_allowed_with_a_warning() {
 
 #[test]
 fn oversized_slow_and_a_thousand_idle_connections_leave_the_page_and_the_socket_working() {
+    // 1,040 connections at each end: more descriptors than a default soft limit of 1,024
+    // (the server, started below, inherits the raised limit).
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some_and(|c| c < 4096) {
+        limit.current = Some(limit.maximum.map_or(4096, |m| m.min(4096)));
+        setrlimit(Resource::Nofile, limit).unwrap();
+    }
     let mut env = Env::new(&["vol"]);
     let addr = serve_http(&mut env, "", &["vol"]);
     env.dt_ok(&[b"touch", b"vol/f"]);
