@@ -302,7 +302,21 @@ fn a_local_user_sees_in_metrics_what_status_shows_it() {
     for vol in [rw, mine] {
         c.call(Request::Resolve { vol, id: 2 }).unwrap();
     }
+    // A handle the server never gave out counts as no volume: naming numbers grows nothing.
+    for vol in [7, 4_000_000, u32::MAX - 1] {
+        assert!(c.call(Request::Resolve { vol, id: 2 }).is_err());
+    }
     let root_view = env.deskd_ok(&["metrics"]);
+    let labels: std::collections::BTreeSet<&str> = root_view
+        .lines()
+        .filter(|l| l.starts_with("deskd_request_errors_total{"))
+        .filter_map(|l| l.split('"').nth(1))
+        .collect();
+    assert_eq!(labels.len(), 3, "{labels:?}");
+    assert!(
+        root_view.contains("deskd_request_errors_total{volume=\"\",kind=\"Resolve\"} 3"),
+        "{root_view}"
+    );
     let Some(out) = env.as_nobody(common::DESKD, &[b"metrics"]) else {
         return common::skip("the tests do not run as root");
     };
@@ -430,4 +444,52 @@ fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
         serde_json::Value::Array(items) => items.iter().for_each(|i| collect_exprs(i, out)),
         _ => {}
     }
+}
+
+#[test]
+fn a_tcp_client_with_the_token_sees_everything_and_one_without_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = Env::new(&["vol"]);
+    let token = env.path("token");
+    std::fs::write(&token, b"k3Jq9vX2pL7sW0eRt5YzA8bN1cM4dF6h\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let vol = env.path("vol").display().to_string();
+    let token_arg = token.display().to_string();
+    env.start(&["--listen", "127.0.0.1:0", "--token-file", &token_arg, &vol]);
+    let began = Instant::now();
+    let addr = loop {
+        if let Some(rest) = env.log_text().split("listening on tcp ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "{}",
+            env.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let over_tcp = |token: Option<&Path>| {
+        let mut cmd = env.command_for(common::DESKD, &[b"metrics"]);
+        cmd.env("DESKD_SOCKET", format!("tcp://{addr}"));
+        match token {
+            Some(t) => cmd.env("DESKD_TOKEN_FILE", t),
+            None => cmd.env_remove("DESKD_TOKEN_FILE"),
+        };
+        cmd.output().unwrap()
+    };
+    let out = over_tcp(Some(&token));
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    // Its own connection is the TCP one counted.
+    assert!(
+        text.contains("deskd_connections{transport=\"tcp\"} 1\n"),
+        "{text}"
+    );
+    // A wrong token gets no figures: the handshake fails before any request.
+    let wrong = env.path("wrong");
+    std::fs::write(&wrong, b"not-the-token-at-all-0123456789ab\n").unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = over_tcp(Some(&wrong));
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    assert!(out.stdout.is_empty());
 }

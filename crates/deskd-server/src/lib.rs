@@ -44,6 +44,7 @@ mod preflight;
 mod private_temp;
 mod rebuild;
 mod reload;
+mod scrape_cache;
 mod shared;
 mod sight;
 mod space;
@@ -241,7 +242,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             tcp: tcp_access,
             limits: Arc::new(limits::ConnectionLimits::new(config.limits, server_uid)),
-            metrics: metrics::State::new(),
+            metrics: scrape_cache::ScrapeCache::new(),
         });
         for handle in shared.volumes() {
             autorepair::watch(&shared.rebuilds, &handle);

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use deskd_proto::{ErrorCode, ErrorReply};
 
+use crate::scrape_cache::ScrapeCache;
 use crate::volume::VolumeHandle;
-use crate::{clients, limits, metrics, rebuild};
+use crate::{clients, limits, rebuild};
 
 /// What TCP connections need: the token they must prove they hold (re-read from its file on
 /// [`crate::Server::reconfigure`]), and whether they may use the admin verbs. All but the address
@@ -92,7 +93,7 @@ pub struct Shared {
     /// The open connections (`deskd status`'s active users).
     pub(crate) clients: Arc<clients::Clients>,
     /// What `/metrics` keeps between scrapes (the start time, its read connections).
-    pub(crate) metrics: metrics::State,
+    pub(crate) metrics: ScrapeCache,
 }
 
 impl Shared {

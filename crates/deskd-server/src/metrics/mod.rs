@@ -12,11 +12,10 @@
 
 mod text;
 
-use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use deskd_db::{now_unix, Read, Reader};
+use deskd_db::{now_unix, Read};
 
 use crate::figures::{self, Latencies, KINDS, LATENCY_BOUNDS_NS, NO_VOLUME};
 use crate::shared::Shared;
@@ -33,23 +32,6 @@ pub(crate) enum View {
     /// the admin and `Status` shows it everything); the server-wide connections per transport
     /// (which `Status` does not give it) are left out.
     Peer { uid: Option<u32> },
-}
-
-/// What the metrics keep between scrapes: when the server started, and one read connection
-/// per volume opening for the ID counter (opening one per scrape would cost more than the
-/// whole rest of a scrape).
-pub(crate) struct State {
-    started: i64,
-    readers: Mutex<HashMap<u32, (u64, Reader)>>,
-}
-
-impl State {
-    pub(crate) fn new() -> State {
-        State {
-            started: now_unix(),
-            readers: Mutex::new(HashMap::new()),
-        }
-    }
 }
 
 /// A cheap, cloneable way to get the whole server's metrics text, for a thread of its own
