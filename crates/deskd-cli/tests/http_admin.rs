@@ -422,7 +422,7 @@ fn bad_settings_stop_deskd_serve_with_a_clear_error() {
         "[server]\nhttp_listen = \"127.0.0.1:0\"\nhttp_token_file = \"{}\"\n",
         token.display()
     ));
-    assert!(e.contains("other users may read it"), "{e}");
+    assert_eq!(e.matches("other users may read it").count(), 1, "said once: {e}");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let open_dir = env.path("open-dir");
     std::fs::create_dir_all(&open_dir).unwrap();

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 /// A refusal at start: each message names the setting or file to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    /// The token file is unusable (missing, readable by others, too short).
+    /// The token file is unusable (missing, readable by others, too short). The reason is
+    /// part of the message, not a `source`, so anyhow's `{:#}` does not print it twice.
     #[error("http: {0}")]
-    Token(#[from] deskd_proto::transport::TokenFileError),
+    Token(deskd_proto::transport::TokenFileError),
     /// The address cannot be listened on.
     #[error("http_listen {listen}: {error}")]
     Bind {

@@ -50,7 +50,8 @@ pub struct HttpServer {
 }
 
 pub fn bind(options: Options) -> Result<Bound, HttpError> {
-    let secret = deskd_proto::transport::read_token_file(&options.token_file)?;
+    let secret =
+        deskd_proto::transport::read_token_file(&options.token_file).map_err(HttpError::Token)?;
     if let Some(dir) = &options.backup_dir {
         check_backup_dir(dir)?;
     }
@@ -172,7 +173,8 @@ impl HttpServer {
     /// Read the token file again (SIGHUP): a rotated token takes effect without a restart; an
     /// unusable file leaves the previous token in force.
     pub fn reload_token(&self) -> Result<(), HttpError> {
-        let secret = deskd_proto::transport::read_token_file(&self.state.token_file)?;
+        let secret = deskd_proto::transport::read_token_file(&self.state.token_file)
+            .map_err(HttpError::Token)?;
         *self.state.token.write().unwrap() = Token::new(&secret);
         Ok(())
     }
