@@ -393,6 +393,41 @@ fn http_auth_all_needs_the_token_to_read_too() {
 }
 
 #[test]
+fn a_rotated_token_holds_after_sighup_and_an_unusable_one_leaves_the_old() {
+    let mut env = Env::new(&["vol"]);
+    let addr = serve_http(&mut env, "", &["vol"]);
+    let token = env.path("http-token");
+    std::fs::write(&token, format!("{WRONG}\n")).unwrap();
+    env.sighup(1);
+    assert_eq!(
+        post(&addr, "/api/volumes/vol/flush", Some(TOKEN)).status,
+        403
+    );
+    assert_eq!(
+        post(&addr, "/api/volumes/vol/flush", Some(WRONG)).status,
+        200
+    );
+    // Readable by others: refused, and the token in force stays.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    env.sighup(2);
+    assert!(
+        env.log_text()
+            .contains("the previous HTTP token stays in force"),
+        "{}",
+        env.log_text()
+    );
+    assert_eq!(
+        post(&addr, "/api/volumes/vol/flush", Some(WRONG)).status,
+        200
+    );
+    assert_eq!(
+        post(&addr, "/api/volumes/vol/flush", Some(TOKEN)).status,
+        403
+    );
+}
+
+#[test]
 fn bad_settings_stop_deskd_serve_with_a_clear_error() {
     let env = Env::new(&["vol"]);
     let vol = env.path("vol").display().to_string();
@@ -422,7 +457,11 @@ fn bad_settings_stop_deskd_serve_with_a_clear_error() {
         "[server]\nhttp_listen = \"127.0.0.1:0\"\nhttp_token_file = \"{}\"\n",
         token.display()
     ));
-    assert_eq!(e.matches("other users may read it").count(), 1, "said once: {e}");
+    assert_eq!(
+        e.matches("other users may read it").count(),
+        1,
+        "said once: {e}"
+    );
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let open_dir = env.path("open-dir");
     std::fs::create_dir_all(&open_dir).unwrap();

@@ -995,12 +995,13 @@ fn serve(
                     None
                 }
             };
-            server.reconfigure(reloaded.as_ref());
+            // Before the server's "reconfigured" line, so that line means the new token holds.
             if let Some(http) = &http {
                 if let Err(e) = http.reload_token() {
                     tracing::error!("{e}; the previous HTTP token stays in force");
                 }
             }
+            server.reconfigure(reloaded.as_ref());
             if let Some(c) = &reloaded {
                 if c.http != http_at_start {
                     tracing::warn!("http_* and backup_dir settings change at the next start");
