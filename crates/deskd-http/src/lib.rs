@@ -13,6 +13,8 @@
 //! socket request, the metrics text) goes to a small blocking pool, and jobs to threads of
 //! their own, capped. Nothing here holds a lock the server's writer takes.
 
+#![forbid(unsafe_code)]
+
 mod api;
 mod auth;
 mod control;
