@@ -33,6 +33,8 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # script(1) gives `deskd backup VOL -` a terminal to refuse (tests/cli_options.rs).
 command -v script >/dev/null 2>&1 || missing+=(bsdutils)
+# A real browser loads the admin page and clicks its buttons (tests/http_admin.rs).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: please install: ${missing[*]} (or run as root)" >&2

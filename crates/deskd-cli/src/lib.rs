@@ -8,7 +8,8 @@
 //! columns ([`listing`]), coreutils' questions and `-v` lines ([`interact`]) and the orders
 //! they report trees in ([`walk`]), and working on files through open directory descriptors
 //! rather than path names, so a name swapped for a symlink turns nothing against another file
-//! ([`at`]); the afpd CNID listener of `deskd netatalk` and `deskd serve` ([`cnid_listener`]).
+//! ([`at`]); the afpd CNID listener of `deskd netatalk` and `deskd serve` ([`cnid_listener`]);
+//! and `deskd serve`'s HTTP side ([`http_side`]).
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod connection;
 pub mod finder;
 pub mod fresh_ids;
 pub mod fsops;
+pub mod http_side;
 pub mod interact;
 pub mod listing;
 pub mod memory_figures;

@@ -490,6 +490,18 @@ fn every_setting_the_sample_configuration_shows_is_accepted() {
         .local_addr()
         .unwrap()
         .port();
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let backups = env.path("backups");
+    std::fs::create_dir(&backups).unwrap();
+    std::fs::set_permissions(
+        &backups,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     let dir = env.dir.path().display().to_string();
     let config = sample_config(p, &env, |text| {
         // Every commented `key = value` line and volume table, uncommented as it stands; only
@@ -513,7 +525,10 @@ fn every_setting_the_sample_configuration_shows_is_accepted() {
         out.replace("/srv/", &format!("{dir}/"))
             .replace("/var/lib/deskd", &format!("{dir}/state"))
             .replace("/etc/deskd/token", token.to_str().unwrap())
+            .replace("/etc/deskd/http-token", token.to_str().unwrap())
+            .replace("/var/backups/deskd", backups.to_str().unwrap())
             .replace("127.0.0.1:7420", &format!("127.0.0.1:{port}"))
+            .replace("127.0.0.1:8470", &format!("127.0.0.1:{http_port}"))
     });
     env.start(&["--config", config.to_str().unwrap()]);
     // Both volume tables are served, the archive read-only; desktop_location put the desktops
@@ -535,6 +550,8 @@ fn every_setting_the_sample_configuration_shows_is_accepted() {
         );
     }
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    // And HTTP on `http_listen`.
+    env.wait_for_log(&format!("listening on http 127.0.0.1:{http_port}"), 1);
 }
 
 #[test]

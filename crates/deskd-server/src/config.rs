@@ -102,6 +102,20 @@ pub struct ServerPrefs {
     /// The most the read connections map of the desktops together (default
     /// [`crate::mmap_budget::DEFAULT_MMAP_TOTAL`]; `0`: no mapping, every read by `pread(2)`).
     pub mmap_total: Option<ByteSize>,
+    /// Serve `/metrics`, the admin page and its actions over HTTP at this address (`HOST:PORT`;
+    /// off when not set). Needs `http_token_file` or `token_file`.
+    pub http_listen: Option<String>,
+    /// Who must show the admin token: `actions` (default: reading is open) or `all`.
+    pub http_auth: Option<HttpAuth>,
+    /// The admin page's own token; without it, the TCP `token_file`'s token.
+    pub http_token_file: Option<PathBuf>,
+    /// Host names (besides IP addresses and `localhost`) the HTTP side answers to.
+    pub http_hosts: Option<Vec<String>>,
+    /// Most HTTP connections open at once (default 1024); more are closed at once.
+    pub http_max_connections: Option<usize>,
+    /// Where the admin page's backup action writes (a new file per run); no backup action
+    /// without it.
+    pub backup_dir: Option<PathBuf>,
 }
 
 /// A size in the configuration: a number of bytes, or a string of a number and a binary unit
@@ -171,6 +185,29 @@ pub struct NetatalkPrefs {
     pub afp_conf: Option<PathBuf>,
     /// The `vol dbpath` of volumes afp.conf names none for (`$v`: the volume's name).
     pub dbpath: Option<String>,
+}
+
+/// Who must show the admin token on the HTTP side (`http_auth`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpAuth {
+    /// Reading (the page, `/api/status`, `/metrics`) is open; actions need the token.
+    #[default]
+    Actions,
+    /// Everything but the page's static HTML needs the token.
+    All,
+}
+
+/// Resolved HTTP settings (`http_listen` and its companions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    pub listen: String,
+    pub auth: HttpAuth,
+    /// `http_token_file`, else `token_file`.
+    pub token_file: PathBuf,
+    pub hosts: Vec<String>,
+    pub max_connections: usize,
+    pub backup_dir: Option<PathBuf>,
 }
 
 /// The whole configuration file.
@@ -252,6 +289,8 @@ pub struct Config {
     pub limits: Limits,
     /// TCP listener, when `listen` is set.
     pub tcp: Option<TcpConfig>,
+    /// HTTP listener, when `http_listen` is set.
+    pub http: Option<HttpConfig>,
     pub state_dir: PathBuf,
     pub volumes: Vec<VolumeConfig>,
     /// The afpd CNID listener (`[netatalk]`), as the file gives it.
@@ -358,6 +397,22 @@ impl ConfigFile {
                 max_connections: self.server.tcp_max_connections.unwrap_or(1024).max(1),
             }),
         };
+        let http = match &self.server.http_listen {
+            None => None,
+            Some(listen) => Some(HttpConfig {
+                listen: listen.clone(),
+                auth: self.server.http_auth.unwrap_or_default(),
+                token_file: self
+                    .server
+                    .http_token_file
+                    .clone()
+                    .or_else(|| self.server.token_file.clone())
+                    .ok_or(ServerError::HttpWithoutToken)?,
+                hosts: self.server.http_hosts.clone().unwrap_or_default(),
+                max_connections: self.server.http_max_connections.unwrap_or(1024).max(1),
+                backup_dir: self.server.backup_dir.clone(),
+            }),
+        };
         let defaults = Limits::default();
         let limits = Limits {
             max_connections: self
@@ -380,6 +435,7 @@ impl ConfigFile {
             socket,
             limits,
             tcp,
+            http,
             state_dir,
             volumes,
             netatalk: self.netatalk.clone(),
@@ -530,6 +586,48 @@ mod tests {
             })
         );
         assert_eq!(parse("").unwrap().tcp, None);
+    }
+
+    #[test]
+    fn http_needs_a_token_file_and_falls_back_to_the_tcp_one() {
+        let parse = |text: &str| {
+            toml::from_str::<ConfigFile>(text)
+                .unwrap()
+                .resolve("/s".into(), &[PathBuf::from("/v")])
+        };
+        let e = parse("[server]\nhttp_listen = \"127.0.0.1:8470\"").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("http_listen needs http_token_file or token_file"),
+            "{e}"
+        );
+        let cfg = parse("[server]\nhttp_listen = \"127.0.0.1:8470\"\ntoken_file = \"/t\"").unwrap();
+        assert_eq!(
+            cfg.http,
+            Some(HttpConfig {
+                listen: "127.0.0.1:8470".into(),
+                auth: HttpAuth::Actions,
+                token_file: "/t".into(),
+                hosts: Vec::new(),
+                max_connections: 1024,
+                backup_dir: None,
+            })
+        );
+        let cfg = parse(
+            "[server]\nhttp_listen = \"[::1]:1\"\ntoken_file = \"/t\"\nhttp_token_file = \"/h\"\n\
+             http_auth = \"all\"\nhttp_hosts = [\"files.example\"]\nhttp_max_connections = 0\n\
+             backup_dir = \"/b\"",
+        )
+        .unwrap()
+        .http
+        .unwrap();
+        assert_eq!(cfg.token_file, PathBuf::from("/h"));
+        assert_eq!(cfg.auth, HttpAuth::All);
+        assert_eq!(cfg.hosts, vec!["files.example".to_string()]);
+        assert_eq!(cfg.max_connections, 1, "at least one");
+        assert_eq!(cfg.backup_dir, Some(PathBuf::from("/b")));
+        assert!(toml::from_str::<ConfigFile>("[server]\nhttp_auth = \"some\"").is_err());
+        assert_eq!(parse("").unwrap().http, None);
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub enum ServerError {
         "configuration: listen needs token_file: TCP clients must prove they hold a shared token"
     )]
     ListenWithoutToken,
+    /// `http_listen` without a token: the admin page's actions need one.
+    #[error(
+        "configuration: http_listen needs http_token_file or token_file: the admin page's \
+         actions need a token"
+    )]
+    HttpWithoutToken,
     /// The TCP token file is unusable (missing, readable by others, too short). The reason is
     /// part of the message, not a `source`, so anyhow's `{:#}` does not print it twice.
     #[error("configuration: {source}")]

@@ -68,7 +68,9 @@ use std::time::Duration;
 use deskd_proto::Stream;
 use tracing::{error, info};
 
-pub use config::{Config, ConfigFile, NetatalkPrefs, TcpConfig, VolumeConfig, VolumePrefs};
+pub use config::{
+    Config, ConfigFile, HttpAuth, HttpConfig, NetatalkPrefs, TcpConfig, VolumeConfig, VolumePrefs,
+};
 pub use conn::InProcessConnection;
 use conn::Peer;
 pub use error::{ServerError, VolumeFailure};

@@ -946,10 +946,21 @@ fn serve(
         .map(|prefs| cnid_listener::open(&cnid_listener::Options::from_prefs(prefs)))
         .transpose()
         .context("[netatalk]")?;
+    // Checked and bound before the server starts: a bad http_* setting stops here.
+    let http = deskd_cli::http_side::bind(&config)?;
+    let http_at_start = config.http.clone();
     let server = Server::start(config).context("cannot start")?;
     if let Some(cnid) = cnid {
         cnid.spawn_in_serve(server.in_process())?;
     }
+    let http = match http {
+        Some(bound) => {
+            let source = server.metrics();
+            let metrics: deskd_http::MetricsFn = std::sync::Arc::new(move || source.text());
+            Some(bound.serve(metrics).context("cannot start the HTTP side")?)
+        }
+        None => None,
+    };
     // Under systemd (Type=notify): ready only now, with every volume open and the socket bound,
     // so file servers ordered after deskd find it answering.
     notify_systemd(&[
@@ -972,6 +983,12 @@ fn serve(
                     None
                 }
             };
+            // Before the server's "reconfigured" line, so that line means the new token holds.
+            if let Some(http) = &http {
+                if let Err(e) = http.reload_token() {
+                    tracing::error!("{e}; the previous HTTP token stays in force");
+                }
+            }
             server.reconfigure(reloaded.as_ref());
             if reloaded
                 .as_ref()
@@ -981,6 +998,11 @@ fn serve(
                     "[netatalk] changed: the afpd CNID listener keeps its start-up settings \
                      until deskd restarts"
                 );
+            }
+            if let Some(c) = &reloaded {
+                if c.http != http_at_start {
+                    tracing::warn!("http_* and backup_dir settings change at the next start");
+                }
             }
             if let Some(c) = &reloaded {
                 notify_systemd(&[sd_notify::NotifyState::Status(&format!(
@@ -998,6 +1020,9 @@ fn serve(
         sd_notify::NotifyState::Stopping,
         sd_notify::NotifyState::Status("flushing desktops"),
     ]);
+    if let Some(http) = http {
+        http.shutdown();
+    }
     server.shutdown();
     Ok(ExitCode::SUCCESS)
 }

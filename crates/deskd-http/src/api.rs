@@ -1,0 +1,139 @@
+//! The JSON the API answers with: the server's `Status` reply turned into what a page (or a
+//! script) reads, in two views: everyone's (what any local user could learn from the socket)
+//! and the token holder's (every connected client too).
+
+use deskd_proto::{ClientStatus, RebuildMode, RebuildState, VolumeStatus};
+use serde::Serialize;
+
+use crate::control::volume_name;
+use crate::jobs::Job;
+
+/// `GET /api/status`.
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    /// Whether the request showed the token (then clients and jobs are listed).
+    pub admin: bool,
+    pub volumes: Vec<VolumeView>,
+    /// This side's jobs, newest first (token holders only).
+    pub jobs: Option<Vec<Job>>,
+}
+
+/// One volume's state at a glance.
+#[derive(Debug, Serialize)]
+pub struct VolumeView {
+    /// The handle, usable as `<name>` in `/api/volumes/<name>/<action>`.
+    pub vol: u32,
+    /// The root's last component, usable as `<name>` when no other volume has it.
+    pub name: String,
+    pub root: String,
+    pub objects: u64,
+    pub last_id: u32,
+    pub read_only: bool,
+    pub read_only_reason: Option<String>,
+    /// Unix time of the last flush (0: none since start).
+    pub last_flush: i64,
+    pub clean_at_start: bool,
+    pub frozen_until: Option<i64>,
+    pub wal_bytes: u64,
+    pub check_problems: Vec<String>,
+    pub rebuild: Option<RebuildView>,
+    /// Connected clients (other than this page's own connection).
+    pub client_count: u64,
+    /// Who they are (token holders only).
+    pub clients: Option<Vec<ClientView>>,
+}
+
+/// The volume's running (or last) online rebuild, as `Status` tells it.
+#[derive(Debug, Serialize)]
+pub struct RebuildView {
+    pub job: u64,
+    pub mode: &'static str,
+    pub phase: String,
+    pub pass: u32,
+    pub objects: u64,
+    pub started: i64,
+    pub finished: bool,
+    pub differences: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// One connected client ("Active Users").
+#[derive(Debug, Serialize)]
+pub struct ClientView {
+    pub uid: Option<u32>,
+    pub pid: Option<u32>,
+    /// The program's own name for itself: untrusted text (the page shows it as text only).
+    pub program: Option<String>,
+    pub since: i64,
+    pub tcp_peer: Option<String>,
+}
+
+impl StatusView {
+    pub fn new(volumes: Vec<VolumeStatus>, admin: bool, jobs: Option<Vec<Job>>) -> StatusView {
+        StatusView {
+            admin,
+            volumes: volumes.iter().map(|v| VolumeView::new(v, admin)).collect(),
+            jobs,
+        }
+    }
+}
+
+impl VolumeView {
+    fn new(v: &VolumeStatus, admin: bool) -> VolumeView {
+        let others: Vec<&ClientStatus> = v.clients.iter().filter(|c| !c.asker).collect();
+        VolumeView {
+            vol: v.vol,
+            name: volume_name(&v.root),
+            root: String::from_utf8_lossy(&v.root).into_owned(),
+            objects: v.objects,
+            last_id: v.last_id,
+            read_only: v.read_only,
+            read_only_reason: v.read_only_reason.clone(),
+            last_flush: v.last_flush,
+            clean_at_start: v.clean_at_start,
+            frozen_until: v.frozen_until,
+            wal_bytes: v.wal_bytes,
+            check_problems: v.check_problems.clone(),
+            rebuild: v.rebuild.as_ref().map(RebuildView::new),
+            client_count: others.len() as u64 + u64::from(v.hidden_clients),
+            clients: admin.then(|| {
+                others
+                    .iter()
+                    .map(|c| ClientView {
+                        uid: c.uid,
+                        pid: c.pid,
+                        program: c.program.clone(),
+                        since: c.since,
+                        tcp_peer: c.tcp_peer.clone(),
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+impl RebuildView {
+    fn new(r: &RebuildState) -> RebuildView {
+        RebuildView {
+            job: r.job,
+            mode: match r.mode {
+                RebuildMode::Scan => "scan",
+                RebuildMode::Repair => "repair",
+                RebuildMode::Fresh => "fresh",
+            },
+            phase: r.phase.clone(),
+            pass: r.pass,
+            objects: r.objects,
+            started: r.started,
+            finished: r.finished.is_some(),
+            differences: match &r.finished {
+                Some(Ok(summary)) => Some(summary.differences),
+                _ => None,
+            },
+            error: match &r.finished {
+                Some(Err(why)) => Some(why.clone()),
+                _ => None,
+            },
+        }
+    }
+}

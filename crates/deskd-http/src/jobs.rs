@@ -1,0 +1,380 @@
+//! The page's long actions (rebuild -s, repair rebuild, backup) as jobs: each runs on a thread
+//! of its own (a few at most), and the page polls `GET /api/jobs/<id>` for its progress, its
+//! difference lines and its outcome. Finished jobs are kept (the last [`KEEP_FINISHED`]) so an
+//! outcome can still be read after the page reloads.
+
+use std::collections::VecDeque;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deskd_proto::{RebuildMode, RebuildState};
+use serde::Serialize;
+
+use crate::control::{Control, RebuildRun};
+
+/// Jobs running at once; one more is refused (429) rather than queued.
+pub const MAX_RUNNING: usize = 4;
+/// Finished jobs remembered.
+const KEEP_FINISHED: usize = 32;
+/// Difference lines kept per job; the rest are counted (`lines_dropped`), and the job's
+/// total stays right (`differences`).
+const MAX_LINES: usize = 10_000;
+/// How often a rebuild job asks the server for news.
+const POLL_EVERY: Duration = Duration::from_millis(200);
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    RebuildCheck,
+    RebuildRepair,
+    Backup,
+}
+
+impl JobKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::RebuildCheck => "rebuild-check",
+            JobKind::RebuildRepair => "rebuild-repair",
+            JobKind::Backup => "backup",
+        }
+    }
+}
+
+/// One difference a rebuild reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct Line {
+    pub kind: String,
+    pub path: String,
+    pub detail: String,
+}
+
+/// A job as `GET /api/jobs/<id>` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: u64,
+    pub action: &'static str,
+    pub volume: String,
+    /// Unix time it started.
+    pub started: i64,
+    /// `starting`, the rebuild's phase (`walking`, `planning`, `applying`), `copying`, then
+    /// `done` or `failed`.
+    pub phase: String,
+    pub pass: u32,
+    /// Objects walked in this pass (rebuilds).
+    pub objects: u64,
+    /// Pages copied and in all (backups).
+    pub pages_done: u64,
+    pub pages_total: u64,
+    /// Difference lines, from the poll's `from` on.
+    pub lines: Vec<Line>,
+    /// Number of the line after the last one kept.
+    pub next: u64,
+    /// Lines not kept past [`MAX_LINES`].
+    pub lines_dropped: u64,
+    pub finished: bool,
+    /// Set when finished: whether it succeeded.
+    pub ok: Option<bool>,
+    /// Set when finished: the outcome in words (totals, or why it failed).
+    pub outcome: Option<String>,
+    /// Differences found (rebuilds, when finished).
+    pub differences: Option<u64>,
+    /// The file written (backups).
+    pub backup_file: Option<String>,
+}
+
+impl Job {
+    fn new(id: u64, kind: JobKind, volume: String) -> Job {
+        Job {
+            id,
+            action: kind.name(),
+            volume,
+            started: now(),
+            phase: "starting".into(),
+            pass: 0,
+            objects: 0,
+            pages_done: 0,
+            pages_total: 0,
+            lines: Vec::new(),
+            next: 0,
+            lines_dropped: 0,
+            finished: false,
+            ok: None,
+            outcome: None,
+            differences: None,
+            backup_file: None,
+        }
+    }
+
+    fn finish(&mut self, result: Result<String, String>) {
+        self.finished = true;
+        self.phase = if result.is_ok() { "done" } else { "failed" }.into();
+        self.ok = Some(result.is_ok());
+        self.outcome = Some(result.unwrap_or_else(|e| e));
+    }
+
+    /// A copy with the lines from `from` on only.
+    fn view(&self, from: u64) -> Job {
+        let kept_from = self.next - self.lines.len() as u64;
+        let skip = from.saturating_sub(kept_from).min(self.lines.len() as u64) as usize;
+        Job {
+            lines: self.lines[skip..].to_vec(),
+            ..self.clone_without_lines()
+        }
+    }
+
+    fn clone_without_lines(&self) -> Job {
+        // The fields not named here are Copy, so `..*self` takes them.
+        Job {
+            lines: Vec::new(),
+            volume: self.volume.clone(),
+            phase: self.phase.clone(),
+            outcome: self.outcome.clone(),
+            backup_file: self.backup_file.clone(),
+            ..*self
+        }
+    }
+
+    /// Take in a rebuild poll's state.
+    fn absorb(&mut self, state: &RebuildState) {
+        self.phase = state.phase.clone();
+        self.pass = state.pass;
+        self.objects = state.objects;
+        for line in &state.lines {
+            if self.lines.len() < MAX_LINES {
+                self.lines.push(Line {
+                    kind: line.kind.clone(),
+                    path: String::from_utf8_lossy(&line.path).into_owned(),
+                    detail: line.detail.clone(),
+                });
+                self.next += 1;
+            } else {
+                self.lines_dropped += 1;
+            }
+        }
+    }
+}
+
+impl Clone for JobHandle {
+    fn clone(&self) -> JobHandle {
+        JobHandle(self.0.clone())
+    }
+}
+
+/// A shared job, updated by its thread and read by the page's polls.
+pub struct JobHandle(Arc<Mutex<Job>>);
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Why a job did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// [`MAX_RUNNING`] jobs run already.
+    Busy,
+    /// No `backup_dir` configured.
+    NoBackupDir,
+    /// The server refused (a rebuild runs already, not an admin…).
+    Refused(String),
+}
+
+/// Every job this side started.
+pub struct Jobs {
+    table: Mutex<VecDeque<JobHandle>>,
+    next_id: Mutex<u64>,
+    control: Control,
+    backup_dir: Option<PathBuf>,
+}
+
+impl Jobs {
+    pub fn new(control: Control, backup_dir: Option<PathBuf>) -> Jobs {
+        Jobs {
+            table: Mutex::new(VecDeque::new()),
+            next_id: Mutex::new(1),
+            control,
+            backup_dir,
+        }
+    }
+
+    /// Job `id` with its lines from `from` on.
+    pub fn get(&self, id: u64, from: u64) -> Option<Job> {
+        let table = self.table.lock().unwrap();
+        let handle = table.iter().find(|j| j.0.lock().unwrap().id == id)?;
+        let job = handle.0.lock().unwrap();
+        Some(job.view(from))
+    }
+
+    /// Every remembered job, without lines, newest first.
+    pub fn list(&self) -> Vec<Job> {
+        let table = self.table.lock().unwrap();
+        table
+            .iter()
+            .rev()
+            .map(|j| j.0.lock().unwrap().clone_without_lines())
+            .collect()
+    }
+
+    /// Make room and register a new job; `None` when [`MAX_RUNNING`] run already.
+    fn register(&self, kind: JobKind, volume: &str) -> Option<JobHandle> {
+        let mut table = self.table.lock().unwrap();
+        let running = table
+            .iter()
+            .filter(|j| !j.0.lock().unwrap().finished)
+            .count();
+        if running >= MAX_RUNNING {
+            return None;
+        }
+        while table.len() >= KEEP_FINISHED + MAX_RUNNING {
+            let Some(at) = table.iter().position(|j| j.0.lock().unwrap().finished) else {
+                break;
+            };
+            table.remove(at);
+        }
+        let mut next = self.next_id.lock().unwrap();
+        let handle = JobHandle(Arc::new(Mutex::new(Job::new(
+            *next,
+            kind,
+            volume.to_string(),
+        ))));
+        *next += 1;
+        table.push_back(handle.clone());
+        Some(handle)
+    }
+
+    /// Start `kind` on volume `vol` (named `volume`, rooted at `root`); its job number.
+    /// Blocking: the rebuild's start is asked of the server before this returns, so a refusal
+    /// comes back as the request's answer.
+    pub fn start(
+        &self,
+        kind: JobKind,
+        vol: u32,
+        volume: &str,
+        root: &[u8],
+    ) -> Result<u64, StartError> {
+        if kind == JobKind::Backup && self.backup_dir.is_none() {
+            return Err(StartError::NoBackupDir);
+        }
+        let handle = self.register(kind, volume).ok_or(StartError::Busy)?;
+        let id = handle.0.lock().unwrap().id;
+        let spawned = match kind {
+            JobKind::RebuildCheck | JobKind::RebuildRepair => {
+                let mode = match kind {
+                    JobKind::RebuildCheck => RebuildMode::Scan,
+                    _ => RebuildMode::Repair,
+                };
+                match RebuildRun::start(&self.control, vol, mode) {
+                    Ok(run) => spawn(id, {
+                        let handle = handle.clone();
+                        move || follow_rebuild(run, handle)
+                    }),
+                    Err(why) => {
+                        handle.0.lock().unwrap().finish(Err(why.clone()));
+                        return Err(StartError::Refused(why));
+                    }
+                }
+            }
+            JobKind::Backup => {
+                let root = PathBuf::from(std::ffi::OsStr::from_bytes(root));
+                let dir = self.backup_dir.clone().expect("checked above");
+                spawn(id, {
+                    let handle = handle.clone();
+                    move || run_backup(&root, &dir, handle)
+                })
+            }
+        };
+        if let Err(e) = spawned {
+            let why = format!("cannot start a thread: {e}");
+            handle.0.lock().unwrap().finish(Err(why.clone()));
+            return Err(StartError::Refused(why));
+        }
+        Ok(id)
+    }
+}
+
+fn spawn(id: u64, work: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("http-job-{id}"))
+        .spawn(work)
+        .map(drop)
+}
+
+/// Poll the server until the rebuild ends, keeping the job up to date.
+fn follow_rebuild(mut run: RebuildRun, handle: JobHandle) {
+    let mut from = 0;
+    loop {
+        match run.poll(from) {
+            Ok(state) => {
+                from = state.next;
+                let mut job = handle.0.lock().unwrap();
+                job.absorb(&state);
+                if let Some(finished) = &state.finished {
+                    match finished {
+                        Ok(summary) => {
+                            job.differences = Some(summary.differences);
+                            let c = &summary.counts;
+                            job.finish(Ok(format!(
+                                "{} difference(s) found; {} object(s) walked, {} new ID(s), \
+                                 {} renumbered, {} repaired, {} removed, {} left to clients; \
+                                 {} pass(es), {} ms",
+                                summary.differences,
+                                c.objects,
+                                c.new_ids,
+                                c.renumbered,
+                                c.repaired,
+                                c.removed,
+                                summary.left,
+                                summary.passes,
+                                summary.millis
+                            )));
+                        }
+                        Err(why) => job.finish(Err(why.clone())),
+                    }
+                    tracing::info!(
+                        job = job.id,
+                        "http: {} ended: {:?}",
+                        job.action,
+                        job.outcome
+                    );
+                    return;
+                }
+            }
+            Err(why) => {
+                handle.0.lock().unwrap().finish(Err(why));
+                return;
+            }
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// Back the volume up into `dir` under a new name (never over an existing file).
+fn run_backup(root: &Path, dir: &Path, handle: JobHandle) {
+    handle.0.lock().unwrap().phase = "copying".into();
+    let mut progress = |done: u64, total: u64| {
+        let mut job = handle.0.lock().unwrap();
+        job.pages_done = done;
+        job.pages_total = total;
+    };
+    let result = deskd_backup::backup(root, dir, false, &mut progress);
+    let mut job = handle.0.lock().unwrap();
+    match result {
+        Ok((file, manifest)) => {
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            job.backup_file = Some(name.clone());
+            job.finish(Ok(format!(
+                "backup written: {name} in backup_dir ({} bytes, SHA-256 {})",
+                manifest.bytes, manifest.sha256
+            )));
+        }
+        Err(e) => job.finish(Err(format!("backup failed: {e}"))),
+    }
+    tracing::info!(job = job.id, "http: backup ended: {:?}", job.outcome);
+}
