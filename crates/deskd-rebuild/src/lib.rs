@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod claims;
+mod old_rows;
 pub mod online;
 pub mod plan;
 mod relocation;
@@ -348,7 +349,7 @@ pub fn read_old(desktop: &Path) -> Result<Option<OldDesktop>, RebuildError> {
     old.by_place.reserve(objects.len());
     old.objects.reserve(objects.len());
     for o in objects {
-        old.by_place.insert((o.parent, o.name.clone()), o.id);
+        old.by_place.insert_place(o.parent, &o.name, o.id);
         old.objects.insert(o.id, o);
     }
     Ok(Some(old))
@@ -542,17 +543,27 @@ fn rebuild_checked(
         trust_all: options.trust_ids,
         recorded_max: options.min_last_id,
     };
-    let plan = plan::plan(
+    // Differences are passed on as the plan finds them, not held (a repair of a volume whose
+    // every resource file is lost has one or two per object). Without any desktop, -s shows
+    // one difference, not a million "new" lines (and the count, which the summary gives, is
+    // of the lines shown).
+    let no_desktop = options.mode == Mode::Scan && old.is_none();
+    let mut differences = 0;
+    let (plan, repairs) = plan::plan_compact(
         &walk,
         decide_from,
         counter,
         xattrs_supported(&root),
         &policy,
+        &mut |d| {
+            if !no_desktop {
+                differences += 1;
+                on_difference(&d);
+            }
+        },
     );
-    let mut differences = plan.differences.len();
-    if options.mode == Mode::Scan && old.is_none() {
-        // No desktop at all: that is one difference, not a million "new" lines (and the
-        // count, which the summary gives, is of the lines shown).
+    drop(live);
+    if no_desktop {
         differences = 1;
         on_difference(&Difference {
             object: None,
@@ -561,20 +572,19 @@ fn rebuild_checked(
             path: desktop.as_os_str().as_bytes().to_vec(),
             detail: "there is no desktop; run `deskd rebuild -f`".into(),
         });
-    } else {
-        for d in &plan.differences {
-            on_difference(d);
-        }
     }
     if options.mode != Mode::Scan {
         test_pause_before_fixes();
-        apply_fixes(&root, &plan.fixes)?;
+        let object_fixes = repairs.iter().map(|r| r.fix(&walk, &plan.rows));
+        apply_fixes(&root, object_fixes.chain(plan.fixes.iter().cloned()))?;
         crash_point("fixes");
         let replacing = match options.start_from {
             Some(_) => Replacing::AnyDesktop,
             None if old.is_some() => Replacing::ReadDesktop,
             None => Replacing::Unreadable,
         };
+        // The walk is no longer needed: its memory goes before the desktop is written.
+        drop(walk);
         match relocated {
             None => write_desktop(&desktop, &plan, old.as_ref(), identity, replacing)?,
             Some(target) => {
@@ -600,13 +610,13 @@ pub fn default_threads() -> usize {
     (std::thread::available_parallelism().map_or(2, |n| n.get()) * 8).clamp(8, 64)
 }
 
-fn apply_fixes(root: &Path, fixes: &[Fix]) -> Result<(), RebuildError> {
+fn apply_fixes(root: &Path, fixes: impl Iterator<Item = Fix>) -> Result<(), RebuildError> {
     // Every path is opened below the root without following a symlink on the way: a user
     // who swaps a folder of its own for a link after the walk cannot lead root's writes,
     // xattrs or removals anywhere else (deskd_volume::pin).
     use deskd_volume::pin::pin;
     for fix in fixes {
-        match fix {
+        match &fix {
             Fix::WriteRsrc { path, header } => {
                 deskd_volume::rsrc::write_header(&pin(root, path, 2)?.path, header)?
             }
