@@ -326,6 +326,13 @@ fn check_space_in(desktop: &Path, dir: &Path) -> Result<(), RebuildError> {
 
 /// Read the old desktop completely; `None` when there is none (missing or empty file).
 pub fn read_old(desktop: &Path) -> Result<Option<OldDesktop>, RebuildError> {
+    read_desktop(desktop, true)
+}
+
+/// [`read_old`], with its IDs by place only when `places` (a plan decides from them; `-f` and
+/// the reference desktops only check claims against the rows by ID, and the places would cost
+/// some 40 bytes a row more).
+fn read_desktop(desktop: &Path, places: bool) -> Result<Option<OldDesktop>, RebuildError> {
     if std::fs::metadata(desktop).map(|m| m.len()).unwrap_or(0) == 0 {
         return Ok(None);
     }
@@ -346,10 +353,14 @@ pub fn read_old(desktop: &Path) -> Result<Option<OldDesktop>, RebuildError> {
         },
         ..Default::default()
     };
-    old.by_place.reserve(objects.len());
+    if places {
+        old.by_place.reserve(objects.len());
+    }
     old.objects.reserve(objects.len());
     for o in objects {
-        old.by_place.insert_place(o.parent, &o.name, o.id);
+        if places {
+            old.by_place.insert_place(o.parent, &o.name, o.id);
+        }
         old.objects.insert(o.id, o);
     }
     Ok(Some(old))
@@ -481,7 +492,7 @@ fn rebuild_checked(
         check_space_in(&desktop, written_in.unwrap_or(Path::new("/")))?;
     }
     let old = match &options.start_from {
-        Some(backup) => match read_old(backup) {
+        Some(backup) => match read_desktop(backup, options.mode != Mode::Fresh) {
             Ok(Some(old)) => Some(old),
             Ok(None) => {
                 return Err(RebuildError::EmptyBackup {
@@ -495,7 +506,7 @@ fn rebuild_checked(
                 })
             }
         },
-        None => match read_old(&desktop) {
+        None => match read_desktop(&desktop, options.mode != Mode::Fresh) {
             Ok(old) => old,
             Err(e) if options.mode == Mode::Fresh => {
                 tracing::warn!(
@@ -512,7 +523,7 @@ fn rebuild_checked(
             }
         },
     };
-    let walk = walk::walk(
+    let mut walk = walk::walk(
         &root,
         options.threads,
         on_progress,
@@ -535,7 +546,7 @@ fn rebuild_checked(
     // Claims are checked against every desktop that can be read: the backup being restored
     // and the volume's own, or the volume's own (also for -f, when it can still be read).
     let live = match &options.start_from {
-        Some(_) => read_old(&desktop).ok().flatten(),
+        Some(_) => read_desktop(&desktop, false).ok().flatten(),
         None => None,
     };
     let policy = ClaimPolicy {
@@ -549,7 +560,7 @@ fn rebuild_checked(
     // of the lines shown).
     let no_desktop = options.mode == Mode::Scan && old.is_none();
     let mut differences = 0;
-    let (plan, repairs) = plan::plan_compact(
+    let (mut plan, repairs) = plan::plan_compact(
         &walk,
         decide_from,
         counter,
@@ -583,7 +594,10 @@ fn rebuild_checked(
             None if old.is_some() => Replacing::ReadDesktop,
             None => Replacing::Unreadable,
         };
-        // The walk is no longer needed: its memory goes before the desktop is written.
+        // The rows take their names from the walk, which is then no longer needed.
+        for (row, found) in plan.rows.iter_mut().zip(walk.found.iter_mut()) {
+            row.name = std::mem::take(&mut found.name);
+        }
         drop(walk);
         match relocated {
             None => write_desktop(&desktop, &plan, old.as_ref(), identity, replacing)?,

@@ -103,6 +103,9 @@ pub struct Plan {
     pub new_id: Vec<bool>,
     pub comments: Vec<(u32, Vec<u8>)>,
     pub differences: Vec<Difference>,
+    /// The orphans' fixes (moves and removals). The walked objects' own repairs are not listed
+    /// (some 250 bytes each): [`plan_compact`] returns them as [`ObjectRepair`]s, and the online
+    /// rebuild makes its own after reading the disk again.
     pub fixes: Vec<Fix>,
     pub last_id: u32,
     pub counts: Counts,
@@ -148,6 +151,9 @@ fn four(code: [u8; 4]) -> String {
 /// 6. `place_orphans`: resource files of no object, moved to their object or removed;
 /// 7. `drop_replaced_headers`: no fresh header where an orphan moves in;
 /// 8. `vanished`: desktop rows of objects that are gone.
+///
+/// This is the online rebuild's plan: the differences collected, the rows named, and only the
+/// orphans' fixes listed (see [`Plan::fixes`]).
 pub fn plan(
     walk: &Walk,
     old: Option<&OldDesktop>,
@@ -156,12 +162,10 @@ pub fn plan(
     policy: &ClaimPolicy<'_>,
 ) -> Plan {
     let mut differences = Vec::new();
-    let (mut plan, repairs) = plan_compact(walk, old, old_counter, xattrs, policy, &mut |d| {
-        differences.push(d)
-    });
-    let mut fixes: Vec<Fix> = repairs.iter().map(|r| r.fix(walk, &plan.rows)).collect();
-    fixes.append(&mut plan.fixes);
-    plan.fixes = fixes;
+    let (mut plan, _made_online) =
+        plan_parts(walk, old, old_counter, xattrs, policy, true, &mut |d| {
+            differences.push(d)
+        });
     plan.differences = differences;
     plan
 }
@@ -201,13 +205,27 @@ impl ObjectRepair {
 /// to `on_difference` as soon as it is known (in the same order `plan` lists them), and the
 /// repairs of walked objects come back as [`ObjectRepair`]s, in the order `plan` lists their
 /// fixes and before `Plan::fixes` (which holds only the orphans' fixes here). The returned
-/// plan's `differences` is empty.
+/// plan's `differences` is empty, and its rows have no names: row `i`'s is the walk's
+/// `found[i].name` (a second copy of every name would cost some 50 bytes an object).
 pub fn plan_compact(
     walk: &Walk,
     old: Option<&OldDesktop>,
     old_counter: u32,
     xattrs: bool,
     policy: &ClaimPolicy<'_>,
+    on_difference: &mut dyn FnMut(Difference),
+) -> (Plan, Vec<ObjectRepair>) {
+    plan_parts(walk, old, old_counter, xattrs, policy, false, on_difference)
+}
+
+/// [`plan_compact`], with the names in the rows when `rows_named`.
+fn plan_parts(
+    walk: &Walk,
+    old: Option<&OldDesktop>,
+    old_counter: u32,
+    xattrs: bool,
+    policy: &ClaimPolicy<'_>,
+    rows_named: bool,
     on_difference: &mut dyn FnMut(Difference),
 ) -> (Plan, Vec<ObjectRepair>) {
     let volume_owner = walk.found.first().map_or(0, |f| f.uid);
@@ -239,6 +257,7 @@ pub fn plan_compact(
         counter,
         xattrs,
         &wanted,
+        rows_named,
         on_difference,
     );
     drop(claims);
@@ -642,6 +661,7 @@ fn assign(
     counter: u32,
     xattrs: bool,
     orphan_ids: &HashSet<u32>,
+    rows_named: bool,
     on_difference: &mut dyn FnMut(Difference),
 ) -> Assigned {
     let found = &walk.found;
@@ -743,6 +763,10 @@ fn assign(
         }
         if repaired {
             out.repaired += 1;
+        }
+        let mut row = row;
+        if !rows_named {
+            row.name = Vec::new();
         }
         out.rows.push(row);
     }
