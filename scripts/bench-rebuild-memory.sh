@@ -11,6 +11,10 @@
 # interleaved binary by binary so load shifts hit both; the table gives medians. The repair
 # runs after every resource file is removed, so it writes one per object (as after a copy that
 # lost them). Max RSS comes from GNU time (`/usr/bin/time -f %M`, KiB).
+#
+# ONLINE=1 (the default) then serves the volume with each binary and runs `rebuild -s` and a
+# repair (nothing to repair) as server jobs: the table gives the server's VmHWM before and after
+# (it includes the mapped desktop, which the server holds anyway).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
@@ -79,3 +83,27 @@ done
 for mode in scan fresh repair; do
     echo "runs $mode: before times ${T[before.$mode]}/ RSS ${M[before.$mode]}; after times ${T[after.$mode]}/ RSS ${M[after.$mode]}"
 done
+
+if [ "${ONLINE:-1}" = 1 ]; then
+    echo
+    echo "| online, server VmHWM | before: start -> after -s -> after repair | after: start -> after -s -> after repair |"
+    echo "|---|---|---|"
+    row="| $objects objects |"
+    for bin in before after; do
+        exe=$BEFORE
+        [ "$bin" = after ] && exe=$AFTER
+        SOCK=$(mktemp -u /tmp/deskd-rebuild-memory-sock.XXXXXX)
+        "$exe" serve --socket "$SOCK" "$VOL" 2>/dev/null &
+        SERVER=$!
+        for _ in $(seq 600); do [ -S "$SOCK" ] && break; sleep 0.1; done
+        hwm() { awk '/VmHWM/ {printf "%.0f MB", $2 / 1024}' "/proc/$SERVER/status"; }
+        h0=$(hwm)
+        "$exe" --socket "$SOCK" rebuild -s "$VOL" >/dev/null 2>&1 || true
+        h1=$(hwm)
+        "$exe" --socket "$SOCK" rebuild "$VOL" >/dev/null 2>&1 || true
+        h2=$(hwm)
+        kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
+        row+=" $h0 -> $h1 -> $h2 |"
+    done
+    echo "$row"
+fi
