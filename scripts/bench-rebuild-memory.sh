@@ -7,7 +7,8 @@
 #   BEFORE=... DIRS=10 PER_DIR=10000 scripts/bench-rebuild-memory.sh    # 100,000 objects
 #   BEFORE=... AFTER=/path/to/new/deskd VOL=/path/to/volume scripts/bench-rebuild-memory.sh
 #
-# AFTER defaults to this tree's release build. Each (binary, mode) runs RUNS times (default 3),
+# MODES (default "scan fresh repair") picks the measures; the repair is the slow one (every
+# resource file is removed before each run). AFTER defaults to this tree's release build. Each (binary, mode) runs RUNS times (default 3),
 # interleaved binary by binary so load shifts hit both; the table gives medians. The repair
 # runs after every resource file is removed, so it writes one per object (as after a copy that
 # lost them). Max RSS comes from GNU time (`/usr/bin/time -f %M`, KiB).
@@ -48,7 +49,8 @@ measure() {
 strip_rsrc() { find "$VOL" -name .rsrc -type d -prune -exec rm -rf {} +; }
 
 declare -A T M
-for mode in scan fresh repair; do
+MODES=${MODES:-scan fresh repair}
+for mode in $MODES; do
     for bin in before after; do
         T[$bin.$mode]=""
         M[$bin.$mode]=""
@@ -58,21 +60,26 @@ for i in $(seq "$RUNS"); do
     for bin in before after; do
         exe=$BEFORE
         [ "$bin" = after ] && exe=$AFTER
-        read -r s m < <(measure "$exe" rebuild -s "$VOL")
-        T[$bin.scan]+="$s "; M[$bin.scan]+="$m "
-        read -r s m < <(measure "$exe" rebuild -f --force "$VOL")
-        T[$bin.fresh]+="$s "; M[$bin.fresh]+="$m "
-        strip_rsrc
-        read -r s m < <(measure "$exe" rebuild --force "$VOL")
-        T[$bin.repair]+="$s "; M[$bin.repair]+="$m "
-        "$exe" rebuild -s "$VOL" >/dev/null 2>&1 || { echo "$bin: rebuild -s after the repair found differences" >&2; exit 1; }
+        for mode in $MODES; do
+            case $mode in
+            scan) read -r s m < <(measure "$exe" rebuild -s "$VOL") ;;
+            fresh) read -r s m < <(measure "$exe" rebuild -f --force "$VOL") ;;
+            repair)
+                strip_rsrc
+                read -r s m < <(measure "$exe" rebuild --force "$VOL")
+                "$exe" rebuild -s "$VOL" >/dev/null 2>&1 ||
+                    { echo "$bin: rebuild -s after the repair found differences" >&2; exit 1; }
+                ;;
+            esac
+            T[$bin.$mode]+="$s "; M[$bin.$mode]+="$m "
+        done
     done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 med() { printf '%s\n' $1 | median; }
 echo "| mode | before: time | before: peak RSS | after: time | after: peak RSS | time after/before | bytes/object before -> after |"
 echo "|---|---|---|---|---|---|---|"
-for mode in scan fresh repair; do
+for mode in $MODES; do
     bt=$(med "${T[before.$mode]}"); bm=$(med "${M[before.$mode]}")
     at=$(med "${T[after.$mode]}"); am=$(med "${M[after.$mode]}")
     case $mode in scan) label="rebuild -s" ;; fresh) label="rebuild -f" ;; repair) label="rebuild (repair writing $objects resource files)" ;; esac
@@ -80,7 +87,7 @@ for mode in scan fresh repair; do
         "$(echo "$bm / 1024" | bc -l)" "$at" "$(echo "$am / 1024" | bc -l)" "$(echo "$at / $bt" | bc -l)" \
         "$(echo "$bm * 1024 / $objects" | bc -l)" "$(echo "$am * 1024 / $objects" | bc -l)"
 done
-for mode in scan fresh repair; do
+for mode in $MODES; do
     echo "runs $mode: before times ${T[before.$mode]}/ RSS ${M[before.$mode]}; after times ${T[after.$mode]}/ RSS ${M[after.$mode]}"
 done
 
