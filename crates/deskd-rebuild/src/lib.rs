@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod claims;
+mod old_rows;
 pub mod online;
 pub mod plan;
 mod relocation;
@@ -325,6 +326,13 @@ fn check_space_in(desktop: &Path, dir: &Path) -> Result<(), RebuildError> {
 
 /// Read the old desktop completely; `None` when there is none (missing or empty file).
 pub fn read_old(desktop: &Path) -> Result<Option<OldDesktop>, RebuildError> {
+    read_desktop(desktop, true)
+}
+
+/// [`read_old`], with its IDs by place only when `places` (a plan decides from them; `-f` and
+/// the reference desktops only check claims against the rows by ID, and the places would cost
+/// some 40 bytes a row more).
+fn read_desktop(desktop: &Path, places: bool) -> Result<Option<OldDesktop>, RebuildError> {
     if std::fs::metadata(desktop).map(|m| m.len()).unwrap_or(0) == 0 {
         return Ok(None);
     }
@@ -345,10 +353,14 @@ pub fn read_old(desktop: &Path) -> Result<Option<OldDesktop>, RebuildError> {
         },
         ..Default::default()
     };
-    old.by_place.reserve(objects.len());
+    if places {
+        old.by_place.reserve(objects.len());
+    }
     old.objects.reserve(objects.len());
     for o in objects {
-        old.by_place.insert((o.parent, o.name.clone()), o.id);
+        if places {
+            old.by_place.insert_place(o.parent, &o.name, o.id);
+        }
         old.objects.insert(o.id, o);
     }
     Ok(Some(old))
@@ -480,7 +492,7 @@ fn rebuild_checked(
         check_space_in(&desktop, written_in.unwrap_or(Path::new("/")))?;
     }
     let old = match &options.start_from {
-        Some(backup) => match read_old(backup) {
+        Some(backup) => match read_desktop(backup, options.mode != Mode::Fresh) {
             Ok(Some(old)) => Some(old),
             Ok(None) => {
                 return Err(RebuildError::EmptyBackup {
@@ -494,7 +506,7 @@ fn rebuild_checked(
                 })
             }
         },
-        None => match read_old(&desktop) {
+        None => match read_desktop(&desktop, options.mode != Mode::Fresh) {
             Ok(old) => old,
             Err(e) if options.mode == Mode::Fresh => {
                 tracing::warn!(
@@ -511,7 +523,7 @@ fn rebuild_checked(
             }
         },
     };
-    let walk = walk::walk(
+    let mut walk = walk::walk(
         &root,
         options.threads,
         on_progress,
@@ -534,7 +546,7 @@ fn rebuild_checked(
     // Claims are checked against every desktop that can be read: the backup being restored
     // and the volume's own, or the volume's own (also for -f, when it can still be read).
     let live = match &options.start_from {
-        Some(_) => read_old(&desktop).ok().flatten(),
+        Some(_) => read_desktop(&desktop, false).ok().flatten(),
         None => None,
     };
     let policy = ClaimPolicy {
@@ -542,17 +554,27 @@ fn rebuild_checked(
         trust_all: options.trust_ids,
         recorded_max: options.min_last_id,
     };
-    let plan = plan::plan(
+    // Differences are passed on as the plan finds them, not held (a repair of a volume whose
+    // every resource file is lost has one or two per object). Without any desktop, -s shows
+    // one difference, not a million "new" lines (and the count, which the summary gives, is
+    // of the lines shown).
+    let no_desktop = options.mode == Mode::Scan && old.is_none();
+    let mut differences = 0;
+    let (mut plan, repairs) = plan::plan_compact(
         &walk,
         decide_from,
         counter,
         xattrs_supported(&root),
         &policy,
+        &mut |d| {
+            if !no_desktop {
+                differences += 1;
+                on_difference(&d);
+            }
+        },
     );
-    let mut differences = plan.differences.len();
-    if options.mode == Mode::Scan && old.is_none() {
-        // No desktop at all: that is one difference, not a million "new" lines (and the
-        // count, which the summary gives, is of the lines shown).
+    drop(live);
+    if no_desktop {
         differences = 1;
         on_difference(&Difference {
             object: None,
@@ -561,20 +583,22 @@ fn rebuild_checked(
             path: desktop.as_os_str().as_bytes().to_vec(),
             detail: "there is no desktop; run `deskd rebuild -f`".into(),
         });
-    } else {
-        for d in &plan.differences {
-            on_difference(d);
-        }
     }
     if options.mode != Mode::Scan {
         test_pause_before_fixes();
-        apply_fixes(&root, &plan.fixes)?;
+        let object_fixes = repairs.iter().map(|r| r.fix(&walk, &plan.rows));
+        apply_fixes(&root, object_fixes.chain(plan.fixes.iter().cloned()))?;
         crash_point("fixes");
         let replacing = match options.start_from {
             Some(_) => Replacing::AnyDesktop,
             None if old.is_some() => Replacing::ReadDesktop,
             None => Replacing::Unreadable,
         };
+        // The rows take their names from the walk, which is then no longer needed.
+        for (row, found) in plan.rows.iter_mut().zip(walk.found.iter_mut()) {
+            row.name = std::mem::take(&mut found.name);
+        }
+        drop(walk);
         match relocated {
             None => write_desktop(&desktop, &plan, old.as_ref(), identity, replacing)?,
             Some(target) => {
@@ -600,13 +624,13 @@ pub fn default_threads() -> usize {
     (std::thread::available_parallelism().map_or(2, |n| n.get()) * 8).clamp(8, 64)
 }
 
-fn apply_fixes(root: &Path, fixes: &[Fix]) -> Result<(), RebuildError> {
+fn apply_fixes(root: &Path, fixes: impl Iterator<Item = Fix>) -> Result<(), RebuildError> {
     // Every path is opened below the root without following a symlink on the way: a user
     // who swaps a folder of its own for a link after the walk cannot lead root's writes,
     // xattrs or removals anywhere else (deskd_volume::pin).
     use deskd_volume::pin::pin;
     for fix in fixes {
-        match fix {
+        match &fix {
             Fix::WriteRsrc { path, header } => {
                 deskd_volume::rsrc::write_header(&pin(root, path, 2)?.path, header)?
             }

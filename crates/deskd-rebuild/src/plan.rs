@@ -23,13 +23,16 @@ use deskd_volume::rsrc::{self, ResourceHeader};
 use serde::Serialize;
 
 use crate::claims::{Claim, ClaimPolicy, Verdict};
+pub use crate::old_rows::{Places, Rows};
 use crate::walk::{Found, Rsrc, Walk};
 
 /// The old desktop, as far as a rebuild uses it.
 #[derive(Default)]
 pub struct OldDesktop {
-    pub objects: HashMap<u32, Object>,
-    pub by_place: HashMap<(u32, Vec<u8>), u32>,
+    /// Its rows by ID.
+    pub objects: Rows,
+    /// Its IDs by place: (directory ID, name).
+    pub by_place: Places,
     pub last_id: u32,
     pub comments: HashMap<u32, Vec<u8>>,
     pub icons: Vec<IconRecord>,
@@ -100,6 +103,9 @@ pub struct Plan {
     pub new_id: Vec<bool>,
     pub comments: Vec<(u32, Vec<u8>)>,
     pub differences: Vec<Difference>,
+    /// The orphans' fixes (moves and removals). The walked objects' own repairs are not listed
+    /// (some 250 bytes each): [`plan_compact`] returns them as [`ObjectRepair`]s, and the online
+    /// rebuild makes its own after reading the disk again.
     pub fixes: Vec<Fix>,
     pub last_id: u32,
     pub counts: Counts,
@@ -145,6 +151,9 @@ fn four(code: [u8; 4]) -> String {
 /// 6. `place_orphans`: resource files of no object, moved to their object or removed;
 /// 7. `drop_replaced_headers`: no fresh header where an orphan moves in;
 /// 8. `vanished`: desktop rows of objects that are gone.
+///
+/// This is the online rebuild's plan: the differences collected, the rows named, and only the
+/// orphans' fixes listed (see [`Plan::fixes`]).
 pub fn plan(
     walk: &Walk,
     old: Option<&OldDesktop>,
@@ -152,47 +161,139 @@ pub fn plan(
     xattrs: bool,
     policy: &ClaimPolicy<'_>,
 ) -> Plan {
+    let mut differences = Vec::new();
+    let (mut plan, _made_online) =
+        plan_parts(walk, old, old_counter, xattrs, policy, true, &mut |d| {
+            differences.push(d)
+        });
+    plan.differences = differences;
+    plan
+}
+
+/// A repair of one walked object's resource file or mirror, kept as the object's index until
+/// it is made: a [`Fix`] with its path and header costs some 200 bytes, this 8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectRepair {
+    /// [`rsrc_repair`]'s fix of object `i`.
+    Rsrc(u32),
+    /// [`mirror_repair`]'s fix of object `i`.
+    Mirror(u32),
+}
+
+impl ObjectRepair {
+    /// The fix, made from the walk and the plan's rows as the plan decided it.
+    pub fn fix(self, walk: &Walk, rows: &[Object]) -> Fix {
+        let i = match self {
+            ObjectRepair::Rsrc(i) | ObjectRepair::Mirror(i) => i as usize,
+        };
+        let f = &walk.found[i];
+        let disk_path = walk.path(i as u32);
+        let made = match self {
+            ObjectRepair::Rsrc(_) => {
+                let rsrc_path = rsrc_path_of(i, &disk_path);
+                rsrc_repair(f, i, &rows[i], rsrc_path, &[], true).map(|(_, fix)| fix)
+            }
+            ObjectRepair::Mirror(_) => {
+                mirror_repair(f, i, rows[i].id, true, Vec::new(), disk_path).map(|(_, fix)| fix)
+            }
+        };
+        made.expect("a planned repair is still needed by the same plan")
+    }
+}
+
+/// [`plan`] for a rebuild that cannot hold every difference and repair: each difference goes
+/// to `on_difference` as soon as it is known (in the same order `plan` lists them), and the
+/// repairs of walked objects come back as [`ObjectRepair`]s, in the order `plan` lists their
+/// fixes and before `Plan::fixes` (which holds only the orphans' fixes here). The returned
+/// plan's `differences` is empty, and its rows have no names: row `i`'s is the walk's
+/// `found[i].name` (a second copy of every name would cost some 50 bytes an object).
+pub fn plan_compact(
+    walk: &Walk,
+    old: Option<&OldDesktop>,
+    old_counter: u32,
+    xattrs: bool,
+    policy: &ClaimPolicy<'_>,
+    on_difference: &mut dyn FnMut(Difference),
+) -> (Plan, Vec<ObjectRepair>) {
+    plan_parts(walk, old, old_counter, xattrs, policy, false, on_difference)
+}
+
+/// [`plan_compact`], with the names in the rows when `rows_named`.
+fn plan_parts(
+    walk: &Walk,
+    old: Option<&OldDesktop>,
+    old_counter: u32,
+    xattrs: bool,
+    policy: &ClaimPolicy<'_>,
+    rows_named: bool,
+    on_difference: &mut dyn FnMut(Difference),
+) -> (Plan, Vec<ObjectRepair>) {
     let volume_owner = walk.found.first().map_or(0, |f| f.uid);
     let mut counts = tally(walk);
 
     let mut claims = accepted_claims(walk, policy, volume_owner);
-    let mut differences = std::mem::take(&mut claims.rejections);
+    std::mem::take(&mut claims.rejections)
+        .into_iter()
+        .for_each(&mut *on_difference);
     let bound = policy
         .recorded_max
         .max(claims.highest_trusted)
         .max(old_counter);
-    differences.extend(admit_unchecked(walk, &mut claims, bound));
+    admit_unchecked(walk, &mut claims, bound)
+        .into_iter()
+        .for_each(&mut *on_difference);
     let losers = settle_duplicates(walk, old, &mut claims);
     let counter = counter_start(old_counter, old, &claims.chosen);
 
-    let assigned = assign(walk, old, &claims, &losers, counter, xattrs);
+    // The orphans' headers are read first, so only the objects an orphan could move to are
+    // remembered among those without a resource file.
+    let orphans = read_orphans(walk);
+    let wanted: HashSet<u32> = orphans.iter().filter_map(|o| o.read.id).collect();
+    let assigned = assign(
+        walk,
+        old,
+        &claims,
+        &losers,
+        counter,
+        xattrs,
+        &wanted,
+        rows_named,
+        on_difference,
+    );
+    drop(claims);
     counts.new_ids += assigned.new_ids;
     counts.renumbered += assigned.renumbered;
     counts.repaired += assigned.repaired;
-    differences.extend(assigned.differences);
-    let mut fixes = assigned.fixes;
+    let mut repairs = assigned.repairs;
 
-    let orphans = place_orphans(walk, policy, volume_owner, &assigned.missing_rsrc);
-    counts.removed += orphans.removed;
-    differences.extend(orphans.differences);
-    fixes.extend(orphans.fixes);
-    drop_replaced_headers(&mut fixes, &orphans.moved_to);
+    let placed = place_orphans(orphans, policy, volume_owner, &assigned.missing_rsrc);
+    counts.removed += placed.removed;
+    placed.differences.into_iter().for_each(&mut *on_difference);
+    if !placed.moved_to.is_empty() {
+        // Phase 7, on the few headers that could be replaced (made to be compared).
+        repairs.retain(|r| {
+            let mut fix = vec![r.fix(walk, &assigned.rows)];
+            drop_replaced_headers(&mut fix, &placed.moved_to);
+            !fix.is_empty()
+        });
+    }
 
     if let Some(o) = old {
         let gone = vanished(walk, o, &assigned.final_ids);
         counts.removed += gone.len() as u64;
-        differences.extend(gone);
+        gone.into_iter().for_each(&mut *on_difference);
     }
     let max_assigned = assigned.final_ids.iter().copied().max().unwrap_or(0);
-    Plan {
+    let plan = Plan {
         rows: assigned.rows,
         new_id: assigned.new_id,
         comments: assigned.comments,
-        differences,
-        fixes,
+        differences: Vec::new(),
+        fixes: placed.fixes,
         last_id: assigned.counter.max(max_assigned),
         counts,
-    }
+    };
+    (plan, repairs)
 }
 
 /// The counts known before anything is decided: objects and directories walked.
@@ -410,21 +511,30 @@ fn settle_duplicates(
     old: Option<&OldDesktop>,
     claims: &mut Claims,
 ) -> HashMap<u32, (u32, u32)> {
-    let mut claimants: HashMap<u32, Vec<u32>> = HashMap::with_capacity(claims.chosen.len());
-    for (i, c) in claims.chosen.iter().enumerate() {
-        if let Some((id, _)) = c {
-            claimants.entry(*id).or_default().push(i as u32);
-        }
-    }
+    // (ID, walk index) pairs sorted: the claimants of one ID are one run, in walk order. Eight
+    // bytes an object, where a map of lists cost a hundred.
+    let mut claimants: Vec<(u32, u32)> = claims
+        .chosen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.map(|(id, _)| (id, i as u32)))
+        .collect();
+    claimants.sort_unstable();
     let mut loser_of = HashMap::new();
-    for (&id, list) in claimants.iter().filter(|(_, l)| l.len() > 1) {
-        let winner = duplicate_winner(walk, old, claims, id, list);
-        for &i in list {
+    for run in claimants
+        .chunk_by(|a, b| a.0 == b.0)
+        .filter(|r| r.len() > 1)
+    {
+        let id = run[0].0;
+        let list: Vec<u32> = run.iter().map(|&(_, i)| i).collect();
+        let winner = duplicate_winner(walk, old, claims, id, &list);
+        for &i in &list {
             if i != winner {
                 loser_of.insert(i, (id, winner));
             }
         }
     }
+    drop(claimants);
     for &loser in loser_of.keys() {
         claims.chosen[loser as usize] = None;
     }
@@ -491,10 +601,11 @@ struct Assigned {
     /// Each walked object's ID.
     final_ids: Vec<u32>,
     comments: Vec<(u32, Vec<u8>)>,
-    differences: Vec<Difference>,
-    fixes: Vec<Fix>,
-    /// Objects without a resource file, by their ID: where a left-behind one would go, with the
-    /// object's owner (only its own or a trusted resource file may move to it).
+    /// The repairs of resource files and mirrors, in object order.
+    repairs: Vec<ObjectRepair>,
+    /// Objects without a resource file whose ID an orphan carries, by that ID: where the
+    /// orphan would go, with the object's owner (only its own or a trusted resource file may
+    /// move to it).
     missing_rsrc: HashMap<u32, (PathBuf, u32)>,
     /// The counter after the new IDs.
     counter: u32,
@@ -540,7 +651,8 @@ impl Unclaimed<'_> {
 
 /// Phase 5: every object's ID, parents first (the walk lists a directory before its entries),
 /// its new row and comment, its differences with the desktop and the repairs of its resource
-/// file and mirror.
+/// file and mirror. Differences go to `on_difference` as they are found.
+#[allow(clippy::too_many_arguments)]
 fn assign(
     walk: &Walk,
     old: Option<&OldDesktop>,
@@ -548,6 +660,9 @@ fn assign(
     loser_of: &HashMap<u32, (u32, u32)>,
     counter: u32,
     xattrs: bool,
+    orphan_ids: &HashSet<u32>,
+    rows_named: bool,
+    on_difference: &mut dyn FnMut(Difference),
 ) -> Assigned {
     let found = &walk.found;
     let n = found.len();
@@ -574,7 +689,7 @@ fn assign(
             out.final_ids[f.parent as usize]
         };
         // The ID the old desktop has at this place (used for unclaimed objects and the report).
-        let place_id = old.and_then(|o| o.by_place.get(&(parent_id, f.name.clone())).copied());
+        let place_id = old.and_then(|o| o.by_place.get(parent_id, &f.name));
         let (id, source) = match claims.chosen[i] {
             Some((id, source)) => (id, Some(source)),
             None => {
@@ -604,7 +719,7 @@ fn assign(
         let loser = loser_of.get(&(i as u32));
         if let Some(&(dup_id, winner)) = loser {
             out.renumbered += 1;
-            out.differences.push(Difference {
+            on_difference(Difference {
                 object: Some(i as u32),
                 id: Some(id),
                 kind: "duplicate",
@@ -626,28 +741,32 @@ fn assign(
             };
             if let Some((difference, repairs)) = desktop_difference(f, o, old_row, &seen, &path) {
                 repaired |= repairs;
-                out.differences.push(difference);
+                on_difference(difference);
             }
         }
 
         // Repairs on disk: the resource file and the mirror.
         let rsrc_path = rsrc_path_of(i, &disk_path);
-        if f.rsrc == Rsrc::Missing {
+        if f.rsrc == Rsrc::Missing && orphan_ids.contains(&id) {
             out.missing_rsrc.insert(id, (rsrc_path.clone(), f.uid));
         }
-        if let Some((difference, fix)) = rsrc_repair(f, i, &row, rsrc_path, &path, loser.is_some())
-        {
-            out.differences.extend(difference);
-            out.fixes.push(fix);
+        // (The fixes themselves are made again when applied: see ObjectRepair.)
+        if let Some((difference, _)) = rsrc_repair(f, i, &row, rsrc_path, &path, loser.is_some()) {
+            difference.into_iter().for_each(&mut *on_difference);
+            out.repairs.push(ObjectRepair::Rsrc(i as u32));
             repaired = true;
         }
-        if let Some((difference, fix)) = mirror_repair(f, i, id, xattrs, path, disk_path) {
-            out.differences.push(difference);
-            out.fixes.push(fix);
+        if let Some((difference, _)) = mirror_repair(f, i, id, xattrs, path, disk_path) {
+            on_difference(difference);
+            out.repairs.push(ObjectRepair::Mirror(i as u32));
             repaired = true;
         }
         if repaired {
             out.repaired += 1;
+        }
+        let mut row = row;
+        if !rows_named {
+            row.name = Vec::new();
         }
         out.rows.push(row);
     }
@@ -906,26 +1025,44 @@ struct Orphans {
     moved_to: HashSet<PathBuf>,
 }
 
-/// Phase 6: resource files that belong to no object. One left behind by a plain `mv` moves to
-/// the object that now carries its ID (its fork and comment go with it); the others are
-/// removed. Reads each orphan's header and owner.
+/// A resource file of no object, with what its header and owner say.
+struct ReadOrphan {
+    path: PathBuf,
+    read: OrphanRsrc,
+}
+
+/// Read the header and owner of every resource file the walk found without an object.
+fn read_orphans(walk: &Walk) -> Vec<ReadOrphan> {
+    walk.orphans
+        .iter()
+        .map(|(dir, name)| {
+            let path = walk.dir_paths[dir]
+                .join(rsrc::RSRC_DIR)
+                .join(std::ffi::OsStr::from_bytes(name));
+            // The owner of the very file whose header is read.
+            let (header, owner) = rsrc::read_header_and_owner(&path).ok().flatten().unzip();
+            ReadOrphan {
+                path,
+                read: OrphanRsrc {
+                    id: header.map(|h| h.id),
+                    owner,
+                },
+            }
+        })
+        .collect()
+}
+
+/// Phase 6: resource files that belong to no object ([`read_orphans`]). One left behind by a
+/// plain `mv` moves to the object that now carries its ID (its fork and comment go with it);
+/// the others are removed.
 fn place_orphans(
-    walk: &Walk,
+    orphans: Vec<ReadOrphan>,
     policy: &ClaimPolicy<'_>,
     volume_owner: u32,
     missing_rsrc: &HashMap<u32, (PathBuf, u32)>,
 ) -> Orphans {
     let mut out = Orphans::default();
-    for (dir, name) in &walk.orphans {
-        let path = walk.dir_paths[dir]
-            .join(rsrc::RSRC_DIR)
-            .join(std::ffi::OsStr::from_bytes(name));
-        // The owner of the very file whose header is read.
-        let (header, orphan_owner) = rsrc::read_header_and_owner(&path).ok().flatten().unzip();
-        let orphan = OrphanRsrc {
-            id: header.map(|h| h.id),
-            owner: orphan_owner,
-        };
+    for ReadOrphan { path, read: orphan } in orphans {
         match orphan_destination(&orphan, missing_rsrc, policy.trust_all, volume_owner) {
             Some((id, to)) if !out.moved_to.contains(&to) => {
                 out.moved_to.insert(to.clone());
