@@ -92,12 +92,18 @@ fn gather(volumes: &[Arc<VolumeHandle>]) -> ServerMemory {
     out
 }
 
+/// The process-wide counts of `/proc/self/status` now: cheap (no walk of the mappings), so
+/// every metrics scrape reads them afresh.
+pub(crate) fn kernel_counts() -> KernelCounts {
+    KernelCounts::parse(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
+}
+
 /// The process-wide counts of `/proc/self/status`, in bytes.
 #[derive(Debug, Default, PartialEq)]
-struct KernelCounts {
-    rss_anon: u64,
-    rss_file: u64,
-    vm_hwm: u64,
+pub(crate) struct KernelCounts {
+    pub(crate) rss_anon: u64,
+    pub(crate) rss_file: u64,
+    pub(crate) vm_hwm: u64,
 }
 
 impl KernelCounts {

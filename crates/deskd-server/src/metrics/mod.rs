@@ -108,7 +108,7 @@ pub(crate) fn render(shared: &Shared, view: View) -> String {
         );
     }
     per_volume(&mut out, &volumes);
-    memory(&mut out, shared, &volumes);
+    memory(&mut out, &volumes);
     requests(&mut out, shared, view, &volumes);
     out.finish()
 }
@@ -165,65 +165,52 @@ fn counter_and_objects(shared: &Shared, handle: &VolumeHandle) -> (Option<u64>, 
     (objects, last_id)
 }
 
-/// The memory figures `deskd status` shows (the `Memory` request, open to every peer: sizes
-/// and counts only), gathered at most once a second whoever asks.
-fn memory(out: &mut Exposition, shared: &Shared, volumes: &[VolumeFigures]) {
-    let m = crate::memory::figures(&shared.volumes());
+/// The memory figures of `deskd status` that cost no walk of the process's mappings
+/// (`/proc/self/status`, the mapping budget, the name indexes): a scrape every few seconds
+/// must not read `/proc/self/smaps`, whose walk cost the socket clients 2 % of their
+/// throughput at one scrape per 100 ms (docs/PERFORMANCE.md). The per-mapping figures stay
+/// in `deskd status`.
+fn memory(out: &mut Exposition, volumes: &[VolumeFigures]) {
+    let kernel = crate::memory::kernel_counts();
+    let budget = crate::mmap_budget::global();
     let process: [(&str, &str, u64); 5] = [
         (
             "deskd_memory_anonymous_bytes",
             "Anonymous resident memory (RssAnon): what the server really uses.",
-            m.rss_anon,
+            kernel.rss_anon,
         ),
         (
             "deskd_memory_file_resident_bytes",
             "Resident file-backed pages (RssFile), each mapping of a desktop counted again.",
-            m.rss_file,
+            kernel.rss_file,
         ),
         (
             "deskd_memory_peak_resident_bytes",
             "Peak resident set (VmHWM) since the server started.",
-            m.vm_hwm,
+            kernel.vm_hwm,
         ),
         (
             "deskd_mmap_total_bytes",
             "The most the read connections may map of the desktops together (mmap_total).",
-            m.mmap_total,
+            budget.total(),
         ),
         (
             "deskd_mmap_granted_bytes",
             "What the read connections have been granted of mmap_total now.",
-            m.mmap_granted,
+            budget.granted(),
         ),
     ];
     for (name, help, value) in process {
         out.family(name, Type::Gauge, help);
         out.sample(name, &[], value);
     }
-    let of = |v: &VolumeFigures| m.volumes.iter().find(|x| x.vol == v.handle.index);
-    each_volume(
-        out,
-        volumes,
-        "deskd_volume_mapped_bytes",
-        Type::Gauge,
-        "Size of the desktop's mappings, all connections together.",
-        |v| of(v).map(|x| x.mapped),
-    );
-    each_volume(
-        out,
-        volumes,
-        "deskd_volume_mapped_resident_bytes",
-        Type::Gauge,
-        "Resident pages of the desktop's mappings, all connections together.",
-        |v| of(v).map(|x| x.mapped_resident),
-    );
     each_volume(
         out,
         volumes,
         "deskd_volume_name_index_bytes",
         Type::Gauge,
         "Heap held by the volume's in-memory name index (find).",
-        |v| of(v).map(|x| x.name_index),
+        |v| Some(v.handle.names.heap_bytes()),
     );
 }
 
