@@ -849,35 +849,48 @@ impl Bridge {
     /// A connection as afpd makes one: the handshake for the volume afp.conf names `name`, at
     /// `path`, as user alice (10 s read timeout).
     pub fn afpd(&self, path: &Path, name: &[u8]) -> std::net::TcpStream {
-        use std::io::Write;
-        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(&deskd_netatalk::wire::encode_handshake(
-            &deskd_netatalk::wire::Handshake {
-                volume_name: name.to_vec(),
-                volume_path: path.as_os_str().as_encoded_bytes().to_vec(),
-                user: b"alice".to_vec(),
-            },
-        ))
-        .unwrap();
-        s
+        afpd_at(&self.addr, path, name)
     }
 
     /// Wait (up to 20 s) until the bridge's log holds `what`; returns the log. The bridge logs
     /// a refused or cut-off connection after closing it, so a test that saw the close polls.
     pub fn wait_for_log(&self, what: &str) -> String {
-        let began = Instant::now();
-        loop {
-            let text = self.log_text();
-            if text.contains(what) {
-                return text;
-            }
-            assert!(
-                began.elapsed() < Duration::from_secs(20),
-                "no {what:?} in the bridge's log: {text}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
+        wait_for_text(&self.log, what, "the bridge's log")
+    }
+}
+
+/// A connection to an afpd CNID listener at `addr` as afpd makes one: the handshake for the
+/// volume afp.conf names `name`, at `path`, as user alice (10 s read timeout).
+pub fn afpd_at(addr: &str, path: &Path, name: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&deskd_netatalk::wire::encode_handshake(
+        &deskd_netatalk::wire::Handshake {
+            volume_name: name.to_vec(),
+            volume_path: path.as_os_str().as_encoded_bytes().to_vec(),
+            user: b"alice".to_vec(),
+        },
+    ))
+    .unwrap();
+    s
+}
+
+/// Wait (up to 20 s) until the file `log` (`whose`, for the failure) holds `what`; returns its
+/// text. A listener logs a refused or cut-off connection after closing it, so a test that saw
+/// the close polls.
+pub fn wait_for_text(log: &Path, what: &str, whose: &str) -> String {
+    let began = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(what) {
+            return text;
         }
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "no {what:?} in {whose}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -1055,33 +1068,11 @@ impl Cnid {
 
     /// A connection as afpd makes one (see [`Bridge::afpd`]).
     pub fn afpd(&self, path: &Path, name: &[u8]) -> std::net::TcpStream {
-        use std::io::Write;
-        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(&deskd_netatalk::wire::encode_handshake(
-            &deskd_netatalk::wire::Handshake {
-                volume_name: name.to_vec(),
-                volume_path: path.as_os_str().as_encoded_bytes().to_vec(),
-                user: b"alice".to_vec(),
-            },
-        ))
-        .unwrap();
-        s
+        afpd_at(&self.addr, path, name)
     }
 
     /// Wait (up to 20 s) until the listener's log holds `what`; returns the log.
     pub fn wait_for_log(&self, what: &str) -> String {
-        let began = Instant::now();
-        loop {
-            let text = self.log_text();
-            if text.contains(what) {
-                return text;
-            }
-            assert!(
-                began.elapsed() < Duration::from_secs(20),
-                "no {what:?} in the listener's log: {text}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_text(&self.log, what, "the listener's log")
     }
 }
