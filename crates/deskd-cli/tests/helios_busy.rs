@@ -5,40 +5,10 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 const WARNING: &str = "Warning, desktop DB busy by another process";
-
-/// The real `sqlite3` CLI holding the desktop's write lock until released.
-struct Sqlite3Lock(Child);
-
-impl Sqlite3Lock {
-    fn take(desktop: &std::path::Path) -> Sqlite3Lock {
-        let mut child = Command::new("sqlite3")
-            .arg(desktop)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the sqlite3 CLI is installed");
-        let stdin = child.stdin.as_mut().unwrap();
-        writeln!(stdin, "BEGIN IMMEDIATE; SELECT 'locked';").unwrap();
-        stdin.flush().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "locked", "sqlite3 took the write lock");
-        Sqlite3Lock(child)
-    }
-
-    /// End the session: its transaction is rolled back and the lock released.
-    fn release(mut self) {
-        drop(self.0.stdin.take());
-        assert!(self.0.wait().unwrap().success());
-    }
-}
 
 fn finished(child: Child, what: &str) -> std::process::Output {
     let out = child.wait_with_output().unwrap();

@@ -10,9 +10,9 @@ mod id_cases;
 #[path = "netatalk_cases/wire.rs"]
 mod wire_cases;
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use deskd_netatalk::wire::{self, op, res, Request};
@@ -110,35 +110,6 @@ fn malformed_and_stalled_frames_close_only_their_connection() {
     let f = add(&mut good, &vol.join("f"), 2, 0);
     assert_eq!(f.result, res::OK);
     assert_eq!(env.id_of(&vol.join("f")), f.cnid);
-}
-
-/// The real `sqlite3` CLI holding the desktop's write lock until released (as in
-/// helios_busy.rs).
-struct Sqlite3Lock(Child);
-
-impl Sqlite3Lock {
-    fn take(desktop: &std::path::Path) -> Sqlite3Lock {
-        let mut child = Command::new("sqlite3")
-            .arg(desktop)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the sqlite3 CLI is installed");
-        let stdin = child.stdin.as_mut().unwrap();
-        writeln!(stdin, "BEGIN IMMEDIATE; SELECT 'locked';").unwrap();
-        stdin.flush().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "locked", "sqlite3 took the write lock");
-        Sqlite3Lock(child)
-    }
-
-    fn release(mut self) {
-        drop(self.0.stdin.take());
-        assert!(self.0.wait().unwrap().success());
-    }
 }
 
 /// With the writer idle an ADD is committed and answered at once; with it busy (sqlite3 holds

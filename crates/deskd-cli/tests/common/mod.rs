@@ -1076,3 +1076,37 @@ impl Cnid {
         wait_for_text(&self.log, what, "the listener's log")
     }
 }
+
+// --- shared by helios_busy and netatalk_inserve ---
+
+/// The real `sqlite3` CLI holding the desktop's write lock until released.
+pub struct Sqlite3Lock(std::process::Child);
+
+impl Sqlite3Lock {
+    pub fn take(desktop: &std::path::Path) -> Sqlite3Lock {
+        let mut child = std::process::Command::new("sqlite3")
+            .arg(desktop)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the sqlite3 CLI is installed");
+        use std::io::{BufRead, Write};
+        let stdin = child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"BEGIN IMMEDIATE; SELECT 'locked';\n")
+            .unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked", "sqlite3 took the write lock");
+        Sqlite3Lock(child)
+    }
+
+    /// End the session: its transaction is rolled back and the lock released.
+    pub fn release(mut self) {
+        drop(self.0.stdin.take());
+        assert!(self.0.wait().unwrap().success());
+    }
+}
