@@ -120,8 +120,9 @@ install -m 644 contrib/deskd.toml "$doc/examples/deskd.toml"
 
 # Monitoring: the Prometheus alert rules (with their promtool unit tests) and the Grafana
 # dashboard (docs/deskd.md, "deskd metrics").
-install -d "$doc/examples/prometheus" "$doc/examples/grafana"
+install -d "$doc/examples/prometheus/tests" "$doc/examples/grafana"
 install -m 644 contrib/prometheus/*.yml "$doc/examples/prometheus/"
+install -m 644 contrib/prometheus/tests/*.yml "$doc/examples/prometheus/tests/"
 install -m 644 contrib/grafana/*.json "$doc/examples/grafana/"
 
 # Documentation, with the links between pages kept (README links docs/…).

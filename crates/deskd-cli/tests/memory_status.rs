@@ -151,6 +151,18 @@ fn status_shows_the_memory_figures_and_the_cap_bounds_the_mappings() {
         num(server, "short_readers") as usize >= CLIENTS - 2,
         "{server}"
     );
+    // The metrics say the cap bites as status does (and say what the budget holds).
+    let metrics = env.deskd_ok(&["metrics"]);
+    let gauge = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(gauge("deskd_mmap_short_readers") as usize >= CLIENTS - 2);
+    assert_eq!(gauge("deskd_mmap_total_bytes"), cap);
     assert!(
         num(volume, "mapped_bytes") <= cap + num(volume, "desktop_bytes"),
         "the readers' mappings within the cap, the writer's one desktop besides: {volume}"

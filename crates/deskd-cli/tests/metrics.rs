@@ -171,6 +171,7 @@ fn metrics_show_what_two_volumes_went_through_and_promtool_accepts_them() {
     assert!(value(&m, "deskd_memory_anonymous_bytes", &[]) > 1e6);
     assert!(value(&m, "deskd_memory_peak_resident_bytes", &[]) > 1e6);
     assert!(value(&m, "deskd_mmap_total_bytes", &[]) > 0.0);
+    assert_eq!(value(&m, "deskd_mmap_short_readers", &[]), 0.0);
     assert!(m.contains_key(&format!(
         "deskd_volume_name_index_bytes{{volume=\"{rw_label}\"}}"
     )));
@@ -182,7 +183,7 @@ fn metrics_show_what_two_volumes_went_through_and_promtool_accepts_them() {
         value(
             &m,
             "deskd_rebuild_phase",
-            &[("volume", &rw_label), ("phase", "done")]
+            &[("volume", &rw_label), ("phase", "done"), ("mode", "scan")]
         ),
         1.0
     );
@@ -261,7 +262,8 @@ fn a_scrape_answers_at_once_while_a_freeze_and_a_slow_rebuild_run() {
         .spawn()
         .unwrap();
     let rw_label = env.path("rw").canonicalize().unwrap().display().to_string();
-    let walking = format!("deskd_rebuild_phase{{volume=\"{rw_label}\",phase=\"walking\"}} 1");
+    let walking =
+        format!("deskd_rebuild_phase{{volume=\"{rw_label}\",phase=\"walking\",mode=\"scan\"}} 1");
     let began = Instant::now();
     let text = loop {
         let asked = Instant::now();
@@ -372,7 +374,7 @@ fn the_contrib_alert_rules_pass_promtool_check_and_their_unit_tests() {
     let Some(promtool) = promtool() else { return };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let rules = root.join("contrib/prometheus/deskd-alerts.yml");
-    let tests = root.join("contrib/prometheus/deskd-alerts.test.yml");
+    let tests = root.join("contrib/prometheus/tests/deskd-alerts.test.yml");
     let said = promtool_ok(
         &promtool,
         &["check", "rules", rules.to_str().unwrap()],

@@ -152,7 +152,11 @@ fn the_package_lists_the_tools_units_pages_completions_and_sample_config() {
             "/usr/share/doc/deskd/examples/prov-backup/{example}"
         ));
     }
-    for (dir, suffix) in [("prometheus", ".yml"), ("grafana", ".json")] {
+    for (dir, suffix) in [
+        ("prometheus", ".yml"),
+        ("prometheus/tests", ".yml"),
+        ("grafana", ".json"),
+    ] {
         let files = contrib_files(dir, suffix);
         assert!(!files.is_empty(), "nothing in contrib/{dir}");
         for file in files {

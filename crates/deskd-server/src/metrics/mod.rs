@@ -173,7 +173,7 @@ fn counter_and_objects(shared: &Shared, handle: &VolumeHandle) -> (Option<u64>, 
 fn memory(out: &mut Exposition, volumes: &[VolumeFigures]) {
     let kernel = crate::memory::kernel_counts();
     let budget = crate::mmap_budget::global();
-    let process: [(&str, &str, u64); 5] = [
+    let process: [(&str, &str, u64); 6] = [
         (
             "deskd_memory_anonymous_bytes",
             "Anonymous resident memory (RssAnon): what the server really uses.",
@@ -198,6 +198,12 @@ fn memory(out: &mut Exposition, volumes: &[VolumeFigures]) {
             "deskd_mmap_granted_bytes",
             "What the read connections have been granted of mmap_total now.",
             budget.granted(),
+        ),
+        (
+            "deskd_mmap_short_readers",
+            "Read connections mapping less than their desktop (the budget is spent): they read \
+             the rest with pread; raise mmap_total when this stays above 0.",
+            u64::from(budget.short()),
         ),
     ];
     for (name, help, value) in process {
@@ -376,13 +382,19 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
         "deskd_rebuild_phase",
         Type::Gauge,
         "1 for the phase the running or last online rebuild is in (walking, planning, \
-         applying, done, failed, stopped).",
+         applying, done, failed, stopped), and its mode (scan, repair, fresh).",
     );
     for v in volumes {
         if let Some(r) = &v.rebuild {
+            // The mode tells a scan's differences (nothing repaired) from a repair's.
+            let mode = match r.mode {
+                deskd_proto::RebuildMode::Scan => "scan",
+                deskd_proto::RebuildMode::Repair => "repair",
+                deskd_proto::RebuildMode::Fresh => "fresh",
+            };
             out.sample(
                 "deskd_rebuild_phase",
-                &[("volume", &v.label), ("phase", &r.phase)],
+                &[("volume", &v.label), ("phase", &r.phase), ("mode", mode)],
                 1u64,
             );
         }
