@@ -506,6 +506,13 @@ fn every_setting_the_sample_configuration_shows_is_accepted() {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .unwrap();
+    let cnid_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let afp_conf = env.path("afp.conf");
+    std::fs::write(&afp_conf, "[Global]\n").unwrap();
     let dir = env.dir.path().display().to_string();
     let config = sample_config(p, &env, |text| {
         // Every commented `key = value` line and volume table, uncommented as it stands; only
@@ -517,7 +524,7 @@ fn every_setting_the_sample_configuration_shows_is_accepted() {
             let setting = body
                 .split_once(" = ")
                 .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
-            if setting || body.starts_with("[volume.") {
+            if setting || body.starts_with("[volume.") || body == "[netatalk]" {
                 out.push_str(body);
                 uncommented += 1;
             } else {
@@ -533,6 +540,9 @@ fn every_setting_the_sample_configuration_shows_is_accepted() {
             .replace("/var/backups/deskd", backups.to_str().unwrap())
             .replace("127.0.0.1:7420", &format!("127.0.0.1:{port}"))
             .replace("127.0.0.1:8470", &format!("127.0.0.1:{http_port}"))
+            .replace("127.0.0.1:4700", &format!("127.0.0.1:{cnid_port}"))
+            .replace("/etc/netatalk/afp.conf", afp_conf.to_str().unwrap())
+            .replace("/var/lib/netatalk/", &format!("{dir}/netatalk/"))
     });
     env.start(&["--config", config.to_str().unwrap()]);
     // Both volume tables are served, the archive read-only; desktop_location put the desktops
@@ -554,8 +564,9 @@ fn every_setting_the_sample_configuration_shows_is_accepted() {
         );
     }
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    // And HTTP on `http_listen`.
+    // And HTTP on `http_listen`, and afpd's CNID protocol on `[netatalk] listen`.
     env.wait_for_log(&format!("listening on http 127.0.0.1:{http_port}"), 1);
+    env.wait_for_log(&format!("CNID protocol on 127.0.0.1:{cnid_port}"), 1);
 }
 
 #[test]
