@@ -47,7 +47,7 @@ fn running() -> &'static Running {
         std::thread::spawn(move || {
             deskd_netatalk::serve(
                 listener,
-                Arc::new(move || {
+                Arc::new(move |_: &str| {
                     deskd_client::Client::connect(&socket, common::PATIENCE)
                         .map(|c| Box::new(c) as Box<dyn deskd_netatalk::Desk>)
                 }),

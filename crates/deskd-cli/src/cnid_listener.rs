@@ -103,7 +103,7 @@ impl Listener {
     /// until the listener fails for good. `whose` ends the log line that gives the address.
     pub fn serve(
         self,
-        connect: Arc<dyn Fn() -> Result<Box<dyn Desk>, ClientError> + Send + Sync>,
+        connect: Arc<dyn Fn(&str) -> Result<Box<dyn Desk>, ClientError> + Send + Sync>,
         whose: &str,
     ) -> Result<()> {
         tracing::info!(
@@ -116,8 +116,8 @@ impl Listener {
 
     /// Serve afpd connections from inside `deskd serve`, on a thread of their own.
     pub fn spawn_in_serve(self, server: InProcessConnector) -> Result<()> {
-        let connect = Arc::new(move || -> Result<Box<dyn Desk>, ClientError> {
-            Ok(Box::new(InServe(server.connect())))
+        let connect = Arc::new(move |who: &str| -> Result<Box<dyn Desk>, ClientError> {
+            Ok(Box::new(InServe(server.connect_as(who))))
         });
         std::thread::Builder::new()
             .name("afpd-accept".into())

@@ -219,4 +219,17 @@ fn afpd_connections_and_their_requests_show_in_the_metrics() {
         })
     };
     assert!(timed("Add") || timed("AddPath"), "{text}");
+    // Status and the audit log name the afpd connection (its address and user), not deskd.
+    let status = env.deskd_ok(&["status"]);
+    assert!(
+        status.contains("afpd 127.0.0.1:") && status.contains("user alice"),
+        "{status}"
+    );
+    let log = env.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("(afpd 127.0.0.1:")
+            && l.contains("user alice)")
+            && l.contains("counted")),
+        "{log}"
+    );
 }

@@ -138,12 +138,16 @@ impl Desk for Client {
 }
 
 /// A new connection to deskd: made for each afpd connection, and again after deskd went away.
-pub type Connect<'a> = &'a (dyn Fn() -> Result<Box<dyn Desk>, ClientError> + Sync);
+/// Its argument names the afpd connection (`afpd PEER user NAME`, the name as afpd sent it,
+/// escaped), for a server that lists its clients (`deskd status`, the audit log).
+pub type Connect<'a> = &'a (dyn Fn(&str) -> Result<Box<dyn Desk>, ClientError> + Sync);
 
 /// The deskd side of one afpd connection: a connection to deskd and the volume's handle, made
 /// again when deskd restarts.
 struct Session<'a> {
     connect: Connect<'a>,
+    /// Who this afpd connection is (see [`Connect`]).
+    label: String,
     root: std::path::PathBuf,
     desk: Option<(Box<dyn Desk>, u32)>,
     /// DELETEs held back: their names hold an object of their kind again (see
@@ -244,7 +248,7 @@ impl Session<'_> {
 
     fn desk(&mut self) -> Result<(&mut dyn Desk, u32), ClientError> {
         if self.desk.is_none() {
-            let mut desk = (self.connect)()?;
+            let mut desk = (self.connect)(&self.label)?;
             let vol = match desk.call(Request::OpenVolume {
                 root: self.root.as_os_str().as_bytes().to_vec(),
             })? {
@@ -646,7 +650,7 @@ impl Drop for Slot {
 /// `limits.max_connections` are closed at once (logged at most every 10 s).
 pub fn serve(
     listener: TcpListener,
-    connect: Arc<dyn Fn() -> Result<Box<dyn Desk>, ClientError> + Send + Sync>,
+    connect: Arc<dyn Fn(&str) -> Result<Box<dyn Desk>, ClientError> + Send + Sync>,
     limits: Limits,
     afp_conf: Option<Arc<dbpath::AfpConf>>,
 ) {
@@ -761,8 +765,16 @@ pub fn serve_connection(
             })
         },
     )?;
+    let label = format!(
+        "afpd {} user {}",
+        stream
+            .peer_addr()
+            .map_or_else(|_| "-".to_owned(), |a| a.to_string()),
+        String::from_utf8_lossy(&hello.user).escape_debug()
+    );
     let mut desk = Session {
         connect,
+        label,
         root,
         desk: None,
         held_deletes: Vec::new(),

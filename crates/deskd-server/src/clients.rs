@@ -55,9 +55,21 @@ impl Client {
     }
 
     /// A connection from inside this process for one of its own front ends (the afpd CNID
-    /// listener), acting as the server's own user.
-    pub(crate) fn in_process(uid: u32) -> Client {
-        let mut client = Client::local(Some(uid), std::process::id() as i32);
+    /// listener), acting as the server's own user, shown as `program` (`afpd PEER user NAME`:
+    /// the name is afpd's, untrusted, so escaped here for the log and kept as text for status).
+    pub(crate) fn in_process(uid: u32, program: &str) -> Client {
+        let pid = std::process::id();
+        let who = format!(
+            "uid {uid} pid {pid} ({})",
+            audit::escape(program.as_bytes())
+        );
+        let mut client = Client::new(
+            Some(uid),
+            Some(pid),
+            Some(program.to_owned()),
+            None,
+            who.into(),
+        );
         client.in_process = true;
         client
     }

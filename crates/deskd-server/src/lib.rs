@@ -92,9 +92,11 @@ pub struct Server {
 pub struct InProcessConnector(Arc<Shared>);
 
 impl InProcessConnector {
-    /// A new connection whose peer is the server's own user (see [`InProcessConnection`]).
-    pub fn connect(&self) -> InProcessConnection {
-        InProcessConnection::new(self.0.clone())
+    /// A new connection whose peer is the server's own user (see [`InProcessConnection`]),
+    /// listed among the clients (`deskd status`, the audit log) as `who` (untrusted text: it is
+    /// escaped where shown).
+    pub fn connect_as(&self, who: &str) -> InProcessConnection {
+        InProcessConnection::new(self.0.clone(), who)
     }
 }
 

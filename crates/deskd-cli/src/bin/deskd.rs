@@ -849,7 +849,8 @@ fn netatalk(connection: &ConnectionArgs, options: &cnid_listener::Options) -> Re
     });
     let whose = format!("for deskd at {}", address.endpoint);
     listener.serve(
-        std::sync::Arc::new(move || {
+        // deskd lists the bridge's connections by their own peer credentials.
+        std::sync::Arc::new(move |_: &str| {
             address
                 .connect()
                 .map(|c| Box::new(c) as Box<dyn deskd_netatalk::Desk>)

@@ -53,14 +53,14 @@ pub struct InProcessConnection {
 
 impl InProcessConnection {
     /// A connection whose peer is the server's own user.
-    pub(crate) fn new(shared: Arc<Shared>) -> InProcessConnection {
+    pub(crate) fn new(shared: Arc<Shared>, who: &str) -> InProcessConnection {
         let uid = rustix::process::geteuid().as_raw();
         let credentials = Credentials {
             uid,
             gid: rustix::process::getegid().as_raw(),
             groups: Vec::new(),
         };
-        let registration = shared.clients.register(Client::in_process(uid));
+        let registration = shared.clients.register(Client::in_process(uid, who));
         InProcessConnection {
             conn: Connection {
                 shared,
