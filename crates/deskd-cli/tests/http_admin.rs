@@ -1150,3 +1150,75 @@ fn backup_dir_without_http_listen_is_warned_about() {
     env.start(&["--config", &toml, &vol]);
     env.wait_for_log("backup_dir is set but http_listen is not", 1);
 }
+
+#[test]
+fn the_page_keeps_typed_input_names_roots_freezes_its_own_row_and_shows_deskd_gone() {
+    let mut env = Env::new(&["a/projects", "b/projects"]);
+    let addr = serve_http(&mut env, "", &["a/projects", "b/projects"]);
+    let (root_a, root_b) = (
+        env.path("a/projects").display().to_string(),
+        env.path("b/projects").display().to_string(),
+    );
+    let Some(mut browser) = Browser::start(env.dir.path()) else {
+        skip("chromium is not installed");
+        return;
+    };
+    browser.call("Page.navigate", json!({"url": format!("http://{addr}/")}));
+    browser.wait_for("document.querySelectorAll('#volumes tbody tr').length === 2");
+    browser.eval(&format!(
+        "document.querySelector('#token').value = '{TOKEN}'; \
+         document.querySelector('#token-save').click(); true"
+    ));
+    browser.wait_for("document.querySelector('#auth-state').textContent === 'token accepted'");
+    // Both roots are in the rows themselves, not only in a tooltip.
+    let rows = browser.eval("document.querySelector('#volumes tbody').innerText");
+    let rows = rows.as_str().unwrap();
+    assert!(rows.contains(&root_a) && rows.contains(&root_b), "{rows}");
+    // The user types into volume 1's freeze box; a refresh (seen when volume 0's flush
+    // shows) leaves the text and the focus alone.
+    browser.eval(
+        "const box = document.querySelector('[data-freeze-seconds=\"1\"]'); \
+         box.focus(); box.value = '45'; true",
+    );
+    assert_eq!(
+        post(&addr, "/api/volumes/0/flush", Some(TOKEN)).status,
+        200
+    );
+    browser.wait_for(
+        "!document.querySelector('#volumes tbody tr').children[5].textContent.includes('never')",
+    );
+    assert_eq!(
+        browser.eval("document.querySelector('[data-freeze-seconds=\"1\"]').value"),
+        json!("45")
+    );
+    assert_eq!(
+        browser.eval(
+            "document.activeElement === document.querySelector('[data-freeze-seconds=\"1\"]')"
+        ),
+        json!(true)
+    );
+    // Volume 1's freeze button freezes volume 1, with its own box, and says which one.
+    browser.eval(
+        "document.querySelector('[data-freeze-seconds=\"1\"]').closest('td')\
+         .querySelector('button[data-action=\"freeze\"]').click(); true",
+    );
+    browser.wait_for("document.querySelector('#message').textContent.includes('frozen until')");
+    let said = browser.eval("document.querySelector('#message').textContent");
+    assert!(said.as_str().unwrap().contains(&root_b), "{said}");
+    let volumes = env.client().status(None).unwrap();
+    assert_eq!(volumes[0].frozen_until, None);
+    assert!(volumes[1].frozen_until.is_some());
+    // deskd stops: the page says so at the top and disables the actions.
+    env.term();
+    browser.wait_for("!document.querySelector('#offline').hidden");
+    assert_eq!(
+        browser.eval(
+            "Array.from(document.querySelectorAll('#volumes button')).every(b => b.disabled)"
+        ),
+        json!(true)
+    );
+    assert!(browser
+        .eval("document.body.classList.contains('offline')")
+        .as_bool()
+        .unwrap());
+}
