@@ -1089,7 +1089,11 @@ fn head_strict_parameters_a_readable_freeze_and_audit_lines_naming_the_peer() {
     // HEAD / is GET without the body.
     let head = http(&addr, "HEAD", "/", &[], b"");
     assert_eq!(head.status, 200);
-    assert!(head.head.contains("content-type: text/html"), "{}", head.head);
+    assert!(
+        head.head.contains("content-type: text/html"),
+        "{}",
+        head.head
+    );
     assert_eq!(head.body, "");
     // A bad `from`, and `seconds` in the URL and the body at once: 400, nothing done.
     let reply = post(&addr, "/api/volumes/vol/backup", Some(TOKEN));
@@ -1109,7 +1113,11 @@ fn head_strict_parameters_a_readable_freeze_and_audit_lines_naming_the_peer() {
     // The freeze's end as a readable time and as a number; the volume by handle and root.
     let frozen = post(&addr, "/api/volumes/vol/freeze?seconds=30", Some(TOKEN)).json();
     let until = status(&env).frozen_until.unwrap();
-    assert_eq!(frozen["frozen_until"].as_i64(), Some(until as i64), "{frozen}");
+    assert_eq!(
+        frozen["frozen_until"].as_i64(),
+        Some(until as i64),
+        "{frozen}"
+    );
     assert!(
         frozen["outcome"].as_str().unwrap().contains(" UTC"),
         "{frozen}"
@@ -1120,7 +1128,10 @@ fn head_strict_parameters_a_readable_freeze_and_audit_lines_naming_the_peer() {
     // for the backup (no socket request, so no server audit line), its start and end.
     let finished = finished_job(&addr, job);
     assert_eq!(finished["ok"], json!(true), "{finished}");
-    env.wait_for_log(&format!("http job {job}: backup on vol ended: backup written"), 1);
+    env.wait_for_log(
+        &format!("http job {job}: backup on vol ended: backup written"),
+        1,
+    );
     let log = env.log_text();
     for line in [
         format!("backup on volume 0 ({root}): started as http job {job}"),
@@ -1180,10 +1191,7 @@ fn the_page_keeps_typed_input_names_roots_freezes_its_own_row_and_shows_deskd_go
         "const box = document.querySelector('[data-freeze-seconds=\"1\"]'); \
          box.focus(); box.value = '45'; true",
     );
-    assert_eq!(
-        post(&addr, "/api/volumes/0/flush", Some(TOKEN)).status,
-        200
-    );
+    assert_eq!(post(&addr, "/api/volumes/0/flush", Some(TOKEN)).status, 200);
     browser.wait_for(
         "!document.querySelector('#volumes tbody tr').children[5].textContent.includes('never')",
     );

@@ -223,7 +223,9 @@ mod tests {
     fn the_token_is_refused_in_a_url_under_any_name() {
         let token = Token::new(b"0123456789abcdef");
         let found = |q: &str| token_in_query(Some(q), &token);
-        for key in ["api_key", "apikey", "key", "secret", "password", "session", "sig", "jwt"] {
+        for key in [
+            "api_key", "apikey", "key", "secret", "password", "session", "sig", "jwt",
+        ] {
             assert!(found(&format!("{key}=0123456789abcdef")), "{key}");
         }
         assert!(found("0123456789abcdef"));

@@ -58,7 +58,11 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Answer, Infallible> {
     let mut answer = route(&state, peer, request).await;
-    if answer.extensions_mut().remove::<WrongTokenDelay>().is_some() {
+    if answer
+        .extensions_mut()
+        .remove::<WrongTokenDelay>()
+        .is_some()
+    {
         tokio::time::sleep(WRONG_TOKEN_DELAY).await;
     }
     let headers = answer.headers_mut();
