@@ -1113,11 +1113,7 @@ fn head_strict_parameters_a_readable_freeze_and_audit_lines_naming_the_peer() {
     // The freeze's end as a readable time and as a number; the volume by handle and root.
     let frozen = post(&addr, "/api/volumes/vol/freeze?seconds=30", Some(TOKEN)).json();
     let until = status(&env).frozen_until.unwrap();
-    assert_eq!(
-        frozen["frozen_until"].as_i64(),
-        Some(until as i64),
-        "{frozen}"
-    );
+    assert_eq!(frozen["frozen_until"].as_i64(), Some(until), "{frozen}");
     assert!(
         frozen["outcome"].as_str().unwrap().contains(" UTC"),
         "{frozen}"
