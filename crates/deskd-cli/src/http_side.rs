@@ -15,6 +15,7 @@ pub fn options(config: &Config) -> Option<deskd_http::Options> {
             HttpAuth::All => deskd_http::AuthMode::All,
         },
         token_file: http.token_file.clone(),
+        token_is_tcp: http.token_is_tcp,
         hosts: http.hosts.clone(),
         max_connections: http.max_connections,
         backup_dir: http.backup_dir.clone(),

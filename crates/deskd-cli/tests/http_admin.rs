@@ -446,10 +446,7 @@ fn bad_settings_stop_deskd_serve_with_a_clear_error() {
         stderr(&out)
     };
     let e = run("[server]\nhttp_listen = \"127.0.0.1:0\"\n");
-    assert!(
-        e.contains("http_listen needs http_token_file or token_file"),
-        "{e}"
-    );
+    assert!(e.contains("http_listen needs http_token_file"), "{e}");
     let token = env.path("open-token");
     std::fs::write(&token, TOKEN).unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -472,6 +469,18 @@ fn bad_settings_stop_deskd_serve_with_a_clear_error() {
         open_dir.display()
     ));
     assert!(e.contains("other users may write into it"), "{e}");
+    // Owned by another user (nobody), even unwritable by others: that user could rename,
+    // delete or replace the backups.
+    let nobodys = env.path("nobodys-dir");
+    std::fs::create_dir_all(&nobodys).unwrap();
+    std::fs::set_permissions(&nobodys, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&nobodys, Some(65534), Some(65534)).unwrap();
+    let e = run(&format!(
+        "[server]\nhttp_listen = \"127.0.0.1:0\"\nhttp_token_file = \"{}\"\nbackup_dir = \"{}\"\n",
+        token.display(),
+        nobodys.display()
+    ));
+    assert!(e.contains("owned by uid 65534"), "{e}");
     let e = run(&format!(
         "[server]\nhttp_listen = \"127.0.0.1:0\"\nhttp_token_file = \"{}\"\nhttp_auth = \"some\"\n",
         token.display()
@@ -943,4 +952,277 @@ fn the_admin_page_in_chromium_shows_rebuild_differences_and_refuses_a_wrong_toke
     }
     // A scan changed nothing: the same differences are there for the next one.
     assert!(status(&env).rebuild.unwrap().finished.is_some());
+}
+
+/// The port of an address the log gave (`0.0.0.0:PORT` is reached on 127.0.0.1).
+fn loopback_of(addr: &str) -> String {
+    format!("127.0.0.1:{}", addr.rsplit(':').next().unwrap())
+}
+
+#[test]
+fn the_tcp_token_is_the_http_token_only_when_tcp_admin_gives_its_holders_the_admin_verbs() {
+    let mut env = Env::new(&["vol"]);
+    let vol = env.path("vol").display().to_string();
+    let token = env.path("tcp-token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = env.path("deskd.toml");
+    let toml = config.display().to_string();
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nhttp_listen = \"0.0.0.0:0\"\ntoken_file = \"{}\"\n{extra}",
+                token.display()
+            ),
+        )
+        .unwrap()
+    };
+    // tcp_admin = false (said or by default): a TCP token holder may not freeze over TCP, so
+    // the token may not serve HTTP's admin actions either.
+    for extra in ["", "tcp_admin = false\n"] {
+        write(extra);
+        let out = env.deskd(&[
+            "serve",
+            "--socket",
+            &env.path("refused.sock").display().to_string(),
+            "--config",
+            &toml,
+            &vol,
+        ]);
+        assert!(!out.status.success(), "{extra}");
+        assert!(
+            stderr(&out).contains(
+                "http_listen needs http_token_file: token_file's holders may not run admin \
+                 verbs (tcp_admin = false)"
+            ),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // tcp_admin = true: they may anyway; the clear-text warning names the TCP token.
+    write("tcp_admin = true\n");
+    env.start(&["--config", &toml, &vol]);
+    env.wait_for_log("listening on http ", 1);
+    let log = env.log_text();
+    assert!(
+        log.contains(&format!("(the TCP token_file {}", token.display())),
+        "{log}"
+    );
+    let addr = log.split("listening on http ").nth(1).unwrap();
+    let addr = loopback_of(addr.split_whitespace().next().unwrap());
+    let ok = post(&addr, "/api/volumes/vol/flush", Some(TOKEN));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+}
+
+#[test]
+fn the_token_anywhere_in_a_url_is_refused_and_nothing_is_done() {
+    let mut env = Env::new(&["vol"]);
+    let addr = serve_http(&mut env, "", &["vol"]);
+    let encoded: String = TOKEN.bytes().map(|b| format!("%{b:02X}")).collect();
+    let queries: Vec<String> = [
+        "api_key", "apikey", "key", "secret", "password", "session", "sig", "jwt",
+    ]
+    .iter()
+    .map(|k| format!("{k}={TOKEN}"))
+    .chain([
+        format!("x=my-{TOKEN}-copy"),
+        TOKEN.to_string(),
+        format!("x={encoded}"),
+    ])
+    .collect();
+    for query in queries {
+        // With the right token in the header too: the URL alone decides.
+        let reply = post(
+            &addr,
+            &format!("/api/volumes/vol/freeze?seconds=30&{query}"),
+            Some(TOKEN),
+        );
+        assert_eq!(reply.status, 401, "{query}: {}", reply.body);
+        assert_eq!(status(&env).frozen_until, None, "{query}");
+    }
+    let ok = post(&addr, "/api/volumes/vol/freeze?seconds=30", Some(TOKEN));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+}
+
+#[test]
+fn wrong_tokens_are_slowed_while_the_right_one_is_answered_at_once() {
+    let mut env = Env::new(&["vol"]);
+    let addr = serve_http(&mut env, "", &["vol"]);
+    let began = Instant::now();
+    // 20 wrong tries over 4 connections at a time.
+    let guessers: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    let reply = post(&addr, "/api/volumes/vol/flush", Some(WRONG));
+                    assert_eq!(reply.status, 403, "{}", reply.body);
+                }
+            })
+        })
+        .collect();
+    env.wait_for_log("refused: a wrong token", 1);
+    let asked = Instant::now();
+    let ok = post(&addr, "/api/volumes/vol/flush", Some(TOKEN));
+    let took = asked.elapsed();
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert!(
+        took < Duration::from_secs(1),
+        "the right token waited {took:?} behind the guesses"
+    );
+    for guesser in guessers {
+        guesser.join().unwrap();
+    }
+    let guessing = began.elapsed();
+    assert!(
+        guessing >= Duration::from_secs(5),
+        "20 wrong tokens on 4 connections took {guessing:?}"
+    );
+}
+
+#[test]
+fn head_strict_parameters_a_readable_freeze_and_audit_lines_naming_the_peer() {
+    let mut env = Env::new(&["vol"]);
+    let addr = serve_http(&mut env, "", &["vol"]);
+    let root = env.path("vol").display().to_string();
+    // HEAD / is GET without the body.
+    let head = http(&addr, "HEAD", "/", &[], b"");
+    assert_eq!(head.status, 200);
+    assert!(
+        head.head.contains("content-type: text/html"),
+        "{}",
+        head.head
+    );
+    assert_eq!(head.body, "");
+    // A bad `from`, and `seconds` in the URL and the body at once: 400, nothing done.
+    let reply = post(&addr, "/api/volumes/vol/backup", Some(TOKEN));
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let job = reply.json()["job"].as_u64().unwrap();
+    let bad = get_with(&addr, &format!("/api/jobs/{job}?from=abc"), TOKEN);
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let twice = http(
+        &addr,
+        "POST",
+        "/api/volumes/vol/freeze?seconds=9",
+        &[("Authorization", &bearer(TOKEN))],
+        br#"{"seconds": 7}"#,
+    );
+    assert_eq!(twice.status, 400, "{}", twice.body);
+    assert_eq!(status(&env).frozen_until, None);
+    // The freeze's end as a readable time and as a number; the volume by handle and root.
+    let frozen = post(&addr, "/api/volumes/vol/freeze?seconds=30", Some(TOKEN)).json();
+    let until = status(&env).frozen_until.unwrap();
+    assert_eq!(frozen["frozen_until"].as_i64(), Some(until), "{frozen}");
+    assert!(
+        frozen["outcome"].as_str().unwrap().contains(" UTC"),
+        "{frozen}"
+    );
+    assert_eq!(frozen["handle"], json!(0));
+    assert_eq!(frozen["root"], json!(root));
+    // The audit lines: the HTTP peer, the action, the volume's handle and root, the outcome;
+    // for the backup (no socket request, so no server audit line), its start and end.
+    let finished = finished_job(&addr, job);
+    assert_eq!(finished["ok"], json!(true), "{finished}");
+    env.wait_for_log(
+        &format!("http job {job}: backup on vol ended: backup written"),
+        1,
+    );
+    let log = env.log_text();
+    for line in [
+        format!("backup on volume 0 ({root}): started as http job {job}"),
+        format!("freeze on volume 0 ({root}): frozen until"),
+    ] {
+        let found = log
+            .lines()
+            .find(|l| l.contains(&line))
+            .unwrap_or_else(|| panic!("no {line:?} in {log}"));
+        assert!(found.contains("http: 127.0.0.1:"), "{found}");
+    }
+}
+
+#[test]
+fn backup_dir_without_http_listen_is_warned_about() {
+    let mut env = Env::new(&["vol"]);
+    let backups = env.path("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let config = env.path("deskd.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nbackup_dir = \"{}\"\n", backups.display()),
+    )
+    .unwrap();
+    let toml = config.display().to_string();
+    let vol = env.path("vol").display().to_string();
+    env.start(&["--config", &toml, &vol]);
+    env.wait_for_log("backup_dir is set but http_listen is not", 1);
+}
+
+#[test]
+fn the_page_keeps_typed_input_names_roots_freezes_its_own_row_and_shows_deskd_gone() {
+    let mut env = Env::new(&["a/projects", "b/projects"]);
+    let addr = serve_http(&mut env, "", &["a/projects", "b/projects"]);
+    let (root_a, root_b) = (
+        env.path("a/projects").display().to_string(),
+        env.path("b/projects").display().to_string(),
+    );
+    let Some(mut browser) = Browser::start(env.dir.path()) else {
+        skip("chromium is not installed");
+        return;
+    };
+    browser.call("Page.navigate", json!({"url": format!("http://{addr}/")}));
+    browser.wait_for("document.querySelectorAll('#volumes tbody tr').length === 2");
+    browser.eval(&format!(
+        "document.querySelector('#token').value = '{TOKEN}'; \
+         document.querySelector('#token-save').click(); true"
+    ));
+    browser.wait_for("document.querySelector('#auth-state').textContent === 'token accepted'");
+    // Both roots are in the rows themselves, not only in a tooltip.
+    let rows = browser.eval("document.querySelector('#volumes tbody').innerText");
+    let rows = rows.as_str().unwrap();
+    assert!(rows.contains(&root_a) && rows.contains(&root_b), "{rows}");
+    // The user types into volume 1's freeze box; a refresh (seen when volume 0's flush
+    // shows) leaves the text and the focus alone.
+    browser.eval(
+        "const box = document.querySelector('[data-freeze-seconds=\"1\"]'); \
+         box.focus(); box.value = '45'; true",
+    );
+    assert_eq!(post(&addr, "/api/volumes/0/flush", Some(TOKEN)).status, 200);
+    browser.wait_for(
+        "!document.querySelector('#volumes tbody tr').children[5].textContent.includes('never')",
+    );
+    assert_eq!(
+        browser.eval("document.querySelector('[data-freeze-seconds=\"1\"]').value"),
+        json!("45")
+    );
+    assert_eq!(
+        browser.eval(
+            "document.activeElement === document.querySelector('[data-freeze-seconds=\"1\"]')"
+        ),
+        json!(true)
+    );
+    // Volume 1's freeze button freezes volume 1, with its own box, and says which one.
+    browser.eval(
+        "document.querySelector('[data-freeze-seconds=\"1\"]').closest('td')\
+         .querySelector('button[data-action=\"freeze\"]').click(); true",
+    );
+    browser.wait_for("document.querySelector('#message').textContent.includes('frozen until')");
+    let said = browser.eval("document.querySelector('#message').textContent");
+    assert!(said.as_str().unwrap().contains(&root_b), "{said}");
+    let volumes = env.client().status(None).unwrap();
+    assert_eq!(volumes[0].frozen_until, None);
+    assert!(volumes[1].frozen_until.is_some());
+    // deskd stops: the page says so at the top and disables the actions.
+    env.term();
+    browser.wait_for("!document.querySelector('#offline').hidden");
+    assert_eq!(
+        browser.eval(
+            "Array.from(document.querySelectorAll('#volumes button')).every(b => b.disabled)"
+        ),
+        json!(true)
+    );
+    assert!(browser
+        .eval("document.body.classList.contains('offline')")
+        .as_bool()
+        .unwrap());
 }

@@ -19,9 +19,11 @@ pub enum AuthMode {
 
 /// The admin token, kept as a keyed digest so a comparison takes the same time whatever the
 /// guess (the digest of the guess is checked with `verify_slice`, constant-time).
+/// The secret itself is kept too, to find it inside a URL ([`token_in_query`]).
 #[derive(Clone)]
 pub struct Token {
     digest: Vec<u8>,
+    secret: Vec<u8>,
 }
 
 impl std::fmt::Debug for Token {
@@ -41,7 +43,23 @@ impl Token {
     pub fn new(secret: &[u8]) -> Token {
         Token {
             digest: mac_of(secret).finalize().into_bytes().to_vec(),
+            secret: secret.to_vec(),
         }
+    }
+
+    /// Whether `text` contains the token anywhere. Each window is compared without an early
+    /// exit, so the time taken says nothing about how much of the token a guess got right.
+    fn found_in(&self, text: &[u8]) -> bool {
+        let n = self.secret.len();
+        n > 0
+            && text.len() >= n
+            && text.windows(n).fold(false, |found, window| {
+                let differs = window
+                    .iter()
+                    .zip(&self.secret)
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+                found | (differs == 0)
+            })
     }
 
     /// Whether `guess` is the token (constant time in the guess's content).
@@ -76,16 +94,46 @@ pub fn credential(headers: &HeaderMap, token: &Token) -> Credential {
     }
 }
 
-/// Whether the query string carries something that looks like a token (`token=`,
-/// `access_token=`, `auth=`…): refused outright, so nobody gets used to putting it in a URL
-/// (URLs end up in logs, history and `Referer` headers).
-pub fn token_in_query(query: Option<&str>) -> bool {
+/// Whether the query string carries the token (anywhere, under any name, percent-encoded or
+/// not) or a parameter whose name looks like one (`token=`, `access_token=`, `auth=`…):
+/// refused outright, so nobody gets used to putting it in a URL (URLs end up in logs, history
+/// and `Referer` headers).
+pub fn token_in_query(query: Option<&str>, token: &Token) -> bool {
     query.is_some_and(|q| {
-        q.split('&').any(|pair| {
+        let named = q.split('&').any(|pair| {
             let key = pair.split('=').next().unwrap_or("").to_ascii_lowercase();
             key.contains("token") || key.contains("auth") || key == "bearer"
-        })
+        });
+        named || token.found_in(q.as_bytes()) || token.found_in(&percent_decoded(q))
     })
+}
+
+/// A query string with `%XX` and `+` decoded (a malformed `%` is kept as it is).
+fn percent_decoded(query: &str) -> Vec<u8> {
+    let bytes = query.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        let decoded = (bytes[i] == b'%')
+            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
+            .flatten();
+        match (bytes[i], decoded) {
+            (b'%', Some((high, low))) => {
+                out.push(high << 4 | low);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Why a request's `Host` or `Origin` is refused, if it is.
@@ -165,10 +213,27 @@ mod tests {
             check(&[("authorization", "Bearer 0123456789abcdef0")]),
             Credential::Wrong
         );
-        assert!(token_in_query(Some("a=1&token=x")));
-        assert!(token_in_query(Some("access_token=x")));
-        assert!(!token_in_query(Some("seconds=30&from=2")));
-        assert!(!token_in_query(None));
+        assert!(token_in_query(Some("a=1&token=x"), &token));
+        assert!(token_in_query(Some("access_token=x"), &token));
+        assert!(!token_in_query(Some("seconds=30&from=2"), &token));
+        assert!(!token_in_query(None, &token));
+    }
+
+    #[test]
+    fn the_token_is_refused_in_a_url_under_any_name() {
+        let token = Token::new(b"0123456789abcdef");
+        let found = |q: &str| token_in_query(Some(q), &token);
+        for key in [
+            "api_key", "apikey", "key", "secret", "password", "session", "sig", "jwt",
+        ] {
+            assert!(found(&format!("{key}=0123456789abcdef")), "{key}");
+        }
+        assert!(found("0123456789abcdef"));
+        assert!(found("x=prefix-0123456789abcdef-suffix"));
+        assert!(found("x=%30%31%32%33456789abcdef"));
+        assert!(!found("x=0123456789abcdeX"));
+        assert!(!found("seconds=30"));
+        assert!(!found("x=%"));
     }
 
     #[test]

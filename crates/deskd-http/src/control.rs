@@ -34,8 +34,8 @@ impl Control {
     }
 
     /// Flush, freeze (`seconds`, clamped by the server to `freeze_max`) or thaw `vol`; the
-    /// outcome in words.
-    pub fn simple(&self, vol: u32, action: SimpleAction) -> ControlResult<String> {
+    /// outcome in words, and for a freeze its end (Unix time).
+    pub fn simple(&self, vol: u32, action: SimpleAction) -> ControlResult<(String, Option<i64>)> {
         let vol = Some(vol);
         let request = match action {
             SimpleAction::Flush => Request::Flush { vol },
@@ -43,18 +43,29 @@ impl Control {
             SimpleAction::Thaw => Request::Thaw { vol },
         };
         match self.connect()?.call(request).map_err(said)? {
-            Response::Done => Ok("done".into()),
+            Response::Done => Ok(("done".into(), None)),
             Response::Frozen {
                 until,
                 clamped,
                 max,
-            } => Ok(match clamped {
-                true => format!("frozen until {until} (Unix time; clamped to freeze_max {max} s)"),
-                false => format!("frozen until {until} (Unix time)"),
-            }),
+            } => {
+                let when = readable_utc(until);
+                let text = match clamped {
+                    true => format!("frozen until {when} (clamped to freeze_max {max} s)"),
+                    false => format!("frozen until {when}"),
+                };
+                Ok((text, Some(until)))
+            }
             other => Err(format!("unexpected reply: {other:?}")),
         }
     }
+}
+
+/// A Unix time as people read it: `2026-12-06 12:05:02 UTC`.
+pub fn readable_utc(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| format!("Unix time {unix}"))
 }
 
 /// An action that is done when its reply comes.

@@ -85,6 +85,17 @@ pub struct Job {
 }
 
 impl Job {
+    /// The job's end in the log (the HTTP side's audit line, with its start's).
+    fn log_end(&self) {
+        tracing::info!(
+            "http job {}: {} on {} ended: {}",
+            self.id,
+            self.action,
+            self.volume,
+            self.outcome.as_deref().unwrap_or("?")
+        );
+    }
+
     fn new(id: u64, kind: JobKind, volume: String) -> Job {
         Job {
             id,
@@ -334,17 +345,15 @@ fn follow_rebuild(mut run: RebuildRun, handle: JobHandle) {
                         }
                         Err(why) => job.finish(Err(why.clone())),
                     }
-                    tracing::info!(
-                        job = job.id,
-                        "http: {} ended: {:?}",
-                        job.action,
-                        job.outcome
-                    );
+                    job.log_end();
                     return;
                 }
             }
             Err(why) => {
-                handle.0.lock().unwrap().finish(Err(why));
+                // The server stopped (or the connection broke): say so, as a finished job is.
+                let mut job = handle.0.lock().unwrap();
+                job.finish(Err(format!("lost the server: {why}")));
+                job.log_end();
                 return;
             }
         }
@@ -376,5 +385,5 @@ fn run_backup(root: &Path, dir: &Path, handle: JobHandle) {
         }
         Err(e) => job.finish(Err(format!("backup failed: {e}"))),
     }
-    tracing::info!(job = job.id, "http: backup ended: {:?}", job.outcome);
+    job.log_end();
 }

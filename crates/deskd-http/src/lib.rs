@@ -41,8 +41,10 @@ pub struct Options {
     pub listen: String,
     /// Who must show the token.
     pub auth: AuthMode,
-    /// The token file (`http_token_file`, else the TCP `token_file`).
+    /// The token file (`http_token_file`, else the TCP `token_file` when `tcp_admin = true`).
     pub token_file: PathBuf,
+    /// Whether `token_file` is the TCP token (said in the clear-text warning).
+    pub token_is_tcp: bool,
     /// Host names the `Host` header may carry besides IP addresses and `localhost`.
     pub hosts: Vec<String>,
     /// Most connections open at once; more are closed at once.

@@ -4,7 +4,7 @@
 //! count and lifetime).
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,7 +82,8 @@ pub fn bind(options: Options) -> Result<Bound, HttpError> {
 }
 
 /// `backup_dir` must be an existing absolute directory no other user may write into (one who
-/// could would plant links where the backup's file goes).
+/// could would plant links where the backup's file goes, or rename, delete or replace the
+/// backups afterwards): owned by root or the server's uid, not writable by group or others.
 fn check_backup_dir(dir: &std::path::Path) -> Result<(), HttpError> {
     let refuse = |why: String| HttpError::BackupDir {
         path: dir.to_path_buf(),
@@ -94,6 +95,14 @@ fn check_backup_dir(dir: &std::path::Path) -> Result<(), HttpError> {
     let meta = std::fs::metadata(dir).map_err(|e| refuse(e.to_string()))?;
     if !meta.is_dir() {
         return Err(refuse("not a directory".into()));
+    }
+    let owner = meta.uid();
+    let me = rustix::process::geteuid().as_raw();
+    if owner != 0 && owner != me {
+        return Err(refuse(format!(
+            "owned by uid {owner}, who may change the backups; it must belong to root or \
+             deskd's user (uid {me}): `chown {me}` it"
+        )));
     }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o022 != 0 {
@@ -117,11 +126,20 @@ impl Bound {
         if !addr.ip().is_loopback() {
             tracing::warn!(
                 "http_listen {addr} is not a loopback address: whoever reaches it can read \
-                 /metrics and /api/status{}; actions need the token, which crosses the \
+                 /metrics and /api/status{}; actions need the token{}, which crosses the \
                  network in clear text (put a TLS proxy in front)",
                 match self.options.auth {
                     crate::AuthMode::All => " only with the token (http_auth = \"all\")",
                     crate::AuthMode::Actions => "",
+                },
+                if self.options.token_is_tcp {
+                    format!(
+                        " (the TCP token_file {}, which TCP never sends; an http_token_file \
+                         of its own keeps it off the wire)",
+                        self.options.token_file.display()
+                    )
+                } else {
+                    format!(" (http_token_file {})", self.options.token_file.display())
                 }
             );
         }
@@ -137,6 +155,7 @@ impl Bound {
             control: Control::new(self.options.socket.clone()),
             metrics,
             last_refusal_log: std::sync::Mutex::new(None),
+            refusals_unlogged: Default::default(),
         });
         let stop = Arc::new(Notify::new());
         let max = self.options.max_connections;

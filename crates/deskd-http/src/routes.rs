@@ -25,6 +25,13 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest freeze the page may ask for; the server clamps to `freeze_max` anyway.
 const MAX_FREEZE_SECONDS: u32 = 24 * 3600;
+/// A wrong token (or the token in a URL) is answered after this, like a wrong TCP handshake,
+/// to slow guessing. Only the refused request waits: the runtime goes on serving others.
+pub const WRONG_TOKEN_DELAY: Duration = Duration::from_secs(1);
+
+/// Marks an answer that must wait [`WRONG_TOKEN_DELAY`] before it goes out.
+#[derive(Clone, Copy)]
+struct WrongTokenDelay;
 
 /// What every request handler shares.
 pub struct State {
@@ -38,6 +45,8 @@ pub struct State {
     pub metrics: MetricsFn,
     /// When a refused token was last logged (at most one line every 10 s).
     pub last_refusal_log: Mutex<Option<Instant>>,
+    /// Refusals since the last logged one (said in the next line).
+    pub refusals_unlogged: std::sync::atomic::AtomicU64,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -49,6 +58,13 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Answer, Infallible> {
     let mut answer = route(&state, peer, request).await;
+    if answer
+        .extensions_mut()
+        .remove::<WrongTokenDelay>()
+        .is_some()
+    {
+        tokio::time::sleep(WRONG_TOKEN_DELAY).await;
+    }
     let headers = answer.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
@@ -67,17 +83,23 @@ async fn route(state: &Arc<State>, peer: SocketAddr, request: Request<Incoming>)
     if let Some(why) = auth::origin_problem(request.headers(), &state.hosts) {
         return error(StatusCode::FORBIDDEN, why);
     }
-    if auth::token_in_query(request.uri().query()) {
+    if auth::token_in_query(request.uri().query(), &state.token.read().unwrap()) {
         state.log_refusal(peer, "a token in the URL");
-        return error(
+        let mut answer = error(
             StatusCode::UNAUTHORIZED,
             "the token goes in the Authorization header (Bearer), never in a URL",
         );
+        answer.extensions_mut().insert(WrongTokenDelay);
+        return answer;
     }
     let credential = auth::credential(request.headers(), &state.token.read().unwrap());
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
-    let method = request.method().clone();
+    // HEAD is answered as GET; hyper leaves the body out.
+    let method = match request.method() {
+        &Method::HEAD => Method::GET,
+        other => other.clone(),
+    };
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (segments.as_slice(), &method) {
         ([""], &Method::GET) => page::answer(),
@@ -132,9 +154,16 @@ async fn route(state: &Arc<State>, peer: SocketAddr, request: Request<Incoming>)
             if let Some(refused) = state.require(credential, true, peer) {
                 return refused;
             }
-            let from = param(&query, "from")
-                .and_then(|f| f.parse().ok())
-                .unwrap_or(0);
+            let from = match param(&query, "from").map(str::parse) {
+                None => 0,
+                Some(Ok(from)) => from,
+                Some(Err(_)) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "from must be a whole number (the first line to send)",
+                    )
+                }
+            };
             match id.parse().ok().and_then(|id| state.jobs.get(id, from)) {
                 Some(job) => json(StatusCode::OK, &job),
                 None => error(StatusCode::NOT_FOUND, "no such job"),
@@ -180,7 +209,9 @@ impl State {
         match credential {
             Credential::Wrong => {
                 self.log_refusal(peer, "a wrong token");
-                error(StatusCode::FORBIDDEN, "wrong token")
+                let mut answer = error(StatusCode::FORBIDDEN, "wrong token");
+                answer.extensions_mut().insert(WrongTokenDelay);
+                answer
             }
             _ => {
                 let mut answer = error(
@@ -197,10 +228,17 @@ impl State {
     }
 
     fn log_refusal(&self, peer: SocketAddr, what: &str) {
+        use std::sync::atomic::Ordering;
         let mut last = self.last_refusal_log.lock().unwrap();
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            tracing::warn!("http: {peer}: refused: {what} (said at most every 10 s)");
+            let before = self.refusals_unlogged.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                "http: {peer}: refused: {what} (said at most every 10 s; {before} more \
+                 refusals since the last line)"
+            );
             *last = Some(Instant::now());
+        } else {
+            self.refusals_unlogged.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -273,24 +311,43 @@ async fn act(
             return error(StatusCode::NOT_FOUND, "no served volume has this name");
         };
         let shown = crate::control::volume_name(&volume.root);
-        tracing::info!("http: {peer}: {action} on {shown} (volume {})", volume.vol);
-        match wanted {
-            Wanted::Simple(simple) => match state.control.simple(volume.vol, simple) {
-                Ok(outcome) => json(
-                    StatusCode::OK,
-                    &serde_json::json!({
-                        "ok": true, "volume": shown, "action": action, "outcome": outcome,
-                    }),
-                ),
-                Err(why) => error(StatusCode::CONFLICT, &why),
+        let root = String::from_utf8_lossy(&volume.root).into_owned();
+        let vol = volume.vol;
+        // The audit line: who (the HTTP peer; the server's own audit log sees deskd's uid),
+        // what, on which volume (handle and root: two roots may end alike), and how it ended.
+        let audit = |outcome: &str| {
+            tracing::info!("http: {peer}: {action} on volume {vol} ({root}): {outcome}");
+        };
+        let is_job = matches!(wanted, Wanted::Job(_));
+        let answer = match wanted {
+            Wanted::Simple(simple) => match state.control.simple(vol, simple) {
+                Ok((outcome, frozen_until)) => {
+                    audit(&outcome);
+                    let mut body = serde_json::json!({
+                        "ok": true, "volume": shown, "handle": vol, "root": root,
+                        "action": action, "outcome": outcome,
+                    });
+                    if let Some(until) = frozen_until {
+                        body["frozen_until"] = until.into();
+                    }
+                    json(StatusCode::OK, &body)
+                }
+                Err(why) => {
+                    audit(&format!("refused: {why}"));
+                    error(StatusCode::CONFLICT, &why)
+                }
             },
-            Wanted::Job(kind) => match state.jobs.start(kind, volume.vol, &shown, &volume.root) {
-                Ok(job) => json(
-                    StatusCode::ACCEPTED,
-                    &serde_json::json!({
-                        "ok": true, "volume": shown, "action": action, "job": job,
-                    }),
-                ),
+            Wanted::Job(kind) => match state.jobs.start(kind, vol, &shown, &volume.root) {
+                Ok(job) => {
+                    audit(&format!("started as http job {job}"));
+                    json(
+                        StatusCode::ACCEPTED,
+                        &serde_json::json!({
+                            "ok": true, "volume": shown, "handle": vol, "root": root,
+                            "action": action, "job": job,
+                        }),
+                    )
+                }
                 Err(StartError::Busy) => error(
                     StatusCode::TOO_MANY_REQUESTS,
                     &format!("{MAX_RUNNING} jobs are running; wait for one to end"),
@@ -301,7 +358,11 @@ async fn act(
                 ),
                 Err(StartError::Refused(why)) => error(StatusCode::CONFLICT, &why),
             },
+        };
+        if is_job && !answer.status().is_success() {
+            audit(&format!("refused ({})", answer.status()));
         }
+        answer
     };
     match tokio::task::spawn_blocking(work).await {
         Ok(answer) => answer,
@@ -309,20 +370,28 @@ async fn act(
     }
 }
 
-/// A freeze's length: `?seconds=N` or a body `{"seconds": N}`; neither: the volume's default.
+/// A freeze's length: `?seconds=N` or a JSON body `{"seconds": N}` (both at once: refused,
+/// rather than one silently winning); neither: the volume's default.
 fn freeze_seconds(query: &str, body: &[u8]) -> Result<Option<u32>, String> {
     let bad = || format!("seconds must be a whole number from 1 to {MAX_FREEZE_SECONDS}");
-    let given = match param(query, "seconds") {
-        Some(s) => Some(s.parse::<u64>().map_err(|_| bad())?),
-        None if body.iter().all(|b| b.is_ascii_whitespace()) => None,
-        None => {
-            let value: serde_json::Value =
-                serde_json::from_slice(body).map_err(|_| "the body is not JSON".to_string())?;
-            match value.get("seconds") {
-                None | Some(serde_json::Value::Null) => None,
-                Some(n) => Some(n.as_u64().ok_or_else(bad)?),
-            }
+    let in_query = param(query, "seconds")
+        .map(|s| s.parse::<u64>().map_err(|_| bad()))
+        .transpose()?;
+    let in_body = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        None
+    } else {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|_| "the body is not JSON".to_string())?;
+        match value.get("seconds") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(n) => Some(n.as_u64().ok_or_else(bad)?),
         }
+    };
+    let given = match (in_query, in_body) {
+        (Some(_), Some(_)) => {
+            return Err("seconds is given twice (URL and body): give it once".to_string())
+        }
+        (query, body) => query.or(body),
     };
     match given {
         Some(n) if n == 0 || n > u64::from(MAX_FREEZE_SECONDS) => Err(bad()),
@@ -366,5 +435,7 @@ mod tests {
         assert!(freeze_seconds("seconds=-1", b"").is_err());
         assert!(freeze_seconds("seconds=99999999999", b"").is_err());
         assert!(freeze_seconds("", b"{").is_err());
+        assert!(freeze_seconds("seconds=9", br#"{"seconds": 7}"#).is_err());
+        assert_eq!(freeze_seconds("seconds=9", b"{}"), Ok(Some(9)));
     }
 }

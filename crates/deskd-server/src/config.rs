@@ -103,11 +103,12 @@ pub struct ServerPrefs {
     /// [`crate::mmap_budget::DEFAULT_MMAP_TOTAL`]; `0`: no mapping, every read by `pread(2)`).
     pub mmap_total: Option<ByteSize>,
     /// Serve `/metrics`, the admin page and its actions over HTTP at this address (`HOST:PORT`;
-    /// off when not set). Needs `http_token_file` or `token_file`.
+    /// off when not set). Needs `http_token_file`, or `token_file` with `tcp_admin = true`.
     pub http_listen: Option<String>,
     /// Who must show the admin token: `actions` (default: reading is open) or `all`.
     pub http_auth: Option<HttpAuth>,
-    /// The admin page's own token; without it, the TCP `token_file`'s token.
+    /// The admin page's own token; without it, the TCP `token_file`'s token, but only when
+    /// `tcp_admin = true` (its holders may run the admin verbs anyway).
     pub http_token_file: Option<PathBuf>,
     /// Host names (besides IP addresses and `localhost`) the HTTP side answers to.
     pub http_hosts: Option<Vec<String>>,
@@ -203,8 +204,11 @@ pub enum HttpAuth {
 pub struct HttpConfig {
     pub listen: String,
     pub auth: HttpAuth,
-    /// `http_token_file`, else `token_file`.
+    /// `http_token_file`, else `token_file` (only with `tcp_admin = true`).
     pub token_file: PathBuf,
+    /// Whether `token_file` is the TCP token (no `http_token_file`): the start-up warning of a
+    /// non-loopback `http_listen` says that this token crosses the network in clear.
+    pub token_is_tcp: bool,
     pub hosts: Vec<String>,
     pub max_connections: usize,
     pub backup_dir: Option<PathBuf>,
@@ -312,6 +316,18 @@ impl ConfigFile {
         })
     }
 
+    /// The HTTP side's token file: `http_token_file`; else the TCP `token_file`, but only when
+    /// `tcp_admin = true`: otherwise a TCP token holder, refused the admin verbs over TCP,
+    /// could run them over HTTP.
+    fn http_token_file(&self) -> Result<PathBuf, ServerError> {
+        match (&self.server.http_token_file, &self.server.token_file) {
+            (Some(http), _) => Ok(http.clone()),
+            (None, Some(tcp)) if self.server.tcp_admin == Some(true) => Ok(tcp.clone()),
+            (None, Some(_)) => Err(ServerError::HttpTokenNotAdmin),
+            (None, None) => Err(ServerError::HttpWithoutToken),
+        }
+    }
+
     /// Resolve against defaults; `extra_volumes` (from the command line) use `[defaults]`.
     /// `socket` is the path already chosen by the caller (`--socket`, else `[server] socket`,
     /// else the common rule).
@@ -402,12 +418,8 @@ impl ConfigFile {
             Some(listen) => Some(HttpConfig {
                 listen: listen.clone(),
                 auth: self.server.http_auth.unwrap_or_default(),
-                token_file: self
-                    .server
-                    .http_token_file
-                    .clone()
-                    .or_else(|| self.server.token_file.clone())
-                    .ok_or(ServerError::HttpWithoutToken)?,
+                token_file: self.http_token_file()?,
+                token_is_tcp: self.server.http_token_file.is_none(),
                 hosts: self.server.http_hosts.clone().unwrap_or_default(),
                 max_connections: self.server.http_max_connections.unwrap_or(1024).max(1),
                 backup_dir: self.server.backup_dir.clone(),
@@ -589,7 +601,7 @@ mod tests {
     }
 
     #[test]
-    fn http_needs_a_token_file_and_falls_back_to_the_tcp_one() {
+    fn http_needs_a_token_file_and_falls_back_to_the_tcp_one_only_with_tcp_admin() {
         let parse = |text: &str| {
             toml::from_str::<ConfigFile>(text)
                 .unwrap()
@@ -597,17 +609,33 @@ mod tests {
         };
         let e = parse("[server]\nhttp_listen = \"127.0.0.1:8470\"").unwrap_err();
         assert!(
-            e.to_string()
-                .contains("http_listen needs http_token_file or token_file"),
+            e.to_string().contains("http_listen needs http_token_file"),
             "{e}"
         );
-        let cfg = parse("[server]\nhttp_listen = \"127.0.0.1:8470\"\ntoken_file = \"/t\"").unwrap();
+        // The TCP token's holders may not run admin verbs (tcp_admin = false, the default):
+        // they must not get them over HTTP either.
+        for admin in ["", "tcp_admin = false\n"] {
+            let e = parse(&format!(
+                "[server]\nhttp_listen = \"127.0.0.1:8470\"\ntoken_file = \"/t\"\n{admin}"
+            ))
+            .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "configuration: http_listen needs http_token_file: token_file's holders may \
+                 not run admin verbs (tcp_admin = false)"
+            );
+        }
+        let cfg = parse(
+            "[server]\nhttp_listen = \"127.0.0.1:8470\"\ntoken_file = \"/t\"\ntcp_admin = true",
+        )
+        .unwrap();
         assert_eq!(
             cfg.http,
             Some(HttpConfig {
                 listen: "127.0.0.1:8470".into(),
                 auth: HttpAuth::Actions,
                 token_file: "/t".into(),
+                token_is_tcp: true,
                 hosts: Vec::new(),
                 max_connections: 1024,
                 backup_dir: None,
@@ -622,6 +650,7 @@ mod tests {
         .http
         .unwrap();
         assert_eq!(cfg.token_file, PathBuf::from("/h"));
+        assert!(!cfg.token_is_tcp);
         assert_eq!(cfg.auth, HttpAuth::All);
         assert_eq!(cfg.hosts, vec!["files.example".to_string()]);
         assert_eq!(cfg.max_connections, 1, "at least one");

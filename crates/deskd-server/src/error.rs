@@ -36,10 +36,17 @@ pub enum ServerError {
     ListenWithoutToken,
     /// `http_listen` without a token: the admin page's actions need one.
     #[error(
-        "configuration: http_listen needs http_token_file or token_file: the admin page's \
-         actions need a token"
+        "configuration: http_listen needs http_token_file (or token_file with tcp_admin = \
+         true): the admin page's actions need a token"
     )]
     HttpWithoutToken,
+    /// `http_listen` with `token_file` only, while `tcp_admin = false`: the TCP token's holders
+    /// would get over HTTP the admin verbs TCP refuses them.
+    #[error(
+        "configuration: http_listen needs http_token_file: token_file's holders may not run \
+         admin verbs (tcp_admin = false)"
+    )]
+    HttpTokenNotAdmin,
     /// The TCP token file is unusable (missing, readable by others, too short). The reason is
     /// part of the message, not a `source`, so anyhow's `{:#}` does not print it twice.
     #[error("configuration: {source}")]

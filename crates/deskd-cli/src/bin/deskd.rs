@@ -912,6 +912,13 @@ fn serve(
         if own.token_file.is_some() {
             file.server.token_file = own.token_file.clone();
         }
+        if file.server.backup_dir.is_some() && file.server.http_listen.is_none() {
+            // Only the admin page's backup action uses it: a setting that does nothing.
+            tracing::warn!(
+                "backup_dir is set but http_listen is not: backup_dir is used only by the \
+                 admin page's backup action (deskd backup takes its own directory)"
+            );
+        }
         let mut resolved = file.resolve(socket, &volumes)?;
         for v in &mut resolved.volumes {
             v.nested |= roots.nested;
