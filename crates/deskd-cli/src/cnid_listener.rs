@@ -71,7 +71,7 @@ pub fn open(options: &Options) -> Result<Listener> {
             Some(Arc::new(conf))
         }
         None => {
-            tracing::info!(
+            tracing::warn!(
                 "no afp.conf (afp_conf): afpd's vol dbpath folders are not made; afpd's icon \
                  and APPL desktop needs them (docs/netatalk.md)"
             );

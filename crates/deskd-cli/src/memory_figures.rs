@@ -72,7 +72,7 @@ pub fn server_lines(m: &ServerMemory) -> Vec<String> {
             mib(m.rss_anon)
         ),
         format!(
-            "  file pages:   {} (RssFile: each mapping of a desktop counts its pages again)",
+            "  file pages:   {} (RssFile: the program's files and the desktop mappings, each mapping counted again)",
             mib(m.rss_file)
         ),
         format!("  peak:         {} (VmHWM)", mib(m.vm_hwm)),

@@ -246,6 +246,13 @@ fn a_bad_mmap_total_stops_the_start_with_a_clear_error() {
         "{}",
         stderr(&out)
     );
+    // Said once: TOML's message is not printed again as the error's cause.
+    assert_eq!(
+        stderr(&out).matches("TOML parse error").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
     assert!(
         !env.path("v").join(".Desktop").exists(),
         "nothing opened or created"

@@ -148,6 +148,11 @@ fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = text.split_at(digits);
+    if unit.starts_with(['.', ',']) {
+        return Err(format!(
+            "{text:?}: a whole number is needed (say \"1536MiB\" for 1.5 GiB)"
+        ));
+    }
     let shift = match unit.trim() {
         "" | "B" => 0,
         "K" | "KiB" => 10,
@@ -155,7 +160,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
         "G" | "GiB" => 30,
         "T" | "TiB" => 40,
         other => {
-            let units = "B, KiB, MiB, GiB, TiB";
+            let units = "B, K or KiB, M or MiB, G or GiB, T or TiB";
             return Err(format!(
                 "{text:?}: unknown unit {other:?} (a number of bytes, or with {units})"
             ));
@@ -306,13 +311,13 @@ pub struct Config {
 impl ConfigFile {
     /// Parse a configuration file.
     pub fn load(path: &Path) -> Result<ConfigFile, ServerError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ServerError::ConfigRead {
+        let text = std::fs::read_to_string(path).map_err(|error| ServerError::ConfigRead {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
-        toml::from_str(&text).map_err(|source| ServerError::ConfigSyntax {
+        toml::from_str(&text).map_err(|error| ServerError::ConfigSyntax {
             path: path.to_path_buf(),
-            source: Box::new(source),
+            error: Box::new(error),
         })
     }
 
@@ -701,6 +706,9 @@ mod tests {
         }
         let e = parse("[server]\nmmap_total = \"512MB\"").unwrap_err();
         assert!(e.to_string().contains("unknown unit \"MB\""), "{e}");
+        assert!(e.to_string().contains("M or MiB"), "{e}");
+        let e = parse_size("1.5GiB").unwrap_err();
+        assert!(e.contains("a whole number is needed"), "{e}");
         let e = parse("[server]\nmmap_total = -1").unwrap_err();
         assert!(e.to_string().contains("cannot be negative"), "{e}");
     }

@@ -13,13 +13,15 @@ use deskd_volume::guard;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The configuration file could not be read.
-    #[error("configuration: {}: {source}", path.display())]
-    ConfigRead { path: PathBuf, source: io::Error },
+    // The cause is in the message and not a `source`: a reporter printing the chain (anyhow's
+    // `{:#}`) would print TOML's whole multi-line message twice.
+    #[error("configuration: {}: {error}", path.display())]
+    ConfigRead { path: PathBuf, error: io::Error },
     /// The configuration file is not valid TOML for deskd.
-    #[error("configuration: {}: {source}", path.display())]
+    #[error("configuration: {}: {error}", path.display())]
     ConfigSyntax {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        error: Box<toml::de::Error>,
     },
     /// A volume's `freeze_max` is 0.
     #[error("configuration: {}: freeze_max must be at least 1 second", root.display())]

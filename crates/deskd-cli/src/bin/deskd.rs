@@ -67,12 +67,16 @@ struct RootArgs {
 enum Command {
     /// Serve the desktops of the given volumes (and those in the config file). SIGTERM or
     /// SIGINT stop it cleanly (every desktop flushed and marked clean); SIGHUP re-reads the
-    /// configuration (timers, new volumes) and the TCP token file and flushes every desktop.
+    /// configuration (timers, new volumes) and the token files and flushes every desktop (the
+    /// TCP and HTTP addresses, backup_dir and [netatalk] change at the next start). With the
+    /// configuration file: `[server] http_listen` serves /metrics and the admin page
+    /// (docs/admin-http.md), and a `[netatalk]` table answers Netatalk afpd's CNID protocol
+    /// (docs/netatalk.md).
     // The doc comments of clap's arguments are `--help` text, printed as written: its
     // `[server]` and `<path>` are not rustdoc links or HTML.
     #[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
     Serve {
-        /// TOML configuration ([server], [defaults], [volume."<path>"]).
+        /// TOML configuration ([server], [defaults], [volume."<path>"], [netatalk]).
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Also listen on TCP at HOST:PORT (clients must hold the token of --token-file;
