@@ -103,7 +103,7 @@ impl Listener {
     /// until the listener fails for good. `whose` ends the log line that gives the address.
     pub fn serve(
         self,
-        connect: Arc<dyn Fn(&str) -> Result<Box<dyn Desk>, ClientError> + Send + Sync>,
+        connect: deskd_netatalk::SharedConnect,
         whose: &str,
     ) -> Result<()> {
         tracing::info!(

@@ -142,6 +142,9 @@ impl Desk for Client {
 /// escaped), for a server that lists its clients (`deskd status`, the audit log).
 pub type Connect<'a> = &'a (dyn Fn(&str) -> Result<Box<dyn Desk>, ClientError> + Sync);
 
+/// What [`serve`] makes each afpd connection's [`Connect`] from.
+pub type SharedConnect = Arc<dyn Fn(&str) -> Result<Box<dyn Desk>, ClientError> + Send + Sync>;
+
 /// The deskd side of one afpd connection: a connection to deskd and the volume's handle, made
 /// again when deskd restarts.
 struct Session<'a> {
@@ -650,7 +653,7 @@ impl Drop for Slot {
 /// `limits.max_connections` are closed at once (logged at most every 10 s).
 pub fn serve(
     listener: TcpListener,
-    connect: Arc<dyn Fn(&str) -> Result<Box<dyn Desk>, ClientError> + Send + Sync>,
+    connect: SharedConnect,
     limits: Limits,
     afp_conf: Option<Arc<dbpath::AfpConf>>,
 ) {
