@@ -316,6 +316,12 @@ fn the_server_refuses_unsafe_tcp_settings() {
     write_token(Path::new(&short), b"abc\n", 0o600);
     let out = serve(&["--listen", "127.0.0.1:0", "--token-file", &short]);
     fails_with(&out, "the token has 3 bytes");
+    // A token file another user owns: that user could choose the token the next reload reads.
+    let theirs = env.path("theirs").display().to_string();
+    write_token(Path::new(&theirs), TOKEN, 0o600);
+    std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+    let out = serve(&["--listen", "127.0.0.1:0", "--token-file", &theirs]);
+    fails_with(&out, "owned by uid 65534, who could choose the token");
     // A port taken by someone else.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().to_string();

@@ -51,7 +51,7 @@ pub struct HttpServer {
 
 pub fn bind(options: Options) -> Result<Bound, HttpError> {
     let secret =
-        deskd_proto::transport::read_token_file(&options.token_file).map_err(HttpError::Token)?;
+        deskd_proto::transport::read_server_token_file(&options.token_file).map_err(HttpError::Token)?;
     if let Some(dir) = &options.backup_dir {
         check_backup_dir(dir)?;
     }
@@ -192,7 +192,7 @@ impl HttpServer {
     /// Read the token file again (SIGHUP): a rotated token takes effect without a restart; an
     /// unusable file leaves the previous token in force.
     pub fn reload_token(&self) -> Result<(), HttpError> {
-        let secret = deskd_proto::transport::read_token_file(&self.state.token_file)
+        let secret = deskd_proto::transport::read_server_token_file(&self.state.token_file)
             .map_err(HttpError::Token)?;
         *self.state.token.write().unwrap() = Token::new(&secret);
         Ok(())

@@ -81,8 +81,9 @@ pub enum VolumeRefused {
         volume: String,
         error: std::io::Error,
     },
-    /// deskd answered with an error (not a volume it serves); its message names the path.
-    #[error("{0}")]
+    /// deskd answered with an error (not a volume it serves); its message names the path
+    /// (escaped here: the path is the peer's, and a line feed in it would forge log lines).
+    #[error("{}", .0.to_string().escape_debug())]
     Deskd(deskd_client::ErrorReply),
     /// deskd could not be asked (not running, timed out, refused the connection).
     #[error("{volume}: {error}")]
@@ -759,8 +760,31 @@ pub fn serve_connection(
         deadline: Some(Instant::now() + timeout),
     });
     let hello = wire::read_handshake(&mut input).map_err(|e| stalled(e, HANDSHAKE))?;
-    let shown = String::from_utf8_lossy(&hello.volume_path).into_owned();
-    let root = std::fs::canonicalize(std::ffi::OsStr::from_bytes(&hello.volume_path)).map_err(
+    // The peer's bytes, escaped for the log (a line feed would forge a log line).
+    let shown = String::from_utf8_lossy(&hello.volume_path)
+        .escape_debug()
+        .to_string();
+    // afpd sends the volume's absolute path as afp.conf gives it. A `..` (or a relative path)
+    // would let any local user probe, through this root-run resolution, which directories
+    // exist anywhere on the host (`/root/x/../../srv/vol` is answered only when /root/x is).
+    let requested = Path::new(std::ffi::OsStr::from_bytes(&hello.volume_path));
+    if !requested.is_absolute()
+        || requested.components().any(|c| {
+            matches!(
+                c,
+                std::path::Component::ParentDir | std::path::Component::CurDir
+            )
+        })
+    {
+        return Err(BridgeError::Volume(VolumeRefused::Resolve {
+            volume: shown,
+            error: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not an absolute path free of . and .. components",
+            ),
+        }));
+    }
+    let root = std::fs::canonicalize(requested).map_err(
         |error| {
             BridgeError::Volume(VolumeRefused::Resolve {
                 volume: shown.clone(),
@@ -792,7 +816,7 @@ pub fn serve_connection(
             error,
         }),
     })?;
-    debug!(volume = %shown, user = %String::from_utf8_lossy(&hello.user), "afpd connected");
+    debug!(volume = %shown, user = %String::from_utf8_lossy(&hello.user).escape_debug(), "afpd connected");
     if let Some(afp_conf) = afp_conf {
         make_dbpath_folder(afp_conf, &hello.volume_name, &desk.root);
     }

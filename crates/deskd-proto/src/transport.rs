@@ -236,6 +236,36 @@ pub enum TokenFileError {
         /// The token's length in bytes, trailing white space removed.
         len: usize,
     },
+    /// The server's token file belongs to a user other than root and the server's own: that
+    /// user could choose the token the next reload reads.
+    #[error(
+        "token file {}: owned by uid {uid}, who could choose the token; make root or the \
+         server's user its owner",
+        .path.display()
+    )]
+    Owner {
+        /// The token file.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
+}
+
+/// Read the token file a server checks its clients against: as [`read_token_file`], and the
+/// file must belong to root or to the server's own user (another owner could change it).
+pub fn read_server_token_file(path: &Path) -> Result<Vec<u8>, TokenFileError> {
+    let meta = std::fs::metadata(path).map_err(|error| TokenFileError::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let uid = std::os::unix::fs::MetadataExt::uid(&meta);
+    if uid != 0 && uid != rustix::process::geteuid().as_raw() {
+        return Err(TokenFileError::Owner {
+            path: path.to_path_buf(),
+            uid,
+        });
+    }
+    read_token_file(path)
 }
 
 /// Read a token file: its bytes without trailing white space. Refused: a file other users may

@@ -102,7 +102,7 @@ impl InProcessConnector {
 
 /// Read the token and bind the TCP address.
 fn bind_tcp(tcp: &TcpConfig) -> Result<(TcpListener, TcpAccess), ServerError> {
-    let token = deskd_proto::transport::read_token_file(&tcp.token_file)
+    let token = deskd_proto::transport::read_server_token_file(&tcp.token_file)
         .map_err(|source| ServerError::TokenFile { source })?;
     let listener = TcpListener::bind(&tcp.listen).map_err(|source| ServerError::Tcp {
         addr: tcp.listen.clone(),

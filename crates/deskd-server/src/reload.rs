@@ -290,7 +290,7 @@ impl Server {
             }
             None => tcp.token_file.read().unwrap().clone(),
         };
-        match deskd_proto::transport::read_token_file(&token_file) {
+        match deskd_proto::transport::read_server_token_file(&token_file) {
             Ok(token) => {
                 *tcp.token.write().unwrap() = token;
                 *tcp.token_file.write().unwrap() = token_file;
