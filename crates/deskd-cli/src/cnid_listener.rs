@@ -101,11 +101,7 @@ pub fn open(options: &Options) -> Result<Listener> {
 impl Listener {
     /// Serve afpd connections, each through its own connection to deskd made by `connect`,
     /// until the listener fails for good. `whose` ends the log line that gives the address.
-    pub fn serve(
-        self,
-        connect: deskd_netatalk::SharedConnect,
-        whose: &str,
-    ) -> Result<()> {
+    pub fn serve(self, connect: deskd_netatalk::SharedConnect, whose: &str) -> Result<()> {
         tracing::info!(
             "serving Netatalk's CNID protocol on {} {whose}",
             self.listener.local_addr()?

@@ -123,6 +123,11 @@ fn status_shows_the_memory_figures_and_the_cap_bounds_the_mappings() {
     );
     assert!(num(free_volume, "sqlite_connections") as usize > CLIENTS);
     assert!(num(free_volume, "name_index_bytes") > (OBJECTS * 50) as u64);
+    assert_eq!(
+        num(free_volume, "name_index_bytes") % (1 << 20),
+        0,
+        "rounded to a MiB"
+    );
     assert!(
         num(free_volume, "page_cache_limit_bytes")
             >= deskd_db::WRITER_CACHE_BYTES + CLIENTS as u64 * deskd_db::READER_CACHE_BYTES

@@ -233,3 +233,32 @@ fn afpd_connections_and_their_requests_show_in_the_metrics() {
         "{log}"
     );
 }
+
+#[test]
+fn handshake_paths_with_dot_dot_are_refused_and_peer_bytes_never_start_a_log_line() {
+    let mut env = Env::new(&["vol"]);
+    let cnid = env.serve_cnid(Via::InServe, &["vol"], "", None);
+    let vol = env.path("vol");
+    // Through `..` the served volume would be reached only when the first directory exists:
+    // an oracle on any directory of the host. Refused before anything is resolved. The path's
+    // line feed is the peer's: it stays inside the warning, escaped. (Refusals are logged at
+    // most every 10 s, so one connection shows both.)
+    let probe = format!(
+        "{}/nosuch/../vol\n2026-12-06T00:00:00Z  INFO deskd::audit: uid 1000 forged",
+        env.dir.path().display()
+    );
+    let mut s = afpd_at(&cnid.addr, std::path::Path::new(&probe), b"Public");
+    assert!(closed(&mut s));
+    let log = cnid.wait_for_log("not an absolute path free of . and .. components");
+    assert!(log.contains("/nosuch/../vol\\n2026"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-12-06T00:00:00Z")),
+        "{log}"
+    );
+    // The volume's own path is served as before.
+    let mut good = afpd(&cnid, &vol);
+    assert_eq!(
+        call(&mut good, request(op::OPEN, 0, 0, b"")).result,
+        res::OK
+    );
+}

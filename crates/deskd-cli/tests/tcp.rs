@@ -498,3 +498,22 @@ fn sighup_applies_tcp_admin_token_file_and_max_connections() {
     drop(_idle);
     status_once_a_slot_is_free(&env, &addr, &tok_b);
 }
+
+#[test]
+fn the_server_raises_its_open_file_limit_to_the_hard_one() {
+    // A server started by hand gets the shell's soft limit, often below the connection caps
+    // together (socket, TCP, HTTP, afpd): each connection costs descriptors.
+    let mut env = Env::new(&["vol"]);
+    env.server_wrapper = vec!["prlimit".into(), "--nofile=256:8192".into()];
+    let vol = env.path("vol").display().to_string();
+    env.start(&[&vol]);
+    // prlimit execs deskd, so the child's pid is the server's.
+    let pid = env.server.as_ref().unwrap().id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&fields[3..5], &["8192", "8192"], "{line}");
+}

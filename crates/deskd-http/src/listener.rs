@@ -50,8 +50,8 @@ pub struct HttpServer {
 }
 
 pub fn bind(options: Options) -> Result<Bound, HttpError> {
-    let secret =
-        deskd_proto::transport::read_server_token_file(&options.token_file).map_err(HttpError::Token)?;
+    let secret = deskd_proto::transport::read_server_token_file(&options.token_file)
+        .map_err(HttpError::Token)?;
     if let Some(dir) = &options.backup_dir {
         check_backup_dir(dir)?;
     }

@@ -784,14 +784,12 @@ pub fn serve_connection(
             ),
         }));
     }
-    let root = std::fs::canonicalize(requested).map_err(
-        |error| {
-            BridgeError::Volume(VolumeRefused::Resolve {
-                volume: shown.clone(),
-                error,
-            })
-        },
-    )?;
+    let root = std::fs::canonicalize(requested).map_err(|error| {
+        BridgeError::Volume(VolumeRefused::Resolve {
+            volume: shown.clone(),
+            error,
+        })
+    })?;
     let label = format!(
         "afpd {} user {}",
         stream

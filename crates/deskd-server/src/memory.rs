@@ -83,13 +83,21 @@ fn gather(volumes: &[Arc<VolumeHandle>]) -> ServerMemory {
             mapped: totals.size,
             mapped_resident: totals.resident,
             connections: writer + readers,
-            name_index: handle.names.heap_bytes(),
+            name_index: name_index_bytes(handle),
             page_cache_limit: u64::from(writer) * deskd_db::WRITER_CACHE_BYTES
                 + u64::from(readers) * deskd_db::READER_CACHE_BYTES,
         });
     }
     out.gather_millis = began.elapsed().as_millis().min(u32::MAX as u128) as u32;
     out
+}
+
+/// The heap of `handle`'s name index, rounded up to a MiB: the exact figure moves with every
+/// name added anywhere on the volume, so watching it would tell any peer (the figures are open
+/// to all) the length of a name made in a folder it cannot list.
+pub(crate) fn name_index_bytes(handle: &VolumeHandle) -> u64 {
+    const GRAIN: u64 = 1 << 20;
+    handle.names.heap_bytes().div_ceil(GRAIN) * GRAIN
 }
 
 /// The process-wide counts of `/proc/self/status` now: cheap (no walk of the mappings), so

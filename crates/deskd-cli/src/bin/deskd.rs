@@ -887,6 +887,23 @@ fn relocation_dir(path: &Path, volume: &Path) -> Result<Option<PathBuf>> {
         .map(|location| location.join(root.strip_prefix("/").unwrap_or(&root))))
 }
 
+/// Raise the soft limit on open files to the hard one. Every socket, TCP, HTTP and afpd
+/// connection holds descriptors, and a server started by hand gets the shell's soft limit
+/// (often 1024, below the connection caps together); the unit sets its own `LimitNOFILE`.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!("cannot raise the open-file limit: {e}");
+        }
+    }
+}
+
 fn serve(
     own: &ServeOptions,
     config: Option<PathBuf>,
@@ -896,6 +913,7 @@ fn serve(
     volumes: Vec<PathBuf>,
 ) -> Result<ExitCode> {
     init_logging();
+    raise_open_file_limit();
     // The configuration as the command line and the file say; read again on SIGHUP.
     let load = || -> Result<deskd_server::Config> {
         let mut file = match &config {

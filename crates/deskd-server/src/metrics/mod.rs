@@ -216,7 +216,7 @@ fn memory(out: &mut Exposition, volumes: &[VolumeFigures]) {
         "deskd_volume_name_index_bytes",
         Type::Gauge,
         "Heap held by the volume's in-memory name index (find).",
-        |v| Some(v.handle.names.heap_bytes()),
+        |v| Some(crate::memory::name_index_bytes(&v.handle)),
     );
 }
 
