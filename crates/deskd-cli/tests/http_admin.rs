@@ -23,12 +23,22 @@ const WRONG: &str = "Zq8vN3kL0pR7sT2wX5yB9cD4fG6hJ1mX";
 /// A server serving `volumes` with the HTTP side on a free loopback port; `extra` goes into
 /// `[server]`. Returns the HTTP address.
 fn serve_http(env: &mut Env, extra: &str, volumes: &[&str]) -> String {
-    let token = env.path("http-token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let backups = env.path("backups");
     std::fs::create_dir_all(&backups).unwrap();
     std::fs::set_permissions(&backups, std::fs::Permissions::from_mode(0o700)).unwrap();
+    serve_http_backing_up_into(env, &backups, extra, volumes)
+}
+
+/// [`serve_http`] with `backups` (made already) as `backup_dir`.
+fn serve_http_backing_up_into(
+    env: &mut Env,
+    backups: &Path,
+    extra: &str,
+    volumes: &[&str],
+) -> String {
+    let token = env.path("http-token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let config = env.path("deskd.toml");
     std::fs::write(
         &config,
@@ -1225,4 +1235,168 @@ fn the_page_keeps_typed_input_names_roots_freezes_its_own_row_and_shows_deskd_go
         .eval("document.body.classList.contains('offline')")
         .as_bool()
         .unwrap());
+}
+
+// --- hostile review 34: backup_dir held open, unique backup names, anonymous status ---
+
+/// Runs `argv` as nobody (uid and gid 65534, no other groups).
+fn run_as_nobody(argv: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
+        .args(argv)
+        .output()
+        .expect("setpriv runs")
+}
+
+#[test]
+fn a_backup_dir_swapped_after_start_by_its_parents_owner_gets_no_backup() {
+    if !rustix::process::geteuid().is_root() {
+        return skip("needs root to act as nobody");
+    }
+    let mut env = Env::new(&["vol"]);
+    // nobody owns backup_dir's parent (but not backup_dir itself, which start-up accepts).
+    std::fs::set_permissions(env.path("."), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let parent = env.path("nobodys");
+    std::fs::create_dir(&parent).unwrap();
+    std::os::unix::fs::chown(&parent, Some(65534), Some(65534)).unwrap();
+    let backups = parent.join("bk");
+    std::fs::create_dir(&backups).unwrap();
+    std::fs::set_permissions(&backups, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let addr = serve_http_backing_up_into(&mut env, &backups, "", &["vol"]);
+    env.dt_ok(&[
+        b"touch",
+        env.path("vol/file").as_os_str().as_encoded_bytes(),
+    ]);
+
+    // After start, nobody moves the directory away and puts a 0777 one of its own there.
+    let (bk, moved) = (
+        backups.display().to_string(),
+        format!("{}.root", backups.display()),
+    );
+    let mv = run_as_nobody(&["mv", &bk, &moved]);
+    assert!(mv.status.success(), "{}", stderr(&mv));
+    let mkdir = run_as_nobody(&["mkdir", "-m", "0777", &bk]);
+    assert!(mkdir.status.success(), "{}", stderr(&mkdir));
+
+    let b = post(&addr, "/api/volumes/vol/backup", Some(TOKEN));
+    assert_eq!(b.status, 202, "{}", b.body);
+    let done = finished_job(&addr, b.json()["job"].as_u64().unwrap());
+    assert_eq!(done["ok"], json!(true), "{done}");
+    // Nothing in nobody's directory; the backup is in the directory deskd opened at start.
+    let in_nobodys: Vec<_> = std::fs::read_dir(&backups).unwrap().collect();
+    assert!(in_nobodys.is_empty(), "{in_nobodys:?}");
+    let name = done["backup_file"].as_str().unwrap().to_string();
+    let landed = Path::new(&moved).join(&name);
+    let verify = env.deskd(&["verify", &landed.display().to_string()]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&landed).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600));
+}
+
+#[test]
+fn a_backup_dir_made_writable_after_start_fails_the_next_backup_clearly() {
+    let mut env = Env::new(&["vol"]);
+    let addr = serve_http(&mut env, "", &["vol"]);
+    std::fs::set_permissions(env.path("backups"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let b = post(&addr, "/api/volumes/vol/backup", Some(TOKEN));
+    assert_eq!(b.status, 202, "{}", b.body);
+    let done = finished_job(&addr, b.json()["job"].as_u64().unwrap());
+    assert_eq!(done["ok"], json!(false), "{done}");
+    assert!(
+        done["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("other users may write into it"),
+        "{done}"
+    );
+    assert!(backups(&env).is_empty(), "{:?}", backups(&env));
+}
+
+#[test]
+fn two_backups_of_a_volume_at_once_both_succeed_with_different_files() {
+    let mut env = Env::new(&["vol"]);
+    let addr = serve_http(&mut env, "", &["vol"]);
+    env.dt_ok(&[
+        b"touch",
+        env.path("vol/file").as_os_str().as_encoded_bytes(),
+    ]);
+    let jobs: Vec<u64> = std::thread::scope(|s| {
+        let posts: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| post(&addr, "/api/volumes/vol/backup", Some(TOKEN))))
+            .collect();
+        posts
+            .into_iter()
+            .map(|p| {
+                let reply = p.join().unwrap();
+                assert_eq!(reply.status, 202, "{}", reply.body);
+                reply.json()["job"].as_u64().unwrap()
+            })
+            .collect()
+    });
+    let mut names = Vec::new();
+    for job in jobs {
+        let done = finished_job(&addr, job);
+        assert_eq!(done["ok"], json!(true), "{done}");
+        let name = done["backup_file"].as_str().unwrap().to_string();
+        assert!(name.ends_with(&format!("-{job}.desktop")), "{name}");
+        let verify = env.deskd(&[
+            "verify",
+            &env.path("backups").join(&name).display().to_string(),
+        ]);
+        assert!(verify.status.success(), "{name}: {}", stderr(&verify));
+        names.push(name);
+    }
+    assert_ne!(names[0], names[1]);
+    let files = backups(&env);
+    assert_eq!(files.len(), 4, "two backups and their manifests: {files:?}");
+}
+
+#[test]
+fn a_failed_rebuilds_reason_is_shown_only_with_the_token() {
+    let mut env = Env::new(&["vol"]);
+    let addr = serve_http(&mut env, "", &["vol"]);
+    // A nested volume's desktop inside a private folder makes the rebuild fail naming it.
+    let nested = env.path("vol/private/acquisition-of-acme");
+    std::fs::create_dir_all(&nested).unwrap();
+    std::fs::set_permissions(
+        env.path("vol/private"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    std::fs::write(nested.join(".Desktop"), b"SQLite format 3\0").unwrap();
+    let check = post(&addr, "/api/volumes/vol/rebuild-check", Some(TOKEN));
+    assert_eq!(check.status, 202, "{}", check.body);
+    let done = finished_job(&addr, check.json()["job"].as_u64().unwrap());
+    assert_eq!(done["ok"], json!(false), "{done}");
+
+    let admin = get_with(&addr, "/api/status", TOKEN).json();
+    let why = admin["volumes"][0]["rebuild"]["error"].as_str().unwrap();
+    assert!(why.contains("acquisition-of-acme"), "{admin}");
+    let anonymous = get(&addr, "/api/status");
+    assert_eq!(anonymous.status, 200);
+    assert!(
+        !anonymous.body.contains("acquisition-of-acme"),
+        "{}",
+        anonymous.body
+    );
+    let rebuild = &anonymous.json()["volumes"][0]["rebuild"];
+    assert_eq!(
+        rebuild["phase"], admin["volumes"][0]["rebuild"]["phase"],
+        "{rebuild}"
+    );
+    // The same words the socket gives an unprivileged peer.
+    let as_nobody = env
+        .as_nobody(DESKD, &[b"status", b"--json"])
+        .expect("runs as root");
+    let socket_view = String::from_utf8_lossy(&as_nobody.stdout).into_owned();
+    let redacted = rebuild["error"].as_str().unwrap();
+    assert!(socket_view.contains(redacted), "{redacted} / {socket_view}");
 }

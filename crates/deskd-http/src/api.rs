@@ -94,7 +94,7 @@ impl VolumeView {
             frozen_until: v.frozen_until,
             wal_bytes: v.wal_bytes,
             check_problems: v.check_problems.clone(),
-            rebuild: v.rebuild.as_ref().map(RebuildView::new),
+            rebuild: v.rebuild.as_ref().map(|r| RebuildView::new(r, admin)),
             client_count: others.len() as u64 + u64::from(v.hidden_clients),
             clients: admin.then(|| {
                 others
@@ -112,8 +112,14 @@ impl VolumeView {
     }
 }
 
+/// What a reader without the token learns of a failed rebuild, as the socket tells an
+/// unprivileged peer (the reason can name objects in folders that reader may not list; the
+/// HTTP side asks the server as root, so it blanks the reason itself).
+pub const REBUILD_ERROR_REDACTED: &str =
+    "the rebuild ended early (root or the volume owner sees why)";
+
 impl RebuildView {
-    fn new(r: &RebuildState) -> RebuildView {
+    fn new(r: &RebuildState, admin: bool) -> RebuildView {
         RebuildView {
             job: r.job,
             mode: match r.mode {
@@ -131,7 +137,8 @@ impl RebuildView {
                 _ => None,
             },
             error: match &r.finished {
-                Some(Err(why)) => Some(why.clone()),
+                Some(Err(why)) if admin => Some(why.clone()),
+                Some(Err(_)) => Some(REBUILD_ERROR_REDACTED.to_owned()),
                 _ => None,
             },
         }

@@ -4,6 +4,7 @@
 //! outcome can still be read after the page reloads.
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use std::time::Duration;
 use deskd_proto::{RebuildMode, RebuildState};
 use serde::Serialize;
 
+use crate::backup_dir::BackupDir;
 use crate::control::{Control, RebuildRun};
 
 /// Jobs running at once; one more is refused (429) rather than queued.
@@ -199,11 +201,11 @@ pub struct Jobs {
     table: Mutex<VecDeque<JobHandle>>,
     next_id: Mutex<u64>,
     control: Control,
-    backup_dir: Option<PathBuf>,
+    backup_dir: Option<Arc<BackupDir>>,
 }
 
 impl Jobs {
-    pub fn new(control: Control, backup_dir: Option<PathBuf>) -> Jobs {
+    pub fn new(control: Control, backup_dir: Option<Arc<BackupDir>>) -> Jobs {
         Jobs {
             table: Mutex::new(VecDeque::new()),
             next_id: Mutex::new(1),
@@ -294,7 +296,7 @@ impl Jobs {
                 let dir = self.backup_dir.clone().expect("checked above");
                 spawn(id, {
                     let handle = handle.clone();
-                    move || run_backup(&root, &dir, handle)
+                    move || run_backup(&root, &dir, id, handle)
                 })
             }
         };
@@ -361,22 +363,14 @@ fn follow_rebuild(mut run: RebuildRun, handle: JobHandle) {
     }
 }
 
-/// Back the volume up into `dir` under a new name (never over an existing file).
-fn run_backup(root: &Path, dir: &Path, handle: JobHandle) {
+/// Back the volume up into `dir` under a new name (never over an existing file):
+/// `<volume>-<UTC time>-<job>.desktop`, so two jobs never pick the same name.
+fn run_backup(root: &Path, dir: &BackupDir, id: u64, handle: JobHandle) {
     handle.0.lock().unwrap().phase = "copying".into();
-    let mut progress = |done: u64, total: u64| {
-        let mut job = handle.0.lock().unwrap();
-        job.pages_done = done;
-        job.pages_total = total;
-    };
-    let result = deskd_backup::backup(root, dir, false, &mut progress);
+    let result = backup_into(root, dir, id, &handle);
     let mut job = handle.0.lock().unwrap();
     match result {
-        Ok((file, manifest)) => {
-            let name = file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+        Ok((name, manifest)) => {
             job.backup_file = Some(name.clone());
             job.finish(Ok(format!(
                 "backup written: {name} in backup_dir ({} bytes, SHA-256 {})",
@@ -386,4 +380,66 @@ fn run_backup(root: &Path, dir: &Path, handle: JobHandle) {
         Err(e) => job.finish(Err(format!("backup failed: {e}"))),
     }
     job.log_end();
+}
+
+/// The backup itself, its files made relative to the held `backup_dir`. deskd-backup's
+/// `backup` works by path, and SQLite refuses a path through `/proc/self/fd` (deskd-db opens
+/// with "no symbolic links"), so the checked copy is streamed (made and checked in a private
+/// directory first) into a file created here with `O_EXCL`, then renamed into place with
+/// `RENAME_NOREPLACE`; its manifest likewise. Only files this job created are ever removed.
+fn backup_into(
+    root: &Path,
+    dir: &BackupDir,
+    id: u64,
+    handle: &JobHandle,
+) -> Result<(String, deskd_backup::Manifest), String> {
+    let in_dir =
+        |what: &str, e: std::io::Error| format!("backup_dir {}: {what}: {e}", dir.path().display());
+    dir.check()
+        .map_err(|why| format!("backup_dir {}: {why}", dir.path().display()))?;
+    let base = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into());
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let name = format!("{base}-{stamp}-{id}.desktop");
+    let manifest_name = deskd_backup::manifest_path(Path::new(&name))
+        .to_string_lossy()
+        .into_owned();
+    let temp = format!(".{name}.partial");
+    let mut file = dir.create_new(&temp).map_err(|e| in_dir(&temp, e))?;
+    let mut progress = |done: u64, total: u64| {
+        let mut job = handle.0.lock().unwrap();
+        job.pages_done = done;
+        job.pages_total = total;
+    };
+    let streamed = deskd_backup::backup_to_stream(root, &mut file, None, &mut progress)
+        .map_err(|e| e.to_string())
+        .and_then(|m| file.sync_all().map(|_| m).map_err(|e| in_dir(&temp, e)));
+    drop(file);
+    let mut manifest = match streamed {
+        Ok(m) => m,
+        Err(why) => {
+            dir.remove(&temp);
+            return Err(why);
+        }
+    };
+    if let Err(e) = dir.publish(&temp, &name) {
+        dir.remove(&temp);
+        return Err(in_dir(&name, e));
+    }
+    manifest.file = name.clone();
+    let mut text = serde_json::to_string_pretty(&manifest).expect("a manifest serialises");
+    text.push('\n');
+    let manifest_temp = format!(".{manifest_name}.partial");
+    let written = dir.create_new(&manifest_temp).and_then(|mut f| {
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|_| dir.publish(&manifest_temp, &manifest_name)) {
+        dir.remove(&manifest_temp);
+        return Err(in_dir(&manifest_name, e));
+    }
+    dir.sync().map_err(|e| in_dir("sync", e))?;
+    Ok((name, manifest))
 }

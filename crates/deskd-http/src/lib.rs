@@ -17,6 +17,7 @@
 
 mod api;
 mod auth;
+mod backup_dir;
 mod control;
 mod error;
 mod jobs;

@@ -4,7 +4,6 @@
 //! count and lifetime).
 
 use std::net::SocketAddr;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::auth::Token;
+use crate::backup_dir::BackupDir;
 use crate::control::Control;
 use crate::error::HttpError;
 use crate::jobs::Jobs;
@@ -38,6 +38,8 @@ pub struct Bound {
     listener: std::net::TcpListener,
     runtime: tokio::runtime::Runtime,
     token: Token,
+    /// `backup_dir`, opened and checked.
+    backup_dir: Option<Arc<BackupDir>>,
     options: Options,
 }
 
@@ -52,9 +54,10 @@ pub struct HttpServer {
 pub fn bind(options: Options) -> Result<Bound, HttpError> {
     let secret = deskd_proto::transport::read_server_token_file(&options.token_file)
         .map_err(HttpError::Token)?;
-    if let Some(dir) = &options.backup_dir {
-        check_backup_dir(dir)?;
-    }
+    let backup_dir = match &options.backup_dir {
+        Some(dir) => Some(Arc::new(BackupDir::open(dir)?)),
+        None => None,
+    };
     let listener =
         std::net::TcpListener::bind(&options.listen).map_err(|error| HttpError::Bind {
             listen: options.listen.clone(),
@@ -77,40 +80,9 @@ pub fn bind(options: Options) -> Result<Bound, HttpError> {
         listener,
         runtime,
         token: Token::new(&secret),
+        backup_dir,
         options,
     })
-}
-
-/// `backup_dir` must be an existing absolute directory no other user may write into (one who
-/// could would plant links where the backup's file goes, or rename, delete or replace the
-/// backups afterwards): owned by root or the server's uid, not writable by group or others.
-fn check_backup_dir(dir: &std::path::Path) -> Result<(), HttpError> {
-    let refuse = |why: String| HttpError::BackupDir {
-        path: dir.to_path_buf(),
-        why,
-    };
-    if !dir.is_absolute() {
-        return Err(refuse("not an absolute path".into()));
-    }
-    let meta = std::fs::metadata(dir).map_err(|e| refuse(e.to_string()))?;
-    if !meta.is_dir() {
-        return Err(refuse("not a directory".into()));
-    }
-    let owner = meta.uid();
-    let me = rustix::process::geteuid().as_raw();
-    if owner != 0 && owner != me {
-        return Err(refuse(format!(
-            "owned by uid {owner}, who may change the backups; it must belong to root or \
-             deskd's user (uid {me}): `chown {me}` it"
-        )));
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(refuse(format!(
-            "other users may write into it (mode {mode:04o}); `chmod go-w` it"
-        )));
-    }
-    Ok(())
 }
 
 impl Bound {
@@ -148,10 +120,7 @@ impl Bound {
             token_file: self.options.token_file.clone(),
             auth: self.options.auth,
             hosts: self.options.hosts.clone(),
-            jobs: Jobs::new(
-                Control::new(self.options.socket.clone()),
-                self.options.backup_dir.clone(),
-            ),
+            jobs: Jobs::new(Control::new(self.options.socket.clone()), self.backup_dir),
             control: Control::new(self.options.socket.clone()),
             metrics,
             last_refusal_log: std::sync::Mutex::new(None),
