@@ -52,12 +52,17 @@ impl WalWriteback {
             return;
         }
         if self.file.is_none() {
+            // Whoever can write the volume's root could put something else at the WAL's
+            // path: no symlink is followed, and a FIFO or device neither blocks the open nor
+            // gets the hint.
             let opened = std::fs::OpenOptions::new()
                 .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(path);
             match opened {
-                Ok(f) if f.metadata().is_ok_and(|m| m.ino() == ino) => self.file = Some((f, ino)),
+                Ok(f) if f.metadata().is_ok_and(|m| m.is_file() && m.ino() == ino) => {
+                    self.file = Some((f, ino))
+                }
                 _ => return,
             }
         }
@@ -149,6 +154,12 @@ mod tests {
         std::os::unix::fs::symlink(&keep, &path).unwrap();
         let mut fresh = WalWriteback::default();
         fresh.grown(&path, STEP, old, STEP);
+        assert!(fresh.file.is_none());
+        // Nor does a FIFO block the writer (its size is told as a step, as if it had grown).
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let fifo = std::fs::metadata(&path).unwrap().ino();
+        fresh.grown(&path, STEP, fifo, STEP);
         assert!(fresh.file.is_none());
     }
 }
