@@ -13,6 +13,8 @@
 #                     each (default 5): the median of each figure, deskd/stock, and stock
 #                     again/stock, the run's own noise (docs/PERFORMANCE.md); SPEED_BRIDGE=1
 #                     adds deskd through the standalone bridge to each round (bridge / stock)
+#   SPEED_TESTS=37    speed runs only these lantest tests (lantest -t: 1-7 in its figures'
+#                     order; 3 brings 2 with it): quicker rounds to iterate on one figure
 #   DESKD=path        the deskd binary (default target/release/deskd)
 #   DESKD_CNID=inserve|bridge
 #                     how afpd reaches deskd (default inserve: deskd serve's own listener, the
@@ -104,7 +106,7 @@ if [ "${1:-suite}" = speed ]; then
     log "lantest, stock, deskd and stock again alternating, $rounds rounds each"
     rm -f "$RUN"/speed-*-lantest.log
     [ "${SPEED_BRIDGE:-0}" = 1 ] && log "and deskd through the standalone bridge in each round"
-    VETO=1 SPEED_AA=1 SPEED_ROUNDS=$rounds DESKD="$RUN/deskd-as-documented" bash "$KIT/spectest.sh" speed \
+    VETO=1 SPEED_AA=1 SPEED_ROUNDS=$rounds SPEED_TESTS=${SPEED_TESTS:-} DESKD="$RUN/deskd-as-documented" bash "$KIT/spectest.sh" speed \
         >"$RUN/speed.log" 2>&1 || { tail -30 "$RUN/speed.log"; exit 1; }
     python3 - "$RUN" "$INSERVE" <<'PY'
 import glob, re, statistics, sys

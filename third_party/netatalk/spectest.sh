@@ -16,6 +16,8 @@
 #              runs with DESKD_INSERVE=1 in its environment ($DESKD must then give it a
 #              [netatalk] table listening on the CNID port)
 #   SPEED_BRIDGE=1  speed also runs deskd through the standalone bridge in each round (tag bridge)
+#   SPEED_TESTS=37  speed runs only these lantest tests (lantest -t; 3 = read the large file, which
+#                   adds 2, writing it; 7 = the folder tree): quicker rounds to iterate on one figure
 # Results: $RUN/{stock,deskd}<suffix>-{spectest,T2_spectest}.{log,rc}, *-afpd.log, *-deskd-*.out
 # The build is kept in $WORK between runs; delete $WORK to rebuild.
 set -u
@@ -210,7 +212,7 @@ speed() { # lantest (Netatalk's HELIOS LanTest clone), stock and deskd alternati
       TAG=speed-$b$(suffix)-$r; fresh_vols; : > "$RUN/afpd.log"
       start_backend "${b%2}"
       log "$TAG: lantest"
-      ( cd "$T" && timeout 900 ./lantest -"$AFPVER" -h 127.0.0.1 -p "$AFPPORT" -u $U1 -w "$PW" -s test1 -n 1 ) > "$RUN/$TAG-lantest.log" 2>&1
+      ( cd "$T" && timeout 900 ./lantest -"$AFPVER" -h 127.0.0.1 -p "$AFPPORT" -u $U1 -w "$PW" -s test1 -n 1 ${SPEED_TESTS:+-t "$SPEED_TESTS"} ) > "$RUN/$TAG-lantest.log" 2>&1
       echo "lantest rc=$?" >> "$RUN/$TAG-lantest.log"
       record_kids; stop_all
       cp "$RUN/afpd.log" "$RUN/$TAG-afpd.log"

@@ -3,6 +3,7 @@
 //! checkpoint that readers of older snapshots held back. A checkpoint runs on the writer's
 //! thread, so it never waits long for readers: writes queue behind it.
 
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use deskd_db::now_unix;
@@ -87,13 +88,16 @@ impl Writer {
         if self.frozen() || self.backing_off() {
             return;
         }
-        let size = std::fs::metadata(&self.wal_path)
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let (size, ino) = std::fs::metadata(&self.wal_path)
+            .map(|m| (m.len(), m.ino()))
+            .unwrap_or((0, 0));
         if size > self.config.wal_limit {
             // A truncating checkpoint that readers hold back still copies every frame it can
             // (SQLite then proceeds as PASSIVE), so one call covers both cases.
             self.timed_flush("WAL over its limit");
+        } else if ino != 0 {
+            let step = super::wal_writeback::step(self.config.wal_limit);
+            self.wal_writeback.grown(&self.wal_path, size, ino, step);
         }
     }
 

@@ -33,6 +33,7 @@ mod alone;
 mod batch;
 mod busy;
 mod checkpoint;
+mod wal_writeback;
 
 use checkpoint::REQUESTED_CHECKPOINT_WAIT;
 #[cfg(test)]
@@ -174,6 +175,8 @@ pub(crate) struct Writer {
     sleeping_until: Option<Option<Instant>>,
     /// Sizes of the committed client batches (`/metrics`).
     figures: Arc<CommitFigures>,
+    /// Starts writing the WAL out as it grows, so a checkpoint's fsync finds little to do.
+    wal_writeback: wal_writeback::WalWriteback,
 }
 
 /// How often the log may say that space is short (a nearly full disk affects every commit).
@@ -214,6 +217,7 @@ impl Writer {
             busy: None,
             sleeping_until: None,
             figures: Arc::default(),
+            wal_writeback: Default::default(),
         }
     }
 
