@@ -21,6 +21,7 @@ pub mod name_index;
 pub mod names;
 pub mod schema;
 pub mod snapshot;
+pub mod wal;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use ids::{FIRST_ID, LAST_USABLE_ID, ROOT_ID, ROOT_PARENT_ID};
 pub use name_index::{NameChange, NameIndex};
 pub use schema::FORMAT_VERSION;
+pub use wal::{CheckpointConnection, CheckpointMode, CheckpointOutcome, WalIndex, WalState};
 
 /// The longest name (in bytes) an object may have; the usual Linux `NAME_MAX`.
 pub const MAX_NAME_LEN: usize = 255;
@@ -976,14 +978,28 @@ impl Desktop {
     /// session may hold its snapshot for minutes.
     /// Returns (busy, frames in WAL, frames checkpointed).
     pub fn checkpoint(&self, wait: Duration) -> Result<(i64, i64, i64)> {
-        self.conn.busy_timeout(wait)?;
-        let result = self
+        let done = self.checkpoint_in(CheckpointMode::Truncate, wait)?;
+        Ok((done.busy as i64, done.frames, done.checkpointed))
+    }
+
+    /// Checkpoint on the write connection in `mode`, waiting at most `wait` for readers of
+    /// older snapshots (see [`Desktop::checkpoint`]).
+    pub fn checkpoint_in(&self, mode: CheckpointMode, wait: Duration) -> Result<CheckpointOutcome> {
+        wal::checkpoint_on(&self.conn, mode, wait, WRITER_BUSY_TIMEOUT)
+    }
+
+    /// Keep the WAL file at most `bytes` long when SQLite restarts it from its start after a
+    /// complete checkpoint (`PRAGMA journal_size_limit`): a WAL that grew past it (a reader
+    /// held checkpoints back) is cut back then; one within it is reused as it is, with no
+    /// truncation on the write path.
+    pub fn set_wal_size_limit(&self, bytes: u64) -> Result<()> {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let _: i64 = self
             .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            });
-        self.conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
-        Ok(result?)
+            .query_row(&format!("PRAGMA journal_size_limit = {bytes}"), [], |r| {
+                r.get(0)
+            })?;
+        Ok(())
     }
 
     /// Record a clean shutdown and flush everything into the main file. The WAL is emptied
@@ -1017,7 +1033,7 @@ impl Desktop {
     }
 }
 
-fn set_synchronous(conn: &Connection, durability: Durability) -> Result<()> {
+pub(crate) fn set_synchronous(conn: &Connection, durability: Durability) -> Result<()> {
     let level = match durability {
         Durability::Normal => "NORMAL",
         Durability::Full => "FULL",

@@ -123,9 +123,7 @@ fn gather(shared: &Shared, handle: Arc<VolumeHandle>) -> VolumeFigures {
         objects,
         last_id,
         state,
-        wal_bytes: std::fs::metadata(deskd_db::wal_path(&handle.desktop_path))
-            .map(|m| m.len())
-            .unwrap_or(0),
+        wal_bytes: deskd_db::wal::pending_bytes(&handle.desktop_path),
         clients: shared.clients.of_volume_count(handle.index),
         rebuild: shared
             .rebuilds

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use deskd_db::{now_unix, Desktop};
+use deskd_db::{now_unix, CheckpointMode, Desktop};
 use deskd_proto::{ErrorCode, ErrorReply, Request, Response};
 use deskd_volume::Volume;
 use tracing::{error, info, warn};
@@ -33,6 +33,7 @@ mod alone;
 mod batch;
 mod busy;
 mod checkpoint;
+mod checkpointer;
 mod wal_writeback;
 
 use checkpoint::REQUESTED_CHECKPOINT_WAIT;
@@ -177,6 +178,12 @@ pub(crate) struct Writer {
     figures: Arc<CommitFigures>,
     /// Starts writing the WAL out as it grows, so a checkpoint's fsync finds little to do.
     wal_writeback: wal_writeback::WalWriteback,
+    /// Runs the checkpoints nobody waits for beside the writer (None: its connection could
+    /// not be opened, or no desktop; then the writer runs them itself, as writes wait).
+    checkpointer: Option<checkpointer::Checkpointer>,
+    /// The WAL's wal-index: how much of the WAL is in use and not yet checkpointed (None: the
+    /// WAL file's length says it, as when every checkpoint truncated it).
+    wal_index: Option<deskd_db::WalIndex>,
 }
 
 /// How often the log may say that space is short (a nearly full disk affects every commit).
@@ -197,6 +204,10 @@ impl Writer {
         desktop_path: &Path,
         temp_copy: Vec<PrivateTemp>,
     ) -> Writer {
+        let (checkpointer, wal_index) = match &desktop {
+            Some(open) => Writer::checkpointing(open, &config, &commits, &state, desktop_path),
+            None => (None, None),
+        };
         Writer {
             desktop,
             lock: Some(lock),
@@ -218,6 +229,50 @@ impl Writer {
             sleeping_until: None,
             figures: Arc::default(),
             wal_writeback: Default::default(),
+            checkpointer,
+            wal_index,
+        }
+    }
+
+    /// What the checkpoints of the open `desktop` need: the WAL file kept within `wal_limit`
+    /// when SQLite restarts it, the checkpointer thread and the wal-index. Without either of
+    /// the last two (logged) the writer runs every checkpoint itself, truncating.
+    fn checkpointing(
+        desktop: &Desktop,
+        config: &VolumeConfig,
+        commits: &Arc<AtomicU64>,
+        state: &Arc<Mutex<SharedState>>,
+        desktop_path: &Path,
+    ) -> (Option<checkpointer::Checkpointer>, Option<deskd_db::WalIndex>) {
+        let root = config.root.as_path();
+        if let Err(e) = desktop.set_wal_size_limit(config.wal_limit) {
+            warn!(volume = %root.display(), "WAL size limit not set: {e}");
+        }
+        // Without the wal-index the WAL's size is its file's length, which only a truncating
+        // checkpoint brings back: then every checkpoint stays the writer's, truncating.
+        let wal_index = match deskd_db::WalIndex::open(desktop_path) {
+            Ok(index) if index.read().is_some() => index,
+            other => {
+                warn!(volume = %root.display(), "wal-index not readable ({}): the writer checkpoints itself, truncating the WAL",
+                    other.err().map_or("not initialized".to_string(), |e| e.to_string()));
+                return (None, None);
+            }
+        };
+        match checkpointer::Checkpointer::start(
+            desktop_path,
+            config.durability,
+            commits.clone(),
+            state.clone(),
+            root,
+        ) {
+            Ok(c) => {
+                c.restart_above(checkpoint::background_at(config.wal_limit));
+                (Some(c), Some(wal_index))
+            }
+            Err(e) => {
+                warn!(volume = %root.display(), "no checkpointer thread ({e}): the writer checkpoints itself, truncating the WAL");
+                (None, None)
+            }
         }
     }
 
@@ -468,12 +523,16 @@ impl Writer {
                 } else {
                     None
                 };
+                // The flush and the freeze's start under the checkpoint gate: no round of the
+                // checkpointer comes between them.
+                let checkpointer = self.checkpointer.clone();
+                let mut gate = checkpointer.as_ref().map(|c| c.hold());
                 let result = if running.is_some() {
                     Ok(())
                 } else if let Some(busy) = self.busy_refusal("freeze") {
                     Err(busy)
                 } else {
-                    self.flush(REQUESTED_CHECKPOINT_WAIT)
+                    self.checkpoint_held(CheckpointMode::Truncate, REQUESTED_CHECKPOINT_WAIT)
                 };
                 let result = result.map(|_| {
                     let asked = Instant::now() + Duration::from_secs(secs as u64);
@@ -498,6 +557,9 @@ impl Writer {
                         }
                     };
                     self.state.lock().unwrap().frozen_until = Some(until);
+                    if let Some(gate) = gate.as_deref_mut() {
+                        gate.frozen_until = self.frozen_until;
+                    }
                     Response::Frozen {
                         until,
                         clamped,
@@ -509,6 +571,11 @@ impl Writer {
             Job::Thaw(reply) => {
                 self.frozen_until = None;
                 self.state.lock().unwrap().frozen_until = None;
+                if let Some(checkpointer) = &self.checkpointer {
+                    checkpointer.hold().frozen_until = None;
+                    // A round waiting for the freeze's end may go now.
+                    checkpointer.nudge();
+                }
                 let _ = reply.send(Ok(Response::Done));
             }
             Job::Retime(new, done) => {
@@ -517,7 +584,16 @@ impl Writer {
                 self.config.freeze_default = new.freeze_default;
                 self.config.freeze_max = new.freeze_max;
                 self.config.busy_wait = new.busy_wait;
-                self.config.wal_limit = new.wal_limit;
+                if new.wal_limit != self.config.wal_limit {
+                    self.config.wal_limit = new.wal_limit;
+                    let desktop = self.desktop.as_ref().expect("writer used after shutdown");
+                    if let Err(e) = desktop.set_wal_size_limit(new.wal_limit) {
+                        warn!(volume = %self.volume.root().display(), "WAL size limit not set: {e}");
+                    }
+                    if let Some(checkpointer) = &self.checkpointer {
+                        checkpointer.restart_above(checkpoint::background_at(new.wal_limit));
+                    }
+                }
                 self.config.min_free = new.min_free;
                 self.config.replaced = new.replaced;
                 if new.durability != self.config.durability {
@@ -567,6 +643,11 @@ impl Writer {
     }
 
     fn shutdown(&mut self) {
+        // Its round ends first: the clean close's checkpoint must be the last.
+        if let Some(checkpointer) = self.checkpointer.take() {
+            checkpointer.stop();
+        }
+        self.wal_index = None;
         if let Some(desktop) = self.desktop.take() {
             match desktop.close_clean() {
                 Ok(()) => info!(volume = %self.volume.root().display(), "desktop closed cleanly"),

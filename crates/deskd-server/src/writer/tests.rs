@@ -522,3 +522,118 @@ fn a_lone_write_made_elsewhere_still_gets_its_timed_flush() {
         std::thread::yield_now();
     }
 }
+
+/// `n` files named `{prefix}-{i}` in `root`, as the `'static` names [`add`] takes.
+fn many_files(root: &Path, prefix: &str, n: usize) -> Vec<&'static str> {
+    (0..n)
+        .map(|i| {
+            let name: &'static str = Box::leak(format!("{prefix}-{i:05}").into_boxed_str());
+            std::fs::write(root.join(name), b"").unwrap();
+            name
+        })
+        .collect()
+}
+
+/// Commit `name` on this thread as a connection thread would (the writer thread idle),
+/// and return its reply.
+fn commit_here(share: &WriterShare, tx: &Sender<Job>, name: &'static str) -> Reply {
+    let client: Arc<TestConnection> = Arc::default();
+    let (flushed, _replied) = crossbeam_channel::unbounded();
+    loop {
+        let (request, reply) = write_parts(add_told(name, &client, &flushed));
+        match share.commit_alone(request, reply, tx) {
+            Ok(()) => break,
+            // The writer thread was setting its timers: try again.
+            Err(_) => std::thread::yield_now(),
+        }
+    }
+    let sent = client.sent();
+    assert_eq!(sent.len(), 1, "answered before commit_alone returned");
+    sent[0].1.clone()
+}
+
+#[test]
+fn writes_are_answered_while_a_checkpoint_runs_beside_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = many_files(dir.path(), "f", 40);
+    let (mut writer, _) = writer_for(dir.path());
+    writer.config.wal_limit = 1 << 20;
+    let checkpointer = writer.checkpointer.clone().expect("a checkpointer thread");
+    checkpointer.restart_above(checkpoint::background_at(1 << 20));
+    let desktop = dir.path().join(deskd_volume::DESKTOP_FILE);
+    let state = writer.state.clone();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let share = writer.spawn(0, rx).unwrap();
+    // A checkpoint in progress holds the gate (as the test hook holds a round).
+    let gate = checkpointer.hold();
+    for name in &names {
+        assert!(commit_here(&share, &tx, name).is_ok());
+    }
+    let pending = deskd_db::wal::pending_bytes(&desktop);
+    assert!(
+        pending >= checkpoint::background_at(1 << 20),
+        "past a quarter of the limit: {pending}"
+    );
+    assert_eq!(state.lock().unwrap().last_flush, 0, "nothing checkpointed yet");
+    // Let the checkpoint go: the writer asked for it, and it copies everything.
+    drop(gate);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while deskd_db::wal::pending_bytes(&desktop) > 0 || state.lock().unwrap().last_flush == 0 {
+        assert!(Instant::now() < deadline, "the checkpointer did not run");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let wal = deskd_db::wal_path(&desktop);
+    let kept = std::fs::metadata(&wal).unwrap().len();
+    assert!(kept >= pending, "the WAL file is kept, not truncated");
+    let (done, stopped) = crossbeam_channel::bounded(1);
+    tx.send(Job::Shutdown(done)).unwrap();
+    stopped.recv_timeout(Duration::from_secs(10)).unwrap();
+    let reader = deskd_db::Reader::open(&desktop).unwrap();
+    assert_eq!(reader.stats().unwrap().objects, 41);
+}
+
+#[test]
+fn a_write_burst_reuses_the_wal_within_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = many_files(dir.path(), "g", 600);
+    let (mut writer, _) = writer_for(dir.path());
+    let limit = 1 << 20;
+    writer.config.wal_limit = limit;
+    writer
+        .desktop
+        .as_ref()
+        .unwrap()
+        .set_wal_size_limit(limit)
+        .unwrap();
+    writer
+        .checkpointer
+        .as_ref()
+        .unwrap()
+        .restart_above(checkpoint::background_at(limit));
+    let desktop = dir.path().join(deskd_volume::DESKTOP_FILE);
+    let wal = deskd_db::wal_path(&desktop);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let share = writer.spawn(0, rx).unwrap();
+    let index = deskd_db::WalIndex::open(&desktop).unwrap();
+    let (mut longest, mut restarts, mut last_used) = (0, 0, 0);
+    for name in &names {
+        assert!(commit_here(&share, &tx, name).is_ok());
+        let len = std::fs::metadata(&wal).unwrap().len();
+        let used = index.read().unwrap().used_bytes();
+        if used < last_used {
+            restarts += 1;
+            assert!(len > 0, "restarted, not truncated to nothing");
+        }
+        last_used = used;
+        longest = longest.max(len);
+    }
+    // 600 ADDs write several MiB of WAL: it restarted from its start, and one commit past
+    // the limit is all it ever overshot.
+    assert!(restarts >= 2, "the WAL restarted {restarts} times");
+    assert!(longest <= limit + (64 << 10), "the WAL grew to {longest} bytes");
+    let (done, stopped) = crossbeam_channel::bounded(1);
+    tx.send(Job::Shutdown(done)).unwrap();
+    stopped.recv_timeout(Duration::from_secs(10)).unwrap();
+    let reader = deskd_db::Reader::open(&desktop).unwrap();
+    assert_eq!(reader.stats().unwrap().objects, 601);
+}
