@@ -657,13 +657,15 @@ pub struct VolumeStatus {
     /// Why the volume is read-only whatever its configuration says (`file system full`,
     /// `read-only file system`).
     pub read_only_reason: Option<String>,
-    /// Unix time of the last flush (TRUNCATE checkpoint), 0 if none since start.
+    /// Unix time of the last checkpoint that copied everything committed before it (beside the
+    /// writes, or a flush), 0 if none since start.
     pub last_flush: i64,
     /// False when the previous session ended without a clean shutdown.
     pub clean_at_start: bool,
     /// Unix time when the current freeze ends, if frozen.
     pub frozen_until: Option<i64>,
-    /// Bytes in the WAL file now.
+    /// Bytes of the WAL not yet checkpointed into the desktop (a WAL reused from its start
+    /// keeps its file's length; this is what is left to copy).
     pub wal_bytes: u64,
     /// Problems found by the start-up check (empty = sound).
     pub check_problems: Vec<String>,

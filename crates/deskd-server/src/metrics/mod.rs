@@ -320,7 +320,7 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
         volumes,
         "deskd_wal_bytes",
         Gauge,
-        "Size of the desktop's write-ahead log (not yet checkpointed into .Desktop).",
+        "Bytes of the desktop's write-ahead log not yet checkpointed into .Desktop.",
         |v| Some(v.wal_bytes),
     );
     each_volume(
@@ -328,7 +328,7 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
         volumes,
         "deskd_last_flush_time_seconds",
         Gauge,
-        "Unix time of the last flush (TRUNCATE checkpoint); 0 if none since start.",
+        "Unix time of the last complete checkpoint (beside the writes or a flush); 0 if none since start.",
         |v| Some(v.state.last_flush),
     );
     each_volume(

@@ -9,9 +9,11 @@
 //! once, so no write waits. Nothing is truncated: after a checkpoint that copied every frame,
 //! the next commit restarts the WAL from its start and reuses the file, whose length
 //! `journal_size_limit` bounds. A write burst that never pauses keeps the WAL from restarting
-//! (a checkpoint completes only for the frames that were there when it began): after a round
-//! that commits overtook, this thread waits until the writer has paused ([`SETTLE`]) and goes
-//! again, so the WAL restarts in the next pause. A burst that reaches `wal_limit` regardless
+//! (a checkpoint completes only for the frames that were there when it began), and so does a
+//! reader's snapshot taken just before a round ended, at the next commit: after a round, while
+//! the WAL in use is over a quarter of `wal_limit` and has not restarted, this thread waits
+//! until the writer has paused ([`SETTLE`]) and goes again, so the WAL restarts in the next
+//! pause. A burst that reaches `wal_limit` regardless
 //! is checkpointed by the writer itself, which then has only the frames since this thread's
 //! last round left to copy ([`super::checkpoint`]).
 //!
@@ -36,6 +38,10 @@ use crate::limits::RateLimited;
 /// How long the writer must have committed nothing before another round goes for a WAL
 /// restart (a round that commits overtook cannot restart the WAL).
 pub(super) const SETTLE: Duration = Duration::from_millis(10);
+
+/// How long, after a round that copied everything, the next commit is watched for (to see that
+/// it restarted the WAL).
+const WATCH_NEXT_COMMIT: Duration = Duration::from_secs(1);
 
 /// How often a failing checkpoint is logged.
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -83,9 +89,8 @@ pub(super) struct Checkpointer {
 
 /// How one round ended.
 enum Round {
-    /// Everything the WAL held when it began is in the desktop; `overtaken`: commits came
-    /// meanwhile.
-    Done { overtaken: bool },
+    /// Everything the WAL held when it began is in the desktop.
+    Done,
     /// A reader of an older snapshot kept frames from being copied.
     HeldBack,
     /// A freeze is on until then.
@@ -191,15 +196,9 @@ impl Shared {
     fn until_done(&self, why: &'static str, failures: &mut RateLimited) {
         loop {
             match self.round(why, failures) {
-                Round::Done { overtaken: false } | Round::Failed => return,
-                Round::Done { overtaken: true } => {
-                    let restart_above = self.signal.lock().unwrap().restart_above;
-                    let in_use = self
-                        .index
-                        .as_ref()
-                        .and_then(|i| i.read())
-                        .map_or(0, |s| s.used_bytes());
-                    if in_use < restart_above || !self.settle() {
+                Round::Failed => return,
+                Round::Done => {
+                    if !self.restart_pending() {
                         return;
                     }
                 }
@@ -215,6 +214,49 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// After a complete round: whether another is needed for the WAL to restart, once the
+    /// writer has paused. None is while the WAL in use is small, or has restarted. A round
+    /// that commits overtook left frames to copy. One that copied everything still restarts
+    /// the WAL only if no reader holds a snapshot of the moment before it ended when the next
+    /// commit begins (the connection that sends the write may have just read): so the next
+    /// commit is watched for, up to [`WATCH_NEXT_COMMIT`] (without one, it is the commit that
+    /// restarts the WAL).
+    fn restart_pending(&self) -> bool {
+        let mut watched = false;
+        loop {
+            let restart_above = self.signal.lock().unwrap().restart_above;
+            let Some(wal) = self.index.as_ref().and_then(|i| i.read()) else {
+                return false;
+            };
+            if wal.used_bytes() < restart_above {
+                return false;
+            }
+            if wal.frames > wal.backfilled {
+                return self.settle();
+            }
+            if watched || !self.next_commit() {
+                return false;
+            }
+            watched = true;
+        }
+    }
+
+    /// Wait for the writer's next commit, at most [`WATCH_NEXT_COMMIT`]; false when none came
+    /// (or the thread is told to stop).
+    fn next_commit(&self) -> bool {
+        let seen = self.commits.load(Ordering::SeqCst);
+        let until = Instant::now() + WATCH_NEXT_COMMIT;
+        while Instant::now() < until {
+            if !self.pause(SETTLE) {
+                return false;
+            }
+            if self.commits.load(Ordering::SeqCst) != seen {
+                return true;
+            }
+        }
+        false
     }
 
     /// One passive checkpoint, under the gate.
@@ -240,7 +282,7 @@ impl Shared {
                 let overtaken = self.commits.load(Ordering::SeqCst) != commits;
                 debug!(volume = %self.root, frames = done.frames, overtaken,
                     "{why}: checkpointed beside the writer in {} µs", began.elapsed().as_micros());
-                Round::Done { overtaken }
+                Round::Done
             }
             Ok(_) => {
                 if gate.held_back_since.is_none() {
@@ -260,7 +302,9 @@ impl Shared {
         }
     }
 
-    /// Wait until the writer has committed nothing for [`SETTLE`]; false when told to stop.
+    /// Wait until the writer has committed nothing for [`SETTLE`], or asks for another round
+    /// (the burst goes on: the WAL grew by another quarter of its limit); false when told to
+    /// stop.
     fn settle(&self) -> bool {
         let mut seen = self.commits.load(Ordering::SeqCst);
         loop {
@@ -268,7 +312,7 @@ impl Shared {
                 return false;
             }
             let now = self.commits.load(Ordering::SeqCst);
-            if now == seen {
+            if now == seen || self.signal.lock().unwrap().wanted.is_some() {
                 return true;
             }
             seen = now;

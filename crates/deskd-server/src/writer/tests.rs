@@ -637,3 +637,51 @@ fn a_write_burst_reuses_the_wal_within_its_limit() {
     let reader = deskd_db::Reader::open(&desktop).unwrap();
     assert_eq!(reader.stats().unwrap().objects, 601);
 }
+
+#[test]
+fn the_wal_restarts_even_when_a_reader_kept_the_first_commit_after_a_checkpoint_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = many_files(dir.path(), "h", 40);
+    let (mut writer, _) = writer_for(dir.path());
+    writer.config.wal_limit = 1 << 20;
+    let checkpointer = writer.checkpointer.clone().unwrap();
+    checkpointer.restart_above(checkpoint::background_at(1 << 20));
+    let desktop = dir.path().join(deskd_volume::DESKTOP_FILE);
+    let index = deskd_db::WalIndex::open(&desktop).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let share = writer.spawn(0, rx).unwrap();
+    let gate = checkpointer.hold();
+    for name in &names[..30] {
+        assert!(commit_here(&share, &tx, name).is_ok());
+    }
+    // A connection reads (its snapshot includes every frame so far) just before the round
+    // ends, and then sends a write.
+    let reader = deskd_db::Reader::open(&desktop).unwrap();
+    reader.begin_snapshot().unwrap();
+    reader.stats().unwrap();
+    drop(gate);
+    let wait_until = |what: &str, done: &dyn Fn(deskd_db::WalState) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done(index.read().unwrap()) {
+            assert!(Instant::now() < deadline, "{what}: {:?}", index.read());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    wait_until("copied", &|w| w.frames == w.backfilled);
+    let before = index.read().unwrap();
+    assert!(commit_here(&share, &tx, names[30]).is_ok());
+    let after = index.read().unwrap();
+    assert!(
+        after.frames > before.frames,
+        "the reader kept the WAL from restarting: {before:?} {after:?}"
+    );
+    reader.end_snapshot().unwrap();
+    // The checkpointer saw it, waited for the pause, and went again: the next commit restarts.
+    wait_until("copied again", &|w| w.frames == w.backfilled);
+    assert!(commit_here(&share, &tx, names[31]).is_ok());
+    let restarted = index.read().unwrap();
+    assert!(restarted.frames < before.frames, "{restarted:?}");
+    let (done, stopped) = crossbeam_channel::bounded(1);
+    tx.send(Job::Shutdown(done)).unwrap();
+    stopped.recv_timeout(Duration::from_secs(10)).unwrap();
+}

@@ -1,0 +1,166 @@
+//! The checkpointer thread (issue 22's folder tree): the checkpoints nobody waits for run
+//! beside the writer, so a write is answered while one runs; `deskd flush` and `deskd freeze`
+//! keep their truncating checkpoint and wait for a running one; a freeze keeps it off the
+//! desktop; status says what is not yet checkpointed. The server's test hook
+//! `DESKD_TEST_HOLD_CHECKPOINT_UNTIL` holds each of its rounds as a slow checkpoint would.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn status(env: &Env) -> serde_json::Value {
+    let out = env.deskd_ok(&["status", "--json"]);
+    serde_json::from_str(out.lines().next().unwrap()).unwrap()
+}
+
+/// A server of `vol` with the smallest `wal_limit` (1 MiB: the checkpointer is asked at
+/// 256 KiB not yet checkpointed), no timed checkpoint during the test, and its checkpoint
+/// rounds held until `release-checkpoint` exists.
+fn holding_checkpoints() -> Env {
+    let mut env = Env::new(&["vol"]);
+    let cfg = env.path("deskd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[defaults]\nwal_limit = 1048576\nflush_delay = 3600\nidle_close = 3600\n[volume.\"{}\"]\n",
+            env.path("vol").display()
+        ),
+    )
+    .unwrap();
+    let release = env.path("release-checkpoint").display().to_string();
+    env.server_env
+        .push(("DESKD_TEST_HOLD_CHECKPOINT_UNTIL".into(), release));
+    env.start(&["--config", cfg.to_str().unwrap()]);
+    env
+}
+
+/// Register `n` new files named `{prefix}-…`: about 12 KiB of WAL each.
+fn register(env: &Env, prefix: &str, n: usize) {
+    std::fs::create_dir_all(env.path("vol/many")).unwrap();
+    let names: Vec<String> = (0..n)
+        .map(|i| format!("many/{prefix}-a-fairly-long-file-name-{i:05}.txt"))
+        .collect();
+    make_and_register(env, "vol", &names);
+}
+
+fn wal_len(env: &Env) -> u64 {
+    std::fs::metadata(env.path("vol/.Desktop-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+/// Wait until status says nothing is left to checkpoint.
+fn wait_checkpointed(env: &Env) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(env);
+        if s["wal_bytes"] == 0 {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "not checkpointed: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_write_is_answered_while_a_wal_limit_checkpoint_runs() {
+    let env = holding_checkpoints();
+    // One at a time, each its own commit, until the WAL passes a quarter of its limit and the
+    // checkpointer's round starts (and is held).
+    let mut c = env.client();
+    let vol = c.open_volume(&env.path("vol")).unwrap().vol;
+    std::fs::create_dir_all(env.path("vol/one")).unwrap();
+    let mut n = 0;
+    while !env.log_text().contains("test hook: checkpoint held") {
+        assert!(n < 2000, "no checkpoint asked for: {}", env.log_text());
+        let name = format!("one/file-{n:05}");
+        std::fs::write(env.path(&format!("vol/{name}")), b"").unwrap();
+        register_pipelined(&mut c, vol, &[name]);
+        n += 1;
+    }
+    assert_eq!(status(&env)["last_flush"], 0, "the round is held");
+    // The round holds the checkpoint: writes are still answered, one by one and in a batch.
+    let began = Instant::now();
+    for i in 0..5 {
+        env.dt_ok(&[b"touch", format!("vol/during-{i}").as_bytes()]);
+    }
+    register(&env, "held", 20);
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "writes waited for the checkpoint: {:?}",
+        began.elapsed()
+    );
+    let before = status(&env);
+    assert!(before["wal_bytes"].as_u64().unwrap() > 0, "{before}");
+    // `deskd flush` waits for the running round, then truncates as it always did.
+    let flush = env
+        .command_for(DESKD, &[b"flush"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::write(env.path("release-checkpoint"), b"").unwrap();
+    let out = flush.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(wal_len(&env), 0, "a flush still empties the WAL file");
+    let s = wait_checkpointed(&env);
+    assert!(s["last_flush"].as_i64().unwrap() > 0, "{s}");
+    assert_eq!(s["objects"].as_u64().unwrap(), 1 + 1 + n + 5 + 1 + 20);
+}
+
+#[test]
+fn the_wal_limit_checkpoint_reuses_the_wal_and_status_says_what_is_left() {
+    let env = holding_checkpoints();
+    std::fs::write(env.path("release-checkpoint"), b"").unwrap();
+    // Past a quarter of the limit: the checkpointer copies it all, the WAL file stays.
+    let mut batches = 0;
+    while status(&env)["last_flush"] == 0 {
+        assert!(batches < 100, "no checkpoint: {}", env.log_text());
+        register(&env, &format!("first{batches}"), 40);
+        batches += 1;
+    }
+    let s = wait_checkpointed(&env);
+    assert!(s["last_flush"].as_i64().unwrap() > 0, "{s}");
+    let kept = wal_len(&env);
+    assert!(kept > 256 << 10, "the WAL file is kept ({kept} bytes)");
+    // Writing on restarts the WAL from its start: the file does not grow, status counts only
+    // the new frames.
+    env.dt_ok(&[b"touch", b"vol/after"]);
+    let s = status(&env);
+    let pending = s["wal_bytes"].as_u64().unwrap();
+    assert!(pending > 0 && pending < 64 << 10, "{s}");
+    assert_eq!(wal_len(&env), kept);
+    // Much more than the limit, in bursts: the WAL stays bounded, nothing is lost.
+    for round in 0..6 {
+        register(&env, &format!("burst{round}"), 200);
+        let len = wal_len(&env);
+        assert!(len < 3 << 20, "WAL grew to {len} bytes with a 1 MiB limit");
+    }
+    assert_eq!(
+        status(&env)["objects"].as_u64().unwrap(),
+        2 + 40 * batches + 1 + 1200
+    );
+}
+
+#[test]
+fn a_freeze_keeps_the_checkpointer_off_the_desktop() {
+    let env = holding_checkpoints();
+    std::fs::write(env.path("release-checkpoint"), b"").unwrap();
+    env.dt_ok(&[b"touch", b"vol/before"]);
+    env.deskd_ok(&["freeze", "60"]);
+    let frozen = std::fs::read(env.path("vol/.Desktop")).unwrap();
+    // Far past a quarter of the limit, and past the limit itself: no checkpoint of any kind.
+    register(&env, "frozen", 150);
+    assert_eq!(std::fs::read(env.path("vol/.Desktop")).unwrap(), frozen);
+    let s = status(&env);
+    assert!(s["wal_bytes"].as_u64().unwrap() > 1 << 20, "{s}");
+    let refused = env.deskd(&["flush"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert_eq!(std::fs::read(env.path("vol/.Desktop")).unwrap(), frozen);
+    // Thawed: the next write finds the WAL past its limit, and it is checkpointed.
+    env.deskd_ok(&["thaw"]);
+    env.dt_ok(&[b"touch", b"vol/after"]);
+    wait_checkpointed(&env);
+    assert_ne!(std::fs::read(env.path("vol/.Desktop")).unwrap(), frozen);
+    assert_eq!(status(&env)["objects"].as_u64().unwrap(), 1 + 1 + 1 + 150 + 1);
+}
