@@ -162,5 +162,8 @@ fn a_freeze_keeps_the_checkpointer_off_the_desktop() {
     env.dt_ok(&[b"touch", b"vol/after"]);
     wait_checkpointed(&env);
     assert_ne!(std::fs::read(env.path("vol/.Desktop")).unwrap(), frozen);
-    assert_eq!(status(&env)["objects"].as_u64().unwrap(), 1 + 1 + 1 + 150 + 1);
+    assert_eq!(
+        status(&env)["objects"].as_u64().unwrap(),
+        1 + 1 + 1 + 150 + 1
+    );
 }

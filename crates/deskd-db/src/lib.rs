@@ -994,11 +994,11 @@ impl Desktop {
     /// truncation on the write path.
     pub fn set_wal_size_limit(&self, bytes: u64) -> Result<()> {
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-        let _: i64 = self
-            .conn
-            .query_row(&format!("PRAGMA journal_size_limit = {bytes}"), [], |r| {
-                r.get(0)
-            })?;
+        let _: i64 =
+            self.conn
+                .query_row(&format!("PRAGMA journal_size_limit = {bytes}"), [], |r| {
+                    r.get(0)
+                })?;
         Ok(())
     }
 

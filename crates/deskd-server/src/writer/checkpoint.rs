@@ -112,23 +112,24 @@ impl Writer {
             Some(wal) => (wal.used_bytes(), wal.pending_bytes()),
             None => (file_len, file_len),
         };
-        match &self.checkpointer {
-            Some(_) if in_use > self.config.wal_limit => {
-                if !self.backing_off() {
-                    self.inline_checkpoint("WAL at its limit", CheckpointMode::Restart);
+        let limit = self.config.wal_limit;
+        let inline = match &self.checkpointer {
+            Some(_) if in_use > limit => Some(("WAL at its limit", CheckpointMode::Restart)),
+            // A truncating checkpoint that readers hold back still copies every frame it can
+            // (SQLite then proceeds as PASSIVE), so one call covers both.
+            None if in_use > limit => Some(("WAL over its limit", CheckpointMode::Truncate)),
+            Some(checkpointer) => {
+                if pending >= background_at(limit) {
+                    checkpointer.request("WAL past a quarter of its limit");
                 }
+                None
             }
-            Some(checkpointer) if pending >= background_at(self.config.wal_limit) => {
-                checkpointer.request("WAL past a quarter of its limit");
+            None => None,
+        };
+        if let Some((why, mode)) = inline {
+            if !self.backing_off() {
+                self.inline_checkpoint(why, mode);
             }
-            None if in_use > self.config.wal_limit => {
-                if !self.backing_off() {
-                    // A truncating checkpoint that readers hold back still copies every
-                    // frame it can (SQLite then proceeds as PASSIVE), so one call covers both.
-                    self.inline_checkpoint("WAL over its limit", CheckpointMode::Truncate);
-                }
-            }
-            _ => {}
         }
         if ino != 0 {
             let step = super::wal_writeback::step(self.config.wal_limit);

@@ -339,7 +339,10 @@ impl Shared {
             std::env::var_os("DESKD_TEST_HOLD_CHECKPOINT_UNTIL").map(std::path::PathBuf::from)
         });
         if let Some(until) = until.as_deref().filter(|f| !f.exists()) {
-            eprintln!("test hook: checkpoint held until {} exists", until.display());
+            eprintln!(
+                "test hook: checkpoint held until {} exists",
+                until.display()
+            );
             while !until.exists() && !self.signal.lock().unwrap().stop {
                 std::thread::sleep(Duration::from_millis(5));
             }

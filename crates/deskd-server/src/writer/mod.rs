@@ -243,7 +243,10 @@ impl Writer {
         commits: &Arc<AtomicU64>,
         state: &Arc<Mutex<SharedState>>,
         desktop_path: &Path,
-    ) -> (Option<checkpointer::Checkpointer>, Option<deskd_db::WalIndex>) {
+    ) -> (
+        Option<checkpointer::Checkpointer>,
+        Option<deskd_db::WalIndex>,
+    ) {
         let root = config.root.as_path();
         if let Err(e) = desktop.set_wal_size_limit(config.wal_limit) {
             warn!(volume = %root.display(), "WAL size limit not set: {e}");

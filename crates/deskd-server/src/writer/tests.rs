@@ -574,7 +574,11 @@ fn writes_are_answered_while_a_checkpoint_runs_beside_them() {
         pending >= checkpoint::background_at(1 << 20),
         "past a quarter of the limit: {pending}"
     );
-    assert_eq!(state.lock().unwrap().last_flush, 0, "nothing checkpointed yet");
+    assert_eq!(
+        state.lock().unwrap().last_flush,
+        0,
+        "nothing checkpointed yet"
+    );
     // Let the checkpoint go: the writer asked for it, and it copies everything.
     drop(gate);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -630,7 +634,10 @@ fn a_write_burst_reuses_the_wal_within_its_limit() {
     // 600 ADDs write several MiB of WAL: it restarted from its start, and one commit past
     // the limit is all it ever overshot.
     assert!(restarts >= 2, "the WAL restarted {restarts} times");
-    assert!(longest <= limit + (64 << 10), "the WAL grew to {longest} bytes");
+    assert!(
+        longest <= limit + (64 << 10),
+        "the WAL grew to {longest} bytes"
+    );
     let (done, stopped) = crossbeam_channel::bounded(1);
     tx.send(Job::Shutdown(done)).unwrap();
     stopped.recv_timeout(Duration::from_secs(10)).unwrap();
