@@ -11,6 +11,7 @@
 //! checkpoint has copied into the main file.
 
 use std::fs::File;
+use std::mem::ManuallyDrop;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
@@ -65,8 +66,15 @@ impl WalState {
 }
 
 /// A desktop's wal-index (`.Desktop-shm`), opened once and read on demand.
+///
+/// Its descriptor is **never closed**: SQLite locks the wal-index with POSIX record locks, and
+/// closing any descriptor of a file drops every such lock the process holds on it (the
+/// writer's, the readers', the one that tells other processes the index is in use), which can
+/// corrupt the desktop. So open one per opening of a desktop, keep it for as long as the
+/// process may have the desktop open, and share it (one descriptor per opening is what a
+/// reload costs).
 pub struct WalIndex {
-    file: File,
+    file: ManuallyDrop<File>,
 }
 
 impl WalIndex {
@@ -74,11 +82,15 @@ impl WalIndex {
     /// link followed, and only a regular file (whoever may write the volume's root could put
     /// something else there; a FIFO must not block the open).
     pub fn open(desktop: &Path) -> std::io::Result<WalIndex> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(shm_path(desktop))?;
+        let file = ManuallyDrop::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(shm_path(desktop))?,
+        );
         if !file.metadata()?.is_file() {
+            // Not SQLite's index (SQLite's is a regular file): closing it drops no lock of it.
+            drop(ManuallyDrop::into_inner(file));
             return Err(std::io::Error::other("the wal-index is not a regular file"));
         }
         Ok(WalIndex { file })
@@ -119,16 +131,17 @@ fn parse(bytes: &[u8; HEADER_BYTES]) -> Option<WalState> {
     })
 }
 
-/// Bytes of `desktop`'s WAL not yet copied into it: from the wal-index while one is in use,
-/// else the WAL file's length (a WAL no connection has indexed is all still to copy).
-pub fn pending_bytes(desktop: &Path) -> u64 {
+/// Bytes of `desktop`'s WAL not yet copied into it: from its wal-index `index` (see
+/// [`WalIndex`]: never opened here), else the WAL file's length (without an index, every
+/// checkpoint truncates the WAL, so all of it is still to copy).
+pub fn pending_bytes(index: Option<&WalIndex>, desktop: &Path) -> u64 {
     let file_len = std::fs::metadata(wal_path(desktop))
         .map(|m| m.len())
         .unwrap_or(0);
     if file_len == 0 {
         return 0;
     }
-    match WalIndex::open(desktop).ok().and_then(|index| index.read()) {
+    match index.and_then(|index| index.read()) {
         Some(state) => state.pending_bytes(),
         None => file_len,
     }
@@ -243,7 +256,7 @@ mod tests {
         assert!(opened.frames > 0, "the opening's own commit: {opened:?}");
         assert_eq!(opened.page_size, 4096);
         assert_eq!(opened.used_bytes(), 32 + opened.frames as u64 * 4120);
-        assert_eq!(pending_bytes(&path), opened.pending_bytes());
+        assert_eq!(pending_bytes(Some(&index), &path), opened.pending_bytes());
 
         // A passive checkpoint on its own connection copies everything: nothing pending, the
         // WAL file still as long, and the next commit restarts the WAL from its start.
@@ -255,7 +268,7 @@ mod tests {
         let copied = index.read().unwrap();
         assert_eq!(copied.backfilled, copied.frames);
         assert_eq!(copied.pending_bytes(), 0);
-        assert_eq!(pending_bytes(&path), 0);
+        assert_eq!(pending_bytes(Some(&index), &path), 0);
         let wal_len = std::fs::metadata(wal_path(&path)).unwrap().len();
         assert_eq!(wal_len, opened.used_bytes(), "not truncated");
         let mut batch = desktop.batch().unwrap();
@@ -286,7 +299,7 @@ mod tests {
         // A truncating checkpoint empties the file.
         desktop.checkpoint(Duration::ZERO).unwrap();
         assert_eq!(std::fs::metadata(wal_path(&path)).unwrap().len(), 0);
-        assert_eq!(pending_bytes(&path), 0);
+        assert_eq!(pending_bytes(Some(&index), &path), 0);
     }
 
     #[test]
@@ -300,10 +313,21 @@ mod tests {
         let state = parse(&bytes).unwrap();
         assert_eq!(state.page_size, 65536);
         assert_eq!(state.pending_bytes(), 6 * (65536 + 24));
-        // Not a regular file: refused (a FIFO in its place must not block the open either).
+        // Not a regular file: refused (a FIFO in its place must not block the open either),
+        // nor a link followed.
         let dir = tempfile::tempdir().unwrap();
         let desktop = dir.path().join(".Desktop");
         std::fs::create_dir(shm_path(&desktop)).unwrap();
+        assert!(WalIndex::open(&desktop).is_err());
+        std::fs::remove_dir(shm_path(&desktop)).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(shm_path(&desktop))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(WalIndex::open(&desktop).is_err());
+        std::fs::remove_file(shm_path(&desktop)).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", shm_path(&desktop)).unwrap();
         assert!(WalIndex::open(&desktop).is_err());
     }
 }

@@ -401,7 +401,7 @@ impl VolumeHandle {
             last_flush: state.last_flush,
             clean_at_start: state.clean_at_start,
             frozen_until,
-            wal_bytes: deskd_db::wal::pending_bytes(&self.desktop_path),
+            wal_bytes: self.writer.wal_pending_bytes(&self.desktop_path),
             check_problems: state.check_problems,
             rebuild,
             // Filled in by the connection, which knows what the asker may see.

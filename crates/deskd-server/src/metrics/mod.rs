@@ -123,7 +123,7 @@ fn gather(shared: &Shared, handle: Arc<VolumeHandle>) -> VolumeFigures {
         objects,
         last_id,
         state,
-        wal_bytes: deskd_db::wal::pending_bytes(&handle.desktop_path),
+        wal_bytes: handle.writer.wal_pending_bytes(&handle.desktop_path),
         clients: shared.clients.of_volume_count(handle.index),
         rebuild: shared
             .rebuilds

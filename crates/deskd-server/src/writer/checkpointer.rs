@@ -76,7 +76,7 @@ struct Shared {
     commits: Arc<AtomicU64>,
     /// Where `last_flush` is kept for status.
     state: Arc<Mutex<SharedState>>,
-    index: Option<WalIndex>,
+    index: Option<Arc<WalIndex>>,
     root: String,
 }
 
@@ -99,14 +99,17 @@ enum Round {
 }
 
 impl Checkpointer {
-    /// Open a checkpoint connection to the desktop at `path` and start its thread. `commits` and `state` are the writer's.
+    /// Open a checkpoint connection to the desktop at `path` and start its thread.
+    /// `commits`, `state` and the wal-index `index` are the writer's.
     pub(super) fn start(
         path: &Path,
         durability: Durability,
         commits: Arc<AtomicU64>,
         state: Arc<Mutex<SharedState>>,
+        index: Arc<WalIndex>,
         root: &Path,
     ) -> std::io::Result<Checkpointer> {
+        let index = Some(index);
         let conn = CheckpointConnection::open(path, durability)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let shared = Arc::new(Shared {
@@ -119,7 +122,7 @@ impl Checkpointer {
             wake: Condvar::new(),
             commits,
             state,
-            index: WalIndex::open(path).ok(),
+            index,
             root: root.display().to_string(),
         });
         let thread_shared = shared.clone();

@@ -133,9 +133,13 @@ pub(crate) struct SharedState {
 }
 
 /// A volume's writer as its thread and the connection threads share it ([`Writer::spawn`]),
-/// and its batch sizes, which a scrape reads without the writer.
+/// and its batch sizes and wal-index, which status and a scrape read without the writer.
 #[derive(Clone)]
-pub(crate) struct WriterShare(Arc<Mutex<Writer>>, Arc<CommitFigures>);
+pub(crate) struct WriterShare(
+    Arc<Mutex<Writer>>,
+    Arc<CommitFigures>,
+    Option<Arc<deskd_db::WalIndex>>,
+);
 
 /// Most writes taken into one transaction.
 const MAX_BATCH: usize = 4096;
@@ -183,7 +187,7 @@ pub(crate) struct Writer {
     checkpointer: Option<checkpointer::Checkpointer>,
     /// The WAL's wal-index: how much of the WAL is in use and not yet checkpointed (None: the
     /// WAL file's length says it, as when every checkpoint truncated it).
-    wal_index: Option<deskd_db::WalIndex>,
+    wal_index: Option<Arc<deskd_db::WalIndex>>,
 }
 
 /// How often the log may say that space is short (a nearly full disk affects every commit).
@@ -245,7 +249,7 @@ impl Writer {
         desktop_path: &Path,
     ) -> (
         Option<checkpointer::Checkpointer>,
-        Option<deskd_db::WalIndex>,
+        Option<Arc<deskd_db::WalIndex>>,
     ) {
         let root = config.root.as_path();
         if let Err(e) = desktop.set_wal_size_limit(config.wal_limit) {
@@ -254,7 +258,7 @@ impl Writer {
         // Without the wal-index the WAL's size is its file's length, which only a truncating
         // checkpoint brings back: then every checkpoint stays the writer's, truncating.
         let wal_index = match deskd_db::WalIndex::open(desktop_path) {
-            Ok(index) if index.read().is_some() => index,
+            Ok(index) if index.read().is_some() => Arc::new(index),
             other => {
                 warn!(volume = %root.display(), "wal-index not readable ({}): the writer checkpoints itself, truncating the WAL",
                     other.err().map_or("not initialized".to_string(), |e| e.to_string()));
@@ -266,6 +270,7 @@ impl Writer {
             config.durability,
             commits.clone(),
             state.clone(),
+            wal_index.clone(),
             root,
         ) {
             Ok(c) => {
@@ -296,7 +301,14 @@ impl WriterShare {
     /// Share `writer` (its batch sizes stay readable without its lock).
     fn new(writer: Writer) -> WriterShare {
         let figures = writer.figures.clone();
-        WriterShare(Arc::new(Mutex::new(writer)), figures)
+        let wal_index = writer.wal_index.clone();
+        WriterShare(Arc::new(Mutex::new(writer)), figures, wal_index)
+    }
+
+    /// Bytes of the WAL not yet checkpointed into the desktop at `desktop_path` (read without
+    /// the writer's lock: status and `/metrics`).
+    pub(crate) fn wal_pending_bytes(&self, desktop_path: &Path) -> u64 {
+        deskd_db::wal::pending_bytes(self.2.as_deref(), desktop_path)
     }
 
     /// The sizes of the batches committed so far (read without the writer's lock).
@@ -650,7 +662,6 @@ impl Writer {
         if let Some(checkpointer) = self.checkpointer.take() {
             checkpointer.stop();
         }
-        self.wal_index = None;
         if let Some(desktop) = self.desktop.take() {
             match desktop.close_clean() {
                 Ok(()) => info!(volume = %self.volume.root().display(), "desktop closed cleanly"),

@@ -569,7 +569,7 @@ fn writes_are_answered_while_a_checkpoint_runs_beside_them() {
     for name in &names {
         assert!(commit_here(&share, &tx, name).is_ok());
     }
-    let pending = deskd_db::wal::pending_bytes(&desktop);
+    let pending = share.wal_pending_bytes(&desktop);
     assert!(
         pending >= checkpoint::background_at(1 << 20),
         "past a quarter of the limit: {pending}"
@@ -582,7 +582,7 @@ fn writes_are_answered_while_a_checkpoint_runs_beside_them() {
     // Let the checkpoint go: the writer asked for it, and it copies everything.
     drop(gate);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while deskd_db::wal::pending_bytes(&desktop) > 0 || state.lock().unwrap().last_flush == 0 {
+    while share.wal_pending_bytes(&desktop) > 0 || state.lock().unwrap().last_flush == 0 {
         assert!(Instant::now() < deadline, "the checkpointer did not run");
         std::thread::sleep(Duration::from_millis(5));
     }
