@@ -15,9 +15,9 @@ use tracing::{info, warn};
 use super::Writer;
 use crate::db_reply::db_error;
 
-/// How long a checkpoint the writer runs unasked (the WAL at its limit) waits for readers of older snapshots: long enough
-/// for the server's own short reads, short enough that a long reader (a backup, an `sqlite3`
-/// session) never holds up the writes queued behind the checkpoint.
+/// How long a checkpoint the writer runs unasked (the WAL at its limit) waits for readers of
+/// older snapshots: long enough for the server's own short reads, short enough that a long
+/// reader (a backup, an `sqlite3` session) never holds up the writes queued behind it.
 pub(super) const TIMED_CHECKPOINT_WAIT: Duration = Duration::from_millis(20);
 /// How long `deskd flush` and `deskd freeze` wait for such readers.
 pub(super) const REQUESTED_CHECKPOINT_WAIT: Duration = Duration::from_millis(500);
