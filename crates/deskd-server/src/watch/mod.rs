@@ -55,6 +55,10 @@ pub(crate) struct Running {
     barrier_waiting: AtomicUsize,
     figures: Mutex<WatchFigures>,
     rescans: Mutex<rescan::RescanState>,
+    /// Stamps whose objects had moved on before the disk work, with the tries made.
+    moved_on: Mutex<Vec<(crate::apply::watched::DiskWork, u8)>>,
+    /// Creates of the last batch whose path was stale, tried once more with the next.
+    unplaced: Mutex<Vec<deskd_watch::Change>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -149,6 +153,8 @@ fn start_with(
         barrier_waiting: AtomicUsize::new(0),
         figures: Mutex::new(WatchFigures::new(opened.kind, opened.note)),
         rescans: Mutex::default(),
+        moved_on: Mutex::default(),
+        unplaced: Mutex::default(),
         thread: Mutex::new(None),
     });
     if let Some(old) = registry.0.lock().unwrap().insert(handle.index, running.clone()) {

@@ -45,6 +45,8 @@ impl Vol {
             barrier_waiting: AtomicUsize::new(0),
             figures: Mutex::new(WatchFigures::new("inotify", None)),
             rescans: Mutex::default(),
+            moved_on: Mutex::default(),
+            unplaced: Mutex::default(),
             thread: Mutex::new(None),
         });
         Vol {
@@ -310,7 +312,7 @@ fn a_folder_swapped_for_a_link_leads_no_write_outside_the_volume() {
     fs::rename(v.p("d"), v.p("d.real")).unwrap();
     fs::write(outside.join("f"), b"victim").unwrap();
     std::os::unix::fs::symlink(&outside, v.p("d")).unwrap();
-    let errors = disk::apply(&v.handle.volume, &outcome.disk);
+    let errors = disk::apply(&v.handle.volume, &outcome.disk).errors;
     assert!(!outside.join(".rsrc").exists(), "wrote through the link");
     assert!(
         errors.iter().any(|e| e.contains("symbolic link")),
