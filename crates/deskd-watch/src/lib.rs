@@ -312,6 +312,32 @@ impl Watcher {
         self.stopper.clone()
     }
 
+    /// A fanotify watcher whose handle cache holds `capacity` directories (tests of the
+    /// degraded mode where the volume has more directories than the cache).
+    #[cfg(test)]
+    pub(crate) fn fanotify_with_cache(root: &Path, capacity: usize) -> Watcher {
+        let root = std::fs::canonicalize(root).unwrap();
+        let ignore = Ignore::new(&[]);
+        let source = FanotifySource::open_with_capacity(&root, ignore.clone(), capacity).unwrap();
+        Watcher {
+            root,
+            source: Source::Fanotify(Box::new(source)),
+            stopper: Stopper::new().unwrap(),
+            ignore,
+            queue_limit: None,
+            coalescer: Coalescer::default(),
+        }
+    }
+
+    /// fanotify: handles the kernel placed; inotify: directories watched.
+    #[cfg(test)]
+    pub(crate) fn lookups_or_watches(&self) -> u64 {
+        match &self.source {
+            Source::Fanotify(s) => s.kernel_lookups(),
+            Source::Inotify(s) => s.watches() as u64,
+        }
+    }
+
     fn collect(&mut self) -> Result<Batch, WatchError> {
         let started = Instant::now();
         let mut sink = Sink {

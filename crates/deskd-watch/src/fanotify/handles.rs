@@ -202,6 +202,10 @@ fn path_of_handle(mount: BorrowedFd<'_>, handle: Handle<'_>) -> Option<PathBuf> 
         )
     };
     if fd < 0 {
+        tracing::trace!(
+            "watch: open_by_handle_at: {}",
+            std::io::Error::last_os_error()
+        );
         return None;
     }
     // SAFETY: `fd` was just returned by the kernel and nothing else owns it.

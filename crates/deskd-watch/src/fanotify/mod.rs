@@ -55,7 +55,7 @@ struct Waiting {
 pub(crate) struct FanotifySource {
     group: Fanotify,
     root: PathBuf,
-    /// The root, opened O_PATH: the mount fd of `open_by_handle_at`.
+    /// The root, opened read-only: the mount fd of `open_by_handle_at`.
     root_fd: OwnedFd,
     cache: HandleCache,
     buf: Vec<u8>,
@@ -272,7 +272,14 @@ impl FanotifySource {
         fid: Option<&[u8]>,
         sink: &mut Sink<'_>,
     ) {
-        let placed = self.apply(is_dir, is_rename, old.map(end_ref), new.map(end_ref), fid, sink);
+        let placed = self.apply(
+            is_dir,
+            is_rename,
+            old.map(end_ref),
+            new.map(end_ref),
+            fid,
+            sink,
+        );
         if let Err(unknown) = placed {
             let waiting = Waiting {
                 is_dir,
@@ -473,7 +480,8 @@ fn open_path(root: &Path) -> std::io::Result<OwnedFd> {
     use rustix::fs::{open, Mode, OFlags};
     Ok(open(
         root,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        // Not O_PATH: open_by_handle_at refuses an O_PATH mount fd (EBADF).
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
 }
