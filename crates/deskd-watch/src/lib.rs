@@ -6,6 +6,13 @@
 //! own names (`.rsrc`, `.Desktop*`, the desktop's files) and coalesced within a batch. This crate
 //! knows no desktop: the server decides what a change means for the IDs and verifies every
 //! change against the disk before it applies it, exactly as it verifies a client's claim.
+//!
+//! Modules: `fanotify` (the group, the mark, placing events; `records` parses the kernel's
+//! bytes, `handles` is the directory-handle cache, `sys` the two handle system calls, the
+//! crate's only `unsafe`), `inotify` (the fallback), `coalesce`, `names` (the ignore list),
+//! `stopper`.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod coalesce;
 mod fanotify;
@@ -134,6 +141,9 @@ pub enum WatchError {
 
 /// How many raw changes one batch takes at most; the rest waits for the next call.
 const MAX_BATCH: usize = 1 << 16;
+/// How many reads one batch makes at most, so a storm of events outside the volume (which
+/// a filesystem mark sees too, and which do not count in `MAX_BATCH`) cannot hold a batch.
+const MAX_READS: usize = 1024;
 
 enum Source {
     Fanotify(Box<FanotifySource>),
@@ -347,7 +357,7 @@ impl Watcher {
             overflow: false,
         };
         let mut read_any = false;
-        loop {
+        for _ in 0..MAX_READS {
             let more = match &mut self.source {
                 Source::Fanotify(s) => s.read_once(&mut sink)?,
                 Source::Inotify(s) => s.read_once(&self.ignore, &mut sink)?,

@@ -162,6 +162,23 @@ fn directories_moved_in_from_outside_and_out_again() {
         fs::write(s.outside.join("back/sub/h"), b"3").unwrap();
         fs::remove_file(s.outside.join("back/sub/f")).unwrap();
         assert_eq!(drain(&mut w), vec![], "{mode:?}");
+        // In and out within one batch, with changes inside it while in and after.
+        fs::rename(s.outside.join("back"), s.p("again")).unwrap();
+        fs::write(s.p("again/in"), b"4").unwrap();
+        fs::rename(s.p("again"), s.outside.join("gone")).unwrap();
+        fs::write(s.outside.join("gone/out"), b"5").unwrap();
+        fs::write(s.outside.join("gone/sub/out"), b"5").unwrap();
+        let want = match mode {
+            // Every step, in order (a created directory with content is not folded).
+            WatchMode::Fanotify => vec![
+                created("again", true),
+                created("again/in", false),
+                removed("again", true),
+            ],
+            // The watch on "again" comes after it left: in and out fold to nothing.
+            _ => vec![],
+        };
+        assert_eq!(drain(&mut w), want, "{mode:?}");
     }
 }
 
