@@ -355,6 +355,48 @@ fn events_outside_the_root_are_not_reported() {
         fs::rename(s.outside.join("f0"), s.outside.join("d/f0")).unwrap();
         fs::remove_dir_all(&s.outside).unwrap();
         assert_eq!(drain(&mut w), vec![], "{mode:?}");
+        if mode == WatchMode::Fanotify {
+            // Every directory of the volume is cached: nothing outside cost a lookup.
+            assert_eq!(w.lookups_or_watches(), 0);
+        }
+    }
+}
+
+#[test]
+fn hard_links_directory_renames_over_empty_ones_and_new_directories_renamed() {
+    for mode in MODES {
+        let s = Scene::new();
+        fs::write(s.p("a"), b"x").unwrap();
+        fs::create_dir_all(s.p("full/sub")).unwrap();
+        fs::create_dir(s.p("empty")).unwrap();
+        let mut w = s.watch(mode, Default::default());
+        fs::hard_link(s.p("a"), s.p("link")).unwrap();
+        // A directory renamed over an empty one.
+        fs::rename(s.p("full"), s.p("empty")).unwrap();
+        fs::write(s.p("empty/sub/f"), b"x").unwrap();
+        // mkdir tmp; mv tmp final: one create of the final name.
+        fs::create_dir(s.p("tmpdir")).unwrap();
+        fs::rename(s.p("tmpdir"), s.p("final")).unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![
+                created("link", false),
+                moved("full", "empty", true),
+                created("empty/sub/f", false),
+                created("final", true),
+            ],
+            "{mode:?}"
+        );
+        // The same object unlinked and linked again at the same name (the kernel may merge
+        // the two fanotify events into one): it ends as a create.
+        fs::remove_file(s.p("link")).unwrap();
+        fs::hard_link(s.p("a"), s.p("link")).unwrap();
+        let changes = drain(&mut w);
+        assert_eq!(
+            changes.last(),
+            Some(&created("link", false)),
+            "{mode:?}: {changes:?}"
+        );
     }
 }
 

@@ -434,11 +434,12 @@ impl FanotifySource {
                     }
                 }
             }
-            (None, Some(to)) => {
-                if let Some(fid) = fid {
-                    self.cache.insert(fid, to.to_path_buf());
-                }
-            }
+            (None, Some(to)) => match fid {
+                Some(fid) => self.cache.insert(fid, to.to_path_buf()),
+                // The file system gave no handle for the new directory: it cannot be cached,
+                // so a cache miss no longer proves "outside".
+                None => self.walked_all = false,
+            },
             (None, None) => {}
         }
     }
