@@ -90,12 +90,10 @@ fn stamp(vol: &Volume, item: &DiskWork) -> Result<Stamped, VolumeError> {
         return Ok(Stamped::Yes);
     };
     let root = vol.root();
-    let object = match pin(root, &vol.path_of(path), 1) {
-        Ok(p) => p,
-        Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Stamped::MovedOn);
-        }
-        Err(e) => return Err(e),
+    // A folder on the way gone, or swapped for a link (refused, never followed): the object
+    // moved on, and is stamped where the desktop says it is after the next batch.
+    let Ok(object) = pin(root, &vol.path_of(path), 1) else {
+        return Ok(Stamped::MovedOn);
     };
     if !is_inode(&object.path, *dev, *ino) {
         return Ok(Stamped::MovedOn); // moved or replaced since

@@ -55,8 +55,8 @@ pub(crate) struct Running {
     barrier_waiting: AtomicUsize,
     figures: Mutex<WatchFigures>,
     rescans: Mutex<rescan::RescanState>,
-    /// Stamps whose objects had moved on before the disk work, with the tries made.
-    moved_on: Mutex<Vec<(crate::apply::watched::DiskWork, u8)>>,
+    /// Stamps whose objects had moved on before the disk work, since when.
+    moved_on: Mutex<Vec<(crate::apply::watched::DiskWork, std::time::Instant)>>,
     /// Creates of the last batch whose path was stale, tried once more with the next.
     unplaced: Mutex<Vec<deskd_watch::Change>>,
     thread: Mutex<Option<JoinHandle<()>>>,

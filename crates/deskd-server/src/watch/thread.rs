@@ -63,8 +63,9 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
 
 /// Most stale creates kept for the next batch (beyond, a rescan finds what they named).
 const MAX_UNPLACED: usize = 10_000;
-/// Tries a stamp whose object had moved on gets, one per later batch.
-const STAMP_TRIES: u8 = 3;
+/// How long a stamp whose object had moved on is tried again (at each batch, where the
+/// desktop then says the object is): its move reaches the desktop within this in practice.
+const STAMP_RETRY_FOR: Duration = Duration::from_secs(5);
 /// Most stamps waiting to be tried again (a storm of moves): beyond, the rescan's repair
 /// writes what is missing.
 const MAX_MOVED_ON: usize = 10_000;
@@ -79,36 +80,25 @@ fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) ->
     let earlier = std::mem::take(&mut *waiting);
     if !earlier.is_empty() {
         if let Ok(reader) = handle.open_reader() {
-            for (work, tries) in earlier {
-                let DiskWork::Stamp { id, .. } = &work else {
+            for (mut work, since) in earlier {
+                let DiskWork::Stamp { id, path, .. } = &mut work else {
                     continue;
                 };
-                let Ok(path) = reader.path_of(*id) else {
-                    continue; // the record is gone: nothing to stamp
-                };
-                let DiskWork::Stamp { path: old, .. } = &work else {
-                    continue;
-                };
-                let again = if *old == path {
-                    work.clone()
-                } else {
-                    let mut moved = work.clone();
-                    if let DiskWork::Stamp { path: p, .. } = &mut moved {
-                        *p = path;
-                    }
-                    moved
-                };
-                let result = disk::apply(&handle.volume, std::slice::from_ref(&again));
+                match reader.path_of(*id) {
+                    Ok(now) => *path = now,
+                    Err(_) => continue, // the record is gone: nothing to stamp
+                }
+                let result = disk::apply(&handle.volume, std::slice::from_ref(&work));
                 errors.extend(result.errors);
-                if !result.moved_on.is_empty() && tries < STAMP_TRIES {
-                    waiting.push((again, tries + 1));
+                if !result.moved_on.is_empty() && since.elapsed() < STAMP_RETRY_FOR {
+                    waiting.push((work, since));
                 }
             }
         }
     }
     for work in done.moved_on {
         if waiting.len() < MAX_MOVED_ON {
-            waiting.push((work, 1));
+            waiting.push((work, Instant::now()));
         }
     }
     errors
