@@ -271,11 +271,36 @@ fn claim(w: &Writing<'_, '_>, names: &[Vec<u8>], node: &Node) -> Option<u32> {
         .filter(|&id| id != 0)
 }
 
-/// What a registration asks with the object's claim: followed as a move always, kept as a
-/// hint only when this desktop once handed it out (a user's xattr cannot raise the counter).
-fn asked_with(claim: Option<u32>, last_id: u32) -> Asked {
+/// Who may choose an object's ID by its claim (docs/security.md, "IDs under attack"): the
+/// owner of the object must be root, the server's own user or the volume's owner — those who
+/// could restore the volume anyway. Anyone else's claim is only followed as a move.
+#[derive(Clone, Copy)]
+pub(super) struct Choosers {
+    server: u32,
+    volume_owner: Option<u32>,
+}
+
+impl Choosers {
+    pub(super) fn of(vol: &deskd_volume::Volume) -> Choosers {
+        use std::os::unix::fs::MetadataExt;
+        Choosers {
+            server: rustix::process::geteuid().as_raw(),
+            volume_owner: std::fs::metadata(vol.root()).ok().map(|m| m.uid()),
+        }
+    }
+
+    fn may_choose(&self, owner: u32) -> bool {
+        owner == 0 || owner == self.server || Some(owner) == self.volume_owner
+    }
+}
+
+/// What a registration asks with the object's claim: followed as a move always; kept as a
+/// hint only when the object's owner may choose IDs and this desktop once handed the ID out
+/// (a restore: a mirror cannot raise the counter).
+fn asked_with(claim: Option<u32>, last_id: u32, owner: u32, choosers: Choosers) -> Asked {
     Asked {
-        hint: claim.filter(|&id| id <= last_id && id > deskd_db::ROOT_ID),
+        hint: claim
+            .filter(|&id| id <= last_id && id > deskd_db::ROOT_ID && choosers.may_choose(owner)),
         carried: claim,
         ..Asked::default()
     }
@@ -317,7 +342,7 @@ fn created(
         w.cache.clear();
         before = None;
     }
-    let asked = asked_with(claim(w, names, &node), last_id);
+    let asked = asked_with(claim(w, names, &node), last_id, node.uid, Choosers::of(w.vol));
     let (object, created) = register_walked(w, names, &walked.nodes, asked)?;
     let changed = created
         || before
@@ -357,6 +382,7 @@ fn register_tree(
     ) else {
         return Ok(false);
     };
+    let choosers = Choosers::of(w.vol);
     let mut stack = vec![(names.to_vec(), first, walked.nodes.clone())];
     while let Some((dir_names, dir_fd, dir_nodes)) = stack.pop() {
         let Ok(mut dir) = rustix::fs::Dir::read_from(&dir_fd) else {
@@ -398,7 +424,7 @@ fn register_tree(
             let mut child_nodes = dir_nodes.clone();
             child_nodes.push(node);
             let before = registered(w.b, &child_names)?;
-            let asked = asked_with(claim(w, &child_names, &node), last_id);
+            let asked = asked_with(claim(w, &child_names, &node), last_id, node.uid, choosers);
             let (object, created) =
                 match register_walked(w, &child_names, &child_nodes, asked) {
                     Ok(done) => done,

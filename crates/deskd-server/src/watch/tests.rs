@@ -249,6 +249,34 @@ fn a_claim_above_the_counter_is_never_taken() {
 }
 
 #[test]
+fn a_dead_id_claimed_by_another_users_file_is_not_given() {
+    let v = Vol::new();
+    if !xattrs(&v.root) || !rustix::process::geteuid().is_root() {
+        return;
+    }
+    fs::write(v.p("old"), b"x").unwrap();
+    v.feed(vec![created("old")]);
+    let dead = v.id("old").unwrap();
+    fs::remove_file(v.p("old")).unwrap();
+    v.feed(vec![Change::Removed {
+        path: "old".into(),
+        dir: false,
+    }]);
+    assert_eq!(v.id("old"), None);
+    // nobody's file names the dead ID in its mirror: a fresh ID, not the dead one.
+    fs::write(v.p("nobodys"), b"x").unwrap();
+    std::os::unix::fs::chown(v.p("nobodys"), Some(65534), Some(65534)).unwrap();
+    deskd_volume::write_id_xattr(&v.p("nobodys"), dead).unwrap();
+    v.feed(vec![created("nobodys")]);
+    assert_ne!(v.id("nobodys"), Some(dead));
+    // root's own restored file may take it back (a restore).
+    fs::write(v.p("restored"), b"x").unwrap();
+    deskd_volume::write_id_xattr(&v.p("restored"), dead).unwrap();
+    v.feed(vec![created("restored")]);
+    assert_eq!(v.id("restored"), Some(dead));
+}
+
+#[test]
 fn a_rescan_registers_what_is_there_and_drops_what_is_gone() {
     let v = Vol::new();
     fs::create_dir(v.p("d")).unwrap();
