@@ -342,7 +342,12 @@ fn created(
         w.cache.clear();
         before = None;
     }
-    let asked = asked_with(claim(w, names, &node), last_id, node.uid, Choosers::of(w.vol));
+    let asked = asked_with(
+        claim(w, names, &node),
+        last_id,
+        node.uid,
+        Choosers::of(w.vol),
+    );
     let (object, created) = register_walked(w, names, &walked.nodes, asked)?;
     let changed = created
         || before
@@ -403,7 +408,8 @@ fn register_tree(
                 return Ok(any);
             }
             *budget -= 1;
-            let Ok(st) = rustix::fs::statat(&dir_fd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW)
+            let Ok(st) =
+                rustix::fs::statat(&dir_fd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW)
             else {
                 continue; // gone since the listing
             };
@@ -425,14 +431,13 @@ fn register_tree(
             child_nodes.push(node);
             let before = registered(w.b, &child_names)?;
             let asked = asked_with(claim(w, &child_names, &node), last_id, node.uid, choosers);
-            let (object, created) =
-                match register_walked(w, &child_names, &child_nodes, asked) {
-                    Ok(done) => done,
-                    Err(e) => {
-                        out.failed.push(e.message);
-                        continue;
-                    }
-                };
+            let (object, created) = match register_walked(w, &child_names, &child_nodes, asked) {
+                Ok(done) => done,
+                Err(e) => {
+                    out.failed.push(e.message);
+                    continue;
+                }
+            };
             let changed = created
                 || before.as_ref().is_none_or(|b| {
                     b.id != object.id || (b.dev, b.ino) != (object.dev, object.ino)
@@ -450,7 +455,9 @@ fn register_tree(
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 ) {
-                    if rustix::fs::fstat(&sub).is_ok_and(|s| (s.st_dev, s.st_ino) == (node.dev, node.ino)) {
+                    if rustix::fs::fstat(&sub)
+                        .is_ok_and(|s| (s.st_dev, s.st_ino) == (node.dev, node.ino))
+                    {
                         stack.push((child_names, sub, child_nodes));
                     }
                 }

@@ -41,7 +41,12 @@ pub(crate) fn running(running: &Running) -> bool {
 
 /// Stop the running rescan's repair (a reload closing the volume: the reopened volume's own
 /// start-up rescan finds what it did not), waiting at most `limit` for it to end.
-pub(crate) fn cancel(rebuilds: &Registry, handle: &VolumeHandle, running: &Running, limit: Duration) {
+pub(crate) fn cancel(
+    rebuilds: &Registry,
+    handle: &VolumeHandle,
+    running: &Running,
+    limit: Duration,
+) {
     let Some(job) = running.rescans.lock().unwrap().job else {
         return;
     };

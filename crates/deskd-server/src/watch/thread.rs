@@ -43,8 +43,10 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
                     if running.stopping.load(Ordering::SeqCst) {
                         return;
                     }
-                    error!("watching {root} ended: {e}; changes made outside deskd reach the \
-                            desktop by a client or a rebuild until deskd is reloaded or restarted");
+                    error!(
+                        "watching {root} ended: {e}; changes made outside deskd reach the \
+                            desktop by a client or a rebuild until deskd is reloaded or restarted"
+                    );
                     let mut figures = running.figures.lock().unwrap();
                     figures.kind = "off".into();
                     figures.note = Some(format!("the watcher failed: {e}"));
@@ -120,7 +122,10 @@ pub(crate) fn process(
             figures.overflows += 1;
             figures.last_overflow = Some(now_unix());
         }
-        warn!("watching {}: events were lost (queue overflow); the volume is rescanned", root.display());
+        warn!(
+            "watching {}: events were lost (queue overflow); the volume is rescanned",
+            root.display()
+        );
         rescan::request(rebuilds, handle, running, "overflow");
     }
     if batch.changes.is_empty() {
@@ -157,7 +162,8 @@ pub(crate) fn process(
     {
         let mut unplaced = running.unplaced.lock().unwrap();
         for change in &outcome.unplaced {
-            let again = matches!(change, Change::Created { path, .. } if carried_paths.contains(path));
+            let again =
+                matches!(change, Change::Created { path, .. } if carried_paths.contains(path));
             if !again && unplaced.len() < MAX_UNPLACED {
                 unplaced.push(change.clone());
             }
@@ -188,7 +194,10 @@ pub(crate) fn process(
     }
     if let Some(why) = &outcome.refused {
         if !running.stopping.load(Ordering::SeqCst) {
-            warn!("watching {}: changes not applied: {why}; the volume is rescanned", root.display());
+            warn!(
+                "watching {}: changes not applied: {why}; the volume is rescanned",
+                root.display()
+            );
             rescan::request(rebuilds, handle, running, "overflow");
         }
     } else if outcome.needs_repair {
