@@ -584,3 +584,26 @@ fn inotify_watches_no_rsrc_directory() {
     // ".", "a", "a/b".
     assert_eq!(w.lookups_or_watches(), 3);
 }
+
+#[test]
+fn an_exchange_of_two_names_is_a_rescan_and_keeps_the_cache_right() {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    for mode in MODES {
+        let s = Scene::new();
+        fs::create_dir_all(s.p("x/a/in-a")).unwrap();
+        fs::create_dir_all(s.p("y/b/in-b")).unwrap();
+        let mut w = s.watch(mode, Default::default());
+        renameat_with(CWD, s.p("x/a"), CWD, s.p("y/b"), RenameFlags::EXCHANGE).unwrap();
+        // No Change says "swapped": both parents are re-scanned.
+        let rescan = |p: &str| Change::Rescan { path: p.into() };
+        assert_eq!(drain(&mut w), vec![rescan("x"), rescan("y")], "{mode:?}");
+        // What was a/in-a is now y/b/in-a, and b/in-b is x/a/in-b.
+        fs::write(s.p("y/b/in-a/f"), b"1").unwrap();
+        fs::write(s.p("x/a/in-b/g"), b"1").unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![created("y/b/in-a/f", false), created("x/a/in-b/g", false)],
+            "{mode:?}"
+        );
+    }
+}
