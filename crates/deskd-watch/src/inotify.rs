@@ -145,7 +145,11 @@ impl InotifySource {
             )];
             let timeout = rustix::event::Timespec::try_from(PAIR_WAIT).expect("a small duration");
             if rustix::event::poll(&mut fds, Some(&timeout)).unwrap_or(0) > 0 {
-                while self.read_once(ignore, sink)? {}
+                for _ in 0..4 {
+                    if !self.read_once(ignore, sink)? {
+                        break;
+                    }
+                }
             }
         }
         self.tree.release_held(sink);

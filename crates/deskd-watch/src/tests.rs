@@ -607,3 +607,51 @@ fn an_exchange_of_two_names_is_a_rescan_and_keeps_the_cache_right() {
         );
     }
 }
+
+#[test]
+fn a_kernel_queue_overflow_is_reported_and_the_watcher_goes_on() {
+    for mode in MODES {
+        let s = Scene::new();
+        fs::create_dir(s.p("d")).unwrap();
+        let mut w = s.watch(mode, Default::default());
+        // Both kernels queue 16,384 events per group by default (fs.fanotify.max_queued_events,
+        // fs.inotify.max_queued_events); more than that unread is an overflow.
+        let limit = [
+            "/proc/sys/fs/fanotify/max_queued_events",
+            "/proc/sys/fs/inotify/max_queued_events",
+        ]
+        .iter()
+        .filter_map(|f| fs::read_to_string(f).ok()?.trim().parse::<usize>().ok())
+        .max()
+        .unwrap();
+        for i in 0..limit + 100 {
+            fs::File::create(s.p(&format!("d/f{i}"))).unwrap();
+        }
+        let mut overflowed = false;
+        loop {
+            let batch = w.drain_now().unwrap();
+            overflowed |= batch.overflow;
+            if batch.oldest.is_none() && batch.changes.is_empty() {
+                break;
+            }
+        }
+        assert!(overflowed, "{mode:?}");
+        // After an overflow the cache (fanotify) and the watches (inotify) are made again
+        // from the disk: new events are placed.
+        fs::rename(s.p("d"), s.p("e")).unwrap();
+        fs::write(s.p("e/after"), b"x").unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![moved("d", "e", true), created("e/after", false)],
+            "{mode:?}"
+        );
+    }
+}
+
+#[test]
+fn watchers_move_to_their_thread_and_stoppers_are_shared() {
+    fn send<T: Send>() {}
+    fn shared<T: Send + Sync + Clone>() {}
+    send::<Watcher>();
+    shared::<Stopper>();
+}

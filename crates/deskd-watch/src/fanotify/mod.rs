@@ -554,8 +554,13 @@ impl FanotifySource {
     /// have been read; what still cannot be placed asks for a rescan of the volume.
     pub(crate) fn finish(&mut self, sink: &mut Sink<'_>) -> Result<(), WatchError> {
         if !self.waiting.is_empty() {
-            // The delete event of a directory that is gone is queued by now: read it.
-            while self.read_once(sink)? {}
+            // The delete event of a directory that is gone is queued by now: read it (a few
+            // reads at most, so a storm cannot hold the batch).
+            for _ in 0..4 {
+                if !self.read_once(sink)? {
+                    break;
+                }
+            }
         }
         if !self.waiting.is_empty() {
             tracing::debug!(
