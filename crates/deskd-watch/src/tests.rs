@@ -655,3 +655,31 @@ fn watchers_move_to_their_thread_and_stoppers_are_shared() {
     send::<Watcher>();
     shared::<Stopper>();
 }
+
+#[test]
+fn a_directory_moved_out_of_an_ignored_one_is_followed() {
+    for mode in MODES {
+        let s = Scene::new();
+        let mut w = s.watch(mode, Default::default());
+        fs::create_dir_all(s.p(".rsrc/sub/deeper")).unwrap();
+        fs::write(s.p(".rsrc/sub/deeper/f"), b"x").unwrap();
+        assert_eq!(drain(&mut w), vec![], "{mode:?}");
+        fs::rename(s.p(".rsrc/sub"), s.p("visible")).unwrap();
+        fs::write(s.p("visible/deeper/g"), b"x").unwrap();
+        let want = match mode {
+            WatchMode::Fanotify => {
+                vec![created("visible", true), created("visible/deeper/g", false)]
+            }
+            // inotify watches it from when the move is read, after g was made; the server
+            // registers the whole subtree of a created directory, g included.
+            _ => vec![created("visible", true)],
+        };
+        assert_eq!(drain(&mut w), want, "{mode:?}");
+        fs::write(s.p("visible/deeper/h"), b"x").unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![created("visible/deeper/h", false)],
+            "{mode:?}"
+        );
+    }
+}

@@ -496,14 +496,22 @@ impl FanotifySource {
     }
 
     /// A directory moved in from outside: cache what is under it, so the cache stays complete.
+    /// (From an ignored name, too: those directories are not cached.)
     fn walk_moved_in(&mut self, from: Option<&Path>, to: Option<&Path>) {
-        let from_inside = from.is_some_and(|a| relative_to(&self.root, a).is_some());
-        if from_inside {
+        if from.is_some_and(|a| self.cached_place(a)) {
             return;
         }
         if let Some(rel) = to.and_then(|a| relative_to(&self.root, a)) {
-            self.walk(&rel);
+            if !self.ignore.path(&rel) {
+                self.walk(&rel);
+            }
         }
+    }
+
+    /// Whether directories at `abs` are kept in the cache: inside the volume, not ignored
+    /// (events under `.rsrc` and ignored names are dropped by a cache miss, the cheapest way).
+    fn cached_place(&self, abs: &Path) -> bool {
+        relative_to(&self.root, abs).is_some_and(|rel| !self.ignore.path(&rel))
     }
 
     /// Keeps the cache right after a directory event.
@@ -540,6 +548,7 @@ impl FanotifySource {
                     }
                 }
             }
+            (None, Some(to)) if self.complete() && !self.cached_place(to) => {}
             (None, Some(to)) => match fid {
                 Some(fid) => self.cache.insert(fid, to.to_path_buf()),
                 // The file system gave no handle for the new directory: it cannot be cached,
