@@ -525,7 +525,7 @@ fn fanotify_with_more_directories_than_its_cache_places_by_the_kernel() {
     for i in 0..40 {
         fs::create_dir_all(s.p(&format!("d{i}/sub"))).unwrap();
     }
-    for d in ["t/a/b", "t/c"] {
+    for d in ["t/a/b", "t/c", "fresh/sub"] {
         fs::create_dir_all(s.p(d)).unwrap();
     }
     for f in ["t/1", "t/a/2", "t/a/b/3", "t/c/4"] {
@@ -547,9 +547,20 @@ fn fanotify_with_more_directories_than_its_cache_places_by_the_kernel() {
         .map(|i| created(&format!("d{i}/sub/f"), false))
         .collect();
     assert_eq!(changes, want);
-    // (A directory the cache does not know is placed where it is when the event is read; a
-    // rename of it later in the same batch would show earlier events at the new place: the
-    // documented limit of this mode. So the rename comes in a batch of its own.)
+    // A directory the kernel places is placed where it is *now*; its rename later in the same
+    // read says where it was, so its earlier events wait for it and come just before it.
+    // ("fresh/sub" was never looked up: the cache was emptied at start.)
+    fs::write(s.p("fresh/sub/early"), b"x").unwrap();
+    fs::rename(s.p("fresh/sub"), s.p("d3/later")).unwrap();
+    fs::write(s.p("d3/later/late"), b"x").unwrap();
+    assert_eq!(
+        drain(&mut w),
+        vec![
+            created("fresh/sub/early", false),
+            moved("fresh/sub", "d3/later", true),
+            created("d3/later/late", false)
+        ]
+    );
     fs::rename(s.p("d0/sub"), s.p("d1/moved")).unwrap();
     fs::write(s.p("d1/moved/g"), b"x").unwrap();
     assert_eq!(

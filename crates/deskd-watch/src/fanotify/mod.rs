@@ -69,6 +69,10 @@ pub(crate) struct FanotifySource {
     ignore: Ignore,
     /// The last walk cached every directory of the volume.
     walked_all: bool,
+    /// Not complete only: directories (by handle) renamed in the read being placed → the index
+    /// of their last rename there, and the index of the event being placed.
+    renamed_later: HashMap<Box<[u8]>, usize>,
+    event_index: usize,
 }
 
 impl FanotifySource {
@@ -115,6 +119,8 @@ impl FanotifySource {
             dead: Default::default(),
             ignore,
             walked_all: true,
+            renamed_later: HashMap::new(),
+            event_index: 0,
         };
         // After the mark, so a directory made while we walk is seen by one or the other.
         source.walk(Path::new("."));
@@ -123,6 +129,13 @@ impl FanotifySource {
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.group.as_fd()
+    }
+
+    /// Forget every directory: from now on each is placed by the kernel first.
+    #[cfg(test)]
+    pub(crate) fn forget_cache(&mut self) {
+        self.cache.clear();
+        self.walked_all = false;
     }
 
     /// How many handles the kernel had to place (the rest came from the cache).
@@ -201,14 +214,18 @@ impl FanotifySource {
             Err(e) => return Err(WatchError::Read(e.into())),
         };
         let buf = std::mem::take(&mut self.buf);
+        self.note_renames(&buf[..n]);
         let mut events = records::events(&buf[..n]).peekable();
+        self.event_index = 0;
         while let Some(event) = events.next() {
+            self.event_index += 1;
             match event {
                 Ok(event) => {
                     if let Some(Ok(next)) = events.peek() {
                         if let Some((first, second)) = exchange_pair(&event, next) {
                             self.exchange(first, second, sink);
                             events.next();
+                            self.event_index += 1;
                             continue;
                         }
                     }
@@ -222,6 +239,25 @@ impl FanotifySource {
         }
         self.buf = buf;
         Ok(true)
+    }
+
+    /// Without a complete cache a directory is placed by the kernel where it is *now*; if it
+    /// is renamed later in this read, its earlier events must wait for that rename (which says
+    /// where it was) instead. So note which directories this read renames, and where.
+    fn note_renames(&mut self, buf: &[u8]) {
+        self.renamed_later.clear();
+        if self.complete() {
+            return;
+        }
+        for (index, event) in records::events(buf).enumerate() {
+            let Ok(event) = event else { break };
+            if event.mask & libc::FAN_RENAME == 0 || event.mask & libc::FAN_ONDIR == 0 {
+                continue;
+            }
+            if let Some(fid) = records::records(event.info).ok().and_then(|r| r.fid) {
+                self.renamed_later.insert(fid.0.into(), index + 1);
+            }
+        }
     }
 
     /// `renameat2(RENAME_EXCHANGE)`: two names swapped their objects. No `Change` says that,
@@ -419,6 +455,14 @@ impl FanotifySource {
             return Ok(None);
         }
         if self.dead.contains(dir) {
+            return Err(dir.into());
+        }
+        if self
+            .renamed_later
+            .get(dir)
+            .is_some_and(|&at| at > self.event_index)
+        {
+            // Renamed later in this read: placed by that rename (see `note_renames`).
             return Err(dir.into());
         }
         match self.cache.place(self.root_fd.as_fd(), Handle(dir)) {
