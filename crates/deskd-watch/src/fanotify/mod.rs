@@ -3,11 +3,16 @@
 //! for create, delete and rename (`FAN_RENAME` gives both ends of a move in one event).
 //!
 //! Every event names a directory by its file handle; [`handles::HandleCache`] says where that
-//! directory is. Events are placed in the order they happened and the cache follows the
-//! directory events as they are placed, so a path is the one the object had at that moment.
-//! An event whose directory cannot be opened any more (it was deleted before the event was
-//! read) waits until the end of the batch for that directory's own delete or rename event,
-//! which tells where it was; if none comes, the batch asks for a rescan of the volume.
+//! directory is. The start walks the volume and caches every directory; events are placed in
+//! the order they happened and the cache follows the directory events as they are placed, so a
+//! path is the one the object had at that moment. While the cache holds every directory of the
+//! volume, a miss means "outside" and the event is dropped with no system call.
+//!
+//! Only when the volume has more directories than the cache does the kernel place a handle
+//! (`open_by_handle_at`). Then an event whose directory cannot be opened any more (deleted
+//! before the event was read) waits for that directory's own delete or rename event, which
+//! tells where it was, and so does an event in a directory this read renames later; what
+//! still waits at the end of the batch asks for a rescan of the volume.
 
 pub(crate) mod handles;
 pub(crate) mod records;
