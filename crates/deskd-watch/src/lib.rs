@@ -341,6 +341,14 @@ impl Watcher {
         }
     }
 
+    /// fanotify: forget the directories at and under `rel` (the start-up walk missed them).
+    #[cfg(test)]
+    pub(crate) fn forget_under(&mut self, rel: &Path) {
+        if let Source::Fanotify(s) = &mut self.source {
+            s.forget_under(rel);
+        }
+    }
+
     /// fanotify: handles the kernel placed; inotify: directories watched.
     #[cfg(test)]
     pub(crate) fn lookups_or_watches(&self) -> u64 {

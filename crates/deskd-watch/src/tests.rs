@@ -662,3 +662,27 @@ fn a_directory_moved_out_of_an_ignored_one_is_followed() {
         );
     }
 }
+
+#[test]
+fn fanotify_follows_a_directory_the_start_up_walk_missed() {
+    let s = Scene::new();
+    fs::create_dir_all(s.p("unwalked/sub/deeper")).unwrap();
+    fs::create_dir(s.p("walked")).unwrap();
+    let mut w = s.watch(WatchMode::Fanotify, Default::default());
+    // As if "unwalked" had been moved into the walked part while the walk ran.
+    w.forget_under(std::path::Path::new("unwalked"));
+    fs::rename(s.p("unwalked"), s.p("walked/arrived")).unwrap();
+    fs::write(s.p("walked/arrived/sub/deeper/f"), b"x").unwrap();
+    assert_eq!(
+        drain(&mut w),
+        vec![
+            moved("unwalked", "walked/arrived", true),
+            created("walked/arrived/sub/deeper/f", false)
+        ]
+    );
+    assert_eq!(
+        w.lookups_or_watches(),
+        0,
+        "placed from the cache, not the kernel"
+    );
+}
