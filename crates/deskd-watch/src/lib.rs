@@ -204,7 +204,7 @@ pub struct Watcher {
     stopper: Stopper,
     ignore: Ignore,
     queue_limit: Option<usize>,
-    coalescer: Coalescer,
+    coalescer: Box<Coalescer>,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -257,7 +257,7 @@ impl Watcher {
             stopper: Stopper::new().map_err(WatchError::Stopper)?,
             ignore,
             queue_limit: options.queue_limit,
-            coalescer: Coalescer::default(),
+            coalescer: Box::default(),
         };
         Ok(Started::Watching(watcher, note))
     }
@@ -328,14 +328,24 @@ impl Watcher {
     pub(crate) fn fanotify_with_cache(root: &Path, capacity: usize) -> Watcher {
         let root = std::fs::canonicalize(root).unwrap();
         let ignore = Ignore::new(&[]);
-        let source = FanotifySource::open_with_capacity(&root, ignore.clone(), capacity).unwrap();
+        let mut source =
+            FanotifySource::open_with_capacity(&root, ignore.clone(), capacity).unwrap();
+        source.forget_cache();
         Watcher {
             root,
             source: Source::Fanotify(Box::new(source)),
             stopper: Stopper::new().unwrap(),
             ignore,
             queue_limit: None,
-            coalescer: Coalescer::default(),
+            coalescer: Box::default(),
+        }
+    }
+
+    /// fanotify: forget the directories at and under `rel` (the start-up walk missed them).
+    #[cfg(test)]
+    pub(crate) fn forget_under(&mut self, rel: &Path) {
+        if let Source::Fanotify(s) = &mut self.source {
+            s.forget_under(rel);
         }
     }
 
