@@ -97,6 +97,33 @@ fn a_plain_mv_keeps_its_id_once_flush_returns() {
 }
 
 #[test]
+fn a_move_made_while_deskd_was_down_keeps_its_id_after_the_start_up_rescan() {
+    let mut env = Env::new(&["vol"]);
+    let vol = env.path("vol");
+    fs::create_dir(vol.join("a")).unwrap();
+    fs::create_dir(vol.join("b")).unwrap();
+    fs::write(vol.join("a/doc"), b"x").unwrap();
+    serve_with(&mut env, "vol", "");
+    env.wait_for_log("watch rescan of", 2);
+    let id = env.id_of(&vol.join("a/doc"));
+    flush(&env, &vol);
+    env.kill9();
+    // While deskd is down: a plain move (the mirror goes with the inode).
+    fs::rename(vol.join("a/doc"), vol.join("b/doc moved")).unwrap();
+    serve_with(&mut env, "vol", "");
+    env.wait_for_log("watch rescan of", 2);
+    let status = status_json(&env, &vol);
+    assert_eq!(status["watch"]["rescan"]["reason"], "start", "{status}");
+    assert_eq!(status["watch"]["rescan"]["running"], false, "{status}");
+    assert!(
+        status["watch"]["rescan"]["objects"].as_u64().unwrap() >= 4,
+        "{status}"
+    );
+    assert_eq!(env.id_of(&vol.join("b/doc moved")), id);
+    scan_is_clean(&env, &vol);
+}
+
+#[test]
 fn watch_off_leaves_changes_to_clients_and_rebuilds() {
     let mut env = Env::new(&["vol"]);
     let vol = env.path("vol");
