@@ -28,3 +28,4 @@ pub mod mode;
 pub mod output;
 pub mod target;
 pub mod walk;
+pub mod watch_figures;

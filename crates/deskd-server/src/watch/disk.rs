@@ -1,0 +1,239 @@
+//! What the disk needs after a watched change is committed ([`DiskWork`]): the resource file
+//! (`DIR/.rsrc/NAME`) and `user.deskd.id` mirror of a new object, a resource file carried along
+//! with a move, the resource file of a removed object taken away — what `dt` leaves, so that
+//! `deskd rebuild -s` finds nothing to say afterwards.
+//!
+//! The server runs as root and the events come from every user, so every path is opened below
+//! the volume root without following a link on the way ([`deskd_volume::pin`]), the last name
+//! with `O_NOFOLLOW` (resource files) or never followed (the mirror is not written on a link),
+//! and an object is stamped only while it is still the inode the desktop recorded. A user who
+//! swaps a folder for a link between the event and this work gets an error in the log, and
+//! nothing is written outside the volume or through the link.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use deskd_db::Kind;
+use deskd_volume::pin::pin;
+use deskd_volume::rsrc::{self, ResourceHeader};
+use deskd_volume::{Volume, VolumeError};
+
+use crate::apply::watched::DiskWork;
+
+/// What doing the disk work gave.
+#[derive(Debug, Default)]
+pub(crate) struct Done {
+    /// What failed (for the log), each with its path.
+    pub(crate) errors: Vec<String>,
+    /// Stamps whose object was no longer at its path (moved on since the batch: a later batch
+    /// tells the desktop where), to try again at the object's place then.
+    pub(crate) moved_on: Vec<DiskWork>,
+}
+
+/// Do `work` on the volume.
+pub(crate) fn apply(vol: &Volume, work: &[DiskWork]) -> Done {
+    let mut done = Done::default();
+    for item in work {
+        let result = match item {
+            DiskWork::Stamp { .. } => stamp(vol, item),
+            DiskWork::Carry { from, stamp: then } => {
+                carry(vol, from, then).and_then(|()| stamp(vol, then))
+            }
+            DiskWork::Unstamp { path } => unstamp(vol, path).map(|()| Stamped::Yes),
+        };
+        match result {
+            Ok(Stamped::Yes) => {}
+            Ok(Stamped::MovedOn) => done.moved_on.push(match item {
+                DiskWork::Carry { stamp: then, .. } => (**then).clone(),
+                other => other.clone(),
+            }),
+            Err(e) => done.errors.push(e.to_string()),
+        }
+    }
+    done
+}
+
+/// Whether a stamp was made, or its object was no longer at its path.
+enum Stamped {
+    Yes,
+    MovedOn,
+}
+
+/// `DIR/.rsrc/NAME` of the object at `names` (None for the root).
+fn rsrc_of(vol: &Volume, names: &[Vec<u8>]) -> Option<std::path::PathBuf> {
+    if names.is_empty() {
+        return None;
+    }
+    rsrc::rsrc_path(&vol.path_of(names))
+}
+
+/// Whether what is at the pinned `path` is the inode `dev`/`ino` (not following a link).
+fn is_inode(path: &Path, dev: u64, ino: u64) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
+}
+
+fn stamp(vol: &Volume, item: &DiskWork) -> Result<Stamped, VolumeError> {
+    let DiskWork::Stamp {
+        path,
+        id,
+        dev,
+        ino,
+        kind,
+        type_code,
+        creator,
+        ctime,
+    } = item
+    else {
+        return Ok(Stamped::Yes);
+    };
+    let Some(rsrc_path) = rsrc_of(vol, path) else {
+        return Ok(Stamped::Yes);
+    };
+    let root = vol.root();
+    // A folder on the way gone, or swapped for a link (refused, never followed): the object
+    // moved on, and is stamped where the desktop says it is after the next batch.
+    let Ok(object) = pin(root, &vol.path_of(path), 1) else {
+        return Ok(Stamped::MovedOn);
+    };
+    if !is_inode(&object.path, *dev, *ino) {
+        return Ok(Stamped::MovedOn); // moved or replaced since
+    }
+    let pinned = pin(root, &rsrc_path, 2)?;
+    make_rsrc_dir_like_its_folder(&pinned.path)?;
+    let fresh = std::fs::symlink_metadata(&pinned.path).is_err();
+    let (id, type_code, creator) = (*id, *type_code, *creator);
+    rsrc::ensure_id(&pinned.path, id, || {
+        ResourceHeader::new(id, type_code, creator, (*ctime).max(0) as u32)
+    })?;
+    if fresh {
+        give_to_the_objects_owner(&pinned.path, &object.path);
+    }
+    if *kind != Kind::Symlink && deskd_volume::read_id_xattr(&object.path) != Some(id) {
+        // Checked again: a link swapped in for the object since is never followed.
+        if is_inode(&object.path, *dev, *ino) {
+            deskd_volume::write_id_xattr(&object.path, id)?;
+        }
+    }
+    Ok(Stamped::Yes)
+}
+
+/// Move the resource file of the object that was at `from` to where `then` stamps it, as
+/// `dt mv` does: a rename between folders held open below the root; the target's `.rsrc/`
+/// is made if needed, and a link in its place is refused.
+fn carry(vol: &Volume, from: &[Vec<u8>], then: &DiskWork) -> Result<(), VolumeError> {
+    let DiskWork::Stamp { path: to, .. } = then else {
+        return Ok(());
+    };
+    let (Some(from_rsrc), Some(to_rsrc)) = (rsrc_of(vol, from), rsrc_of(vol, to)) else {
+        return Ok(());
+    };
+    let root = vol.root();
+    let source = match pin(root, &from_rsrc, 1) {
+        Ok(p) => p,
+        Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    // Only a real resource file moves (a link planted there is left where it is).
+    if !std::fs::symlink_metadata(&source.path).is_ok_and(|m| m.is_file()) {
+        return Ok(());
+    }
+    let target_dir = pin(root, &to_rsrc, 2)?;
+    make_rsrc_dir_like_its_folder(&target_dir.path)?;
+    let target = pin(root, &to_rsrc, 1)?;
+    std::fs::rename(&source.path, &target.path).map_err(|e| VolumeError::io(&from_rsrc, e))
+}
+
+/// Make the `.rsrc/` folder that holds the resource file `rsrc_path` (a pinned path) unless
+/// it exists, with the owner, group and permissions of the folder it is in: whoever may make
+/// entries in that folder may write their resource files, as when `dt` makes it as them (the
+/// server is root, and a `.rsrc` of root's would shut them out). A link in its place is
+/// refused ([`rsrc::make_rsrc_dir`]).
+fn make_rsrc_dir_like_its_folder(rsrc_path: &Path) -> Result<(), VolumeError> {
+    let Some(dir) = rsrc_path.parent() else {
+        return Ok(());
+    };
+    if std::fs::symlink_metadata(dir).is_ok() {
+        return rsrc::make_rsrc_dir(rsrc_path);
+    }
+    rsrc::make_rsrc_dir(rsrc_path)?;
+    let Some(folder) = dir.parent().and_then(|f| std::fs::metadata(f).ok()) else {
+        return Ok(());
+    };
+    use rustix::fs::{Mode, OFlags};
+    let Ok(fd) = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Ok(());
+    };
+    own_like(&fd, folder.uid(), folder.gid(), folder.mode() & 0o3777);
+    Ok(())
+}
+
+/// A resource file the server just made: the object's owner and group, and the object's read
+/// and write bits (a private file's Finder comment stays private), as `dt` run by its owner
+/// leaves it.
+fn give_to_the_objects_owner(rsrc_file: &Path, object: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(object) else {
+        return;
+    };
+    use rustix::fs::{Mode, OFlags};
+    let Ok(fd) = rustix::fs::open(
+        rsrc_file,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let mode = if meta.file_type().is_symlink() {
+        0o644
+    } else {
+        meta.mode() & 0o666
+    };
+    own_like(&fd, meta.uid(), meta.gid(), mode);
+}
+
+/// Owner first (a change of owner clears set-ID bits), then the mode. Only root may give a
+/// file away: otherwise nothing is changed.
+fn own_like(fd: &impl std::os::fd::AsFd, uid: u32, gid: u32, mode: u32) {
+    use rustix::fs::Mode;
+    use rustix::process::{Gid, Uid};
+    if rustix::process::geteuid().is_root() {
+        let _ = rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+    }
+    let _ = rustix::fs::fchmod(fd, Mode::from_raw_mode(mode));
+}
+
+/// Remove the resource file of an object gone from `names`, unless the name holds an object
+/// again (its registration rewrites the file).
+fn unstamp(vol: &Volume, names: &[Vec<u8>]) -> Result<(), VolumeError> {
+    let Some(rsrc_path) = rsrc_of(vol, names) else {
+        return Ok(());
+    };
+    let root = vol.root();
+    let object = match pin(root, &vol.path_of(names), 1) {
+        Ok(p) => p,
+        // The folder itself is gone (rm -r): its .rsrc went with it.
+        Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    if std::fs::symlink_metadata(&object.path).is_ok() {
+        return Ok(());
+    }
+    let pinned = match pin(root, &rsrc_path, 1) {
+        Ok(p) => p,
+        Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    match std::fs::remove_file(&pinned.path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(VolumeError::io(&rsrc_path, e)),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,223 @@
+//! The watcher thread of one volume: reads a batch of changes, has the volume's writer apply
+//! it in one transaction ([`crate::writer::Job::Watch`]), then does what the disk needs
+//! ([`super::disk`]) and counts it ([`super::figures`]). The barrier of `deskd flush` takes
+//! the same turn ([`process`] under the source's lock), so every change read before it is
+//! applied, on disk and in the desktop, before the flush.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deskd_db::now_unix;
+use std::path::PathBuf;
+
+use deskd_watch::{Batch, Change};
+use tracing::{debug, error, warn};
+
+use super::{disk, rescan, Running};
+use crate::limits::RateLimited;
+use crate::rebuild::Registry;
+use crate::volume::VolumeHandle;
+use crate::writer::Job;
+
+/// The longest one read waits for a first change: how long a barrier waits for its turn at
+/// worst, and how often an idle watcher wakes.
+pub(crate) const WAIT: Duration = Duration::from_millis(50);
+
+/// How long after its oldest event a batch is applied at the earliest: a client that made the
+/// change itself (`dt cp`, the Netatalk bridge) tells the server within milliseconds, with what
+/// only it knows (type and creator, the ID to keep), and its request should be first.
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// Wait until the batch is [`SETTLE`] old.
+fn settle(batch: &Batch) {
+    if let (Some(oldest), false) = (batch.oldest, batch.changes.is_empty()) {
+        if let Some(left) = SETTLE.checked_sub(oldest.elapsed()) {
+            std::thread::sleep(left);
+        }
+    }
+}
+
+/// Read and apply batches until the watcher is stopped or fails.
+pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Registry) {
+    let root = handle.volume.root().display().to_string();
+    let failures = RateLimited::new(Duration::from_secs(10));
+    loop {
+        if running.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        {
+            let mut source = running.source.lock().unwrap();
+            let Some(source) = source.as_mut() else {
+                return;
+            };
+            match source.next_batch(WAIT) {
+                Ok(batch) => {
+                    settle(&batch);
+                    process(&running, &handle, &rebuilds, batch, &failures)
+                }
+                Err(e) => {
+                    if running.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    error!(
+                        "watching {root} ended: {e}; changes made outside deskd reach the \
+                            desktop by a client or a rebuild until deskd is reloaded or restarted"
+                    );
+                    let mut figures = running.figures.lock().unwrap();
+                    figures.kind = "off".into();
+                    figures.note = Some(format!("the watcher failed: {e}"));
+                    return;
+                }
+            }
+        }
+        // A barrier waiting for the source gets it before the next read.
+        while running.barrier_waiting.load(Ordering::SeqCst) > 0
+            && !running.stopping.load(Ordering::SeqCst)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Most stale creates kept for the next batch (beyond, a rescan finds what they named).
+const MAX_UNPLACED: usize = 10_000;
+/// How long a stamp whose object had moved on is tried again (at each batch, where the
+/// desktop then says the object is): its move reaches the desktop within this in practice.
+const STAMP_RETRY_FOR: Duration = Duration::from_secs(5);
+/// Most stamps waiting to be tried again (a storm of moves): beyond, the rescan's repair
+/// writes what is missing.
+const MAX_MOVED_ON: usize = 10_000;
+
+/// The stamps of earlier batches whose objects had moved on, tried again where the desktop
+/// now says their objects are (by ID); then this batch's. Returns the errors to log.
+fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) -> Vec<String> {
+    use crate::apply::watched::DiskWork;
+    use deskd_db::Read;
+    let mut errors = done.errors;
+    let mut waiting = running.moved_on.lock().unwrap();
+    let earlier = std::mem::take(&mut *waiting);
+    if !earlier.is_empty() {
+        if let Ok(reader) = handle.open_reader() {
+            for (mut work, since) in earlier {
+                let DiskWork::Stamp { id, path, .. } = &mut work else {
+                    continue;
+                };
+                match reader.path_of(*id) {
+                    Ok(now) => *path = now,
+                    Err(_) => continue, // the record is gone: nothing to stamp
+                }
+                let result = disk::apply(&handle.volume, std::slice::from_ref(&work));
+                errors.extend(result.errors);
+                if !result.moved_on.is_empty() && since.elapsed() < STAMP_RETRY_FOR {
+                    waiting.push((work, since));
+                }
+            }
+        }
+    }
+    for work in done.moved_on {
+        if waiting.len() < MAX_MOVED_ON {
+            waiting.push((work, Instant::now()));
+        }
+    }
+    errors
+}
+
+/// Apply one batch: overflow first (a rescan), then the changes through the writer, then the
+/// disk work. Called with the source's lock held.
+pub(crate) fn process(
+    running: &Arc<Running>,
+    handle: &Arc<VolumeHandle>,
+    rebuilds: &Registry,
+    batch: Batch,
+    failures: &RateLimited,
+) {
+    let root = handle.volume.root();
+    if batch.overflow {
+        {
+            let mut figures = running.figures.lock().unwrap();
+            figures.overflows += 1;
+            figures.last_overflow = Some(now_unix());
+        }
+        warn!(
+            "watching {}: events were lost (queue overflow); the volume is rescanned",
+            root.display()
+        );
+        rescan::request(rebuilds, handle, running, "overflow");
+    }
+    if batch.changes.is_empty() {
+        if !running.moved_on.lock().unwrap().is_empty() {
+            let errors = retry_moved_on(running, handle, disk::Done::default());
+            if !errors.is_empty() && failures.now() {
+                warn!("watching {}: {}", root.display(), errors[0]);
+            }
+        }
+        return;
+    }
+    tracing::trace!(volume = %root.display(), "changes: {:?}", batch.changes);
+    let count = batch.changes.len() as u64;
+    let oldest = batch.oldest.unwrap_or_else(Instant::now);
+    running.figures.lock().unwrap().pending = count;
+    // The last batch's creates whose path was stale go first, once: this batch's moves of
+    // folders on their way take them along ([`crate::apply::watched`]).
+    let carried = std::mem::take(&mut *running.unplaced.lock().unwrap());
+    let carried_paths: std::collections::HashSet<PathBuf> = carried
+        .iter()
+        .filter_map(|c| match c {
+            Change::Created { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut changes = carried;
+    changes.extend(batch.changes);
+    let outcome = handle.ask(|tx| Job::Watch(changes, tx));
+    let lag = oldest.elapsed();
+    let Some(outcome) = outcome else {
+        running.figures.lock().unwrap().pending = 0;
+        return; // the writer is gone: deskd is stopping
+    };
+    {
+        let mut unplaced = running.unplaced.lock().unwrap();
+        for change in &outcome.unplaced {
+            let again =
+                matches!(change, Change::Created { path, .. } if carried_paths.contains(path));
+            if !again && unplaced.len() < MAX_UNPLACED {
+                unplaced.push(change.clone());
+            }
+        }
+    }
+    let done = disk::apply(&handle.volume, &outcome.disk);
+    let errors = retry_moved_on(running, handle, done);
+    {
+        let mut figures = running.figures.lock().unwrap();
+        figures.pending = 0;
+        figures.batch(count, outcome.applied, lag);
+    }
+    debug!(
+        volume = %root.display(),
+        changes = count,
+        applied = outcome.applied,
+        ms = lag.as_millis() as u64,
+        "watched changes applied"
+    );
+    let problems: Vec<&String> = outcome.failed.iter().chain(&errors).collect();
+    if !problems.is_empty() && failures.now() {
+        warn!(
+            "watching {}: {} change(s) not applied as seen (e.g. {}); a rebuild puts it right",
+            root.display(),
+            problems.len(),
+            problems[0]
+        );
+    }
+    if let Some(why) = &outcome.refused {
+        if !running.stopping.load(Ordering::SeqCst) {
+            warn!(
+                "watching {}: changes not applied: {why}; the volume is rescanned",
+                root.display()
+            );
+            rescan::request(rebuilds, handle, running, "overflow");
+        }
+    } else if outcome.needs_repair {
+        rescan::request(rebuilds, handle, running, "overflow");
+    }
+}
