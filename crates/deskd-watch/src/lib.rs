@@ -46,7 +46,11 @@ pub enum Change {
     /// A name went away: a delete, or a move out of the volume.
     Removed { path: PathBuf, dir: bool },
     /// A name was moved within the volume (a rename, a move, possibly over an existing name).
-    Moved { from: PathBuf, to: PathBuf, dir: bool },
+    Moved {
+        from: PathBuf,
+        to: PathBuf,
+        dir: bool,
+    },
     /// What lies under this directory (the volume root is `"."`) is
     /// unknown: events were lost or could not be placed. The server re-scans it.
     Rescan { path: PathBuf },
