@@ -46,6 +46,12 @@ pub struct VolumePrefs {
     /// delete and create) keeps: its ID (`keep-id`, the default) or not (`new-id`, Netatalk's
     /// rule).
     pub replaced: Option<Replaced>,
+    /// Live tracking of changes made outside deskd (issue 23): `auto` (default), `fanotify`,
+    /// `inotify` or `off` ([`crate::watch`]).
+    pub watch: Option<deskd_watch::WatchMode>,
+    /// Test setting: the watcher reports an overflow once more than this many events wait
+    /// (forces the overflow rescan); unset, only the kernel's own overflow counts.
+    pub watch_queue: Option<usize>,
 }
 
 /// The `replaced` setting: whether an object found at a registered name with another inode
@@ -257,6 +263,10 @@ pub struct VolumeConfig {
     pub auto_repair: bool,
     /// Whether a replaced name keeps its ID (`replaced`; reloaded on SIGHUP).
     pub replaced: Replaced,
+    /// How changes made outside deskd are tracked (`watch`; a reload restarts the watcher).
+    pub watch: deskd_watch::WatchMode,
+    /// The watcher's own queue bound (`watch_queue`, a test setting).
+    pub watch_queue: Option<usize>,
 }
 
 /// Resolved TCP settings.
@@ -384,6 +394,8 @@ impl ConfigFile {
                     .or(d.auto_repair)
                     .unwrap_or(DEFAULT_AUTO_REPAIR),
                 replaced: prefs.replaced.or(d.replaced).unwrap_or_default(),
+                watch: prefs.watch.or(d.watch).unwrap_or_default(),
+                watch_queue: prefs.watch_queue.or(d.watch_queue).map(|n| n.max(1)),
                 root,
             };
             volumes.push(cfg);
@@ -515,6 +527,31 @@ mod tests {
         let cfg = file.resolve("/s.sock".into(), &[again]).unwrap();
         assert_eq!(cfg.volumes.len(), 1);
         assert!(cfg.volumes[0].read_only);
+    }
+
+    #[test]
+    fn watch_is_auto_by_default_and_set_per_volume_or_in_defaults() {
+        use deskd_watch::WatchMode;
+        let file: ConfigFile = toml::from_str(
+            "[defaults]\nwatch = \"off\"\n[volume.\"/a\"]\n\
+             [volume.\"/b\"]\nwatch = \"inotify\"\nwatch_queue = 0\n",
+        )
+        .unwrap();
+        let cfg = file.resolve("/s".into(), &[]).unwrap();
+        let of = |root: &str| {
+            cfg.volumes
+                .iter()
+                .find(|v| v.root == Path::new(root))
+                .unwrap()
+        };
+        assert_eq!(of("/a").watch, WatchMode::Off);
+        assert_eq!(of("/b").watch, WatchMode::Inotify);
+        // A bound of 0 would report an overflow for every event: at least 1.
+        assert_eq!(of("/b").watch_queue, Some(1));
+        let plain = ConfigFile::default().resolve("/s".into(), &["/c".into()]).unwrap();
+        assert_eq!(plain.volumes[0].watch, WatchMode::Auto);
+        assert_eq!(plain.volumes[0].watch_queue, None);
+        assert!(toml::from_str::<ConfigFile>("[defaults]\nwatch = \"poll\"\n").is_err());
     }
 
     #[test]

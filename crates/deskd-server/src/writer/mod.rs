@@ -34,12 +34,14 @@ mod batch;
 mod busy;
 mod checkpoint;
 mod wal_writeback;
+mod watched;
 
 use checkpoint::REQUESTED_CHECKPOINT_WAIT;
 #[cfg(test)]
 mod tests;
 
 use crate::access::Access;
+use crate::apply::watched::WatchedOutcome;
 use crate::apply::Reply;
 use crate::config::VolumeConfig;
 use crate::figures::CommitFigures;
@@ -102,6 +104,9 @@ pub(crate) enum Job {
     /// a backup may be copying the file, and closing writes to it.
     Close(Sender<Result<(), CloseRefused>>),
     Shutdown(Sender<()>),
+    /// One batch of the changes the volume's watcher saw (issue 23), applied in one
+    /// transaction as the server's own requests ([`crate::apply::watched`]).
+    Watch(Vec<deskd_watch::Change>, Sender<WatchedOutcome>),
     /// Wake the thread so that it sets its timers again: a lone write committed by a
     /// connection thread made the desktop dirty while the writer thread slept with no timer,
     /// or with one too late for the new flush ([`WriterShare::commit_alone`]).
@@ -380,6 +385,9 @@ impl Writer {
                     let _ = done.send(());
                 }
                 Job::Run(_) | Job::Tick => {}
+                Job::Watch(_, reply) => {
+                    let _ = reply.send(WatchedOutcome::refused(space::FULL_REASON));
+                }
                 Job::Close(done) => {
                     self.lock = None;
                     self.remove_temp_copy();
@@ -433,6 +441,9 @@ impl Writer {
                 }
                 // Dropping an online rebuild's work tells it that the desktop is gone.
                 Job::Run(_) | Job::Tick => {}
+                Job::Watch(_, reply) => {
+                    let _ = reply.send(WatchedOutcome::refused("the desktop was closed"));
+                }
             }
         }
     }
@@ -540,6 +551,10 @@ impl Writer {
                     self.committed();
                     self.check_wal_limit();
                 }
+            }
+            Job::Watch(changes, reply) => {
+                let outcome = self.apply_watched(&changes);
+                let _ = reply.send(outcome);
             }
             // Only wakes the thread, to set its timers after a commit made elsewhere.
             Job::Tick => {}

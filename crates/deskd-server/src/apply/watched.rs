@@ -1,0 +1,508 @@
+//! Changes the volume's watcher saw (issue 23: a `mv` over SMB, an `rm -r` in a shell), applied
+//! to the desktop as the server's own requests, with the verification a client's claim gets:
+//! every path is walked by the server from the volume root without following a link, a change
+//! the disk does not show any more is dropped, and one the desktop already has is a no-op (so
+//! a `dt mv`, which the watcher sees too, is not applied twice).
+//!
+//! * `Created`: the object is registered (a directory with its whole subtree). Its claim (the
+//!   `user.deskd.id` mirror, else its resource file's ID) follows a move when the record of
+//!   that ID has the object's inode ([`super::moved`]), is kept when it names an ID this
+//!   desktop once handed out and is free (a restore), and is otherwise ignored: a `cp -a`
+//!   copy's claim is its original's, so the copy gets a new ID.
+//! * `Removed`: the record (and everything below it) goes once the disk no longer shows it.
+//! * `Moved`: the record moves, keeping its ID. Over a registered name, `replaced` decides:
+//!   `keep-id` keeps the name's ID (a save by write-temp-then-rename is the same document),
+//!   `new-id` keeps the moved object's. A directory moved over a (necessarily empty) one always
+//!   keeps its own ID: its entries' records are under it.
+//! * `Rescan`: everything under the path is registered, and records whose objects are gone
+//!   from it are removed.
+//!
+//! What the disk needs afterwards (a resource file and mirror with the new ID, a resource file
+//! carried along or removed) is returned as [`DiskWork`], done after the commit by the
+//! watcher's thread (`crate::watch::disk`), never by the writer.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use deskd_db::{Kind, Object, Read};
+use deskd_proto::ErrorReply;
+use deskd_watch::Change;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+use super::errors::db_error;
+use super::paths::{registered, same_object, verify_gone};
+use super::register::{register_walked, Asked};
+use super::Writing;
+use crate::config::Replaced;
+use crate::walk::{self, Node};
+
+/// Most objects one `Created` directory or `Rescan` registers in one transaction; a larger
+/// tree is left to the online repair (the caller asks for one), so one event cannot hold the
+/// writer for minutes.
+pub const MAX_TREE: usize = 200_000;
+
+/// What the disk needs once the desktop change is committed. Paths are names from the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskWork {
+    /// Make the resource file (`DIR/.rsrc/NAME`) and the mirror of the object at `path` carry
+    /// `id`, if it is still the inode `dev`/`ino`.
+    Stamp {
+        path: Vec<Vec<u8>>,
+        id: u32,
+        dev: u64,
+        ino: u64,
+        kind: Kind,
+        type_code: [u8; 4],
+        creator: [u8; 4],
+        ctime: i64,
+    },
+    /// The object moved from `from` to `to`: its resource file follows it, then as `Stamp`.
+    Carry {
+        from: Vec<Vec<u8>>,
+        stamp: Box<DiskWork>,
+    },
+    /// The object at `path` is gone: remove its resource file if the name is still empty.
+    Unstamp { path: Vec<Vec<u8>> },
+}
+
+/// What applying one batch of changes did.
+#[derive(Debug, Default)]
+pub struct WatchedOutcome {
+    /// Changes that changed the desktop.
+    pub applied: u64,
+    /// Changes the desktop already had, or the disk no longer showed.
+    pub unchanged: u64,
+    /// Changes refused (an error: logged by the caller, which may ask for a rescan).
+    pub failed: Vec<String>,
+    /// A tree larger than [`MAX_TREE`] was left to the online repair.
+    pub too_large: bool,
+    /// What the disk needs now.
+    pub disk: Vec<DiskWork>,
+    /// The writer could not apply the batch (closed, full disk, busy desktop): nothing was
+    /// recorded.
+    pub refused: Option<String>,
+}
+
+impl WatchedOutcome {
+    /// Nothing was applied, for `why`.
+    pub fn refused(why: &str) -> WatchedOutcome {
+        WatchedOutcome {
+            refused: Some(why.to_string()),
+            ..WatchedOutcome::default()
+        }
+    }
+}
+
+/// The names of a watcher path (relative to the root, `"."` for the root itself). `None`
+/// when a name is one of deskd's own (the watcher filters them; this is the second line).
+pub fn components(path: &Path) -> Option<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for part in path.as_os_str().as_bytes().split(|&b| b == b'/') {
+        if part.is_empty() || part == b"." {
+            continue;
+        }
+        if part == b".." || deskd_volume::check_name(part).is_err() {
+            return None;
+        }
+        out.push(part.to_vec());
+    }
+    Some(out)
+}
+
+/// Apply `changes` inside the batch, in order, walking as the server (trusted). A change that
+/// fails is reported in [`WatchedOutcome::failed`] and the others still apply.
+pub fn apply_all(
+    b: &mut deskd_db::Batch<'_>,
+    vol: &deskd_volume::Volume,
+    replaced: Replaced,
+    changes: &[Change],
+) -> WatchedOutcome {
+    let mut out = WatchedOutcome::default();
+    let last_id = b.meta("last_id").ok().flatten().unwrap_or(0) as u32;
+    let mut cache = super::DirCache::default();
+    let access = crate::access::Access::Trusted;
+    let w = &mut Writing {
+        b,
+        vol,
+        access: &access,
+        cache: &mut cache,
+        replaced,
+    };
+    for change in changes {
+        match apply_change(w, change, last_id, &mut out) {
+            Ok(true) => out.applied += 1,
+            Ok(false) => out.unchanged += 1,
+            Err(e) => out.failed.push(format!("{change:?}: {}", e.message)),
+        }
+    }
+    out
+}
+
+/// Apply one change inside the batch; `last_id` is the desktop's counter when the batch began
+/// (a claim above it was never handed out here and is not kept).
+pub(super) fn apply_change(
+    w: &mut Writing<'_, '_>,
+    change: &Change,
+    last_id: u32,
+    out: &mut WatchedOutcome,
+) -> Result<bool, ErrorReply> {
+    match change {
+        Change::Created { path, .. } => {
+            let Some(names) = components(path) else {
+                return Ok(false);
+            };
+            created(w, &names, last_id, out)
+        }
+        Change::Removed { path, .. } => {
+            let Some(names) = components(path) else {
+                return Ok(false);
+            };
+            removed(w, &names, out)
+        }
+        Change::Moved { from, to, .. } => {
+            let (Some(from), Some(to)) = (components(from), components(to)) else {
+                return Ok(false);
+            };
+            moved(w, &from, &to, last_id, out)
+        }
+        Change::Rescan { path } => {
+            let Some(names) = components(path) else {
+                return Ok(false);
+            };
+            rescan(w, &names, last_id, out)
+        }
+    }
+}
+
+/// The walk of `names` by the server (no link followed), when it reached the end.
+fn walk_to(w: &Writing<'_, '_>, names: &[Vec<u8>]) -> Option<walk::Walked> {
+    let walked = walk::walk(w.vol.root(), names);
+    walked.last()?;
+    Some(walked)
+}
+
+/// The ID the object claims: its mirror, else its resource file's. Read through descriptors
+/// held below the root (a folder swapped for a link since the walk leads nowhere else); a
+/// symbolic link has no mirror of its own and its target's is never read.
+fn claim(w: &Writing<'_, '_>, names: &[Vec<u8>], node: &Node) -> Option<u32> {
+    let root = w.vol.root();
+    let path = w.vol.path_of(names);
+    if node.kind != Kind::Symlink {
+        if let Ok(pinned) = deskd_volume::pin::pin(root, &path, 1) {
+            let is_it = std::fs::symlink_metadata(&pinned.path).is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino()) == (node.dev, node.ino) && !m.file_type().is_symlink()
+            });
+            if is_it {
+                if let Some(id) = deskd_volume::read_id_xattr(&pinned.path) {
+                    return Some(id);
+                }
+            }
+        }
+    }
+    let rsrc = deskd_volume::rsrc::rsrc_path(&path)?;
+    let pinned = deskd_volume::pin::pin(root, &rsrc, 2).ok()?;
+    deskd_volume::rsrc::read_header(&pinned.path)
+        .ok()
+        .flatten()
+        .map(|h| h.id)
+        .filter(|&id| id != 0)
+}
+
+/// What a registration asks with the object's claim: followed as a move always, kept as a
+/// hint only when this desktop once handed it out (a user's xattr cannot raise the counter).
+fn asked_with(claim: Option<u32>, last_id: u32) -> Asked {
+    Asked {
+        hint: claim.filter(|&id| id <= last_id && id > deskd_db::ROOT_ID),
+        carried: claim,
+        ..Asked::default()
+    }
+    .registering()
+}
+
+fn stamp(names: &[Vec<u8>], o: &Object) -> DiskWork {
+    DiskWork::Stamp {
+        path: names.to_vec(),
+        id: o.id,
+        dev: o.dev,
+        ino: o.ino,
+        kind: o.kind,
+        type_code: o.type_code,
+        creator: o.creator,
+        ctime: o.ctime,
+    }
+}
+
+/// Register the object at `names` (and, a directory, what is below it).
+fn created(
+    w: &mut Writing<'_, '_>,
+    names: &[Vec<u8>],
+    last_id: u32,
+    out: &mut WatchedOutcome,
+) -> Result<bool, ErrorReply> {
+    if names.is_empty() {
+        return Ok(false);
+    }
+    let Some(walked) = walk_to(w, names) else {
+        return Ok(false); // gone again: a temporary file gets no ID
+    };
+    let node = *walked.last().expect("reached");
+    let before = registered(w.b, names)?;
+    let asked = asked_with(claim(w, names, &node), last_id);
+    let (object, created) = register_walked(w, names, &walked.nodes, asked)?;
+    let changed = created
+        || before
+            .as_ref()
+            .is_none_or(|b| b.id != object.id || (b.dev, b.ino) != (object.dev, object.ino));
+    if changed {
+        out.disk.push(stamp(names, &object));
+    }
+    let mut below = false;
+    if node.kind == Kind::Dir {
+        let mut budget = MAX_TREE;
+        below = register_tree(w, names, &walked, last_id, out, &mut budget)?;
+    }
+    Ok(changed || below)
+}
+
+/// Register every entry below the directory `names` (walked as `walked`), depth first, no
+/// link followed. Returns whether anything was registered.
+fn register_tree(
+    w: &mut Writing<'_, '_>,
+    names: &[Vec<u8>],
+    walked: &walk::Walked,
+    last_id: u32,
+    out: &mut WatchedOutcome,
+    budget: &mut usize,
+) -> Result<bool, ErrorReply> {
+    let Some(fd) = walked.fd.as_ref() else {
+        return Ok(false);
+    };
+    let mut any = false;
+    // (directory names, its open descriptor, the nodes from the root to it)
+    let Ok(first) = rustix::fs::openat(
+        fd,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Ok(false);
+    };
+    let mut stack = vec![(names.to_vec(), first, walked.nodes.clone())];
+    while let Some((dir_names, dir_fd, dir_nodes)) = stack.pop() {
+        let Ok(mut dir) = rustix::fs::Dir::read_from(&dir_fd) else {
+            continue;
+        };
+        let mut entries = Vec::new();
+        while let Some(Ok(entry)) = dir.next() {
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." || deskd_volume::check_name(name).is_err() {
+                continue;
+            }
+            entries.push(name.to_vec());
+        }
+        entries.sort();
+        for name in entries {
+            if *budget == 0 {
+                out.too_large = true;
+                return Ok(any);
+            }
+            *budget -= 1;
+            let Ok(st) = rustix::fs::statat(&dir_fd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW)
+            else {
+                continue; // gone since the listing
+            };
+            let kind = match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => Kind::Dir,
+                FileType::Symlink => Kind::Symlink,
+                _ => Kind::File,
+            };
+            let node = Node {
+                dev: st.st_dev,
+                ino: st.st_ino,
+                kind,
+                ctime: st.st_ctime,
+                uid: st.st_uid,
+            };
+            let mut child_names = dir_names.clone();
+            child_names.push(name.clone());
+            let mut child_nodes = dir_nodes.clone();
+            child_nodes.push(node);
+            let before = registered(w.b, &child_names)?;
+            let asked = asked_with(claim(w, &child_names, &node), last_id);
+            let (object, created) =
+                match register_walked(w, &child_names, &child_nodes, asked) {
+                    Ok(done) => done,
+                    Err(e) => {
+                        out.failed.push(e.message);
+                        continue;
+                    }
+                };
+            let changed = created
+                || before.as_ref().is_none_or(|b| {
+                    b.id != object.id || (b.dev, b.ino) != (object.dev, object.ino)
+                });
+            if changed {
+                out.disk.push(stamp(&child_names, &object));
+                any = true;
+            }
+            if kind == Kind::Dir {
+                // Opened below the folder just listed, never through a link; a directory
+                // swapped for one since the stat is not entered.
+                if let Ok(sub) = rustix::fs::openat(
+                    &dir_fd,
+                    OsStr::from_bytes(&name),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ) {
+                    if rustix::fs::fstat(&sub).is_ok_and(|s| (s.st_dev, s.st_ino) == (node.dev, node.ino)) {
+                        stack.push((child_names, sub, child_nodes));
+                    }
+                }
+            }
+        }
+    }
+    Ok(any)
+}
+
+/// Remove the record at `names` (and below) if the disk no longer shows its object there.
+fn removed(
+    w: &mut Writing<'_, '_>,
+    names: &[Vec<u8>],
+    out: &mut WatchedOutcome,
+) -> Result<bool, ErrorReply> {
+    if names.is_empty() {
+        return Ok(false);
+    }
+    let Some(object) = registered(w.b, names)? else {
+        return Ok(false);
+    };
+    if verify_gone(w.vol, &object, names).is_err() {
+        return Ok(false); // still (or again) there: nothing to do
+    }
+    w.b.delete(object.id, true).map_err(db_error)?;
+    w.cache.clear();
+    out.disk.push(DiskWork::Unstamp {
+        path: names.to_vec(),
+    });
+    Ok(true)
+}
+
+/// The object at `from` is now at `to`.
+fn moved(
+    w: &mut Writing<'_, '_>,
+    from: &[Vec<u8>],
+    to: &[Vec<u8>],
+    last_id: u32,
+    out: &mut WatchedOutcome,
+) -> Result<bool, ErrorReply> {
+    if from.is_empty() || to.is_empty() {
+        return Ok(false);
+    }
+    let Some(walked) = walk_to(w, to) else {
+        // Moved on again (or removed) since: what was at `from` is gone from there.
+        return removed(w, from, out);
+    };
+    let node = *walked.last().expect("reached");
+    let source = registered(w.b, from)?.filter(|o| same_object(o, node.dev, node.ino));
+    let Some(source) = source else {
+        // Not registered at `from` (never, or `dt mv` already recorded the move): what is at
+        // `to` is registered there; a record left at `from` goes if its object is gone.
+        let gone = removed(w, from, out)?;
+        return Ok(created(w, to, last_id, out)? || gone);
+    };
+    if verify_gone(w.vol, &source, from).is_err() {
+        // Still at `from` too: a hard link made and then renamed. The new name is registered.
+        return created(w, to, last_id, out);
+    }
+    let target = registered(w.b, to)?.filter(|t| t.id != source.id);
+    let (to_name, to_parent) = to.split_last().expect("not the root");
+    let (parent, _) = register_walked(
+        w,
+        to_parent,
+        &walked.nodes[..to_parent.len()],
+        Asked::default(),
+    )?;
+    w.cache.clear();
+    match target {
+        Some(mut target)
+            if w.replaced == Replaced::KeepId
+                && source.kind != Kind::Dir
+                && target.kind == source.kind =>
+        {
+            // The name keeps its ID (a save by write-temp-then-rename): its record takes the
+            // moved inode, the moved object's record goes.
+            w.b.delete(source.id, true).map_err(db_error)?;
+            w.b.set_devino(target.id, node.dev, node.ino, node.ctime)
+                .map_err(db_error)?;
+            (target.dev, target.ino, target.ctime) = (node.dev, node.ino, node.ctime);
+            out.disk.push(DiskWork::Unstamp {
+                path: from.to_vec(),
+            });
+            out.disk.push(stamp(to, &target));
+        }
+        _ => {
+            w.b.rename(source.id, parent.id, to_name, true)
+                .map_err(db_error)?;
+            if source.dev == 0 && source.ino == 0 {
+                w.b.set_devino(source.id, node.dev, node.ino, node.ctime)
+                    .map_err(db_error)?;
+            }
+            let moved = w.b.get(source.id).map_err(db_error)?;
+            out.disk.push(DiskWork::Carry {
+                from: from.to_vec(),
+                stamp: Box::new(stamp(to, &moved)),
+            });
+        }
+    }
+    Ok(true)
+}
+
+/// Bring the records under `names` in line with the disk: register what is there, then remove
+/// the records whose objects are gone. Registering first lets an object moved within the tree
+/// keep its ID (by its mirror, [`super::moved`]).
+fn rescan(
+    w: &mut Writing<'_, '_>,
+    names: &[Vec<u8>],
+    last_id: u32,
+    out: &mut WatchedOutcome,
+) -> Result<bool, ErrorReply> {
+    let Some(walked) = walk_to(w, names) else {
+        return removed(w, names, out);
+    };
+    let mut changed = false;
+    if !names.is_empty() {
+        changed = created(w, names, last_id, out)?;
+    } else {
+        let mut budget = MAX_TREE;
+        changed |= register_tree(w, names, &walked, last_id, out, &mut budget)?;
+    }
+    if out.too_large {
+        return Ok(changed);
+    }
+    let Some(top) = registered(w.b, names)?.or_else(|| {
+        names
+            .is_empty()
+            .then(|| w.b.get(deskd_db::ROOT_ID).ok())
+            .flatten()
+    }) else {
+        return Ok(changed);
+    };
+    let mut stack = vec![(top.id, names.to_vec())];
+    while let Some((id, dir_names)) = stack.pop() {
+        for child in w.b.children(id).map_err(db_error)? {
+            let mut child_names = dir_names.clone();
+            child_names.push(child.name.clone());
+            if verify_gone(w.vol, &child, &child_names).is_ok() {
+                w.b.delete(child.id, true).map_err(db_error)?;
+                w.cache.clear();
+                out.disk.push(DiskWork::Unstamp { path: child_names });
+                changed = true;
+            } else if child.kind == Kind::Dir {
+                stack.push((child.id, child_names));
+            }
+        }
+    }
+    Ok(changed)
+}
