@@ -440,6 +440,14 @@ pub enum Request {
     /// version 3 without changing the version: no earlier message encodes differently, and a
     /// server that predates it answers `BadRequest`.
     Memory,
+    /// Each volume's live tracking ([`Response::Watch`]; `vol`: None for every volume); any
+    /// peer may ask (counts and times, no path). Appended after version 3 without changing
+    /// the version, as `Memory` was: no earlier message encodes differently, and a server
+    /// that predates it answers `BadRequest`.
+    Watch {
+        /// The volume handle, or None for every served volume.
+        vol: Option<VolumeId>,
+    },
 }
 
 /// What a rebuild does (see `deskd rebuild`).
@@ -575,7 +583,7 @@ impl Request {
         use Request::*;
         match self {
             Volumes | OpenVolume { .. } | Metrics | Memory => None,
-            Status { vol } | Flush { vol } | Freeze { vol, .. } | Thaw { vol } => *vol,
+            Watch { vol } | Status { vol } | Flush { vol } | Freeze { vol, .. } | Thaw { vol } => *vol,
             RebuildStart { vol, .. } | RebuildPoll { vol, .. } | RebuildCancel { vol, .. } => {
                 Some(*vol)
             }
@@ -744,6 +752,54 @@ pub enum Response {
     Metrics(String),
     /// The server's memory figures (to `Memory`).
     Memory(ServerMemory),
+    /// Each volume's live tracking (to `Watch`).
+    Watch(Vec<VolumeWatch>),
+}
+
+/// One volume's live tracking (issue 23), as `deskd status` shows it in `watch`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeWatch {
+    /// The volume's handle.
+    pub vol: VolumeId,
+    /// `fanotify`, `inotify` or `off`.
+    pub kind: String,
+    /// Why the watcher is not the one asked for, or why there is none.
+    pub note: Option<String>,
+    /// Changes the watcher reported (after coalescing).
+    pub events: u64,
+    /// Changes that changed the desktop.
+    pub applied: u64,
+    /// Changes read and not yet applied.
+    pub pending: u64,
+    /// The last batch's time from its oldest event read to its commit, milliseconds.
+    pub lag_ms: u64,
+    /// The 99th percentile of `lag_ms` over the last 1,000 batches.
+    pub lag_p99_ms: u64,
+    /// Times events were lost (the kernel's queue, or `watch_queue`), each followed by a rescan.
+    pub overflows: u64,
+    /// Unix time of the last overflow.
+    pub last_overflow: Option<i64>,
+    /// The running or last rescan of the volume by the online repair.
+    pub rescan: Option<WatchRescan>,
+}
+
+/// A rescan of a watched volume by the online repair.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRescan {
+    /// `start` (every start of a watched volume) or `overflow`.
+    pub reason: String,
+    /// Whether it runs now.
+    pub running: bool,
+    /// Unix time it started.
+    pub started: i64,
+    /// Unix time it finished.
+    pub finished: Option<i64>,
+    /// Objects walked.
+    pub objects: u64,
+    /// Differences the repair found (and fixed).
+    pub changed: u64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
 }
 
 /// The server process's memory as the kernel counts it, and what of it deskd's own structures
@@ -1101,6 +1157,7 @@ mod tests {
                 .prop_map(|(vol, job, from)| Request::RebuildPoll { vol, job, from }),
             Just(Request::Metrics),
             Just(Request::Memory),
+            proptest::option::of(any::<u32>()).prop_map(|vol| Request::Watch { vol }),
         ]
     }
 
@@ -1130,6 +1187,22 @@ mod tests {
             postcard::to_allocvec(&Response::Metrics("x".into())).unwrap(),
             [15, 1, b'x']
         );
+        assert_eq!(decode::<Response>(&bytes).unwrap(), reply);
+    }
+
+    #[test]
+    fn watch_was_appended_after_memory() {
+        assert_eq!(
+            postcard::to_allocvec(&Request::Watch { vol: None }).unwrap(),
+            [32, 0]
+        );
+        let reply = Response::Watch(vec![VolumeWatch {
+            vol: 1,
+            kind: "fanotify".into(),
+            ..Default::default()
+        }]);
+        let bytes = postcard::to_allocvec(&reply).unwrap();
+        assert_eq!(bytes[0], 17);
         assert_eq!(decode::<Response>(&bytes).unwrap(), reply);
     }
 

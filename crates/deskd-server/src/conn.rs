@@ -197,6 +197,10 @@ pub enum Peer {
 /// How long a TCP client that gave a wrong token waits for its answer (slows guessing).
 const WRONG_TOKEN_PENALTY: Duration = Duration::from_secs(1);
 
+/// How long a `rebuild` waits for the server's own rescan of a watched volume to end before it
+/// is refused as busy (the client's own timeout is longer).
+const RESCAN_WAIT: Duration = Duration::from_secs(30);
+
 /// Serve one connection until the client leaves. A TCP client must first answer the token
 /// challenge. A local peer's credentials (uid for the admin verbs, uid, gid and groups for
 /// the access checks) are read here, once, with `SO_PEERCRED` and `SO_PEERGROUPS`.
@@ -805,13 +809,42 @@ impl Connection {
             Request::Memory => Ok(Response::Memory(crate::memory::figures(
                 &self.shared.volumes(),
             ))),
-            Request::Flush { vol } => self.control(vol, "flush", |_, tx| Job::Flush(tx)),
+            // The barrier first: every change the volume's watcher has queued is applied
+            // before the flush (and the freeze, which flushes).
+            Request::Flush { vol } => {
+                let shared = self.shared.clone();
+                self.control(vol, "flush", |handle, tx| {
+                    crate::watch::barrier(&shared.watchers, &shared.rebuilds, handle);
+                    Job::Flush(tx)
+                })
+            }
             Request::Freeze { vol, seconds } => {
                 let verb = match seconds {
                     Some(s) => format!("freeze {s} s"),
                     None => "freeze (freeze_default)".to_owned(),
                 };
-                self.control(vol, &verb, |_, tx| Job::Freeze(seconds, tx))
+                let shared = self.shared.clone();
+                self.control(vol, &verb, |handle, tx| {
+                    crate::watch::barrier(&shared.watchers, &shared.rebuilds, handle);
+                    Job::Freeze(seconds, tx)
+                })
+            }
+            Request::Watch { vol } => {
+                let mut out = Vec::new();
+                for handle in self.targets(vol)? {
+                    let admin = self.access.is_trusted() || self.require_admin(&handle).is_ok();
+                    let mut watch = self.shared.watchers.status(&handle);
+                    if !admin {
+                        // A failed rescan's reason may name objects the asker may not see.
+                        if let Some(rescan) = watch.rescan.as_mut() {
+                            rescan.error = rescan.error.as_ref().map(|_| {
+                                "the rescan failed (root or the volume owner sees why)".to_owned()
+                            });
+                        }
+                    }
+                    out.push(watch);
+                }
+                Ok(Response::Watch(out))
             }
             Request::Thaw { vol } => self.control(vol, "thaw", |_, tx| Job::Thaw(tx)),
             Request::RebuildStart {
@@ -823,6 +856,9 @@ impl Connection {
             } => {
                 let handle = self.shared.volume(vol)?;
                 self.require_admin(&handle)?;
+                // The server's own rescan of a watched volume (at its start) is short and
+                // does what a repair does: the asker's job runs after it, not refused.
+                crate::watch::wait_for_rescan(&self.shared.watchers, &handle, RESCAN_WAIT);
                 let job = crate::rebuild::start(
                     &self.shared.rebuilds,
                     &handle,
@@ -890,7 +926,7 @@ impl Connection {
         &mut self,
         vol: Option<u32>,
         verb: &str,
-        make: impl Fn(&VolumeHandle, crossbeam_channel::Sender<Reply>) -> Job,
+        make: impl Fn(&Arc<VolumeHandle>, crossbeam_channel::Sender<Reply>) -> Job,
     ) -> Reply {
         let targets = self.targets(vol)?;
         for handle in &targets {

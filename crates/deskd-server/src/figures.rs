@@ -44,7 +44,7 @@ const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_NS.len() + 1;
 pub(crate) const NO_VOLUME: u32 = u32::MAX;
 
 /// The request kinds, in the order of [`deskd_proto::Request`]'s variants: the `kind` label.
-pub(crate) const KINDS: [&str; 32] = [
+pub(crate) const KINDS: [&str; 33] = [
     "Volumes",
     "OpenVolume",
     "Add",
@@ -77,6 +77,7 @@ pub(crate) const KINDS: [&str; 32] = [
     "RebuildCancel",
     "Metrics",
     "Memory",
+    "Watch",
 ];
 
 /// The index of `request`'s kind in [`KINDS`]. (Exhaustive on purpose: a new request must
@@ -116,6 +117,7 @@ pub(crate) fn kind_of(request: &Request) -> u8 {
         RebuildCancel { .. } => 29,
         Metrics => 30,
         Memory => 31,
+        Watch { .. } => 32,
     }
 }
 
@@ -259,7 +261,7 @@ mod tests {
     #[test]
     fn every_kind_has_a_name() {
         // The last request appended to the protocol has the last name.
-        assert_eq!(kind_of(&Request::Memory) as usize, KINDS.len() - 1);
+        assert_eq!(kind_of(&Request::Watch { vol: None }) as usize, KINDS.len() - 1);
         assert_eq!(KINDS[kind_of(&Request::Metrics) as usize], "Metrics");
         assert_eq!(
             KINDS[kind_of(&Request::Resolve { vol: 0, id: 2 }) as usize],

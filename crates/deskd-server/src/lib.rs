@@ -55,6 +55,7 @@ mod space;
 mod test_support;
 mod volume;
 mod walk;
+mod watch;
 mod writer;
 
 use std::net::TcpListener;
@@ -264,9 +265,11 @@ impl Server {
             tcp: tcp_access,
             limits: Arc::new(limits::ConnectionLimits::new(config.limits, server_uid)),
             metrics: scrape_cache::ScrapeCache::new(),
+            watchers: watch::Registry::default(),
         });
         for handle in shared.volumes() {
             autorepair::watch(&shared.rebuilds, &handle);
+            watch::start(&shared.watchers, &shared.rebuilds, &handle);
         }
         let limits = shared.limits.clone();
         let refusals = limits::RateLimited::new(Duration::from_secs(10));
@@ -387,6 +390,8 @@ impl Server {
     /// Stop taking writes, commit what is queued, flush and mark every desktop clean.
     pub fn shutdown(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
+        // The watchers first: what they have read is applied before the writers stop.
+        watch::stop_all(&self.shared.watchers);
         for handle in &self.shared.volumes() {
             handle.ask(Job::Shutdown);
         }

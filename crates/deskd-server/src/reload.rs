@@ -115,6 +115,7 @@ impl Server {
                 continue;
             }
             handle.ask(|done| Job::Retime(v.clone(), done));
+            crate::watch::retune(&self.shared.watchers, &self.shared.rebuilds, handle, v);
             // Turned on: a desktop whose start-up check failed is repaired now.
             if v.auto_repair && !old.auto_repair {
                 crate::autorepair::repair_if_check_failed(&self.shared.rebuilds, handle);
@@ -153,6 +154,7 @@ impl Server {
                 Ok(handle) => {
                     info!("{}: now served", handle.volume.root().display());
                     crate::autorepair::watch(&self.shared.rebuilds, &handle);
+                    crate::watch::start(&self.shared.watchers, &self.shared.rebuilds, &handle);
                     self.set_slot(index, Slot::Served(handle));
                 }
                 Err(e) => notes.push(format!("{}: not served: {e}", v.root.display())),
@@ -187,12 +189,16 @@ impl Server {
             return false;
         }
         self.set_slot(handle.index, Slot::Changing);
+        // The watcher stops before the desktop closes (the reopened volume's start-up rescan
+        // finds what it did not apply); a refused close starts it again.
+        crate::watch::stop(&self.shared.watchers, handle);
         match handle.ask(Job::Close) {
             Some(Ok(())) => {
                 self.shared.closings.fetch_add(1, Ordering::SeqCst);
                 true
             }
             Some(Err(why)) => {
+                crate::watch::start(&self.shared.watchers, &self.shared.rebuilds, handle);
                 self.set_slot(handle.index, Slot::Served(handle.clone()));
                 notes.push(format!("{root}: {why}; {later}"));
                 false
@@ -257,6 +263,7 @@ impl Server {
                     began.elapsed().as_millis()
                 );
                 crate::autorepair::watch(&self.shared.rebuilds, &again);
+                crate::watch::start(&self.shared.watchers, &self.shared.rebuilds, &again);
                 self.set_slot(handle.index, Slot::Served(again));
             }
             Err(e) => {

@@ -11,7 +11,7 @@ use deskd_proto::{ErrorCode, ErrorReply};
 
 use crate::scrape_cache::ScrapeCache;
 use crate::volume::VolumeHandle;
-use crate::{clients, limits, rebuild};
+use crate::{clients, limits, rebuild, watch};
 
 /// What TCP connections need: the token they must prove they hold (re-read from its file on
 /// [`crate::Server::reconfigure`]), and whether they may use the admin verbs. All but the address
@@ -90,6 +90,8 @@ pub struct Shared {
     pub limits: Arc<limits::ConnectionLimits>,
     /// The running or last online rebuild of each volume.
     pub(crate) rebuilds: rebuild::Registry,
+    /// The volumes' watchers (live tracking, issue 23).
+    pub(crate) watchers: watch::Registry,
     /// The open connections (`deskd status`'s active users).
     pub(crate) clients: Arc<clients::Clients>,
     /// What `/metrics` keeps between scrapes (the start time, its read connections).

@@ -7,10 +7,24 @@
 //! knows no desktop: the server decides what a change means for the IDs and verifies every
 //! change against the disk before it applies it, exactly as it verifies a client's claim.
 
-use std::path::PathBuf;
-use std::time::Instant;
+mod coalesce;
+mod fanotify;
+mod inotify;
+mod names;
+mod stopper;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+pub use stopper::Stopper;
+
+use coalesce::Coalescer;
+use fanotify::FanotifySource;
+use inotify::InotifySource;
+use names::Ignore;
 
 /// The `watch` setting of a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -67,3 +81,283 @@ pub struct Batch {
     /// When the oldest event of this batch was read from the kernel (for the lag figure).
     pub oldest: Option<Instant>,
 }
+
+/// What a watcher is told besides its root and mode.
+#[derive(Debug, Clone, Default)]
+pub struct WatchOptions {
+    /// Names never reported, in any directory (deskd's own: ".rsrc", ".Desktop*", the desktop's
+    /// file names and their -wal/-shm/-journal). Exact names and prefixes ending in '*'.
+    /// `.rsrc` and `.Desktop*` are always ignored, listed here or not.
+    pub ignore: Vec<OsString>,
+    /// Test setting `watch_queue`: report `overflow` once more than this many events are
+    /// waiting unread/unapplied (None: only the kernel's own overflow).
+    pub queue_limit: Option<usize>,
+}
+
+/// What [`Watcher::start`] got.
+#[derive(Debug)]
+pub enum Started {
+    /// Watching, with why `auto` did not get fanotify (None when it did or was asked for inotify).
+    Watching(Watcher, Option<String>),
+    /// `off`, or `auto` with neither interface usable: why.
+    Off(String),
+}
+
+/// Why a watcher could not start or read.
+#[derive(thiserror::Error, Debug)]
+pub enum WatchError {
+    #[error("cannot watch {root}: {source}")]
+    Root {
+        root: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{root} is not a directory")]
+    NotADirectory { root: PathBuf },
+    #[error("fanotify cannot be used: {reason}")]
+    FanotifyInit { reason: String },
+    #[error("fanotify cannot watch {root}: {reason}")]
+    FanotifyMark { root: PathBuf, reason: String },
+    #[error("inotify cannot be used: {0}")]
+    InotifyInit(std::io::Error),
+    #[error("inotify cannot watch {0}: {1}")]
+    InotifyWatch(PathBuf, std::io::Error),
+    #[error(
+        "inotify watch limit reached after {watches} directories \
+         (raise fs.inotify.max_user_watches, or run as root for fanotify)"
+    )]
+    InotifyLimit { watches: usize },
+    #[error("cannot make the watcher's stop signal: {0}")]
+    Stopper(std::io::Error),
+    #[error("reading change events: {0}")]
+    Read(std::io::Error),
+}
+
+/// How many raw changes one batch takes at most; the rest waits for the next call.
+const MAX_BATCH: usize = 1 << 16;
+
+enum Source {
+    Fanotify(Box<FanotifySource>),
+    Inotify(Box<InotifySource>),
+}
+
+/// Where the changes of one read go: the ignore filter, then the coalescer.
+pub(crate) struct Sink<'a> {
+    ignore: &'a Ignore,
+    coalescer: &'a mut Coalescer,
+    /// Changes placed inside the volume (before filtering and coalescing).
+    pub(crate) events: usize,
+    /// The kernel lost events, or a read could not be understood.
+    pub(crate) overflow: bool,
+}
+
+impl Sink<'_> {
+    pub(crate) fn emit(&mut self, change: Change) {
+        self.events += 1;
+        let ignored = |p: &Path| self.ignore.path(p);
+        let change = match change {
+            Change::Created { path, .. } | Change::Removed { path, .. } if ignored(&path) => return,
+            Change::Moved { from, to, dir } => match (ignored(&from), ignored(&to)) {
+                (true, true) => return,
+                (true, false) => Change::Created { path: to, dir },
+                (false, true) => Change::Removed { path: from, dir },
+                (false, false) => Change::Moved { from, to, dir },
+            },
+            Change::Rescan { path } => Change::Rescan {
+                path: self.unignored_ancestor(path),
+            },
+            other => other,
+        };
+        self.coalescer.push(change);
+    }
+
+    /// The nearest directory at or above `path` that is not ignored ("." at worst).
+    fn unignored_ancestor(&self, path: PathBuf) -> PathBuf {
+        let mut kept = PathBuf::new();
+        for c in path.iter() {
+            if self.ignore.name(c) {
+                break;
+            }
+            kept.push(c);
+        }
+        if kept.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            kept
+        }
+    }
+}
+
+/// A volume's watcher: reads the kernel's events for one root and gives them as [`Batch`]es.
+pub struct Watcher {
+    root: PathBuf,
+    source: Source,
+    stopper: Stopper,
+    ignore: Ignore,
+    queue_limit: Option<usize>,
+    coalescer: Coalescer,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher")
+            .field("root", &self.root)
+            .field("kind", &self.kind())
+            .finish()
+    }
+}
+
+impl Watcher {
+    /// Starts watching `root` (a directory; made canonical here) as `mode` says.
+    pub fn start(
+        root: &Path,
+        mode: WatchMode,
+        options: WatchOptions,
+    ) -> Result<Started, WatchError> {
+        if mode == WatchMode::Off {
+            return Ok(Started::Off("watch = off".into()));
+        }
+        let root = std::fs::canonicalize(root).map_err(|source| WatchError::Root {
+            root: root.to_path_buf(),
+            source,
+        })?;
+        if !root.is_dir() {
+            return Err(WatchError::NotADirectory { root });
+        }
+        let ignore = Ignore::new(&options.ignore);
+        let fanotify =
+            || FanotifySource::open(&root, &ignore).map(|s| Source::Fanotify(Box::new(s)));
+        let inotify = || InotifySource::open(&root, &ignore).map(|s| Source::Inotify(Box::new(s)));
+        let (source, note) = match mode {
+            WatchMode::Off => unreachable!("handled above"),
+            WatchMode::Fanotify => (fanotify()?, None),
+            WatchMode::Inotify => (inotify()?, None),
+            WatchMode::Auto => match fanotify() {
+                Ok(source) => (source, None),
+                Err(why_not) => match inotify() {
+                    Ok(source) => (source, Some(why_not.to_string())),
+                    Err(e) => {
+                        return Ok(Started::Off(format!("{why_not}; and {e}")));
+                    }
+                },
+            },
+        };
+        let watcher = Watcher {
+            root,
+            source,
+            stopper: Stopper::new().map_err(WatchError::Stopper)?,
+            ignore,
+            queue_limit: options.queue_limit,
+            coalescer: Coalescer::default(),
+        };
+        Ok(Started::Watching(watcher, note))
+    }
+
+    /// Which kernel interface this watcher uses.
+    pub fn kind(&self) -> WatchKind {
+        match self.source {
+            Source::Fanotify(_) => WatchKind::Fanotify,
+            Source::Inotify(_) => WatchKind::Inotify,
+        }
+    }
+
+    /// The canonical root this watcher reports paths relative to.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Up to `wait` for the first event, then everything already queued (non-blocking), coalesced.
+    /// Returns an empty batch after `wait` with nothing, or at once after `stopper().stop()`.
+    pub fn next_batch(&mut self, wait: Duration) -> Result<Batch, WatchError> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        if self.stopper.is_stopped() {
+            return Ok(Batch::default());
+        }
+        let ready = {
+            let source_fd = match &self.source {
+                Source::Fanotify(s) => s.fd(),
+                Source::Inotify(s) => s.fd(),
+            };
+            let stop_fd = self.stopper.fd();
+            let mut fds = [
+                PollFd::new(&source_fd, PollFlags::IN),
+                PollFd::new(&stop_fd, PollFlags::IN),
+            ];
+            let timeout = Timespec::try_from(wait).unwrap_or(Timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 0,
+            });
+            match poll(&mut fds, Some(&timeout)) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => return Ok(Batch::default()),
+                Err(e) => return Err(WatchError::Read(e.into())),
+            }
+            if !fds[1].revents().is_empty() || self.stopper.is_stopped() {
+                return Ok(Batch::default());
+            }
+            !fds[0].revents().is_empty()
+        };
+        if !ready {
+            return Ok(Batch::default());
+        }
+        self.collect()
+    }
+
+    /// Everything the kernel has queued by now, without waiting (the barrier of `deskd flush`).
+    pub fn drain_now(&mut self) -> Result<Batch, WatchError> {
+        self.collect()
+    }
+
+    /// A handle another thread uses to end a blocking `next_batch` (shutdown).
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    fn collect(&mut self) -> Result<Batch, WatchError> {
+        let started = Instant::now();
+        let mut sink = Sink {
+            ignore: &self.ignore,
+            coalescer: &mut self.coalescer,
+            events: 0,
+            overflow: false,
+        };
+        let mut read_any = false;
+        loop {
+            let more = match &mut self.source {
+                Source::Fanotify(s) => s.read_once(&mut sink)?,
+                Source::Inotify(s) => s.read_once(&self.ignore, &mut sink)?,
+            };
+            read_any |= more;
+            if !more || sink.events >= MAX_BATCH {
+                break;
+            }
+        }
+        match &mut self.source {
+            Source::Fanotify(s) => s.finish(&mut sink)?,
+            Source::Inotify(s) => s.finish(&self.ignore, &mut sink)?,
+        }
+        let over_limit = self.queue_limit.is_some_and(|limit| sink.events > limit);
+        let overflow = sink.overflow || over_limit;
+        let events = sink.events;
+        if overflow {
+            tracing::debug!(
+                "watch: overflow on {} ({} events in one read{})",
+                self.root.display(),
+                events,
+                if over_limit { ", over watch_queue" } else { "" }
+            );
+            self.coalescer.clear();
+            match &mut self.source {
+                Source::Fanotify(s) => s.after_overflow(&self.ignore),
+                Source::Inotify(s) => s.after_overflow(&self.ignore),
+            }
+        }
+        Ok(Batch {
+            changes: self.coalescer.finish(),
+            overflow,
+            oldest: (read_any && (events > 0 || overflow)).then_some(started),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,151 @@
+//! What the disk needs after a watched change is committed ([`DiskWork`]): the resource file
+//! (`DIR/.rsrc/NAME`) and `user.deskd.id` mirror of a new object, a resource file carried along
+//! with a move, the resource file of a removed object taken away — what `dt` leaves, so that
+//! `deskd rebuild -s` finds nothing to say afterwards.
+//!
+//! The server runs as root and the events come from every user, so every path is opened below
+//! the volume root without following a link on the way ([`deskd_volume::pin`]), the last name
+//! with `O_NOFOLLOW` (resource files) or never followed (the mirror is not written on a link),
+//! and an object is stamped only while it is still the inode the desktop recorded. A user who
+//! swaps a folder for a link between the event and this work gets an error in the log, and
+//! nothing is written outside the volume or through the link.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use deskd_db::Kind;
+use deskd_volume::pin::pin;
+use deskd_volume::rsrc::{self, ResourceHeader};
+use deskd_volume::{Volume, VolumeError};
+
+use crate::apply::watched::DiskWork;
+
+/// Do `work` on the volume; returns the errors (for the log), each with its path.
+pub(crate) fn apply(vol: &Volume, work: &[DiskWork]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for item in work {
+        if let Err(e) = one(vol, item) {
+            errors.push(e.to_string());
+        }
+    }
+    errors
+}
+
+fn one(vol: &Volume, item: &DiskWork) -> Result<(), VolumeError> {
+    match item {
+        DiskWork::Stamp { .. } => stamp(vol, item),
+        DiskWork::Carry { from, stamp: then } => {
+            carry(vol, from, then)?;
+            stamp(vol, then)
+        }
+        DiskWork::Unstamp { path } => unstamp(vol, path),
+    }
+}
+
+/// `DIR/.rsrc/NAME` of the object at `names` (None for the root).
+fn rsrc_of(vol: &Volume, names: &[Vec<u8>]) -> Option<std::path::PathBuf> {
+    if names.is_empty() {
+        return None;
+    }
+    rsrc::rsrc_path(&vol.path_of(names))
+}
+
+/// Whether what is at the pinned `path` is the inode `dev`/`ino` (not following a link).
+fn is_inode(path: &Path, dev: u64, ino: u64) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
+}
+
+fn stamp(vol: &Volume, item: &DiskWork) -> Result<(), VolumeError> {
+    let DiskWork::Stamp {
+        path,
+        id,
+        dev,
+        ino,
+        kind,
+        type_code,
+        creator,
+        ctime,
+    } = item
+    else {
+        return Ok(());
+    };
+    let Some(rsrc_path) = rsrc_of(vol, path) else {
+        return Ok(());
+    };
+    let root = vol.root();
+    let object = pin(root, &vol.path_of(path), 1)?;
+    if !is_inode(&object.path, *dev, *ino) {
+        return Ok(()); // replaced or gone since: its own event says what became of it
+    }
+    let pinned = pin(root, &rsrc_path, 2)?;
+    let (id, type_code, creator) = (*id, *type_code, *creator);
+    rsrc::ensure_id(&pinned.path, id, || {
+        ResourceHeader::new(id, type_code, creator, (*ctime).max(0) as u32)
+    })?;
+    if *kind != Kind::Symlink && deskd_volume::read_id_xattr(&object.path) != Some(id) {
+        // Checked again: a link swapped in for the object since is never followed.
+        if is_inode(&object.path, *dev, *ino) {
+            deskd_volume::write_id_xattr(&object.path, id)?;
+        }
+    }
+    Ok(())
+}
+
+/// Move the resource file of the object that was at `from` to where `then` stamps it, as
+/// `dt mv` does: a rename between folders held open below the root; the target's `.rsrc/`
+/// is made if needed, and a link in its place is refused.
+fn carry(vol: &Volume, from: &[Vec<u8>], then: &DiskWork) -> Result<(), VolumeError> {
+    let DiskWork::Stamp { path: to, .. } = then else {
+        return Ok(());
+    };
+    let (Some(from_rsrc), Some(to_rsrc)) = (rsrc_of(vol, from), rsrc_of(vol, to)) else {
+        return Ok(());
+    };
+    let root = vol.root();
+    let source = match pin(root, &from_rsrc, 1) {
+        Ok(p) => p,
+        Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    // Only a real resource file moves (a link planted there is left where it is).
+    if !std::fs::symlink_metadata(&source.path).is_ok_and(|m| m.is_file()) {
+        return Ok(());
+    }
+    let target_dir = pin(root, &to_rsrc, 2)?;
+    rsrc::make_rsrc_dir(&target_dir.path)?;
+    let target = pin(root, &to_rsrc, 1)?;
+    std::fs::rename(&source.path, &target.path).map_err(|e| VolumeError::io(&from_rsrc, e))
+}
+
+/// Remove the resource file of an object gone from `names`, unless the name holds an object
+/// again (its registration rewrites the file).
+fn unstamp(vol: &Volume, names: &[Vec<u8>]) -> Result<(), VolumeError> {
+    let Some(rsrc_path) = rsrc_of(vol, names) else {
+        return Ok(());
+    };
+    let root = vol.root();
+    let object = match pin(root, &vol.path_of(names), 1) {
+        Ok(p) => p,
+        // The folder itself is gone (rm -r): its .rsrc went with it.
+        Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    if std::fs::symlink_metadata(&object.path).is_ok() {
+        return Ok(());
+    }
+    let pinned = match pin(root, &rsrc_path, 1) {
+        Ok(p) => p,
+        Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    match std::fs::remove_file(&pinned.path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(VolumeError::io(&rsrc_path, e)),
+        _ => Ok(()),
+    }
+}

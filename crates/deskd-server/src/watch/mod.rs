@@ -1,0 +1,260 @@
+//! Live tracking (issue 23): a watcher per served, writable volume, so that changes made
+//! outside deskd (Samba, NFS, a shell's `mv`, rsync, a restore) reach the desktop within
+//! milliseconds and keep their IDs.
+//!
+//! The kernel side is the crate `deskd-watch` (fanotify or inotify, coalesced batches of
+//! [`deskd_watch::Change`]); this module is the server side, one job per file: starting it for
+//! a volume and what the log says (`kernel`), the thread that has the writer apply each batch
+//! in one transaction (`thread`; the mapping itself is [`crate::apply::watched`]), what the
+//! disk needs afterwards (`disk`), the rescans by the online repair at every start and after
+//! an overflow (`rescan`), and the figures status and metrics show (`figures`).
+//!
+//! The watchers live here, beside the volumes, not in the volume handle (as the online
+//! rebuilds do): a watcher drives its handle's writer, and the handle need know nothing of it.
+
+mod disk;
+mod figures;
+mod kernel;
+mod rescan;
+mod source;
+mod thread;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use deskd_proto::VolumeWatch;
+use deskd_watch::WatchMode;
+use tracing::{info, warn};
+
+use crate::config::VolumeConfig;
+use crate::limits::RateLimited;
+use crate::rebuild;
+use crate::volume::VolumeHandle;
+use figures::WatchFigures;
+use source::ChangeSource;
+
+/// One volume's watcher, while its opening is served.
+pub(crate) struct Running {
+    /// The opening of the volume it watches ([`VolumeHandle::opening`]).
+    opening: u64,
+    /// What it was started with (a reload that changes them restarts it).
+    mode: WatchMode,
+    queue: Option<usize>,
+    /// The change stream (None: not watching), held by the thread for each read and apply,
+    /// and by a barrier.
+    source: Mutex<Option<Box<dyn ChangeSource>>>,
+    stopper: Option<Box<dyn Fn() + Send + Sync>>,
+    stopping: AtomicBool,
+    /// Barriers waiting for the source: the thread lets them have it before its next read.
+    barrier_waiting: AtomicUsize,
+    figures: Mutex<WatchFigures>,
+    rescans: Mutex<rescan::RescanState>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The watchers of the served volumes, by handle. Clones share them.
+#[derive(Default, Clone)]
+pub(crate) struct Registry(Arc<Mutex<HashMap<u32, Arc<Running>>>>);
+
+impl Registry {
+    /// The watcher of this opening of the volume.
+    fn of(&self, handle: &VolumeHandle) -> Option<Arc<Running>> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(&handle.index)
+            .filter(|r| r.opening == handle.opening)
+            .cloned()
+    }
+
+    /// What `deskd status` shows of the volume's watcher.
+    pub(crate) fn status(&self, handle: &VolumeHandle) -> VolumeWatch {
+        match self.of(handle) {
+            Some(running) => running.figures.lock().unwrap().to_wire(handle.index),
+            None => WatchFigures::new("off", Some("not watched".into())).to_wire(handle.index),
+        }
+    }
+
+    /// Every watcher's figures, for `/metrics`: (volume handle, events, applied, overflows,
+    /// lag sum in seconds, batches).
+    pub(crate) fn figures(&self) -> Vec<(u32, VolumeWatch, f64, u64)> {
+        let all: Vec<(u32, Arc<Running>)> =
+            self.0.lock().unwrap().iter().map(|(i, r)| (*i, r.clone())).collect();
+        all.into_iter()
+            .map(|(index, r)| {
+                let f = r.figures.lock().unwrap();
+                (index, f.to_wire(index), f.lag_sum, f.batches)
+            })
+            .collect()
+    }
+}
+
+/// Start watching the volume as its configuration says, with a start-up rescan in the
+/// background. A read-only volume is not watched (nothing may change its desktop).
+pub(crate) fn start(registry: &Registry, rebuilds: &rebuild::Registry, handle: &Arc<VolumeHandle>) {
+    start_with(registry, rebuilds, handle, handle.config.watch, handle.config.watch_queue);
+}
+
+fn start_with(
+    registry: &Registry,
+    rebuilds: &rebuild::Registry,
+    handle: &Arc<VolumeHandle>,
+    mode: WatchMode,
+    queue: Option<usize>,
+) {
+    let root = handle.volume.root().display().to_string();
+    let opened = if handle.read_only() {
+        kernel::Opened {
+            source: None,
+            stopper: None,
+            kind: "off",
+            note: Some("the volume is read-only".into()),
+        }
+    } else if mode == WatchMode::Off {
+        kernel::Opened {
+            source: None,
+            stopper: None,
+            kind: "off",
+            note: Some("watch = \"off\"".into()),
+        }
+    } else {
+        kernel::open(handle.volume.root(), mode, queue)
+    };
+    match (&opened.source, &opened.note) {
+        (Some(_), None) => info!(target: "deskd", "watching {root} with {}", opened.kind),
+        (Some(_), Some(why)) => info!(target: "deskd", "watching {root} with {}: {why}", opened.kind),
+        (None, why) => {
+            let why = why.as_deref().unwrap_or("no watcher");
+            if mode == WatchMode::Fanotify {
+                warn!(target: "deskd", "not watching {root}: {why} (watch = \"fanotify\")")
+            } else {
+                info!(target: "deskd", "not watching {root}: {why}")
+            }
+        }
+    }
+    let watching = opened.source.is_some();
+    let running = Arc::new(Running {
+        opening: handle.opening,
+        mode,
+        queue,
+        source: Mutex::new(opened.source),
+        stopper: opened.stopper,
+        stopping: AtomicBool::new(false),
+        barrier_waiting: AtomicUsize::new(0),
+        figures: Mutex::new(WatchFigures::new(opened.kind, opened.note)),
+        rescans: Mutex::default(),
+        thread: Mutex::new(None),
+    });
+    if let Some(old) = registry.0.lock().unwrap().insert(handle.index, running.clone()) {
+        stop_running(&old);
+    }
+    if !watching {
+        return;
+    }
+    let (thread_running, thread_handle, thread_rebuilds) =
+        (running.clone(), handle.clone(), rebuilds.clone());
+    match std::thread::Builder::new()
+        .name(format!("watch-{}", handle.index))
+        .spawn(move || thread::run(thread_running, thread_handle, thread_rebuilds))
+    {
+        Ok(join) => *running.thread.lock().unwrap() = Some(join),
+        Err(e) => {
+            warn!(target: "deskd", "not watching {root}: cannot start its thread: {e}");
+            let mut figures = running.figures.lock().unwrap();
+            figures.kind = "off".into();
+            figures.note = Some(format!("cannot start its thread: {e}"));
+            return;
+        }
+    }
+    // Changes made while deskd was down (or before the watcher began) are found by a rescan.
+    rescan::request(rebuilds, handle, &running, "start");
+}
+
+/// A reload's new settings: restart the watcher when `watch` or `watch_queue` changed.
+pub(crate) fn retune(
+    registry: &Registry,
+    rebuilds: &rebuild::Registry,
+    handle: &Arc<VolumeHandle>,
+    new: &VolumeConfig,
+) {
+    let Some(running) = registry.of(handle) else {
+        return;
+    };
+    if running.mode == new.watch && running.queue == new.watch_queue {
+        return;
+    }
+    stop(registry, handle);
+    start_with(registry, rebuilds, handle, new.watch, new.watch_queue);
+}
+
+/// Stop the volume's watcher (before its desktop is closed) and wait for its thread.
+pub(crate) fn stop(registry: &Registry, handle: &VolumeHandle) {
+    let running = {
+        let mut all = registry.0.lock().unwrap();
+        match all.get(&handle.index) {
+            Some(r) if r.opening == handle.opening => all.remove(&handle.index),
+            _ => None,
+        }
+    };
+    if let Some(running) = running {
+        stop_running(&running);
+    }
+}
+
+/// Stop every watcher (the server's shutdown).
+pub(crate) fn stop_all(registry: &Registry) {
+    let all: Vec<Arc<Running>> = registry.0.lock().unwrap().drain().map(|(_, r)| r).collect();
+    for running in all {
+        stop_running(&running);
+    }
+}
+
+fn stop_running(running: &Running) {
+    running.stopping.store(true, Ordering::SeqCst);
+    if let Some(stop) = &running.stopper {
+        stop();
+    }
+    if let Some(join) = running.thread.lock().unwrap().take() {
+        let _ = join.join();
+    }
+}
+
+/// Wait, at most `limit`, while the server's own rescan of the volume runs (a `rebuild` asked
+/// meanwhile runs after it rather than being refused as busy).
+pub(crate) fn wait_for_rescan(registry: &Registry, handle: &VolumeHandle, limit: Duration) {
+    let Some(running) = registry.of(handle) else {
+        return;
+    };
+    let began = std::time::Instant::now();
+    while rescan::running(&running) && began.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The barrier of `deskd flush` (and freeze): apply every change the kernel has queued for
+/// the volume by now, and everything read before, on disk and in the desktop.
+pub(crate) fn barrier(registry: &Registry, rebuilds: &rebuild::Registry, handle: &Arc<VolumeHandle>) {
+    let Some(running) = registry.of(handle) else {
+        return;
+    };
+    running.barrier_waiting.fetch_add(1, Ordering::SeqCst);
+    let mut source = running.source.lock().unwrap();
+    running.barrier_waiting.fetch_sub(1, Ordering::SeqCst);
+    let Some(source) = source.as_mut() else {
+        return;
+    };
+    let quiet = RateLimited::new(Duration::from_secs(10));
+    match source.drain_now() {
+        Ok(batch) => thread::process(&running, handle, rebuilds, batch, &quiet),
+        Err(e) => warn!(
+            "watching {}: the flush barrier could not read the queue: {e}",
+            handle.volume.root().display()
+        ),
+    }
+}

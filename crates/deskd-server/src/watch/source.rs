@@ -1,0 +1,14 @@
+//! Where the watcher thread reads changes from: the kernel through [`deskd_watch::Watcher`], or,
+//! in the unit tests, a list of batches. The thread knows only this trait.
+
+use std::time::Duration;
+
+use deskd_watch::Batch;
+
+/// A stream of change batches of one volume.
+pub(crate) trait ChangeSource: Send {
+    /// Up to `wait` for the first change, then everything already queued, coalesced.
+    fn next_batch(&mut self, wait: Duration) -> Result<Batch, String>;
+    /// Everything queued by now, without waiting (the barrier of `deskd flush`).
+    fn drain_now(&mut self) -> Result<Batch, String>;
+}

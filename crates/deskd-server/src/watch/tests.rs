@@ -1,0 +1,342 @@
+//! The mapping of watched changes onto the desktop and the disk, driven through a volume's
+//! writer as the watcher thread drives it ([`thread::process`]), with [`Change`]s made by hand.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use deskd_db::Read;
+use deskd_volume::rsrc;
+use deskd_watch::{Batch, Change};
+
+use super::*;
+use crate::config::Replaced;
+use crate::test_support::config_for;
+
+/// A served volume in a temp dir, with a watcher entry fed by hand.
+struct Vol {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    handle: Arc<VolumeHandle>,
+    running: Arc<Running>,
+    rebuilds: rebuild::Registry,
+}
+
+impl Vol {
+    fn new() -> Vol {
+        Vol::with(Replaced::KeepId)
+    }
+
+    fn with(replaced: Replaced) -> Vol {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("vol");
+        fs::create_dir(&root).unwrap();
+        let root = fs::canonicalize(&root).unwrap();
+        let mut config = config_for(&root);
+        config.replaced = replaced;
+        let handle = VolumeHandle::open(0, config).unwrap();
+        let running = Arc::new(Running {
+            opening: handle.opening,
+            mode: WatchMode::Auto,
+            queue: None,
+            source: Mutex::new(None),
+            stopper: None,
+            stopping: AtomicBool::new(false),
+            barrier_waiting: AtomicUsize::new(0),
+            figures: Mutex::new(WatchFigures::new("inotify", None)),
+            rescans: Mutex::default(),
+            thread: Mutex::new(None),
+        });
+        Vol {
+            _dir: dir,
+            root,
+            handle,
+            running,
+            rebuilds: rebuild::Registry::default(),
+        }
+    }
+
+    /// Apply `changes` as one batch, as the watcher thread does.
+    fn feed(&self, changes: Vec<Change>) {
+        let batch = Batch {
+            changes,
+            overflow: false,
+            oldest: Some(std::time::Instant::now()),
+        };
+        let quiet = RateLimited::new(Duration::from_secs(10));
+        thread::process(&self.running, &self.handle, &self.rebuilds, batch, &quiet);
+    }
+
+    fn id(&self, path: &str) -> Option<u32> {
+        let r = self.handle.open_reader().unwrap();
+        let names: Vec<&[u8]> = path.split('/').map(str::as_bytes).collect();
+        r.id_of_path(&names).unwrap()
+    }
+
+    fn last_id(&self) -> u32 {
+        let r = self.handle.open_reader().unwrap();
+        r.stats().unwrap().last_id
+    }
+
+    fn rsrc_id(&self, path: &str) -> Option<u32> {
+        let p = rsrc::rsrc_path(&self.root.join(path)).unwrap();
+        rsrc::read_header(&p).unwrap().map(|h| h.id)
+    }
+
+    fn p(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+}
+
+fn created(path: &str) -> Change {
+    Change::Created {
+        path: path.into(),
+        dir: false,
+    }
+}
+
+fn moved(from: &str, to: &str) -> Change {
+    Change::Moved {
+        from: from.into(),
+        to: to.into(),
+        dir: false,
+    }
+}
+
+/// Whether this file system keeps user xattrs (the mirror is skipped where it does not).
+fn xattrs(dir: &Path) -> bool {
+    let probe = dir.join(".probe");
+    fs::write(&probe, b"").unwrap();
+    let ok = deskd_volume::write_id_xattr(&probe, 7).is_ok()
+        && deskd_volume::read_id_xattr(&probe) == Some(7);
+    fs::remove_file(&probe).unwrap();
+    ok
+}
+
+#[test]
+fn a_new_file_gets_an_id_its_resource_file_and_mirror() {
+    let v = Vol::new();
+    fs::write(v.p("a.txt"), b"x").unwrap();
+    v.feed(vec![created("a.txt")]);
+    let id = v.id("a.txt").expect("registered");
+    assert_eq!(v.rsrc_id("a.txt"), Some(id));
+    if xattrs(&v.root) {
+        assert_eq!(deskd_volume::read_id_xattr(&v.p("a.txt")), Some(id));
+    }
+    let f = v.running.figures.lock().unwrap();
+    assert_eq!((f.events, f.applied, f.batches), (1, 1, 1));
+    drop(f);
+    // Seen again (dt registered it too, or a second event): nothing changes.
+    v.feed(vec![created("a.txt")]);
+    assert_eq!(v.id("a.txt"), Some(id));
+    assert_eq!(v.running.figures.lock().unwrap().applied, 1);
+}
+
+#[test]
+fn a_file_gone_before_the_batch_is_applied_burns_no_id() {
+    let v = Vol::new();
+    let before = v.last_id();
+    v.feed(vec![created("tmp.1"), created("dir/tmp.2")]);
+    assert_eq!(v.last_id(), before);
+    assert_eq!(v.id("tmp.1"), None);
+}
+
+#[test]
+fn a_moved_file_keeps_its_id_and_its_resource_file_follows() {
+    let v = Vol::new();
+    fs::create_dir(v.p("d")).unwrap();
+    fs::write(v.p("a"), b"x").unwrap();
+    v.feed(vec![created("d"), created("a")]);
+    let id = v.id("a").unwrap();
+    fs::rename(v.p("a"), v.p("d/b")).unwrap();
+    v.feed(vec![moved("a", "d/b")]);
+    assert_eq!(v.id("d/b"), Some(id));
+    assert_eq!(v.id("a"), None);
+    assert_eq!(v.rsrc_id("d/b"), Some(id));
+    assert!(!v.p(".rsrc/a").exists(), "the resource file was carried, not copied");
+    // The same move seen again (dt mv recorded it first): a no-op.
+    v.feed(vec![moved("a", "d/b")]);
+    assert_eq!(v.id("d/b"), Some(id));
+}
+
+#[test]
+fn a_name_moved_over_keeps_its_id_under_keep_id_and_the_mover_s_under_new_id() {
+    for (replaced, keeps_target) in [(Replaced::KeepId, true), (Replaced::NewId, false)] {
+        let v = Vol::with(replaced);
+        fs::write(v.p("doc"), b"old").unwrap();
+        fs::write(v.p("doc.tmp"), b"new").unwrap();
+        v.feed(vec![created("doc"), created("doc.tmp")]);
+        let (doc, tmp) = (v.id("doc").unwrap(), v.id("doc.tmp").unwrap());
+        fs::rename(v.p("doc.tmp"), v.p("doc")).unwrap();
+        v.feed(vec![moved("doc.tmp", "doc")]);
+        let expected = if keeps_target { doc } else { tmp };
+        assert_eq!(v.id("doc"), Some(expected), "{replaced:?}");
+        assert_eq!(v.id("doc.tmp"), None);
+        assert_eq!(v.rsrc_id("doc"), Some(expected), "{replaced:?}");
+        assert!(!v.p(".rsrc/doc.tmp").exists(), "{replaced:?}");
+        // The record describes the inode now at the name.
+        let r = v.handle.open_reader().unwrap();
+        let o = r.get(expected).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(o.ino, fs::metadata(v.p("doc")).unwrap().ino());
+    }
+}
+
+#[test]
+fn a_removal_drops_the_record_and_resource_file_only_once_the_disk_shows_it() {
+    let v = Vol::new();
+    fs::create_dir_all(v.p("d/e")).unwrap();
+    fs::write(v.p("d/e/f"), b"x").unwrap();
+    v.feed(vec![Change::Created {
+        path: "d".into(),
+        dir: true,
+    }]);
+    let f = v.id("d/e/f").expect("the subtree is registered");
+    assert_eq!(v.rsrc_id("d/e/f"), Some(f));
+    // Still on disk: an event that says otherwise changes nothing.
+    v.feed(vec![Change::Removed {
+        path: "d/e/f".into(),
+        dir: false,
+    }]);
+    assert_eq!(v.id("d/e/f"), Some(f));
+    fs::remove_dir_all(v.p("d")).unwrap();
+    v.feed(vec![Change::Removed {
+        path: "d".into(),
+        dir: true,
+    }]);
+    assert_eq!(v.id("d"), None);
+    assert_eq!(v.id("d/e/f"), None);
+    assert!(!v.p(".rsrc/d").exists());
+}
+
+#[test]
+fn a_copy_with_its_original_s_claim_gets_a_new_id_and_its_claim_rewritten() {
+    let v = Vol::new();
+    fs::write(v.p("a"), b"x").unwrap();
+    v.feed(vec![created("a")]);
+    let a = v.id("a").unwrap();
+    // cp -a: the copy carries the original's mirror (and here its resource file too).
+    fs::write(v.p("b"), b"x").unwrap();
+    let has_xattrs = xattrs(&v.root);
+    if has_xattrs {
+        deskd_volume::write_id_xattr(&v.p("b"), a).unwrap();
+    }
+    fs::copy(v.p(".rsrc/a"), v.p(".rsrc/b")).unwrap();
+    v.feed(vec![created("b")]);
+    let b = v.id("b").unwrap();
+    assert_ne!(a, b);
+    assert_eq!(v.id("a"), Some(a));
+    assert_eq!(v.rsrc_id("b"), Some(b));
+    if has_xattrs {
+        assert_eq!(deskd_volume::read_id_xattr(&v.p("b")), Some(b));
+    }
+}
+
+#[test]
+fn a_claim_above_the_counter_is_never_taken() {
+    let v = Vol::new();
+    if !xattrs(&v.root) {
+        return;
+    }
+    fs::write(v.p("greedy"), b"x").unwrap();
+    deskd_volume::write_id_xattr(&v.p("greedy"), 0xFFFF_0000).unwrap();
+    v.feed(vec![created("greedy")]);
+    let id = v.id("greedy").unwrap();
+    assert!(id < 1000, "{id}");
+    assert!(v.last_id() < 1000);
+}
+
+#[test]
+fn a_rescan_registers_what_is_there_and_drops_what_is_gone() {
+    let v = Vol::new();
+    fs::create_dir(v.p("d")).unwrap();
+    fs::write(v.p("d/old"), b"x").unwrap();
+    v.feed(vec![Change::Created {
+        path: "d".into(),
+        dir: true,
+    }]);
+    let old = v.id("d/old").unwrap();
+    // Events lost: old moved to new, another file came.
+    fs::rename(v.p("d/old"), v.p("d/new")).unwrap();
+    fs::rename(v.p("d/.rsrc/old"), v.p("d/.rsrc/new")).unwrap();
+    fs::write(v.p("d/more"), b"y").unwrap();
+    v.feed(vec![Change::Rescan { path: "d".into() }]);
+    assert_eq!(v.id("d/old"), None);
+    assert!(v.id("d/more").is_some());
+    if xattrs(&v.root) {
+        // The mirror carried the ID: the move is followed.
+        assert_eq!(v.id("d/new"), Some(old));
+    } else {
+        assert!(v.id("d/new").is_some());
+    }
+}
+
+#[test]
+fn names_that_are_not_utf8_or_long_are_tracked() {
+    use std::os::unix::ffi::OsStrExt;
+    let v = Vol::new();
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9 \xff");
+    let long = "n".repeat(255);
+    fs::write(v.root.join(odd), b"x").unwrap();
+    fs::write(v.p(&long), b"x").unwrap();
+    v.feed(vec![
+        Change::Created {
+            path: PathBuf::from(odd),
+            dir: false,
+        },
+        created(&long),
+    ]);
+    let r = v.handle.open_reader().unwrap();
+    let id = r.id_of_path(&[b"caf\xe9 \xff".as_slice()]).unwrap().unwrap();
+    assert_eq!(v.rsrc_id(&long), v.id(&long));
+    let p = rsrc::rsrc_path(&v.root.join(odd)).unwrap();
+    assert_eq!(rsrc::read_header(&p).unwrap().unwrap().id, id);
+}
+
+#[test]
+fn a_folder_swapped_for_a_link_leads_no_write_outside_the_volume() {
+    let v = Vol::new();
+    let outside = v._dir.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::create_dir(v.p("d")).unwrap();
+    fs::write(v.p("d/f"), b"x").unwrap();
+    // Registered in the desktop, then the folder is swapped for a link before the disk work.
+    let batch = vec![created("d"), created("d/f")];
+    let outcome = v
+        .handle
+        .ask(|tx| crate::writer::Job::Watch(batch, tx))
+        .unwrap();
+    assert_eq!(outcome.disk.len(), 2, "{:?}", outcome.disk);
+    fs::rename(v.p("d"), v.p("d.real")).unwrap();
+    fs::write(outside.join("f"), b"victim").unwrap();
+    std::os::unix::fs::symlink(&outside, v.p("d")).unwrap();
+    let errors = disk::apply(&v.handle.volume, &outcome.disk);
+    assert!(!outside.join(".rsrc").exists(), "wrote through the link");
+    assert!(
+        errors.iter().any(|e| e.contains("symbolic link")),
+        "{errors:?}"
+    );
+    // And a change naming a path through the link registers nothing there.
+    v.feed(vec![created("d/f")]);
+    let r = v.handle.open_reader().unwrap();
+    let d = v.id("d").unwrap();
+    assert_eq!(r.get(d).unwrap().kind, deskd_db::Kind::Dir, "the record is not made a link");
+    assert!(!outside.join(".rsrc").exists());
+}
+
+#[test]
+fn an_overflow_is_counted() {
+    let v = Vol::new();
+    // Read-only rebuild registry: the rescan thread starts the repair; the count is at once.
+    let batch = Batch {
+        changes: Vec::new(),
+        overflow: true,
+        oldest: None,
+    };
+    let quiet = RateLimited::new(Duration::from_secs(10));
+    thread::process(&v.running, &v.handle, &v.rebuilds, batch, &quiet);
+    let f = v.running.figures.lock().unwrap();
+    assert_eq!(f.overflows, 1);
+    assert!(f.last_overflow.is_some());
+    assert_eq!(f.rescan.as_ref().map(|r| r.reason.as_str()), Some("overflow"));
+}

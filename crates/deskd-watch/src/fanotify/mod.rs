@@ -1,0 +1,426 @@
+//! The fanotify source: one group in FID mode (`FAN_REPORT_DFID_NAME | FAN_REPORT_FID |
+//! FAN_REPORT_TARGET_FID`), one `FAN_MARK_FILESYSTEM` mark on the volume root's file system
+//! for create, delete and rename (`FAN_RENAME` gives both ends of a move in one event).
+//!
+//! Every event names a directory by its file handle; [`handles::HandleCache`] says where that
+//! directory is. Events are placed in the order they happened and the cache follows the
+//! directory events as they are placed, so a path is the one the object had at that moment.
+//! An event whose directory cannot be opened any more (it was deleted before the event was
+//! read) waits until the end of the batch for that directory's own delete or rename event,
+//! which tells where it was; if none comes, the batch asks for a rescan of the volume.
+
+pub(crate) mod handles;
+pub(crate) mod records;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
+use rustix::io::Errno;
+
+use crate::names::Ignore;
+use crate::{Change, Sink, WatchError};
+use handles::{relative_to, HandleCache};
+use records::{is_plain_name, DirName, Handle, Malformed, RawEvent};
+
+/// Bytes per read(2): about 500 events with names.
+const READ_BUFFER: usize = 64 * 1024;
+
+const INIT_FLAGS: u32 = libc::FAN_CLASS_NOTIF
+    | libc::FAN_CLOEXEC
+    | libc::FAN_NONBLOCK
+    | libc::FAN_REPORT_DFID_NAME
+    | libc::FAN_REPORT_FID
+    | libc::FAN_REPORT_TARGET_FID;
+
+const EVENTS: u64 = libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_RENAME | libc::FAN_ONDIR;
+
+/// One end of an event (a directory handle and a name), owned: for events that must wait.
+struct OwnedEnd {
+    dir: Box<[u8]>,
+    name: OsString,
+}
+
+/// An event whose directory could not be placed yet.
+struct Waiting {
+    is_dir: bool,
+    old: Option<OwnedEnd>,
+    new: Option<OwnedEnd>,
+    fid: Option<Box<[u8]>>,
+}
+
+pub(crate) struct FanotifySource {
+    group: Fanotify,
+    root: PathBuf,
+    /// The root, opened O_PATH: the mount fd of `open_by_handle_at`.
+    root_fd: OwnedFd,
+    cache: HandleCache,
+    buf: Vec<u8>,
+    /// Events waiting for a directory (by its handle) that could not be placed.
+    waiting: HashMap<Box<[u8]>, Vec<Waiting>>,
+    /// Directories deleted in this batch → where they were (for the waiting events).
+    deleted: HashMap<Box<[u8]>, PathBuf>,
+    /// Handles the kernel could not open in this batch: not asked again.
+    dead: std::collections::HashSet<Box<[u8]>>,
+}
+
+impl FanotifySource {
+    /// `root` must be absolute and canonical.
+    pub(crate) fn open(root: &Path, ignore: &Ignore) -> Result<Self, WatchError> {
+        Self::open_with_capacity(root, ignore, handles::DEFAULT_CAPACITY)
+    }
+
+    pub(crate) fn open_with_capacity(
+        root: &Path,
+        ignore: &Ignore,
+        capacity: usize,
+    ) -> Result<Self, WatchError> {
+        let group = Fanotify::init(
+            InitFlags::from_bits_retain(INIT_FLAGS),
+            EventFFlags::from_bits_retain((libc::O_RDONLY | libc::O_CLOEXEC) as u32),
+        )
+        .map_err(|e| WatchError::FanotifyInit {
+            reason: init_reason(e),
+        })?;
+        let root_fd = open_path(root).map_err(|e| WatchError::Root {
+            root: root.to_path_buf(),
+            source: e,
+        })?;
+        group
+            .mark(
+                MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
+                MaskFlags::from_bits_retain(EVENTS),
+                root_fd.as_fd(),
+                Some(root),
+            )
+            .map_err(|e| WatchError::FanotifyMark {
+                root: root.to_path_buf(),
+                reason: mark_reason(e),
+            })?;
+        let mut source = FanotifySource {
+            group,
+            root: root.to_path_buf(),
+            root_fd,
+            cache: HandleCache::new(capacity),
+            buf: vec![0; READ_BUFFER],
+            waiting: HashMap::new(),
+            deleted: HashMap::new(),
+            dead: Default::default(),
+        };
+        // After the mark, so a directory made while we walk is seen by one or the other.
+        source.prewarm(ignore);
+        Ok(source)
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.group.as_fd()
+    }
+
+    /// How many handles the kernel had to place (the rest came from the cache).
+    #[cfg(test)]
+    pub(crate) fn kernel_lookups(&self) -> u64 {
+        self.cache.kernel_lookups
+    }
+
+    /// Cache the volume's directories (up to half the cache), so events inside the volume are
+    /// placed from the cache, in event order, and never by a lookup of where a directory is
+    /// *now* (which may already be after a later rename in the same batch).
+    fn prewarm(&mut self, ignore: &Ignore) {
+        use std::os::unix::fs::MetadataExt;
+        let limit = self.cache.capacity_half();
+        let Ok(root_meta) = std::fs::metadata(&self.root) else {
+            return;
+        };
+        let mut stack = vec![PathBuf::from(".")];
+        while let Some(rel) = stack.pop() {
+            if self.cache.len() >= limit {
+                tracing::info!(
+                    "watch: {} has more than {limit} directories; the rest are placed on demand",
+                    self.root.display()
+                );
+                break;
+            }
+            let Some(key) = handles::handle_of(self.root_fd.as_fd(), &rel) else {
+                continue;
+            };
+            let abs = if rel == Path::new(".") {
+                self.root.clone()
+            } else {
+                self.root.join(&rel)
+            };
+            let Ok(entries) = std::fs::read_dir(&abs) else {
+                continue;
+            };
+            self.cache.insert(&key, abs);
+            for entry in entries.flatten() {
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                if !is_dir || ignore.name(&entry.file_name()) {
+                    continue;
+                }
+                let same_fs = entry
+                    .metadata()
+                    .map(|m| m.dev() == root_meta.dev())
+                    .unwrap_or(false);
+                if same_fs {
+                    stack.push(handles::join_rel(&rel, &entry.file_name()));
+                }
+            }
+        }
+    }
+
+    /// One read(2). `Ok(false)`: nothing was queued.
+    pub(crate) fn read_once(&mut self, sink: &mut Sink<'_>) -> Result<bool, WatchError> {
+        let n = match rustix::io::read(&self.group, &mut self.buf[..]) {
+            Ok(0) | Err(Errno::AGAIN) => return Ok(false),
+            Err(Errno::INTR) => return Ok(true),
+            Ok(n) => n,
+            Err(e) => return Err(WatchError::Read(e.into())),
+        };
+        let buf = std::mem::take(&mut self.buf);
+        for event in records::events(&buf[..n]) {
+            match event {
+                Ok(event) => self.event(event, sink),
+                Err(Malformed(why)) => {
+                    tracing::warn!("watch: unreadable fanotify event ({why}); re-scanning");
+                    sink.overflow = true;
+                }
+            }
+        }
+        self.buf = buf;
+        Ok(true)
+    }
+
+    fn event(&mut self, event: RawEvent<'_>, sink: &mut Sink<'_>) {
+        if event.fd >= 0 {
+            // Not in FID mode; closed so it cannot leak.
+            // SAFETY: the kernel gave us this fd with the event and nothing else owns it.
+            drop(unsafe { OwnedFd::from_raw_fd(event.fd) });
+        }
+        if event.mask & libc::FAN_Q_OVERFLOW != 0 {
+            sink.overflow = true;
+            return;
+        }
+        let records = match records::records(event.info) {
+            Ok(r) => r,
+            Err(Malformed(why)) => {
+                tracing::warn!("watch: unreadable fanotify record ({why}); re-scanning");
+                sink.overflow = true;
+                return;
+            }
+        };
+        let is_dir = event.mask & libc::FAN_ONDIR != 0;
+        let (old, new) = if event.mask & libc::FAN_RENAME != 0 {
+            (records.old, records.new)
+        } else if event.mask & libc::FAN_CREATE != 0 {
+            (None, records.dfid_name)
+        } else if event.mask & libc::FAN_DELETE != 0 {
+            (records.dfid_name, None)
+        } else {
+            return;
+        };
+        if old.is_none() && new.is_none() {
+            return;
+        }
+        let fid = records.fid.map(|h| h.0);
+        if let Err(unknown) = self.apply(is_dir, old.map(end_ref), new.map(end_ref), fid, sink) {
+            let waiting = Waiting {
+                is_dir,
+                old: old.map(owned_end),
+                new: new.map(owned_end),
+                fid: fid.map(Into::into),
+            };
+            self.waiting.entry(unknown).or_default().push(waiting);
+        }
+    }
+
+    /// Places both ends and reports the change. `Err(handle)`: that directory cannot be
+    /// placed yet.
+    fn apply(
+        &mut self,
+        is_dir: bool,
+        old: Option<(&[u8], &std::ffi::OsStr)>,
+        new: Option<(&[u8], &std::ffi::OsStr)>,
+        fid: Option<&[u8]>,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), Box<[u8]>> {
+        let mut place =
+            |end: Option<(&[u8], &std::ffi::OsStr)>| -> Result<Option<PathBuf>, Box<[u8]>> {
+                let Some((dir, name)) = end else {
+                    return Ok(None);
+                };
+                if !is_plain_name(name) {
+                    // Never from the kernel for these events; refuse rather than guess.
+                    return Ok(None);
+                }
+                let dir_abs = if let Some(abs) = self.deleted.get(dir) {
+                    abs.clone()
+                } else if self.dead.contains(dir) {
+                    return Err(dir.into());
+                } else {
+                    match self.cache.place(self.root_fd.as_fd(), Handle(dir)) {
+                        Some(abs) => abs,
+                        None => {
+                            self.dead.insert(dir.into());
+                            return Err(dir.into());
+                        }
+                    }
+                };
+                Ok(Some(dir_abs.join(name)))
+            };
+        let from = place(old)?;
+        let to = place(new)?;
+        if is_dir {
+            // Events that waited for this directory can be placed now, where it was before
+            // this delete or move, and go first: they happened before it.
+            if let (Some(fid), Some(from)) = (fid, from.as_deref()) {
+                if let Some(waiting) = self.waiting.remove(fid) {
+                    self.dead.remove(fid);
+                    self.deleted.insert(fid.into(), from.to_path_buf());
+                    self.retry(waiting, sink);
+                    if to.is_some() {
+                        self.deleted.remove(fid);
+                    }
+                }
+            }
+            self.follow_directory(from.as_deref(), to.as_deref(), fid);
+        }
+        let from_rel = from.as_deref().and_then(|a| relative_to(&self.root, a));
+        let to_rel = to.as_deref().and_then(|a| relative_to(&self.root, a));
+        match (from_rel, to_rel) {
+            (Some(from), Some(to)) => sink.emit(Change::Moved {
+                from,
+                to,
+                dir: is_dir,
+            }),
+            (Some(path), None) => sink.emit(Change::Removed { path, dir: is_dir }),
+            (None, Some(path)) => sink.emit(Change::Created { path, dir: is_dir }),
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    fn retry(&mut self, waiting: Vec<Waiting>, sink: &mut Sink<'_>) {
+        for w in waiting {
+            let old = w.old.as_ref().map(|e| (&*e.dir, e.name.as_os_str()));
+            let new = w.new.as_ref().map(|e| (&*e.dir, e.name.as_os_str()));
+            if let Err(unknown) = self.apply(w.is_dir, old, new, w.fid.as_deref(), sink) {
+                self.waiting.entry(unknown).or_default().push(w);
+            }
+        }
+    }
+
+    /// Keeps the cache right after a directory event.
+    fn follow_directory(&mut self, from: Option<&Path>, to: Option<&Path>, fid: Option<&[u8]>) {
+        if let Some(from) = from {
+            if self.root.starts_with(from) {
+                tracing::warn!(
+                    "watch: the volume root {} (or a directory above it) was moved or deleted",
+                    self.root.display()
+                );
+            }
+        }
+        match (from, to) {
+            (Some(from), Some(to)) => {
+                self.cache.rename_prefix(from, to);
+                if let Some(fid) = fid {
+                    self.cache.insert(fid, to.to_path_buf());
+                }
+            }
+            (Some(from), None) => {
+                self.cache.remove_under(from);
+                if let Some(fid) = fid {
+                    self.cache.remove(fid);
+                    self.deleted.insert(fid.into(), from.to_path_buf());
+                }
+            }
+            (None, Some(to)) => {
+                if let Some(fid) = fid {
+                    self.cache.insert(fid, to.to_path_buf());
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// End of a batch: place the waiting events now that their directories' own events may
+    /// have been read; what still cannot be placed asks for a rescan of the volume.
+    pub(crate) fn finish(&mut self, sink: &mut Sink<'_>) -> Result<(), WatchError> {
+        if !self.waiting.is_empty() {
+            // The delete event of a directory that is gone is queued by now: read it.
+            while self.read_once(sink)? {}
+        }
+        if !self.waiting.is_empty() {
+            tracing::debug!(
+                "watch: events in {} directories that cannot be placed; re-scanning {}",
+                self.waiting.len(),
+                self.root.display()
+            );
+            self.waiting.clear();
+            sink.emit(Change::Rescan {
+                path: PathBuf::from("."),
+            });
+        }
+        self.deleted.clear();
+        self.dead.clear();
+        Ok(())
+    }
+
+    /// Events were lost: the cache may be stale. Start again from the disk.
+    pub(crate) fn after_overflow(&mut self, ignore: &Ignore) {
+        self.cache.clear();
+        self.waiting.clear();
+        self.deleted.clear();
+        self.dead.clear();
+        self.prewarm(ignore);
+    }
+}
+
+fn end_ref<'a>(end: DirName<'a>) -> (&'a [u8], &'a std::ffi::OsStr) {
+    (end.dir.0, end.name)
+}
+
+fn owned_end(end: DirName<'_>) -> OwnedEnd {
+    OwnedEnd {
+        dir: end.dir.0.into(),
+        name: end.name.to_os_string(),
+    }
+}
+
+fn open_path(root: &Path) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{open, Mode, OFlags};
+    Ok(open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+fn init_reason(e: nix::errno::Errno) -> String {
+    match e {
+        nix::errno::Errno::EPERM => {
+            "fanotify_init: not permitted (needs CAP_SYS_ADMIN: run deskd serve as root)".into()
+        }
+        nix::errno::Errno::EINVAL => {
+            "fanotify_init: this kernel lacks file-handle events (FAN_REPORT_TARGET_FID and \
+             FAN_RENAME need Linux 5.17)"
+                .into()
+        }
+        nix::errno::Errno::ENOSYS => "fanotify_init: the kernel has no fanotify".into(),
+        other => format!("fanotify_init: {}", other.desc()),
+    }
+}
+
+fn mark_reason(e: nix::errno::Errno) -> String {
+    match e {
+        nix::errno::Errno::ENODEV | nix::errno::Errno::EOPNOTSUPP => {
+            "the file system does not report file handles".into()
+        }
+        nix::errno::Errno::EXDEV => {
+            "the file system reports no unique file system id (a subvolume or overlay?)".into()
+        }
+        nix::errno::Errno::EPERM => "fanotify_mark: not permitted (needs CAP_SYS_ADMIN)".into(),
+        other => format!("fanotify_mark: {}", other.desc()),
+    }
+}
