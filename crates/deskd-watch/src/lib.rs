@@ -225,7 +225,7 @@ impl Watcher {
         }
         let ignore = Ignore::new(&options.ignore);
         let fanotify =
-            || FanotifySource::open(&root, &ignore).map(|s| Source::Fanotify(Box::new(s)));
+            || FanotifySource::open(&root, ignore.clone()).map(|s| Source::Fanotify(Box::new(s)));
         let inotify = || InotifySource::open(&root, &ignore).map(|s| Source::Inotify(Box::new(s)));
         let (source, note) = match mode {
             WatchMode::Off => unreachable!("handled above"),
@@ -347,7 +347,7 @@ impl Watcher {
             );
             self.coalescer.clear();
             match &mut self.source {
-                Source::Fanotify(s) => s.after_overflow(&self.ignore),
+                Source::Fanotify(s) => s.after_overflow(),
                 Source::Inotify(s) => s.after_overflow(&self.ignore),
             }
         }

@@ -117,3 +117,257 @@ fn create_delete_and_rename_in_place() {
         assert_eq!(drain(&mut w), vec![], "{mode:?}");
     }
 }
+
+#[test]
+fn move_across_directories_and_over_an_existing_name() {
+    for mode in MODES {
+        let s = Scene::new();
+        fs::create_dir_all(s.p("a/x")).unwrap();
+        fs::create_dir(s.p("b")).unwrap();
+        fs::write(s.p("a/f"), b"1").unwrap();
+        fs::write(s.p("b/g"), b"2").unwrap();
+        let mut w = s.watch(mode, Default::default());
+        fs::rename(s.p("a/f"), s.p("b/f")).unwrap();
+        fs::rename(s.p("a/x"), s.p("b/x")).unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![moved("a/f", "b/f", false), moved("a/x", "b/x", true)],
+            "{mode:?}"
+        );
+        // Over an existing name: one move, the server applies `replaced`.
+        fs::rename(s.p("b/f"), s.p("b/g")).unwrap();
+        assert_eq!(drain(&mut w), vec![moved("b/f", "b/g", false)], "{mode:?}");
+    }
+}
+
+#[test]
+fn directories_moved_in_from_outside_and_out_again() {
+    for mode in MODES {
+        let s = Scene::new();
+        fs::create_dir_all(s.outside.join("tree/sub")).unwrap();
+        fs::write(s.outside.join("tree/sub/f"), b"1").unwrap();
+        let mut w = s.watch(mode, Default::default());
+        fs::rename(s.outside.join("tree"), s.p("tree")).unwrap();
+        assert_eq!(drain(&mut w), vec![created("tree", true)], "{mode:?}");
+        // Now inside: events under it are placed.
+        fs::write(s.p("tree/sub/g"), b"2").unwrap();
+        assert_eq!(drain(&mut w), vec![created("tree/sub/g", false)], "{mode:?}");
+        fs::rename(s.p("tree"), s.outside.join("back")).unwrap();
+        assert_eq!(drain(&mut w), vec![removed("tree", true)], "{mode:?}");
+        // Out again: nothing under it is reported any more.
+        fs::write(s.outside.join("back/sub/h"), b"3").unwrap();
+        fs::remove_file(s.outside.join("back/sub/f")).unwrap();
+        assert_eq!(drain(&mut w), vec![], "{mode:?}");
+    }
+}
+
+#[test]
+fn a_renamed_directory_places_the_events_inside_it_at_its_new_name() {
+    for mode in MODES {
+        let s = Scene::new();
+        fs::create_dir_all(s.p("old/deep")).unwrap();
+        let mut w = s.watch(mode, Default::default());
+        // Events inside before the rename warm the cache with the old name.
+        fs::write(s.p("old/deep/a"), b"1").unwrap();
+        assert_eq!(drain(&mut w), vec![created("old/deep/a", false)], "{mode:?}");
+        fs::rename(s.p("old"), s.p("new")).unwrap();
+        fs::write(s.p("new/deep/b"), b"2").unwrap();
+        fs::rename(s.p("new/deep/a"), s.p("new/deep/c")).unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![
+                moved("old", "new", true),
+                created("new/deep/b", false),
+                moved("new/deep/a", "new/deep/c", false)
+            ],
+            "{mode:?}"
+        );
+        fs::rename(s.p("new"), s.p("newer")).unwrap();
+        fs::remove_file(s.p("newer/deep/b")).unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![moved("new", "newer", true), removed("newer/deep/b", false)],
+            "{mode:?}"
+        );
+    }
+}
+
+#[test]
+fn temporaries_coalesce_within_a_batch() {
+    for mode in MODES {
+        let s = Scene::new();
+        fs::write(s.p("doc"), b"old").unwrap();
+        let mut w = s.watch(mode, Default::default());
+        // A temporary that comes and goes leaves nothing.
+        fs::write(s.p("tmp1"), b"x").unwrap();
+        fs::remove_file(s.p("tmp1")).unwrap();
+        // A save by write-temp-then-rename is a create of the final name.
+        fs::write(s.p(".doc.tmp"), b"new").unwrap();
+        fs::rename(s.p(".doc.tmp"), s.p("new-doc")).unwrap();
+        // Over an existing name it is still the temporary's create, moved: one Created.
+        fs::write(s.p(".doc.tmp2"), b"newer").unwrap();
+        fs::rename(s.p(".doc.tmp2"), s.p("doc")).unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![created("new-doc", false), created("doc", false)],
+            "{mode:?}"
+        );
+    }
+}
+
+#[test]
+fn ignored_names_are_never_reported() {
+    for mode in MODES {
+        let s = Scene::new();
+        fs::create_dir(s.p("d")).unwrap();
+        let options = WatchOptions {
+            ignore: vec!["desk.db".into(), "desk.db-*".into()],
+            queue_limit: None,
+        };
+        let mut w = s.watch(mode, options);
+        fs::create_dir(s.p(".rsrc")).unwrap();
+        fs::write(s.p(".rsrc/f"), b"r").unwrap();
+        fs::create_dir(s.p("d/.rsrc")).unwrap();
+        fs::write(s.p("d/.rsrc/g"), b"r").unwrap();
+        fs::write(s.p(".DesktopServer"), b"x").unwrap();
+        fs::write(s.p("desk.db"), b"x").unwrap();
+        fs::write(s.p("desk.db-wal"), b"x").unwrap();
+        fs::rename(s.p("d/.rsrc/g"), s.p("d/.rsrc/h")).unwrap();
+        fs::write(s.p("kept"), b"x").unwrap();
+        // A move out of an ignored name is a create; into one, a delete.
+        fs::rename(s.p(".rsrc/f"), s.p("d/from-rsrc")).unwrap();
+        fs::rename(s.p("kept"), s.p("d/.rsrc/kept")).unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![created("d/from-rsrc", false)],
+            "{mode:?}: kept was created and moved into .rsrc in one batch: nothing"
+        );
+    }
+}
+
+#[test]
+fn more_events_than_the_queue_limit_is_an_overflow() {
+    for mode in MODES {
+        let s = Scene::new();
+        let options = WatchOptions {
+            ignore: vec![],
+            queue_limit: Some(10),
+        };
+        let mut w = s.watch(mode, options);
+        for i in 0..11 {
+            fs::write(s.p(&format!("f{i}")), b"x").unwrap();
+        }
+        let batch = w.drain_now().unwrap();
+        assert!(batch.overflow, "{mode:?}");
+        assert!(batch.changes.is_empty(), "{mode:?}");
+        assert!(batch.oldest.is_some(), "{mode:?}");
+        // The watcher goes on after an overflow.
+        for i in 0..10 {
+            fs::remove_file(s.p(&format!("f{i}"))).unwrap();
+        }
+        let batch = w.drain_now().unwrap();
+        assert!(!batch.overflow, "{mode:?}");
+        assert_eq!(batch.changes.len(), 10, "{mode:?}");
+    }
+}
+
+#[test]
+fn stop_ends_a_blocking_wait_at_once() {
+    for mode in MODES {
+        let s = Scene::new();
+        let mut w = s.watch(mode, Default::default());
+        let stopper = w.stopper();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            tx.send(()).unwrap();
+            let batch = w.next_batch(Duration::from_secs(3600)).unwrap();
+            (batch.changes.len(), batch.overflow, w)
+        });
+        rx.recv().unwrap();
+        stopper.stop();
+        let (changes, overflow, mut w) = waiter.join().unwrap();
+        assert_eq!((changes, overflow), (0, false), "{mode:?}");
+        // Stopped stays stopped.
+        fs::write(s.p("late"), b"x").unwrap();
+        assert!(w.next_batch(Duration::from_secs(3600)).unwrap().changes.is_empty());
+    }
+}
+
+#[test]
+fn next_batch_waits_for_an_event_and_times_out_empty() {
+    for mode in MODES {
+        let s = Scene::new();
+        let mut w = s.watch(mode, Default::default());
+        let batch = w.next_batch(Duration::from_millis(1)).unwrap();
+        assert!(batch.changes.is_empty() && batch.oldest.is_none(), "{mode:?}");
+        fs::write(s.p("a"), b"x").unwrap();
+        let batch = w.next_batch(Duration::from_secs(3600)).unwrap();
+        assert_eq!(batch.changes, vec![created("a", false)], "{mode:?}");
+        assert!(batch.oldest.is_some());
+    }
+}
+
+#[test]
+fn events_outside_the_root_are_not_reported() {
+    for mode in MODES {
+        let s = Scene::new();
+        // A sibling whose name starts like the root's: a byte prefix, not a component one.
+        let look_alike = s.root.with_file_name("vol2");
+        fs::create_dir(&look_alike).unwrap();
+        let mut w = s.watch(mode, Default::default());
+        for i in 0..50 {
+            fs::write(s.outside.join(format!("f{i}")), b"x").unwrap();
+            fs::write(look_alike.join(format!("f{i}")), b"x").unwrap();
+        }
+        fs::create_dir(s.outside.join("d")).unwrap();
+        fs::rename(s.outside.join("f0"), s.outside.join("d/f0")).unwrap();
+        fs::remove_dir_all(&s.outside).unwrap();
+        assert_eq!(drain(&mut w), vec![], "{mode:?}");
+    }
+}
+
+#[test]
+fn a_tree_removed_whole_is_reported_without_a_rescan() {
+    for mode in MODES {
+        let s = Scene::new();
+        for d in ["t/a/b", "t/c"] {
+            fs::create_dir_all(s.p(d)).unwrap();
+        }
+        for f in ["t/1", "t/a/2", "t/a/b/3", "t/c/4"] {
+            fs::write(s.p(f), b"x").unwrap();
+        }
+        let mut w = s.watch(mode, Default::default());
+        fs::remove_dir_all(s.p("t")).unwrap();
+        let changes = drain(&mut w);
+        assert!(changes.contains(&removed("t", true)), "{mode:?}: {changes:?}");
+        assert!(
+            !changes.iter().any(|c| matches!(c, Change::Rescan { .. })),
+            "{mode:?}: {changes:?}"
+        );
+        assert_eq!(changes.last(), Some(&removed("t", true)), "{mode:?}");
+    }
+}
+
+#[test]
+fn a_deep_tree_made_at_once_is_reported_whole() {
+    for mode in MODES {
+        let s = Scene::new();
+        let mut w = s.watch(mode, Default::default());
+        fs::create_dir_all(s.p("x/y/z")).unwrap();
+        fs::write(s.p("x/y/z/f"), b"1").unwrap();
+        fs::write(s.p("x/g"), b"1").unwrap();
+        let changes = drain(&mut w);
+        for want in [
+            created("x", true),
+            created("x/y", true),
+            created("x/y/z", true),
+            created("x/y/z/f", false),
+            created("x/g", false),
+        ] {
+            assert!(changes.contains(&want), "{mode:?}: {want:?} not in {changes:?}");
+        }
+        // Later events in the new directories are seen too (inotify: watches were added).
+        fs::write(s.p("x/y/z/later"), b"1").unwrap();
+        assert_eq!(drain(&mut w), vec![created("x/y/z/later", false)], "{mode:?}");
+    }
+}

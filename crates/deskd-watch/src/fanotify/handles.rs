@@ -30,6 +30,7 @@ pub(crate) struct HandleCache {
     entries: HashMap<Box<[u8]>, Entry>,
     capacity: usize,
     clock: u64,
+    evicted: bool,
     /// Lookups the kernel answered (for the figures in docs/PERFORMANCE.md and the tests).
     pub(crate) kernel_lookups: u64,
 }
@@ -40,6 +41,7 @@ impl HandleCache {
             entries: HashMap::new(),
             capacity: capacity.max(16),
             clock: 0,
+            evicted: false,
             kernel_lookups: 0,
         }
     }
@@ -48,13 +50,19 @@ impl HandleCache {
         self.entries.len()
     }
 
-    /// How many directories the start-up walk may cache, leaving room for the rest.
-    pub(crate) fn capacity_half(&self) -> usize {
-        self.capacity / 2
+    /// How many directories a walk may cache, leaving room for the ones made later.
+    pub(crate) fn walk_limit(&self) -> usize {
+        self.capacity / 4 * 3
+    }
+
+    /// Whether entries were forgotten since the last `clear`.
+    pub(crate) fn evicted(&self) -> bool {
+        self.evicted
     }
 
     pub(crate) fn clear(&mut self) {
         self.entries.clear();
+        self.evicted = false;
     }
 
     /// The cached path of a handle.
@@ -129,6 +137,7 @@ impl HandleCache {
         }
         let (_, &mut threshold, _) = stamps.select_nth_unstable(cut);
         self.entries.retain(|_, e| e.used > threshold);
+        self.evicted = true;
     }
 }
 

@@ -46,6 +46,7 @@ struct OwnedEnd {
 /// An event whose directory could not be placed yet.
 struct Waiting {
     is_dir: bool,
+    is_rename: bool,
     old: Option<OwnedEnd>,
     new: Option<OwnedEnd>,
     fid: Option<Box<[u8]>>,
@@ -64,17 +65,20 @@ pub(crate) struct FanotifySource {
     deleted: HashMap<Box<[u8]>, PathBuf>,
     /// Handles the kernel could not open in this batch: not asked again.
     dead: std::collections::HashSet<Box<[u8]>>,
+    ignore: Ignore,
+    /// The last walk cached every directory of the volume.
+    walked_all: bool,
 }
 
 impl FanotifySource {
     /// `root` must be absolute and canonical.
-    pub(crate) fn open(root: &Path, ignore: &Ignore) -> Result<Self, WatchError> {
+    pub(crate) fn open(root: &Path, ignore: Ignore) -> Result<Self, WatchError> {
         Self::open_with_capacity(root, ignore, handles::DEFAULT_CAPACITY)
     }
 
     pub(crate) fn open_with_capacity(
         root: &Path,
-        ignore: &Ignore,
+        ignore: Ignore,
         capacity: usize,
     ) -> Result<Self, WatchError> {
         let group = Fanotify::init(
@@ -108,9 +112,11 @@ impl FanotifySource {
             waiting: HashMap::new(),
             deleted: HashMap::new(),
             dead: Default::default(),
+            ignore,
+            walked_all: true,
         };
         // After the mark, so a directory made while we walk is seen by one or the other.
-        source.prewarm(ignore);
+        source.walk(Path::new("."));
         Ok(source)
     }
 
@@ -124,39 +130,47 @@ impl FanotifySource {
         self.cache.kernel_lookups
     }
 
-    /// Cache the volume's directories (up to half the cache), so events inside the volume are
-    /// placed from the cache, in event order, and never by a lookup of where a directory is
-    /// *now* (which may already be after a later rename in the same batch).
-    fn prewarm(&mut self, ignore: &Ignore) {
+    /// Cache every directory at and under `rel` (the volume's at start, a directory moved in
+    /// from outside later), so events inside the volume are placed from the cache, in event
+    /// order. While every directory of the volume is cached ([`Self::complete`]) a handle the
+    /// cache does not know is outside the volume: its event is dropped with no system call.
+    fn walk(&mut self, rel: &Path) {
         use std::os::unix::fs::MetadataExt;
-        let limit = self.cache.capacity_half();
+        let limit = self.cache.walk_limit();
         let Ok(root_meta) = std::fs::metadata(&self.root) else {
+            self.walked_all = false;
             return;
         };
-        let mut stack = vec![PathBuf::from(".")];
+        let mut stack = vec![rel.to_path_buf()];
         while let Some(rel) = stack.pop() {
             if self.cache.len() >= limit {
-                tracing::info!(
-                    "watch: {} has more than {limit} directories; the rest are placed on demand",
-                    self.root.display()
-                );
-                break;
+                if self.walked_all {
+                    tracing::info!(
+                        "watch: {} has more than {limit} directories; the rest are placed \
+                         by the kernel on demand",
+                        self.root.display()
+                    );
+                }
+                self.walked_all = false;
+                return;
             }
-            let Some(key) = handles::handle_of(self.root_fd.as_fd(), &rel) else {
-                continue;
-            };
             let abs = if rel == Path::new(".") {
                 self.root.clone()
             } else {
                 self.root.join(&rel)
             };
             let Ok(entries) = std::fs::read_dir(&abs) else {
+                // Gone meanwhile: its own events say so.
+                continue;
+            };
+            let Some(key) = handles::handle_of(self.root_fd.as_fd(), &rel) else {
+                self.walked_all = false;
                 continue;
             };
             self.cache.insert(&key, abs);
             for entry in entries.flatten() {
                 let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-                if !is_dir || ignore.name(&entry.file_name()) {
+                if !is_dir || self.ignore.name(&entry.file_name()) {
                     continue;
                 }
                 let same_fs = entry
@@ -168,6 +182,11 @@ impl FanotifySource {
                 }
             }
         }
+    }
+
+    /// Every directory of the volume is in the cache: a miss means "outside".
+    fn complete(&self) -> bool {
+        self.walked_all && !self.cache.evicted()
     }
 
     /// One read(2). `Ok(false)`: nothing was queued.
@@ -211,22 +230,53 @@ impl FanotifySource {
             }
         };
         let is_dir = event.mask & libc::FAN_ONDIR != 0;
-        let (old, new) = if event.mask & libc::FAN_RENAME != 0 {
-            (records.old, records.new)
-        } else if event.mask & libc::FAN_CREATE != 0 {
-            (None, records.dfid_name)
-        } else if event.mask & libc::FAN_DELETE != 0 {
-            (records.dfid_name, None)
-        } else {
-            return;
-        };
-        if old.is_none() && new.is_none() {
+        let fid = records.fid.map(|h| h.0);
+        if event.mask & libc::FAN_RENAME != 0 {
+            // Never merged with another event by the kernel.
+            if records.old.is_some() || records.new.is_some() {
+                self.place_or_wait(is_dir, true, records.old, records.new, fid, sink);
+            }
             return;
         }
-        let fid = records.fid.map(|h| h.0);
-        if let Err(unknown) = self.apply(is_dir, old.map(end_ref), new.map(end_ref), fid, sink) {
+        let Some(end) = records.dfid_name else {
+            return;
+        };
+        let create = event.mask & libc::FAN_CREATE != 0;
+        let delete = event.mask & libc::FAN_DELETE != 0;
+        match (create, delete) {
+            (true, false) => self.place_or_wait(is_dir, false, None, Some(end), fid, sink),
+            (false, true) => self.place_or_wait(is_dir, false, Some(end), None, fid, sink),
+            (true, true) => {
+                // The kernel merged a create and a delete of the same object at the same name;
+                // which came first is not said. Still there: it was deleted and linked again.
+                let there_now = self.exists_now(end);
+                let steps = if there_now {
+                    [(Some(end), None), (None, Some(end))]
+                } else {
+                    [(None, Some(end)), (Some(end), None)]
+                };
+                for (old, new) in steps {
+                    self.place_or_wait(is_dir, false, old, new, fid, sink);
+                }
+            }
+            (false, false) => {}
+        }
+    }
+
+    fn place_or_wait(
+        &mut self,
+        is_dir: bool,
+        is_rename: bool,
+        old: Option<DirName<'_>>,
+        new: Option<DirName<'_>>,
+        fid: Option<&[u8]>,
+        sink: &mut Sink<'_>,
+    ) {
+        let placed = self.apply(is_dir, is_rename, old.map(end_ref), new.map(end_ref), fid, sink);
+        if let Err(unknown) = placed {
             let waiting = Waiting {
                 is_dir,
+                is_rename,
                 old: old.map(owned_end),
                 new: new.map(owned_end),
                 fid: fid.map(Into::into),
@@ -235,16 +285,26 @@ impl FanotifySource {
         }
     }
 
+    /// Whether a name in a cached directory exists now (for merged events only).
+    fn exists_now(&mut self, end: DirName<'_>) -> bool {
+        match self.cache.get(end.dir) {
+            Some(dir) => std::fs::symlink_metadata(dir.join(end.name)).is_ok(),
+            None => false,
+        }
+    }
+
     /// Places both ends and reports the change. `Err(handle)`: that directory cannot be
     /// placed yet.
     fn apply(
         &mut self,
         is_dir: bool,
+        is_rename: bool,
         old: Option<(&[u8], &std::ffi::OsStr)>,
         new: Option<(&[u8], &std::ffi::OsStr)>,
         fid: Option<&[u8]>,
         sink: &mut Sink<'_>,
     ) -> Result<(), Box<[u8]>> {
+        let complete = self.complete();
         let mut place =
             |end: Option<(&[u8], &std::ffi::OsStr)>| -> Result<Option<PathBuf>, Box<[u8]>> {
                 let Some((dir, name)) = end else {
@@ -256,6 +316,11 @@ impl FanotifySource {
                 }
                 let dir_abs = if let Some(abs) = self.deleted.get(dir) {
                     abs.clone()
+                } else if let Some(abs) = self.cache.get(Handle(dir)) {
+                    abs.to_path_buf()
+                } else if complete {
+                    // Every directory of the volume is cached: this one is outside.
+                    return Ok(None);
                 } else if self.dead.contains(dir) {
                     return Err(dir.into());
                 } else {
@@ -285,6 +350,9 @@ impl FanotifySource {
                 }
             }
             self.follow_directory(from.as_deref(), to.as_deref(), fid);
+            if is_rename && complete {
+                self.walk_moved_in(from.as_deref(), to.as_deref());
+            }
         }
         let from_rel = from.as_deref().and_then(|a| relative_to(&self.root, a));
         let to_rel = to.as_deref().and_then(|a| relative_to(&self.root, a));
@@ -305,9 +373,21 @@ impl FanotifySource {
         for w in waiting {
             let old = w.old.as_ref().map(|e| (&*e.dir, e.name.as_os_str()));
             let new = w.new.as_ref().map(|e| (&*e.dir, e.name.as_os_str()));
-            if let Err(unknown) = self.apply(w.is_dir, old, new, w.fid.as_deref(), sink) {
+            let fid = w.fid.as_deref();
+            if let Err(unknown) = self.apply(w.is_dir, w.is_rename, old, new, fid, sink) {
                 self.waiting.entry(unknown).or_default().push(w);
             }
+        }
+    }
+
+    /// A directory moved in from outside: cache what is under it, so the cache stays complete.
+    fn walk_moved_in(&mut self, from: Option<&Path>, to: Option<&Path>) {
+        let from_inside = from.is_some_and(|a| relative_to(&self.root, a).is_some());
+        if from_inside {
+            return;
+        }
+        if let Some(rel) = to.and_then(|a| relative_to(&self.root, a)) {
+            self.walk(&rel);
         }
     }
 
@@ -368,12 +448,13 @@ impl FanotifySource {
     }
 
     /// Events were lost: the cache may be stale. Start again from the disk.
-    pub(crate) fn after_overflow(&mut self, ignore: &Ignore) {
+    pub(crate) fn after_overflow(&mut self) {
         self.cache.clear();
+        self.walked_all = true;
         self.waiting.clear();
         self.deleted.clear();
         self.dead.clear();
-        self.prewarm(ignore);
+        self.walk(Path::new("."));
     }
 }
 
