@@ -583,7 +583,9 @@ impl Request {
         use Request::*;
         match self {
             Volumes | OpenVolume { .. } | Metrics | Memory => None,
-            Watch { vol } | Status { vol } | Flush { vol } | Freeze { vol, .. } | Thaw { vol } => *vol,
+            Watch { vol } | Status { vol } | Flush { vol } | Freeze { vol, .. } | Thaw { vol } => {
+                *vol
+            }
             RebuildStart { vol, .. } | RebuildPoll { vol, .. } | RebuildCancel { vol, .. } => {
                 Some(*vol)
             }

@@ -548,7 +548,9 @@ mod tests {
         assert_eq!(of("/b").watch, WatchMode::Inotify);
         // A bound of 0 would report an overflow for every event: at least 1.
         assert_eq!(of("/b").watch_queue, Some(1));
-        let plain = ConfigFile::default().resolve("/s".into(), &["/c".into()]).unwrap();
+        let plain = ConfigFile::default()
+            .resolve("/s".into(), &["/c".into()])
+            .unwrap();
         assert_eq!(plain.volumes[0].watch, WatchMode::Auto);
         assert_eq!(plain.volumes[0].watch_queue, None);
         assert!(toml::from_str::<ConfigFile>("[defaults]\nwatch = \"poll\"\n").is_err());

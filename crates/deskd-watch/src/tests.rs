@@ -151,7 +151,11 @@ fn directories_moved_in_from_outside_and_out_again() {
         assert_eq!(drain(&mut w), vec![created("tree", true)], "{mode:?}");
         // Now inside: events under it are placed.
         fs::write(s.p("tree/sub/g"), b"2").unwrap();
-        assert_eq!(drain(&mut w), vec![created("tree/sub/g", false)], "{mode:?}");
+        assert_eq!(
+            drain(&mut w),
+            vec![created("tree/sub/g", false)],
+            "{mode:?}"
+        );
         fs::rename(s.p("tree"), s.outside.join("back")).unwrap();
         assert_eq!(drain(&mut w), vec![removed("tree", true)], "{mode:?}");
         // Out again: nothing under it is reported any more.
@@ -169,7 +173,11 @@ fn a_renamed_directory_places_the_events_inside_it_at_its_new_name() {
         let mut w = s.watch(mode, Default::default());
         // Events inside before the rename warm the cache with the old name.
         fs::write(s.p("old/deep/a"), b"1").unwrap();
-        assert_eq!(drain(&mut w), vec![created("old/deep/a", false)], "{mode:?}");
+        assert_eq!(
+            drain(&mut w),
+            vec![created("old/deep/a", false)],
+            "{mode:?}"
+        );
         fs::rename(s.p("old"), s.p("new")).unwrap();
         fs::write(s.p("new/deep/b"), b"2").unwrap();
         fs::rename(s.p("new/deep/a"), s.p("new/deep/c")).unwrap();
@@ -289,7 +297,11 @@ fn stop_ends_a_blocking_wait_at_once() {
         assert_eq!((changes, overflow), (0, false), "{mode:?}");
         // Stopped stays stopped.
         fs::write(s.p("late"), b"x").unwrap();
-        assert!(w.next_batch(Duration::from_secs(3600)).unwrap().changes.is_empty());
+        assert!(w
+            .next_batch(Duration::from_secs(3600))
+            .unwrap()
+            .changes
+            .is_empty());
     }
 }
 
@@ -299,7 +311,10 @@ fn next_batch_waits_for_an_event_and_times_out_empty() {
         let s = Scene::new();
         let mut w = s.watch(mode, Default::default());
         let batch = w.next_batch(Duration::from_millis(1)).unwrap();
-        assert!(batch.changes.is_empty() && batch.oldest.is_none(), "{mode:?}");
+        assert!(
+            batch.changes.is_empty() && batch.oldest.is_none(),
+            "{mode:?}"
+        );
         fs::write(s.p("a"), b"x").unwrap();
         let batch = w.next_batch(Duration::from_secs(3600)).unwrap();
         assert_eq!(batch.changes, vec![created("a", false)], "{mode:?}");
@@ -339,7 +354,10 @@ fn a_tree_removed_whole_is_reported_without_a_rescan() {
         let mut w = s.watch(mode, Default::default());
         fs::remove_dir_all(s.p("t")).unwrap();
         let changes = drain(&mut w);
-        assert!(changes.contains(&removed("t", true)), "{mode:?}: {changes:?}");
+        assert!(
+            changes.contains(&removed("t", true)),
+            "{mode:?}: {changes:?}"
+        );
         assert!(
             !changes.iter().any(|c| matches!(c, Change::Rescan { .. })),
             "{mode:?}: {changes:?}"
@@ -364,10 +382,17 @@ fn a_deep_tree_made_at_once_is_reported_whole() {
             created("x/y/z/f", false),
             created("x/g", false),
         ] {
-            assert!(changes.contains(&want), "{mode:?}: {want:?} not in {changes:?}");
+            assert!(
+                changes.contains(&want),
+                "{mode:?}: {want:?} not in {changes:?}"
+            );
         }
         // Later events in the new directories are seen too (inotify: watches were added).
         fs::write(s.p("x/y/z/later"), b"1").unwrap();
-        assert_eq!(drain(&mut w), vec![created("x/y/z/later", false)], "{mode:?}");
+        assert_eq!(
+            drain(&mut w),
+            vec![created("x/y/z/later", false)],
+            "{mode:?}"
+        );
     }
 }

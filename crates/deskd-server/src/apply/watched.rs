@@ -309,7 +309,8 @@ fn register_tree(
                 return Ok(any);
             }
             *budget -= 1;
-            let Ok(st) = rustix::fs::statat(&dir_fd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW)
+            let Ok(st) =
+                rustix::fs::statat(&dir_fd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW)
             else {
                 continue; // gone since the listing
             };
@@ -331,14 +332,13 @@ fn register_tree(
             child_nodes.push(node);
             let before = registered(w.b, &child_names)?;
             let asked = asked_with(claim(w, &child_names, &node), last_id);
-            let (object, created) =
-                match register_walked(w, &child_names, &child_nodes, asked) {
-                    Ok(done) => done,
-                    Err(e) => {
-                        out.failed.push(e.message);
-                        continue;
-                    }
-                };
+            let (object, created) = match register_walked(w, &child_names, &child_nodes, asked) {
+                Ok(done) => done,
+                Err(e) => {
+                    out.failed.push(e.message);
+                    continue;
+                }
+            };
             let changed = created
                 || before.as_ref().is_none_or(|b| {
                     b.id != object.id || (b.dev, b.ino) != (object.dev, object.ino)
@@ -356,7 +356,9 @@ fn register_tree(
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 ) {
-                    if rustix::fs::fstat(&sub).is_ok_and(|s| (s.st_dev, s.st_ino) == (node.dev, node.ino)) {
+                    if rustix::fs::fstat(&sub)
+                        .is_ok_and(|s| (s.st_dev, s.st_ino) == (node.dev, node.ino))
+                    {
                         stack.push((child_names, sub, child_nodes));
                     }
                 }

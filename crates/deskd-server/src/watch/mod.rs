@@ -84,8 +84,13 @@ impl Registry {
     /// Every watcher's figures, for `/metrics`: (volume handle, events, applied, overflows,
     /// lag sum in seconds, batches).
     pub(crate) fn figures(&self) -> Vec<(u32, VolumeWatch, f64, u64)> {
-        let all: Vec<(u32, Arc<Running>)> =
-            self.0.lock().unwrap().iter().map(|(i, r)| (*i, r.clone())).collect();
+        let all: Vec<(u32, Arc<Running>)> = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(i, r)| (*i, r.clone()))
+            .collect();
         all.into_iter()
             .map(|(index, r)| {
                 let f = r.figures.lock().unwrap();
@@ -98,7 +103,13 @@ impl Registry {
 /// Start watching the volume as its configuration says, with a start-up rescan in the
 /// background. A read-only volume is not watched (nothing may change its desktop).
 pub(crate) fn start(registry: &Registry, rebuilds: &rebuild::Registry, handle: &Arc<VolumeHandle>) {
-    start_with(registry, rebuilds, handle, handle.config.watch, handle.config.watch_queue);
+    start_with(
+        registry,
+        rebuilds,
+        handle,
+        handle.config.watch,
+        handle.config.watch_queue,
+    );
 }
 
 fn start_with(
@@ -128,7 +139,9 @@ fn start_with(
     };
     match (&opened.source, &opened.note) {
         (Some(_), None) => info!(target: "deskd", "watching {root} with {}", opened.kind),
-        (Some(_), Some(why)) => info!(target: "deskd", "watching {root} with {}: {why}", opened.kind),
+        (Some(_), Some(why)) => {
+            info!(target: "deskd", "watching {root} with {}: {why}", opened.kind)
+        }
         (None, why) => {
             let why = why.as_deref().unwrap_or("no watcher");
             if mode == WatchMode::Fanotify {
@@ -151,7 +164,12 @@ fn start_with(
         rescans: Mutex::default(),
         thread: Mutex::new(None),
     });
-    if let Some(old) = registry.0.lock().unwrap().insert(handle.index, running.clone()) {
+    if let Some(old) = registry
+        .0
+        .lock()
+        .unwrap()
+        .insert(handle.index, running.clone())
+    {
         stop_running(&old);
     }
     if !watching {
@@ -239,7 +257,11 @@ pub(crate) fn wait_for_rescan(registry: &Registry, handle: &VolumeHandle, limit:
 
 /// The barrier of `deskd flush` (and freeze): apply every change the kernel has queued for
 /// the volume by now, and everything read before, on disk and in the desktop.
-pub(crate) fn barrier(registry: &Registry, rebuilds: &rebuild::Registry, handle: &Arc<VolumeHandle>) {
+pub(crate) fn barrier(
+    registry: &Registry,
+    rebuilds: &rebuild::Registry,
+    handle: &Arc<VolumeHandle>,
+) {
     let Some(running) = registry.of(handle) else {
         return;
     };

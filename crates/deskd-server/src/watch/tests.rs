@@ -153,7 +153,10 @@ fn a_moved_file_keeps_its_id_and_its_resource_file_follows() {
     assert_eq!(v.id("d/b"), Some(id));
     assert_eq!(v.id("a"), None);
     assert_eq!(v.rsrc_id("d/b"), Some(id));
-    assert!(!v.p(".rsrc/a").exists(), "the resource file was carried, not copied");
+    assert!(
+        !v.p(".rsrc/a").exists(),
+        "the resource file was carried, not copied"
+    );
     // The same move seen again (dt mv recorded it first): a no-op.
     v.feed(vec![moved("a", "d/b")]);
     assert_eq!(v.id("d/b"), Some(id));
@@ -287,7 +290,10 @@ fn names_that_are_not_utf8_or_long_are_tracked() {
         created(&long),
     ]);
     let r = v.handle.open_reader().unwrap();
-    let id = r.id_of_path(&[b"caf\xe9 \xff".as_slice()]).unwrap().unwrap();
+    let id = r
+        .id_of_path(&[b"caf\xe9 \xff".as_slice()])
+        .unwrap()
+        .unwrap();
     assert_eq!(v.rsrc_id(&long), v.id(&long));
     let p = rsrc::rsrc_path(&v.root.join(odd)).unwrap();
     assert_eq!(rsrc::read_header(&p).unwrap().unwrap().id, id);
@@ -320,7 +326,11 @@ fn a_folder_swapped_for_a_link_leads_no_write_outside_the_volume() {
     v.feed(vec![created("d/f")]);
     let r = v.handle.open_reader().unwrap();
     let d = v.id("d").unwrap();
-    assert_eq!(r.get(d).unwrap().kind, deskd_db::Kind::Dir, "the record is not made a link");
+    assert_eq!(
+        r.get(d).unwrap().kind,
+        deskd_db::Kind::Dir,
+        "the record is not made a link"
+    );
     assert!(!outside.join(".rsrc").exists());
 }
 
@@ -338,5 +348,8 @@ fn an_overflow_is_counted() {
     let f = v.running.figures.lock().unwrap();
     assert_eq!(f.overflows, 1);
     assert!(f.last_overflow.is_some());
-    assert_eq!(f.rescan.as_ref().map(|r| r.reason.as_str()), Some("overflow"));
+    assert_eq!(
+        f.rescan.as_ref().map(|r| r.reason.as_str()),
+        Some("overflow")
+    );
 }

@@ -41,8 +41,10 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
                     if running.stopping.load(Ordering::SeqCst) {
                         return;
                     }
-                    error!("watching {root} ended: {e}; changes made outside deskd reach the \
-                            desktop by a client or a rebuild until deskd is reloaded or restarted");
+                    error!(
+                        "watching {root} ended: {e}; changes made outside deskd reach the \
+                            desktop by a client or a rebuild until deskd is reloaded or restarted"
+                    );
                     let mut figures = running.figures.lock().unwrap();
                     figures.kind = "off".into();
                     figures.note = Some(format!("the watcher failed: {e}"));
@@ -75,7 +77,10 @@ pub(crate) fn process(
             figures.overflows += 1;
             figures.last_overflow = Some(now_unix());
         }
-        warn!("watching {}: events were lost (queue overflow); the volume is rescanned", root.display());
+        warn!(
+            "watching {}: events were lost (queue overflow); the volume is rescanned",
+            root.display()
+        );
         rescan::request(rebuilds, handle, running, "overflow");
     }
     if batch.changes.is_empty() {
@@ -114,7 +119,10 @@ pub(crate) fn process(
     }
     if let Some(why) = &outcome.refused {
         if !running.stopping.load(Ordering::SeqCst) {
-            warn!("watching {}: changes not applied: {why}; the volume is rescanned", root.display());
+            warn!(
+                "watching {}: changes not applied: {why}; the volume is rescanned",
+                root.display()
+            );
             rescan::request(rebuilds, handle, running, "overflow");
         }
     } else if outcome.too_large {

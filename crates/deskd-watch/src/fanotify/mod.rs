@@ -272,7 +272,14 @@ impl FanotifySource {
         fid: Option<&[u8]>,
         sink: &mut Sink<'_>,
     ) {
-        let placed = self.apply(is_dir, is_rename, old.map(end_ref), new.map(end_ref), fid, sink);
+        let placed = self.apply(
+            is_dir,
+            is_rename,
+            old.map(end_ref),
+            new.map(end_ref),
+            fid,
+            sink,
+        );
         if let Err(unknown) = placed {
             let waiting = Waiting {
                 is_dir,
