@@ -115,7 +115,7 @@ d['lag_p99_ms'], d['lag_max_ms'], d['renames'], d['seconds'])"); server lag_p99_
         done
         stop_server
     done
-    echo "(a) median p99 lag $(median < "$WORK/a-lag-p99") ms; CPU at $RATE renames/s:" \
+    echo "(a) median p99 lag $(median < "$WORK/a-lag-p99" | xargs printf %.1f) ms; CPU at $RATE renames/s:" \
         "watch=auto $(median < "$WORK/a-cpu-auto") %, off $(median < "$WORK/a-cpu-off") % of a core"
 }
 
@@ -138,7 +138,7 @@ part_b() {
         echo "$out" | json "d['lag_max_ms']" >> "$WORK/b-ms"
         stop_server
     done
-    echo "(b) median $(median < "$WORK/b-ms") ms"
+    echo "(b) median $(median < "$WORK/b-ms" | xargs printf %.1f) ms"
 }
 
 part_c() {
