@@ -11,11 +11,12 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::records::{Handle, MAX_HANDLE_BYTES};
+use super::records::Handle;
+use super::sys;
 
 /// How many directories the cache holds before it forgets the least recently used eighth.
 pub(crate) const DEFAULT_CAPACITY: usize = 262_144;
@@ -141,71 +142,15 @@ impl HandleCache {
     }
 }
 
-/// `struct file_handle` with room for the largest handle, aligned for the kernel.
-#[repr(C)]
-struct FileHandleBuf {
-    handle_bytes: u32,
-    handle_type: i32,
-    f_handle: [u8; MAX_HANDLE_BYTES],
-}
-
-/// The handle of `path` (relative to `dir`, not following a last symlink), as the handle
-/// bytes an fanotify record carries, or `None` where the file system gives none.
-pub(crate) fn handle_of(dir: BorrowedFd<'_>, path: &Path) -> Option<Vec<u8>> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut buf = FileHandleBuf {
-        handle_bytes: MAX_HANDLE_BYTES as u32,
-        handle_type: 0,
-        f_handle: [0; MAX_HANDLE_BYTES],
-    };
-    let mut mount_id: libc::c_int = 0;
-    // SAFETY: `buf` is a `struct file_handle` with `handle_bytes` set to the room that follows
-    // it; the kernel writes at most that much. `c_path` is NUL-terminated and lives across the call.
-    let rc = unsafe {
-        libc::name_to_handle_at(
-            dir.as_raw_fd(),
-            c_path.as_ptr(),
-            (&mut buf as *mut FileHandleBuf).cast::<libc::file_handle>(),
-            &mut mount_id,
-            0,
-        )
-    };
-    if rc != 0 || buf.handle_bytes as usize > MAX_HANDLE_BYTES {
-        return None;
-    }
-    let mut key = Vec::with_capacity(8 + buf.handle_bytes as usize);
-    key.extend_from_slice(&buf.handle_bytes.to_ne_bytes());
-    key.extend_from_slice(&buf.handle_type.to_ne_bytes());
-    key.extend_from_slice(&buf.f_handle[..buf.handle_bytes as usize]);
-    Some(key)
-}
-
 /// Opens a handle with `O_PATH` and reads where it is. Needs CAP_DAC_READ_SEARCH.
 fn path_of_handle(mount: BorrowedFd<'_>, handle: Handle<'_>) -> Option<PathBuf> {
-    let opaque = handle.opaque();
-    if opaque.len() > MAX_HANDLE_BYTES {
-        return None;
-    }
-    let mut buf = FileHandleBuf {
-        handle_bytes: opaque.len() as u32,
-        handle_type: handle.handle_type(),
-        f_handle: [0; MAX_HANDLE_BYTES],
+    let fd = match sys::open_handle(mount, handle) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::trace!("watch: open_by_handle_at: {e}");
+            return None;
+        }
     };
-    buf.f_handle[..opaque.len()].copy_from_slice(opaque);
-    // SAFETY: `buf` is a valid `struct file_handle` whose `handle_bytes` matches the bytes
-    // that follow; the kernel only reads it. The returned fd, if any, is ours to own.
-    let fd = unsafe {
-        libc::open_by_handle_at(
-            mount.as_raw_fd(),
-            (&mut buf as *mut FileHandleBuf).cast::<libc::file_handle>(),
-            libc::O_PATH | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
     // An unlinked directory still open somewhere reads as "PATH (deleted)": not a place.
     if link.as_os_str().as_bytes().ends_with(b" (deleted)") || !link.is_absolute() {

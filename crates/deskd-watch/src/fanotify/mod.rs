@@ -11,10 +11,11 @@
 
 pub(crate) mod handles;
 pub(crate) mod records;
+mod sys;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
@@ -55,7 +56,7 @@ struct Waiting {
 pub(crate) struct FanotifySource {
     group: Fanotify,
     root: PathBuf,
-    /// The root, opened O_PATH: the mount fd of `open_by_handle_at`.
+    /// The root, opened read-only: the mount fd of `open_by_handle_at`.
     root_fd: OwnedFd,
     cache: HandleCache,
     buf: Vec<u8>,
@@ -160,10 +161,12 @@ impl FanotifySource {
                 self.root.join(&rel)
             };
             let Ok(entries) = std::fs::read_dir(&abs) else {
-                // Gone meanwhile: its own events say so.
+                // Moved or deleted since the event that led here: what is under it can no
+                // longer be cached by path, so a cache miss no longer means "outside".
+                self.walked_all = false;
                 continue;
             };
-            let Some(key) = handles::handle_of(self.root_fd.as_fd(), &rel) else {
+            let Some(key) = sys::handle_of(self.root_fd.as_fd(), &rel) else {
                 self.walked_all = false;
                 continue;
             };
@@ -212,11 +215,7 @@ impl FanotifySource {
     }
 
     fn event(&mut self, event: RawEvent<'_>, sink: &mut Sink<'_>) {
-        if event.fd >= 0 {
-            // Not in FID mode; closed so it cannot leak.
-            // SAFETY: the kernel gave us this fd with the event and nothing else owns it.
-            drop(unsafe { OwnedFd::from_raw_fd(event.fd) });
-        }
+        sys::close_event_fd(event.fd);
         if event.mask & libc::FAN_Q_OVERFLOW != 0 {
             sink.overflow = true;
             return;
@@ -321,11 +320,13 @@ impl FanotifySource {
                     // Never from the kernel for these events; refuse rather than guess.
                     return Ok(None);
                 }
-                let dir_abs = if let Some(abs) = self.deleted.get(dir) {
-                    abs.clone()
-                } else if let Some(abs) = self.cache.get(Handle(dir)) {
-                    abs.to_path_buf()
-                } else if complete {
+                if let Some(abs) = self.deleted.get(dir) {
+                    return Ok(Some(abs.join(name)));
+                }
+                if let Some(abs) = self.cache.get(Handle(dir)) {
+                    return Ok(Some(abs.join(name)));
+                }
+                let dir_abs = if complete {
                     // Every directory of the volume is cached: this one is outside.
                     return Ok(None);
                 } else if self.dead.contains(dir) {
@@ -351,12 +352,13 @@ impl FanotifySource {
                     self.dead.remove(fid);
                     self.deleted.insert(fid.into(), from.to_path_buf());
                     self.retry(waiting, sink);
-                    if to.is_some() {
+                    if is_rename {
+                        // Still there, elsewhere: later events are placed by the cache.
                         self.deleted.remove(fid);
                     }
                 }
             }
-            self.follow_directory(from.as_deref(), to.as_deref(), fid);
+            self.follow_directory(from.as_deref(), to.as_deref(), fid, is_rename);
             if is_rename && complete {
                 self.walk_moved_in(from.as_deref(), to.as_deref());
             }
@@ -399,7 +401,13 @@ impl FanotifySource {
     }
 
     /// Keeps the cache right after a directory event.
-    fn follow_directory(&mut self, from: Option<&Path>, to: Option<&Path>, fid: Option<&[u8]>) {
+    fn follow_directory(
+        &mut self,
+        from: Option<&Path>,
+        to: Option<&Path>,
+        fid: Option<&[u8]>,
+        is_rename: bool,
+    ) {
         if let Some(from) = from {
             if self.root.starts_with(from) {
                 tracing::warn!(
@@ -416,17 +424,22 @@ impl FanotifySource {
                 }
             }
             (Some(from), None) => {
+                // Deleted, or moved out of what this watcher can place.
                 self.cache.remove_under(from);
                 if let Some(fid) = fid {
                     self.cache.remove(fid);
-                    self.deleted.insert(fid.into(), from.to_path_buf());
+                    if !is_rename {
+                        // Only events from before the delete can name it: they may wait.
+                        self.deleted.insert(fid.into(), from.to_path_buf());
+                    }
                 }
             }
-            (None, Some(to)) => {
-                if let Some(fid) = fid {
-                    self.cache.insert(fid, to.to_path_buf());
-                }
-            }
+            (None, Some(to)) => match fid {
+                Some(fid) => self.cache.insert(fid, to.to_path_buf()),
+                // The file system gave no handle for the new directory: it cannot be cached,
+                // so a cache miss no longer proves "outside".
+                None => self.walked_all = false,
+            },
             (None, None) => {}
         }
     }
@@ -480,7 +493,8 @@ fn open_path(root: &Path) -> std::io::Result<OwnedFd> {
     use rustix::fs::{open, Mode, OFlags};
     Ok(open(
         root,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        // Not O_PATH: open_by_handle_at refuses an O_PATH mount fd (EBADF).
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
 }
