@@ -159,8 +159,6 @@ fn no_rsrc(env: &Env, rel: &str) -> bool {
 #[test]
 fn mv_of_a_file_keeps_its_id_and_carries_its_resource_file() {
     let env = watched("");
-    let status = env.watch_status("vol");
-    assert_eq!(status["kind"], "fanotify", "as root here: {status}");
     dt_touch(&env, &["a"]);
     dt_comment(&env, "a", "comment of a");
     let id = dt_id(&env, "a");
@@ -179,6 +177,7 @@ fn mv_of_a_file_keeps_its_id_and_carries_its_resource_file() {
     assert_eq!(dt_id(&env, "b"), id);
     env.rebuild_scan_silent("vol");
     let status = env.watch_status("vol");
+    assert_eq!(status["kind"], "fanotify", "as root here: {status}");
     assert!(
         status["events"].as_u64().unwrap() >= 1 && status["applied"].as_u64().unwrap() >= 1,
         "{status}"
@@ -435,11 +434,6 @@ fn changes_while_the_server_is_down_keep_their_ids_after_the_start_rescan() {
     let config = std::fs::read_to_string(env.path("deskd.toml")).unwrap();
     env.serve_watched(&["vol"], &config);
     let log = env.wait_for_rescans("vol", 1);
-    let status = env.watch_status("vol");
-    let rescan = &status["rescan"];
-    assert_eq!(rescan["reason"], "start", "{status}");
-    assert_eq!(rescan["running"], false, "{status}");
-    assert!(rescan["finished"].as_u64().is_some(), "{status}\n{log}");
     env.watch_barrier("vol");
 
     let desktop = assert_tree_like_dt(&env, "");
@@ -456,6 +450,11 @@ fn changes_while_the_server_is_down_keep_their_ids_after_the_start_rescan() {
     }
     assert_eq!(rsrc_comment(&env, "b/g"), "of g");
     env.rebuild_scan_silent("vol");
+    let status = env.watch_status("vol");
+    let rescan = &status["rescan"];
+    assert_eq!(rescan["reason"], "start", "{status}");
+    assert_eq!(rescan["running"], false, "{status}");
+    assert!(rescan["finished"].as_u64().is_some(), "{status}\n{log}");
 }
 
 #[test]
@@ -487,10 +486,12 @@ fn a_queue_overflow_rescans_and_loses_no_id() {
     env.wait_for_rescans("vol", 2);
     env.watch_barrier("vol");
 
-    let status = env.watch_status("vol");
-    assert!(status["overflows"].as_u64().unwrap() >= 1, "{status}");
-    assert!(status["last_overflow"].as_u64().is_some(), "{status}");
-    assert_eq!(status["rescan"]["reason"], "overflow", "{status}");
+    let log = env.log_text();
+    let watch_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("watch") || l.contains("rescan") || l.contains("overflow"))
+        .collect();
+    eprintln!("the server's watch lines:\n{}", watch_lines.join("\n"));
     let after = assert_tree_like_dt(&env, "old");
     for (rel, id) in &before {
         let now = if rel == "old" {
@@ -502,6 +503,13 @@ fn a_queue_overflow_rescans_and_loses_no_id() {
     }
     assert_eq!(assert_tree_like_dt(&env, "storm").len(), 2401);
     env.rebuild_scan_silent("vol");
+    let status = env.watch_status("vol");
+    assert!(
+        status["overflows"].as_u64().unwrap() >= 1,
+        "{status}\n{log}"
+    );
+    assert!(status["last_overflow"].as_u64().is_some(), "{status}");
+    assert_eq!(status["rescan"]["reason"], "overflow", "{status}");
 }
 
 #[test]
@@ -514,8 +522,6 @@ fn watch_off_leaves_the_desktop_to_dt_and_says_so() {
         "{}",
         env.log_text()
     );
-    let status = env.watch_status("vol");
-    assert_eq!(status["kind"], "off", "{status}");
     dt_touch(&env, &["a"]);
     let id = dt_id(&env, "a");
 
@@ -525,7 +531,9 @@ fn watch_off_leaves_the_desktop_to_dt_and_says_so() {
     let desktop = desktop_below(&env, "");
     assert_eq!(desktop.get("a"), Some(&id), "the desktop followed a mv");
     assert!(!desktop.contains_key("b") && !desktop.contains_key("c"));
-    assert_eq!(env.watch_status("vol")["applied"], 0);
+    let status = env.watch_status("vol");
+    assert_eq!(status["kind"], "off", "{status}");
+    assert_eq!(status["applied"], 0, "{status}");
 }
 
 /// Run `script` with sh as nobody (uid and gid 65534, no other groups) in the temp dir.
