@@ -24,6 +24,7 @@ pub mod http_side;
 pub mod interact;
 pub mod listing;
 pub mod memory_figures;
+pub mod watch_figures;
 pub mod mode;
 pub mod output;
 pub mod target;

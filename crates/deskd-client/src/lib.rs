@@ -360,6 +360,15 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+
+    /// Each volume's live tracking (`vol`: None for every volume). A server that predates
+    /// it answers `BadRequest`.
+    pub fn watch(&mut self, vol: Option<u32>) -> Result<Vec<deskd_proto::VolumeWatch>> {
+        match self.call(Request::Watch { vol })? {
+            Response::Watch(w) => Ok(w),
+            other => Err(unexpected(other)),
+        }
+    }
 }
 
 /// Connect to the first address of `addr` that answers, each try bounded by `timeout`.

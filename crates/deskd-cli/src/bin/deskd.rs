@@ -610,6 +610,9 @@ fn run(cli: Run) -> Result<ExitCode> {
             // A server that predates the figures answers BadRequest: status goes on without.
             let memory = client.memory().ok();
             let memory = memory.as_ref();
+            // Likewise live tracking (issue 23): a separate request, so older peers keep working.
+            let watch = client.watch(vol).ok();
+            let watch = watch.as_deref();
             for s in statuses {
                 let root = display_bytes(&s.root);
                 if json {
@@ -640,6 +643,7 @@ fn run(cli: Run) -> Result<ExitCode> {
                         "hidden_clients": s.hidden_clients,
                         "memory": deskd_cli::memory_figures::volume_json(memory, s.vol),
                         "server_memory": deskd_cli::memory_figures::server_json(memory),
+                        "watch": deskd_cli::watch_figures::json(watch, s.vol),
                     });
                     println!("{v}");
                 } else {
@@ -704,6 +708,9 @@ fn run(cli: Run) -> Result<ExitCode> {
                         );
                     }
                     if let Some(line) = deskd_cli::memory_figures::volume_line(memory, s.vol) {
+                        println!("{line}");
+                    }
+                    if let Some(line) = deskd_cli::watch_figures::line(watch, s.vol) {
                         println!("{line}");
                     }
                     for line in deskd_cli::active_users::text_lines(&s) {

@@ -40,7 +40,7 @@ use crate::walk::{self, Node};
 /// Most objects one `Created` directory or `Rescan` registers in one transaction; a larger
 /// tree is left to the online repair (the caller asks for one), so one event cannot hold the
 /// writer for minutes.
-pub const MAX_TREE: usize = 200_000;
+pub const MAX_TREE: usize = 20_000;
 
 /// What the disk needs once the desktop change is committed. Paths are names from the root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +75,13 @@ pub struct WatchedOutcome {
     pub unchanged: u64,
     /// Changes refused (an error: logged by the caller, which may ask for a rescan).
     pub failed: Vec<String>,
-    /// A tree larger than [`MAX_TREE`] was left to the online repair.
-    pub too_large: bool,
+    /// The online repair must look (a tree larger than [`MAX_TREE`], or a rescan of the
+    /// whole volume, was left to it).
+    pub needs_repair: bool,
+    /// Creates whose path the disk did not show when the batch was applied: a folder on the
+    /// way may have been moved since (its move comes in a later batch). The watcher's thread
+    /// tries each once more with the next batch, whose moves it then follows.
+    pub unplaced: Vec<Change>,
     /// What the disk needs now.
     pub disk: Vec<DiskWork>,
     /// The writer could not apply the batch (closed, full disk, busy desktop): nothing was
@@ -129,12 +134,59 @@ pub fn apply_all(
         cache: &mut cache,
         replaced,
     };
-    for change in changes {
+    for change in &follow_directory_moves(changes) {
         match apply_change(w, change, last_id, &mut out) {
             Ok(true) => out.applied += 1,
             Ok(false) => out.unchanged += 1,
             Err(e) => out.failed.push(format!("{change:?}: {}", e.message)),
         }
+    }
+    out
+}
+
+/// Most directory moves in one batch whose earlier creates are made to follow them; beyond it
+/// (a storm of directory renames) a create below a moved directory may be dropped, and the
+/// next rescan registers it.
+const MAX_FOLLOWED_MOVES: usize = 1000;
+
+/// `changes` in an order the desktop can follow: a create below a directory that a later
+/// change of the batch moves (the name the event gave is stale by the time the batch is
+/// applied) becomes a create at the new place, right after the move. Removals keep their old
+/// path (their record is still there until the move is applied).
+fn follow_directory_moves(changes: &[Change]) -> Vec<Change> {
+    let mut out: Vec<Change> = Vec::with_capacity(changes.len());
+    let mut followed = 0;
+    for change in changes {
+        let Change::Moved {
+            from,
+            to,
+            dir: true,
+        } = change
+        else {
+            out.push(change.clone());
+            continue;
+        };
+        followed += 1;
+        if followed > MAX_FOLLOWED_MOVES {
+            out.push(change.clone());
+            continue;
+        }
+        let mut along = Vec::new();
+        out.retain(|earlier| match earlier {
+            Change::Created { path, dir } => match path.strip_prefix(from) {
+                Ok(rest) if !rest.as_os_str().is_empty() => {
+                    along.push(Change::Created {
+                        path: to.join(rest),
+                        dir: *dir,
+                    });
+                    false
+                }
+                _ => true,
+            },
+            _ => true,
+        });
+        out.push(change.clone());
+        out.extend(along);
     }
     out
 }
@@ -152,7 +204,11 @@ pub(super) fn apply_change(
             let Some(names) = components(path) else {
                 return Ok(false);
             };
-            created(w, &names, last_id, out)
+            let applied = created(w, &names, last_id, out)?;
+            if !applied && std::fs::symlink_metadata(w.vol.path_of(&names)).is_err() {
+                out.unplaced.push(change.clone());
+            }
+            Ok(applied)
         }
         Change::Removed { path, .. } => {
             let Some(names) = components(path) else {
@@ -170,6 +226,11 @@ pub(super) fn apply_change(
             let Some(names) = components(path) else {
                 return Ok(false);
             };
+            if names.is_empty() {
+                // The whole volume: the online repair's job (rate-limited), not the writer's.
+                out.needs_repair = true;
+                return Ok(false);
+            }
             rescan(w, &names, last_id, out)
         }
     }
@@ -248,7 +309,14 @@ fn created(
         return Ok(false); // gone again: a temporary file gets no ID
     };
     let node = *walked.last().expect("reached");
-    let before = registered(w.b, names)?;
+    let mut before = registered(w.b, names)?;
+    if let Some(stale) = before.as_ref().filter(|o| o.kind != node.kind) {
+        // Another kind of object holds the name now (a folder swapped for a link, a file
+        // for a folder): the recorded one is not there any more.
+        w.b.delete(stale.id, true).map_err(db_error)?;
+        w.cache.clear();
+        before = None;
+    }
     let asked = asked_with(claim(w, names, &node), last_id);
     let (object, created) = register_walked(w, names, &walked.nodes, asked)?;
     let changed = created
@@ -305,7 +373,7 @@ fn register_tree(
         entries.sort();
         for name in entries {
             if *budget == 0 {
-                out.too_large = true;
+                out.needs_repair = true;
                 return Ok(any);
             }
             *budget -= 1;
@@ -407,7 +475,14 @@ fn moved(
         return removed(w, from, out);
     };
     let node = *walked.last().expect("reached");
-    let source = registered(w.b, from)?.filter(|o| same_object(o, node.dev, node.ino));
+    // The record's object, not a newer one that got its freed inode number (a file system
+    // hands a freed number out again at once): same kind, born no later than recorded.
+    let to_path = w.vol.path_of(to);
+    let source = registered(w.b, from)?.filter(|o| {
+        o.kind == node.kind
+            && same_object(o, node.dev, node.ino)
+            && super::paths::born_no_later(&to_path, &node, o.ctime) != Some(false)
+    });
     let Some(source) = source else {
         // Not registered at `from` (never, or `dt mv` already recorded the move): what is at
         // `to` is registered there; a record left at `from` goes if its object is gone.
@@ -480,7 +555,7 @@ fn rescan(
         let mut budget = MAX_TREE;
         changed |= register_tree(w, names, &walked, last_id, out, &mut budget)?;
     }
-    if out.too_large {
+    if out.needs_repair {
         return Ok(changed);
     }
     let Some(top) = registered(w.b, names)?.or_else(|| {

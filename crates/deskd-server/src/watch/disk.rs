@@ -20,26 +20,43 @@ use deskd_volume::{Volume, VolumeError};
 
 use crate::apply::watched::DiskWork;
 
-/// Do `work` on the volume; returns the errors (for the log), each with its path.
-pub(crate) fn apply(vol: &Volume, work: &[DiskWork]) -> Vec<String> {
-    let mut errors = Vec::new();
-    for item in work {
-        if let Err(e) = one(vol, item) {
-            errors.push(e.to_string());
-        }
-    }
-    errors
+/// What doing the disk work gave.
+#[derive(Debug, Default)]
+pub(crate) struct Done {
+    /// What failed (for the log), each with its path.
+    pub(crate) errors: Vec<String>,
+    /// Stamps whose object was no longer at its path (moved on since the batch: a later batch
+    /// tells the desktop where), to try again at the object's place then.
+    pub(crate) moved_on: Vec<DiskWork>,
 }
 
-fn one(vol: &Volume, item: &DiskWork) -> Result<(), VolumeError> {
-    match item {
-        DiskWork::Stamp { .. } => stamp(vol, item),
-        DiskWork::Carry { from, stamp: then } => {
-            carry(vol, from, then)?;
-            stamp(vol, then)
+/// Do `work` on the volume.
+pub(crate) fn apply(vol: &Volume, work: &[DiskWork]) -> Done {
+    let mut done = Done::default();
+    for item in work {
+        let result = match item {
+            DiskWork::Stamp { .. } => stamp(vol, item),
+            DiskWork::Carry { from, stamp: then } => {
+                carry(vol, from, then).and_then(|()| stamp(vol, then))
+            }
+            DiskWork::Unstamp { path } => unstamp(vol, path).map(|()| Stamped::Yes),
+        };
+        match result {
+            Ok(Stamped::Yes) => {}
+            Ok(Stamped::MovedOn) => done.moved_on.push(match item {
+                DiskWork::Carry { stamp: then, .. } => (**then).clone(),
+                other => other.clone(),
+            }),
+            Err(e) => done.errors.push(e.to_string()),
         }
-        DiskWork::Unstamp { path } => unstamp(vol, path),
     }
+    done
+}
+
+/// Whether a stamp was made, or its object was no longer at its path.
+enum Stamped {
+    Yes,
+    MovedOn,
 }
 
 /// `DIR/.rsrc/NAME` of the object at `names` (None for the root).
@@ -55,7 +72,7 @@ fn is_inode(path: &Path, dev: u64, ino: u64) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
 }
 
-fn stamp(vol: &Volume, item: &DiskWork) -> Result<(), VolumeError> {
+fn stamp(vol: &Volume, item: &DiskWork) -> Result<Stamped, VolumeError> {
     let DiskWork::Stamp {
         path,
         id,
@@ -67,15 +84,19 @@ fn stamp(vol: &Volume, item: &DiskWork) -> Result<(), VolumeError> {
         ctime,
     } = item
     else {
-        return Ok(());
+        return Ok(Stamped::Yes);
     };
     let Some(rsrc_path) = rsrc_of(vol, path) else {
-        return Ok(());
+        return Ok(Stamped::Yes);
     };
     let root = vol.root();
-    let object = pin(root, &vol.path_of(path), 1)?;
+    // A folder on the way gone, or swapped for a link (refused, never followed): the object
+    // moved on, and is stamped where the desktop says it is after the next batch.
+    let Ok(object) = pin(root, &vol.path_of(path), 1) else {
+        return Ok(Stamped::MovedOn);
+    };
     if !is_inode(&object.path, *dev, *ino) {
-        return Ok(()); // replaced or gone since: its own event says what became of it
+        return Ok(Stamped::MovedOn); // moved or replaced since
     }
     let pinned = pin(root, &rsrc_path, 2)?;
     let (id, type_code, creator) = (*id, *type_code, *creator);
@@ -88,7 +109,7 @@ fn stamp(vol: &Volume, item: &DiskWork) -> Result<(), VolumeError> {
             deskd_volume::write_id_xattr(&object.path, id)?;
         }
     }
-    Ok(())
+    Ok(Stamped::Yes)
 }
 
 /// Move the resource file of the object that was at `from` to where `then` stamps it, as

@@ -55,6 +55,10 @@ pub(crate) struct Running {
     barrier_waiting: AtomicUsize,
     figures: Mutex<WatchFigures>,
     rescans: Mutex<rescan::RescanState>,
+    /// Stamps whose objects had moved on before the disk work, since when.
+    moved_on: Mutex<Vec<(crate::apply::watched::DiskWork, std::time::Instant)>>,
+    /// Creates of the last batch whose path was stale, tried once more with the next.
+    unplaced: Mutex<Vec<deskd_watch::Change>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -162,6 +166,8 @@ fn start_with(
         barrier_waiting: AtomicUsize::new(0),
         figures: Mutex::new(WatchFigures::new(opened.kind, opened.note)),
         rescans: Mutex::default(),
+        moved_on: Mutex::default(),
+        unplaced: Mutex::default(),
         thread: Mutex::new(None),
     });
     if let Some(old) = registry

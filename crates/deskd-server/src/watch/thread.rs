@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deskd_db::now_unix;
-use deskd_watch::Batch;
+use std::path::PathBuf;
+
+use deskd_watch::{Batch, Change};
 use tracing::{debug, error, warn};
 
 use super::{disk, rescan, Running};
@@ -61,6 +63,49 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
     }
 }
 
+/// Most stale creates kept for the next batch (beyond, a rescan finds what they named).
+const MAX_UNPLACED: usize = 10_000;
+/// How long a stamp whose object had moved on is tried again (at each batch, where the
+/// desktop then says the object is): its move reaches the desktop within this in practice.
+const STAMP_RETRY_FOR: Duration = Duration::from_secs(5);
+/// Most stamps waiting to be tried again (a storm of moves): beyond, the rescan's repair
+/// writes what is missing.
+const MAX_MOVED_ON: usize = 10_000;
+
+/// The stamps of earlier batches whose objects had moved on, tried again where the desktop
+/// now says their objects are (by ID); then this batch's. Returns the errors to log.
+fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) -> Vec<String> {
+    use crate::apply::watched::DiskWork;
+    use deskd_db::Read;
+    let mut errors = done.errors;
+    let mut waiting = running.moved_on.lock().unwrap();
+    let earlier = std::mem::take(&mut *waiting);
+    if !earlier.is_empty() {
+        if let Ok(reader) = handle.open_reader() {
+            for (mut work, since) in earlier {
+                let DiskWork::Stamp { id, path, .. } = &mut work else {
+                    continue;
+                };
+                match reader.path_of(*id) {
+                    Ok(now) => *path = now,
+                    Err(_) => continue, // the record is gone: nothing to stamp
+                }
+                let result = disk::apply(&handle.volume, std::slice::from_ref(&work));
+                errors.extend(result.errors);
+                if !result.moved_on.is_empty() && since.elapsed() < STAMP_RETRY_FOR {
+                    waiting.push((work, since));
+                }
+            }
+        }
+    }
+    for work in done.moved_on {
+        if waiting.len() < MAX_MOVED_ON {
+            waiting.push((work, Instant::now()));
+        }
+    }
+    errors
+}
+
 /// Apply one batch: overflow first (a rescan), then the changes through the writer, then the
 /// disk work. Called with the source's lock held.
 pub(crate) fn process(
@@ -84,18 +129,47 @@ pub(crate) fn process(
         rescan::request(rebuilds, handle, running, "overflow");
     }
     if batch.changes.is_empty() {
+        if !running.moved_on.lock().unwrap().is_empty() {
+            let errors = retry_moved_on(running, handle, disk::Done::default());
+            if !errors.is_empty() && failures.now() {
+                warn!("watching {}: {}", root.display(), errors[0]);
+            }
+        }
         return;
     }
+    tracing::trace!(volume = %root.display(), "changes: {:?}", batch.changes);
     let count = batch.changes.len() as u64;
     let oldest = batch.oldest.unwrap_or_else(Instant::now);
     running.figures.lock().unwrap().pending = count;
-    let outcome = handle.ask(|tx| Job::Watch(batch.changes, tx));
+    // The last batch's creates whose path was stale go first, once: this batch's moves of
+    // folders on their way take them along ([`crate::apply::watched`]).
+    let carried = std::mem::take(&mut *running.unplaced.lock().unwrap());
+    let carried_paths: std::collections::HashSet<PathBuf> = carried
+        .iter()
+        .filter_map(|c| match c {
+            Change::Created { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut changes = carried;
+    changes.extend(batch.changes);
+    let outcome = handle.ask(|tx| Job::Watch(changes, tx));
     let lag = oldest.elapsed();
     let Some(outcome) = outcome else {
         running.figures.lock().unwrap().pending = 0;
         return; // the writer is gone: deskd is stopping
     };
-    let errors = disk::apply(&handle.volume, &outcome.disk);
+    {
+        let mut unplaced = running.unplaced.lock().unwrap();
+        for change in &outcome.unplaced {
+            let again = matches!(change, Change::Created { path, .. } if carried_paths.contains(path));
+            if !again && unplaced.len() < MAX_UNPLACED {
+                unplaced.push(change.clone());
+            }
+        }
+    }
+    let done = disk::apply(&handle.volume, &outcome.disk);
+    let errors = retry_moved_on(running, handle, done);
     {
         let mut figures = running.figures.lock().unwrap();
         figures.pending = 0;
@@ -125,7 +199,7 @@ pub(crate) fn process(
             );
             rescan::request(rebuilds, handle, running, "overflow");
         }
-    } else if outcome.too_large {
+    } else if outcome.needs_repair {
         rescan::request(rebuilds, handle, running, "overflow");
     }
 }

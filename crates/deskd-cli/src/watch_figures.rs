@@ -1,0 +1,68 @@
+//! What `deskd status` shows of a volume's live tracking (issue 23): the `watch` object of
+//! `--json`, and one line of plain text.
+
+use deskd_proto::VolumeWatch;
+
+/// The volume's entry among `all` (None: a server that predates live tracking).
+fn of(all: Option<&[VolumeWatch]>, vol: u32) -> Option<&VolumeWatch> {
+    all?.iter().find(|w| w.vol == vol)
+}
+
+/// The `watch` object of `deskd status --json` (null when the server does not say).
+pub fn json(all: Option<&[VolumeWatch]>, vol: u32) -> serde_json::Value {
+    let Some(w) = of(all, vol) else {
+        return serde_json::Value::Null;
+    };
+    serde_json::json!({
+        "kind": w.kind,
+        "note": w.note,
+        "events": w.events,
+        "applied": w.applied,
+        "pending": w.pending,
+        "lag_ms": w.lag_ms,
+        "lag_p99_ms": w.lag_p99_ms,
+        "overflows": w.overflows,
+        "last_overflow": w.last_overflow,
+        "rescan": w.rescan.as_ref().map(|r| serde_json::json!({
+            "reason": r.reason,
+            "running": r.running,
+            "started": r.started,
+            "finished": r.finished,
+            "objects": r.objects,
+            "changed": r.changed,
+            "error": r.error,
+        })),
+    })
+}
+
+/// `  watch:        fanotify, 120 events (118 applied), lag 3 ms (p99 9 ms), 0 overflows,
+/// rescan (start) finished: 5000 objects, 2 repaired`.
+pub fn line(all: Option<&[VolumeWatch]>, vol: u32) -> Option<String> {
+    let w = of(all, vol)?;
+    if w.kind == "off" {
+        let why = w.note.as_deref().unwrap_or("not watched");
+        return Some(format!("  watch:        off ({why})"));
+    }
+    let mut out = format!(
+        "  watch:        {}{}, {} events ({} applied), lag {} ms (p99 {} ms), {} overflow{}",
+        w.kind,
+        w.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(),
+        w.events,
+        w.applied,
+        w.lag_ms,
+        w.lag_p99_ms,
+        w.overflows,
+        if w.overflows == 1 { "" } else { "s" }
+    );
+    if let Some(r) = &w.rescan {
+        out.push_str(&match (r.running, &r.error) {
+            (true, _) => format!(", rescan ({}) running: {} objects so far", r.reason, r.objects),
+            (false, Some(e)) => format!(", rescan ({}) failed: {e}", r.reason),
+            (false, None) => format!(
+                ", rescan ({}) finished: {} objects, {} repaired",
+                r.reason, r.objects, r.changed
+            ),
+        });
+    }
+    Some(out)
+}
