@@ -39,6 +39,9 @@ struct Tree {
     moved_from: Vec<(u32, PathBuf, bool)>,
     /// The watch limit was reached (logged once).
     limit_reached: bool,
+    /// A directory move onto a watched directory, held until the next event: if that is the
+    /// move back, the two were one `renameat2(RENAME_EXCHANGE)`.
+    held: Option<(PathBuf, PathBuf)>,
 }
 
 pub(crate) struct InotifySource {
@@ -78,6 +81,7 @@ impl InotifySource {
                 by_path: HashMap::new(),
                 moved_from: Vec::new(),
                 limit_reached: false,
+                held: None,
             },
         };
         source
@@ -141,9 +145,14 @@ impl InotifySource {
             )];
             let timeout = rustix::event::Timespec::try_from(PAIR_WAIT).expect("a small duration");
             if rustix::event::poll(&mut fds, Some(&timeout)).unwrap_or(0) > 0 {
-                while self.read_once(ignore, sink)? {}
+                for _ in 0..4 {
+                    if !self.read_once(ignore, sink)? {
+                        break;
+                    }
+                }
             }
         }
+        self.tree.release_held(sink);
         for (_, path, dir) in std::mem::take(&mut self.tree.moved_from) {
             if dir {
                 self.tree.forget_under(self.fd.as_fd(), &path);
@@ -162,6 +171,14 @@ impl InotifySource {
         {
             tracing::error!("watch: {e}");
         }
+    }
+}
+
+/// The directory holding `path` ("." for a name in the root).
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 
@@ -188,6 +205,9 @@ impl Tree {
                 }
             }
             return;
+        }
+        if !mask.contains(ReadFlags::MOVED_FROM) && !mask.contains(ReadFlags::MOVED_TO) {
+            self.release_held(sink);
         }
         let Some(dir_path) = self.by_wd.get(&wd) else {
             return;
@@ -216,16 +236,53 @@ impl Tree {
             match self.moved_from.iter().position(|(c, _, _)| *c == cookie) {
                 Some(i) => {
                     let (_, from, _) = self.moved_from.remove(i);
-                    if dir {
-                        self.rename_under(&from, &path);
+                    if !dir {
+                        self.release_held(sink);
+                        sink.emit(Change::Moved {
+                            from,
+                            to: path,
+                            dir,
+                        });
+                        return;
                     }
-                    sink.emit(Change::Moved {
-                        from,
-                        to: path,
-                        dir,
-                    });
+                    let onto_watched = self.by_path.contains_key(&path);
+                    if let Some((a, b)) = self.held.take() {
+                        if a == path && b == from {
+                            // The exchange's second half: the cache is right (see below); no
+                            // Change says "swapped", so the server re-scans both parents.
+                            for p in [a, b] {
+                                sink.emit(Change::Rescan {
+                                    path: parent_of(&p),
+                                });
+                            }
+                            return;
+                        }
+                        sink.emit(Change::Moved {
+                            from: a,
+                            to: b,
+                            dir: true,
+                        });
+                    }
+                    if onto_watched {
+                        // Replaced or exchanged: which inode is where cannot be told from the
+                        // events, so ask the kernel (add_watch returns an inode's existing wd).
+                        self.unmap_under(&from);
+                        self.unmap_under(&path);
+                        for p in [&from, &path] {
+                            self.add_or_overflow(fd, p, ignore, None);
+                        }
+                        self.held = Some((from, path));
+                    } else {
+                        self.rename_under(&from, &path);
+                        sink.emit(Change::Moved {
+                            from,
+                            to: path,
+                            dir,
+                        });
+                    }
                 }
                 None => {
+                    self.release_held(sink);
                     sink.emit(Change::Created {
                         path: path.clone(),
                         dir,
@@ -298,11 +355,15 @@ impl Tree {
                 Err(e) => return Err(WatchError::InotifyWatch(abs, e.into())),
             };
             if let Some(old) = self.by_path.insert(rel.clone(), wd) {
-                if old != wd {
+                if old != wd && self.by_wd.get(&old) == Some(&rel) {
                     self.by_wd.remove(&old);
                 }
             }
-            self.by_wd.insert(wd, rel.clone());
+            if let Some(old_path) = self.by_wd.insert(wd, rel.clone()) {
+                if old_path != rel && self.by_path.get(&old_path) == Some(&wd) {
+                    self.by_path.remove(&old_path);
+                }
+            }
             let Ok(entries) = std::fs::read_dir(&abs) else {
                 continue;
             };
@@ -330,6 +391,34 @@ impl Tree {
             }
         }
         Ok(())
+    }
+
+    /// A held directory move is reported once the next event shows it was not an exchange.
+    fn release_held(&mut self, sink: &mut Sink<'_>) {
+        if let Some((from, to)) = self.held.take() {
+            sink.emit(Change::Moved {
+                from,
+                to,
+                dir: true,
+            });
+        }
+    }
+
+    /// Forgets the paths at and under `dir` without removing the watches (they are asked
+    /// for again by path).
+    fn unmap_under(&mut self, dir: &Path) {
+        let gone: Vec<(PathBuf, i32)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| p.starts_with(dir))
+            .map(|(p, wd)| (p.clone(), *wd))
+            .collect();
+        for (path, wd) in gone {
+            self.by_path.remove(&path);
+            if self.by_wd.get(&wd) == Some(&path) {
+                self.by_wd.remove(&wd);
+            }
+        }
     }
 
     /// A directory moved within the volume: its watches (and those under it) follow.

@@ -328,7 +328,9 @@ impl Watcher {
     pub(crate) fn fanotify_with_cache(root: &Path, capacity: usize) -> Watcher {
         let root = std::fs::canonicalize(root).unwrap();
         let ignore = Ignore::new(&[]);
-        let source = FanotifySource::open_with_capacity(&root, ignore.clone(), capacity).unwrap();
+        let mut source =
+            FanotifySource::open_with_capacity(&root, ignore.clone(), capacity).unwrap();
+        source.forget_cache();
         Watcher {
             root,
             source: Source::Fanotify(Box::new(source)),

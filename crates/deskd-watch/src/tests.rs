@@ -525,7 +525,7 @@ fn fanotify_with_more_directories_than_its_cache_places_by_the_kernel() {
     for i in 0..40 {
         fs::create_dir_all(s.p(&format!("d{i}/sub"))).unwrap();
     }
-    for d in ["t/a/b", "t/c"] {
+    for d in ["t/a/b", "t/c", "fresh/sub"] {
         fs::create_dir_all(s.p(d)).unwrap();
     }
     for f in ["t/1", "t/a/2", "t/a/b/3", "t/c/4"] {
@@ -547,9 +547,20 @@ fn fanotify_with_more_directories_than_its_cache_places_by_the_kernel() {
         .map(|i| created(&format!("d{i}/sub/f"), false))
         .collect();
     assert_eq!(changes, want);
-    // (A directory the cache does not know is placed where it is when the event is read; a
-    // rename of it later in the same batch would show earlier events at the new place: the
-    // documented limit of this mode. So the rename comes in a batch of its own.)
+    // A directory the kernel places is placed where it is *now*; its rename later in the same
+    // read says where it was, so its earlier events wait for it and come just before it.
+    // ("fresh/sub" was never looked up: the cache was emptied at start.)
+    fs::write(s.p("fresh/sub/early"), b"x").unwrap();
+    fs::rename(s.p("fresh/sub"), s.p("d3/later")).unwrap();
+    fs::write(s.p("d3/later/late"), b"x").unwrap();
+    assert_eq!(
+        drain(&mut w),
+        vec![
+            created("fresh/sub/early", false),
+            moved("fresh/sub", "d3/later", true),
+            created("d3/later/late", false)
+        ]
+    );
     fs::rename(s.p("d0/sub"), s.p("d1/moved")).unwrap();
     fs::write(s.p("d1/moved/g"), b"x").unwrap();
     assert_eq!(
@@ -583,4 +594,103 @@ fn inotify_watches_no_rsrc_directory() {
     let w = s.watch(WatchMode::Inotify, Default::default());
     // ".", "a", "a/b".
     assert_eq!(w.lookups_or_watches(), 3);
+}
+
+#[test]
+fn an_exchange_of_two_names_is_a_rescan_and_keeps_the_cache_right() {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    for mode in MODES {
+        let s = Scene::new();
+        fs::create_dir_all(s.p("x/a/in-a")).unwrap();
+        fs::create_dir_all(s.p("y/b/in-b")).unwrap();
+        let mut w = s.watch(mode, Default::default());
+        renameat_with(CWD, s.p("x/a"), CWD, s.p("y/b"), RenameFlags::EXCHANGE).unwrap();
+        // No Change says "swapped": both parents are re-scanned.
+        let rescan = |p: &str| Change::Rescan { path: p.into() };
+        assert_eq!(drain(&mut w), vec![rescan("x"), rescan("y")], "{mode:?}");
+        // What was a/in-a is now y/b/in-a, and b/in-b is x/a/in-b.
+        fs::write(s.p("y/b/in-a/f"), b"1").unwrap();
+        fs::write(s.p("x/a/in-b/g"), b"1").unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![created("y/b/in-a/f", false), created("x/a/in-b/g", false)],
+            "{mode:?}"
+        );
+    }
+}
+
+#[test]
+fn a_kernel_queue_overflow_is_reported_and_the_watcher_goes_on() {
+    for mode in MODES {
+        let s = Scene::new();
+        fs::create_dir(s.p("d")).unwrap();
+        let mut w = s.watch(mode, Default::default());
+        // Both kernels queue 16,384 events per group by default (fs.fanotify.max_queued_events,
+        // fs.inotify.max_queued_events); more than that unread is an overflow.
+        let limit = [
+            "/proc/sys/fs/fanotify/max_queued_events",
+            "/proc/sys/fs/inotify/max_queued_events",
+        ]
+        .iter()
+        .filter_map(|f| fs::read_to_string(f).ok()?.trim().parse::<usize>().ok())
+        .max()
+        .unwrap();
+        for i in 0..limit + 100 {
+            fs::File::create(s.p(&format!("d/f{i}"))).unwrap();
+        }
+        let mut overflowed = false;
+        loop {
+            let batch = w.drain_now().unwrap();
+            overflowed |= batch.overflow;
+            if batch.oldest.is_none() && batch.changes.is_empty() {
+                break;
+            }
+        }
+        assert!(overflowed, "{mode:?}");
+        // After an overflow the cache (fanotify) and the watches (inotify) are made again
+        // from the disk: new events are placed.
+        fs::rename(s.p("d"), s.p("e")).unwrap();
+        fs::write(s.p("e/after"), b"x").unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![moved("d", "e", true), created("e/after", false)],
+            "{mode:?}"
+        );
+    }
+}
+
+#[test]
+fn watchers_move_to_their_thread_and_stoppers_are_shared() {
+    fn send<T: Send>() {}
+    fn shared<T: Send + Sync + Clone>() {}
+    send::<Watcher>();
+    shared::<Stopper>();
+}
+
+#[test]
+fn a_directory_moved_out_of_an_ignored_one_is_followed() {
+    for mode in MODES {
+        let s = Scene::new();
+        let mut w = s.watch(mode, Default::default());
+        fs::create_dir_all(s.p(".rsrc/sub/deeper")).unwrap();
+        fs::write(s.p(".rsrc/sub/deeper/f"), b"x").unwrap();
+        assert_eq!(drain(&mut w), vec![], "{mode:?}");
+        fs::rename(s.p(".rsrc/sub"), s.p("visible")).unwrap();
+        fs::write(s.p("visible/deeper/g"), b"x").unwrap();
+        let want = match mode {
+            WatchMode::Fanotify => {
+                vec![created("visible", true), created("visible/deeper/g", false)]
+            }
+            // inotify watches it from when the move is read, after g was made; the server
+            // registers the whole subtree of a created directory, g included.
+            _ => vec![created("visible", true)],
+        };
+        assert_eq!(drain(&mut w), want, "{mode:?}");
+        fs::write(s.p("visible/deeper/h"), b"x").unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![created("visible/deeper/h", false)],
+            "{mode:?}"
+        );
+    }
 }

@@ -3,11 +3,16 @@
 //! for create, delete and rename (`FAN_RENAME` gives both ends of a move in one event).
 //!
 //! Every event names a directory by its file handle; [`handles::HandleCache`] says where that
-//! directory is. Events are placed in the order they happened and the cache follows the
-//! directory events as they are placed, so a path is the one the object had at that moment.
-//! An event whose directory cannot be opened any more (it was deleted before the event was
-//! read) waits until the end of the batch for that directory's own delete or rename event,
-//! which tells where it was; if none comes, the batch asks for a rescan of the volume.
+//! directory is. The start walks the volume and caches every directory; events are placed in
+//! the order they happened and the cache follows the directory events as they are placed, so a
+//! path is the one the object had at that moment. While the cache holds every directory of the
+//! volume, a miss means "outside" and the event is dropped with no system call.
+//!
+//! Only when the volume has more directories than the cache does the kernel place a handle
+//! (`open_by_handle_at`). Then an event whose directory cannot be opened any more (deleted
+//! before the event was read) waits for that directory's own delete or rename event, which
+//! tells where it was, and so does an event in a directory this read renames later; what
+//! still waits at the end of the batch asks for a rescan of the volume.
 
 pub(crate) mod handles;
 pub(crate) mod records;
@@ -69,6 +74,10 @@ pub(crate) struct FanotifySource {
     ignore: Ignore,
     /// The last walk cached every directory of the volume.
     walked_all: bool,
+    /// Not complete only: directories (by handle) renamed in the read being placed → the index
+    /// of their last rename there, and the index of the event being placed.
+    renamed_later: HashMap<Box<[u8]>, usize>,
+    event_index: usize,
 }
 
 impl FanotifySource {
@@ -115,6 +124,8 @@ impl FanotifySource {
             dead: Default::default(),
             ignore,
             walked_all: true,
+            renamed_later: HashMap::new(),
+            event_index: 0,
         };
         // After the mark, so a directory made while we walk is seen by one or the other.
         source.walk(Path::new("."));
@@ -123,6 +134,13 @@ impl FanotifySource {
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.group.as_fd()
+    }
+
+    /// Forget every directory: from now on each is placed by the kernel first.
+    #[cfg(test)]
+    pub(crate) fn forget_cache(&mut self) {
+        self.cache.clear();
+        self.walked_all = false;
     }
 
     /// How many handles the kernel had to place (the rest came from the cache).
@@ -201,9 +219,23 @@ impl FanotifySource {
             Err(e) => return Err(WatchError::Read(e.into())),
         };
         let buf = std::mem::take(&mut self.buf);
-        for event in records::events(&buf[..n]) {
+        self.note_renames(&buf[..n]);
+        let mut events = records::events(&buf[..n]).peekable();
+        self.event_index = 0;
+        while let Some(event) = events.next() {
+            self.event_index += 1;
             match event {
-                Ok(event) => self.event(event, sink),
+                Ok(event) => {
+                    if let Some(Ok(next)) = events.peek() {
+                        if let Some((first, second)) = exchange_pair(&event, next) {
+                            self.exchange(first, second, sink);
+                            events.next();
+                            self.event_index += 1;
+                            continue;
+                        }
+                    }
+                    self.event(event, sink)
+                }
                 Err(Malformed(why)) => {
                     tracing::warn!("watch: unreadable fanotify event ({why}); re-scanning");
                     sink.overflow = true;
@@ -212,6 +244,112 @@ impl FanotifySource {
         }
         self.buf = buf;
         Ok(true)
+    }
+
+    /// Without a complete cache a directory is placed by the kernel where it is *now*; if it
+    /// is renamed later in this read, its earlier events must wait for that rename (which says
+    /// where it was) instead. So note which directories this read renames, and where.
+    fn note_renames(&mut self, buf: &[u8]) {
+        self.renamed_later.clear();
+        if self.complete() {
+            return;
+        }
+        for (index, event) in records::events(buf).enumerate() {
+            let Ok(event) = event else { break };
+            if event.mask & libc::FAN_RENAME == 0 || event.mask & libc::FAN_ONDIR == 0 {
+                continue;
+            }
+            if let Some(fid) = records::records(event.info).ok().and_then(|r| r.fid) {
+                self.renamed_later.insert(fid.0.into(), index + 1);
+            }
+        }
+    }
+
+    /// `renameat2(RENAME_EXCHANGE)`: two names swapped their objects. No `Change` says that,
+    /// so the server re-scans both parents; the cache swaps the two subtrees.
+    fn exchange(&mut self, first: Swap<'_>, second: Swap<'_>, sink: &mut Sink<'_>) {
+        let complete = self.complete();
+        let a = self.place_end(complete, first.from.dir.0, first.from.name);
+        let b = self.place_end(complete, first.to.dir.0, first.to.name);
+        let (Ok(a), Ok(b)) = (a, b) else {
+            sink.emit(Change::Rescan {
+                path: PathBuf::from("."),
+            });
+            return;
+        };
+        if first.is_dir || second.is_dir {
+            if let (Some(a), Some(b)) = (a.as_deref(), b.as_deref()) {
+                // A name no path can have (it holds a NUL) parks one subtree meanwhile.
+                let parked = Path::new("/\0deskd-exchange");
+                self.cache.rename_prefix(a, parked);
+                self.cache.rename_prefix(b, a);
+                self.cache.rename_prefix(parked, b);
+            }
+            if let (true, Some(fid), Some(b)) = (first.is_dir, first.fid, b.as_deref()) {
+                self.cache.insert(fid, b.to_path_buf());
+            }
+            if let (true, Some(fid), Some(a)) = (second.is_dir, second.fid, a.as_deref()) {
+                self.cache.insert(fid, a.to_path_buf());
+            }
+        }
+        let a_rel = a.as_deref().and_then(|p| relative_to(&self.root, p));
+        let b_rel = b.as_deref().and_then(|p| relative_to(&self.root, p));
+        match (a_rel, b_rel) {
+            (Some(a), Some(b)) => {
+                for path in [a, b] {
+                    let parent = match path.parent() {
+                        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                        _ => PathBuf::from("."),
+                    };
+                    sink.emit(Change::Rescan { path: parent });
+                }
+            }
+            // Across the volume's edge: the name inside lost its object and got another.
+            (Some(inside), None) => self.swapped_at_edge(
+                inside,
+                first.is_dir,
+                second.is_dir,
+                a.as_deref(),
+                b.as_deref(),
+                sink,
+            ),
+            (None, Some(inside)) => self.swapped_at_edge(
+                inside,
+                second.is_dir,
+                first.is_dir,
+                b.as_deref(),
+                a.as_deref(),
+                sink,
+            ),
+            (None, None) => {}
+        }
+    }
+
+    /// An exchange between a name inside (`inside`, whose object was a directory if
+    /// `was_dir`, and is one now if `is_dir`) and one outside.
+    fn swapped_at_edge(
+        &mut self,
+        inside: PathBuf,
+        was_dir: bool,
+        is_dir: bool,
+        inside_abs: Option<&Path>,
+        outside_abs: Option<&Path>,
+        sink: &mut Sink<'_>,
+    ) {
+        if let Some(outside_abs) = outside_abs {
+            self.cache.remove_under(outside_abs);
+        }
+        if is_dir && self.complete() && inside_abs.is_some() {
+            self.walk(&inside);
+        }
+        sink.emit(Change::Removed {
+            path: inside.clone(),
+            dir: was_dir,
+        });
+        sink.emit(Change::Created {
+            path: inside,
+            dir: is_dir,
+        });
     }
 
     fn event(&mut self, event: RawEvent<'_>, sink: &mut Sink<'_>) {
@@ -299,6 +437,48 @@ impl FanotifySource {
         }
     }
 
+    /// Where a name in a directory (by handle) is: `Ok(None)` outside the volume (or not a
+    /// plain name), `Err(handle)` when the directory cannot be placed yet.
+    fn place_end(
+        &mut self,
+        complete: bool,
+        dir: &[u8],
+        name: &std::ffi::OsStr,
+    ) -> Result<Option<PathBuf>, Box<[u8]>> {
+        if !is_plain_name(name) {
+            // Never from the kernel for these events; refuse rather than guess.
+            return Ok(None);
+        }
+        if let Some(abs) = self.deleted.get(dir) {
+            return Ok(Some(abs.join(name)));
+        }
+        if let Some(abs) = self.cache.get(Handle(dir)) {
+            return Ok(Some(abs.join(name)));
+        }
+        if complete {
+            // Every directory of the volume is cached: this one is outside.
+            return Ok(None);
+        }
+        if self.dead.contains(dir) {
+            return Err(dir.into());
+        }
+        if self
+            .renamed_later
+            .get(dir)
+            .is_some_and(|&at| at > self.event_index)
+        {
+            // Renamed later in this read: placed by that rename (see `note_renames`).
+            return Err(dir.into());
+        }
+        match self.cache.place(self.root_fd.as_fd(), Handle(dir)) {
+            Some(abs) => Ok(Some(abs.join(name))),
+            None => {
+                self.dead.insert(dir.into());
+                Err(dir.into())
+            }
+        }
+    }
+
     /// Places both ends and reports the change. `Err(handle)`: that directory cannot be
     /// placed yet.
     fn apply(
@@ -311,39 +491,14 @@ impl FanotifySource {
         sink: &mut Sink<'_>,
     ) -> Result<(), Box<[u8]>> {
         let complete = self.complete();
-        let mut place =
-            |end: Option<(&[u8], &std::ffi::OsStr)>| -> Result<Option<PathBuf>, Box<[u8]>> {
-                let Some((dir, name)) = end else {
-                    return Ok(None);
-                };
-                if !is_plain_name(name) {
-                    // Never from the kernel for these events; refuse rather than guess.
-                    return Ok(None);
-                }
-                if let Some(abs) = self.deleted.get(dir) {
-                    return Ok(Some(abs.join(name)));
-                }
-                if let Some(abs) = self.cache.get(Handle(dir)) {
-                    return Ok(Some(abs.join(name)));
-                }
-                let dir_abs = if complete {
-                    // Every directory of the volume is cached: this one is outside.
-                    return Ok(None);
-                } else if self.dead.contains(dir) {
-                    return Err(dir.into());
-                } else {
-                    match self.cache.place(self.root_fd.as_fd(), Handle(dir)) {
-                        Some(abs) => abs,
-                        None => {
-                            self.dead.insert(dir.into());
-                            return Err(dir.into());
-                        }
-                    }
-                };
-                Ok(Some(dir_abs.join(name)))
-            };
-        let from = place(old)?;
-        let to = place(new)?;
+        let from = match old {
+            Some((dir, name)) => self.place_end(complete, dir, name)?,
+            None => None,
+        };
+        let to = match new {
+            Some((dir, name)) => self.place_end(complete, dir, name)?,
+            None => None,
+        };
         if is_dir {
             // Events that waited for this directory can be placed now, where it was before
             // this delete or move, and go first: they happened before it.
@@ -390,14 +545,22 @@ impl FanotifySource {
     }
 
     /// A directory moved in from outside: cache what is under it, so the cache stays complete.
+    /// (From an ignored name, too: those directories are not cached.)
     fn walk_moved_in(&mut self, from: Option<&Path>, to: Option<&Path>) {
-        let from_inside = from.is_some_and(|a| relative_to(&self.root, a).is_some());
-        if from_inside {
+        if from.is_some_and(|a| self.cached_place(a)) {
             return;
         }
         if let Some(rel) = to.and_then(|a| relative_to(&self.root, a)) {
-            self.walk(&rel);
+            if !self.ignore.path(&rel) {
+                self.walk(&rel);
+            }
         }
+    }
+
+    /// Whether directories at `abs` are kept in the cache: inside the volume, not ignored
+    /// (events under `.rsrc` and ignored names are dropped by a cache miss, the cheapest way).
+    fn cached_place(&self, abs: &Path) -> bool {
+        relative_to(&self.root, abs).is_some_and(|rel| !self.ignore.path(&rel))
     }
 
     /// Keeps the cache right after a directory event.
@@ -434,6 +597,7 @@ impl FanotifySource {
                     }
                 }
             }
+            (None, Some(to)) if self.complete() && !self.cached_place(to) => {}
             (None, Some(to)) => match fid {
                 Some(fid) => self.cache.insert(fid, to.to_path_buf()),
                 // The file system gave no handle for the new directory: it cannot be cached,
@@ -448,8 +612,13 @@ impl FanotifySource {
     /// have been read; what still cannot be placed asks for a rescan of the volume.
     pub(crate) fn finish(&mut self, sink: &mut Sink<'_>) -> Result<(), WatchError> {
         if !self.waiting.is_empty() {
-            // The delete event of a directory that is gone is queued by now: read it.
-            while self.read_once(sink)? {}
+            // The delete event of a directory that is gone is queued by now: read it (a few
+            // reads at most, so a storm cannot hold the batch).
+            for _ in 0..4 {
+                if !self.read_once(sink)? {
+                    break;
+                }
+            }
         }
         if !self.waiting.is_empty() {
             tracing::debug!(
@@ -476,6 +645,38 @@ impl FanotifySource {
         self.dead.clear();
         self.walk(Path::new("."));
     }
+}
+
+/// One half of an exchange: an object moved from one name to the other.
+struct Swap<'a> {
+    from: DirName<'a>,
+    to: DirName<'a>,
+    fid: Option<&'a [u8]>,
+    is_dir: bool,
+}
+
+/// Two rename events that swapped two names (`renameat2(RENAME_EXCHANGE)` reports one rename
+/// per object): the second goes where the first came from, and they moved different objects.
+fn exchange_pair<'a>(first: &RawEvent<'a>, second: &RawEvent<'a>) -> Option<(Swap<'a>, Swap<'a>)> {
+    let swap = |event: &RawEvent<'a>| -> Option<Swap<'a>> {
+        if event.mask & libc::FAN_RENAME == 0 {
+            return None;
+        }
+        let r = records::records(event.info).ok()?;
+        Some(Swap {
+            from: r.old?,
+            to: r.new?,
+            fid: r.fid.map(|h| h.0),
+            is_dir: event.mask & libc::FAN_ONDIR != 0,
+        })
+    };
+    let (a, b) = (swap(first)?, swap(second)?);
+    let same = |x: &DirName<'_>, y: &DirName<'_>| x.dir == y.dir && x.name == y.name;
+    let different_objects = match (a.fid, b.fid) {
+        (Some(x), Some(y)) => x != y,
+        _ => false,
+    };
+    (same(&a.from, &b.to) && same(&a.to, &b.from) && different_objects).then_some((a, b))
 }
 
 fn end_ref<'a>(end: DirName<'a>) -> (&'a [u8], &'a std::ffi::OsStr) {
