@@ -46,7 +46,10 @@ pub fn line(all: Option<&[VolumeWatch]>, vol: u32) -> Option<String> {
     let mut out = format!(
         "  watch:        {}{}, {} events ({} applied), lag {} ms (p99 {} ms), {} overflow{}",
         w.kind,
-        w.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(),
+        w.note
+            .as_ref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default(),
         w.events,
         w.applied,
         w.lag_ms,
@@ -56,7 +59,10 @@ pub fn line(all: Option<&[VolumeWatch]>, vol: u32) -> Option<String> {
     );
     if let Some(r) = &w.rescan {
         out.push_str(&match (r.running, &r.error) {
-            (true, _) => format!(", rescan ({}) running: {} objects so far", r.reason, r.objects),
+            (true, _) => format!(
+                ", rescan ({}) running: {} objects so far",
+                r.reason, r.objects
+            ),
             (false, Some(e)) => format!(", rescan ({}) failed: {e}", r.reason),
             (false, None) => format!(
                 ", rescan ({}) finished: {} objects, {} repaired",

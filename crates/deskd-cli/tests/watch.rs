@@ -483,7 +483,7 @@ fn a_queue_overflow_rescans_and_loses_no_id() {
         std::fs::rename(vol.join(rel), vol.join(format!("{rel}-renamed"))).unwrap();
     }
     env.watch_barrier("vol");
-    env.wait_for_rescans("vol", 2);
+    env.wait_for_rescan_after_overflow("vol");
     env.watch_barrier("vol");
 
     let log = env.log_text();

@@ -18,10 +18,7 @@ fn serve_with(env: &mut Env, vol: &str, settings: &str) {
     let cfg = env.path("deskd.toml");
     fs::write(
         &cfg,
-        format!(
-            "[volume.\"{}\"]\n{settings}\n",
-            env.path(vol).display()
-        ),
+        format!("[volume.\"{}\"]\n{settings}\n", env.path(vol).display()),
     )
     .unwrap();
     env.start(&["--config", cfg.to_str().unwrap()]);
@@ -65,7 +62,10 @@ fn a_plain_mv_keeps_its_id_once_flush_returns() {
     fs::rename(vol.join("report.txt"), vol.join("in/final.txt")).unwrap();
     flush(&env, &vol);
     assert_eq!(env.id_of(&vol.join("in/final.txt")), id);
-    assert!(vol.join("in/.rsrc/final.txt").is_file(), "the resource file follows");
+    assert!(
+        vol.join("in/.rsrc/final.txt").is_file(),
+        "the resource file follows"
+    );
     assert!(!vol.join(".rsrc/report.txt").exists());
     // A new file gets its ID, resource file and mirror at once.
     fs::write(vol.join("in/new.txt"), b"y").unwrap();
@@ -77,13 +77,23 @@ fn a_plain_mv_keeps_its_id_once_flush_returns() {
     assert!(!vol.join("in/.rsrc/new.txt").exists());
     scan_is_clean(&env, &vol);
     let status = status_json(&env, &vol);
-    assert!(status["watch"]["applied"].as_u64().unwrap() >= 3, "{status}");
+    assert!(
+        status["watch"]["applied"].as_u64().unwrap() >= 3,
+        "{status}"
+    );
     // Plain status has one line of it.
     let plain = env.deskd_ok(&["status", "--volume", vol.to_str().unwrap()]);
-    assert!(plain.contains(&format!("  watch:        {kind}")), "{plain}");
+    assert!(
+        plain.contains(&format!("  watch:        {kind}")),
+        "{plain}"
+    );
     // The server stops with its watcher.
     env.term();
-    assert!(env.log_text().contains("deskd stopped cleanly"), "{}", env.log_text());
+    assert!(
+        env.log_text().contains("deskd stopped cleanly"),
+        "{}",
+        env.log_text()
+    );
 }
 
 #[test]
@@ -94,7 +104,11 @@ fn watch_off_leaves_changes_to_clients_and_rebuilds() {
     serve_with(&mut env, "vol", "watch = \"off\"");
     let status = status_json(&env, &vol);
     assert_eq!(status["watch"]["kind"], "off", "{status}");
-    assert!(env.log_text().contains("not watching"), "{}", env.log_text());
+    assert!(
+        env.log_text().contains("not watching"),
+        "{}",
+        env.log_text()
+    );
     env.id_of(&vol.join("a"));
     fs::rename(vol.join("a"), vol.join("b")).unwrap();
     flush(&env, &vol);
@@ -111,7 +125,10 @@ fn a_read_only_volume_is_not_watched() {
     let status = status_json(&env, &vol);
     assert_eq!(status["watch"]["kind"], "off");
     assert!(
-        status["watch"]["note"].as_str().unwrap().contains("read-only"),
+        status["watch"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("read-only"),
         "{status}"
     );
 }
@@ -154,7 +171,11 @@ fn a_folder_swapped_for_a_link_by_nobody_leads_no_write_outside() {
         .uid_gid(65534)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     flush(&env, &vol);
     // Nothing of the server's outside the volume, and root's file untouched.
     let names: Vec<String> = fs::read_dir(&outside)

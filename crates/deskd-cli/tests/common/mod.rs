@@ -1189,6 +1189,34 @@ impl Env {
         }
     }
 
+    /// Wait (60 s at most) until the last queue overflow the log shows for `volume` (the
+    /// server's `… queue overflow …` line) is followed by a watch rescan that started after it
+    /// and finished; returns the log.
+    pub fn wait_for_rescan_after_overflow(&self, volume: &str) -> String {
+        let root = self.path(volume).display().to_string();
+        let started = format!("watch rescan of {root} started");
+        let finished = format!("watch rescan of {root} finished");
+        let began = Instant::now();
+        loop {
+            let log = self.log_text();
+            let overflow = log.rfind("queue overflow");
+            let settled = overflow.is_some_and(|at| {
+                log[at..]
+                    .find(&started)
+                    .is_some_and(|s| log[at + s..].contains(&finished))
+            });
+            if settled {
+                return log;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "no overflow, or no watch rescan of {root} started and finished after the last \
+                 overflow: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// `deskd rebuild -s VOL` must print nothing and exit 0: the desktop, the resource files
     /// and the mirrors agree with the disk.
     pub fn rebuild_scan_silent(&self, volume: &str) {

@@ -162,7 +162,8 @@ pub(crate) fn process(
     {
         let mut unplaced = running.unplaced.lock().unwrap();
         for change in &outcome.unplaced {
-            let again = matches!(change, Change::Created { path, .. } if carried_paths.contains(path));
+            let again =
+                matches!(change, Change::Created { path, .. } if carried_paths.contains(path));
             if !again && unplaced.len() < MAX_UNPLACED {
                 unplaced.push(change.clone());
             }
