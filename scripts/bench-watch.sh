@@ -72,8 +72,27 @@ barrier() { "$BIN/deskd" flush --socket "$SOCK" --volume "$VOL"; }
 watch_field() {
     "$BIN/deskd" status --socket "$SOCK" --json | json "d.get('watch') and d['watch'].get('$1')"
 }
-# The number of lines `deskd rebuild -s` prints (0: the desktop agrees with the disk).
-scan_lines() { "$BIN/deskd" rebuild -s --socket "$SOCK" "$VOL" 2>/dev/null | wc -l; }
+# Wait until no watch rescan (after an overflow) runs: a rebuild job started meanwhile would
+# be refused.
+rescans_idle() {
+    local i
+    for i in $(seq 6000); do
+        [ "$(watch_field rescan | sed 's/.*running.: \([A-Za-z]*\).*/\1/')" != True ] && return 0
+        sleep 0.1
+    done
+    echo "a watch rescan still runs after 600 s" >&2
+    return 1
+}
+# The number of lines `deskd rebuild -s` prints (0: the desktop agrees with the disk), after
+# the barrier and any rescan; "failed" when it could not run.
+scan_lines() {
+    barrier
+    rescans_idle
+    local out status=0
+    out=$("$BIN/deskd" rebuild -s --socket "$SOCK" "$VOL" 2>"$WORK/scan.err") || status=$?
+    if [ "$status" -gt 1 ]; then echo "failed ($(head -1 "$WORK/scan.err"))"; return; fi
+    printf '%s' "$out" | grep -c . || true
+}
 # `dirs` and `per_dir` for N files: one directory up to 10,000, else 10,000 a directory.
 shape() { local n=$1; if [ "$n" -le 10000 ]; then echo "1 $n"; else echo "$((n / 10000)) 10000"; fi; }
 # Populate and register N files (registration through a client, so both modes start alike).
