@@ -12,7 +12,7 @@ use common::{sqlite3, Env};
 fn damaged_desktop(env: &mut Env) -> (u32, u32) {
     std::fs::create_dir(env.path("vol/dir")).unwrap();
     std::fs::write(env.path("vol/dir/file"), b"x").unwrap();
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     let dir = env.id_of(&env.path("vol/dir"));
     let file = env.id_of(&env.path("vol/dir/file"));
     env.term();
@@ -27,10 +27,12 @@ fn damaged_desktop(env: &mut Env) -> (u32, u32) {
 fn write_config(env: &Env, auto_repair: Option<bool>) -> String {
     let cfg = env.path("deskd.toml");
     let setting = auto_repair.map_or(String::new(), |on| format!("auto_repair = {on}\n"));
+    // Not watched: a watched volume's start-up rescan is itself an online repair, and these
+    // tests are about the one auto_repair starts.
     std::fs::write(
         &cfg,
         format!(
-            "[defaults]\n{setting}\n[volume.\"{}\"]\n",
+            "[defaults]\nwatch = \"off\"\n{setting}\n[volume.\"{}\"]\n",
             env.path("vol").display()
         ),
     )

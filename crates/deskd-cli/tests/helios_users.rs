@@ -3,7 +3,8 @@
 //! is neither root nor the volume's owner sees only its own uid's. The server log says, under
 //! the target `deskd::audit`, who changed what (uid, pid, program, request, ID, path) once it
 //! committed, and who asked for a freeze, thaw or flush; names cannot forge lines, and
-//! `DESKD_LOG=…,deskd::audit=off` silences it.
+//! `DESKD_LOG=…,deskd::audit=off` silences it. The audit tests serve unwatched (`watch =
+//! "off"`): a watcher would register the files they make before the client's request does.
 
 mod common;
 use common::*;
@@ -272,7 +273,7 @@ fn audit_line(env: &Env, parts: &[&str]) -> String {
 #[test]
 fn each_committed_change_is_logged_with_who_what_id_and_path() {
     let mut env = Env::new(&["vol"]);
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     let root = env.path("vol").display().to_string();
     env.dt_ok(&[b"mkdir", b"vol/d"]);
     let dt = |args: &[&str]| {
@@ -344,7 +345,7 @@ fn each_committed_change_is_logged_with_who_what_id_and_path() {
 #[test]
 fn refused_requests_leave_no_audit_line() {
     let mut env = Env::new(&["vol"]);
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     env.dt_ok(&[b"touch", b"vol/kept"]);
     let id = env.id_of(&env.path("vol/kept"));
     let before = audit_lines(&env);
@@ -413,7 +414,7 @@ fn refused_requests_leave_no_audit_line() {
 #[test]
 fn freeze_thaw_and_flush_say_who_asked() {
     let mut env = Env::new(&["vol"]);
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     let root = env.path("vol").display().to_string();
     let deskd = |args: &[&str]| {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
@@ -454,7 +455,7 @@ fn freeze_thaw_and_flush_say_who_asked() {
 #[test]
 fn a_hostile_name_cannot_forge_a_log_line() {
     let mut env = Env::new(&["vol"]);
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     let forged = "2026-01-01T00:00:00.000000Z  INFO deskd::audit: uid 1234 pid 1 (dt) fake";
     let mut name = b"vol/x\n".to_vec();
     name.extend_from_slice(forged.as_bytes());
@@ -498,7 +499,7 @@ fn the_audit_target_can_be_turned_off() {
     let mut env = Env::new(&["vol"]);
     env.server_env
         .push(("DESKD_LOG".into(), "info,deskd::audit=off".into()));
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     env.dt_ok(&[b"touch", b"vol/a"]);
     env.dt_ok(&[b"mv", b"vol/a", b"vol/b"]);
     env.deskd_ok(&["freeze", "5"]);
@@ -516,7 +517,7 @@ fn the_audit_target_can_be_turned_off() {
 #[test]
 fn an_online_rebuild_says_who_started_it_and_what_it_repaired() {
     let mut env = Env::new(&["vol"]);
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     env.dt_ok(&[b"touch", b"vol/registered"]);
     // A file the desktop does not know: the repair gives it an ID.
     std::fs::write(env.path("vol/unregistered"), b"").unwrap();
@@ -563,7 +564,7 @@ fn an_online_rebuild_says_who_started_it_and_what_it_repaired() {
 #[test]
 fn a_clean_stop_writes_every_audit_line() {
     let mut env = Env::new(&["vol"]);
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     let names: Vec<String> = (0..3000).map(|i| format!("f{i:05}")).collect();
     for n in &names {
         std::fs::write(env.path("vol").join(n), b"").unwrap();
@@ -588,7 +589,7 @@ fn a_clean_stop_writes_every_audit_line() {
 fn the_volume_owner_sees_every_client() {
     let mut env = Env::new(&["vol"]);
     std::os::unix::fs::chown(env.path("vol"), Some(65534), Some(65534)).unwrap();
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     let mut held = env.client();
     held.open_volume(&env.path("vol")).unwrap();
     let seen = clients_of(&status_json(&env, Some(65534)), "vol");

@@ -4,7 +4,8 @@
 //! from afpd 3.2.0 under afptest), and through the real `dt`, also as nobody. Records are read
 //! back through the bridge and with `sqlite3`. The cases in `netatalk_cases/ids.rs` run here
 //! through the bridge (and in netatalk_inserve.rs through `deskd serve`'s own listener); the
-//! tests below need no afpd.
+//! tests below need no afpd. Their servers do not watch (`watch = "off"`): what a claim alone
+//! may move is what they test, and the watcher would record the moves itself.
 
 mod common;
 #[path = "netatalk_cases/ids.rs"]
@@ -20,7 +21,7 @@ id_cases!(Via::Bridge);
 #[test]
 fn a_carried_id_naming_another_users_record_moves_nothing() {
     let mut env = Env::new(&["vol"]);
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     std::fs::create_dir(env.path("vol/nobodys")).unwrap();
     std::os::unix::fs::chown(env.path("vol/nobodys"), Some(65534), Some(65534)).unwrap();
     // Registered by root: nobody may not write the resource file of a name in the root.
@@ -68,7 +69,7 @@ fn a_carried_id_naming_another_users_record_moves_nothing() {
 #[test]
 fn dt_follows_a_plain_mv_by_the_xattr_mirror_as_an_ordinary_user() {
     let mut env = Env::new(&["vol"]);
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     // nobody's own folder (registered by root, whose resource files are in the root).
     std::fs::create_dir_all(env.path("vol/home/sub")).unwrap();
     for p in ["vol/home", "vol/home/sub"] {
@@ -138,7 +139,7 @@ fn id_as_nobody(env: &Env, rel: &str) -> Option<u32> {
 #[test]
 fn a_newer_file_with_a_recorded_inode_number_is_not_followed() {
     let mut env = Env::new(&["vol"]);
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     std::fs::create_dir(env.path("vol/pub")).unwrap();
     std::fs::set_permissions(
         env.path("vol/pub"),
@@ -158,7 +159,7 @@ fn a_newer_file_with_a_recorded_inode_number_is_not_followed() {
         &env.path("vol/.Desktop"),
         &format!("UPDATE objects SET ctime = 1000 WHERE id = {id}"),
     );
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     std::fs::rename(env.path("vol/pub/bait"), env.path("vol/pub/taken")).unwrap();
     // (nobody writes the resource files of its own files)
     std::os::unix::fs::chown(env.path("vol/pub/.rsrc"), Some(65534), Some(65534)).unwrap();
@@ -178,7 +179,7 @@ fn a_newer_file_with_a_recorded_inode_number_is_not_followed() {
 #[test]
 fn a_move_out_of_a_folder_the_asker_cannot_write_is_followed_only_for_whoever_could() {
     let mut env = Env::new(&["vol"]);
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     std::fs::create_dir(env.path("vol/staff")).unwrap(); // root's, 0755
     std::fs::create_dir(env.path("vol/pub")).unwrap();
     std::fs::set_permissions(

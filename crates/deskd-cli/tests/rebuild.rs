@@ -25,7 +25,7 @@ fn text(o: &Output) -> String {
 /// A served volume with nested directories and `files` files spread over them, made with dt;
 /// returns every path made (relative to the temp dir).
 fn populate(env: &mut Env, files: usize) -> Vec<PathBuf> {
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     let mut made = Vec::new();
     for a in 0..5 {
         for b in 0..4 {
@@ -90,7 +90,7 @@ fn fresh_rebuild_after_losing_the_desktop_keeps_every_id() {
     );
     assert_eq!(text(&scan), "");
     assert!(scan.stderr.is_empty());
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     assert_eq!(ids_of(&env, &paths), before, "every ID came back");
     // The counter did not go back: a new object gets a fresh ID.
     env.dt_ok(&[b"touch", b"vol/new-after-rebuild"]);
@@ -110,7 +110,7 @@ fn plain(cmd: &str, args: &[&str], dir: &Path) {
 #[test]
 fn scan_lists_plain_unix_damage_repair_fixes_it_and_ids_survive() {
     let mut env = Env::new(&["vol"]);
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     for d in ["vol/docs", "vol/docs/sub", "vol/photos", "vol/old"] {
         env.dt_ok(&[b"mkdir", d.as_bytes()]);
     }
@@ -191,7 +191,7 @@ fn scan_lists_plain_unix_damage_repair_fixes_it_and_ids_survive() {
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
     assert_eq!(text(&again), "");
 
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     assert_eq!(
         id(&env, "vol/photos/a-moved.txt"),
         a,
@@ -360,7 +360,7 @@ fn netatalk_volume_comes_through_fresh_rebuild_with_its_cnids() {
 #[test]
 fn rebuild_refuses_a_served_volume_and_low_space() {
     let mut env = Env::new(&["vol", "big"]);
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     env.dt_ok(&[b"touch", b"vol/a"]);
     let out = rebuild(&env, &["vol"]);
     assert_eq!(out.status.code(), Some(2));
@@ -430,7 +430,7 @@ fn a_rebuild_killed_at_any_step_leaves_an_openable_desktop() {
             "ok",
             "after a kill at {step}"
         );
-        env.serve(&["vol"]);
+        env.serve_unwatched(&["vol"]);
         env.term();
     }
     // Random SIGKILLs too.
@@ -453,7 +453,7 @@ fn a_rebuild_killed_at_any_step_leaves_an_openable_desktop() {
     assert!(out.status.success(), "{}", common::stderr(&out));
     let scan = rebuild(&env, &["-s", "vol"]);
     assert_eq!(scan.status.code(), Some(0), "{}", text(&scan));
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     let mut moved_paths = paths.clone();
     let i = moved_paths
         .iter()
@@ -470,7 +470,7 @@ fn a_rebuild_killed_at_any_step_leaves_an_openable_desktop() {
 #[test]
 fn json_verbose_threads_and_the_summary_line_agree() {
     let mut env = Env::new(&["vol"]);
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     env.dt_ok(&[b"mkdir", b"vol/d"]);
     env.dt_ok(&[b"touch", b"vol/d/a", b"vol/d/b"]);
     env.term();
@@ -792,7 +792,7 @@ fn online_rebuild_ends_at_once_when_the_server_stops_answering_and_survives_a_ki
     let mut child = child;
     assert!(!child.wait().unwrap().success());
     env.server_env.clear();
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     assert_eq!(
         sqlite3(&env.path("vol/.Desktop"), "PRAGMA integrity_check"),
         "ok"

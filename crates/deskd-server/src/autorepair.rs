@@ -53,8 +53,15 @@ pub(crate) fn repair_if_check_failed(registry: &Registry, handle: &Arc<VolumeHan
         .spawn(move || repair(&registry, &handle));
 }
 
+/// How long a repair waits for a rebuild already running (the watcher's start-up rescan).
+const WAIT_FOR_OTHER: Duration = Duration::from_secs(120);
+
 fn repair(registry: &Registry, handle: &Arc<VolumeHandle>) {
     let root = handle.volume.root().display().to_string();
+    let began = std::time::Instant::now();
+    while registry.running(handle) && began.elapsed() < WAIT_FOR_OTHER {
+        std::thread::sleep(POLL);
+    }
     let job = match rebuild::start(
         registry,
         handle,

@@ -184,14 +184,16 @@ impl Server {
     /// false, with the slot served again, when it is frozen or rebuilding.
     fn close(&self, handle: &Arc<VolumeHandle>, notes: &mut Vec<String>, later: &str) -> bool {
         let root = handle.volume.root().display();
+        // The watcher stops before the desktop closes, its rescan cancelled (the reopened
+        // volume's start-up rescan finds what it did not apply); a refused close starts it
+        // again.
+        crate::watch::stop(&self.shared.watchers, &self.shared.rebuilds, handle);
         if let Some(why) = cannot_close(&self.shared.rebuilds, handle) {
+            crate::watch::start(&self.shared.watchers, &self.shared.rebuilds, handle);
             notes.push(format!("{root}: {why}; {later}"));
             return false;
         }
         self.set_slot(handle.index, Slot::Changing);
-        // The watcher stops before the desktop closes (the reopened volume's start-up rescan
-        // finds what it did not apply); a refused close starts it again.
-        crate::watch::stop(&self.shared.watchers, handle);
         match handle.ask(Job::Close) {
             Some(Ok(())) => {
                 self.shared.closings.fetch_add(1, Ordering::SeqCst);

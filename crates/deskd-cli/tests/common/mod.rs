@@ -171,10 +171,11 @@ impl Env {
     }
 
     /// Write `deskd.toml` in the temp dir: volume `vol` alone, read-only or not. SIGHUP tests
-    /// rewrite it and signal the server.
+    /// rewrite it and signal the server. Not watched (`watch = "off"`): these tests count what
+    /// requests record across reopenings, which the watcher would record on its own.
     pub fn set_read_only(&self, read_only: bool) {
         let text = format!(
-            "[volume.\"{}\"]\nread_only = {read_only}\n",
+            "[volume.\"{}\"]\nread_only = {read_only}\nwatch = \"off\"\n",
             self.path("vol").display()
         );
         std::fs::write(self.path("deskd.toml"), text).unwrap()
@@ -1019,6 +1020,11 @@ impl Env {
             Some((before, own)) => (before.to_owned(), own),
             None => (config.to_owned(), ""),
         };
+        // Not watched: these tests drive what afpd's requests (and the claims they carry) do
+        // with changes made on disk, which the watcher would record on its own.
+        if !text.contains("[defaults]") {
+            text.insert_str(0, "[defaults]\nwatch = \"off\"\n");
+        }
         if via == Via::InServe {
             text.push_str("\n[netatalk]\nlisten = \"127.0.0.1:0\"\n");
             if let Some(conf) = afp_conf {
@@ -1361,5 +1367,30 @@ impl Drop for Samba {
         // SAFETY: signalling the process group of our own child.
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
+    }
+}
+
+// --- watchapply ---
+
+impl Env {
+    /// Serve the named volumes (relative to the temp dir) with live tracking off (`watch =
+    /// "off"` in `[defaults]`): for tests of what changes made outside deskd do without it, and
+    /// of rebuild jobs, which the watcher's start-up rescan would otherwise share the volume
+    /// with. `extra`: more `deskd serve` arguments.
+    pub fn serve_unwatched_with(&mut self, volumes: &[&str], extra: &[&str]) -> Duration {
+        let cfg = self.path("unwatched.toml");
+        if !cfg.exists() {
+            std::fs::write(&cfg, "[defaults]\nwatch = \"off\"\n").unwrap();
+        }
+        let mut args: Vec<String> = vec!["--config".into(), cfg.display().to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.extend(volumes.iter().map(|v| self.path(v).display().to_string()));
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        self.start(&refs)
+    }
+
+    /// [`Env::serve_unwatched_with`] with no other argument.
+    pub fn serve_unwatched(&mut self, volumes: &[&str]) -> Duration {
+        self.serve_unwatched_with(volumes, &[])
     }
 }

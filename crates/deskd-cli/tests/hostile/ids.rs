@@ -8,6 +8,8 @@
 //!
 //! The nobody side of a test is this test binary run again as nobody with a small script in
 //! `DESKD_IDS_PROBE` (write a file, set an xattr, plant a resource file, send a hinted request).
+//! The servers here do not watch (`watch = "off"`): these are the client paths' rules; what
+//! the watcher does with the same plants is `deskd-server`'s `watch::tests`.
 
 use std::path::{Path, PathBuf};
 
@@ -125,7 +127,7 @@ struct Scene {
 
 fn scene() -> Scene {
     let mut env = Env::new(&["vol"]);
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     env.dt_ok(&[b"mkdir", b"vol/public", b"vol/nobodys"]);
     std::os::unix::fs::chown(env.path("vol/nobodys"), Some(NOBODY), Some(NOBODY)).unwrap();
     env.dt_ok(&[b"touch", b"vol/public/root.txt", b"vol/public/gone.txt"]);
@@ -546,7 +548,7 @@ fn trusted_restores_and_plain_moves_keep_their_ids() {
 
     // nobody's file replaced by save-by-rename at the same path keeps its ID through the
     // resource file (the desktop has that ID at that path).
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     let made = dt_as_nobody(&env, &[b"touch", b"vol/nobodys/doc"]);
     assert!(made.status.success(), "{}", stderr(&made));
     let doc_id = id_named(&env, "doc").unwrap();
@@ -573,7 +575,7 @@ fn status_warns_long_before_the_id_space_runs_out() {
         &desktop(&env),
         &format!("UPDATE meta SET value = {seeded} WHERE key = 'last_id'"),
     );
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     assert!(
         env.log_text().contains("ID space nearly exhausted"),
         "no warning in the log at open: {}",
@@ -600,7 +602,11 @@ fn status_warns_long_before_the_id_space_runs_out() {
 fn serve_tcp(env: &mut Env, token: &Path, config: Option<&Path>) -> String {
     let vol = env.path("vol").display().to_string();
     let token = token.display().to_string();
-    let config = config.map(|c| c.display().to_string());
+    // Not watched (as every server of this file): the hints under test would find their
+    // files registered by the watcher first.
+    let unwatched = env.path("unwatched-tcp.toml");
+    std::fs::write(&unwatched, "[defaults]\nwatch = \"off\"\n").unwrap();
+    let config = Some(config.unwrap_or(&unwatched).display().to_string());
     let mut args = vec!["--listen", "127.0.0.1:0", "--token-file", &token];
     if let Some(c) = &config {
         args.extend(["--config", c.as_str()]);
@@ -667,7 +673,11 @@ fn tcp_token_holders_choose_ids_only_with_tcp_admin() {
     env.term();
     // With tcp_admin = true the token is an admin's, and its hint is honoured.
     let config = env.path("deskd.toml");
-    std::fs::write(&config, "[server]\ntcp_admin = true\n").unwrap();
+    std::fs::write(
+        &config,
+        "[server]\ntcp_admin = true\n[defaults]\nwatch = \"off\"\n",
+    )
+    .unwrap();
     let addr = serve_tcp(&mut env, &token, Some(&config));
     assert_eq!(
         add_over_tcp(&env, &addr, TOKEN.trim_ascii_end(), "admin", 50_000),
@@ -712,7 +722,7 @@ fn the_volume_owner_may_choose_ids() {
     // A volume nobody owns: nobody is its administrator, so its hint is honoured.
     let mut env = Env::new(&["vol"]);
     std::os::unix::fs::chown(env.path("vol"), Some(NOBODY), Some(NOBODY)).unwrap();
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     let vol = env.path("vol");
     let file = vol.join("owned").display().to_string();
     let out = as_nobody(

@@ -491,7 +491,11 @@ fn the_wal_never_takes_the_last_space_and_flush_works_on_a_full_disk() {
     // No timed checkpoint during the test: only the free-space rule can empty the WAL.
     std::fs::write(
         &config,
-        format!("[defaults]\nmin_free = {MIN_FREE}\nflush_delay = 3600\nidle_close = 3600\n"),
+        // Not watched: the registrations under test would find their files registered.
+        format!(
+            "[defaults]\nmin_free = {MIN_FREE}\nflush_delay = 3600\nidle_close = 3600\n\
+             watch = \"off\"\n"
+        ),
     )
     .unwrap();
     let (config, vol_arg) = (config.display().to_string(), vol.display().to_string());
@@ -809,7 +813,7 @@ fn a_client_that_never_reads_its_replies_cannot_take_the_servers_memory() {
     let long = |c: char| std::iter::repeat_n(c, 200).collect::<String>();
     let dir = format!("{}/{}", long('d'), long('e'));
     std::fs::create_dir_all(env.path("vol").join(&dir)).unwrap();
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     let paths: Vec<String> = (0..10_000)
         .map(|i| format!("{dir}/hoarded-{i:05}-{}", long('f')))
         .collect();
@@ -961,7 +965,7 @@ fn nobody_cannot_grow_the_desktop_by_a_megabyte_a_request() {
     for p in ["vol/mine", "vol/mine/own.txt"] {
         std::os::unix::fs::chown(env.path(p), Some(65534), Some(65534)).unwrap();
     }
-    env.serve(&["vol"]);
+    env.serve_unwatched(&["vol"]);
     env.dt_ok(&[b"info", b"vol/mine/own.txt"]);
     let desktop = env.path("vol/.Desktop");
     let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);

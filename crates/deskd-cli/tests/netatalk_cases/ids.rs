@@ -383,7 +383,7 @@ pub fn replaced_changes_at_a_sighup(via: Via) {
     std::fs::write(
         env.path("deskd.toml"),
         format!(
-            "[defaults]\nreplaced = \"new-id\"\n[volume.\"{}\"]\n",
+            "[defaults]\nreplaced = \"new-id\"\nwatch = \"off\"\n[volume.\"{}\"]\n",
             env.path("vol").display()
         ),
     )

@@ -243,12 +243,15 @@ fn walk_to(w: &Writing<'_, '_>, names: &[Vec<u8>]) -> Option<walk::Walked> {
     Some(walked)
 }
 
-/// The ID the object claims: its mirror, else its resource file's. Read through descriptors
-/// held below the root (a folder swapped for a link since the walk leads nowhere else); a
-/// symbolic link has no mirror of its own and its target's is never read.
-fn claim(w: &Writing<'_, '_>, names: &[Vec<u8>], node: &Node) -> Option<u32> {
+/// What the object's own metadata says: the ID it claims (its mirror, else its resource
+/// file's) and the type and creator of its resource file (what `dt cp`, `cp -a` or `rsync -a`
+/// brought along). Read through descriptors held below the root (a folder swapped for a link
+/// since the walk leads nowhere else); a symbolic link has no mirror of its own and its
+/// target's is never read.
+fn claim(w: &Writing<'_, '_>, names: &[Vec<u8>], node: &Node) -> Claim {
     let root = w.vol.root();
     let path = w.vol.path_of(names);
+    let mut out = Claim::default();
     if node.kind != Kind::Symlink {
         if let Ok(pinned) = deskd_volume::pin::pin(root, &path, 1) {
             let is_it = std::fs::symlink_metadata(&pinned.path).is_ok_and(|m| {
@@ -256,27 +259,63 @@ fn claim(w: &Writing<'_, '_>, names: &[Vec<u8>], node: &Node) -> Option<u32> {
                 (m.dev(), m.ino()) == (node.dev, node.ino) && !m.file_type().is_symlink()
             });
             if is_it {
-                if let Some(id) = deskd_volume::read_id_xattr(&pinned.path) {
-                    return Some(id);
-                }
+                out.id = deskd_volume::read_id_xattr(&pinned.path);
             }
         }
     }
-    let rsrc = deskd_volume::rsrc::rsrc_path(&path)?;
-    let pinned = deskd_volume::pin::pin(root, &rsrc, 2).ok()?;
-    deskd_volume::rsrc::read_header(&pinned.path)
-        .ok()
-        .flatten()
-        .map(|h| h.id)
-        .filter(|&id| id != 0)
+    let header = deskd_volume::rsrc::rsrc_path(&path)
+        .and_then(|rsrc| deskd_volume::pin::pin(root, &rsrc, 2).ok())
+        .and_then(|pinned| deskd_volume::rsrc::read_header(&pinned.path).ok().flatten());
+    if let Some(h) = header {
+        out.id = out.id.or(Some(h.id).filter(|&id| id != 0));
+        if h.type_code != [0; 4] || h.creator != [0; 4] {
+            out.codes = Some((h.type_code, h.creator));
+        }
+    }
+    out
 }
 
-/// What a registration asks with the object's claim: followed as a move always, kept as a
-/// hint only when this desktop once handed it out (a user's xattr cannot raise the counter).
-fn asked_with(claim: Option<u32>, last_id: u32) -> Asked {
+/// What [`claim`] read.
+#[derive(Default, Clone, Copy)]
+struct Claim {
+    id: Option<u32>,
+    codes: Option<([u8; 4], [u8; 4])>,
+}
+
+/// Who may choose an object's ID by its claim (docs/security.md, "IDs under attack"): the
+/// owner of the object must be root, the server's own user or the volume's owner — those who
+/// could restore the volume anyway. Anyone else's claim is only followed as a move.
+#[derive(Clone, Copy)]
+pub(super) struct Choosers {
+    server: u32,
+    volume_owner: Option<u32>,
+}
+
+impl Choosers {
+    pub(super) fn of(vol: &deskd_volume::Volume) -> Choosers {
+        use std::os::unix::fs::MetadataExt;
+        Choosers {
+            server: rustix::process::geteuid().as_raw(),
+            volume_owner: std::fs::metadata(vol.root()).ok().map(|m| m.uid()),
+        }
+    }
+
+    fn may_choose(&self, owner: u32) -> bool {
+        owner == 0 || owner == self.server || Some(owner) == self.volume_owner
+    }
+}
+
+/// What a registration asks with the object's claim: followed as a move always; kept as a
+/// hint only when the object's owner may choose IDs and this desktop once handed the ID out
+/// (a restore: a mirror cannot raise the counter).
+fn asked_with(claim: Claim, last_id: u32, owner: u32, choosers: Choosers) -> Asked {
     Asked {
-        hint: claim.filter(|&id| id <= last_id && id > deskd_db::ROOT_ID),
-        carried: claim,
+        hint: claim
+            .id
+            .filter(|&id| id <= last_id && id > deskd_db::ROOT_ID && choosers.may_choose(owner)),
+        carried: claim.id,
+        type_code: claim.codes.map(|c| c.0),
+        creator: claim.codes.map(|c| c.1),
         ..Asked::default()
     }
     .registering()
@@ -317,7 +356,12 @@ fn created(
         w.cache.clear();
         before = None;
     }
-    let asked = asked_with(claim(w, names, &node), last_id);
+    let asked = asked_with(
+        claim(w, names, &node),
+        last_id,
+        node.uid,
+        Choosers::of(w.vol),
+    );
     let (object, created) = register_walked(w, names, &walked.nodes, asked)?;
     let changed = created
         || before
@@ -357,6 +401,7 @@ fn register_tree(
     ) else {
         return Ok(false);
     };
+    let choosers = Choosers::of(w.vol);
     let mut stack = vec![(names.to_vec(), first, walked.nodes.clone())];
     while let Some((dir_names, dir_fd, dir_nodes)) = stack.pop() {
         let Ok(mut dir) = rustix::fs::Dir::read_from(&dir_fd) else {
@@ -399,7 +444,7 @@ fn register_tree(
             let mut child_nodes = dir_nodes.clone();
             child_nodes.push(node);
             let before = registered(w.b, &child_names)?;
-            let asked = asked_with(claim(w, &child_names, &node), last_id);
+            let asked = asked_with(claim(w, &child_names, &node), last_id, node.uid, choosers);
             let (object, created) = match register_walked(w, &child_names, &child_nodes, asked) {
                 Ok(done) => done,
                 Err(e) => {

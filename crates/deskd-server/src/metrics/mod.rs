@@ -64,6 +64,8 @@ struct VolumeFigures {
     clients: u64,
     rebuild: Option<deskd_proto::RebuildState>,
     batches: figures::BatchSizes,
+    /// Live tracking (issue 23); `kind` is `off` when the volume is not watched.
+    watch: deskd_proto::VolumeWatch,
 }
 
 /// The text for `view`.
@@ -132,6 +134,7 @@ fn gather(shared: &Shared, handle: Arc<VolumeHandle>) -> VolumeFigures {
             .current(&handle)
             .map(|job| job.state(u64::MAX)),
         batches: handle.writer.figures().read(),
+        watch: shared.watchers.status(&handle),
         handle,
     }
 }
@@ -285,6 +288,31 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
         Gauge,
         "0 when the previous session ended without a clean shutdown.",
         |v| Some(v.state.clean_at_start),
+    );
+    let watched = |v: &VolumeFigures| v.watch.kind != "off";
+    each_volume(
+        out,
+        volumes,
+        "deskd_watch_events_total",
+        Counter,
+        "Changes made on the volume that its watcher reported (after coalescing).",
+        |v| watched(v).then_some(v.watch.events),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_watch_lag_seconds",
+        Gauge,
+        "The last batch of watched changes: from its oldest event read to its commit.",
+        |v| watched(v).then_some(v.watch.lag_ms as f64 / 1000.0),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_watch_overflows_total",
+        Counter,
+        "Times the watcher lost events (a rescan of the volume followed).",
+        |v| watched(v).then_some(v.watch.overflows),
     );
     each_volume(
         out,

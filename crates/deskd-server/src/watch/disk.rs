@@ -99,10 +99,15 @@ fn stamp(vol: &Volume, item: &DiskWork) -> Result<Stamped, VolumeError> {
         return Ok(Stamped::MovedOn); // moved or replaced since
     }
     let pinned = pin(root, &rsrc_path, 2)?;
+    make_rsrc_dir_like_its_folder(&pinned.path)?;
+    let fresh = std::fs::symlink_metadata(&pinned.path).is_err();
     let (id, type_code, creator) = (*id, *type_code, *creator);
     rsrc::ensure_id(&pinned.path, id, || {
         ResourceHeader::new(id, type_code, creator, (*ctime).max(0) as u32)
     })?;
+    if fresh {
+        give_to_the_objects_owner(&pinned.path, &object.path);
+    }
     if *kind != Kind::Symlink && deskd_volume::read_id_xattr(&object.path) != Some(id) {
         // Checked again: a link swapped in for the object since is never followed.
         if is_inode(&object.path, *dev, *ino) {
@@ -135,9 +140,71 @@ fn carry(vol: &Volume, from: &[Vec<u8>], then: &DiskWork) -> Result<(), VolumeEr
         return Ok(());
     }
     let target_dir = pin(root, &to_rsrc, 2)?;
-    rsrc::make_rsrc_dir(&target_dir.path)?;
+    make_rsrc_dir_like_its_folder(&target_dir.path)?;
     let target = pin(root, &to_rsrc, 1)?;
     std::fs::rename(&source.path, &target.path).map_err(|e| VolumeError::io(&from_rsrc, e))
+}
+
+/// Make the `.rsrc/` folder that holds the resource file `rsrc_path` (a pinned path) unless
+/// it exists, with the owner, group and permissions of the folder it is in: whoever may make
+/// entries in that folder may write their resource files, as when `dt` makes it as them (the
+/// server is root, and a `.rsrc` of root's would shut them out). A link in its place is
+/// refused ([`rsrc::make_rsrc_dir`]).
+fn make_rsrc_dir_like_its_folder(rsrc_path: &Path) -> Result<(), VolumeError> {
+    let Some(dir) = rsrc_path.parent() else {
+        return Ok(());
+    };
+    if std::fs::symlink_metadata(dir).is_ok() {
+        return rsrc::make_rsrc_dir(rsrc_path);
+    }
+    rsrc::make_rsrc_dir(rsrc_path)?;
+    let Some(folder) = dir.parent().and_then(|f| std::fs::metadata(f).ok()) else {
+        return Ok(());
+    };
+    use rustix::fs::{Mode, OFlags};
+    let Ok(fd) = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Ok(());
+    };
+    own_like(&fd, folder.uid(), folder.gid(), folder.mode() & 0o3777);
+    Ok(())
+}
+
+/// A resource file the server just made: the object's owner and group, and the object's read
+/// and write bits (a private file's Finder comment stays private), as `dt` run by its owner
+/// leaves it.
+fn give_to_the_objects_owner(rsrc_file: &Path, object: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(object) else {
+        return;
+    };
+    use rustix::fs::{Mode, OFlags};
+    let Ok(fd) = rustix::fs::open(
+        rsrc_file,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let mode = if meta.file_type().is_symlink() {
+        0o644
+    } else {
+        meta.mode() & 0o666
+    };
+    own_like(&fd, meta.uid(), meta.gid(), mode);
+}
+
+/// Owner first (a change of owner clears set-ID bits), then the mode. Only root may give a
+/// file away: otherwise nothing is changed.
+fn own_like(fd: &impl std::os::fd::AsFd, uid: u32, gid: u32, mode: u32) {
+    use rustix::fs::Mode;
+    use rustix::process::{Gid, Uid};
+    if rustix::process::geteuid().is_root() {
+        let _ = rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+    }
+    let _ = rustix::fs::fchmod(fd, Mode::from_raw_mode(mode));
 }
 
 /// Remove the resource file of an object gone from `names`, unless the name holds an object

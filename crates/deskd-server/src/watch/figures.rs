@@ -19,9 +19,6 @@ pub(crate) struct WatchFigures {
     pub(crate) pending: u64,
     pub(crate) lag_ms: u64,
     lags: VecDeque<u64>,
-    /// Every lag seen, for the metrics' sum (seconds).
-    pub(crate) lag_sum: f64,
-    pub(crate) batches: u64,
     pub(crate) overflows: u64,
     pub(crate) last_overflow: Option<i64>,
     pub(crate) rescan: Option<WatchRescan>,
@@ -41,9 +38,7 @@ impl WatchFigures {
     pub(crate) fn batch(&mut self, events: u64, applied: u64, lag: Duration) {
         self.events += events;
         self.applied += applied;
-        self.batches += 1;
         self.lag_ms = lag.as_millis() as u64;
-        self.lag_sum += lag.as_secs_f64();
         if self.lags.len() == LAG_WINDOW {
             self.lags.pop_front();
         }

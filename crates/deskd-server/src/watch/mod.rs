@@ -84,24 +84,6 @@ impl Registry {
             None => WatchFigures::new("off", Some("not watched".into())).to_wire(handle.index),
         }
     }
-
-    /// Every watcher's figures, for `/metrics`: (volume handle, events, applied, overflows,
-    /// lag sum in seconds, batches).
-    pub(crate) fn figures(&self) -> Vec<(u32, VolumeWatch, f64, u64)> {
-        let all: Vec<(u32, Arc<Running>)> = self
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(i, r)| (*i, r.clone()))
-            .collect();
-        all.into_iter()
-            .map(|(index, r)| {
-                let f = r.figures.lock().unwrap();
-                (index, f.to_wire(index), f.lag_sum, f.batches)
-            })
-            .collect()
-    }
 }
 
 /// Start watching the volume as its configuration says, with a start-up rescan in the
@@ -213,12 +195,14 @@ pub(crate) fn retune(
     if running.mode == new.watch && running.queue == new.watch_queue {
         return;
     }
-    stop(registry, handle);
+    stop(registry, rebuilds, handle);
     start_with(registry, rebuilds, handle, new.watch, new.watch_queue);
 }
 
-/// Stop the volume's watcher (before its desktop is closed) and wait for its thread.
-pub(crate) fn stop(registry: &Registry, handle: &VolumeHandle) {
+/// Stop the volume's watcher (before its desktop is closed) and wait for its thread; a
+/// rescan it started is cancelled (the volume's next opening rescans anyway), so it does not
+/// hold off the close.
+pub(crate) fn stop(registry: &Registry, rebuilds: &rebuild::Registry, handle: &VolumeHandle) {
     let running = {
         let mut all = registry.0.lock().unwrap();
         match all.get(&handle.index) {
@@ -228,6 +212,7 @@ pub(crate) fn stop(registry: &Registry, handle: &VolumeHandle) {
     };
     if let Some(running) = running {
         stop_running(&running);
+        rescan::cancel(rebuilds, handle, &running, Duration::from_secs(10));
     }
 }
 

@@ -30,11 +30,34 @@ const POLL: Duration = Duration::from_millis(100);
 pub(crate) struct RescanState {
     running: bool,
     again: Option<&'static str>,
+    /// The online rebuild job of the running rescan.
+    job: Option<u64>,
 }
 
 /// Whether a rescan of the watcher's volume runs (or waits to start) now.
 pub(crate) fn running(running: &Running) -> bool {
     running.rescans.lock().unwrap().running
+}
+
+/// Stop the running rescan's repair (a reload closing the volume: the reopened volume's own
+/// start-up rescan finds what it did not), waiting at most `limit` for it to end.
+pub(crate) fn cancel(
+    rebuilds: &Registry,
+    handle: &VolumeHandle,
+    running: &Running,
+    limit: Duration,
+) {
+    let Some(job) = running.rescans.lock().unwrap().job else {
+        return;
+    };
+    let Some(current) = rebuilds.current(handle).filter(|j| j.id == job) else {
+        return;
+    };
+    current.cancel();
+    let began = std::time::Instant::now();
+    while !current.is_finished() && began.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Ask for a rescan of the volume for `reason` (`start`, `overflow`): started now on a thread
@@ -120,7 +143,10 @@ fn run(rebuilds: &Registry, handle: &Arc<VolumeHandle>, running: &Running, reaso
             None,
             "deskd (watch rescan)",
         ) {
-            Ok(job) => break job,
+            Ok(job) => {
+                running.rescans.lock().unwrap().job = Some(job);
+                break job;
+            }
             // Another rebuild runs (an administrator's, or the automatic repair): after it.
             Err(e) if e.code == ErrorCode::Busy => std::thread::sleep(POLL),
             Err(e) => {

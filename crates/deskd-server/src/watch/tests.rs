@@ -126,7 +126,7 @@ fn a_new_file_gets_an_id_its_resource_file_and_mirror() {
         assert_eq!(deskd_volume::read_id_xattr(&v.p("a.txt")), Some(id));
     }
     let f = v.running.figures.lock().unwrap();
-    assert_eq!((f.events, f.applied, f.batches), (1, 1, 1));
+    assert_eq!((f.events, f.applied), (1, 1));
     drop(f);
     // Seen again (dt registered it too, or a second event): nothing changes.
     v.feed(vec![created("a.txt")]);
@@ -249,6 +249,34 @@ fn a_claim_above_the_counter_is_never_taken() {
     let id = v.id("greedy").unwrap();
     assert!(id < 1000, "{id}");
     assert!(v.last_id() < 1000);
+}
+
+#[test]
+fn a_dead_id_claimed_by_another_users_file_is_not_given() {
+    let v = Vol::new();
+    if !xattrs(&v.root) || !rustix::process::geteuid().is_root() {
+        return;
+    }
+    fs::write(v.p("old"), b"x").unwrap();
+    v.feed(vec![created("old")]);
+    let dead = v.id("old").unwrap();
+    fs::remove_file(v.p("old")).unwrap();
+    v.feed(vec![Change::Removed {
+        path: "old".into(),
+        dir: false,
+    }]);
+    assert_eq!(v.id("old"), None);
+    // nobody's file names the dead ID in its mirror: a fresh ID, not the dead one.
+    fs::write(v.p("nobodys"), b"x").unwrap();
+    std::os::unix::fs::chown(v.p("nobodys"), Some(65534), Some(65534)).unwrap();
+    deskd_volume::write_id_xattr(&v.p("nobodys"), dead).unwrap();
+    v.feed(vec![created("nobodys")]);
+    assert_ne!(v.id("nobodys"), Some(dead));
+    // root's own restored file may take it back (a restore).
+    fs::write(v.p("restored"), b"x").unwrap();
+    deskd_volume::write_id_xattr(&v.p("restored"), dead).unwrap();
+    v.feed(vec![created("restored")]);
+    assert_eq!(v.id("restored"), Some(dead));
 }
 
 #[test]

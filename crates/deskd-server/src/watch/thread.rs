@@ -24,6 +24,20 @@ use crate::writer::Job;
 /// worst, and how often an idle watcher wakes.
 pub(crate) const WAIT: Duration = Duration::from_millis(50);
 
+/// How long after its oldest event a batch is applied at the earliest: a client that made the
+/// change itself (`dt cp`, the Netatalk bridge) tells the server within milliseconds, with what
+/// only it knows (type and creator, the ID to keep), and its request should be first.
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// Wait until the batch is [`SETTLE`] old.
+fn settle(batch: &Batch) {
+    if let (Some(oldest), false) = (batch.oldest, batch.changes.is_empty()) {
+        if let Some(left) = SETTLE.checked_sub(oldest.elapsed()) {
+            std::thread::sleep(left);
+        }
+    }
+}
+
 /// Read and apply batches until the watcher is stopped or fails.
 pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Registry) {
     let root = handle.volume.root().display().to_string();
@@ -38,7 +52,10 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
                 return;
             };
             match source.next_batch(WAIT) {
-                Ok(batch) => process(&running, &handle, &rebuilds, batch, &failures),
+                Ok(batch) => {
+                    settle(&batch);
+                    process(&running, &handle, &rebuilds, batch, &failures)
+                }
                 Err(e) => {
                     if running.stopping.load(Ordering::SeqCst) {
                         return;
