@@ -204,7 +204,7 @@ pub struct Watcher {
     stopper: Stopper,
     ignore: Ignore,
     queue_limit: Option<usize>,
-    coalescer: Coalescer,
+    coalescer: Box<Coalescer>,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -257,7 +257,7 @@ impl Watcher {
             stopper: Stopper::new().map_err(WatchError::Stopper)?,
             ignore,
             queue_limit: options.queue_limit,
-            coalescer: Coalescer::default(),
+            coalescer: Box::default(),
         };
         Ok(Started::Watching(watcher, note))
     }
@@ -337,7 +337,15 @@ impl Watcher {
             stopper: Stopper::new().unwrap(),
             ignore,
             queue_limit: None,
-            coalescer: Coalescer::default(),
+            coalescer: Box::default(),
+        }
+    }
+
+    /// fanotify: forget the directories at and under `rel` (the start-up walk missed them).
+    #[cfg(test)]
+    pub(crate) fn forget_under(&mut self, rel: &Path) {
+        if let Source::Fanotify(s) = &mut self.source {
+            s.forget_under(rel);
         }
     }
 

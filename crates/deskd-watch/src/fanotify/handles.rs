@@ -88,6 +88,11 @@ impl HandleCache {
         Some(abs)
     }
 
+    /// Whether a handle is cached (without counting as a use).
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+        self.entries.contains_key(key)
+    }
+
     pub(crate) fn insert(&mut self, key: &[u8], abs: PathBuf) {
         self.clock += 1;
         if let Some(e) = self.entries.get_mut(key) {

@@ -143,6 +143,13 @@ impl FanotifySource {
         self.walked_all = false;
     }
 
+    /// Forget the directories at and under `rel` but stay complete: as if the start-up walk
+    /// had missed them (a directory moved across the walk while it ran).
+    #[cfg(test)]
+    pub(crate) fn forget_under(&mut self, rel: &Path) {
+        self.cache.remove_under(&self.root.join(rel));
+    }
+
     /// How many handles the kernel had to place (the rest came from the cache).
     #[cfg(test)]
     pub(crate) fn kernel_lookups(&self) -> u64 {
@@ -513,9 +520,10 @@ impl FanotifySource {
                     }
                 }
             }
+            let was_cached = fid.is_some_and(|f| self.cache.contains(f));
             self.follow_directory(from.as_deref(), to.as_deref(), fid, is_rename);
-            if is_rename && complete {
-                self.walk_moved_in(from.as_deref(), to.as_deref());
+            if is_rename && complete && !was_cached {
+                self.walk_arrived(to.as_deref());
             }
         }
         let from_rel = from.as_deref().and_then(|a| relative_to(&self.root, a));
@@ -544,12 +552,10 @@ impl FanotifySource {
         }
     }
 
-    /// A directory moved in from outside: cache what is under it, so the cache stays complete.
-    /// (From an ignored name, too: those directories are not cached.)
-    fn walk_moved_in(&mut self, from: Option<&Path>, to: Option<&Path>) {
-        if from.is_some_and(|a| self.cached_place(a)) {
-            return;
-        }
+    /// A directory the cache did not know was moved to `to`: moved in from outside or from
+    /// an ignored name, or moved from a part of the volume the start-up walk had not reached
+    /// yet into one it had passed. Cache what is under it, so the cache stays complete.
+    fn walk_arrived(&mut self, to: Option<&Path>) {
         if let Some(rel) = to.and_then(|a| relative_to(&self.root, a)) {
             if !self.ignore.path(&rel) {
                 self.walk(&rel);
