@@ -520,7 +520,8 @@ fn helios_tool(env: &Env, uid: Option<u32>, name: &str, args: &[&str]) -> Output
 #[test]
 fn rebuild_keeps_helios_output_and_exit_rules() {
     let mut env = Env::new(&["vol", "other"]);
-    env.serve(&["vol", "other"]);
+    // Not watched: a file made behind deskd's back must stay unknown for `-s` to report it.
+    env.serve_unwatched(&["vol", "other"]);
     env.dt_ok(&[b"touch", b"vol/known"]);
     let vol = env.path("vol").display().to_string();
     let other = env.path("other").display().to_string();

@@ -28,8 +28,14 @@ fn serve_tcp(env: &mut Env, extra: &[&str]) -> String {
     let token = token.display().to_string();
     let mut args = vec!["--listen", "127.0.0.1:0", "--token-file", &token];
     args.extend_from_slice(extra);
-    args.push(&vol);
-    env.start(&args);
+    if extra.contains(&"--config") {
+        args.push(&vol);
+        env.start(&args);
+    } else {
+        // Not watched: these tests count what clients registered over TCP, and files made
+        // on disk for them would be registered by the watcher too.
+        env.serve_unwatched_with(&["vol"], &args);
+    }
     tcp_address(env)
 }
 

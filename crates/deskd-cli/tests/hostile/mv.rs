@@ -6,7 +6,8 @@
 //! tree (`nobody`, who must not be able to import a foreign ID into B that way). No ID B had
 //! acknowledged changes, and running the same `dt mv` again finishes the move. Also: a `dt cp`
 //! killed the same way, and a move refused for want of permission, which must leave the
-//! source's IDs alone.
+//! source's IDs alone. The servers here do not watch (`watch = "off"`): what is checked is
+//! dt's own recovery and the repair's; a watcher would record the half-done move itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -75,7 +76,7 @@ impl Scene {
             Mounted::tmpfs_of(env.path("b"), "32m").expect("a tmpfs for volume b (needs root)")
         });
         let (a, b) = (env.path("a"), env.path("b"));
-        env.serve(&["a", "b"]);
+        env.serve_unwatched(&["a", "b"]);
         let filler: Vec<String> = (0..40)
             .map(|i| a.join(format!("filler-{i}")).display().to_string())
             .collect();
@@ -211,7 +212,7 @@ impl Scene {
                         String::from_utf8_lossy(&out.stderr)
                     );
                 }
-                self.env.serve(&["a", "b"]);
+                self.env.serve_unwatched(&["a", "b"]);
             }
             Repair::Online => {
                 for v in [&self.a, &self.b] {

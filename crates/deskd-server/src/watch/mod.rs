@@ -178,8 +178,17 @@ fn start_with(
             return;
         }
     }
-    // Changes made while deskd was down (or before the watcher began) are found by a rescan.
-    rescan::request(rebuilds, handle, &running, "start");
+    // Changes made while deskd was down (or before the watcher began) are found by a rescan;
+    // a desktop that records nothing but the root has no ID to keep, and is not walked.
+    let empty = handle
+        .open_reader()
+        .and_then(|r| deskd_db::Read::stats(&*r))
+        .is_ok_and(|s| s.objects <= 1);
+    if empty {
+        rescan::nothing_to_keep(handle, &running);
+    } else {
+        rescan::request(rebuilds, handle, &running, "start");
+    }
 }
 
 /// A reload's new settings: restart the watcher when `watch` or `watch_queue` changed.

@@ -60,6 +60,25 @@ pub(crate) fn cancel(
     }
 }
 
+/// The start-up rescan of a desktop that records no object but the root: there is no ID to
+/// keep, so nothing is walked (what is on disk is registered as it changes or is asked for,
+/// as without a watcher); logged and shown as a finished rescan of nothing.
+pub(crate) fn nothing_to_keep(handle: &VolumeHandle, running: &Running) {
+    let root = handle.volume.root().display().to_string();
+    info!(target: "deskd", "watch rescan of {root} started (start)");
+    let now = now_unix();
+    running.figures.lock().unwrap().rescan = Some(WatchRescan {
+        reason: "start".into(),
+        running: false,
+        started: now,
+        finished: Some(now),
+        ..WatchRescan::default()
+    });
+    info!(target: "deskd",
+        "watch rescan of {root} finished: 0 objects, 0 differences repaired (start: a new \
+         desktop has no ID to keep)");
+}
+
 /// Ask for a rescan of the volume for `reason` (`start`, `overflow`): started now on a thread
 /// of its own, or after the running one.
 pub(crate) fn request(
