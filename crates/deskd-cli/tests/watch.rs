@@ -242,9 +242,10 @@ fn mv_across_directories_keeps_ids_and_moves_resource_files() {
     env.rebuild_scan_silent("vol");
 }
 
-#[test]
-fn mv_over_an_existing_name_keeps_the_moved_id_as_dt_mv_does() {
-    let env = watched("");
+/// `mv x y` over a registered `y`, with `config`: x's object must keep its ID at y, and y's ID
+/// be retired, as `dt mv x y` leaves them.
+fn mv_over_an_existing_name_as_dt_mv(config: &str) {
+    let env = watched(config);
     dt_touch(&env, &["x", "y"]);
     dt_comment(&env, "x", "of x");
     dt_comment(&env, "y", "of y");
@@ -265,6 +266,17 @@ fn mv_over_an_existing_name_keeps_the_moved_id_as_dt_mv_does() {
     assert_eq!(rsrc_comment(&env, "y"), "of x");
     assert!(no_rsrc(&env, "x"));
     env.rebuild_scan_silent("vol");
+}
+
+/// The default `replaced = "keep-id"`: what the issue asks ("IDs as dt would have left them").
+#[test]
+fn mv_over_an_existing_name_keeps_the_moved_id_as_dt_mv_does() {
+    mv_over_an_existing_name_as_dt_mv("");
+}
+
+#[test]
+fn mv_over_an_existing_name_with_new_id_keeps_the_moved_id() {
+    mv_over_an_existing_name_as_dt_mv("[defaults]\nreplaced = \"new-id\"\n");
 }
 
 #[test]
