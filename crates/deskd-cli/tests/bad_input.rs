@@ -12,6 +12,8 @@ fn setup() -> (Env, std::path::PathBuf) {
     env.dt_ok(&[b"mkdir", b"vol/dir"]);
     env.dt_ok(&[b"touch", b"vol/dir/a"]);
     std::os::unix::fs::symlink(env.path("outside"), env.path("vol/out")).unwrap();
+    // The barrier: the watcher has recorded the link before the tests take their "before".
+    env.deskd_ok(&["flush"]);
     let db = env.path("vol/.Desktop");
     (env, db)
 }

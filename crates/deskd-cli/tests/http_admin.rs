@@ -43,8 +43,10 @@ fn serve_http_backing_up_into(
     std::fs::write(
         &config,
         format!(
+            // Not watched: the tests damage volumes behind the server's back for its
+            // rebuild actions to find.
             "[server]\nhttp_listen = \"127.0.0.1:0\"\nhttp_token_file = \"{}\"\n\
-             backup_dir = \"{}\"\n{extra}\n",
+             backup_dir = \"{}\"\n{extra}\n[defaults]\nwatch = \"off\"\n",
             token.display(),
             backups.display()
         ),

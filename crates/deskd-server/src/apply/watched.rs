@@ -334,6 +334,38 @@ fn stamp(names: &[Vec<u8>], o: &Object) -> DiskWork {
     }
 }
 
+/// The first of the folders above the object at `names` that has no record yet (their records
+/// are made on the way, and need their resource files and mirrors too).
+fn first_unregistered_above(
+    w: &Writing<'_, '_>,
+    names: &[Vec<u8>],
+) -> Result<Option<usize>, ErrorReply> {
+    for end in 1..names.len() {
+        if registered(w.b, &names[..end])?.is_none() {
+            return Ok(Some(end));
+        }
+    }
+    Ok(None)
+}
+
+/// Stamp the folders registered on the way to `names`, from the `first` unregistered one.
+fn stamp_folders_on_the_way(
+    w: &Writing<'_, '_>,
+    names: &[Vec<u8>],
+    first: Option<usize>,
+    out: &mut WatchedOutcome,
+) -> Result<(), ErrorReply> {
+    let Some(first) = first else {
+        return Ok(());
+    };
+    for end in first..names.len() {
+        if let Some(folder) = registered(w.b, &names[..end])? {
+            out.disk.push(stamp(&names[..end], &folder));
+        }
+    }
+    Ok(())
+}
+
 /// Register the object at `names` (and, a directory, what is below it).
 fn created(
     w: &mut Writing<'_, '_>,
@@ -362,7 +394,9 @@ fn created(
         node.uid,
         Choosers::of(w.vol),
     );
+    let folders = first_unregistered_above(w, names)?;
     let (object, created) = register_walked(w, names, &walked.nodes, asked)?;
+    stamp_folders_on_the_way(w, names, folders, out)?;
     let changed = created
         || before
             .as_ref()
@@ -540,12 +574,14 @@ fn moved(
     }
     let target = registered(w.b, to)?.filter(|t| t.id != source.id);
     let (to_name, to_parent) = to.split_last().expect("not the root");
+    let folders = first_unregistered_above(w, to)?;
     let (parent, _) = register_walked(
         w,
         to_parent,
         &walked.nodes[..to_parent.len()],
         Asked::default(),
     )?;
+    stamp_folders_on_the_way(w, to, folders, out)?;
     w.cache.clear();
     match target {
         Some(mut target)

@@ -22,6 +22,8 @@ use crate::volume::VolumeHandle;
 
 /// The least time between the end of one rescan and the start of the next.
 pub(crate) const RESCAN_GAP: Duration = Duration::from_secs(2);
+/// How long a rescan waits after another rebuild of the volume ended, before it starts.
+const AFTER_ANOTHER: Duration = Duration::from_secs(3);
 /// How often the rescan's thread looks at the repair (and, while another rebuild runs, waits).
 const POLL: Duration = Duration::from_millis(100);
 
@@ -145,6 +147,7 @@ fn set(figures: &Mutex<super::figures::WatchFigures>, f: impl FnOnce(&mut WatchR
 fn run(rebuilds: &Registry, handle: &Arc<VolumeHandle>, running: &Running, reason: &'static str) {
     let root = handle.volume.root().display().to_string();
     info!(target: "deskd", "watch rescan of {root} started ({reason})");
+    let mut waited = false;
     let job = loop {
         if running.stopping.load(Ordering::SeqCst) {
             set(&running.figures, |r| {
@@ -152,6 +155,11 @@ fn run(rebuilds: &Registry, handle: &Arc<VolumeHandle>, running: &Running, reaso
                 r.error = Some("the volume was closed".into());
             });
             return;
+        }
+        // The volume keeps one job's state: after another job, its client gets the time to
+        // read the end of it before this one takes its place.
+        if waited && !rebuilds.running(handle) {
+            std::thread::sleep(AFTER_ANOTHER);
         }
         match rebuild::start(
             rebuilds,
@@ -167,7 +175,10 @@ fn run(rebuilds: &Registry, handle: &Arc<VolumeHandle>, running: &Running, reaso
                 break job;
             }
             // Another rebuild runs (an administrator's, or the automatic repair): after it.
-            Err(e) if e.code == ErrorCode::Busy => std::thread::sleep(POLL),
+            Err(e) if e.code == ErrorCode::Busy => {
+                waited = true;
+                std::thread::sleep(POLL);
+            }
             Err(e) => {
                 warn!(target: "deskd", "watch rescan of {root} could not start: {}", e.message);
                 set(&running.figures, |r| {
