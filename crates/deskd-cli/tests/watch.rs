@@ -655,3 +655,25 @@ fn hostile_storm_and_symlinks_out_of_the_volume_as_nobody() {
     );
     assert_eq!(rsrc_comment(&env, "pub/y/kept"), "mine");
 }
+
+#[test]
+fn inotify_tracks_a_mv_a_new_tree_and_an_rm() {
+    let env = watched("[defaults]\nwatch = \"inotify\"\n");
+    dt_mkdir(&env, &["d"]);
+    dt_touch(&env, &["a", "d/gone"]);
+    dt_comment(&env, "a", "of a");
+    let a = dt_id(&env, "a");
+
+    sh(
+        &env,
+        "mv vol/a vol/d/b && mkdir -p vol/n/e && touch vol/n/e/f && rm vol/d/gone",
+    );
+    env.watch_barrier("vol");
+
+    let desktop = assert_tree_like_dt(&env, "");
+    assert_eq!(desktop.get("d/b"), Some(&a));
+    assert_eq!(rsrc_comment(&env, "d/b"), "of a");
+    assert!(desktop.contains_key("n/e/f") && !desktop.contains_key("d/gone"));
+    env.rebuild_scan_silent("vol");
+    assert_eq!(env.watch_status("vol")["kind"], "inotify");
+}
