@@ -1256,12 +1256,14 @@ pub fn free_port() -> u16 {
 }
 
 /// A real smbd (Debian's `samba`) serving `share` (`vol`) on 127.0.0.1 at a free high port,
-/// as root, with its own smb.conf and private/lock/state/cache/pid dirs under `dir`; guests
-/// are let in and act as root on the share (`force user`). Killed with its whole process
-/// group when dropped.
+/// as root, with its own smb.conf and private/lock/state/cache/pid dirs under `dir`. Only
+/// root, with a password made up for this smbd (in its own passdb), may connect: any local
+/// user could reach the port, and guests would act as root on the share. Killed with its whole
+/// process group when dropped.
 pub struct Samba {
     pub port: u16,
     pub log: PathBuf,
+    password: String,
     child: Child,
 }
 
@@ -1295,8 +1297,7 @@ impl Samba {
   pid directory = {b}/pid
   ncalrpc dir = {b}/ncalrpc
   log file = {b}/logs/log.%m
-  map to guest = Bad User
-  guest account = nobody
+  map to guest = Never
   load printers = no
   printing = bsd
   printcap name = /dev/null
@@ -1304,9 +1305,8 @@ impl Samba {
 [vol]
   path = {}
   read only = no
-  guest ok = yes
-  guest only = yes
-  force user = root
+  guest ok = no
+  valid users = root
   veto files = /.rsrc/.Desktop*/
   delete veto files = yes
 ",
@@ -1314,6 +1314,21 @@ impl Samba {
         );
         let conf_path = base.join("smb.conf");
         std::fs::write(&conf_path, conf).unwrap();
+        let password = format!("t{:x}", rand_u64());
+        let mut smbpasswd = Command::new("smbpasswd")
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-a", "-s", "root"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("smbpasswd: {e} (scripts/test.sh installs samba)"));
+        {
+            use std::io::Write;
+            let mut stdin = smbpasswd.stdin.take().unwrap();
+            write!(stdin, "{password}\n{password}\n").unwrap();
+        }
+        assert!(smbpasswd.wait().unwrap().success(), "smbpasswd -a root");
         let log = base.join("smbd.log");
         let child = Command::new("smbd")
             .args(["--foreground", "--no-process-group", "--debug-stdout", "-s"])
@@ -1323,7 +1338,12 @@ impl Samba {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("smbd: {e} (scripts/test.sh installs samba)"));
-        let mut samba = Samba { port, log, child };
+        let mut samba = Samba {
+            port,
+            log,
+            password,
+            child,
+        };
         let began = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Some(status) = samba.child.try_wait().unwrap() {
@@ -1343,7 +1363,7 @@ impl Samba {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `smbclient //127.0.0.1/vol -p PORT -N -c COMMANDS` (as guest); returns its stdout,
+    /// `smbclient //127.0.0.1/vol -p PORT -U root -c COMMANDS` (`PASSWD` set); returns its stdout,
     /// failing the test when smbclient fails or reports an NT_STATUS error.
     pub fn client(&self, commands: &str) -> String {
         let out = run_ok(
@@ -1351,7 +1371,10 @@ impl Samba {
                 .arg("//127.0.0.1/vol")
                 .arg("-p")
                 .arg(self.port.to_string())
-                .args(["-N", "-c", commands]),
+                // The password in the environment (only root reads it in /proc), not in the
+                // arguments every user sees.
+                .env("PASSWD", &self.password)
+                .args(["-U", "root", "-c", commands]),
         );
         assert!(
             !out.contains("NT_STATUS_"),
@@ -1359,6 +1382,20 @@ impl Samba {
         );
         out
     }
+}
+
+/// A number no other test run guesses (the clock and the process id, mixed by std's hasher).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 impl Drop for Samba {
