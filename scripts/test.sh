@@ -35,6 +35,11 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v script >/dev/null 2>&1 || missing+=(bsdutils)
 # A real browser loads the admin page and clicks its buttons (tests/http_admin.rs).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# Live tracking (issue 23) is shown with a real Samba: the tests start smbd on 127.0.0.1 and
+# drive it with smbclient (tests/watch_samba.rs); rsync copies into a watched volume (watch.rs).
+command -v smbd >/dev/null 2>&1 || [ -x /usr/sbin/smbd ] || missing+=(samba)
+command -v smbclient >/dev/null 2>&1 || missing+=(smbclient)
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: please install: ${missing[*]} (or run as root)" >&2

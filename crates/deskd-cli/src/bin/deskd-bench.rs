@@ -137,6 +137,24 @@ enum Command {
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
     },
+    /// Live tracking (issue 23): rename the registered children of DIR (relative to the volume;
+    /// "" for the root) with plain rename(2), as any program would, up to COUNT of them, at
+    /// RATE renames a second (0: back to back). With --wait, after each rename poll the server
+    /// (resolve by ID) until the desktop shows the new name: the lag of each rename. Each name
+    /// gets ".r" appended, or taken off when it has one, so runs can repeat.
+    WatchLag {
+        #[arg(long, default_value = "")]
+        dir: String,
+        #[arg(long, default_value_t = u32::MAX)]
+        count: u32,
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        #[arg(long)]
+        wait: bool,
+        /// Give up on a rename the desktop has not shown after this many seconds.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
     /// Ask for the server's metrics (`deskd metrics`) COUNT times, waiting INTERVAL_MS between
     /// two (0: back to back), or every INTERVAL_MS for SECONDS: the time of each scrape, round
     /// trip included, and the text's size.
@@ -291,6 +309,13 @@ fn main() -> Result<()> {
         | Command::Scrape { .. } => {
             unreachable!("handled above")
         }
+        Command::WatchLag {
+            dir,
+            count,
+            rate,
+            wait,
+            timeout,
+        } => watch_lag(&cli.socket, &root, &dir, count, rate, wait, timeout)?,
         Command::Populate {
             shape: Shape { dirs, per_dir },
         } => {
@@ -845,6 +870,104 @@ fn scrape(socket: &Path, count: u32, interval_ms: u64, seconds: Option<f64>) -> 
             "p99_ms": at(0.99),
             "max_ms": at(1.0),
             "bytes": bytes,
+        })
+    );
+    Ok(())
+}
+
+/// The new name of a `watch-lag` rename: ".r" appended, or taken off.
+fn toggled_name(name: &[u8]) -> Vec<u8> {
+    match name.strip_suffix(b".r") {
+        Some(base) => base.to_vec(),
+        None => [name, b".r"].concat(),
+    }
+}
+
+/// `watch-lag`: plain renames of DIR's registered children, paced at `rate` a second, each
+/// optionally followed by polling until the desktop shows it.
+fn watch_lag(
+    socket: &Path,
+    root: &Path,
+    dir: &str,
+    count: u32,
+    rate: f64,
+    wait: bool,
+    timeout: f64,
+) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut client = connect(socket)?;
+    let vol = client.open_volume(root).map_err(|e| anyhow!("{e}"))?.vol;
+    let folder_id = if dir.is_empty() {
+        2
+    } else {
+        client
+            .maybe_object(Request::LookupPath {
+                vol,
+                path: dir.as_bytes().to_vec(),
+            })
+            .map_err(|e| anyhow!("{e}"))?
+            .ok_or_else(|| anyhow!("{dir}: not registered"))?
+            .id
+    };
+    let mut children = client
+        .objects(Request::Children {
+            vol,
+            dir: folder_id,
+        })
+        .map_err(|e| anyhow!("{e}"))?;
+    children.truncate(count as usize);
+    anyhow::ensure!(!children.is_empty(), "{dir}: no registered children");
+    let folder = root.join(dir);
+    let pace = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
+    let mut lags_ms = Vec::with_capacity(children.len());
+    let started = Instant::now();
+    for (i, child) in children.iter().enumerate() {
+        if let Some(pace) = pace {
+            let due = started + pace * i as u32;
+            if let Some(ahead) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(ahead);
+            }
+        }
+        let new_name = toggled_name(&child.name);
+        std::fs::rename(
+            folder.join(std::ffi::OsStr::from_bytes(&child.name)),
+            folder.join(std::ffi::OsStr::from_bytes(&new_name)),
+        )?;
+        if !wait {
+            continue;
+        }
+        let renamed = Instant::now();
+        loop {
+            let now = client
+                .object(Request::Resolve { vol, id: child.id })
+                .map_err(|e| anyhow!("resolve {}: {e}", child.id))?;
+            if now.name == new_name {
+                break;
+            }
+            anyhow::ensure!(
+                renamed.elapsed().as_secs_f64() < timeout,
+                "ID {}: the desktop did not show its rename within {timeout} s",
+                child.id
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        lags_ms.push(renamed.elapsed().as_secs_f64() * 1e3);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    lags_ms.sort_by(f64::total_cmp);
+    let (p50, p99, max) = match lags_ms.last() {
+        Some(&max) => (percentile(&lags_ms, 0.5), percentile(&lags_ms, 0.99), max),
+        None => (0.0, 0.0, 0.0),
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "renames": children.len(),
+            "seconds": seconds,
+            "rate": children.len() as f64 / seconds,
+            "lag_p50_ms": p50,
+            "lag_p99_ms": p99,
+            "lag_max_ms": max,
         })
     );
     Ok(())

@@ -1117,6 +1117,296 @@ impl Sqlite3Lock {
     }
 }
 
+// --- watch ---
+
+impl Env {
+    /// Serve `volumes` (relative to the temp dir) with `config` as deskd.toml (its `[defaults]`
+    /// apply to them: `watch = "off"`, the test setting `watch_queue = N`), and wait until the
+    /// log says how each is watched (`watching …` or `not watching …`).
+    pub fn serve_watched(&mut self, volumes: &[&str], config: &str) {
+        let file = self.path("deskd.toml");
+        std::fs::write(&file, config).unwrap();
+        let mut args = vec!["--config".to_owned(), file.display().to_string()];
+        args.extend(volumes.iter().map(|v| self.path(v).display().to_string()));
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        self.start(&refs);
+        for v in volumes {
+            let root = self.path(v).display().to_string();
+            let began = Instant::now();
+            loop {
+                let log = self.log_text();
+                if log.contains(&format!("watching {root}")) {
+                    break;
+                }
+                assert!(
+                    began.elapsed() < Duration::from_secs(20),
+                    "no `watching {root}` or `not watching {root}` in the log: {log}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    /// The barrier of issue 23: `deskd flush --volume VOL` applies every change the kernel
+    /// has queued for the volume, then flushes; afterwards the desktop shows them.
+    pub fn watch_barrier(&self, volume: &str) {
+        let root = self.path(volume).display().to_string();
+        self.deskd_ok(&["flush", "--volume", &root]);
+    }
+
+    /// The `watch` object of `deskd status --json` for `volume` (relative to the temp dir).
+    pub fn watch_status(&self, volume: &str) -> serde_json::Value {
+        let root = self.path(volume).display().to_string();
+        let out = self.deskd_ok(&["status", "--json"]);
+        let line = out
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["path"].as_str() == Some(root.as_str()))
+            .unwrap_or_else(|| panic!("no status line for {root}: {out}"));
+        let watch = line["watch"].clone();
+        assert!(
+            watch.is_object(),
+            "no `watch` in the status of {root}: {line}"
+        );
+        watch
+    }
+
+    /// Wait (60 s at most) until every watch rescan of `volume` that the log shows started
+    /// has finished, and at least `n` have; returns the log.
+    pub fn wait_for_rescans(&self, volume: &str, n: usize) -> String {
+        let root = self.path(volume).display().to_string();
+        let started = format!("watch rescan of {root} started");
+        let finished = format!("watch rescan of {root} finished");
+        let began = Instant::now();
+        loop {
+            let log = self.log_text();
+            let (s, f) = (
+                log.matches(&started).count(),
+                log.matches(&finished).count(),
+            );
+            if f >= n && f == s {
+                return log;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "waited for {n} finished watch rescans of {root} ({s} started, {f} finished): {log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait (60 s at most) until the last queue overflow the log shows for `volume` (the
+    /// server's `… queue overflow …` line) is followed by a watch rescan that started after it
+    /// and finished; returns the log.
+    pub fn wait_for_rescan_after_overflow(&self, volume: &str) -> String {
+        let root = self.path(volume).display().to_string();
+        let started = format!("watch rescan of {root} started");
+        let finished = format!("watch rescan of {root} finished");
+        let began = Instant::now();
+        loop {
+            let log = self.log_text();
+            let overflow = log.rfind("queue overflow");
+            let settled = overflow.is_some_and(|at| {
+                log[at..]
+                    .find(&started)
+                    .is_some_and(|s| log[at + s..].contains(&finished))
+            });
+            if settled {
+                return log;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "no overflow, or no watch rescan of {root} started and finished after the last \
+                 overflow: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `deskd rebuild -s VOL` must print nothing and exit 0: the desktop, the resource files
+    /// and the mirrors agree with the disk.
+    pub fn rebuild_scan_silent(&self, volume: &str) {
+        let out = self.deskd(&["rebuild", "-s", self.path(volume).to_str().unwrap()]);
+        assert!(
+            out.status.success() && out.stdout.is_empty(),
+            "rebuild -s of {volume} found differences ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+    }
+}
+
+/// The ID in the resource file `DIR/.rsrc/NAME` of the object at `path`, None without one.
+pub fn rsrc_id(path: &Path) -> Option<u32> {
+    let rsrc = deskd_volume::rsrc::rsrc_path(path)?;
+    match deskd_volume::rsrc::read_header(&rsrc) {
+        Ok(Some(h)) => Some(h.id),
+        _ => None,
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then let go: the caller binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real smbd (Debian's `samba`) serving `share` (`vol`) on 127.0.0.1 at a free high port,
+/// as root, with its own smb.conf and private/lock/state/cache/pid dirs under `dir`. Only
+/// root, with a password made up for this smbd (in its own passdb), may connect: any local
+/// user could reach the port, and guests would act as root on the share. Killed with its whole
+/// process group when dropped.
+pub struct Samba {
+    pub port: u16,
+    pub log: PathBuf,
+    password: String,
+    child: Child,
+}
+
+impl Samba {
+    /// Start smbd for the directory `path` as share `vol`; wait until its port answers.
+    /// Panics (the test fails) when smbd is missing: scripts/test.sh installs it.
+    pub fn start(dir: &Path, path: &Path) -> Samba {
+        use std::os::unix::process::CommandExt;
+        let base = dir.join("samba");
+        for sub in [
+            "private", "lock", "state", "cache", "pid", "ncalrpc", "logs",
+        ] {
+            std::fs::create_dir_all(base.join(sub)).unwrap();
+        }
+        let port = free_port();
+        let b = base.display();
+        // deskd's own names are hidden from SMB clients (veto), and a folder holding only
+        // them may still be deleted (delete veto files).
+        let conf = format!(
+            "[global]
+  server role = standalone server
+  interfaces = 127.0.0.1
+  bind interfaces only = yes
+  smb ports = {port}
+  disable netbios = yes
+  server min protocol = SMB2
+  private dir = {b}/private
+  lock directory = {b}/lock
+  state directory = {b}/state
+  cache directory = {b}/cache
+  pid directory = {b}/pid
+  ncalrpc dir = {b}/ncalrpc
+  log file = {b}/logs/log.%m
+  map to guest = Never
+  load printers = no
+  printing = bsd
+  printcap name = /dev/null
+  disable spoolss = yes
+[vol]
+  path = {}
+  read only = no
+  guest ok = no
+  valid users = root
+  veto files = /.rsrc/.Desktop*/
+  delete veto files = yes
+",
+            path.display()
+        );
+        let conf_path = base.join("smb.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let password = format!("t{:x}", rand_u64());
+        let mut smbpasswd = Command::new("smbpasswd")
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-a", "-s", "root"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("smbpasswd: {e} (scripts/test.sh installs samba)"));
+        {
+            use std::io::Write;
+            let mut stdin = smbpasswd.stdin.take().unwrap();
+            write!(stdin, "{password}\n{password}\n").unwrap();
+        }
+        assert!(smbpasswd.wait().unwrap().success(), "smbpasswd -a root");
+        let log = base.join("smbd.log");
+        let child = Command::new("smbd")
+            .args(["--foreground", "--no-process-group", "--debug-stdout", "-s"])
+            .arg(&conf_path)
+            .process_group(0)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("smbd: {e} (scripts/test.sh installs samba)"));
+        let mut samba = Samba {
+            port,
+            log,
+            password,
+            child,
+        };
+        let began = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = samba.child.try_wait().unwrap() {
+                panic!("smbd exited with {status}: {}", samba.log_text());
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(30),
+                "smbd did not listen on {port}: {}",
+                samba.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        samba
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `smbclient //127.0.0.1/vol -p PORT -U root -c COMMANDS` (`PASSWD` set); returns its stdout,
+    /// failing the test when smbclient fails or reports an NT_STATUS error.
+    pub fn client(&self, commands: &str) -> String {
+        let out = run_ok(
+            Command::new("smbclient")
+                .arg("//127.0.0.1/vol")
+                .arg("-p")
+                .arg(self.port.to_string())
+                // The password in the environment (only root reads it in /proc), not in the
+                // arguments every user sees.
+                .env("PASSWD", &self.password)
+                .args(["-U", "root", "-c", commands]),
+        );
+        assert!(
+            !out.contains("NT_STATUS_"),
+            "smbclient -c {commands:?}: {out}"
+        );
+        out
+    }
+}
+
+/// A number no other test run guesses (the clock and the process id, mixed by std's hasher).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+impl Drop for Samba {
+    fn drop(&mut self) {
+        // smbd forks a child per connection into its process group (ours: process_group(0)).
+        // SAFETY: signalling the process group of our own child.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
 // --- watchapply ---
 
 impl Env {

@@ -1,0 +1,679 @@
+//! Live tracking (issue 23) through the real binaries, with no `dt` making the changes: plain
+//! `mv`, `rm -r`, `cp -a`, `rsync -a`, `touch` and a save by write-temp-then-rename on a served
+//! volume, then `deskd flush --volume VOL` (the barrier: it applies every event the kernel has
+//! queued) and the checks: the desktop has the IDs `dt` would have left, the resource files
+//! `.rsrc/NAME` moved with their objects, the `user.deskd.id` mirrors agree, and `deskd rebuild
+//! -s` prints nothing. Also: changes made while the server was down (the start-up rescan), a
+//! forced queue overflow (`watch_queue`), `watch = "off"`, and a hostile unprivileged user.
+
+mod common;
+use common::*;
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// An Env serving `vol` watched, with `config` as its deskd.toml.
+fn watched(config: &str) -> Env {
+    let mut env = Env::new(&["vol", "outside"]);
+    env.serve_watched(&["vol"], config);
+    env
+}
+
+fn root(env: &Env) -> PathBuf {
+    env.path("vol")
+}
+
+/// `dt touch` (files) or `dt mkdir -p` (dirs) of paths relative to the volume, 500 at a time:
+/// registered objects with resource files and mirrors, as a user of dt has them.
+fn dt_make(env: &Env, verb: &[&str], rels: &[String]) {
+    for chunk in rels.chunks(500) {
+        let full: Vec<String> = chunk
+            .iter()
+            .map(|r| root(env).join(r).display().to_string())
+            .collect();
+        let mut args: Vec<&[u8]> = verb.iter().map(|v| v.as_bytes()).collect();
+        args.extend(full.iter().map(|f| f.as_bytes()));
+        env.dt_ok(&args);
+    }
+}
+
+fn dt_touch(env: &Env, rels: &[&str]) {
+    let rels: Vec<String> = rels.iter().map(|r| r.to_string()).collect();
+    dt_make(env, &["touch"], &rels);
+}
+
+fn dt_mkdir(env: &Env, rels: &[&str]) {
+    let rels: Vec<String> = rels.iter().map(|r| r.to_string()).collect();
+    dt_make(env, &["mkdir", "-p"], &rels);
+}
+
+fn dt_comment(env: &Env, rel: &str, comment: &str) {
+    let path = root(env).join(rel);
+    env.dt_ok(&[
+        b"set",
+        b"--comment",
+        comment.as_bytes(),
+        path.as_os_str().as_encoded_bytes(),
+    ]);
+}
+
+/// The comment in the resource file of the object at `rel`.
+fn rsrc_comment(env: &Env, rel: &str) -> String {
+    let rsrc = deskd_volume::rsrc::rsrc_path(&root(env).join(rel)).unwrap();
+    let h = deskd_volume::rsrc::read_header(&rsrc)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no resource file {}", rsrc.display()));
+    String::from_utf8_lossy(&h.comment).into_owned()
+}
+
+/// Run a plain command (no dt), failing the test unless it succeeds.
+fn sh(env: &Env, script: &str) {
+    run_ok(
+        Command::new("sh")
+            .args(["-c", script])
+            .current_dir(env.dir.path()),
+    );
+}
+
+/// The desktop's objects at and below `top` (relative to the volume; "" for all): path → ID.
+fn desktop_below(env: &Env, top: &str) -> BTreeMap<String, u32> {
+    desktop_paths(&root(env))
+        .into_iter()
+        .filter(|(p, _)| top.is_empty() || p == top || p.starts_with(&format!("{top}/")))
+        .collect()
+}
+
+/// The object at `rel` is as dt leaves it: the desktop has `id` there, its resource file
+/// names `id`, and so does its mirror (not on symlinks, which carry no xattrs).
+fn assert_like_dt(env: &Env, desktop: &BTreeMap<String, u32>, rel: &str, id: u32) {
+    let path = root(env).join(rel);
+    assert_eq!(
+        desktop.get(rel).copied(),
+        Some(id),
+        "the desktop's ID at {rel}"
+    );
+    assert_eq!(rsrc_id(&path), Some(id), "the resource file's ID of {rel}");
+    let link = std::fs::symlink_metadata(&path)
+        .unwrap()
+        .file_type()
+        .is_symlink();
+    if !link {
+        assert_eq!(
+            deskd_volume::read_id_xattr(&path),
+            Some(id),
+            "the mirror of {rel}"
+        );
+    }
+}
+
+/// Every object on disk at and below `top` is in the desktop, as dt leaves it; the desktop has
+/// nothing else there. Returns the desktop's path → ID below `top`.
+fn assert_tree_like_dt(env: &Env, top: &str) -> BTreeMap<String, u32> {
+    let desktop = desktop_below(env, top);
+    let on_disk = disk_below(&root(env), top);
+    let in_desktop: Vec<String> = desktop.keys().cloned().collect();
+    assert_eq!(in_desktop, on_disk, "desktop vs disk below {top}");
+    // The root's own record (`ROOT/.rsrc/.rsrc`) is the volume's, not a watched object's.
+    for (rel, id) in desktop.iter().filter(|(rel, _)| !rel.is_empty()) {
+        assert_like_dt(env, &desktop, rel, *id);
+    }
+    desktop
+}
+
+/// Every object on disk at and below `top` (relative to `root`, "" for the root itself),
+/// deskd's own names left out, sorted: the paths as the desktop names them.
+fn disk_below(root: &Path, top: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![top.to_string()];
+    while let Some(rel) = stack.pop() {
+        let meta = std::fs::symlink_metadata(root.join(&rel)).unwrap();
+        if meta.is_dir() {
+            for e in std::fs::read_dir(root.join(&rel)).unwrap() {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                if !deskd_volume::is_protected(name.as_bytes()) {
+                    stack.push(if rel.is_empty() {
+                        name
+                    } else {
+                        format!("{rel}/{name}")
+                    });
+                }
+            }
+        }
+        out.push(rel);
+    }
+    out.sort();
+    out
+}
+
+/// `dt info`: what a user sees at `rel`.
+fn dt_id(env: &Env, rel: &str) -> u32 {
+    env.id_of(&root(env).join(rel))
+}
+
+fn no_rsrc(env: &Env, rel: &str) -> bool {
+    let rsrc = deskd_volume::rsrc::rsrc_path(&root(env).join(rel)).unwrap();
+    std::fs::symlink_metadata(rsrc).is_err()
+}
+
+#[test]
+fn mv_of_a_file_keeps_its_id_and_carries_its_resource_file() {
+    let env = watched("");
+    dt_touch(&env, &["a"]);
+    dt_comment(&env, "a", "comment of a");
+    let id = dt_id(&env, "a");
+
+    sh(&env, "mv vol/a vol/b");
+    env.watch_barrier("vol");
+
+    let desktop = desktop_below(&env, "");
+    assert!(
+        !desktop.contains_key("a"),
+        "the old name stayed: {desktop:?}"
+    );
+    assert_like_dt(&env, &desktop, "b", id);
+    assert_eq!(rsrc_comment(&env, "b"), "comment of a");
+    assert!(no_rsrc(&env, "a"), "the resource file stayed behind");
+    assert_eq!(dt_id(&env, "b"), id);
+    env.rebuild_scan_silent("vol");
+    let status = env.watch_status("vol");
+    assert_eq!(status["kind"], "fanotify", "as root here: {status}");
+    assert!(
+        status["events"].as_u64().unwrap() >= 1 && status["applied"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+}
+
+#[test]
+fn mv_of_a_10000_object_directory_keeps_every_id() {
+    let env = watched("");
+    let mut dirs = vec!["big".to_string()];
+    dirs.extend((0..10).map(|d| format!("big/d{d}")));
+    let refs: Vec<&str> = dirs.iter().map(|s| s.as_str()).collect();
+    dt_mkdir(&env, &refs);
+    // 11 directories and 9,989 files: 10,000 objects.
+    let files: Vec<String> = (0..9989)
+        .map(|i| format!("big/d{}/file-{i:05}", i % 10))
+        .collect();
+    dt_make(&env, &["touch"], &files);
+    dt_comment(&env, "big", "the big one");
+    env.watch_barrier("vol");
+    let before = assert_tree_like_dt(&env, "big");
+    assert_eq!(before.len(), 10_000);
+
+    sh(&env, "mv vol/big vol/moved");
+    env.watch_barrier("vol");
+
+    assert!(desktop_below(&env, "big").is_empty(), "old paths stayed");
+    let after = assert_tree_like_dt(&env, "moved");
+    let expected: BTreeMap<String, u32> = before
+        .iter()
+        .map(|(p, id)| (p.replacen("big", "moved", 1), *id))
+        .collect();
+    assert_eq!(after, expected, "IDs after the move");
+    assert_eq!(rsrc_comment(&env, "moved"), "the big one");
+    assert!(no_rsrc(&env, "big"));
+    env.rebuild_scan_silent("vol");
+}
+
+#[test]
+fn mv_across_directories_keeps_ids_and_moves_resource_files() {
+    let env = watched("");
+    dt_mkdir(&env, &["a/sub", "b"]);
+    dt_touch(&env, &["a/f", "a/sub/g"]);
+    dt_comment(&env, "a/f", "travels");
+    let (f, sub, g) = (
+        dt_id(&env, "a/f"),
+        dt_id(&env, "a/sub"),
+        dt_id(&env, "a/sub/g"),
+    );
+
+    sh(&env, "mv vol/a/f vol/b/f && mv vol/a/sub vol/b/");
+    env.watch_barrier("vol");
+
+    let desktop = desktop_below(&env, "");
+    assert_like_dt(&env, &desktop, "b/f", f);
+    assert_like_dt(&env, &desktop, "b/sub", sub);
+    assert_like_dt(&env, &desktop, "b/sub/g", g);
+    assert!(!desktop.contains_key("a/f") && !desktop.contains_key("a/sub"));
+    assert_eq!(rsrc_comment(&env, "b/f"), "travels");
+    assert!(no_rsrc(&env, "a/f") && no_rsrc(&env, "a/sub"));
+    assert_tree_like_dt(&env, "");
+    env.rebuild_scan_silent("vol");
+}
+
+/// `mv x y` over a registered `y`, with `config`: x's object must keep its ID at y, and y's ID
+/// be retired, as `dt mv x y` leaves them.
+fn mv_over_an_existing_name_as_dt_mv(config: &str) {
+    let env = watched(config);
+    dt_touch(&env, &["x", "y"]);
+    dt_comment(&env, "x", "of x");
+    dt_comment(&env, "y", "of y");
+    let (x, y) = (dt_id(&env, "x"), dt_id(&env, "y"));
+
+    sh(&env, "mv vol/x vol/y");
+    env.watch_barrier("vol");
+
+    // dt mv x y: y's object is gone, its ID retired; x's object keeps its ID and its resource
+    // file at the new name.
+    let desktop = desktop_below(&env, "");
+    assert_like_dt(&env, &desktop, "y", x);
+    assert!(!desktop.contains_key("x"));
+    assert!(
+        !desktop.values().any(|&id| id == y),
+        "the replaced object's ID stayed: {desktop:?}"
+    );
+    assert_eq!(rsrc_comment(&env, "y"), "of x");
+    assert!(no_rsrc(&env, "x"));
+    env.rebuild_scan_silent("vol");
+}
+
+/// The default `replaced = "keep-id"`: what the issue asks ("IDs as dt would have left them").
+#[test]
+fn mv_over_an_existing_name_keeps_the_moved_id_as_dt_mv_does() {
+    mv_over_an_existing_name_as_dt_mv("");
+}
+
+#[test]
+fn mv_over_an_existing_name_with_new_id_keeps_the_moved_id() {
+    mv_over_an_existing_name_as_dt_mv("[defaults]\nreplaced = \"new-id\"\n");
+}
+
+#[test]
+fn rm_r_removes_every_record_and_resource_file() {
+    let env = watched("");
+    dt_mkdir(&env, &["d/e/f"]);
+    dt_touch(&env, &["d/1", "d/e/2", "d/e/f/3", "keep"]);
+    let keep = dt_id(&env, "keep");
+    let gone: Vec<u32> = desktop_below(&env, "d").values().copied().collect();
+    assert_eq!(gone.len(), 6);
+
+    sh(&env, "rm -r vol/d");
+    env.watch_barrier("vol");
+
+    let desktop = desktop_below(&env, "");
+    assert!(desktop_below(&env, "d").is_empty(), "{desktop:?}");
+    assert!(!desktop.values().any(|id| gone.contains(id)));
+    assert_like_dt(&env, &desktop, "keep", keep);
+    assert!(no_rsrc(&env, "d"));
+    env.rebuild_scan_silent("vol");
+}
+
+/// A plain tree outside the volume: files, a subdirectory, a symlink, an empty directory.
+fn plain_tree(dir: &Path) {
+    std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    for (i, f) in ["a", "b", "sub/c", "sub/deeper/d"].iter().enumerate() {
+        std::fs::write(dir.join(f), format!("contents {i}")).unwrap();
+    }
+    std::os::unix::fs::symlink("a", dir.join("link")).unwrap();
+}
+
+#[test]
+fn cp_a_and_rsync_a_into_the_volume_give_every_object_an_id() {
+    let env = watched("");
+    plain_tree(&env.path("outside/t"));
+    let last = desktop_counter(&root(&env));
+
+    sh(&env, "cp -a outside/t vol/t && rsync -a outside/t/ vol/r/");
+    env.watch_barrier("vol");
+
+    let t = assert_tree_like_dt(&env, "t");
+    let r = assert_tree_like_dt(&env, "r");
+    assert_eq!(t.len(), 9);
+    assert_eq!(r.len(), 9);
+    let mut ids: Vec<u32> = t.values().chain(r.values()).copied().collect();
+    assert!(ids.iter().all(|&id| id > last), "new IDs only: {ids:?}");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 18, "every object its own ID");
+    // rsync's temporary files (.NAME.XXXXXX) left nothing behind.
+    assert!(
+        !desktop_below(&env, "r").keys().any(|p| p.contains("/.")),
+        "{r:?}"
+    );
+    for rel in ["t/a", "r/sub/deeper/d"] {
+        assert_eq!(dt_id(&env, rel), *desktop_below(&env, "").get(rel).unwrap());
+    }
+    env.rebuild_scan_silent("vol");
+}
+
+#[test]
+fn cp_a_inside_the_volume_gives_the_copy_a_new_id() {
+    let env = watched("");
+    dt_mkdir(&env, &["src/sub"]);
+    dt_touch(&env, &["src/f", "src/sub/g"]);
+    dt_comment(&env, "src/f", "original");
+    env.watch_barrier("vol");
+    let originals = assert_tree_like_dt(&env, "src");
+
+    // cp -a copies the mirror xattr (and, for a directory, its .rsrc with the originals' IDs).
+    sh(
+        &env,
+        "cp -a vol/src/f vol/f-copy && cp -a vol/src vol/src-copy",
+    );
+    env.watch_barrier("vol");
+
+    assert_eq!(
+        assert_tree_like_dt(&env, "src"),
+        originals,
+        "the originals keep their IDs"
+    );
+    let copies = assert_tree_like_dt(&env, "src-copy");
+    let desktop = desktop_below(&env, "");
+    let f_copy = desktop["f-copy"];
+    assert_like_dt(&env, &desktop, "f-copy", f_copy);
+    let mut all: Vec<u32> = originals
+        .values()
+        .chain(copies.values())
+        .copied()
+        .chain([f_copy])
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        2 * originals.len() + 1,
+        "a copy took an original's ID"
+    );
+    assert_eq!(dt_id(&env, "src/f"), originals["src/f"]);
+    env.rebuild_scan_silent("vol");
+}
+
+#[test]
+fn touch_gives_a_new_file_an_id_resource_file_and_mirror() {
+    let env = watched("");
+    let last = desktop_counter(&root(&env));
+
+    sh(
+        &env,
+        "touch vol/new && mkdir -p vol/nd/deeper && touch vol/nd/deeper/n2",
+    );
+    env.watch_barrier("vol");
+
+    // Registered by the watcher, before any dt asked for them.
+    let desktop = assert_tree_like_dt(&env, "");
+    for rel in ["new", "nd", "nd/deeper", "nd/deeper/n2"] {
+        assert!(desktop[rel] > last, "{rel}: {desktop:?}");
+    }
+    assert_eq!(dt_id(&env, "new"), desktop["new"]);
+    env.rebuild_scan_silent("vol");
+}
+
+#[test]
+fn save_by_write_temp_then_rename_keeps_the_name_id() {
+    let env = watched("");
+    dt_touch(&env, &["doc"]);
+    dt_comment(&env, "doc", "keep me");
+    let id = dt_id(&env, "doc");
+    let doc = root(&env).join("doc");
+    // As editors save: the new version in a temporary beside it, then renamed over the name;
+    // 20 times, each followed by the barrier, so the temporary lands in a batch of its own
+    // as often as the timing allows.
+    for i in 0..20 {
+        let tmp = root(&env).join(format!(".doc.sb-{i}"));
+        std::fs::write(&tmp, format!("version {i}")).unwrap();
+        std::fs::File::open(&tmp).unwrap().sync_all().unwrap();
+        std::fs::rename(&tmp, &doc).unwrap();
+        env.watch_barrier("vol");
+        let desktop = desktop_below(&env, "");
+        assert_like_dt(&env, &desktop, "doc", id);
+        assert!(
+            !desktop.keys().any(|p| p.starts_with(".doc.sb")),
+            "a temporary stayed in the desktop after save {i}: {desktop:?}"
+        );
+    }
+    assert_eq!(rsrc_comment(&env, "doc"), "keep me");
+    assert_tree_like_dt(&env, "");
+    assert_eq!(std::fs::read(&doc).unwrap(), b"version 19");
+    env.rebuild_scan_silent("vol");
+}
+
+#[test]
+fn changes_while_the_server_is_down_keep_their_ids_after_the_start_rescan() {
+    let mut env = watched("");
+    dt_mkdir(&env, &["a/sub", "b"]);
+    dt_touch(&env, &["f", "a/g", "a/sub/h", "old-name"]);
+    dt_comment(&env, "a/g", "of g");
+    let before = assert_tree_like_dt(&env, "");
+    env.wait_for_rescans("vol", 1);
+
+    env.kill9();
+    sh(
+        &env,
+        "mv vol/f vol/f2 && mv vol/a/g vol/b/g && mv vol/a vol/b/a && mv vol/old-name vol/new-name",
+    );
+    let config = std::fs::read_to_string(env.path("deskd.toml")).unwrap();
+    env.serve_watched(&["vol"], &config);
+    let log = env.wait_for_rescans("vol", 1);
+    env.watch_barrier("vol");
+
+    let desktop = assert_tree_like_dt(&env, "");
+    for (old, new) in [
+        ("f", "f2"),
+        ("a/g", "b/g"),
+        ("a", "b/a"),
+        ("a/sub", "b/a/sub"),
+        ("a/sub/h", "b/a/sub/h"),
+        ("old-name", "new-name"),
+        ("b", "b"),
+    ] {
+        assert_eq!(desktop.get(new), Some(&before[old]), "{old} → {new}");
+    }
+    assert_eq!(rsrc_comment(&env, "b/g"), "of g");
+    env.rebuild_scan_silent("vol");
+    let status = env.watch_status("vol");
+    let rescan = &status["rescan"];
+    assert_eq!(rescan["reason"], "start", "{status}");
+    assert_eq!(rescan["running"], false, "{status}");
+    assert!(rescan["finished"].as_u64().is_some(), "{status}\n{log}");
+}
+
+#[test]
+fn a_queue_overflow_rescans_and_loses_no_id() {
+    let env = watched("[defaults]\nwatch_queue = 50\n");
+    let old: Vec<String> = (0..200).map(|i| format!("old/f{i:03}")).collect();
+    dt_mkdir(&env, &["old", "storm"]);
+    dt_make(&env, &["touch"], &old);
+    let before = assert_tree_like_dt(&env, "old");
+    env.wait_for_rescans("vol", 1);
+
+    // 5,000 events at once: 2,400 creates, as many renames of them, the 200 registered files
+    // renamed.
+    let vol = root(&env);
+    for i in 0..2400 {
+        std::fs::write(vol.join(format!("storm/n{i}")), b"").unwrap();
+    }
+    for i in 0..2400 {
+        std::fs::rename(
+            vol.join(format!("storm/n{i}")),
+            vol.join(format!("storm/m{i}")),
+        )
+        .unwrap();
+    }
+    for rel in &old {
+        std::fs::rename(vol.join(rel), vol.join(format!("{rel}-renamed"))).unwrap();
+    }
+    env.watch_barrier("vol");
+    env.wait_for_rescan_after_overflow("vol");
+    env.watch_barrier("vol");
+
+    let log = env.log_text();
+    let watch_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("watch") || l.contains("rescan") || l.contains("overflow"))
+        .collect();
+    eprintln!("the server's watch lines:\n{}", watch_lines.join("\n"));
+    let after = assert_tree_like_dt(&env, "old");
+    for (rel, id) in &before {
+        let now = if rel == "old" {
+            rel.clone()
+        } else {
+            format!("{rel}-renamed")
+        };
+        assert_eq!(after.get(&now), Some(id), "{rel} lost its ID");
+    }
+    assert_eq!(assert_tree_like_dt(&env, "storm").len(), 2401);
+    env.rebuild_scan_silent("vol");
+    let status = env.watch_status("vol");
+    assert!(
+        status["overflows"].as_u64().unwrap() >= 1,
+        "{status}\n{log}"
+    );
+    assert!(status["last_overflow"].as_u64().is_some(), "{status}");
+    assert_eq!(status["rescan"]["reason"], "overflow", "{status}");
+}
+
+#[test]
+fn watch_off_leaves_the_desktop_to_dt_and_says_so() {
+    let env = watched("[defaults]\nwatch = \"off\"\n");
+    let root_text = root(&env).display().to_string();
+    assert!(
+        env.log_text()
+            .contains(&format!("not watching {root_text}")),
+        "{}",
+        env.log_text()
+    );
+    dt_touch(&env, &["a"]);
+    let id = dt_id(&env, "a");
+
+    sh(&env, "mv vol/a vol/b && touch vol/c");
+    env.watch_barrier("vol");
+
+    let desktop = desktop_below(&env, "");
+    assert_eq!(desktop.get("a"), Some(&id), "the desktop followed a mv");
+    assert!(!desktop.contains_key("b") && !desktop.contains_key("c"));
+    let status = env.watch_status("vol");
+    assert_eq!(status["kind"], "off", "{status}");
+    assert_eq!(status["applied"], 0, "{status}");
+}
+
+/// Run `script` with sh as nobody (uid and gid 65534, no other groups) in the temp dir.
+fn as_nobody_sh(env: &Env, script: &str) {
+    use std::os::unix::process::CommandExt;
+    env.linked_for_others(DT);
+    run_ok(
+        Command::new("sh")
+            .args(["-c", script])
+            .current_dir(env.dir.path())
+            .uid(65534)
+            .gid(65534),
+    );
+}
+
+#[test]
+fn hostile_storm_and_symlinks_out_of_the_volume_as_nobody() {
+    let env = watched("");
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    let outside = env.path("outside");
+    std::fs::write(outside.join("secret"), b"root's").unwrap();
+    let pub_dir = root(&env).join("pub");
+    std::fs::create_dir(&pub_dir).unwrap();
+    std::os::unix::fs::chown(&pub_dir, Some(65534), Some(65534)).unwrap();
+    env.watch_barrier("vol");
+    let last = desktop_counter(&root(&env));
+
+    // 1,000 files created, each renamed twice and deleted: 4,000 events.
+    as_nobody_sh(
+        &env,
+        "cd vol/pub && i=0; while [ $i -lt 1000 ]; do : > f$i; mv f$i g$i; mv g$i h$i; \
+         rm h$i; i=$((i+1)); done",
+    );
+    // Links out of the volume, and a .rsrc that is a link out of it, with a file beside it
+    // whose resource file would be written through it.
+    let out = outside.display().to_string();
+    as_nobody_sh(
+        &env,
+        &format!(
+            "cd vol/pub && ln -s {out} esc && ln -s {out}/secret escf && mkdir x && \
+             ln -s {out} x/.rsrc && : > x/f && mkdir y && : > y/kept"
+        ),
+    );
+    env.watch_barrier("vol");
+
+    // Nothing written outside the volume: no file, no resource file, no mirror.
+    let names: Vec<String> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["secret"], "written outside the volume");
+    assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"root's");
+    assert_eq!(deskd_volume::read_id_xattr(&outside.join("secret")), None);
+    assert_eq!(deskd_volume::read_id_xattr(&outside), None);
+    assert_eq!(std::fs::metadata(&outside).unwrap().uid(), 0);
+    // The bound: at most one ID per object created (1,000 storm files, then esc, escf, x,
+    // x/f, y, y/kept): renames and deletes take none, and nothing is numbered twice.
+    let used = desktop_counter(&root(&env)) - last;
+    assert!(used <= 1006, "{used} IDs used for 1,006 objects created");
+    let desktop = desktop_below(&env, "pub");
+    assert!(
+        !desktop
+            .keys()
+            .any(|p| p.starts_with("pub/f") || p.starts_with("pub/g") || p.starts_with("pub/h")),
+        "the storm's deleted files stayed: {desktop:?}"
+    );
+    for rel in ["pub/esc", "pub/escf", "pub/x", "pub/y", "pub/y/kept"] {
+        assert!(
+            desktop.contains_key(rel),
+            "{rel} not registered: {desktop:?}"
+        );
+    }
+    let kept = desktop["pub/y/kept"];
+    assert_like_dt(&env, &desktop, "pub/y/kept", kept);
+    // The link itself was registered, never what it points to.
+    assert!(
+        !desktop.keys().any(|p| p.starts_with("pub/esc/")),
+        "{desktop:?}"
+    );
+    // nobody's own new file stays nobody's to describe, as after dt touch.
+    let kept_path = root(&env).join("pub/y/kept");
+    let out = env
+        .as_nobody(
+            DT,
+            &[
+                b"set",
+                b"--comment",
+                b"mine",
+                kept_path.as_os_str().as_encoded_bytes(),
+            ],
+        )
+        .unwrap();
+    let owner = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .map(|m| format!("uid {} mode {:o}", m.uid(), m.mode() & 0o7777))
+            .unwrap_or_else(|e| e.to_string())
+    };
+    let rsrc = deskd_volume::rsrc::rsrc_path(&kept_path).unwrap();
+    assert!(
+        out.status.success(),
+        "dt set as nobody on its own new file: {} (its .rsrc folder: {}; its resource file: {}; \
+         dt would have left both nobody's)",
+        stderr(&out),
+        owner(rsrc.parent().unwrap()),
+        owner(&rsrc)
+    );
+    assert_eq!(rsrc_comment(&env, "pub/y/kept"), "mine");
+}
+
+#[test]
+fn inotify_tracks_a_mv_a_new_tree_and_an_rm() {
+    let env = watched("[defaults]\nwatch = \"inotify\"\n");
+    dt_mkdir(&env, &["d"]);
+    dt_touch(&env, &["a", "d/gone"]);
+    dt_comment(&env, "a", "of a");
+    let a = dt_id(&env, "a");
+
+    sh(
+        &env,
+        "mv vol/a vol/d/b && mkdir -p vol/n/e && touch vol/n/e/f && rm vol/d/gone",
+    );
+    env.watch_barrier("vol");
+
+    let desktop = assert_tree_like_dt(&env, "");
+    assert_eq!(desktop.get("d/b"), Some(&a));
+    assert_eq!(rsrc_comment(&env, "d/b"), "of a");
+    assert!(desktop.contains_key("n/e/f") && !desktop.contains_key("d/gone"));
+    env.rebuild_scan_silent("vol");
+    assert_eq!(env.watch_status("vol")["kind"], "inotify");
+}

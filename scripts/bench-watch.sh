@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Live tracking (issue 23), for docs/PERFORMANCE.md "Live tracking (issue 23)": what the
+# watcher costs and how fast the desktop follows changes made without dt. Every part runs a
+# fresh volume and server; (a) and (c) side by side with `watch = "off"` in the same run.
+#
+#   (a) RENAMES plain renames (rename(2) from deskd-bench watch-lag, no dt): with the server
+#       polled after each until the desktop shows it, the lag per rename (p50/p99/max); the
+#       server's own lag_p99_ms from `deskd status --json`; and, paced at RATE renames a second
+#       with nobody polling, the server's CPU (utime+stime from /proc/PID/stat) as % of a core,
+#       watch = auto vs off.
+#   (b) `mv` of a directory of BIG objects: the time from the mv returning until the desktop
+#       shows the directory's new name.
+#   (c) MANY files created by a plain program (deskd-bench populate: create(2) in a loop) with
+#       watch = auto vs off: the creation rate ratio, the server's peak RSS (VmHWM), the time of
+#       the barrier (`deskd flush --volume`) after it, and `deskd rebuild -s` afterwards (the
+#       number of lines it prints: 0 when the desktop agrees).
+#
+#   scripts/bench-watch.sh                                   # the issue's sizes, RUNS=3
+#   RENAMES=2000 BIG=20000 MANY=100000 RUNS=1 scripts/bench-watch.sh   # a quick check
+#   PARTS="a c" scripts/bench-watch.sh                       # some parts only
+#   PROFILE=debug ...                                        # the debug build (checks the script)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RENAMES=${RENAMES:-10000}
+RATE=${RATE:-1000}
+BIG=${BIG:-100000}
+MANY=${MANY:-1000000}
+RUNS=${RUNS:-3}
+PARTS=${PARTS:-a b c}
+PROFILE=${PROFILE:-release}
+WORK=${BENCH_DIR:-$(mktemp -d /tmp/deskd-watch.XXXXXX)}
+
+if [ "$PROFILE" = release ]; then
+    cargo build --release --quiet -p deskd-cli
+else
+    cargo build --quiet -p deskd-cli
+fi
+BIN=target/$PROFILE
+. scripts/bench-common.sh
+SERVER=
+VOL=
+SOCK="$WORK/deskd.sock"
+LOG=
+trap 'kill -9 $SERVER 2>/dev/null || true' EXIT
+
+bench() { "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" "$@"; }
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
+# A fresh volume $WORK/NAME served with `watch = MODE`; returns once the log says how it is
+# watched.
+start_server() {
+    local name=$1 mode=$2
+    VOL="$WORK/$name"
+    rm -rf "$VOL"
+    mkdir -p "$VOL"
+    LOG="$WORK/$name.log"
+    printf '[defaults]\nwatch = "%s"\n' "$mode" > "$WORK/deskd.toml"
+    "$BIN/deskd" serve --socket "$SOCK" --config "$WORK/deskd.toml" "$VOL" \
+        >/dev/null 2>"$LOG" & SERVER=$!
+    wait_for_line "$LOG" "watching $VOL"
+}
+stop_server() {
+    kill -TERM "$SERVER" 2>/dev/null || true
+    wait "$SERVER" 2>/dev/null || true
+    SERVER=
+}
+# The server's CPU time so far, in clock ticks (utime + stime).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
+# The server's peak resident set (VmHWM), MiB.
+peak_rss_mib() { awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$SERVER/status"; }
+barrier() { "$BIN/deskd" flush --socket "$SOCK" --volume "$VOL"; }
+watch_field() {
+    "$BIN/deskd" status --socket "$SOCK" --json | json "d.get('watch') and d['watch'].get('$1')"
+}
+# Wait until no watch rescan (after an overflow) runs: a rebuild job started meanwhile would
+# be refused.
+rescans_idle() {
+    local i
+    for i in $(seq 6000); do
+        [ "$(watch_field rescan | sed 's/.*running.: \([A-Za-z]*\).*/\1/')" != True ] && return 0
+        sleep 0.1
+    done
+    echo "a watch rescan still runs after 600 s" >&2
+    return 1
+}
+# The number of lines `deskd rebuild -s` prints (0: the desktop agrees with the disk), after
+# the barrier and any rescan; "failed" when it could not run.
+scan_lines() {
+    barrier
+    rescans_idle
+    local out status=0
+    out=$("$BIN/deskd" rebuild -s --socket "$SOCK" "$VOL" 2>"$WORK/scan.err") || status=$?
+    if [ "$status" -gt 1 ]; then echo "failed ($(head -1 "$WORK/scan.err"))"; return; fi
+    printf '%s' "$out" | grep -c . || true
+}
+# `dirs` and `per_dir` for N files: one directory up to 10,000, else 10,000 a directory.
+shape() { local n=$1; if [ "$n" -le 10000 ]; then echo "1 $n"; else echo "$((n / 10000)) 10000"; fi; }
+# Populate and register N files (registration through a client, so both modes start alike).
+populate_registered() {
+    local dirs per_dir
+    read -r dirs per_dir < <(shape "$1")
+    bench populate --dirs "$dirs" --per-dir "$per_dir" >/dev/null
+    bench create --dirs "$dirs" --per-dir "$per_dir" --clients 2 --depth 256 >/dev/null
+    barrier
+}
+TCK=$(getconf CLK_TCK)
+echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores; PROFILE=$PROFILE"
+
+part_a() {
+    echo "== (a) $RENAMES plain renames"
+    for run in $(seq "$RUNS"); do
+        start_server rename auto
+        populate_registered "$RENAMES"
+        local lag
+        lag=$(bench watch-lag --dir dir0000 --wait)
+        echo "run $run: lag per rename (polled): $(echo "$lag" | json \
+            "'p50 %.2f ms, p99 %.2f ms, max %.2f ms, %d renames in %.1f s' % (d['lag_p50_ms'], \
+d['lag_p99_ms'], d['lag_max_ms'], d['renames'], d['seconds'])"); server lag_p99_ms" \
+            "$(watch_field lag_p99_ms), overflows $(watch_field overflows)"
+        echo "$lag" | json "d['lag_p99_ms']" >> "$WORK/a-lag-p99"
+        for mode in auto off; do
+            [ "$mode" = off ] && { stop_server; start_server rename-off off; \
+                populate_registered "$RENAMES"; }
+            local t0 t1 out
+            t0=$(cpu_ticks)
+            out=$(bench watch-lag --dir dir0000 --rate "$RATE")
+            barrier
+            t1=$(cpu_ticks)
+            local pct
+            pct=$(echo "$out" | json "round(100.0 * ($t1 - $t0) / $TCK / d['seconds'], 1)")
+            echo "run $run: watch=$mode, $(echo "$out" | json "'%.0f renames/s' % d['rate']"):" \
+                "server CPU $pct % of a core"
+            echo "$pct" >> "$WORK/a-cpu-$mode"
+        done
+        stop_server
+    done
+    echo "(a) median p99 lag $(median < "$WORK/a-lag-p99" | xargs printf %.1f) ms; CPU at $RATE renames/s:" \
+        "watch=auto $(median < "$WORK/a-cpu-auto") %, off $(median < "$WORK/a-cpu-off") % of a core"
+}
+
+part_b() {
+    echo "== (b) mv of a directory of $BIG objects"
+    for run in $(seq "$RUNS"); do
+        start_server big auto
+        local dirs per_dir
+        read -r dirs per_dir < <(shape "$BIG")
+        mkdir -p "$VOL/big"
+        "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL/big" populate --dirs "$dirs" \
+            --per-dir "$per_dir" >/dev/null
+        # Registered by the online repair (whatever the watcher did meanwhile).
+        barrier
+        "$BIN/deskd" rebuild --socket "$SOCK" "$VOL" >/dev/null 2>&1
+        local out
+        out=$(bench watch-lag --dir "" --count 1 --wait)
+        echo "run $run: $(echo "$out" | json "'applied %.2f ms after the mv' % d['lag_max_ms']")" \
+            "($((dirs * per_dir + dirs)) objects below it); rebuild -s lines: $(scan_lines)"
+        echo "$out" | json "d['lag_max_ms']" >> "$WORK/b-ms"
+        stop_server
+    done
+    echo "(b) median $(median < "$WORK/b-ms" | xargs printf %.1f) ms"
+}
+
+part_c() {
+    echo "== (c) $MANY files created by a plain program"
+    local dirs per_dir
+    read -r dirs per_dir < <(shape "$MANY")
+    for run in $(seq "$RUNS"); do
+        for mode in off auto; do
+            start_server "many-$mode" "$mode"
+            local out rate flush_s
+            out=$(bench populate --dirs "$dirs" --per-dir "$per_dir")
+            rate=$(echo "$out" | json "round(d['files'] / d['populate_s'])")
+            flush_s=$(elapsed barrier)
+            echo "run $run: watch=$mode: $rate files/s, then the barrier took ${flush_s} s;" \
+                "server peak RSS $(peak_rss_mib) MiB$( [ "$mode" = auto ] && \
+                echo "; rebuild -s lines: $(scan_lines); overflows $(watch_field overflows)")"
+            echo "$rate" >> "$WORK/c-rate-$mode"
+            stop_server
+            rm -rf "$VOL"
+        done
+    done
+    local on off
+    on=$(median < "$WORK/c-rate-auto")
+    off=$(median < "$WORK/c-rate-off")
+    echo "(c) median creation rate: watch=auto $on files/s, off $off files/s:" \
+        "ratio $(echo "scale=2; $on / $off" | bc)"
+}
+
+for part in $PARTS; do "part_$part"; done
+echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)"
