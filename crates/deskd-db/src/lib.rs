@@ -544,6 +544,27 @@ pub trait Read {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Every object, in ID order, handed to `each` one at a time: [`Read::all_objects`] without
+    /// holding them all (a rebuild keeps them more compactly than as `Object`s).
+    fn for_each_object(&self, each: &mut dyn FnMut(Object)) -> Result<()> {
+        let mut stmt = self
+            .conn()
+            .prepare(&format!("SELECT {OBJECT_COLUMNS} FROM objects ORDER BY id"))?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            each(object_from_row(row)?);
+        }
+        Ok(())
+    }
+
+    /// How many objects the desktop has.
+    fn object_count(&self) -> Result<u64> {
+        Ok(self
+            .conn()
+            .query_row("SELECT count(*) FROM objects", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
     /// Every Finder comment, by object ID.
     fn all_comments(&self) -> Result<Vec<(u32, Vec<u8>)>> {
         let mut stmt = self
