@@ -46,6 +46,12 @@ pub const READER_CACHE_BYTES: u64 = 8 << 20;
 /// The page cache the write connection may hold (`PRAGMA cache_size`), in bytes.
 pub const WRITER_CACHE_BYTES: u64 = 64 << 20;
 
+/// The page cache of a [`bulk::BulkLoad`] (a rebuild's new desktop), in bytes. A rebuild holds
+/// its plan meanwhile; a cache the size of the desktop (it was 256 MiB) would add some 150
+/// bytes an object to its peak. Pages beyond it go to the file (no journal), and come back
+/// from the kernel's page cache.
+pub const BULK_CACHE_BYTES: u64 = 32 << 20;
+
 /// How long the write connection waits for a lock another process holds.
 const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 

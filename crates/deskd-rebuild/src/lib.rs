@@ -336,7 +336,10 @@ fn read_desktop(desktop: &Path, places: bool) -> Result<Option<OldDesktop>, Rebu
     if std::fs::metadata(desktop).map(|m| m.len()).unwrap_or(0) == 0 {
         return Ok(None);
     }
-    let reader = deskd_db::Reader::open(desktop)?;
+    // Not memory-mapped: every page is read once, and mapped pages would count in the
+    // rebuild's resident memory (the whole desktop, some 145 bytes an object) while the rows
+    // are read.
+    let reader = deskd_db::Reader::open_mapped(desktop, false, 0)?;
     reader.begin_snapshot()?;
     let mut old = OldDesktop {
         last_id: reader.meta("last_id")?.unwrap_or(0) as u32,
