@@ -434,20 +434,29 @@ fn remove_vanished(
     parked: &HashSet<u32>,
     out: &mut Applied,
 ) {
-    let alive: HashSet<u32> = final_id.iter().flatten().copied().collect();
-    let planned: HashSet<u32> = p.plan.rows.iter().map(|r| r.id).collect();
+    // Sorted lists and a bit per snapshot row rather than sets of every ID: this runs for
+    // every pass over the whole volume.
+    let mut alive: Vec<u32> = final_id.iter().flatten().copied().collect();
+    alive.sort_unstable();
     let mut candidates: Vec<u32> = p
         .snapshot
         .map(|s| {
+            let mut planned = vec![0u64; s.objects.len().div_ceil(64)];
+            for at in p.plan.rows.iter().filter_map(|r| s.objects.index_of(r.id)) {
+                planned[at / 64] |= 1 << (at % 64);
+            }
             s.objects
-                .keys()
-                .copied()
-                .filter(|id| !planned.contains(id))
+                .values()
+                .enumerate()
+                .filter(|(at, _)| planned[at / 64] & (1 << (at % 64)) == 0)
+                .map(|(_, r)| r.id)
                 .collect()
         })
         .unwrap_or_default();
     candidates.extend(parked.iter().copied());
-    candidates.retain(|id| *id != ROOT_ID && !alive.contains(id) && !p.touched.contains(id));
+    candidates.retain(|id| {
+        *id != ROOT_ID && alive.binary_search(id).is_err() && !p.touched.contains(id)
+    });
     candidates.sort_unstable();
     candidates.dedup();
     let root = p.walk.path(0);
