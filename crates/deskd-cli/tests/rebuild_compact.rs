@@ -163,7 +163,11 @@ fn a_corrupt_resource_file_is_reported_with_its_reason_and_remade() {
         line.contains("5 bytes, shorter than the 64-byte file info"),
         "{line}"
     );
-    assert_eq!(listed.lines().filter(|l| !l.is_empty()).count(), 1, "{listed}");
+    assert_eq!(
+        listed.lines().filter(|l| !l.is_empty()).count(),
+        1,
+        "{listed}"
+    );
 
     let out = rebuild(&env, &["vol"]);
     assert!(out.status.success(), "{}", common::stderr(&out));

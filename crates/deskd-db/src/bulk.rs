@@ -10,7 +10,9 @@ use std::path::Path;
 
 use rusqlite::{params, Connection};
 
-use crate::{meta_set, names, ApplRecord, DbError, IconRecord, Object, Read, Result, BULK_CACHE_BYTES};
+use crate::{
+    meta_set, names, ApplRecord, DbError, IconRecord, Object, Read, Result, BULK_CACHE_BYTES,
+};
 
 /// A new desktop file being filled.
 pub struct BulkLoad {

@@ -168,7 +168,14 @@ pub fn apply(batch: &mut Batch<'_>, p: &Pass<'_>) -> Applied {
     let root = walk.path(0);
     if (everything || differs[0]) && !p.touched.contains(&ROOT_ID) {
         let row = p.plan.object(walk, 0);
-        match fix_disk(&root, &rsrc::root_rsrc_path(&root), &row, ROOT_ID, p, &moves) {
+        match fix_disk(
+            &root,
+            &rsrc::root_rsrc_path(&root),
+            &row,
+            ROOT_ID,
+            p,
+            &moves,
+        ) {
             Ok(true) => out.changed += 1,
             Ok(false) => {}
             Err(error) => out.errors.push(RepairFailure::Disk {
@@ -454,9 +461,8 @@ fn remove_vanished(
         })
         .unwrap_or_default();
     candidates.extend(parked.iter().copied());
-    candidates.retain(|id| {
-        *id != ROOT_ID && alive.binary_search(id).is_err() && !p.touched.contains(id)
-    });
+    candidates
+        .retain(|id| *id != ROOT_ID && alive.binary_search(id).is_err() && !p.touched.contains(id));
     candidates.sort_unstable();
     candidates.dedup();
     let root = p.walk.path(0);

@@ -201,10 +201,9 @@ pub fn plan(
     policy: &ClaimPolicy<'_>,
 ) -> Plan {
     let mut differences = Vec::new();
-    let (mut plan, _made_online) =
-        plan_compact(walk, old, old_counter, xattrs, policy, &mut |d| {
-            differences.push(d)
-        });
+    let (mut plan, _made_online) = plan_compact(walk, old, old_counter, xattrs, policy, &mut |d| {
+        differences.push(d)
+    });
     plan.differences = differences;
     plan
 }
@@ -262,7 +261,10 @@ impl ObjectRepair {
 
 /// The header at `rsrc_path` now, read below `root` without following a symlink on the way
 /// (`None` when it cannot be read).
-fn read_header_below(root: &std::path::Path, rsrc_path: &std::path::Path) -> Option<ResourceHeader> {
+fn read_header_below(
+    root: &std::path::Path,
+    rsrc_path: &std::path::Path,
+) -> Option<ResourceHeader> {
     let pinned = deskd_volume::pin::pin(root, rsrc_path, 2).ok()?;
     rsrc::read_header(&pinned.path).ok().flatten()
 }
@@ -1728,8 +1730,15 @@ mod tests {
     /// The kind and repaired flag of what [`desktop_difference`] says of `f` against `old`.
     fn compare(f: &Entry, old: &OldDesktop, s: &Seen) -> Option<(&'static str, bool)> {
         let w = alone(f.clone());
-        desktop_difference(&w.found[1], &f.name, old, old.objects.get(&s.id), s, b"/vol/f")
-            .map(|(d, r)| (d.kind, r))
+        desktop_difference(
+            &w.found[1],
+            &f.name,
+            old,
+            old.objects.get(&s.id),
+            s,
+            b"/vol/f",
+        )
+        .map(|(d, r)| (d.kind, r))
     }
 
     #[test]
@@ -1784,7 +1793,14 @@ mod tests {
         s.parent_id = ROOT_PARENT_ID;
         s.source = Some(Source::Root);
         let w = walk_of(vec![root()]);
-        let d = desktop_difference(&w.found[0], b"", &old, old.objects.get(&ROOT_ID), &s, b"/vol");
+        let d = desktop_difference(
+            &w.found[0],
+            b"",
+            &old,
+            old.objects.get(&ROOT_ID),
+            &s,
+            b"/vol",
+        );
         assert!(d.is_none());
     }
 
@@ -1892,8 +1908,15 @@ mod tests {
     fn the_mirror_is_set_where_xattrs_are_kept_and_it_is_wrong() {
         let repair = |f: &Entry, xattrs| {
             let w = alone(f.clone());
-            mirror_repair(&w.found[1], 1, 20, xattrs, b"/vol/f".to_vec(), "/vol/f".into())
-                .map(|(d, _)| d.detail)
+            mirror_repair(
+                &w.found[1],
+                1,
+                20,
+                xattrs,
+                b"/vol/f".to_vec(),
+                "/vol/f".into(),
+            )
+            .map(|(d, _)| d.detail)
         };
         let f = object(0, "f", Kind::File, 3);
         assert_eq!(repair(&f, false), None);
@@ -1937,7 +1960,11 @@ mod tests {
             ObjectRepair::Rsrc(2),
             ObjectRepair::Mirror(1),
         ];
-        drop_replaced_headers(&mut repairs, &w, &HashSet::from([PathBuf::from("/vol/.rsrc/a")]));
+        drop_replaced_headers(
+            &mut repairs,
+            &w,
+            &HashSet::from([PathBuf::from("/vol/.rsrc/a")]),
+        );
         assert_eq!(repairs, [ObjectRepair::Rsrc(2), ObjectRepair::Mirror(1)]);
     }
 

@@ -268,7 +268,11 @@ impl Walk {
         let mut records = Records::default();
         let mut rsrc_dirs = std::collections::HashMap::new();
         for entry in entries {
-            let dir = if entry.parent == u32::MAX { 0 } else { entry.parent };
+            let dir = if entry.parent == u32::MAX {
+                0
+            } else {
+                entry.parent
+            };
             if let Some(owner) = records.push(entry) {
                 rsrc_dirs.insert(dir, owner);
             }
@@ -840,7 +844,10 @@ mod tests {
                 finder_flags: 9
             })
         );
-        assert_eq!((f.rsrc_uid(), f.xattr_id(), f.ctime, f.uid), (Some(1000), Some(41), -5, 65534));
+        assert_eq!(
+            (f.rsrc_uid(), f.xattr_id(), f.ctime, f.uid),
+            (Some(1000), Some(41), -5, 65534)
+        );
         assert_eq!(walk.rsrc_dir(1), Some((1000, 0o40755)));
         assert_eq!(walk.comment(1), b"a note");
         assert_eq!(walk.name(1), b"with everything");
@@ -850,9 +857,16 @@ mod tests {
         assert_eq!(walk.corrupt_reason(2), "short header");
         assert_eq!(walk.netatalk(2), Some(&netatalk));
         assert_eq!(walk.name(2), b"");
-        assert_eq!(walk.rsrc_dir(2), None, "no resource file, no .rsrc to trust");
+        assert_eq!(
+            walk.rsrc_dir(2),
+            None,
+            "no resource file, no .rsrc to trust"
+        );
         let h = &walk.found[3];
-        assert_eq!((h.rsrc(), h.rsrc_uid(), h.xattr_id()), (RsrcState::Missing, None, None));
+        assert_eq!(
+            (h.rsrc(), h.rsrc_uid(), h.xattr_id()),
+            (RsrcState::Missing, None, None)
+        );
         assert_eq!((walk.comment(3), walk.corrupt_reason(3)), (&b""[..], ""));
         assert_eq!(walk.name(3), b"plain");
     }
