@@ -5,6 +5,10 @@
 //! The unit of work is a directory: a worker lists it, reads its `.rsrc/` listing once, and
 //! examines every entry relative to the directory's descriptor (`fstatat`, `openat`), so the
 //! cost per object is a handful of system calls that do not re-walk the path.
+//!
+//! A rebuild holds what the walk found until its plan is made, so each object is kept compact
+//! ([`Found`], 64 bytes): integers, its name in one arena shared by all, and the rare parts
+//! (Netatalk metadata, why a resource file is corrupt, a resource file's comment) aside.
 
 use std::collections::HashSet;
 use std::ffi::CString;
