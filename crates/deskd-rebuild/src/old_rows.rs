@@ -121,11 +121,6 @@ impl Rows {
         }
     }
 
-    /// Forget the place index (the plan is made; the rows' names are still there).
-    pub fn drop_places(&mut self) {
-        self.by_place = HashTable::new();
-    }
-
     fn position(&self, id: u32) -> Option<usize> {
         let rows = &self.rows;
         self.by_id
@@ -267,7 +262,5 @@ mod tests {
         rows.insert(20, row(20, 2, "docs"));
         rows.index_places();
         assert_eq!(rows.place(2, b"docs"), Some(20));
-        rows.drop_places();
-        assert_eq!(rows.place(2, b"docs"), None);
     }
 }
