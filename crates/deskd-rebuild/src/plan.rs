@@ -259,8 +259,10 @@ impl ObjectRepair {
     }
 }
 
-/// The header at `rsrc_path` now, read below `root` without following a symlink on the way
-/// (`None` when it cannot be read).
+/// The header at `rsrc_path` now, read below `root` without following a symlink on the way:
+/// the folders are held by `pin`, and `rsrc::read_header` refuses a `.rsrc` or a resource file
+/// that is a link (one could lend root's read another folder's header, which the write would
+/// then put here); `None` when it cannot be read.
 fn read_header_below(
     root: &std::path::Path,
     rsrc_path: &std::path::Path,
@@ -1894,6 +1896,18 @@ mod tests {
         assert_eq!(header, ResourceHeader { id: 40, ..on_disk });
         // Gone since the walk: a fresh one from the row.
         std::fs::remove_file(&rsrc_path).unwrap();
+        let Fix::WriteRsrc { header, .. } = ObjectRepair::Rsrc(1).fix(&w, &rows) else {
+            panic!("not a header")
+        };
+        assert_eq!(header, repaired_header(None, &row_of(40)));
+        // A `.rsrc` swapped for a link to another folder's: its header is not read through it.
+        let elsewhere = root.join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let mut secret = ResourceHeader::new(20, *b"TEXT", *b"ttxt", 0);
+        secret.comment = b"not for this file".to_vec();
+        rsrc::write_header(&elsewhere.join("f"), &secret).unwrap();
+        std::fs::remove_dir(rsrc_path.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, rsrc_path.parent().unwrap()).unwrap();
         let Fix::WriteRsrc { header, .. } = ObjectRepair::Rsrc(1).fix(&w, &rows) else {
             panic!("not a header")
         };
