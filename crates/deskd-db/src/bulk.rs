@@ -10,7 +10,9 @@ use std::path::Path;
 
 use rusqlite::{params, Connection};
 
-use crate::{meta_set, names, ApplRecord, DbError, IconRecord, Object, Read, Result};
+use crate::{
+    meta_set, names, ApplRecord, DbError, IconRecord, Object, Read, Result, BULK_CACHE_BYTES,
+};
 
 /// A new desktop file being filled.
 pub struct BulkLoad {
@@ -72,7 +74,7 @@ impl BulkLoad {
         )?;
         conn.pragma_update(None, "journal_mode", "OFF")?;
         conn.pragma_update(None, "synchronous", "OFF")?;
-        conn.pragma_update(None, "cache_size", -262_144)?;
+        conn.pragma_update(None, "cache_size", -((BULK_CACHE_BYTES >> 10) as i64))?;
         crate::schema::migrate(&mut conn)?;
         conn.execute_batch("BEGIN")?;
         Ok(BulkLoad { conn })

@@ -48,6 +48,12 @@ pub const READER_CACHE_BYTES: u64 = 8 << 20;
 /// The page cache the write connection may hold (`PRAGMA cache_size`), in bytes.
 pub const WRITER_CACHE_BYTES: u64 = 64 << 20;
 
+/// The page cache of a [`bulk::BulkLoad`] (a rebuild's new desktop), in bytes. A rebuild holds
+/// its plan meanwhile; a cache the size of the desktop (it was 256 MiB) would add some 150
+/// bytes an object to its peak. Pages beyond it go to the file (no journal), and come back
+/// from the kernel's page cache.
+pub const BULK_CACHE_BYTES: u64 = 32 << 20;
+
 /// How long the write connection waits for a lock another process holds.
 const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -544,6 +550,27 @@ pub trait Read {
             .prepare(&format!("SELECT {OBJECT_COLUMNS} FROM objects ORDER BY id"))?;
         let rows = stmt.query_map([], object_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every object, in ID order, handed to `each` one at a time: [`Read::all_objects`] without
+    /// holding them all (a rebuild keeps them more compactly than as `Object`s).
+    fn for_each_object(&self, each: &mut dyn FnMut(Object)) -> Result<()> {
+        let mut stmt = self
+            .conn()
+            .prepare(&format!("SELECT {OBJECT_COLUMNS} FROM objects ORDER BY id"))?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            each(object_from_row(row)?);
+        }
+        Ok(())
+    }
+
+    /// How many objects the desktop has.
+    fn object_count(&self) -> Result<u64> {
+        Ok(self
+            .conn()
+            .query_row("SELECT count(*) FROM objects", [], |r| r.get::<_, i64>(0))?
+            as u64)
     }
 
     /// Every Finder comment, by object ID.

@@ -783,3 +783,24 @@ fn the_name_index_counts_its_heap() {
         names.heap_bytes()
     );
 }
+
+// --- rebmem ---
+
+#[test]
+fn objects_come_one_at_a_time_as_all_objects_lists_them() {
+    let (tmp, mut desk) = open_temp();
+    let d = add(&mut desk, dir(ROOT_ID, b"d"));
+    for name in [&b"b"[..], b"a", b"caf\xe9"] {
+        add(&mut desk, file(d, name));
+    }
+    let reader = Reader::open_mapped(&tmp.path().join(".Desktop"), false, 0).unwrap();
+    let mut one_by_one = Vec::new();
+    reader.for_each_object(&mut |o| one_by_one.push(o)).unwrap();
+    assert_eq!(one_by_one, reader.all_objects().unwrap());
+    assert_eq!(reader.object_count().unwrap(), one_by_one.len() as u64);
+    assert_eq!(one_by_one.len(), 5, "the root, d and three files");
+    assert!(
+        one_by_one.windows(2).all(|w| w[0].id < w[1].id),
+        "in ID order"
+    );
+}

@@ -336,9 +336,11 @@ fn read_desktop(desktop: &Path, places: bool) -> Result<Option<OldDesktop>, Rebu
     if std::fs::metadata(desktop).map(|m| m.len()).unwrap_or(0) == 0 {
         return Ok(None);
     }
-    let reader = deskd_db::Reader::open(desktop)?;
+    // Not memory-mapped: every page is read once, and mapped pages would count in the
+    // rebuild's resident memory (the whole desktop, some 145 bytes an object) while the rows
+    // are read.
+    let reader = deskd_db::Reader::open_mapped(desktop, false, 0)?;
     reader.begin_snapshot()?;
-    let objects = reader.all_objects()?;
     let mut old = OldDesktop {
         last_id: reader.meta("last_id")?.unwrap_or(0) as u32,
         comments: reader.all_comments()?.into_iter().collect(),
@@ -353,15 +355,15 @@ fn read_desktop(desktop: &Path, places: bool) -> Result<Option<OldDesktop>, Rebu
         },
         ..Default::default()
     };
-    if places {
-        old.by_place.reserve(objects.len());
-    }
-    old.objects.reserve(objects.len());
-    for o in objects {
-        if places {
-            old.by_place.insert_place(o.parent, &o.name, o.id);
-        }
+    // One row at a time into the compact rows: the rows as `Object`s would cost some 100
+    // bytes each on top, if only while they are read.
+    old.objects
+        .reserve(usize::try_from(reader.object_count()?).unwrap_or(0));
+    reader.for_each_object(&mut |o| {
         old.objects.insert(o.id, o);
+    })?;
+    if places {
+        old.objects.index_places();
     }
     Ok(Some(old))
 }
@@ -491,7 +493,7 @@ fn rebuild_checked(
         let written_in = relocated.unwrap_or(&desktop).parent();
         check_space_in(&desktop, written_in.unwrap_or(Path::new("/")))?;
     }
-    let old = match &options.start_from {
+    let mut old = match &options.start_from {
         Some(backup) => match read_desktop(backup, options.mode != Mode::Fresh) {
             Ok(Some(old)) => Some(old),
             Ok(None) => {
@@ -523,7 +525,7 @@ fn rebuild_checked(
             }
         },
     };
-    let mut walk = walk::walk(
+    let walk = walk::walk(
         &root,
         options.threads,
         on_progress,
@@ -560,7 +562,7 @@ fn rebuild_checked(
     // of the lines shown).
     let no_desktop = options.mode == Mode::Scan && old.is_none();
     let mut differences = 0;
-    let (mut plan, repairs) = plan::plan_compact(
+    let (plan, repairs) = plan::plan_compact(
         &walk,
         decide_from,
         counter,
@@ -574,6 +576,10 @@ fn rebuild_checked(
         },
     );
     drop(live);
+    // What is left to do reads the old desktop only for its icons and APPL records.
+    if let Some(o) = old.as_mut() {
+        o.objects = Default::default();
+    }
     if no_desktop {
         differences = 1;
         on_difference(&Difference {
@@ -594,17 +600,13 @@ fn rebuild_checked(
             None if old.is_some() => Replacing::ReadDesktop,
             None => Replacing::Unreadable,
         };
-        // The rows take their names from the walk, which is then no longer needed.
-        for (row, found) in plan.rows.iter_mut().zip(walk.found.iter_mut()) {
-            row.name = std::mem::take(&mut found.name);
-        }
-        drop(walk);
         match relocated {
-            None => write_desktop(&desktop, &plan, old.as_ref(), identity, replacing)?,
+            None => write_desktop(&desktop, &walk, &plan, old.as_ref(), identity, replacing)?,
             Some(target) => {
                 // The old desktop stays whole (and locked) until the link replaces it; its
                 // rows were read above, so its WAL has nothing left to give.
-                write_desktop(target, &plan, old.as_ref(), identity, Replacing::Unreadable)?;
+                let replacing = Replacing::Unreadable;
+                write_desktop(target, &walk, &plan, old.as_ref(), identity, replacing)?;
                 relocation::link(&root, &desktop, target)?;
             }
         }
@@ -677,6 +679,7 @@ enum Replacing {
 /// Write the planned desktop under a temporary name and rename it over the old one.
 fn write_desktop(
     desktop: &Path,
+    walk: &walk::Walk,
     plan: &Plan,
     old: Option<&OldDesktop>,
     identity: Option<Identity>,
@@ -697,10 +700,10 @@ fn write_desktop(
         }
     }
     let mut bulk = BulkLoad::create(&temp)?;
-    for row in &plan.rows {
-        bulk.insert(row)?;
+    // Each row is made whole (its name and place from the walk) as it is written.
+    for i in 0..plan.rows.len() {
+        bulk.insert(&plan.object(walk, i))?;
     }
-    let alive: std::collections::HashSet<u32> = plan.rows.iter().map(|r| r.id).collect();
     for (id, text) in &plan.comments {
         bulk.add_comment(*id, text)?;
     }
@@ -708,6 +711,15 @@ fn write_desktop(
         for icon in &o.icons {
             bulk.add_icon(icon)?;
         }
+        // The applications of the APPL records that are still there (few IDs to look for,
+        // rather than a set of every row's).
+        let wanted: std::collections::HashSet<u32> = o.appl.iter().map(|r| r.app_id).collect();
+        let alive: std::collections::HashSet<u32> = plan
+            .rows
+            .iter()
+            .map(|r| r.id)
+            .filter(|id| wanted.contains(id))
+            .collect();
         for record in o.appl.iter().filter(|r| alive.contains(&r.app_id)) {
             bulk.add_appl(record)?;
         }

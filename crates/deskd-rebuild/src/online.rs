@@ -167,8 +167,15 @@ pub fn apply(batch: &mut Batch<'_>, p: &Pass<'_>) -> Applied {
     final_id[0] = Some(ROOT_ID);
     let root = walk.path(0);
     if (everything || differs[0]) && !p.touched.contains(&ROOT_ID) {
-        let row = &p.plan.rows[0];
-        match fix_disk(&root, &rsrc::root_rsrc_path(&root), row, ROOT_ID, p, &moves) {
+        let row = p.plan.object(walk, 0);
+        match fix_disk(
+            &root,
+            &rsrc::root_rsrc_path(&root),
+            &row,
+            ROOT_ID,
+            p,
+            &moves,
+        ) {
             Ok(true) => out.changed += 1,
             Ok(false) => {}
             Err(error) => out.errors.push(RepairFailure::Disk {
@@ -188,7 +195,7 @@ pub fn apply(batch: &mut Batch<'_>, p: &Pass<'_>) -> Applied {
         let needed = everything
             || differs[i]
             || p.plan.new_id[i]
-            || parent != planned.parent
+            || parent != p.plan.parent_id(walk, i)
             || p.touched.contains(&planned.id);
         if !needed {
             final_id[i] = Some(planned.id);
@@ -209,7 +216,7 @@ pub fn apply(batch: &mut Batch<'_>, p: &Pass<'_>) -> Applied {
                 let row = Object {
                     id,
                     parent,
-                    ..planned.clone()
+                    ..p.plan.object(walk, i)
                 };
                 match fix_disk(&path, &rsrc_path, &row, planned.id, p, &moves) {
                     Ok(disk) => out.changed += (changed || disk) as u64,
@@ -249,13 +256,13 @@ fn place_object(
     comments: &HashMap<u32, &[u8]>,
 ) -> Result<Outcome, DbError> {
     let f = &p.walk.found[i];
-    let planned = &p.plan.rows[i];
+    let planned = p.plan.object(p.walk, i);
     // The disk must still show the object the walk saw.
     if devino(path) != Some((f.dev, f.ino)) {
         return Ok(Outcome::Left(None));
     }
     // A row a client put at this place since the snapshot is newer than the walk.
-    let at_place = b.lookup(parent, &f.name)?;
+    let at_place = b.lookup(parent, &planned.name)?;
     if let Some(o) = &at_place {
         if p.touched.contains(&o.id) {
             return Ok(Outcome::Left(
@@ -288,10 +295,11 @@ fn place_object(
             pushed_aside.push(o.id);
         }
     }
+    let planned_id = planned.id;
     let row = Object {
         id,
         parent,
-        ..planned.clone()
+        ..planned
     };
     let changed = match get_opt(b, id)? {
         Some(live) if same_row(&live, &row) => false,
@@ -304,7 +312,7 @@ fn place_object(
             true
         }
     };
-    if let Some(text) = comments.get(&planned.id) {
+    if let Some(text) = comments.get(&planned_id) {
         if b.comment(id)?.is_none() {
             b.comment_set(id, text)?;
         }
@@ -433,20 +441,28 @@ fn remove_vanished(
     parked: &HashSet<u32>,
     out: &mut Applied,
 ) {
-    let alive: HashSet<u32> = final_id.iter().flatten().copied().collect();
-    let planned: HashSet<u32> = p.plan.rows.iter().map(|r| r.id).collect();
+    // Sorted lists and a bit per snapshot row rather than sets of every ID: this runs for
+    // every pass over the whole volume.
+    let mut alive: Vec<u32> = final_id.iter().flatten().copied().collect();
+    alive.sort_unstable();
     let mut candidates: Vec<u32> = p
         .snapshot
         .map(|s| {
+            let mut planned = vec![0u64; s.objects.len().div_ceil(64)];
+            for at in p.plan.rows.iter().filter_map(|r| s.objects.index_of(r.id)) {
+                planned[at / 64] |= 1 << (at % 64);
+            }
             s.objects
-                .keys()
-                .copied()
-                .filter(|id| !planned.contains(id))
+                .values()
+                .enumerate()
+                .filter(|(at, _)| planned[at / 64] & (1 << (at % 64)) == 0)
+                .map(|(_, r)| r.id)
                 .collect()
         })
         .unwrap_or_default();
     candidates.extend(parked.iter().copied());
-    candidates.retain(|id| *id != ROOT_ID && !alive.contains(id) && !p.touched.contains(id));
+    candidates
+        .retain(|id| *id != ROOT_ID && alive.binary_search(id).is_err() && !p.touched.contains(id));
     candidates.sort_unstable();
     candidates.dedup();
     let root = p.walk.path(0);
@@ -545,15 +561,13 @@ mod tests {
         let object = |parent, name: &str, m: std::fs::Metadata, kind| {
             crate::test_support::found(parent, name, kind, m.dev(), m.ino())
         };
-        let walk = Walk {
-            found: vec![
+        let walk = Walk::of(
+            root,
+            vec![
                 object(u32::MAX, "", meta(root), Kind::Dir),
                 object(0, "f", meta(&root.join("f")), Kind::File),
             ],
-            orphans: Vec::new(),
-            dir_paths: [(0, root.to_path_buf())].into(),
-            nested_volumes: Vec::new(),
-        };
+        );
         let difference = |object, id, kind| Difference {
             object,
             id,
@@ -562,7 +576,16 @@ mod tests {
             detail: String::new(),
         };
         let plan = Plan {
-            rows: vec![row(ROOT_ID), row(20)],
+            rows: [row(ROOT_ID), row(20)]
+                .iter()
+                .map(|r| crate::plan::NewRow {
+                    id: r.id,
+                    type_code: r.type_code,
+                    creator: r.creator,
+                    flags: r.flags,
+                    ctime: r.ctime,
+                })
+                .collect(),
             new_id: vec![false, false],
             comments: Vec::new(),
             differences: vec![

@@ -19,20 +19,20 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use deskd_db::{ids, ApplRecord, IconRecord, Kind, Object, ROOT_ID, ROOT_PARENT_ID};
+use deskd_volume::netatalk::NetatalkInfo;
 use deskd_volume::rsrc::{self, ResourceHeader};
 use serde::Serialize;
 
 use crate::claims::{Claim, ClaimPolicy, Verdict};
-pub use crate::old_rows::{Places, Rows};
-use crate::walk::{Found, Rsrc, Walk};
+pub use crate::old_rows::{OldRow, Rows};
+use crate::walk::{Found, RsrcInfo, RsrcState, Walk};
 
 /// The old desktop, as far as a rebuild uses it.
 #[derive(Default)]
 pub struct OldDesktop {
-    /// Its rows by ID.
+    /// Its rows by ID, and by place (directory ID, name) once indexed
+    /// ([`Rows::index_places`]).
     pub objects: Rows,
-    /// Its IDs by place: (directory ID, name).
-    pub by_place: Places,
     pub last_id: u32,
     pub comments: HashMap<u32, Vec<u8>>,
     pub icons: Vec<IconRecord>,
@@ -47,7 +47,7 @@ impl OldDesktop {
         let mut current = id;
         while current != ROOT_ID {
             let o = self.objects.get(&current)?;
-            parts.push(&o.name[..]);
+            parts.push(self.objects.name(o));
             current = o.parent;
             if parts.len() > 4096 {
                 return None;
@@ -94,10 +94,22 @@ pub enum Fix {
 /// summary count the same things under the same names.
 pub use deskd_proto::RebuildCounts as Counts;
 
+/// A row of the new desktop as the plan keeps it: what the walk does not say. The parent's ID,
+/// the name, kind, device and inode come from the walk ([`Plan::object`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewRow {
+    pub id: u32,
+    pub type_code: [u8; 4],
+    pub creator: [u8; 4],
+    pub flags: u16,
+    pub ctime: i64,
+}
+
 /// The outcome of pass 2.
 pub struct Plan {
-    /// The new desktop's rows, parents before children (row `i` is walked object `i`).
-    pub rows: Vec<Object>,
+    /// The new desktop's rows, parents before children (row `i` is walked object `i`); 24
+    /// bytes each, the rest is the walk's ([`Plan::object`]).
+    pub rows: Vec<NewRow>,
     /// Per row: its ID is a new one from the counter (an online rebuild re-allocates these
     /// from the live counter, which may have moved since the snapshot).
     pub new_id: Vec<bool>,
@@ -109,6 +121,33 @@ pub struct Plan {
     pub fixes: Vec<Fix>,
     pub last_id: u32,
     pub counts: Counts,
+}
+
+impl Plan {
+    /// The ID of the directory holding walked object `i` in the new desktop.
+    pub fn parent_id(&self, walk: &Walk, i: usize) -> u32 {
+        match walk.found[i].parent {
+            u32::MAX => ROOT_PARENT_ID,
+            parent => self.rows[parent as usize].id,
+        }
+    }
+
+    /// The new desktop's whole row for walked object `i`.
+    pub fn object(&self, walk: &Walk, i: usize) -> Object {
+        let (f, row) = (&walk.found[i], &self.rows[i]);
+        Object {
+            id: row.id,
+            parent: self.parent_id(walk, i),
+            name: walk.name(i as u32).to_vec(),
+            kind: f.kind,
+            dev: f.dev,
+            ino: f.ino,
+            type_code: row.type_code,
+            creator: row.creator,
+            flags: row.flags,
+            ctime: row.ctime,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -152,8 +191,8 @@ fn four(code: [u8; 4]) -> String {
 /// 7. `drop_replaced_headers`: no fresh header where an orphan moves in;
 /// 8. `vanished`: desktop rows of objects that are gone.
 ///
-/// This is the online rebuild's plan: the differences collected, the rows named, and only the
-/// orphans' fixes listed (see [`Plan::fixes`]).
+/// This is the online rebuild's plan: [`plan_compact`] with the differences collected, and only
+/// the orphans' fixes listed (see [`Plan::fixes`]).
 pub fn plan(
     walk: &Walk,
     old: Option<&OldDesktop>,
@@ -162,10 +201,9 @@ pub fn plan(
     policy: &ClaimPolicy<'_>,
 ) -> Plan {
     let mut differences = Vec::new();
-    let (mut plan, _made_online) =
-        plan_parts(walk, old, old_counter, xattrs, policy, true, &mut |d| {
-            differences.push(d)
-        });
+    let (mut plan, _made_online) = plan_compact(walk, old, old_counter, xattrs, policy, &mut |d| {
+        differences.push(d)
+    });
     plan.differences = differences;
     plan
 }
@@ -181,8 +219,11 @@ pub enum ObjectRepair {
 }
 
 impl ObjectRepair {
-    /// The fix, made from the walk and the plan's rows as the plan decided it.
-    pub fn fix(self, walk: &Walk, rows: &[Object]) -> Fix {
+    /// The fix, made from the walk and the plan's rows as the plan decided it. A header
+    /// that only needs the object's ID is read again here (through the volume root, following
+    /// no symlink on the way), so what the walk did not keep of it is kept; one that cannot be
+    /// read any more is made afresh from the row.
+    pub fn fix(self, walk: &Walk, rows: &[NewRow]) -> Fix {
         let i = match self {
             ObjectRepair::Rsrc(i) | ObjectRepair::Mirror(i) => i as usize,
         };
@@ -191,7 +232,16 @@ impl ObjectRepair {
         let made = match self {
             ObjectRepair::Rsrc(_) => {
                 let rsrc_path = rsrc_path_of(i, &disk_path);
-                rsrc_repair(f, i, &rows[i], rsrc_path, &[], true).map(|(_, fix)| fix)
+                rsrc_repair(walk, i, &rows[i], &[], true).map(|(_, repair)| {
+                    let current = match repair {
+                        RsrcRepair::SetId => read_header_below(&walk.path(0), &rsrc_path),
+                        RsrcRepair::Fresh => None,
+                    };
+                    Fix::WriteRsrc {
+                        header: repaired_header(current, &rows[i]),
+                        path: rsrc_path,
+                    }
+                })
             }
             ObjectRepair::Mirror(_) => {
                 mirror_repair(f, i, rows[i].id, true, Vec::new(), disk_path).map(|(_, fix)| fix)
@@ -199,33 +249,57 @@ impl ObjectRepair {
         };
         made.expect("a planned repair is still needed by the same plan")
     }
+
+    /// The resource file a repair of the resource file writes.
+    fn rsrc_path(self, walk: &Walk) -> Option<PathBuf> {
+        match self {
+            ObjectRepair::Rsrc(i) => Some(rsrc_path_of(i as usize, &walk.path(i))),
+            ObjectRepair::Mirror(_) => None,
+        }
+    }
+}
+
+/// The header at `rsrc_path` now, read below `root` without following a symlink on the way:
+/// the folders are held by `pin`, and `rsrc::read_header` refuses a `.rsrc` or a resource file
+/// that is a link (one could lend root's read another folder's header, which the write would
+/// then put here); `None` when it cannot be read.
+fn read_header_below(
+    root: &std::path::Path,
+    rsrc_path: &std::path::Path,
+) -> Option<ResourceHeader> {
+    let pinned = deskd_volume::pin::pin(root, rsrc_path, 2).ok()?;
+    rsrc::read_header(&pinned.path).ok().flatten()
+}
+
+/// The header to write for `row`: the `current` one with the row's ID, or, when there is none
+/// to keep, a new one with the row's Finder info and creation time.
+fn repaired_header(current: Option<ResourceHeader>, row: &NewRow) -> ResourceHeader {
+    match current {
+        Some(mut h) => {
+            h.id = row.id;
+            h
+        }
+        None => {
+            let mut header =
+                ResourceHeader::new(row.id, row.type_code, row.creator, row.ctime.max(0) as u32);
+            header.finder_flags = row.flags;
+            header
+        }
+    }
 }
 
 /// [`plan`] for a rebuild that cannot hold every difference and repair: each difference goes
 /// to `on_difference` as soon as it is known (in the same order `plan` lists them), and the
 /// repairs of walked objects come back as [`ObjectRepair`]s, in the order `plan` lists their
 /// fixes and before `Plan::fixes` (which holds only the orphans' fixes here). The returned
-/// plan's `differences` is empty, and its rows have no names: row `i`'s is the walk's
-/// `found[i].name` (a second copy of every name would cost some 50 bytes an object).
+/// plan's `differences` is empty. `old` must have its places indexed
+/// ([`Rows::index_places`]).
 pub fn plan_compact(
     walk: &Walk,
     old: Option<&OldDesktop>,
     old_counter: u32,
     xattrs: bool,
     policy: &ClaimPolicy<'_>,
-    on_difference: &mut dyn FnMut(Difference),
-) -> (Plan, Vec<ObjectRepair>) {
-    plan_parts(walk, old, old_counter, xattrs, policy, false, on_difference)
-}
-
-/// [`plan_compact`], with the names in the rows when `rows_named`.
-fn plan_parts(
-    walk: &Walk,
-    old: Option<&OldDesktop>,
-    old_counter: u32,
-    xattrs: bool,
-    policy: &ClaimPolicy<'_>,
-    rows_named: bool,
     on_difference: &mut dyn FnMut(Difference),
 ) -> (Plan, Vec<ObjectRepair>) {
     let volume_owner = walk.found.first().map_or(0, |f| f.uid);
@@ -257,7 +331,6 @@ fn plan_parts(
         counter,
         xattrs,
         &wanted,
-        rows_named,
         on_difference,
     );
     drop(claims);
@@ -271,19 +344,15 @@ fn plan_parts(
     placed.differences.into_iter().for_each(&mut *on_difference);
     if !placed.moved_to.is_empty() {
         // Phase 7, on the few headers that could be replaced (made to be compared).
-        repairs.retain(|r| {
-            let mut fix = vec![r.fix(walk, &assigned.rows)];
-            drop_replaced_headers(&mut fix, &placed.moved_to);
-            !fix.is_empty()
-        });
+        drop_replaced_headers(&mut repairs, walk, &placed.moved_to);
     }
 
     if let Some(o) = old {
-        let gone = vanished(walk, o, &assigned.final_ids);
+        let gone = vanished(walk, o, &assigned.rows);
         counts.removed += gone.len() as u64;
         gone.into_iter().for_each(&mut *on_difference);
     }
-    let max_assigned = assigned.final_ids.iter().copied().max().unwrap_or(0);
+    let max_assigned = assigned.rows.iter().map(|r| r.id).max().unwrap_or(0);
     let plan = Plan {
         rows: assigned.rows,
         new_id: assigned.new_id,
@@ -396,12 +465,12 @@ struct Candidate {
 /// mirror, Netatalk's cached CNID.
 fn candidates(walk: &Walk, i: usize) -> [Option<Candidate>; 3] {
     let f = &walk.found[i];
-    let from_rsrc = match &f.rsrc {
-        Rsrc::Valid(h) if h.id != 0 && usable(h.id) => Some(Candidate {
+    let from_rsrc = match f.rsrc() {
+        RsrcState::Valid(h) if h.id != 0 && usable(h.id) => Some(Candidate {
             id: h.id,
             source: Source::Rsrc,
-            carrier_uid: f.rsrc_uid,
-            carrier_dir: f.rsrc_dir,
+            carrier_uid: f.rsrc_uid(),
+            carrier_dir: walk.rsrc_dir(i as u32),
         }),
         _ => None,
     };
@@ -413,11 +482,10 @@ fn candidates(walk: &Walk, i: usize) -> [Option<Candidate>; 3] {
     };
     [
         from_rsrc,
-        f.xattr_id
+        f.xattr_id()
             .filter(|&id| usable(id))
             .map(|id| owned_by_object(id, Source::Xattr)),
-        f.netatalk
-            .as_ref()
+        walk.netatalk(i as u32)
             .and_then(|m| m.cnid)
             .filter(|&id| usable(id))
             .map(|id| owned_by_object(id, Source::Netatalk)),
@@ -596,10 +664,9 @@ fn counter_start(
 /// What phase 5 decided.
 #[derive(Default)]
 struct Assigned {
-    rows: Vec<Object>,
+    /// Each walked object's row (and so its ID).
+    rows: Vec<NewRow>,
     new_id: Vec<bool>,
-    /// Each walked object's ID.
-    final_ids: Vec<u32>,
     comments: Vec<(u32, Vec<u8>)>,
     /// The repairs of resource files and mirrors, in object order.
     repairs: Vec<ObjectRepair>,
@@ -617,10 +684,11 @@ struct Assigned {
 /// Hands out the IDs of objects whose claim did not count.
 struct Unclaimed<'a> {
     old: Option<&'a OldDesktop>,
-    /// Every ID kept by a claim.
-    claimed: HashSet<u32>,
-    /// Old IDs already given to an object at their place.
-    used_old_place: HashSet<u32>,
+    /// Every ID kept by a claim, sorted.
+    claimed: Vec<u32>,
+    /// Old rows whose ID was already given to an object at their place, by position in the
+    /// old rows ([`Rows::index_of`]), a bit each.
+    used_old_place: Vec<u64>,
     counter: u32,
 }
 
@@ -629,14 +697,17 @@ impl Unclaimed<'_> {
     /// that one when nobody claims it, it is not taken yet and its row is of the same kind;
     /// else the next from the counter. The flag says the ID is a new one.
     fn id(&mut self, place_id: Option<u32>, kind: Kind) -> (u32, bool) {
-        let at_place = place_id.filter(|id| {
-            !self.claimed.contains(id)
-                && !self.used_old_place.contains(id)
-                && self.old.and_then(|o| o.objects.get(id)).map(|r| r.kind) == Some(kind)
+        let at_place = place_id.and_then(|id| {
+            let old = self.old?;
+            let at = old.objects.index_of(id)?;
+            let free = self.claimed.binary_search(&id).is_err()
+                && self.used_old_place[at / 64] & (1 << (at % 64)) == 0
+                && old.objects[&id].kind == kind;
+            free.then_some((id, at))
         });
         match at_place {
-            Some(id) => {
-                self.used_old_place.insert(id);
+            Some((id, at)) => {
+                self.used_old_place[at / 64] |= 1 << (at % 64);
                 (id, false)
             }
             None => {
@@ -661,35 +732,37 @@ fn assign(
     counter: u32,
     xattrs: bool,
     orphan_ids: &HashSet<u32>,
-    rows_named: bool,
     on_difference: &mut dyn FnMut(Difference),
 ) -> Assigned {
     let found = &walk.found;
     let n = found.len();
+    let mut claimed: Vec<u32> = claims
+        .chosen
+        .iter()
+        .filter_map(|c| c.map(|(id, _)| id))
+        .collect();
+    claimed.sort_unstable();
+    claimed.dedup();
     let mut ids = Unclaimed {
         old,
-        claimed: claims
-            .chosen
-            .iter()
-            .filter_map(|c| c.map(|(id, _)| id))
-            .collect(),
-        used_old_place: HashSet::new(),
+        claimed,
+        used_old_place: vec![0; old.map_or(0, |o| o.objects.len().div_ceil(64))],
         counter,
     };
     let mut out = Assigned {
         rows: Vec::with_capacity(n),
         new_id: vec![false; n],
-        final_ids: vec![0; n],
         ..Default::default()
     };
     for (i, f) in found.iter().enumerate() {
         let parent_id = if i == 0 {
             ROOT_PARENT_ID
         } else {
-            out.final_ids[f.parent as usize]
+            out.rows[f.parent as usize].id
         };
+        let name = walk.name(i as u32);
         // The ID the old desktop has at this place (used for unclaimed objects and the report).
-        let place_id = old.and_then(|o| o.by_place.get(parent_id, &f.name));
+        let place_id = old.and_then(|o| o.objects.place(parent_id, name));
         let (id, source) = match claims.chosen[i] {
             Some((id, source)) => (id, Some(source)),
             None => {
@@ -701,14 +774,9 @@ fn assign(
                 (id, None)
             }
         };
-        out.final_ids[i] = id;
         let old_row = old.and_then(|o| o.objects.get(&id));
-        let header = match &f.rsrc {
-            Rsrc::Valid(h) => Some(h),
-            _ => None,
-        };
-        let row = new_row(f, id, parent_id, old_row);
-        if let Some(text) = comment(old, id, header) {
+        let row = new_row(f, walk.netatalk(i as u32), id, old_row);
+        if let Some(text) = comment(old, id, walk.comment(i as u32)) {
             out.comments.push((id, text));
         }
 
@@ -739,7 +807,9 @@ fn assign(
                 type_code: row.type_code,
                 creator: row.creator,
             };
-            if let Some((difference, repairs)) = desktop_difference(f, o, old_row, &seen, &path) {
+            if let Some((difference, repairs)) =
+                desktop_difference(f, name, o, old_row, &seen, &path)
+            {
                 repaired |= repairs;
                 on_difference(difference);
             }
@@ -747,11 +817,11 @@ fn assign(
 
         // Repairs on disk: the resource file and the mirror.
         let rsrc_path = rsrc_path_of(i, &disk_path);
-        if f.rsrc == Rsrc::Missing && orphan_ids.contains(&id) {
+        if f.rsrc() == RsrcState::Missing && orphan_ids.contains(&id) {
             out.missing_rsrc.insert(id, (rsrc_path.clone(), f.uid));
         }
         // (The fixes themselves are made again when applied: see ObjectRepair.)
-        if let Some((difference, _)) = rsrc_repair(f, i, &row, rsrc_path, &path, loser.is_some()) {
+        if let Some((difference, _)) = rsrc_repair(walk, i, &row, &path, loser.is_some()) {
             difference.into_iter().for_each(&mut *on_difference);
             out.repairs.push(ObjectRepair::Rsrc(i as u32));
             repaired = true;
@@ -764,28 +834,24 @@ fn assign(
         if repaired {
             out.repaired += 1;
         }
-        let mut row = row;
-        if !rows_named {
-            row.name = Vec::new();
-        }
         out.rows.push(row);
     }
     out.counter = ids.counter;
     out
 }
 
-/// The new desktop's row for walked object `f` with ID `id` in directory `parent_id`; the
-/// desktop's row with that ID (`old_row`) lends its creation time and, failing better sources,
-/// its Finder info.
-fn new_row(f: &Found, id: u32, parent_id: u32, old_row: Option<&Object>) -> Object {
-    let (type_code, creator, flags) = finder_info(f, old_row);
-    Object {
+/// The new desktop's row for walked object `f` (with Netatalk's metadata `netatalk`) with ID
+/// `id`; the desktop's row with that ID (`old_row`) lends its creation time and, failing
+/// better sources, its Finder info.
+fn new_row(
+    f: &Found,
+    netatalk: Option<&NetatalkInfo>,
+    id: u32,
+    old_row: Option<&OldRow>,
+) -> NewRow {
+    let (type_code, creator, flags) = finder_info(f, netatalk, old_row);
+    NewRow {
         id,
-        parent: parent_id,
-        name: f.name.clone(),
-        kind: f.kind,
-        dev: f.dev,
-        ino: f.ino,
         type_code,
         creator,
         flags,
@@ -805,10 +871,14 @@ fn rsrc_path_of(i: usize, disk_path: &std::path::Path) -> PathBuf {
 
 /// Type, creator and Finder flags: from the resource file, else Netatalk's metadata, else the
 /// old row, else `UNIX`/`UNKN` for a file and nothing for the rest.
-fn finder_info(f: &Found, old_row: Option<&Object>) -> ([u8; 4], [u8; 4], u16) {
-    if let Rsrc::Valid(h) = &f.rsrc {
+fn finder_info(
+    f: &Found,
+    netatalk: Option<&NetatalkInfo>,
+    old_row: Option<&OldRow>,
+) -> ([u8; 4], [u8; 4], u16) {
+    if let RsrcState::Valid(h) = f.rsrc() {
         (h.type_code, h.creator, h.finder_flags)
-    } else if let Some(m) = &f.netatalk {
+    } else if let Some(m) = netatalk {
         (m.type_code, m.creator, m.finder_flags)
     } else if let Some(r) = old_row {
         (r.type_code, r.creator, r.flags)
@@ -819,11 +889,12 @@ fn finder_info(f: &Found, old_row: Option<&Object>) -> ([u8; 4], [u8; 4], u16) {
     }
 }
 
-/// The object's comment: the desktop's, else a non-empty one from its resource file.
-fn comment(old: Option<&OldDesktop>, id: u32, header: Option<&ResourceHeader>) -> Option<Vec<u8>> {
+/// The object's comment: the desktop's, else a non-empty one from its resource file
+/// (`from_rsrc`, empty when there is none).
+fn comment(old: Option<&OldDesktop>, id: u32, from_rsrc: &[u8]) -> Option<Vec<u8>> {
     old.and_then(|o| o.comments.get(&id))
         .cloned()
-        .or_else(|| header.map(|h| h.comment.clone()).filter(|c| !c.is_empty()))
+        .or_else(|| (!from_rsrc.is_empty()).then(|| from_rsrc.to_vec()))
 }
 
 /// What phase 5 decided about one object, as [`desktop_difference`] needs it.
@@ -843,8 +914,9 @@ struct Seen {
 /// does; the flag says the difference is repaired (a `new` object is simply added).
 fn desktop_difference(
     f: &Found,
+    name: &[u8],
     old: &OldDesktop,
-    old_row: Option<&Object>,
+    old_row: Option<&OldRow>,
     seen: &Seen,
     path: &[u8],
 ) -> Option<(Difference, bool)> {
@@ -883,7 +955,7 @@ fn desktop_difference(
             false,
         )),
         (Some(r), _) => {
-            let (kind, detail) = if (r.parent, &r.name) != (seen.parent_id, &f.name) {
+            let (kind, detail) = if (r.parent, old.objects.name(r)) != (seen.parent_id, name) {
                 (
                     "moved",
                     format!(
@@ -923,17 +995,26 @@ fn desktop_difference(
     }
 }
 
-/// The repair of the object's resource file, when it does not hold a valid header with the
-/// object's ID (`row`): its header rewritten with the ID, or a new one made. A duplicate's
-/// loser is already reported as such, so its rewritten header is not reported again.
+/// What a resource file needs ([`rsrc_repair`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RsrcRepair {
+    /// Its valid header with the object's ID (the rest kept: [`ObjectRepair::fix`]).
+    SetId,
+    /// A new header made from the row ([`repaired_header`]).
+    Fresh,
+}
+
+/// The repair of walked object `object`'s resource file, when it does not hold a valid header
+/// with the object's ID (`row`): its header rewritten with the ID, or a new one made. A
+/// duplicate's loser is already reported as such, so its rewritten header is not reported
+/// again.
 fn rsrc_repair(
-    f: &Found,
+    walk: &Walk,
     object: usize,
-    row: &Object,
-    rsrc_path: PathBuf,
+    row: &NewRow,
     path: &[u8],
     loser: bool,
-) -> Option<(Option<Difference>, Fix)> {
+) -> Option<(Option<Difference>, RsrcRepair)> {
     let id = row.id;
     let difference = |kind, detail| Difference {
         object: Some(object as u32),
@@ -942,43 +1023,29 @@ fn rsrc_repair(
         path: path.to_vec(),
         detail,
     };
-    match &f.rsrc {
-        Rsrc::Valid(h) if h.id == id => None,
-        Rsrc::Valid(h) => {
-            let mut fixed = h.clone();
-            fixed.id = id;
+    match walk.found[object].rsrc() {
+        RsrcState::Valid(h) if h.id == id => None,
+        RsrcState::Valid(RsrcInfo { id: said, .. }) => {
             let reported = (!loser).then(|| {
                 difference(
                     "rsrc-id",
-                    format!("the resource file says ID {}, the ID is {id}", h.id),
+                    format!("the resource file says ID {said}, the ID is {id}"),
                 )
             });
-            Some((
-                reported,
-                Fix::WriteRsrc {
-                    path: rsrc_path,
-                    header: fixed,
-                },
-            ))
+            Some((reported, RsrcRepair::SetId))
         }
         state => {
             let (kind, detail) = match state {
-                Rsrc::Corrupt(why) => ("corrupt-rsrc", why.clone()),
+                RsrcState::Corrupt => (
+                    "corrupt-rsrc",
+                    walk.corrupt_reason(object as u32).to_owned(),
+                ),
                 _ => (
                     "missing-rsrc",
                     format!("no resource file; one is made for ID {id}"),
                 ),
             };
-            let mut header =
-                ResourceHeader::new(id, row.type_code, row.creator, row.ctime.max(0) as u32);
-            header.finder_flags = row.flags;
-            Some((
-                Some(difference(kind, detail)),
-                Fix::WriteRsrc {
-                    path: rsrc_path,
-                    header,
-                },
-            ))
+            Some((Some(difference(kind, detail)), RsrcRepair::Fresh))
         }
     }
 }
@@ -993,7 +1060,7 @@ fn mirror_repair(
     path: Vec<u8>,
     disk_path: PathBuf,
 ) -> Option<(Difference, Fix)> {
-    if !xattrs || f.kind == Kind::Symlink || f.xattr_id == Some(id) {
+    if !xattrs || f.kind == Kind::Symlink || f.xattr_id() == Some(id) {
         return None;
     }
     Some((
@@ -1002,7 +1069,7 @@ fn mirror_repair(
             id: Some(id),
             kind: "mirror",
             path,
-            detail: match f.xattr_id {
+            detail: match f.xattr_id() {
                 Some(x) => format!("the xattr mirror says ID {x}, the ID is {id}"),
                 None => format!("no xattr mirror; set to ID {id}"),
             },
@@ -1122,22 +1189,28 @@ fn orphan_destination(
 }
 
 /// Phase 7: a moved resource file replaces the fresh header that would have been written.
-fn drop_replaced_headers(fixes: &mut Vec<Fix>, moved_to: &HashSet<PathBuf>) {
-    fixes.retain(|f| match f {
-        Fix::WriteRsrc { path, .. } => !moved_to.contains(path),
-        _ => true,
-    });
+fn drop_replaced_headers(
+    repairs: &mut Vec<ObjectRepair>,
+    walk: &Walk,
+    moved_to: &HashSet<PathBuf>,
+) {
+    repairs.retain(|r| r.rsrc_path(walk).is_none_or(|p| !moved_to.contains(&p)));
 }
 
 /// Phase 8: the `vanished` differences of the old desktop's rows whose ID no walked object has
-/// (`final_ids`), in ID order.
-fn vanished(walk: &Walk, old: &OldDesktop, final_ids: &[u32]) -> Vec<Difference> {
-    let alive: HashSet<u32> = final_ids.iter().copied().collect();
+/// (`rows`), in ID order.
+fn vanished(walk: &Walk, old: &OldDesktop, rows: &[NewRow]) -> Vec<Difference> {
+    // A bit per old row: its ID is given to a walked object.
+    let mut alive = vec![0u64; old.objects.len().div_ceil(64)];
+    for at in rows.iter().filter_map(|r| old.objects.index_of(r.id)) {
+        alive[at / 64] |= 1 << (at % 64);
+    }
     let mut gone: Vec<u32> = old
         .objects
-        .keys()
-        .copied()
-        .filter(|id| !alive.contains(id))
+        .values()
+        .enumerate()
+        .filter(|(at, _)| alive[at / 64] & (1 << (at % 64)) == 0)
+        .map(|(_, r)| r.id)
         .collect();
     gone.sort_unstable();
     let root = walk.path(0);
@@ -1164,51 +1237,45 @@ mod tests {
     //! volume owner (uid 1000) unless a test says otherwise.
 
     use super::*;
-    use deskd_volume::netatalk::NetatalkInfo;
+    use crate::walk::{Entry, Rsrc};
+    use deskd_volume::rsrc::ResourceHeader;
 
     const OWNER: u32 = 1000;
     const USER: u32 = 65534;
 
-    fn object(parent: u32, name: &str, kind: Kind, ino: u64) -> Found {
-        Found {
+    fn object(parent: u32, name: &str, kind: Kind, ino: u64) -> Entry {
+        Entry {
             ctime: 100,
             uid: OWNER,
             ..crate::test_support::found(parent, name, kind, 1, ino)
         }
     }
 
-    fn root() -> Found {
+    fn root() -> Entry {
         object(u32::MAX, "", Kind::Dir, 2)
     }
 
     /// `f` with a resource file claiming `id`, written by `uid` in a safe `.rsrc`.
-    fn with_rsrc(mut f: Found, id: u32, uid: u32) -> Found {
+    fn with_rsrc(mut f: Entry, id: u32, uid: u32) -> Entry {
         f.rsrc = Rsrc::Valid(ResourceHeader::new(id, *b"TEXT", *b"ttxt", 0));
         f.rsrc_uid = Some(uid);
         f.rsrc_dir = Some((OWNER, 0o40755));
         f
     }
 
-    fn with_xattr(mut f: Found, id: u32) -> Found {
+    fn with_xattr(mut f: Entry, id: u32) -> Entry {
         f.xattr_id = Some(id);
         f
     }
 
     /// A walk of `/vol` listing `found` (index 0 the root); directories get their paths.
-    fn walk_of(found: Vec<Found>) -> Walk {
-        let mut w = Walk {
-            found,
-            orphans: Vec::new(),
-            dir_paths: HashMap::from([(0, PathBuf::from("/vol"))]),
-            nested_volumes: Vec::new(),
-        };
-        for i in 1..w.found.len() {
-            if w.found[i].kind == Kind::Dir {
-                let p = w.path(i as u32);
-                w.dir_paths.insert(i as u32, p);
-            }
-        }
-        w
+    fn walk_of(found: Vec<Entry>) -> Walk {
+        Walk::of(std::path::Path::new("/vol"), found)
+    }
+
+    /// A walk of the root and `f` (object 1), for the tests of one object.
+    fn alone(f: Entry) -> Walk {
+        walk_of(vec![root(), f])
     }
 
     /// An old desktop of `rows` (id, parent ID, name, kind, inode) below the root (ID 2).
@@ -1236,8 +1303,8 @@ mod tests {
                     ctime: 50,
                 },
             );
-            old.by_place.insert((parent, name.as_bytes().to_vec()), id);
         }
+        old.objects.index_places();
         old
     }
 
@@ -1534,27 +1601,30 @@ mod tests {
         let old = desktop(&[(20, ROOT_ID, "f", Kind::File, 3)], 30);
         let mut ids = Unclaimed {
             old: Some(&old),
-            claimed: HashSet::new(),
-            used_old_place: HashSet::new(),
+            claimed: Vec::new(),
+            used_old_place: vec![0],
             counter: 30,
         };
         assert_eq!(ids.id(Some(20), Kind::File), (20, false));
         // Taken already: a new one from the counter.
         assert_eq!(ids.id(Some(20), Kind::File), (31, true));
         // Another kind at that place, or claimed by another object: new ones too.
-        ids.used_old_place.clear();
+        ids.used_old_place = vec![0];
         assert_eq!(ids.id(Some(20), Kind::Dir), (32, true));
-        ids.claimed.insert(20);
+        ids.claimed = vec![7, 20];
         assert_eq!(ids.id(Some(20), Kind::File), (33, true));
         assert_eq!(ids.id(None, Kind::File), (34, true));
+        // An ID the desktop does not have.
+        ids.claimed.clear();
+        assert_eq!(ids.id(Some(25), Kind::File), (35, true));
     }
 
     #[test]
     fn new_ids_skip_the_forbidden_ones() {
         let mut ids = Unclaimed {
             old: None,
-            claimed: HashSet::new(),
-            used_old_place: HashSet::new(),
+            claimed: Vec::new(),
+            used_old_place: Vec::new(),
             counter: 0x0100_0000 - 1,
         };
         assert_eq!(ids.id(None, Kind::File), (0x0100_0001, true));
@@ -1568,30 +1638,56 @@ mod tests {
             creator: *b"ntlk",
             finder_flags: 7,
         };
-        let mut row = desktop(&[(20, ROOT_ID, "f", Kind::File, 3)], 30).objects[&20].clone();
+        let mut old = desktop(&[(20, ROOT_ID, "f", Kind::File, 3)], 30);
+        let row = old.objects.get_mut(&20).unwrap();
         row.type_code = *b"PDF ";
         row.creator = *b"prvw";
         row.flags = 9;
+        let row = old.objects[&20];
         let mut f = with_rsrc(object(0, "f", Kind::File, 3), 20, OWNER);
-        f.netatalk = Some(netatalk);
-        assert_eq!(finder_info(&f, Some(&row)), (*b"TEXT", *b"ttxt", 0));
+        f.netatalk = Some(netatalk.clone());
+        let info = |f: &Entry, old_row| {
+            let w = alone(f.clone());
+            finder_info(&w.found[1], w.netatalk(1), old_row)
+        };
+        assert_eq!(info(&f, Some(&row)), (*b"TEXT", *b"ttxt", 0));
         f.rsrc = Rsrc::Missing;
-        assert_eq!(finder_info(&f, Some(&row)), (*b"APPL", *b"ntlk", 7));
+        assert_eq!(info(&f, Some(&row)), (*b"APPL", *b"ntlk", 7));
         f.netatalk = None;
-        assert_eq!(finder_info(&f, Some(&row)), (*b"PDF ", *b"prvw", 9));
-        assert_eq!(finder_info(&f, None), (*b"UNIX", *b"UNKN", 0));
+        assert_eq!(info(&f, Some(&row)), (*b"PDF ", *b"prvw", 9));
+        assert_eq!(info(&f, None), (*b"UNIX", *b"UNKN", 0));
         let d = object(0, "d", Kind::Dir, 4);
-        assert_eq!(finder_info(&d, None), ([0; 4], [0; 4], 0));
+        assert_eq!(info(&d, None), ([0; 4], [0; 4], 0));
     }
 
     #[test]
     fn a_new_row_keeps_the_desktops_creation_time() {
-        let f = object(0, "f", Kind::File, 3);
-        let fresh = new_row(&f, 40, ROOT_ID, None);
-        assert_eq!((fresh.id, fresh.parent, fresh.ctime), (40, ROOT_ID, 100));
-        assert_eq!((fresh.dev, fresh.ino, &fresh.name[..]), (1, 3, &b"f"[..]));
+        let w = alone(object(0, "f", Kind::File, 3));
+        let f = &w.found[1];
+        let fresh = new_row(f, None, 40, None);
+        assert_eq!((fresh.id, fresh.ctime), (40, 100));
         let old = desktop(&[(40, ROOT_ID, "f", Kind::File, 3)], 50);
-        assert_eq!(new_row(&f, 40, ROOT_ID, old.objects.get(&40)).ctime, 50);
+        assert_eq!(new_row(f, None, 40, old.objects.get(&40)).ctime, 50);
+    }
+
+    #[test]
+    fn a_planned_row_is_made_whole_from_the_walk() {
+        let w = walk_of(vec![
+            root(),
+            object(0, "d", Kind::Dir, 3),
+            with_rsrc(object(1, "f", Kind::File, 4), 40, OWNER),
+        ]);
+        let p = plan(&w, None, 30, false, &ClaimPolicy::default());
+        let d_id = p.rows[1].id;
+        assert_eq!(p.parent_id(&w, 0), ROOT_PARENT_ID);
+        assert_eq!(p.parent_id(&w, 2), d_id);
+        let f = p.object(&w, 2);
+        assert_eq!(
+            (f.id, f.parent, &f.name[..], f.kind, f.dev, f.ino),
+            (40, d_id, &b"f"[..], Kind::File, 1, 4)
+        );
+        assert_eq!((f.type_code, f.creator, f.ctime), (*b"TEXT", *b"ttxt", 100));
+        assert_eq!(std::mem::size_of::<NewRow>(), 24);
     }
 
     #[test]
@@ -1608,21 +1704,15 @@ mod tests {
 
     #[test]
     fn the_desktops_comment_wins_over_the_resource_files() {
-        let mut header = ResourceHeader::new(20, [0; 4], [0; 4], 0);
         let mut old = desktop(&[], 30);
+        assert_eq!(comment(Some(&old), 20, b""), None, "empty is none");
         assert_eq!(
-            comment(Some(&old), 20, Some(&header)),
-            None,
-            "empty is none"
-        );
-        header.comment = b"from the file".to_vec();
-        assert_eq!(
-            comment(Some(&old), 20, Some(&header)),
+            comment(Some(&old), 20, b"from the file"),
             Some(b"from the file".to_vec())
         );
         old.comments.insert(20, b"from the desktop".to_vec());
         assert_eq!(
-            comment(Some(&old), 20, Some(&header)),
+            comment(Some(&old), 20, b"from the file"),
             Some(b"from the desktop".to_vec())
         );
     }
@@ -1640,8 +1730,17 @@ mod tests {
     }
 
     /// The kind and repaired flag of what [`desktop_difference`] says of `f` against `old`.
-    fn compare(f: &Found, old: &OldDesktop, s: &Seen) -> Option<(&'static str, bool)> {
-        desktop_difference(f, old, old.objects.get(&s.id), s, b"/vol/f").map(|(d, r)| (d.kind, r))
+    fn compare(f: &Entry, old: &OldDesktop, s: &Seen) -> Option<(&'static str, bool)> {
+        let w = alone(f.clone());
+        desktop_difference(
+            &w.found[1],
+            &f.name,
+            old,
+            old.objects.get(&s.id),
+            s,
+            b"/vol/f",
+        )
+        .map(|(d, r)| (d.kind, r))
     }
 
     #[test]
@@ -1653,7 +1752,7 @@ mod tests {
             ],
             30,
         );
-        let f = object(1, "f", Kind::File, 3);
+        let f = object(0, "f", Kind::File, 3);
         // The same row: nothing.
         assert_eq!(compare(&f, &old, &seen(1, 20, Some(20))), None);
         // Another ID at its place.
@@ -1664,7 +1763,9 @@ mod tests {
         // An ID the desktop has elsewhere: moved.
         assert_eq!(compare(&f, &old, &seen(1, 21, None)), Some(("moved", true)));
         // Not in the desktop: new, added rather than repaired.
-        let d = desktop_difference(&f, &old, None, &seen(1, 40, None), b"/vol/f").unwrap();
+        let w = alone(f.clone());
+        let d = desktop_difference(&w.found[1], b"f", &old, None, &seen(1, 40, None), b"/vol/f")
+            .unwrap();
         assert_eq!((d.0.kind, d.1), ("new", false));
         assert!(
             d.0.detail.contains("from its xattr mirror"),
@@ -1672,7 +1773,7 @@ mod tests {
             d.0.detail
         );
         // Another kind, type/creator, inode.
-        let dir = object(1, "f", Kind::Dir, 3);
+        let dir = object(0, "f", Kind::Dir, 3);
         assert_eq!(
             compare(&dir, &old, &seen(1, 20, Some(20))),
             Some(("changed", true))
@@ -1680,7 +1781,7 @@ mod tests {
         let mut typed = seen(1, 20, Some(20));
         typed.type_code = *b"TEXT";
         assert_eq!(compare(&f, &old, &typed), Some(("changed", true)));
-        let other_inode = object(1, "f", Kind::File, 8);
+        let other_inode = object(0, "f", Kind::File, 8);
         assert_eq!(
             compare(&other_inode, &old, &seen(1, 20, Some(20))),
             Some(("changed", true))
@@ -1693,51 +1794,63 @@ mod tests {
         let mut s = seen(0, ROOT_ID, Some(ROOT_ID));
         s.parent_id = ROOT_PARENT_ID;
         s.source = Some(Source::Root);
-        assert_eq!(compare(&root(), &old, &s), None);
+        let w = walk_of(vec![root()]);
+        let d = desktop_difference(
+            &w.found[0],
+            b"",
+            &old,
+            old.objects.get(&ROOT_ID),
+            &s,
+            b"/vol",
+        );
+        assert!(d.is_none());
     }
 
-    fn row_of(id: u32) -> Object {
-        Object {
+    fn row_of(id: u32) -> NewRow {
+        NewRow {
+            id,
+            type_code: *b"TEXT",
+            creator: *b"ttxt",
             flags: 5,
-            ..crate::test_support::file_row(id)
+            ctime: 100,
         }
+    }
+
+    /// [`rsrc_repair`] of `f` (object 1 of a walk of its own) for row `row`.
+    fn repair_of(f: &Entry, row: &NewRow, loser: bool) -> Option<(Option<Difference>, RsrcRepair)> {
+        rsrc_repair(&alone(f.clone()), 1, row, b"/vol/f", loser)
     }
 
     #[test]
     fn a_resource_file_with_the_right_id_needs_no_repair() {
         let f = with_rsrc(object(0, "f", Kind::File, 3), 20, OWNER);
-        assert!(rsrc_repair(&f, 1, &row_of(20), "/vol/.rsrc/f".into(), b"/vol/f", false).is_none());
+        assert!(repair_of(&f, &row_of(20), false).is_none());
     }
 
     #[test]
-    fn a_resource_file_with_another_id_is_rewritten_keeping_the_rest() {
-        let mut f = with_rsrc(object(0, "f", Kind::File, 3), 20, OWNER);
-        if let Rsrc::Valid(h) = &mut f.rsrc {
-            h.comment = b"kept".to_vec();
-        }
-        let (d, fix) =
-            rsrc_repair(&f, 1, &row_of(40), "/vol/.rsrc/f".into(), b"/vol/f", false).unwrap();
+    fn a_resource_file_with_another_id_gets_the_id_keeping_the_rest() {
+        let f = with_rsrc(object(0, "f", Kind::File, 3), 20, OWNER);
+        let (d, repair) = repair_of(&f, &row_of(40), false).unwrap();
         assert_eq!(d.map(|d| d.kind), Some("rsrc-id"));
-        let Fix::WriteRsrc { path, header } = fix else {
-            panic!("{fix:?}")
-        };
-        assert_eq!(path, PathBuf::from("/vol/.rsrc/f"));
-        assert_eq!((header.id, &header.comment[..]), (40, &b"kept"[..]));
+        assert_eq!(repair, RsrcRepair::SetId);
+        // The header as it is on disk when the fix is made, with the ID changed only.
+        let mut on_disk = ResourceHeader::new(20, *b"PDF ", *b"CARO", 9);
+        on_disk.comment = b"kept".to_vec();
+        on_disk.serno = 77;
+        let header = repaired_header(Some(on_disk.clone()), &row_of(40));
+        assert_eq!(header, ResourceHeader { id: 40, ..on_disk });
         // A duplicate's loser is reported as a duplicate, not again here.
-        let (d, _) =
-            rsrc_repair(&f, 1, &row_of(40), "/vol/.rsrc/f".into(), b"/vol/f", true).unwrap();
+        let (d, _) = repair_of(&f, &row_of(40), true).unwrap();
         assert!(d.is_none());
     }
 
     #[test]
     fn a_missing_or_corrupt_resource_file_is_made_from_the_row() {
         let f = object(0, "f", Kind::File, 3);
-        let (d, fix) =
-            rsrc_repair(&f, 1, &row_of(40), "/vol/.rsrc/f".into(), b"/vol/f", false).unwrap();
+        let (d, repair) = repair_of(&f, &row_of(40), false).unwrap();
         assert_eq!(d.map(|d| d.kind), Some("missing-rsrc"));
-        let Fix::WriteRsrc { header, .. } = fix else {
-            panic!("{fix:?}")
-        };
+        assert_eq!(repair, RsrcRepair::Fresh);
+        let header = repaired_header(None, &row_of(40));
         assert_eq!(
             (
                 header.id,
@@ -1750,24 +1863,74 @@ mod tests {
         assert_eq!(header.create_time, 100);
         let mut corrupt = f;
         corrupt.rsrc = Rsrc::Corrupt("short header".into());
-        let (d, _) = rsrc_repair(
-            &corrupt,
-            1,
-            &row_of(40),
-            "/vol/.rsrc/f".into(),
-            b"/vol/f",
-            false,
-        )
-        .unwrap();
+        let (d, repair) = repair_of(&corrupt, &row_of(40), false).unwrap();
         let d = d.unwrap();
         assert_eq!((d.kind, &d.detail[..]), ("corrupt-rsrc", "short header"));
+        assert_eq!(repair, RsrcRepair::Fresh);
+    }
+
+    #[test]
+    fn a_header_that_only_needs_its_id_is_read_again_below_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("f"), b"data").unwrap();
+        let rsrc_path = rsrc::rsrc_path(&root.join("f")).unwrap();
+        rsrc::make_rsrc_dir(&rsrc_path).unwrap();
+        let mut on_disk = ResourceHeader::new(20, *b"PDF ", *b"CARO", 9);
+        on_disk.comment = b"a comment the walk kept aside".to_vec();
+        rsrc::write_header(&rsrc_path, &on_disk).unwrap();
+        let mut volume_root = root_entry();
+        volume_root.rsrc = Rsrc::Valid(ResourceHeader::new(ROOT_ID, [0; 4], [0; 4], 0));
+        let w = Walk::of(
+            root,
+            vec![
+                volume_root,
+                with_rsrc(object(0, "f", Kind::File, 3), 20, OWNER),
+            ],
+        );
+        let rows = [row_of(ROOT_ID), row_of(40)];
+        let Fix::WriteRsrc { path, header } = ObjectRepair::Rsrc(1).fix(&w, &rows) else {
+            panic!("not a header")
+        };
+        assert_eq!(path, rsrc_path);
+        assert_eq!(header, ResourceHeader { id: 40, ..on_disk });
+        // Gone since the walk: a fresh one from the row.
+        std::fs::remove_file(&rsrc_path).unwrap();
+        let Fix::WriteRsrc { header, .. } = ObjectRepair::Rsrc(1).fix(&w, &rows) else {
+            panic!("not a header")
+        };
+        assert_eq!(header, repaired_header(None, &row_of(40)));
+        // A `.rsrc` swapped for a link to another folder's: its header is not read through it.
+        let elsewhere = root.join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let mut secret = ResourceHeader::new(20, *b"TEXT", *b"ttxt", 0);
+        secret.comment = b"not for this file".to_vec();
+        rsrc::write_header(&elsewhere.join("f"), &secret).unwrap();
+        std::fs::remove_dir(rsrc_path.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, rsrc_path.parent().unwrap()).unwrap();
+        let Fix::WriteRsrc { header, .. } = ObjectRepair::Rsrc(1).fix(&w, &rows) else {
+            panic!("not a header")
+        };
+        assert_eq!(header, repaired_header(None, &row_of(40)));
+    }
+
+    fn root_entry() -> Entry {
+        root()
     }
 
     #[test]
     fn the_mirror_is_set_where_xattrs_are_kept_and_it_is_wrong() {
-        let repair = |f: &Found, xattrs| {
-            mirror_repair(f, 1, 20, xattrs, b"/vol/f".to_vec(), "/vol/f".into())
-                .map(|(d, _)| d.detail)
+        let repair = |f: &Entry, xattrs| {
+            let w = alone(f.clone());
+            mirror_repair(
+                &w.found[1],
+                1,
+                20,
+                xattrs,
+                b"/vol/f".to_vec(),
+                "/vol/f".into(),
+            )
+            .map(|(d, _)| d.detail)
         };
         let f = object(0, "f", Kind::File, 3);
         assert_eq!(repair(&f, false), None);
@@ -1801,26 +1964,22 @@ mod tests {
 
     #[test]
     fn a_moved_orphan_replaces_the_fresh_header() {
-        let header = ResourceHeader::new(20, [0; 4], [0; 4], 0);
-        let mut fixes = vec![
-            Fix::WriteRsrc {
-                path: "/vol/.rsrc/a".into(),
-                header: header.clone(),
-            },
-            Fix::WriteRsrc {
-                path: "/vol/.rsrc/b".into(),
-                header,
-            },
-            Fix::WriteXattr {
-                path: "/vol/.rsrc/a".into(),
-                id: 20,
-            },
+        let w = walk_of(vec![
+            root(),
+            object(0, "a", Kind::File, 3),
+            object(0, "b", Kind::File, 4),
+        ]);
+        let mut repairs = vec![
+            ObjectRepair::Rsrc(1),
+            ObjectRepair::Rsrc(2),
+            ObjectRepair::Mirror(1),
         ];
-        drop_replaced_headers(&mut fixes, &HashSet::from([PathBuf::from("/vol/.rsrc/a")]));
-        assert!(
-            matches!(&fixes[..], [Fix::WriteRsrc { path, .. }, Fix::WriteXattr { .. }]
-            if path == std::path::Path::new("/vol/.rsrc/b"))
+        drop_replaced_headers(
+            &mut repairs,
+            &w,
+            &HashSet::from([PathBuf::from("/vol/.rsrc/a")]),
         );
+        assert_eq!(repairs, [ObjectRepair::Rsrc(2), ObjectRepair::Mirror(1)]);
     }
 
     #[test]
@@ -1834,7 +1993,7 @@ mod tests {
             40,
         );
         let w = walk_of(vec![root()]);
-        let gone = vanished(&w, &old, &[ROOT_ID, 20]);
+        let gone = vanished(&w, &old, &[row_of(ROOT_ID), row_of(20)]);
         let seen: Vec<_> = gone.iter().map(|d| (d.id, d.path.clone())).collect();
         assert_eq!(
             seen,
@@ -1853,7 +2012,7 @@ mod tests {
             .map(|k| (100 - k, ROOT_ID, "x", Kind::File, u64::from(k)))
             .collect();
         let old = desktop(&rows, 100);
-        let gone = vanished(&walk_of(vec![root()]), &old, &[ROOT_ID]);
+        let gone = vanished(&walk_of(vec![root()]), &old, &[row_of(ROOT_ID)]);
         let ids: Vec<u32> = gone.iter().filter_map(|d| d.id).collect();
         assert_eq!(ids, (69..=100).collect::<Vec<_>>());
     }

@@ -3,11 +3,11 @@
 
 use deskd_db::{Kind, Object, ROOT_ID};
 
-use crate::walk::{Found, Rsrc};
+use crate::walk::{Entry, Rsrc};
 
 /// A walked object with no resource file, mirror or Netatalk data, owned by root.
-pub(crate) fn found(parent: u32, name: &str, kind: Kind, dev: u64, ino: u64) -> Found {
-    Found {
+pub(crate) fn found(parent: u32, name: &str, kind: Kind, dev: u64, ino: u64) -> Entry {
+    Entry {
         parent,
         name: name.as_bytes().to_vec(),
         kind,
