@@ -210,11 +210,18 @@ impl SpinRead {
                 Err(e) => return Err(e.into()),
             }
             if start.elapsed() >= window {
-                self.pays.polled(None);
                 return Ok(None);
             }
             std::hint::spin_loop();
         }
+    }
+
+    /// The blocking read, bounded by the deadline when one is set.
+    fn block(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            crate::deadline::wait_readable(self.stream.as_fd(), deadline)?;
+        }
+        self.stream.read(buf)
     }
 }
 
@@ -226,13 +233,19 @@ impl Read for SpinRead {
         let window = self.poll_for();
         if window.is_zero() {
             self.pays.slept();
-        } else if let Some(n) = self.poll(buf, window)? {
+            return self.block(buf);
+        }
+        if let Some(n) = self.poll(buf, window)? {
             return Ok(n);
         }
-        if let Some(deadline) = self.deadline {
-            crate::deadline::wait_readable(self.stream.as_fd(), deadline)?;
+        // The window ran out: how much later the message comes tells a peer held back from a
+        // peer that paused.
+        let gave_up = Instant::now();
+        let n = self.block(buf)?;
+        if n > 0 {
+            self.pays.ran_out(gave_up.elapsed(), window);
         }
-        self.stream.read(buf)
+        Ok(n)
     }
 }
 

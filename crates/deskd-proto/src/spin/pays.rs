@@ -1,12 +1,15 @@
 //! The adaptive rule's bookkeeping: whether polling has been paying on one connection.
 //!
 //! A poll pays when the message arrives inside the window: the reader is then awake when it
-//! comes and no wake-up is paid. It does not pay when the window runs out first: the CPU time
-//! was spent for nothing, and on a loaded machine it was taken from the very peer whose message
-//! the reader waits for (a peer that sleeps in `read(2)`, as afpd does, needs a CPU to wake on).
+//! comes and no wake-up is paid. It does not pay when the window runs out and the message comes
+//! soon after (within another window): on a loaded machine the poll held the very CPU the peer
+//! needed to send it (a peer that sleeps in `read(2)`, as afpd does, needs a CPU to wake on),
+//! which is how polling every time turned ~18 µs into ~217 µs. A message that comes long after
+//! the window is a pause of the peer's (the end of a burst of requests): it is not counted
+//! either way, so bursty traffic on a quiet machine keeps polling.
 //! [`Pays`] remembers the outcome of the last [`HISTORY`] polls of one reader and decides:
 //!
-//! * **poll** while at least three in four of them paid (and always for the first [`WARM_UP`]
+//! * **poll** while at least seven in eight of them paid (and always for the first [`WARM_UP`]
 //!   waits), for
 //!   the window bounded by the recent paid gap ([`bounded`]): no longer than
 //!   [`GAP_FACTOR`]× the smoothed time a paying poll waited, and never less than [`FLOOR`].
@@ -21,7 +24,7 @@
 //!   read's own wait says nothing about how long the peer would take while this reader held a
 //!   CPU.
 //!
-//! It stops quickly (a quarter of the history) and resumes slowly (probes refill the history), because
+//! It stops quickly (three polls in vain of the last sixteen) and resumes slowly (probes refill the history), because
 //! a poll that does not pay costs others CPU time while a sleep costs only this reader a
 //! wake-up.
 
@@ -114,19 +117,31 @@ impl Pays {
         }
     }
 
+    /// A poll ran out, and the message came `late` after it gave up. Soon after (within
+    /// `window`), the peer was kept from running, often by this very poll holding the CPU it
+    /// needed: the poll did not pay. Long after, the peer paused (the end of a burst of
+    /// requests): that says nothing about polling, and is not remembered.
+    pub fn ran_out(&mut self, late: Duration, window: Duration) {
+        if late <= window {
+            self.polled(None);
+        } else {
+            self.slept = 0;
+        }
+    }
+
     /// A wait blocked without polling.
     pub fn slept(&mut self) {
         self.slept = self.slept.saturating_add(1);
     }
 
-    /// Whether at least three in four of the remembered polls paid.
+    /// Whether at least seven in eight of the remembered polls paid.
     pub fn paying(&self) -> bool {
         let mask = if self.polls >= 32 {
             u32::MAX
         } else {
             (1u32 << self.polls) - 1
         };
-        4 * (self.outcomes & mask).count_ones() >= 3 * self.polls
+        8 * (self.outcomes & mask).count_ones() >= 7 * self.polls
     }
 
     /// The smoothed wait of the paying polls (None before the first).
@@ -218,13 +233,14 @@ mod tests {
         for _ in 0..HISTORY {
             pays.polled(Some(us(5)));
         }
-        // Stops once a quarter of the history did not pay: 4 misses in 16 still polls...
-        for _ in 0..HISTORY / 4 {
+        // Stops once more than an eighth of the history did not pay: 2 misses in 16 still
+        // polls...
+        for _ in 0..HISTORY / 8 {
             assert!(matches!(pays.plan(WINDOW), Plan::Poll(_)));
             pays.polled(None);
         }
         assert!(pays.paying());
-        // ...the 5th tips it.
+        // ...the 3rd tips it.
         pays.polled(None);
         assert!(!pays.paying());
         // Then it sleeps, polling (the whole window) after PROBE_EVERY waits, then twice as
@@ -259,7 +275,7 @@ mod tests {
         assert_eq!(pays.plan(WINDOW), Plan::Sleep);
         assert_eq!(pays.probe_every(), PROBE_EVERY_MAX);
         // Probes that pay refill the history, each halving the waits to the next; polling
-        // resumes once three in four of the history paid.
+        // resumes once seven in eight of the history paid.
         let mut waits = Vec::new();
         while pays.plan(WINDOW) == Plan::Sleep {
             let mut n = 1;
@@ -271,7 +287,10 @@ mod tests {
             pays.polled(Some(us(10)));
             waits.push(n);
         }
-        assert_eq!(waits, [1024, 512, 256, 128, 64, 32, 16, 16, 16, 16, 16, 16]);
+        assert_eq!(
+            waits,
+            [1024, 512, 256, 128, 64, 32, 16, 16, 16, 16, 16, 16, 16, 16]
+        );
         assert_eq!(pays.plan(WINDOW), Plan::Poll(us(80)));
         assert_eq!(pays.probe_every(), PROBE_EVERY);
     }
@@ -296,6 +315,39 @@ mod tests {
             probes += 1;
         }
         assert!(waits / probes >= 256, "one probe in {} waits", waits / probes);
+    }
+
+    #[test]
+    fn a_message_long_after_the_window_is_a_pause_not_a_miss() {
+        let mut pays = Pays::default();
+        for _ in 0..HISTORY {
+            pays.polled(Some(us(5)));
+        }
+        // Bursts of three requests, each burst ending in a pause of a millisecond: polling
+        // stays on.
+        for _ in 0..50 {
+            pays.ran_out(us(1000), WINDOW);
+            assert!(pays.paying());
+            pays.polled(Some(us(5)));
+            pays.polled(Some(us(5)));
+        }
+        assert_eq!(pays.plan(WINDOW), Plan::Poll(us(40)));
+        // A message right after the window: the peer was held back, three times in a row.
+        for _ in 0..3 {
+            pays.ran_out(us(30), WINDOW);
+        }
+        assert!(!pays.paying());
+        assert_eq!(pays.plan(WINDOW), Plan::Sleep);
+        // A pause during a probe is not a verdict: the next probe comes as planned.
+        let mut n = 1;
+        while pays.plan(WINDOW) == Plan::Sleep {
+            pays.slept();
+            n += 1;
+        }
+        assert_eq!(n, PROBE_EVERY);
+        pays.ran_out(us(5000), WINDOW);
+        assert_eq!(pays.plan(WINDOW), Plan::Sleep);
+        assert_eq!(pays.probe_every(), PROBE_EVERY);
     }
 
     #[test]
