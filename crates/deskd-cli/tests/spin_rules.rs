@@ -39,7 +39,10 @@ fn bad_polling_settings_are_usage_errors_before_anything_runs() {
         assert_eq!(out.status.code(), Some(2), "{variable}={value:?}");
         let said = stderr(&out);
         assert!(said.contains(variable), "{variable}={value:?}: {said}");
-        assert!(!socket.exists(), "nothing is served with {variable}={value:?}");
+        assert!(
+            !socket.exists(),
+            "nothing is served with {variable}={value:?}"
+        );
         assert!(!env.path("vol/.Desktop").exists(), "no desktop made");
 
         let out = env
@@ -75,7 +78,11 @@ fn every_rule_answers_alike_on_client_connections_and_the_afpd_listener() {
             let added = add(&mut s, &vol.join(name), 2, 0);
             assert_eq!(added.result, res::OK, "{rule}: ADD {name}");
             let got = call(&mut s, request(op::GET, 0, 2, name.as_bytes()));
-            assert_eq!((got.result, got.cnid), (res::OK, added.cnid), "{rule}: GET {name}");
+            assert_eq!(
+                (got.result, got.cnid),
+                (res::OK, added.cnid),
+                "{rule}: GET {name}"
+            );
             ids.push(added.cnid);
             if n % 3 == 2 {
                 // Traffic with gaps, not a wait for an event.
@@ -91,10 +98,17 @@ fn every_rule_answers_alike_on_client_connections_and_the_afpd_listener() {
             .env("DESKD_SPIN", client_rule)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{rule}/{client_rule}: {}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "{rule}/{client_rule}: {}",
+            stderr(&out)
+        );
         let found = String::from_utf8_lossy(&out.stdout);
         for name in &names {
-            assert!(found.contains(name.as_str()), "{rule}/{client_rule}: {name} in {found}");
+            assert!(
+                found.contains(name.as_str()),
+                "{rule}/{client_rule}: {name} in {found}"
+            );
         }
         for (name, id) in names.iter().zip(&ids) {
             assert_eq!(env.id_of(&vol.join(name)), *id, "{rule}: {name}");
@@ -105,6 +119,10 @@ fn every_rule_answers_alike_on_client_connections_and_the_afpd_listener() {
             .env("DESKD_SPIN_US", "30")
             .output()
             .unwrap();
-        assert!(status.status.success(), "{rule}/{client_rule}: {}", stderr(&status));
+        assert!(
+            status.status.success(),
+            "{rule}/{client_rule}: {}",
+            stderr(&status)
+        );
     }
 }

@@ -214,7 +214,10 @@ impl Client {
         })?;
         let output = BufWriter::new(stream.try_clone().map_err(io_error)?);
         Ok(Client {
-            input: BufReader::with_capacity(64 * 1024, SpinRead::new(stream, SpinSettings::configured())),
+            input: BufReader::with_capacity(
+                64 * 1024,
+                SpinRead::new(stream, SpinSettings::configured()),
+            ),
             output,
             next_id: 1,
             early: HashMap::new(),

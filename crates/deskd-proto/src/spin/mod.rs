@@ -323,13 +323,22 @@ mod tests {
         assert_eq!(defaults.rule, Rule::Adaptive);
         assert_eq!(defaults.window, Duration::from_micros(100));
         let s = Settings::from_vars(Some("always"), Some("250"), None).unwrap();
-        assert_eq!((s.rule, s.window), (Rule::Always, Duration::from_micros(250)));
+        assert_eq!(
+            (s.rule, s.window),
+            (Rule::Always, Duration::from_micros(250))
+        );
         // A zero window is no polling, whatever the rule.
         let s = Settings::from_vars(Some("adaptive"), Some("0"), None).unwrap();
         assert_eq!(s.rule, Rule::Never);
         // The older switch still selects the load rule; DESKD_SPIN wins over it.
-        assert_eq!(Settings::from_vars(None, None, Some("1")).unwrap().rule, Rule::Load);
-        assert_eq!(Settings::from_vars(None, None, Some("0")).unwrap().rule, Rule::Adaptive);
+        assert_eq!(
+            Settings::from_vars(None, None, Some("1")).unwrap().rule,
+            Rule::Load
+        );
+        assert_eq!(
+            Settings::from_vars(None, None, Some("0")).unwrap().rule,
+            Rule::Adaptive
+        );
         let s = Settings::from_vars(Some("never"), None, Some("1")).unwrap();
         assert_eq!(s.rule, Rule::Never);
         for (rule, us, adapt, variable) in [

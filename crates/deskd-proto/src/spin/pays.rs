@@ -314,7 +314,11 @@ mod tests {
             waits += 1;
             probes += 1;
         }
-        assert!(waits / probes >= 256, "one probe in {} waits", waits / probes);
+        assert!(
+            waits / probes >= 256,
+            "one probe in {} waits",
+            waits / probes
+        );
     }
 
     #[test]
