@@ -36,8 +36,8 @@ pub const MAX_SPIN_US: u64 = 10_000;
 /// When a reader polls before it blocks (`$DESKD_SPIN`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rule {
-    /// While most of the connection's recent polls paid, for a window bounded by their gap;
-    /// otherwise sleep, probing now and then ([`pays`]). The default.
+    /// While nearly all of the connection's recent polls paid; otherwise sleep, probing now
+    /// and then ([`pays`]). The default.
     Adaptive,
     /// Every time, for the whole window.
     Always,
@@ -189,8 +189,8 @@ impl SpinRead {
             Rule::Always => window,
             Rule::Load if contention::busy() => Duration::ZERO,
             Rule::Load => window,
-            Rule::Adaptive => match self.pays.plan(window) {
-                pays::Plan::Poll(window) => window,
+            Rule::Adaptive => match self.pays.plan() {
+                pays::Plan::Poll => window,
                 pays::Plan::Sleep => Duration::ZERO,
             },
         }
@@ -202,7 +202,7 @@ impl SpinRead {
         loop {
             match rustix::net::recv(&self.stream, &mut *buf, rustix::net::RecvFlags::DONTWAIT) {
                 Ok((n, _)) => {
-                    self.pays.polled(Some(start.elapsed()));
+                    self.pays.polled(true);
                     return Ok(Some(n));
                 }
                 Err(rustix::io::Errno::AGAIN) => {}
