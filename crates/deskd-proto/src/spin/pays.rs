@@ -18,11 +18,12 @@
 //!   send, and "soon after the window" would no longer tell a held-back peer from a window cut
 //!   too short;
 //! * **sleep** otherwise, with a probe (a poll for the whole window) after [`PROBE_EVERY`]
-//!   waits, so that polling resumes once it pays again. Each probe that does not pay doubles
-//!   the waits before the next, up to [`PROBE_EVERY_MAX`]; one that pays halves them, and
-//!   polling again brings them back to [`PROBE_EVERY`]. A probe that does not pay costs its
-//!   request the window and a wake-up, so under lasting load probes must be rarer than the 1 %
-//!   a 99th percentile sees. The probe measures polling with polling on, where it counts: a
+//!   waits, so that polling resumes once it pays again. Each probe in vain doubles the waits
+//!   before the next, up to [`PROBE_EVERY_MAX`], and so does each stop that follows a short
+//!   stretch of polling (fewer than [`LONG_STREAK`] polls that paid): under lasting load the
+//!   rule flaps, probes paying now and then and polling stopping again, and each of those
+//!   rounds costs requests a window. They must come rarer than the 1 % a 99th percentile sees.
+//!   Only a stop after a long stretch brings the probes back to every [`PROBE_EVERY`] waits. The probe measures polling with polling on, where it counts: a
 //!   blocking read's own wait says nothing about how long the peer would take while this
 //!   reader held a CPU.
 //!
@@ -40,6 +41,9 @@ pub const WARM_UP: u32 = 4;
 pub const PROBE_EVERY: u32 = 16;
 /// ...and after up to this many once probes keep failing.
 pub const PROBE_EVERY_MAX: u32 = 1024;
+/// Polls that paid in a row after which polling counts as settled: when it stops after such
+/// a stretch, probes start again at every [`PROBE_EVERY`] waits.
+pub const LONG_STREAK: u32 = 1024;
 
 /// What the reader should do while it waits for the next message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +65,8 @@ pub struct Pays {
     slept: u32,
     /// Waits between probes beyond [`PROBE_EVERY`], as a power of two (0: [`PROBE_EVERY`]).
     backoff: u32,
+    /// Polls that paid in a row while polling.
+    streak: u32,
 }
 
 impl Pays {
@@ -80,21 +86,33 @@ impl Pays {
 
     /// A poll ended: the message came inside the window (`paid`), or soon after it.
     pub fn polled(&mut self, paid: bool) {
-        // A probe is a poll made while polling did not pay.
-        if self.polls >= WARM_UP && !self.paying() {
-            self.backoff = if paid {
-                self.backoff.saturating_sub(1)
-            } else if self.probe_every() < PROBE_EVERY_MAX {
-                self.backoff + 1
-            } else {
-                self.backoff
-            };
-        }
+        let was_paying = self.polls < WARM_UP || self.paying();
         self.outcomes = (self.outcomes << 1) | u32::from(paid);
         self.polls = (self.polls + 1).min(HISTORY);
         self.slept = 0;
-        if self.paying() {
-            self.backoff = 0;
+        let paying = self.paying();
+        if !was_paying && !paid {
+            // A probe in vain.
+            self.back_off();
+        }
+        if was_paying && !paying {
+            // Polling stops. After a long stretch of polls that paid this is news (probe soon
+            // again); after a short one polling flaps, and each round of it must be rarer.
+            if self.streak >= LONG_STREAK {
+                self.backoff = 0;
+            } else {
+                self.back_off();
+            }
+            self.streak = 0;
+        }
+        if paying && paid {
+            self.streak = self.streak.saturating_add(1);
+        }
+    }
+
+    fn back_off(&mut self) {
+        if self.probe_every() < PROBE_EVERY_MAX {
+            self.backoff += 1;
         }
     }
 
@@ -173,18 +191,53 @@ mod tests {
         // ...the second stops it.
         pays.polled(false);
         assert_eq!(pays.plan(), Plan::Sleep);
-        // Then it sleeps, probing after PROBE_EVERY waits, then twice as many after each
-        // probe that did not pay, up to PROBE_EVERY_MAX.
+        // Then it sleeps, probing after twice PROBE_EVERY waits (the stretch of polling was
+        // short), then twice as many after each probe in vain, up to PROBE_EVERY_MAX.
         let mut every = Vec::new();
-        for _ in 0..10 {
+        for _ in 0..9 {
             every.push(waits_to_next_poll(&mut pays));
             pays.polled(false);
         }
-        assert_eq!(every, [16, 32, 64, 128, 256, 512, 1024, 1024, 1024, 1024]);
-        // A probe that pays halves the waits to the next.
+        assert_eq!(every, [32, 64, 128, 256, 512, 1024, 1024, 1024, 1024]);
+        // A probe that pays leaves the waits as they are.
         waits_to_next_poll(&mut pays);
         pays.polled(true);
-        assert_eq!(pays.probe_every(), PROBE_EVERY_MAX / 2);
+        assert_eq!(pays.probe_every(), PROBE_EVERY_MAX);
+    }
+
+    #[test]
+    fn a_stop_after_a_long_stretch_probes_soon_and_flapping_slows_down() {
+        let mut pays = Pays::default();
+        for _ in 0..LONG_STREAK + HISTORY {
+            pays.polled(true);
+        }
+        pays.polled(false);
+        pays.polled(false);
+        assert_eq!(pays.plan(), Plan::Sleep);
+        assert_eq!(waits_to_next_poll(&mut pays), PROBE_EVERY);
+        // Flapping: probes pay, polling resumes, and stops again at once; every round waits
+        // twice as long as the one before.
+        let mut rounds = Vec::new();
+        for _ in 0..8 {
+            let mut waits = 0;
+            loop {
+                pays.polled(true);
+                if pays.paying() {
+                    break;
+                }
+                waits += waits_to_next_poll(&mut pays);
+            }
+            pays.polled(false);
+            pays.polled(false);
+            assert_eq!(pays.plan(), Plan::Sleep);
+            rounds.push(waits);
+        }
+        assert!(rounds.windows(2).all(|w| w[1] >= w[0]), "{rounds:?}");
+        // Under lasting flapping, two polls in vain per round of ~15,000 waits.
+        assert!(
+            *rounds.last().unwrap() >= 14 * PROBE_EVERY_MAX,
+            "{rounds:?}"
+        );
     }
 
     #[test]
@@ -195,18 +248,14 @@ mod tests {
         }
         assert_eq!(pays.plan(), Plan::Sleep);
         assert_eq!(pays.probe_every(), PROBE_EVERY_MAX);
-        // Probes that pay refill the history, each halving the waits to the next; polling
-        // resumes once fifteen in sixteen of the history paid.
+        // Probes that pay refill the history at the waits reached; polling resumes once
+        // fifteen in sixteen of the history paid.
         let mut waits = Vec::new();
         while pays.plan() == Plan::Sleep {
             waits.push(waits_to_next_poll(&mut pays));
             pays.polled(true);
         }
-        assert_eq!(
-            waits,
-            [1024, 512, 256, 128, 64, 32, 16, 16, 16, 16, 16, 16, 16, 16, 16]
-        );
-        assert_eq!(pays.probe_every(), PROBE_EVERY);
+        assert_eq!(waits, [PROBE_EVERY_MAX; 15]);
         assert!(pays.paying());
     }
 
@@ -252,9 +301,10 @@ mod tests {
         pays.ran_out(us(100), WINDOW);
         assert_eq!(pays.plan(), Plan::Sleep);
         // A pause during a probe is not a verdict: the next probe comes as planned.
-        assert_eq!(waits_to_next_poll(&mut pays), PROBE_EVERY);
+        let every = pays.probe_every();
+        assert_eq!(waits_to_next_poll(&mut pays), every);
         pays.ran_out(us(5000), WINDOW);
         assert_eq!(pays.plan(), Plan::Sleep);
-        assert_eq!(pays.probe_every(), PROBE_EVERY);
+        assert_eq!(pays.probe_every(), every);
     }
 }
