@@ -18,7 +18,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use deskd_proto::spin::{spin_window, SpinRead};
+use deskd_proto::spin::{Settings as SpinSettings, SpinRead};
 use deskd_proto::{Endpoint, ProtoError, ReplyFrame, RequestFrame, Stream};
 pub use deskd_proto::{
     ErrorCode, ErrorReply, FindMode, Kind, ObjectInfo, Request, Response, ServerMemory, VolumeInfo,
@@ -214,7 +214,10 @@ impl Client {
         })?;
         let output = BufWriter::new(stream.try_clone().map_err(io_error)?);
         Ok(Client {
-            input: BufReader::with_capacity(64 * 1024, SpinRead::new(stream, spin_window())),
+            input: BufReader::with_capacity(
+                64 * 1024,
+                SpinRead::new(stream, SpinSettings::configured()),
+            ),
             output,
             next_id: 1,
             early: HashMap::new(),

@@ -21,7 +21,6 @@ pub mod dbpath;
 pub mod wire;
 
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,6 +29,8 @@ use std::time::{Duration, Instant};
 
 use deskd_client::{Client, ClientError, ErrorCode, FindMode, Kind, ObjectInfo, Request, Response};
 use deskd_proto::ratelimit::RateLimited;
+use deskd_proto::spin::{Settings as SpinSettings, SpinRead};
+use deskd_proto::Stream;
 use tracing::{debug, warn};
 
 use wire::{op, res, Reply, WireError};
@@ -730,21 +731,6 @@ fn make_dbpath_folder(afp_conf: &dbpath::AfpConf, name: &[u8], root: &Path) {
     }
 }
 
-/// Reads a TCP stream, each read ending by `deadline` when one is set.
-struct Timed<'a> {
-    stream: &'a TcpStream,
-    deadline: Option<Instant>,
-}
-
-impl std::io::Read for Timed<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if let Some(deadline) = self.deadline {
-            deskd_proto::deadline::wait_readable(self.stream.as_fd(), deadline)?;
-        }
-        (&mut &*self.stream).read(buf)
-    }
-}
-
 /// Serve one afpd connection until it closes. The handshake must be whole within `timeout` of
 /// the start, and each request within `timeout` of its first byte. With `afp_conf` (read now),
 /// the volume's `vol dbpath` folder is made once its volume is known to be served.
@@ -755,10 +741,12 @@ pub fn serve_connection(
     afp_conf: Option<&dbpath::AfpConf>,
 ) -> Result<(), BridgeError> {
     let _ = stream.set_nodelay(true);
-    let mut input = std::io::BufReader::new(Timed {
-        stream: &stream,
-        deadline: Some(Instant::now() + timeout),
-    });
+    // afpd sleeps in read(2) between requests; the reader polls only while that pays
+    // (deskd_proto::spin), and each read ends by its deadline.
+    let read_half = stream.try_clone().map_err(WireError::from)?;
+    let mut reader = SpinRead::new(Stream::Tcp(read_half), SpinSettings::configured());
+    reader.set_deadline(Some(Instant::now() + timeout));
+    let mut input = std::io::BufReader::new(reader);
     let hello = wire::read_handshake(&mut input).map_err(|e| stalled(e, HANDSHAKE))?;
     // The peer's bytes, escaped for the log (a line feed would forge a log line).
     let shown = String::from_utf8_lossy(&hello.volume_path)
@@ -827,7 +815,7 @@ pub fn serve_connection(
 /// The request loop of [`serve_connection`], after the handshake.
 fn serve_requests(
     desk: &mut Session,
-    input: &mut std::io::BufReader<Timed>,
+    input: &mut std::io::BufReader<SpinRead>,
     stream: &TcpStream,
     timeout: Duration,
 ) -> Result<(), BridgeError> {
@@ -840,7 +828,7 @@ fn serve_requests(
             desk.held_since = None;
         }
         let held = desk.held_until();
-        input.get_mut().deadline = held;
+        input.get_mut().set_deadline(held);
         match input.fill_buf() {
             Ok([]) => return Ok(()),
             Ok(_) => {}
@@ -850,7 +838,7 @@ fn serve_requests(
             }
             Err(e) => return Err(WireError::from(e).into()),
         }
-        input.get_mut().deadline = Some(Instant::now() + timeout);
+        input.get_mut().set_deadline(Some(Instant::now() + timeout));
         let Some(q) = wire::read_request(input).map_err(|e| stalled(e, "a request"))? else {
             return Ok(());
         };

@@ -244,7 +244,7 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         return;
     };
     let writer = Outbox::new(write_half);
-    let spin = deskd_proto::spin::spin_window();
+    let spin = deskd_proto::spin::Settings::configured();
     let mut input =
         BufReader::with_capacity(64 * 1024, deskd_proto::spin::SpinRead::new(stream, spin));
     let mut conn = Connection {

@@ -311,6 +311,12 @@ fn main() -> ExitCode {
         Err(e) => usage_error(&command, e),
     };
     let cli = Run { command, reached };
+    // The polling knobs are read where connections are made, long after start: say now
+    // what is wrong with them.
+    if let Err(e) = deskd_proto::spin::Settings::from_env() {
+        eprintln!("deskd: {e}");
+        return ExitCode::from(2);
+    }
     if matches!(
         cli.command,
         Command::Find { .. } | Command::Status { .. } | Command::Metrics { .. }

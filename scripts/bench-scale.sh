@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# How deskd grows with the number of objects (issue 29): for each size in SIZES, a volume of
+# that many empty files (directories of 10,000) is measured for
+#
+#   creation      ID creation rate, 4 clients pipelining 1024 requests (fresh desktop)
+#   resolve       one client, one request at a time: p50 / p99, quiet and with a busy loop
+#                 pinned to each of two CPUs (the default polling rule; DESKD_SPIN to change)
+#   find          substring queries through one client, p50
+#   restart       the first answer after a SIGKILL (something in the WAL), median of RUNS
+#   rebuild -f / -s / repair   offline, each once, in that order (the repair after every
+#                 resource file was removed, so it writes one per object; -s after it must
+#                 find nothing to do)
+#
+# each with its peak memory: the server's VmHWM after the step (the server's whole life so far;
+# restart: the new server's), GNU time's maximum RSS for the rebuilds. Prints a table (value,
+# peak, and the last size against the first) for docs/PERFORMANCE.md, "Scale (issue 29)".
+#
+#   SIZES="1000000 5000000" scripts/bench-scale.sh     # the issue's sizes (5M: ~1 hour, 16M inodes)
+#   SIZES="100000 200000" RUNS=3 scripts/bench-scale.sh
+#   BENCH_DIR=/big/disk KEEP=1 scripts/bench-scale.sh  # where the volumes go; keep them after
+set -euo pipefail
+cd "$(dirname "$0")/.."
+read -r -a SIZES <<<"${SIZES:-1000000 5000000}"
+RUNS=${RUNS:-3}
+OPS=${OPS:-20000}
+PER_DIR=10000
+DEPTH=1024
+BUSY_CPUS=${BUSY_CPUS:-0 1}
+PATTERNS=(invoice-0042 proof-0099-dra ft-0007-photo scan-0050-final-0000 REPORT-0013-LAYOUT)
+WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/deskd-bench-scale.XXXXXX")
+SOCK="$WORK/deskd.sock"
+RESULTS="$WORK/results.tsv"
+
+for tool in /usr/bin/time taskset sqlite3; do
+    command -v "$tool" >/dev/null || { echo "bench-scale.sh: needs $tool" >&2; exit 1; }
+done
+cargo build --release --quiet -p deskd-cli --bins
+BIN=target/release
+. scripts/bench-common.sh
+SERVER=
+LOOPS=()
+stop_loops() {
+    for pid in "${LOOPS[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; done
+    LOOPS=()
+}
+stop_server() {
+    [ -n "$SERVER" ] || return 0
+    kill -TERM "$SERVER" 2>/dev/null || true
+    wait "$SERVER" 2>/dev/null || true
+    SERVER=
+}
+finish() {
+    stop_loops
+    stop_server
+    if [ "${KEEP:-0}" = 1 ]; then echo "volumes kept in $WORK"; else rm -rf "$WORK"; fi
+}
+trap finish EXIT
+
+start_server() { # volume
+    : >"$WORK/server.log"
+    "$BIN/deskd" serve --socket "$SOCK" "$1" 2>"$WORK/server.log" & SERVER=$!
+    wait_for_line "$WORK/server.log" "deskd serving"
+}
+hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$SERVER/status"; }
+jget() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; } # size measure value unit peak_kib
+# Prints "seconds max_rss_kib" of one command (GNU time), its output discarded. Its exit status
+# is not a failure: `rebuild -s` says "differences" with 1.
+timed() {
+    local out
+    out=$(mktemp)
+    /usr/bin/time -o "$out" -f '%e %M' "$@" >/dev/null 2>"$WORK/timed.err" || true
+    tail -1 "$out"
+    rm -f "$out"
+}
+med() { printf '%s\n' "$@" | median; }
+
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) CPUs; sizes ${SIZES[*]}"
+for size in "${SIZES[@]}"; do
+    dirs=$(((size + PER_DIR - 1) / PER_DIR))
+    objects=$((dirs * PER_DIR))
+    vol="$WORK/vol-$objects"
+    shape=(--dirs "$dirs" --per-dir "$PER_DIR")
+    bench() { "$BIN/deskd-bench" --socket "$SOCK" --volume "$vol" "$@"; }
+    mkdir -p "$vol"
+    echo "== $objects objects: populate (untimed)"
+    bench populate "${shape[@]}" >/dev/null
+    sync
+
+    start_server "$vol"
+    rate=$(bench create "${shape[@]}" --clients 4 --depth "$DEPTH" | jget objects_per_s)
+    record "$objects" creation "$rate" objects/s "$(hwm_kib)"
+    "$BIN/deskd" flush --socket "$SOCK" >/dev/null
+    echo "creation: $rate objects/s"
+
+    for load in quiet busy; do
+        p50s=() p99s=()
+        for _ in $(seq "$RUNS"); do
+            if [ "$load" = busy ]; then
+                for cpu in $BUSY_CPUS; do taskset -c "$cpu" sh -c 'while :; do :; done' & LOOPS+=($!); done
+            fi
+            out=$(bench latency "${shape[@]}" --ops "$OPS")
+            stop_loops
+            p50s+=("$(echo "$out" | jget resolve_p50_us)")
+            p99s+=("$(echo "$out" | jget resolve_p99_us)")
+        done
+        record "$objects" "resolve p50, $load" "$(med "${p50s[@]}")" µs "$(hwm_kib)"
+        record "$objects" "resolve p99, $load" "$(med "${p99s[@]}")" µs "$(hwm_kib)"
+        echo "resolve $load: p50 ${p50s[*]}; p99 ${p99s[*]}"
+    done
+
+    find_p50=$(bench find --runs "$RUNS" "${PATTERNS[@]}" | jget find_p50_ms)
+    record "$objects" "find p50" "$find_p50" ms "$(hwm_kib)"
+    echo "find p50: $find_p50 ms"
+
+    restarts=() hwms=()
+    for i in $(seq "$RUNS"); do
+        "$BIN/dt" --socket "$SOCK" touch "$vol/dir0000/after-$i" # something in the WAL
+        kill -9 "$SERVER"
+        wait "$SERVER" 2>/dev/null || true
+        "$BIN/deskd" serve --socket "$SOCK" "$vol" 2>"$WORK/server.log" & SERVER=$!
+        restarts+=("$(bench first-answer | jget first_answer_ms)")
+        hwms+=("$(hwm_kib)")
+    done
+    record "$objects" "first answer after SIGKILL" "$(med "${restarts[@]}")" ms "$(med "${hwms[@]}")"
+    echo "first answer after SIGKILL: ${restarts[*]} ms"
+    stop_server
+
+    read -r s m < <(timed "$BIN/deskd" rebuild -f --force "$vol")
+    record "$objects" "rebuild -f" "$s" s "$m"
+    read -r s m < <(timed "$BIN/deskd" rebuild -s "$vol")
+    record "$objects" "rebuild -s" "$s" s "$m"
+    find "$vol" -name .rsrc -type d -prune -exec rm -rf {} +
+    read -r s m < <(timed "$BIN/deskd" rebuild --force "$vol")
+    record "$objects" "rebuild repair (writes every resource file)" "$s" s "$m"
+    "$BIN/deskd" rebuild -s "$vol" >/dev/null ||
+        { echo "bench-scale.sh: rebuild -s after the repair found differences" >&2; exit 1; }
+    echo "rebuilds: $(grep -P "^$objects\trebuild" "$RESULTS" | cut -f2-5 | tr '\t\n' ' ;')"
+    [ "${KEEP:-0}" = 1 ] || rm -rf "$vol"
+done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+echo
+echo "## Scale, $(date -u +%F), $(nproc) CPUs, median of $RUNS where repeated"
+python3 - "$RESULTS" <<'PY'
+import sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+sizes = list(dict.fromkeys(int(r[0]) for r in rows))
+measures = list(dict.fromkeys(r[1] for r in rows))
+at = {(int(r[0]), r[1]): (float(r[2]), r[3], float(r[4])) for r in rows}
+def value(v, unit):
+    if unit == "objects/s":
+        return f"{v:,.0f} {unit}"
+    return f"{v:,.1f} {unit}" if v < 100 else f"{v:,.0f} {unit}"
+head = "| measure |" + "".join(f" {s:,}: value | peak memory (B/object) |" for s in sizes)
+if len(sizes) > 1:
+    head += f" {sizes[-1]:,} / {sizes[0]:,}: value | peak memory |"
+print(head)
+print("|---" * (head.count("|") - 1) + "|")
+for m in measures:
+    row = f"| {m} |"
+    for s in sizes:
+        if (s, m) not in at:
+            row += " – | – |"
+            continue
+        v, unit, peak = at[(s, m)]
+        row += f" {value(v, unit)} | {peak / 1024:,.0f} MB ({peak * 1024 / s:,.0f}) |"
+    if len(sizes) > 1 and (sizes[0], m) in at and (sizes[-1], m) in at:
+        (v0, _, p0), (v1, _, p1) = at[(sizes[0], m)], at[(sizes[-1], m)]
+        row += f" {v1 / v0:.2f}× | {p1 / p0:.2f}× |"
+    print(row)
+PY
