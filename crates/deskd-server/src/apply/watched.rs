@@ -10,9 +10,11 @@
 //!   desktop once handed out and is free (a restore), and is otherwise ignored: a `cp -a`
 //!   copy's claim is its original's, so the copy gets a new ID.
 //! * `Removed`: the record (and everything below it) goes once the disk no longer shows it.
-//! * `Moved`: the record moves, keeping its ID. Over a registered name, `replaced` decides:
-//!   `keep-id` keeps the name's ID (a save by write-temp-then-rename is the same document),
-//!   `new-id` keeps the moved object's. A directory moved over a (necessarily empty) one always
+//! * `Moved`: the record moves, keeping its ID. Over a registered file, the moved object keeps
+//!   its ID and the replaced one's is retired, as `dt mv` does — except a save: a file the
+//!   watcher itself registered less than [`SAVE_WINDOW`] ago (a temporary, written and renamed
+//!   over the document) leaves the name its ID under `replaced = "keep-id"` (the same
+//!   document); `new-id` always keeps the moved object's. A directory moved over a (necessarily empty) one always
 //!   keeps its own ID: its entries' records are under it.
 //! * `Rescan`: everything under the path is registered, and records whose objects are gone
 //!   from it are removed.
@@ -24,6 +26,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use deskd_db::{Kind, Object, Read};
 use deskd_proto::ErrorReply;
@@ -41,6 +44,61 @@ use crate::walk::{self, Node};
 /// tree is left to the online repair (the caller asks for one), so one event cannot hold the
 /// writer for minutes.
 pub const MAX_TREE: usize = 20_000;
+
+/// How long after the watcher registered a file its rename over a registered file counts as a
+/// save (write-temp-then-rename): long enough for a large document written over SMB, short
+/// enough that a file made with plain tools and moved over another later is moved as `dt mv`
+/// would (its own ID kept).
+pub const SAVE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Most recently registered objects remembered for [`SAVE_WINDOW`]; beyond it the oldest are
+/// forgotten (their renames then keep their own IDs, as `dt mv`).
+const YOUNG_MAX: usize = 65_536;
+
+/// The files the watcher registered itself within [`SAVE_WINDOW`], kept by the writer between
+/// batches.
+#[derive(Debug, Default)]
+pub struct Young {
+    when: std::collections::HashMap<u32, Instant>,
+    order: std::collections::VecDeque<(u32, Instant)>,
+}
+
+impl Young {
+    fn note(&mut self, id: u32, now: Instant) {
+        self.forget_old(now);
+        if self.order.len() >= YOUNG_MAX {
+            if let Some((old, at)) = self.order.pop_front() {
+                if self.when.get(&old) == Some(&at) {
+                    self.when.remove(&old);
+                }
+            }
+        }
+        self.when.insert(id, now);
+        self.order.push_back((id, now));
+    }
+
+    fn is_young(&self, id: u32, now: Instant) -> bool {
+        self.when
+            .get(&id)
+            .is_some_and(|&at| now.duration_since(at) < SAVE_WINDOW)
+    }
+
+    fn forget(&mut self, id: u32) {
+        self.when.remove(&id);
+    }
+
+    fn forget_old(&mut self, now: Instant) {
+        while let Some(&(id, at)) = self.order.front() {
+            if now.duration_since(at) < SAVE_WINDOW {
+                break;
+            }
+            self.order.pop_front();
+            if self.when.get(&id) == Some(&at) {
+                self.when.remove(&id);
+            }
+        }
+    }
+}
 
 /// What the disk needs once the desktop change is committed. Paths are names from the root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +145,8 @@ pub struct WatchedOutcome {
     /// The writer could not apply the batch (closed, full disk, busy desktop): nothing was
     /// recorded.
     pub refused: Option<String>,
+    /// The writer's [`Young`] while the batch is applied (taken back by [`apply_all`]).
+    young: Young,
 }
 
 impl WatchedOutcome {
@@ -122,8 +182,12 @@ pub fn apply_all(
     vol: &deskd_volume::Volume,
     replaced: Replaced,
     changes: &[Change],
+    young: &mut Young,
 ) -> WatchedOutcome {
-    let mut out = WatchedOutcome::default();
+    let mut out = WatchedOutcome {
+        young: std::mem::take(young),
+        ..WatchedOutcome::default()
+    };
     let last_id = b.meta("last_id").ok().flatten().unwrap_or(0) as u32;
     let mut cache = super::DirCache::default();
     let access = crate::access::Access::Trusted;
@@ -141,6 +205,7 @@ pub fn apply_all(
             Err(e) => out.failed.push(format!("{change:?}: {}", e.message)),
         }
     }
+    *young = std::mem::take(&mut out.young);
     out
 }
 
@@ -404,6 +469,9 @@ fn created(
     if changed {
         out.disk.push(stamp(names, &object));
     }
+    if created && node.kind != Kind::Dir {
+        out.young.note(object.id, Instant::now());
+    }
     let mut below = false;
     if node.kind == Kind::Dir {
         let mut budget = MAX_TREE;
@@ -587,8 +655,10 @@ fn moved(
         Some(mut target)
             if w.replaced == Replaced::KeepId
                 && source.kind != Kind::Dir
-                && target.kind == source.kind =>
+                && target.kind == source.kind
+                && out.young.is_young(source.id, Instant::now()) =>
         {
+            out.young.forget(source.id);
             // The name keeps its ID (a save by write-temp-then-rename): its record takes the
             // moved inode, the moved object's record goes.
             w.b.delete(source.id, true).map_err(db_error)?;

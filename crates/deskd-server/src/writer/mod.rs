@@ -187,6 +187,8 @@ pub(crate) struct Writer {
     figures: Arc<CommitFigures>,
     /// Starts writing the WAL out as it grows, so a checkpoint's fsync finds little to do.
     wal_writeback: wal_writeback::WalWriteback,
+    /// The objects the watcher registered lately: a temporary renamed over a name (a save).
+    watch_young: crate::apply::watched::Young,
     /// Runs the checkpoints nobody waits for beside the writer (None: its connection could
     /// not be opened, or no desktop; then the writer runs them itself, as writes wait).
     checkpointer: Option<checkpointer::Checkpointer>,
@@ -238,6 +240,7 @@ impl Writer {
             sleeping_until: None,
             figures: Arc::default(),
             wal_writeback: Default::default(),
+            watch_young: Default::default(),
             checkpointer,
             wal_index,
         }

@@ -26,7 +26,13 @@ impl Writer {
             Ok(batch) => batch,
             Err(e) => return WatchedOutcome::refused(&format!("cannot start a batch: {e}")),
         };
-        let outcome = apply_all(&mut batch, &self.volume, self.config.replaced, changes);
+        let outcome = apply_all(
+            &mut batch,
+            &self.volume,
+            self.config.replaced,
+            changes,
+            &mut self.watch_young,
+        );
         if outcome.applied == 0 {
             // Nothing changed: no commit (and no new snapshot for readers).
             drop(batch);
