@@ -198,7 +198,7 @@ pub fn apply_all(
         cache: &mut cache,
         replaced,
     };
-    for change in &follow_directory_moves(changes) {
+    for change in &follow_directory_moves(&without_replaced_creates(changes)) {
         match apply_change(w, change, last_id, &mut out) {
             Ok(true) => out.applied += 1,
             Ok(false) => out.unchanged += 1,
@@ -207,6 +207,27 @@ pub fn apply_all(
     }
     *young = std::mem::take(&mut out.young);
     out
+}
+
+/// `changes` without the creates of names that a later move of the batch moved another object
+/// over: what was created there is gone (replaced), and registering it first would make the
+/// move look like a save over a registered name (`dt touch y` then `mv x y` in one batch).
+fn without_replaced_creates(changes: &[Change]) -> Vec<Change> {
+    let mut replaced_at = std::collections::HashMap::new();
+    for (i, change) in changes.iter().enumerate() {
+        if let Change::Moved { to, .. } = change {
+            replaced_at.insert(to.as_path(), i);
+        }
+    }
+    changes
+        .iter()
+        .enumerate()
+        .filter(|(i, change)| match change {
+            Change::Created { path, .. } => replaced_at.get(path.as_path()).is_none_or(|&m| m < *i),
+            _ => true,
+        })
+        .map(|(_, change)| change.clone())
+        .collect()
 }
 
 /// Most directory moves in one batch whose earlier creates are made to follow them; beyond it
@@ -453,22 +474,21 @@ fn created(
         w.cache.clear();
         before = None;
     }
-    let asked = asked_with(
-        claim(w, names, &node),
-        last_id,
-        node.uid,
-        Choosers::of(w.vol),
-    );
     let folders = first_unregistered_above(w, names)?;
-    let (object, created) = register_walked(w, names, &walked.nodes, asked)?;
+    let (object, created) = register_following(
+        w,
+        names,
+        &walked.nodes,
+        &node,
+        before.as_ref(),
+        last_id,
+        out,
+    )?;
     stamp_folders_on_the_way(w, names, folders, out)?;
     let changed = created
         || before
             .as_ref()
             .is_none_or(|b| b.id != object.id || (b.dev, b.ino) != (object.dev, object.ino));
-    if changed {
-        out.disk.push(stamp(names, &object));
-    }
     if created && node.kind != Kind::Dir {
         out.young.note(object.id, Instant::now());
     }
@@ -476,8 +496,49 @@ fn created(
     if node.kind == Kind::Dir {
         let mut budget = MAX_TREE;
         below = register_tree(w, names, &walked, last_id, out, &mut budget)?;
+        // A folder is what is in it now: a record of an entry made (by a client) and removed
+        // before the watcher saw the folder (inotify adds its watch only then) goes too.
+        if !out.needs_repair {
+            below |= drop_vanished_below(w, names, out)?;
+        }
     }
     Ok(changed || below)
+}
+
+/// Register the object at `names` (walked as `nodes`, the last being `node`; `before` is the
+/// record at that name, if any) with what it claims, and push its disk work: a stamp when the
+/// desktop changed, and when the registration followed the claimed ID's record from another
+/// place (a move whose two ends the watcher's coalescing folded into a create, or one seen only
+/// as the entries of a new folder), its resource file is carried from there first, as for a
+/// `Moved`, so its comment and fork go with it.
+fn register_following(
+    w: &mut Writing<'_, '_>,
+    names: &[Vec<u8>],
+    nodes: &[Node],
+    node: &Node,
+    before: Option<&Object>,
+    last_id: u32,
+    out: &mut WatchedOutcome,
+) -> Result<(Object, bool), ErrorReply> {
+    let claimed = claim(w, names, node);
+    let claimed_at = claimed
+        .id
+        .filter(|&id| before.is_none_or(|b| b.id != id))
+        .and_then(|id| Some((id, w.b.path_of(id).ok()?)))
+        .filter(|(_, at)| at.as_slice() != names && !at.is_empty());
+    let asked = asked_with(claimed, last_id, node.uid, Choosers::of(w.vol));
+    let (object, created) = register_walked(w, names, nodes, asked)?;
+    let changed = created
+        || before.is_none_or(|b| b.id != object.id || (b.dev, b.ino) != (object.dev, object.ino));
+    match claimed_at {
+        Some((id, from)) if !created && id == object.id => out.disk.push(DiskWork::Carry {
+            from,
+            stamp: Box::new(stamp(names, &object)),
+        }),
+        _ if changed => out.disk.push(stamp(names, &object)),
+        _ => {}
+    }
+    Ok((object, created))
 }
 
 /// Register every entry below the directory `names` (walked as `walked`), depth first, no
@@ -503,7 +564,6 @@ fn register_tree(
     ) else {
         return Ok(false);
     };
-    let choosers = Choosers::of(w.vol);
     let mut stack = vec![(names.to_vec(), first, walked.nodes.clone())];
     while let Some((dir_names, dir_fd, dir_nodes)) = stack.pop() {
         let Ok(mut dir) = rustix::fs::Dir::read_from(&dir_fd) else {
@@ -546,8 +606,15 @@ fn register_tree(
             let mut child_nodes = dir_nodes.clone();
             child_nodes.push(node);
             let before = registered(w.b, &child_names)?;
-            let asked = asked_with(claim(w, &child_names, &node), last_id, node.uid, choosers);
-            let (object, created) = match register_walked(w, &child_names, &child_nodes, asked) {
+            let (object, created) = match register_following(
+                w,
+                &child_names,
+                &child_nodes,
+                &node,
+                before.as_ref(),
+                last_id,
+                out,
+            ) {
                 Ok(done) => done,
                 Err(e) => {
                     out.failed.push(e.message);
@@ -558,10 +625,7 @@ fn register_tree(
                 || before.as_ref().is_none_or(|b| {
                     b.id != object.id || (b.dev, b.ino) != (object.dev, object.ino)
                 });
-            if changed {
-                out.disk.push(stamp(&child_names, &object));
-                any = true;
-            }
+            any |= changed;
             if kind == Kind::Dir {
                 // Opened below the folder just listed, never through a link; a directory
                 // swapped for one since the stat is not entered.
@@ -701,7 +765,8 @@ fn rescan(
     };
     let mut changed = false;
     if !names.is_empty() {
-        changed = created(w, names, last_id, out)?;
+        // A folder's create drops the records of what is gone from it as well.
+        return created(w, names, last_id, out);
     } else {
         let mut budget = MAX_TREE;
         changed |= register_tree(w, names, &walked, last_id, out, &mut budget)?;
@@ -709,6 +774,17 @@ fn rescan(
     if out.needs_repair {
         return Ok(changed);
     }
+    Ok(drop_vanished_below(w, names, out)? || changed)
+}
+
+/// Remove the records below the folder `names` (the root when empty) whose objects are gone
+/// from the disk, with everything below them.
+fn drop_vanished_below(
+    w: &mut Writing<'_, '_>,
+    names: &[Vec<u8>],
+    out: &mut WatchedOutcome,
+) -> Result<bool, ErrorReply> {
+    let mut changed = false;
     let Some(top) = registered(w.b, names)?.or_else(|| {
         names
             .is_empty()

@@ -6,7 +6,8 @@
 //! [`deskd_watch::Change`]); this module is the server side, one job per file: starting it for
 //! a volume and what the log says (`kernel`), the thread that has the writer apply each batch
 //! in one transaction (`thread`; the mapping itself is [`crate::apply::watched`]), what the
-//! disk needs afterwards (`disk`), the rescans by the online repair at every start and after
+//! disk needs afterwards (`disk`), creates the desktop already has dropped before they take the
+//! writer (`known`), the rescans by the online repair at every start and after
 //! an overflow (`rescan`), and the figures status and metrics show (`figures`).
 //!
 //! The watchers live here, beside the volumes, not in the volume handle (as the online
@@ -15,6 +16,7 @@
 mod disk;
 mod figures;
 mod kernel;
+mod known;
 mod rescan;
 mod source;
 mod thread;

@@ -170,7 +170,12 @@ pub(crate) fn process(
         .collect();
     let mut changes = carried;
     changes.extend(batch.changes);
-    let outcome = handle.ask(|tx| Job::Watch(changes, tx));
+    let changes = super::known::drop_known(handle, changes);
+    let outcome = if changes.is_empty() {
+        Some(crate::apply::watched::WatchedOutcome::default())
+    } else {
+        handle.ask(|tx| Job::Watch(changes, tx))
+    };
     let lag = oldest.elapsed();
     let Some(outcome) = outcome else {
         running.figures.lock().unwrap().pending = 0;
