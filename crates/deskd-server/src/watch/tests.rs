@@ -165,6 +165,50 @@ fn a_moved_file_keeps_its_id_and_its_resource_file_follows() {
 }
 
 #[test]
+fn a_move_seen_only_as_a_new_folder_or_a_create_carries_the_resource_file() {
+    let v = Vol::new();
+    fs::create_dir(v.p("a")).unwrap();
+    fs::write(v.p("a/f"), b"x").unwrap();
+    fs::write(v.p("g"), b"y").unwrap();
+    v.feed(vec![created("a"), created("g")]);
+    let (f, g) = (v.id("a/f").unwrap(), v.id("g").unwrap());
+    let header = fs::read(v.p("a/.rsrc/f")).unwrap();
+    // The folder `b` made and `a/f` moved into it before the watcher read either event: the
+    // batch holds only `b`'s create (the kernel's move event came with the next read).
+    fs::create_dir(v.p("b")).unwrap();
+    fs::rename(v.p("a/f"), v.p("b/f")).unwrap();
+    // A create and the move of its object in one batch, coalesced into a create at the end.
+    fs::rename(v.p("g"), v.p("h")).unwrap();
+    v.feed(vec![created("b"), created("h")]);
+    assert_eq!(v.id("b/f"), Some(f));
+    assert_eq!(v.id("h"), Some(g));
+    assert_eq!(fs::read(v.p("b/.rsrc/f")).unwrap(), header, "carried whole");
+    assert!(!v.p("a/.rsrc/f").exists() && !v.p(".rsrc/g").exists());
+    assert_eq!(v.rsrc_id("h"), Some(g));
+}
+
+#[test]
+fn a_create_a_later_move_replaced_in_the_batch_is_not_a_save() {
+    let v = Vol::new();
+    fs::write(v.p("x"), b"x").unwrap();
+    fs::write(v.p("y"), b"y").unwrap();
+    v.feed(vec![created("x"), created("y")]);
+    let x = v.id("x").unwrap();
+    fs::rename(v.p("x"), v.p("y")).unwrap();
+    // `y`'s create (a client made it just before) and `mv x y`, in one batch: the moved
+    // object keeps its ID whatever the batch says first, as `dt mv` does... unless `x` is a
+    // temporary the watcher registered moments ago, which `x` here is: a save.
+    v.feed(vec![created("y"), moved("x", "y")]);
+    assert_eq!(v.id("x"), None);
+    assert!(v.id("y").is_some());
+    assert_ne!(
+        v.id("y"),
+        Some(x),
+        "a temporary the watcher registered is a save"
+    );
+}
+
+#[test]
 fn a_name_moved_over_keeps_its_id_under_keep_id_and_the_mover_s_under_new_id() {
     for (replaced, keeps_target) in [(Replaced::KeepId, true), (Replaced::NewId, false)] {
         let v = Vol::with(replaced);
