@@ -18,7 +18,16 @@ fn serve_with(env: &mut Env, vol: &str, settings: &str) {
     let cfg = env.path("deskd.toml");
     fs::write(
         &cfg,
-        format!("[volume.\"{}\"]\n{settings}\n", env.path(vol).display()),
+        format!(
+            "[volume.\"{}\"]\n{}{settings}\n",
+            env.path(vol).display(),
+            // Watching is off by default: these tests ask for it unless they say otherwise.
+            if settings.contains("watch") {
+                ""
+            } else {
+                "watch = \"auto\"\n"
+            }
+        ),
     )
     .unwrap();
     env.start(&["--config", cfg.to_str().unwrap()]);

@@ -530,7 +530,7 @@ mod tests {
     }
 
     #[test]
-    fn watch_is_auto_by_default_and_set_per_volume_or_in_defaults() {
+    fn watch_is_off_by_default_and_set_per_volume_or_in_defaults() {
         use deskd_watch::WatchMode;
         let file: ConfigFile = toml::from_str(
             "[defaults]\nwatch = \"off\"\n[volume.\"/a\"]\n\
@@ -551,7 +551,7 @@ mod tests {
         let plain = ConfigFile::default()
             .resolve("/s".into(), &["/c".into()])
             .unwrap();
-        assert_eq!(plain.volumes[0].watch, WatchMode::Auto);
+        assert_eq!(plain.volumes[0].watch, WatchMode::Off);
         assert_eq!(plain.volumes[0].watch_queue, None);
         assert!(toml::from_str::<ConfigFile>("[defaults]\nwatch = \"poll\"\n").is_err());
     }

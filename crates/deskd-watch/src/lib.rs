@@ -38,13 +38,13 @@ use names::Ignore;
 #[serde(rename_all = "lowercase")]
 pub enum WatchMode {
     /// fanotify where it can be used, else inotify, saying at start which and why.
-    #[default]
     Auto,
     /// fanotify or fail the volume's start with the reason.
     Fanotify,
     /// inotify (a watch per directory; see docs/deskd.md for its limits).
     Inotify,
     /// No watching: changes made outside deskd reach the desktop by a client or a rebuild.
+    #[default]
     Off,
 }
 

@@ -1125,6 +1125,14 @@ impl Env {
     /// log says how each is watched (`watching …` or `not watching …`).
     pub fn serve_watched(&mut self, volumes: &[&str], config: &str) {
         let file = self.path("deskd.toml");
+        // Watching is off by default: ask for it (in `[defaults]`) unless `config` chooses.
+        let config = if config.contains("watch =") {
+            config.to_string()
+        } else if config.contains("[defaults]\n") {
+            config.replacen("[defaults]\n", "[defaults]\nwatch = \"auto\"\n", 1)
+        } else {
+            format!("[defaults]\nwatch = \"auto\"\n{config}")
+        };
         std::fs::write(&file, config).unwrap();
         let mut args = vec!["--config".to_owned(), file.display().to_string()];
         args.extend(volumes.iter().map(|v| self.path(v).display().to_string()));
