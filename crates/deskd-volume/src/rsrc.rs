@@ -296,7 +296,11 @@ fn open_for_writing(path: &Path, extra: libc::c_int) -> Result<File, VolumeError
                 "{}: a symbolic link, replaced by a resource file",
                 path.display()
             );
-            fs::remove_file(path).map_err(|e| VolumeError::io(path, e))?;
+            // Removed inside the `.rsrc` folder already open (without following a link), not
+            // by path: a path through `.rsrc` could have been swapped for a link meanwhile and
+            // would remove a file of the same name anywhere (the review of stop 35).
+            rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty())
+                .map_err(|e| VolumeError::io(path, e.into()))?;
             open_in(&dir, name, flags | libc::O_EXCL, 0o666).map_err(|e| VolumeError::io(path, e))
         }
         Err(e) => Err(VolumeError::io(path, e)),

@@ -106,7 +106,12 @@ fn stamp(vol: &Volume, item: &DiskWork) -> Result<Stamped, VolumeError> {
         ResourceHeader::new(id, type_code, creator, (*ctime).max(0) as u32)
     })?;
     if fresh {
-        give_to_the_objects_owner(&pinned.path, &object.path);
+        // Named inside the `.rsrc` folder held open (opened without following a link): a path
+        // through `.rsrc` would let its owner swap it for a link after the write and send
+        // root's `chown` anywhere (the review of stop 35). Swapped already: no chown.
+        if let Ok(inside) = pin(root, &rsrc_path, 1) {
+            give_to_the_objects_owner(&inside.path, &object.path);
+        }
     }
     if *kind != Kind::Symlink && deskd_volume::read_id_xattr(&object.path) != Some(id) {
         // Checked again: a link swapped in for the object since is never followed.
