@@ -8,7 +8,7 @@ fn open_temp() -> (tempfile::TempDir, Desktop) {
     (dir, desk)
 }
 
-fn file(parent: u32, name: &[u8]) -> NewObject {
+pub(crate) fn file(parent: u32, name: &[u8]) -> NewObject {
     NewObject {
         parent,
         name: name.to_vec(),
@@ -30,7 +30,7 @@ fn dir(parent: u32, name: &[u8]) -> NewObject {
     }
 }
 
-fn add(desk: &mut Desktop, new: NewObject) -> u32 {
+pub(crate) fn add(desk: &mut Desktop, new: NewObject) -> u32 {
     let mut b = desk.batch().unwrap();
     let (o, _) = b.add(&new).unwrap();
     b.commit().unwrap();

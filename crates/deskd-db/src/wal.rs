@@ -271,22 +271,7 @@ mod tests {
         assert_eq!(pending_bytes(Some(&index), &path), 0);
         let wal_len = std::fs::metadata(wal_path(&path)).unwrap().len();
         assert_eq!(wal_len, opened.used_bytes(), "not truncated");
-        let mut batch = desktop.batch().unwrap();
-        batch
-            .add(&crate::NewObject {
-                parent: crate::ROOT_ID,
-                name: b"x".to_vec(),
-                kind: crate::Kind::File,
-                dev: 1,
-                ino: 1,
-                type_code: *b"UNIX",
-                creator: *b"UNKN",
-                flags: 0,
-                ctime: 0,
-                hint: None,
-            })
-            .unwrap();
-        batch.commit().unwrap();
+        crate::tests::add(&mut desktop, crate::tests::file(crate::ROOT_ID, b"x"));
         let restarted = index.read().unwrap();
         assert!(restarted.frames < opened.frames, "{restarted:?}");
         assert_eq!(restarted.backfilled, 0);
