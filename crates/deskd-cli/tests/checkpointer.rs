@@ -8,29 +8,18 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-fn status(env: &Env) -> serde_json::Value {
-    let out = env.deskd_ok(&["status", "--json"]);
-    serde_json::from_str(out.lines().next().unwrap()).unwrap()
-}
-
 /// A server of `vol` with the smallest `wal_limit` (1 MiB: the checkpointer is asked at
 /// 256 KiB not yet checkpointed), no timed checkpoint during the test, and its checkpoint
 /// rounds held until `release-checkpoint` exists.
 fn holding_checkpoints() -> Env {
     let mut env = Env::new(&["vol"]);
-    let cfg = env.path("deskd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[defaults]\nwal_limit = 1048576\nflush_delay = 3600\nidle_close = 3600\n[volume.\"{}\"]\n",
-            env.path("vol").display()
-        ),
-    )
-    .unwrap();
     let release = env.path("release-checkpoint").display().to_string();
     env.server_env
         .push(("DESKD_TEST_HOLD_CHECKPOINT_UNTIL".into(), release));
-    env.start(&["--config", cfg.to_str().unwrap()]);
+    env.serve_with_defaults(
+        "vol",
+        "wal_limit = 1048576\nflush_delay = 3600\nidle_close = 3600\n",
+    );
     env
 }
 
@@ -53,7 +42,7 @@ fn wal_len(env: &Env) -> u64 {
 fn wait_checkpointed(env: &Env) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let s = status(env);
+        let s = env.status_json();
         if s["wal_bytes"] == 0 {
             return s;
         }
@@ -78,7 +67,7 @@ fn a_write_is_answered_while_a_wal_limit_checkpoint_runs() {
         register_pipelined(&mut c, vol, &[name]);
         n += 1;
     }
-    assert_eq!(status(&env)["last_flush"], 0, "the round is held");
+    assert_eq!(env.status_json()["last_flush"], 0, "the round is held");
     // The round holds the checkpoint: writes are still answered, one by one and in a batch.
     let began = Instant::now();
     for i in 0..5 {
@@ -90,7 +79,7 @@ fn a_write_is_answered_while_a_wal_limit_checkpoint_runs() {
         "writes waited for the checkpoint: {:?}",
         began.elapsed()
     );
-    let before = status(&env);
+    let before = env.status_json();
     assert!(before["wal_bytes"].as_u64().unwrap() > 0, "{before}");
     // `deskd flush` waits for the running round, then truncates as it always did.
     let flush = env
@@ -114,7 +103,7 @@ fn the_wal_limit_checkpoint_reuses_the_wal_and_status_says_what_is_left() {
     std::fs::write(env.path("release-checkpoint"), b"").unwrap();
     // Past a quarter of the limit: the checkpointer copies it all, the WAL file stays.
     let mut batches = 0;
-    while status(&env)["last_flush"] == 0 {
+    while env.status_json()["last_flush"] == 0 {
         assert!(batches < 100, "no checkpoint: {}", env.log_text());
         register(&env, &format!("first{batches}"), 40);
         batches += 1;
@@ -126,7 +115,7 @@ fn the_wal_limit_checkpoint_reuses_the_wal_and_status_says_what_is_left() {
     // Writing on restarts the WAL from its start: the file does not grow, status counts only
     // the new frames.
     env.dt_ok(&[b"touch", b"vol/after"]);
-    let s = status(&env);
+    let s = env.status_json();
     let pending = s["wal_bytes"].as_u64().unwrap();
     assert!(pending > 0 && pending < 64 << 10, "{s}");
     assert_eq!(wal_len(&env), kept);
@@ -137,7 +126,7 @@ fn the_wal_limit_checkpoint_reuses_the_wal_and_status_says_what_is_left() {
         assert!(len < 3 << 20, "WAL grew to {len} bytes with a 1 MiB limit");
     }
     assert_eq!(
-        status(&env)["objects"].as_u64().unwrap(),
+        env.status_json()["objects"].as_u64().unwrap(),
         2 + 40 * batches + 1 + 1200
     );
 }
@@ -152,7 +141,7 @@ fn a_freeze_keeps_the_checkpointer_off_the_desktop() {
     // Far past a quarter of the limit, and past the limit itself: no checkpoint of any kind.
     register(&env, "frozen", 150);
     assert_eq!(std::fs::read(env.path("vol/.Desktop")).unwrap(), frozen);
-    let s = status(&env);
+    let s = env.status_json();
     assert!(s["wal_bytes"].as_u64().unwrap() > 1 << 20, "{s}");
     let refused = env.deskd(&["flush"]);
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
@@ -163,7 +152,7 @@ fn a_freeze_keeps_the_checkpointer_off_the_desktop() {
     wait_checkpointed(&env);
     assert_ne!(std::fs::read(env.path("vol/.Desktop")).unwrap(), frozen);
     assert_eq!(
-        status(&env)["objects"].as_u64().unwrap(),
+        env.status_json()["objects"].as_u64().unwrap(),
         1 + 1 + 1 + 150 + 1
     );
 }

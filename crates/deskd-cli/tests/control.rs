@@ -5,17 +5,12 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-fn status(env: &Env) -> serde_json::Value {
-    let out = env.deskd_ok(&["status", "--json"]);
-    serde_json::from_str(out.lines().next().unwrap()).unwrap()
-}
-
 #[test]
 fn status_flush_freeze_and_thaw() {
     let mut env = Env::new(&["vol"]);
     env.serve(&["vol"]);
     env.dt_ok(&[b"touch", b"vol/a", b"vol/b"]);
-    let s = status(&env);
+    let s = env.status_json();
     assert_eq!(s["objects"], 3);
     assert_eq!(s["clean_at_start"], true);
     assert!(s["frozen_until"].is_null());
@@ -28,7 +23,7 @@ fn status_flush_freeze_and_thaw() {
     );
 
     env.deskd_ok(&["flush"]);
-    let s = status(&env);
+    let s = env.status_json();
     assert!(s["last_flush"].as_i64().unwrap() > 0);
     assert_eq!(s["wal_bytes"], 0, "a flush empties the WAL");
     let db = env.path("vol/.Desktop");
@@ -43,7 +38,7 @@ fn status_flush_freeze_and_thaw() {
     let out = env.deskd_ok(&["freeze", "30"]);
     assert!(out.contains("frozen until"));
     let frozen_bytes = std::fs::read(&db).unwrap();
-    assert!(!status(&env)["frozen_until"].is_null());
+    assert!(!env.status_json()["frozen_until"].is_null());
     for i in 0..50 {
         env.dt_ok(&[b"touch", format!("vol/during-{i}").as_bytes()]);
     }
@@ -56,7 +51,7 @@ fn status_flush_freeze_and_thaw() {
         frozen_bytes,
         ".Desktop changed during the freeze"
     );
-    assert_eq!(status(&env)["objects"], 53, "writes were not blocked");
+    assert_eq!(env.status_json()["objects"], 53, "writes were not blocked");
     // Over freeze_max: clamped with the HELIOS-style message.
     let out = env.deskd_ok(&["freeze", "500"]);
     assert!(
@@ -64,7 +59,7 @@ fn status_flush_freeze_and_thaw() {
         "{out}"
     );
     env.deskd_ok(&["thaw"]);
-    assert!(status(&env)["frozen_until"].is_null());
+    assert!(env.status_json()["frozen_until"].is_null());
     env.deskd_ok(&["flush"]);
     assert_ne!(std::fs::read(&db).unwrap(), frozen_bytes);
     assert_eq!(
@@ -100,7 +95,7 @@ fn idle_close_and_flush_delay_checkpoint_by_themselves() {
     env.dt_ok(&[b"touch", b"vol/x"]);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let s = status(&env);
+        let s = env.status_json();
         if s["wal_bytes"] == 0 && s["last_flush"].as_i64().unwrap() > 0 {
             break;
         }
@@ -344,7 +339,7 @@ fn a_reader_holding_a_snapshot_does_not_hold_up_writes() {
     reader.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if status(&env)["wal_bytes"] == 0 {
+        if env.status_json()["wal_bytes"] == 0 {
             break;
         }
         assert!(
@@ -359,24 +354,18 @@ fn a_reader_holding_a_snapshot_does_not_hold_up_writes() {
         "{}",
         env.log_text()
     );
-    assert_eq!(status(&env)["objects"], 11);
+    assert_eq!(env.status_json()["objects"], 11);
 }
 
 #[test]
 fn wal_limit_bounds_the_wal() {
     let mut env = Env::new(&["vol"]);
-    let cfg = env.path("deskd.toml");
     // The smallest allowed limit (1 MiB); flush_delay and idle_close far away so only the
     // limit can checkpoint. (With no limit this load grows the WAL past 10 MB.)
-    std::fs::write(
-        &cfg,
-        format!(
-            "[defaults]\nwal_limit = 1048576\nflush_delay = 3600\nidle_close = 3600\n[volume.\"{}\"]\n",
-            env.path("vol").display()
-        ),
-    )
-    .unwrap();
-    env.start(&["--config", cfg.to_str().unwrap()]);
+    env.serve_with_defaults(
+        "vol",
+        "wal_limit = 1048576\nflush_delay = 3600\nidle_close = 3600\n",
+    );
     std::fs::create_dir(env.path("vol/many")).unwrap();
     let mut c = env.client();
     let vol = c.open_volume(&env.path("vol")).unwrap().vol;
@@ -400,7 +389,7 @@ fn wal_limit_bounds_the_wal() {
         max_wal < 3 << 20,
         "WAL grew to {max_wal} bytes with a 1 MiB limit"
     );
-    assert_eq!(status(&env)["objects"], 10_002);
+    assert_eq!(env.status_json()["objects"], 10_002);
 }
 
 #[test]
@@ -428,7 +417,7 @@ fn admin_verbs_need_root_or_the_volume_owner() {
     let out = as_nobody(&["status", "--json"]).unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        status(&env)["frozen_until"].is_null(),
+        env.status_json()["frozen_until"].is_null(),
         "nobody's freeze was refused"
     );
 }

@@ -107,6 +107,25 @@ impl Env {
         self.start(&refs)
     }
 
+    /// Serve `volume` (relative to the temp dir) with a deskd.toml whose `[defaults]` are the
+    /// lines `defaults` (each ending in a newline).
+    pub fn serve_with_defaults(&mut self, volume: &str, defaults: &str) -> Duration {
+        let cfg = self.path("deskd.toml");
+        let root = self.path(volume);
+        std::fs::write(
+            &cfg,
+            format!("[defaults]\n{defaults}[volume.\"{}\"]\n", root.display()),
+        )
+        .unwrap();
+        self.start(&["--config", cfg.to_str().unwrap()])
+    }
+
+    /// `deskd status --json`: the first volume's line.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.deskd_ok(&["status", "--json"]);
+        serde_json::from_str(out.lines().next().unwrap()).unwrap()
+    }
+
     fn wait_ready(&mut self, began: Instant) -> Duration {
         loop {
             if let Ok(mut c) = deskd_client::Client::connect(&self.socket, Duration::from_secs(5)) {
