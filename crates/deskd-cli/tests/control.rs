@@ -304,18 +304,7 @@ fn a_reader_holding_a_snapshot_does_not_hold_up_writes() {
     let vol = env.path("vol");
     env.start(&["--config", cfg.to_str().unwrap(), vol.to_str().unwrap()]);
     env.dt_ok(&[b"touch", b"vol/before"]);
-    let mut reader = std::process::Command::new("sqlite3")
-        .arg(env.path("vol/.Desktop"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = reader.stdin.take().unwrap();
-    use std::io::Write as _;
-    stdin
-        .write_all(b"BEGIN;\nSELECT count(*) FROM objects;\n")
-        .unwrap();
-    stdin.flush().unwrap();
+    let reader = Sqlite3Lock::read_snapshot(&env.path("vol/.Desktop"));
     // A write the reader's snapshot does not have: a checkpoint can copy everything the
     // reader sees, but not this. Once a timed checkpoint has found the reader (it says so),
     // every later one finds it too.
@@ -335,8 +324,7 @@ fn a_reader_holding_a_snapshot_does_not_hold_up_writes() {
         1,
         "logged once, not per retry: {log}"
     );
-    drop(stdin);
-    reader.wait().unwrap();
+    reader.release();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if env.status_json()["wal_bytes"] == 0 {

@@ -1104,11 +1104,26 @@ impl Cnid {
 
 // --- shared by helios_busy and netatalk_inserve ---
 
-/// The real `sqlite3` CLI holding the desktop's write lock until released.
+/// The real `sqlite3` CLI holding the desktop's write lock (or a read snapshot) until
+/// released.
 pub struct Sqlite3Lock(std::process::Child);
 
 impl Sqlite3Lock {
     pub fn take(desktop: &std::path::Path) -> Sqlite3Lock {
+        Sqlite3Lock::begin(desktop, "BEGIN IMMEDIATE; SELECT 'locked';\n")
+    }
+
+    /// A reader (a backup through SQLite, an admin's session) holding a snapshot of the
+    /// desktop as it is now: returns once sqlite3 has read from it.
+    pub fn read_snapshot(desktop: &std::path::Path) -> Sqlite3Lock {
+        Sqlite3Lock::begin(
+            desktop,
+            "BEGIN; SELECT count(*) FROM objects; SELECT 'locked';\n",
+        )
+    }
+
+    /// Run `sql`, ending in `SELECT 'locked'`, and wait until sqlite3 has answered it.
+    fn begin(desktop: &std::path::Path, sql: &str) -> Sqlite3Lock {
         let mut child = std::process::Command::new("sqlite3")
             .arg(desktop)
             .stdin(std::process::Stdio::piped())
@@ -1117,15 +1132,17 @@ impl Sqlite3Lock {
             .expect("the sqlite3 CLI is installed");
         use std::io::{BufRead, Write};
         let stdin = child.stdin.as_mut().unwrap();
-        stdin
-            .write_all(b"BEGIN IMMEDIATE; SELECT 'locked';\n")
-            .unwrap();
+        stdin.write_all(sql.as_bytes()).unwrap();
         stdin.flush().unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.as_mut().unwrap());
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "locked", "sqlite3 took the write lock");
+        while line.trim() != "locked" {
+            line.clear();
+            assert!(
+                out.read_line(&mut line).unwrap() > 0,
+                "sqlite3 ended before it answered {sql:?}"
+            );
+        }
         Sqlite3Lock(child)
     }
 
