@@ -11,9 +11,9 @@
 //! checkpoint has copied into the main file.
 
 use std::fs::File;
-use std::mem::ManuallyDrop;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
@@ -67,32 +67,52 @@ impl WalState {
 
 /// A desktop's wal-index (`.Desktop-shm`), opened once and read on demand.
 ///
-/// Its descriptor is **never closed**: SQLite locks the wal-index with POSIX record locks, and
-/// closing any descriptor of a file drops every such lock the process holds on it (the
-/// writer's, the readers', the one that tells other processes the index is in use), which can
-/// corrupt the desktop. So open one per opening of a desktop, keep it for as long as the
-/// process may have the desktop open, and share it (one descriptor per opening is what a
-/// reload costs).
+/// Its descriptor is **not closed** while SQLite may use the file: SQLite locks the wal-index
+/// with POSIX record locks, and closing any descriptor of a file drops every such lock the
+/// process holds on it (the writer's, the readers', the one that tells other processes the
+/// index is in use), which can corrupt the desktop. So the descriptors are kept in [`KEPT`]:
+/// an opening of the same file shares the one there, and one nobody uses is closed once SQLite
+/// has removed its file, so that reopening a volume again and again does not pile them up.
 pub struct WalIndex {
-    file: ManuallyDrop<File>,
+    file: Arc<File>,
 }
+
+/// Every wal-index descriptor this process opened and has not closed. One is closed only when
+/// no [`WalIndex`] uses it and its file has no name left: SQLite removes `-shm` only as the
+/// last connection to the desktop, in any process, closes (holding its exclusive lock), and no
+/// connection can open a file without a name, so no lock of this process is on it any more.
+/// (Whoever may write the volume's root could remove it under open connections; that alone
+/// already splits the connections that use it from those that come after.)
+static KEPT: Mutex<Vec<Arc<File>>> = Mutex::new(Vec::new());
 
 impl WalIndex {
     /// Open the wal-index beside `desktop`, which a connection must have open. Read-only, no
     /// link followed, and only a regular file (whoever may write the volume's root could put
-    /// something else there; a FIFO must not block the open).
+    /// something else there; a FIFO must not block the open). The descriptor of the same file
+    /// is shared when this process has one.
     pub fn open(desktop: &Path) -> std::io::Result<WalIndex> {
-        let file = ManuallyDrop::new(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(shm_path(desktop))?,
-        );
+        let path = shm_path(desktop);
+        let mut kept = KEPT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        kept.retain(|f| Arc::strong_count(f) > 1 || f.metadata().map_or(true, |m| m.nlink() > 0));
+        if let Ok(now) = std::fs::symlink_metadata(&path) {
+            let same = |f: &&Arc<File>| {
+                f.metadata()
+                    .is_ok_and(|m| (m.dev(), m.ino()) == (now.dev(), now.ino()))
+            };
+            if let Some(file) = kept.iter().find(same) {
+                return Ok(WalIndex { file: file.clone() });
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?;
         if !file.metadata()?.is_file() {
             // Not SQLite's index (SQLite's is a regular file): closing it drops no lock of it.
-            drop(ManuallyDrop::into_inner(file));
             return Err(std::io::Error::other("the wal-index is not a regular file"));
         }
+        let file = Arc::new(file);
+        kept.push(file.clone());
         Ok(WalIndex { file })
     }
 
@@ -285,6 +305,59 @@ mod tests {
         desktop.checkpoint(Duration::ZERO).unwrap();
         assert_eq!(std::fs::metadata(wal_path(&path)).unwrap().len(), 0);
         assert_eq!(pending_bytes(Some(&index), &path), 0);
+    }
+
+    /// This process's descriptors of `desktop`'s wal-index: (of the file there now, of
+    /// removed ones).
+    fn shm_descriptors(desktop: &Path) -> (usize, usize) {
+        let shm = shm_path(desktop);
+        let (mut live, mut removed) = (0, 0);
+        for fd in std::fs::read_dir("/proc/self/fd").unwrap() {
+            let Ok(target) = std::fs::read_link(fd.unwrap().path()) else {
+                continue;
+            };
+            if target == shm {
+                live += 1;
+            } else if target.as_os_str().as_encoded_bytes()
+                == [shm.as_os_str().as_encoded_bytes(), b" (deleted)"].concat()
+            {
+                removed += 1;
+            }
+        }
+        (live, removed)
+    }
+
+    #[test]
+    fn reopening_takes_the_index_back_and_closes_removed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".Desktop");
+        let (desktop, _) = Desktop::open(&path, Durability::Normal).unwrap();
+        let index = WalIndex::open(&path).unwrap();
+        let (sqlites, 0) = shm_descriptors(&path) else {
+            panic!("nothing removed yet");
+        };
+        // Opened again while the file is the same, and after: its descriptor is shared.
+        for _ in 0..3 {
+            drop(WalIndex::open(&path).unwrap());
+        }
+        drop(index);
+        let index = WalIndex::open(&path).unwrap();
+        assert!(index.read().is_some());
+        assert_eq!(shm_descriptors(&path), (sqlites, 0));
+        // A clean close removes the file (the last connection); the next opening closes the
+        // descriptor of the removed one.
+        drop(index);
+        desktop.close_clean().unwrap();
+        assert!(!shm_path(&path).exists());
+        assert_eq!(
+            shm_descriptors(&path),
+            (0, 1),
+            "kept until the next opening"
+        );
+        let (_desktop, _) = Desktop::open(&path, Durability::Normal).unwrap();
+        let index = WalIndex::open(&path).unwrap();
+        assert!(index.read().is_some());
+        assert_eq!(shm_descriptors(&path), (sqlites, 0));
     }
 
     #[test]
