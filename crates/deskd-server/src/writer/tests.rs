@@ -76,7 +76,18 @@ fn add(name: &'static str, connection: &Arc<TestConnection>) -> Job {
 
 /// A writer of a new desktop in `root`, and its commit count.
 fn writer_for(root: &Path) -> (Writer, Arc<AtomicU64>) {
-    let config = config_for(root);
+    writer_configured(root, config_for(root))
+}
+
+/// [`writer_for`] with `wal_limit` set before the writer is made, so that the WAL's size limit
+/// and the checkpointer's restart threshold follow it, as in the server.
+fn writer_with_wal_limit(root: &Path, wal_limit: u64) -> Writer {
+    let mut config = config_for(root);
+    config.wal_limit = wal_limit;
+    writer_configured(root, config).0
+}
+
+fn writer_configured(root: &Path, config: VolumeConfig) -> (Writer, Arc<AtomicU64>) {
     let volume = Volume::new(root).unwrap();
     let path = volume.root().join(deskd_volume::DESKTOP_FILE);
     let lock = crate::desktop_lock::lock_exclusive(&path, volume.root()).unwrap();
@@ -93,6 +104,13 @@ fn writer_for(root: &Path) -> (Writer, Arc<AtomicU64>) {
         Vec::new(),
     );
     (writer, commits)
+}
+
+/// Shut the writer thread down, and wait until it has.
+fn shut_down(tx: &Sender<Job>) {
+    let (done, stopped) = crossbeam_channel::bounded(1);
+    tx.send(Job::Shutdown(done)).unwrap();
+    stopped.recv_timeout(Duration::from_secs(10)).unwrap();
 }
 
 /// Queue `jobs` and then a shutdown before the writer runs, so that they all wait in its
@@ -318,9 +336,7 @@ fn a_write_waits_while_another_process_holds_the_desktop_and_commits_after() {
     let reader = deskd_db::Reader::open(&desktop).unwrap();
     assert_eq!(reader.get(id_of(&sent[0].1)).unwrap().name, b"a");
     assert_eq!(commits.load(Ordering::SeqCst), 1);
-    let (done, stopped) = crossbeam_channel::bounded(1);
-    tx.send(Job::Shutdown(done)).unwrap();
-    stopped.recv_timeout(Duration::from_secs(10)).unwrap();
+    shut_down(&tx);
 }
 
 #[test]
@@ -357,9 +373,7 @@ fn a_write_that_waited_busy_wait_gets_busy_and_records_nothing() {
     assert_eq!(commits.load(Ordering::SeqCst), 0);
     let reader = deskd_db::Reader::open(&desktop).unwrap();
     assert_eq!(reader.stats().unwrap().objects, before.objects);
-    let (done, stopped) = crossbeam_channel::bounded(1);
-    tx.send(Job::Shutdown(done)).unwrap();
-    stopped.recv_timeout(Duration::from_secs(10)).unwrap();
+    shut_down(&tx);
 }
 
 #[test]
@@ -448,9 +462,7 @@ fn a_lone_write_is_committed_and_answered_by_the_thread_that_read_it() {
     let reader = deskd_db::Reader::open(&desktop).unwrap();
     assert_eq!(reader.get(id_of(&sent[0].1)).unwrap().name, b"a");
     // The writer thread still serves its queue afterwards.
-    let (done, stopped) = crossbeam_channel::bounded(1);
-    tx.send(Job::Shutdown(done)).unwrap();
-    stopped.recv_timeout(Duration::from_secs(10)).unwrap();
+    shut_down(&tx);
 }
 
 #[test]
@@ -556,10 +568,8 @@ fn commit_here(share: &WriterShare, tx: &Sender<Job>, name: &'static str) -> Rep
 fn writes_are_answered_while_a_checkpoint_runs_beside_them() {
     let dir = tempfile::tempdir().unwrap();
     let names = many_files(dir.path(), "f", 40);
-    let (mut writer, _) = writer_for(dir.path());
-    writer.config.wal_limit = 1 << 20;
+    let writer = writer_with_wal_limit(dir.path(), 1 << 20);
     let checkpointer = writer.checkpointer.clone().expect("a checkpointer thread");
-    checkpointer.restart_above(checkpoint::background_at(1 << 20));
     let desktop = dir.path().join(deskd_volume::DESKTOP_FILE);
     let state = writer.state.clone();
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -589,9 +599,7 @@ fn writes_are_answered_while_a_checkpoint_runs_beside_them() {
     let wal = deskd_db::wal_path(&desktop);
     let kept = std::fs::metadata(&wal).unwrap().len();
     assert!(kept >= pending, "the WAL file is kept, not truncated");
-    let (done, stopped) = crossbeam_channel::bounded(1);
-    tx.send(Job::Shutdown(done)).unwrap();
-    stopped.recv_timeout(Duration::from_secs(10)).unwrap();
+    shut_down(&tx);
     let reader = deskd_db::Reader::open(&desktop).unwrap();
     assert_eq!(reader.stats().unwrap().objects, 41);
 }
@@ -600,20 +608,8 @@ fn writes_are_answered_while_a_checkpoint_runs_beside_them() {
 fn a_write_burst_reuses_the_wal_within_its_limit() {
     let dir = tempfile::tempdir().unwrap();
     let names = many_files(dir.path(), "g", 600);
-    let (mut writer, _) = writer_for(dir.path());
     let limit = 1 << 20;
-    writer.config.wal_limit = limit;
-    writer
-        .desktop
-        .as_ref()
-        .unwrap()
-        .set_wal_size_limit(limit)
-        .unwrap();
-    writer
-        .checkpointer
-        .as_ref()
-        .unwrap()
-        .restart_above(checkpoint::background_at(limit));
+    let writer = writer_with_wal_limit(dir.path(), limit);
     let desktop = dir.path().join(deskd_volume::DESKTOP_FILE);
     let wal = deskd_db::wal_path(&desktop);
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -638,9 +634,7 @@ fn a_write_burst_reuses_the_wal_within_its_limit() {
         longest <= limit + (64 << 10),
         "the WAL grew to {longest} bytes"
     );
-    let (done, stopped) = crossbeam_channel::bounded(1);
-    tx.send(Job::Shutdown(done)).unwrap();
-    stopped.recv_timeout(Duration::from_secs(10)).unwrap();
+    shut_down(&tx);
     let reader = deskd_db::Reader::open(&desktop).unwrap();
     assert_eq!(reader.stats().unwrap().objects, 601);
 }
@@ -649,10 +643,8 @@ fn a_write_burst_reuses_the_wal_within_its_limit() {
 fn the_wal_restarts_even_when_a_reader_kept_the_first_commit_after_a_checkpoint_from_it() {
     let dir = tempfile::tempdir().unwrap();
     let names = many_files(dir.path(), "h", 40);
-    let (mut writer, _) = writer_for(dir.path());
-    writer.config.wal_limit = 1 << 20;
+    let writer = writer_with_wal_limit(dir.path(), 1 << 20);
     let checkpointer = writer.checkpointer.clone().unwrap();
-    checkpointer.restart_above(checkpoint::background_at(1 << 20));
     let desktop = dir.path().join(deskd_volume::DESKTOP_FILE);
     let index = deskd_db::WalIndex::open(&desktop).unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -688,7 +680,5 @@ fn the_wal_restarts_even_when_a_reader_kept_the_first_commit_after_a_checkpoint_
     assert!(commit_here(&share, &tx, names[31]).is_ok());
     let restarted = index.read().unwrap();
     assert!(restarted.frames < before.frames, "{restarted:?}");
-    let (done, stopped) = crossbeam_channel::bounded(1);
-    tx.send(Job::Shutdown(done)).unwrap();
-    stopped.recv_timeout(Duration::from_secs(10)).unwrap();
+    shut_down(&tx);
 }
