@@ -76,7 +76,7 @@ struct Shared {
     commits: Arc<AtomicU64>,
     /// Where `last_flush` is kept for status.
     state: Arc<Mutex<SharedState>>,
-    index: Option<Arc<WalIndex>>,
+    index: Arc<WalIndex>,
     root: String,
 }
 
@@ -109,7 +109,6 @@ impl Checkpointer {
         index: Arc<WalIndex>,
         root: &Path,
     ) -> std::io::Result<Checkpointer> {
-        let index = Some(index);
         let conn = CheckpointConnection::open(path, durability)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let shared = Arc::new(Shared {
@@ -230,7 +229,7 @@ impl Shared {
         let mut watched = false;
         loop {
             let restart_above = self.signal.lock().unwrap().restart_above;
-            let Some(wal) = self.index.as_ref().and_then(|i| i.read()) else {
+            let Some(wal) = self.index.read() else {
                 return false;
             };
             if wal.used_bytes() < restart_above {
