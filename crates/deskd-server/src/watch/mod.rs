@@ -25,8 +25,8 @@ mod thread;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -53,8 +53,10 @@ pub(crate) struct Running {
     source: Mutex<Option<Box<dyn ChangeSource>>>,
     stopper: Option<Box<dyn Fn() + Send + Sync>>,
     stopping: AtomicBool,
-    /// Barriers waiting for the source: the thread lets them have it before its next read.
-    barrier_waiting: AtomicUsize,
+    /// Barriers waiting for the source: the thread lets them have it before its next read,
+    /// waiting on `barriers_done` until none is left (or the watcher stops).
+    barriers_waiting: Mutex<usize>,
+    barriers_done: Condvar,
     figures: Mutex<WatchFigures>,
     rescans: Mutex<rescan::RescanState>,
     /// Stamps whose objects had moved on before the disk work, since when.
@@ -62,6 +64,36 @@ pub(crate) struct Running {
     /// Creates of the last batch whose path was stale, tried once more with the next.
     unplaced: Mutex<Vec<deskd_watch::Change>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Running {
+    fn new(opening: u64, mode: WatchMode, queue: Option<usize>, opened: kernel::Opened) -> Running {
+        Running {
+            opening,
+            mode,
+            queue,
+            source: Mutex::new(opened.source),
+            stopper: opened.stopper,
+            stopping: AtomicBool::new(false),
+            barriers_waiting: Mutex::new(0),
+            barriers_done: Condvar::new(),
+            figures: Mutex::new(WatchFigures::new(opened.kind, opened.note)),
+            rescans: Mutex::default(),
+            moved_on: Mutex::default(),
+            unplaced: Mutex::default(),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Wait until no barrier waits for the source any more, or the watcher stops.
+    fn let_barriers_pass(&self) {
+        let waiting = self.barriers_waiting.lock().unwrap();
+        drop(
+            self.barriers_done
+                .wait_while(waiting, |n| *n > 0 && !self.stopping.load(Ordering::SeqCst))
+                .unwrap(),
+        );
+    }
 }
 
 /// The watchers of the served volumes, by handle. Clones share them.
@@ -109,19 +141,9 @@ fn start_with(
 ) {
     let root = handle.volume.root().display().to_string();
     let opened = if handle.read_only() {
-        kernel::Opened {
-            source: None,
-            stopper: None,
-            kind: "off",
-            note: Some("the volume is read-only".into()),
-        }
+        kernel::Opened::off("the volume is read-only")
     } else if mode == WatchMode::Off {
-        kernel::Opened {
-            source: None,
-            stopper: None,
-            kind: "off",
-            note: Some("watch = \"off\"".into()),
-        }
+        kernel::Opened::off("watch = \"off\"")
     } else {
         kernel::open(handle.volume.root(), mode, queue)
     };
@@ -140,20 +162,7 @@ fn start_with(
         }
     }
     let watching = opened.source.is_some();
-    let running = Arc::new(Running {
-        opening: handle.opening,
-        mode,
-        queue,
-        source: Mutex::new(opened.source),
-        stopper: opened.stopper,
-        stopping: AtomicBool::new(false),
-        barrier_waiting: AtomicUsize::new(0),
-        figures: Mutex::new(WatchFigures::new(opened.kind, opened.note)),
-        rescans: Mutex::default(),
-        moved_on: Mutex::default(),
-        unplaced: Mutex::default(),
-        thread: Mutex::new(None),
-    });
+    let running = Arc::new(Running::new(handle.opening, mode, queue, opened));
     if let Some(old) = registry
         .0
         .lock()
@@ -237,6 +246,9 @@ pub(crate) fn stop_all(registry: &Registry) {
 
 fn stop_running(running: &Running) {
     running.stopping.store(true, Ordering::SeqCst);
+    // Taken after `stopping` is set: a thread waiting for barriers sees it when woken.
+    drop(running.barriers_waiting.lock().unwrap());
+    running.barriers_done.notify_all();
     if let Some(stop) = &running.stopper {
         stop();
     }
@@ -267,9 +279,15 @@ pub(crate) fn barrier(
     let Some(running) = registry.of(handle) else {
         return;
     };
-    running.barrier_waiting.fetch_add(1, Ordering::SeqCst);
+    *running.barriers_waiting.lock().unwrap() += 1;
     let mut source = running.source.lock().unwrap();
-    running.barrier_waiting.fetch_sub(1, Ordering::SeqCst);
+    {
+        let mut waiting = running.barriers_waiting.lock().unwrap();
+        *waiting -= 1;
+        if *waiting == 0 {
+            running.barriers_done.notify_all();
+        }
+    }
     let Some(source) = source.as_mut() else {
         return;
     };

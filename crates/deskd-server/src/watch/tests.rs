@@ -35,20 +35,13 @@ impl Vol {
         let mut config = config_for(&root);
         config.replaced = replaced;
         let handle = VolumeHandle::open(0, config).unwrap();
-        let running = Arc::new(Running {
-            opening: handle.opening,
-            mode: WatchMode::Auto,
-            queue: None,
-            source: Mutex::new(None),
+        let opened = kernel::Opened {
+            source: None,
             stopper: None,
-            stopping: AtomicBool::new(false),
-            barrier_waiting: AtomicUsize::new(0),
-            figures: Mutex::new(WatchFigures::new("inotify", None)),
-            rescans: Mutex::default(),
-            moved_on: Mutex::default(),
-            unplaced: Mutex::default(),
-            thread: Mutex::new(None),
-        });
+            kind: "inotify",
+            note: None,
+        };
+        let running = Arc::new(Running::new(handle.opening, WatchMode::Auto, None, opened));
         Vol {
             _dir: dir,
             root,

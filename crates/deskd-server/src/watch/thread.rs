@@ -72,11 +72,7 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
             }
         }
         // A barrier waiting for the source gets it before the next read.
-        while running.barrier_waiting.load(Ordering::SeqCst) > 0
-            && !running.stopping.load(Ordering::SeqCst)
-        {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        running.let_barriers_pass();
     }
 }
 
