@@ -145,8 +145,6 @@ pub struct WatchedOutcome {
     /// The writer could not apply the batch (closed, full disk, busy desktop): nothing was
     /// recorded.
     pub refused: Option<String>,
-    /// The writer's [`Young`] while the batch is applied (taken back by [`apply_all`]).
-    young: Young,
 }
 
 impl WatchedOutcome {
@@ -176,7 +174,8 @@ pub fn components(path: &Path) -> Option<Vec<Vec<u8>>> {
 }
 
 /// Apply `changes` inside the batch, in order, walking as the server (trusted). A change that
-/// fails is reported in [`WatchedOutcome::failed`] and the others still apply.
+/// fails is reported in [`WatchedOutcome::failed`] and the others still apply. `young` is the
+/// writer's, kept between batches.
 pub fn apply_all(
     b: &mut deskd_db::Batch<'_>,
     vol: &deskd_volume::Volume,
@@ -184,10 +183,7 @@ pub fn apply_all(
     changes: &[Change],
     young: &mut Young,
 ) -> WatchedOutcome {
-    let mut out = WatchedOutcome {
-        young: std::mem::take(young),
-        ..WatchedOutcome::default()
-    };
+    let mut out = WatchedOutcome::default();
     let last_id = b.meta("last_id").ok().flatten().unwrap_or(0) as u32;
     let mut cache = super::DirCache::default();
     let access = crate::access::Access::Trusted;
@@ -199,13 +195,12 @@ pub fn apply_all(
         replaced,
     };
     for change in &follow_directory_moves(&without_replaced_creates(changes)) {
-        match apply_change(w, change, last_id, &mut out) {
+        match apply_change(w, change, last_id, young, &mut out) {
             Ok(true) => out.applied += 1,
             Ok(false) => out.unchanged += 1,
             Err(e) => out.failed.push(format!("{change:?}: {}", e.message)),
         }
     }
-    *young = std::mem::take(&mut out.young);
     out
 }
 
@@ -283,6 +278,7 @@ pub(super) fn apply_change(
     w: &mut Writing<'_, '_>,
     change: &Change,
     last_id: u32,
+    young: &mut Young,
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
     match change {
@@ -290,7 +286,7 @@ pub(super) fn apply_change(
             let Some(names) = components(path) else {
                 return Ok(false);
             };
-            let applied = created(w, &names, last_id, out)?;
+            let applied = created(w, &names, last_id, young, out)?;
             if !applied && std::fs::symlink_metadata(w.vol.path_of(&names)).is_err() {
                 out.unplaced.push(change.clone());
             }
@@ -306,7 +302,7 @@ pub(super) fn apply_change(
             let (Some(from), Some(to)) = (components(from), components(to)) else {
                 return Ok(false);
             };
-            moved(w, &from, &to, last_id, out)
+            moved(w, &from, &to, last_id, young, out)
         }
         Change::Rescan { path } => {
             let Some(names) = components(path) else {
@@ -317,7 +313,7 @@ pub(super) fn apply_change(
                 out.needs_repair = true;
                 return Ok(false);
             }
-            rescan(w, &names, last_id, out)
+            rescan(w, &names, last_id, young, out)
         }
     }
 }
@@ -457,6 +453,7 @@ fn created(
     w: &mut Writing<'_, '_>,
     names: &[Vec<u8>],
     last_id: u32,
+    young: &mut Young,
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
     if names.is_empty() {
@@ -490,7 +487,7 @@ fn created(
             .as_ref()
             .is_none_or(|b| b.id != object.id || (b.dev, b.ino) != (object.dev, object.ino));
     if created && node.kind != Kind::Dir {
-        out.young.note(object.id, Instant::now());
+        young.note(object.id, Instant::now());
     }
     let mut below = false;
     if node.kind == Kind::Dir {
@@ -676,6 +673,7 @@ fn moved(
     from: &[Vec<u8>],
     to: &[Vec<u8>],
     last_id: u32,
+    young: &mut Young,
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
     if from.is_empty() || to.is_empty() {
@@ -698,11 +696,11 @@ fn moved(
         // Not registered at `from` (never, or `dt mv` already recorded the move): what is at
         // `to` is registered there; a record left at `from` goes if its object is gone.
         let gone = removed(w, from, out)?;
-        return Ok(created(w, to, last_id, out)? || gone);
+        return Ok(created(w, to, last_id, young, out)? || gone);
     };
     if verify_gone(w.vol, &source, from).is_err() {
         // Still at `from` too: a hard link made and then renamed. The new name is registered.
-        return created(w, to, last_id, out);
+        return created(w, to, last_id, young, out);
     }
     let target = registered(w.b, to)?.filter(|t| t.id != source.id);
     let (to_name, to_parent) = to.split_last().expect("not the root");
@@ -720,9 +718,9 @@ fn moved(
             if w.replaced == Replaced::KeepId
                 && source.kind != Kind::Dir
                 && target.kind == source.kind
-                && out.young.is_young(source.id, Instant::now()) =>
+                && young.is_young(source.id, Instant::now()) =>
         {
-            out.young.forget(source.id);
+            young.forget(source.id);
             // The name keeps its ID (a save by write-temp-then-rename): its record takes the
             // moved inode, the moved object's record goes.
             w.b.delete(source.id, true).map_err(db_error)?;
@@ -758,6 +756,7 @@ fn rescan(
     w: &mut Writing<'_, '_>,
     names: &[Vec<u8>],
     last_id: u32,
+    young: &mut Young,
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
     let Some(walked) = walk_to(w, names) else {
@@ -766,7 +765,7 @@ fn rescan(
     let mut changed = false;
     if !names.is_empty() {
         // A folder's create drops the records of what is gone from it as well.
-        return created(w, names, last_id, out);
+        return created(w, names, last_id, young, out);
     } else {
         let mut budget = MAX_TREE;
         changed |= register_tree(w, names, &walked, last_id, out, &mut budget)?;
