@@ -472,7 +472,7 @@ fn created(
         before = None;
     }
     let folders = first_unregistered_above(w, names)?;
-    let (object, created) = register_following(
+    let done = register_following(
         w,
         names,
         &walked.nodes,
@@ -482,12 +482,8 @@ fn created(
         out,
     )?;
     stamp_folders_on_the_way(w, names, folders, out)?;
-    let changed = created
-        || before
-            .as_ref()
-            .is_none_or(|b| b.id != object.id || (b.dev, b.ino) != (object.dev, object.ino));
-    if created && node.kind != Kind::Dir {
-        young.note(object.id, Instant::now());
+    if done.created && node.kind != Kind::Dir {
+        young.note(done.object.id, Instant::now());
     }
     let mut below = false;
     if node.kind == Kind::Dir {
@@ -499,7 +495,16 @@ fn created(
             below |= drop_vanished_below(w, names, out)?;
         }
     }
-    Ok(changed || below)
+    Ok(done.changed || below)
+}
+
+/// What [`register_following`] did.
+struct Registered {
+    object: Object,
+    /// A new record was made.
+    created: bool,
+    /// The desktop changed at the name: a new record, or another ID or inode than `before`.
+    changed: bool,
 }
 
 /// Register the object at `names` (walked as `nodes`, the last being `node`; `before` is the
@@ -516,7 +521,7 @@ fn register_following(
     before: Option<&Object>,
     last_id: u32,
     out: &mut WatchedOutcome,
-) -> Result<(Object, bool), ErrorReply> {
+) -> Result<Registered, ErrorReply> {
     let claimed = claim(w, names, node);
     let claimed_at = claimed
         .id
@@ -535,7 +540,11 @@ fn register_following(
         _ if changed => out.disk.push(stamp(names, &object)),
         _ => {}
     }
-    Ok((object, created))
+    Ok(Registered {
+        object,
+        created,
+        changed,
+    })
 }
 
 /// Register every entry below the directory `names` (walked as `walked`), depth first, no
@@ -603,7 +612,7 @@ fn register_tree(
             let mut child_nodes = dir_nodes.clone();
             child_nodes.push(node);
             let before = registered(w.b, &child_names)?;
-            let (object, created) = match register_following(
+            let done = match register_following(
                 w,
                 &child_names,
                 &child_nodes,
@@ -618,11 +627,7 @@ fn register_tree(
                     continue;
                 }
             };
-            let changed = created
-                || before.as_ref().is_none_or(|b| {
-                    b.id != object.id || (b.dev, b.ino) != (object.dev, object.ino)
-                });
-            any |= changed;
+            any |= done.changed;
             if kind == Kind::Dir {
                 // Opened below the folder just listed, never through a link; a directory
                 // swapped for one since the stat is not entered.
