@@ -46,8 +46,8 @@ pub struct VolumePrefs {
     /// delete and create) keeps: its ID (`keep-id`, the default) or not (`new-id`, Netatalk's
     /// rule).
     pub replaced: Option<Replaced>,
-    /// Live tracking of changes made outside deskd (issue 23): `auto` (default), `fanotify`,
-    /// `inotify` or `off` ([`crate::watch`]).
+    /// Live tracking of changes made outside deskd (issue 23): `off` (default), `auto`,
+    /// `fanotify` or `inotify` ([`crate::watch`]).
     pub watch: Option<deskd_watch::WatchMode>,
     /// Test setting: the watcher reports an overflow once more than this many events wait
     /// (forces the overflow rescan); unset, only the kernel's own overflow counts.
