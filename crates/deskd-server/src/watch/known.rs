@@ -18,26 +18,34 @@ use deskd_db::Read;
 use deskd_watch::Change;
 use rustix::fs::{AtFlags, FileType, CWD};
 
+use super::Running;
 use crate::volume::VolumeHandle;
 
-/// `changes` without the creates the desktop already has. Any error keeps the change.
-pub(super) fn drop_known(handle: &VolumeHandle, changes: Vec<Change>) -> Vec<Change> {
+/// `changes` without the creates the desktop already has, read through the watcher's read
+/// connection. Any error keeps the change.
+pub(super) fn drop_known(
+    running: &Running,
+    handle: &VolumeHandle,
+    changes: Vec<Change>,
+) -> Vec<Change> {
     if !changes.iter().any(|c| matches!(c, Change::Created { .. })) {
         return changes;
     }
-    let Ok(reader) = handle.open_reader() else {
-        return changes;
-    };
     let root = handle.volume.root();
-    changes
-        .into_iter()
-        .filter(|change| {
-            let Change::Created { path, dir } = change else {
-                return true;
-            };
-            !known(&*reader, root, path, *dir)
-        })
-        .collect()
+    running.with_reader(handle, |reader| {
+        let Some(reader) = reader else {
+            return changes;
+        };
+        changes
+            .into_iter()
+            .filter(|change| {
+                let Change::Created { path, dir } = change else {
+                    return true;
+                };
+                !known(&**reader, root, path, *dir)
+            })
+            .collect()
+    })
 }
 
 /// Whether the desktop records the object now at `path` (same inode), and, for a folder,

@@ -36,6 +36,7 @@ use tracing::{info, warn};
 
 use crate::config::VolumeConfig;
 use crate::limits::RateLimited;
+use crate::mapped_reader::MappedReader;
 use crate::rebuild;
 use crate::volume::VolumeHandle;
 use figures::WatchFigures;
@@ -63,6 +64,9 @@ pub(crate) struct Running {
     moved_on: Mutex<Vec<(crate::apply::watched::DiskWork, std::time::Instant)>>,
     /// Creates of the last batch whose path was stale, tried once more with the next.
     unplaced: Mutex<Vec<deskd_watch::Change>>,
+    /// The read connection of [`known`] and of the stamps tried again, opened at first need
+    /// and kept while the watcher runs (closed by [`stop_running`]).
+    reader: Mutex<Option<MappedReader>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -81,8 +85,31 @@ impl Running {
             rescans: Mutex::default(),
             moved_on: Mutex::default(),
             unplaced: Mutex::default(),
+            reader: Mutex::new(None),
             thread: Mutex::new(None),
         }
+    }
+
+    /// `f` with the watcher's read connection to the desktop (None: it cannot be opened). A
+    /// stopped watcher keeps none: a barrier that still runs after the stop gets its own.
+    fn with_reader<T>(
+        &self,
+        handle: &VolumeHandle,
+        f: impl FnOnce(Option<&MappedReader>) -> T,
+    ) -> T {
+        let mut kept = self.reader.lock().unwrap();
+        if self.stopping.load(Ordering::SeqCst) {
+            drop(kept);
+            return f(handle.open_reader().ok().as_ref());
+        }
+        if kept.is_none() {
+            *kept = handle.open_reader().ok();
+        }
+        if let Some(reader) = kept.as_mut() {
+            // Maps more of the desktop as it grows, as a client's connection does.
+            reader.refresh(true);
+        }
+        f(kept.as_ref())
     }
 
     /// Wait until no barrier waits for the source any more, or the watcher stops.
@@ -255,6 +282,8 @@ fn stop_running(running: &Running) {
     if let Some(join) = running.thread.lock().unwrap().take() {
         let _ = join.join();
     }
+    // Not kept past the stop: the desktop is closed next.
+    *running.reader.lock().unwrap() = None;
 }
 
 /// Wait, at most `limit`, while the server's own rescan of the volume runs (a `rebuild` asked

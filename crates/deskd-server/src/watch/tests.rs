@@ -418,3 +418,20 @@ fn an_overflow_is_counted() {
         Some("overflow")
     );
 }
+
+#[test]
+fn the_watcher_keeps_its_read_connection_until_it_is_stopped() {
+    let v = Vol::new();
+    fs::write(v.p("a"), b"").unwrap();
+    v.feed(vec![created("a")]);
+    assert!(v.id("a").is_some());
+    assert!(
+        v.running.reader.lock().unwrap().is_some(),
+        "opened for the known creates, and kept for the next batch"
+    );
+    stop_running(&v.running);
+    assert!(
+        v.running.reader.lock().unwrap().is_none(),
+        "no read connection past the stop: the desktop is closed next"
+    );
+}

@@ -94,7 +94,10 @@ fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) ->
     let mut waiting = running.moved_on.lock().unwrap();
     let earlier = std::mem::take(&mut *waiting);
     if !earlier.is_empty() {
-        if let Ok(reader) = handle.open_reader() {
+        running.with_reader(handle, |reader| {
+            let Some(reader) = reader else {
+                return;
+            };
             for (mut work, since) in earlier {
                 let DiskWork::Stamp { id, path, .. } = &mut work else {
                     continue;
@@ -109,7 +112,7 @@ fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) ->
                     waiting.push((work, since));
                 }
             }
-        }
+        });
     }
     for work in done.moved_on {
         if waiting.len() < MAX_MOVED_ON {
@@ -166,7 +169,7 @@ pub(crate) fn process(
         .collect();
     let mut changes = carried;
     changes.extend(batch.changes);
-    let changes = super::known::drop_known(handle, changes);
+    let changes = super::known::drop_known(running, handle, changes);
     let outcome = if changes.is_empty() {
         Some(crate::apply::watched::WatchedOutcome::default())
     } else {
