@@ -51,15 +51,11 @@ pub(super) fn drop_known(
 /// Whether the desktop records the object now at `path` (same inode), and, for a folder,
 /// whether it is still empty (only a `.rsrc` in it).
 fn known(reader: &impl Read, root: &std::path::Path, path: &std::path::Path, dir: bool) -> bool {
-    let names: Vec<&[u8]> = path
-        .as_os_str()
-        .as_bytes()
-        .split(|&b| b == b'/')
-        .filter(|n| !n.is_empty() && *n != b".")
-        .collect();
-    if names.is_empty() || names.iter().any(|n| *n == b"..") {
+    // The names as the writer reads them: deskd's own, `..` or the root are not dropped here.
+    let Some(names) = crate::apply::watched::components(path).filter(|n| !n.is_empty()) else {
         return false;
-    }
+    };
+    let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
     let Ok(Some(id)) = reader.id_of_path(&names) else {
         return false;
     };
