@@ -59,6 +59,9 @@ pub(crate) struct Running {
     barriers_waiting: Mutex<usize>,
     barriers_done: Condvar,
     figures: Mutex<WatchFigures>,
+    /// The warnings of changes not applied as seen, at most one per 10 s whether the thread
+    /// or a barrier met them.
+    failures: RateLimited,
     rescans: Mutex<rescan::RescanState>,
     /// Stamps whose objects had moved on before the disk work, since when.
     moved_on: Mutex<Vec<(crate::apply::watched::DiskWork, std::time::Instant)>>,
@@ -82,6 +85,7 @@ impl Running {
             barriers_waiting: Mutex::new(0),
             barriers_done: Condvar::new(),
             figures: Mutex::new(WatchFigures::new(opened.kind, opened.note)),
+            failures: RateLimited::new(Duration::from_secs(10)),
             rescans: Mutex::default(),
             moved_on: Mutex::default(),
             unplaced: Mutex::default(),
@@ -320,9 +324,8 @@ pub(crate) fn barrier(
     let Some(source) = source.as_mut() else {
         return;
     };
-    let quiet = RateLimited::new(Duration::from_secs(10));
     match source.drain_now() {
-        Ok(batch) => thread::process(&running, handle, rebuilds, batch, &quiet),
+        Ok(batch) => thread::process(&running, handle, rebuilds, batch),
         Err(e) => warn!(
             "watching {}: the flush barrier could not read the queue: {e}",
             handle.volume.root().display()

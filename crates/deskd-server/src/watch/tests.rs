@@ -58,8 +58,7 @@ impl Vol {
             overflow: false,
             oldest: Some(std::time::Instant::now()),
         };
-        let quiet = RateLimited::new(Duration::from_secs(10));
-        thread::process(&self.running, &self.handle, &self.rebuilds, batch, &quiet);
+        thread::process(&self.running, &self.handle, &self.rebuilds, batch);
     }
 
     fn id(&self, path: &str) -> Option<u32> {
@@ -408,8 +407,7 @@ fn an_overflow_is_counted() {
         overflow: true,
         oldest: None,
     };
-    let quiet = RateLimited::new(Duration::from_secs(10));
-    thread::process(&v.running, &v.handle, &v.rebuilds, batch, &quiet);
+    thread::process(&v.running, &v.handle, &v.rebuilds, batch);
     let f = v.running.figures.lock().unwrap();
     assert_eq!(f.overflows, 1);
     assert!(f.last_overflow.is_some());
