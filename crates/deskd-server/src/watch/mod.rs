@@ -63,6 +63,8 @@ pub(crate) struct Running {
     /// or a barrier met them.
     failures: RateLimited,
     rescans: Mutex<rescan::RescanState>,
+    /// Told when no rescan runs any more ([`wait_for_rescan`]).
+    rescans_done: Condvar,
     /// Stamps whose objects had moved on before the disk work, since when.
     moved_on: Mutex<Vec<(crate::apply::watched::DiskWork, std::time::Instant)>>,
     /// Creates of the last batch whose path was stale, tried once more with the next.
@@ -87,6 +89,7 @@ impl Running {
             figures: Mutex::new(WatchFigures::new(opened.kind, opened.note)),
             failures: RateLimited::new(Duration::from_secs(10)),
             rescans: Mutex::default(),
+            rescans_done: Condvar::new(),
             moved_on: Mutex::default(),
             unplaced: Mutex::default(),
             reader: Mutex::new(None),
@@ -296,10 +299,7 @@ pub(crate) fn wait_for_rescan(registry: &Registry, handle: &VolumeHandle, limit:
     let Some(running) = registry.of(handle) else {
         return;
     };
-    let began = std::time::Instant::now();
-    while rescan::running(&running) && began.elapsed() < limit {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    rescan::wait(&running, limit);
 }
 
 /// The barrier of `deskd flush` (and freeze): apply every change the kernel has queued for
