@@ -42,6 +42,16 @@ fn flush(env: &Env, vol: &Path) {
     env.deskd_ok(&["flush", "--volume", vol.to_str().unwrap()]);
 }
 
+/// The value of the volume's sample of the metric `name` in `deskd metrics` (None: no sample:
+/// an unwatched volume has none of the `deskd_watch_` ones).
+fn watch_metric(env: &Env, vol: &Path, name: &str) -> Option<f64> {
+    let text = env.deskd_ok(&["metrics"]);
+    let sample = format!("{name}{{volume=\"{}\"}} ", vol.display());
+    text.lines()
+        .find_map(|l| l.strip_prefix(&sample))
+        .map(|v| v.trim().parse().unwrap())
+}
+
 /// `deskd rebuild -s` prints nothing: the desktop, resource files and mirrors agree.
 fn scan_is_clean(env: &Env, vol: &Path) {
     let out = env.deskd(&["rebuild", "-s", vol.to_str().unwrap()]);
@@ -90,6 +100,14 @@ fn a_plain_mv_keeps_its_id_once_flush_returns() {
         status["watch"]["applied"].as_u64().unwrap() >= 3,
         "{status}"
     );
+    // And /metrics counts them.
+    let events = watch_metric(&env, &vol, "deskd_watch_events_total");
+    assert!(events.is_some_and(|n| n >= 3.0), "{events:?}");
+    assert_eq!(
+        watch_metric(&env, &vol, "deskd_watch_overflows_total"),
+        Some(0.0)
+    );
+    assert!(watch_metric(&env, &vol, "deskd_watch_lag_seconds").is_some());
     // Plain status has one line of it.
     let plain = env.deskd_ok(&["status", "--volume", vol.to_str().unwrap()]);
     assert!(
@@ -140,6 +158,11 @@ fn watch_off_leaves_changes_to_clients_and_rebuilds() {
     serve_with(&mut env, "vol", "watch = \"off\"");
     let status = status_json(&env, &vol);
     assert_eq!(status["watch"]["kind"], "off", "{status}");
+    assert_eq!(
+        watch_metric(&env, &vol, "deskd_watch_events_total"),
+        None,
+        "an unwatched volume has no watch metrics"
+    );
     assert!(
         env.log_text().contains("not watching"),
         "{}",

@@ -46,8 +46,8 @@ pub struct VolumePrefs {
     /// delete and create) keeps: its ID (`keep-id`, the default) or not (`new-id`, Netatalk's
     /// rule).
     pub replaced: Option<Replaced>,
-    /// Live tracking of changes made outside deskd (issue 23): `auto` (default), `fanotify`,
-    /// `inotify` or `off` ([`crate::watch`]).
+    /// Live tracking of changes made outside deskd (issue 23): `off` (default), `auto`,
+    /// `fanotify` or `inotify` ([`crate::watch`]).
     pub watch: Option<deskd_watch::WatchMode>,
     /// Test setting: the watcher reports an overflow once more than this many events wait
     /// (forces the overflow rescan); unset, only the kernel's own overflow counts.
@@ -529,6 +529,14 @@ mod tests {
         assert!(cfg.volumes[0].read_only);
     }
 
+    /// The resolved volume served at `root`.
+    fn volume_at<'a>(cfg: &'a Config, root: &str) -> &'a VolumeConfig {
+        cfg.volumes
+            .iter()
+            .find(|v| v.root == Path::new(root))
+            .unwrap()
+    }
+
     #[test]
     fn watch_is_off_by_default_and_set_per_volume_or_in_defaults() {
         use deskd_watch::WatchMode;
@@ -538,12 +546,7 @@ mod tests {
         )
         .unwrap();
         let cfg = file.resolve("/s".into(), &[]).unwrap();
-        let of = |root: &str| {
-            cfg.volumes
-                .iter()
-                .find(|v| v.root == Path::new(root))
-                .unwrap()
-        };
+        let of = |root: &str| volume_at(&cfg, root);
         assert_eq!(of("/a").watch, WatchMode::Off);
         assert_eq!(of("/b").watch, WatchMode::Inotify);
         // A bound of 0 would report an overflow for every event: at least 1.
@@ -564,12 +567,7 @@ mod tests {
         )
         .unwrap();
         let cfg = file.resolve("/s".into(), &[]).unwrap();
-        let of = |root: &str| {
-            cfg.volumes
-                .iter()
-                .find(|v| v.root == Path::new(root))
-                .unwrap()
-        };
+        let of = |root: &str| volume_at(&cfg, root);
         assert_eq!(of("/a").replaced, Replaced::NewId);
         assert_eq!(of("/b").replaced, Replaced::KeepId);
         let plain = ConfigFile::default()

@@ -39,7 +39,7 @@ use names::Ignore;
 pub enum WatchMode {
     /// fanotify where it can be used, else inotify, saying at start which and why.
     Auto,
-    /// fanotify or fail the volume's start with the reason.
+    /// fanotify, or an error saying why not (deskd then serves the volume unwatched, and warns).
     Fanotify,
     /// inotify (a watch per directory; see docs/deskd.md for its limits).
     Inotify,

@@ -145,8 +145,6 @@ pub struct WatchedOutcome {
     /// The writer could not apply the batch (closed, full disk, busy desktop): nothing was
     /// recorded.
     pub refused: Option<String>,
-    /// The writer's [`Young`] while the batch is applied (taken back by [`apply_all`]).
-    young: Young,
 }
 
 impl WatchedOutcome {
@@ -176,7 +174,8 @@ pub fn components(path: &Path) -> Option<Vec<Vec<u8>>> {
 }
 
 /// Apply `changes` inside the batch, in order, walking as the server (trusted). A change that
-/// fails is reported in [`WatchedOutcome::failed`] and the others still apply.
+/// fails is reported in [`WatchedOutcome::failed`] and the others still apply. `young` is the
+/// writer's, kept between batches.
 pub fn apply_all(
     b: &mut deskd_db::Batch<'_>,
     vol: &deskd_volume::Volume,
@@ -184,11 +183,11 @@ pub fn apply_all(
     changes: &[Change],
     young: &mut Young,
 ) -> WatchedOutcome {
-    let mut out = WatchedOutcome {
-        young: std::mem::take(young),
-        ..WatchedOutcome::default()
+    let mut out = WatchedOutcome::default();
+    let rules = ClaimRules {
+        last_id: b.meta("last_id").ok().flatten().unwrap_or(0) as u32,
+        choosers: Choosers::of(vol),
     };
-    let last_id = b.meta("last_id").ok().flatten().unwrap_or(0) as u32;
     let mut cache = super::DirCache::default();
     let access = crate::access::Access::Trusted;
     let w = &mut Writing {
@@ -199,13 +198,12 @@ pub fn apply_all(
         replaced,
     };
     for change in &follow_directory_moves(&without_replaced_creates(changes)) {
-        match apply_change(w, change, last_id, &mut out) {
+        match apply_change(w, change, rules, young, &mut out) {
             Ok(true) => out.applied += 1,
             Ok(false) => out.unchanged += 1,
             Err(e) => out.failed.push(format!("{change:?}: {}", e.message)),
         }
     }
-    *young = std::mem::take(&mut out.young);
     out
 }
 
@@ -277,12 +275,12 @@ fn follow_directory_moves(changes: &[Change]) -> Vec<Change> {
     out
 }
 
-/// Apply one change inside the batch; `last_id` is the desktop's counter when the batch began
-/// (a claim above it was never handed out here and is not kept).
+/// Apply one change inside the batch, claims judged by `rules`.
 pub(super) fn apply_change(
     w: &mut Writing<'_, '_>,
     change: &Change,
-    last_id: u32,
+    rules: ClaimRules,
+    young: &mut Young,
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
     match change {
@@ -290,7 +288,7 @@ pub(super) fn apply_change(
             let Some(names) = components(path) else {
                 return Ok(false);
             };
-            let applied = created(w, &names, last_id, out)?;
+            let applied = created(w, &names, rules, young, out)?;
             if !applied && std::fs::symlink_metadata(w.vol.path_of(&names)).is_err() {
                 out.unplaced.push(change.clone());
             }
@@ -306,7 +304,7 @@ pub(super) fn apply_change(
             let (Some(from), Some(to)) = (components(from), components(to)) else {
                 return Ok(false);
             };
-            moved(w, &from, &to, last_id, out)
+            moved(w, &from, &to, rules, young, out)
         }
         Change::Rescan { path } => {
             let Some(names) = components(path) else {
@@ -317,7 +315,7 @@ pub(super) fn apply_change(
                 out.needs_repair = true;
                 return Ok(false);
             }
-            rescan(w, &names, last_id, out)
+            rescan(w, &names, rules, young, out)
         }
     }
 }
@@ -391,14 +389,23 @@ impl Choosers {
     }
 }
 
+/// What a claim may choose in one batch, worked out once at its start.
+#[derive(Clone, Copy)]
+pub(super) struct ClaimRules {
+    /// The desktop's counter when the batch began: a claim above it was never handed out here
+    /// and is not kept.
+    last_id: u32,
+    choosers: Choosers,
+}
+
 /// What a registration asks with the object's claim: followed as a move always; kept as a
 /// hint only when the object's owner may choose IDs and this desktop once handed the ID out
 /// (a restore: a mirror cannot raise the counter).
-fn asked_with(claim: Claim, last_id: u32, owner: u32, choosers: Choosers) -> Asked {
+fn asked_with(claim: Claim, owner: u32, rules: ClaimRules) -> Asked {
     Asked {
-        hint: claim
-            .id
-            .filter(|&id| id <= last_id && id > deskd_db::ROOT_ID && choosers.may_choose(owner)),
+        hint: claim.id.filter(|&id| {
+            id <= rules.last_id && id > deskd_db::ROOT_ID && rules.choosers.may_choose(owner)
+        }),
         carried: claim.id,
         type_code: claim.codes.map(|c| c.0),
         creator: claim.codes.map(|c| c.1),
@@ -456,7 +463,8 @@ fn stamp_folders_on_the_way(
 fn created(
     w: &mut Writing<'_, '_>,
     names: &[Vec<u8>],
-    last_id: u32,
+    rules: ClaimRules,
+    young: &mut Young,
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
     if names.is_empty() {
@@ -475,34 +483,31 @@ fn created(
         before = None;
     }
     let folders = first_unregistered_above(w, names)?;
-    let (object, created) = register_following(
-        w,
-        names,
-        &walked.nodes,
-        &node,
-        before.as_ref(),
-        last_id,
-        out,
-    )?;
+    let done = register_following(w, names, &walked.nodes, &node, before.as_ref(), rules, out)?;
     stamp_folders_on_the_way(w, names, folders, out)?;
-    let changed = created
-        || before
-            .as_ref()
-            .is_none_or(|b| b.id != object.id || (b.dev, b.ino) != (object.dev, object.ino));
-    if created && node.kind != Kind::Dir {
-        out.young.note(object.id, Instant::now());
+    if done.created && node.kind != Kind::Dir {
+        young.note(done.object.id, Instant::now());
     }
     let mut below = false;
     if node.kind == Kind::Dir {
         let mut budget = MAX_TREE;
-        below = register_tree(w, names, &walked, last_id, out, &mut budget)?;
+        below = register_tree(w, names, &walked, rules, out, &mut budget)?;
         // A folder is what is in it now: a record of an entry made (by a client) and removed
         // before the watcher saw the folder (inotify adds its watch only then) goes too.
         if !out.needs_repair {
             below |= drop_vanished_below(w, names, out)?;
         }
     }
-    Ok(changed || below)
+    Ok(done.changed || below)
+}
+
+/// What [`register_following`] did.
+struct Registered {
+    object: Object,
+    /// A new record was made.
+    created: bool,
+    /// The desktop changed at the name: a new record, or another ID or inode than `before`.
+    changed: bool,
 }
 
 /// Register the object at `names` (walked as `nodes`, the last being `node`; `before` is the
@@ -517,16 +522,16 @@ fn register_following(
     nodes: &[Node],
     node: &Node,
     before: Option<&Object>,
-    last_id: u32,
+    rules: ClaimRules,
     out: &mut WatchedOutcome,
-) -> Result<(Object, bool), ErrorReply> {
+) -> Result<Registered, ErrorReply> {
     let claimed = claim(w, names, node);
     let claimed_at = claimed
         .id
         .filter(|&id| before.is_none_or(|b| b.id != id))
         .and_then(|id| Some((id, w.b.path_of(id).ok()?)))
         .filter(|(_, at)| at.as_slice() != names && !at.is_empty());
-    let asked = asked_with(claimed, last_id, node.uid, Choosers::of(w.vol));
+    let asked = asked_with(claimed, node.uid, rules);
     let (object, created) = register_walked(w, names, nodes, asked)?;
     let changed = created
         || before.is_none_or(|b| b.id != object.id || (b.dev, b.ino) != (object.dev, object.ino));
@@ -538,7 +543,11 @@ fn register_following(
         _ if changed => out.disk.push(stamp(names, &object)),
         _ => {}
     }
-    Ok((object, created))
+    Ok(Registered {
+        object,
+        created,
+        changed,
+    })
 }
 
 /// Register every entry below the directory `names` (walked as `walked`), depth first, no
@@ -547,7 +556,7 @@ fn register_tree(
     w: &mut Writing<'_, '_>,
     names: &[Vec<u8>],
     walked: &walk::Walked,
-    last_id: u32,
+    rules: ClaimRules,
     out: &mut WatchedOutcome,
     budget: &mut usize,
 ) -> Result<bool, ErrorReply> {
@@ -606,13 +615,13 @@ fn register_tree(
             let mut child_nodes = dir_nodes.clone();
             child_nodes.push(node);
             let before = registered(w.b, &child_names)?;
-            let (object, created) = match register_following(
+            let done = match register_following(
                 w,
                 &child_names,
                 &child_nodes,
                 &node,
                 before.as_ref(),
-                last_id,
+                rules,
                 out,
             ) {
                 Ok(done) => done,
@@ -621,11 +630,7 @@ fn register_tree(
                     continue;
                 }
             };
-            let changed = created
-                || before.as_ref().is_none_or(|b| {
-                    b.id != object.id || (b.dev, b.ino) != (object.dev, object.ino)
-                });
-            any |= changed;
+            any |= done.changed;
             if kind == Kind::Dir {
                 // Opened below the folder just listed, never through a link; a directory
                 // swapped for one since the stat is not entered.
@@ -675,7 +680,8 @@ fn moved(
     w: &mut Writing<'_, '_>,
     from: &[Vec<u8>],
     to: &[Vec<u8>],
-    last_id: u32,
+    rules: ClaimRules,
+    young: &mut Young,
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
     if from.is_empty() || to.is_empty() {
@@ -698,11 +704,11 @@ fn moved(
         // Not registered at `from` (never, or `dt mv` already recorded the move): what is at
         // `to` is registered there; a record left at `from` goes if its object is gone.
         let gone = removed(w, from, out)?;
-        return Ok(created(w, to, last_id, out)? || gone);
+        return Ok(created(w, to, rules, young, out)? || gone);
     };
     if verify_gone(w.vol, &source, from).is_err() {
         // Still at `from` too: a hard link made and then renamed. The new name is registered.
-        return created(w, to, last_id, out);
+        return created(w, to, rules, young, out);
     }
     let target = registered(w.b, to)?.filter(|t| t.id != source.id);
     let (to_name, to_parent) = to.split_last().expect("not the root");
@@ -720,9 +726,9 @@ fn moved(
             if w.replaced == Replaced::KeepId
                 && source.kind != Kind::Dir
                 && target.kind == source.kind
-                && out.young.is_young(source.id, Instant::now()) =>
+                && young.is_young(source.id, Instant::now()) =>
         {
-            out.young.forget(source.id);
+            young.forget(source.id);
             // The name keeps its ID (a save by write-temp-then-rename): its record takes the
             // moved inode, the moved object's record goes.
             w.b.delete(source.id, true).map_err(db_error)?;
@@ -757,7 +763,8 @@ fn moved(
 fn rescan(
     w: &mut Writing<'_, '_>,
     names: &[Vec<u8>],
-    last_id: u32,
+    rules: ClaimRules,
+    young: &mut Young,
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
     let Some(walked) = walk_to(w, names) else {
@@ -766,10 +773,10 @@ fn rescan(
     let mut changed = false;
     if !names.is_empty() {
         // A folder's create drops the records of what is gone from it as well.
-        return created(w, names, last_id, out);
+        return created(w, names, rules, young, out);
     } else {
         let mut budget = MAX_TREE;
-        changed |= register_tree(w, names, &walked, last_id, out, &mut budget)?;
+        changed |= register_tree(w, names, &walked, rules, out, &mut budget)?;
     }
     if out.needs_repair {
         return Ok(changed);

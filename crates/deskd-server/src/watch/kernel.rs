@@ -20,6 +20,18 @@ pub(crate) struct Opened {
     pub(crate) note: Option<String>,
 }
 
+impl Opened {
+    /// Not watching, for `why`.
+    pub(crate) fn off(why: &str) -> Opened {
+        Opened {
+            source: None,
+            stopper: None,
+            kind: "off",
+            note: Some(why.into()),
+        }
+    }
+}
+
 /// Names the watcher never reports: deskd's own (resource files, the desktop and its side
 /// files, a rebuild's temporary desktop).
 fn ignored() -> Vec<OsString> {
@@ -38,12 +50,6 @@ impl ChangeSource for Watcher {
 
 /// Start watching `root` as `mode` says (`queue`: the `watch_queue` test setting).
 pub(crate) fn open(root: &Path, mode: WatchMode, queue: Option<usize>) -> Opened {
-    let off = |note: String| Opened {
-        source: None,
-        stopper: None,
-        kind: "off",
-        note: Some(note),
-    };
     let options = WatchOptions {
         ignore: ignored(),
         queue_limit: queue,
@@ -62,7 +68,7 @@ pub(crate) fn open(root: &Path, mode: WatchMode, queue: Option<usize>) -> Opened
                 note,
             }
         }
-        Ok(Started::Off(why)) => off(why),
-        Err(e) => off(e.to_string()),
+        Ok(Started::Off(why)) => Opened::off(&why),
+        Err(e) => Opened::off(&e.to_string()),
     }
 }

@@ -18,40 +18,44 @@ use deskd_db::Read;
 use deskd_watch::Change;
 use rustix::fs::{AtFlags, FileType, CWD};
 
+use super::Running;
 use crate::volume::VolumeHandle;
 
-/// `changes` without the creates the desktop already has. Any error keeps the change.
-pub(super) fn drop_known(handle: &VolumeHandle, changes: Vec<Change>) -> Vec<Change> {
+/// `changes` without the creates the desktop already has, read through the watcher's read
+/// connection. Any error keeps the change.
+pub(super) fn drop_known(
+    running: &Running,
+    handle: &VolumeHandle,
+    changes: Vec<Change>,
+) -> Vec<Change> {
     if !changes.iter().any(|c| matches!(c, Change::Created { .. })) {
         return changes;
     }
-    let Ok(reader) = handle.open_reader() else {
-        return changes;
-    };
     let root = handle.volume.root();
-    changes
-        .into_iter()
-        .filter(|change| {
-            let Change::Created { path, dir } = change else {
-                return true;
-            };
-            !known(&*reader, root, path, *dir)
-        })
-        .collect()
+    running.with_reader(handle, |reader| {
+        let Some(reader) = reader else {
+            return changes;
+        };
+        changes
+            .into_iter()
+            .filter(|change| {
+                let Change::Created { path, dir } = change else {
+                    return true;
+                };
+                !known(&**reader, root, path, *dir)
+            })
+            .collect()
+    })
 }
 
 /// Whether the desktop records the object now at `path` (same inode), and, for a folder,
 /// whether it is still empty (only a `.rsrc` in it).
 fn known(reader: &impl Read, root: &std::path::Path, path: &std::path::Path, dir: bool) -> bool {
-    let names: Vec<&[u8]> = path
-        .as_os_str()
-        .as_bytes()
-        .split(|&b| b == b'/')
-        .filter(|n| !n.is_empty() && *n != b".")
-        .collect();
-    if names.is_empty() || names.iter().any(|n| *n == b"..") {
+    // The names as the writer reads them: deskd's own, `..` or the root are not dropped here.
+    let Some(names) = crate::apply::watched::components(path).filter(|n| !n.is_empty()) else {
         return false;
-    }
+    };
+    let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
     let Ok(Some(id)) = reader.id_of_path(&names) else {
         return false;
     };

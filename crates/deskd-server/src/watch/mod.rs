@@ -25,8 +25,8 @@ mod thread;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -36,6 +36,7 @@ use tracing::{info, warn};
 
 use crate::config::VolumeConfig;
 use crate::limits::RateLimited;
+use crate::mapped_reader::MappedReader;
 use crate::rebuild;
 use crate::volume::VolumeHandle;
 use figures::WatchFigures;
@@ -53,15 +54,80 @@ pub(crate) struct Running {
     source: Mutex<Option<Box<dyn ChangeSource>>>,
     stopper: Option<Box<dyn Fn() + Send + Sync>>,
     stopping: AtomicBool,
-    /// Barriers waiting for the source: the thread lets them have it before its next read.
-    barrier_waiting: AtomicUsize,
+    /// Barriers waiting for the source: the thread lets them have it before its next read,
+    /// waiting on `barriers_done` until none is left (or the watcher stops).
+    barriers_waiting: Mutex<usize>,
+    barriers_done: Condvar,
     figures: Mutex<WatchFigures>,
+    /// The warnings of changes not applied as seen, at most one per 10 s whether the thread
+    /// or a barrier met them.
+    failures: RateLimited,
     rescans: Mutex<rescan::RescanState>,
+    /// Told when no rescan runs any more ([`wait_for_rescan`]).
+    rescans_done: Condvar,
     /// Stamps whose objects had moved on before the disk work, since when.
     moved_on: Mutex<Vec<(crate::apply::watched::DiskWork, std::time::Instant)>>,
     /// Creates of the last batch whose path was stale, tried once more with the next.
     unplaced: Mutex<Vec<deskd_watch::Change>>,
+    /// The read connection of [`known`] and of the stamps tried again, opened at first need
+    /// and kept while the watcher runs (closed by [`stop_running`]).
+    reader: Mutex<Option<MappedReader>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Running {
+    fn new(opening: u64, mode: WatchMode, queue: Option<usize>, opened: kernel::Opened) -> Running {
+        Running {
+            opening,
+            mode,
+            queue,
+            source: Mutex::new(opened.source),
+            stopper: opened.stopper,
+            stopping: AtomicBool::new(false),
+            barriers_waiting: Mutex::new(0),
+            barriers_done: Condvar::new(),
+            figures: Mutex::new(WatchFigures::new(opened.kind, opened.note)),
+            failures: RateLimited::new(Duration::from_secs(10)),
+            rescans: Mutex::default(),
+            rescans_done: Condvar::new(),
+            moved_on: Mutex::default(),
+            unplaced: Mutex::default(),
+            reader: Mutex::new(None),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// `f` with the watcher's read connection to the desktop (None: it cannot be opened). A
+    /// stopped watcher keeps none: a barrier that still runs after the stop gets its own.
+    fn with_reader<T>(
+        &self,
+        handle: &VolumeHandle,
+        f: impl FnOnce(Option<&MappedReader>) -> T,
+    ) -> T {
+        let mut kept = self.reader.lock().unwrap();
+        if self.stopping.load(Ordering::SeqCst) {
+            drop(kept);
+            return f(handle.open_reader().ok().as_ref());
+        }
+        if kept.is_none() {
+            *kept = handle.open_reader().ok();
+        }
+        if let Some(reader) = kept.as_mut() {
+            // Maps more of the desktop as it grows, as a client's connection does.
+            reader.refresh(true);
+        }
+        f(kept.as_ref())
+    }
+
+    /// Wait until no barrier waits for the source any more, or the watcher stops.
+    fn let_barriers_pass(&self) {
+        let waiting = self.barriers_waiting.lock().unwrap();
+        drop(
+            self.barriers_done
+                .wait_while(waiting, |n| *n > 0 && !self.stopping.load(Ordering::SeqCst))
+                .unwrap(),
+        );
+    }
 }
 
 /// The watchers of the served volumes, by handle. Clones share them.
@@ -109,19 +175,9 @@ fn start_with(
 ) {
     let root = handle.volume.root().display().to_string();
     let opened = if handle.read_only() {
-        kernel::Opened {
-            source: None,
-            stopper: None,
-            kind: "off",
-            note: Some("the volume is read-only".into()),
-        }
+        kernel::Opened::off("the volume is read-only")
     } else if mode == WatchMode::Off {
-        kernel::Opened {
-            source: None,
-            stopper: None,
-            kind: "off",
-            note: Some("watch = \"off\"".into()),
-        }
+        kernel::Opened::off("watch = \"off\"")
     } else {
         kernel::open(handle.volume.root(), mode, queue)
     };
@@ -140,20 +196,7 @@ fn start_with(
         }
     }
     let watching = opened.source.is_some();
-    let running = Arc::new(Running {
-        opening: handle.opening,
-        mode,
-        queue,
-        source: Mutex::new(opened.source),
-        stopper: opened.stopper,
-        stopping: AtomicBool::new(false),
-        barrier_waiting: AtomicUsize::new(0),
-        figures: Mutex::new(WatchFigures::new(opened.kind, opened.note)),
-        rescans: Mutex::default(),
-        moved_on: Mutex::default(),
-        unplaced: Mutex::default(),
-        thread: Mutex::new(None),
-    });
+    let running = Arc::new(Running::new(handle.opening, mode, queue, opened));
     if let Some(old) = registry
         .0
         .lock()
@@ -237,12 +280,17 @@ pub(crate) fn stop_all(registry: &Registry) {
 
 fn stop_running(running: &Running) {
     running.stopping.store(true, Ordering::SeqCst);
+    // Taken after `stopping` is set: a thread waiting for barriers sees it when woken.
+    drop(running.barriers_waiting.lock().unwrap());
+    running.barriers_done.notify_all();
     if let Some(stop) = &running.stopper {
         stop();
     }
     if let Some(join) = running.thread.lock().unwrap().take() {
         let _ = join.join();
     }
+    // Not kept past the stop: the desktop is closed next.
+    *running.reader.lock().unwrap() = None;
 }
 
 /// Wait, at most `limit`, while the server's own rescan of the volume runs (a `rebuild` asked
@@ -251,10 +299,7 @@ pub(crate) fn wait_for_rescan(registry: &Registry, handle: &VolumeHandle, limit:
     let Some(running) = registry.of(handle) else {
         return;
     };
-    let began = std::time::Instant::now();
-    while rescan::running(&running) && began.elapsed() < limit {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    rescan::wait(&running, limit);
 }
 
 /// The barrier of `deskd flush` (and freeze): apply every change the kernel has queued for
@@ -267,15 +312,20 @@ pub(crate) fn barrier(
     let Some(running) = registry.of(handle) else {
         return;
     };
-    running.barrier_waiting.fetch_add(1, Ordering::SeqCst);
+    *running.barriers_waiting.lock().unwrap() += 1;
     let mut source = running.source.lock().unwrap();
-    running.barrier_waiting.fetch_sub(1, Ordering::SeqCst);
+    {
+        let mut waiting = running.barriers_waiting.lock().unwrap();
+        *waiting -= 1;
+        if *waiting == 0 {
+            running.barriers_done.notify_all();
+        }
+    }
     let Some(source) = source.as_mut() else {
         return;
     };
-    let quiet = RateLimited::new(Duration::from_secs(10));
     match source.drain_now() {
-        Ok(batch) => thread::process(&running, handle, rebuilds, batch, &quiet),
+        Ok(batch) => thread::process(&running, handle, rebuilds, batch),
         Err(e) => warn!(
             "watching {}: the flush barrier could not read the queue: {e}",
             handle.volume.root().display()

@@ -36,9 +36,21 @@ pub(crate) struct RescanState {
     job: Option<u64>,
 }
 
-/// Whether a rescan of the watcher's volume runs (or waits to start) now.
-pub(crate) fn running(running: &Running) -> bool {
-    running.rescans.lock().unwrap().running
+/// Wait, at most `limit`, while a rescan of the watcher's volume runs (or waits to start).
+pub(crate) fn wait(running: &Running, limit: Duration) {
+    let state = running.rescans.lock().unwrap();
+    drop(
+        running
+            .rescans_done
+            .wait_timeout_while(state, limit, |s| s.running)
+            .unwrap(),
+    );
+}
+
+/// No rescan runs any more: tell [`wait`].
+fn ended(running: &Running, state: &mut RescanState) {
+    state.running = false;
+    running.rescans_done.notify_all();
 }
 
 /// Stop the running rescan's repair (a reload closing the volume: the reopened volume's own
@@ -110,7 +122,7 @@ pub(crate) fn request(
                     let mut state = running.rescans.lock().unwrap();
                     let next = state.again.take();
                     if next.is_none() || running.stopping.load(Ordering::SeqCst) {
-                        state.running = false;
+                        ended(&running, &mut state);
                         state.again = None;
                         return;
                     }
@@ -122,7 +134,7 @@ pub(crate) fn request(
             }
         });
     if spawned.is_err() {
-        running.rescans.lock().unwrap().running = false;
+        ended(running, &mut running.rescans.lock().unwrap());
         warn!("cannot start a thread for the watch rescan");
     }
 }

@@ -35,20 +35,13 @@ impl Vol {
         let mut config = config_for(&root);
         config.replaced = replaced;
         let handle = VolumeHandle::open(0, config).unwrap();
-        let running = Arc::new(Running {
-            opening: handle.opening,
-            mode: WatchMode::Auto,
-            queue: None,
-            source: Mutex::new(None),
+        let opened = kernel::Opened {
+            source: None,
             stopper: None,
-            stopping: AtomicBool::new(false),
-            barrier_waiting: AtomicUsize::new(0),
-            figures: Mutex::new(WatchFigures::new("inotify", None)),
-            rescans: Mutex::default(),
-            moved_on: Mutex::default(),
-            unplaced: Mutex::default(),
-            thread: Mutex::new(None),
-        });
+            kind: "inotify",
+            note: None,
+        };
+        let running = Arc::new(Running::new(handle.opening, WatchMode::Auto, None, opened));
         Vol {
             _dir: dir,
             root,
@@ -65,8 +58,7 @@ impl Vol {
             overflow: false,
             oldest: Some(std::time::Instant::now()),
         };
-        let quiet = RateLimited::new(Duration::from_secs(10));
-        thread::process(&self.running, &self.handle, &self.rebuilds, batch, &quiet);
+        thread::process(&self.running, &self.handle, &self.rebuilds, batch);
     }
 
     fn id(&self, path: &str) -> Option<u32> {
@@ -415,13 +407,29 @@ fn an_overflow_is_counted() {
         overflow: true,
         oldest: None,
     };
-    let quiet = RateLimited::new(Duration::from_secs(10));
-    thread::process(&v.running, &v.handle, &v.rebuilds, batch, &quiet);
+    thread::process(&v.running, &v.handle, &v.rebuilds, batch);
     let f = v.running.figures.lock().unwrap();
     assert_eq!(f.overflows, 1);
     assert!(f.last_overflow.is_some());
     assert_eq!(
         f.rescan.as_ref().map(|r| r.reason.as_str()),
         Some("overflow")
+    );
+}
+
+#[test]
+fn the_watcher_keeps_its_read_connection_until_it_is_stopped() {
+    let v = Vol::new();
+    fs::write(v.p("a"), b"").unwrap();
+    v.feed(vec![created("a")]);
+    assert!(v.id("a").is_some());
+    assert!(
+        v.running.reader.lock().unwrap().is_some(),
+        "opened for the known creates, and kept for the next batch"
+    );
+    stop_running(&v.running);
+    assert!(
+        v.running.reader.lock().unwrap().is_none(),
+        "no read connection past the stop: the desktop is closed next"
     );
 }

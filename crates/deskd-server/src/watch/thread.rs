@@ -15,7 +15,6 @@ use deskd_watch::{Batch, Change};
 use tracing::{debug, error, warn};
 
 use super::{disk, rescan, Running};
-use crate::limits::RateLimited;
 use crate::rebuild::Registry;
 use crate::volume::VolumeHandle;
 use crate::writer::Job;
@@ -41,7 +40,6 @@ fn settle(batch: &Batch) {
 /// Read and apply batches until the watcher is stopped or fails.
 pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Registry) {
     let root = handle.volume.root().display().to_string();
-    let failures = RateLimited::new(Duration::from_secs(10));
     loop {
         if running.stopping.load(Ordering::SeqCst) {
             return;
@@ -54,7 +52,7 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
             match source.next_batch(WAIT) {
                 Ok(batch) => {
                     settle(&batch);
-                    process(&running, &handle, &rebuilds, batch, &failures)
+                    process(&running, &handle, &rebuilds, batch)
                 }
                 Err(e) => {
                     if running.stopping.load(Ordering::SeqCst) {
@@ -72,11 +70,7 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
             }
         }
         // A barrier waiting for the source gets it before the next read.
-        while running.barrier_waiting.load(Ordering::SeqCst) > 0
-            && !running.stopping.load(Ordering::SeqCst)
-        {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        running.let_barriers_pass();
     }
 }
 
@@ -98,7 +92,10 @@ fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) ->
     let mut waiting = running.moved_on.lock().unwrap();
     let earlier = std::mem::take(&mut *waiting);
     if !earlier.is_empty() {
-        if let Ok(reader) = handle.open_reader() {
+        running.with_reader(handle, |reader| {
+            let Some(reader) = reader else {
+                return;
+            };
             for (mut work, since) in earlier {
                 let DiskWork::Stamp { id, path, .. } = &mut work else {
                     continue;
@@ -113,7 +110,7 @@ fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) ->
                     waiting.push((work, since));
                 }
             }
-        }
+        });
     }
     for work in done.moved_on {
         if waiting.len() < MAX_MOVED_ON {
@@ -130,7 +127,6 @@ pub(crate) fn process(
     handle: &Arc<VolumeHandle>,
     rebuilds: &Registry,
     batch: Batch,
-    failures: &RateLimited,
 ) {
     let root = handle.volume.root();
     if batch.overflow {
@@ -148,7 +144,7 @@ pub(crate) fn process(
     if batch.changes.is_empty() {
         if !running.moved_on.lock().unwrap().is_empty() {
             let errors = retry_moved_on(running, handle, disk::Done::default());
-            if !errors.is_empty() && failures.now() {
+            if !errors.is_empty() && running.failures.now() {
                 warn!("watching {}: {}", root.display(), errors[0]);
             }
         }
@@ -170,7 +166,7 @@ pub(crate) fn process(
         .collect();
     let mut changes = carried;
     changes.extend(batch.changes);
-    let changes = super::known::drop_known(handle, changes);
+    let changes = super::known::drop_known(running, handle, changes);
     let outcome = if changes.is_empty() {
         Some(crate::apply::watched::WatchedOutcome::default())
     } else {
@@ -206,7 +202,7 @@ pub(crate) fn process(
         "watched changes applied"
     );
     let problems: Vec<&String> = outcome.failed.iter().chain(&errors).collect();
-    if !problems.is_empty() && failures.now() {
+    if !problems.is_empty() && running.failures.now() {
         warn!(
             "watching {}: {} change(s) not applied as seen (e.g. {}); a rebuild puts it right",
             root.display(),
