@@ -18,7 +18,7 @@ use std::time::Duration;
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use rustix::io::Errno;
 
-use crate::fanotify::handles::join_rel;
+use crate::fanotify::handles::{absolute, join_rel, parent_rel};
 use crate::fanotify::records::is_plain_name;
 use crate::names::Ignore;
 use crate::{Change, Sink, WatchError};
@@ -174,14 +174,6 @@ impl InotifySource {
     }
 }
 
-/// The directory holding `path` ("." for a name in the root).
-fn parent_of(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
 impl Tree {
     #[allow(clippy::too_many_arguments)]
     fn event(
@@ -252,7 +244,7 @@ impl Tree {
                             // Change says "swapped", so the server re-scans both parents.
                             for p in [a, b] {
                                 sink.emit(Change::Rescan {
-                                    path: parent_of(&p),
+                                    path: parent_rel(&p),
                                 });
                             }
                             return;
@@ -327,11 +319,7 @@ impl Tree {
     ) -> Result<(), WatchError> {
         let mut stack = vec![rel.to_path_buf()];
         while let Some(rel) = stack.pop() {
-            let abs = if rel == Path::new(".") {
-                self.root.clone()
-            } else {
-                self.root.join(&rel)
-            };
+            let abs = absolute(&self.root, &rel);
             let wd = match inotify::add_watch(fd, &abs, watch_flags()) {
                 Ok(wd) => wd,
                 Err(Errno::NOSPC) => {

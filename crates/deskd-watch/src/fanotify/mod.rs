@@ -180,11 +180,7 @@ impl FanotifySource {
                 self.walked_all = false;
                 return;
             }
-            let abs = if rel == Path::new(".") {
-                self.root.clone()
-            } else {
-                self.root.join(&rel)
-            };
+            let abs = handles::absolute(&self.root, &rel);
             let Ok(entries) = std::fs::read_dir(&abs) else {
                 // Moved or deleted since the event that led here: what is under it can no
                 // longer be cached by path, so a cache miss no longer means "outside".
@@ -304,11 +300,9 @@ impl FanotifySource {
         match (a_rel, b_rel) {
             (Some(a), Some(b)) => {
                 for path in [a, b] {
-                    let parent = match path.parent() {
-                        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                        _ => PathBuf::from("."),
-                    };
-                    sink.emit(Change::Rescan { path: parent });
+                    sink.emit(Change::Rescan {
+                        path: handles::parent_rel(&path),
+                    });
                 }
             }
             // Across the volume's edge: the name inside lost its object and got another.
