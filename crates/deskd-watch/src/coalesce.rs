@@ -33,6 +33,8 @@ pub(crate) struct Coalescer {
     /// Directories created in this batch, not moved or removed since: what is created below
     /// them is part of their subtree.
     new_dirs: HashSet<PathBuf>,
+    /// The directories of the `Rescan` entries in `changes` (one each).
+    rescans: HashSet<PathBuf>,
     /// The [`Coalescer::keys`] of every path put in `foldable` or `new_dirs` in this batch
     /// (kept until the batch ends: a stale key only costs a lookup). An ancestor whose key is
     /// not here is in neither map, and is not looked up.
@@ -90,13 +92,9 @@ impl Coalescer {
                 self.changes.push(Some(Change::Moved { from, to, dir }));
             }
             Change::Rescan { path } => {
-                let already = self
-                    .changes
-                    .iter()
-                    .flatten()
-                    .any(|c| matches!(c, Change::Rescan { path: p } if *p == path));
-                if !already {
+                if !self.rescans.contains(&path) {
                     self.touch_under(&path);
+                    self.rescans.insert(path.clone());
                     self.changes.push(Some(Change::Rescan { path }));
                 }
             }
@@ -107,12 +105,14 @@ impl Coalescer {
         self.changes.clear();
         self.foldable.clear();
         self.new_dirs.clear();
+        self.rescans.clear();
         self.stored.clear();
     }
 
     pub(crate) fn finish(&mut self) -> Vec<Change> {
         self.foldable.clear();
         self.new_dirs.clear();
+        self.rescans.clear();
         self.stored.clear();
         self.changes.drain(..).flatten().collect()
     }
@@ -178,16 +178,17 @@ impl Coalescer {
 
     /// A directory is removed: the removals just before it (an `rm -r` removes what is
     /// inside first) are part of it. Only the unbroken run: a change of any other kind
-    /// between may have changed what the directory's path names.
+    /// between may have changed what the directory's path names. The run and the empty slots
+    /// at the end are cut off (no foldable entry is there), so an `rm -r` of a deep chain does
+    /// not walk back over the slots of the levels below again and again.
     fn drop_removed_just_below(&mut self, dir: &Path) {
-        for slot in self.changes.iter_mut().rev() {
-            match slot {
-                None => continue,
-                Some(Change::Removed { path, .. }) if path.starts_with(dir) && path != dir => {
-                    *slot = None;
-                }
+        while let Some(last) = self.changes.last() {
+            match last {
+                None => {}
+                Some(Change::Removed { path, .. }) if path.starts_with(dir) && path != dir => {}
                 Some(_) => break,
             }
+            self.changes.pop();
         }
     }
 
@@ -375,5 +376,35 @@ mod tests {
         // Only "dd" (and "f") were stored: one look-up per change, not one per ancestor
         // (DEPTH² of them, each hashing a path DEPTH components long).
         assert!(lookups <= 2 * DEPTH as u64, "{lookups} ancestor look-ups");
+    }
+
+    #[test]
+    fn rescans_of_one_directory_are_one_and_end_what_was_foldable_under_it() {
+        let rescan = |p: &str| Change::Rescan { path: p.into() };
+        let changes = vec![
+            created("d/f"),
+            rescan("d"),
+            rescan("e"),
+            rescan("d"),
+            removed("d/f"),
+        ];
+        assert_eq!(
+            run(changes),
+            vec![created("d/f"), rescan("d"), rescan("e"), removed("d/f")]
+        );
+    }
+
+    #[test]
+    fn a_deep_chain_removed_is_its_top_directory_after_what_came_before() {
+        let chain: Vec<String> = (1..=50).map(|n| vec!["dd"; n].join("/")).collect();
+        let mut changes = vec![created("keep"), moved("x", "y", false)];
+        for p in chain.iter().rev() {
+            changes.push(removed(&format!("{p}/leaf")));
+            changes.push(removed_dir(p));
+        }
+        assert_eq!(
+            run(changes),
+            vec![created("keep"), moved("x", "y", false), removed_dir("dd")]
+        );
     }
 }
