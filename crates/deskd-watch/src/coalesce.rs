@@ -13,9 +13,14 @@
 //! Only a `Created` that nothing has touched since is folded: a change at or under a created
 //! directory, or a move or delete of one of its ancestors, makes it stand as it is, so the
 //! order the server sees is always one that happened. Everything is O(1) per change except a
-//! directory move or delete, which looks at the `Created` entries still foldable.
+//! directory move or delete, which looks at the `Created` entries still foldable. A path's
+//! ancestors are looked up in the maps only when their key (hashed for all of them in one pass
+//! over the path) was stored in this batch, so a change `depth` folders down costs O(length of
+//! its path), not O(depth × length): a deep chain of folders cannot stall the watcher.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::Change;
@@ -28,6 +33,16 @@ pub(crate) struct Coalescer {
     /// Directories created in this batch, not moved or removed since: what is created below
     /// them is part of their subtree.
     new_dirs: HashSet<PathBuf>,
+    /// The directories of the `Rescan` entries in `changes` (one each).
+    rescans: HashSet<PathBuf>,
+    /// The [`Coalescer::keys`] of every path put in `foldable` or `new_dirs` in this batch
+    /// (kept until the batch ends: a stale key only costs a lookup). An ancestor whose key is
+    /// not here is in neither map, and is not looked up.
+    stored: HashSet<u64>,
+    hasher: RandomState,
+    /// Ancestors looked up in `foldable` or `new_dirs` (for the deep-chain test).
+    #[cfg(test)]
+    ancestor_lookups: std::cell::Cell<u64>,
 }
 
 impl Coalescer {
@@ -41,11 +56,7 @@ impl Coalescer {
                 if self.foldable.contains_key(&path) {
                     return;
                 }
-                if dir {
-                    self.new_dirs.insert(path.clone());
-                }
-                self.foldable.insert(path.clone(), self.changes.len());
-                self.changes.push(Some(Change::Created { path, dir }));
+                self.store_created(path, dir);
             }
             Change::Removed { path, dir } => {
                 self.touch_ancestors(&path);
@@ -72,11 +83,7 @@ impl Coalescer {
                 }
                 if let Some(i) = self.foldable.remove(&from) {
                     self.changes[i] = None;
-                    if dir {
-                        self.new_dirs.insert(to.clone());
-                    }
-                    self.foldable.insert(to.clone(), self.changes.len());
-                    self.changes.push(Some(Change::Created { path: to, dir }));
+                    self.store_created(to, dir);
                     return;
                 }
                 if dir {
@@ -85,13 +92,9 @@ impl Coalescer {
                 self.changes.push(Some(Change::Moved { from, to, dir }));
             }
             Change::Rescan { path } => {
-                let already = self
-                    .changes
-                    .iter()
-                    .flatten()
-                    .any(|c| matches!(c, Change::Rescan { path: p } if *p == path));
-                if !already {
+                if !self.rescans.contains(&path) {
                     self.touch_under(&path);
+                    self.rescans.insert(path.clone());
                     self.changes.push(Some(Change::Rescan { path }));
                 }
             }
@@ -102,21 +105,67 @@ impl Coalescer {
         self.changes.clear();
         self.foldable.clear();
         self.new_dirs.clear();
+        self.rescans.clear();
+        self.stored.clear();
     }
 
     pub(crate) fn finish(&mut self) -> Vec<Change> {
         self.foldable.clear();
         self.new_dirs.clear();
+        self.rescans.clear();
+        self.stored.clear();
         self.changes.drain(..).flatten().collect()
+    }
+
+    /// A `Created` that stands, foldable from now on.
+    fn store_created(&mut self, path: PathBuf, dir: bool) {
+        let key = self.keys(&path).last().map(|(k, _)| *k);
+        self.stored.extend(key);
+        if dir {
+            self.new_dirs.insert(path.clone());
+        }
+        self.foldable.insert(path.clone(), self.changes.len());
+        self.changes.push(Some(Change::Created { path, dir }));
+    }
+
+    /// The key of each of `path`'s ancestors and of `path` itself (last), top down, hashed in
+    /// one pass over its components; equal paths have equal keys.
+    fn keys<'p>(&self, path: &'p Path) -> Vec<(u64, &'p Path)> {
+        let mut prefixes: Vec<&Path> = path
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty())
+            .collect();
+        prefixes.reverse();
+        let mut hasher = self.hasher.build_hasher();
+        prefixes
+            .into_iter()
+            .map(|prefix| {
+                if let Some(last) = prefix.components().next_back() {
+                    hasher.write(last.as_os_str().as_bytes());
+                }
+                hasher.write_u8(0);
+                (hasher.clone().finish(), prefix)
+            })
+            .collect()
+    }
+
+    /// `path`'s ancestors that may be in `foldable` or `new_dirs` (their key was stored).
+    fn stored_ancestors<'p>(&self, path: &'p Path) -> Vec<&'p Path> {
+        let mut keys = self.keys(path);
+        keys.pop();
+        keys.retain(|(key, _)| self.stored.contains(key));
+        #[cfg(test)]
+        self.ancestor_lookups
+            .set(self.ancestor_lookups.get() + keys.len() as u64);
+        keys.into_iter().map(|(_, ancestor)| ancestor).collect()
     }
 
     /// Whether a directory above `path` was created in this batch and still stands.
     fn under_new_dir(&self, path: &Path) -> bool {
         !self.new_dirs.is_empty()
-            && path
-                .ancestors()
-                .skip(1)
-                .take_while(|a| !a.as_os_str().is_empty())
+            && self
+                .stored_ancestors(path)
+                .into_iter()
                 .any(|a| self.new_dirs.contains(a))
     }
 
@@ -129,16 +178,17 @@ impl Coalescer {
 
     /// A directory is removed: the removals just before it (an `rm -r` removes what is
     /// inside first) are part of it. Only the unbroken run: a change of any other kind
-    /// between may have changed what the directory's path names.
+    /// between may have changed what the directory's path names. The run and the empty slots
+    /// at the end are cut off (no foldable entry is there), so an `rm -r` of a deep chain does
+    /// not walk back over the slots of the levels below again and again.
     fn drop_removed_just_below(&mut self, dir: &Path) {
-        for slot in self.changes.iter_mut().rev() {
-            match slot {
-                None => continue,
-                Some(Change::Removed { path, .. }) if path.starts_with(dir) && path != dir => {
-                    *slot = None;
-                }
+        while let Some(last) = self.changes.last() {
+            match last {
+                None => {}
+                Some(Change::Removed { path, .. }) if path.starts_with(dir) && path != dir => {}
                 Some(_) => break,
             }
+            self.changes.pop();
         }
     }
 
@@ -147,10 +197,7 @@ impl Coalescer {
         if self.foldable.is_empty() {
             return;
         }
-        for ancestor in path.ancestors().skip(1) {
-            if ancestor.as_os_str().is_empty() {
-                break;
-            }
+        for ancestor in self.stored_ancestors(path) {
             self.foldable.remove(ancestor);
         }
     }
@@ -305,5 +352,59 @@ mod tests {
     fn a_move_over_a_created_name_keeps_both() {
         let changes = vec![created("x"), moved("y", "x", false), removed("x")];
         assert_eq!(run(changes.clone()), changes);
+    }
+
+    #[test]
+    fn a_deep_chain_of_folders_looks_up_only_the_ancestors_stored_in_the_batch() {
+        // `mkdir dd; cd dd` DEPTH times, a file at the top, then the chain removed deepest
+        // first: every change walks its ancestors, and each look-up of one hashes its path.
+        const DEPTH: usize = 300;
+        let chain: Vec<String> = (1..=DEPTH).map(|n| vec!["dd"; n].join("/")).collect();
+        let mut c = Coalescer::default();
+        c.push(created("f"));
+        for p in &chain {
+            c.push(created_dir(p));
+        }
+        for p in chain.iter().rev() {
+            c.push(removed_dir(p));
+        }
+        let lookups = c.ancestor_lookups.get();
+        assert_eq!(
+            c.finish(),
+            vec![created("f"), created_dir("dd"), removed_dir("dd")]
+        );
+        // Only "dd" (and "f") were stored: one look-up per change, not one per ancestor
+        // (DEPTH² of them, each hashing a path DEPTH components long).
+        assert!(lookups <= 2 * DEPTH as u64, "{lookups} ancestor look-ups");
+    }
+
+    #[test]
+    fn rescans_of_one_directory_are_one_and_end_what_was_foldable_under_it() {
+        let rescan = |p: &str| Change::Rescan { path: p.into() };
+        let changes = vec![
+            created("d/f"),
+            rescan("d"),
+            rescan("e"),
+            rescan("d"),
+            removed("d/f"),
+        ];
+        assert_eq!(
+            run(changes),
+            vec![created("d/f"), rescan("d"), rescan("e"), removed("d/f")]
+        );
+    }
+
+    #[test]
+    fn a_deep_chain_removed_is_its_top_directory_after_what_came_before() {
+        let chain: Vec<String> = (1..=50).map(|n| vec!["dd"; n].join("/")).collect();
+        let mut changes = vec![created("keep"), moved("x", "y", false)];
+        for p in chain.iter().rev() {
+            changes.push(removed(&format!("{p}/leaf")));
+            changes.push(removed_dir(p));
+        }
+        assert_eq!(
+            run(changes),
+            vec![created("keep"), moved("x", "y", false), removed_dir("dd")]
+        );
     }
 }

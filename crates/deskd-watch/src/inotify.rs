@@ -18,7 +18,7 @@ use std::time::Duration;
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use rustix::io::Errno;
 
-use crate::fanotify::handles::join_rel;
+use crate::fanotify::handles::{absolute, join_rel, parent_rel};
 use crate::fanotify::records::is_plain_name;
 use crate::names::Ignore;
 use crate::{Change, Sink, WatchError};
@@ -174,14 +174,6 @@ impl InotifySource {
     }
 }
 
-/// The directory holding `path` ("." for a name in the root).
-fn parent_of(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
 impl Tree {
     #[allow(clippy::too_many_arguments)]
     fn event(
@@ -252,7 +244,7 @@ impl Tree {
                             // Change says "swapped", so the server re-scans both parents.
                             for p in [a, b] {
                                 sink.emit(Change::Rescan {
-                                    path: parent_of(&p),
+                                    path: parent_rel(&p),
                                 });
                             }
                             return;
@@ -304,25 +296,14 @@ impl Tree {
         ignore: &Ignore,
         report: Option<&mut Sink<'_>>,
     ) {
-        let overflow_if_limit = |tree: &mut Tree, e: WatchError, sink: Option<&mut Sink<'_>>| {
-            if !tree.limit_reached {
+        let mut report = report;
+        if let Err(e) = self.add_tree(fd, path, ignore, report.as_deref_mut()) {
+            if !self.limit_reached {
                 tracing::error!("watch: {e}; changes below the limit are re-scanned");
-                tree.limit_reached = true;
+                self.limit_reached = true;
             }
-            if let Some(sink) = sink {
+            if let Some(sink) = report {
                 sink.overflow = true;
-            }
-        };
-        match report {
-            Some(sink) => {
-                if let Err(e) = self.add_tree(fd, path, ignore, Some(sink)) {
-                    overflow_if_limit(self, e, Some(sink));
-                }
-            }
-            None => {
-                if let Err(e) = self.add_tree(fd, path, ignore, None) {
-                    overflow_if_limit(self, e, None);
-                }
             }
         }
     }
@@ -338,11 +319,7 @@ impl Tree {
     ) -> Result<(), WatchError> {
         let mut stack = vec![rel.to_path_buf()];
         while let Some(rel) = stack.pop() {
-            let abs = if rel == Path::new(".") {
-                self.root.clone()
-            } else {
-                self.root.join(&rel)
-            };
+            let abs = absolute(&self.root, &rel);
             let wd = match inotify::add_watch(fd, &abs, watch_flags()) {
                 Ok(wd) => wd,
                 Err(Errno::NOSPC) => {
@@ -404,15 +381,19 @@ impl Tree {
         }
     }
 
-    /// Forgets the paths at and under `dir` without removing the watches (they are asked
-    /// for again by path).
-    fn unmap_under(&mut self, dir: &Path) {
-        let gone: Vec<(PathBuf, i32)> = self
-            .by_path
+    /// The watched paths at and under `dir`, with their watches.
+    fn mapped_under(&self, dir: &Path) -> Vec<(PathBuf, i32)> {
+        self.by_path
             .iter()
             .filter(|(p, _)| p.starts_with(dir))
             .map(|(p, wd)| (p.clone(), *wd))
-            .collect();
+            .collect()
+    }
+
+    /// Forgets the paths at and under `dir` without removing the watches (they are asked
+    /// for again by path).
+    fn unmap_under(&mut self, dir: &Path) {
+        let gone = self.mapped_under(dir);
         for (path, wd) in gone {
             self.by_path.remove(&path);
             if self.by_wd.get(&wd) == Some(&path) {
@@ -423,12 +404,7 @@ impl Tree {
 
     /// A directory moved within the volume: its watches (and those under it) follow.
     fn rename_under(&mut self, from: &Path, to: &Path) {
-        let moved: Vec<(PathBuf, i32)> = self
-            .by_path
-            .iter()
-            .filter(|(p, _)| p.starts_with(from))
-            .map(|(p, wd)| (p.clone(), *wd))
-            .collect();
+        let moved = self.mapped_under(from);
         for (old, wd) in moved {
             self.by_path.remove(&old);
             let rest = old.strip_prefix(from).expect("filtered by prefix");
@@ -444,12 +420,7 @@ impl Tree {
 
     /// A directory deleted or moved out: stop watching it and everything under it.
     fn forget_under(&mut self, fd: BorrowedFd<'_>, dir: &Path) {
-        let gone: Vec<(PathBuf, i32)> = self
-            .by_path
-            .iter()
-            .filter(|(p, _)| p.starts_with(dir))
-            .map(|(p, wd)| (p.clone(), *wd))
-            .collect();
+        let gone = self.mapped_under(dir);
         for (path, wd) in gone {
             self.by_path.remove(&path);
             self.by_wd.remove(&wd);

@@ -686,3 +686,53 @@ fn fanotify_follows_a_directory_the_start_up_walk_missed() {
         "placed from the cache, not the kernel"
     );
 }
+
+#[test]
+fn an_exchange_is_told_from_two_moves_while_the_file_system_is_busy() {
+    // A filesystem mark sees the whole file system: events of other directories (here a
+    // thread making and deleting files outside the volume) can be queued between the two
+    // halves of an exchange. Read as two moves, the cache would put both subtrees at one name
+    // and the server would move one record over the other and back.
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    for mode in MODES {
+        let s = Scene::new();
+        fs::create_dir_all(s.p("x/a/in-a")).unwrap();
+        fs::create_dir_all(s.p("y/b/in-b")).unwrap();
+        let mut w = s.watch(mode, Default::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let noise = {
+            let (outside, stop) = (s.outside.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for i in 0u64.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let p = outside.join(format!("n{}", i % 50));
+                    fs::write(&p, b"1").unwrap();
+                    fs::remove_file(&p).unwrap();
+                }
+            })
+        };
+        let rescan = |p: &str| Change::Rescan { path: p.into() };
+        let wrong: Vec<Vec<Change>> = (0..2000)
+            .map(|_| {
+                renameat_with(CWD, s.p("x/a"), CWD, s.p("y/b"), RenameFlags::EXCHANGE).unwrap();
+                drain(&mut w)
+            })
+            .filter(|changes| *changes != [rescan("x"), rescan("y")])
+            .collect();
+        stop.store(true, Ordering::Relaxed);
+        noise.join().unwrap();
+        assert_eq!(wrong.len(), 0, "{mode:?}: {:?}", wrong.first());
+        // After 2,000 exchanges (an even number) each subtree is where it started.
+        fs::write(s.p("x/a/in-a/f"), b"1").unwrap();
+        fs::write(s.p("y/b/in-b/g"), b"1").unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![created("x/a/in-a/f", false), created("y/b/in-b/g", false)],
+            "{mode:?}"
+        );
+    }
+}

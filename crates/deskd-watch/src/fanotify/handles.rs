@@ -176,6 +176,23 @@ pub(crate) fn relative_to(root: &Path, abs: &Path) -> Option<PathBuf> {
         .then(|| rest.to_path_buf())
 }
 
+/// Where a path relative to `root` is ("." is the root itself).
+pub(crate) fn absolute(root: &Path, rel: &Path) -> PathBuf {
+    if rel == Path::new(".") {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    }
+}
+
+/// The directory holding a relative `path` ("." for a name in the root).
+pub(crate) fn parent_rel(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// `dir` joined with one name; the root "." stays out of the result.
 pub(crate) fn join_rel(dir: &Path, name: &OsStr) -> PathBuf {
     if dir == Path::new(".") {

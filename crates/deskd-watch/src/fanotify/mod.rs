@@ -180,11 +180,7 @@ impl FanotifySource {
                 self.walked_all = false;
                 return;
             }
-            let abs = if rel == Path::new(".") {
-                self.root.clone()
-            } else {
-                self.root.join(&rel)
-            };
+            let abs = handles::absolute(&self.root, &rel);
             let Ok(entries) = std::fs::read_dir(&abs) else {
                 // Moved or deleted since the event that led here: what is under it can no
                 // longer be cached by path, so a cache miss no longer means "outside".
@@ -227,22 +223,22 @@ impl FanotifySource {
         };
         let buf = std::mem::take(&mut self.buf);
         self.note_renames(&buf[..n]);
-        let mut events = records::events(&buf[..n]).peekable();
-        self.event_index = 0;
-        while let Some(event) = events.next() {
-            self.event_index += 1;
+        let events: Vec<_> = records::events(&buf[..n]).collect();
+        // Second halves of exchanges already placed with their first half.
+        let mut paired = std::collections::HashSet::new();
+        for (i, event) in events.iter().enumerate() {
+            self.event_index = i + 1;
+            if paired.remove(&i) {
+                continue;
+            }
             match event {
-                Ok(event) => {
-                    if let Some(Ok(next)) = events.peek() {
-                        if let Some((first, second)) = exchange_pair(&event, next) {
-                            self.exchange(first, second, sink);
-                            events.next();
-                            self.event_index += 1;
-                            continue;
-                        }
+                Ok(event) => match second_half(event, &events[i + 1..]) {
+                    Some((j, (first, second))) => {
+                        paired.insert(i + 1 + j);
+                        self.exchange(first, second, sink);
                     }
-                    self.event(event, sink)
-                }
+                    None => self.event(*event, sink),
+                },
                 Err(Malformed(why)) => {
                     tracing::warn!("watch: unreadable fanotify event ({why}); re-scanning");
                     sink.overflow = true;
@@ -304,11 +300,9 @@ impl FanotifySource {
         match (a_rel, b_rel) {
             (Some(a), Some(b)) => {
                 for path in [a, b] {
-                    let parent = match path.parent() {
-                        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                        _ => PathBuf::from("."),
-                    };
-                    sink.emit(Change::Rescan { path: parent });
+                    sink.emit(Change::Rescan {
+                        path: handles::parent_rel(&path),
+                    });
                 }
             }
             // Across the volume's edge: the name inside lost its object and got another.
@@ -659,6 +653,40 @@ struct Swap<'a> {
     to: DirName<'a>,
     fid: Option<&'a [u8]>,
     is_dir: bool,
+}
+
+/// How many events after a rename's are searched for the other half of an exchange.
+const EXCHANGE_LOOKAHEAD: usize = 64;
+
+/// The other half of an exchange whose first half is `first`: the rename in `later` that
+/// [`exchange_pair`] matches with it, with its index there. Other events may come between (the
+/// kernel queues events of other directories meanwhile, and a filesystem mark sees the whole
+/// file system), but none in the two directories of the exchange: it holds their locks until
+/// both halves are queued, so such an event means the names changed in between.
+fn second_half<'a>(
+    first: &RawEvent<'a>,
+    later: &[Result<RawEvent<'a>, Malformed>],
+) -> Option<(usize, (Swap<'a>, Swap<'a>))> {
+    if first.mask & libc::FAN_RENAME == 0 {
+        return None;
+    }
+    let r = records::records(first.info).ok()?;
+    let dirs = [r.old?.dir, r.new?.dir];
+    for (j, event) in later.iter().take(EXCHANGE_LOOKAHEAD).enumerate() {
+        let event = event.as_ref().ok()?;
+        if let Some(pair) = exchange_pair(first, event) {
+            return Some((j, pair));
+        }
+        let r = records::records(event.info).ok()?;
+        if [r.old, r.new, r.dfid_name]
+            .iter()
+            .flatten()
+            .any(|end| dirs.contains(&end.dir))
+        {
+            return None;
+        }
+    }
+    None
 }
 
 /// Two rename events that swapped two names (`renameat2(RENAME_EXCHANGE)` reports one rename

@@ -27,7 +27,7 @@ pub(crate) const MAX_HANDLE_BYTES: usize = 128;
 pub(crate) struct Malformed(pub(crate) &'static str);
 
 /// One event: its mask, its fd (always `FAN_NOFD` in FID mode) and its info records.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct RawEvent<'a> {
     pub(crate) mask: u64,
     pub(crate) fd: i32,
