@@ -1139,19 +1139,8 @@ impl Env {
         let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
         self.start(&refs);
         for v in volumes {
-            let root = self.path(v).display().to_string();
-            let began = Instant::now();
-            loop {
-                let log = self.log_text();
-                if log.contains(&format!("watching {root}")) {
-                    break;
-                }
-                assert!(
-                    began.elapsed() < Duration::from_secs(20),
-                    "no `watching {root}` or `not watching {root}` in the log: {log}"
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            // `not watching ROOT` holds it too.
+            self.wait_for_log(&format!("watching {}", self.path(v).display()), 1);
         }
     }
 
