@@ -8,22 +8,8 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Output};
 
-use common::{desktop_paths, Env, DESKD};
-
-fn rebuild(env: &Env, args: &[&str]) -> Output {
-    Command::new(DESKD)
-        .arg("rebuild")
-        .args(args)
-        .current_dir(env.path(""))
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use common::{desktop_paths, stdout, Env};
 
 /// `dirs` folders of `per_dir` files each below `vol`, made with plain file system calls, then
 /// a desktop for them from `rebuild -f` (resource files and mirrors everywhere).
@@ -35,11 +21,11 @@ fn volume_of(env: &Env, dirs: usize, per_dir: usize) {
             std::fs::write(dir.join(format!("file {f}.txt")), b"x").unwrap();
         }
     }
-    let out = rebuild(env, &["-f", "vol"]);
+    let out = env.deskd(&["rebuild", "-f", "vol"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
-    let out = rebuild(env, &["vol"]);
+    let out = env.deskd(&["rebuild", "vol"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
-    let scan = rebuild(env, &["-s", "vol"]);
+    let scan = env.deskd(&["rebuild", "-s", "vol"]);
     assert_eq!(scan.status.code(), Some(0), "{}", stdout(&scan));
 }
 
@@ -88,7 +74,7 @@ fn a_repair_of_thousands_of_lost_resource_files_does_what_scan_lists() {
     assert_eq!(ids.len(), 4005, "the root, 4 folders, 4000 files");
     remove_resource_files(&root, &[]);
 
-    let scan = rebuild(&env, &["-s", "vol"]);
+    let scan = env.deskd(&["rebuild", "-s", "vol"]);
     assert_eq!(scan.status.code(), Some(1), "{}", common::stderr(&scan));
     let listed = stdout(&scan);
     let missing = listed
@@ -101,7 +87,7 @@ fn a_repair_of_thousands_of_lost_resource_files_does_what_scan_lists() {
 
     // The repair shows (-v) the very lines -s showed, then makes them all. (The walk is
     // parallel: the order of the folders may differ from one run to the next.)
-    let repair = rebuild(&env, &["-v", "vol"]);
+    let repair = env.deskd(&["rebuild", "-v", "vol"]);
     assert!(repair.status.success(), "{}", common::stderr(&repair));
     let shown = stdout(&repair);
     let lines = |t: &str| -> Vec<String> {
@@ -116,7 +102,7 @@ fn a_repair_of_thousands_of_lost_resource_files_does_what_scan_lists() {
     assert_eq!(lines(&shown), lines(&listed));
     assert!(shown.contains("4004 repaired"), "{shown}");
 
-    let scan = rebuild(&env, &["-s", "vol"]);
+    let scan = env.deskd(&["rebuild", "-s", "vol"]);
     assert_eq!(scan.status.code(), Some(0), "{}", stdout(&scan));
     assert_eq!(desktop_paths(&root), ids, "every ID kept");
     for (path, id) in ids.iter().filter(|(p, _)| p.ends_with(".txt")) {
@@ -136,7 +122,7 @@ fn an_orphan_moves_to_its_object_while_thousands_of_fresh_headers_are_written() 
     let orphan = root.join("d1/.rsrc/file 7.txt");
     let orphan_inode = std::fs::metadata(&orphan).unwrap().ino();
 
-    let repair = rebuild(&env, &["-v", "vol"]);
+    let repair = env.deskd(&["rebuild", "-v", "vol"]);
     assert!(repair.status.success(), "{}", common::stderr(&repair));
     let shown = stdout(&repair);
     assert!(
@@ -158,7 +144,7 @@ fn an_orphan_moves_to_its_object_while_thousands_of_fresh_headers_are_written() 
     let arrived = deskd_volume::rsrc::rsrc_path(&moved).unwrap();
     assert_eq!(std::fs::metadata(&arrived).unwrap().ino(), orphan_inode);
     assert_eq!(rsrc_id(&moved), ids["d1/file 7.txt"]);
-    let scan = rebuild(&env, &["-s", "vol"]);
+    let scan = env.deskd(&["rebuild", "-s", "vol"]);
     assert_eq!(scan.status.code(), Some(0), "{}", stdout(&scan));
     for (path, id) in desktop_paths(&root)
         .iter()

@@ -455,6 +455,10 @@ pub fn objects_dump(db: &Path) -> String {
     sqlite3(db, "SELECT id, parent, hex(name) FROM objects ORDER BY id")
 }
 
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
