@@ -1238,6 +1238,86 @@ impl Env {
     }
 }
 
+// Helpers of the watch tests, for objects at paths `rel` relative to their volume `vol`.
+
+/// `dt touch` (files) or `dt mkdir -p` (dirs) of paths relative to `vol`, 500 at a time:
+/// registered objects with resource files and mirrors, as a user of dt has them.
+pub fn dt_make(env: &Env, verb: &[&str], rels: &[String]) {
+    let root = env.path("vol");
+    for chunk in rels.chunks(500) {
+        let full: Vec<String> = chunk
+            .iter()
+            .map(|r| root.join(r).display().to_string())
+            .collect();
+        let mut args: Vec<&[u8]> = verb.iter().map(|v| v.as_bytes()).collect();
+        args.extend(full.iter().map(|f| f.as_bytes()));
+        env.dt_ok(&args);
+    }
+}
+
+pub fn dt_touch(env: &Env, rels: &[&str]) {
+    let rels: Vec<String> = rels.iter().map(|r| r.to_string()).collect();
+    dt_make(env, &["touch"], &rels);
+}
+
+pub fn dt_mkdir(env: &Env, rels: &[&str]) {
+    let rels: Vec<String> = rels.iter().map(|r| r.to_string()).collect();
+    dt_make(env, &["mkdir", "-p"], &rels);
+}
+
+pub fn dt_comment(env: &Env, rel: &str, comment: &str) {
+    let path = env.path("vol").join(rel);
+    env.dt_ok(&[
+        b"set",
+        b"--comment",
+        comment.as_bytes(),
+        path.as_os_str().as_encoded_bytes(),
+    ]);
+}
+
+/// The comment in the resource file of the object at `rel`.
+pub fn rsrc_comment(env: &Env, rel: &str) -> String {
+    let rsrc = deskd_volume::rsrc::rsrc_path(&env.path("vol").join(rel)).unwrap();
+    let h = deskd_volume::rsrc::read_header(&rsrc)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no resource file {}", rsrc.display()));
+    String::from_utf8_lossy(&h.comment).into_owned()
+}
+
+/// The object at `rel` is as dt leaves it: `desktop` (path → ID) has `id` there, its resource
+/// file names `id`, and so does its mirror (not on symlinks, which carry no xattrs).
+pub fn assert_like_dt(
+    env: &Env,
+    desktop: &std::collections::BTreeMap<String, u32>,
+    rel: &str,
+    id: u32,
+) {
+    let path = env.path("vol").join(rel);
+    assert_eq!(
+        desktop.get(rel).copied(),
+        Some(id),
+        "the desktop's ID at {rel}"
+    );
+    assert_eq!(rsrc_id(&path), Some(id), "the resource file's ID of {rel}");
+    let link = std::fs::symlink_metadata(&path)
+        .unwrap()
+        .file_type()
+        .is_symlink();
+    if !link {
+        assert_eq!(
+            deskd_volume::read_id_xattr(&path),
+            Some(id),
+            "the mirror of {rel}"
+        );
+    }
+}
+
+/// The object at `rel` has no resource file.
+pub fn no_rsrc(env: &Env, rel: &str) -> bool {
+    let rsrc = deskd_volume::rsrc::rsrc_path(&env.path("vol").join(rel)).unwrap();
+    std::fs::symlink_metadata(rsrc).is_err()
+}
+
 /// The ID in the resource file `DIR/.rsrc/NAME` of the object at `path`, None without one.
 pub fn rsrc_id(path: &Path) -> Option<u32> {
     let rsrc = deskd_volume::rsrc::rsrc_path(path)?;
