@@ -211,15 +211,7 @@ impl Env {
 
     /// Wait until the server's log holds `what` `n` times (20 s at most).
     pub fn wait_for_log(&self, what: &str, n: usize) {
-        let began = Instant::now();
-        while self.log_text().matches(what).count() < n {
-            assert!(
-                began.elapsed() < Duration::from_secs(20),
-                "waited for {n} times {what:?} in the log: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_count(&self.log, what, n, "the server's log");
     }
 
     pub fn client(&self) -> deskd_client::Client {
@@ -885,15 +877,21 @@ pub fn afpd_at(addr: &str, path: &Path, name: &[u8]) -> std::net::TcpStream {
 /// text. A listener logs a refused or cut-off connection after closing it, so a test that saw
 /// the close polls.
 pub fn wait_for_text(log: &Path, what: &str, whose: &str) -> String {
+    wait_for_count(log, what, 1, whose)
+}
+
+/// Wait (up to 20 s) until the file `log` (`whose`, for the failure) holds `what` at least `n`
+/// times; returns its text.
+pub fn wait_for_count(log: &Path, what: &str, n: usize, whose: &str) -> String {
     let began = Instant::now();
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(what) {
+        if text.matches(what).count() >= n {
             return text;
         }
         assert!(
             began.elapsed() < Duration::from_secs(20),
-            "no {what:?} in {whose}: {text}"
+            "waited for {n} times {what:?} in {whose}: {text}"
         );
         std::thread::sleep(Duration::from_millis(5));
     }
