@@ -66,10 +66,7 @@ fn a_plain_mv_keeps_its_id_once_flush_returns() {
     assert!(!vol.join("in/.rsrc/new.txt").exists());
     env.rebuild_scan_silent("vol");
     let status = env.watch_status("vol");
-    assert!(
-        status["applied"].as_u64().unwrap() >= 3,
-        "{status}"
-    );
+    assert!(status["applied"].as_u64().unwrap() >= 3, "{status}");
     // Plain status has one line of it.
     let plain = env.deskd_ok(&["status", "--volume", vol.to_str().unwrap()]);
     assert!(
@@ -140,10 +137,7 @@ fn a_read_only_volume_is_not_watched() {
     let status = env.watch_status("vol");
     assert_eq!(status["kind"], "off");
     assert!(
-        status["note"]
-            .as_str()
-            .unwrap()
-            .contains("read-only"),
+        status["note"].as_str().unwrap().contains("read-only"),
         "{status}"
     );
 }
