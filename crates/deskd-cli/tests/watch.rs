@@ -477,19 +477,6 @@ fn watch_off_leaves_the_desktop_to_dt_and_says_so() {
     assert_eq!(status["applied"], 0, "{status}");
 }
 
-/// Run `script` with sh as nobody (uid and gid 65534, no other groups) in the temp dir.
-fn as_nobody_sh(env: &Env, script: &str) {
-    use std::os::unix::process::CommandExt;
-    env.linked_for_others(DT);
-    run_ok(
-        Command::new("sh")
-            .args(["-c", script])
-            .current_dir(env.dir.path())
-            .uid(65534)
-            .gid(65534),
-    );
-}
-
 #[test]
 fn hostile_storm_and_symlinks_out_of_the_volume_as_nobody() {
     let env = watched("");
@@ -504,21 +491,17 @@ fn hostile_storm_and_symlinks_out_of_the_volume_as_nobody() {
     let last = desktop_counter(&root(&env));
 
     // 1,000 files created, each renamed twice and deleted: 4,000 events.
-    as_nobody_sh(
-        &env,
+    env.sh_as_nobody(
         "cd vol/pub && i=0; while [ $i -lt 1000 ]; do : > f$i; mv f$i g$i; mv g$i h$i; \
          rm h$i; i=$((i+1)); done",
     );
     // Links out of the volume, and a .rsrc that is a link out of it, with a file beside it
     // whose resource file would be written through it.
     let out = outside.display().to_string();
-    as_nobody_sh(
-        &env,
-        &format!(
-            "cd vol/pub && ln -s {out} esc && ln -s {out}/secret escf && mkdir x && \
+    env.sh_as_nobody(&format!(
+        "cd vol/pub && ln -s {out} esc && ln -s {out}/secret escf && mkdir x && \
              ln -s {out} x/.rsrc && : > x/f && mkdir y && : > y/kept"
-        ),
-    );
+    ));
     env.watch_barrier("vol");
 
     // Nothing written outside the volume: no file, no resource file, no mirror.

@@ -7,8 +7,6 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 
 use common::Env;
 
@@ -171,18 +169,7 @@ fn a_folder_swapped_for_a_link_by_nobody_leads_no_write_outside() {
         mine = vol.join("mine").display(),
         outside = outside.display()
     );
-    let out = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(&script)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.sh_as_nobody(&script);
     env.watch_barrier("vol");
     // Nothing of the server's outside the volume, and root's file untouched.
     let names: Vec<String> = fs::read_dir(&outside)

@@ -338,6 +338,21 @@ impl Env {
         panic!("{} stayed busy", linked.display());
     }
 
+    /// Run `script` with sh as nobody (uid and gid 65534, no other groups) in the temp dir,
+    /// failing the test unless it succeeds; `dt` is linked where nobody may run it.
+    pub fn sh_as_nobody(&self, script: &str) -> String {
+        use std::os::unix::process::CommandExt;
+        self.linked_for_others(DT);
+        // As root, std also drops every supplementary group.
+        run_ok(
+            Command::new("sh")
+                .args(["-c", script])
+                .current_dir(self.dir.path())
+                .uid(65534)
+                .gid(65534),
+        )
+    }
+
     /// `dt info --json` for each path: (path, id, parent_id).
     pub fn ids(&self, paths: &[PathBuf]) -> Vec<serde_json::Value> {
         let mut args: Vec<&[u8]> = vec![b"info", b"--json"];
