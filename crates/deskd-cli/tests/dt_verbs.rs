@@ -47,16 +47,6 @@ fn tree_ids(env: &Env, dir: &str) -> Vec<(String, u32)> {
         .collect()
 }
 
-fn rebuild_scan_is_silent(env: &Env, volume: &str) {
-    let out = env.deskd(&["rebuild", "-s", env.path(volume).to_str().unwrap()]);
-    assert!(
-        out.status.success() && out.stdout.is_empty(),
-        "rebuild -s found differences: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        stderr(&out)
-    );
-}
-
 #[test]
 fn cp_gives_copies_new_ids_and_carries_their_mac_information() {
     let mut env = Env::new(&["vol", "other", "plain"]);
@@ -157,7 +147,7 @@ fn cp_gives_copies_new_ids_and_carries_their_mac_information() {
         assert_eq!(header(&r).id, *id, "{path}");
     }
     assert_eq!(header(&env.path("vol/dst/.rsrc/a")).type_code, *b"TEXT");
-    rebuild_scan_is_silent(&env, "vol");
+    env.rebuild_scan_silent("vol");
 
     // Into an existing directory: the copy goes inside it. A second time: no merging.
     env.dt_ok(&[b"mkdir", b"vol/into"]);
@@ -174,7 +164,7 @@ fn cp_gives_copies_new_ids_and_carries_their_mac_information() {
     // Across volumes, and out of and into one.
     env.dt_ok(&[b"cp", b"-R", b"vol/src", b"other/src"]);
     assert_eq!(tree_ids(&env, "other/src").len(), sources.len());
-    rebuild_scan_is_silent(&env, "other");
+    env.rebuild_scan_silent("other");
     env.dt_ok(&[b"cp", b"vol/src/a", b"plain/a"]);
     assert_eq!(std::fs::read(env.path("plain/a")).unwrap(), b"data of a");
     assert!(
@@ -226,7 +216,7 @@ fn cp_gives_copies_new_ids_and_carries_their_mac_information() {
         assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
     }
     assert!(!env.path("vol/x").exists() && !env.path("other/whole").exists());
-    rebuild_scan_is_silent(&env, "vol");
+    env.rebuild_scan_silent("vol");
 }
 
 #[test]
@@ -434,7 +424,7 @@ fn set_writes_mac_information_to_the_desktop_and_the_resource_file() {
         c.call(Request::CommentGet { vol, id }).unwrap(),
         Response::Comment(Some(b"a note".to_vec()))
     );
-    rebuild_scan_is_silent(&env, "vol");
+    env.rebuild_scan_silent("vol");
     env.dt_ok(&[b"set", b"--comment", b"", b"vol/app"]);
     assert_eq!(
         c.call(Request::CommentGet { vol, id }).unwrap(),
@@ -583,5 +573,5 @@ fn cp_keep_ids_restores_a_file_level_backup_with_its_ids() {
         header(&env.path("vol/Again/2026/.rsrc/Report.indd")).id,
         env.id_of(&env.path("vol/Again/2026/Report.indd"))
     );
-    rebuild_scan_is_silent(&env, "vol");
+    env.rebuild_scan_silent("vol");
 }

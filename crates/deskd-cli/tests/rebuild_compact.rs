@@ -9,23 +9,9 @@ mod common;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::{Command, Output};
 
-use common::{desktop_paths, Env, DESKD};
+use common::{desktop_paths, stdout, Env};
 use deskd_volume::rsrc::{self, ResourceHeader};
-
-fn rebuild(env: &Env, args: &[&str]) -> Output {
-    Command::new(DESKD)
-        .arg("rebuild")
-        .args(args)
-        .current_dir(env.path(""))
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn header_of(path: &Path) -> ResourceHeader {
     rsrc::read_header(&rsrc::rsrc_path(path).unwrap())
@@ -38,7 +24,7 @@ fn a_copied_resource_file_gets_its_new_id_and_keeps_everything_else() {
     let env = Env::new(&["vol/docs"]);
     let root = env.path("vol");
     std::fs::write(root.join("docs/a"), b"a").unwrap();
-    let out = rebuild(&env, &["-f", "vol"]);
+    let out = env.deskd(&["rebuild", "-f", "vol"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     // The header of `a` with what the walk does not keep (the comment, the serial number, the
     // rest of the Finder info) and a resource fork behind it.
@@ -69,7 +55,7 @@ fn a_copied_resource_file_gets_its_new_id_and_keeps_everything_else() {
     std::fs::copy(&a_rsrc, rsrc::rsrc_path(&b).unwrap()).unwrap();
     let a_id = header.id;
 
-    let out = rebuild(&env, &["-v", "vol"]);
+    let out = env.deskd(&["rebuild", "-v", "vol"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert!(stdout(&out).contains("duplicate"), "{}", stdout(&out));
     let ids = desktop_paths(&root);
@@ -89,7 +75,7 @@ fn a_copied_resource_file_gets_its_new_id_and_keeps_everything_else() {
     assert_eq!(b_bytes.len(), a_bytes.len());
     assert_eq!(std::fs::read(&a_rsrc).unwrap(), a_bytes, "a is untouched");
     // The comment went to the desktop for both.
-    let scan = rebuild(&env, &["-s", "vol"]);
+    let scan = env.deskd(&["rebuild", "-s", "vol"]);
     assert_eq!(scan.status.code(), Some(0), "{}", stdout(&scan));
 }
 
@@ -113,18 +99,18 @@ fn names_of_every_length_and_byte_come_back_whole() {
             std::fs::write(dir.join(std::ffi::OsStr::from_bytes(name)), b"").unwrap();
         }
     }
-    let out = rebuild(&env, &["-f", "vol"]);
+    let out = env.deskd(&["rebuild", "-f", "vol"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     let first = desktop_paths(&root);
     assert_eq!(first.len(), 1 + 2 + 3 * names.len(), "{first:?}");
     // A check finds nothing, a new desktop from the disk alone keeps every ID, and so does a
     // repair with the old desktop gone to the side.
-    let scan = rebuild(&env, &["-s", "vol"]);
+    let scan = env.deskd(&["rebuild", "-s", "vol"]);
     assert_eq!(scan.status.code(), Some(0), "{}", stdout(&scan));
-    let out = rebuild(&env, &["-f", "vol"]);
+    let out = env.deskd(&["rebuild", "-f", "vol"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert_eq!(desktop_paths(&root), first);
-    let out = rebuild(&env, &["vol"]);
+    let out = env.deskd(&["rebuild", "vol"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert_eq!(desktop_paths(&root), first);
     for dir in &dirs {
@@ -144,13 +130,13 @@ fn a_corrupt_resource_file_is_reported_with_its_reason_and_remade() {
     for name in ["good", "bad"] {
         std::fs::write(root.join(name), b"").unwrap();
     }
-    let out = rebuild(&env, &["-f", "vol"]);
+    let out = env.deskd(&["rebuild", "-f", "vol"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     let ids = desktop_paths(&root);
     let bad_rsrc = rsrc::rsrc_path(&root.join("bad")).unwrap();
     std::fs::write(&bad_rsrc, b"short").unwrap();
 
-    let scan = rebuild(&env, &["-s", "vol"]);
+    let scan = env.deskd(&["rebuild", "-s", "vol"]);
     assert_eq!(scan.status.code(), Some(1), "{}", stdout(&scan));
     let listed = stdout(&scan);
     let line = listed
@@ -169,7 +155,7 @@ fn a_corrupt_resource_file_is_reported_with_its_reason_and_remade() {
         "{listed}"
     );
 
-    let out = rebuild(&env, &["vol"]);
+    let out = env.deskd(&["rebuild", "vol"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert_eq!(desktop_paths(&root), ids);
     assert_eq!(header_of(&root.join("bad")).id, ids["bad"]);

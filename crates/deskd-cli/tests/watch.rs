@@ -24,49 +24,6 @@ fn root(env: &Env) -> PathBuf {
     env.path("vol")
 }
 
-/// `dt touch` (files) or `dt mkdir -p` (dirs) of paths relative to the volume, 500 at a time:
-/// registered objects with resource files and mirrors, as a user of dt has them.
-fn dt_make(env: &Env, verb: &[&str], rels: &[String]) {
-    for chunk in rels.chunks(500) {
-        let full: Vec<String> = chunk
-            .iter()
-            .map(|r| root(env).join(r).display().to_string())
-            .collect();
-        let mut args: Vec<&[u8]> = verb.iter().map(|v| v.as_bytes()).collect();
-        args.extend(full.iter().map(|f| f.as_bytes()));
-        env.dt_ok(&args);
-    }
-}
-
-fn dt_touch(env: &Env, rels: &[&str]) {
-    let rels: Vec<String> = rels.iter().map(|r| r.to_string()).collect();
-    dt_make(env, &["touch"], &rels);
-}
-
-fn dt_mkdir(env: &Env, rels: &[&str]) {
-    let rels: Vec<String> = rels.iter().map(|r| r.to_string()).collect();
-    dt_make(env, &["mkdir", "-p"], &rels);
-}
-
-fn dt_comment(env: &Env, rel: &str, comment: &str) {
-    let path = root(env).join(rel);
-    env.dt_ok(&[
-        b"set",
-        b"--comment",
-        comment.as_bytes(),
-        path.as_os_str().as_encoded_bytes(),
-    ]);
-}
-
-/// The comment in the resource file of the object at `rel`.
-fn rsrc_comment(env: &Env, rel: &str) -> String {
-    let rsrc = deskd_volume::rsrc::rsrc_path(&root(env).join(rel)).unwrap();
-    let h = deskd_volume::rsrc::read_header(&rsrc)
-        .unwrap()
-        .unwrap_or_else(|| panic!("no resource file {}", rsrc.display()));
-    String::from_utf8_lossy(&h.comment).into_owned()
-}
-
 /// Run a plain command (no dt), failing the test unless it succeeds.
 fn sh(env: &Env, script: &str) {
     run_ok(
@@ -82,29 +39,6 @@ fn desktop_below(env: &Env, top: &str) -> BTreeMap<String, u32> {
         .into_iter()
         .filter(|(p, _)| top.is_empty() || p == top || p.starts_with(&format!("{top}/")))
         .collect()
-}
-
-/// The object at `rel` is as dt leaves it: the desktop has `id` there, its resource file
-/// names `id`, and so does its mirror (not on symlinks, which carry no xattrs).
-fn assert_like_dt(env: &Env, desktop: &BTreeMap<String, u32>, rel: &str, id: u32) {
-    let path = root(env).join(rel);
-    assert_eq!(
-        desktop.get(rel).copied(),
-        Some(id),
-        "the desktop's ID at {rel}"
-    );
-    assert_eq!(rsrc_id(&path), Some(id), "the resource file's ID of {rel}");
-    let link = std::fs::symlink_metadata(&path)
-        .unwrap()
-        .file_type()
-        .is_symlink();
-    if !link {
-        assert_eq!(
-            deskd_volume::read_id_xattr(&path),
-            Some(id),
-            "the mirror of {rel}"
-        );
-    }
 }
 
 /// Every object on disk at and below `top` is in the desktop, as dt leaves it; the desktop has
@@ -149,11 +83,6 @@ fn disk_below(root: &Path, top: &str) -> Vec<String> {
 /// `dt info`: what a user sees at `rel`.
 fn dt_id(env: &Env, rel: &str) -> u32 {
     env.id_of(&root(env).join(rel))
-}
-
-fn no_rsrc(env: &Env, rel: &str) -> bool {
-    let rsrc = deskd_volume::rsrc::rsrc_path(&root(env).join(rel)).unwrap();
-    std::fs::symlink_metadata(rsrc).is_err()
 }
 
 #[test]
@@ -548,19 +477,6 @@ fn watch_off_leaves_the_desktop_to_dt_and_says_so() {
     assert_eq!(status["applied"], 0, "{status}");
 }
 
-/// Run `script` with sh as nobody (uid and gid 65534, no other groups) in the temp dir.
-fn as_nobody_sh(env: &Env, script: &str) {
-    use std::os::unix::process::CommandExt;
-    env.linked_for_others(DT);
-    run_ok(
-        Command::new("sh")
-            .args(["-c", script])
-            .current_dir(env.dir.path())
-            .uid(65534)
-            .gid(65534),
-    );
-}
-
 #[test]
 fn hostile_storm_and_symlinks_out_of_the_volume_as_nobody() {
     let env = watched("");
@@ -575,21 +491,17 @@ fn hostile_storm_and_symlinks_out_of_the_volume_as_nobody() {
     let last = desktop_counter(&root(&env));
 
     // 1,000 files created, each renamed twice and deleted: 4,000 events.
-    as_nobody_sh(
-        &env,
+    env.sh_as_nobody(
         "cd vol/pub && i=0; while [ $i -lt 1000 ]; do : > f$i; mv f$i g$i; mv g$i h$i; \
          rm h$i; i=$((i+1)); done",
     );
     // Links out of the volume, and a .rsrc that is a link out of it, with a file beside it
     // whose resource file would be written through it.
     let out = outside.display().to_string();
-    as_nobody_sh(
-        &env,
-        &format!(
-            "cd vol/pub && ln -s {out} esc && ln -s {out}/secret escf && mkdir x && \
+    env.sh_as_nobody(&format!(
+        "cd vol/pub && ln -s {out} esc && ln -s {out}/secret escf && mkdir x && \
              ln -s {out} x/.rsrc && : > x/f && mkdir y && : > y/kept"
-        ),
-    );
+    ));
     env.watch_barrier("vol");
 
     // Nothing written outside the volume: no file, no resource file, no mirror.

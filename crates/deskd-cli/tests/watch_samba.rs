@@ -6,60 +6,19 @@
 
 mod common;
 use common::*;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 fn root(env: &Env) -> PathBuf {
     env.path("vol")
 }
 
-fn dt_on(env: &Env, verb: &[&str], rels: &[&str]) {
-    let full: Vec<String> = rels
-        .iter()
-        .map(|r| root(env).join(r).display().to_string())
-        .collect();
-    let mut args: Vec<&[u8]> = verb.iter().map(|v| v.as_bytes()).collect();
-    args.extend(full.iter().map(|f| f.as_bytes()));
-    env.dt_ok(&args);
-}
-
-fn comment_of(env: &Env, rel: &str) -> String {
-    let rsrc = deskd_volume::rsrc::rsrc_path(&root(env).join(rel)).unwrap();
-    let h = deskd_volume::rsrc::read_header(&rsrc)
-        .unwrap()
-        .unwrap_or_else(|| panic!("no resource file {}", rsrc.display()));
-    String::from_utf8_lossy(&h.comment).into_owned()
-}
-
-/// The desktop has `id` at `rel`, and the resource file and mirror there name it.
-fn assert_like_dt(env: &Env, desktop: &BTreeMap<String, u32>, rel: &str, id: u32) {
-    let path = root(env).join(rel);
-    assert_eq!(desktop.get(rel), Some(&id), "desktop at {rel}: {desktop:?}");
-    assert_eq!(rsrc_id(&path), Some(id), "resource file of {rel}");
-    assert_eq!(
-        deskd_volume::read_id_xattr(&path),
-        Some(id),
-        "mirror of {rel}"
-    );
-}
-
-fn no_rsrc(env: &Env, rel: &str) -> bool {
-    let rsrc = deskd_volume::rsrc::rsrc_path(&root(env).join(rel)).unwrap();
-    std::fs::symlink_metadata(rsrc).is_err()
-}
-
 /// A served, watched volume with registered objects (dt) and smbd sharing it.
 fn setup() -> (Env, Samba) {
     let mut env = Env::new(&["vol"]);
     env.serve_watched(&["vol"], "");
-    dt_on(&env, &["mkdir", "-p"], &["dir1/inner", "dir2"]);
-    dt_on(&env, &["touch"], &["a", "dir1/b", "dir1/c", "dir1/inner/d"]);
-    env.dt_ok(&[
-        b"set",
-        b"--comment",
-        b"of b",
-        root(&env).join("dir1/b").as_os_str().as_encoded_bytes(),
-    ]);
+    dt_mkdir(&env, &["dir1/inner", "dir2"]);
+    dt_touch(&env, &["a", "dir1/b", "dir1/c", "dir1/inner/d"]);
+    dt_comment(&env, "dir1/b", "of b");
     env.watch_barrier("vol");
     let samba = Samba::start(env.dir.path(), &root(&env));
     (env, samba)
@@ -82,7 +41,7 @@ fn smb_rename_move_and_delete_keep_the_desktop_right() {
     assert_like_dt(&env, &desktop, "dir2/b", before["dir1/b"]);
     assert_like_dt(&env, &desktop, "dir2/inner", before["dir1/inner"]);
     assert_like_dt(&env, &desktop, "dir2/inner/d", before["dir1/inner/d"]);
-    assert_eq!(comment_of(&env, "dir2/b"), "of b");
+    assert_eq!(rsrc_comment(&env, "dir2/b"), "of b");
     for gone in ["a", "dir1", "dir1/b", "dir1/c", "dir1/inner"] {
         assert!(!desktop.contains_key(gone), "{gone} stayed: {desktop:?}");
     }

@@ -7,13 +7,11 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::Command;
 
 use common::Env;
 
-/// Serve `vol` with `settings` in its volume table; wait for the start-up rescan's end when
-/// the volume is watched.
+/// Serve `vol` with `settings` in its volume table, watched unless `settings` say otherwise
+/// (the callers wait for the start-up rescan themselves).
 fn serve_with(env: &mut Env, vol: &str, settings: &str) {
     let cfg = env.path("deskd.toml");
     fs::write(
@@ -33,15 +31,6 @@ fn serve_with(env: &mut Env, vol: &str, settings: &str) {
     env.start(&["--config", cfg.to_str().unwrap()]);
 }
 
-fn status_json(env: &Env, vol: &Path) -> serde_json::Value {
-    let out = env.deskd_ok(&["status", "--json", "--volume", vol.to_str().unwrap()]);
-    serde_json::from_str(out.lines().next().unwrap()).unwrap()
-}
-
-fn flush(env: &Env, vol: &Path) {
-    env.deskd_ok(&["flush", "--volume", vol.to_str().unwrap()]);
-}
-
 /// The value of the volume's sample of the metric `name` in `deskd metrics` (None: no sample:
 /// an unwatched volume has none of the `deskd_watch_` ones).
 fn watch_metric(env: &Env, vol: &Path, name: &str) -> Option<f64> {
@@ -52,17 +41,6 @@ fn watch_metric(env: &Env, vol: &Path, name: &str) -> Option<f64> {
         .map(|v| v.trim().parse().unwrap())
 }
 
-/// `deskd rebuild -s` prints nothing: the desktop, resource files and mirrors agree.
-fn scan_is_clean(env: &Env, vol: &Path) {
-    let out = env.deskd(&["rebuild", "-s", vol.to_str().unwrap()]);
-    assert!(
-        out.status.success() && out.stdout.is_empty(),
-        "rebuild -s found differences:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        env.log_text()
-    );
-}
-
 #[test]
 fn a_plain_mv_keeps_its_id_once_flush_returns() {
     let mut env = Env::new(&["vol"]);
@@ -71,15 +49,15 @@ fn a_plain_mv_keeps_its_id_once_flush_returns() {
     fs::write(vol.join("report.txt"), b"x").unwrap();
     serve_with(&mut env, "vol", "");
     env.wait_for_log("watch rescan of", 2); // started, finished
-    let status = status_json(&env, &vol);
-    let kind = status["watch"]["kind"].as_str().unwrap().to_owned();
+    let status = env.watch_status("vol");
+    let kind = status["kind"].as_str().unwrap().to_owned();
     assert!(kind == "fanotify" || kind == "inotify", "{status}");
-    assert_eq!(status["watch"]["rescan"]["reason"], "start");
-    assert_eq!(status["watch"]["rescan"]["running"], false);
+    assert_eq!(status["rescan"]["reason"], "start");
+    assert_eq!(status["rescan"]["running"], false);
     let id = env.id_of(&vol.join("report.txt"));
     // No dt: a plain rename across folders, then the barrier.
     fs::rename(vol.join("report.txt"), vol.join("in/final.txt")).unwrap();
-    flush(&env, &vol);
+    env.watch_barrier("vol");
     assert_eq!(env.id_of(&vol.join("in/final.txt")), id);
     assert!(
         vol.join("in/.rsrc/final.txt").is_file(),
@@ -88,18 +66,15 @@ fn a_plain_mv_keeps_its_id_once_flush_returns() {
     assert!(!vol.join(".rsrc/report.txt").exists());
     // A new file gets its ID, resource file and mirror at once.
     fs::write(vol.join("in/new.txt"), b"y").unwrap();
-    flush(&env, &vol);
+    env.watch_barrier("vol");
     assert!(vol.join("in/.rsrc/new.txt").is_file());
     // A removal is followed too.
     fs::remove_file(vol.join("in/new.txt")).unwrap();
-    flush(&env, &vol);
+    env.watch_barrier("vol");
     assert!(!vol.join("in/.rsrc/new.txt").exists());
-    scan_is_clean(&env, &vol);
-    let status = status_json(&env, &vol);
-    assert!(
-        status["watch"]["applied"].as_u64().unwrap() >= 3,
-        "{status}"
-    );
+    env.rebuild_scan_silent("vol");
+    let status = env.watch_status("vol");
+    assert!(status["applied"].as_u64().unwrap() >= 3, "{status}");
     // And /metrics counts them.
     let events = watch_metric(&env, &vol, "deskd_watch_events_total");
     assert!(events.is_some_and(|n| n >= 3.0), "{events:?}");
@@ -133,21 +108,21 @@ fn a_move_made_while_deskd_was_down_keeps_its_id_after_the_start_up_rescan() {
     serve_with(&mut env, "vol", "");
     env.wait_for_log("watch rescan of", 2);
     let id = env.id_of(&vol.join("a/doc"));
-    flush(&env, &vol);
+    env.watch_barrier("vol");
     env.kill9();
     // While deskd is down: a plain move (the mirror goes with the inode).
     fs::rename(vol.join("a/doc"), vol.join("b/doc moved")).unwrap();
     serve_with(&mut env, "vol", "");
     env.wait_for_log("watch rescan of", 2);
-    let status = status_json(&env, &vol);
-    assert_eq!(status["watch"]["rescan"]["reason"], "start", "{status}");
-    assert_eq!(status["watch"]["rescan"]["running"], false, "{status}");
+    let status = env.watch_status("vol");
+    assert_eq!(status["rescan"]["reason"], "start", "{status}");
+    assert_eq!(status["rescan"]["running"], false, "{status}");
     assert!(
-        status["watch"]["rescan"]["objects"].as_u64().unwrap() >= 4,
+        status["rescan"]["objects"].as_u64().unwrap() >= 4,
         "{status}"
     );
     assert_eq!(env.id_of(&vol.join("b/doc moved")), id);
-    scan_is_clean(&env, &vol);
+    env.rebuild_scan_silent("vol");
 }
 
 #[test]
@@ -156,8 +131,8 @@ fn watch_off_leaves_changes_to_clients_and_rebuilds() {
     let vol = env.path("vol");
     fs::write(vol.join("a"), b"x").unwrap();
     serve_with(&mut env, "vol", "watch = \"off\"");
-    let status = status_json(&env, &vol);
-    assert_eq!(status["watch"]["kind"], "off", "{status}");
+    let status = env.watch_status("vol");
+    assert_eq!(status["kind"], "off", "{status}");
     assert_eq!(
         watch_metric(&env, &vol, "deskd_watch_events_total"),
         None,
@@ -170,7 +145,7 @@ fn watch_off_leaves_changes_to_clients_and_rebuilds() {
     );
     env.id_of(&vol.join("a"));
     fs::rename(vol.join("a"), vol.join("b")).unwrap();
-    flush(&env, &vol);
+    env.watch_barrier("vol");
     // The desktop still has the old name: a rebuild reports it.
     let out = env.deskd(&["rebuild", "-s", vol.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "rebuild -s should see the move");
@@ -179,15 +154,11 @@ fn watch_off_leaves_changes_to_clients_and_rebuilds() {
 #[test]
 fn a_read_only_volume_is_not_watched() {
     let mut env = Env::new(&["vol"]);
-    let vol = env.path("vol");
     serve_with(&mut env, "vol", "read_only = true");
-    let status = status_json(&env, &vol);
-    assert_eq!(status["watch"]["kind"], "off");
+    let status = env.watch_status("vol");
+    assert_eq!(status["kind"], "off");
     assert!(
-        status["watch"]["note"]
-            .as_str()
-            .unwrap()
-            .contains("read-only"),
+        status["note"].as_str().unwrap().contains("read-only"),
         "{status}"
     );
 }
@@ -206,9 +177,6 @@ fn a_folder_swapped_for_a_link_by_nobody_leads_no_write_outside() {
     if let Ok(filter) = std::env::var("WATCH_TEST_LOG") {
         env.server_env.push(("DESKD_LOG".into(), filter));
     }
-    if let Ok(filter) = std::env::var("WATCH_TEST_LOG") {
-        env.server_env.push(("DESKD_LOG".into(), filter));
-    }
     fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&vol, fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
@@ -224,18 +192,8 @@ fn a_folder_swapped_for_a_link_by_nobody_leads_no_write_outside() {
         mine = vol.join("mine").display(),
         outside = outside.display()
     );
-    let out = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(&script)
-        .uid_gid(65534)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    flush(&env, &vol);
+    env.sh_as_nobody(&script);
+    env.watch_barrier("vol");
     // Nothing of the server's outside the volume, and root's file untouched.
     let names: Vec<String> = fs::read_dir(&outside)
         .unwrap()
@@ -248,19 +206,7 @@ fn a_folder_swapped_for_a_link_by_nobody_leads_no_write_outside() {
     // left, with inode numbers reused within a second, a rebuild settles: docs/security.md.)
     let before = env.id_of(&vol.join("mine/d.1"));
     fs::rename(vol.join("mine/d.1"), vol.join("mine/kept")).unwrap();
-    flush(&env, &vol);
+    env.watch_barrier("vol");
     assert_eq!(env.id_of(&vol.join("mine/kept")), before);
     assert!(vol.join("mine/.rsrc/kept").is_file());
-}
-
-/// `Command::uid` and `gid` together.
-trait UidGid {
-    fn uid_gid(&mut self, id: u32) -> &mut Self;
-}
-
-impl UidGid for Command {
-    fn uid_gid(&mut self, id: u32) -> &mut Self {
-        use std::os::unix::process::CommandExt;
-        self.uid(id).gid(id)
-    }
 }

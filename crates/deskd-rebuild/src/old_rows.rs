@@ -121,30 +121,26 @@ impl Rows {
         }
     }
 
-    fn position(&self, id: u32) -> Option<usize> {
+    /// Where the row with ID `id` is among the rows (`0..len()`), for marks kept per row.
+    pub fn index_of(&self, id: u32) -> Option<usize> {
         let rows = &self.rows;
         self.by_id
             .find(self.hashing.id(id), |&at| rows[at as usize].id == id)
             .map(|&at| at as usize)
     }
 
-    /// Where the row with ID `id` is among the rows (`0..len()`), for marks kept per row.
-    pub fn index_of(&self, id: u32) -> Option<usize> {
-        self.position(id)
-    }
-
     /// The row with ID `id`.
     pub fn get(&self, id: &u32) -> Option<&OldRow> {
-        self.position(*id).map(|at| &self.rows[at])
+        self.index_of(*id).map(|at| &self.rows[at])
     }
 
     /// The row with ID `id`, to change (not its ID, parent or name).
     pub fn get_mut(&mut self, id: &u32) -> Option<&mut OldRow> {
-        self.position(*id).map(|at| &mut self.rows[at])
+        self.index_of(*id).map(|at| &mut self.rows[at])
     }
 
     pub fn contains_key(&self, id: &u32) -> bool {
-        self.position(*id).is_some()
+        self.index_of(*id).is_some()
     }
 
     /// The ID at `name` in the directory with ID `parent` ([`Rows::index_places`] first).

@@ -230,15 +230,7 @@ impl Env {
 
     /// Wait until the server's log holds `what` `n` times (20 s at most).
     pub fn wait_for_log(&self, what: &str, n: usize) {
-        let began = Instant::now();
-        while self.log_text().matches(what).count() < n {
-            assert!(
-                began.elapsed() < Duration::from_secs(20),
-                "waited for {n} times {what:?} in the log: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_count(&self.log, what, n, "the server's log");
     }
 
     pub fn client(&self) -> deskd_client::Client {
@@ -365,6 +357,21 @@ impl Env {
         panic!("{} stayed busy", linked.display());
     }
 
+    /// Run `script` with sh as nobody (uid and gid 65534, no other groups) in the temp dir,
+    /// failing the test unless it succeeds; `dt` is linked where nobody may run it.
+    pub fn sh_as_nobody(&self, script: &str) -> String {
+        use std::os::unix::process::CommandExt;
+        self.linked_for_others(DT);
+        // As root, std also drops every supplementary group.
+        run_ok(
+            Command::new("sh")
+                .args(["-c", script])
+                .current_dir(self.dir.path())
+                .uid(65534)
+                .gid(65534),
+        )
+    }
+
     /// `dt info --json` for each path: (path, id, parent_id).
     pub fn ids(&self, paths: &[PathBuf]) -> Vec<serde_json::Value> {
         let mut args: Vec<&[u8]> = vec![b"info", b"--json"];
@@ -472,6 +479,10 @@ pub fn sqlite3(db: &Path, sql: &str) -> String {
 /// A snapshot of a desktop's objects table (for "unchanged" checks).
 pub fn objects_dump(db: &Path) -> String {
     sqlite3(db, "SELECT id, parent, hex(name) FROM objects ORDER BY id")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -900,15 +911,21 @@ pub fn afpd_at(addr: &str, path: &Path, name: &[u8]) -> std::net::TcpStream {
 /// text. A listener logs a refused or cut-off connection after closing it, so a test that saw
 /// the close polls.
 pub fn wait_for_text(log: &Path, what: &str, whose: &str) -> String {
+    wait_for_count(log, what, 1, whose)
+}
+
+/// Wait (up to 20 s) until the file `log` (`whose`, for the failure) holds `what` at least `n`
+/// times; returns its text.
+pub fn wait_for_count(log: &Path, what: &str, n: usize, whose: &str) -> String {
     let began = Instant::now();
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(what) {
+        if text.matches(what).count() >= n {
             return text;
         }
         assert!(
             began.elapsed() < Duration::from_secs(20),
-            "no {what:?} in {whose}: {text}"
+            "waited for {n} times {what:?} in {whose}: {text}"
         );
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -1175,19 +1192,8 @@ impl Env {
         let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
         self.start(&refs);
         for v in volumes {
-            let root = self.path(v).display().to_string();
-            let began = Instant::now();
-            loop {
-                let log = self.log_text();
-                if log.contains(&format!("watching {root}")) {
-                    break;
-                }
-                assert!(
-                    began.elapsed() < Duration::from_secs(20),
-                    "no `watching {root}` or `not watching {root}` in the log: {log}"
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            // `not watching ROOT` holds it too.
+            self.wait_for_log(&format!("watching {}", self.path(v).display()), 1);
         }
     }
 
@@ -1279,6 +1285,86 @@ impl Env {
             stderr(&out)
         );
     }
+}
+
+// Helpers of the watch tests, for objects at paths `rel` relative to their volume `vol`.
+
+/// `dt touch` (files) or `dt mkdir -p` (dirs) of paths relative to `vol`, 500 at a time:
+/// registered objects with resource files and mirrors, as a user of dt has them.
+pub fn dt_make(env: &Env, verb: &[&str], rels: &[String]) {
+    let root = env.path("vol");
+    for chunk in rels.chunks(500) {
+        let full: Vec<String> = chunk
+            .iter()
+            .map(|r| root.join(r).display().to_string())
+            .collect();
+        let mut args: Vec<&[u8]> = verb.iter().map(|v| v.as_bytes()).collect();
+        args.extend(full.iter().map(|f| f.as_bytes()));
+        env.dt_ok(&args);
+    }
+}
+
+pub fn dt_touch(env: &Env, rels: &[&str]) {
+    let rels: Vec<String> = rels.iter().map(|r| r.to_string()).collect();
+    dt_make(env, &["touch"], &rels);
+}
+
+pub fn dt_mkdir(env: &Env, rels: &[&str]) {
+    let rels: Vec<String> = rels.iter().map(|r| r.to_string()).collect();
+    dt_make(env, &["mkdir", "-p"], &rels);
+}
+
+pub fn dt_comment(env: &Env, rel: &str, comment: &str) {
+    let path = env.path("vol").join(rel);
+    env.dt_ok(&[
+        b"set",
+        b"--comment",
+        comment.as_bytes(),
+        path.as_os_str().as_encoded_bytes(),
+    ]);
+}
+
+/// The comment in the resource file of the object at `rel`.
+pub fn rsrc_comment(env: &Env, rel: &str) -> String {
+    let rsrc = deskd_volume::rsrc::rsrc_path(&env.path("vol").join(rel)).unwrap();
+    let h = deskd_volume::rsrc::read_header(&rsrc)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no resource file {}", rsrc.display()));
+    String::from_utf8_lossy(&h.comment).into_owned()
+}
+
+/// The object at `rel` is as dt leaves it: `desktop` (path → ID) has `id` there, its resource
+/// file names `id`, and so does its mirror (not on symlinks, which carry no xattrs).
+pub fn assert_like_dt(
+    env: &Env,
+    desktop: &std::collections::BTreeMap<String, u32>,
+    rel: &str,
+    id: u32,
+) {
+    let path = env.path("vol").join(rel);
+    assert_eq!(
+        desktop.get(rel).copied(),
+        Some(id),
+        "the desktop's ID at {rel}"
+    );
+    assert_eq!(rsrc_id(&path), Some(id), "the resource file's ID of {rel}");
+    let link = std::fs::symlink_metadata(&path)
+        .unwrap()
+        .file_type()
+        .is_symlink();
+    if !link {
+        assert_eq!(
+            deskd_volume::read_id_xattr(&path),
+            Some(id),
+            "the mirror of {rel}"
+        );
+    }
+}
+
+/// The object at `rel` has no resource file.
+pub fn no_rsrc(env: &Env, rel: &str) -> bool {
+    let rsrc = deskd_volume::rsrc::rsrc_path(&env.path("vol").join(rel)).unwrap();
+    std::fs::symlink_metadata(rsrc).is_err()
 }
 
 /// The ID in the resource file `DIR/.rsrc/NAME` of the object at `path`, None without one.
