@@ -33,7 +33,7 @@ fn serve_with(env: &mut Env, vol: &str, settings: &str) {
 
 /// The value of the volume's sample of the metric `name` in `deskd metrics` (None: no sample:
 /// an unwatched volume has none of the `deskd_watch_` ones).
-fn watch_metric(env: &Env, vol: &Path, name: &str) -> Option<f64> {
+fn watch_metric(env: &Env, vol: &std::path::Path, name: &str) -> Option<f64> {
     let text = env.deskd_ok(&["metrics"]);
     let sample = format!("{name}{{volume=\"{}\"}} ", vol.display());
     text.lines()
