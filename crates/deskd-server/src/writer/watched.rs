@@ -45,6 +45,10 @@ impl Writer {
                 outcome
             }
             Err(e) => {
+                // The IDs this batch noted as the watcher's own were rolled back with it and
+                // may be handed out again: forget them all (the next batches start afresh)
+                // rather than take a later rename of one of those IDs for a save.
+                self.watch_young = Default::default();
                 warn!(volume = %self.volume.root().display(), "watched changes not committed: {e}");
                 WatchedOutcome::refused(&format!("commit failed: {e}"))
             }
