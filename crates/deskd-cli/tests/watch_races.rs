@@ -1,0 +1,158 @@
+//! A hostile writer races the watcher (issue 23; the hostile review of stop 35, findings 1 and
+//! 2): nobody swaps a folder's `.rsrc` with a link to a root-owned folder outside the volume,
+//! over and over, while the root server stamps the new files it makes there. Root must neither
+//! give a file outside away (`fchown` through the swapped `.rsrc`) nor remove one (a link planted
+//! in `.rsrc`, removed by a path that follows the swapped `.rsrc`).
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::Env;
+
+/// Folders nobody races in, and new files per folder: enough rounds that the unfixed server
+/// gave a file away or removed one in every run tried.
+const FOLDERS: usize = 8;
+const FILES: usize = 60;
+const SWAPS_AFTER: usize = 20_000;
+
+/// `renameat2(a, b, RENAME_EXCHANGE)`.
+fn exchange(a: &Path, b: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let a = std::ffi::CString::new(a.as_os_str().as_bytes()).unwrap();
+    let b = std::ffi::CString::new(b.as_os_str().as_bytes()).unwrap();
+    // SAFETY: two valid NUL-terminated paths.
+    unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        ) == 0
+    }
+}
+
+/// The racer, run as nobody (this test binary again, `DESKD_RACE_BASE` set): in each folder
+/// `dI` a real `.rsrc/` with links `.rsrc/uK -> /nonexistent` planted, and `L -> outside`.
+/// One thread exchanges `.rsrc` and `L` in every folder while the files `cK` and `uK` are
+/// made, which the watcher stamps, and a bounded number of rounds after.
+fn racer(base: &Path, outside: &Path) {
+    let dirs: Vec<PathBuf> = (0..FOLDERS).map(|i| base.join(format!("d{i}"))).collect();
+    for d in &dirs {
+        fs::create_dir(d).unwrap();
+        fs::create_dir(d.join(".rsrc")).unwrap();
+        for k in 0..FILES {
+            std::os::unix::fs::symlink("/nonexistent", d.join(format!(".rsrc/u{k}"))).unwrap();
+        }
+        std::os::unix::fs::symlink(outside, d.join("L")).unwrap();
+    }
+    static MADE: AtomicBool = AtomicBool::new(false);
+    let swapping = dirs.clone();
+    let swapper = std::thread::spawn(move || {
+        // Until every file is made, then SWAPS_AFTER rounds more while the watcher stamps
+        // the last of them (a count, not a time).
+        let mut after = 0;
+        while after < SWAPS_AFTER {
+            if MADE.load(Ordering::Relaxed) {
+                after += 1;
+            }
+            for d in &swapping {
+                exchange(&d.join(".rsrc"), &d.join("L"));
+            }
+        }
+    });
+    for k in 0..FILES {
+        for d in &dirs {
+            fs::write(d.join(format!("c{k}")), b"").unwrap();
+            fs::write(d.join(format!("u{k}")), b"").unwrap();
+        }
+    }
+    MADE.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    // The real folder back in its place.
+    for d in &dirs {
+        if fs::symlink_metadata(d.join(".rsrc")).is_ok_and(|m| m.file_type().is_symlink()) {
+            assert!(exchange(&d.join(".rsrc"), &d.join("L")));
+        }
+    }
+    println!("done");
+}
+
+#[test]
+fn swapping_rsrc_for_a_link_leads_no_chown_or_unlink_outside() {
+    if let Some(base) = std::env::var_os("DESKD_RACE_BASE") {
+        let outside = std::env::var_os("DESKD_RACE_OUTSIDE").unwrap();
+        return racer(Path::new(&base), Path::new(&outside));
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return common::skip("needs root to run the racer as nobody");
+    }
+    let mut env = Env::new(&["vol", "outside"]);
+    let vol = env.path("vol");
+    let outside = env.path("outside");
+    for p in [env.dir.path(), &vol, &outside] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // Root's private files, named as nobody's new objects and their planted links.
+    let names: Vec<String> = (0..FILES)
+        .flat_map(|k| [format!("c{k}"), format!("u{k}")])
+        .collect();
+    for n in &names {
+        fs::write(outside.join(n), b"root's").unwrap();
+        fs::set_permissions(outside.join(n), fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mine = vol.join("mine");
+    fs::create_dir(&mine).unwrap();
+    std::os::unix::fs::chown(&mine, Some(65534), Some(65534)).unwrap();
+    env.serve_watched(&["vol"], "");
+
+    let me = env.linked_for_others(std::env::current_exe().unwrap().to_str().unwrap());
+    let out = {
+        use std::os::unix::process::CommandExt;
+        Command::new(me)
+            .args([
+                "--exact",
+                "swapping_rsrc_for_a_link_leads_no_chown_or_unlink_outside",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("DESKD_RACE_BASE", &mine)
+            .env("DESKD_RACE_OUTSIDE", &outside)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("done"), "the racer failed: {said}");
+    env.watch_barrier("vol");
+
+    let mut wrong = Vec::new();
+    for n in &names {
+        match fs::symlink_metadata(outside.join(n)) {
+            Err(_) => wrong.push(format!("{n}: removed")),
+            Ok(m) if m.uid() != 0 || m.gid() != 0 || m.mode() & 0o7777 != 0o600 => wrong.push(
+                format!("{n}: now {}:{} {:o}", m.uid(), m.gid(), m.mode() & 0o7777),
+            ),
+            Ok(_) => {}
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "root's files outside the volume changed: {wrong:?}\n{}",
+        env.log_text()
+    );
+    // The race was run: the watcher stamped nobody's files (some, at least, while `.rsrc`
+    // was in its place).
+    let stamped = (0..FOLDERS)
+        .flat_map(|i| (0..FILES).map(move |k| (i, k)))
+        .filter(|(i, k)| common::rsrc_id(&mine.join(format!("d{i}/c{k}"))).is_some())
+        .count();
+    assert!(stamped > 0, "the watcher stamped nothing\n{}", env.log_text());
+}
