@@ -130,7 +130,10 @@ fn swapping_rsrc_for_a_link_leads_no_chown_or_unlink_outside() {
             .unwrap()
     };
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && said.contains("done"), "the racer failed: {said}");
+    assert!(
+        out.status.success() && said.contains("done"),
+        "the racer failed: {said}"
+    );
     env.watch_barrier("vol");
 
     let mut wrong = Vec::new();
@@ -154,5 +157,9 @@ fn swapping_rsrc_for_a_link_leads_no_chown_or_unlink_outside() {
         .flat_map(|i| (0..FILES).map(move |k| (i, k)))
         .filter(|(i, k)| common::rsrc_id(&mine.join(format!("d{i}/c{k}"))).is_some())
         .count();
-    assert!(stamped > 0, "the watcher stamped nothing\n{}", env.log_text());
+    assert!(
+        stamped > 0,
+        "the watcher stamped nothing\n{}",
+        env.log_text()
+    );
 }
