@@ -8,6 +8,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,7 +115,6 @@ fn swapping_rsrc_for_a_link_leads_no_chown_or_unlink_outside() {
 
     let me = env.linked_for_others(std::env::current_exe().unwrap().to_str().unwrap());
     let out = {
-        use std::os::unix::process::CommandExt;
         Command::new(me)
             .args([
                 "--exact",
@@ -162,4 +162,48 @@ fn swapping_rsrc_for_a_link_leads_no_chown_or_unlink_outside() {
         "the watcher stamped nothing\n{}",
         env.log_text()
     );
+}
+
+#[test]
+fn a_hard_link_nobody_makes_leaves_the_other_users_mirror_alone() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return common::skip("needs root to run a user's commands as nobody");
+    }
+    // Another user's file anyone may read and write (so protected_hardlinks lets nobody link
+    // it), registered before nobody comes.
+    const VICTIM: u32 = 4321;
+    let mut env = Env::new(&["vol"]);
+    let vol = env.path("vol");
+    for p in [env.dir.path(), &vol] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for (dir, uid) in [("vic", VICTIM), ("nob", 65534)] {
+        fs::create_dir(vol.join(dir)).unwrap();
+        std::os::unix::fs::chown(vol.join(dir), Some(uid), Some(uid)).unwrap();
+    }
+    let shared = vol.join("vic/shared");
+    fs::write(&shared, b"victim's").unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(&shared, Some(VICTIM), Some(VICTIM)).unwrap();
+    env.serve_watched(&["vol"], "");
+    env.watch_barrier("vol");
+    let id = env.id_of(&shared);
+    assert_eq!(deskd_volume::read_id_xattr(&shared), Some(id));
+
+    let out = Command::new("/bin/ln")
+        .arg(&shared)
+        .arg(vol.join("nob/hl"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    env.watch_barrier("vol");
+    // nobody's name has an ID of its own (in its resource file); victim's file keeps its
+    // mirror and its ID.
+    let other = common::rsrc_id(&vol.join("nob/hl")).expect("nobody's link was not stamped");
+    assert_ne!(other, id);
+    assert_eq!(deskd_volume::read_id_xattr(&shared), Some(id));
+    assert_eq!(env.id_of(&shared), id);
 }
