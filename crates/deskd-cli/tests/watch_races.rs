@@ -2,7 +2,10 @@
 //! 2): nobody swaps a folder's `.rsrc` with a link to a root-owned folder outside the volume,
 //! over and over, while the root server stamps the new files it makes there. Root must neither
 //! give a file outside away (`fchown` through the swapped `.rsrc`) nor remove one (a link planted
-//! in `.rsrc`, removed by a path that follows the swapped `.rsrc`).
+//! in `.rsrc`, removed by a path that follows the swapped `.rsrc`). Nor may a hard link to
+//! another user's file, made by nobody in a folder of its own, have the server rewrite that
+//! file's ID mirror (finding 6) or give the file to nobody (put in place of a resource file the
+//! server just made, before the server gives that file to the object's owner).
 
 mod common;
 
@@ -206,4 +209,92 @@ fn a_hard_link_nobody_makes_leaves_the_other_users_mirror_alone() {
     assert_ne!(other, id);
     assert_eq!(deskd_volume::read_id_xattr(&shared), Some(id));
     assert_eq!(env.id_of(&shared), id);
+}
+
+/// The hard-link racer, run as nobody (`DESKD_RACE_LINK` set to another user's file anyone may
+/// write): in `base/.rsrc/`, each resource file the server makes for a new file `cK` is
+/// replaced by a hard link to that file, as fast as it shows up, while the files are made.
+fn link_racer(base: &Path, victim: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = fs::metadata(victim).unwrap().ino();
+    fs::create_dir(base.join(".rsrc")).unwrap();
+    static MADE: AtomicBool = AtomicBool::new(false);
+    let rsrc = base.join(".rsrc");
+    let victim = victim.to_owned();
+    let linker = std::thread::spawn(move || {
+        let mut after = 0;
+        while after < 2_000 {
+            if MADE.load(Ordering::Relaxed) {
+                after += 1;
+            }
+            for k in 0..FILES {
+                let at = rsrc.join(format!("c{k}"));
+                if fs::symlink_metadata(&at).is_ok_and(|m| m.ino() != theirs) {
+                    let _ = fs::remove_file(&at);
+                    let _ = fs::hard_link(&victim, &at);
+                }
+            }
+        }
+    });
+    for k in 0..FILES {
+        fs::write(base.join(format!("c{k}")), b"").unwrap();
+    }
+    MADE.store(true, Ordering::Relaxed);
+    linker.join().unwrap();
+    println!("done");
+}
+
+#[test]
+fn a_hard_link_swapped_in_for_a_new_resource_file_is_not_given_away() {
+    if let Some(victim) = std::env::var_os("DESKD_RACE_LINK") {
+        let base = std::env::var_os("DESKD_RACE_BASE").unwrap();
+        return link_racer(Path::new(&base), Path::new(&victim));
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return common::skip("needs root to run the racer as nobody");
+    }
+    const VICTIM: u32 = 4321;
+    let mut env = Env::new(&["vol"]);
+    let vol = env.path("vol");
+    for p in [env.dir.path(), &vol] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for (dir, uid) in [("vic", VICTIM), ("nob", 65534)] {
+        fs::create_dir(vol.join(dir)).unwrap();
+        std::os::unix::fs::chown(vol.join(dir), Some(uid), Some(uid)).unwrap();
+    }
+    let shared = vol.join("vic/shared");
+    fs::write(&shared, b"victim's").unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(&shared, Some(VICTIM), Some(VICTIM)).unwrap();
+    env.serve_watched(&["vol"], "");
+    env.watch_barrier("vol");
+
+    let me = env.linked_for_others(std::env::current_exe().unwrap().to_str().unwrap());
+    let out = Command::new(me)
+        .args([
+            "--exact",
+            "a_hard_link_swapped_in_for_a_new_resource_file_is_not_given_away",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("DESKD_RACE_BASE", vol.join("nob"))
+        .env("DESKD_RACE_LINK", &shared)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("done"),
+        "the racer failed: {said}"
+    );
+    env.watch_barrier("vol");
+    let m = fs::metadata(&shared).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (VICTIM, VICTIM),
+        "the server gave another user's file to nobody"
+    );
 }

@@ -208,6 +208,13 @@ fn give_to_the_objects_owner(rsrc_file: &Path, object: &Path) {
     ) else {
         return;
     };
+    // Only the file the server just made: the writer of `.rsrc` may have put a hard link to
+    // another user's file at its name meanwhile, which must not be given away.
+    let made_here = rustix::fs::fstat(&fd)
+        .is_ok_and(|st| st.st_nlink == 1 && st.st_uid == rustix::process::geteuid().as_raw());
+    if !made_here {
+        return;
+    }
     let mode = if meta.file_type().is_symlink() {
         0o644
     } else {
