@@ -210,3 +210,38 @@ fn a_folder_swapped_for_a_link_by_nobody_leads_no_write_outside() {
     assert_eq!(env.id_of(&vol.join("mine/kept")), before);
     assert!(vol.join("mine/.rsrc/kept").is_file());
 }
+
+#[test]
+fn a_newline_in_a_name_nobody_makes_starts_no_log_line() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return common::skip("needs root to run a user's commands as nobody");
+    }
+    let mut env = Env::new(&["vol"]);
+    let vol = env.path("vol");
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&vol, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir(vol.join("mine")).unwrap();
+    std::os::unix::fs::chown(vol.join("mine"), Some(65534), Some(65534)).unwrap();
+    serve_with(&mut env, "vol", "");
+    env.wait_for_log("watch rescan of", 2);
+    // A link planted where the new file's resource file goes: the server warns about it, by
+    // name, and the name carries a whole forged audit line.
+    let script = format!(
+        "cd {mine} && n=$(printf 'evil\\n2026-12-06T15:00:00.000000Z  INFO deskd::audit: \
+         uid 0 pid 1 (dt) on VOL: FORGED') && mkdir .rsrc && ln -s /nonexistent \".rsrc/$n\" \
+         && : > \"$n\"",
+        mine = vol.join("mine").display()
+    );
+    env.sh_as_nobody(&script);
+    env.watch_barrier("vol");
+    let log = env.log_text();
+    assert!(
+        log.contains("evil\\n2026-12-06T15:00:00.000000Z  INFO deskd::audit"),
+        "no warning naming the file: {log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-12-06T15:00:00")),
+        "a name started a log line: {log}"
+    );
+}

@@ -820,7 +820,7 @@ fn run(cli: Run) -> Result<ExitCode> {
 /// Log to stderr as `deskd serve` does (`DESKD_LOG` filters).
 fn init_logging() {
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(deskd_cli::log_lines::stderr)
         .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DESKD_LOG")
@@ -834,7 +834,7 @@ fn init_logging() {
 /// with `--force` (`DESKD_LOG` filters, as for the server).
 fn init_offline_logging() {
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(deskd_cli::log_lines::stderr)
         .with_ansi(false)
         .without_time()
         .with_target(false)

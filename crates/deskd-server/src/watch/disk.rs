@@ -113,13 +113,28 @@ fn stamp(vol: &Volume, item: &DiskWork) -> Result<Stamped, VolumeError> {
             give_to_the_objects_owner(&inside.path, &object.path);
         }
     }
-    if *kind != Kind::Symlink && deskd_volume::read_id_xattr(&object.path) != Some(id) {
+    let mirror = match kind {
+        Kind::Symlink => Some(id), // a link carries no mirror
+        _ => deskd_volume::read_id_xattr(&object.path),
+    };
+    if mirror != Some(id) && !another_names_mirror(&object.path, *kind, mirror) {
         // Checked again: a link swapped in for the object since is never followed.
         if is_inode(&object.path, *dev, *ino) {
             deskd_volume::write_id_xattr(&object.path, id)?;
         }
     }
     Ok(Stamped::Yes)
+}
+
+/// Whether the mirror on the file at `path` is another name's: a file with more than one
+/// name (a hard link anyone may make to a file they can read and write, in a folder of their
+/// own) that carries an ID already keeps it; the new name's ID lives in its resource file.
+/// Otherwise the server would rewrite another user's `user.deskd.id` (the hostile review of
+/// stop 35, finding 6).
+fn another_names_mirror(path: &Path, kind: Kind, mirror: Option<u32>) -> bool {
+    kind == Kind::File
+        && mirror.is_some()
+        && std::fs::symlink_metadata(path).is_ok_and(|m| m.nlink() > 1)
 }
 
 /// Move the resource file of the object that was at `from` to where `then` stamps it, as
@@ -193,6 +208,13 @@ fn give_to_the_objects_owner(rsrc_file: &Path, object: &Path) {
     ) else {
         return;
     };
+    // Only the file the server just made: the writer of `.rsrc` may have put a hard link to
+    // another user's file at its name meanwhile, which must not be given away.
+    let made_here = rustix::fs::fstat(&fd)
+        .is_ok_and(|st| st.st_nlink == 1 && st.st_uid == rustix::process::geteuid().as_raw());
+    if !made_here {
+        return;
+    }
     let mode = if meta.file_type().is_symlink() {
         0o644
     } else {
