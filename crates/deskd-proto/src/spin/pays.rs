@@ -35,6 +35,8 @@ use std::time::Duration;
 
 /// How many polls the rule remembers.
 pub const HISTORY: u32 = 16;
+// The outcomes fit one u32 with room for the shift that masks them.
+const _: () = assert!(HISTORY < 32);
 /// Waits polled whatever the history says, at the start of a connection.
 pub const WARM_UP: u32 = 4;
 /// While polling does not pay, a wait after this many polls anyway (a probe)...
@@ -135,11 +137,8 @@ impl Pays {
 
     /// Whether at least fifteen in sixteen of the remembered polls paid.
     pub fn paying(&self) -> bool {
-        let mask = if self.polls >= 32 {
-            u32::MAX
-        } else {
-            (1u32 << self.polls) - 1
-        };
+        // `polls` is at most HISTORY (16), so the shift cannot overflow.
+        let mask = (1u32 << self.polls) - 1;
         16 * (self.outcomes & mask).count_ones() >= 15 * self.polls
     }
 }
