@@ -1,0 +1,82 @@
+//! The errors of the PostgreSQL desktop: what a connection, the schema or the volume's
+//! identity refused, and the desktop's own rules (reused from deskd-db, so callers match one
+//! set of variants for both back ends).
+
+use std::path::PathBuf;
+
+/// Errors of the PostgreSQL desktop.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The connection string (URL, `key=value` list or service) could not be read.
+    #[error("bad PostgreSQL target {target:?}: {reason}")]
+    BadTarget {
+        /// The target as given, with any password left out.
+        target: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A password was written into the URL or service entry; it belongs in a file or the
+    /// environment, where `ps` and a world-readable config do not show it.
+    #[error("the PostgreSQL target {0:?} holds a password; put it in a password file or the environment instead")]
+    PasswordInTarget(String),
+    /// The password file could not be read, or others may read it.
+    #[error("password file {}: {reason}", .path.display())]
+    PasswordFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it was not used.
+        reason: String,
+    },
+    /// The environment variable named as the password source is not set.
+    #[error("the environment variable {0} (the PostgreSQL password) is not set")]
+    PasswordEnvMissing(String),
+    /// The server refused the user or the password.
+    #[error("PostgreSQL at {target} refused user {user:?}: {message} (check the password file or environment variable)")]
+    AuthFailed {
+        /// Where it was connecting, without the password.
+        target: String,
+        /// The user it logged in as.
+        user: String,
+        /// PostgreSQL's own words.
+        message: String,
+    },
+    /// The server could not be reached or the session could not start.
+    #[error("cannot connect to PostgreSQL at {target}: {message}")]
+    Unreachable {
+        /// Where it was connecting, without the password.
+        target: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The database holds a deskd schema written by a newer deskd.
+    #[error("the deskd schema in this database is format {found}, newer than this deskd supports ({supported}); upgrade deskd")]
+    FormatTooNew {
+        /// The database's format.
+        found: i32,
+        /// [`crate::FORMAT_VERSION`].
+        supported: i32,
+    },
+    /// The `deskd` schema exists but is not one deskd made: nothing is changed in it.
+    #[error("the database has a schema named deskd that deskd did not create; use another database")]
+    NotADesktop,
+    /// The database's record of this volume name belongs to another volume (another
+    /// identity), or this identity is recorded under another name.
+    #[error("the database holds another volume under {what}: recorded {recorded}, this volume is {expected}; nothing was changed")]
+    OtherVolume {
+        /// Which key matched: the name or the identity.
+        what: String,
+        /// What the database has.
+        recorded: String,
+        /// What the caller opened.
+        expected: String,
+    },
+    /// A rule of the desktop (no such ID, name taken, ID space exhausted, ...).
+    #[error(transparent)]
+    Desktop(#[from] deskd_db::DbError),
+    /// PostgreSQL failed a statement.
+    #[error("postgresql: {0}")]
+    Postgres(#[from] postgres::Error),
+}
+
+/// A PostgreSQL desktop operation's result.
+pub type Result<T, E = PgError> = std::result::Result<T, E>;

@@ -1,0 +1,361 @@
+//! The PostgreSQL desktop against a real PostgreSQL: a throw-away cluster per test
+//! (deskd_pg::test_cluster), reached over TCP with a password as a server would.
+
+use std::collections::HashSet;
+
+use deskd_db::{DbError, Durability, Kind, NewObject};
+use deskd_pg::test_cluster::TestCluster;
+use deskd_pg::{connect, ConnectOptions, PasswordSource, PgDesktop, PgError, VolumeKey};
+
+fn options(cluster: &TestCluster, db: &str) -> ConnectOptions {
+    let file = cluster.dir().join(format!("pw-{db}"));
+    if !file.exists() {
+        cluster.password_file(&format!("pw-{db}"), cluster.password());
+    }
+    ConnectOptions {
+        target: cluster.url(db),
+        password: PasswordSource::File(file),
+    }
+}
+
+fn key(name: &str, identity: u64) -> VolumeKey {
+    VolumeKey {
+        name: name.to_owned(),
+        identity,
+    }
+}
+
+fn open(cluster: &TestCluster, db: &str, key: &VolumeKey) -> Result<(PgDesktop, bool), PgError> {
+    PgDesktop::open(connect(&options(cluster, db))?, key, Durability::Normal)
+}
+
+fn new(parent: u32, name: &str, kind: Kind) -> NewObject {
+    NewObject {
+        parent,
+        name: name.as_bytes().to_vec(),
+        kind,
+        dev: 1,
+        ino: 0,
+        type_code: *b"TEXT",
+        creator: *b"ttxt",
+        flags: 0,
+        ctime: 0,
+        hint: None,
+    }
+}
+
+#[test]
+fn objects_renames_deletes_and_comments() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("desk");
+    let vol = key("projects", 0x1234);
+    let (mut desk, created) = open(&cluster, "desk", &vol).unwrap();
+    assert!(created);
+    let root = desk.get(deskd_db::ROOT_ID).unwrap();
+    assert_eq!((root.parent, root.kind), (deskd_db::ROOT_PARENT_ID, Kind::Dir));
+
+    let mut b = desk.batch().unwrap();
+    let (docs, added) = b.add(&new(2, "Docs", Kind::Dir)).unwrap();
+    assert!(added);
+    assert_eq!(docs.id, deskd_db::FIRST_ID, "the first ID is 17");
+    let (note, _) = b.add(&new(docs.id, "note.txt", Kind::File)).unwrap();
+    let (again, added) = b.add(&new(docs.id, "note.txt", Kind::File)).unwrap();
+    assert_eq!((again.id, added), (note.id, false), "lookup-or-add");
+    let (sub, _) = b.add(&new(docs.id, "Sub", Kind::Dir)).unwrap();
+    assert!(matches!(
+        b.add(&new(note.id, "x", Kind::File)),
+        Err(PgError::Desktop(DbError::NotADirectory(_)))
+    ));
+    assert!(matches!(
+        b.add(&new(2, "a/b", Kind::File)),
+        Err(PgError::Desktop(DbError::InvalidName(..)))
+    ));
+    b.comment_set(note.id, b"first").unwrap();
+    b.comment_set(note.id, b"second").unwrap();
+    let seq = b.commit().unwrap().expect("the batch changed something");
+
+    assert_eq!(desk.comment(note.id).unwrap().as_deref(), Some(&b"second"[..]));
+    let names: Vec<Vec<u8>> = desk
+        .children(docs.id)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    assert_eq!(names, [b"Sub".to_vec(), b"note.txt".to_vec()]);
+    assert_eq!(
+        desk.lookup(2, b"Docs").unwrap().map(|o| o.id),
+        Some(docs.id)
+    );
+    let changed: Vec<u32> = desk.changes_since(seq - 1).unwrap().iter().map(|c| c.id).collect();
+    assert_eq!(changed, [docs.id, note.id, sub.id]);
+
+    let mut b = desk.batch().unwrap();
+    assert!(matches!(
+        b.rename(docs.id, sub.id, b"Docs", false),
+        Err(PgError::Desktop(DbError::IntoItself(_)))
+    ));
+    b.add(&new(2, "taken", Kind::File)).unwrap();
+    assert!(matches!(
+        b.rename(note.id, 2, b"taken", false),
+        Err(PgError::Desktop(DbError::Exists { .. }))
+    ));
+    assert!(matches!(
+        b.rename(2, 2, b"x", false),
+        Err(PgError::Desktop(DbError::Root(_)))
+    ));
+    // A failed step undoes only itself.
+    let failed = b.step(|b| {
+        b.add(&new(2, "kept-out", Kind::File))?;
+        b.delete(docs.id, false)
+    });
+    assert!(matches!(failed, Err(PgError::Desktop(DbError::NotEmpty(_)))));
+    assert!(b.lookup(2, b"kept-out").unwrap().is_none());
+    let removed = b.rename(note.id, 2, b"taken", true).unwrap();
+    assert_eq!(removed.len(), 1, "the replaced object");
+    b.commit().unwrap();
+    let moved = desk.get(note.id).unwrap();
+    assert_eq!((moved.parent, moved.name.as_slice()), (2, &b"taken"[..]));
+    assert_eq!(desk.comment(note.id).unwrap().as_deref(), Some(&b"second"[..]));
+
+    let mut b = desk.batch().unwrap();
+    let mut gone = b.delete(docs.id, true).unwrap();
+    gone.sort();
+    assert_eq!(gone, [docs.id, sub.id]);
+    b.delete(note.id, false).unwrap();
+    let (fresh, _) = b.add(&new(2, "Docs", Kind::Dir)).unwrap();
+    b.commit().unwrap();
+    assert!(
+        fresh.id > removed[0],
+        "a deleted ID is never handed out again"
+    );
+    assert!(matches!(
+        desk.get(note.id),
+        Err(PgError::Desktop(DbError::NoSuchId(_)))
+    ));
+    // The comment went with its object.
+    assert_eq!(desk.comment(note.id).unwrap(), None);
+    let last = desk.last_id().unwrap();
+    drop(desk);
+
+    let (mut desk, created) = open(&cluster, "desk", &vol).unwrap();
+    assert!(!created, "the second open finds the volume");
+    assert_eq!(desk.last_id().unwrap(), last);
+    assert_eq!(desk.lookup(2, b"Docs").unwrap().unwrap().id, fresh.id);
+}
+
+#[test]
+fn two_connections_allocate_ids_without_duplicates() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("desk");
+    let vol = key("shared", 7);
+    // Both "servers" open at once: the schema and the volume are created once.
+    let opened: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| open(&cluster, "desk", &vol).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        opened.iter().filter(|(_, created)| *created).count(),
+        1,
+        "one of them created the volume"
+    );
+    let ids: Vec<Vec<u32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = opened
+            .into_iter()
+            .enumerate()
+            .map(|(server, (mut desk, _))| {
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    for batch in 0..25 {
+                        let mut b = desk.batch().unwrap();
+                        for n in 0..8 {
+                            let name = format!("s{server}-b{batch}-{n}");
+                            mine.push(b.add(&new(2, &name, Kind::File)).unwrap().0.id);
+                        }
+                        mine.push(b.allocate_id().unwrap());
+                        b.commit().unwrap();
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let all: Vec<u32> = ids.concat();
+    let unique: HashSet<u32> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "no ID was handed out twice");
+    assert_eq!(all.len(), 2 * 25 * 9);
+    assert!(all.iter().all(|&id| !deskd_db::ids::is_forbidden(id)));
+    let (mut desk, _) = open(&cluster, "desk", &vol).unwrap();
+    assert_eq!(desk.last_id().unwrap(), *all.iter().max().unwrap());
+    assert_eq!(desk.children(2).unwrap().len(), 2 * 25 * 8);
+    assert_eq!(desk.change_seq().unwrap(), 50, "one batch number a batch");
+}
+
+#[test]
+fn the_id_rules_hold() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("desk");
+    let (mut desk, _) = open(&cluster, "desk", &key("v", 1)).unwrap();
+    let mut admin = cluster.admin("desk");
+    let set_counter = |admin: &mut postgres::Client, v: u32| {
+        admin
+            .execute("UPDATE deskd.volume SET last_id = $1", &[&i64::from(v)])
+            .unwrap();
+    };
+
+    set_counter(&mut admin, (1 << 24) - 1);
+    let mut b = desk.batch().unwrap();
+    assert_eq!(b.allocate_id().unwrap(), (1 << 24) + 1, "k * 2^24 is skipped");
+    // A forbidden hint is ignored; a free one is used and raises the counter.
+    let mut hinted = new(2, "hinted", Kind::File);
+    hinted.hint = Some(3 << 24);
+    assert_eq!(b.add(&hinted).unwrap().0.id, (1 << 24) + 2);
+    hinted.name = b"far".to_vec();
+    hinted.hint = Some(40_000_000);
+    assert_eq!(b.add(&hinted).unwrap().0.id, 40_000_000);
+    // A hint that is taken is not used.
+    hinted.name = b"taken".to_vec();
+    assert_eq!(b.add(&hinted).unwrap().0.id, 40_000_001);
+    b.commit().unwrap();
+    assert_eq!(desk.last_id().unwrap(), 40_000_001);
+
+    set_counter(&mut admin, deskd_db::LAST_USABLE_ID - 1);
+    let mut b = desk.batch().unwrap();
+    assert_eq!(b.allocate_id().unwrap(), deskd_db::LAST_USABLE_ID);
+    assert!(matches!(
+        b.allocate_id(),
+        Err(PgError::Desktop(DbError::IdSpaceExhausted))
+    ));
+    b.commit().unwrap();
+    assert_eq!(desk.last_id().unwrap(), deskd_db::LAST_USABLE_ID);
+}
+
+#[test]
+fn a_newer_format_is_refused_and_nothing_changes() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("desk");
+    drop(open(&cluster, "desk", &key("v", 1)).unwrap());
+    let mut admin = cluster.admin("desk");
+    admin
+        .execute("UPDATE deskd.format SET version = 99", &[])
+        .unwrap();
+    let e = open(&cluster, "desk", &key("other", 2)).err().unwrap();
+    assert!(
+        matches!(e, PgError::FormatTooNew { found: 99, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("upgrade deskd"), "{e}");
+    let volumes: i64 = admin
+        .query_one("SELECT count(*) FROM deskd.volume", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(volumes, 1, "no volume was added");
+
+    // A `deskd` schema that deskd did not make is left alone.
+    cluster.create_database("foreign");
+    cluster
+        .admin("foreign")
+        .batch_execute("CREATE SCHEMA deskd; CREATE TABLE deskd.objects (x int)")
+        .unwrap();
+    let e = open(&cluster, "foreign", &key("v", 1)).err().unwrap();
+    assert!(matches!(e, PgError::NotADesktop), "{e}");
+}
+
+#[test]
+fn another_volume_is_refused() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("desk");
+    let (mut a, _) = open(&cluster, "desk", &key("projects", 0xaaaa)).unwrap();
+    let mut b = a.batch().unwrap();
+    b.add(&new(2, "in-a", Kind::File)).unwrap();
+    b.commit().unwrap();
+
+    // One database, many volumes: another name and identity is a volume of its own.
+    let (mut other, created) = open(&cluster, "desk", &key("archive", 0xbbbb)).unwrap();
+    assert!(created);
+    assert!(other.lookup(2, b"in-a").unwrap().is_none());
+    let mut b = other.batch().unwrap();
+    assert_eq!(b.add(&new(2, "in-b", Kind::File)).unwrap().0.id, 17);
+    b.commit().unwrap();
+
+    let e = open(&cluster, "desk", &key("projects", 0xcccc)).err().unwrap();
+    assert!(matches!(e, PgError::OtherVolume { .. }), "{e}");
+    assert!(e.to_string().contains("000000000000aaaa"), "{e}");
+    let e = open(&cluster, "desk", &key("renamed", 0xaaaa)).err().unwrap();
+    assert!(e.to_string().contains("\"projects\""), "{e}");
+    let volumes: i64 = cluster
+        .admin("desk")
+        .query_one("SELECT count(*) FROM deskd.volume", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(volumes, 2, "nothing was added");
+}
+
+#[test]
+fn bad_credentials_and_targets_are_refused_clearly() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("desk");
+    let wrong = cluster.password_file("wrong", "not-the-password");
+    let e = connect(&ConnectOptions {
+        target: cluster.url("desk"),
+        password: PasswordSource::File(wrong),
+    })
+    .err()
+    .unwrap();
+    let text = e.to_string();
+    assert!(matches!(e, PgError::AuthFailed { .. }), "{text}");
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(text.contains("deskd_test"), "{text}");
+    assert!(!text.contains("not-the-password"), "{text}");
+
+    let e = connect(&ConnectOptions {
+        target: cluster.url("desk"),
+        password: PasswordSource::Env("DESKD_PG_TEST_UNSET_VARIABLE".to_owned()),
+    })
+    .err()
+    .unwrap();
+    assert!(matches!(e, PgError::PasswordEnvMissing(_)), "{e}");
+
+    let e = connect(&ConnectOptions {
+        target: format!(
+            "postgresql://deskd_test:{}@127.0.0.1:{}/desk",
+            cluster.password(),
+            cluster.port()
+        ),
+        password: PasswordSource::None,
+    })
+    .err()
+    .unwrap();
+    assert!(matches!(e, PgError::PasswordInTarget(_)), "{e}");
+    assert!(!e.to_string().contains(cluster.password()), "{e}");
+
+    // No server on that port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let e = connect(&ConnectOptions {
+        target: format!("postgresql://deskd_test@127.0.0.1:{port}/desk"),
+        password: PasswordSource::None,
+    })
+    .err()
+    .unwrap();
+    assert!(matches!(e, PgError::Unreachable { .. }), "{e}");
+    assert!(e.to_string().contains("refused"), "{e}");
+
+    // And the right password works.
+    connect(&options(&cluster, "desk")).unwrap();
+}
