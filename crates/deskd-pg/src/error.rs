@@ -57,7 +57,9 @@ pub enum PgError {
         supported: i32,
     },
     /// The `deskd` schema exists but is not one deskd made: nothing is changed in it.
-    #[error("the database has a schema named deskd that deskd did not create; use another database")]
+    #[error(
+        "the database has a schema named deskd that deskd did not create; use another database"
+    )]
     NotADesktop,
     /// The database's record of this volume name belongs to another volume (another
     /// identity), or this identity is recorded under another name.

@@ -74,15 +74,14 @@ mod read {
         parent: u32,
         name: &[u8],
     ) -> Result<Option<Object>> {
-        Ok(c
-            .query_opt(
-                &format!(
-                    "SELECT {OBJECT_COLUMNS} FROM deskd.objects
+        Ok(c.query_opt(
+            &format!(
+                "SELECT {OBJECT_COLUMNS} FROM deskd.objects
                      WHERE vid = $1 AND parent = $2 AND name = $3"
-                ),
-                &[&vid, &i64::from(parent), &name],
-            )?
-            .map(|r| object_from_row(&r)))
+            ),
+            &[&vid, &i64::from(parent), &name],
+        )?
+        .map(|r| object_from_row(&r)))
     }
 
     pub fn children(c: &mut impl GenericClient, vid: i64, parent: u32) -> Result<Vec<Object>> {

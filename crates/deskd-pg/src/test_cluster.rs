@@ -52,7 +52,8 @@ impl TestCluster {
             std::fs::create_dir(d).map_err(|e| e.to_string())?;
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| e.to_string())?;
-            chown(d, Some(user.0.as_raw()), Some(user.1.as_raw())).map_err(|e| format!("chown {d:?}: {e}"))?;
+            chown(d, Some(user.0.as_raw()), Some(user.1.as_raw()))
+                .map_err(|e| format!("chown {d:?}: {e}"))?;
         }
         let password = random_password()?;
         let pwfile = dir.path().join("pwfile");
@@ -69,7 +70,14 @@ impl TestCluster {
         let out = as_user(Command::new(bin.join("initdb")), user)
             .arg("-D")
             .arg(&data)
-            .args(["-U", SUPERUSER, "-E", "UTF8", "--no-sync", "--no-instructions"])
+            .args([
+                "-U",
+                SUPERUSER,
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ])
             .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
             .arg(format!("--pwfile={}", pwfile.display()))
             .output()

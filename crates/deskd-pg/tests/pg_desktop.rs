@@ -54,7 +54,10 @@ fn objects_renames_deletes_and_comments() {
     let (mut desk, created) = open(&cluster, "desk", &vol).unwrap();
     assert!(created);
     let root = desk.get(deskd_db::ROOT_ID).unwrap();
-    assert_eq!((root.parent, root.kind), (deskd_db::ROOT_PARENT_ID, Kind::Dir));
+    assert_eq!(
+        (root.parent, root.kind),
+        (deskd_db::ROOT_PARENT_ID, Kind::Dir)
+    );
 
     let mut b = desk.batch().unwrap();
     let (docs, added) = b.add(&new(2, "Docs", Kind::Dir)).unwrap();
@@ -76,7 +79,10 @@ fn objects_renames_deletes_and_comments() {
     b.comment_set(note.id, b"second").unwrap();
     let seq = b.commit().unwrap().expect("the batch changed something");
 
-    assert_eq!(desk.comment(note.id).unwrap().as_deref(), Some(&b"second"[..]));
+    assert_eq!(
+        desk.comment(note.id).unwrap().as_deref(),
+        Some(&b"second"[..])
+    );
     let names: Vec<Vec<u8>> = desk
         .children(docs.id)
         .unwrap()
@@ -88,7 +94,12 @@ fn objects_renames_deletes_and_comments() {
         desk.lookup(2, b"Docs").unwrap().map(|o| o.id),
         Some(docs.id)
     );
-    let changed: Vec<u32> = desk.changes_since(seq - 1).unwrap().iter().map(|c| c.id).collect();
+    let changed: Vec<u32> = desk
+        .changes_since(seq - 1)
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(changed, [docs.id, note.id, sub.id]);
 
     let mut b = desk.batch().unwrap();
@@ -110,14 +121,20 @@ fn objects_renames_deletes_and_comments() {
         b.add(&new(2, "kept-out", Kind::File))?;
         b.delete(docs.id, false)
     });
-    assert!(matches!(failed, Err(PgError::Desktop(DbError::NotEmpty(_)))));
+    assert!(matches!(
+        failed,
+        Err(PgError::Desktop(DbError::NotEmpty(_)))
+    ));
     assert!(b.lookup(2, b"kept-out").unwrap().is_none());
     let removed = b.rename(note.id, 2, b"taken", true).unwrap();
     assert_eq!(removed.len(), 1, "the replaced object");
     b.commit().unwrap();
     let moved = desk.get(note.id).unwrap();
     assert_eq!((moved.parent, moved.name.as_slice()), (2, &b"taken"[..]));
-    assert_eq!(desk.comment(note.id).unwrap().as_deref(), Some(&b"second"[..]));
+    assert_eq!(
+        desk.comment(note.id).unwrap().as_deref(),
+        Some(&b"second"[..])
+    );
 
     let mut b = desk.batch().unwrap();
     let mut gone = b.delete(docs.id, true).unwrap();
@@ -213,7 +230,11 @@ fn the_id_rules_hold() {
 
     set_counter(&mut admin, (1 << 24) - 1);
     let mut b = desk.batch().unwrap();
-    assert_eq!(b.allocate_id().unwrap(), (1 << 24) + 1, "k * 2^24 is skipped");
+    assert_eq!(
+        b.allocate_id().unwrap(),
+        (1 << 24) + 1,
+        "k * 2^24 is skipped"
+    );
     // A forbidden hint is ignored; a free one is used and raises the counter.
     let mut hinted = new(2, "hinted", Kind::File);
     hinted.hint = Some(3 << 24);
@@ -250,10 +271,7 @@ fn a_newer_format_is_refused_and_nothing_changes() {
         .execute("UPDATE deskd.format SET version = 99", &[])
         .unwrap();
     let e = open(&cluster, "desk", &key("other", 2)).err().unwrap();
-    assert!(
-        matches!(e, PgError::FormatTooNew { found: 99, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, PgError::FormatTooNew { found: 99, .. }), "{e}");
     assert!(e.to_string().contains("upgrade deskd"), "{e}");
     let volumes: i64 = admin
         .query_one("SELECT count(*) FROM deskd.volume", &[])
@@ -290,10 +308,14 @@ fn another_volume_is_refused() {
     assert_eq!(b.add(&new(2, "in-b", Kind::File)).unwrap().0.id, 17);
     b.commit().unwrap();
 
-    let e = open(&cluster, "desk", &key("projects", 0xcccc)).err().unwrap();
+    let e = open(&cluster, "desk", &key("projects", 0xcccc))
+        .err()
+        .unwrap();
     assert!(matches!(e, PgError::OtherVolume { .. }), "{e}");
     assert!(e.to_string().contains("000000000000aaaa"), "{e}");
-    let e = open(&cluster, "desk", &key("renamed", 0xaaaa)).err().unwrap();
+    let e = open(&cluster, "desk", &key("renamed", 0xaaaa))
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("\"projects\""), "{e}");
     let volumes: i64 = cluster
         .admin("desk")
