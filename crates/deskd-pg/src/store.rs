@@ -158,6 +158,11 @@ impl PgDesktop {
         &self.key
     }
 
+    /// The volume's key in this database (`vid`), which change notices carry.
+    pub fn volume_key_in_db(&self) -> i64 {
+        self.vid
+    }
+
     /// The object with this ID.
     pub fn get(&mut self, id: u32) -> Result<Object> {
         read::get(&mut self.client, self.vid, id)

@@ -380,4 +380,54 @@ fn bad_credentials_and_targets_are_refused_clearly() {
 
     // And the right password works.
     connect(&options(&cluster, "desk")).unwrap();
+    assert_ne!(cluster.server_uid(), 0, "PostgreSQL never runs as root");
+}
+
+#[test]
+fn another_server_follows_the_change_log() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("desk");
+    let vol = key("shared", 9);
+    let (mut a, _) = open(&cluster, "desk", &vol).unwrap();
+    let (mut b, _) = open(&cluster, "desk", &vol).unwrap();
+    let mut listener =
+        deskd_pg::ChangeListener::start(connect(&options(&cluster, "desk")).unwrap()).unwrap();
+    let seen = b.change_seq().unwrap();
+
+    // A rolled-back batch announces nothing and leaves nothing in the log.
+    let mut batch = a.batch().unwrap();
+    batch.add(&new(2, "never", Kind::File)).unwrap();
+    drop(batch);
+    // A forged notice is no change: followers read the log.
+    cluster
+        .admin("desk")
+        .batch_execute("NOTIFY deskd_changes, 'not a notice'")
+        .unwrap();
+    let mut batch = a.batch().unwrap();
+    let (doc, _) = batch.add(&new(2, "draft", Kind::File)).unwrap();
+    batch.rename(doc.id, 2, b"final", false).unwrap();
+    let seq = batch.commit().unwrap().unwrap();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut notices = Vec::new();
+    while notices.is_empty() && std::time::Instant::now() < deadline {
+        notices = listener.wait(std::time::Duration::from_secs(5)).unwrap();
+    }
+    assert_eq!(
+        notices,
+        [deskd_pg::Notice {
+            vid: b.volume_key_in_db(),
+            seq
+        }]
+    );
+    let changes = b.changes_since(seen).unwrap();
+    assert_eq!(
+        changes,
+        [deskd_pg::Change { seq, id: doc.id }],
+        "one row an ID, the rolled-back batch's not among them"
+    );
+    assert_eq!(b.get(doc.id).unwrap().name, b"final");
+    assert!(b.lookup(2, b"never").unwrap().is_none());
 }
