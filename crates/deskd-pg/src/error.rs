@@ -80,5 +80,28 @@ pub enum PgError {
     Postgres(#[from] postgres::Error),
 }
 
+impl PgError {
+    /// Whether the database could not be reached or the session was lost (the server was
+    /// stopped, crashed or is starting, the network broke): a server answers read-only and
+    /// reconnects, rather than treating it as a refusal or corruption.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            PgError::Unreachable { .. } => true,
+            PgError::Postgres(e) => {
+                if e.is_closed() {
+                    return true;
+                }
+                if let Some(code) = e.code() {
+                    let code = code.code();
+                    return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+                }
+                // No SQLSTATE: the socket failed under the session.
+                std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A PostgreSQL desktop operation's result.
 pub type Result<T, E = PgError> = std::result::Result<T, E>;

@@ -28,6 +28,7 @@ pub const SUPERUSER: &str = "deskd_test";
 /// A running throw-away cluster.
 pub struct TestCluster {
     dir: tempfile::TempDir,
+    bin: PathBuf,
     server: Child,
     port: u16,
     password: String,
@@ -94,24 +95,12 @@ impl TestCluster {
         let mut last_log = String::new();
         for _ in 0..3 {
             let port = free_port()?;
-            let log = dir.path().join(format!("server-{port}.log"));
-            let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-            let mut server = as_user(Command::new(bin.join("postgres")), user)
-                .arg("-D")
-                .arg(&data)
-                .arg("-k")
-                .arg(&sock)
-                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-                .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
-                .stdin(Stdio::null())
-                .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
-                .stderr(log_file)
-                .spawn()
-                .map_err(|e| format!("postgres: {e}"))?;
+            let (mut server, log) = spawn_server(&bin, dir.path(), port, user)?;
             match wait_ready(&mut server, &log) {
                 Ok(()) => {
                     return Ok(TestCluster {
                         dir,
+                        bin,
                         server,
                         port,
                         password,
@@ -200,10 +189,10 @@ impl TestCluster {
     pub fn server_uid(&self) -> u32 {
         self.user.0.as_raw()
     }
-}
 
-impl Drop for TestCluster {
-    fn drop(&mut self) {
+    /// Stop the server (fast shutdown: sessions are cut, committed work is kept), as an
+    /// outage of the database would.
+    pub fn stop(&mut self) {
         // SIGINT: PostgreSQL's fast shutdown (clients are disconnected, no waiting for them).
         let pid = nix::unistd::Pid::from_raw(self.server.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
@@ -219,8 +208,54 @@ impl Drop for TestCluster {
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
+    }
+
+    /// Start the stopped server again on the same port and data.
+    pub fn restart(&mut self) {
+        let (mut server, log) = spawn_server(&self.bin, self.dir.path(), self.port, self.user)
+            .expect("postgres starts again");
+        if let Err(text) = wait_ready(&mut server, &log) {
+            let _ = server.kill();
+            let _ = server.wait();
+            panic!("postgres did not start again: {text}");
+        }
+        self.server = server;
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.stop();
         // The temp dir (data, socket, logs) goes with `self.dir`.
     }
+}
+
+/// Run `postgres` on `port` with the data and socket directories below `dir`, its output in
+/// a log of its own (`server-PORT-N.log`); returns it and its log.
+fn spawn_server(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    user: (Uid, Gid),
+) -> Result<(Child, PathBuf), String> {
+    let log = (0..)
+        .map(|n| dir.join(format!("server-{port}-{n}.log")))
+        .find(|p| !p.exists())
+        .expect("a free log name");
+    let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+    let server = as_user(Command::new(bin.join("postgres")), user)
+        .arg("-D")
+        .arg(dir.join("data"))
+        .arg("-k")
+        .arg(dir.join("sock"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| format!("postgres: {e}"))?;
+    Ok((server, log))
 }
 
 /// The directory of `initdb` and `postgres`: `$DESKD_TEST_PG_BIN`, else the newest

@@ -431,3 +431,47 @@ fn another_server_follows_the_change_log() {
     assert_eq!(b.get(doc.id).unwrap().name, b"final");
     assert!(b.lookup(2, b"never").unwrap().is_none());
 }
+
+#[test]
+fn a_lost_database_is_unavailable_and_nothing_committed_is_lost() {
+    let Some(mut cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("desk");
+    let vol = key("v", 5);
+    let (mut desk, _) = open(&cluster, "desk", &vol).unwrap();
+    let mut b = desk.batch().unwrap();
+    let (kept, _) = b.add(&new(2, "kept", Kind::File)).unwrap();
+    b.commit().unwrap();
+    let mut b = desk.batch().unwrap();
+    b.add(&new(2, "in-flight", Kind::File)).unwrap();
+
+    cluster.stop();
+    let e = b.commit().err().unwrap();
+    assert!(e.is_unavailable(), "a commit cut off: {e}");
+    let e = desk.batch().err().unwrap();
+    assert!(e.is_unavailable(), "a closed session: {e}");
+    let e = open(&cluster, "desk", &vol).err().unwrap();
+    assert!(
+        matches!(e, PgError::Unreachable { .. }) && e.is_unavailable(),
+        "{e}"
+    );
+    // Refusals are not outages.
+    assert!(!PgError::Desktop(DbError::NoSuchId(5)).is_unavailable());
+    assert!(!PgError::NotADesktop.is_unavailable());
+
+    cluster.restart();
+    let (mut desk, created) = open(&cluster, "desk", &vol).unwrap();
+    assert!(!created);
+    assert_eq!(
+        desk.lookup(2, b"kept").unwrap().map(|o| o.id),
+        Some(kept.id)
+    );
+    assert!(
+        desk.lookup(2, b"in-flight").unwrap().is_none(),
+        "the cut-off batch left nothing"
+    );
+    let mut b = desk.batch().unwrap();
+    assert!(b.add(&new(2, "after", Kind::File)).unwrap().0.id > kept.id);
+    b.commit().unwrap();
+}
