@@ -156,7 +156,7 @@ impl TestCluster {
     /// A superuser connection to database `db` on the unix socket (no password).
     pub fn admin(&self, db: &str) -> postgres::Client {
         postgres::Config::new()
-            .host_path(self.dir.path().join("sock"))
+            .host_path(self.socket_dir())
             .port(self.port)
             .user(SUPERUSER)
             .dbname(db)
@@ -183,6 +183,17 @@ impl TestCluster {
             .expect("password file");
         writeln!(f, "{password}").expect("write password file");
         path
+    }
+
+    /// The directory of the server's unix socket (only the server's user may enter it: the
+    /// socket trusts whoever connects).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
+    /// The directory of the server's programs (`psql` is there too).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
     }
 
     /// The uid the server runs as.

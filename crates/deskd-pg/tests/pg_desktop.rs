@@ -475,3 +475,49 @@ fn a_lost_database_is_unavailable_and_nothing_committed_is_lost() {
     assert!(b.add(&new(2, "after", Kind::File)).unwrap().0.id > kept.id);
     b.commit().unwrap();
 }
+
+/// The test cluster trusts its unix socket: a local user who reached it would be the
+/// database's superuser (and could run programs as the server's user). Only the server's
+/// user may enter the socket's directory, and TCP asks for the password.
+#[test]
+fn nobody_cannot_use_the_test_clusters_trusted_socket() {
+    use std::os::unix::process::CommandExt;
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    if !nix::unistd::Uid::effective().is_root() {
+        // Not root: the cluster runs as the test's own user, and no other user is at hand.
+        eprintln!("skipped: needs root to try as nobody");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the tests as root"
+        );
+        return;
+    }
+    let psql = |args: &[&str]| {
+        std::process::Command::new(cluster.bin_dir().join("psql"))
+            .args(args)
+            .args(["-U", deskd_pg::test_cluster::SUPERUSER, "-d", "postgres"])
+            .args(["-w", "-c", "SELECT 1"])
+            .env_remove("PGPASSWORD")
+            .env("HOME", "/nonexistent")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let port = cluster.port().to_string();
+    let socket = cluster.socket_dir();
+    let by_socket = psql(&["-h", socket.to_str().unwrap(), "-p", &port]);
+    assert!(
+        !by_socket.status.success(),
+        "nobody reached the trusted socket"
+    );
+    let by_tcp = psql(&["-h", "127.0.0.1", "-p", &port]);
+    assert!(!by_tcp.status.success(), "nobody logged in over TCP");
+    assert!(
+        String::from_utf8_lossy(&by_tcp.stderr).contains("password"),
+        "TCP asks for a password: {}",
+        String::from_utf8_lossy(&by_tcp.stderr)
+    );
+}
