@@ -64,6 +64,23 @@ CREATE TABLE deskd.appl (
     FOREIGN KEY (vid, app_id) REFERENCES deskd.objects (vid, id) ON DELETE CASCADE
 );
 CREATE INDEX appl_app ON deskd.appl (vid, app_id);
+-- An object whose type is APPL is its creator's application, as in the SQLite desktop's
+-- appl_register and appl_reregister triggers.
+CREATE FUNCTION deskd.appl_register() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND old.type = '\x4150504c'::bytea THEN
+        DELETE FROM deskd.appl
+            WHERE vid = old.vid AND app_id = old.id AND creator = old.creator;
+    END IF;
+    IF new.type = '\x4150504c'::bytea THEN
+        INSERT INTO deskd.appl (vid, creator, app_id, tag) VALUES (new.vid, new.creator, new.id, 0)
+            ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER appl_register AFTER INSERT OR UPDATE OF type, creator ON deskd.objects
+    FOR EACH ROW EXECUTE FUNCTION deskd.appl_register();
 CREATE TABLE deskd.icons (
     vid     bigint NOT NULL REFERENCES deskd.volume ON DELETE CASCADE,
     creator bytea NOT NULL CHECK (length(creator) = 4),

@@ -7,7 +7,10 @@
 //! SQLite's one writer does: the counter a batch reads is the newest, an ID is handed out once,
 //! and the batch numbers (`change_seq`) of the change log become visible in their order.
 
-use deskd_db::{ids, validate_name, DbError, Durability, Kind, NewObject, Object};
+use deskd_db::{
+    ids, validate_name, ApplRecord, DbError, Durability, IconRecord, InfoUpdate, Kind, NewObject,
+    Object,
+};
 use postgres::{Client, GenericClient, Row};
 
 use crate::error::{PgError, Result};
@@ -55,6 +58,9 @@ fn object_from_row(r: &Row) -> Object {
     }
 }
 
+/// The deepest a path may be before a parent loop is reported (the SQLite desktop's bound).
+const MAX_DEPTH: i32 = 4096;
+
 /// The reads both the desktop and a batch answer, on one volume.
 mod read {
     use super::*;
@@ -96,6 +102,81 @@ mod read {
         .iter()
         .map(object_from_row)
         .collect())
+    }
+
+    /// The names from the root down to `id`, in one round trip (a recursive query up the
+    /// parents), where the SQLite desktop asks once a level.
+    pub fn path_of(c: &mut impl GenericClient, vid: i64, id: u32) -> Result<Vec<Vec<u8>>> {
+        let rows = c.query(
+            "WITH RECURSIVE up(id, parent, name, depth) AS (
+                SELECT id, parent, name, 0 FROM deskd.objects WHERE vid = $1 AND id = $2
+                UNION ALL
+                SELECT o.id, o.parent, o.name, up.depth + 1
+                FROM deskd.objects o JOIN up ON o.id = up.parent
+                WHERE o.vid = $1 AND up.id <> $3 AND up.depth < $4)
+             SELECT id, parent, name, depth FROM up ORDER BY depth",
+            &[
+                &vid,
+                &i64::from(id),
+                &i64::from(deskd_db::ROOT_ID),
+                &MAX_DEPTH,
+            ],
+        )?;
+        let Some(top) = rows.last() else {
+            return Err(DbError::NoSuchId(id).into());
+        };
+        if top.get::<_, i64>(0) != i64::from(deskd_db::ROOT_ID) {
+            if top.get::<_, i32>(3) >= MAX_DEPTH {
+                return Err(DbError::Corrupt(format!("parent loop above ID {id}")).into());
+            }
+            return Err(DbError::NoSuchId(top.get::<_, i64>(1) as u32).into());
+        }
+        Ok(rows[..rows.len() - 1]
+            .iter()
+            .rev()
+            .map(|r| r.get(2))
+            .collect())
+    }
+
+    /// The applications recorded for documents of `creator`, by ID.
+    pub fn appl_for(
+        c: &mut impl GenericClient,
+        vid: i64,
+        creator: [u8; 4],
+    ) -> Result<Vec<ApplRecord>> {
+        Ok(c.query(
+            "SELECT app_id, tag FROM deskd.appl WHERE vid = $1 AND creator = $2 ORDER BY app_id",
+            &[&vid, &&creator[..]],
+        )?
+        .iter()
+        .map(|r| ApplRecord {
+            creator,
+            app_id: r.get::<_, i64>(0) as u32,
+            tag: r.get::<_, i64>(1) as u32,
+        })
+        .collect())
+    }
+
+    /// The icon for (creator, type, icon kind), if recorded.
+    pub fn icon(
+        c: &mut impl GenericClient,
+        vid: i64,
+        creator: [u8; 4],
+        type_code: [u8; 4],
+        itype: u8,
+    ) -> Result<Option<IconRecord>> {
+        Ok(c.query_opt(
+            "SELECT tag, bitmap FROM deskd.icons
+             WHERE vid = $1 AND creator = $2 AND type = $3 AND itype = $4",
+            &[&vid, &&creator[..], &&type_code[..], &i16::from(itype)],
+        )?
+        .map(|r| IconRecord {
+            creator,
+            type_code,
+            itype,
+            tag: r.get::<_, i64>(0) as u32,
+            bitmap: r.get(1),
+        }))
     }
 
     pub fn comment(c: &mut impl GenericClient, vid: i64, id: u32) -> Result<Option<Vec<u8>>> {
@@ -181,6 +262,26 @@ impl PgDesktop {
     /// The Finder comment of an object, if it has one.
     pub fn comment(&mut self, id: u32) -> Result<Option<Vec<u8>>> {
         read::comment(&mut self.client, self.vid, id)
+    }
+
+    /// The names from the root down to `id` (empty for the root).
+    pub fn path_of(&mut self, id: u32) -> Result<Vec<Vec<u8>>> {
+        read::path_of(&mut self.client, self.vid, id)
+    }
+
+    /// The applications recorded for documents of `creator`.
+    pub fn appl_for(&mut self, creator: [u8; 4]) -> Result<Vec<ApplRecord>> {
+        read::appl_for(&mut self.client, self.vid, creator)
+    }
+
+    /// The icon for (creator, type, icon kind), if recorded.
+    pub fn icon(
+        &mut self,
+        creator: [u8; 4],
+        type_code: [u8; 4],
+        itype: u8,
+    ) -> Result<Option<IconRecord>> {
+        read::icon(&mut self.client, self.vid, creator, type_code, itype)
     }
 
     /// The highest ID handed out in this volume.
@@ -503,5 +604,95 @@ impl PgBatch<'_> {
     /// The Finder comment of an object, as this batch sees it.
     pub fn comment(&mut self, id: u32) -> Result<Option<Vec<u8>>> {
         read::comment(&mut self.tx, self.vid, id)
+    }
+
+    /// Update the recorded device, inode and change time of an object (after a copy-replace
+    /// on disk).
+    pub fn set_devino(&mut self, id: u32, dev: u64, ino: u64, ctime: i64) -> Result<()> {
+        let n = self.tx.execute(
+            "UPDATE deskd.objects SET dev = $3, ino = $4, ctime = $5 WHERE vid = $1 AND id = $2",
+            &[
+                &self.vid,
+                &i64::from(id),
+                &(dev as i64),
+                &(ino as i64),
+                &ctime,
+            ],
+        )?;
+        if n == 0 {
+            return Err(DbError::NoSuchId(id).into());
+        }
+        self.changed.push(id);
+        Ok(())
+    }
+
+    /// Change Mac type, creator or Finder flags. A type of `APPL` registers the object as its
+    /// creator's application; changing it away unregisters it (the schema's trigger).
+    pub fn set_info(&mut self, id: u32, update: &InfoUpdate) -> Result<Object> {
+        let mut object = self.get(id)?;
+        if let Some(t) = update.type_code {
+            object.type_code = t;
+        }
+        if let Some(c) = update.creator {
+            object.creator = c;
+        }
+        if let Some(f) = update.flags {
+            object.flags = f;
+        }
+        self.tx.execute(
+            "UPDATE deskd.objects SET type = $3, creator = $4, flags = $5 WHERE vid = $1 AND id = $2",
+            &[
+                &self.vid,
+                &i64::from(id),
+                &&object.type_code[..],
+                &&object.creator[..],
+                &i32::from(object.flags),
+            ],
+        )?;
+        self.changed.push(id);
+        Ok(object)
+    }
+
+    /// Add an APPL record (AFP `FPAddAPPL`): `app_id` opens documents of `creator`.
+    pub fn appl_add(&mut self, record: &ApplRecord) -> Result<()> {
+        self.get(record.app_id)?;
+        self.tx.execute(
+            "INSERT INTO deskd.appl (vid, creator, app_id, tag) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (vid, creator, app_id) DO UPDATE SET tag = excluded.tag",
+            &[
+                &self.vid,
+                &&record.creator[..],
+                &i64::from(record.app_id),
+                &i64::from(record.tag),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Remove an APPL record; returns whether one was there.
+    pub fn appl_remove(&mut self, creator: [u8; 4], app_id: u32) -> Result<bool> {
+        Ok(self.tx.execute(
+            "DELETE FROM deskd.appl WHERE vid = $1 AND creator = $2 AND app_id = $3",
+            &[&self.vid, &&creator[..], &i64::from(app_id)],
+        )? > 0)
+    }
+
+    /// Add or replace an icon record.
+    pub fn icon_add(&mut self, icon: &IconRecord) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO deskd.icons (vid, creator, type, itype, tag, bitmap)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (vid, creator, type, itype)
+             DO UPDATE SET tag = excluded.tag, bitmap = excluded.bitmap",
+            &[
+                &self.vid,
+                &&icon.creator[..],
+                &&icon.type_code[..],
+                &i16::from(icon.itype),
+                &i64::from(icon.tag),
+                &icon.bitmap,
+            ],
+        )?;
+        Ok(())
     }
 }

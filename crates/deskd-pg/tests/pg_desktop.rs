@@ -521,3 +521,107 @@ fn nobody_cannot_use_the_test_clusters_trusted_socket() {
         String::from_utf8_lossy(&by_tcp.stderr)
     );
 }
+
+#[test]
+fn paths_mac_info_appl_and_icon_records() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("desk");
+    let (mut desk, _) = open(&cluster, "desk", &key("v", 3)).unwrap();
+    let mut b = desk.batch().unwrap();
+    let (apps, _) = b.add(&new(2, "Apps", Kind::Dir)).unwrap();
+    let (sub, _) = b.add(&new(apps.id, "Tools", Kind::Dir)).unwrap();
+    let mut app = new(sub.id, "TeachText", Kind::File);
+    app.type_code = *b"APPL";
+    let (app, _) = b.add(&app).unwrap();
+    let (doc, _) = b.add(&new(2, "readme", Kind::File)).unwrap();
+    b.set_devino(doc.id, 9, 99, 1234).unwrap();
+    assert!(matches!(
+        b.set_devino(4_000_000, 1, 1, 1),
+        Err(PgError::Desktop(DbError::NoSuchId(4_000_000)))
+    ));
+    b.icon_add(&deskd_db::IconRecord {
+        creator: *b"ttxt",
+        type_code: *b"TEXT",
+        itype: 1,
+        tag: 5,
+        bitmap: vec![1, 2, 3],
+    })
+    .unwrap();
+    b.icon_add(&deskd_db::IconRecord {
+        creator: *b"ttxt",
+        type_code: *b"TEXT",
+        itype: 1,
+        tag: 6,
+        bitmap: vec![4],
+    })
+    .unwrap();
+    b.commit().unwrap();
+
+    assert_eq!(
+        desk.path_of(app.id).unwrap(),
+        [b"Apps".to_vec(), b"Tools".to_vec(), b"TeachText".to_vec()]
+    );
+    assert!(desk.path_of(deskd_db::ROOT_ID).unwrap().is_empty());
+    assert!(matches!(
+        desk.path_of(4_000_000),
+        Err(PgError::Desktop(DbError::NoSuchId(4_000_000)))
+    ));
+    let d = desk.get(doc.id).unwrap();
+    assert_eq!((d.dev, d.ino, d.ctime), (9, 99, 1234));
+    // An APPL file registers itself as its creator's application.
+    let appl = desk.appl_for(*b"ttxt").unwrap();
+    assert_eq!(appl.iter().map(|a| a.app_id).collect::<Vec<_>>(), [app.id]);
+    let icon = desk.icon(*b"ttxt", *b"TEXT", 1).unwrap().unwrap();
+    assert_eq!(
+        (icon.tag, icon.bitmap),
+        (6, vec![4]),
+        "the second replaced the first"
+    );
+    assert!(desk.icon(*b"ttxt", *b"TEXT", 2).unwrap().is_none());
+
+    let mut b = desk.batch().unwrap();
+    let changed = b
+        .set_info(
+            app.id,
+            &deskd_db::InfoUpdate {
+                type_code: Some(*b"TEXT"),
+                flags: Some(0x100),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!((changed.type_code, changed.flags), (*b"TEXT", 0x100));
+    b.appl_add(&deskd_db::ApplRecord {
+        creator: *b"MSWD",
+        app_id: doc.id,
+        tag: 7,
+    })
+    .unwrap();
+    b.commit().unwrap();
+    assert!(
+        desk.appl_for(*b"ttxt").unwrap().is_empty(),
+        "no longer an application"
+    );
+    assert_eq!(desk.appl_for(*b"MSWD").unwrap()[0].tag, 7);
+    let mut b = desk.batch().unwrap();
+    b.delete(doc.id, false).unwrap();
+    b.commit().unwrap();
+    assert!(
+        desk.appl_for(*b"MSWD").unwrap().is_empty(),
+        "the record went with its object"
+    );
+    // A parent loop (the database damaged by hand) is reported, not followed forever.
+    let mut admin = cluster.admin("desk");
+    admin
+        .execute(
+            "UPDATE deskd.objects SET parent = $1 WHERE id = $2",
+            &[&i64::from(sub.id), &i64::from(apps.id)],
+        )
+        .unwrap();
+    assert!(matches!(
+        desk.path_of(app.id),
+        Err(PgError::Desktop(DbError::Corrupt(_)))
+    ));
+}
