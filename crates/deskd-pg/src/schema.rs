@@ -52,6 +52,9 @@ CREATE TABLE deskd.objects (
     creator bytea NOT NULL DEFAULT '\x00000000' CHECK (length(creator) = 4),
     flags   integer NOT NULL DEFAULT 0,
     ctime   bigint NOT NULL DEFAULT 0,
+    -- The search key (deskd_db::names::search_key: NFC, lower case) the servers' in-memory
+    -- name index is loaded from, as in the SQLite desktop.
+    skey    text NOT NULL,
     PRIMARY KEY (vid, id),
     UNIQUE (vid, parent, name)
 );
@@ -208,7 +211,8 @@ pub fn open_volume(client: &mut Client, key: &VolumeKey, now: i64) -> Result<(i6
         )?
         .get(0);
     tx.execute(
-        "INSERT INTO deskd.objects (vid, id, parent, name, kind, ctime) VALUES ($1, $2, $3, '', 1, $4)",
+        "INSERT INTO deskd.objects (vid, id, parent, name, kind, ctime, skey)
+         VALUES ($1, $2, $3, '', 1, $4, '')",
         &[
             &vid,
             &i64::from(deskd_db::ROOT_ID),

@@ -11,6 +11,7 @@ use deskd_db::{
     ids, validate_name, ApplRecord, DbError, Durability, IconRecord, InfoUpdate, Kind, NewObject,
     Object,
 };
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, GenericClient, Row};
 
 use crate::error::{PgError, Result};
@@ -293,6 +294,19 @@ impl PgDesktop {
         Ok(row.get::<_, i64>(0) as u32)
     }
 
+    /// Every object's ID and search key, in ID order, streamed (not collected): what a
+    /// server's in-memory name index is loaded from.
+    pub fn for_each_key(&mut self, each: &mut dyn FnMut(u32, &str)) -> Result<()> {
+        let mut rows = self.client.query_raw(
+            "SELECT id, skey FROM deskd.objects WHERE vid = $1 ORDER BY id",
+            [&self.vid],
+        )?;
+        while let Some(row) = rows.next()? {
+            each(row.get::<_, i64>(0) as u32, row.get(1));
+        }
+        Ok(())
+    }
+
     /// The number of the newest committed batch that changed the volume.
     pub fn change_seq(&mut self) -> Result<u64> {
         let row = self.client.query_one(
@@ -473,9 +487,16 @@ impl PgBatch<'_> {
             flags: new.flags,
             ctime: new.ctime,
         };
+        self.insert_row(&object)?;
+        Ok((object, true))
+    }
+
+    /// Insert one object row with its search key (no checks: callers check first).
+    fn insert_row(&mut self, object: &Object) -> Result<()> {
         self.tx.execute(
-            "INSERT INTO deskd.objects (vid, id, parent, name, kind, dev, ino, type, creator, flags, ctime)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "INSERT INTO deskd.objects
+                (vid, id, parent, name, kind, dev, ino, type, creator, flags, ctime, skey)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             &[
                 &self.vid,
                 &i64::from(object.id),
@@ -488,10 +509,38 @@ impl PgBatch<'_> {
                 &&object.creator[..],
                 &i32::from(object.flags),
                 &object.ctime,
+                &deskd_db::names::search_key(&object.name),
             ],
         )?;
-        self.changed.push(id);
-        Ok((object, true))
+        self.changed.push(object.id);
+        Ok(())
+    }
+
+    /// Insert `o` with its own ID (a migration or a rebuild keeping an ID). The ID and the
+    /// place must be free and the parent a directory; the counter rises to the ID.
+    pub fn insert_with_id(&mut self, o: &Object) -> Result<()> {
+        validate_name(&o.name)?;
+        if ids::is_forbidden(o.id) || self.id_taken(o.id)? {
+            return Err(DbError::Corrupt(format!("ID {} is not free", o.id)).into());
+        }
+        self.require_dir(o.parent)?;
+        if let Some(existing) = self.lookup(o.parent, &o.name)? {
+            return Err(DbError::Exists {
+                parent: o.parent,
+                name: String::from_utf8_lossy(&o.name).into_owned(),
+                existing: existing.id,
+            }
+            .into());
+        }
+        self.insert_row(o)?;
+        self.last_id = self.last_id.max(o.id);
+        Ok(())
+    }
+
+    /// Raise the counter to at least `at_least` (a migration carrying the old counter, so IDs
+    /// deleted before it are never handed out here either).
+    pub fn raise_counter(&mut self, at_least: u32) {
+        self.last_id = self.last_id.max(at_least.min(deskd_db::LAST_USABLE_ID));
     }
 
     /// Move and/or rename an object (its ID and its descendants' stay). With `replace`, an
@@ -534,8 +583,14 @@ impl PgBatch<'_> {
             removed = self.delete(existing.id, true)?;
         }
         self.tx.execute(
-            "UPDATE deskd.objects SET parent = $3, name = $4 WHERE vid = $1 AND id = $2",
-            &[&self.vid, &i64::from(id), &i64::from(new_parent), &new_name],
+            "UPDATE deskd.objects SET parent = $3, name = $4, skey = $5 WHERE vid = $1 AND id = $2",
+            &[
+                &self.vid,
+                &i64::from(id),
+                &i64::from(new_parent),
+                &new_name,
+                &deskd_db::names::search_key(new_name),
+            ],
         )?;
         self.changed.push(id);
         Ok(removed)

@@ -625,3 +625,69 @@ fn paths_mac_info_appl_and_icon_records() {
         Err(PgError::Desktop(DbError::Corrupt(_)))
     ));
 }
+
+#[test]
+fn rows_keep_their_ids_and_the_name_keys_stream_out() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("desk");
+    let (mut desk, _) = open(&cluster, "desk", &key("migrated", 11)).unwrap();
+    let object = |id: u32, parent: u32, name: &str, kind: Kind| deskd_db::Object {
+        id,
+        parent,
+        name: name.as_bytes().to_vec(),
+        kind,
+        dev: 0,
+        ino: 0,
+        type_code: *b"TEXT",
+        creator: *b"ttxt",
+        flags: 0,
+        ctime: 0,
+    };
+    let mut b = desk.batch().unwrap();
+    b.insert_with_id(&object(500, 2, "Dir", Kind::Dir)).unwrap();
+    b.insert_with_id(&object(40, 500, "Cafe\u{301}.TXT", Kind::File))
+        .unwrap();
+    for refused in [
+        object(40, 2, "same id", Kind::File),
+        object(1 << 24, 2, "skipped id", Kind::File),
+        object(600, 2, "Dir", Kind::File),
+        object(601, 40, "under a file", Kind::File),
+    ] {
+        assert!(
+            b.step(|b| b.insert_with_id(&refused)).is_err(),
+            "{refused:?}"
+        );
+    }
+    // The old desktop's counter came with it: IDs deleted there stay unused here.
+    b.raise_counter(900);
+    let (fresh, _) = b.add(&new(2, "new", Kind::File)).unwrap();
+    b.commit().unwrap();
+    assert_eq!(fresh.id, 901);
+    assert_eq!(desk.last_id().unwrap(), 901);
+
+    let mut keys = Vec::new();
+    desk.for_each_key(&mut |id, key| keys.push((id, key.to_owned())))
+        .unwrap();
+    assert_eq!(
+        keys,
+        [
+            (2, String::new()),
+            (40, "caf\u{e9}.txt".to_owned()),
+            (500, "dir".to_owned()),
+            (901, "new".to_owned()),
+        ]
+    );
+    let mut b = desk.batch().unwrap();
+    b.rename(40, 2, b"Renamed", false).unwrap();
+    b.commit().unwrap();
+    let mut renamed = None;
+    desk.for_each_key(&mut |id, key| {
+        if id == 40 {
+            renamed = Some(key.to_owned());
+        }
+    })
+    .unwrap();
+    assert_eq!(renamed.as_deref(), Some("renamed"));
+}
