@@ -691,3 +691,49 @@ fn rows_keep_their_ids_and_the_name_keys_stream_out() {
     .unwrap();
     assert_eq!(renamed.as_deref(), Some("renamed"));
 }
+
+#[test]
+fn a_frozen_snapshot_is_what_pg_dump_reads_while_writes_go_on() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("desk");
+    let (mut desk, _) = open(&cluster, "desk", &key("v", 13)).unwrap();
+    let mut b = desk.batch().unwrap();
+    b.add(&new(2, "before", Kind::File)).unwrap();
+    b.commit().unwrap();
+
+    let frozen = deskd_pg::Frozen::start(connect(&options(&cluster, "desk")).unwrap()).unwrap();
+    let mut b = desk.batch().unwrap();
+    b.add(&new(2, "after", Kind::File)).unwrap();
+    b.commit().unwrap();
+
+    let dump = |snapshot: &str| {
+        std::process::Command::new(cluster.bin_dir().join("pg_dump"))
+            .args(["-h", cluster.socket_dir().to_str().unwrap()])
+            .args(["-p", &cluster.port().to_string()])
+            .args(["-U", deskd_pg::test_cluster::SUPERUSER, "-d", "desk"])
+            .args(["--data-only", "-n", "deskd", "-t", "deskd.objects"])
+            .arg(format!("--snapshot={snapshot}"))
+            .output()
+            .unwrap()
+    };
+    let hex = |name: &str| name.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    let out = dump(frozen.snapshot_name());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&hex("before")), "{text}");
+    assert!(
+        !text.contains(&hex("after")),
+        "a write after the freeze: {text}"
+    );
+
+    let name = frozen.snapshot_name().to_owned();
+    frozen.thaw().unwrap();
+    let out = dump(&name);
+    assert!(!out.status.success(), "a thawed snapshot is gone");
+}
