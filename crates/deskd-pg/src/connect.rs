@@ -12,7 +12,7 @@ use std::time::Duration;
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls};
 
-use crate::error::{PgError, Result};
+use crate::error::{error_chain, PgError, Result};
 
 /// How long connecting may take when the target does not say (`connect_timeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,18 +69,6 @@ pub fn connect(options: &ConnectOptions) -> Result<Client> {
             },
         }
     })
-}
-
-/// The error and its causes in one line (postgres' own `Display` leaves the cause out).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Read `target` into a client configuration, refusing an embedded password.

@@ -75,9 +75,30 @@ pub enum PgError {
     /// A rule of the desktop (no such ID, name taken, ID space exhausted, ...).
     #[error(transparent)]
     Desktop(#[from] deskd_db::DbError),
-    /// PostgreSQL failed a statement.
-    #[error("postgresql: {0}")]
-    Postgres(#[from] postgres::Error),
+    // Not a `source`: the message holds the causes already, and anyhow's `{:#}` (as deskd
+    // prints errors) would repeat them.
+    /// PostgreSQL failed a statement. The message is the error with its causes: postgres'
+    /// own text is only "db error", the server's words are in its source.
+    #[error("postgresql: {}", error_chain(.0))]
+    Postgres(postgres::Error),
+}
+
+impl From<postgres::Error> for PgError {
+    fn from(e: postgres::Error) -> PgError {
+        PgError::Postgres(e)
+    }
+}
+
+/// An error and its causes in one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl PgError {

@@ -10,7 +10,11 @@ use deskd_pg::{connect, ConnectOptions, PasswordSource, PgDesktop, PgError, Volu
 fn options(cluster: &TestCluster, db: &str) -> ConnectOptions {
     let file = cluster.dir().join(format!("pw-{db}"));
     if !file.exists() {
-        cluster.password_file(&format!("pw-{db}"), cluster.password());
+        // Threads may get here at once: each writes its own and renames it into place, so no
+        // one reads a half-written file or fails on another's.
+        let own = format!("pw-{db}-{:?}", std::thread::current().id());
+        let written = cluster.password_file(&own, cluster.password());
+        std::fs::rename(written, &file).unwrap();
     }
     ConnectOptions {
         target: cluster.url(db),
@@ -736,4 +740,52 @@ fn a_frozen_snapshot_is_what_pg_dump_reads_while_writes_go_on() {
     frozen.thaw().unwrap();
     let out = dump(&name);
     assert!(!out.status.success(), "a thawed snapshot is gone");
+}
+
+/// What docs/ARCHITECTURE.md promises a server's role needs once the schema exists: USAGE on
+/// the schema and its sequence, and SELECT, INSERT, UPDATE, DELETE on its tables. A role
+/// without them is refused with PostgreSQL's "permission denied", not taken for an outage.
+#[test]
+fn a_server_role_needs_only_the_documented_grants() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("desk");
+    drop(open(&cluster, "desk", &key("first", 1)).unwrap());
+    let mut admin = cluster.admin("desk");
+    admin
+        .batch_execute(
+            "CREATE ROLE deskd_srv LOGIN PASSWORD 'srv-secret';
+             CREATE ROLE outsider LOGIN PASSWORD 'out-secret';
+             REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+             GRANT USAGE ON SCHEMA deskd TO deskd_srv;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA deskd TO deskd_srv;
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA deskd TO deskd_srv;",
+        )
+        .unwrap();
+    let as_role = |user: &str, password: &str| {
+        let file = cluster.password_file(&format!("pw-{user}"), password);
+        let client = connect(&ConnectOptions {
+            target: format!("postgresql://{user}@127.0.0.1:{}/desk", cluster.port()),
+            password: PasswordSource::File(file),
+        })
+        .unwrap();
+        PgDesktop::open(client, &key("second", 2), Durability::Full)
+    };
+    let (mut desk, created) = as_role("deskd_srv", "srv-secret").unwrap();
+    assert!(created);
+    let mut b = desk.batch().unwrap();
+    let (dir, _) = b.add(&new(2, "d", Kind::Dir)).unwrap();
+    b.rename(dir.id, 2, b"e", false).unwrap();
+    b.comment_set(dir.id, b"c").unwrap();
+    b.delete(dir.id, true).unwrap();
+    b.commit().unwrap();
+
+    let e = as_role("outsider", "out-secret").err().unwrap();
+    assert_eq!(
+        e.to_string(),
+        "postgresql: db error: ERROR: permission denied for schema deskd"
+    );
+    assert!(std::error::Error::source(&e).is_none(), "said once");
+    assert!(!e.is_unavailable(), "{e}");
 }
