@@ -16,6 +16,9 @@ pub const FORMAT_VERSION: i32 = 1;
 /// starting at once do not both create it ("dskd" in ASCII).
 const SCHEMA_LOCK: i64 = 0x6473_6b64;
 
+/// The advisory lock key under which a new volume is looked up and created ("dskv").
+const VOLUME_LOCK: i64 = 0x6473_6b76;
+
 /// Format 1. The columns and numbers are those of the SQLite desktop (docs/desktop-format.md),
 /// with the volume's key `vid` in front of every key.
 const SCHEMA_V1: &str = r#"
@@ -175,7 +178,9 @@ pub fn open_volume(client: &mut Client, key: &VolumeKey, now: i64) -> Result<(i6
     let identity = key.identity as i64;
     let mut tx = client.transaction()?;
     // Two servers opening a new volume at once: the second waits, then finds the first's row.
-    tx.execute("LOCK TABLE deskd.volume IN SHARE ROW EXCLUSIVE MODE", &[])?;
+    // An advisory lock, not a table lock: the batches of other volumes go on meanwhile (the
+    // unique name and identity would refuse a duplicate anyway).
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&VOLUME_LOCK])?;
     let by_name = tx.query_opt(
         "SELECT vid, identity FROM deskd.volume WHERE name = $1",
         &[&key.name],

@@ -96,9 +96,9 @@ mod read {
         Ok(c.query(
             &format!(
                 "SELECT {OBJECT_COLUMNS} FROM deskd.objects
-                 WHERE vid = $1 AND parent = $2 AND id <> $3 ORDER BY name"
+                 WHERE vid = $1 AND parent = $2 ORDER BY name"
             ),
-            &[&vid, &i64::from(parent), &i64::from(deskd_db::ROOT_ID)],
+            &[&vid, &i64::from(parent)],
         )?
         .iter()
         .map(object_from_row)
@@ -345,6 +345,7 @@ impl PgDesktop {
             tx,
             vid: self.vid,
             last_id,
+            counter_read: last_id,
             changed: Vec::new(),
         })
     }
@@ -356,6 +357,8 @@ pub struct PgBatch<'a> {
     vid: i64,
     /// The counter, read under the row lock and written back at commit.
     last_id: u32,
+    /// The counter as read, so that a batch that took no ID does not write it.
+    counter_read: u32,
     /// IDs this batch changed, written to the change log at commit.
     changed: Vec<u32>,
 }
@@ -399,10 +402,12 @@ impl PgBatch<'_> {
     /// the batch's rows. Returns the batch's number, `None` if it changed nothing.
     pub fn commit(mut self) -> Result<Option<u64>> {
         let seq = if self.changed.is_empty() {
-            self.tx.execute(
-                "UPDATE deskd.volume SET last_id = $2 WHERE vid = $1",
-                &[&self.vid, &i64::from(self.last_id)],
-            )?;
+            if self.last_id != self.counter_read {
+                self.tx.execute(
+                    "UPDATE deskd.volume SET last_id = $2 WHERE vid = $1",
+                    &[&self.vid, &i64::from(self.last_id)],
+                )?;
+            }
             None
         } else {
             let seq: i64 = self
