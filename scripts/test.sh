@@ -40,6 +40,9 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v smbd >/dev/null 2>&1 || [ -x /usr/sbin/smbd ] || missing+=(samba)
 command -v smbclient >/dev/null 2>&1 || missing+=(smbclient)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+# The desktop on PostgreSQL (issue 28, crates/deskd-pg) is tested against a throw-away cluster
+# that the tests make with Debian's initdb and postgres (deskd_pg::test_cluster).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: please install: ${missing[*]} (or run as root)" >&2

@@ -1,0 +1,128 @@
+//! The errors of the PostgreSQL desktop: what a connection, the schema or the volume's
+//! identity refused, and the desktop's own rules (reused from deskd-db, so callers match one
+//! set of variants for both back ends).
+
+use std::path::PathBuf;
+
+/// Errors of the PostgreSQL desktop.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The connection string (URL, `key=value` list or service) could not be read.
+    #[error("bad PostgreSQL target {target:?}: {reason}")]
+    BadTarget {
+        /// The target as given, with any password left out.
+        target: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A password was written into the URL or service entry; it belongs in a file or the
+    /// environment, where `ps` and a world-readable config do not show it.
+    #[error("the PostgreSQL target {0:?} holds a password; put it in a password file or the environment instead")]
+    PasswordInTarget(String),
+    /// The password file could not be read, or others may read it.
+    #[error("password file {}: {reason}", .path.display())]
+    PasswordFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it was not used.
+        reason: String,
+    },
+    /// The environment variable named as the password source is not set.
+    #[error("the environment variable {0} (the PostgreSQL password) is not set")]
+    PasswordEnvMissing(String),
+    /// The server refused the user or the password.
+    #[error("PostgreSQL at {target} refused user {user:?}: {message} (check the password file or environment variable)")]
+    AuthFailed {
+        /// Where it was connecting, without the password.
+        target: String,
+        /// The user it logged in as.
+        user: String,
+        /// PostgreSQL's own words.
+        message: String,
+    },
+    /// The server could not be reached or the session could not start.
+    #[error("cannot connect to PostgreSQL at {target}: {message}")]
+    Unreachable {
+        /// Where it was connecting, without the password.
+        target: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The database holds a deskd schema written by a newer deskd.
+    #[error("the deskd schema in this database is format {found}, newer than this deskd supports ({supported}); upgrade deskd")]
+    FormatTooNew {
+        /// The database's format.
+        found: i32,
+        /// [`crate::FORMAT_VERSION`].
+        supported: i32,
+    },
+    /// The `deskd` schema exists but is not one deskd made: nothing is changed in it.
+    #[error(
+        "the database has a schema named deskd that deskd did not create; use another database"
+    )]
+    NotADesktop,
+    /// The database's record of this volume name belongs to another volume (another
+    /// identity), or this identity is recorded under another name.
+    #[error("the database holds another volume under {what}: recorded {recorded}, this volume is {expected}; nothing was changed")]
+    OtherVolume {
+        /// Which key matched: the name or the identity.
+        what: String,
+        /// What the database has.
+        recorded: String,
+        /// What the caller opened.
+        expected: String,
+    },
+    /// A rule of the desktop (no such ID, name taken, ID space exhausted, ...).
+    #[error(transparent)]
+    Desktop(#[from] deskd_db::DbError),
+    // Not a `source`: the message holds the causes already, and anyhow's `{:#}` (as deskd
+    // prints errors) would repeat them.
+    /// PostgreSQL failed a statement. The message is the error with its causes: postgres'
+    /// own text is only "db error", the server's words are in its source.
+    #[error("postgresql: {}", error_chain(.0))]
+    Postgres(postgres::Error),
+}
+
+impl From<postgres::Error> for PgError {
+    fn from(e: postgres::Error) -> PgError {
+        PgError::Postgres(e)
+    }
+}
+
+/// An error and its causes in one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl PgError {
+    /// Whether the database could not be reached or the session was lost (the server was
+    /// stopped, crashed or is starting, the network broke): a server answers read-only and
+    /// reconnects, rather than treating it as a refusal or corruption.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            PgError::Unreachable { .. } => true,
+            PgError::Postgres(e) => {
+                if e.is_closed() {
+                    return true;
+                }
+                if let Some(code) = e.code() {
+                    let code = code.code();
+                    return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+                }
+                // No SQLSTATE: the socket failed under the session.
+                std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A PostgreSQL desktop operation's result.
+pub type Result<T, E = PgError> = std::result::Result<T, E>;

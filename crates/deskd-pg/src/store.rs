@@ -1,0 +1,758 @@
+//! A volume's desktop in PostgreSQL: reads on the connection, writes in a [`PgBatch`] (one
+//! transaction, group commit), IDs from the volume's counter row under the ID rules of
+//! [`deskd_db::ids`].
+//!
+//! A batch locks its volume's row (`SELECT ... FOR UPDATE`) when it starts and keeps the lock
+//! to its commit. So the batches of one volume commit one at a time across every server, as
+//! SQLite's one writer does: the counter a batch reads is the newest, an ID is handed out once,
+//! and the batch numbers (`change_seq`) of the change log become visible in their order.
+
+use deskd_db::{
+    ids, validate_name, ApplRecord, DbError, Durability, IconRecord, InfoUpdate, Kind, NewObject,
+    Object,
+};
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, GenericClient, Row};
+
+use crate::error::{PgError, Result};
+use crate::schema::{self, VolumeKey};
+
+/// The columns of an object row, in the order [`object_from_row`] reads them.
+const OBJECT_COLUMNS: &str = "id, parent, name, kind, dev, ino, type, creator, flags, ctime";
+
+/// The number a kind is stored as: the SQLite desktop's numbers (docs/desktop-format.md).
+fn kind_to_sql(kind: Kind) -> i16 {
+    match kind {
+        Kind::File => 0,
+        Kind::Dir => 1,
+        Kind::Symlink => 2,
+    }
+}
+
+fn kind_from_sql(v: i16) -> Kind {
+    match v {
+        1 => Kind::Dir,
+        2 => Kind::Symlink,
+        _ => Kind::File,
+    }
+}
+
+fn four(v: &[u8]) -> [u8; 4] {
+    let mut out = [0u8; 4];
+    let n = v.len().min(4);
+    out[..n].copy_from_slice(&v[..n]);
+    out
+}
+
+fn object_from_row(r: &Row) -> Object {
+    Object {
+        id: r.get::<_, i64>(0) as u32,
+        parent: r.get::<_, i64>(1) as u32,
+        name: r.get(2),
+        kind: kind_from_sql(r.get(3)),
+        dev: r.get::<_, i64>(4) as u64,
+        ino: r.get::<_, i64>(5) as u64,
+        type_code: four(r.get(6)),
+        creator: four(r.get(7)),
+        flags: r.get::<_, i32>(8) as u16,
+        ctime: r.get(9),
+    }
+}
+
+/// The deepest a path may be before a parent loop is reported (the SQLite desktop's bound).
+const MAX_DEPTH: i32 = 4096;
+
+/// The reads both the desktop and a batch answer, on one volume.
+mod read {
+    use super::*;
+
+    pub fn get(c: &mut impl GenericClient, vid: i64, id: u32) -> Result<Object> {
+        c.query_opt(
+            &format!("SELECT {OBJECT_COLUMNS} FROM deskd.objects WHERE vid = $1 AND id = $2"),
+            &[&vid, &i64::from(id)],
+        )?
+        .map(|r| object_from_row(&r))
+        .ok_or(PgError::Desktop(DbError::NoSuchId(id)))
+    }
+
+    pub fn lookup(
+        c: &mut impl GenericClient,
+        vid: i64,
+        parent: u32,
+        name: &[u8],
+    ) -> Result<Option<Object>> {
+        Ok(c.query_opt(
+            &format!(
+                "SELECT {OBJECT_COLUMNS} FROM deskd.objects
+                     WHERE vid = $1 AND parent = $2 AND name = $3"
+            ),
+            &[&vid, &i64::from(parent), &name],
+        )?
+        .map(|r| object_from_row(&r)))
+    }
+
+    pub fn children(c: &mut impl GenericClient, vid: i64, parent: u32) -> Result<Vec<Object>> {
+        // Byte order of the names, as SQLite's BLOB order (bytea compares bytewise).
+        Ok(c.query(
+            &format!(
+                "SELECT {OBJECT_COLUMNS} FROM deskd.objects
+                 WHERE vid = $1 AND parent = $2 ORDER BY name"
+            ),
+            &[&vid, &i64::from(parent)],
+        )?
+        .iter()
+        .map(object_from_row)
+        .collect())
+    }
+
+    /// The names from the root down to `id`, in one round trip (a recursive query up the
+    /// parents), where the SQLite desktop asks once a level.
+    pub fn path_of(c: &mut impl GenericClient, vid: i64, id: u32) -> Result<Vec<Vec<u8>>> {
+        let rows = c.query(
+            "WITH RECURSIVE up(id, parent, name, depth) AS (
+                SELECT id, parent, name, 0 FROM deskd.objects WHERE vid = $1 AND id = $2
+                UNION ALL
+                SELECT o.id, o.parent, o.name, up.depth + 1
+                FROM deskd.objects o JOIN up ON o.id = up.parent
+                WHERE o.vid = $1 AND up.id <> $3 AND up.depth < $4)
+             SELECT id, parent, name, depth FROM up ORDER BY depth",
+            &[
+                &vid,
+                &i64::from(id),
+                &i64::from(deskd_db::ROOT_ID),
+                &MAX_DEPTH,
+            ],
+        )?;
+        let Some(top) = rows.last() else {
+            return Err(DbError::NoSuchId(id).into());
+        };
+        if top.get::<_, i64>(0) != i64::from(deskd_db::ROOT_ID) {
+            if top.get::<_, i32>(3) >= MAX_DEPTH {
+                return Err(DbError::Corrupt(format!("parent loop above ID {id}")).into());
+            }
+            return Err(DbError::NoSuchId(top.get::<_, i64>(1) as u32).into());
+        }
+        Ok(rows[..rows.len() - 1]
+            .iter()
+            .rev()
+            .map(|r| r.get(2))
+            .collect())
+    }
+
+    /// The applications recorded for documents of `creator`, by ID.
+    pub fn appl_for(
+        c: &mut impl GenericClient,
+        vid: i64,
+        creator: [u8; 4],
+    ) -> Result<Vec<ApplRecord>> {
+        Ok(c.query(
+            "SELECT app_id, tag FROM deskd.appl WHERE vid = $1 AND creator = $2 ORDER BY app_id",
+            &[&vid, &&creator[..]],
+        )?
+        .iter()
+        .map(|r| ApplRecord {
+            creator,
+            app_id: r.get::<_, i64>(0) as u32,
+            tag: r.get::<_, i64>(1) as u32,
+        })
+        .collect())
+    }
+
+    /// The icon for (creator, type, icon kind), if recorded.
+    pub fn icon(
+        c: &mut impl GenericClient,
+        vid: i64,
+        creator: [u8; 4],
+        type_code: [u8; 4],
+        itype: u8,
+    ) -> Result<Option<IconRecord>> {
+        Ok(c.query_opt(
+            "SELECT tag, bitmap FROM deskd.icons
+             WHERE vid = $1 AND creator = $2 AND type = $3 AND itype = $4",
+            &[&vid, &&creator[..], &&type_code[..], &i16::from(itype)],
+        )?
+        .map(|r| IconRecord {
+            creator,
+            type_code,
+            itype,
+            tag: r.get::<_, i64>(0) as u32,
+            bitmap: r.get(1),
+        }))
+    }
+
+    pub fn comment(c: &mut impl GenericClient, vid: i64, id: u32) -> Result<Option<Vec<u8>>> {
+        Ok(c.query_opt(
+            "SELECT text FROM deskd.comments WHERE vid = $1 AND id = $2",
+            &[&vid, &i64::from(id)],
+        )?
+        .map(|r| r.get(0)))
+    }
+}
+
+/// One volume's desktop on a PostgreSQL connection.
+pub struct PgDesktop {
+    client: Client,
+    vid: i64,
+    key: VolumeKey,
+}
+
+/// What a batch changed, read back from the change log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// The batch's number in the volume (grows by one with each committed batch that changed
+    /// something).
+    pub seq: u64,
+    /// An ID the batch added, changed or removed.
+    pub id: u32,
+}
+
+impl PgDesktop {
+    /// Open volume `key` on `client`: create or check the schema, then find the volume (or
+    /// create it with its root when the database has neither its name nor its identity).
+    /// Commits wait as `durability` says (`synchronous_commit`). Returns whether the volume
+    /// was created.
+    pub fn open(
+        mut client: Client,
+        key: &VolumeKey,
+        durability: Durability,
+    ) -> Result<(PgDesktop, bool)> {
+        schema::ensure_schema(&mut client)?;
+        client.batch_execute(match durability {
+            // Flushed on this database server before the commit returns (a crash of deskd or of
+            // PostgreSQL loses nothing acknowledged); standbys are not waited for.
+            Durability::Normal => "SET synchronous_commit = local",
+            // Also on the synchronous standbys, when the cluster has them.
+            Durability::Full => "SET synchronous_commit = on",
+        })?;
+        let (vid, created) = schema::open_volume(&mut client, key, deskd_db::now_unix())?;
+        Ok((
+            PgDesktop {
+                client,
+                vid,
+                key: key.clone(),
+            },
+            created,
+        ))
+    }
+
+    /// The volume this desktop is.
+    pub fn key(&self) -> &VolumeKey {
+        &self.key
+    }
+
+    /// The volume's key in this database (`vid`), which change notices carry.
+    pub fn volume_key_in_db(&self) -> i64 {
+        self.vid
+    }
+
+    /// The object with this ID.
+    pub fn get(&mut self, id: u32) -> Result<Object> {
+        read::get(&mut self.client, self.vid, id)
+    }
+
+    /// The object called `name` in directory `parent`, if any.
+    pub fn lookup(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
+        read::lookup(&mut self.client, self.vid, parent, name)
+    }
+
+    /// The children of a directory, in name (byte) order.
+    pub fn children(&mut self, parent: u32) -> Result<Vec<Object>> {
+        read::children(&mut self.client, self.vid, parent)
+    }
+
+    /// The Finder comment of an object, if it has one.
+    pub fn comment(&mut self, id: u32) -> Result<Option<Vec<u8>>> {
+        read::comment(&mut self.client, self.vid, id)
+    }
+
+    /// The names from the root down to `id` (empty for the root).
+    pub fn path_of(&mut self, id: u32) -> Result<Vec<Vec<u8>>> {
+        read::path_of(&mut self.client, self.vid, id)
+    }
+
+    /// The applications recorded for documents of `creator`.
+    pub fn appl_for(&mut self, creator: [u8; 4]) -> Result<Vec<ApplRecord>> {
+        read::appl_for(&mut self.client, self.vid, creator)
+    }
+
+    /// The icon for (creator, type, icon kind), if recorded.
+    pub fn icon(
+        &mut self,
+        creator: [u8; 4],
+        type_code: [u8; 4],
+        itype: u8,
+    ) -> Result<Option<IconRecord>> {
+        read::icon(&mut self.client, self.vid, creator, type_code, itype)
+    }
+
+    /// The highest ID handed out in this volume.
+    pub fn last_id(&mut self) -> Result<u32> {
+        let row = self.client.query_one(
+            "SELECT last_id FROM deskd.volume WHERE vid = $1",
+            &[&self.vid],
+        )?;
+        Ok(row.get::<_, i64>(0) as u32)
+    }
+
+    /// Every object's ID and search key, in ID order, streamed (not collected): what a
+    /// server's in-memory name index is loaded from.
+    pub fn for_each_key(&mut self, each: &mut dyn FnMut(u32, &str)) -> Result<()> {
+        let mut rows = self.client.query_raw(
+            "SELECT id, skey FROM deskd.objects WHERE vid = $1 ORDER BY id",
+            [&self.vid],
+        )?;
+        while let Some(row) = rows.next()? {
+            each(row.get::<_, i64>(0) as u32, row.get(1));
+        }
+        Ok(())
+    }
+
+    /// The number of the newest committed batch that changed the volume.
+    pub fn change_seq(&mut self) -> Result<u64> {
+        let row = self.client.query_one(
+            "SELECT change_seq FROM deskd.volume WHERE vid = $1",
+            &[&self.vid],
+        )?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// The changes committed after batch `seq`, in order: what a server that has seen up to
+    /// `seq` must look at again.
+    pub fn changes_since(&mut self, seq: u64) -> Result<Vec<Change>> {
+        Ok(self
+            .client
+            .query(
+                "SELECT seq, id FROM deskd.changes WHERE vid = $1 AND seq > $2 ORDER BY seq, id",
+                &[&self.vid, &(seq as i64)],
+            )?
+            .iter()
+            .map(|r| Change {
+                seq: r.get::<_, i64>(0) as u64,
+                id: r.get::<_, i64>(1) as u32,
+            })
+            .collect())
+    }
+
+    /// Start a batch: one transaction holding the volume's row lock until it commits.
+    pub fn batch(&mut self) -> Result<PgBatch<'_>> {
+        let mut tx = self.client.transaction()?;
+        let row = tx.query_one(
+            "SELECT last_id FROM deskd.volume WHERE vid = $1 FOR UPDATE",
+            &[&self.vid],
+        )?;
+        let last_id = row.get::<_, i64>(0) as u32;
+        Ok(PgBatch {
+            tx,
+            vid: self.vid,
+            last_id,
+            counter_read: last_id,
+            changed: Vec::new(),
+        })
+    }
+}
+
+/// A write transaction on one volume: many requests, one commit.
+pub struct PgBatch<'a> {
+    tx: postgres::Transaction<'a>,
+    vid: i64,
+    /// The counter, read under the row lock and written back at commit.
+    last_id: u32,
+    /// The counter as read, so that a batch that took no ID does not write it.
+    counter_read: u32,
+    /// IDs this batch changed, written to the change log at commit.
+    changed: Vec<u32>,
+}
+
+impl PgBatch<'_> {
+    /// The object with this ID, as this batch sees it.
+    pub fn get(&mut self, id: u32) -> Result<Object> {
+        read::get(&mut self.tx, self.vid, id)
+    }
+
+    /// The object called `name` in directory `parent`, as this batch sees it.
+    pub fn lookup(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
+        read::lookup(&mut self.tx, self.vid, parent, name)
+    }
+
+    /// The children of a directory, as this batch sees them.
+    pub fn children(&mut self, parent: u32) -> Result<Vec<Object>> {
+        read::children(&mut self.tx, self.vid, parent)
+    }
+
+    /// Run one request in a savepoint: if it fails, only its own changes are undone (IDs it
+    /// took from the counter stay taken: skipping is allowed, reuse is not).
+    pub fn step<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.tx.batch_execute("SAVEPOINT step")?;
+        let mark = self.changed.len();
+        match f(self) {
+            Ok(v) => {
+                self.tx.batch_execute("RELEASE SAVEPOINT step")?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.tx
+                    .batch_execute("ROLLBACK TO SAVEPOINT step; RELEASE SAVEPOINT step")?;
+                self.changed.truncate(mark);
+                Err(e)
+            }
+        }
+    }
+
+    /// Commit: the counter, the change log and a `NOTIFY deskd_changes` ("vid:seq") go with
+    /// the batch's rows. Returns the batch's number, `None` if it changed nothing.
+    pub fn commit(mut self) -> Result<Option<u64>> {
+        let seq = if self.changed.is_empty() {
+            if self.last_id != self.counter_read {
+                self.tx.execute(
+                    "UPDATE deskd.volume SET last_id = $2 WHERE vid = $1",
+                    &[&self.vid, &i64::from(self.last_id)],
+                )?;
+            }
+            None
+        } else {
+            let seq: i64 = self
+                .tx
+                .query_one(
+                    "UPDATE deskd.volume SET last_id = $2, change_seq = change_seq + 1
+                     WHERE vid = $1 RETURNING change_seq",
+                    &[&self.vid, &i64::from(self.last_id)],
+                )?
+                .get(0);
+            self.changed.sort_unstable();
+            self.changed.dedup();
+            let ids: Vec<i64> = self.changed.iter().map(|&id| i64::from(id)).collect();
+            self.tx.execute(
+                "INSERT INTO deskd.changes (vid, seq, id) SELECT $1, $2, unnest($3::bigint[])",
+                &[&self.vid, &seq, &ids],
+            )?;
+            self.tx.execute(
+                "SELECT pg_notify('deskd_changes', $1)",
+                &[&format!("{}:{seq}", self.vid)],
+            )?;
+            Some(seq as u64)
+        };
+        self.tx.commit()?;
+        Ok(seq)
+    }
+
+    fn id_taken(&mut self, id: u32) -> Result<bool> {
+        Ok(self
+            .tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM deskd.objects WHERE vid = $1 AND id = $2)",
+                &[&self.vid, &i64::from(id)],
+            )?
+            .get(0))
+    }
+
+    fn require_dir(&mut self, id: u32) -> Result<()> {
+        match self.get(id) {
+            Ok(o) if o.kind == Kind::Dir => Ok(()),
+            Ok(_) => Err(DbError::NotADirectory(id).into()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The hint when it is allowed and free, else the counter's next allowed value.
+    fn allocate(&mut self, hint: Option<u32>) -> Result<u32> {
+        if let Some(h) = hint {
+            if !ids::is_forbidden(h) && !self.id_taken(h)? {
+                self.last_id = self.last_id.max(h);
+                return Ok(h);
+            }
+        }
+        let candidate = ids::next_candidate(self.last_id).ok_or(DbError::IdSpaceExhausted)?;
+        self.last_id = candidate;
+        Ok(candidate)
+    }
+
+    /// A new ID from the counter, never one handed out before.
+    pub fn allocate_id(&mut self) -> Result<u32> {
+        self.allocate(None)
+    }
+
+    /// Register a new object and return it with `true`; an object already registered under
+    /// that name in that directory comes back with `false` (lookup-or-add).
+    pub fn add(&mut self, new: &NewObject) -> Result<(Object, bool)> {
+        validate_name(&new.name)?;
+        if let Some(existing) = self.lookup(new.parent, &new.name)? {
+            return Ok((existing, false));
+        }
+        self.require_dir(new.parent)?;
+        let id = self.allocate(new.hint)?;
+        let object = Object {
+            id,
+            parent: new.parent,
+            name: new.name.clone(),
+            kind: new.kind,
+            dev: new.dev,
+            ino: new.ino,
+            type_code: new.type_code,
+            creator: new.creator,
+            flags: new.flags,
+            ctime: new.ctime,
+        };
+        self.insert_row(&object)?;
+        Ok((object, true))
+    }
+
+    /// Insert one object row with its search key (no checks: callers check first).
+    fn insert_row(&mut self, object: &Object) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO deskd.objects
+                (vid, id, parent, name, kind, dev, ino, type, creator, flags, ctime, skey)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &[
+                &self.vid,
+                &i64::from(object.id),
+                &i64::from(object.parent),
+                &object.name,
+                &kind_to_sql(object.kind),
+                &(object.dev as i64),
+                &(object.ino as i64),
+                &&object.type_code[..],
+                &&object.creator[..],
+                &i32::from(object.flags),
+                &object.ctime,
+                &deskd_db::names::search_key(&object.name),
+            ],
+        )?;
+        self.changed.push(object.id);
+        Ok(())
+    }
+
+    /// Insert `o` with its own ID (a migration or a rebuild keeping an ID). The ID and the
+    /// place must be free and the parent a directory; the counter rises to the ID.
+    pub fn insert_with_id(&mut self, o: &Object) -> Result<()> {
+        validate_name(&o.name)?;
+        if ids::is_forbidden(o.id) || self.id_taken(o.id)? {
+            return Err(DbError::Corrupt(format!("ID {} is not free", o.id)).into());
+        }
+        self.require_dir(o.parent)?;
+        if let Some(existing) = self.lookup(o.parent, &o.name)? {
+            return Err(DbError::Exists {
+                parent: o.parent,
+                name: String::from_utf8_lossy(&o.name).into_owned(),
+                existing: existing.id,
+            }
+            .into());
+        }
+        self.insert_row(o)?;
+        self.last_id = self.last_id.max(o.id);
+        Ok(())
+    }
+
+    /// Raise the counter to at least `at_least` (a migration carrying the old counter, so IDs
+    /// deleted before it are never handed out here either).
+    pub fn raise_counter(&mut self, at_least: u32) {
+        self.last_id = self.last_id.max(at_least.min(deskd_db::LAST_USABLE_ID));
+    }
+
+    /// Move and/or rename an object (its ID and its descendants' stay). With `replace`, an
+    /// object at the destination is removed first; its removed IDs are returned.
+    pub fn rename(
+        &mut self,
+        id: u32,
+        new_parent: u32,
+        new_name: &[u8],
+        replace: bool,
+    ) -> Result<Vec<u32>> {
+        validate_name(new_name)?;
+        if id == deskd_db::ROOT_ID {
+            return Err(DbError::Root("renamed").into());
+        }
+        let object = self.get(id)?;
+        self.require_dir(new_parent)?;
+        if object.kind == Kind::Dir {
+            let mut cursor = new_parent;
+            while cursor != deskd_db::ROOT_ID && cursor != deskd_db::ROOT_PARENT_ID {
+                if cursor == id {
+                    return Err(DbError::IntoItself(id).into());
+                }
+                cursor = self.get(cursor)?.parent;
+            }
+        }
+        let mut removed = Vec::new();
+        if let Some(existing) = self.lookup(new_parent, new_name)? {
+            if existing.id == id {
+                return Ok(removed);
+            }
+            if !replace {
+                return Err(DbError::Exists {
+                    parent: new_parent,
+                    name: String::from_utf8_lossy(new_name).into_owned(),
+                    existing: existing.id,
+                }
+                .into());
+            }
+            removed = self.delete(existing.id, true)?;
+        }
+        self.tx.execute(
+            "UPDATE deskd.objects SET parent = $3, name = $4, skey = $5 WHERE vid = $1 AND id = $2",
+            &[
+                &self.vid,
+                &i64::from(id),
+                &i64::from(new_parent),
+                &new_name,
+                &deskd_db::names::search_key(new_name),
+            ],
+        )?;
+        self.changed.push(id);
+        Ok(removed)
+    }
+
+    /// Remove an object; with `recursive`, a directory and everything below it. Returns the
+    /// removed IDs (never handed out again).
+    pub fn delete(&mut self, id: u32, recursive: bool) -> Result<Vec<u32>> {
+        if id == deskd_db::ROOT_ID {
+            return Err(DbError::Root("deleted").into());
+        }
+        let object = self.get(id)?;
+        let rows: Vec<i64> = if object.kind == Kind::Dir {
+            self.tx
+                .query(
+                    "WITH RECURSIVE sub(id) AS (
+                        SELECT $2::bigint
+                        UNION ALL
+                        SELECT o.id FROM deskd.objects o JOIN sub ON o.parent = sub.id
+                        WHERE o.vid = $1)
+                     SELECT id FROM sub",
+                    &[&self.vid, &i64::from(id)],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        } else {
+            vec![i64::from(id)]
+        };
+        if rows.len() > 1 && !recursive {
+            return Err(DbError::NotEmpty(id).into());
+        }
+        self.tx.execute(
+            "DELETE FROM deskd.objects WHERE vid = $1 AND id = ANY($2)",
+            &[&self.vid, &rows],
+        )?;
+        let removed: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        self.changed.extend_from_slice(&removed);
+        Ok(removed)
+    }
+
+    /// Set (replace) the Finder comment of an object.
+    pub fn comment_set(&mut self, id: u32, text: &[u8]) -> Result<()> {
+        self.get(id)?;
+        self.tx.execute(
+            "INSERT INTO deskd.comments (vid, id, text) VALUES ($1, $2, $3)
+             ON CONFLICT (vid, id) DO UPDATE SET text = excluded.text",
+            &[&self.vid, &i64::from(id), &text],
+        )?;
+        self.changed.push(id);
+        Ok(())
+    }
+
+    /// Remove the Finder comment of an object; returns whether it had one.
+    pub fn comment_remove(&mut self, id: u32) -> Result<bool> {
+        let n = self.tx.execute(
+            "DELETE FROM deskd.comments WHERE vid = $1 AND id = $2",
+            &[&self.vid, &i64::from(id)],
+        )?;
+        if n > 0 {
+            self.changed.push(id);
+        }
+        Ok(n > 0)
+    }
+
+    /// The Finder comment of an object, as this batch sees it.
+    pub fn comment(&mut self, id: u32) -> Result<Option<Vec<u8>>> {
+        read::comment(&mut self.tx, self.vid, id)
+    }
+
+    /// Update the recorded device, inode and change time of an object (after a copy-replace
+    /// on disk).
+    pub fn set_devino(&mut self, id: u32, dev: u64, ino: u64, ctime: i64) -> Result<()> {
+        let n = self.tx.execute(
+            "UPDATE deskd.objects SET dev = $3, ino = $4, ctime = $5 WHERE vid = $1 AND id = $2",
+            &[
+                &self.vid,
+                &i64::from(id),
+                &(dev as i64),
+                &(ino as i64),
+                &ctime,
+            ],
+        )?;
+        if n == 0 {
+            return Err(DbError::NoSuchId(id).into());
+        }
+        self.changed.push(id);
+        Ok(())
+    }
+
+    /// Change Mac type, creator or Finder flags. A type of `APPL` registers the object as its
+    /// creator's application; changing it away unregisters it (the schema's trigger).
+    pub fn set_info(&mut self, id: u32, update: &InfoUpdate) -> Result<Object> {
+        let mut object = self.get(id)?;
+        if let Some(t) = update.type_code {
+            object.type_code = t;
+        }
+        if let Some(c) = update.creator {
+            object.creator = c;
+        }
+        if let Some(f) = update.flags {
+            object.flags = f;
+        }
+        self.tx.execute(
+            "UPDATE deskd.objects SET type = $3, creator = $4, flags = $5 WHERE vid = $1 AND id = $2",
+            &[
+                &self.vid,
+                &i64::from(id),
+                &&object.type_code[..],
+                &&object.creator[..],
+                &i32::from(object.flags),
+            ],
+        )?;
+        self.changed.push(id);
+        Ok(object)
+    }
+
+    /// Add an APPL record (AFP `FPAddAPPL`): `app_id` opens documents of `creator`.
+    pub fn appl_add(&mut self, record: &ApplRecord) -> Result<()> {
+        self.get(record.app_id)?;
+        self.tx.execute(
+            "INSERT INTO deskd.appl (vid, creator, app_id, tag) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (vid, creator, app_id) DO UPDATE SET tag = excluded.tag",
+            &[
+                &self.vid,
+                &&record.creator[..],
+                &i64::from(record.app_id),
+                &i64::from(record.tag),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Remove an APPL record; returns whether one was there.
+    pub fn appl_remove(&mut self, creator: [u8; 4], app_id: u32) -> Result<bool> {
+        Ok(self.tx.execute(
+            "DELETE FROM deskd.appl WHERE vid = $1 AND creator = $2 AND app_id = $3",
+            &[&self.vid, &&creator[..], &i64::from(app_id)],
+        )? > 0)
+    }
+
+    /// Add or replace an icon record.
+    pub fn icon_add(&mut self, icon: &IconRecord) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO deskd.icons (vid, creator, type, itype, tag, bitmap)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (vid, creator, type, itype)
+             DO UPDATE SET tag = excluded.tag, bitmap = excluded.bitmap",
+            &[
+                &self.vid,
+                &&icon.creator[..],
+                &&icon.type_code[..],
+                &i16::from(icon.itype),
+                &i64::from(icon.tag),
+                &icon.bitmap,
+            ],
+        )?;
+        Ok(())
+    }
+}
