@@ -489,15 +489,14 @@ fn the_wal_never_takes_the_last_space_and_flush_works_on_a_full_disk() {
     std::fs::create_dir(&vol).unwrap();
     let config = env.path("deskd.toml");
     // No timed checkpoint during the test: only the free-space rule can empty the WAL.
-    std::fs::write(
-        &config,
-        // Not watched: the registrations under test would find their files registered.
+    // Not watched: the registrations under test would find their files registered.
+    let settings = |min_free: u64| {
         format!(
-            "[defaults]\nmin_free = {MIN_FREE}\nflush_delay = 3600\nidle_close = 3600\n\
+            "[defaults]\nmin_free = {min_free}\nflush_delay = 3600\nidle_close = 3600\n\
              watch = \"off\"\n"
-        ),
-    )
-    .unwrap();
+        )
+    };
+    std::fs::write(&config, settings(MIN_FREE)).unwrap();
     let (config, vol_arg) = (config.display().to_string(), vol.display().to_string());
     env.start(&["--config", &config, &vol_arg]);
     fs.fill_leaving("fill", MIN_FREE + (1536 << 10));
@@ -544,7 +543,12 @@ fn the_wal_never_takes_the_last_space_and_flush_works_on_a_full_disk() {
 
     // New objects in the WAL, then the disk filled to the last block by someone else: the
     // checkpoint would have to grow the desktop, so `deskd flush` fails and says why; once
-    // space is back it goes through. Nothing is lost meanwhile.
+    // space is back it goes through. Nothing is lost meanwhile. With min_free the space rule
+    // would checkpoint before each of these commits, and what the last batch left in the WAL
+    // (batches are as the writer happens to take the requests) might fit the desktop's pages:
+    // without it every new object stays in the WAL, and the desktop must grow.
+    std::fs::write(&config, settings(0)).unwrap();
+    env.sighup(1);
     let more: Vec<String> = (0..100).map(|i| format!("late-{i}")).collect();
     for n in &more {
         std::fs::write(vol.join(n), b"").unwrap();
@@ -553,7 +557,13 @@ fn the_wal_never_takes_the_last_space_and_flush_works_on_a_full_disk() {
     registered.extend(more);
     fs.fill_leaving("fill3", 0);
     let out = env.deskd(&["flush", "--volume", &vol_arg]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n{}",
+        stderr(&out),
+        env.log_text()
+    );
     assert!(
         stderr(&out).contains("no space left for the checkpoint"),
         "{}",
@@ -562,6 +572,8 @@ fn the_wal_never_takes_the_last_space_and_flush_works_on_a_full_disk() {
     std::fs::remove_file(fs.mnt.join("fill3")).unwrap();
     env.deskd_ok(&["flush", "--volume", &vol_arg]);
     assert_eq!(status_json(&env, &vol)["wal_bytes"], 0);
+    std::fs::write(&config, settings(MIN_FREE)).unwrap();
+    env.sighup(2);
 
     // A WAL of changes to existing rows, then the disk filled to the last block by someone
     // else: `deskd flush` folds it in (no new page is needed) and gives its space back.
