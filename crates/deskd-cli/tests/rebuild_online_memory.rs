@@ -62,7 +62,12 @@ fn online_job(env: &Env, args: &[&str]) -> JobMemory {
     all.extend_from_slice(args);
     all.push("vol");
     let out = env.deskd(&all);
-    assert_eq!(out.status.code(), Some(0), "rebuild {args:?}: {}", stdout(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "rebuild {args:?}: {}",
+        stdout(&out)
+    );
     JobMemory {
         peak_growth: status_bytes(pid, "VmHWM").saturating_sub(rss_before),
         kept: status_bytes(pid, "RssAnon").saturating_sub(anon_before),
@@ -101,8 +106,14 @@ fn online_jobs_grow_the_server_by_at_most_300_bytes_an_object_and_give_it_back()
         let peak = per_object(s.peak_growth, b.peak_growth, objects);
         let kept = per_object(s.kept, b.kept, objects);
         eprintln!("{mode}: small {s:?}, big {b:?}: peak {peak} B/object, kept {kept} B/object");
-        assert!(peak <= 300, "{mode}: the peak grew by {peak} bytes an object");
-        assert!(kept <= 25, "{mode}: {kept} bytes an object kept after the job");
+        assert!(
+            peak <= 300,
+            "{mode}: the peak grew by {peak} bytes an object"
+        );
+        assert!(
+            kept <= 25,
+            "{mode}: {kept} bytes an object kept after the job"
+        );
     }
     assert!(big.log_text().contains("online rebuild done"));
     assert!(Path::new(&big.path("vol/.Desktop")).exists());

@@ -656,10 +656,7 @@ fn scan_dir(
         Err(e) => return Err(RebuildError::io(path, e)),
     };
     let rsrc_dir_path = path.join(rsrc::RSRC_DIR);
-    // The resource files' names; each kept object takes its own out, so what is left at the
-    // end are the orphans (no second set of every name, which at 10,000 objects a directory
-    // and 16 walkers cost some 10 MB while the walk ran).
-    let (rsrc_dir, mut rsrc_names): (Option<OwnedFd>, HashSet<Vec<u8>>) =
+    let (rsrc_dir, rsrc_names): (Option<OwnedFd>, HashSet<Vec<u8>>) =
         match open_dir_at(&dir, rsrc::RSRC_DIR) {
             Ok(fd) => {
                 let listed =
@@ -679,6 +676,7 @@ fn scan_dir(
     let mut found = Records::default();
     found.found.reserve_exact(names.len());
     let mut subdir_names: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut seen = HashSet::with_capacity(names.len());
     for name in names {
         if deskd_volume::is_protected(&name) {
             if dir_index != 0 && name == deskd_volume::DESKTOP_FILE.as_bytes() {
@@ -728,7 +726,7 @@ fn scan_dir(
             (_, Some(_), _) | (_, _, Kind::Symlink) => None,
             _ => netatalk::read(&full),
         };
-        rsrc_names.remove(&name);
+        seen.insert(name.clone());
         if kind == Kind::Dir {
             subdir_names.push((found.found.len() as u32, name.clone()));
         }
@@ -749,6 +747,7 @@ fn scan_dir(
     }
     let mut orphans: Vec<Vec<u8>> = rsrc_names
         .into_iter()
+        .filter(|n| !seen.contains(n))
         .filter(|n| !(dir_index == 0 && n == rsrc::ROOT_RECORD.as_bytes()))
         .filter(|n| {
             rsrc_dir.as_ref().is_some_and(|fd| {
