@@ -13,9 +13,11 @@
 # runs after every resource file is removed, so it writes one per object (as after a copy that
 # lost them). Max RSS comes from GNU time (`/usr/bin/time -f %M`, KiB).
 #
-# ONLINE=1 (the default) then serves the volume with each binary and runs `rebuild -s` and a
-# repair (nothing to repair) as server jobs: the table gives the server's VmHWM before and after
-# (it includes the mapped desktop, which the server holds anyway).
+# ONLINE=1 (the default) then serves the volume with each binary and runs `rebuild -s` and then
+# a repair (nothing to repair) as jobs of that server: the table gives the server's RssAnon
+# before the job, at its peak (sampled every 0.1 s) and after it, the peak's growth per object,
+# and the job's time; then the server's VmHWM (its whole life's peak, which includes the mapped
+# desktop). ONLINE=0 skips it; MODES="" with ONLINE=1 measures only the online jobs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
@@ -49,7 +51,7 @@ measure() {
 strip_rsrc() { find "$VOL" -name .rsrc -type d -prune -exec rm -rf {} +; }
 
 declare -A T M
-MODES=${MODES:-scan fresh repair}
+MODES=${MODES-scan fresh repair}
 for mode in $MODES; do
     for bin in before after; do
         T[$bin.$mode]=""
@@ -92,25 +94,60 @@ for mode in $MODES; do
 done
 
 if [ "${ONLINE:-1}" = 1 ]; then
+    # The server's anonymous memory (RssAnon) sampled every 0.1 s while the job runs; its
+    # growth is the peak minus what the server held before the job (once its name index is
+    # loaded: that load is the server's, not the job's). VmHWM is the whole process's peak.
     echo
-    echo "| online, server VmHWM | before: start -> after -s -> after repair | after: start -> after -s -> after repair |"
-    echo "|---|---|---|"
-    row="| $objects objects |"
+    echo "| online job ($objects objects) | before: RssAnon before -> peak -> after | before: growth/object | before: time (server CPU) | after: RssAnon before -> peak -> after | after: growth/object | after: time (server CPU) | time after/before | CPU after/before |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+    declare -A O
     for bin in before after; do
         exe=$BEFORE
         [ "$bin" = after ] && exe=$AFTER
         SOCK=$(mktemp -u /tmp/deskd-rebuild-memory-sock.XXXXXX)
-        "$exe" serve --socket "$SOCK" "$VOL" 2>/dev/null &
+        LOG=$(mktemp /tmp/deskd-rebuild-memory-log.XXXXXX)
+        "$exe" serve --socket "$SOCK" "$VOL" 2>"$LOG" &
         SERVER=$!
-        for _ in $(seq 600); do [ -S "$SOCK" ] && break; sleep 0.1; done
-        hwm() { awk '/VmHWM/ {printf "%.0f MB", $2 / 1024}' "/proc/$SERVER/status"; }
-        h0=$(hwm)
-        "$exe" --socket "$SOCK" rebuild -s "$VOL" >/dev/null 2>&1 || true
-        h1=$(hwm)
-        "$exe" --socket "$SOCK" rebuild "$VOL" >/dev/null 2>&1 || true
-        h2=$(hwm)
-        kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
-        row+=" $h0 -> $h1 -> $h2 |"
+        for _ in $(seq 1200); do
+            [ -S "$SOCK" ] && grep -q "name index ready" "$LOG" && break
+            sleep 0.1
+        done
+        anon() { awk '/RssAnon/ {print $2}' "/proc/$SERVER/status"; }
+        # The server's CPU time (user + system) in clock ticks: fields 14 and 15 of its stat,
+        # counted after the command name (which may hold spaces) and its closing parenthesis.
+        cpu() { sed 's/.*) //' "/proc/$SERVER/stat" | awk '{print $12 + $13}'; }
+        for job in scan repair; do
+            flag=-s
+            [ "$job" = repair ] && flag=
+            a0=$(anon)
+            peak=$a0
+            t0=$(date +%s.%N)
+            c0=$(cpu)
+            # shellcheck disable=SC2086
+            "$exe" --socket "$SOCK" rebuild $flag "$VOL" >/dev/null 2>&1 &
+            CLIENT=$!
+            while kill -0 "$CLIENT" 2>/dev/null; do
+                a=$(anon)
+                [ "$a" -gt "$peak" ] && peak=$a
+                sleep 0.1
+            done
+            wait "$CLIENT" || { echo "$bin: online rebuild $flag failed" >&2; exit 1; }
+            t1=$(date +%s.%N)
+            c1=$(cpu)
+            O[$bin.$job]="$((a0 / 1024)) -> $((peak / 1024)) -> $(($(anon) / 1024)) MiB|$(((peak - a0) * 1024 / objects)) B|$(printf '%.2f' "$(echo "$t1 - $t0" | bc -l)")|$(printf '%.2f' "$(echo "($c1 - $c0) / $(getconf CLK_TCK)" | bc -l)")"
+        done
+        O[$bin.hwm]=$(awk '/VmHWM/ {printf "%.0f MiB", $2 / 1024}' "/proc/$SERVER/status")
+        kill "$SERVER"
+        wait "$SERVER" 2>/dev/null || true
+        rm -f "$LOG"
     done
-    echo "$row"
+    for job in scan repair; do
+        IFS='|' read -r bm bg bt bc <<<"${O[before.$job]}"
+        IFS='|' read -r am ag at ac <<<"${O[after.$job]}"
+        label="rebuild -s"
+        [ "$job" = repair ] && label="rebuild (repair, nothing to repair)"
+        printf '| %s | %s | %s | %s s (%s s) | %s | %s | %s s (%s s) | %.2fx | %.2fx |\n' "$label" \
+            "$bm" "$bg" "$bt" "$bc" "$am" "$ag" "$at" "$ac" "$(echo "$at / $bt" | bc -l)" "$(echo "$ac / $bc" | bc -l)"
+    done
+    echo "server VmHWM at the end: before ${O[before.hwm]}, after ${O[after.hwm]}"
 fi

@@ -22,6 +22,7 @@
 // writer, rebuild → volume; the writer knows no connection (it answers through
 // [`writer::ReplyTo`]) and no volume handle.
 mod access;
+mod allocator;
 mod apply;
 mod audit;
 mod autorepair;
@@ -211,6 +212,8 @@ impl Server {
     /// format, the socket) comes before any desktop is opened or created. Volumes that fail
     /// their checks or to open are logged and skipped; if none is left, start-up fails.
     pub fn start(config: Config) -> Result<Server, ServerError> {
+        // Before any thread allocates: large buffers are mapped on their own (allocator.rs).
+        allocator::configure();
         // A bad token file or a taken port stops the start before any desktop is opened.
         let tcp = config.tcp.as_ref().map(bind_tcp).transpose()?;
         // Temporary desktops and copies a server of this uid left when it died uncleanly.
