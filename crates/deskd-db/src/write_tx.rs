@@ -81,7 +81,10 @@ mod tests {
         let tx = WriteTx::begin_immediate(&conn).unwrap();
         tx.execute("INSERT INTO t VALUES (1)", []).unwrap();
         drop(tx);
-        assert!(conn.is_autocommit(), "rolled back, no transaction left open");
+        assert!(
+            conn.is_autocommit(),
+            "rolled back, no transaction left open"
+        );
         assert_eq!(rows(&conn), 3);
         // The cached statements run again after a rollback.
         let tx = WriteTx::begin_immediate(&conn).unwrap();
