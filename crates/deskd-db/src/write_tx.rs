@@ -1,7 +1,7 @@
 //! The write transaction of a [`crate::Batch`]: `BEGIN IMMEDIATE`, `COMMIT` and `ROLLBACK` run
 //! from the connection's statement cache. `rusqlite::Transaction` parses each of them anew
 //! (`execute_batch`), and a lone afpd ADD is one transaction: with the counter's `meta` row,
-//! three statements parsed per ADD, about an eighth of its time on the writer's thread
+//! three statements parsed per ADD, about a tenth of its time on the serving thread
 //! (docs/PERFORMANCE.md, "A directory's ADD"). Dropping the transaction uncommitted rolls it
 //! back, as `rusqlite::Transaction` does by default.
 
