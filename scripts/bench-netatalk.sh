@@ -7,6 +7,8 @@
 # Without BASE, each run also sends the same requests to `deskd serve`'s own afpd listener
 # (`[netatalk]` in deskd.toml, docs/netatalk.md): the same server, no bridge between.
 # (Netatalk's own cnid_dbd is measured beside deskd by `scripts/afp-conformance.sh speed`.)
+# Each run also makes lantest's folder tree (its test 7: 10 x 10 x 10 folders, FPCreateDir then
+# one ADD each, parents 1 to 3 folders deep): tree_add_p50_us / tree_add_p99_us.
 #
 #   scripts/bench-netatalk.sh                          # 10 x 10,000 files, 5 runs each
 #   DIRS=4 PER_DIR=5000 RUNS=3 scripts/bench-netatalk.sh
@@ -47,7 +49,7 @@ trap stop EXIT
 # and INSERVE_ADDR (the server's own listener).
 start_both() {
     rm -f "$VOL"/.Desktop* "$WORK/server.log" "$WORK/netatalk.log"
-    rm -rf "$VOL"/bench-adds-*
+    rm -rf "$VOL"/bench-adds-* "$VOL"/bench-tree-*
     local config=()
     if [ -z "${BASE:-}" ]; then
         printf '[netatalk]\nlisten = "127.0.0.1:0"\nafp_conf = "/dev/null"\n' >"$WORK/deskd.toml"
@@ -73,9 +75,10 @@ field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])
 bridged() { # label [address: default the bridge's]
     local out
     out=$("$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" netatalk-latency --dirs "$DIRS" \
-        --per-dir "$PER_DIR" --ops 20000 --adds "$ADDS" --addr "${2:-$ADDR}")
+        --per-dir "$PER_DIR" --ops 20000 --adds "$ADDS" --tree --addr "${2:-$ADDR}")
     echo "run $i: $1 at ${2:-$ADDR} $out"
-    for k in resolve_p50_us resolve_p99_us get_p50_us add_p50_us add_p99_us add_again_p50_us; do
+    for k in resolve_p50_us resolve_p99_us get_p50_us add_p50_us add_p99_us add_again_p50_us \
+        tree_add_p50_us tree_add_p99_us; do
         VALUES[$1.$k]+="$(echo "$out" | field $k) "
     done
 }
@@ -111,7 +114,8 @@ echo
 if [ -n "${BASE:-}" ]; then
     echo "| measure (µs, median of $RUNS) | this build | base | this / base |"
     echo "|---|---|---|---|"
-    for k in resolve_p50_us resolve_p99_us get_p50_us add_p50_us add_p99_us add_again_p50_us; do
+    for k in resolve_p50_us resolve_p99_us get_p50_us add_p50_us add_p99_us add_again_p50_us \
+        tree_add_p50_us tree_add_p99_us; do
         t=$(med this.$k); b=$(med base.$k)
         python3 -c "print(f'| $k | {$t:.1f} | {$b:.1f} | {$t / $b:.2f} |')"
     done
@@ -123,7 +127,7 @@ for k in resolve_p50_us get_p50_us resolve_p99_us; do
     d=$(med direct.$k); b=$(med this.$k); s=$(med inserve.$k)
     python3 -c "print(f'| $k | {$d:.1f} | {$b:.1f} | {$s:.1f} | {$b / $d:.2f} | {$s / $b:.2f} |')"
 done
-for k in add_p50_us add_p99_us add_again_p50_us; do
+for k in add_p50_us add_p99_us add_again_p50_us tree_add_p50_us tree_add_p99_us; do
     b=$(med this.$k); s=$(med inserve.$k)
     python3 -c "print(f'| $k | (a write: not asked directly) | {$b:.1f} | {$s:.1f} | | {$s / $b:.2f} |')"
 done

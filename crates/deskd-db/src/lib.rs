@@ -22,6 +22,7 @@ pub mod names;
 pub mod schema;
 pub mod snapshot;
 pub mod wal;
+mod write_tx;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -409,12 +410,15 @@ fn insert_object(conn: &Connection, o: &Object, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// Set one `meta` value. The statement is cached: every commit that handed out an ID runs it
+/// (the counter), and parsing it anew each time cost about a tenth of an ADD's time on the
+/// writer's thread (docs/PERFORMANCE.md, "A directory's ADD").
 fn meta_set(conn: &Connection, key: &str, value: i64) -> Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![key, value],
-    )?;
+    )?
+    .execute(params![key, value])?;
     Ok(())
 }
 
@@ -957,11 +961,10 @@ impl Desktop {
 
     /// Start a batch: one transaction for many requests (group commit).
     pub fn batch(&mut self) -> Result<Batch<'_>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = write_tx::WriteTx::begin_immediate(&self.conn)?;
         Ok(Batch {
             tx,
+            last_id_at_start: self.last_id,
             last_id: &mut self.last_id,
             names: self.names.as_deref(),
             changes: Vec::new(),
@@ -977,10 +980,7 @@ impl Desktop {
         self.conn.busy_timeout(wait)?;
         // A shared borrow (the writer's connection is never in a transaction between
         // batches), so that a failed start can put the usual wait back.
-        let tx = match rusqlite::Transaction::new_unchecked(
-            &self.conn,
-            rusqlite::TransactionBehavior::Immediate,
-        ) {
+        let tx = match write_tx::WriteTx::begin_immediate(&self.conn) {
             Ok(tx) => tx,
             Err(e) => {
                 self.conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
@@ -990,6 +990,7 @@ impl Desktop {
         tx.busy_timeout(WRITER_BUSY_TIMEOUT)?;
         Ok(Batch {
             tx,
+            last_id_at_start: self.last_id,
             last_id: &mut self.last_id,
             names: self.names.as_deref(),
             changes: Vec::new(),
@@ -1084,8 +1085,11 @@ fn random_u64() -> Result<u64> {
 
 /// One write transaction. Dropping it without [`Batch::commit`] rolls everything back.
 pub struct Batch<'a> {
-    tx: rusqlite::Transaction<'a>,
+    tx: write_tx::WriteTx<'a>,
     last_id: &'a mut u32,
+    /// The counter when the batch began: a batch that handed out no ID leaves the stored
+    /// counter as it is (one page less in the WAL for a DELETE or a rename).
+    last_id_at_start: u32,
     names: Option<&'a NameIndex>,
     /// Name changes, handed to the name index once the commit succeeded.
     changes: Vec<NameChange>,
@@ -1114,12 +1118,12 @@ impl Batch<'_> {
 
     /// Run one request in a savepoint: if it fails, only its own changes are undone.
     pub fn step<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        self.tx.execute_batch("SAVEPOINT step")?;
+        self.tx.prepare_cached("SAVEPOINT step")?.execute([])?;
         let changes_mark = self.changes.len();
         let touched_mark = self.touched.len();
         match f(self) {
             Ok(v) => {
-                self.tx.execute_batch("RELEASE step")?;
+                self.tx.prepare_cached("RELEASE step")?.execute([])?;
                 Ok(v)
             }
             Err(e) => {
@@ -1135,7 +1139,12 @@ impl Batch<'_> {
 
     /// Commit the batch (the counter is stored with it).
     pub fn commit(self) -> Result<()> {
-        meta_set(&self.tx, "last_id", *self.last_id as i64)?;
+        // IDs a rolled-back batch handed out were never stored with an object, so a counter
+        // stored lower than the one in memory reuses none; the next batch that hands out an
+        // ID stores it.
+        if *self.last_id != self.last_id_at_start {
+            meta_set(&self.tx, "last_id", *self.last_id as i64)?;
+        }
         self.tx.commit()?;
         if let Some(index) = self.names {
             index.apply(&self.changes);

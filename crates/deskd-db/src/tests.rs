@@ -804,3 +804,31 @@ fn objects_come_one_at_a_time_as_all_objects_lists_them() {
         "in ID order"
     );
 }
+
+// --- i22tree: the counter is stored only by batches that hand out an ID ---
+
+#[test]
+fn a_batch_that_hands_out_no_id_leaves_the_stored_counter_and_reuses_no_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".Desktop");
+    let (mut desk, _) = Desktop::open(&path, Durability::Normal).unwrap();
+    let a = add(&mut desk, file(ROOT_ID, b"a"));
+    let b_id = add(&mut desk, file(ROOT_ID, b"b"));
+    let stored = |desk: &Desktop| meta_get(desk.conn(), "last_id").unwrap().unwrap();
+    assert_eq!(stored(&desk), i64::from(b_id));
+    // A batch rolled back after handing out an ID: the ID is gone with it, never stored.
+    let mut rolled_back = desk.batch().unwrap();
+    let (c, _) = rolled_back.add(&file(ROOT_ID, b"c")).unwrap();
+    drop(rolled_back);
+    // A batch that hands out none (a delete) commits without the counter's row.
+    let mut b = desk.batch().unwrap();
+    b.delete(b_id, false).unwrap();
+    b.commit().unwrap();
+    assert_eq!(stored(&desk), i64::from(b_id), "not written again");
+    // The next ID is past the rolled-back one now, and past every stored one after a reopen.
+    assert!(add(&mut desk, file(ROOT_ID, b"d")) > c.id);
+    drop(desk);
+    let (mut desk, _) = Desktop::open(&path, Durability::Normal).unwrap();
+    let e = add(&mut desk, file(ROOT_ID, b"e"));
+    assert!(e > c.id && e > a && e > b_id, "no ID handed out twice: {e}");
+}

@@ -122,6 +122,11 @@ enum Command {
         /// ADD as afpd sends it after creating a file (the ADD's latency: a write).
         #[arg(long, default_value_t = 0)]
         adds: u32,
+        /// Also make lantest's folder tree (its test 7): in a new folder, 10 folders, 10 in
+        /// each and 10 in each of those (1,110), each registered with an ADD as afpd sends it
+        /// after FPCreateDir (the ADD's latency: a write whose parent is 1 to 3 folders deep).
+        #[arg(long)]
+        tree: bool,
     },
     /// Time from now until the server answers a resolve (run right after starting it).
     FirstAnswer {
@@ -446,6 +451,7 @@ fn main() -> Result<()> {
             ops,
             addr,
             adds,
+            tree,
         } => {
             use deskd_netatalk::wire;
             use std::io::Write as _;
@@ -518,6 +524,41 @@ fn main() -> Result<()> {
                 add.sort_by(f64::total_cmp);
                 add_again.sort_by(f64::total_cmp);
             }
+            // lantest's "Create directory tree": FPCreateDir 10 x 10 x 10 deep, one ADD each.
+            let mut tree_add = Vec::new();
+            if tree {
+                let top_name = format!("bench-tree-{}", std::process::id());
+                let top = root.join(&top_name);
+                let mut add_dir = |did: u32, path: &Path, name: &str| -> Result<(u32, f64)> {
+                    std::fs::create_dir(path)?;
+                    let meta = std::fs::metadata(path)?;
+                    let mut q = wire::Request::new(wire::op::ADD, 0, did, name.as_bytes());
+                    (q.dev, q.ino, q.kind) = (meta.dev(), meta.ino(), 1);
+                    let t = Instant::now();
+                    s.write_all(&wire::encode_request(&q))?;
+                    let r = wire::read_reply(&mut s)?;
+                    let took = t.elapsed().as_secs_f64() * 1e6;
+                    anyhow::ensure!(r.result == wire::res::OK, "ADD {name}: result {}", r.result);
+                    Ok((r.cnid, took))
+                };
+                let (top_id, _) = add_dir(2, &top, &top_name)?;
+                let name = |n: usize| format!("dir{:02}", n + 1);
+                for i in 0..10 {
+                    let a = top.join(name(i));
+                    let (a_id, took) = add_dir(top_id, &a, &name(i))?;
+                    tree_add.push(took);
+                    for j in 0..10 {
+                        let b = a.join(name(j));
+                        let (b_id, took) = add_dir(a_id, &b, &name(j))?;
+                        tree_add.push(took);
+                        for k in 0..10 {
+                            let (_, took) = add_dir(b_id, &b.join(name(k)), &name(k))?;
+                            tree_add.push(took);
+                        }
+                    }
+                }
+                tree_add.sort_by(f64::total_cmp);
+            }
             resolve.sort_by(f64::total_cmp);
             get.sort_by(f64::total_cmp);
             anyhow::ensure!(
@@ -533,6 +574,10 @@ fn main() -> Result<()> {
                 figures["add_p99_us"] = percentile(&add, 0.99).into();
                 figures["add_again_p50_us"] = percentile(&add_again, 0.5).into();
                 figures["add_again_p99_us"] = percentile(&add_again, 0.99).into();
+            }
+            if !tree_add.is_empty() {
+                figures["tree_add_p50_us"] = percentile(&tree_add, 0.5).into();
+                figures["tree_add_p99_us"] = percentile(&tree_add, 0.99).into();
             }
             println!("{figures}");
         }
