@@ -157,6 +157,54 @@ fn writes_commit_with_the_writer_idle_and_busy_in_order_per_connection() {
     assert_eq!(env.id_of(&vol.join("after")), after.cnid);
 }
 
+/// afpd's get_id() sends an ADD for every object it looks at: one for an object registered
+/// already, as the disk bears it out, is answered from a read snapshot with the write path's
+/// checks, so it does not wait for the writer (here held up by sqlite3 holding the desktop);
+/// one that changes anything (the name now holds another inode) still goes to the writer.
+#[test]
+fn an_add_of_what_is_registered_already_does_not_wait_for_the_writer() {
+    let mut env = Env::new(&["vol"]);
+    let cnid = env.serve_cnid(Via::InServe, &["vol"], "", None);
+    let vol = env.path("vol");
+    let mut s = afpd(&cnid, &vol);
+    std::fs::write(vol.join("known"), b"k").unwrap();
+    std::fs::write(vol.join("replaced"), b"r").unwrap();
+    let known = add(&mut s, &vol.join("known"), 2, 0);
+    assert_eq!(known.result, res::OK);
+    let replaced = add(&mut s, &vol.join("replaced"), 2, 0);
+    assert_eq!(replaced.result, res::OK);
+
+    let lock = Sqlite3Lock::take(&vol.join(".Desktop"));
+    // Without the snapshot's answer this ADD would wait for the lock: fail instead of hanging.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let again = add(&mut s, &vol.join("known"), 2, 0);
+    assert_eq!((again.result, again.cnid), (res::OK, known.cnid));
+    assert_eq!(
+        env.log_text()
+            .matches("Warning, desktop DB busy by another process")
+            .count(),
+        0,
+        "the known ADD went to the writer"
+    );
+    // A new inode under a registered name: the writer decides, once the lock is gone.
+    // (Made beside it and renamed over it, so the inode number cannot be the old one's.)
+    std::fs::write(vol.join("replacement"), b"new").unwrap();
+    std::fs::rename(vol.join("replacement"), vol.join("replaced")).unwrap();
+    let m = std::fs::metadata(vol.join("replaced")).unwrap();
+    s.write_all(&wire::encode_request(&Request {
+        dev: std::os::unix::fs::MetadataExt::dev(&m),
+        ino: std::os::unix::fs::MetadataExt::ino(&m),
+        ..request(op::ADD, 0, 2, b"replaced")
+    }))
+    .unwrap();
+    env.wait_for_log("Warning, desktop DB busy by another process", 1);
+    lock.release();
+    let after = wire::read_reply(&mut s).unwrap();
+    assert_eq!(after.result, res::OK);
+    assert_eq!(env.id_of(&vol.join("replaced")), after.cnid);
+}
+
 /// A bad `[netatalk]` table stops `deskd serve` before it serves anything, with a clear error.
 #[test]
 fn a_bad_netatalk_table_stops_the_start() {

@@ -609,6 +609,20 @@ impl Connection {
         )
     }
 
+    /// [`crate::apply::add_known`] on this connection's reader of the volume (`None` also when
+    /// the reader cannot be had: the write path then answers).
+    fn known_add(&mut self, handle: &VolumeHandle, request: &Request) -> Option<Reply> {
+        let access = self.access.clone();
+        let reader = self.reader(handle).ok()?;
+        let answer = crate::apply::add_known(reader, &handle.volume, request, &access);
+        if answer.is_none() {
+            // The write path decides: no snapshot may hold checkpoints (or a reload's close)
+            // back while the write waits for the writer.
+            let _ = reader.end_snapshot();
+        }
+        answer
+    }
+
     /// The path of object `id`, for the message refusing a peer what it sees but may not do.
     fn path_for_message(&self, handle: &VolumeHandle, id: u32) -> std::path::PathBuf {
         let components = self
@@ -667,6 +681,15 @@ impl Connection {
             match self.may_change(&handle, &request) {
                 Err(e) => return sink.send(Err(e)),
                 Ok(unseen) => sink.unseen_errors = unseen,
+            }
+            // A registration of what is registered already changes nothing: answered here,
+            // from this connection's snapshot, with the write path's checks (afpd's get_id()
+            // sends one for every object it looks at). Not ahead of this connection's own
+            // writes still waiting: their answer may be what this one must see.
+            if self.writes_waiting.load(Ordering::SeqCst) == 0 {
+                if let Some(result) = self.known_add(&handle, &request) {
+                    return sink.send(result);
+                }
             }
             if !self.hints_trusted(&handle) && crate::hints::drop_hint(&mut request) {
                 debug!(

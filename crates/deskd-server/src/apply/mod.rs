@@ -72,6 +72,27 @@ struct Reading<'a, R> {
     access: &'a Access,
 }
 
+/// An `Add` of an object registered already, as [`apply_write`] would answer it, from a read
+/// snapshot (no write transaction, no wait for the writer); `None` when the write path must
+/// decide (anything but an unchanged registration, or not an `Add` with a device).
+pub fn add_known<R: Read>(
+    db: &R,
+    vol: &Volume,
+    request: &Request,
+    access: &Access,
+) -> Option<Reply> {
+    match request {
+        Request::Add {
+            parent,
+            name,
+            dev,
+            ino,
+            ..
+        } if *dev != 0 => register::add_known(db, vol, access, *parent, name, (*dev, *ino)),
+        _ => None,
+    }
+}
+
 /// Apply one write request inside the batch. Read-only volumes (`policy`) refuse changes but
 /// still register objects (a client needs IDs to browse). Every path is walked race-free as
 /// the peer (`access`), and what is recorded is what the walk reached.

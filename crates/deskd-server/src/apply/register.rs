@@ -156,6 +156,39 @@ pub(super) fn add(
     Ok(Response::Object(info(&o, Some(join(&components)), created)))
 }
 
+/// `Add` of an object registered already, answered from a read snapshot instead of a write
+/// transaction: afpd's `get_id()` sends an ADD for every object it looks at, and most are
+/// known. The checks are [`add`]'s: the name, the walk as the peer, the claim's dev/ino against
+/// what is on disk; and the record at `parent`/`name` must be that very object, of its kind, as
+/// when [`add`] answers it unchanged. Anything else (no record there, another inode, a refusal,
+/// an error) is left to [`add`] on the write path, which decides and words it: `None`.
+pub(super) fn add_known<R: Read>(
+    db: &R,
+    vol: &deskd_volume::Volume,
+    access: &crate::access::Access,
+    parent: u32,
+    name: &[u8],
+    (dev, ino): (u64, u64),
+) -> Option<Reply> {
+    deskd_volume::check_name(name).ok()?;
+    let mut components = db.path_of(parent).ok()?;
+    components.push(name.to_vec());
+    let walked = reached(access, vol, walk_names(vol, access, &components).ok()?).ok()?;
+    let node = *walked.last()?;
+    if (node.dev, node.ino) != (dev, ino) {
+        return None;
+    }
+    let o = db.lookup(parent, name).ok()??;
+    if o.kind != node.kind || (o.dev, o.ino) != (node.dev, node.ino) {
+        return None;
+    }
+    Some(Ok(Response::Object(info(
+        &o,
+        Some(join(&components)),
+        false,
+    ))))
+}
+
 /// `AddPath`: register the object at `path` and every unregistered folder above it, as the
 /// walk (as the peer) found them.
 pub(super) fn add_path(w: &mut Writing<'_, '_>, path: &[u8], asked: Asked) -> Reply {
