@@ -196,8 +196,9 @@ fn kind_from_sql(v: i64) -> Kind {
     }
 }
 
-/// The SQLite GLOB pattern that a search key must match for `mode` and the folded pattern.
-pub(crate) fn find_glob(mode: FindMode, folded: &str) -> String {
+/// The GLOB pattern (SQLite's rules, [`names::glob_matches`]) that a search key must match
+/// for `mode` and the folded pattern: every back end's find matches with it.
+pub fn find_glob(mode: FindMode, folded: &str) -> String {
     match mode {
         FindMode::Substring => format!("*{}*", names::glob_escape_literal(folded)),
         FindMode::Glob => folded.to_string(),
