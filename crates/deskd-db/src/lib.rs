@@ -471,7 +471,9 @@ pub trait Read {
     fn all_objects(&self) -> Result<Vec<Object>>;
 
     /// Every object, in ID order, handed to `each` one at a time: [`Read::all_objects`] without
-    /// holding them all (a rebuild keeps them more compactly than as `Object`s).
+    /// holding them all (a rebuild keeps them more compactly than as `Object`s). `each` must
+    /// not read through the same handle: PostgreSQL streams the rows on its one connection
+    /// (that read fails there; SQLite allows it).
     fn for_each_object(&self, each: &mut dyn FnMut(Object)) -> Result<()>;
 
     /// How many objects the desktop has.

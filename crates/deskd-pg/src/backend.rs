@@ -7,6 +7,8 @@
 //! A reader's reads take `&self` (the traits' shape): the connection or transaction sits in a
 //! `RefCell`, so a desktop or batch is used by one thread at a time, as a server's reader is.
 
+use std::cell::{RefCell, RefMut};
+
 use deskd_db::{
     names, ApplRecord, DbError, FindQuery, IconRecord, InfoUpdate, Kind, NameChange, NewObject,
     Object, Read, Stats, WriteBatch, ROOT_ID, ROOT_PARENT_ID,
@@ -31,6 +33,19 @@ type DbResult<T> = deskd_db::Result<T>;
 
 fn pg<T>(r: Result<T, postgres::Error>) -> DbResult<T> {
     r.map_err(|e| DbError::from(PgError::from(e)))
+}
+
+/// The connection of a `&self` read. Busy only when a callback of a streaming read
+/// (`for_each_object`, `for_each_search_key`) reads through the same handle: PostgreSQL is still
+/// sending the stream on that connection, so that is refused rather than a panic.
+fn borrow<T>(cell: &RefCell<T>) -> DbResult<RefMut<'_, T>> {
+    cell.try_borrow_mut().map_err(|_| {
+        DbError::Backend(
+            "this PostgreSQL connection is streaming a read: a for_each callback may not read \
+             through the same handle"
+                .into(),
+        )
+    })
 }
 
 /// The reads [`deskd_db::Read`] has beyond the ones the store answered already.
@@ -249,11 +264,11 @@ macro_rules! pg_read {
     ($ty:ty, $cell:ident) => {
         impl Read for $ty {
             fn get(&self, id: u32) -> DbResult<Object> {
-                Ok(read::get(&mut *self.$cell.borrow_mut(), self.vid, id)?)
+                Ok(read::get(&mut *borrow(&self.$cell)?, self.vid, id)?)
             }
             fn lookup(&self, parent: u32, name: &[u8]) -> DbResult<Option<Object>> {
                 Ok(read::lookup(
-                    &mut *self.$cell.borrow_mut(),
+                    &mut *borrow(&self.$cell)?,
                     self.vid,
                     parent,
                     name,
@@ -261,23 +276,23 @@ macro_rules! pg_read {
             }
             fn children(&self, parent: u32) -> DbResult<Vec<Object>> {
                 Ok(read::children(
-                    &mut *self.$cell.borrow_mut(),
+                    &mut *borrow(&self.$cell)?,
                     self.vid,
                     parent,
                 )?)
             }
             fn path_of(&self, id: u32) -> DbResult<Vec<Vec<u8>>> {
-                Ok(read::path_of(&mut *self.$cell.borrow_mut(), self.vid, id)?)
+                Ok(read::path_of(&mut *borrow(&self.$cell)?, self.vid, id)?)
             }
             fn id_of_path(&self, components: &[&[u8]]) -> DbResult<Option<u32>> {
-                more::id_of_path(&mut *self.$cell.borrow_mut(), self.vid, components)
+                more::id_of_path(&mut *borrow(&self.$cell)?, self.vid, components)
             }
             fn find(&self, query: &FindQuery) -> DbResult<Vec<Object>> {
-                more::find(&mut *self.$cell.borrow_mut(), self.vid, query)
+                more::find(&mut *borrow(&self.$cell)?, self.vid, query)
             }
             fn appl_for(&self, creator: [u8; 4]) -> DbResult<Vec<ApplRecord>> {
                 Ok(read::appl_for(
-                    &mut *self.$cell.borrow_mut(),
+                    &mut *borrow(&self.$cell)?,
                     self.vid,
                     creator,
                 )?)
@@ -288,7 +303,7 @@ macro_rules! pg_read {
                 type_code: [u8; 4],
                 itype: u8,
             ) -> DbResult<Option<IconRecord>> {
-                let mut c = self.$cell.borrow_mut();
+                let mut c = borrow(&self.$cell)?;
                 Ok(read::icon(&mut *c, self.vid, creator, type_code, itype)?)
             }
             fn all_objects(&self) -> DbResult<Vec<Object>> {
@@ -297,37 +312,37 @@ macro_rules! pg_read {
                 Ok(all)
             }
             fn for_each_object(&self, each: &mut dyn FnMut(Object)) -> DbResult<()> {
-                more::for_each_object(&mut *self.$cell.borrow_mut(), self.vid, each)
+                more::for_each_object(&mut *borrow(&self.$cell)?, self.vid, each)
             }
             fn object_count(&self) -> DbResult<u64> {
-                more::object_count(&mut *self.$cell.borrow_mut(), self.vid)
+                more::object_count(&mut *borrow(&self.$cell)?, self.vid)
             }
             fn all_comments(&self) -> DbResult<Vec<(u32, Vec<u8>)>> {
-                more::all_comments(&mut *self.$cell.borrow_mut(), self.vid)
+                more::all_comments(&mut *borrow(&self.$cell)?, self.vid)
             }
             fn all_icons(&self) -> DbResult<Vec<IconRecord>> {
-                more::all_icons(&mut *self.$cell.borrow_mut(), self.vid)
+                more::all_icons(&mut *borrow(&self.$cell)?, self.vid)
             }
             fn all_appl(&self) -> DbResult<Vec<ApplRecord>> {
-                more::all_appl(&mut *self.$cell.borrow_mut(), self.vid)
+                more::all_appl(&mut *borrow(&self.$cell)?, self.vid)
             }
             fn icons_for(&self, creator: [u8; 4]) -> DbResult<Vec<IconRecord>> {
-                more::icons_for(&mut *self.$cell.borrow_mut(), self.vid, creator)
+                more::icons_for(&mut *borrow(&self.$cell)?, self.vid, creator)
             }
             fn comment(&self, id: u32) -> DbResult<Option<Vec<u8>>> {
-                Ok(read::comment(&mut *self.$cell.borrow_mut(), self.vid, id)?)
+                Ok(read::comment(&mut *borrow(&self.$cell)?, self.vid, id)?)
             }
             fn stats(&self) -> DbResult<Stats> {
-                more::stats(&mut *self.$cell.borrow_mut(), self.vid)
+                more::stats(&mut *borrow(&self.$cell)?, self.vid)
             }
             fn quick_check(&self) -> DbResult<Vec<String>> {
-                more::quick_check(&mut *self.$cell.borrow_mut(), self.vid)
+                more::quick_check(&mut *borrow(&self.$cell)?, self.vid)
             }
             fn meta(&self, key: &str) -> DbResult<Option<i64>> {
-                more::meta(&mut *self.$cell.borrow_mut(), self.vid, key)
+                more::meta(&mut *borrow(&self.$cell)?, self.vid, key)
             }
             fn for_each_search_key(&self, each: &mut dyn FnMut(u32, &str)) -> DbResult<()> {
-                more::for_each_search_key(&mut *self.$cell.borrow_mut(), self.vid, each)
+                more::for_each_search_key(&mut *borrow(&self.$cell)?, self.vid, each)
             }
         }
     };

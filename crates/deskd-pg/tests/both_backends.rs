@@ -312,6 +312,15 @@ fn sqlite_and_postgresql_answer_alike_through_the_traits() {
         PgDesktop::open(connect(&options).unwrap(), &key, Durability::Normal).unwrap();
     let on_postgres = exercise(&mut postgres);
     assert_eq!(on_sqlite, on_postgres);
+
+    // A read from inside a streaming read's callback is refused on PostgreSQL, not a panic.
+    let reads: &dyn Read = &postgres;
+    let mut inner = Vec::new();
+    reads
+        .for_each_object(&mut |o| inner.push(reads.get(o.id).map(|_| ())))
+        .unwrap();
+    assert!(!inner.is_empty());
+    assert!(inner.iter().all(|r| matches!(r, Err(DbError::Backend(_)))));
 }
 
 #[test]
