@@ -444,6 +444,11 @@ pub trait Read {
     /// The object with this ID.
     fn get(&self, id: u32) -> Result<Object>;
 
+    /// The objects of these IDs (ascending) that exist, in the same order; missing IDs are
+    /// left out. What a name index confirms its candidates with: one round trip a window on
+    /// a networked back end.
+    fn get_many(&self, ids: &[u32]) -> Result<Vec<Object>>;
+
     /// The object called `name` in directory `parent`, if any.
     fn lookup(&self, parent: u32, name: &[u8]) -> Result<Option<Object>>;
 

@@ -29,6 +29,18 @@ impl<T: SqliteConn> Read for T {
             .ok_or(DbError::NoSuchId(id))
     }
 
+    fn get_many(&self, ids: &[u32]) -> Result<Vec<Object>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            match self.get(id) {
+                Ok(object) => out.push(object),
+                Err(DbError::NoSuchId(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// The object called `name` in directory `parent`, if any.
     fn lookup(&self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
         Ok(self

@@ -89,9 +89,21 @@ mod more {
                 }
             }
         }
-        hits.into_iter()
-            .map(|id| Ok(read::get(c, vid, id)?))
-            .collect()
+        get_many(c, vid, &hits)
+    }
+
+    pub fn get_many(c: &mut impl GenericClient, vid: i64, ids: &[u32]) -> DbResult<Vec<Object>> {
+        let ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
+        Ok(pg(c.query(
+            &format!(
+                "SELECT {OBJECT_COLUMNS} FROM deskd.objects WHERE vid = $1 AND id = ANY($2)
+                 ORDER BY id"
+            ),
+            &[&vid, &ids],
+        ))?
+        .iter()
+        .map(object_from_row)
+        .collect())
     }
 
     pub fn for_each_object(
@@ -265,6 +277,9 @@ macro_rules! pg_read {
         impl Read for $ty {
             fn get(&self, id: u32) -> DbResult<Object> {
                 Ok(read::get(&mut *borrow(&self.$cell)?, self.vid, id)?)
+            }
+            fn get_many(&self, ids: &[u32]) -> DbResult<Vec<Object>> {
+                more::get_many(&mut *borrow(&self.$cell)?, self.vid, ids)
             }
             fn lookup(&self, parent: u32, name: &[u8]) -> DbResult<Option<Object>> {
                 Ok(read::lookup(

@@ -99,6 +99,12 @@ fn exercise(store: &mut dyn Store) -> Vec<String> {
     assert_eq!(r.get(report.id).unwrap().parent, docs.id);
     assert!(matches!(r.get(999_999), Err(DbError::NoSuchId(999_999))));
     assert_eq!(r.lookup(ROOT_ID, b"nothing").unwrap(), None);
+    let many = r.get_many(&[docs.id, report.id, 999_999]).unwrap();
+    assert_eq!(
+        many.iter().map(|o| o.id).collect::<Vec<_>>(),
+        vec![docs.id, report.id],
+        "a missing ID left out"
+    );
     log.push(format!(
         "children {:?}",
         names(&r.children(ROOT_ID).unwrap())
