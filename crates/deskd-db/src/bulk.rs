@@ -38,7 +38,7 @@ impl Identity {
     }
 }
 
-impl Read for BulkLoad {
+impl crate::sqlite_read::SqliteConn for BulkLoad {
     fn conn(&self) -> &Connection {
         &self.conn
     }

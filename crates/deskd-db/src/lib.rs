@@ -9,6 +9,8 @@
 //!   method of a [`Batch`] (one transaction, committed by the caller), and each request inside a
 //!   batch can be isolated with [`Batch::step`] so one failing request does not undo the others.
 //! * [`Reader`] is a read-only connection; any number may be open. Both implement [`Read`].
+//! * [`Read`] and [`WriteBatch`] are the storage interface, free of SQLite: the `deskd-pg`
+//!   crate implements them on PostgreSQL.
 //! * No SQL lives outside this crate.
 
 #![forbid(unsafe_code)]
@@ -21,7 +23,9 @@ pub mod name_index;
 pub mod names;
 pub mod schema;
 pub mod snapshot;
+mod sqlite_read;
 pub mod wal;
+pub mod write_batch;
 mod write_tx;
 
 use std::path::Path;
@@ -34,7 +38,9 @@ use serde::{Deserialize, Serialize};
 pub use ids::{FIRST_ID, LAST_USABLE_ID, ROOT_ID, ROOT_PARENT_ID};
 pub use name_index::{NameChange, NameIndex};
 pub use schema::FORMAT_VERSION;
+pub(crate) use sqlite_read::SqliteConn;
 pub use wal::{CheckpointConnection, CheckpointMode, CheckpointOutcome, WalIndex, WalState};
+pub use write_batch::WriteBatch;
 
 /// The longest name (in bytes) an object may have; the usual Linux `NAME_MAX`.
 pub const MAX_NAME_LEN: usize = 255;
@@ -141,6 +147,16 @@ pub enum DbError {
         /// What the kernel said.
         error: std::io::Error,
     },
+    /// The database cannot be reached or its session was lost (a PostgreSQL server stopped,
+    /// restarting, or the network broke): not a refusal and not corruption. The server answers
+    /// read-only and reconnects; the text says what the back end reported.
+    #[error("the desktop database is unavailable: {0}")]
+    Unavailable(String),
+    // Not a `source`, as with `Io`: the back end's message holds its causes already.
+    /// Another back end (PostgreSQL) failed in a way none of the variants above names; the
+    /// text is the back end's error with its causes.
+    #[error("{0}")]
+    Backend(String),
 }
 
 impl DbError {
@@ -183,8 +199,9 @@ fn kind_from_sql(v: i64) -> Kind {
     }
 }
 
-/// The SQLite GLOB pattern that a search key must match for `mode` and the folded pattern.
-pub(crate) fn find_glob(mode: FindMode, folded: &str) -> String {
+/// The GLOB pattern (SQLite's rules, [`names::glob_matches`]) that a search key must match
+/// for `mode` and the folded pattern: every back end's find matches with it.
+pub fn find_glob(mode: FindMode, folded: &str) -> String {
     match mode {
         FindMode::Substring => format!("*{}*", names::glob_escape_literal(folded)),
         FindMode::Glob => folded.to_string(),
@@ -422,259 +439,84 @@ fn meta_set(conn: &Connection, key: &str, value: i64) -> Result<()> {
     Ok(())
 }
 
-/// Read operations, shared by the write handle and read-only connections.
+/// The reads of a desktop, on any back end: shared by the write handle, its batches and
+/// read-only connections. Object-safe (`&dyn Read`), so the server, rebuild, backup and find
+/// are written once for SQLite ([`Reader`], [`Desktop`], [`Batch`]) and PostgreSQL (the
+/// `deskd-pg` crate). Errors of a back end that cannot be reached are
+/// [`DbError::Unavailable`].
 pub trait Read {
-    /// The underlying connection (crate-internal use).
-    #[doc(hidden)]
-    fn conn(&self) -> &Connection;
-
     /// The object with this ID.
-    fn get(&self, id: u32) -> Result<Object> {
-        self.conn()
-            .prepare_cached(&format!(
-                "SELECT {OBJECT_COLUMNS} FROM objects WHERE id = ?1"
-            ))?
-            .query_row([id], object_from_row)
-            .optional()?
-            .ok_or(DbError::NoSuchId(id))
-    }
+    fn get(&self, id: u32) -> Result<Object>;
+
+    /// The objects of these IDs (ascending) that exist, in the same order; missing IDs are
+    /// left out. What a name index confirms its candidates with: one round trip a window on
+    /// a networked back end.
+    fn get_many(&self, ids: &[u32]) -> Result<Vec<Object>>;
 
     /// The object called `name` in directory `parent`, if any.
-    fn lookup(&self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
-        Ok(self
-            .conn()
-            .prepare_cached(&format!(
-                "SELECT {OBJECT_COLUMNS} FROM objects WHERE parent = ?1 AND name = ?2"
-            ))?
-            .query_row(params![parent, name], object_from_row)
-            .optional()?)
-    }
+    fn lookup(&self, parent: u32, name: &[u8]) -> Result<Option<Object>>;
 
     /// The children of a directory, in name order.
-    fn children(&self, parent: u32) -> Result<Vec<Object>> {
-        let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT {OBJECT_COLUMNS} FROM objects WHERE parent = ?1 ORDER BY name"
-        ))?;
-        let rows = stmt.query_map([parent], object_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
+    fn children(&self, parent: u32) -> Result<Vec<Object>>;
 
     /// The names from the root down to `id` (empty for the root itself).
-    fn path_of(&self, id: u32) -> Result<Vec<Vec<u8>>> {
-        let mut components = Vec::new();
-        let mut current = id;
-        let mut stmt = self
-            .conn()
-            .prepare_cached("SELECT parent, name FROM objects WHERE id = ?1")?;
-        while current != ROOT_ID {
-            let (parent, name): (i64, Vec<u8>) = stmt
-                .query_row([current], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?
-                .ok_or(DbError::NoSuchId(current))?;
-            components.push(name);
-            if components.len() > 4096 {
-                return Err(DbError::Corrupt(format!("parent loop above ID {id}")));
-            }
-            current = parent as u32;
-        }
-        components.reverse();
-        Ok(components)
-    }
+    fn path_of(&self, id: u32) -> Result<Vec<Vec<u8>>>;
 
     /// The ID reached by walking `components` down from the root, if every step exists.
-    fn id_of_path(&self, components: &[&[u8]]) -> Result<Option<u32>> {
-        let mut current = ROOT_ID;
-        let mut stmt = self
-            .conn()
-            .prepare_cached("SELECT id FROM objects WHERE parent = ?1 AND name = ?2")?;
-        for name in components {
-            match stmt
-                .query_row(params![current, name], |r| r.get::<_, i64>(0))
-                .optional()?
-            {
-                Some(id) => current = id as u32,
-                None => return Ok(None),
-            }
-        }
-        Ok(Some(current))
-    }
+    fn id_of_path(&self, components: &[&[u8]]) -> Result<Option<u32>>;
 
     /// Objects whose names match `query`, in ID order, by scanning the table (the server
     /// answers from its [`NameIndex`] instead, and uses this only while the index loads).
-    fn find(&self, query: &FindQuery) -> Result<Vec<Object>> {
-        let folded = names::fold_pattern(&query.pattern);
-        let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT {OBJECT_COLUMNS} FROM objects
-             WHERE skey GLOB ?1 AND id > ?2 AND id != ?4 ORDER BY id LIMIT ?3"
-        ))?;
-        let rows = stmt.query_map(
-            params![
-                find_glob(query.mode, &folded),
-                query.after_id,
-                query.limit.max(1),
-                ROOT_ID
-            ],
-            object_from_row,
-        )?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
+    /// Matching is SQLite's GLOB on the search keys on every back end ([`names::glob_matches`]).
+    fn find(&self, query: &FindQuery) -> Result<Vec<Object>>;
 
     /// The applications registered for `creator`, in ID order.
-    fn appl_for(&self, creator: [u8; 4]) -> Result<Vec<ApplRecord>> {
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT creator, app_id, tag FROM appl WHERE creator = ?1 ORDER BY app_id",
-        )?;
-        let rows = stmt.query_map([&creator[..]], appl_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
+    fn appl_for(&self, creator: [u8; 4]) -> Result<Vec<ApplRecord>>;
 
     /// The icon for (creator, type, icon kind), if recorded.
-    fn icon(&self, creator: [u8; 4], type_code: [u8; 4], itype: u8) -> Result<Option<IconRecord>> {
-        Ok(self
-            .conn()
-            .prepare_cached(
-                "SELECT tag, bitmap FROM icons WHERE creator = ?1 AND type = ?2 AND itype = ?3",
-            )?
-            .query_row(params![&creator[..], &type_code[..], itype], |r| {
-                Ok(IconRecord {
-                    creator,
-                    type_code,
-                    itype,
-                    tag: r.get::<_, i64>(0)? as u32,
-                    bitmap: r.get(1)?,
-                })
-            })
-            .optional()?)
-    }
+    fn icon(&self, creator: [u8; 4], type_code: [u8; 4], itype: u8) -> Result<Option<IconRecord>>;
 
     /// Every object, in ID order (rebuild compares a whole desktop with the disk).
-    fn all_objects(&self) -> Result<Vec<Object>> {
-        let mut stmt = self
-            .conn()
-            .prepare(&format!("SELECT {OBJECT_COLUMNS} FROM objects ORDER BY id"))?;
-        let rows = stmt.query_map([], object_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
+    fn all_objects(&self) -> Result<Vec<Object>>;
 
     /// Every object, in ID order, handed to `each` one at a time: [`Read::all_objects`] without
-    /// holding them all (a rebuild keeps them more compactly than as `Object`s).
-    fn for_each_object(&self, each: &mut dyn FnMut(Object)) -> Result<()> {
-        let mut stmt = self
-            .conn()
-            .prepare(&format!("SELECT {OBJECT_COLUMNS} FROM objects ORDER BY id"))?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            each(object_from_row(row)?);
-        }
-        Ok(())
-    }
+    /// holding them all (a rebuild keeps them more compactly than as `Object`s). `each` must
+    /// not read through the same handle: PostgreSQL streams the rows on its one connection
+    /// (that read fails there; SQLite allows it).
+    fn for_each_object(&self, each: &mut dyn FnMut(Object)) -> Result<()>;
 
     /// How many objects the desktop has.
-    fn object_count(&self) -> Result<u64> {
-        Ok(self
-            .conn()
-            .query_row("SELECT count(*) FROM objects", [], |r| r.get::<_, i64>(0))?
-            as u64)
-    }
+    fn object_count(&self) -> Result<u64>;
 
     /// Every Finder comment, by object ID.
-    fn all_comments(&self) -> Result<Vec<(u32, Vec<u8>)>> {
-        let mut stmt = self
-            .conn()
-            .prepare("SELECT id, text FROM comments ORDER BY id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u32, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
+    fn all_comments(&self) -> Result<Vec<(u32, Vec<u8>)>>;
 
     /// Every icon record.
-    fn all_icons(&self) -> Result<Vec<IconRecord>> {
-        let mut stmt = self
-            .conn()
-            .prepare("SELECT creator, type, itype, tag, bitmap FROM icons")?;
-        let rows = stmt.query_map([], icon_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
+    fn all_icons(&self) -> Result<Vec<IconRecord>>;
 
     /// Every APPL record.
-    fn all_appl(&self) -> Result<Vec<ApplRecord>> {
-        let mut stmt = self
-            .conn()
-            .prepare("SELECT creator, app_id, tag FROM appl")?;
-        let rows = stmt.query_map([], appl_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
+    fn all_appl(&self) -> Result<Vec<ApplRecord>>;
 
     /// The icons recorded for a creator (AFP `FPGetIconInfo` iterates these).
-    fn icons_for(&self, creator: [u8; 4]) -> Result<Vec<IconRecord>> {
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT creator, type, itype, tag, bitmap FROM icons WHERE creator = ?1 ORDER BY type, itype",
-        )?;
-        let rows = stmt.query_map([&creator[..]], icon_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
+    fn icons_for(&self, creator: [u8; 4]) -> Result<Vec<IconRecord>>;
 
     /// The Finder comment of an object, if any.
-    fn comment(&self, id: u32) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .conn()
-            .prepare_cached("SELECT text FROM comments WHERE id = ?1")?
-            .query_row([id], |r| r.get(0))
-            .optional()?)
-    }
+    fn comment(&self, id: u32) -> Result<Option<Vec<u8>>>;
 
     /// Object count, last allocated ID and format version.
-    fn stats(&self) -> Result<Stats> {
-        let objects: i64 = self
-            .conn()
-            .query_row("SELECT count(*) FROM objects", [], |r| r.get(0))?;
-        Ok(Stats {
-            objects: objects as u64,
-            last_id: meta_get(self.conn(), "last_id")?.unwrap_or(0) as u32,
-            format_version: self
-                .conn()
-                .query_row("PRAGMA user_version", [], |r| r.get(0))?,
-        })
-    }
+    fn stats(&self) -> Result<Stats>;
 
     /// The quick logical check run at start-up: root present, no dangling parents, counter
     /// sane. Returns the problems found (empty when the desktop is sound).
-    fn quick_check(&self) -> Result<Vec<String>> {
-        let mut problems = Vec::new();
-        match self.get(ROOT_ID) {
-            Ok(root) if root.parent == ROOT_PARENT_ID && root.kind == Kind::Dir => {}
-            Ok(_) => problems.push("the root record (ID 2) is malformed".to_string()),
-            Err(DbError::NoSuchId(_)) => problems.push("the root record (ID 2) is missing".into()),
-            Err(e) => return Err(e),
-        }
-        let dangling: i64 = self.conn().query_row(
-            "SELECT count(*) FROM objects o WHERE o.id != ?1
-             AND NOT EXISTS (SELECT 1 FROM objects p WHERE p.id = o.parent AND p.kind = 1)",
-            [ROOT_ID],
-            |r| r.get(0),
-        )?;
-        if dangling > 0 {
-            problems.push(format!(
-                "{dangling} object(s) have a missing or non-directory parent"
-            ));
-        }
-        let max_id: i64 =
-            self.conn()
-                .query_row("SELECT coalesce(max(id), 0) FROM objects", [], |r| r.get(0))?;
-        let last = meta_get(self.conn(), "last_id")?.unwrap_or(0);
-        if last < max_id {
-            problems.push(format!(
-                "the ID counter ({last}) is below the largest ID in use ({max_id})"
-            ));
-        }
-        Ok(problems)
-    }
+    fn quick_check(&self) -> Result<Vec<String>>;
 
     /// The value of a numeric `meta` key.
-    fn meta(&self, key: &str) -> Result<Option<i64>> {
-        meta_get(self.conn(), key)
-    }
-}
+    fn meta(&self, key: &str) -> Result<Option<i64>>;
 
+    /// Every object's ID and search key ([`names::search_key`] of its name), in ID order,
+    /// handed to `each` one at a time: what a [`NameIndex`] is loaded from.
+    fn for_each_search_key(&self, each: &mut dyn FnMut(u32, &str)) -> Result<()>;
+}
 /// The WAL file SQLite keeps beside a desktop (`.Desktop-wal`).
 pub fn wal_path(desktop: &Path) -> std::path::PathBuf {
     let mut s = desktop.as_os_str().to_os_string();
@@ -799,7 +641,7 @@ impl Reader {
     }
 }
 
-impl Read for Reader {
+impl SqliteConn for Reader {
     fn conn(&self) -> &Connection {
         &self.conn
     }
@@ -857,7 +699,7 @@ impl TouchLog {
     }
 }
 
-impl Read for Desktop {
+impl SqliteConn for Desktop {
     fn conn(&self) -> &Connection {
         &self.conn
     }
@@ -1098,7 +940,7 @@ pub struct Batch<'a> {
     touched: Vec<u32>,
 }
 
-impl Read for Batch<'_> {
+impl SqliteConn for Batch<'_> {
     fn conn(&self) -> &Connection {
         &self.tx
     }

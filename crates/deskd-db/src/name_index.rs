@@ -285,19 +285,9 @@ impl NameIndex {
     /// every change committed since is either in the snapshot or in the queue), then replay the
     /// queued changes. Replaying a change the snapshot already holds is harmless: each change
     /// sets or clears one object's key.
-    pub fn load<R: Read>(&self, db: &R) -> Result<()> {
+    pub fn load<R: Read + ?Sized>(&self, db: &R) -> Result<()> {
         let mut arena = Arena::new();
-        {
-            let mut stmt = db
-                .conn()
-                .prepare("SELECT id, skey FROM objects ORDER BY id")?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let id = row.get::<_, i64>(0)? as u32;
-                let key = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-                arena.set(id, key);
-            }
-        }
+        db.for_each_search_key(&mut |id, key| arena.set(id, key))?;
         let mut state = self.state.write().unwrap();
         if let State::Loading(queued) = &*state {
             for change in queued {
@@ -354,7 +344,7 @@ impl NameIndex {
 
     /// Run `query` against the index and confirm each hit in `db`; falls back to
     /// [`Read::find`] (a table scan) while the index is still loading.
-    pub fn find<R: Read>(&self, db: &R, query: &FindQuery) -> Result<Vec<Object>> {
+    pub fn find<R: Read + ?Sized>(&self, db: &R, query: &FindQuery) -> Result<Vec<Object>> {
         let folded = crate::names::fold_pattern(&query.pattern);
         let mut candidates = {
             let state = self.state.read().unwrap();
@@ -369,10 +359,6 @@ impl NameIndex {
         };
         let limit = query.limit.max(1) as usize;
         let glob = crate::find_glob(query.mode, &folded);
-        let mut stmt = db.conn().prepare_cached(&format!(
-            "SELECT {} FROM objects WHERE id = ?1 AND skey GLOB ?2",
-            crate::OBJECT_COLUMNS
-        ))?;
         let mut out = Vec::with_capacity(limit.min(candidates.len()));
         // Only the lowest IDs are needed: order a window of them at a time.
         let mut done = 0;
@@ -386,15 +372,14 @@ impl NameIndex {
                 rest.sort_unstable();
             }
             let take = window.min(rest.len());
-            for &id in &rest[..take] {
+            // Confirmed in the caller's own view, by the same GLOB rule as the scan; one
+            // `get_many` a window (one round trip on PostgreSQL).
+            for object in db.get_many(&rest[..take])? {
                 if out.len() == limit {
                     break;
                 }
-                let row = stmt.query_row(rusqlite::params![id, glob], crate::object_from_row);
-                match row {
-                    Ok(object) => out.push(object),
-                    Err(rusqlite::Error::QueryReturnedNoRows) => {}
-                    Err(e) => return Err(e.into()),
+                if crate::names::glob_matches(&glob, &crate::names::search_key(&object.name)) {
+                    out.push(object);
                 }
             }
             done += take;

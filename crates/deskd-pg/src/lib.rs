@@ -5,7 +5,9 @@
 //! design"): connecting ([`connect`]), creating and checking the schema, its format version
 //! and the volume's identity ([`schema`]), and the objects, IDs and comments of a volume
 //! ([`PgDesktop`], [`PgBatch`]), the change log the other servers follow ([`follow`]), and freeze as an exported
-//! snapshot for `pg_dump` ([`freeze`]). Nothing in `deskd serve` or the configuration uses it yet.
+//! snapshot for `pg_dump` ([`freeze`]). Both implement deskd-db's storage traits
+//! ([`deskd_db::Read`], and [`deskd_db::WriteBatch`] for the batch), so code written against
+//! the traits runs on SQLite and PostgreSQL alike. Nothing in `deskd serve` or the configuration uses it yet.
 //!
 //! The crate is apart from deskd-db so that the PostgreSQL client and its async runtime stay
 //! out of every tool that only ever opens an SQLite desktop; it reuses deskd-db's types and
@@ -14,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod backend;
 pub mod connect;
 pub mod error;
 pub mod follow;

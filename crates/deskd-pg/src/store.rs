@@ -8,9 +8,11 @@
 //! and the batch numbers (`change_seq`) of the change log become visible in their order.
 
 use deskd_db::{
-    ids, validate_name, ApplRecord, DbError, Durability, IconRecord, InfoUpdate, Kind, NewObject,
-    Object,
+    ids, validate_name, ApplRecord, DbError, Durability, IconRecord, InfoUpdate, Kind, NameChange,
+    NewObject, Object,
 };
+use std::cell::RefCell;
+
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, GenericClient, Row};
 
@@ -18,7 +20,8 @@ use crate::error::{PgError, Result};
 use crate::schema::{self, VolumeKey};
 
 /// The columns of an object row, in the order [`object_from_row`] reads them.
-const OBJECT_COLUMNS: &str = "id, parent, name, kind, dev, ino, type, creator, flags, ctime";
+pub(crate) const OBJECT_COLUMNS: &str =
+    "id, parent, name, kind, dev, ino, type, creator, flags, ctime";
 
 /// The number a kind is stored as: the SQLite desktop's numbers (docs/desktop-format.md).
 fn kind_to_sql(kind: Kind) -> i16 {
@@ -37,14 +40,14 @@ fn kind_from_sql(v: i16) -> Kind {
     }
 }
 
-fn four(v: &[u8]) -> [u8; 4] {
+pub(crate) fn four(v: &[u8]) -> [u8; 4] {
     let mut out = [0u8; 4];
     let n = v.len().min(4);
     out[..n].copy_from_slice(&v[..n]);
     out
 }
 
-fn object_from_row(r: &Row) -> Object {
+pub(crate) fn object_from_row(r: &Row) -> Object {
     Object {
         id: r.get::<_, i64>(0) as u32,
         parent: r.get::<_, i64>(1) as u32,
@@ -63,7 +66,7 @@ fn object_from_row(r: &Row) -> Object {
 const MAX_DEPTH: i32 = 4096;
 
 /// The reads both the desktop and a batch answer, on one volume.
-mod read {
+pub(crate) mod read {
     use super::*;
 
     pub fn get(c: &mut impl GenericClient, vid: i64, id: u32) -> Result<Object> {
@@ -191,8 +194,10 @@ mod read {
 
 /// One volume's desktop on a PostgreSQL connection.
 pub struct PgDesktop {
-    client: Client,
-    vid: i64,
+    /// In a cell so that the reads of [`deskd_db::Read`] take `&self`; a desktop belongs to
+    /// one thread (it is not `Sync`).
+    pub(crate) client: RefCell<Client>,
+    pub(crate) vid: i64,
     key: VolumeKey,
 }
 
@@ -227,7 +232,7 @@ impl PgDesktop {
         let (vid, created) = schema::open_volume(&mut client, key, deskd_db::now_unix())?;
         Ok((
             PgDesktop {
-                client,
+                client: RefCell::new(client),
                 vid,
                 key: key.clone(),
             },
@@ -247,32 +252,32 @@ impl PgDesktop {
 
     /// The object with this ID.
     pub fn get(&mut self, id: u32) -> Result<Object> {
-        read::get(&mut self.client, self.vid, id)
+        read::get(self.client.get_mut(), self.vid, id)
     }
 
     /// The object called `name` in directory `parent`, if any.
     pub fn lookup(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
-        read::lookup(&mut self.client, self.vid, parent, name)
+        read::lookup(self.client.get_mut(), self.vid, parent, name)
     }
 
     /// The children of a directory, in name (byte) order.
     pub fn children(&mut self, parent: u32) -> Result<Vec<Object>> {
-        read::children(&mut self.client, self.vid, parent)
+        read::children(self.client.get_mut(), self.vid, parent)
     }
 
     /// The Finder comment of an object, if it has one.
     pub fn comment(&mut self, id: u32) -> Result<Option<Vec<u8>>> {
-        read::comment(&mut self.client, self.vid, id)
+        read::comment(self.client.get_mut(), self.vid, id)
     }
 
     /// The names from the root down to `id` (empty for the root).
     pub fn path_of(&mut self, id: u32) -> Result<Vec<Vec<u8>>> {
-        read::path_of(&mut self.client, self.vid, id)
+        read::path_of(self.client.get_mut(), self.vid, id)
     }
 
     /// The applications recorded for documents of `creator`.
     pub fn appl_for(&mut self, creator: [u8; 4]) -> Result<Vec<ApplRecord>> {
-        read::appl_for(&mut self.client, self.vid, creator)
+        read::appl_for(self.client.get_mut(), self.vid, creator)
     }
 
     /// The icon for (creator, type, icon kind), if recorded.
@@ -282,12 +287,12 @@ impl PgDesktop {
         type_code: [u8; 4],
         itype: u8,
     ) -> Result<Option<IconRecord>> {
-        read::icon(&mut self.client, self.vid, creator, type_code, itype)
+        read::icon(self.client.get_mut(), self.vid, creator, type_code, itype)
     }
 
     /// The highest ID handed out in this volume.
     pub fn last_id(&mut self) -> Result<u32> {
-        let row = self.client.query_one(
+        let row = self.client.get_mut().query_one(
             "SELECT last_id FROM deskd.volume WHERE vid = $1",
             &[&self.vid],
         )?;
@@ -297,7 +302,7 @@ impl PgDesktop {
     /// Every object's ID and search key, in ID order, streamed (not collected): what a
     /// server's in-memory name index is loaded from.
     pub fn for_each_key(&mut self, each: &mut dyn FnMut(u32, &str)) -> Result<()> {
-        let mut rows = self.client.query_raw(
+        let mut rows = self.client.get_mut().query_raw(
             "SELECT id, skey FROM deskd.objects WHERE vid = $1 ORDER BY id",
             [&self.vid],
         )?;
@@ -309,7 +314,7 @@ impl PgDesktop {
 
     /// The number of the newest committed batch that changed the volume.
     pub fn change_seq(&mut self) -> Result<u64> {
-        let row = self.client.query_one(
+        let row = self.client.get_mut().query_one(
             "SELECT change_seq FROM deskd.volume WHERE vid = $1",
             &[&self.vid],
         )?;
@@ -321,6 +326,7 @@ impl PgDesktop {
     pub fn changes_since(&mut self, seq: u64) -> Result<Vec<Change>> {
         Ok(self
             .client
+            .get_mut()
             .query(
                 "SELECT seq, id FROM deskd.changes WHERE vid = $1 AND seq > $2 ORDER BY seq, id",
                 &[&self.vid, &(seq as i64)],
@@ -335,64 +341,71 @@ impl PgDesktop {
 
     /// Start a batch: one transaction holding the volume's row lock until it commits.
     pub fn batch(&mut self) -> Result<PgBatch<'_>> {
-        let mut tx = self.client.transaction()?;
+        let mut tx = self.client.get_mut().transaction()?;
         let row = tx.query_one(
             "SELECT last_id FROM deskd.volume WHERE vid = $1 FOR UPDATE",
             &[&self.vid],
         )?;
         let last_id = row.get::<_, i64>(0) as u32;
         Ok(PgBatch {
-            tx,
+            tx: RefCell::new(tx),
             vid: self.vid,
             last_id,
             counter_read: last_id,
             changed: Vec::new(),
+            names: Vec::new(),
         })
     }
 }
 
 /// A write transaction on one volume: many requests, one commit.
 pub struct PgBatch<'a> {
-    tx: postgres::Transaction<'a>,
-    vid: i64,
+    /// In a cell, as [`PgDesktop`]'s client.
+    pub(crate) tx: RefCell<postgres::Transaction<'a>>,
+    pub(crate) vid: i64,
     /// The counter, read under the row lock and written back at commit.
     last_id: u32,
     /// The counter as read, so that a batch that took no ID does not write it.
     counter_read: u32,
     /// IDs this batch changed, written to the change log at commit.
     changed: Vec<u32>,
+    /// The name changes this batch made, in order ([`deskd_db::WriteBatch::changed_since`]).
+    pub(crate) names: Vec<NameChange>,
 }
 
 impl PgBatch<'_> {
     /// The object with this ID, as this batch sees it.
     pub fn get(&mut self, id: u32) -> Result<Object> {
-        read::get(&mut self.tx, self.vid, id)
+        read::get(self.tx.get_mut(), self.vid, id)
     }
 
     /// The object called `name` in directory `parent`, as this batch sees it.
     pub fn lookup(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
-        read::lookup(&mut self.tx, self.vid, parent, name)
+        read::lookup(self.tx.get_mut(), self.vid, parent, name)
     }
 
     /// The children of a directory, as this batch sees them.
     pub fn children(&mut self, parent: u32) -> Result<Vec<Object>> {
-        read::children(&mut self.tx, self.vid, parent)
+        read::children(self.tx.get_mut(), self.vid, parent)
     }
 
     /// Run one request in a savepoint: if it fails, only its own changes are undone (IDs it
     /// took from the counter stay taken: skipping is allowed, reuse is not).
     pub fn step<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        self.tx.batch_execute("SAVEPOINT step")?;
+        self.tx.get_mut().batch_execute("SAVEPOINT step")?;
         let mark = self.changed.len();
+        let names_mark = self.names.len();
         match f(self) {
             Ok(v) => {
-                self.tx.batch_execute("RELEASE SAVEPOINT step")?;
+                self.tx.get_mut().batch_execute("RELEASE SAVEPOINT step")?;
                 Ok(v)
             }
             Err(e) => {
                 self.tx
+                    .get_mut()
                     .batch_execute("ROLLBACK TO SAVEPOINT step; RELEASE SAVEPOINT step")?;
                 self.changed.truncate(mark);
+                self.names.truncate(names_mark);
                 Err(e)
             }
         }
@@ -403,7 +416,7 @@ impl PgBatch<'_> {
     pub fn commit(mut self) -> Result<Option<u64>> {
         let seq = if self.changed.is_empty() {
             if self.last_id != self.counter_read {
-                self.tx.execute(
+                self.tx.get_mut().execute(
                     "UPDATE deskd.volume SET last_id = $2 WHERE vid = $1",
                     &[&self.vid, &i64::from(self.last_id)],
                 )?;
@@ -412,6 +425,7 @@ impl PgBatch<'_> {
         } else {
             let seq: i64 = self
                 .tx
+                .get_mut()
                 .query_one(
                     "UPDATE deskd.volume SET last_id = $2, change_seq = change_seq + 1
                      WHERE vid = $1 RETURNING change_seq",
@@ -421,23 +435,24 @@ impl PgBatch<'_> {
             self.changed.sort_unstable();
             self.changed.dedup();
             let ids: Vec<i64> = self.changed.iter().map(|&id| i64::from(id)).collect();
-            self.tx.execute(
+            self.tx.get_mut().execute(
                 "INSERT INTO deskd.changes (vid, seq, id) SELECT $1, $2, unnest($3::bigint[])",
                 &[&self.vid, &seq, &ids],
             )?;
-            self.tx.execute(
+            self.tx.get_mut().execute(
                 "SELECT pg_notify('deskd_changes', $1)",
                 &[&format!("{}:{seq}", self.vid)],
             )?;
             Some(seq as u64)
         };
-        self.tx.commit()?;
+        self.tx.into_inner().commit()?;
         Ok(seq)
     }
 
     fn id_taken(&mut self, id: u32) -> Result<bool> {
         Ok(self
             .tx
+            .get_mut()
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM deskd.objects WHERE vid = $1 AND id = $2)",
                 &[&self.vid, &i64::from(id)],
@@ -498,7 +513,7 @@ impl PgBatch<'_> {
 
     /// Insert one object row with its search key (no checks: callers check first).
     fn insert_row(&mut self, object: &Object) -> Result<()> {
-        self.tx.execute(
+        self.tx.get_mut().execute(
             "INSERT INTO deskd.objects
                 (vid, id, parent, name, kind, dev, ino, type, creator, flags, ctime, skey)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -518,6 +533,10 @@ impl PgBatch<'_> {
             ],
         )?;
         self.changed.push(object.id);
+        self.names.push(NameChange::Set(
+            object.id,
+            deskd_db::names::search_key(&object.name),
+        ));
         Ok(())
     }
 
@@ -587,7 +606,7 @@ impl PgBatch<'_> {
             }
             removed = self.delete(existing.id, true)?;
         }
-        self.tx.execute(
+        self.tx.get_mut().execute(
             "UPDATE deskd.objects SET parent = $3, name = $4, skey = $5 WHERE vid = $1 AND id = $2",
             &[
                 &self.vid,
@@ -598,6 +617,8 @@ impl PgBatch<'_> {
             ],
         )?;
         self.changed.push(id);
+        self.names
+            .push(NameChange::Set(id, deskd_db::names::search_key(new_name)));
         Ok(removed)
     }
 
@@ -610,6 +631,7 @@ impl PgBatch<'_> {
         let object = self.get(id)?;
         let rows: Vec<i64> = if object.kind == Kind::Dir {
             self.tx
+                .get_mut()
                 .query(
                     "WITH RECURSIVE sub(id) AS (
                         SELECT $2::bigint
@@ -628,19 +650,21 @@ impl PgBatch<'_> {
         if rows.len() > 1 && !recursive {
             return Err(DbError::NotEmpty(id).into());
         }
-        self.tx.execute(
+        self.tx.get_mut().execute(
             "DELETE FROM deskd.objects WHERE vid = $1 AND id = ANY($2)",
             &[&self.vid, &rows],
         )?;
         let removed: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         self.changed.extend_from_slice(&removed);
+        self.names
+            .extend(removed.iter().map(|&gone| NameChange::Remove(gone)));
         Ok(removed)
     }
 
     /// Set (replace) the Finder comment of an object.
     pub fn comment_set(&mut self, id: u32, text: &[u8]) -> Result<()> {
         self.get(id)?;
-        self.tx.execute(
+        self.tx.get_mut().execute(
             "INSERT INTO deskd.comments (vid, id, text) VALUES ($1, $2, $3)
              ON CONFLICT (vid, id) DO UPDATE SET text = excluded.text",
             &[&self.vid, &i64::from(id), &text],
@@ -651,7 +675,7 @@ impl PgBatch<'_> {
 
     /// Remove the Finder comment of an object; returns whether it had one.
     pub fn comment_remove(&mut self, id: u32) -> Result<bool> {
-        let n = self.tx.execute(
+        let n = self.tx.get_mut().execute(
             "DELETE FROM deskd.comments WHERE vid = $1 AND id = $2",
             &[&self.vid, &i64::from(id)],
         )?;
@@ -663,13 +687,13 @@ impl PgBatch<'_> {
 
     /// The Finder comment of an object, as this batch sees it.
     pub fn comment(&mut self, id: u32) -> Result<Option<Vec<u8>>> {
-        read::comment(&mut self.tx, self.vid, id)
+        read::comment(self.tx.get_mut(), self.vid, id)
     }
 
     /// Update the recorded device, inode and change time of an object (after a copy-replace
     /// on disk).
     pub fn set_devino(&mut self, id: u32, dev: u64, ino: u64, ctime: i64) -> Result<()> {
-        let n = self.tx.execute(
+        let n = self.tx.get_mut().execute(
             "UPDATE deskd.objects SET dev = $3, ino = $4, ctime = $5 WHERE vid = $1 AND id = $2",
             &[
                 &self.vid,
@@ -699,7 +723,7 @@ impl PgBatch<'_> {
         if let Some(f) = update.flags {
             object.flags = f;
         }
-        self.tx.execute(
+        self.tx.get_mut().execute(
             "UPDATE deskd.objects SET type = $3, creator = $4, flags = $5 WHERE vid = $1 AND id = $2",
             &[
                 &self.vid,
@@ -716,7 +740,7 @@ impl PgBatch<'_> {
     /// Add an APPL record (AFP `FPAddAPPL`): `app_id` opens documents of `creator`.
     pub fn appl_add(&mut self, record: &ApplRecord) -> Result<()> {
         self.get(record.app_id)?;
-        self.tx.execute(
+        self.tx.get_mut().execute(
             "INSERT INTO deskd.appl (vid, creator, app_id, tag) VALUES ($1, $2, $3, $4)
              ON CONFLICT (vid, creator, app_id) DO UPDATE SET tag = excluded.tag",
             &[
@@ -731,7 +755,7 @@ impl PgBatch<'_> {
 
     /// Remove an APPL record; returns whether one was there.
     pub fn appl_remove(&mut self, creator: [u8; 4], app_id: u32) -> Result<bool> {
-        Ok(self.tx.execute(
+        Ok(self.tx.get_mut().execute(
             "DELETE FROM deskd.appl WHERE vid = $1 AND creator = $2 AND app_id = $3",
             &[&self.vid, &&creator[..], &i64::from(app_id)],
         )? > 0)
@@ -739,7 +763,7 @@ impl PgBatch<'_> {
 
     /// Add or replace an icon record.
     pub fn icon_add(&mut self, icon: &IconRecord) -> Result<()> {
-        self.tx.execute(
+        self.tx.get_mut().execute(
             "INSERT INTO deskd.icons (vid, creator, type, itype, tag, bitmap)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (vid, creator, type, itype)
@@ -753,6 +777,75 @@ impl PgBatch<'_> {
                 &icon.bitmap,
             ],
         )?;
+        Ok(())
+    }
+
+    /// Overwrite the row of `o.id` with `o` (place, kind, inode, Mac info): a rebuild making
+    /// the desktop say what the disk says. The place must be free and not inside the object.
+    pub fn overwrite(&mut self, o: &Object) -> Result<()> {
+        validate_name(&o.name)?;
+        if o.id == deskd_db::ROOT_ID {
+            return Err(DbError::Root("moved").into());
+        }
+        self.require_dir(o.parent)?;
+        let mut cursor = o.parent;
+        while cursor != deskd_db::ROOT_ID && cursor != deskd_db::ROOT_PARENT_ID {
+            if cursor == o.id {
+                return Err(DbError::IntoItself(o.id).into());
+            }
+            cursor = self.get(cursor)?.parent;
+        }
+        if let Some(existing) = self.lookup(o.parent, &o.name)? {
+            if existing.id != o.id {
+                return Err(DbError::Exists {
+                    parent: o.parent,
+                    name: String::from_utf8_lossy(&o.name).into_owned(),
+                    existing: existing.id,
+                }
+                .into());
+            }
+        }
+        let key = deskd_db::names::search_key(&o.name);
+        let n = self.tx.get_mut().execute(
+            "UPDATE deskd.objects SET parent = $3, name = $4, skey = $5, kind = $6, dev = $7,
+             ino = $8, type = $9, creator = $10, flags = $11 WHERE vid = $1 AND id = $2",
+            &[
+                &self.vid,
+                &i64::from(o.id),
+                &i64::from(o.parent),
+                &o.name,
+                &key,
+                &kind_to_sql(o.kind),
+                &(o.dev as i64),
+                &(o.ino as i64),
+                &&o.type_code[..],
+                &&o.creator[..],
+                &i32::from(o.flags),
+            ],
+        )?;
+        if n == 0 {
+            return Err(DbError::NoSuchId(o.id).into());
+        }
+        self.changed.push(o.id);
+        self.names.push(NameChange::Set(o.id, key));
+        Ok(())
+    }
+
+    /// Move the row of `id` out of its place to a name no file can have (it holds `/`), so
+    /// another object can take the place; a rebuild then overwrites or removes it.
+    pub fn park(&mut self, id: u32) -> Result<()> {
+        let name = format!("park/{id}");
+        self.tx.get_mut().execute(
+            "UPDATE deskd.objects SET name = $3, skey = $4 WHERE vid = $1 AND id = $2",
+            &[
+                &self.vid,
+                &i64::from(id),
+                &name.as_bytes(),
+                &deskd_db::names::search_key(name.as_bytes()),
+            ],
+        )?;
+        self.changed.push(id);
+        self.names.push(NameChange::Remove(id));
         Ok(())
     }
 }
