@@ -195,30 +195,35 @@ impl Grams {
         if rarest.len as usize > scan_above {
             return Lookup::Scan;
         }
-        // Merging in a second list costs a byte or two of decoding per block it lists, and
-        // saves a block scan (a few hundred bytes) per block it rules out.
-        match lists.get(1) {
-            Some(second) if second.len as usize <= rarest.len as usize * 64 => {
-                Lookup::Blocks(intersect(rarest.iter(), second.iter()))
+        // Merging in the next rarest list costs a byte or two of decoding per block it lists,
+        // and saves a block scan (a few hundred bytes) per block it rules out: worth it while
+        // that list is not much longer than what is left.
+        let mut blocks: Vec<u32> = rarest.iter().collect();
+        for list in &lists[1..] {
+            if blocks.is_empty() || list.len as usize > blocks.len() * MERGE_RATIO {
+                break;
             }
-            _ => Lookup::Blocks(rarest.iter().collect()),
+            blocks = intersect(&blocks, list.iter());
         }
+        Lookup::Blocks(blocks)
     }
 }
 
-/// The blocks in both ascending streams.
-fn intersect(mut a: Blocks<'_>, mut b: Blocks<'_>) -> Vec<u32> {
+/// Merge in the next rarest list while it lists at most this many blocks per block left.
+const MERGE_RATIO: usize = 8;
+
+/// The blocks of `a` (ascending) that the ascending stream `b` holds too.
+fn intersect(a: &[u32], mut b: Blocks<'_>) -> Vec<u32> {
     let mut out = Vec::new();
-    let (mut x, mut y) = (a.next(), b.next());
-    while let (Some(i), Some(j)) = (x, y) {
-        match i.cmp(&j) {
-            std::cmp::Ordering::Less => x = a.next(),
-            std::cmp::Ordering::Greater => y = b.next(),
-            std::cmp::Ordering::Equal => {
-                out.push(i);
-                x = a.next();
-                y = b.next();
-            }
+    let mut y = b.next();
+    for &x in a {
+        while y.is_some_and(|j| j < x) {
+            y = b.next();
+        }
+        match y {
+            Some(j) if j == x => out.push(x),
+            Some(_) => {}
+            None => break,
         }
     }
     out
