@@ -114,7 +114,10 @@ fn measure(index: NameIndex, keys: &[(u32, String)], cli: &Cli) -> Measured {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    ensure!(cli.per_dir > 0 && cli.interleave > 0 && cli.runs > 0, "sizes must be positive");
+    ensure!(
+        cli.per_dir > 0 && cli.interleave > 0 && cli.runs > 0,
+        "sizes must be positive"
+    );
     let keys = keys(&cli);
     let names = keys.len() as f64;
     let key_bytes: usize = keys.iter().map(|(_, k)| k.len()).sum();
