@@ -120,6 +120,8 @@ impl Arena {
         let entry = self.ids.len() as u32;
         self.push(id, key.as_bytes());
         self.entry_of.insert(id, entry);
+        // A rename leaves its old key dead, like a removal.
+        self.compact_if_mostly_dead();
     }
 
     /// Append a live entry (its `entry_of` is the caller's).
@@ -144,6 +146,10 @@ impl Arena {
         if let Some(entry) = self.entry_of.remove(&id) {
             self.kill(entry as usize);
         }
+        self.compact_if_mostly_dead();
+    }
+
+    fn compact_if_mostly_dead(&mut self) {
         if self.dead_bytes >= COMPACT_MIN_DEAD && self.dead_bytes * 2 > self.bytes.len() {
             self.compact();
         }
@@ -551,6 +557,29 @@ mod tests {
         assert_eq!(a.live(), 1);
         assert_eq!(a.candidates(b"\0gamma\0", 0), vec![17]);
         assert_eq!(a.candidates(b"a", 17), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn renaming_one_name_over_and_over_compacts_the_arena() {
+        let mut a = Arena::new(true);
+        a.set(16, "kept");
+        for i in 0..10_000 {
+            a.set(17, &format!("{i:0>200}"));
+        }
+        assert!(
+            a.bytes.len() < 3 * COMPACT_MIN_DEAD,
+            "{} bytes",
+            a.bytes.len()
+        );
+        assert!(a.ids.len() < 10_000);
+        assert_eq!(a.candidates(b"\0kept\0", 0), vec![16]);
+        assert_eq!(
+            a.candidates(format!("{:0>200}", 9_999).as_bytes(), 0),
+            vec![17]
+        );
+        assert!(a
+            .candidates(format!("\0{:0>200}\0", 9_998).as_bytes(), 0)
+            .is_empty());
     }
 
     #[test]
