@@ -80,9 +80,15 @@ struct Arena {
     entry_of: HashMap<u32, u32>,
     /// Key bytes held by dead entries; the arena is compacted when they dominate.
     dead_bytes: usize,
-    /// Which blocks of entries hold each trigram (None: every query scans).
+    /// Which blocks of entries hold each trigram (None: every query scans; the lists are built
+    /// after the load, [`NameIndex::index_trigrams`]).
     grams: Option<Grams>,
+    /// Compactions so far: a trigram build that started before one must start again.
+    compactions: u32,
 }
+
+/// Entries given their trigrams per hold of the read lock while the lists are built.
+const TRIGRAM_CHUNK: usize = 16 * 1024;
 
 /// Compact when dead keys are over half of the arena and at least this large.
 const COMPACT_MIN_DEAD: usize = 1 << 20;
@@ -179,6 +185,7 @@ impl Arena {
     /// Renumber the live entries densely (the trigram lists are rebuilt with them).
     fn compact(&mut self) {
         let mut fresh = Arena::new(self.grams.is_some());
+        fresh.compactions = self.compactions.wrapping_add(1);
         fresh.bytes.reserve(self.bytes.len() - self.dead_bytes);
         for entry in 0..self.ids.len() {
             let id = self.ids[entry];
@@ -374,7 +381,7 @@ impl NameIndex {
     /// queued changes. Replaying a change the snapshot already holds is harmless: each change
     /// sets or clears one object's key.
     pub fn load<R: Read>(&self, db: &R) -> Result<()> {
-        let mut arena = Arena::new(self.trigrams);
+        let mut arena = Arena::new(false);
         {
             let mut stmt = db
                 .conn()
@@ -393,7 +400,7 @@ impl NameIndex {
     /// Build the index from `(id, search key)` pairs instead of a desktop (benchmarks, tests),
     /// then replay the queued changes like [`NameIndex::load`].
     pub fn load_keys<'a>(&self, keys: impl IntoIterator<Item = (u32, &'a str)>) {
-        let mut arena = Arena::new(self.trigrams);
+        let mut arena = Arena::new(false);
         for (id, key) in keys {
             arena.set(id, key);
         }
@@ -401,7 +408,6 @@ impl NameIndex {
     }
 
     fn finish_load(&self, mut arena: Arena) {
-        arena.shrink();
         let mut state = self.state.write().unwrap();
         if let State::Loading(queued) = &*state {
             for change in queued {
@@ -409,6 +415,60 @@ impl NameIndex {
             }
         }
         *state = State::Ready(arena);
+    }
+
+    /// Build the trigram lists of a loaded index (the server calls this right after
+    /// [`NameIndex::load`], on the same background thread). Until they are in place every
+    /// query scans the keys, so the index answers as soon as the keys are in; the lists are
+    /// built a chunk of entries at a time under the read lock (the writer's updates wait for a
+    /// chunk at most) and put in place under the write lock once they cover every entry. A
+    /// compaction meanwhile renumbers the entries: the build starts again. Does nothing for a
+    /// [`NameIndex::scan_only`] index, one still loading, or one whose lists are in place.
+    pub fn index_trigrams(&self) {
+        if !self.trigrams {
+            return;
+        }
+        let mut grams = Grams::default();
+        let (mut done, mut compactions) = (0, None);
+        loop {
+            {
+                let state = self.state.read().unwrap();
+                let State::Ready(arena) = &*state else { return };
+                if arena.grams.is_some() {
+                    return;
+                }
+                if compactions != Some(arena.compactions) {
+                    (grams, done, compactions) = (Grams::default(), 0, Some(arena.compactions));
+                }
+                let end = (done + TRIGRAM_CHUNK).min(arena.ids.len());
+                for entry in done..end {
+                    grams.add(entry, arena.key_of(entry));
+                }
+                done = end;
+                if done < arena.ids.len() {
+                    continue;
+                }
+            }
+            // Caught up: finish under the write lock (entries appended since the last chunk).
+            let mut state = self.state.write().unwrap();
+            let State::Ready(arena) = &mut *state else {
+                return;
+            };
+            if compactions != Some(arena.compactions) {
+                continue;
+            }
+            for entry in done..arena.ids.len() {
+                grams.add(entry, arena.key_of(entry));
+            }
+            grams.shrink();
+            arena.grams = Some(grams);
+            return;
+        }
+    }
+
+    /// True once the trigram lists are in place ([`NameIndex::index_trigrams`]).
+    pub fn has_trigrams(&self) -> bool {
+        matches!(&*self.state.read().unwrap(), State::Ready(arena) if arena.grams.is_some())
     }
 
     /// An index that keeps no trigram lists: every query scans all the keys. For comparisons
@@ -582,6 +642,48 @@ mod tests {
             .is_empty());
     }
 
+    /// Trigram lists built while the writer renames, removes and compacts end up listing every
+    /// entry: the same candidates as a scan-only index given the same changes.
+    #[test]
+    fn trigram_lists_built_during_changes_and_compactions_are_complete() {
+        let (index, scan) = (NameIndex::new(), NameIndex::scan_only());
+        let keys: Vec<(u32, String)> = (16..60_000)
+            .map(|id| (id, format!("{id:0>150}.x")))
+            .collect();
+        for i in [&index, &scan] {
+            i.load_keys(keys.iter().map(|(id, k)| (*id, k.as_str())));
+        }
+        // Renames of long names: enough dead keys to compact the arena several times.
+        let changes: Vec<NameChange> = (0..40_000u32)
+            .map(|i| match i % 3 {
+                0 => NameChange::Remove(16 + i),
+                _ => NameChange::Set(16 + (i * 7) % 59_000, format!("renamed-{i}-{:0>150}", i)),
+            })
+            .collect();
+        std::thread::scope(|s| {
+            s.spawn(|| index.index_trigrams());
+            for chunk in changes.chunks(50) {
+                index.apply(chunk);
+            }
+        });
+        index.index_trigrams();
+        scan.apply(&changes);
+        assert!(index.has_trigrams());
+        for pattern in [
+            "renamed-3999",
+            "00059999.x",
+            "renamed-1-",
+            "-39998-",
+            "nothing",
+        ] {
+            let mut a = index.candidates(FindMode::Substring, pattern, 0).unwrap();
+            let mut b = scan.candidates(FindMode::Substring, pattern, 0).unwrap();
+            a.sort_unstable();
+            b.sort_unstable();
+            assert_eq!(a, b, "{pattern}");
+        }
+    }
+
     #[test]
     fn exact_needles_find_adjacent_equal_names() {
         // `\0x\0\0x\0` shares the NUL between two equal keys: both are hits.
@@ -700,7 +802,9 @@ mod tests {
         );
         for i in [&index, &scan] {
             i.load_keys(keys.iter().map(|(id, k)| (*id, k.as_str())));
+            i.index_trigrams();
         }
+        assert!(index.has_trigrams() && !scan.has_trigrams());
         assert!(index.heap_bytes() > scan.heap_bytes());
         for (mode, pattern, after) in [
             (FindMode::Substring, "-0012-", 0),
