@@ -33,7 +33,8 @@ fn names() -> Vec<String> {
 fn the_trigram_lists_follow_every_change_and_find_what_a_scan_finds() {
     let mut env = Env::new(&["vol"]);
     env.serve(&["vol"]);
-    env.wait_for_log("name index ready", 1);
+    // The lists are built after the index answers: from here on every change goes through them.
+    env.wait_for_log("name index trigram lists ready", 1);
     env.dt_ok(&[
         b"mkdir", b"vol/d0", b"vol/d1", b"vol/d2", b"vol/a", b"vol/b",
     ]);
