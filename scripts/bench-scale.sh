@@ -18,6 +18,10 @@
 #   SIZES="1000000 5000000" scripts/bench-scale.sh     # the issue's sizes (5M: ~1 hour, 16M inodes)
 #   SIZES="100000 200000" RUNS=3 scripts/bench-scale.sh
 #   BENCH_DIR=/big/disk KEEP=1 scripts/bench-scale.sh  # where the volumes go; keep them after
+#   STEPS="find restart" scripts/bench-scale.sh        # only these steps (the objects are still
+#                                                      # created; their rate is not recorded)
+#
+# STEPS (default: all) names the steps to measure: creation resolve find restart rebuild.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 read -r -a SIZES <<<"${SIZES:-1000000 5000000}"
@@ -26,6 +30,15 @@ OPS=${OPS:-20000}
 PER_DIR=10000
 DEPTH=1024
 BUSY_CPUS=${BUSY_CPUS:-0 1}
+STEPS=" ${STEPS:-creation resolve find restart rebuild} "
+for s in $STEPS; do
+    case $s in creation | resolve | find | restart | rebuild) ;; *)
+        echo "bench-scale.sh: unknown step \"$s\" in STEPS (creation resolve find restart rebuild)" >&2
+        exit 2
+        ;;
+    esac
+done
+step() { [[ $STEPS == *" $1 "* ]]; }
 PATTERNS=(invoice-0042 proof-0099-dra ft-0007-photo scan-0050-final-0000 REPORT-0013-LAYOUT)
 WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/deskd-bench-scale.XXXXXX")
 SOCK="$WORK/deskd.sock"
@@ -89,11 +102,13 @@ for size in "${SIZES[@]}"; do
 
     start_server "$vol"
     rate=$(bench create "${shape[@]}" --clients 4 --depth "$DEPTH" | jget objects_per_s)
-    record "$objects" creation "$rate" objects/s "$(hwm_kib)"
     "$BIN/deskd" flush --socket "$SOCK" >/dev/null
-    echo "creation: $rate objects/s"
+    if step creation; then
+        record "$objects" creation "$rate" objects/s "$(hwm_kib)"
+        echo "creation: $rate objects/s"
+    fi
 
-    for load in quiet busy; do
+    step resolve && for load in quiet busy; do
         p50s=() p99s=()
         for _ in $(seq "$RUNS"); do
             if [ "$load" = busy ]; then
@@ -109,12 +124,14 @@ for size in "${SIZES[@]}"; do
         echo "resolve $load: p50 ${p50s[*]}; p99 ${p99s[*]}"
     done
 
-    find_p50=$(bench find --runs "$RUNS" "${PATTERNS[@]}" | jget find_p50_ms)
-    record "$objects" "find p50" "$find_p50" ms "$(hwm_kib)"
-    echo "find p50: $find_p50 ms"
+    if step find; then
+        find_p50=$(bench find --runs "$RUNS" "${PATTERNS[@]}" | jget find_p50_ms)
+        record "$objects" "find p50" "$find_p50" ms "$(hwm_kib)"
+        echo "find p50: $find_p50 ms"
+    fi
 
     restarts=() hwms=()
-    for i in $(seq "$RUNS"); do
+    step restart && for i in $(seq "$RUNS"); do
         "$BIN/dt" --socket "$SOCK" touch "$vol/dir0000/after-$i" # something in the WAL
         kill -9 "$SERVER"
         wait "$SERVER" 2>/dev/null || true
@@ -122,10 +139,16 @@ for size in "${SIZES[@]}"; do
         restarts+=("$(bench first-answer | jget first_answer_ms)")
         hwms+=("$(hwm_kib)")
     done
-    record "$objects" "first answer after SIGKILL" "$(med "${restarts[@]}")" ms "$(med "${hwms[@]}")"
-    echo "first answer after SIGKILL: ${restarts[*]} ms"
+    if step restart; then
+        record "$objects" "first answer after SIGKILL" "$(med "${restarts[@]}")" ms "$(med "${hwms[@]}")"
+        echo "first answer after SIGKILL: ${restarts[*]} ms"
+    fi
     stop_server
 
+    if ! step rebuild; then
+        [ "${KEEP:-0}" = 1 ] || rm -rf "$vol"
+        continue
+    fi
     read -r s m < <(timed "$BIN/deskd" rebuild -f --force "$vol")
     record "$objects" "rebuild -f" "$s" s "$m"
     read -r s m < <(timed "$BIN/deskd" rebuild -s "$vol")
@@ -151,6 +174,8 @@ at = {(int(r[0]), r[1]): (float(r[2]), r[3], float(r[4])) for r in rows}
 def value(v, unit):
     if unit == "objects/s":
         return f"{v:,.0f} {unit}"
+    if v < 10:
+        return f"{v:,.2f} {unit}"
     return f"{v:,.1f} {unit}" if v < 100 else f"{v:,.0f} {unit}"
 head = "| measure |" + "".join(f" {s:,}: value | peak memory (B/object) |" for s in sizes)
 if len(sizes) > 1:

@@ -282,6 +282,7 @@ fn find(desk: &Desktop, pattern: &str, mode: FindMode) -> Vec<Vec<u8>> {
     let scanned = desk.find(&query).unwrap();
     let index = NameIndex::new();
     index.load(desk).unwrap();
+    index.index_trigrams();
     assert_eq!(
         index.find(desk, &query).unwrap(),
         scanned,
@@ -537,6 +538,7 @@ proptest! {
         let (_d, mut desk) = open_temp();
         let index = Arc::new(NameIndex::new());
         index.load(&desk).unwrap();
+        index.index_trigrams();
         desk.attach_name_index(index.clone());
         for (op, slot, name) in ops {
             let name = format!("{name}{slot}");

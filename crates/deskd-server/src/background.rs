@@ -28,12 +28,22 @@ pub(crate) fn spawn_name_index_load(
         .spawn(move || {
             let began = Instant::now();
             match open_reader_at(&desktop, immutable, &count).and_then(|r| names.load(&*r)) {
-                Ok(()) => info!(
-                    volume = %root.display(),
-                    names = names.names().unwrap_or(0),
-                    ms = began.elapsed().as_millis() as u64,
-                    "name index ready"
-                ),
+                Ok(()) => {
+                    info!(
+                        volume = %root.display(),
+                        names = names.names().unwrap_or(0),
+                        ms = began.elapsed().as_millis() as u64,
+                        "name index ready"
+                    );
+                    // Until these are in, find scans the index's keys.
+                    let began = Instant::now();
+                    names.index_trigrams();
+                    info!(
+                        volume = %root.display(),
+                        ms = began.elapsed().as_millis() as u64,
+                        "name index trigram lists ready"
+                    );
+                }
                 Err(e) => error!(
                     "cannot build the name index of [{}]: {e}; find scans the desktop instead",
                     root.display()
