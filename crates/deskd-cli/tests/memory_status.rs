@@ -189,10 +189,9 @@ fn status_shows_the_memory_figures_and_the_cap_bounds_the_mappings() {
         num(server, "rss_file_bytes") < num(free_server, "rss_file_bytes"),
         "capped {server}, uncapped {free_server}"
     );
-    assert!(
-        num(server, "vm_hwm_bytes") < num(free_server, "vm_hwm_bytes"),
-        "capped {server}, uncapped {free_server}"
-    );
+    // (Not VmHWM: it is the peak of both kinds since start, and the anonymous part of it, the
+    // name index's background build among it, varies with timing by more than a test volume's
+    // mapped pages; it failed 1 run in 4 under load. rss_file above is what the cap bounds.)
     // Connections that close give their grants back (the server sees the closes, and the
     // figures, cached for a second, catch up); a connection that got less takes what is free
     // at its next read.
