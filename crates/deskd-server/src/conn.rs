@@ -612,6 +612,9 @@ impl Connection {
     /// [`crate::apply::add_known`] on this connection's reader of the volume (`None` also when
     /// the reader cannot be had: the write path then answers).
     fn known_add(&mut self, handle: &VolumeHandle, request: &Request) -> Option<Reply> {
+        if !matches!(request, Request::Add { dev, .. } if *dev != 0) {
+            return None;
+        }
         let access = self.access.clone();
         let reader = self.reader(handle).ok()?;
         let answer = crate::apply::add_known(reader, &handle.volume, request, &access);
