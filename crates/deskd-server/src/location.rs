@@ -84,11 +84,19 @@ pub(crate) fn read_only_desktop(
 ) -> Result<ReadOnlyDesktop, ServerError> {
     let writable = !fs_read_only
         && if path.exists() {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .is_ok()
+            // Asked of the kernel, not by opening the file: this process may have the desktop
+            // open in SQLite (a reload reopening the volume while connections of the old
+            // opening still read it), and closing any descriptor of a file drops every POSIX
+            // lock the process holds on it. Without its locks another process (sqlite3, a
+            // backup tool) could take the desktop as unused, checkpoint it and delete the WAL
+            // under the server. With the effective IDs, as an open would check.
+            rustix::fs::accessat(
+                rustix::fs::CWD,
+                path,
+                rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+                rustix::fs::AtFlags::EACCESS,
+            )
+            .is_ok()
         } else {
             rustix::fs::access(root, rustix::fs::Access::WRITE_OK).is_ok()
         };
