@@ -598,7 +598,12 @@ fn sighup_stops_serving_a_volume_taken_out_and_serves_it_again() {
         sqlite3(&db, "SELECT value FROM meta WHERE key = 'clean'").trim(),
         "1"
     );
-    assert!(!other.join(".Desktop-wal").exists());
+    // (Emptied, if not yet removed: the client's read connection still has the desktop open,
+    // and SQLite removes the WAL with the last connection of any process.)
+    assert_eq!(
+        std::fs::metadata(other.join(".Desktop-wal")).map_or(0, |m| m.len()),
+        0
+    );
     let file = std::fs::File::open(&db).unwrap();
     // SAFETY: flock on a descriptor this test owns.
     let locked = unsafe {
@@ -780,6 +785,63 @@ fn a_write_caught_by_a_reopening_is_refused_and_can_be_sent_again() {
     assert_eq!(sqlite3(&db, count).trim(), "0");
     client.call(add()).unwrap();
     assert_eq!(sqlite3(&db, count).trim(), "1");
+}
+
+/// A reload that reopens a volume while a connection still has a read connection of the old
+/// opening leaves the server holding its locks on the desktop: another process's sqlite3 does
+/// not take the desktop as unused (it would checkpoint it and delete the WAL under the server,
+/// and the server's own reads would fail), and what the server commits after is in the WAL
+/// that others read. (The reopening's writability check opened and closed the desktop, and
+/// closing any descriptor of a file drops every POSIX lock the process holds on it.)
+#[test]
+fn a_reopening_under_a_reader_keeps_the_servers_locks_and_its_wal() {
+    let mut env = Env::new(&["vol"]);
+    let vol = env.path("vol");
+    env.set_read_only(false);
+    let config = env.path("deskd.toml").display().to_string();
+    env.start(&["--config", &config]);
+    std::fs::write(vol.join("after"), b"").unwrap();
+    let mut client = env.client();
+    let handle = client.open_volume(&vol).unwrap().vol;
+    // A read: this connection now holds a read connection of the desktop.
+    client
+        .call(deskd_client::Request::Resolve {
+            vol: handle,
+            id: deskd_db::ROOT_ID,
+        })
+        .unwrap();
+    env.set_read_only(true);
+    env.sighup(1);
+    assert!(env.log_text().contains("reopened, read-only"));
+    let db = vol.join(".Desktop");
+    let count = "SELECT count(*) FROM objects WHERE CAST(name AS TEXT) = 'after'";
+    // Another process opens and closes the desktop: it must not find it unused.
+    assert_eq!(sqlite3(&db, count).trim(), "0");
+    let mut fresh = env.client();
+    let vol_id = fresh.open_volume(&vol).unwrap().vol;
+    fresh
+        .call(deskd_client::Request::AddPath {
+            vol: vol_id,
+            path: b"after".to_vec(),
+            hint: None,
+            type_code: None,
+            creator: None,
+            carried: None,
+        })
+        .unwrap();
+    assert!(
+        vol.join(".Desktop-wal").exists(),
+        "the WAL was deleted under the server"
+    );
+    assert_eq!(sqlite3(&db, count).trim(), "1", "{}", env.log_text());
+    // The server reads its own commit (with the WAL gone it failed: disk I/O error).
+    fresh
+        .call(deskd_client::Request::LookupPath {
+            vol: vol_id,
+            path: b"after".to_vec(),
+        })
+        .unwrap();
+    drop(client);
 }
 
 /// dt's registrations caught by a reopening (the server's test hook holds dt's first write

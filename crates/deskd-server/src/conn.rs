@@ -480,8 +480,14 @@ impl Connection {
         if closings != self.closings_seen {
             self.closings_seen = closings;
             let shared = &self.shared;
+            let before = self.readers.len();
             self.readers
                 .retain(|&vol, cached| shared.is_current(vol, cached.opening));
+            if self.readers.len() != before {
+                // A closed opening's desktop may now be open nowhere in this process: its
+                // kept lock descriptor can go too.
+                crate::desktop_lock::close_unused_released();
+            }
         }
     }
 

@@ -1,9 +1,82 @@
 //! The exclusive lock that makes a writer the only one of its desktop, and the owner check
 //! made on the locked file before anything in it is trusted.
+//!
+//! The lock is `flock(2)` on a descriptor of the desktop file itself. That descriptor is
+//! **never closed** while the process may have the file open in SQLite: SQLite locks the
+//! desktop with POSIX record locks, and closing any descriptor of a file drops every such lock
+//! the process holds on it. A reload reopening a volume ended the old opening (its lock
+//! dropped) while connections of clients still had read connections of the file, and the new
+//! opening's connections counted on the lock SQLite believed held: another process's sqlite3
+//! then found the desktop unused, checkpointed it and deleted its WAL under the server. So a
+//! released lock is unlocked (`LOCK_UN`, which touches no record lock) and its descriptor kept,
+//! and the next lock of the same file takes that descriptor again.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::Mutex;
+
+/// Descriptors of desktops whose lock was released, by (device, inode): kept open (see the
+/// module's doc) for the next lock of the same file.
+static RELEASED: Mutex<Vec<File>> = Mutex::new(Vec::new());
+
+/// The held lock of one desktop. Dropping it releases the lock and keeps the descriptor.
+#[derive(Debug)]
+pub(crate) struct DesktopLock(Option<File>);
+
+impl std::ops::Deref for DesktopLock {
+    type Target = File;
+
+    fn deref(&self) -> &File {
+        self.0.as_ref().expect("a held lock has its file")
+    }
+}
+
+impl Drop for DesktopLock {
+    fn drop(&mut self) {
+        if let Some(file) = self.0.take() {
+            let _ = rustix::fs::flock(&file, rustix::fs::FlockOperation::Unlock);
+            let mut released = RELEASED.lock().unwrap_or_else(|e| e.into_inner());
+            released.push(file);
+        }
+    }
+}
+
+/// Close the kept descriptors of files no other descriptor of this process has open (no
+/// SQLite connection of this process can hold a record lock on them then): a volume taken out
+/// of service leaves its desktop open nowhere once its last reader is gone. Called when
+/// connections let go of a closed opening's readers.
+pub(crate) fn close_unused_released() {
+    let mut released = RELEASED.lock().unwrap_or_else(|e| e.into_inner());
+    if released.is_empty() {
+        return;
+    }
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    // (device, inode) of every open descriptor, the kept ones included.
+    let mut open: Vec<(u64, u64)> = fds
+        .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect();
+    open.sort_unstable();
+    let count =
+        |key: (u64, u64)| open.partition_point(|&k| k <= key) - open.partition_point(|&k| k < key);
+    released.retain(|f| f.metadata().is_ok_and(|m| count((m.dev(), m.ino())) > 1));
+}
+
+/// A released descriptor of the file now at `path` (not following a link), taken out of the
+/// list. Descriptors of files no longer at any desktop path this asks for stay kept: SQLite
+/// may still read such an unlinked file in this process.
+fn take_released(path: &Path) -> Option<File> {
+    let now = std::fs::symlink_metadata(path).ok()?;
+    let mut released = RELEASED.lock().unwrap_or_else(|e| e.into_inner());
+    let at = released.iter().position(|f| {
+        f.metadata()
+            .is_ok_and(|m| m.dev() == now.dev() && m.ino() == now.ino())
+    })?;
+    Some(released.swap_remove(at))
+}
 
 use crate::error::ServerError;
 
@@ -37,12 +110,24 @@ pub(crate) fn check_desktop_owner(
 
 /// Take the exclusive lock on the desktop at `path` (creating the file if needed): one
 /// writer per desktop, whichever process it is in.
-pub(crate) fn lock_exclusive(path: &Path, root: &Path) -> Result<File, ServerError> {
+pub(crate) fn lock_exclusive(path: &Path, root: &Path) -> Result<DesktopLock, ServerError> {
+    if let Some(file) = take_released(path) {
+        let locked = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+        let held = DesktopLock(Some(file));
+        return match locked {
+            Ok(()) => Ok(held),
+            // Another process took it meanwhile (dropping `held` keeps the descriptor).
+            Err(_) => Err(ServerError::DesktopBusy {
+                root: root.to_path_buf(),
+            }),
+        };
+    }
     deskd_volume::lock_desktop(path)
         .map_err(|source| ServerError::DesktopLock {
             path: path.to_path_buf(),
             source,
         })?
+        .map(|file| DesktopLock(Some(file)))
         .ok_or_else(|| ServerError::DesktopBusy {
             root: root.to_path_buf(),
         })

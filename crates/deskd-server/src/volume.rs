@@ -4,7 +4,6 @@
 //! to reach them: the writer's queue, the commit count readers follow, the name index, the
 //! state `status` shows.
 
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -231,7 +230,7 @@ impl VolumeHandle {
         config: VolumeConfig,
         volume: Volume,
         desktop_path: PathBuf,
-        lock: File,
+        lock: crate::desktop_lock::DesktopLock,
         why: deskd_db::DbError,
         mut temp: Vec<PrivateTemp>,
     ) -> Result<Arc<VolumeHandle>, ServerError> {
@@ -291,7 +290,7 @@ impl VolumeHandle {
         config: VolumeConfig,
         volume: Volume,
         desktop_path: PathBuf,
-        lock: File,
+        lock: crate::desktop_lock::DesktopLock,
         desktop: Option<Desktop>,
         opened: Opened,
     ) -> Result<Arc<VolumeHandle>, ServerError> {

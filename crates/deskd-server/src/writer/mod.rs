@@ -16,7 +16,6 @@
 //! knows nothing of connections: a write carries a [`ReplyTo`], which the
 //! connection implements, so this module can be driven (and tested) without a socket.
 
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -155,7 +154,7 @@ const MAX_BATCH: usize = 4096;
 pub(crate) struct Writer {
     desktop: Option<Desktop>,
     /// The exclusive lock that makes this the only writer, held until the desktop is closed.
-    lock: Option<File>,
+    lock: Option<crate::desktop_lock::DesktopLock>,
     volume: Volume,
     config: VolumeConfig,
     state: Arc<Mutex<SharedState>>,
@@ -207,7 +206,7 @@ impl Writer {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         desktop: Option<Desktop>,
-        lock: File,
+        lock: crate::desktop_lock::DesktopLock,
         volume: Volume,
         config: VolumeConfig,
         state: Arc<Mutex<SharedState>>,
