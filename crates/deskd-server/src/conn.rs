@@ -417,6 +417,15 @@ struct Connection {
     answered_at: Option<Instant>,
 }
 
+/// A connection that ends lets go of its read connections: a released desktop lock kept for
+/// them may now be closable ([`crate::desktop_lock::close_unused_released`]).
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.readers.clear();
+        crate::desktop_lock::close_unused_released();
+    }
+}
+
 /// A connection's read connection to one opening of a volume's desktop.
 struct CachedReader {
     reader: MappedReader,

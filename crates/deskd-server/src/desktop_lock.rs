@@ -45,7 +45,8 @@ impl Drop for DesktopLock {
 /// Close the kept descriptors of files no other descriptor of this process has open (no
 /// SQLite connection of this process can hold a record lock on them then): a volume taken out
 /// of service leaves its desktop open nowhere once its last reader is gone. Called when
-/// connections let go of a closed opening's readers.
+/// connections let go of a closed opening's readers, when a connection ends, and after each
+/// reload.
 pub(crate) fn close_unused_released() {
     let mut released = RELEASED.lock().unwrap_or_else(|e| e.into_inner());
     if released.is_empty() {
@@ -62,7 +63,12 @@ pub(crate) fn close_unused_released() {
     open.sort_unstable();
     let count =
         |key: (u64, u64)| open.partition_point(|&k| k <= key) - open.partition_point(|&k| k < key);
-    released.retain(|f| f.metadata().is_ok_and(|m| count((m.dev(), m.ino())) > 1));
+    // Kept: still open elsewhere in the process, and still a file someone could open by name
+    // (no other process can reach a desktop with no link left, so its locks guard nothing).
+    released.retain(|f| {
+        f.metadata()
+            .is_ok_and(|m| m.nlink() > 0 && count((m.dev(), m.ino())) > 1)
+    });
 }
 
 /// A released descriptor of the file now at `path` (not following a link), taken out of the
@@ -131,4 +137,54 @@ pub(crate) fn lock_exclusive(path: &Path, root: &Path) -> Result<DesktopLock, Se
         .ok_or_else(|| ServerError::DesktopBusy {
             root: root.to_path_buf(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(path_meta: &std::fs::Metadata) -> bool {
+        let released = RELEASED.lock().unwrap_or_else(|e| e.into_inner());
+        released.iter().any(|f| {
+            f.metadata()
+                .is_ok_and(|m| m.dev() == path_meta.dev() && m.ino() == path_meta.ino())
+        })
+    }
+
+    #[test]
+    fn a_released_lock_is_kept_while_the_file_is_open_elsewhere_and_closed_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".Desktop");
+        let lock = lock_exclusive(&path, dir.path()).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        // Another descriptor of the file, as a SQLite connection would hold.
+        let other = File::open(&path).unwrap();
+        drop(lock);
+        close_unused_released();
+        assert!(kept(&meta), "closed while the file was open elsewhere");
+        // Locked again: the kept descriptor is taken back.
+        let again = lock_exclusive(&path, dir.path()).unwrap();
+        assert!(!kept(&meta));
+        drop(again);
+        drop(other);
+        close_unused_released();
+        assert!(
+            !kept(&meta),
+            "kept with no other descriptor of the file open"
+        );
+    }
+
+    #[test]
+    fn a_released_lock_of_a_removed_desktop_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".Desktop");
+        let lock = lock_exclusive(&path, dir.path()).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let other = File::open(&path).unwrap();
+        drop(lock);
+        std::fs::remove_file(&path).unwrap();
+        close_unused_released();
+        assert!(!kept(&meta), "kept for a file with no name left");
+        drop(other);
+    }
 }

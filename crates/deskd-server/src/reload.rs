@@ -74,6 +74,9 @@ impl Server {
         for note in &notes {
             tracing::warn!("reconfigure: {note}");
         }
+        // Openings closed by this reload may have left released lock descriptors nothing
+        // holds open any more.
+        crate::desktop_lock::close_unused_released();
         info!(
             "reconfigured: {}desktops flushed{}",
             if new.is_some() {
