@@ -171,15 +171,17 @@ pub(super) fn add_known<R: Read>(
     (dev, ino): (u64, u64),
 ) -> Option<Reply> {
     deskd_volume::check_name(name).ok()?;
+    // The record first (one index lookup): a new object, afpd's usual ADD, has none, and the
+    // write path walks the disk anyway; walking here too would be done twice.
+    let o = db.lookup(parent, name).ok()??;
+    if (o.dev, o.ino) != (dev, ino) {
+        return None;
+    }
     let mut components = db.path_of(parent).ok()?;
     components.push(name.to_vec());
     let walked = reached(access, vol, walk_names(vol, access, &components).ok()?).ok()?;
     let node = *walked.last()?;
-    if (node.dev, node.ino) != (dev, ino) {
-        return None;
-    }
-    let o = db.lookup(parent, name).ok()??;
-    if o.kind != node.kind || (o.dev, o.ino) != (node.dev, node.ino) {
+    if (node.dev, node.ino) != (dev, ino) || node.kind != o.kind {
         return None;
     }
     Some(Ok(Response::Object(info(
