@@ -14,15 +14,7 @@ use common::{desktop_paths, stdout, Env};
 /// `dirs` folders of `per_dir` files each below `vol`, made with plain file system calls, then
 /// a desktop for them from `rebuild -f` (resource files and mirrors everywhere).
 fn volume_of(env: &Env, dirs: usize, per_dir: usize) {
-    for d in 0..dirs {
-        let dir = env.path(&format!("vol/d{d}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in 0..per_dir {
-            std::fs::write(dir.join(format!("file {f}.txt")), b"x").unwrap();
-        }
-    }
-    let out = env.deskd(&["rebuild", "-f", "vol"]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
+    common::files_registered_offline(env, dirs, per_dir);
     let out = env.deskd(&["rebuild", "vol"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     let scan = env.deskd(&["rebuild", "-s", "vol"]);

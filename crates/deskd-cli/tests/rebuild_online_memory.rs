@@ -11,21 +11,12 @@ mod common;
 
 use std::path::Path;
 
-use common::{desktop_paths, stdout, Env};
+use common::{stdout, Env};
 
 /// `dirs` folders of `per_dir` files each below `vol`, with a desktop, resource files and
 /// mirrors everywhere (made offline, before the volume is served).
 fn volume_of(env: &Env, dirs: usize, per_dir: usize) -> usize {
-    for d in 0..dirs {
-        let dir = env.path(&format!("vol/d{d}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in 0..per_dir {
-            std::fs::write(dir.join(format!("file {f}.txt")), b"x").unwrap();
-        }
-    }
-    let out = env.deskd(&["rebuild", "-f", "vol"]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    desktop_paths(&env.path("vol")).len()
+    common::files_registered_offline(env, dirs, per_dir)
 }
 
 /// A field of `/proc/PID/status`, in bytes.

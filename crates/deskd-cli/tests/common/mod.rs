@@ -1561,3 +1561,21 @@ impl Env {
         self.serve_unwatched_with(volumes, &[])
     }
 }
+
+// --- rebuild memory ---
+
+/// `dirs` folders of `per_dir` files each below the temp dir's `vol`, made with plain file
+/// system calls, then a desktop for them from `rebuild -f` (resource files and mirrors
+/// everywhere), offline. Returns how many objects the desktop holds.
+pub fn files_registered_offline(env: &Env, dirs: usize, per_dir: usize) -> usize {
+    for d in 0..dirs {
+        let dir = env.path(&format!("vol/d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..per_dir {
+            std::fs::write(dir.join(format!("file {f}.txt")), b"x").unwrap();
+        }
+    }
+    let out = env.deskd(&["rebuild", "-f", "vol"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    desktop_paths(&env.path("vol")).len()
+}
