@@ -593,3 +593,124 @@ fn inotify_tracks_a_mv_a_new_tree_and_an_rm() {
     env.rebuild_scan_silent("vol");
     assert_eq!(env.watch_status("vol")["kind"], "inotify");
 }
+
+#[test]
+fn ids_one_user_burns_in_a_loop_are_capped_named_and_the_survivors_registered_later() {
+    // A small budget and window, so that the test sees both ends of it.
+    let env = watched("[defaults]\nwatch_budget = 50\nwatch_budget_seconds = 2\n");
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    let pub_dir = root(&env).join("pub");
+    std::fs::create_dir(&pub_dir).unwrap();
+    std::os::unix::fs::chown(&pub_dir, Some(65534), Some(65534)).unwrap();
+    env.watch_barrier("vol");
+    let last = desktop_counter(&root(&env));
+
+    // nobody, with no connection to deskd: 300 files made and removed in a loop, 200 kept.
+    env.sh_as_nobody(
+        "cd vol/pub && i=0; while [ $i -lt 300 ]; do : > t$i; rm t$i; i=$((i+1)); done; \
+         i=0; while [ $i -lt 200 ]; do : > k$i; i=$((i+1)); done",
+    );
+    env.watch_barrier("vol");
+    // The script takes well under the 2 s window: it touched two windows at most.
+    let used = desktop_counter(&root(&env)) - last;
+    assert!(
+        used <= 100,
+        "{used} IDs handed out for nobody's objects, budget 50"
+    );
+    // The log names the user.
+    env.wait_for_log("the objects of uid 65534 got 50 new IDs within 2 s", 1);
+
+    // At the window's end its folder is rescanned: what is still there gets its ID, in the
+    // desktop, resource files and mirrors as dt leaves them; the loop's files never did.
+    let began = std::time::Instant::now();
+    while desktop_below(&env, "pub").len() < 201 {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(30),
+            "the kept files were not registered: {:?}\n{}",
+            desktop_below(&env, "pub"),
+            env.log_text()
+        );
+        env.wait_for_log("left to the rescan", 1);
+        env.watch_barrier("vol");
+    }
+    let desktop = assert_tree_like_dt(&env, "pub");
+    assert_eq!(
+        desktop.len(),
+        201,
+        "pub and the 200 kept files: {desktop:?}"
+    );
+    let used = desktop_counter(&root(&env)) - last;
+    assert!(used <= 300, "{used} IDs for 200 files kept");
+    env.rebuild_scan_silent("vol");
+    let log = env.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("deskd::audit")
+            && l.contains("uid 65534 (owner of objects the watcher saw)")
+            && l.contains("left to the rescan")),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_user_who_is_not_the_volume_admin_sees_activity_counts_only_rounded() {
+    let env = watched("");
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    // root's private folder: nobody may not list it, and must not watch it fill up.
+    let private = root(&env).join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    for i in 0..7 {
+        std::fs::write(private.join(format!("new{i}")), b"").unwrap();
+    }
+    env.watch_barrier("vol");
+    let vol = root(&env).display().to_string();
+    let status_of = |out: &[u8]| -> serde_json::Value {
+        String::from_utf8_lossy(out)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["path"].as_str() == Some(vol.as_str()))
+            .unwrap()
+    };
+    let exact = status_of(env.deskd_ok(&["status", "--json"]).as_bytes());
+    assert!(exact["objects"].as_u64().unwrap() >= 9, "{exact}");
+    assert!(exact["last_id"].as_u64().unwrap() % 1000 != 0, "{exact}");
+    assert!(exact["watch"]["events"].as_u64().unwrap() >= 1, "{exact}");
+
+    let out = env.as_nobody(DESKD, &[b"status", b"--json"]).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seen = status_of(&out.stdout);
+    for (what, value) in [
+        ("objects", &seen["objects"]),
+        ("last_id", &seen["last_id"]),
+        ("wal_bytes", &seen["wal_bytes"]),
+        ("watch events", &seen["watch"]["events"]),
+        ("watch applied", &seen["watch"]["applied"]),
+    ] {
+        let n = value.as_u64().unwrap_or_else(|| panic!("{what}: {seen}"));
+        assert_eq!(n % 1000, 0, "{what} as nobody sees it: {seen}");
+    }
+    let out = env.as_nobody(DESKD, &[b"metrics"]).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for family in ["deskd_volume_objects{", "deskd_watch_events_total{"] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(family))
+            .unwrap_or_else(|| panic!("no {family} in {text}"));
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert_eq!(value % 1000.0, 0.0, "{line}");
+    }
+    // root sees the exact figures in metrics too.
+    let text = env.deskd_ok(&["metrics"]);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("deskd_volume_objects{"))
+        .unwrap();
+    assert!(!line.ends_with(" 0"), "{line}");
+}

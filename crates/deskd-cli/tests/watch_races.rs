@@ -154,6 +154,12 @@ fn swapping_rsrc_for_a_link_leads_no_chown_or_unlink_outside() {
         "root's files outside the volume changed: {wrong:?}\n{}",
         env.log_text()
     );
+    // Refusals name the folders under attack, not the server's descriptors (review 35, 8).
+    assert!(
+        !env.log_text().contains("/proc/self/fd"),
+        "{}",
+        env.log_text()
+    );
     // The race was run: the watcher stamped nobody's files (some, at least, while `.rsrc`
     // was in its place).
     let stamped = (0..FOLDERS)

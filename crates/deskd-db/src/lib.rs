@@ -430,6 +430,13 @@ fn insert_object(conn: &Connection, o: &Object, key: &str) -> Result<()> {
 /// Set one `meta` value. The statement is cached: every commit that handed out an ID runs it
 /// (the counter), and parsing it anew each time cost about a tenth of an ADD's time on the
 /// writer's thread (docs/PERFORMANCE.md, "A directory's ADD").
+/// Mark a session open: cleared until [`Desktop::close_clean`], so that the next open can tell
+/// that this one ended without it.
+fn mark_session_open(conn: &Connection) -> Result<()> {
+    meta_set(conn, "clean", 0)?;
+    meta_set(conn, "last_seen", now_unix())
+}
+
 fn meta_set(conn: &Connection, key: &str, value: i64) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
@@ -654,7 +661,8 @@ pub struct OpenReport {
     pub created: bool,
     /// False when the previous session did not shut down cleanly.
     pub was_clean: bool,
-    /// Unix time of the previous session's last recorded activity (open or clean shutdown).
+    /// Unix time of the previous session's last recorded activity (its open, or its first
+    /// write when opened with [`Desktop::open_for_serving`], or its clean shutdown).
     pub last_seen: i64,
 }
 
@@ -666,6 +674,9 @@ pub struct Desktop {
     names: Option<Arc<NameIndex>>,
     /// Told which objects every committed batch changed, when attached.
     touches: Option<Arc<TouchLog>>,
+    /// The session is not yet marked open (`clean = 0`): the next batch marks it in its own
+    /// transaction ([`Desktop::open_for_serving`]).
+    unmarked: bool,
 }
 
 /// The IDs whose rows committed batches changed while recording is on. An online rebuild
@@ -719,6 +730,24 @@ impl Desktop {
     /// Open (creating if missing) the desktop at `path`, migrate it, make sure the root exists
     /// and mark the session open (the clean flag is cleared until [`Desktop::close_clean`]).
     pub fn open(path: &Path, durability: Durability) -> Result<(Desktop, OpenReport)> {
+        Self::open_marking(path, durability, true)
+    }
+
+    /// Like [`Desktop::open`], but an existing desktop is not written at all until the first
+    /// batch, which marks the session open in its own transaction. The server answers reads
+    /// right after a start (a restart after a crash included) instead of after a commit and
+    /// its `fsync`. Nothing is lost: until that first batch the desktop is exactly what the
+    /// previous session left, so a crash before it leaves the previous session's mark, clean
+    /// or not, and that mark is still true. A new desktop is written at once, as by `open`.
+    pub fn open_for_serving(path: &Path, durability: Durability) -> Result<(Desktop, OpenReport)> {
+        Self::open_marking(path, durability, false)
+    }
+
+    fn open_marking(
+        path: &Path,
+        durability: Durability,
+        mark_now: bool,
+    ) -> Result<(Desktop, OpenReport)> {
         // A missing or empty file (the server may have created it to lock it) is new.
         let created = std::fs::metadata(path)
             .map(|m| m.len() == 0)
@@ -754,6 +783,39 @@ impl Desktop {
 
         let was_clean = meta_get(&conn, "clean")?.map(|v| v != 0).unwrap_or(true);
         let last_seen = meta_get(&conn, "last_seen")?.unwrap_or(0);
+        let unmarked = !mark_now && Self::complete(&conn)?;
+        if !unmarked {
+            Self::complete_and_mark(&mut conn)?;
+        }
+        let last_id = meta_get(&conn, "last_id")?.unwrap_or((FIRST_ID - 1) as i64) as u32;
+        Ok((
+            Desktop {
+                conn,
+                last_id,
+                names: None,
+                touches: None,
+                unmarked,
+            },
+            OpenReport {
+                created,
+                was_clean: created || was_clean,
+                last_seen,
+            },
+        ))
+    }
+
+    /// Whether the desktop has its creation records and its root: nothing to write at open.
+    fn complete(conn: &Connection) -> Result<bool> {
+        Ok(meta_get(conn, "created")?.is_some()
+            && conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM objects WHERE id = ?1)",
+                [ROOT_ID],
+                |r| r.get(0),
+            )?)
+    }
+
+    /// Write what a new desktop lacks (creation records, the root) and mark the session open.
+    fn complete_and_mark(conn: &mut Connection) -> Result<()> {
         let tx = conn.transaction()?;
         if meta_get(&tx, "created")?.is_none() {
             meta_set(&tx, "created", now_unix())?;
@@ -772,23 +834,9 @@ impl Desktop {
                 params![ROOT_ID, ROOT_PARENT_ID, now_unix()],
             )?;
         }
-        meta_set(&tx, "clean", 0)?;
-        meta_set(&tx, "last_seen", now_unix())?;
+        mark_session_open(&tx)?;
         tx.commit()?;
-        let last_id = meta_get(&conn, "last_id")?.unwrap_or((FIRST_ID - 1) as i64) as u32;
-        Ok((
-            Desktop {
-                conn,
-                last_id,
-                names: None,
-                touches: None,
-            },
-            OpenReport {
-                created,
-                was_clean: created || was_clean,
-                last_seen,
-            },
-        ))
+        Ok(())
     }
 
     /// Keep `index` in step with every batch committed from now on.
@@ -812,6 +860,7 @@ impl Desktop {
             changes: Vec::new(),
             touches: self.touches.as_deref(),
             touched: Vec::new(),
+            unmarked: &mut self.unmarked,
         })
     }
 
@@ -838,6 +887,7 @@ impl Desktop {
             changes: Vec::new(),
             touches: self.touches.as_deref(),
             touched: Vec::new(),
+            unmarked: &mut self.unmarked,
         })
     }
 
@@ -938,6 +988,8 @@ pub struct Batch<'a> {
     touches: Option<&'a TouchLog>,
     /// IDs this batch changed, handed to the touch log once the commit succeeded.
     touched: Vec<u32>,
+    /// The desktop's "session not yet marked open": this batch's commit marks it.
+    unmarked: &'a mut bool,
 }
 
 impl SqliteConn for Batch<'_> {
@@ -979,6 +1031,11 @@ impl Batch<'_> {
         }
     }
 
+    /// The ID counter as this batch has left it so far: the highest ID handed out.
+    pub fn counter(&self) -> u32 {
+        *self.last_id
+    }
+
     /// Commit the batch (the counter is stored with it).
     pub fn commit(self) -> Result<()> {
         // IDs a rolled-back batch handed out were never stored with an object, so a counter
@@ -987,7 +1044,11 @@ impl Batch<'_> {
         if *self.last_id != self.last_id_at_start {
             meta_set(&self.tx, "last_id", *self.last_id as i64)?;
         }
+        if *self.unmarked {
+            mark_session_open(&self.tx)?;
+        }
         self.tx.commit()?;
+        *self.unmarked = false;
         if let Some(index) = self.names {
             index.apply(&self.changes);
         }

@@ -67,6 +67,47 @@ fn deleted_ids_are_not_reused_even_after_reopen() {
 }
 
 #[test]
+fn opening_for_serving_writes_nothing_until_the_first_batch_which_marks_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".Desktop");
+    // A new desktop is written (and marked) at once.
+    let (desk, report) = Desktop::open_for_serving(&path, Durability::Normal).unwrap();
+    assert!(report.created);
+    desk.close_clean().unwrap();
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let wal = dir.path().join(".Desktop-wal");
+
+    // An existing one is not written by the open: a session that ends (crashes) before its
+    // first batch leaves the clean mark of the one before, which is still true.
+    let (desk, report) = Desktop::open_for_serving(&path, Durability::Normal).unwrap();
+    assert!(report.was_clean);
+    assert_eq!(size(&wal), 0, "the open wrote to the WAL");
+    drop(desk);
+    let (mut desk, report) = Desktop::open_for_serving(&path, Durability::Normal).unwrap();
+    assert!(
+        report.was_clean,
+        "a session that wrote nothing is as it was left"
+    );
+
+    // The first batch marks the session open in its own transaction; a crash after it shows.
+    let a = add(&mut desk, file(ROOT_ID, b"a"));
+    let r = Reader::open(&path).unwrap();
+    assert_eq!(r.meta("clean").unwrap(), Some(0));
+    drop(r);
+    drop(desk);
+    let (mut desk, report) = Desktop::open_for_serving(&path, Durability::Normal).unwrap();
+    assert!(!report.was_clean, "a crash after a write is unclean");
+    assert_eq!(desk.get(a).unwrap().name, b"a");
+
+    // A rolled-back batch does not count: the mark comes with the next committed one.
+    drop(desk.batch().unwrap());
+    let b = add(&mut desk, file(ROOT_ID, b"b"));
+    assert!(b > a);
+    desk.close_clean().unwrap();
+    let (_desk, report) = Desktop::open_for_serving(&path, Durability::Normal).unwrap();
+    assert!(report.was_clean);
+}
+#[test]
 fn hint_is_honoured_when_free_and_raises_the_counter() {
     let (_d, mut desk) = open_temp();
     let mut n = file(ROOT_ID, b"restored");

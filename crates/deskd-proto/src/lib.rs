@@ -650,7 +650,7 @@ pub struct VolumeInfo {
 }
 
 /// State of one volume, for `deskd status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeStatus {
     /// The volume's handle.
     pub vol: VolumeId,

@@ -52,6 +52,12 @@ pub struct VolumePrefs {
     /// Test setting: the watcher reports an overflow once more than this many events wait
     /// (forces the overflow rescan); unset, only the kernel's own overflow counts.
     pub watch_queue: Option<usize>,
+    /// New IDs the watcher hands out for one user's objects per `watch_budget_seconds`
+    /// (default 60,000); beyond, that user's new objects wait for the rescan of their folders
+    /// at the window's end ([`crate::apply::spending`]).
+    pub watch_budget: Option<u64>,
+    /// The window of `watch_budget`, seconds (default 60).
+    pub watch_budget_seconds: Option<u64>,
 }
 
 /// The `replaced` setting: whether an object found at a registered name with another inode
@@ -76,6 +82,14 @@ pub const DEFAULT_AUTO_REPAIR: bool = false;
 /// and for the checkpoint that folds them into the desktop. On a file system smaller than 256
 /// MiB it is 1/64 of its size instead ([`crate::space::min_free`]).
 pub const DEFAULT_MIN_FREE: u64 = 4 << 20;
+
+/// `watch_budget` when not set: new IDs the watcher hands out for one user's objects per
+/// window, 1,000 a second, well above what a person's work or a large copy over SMB makes (the
+/// rescan at the window's end registers a larger copy all the same).
+pub const DEFAULT_WATCH_BUDGET: u64 = 60_000;
+
+/// `watch_budget_seconds` when not set.
+pub const DEFAULT_WATCH_BUDGET_SECONDS: u64 = 60;
 
 /// How long a write waits for a desktop another process holds locked, when `busy_wait` is not
 /// set: half the client's default timeout (60 s), so the client gets the `Busy` error rather
@@ -267,6 +281,10 @@ pub struct VolumeConfig {
     pub watch: deskd_watch::WatchMode,
     /// The watcher's own queue bound (`watch_queue`, a test setting).
     pub watch_queue: Option<usize>,
+    /// New IDs the watcher hands out per user per `watch_budget_window` (`watch_budget`).
+    pub watch_budget: u64,
+    /// The window of `watch_budget` (`watch_budget_seconds`, at least 1 s).
+    pub watch_budget_window: std::time::Duration,
 }
 
 /// Resolved TCP settings.
@@ -396,6 +414,15 @@ impl ConfigFile {
                 replaced: prefs.replaced.or(d.replaced).unwrap_or_default(),
                 watch: prefs.watch.or(d.watch).unwrap_or_default(),
                 watch_queue: prefs.watch_queue.or(d.watch_queue).map(|n| n.max(1)),
+                watch_budget: pick(prefs.watch_budget, d.watch_budget, DEFAULT_WATCH_BUDGET),
+                watch_budget_window: std::time::Duration::from_secs(
+                    pick(
+                        prefs.watch_budget_seconds,
+                        d.watch_budget_seconds,
+                        DEFAULT_WATCH_BUDGET_SECONDS,
+                    )
+                    .max(1),
+                ),
                 root,
             };
             volumes.push(cfg);

@@ -821,6 +821,7 @@ impl Connection {
                     let mut status = handle.status(reader, rebuild)?;
                     if !admin {
                         redact_details(&mut status);
+                        crate::coarse::status(&mut status);
                     }
                     let shown = self
                         .shared
@@ -882,6 +883,7 @@ impl Connection {
                                 "the rescan failed (root or the volume owner sees why)".to_owned()
                             });
                         }
+                        crate::coarse::watch(&mut watch);
                     }
                     out.push(watch);
                 }

@@ -28,6 +28,7 @@ mod audit;
 mod autorepair;
 mod background;
 mod clients;
+mod coarse;
 mod config;
 mod conn;
 mod db_reply;

@@ -67,9 +67,16 @@ pub fn open_failed_for_space(
     desktop: &Path,
     configured_min_free: Option<u64>,
 ) -> bool {
-    error.is_disk_full()
-        || usage(desktop_dir(desktop))
-            .is_ok_and(|u| u.free < NEARLY_FULL.min(min_free(configured_min_free, u.size)))
+    error.is_disk_full() || short_of_space(desktop, configured_min_free)
+}
+
+/// Whether the desktop's file system is so nearly full that a failed write there is put down
+/// to it. The server then marks the session open at once, so that
+/// a full disk shows at the open (and the volume is served read-only) as it always did, not at
+/// the first client's write.
+pub fn short_of_space(desktop: &Path, configured_min_free: Option<u64>) -> bool {
+    usage(desktop_dir(desktop))
+        .is_ok_and(|u| u.free < NEARLY_FULL.min(min_free(configured_min_free, u.size)))
 }
 
 /// Whether a commit may go ahead on the desktop's file system.

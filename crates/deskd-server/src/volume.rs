@@ -156,7 +156,14 @@ impl VolumeHandle {
         let lock = lock_exclusive(&desktop_path, &root)?;
         check_desktop_owner(&lock, &desktop_path, &root)?;
         let side_files = space::SideFiles::missing_now(&desktop_path);
-        let (mut desktop, report) = match Desktop::open(&desktop_path, config.durability) {
+        // The session is marked open with the first write, not before the first answer (a
+        // restart answers without waiting for a commit's fsync), unless space is short.
+        let opening = if space::short_of_space(&desktop_path, config.min_free) {
+            Desktop::open(&desktop_path, config.durability)
+        } else {
+            Desktop::open_for_serving(&desktop_path, config.durability)
+        };
+        let (mut desktop, report) = match opening {
             Ok(opened) => opened,
             Err(e) if space::open_failed_for_space(&e, &desktop_path, config.min_free) => {
                 side_files.remove_created();

@@ -129,10 +129,12 @@ pub enum VolumeError {
 }
 
 impl VolumeError {
-    /// [`VolumeError::Io`] for `path`: the shape every file-system failure here takes.
+    /// [`VolumeError::Io`] for `path`: the shape every file-system failure here takes. A path
+    /// through a pinned folder is kept as the folder's real path ([`pin::shown_path`]), so the
+    /// message names it.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         VolumeError::Io {
-            path: path.to_path_buf(),
+            path: pin::shown_path(path),
             error: source,
         }
     }

@@ -28,6 +28,32 @@ pub struct Pinned {
     pub path: PathBuf,
 }
 
+/// `path` as an administrator can find it: a path through a [`Pinned`] folder
+/// (`/proc/self/fd/N/...`) is given with where that folder is now (the descriptor's link), so a
+/// message names the real folder, not a descriptor of the server. Call it while the descriptor
+/// is open (when the message is made): a closed number may name another file by the time the
+/// message is read. Other paths, and a number that is not open, are returned as they are.
+pub fn shown_path(path: &Path) -> PathBuf {
+    let Ok(rest) = path.strip_prefix("/proc/self/fd") else {
+        return path.to_path_buf();
+    };
+    let mut names = rest.components();
+    let Some(Component::Normal(number)) = names.next() else {
+        return path.to_path_buf();
+    };
+    match std::fs::read_link(Path::new("/proc/self/fd").join(number)) {
+        Ok(folder) if folder.is_absolute() => {
+            let below = names.as_path();
+            if below.as_os_str().is_empty() {
+                folder
+            } else {
+                folder.join(below)
+            }
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
 fn refused(path: &Path, why: &str) -> VolumeError {
     VolumeError::io(
         path,
@@ -146,5 +172,28 @@ mod tests {
         assert!(!dir.path().join("outside/.rsrc/x").exists());
         // The root's own entries.
         assert!(pin(&root, &root.join(".rsrc/.rsrc"), 2).is_ok());
+    }
+
+    #[test]
+    fn messages_name_a_pinned_folder_by_its_real_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("vol");
+        std::fs::create_dir_all(root.join("a/b/.rsrc")).unwrap();
+        let held = pin(&root, &root.join("a/b/.rsrc/x"), 2).unwrap();
+        assert!(held.path.starts_with("/proc/self/fd"), "{:?}", held.path);
+        assert_eq!(shown_path(&held.path), root.join("a/b/.rsrc/x"));
+        let held_dir = pin(&root, &root.join("a/b"), 0).unwrap();
+        assert_eq!(shown_path(&held_dir.path), root.join("a/b"));
+        // Renamed since: the folder's name now.
+        std::fs::rename(root.join("a"), root.join("c")).unwrap();
+        let said = crate::VolumeError::io(&held.path, std::io::ErrorKind::NotFound.into());
+        assert_eq!(
+            said.to_string(),
+            format!("{}: entity not found", root.join("c/b/.rsrc/x").display())
+        );
+        // Paths not through a descriptor, or through none that is open, are left alone.
+        assert_eq!(shown_path(Path::new("/a/b")), Path::new("/a/b"));
+        let closed = Path::new("/proc/self/fd/999999/x");
+        assert_eq!(shown_path(closed), closed);
     }
 }

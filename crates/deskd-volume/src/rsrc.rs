@@ -294,7 +294,7 @@ fn open_for_writing(path: &Path, extra: libc::c_int) -> Result<File, VolumeError
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             tracing::warn!(
                 "{}: a symbolic link, replaced by a resource file",
-                path.display()
+                crate::pin::shown_path(path).display()
             );
             // Removed inside the `.rsrc` folder already open (without following a link), not
             // by path: a path through `.rsrc` could have been swapped for a link meanwhile and

@@ -23,6 +23,7 @@ mod paths;
 mod records;
 mod register;
 mod rename;
+pub mod spending;
 pub mod watched;
 mod wire;
 

@@ -36,6 +36,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use super::errors::db_error;
 use super::paths::{registered, same_object, verify_gone};
 use super::register::{register_walked, Asked};
+use super::spending::Spending;
 use super::Writing;
 use crate::config::Replaced;
 use crate::walk::{self, Node};
@@ -145,6 +146,13 @@ pub struct WatchedOutcome {
     /// The writer could not apply the batch (closed, full disk, busy desktop): nothing was
     /// recorded.
     pub refused: Option<String>,
+    /// Users whose new objects were first left unregistered in this window, over their budget
+    /// of new IDs ([`super::spending`]): `(uid, budget, window)`.
+    pub over_budget: Vec<(u32, u64, Duration)>,
+    /// New objects left unregistered in this batch (over their owner's budget).
+    pub deferred: u64,
+    /// The spending window that ended with this batch (its folders are rescanned in it).
+    pub window: Option<super::spending::WindowEnded>,
 }
 
 impl WatchedOutcome {
@@ -174,16 +182,19 @@ pub fn components(path: &Path) -> Option<Vec<Vec<u8>>> {
 }
 
 /// Apply `changes` inside the batch, in order, walking as the server (trusted). A change that
-/// fails is reported in [`WatchedOutcome::failed`] and the others still apply. `young` is the
-/// writer's, kept between batches.
+/// fails is reported in [`WatchedOutcome::failed`] and the others still apply. `young` and
+/// `spending` are the writer's, kept between batches; when the spending window has ended, the
+/// folders whose new objects it deferred are rescanned first.
 pub fn apply_all(
     b: &mut deskd_db::Batch<'_>,
     vol: &deskd_volume::Volume,
     replaced: Replaced,
     changes: &[Change],
     young: &mut Young,
+    spending: &mut Spending,
 ) -> WatchedOutcome {
     let mut out = WatchedOutcome::default();
+    let window = spending.roll(Instant::now());
     let rules = ClaimRules {
         last_id: b.meta("last_id").ok().flatten().unwrap_or(0) as u32,
         choosers: Choosers::of(vol),
@@ -197,8 +208,25 @@ pub fn apply_all(
         cache: &mut cache,
         replaced,
     };
+    let rescans: Vec<Change> = window
+        .iter()
+        .flat_map(|w| &w.rescan)
+        .map(|dir| Change::Rescan {
+            path: Path::new(OsStr::from_bytes(&dir.join(&b'/'))).to_path_buf(),
+        })
+        .collect();
+    out.needs_repair |= window.as_ref().is_some_and(|w| w.rescan_all);
+    out.window = window;
+    // The deferred folders' rescans are the server's own: no budget applies to them.
+    for change in &rescans {
+        match apply_change(w, change, rules, young, None, &mut out) {
+            Ok(true) => out.applied += 1,
+            Ok(false) => out.unchanged += 1,
+            Err(e) => out.failed.push(format!("{change:?}: {}", e.message)),
+        }
+    }
     for change in &follow_directory_moves(&without_replaced_creates(changes)) {
-        match apply_change(w, change, rules, young, &mut out) {
+        match apply_change(w, change, rules, young, Some(spending), &mut out) {
             Ok(true) => out.applied += 1,
             Ok(false) => out.unchanged += 1,
             Err(e) => out.failed.push(format!("{change:?}: {}", e.message)),
@@ -275,12 +303,14 @@ fn follow_directory_moves(changes: &[Change]) -> Vec<Change> {
     out
 }
 
-/// Apply one change inside the batch, claims judged by `rules`.
+/// Apply one change inside the batch, claims judged by `rules`; new objects of a create or a
+/// move in are counted against their owners' budget in `spending` (none for a rescan).
 pub(super) fn apply_change(
     w: &mut Writing<'_, '_>,
     change: &Change,
     rules: ClaimRules,
     young: &mut Young,
+    spending: Option<&mut Spending>,
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
     match change {
@@ -288,7 +318,7 @@ pub(super) fn apply_change(
             let Some(names) = components(path) else {
                 return Ok(false);
             };
-            let applied = created(w, &names, rules, young, out)?;
+            let applied = created(w, &names, rules, young, spending, out)?;
             if !applied && std::fs::symlink_metadata(w.vol.path_of(&names)).is_err() {
                 out.unplaced.push(change.clone());
             }
@@ -304,7 +334,7 @@ pub(super) fn apply_change(
             let (Some(from), Some(to)) = (components(from), components(to)) else {
                 return Ok(false);
             };
-            moved(w, &from, &to, rules, young, out)
+            moved(w, &from, &to, rules, young, spending, out)
         }
         Change::Rescan { path } => {
             let Some(names) = components(path) else {
@@ -465,6 +495,7 @@ fn created(
     names: &[Vec<u8>],
     rules: ClaimRules,
     young: &mut Young,
+    mut spending: Option<&mut Spending>,
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
     if names.is_empty() {
@@ -482,6 +513,19 @@ fn created(
         w.cache.clear();
         before = None;
     }
+    if let Some(spending) = spending.as_deref_mut() {
+        if before.is_none() && !spending.allows(node.uid) {
+            // Over its owner's budget of new IDs: left to the rescan of its folder at the
+            // window's end (or to a client that asks for it first).
+            out.deferred += 1;
+            if spending.defer(node.uid, &names[..names.len() - 1]) {
+                out.over_budget
+                    .push((node.uid, spending.budget(), spending.window()));
+            }
+            return Ok(false);
+        }
+    }
+    let counter_before = w.b.counter();
     let folders = first_unregistered_above(w, names)?;
     let done = register_following(w, names, &walked.nodes, &node, before.as_ref(), rules, out)?;
     stamp_folders_on_the_way(w, names, folders, out)?;
@@ -497,6 +541,9 @@ fn created(
         if !out.needs_repair {
             below |= drop_vanished_below(w, names, out)?;
         }
+    }
+    if let Some(spending) = spending {
+        spending.spent(node.uid, u64::from(w.b.counter() - counter_before));
     }
     Ok(done.changed || below)
 }
@@ -682,6 +729,7 @@ fn moved(
     to: &[Vec<u8>],
     rules: ClaimRules,
     young: &mut Young,
+    spending: Option<&mut Spending>,
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
     if from.is_empty() || to.is_empty() {
@@ -704,11 +752,11 @@ fn moved(
         // Not registered at `from` (never, or `dt mv` already recorded the move): what is at
         // `to` is registered there; a record left at `from` goes if its object is gone.
         let gone = removed(w, from, out)?;
-        return Ok(created(w, to, rules, young, out)? || gone);
+        return Ok(created(w, to, rules, young, spending, out)? || gone);
     };
     if verify_gone(w.vol, &source, from).is_err() {
         // Still at `from` too: a hard link made and then renamed. The new name is registered.
-        return created(w, to, rules, young, out);
+        return created(w, to, rules, young, spending, out);
     }
     let target = registered(w.b, to)?.filter(|t| t.id != source.id);
     let (to_name, to_parent) = to.split_last().expect("not the root");
@@ -773,7 +821,7 @@ fn rescan(
     let mut changed = false;
     if !names.is_empty() {
         // A folder's create drops the records of what is gone from it as well.
-        return created(w, names, rules, young, out);
+        return created(w, names, rules, young, None, out);
     } else {
         let mut budget = MAX_TREE;
         changed |= register_tree(w, names, &walked, rules, out, &mut budget)?;

@@ -70,11 +70,19 @@ struct VolumeFigures {
 
 /// The text for `view`.
 pub(crate) fn render(shared: &Shared, view: View) -> String {
-    let volumes: Vec<VolumeFigures> = shared
+    let mut volumes: Vec<VolumeFigures> = shared
         .volumes()
         .into_iter()
         .map(|handle| gather(shared, handle))
         .collect();
+    if let View::Peer { uid } = view {
+        for v in volumes
+            .iter_mut()
+            .filter(|v| uid.is_none_or(|uid| uid != 0 && uid != v.handle.owner_uid))
+        {
+            coarsen(v);
+        }
+    }
     prune_readers(shared, &volumes);
     let mut out = Exposition::default();
     out.family(
@@ -113,6 +121,21 @@ pub(crate) fn render(shared: &Shared, view: View) -> String {
     memory(&mut out, &volumes);
     requests(&mut out, shared, view, &volumes);
     out.finish()
+}
+
+/// A volume's figures as a local user who is not its admin sees them ([`crate::coarse`]).
+fn coarsen(v: &mut VolumeFigures) {
+    v.objects = v.objects.map(crate::coarse::count);
+    v.last_id = v.last_id.map(crate::coarse::id);
+    v.wal_bytes = crate::coarse::bytes(v.wal_bytes);
+    crate::coarse::watch(&mut v.watch);
+    for bucket in &mut v.batches.buckets {
+        *bucket = crate::coarse::count(*bucket);
+    }
+    v.batches.requests = crate::coarse::count(v.batches.requests);
+    if let Some(rebuild) = v.rebuild.as_mut() {
+        rebuild.objects = crate::coarse::count(rebuild.objects);
+    }
 }
 
 /// Read what a scrape shows of one volume.

@@ -69,6 +69,9 @@ pub(crate) struct Running {
     moved_on: Mutex<Vec<(crate::apply::watched::DiskWork, std::time::Instant)>>,
     /// Creates of the last batch whose path was stale, tried once more with the next.
     unplaced: Mutex<Vec<deskd_watch::Change>>,
+    /// When the writer's spending window that deferred new objects has ended: then the thread
+    /// gives the writer a turn (its rescan of their folders) even if nothing new was seen.
+    spending_due: Mutex<Option<std::time::Instant>>,
     /// The read connection of [`known`] and of the stamps tried again, opened at first need
     /// and kept while the watcher runs (closed by [`stop_running`]).
     reader: Mutex<Option<MappedReader>>,
@@ -92,6 +95,7 @@ impl Running {
             rescans_done: Condvar::new(),
             moved_on: Mutex::default(),
             unplaced: Mutex::default(),
+            spending_due: Mutex::default(),
             reader: Mutex::new(None),
             thread: Mutex::new(None),
         }

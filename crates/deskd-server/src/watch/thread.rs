@@ -141,7 +141,15 @@ pub(crate) fn process(
         );
         rescan::request(rebuilds, handle, running, "overflow");
     }
-    if batch.changes.is_empty() {
+    let spending_turn = {
+        let mut due = running.spending_due.lock().unwrap();
+        let now_due = due.is_some_and(|at| Instant::now() >= at);
+        if now_due {
+            *due = None;
+        }
+        now_due
+    };
+    if batch.changes.is_empty() && !spending_turn {
         if !running.moved_on.lock().unwrap().is_empty() {
             let errors = retry_moved_on(running, handle, disk::Done::default());
             if !errors.is_empty() && running.failures.now() {
@@ -167,7 +175,7 @@ pub(crate) fn process(
     let mut changes = carried;
     changes.extend(batch.changes);
     let changes = super::known::drop_known(running, handle, changes);
-    let outcome = if changes.is_empty() {
+    let outcome = if changes.is_empty() && !spending_turn {
         Some(crate::apply::watched::WatchedOutcome::default())
     } else {
         handle.ask(|tx| Job::Watch(changes, tx))
@@ -187,6 +195,7 @@ pub(crate) fn process(
             }
         }
     }
+    report_spending(running, handle, &outcome);
     let done = disk::apply(&handle.volume, &outcome.disk);
     let errors = retry_moved_on(running, handle, done);
     {
@@ -220,5 +229,52 @@ pub(crate) fn process(
         }
     } else if outcome.needs_repair {
         rescan::request(rebuilds, handle, running, "overflow");
+    }
+}
+
+/// What the writer's count of new IDs per user ([`crate::apply::spending`]) says after a batch:
+/// a warning naming each user first held back in the window, one audit line per user for a
+/// window that ended, and when the thread must give the writer its turn for the rescans.
+fn report_spending(
+    running: &Running,
+    handle: &VolumeHandle,
+    outcome: &crate::apply::watched::WatchedOutcome,
+) {
+    let root = handle.volume.root();
+    for (uid, budget, window) in &outcome.over_budget {
+        warn!(
+            "watching {}: the objects of uid {uid} got {budget} new IDs within {} s \
+             (watch_budget); its further new objects get theirs when a client asks for them, \
+             or when their folders are rescanned at the end of the {} s (docs/security.md, \
+             \"IDs made and removed in a loop\")",
+            root.display(),
+            window.as_secs(),
+            window.as_secs()
+        );
+    }
+    if let Some((_, _, window)) = outcome.over_budget.first() {
+        running
+            .spending_due
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| Instant::now() + *window);
+    }
+    if let Some(window) = &outcome.window {
+        for user in &window.users {
+            let held = if user.deferred > 0 {
+                format!(
+                    ", {} more new objects left to the rescan of their folders (over the \
+                     budget)",
+                    user.deferred
+                )
+            } else {
+                String::new()
+            };
+            crate::audit::log(
+                &format!("uid {} (owner of objects the watcher saw)", user.uid),
+                root,
+                &format!("{} new IDs in {} s{held}", user.ids, window.seconds),
+            );
+        }
     }
 }

@@ -11,8 +11,12 @@ use crate::apply::watched::{apply_all, WatchedOutcome};
 
 impl Writer {
     /// Apply `changes` as the server's own requests and commit them.
+    /// An empty `changes` is the watcher's turn for the rescans its spending window deferred
+    /// (nothing to do until that window has ended).
     pub(super) fn apply_watched(&mut self, changes: &[Change]) -> WatchedOutcome {
-        if changes.is_empty() {
+        self.watch_spending
+            .set_limits(self.config.watch_budget, self.config.watch_budget_window);
+        if changes.is_empty() && !self.watch_spending.rescan_due(std::time::Instant::now()) {
             return WatchedOutcome::default();
         }
         if self.config.read_only {
@@ -32,6 +36,7 @@ impl Writer {
             self.config.replaced,
             changes,
             &mut self.watch_young,
+            &mut self.watch_spending,
         );
         if outcome.applied == 0 {
             // Nothing changed: no commit (and no new snapshot for readers).
