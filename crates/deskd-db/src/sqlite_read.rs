@@ -6,7 +6,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{
-    appl_from_row, find_glob, icon_from_row, meta_get, names, object_from_row, ApplRecord, DbError,
+    appl_from_row, find_glob, object_columns, icon_from_row, meta_get, names, object_from_row, ApplRecord, DbError,
     FindQuery, IconRecord, Kind, Object, Read, Result, Stats, OBJECT_COLUMNS, ROOT_ID,
     ROOT_PARENT_ID,
 };
@@ -17,25 +17,26 @@ pub(crate) trait SqliteConn {
     fn conn(&self) -> &Connection;
 }
 
+/// One object by ID: the statement of every resolve and of find's confirmations.
+const GET: &str = concat!("SELECT ", object_columns!(), " FROM objects WHERE id = ?1");
+
 impl<T: SqliteConn> Read for T {
     /// The object with this ID.
     fn get(&self, id: u32) -> Result<Object> {
         self.conn()
-            .prepare_cached(&format!(
-                "SELECT {OBJECT_COLUMNS} FROM objects WHERE id = ?1"
-            ))?
+            .prepare_cached(GET)?
             .query_row([id], object_from_row)
             .optional()?
             .ok_or(DbError::NoSuchId(id))
     }
 
     fn get_many(&self, ids: &[u32]) -> Result<Vec<Object>> {
+        // One statement for the window (not a cache lookup per ID).
+        let mut stmt = self.conn().prepare_cached(GET)?;
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
-            match self.get(id) {
-                Ok(object) => out.push(object),
-                Err(DbError::NoSuchId(_)) => {}
-                Err(e) => return Err(e),
+            if let Some(object) = stmt.query_row([id], object_from_row).optional()? {
+                out.push(object);
             }
         }
         Ok(out)
@@ -45,8 +46,10 @@ impl<T: SqliteConn> Read for T {
     fn lookup(&self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
         Ok(self
             .conn()
-            .prepare_cached(&format!(
-                "SELECT {OBJECT_COLUMNS} FROM objects WHERE parent = ?1 AND name = ?2"
+            .prepare_cached(concat!(
+                "SELECT ",
+                object_columns!(),
+                " FROM objects WHERE parent = ?1 AND name = ?2"
             ))?
             .query_row(params![parent, name], object_from_row)
             .optional()?)
@@ -54,8 +57,10 @@ impl<T: SqliteConn> Read for T {
 
     /// The children of a directory, in name order.
     fn children(&self, parent: u32) -> Result<Vec<Object>> {
-        let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT {OBJECT_COLUMNS} FROM objects WHERE parent = ?1 ORDER BY name"
+        let mut stmt = self.conn().prepare_cached(concat!(
+            "SELECT ",
+            object_columns!(),
+            " FROM objects WHERE parent = ?1 ORDER BY name"
         ))?;
         let rows = stmt.query_map([parent], object_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
