@@ -6,9 +6,9 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{
-    appl_from_row, find_glob, object_columns, icon_from_row, meta_get, names, object_from_row, ApplRecord, DbError,
-    FindQuery, IconRecord, Kind, Object, Read, Result, Stats, OBJECT_COLUMNS, ROOT_ID,
-    ROOT_PARENT_ID,
+    appl_from_row, find_glob, icon_from_row, meta_get, names, object_columns, object_from_row,
+    ApplRecord, DbError, FindQuery, IconRecord, Kind, Object, Read, Result, Stats, OBJECT_COLUMNS,
+    ROOT_ID, ROOT_PARENT_ID,
 };
 
 /// A handle on an SQLite desktop: its connection (the old `Read::conn`, now crate-private).
