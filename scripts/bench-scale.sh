@@ -9,7 +9,10 @@
 #   restart       the first answer after a SIGKILL (something in the WAL), median of RUNS
 #   rebuild -f / -s / repair   offline, each once, in that order (the repair after every
 #                 resource file was removed, so it writes one per object; -s after it must
-#                 find nothing to do)
+#                 find nothing to do), each after its floor: what standard tools take for the
+#                 least any rebuild must do (stat every object; read every resource file;
+#                 write one per object), so that growth the machine imposes (a page cache too
+#                 small for the larger volume) is told from growth deskd adds
 #
 # each with its peak memory: the server's VmHWM after the step (the server's whole life so far;
 # restart: the new server's), GNU time's maximum RSS for the rebuilds. Prints a table (value,
@@ -166,7 +169,7 @@ for size in "${SIZES[@]}"; do
     find "$vol" -name .rsrc -type d -prune -exec rm -rf {} +
     sync
     read -r s m < <(timed sh -c "find '$vol' -mindepth 1 -maxdepth 1 -type d -exec mkdir {}/.rsrc \; &&
-        find '$vol' -path '*/.rsrc' -prune -o -type f -printf '%h/.rsrc/%f\n' |
+        find '$vol' -mindepth 2 -path '*/.rsrc' -prune -o -type f -printf '%h/.rsrc/%f\n' |
         xargs -d '\n' -n 2000 sh -c 'for f; do printf %512s \"\" > \"\$f\"; done' sh")
     record "$objects" "floor of the repair: write a 512-byte file per object (sh)" "$s" s "$m"
     find "$vol" -name .rsrc -type d -prune -exec rm -rf {} +
