@@ -23,6 +23,8 @@
 #   BENCH_DIR=/big/disk KEEP=1 scripts/bench-scale.sh  # where the volumes go; keep them after
 #   STEPS="find restart" scripts/bench-scale.sh        # only these steps (the objects are still
 #                                                      # created; their rate is not recorded)
+#   KEEP=1 ... then REUSE=/that/run/dir STEPS="find restart rebuild" scripts/bench-scale.sh
+#                                                      # measure the volumes a KEEP=1 run left
 #
 # STEPS (default: all) names the steps to measure: creation resolve find restart rebuild.
 set -euo pipefail
@@ -98,13 +100,21 @@ for size in "${SIZES[@]}"; do
     vol="$WORK/vol-$objects"
     shape=(--dirs "$dirs" --per-dir "$PER_DIR")
     bench() { "$BIN/deskd-bench" --socket "$SOCK" --volume "$vol" "$@"; }
-    mkdir -p "$vol"
-    echo "== $objects objects: populate (untimed)"
-    bench populate "${shape[@]}" >/dev/null
-    sync
-
-    start_server "$vol"
-    rate=$(bench create "${shape[@]}" --clients 4 --depth "$DEPTH" | jget objects_per_s)
+    if [ -n "${REUSE:-}" ]; then
+        # A volume a KEEP=1 run left, registered already: measured as it is, not made again.
+        vol="$REUSE/vol-$objects"
+        [ -f "$vol/.Desktop" ] || { echo "bench-scale.sh: no $vol/.Desktop to reuse" >&2; exit 1; }
+        step creation && { echo "bench-scale.sh: REUSE cannot measure creation" >&2; exit 2; }
+        echo "== $objects objects: reusing $vol"
+        start_server "$vol"
+    else
+        mkdir -p "$vol"
+        echo "== $objects objects: populate (untimed)"
+        bench populate "${shape[@]}" >/dev/null
+        sync
+        start_server "$vol"
+        rate=$(bench create "${shape[@]}" --clients 4 --depth "$DEPTH" | jget objects_per_s)
+    fi
     "$BIN/deskd" flush --socket "$SOCK" >/dev/null
     if step creation; then
         record "$objects" creation "$rate" objects/s "$(hwm_kib)"
@@ -149,7 +159,7 @@ for size in "${SIZES[@]}"; do
     stop_server
 
     if ! step rebuild; then
-        [ "${KEEP:-0}" = 1 ] || rm -rf "$vol"
+        [ "${KEEP:-0}" = 1 ] || [ -n "${REUSE:-}" ] || rm -rf "$vol"
         continue
     fi
     # The floors of the rebuilds, just before each: what any rebuild must do at least, by
@@ -178,8 +188,8 @@ for size in "${SIZES[@]}"; do
     record "$objects" "rebuild repair (writes every resource file)" "$s" s "$m"
     "$BIN/deskd" rebuild -s "$vol" >/dev/null ||
         { echo "bench-scale.sh: rebuild -s after the repair found differences" >&2; exit 1; }
-    echo "rebuilds: $(grep -P "^$objects\trebuild" "$RESULTS" | cut -f2-5 | tr '\t\n' ' ;')"
-    [ "${KEEP:-0}" = 1 ] || rm -rf "$vol"
+    echo "rebuilds: $(grep -P "^$objects\t(rebuild|floor)" "$RESULTS" | cut -f2-5 | tr '\t\n' ' ;')"
+    [ "${KEEP:-0}" = 1 ] || [ -n "${REUSE:-}" ] || rm -rf "$vol"
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
