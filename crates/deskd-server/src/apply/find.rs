@@ -13,8 +13,16 @@ use super::wire::{info, join};
 use super::{Reading, Reply, MAX_FIND_LIMIT};
 use crate::sight;
 
-/// A hit and its desktop path (empty for the root).
-type Candidate = (Object, Vec<Vec<u8>>);
+/// A hit, its folder's path components (empty for the root itself; `None` for the root's
+/// own record) and its whole path, joined.
+type Candidate = (Object, Option<std::rc::Rc<Vec<Vec<u8>>>>, Vec<u8>);
+
+/// A folder's path, looked up once per request: its components (for the peer's sight) and
+/// the same joined with `/` (for the answers).
+struct Folder {
+    components: std::rc::Rc<Vec<Vec<u8>>>,
+    joined: Vec<u8>,
+}
 
 /// `Find`: at most `limit` (clamped to 1..=[`MAX_FIND_LIMIT`]) objects whose name matches
 /// `pattern`, with IDs above `after_id`.
@@ -44,8 +52,9 @@ pub(super) fn find<R: Read>(
         after_id,
     };
     let mut out = Vec::new();
-    // Hits share folders: each folder's path is looked up once per request.
-    let mut folders: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+    // Hits share folders: each folder's path is looked up (and joined) once per request, and
+    // a hit's path is its folder's plus its name: one allocation a hit.
+    let mut folders: HashMap<u32, Folder> = HashMap::new();
     loop {
         let hits = r.names.find(r.db, &query).map_err(db_error)?;
         let last_page = (hits.len() as u32) < limit;
@@ -56,23 +65,33 @@ pub(super) fn find<R: Read>(
             if deskd_volume::is_protected(&o.name) {
                 continue;
             }
-            let components = if o.id == deskd_db::ROOT_ID {
-                Vec::new()
-            } else {
-                let folder = match folders.entry(o.parent) {
-                    Entry::Occupied(e) => e.into_mut(),
-                    Entry::Vacant(e) => e.insert(r.db.path_of(o.parent).map_err(db_error)?),
-                };
-                let mut components = folder.clone();
-                components.push(o.name.clone());
-                components
+            if o.id == deskd_db::ROOT_ID {
+                candidates.push((o, None, Vec::new()));
+                continue;
+            }
+            let folder = match folders.entry(o.parent) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let components = r.db.path_of(o.parent).map_err(db_error)?;
+                    let joined = join(&components);
+                    e.insert(Folder {
+                        components: std::rc::Rc::new(components),
+                        joined,
+                    })
+                }
             };
-            candidates.push((o, components));
+            let mut path = Vec::with_capacity(folder.joined.len() + 1 + o.name.len());
+            path.extend_from_slice(&folder.joined);
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&o.name);
+            candidates.push((o, Some(folder.components.clone()), path));
         }
         let shown = shown_to_peer(r, &candidates)?;
-        for ((o, components), shown) in candidates.into_iter().zip(shown) {
+        for ((o, _, path), shown) in candidates.into_iter().zip(shown) {
             if shown && (out.len() as u32) < limit {
-                out.push(info(&o, Some(join(&components)), false));
+                out.push(info(&o, Some(path), false));
             }
         }
         if out.len() as u32 >= limit || last_page {
@@ -93,8 +112,8 @@ fn shown_to_peer<R: Read>(
         return Ok(vec![true; candidates.len()]);
     }
     let mut holders: HashMap<u32, Option<Object>> = HashMap::new();
-    for (o, c) in candidates {
-        if !c.is_empty() {
+    for (o, folder, _) in candidates {
+        if folder.is_some() {
             if let Entry::Vacant(e) = holders.entry(o.parent) {
                 e.insert(Some(r.db.get(o.parent).map_err(db_error)?));
             }
@@ -105,16 +124,22 @@ fn shown_to_peer<R: Read>(
             let mut seen: HashMap<u32, bool> = HashMap::new();
             candidates
                 .iter()
-                .map(|(o, c)| {
-                    let holder = if c.is_empty() { u32::MAX } else { o.parent };
+                .map(|(o, folder, _)| {
+                    let holder = if folder.is_none() { u32::MAX } else { o.parent };
                     *seen.entry(holder).or_insert_with(|| {
-                        let folder = holders.get(&o.parent).and_then(|f| f.as_ref());
+                        let holder_record = holders.get(&o.parent).and_then(|f| f.as_ref());
+                        // The hit's own path components, as sight walks them.
+                        let components: Vec<Vec<u8>> = folder
+                            .iter()
+                            .flat_map(|f| f.iter().cloned())
+                            .chain(folder.is_some().then(|| o.name.clone()))
+                            .collect();
                         sight::look_as_peer(
                             r.vol,
                             r.access.viewer(),
                             o,
-                            folder,
-                            c,
+                            holder_record,
+                            &components,
                             sight::Ask::default(),
                         )
                         .seen
