@@ -7,6 +7,7 @@
 //! SQLite's one writer does: the counter a batch reads is the newest, an ID is handed out once,
 //! and the batch numbers (`change_seq`) of the change log become visible in their order.
 
+use deskd_db::write_batch::{lookup_or_add, AddSteps};
 use deskd_db::{
     ids, validate_name, ApplRecord, DbError, Durability, IconRecord, InfoUpdate, Kind, NameChange,
     NewObject, Object,
@@ -487,28 +488,10 @@ impl PgBatch<'_> {
     }
 
     /// Register a new object and return it with `true`; an object already registered under
-    /// that name in that directory comes back with `false` (lookup-or-add).
+    /// that name in that directory comes back with `false` (lookup-or-add, by deskd-db's
+    /// [`lookup_or_add`], the same rules as the SQLite desktop's).
     pub fn add(&mut self, new: &NewObject) -> Result<(Object, bool)> {
-        validate_name(&new.name)?;
-        if let Some(existing) = self.lookup(new.parent, &new.name)? {
-            return Ok((existing, false));
-        }
-        self.require_dir(new.parent)?;
-        let id = self.allocate(new.hint)?;
-        let object = Object {
-            id,
-            parent: new.parent,
-            name: new.name.clone(),
-            kind: new.kind,
-            dev: new.dev,
-            ino: new.ino,
-            type_code: new.type_code,
-            creator: new.creator,
-            flags: new.flags,
-            ctime: new.ctime,
-        };
-        self.insert_row(&object)?;
-        Ok((object, true))
+        lookup_or_add(self, new)
     }
 
     /// Insert one object row with its search key (no checks: callers check first).
@@ -847,5 +830,25 @@ impl PgBatch<'_> {
         self.changed.push(id);
         self.names.push(NameChange::Remove(id));
         Ok(())
+    }
+}
+
+impl AddSteps for PgBatch<'_> {
+    type Error = PgError;
+
+    fn registered_as(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
+        self.lookup(parent, name)
+    }
+
+    fn check_directory(&mut self, id: u32) -> Result<()> {
+        self.require_dir(id)
+    }
+
+    fn pick_id(&mut self, hint: Option<u32>) -> Result<u32> {
+        self.allocate(hint)
+    }
+
+    fn insert_checked(&mut self, object: &Object) -> Result<()> {
+        self.insert_row(object)
     }
 }
