@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bench_names;
 pub mod bulk;
 pub mod files;
 pub mod ids;
