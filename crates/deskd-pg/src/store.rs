@@ -461,30 +461,9 @@ impl PgBatch<'_> {
             .get(0))
     }
 
-    fn require_dir(&mut self, id: u32) -> Result<()> {
-        match self.get(id) {
-            Ok(o) if o.kind == Kind::Dir => Ok(()),
-            Ok(_) => Err(DbError::NotADirectory(id).into()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The hint when it is allowed and free, else the counter's next allowed value.
-    fn allocate(&mut self, hint: Option<u32>) -> Result<u32> {
-        if let Some(h) = hint {
-            if !ids::is_forbidden(h) && !self.id_taken(h)? {
-                self.last_id = self.last_id.max(h);
-                return Ok(h);
-            }
-        }
-        let candidate = ids::next_candidate(self.last_id).ok_or(DbError::IdSpaceExhausted)?;
-        self.last_id = candidate;
-        Ok(candidate)
-    }
-
     /// A new ID from the counter, never one handed out before.
     pub fn allocate_id(&mut self) -> Result<u32> {
-        self.allocate(None)
+        self.pick_id(None)
     }
 
     /// Register a new object and return it with `true`; an object already registered under
@@ -530,7 +509,7 @@ impl PgBatch<'_> {
         if ids::is_forbidden(o.id) || self.id_taken(o.id)? {
             return Err(DbError::Corrupt(format!("ID {} is not free", o.id)).into());
         }
-        self.require_dir(o.parent)?;
+        self.check_directory(o.parent)?;
         if let Some(existing) = self.lookup(o.parent, &o.name)? {
             return Err(DbError::Exists {
                 parent: o.parent,
@@ -564,7 +543,7 @@ impl PgBatch<'_> {
             return Err(DbError::Root("renamed").into());
         }
         let object = self.get(id)?;
-        self.require_dir(new_parent)?;
+        self.check_directory(new_parent)?;
         if object.kind == Kind::Dir {
             let mut cursor = new_parent;
             while cursor != deskd_db::ROOT_ID && cursor != deskd_db::ROOT_PARENT_ID {
@@ -770,7 +749,7 @@ impl PgBatch<'_> {
         if o.id == deskd_db::ROOT_ID {
             return Err(DbError::Root("moved").into());
         }
-        self.require_dir(o.parent)?;
+        self.check_directory(o.parent)?;
         let mut cursor = o.parent;
         while cursor != deskd_db::ROOT_ID && cursor != deskd_db::ROOT_PARENT_ID {
             if cursor == o.id {
@@ -833,19 +812,33 @@ impl PgBatch<'_> {
     }
 }
 
+/// The steps of deskd-db's [`lookup_or_add`] on PostgreSQL; the checks and the allocation
+/// here serve the batch's other writes too.
 impl AddSteps for PgBatch<'_> {
     type Error = PgError;
 
     fn registered_as(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
-        self.lookup(parent, name)
+        read::lookup(self.tx.get_mut(), self.vid, parent, name)
     }
 
     fn check_directory(&mut self, id: u32) -> Result<()> {
-        self.require_dir(id)
+        match self.get(id)?.kind {
+            Kind::Dir => Ok(()),
+            _ => Err(DbError::NotADirectory(id).into()),
+        }
     }
 
+    /// The hint when it is allowed and free, else the counter's next allowed value.
     fn pick_id(&mut self, hint: Option<u32>) -> Result<u32> {
-        self.allocate(hint)
+        if let Some(h) = hint.filter(|&h| !ids::is_forbidden(h)) {
+            if !self.id_taken(h)? {
+                self.last_id = self.last_id.max(h);
+                return Ok(h);
+            }
+        }
+        let candidate = ids::next_candidate(self.last_id).ok_or(DbError::IdSpaceExhausted)?;
+        self.last_id = candidate;
+        Ok(candidate)
     }
 
     fn insert_checked(&mut self, object: &Object) -> Result<()> {
