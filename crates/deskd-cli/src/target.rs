@@ -185,6 +185,10 @@ pub struct Session {
     /// The roots the server serves, once asked ([`Session::place`]); empty when no server
     /// answered.
     served: Option<Vec<VolumeInfo>>,
+    /// The verb, when it only looks (`info`, `ls`…): with no deskd answering, its error says
+    /// what it needs deskd for, not that only read-only access is left (which is for verbs
+    /// that change something).
+    reading_verb: Option<&'static str>,
 }
 
 /// The `AddPath` request that registers `iv`: with `use_hints`, the ID its xattr mirror (or else
@@ -219,6 +223,16 @@ fn add_request(
     }
 }
 
+/// The end of a "no deskd" error for a verb that only looks: what it needs deskd for, and
+/// the two ways to a deskd that answers.
+fn needs_deskd(verb: &str, root: &Path) -> String {
+    format!(
+        "dt {verb} reads this volume's desktop through deskd: start `deskd serve {}`, or name \
+         the socket of the deskd that serves it (--socket, $DESKD_SOCKET)",
+        root.display()
+    )
+}
+
 /// A write refused for want of permission (or on a read-only file system).
 fn is_not_permitted(e: &deskd_volume::VolumeError) -> bool {
     matches!(
@@ -245,6 +259,15 @@ impl Session {
             client: None,
             handles: HashMap::new(),
             served: None,
+            reading_verb: None,
+        }
+    }
+
+    /// The session of a verb that only looks (`verb`: its name, as the user types it).
+    pub fn for_reading(self, verb: &'static str) -> Session {
+        Session {
+            reading_verb: Some(verb),
+            ..self
         }
     }
 
@@ -292,19 +315,30 @@ impl Session {
         Ok(found)
     }
 
+    /// A client error as the user reads it. With no deskd answering, a verb that changes
+    /// something says only read-only access is possible (HELIOS's words); a verb that only
+    /// looks says what it needs deskd for and how to get one.
     fn explain(&self, root: &Path, e: ClientError) -> anyhow::Error {
-        match e {
-            ClientError::Timeout => {
-                anyhow!(
-                    "{}: deskd: timed out; only read-only access possible",
-                    root.display()
-                )
+        let root_shown = root.display();
+        match (e, self.reading_verb) {
+            (ClientError::Timeout, None) => {
+                anyhow!("{root_shown}: deskd: timed out; only read-only access possible")
             }
-            ClientError::Connect { .. } | ClientError::Closed => {
-                anyhow!("{}: {e}; only read-only access possible", root.display())
+            (ClientError::Timeout, Some(verb)) => anyhow!(
+                "{root_shown}: deskd at {} did not answer within the client timeout (--timeout, \
+                 $DESKD_CLIENT_TIMEOUT); {}",
+                self.server.endpoint,
+                needs_deskd(verb, root)
+            ),
+            (e @ (ClientError::Connect { .. } | ClientError::Closed), None) => {
+                anyhow!("{root_shown}: {e}; only read-only access possible")
             }
-            ClientError::Server(reply) => anyhow!("deskd: {}", reply.message),
-            other => anyhow!("{}: {other}", root.display()),
+            (e @ (ClientError::Connect { .. } | ClientError::Closed), Some(verb)) => {
+                anyhow!("{root_shown}: {e}; {}", needs_deskd(verb, root))
+            }
+            // The server's words carry no prefix of their own: "deskd: " says who refused.
+            (ClientError::Server(reply), _) => anyhow!("deskd: {}", reply.message),
+            (other, _) => anyhow!("{root_shown}: {other}"),
         }
     }
 

@@ -70,8 +70,10 @@ pub enum ClientError {
         hint: String,
     },
     /// No reply within the client timeout: callers then treat the volume as read-only, as
-    /// HELIOS clients do, rather than hang a file server.
-    #[error("deskd: timed out; only read-only access possible")]
+    /// HELIOS clients do, rather than hang a file server. The words carry no "deskd:" prefix
+    /// and no consequence: a tool adds its own prefix, and says what the timeout means for
+    /// what it was doing (dt's write verbs: "only read-only access possible").
+    #[error("timed out waiting for deskd's answer")]
     Timeout,
     /// The server closed the connection (it stopped, or dropped a misbehaving client).
     #[error("deskd closed the connection")]

@@ -1,14 +1,15 @@
 //! How `find`'s candidate search grows with the volume (issue 29), in memory, no server and
 //! no disk: the name index is built over the names `deskd-bench populate` gives a volume of
-//! N objects (folders of 10,000), once keeping trigram lists and once scanning only, and each
-//! pattern's candidates are timed on both. Driven by scripts/bench-find-scale.sh; prints one
+//! N objects (folders of 10,000; both take the names from `deskd_db::bench_names`), once
+//! keeping trigram lists and once scanning only, and each pattern's candidates are timed on
+//! both. Driven by scripts/bench-find-scale.sh; prints one
 //! JSON object per size.
 
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
 use clap::Parser;
-use deskd_db::{FindMode, NameIndex};
+use deskd_db::{bench_names, FindMode, NameIndex};
 
 #[derive(Parser)]
 #[command(about = "Time the name index's candidate search at a given size, in memory")]
@@ -31,19 +32,6 @@ struct Cli {
     patterns: Vec<String>,
 }
 
-/// `deskd-bench`'s file name (crates/deskd-cli/src/bin/deskd-bench.rs `name`).
-fn name(d: u32, f: u32) -> String {
-    const WORDS: [&str; 8] = [
-        "report", "layout", "invoice", "photo", "draft", "scan", "proof", "final",
-    ];
-    format!(
-        "{}-{:04}-{}-{f:06}.dat",
-        WORDS[(f % 8) as usize],
-        d,
-        WORDS[((f / 8) % 8) as usize]
-    )
-}
-
 /// `(id, search key)` in ID order: each group of `interleave` folders, then their files in turn.
 fn keys(cli: &Cli) -> Vec<(u32, String)> {
     let dirs = cli.names.div_ceil(cli.per_dir);
@@ -56,11 +44,14 @@ fn keys(cli: &Cli) -> Vec<(u32, String)> {
     for group in (0..dirs).step_by(cli.interleave as usize) {
         let folders: Vec<u32> = (group..(group + cli.interleave).min(dirs)).collect();
         for &d in &folders {
-            out.push((next(), format!("dir{d:04}")));
+            out.push((next(), bench_names::dir_name(d)));
         }
         for f in 0..cli.per_dir {
             for &d in &folders {
-                out.push((next(), deskd_db::names::search_key(name(d, f).as_bytes())));
+                out.push((
+                    next(),
+                    deskd_db::names::search_key(bench_names::file_name(d, f).as_bytes()),
+                ));
             }
         }
     }

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bench_names;
 pub mod bulk;
 pub mod files;
 pub mod ids;
@@ -1104,31 +1105,20 @@ impl Batch<'_> {
     }
 
     /// Register a new object and return it with `true`. If the name is already registered in
-    /// that directory, the existing object is returned with `false` (lookup-or-add).
+    /// that directory, the existing object is returned with `false` (lookup-or-add; the rules
+    /// are [`write_batch::lookup_or_add`]'s, shared with every store).
     pub fn add(&mut self, new: &NewObject) -> Result<(Object, bool)> {
-        validate_name(&new.name)?;
-        if let Some(existing) = self.lookup(new.parent, &new.name)? {
-            return Ok((existing, false));
-        }
-        self.require_dir(new.parent)?;
-        let id = self.allocate(new.hint)?;
-        let object = Object {
-            id,
-            parent: new.parent,
-            name: new.name.clone(),
-            kind: new.kind,
-            dev: new.dev,
-            ino: new.ino,
-            type_code: new.type_code,
-            creator: new.creator,
-            flags: new.flags,
-            ctime: new.ctime,
-        };
-        let key = names::search_key(&new.name);
-        insert_object(&self.tx, &object, &key)?;
-        self.changes.push(NameChange::Set(id, key));
-        self.touched.push(id);
-        Ok((object, true))
+        write_batch::lookup_or_add(self, new)
+    }
+
+    /// Insert a new object's row (checked by [`write_batch::lookup_or_add`]) with its search
+    /// key, noting the name change and the touched ID.
+    fn insert_new(&mut self, object: &Object) -> Result<()> {
+        let key = names::search_key(&object.name);
+        insert_object(&self.tx, object, &key)?;
+        self.changes.push(NameChange::Set(object.id, key));
+        self.touched.push(object.id);
+        Ok(())
     }
 
     /// Update the recorded device and inode of an object (after a copy-replace on disk), and

@@ -6,9 +6,15 @@
 //! reached through the trait is a boxed one (a store hands out `Box<dyn WriteBatch + '_>`),
 //! while code holding a concrete [`Batch`] keeps calling its own `commit(self)`, which method
 //! resolution prefers, so no caller changes.
+//!
+//! [`lookup_or_add`] is the one lookup-or-add every store's `add` runs: a store supplies only
+//! its own reads, checks and insert ([`AddSteps`]), so the rules (name checked first, an
+//! existing object returned as it is, the parent a directory, the hint tried before the
+//! counter) cannot drift between back ends.
 
 use crate::{
-    ApplRecord, Batch, IconRecord, InfoUpdate, NameChange, NewObject, Object, Read, Result,
+    validate_name, ApplRecord, Batch, DbError, IconRecord, InfoUpdate, NameChange, NewObject,
+    Object, Read, Result,
 };
 
 /// One write transaction of a desktop: every mutation, each request isolated with
@@ -165,5 +171,210 @@ impl WriteBatch for Batch<'_> {
 
     fn commit(self: Box<Self>) -> Result<()> {
         Batch::commit(*self)
+    }
+}
+
+/// What one store does its own way inside [`lookup_or_add`]: how it reads a name, checks a
+/// directory, picks an ID and inserts a row. The order of the steps and what happens between
+/// them are `lookup_or_add`'s.
+pub trait AddSteps {
+    /// The store's error; the desktop's own refusals ([`DbError`]) convert into it.
+    type Error: From<DbError>;
+
+    /// The object registered under `name` in directory `parent`, if any.
+    fn registered_as(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>, Self::Error>;
+
+    /// `Ok` when `id` is a directory; else [`DbError::NoSuchId`] or [`DbError::NotADirectory`].
+    fn check_directory(&mut self, id: u32) -> Result<(), Self::Error>;
+
+    /// The ID for a new object: `hint` when it is allowed and free, else the counter's next.
+    fn pick_id(&mut self, hint: Option<u32>) -> Result<u32, Self::Error>;
+
+    /// Insert the row of `object` (checked by the caller) and note the change for the commit
+    /// and the name index.
+    fn insert_checked(&mut self, object: &Object) -> Result<(), Self::Error>;
+}
+
+/// Register `new` and return it with `true`; an object already registered under that name in
+/// that directory is returned with `false` (lookup-or-add), whatever the store.
+pub fn lookup_or_add<S: AddSteps + ?Sized>(
+    store: &mut S,
+    new: &NewObject,
+) -> Result<(Object, bool), S::Error> {
+    validate_name(&new.name)?;
+    if let Some(existing) = store.registered_as(new.parent, &new.name)? {
+        return Ok((existing, false));
+    }
+    store.check_directory(new.parent)?;
+    let object = Object {
+        id: store.pick_id(new.hint)?,
+        parent: new.parent,
+        name: new.name.clone(),
+        kind: new.kind,
+        dev: new.dev,
+        ino: new.ino,
+        type_code: new.type_code,
+        creator: new.creator,
+        flags: new.flags,
+        ctime: new.ctime,
+    };
+    store.insert_checked(&object)?;
+    Ok((object, true))
+}
+
+impl AddSteps for Batch<'_> {
+    type Error = DbError;
+
+    fn registered_as(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
+        self.lookup(parent, name)
+    }
+
+    fn check_directory(&mut self, id: u32) -> Result<()> {
+        self.require_dir(id)
+    }
+
+    fn pick_id(&mut self, hint: Option<u32>) -> Result<u32> {
+        self.allocate(hint)
+    }
+
+    fn insert_checked(&mut self, object: &Object) -> Result<()> {
+        self.insert_new(object)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! [`lookup_or_add`]'s rules on a store of a few rows in memory: what every back end's
+    //! `add` now gets from the one function.
+
+    use super::*;
+    use crate::Kind;
+
+    /// Rows in a `Vec`, a counter, and the steps called, in order.
+    #[derive(Default)]
+    struct Rows {
+        rows: Vec<Object>,
+        counter: u32,
+        steps: Vec<&'static str>,
+    }
+
+    impl AddSteps for Rows {
+        type Error = DbError;
+
+        fn registered_as(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
+            self.steps.push("registered_as");
+            Ok(self
+                .rows
+                .iter()
+                .find(|o| o.parent == parent && o.name == name)
+                .cloned())
+        }
+
+        fn check_directory(&mut self, id: u32) -> Result<()> {
+            self.steps.push("check_directory");
+            match self.rows.iter().find(|o| o.id == id) {
+                None => Err(DbError::NoSuchId(id)),
+                Some(o) if o.kind != Kind::Dir => Err(DbError::NotADirectory(id)),
+                Some(_) => Ok(()),
+            }
+        }
+
+        fn pick_id(&mut self, hint: Option<u32>) -> Result<u32> {
+            self.steps.push("pick_id");
+            self.counter = hint.unwrap_or(self.counter + 1).max(self.counter);
+            Ok(self.counter)
+        }
+
+        fn insert_checked(&mut self, object: &Object) -> Result<()> {
+            self.steps.push("insert_checked");
+            self.rows.push(object.clone());
+            Ok(())
+        }
+    }
+
+    fn new(parent: u32, name: &[u8], kind: Kind, hint: Option<u32>) -> NewObject {
+        NewObject {
+            parent,
+            name: name.to_vec(),
+            kind,
+            dev: 1,
+            ino: 2,
+            type_code: *b"TEXT",
+            creator: *b"ttxt",
+            flags: 0x0100,
+            ctime: 3,
+            hint,
+        }
+    }
+
+    /// A store holding the root (2) and one file in it (17).
+    fn store() -> Rows {
+        let mut rows = Rows::default();
+        for (id, parent, name, kind) in [(2, 1, &b"vol"[..], Kind::Dir), (17, 2, b"f", Kind::File)]
+        {
+            rows.rows.push(Object {
+                id,
+                parent,
+                name: name.to_vec(),
+                kind,
+                dev: 1,
+                ino: u64::from(id),
+                type_code: [0; 4],
+                creator: [0; 4],
+                flags: 0,
+                ctime: 0,
+            });
+        }
+        rows.counter = 17;
+        rows
+    }
+
+    #[test]
+    fn a_new_name_is_inserted_with_every_field_and_the_hint() {
+        let mut s = store();
+        let (o, created) = lookup_or_add(&mut s, &new(2, b"g", Kind::File, Some(40))).unwrap();
+        assert!(created);
+        assert_eq!((o.id, o.parent, &o.name[..]), (40, 2, &b"g"[..]));
+        assert_eq!((o.dev, o.ino, o.ctime, o.flags), (1, 2, 3, 0x0100));
+        assert_eq!((o.type_code, o.creator), (*b"TEXT", *b"ttxt"));
+        assert_eq!(s.rows.last(), Some(&o));
+        assert_eq!(
+            s.steps,
+            [
+                "registered_as",
+                "check_directory",
+                "pick_id",
+                "insert_checked"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_registered_name_comes_back_unchanged_and_nothing_is_inserted() {
+        let mut s = store();
+        let (o, created) = lookup_or_add(&mut s, &new(2, b"f", Kind::File, Some(99))).unwrap();
+        assert!(!created);
+        assert_eq!(o.id, 17);
+        assert_eq!((s.rows.len(), s.counter), (2, 17));
+        assert_eq!(s.steps, ["registered_as"]);
+    }
+
+    #[test]
+    fn a_bad_name_is_refused_before_any_read_and_a_file_is_no_parent() {
+        let mut s = store();
+        for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
+            let e = lookup_or_add(&mut s, &new(2, bad, Kind::File, None)).unwrap_err();
+            assert!(matches!(e, DbError::InvalidName(..)), "{bad:?}: {e}");
+        }
+        assert!(s.steps.is_empty());
+        let e = lookup_or_add(&mut s, &new(17, b"x", Kind::File, None)).unwrap_err();
+        assert!(matches!(e, DbError::NotADirectory(17)), "{e}");
+        let e = lookup_or_add(&mut s, &new(99, b"x", Kind::File, None)).unwrap_err();
+        assert!(matches!(e, DbError::NoSuchId(99)), "{e}");
+        assert_eq!(
+            (s.rows.len(), s.counter),
+            (2, 17),
+            "nothing inserted, no ID taken"
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! SQLite's one writer does: the counter a batch reads is the newest, an ID is handed out once,
 //! and the batch numbers (`change_seq`) of the change log become visible in their order.
 
+use deskd_db::write_batch::{lookup_or_add, AddSteps};
 use deskd_db::{
     ids, validate_name, ApplRecord, DbError, Durability, IconRecord, InfoUpdate, Kind, NameChange,
     NewObject, Object,
@@ -460,55 +461,16 @@ impl PgBatch<'_> {
             .get(0))
     }
 
-    fn require_dir(&mut self, id: u32) -> Result<()> {
-        match self.get(id) {
-            Ok(o) if o.kind == Kind::Dir => Ok(()),
-            Ok(_) => Err(DbError::NotADirectory(id).into()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The hint when it is allowed and free, else the counter's next allowed value.
-    fn allocate(&mut self, hint: Option<u32>) -> Result<u32> {
-        if let Some(h) = hint {
-            if !ids::is_forbidden(h) && !self.id_taken(h)? {
-                self.last_id = self.last_id.max(h);
-                return Ok(h);
-            }
-        }
-        let candidate = ids::next_candidate(self.last_id).ok_or(DbError::IdSpaceExhausted)?;
-        self.last_id = candidate;
-        Ok(candidate)
-    }
-
     /// A new ID from the counter, never one handed out before.
     pub fn allocate_id(&mut self) -> Result<u32> {
-        self.allocate(None)
+        self.pick_id(None)
     }
 
     /// Register a new object and return it with `true`; an object already registered under
-    /// that name in that directory comes back with `false` (lookup-or-add).
+    /// that name in that directory comes back with `false` (lookup-or-add, by deskd-db's
+    /// [`lookup_or_add`], the same rules as the SQLite desktop's).
     pub fn add(&mut self, new: &NewObject) -> Result<(Object, bool)> {
-        validate_name(&new.name)?;
-        if let Some(existing) = self.lookup(new.parent, &new.name)? {
-            return Ok((existing, false));
-        }
-        self.require_dir(new.parent)?;
-        let id = self.allocate(new.hint)?;
-        let object = Object {
-            id,
-            parent: new.parent,
-            name: new.name.clone(),
-            kind: new.kind,
-            dev: new.dev,
-            ino: new.ino,
-            type_code: new.type_code,
-            creator: new.creator,
-            flags: new.flags,
-            ctime: new.ctime,
-        };
-        self.insert_row(&object)?;
-        Ok((object, true))
+        lookup_or_add(self, new)
     }
 
     /// Insert one object row with its search key (no checks: callers check first).
@@ -547,7 +509,7 @@ impl PgBatch<'_> {
         if ids::is_forbidden(o.id) || self.id_taken(o.id)? {
             return Err(DbError::Corrupt(format!("ID {} is not free", o.id)).into());
         }
-        self.require_dir(o.parent)?;
+        self.check_directory(o.parent)?;
         if let Some(existing) = self.lookup(o.parent, &o.name)? {
             return Err(DbError::Exists {
                 parent: o.parent,
@@ -581,7 +543,7 @@ impl PgBatch<'_> {
             return Err(DbError::Root("renamed").into());
         }
         let object = self.get(id)?;
-        self.require_dir(new_parent)?;
+        self.check_directory(new_parent)?;
         if object.kind == Kind::Dir {
             let mut cursor = new_parent;
             while cursor != deskd_db::ROOT_ID && cursor != deskd_db::ROOT_PARENT_ID {
@@ -787,7 +749,7 @@ impl PgBatch<'_> {
         if o.id == deskd_db::ROOT_ID {
             return Err(DbError::Root("moved").into());
         }
-        self.require_dir(o.parent)?;
+        self.check_directory(o.parent)?;
         let mut cursor = o.parent;
         while cursor != deskd_db::ROOT_ID && cursor != deskd_db::ROOT_PARENT_ID {
             if cursor == o.id {
@@ -847,5 +809,39 @@ impl PgBatch<'_> {
         self.changed.push(id);
         self.names.push(NameChange::Remove(id));
         Ok(())
+    }
+}
+
+/// The steps of deskd-db's [`lookup_or_add`] on PostgreSQL; the checks and the allocation
+/// here serve the batch's other writes too.
+impl AddSteps for PgBatch<'_> {
+    type Error = PgError;
+
+    fn registered_as(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
+        read::lookup(self.tx.get_mut(), self.vid, parent, name)
+    }
+
+    fn check_directory(&mut self, id: u32) -> Result<()> {
+        match self.get(id)?.kind {
+            Kind::Dir => Ok(()),
+            _ => Err(DbError::NotADirectory(id).into()),
+        }
+    }
+
+    /// The hint when it is allowed and free, else the counter's next allowed value.
+    fn pick_id(&mut self, hint: Option<u32>) -> Result<u32> {
+        if let Some(h) = hint.filter(|&h| !ids::is_forbidden(h)) {
+            if !self.id_taken(h)? {
+                self.last_id = self.last_id.max(h);
+                return Ok(h);
+            }
+        }
+        let candidate = ids::next_candidate(self.last_id).ok_or(DbError::IdSpaceExhausted)?;
+        self.last_id = candidate;
+        Ok(candidate)
+    }
+
+    fn insert_checked(&mut self, object: &Object) -> Result<()> {
+        self.insert_row(object)
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use clap::{Parser, Subcommand};
 use deskd_client::{Client, FindMode, Request, Response};
+use deskd_db::bench_names;
 
 #[derive(Parser)]
 #[command(
@@ -174,23 +175,6 @@ enum Command {
     },
 }
 
-fn name(d: u32, f: u32) -> String {
-    // Varied, realistic-looking names so substring queries have something to find.
-    const WORDS: [&str; 8] = [
-        "report", "layout", "invoice", "photo", "draft", "scan", "proof", "final",
-    ];
-    format!(
-        "{}-{:04}-{}-{f:06}.dat",
-        WORDS[(f % 8) as usize],
-        d,
-        WORDS[((f / 8) % 8) as usize]
-    )
-}
-
-fn dir_name(d: u32) -> String {
-    format!("dir{d:04}")
-}
-
 /// Connect to `--socket`: a socket path, or `tcp://HOST:PORT` with the token of
 /// `$DESKD_TOKEN_FILE`.
 fn connect(socket: &Path) -> Result<Client> {
@@ -326,10 +310,10 @@ fn main() -> Result<()> {
         } => {
             let t = Instant::now();
             for d in 0..dirs {
-                let dir = root.join(dir_name(d));
+                let dir = root.join(bench_names::dir_name(d));
                 std::fs::create_dir_all(&dir)?;
                 for f in 0..per_dir {
-                    std::fs::File::create(dir.join(name(d, f)))?;
+                    std::fs::File::create(dir.join(bench_names::file_name(d, f)))?;
                 }
             }
             println!(
@@ -371,17 +355,17 @@ fn main() -> Result<()> {
                         let dir = client
                             .object(Request::AddPath {
                                 vol,
-                                path: dir_name(d).into_bytes(),
+                                path: bench_names::dir_name(d).into_bytes(),
                                 hint: None,
                                 type_code: None,
                                 creator: None,
                                 carried: None,
                             })
                             .map_err(|e| anyhow!("{e}"))?;
-                        let dir_path = root.join(dir_name(d));
+                        let dir_path = root.join(bench_names::dir_name(d));
                         let mut inflight = std::collections::VecDeque::new();
                         for f in 0..per_dir {
-                            let n = name(d, f);
+                            let n = bench_names::file_name(d, f);
                             let meta = std::fs::symlink_metadata(dir_path.join(&n))?;
                             let id = client
                                 .send(Request::Add {

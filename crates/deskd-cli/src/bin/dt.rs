@@ -340,13 +340,31 @@ enum Command {
     },
 }
 
+impl Command {
+    /// The verb's name when it only looks at volumes (registering what it shows at most):
+    /// its errors then fit a reader, not a writer (see `Session::for_reading`).
+    fn reading_verb(&self) -> Option<&'static str> {
+        match self {
+            Command::Ls { .. } => Some("ls"),
+            Command::Info { .. } => Some("info"),
+            Command::Find { .. } => Some("find"),
+            Command::Resolve { .. } => Some("resolve"),
+            _ => None,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     deskd_docgen::handle_generate(<Cli as clap::CommandFactory>::command);
     // `dt ls | head` ends quietly, as ls(1) does (only the listing verbs write to stdout).
     deskd_cli::output::end_quietly_on_a_closed_pipe();
     let cli = Cli::parse();
+    let session = Session::new(cli.connection.address());
     let mut dt = Dt {
-        session: Session::new(cli.connection.address()),
+        session: match cli.command.reading_verb() {
+            Some(verb) => session.for_reading(verb),
+            None => session,
+        },
         failed: false,
         serious: false,
     };
@@ -1622,13 +1640,23 @@ impl Dt {
         let from = self.session.place(src)?;
         let to = self.session.place(dest)?;
         let from_abs = from.abs_unless_root(src, "cannot move a volume root")?;
-        let to_abs = to.abs_unless_root(dest, "cannot replace a volume root")?;
+        // A missing source is named before the destination is judged, as mv(1) does: `dt mv
+        // GONE VOL/` gets here with the volume root as `dest` (nothing of GONE's name is in
+        // it, so it could have been what a cut-short move made), and must say GONE is missing,
+        // not that a root cannot be replaced. A root is never what a move made, so no resuming
+        // onto one.
+        let to_abs = to.abs_unless_root(dest, "cannot replace a volume root");
         if let Err(e) = fs::symlink_metadata(&from_abs) {
-            if e.kind() == std::io::ErrorKind::NotFound && self.resume_move(&from, &to, &to_abs)? {
-                return Ok(true);
+            if e.kind() == std::io::ErrorKind::NotFound {
+                if let Ok(to_abs) = &to_abs {
+                    if self.resume_move(&from, &to, to_abs)? {
+                        return Ok(true);
+                    }
+                }
             }
             must_exist(&from_abs, src).map_err(|e| anyhow!("cannot move {e}"))?;
         }
+        let to_abs = to_abs?;
         // Both folders resolved once, to open directories (in a volume without following a
         // link on the way): whatever their owners do to the names from here on, the move
         // happens where it was checked (docs/security.md, "dt's path races").
@@ -2231,7 +2259,10 @@ impl Dt {
         match result {
             Ok(m) => Some(m),
             Err(e) => {
-                eprintln!("dt: {e:#} (listing without IDs)");
+                eprintln!(
+                    "dt: {} (listing without IDs)",
+                    at::readable(&format!("{e:#}"))
+                );
                 None
             }
         }
