@@ -26,7 +26,8 @@
 #   KEEP=1 ... then REUSE=/that/run/dir STEPS="find restart rebuild" scripts/bench-scale.sh
 #                                                      # measure the volumes a KEEP=1 run left
 #
-# STEPS (default: all) names the steps to measure: creation resolve find restart rebuild.
+# STEPS (default: all) names the steps to measure: creation resolve find restart rebuild
+# (-f and -s) repair.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 read -r -a SIZES <<<"${SIZES:-1000000 5000000}"
@@ -35,10 +36,10 @@ OPS=${OPS:-20000}
 PER_DIR=10000
 DEPTH=1024
 BUSY_CPUS=${BUSY_CPUS:-0 1}
-STEPS=" ${STEPS:-creation resolve find restart rebuild} "
+STEPS=" ${STEPS:-creation resolve find restart rebuild repair} "
 for s in $STEPS; do
-    case $s in creation | resolve | find | restart | rebuild) ;; *)
-        echo "bench-scale.sh: unknown step \"$s\" in STEPS (creation resolve find restart rebuild)" >&2
+    case $s in creation | resolve | find | restart | rebuild | repair) ;; *)
+        echo "bench-scale.sh: unknown step \"$s\" in STEPS (creation resolve find restart rebuild repair)" >&2
         exit 2
         ;;
     esac
@@ -158,7 +159,7 @@ for size in "${SIZES[@]}"; do
     fi
     stop_server
 
-    if ! step rebuild; then
+    if ! step rebuild && ! step repair; then
         [ "${KEEP:-0}" = 1 ] || [ -n "${REUSE:-}" ] || rm -rf "$vol"
         continue
     fi
@@ -167,15 +168,22 @@ for size in "${SIZES[@]}"; do
     # xattr), then that and every resource file read (`-s` compares them), then every resource
     # file written anew (the repair). Past what the page cache holds (about 1M objects per
     # 6 GB here) these become disk reads, for any implementation.
-    read -r s m < <(timed find "$vol" -printf '%s\n')
-    record "$objects" "floor of -f: find -printf %s (every inode)" "$s" s "$m"
-    read -r s m < <(timed "$BIN/deskd" rebuild -f --force "$vol")
-    record "$objects" "rebuild -f" "$s" s "$m"
-    read -r s m < <(timed sh -c "find '$vol' -printf '%s\n' >/dev/null &&
-        find '$vol' -path '*/.rsrc/*' -type f -print0 | xargs -0 cat >/dev/null")
-    record "$objects" "floor of -s: find, then cat every resource file" "$s" s "$m"
-    read -r s m < <(timed "$BIN/deskd" rebuild -s "$vol")
-    record "$objects" "rebuild -s" "$s" s "$m"
+    if step rebuild; then
+        read -r s m < <(timed find "$vol" -printf '%s\n')
+        record "$objects" "floor of -f: find -printf %s (every inode)" "$s" s "$m"
+        read -r s m < <(timed "$BIN/deskd" rebuild -f --force "$vol")
+        record "$objects" "rebuild -f" "$s" s "$m"
+        read -r s m < <(timed sh -c "find '$vol' -printf '%s\n' >/dev/null &&
+            find '$vol' -path '*/.rsrc/*' -type f -print0 | xargs -0 cat >/dev/null")
+        record "$objects" "floor of -s: find, then cat every resource file" "$s" s "$m"
+        read -r s m < <(timed "$BIN/deskd" rebuild -s "$vol")
+        record "$objects" "rebuild -s" "$s" s "$m"
+    fi
+    if ! step repair; then
+        echo "rebuilds: $(grep -P "^$objects\t(rebuild|floor)" "$RESULTS" | cut -f2-5 | tr '\t\n' ' ;')"
+        [ "${KEEP:-0}" = 1 ] || [ -n "${REUSE:-}" ] || rm -rf "$vol"
+        continue
+    fi
     find "$vol" -name .rsrc -type d -prune -exec rm -rf {} +
     sync
     read -r s m < <(timed sh -c "find '$vol' -mindepth 1 -maxdepth 1 -type d -exec mkdir {}/.rsrc \; &&
