@@ -2,7 +2,7 @@
 //! owner) learns of the volume's activity from `Status`, `Watch` and `Metrics`: the counts that
 //! move with every change (objects, the ID counter, the WAL, the watcher's events, the commits)
 //! rounded down to a grain, so that polling them does not show another user's work as it
-//! happens, a file at a time, in folders the asker may not list (hostile review 35, finding 7).
+//! happens, a file at a time, in folders the asker may not list (a hostile review of 2026-12-06, finding 7).
 //! The volume's admin sees the exact figures. The rounding keeps every figure's direction
 //! (counters never go down) and is documented in docs/security.md.
 

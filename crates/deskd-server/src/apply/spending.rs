@@ -1,4 +1,4 @@
-//! What the watcher spends of the ID space for each user (hostile review 35, finding 4). A user
+//! What the watcher spends of the ID space for each user (a hostile review of 2026-12-06, finding 4). A user
 //! who creates and removes files in a loop, in a shell or over SMB, burns IDs without any
 //! connection to deskd, so neither the audit log nor the list of active users would name them.
 //!

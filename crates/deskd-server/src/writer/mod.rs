@@ -188,7 +188,7 @@ pub(crate) struct Writer {
     wal_writeback: wal_writeback::WalWriteback,
     /// The objects the watcher registered lately: a temporary renamed over a name (a save).
     watch_young: crate::apply::watched::Young,
-    /// New IDs the watcher handed out per user in the current window (hostile review 35, 4).
+    /// New IDs the watcher handed out per user in the current window (hostile review of 2026-12-06, finding 4).
     watch_spending: crate::apply::spending::Spending,
     /// Runs the checkpoints nobody waits for beside the writer (None: its connection could
     /// not be opened, or no desktop; then the writer runs them itself, as writes wait).
