@@ -7,14 +7,14 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 # command that fails is timed all the same (its messages still reach standard error).
 elapsed() { local s e; s=$(date +%s.%N); "$@" >/dev/null || true; e=$(date +%s.%N); echo "$e - $s" | bc; }
 
-# Wait until FILE has a line containing TEXT (10 s at most; a server's start-up line).
+# Wait until FILE has a line containing TEXT (SECONDS at most, default 10: a server's start-up line).
 wait_for_line() {
-    local i
-    for i in $(seq 200); do
+    local i seconds=${3:-10}
+    for i in $(seq $((seconds * 20))); do
         grep -q "$2" "$1" 2>/dev/null && return 0
         sleep 0.05
     done
-    echo "no \"$2\" in $1 after 10 s:" >&2
+    echo "no \"$2\" in $1 after $seconds s:" >&2
     cat "$1" >&2
     return 1
 }

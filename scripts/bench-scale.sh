@@ -139,6 +139,8 @@ for size in "${SIZES[@]}"; do
     done
 
     if step find; then
+        # Answered from the name index with its lists, as a server that has run a while does.
+        wait_for_line "$WORK/server.log" "name index trigram lists ready" 300
         find_p50=$(bench find --runs "$RUNS" "${PATTERNS[@]}" | jget find_p50_ms)
         record "$objects" "find p50" "$find_p50" ms "$(hwm_kib)"
         echo "find p50: $find_p50 ms"
@@ -150,7 +152,8 @@ for size in "${SIZES[@]}"; do
         kill -9 "$SERVER"
         wait "$SERVER" 2>/dev/null || true
         "$BIN/deskd" serve --socket "$SOCK" "$vol" 2>"$WORK/server.log" & SERVER=$!
-        restarts+=("$(bench first-answer | jget first_answer_ms)")
+        # The root (ID 2): every desktop has it, whatever IDs a rebuild gave the rest.
+        restarts+=("$(bench first-answer --id 2 | jget first_answer_ms)")
         hwms+=("$(hwm_kib)")
     done
     if step restart; then

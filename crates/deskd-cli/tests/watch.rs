@@ -594,9 +594,9 @@ fn inotify_tracks_a_mv_a_new_tree_and_an_rm() {
     assert_eq!(env.watch_status("vol")["kind"], "inotify");
 }
 
-#[test]
-fn ids_one_user_burns_in_a_loop_are_capped_named_and_the_survivors_registered_later() {
-    // A small budget and window, so that the test sees both ends of it.
+/// A watched volume with a budget of 50 new IDs per user in windows of 2 s, and `pub`, a
+/// folder nobody owns; returns the env and the counter before nobody starts.
+fn budgeted() -> (Env, u32) {
     let env = watched("[defaults]\nwatch_budget = 50\nwatch_budget_seconds = 2\n");
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
@@ -605,7 +605,32 @@ fn ids_one_user_burns_in_a_loop_are_capped_named_and_the_survivors_registered_la
     std::os::unix::fs::chown(&pub_dir, Some(65534), Some(65534)).unwrap();
     env.watch_barrier("vol");
     let last = desktop_counter(&root(&env));
+    (env, last)
+}
 
+/// Wait, window after window (each ends with an audit line for uid 65534), until `pub` holds
+/// `objects` records; returns them.
+fn registered_in_later_windows(env: &Env, objects: usize) -> BTreeMap<String, u32> {
+    let began = std::time::Instant::now();
+    let mut windows = 1;
+    while desktop_below(env, "pub").len() < objects {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(60),
+            "the held-back files were not registered: {:?}\n{}",
+            desktop_below(env, "pub"),
+            env.log_text()
+        );
+        // No other activity: the watcher itself gives the writer its turn when a window ends.
+        env.wait_for_log("uid 65534 (owner of objects the watcher saw)", windows);
+        windows += 1;
+        env.watch_barrier("vol");
+    }
+    assert_tree_like_dt(env, "pub")
+}
+
+#[test]
+fn ids_one_user_burns_in_a_loop_are_capped_named_and_the_survivors_registered_later() {
+    let (env, last) = budgeted();
     // nobody, with no connection to deskd: 300 files made and removed in a loop, 200 kept.
     env.sh_as_nobody(
         "cd vol/pub && i=0; while [ $i -lt 300 ]; do : > t$i; rm t$i; i=$((i+1)); done; \
@@ -619,22 +644,13 @@ fn ids_one_user_burns_in_a_loop_are_capped_named_and_the_survivors_registered_la
         "{used} IDs handed out for nobody's objects, budget 50"
     );
     // The log names the user.
-    env.wait_for_log("the objects of uid 65534 got 50 new IDs within 2 s", 1);
-
-    // At the window's end its folder is rescanned: what is still there gets its ID, in the
-    // desktop, resource files and mirrors as dt leaves them; the loop's files never did.
-    let began = std::time::Instant::now();
-    while desktop_below(&env, "pub").len() < 201 {
-        assert!(
-            began.elapsed() < std::time::Duration::from_secs(30),
-            "the kept files were not registered: {:?}\n{}",
-            desktop_below(&env, "pub"),
-            env.log_text()
-        );
-        env.wait_for_log("left to the rescan", 1);
-        env.watch_barrier("vol");
-    }
-    let desktop = assert_tree_like_dt(&env, "pub");
+    env.wait_for_log(
+        "the objects of uid 65534 reached the budget of 50 new IDs in 2 s",
+        1,
+    );
+    // Window after window what is still there gets its ID (50 a window), in the desktop,
+    // resource files and mirrors as dt leaves them; the loop's files never did.
+    let desktop = registered_in_later_windows(&env, 201);
     assert_eq!(
         desktop.len(),
         201,
@@ -647,8 +663,79 @@ fn ids_one_user_burns_in_a_loop_are_capped_named_and_the_survivors_registered_la
     assert!(
         log.lines().any(|l| l.contains("deskd::audit")
             && l.contains("uid 65534 (owner of objects the watcher saw)")
-            && l.contains("left to the rescan")),
+            && l.contains("held back over the budget")),
         "{log}"
+    );
+}
+
+#[test]
+fn a_folder_moved_in_or_names_exchanged_are_charged_per_object() {
+    let (env, last) = budgeted();
+    let nob_outside = env.path("outside").join("nob");
+    std::fs::create_dir(&nob_outside).unwrap();
+    std::os::unix::fs::chown(&nob_outside, Some(65534), Some(65534)).unwrap();
+    // A folder of 300 files made outside the volume, moved in at once; then two names
+    // exchanged (renameat2), which the watcher answers with a rescan of both folders.
+    env.sh_as_nobody(
+        "mkdir outside/nob/t && cd outside/nob/t && i=0; while [ $i -lt 300 ]; do : > f$i; \
+         i=$((i+1)); done && mv ../t ../../../vol/pub/t",
+    );
+    env.watch_barrier("vol");
+    let used = desktop_counter(&root(&env)) - last;
+    assert!(used <= 51, "{used} IDs for one folder moved in, budget 50");
+    let exchange = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); \
+        os.makedirs('vol/pub/a', exist_ok=True); os.makedirs('vol/pub/b', exist_ok=True); \
+        [open('vol/pub/a/x%d' % i, 'w').close() for i in range(200)]; \
+        r = libc.renameat2(-100, b'vol/pub/a', -100, b'vol/pub/b', 2); \
+        assert r == 0, os.strerror(ctypes.get_errno())";
+    env.sh_as_nobody(&format!("python3 -c \"{exchange}\""));
+    env.watch_barrier("vol");
+    let used = desktop_counter(&root(&env)) - last;
+    assert!(
+        used <= 102,
+        "{used} IDs after an exchange of two folders, budget 50 a window"
+    );
+    // All of it registered in later windows.
+    let desktop = registered_in_later_windows(&env, 1 + 1 + 300 + 2 + 200);
+    assert!(desktop.contains_key("pub/t/f299"), "{desktop:?}");
+    env.rebuild_scan_silent("vol");
+}
+
+#[test]
+fn hard_links_to_another_users_file_do_not_spend_that_users_budget() {
+    let (env, _) = budgeted();
+    const VICTIM: u32 = 4321;
+    let vic = root(&env).join("vic");
+    std::fs::create_dir(&vic).unwrap();
+    std::os::unix::fs::chown(&vic, Some(VICTIM), Some(VICTIM)).unwrap();
+    let shared = vic.join("shared");
+    std::fs::write(&shared, b"victim's").unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(&shared, Some(VICTIM), Some(VICTIM)).unwrap();
+    env.watch_barrier("vol");
+    // nobody links the victim's file 80 times (protected_hardlinks allows it: it may write it).
+    env.sh_as_nobody(
+        "cd vol/pub && i=0; while [ $i -lt 80 ]; do ln ../vic/shared l$i; i=$((i+1)); done",
+    );
+    env.watch_barrier("vol");
+    env.wait_for_log(
+        "the objects of files with several names (hard links, whoever made them) reached",
+        1,
+    );
+    // The victim's own new file is registered at once: its budget is untouched.
+    let mine = vic.join("mine");
+    std::fs::write(&mine, b"").unwrap();
+    std::os::unix::fs::chown(&mine, Some(VICTIM), Some(VICTIM)).unwrap();
+    env.watch_barrier("vol");
+    assert!(
+        desktop_below(&env, "vic").contains_key("vic/mine"),
+        "{}",
+        env.log_text()
+    );
+    assert!(
+        !env.log_text().contains("the objects of uid 4321 reached"),
+        "{}",
+        env.log_text()
     );
 }
 

@@ -790,7 +790,9 @@ pub struct VolumeWatch {
 /// A rescan of a watched volume by the online repair.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchRescan {
-    /// `start` (every start of a watched volume) or `overflow`.
+    /// `start` (every start of a watched volume), `overflow` (events lost, or a tree too
+    /// large to register inline), or `budget` (more new objects held back over the watcher's
+    /// budget than it keeps to try again).
     pub reason: String,
     /// Whether it runs now.
     pub running: bool,

@@ -848,9 +848,23 @@ impl Connection {
                 )))
             }
             // No secret: sizes and counts, no paths; `status` tells every peer more.
-            Request::Memory => Ok(Response::Memory(crate::memory::figures(
-                &self.shared.volumes(),
-            ))),
+            Request::Memory => {
+                let volumes = self.shared.volumes();
+                let mut figures = crate::memory::figures(&volumes);
+                // A desktop's exact size moves with every commit: rounded for those who are
+                // not its volume's admin, as status's counts are.
+                for shown in &mut figures.volumes {
+                    let admin = self.access.is_trusted()
+                        || volumes
+                            .iter()
+                            .find(|h| h.index == shown.vol)
+                            .is_some_and(|h| self.require_admin(h).is_ok());
+                    if !admin {
+                        shown.desktop_bytes = crate::coarse::bytes(shown.desktop_bytes);
+                    }
+                }
+                Ok(Response::Memory(figures))
+            }
             // The barrier first: every change the volume's watcher has queued is applied
             // before the flush (and the freeze, which flushes).
             Request::Flush { vol } => {

@@ -30,6 +30,9 @@ pub struct Node {
     pub ctime: i64,
     /// The owner (`st_uid`).
     pub uid: u32,
+    /// Names the inode has (`st_nlink`): a file with more than one may be another user's,
+    /// linked by whoever could (the watcher's budget does not charge its owner).
+    pub nlink: u64,
 }
 
 /// Where a walk got to.
@@ -94,6 +97,7 @@ fn node_of(fd: BorrowedFd<'_>) -> Result<Node, Errno> {
         kind,
         ctime: st.st_ctime,
         uid: st.st_uid,
+        nlink: st.st_nlink,
     })
 }
 

@@ -1,5 +1,14 @@
-//! Trigram posting lists over the name index's arena, so that `find` touches the names that
-//! can match instead of every name of the volume.
+//! Trigram and four-gram posting lists over the name index's arena, so that `find` touches the
+//! names that can match instead of every name of the volume.
+//!
+//! Four-grams: on a large volume every trigram of a long needle is common (`-00`, `99-`), and
+//! the rarest trigram's list grows with the volume while the needle's hits do not; a four-gram
+//! (`099-`) is far more often as rare as the needle, so needles of four bytes or more are
+//! looked up by their four-grams, which keeps find's candidate search near constant from 1 to
+//! 5 million names. They cost memory (docs/PERFORMANCE.md, "Find at scale"), so only keys of at
+//! most [`MAX_QUAD_KEY`] bytes have them: a longer key's block is listed in `long_keys`, and a
+//! four-gram lookup adds the blocks that hold a long key with every trigram of the needle (a
+//! user naming files with long random bytes gets the trigram cost, not four times it).
 //!
 //! Every distinct three-byte window of each framed key `\0key\0` (the NUL frame included, so
 //! that a prefix `\0ab` or an exact `\0abc\0` needle has trigrams too) lists the *blocks* of
@@ -39,11 +48,40 @@ const SKIP_EVERY: u32 = 32;
 /// Lists up to this many times as long as the rarest take part in a query's intersection.
 const LEAPFROG_RATIO: usize = 64;
 
-/// Three bytes as the key of a posting list.
-type Gram = u32;
+/// Keys longer than this many bytes have no four-grams (see the module documentation).
+const MAX_QUAD_KEY: usize = 64;
+
+/// Three or four bytes, and which, as the key of a posting list.
+type Gram = u64;
 
 fn gram(window: &[u8]) -> Gram {
-    u32::from_le_bytes([window[0], window[1], window[2], 0])
+    match *window {
+        [a, b, c] => u64::from(u32::from_le_bytes([a, b, c, 0])) | 3 << 32,
+        [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])) | 4 << 32,
+        _ => unreachable!("grams are three or four bytes"),
+    }
+}
+
+/// The windows of `n` bytes (3 or 4) of the framed key `\0key\0`, without copying it.
+fn framed_windows(key: &[u8], n: usize, mut each: impl FnMut(&[u8])) {
+    let at = |p: usize| {
+        if p == 0 || p == key.len() + 1 {
+            0
+        } else {
+            key[p - 1]
+        }
+    };
+    let framed = key.len() + 2;
+    let mut window = [0u8; 4];
+    for start in 0..=framed.saturating_sub(n) {
+        if start + n > framed {
+            break;
+        }
+        for (i, slot) in window[..n].iter_mut().enumerate() {
+            *slot = at(start + i);
+        }
+        each(&window[..n]);
+    }
 }
 
 /// The trigram map's hash: a keyed multiply-xorshift of the three bytes. SipHash (std's
@@ -82,7 +120,11 @@ impl Hasher for GramHasher {
     }
 
     fn write_u32(&mut self, n: u32) {
-        let mut h = (self.0 ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.write_u64(n as u64);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        let mut h = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         h ^= h >> 32;
         h = h.wrapping_mul(0xD6E8_FEB8_6659_FD93);
         self.0 = h ^ (h >> 29);
@@ -263,12 +305,15 @@ impl Iterator for Blocks<'_> {
 /// The posting lists of one arena.
 pub(super) struct Grams {
     lists: HashMap<Gram, Postings, GramState>,
+    /// The blocks holding a key longer than [`MAX_QUAD_KEY`] (listed by trigrams only).
+    long_keys: Box<Postings>,
 }
 
 impl Default for Grams {
     fn default() -> Self {
         Grams {
             lists: HashMap::with_hasher(GramState::random()),
+            long_keys: Box::default(),
         }
     }
 }
@@ -286,24 +331,23 @@ impl Grams {
     /// List entry `entry`, whose key is `key`.
     pub(super) fn add(&mut self, entry: usize, key: &[u8]) {
         let block = (entry >> BLOCK_SHIFT) as u32;
-        let mut push = |g: Gram| self.lists.entry(g).or_default().push(block);
-        // The framed key `\0key\0`, window by window, without copying it.
-        match key.len() {
-            0 => {}
-            1 => push(gram(&[0, key[0], 0])),
-            n => {
-                push(gram(&[0, key[0], key[1]]));
-                for window in key.windows(3) {
-                    push(gram(window));
-                }
-                push(gram(&[key[n - 2], key[n - 1], 0]));
-            }
+        let lists = &mut self.lists;
+        let mut push = |window: &[u8]| lists.entry(gram(window)).or_default().push(block);
+        framed_windows(key, 3, &mut push);
+        if key.len() <= MAX_QUAD_KEY {
+            framed_windows(key, 4, &mut push);
+        } else {
+            self.long_keys.push(block);
         }
     }
 
     /// Give back the lists' spare capacity (after a bulk build).
     pub(super) fn shrink(&mut self) {
-        for list in self.lists.values_mut() {
+        for list in self
+            .lists
+            .values_mut()
+            .chain(std::iter::once(&mut *self.long_keys))
+        {
             list.bytes.shrink_to_fit();
             list.skips.shrink_to_fit();
         }
@@ -314,20 +358,47 @@ impl Grams {
     pub(super) fn heap_bytes(&self) -> usize {
         self.lists
             .values()
+            .chain(std::iter::once(&*self.long_keys))
             .map(|l| l.bytes.len() + l.skips.len() * std::mem::size_of::<Skip>())
             .sum::<usize>()
             + self.lists.len() * std::mem::size_of::<(Gram, Postings)>()
             + self.lists.capacity()
     }
 
-    /// The blocks that may hold `needle`; [`Lookup::Scan`] when even its rarest trigram is in
+    /// The blocks that may hold `needle`; [`Lookup::Scan`] when even its rarest gram is in
     /// more than `scan_above` blocks.
     pub(super) fn lookup(&self, needle: &[u8], scan_above: usize) -> Lookup {
         if needle.len() < 3 || needle[1..needle.len() - 1].contains(&0) {
             return Lookup::Scan;
         }
+        if needle.len() < 4 {
+            return self.lookup_by(needle, 3, None, scan_above);
+        }
+        // By four-grams; the blocks of long keys (which have none) by trigrams, added.
+        let quads = self.lookup_by(needle, 4, None, scan_above);
+        if self.long_keys.len == 0 {
+            return quads;
+        }
+        match (
+            quads,
+            self.lookup_by(needle, 3, Some(&*self.long_keys), scan_above),
+        ) {
+            (Lookup::Blocks(a), Lookup::Blocks(b)) => Lookup::Blocks(merge(&a, &b)),
+            _ => Lookup::Scan,
+        }
+    }
+
+    /// The blocks in every list of the needle's `n`-grams (and in `also`, if given).
+    fn lookup_by(
+        &self,
+        needle: &[u8],
+        n: usize,
+        also: Option<&Postings>,
+        scan_above: usize,
+    ) -> Lookup {
         let mut lists = Vec::with_capacity(needle.len() - 2);
-        for window in needle.windows(3) {
+        lists.extend(also);
+        for window in needle.windows(n) {
             match self.lists.get(&gram(window)) {
                 Some(list) => lists.push(list),
                 None => return Lookup::Blocks(Vec::new()),
@@ -345,6 +416,32 @@ impl Grams {
             .collect();
         Lookup::Blocks(intersect_all(&taking))
     }
+}
+
+/// The blocks of two ascending lists together, ascending, each once.
+fn merge(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
 }
 
 #[cfg(test)]
@@ -413,5 +510,27 @@ mod tests {
         assert_eq!(g.lookup(b"zzz", 1), Lookup::Blocks(vec![]));
         assert_eq!(g.lookup(b"ab", 9), Lookup::Scan);
         assert_eq!(g.lookup(b"a\0b", 9), Lookup::Scan);
+    }
+
+    #[test]
+    fn four_grams_narrow_and_long_keys_are_found_by_their_trigrams() {
+        let mut g = Grams::default();
+        // "-0099-" in block 0 only; its trigrams everywhere.
+        g.add(0, b"proof-0099-draft");
+        g.add(BLOCK, b"proof-0199-draft");
+        g.add(2 * BLOCK, b"proof-1099-xdraft");
+        assert_eq!(g.lookup(b"-0099-", 9), Lookup::Blocks(vec![0]));
+        assert_eq!(g.lookup(b"099-", 9), Lookup::Blocks(vec![0, 2]));
+        assert_eq!(
+            g.lookup(b"99-", 9),
+            Lookup::Blocks(vec![0, 1, 2]),
+            "3 bytes: trigrams"
+        );
+        // A key too long for four-grams is still a candidate, by its trigrams.
+        let long = [b"x".repeat(MAX_QUAD_KEY), b"-0099-".to_vec()].concat();
+        g.add(3 * BLOCK, &long);
+        assert_eq!(g.lookup(b"-0099-", 9), Lookup::Blocks(vec![0, 3]));
+        assert_eq!(g.lookup(b"zz-0099-", 9), Lookup::Blocks(vec![]));
+        assert_eq!(merge(&[1, 3, 5], &[2, 3, 6]), vec![1, 2, 3, 5, 6]);
     }
 }

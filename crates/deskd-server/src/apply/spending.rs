@@ -1,29 +1,59 @@
-//! What the watcher spends of the ID space for each user (a hostile review of 2026-12-06, finding 4). A user
-//! who creates and removes files in a loop, in a shell or over SMB, burns IDs without any
-//! connection to deskd, so neither the audit log nor the list of active users would name them.
+//! What the watcher spends of the ID space for each user (a hostile review of 2026-12-06,
+//! finding 4). A user who creates and removes files in a loop, in a shell or over SMB, burns IDs
+//! without any connection to deskd, so neither the audit log nor the list of active users would
+//! name them.
 //!
-//! The writer counts the new IDs it hands out for the watcher by the owner (`st_uid`) of each
-//! new object, over fixed windows (`watch_budget_seconds`, [`DEFAULT_WINDOW`]). Past the budget
-//! (`watch_budget`, [`DEFAULT_BUDGET`]) in a window, that owner's
-//! further new objects are not registered as they are seen: the folders they were made in are
-//! kept (at most [`MAX_DEFERRED_DIRS`], beyond which the whole volume is rescanned) and
-//! rescanned once the window has ended, so what still exists then gets its ID (and `rebuild -s`
-//! agrees again), while what a loop made and removed meanwhile never cost one. A client that
-//! asks for such an object meanwhile registers it as always. Each window's spending is one
-//! audit line per user, and the first refusal of a window a warning naming the user.
+//! The writer counts the new IDs it hands out for the watcher by the payer of each new object,
+//! over windows (`watch_budget_seconds`, [`DEFAULT_WINDOW`]): its owner (`st_uid`), except a
+//! file with more than one name, which may be another user's linked by whoever could, and is
+//! charged to one common payer ([`HARD_LINKS`]) so that nobody can spend a victim's budget. Every
+//! object is checked, a created object, each entry of a tree registered with it (a folder moved
+//! in), and those of a rescan the watcher asked for. Past the budget (`watch_budget`,
+//! [`DEFAULT_BUDGET`]), the payer's further new objects are not registered as they are seen:
+//! their paths are kept (at most [`MAX_DEFERRED`]; beyond, the online repair walks the volume
+//! once the window ends) and tried again when the window has ended, as creates charged to the
+//! next window. So what still exists then gets its ID (and `rebuild -s` agrees again), what a
+//! loop made and removed meanwhile never cost one, and the work at a window's end is bounded by
+//! the budget, not by the size of the folders involved. A client that asks for such an object
+//! first registers it as always. Each window ends with one audit line per payer, and the first
+//! refusal of a window is a warning naming the payer.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
+
+use deskd_db::Kind;
+
+use crate::walk::Node;
 
 /// The window over which each user's new IDs are counted, unless configured.
 pub const DEFAULT_WINDOW: Duration =
     Duration::from_secs(crate::config::DEFAULT_WATCH_BUDGET_SECONDS);
 /// New IDs the watcher hands out for one user's objects in one window, unless configured.
 pub const DEFAULT_BUDGET: u64 = crate::config::DEFAULT_WATCH_BUDGET;
-/// Most folders remembered for the rescan at the window's end.
-pub const MAX_DEFERRED_DIRS: usize = 1_000;
+/// Most objects kept to try again when the window ends.
+pub const MAX_DEFERRED: usize = 10_000;
+/// The payer of files with more than one name (uid -1, which no user has).
+pub const HARD_LINKS: u32 = u32::MAX;
 
-/// What one user's objects cost in one window.
+/// Who pays for a new object: its owner, or [`HARD_LINKS`] for a file with other names.
+pub fn payer(node: &Node) -> u32 {
+    if node.kind != Kind::Dir && node.nlink > 1 {
+        HARD_LINKS
+    } else {
+        node.uid
+    }
+}
+
+/// A payer as the log names it.
+pub fn payer_text(payer: u32) -> String {
+    if payer == HARD_LINKS {
+        "files with several names (hard links, whoever made them)".to_owned()
+    } else {
+        format!("uid {payer}")
+    }
+}
+
+/// What one payer's objects cost in one window.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct UserSpending {
     pub uid: u32,
@@ -36,14 +66,14 @@ pub struct UserSpending {
 /// What the end of a window leaves to do and to say.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WindowEnded {
-    /// The window's length, seconds.
+    /// Seconds from the window's start to its end (the first batch after it was over).
     pub seconds: u64,
-    /// Each user whose objects got IDs or were deferred, by uid.
+    /// Each payer whose objects got IDs or were deferred, by uid.
     pub users: Vec<UserSpending>,
-    /// Folders with deferred objects, to rescan now (names from the root).
-    pub rescan: Vec<Vec<Vec<u8>>>,
-    /// More folders than [`MAX_DEFERRED_DIRS`] had deferred objects: rescan the whole volume.
-    pub rescan_all: bool,
+    /// Objects deferred, to try again now (names from the root).
+    pub retry: Vec<Vec<Vec<u8>>>,
+    /// More than [`MAX_DEFERRED`] were deferred: the online repair walks the volume.
+    pub repair: bool,
 }
 
 /// The writer's count for the current window.
@@ -53,8 +83,8 @@ pub struct Spending {
     window: Duration,
     started: Instant,
     users: HashMap<u32, UserSpending>,
-    deferred_dirs: BTreeSet<Vec<Vec<u8>>>,
-    too_many_dirs: bool,
+    deferred: BTreeSet<Vec<Vec<u8>>>,
+    too_many: bool,
 }
 
 impl Default for Spending {
@@ -64,8 +94,8 @@ impl Default for Spending {
             window: DEFAULT_WINDOW,
             started: Instant::now(),
             users: HashMap::new(),
-            deferred_dirs: BTreeSet::new(),
-            too_many_dirs: false,
+            deferred: BTreeSet::new(),
+            too_many: false,
         }
     }
 }
@@ -77,7 +107,7 @@ impl Spending {
         self.window = window.max(Duration::from_secs(1));
     }
 
-    /// New IDs per user per window.
+    /// New IDs per payer per window.
     pub fn budget(&self) -> u64 {
         self.budget
     }
@@ -87,15 +117,14 @@ impl Spending {
         self.window
     }
 
-    /// Whether the window has ended by `now` with something deferred to rescan: the watcher
-    /// then asks the writer for a turn although nothing new was seen.
-    pub fn rescan_due(&self, now: Instant) -> bool {
-        (self.too_many_dirs || !self.deferred_dirs.is_empty())
-            && now.duration_since(self.started) >= self.window
+    /// When the current window ends, if it deferred something: the watcher gives the writer a
+    /// turn then, although nothing new may have been seen.
+    pub fn due(&self) -> Option<Instant> {
+        (self.too_many || !self.deferred.is_empty()).then_some(self.started + self.window)
     }
 
-    /// End the window if it is over by `now`: what it spent and left to rescan (`None` when it
-    /// is not over, or nothing happened in it). A new window starts.
+    /// End the window if it is over by `now`: what it spent and left to try again (`None` when
+    /// it is not over, or nothing happened in it). A new window starts.
     pub fn roll(&mut self, now: Instant) -> Option<WindowEnded> {
         let length = now.duration_since(self.started);
         if length < self.window {
@@ -110,44 +139,42 @@ impl Spending {
         Some(WindowEnded {
             seconds: length.as_secs(),
             users,
-            rescan: std::mem::take(&mut self.deferred_dirs)
-                .into_iter()
-                .collect(),
-            rescan_all: std::mem::take(&mut self.too_many_dirs),
+            retry: std::mem::take(&mut self.deferred).into_iter().collect(),
+            repair: std::mem::take(&mut self.too_many),
         })
     }
 
-    /// Whether a new object of `uid` may get an ID now.
-    pub fn allows(&self, uid: u32) -> bool {
-        self.users.get(&uid).is_none_or(|u| u.ids < self.budget)
+    /// Whether a new object of `payer` may get an ID now.
+    pub fn allows(&self, payer: u32) -> bool {
+        self.users.get(&payer).is_none_or(|u| u.ids < self.budget)
     }
 
-    /// Count `ids` new IDs handed out for objects of `uid`.
-    pub fn spent(&mut self, uid: u32, ids: u64) {
+    /// Count `ids` new IDs handed out for objects of `payer`.
+    pub fn spent(&mut self, payer: u32, ids: u64) {
         if ids > 0 {
-            self.user(uid).ids += ids;
+            self.user(payer).ids += ids;
         }
     }
 
-    /// Note a new object of `uid` in the folder `dir` left unregistered. True for the first of
+    /// Note a new object of `payer` at `path` left unregistered. True for the payer's first of
     /// the window (the caller warns).
-    pub fn defer(&mut self, uid: u32, dir: &[Vec<u8>]) -> bool {
-        let user = self.user(uid);
+    pub fn defer(&mut self, payer: u32, path: &[Vec<u8>]) -> bool {
+        let user = self.user(payer);
         user.deferred += 1;
         let first = user.deferred == 1;
-        if !self.deferred_dirs.contains(dir) {
-            if self.deferred_dirs.len() < MAX_DEFERRED_DIRS {
-                self.deferred_dirs.insert(dir.to_vec());
+        if !self.deferred.contains(path) {
+            if self.deferred.len() < MAX_DEFERRED {
+                self.deferred.insert(path.to_vec());
             } else {
-                self.too_many_dirs = true;
+                self.too_many = true;
             }
         }
         first
     }
 
-    fn user(&mut self, uid: u32) -> &mut UserSpending {
-        self.users.entry(uid).or_insert(UserSpending {
-            uid,
+    fn user(&mut self, payer: u32) -> &mut UserSpending {
+        self.users.entry(payer).or_insert(UserSpending {
+            uid: payer,
             ..Default::default()
         })
     }
@@ -160,11 +187,22 @@ mod tests {
     const BUDGET: u64 = DEFAULT_BUDGET;
     const WINDOW: Duration = DEFAULT_WINDOW;
 
+    fn node(uid: u32, kind: Kind, nlink: u64) -> Node {
+        Node {
+            dev: 1,
+            ino: 2,
+            kind,
+            ctime: 0,
+            uid,
+            nlink,
+        }
+    }
+
     #[test]
     fn a_user_over_the_budget_is_deferred_until_the_window_ends() {
         let mut s = Spending::default();
         let start = s.started;
-        let dir = vec![b"nob".to_vec()];
+        let path = vec![b"nob".to_vec(), b"f".to_vec()];
         s.spent(1000, 5);
         assert!(s.allows(65534));
         s.spent(65534, BUDGET - 1);
@@ -172,11 +210,11 @@ mod tests {
         s.spent(65534, 1);
         assert!(!s.allows(65534), "at the budget");
         assert!(s.allows(1000), "others are not held back");
-        assert!(s.defer(65534, &dir), "the first refusal is reported");
-        assert!(!s.defer(65534, &dir), "once a window");
+        assert_eq!(s.due(), None, "nothing deferred yet");
+        assert!(s.defer(65534, &path), "the first refusal is reported");
+        assert!(!s.defer(65534, &path), "once a window");
+        assert_eq!(s.due(), Some(start + WINDOW));
         assert!(s.roll(start + WINDOW / 2).is_none());
-        assert!(!s.rescan_due(start + WINDOW / 2));
-        assert!(s.rescan_due(start + WINDOW));
         let ended = s.roll(start + WINDOW).expect("the window ended");
         assert_eq!(ended.seconds, WINDOW.as_secs());
         assert_eq!(
@@ -194,10 +232,10 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(ended.rescan, vec![dir]);
-        assert!(!ended.rescan_all);
+        assert_eq!(ended.retry, vec![path]);
+        assert!(!ended.repair);
         assert!(s.allows(65534), "a new window, a new budget");
-        assert!(!s.rescan_due(start + WINDOW * 3));
+        assert_eq!(s.due(), None);
         assert!(
             s.roll(start + WINDOW * 3).is_none(),
             "an idle window says nothing"
@@ -205,14 +243,26 @@ mod tests {
     }
 
     #[test]
-    fn too_many_folders_make_a_rescan_of_the_whole_volume() {
+    fn too_many_deferred_objects_make_a_repair_of_the_volume() {
         let mut s = Spending::default();
         s.spent(7, BUDGET);
-        for i in 0..=MAX_DEFERRED_DIRS {
-            s.defer(7, &[format!("d{i}").into_bytes()]);
+        for i in 0..=MAX_DEFERRED {
+            s.defer(7, &[format!("f{i}").into_bytes()]);
         }
         let ended = s.roll(s.started + WINDOW).unwrap();
-        assert_eq!(ended.rescan.len(), MAX_DEFERRED_DIRS);
-        assert!(ended.rescan_all);
+        assert_eq!(ended.retry.len(), MAX_DEFERRED);
+        assert!(ended.repair);
+    }
+
+    #[test]
+    fn a_file_with_several_names_is_charged_to_no_user() {
+        assert_eq!(payer(&node(1003, Kind::File, 1)), 1003);
+        assert_eq!(payer(&node(1003, Kind::File, 2)), HARD_LINKS);
+        assert_eq!(
+            payer(&node(1003, Kind::Dir, 5)),
+            1003,
+            "a folder's links are its own"
+        );
+        assert!(payer_text(HARD_LINKS).contains("hard links"));
     }
 }

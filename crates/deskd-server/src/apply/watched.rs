@@ -151,8 +151,15 @@ pub struct WatchedOutcome {
     pub over_budget: Vec<(u32, u64, Duration)>,
     /// New objects left unregistered in this batch (over their owner's budget).
     pub deferred: u64,
-    /// The spending window that ended with this batch (its folders are rescanned in it).
+    /// The spending window that ended with this batch (its deferred objects were tried
+    /// again in it).
     pub window: Option<super::spending::WindowEnded>,
+    /// When the current spending window ends, if it deferred objects: the watcher's thread
+    /// gives the writer a turn then.
+    pub deferred_until: Option<Instant>,
+    /// The online repair must walk the volume for objects the budget deferred (more than it
+    /// keeps to try again).
+    pub budget_repair: bool,
 }
 
 impl WatchedOutcome {
@@ -208,30 +215,35 @@ pub fn apply_all(
         cache: &mut cache,
         replaced,
     };
-    let rescans: Vec<Change> = window
+    // The objects the last window deferred, tried again as creates charged to this one.
+    let retries: Vec<Change> = window
         .iter()
-        .flat_map(|w| &w.rescan)
-        .map(|dir| Change::Rescan {
-            path: Path::new(OsStr::from_bytes(&dir.join(&b'/'))).to_path_buf(),
+        .flat_map(|w| &w.retry)
+        .map(|names| Change::Created {
+            path: Path::new(OsStr::from_bytes(&names.join(&b'/'))).to_path_buf(),
+            dir: false,
         })
         .collect();
-    out.needs_repair |= window.as_ref().is_some_and(|w| w.rescan_all);
+    if window.as_ref().is_some_and(|w| w.repair) {
+        out.needs_repair = true;
+        out.budget_repair = true;
+    }
     out.window = window;
-    // The deferred folders' rescans are the server's own: no budget applies to them.
-    for change in &rescans {
-        match apply_change(w, change, rules, young, None, &mut out) {
+    for change in &retries {
+        match apply_change(w, change, rules, young, Some(&mut *spending), &mut out) {
             Ok(true) => out.applied += 1,
             Ok(false) => out.unchanged += 1,
             Err(e) => out.failed.push(format!("{change:?}: {}", e.message)),
         }
     }
     for change in &follow_directory_moves(&without_replaced_creates(changes)) {
-        match apply_change(w, change, rules, young, Some(spending), &mut out) {
+        match apply_change(w, change, rules, young, Some(&mut *spending), &mut out) {
             Ok(true) => out.applied += 1,
             Ok(false) => out.unchanged += 1,
             Err(e) => out.failed.push(format!("{change:?}: {}", e.message)),
         }
     }
+    out.deferred_until = spending.due();
     out
 }
 
@@ -303,8 +315,8 @@ fn follow_directory_moves(changes: &[Change]) -> Vec<Change> {
     out
 }
 
-/// Apply one change inside the batch, claims judged by `rules`; new objects of a create or a
-/// move in are counted against their owners' budget in `spending` (none for a rescan).
+/// Apply one change inside the batch, claims judged by `rules`; new objects are counted against
+/// their payers' budget in `spending` when given.
 pub(super) fn apply_change(
     w: &mut Writing<'_, '_>,
     change: &Change,
@@ -345,7 +357,7 @@ pub(super) fn apply_change(
                 out.needs_repair = true;
                 return Ok(false);
             }
-            rescan(w, &names, rules, young, out)
+            rescan(w, &names, rules, young, spending, out)
         }
     }
 }
@@ -513,17 +525,8 @@ fn created(
         w.cache.clear();
         before = None;
     }
-    if let Some(spending) = spending.as_deref_mut() {
-        if before.is_none() && !spending.allows(node.uid) {
-            // Over its owner's budget of new IDs: left to the rescan of its folder at the
-            // window's end (or to a client that asks for it first).
-            out.deferred += 1;
-            if spending.defer(node.uid, &names[..names.len() - 1]) {
-                out.over_budget
-                    .push((node.uid, spending.budget(), spending.window()));
-            }
-            return Ok(false);
-        }
+    if before.is_none() && deferred(spending.as_deref_mut(), &node, names, out) {
+        return Ok(false);
     }
     let counter_before = w.b.counter();
     let folders = first_unregistered_above(w, names)?;
@@ -532,20 +535,46 @@ fn created(
     if done.created && node.kind != Kind::Dir {
         young.note(done.object.id, Instant::now());
     }
+    if let Some(spending) = spending.as_deref_mut() {
+        spending.spent(
+            super::spending::payer(&node),
+            u64::from(w.b.counter() - counter_before),
+        );
+    }
     let mut below = false;
     if node.kind == Kind::Dir {
         let mut budget = MAX_TREE;
-        below = register_tree(w, names, &walked, rules, out, &mut budget)?;
+        below = register_tree(w, names, &walked, rules, out, &mut budget, spending)?;
         // A folder is what is in it now: a record of an entry made (by a client) and removed
         // before the watcher saw the folder (inotify adds its watch only then) goes too.
         if !out.needs_repair {
             below |= drop_vanished_below(w, names, out)?;
         }
     }
-    if let Some(spending) = spending {
-        spending.spent(node.uid, u64::from(w.b.counter() - counter_before));
-    }
     Ok(done.changed || below)
+}
+
+/// Whether the new object `node` at `names` is left for later because its payer is over the
+/// budget of new IDs (and if so, noted in `spending` and `out`).
+fn deferred(
+    spending: Option<&mut Spending>,
+    node: &Node,
+    names: &[Vec<u8>],
+    out: &mut WatchedOutcome,
+) -> bool {
+    let Some(spending) = spending else {
+        return false;
+    };
+    let payer = super::spending::payer(node);
+    if spending.allows(payer) {
+        return false;
+    }
+    out.deferred += 1;
+    if spending.defer(payer, names) {
+        out.over_budget
+            .push((payer, spending.budget(), spending.window()));
+    }
+    true
 }
 
 /// What [`register_following`] did.
@@ -606,6 +635,7 @@ fn register_tree(
     rules: ClaimRules,
     out: &mut WatchedOutcome,
     budget: &mut usize,
+    mut spending: Option<&mut Spending>,
 ) -> Result<bool, ErrorReply> {
     let Some(fd) = walked.fd.as_ref() else {
         return Ok(false);
@@ -656,12 +686,17 @@ fn register_tree(
                 kind,
                 ctime: st.st_ctime,
                 uid: st.st_uid,
+                nlink: st.st_nlink,
             };
             let mut child_names = dir_names.clone();
             child_names.push(name.clone());
             let mut child_nodes = dir_nodes.clone();
             child_nodes.push(node);
             let before = registered(w.b, &child_names)?;
+            if before.is_none() && deferred(spending.as_deref_mut(), &node, &child_names, out) {
+                continue; // a folder: its whole subtree, when it is tried again
+            }
+            let counter_before = w.b.counter();
             let done = match register_following(
                 w,
                 &child_names,
@@ -677,6 +712,12 @@ fn register_tree(
                     continue;
                 }
             };
+            if let Some(spending) = spending.as_deref_mut() {
+                spending.spent(
+                    super::spending::payer(&node),
+                    u64::from(w.b.counter() - counter_before),
+                );
+            }
             any |= done.changed;
             if kind == Kind::Dir {
                 // Opened below the folder just listed, never through a link; a directory
@@ -813,6 +854,7 @@ fn rescan(
     names: &[Vec<u8>],
     rules: ClaimRules,
     young: &mut Young,
+    spending: Option<&mut Spending>,
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
     let Some(walked) = walk_to(w, names) else {
@@ -821,10 +863,10 @@ fn rescan(
     let mut changed = false;
     if !names.is_empty() {
         // A folder's create drops the records of what is gone from it as well.
-        return created(w, names, rules, young, None, out);
+        return created(w, names, rules, young, spending, out);
     } else {
         let mut budget = MAX_TREE;
-        changed |= register_tree(w, names, &walked, rules, out, &mut budget)?;
+        changed |= register_tree(w, names, &walked, rules, out, &mut budget, spending)?;
     }
     if out.needs_repair {
         return Ok(changed);

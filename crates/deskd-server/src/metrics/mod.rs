@@ -64,6 +64,8 @@ struct VolumeFigures {
     clients: u64,
     rebuild: Option<deskd_proto::RebuildState>,
     batches: figures::BatchSizes,
+    /// Transactions committed (`deskd_commits_total`).
+    commits: u64,
     /// Live tracking (issue 23); `kind` is `off` when the volume is not watched.
     watch: deskd_proto::VolumeWatch,
 }
@@ -76,10 +78,11 @@ pub(crate) fn render(shared: &Shared, view: View) -> String {
         .map(|handle| gather(shared, handle))
         .collect();
     if let View::Peer { uid } = view {
-        for v in volumes
-            .iter_mut()
-            .filter(|v| uid.is_none_or(|uid| uid != 0 && uid != v.handle.owner_uid))
-        {
+        // Root, deskd's own user and the volume's owner are its admins, as for status.
+        let server = rustix::process::geteuid().as_raw();
+        for v in volumes.iter_mut().filter(|v| {
+            uid.is_none_or(|uid| uid != 0 && uid != server && uid != v.handle.owner_uid)
+        }) {
             coarsen(v);
         }
     }
@@ -133,6 +136,7 @@ fn coarsen(v: &mut VolumeFigures) {
         *bucket = crate::coarse::count(*bucket);
     }
     v.batches.requests = crate::coarse::count(v.batches.requests);
+    v.commits = crate::coarse::count(v.commits);
     if let Some(rebuild) = v.rebuild.as_mut() {
         rebuild.objects = crate::coarse::count(rebuild.objects);
     }
@@ -155,6 +159,7 @@ fn gather(shared: &Shared, handle: Arc<VolumeHandle>) -> VolumeFigures {
             .current(&handle)
             .map(|job| job.state(u64::MAX)),
         batches: handle.writer.figures().read(),
+        commits: handle.commits.load(std::sync::atomic::Ordering::Relaxed),
         watch: shared.watchers.status(&handle),
         handle,
     }
@@ -349,7 +354,7 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
         "deskd_commits_total",
         Counter,
         "Transactions committed to the desktop (client batches and rebuild steps).",
-        |v| Some(v.handle.commits.load(std::sync::atomic::Ordering::Relaxed)),
+        |v| Some(v.commits),
     );
     out.family(
         "deskd_commit_batch_requests",

@@ -141,14 +141,13 @@ pub(crate) fn process(
         );
         rescan::request(rebuilds, handle, running, "overflow");
     }
-    let spending_turn = {
-        let mut due = running.spending_due.lock().unwrap();
-        let now_due = due.is_some_and(|at| Instant::now() >= at);
-        if now_due {
-            *due = None;
-        }
-        now_due
-    };
+    // The writer's turn for the objects its spending window held back, once it has ended
+    // (the writer says when; it sets the next time with its answer).
+    let spending_turn = running
+        .spending_due
+        .lock()
+        .unwrap()
+        .is_some_and(|at| Instant::now() >= at);
     if batch.changes.is_empty() && !spending_turn {
         if !running.moved_on.lock().unwrap().is_empty() {
             let errors = retry_moved_on(running, handle, disk::Done::default());
@@ -176,7 +175,11 @@ pub(crate) fn process(
     changes.extend(batch.changes);
     let changes = super::known::drop_known(running, handle, changes);
     let outcome = if changes.is_empty() && !spending_turn {
-        Some(crate::apply::watched::WatchedOutcome::default())
+        // Nothing for the writer: what its window holds back stays due as it was.
+        Some(crate::apply::watched::WatchedOutcome {
+            deferred_until: *running.spending_due.lock().unwrap(),
+            ..Default::default()
+        })
     } else {
         handle.ask(|tx| Job::Watch(changes, tx))
     };
@@ -227,53 +230,56 @@ pub(crate) fn process(
             );
             rescan::request(rebuilds, handle, running, "overflow");
         }
+    } else if outcome.budget_repair {
+        rescan::request(rebuilds, handle, running, "budget");
     } else if outcome.needs_repair {
         rescan::request(rebuilds, handle, running, "overflow");
     }
 }
 
-/// What the writer's count of new IDs per user ([`crate::apply::spending`]) says after a batch:
-/// a warning naming each user first held back in the window, one audit line per user for a
-/// window that ended, and when the thread must give the writer its turn for the rescans.
+/// What the writer's count of new IDs per payer ([`crate::apply::spending`]) says after a
+/// batch: a warning naming each payer first held back in the window, one audit line per payer
+/// for a window that ended, and when the thread must give the writer its turn for the objects
+/// held back.
 fn report_spending(
     running: &Running,
     handle: &VolumeHandle,
     outcome: &crate::apply::watched::WatchedOutcome,
 ) {
+    use crate::apply::spending::payer_text;
     let root = handle.volume.root();
-    for (uid, budget, window) in &outcome.over_budget {
+    for (payer, budget, window) in &outcome.over_budget {
         warn!(
-            "watching {}: the objects of uid {uid} got {budget} new IDs within {} s \
-             (watch_budget); its further new objects get theirs when a client asks for them, \
-             or when their folders are rescanned at the end of the {} s (docs/security.md, \
-             \"IDs made and removed in a loop\")",
+            "watching {}: the objects of {} reached the budget of {budget} new IDs in {} s \
+             (watch_budget); their further new objects get theirs when a client asks for \
+             them, or when they are tried again after the window (docs/security.md, \"IDs \
+             made and removed in a loop\")",
             root.display(),
-            window.as_secs(),
+            payer_text(*payer),
             window.as_secs()
         );
     }
-    if let Some((_, _, window)) = outcome.over_budget.first() {
-        running
-            .spending_due
-            .lock()
-            .unwrap()
-            .get_or_insert_with(|| Instant::now() + *window);
-    }
+    *running.spending_due.lock().unwrap() = outcome.deferred_until;
     if let Some(window) = &outcome.window {
         for user in &window.users {
             let held = if user.deferred > 0 {
                 format!(
-                    ", {} more new objects left to the rescan of their folders (over the \
-                     budget)",
+                    ", {} more new objects held back over the budget (tried again after it)",
                     user.deferred
                 )
             } else {
                 String::new()
             };
             crate::audit::log(
-                &format!("uid {} (owner of objects the watcher saw)", user.uid),
+                &format!(
+                    "{} (owner of objects the watcher saw)",
+                    payer_text(user.uid)
+                ),
                 root,
-                &format!("{} new IDs in {} s{held}", user.ids, window.seconds),
+                &format!(
+                    "{} new IDs in the last {} s{held}",
+                    user.ids, window.seconds
+                ),
             );
         }
     }

@@ -627,6 +627,8 @@ impl Writer {
                 }
                 self.config.min_free = new.min_free;
                 self.config.replaced = new.replaced;
+                self.config.watch_budget = new.watch_budget;
+                self.config.watch_budget_window = new.watch_budget_window;
                 if new.durability != self.config.durability {
                     let desktop = self.desktop.as_ref().expect("writer used after shutdown");
                     match desktop.set_durability(new.durability) {

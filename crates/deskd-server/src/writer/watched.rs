@@ -16,8 +16,12 @@ impl Writer {
     pub(super) fn apply_watched(&mut self, changes: &[Change]) -> WatchedOutcome {
         self.watch_spending
             .set_limits(self.config.watch_budget, self.config.watch_budget_window);
-        if changes.is_empty() && !self.watch_spending.rescan_due(std::time::Instant::now()) {
-            return WatchedOutcome::default();
+        let now = std::time::Instant::now();
+        if changes.is_empty() && self.watch_spending.due().is_none_or(|due| now < due) {
+            return WatchedOutcome {
+                deferred_until: self.watch_spending.due(),
+                ..WatchedOutcome::default()
+            };
         }
         if self.config.read_only {
             return WatchedOutcome::refused("the volume is read-only");
