@@ -801,3 +801,21 @@ fn a_user_who_is_not_the_volume_admin_sees_activity_counts_only_rounded() {
         .unwrap();
     assert!(!line.ends_with(" 0"), "{line}");
 }
+
+#[test]
+fn a_reload_applies_a_new_budget() {
+    let (mut env, last) = budgeted();
+    let config = std::fs::read_to_string(env.path("deskd.toml")).unwrap();
+    std::fs::write(
+        env.path("deskd.toml"),
+        config.replace("watch_budget = 50", "watch_budget = 100000"),
+    )
+    .unwrap();
+    env.sighup(1);
+    env.sh_as_nobody("cd vol/pub && i=0; while [ $i -lt 200 ]; do : > k$i; i=$((i+1)); done");
+    env.watch_barrier("vol");
+    // All 200 at once: the old budget of 50 no longer holds them back.
+    assert_eq!(desktop_below(&env, "pub").len(), 201, "{}", env.log_text());
+    assert!(desktop_counter(&root(&env)) - last >= 200);
+    assert!(!env.log_text().contains("reached the budget"));
+}
