@@ -31,21 +31,25 @@ fn make_volume(root: &Path, dirs: u32, per_dir: u32) {
         .output()
         .unwrap();
     assert!(out.status.success(), "populate: {}", stderr(&out));
-    let out = deskd(&[
-        "rebuild".as_ref(),
-        "-f".as_ref(),
-        root.as_os_str(),
-    ]);
+    let out = deskd(&["rebuild".as_ref(), "-f".as_ref(), root.as_os_str()]);
     assert!(out.status.success(), "rebuild -f: {}", stderr(&out));
 }
 
 /// `deskd rebuild -s`'s differences, without the summary's timing.
 fn scan(root: &Path) -> String {
     let out = deskd(&["rebuild".as_ref(), "-s".as_ref(), root.as_os_str()]);
-    assert!(out.status.code() == Some(1) || out.status.success(), "{}", stderr(&out));
+    assert!(
+        out.status.code() == Some(1) || out.status.success(),
+        "{}",
+        stderr(&out)
+    );
     stdout(&out)
         .lines()
-        .map(|l| l.rsplit_once(", ").filter(|_| l.starts_with("rebuild ")).map_or(l, |(a, _)| a))
+        .map(|l| {
+            l.rsplit_once(", ")
+                .filter(|_| l.starts_with("rebuild "))
+                .map_or(l, |(a, _)| a)
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -71,13 +75,14 @@ fn add_records(desktop: &Path) {
     let (mut desk, _) = deskd_db::Desktop::open(desktop, Durability::Normal).unwrap();
     let mut b = desk.batch().unwrap();
     let last = b.meta("last_id").unwrap().unwrap() as u32;
-    assert_eq!(b.get(last).unwrap().kind, deskd_db::Kind::File, "the last ID a file");
+    assert_eq!(
+        b.get(last).unwrap().kind,
+        deskd_db::Kind::File,
+        "the last ID a file"
+    );
     // Files of the first directory.
     let dir = b.children(deskd_db::ROOT_ID).unwrap()[0].id;
-    let ids: Vec<u32> = b.children(dir).unwrap()[..8]
-        .iter()
-        .map(|o| o.id)
-        .collect();
+    let ids: Vec<u32> = b.children(dir).unwrap()[..8].iter().map(|o| o.id).collect();
     b.comment_set(ids[0], b"first comment").unwrap();
     b.comment_set(ids[1], "\u{e9}t\u{e9} \u{2013} bytes \x01".as_bytes())
         .unwrap();
@@ -191,7 +196,11 @@ fn database_state(cluster: &TestCluster, db: &str) -> String {
 
 fn refused(out: &Output, says: &str) {
     assert_eq!(out.status.code(), Some(2), "{}{}", stdout(out), stderr(out));
-    assert!(stderr(out).contains(says), "expected {says:?} in: {}", stderr(out));
+    assert!(
+        stderr(out).contains(says),
+        "expected {says:?} in: {}",
+        stderr(out)
+    );
 }
 
 fn ok(out: &Output) -> String {
@@ -226,6 +235,7 @@ fn sqlite_to_postgresql_and_back_keeps_every_id_and_record() {
     // The records written offline are not on disk (no resource files): the scan's differences
     // before the migration are what the desktop back from PostgreSQL must show too.
     let scan_before = scan(&root);
+    eprintln!("scanned at {:.1}s", began.elapsed().as_secs_f64());
     let objects = u64::from(1 + DIRS + DIRS * PER_DIR - 2);
     assert_eq!(
         sqlite3(&desktop, "SELECT count(*) FROM objects"),
@@ -256,10 +266,7 @@ fn sqlite_to_postgresql_and_back_keeps_every_id_and_record() {
     let counter = sqlite3(&desktop, "SELECT value FROM meta WHERE key = 'last_id'");
     let identity = sqlite3(&desktop, "SELECT value FROM meta WHERE key = 'volume_uuid'");
     assert!(
-        state.contains(&format!(
-            " {} {identity} {counter} ",
-            path_str(&root)
-        )),
+        state.contains(&format!(" {} {identity} {counter} ", path_str(&root))),
         "the volume's name (its path), identity and counter: {state}"
     );
     assert_eq!(
@@ -303,14 +310,24 @@ fn sqlite_to_postgresql_and_back_keeps_every_id_and_record() {
     // The kept desktop is deskd's own file (hidden, no object of the volume), and the new
     // desktop agrees with the disk as the old one did.
     assert_eq!(scan(&root), scan_before);
+    eprintln!("scanned again at {:.1}s", began.elapsed().as_secs_f64());
 
     // Into a volume without a desktop, and served at once with the same IDs.
     std::fs::remove_file(&desktop).unwrap();
     std::fs::remove_file(&kept).unwrap();
     ok(&migrate(&back));
     assert_eq!(dump(&desktop), before);
+    eprintln!("third migration at {:.1}s", began.elapsed().as_secs_f64());
     env.serve(&["vol"]);
-    let file = root.join("dir0042").read_dir().unwrap().next().unwrap().unwrap().path();
+    eprintln!("served at {:.1}s", began.elapsed().as_secs_f64());
+    let file = root
+        .join("dir0042")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let name = file.file_name().unwrap().to_str().unwrap().to_owned();
     let recorded = sqlite3(
         &desktop,
@@ -320,7 +337,9 @@ fn sqlite_to_postgresql_and_back_keeps_every_id_and_record() {
         ),
     );
     assert_eq!(env.id_of(&file).to_string(), recorded);
+    eprintln!("resolved at {:.1}s", began.elapsed().as_secs_f64());
     env.term();
+    eprintln!("stopped at {:.1}s", began.elapsed().as_secs_f64());
 }
 
 #[test]
@@ -367,11 +386,7 @@ fn refusals_change_nothing() {
     assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
     // A password file others may read.
     let loose = cluster.password_file("loose", cluster.password());
-    std::fs::set_permissions(
-        &loose,
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .unwrap();
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     refused(
         &migrate(&[
             path_str(&root),
@@ -407,7 +422,10 @@ fn refusals_change_nothing() {
     let state = database_state(&cluster, "desk");
     refused(&to_pg(&root, &[]), "holds volume");
     // Another volume under this one's name.
-    refused(&to_pg(&other, &["--name", path_str(&root)]), "another volume");
+    refused(
+        &to_pg(&other, &["--name", path_str(&root)]),
+        "another volume",
+    );
     // This volume's identity under another name.
     refused(&to_pg(&root, &["--name", "elsewhere"]), "another volume");
     assert_eq!(database_state(&cluster, "desk"), state);

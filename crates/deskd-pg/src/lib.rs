@@ -24,9 +24,9 @@ pub mod follow;
 pub mod freeze;
 pub mod schema;
 pub mod store;
-pub mod transfer;
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;
+pub mod transfer;
 
 pub use connect::{connect, ConnectOptions, PasswordSource};
 pub use error::{PgError, Result};

@@ -659,7 +659,14 @@ fn run(cli: Run) -> Result<ExitCode> {
                 (None, Some(var)) => deskd_pg::PasswordSource::Env(var),
                 (None, None) => deskd_pg::PasswordSource::None,
             };
-            Ok(migrate(&volume, &to, from, password, name.as_deref(), replace))
+            Ok(migrate(
+                &volume,
+                &to,
+                from,
+                password,
+                name.as_deref(),
+                replace,
+            ))
         }
         Command::Status { volume, json, .. } => {
             let (mut client, vol) = connect_for(connection, &volume)?;
@@ -1376,7 +1383,9 @@ fn migrate(
         (true, Some(from)) => from,
         (true, None) => return refuse("--to sqlite needs --from TARGET (the PostgreSQL database)"),
         (false, Some(_)) => {
-            return refuse("--from is for --to sqlite; into PostgreSQL the desktop comes from the volume")
+            return refuse(
+                "--from is for --to sqlite; into PostgreSQL the desktop comes from the volume",
+            )
         }
         (false, None) if replace => {
             return refuse(
