@@ -374,7 +374,7 @@ fn write_from_database(
     let (header, records) = transfer::export(&mut client, name, &mut |o| {
         bulk.insert(&o)?;
         objects += 1;
-        if objects % 4096 == 0 {
+        if objects.is_multiple_of(4096) {
             progress(objects);
         }
         Ok(())

@@ -243,7 +243,7 @@ fn copy_objects(
         match writer.write(&row) {
             Ok(()) => {
                 sent += 1;
-                if sent % PROGRESS_EVERY == 0 {
+                if sent.is_multiple_of(PROGRESS_EVERY) {
                     progress(sent);
                 }
             }
