@@ -235,7 +235,6 @@ fn sqlite_to_postgresql_and_back_keeps_every_id_and_record() {
     // The records written offline are not on disk (no resource files): the scan's differences
     // before the migration are what the desktop back from PostgreSQL must show too.
     let scan_before = scan(&root);
-    eprintln!("scanned at {:.1}s", began.elapsed().as_secs_f64());
     let objects = u64::from(1 + DIRS + DIRS * PER_DIR - 2);
     assert_eq!(
         sqlite3(&desktop, "SELECT count(*) FROM objects"),
@@ -310,16 +309,13 @@ fn sqlite_to_postgresql_and_back_keeps_every_id_and_record() {
     // The kept desktop is deskd's own file (hidden, no object of the volume), and the new
     // desktop agrees with the disk as the old one did.
     assert_eq!(scan(&root), scan_before);
-    eprintln!("scanned again at {:.1}s", began.elapsed().as_secs_f64());
 
     // Into a volume without a desktop, and served at once with the same IDs.
     std::fs::remove_file(&desktop).unwrap();
     std::fs::remove_file(&kept).unwrap();
     ok(&migrate(&back));
     assert_eq!(dump(&desktop), before);
-    eprintln!("third migration at {:.1}s", began.elapsed().as_secs_f64());
     env.serve(&["vol"]);
-    eprintln!("served at {:.1}s", began.elapsed().as_secs_f64());
     let file = root
         .join("dir0042")
         .read_dir()
@@ -337,9 +333,7 @@ fn sqlite_to_postgresql_and_back_keeps_every_id_and_record() {
         ),
     );
     assert_eq!(env.id_of(&file).to_string(), recorded);
-    eprintln!("resolved at {:.1}s", began.elapsed().as_secs_f64());
     env.term();
-    eprintln!("stopped at {:.1}s", began.elapsed().as_secs_f64());
 }
 
 #[test]
@@ -367,6 +361,17 @@ fn refusals_change_nothing() {
     refused(&to_pg(&root, &[]), "open by a running deskd serve");
     env.term();
     assert_eq!(database_state(&cluster, "desk"), "", "no schema made");
+
+    // A failure half-way (the objects sent, then a comment of no object, which SQLite's
+    // check does not catch and PostgreSQL's foreign key refuses): all of it rolled back, the
+    // schema made in the same transaction included.
+    sqlite3(
+        &other_desktop,
+        "INSERT INTO comments (id, text) VALUES (999999, x'6f727068616e')",
+    );
+    refused(&to_pg(&other, &[]), "violates foreign key constraint");
+    assert_eq!(database_state(&cluster, "desk"), "", "nothing half-copied");
+    sqlite3(&other_desktop, "DELETE FROM comments WHERE id = 999999");
 
     // A wrong password, and a password on the command line (never echoed).
     let wrong = cluster.password_file("wrong", "not-the-password");
