@@ -499,6 +499,46 @@ fn refusals_change_nothing() {
     assert_eq!(database_state(&cluster, "desk"), state);
     assert_eq!(dump(&desktop), desktop_before);
 
+    // A database whose `deskd` schema is another application's: left alone.
+    let foreign = cluster.create_database("foreign");
+    cluster
+        .admin("foreign")
+        .batch_execute("CREATE SCHEMA deskd; CREATE TABLE deskd.theirs (x int)")
+        .unwrap();
+    refused(
+        &migrate(&[
+            path_str(&other),
+            "--to",
+            &foreign,
+            "--password-file",
+            path_str(&pw),
+        ]),
+        "that deskd did not create",
+    );
+    let tables: i64 = cluster
+        .admin("foreign")
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'deskd'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 1, "only their table");
+
+    // Options that do not go together.
+    refused(
+        &migrate(&[path_str(&root), "--to", "sqlite"]),
+        "needs --from",
+    );
+    refused(
+        &migrate(&[path_str(&root), "--to", &url, "--replace"]),
+        "--replace is for --to sqlite",
+    );
+    refused(
+        &migrate(&[path_str(&root), "--to", &url, "--from", &url]),
+        "--from is for --to sqlite",
+    );
+
     // A database that cannot be reached.
     cluster.stop();
     refused(&to_pg(&other, &[]), "cannot connect to PostgreSQL");
