@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
 
@@ -543,5 +543,4 @@ fn refusals_change_nothing() {
     cluster.stop();
     refused(&to_pg(&other, &[]), "cannot connect to PostgreSQL");
     assert_eq!(dump(&other_desktop), other_before);
-    let _: PathBuf = other_desktop;
 }
