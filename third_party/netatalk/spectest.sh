@@ -90,7 +90,7 @@ setup() {
   # deskd: the line docs/netatalk.md gives (every name of deskd's own; the kit had five of them)
   # and "delete veto files": deskd's volume watcher gives the files afpd makes a resource file in
   # the folder's .rsrc/, so afpd must be allowed to delete those when it deletes the folder.
-  [ "${VETO:-0}" = 1 ] && VETOLINE="veto files = /.Desktop/.Desktop-wal/.Desktop-shm/.Desktop-journal/.Desktop-rebuild/.Desktop-rebuild-journal/.rsrc/
+  [ "${VETO:-0}" = 1 ] && VETOLINE="veto files = /.Desktop/.Desktop-wal/.Desktop-shm/.Desktop-journal/.Desktop-rebuild/.Desktop-rebuild-journal/.Desktop.before-migrate/.rsrc/
 delete veto files = yes"
   mkdir -p "$RUN"; chmod 755 "$RUN"   # afpd re-reads afp.conf after dropping to the user
   # throw-away local accounts with a random password made at run time (never stored in this script);

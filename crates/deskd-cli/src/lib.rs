@@ -9,7 +9,8 @@
 //! they report trees in ([`walk`]), and working on files through open directory descriptors
 //! rather than path names, so a name swapped for a symlink turns nothing against another file
 //! ([`at`]); the afpd CNID listener of `deskd netatalk` and `deskd serve` ([`cnid_listener`]);
-//! `deskd serve`'s HTTP side ([`http_side`]); and the log writer that keeps one event on one
+//! `deskd serve`'s HTTP side ([`http_side`]); `deskd migrate` between SQLite and PostgreSQL
+//! ([`migrate`]); and the log writer that keeps one event on one
 //! line, whatever a logged name holds ([`log_lines`]).
 
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod interact;
 pub mod listing;
 pub mod log_lines;
 pub mod memory_figures;
+pub mod migrate;
 pub mod mode;
 pub mod output;
 pub mod target;

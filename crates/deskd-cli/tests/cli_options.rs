@@ -104,6 +104,17 @@ fn each_verb_lists_exactly_its_options() {
             ]),
         ),
         (
+            "migrate",
+            only(&[
+                "to",
+                "from",
+                "password-file",
+                "password-env",
+                "name",
+                "replace",
+            ]),
+        ),
+        (
             "netatalk",
             with_client(&[
                 "listen",

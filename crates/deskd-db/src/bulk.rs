@@ -121,6 +121,13 @@ impl BulkLoad {
         Ok(())
     }
 
+    /// Drop every APPL record, those the objects' trigger registered included: a migration
+    /// then adds exactly the records its source has (one removed there stays removed).
+    pub fn clear_appl(&mut self) -> Result<()> {
+        self.conn.execute("DELETE FROM appl", [])?;
+        Ok(())
+    }
+
     /// Write the counter and identity, commit, switch the file to WAL and sync it to disk.
     /// The file is complete and closed when this returns.
     pub fn finish(self, last_id: u32, identity: Identity) -> Result<()> {

@@ -92,7 +92,7 @@ pub enum VolumeRefused {
 }
 
 /// The afp.conf line that hides deskd's own files from afpd (docs/netatalk.md).
-pub const VETO_LINE: &str = "veto files = /.Desktop/.Desktop-wal/.Desktop-shm/.Desktop-journal/.Desktop-rebuild/.Desktop-rebuild-journal/.rsrc/";
+pub const VETO_LINE: &str = "veto files = /.Desktop/.Desktop-wal/.Desktop-shm/.Desktop-journal/.Desktop-rebuild/.Desktop-rebuild-journal/.Desktop.before-migrate/.rsrc/";
 
 /// What [`BridgeError::Stalled`] calls a handshake that did not end in time.
 const HANDSHAKE: &str = "the handshake";

@@ -72,6 +72,18 @@ pub enum PgError {
         /// What the caller opened.
         expected: String,
     },
+    /// A migration into the database found the volume there already (same name and
+    /// identity): its desktop was migrated before, and may be in use from there.
+    #[error("the database holds volume {name:?} (identity {identity:016x}) already; nothing was changed")]
+    VolumeExists {
+        /// The volume's name in the database.
+        name: String,
+        /// Its identity.
+        identity: u64,
+    },
+    /// The database holds no volume of this name (or no deskd schema at all).
+    #[error("the database holds no deskd volume named {0:?}")]
+    NoSuchVolume(String),
     /// A rule of the desktop (no such ID, name taken, ID space exhausted, ...).
     #[error(transparent)]
     Desktop(#[from] deskd_db::DbError),

@@ -5,7 +5,8 @@
 //! design"): connecting ([`connect`]), creating and checking the schema, its format version
 //! and the volume's identity ([`schema`]), and the objects, IDs and comments of a volume
 //! ([`PgDesktop`], [`PgBatch`]), the change log the other servers follow ([`follow`]), and freeze as an exported
-//! snapshot for `pg_dump` ([`freeze`]). Both implement deskd-db's storage traits
+//! snapshot for `pg_dump` ([`freeze`]), and a whole volume copied in and out by `deskd migrate`
+//! ([`transfer`]). Both implement deskd-db's storage traits
 //! ([`deskd_db::Read`], and [`deskd_db::WriteBatch`] for the batch), so code written against
 //! the traits runs on SQLite and PostgreSQL alike. Nothing in `deskd serve` or the configuration uses it yet.
 //!
@@ -25,6 +26,7 @@ pub mod schema;
 pub mod store;
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;
+pub mod transfer;
 
 pub use connect::{connect, ConnectOptions, PasswordSource};
 pub use error::{PgError, Result};

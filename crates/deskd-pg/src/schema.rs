@@ -5,7 +5,7 @@
 //! applications' tables too. `docs/ARCHITECTURE.md` ("The desktop on PostgreSQL") explains
 //! the choices.
 
-use postgres::{Client, GenericClient};
+use postgres::{Client, GenericClient, Transaction};
 
 use crate::error::{PgError, Result};
 
@@ -17,7 +17,7 @@ pub const FORMAT_VERSION: i32 = 1;
 const SCHEMA_LOCK: i64 = 0x6473_6b64;
 
 /// The advisory lock key under which a new volume is looked up and created ("dskv").
-const VOLUME_LOCK: i64 = 0x6473_6b76;
+pub(crate) const VOLUME_LOCK: i64 = 0x6473_6b76;
 
 /// Format 1. The columns and numbers are those of the SQLite desktop (docs/desktop-format.md),
 /// with the volume's key `vid` in front of every key.
@@ -129,8 +129,16 @@ pub struct VolumeKey {
 /// build reads. Safe to run from several servers at once.
 pub fn ensure_schema(client: &mut Client) -> Result<()> {
     let mut tx = client.transaction()?;
+    ensure_schema_in(&mut tx)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// [`ensure_schema`] inside the caller's transaction (a migration creates the schema and its
+/// volume in one commit, so a failure leaves the database as it was).
+pub(crate) fn ensure_schema_in(tx: &mut Transaction<'_>) -> Result<()> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
-    match format_version(&mut tx)? {
+    match format_version(tx)? {
         Some(found) if found > FORMAT_VERSION => {
             return Err(PgError::FormatTooNew {
                 found,
@@ -155,7 +163,6 @@ pub fn ensure_schema(client: &mut Client) -> Result<()> {
         "INSERT INTO deskd.format (version) VALUES ($1)",
         &[&FORMAT_VERSION],
     )?;
-    tx.commit()?;
     Ok(())
 }
 

@@ -25,7 +25,7 @@ pub(crate) const OBJECT_COLUMNS: &str =
     "id, parent, name, kind, dev, ino, type, creator, flags, ctime";
 
 /// The number a kind is stored as: the SQLite desktop's numbers (docs/desktop-format.md).
-fn kind_to_sql(kind: Kind) -> i16 {
+pub(crate) fn kind_to_sql(kind: Kind) -> i16 {
     match kind {
         Kind::File => 0,
         Kind::Dir => 1,

@@ -37,6 +37,8 @@ pub const PROTECTED_NAMES: &[&str] = &[
     ".Desktop-journal",
     ".Desktop-rebuild",
     ".Desktop-rebuild-journal",
+    // The desktop `deskd migrate --to sqlite --replace` replaced (docs/deskd.md).
+    ".Desktop.before-migrate",
     ".rsrc",
 ];
 

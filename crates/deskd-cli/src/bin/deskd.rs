@@ -273,6 +273,38 @@ enum Command {
         /// The volume's root directory.
         volume: PathBuf,
     },
+    /// Move a volume's desktop between its SQLite file and PostgreSQL, with every ID, comment,
+    /// APPL and icon record, the ID counter and the volume's identity (docs/deskd.md). `--to
+    /// TARGET` copies the SQLite desktop into the database in one transaction; `--from TARGET
+    /// --to sqlite` writes a new SQLite desktop from the database. Offline: a served volume is
+    /// refused. The password comes from --password-file or --password-env, never from TARGET.
+    ///
+    /// Exit status: 0 done, 2 refused or failed (nothing changed).
+    Migrate {
+        /// Where the desktop goes: a PostgreSQL target (`postgresql://USER@HOST:PORT/DB`, a
+        /// `key=value` list with user=, or `service=NAME`), or `sqlite` (with --from).
+        #[arg(long, value_name = "TARGET")]
+        to: String,
+        /// With `--to sqlite`: the PostgreSQL target the desktop comes from.
+        #[arg(long, value_name = "TARGET")]
+        from: Option<String>,
+        /// The PostgreSQL password: the first line of FILE (mode 0600, not a symlink).
+        #[arg(long, value_name = "FILE", conflicts_with = "password_env")]
+        password_file: Option<PathBuf>,
+        /// The PostgreSQL password: the environment variable VAR (such as PGPASSWORD).
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
+        /// The volume's name in the database (default: the volume root's absolute path, as
+        /// `[volume."PATH"]` names it in the configuration).
+        #[arg(long)]
+        name: Option<String>,
+        /// With `--to sqlite`: replace the volume's desktop (of the same volume identity); the
+        /// old one is kept as `.Desktop.before-migrate`. Without it, a desktop there is refused.
+        #[arg(long)]
+        replace: bool,
+        /// The volume's root directory (where its .Desktop is).
+        volume: PathBuf,
+    },
     /// Stand in for Netatalk's cnid_metad/cnid_dbd: serve afpd's CNID protocol (`cnid scheme
     /// = dbd`, `cnid server = HOST:PORT` in afp.conf) from the running deskd, so Netatalk keeps
     /// its IDs in deskd's desktops. Runs until SIGTERM.
@@ -380,6 +412,7 @@ fn reach(before: BeforeVerb, command: &mut Command) -> Result<Reached, VerbOptio
         Command::Backup { .. } => offline(before, "backup", "copies a desktop file"),
         Command::Verify { .. } => offline(before, "verify", "reads a backup file"),
         Command::Restore { .. } => offline(before, "restore", "writes a desktop from a backup"),
+        Command::Migrate { .. } => offline(before, "migrate", "moves a desktop offline"),
     }
 }
 
@@ -407,6 +440,7 @@ fn verb_name(command: &Command) -> &'static str {
         Command::Backup { .. } => "backup",
         Command::Verify { .. } => "verify",
         Command::Restore { .. } => "restore",
+        Command::Migrate { .. } => "migrate",
         Command::Netatalk { .. } => "netatalk",
     }
 }
@@ -434,6 +468,7 @@ fn run(cli: Run) -> Result<ExitCode> {
             | Command::Backup { .. }
             | Command::Verify { .. }
             | Command::Restore { .. }
+            | Command::Migrate { .. }
     ) {
         init_offline_logging();
     }
@@ -609,6 +644,29 @@ fn run(cli: Run) -> Result<ExitCode> {
             let text = client.metrics().map_err(|e| anyhow!("{e}"))?;
             print!("{text}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate {
+            to,
+            from,
+            password_file,
+            password_env,
+            name,
+            replace,
+            volume,
+        } => {
+            let password = match (password_file, password_env) {
+                (Some(file), _) => deskd_pg::PasswordSource::File(file),
+                (None, Some(var)) => deskd_pg::PasswordSource::Env(var),
+                (None, None) => deskd_pg::PasswordSource::None,
+            };
+            Ok(migrate(
+                &volume,
+                &to,
+                from,
+                password,
+                name.as_deref(),
+                replace,
+            ))
         }
         Command::Status { volume, json, .. } => {
             let (mut client, vol) = connect_for(connection, &volume)?;
@@ -1305,6 +1363,54 @@ fn counts_text(c: &deskd_rebuild::Counts) -> String {
         "{} objects, {} directories, {} new IDs, {} renumbered duplicates, {} repaired, {} removed",
         c.objects, c.directories, c.new_ids, c.renumbered, c.repaired, c.removed
     )
+}
+
+/// `deskd migrate`: errors and refusals are exit status 2.
+fn migrate(
+    volume: &Path,
+    to: &str,
+    from: Option<String>,
+    password: deskd_pg::PasswordSource,
+    name: Option<&str>,
+    replace: bool,
+) -> ExitCode {
+    let to_sqlite = to == "sqlite";
+    let refuse = |why: &str| {
+        eprintln!("deskd migrate: {why}");
+        ExitCode::from(2)
+    };
+    let target = match (to_sqlite, from) {
+        (true, Some(from)) => from,
+        (true, None) => return refuse("--to sqlite needs --from TARGET (the PostgreSQL database)"),
+        (false, Some(_)) => {
+            return refuse(
+                "--from is for --to sqlite; into PostgreSQL the desktop comes from the volume",
+            )
+        }
+        (false, None) if replace => {
+            return refuse(
+                "--replace is for --to sqlite; a volume the database holds already is never \
+                 replaced (remove it there first, see docs/deskd.md)",
+            )
+        }
+        (false, None) => to.to_owned(),
+    };
+    let database = deskd_pg::ConnectOptions { target, password };
+    let bar = progress_bar("{spinner} {pos} objects copied ({per_sec}) {elapsed}");
+    let progress = |n| bar.set_position(n);
+    let result = if to_sqlite {
+        deskd_cli::migrate::to_sqlite(volume, name, &database, replace, &progress)
+    } else {
+        deskd_cli::migrate::to_postgresql(volume, name, &database, &progress)
+    };
+    bar.finish_and_clear();
+    match result {
+        Ok(summary) => {
+            println!("{}", summary.line(!to_sqlite));
+            ExitCode::SUCCESS
+        }
+        Err(e) => refuse(&e.to_string()),
+    }
 }
 
 /// `deskd rebuild`; errors are exit status 2, differences found by `-s` status 1.

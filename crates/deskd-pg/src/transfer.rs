@@ -1,0 +1,383 @@
+//! Moving a whole volume's desktop into and out of the database (`deskd migrate`): every
+//! object with its own ID, every comment, APPL and icon record, the counter and the volume's
+//! identity.
+//!
+//! [`import`] runs in one transaction (the schema, if the database has none yet, the volume's
+//! row and every record): another session sees nothing until it commits, and any failure rolls
+//! all of it back. The rows go in with `COPY` (binary), not one `INSERT` a row. [`export`]
+//! reads in one `REPEATABLE READ READ ONLY` transaction, so what it hands out is one
+//! consistent state even while servers write.
+
+use deskd_db::{ApplRecord, IconRecord, Object};
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::{ToSql, Type};
+use postgres::{Client, Transaction};
+
+use crate::error::{PgError, Result};
+use crate::schema::{self, VolumeKey, FORMAT_VERSION, VOLUME_LOCK};
+use crate::store::{four, kind_to_sql, object_from_row, OBJECT_COLUMNS};
+
+/// What a volume is besides its records: which volume, since when, and its ID counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeHeader {
+    /// Its name and identity (the SQLite desktop's `volume_uuid`).
+    pub key: VolumeKey,
+    /// Unix time its desktop was first created (the SQLite desktop's `created`).
+    pub created: i64,
+    /// The highest ID it handed out (the counter, never lowered).
+    pub last_id: u32,
+}
+
+/// How many records were copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Objects, the root included.
+    pub objects: u64,
+    /// Finder comments.
+    pub comments: u64,
+    /// APPL records.
+    pub appl: u64,
+    /// Icon records.
+    pub icons: u64,
+}
+
+/// The records of a volume other than its objects (few, next to the objects), as
+/// [`export`] hands them out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Records {
+    /// Finder comments by object ID, in ID order.
+    pub comments: Vec<(u32, Vec<u8>)>,
+    /// APPL records.
+    pub appl: Vec<ApplRecord>,
+    /// Icon records.
+    pub icons: Vec<IconRecord>,
+}
+
+/// Objects are sent to the server in `COPY` streams; progress is reported this often.
+const PROGRESS_EVERY: u64 = 4096;
+
+/// Copy the volume `source` (any desktop: an SQLite [`deskd_db::Reader`] in practice) into
+/// the database as a new volume with `header`'s name, identity, creation time and counter.
+/// One transaction: the schema is created if the database has none, a database of a newer
+/// format ([`PgError::FormatTooNew`]) or another application's `deskd` schema
+/// ([`PgError::NotADesktop`]) is refused, and so is a volume the database has under this
+/// name or identity ([`PgError::VolumeExists`], [`PgError::OtherVolume`]). The objects
+/// copied are counted back in the database before the commit. `progress` gets the number of
+/// objects sent so far.
+pub fn import(
+    client: &mut Client,
+    header: &VolumeHeader,
+    source: &dyn deskd_db::Read,
+    progress: &dyn Fn(u64),
+) -> Result<Counts> {
+    let mut tx = client.transaction()?;
+    schema::ensure_schema_in(&mut tx)?;
+    let vid = new_volume_row(&mut tx, header)?;
+    let mut counts = Counts {
+        objects: copy_objects(&mut tx, vid, source, progress)?,
+        ..Counts::default()
+    };
+    // The objects' trigger registered each APPL-typed object as its creator's application
+    // (tag 0); the source's own records replace those, so a record the source had removed
+    // does not come back and every tag is the source's.
+    tx.execute("DELETE FROM deskd.appl WHERE vid = $1", &[&vid])?;
+    let appl = source.all_appl()?;
+    copy_rows(
+        &mut tx,
+        "COPY deskd.appl (vid, creator, app_id, tag) FROM STDIN (FORMAT binary)",
+        &[Type::INT8, Type::BYTEA, Type::INT8, Type::INT8],
+        appl.iter().map(|r| {
+            vec![
+                Box::new(vid) as Box<dyn ToSql + Sync>,
+                Box::new(r.creator.to_vec()),
+                Box::new(i64::from(r.app_id)),
+                Box::new(i64::from(r.tag)),
+            ]
+        }),
+    )?;
+    counts.appl = appl.len() as u64;
+    let comments = source.all_comments()?;
+    copy_rows(
+        &mut tx,
+        "COPY deskd.comments (vid, id, text) FROM STDIN (FORMAT binary)",
+        &[Type::INT8, Type::INT8, Type::BYTEA],
+        comments.iter().map(|(id, text)| {
+            vec![
+                Box::new(vid) as Box<dyn ToSql + Sync>,
+                Box::new(i64::from(*id)),
+                Box::new(text.clone()),
+            ]
+        }),
+    )?;
+    counts.comments = comments.len() as u64;
+    let icons = source.all_icons()?;
+    copy_rows(
+        &mut tx,
+        "COPY deskd.icons (vid, creator, type, itype, tag, bitmap) FROM STDIN (FORMAT binary)",
+        &[
+            Type::INT8,
+            Type::BYTEA,
+            Type::BYTEA,
+            Type::INT2,
+            Type::INT8,
+            Type::BYTEA,
+        ],
+        icons.iter().map(|i| {
+            vec![
+                Box::new(vid) as Box<dyn ToSql + Sync>,
+                Box::new(i.creator.to_vec()),
+                Box::new(i.type_code.to_vec()),
+                Box::new(i16::from(i.itype)),
+                Box::new(i64::from(i.tag)),
+                Box::new(i.bitmap.clone()),
+            ]
+        }),
+    )?;
+    counts.icons = icons.len() as u64;
+    let stored = count_in(&mut tx, vid)?;
+    if stored != counts {
+        return Err(deskd_db::DbError::Corrupt(format!(
+            "the database holds {stored:?} after the copy, the desktop {counts:?}; rolled back"
+        ))
+        .into());
+    }
+    tx.commit()?;
+    Ok(counts)
+}
+
+/// The volume's row, made under the advisory lock new volumes are made under; refused when
+/// the database knows its name or its identity.
+fn new_volume_row(tx: &mut Transaction<'_>, header: &VolumeHeader) -> Result<i64> {
+    let key = &header.key;
+    let identity = key.identity as i64;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&VOLUME_LOCK])?;
+    if let Some(row) = tx.query_opt(
+        "SELECT identity FROM deskd.volume WHERE name = $1",
+        &[&key.name],
+    )? {
+        let recorded: i64 = row.get(0);
+        if recorded == identity {
+            return Err(PgError::VolumeExists {
+                name: key.name.clone(),
+                identity: key.identity,
+            });
+        }
+        return Err(PgError::OtherVolume {
+            what: format!("the name {:?}", key.name),
+            recorded: format!("identity {:016x}", recorded as u64),
+            expected: format!("identity {:016x}", key.identity),
+        });
+    }
+    if let Some(row) = tx.query_opt(
+        "SELECT name FROM deskd.volume WHERE identity = $1",
+        &[&identity],
+    )? {
+        let recorded: String = row.get(0);
+        return Err(PgError::OtherVolume {
+            what: format!("the identity {:016x}", key.identity),
+            recorded: format!("name {recorded:?}"),
+            expected: format!("name {:?}", key.name),
+        });
+    }
+    let counter = i64::from(header.last_id.max(deskd_db::FIRST_ID - 1));
+    Ok(tx
+        .query_one(
+            "INSERT INTO deskd.volume (name, identity, last_id, created) VALUES ($1, $2, $3, $4)
+             RETURNING vid",
+            &[&key.name, &identity, &counter, &header.created],
+        )?
+        .get(0))
+}
+
+/// Stream every object of `source` into `deskd.objects` with its search key; returns how many.
+fn copy_objects(
+    tx: &mut Transaction<'_>,
+    vid: i64,
+    source: &dyn deskd_db::Read,
+    progress: &dyn Fn(u64),
+) -> Result<u64> {
+    let sink = tx.copy_in(
+        "COPY deskd.objects (vid, id, parent, name, kind, dev, ino, type, creator, flags, ctime, skey)
+         FROM STDIN (FORMAT binary)",
+    )?;
+    let mut writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::BYTEA,
+            Type::INT2,
+            Type::INT8,
+            Type::INT8,
+            Type::BYTEA,
+            Type::BYTEA,
+            Type::INT4,
+            Type::INT8,
+            Type::TEXT,
+        ],
+    );
+    // The callback cannot return an error: the first one is kept and the rest skipped.
+    let mut failed: Option<PgError> = None;
+    let mut sent = 0u64;
+    source.for_each_object(&mut |o: Object| {
+        if failed.is_some() {
+            return;
+        }
+        let skey = deskd_db::names::search_key(&o.name);
+        let row: [&(dyn ToSql + Sync); 12] = [
+            &vid,
+            &i64::from(o.id),
+            &i64::from(o.parent),
+            &o.name,
+            &kind_to_sql(o.kind),
+            &(o.dev as i64),
+            &(o.ino as i64),
+            &&o.type_code[..],
+            &&o.creator[..],
+            &i32::from(o.flags),
+            &o.ctime,
+            &skey,
+        ];
+        match writer.write(&row) {
+            Ok(()) => {
+                sent += 1;
+                if sent.is_multiple_of(PROGRESS_EVERY) {
+                    progress(sent);
+                }
+            }
+            Err(e) => failed = Some(e.into()),
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    writer.finish()?;
+    progress(sent);
+    Ok(sent)
+}
+
+/// `COPY` `rows` in with `statement` (binary, of these column types).
+fn copy_rows(
+    tx: &mut Transaction<'_>,
+    statement: &str,
+    types: &[Type],
+    rows: impl Iterator<Item = Vec<Box<dyn ToSql + Sync>>>,
+) -> Result<()> {
+    let mut writer = BinaryCopyInWriter::new(tx.copy_in(statement)?, types);
+    for row in rows {
+        let refs: Vec<&(dyn ToSql + Sync)> = row.iter().map(|v| v.as_ref()).collect();
+        writer.write(&refs)?;
+    }
+    writer.finish()?;
+    Ok(())
+}
+
+/// How many records volume `vid` holds.
+fn count_in(tx: &mut Transaction<'_>, vid: i64) -> Result<Counts> {
+    let row = tx.query_one(
+        "SELECT (SELECT count(*) FROM deskd.objects WHERE vid = $1),
+                (SELECT count(*) FROM deskd.comments WHERE vid = $1),
+                (SELECT count(*) FROM deskd.appl WHERE vid = $1),
+                (SELECT count(*) FROM deskd.icons WHERE vid = $1)",
+        &[&vid],
+    )?;
+    Ok(Counts {
+        objects: row.get::<_, i64>(0) as u64,
+        comments: row.get::<_, i64>(1) as u64,
+        appl: row.get::<_, i64>(2) as u64,
+        icons: row.get::<_, i64>(3) as u64,
+    })
+}
+
+/// Read volume `name` out of the database in one consistent snapshot: each object, in ID
+/// order, goes to `each_object` as it streams in (an error there ends the export); the header
+/// and the other records are returned. A database without the volume is
+/// [`PgError::NoSuchVolume`]; one of a newer format [`PgError::FormatTooNew`]. Nothing is
+/// written.
+pub fn export(
+    client: &mut Client,
+    name: &str,
+    each_object: &mut dyn FnMut(Object) -> deskd_db::Result<()>,
+) -> Result<(VolumeHeader, Records)> {
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()?;
+    match schema::format_version(&mut tx)? {
+        None => return Err(PgError::NoSuchVolume(name.to_owned())),
+        Some(found) if found > FORMAT_VERSION => {
+            return Err(PgError::FormatTooNew {
+                found,
+                supported: FORMAT_VERSION,
+            })
+        }
+        Some(_) => {}
+    }
+    let Some(row) = tx.query_opt(
+        "SELECT vid, identity, last_id, created FROM deskd.volume WHERE name = $1",
+        &[&name],
+    )?
+    else {
+        return Err(PgError::NoSuchVolume(name.to_owned()));
+    };
+    let vid: i64 = row.get(0);
+    let header = VolumeHeader {
+        key: VolumeKey {
+            name: name.to_owned(),
+            identity: row.get::<_, i64>(1) as u64,
+        },
+        last_id: row.get::<_, i64>(2) as u32,
+        created: row.get(3),
+    };
+    let mut rows = tx.query_raw(
+        &format!("SELECT {OBJECT_COLUMNS} FROM deskd.objects WHERE vid = $1 ORDER BY id"),
+        [&vid],
+    )?;
+    while let Some(row) = rows.next()? {
+        each_object(object_from_row(&row))?;
+    }
+    drop(rows);
+    let records = Records {
+        comments: tx
+            .query(
+                "SELECT id, text FROM deskd.comments WHERE vid = $1 ORDER BY id",
+                &[&vid],
+            )?
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u32, r.get(1)))
+            .collect(),
+        appl: tx
+            .query(
+                "SELECT creator, app_id, tag FROM deskd.appl WHERE vid = $1
+                 ORDER BY creator, app_id",
+                &[&vid],
+            )?
+            .iter()
+            .map(|r| ApplRecord {
+                creator: four(r.get(0)),
+                app_id: r.get::<_, i64>(1) as u32,
+                tag: r.get::<_, i64>(2) as u32,
+            })
+            .collect(),
+        icons: tx
+            .query(
+                "SELECT creator, type, itype, tag, bitmap FROM deskd.icons WHERE vid = $1
+                 ORDER BY creator, type, itype",
+                &[&vid],
+            )?
+            .iter()
+            .map(|r| IconRecord {
+                creator: four(r.get(0)),
+                type_code: four(r.get(1)),
+                itype: r.get::<_, i16>(2) as u8,
+                tag: r.get::<_, i64>(3) as u32,
+                bitmap: r.get(4),
+            })
+            .collect(),
+    };
+    tx.commit()?;
+    Ok((header, records))
+}
