@@ -50,6 +50,13 @@ const LEAPFROG_RATIO: usize = 64;
 
 /// Keys longer than this many bytes have no four-grams (see the module documentation).
 const MAX_QUAD_KEY: usize = 64;
+/// New four-gram lists are made while there are at most this many plus [`QUADS_PER_KEY`] per
+/// key listed: names of random bytes make a new four-gram at nearly every byte (about 80 bytes
+/// of map and list each), and past the cap their keys are listed as long keys instead, at the
+/// cost of trigrams. Real names (words, numbers) share their four-grams and never reach it.
+const QUAD_BASE: usize = 1 << 16;
+/// See [`QUAD_BASE`].
+const QUADS_PER_KEY: usize = 2;
 
 /// Three or four bytes, and which, as the key of a posting list.
 type Gram = u64;
@@ -305,8 +312,12 @@ impl Iterator for Blocks<'_> {
 /// The posting lists of one arena.
 pub(super) struct Grams {
     lists: HashMap<Gram, Postings, GramState>,
-    /// The blocks holding a key longer than [`MAX_QUAD_KEY`] (listed by trigrams only).
+    /// The blocks holding a key listed by trigrams only: longer than [`MAX_QUAD_KEY`], or
+    /// past the cap on four-gram lists ([`QUAD_BASE`]).
     long_keys: Box<Postings>,
+    /// Four-gram lists made, and keys listed: the cap's two terms.
+    quads: usize,
+    keys: usize,
 }
 
 impl Default for Grams {
@@ -314,6 +325,8 @@ impl Default for Grams {
         Grams {
             lists: HashMap::with_hasher(GramState::random()),
             long_keys: Box::default(),
+            quads: 0,
+            keys: 0,
         }
     }
 }
@@ -334,8 +347,18 @@ impl Grams {
         let lists = &mut self.lists;
         let mut push = |window: &[u8]| lists.entry(gram(window)).or_default().push(block);
         framed_windows(key, 3, &mut push);
+        self.keys += 1;
+        let mut new = 0;
         if key.len() <= MAX_QUAD_KEY {
-            framed_windows(key, 4, &mut push);
+            framed_windows(key, 4, |w| {
+                new += usize::from(!lists.contains_key(&gram(w)))
+            });
+        }
+        if key.len() <= MAX_QUAD_KEY && self.quads + new <= QUAD_BASE + QUADS_PER_KEY * self.keys {
+            framed_windows(key, 4, |w| {
+                lists.entry(gram(w)).or_default().push(block);
+            });
+            self.quads += new;
         } else {
             self.long_keys.push(block);
         }
@@ -532,5 +555,38 @@ mod tests {
         assert_eq!(g.lookup(b"-0099-", 9), Lookup::Blocks(vec![0, 3]));
         assert_eq!(g.lookup(b"zz-0099-", 9), Lookup::Blocks(vec![]));
         assert_eq!(merge(&[1, 3, 5], &[2, 3, 6]), vec![1, 2, 3, 5, 6]);
+    }
+
+    #[test]
+    fn names_of_random_bytes_stop_making_four_grams_at_the_cap() {
+        let mut g = Grams::default();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut random_key = || {
+            (0..60)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x % 255 + 1) as u8
+                })
+                .collect::<Vec<u8>>()
+        };
+        let keys: Vec<Vec<u8>> = (0..3_000).map(|_| random_key()).collect();
+        for (i, k) in keys.iter().enumerate() {
+            g.add(i * BLOCK, k);
+        }
+        assert!(g.quads <= QUAD_BASE + QUADS_PER_KEY * g.keys, "{}", g.quads);
+        assert!(
+            g.long_keys.len > 1_000,
+            "most past the cap: {}",
+            g.long_keys.len
+        );
+        // Every key is still found, by four-grams or as a long key.
+        for (i, k) in keys.iter().enumerate().step_by(97) {
+            let Lookup::Blocks(blocks) = g.lookup(&k[10..30], usize::MAX) else {
+                panic!("scan")
+            };
+            assert!(blocks.contains(&(i as u32)), "key {i}");
+        }
     }
 }
