@@ -115,8 +115,8 @@ for size in "${SIZES[@]}"; do
         sync
         start_server "$vol"
         rate=$(bench create "${shape[@]}" --clients 4 --depth "$DEPTH" | jget objects_per_s)
+        "$BIN/deskd" flush --socket "$SOCK" >/dev/null
     fi
-    "$BIN/deskd" flush --socket "$SOCK" >/dev/null
     if step creation; then
         record "$objects" creation "$rate" objects/s "$(hwm_kib)"
         echo "creation: $rate objects/s"
