@@ -782,6 +782,15 @@ fn a_user_who_is_not_the_volume_admin_sees_activity_counts_only_rounded() {
         let n = value.as_u64().unwrap_or_else(|| panic!("{what}: {seen}"));
         assert_eq!(n % 1000, 0, "{what} as nobody sees it: {seen}");
     }
+    // Said so, in JSON and in text.
+    assert_eq!(seen["rounded"], true, "{seen}");
+    assert_eq!(exact["rounded"], false, "{exact}");
+    let text = env.as_nobody(DESKD, &[b"status"]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("rounded down"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
     let out = env.as_nobody(DESKD, &[b"metrics"]).unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);

@@ -679,10 +679,12 @@ fn run(cli: Run) -> Result<ExitCode> {
             let watch = watch.as_deref();
             for s in statuses {
                 let root = display_bytes(&s.root);
+                let rounded = figures_rounded(&s.root);
                 if json {
                     let v = serde_json::json!({
                         "path": root,
                         "desktop": display_bytes(&s.desktop),
+                        "rounded": rounded,
                         "objects": s.objects,
                         "last_id": s.last_id,
                         "ids_left": deskd_db::ids::ids_left(s.last_id),
@@ -720,6 +722,12 @@ fn run(cli: Run) -> Result<ExitCode> {
                     };
                     println!("{root}");
                     println!("  desktop:      {}", display_bytes(&s.desktop));
+                    if rounded {
+                        println!(
+                            "  (objects, last ID, WAL, watch counts and the desktop's size are \
+                             rounded down: only root and the volume's owner see exact figures)"
+                        );
+                    }
                     println!("  objects:      {}", s.objects);
                     println!("  last ID:      {}", s.last_id);
                     if let Some(warning) = deskd_db::ids::space_warning(s.last_id) {
@@ -1619,4 +1627,14 @@ fn restore(
         return ExitCode::from(2);
     }
     ExitCode::SUCCESS
+}
+
+/// Whether the server rounds this volume's activity figures for the caller: it is neither root
+/// nor the owner of the volume's root (the server's rule; its own user aside, which runs
+/// `status` rarely and then sees exact figures marked rounded).
+fn figures_rounded(root: &[u8]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    me != 0 && std::fs::metadata(std::ffi::OsStr::from_bytes(root)).map_or(true, |m| m.uid() != me)
 }

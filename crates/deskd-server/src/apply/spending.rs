@@ -117,10 +117,11 @@ impl Spending {
         self.window
     }
 
-    /// When the current window ends, if it deferred something: the watcher gives the writer a
-    /// turn then, although nothing new may have been seen.
+    /// When the current window ends, if anything was counted in it: the watcher gives the
+    /// writer a turn then, although nothing new may have been seen, so that what it held back
+    /// is tried again and the window's audit lines come on time.
     pub fn due(&self) -> Option<Instant> {
-        (self.too_many || !self.deferred.is_empty()).then_some(self.started + self.window)
+        (!self.users.is_empty()).then_some(self.started + self.window)
     }
 
     /// End the window if it is over by `now`: what it spent and left to try again (`None` when
@@ -136,11 +137,18 @@ impl Spending {
         }
         let mut users: Vec<UserSpending> = self.users.drain().map(|(_, u)| u).collect();
         users.sort_by_key(|u| u.uid);
+        let deferred = std::mem::take(&mut self.deferred);
+        let repair = std::mem::take(&mut self.too_many);
         Some(WindowEnded {
             seconds: length.as_secs(),
             users,
-            retry: std::mem::take(&mut self.deferred).into_iter().collect(),
-            repair: std::mem::take(&mut self.too_many),
+            // The repair registers them all; trying them again would hold them back anew.
+            retry: if repair {
+                Vec::new()
+            } else {
+                deferred.into_iter().collect()
+            },
+            repair,
         })
     }
 
@@ -156,20 +164,20 @@ impl Spending {
         }
     }
 
-    /// Note a new object of `payer` at `path` left unregistered. True for the payer's first of
-    /// the window (the caller warns).
+    /// Note a new object of `payer` at `path` left unregistered (each object once a window).
+    /// True for the payer's first of the window (the caller warns).
     pub fn defer(&mut self, payer: u32, path: &[Vec<u8>]) -> bool {
+        if self.deferred.contains(path) {
+            return false;
+        }
+        if self.deferred.len() < MAX_DEFERRED {
+            self.deferred.insert(path.to_vec());
+        } else {
+            self.too_many = true;
+        }
         let user = self.user(payer);
         user.deferred += 1;
-        let first = user.deferred == 1;
-        if !self.deferred.contains(path) {
-            if self.deferred.len() < MAX_DEFERRED {
-                self.deferred.insert(path.to_vec());
-            } else {
-                self.too_many = true;
-            }
-        }
-        first
+        user.deferred == 1
     }
 
     fn user(&mut self, payer: u32) -> &mut UserSpending {
@@ -210,9 +218,13 @@ mod tests {
         s.spent(65534, 1);
         assert!(!s.allows(65534), "at the budget");
         assert!(s.allows(1000), "others are not held back");
-        assert_eq!(s.due(), None, "nothing deferred yet");
+        assert_eq!(
+            s.due(),
+            Some(start + WINDOW),
+            "a window with spending ends on time"
+        );
         assert!(s.defer(65534, &path), "the first refusal is reported");
-        assert!(!s.defer(65534, &path), "once a window");
+        assert!(!s.defer(65534, &path), "once a window, and counted once");
         assert_eq!(s.due(), Some(start + WINDOW));
         assert!(s.roll(start + WINDOW / 2).is_none());
         let ended = s.roll(start + WINDOW).expect("the window ended");
@@ -228,7 +240,7 @@ mod tests {
                 UserSpending {
                     uid: 65534,
                     ids: BUDGET,
-                    deferred: 2
+                    deferred: 1
                 },
             ]
         );
@@ -250,8 +262,9 @@ mod tests {
             s.defer(7, &[format!("f{i}").into_bytes()]);
         }
         let ended = s.roll(s.started + WINDOW).unwrap();
-        assert_eq!(ended.retry.len(), MAX_DEFERRED);
+        assert!(ended.retry.is_empty(), "the repair registers them");
         assert!(ended.repair);
+        assert_eq!(ended.users[0].deferred, MAX_DEFERRED as u64 + 1);
     }
 
     #[test]

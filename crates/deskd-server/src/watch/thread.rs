@@ -277,8 +277,10 @@ fn report_spending(
                 ),
                 root,
                 &format!(
-                    "{} new IDs in the last {} s{held}",
-                    user.ids, window.seconds
+                    "{} new ID{} in the last {} s{held}",
+                    user.ids,
+                    if user.ids == 1 { "" } else { "s" },
+                    window.seconds
                 ),
             );
         }
