@@ -2,7 +2,7 @@
 # Does find's candidate search grow with the volume (issue 29)? In memory, no server and no
 # disk: for each size in SIZES, the name index is built over the names `deskd-bench populate`
 # gives a volume of that many objects (folders of 10,000; INTERLEAVE folders' files in turn, as
-# `deskd-bench create`'s four clients number them), once with trigram lists and once scanning
+# `deskd-bench create`'s four clients number them), once with its posting lists (trigrams and four-grams) and once scanning
 # only, and the patterns of scripts/bench-scale.sh are timed on both (candidates only: the
 # confirmation against the desktop and the round trip are the same either way). Prints a table
 # for docs/PERFORMANCE.md, "Find at scale".
@@ -44,20 +44,20 @@ def row(label, get, fmt):
         line += f" {vals[-1] / vals[0]:.2f}× |"
     print(line)
 row("candidates p50, scan", lambda r: r["scan"]["p50_ms"], ms)
-row("candidates p50, trigram lists", lambda r: r["trigram"]["p50_ms"], ms)
-row("scan / trigram lists", lambda r: r["scan"]["p50_ms"] / r["trigram"]["p50_ms"], lambda v: f"{v:,.0f}×")
+row("candidates p50, gram lists", lambda r: r["trigram"]["p50_ms"], ms)
+row("scan / gram lists", lambda r: r["scan"]["p50_ms"] / r["trigram"]["p50_ms"], lambda v: f"{v:,.0f}×")
 for i, p in enumerate(runs[0]["patterns"]):
     hits = " / ".join(f"{r['patterns'][i]['hits']:,}" for r in runs)
-    line = f"| `{p['pattern']}` ({hits} hits): scan → trigram lists |"
+    line = f"| `{p['pattern']}` ({hits} hits): scan → gram lists |"
     for r in runs:
         line += f" {ms(r['patterns'][i]['scan_ms'])} → {ms(r['patterns'][i]['trigram_ms'])} |"
     if len(runs) > 1:
         line += f" {runs[-1]['patterns'][i]['trigram_ms'] / runs[0]['patterns'][i]['trigram_ms']:.2f}× |"
     print(line)
 row("index heap, scan only (B/name)", lambda r: r["scan"]["heap_bytes_per_name"], lambda v: f"{v:.1f}")
-row("index heap, with trigram lists (B/name)", lambda r: r["trigram"]["heap_bytes_per_name"], lambda v: f"{v:.1f}")
-row("of which trigram lists (B/name)", lambda r: r["trigram_lists_bytes_per_name"], lambda v: f"{v:.1f}")
+row("index heap, with gram lists (B/name)", lambda r: r["trigram"]["heap_bytes_per_name"], lambda v: f"{v:.1f}")
+row("of which gram lists (B/name)", lambda r: r["trigram_lists_bytes_per_name"], lambda v: f"{v:.1f}")
 row("load in memory until the index answers, scan only", lambda r: r["scan"]["load_ms"], ms)
-row("load in memory until the index answers, with trigram lists", lambda r: r["trigram"]["load_ms"], ms)
-row("then the trigram lists' build", lambda r: r["trigram"]["trigrams_ms"], ms)
+row("load in memory until the index answers, with gram lists", lambda r: r["trigram"]["load_ms"], ms)
+row("then the gram lists' build", lambda r: r["trigram"]["trigrams_ms"], ms)
 PY
