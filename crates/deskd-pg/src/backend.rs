@@ -163,13 +163,7 @@ mod more {
             &[&vid, &creator],
         ))?
         .iter()
-        .map(|r| IconRecord {
-            creator: four(r.get(0)),
-            type_code: four(r.get(1)),
-            itype: r.get::<_, i16>(2) as u8,
-            tag: r.get::<_, i64>(3) as u32,
-            bitmap: r.get(4),
-        })
+        .map(crate::store::icon_from_row)
         .collect())
     }
 

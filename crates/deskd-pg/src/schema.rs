@@ -179,6 +179,26 @@ pub fn format_version(client: &mut impl GenericClient) -> Result<Option<i32>> {
         .map(|row| row.get(0)))
 }
 
+/// Refuse `key` when a volume of another name has its identity (checked once no volume has
+/// its name).
+pub(crate) fn refuse_identity_named_otherwise(
+    tx: &mut impl postgres::GenericClient,
+    key: &VolumeKey,
+) -> Result<()> {
+    if let Some(row) = tx.query_opt(
+        "SELECT name FROM deskd.volume WHERE identity = $1",
+        &[&(key.identity as i64)],
+    )? {
+        let recorded: String = row.get(0);
+        return Err(PgError::OtherVolume {
+            what: format!("the identity {:016x}", key.identity),
+            recorded: format!("name {recorded:?}"),
+            expected: format!("name {:?}", key.name),
+        });
+    }
+    Ok(())
+}
+
 /// The `vid` of volume `key`, creating its row and root (ID 2) when the database has neither
 /// its name nor its identity. Returns whether it was created.
 pub fn open_volume(client: &mut Client, key: &VolumeKey, now: i64) -> Result<(i64, bool)> {
@@ -203,17 +223,7 @@ pub fn open_volume(client: &mut Client, key: &VolumeKey, now: i64) -> Result<(i6
         }
         return Ok((row.get(0), false));
     }
-    if let Some(row) = tx.query_opt(
-        "SELECT name FROM deskd.volume WHERE identity = $1",
-        &[&identity],
-    )? {
-        let recorded: String = row.get(0);
-        return Err(PgError::OtherVolume {
-            what: format!("the identity {:016x}", key.identity),
-            recorded: format!("name {recorded:?}"),
-            expected: format!("name {:?}", key.name),
-        });
-    }
+    refuse_identity_named_otherwise(&mut tx, key)?;
     let first_counter = i64::from(deskd_db::FIRST_ID - 1);
     let vid: i64 = tx
         .query_one(

@@ -48,6 +48,69 @@ pub(crate) fn four(v: &[u8]) -> [u8; 4] {
     out
 }
 
+/// An object as the twelve values of a `deskd.objects` row (vid first, the search key last): the
+/// one conversion both an insert and the migration's `COPY` send.
+pub(crate) struct ObjectRow<'a> {
+    vid: i64,
+    object: &'a Object,
+    id: i64,
+    parent: i64,
+    kind: i16,
+    dev: i64,
+    ino: i64,
+    flags: i32,
+    type_code: &'a [u8],
+    creator: &'a [u8],
+    skey: String,
+}
+
+impl<'a> ObjectRow<'a> {
+    pub(crate) fn new(vid: i64, object: &'a Object) -> ObjectRow<'a> {
+        ObjectRow {
+            vid,
+            object,
+            id: i64::from(object.id),
+            parent: i64::from(object.parent),
+            kind: kind_to_sql(object.kind),
+            dev: object.dev as i64,
+            ino: object.ino as i64,
+            flags: i32::from(object.flags),
+            type_code: &object.type_code,
+            creator: &object.creator,
+            skey: deskd_db::names::search_key(&object.name),
+        }
+    }
+
+    /// The values, in the columns' order.
+    pub(crate) fn values(&self) -> [&(dyn postgres::types::ToSql + Sync); 12] {
+        [
+            &self.vid,
+            &self.id,
+            &self.parent,
+            &self.object.name,
+            &self.kind,
+            &self.dev,
+            &self.ino,
+            &self.type_code,
+            &self.creator,
+            &self.flags,
+            &self.object.ctime,
+            &self.skey,
+        ]
+    }
+}
+
+/// An icon record from `SELECT creator, type, itype, tag, bitmap`.
+pub(crate) fn icon_from_row(r: &Row) -> IconRecord {
+    IconRecord {
+        creator: four(r.get(0)),
+        type_code: four(r.get(1)),
+        itype: r.get::<_, i16>(2) as u8,
+        tag: r.get::<_, i64>(3) as u32,
+        bitmap: r.get(4),
+    }
+}
+
 pub(crate) fn object_from_row(r: &Row) -> Object {
     Object {
         id: r.get::<_, i64>(0) as u32,
@@ -479,20 +542,7 @@ impl PgBatch<'_> {
             "INSERT INTO deskd.objects
                 (vid, id, parent, name, kind, dev, ino, type, creator, flags, ctime, skey)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            &[
-                &self.vid,
-                &i64::from(object.id),
-                &i64::from(object.parent),
-                &object.name,
-                &kind_to_sql(object.kind),
-                &(object.dev as i64),
-                &(object.ino as i64),
-                &&object.type_code[..],
-                &&object.creator[..],
-                &i32::from(object.flags),
-                &object.ctime,
-                &deskd_db::names::search_key(&object.name),
-            ],
+            &ObjectRow::new(self.vid, object).values(),
         )?;
         self.changed.push(object.id);
         self.names.push(NameChange::Set(

@@ -16,7 +16,7 @@ use postgres::{Client, Transaction};
 
 use crate::error::{PgError, Result};
 use crate::schema::{self, VolumeKey, FORMAT_VERSION, VOLUME_LOCK};
-use crate::store::{four, kind_to_sql, object_from_row, OBJECT_COLUMNS};
+use crate::store::{four, object_from_row, OBJECT_COLUMNS};
 
 /// What a volume is besides its records: which volume, since when, and its ID counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,17 +169,7 @@ fn new_volume_row(tx: &mut Transaction<'_>, header: &VolumeHeader) -> Result<i64
             expected: format!("identity {:016x}", key.identity),
         });
     }
-    if let Some(row) = tx.query_opt(
-        "SELECT name FROM deskd.volume WHERE identity = $1",
-        &[&identity],
-    )? {
-        let recorded: String = row.get(0);
-        return Err(PgError::OtherVolume {
-            what: format!("the identity {:016x}", key.identity),
-            recorded: format!("name {recorded:?}"),
-            expected: format!("name {:?}", key.name),
-        });
-    }
+    crate::schema::refuse_identity_named_otherwise(tx, key)?;
     let counter = i64::from(header.last_id.max(deskd_db::FIRST_ID - 1));
     Ok(tx
         .query_one(
@@ -225,22 +215,7 @@ fn copy_objects(
         if failed.is_some() {
             return;
         }
-        let skey = deskd_db::names::search_key(&o.name);
-        let row: [&(dyn ToSql + Sync); 12] = [
-            &vid,
-            &i64::from(o.id),
-            &i64::from(o.parent),
-            &o.name,
-            &kind_to_sql(o.kind),
-            &(o.dev as i64),
-            &(o.ino as i64),
-            &&o.type_code[..],
-            &&o.creator[..],
-            &i32::from(o.flags),
-            &o.ctime,
-            &skey,
-        ];
-        match writer.write(&row) {
+        match writer.write(&crate::store::ObjectRow::new(vid, &o).values()) {
             Ok(()) => {
                 sent += 1;
                 if sent.is_multiple_of(PROGRESS_EVERY) {
@@ -369,13 +344,7 @@ pub fn export(
                 &[&vid],
             )?
             .iter()
-            .map(|r| IconRecord {
-                creator: four(r.get(0)),
-                type_code: four(r.get(1)),
-                itype: r.get::<_, i16>(2) as u8,
-                tag: r.get::<_, i64>(3) as u32,
-                bitmap: r.get(4),
-            })
+            .map(crate::store::icon_from_row)
             .collect(),
     };
     tx.commit()?;
