@@ -821,6 +821,7 @@ fn a_reload_applies_a_new_budget() {
     )
     .unwrap();
     env.sighup(1);
+    env.wait_for_log("watch budget now 100000 new IDs a payer per 2 s", 1);
     env.sh_as_nobody("cd vol/pub && i=0; while [ $i -lt 200 ]; do : > k$i; i=$((i+1)); done");
     env.watch_barrier("vol");
     // All 200 at once: the old budget of 50 no longer holds them back.

@@ -627,6 +627,13 @@ impl Writer {
                 }
                 self.config.min_free = new.min_free;
                 self.config.replaced = new.replaced;
+                if (new.watch_budget, new.watch_budget_window)
+                    != (self.config.watch_budget, self.config.watch_budget_window)
+                {
+                    info!(volume = %self.volume.root().display(),
+                        "watch budget now {} new IDs a payer per {} s",
+                        new.watch_budget, new.watch_budget_window.as_secs());
+                }
                 self.config.watch_budget = new.watch_budget;
                 self.config.watch_budget_window = new.watch_budget_window;
                 if new.durability != self.config.durability {
