@@ -151,15 +151,21 @@ mod tests {
         })
     }
 
+    /// A desktop locked and released while another descriptor of it stays open (as a SQLite
+    /// connection would hold one): its metadata and that descriptor.
+    fn released_while_open_elsewhere(path: &Path, dir: &Path) -> (std::fs::Metadata, File) {
+        let lock = lock_exclusive(path, dir).unwrap();
+        let meta = std::fs::metadata(path).unwrap();
+        let other = File::open(path).unwrap();
+        drop(lock);
+        (meta, other)
+    }
+
     #[test]
     fn a_released_lock_is_kept_while_the_file_is_open_elsewhere_and_closed_after() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".Desktop");
-        let lock = lock_exclusive(&path, dir.path()).unwrap();
-        let meta = std::fs::metadata(&path).unwrap();
-        // Another descriptor of the file, as a SQLite connection would hold.
-        let other = File::open(&path).unwrap();
-        drop(lock);
+        let (meta, other) = released_while_open_elsewhere(&path, dir.path());
         close_unused_released();
         assert!(kept(&meta), "closed while the file was open elsewhere");
         // Locked again: the kept descriptor is taken back.
@@ -178,10 +184,7 @@ mod tests {
     fn a_released_lock_of_a_removed_desktop_is_closed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".Desktop");
-        let lock = lock_exclusive(&path, dir.path()).unwrap();
-        let meta = std::fs::metadata(&path).unwrap();
-        let other = File::open(&path).unwrap();
-        drop(lock);
+        let (meta, other) = released_while_open_elsewhere(&path, dir.path());
         std::fs::remove_file(&path).unwrap();
         close_unused_released();
         assert!(!kept(&meta), "kept for a file with no name left");
