@@ -94,12 +94,24 @@ mod tests {
     use super::*;
     use crate::account::{Intervals, Uid};
 
-    /// A stand-in rsnapshot: a shell script that prints `out` and exits with `code`.
+    /// A stand-in rsnapshot: a shell script that prints `out` and exits with `code`. Written by
+    /// a child `sh`, not through a descriptor of this process: another test thread forking
+    /// while this process held the file open for writing would make running it fail with
+    /// ETXTBSY ("Text file busy").
     fn fake_rsnapshot(dir: &Path, out: &str, code: i32) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
         let path = dir.join("rsnapshot");
-        std::fs::write(&path, format!("#!/bin/sh\nprintf '{out}'\nexit {code}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = format!("#!/bin/sh\nprintf '{out}'\nexit {code}\n");
+        let status = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"",
+                "sh",
+            ])
+            .arg(&script)
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
         path
     }
 
