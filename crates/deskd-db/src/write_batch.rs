@@ -75,6 +75,10 @@ pub trait WriteBatch: Read {
     /// Raise the allocation counter to at least `at_least` (it never moves backwards).
     fn raise_counter(&mut self, at_least: u32);
 
+    /// The ID counter as this batch has left it so far: the highest ID handed out (what the
+    /// server's new-ID budget charges a request with, as the counter's rise).
+    fn counter(&self) -> u32;
+
     /// A mark of the name changes made so far, for [`WriteBatch::changed_since`].
     fn change_mark(&self) -> usize;
 
@@ -85,6 +89,13 @@ pub trait WriteBatch: Read {
     /// error is returned. (The object-safe form of the back ends' generic `step`; a caller
     /// that needs a value out of `f` keeps it in a variable `f` captures.)
     fn step_dyn(&mut self, f: &mut dyn FnMut(&mut dyn WriteBatch) -> Result<()>) -> Result<()>;
+
+    /// [`WriteBatch::step_dyn`] for code generic over a concrete batch (the server's writer,
+    /// monomorphised per back end): `f` gets the batch itself, not a `dyn`, and returns its
+    /// value. Not on a trait object (`where Self: Sized`), which has `step_dyn`.
+    fn step<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T>
+    where
+        Self: Sized;
 
     /// Commit the batch with its counter.
     fn commit(self: Box<Self>) -> Result<()>;
@@ -157,6 +168,10 @@ impl WriteBatch for Batch<'_> {
         Batch::raise_counter(self, at_least)
     }
 
+    fn counter(&self) -> u32 {
+        Batch::counter(self)
+    }
+
     fn change_mark(&self) -> usize {
         Batch::change_mark(self)
     }
@@ -166,7 +181,11 @@ impl WriteBatch for Batch<'_> {
     }
 
     fn step_dyn(&mut self, f: &mut dyn FnMut(&mut dyn WriteBatch) -> Result<()>) -> Result<()> {
-        self.step(|batch| f(batch))
+        Batch::step(self, |batch| f(batch))
+    }
+
+    fn step<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        Batch::step(self, f)
     }
 
     fn commit(self: Box<Self>) -> Result<()> {

@@ -435,7 +435,15 @@ impl WriteBatch for PgBatch<'_> {
         self.names.get(mark..).unwrap_or_default()
     }
 
+    fn counter(&self) -> u32 {
+        PgBatch::counter(self)
+    }
+
     fn step_dyn(&mut self, f: &mut dyn FnMut(&mut dyn WriteBatch) -> DbResult<()>) -> DbResult<()> {
+        WriteBatch::step(self, |batch| f(batch))
+    }
+
+    fn step<T>(&mut self, f: impl FnOnce(&mut Self) -> DbResult<T>) -> DbResult<T> {
         // The request's own error comes back as it was; only the savepoint's SQL is PgError.
         let mut failed = None;
         let stepped = PgBatch::step(self, |batch| {
@@ -447,7 +455,7 @@ impl WriteBatch for PgBatch<'_> {
         match (stepped, failed) {
             (_, Some(e)) => Err(e),
             (Err(e), None) => Err(e.into()),
-            (Ok(()), None) => Ok(()),
+            (Ok(v), None) => Ok(v),
         }
     }
 

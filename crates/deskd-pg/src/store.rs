@@ -475,6 +475,11 @@ impl PgBatch<'_> {
         }
     }
 
+    /// The ID counter as this batch has left it so far: the highest ID handed out.
+    pub fn counter(&self) -> u32 {
+        self.last_id
+    }
+
     /// Commit: the counter, the change log and a `NOTIFY deskd_changes` ("vid:seq") go with
     /// the batch's rows. Returns the batch's number, `None` if it changed nothing.
     pub fn commit(mut self) -> Result<Option<u64>> {

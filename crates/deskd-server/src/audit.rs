@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError};
 
-use deskd_db::{Batch, Read};
+use deskd_db::{Read, WriteBatch};
 use deskd_proto::{Request, Response};
 
 use crate::apply::DirCache;
@@ -153,7 +153,7 @@ fn named_id(request: &Request) -> Option<u32> {
 }
 
 /// The ID of the record at the client's `path`, looked up name by name from the root.
-fn id_at(b: &Batch<'_>, path: &[u8]) -> Option<u32> {
+fn id_at<B: Read + ?Sized>(b: &B, path: &[u8]) -> Option<u32> {
     let mut id = deskd_db::ROOT_ID;
     for name in path.split(|&c| c == b'/').filter(|n| !n.is_empty()) {
         id = b.lookup(id, name).ok()??.id;
@@ -163,7 +163,11 @@ fn id_at(b: &Batch<'_>, path: &[u8]) -> Option<u32> {
 
 /// Before a write: a removal needs the object's path (by ID) or ID (by path) now, while its
 /// record exists.
-pub(crate) fn before(b: &Batch<'_>, cache: &mut DirCache, request: &Request) -> Resolved {
+pub(crate) fn before<B: WriteBatch + ?Sized>(
+    b: &B,
+    cache: &mut DirCache,
+    request: &Request,
+) -> Resolved {
     match request {
         Request::Delete { id, .. } => Resolved::path(cache.components_of(b, *id).ok()),
         Request::DeletePath { path, .. } => Resolved::id(id_at(b, path)),
@@ -180,8 +184,8 @@ pub(crate) fn before(b: &Batch<'_>, cache: &mut DirCache, request: &Request) -> 
 
 /// After a write that succeeded: the path of an object named by ID whose record the write
 /// kept (a move: where it is now; Finder info and comments: where it is).
-pub(crate) fn after(
-    b: &Batch<'_>,
+pub(crate) fn after<B: WriteBatch + ?Sized>(
+    b: &B,
     cache: &mut DirCache,
     request: &Request,
     resolved: Resolved,

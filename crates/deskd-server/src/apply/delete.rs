@@ -4,7 +4,7 @@
 //! keep the record, so it cannot take the removed object's ID; afpd's FPExchangeFiles, which
 //! deletes two IDs whose names hold each other's inodes, is recognised by the Netatalk bridge.
 
-use deskd_db::Read;
+use deskd_db::WriteBatch;
 use deskd_proto::{ErrorCode, ErrorReply, Response};
 
 use super::errors::db_error;
@@ -13,7 +13,11 @@ use super::{Reply, Writing};
 use crate::sight;
 
 /// `Delete`: remove the record `id` (with `recursive`, everything below it).
-pub(super) fn delete(w: &mut Writing<'_, '_>, id: u32, recursive: bool) -> Reply {
+pub(super) fn delete<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
+    id: u32,
+    recursive: bool,
+) -> Reply {
     let object = w.b.get(id).map_err(db_error)?;
     let old = w.cache.components_of(w.b, id)?;
     verify_gone(w.vol, &object, &old)?;
@@ -23,7 +27,11 @@ pub(super) fn delete(w: &mut Writing<'_, '_>, id: u32, recursive: bool) -> Reply
 }
 
 /// `DeletePath`: remove the record at `path`; an unregistered path is not an error.
-pub(super) fn delete_path(w: &mut Writing<'_, '_>, path: &[u8], recursive: bool) -> Reply {
+pub(super) fn delete_path<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
+    path: &[u8],
+    recursive: bool,
+) -> Reply {
     let walked = walk_path(w.vol, w.access, path)?;
     if walked.refused() {
         // Where the peer may not see, its path names nothing (and nothing is removed).

@@ -28,9 +28,11 @@ pub mod watched;
 mod wire;
 
 #[cfg(test)]
+mod both_backends;
+#[cfg(test)]
 mod tests;
 
-use deskd_db::{Batch, NameIndex, Read};
+use deskd_db::{NameIndex, Read, WriteBatch};
 use deskd_proto::{ErrorCode, ErrorReply, Request, Response};
 use deskd_volume::Volume;
 
@@ -55,9 +57,10 @@ pub struct Policy {
 
 /// What every write handler works in: the batch (one transaction for many requests, group
 /// commit), the volume, the peer its paths are walked as, the batch's folder paths, and what
-/// a replaced name keeps.
-struct Writing<'a, 't> {
-    b: &'a mut Batch<'t>,
+/// a replaced name keeps. Generic over the back end's batch: monomorphised for SQLite's
+/// `Batch` the writer's hot path has no `dyn` call per row; `B = dyn WriteBatch` works too.
+struct Writing<'a, B: ?Sized> {
+    b: &'a mut B,
     vol: &'a Volume,
     access: &'a Access,
     cache: &'a mut DirCache,
@@ -97,8 +100,8 @@ pub fn add_known<R: Read>(
 /// Apply one write request inside the batch. Read-only volumes (`policy`) refuse changes but
 /// still register objects (a client needs IDs to browse). Every path is walked race-free as
 /// the peer (`access`), and what is recorded is what the walk reached.
-pub fn apply_write(
-    b: &mut Batch<'_>,
+pub fn apply_write<B: WriteBatch + ?Sized>(
+    b: &mut B,
     vol: &Volume,
     policy: Policy,
     request: &Request,

@@ -24,7 +24,7 @@
 //! would cost an open and a `getxattr` for every new registration while proving nothing more
 //! (the mirror is the file owner's to write, and the inode check decides anyway).
 
-use deskd_db::{DbError, Object, Read, ROOT_ID};
+use deskd_db::{DbError, Object, WriteBatch, ROOT_ID};
 use deskd_proto::ErrorReply;
 
 use super::errors::db_error;
@@ -34,8 +34,8 @@ use crate::walk::{self, Node};
 /// The record an object at (`parent`, `name`) was moved from, moved there: the first of
 /// `candidates` that passes the checks above. `None` when none does (the caller registers the
 /// object as usual).
-pub(super) fn follow_move(
-    w: &mut Writing<'_, '_>,
+pub(super) fn follow_move<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     candidates: &[Option<u32>],
     node: &Node,
     parent: u32,
@@ -87,7 +87,13 @@ pub(super) fn follow_move(
 /// Whether the object at (`parent`, `name`), the walked `node`, was born no later than `when`
 /// (Unix seconds). `false` when its birth time cannot be read, or when what is at the path now
 /// is no longer `node` (replaced since the walk).
-fn born_by(w: &mut Writing<'_, '_>, parent: u32, name: &[u8], node: &Node, when: i64) -> bool {
+fn born_by<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
+    parent: u32,
+    name: &[u8],
+    node: &Node,
+    when: i64,
+) -> bool {
     let Ok(mut components) = w.b.path_of(parent) else {
         return false;
     };
@@ -97,13 +103,16 @@ fn born_by(w: &mut Writing<'_, '_>, parent: u32, name: &[u8], node: &Node, when:
 
 /// Whether the peer may have moved the object out of the folder at `old` (its recorded
 /// place): trusted peers, and others that may write and search that folder as themselves.
-fn could_have_moved(w: &mut Writing<'_, '_>, old: &[Vec<u8>]) -> bool {
+fn could_have_moved<B: WriteBatch + ?Sized>(w: &mut Writing<'_, B>, old: &[Vec<u8>]) -> bool {
     may_change_folder(w, &old[..old.len().saturating_sub(1)])
 }
 
 /// Whether the peer may change the entries of the folder at `folder` (names from the root):
 /// trusted peers, and others that may write and search it as themselves.
-pub(super) fn may_change_folder(w: &mut Writing<'_, '_>, folder: &[Vec<u8>]) -> bool {
+pub(super) fn may_change_folder<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
+    folder: &[Vec<u8>],
+) -> bool {
     use rustix::fs::{accessat, Access, AtFlags, CWD};
     if w.access.is_trusted() {
         return true;

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use deskd_db::{Batch, Object, Read};
+use deskd_db::{Object, Read};
 use deskd_proto::ErrorReply;
 use deskd_volume::Volume;
 
@@ -26,7 +26,7 @@ impl DirCache {
     }
 
     /// The names from the root to a registered object.
-    pub(crate) fn components_of<R: Read>(
+    pub(crate) fn components_of<R: Read + ?Sized>(
         &mut self,
         db: &R,
         id: u32,
@@ -109,8 +109,8 @@ pub(super) fn reached(access: &Access, vol: &Volume, walked: Walked) -> Result<W
 }
 
 /// The registered object at desktop path `components`, if any.
-pub(super) fn registered(
-    b: &Batch<'_>,
+pub(super) fn registered<R: Read + ?Sized>(
+    b: &R,
     components: &[Vec<u8>],
 ) -> Result<Option<Object>, ErrorReply> {
     let names: Vec<&[u8]> = components.iter().map(|c| c.as_slice()).collect();

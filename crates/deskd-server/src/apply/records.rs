@@ -2,7 +2,7 @@
 //! that map a creator to applications, icons, and comments. These change no name and walk no
 //! path; the only file-system question is whether the peer may see what a reply names.
 
-use deskd_db::{ApplRecord, Batch, IconRecord, InfoUpdate, Kind, Read};
+use deskd_db::{ApplRecord, IconRecord, InfoUpdate, Kind, Read, WriteBatch};
 use deskd_proto::{ErrorCode, ErrorReply, Response};
 
 use super::errors::db_error;
@@ -11,8 +11,8 @@ use super::{Reading, Reply};
 use crate::sight;
 
 /// `SetInfo`: change the type, creator or Finder flags of `id` (what is `None` stays).
-pub(super) fn set_info(
-    b: &mut Batch<'_>,
+pub(super) fn set_info<B: WriteBatch + ?Sized>(
+    b: &mut B,
     id: u32,
     type_code: Option<[u8; 4]>,
     creator: Option<[u8; 4]>,
@@ -28,7 +28,12 @@ pub(super) fn set_info(
 }
 
 /// `ApplAdd`: record that application `app_id` opens documents of `creator`.
-pub(super) fn appl_add(b: &mut Batch<'_>, creator: [u8; 4], app_id: u32, tag: u32) -> Reply {
+pub(super) fn appl_add<B: WriteBatch + ?Sized>(
+    b: &mut B,
+    creator: [u8; 4],
+    app_id: u32,
+    tag: u32,
+) -> Reply {
     let record = ApplRecord {
         creator,
         app_id,
@@ -39,7 +44,11 @@ pub(super) fn appl_add(b: &mut Batch<'_>, creator: [u8; 4], app_id: u32, tag: u3
 }
 
 /// `ApplRemove`: forget an application of `creator`; not found when there was none.
-pub(super) fn appl_remove(b: &mut Batch<'_>, creator: [u8; 4], app_id: u32) -> Reply {
+pub(super) fn appl_remove<B: WriteBatch + ?Sized>(
+    b: &mut B,
+    creator: [u8; 4],
+    app_id: u32,
+) -> Reply {
     if b.appl_remove(creator, app_id).map_err(db_error)? {
         Ok(Response::Done)
     } else {
@@ -51,8 +60,8 @@ pub(super) fn appl_remove(b: &mut Batch<'_>, creator: [u8; 4], app_id: u32) -> R
 }
 
 /// `IconAdd`: store an icon bitmap for a creator, type and icon type.
-pub(super) fn icon_add(
-    b: &mut Batch<'_>,
+pub(super) fn icon_add<B: WriteBatch + ?Sized>(
+    b: &mut B,
     creator: [u8; 4],
     type_code: [u8; 4],
     itype: u8,
@@ -71,13 +80,13 @@ pub(super) fn icon_add(
 }
 
 /// `CommentSet`: the Finder comment of `id`.
-pub(super) fn comment_set(b: &mut Batch<'_>, id: u32, text: &[u8]) -> Reply {
+pub(super) fn comment_set<B: WriteBatch + ?Sized>(b: &mut B, id: u32, text: &[u8]) -> Reply {
     b.comment_set(id, text).map_err(db_error)?;
     Ok(Response::Done)
 }
 
 /// `CommentRemove`: drop the Finder comment of `id`.
-pub(super) fn comment_remove(b: &mut Batch<'_>, id: u32) -> Reply {
+pub(super) fn comment_remove<B: WriteBatch + ?Sized>(b: &mut B, id: u32) -> Reply {
     b.comment_remove(id).map_err(db_error)?;
     Ok(Response::Done)
 }

@@ -6,7 +6,7 @@
 //! ([`super::moved`]); a registered name that now holds another inode of its kind keeps its
 //! ID or not as the volume's `replaced` setting says ([`take_over`]).
 
-use deskd_db::{Kind, NewObject, Object, Read};
+use deskd_db::{Kind, NewObject, Object, Read, WriteBatch};
 use deskd_proto::{ErrorReply, Response};
 
 use super::errors::{claim, db_error, kind_changed, volume_error};
@@ -61,8 +61,8 @@ impl Asked {
 /// exchange, delete and create). Under `keep-id`, or when the request names the record's ID,
 /// the record takes the new inode and `true` is returned; under `new-id` the record is removed
 /// (its ID is never handed out again) and `false` tells the caller to register the object anew.
-fn take_over(
-    w: &mut Writing<'_, '_>,
+fn take_over<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     object: &mut Object,
     node: &Node,
     asked: &Asked,
@@ -91,7 +91,10 @@ fn take_over(
 
 /// Whether the peer may retire `object`'s ID (`replaced = "new-id"`): it may change the
 /// entries of the folder that holds it.
-fn retire_allowed(w: &mut Writing<'_, '_>, object: &Object) -> Result<bool, ErrorReply> {
+fn retire_allowed<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
+    object: &Object,
+) -> Result<bool, ErrorReply> {
     let folder = if object.parent == deskd_db::ROOT_ID {
         Vec::new()
     } else {
@@ -102,8 +105,8 @@ fn retire_allowed(w: &mut Writing<'_, '_>, object: &Object) -> Result<bool, Erro
 
 /// `Add`: register `name` in the registered folder `parent` after checking, walking as the
 /// peer, that the object there has the `dev`/`ino` the client saw.
-pub(super) fn add(
-    w: &mut Writing<'_, '_>,
+pub(super) fn add<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     parent: u32,
     name: &[u8],
     (dev, ino): (u64, u64),
@@ -193,7 +196,11 @@ pub(super) fn add_known<R: Read>(
 
 /// `AddPath`: register the object at `path` and every unregistered folder above it, as the
 /// walk (as the peer) found them.
-pub(super) fn add_path(w: &mut Writing<'_, '_>, path: &[u8], asked: Asked) -> Reply {
+pub(super) fn add_path<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
+    path: &[u8],
+    asked: Asked,
+) -> Reply {
     let walked = reached(w.access, w.vol, walk_path(w.vol, w.access, path)?)?;
     if walked.components.is_empty() {
         let root = w.b.get(deskd_db::ROOT_ID).map_err(db_error)?;
@@ -210,8 +217,8 @@ pub(super) fn add_path(w: &mut Writing<'_, '_>, path: &[u8], asked: Asked) -> Re
 /// Register the objects walked (`components`, with what the walk found each to be) and every
 /// unregistered directory above the last; `asked` applies to the last only. What is recorded
 /// is what the walk's descriptors were. Returns the final object and whether it was created.
-pub(super) fn register_walked(
-    w: &mut Writing<'_, '_>,
+pub(super) fn register_walked<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     components: &[Vec<u8>],
     nodes: &[Node],
     asked: Asked,

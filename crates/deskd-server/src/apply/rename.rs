@@ -2,7 +2,7 @@
 //! name) and `RenamePath` (by paths). deskd records a move only after seeing it: the object is
 //! gone from the old place and is, with its recorded dev/ino, at the new one.
 
-use deskd_db::{DbError, Object, Read};
+use deskd_db::{DbError, Object, WriteBatch};
 use deskd_proto::{ErrorCode, ErrorReply, Response};
 
 use super::errors::{db_error, volume_error};
@@ -15,8 +15,8 @@ use crate::sight;
 use crate::walk::Walked;
 
 /// `Rename`: the object `id` is now `new_name` in the folder `new_parent`.
-pub(super) fn rename(
-    w: &mut Writing<'_, '_>,
+pub(super) fn rename<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     id: u32,
     new_parent: u32,
     new_name: &[u8],
@@ -34,8 +34,8 @@ pub(super) fn rename(
 /// `RenamePath`: the object at `from` is now at `to`. An object never registered is registered
 /// at `to` (keeping `hint` if free), as is one at a `from` the peer may not see: to it, such a
 /// `from` names nothing.
-pub(super) fn rename_path(
-    w: &mut Writing<'_, '_>,
+pub(super) fn rename_path<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     from: &[u8],
     to: &[u8],
     replace: bool,
@@ -66,8 +66,8 @@ pub(super) fn rename_path(
 
 /// The end of a `RenamePath` whose `from` names no record: register the object where it is
 /// now, replacing (with `replace`) a record of another object at that name.
-fn register_in_place(
-    w: &mut Writing<'_, '_>,
+fn register_in_place<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     to_walk: Walked,
     replace: bool,
     hint: Option<u32>,
@@ -99,8 +99,8 @@ fn register_in_place(
 /// Record that `object` moved from `old` to the end of `new`, once the disk shows it: gone
 /// from `old`, and at `new` with its own dev/ino. Folders above `new` not yet registered are
 /// registered on the way. Returns the records a `replace` removed.
-fn move_verified(
-    w: &mut Writing<'_, '_>,
+fn move_verified<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     object: &Object,
     old: &[Vec<u8>],
     new: Walked,

@@ -28,7 +28,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use deskd_db::{Kind, Object, Read};
+use deskd_db::{Kind, Object, WriteBatch};
 use deskd_proto::ErrorReply;
 use deskd_watch::Change;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -192,8 +192,8 @@ pub fn components(path: &Path) -> Option<Vec<Vec<u8>>> {
 /// fails is reported in [`WatchedOutcome::failed`] and the others still apply. `young` and
 /// `spending` are the writer's, kept between batches; when the spending window has ended, the
 /// folders whose new objects it deferred are rescanned first.
-pub fn apply_all(
-    b: &mut deskd_db::Batch<'_>,
+pub fn apply_all<B: WriteBatch + ?Sized>(
+    b: &mut B,
     vol: &deskd_volume::Volume,
     replaced: Replaced,
     changes: &[Change],
@@ -317,8 +317,8 @@ fn follow_directory_moves(changes: &[Change]) -> Vec<Change> {
 
 /// Apply one change inside the batch, claims judged by `rules`; new objects are counted against
 /// their payers' budget in `spending` when given.
-pub(super) fn apply_change(
-    w: &mut Writing<'_, '_>,
+pub(super) fn apply_change<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     change: &Change,
     rules: ClaimRules,
     young: &mut Young,
@@ -363,7 +363,7 @@ pub(super) fn apply_change(
 }
 
 /// The walk of `names` by the server (no link followed), when it reached the end.
-fn walk_to(w: &Writing<'_, '_>, names: &[Vec<u8>]) -> Option<walk::Walked> {
+fn walk_to<B: WriteBatch + ?Sized>(w: &Writing<'_, B>, names: &[Vec<u8>]) -> Option<walk::Walked> {
     let walked = walk::walk(w.vol.root(), names);
     walked.last()?;
     Some(walked)
@@ -374,7 +374,7 @@ fn walk_to(w: &Writing<'_, '_>, names: &[Vec<u8>]) -> Option<walk::Walked> {
 /// brought along). Read through descriptors held below the root (a folder swapped for a link
 /// since the walk leads nowhere else); a symbolic link has no mirror of its own and its
 /// target's is never read.
-fn claim(w: &Writing<'_, '_>, names: &[Vec<u8>], node: &Node) -> Claim {
+fn claim<B: WriteBatch + ?Sized>(w: &Writing<'_, B>, names: &[Vec<u8>], node: &Node) -> Claim {
     let root = w.vol.root();
     let path = w.vol.path_of(names);
     let mut out = Claim::default();
@@ -471,8 +471,8 @@ fn stamp(names: &[Vec<u8>], o: &Object) -> DiskWork {
 
 /// The first of the folders above the object at `names` that has no record yet (their records
 /// are made on the way, and need their resource files and mirrors too).
-fn first_unregistered_above(
-    w: &Writing<'_, '_>,
+fn first_unregistered_above<B: WriteBatch + ?Sized>(
+    w: &Writing<'_, B>,
     names: &[Vec<u8>],
 ) -> Result<Option<usize>, ErrorReply> {
     for end in 1..names.len() {
@@ -484,8 +484,8 @@ fn first_unregistered_above(
 }
 
 /// Stamp the folders registered on the way to `names`, from the `first` unregistered one.
-fn stamp_folders_on_the_way(
-    w: &Writing<'_, '_>,
+fn stamp_folders_on_the_way<B: WriteBatch + ?Sized>(
+    w: &Writing<'_, B>,
     names: &[Vec<u8>],
     first: Option<usize>,
     out: &mut WatchedOutcome,
@@ -502,8 +502,8 @@ fn stamp_folders_on_the_way(
 }
 
 /// Register the object at `names` (and, a directory, what is below it).
-fn created(
-    w: &mut Writing<'_, '_>,
+fn created<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     names: &[Vec<u8>],
     rules: ClaimRules,
     young: &mut Young,
@@ -592,8 +592,8 @@ struct Registered {
 /// place (a move whose two ends the watcher's coalescing folded into a create, or one seen only
 /// as the entries of a new folder), its resource file is carried from there first, as for a
 /// `Moved`, so its comment and fork go with it.
-fn register_following(
-    w: &mut Writing<'_, '_>,
+fn register_following<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     names: &[Vec<u8>],
     nodes: &[Node],
     node: &Node,
@@ -628,8 +628,8 @@ fn register_following(
 
 /// Register every entry below the directory `names` (walked as `walked`), depth first, no
 /// link followed. Returns whether anything was registered.
-fn register_tree(
-    w: &mut Writing<'_, '_>,
+fn register_tree<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     names: &[Vec<u8>],
     walked: &walk::Walked,
     rules: ClaimRules,
@@ -741,8 +741,8 @@ fn register_tree(
 }
 
 /// Remove the record at `names` (and below) if the disk no longer shows its object there.
-fn removed(
-    w: &mut Writing<'_, '_>,
+fn removed<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     names: &[Vec<u8>],
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
@@ -764,8 +764,8 @@ fn removed(
 }
 
 /// The object at `from` is now at `to`.
-fn moved(
-    w: &mut Writing<'_, '_>,
+fn moved<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     from: &[Vec<u8>],
     to: &[Vec<u8>],
     rules: ClaimRules,
@@ -849,8 +849,8 @@ fn moved(
 /// Bring the records under `names` in line with the disk: register what is there, then remove
 /// the records whose objects are gone. Registering first lets an object moved within the tree
 /// keep its ID (by its mirror, [`super::moved`]).
-fn rescan(
-    w: &mut Writing<'_, '_>,
+fn rescan<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     names: &[Vec<u8>],
     rules: ClaimRules,
     young: &mut Young,
@@ -876,8 +876,8 @@ fn rescan(
 
 /// Remove the records below the folder `names` (the root when empty) whose objects are gone
 /// from the disk, with everything below them.
-fn drop_vanished_below(
-    w: &mut Writing<'_, '_>,
+fn drop_vanished_below<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
     names: &[Vec<u8>],
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
