@@ -25,6 +25,7 @@ pub mod names;
 pub mod schema;
 pub mod snapshot;
 mod sqlite_read;
+pub mod store;
 pub mod wal;
 pub mod write_batch;
 mod write_tx;
@@ -40,6 +41,7 @@ pub use ids::{FIRST_ID, LAST_USABLE_ID, ROOT_ID, ROOT_PARENT_ID};
 pub use name_index::{NameChange, NameIndex};
 pub use schema::FORMAT_VERSION;
 pub(crate) use sqlite_read::SqliteConn;
+pub use store::Store;
 pub use wal::{CheckpointConnection, CheckpointMode, CheckpointOutcome, WalIndex, WalState};
 pub use write_batch::WriteBatch;
 

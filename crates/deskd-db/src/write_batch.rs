@@ -99,6 +99,12 @@ pub trait WriteBatch: Read {
 
     /// Commit the batch with its counter.
     fn commit(self: Box<Self>) -> Result<()>;
+
+    /// [`WriteBatch::commit`] for code generic over a concrete batch (`S::Batch` of a
+    /// [`crate::Store`]), which has no box to commit through.
+    fn commit_owned(self) -> Result<()>
+    where
+        Self: Sized;
 }
 
 impl WriteBatch for Batch<'_> {
@@ -190,6 +196,10 @@ impl WriteBatch for Batch<'_> {
 
     fn commit(self: Box<Self>) -> Result<()> {
         Batch::commit(*self)
+    }
+
+    fn commit_owned(self) -> Result<()> {
+        Batch::commit(self)
     }
 }
 

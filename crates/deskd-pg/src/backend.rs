@@ -1,6 +1,6 @@
 //! deskd-db's storage traits on PostgreSQL: [`deskd_db::Read`] for [`PgDesktop`] and
-//! [`PgBatch`], and [`deskd_db::WriteBatch`] for [`PgBatch`], so code written against the traits
-//! runs on either back end. Errors become [`DbError`]s: the desktop's own rules as they are, a
+//! [`PgBatch`], [`deskd_db::WriteBatch`] for [`PgBatch`] and [`deskd_db::Store`] for
+//! [`PgDesktop`], so code written against the traits runs on either back end. Errors become [`DbError`]s: the desktop's own rules as they are, a
 //! lost or unreachable database as [`DbError::Unavailable`] (the server's read-only path),
 //! anything else as [`DbError::Backend`] with PostgreSQL's words.
 //!
@@ -8,10 +8,11 @@
 //! `RefCell`, so a desktop or batch is used by one thread at a time, as a server's reader is.
 
 use std::cell::{RefCell, RefMut};
+use std::time::Duration;
 
 use deskd_db::{
-    names, ApplRecord, DbError, FindQuery, IconRecord, InfoUpdate, Kind, NameChange, NewObject,
-    Object, Read, Stats, WriteBatch, ROOT_ID, ROOT_PARENT_ID,
+    names, ApplRecord, DbError, Durability, FindQuery, IconRecord, InfoUpdate, Kind, NameChange,
+    NewObject, Object, Read, Stats, Store, WriteBatch, ROOT_ID, ROOT_PARENT_ID,
 };
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::GenericClient;
@@ -462,5 +463,30 @@ impl WriteBatch for PgBatch<'_> {
     fn commit(self: Box<Self>) -> DbResult<()> {
         PgBatch::commit(*self)?;
         Ok(())
+    }
+
+    fn commit_owned(self) -> DbResult<()> {
+        PgBatch::commit(self)?;
+        Ok(())
+    }
+}
+
+impl Store for PgDesktop {
+    type Batch<'a> = PgBatch<'a>;
+
+    fn batch(&mut self) -> DbResult<PgBatch<'_>> {
+        Ok(PgDesktop::batch(self)?)
+    }
+
+    fn batch_within(&mut self, wait: Duration) -> DbResult<PgBatch<'_>> {
+        Ok(PgDesktop::batch_within(self, wait)?)
+    }
+
+    fn set_durability(&mut self, durability: Durability) -> DbResult<()> {
+        Ok(PgDesktop::set_durability(self, durability)?)
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgresql"
     }
 }

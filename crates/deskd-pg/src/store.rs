@@ -13,6 +13,7 @@ use deskd_db::{
     NewObject, Object,
 };
 use std::cell::RefCell;
+use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, GenericClient, Row};
@@ -256,6 +257,17 @@ pub(crate) mod read {
     }
 }
 
+/// The `synchronous_commit` a durability maps onto.
+fn synchronous_commit(durability: Durability) -> &'static str {
+    match durability {
+        // Flushed on this database server before the commit returns (a crash of deskd or of
+        // PostgreSQL loses nothing acknowledged); standbys are not waited for.
+        Durability::Normal => "SET synchronous_commit = local",
+        // Also on the synchronous standbys, when the cluster has them.
+        Durability::Full => "SET synchronous_commit = on",
+    }
+}
+
 /// One volume's desktop on a PostgreSQL connection.
 pub struct PgDesktop {
     /// In a cell so that the reads of [`deskd_db::Read`] take `&self`; a desktop belongs to
@@ -286,13 +298,7 @@ impl PgDesktop {
         durability: Durability,
     ) -> Result<(PgDesktop, bool)> {
         schema::ensure_schema(&mut client)?;
-        client.batch_execute(match durability {
-            // Flushed on this database server before the commit returns (a crash of deskd or of
-            // PostgreSQL loses nothing acknowledged); standbys are not waited for.
-            Durability::Normal => "SET synchronous_commit = local",
-            // Also on the synchronous standbys, when the cluster has them.
-            Durability::Full => "SET synchronous_commit = on",
-        })?;
+        client.batch_execute(synchronous_commit(durability))?;
         let (vid, created) = schema::open_volume(&mut client, key, deskd_db::now_unix())?;
         Ok((
             PgDesktop {
@@ -403,13 +409,42 @@ impl PgDesktop {
             .collect())
     }
 
+    /// Change the durability of the commits from now on (`synchronous_commit` of this
+    /// session).
+    pub fn set_durability(&mut self, durability: Durability) -> Result<()> {
+        Ok(self
+            .client
+            .get_mut()
+            .batch_execute(synchronous_commit(durability))?)
+    }
+
     /// Start a batch: one transaction holding the volume's row lock until it commits.
     pub fn batch(&mut self) -> Result<PgBatch<'_>> {
+        self.batch_waiting(None)
+    }
+
+    /// Start a batch, waiting at most `wait` for the volume's row lock (another server's
+    /// batch holds it until that commits): a longer wait fails with PostgreSQL's
+    /// `lock_not_available` (55P03), which the caller may retry.
+    pub fn batch_within(&mut self, wait: Duration) -> Result<PgBatch<'_>> {
+        self.batch_waiting(Some(wait))
+    }
+
+    fn batch_waiting(&mut self, wait: Option<Duration>) -> Result<PgBatch<'_>> {
         let mut tx = self.client.get_mut().transaction()?;
+        if let Some(wait) = wait {
+            // At least 1 ms: 0 would mean no bound at all.
+            let ms = wait.as_millis().clamp(1, i32::MAX as u128);
+            tx.batch_execute(&format!("SET LOCAL lock_timeout = {ms}"))?;
+        }
         let row = tx.query_one(
             "SELECT last_id FROM deskd.volume WHERE vid = $1 FOR UPDATE",
             &[&self.vid],
         )?;
+        if wait.is_some() {
+            // The bound is for the row lock only: the batch's own statements wait as usual.
+            tx.batch_execute("SET LOCAL lock_timeout = 0")?;
+        }
         let last_id = row.get::<_, i64>(0) as u32;
         Ok(PgBatch {
             tx: RefCell::new(tx),

@@ -789,3 +789,53 @@ fn a_server_role_needs_only_the_documented_grants() {
     assert!(std::error::Error::source(&e).is_none(), "said once");
     assert!(!e.is_unavailable(), "{e}");
 }
+
+#[test]
+fn a_store_waits_a_bounded_time_for_another_servers_batch_and_changes_durability() {
+    use deskd_db::{Store, WriteBatch};
+    use std::time::{Duration, Instant};
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("wait");
+    let vol = key("waited", 0x3a17);
+    let (mut one, _) = open(&cluster, "wait", &vol).unwrap();
+    let (mut two, _) = open(&cluster, "wait", &vol).unwrap();
+    assert_eq!(Store::backend(&one), "postgresql");
+
+    // One server's batch holds the volume's row: the other's gives up after its wait, with
+    // PostgreSQL's lock_not_available, not an outage and not a hang.
+    let mut held = Store::batch(&mut one).unwrap();
+    held.add(&new(deskd_db::ROOT_ID, "first", Kind::File))
+        .unwrap();
+    let started = Instant::now();
+    let refused = Store::batch_within(&mut two, Duration::from_millis(200)).err();
+    let waited = started.elapsed();
+    match &refused {
+        Some(DbError::Backend(why)) => assert!(why.contains("lock"), "{why}"),
+        other => panic!("expected a lock timeout, got {other:?}"),
+    }
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    held.commit_owned().unwrap();
+
+    // Free again: the wait bounds only taking the row, so the batch's statements run as usual.
+    let mut b = Store::batch_within(&mut two, Duration::from_millis(200)).unwrap();
+    let (second, _) = b
+        .add(&new(deskd_db::ROOT_ID, "second", Kind::File))
+        .unwrap();
+    b.commit_owned().unwrap();
+    assert_eq!(
+        second.id,
+        deskd_db::FIRST_ID + 1,
+        "the counter the first wrote"
+    );
+
+    Store::set_durability(&mut two, Durability::Full).unwrap();
+    let mut b = Store::batch(&mut two).unwrap();
+    b.add(&new(deskd_db::ROOT_ID, "third", Kind::File)).unwrap();
+    b.commit_owned().unwrap();
+    Store::set_durability(&mut two, Durability::Normal).unwrap();
+}

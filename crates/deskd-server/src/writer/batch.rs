@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use deskd_db::Desktop;
+use deskd_db::{DbError, Store, WriteBatch};
 use deskd_proto::{ErrorCode, ErrorReply, Request};
 use deskd_volume::Volume;
 use tracing::{error, info, warn};
@@ -25,7 +25,7 @@ use crate::db_reply::{db_error, is_busy};
 use crate::space;
 
 /// What one run of a batch produced.
-enum Attempt {
+pub(super) enum Attempt {
     /// Committed (or, for a lone failed request, rolled back); one reply per request, each
     /// with its audit line when the audit is on and the request changed something.
     Done(Vec<(Reply, Option<String>)>),
@@ -33,22 +33,27 @@ enum Attempt {
     Retry,
 }
 
+/// What a refused request's step fails with, telling it from a failure of the savepoint.
+const REFUSED: &str = "the request was refused";
+
 /// Apply `writes` in one transaction. With `isolated`, each request runs in its own savepoint
 /// so a failure undoes only that request; without, the first failure abandons the batch.
-fn run_batch(
-    desktop: &mut Desktop,
+/// Generic over the store: monomorphised for SQLite's `Desktop`, the batch is its `Batch`,
+/// called with no `dyn` per request or row.
+pub(super) fn run_batch<S: Store>(
+    desktop: &mut S,
     volume: &Volume,
     policy: Policy,
     writes: &[Pending],
     isolated: bool,
     audit_on: bool,
-) -> Result<Attempt, deskd_db::DbError> {
+) -> Result<Attempt, DbError> {
     let mut batch = desktop.batch_within(BUSY_TRY)?;
     let mut replies = Vec::with_capacity(writes.len());
     let mut cache = DirCache::default();
     // One request: its reply, and (audit on) the line saying what it changed, made while the
     // batch still holds the paths of objects named by ID.
-    let mut apply = |b: &mut deskd_db::Batch<'_>, request: &Request, access: &Access| {
+    let mut apply = |b: &mut S::Batch<'_>, request: &Request, access: &Access| {
         let resolved = if audit_on {
             audit::before(b, &mut cache, request)
         } else {
@@ -67,7 +72,28 @@ fn run_batch(
     for Pending { request, reply, .. } in writes {
         let access = reply.access();
         if isolated {
-            replies.push(batch.step(|b| Ok(apply(b, request, access)))?);
+            // A refused request fails its step, so the savepoint undoes what it did before it
+            // was refused (folders registered on the way, a replaced record removed); its
+            // reply comes out through `done`.
+            let mut done = None;
+            let stepped = batch.step(|b| {
+                let (reply, line) = apply(b, request, access);
+                let refused = reply.is_err();
+                done = Some((reply, line));
+                if refused {
+                    return Err(DbError::Backend(REFUSED.into()));
+                }
+                Ok(())
+            });
+            match (stepped, done) {
+                (Ok(()), Some(done)) => replies.push(done),
+                (Err(DbError::Backend(why)), Some(done)) if why == REFUSED && done.0.is_err() => {
+                    replies.push(done)
+                }
+                // The savepoint itself failed: nothing of this batch commits.
+                (Err(e), _) => return Err(e),
+                (Ok(()), None) => unreachable!("a step that succeeded ran its request"),
+            }
             continue;
         }
         let (reply, line) = apply(&mut batch, request, access);
@@ -80,7 +106,7 @@ fn run_batch(
         }
         replies.push((reply, line));
     }
-    batch.commit()?;
+    batch.commit_owned()?;
     Ok(Attempt::Done(replies))
 }
 

@@ -682,3 +682,93 @@ fn the_wal_restarts_even_when_a_reader_kept_the_first_commit_after_a_checkpoint_
     assert!(restarted.frames < before.frames, "{restarted:?}");
     shut_down(&tx);
 }
+
+/// One run of group commit as [`Writer::commit_batch`] makes it (a refused request makes the
+/// batch run again isolated), on any store; the replies.
+fn commit_on<S: deskd_db::Store>(store: &mut S, volume: &Volume, writes: &[Pending]) -> Vec<Reply> {
+    use super::batch::{run_batch, Attempt};
+    let policy = crate::apply::Policy::default();
+    let done = match run_batch(store, volume, policy, writes, false, true).unwrap() {
+        Attempt::Retry => run_batch(store, volume, policy, writes, true, true).unwrap(),
+        done => done,
+    };
+    match done {
+        Attempt::Done(replies) => replies.into_iter().map(|(reply, _)| reply).collect(),
+        Attempt::Retry => unreachable!("an isolated run never asks for a retry"),
+    }
+}
+
+#[test]
+fn group_commit_runs_alike_on_sqlite_and_postgresql_through_the_store_trait() {
+    use deskd_db::{Desktop, Durability, Store};
+    use deskd_pg::test_cluster::TestCluster;
+    use deskd_pg::{connect, ConnectOptions, PasswordSource, PgDesktop, VolumeKey};
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("vol");
+    std::fs::create_dir(&root).unwrap();
+    files(&root, &["a", "b"]);
+    std::fs::create_dir(root.join("d")).unwrap();
+    files(&root.join("d"), &["c"]);
+    let volume = Volume::new(&root).unwrap();
+    let (mut sqlite, _) = Desktop::open(&dir.path().join("desktop"), Durability::Normal).unwrap();
+    cluster.create_database("writer");
+    let options = ConnectOptions {
+        target: cluster.url("writer"),
+        password: PasswordSource::File(cluster.password_file("pw-writer", cluster.password())),
+    };
+    let key = VolumeKey {
+        name: root.display().to_string(),
+        identity: 0x3717,
+    };
+    let (mut pg, _) =
+        PgDesktop::open(connect(&options).unwrap(), &key, Durability::Normal).unwrap();
+    assert_eq!((sqlite.backend(), pg.backend()), ("sqlite", "postgresql"));
+
+    // A batch with a refused request (audit on, as `commit_batch` may run it): rolled back,
+    // run again isolated, the refused one answered with its error, the rest committed, with
+    // the same IDs on both.
+    let client = Arc::default();
+    let writes = |names: &[&'static str]| -> Vec<Pending> {
+        names
+            .iter()
+            .map(|&name| match add(name, &client) {
+                Job::Write { request, reply } => Pending {
+                    request,
+                    reply,
+                    queued: Instant::now(),
+                },
+                _ => unreachable!(),
+            })
+            .collect()
+    };
+    let first = ["missing", "a", "d/c"];
+    let on_sqlite = commit_on(&mut sqlite, &volume, &writes(&first));
+    let on_postgres = commit_on(&mut pg, &volume, &writes(&first));
+    assert_eq!(on_sqlite, on_postgres);
+    assert_eq!(
+        on_sqlite[0].as_ref().unwrap_err().code,
+        ErrorCode::ClaimRejected
+    );
+    let ids: Vec<u32> = [1, 2].iter().map(|&i| id_of(&on_sqlite[i])).collect();
+    assert_eq!(ids, [17, 19], "d (18) registered on the way to d/c");
+    let rows = |db: &dyn deskd_db::Read| {
+        let mut all = db.all_objects().unwrap();
+        all.retain(|o| o.id != deskd_db::ROOT_ID);
+        all
+    };
+    assert_eq!(rows(&sqlite), rows(&pg));
+    assert_eq!(rows(&pg).len(), 3);
+
+    // Refused after another request took an ID: the first run is rolled back. SQLite's
+    // counter stays in memory, so that ID is skipped; PostgreSQL reads the counter row
+    // again, so it is given back. Both keep the rule (no ID a client saw is handed out
+    // again), and otherwise answer alike.
+    let second = ["b", "missing"];
+    let on_sqlite = commit_on(&mut sqlite, &volume, &writes(&second));
+    let on_postgres = commit_on(&mut pg, &volume, &writes(&second));
+    assert_eq!((id_of(&on_sqlite[0]), id_of(&on_postgres[0])), (21, 20));
+    assert_eq!(on_sqlite[1], on_postgres[1]);
+}
