@@ -9,8 +9,8 @@
 //!   method of a [`Batch`] (one transaction, committed by the caller), and each request inside a
 //!   batch can be isolated with [`Batch::step`] so one failing request does not undo the others.
 //! * [`Reader`] is a read-only connection; any number may be open. Both implement [`Read`].
-//! * [`Read`] and [`WriteBatch`] are the storage interface, free of SQLite: the `deskd-pg`
-//!   crate implements them on PostgreSQL.
+//! * [`Read`], [`WriteBatch`] and [`Store`] (the write handle) are the storage interface, free
+//!   of SQLite: the `deskd-pg` crate implements them on PostgreSQL.
 //! * No SQL lives outside this crate.
 
 #![forbid(unsafe_code)]
