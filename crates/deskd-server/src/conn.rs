@@ -914,7 +914,10 @@ impl Connection {
                 let handle = self.shared.volume(vol)?;
                 self.require_admin(&handle)?;
                 // The server's own rescan of a watched volume (at its start) is short and
-                // does what a repair does: the asker's job runs after it, not refused.
+                // does what a repair does: the asker's job runs after it, not refused. And
+                // the watcher's work first, on disk too (the stamps it owes), so that the
+                // job compares against every change made before it was asked.
+                crate::watch::barrier(&self.shared.watchers, &self.shared.rebuilds, &handle);
                 crate::watch::wait_for_rescan(&self.shared.watchers, &handle, RESCAN_WAIT);
                 let job = crate::rebuild::start(
                     &self.shared.rebuilds,

@@ -382,14 +382,27 @@ impl Watcher {
             Source::Inotify(s) => s.finish(&self.ignore, &mut sink)?,
         }
         let over_limit = self.queue_limit.is_some_and(|limit| sink.events > limit);
-        let overflow = sink.overflow || over_limit;
+        let over_bytes = match &mut self.source {
+            Source::Fanotify(s) if s.queued_bytes() > fanotify::QUEUE_BYTES_MAX => {
+                s.discard_queued();
+                true
+            }
+            _ => false,
+        };
+        let overflow = sink.overflow || over_limit || over_bytes;
         let events = sink.events;
         if overflow {
             tracing::debug!(
                 "watch: overflow on {} ({} events in one read{})",
                 self.root.display(),
                 events,
-                if over_limit { ", over watch_queue" } else { "" }
+                if over_limit {
+                    ", over watch_queue"
+                } else if over_bytes {
+                    ", over the queue's bound"
+                } else {
+                    ""
+                }
             );
             self.coalescer.clear();
             match &mut self.source {

@@ -9,7 +9,8 @@
 //! charged to one common payer ([`HARD_LINKS`]) so that nobody can spend a victim's budget. Every
 //! object is checked, a created object, each entry of a tree registered with it (a folder moved
 //! in), and those of a rescan the watcher asked for. Past the budget (`watch_budget`,
-//! [`DEFAULT_BUDGET`]), the payer's further new objects are not registered as they are seen:
+//! [`DEFAULT_BUDGET`]), the payer's further new objects (root's excepted: root can do anything to the volume
+//! anyway) are not registered as they are seen:
 //! their paths are kept (at most [`MAX_DEFERRED`]; beyond, the online repair walks the volume
 //! once the window ends) and tried again when the window has ended, as creates charged to the
 //! next window. So what still exists then gets its ID (and `rebuild -s` agrees again), what a
@@ -34,6 +35,8 @@ pub const DEFAULT_BUDGET: u64 = crate::config::DEFAULT_WATCH_BUDGET;
 pub const MAX_DEFERRED: usize = 10_000;
 /// The payer of files with more than one name (uid -1, which no user has).
 pub const HARD_LINKS: u32 = u32::MAX;
+/// Root, whose objects are counted but never held back ([`Spending::allows`]).
+pub const ROOT: u32 = 0;
 
 /// Who pays for a new object: its owner, or [`HARD_LINKS`] for a file with other names.
 pub fn payer(node: &Node) -> u32 {
@@ -152,9 +155,11 @@ impl Spending {
         })
     }
 
-    /// Whether a new object of `payer` may get an ID now.
+    /// Whether a new object of `payer` may get an ID now. Root's objects always may (still
+    /// counted, for the audit line): root can do anything to the volume anyway, and a restore
+    /// or an `rsync` run as root is the bulk the watcher must keep up with, not a user burning IDs.
     pub fn allows(&self, payer: u32) -> bool {
-        self.users.get(&payer).is_none_or(|u| u.ids < self.budget)
+        payer == ROOT || self.users.get(&payer).is_none_or(|u| u.ids < self.budget)
     }
 
     /// Count `ids` new IDs handed out for objects of `payer`.
@@ -204,6 +209,16 @@ mod tests {
             uid,
             nlink,
         }
+    }
+
+    #[test]
+    fn roots_objects_are_counted_but_never_held_back() {
+        let mut s = Spending::default();
+        s.spent(ROOT, BUDGET * 3);
+        assert!(s.allows(ROOT), "root is not limited");
+        assert_eq!(s.users.get(&ROOT).map(|u| u.ids), Some(BUDGET * 3));
+        s.spent(HARD_LINKS, BUDGET);
+        assert!(!s.allows(HARD_LINKS), "hard links made by anyone still are");
     }
 
     #[test]

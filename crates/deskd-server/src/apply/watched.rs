@@ -24,6 +24,7 @@
 //! watcher's thread (`crate::watch::disk`), never by the writer.
 
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -401,6 +402,33 @@ fn claim<B: WriteBatch + ?Sized>(w: &Writing<'_, B>, names: &[Vec<u8>], node: &N
     out
 }
 
+/// [`claim`] of the entry `name` of a folder held open (`dir`, and its `.rsrc` if it has
+/// one), as [`register_tree`] lists it: the same reads through the descriptors, without
+/// walking from the root again for every entry.
+fn claim_in(dir: &OwnedFd, rsrc_dir: Option<&OwnedFd>, name: &[u8], node: &Node) -> Claim {
+    let through = |fd: &OwnedFd| {
+        use std::os::fd::AsRawFd;
+        Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())).join(OsStr::from_bytes(name))
+    };
+    let mut out = Claim::default();
+    if node.kind != Kind::Symlink {
+        // Not followed: a link swapped in since the listing has no mirror of its own.
+        out.id = deskd_volume::read_id_xattr(&through(dir));
+    }
+    let header = rsrc_dir.and_then(|rsrc| {
+        deskd_volume::rsrc::read_header(&through(rsrc))
+            .ok()
+            .flatten()
+    });
+    if let Some(h) = header {
+        out.id = out.id.or(Some(h.id).filter(|&id| id != 0));
+        if h.type_code != [0; 4] || h.creator != [0; 4] {
+            out.codes = Some((h.type_code, h.creator));
+        }
+    }
+    out
+}
+
 /// What [`claim`] read.
 #[derive(Default, Clone, Copy)]
 struct Claim {
@@ -457,15 +485,22 @@ fn asked_with(claim: Claim, owner: u32, rules: ClaimRules) -> Asked {
 }
 
 fn stamp(names: &[Vec<u8>], o: &Object) -> DiskWork {
-    DiskWork::Stamp {
-        path: names.to_vec(),
-        id: o.id,
-        dev: o.dev,
-        ino: o.ino,
-        kind: o.kind,
-        type_code: o.type_code,
-        creator: o.creator,
-        ctime: o.ctime,
+    DiskWork::stamp_of(names, o)
+}
+
+impl DiskWork {
+    /// The stamp of the object `o`, at `names`.
+    pub fn stamp_of(names: &[Vec<u8>], o: &Object) -> DiskWork {
+        DiskWork::Stamp {
+            path: names.to_vec(),
+            id: o.id,
+            dev: o.dev,
+            ino: o.ino,
+            kind: o.kind,
+            type_code: o.type_code,
+            creator: o.creator,
+            ctime: o.ctime,
+        }
     }
 }
 
@@ -530,7 +565,17 @@ fn created<B: WriteBatch + ?Sized>(
     }
     let counter_before = w.b.counter();
     let folders = first_unregistered_above(w, names)?;
-    let done = register_following(w, names, &walked.nodes, &node, before.as_ref(), rules, out)?;
+    let claimed = claim(w, names, &node);
+    let done = register_following(
+        w,
+        names,
+        &walked.nodes,
+        &node,
+        before.as_ref(),
+        claimed,
+        rules,
+        out,
+    )?;
     stamp_folders_on_the_way(w, names, folders, out)?;
     if done.created && node.kind != Kind::Dir {
         young.note(done.object.id, Instant::now());
@@ -544,11 +589,21 @@ fn created<B: WriteBatch + ?Sized>(
     let mut below = false;
     if node.kind == Kind::Dir {
         let mut budget = MAX_TREE;
-        below = register_tree(w, names, &walked, rules, out, &mut budget, spending)?;
+        let mut listed = Listed::default();
+        below = register_tree(
+            w,
+            names,
+            &walked,
+            rules,
+            out,
+            &mut budget,
+            spending,
+            &mut listed,
+        )?;
         // A folder is what is in it now: a record of an entry made (by a client) and removed
         // before the watcher saw the folder (inotify adds its watch only then) goes too.
         if !out.needs_repair {
-            below |= drop_vanished_below(w, names, out)?;
+            below |= drop_vanished_below(w, names, &listed, out)?;
         }
     }
     Ok(done.changed || below)
@@ -598,10 +653,10 @@ fn register_following<B: WriteBatch + ?Sized>(
     nodes: &[Node],
     node: &Node,
     before: Option<&Object>,
+    claimed: Claim,
     rules: ClaimRules,
     out: &mut WatchedOutcome,
 ) -> Result<Registered, ErrorReply> {
-    let claimed = claim(w, names, node);
     let claimed_at = claimed
         .id
         .filter(|&id| before.is_none_or(|b| b.id != id))
@@ -636,6 +691,7 @@ fn register_tree<B: WriteBatch + ?Sized>(
     out: &mut WatchedOutcome,
     budget: &mut usize,
     mut spending: Option<&mut Spending>,
+    listed: &mut Listed,
 ) -> Result<bool, ErrorReply> {
     let Some(fd) = walked.fd.as_ref() else {
         return Ok(false);
@@ -664,6 +720,14 @@ fn register_tree<B: WriteBatch + ?Sized>(
             entries.push(name.to_vec());
         }
         entries.sort();
+        // The folder's `.rsrc`, opened once (never through a link), for every entry's claim.
+        let rsrc_dir = rustix::fs::openat(
+            &dir_fd,
+            deskd_volume::rsrc::RSRC_DIR,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok();
         for name in entries {
             if *budget == 0 {
                 out.needs_repair = true;
@@ -697,12 +761,14 @@ fn register_tree<B: WriteBatch + ?Sized>(
                 continue; // a folder: its whole subtree, when it is tried again
             }
             let counter_before = w.b.counter();
+            let claimed = claim_in(&dir_fd, rsrc_dir.as_ref(), &name, &node);
             let done = match register_following(
                 w,
                 &child_names,
                 &child_nodes,
                 &node,
                 before.as_ref(),
+                claimed,
                 rules,
                 out,
             ) {
@@ -719,6 +785,7 @@ fn register_tree<B: WriteBatch + ?Sized>(
                 );
             }
             any |= done.changed;
+            listed.insert(done.object.id);
             if kind == Kind::Dir {
                 // Opened below the folder just listed, never through a link; a directory
                 // swapped for one since the stat is not entered.
@@ -762,6 +829,10 @@ fn removed<B: WriteBatch + ?Sized>(
     });
     Ok(true)
 }
+
+/// The IDs [`register_tree`] registered or found at the place it listed them, in one
+/// transaction: [`drop_vanished_below`] need not ask the disk whether they are still there.
+type Listed = std::collections::HashSet<u32>;
 
 /// The object at `from` is now at `to`.
 fn moved<B: WriteBatch + ?Sized>(
@@ -860,18 +931,26 @@ fn rescan<B: WriteBatch + ?Sized>(
     let Some(walked) = walk_to(w, names) else {
         return removed(w, names, out);
     };
-    let mut changed = false;
     if !names.is_empty() {
         // A folder's create drops the records of what is gone from it as well.
         return created(w, names, rules, young, spending, out);
-    } else {
-        let mut budget = MAX_TREE;
-        changed |= register_tree(w, names, &walked, rules, out, &mut budget, spending)?;
     }
+    let mut budget = MAX_TREE;
+    let mut listed = Listed::default();
+    let changed = register_tree(
+        w,
+        names,
+        &walked,
+        rules,
+        out,
+        &mut budget,
+        spending,
+        &mut listed,
+    )?;
     if out.needs_repair {
         return Ok(changed);
     }
-    Ok(drop_vanished_below(w, names, out)? || changed)
+    Ok(drop_vanished_below(w, names, &listed, out)? || changed)
 }
 
 /// Remove the records below the folder `names` (the root when empty) whose objects are gone
@@ -879,6 +958,7 @@ fn rescan<B: WriteBatch + ?Sized>(
 fn drop_vanished_below<B: WriteBatch + ?Sized>(
     w: &mut Writing<'_, B>,
     names: &[Vec<u8>],
+    listed: &Listed,
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
     let mut changed = false;
@@ -895,7 +975,9 @@ fn drop_vanished_below<B: WriteBatch + ?Sized>(
         for child in w.b.children(id).map_err(db_error)? {
             let mut child_names = dir_names.clone();
             child_names.push(child.name.clone());
-            if verify_gone(w.vol, &child, &child_names).is_ok() {
+            // Seen in the listing of this very transaction: there (a removal since is an
+            // event of its own), so not looked up on the disk a second time.
+            if !listed.contains(&child.id) && verify_gone(w.vol, &child, &child_names).is_ok() {
                 w.b.delete(child.id, true).map_err(db_error)?;
                 w.cache.clear();
                 out.disk.push(DiskWork::Unstamp { path: child_names });

@@ -17,6 +17,7 @@ mod disk;
 mod figures;
 mod kernel;
 mod known;
+mod owed;
 mod rescan;
 mod source;
 mod thread;
@@ -72,6 +73,8 @@ pub(crate) struct Running {
     /// When the writer's spending window that deferred new objects has ended: then the thread
     /// gives the writer a turn (its rescan of their folders) even if nothing new was seen.
     spending_due: Mutex<Option<std::time::Instant>>,
+    /// Stamps of a busy batch's new objects, written when the watcher is idle ([`owed`]).
+    owed: Mutex<owed::Owed>,
     /// The read connection of [`known`] and of the stamps tried again, opened at first need
     /// and kept while the watcher runs (closed by [`stop_running`]).
     reader: Mutex<Option<MappedReader>>,
@@ -96,6 +99,7 @@ impl Running {
             moved_on: Mutex::default(),
             unplaced: Mutex::default(),
             spending_due: Mutex::default(),
+            owed: Mutex::new(owed::Owed::default()),
             reader: Mutex::new(None),
             thread: Mutex::new(None),
         }
@@ -295,6 +299,13 @@ fn stop_running(running: &Running) {
     }
     // Not kept past the stop: the desktop is closed next.
     *running.reader.lock().unwrap() = None;
+    let owed = running.owed.lock().unwrap().len();
+    if owed > 0 {
+        info!(
+            "watching stopped with {owed} resource file(s) and mirror(s) of new objects not \
+             written yet: the rescan at the watcher's next start writes them"
+        );
+    }
 }
 
 /// Wait, at most `limit`, while the server's own rescan of the volume runs (a `rebuild` asked
@@ -335,4 +346,6 @@ pub(crate) fn barrier(
             handle.volume.root().display()
         ),
     }
+    // On disk too: the stamps a busy batch left owed.
+    while thread::pay_owed(&running, handle, owed::IDLE_SHARE) > 0 {}
 }

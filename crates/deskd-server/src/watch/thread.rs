@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use deskd_watch::{Batch, Change};
 use tracing::{debug, error, warn};
 
-use super::{disk, rescan, Running};
+use super::{disk, owed, rescan, Running};
+use crate::apply::watched::DiskWork;
 use crate::rebuild::Registry;
 use crate::volume::VolumeHandle;
 use crate::writer::Job;
@@ -49,10 +50,16 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
             let Some(source) = source.as_mut() else {
                 return;
             };
-            match source.next_batch(WAIT) {
+            // Owing stamps, the watcher only looks for changes: with none, it pays a share.
+            let owing = !running.owed.lock().unwrap().is_empty();
+            match source.next_batch(if owing { Duration::ZERO } else { WAIT }) {
                 Ok(batch) => {
+                    let idle = batch.changes.is_empty() && !batch.overflow;
                     settle(&batch);
-                    process(&running, &handle, &rebuilds, batch)
+                    process(&running, &handle, &rebuilds, batch);
+                    if idle && owing {
+                        pay_owed(&running, &handle, super::owed::IDLE_SHARE);
+                    }
                 }
                 Err(e) => {
                     if running.stopping.load(Ordering::SeqCst) {
@@ -86,7 +93,6 @@ const MAX_MOVED_ON: usize = 10_000;
 /// The stamps of earlier batches whose objects had moved on, tried again where the desktop
 /// now says their objects are (by ID); then this batch's. Returns the errors to log.
 fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) -> Vec<String> {
-    use crate::apply::watched::DiskWork;
     use deskd_db::Read;
     let mut errors = done.errors;
     let mut waiting = running.moved_on.lock().unwrap();
@@ -184,7 +190,7 @@ pub(crate) fn process(
         handle.ask(|tx| Job::Watch(changes, tx))
     };
     let lag = oldest.elapsed();
-    let Some(outcome) = outcome else {
+    let Some(mut outcome) = outcome else {
         running.figures.lock().unwrap().pending = 0;
         return; // the writer is gone: deskd is stopping
     };
@@ -199,8 +205,17 @@ pub(crate) fn process(
         }
     }
     report_spending(running, handle, &outcome);
-    let done = disk::apply(&handle.volume, &outcome.disk);
+    let now_work = owe_new_stamps(running, std::mem::take(&mut outcome.disk));
+    let done = disk::apply(&handle.volume, &now_work);
     let errors = retry_moved_on(running, handle, done);
+    if running.owed.lock().unwrap().overdue(Instant::now()) {
+        // Never idle for long: each batch pays as many as it owed, and then some.
+        pay_owed(
+            running,
+            handle,
+            (count as usize).max(super::owed::IDLE_SHARE),
+        );
+    }
     {
         let mut figures = running.figures.lock().unwrap();
         figures.pending = 0;
@@ -285,4 +300,69 @@ fn report_spending(
             );
         }
     }
+}
+
+/// The disk work of a batch to do now: all of it, except that a busy batch (at least
+/// [`owed::OWE_FROM`] stamps) owes its stamps for later ([`super::owed`]) while there is room.
+fn owe_new_stamps(running: &Running, work: Vec<DiskWork>) -> Vec<DiskWork> {
+    let stamps = work
+        .iter()
+        .filter(|w| matches!(w, DiskWork::Stamp { .. }))
+        .count();
+    let mut owed = running.owed.lock().unwrap();
+    if stamps < owed::OWE_FROM || !owed.has_room_for(stamps) {
+        return work;
+    }
+    let now = Instant::now();
+    work.into_iter()
+        .filter(|w| match w {
+            DiskWork::Stamp { id, .. } => {
+                owed.owe(*id, now);
+                false
+            }
+            _ => true,
+        })
+        .collect()
+}
+
+/// Pay up to `share` owed stamps, each where the desktop says its object is now (an object
+/// removed since needs none). Returns how many were taken.
+pub(crate) fn pay_owed(running: &Running, handle: &VolumeHandle, share: usize) -> usize {
+    let ids = running.owed.lock().unwrap().take(share);
+    if ids.is_empty() {
+        return 0;
+    }
+    let work = running.with_reader(handle, |reader| {
+        let Some(reader) = reader else {
+            return None;
+        };
+        use deskd_db::Read;
+        Some(
+            ids.iter()
+                .filter_map(|&id| {
+                    let object = reader.get(id).ok()?;
+                    let names = reader.path_of(id).ok()?;
+                    Some(DiskWork::stamp_of(&names, &object))
+                })
+                .collect::<Vec<_>>(),
+        )
+    });
+    let root = handle.volume.root();
+    let Some(work) = work else {
+        if running.failures.now() {
+            warn!(
+                "watching {}: {} resource file(s) of new objects not written (the desktop \
+                 could not be read); the rescan at the watcher's next start writes them",
+                root.display(),
+                ids.len()
+            );
+        }
+        return ids.len();
+    };
+    let done = disk::apply(&handle.volume, &work);
+    let errors = retry_moved_on(running, handle, done);
+    if !errors.is_empty() && running.failures.now() {
+        warn!("watching {}: {}", root.display(), errors[0]);
+    }
+    ids.len()
 }
