@@ -348,13 +348,28 @@ impl Grams {
         let mut push = |window: &[u8]| lists.entry(gram(window)).or_default().push(block);
         framed_windows(key, 3, &mut push);
         self.keys += 1;
+        let room = QUAD_BASE + QUADS_PER_KEY * self.keys;
+        // The key's four-grams (the framed key's windows of four) all new still fit the cap:
+        // one pass, each looked up once (the cap is for keys of random bytes).
+        if key.len() <= MAX_QUAD_KEY && self.quads + (key.len() + 3).saturating_sub(4) <= room {
+            let mut new = 0;
+            framed_windows(key, 4, |w| match lists.entry(gram(w)) {
+                std::collections::hash_map::Entry::Occupied(list) => list.into_mut().push(block),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    new += 1;
+                    slot.insert(Postings::default()).push(block);
+                }
+            });
+            self.quads += new;
+            return;
+        }
         let mut new = 0;
         if key.len() <= MAX_QUAD_KEY {
             framed_windows(key, 4, |w| {
                 new += usize::from(!lists.contains_key(&gram(w)))
             });
         }
-        if key.len() <= MAX_QUAD_KEY && self.quads + new <= QUAD_BASE + QUADS_PER_KEY * self.keys {
+        if key.len() <= MAX_QUAD_KEY && self.quads + new <= room {
             framed_windows(key, 4, |w| {
                 lists.entry(gram(w)).or_default().push(block);
             });
