@@ -570,7 +570,6 @@ fn created<B: WriteBatch + ?Sized>(
         w,
         names,
         &walked.nodes,
-        &node,
         before.as_ref(),
         claimed,
         rules,
@@ -588,22 +587,12 @@ fn created<B: WriteBatch + ?Sized>(
     }
     let mut below = false;
     if node.kind == Kind::Dir {
-        let mut budget = MAX_TREE;
-        let mut listed = Listed::default();
-        below = register_tree(
-            w,
-            names,
-            &walked,
-            rules,
-            out,
-            &mut budget,
-            spending,
-            &mut listed,
-        )?;
+        let mut tree = Tree::default();
+        below = register_tree(w, names, &walked, rules, out, &mut tree, spending)?;
         // A folder is what is in it now: a record of an entry made (by a client) and removed
         // before the watcher saw the folder (inotify adds its watch only then) goes too.
         if !out.needs_repair {
-            below |= drop_vanished_below(w, names, &listed, out)?;
+            below |= drop_vanished_below(w, names, &tree.listed, out)?;
         }
     }
     Ok(done.changed || below)
@@ -651,12 +640,12 @@ fn register_following<B: WriteBatch + ?Sized>(
     w: &mut Writing<'_, B>,
     names: &[Vec<u8>],
     nodes: &[Node],
-    node: &Node,
     before: Option<&Object>,
     claimed: Claim,
     rules: ClaimRules,
     out: &mut WatchedOutcome,
 ) -> Result<Registered, ErrorReply> {
+    let node = nodes.last().expect("walked to the object");
     let claimed_at = claimed
         .id
         .filter(|&id| before.is_none_or(|b| b.id != id))
@@ -689,9 +678,8 @@ fn register_tree<B: WriteBatch + ?Sized>(
     walked: &walk::Walked,
     rules: ClaimRules,
     out: &mut WatchedOutcome,
-    budget: &mut usize,
+    tree: &mut Tree,
     mut spending: Option<&mut Spending>,
-    listed: &mut Listed,
 ) -> Result<bool, ErrorReply> {
     let Some(fd) = walked.fd.as_ref() else {
         return Ok(false);
@@ -729,11 +717,11 @@ fn register_tree<B: WriteBatch + ?Sized>(
         )
         .ok();
         for name in entries {
-            if *budget == 0 {
+            if tree.budget == 0 {
                 out.needs_repair = true;
                 return Ok(any);
             }
-            *budget -= 1;
+            tree.budget -= 1;
             let Ok(st) =
                 rustix::fs::statat(&dir_fd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW)
             else {
@@ -766,7 +754,6 @@ fn register_tree<B: WriteBatch + ?Sized>(
                 w,
                 &child_names,
                 &child_nodes,
-                &node,
                 before.as_ref(),
                 claimed,
                 rules,
@@ -785,7 +772,7 @@ fn register_tree<B: WriteBatch + ?Sized>(
                 );
             }
             any |= done.changed;
-            listed.insert(done.object.id);
+            tree.listed.insert(done.object.id);
             if kind == Kind::Dir {
                 // Opened below the folder just listed, never through a link; a directory
                 // swapped for one since the stat is not entered.
@@ -833,6 +820,22 @@ fn removed<B: WriteBatch + ?Sized>(
 /// The IDs [`register_tree`] registered or found at the place it listed them, in one
 /// transaction: [`drop_vanished_below`] need not ask the disk whether they are still there.
 type Listed = std::collections::HashSet<u32>;
+
+/// One [`register_tree`]'s work: the objects it may still register inline (then the online
+/// repair takes over) and what it listed.
+struct Tree {
+    budget: usize,
+    listed: Listed,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree {
+            budget: MAX_TREE,
+            listed: Listed::default(),
+        }
+    }
+}
 
 /// The object at `from` is now at `to`.
 fn moved<B: WriteBatch + ?Sized>(
@@ -935,22 +938,12 @@ fn rescan<B: WriteBatch + ?Sized>(
         // A folder's create drops the records of what is gone from it as well.
         return created(w, names, rules, young, spending, out);
     }
-    let mut budget = MAX_TREE;
-    let mut listed = Listed::default();
-    let changed = register_tree(
-        w,
-        names,
-        &walked,
-        rules,
-        out,
-        &mut budget,
-        spending,
-        &mut listed,
-    )?;
+    let mut tree = Tree::default();
+    let changed = register_tree(w, names, &walked, rules, out, &mut tree, spending)?;
     if out.needs_repair {
         return Ok(changed);
     }
-    Ok(drop_vanished_below(w, names, &listed, out)? || changed)
+    Ok(drop_vanished_below(w, names, &tree.listed, out)? || changed)
 }
 
 /// Remove the records below the folder `names` (the root when empty) whose objects are gone

@@ -88,7 +88,7 @@ impl Owed {
                 break;
             }
             let (first, last) = *run;
-            if (last - first) as usize + 1 <= want {
+            if ((last - first) as usize) < want {
                 out.extend(first..=last);
                 used += 1;
             } else {

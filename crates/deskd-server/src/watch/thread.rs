@@ -333,9 +333,7 @@ pub(crate) fn pay_owed(running: &Running, handle: &VolumeHandle, share: usize) -
         return 0;
     }
     let work = running.with_reader(handle, |reader| {
-        let Some(reader) = reader else {
-            return None;
-        };
+        let reader = reader?;
         use deskd_db::Read;
         Some(
             ids.iter()
