@@ -383,7 +383,7 @@ impl Watcher {
         }
         let over_limit = self.queue_limit.is_some_and(|limit| sink.events > limit);
         let over_bytes = match &mut self.source {
-            Source::Fanotify(s) if s.queued_bytes() > fanotify::QUEUE_BYTES_MAX => {
+            Source::Fanotify(s) if s.over_bound() => {
                 s.discard_queued();
                 true
             }

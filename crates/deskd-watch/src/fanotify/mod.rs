@@ -14,6 +14,7 @@
 //! tells where it was, and so does an event in a directory this read renames later; what
 //! still waits at the end of the batch asks for a rescan of the volume.
 
+mod guard;
 pub(crate) mod handles;
 pub(crate) mod records;
 mod sys;
@@ -36,7 +37,8 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// Most bytes of events the kernel may hold for the watcher (what `FIONREAD` counts; the
 /// kernel's own memory for them is about 1.5 times as much): beyond, they are dropped and the
-/// volume rescanned, as after the kernel's own overflow. The queue is otherwise unlimited
+/// volume rescanned, as after the kernel's own overflow (checked after each batch, and every
+/// 100 ms by a guard thread, [`guard`], while the watcher's thread is held elsewhere). The queue is otherwise unlimited
 /// (`FAN_UNLIMITED_QUEUE`): the kernel's default of 16,384 events lasts 0.15 s when a program
 /// creates 100,000 files a second, less than one batch of the server takes to apply, so a
 /// burst would always end in a rescan of the whole volume. 128 MiB holds about 1.4 million
@@ -88,6 +90,8 @@ pub(crate) struct FanotifySource {
     /// of their last rename there, and the index of the event being placed.
     renamed_later: HashMap<Box<[u8]>, usize>,
     event_index: usize,
+    /// Keeps the kernel's queue under [`QUEUE_BYTES_MAX`] while this thread is elsewhere.
+    guard: guard::QueueGuard,
 }
 
 impl FanotifySource {
@@ -123,8 +127,15 @@ impl FanotifySource {
                 root: root.to_path_buf(),
                 reason: mark_reason(e),
             })?;
+        let guard = rustix::io::fcntl_dupfd_cloexec(&group, 0)
+            .map_err(std::io::Error::from)
+            .and_then(|fd| guard::QueueGuard::start(fd, QUEUE_BYTES_MAX))
+            .map_err(|e| WatchError::FanotifyInit {
+                reason: format!("the queue's guard thread: {e}"),
+            })?;
         let mut source = FanotifySource {
             group,
+            guard,
             root: root.to_path_buf(),
             root_fd,
             cache: HandleCache::new(capacity),
@@ -146,9 +157,11 @@ impl FanotifySource {
         self.group.as_fd()
     }
 
-    /// Bytes of events the kernel holds for this group, unread (`FIONREAD`).
-    pub(crate) fn queued_bytes(&self) -> u64 {
-        rustix::io::ioctl_fionread(&self.group).unwrap_or(0)
+    /// Whether more than [`QUEUE_BYTES_MAX`] bytes of events wait in the kernel now, or the
+    /// guard found so and dropped them since the last call (either way: an overflow).
+    pub(crate) fn over_bound(&self) -> bool {
+        self.guard.take_dropped()
+            || rustix::io::ioctl_fionread(&self.group).unwrap_or(0) > QUEUE_BYTES_MAX
     }
 
     /// Read and drop everything the kernel holds (past [`QUEUE_BYTES_MAX`]: the rescan that
