@@ -22,12 +22,24 @@ pub(crate) fn spawn_name_index_load(
     names: Arc<NameIndex>,
 ) {
     let (desktop, count) = (desktop.to_path_buf(), count.clone());
+    spawn_name_index_load_with(root, names, move |names| {
+        open_reader_at(&desktop, immutable, &count).and_then(|r| names.load(&*r))
+    });
+}
+
+/// [`spawn_name_index_load`] with the loading given (a PostgreSQL volume's reads its rows
+/// through a connection of its own).
+pub(crate) fn spawn_name_index_load_with(
+    root: &Path,
+    names: Arc<NameIndex>,
+    load: impl FnOnce(&NameIndex) -> deskd_db::Result<()> + Send + 'static,
+) {
     let root = root.to_path_buf();
     let _ = std::thread::Builder::new()
         .name("name-index".into())
         .spawn(move || {
             let began = Instant::now();
-            match open_reader_at(&desktop, immutable, &count).and_then(|r| names.load(&*r)) {
+            match load(&names) {
                 Ok(()) => {
                     info!(
                         volume = %root.display(),
@@ -63,11 +75,23 @@ pub(crate) fn spawn_check(
     state: Arc<Mutex<SharedState>>,
 ) -> Option<JoinHandle<Vec<String>>> {
     let (desktop, count) = (desktop.to_path_buf(), count.clone());
+    spawn_check_with(root, state, move || {
+        open_reader_at(&desktop, immutable, &count).and_then(|r| r.quick_check())
+    })
+}
+
+/// [`spawn_check`] with the check given (a PostgreSQL volume's runs on a connection of its
+/// own).
+pub(crate) fn spawn_check_with(
+    root: &Path,
+    state: Arc<Mutex<SharedState>>,
+    check: impl FnOnce() -> deskd_db::Result<Vec<String>> + Send + 'static,
+) -> Option<JoinHandle<Vec<String>>> {
     let root = root.to_path_buf();
     std::thread::Builder::new()
         .name("check".into())
         .spawn(move || {
-            let result = open_reader_at(&desktop, immutable, &count).and_then(|r| r.quick_check());
+            let result = check();
             let finished = Some(deskd_db::now_unix());
             match result {
                 Ok(problems) if problems.is_empty() => {

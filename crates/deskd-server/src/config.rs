@@ -58,6 +58,14 @@ pub struct VolumePrefs {
     pub watch_budget: Option<u64>,
     /// The window of `watch_budget`, seconds (default 60).
     pub watch_budget_seconds: Option<u64>,
+    /// Where the desktop lives (issue 28): `sqlite` (the default, the `.Desktop` file) or a
+    /// PostgreSQL target: a `postgresql://user@host:port/db` URL, a libpq `key=value` list or
+    /// `service=NAME`, with no password in it.
+    pub backend: Option<String>,
+    /// The PostgreSQL password: the first line of this file (mode 0600 or stricter).
+    pub backend_password_file: Option<PathBuf>,
+    /// The PostgreSQL password: this environment variable of the server (`PGPASSWORD`).
+    pub backend_password_env: Option<String>,
 }
 
 /// The `replaced` setting: whether an object found at a registered name with another inode
@@ -239,6 +247,38 @@ pub struct HttpConfig {
     pub backup_dir: Option<PathBuf>,
 }
 
+/// The `backend` setting of a volume (its own, else `[defaults]`'s) with its password source.
+/// `sqlite` or nothing: the SQLite desktop.
+fn backend_of(
+    prefs: &VolumePrefs,
+    d: &VolumePrefs,
+    root: &Path,
+) -> Result<Option<deskd_pg::ConnectOptions>, ServerError> {
+    let target = match prefs.backend.as_ref().or(d.backend.as_ref()) {
+        None => return Ok(None),
+        Some(t) if t == "sqlite" => return Ok(None),
+        Some(t) => t.clone(),
+    };
+    // Only the table that names the database names its password, or both come from
+    // [defaults]: a volume's own target never takes another's password by accident.
+    let (file, env) = if prefs.backend.is_some() {
+        (&prefs.backend_password_file, &prefs.backend_password_env)
+    } else {
+        (&d.backend_password_file, &d.backend_password_env)
+    };
+    let password = match (file, env) {
+        (Some(_), Some(_)) => {
+            return Err(ServerError::BackendPassword {
+                root: root.to_path_buf(),
+            })
+        }
+        (Some(f), None) => deskd_pg::PasswordSource::File(f.clone()),
+        (None, Some(v)) => deskd_pg::PasswordSource::Env(v.clone()),
+        (None, None) => deskd_pg::PasswordSource::None,
+    };
+    Ok(Some(deskd_pg::ConnectOptions { target, password }))
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -285,6 +325,8 @@ pub struct VolumeConfig {
     pub watch_budget: u64,
     /// The window of `watch_budget` (`watch_budget_seconds`, at least 1 s).
     pub watch_budget_window: std::time::Duration,
+    /// The PostgreSQL database the desktop lives in (`backend`); None: the SQLite `.Desktop`.
+    pub backend: Option<deskd_pg::ConnectOptions>,
 }
 
 /// Resolved TCP settings.
@@ -423,6 +465,7 @@ impl ConfigFile {
                     )
                     .max(1),
                 ),
+                backend: backend_of(prefs, d, &root)?,
                 root,
             };
             volumes.push(cfg);

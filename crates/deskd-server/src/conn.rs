@@ -428,11 +428,36 @@ impl Drop for Connection {
 
 /// A connection's read connection to one opening of a volume's desktop.
 struct CachedReader {
-    reader: MappedReader,
+    reader: VolumeReader,
     /// The writer's commit count when its snapshot began.
     commits: u64,
     /// [`VolumeHandle::opening`]: a volume reopened by a reload needs a new reader.
     opening: u64,
+}
+
+/// A read connection of either back end: SQLite's mapped reader, or a PostgreSQL connection
+/// (whose every statement sees every commit made before it: no snapshot to renew).
+enum VolumeReader {
+    Sqlite(MappedReader),
+    Pg(deskd_pg::PgDesktop),
+}
+
+/// A borrowed [`VolumeReader`], for [`with_reader!`].
+#[derive(Clone, Copy)]
+enum ReaderRef<'a> {
+    Sqlite(&'a Reader),
+    Pg(&'a deskd_pg::PgDesktop),
+}
+
+/// Run `$body` with `$db` bound to the reader, monomorphised for each back end (no `dyn` on
+/// SQLite's read path).
+macro_rules! with_reader {
+    ($reader:expr, $db:ident => $body:expr) => {
+        match $reader {
+            ReaderRef::Sqlite($db) => $body,
+            ReaderRef::Pg($db) => $body,
+        }
+    };
 }
 
 impl Connection {
@@ -445,12 +470,16 @@ impl Connection {
 
     /// The read connection for a volume, inside a snapshot that includes every write
     /// acknowledged so far (a new commit ends the old snapshot).
-    fn reader(&mut self, handle: &VolumeHandle) -> Result<&Reader, ErrorReply> {
+    fn reader(&mut self, handle: &VolumeHandle) -> Result<ReaderRef<'_>, ErrorReply> {
         use std::collections::hash_map::Entry;
         let commits = handle.commits.load(Ordering::SeqCst);
         let open = || -> Result<CachedReader, ErrorReply> {
+            let reader = match &handle.pg {
+                Some(pg) => VolumeReader::Pg(pg.connect().map_err(db_error)?),
+                None => VolumeReader::Sqlite(handle.open_reader().map_err(db_error)?),
+            };
             Ok(CachedReader {
-                reader: handle.open_reader().map_err(db_error)?,
+                reader,
                 commits,
                 opening: handle.opening,
             })
@@ -463,22 +492,36 @@ impl Connection {
             }
             Entry::Vacant(e) => e.insert(open()?),
         };
+        let reader = match &mut entry.reader {
+            VolumeReader::Pg(db) => return Ok(ReaderRef::Pg(db)),
+            VolumeReader::Sqlite(reader) => reader,
+        };
         let wrote = entry.commits != commits;
         if wrote {
-            entry.reader.end_snapshot().map_err(db_error)?;
+            reader.end_snapshot().map_err(db_error)?;
             entry.commits = commits;
         }
         // Between snapshots: the mapping may grow (the desktop did, or the budget has room
         // again for a connection that got less).
-        entry.reader.refresh(wrote);
-        entry.reader.begin_snapshot().map_err(db_error)?;
-        Ok(&entry.reader)
+        reader.refresh(wrote);
+        reader.begin_snapshot().map_err(db_error)?;
+        Ok(ReaderRef::Sqlite(reader))
+    }
+
+    /// After a read of a PostgreSQL volume failed for want of the database (`Busy`): drop its
+    /// connection, which the database may have lost, so the next request connects again.
+    fn forget_pg_reader(&mut self, handle: &VolumeHandle) {
+        if handle.pg.is_some() {
+            self.readers.remove(&handle.index);
+        }
     }
 
     /// End every read snapshot (when no request is waiting), so checkpoints can proceed.
     fn end_snapshots(&mut self) {
         for cached in self.readers.values() {
-            let _ = cached.reader.end_snapshot();
+            if let VolumeReader::Sqlite(reader) = &cached.reader {
+                let _ = reader.end_snapshot();
+            }
         }
     }
 
@@ -610,18 +653,13 @@ impl Connection {
         sticky: bool,
     ) -> Result<sight::Look, ErrorReply> {
         let access = self.access.clone();
+        let ask = sight::Ask {
+            object,
+            folder,
+            sticky,
+        };
         let reader = self.reader(handle)?;
-        sight::look(
-            reader,
-            &handle.volume,
-            &access,
-            id,
-            sight::Ask {
-                object,
-                folder,
-                sticky,
-            },
-        )
+        with_reader!(reader, db => sight::look(db, &handle.volume, &access, id, ask))
     }
 
     /// [`crate::apply::add_known`] on this connection's reader of the volume (`None` also when
@@ -632,8 +670,8 @@ impl Connection {
         }
         let access = self.access.clone();
         let reader = self.reader(handle).ok()?;
-        let answer = crate::apply::add_known(reader, &handle.volume, request, &access);
-        if answer.is_none() {
+        let answer = with_reader!(reader, db => crate::apply::add_known(db, &handle.volume, request, &access));
+        if let (None, ReaderRef::Sqlite(reader)) = (&answer, reader) {
             // The write path decides: no snapshot may hold checkpoints (or a reload's close)
             // back while the write waits for the writer.
             let _ = reader.end_snapshot();
@@ -646,7 +684,10 @@ impl Connection {
         let components = self
             .readers
             .get(&handle.index)
-            .and_then(|r| r.reader.path_of(id).ok())
+            .and_then(|r| match &r.reader {
+                VolumeReader::Sqlite(reader) => reader.path_of(id).ok(),
+                VolumeReader::Pg(db) => db.path_of(id).ok(),
+            })
             .unwrap_or_default();
         handle.volume.path_of(&components)
     }
@@ -818,7 +859,11 @@ impl Connection {
                         .current(&handle)
                         .map(|job| job.state(u64::MAX));
                     let reader = self.reader(&handle)?;
-                    let mut status = handle.status(reader, rebuild)?;
+                    let status = with_reader!(reader, db => handle.status(db, rebuild));
+                    if status.as_ref().is_err_and(|e| e.code == ErrorCode::Busy) {
+                        self.forget_pg_reader(&handle);
+                    }
+                    let mut status = status?;
                     if !admin {
                         redact_details(&mut status);
                         crate::coarse::status(&mut status);
@@ -957,8 +1002,19 @@ impl Connection {
             other => {
                 let handle = self.shared.volume(other.volume().unwrap_or(u32::MAX))?;
                 let access = self.access.clone();
-                let reader = self.reader(&handle)?;
-                apply_read(reader, &handle.volume, &handle.names, &other, &access)
+                let reader = match self.reader(&handle) {
+                    Ok(reader) => reader,
+                    Err(e) => {
+                        self.forget_pg_reader(&handle);
+                        return Err(e);
+                    }
+                };
+                let reply = with_reader!(reader, db =>
+                    apply_read(db, &handle.volume, &handle.names, &other, &access));
+                if reply.as_ref().is_err_and(|e| e.code == ErrorCode::Busy) {
+                    self.forget_pg_reader(&handle);
+                }
+                reply
             }
         }
     }

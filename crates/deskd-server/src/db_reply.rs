@@ -25,6 +25,9 @@ pub fn db_error(e: DbError) -> ErrorReply {
         DbError::IntoItself(_) => ErrorCode::IntoItself,
         DbError::Root(_) => ErrorCode::PermissionDenied,
         DbError::IdSpaceExhausted => ErrorCode::IdSpaceExhausted,
+        // A PostgreSQL desktop's database cannot be reached: try again (the writer answers
+        // writes read-only itself, `writer::pg`).
+        DbError::Unavailable(_) => ErrorCode::Busy,
         e if e.is_disk_full() => ErrorCode::DiskFull,
         e if is_busy(e) => ErrorCode::Busy,
         _ => ErrorCode::Internal,

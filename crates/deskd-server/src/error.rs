@@ -26,6 +26,21 @@ pub enum ServerError {
     /// A volume's `freeze_max` is 0.
     #[error("configuration: {}: freeze_max must be at least 1 second", root.display())]
     FreezeMaxZero { root: PathBuf },
+    /// A volume's `backend` names both a password file and a password variable.
+    #[error(
+        "configuration: {}: backend_password_file and backend_password_env: give one",
+        root.display()
+    )]
+    BackendPassword { root: PathBuf },
+    /// A volume's PostgreSQL desktop could not be opened (no connection, a refused login, a
+    /// newer format, another volume's name or identity). The cause is in the message.
+    #[error("{}: desktop in PostgreSQL ({target}): {message}", root.display())]
+    PgOpen {
+        root: PathBuf,
+        /// `user@host:port/db`, no password.
+        target: String,
+        message: String,
+    },
     /// Neither the command line nor the file names a volume.
     #[error(
         "configuration: no volumes: name them on the command line or in [volume.\"<path>\"] tables"

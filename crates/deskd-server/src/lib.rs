@@ -45,6 +45,7 @@ mod mmap_budget;
 #[cfg(test)]
 mod module_graph;
 mod outbox;
+mod pg_volume;
 mod preflight;
 mod private_temp;
 mod rebuild;

@@ -176,6 +176,15 @@ pub(crate) fn start(
     asker: &str,
 ) -> Result<u64, ErrorReply> {
     let root = handle.volume.root().display().to_string();
+    if handle.pg.is_some() {
+        return Err(ErrorReply::new(
+            ErrorCode::Internal,
+            format!(
+                "{root}: an online rebuild of a desktop in PostgreSQL is not yet available \
+                 (deskd migrate it to SQLite, rebuild, and migrate it back)"
+            ),
+        ));
+    }
     if handle.read_only() && mode != RebuildMode::Scan {
         return Err(ErrorReply::new(
             ErrorCode::ReadOnly,

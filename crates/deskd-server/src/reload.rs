@@ -114,7 +114,9 @@ impl Server {
             // A volume served read-only for want of space is tried writable again; one whose
             // file system was remounted read-only (or back) is opened as it now is.
             let retry = handle.worth_reopening();
-            if (v.read_only != old.read_only || retry) && self.reopen(handle, v, notes) {
+            // Another back end (or database) is another desktop: the volume is opened again.
+            let moved = v.backend != old.backend;
+            if (v.read_only != old.read_only || moved || retry) && self.reopen(handle, v, notes) {
                 continue;
             }
             handle.ask(|done| Job::Retime(v.clone(), done));
@@ -251,6 +253,7 @@ impl Server {
             ));
             let kept = VolumeConfig {
                 read_only: handle.config.read_only,
+                backend: handle.config.backend.clone(),
                 ..new.clone()
             };
             VolumeHandle::open(handle.index, kept)

@@ -17,13 +17,16 @@ use deskd_proto::{ErrorReply, RebuildState, VolumeStatus};
 use deskd_volume::Volume;
 use tracing::{info, warn};
 
-use crate::background::{spawn_check, spawn_name_index_load};
+use crate::background::{
+    spawn_check, spawn_check_with, spawn_name_index_load, spawn_name_index_load_with,
+};
 use crate::config::VolumeConfig;
 use crate::db_reply::db_error;
 use crate::desktop_lock::{check_desktop_owner, lock_exclusive};
 use crate::error::ServerError;
 use crate::location::{desktop_path, existing_desktop_path, open_reader_at, read_only_desktop};
 use crate::mapped_reader::MappedReader;
+use crate::pg_volume::PgVolume;
 use crate::private_temp::{on_read_only_fs, PrivateTemp};
 use crate::space;
 use crate::writer::{Job, SharedState, Writer, WriterShare};
@@ -66,6 +69,8 @@ pub struct VolumeHandle {
     pub(crate) writer_connected: bool,
     /// The start-up check's thread, until [`crate::autorepair::watch`] takes it.
     check: Mutex<Option<JoinHandle<Vec<String>>>>,
+    /// The volume's desktop in PostgreSQL (`backend =`); None: the SQLite desktop.
+    pub(crate) pg: Option<Arc<PgVolume>>,
 }
 
 /// What opening a desktop produced, for [`VolumeHandle::serve`].
@@ -110,6 +115,9 @@ impl VolumeHandle {
             root: config.root.clone(),
             source,
         })?;
+        if let Some(options) = config.backend.clone() {
+            return Self::open_pg(index, config, volume, options);
+        }
         let root = volume.root().to_path_buf();
         // A volume on a file system mounted read-only is served read-only, configured so or
         // not: nothing on it can change, nor can its desktop be written.
@@ -341,10 +349,106 @@ impl VolumeHandle {
             read_connections: Arc::default(),
             writer_connected,
             check: Mutex::new(None),
+            pg: None,
         });
         let (reads, immutable, count) = (&handle.reads, handle.immutable, &handle.read_connections);
         spawn_name_index_load(reads, immutable, count, &root, handle.names.clone());
         *handle.check.lock().unwrap() = spawn_check(reads, immutable, count, &root, state.clone());
+        Ok(handle)
+    }
+
+    /// Open a volume whose desktop is in PostgreSQL (`backend =`, issue 28): its identity from
+    /// the root (stamped at the first serve), the volume found or made in the database, the
+    /// writer and the follower started, the name index loaded from the database. No desktop
+    /// lock, WAL, checkpointer or mapped readers: the database does that work.
+    fn open_pg(
+        index: u32,
+        config: VolumeConfig,
+        volume: Volume,
+        options: deskd_pg::ConnectOptions,
+    ) -> Result<Arc<VolumeHandle>, ServerError> {
+        let root = volume.root().to_path_buf();
+        let refused = |message: String| ServerError::PgOpen {
+            root: root.clone(),
+            target: options.target.clone(),
+            message,
+        };
+        if config.watch != deskd_watch::WatchMode::Off {
+            return Err(refused(
+                "watch is not yet available for a desktop in PostgreSQL (set watch = \"off\")"
+                    .into(),
+            ));
+        }
+        let identity = crate::pg_volume::identity(&root, &config)?;
+        let key = deskd_pg::VolumeKey {
+            name: root.to_string_lossy().into_owned(),
+            identity,
+        };
+        let names = Arc::new(NameIndex::new());
+        let (pg, desktop, created) =
+            PgVolume::open(options.clone(), key, config.durability, names.clone())
+                .map_err(|e| refused(e.to_string()))?;
+        let pg = Arc::new(pg);
+        let read_only = config.read_only || on_read_only_fs(&root);
+        info!(
+            volume = %root.display(),
+            desktop = %pg.describe(),
+            created,
+            read_only,
+            durability = ?config.durability,
+            "volume open"
+        );
+        if !read_only {
+            ensure_root_record(&root);
+        }
+        let state = Arc::new(Mutex::new(SharedState {
+            clean_at_start: true,
+            ..Default::default()
+        }));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer_config = VolumeConfig {
+            read_only,
+            ..config.clone()
+        };
+        let writer = crate::writer::pg::PgWriter::new(
+            desktop,
+            pg.clone(),
+            volume.clone(),
+            writer_config,
+            state.clone(),
+            commits.clone(),
+        )
+        .spawn(index, rx)
+        .map_err(ServerError::WriterThread)?;
+        let owner_uid = std::fs::metadata(&root).map(|m| m.uid()).unwrap_or(0);
+        let handle = Arc::new(VolumeHandle {
+            index,
+            volume,
+            desktop_path: PathBuf::from(pg.describe()),
+            config,
+            queue: tx,
+            writer,
+            state: state.clone(),
+            owner_uid,
+            commits,
+            names: names.clone(),
+            touches: Arc::new(TouchLog::default()),
+            opening: OPENINGS.fetch_add(1, Ordering::SeqCst),
+            read_only_reason: on_read_only_fs(&root).then(|| RO_FS_REASON.to_string()),
+            reads: PathBuf::new(),
+            immutable: false,
+            read_connections: Arc::default(),
+            writer_connected: true,
+            check: Mutex::new(None),
+            pg: Some(pg.clone()),
+        });
+        let loader = pg.clone();
+        spawn_name_index_load_with(&root, names, move |names| names.load(&loader.connect()?));
+        let checker = pg.clone();
+        *handle.check.lock().unwrap() =
+            spawn_check_with(&root, state, move || checker.connect()?.quick_check());
+        crate::pg_volume::spawn_follower(pg, &root);
         Ok(handle)
     }
 
@@ -372,13 +476,27 @@ impl VolumeHandle {
 
     /// A read connection to this opening's desktop, within the server's mapping budget.
     pub fn open_reader(&self) -> deskd_db::Result<MappedReader> {
+        self.no_sqlite()?;
         open_reader_at(&self.reads, self.immutable, &self.read_connections)
     }
 
     /// A read connection that maps nothing (outside the `mmap_total` budget): for the metrics,
     /// which read a few rows per scrape and should not hold a client's share of the budget.
     pub(crate) fn open_unmapped_reader(&self) -> deskd_db::Result<deskd_db::Reader> {
+        self.no_sqlite()?;
         deskd_db::Reader::open_mapped(&self.reads, self.immutable, 0)
+    }
+
+    /// An SQLite reader of a volume whose desktop is in PostgreSQL is an error, not a file
+    /// made at an empty path.
+    fn no_sqlite(&self) -> deskd_db::Result<()> {
+        match &self.pg {
+            Some(pg) => Err(deskd_db::DbError::Backend(format!(
+                "the desktop is in PostgreSQL ({}), not in an SQLite file",
+                pg.shown
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The file read connections map (the desktop, or the copy reads are served from).
@@ -396,18 +514,33 @@ impl VolumeHandle {
         let stats = reader.stats().map_err(db_error)?;
         let state = self.state.lock().unwrap().clone();
         let frozen_until = state.frozen_until.filter(|&t| t > now_unix());
+        // A PostgreSQL volume whose database is lost is read-only until the writer is back.
+        let unavailable = state.unavailable.as_ref().map(|(since, why)| {
+            format!(
+                "database unreachable since {} ({why}); reconnecting",
+                chrono::DateTime::from_timestamp(*since, 0)
+                    .map(|t| t
+                        .with_timezone(&chrono::Local)
+                        .format(CTIME_FORMAT)
+                        .to_string())
+                    .unwrap_or_default()
+            )
+        });
         Ok(VolumeStatus {
             vol: self.index,
             root: self.volume.root().as_os_str().as_bytes().to_vec(),
             desktop: self.desktop_path.as_os_str().as_bytes().to_vec(),
             objects: stats.objects,
             last_id: stats.last_id,
-            read_only: self.read_only(),
-            read_only_reason: self.read_only_reason.clone(),
+            read_only: self.read_only() || unavailable.is_some(),
+            read_only_reason: unavailable.or_else(|| self.read_only_reason.clone()),
             last_flush: state.last_flush,
             clean_at_start: state.clean_at_start,
             frozen_until,
-            wal_bytes: self.writer.wal_pending_bytes(&self.desktop_path),
+            wal_bytes: match self.pg {
+                Some(_) => 0,
+                None => self.writer.wal_pending_bytes(&self.desktop_path),
+            },
             check_problems: state.check_problems,
             rebuild,
             // Filled in by the connection, which knows what the asker may see.

@@ -202,6 +202,41 @@ pub fn write_id_xattr(path: &Path, id: u32) -> Result<(), VolumeError> {
     }
 }
 
+/// The xattr on a volume root that holds the volume's identity when its desktop is in
+/// PostgreSQL (issue 28): 8 bytes, big-endian. A SQLite desktop keeps it as `volume_uuid`.
+pub const VOLUME_XATTR: &str = "user.deskd.volume";
+
+/// The identity stamped on `root` ([`VOLUME_XATTR`]), if any.
+pub fn read_volume_identity(root: &Path) -> Option<u64> {
+    let value = xattr::get(root, VOLUME_XATTR).ok()??;
+    let bytes: [u8; 8] = value.as_slice().try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// Stamp `identity` on `root` unless one is there already, and return the one that is there
+/// now: of two servers starting at once on a new volume, both use the first's.
+pub fn stamp_volume_identity(root: &Path, identity: u64) -> Result<u64, VolumeError> {
+    use rustix::fs::{setxattr, XattrFlags};
+    match setxattr(
+        root,
+        VOLUME_XATTR,
+        &identity.to_be_bytes(),
+        XattrFlags::CREATE,
+    ) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(VolumeError::io(root, std::io::Error::from(e))),
+    }
+    read_volume_identity(root).ok_or_else(|| {
+        VolumeError::io(
+            root,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{VOLUME_XATTR} is not 8 bytes"),
+            ),
+        )
+    })
+}
+
 /// Clean a path lexically: drop `.`, apply `..` to the preceding component. A `..` above the
 /// start is kept so the caller can refuse it.
 pub fn lexical_clean(path: &Path) -> PathBuf {

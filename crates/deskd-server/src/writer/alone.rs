@@ -33,7 +33,11 @@ impl WriterShare {
         if !queue.is_empty() {
             return Err((request, reply));
         }
-        let Ok(mut writer) = self.0.try_lock() else {
+        // A PostgreSQL volume's writes all go to its writer thread.
+        let Some(shared) = &self.0 else {
+            return Err((request, reply));
+        };
+        let Ok(mut writer) = shared.try_lock() else {
             return Err((request, reply));
         };
         // No desktop (closed, or served read-only for want of space) or writes waiting for a

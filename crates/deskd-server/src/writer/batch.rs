@@ -110,6 +110,39 @@ pub(super) fn run_batch<S: Store>(
     Ok(Attempt::Done(replies))
 }
 
+/// After the commit: each write's reply, one flush per connection, then the audit lines
+/// (waking the audit thread is no part of a client's wait).
+pub(super) fn acknowledge(
+    root: &Path,
+    writes: &mut Vec<Pending>,
+    replies: Vec<(Reply, Option<String>)>,
+) {
+    let mut connections: Vec<Replier> = Vec::new();
+    let mut said = Vec::new();
+    for (Pending { reply: sink, .. }, (reply, line)) in writes.drain(..).zip(replies) {
+        // Committed: now it may be said (a rolled-back request has no line).
+        if let Some(line) = line {
+            said.push((sink.who(), line));
+        }
+        sink.queue(reply);
+        if !connections
+            .iter()
+            .any(|c| c.connection() == sink.connection())
+        {
+            connections.push(sink);
+        }
+    }
+    for c in connections {
+        c.flush();
+    }
+    if !said.is_empty() {
+        let root = audit::root_text(root);
+        for (who, line) in said {
+            audit::committed(who, root.clone(), line);
+        }
+    }
+}
+
 impl Writer {
     /// Commit the waiting writes, unless they wait for a busy desktop and their next try is
     /// not due yet.
@@ -155,31 +188,7 @@ impl Writer {
                 self.busy_over();
                 // Before any acknowledgement: readers must see this commit from now on.
                 self.committed();
-                let mut connections: Vec<Replier> = Vec::new();
-                let mut said = Vec::new();
-                for (Pending { reply: sink, .. }, (reply, line)) in writes.drain(..).zip(replies) {
-                    // Committed: now it may be said (a rolled-back request has no line).
-                    if let Some(line) = line {
-                        said.push((sink.who(), line));
-                    }
-                    sink.queue(reply);
-                    if !connections
-                        .iter()
-                        .any(|c| c.connection() == sink.connection())
-                    {
-                        connections.push(sink);
-                    }
-                }
-                for c in connections {
-                    c.flush();
-                }
-                // After the replies: waking the audit thread is no part of a client's wait.
-                if !said.is_empty() {
-                    let root = audit::root_text(self.volume.root());
-                    for (who, line) in said {
-                        audit::committed(who, root.clone(), line);
-                    }
-                }
+                acknowledge(self.volume.root(), writes, replies);
                 self.check_wal_limit();
             }
             Err(e) => {

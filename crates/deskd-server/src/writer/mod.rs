@@ -33,6 +33,7 @@ mod batch;
 mod busy;
 mod checkpoint;
 mod checkpointer;
+pub(crate) mod pg;
 mod wal_writeback;
 mod watched;
 
@@ -134,13 +135,18 @@ pub(crate) struct SharedState {
     pub(crate) check_problems: Vec<String>,
     /// Unix time the start-up check ended (None while it runs).
     pub(crate) check_finished: Option<i64>,
+    /// A PostgreSQL volume whose database cannot be reached: since when (Unix time) and the
+    /// last error; writes are refused read-only meanwhile ([`pg`]).
+    pub(crate) unavailable: Option<(i64, String)>,
 }
 
 /// A volume's writer as its thread and the connection threads share it ([`Writer::spawn`]),
 /// and its batch sizes and wal-index, which status and a scrape read without the writer.
+/// A PostgreSQL volume's writer ([`pg`]) shares only its figures: its thread commits every
+/// write.
 #[derive(Clone)]
 pub(crate) struct WriterShare(
-    Arc<Mutex<Writer>>,
+    Option<Arc<Mutex<Writer>>>,
     Arc<CommitFigures>,
     Option<Arc<deskd_db::WalIndex>>,
 );
@@ -312,7 +318,7 @@ impl WriterShare {
     fn new(writer: Writer) -> WriterShare {
         let figures = writer.figures.clone();
         let wal_index = writer.wal_index.clone();
-        WriterShare(Arc::new(Mutex::new(writer)), figures, wal_index)
+        WriterShare(Some(Arc::new(Mutex::new(writer))), figures, wal_index)
     }
 
     /// Bytes of the WAL not yet checkpointed into the desktop at `desktop_path` (read without
@@ -329,7 +335,8 @@ impl WriterShare {
     /// The writer, for its own thread (a panic elsewhere while holding it ends the writer
     /// as a panic on its thread did).
     fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
-        self.0.lock().expect("the writer panicked")
+        let writer = self.0.as_ref().expect("an SQLite volume's writer");
+        writer.lock().expect("the writer panicked")
     }
 
     /// Serve the queue: batches of writes, control jobs between them, timers when idle. The
@@ -492,35 +499,7 @@ impl Writer {
     /// gone. A connection may have taken the handle just before the volume was closed; its
     /// request must get an answer, not wait forever.
     fn refuse_all(&self, rx: Receiver<Job>) {
-        let closed = || {
-            ErrorReply::new(
-                ErrorCode::ShuttingDown,
-                format!(
-                    "{}: the desktop was closed (deskd is stopping, or reopening or no longer \
-                     serving the volume); nothing was recorded, try again",
-                    self.volume.root().display()
-                ),
-            )
-        };
-        for job in rx.iter() {
-            match job {
-                Job::Write { reply, .. } => reply.send(Err(closed())),
-                Job::Flush(reply) | Job::Freeze(_, reply) | Job::Thaw(reply) => {
-                    let _ = reply.send(Err(closed()));
-                }
-                Job::Retime(_, done) | Job::Shutdown(done) => {
-                    let _ = done.send(());
-                }
-                Job::Close(done) => {
-                    let _ = done.send(Ok(()));
-                }
-                // Dropping an online rebuild's work tells it that the desktop is gone.
-                Job::Run(_) | Job::Tick => {}
-                Job::Watch(_, reply) => {
-                    let _ = reply.send(WatchedOutcome::refused("the desktop was closed"));
-                }
-            }
-        }
+        refuse_all(self.volume.root(), rx)
     }
 
     fn control(&mut self, job: Job) {
@@ -701,5 +680,39 @@ impl Writer {
         self.lock = None;
         // A temporary desktop goes with its opening (seed 002: removed at a clean stop).
         self.remove_temp_copy();
+    }
+}
+
+/// After the desktop is closed: answer whatever still arrives, until the last sender is
+/// gone (a connection may have taken the handle just before the volume was closed).
+pub(super) fn refuse_all(root: &Path, rx: Receiver<Job>) {
+    let closed = || {
+        ErrorReply::new(
+            ErrorCode::ShuttingDown,
+            format!(
+                "{}: the desktop was closed (deskd is stopping, or reopening or no longer \
+                 serving the volume); nothing was recorded, try again",
+                root.display()
+            ),
+        )
+    };
+    for job in rx.iter() {
+        match job {
+            Job::Write { reply, .. } => reply.send(Err(closed())),
+            Job::Flush(reply) | Job::Freeze(_, reply) | Job::Thaw(reply) => {
+                let _ = reply.send(Err(closed()));
+            }
+            Job::Retime(_, done) | Job::Shutdown(done) => {
+                let _ = done.send(());
+            }
+            Job::Close(done) => {
+                let _ = done.send(Ok(()));
+            }
+            // Dropping an online rebuild's work tells it that the desktop is gone.
+            Job::Run(_) | Job::Tick => {}
+            Job::Watch(_, reply) => {
+                let _ = reply.send(WatchedOutcome::refused("the desktop was closed"));
+            }
+        }
     }
 }

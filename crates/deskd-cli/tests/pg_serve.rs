@@ -1,0 +1,255 @@
+//! `deskd serve` with a volume's desktop in PostgreSQL (`backend =`, issue 28), driving the
+//! real `deskd` and `dt` against a real throw-away PostgreSQL (deskd_pg::test_cluster; a
+//! machine without PostgreSQL skips, CI fails): writes through `dt` and the client, reads
+//! from the database, `deskd find` from the name index, status naming the back end, and every
+//! ID still there after a restart.
+
+mod common;
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use common::*;
+use deskd_client::{ErrorCode, Request, Response};
+use deskd_pg::test_cluster::TestCluster;
+
+/// `[defaults]` lines pointing every volume at `url`, the password in `password_file`.
+fn backend_lines(url: &str, password_file: &Path) -> String {
+    format!(
+        "backend = \"{url}\"\nbackend_password_file = \"{}\"\n",
+        password_file.display()
+    )
+}
+
+fn lines(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s.lines().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_volume_served_from_postgresql_answers_and_keeps_its_ids_across_a_restart() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    let defaults = backend_lines(&url, &pw);
+    env.serve_with_defaults("vol", &defaults);
+
+    // Status names the database, not a file; no SQLite desktop is made.
+    let status = env.status_json();
+    let desktop = status["desktop"].as_str().unwrap().to_string();
+    assert!(
+        desktop.starts_with("postgresql deskd_test@127.0.0.1:"),
+        "{desktop}"
+    );
+    assert!(desktop.contains(&format!("volume {:?}", root.display().to_string())));
+    assert!(
+        !root.join(".Desktop").exists(),
+        "an SQLite desktop was made"
+    );
+    assert!(!root.join(".Desktop-wal").exists());
+    assert_eq!(status["read_only"], false, "{status}");
+
+    // Folders and files through dt: IDs from 17, lookup-or-add.
+    env.dt_ok(&[b"mkdir", b"-p", b"vol/Projects/2024"]);
+    env.dt_ok(&[
+        b"touch",
+        b"vol/Projects/2024/Report Final.PDF",
+        b"vol/Projects/notes.txt",
+        b"vol/Projects/2024/old.txt",
+    ]);
+    let projects = env.id_of(&root.join("Projects"));
+    let year = env.id_of(&root.join("Projects/2024"));
+    let report = env.id_of(&root.join("Projects/2024/Report Final.PDF"));
+    let notes = env.id_of(&root.join("Projects/notes.txt"));
+    let old = env.id_of(&root.join("Projects/2024/old.txt"));
+    let mut all = vec![projects, year, report, notes, old];
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 5, "five objects, five IDs");
+    assert_eq!(projects, 17, "the first ID");
+    assert_eq!(
+        env.id_of(&root.join("Projects/notes.txt")),
+        notes,
+        "asked again"
+    );
+
+    // The client: Add by parent and name, resolve, lookup, children.
+    let mut c = env.client();
+    let vol = c.open_volume(&root).unwrap().vol;
+    std::fs::write(root.join("Projects/added.txt"), b"x").unwrap();
+    let meta = std::fs::metadata(root.join("Projects/added.txt")).unwrap();
+    let added = {
+        use std::os::unix::fs::MetadataExt;
+        c.object(Request::Add {
+            vol,
+            parent: projects,
+            name: b"added.txt".to_vec(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            hint: None,
+            type_code: None,
+            creator: None,
+            carried: None,
+        })
+        .unwrap()
+    };
+    assert!(added.created && added.id > old, "{added:?}");
+    let resolved = c.object(Request::Resolve { vol, id: report }).unwrap();
+    assert_eq!(
+        resolved.path.as_deref(),
+        Some(&b"Projects/2024/Report Final.PDF"[..])
+    );
+    let looked = c
+        .maybe_object(Request::Lookup {
+            vol,
+            parent: projects,
+            name: b"notes.txt".to_vec(),
+        })
+        .unwrap()
+        .expect("registered");
+    assert_eq!(looked.id, notes);
+    let children: Vec<Vec<u8>> = c
+        .objects(Request::Children { vol, dir: projects })
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    assert_eq!(
+        children,
+        [&b"2024"[..], b"added.txt", b"notes.txt"].map(|n| n.to_vec())
+    );
+
+    // Rename in place and move: the IDs stay.
+    env.dt_ok(&[
+        b"mv",
+        b"vol/Projects/notes.txt",
+        b"vol/Projects/2024/minutes.txt",
+    ]);
+    env.dt_ok(&[b"mv", b"vol/Projects/2024", b"vol/Projects/Year 2024"]);
+    assert_eq!(
+        env.id_of(&root.join("Projects/Year 2024/minutes.txt")),
+        notes
+    );
+    assert_eq!(env.id_of(&root.join("Projects/Year 2024")), year);
+    let resolved = c.object(Request::Resolve { vol, id: report }).unwrap();
+    assert_eq!(
+        resolved.path.as_deref(),
+        Some(&b"Projects/Year 2024/Report Final.PDF"[..])
+    );
+
+    // A comment, through dt and read back through the client.
+    env.dt_ok(&[
+        b"set",
+        b"--comment",
+        b"minutes of the meeting",
+        b"vol/Projects/Year 2024/minutes.txt",
+    ]);
+    match c.call(Request::CommentGet { vol, id: notes }).unwrap() {
+        Response::Comment(text) => {
+            assert_eq!(text.as_deref(), Some(&b"minutes of the meeting"[..]))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Delete: the ID is gone and never handed out again.
+    env.dt_ok(&[b"rm", b"vol/Projects/Year 2024/old.txt"]);
+    let gone = c.object(Request::Resolve { vol, id: old }).unwrap_err();
+    assert_eq!(gone.code(), Some(ErrorCode::NotFound), "{gone}");
+
+    // find answers from the name index, the renames in it at once.
+    let find = |env: &Env, pattern: &str| lines(&env.deskd_ok(&["find", pattern]));
+    let r = root.display();
+    assert_eq!(
+        find(&env, "minutes"),
+        vec![format!("{r}/Projects/Year 2024/minutes.txt")]
+    );
+    assert!(find(&env, "notes").is_empty());
+    assert!(find(&env, "old.txt").is_empty());
+    assert_eq!(
+        find(&env, "REPORT"),
+        vec![format!("{r}/Projects/Year 2024/Report Final.PDF")]
+    );
+    let status = env.status_json();
+    // The root and five objects, as an SQLite desktop counts them.
+    assert_eq!(status["objects"], 6, "{status}");
+    drop(c);
+
+    // The rows are in the database, under the volume's name and the identity stamped on its
+    // root.
+    let identity = xattr_identity(&root);
+    let mut admin = cluster.admin("desk");
+    let row = admin
+        .query_one(
+            "SELECT v.identity, count(o.id) FROM deskd.volume v JOIN deskd.objects o \
+             USING (vid) WHERE v.name = $1 GROUP BY v.identity",
+            &[&root.display().to_string()],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0) as u64, identity);
+    // The root and five objects.
+    assert_eq!(row.get::<_, i64>(1), 6);
+
+    let log = env.log_text();
+    assert!(log.contains("stamped on the root"), "{log}");
+    assert!(!log.contains(" WARN ") && !log.contains(" ERROR "), "{log}");
+
+    // Restart: every ID is still there, find too, and new IDs go on above the old ones.
+    env.term();
+    env.serve_with_defaults("vol", &defaults);
+    assert_eq!(xattr_identity(&root), identity, "the same identity");
+    assert_eq!(
+        env.id_of(&root.join("Projects/Year 2024/minutes.txt")),
+        notes
+    );
+    assert_eq!(
+        env.id_of(&root.join("Projects/Year 2024/Report Final.PDF")),
+        report
+    );
+    assert_eq!(env.id_of(&root.join("Projects/added.txt")), added.id);
+    assert_eq!(env.id_of(&root.join("Projects")), projects);
+    assert_eq!(
+        find(&env, "minutes"),
+        vec![format!("{r}/Projects/Year 2024/minutes.txt")]
+    );
+    env.dt_ok(&[b"touch", b"vol/after.txt"]);
+    assert!(env.id_of(&root.join("after.txt")) > added.id);
+    let mut c = env.client();
+    let vol = c.open_volume(&root).unwrap().vol;
+    match c.call(Request::CommentGet { vol, id: notes }).unwrap() {
+        Response::Comment(text) => {
+            assert_eq!(text.as_deref(), Some(&b"minutes of the meeting"[..]))
+        }
+        other => panic!("{other:?}"),
+    }
+    let gone = c.object(Request::Resolve { vol, id: old }).unwrap_err();
+    assert_eq!(gone.code(), Some(ErrorCode::NotFound), "{gone}");
+    // Still no SQLite desktop.
+    assert!(!root.join(".Desktop").exists());
+    let status = env.deskd_ok(&["status"]);
+    assert!(status.contains("desktop:      postgresql "), "{status}");
+    let log = env.log_text();
+    assert!(log.contains("name index ready"), "{log}");
+    assert!(!log.contains(" WARN ") && !log.contains(" ERROR "), "{log}");
+}
+
+/// The identity `deskd serve` stamped on a PostgreSQL volume's root.
+fn xattr_identity(root: &Path) -> u64 {
+    let path = std::ffi::CString::new(root.as_os_str().as_bytes()).unwrap();
+    let mut value = [0u8; 8];
+    // SAFETY: a valid C string and a buffer of the size given.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"user.deskd.volume".as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    assert_eq!(n, 8, "the identity xattr");
+    u64::from_be_bytes(value)
+}

@@ -1,0 +1,216 @@
+//! A volume whose desktop is in PostgreSQL (issue 28, `backend = "postgresql://…"`): its
+//! identity in the volume root, its connections (the writer's, one per client connection for
+//! reads, the name index's loader, the follower), and the name index kept in step with the
+//! change log.
+//!
+//! The name index is fed from the change log (`deskd.changes`), for this server's batches as
+//! for every other server's: the writer catches up after each commit, before it answers, so a
+//! `find` after an acknowledged rename sees it; the follower thread catches up when another
+//! server's commit is announced (`LISTEN deskd_changes`) and at least once a second.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deskd_db::names::search_key;
+use deskd_db::{DbError, Durability, NameChange, NameIndex, Read};
+use deskd_pg::{ConnectOptions, PgDesktop, VolumeKey};
+use tracing::{info, warn};
+
+use crate::config::VolumeConfig;
+use crate::error::ServerError;
+
+/// How long the follower waits for a notice before it reads the change log anyway: the
+/// documented lag when a notice is lost (ARCHITECTURE.md, "Following the other servers").
+pub(crate) const FOLLOW_POLL: Duration = Duration::from_secs(1);
+
+/// What the connections of one opening of a PostgreSQL volume share.
+pub(crate) struct PgVolume {
+    options: ConnectOptions,
+    pub(crate) key: VolumeKey,
+    durability: Durability,
+    /// `user@host:port/db` of the database (no password), for status and the log.
+    pub(crate) shown: String,
+    /// The volume's key in the database, which change notices carry.
+    vid: i64,
+    /// The newest batch (`change_seq`) whose changes are in `names`.
+    seen: Mutex<u64>,
+    names: Arc<NameIndex>,
+    /// Set when the opening is closed: the follower ends.
+    closed: AtomicBool,
+}
+
+impl PgVolume {
+    /// Connect and open volume `key` (made, with its root, when the database has neither its
+    /// name nor its identity). Returns the writer's desktop beside the shared state, and
+    /// whether the volume was created.
+    pub(crate) fn open(
+        options: ConnectOptions,
+        key: VolumeKey,
+        durability: Durability,
+        names: Arc<NameIndex>,
+    ) -> Result<(PgVolume, PgDesktop, bool), deskd_pg::PgError> {
+        let shown = deskd_pg::connect::describe(&deskd_pg::connect::parse_target(&options.target)?);
+        let client = deskd_pg::connect(&options)?;
+        let (mut desktop, created) = PgDesktop::open(client, &key, durability)?;
+        // Read before the name index loads: a change committed between the two is in the
+        // load or after `seen` in the log, and applying it twice is harmless.
+        let seen = desktop.change_seq()?;
+        let vid = desktop.volume_key_in_db();
+        Ok((
+            PgVolume {
+                options,
+                key,
+                durability,
+                shown,
+                vid,
+                seen: Mutex::new(seen),
+                names,
+                closed: AtomicBool::new(false),
+            },
+            desktop,
+            created,
+        ))
+    }
+
+    /// Another connection to this volume (a client connection's reads, the loader's).
+    pub(crate) fn connect(&self) -> Result<PgDesktop, DbError> {
+        let client = deskd_pg::connect(&self.options)?;
+        Ok(PgDesktop::open(client, &self.key, self.durability)?.0)
+    }
+
+    /// What status shows as the volume's desktop.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "postgresql {} (volume {:?}, identity {:016x})",
+            self.shown, self.key.name, self.key.identity
+        )
+    }
+
+    /// Apply the batches committed since the last call (by any server) to the name index:
+    /// the IDs they changed are read again, a row found is `Set`, a row gone `Remove`.
+    pub(crate) fn catch_up(&self, db: &mut PgDesktop) -> Result<(), DbError> {
+        let mut seen = self.seen.lock().unwrap();
+        let changes = db.changes_since(*seen)?;
+        let Some(last) = changes.last().map(|c| c.seq) else {
+            return Ok(());
+        };
+        let mut ids: Vec<u32> = changes.iter().map(|c| c.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let found: HashMap<u32, String> = Read::get_many(&*db, &ids)?
+            .into_iter()
+            .map(|o| (o.id, search_key(&o.name)))
+            .collect();
+        let updates: Vec<NameChange> = ids
+            .iter()
+            .map(|id| match found.get(id) {
+                Some(key) => NameChange::Set(*id, key.clone()),
+                None => NameChange::Remove(*id),
+            })
+            .collect();
+        self.names.apply(&updates);
+        *seen = last;
+        Ok(())
+    }
+
+    /// End the follower (the opening is closed).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The volume's identity: the one stamped on its root (xattr `user.deskd.volume`); else the
+/// SQLite desktop's `volume_uuid` when there is one (a volume moved by `deskd migrate`); else
+/// a new random one. Stamped on the root when it was not there.
+pub(crate) fn identity(root: &Path, config: &VolumeConfig) -> Result<u64, ServerError> {
+    if let Some(id) = deskd_volume::read_volume_identity(root) {
+        return Ok(id);
+    }
+    let from_desktop = crate::location::desktop_path(config, root)
+        .ok()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        .and_then(|p| deskd_db::Reader::open_mapped(&p, false, 0).ok())
+        .and_then(|r| r.meta("volume_uuid").ok().flatten());
+    let chosen = match from_desktop {
+        Some(uuid) => uuid as u64,
+        None => random_u64().map_err(|e| stamp_error(root, e.to_string()))?,
+    };
+    let stamped = deskd_volume::stamp_volume_identity(root, chosen)
+        .map_err(|e| stamp_error(root, e.to_string()))?;
+    info!(volume = %root.display(), "volume identity {stamped:016x} stamped on the root ({})",
+        deskd_volume::VOLUME_XATTR);
+    Ok(stamped)
+}
+
+fn stamp_error(root: &Path, why: String) -> ServerError {
+    ServerError::PgOpen {
+        root: root.to_path_buf(),
+        target: String::new(),
+        message: format!(
+            "cannot stamp the volume's identity on its root (xattr {}): {why}",
+            deskd_volume::VOLUME_XATTR
+        ),
+    }
+}
+
+fn random_u64() -> std::io::Result<u64> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// The follower: wake on another server's announced commit of this volume, or every
+/// [`FOLLOW_POLL`], and catch the name index up. A lost connection is made again (a second's
+/// wait between tries).
+pub(crate) fn spawn_follower(pg: Arc<PgVolume>, root: &Path) {
+    let root = root.to_path_buf();
+    let _ = std::thread::Builder::new()
+        .name("pg-follow".into())
+        .spawn(move || {
+            let mut connection: Option<(deskd_pg::ChangeListener, PgDesktop)> = None;
+            let mut logged_at: Option<Instant> = None;
+            while !pg.closed.load(Ordering::SeqCst) {
+                if connection.is_none() {
+                    let made = deskd_pg::connect(&pg.options)
+                        .map_err(DbError::from)
+                        .and_then(|c| deskd_pg::ChangeListener::start(c).map_err(DbError::from))
+                        .and_then(|l| Ok((l, pg.connect()?)));
+                    match made {
+                        Ok(made) => connection = Some(made),
+                        Err(e) => {
+                            if logged_at.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                                warn!(volume = %root.display(), "follower: {e}; trying again");
+                                logged_at = Some(Instant::now());
+                            }
+                            std::thread::sleep(FOLLOW_POLL);
+                            continue;
+                        }
+                    }
+                }
+                let (listener, db) = connection.as_mut().expect("connected above");
+                // A notice of this volume, or none within the poll: read the log.
+                let result =
+                    listener
+                        .wait(FOLLOW_POLL)
+                        .map_err(DbError::from)
+                        .and_then(|notices| {
+                            if notices.is_empty() || notices.iter().any(|n| n.vid == pg.vid) {
+                                pg.catch_up(db)
+                            } else {
+                                Ok(())
+                            }
+                        });
+                if let Err(e) = result {
+                    if logged_at.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                        warn!(volume = %root.display(), "follower: {e}; connecting again");
+                        logged_at = Some(Instant::now());
+                    }
+                    connection = None;
+                }
+            }
+        });
+}

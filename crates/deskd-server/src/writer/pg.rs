@@ -1,0 +1,313 @@
+//! The writer thread of a volume whose desktop is in PostgreSQL (issue 28).
+//!
+//! The same group commit as SQLite's writer ([`super::batch::run_batch`] over
+//! [`deskd_db::Store`], monomorphised for `PgDesktop`), without SQLite's housekeeping: no
+//! desktop lock (writes serialise on the volume's row in the database), no WAL, checkpoints,
+//! space checks or timers, no lone write committed by a connection thread. After each commit
+//! it catches the name index up from the change log before it answers
+//! ([`crate::pg_volume::PgVolume::catch_up`]).
+//!
+//! **Losing the database.** A batch that fails for want of the database
+//! (`DbError::Unavailable`) is answered with `ReadOnly` ("database unreachable"), nothing of
+//! it acknowledged; the writer drops its connection, status shows the volume read-only and
+//! why, and the writer connects again with back-off (0.5 s doubling to 30 s), answering
+//! writes read-only meanwhile. No server exits for it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use deskd_db::DbError;
+use deskd_pg::PgDesktop;
+use deskd_proto::{ErrorCode, ErrorReply, Response};
+use deskd_volume::Volume;
+use tracing::{error, info, warn};
+
+use super::batch::{acknowledge, run_batch, Attempt};
+use super::{refuse_all, Job, Pending, SharedState, WriterShare, MAX_BATCH};
+use crate::apply::watched::WatchedOutcome;
+use crate::apply::Policy;
+use crate::audit;
+use crate::config::VolumeConfig;
+use crate::db_reply::db_error;
+use crate::figures::CommitFigures;
+use crate::pg_volume::PgVolume;
+
+/// The first wait before connecting again after the database was lost; it doubles to
+/// [`RECONNECT_MAX`].
+const RECONNECT_FIRST: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// The writer of a PostgreSQL volume.
+pub(crate) struct PgWriter {
+    /// None while the database is unreachable.
+    desktop: Option<PgDesktop>,
+    pg: Arc<PgVolume>,
+    volume: Volume,
+    config: VolumeConfig,
+    state: Arc<Mutex<SharedState>>,
+    commits: Arc<AtomicU64>,
+    figures: Arc<CommitFigures>,
+    /// While the database is unreachable: the next try and the wait after it.
+    reconnect: Option<(Instant, Duration)>,
+}
+
+impl PgWriter {
+    pub(crate) fn new(
+        desktop: PgDesktop,
+        pg: Arc<PgVolume>,
+        volume: Volume,
+        config: VolumeConfig,
+        state: Arc<Mutex<SharedState>>,
+        commits: Arc<AtomicU64>,
+    ) -> PgWriter {
+        PgWriter {
+            desktop: Some(desktop),
+            pg,
+            volume,
+            config,
+            state,
+            commits,
+            figures: Arc::default(),
+            reconnect: None,
+        }
+    }
+
+    /// Run the writer on a thread of its own (`writer-<index>`).
+    pub(crate) fn spawn(self, index: u32, rx: Receiver<Job>) -> std::io::Result<WriterShare> {
+        let share = WriterShare(None, self.figures.clone(), None);
+        std::thread::Builder::new()
+            .name(format!("writer-{index}"))
+            .spawn(move || self.run(rx))
+            .map(|_| share)
+    }
+
+    fn run(mut self, rx: Receiver<Job>) {
+        let mut writes: Vec<Pending> = Vec::new();
+        loop {
+            let job = match self.reconnect {
+                Some((at, _)) => {
+                    match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.try_reconnect();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            };
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Write { request, reply } => writes.push(Pending {
+                        request,
+                        reply,
+                        queued: Instant::now(),
+                    }),
+                    Job::Close(done) => {
+                        self.commit(&mut writes);
+                        self.close();
+                        let _ = done.send(Ok(()));
+                        return refuse_all(self.volume.root(), rx);
+                    }
+                    Job::Shutdown(done) => {
+                        self.commit(&mut writes);
+                        self.close();
+                        let _ = done.send(());
+                        return refuse_all(self.volume.root(), rx);
+                    }
+                    control => {
+                        self.commit(&mut writes);
+                        self.control(control);
+                    }
+                }
+                if writes.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit(&mut writes);
+        }
+        self.commit(&mut writes);
+        self.close();
+    }
+
+    /// Commit the waiting writes in one transaction (rerun isolated when one is refused),
+    /// catch the name index up, then answer.
+    fn commit(&mut self, writes: &mut Vec<Pending>) {
+        if writes.is_empty() {
+            return;
+        }
+        if self.desktop.is_none() && self.reconnect.is_some_and(|(at, _)| at <= Instant::now()) {
+            self.try_reconnect();
+        }
+        let Some(desktop) = self.desktop.as_mut() else {
+            let refusal = self.unreachable_reply();
+            for w in writes.drain(..) {
+                w.reply.send(Err(refusal.clone()));
+            }
+            return;
+        };
+        let policy = Policy {
+            read_only: self.config.read_only,
+            replaced: self.config.replaced,
+        };
+        let audit_on = audit::enabled();
+        let volume = &self.volume;
+        let outcome = match run_batch(desktop, volume, policy, writes, false, audit_on) {
+            Ok(Attempt::Retry) => run_batch(desktop, volume, policy, writes, true, audit_on),
+            other => other,
+        };
+        match outcome {
+            Ok(Attempt::Retry) => unreachable!("an isolated run never asks for a retry"),
+            Ok(Attempt::Done(replies)) => {
+                self.figures.batch(replies.len());
+                // Before any acknowledgement: a find after the reply sees the change. A
+                // failure here loses nothing (the follower reads the same log).
+                if let Err(e) = self.pg.catch_up(desktop) {
+                    warn!(volume = %self.volume.root().display(), "name index not caught up: {e}");
+                }
+                self.commits.fetch_add(1, Ordering::SeqCst);
+                acknowledge(self.volume.root(), writes, replies);
+            }
+            Err(DbError::Unavailable(why)) => {
+                self.lost(&why);
+                let refusal = self.unreachable_reply();
+                for w in writes.drain(..) {
+                    w.reply.send(Err(refusal.clone()));
+                }
+            }
+            Err(e) => {
+                error!(volume = %self.volume.root().display(), "commit failed: {e}");
+                let reply = ErrorReply::new(
+                    db_error(e).code,
+                    format!(
+                        "{}: desktop commit failed; nothing in this batch was recorded",
+                        self.volume.root().display()
+                    ),
+                );
+                for w in writes.drain(..) {
+                    w.reply.send(Err(reply.clone()));
+                }
+            }
+        }
+    }
+
+    /// The database was lost: drop the connection, say so in status, try again soon.
+    fn lost(&mut self, why: &str) {
+        self.desktop = None;
+        let wait = RECONNECT_FIRST;
+        self.reconnect = Some((Instant::now() + wait, wait));
+        let since = deskd_db::now_unix();
+        let mut state = self.state.lock().unwrap();
+        if state.unavailable.is_none() {
+            error!(volume = %self.volume.root().display(),
+                "database unreachable ({why}); the volume is read-only until it is back");
+            state.unavailable = Some((since, why.to_string()));
+        }
+    }
+
+    /// Connect again; on failure wait twice as long (at most [`RECONNECT_MAX`]), with jitter.
+    fn try_reconnect(&mut self) {
+        let Some((_, wait)) = self.reconnect else {
+            return;
+        };
+        match self.pg.connect() {
+            Ok(mut desktop) => {
+                if let Err(e) = self.pg.catch_up(&mut desktop) {
+                    warn!(volume = %self.volume.root().display(), "name index not caught up: {e}");
+                }
+                self.desktop = Some(desktop);
+                self.reconnect = None;
+                self.state.lock().unwrap().unavailable = None;
+                info!(volume = %self.volume.root().display(),
+                    "database reachable again; the volume is writable");
+            }
+            Err(e) => {
+                let next = (wait * 2).min(RECONNECT_MAX);
+                // Up to a quarter more: servers that lost the database together do not all
+                // come back at the same instant.
+                let jitter = next.mul_f64(f64::from(deskd_db::now_unix() as u32 % 256) / 1024.0);
+                self.reconnect = Some((Instant::now() + next + jitter, next));
+                let mut state = self.state.lock().unwrap();
+                if let Some((_, why)) = state.unavailable.as_mut() {
+                    *why = e.to_string();
+                }
+            }
+        }
+    }
+
+    /// What a write is answered while the database is unreachable.
+    fn unreachable_reply(&self) -> ErrorReply {
+        let state = self.state.lock().unwrap();
+        let why = state
+            .unavailable
+            .as_ref()
+            .map_or("database unreachable".to_string(), |(_, w)| w.clone());
+        ErrorReply::new(
+            ErrorCode::ReadOnly,
+            format!(
+                "{}: read-only: the desktop's database is unreachable ({why}); nothing was \
+                 recorded, try again when it is back",
+                self.volume.root().display()
+            ),
+        )
+    }
+
+    fn control(&mut self, job: Job) {
+        match job {
+            // Every acknowledged write is committed (as durable as synchronous_commit says):
+            // nothing waits to be flushed.
+            Job::Flush(reply) | Job::Thaw(reply) => {
+                let _ = reply.send(Ok(Response::Done));
+            }
+            Job::Freeze(_, reply) => {
+                let _ = reply.send(Err(ErrorReply::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "{}: freeze is not yet available for a desktop in PostgreSQL \
+                         (pg_dump takes a consistent snapshot of its own)",
+                        self.volume.root().display()
+                    ),
+                )));
+            }
+            Job::Retime(new, done) => {
+                if new.durability != self.config.durability {
+                    if let Some(desktop) = self.desktop.as_mut() {
+                        match desktop.set_durability(new.durability) {
+                            Ok(()) => info!(volume = %self.volume.root().display(),
+                                "durability now {:?}", new.durability),
+                            Err(e) => warn!(volume = %self.volume.root().display(),
+                                "durability not changed: {e}"),
+                        }
+                    }
+                }
+                let read_only = self.config.read_only;
+                self.config = VolumeConfig { read_only, ..new };
+                let _ = done.send(());
+            }
+            // No online rebuild on PostgreSQL yet (refused before it starts).
+            Job::Run(_) | Job::Tick => {}
+            Job::Watch(_, reply) => {
+                let _ = reply.send(WatchedOutcome::refused(
+                    "watching is not yet available for a desktop in PostgreSQL",
+                ));
+            }
+            Job::Write { .. } | Job::Close(_) | Job::Shutdown(_) => {
+                unreachable!("handled by run")
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        self.pg.close();
+        if self.desktop.take().is_some() {
+            info!(volume = %self.volume.root().display(), "desktop in PostgreSQL closed");
+        }
+    }
+}
