@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
 use common::*;
@@ -252,4 +252,149 @@ fn xattr_identity(root: &Path) -> u64 {
     };
     assert_eq!(n, 8, "the identity xattr");
     u64::from_be_bytes(value)
+}
+
+/// A second server (its own socket and temp dir) serving `root` with `defaults`.
+fn second_server(root: &Path, defaults: &str) -> Env {
+    let mut env = Env::new(&[]);
+    let cfg = env.path("deskd.toml");
+    std::fs::write(
+        &cfg,
+        format!("[defaults]\n{defaults}[volume.\"{}\"]\n", root.display()),
+    )
+    .unwrap();
+    env.start(&["--config", cfg.to_str().unwrap()]);
+    env
+}
+
+/// `AddPath` of each of `paths` (relative to the root), pipelined in windows of 16; the IDs.
+fn add_paths(c: &mut deskd_client::Client, vol: u32, paths: &[String]) -> Vec<u32> {
+    let mut ids = Vec::with_capacity(paths.len());
+    for window in paths.chunks(16) {
+        let mut sent = Vec::new();
+        for p in window {
+            sent.push(
+                c.send(Request::AddPath {
+                    vol,
+                    path: p.clone().into_bytes(),
+                    hint: None,
+                    type_code: None,
+                    creator: None,
+                    carried: None,
+                })
+                .unwrap(),
+            );
+        }
+        c.flush().unwrap();
+        for id in sent {
+            match c.wait(id).unwrap() {
+                Response::Object(o) => ids.push(o.id),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    ids
+}
+
+#[test]
+fn two_servers_on_one_volume_follow_each_other_and_never_give_an_id_twice() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let defaults = backend_lines(&url, &pw);
+    let mut a = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(a.path("vol")).unwrap();
+    a.serve_with_defaults("vol", &defaults);
+    let b = second_server(&root, &defaults);
+    let abs = |rel: &str| root.join(rel).into_os_string().into_vec();
+
+    // Made through A, the same ID through B.
+    a.dt_ok(&[b"mkdir", b"vol/shared"]);
+    a.dt_ok(&[b"touch", b"vol/shared/first draft.txt"]);
+    let id = a.id_of(&root.join("shared/first draft.txt"));
+    assert_eq!(b.id_of(&root.join("shared/first draft.txt")), id);
+
+    // Renamed through A: B's find has it within the documented lag (a second and a query;
+    // polled, with room for a loaded machine), and no longer the old name.
+    a.dt_ok(&[
+        b"mv",
+        b"vol/shared/first draft.txt",
+        b"vol/shared/final version.txt",
+    ]);
+    let began = std::time::Instant::now();
+    let r = root.display();
+    loop {
+        let found = lines(&b.deskd_ok(&["find", "final version"]));
+        if found == vec![format!("{r}/shared/final version.txt")] {
+            break;
+        }
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(5),
+            "B's find after {:?}: {found:?}",
+            began.elapsed()
+        );
+    }
+    let lag = began.elapsed();
+    assert!(lines(&b.deskd_ok(&["find", "first draft"])).is_empty());
+    eprintln!("rename through A found through B after {lag:?}");
+    assert_eq!(b.id_of(&root.join("shared/final version.txt")), id);
+    // And the other way: removed through B, gone from A's find.
+    b.dt_ok(&[b"rm", &abs("shared/final version.txt")]);
+    let began = std::time::Instant::now();
+    while !lines(&a.deskd_ok(&["find", "final version"])).is_empty() {
+        assert!(began.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    // Two clients on each server create files at once: no ID given twice, and each resolves
+    // to its path through both servers.
+    const PER_CLIENT: usize = 150;
+    let mut names = Vec::new();
+    for client in 0..4 {
+        let dir = format!("c{client}");
+        std::fs::create_dir(root.join(&dir)).unwrap();
+        let paths: Vec<String> = (0..PER_CLIENT).map(|i| format!("{dir}/f{i}")).collect();
+        for p in &paths {
+            std::fs::write(root.join(p), b"").unwrap();
+        }
+        names.push(paths);
+    }
+    let servers = [&a, &b];
+    let made: Vec<(String, u32)> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, paths)| {
+                let env = servers[i % 2];
+                let root = &root;
+                s.spawn(move || {
+                    let mut c = env.client();
+                    let vol = c.open_volume(root).unwrap().vol;
+                    let ids = add_paths(&mut c, vol, paths);
+                    paths.iter().cloned().zip(ids).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut ids: Vec<u32> = made.iter().map(|(_, id)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 4 * PER_CLIENT, "an ID given twice");
+    for env in servers {
+        let mut c = env.client();
+        let vol = c.open_volume(&root).unwrap().vol;
+        for (path, id) in &made {
+            let o = c.object(Request::Resolve { vol, id: *id }).unwrap();
+            assert_eq!(o.path.as_deref(), Some(path.as_bytes()), "ID {id}");
+        }
+    }
+    for env in servers {
+        let log = env.log_text();
+        assert!(!log.contains(" ERROR "), "{log}");
+    }
 }

@@ -39,6 +39,38 @@ use crate::pg_volume::PgVolume;
 const RECONNECT_FIRST: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
+/// The writer's store: the volume's row (which another server's batch holds until it commits)
+/// is waited for up to `busy_wait`, not SQLite's short [`super::busy::BUSY_TRY`] between
+/// retries: on PostgreSQL the wait is in the database's lock queue, which serves the servers
+/// in turn, and a longer wait fails the batch (`lock_not_available`, nothing recorded).
+struct RowWait<'a> {
+    desktop: &'a mut PgDesktop,
+    wait: Duration,
+}
+
+impl deskd_db::Store for RowWait<'_> {
+    type Batch<'b>
+        = deskd_pg::PgBatch<'b>
+    where
+        Self: 'b;
+
+    fn batch(&mut self) -> deskd_db::Result<Self::Batch<'_>> {
+        Ok(self.desktop.batch_within(self.wait)?)
+    }
+
+    fn batch_within(&mut self, _: Duration) -> deskd_db::Result<Self::Batch<'_>> {
+        Ok(self.desktop.batch_within(self.wait)?)
+    }
+
+    fn set_durability(&mut self, durability: deskd_db::Durability) -> deskd_db::Result<()> {
+        Ok(self.desktop.set_durability(durability)?)
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgresql"
+    }
+}
+
 /// The writer of a PostgreSQL volume.
 pub(crate) struct PgWriter {
     /// None while the database is unreachable.
@@ -159,8 +191,12 @@ impl PgWriter {
         };
         let audit_on = audit::enabled();
         let volume = &self.volume;
-        let outcome = match run_batch(desktop, volume, policy, writes, false, audit_on) {
-            Ok(Attempt::Retry) => run_batch(desktop, volume, policy, writes, true, audit_on),
+        let mut store = RowWait {
+            desktop: &mut *desktop,
+            wait: Duration::from_secs(self.config.busy_wait),
+        };
+        let outcome = match run_batch(&mut store, volume, policy, writes, false, audit_on) {
+            Ok(Attempt::Retry) => run_batch(&mut store, volume, policy, writes, true, audit_on),
             other => other,
         };
         match outcome {
