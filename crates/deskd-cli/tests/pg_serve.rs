@@ -398,3 +398,101 @@ fn two_servers_on_one_volume_follow_each_other_and_never_give_an_id_twice() {
         assert!(!log.contains(" ERROR "), "{log}");
     }
 }
+
+#[test]
+fn a_lost_database_makes_the_volume_read_only_until_it_is_back_and_loses_nothing() {
+    let Some(mut cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
+
+    // A client writes all along: what it was acknowledged, and the refusals it saw.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let acked = std::sync::Mutex::new(Vec::<(String, u32)>::new());
+    let refused = std::sync::Mutex::new(Vec::<(ErrorCode, String)>::new());
+    let writable_again = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut c = env.client();
+            let vol = c.open_volume(&root).unwrap().vol;
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let path = format!("f{n}");
+                std::fs::write(root.join(&path), b"").unwrap();
+                n += 1;
+                let request = Request::AddPath {
+                    vol,
+                    path: path.clone().into_bytes(),
+                    hint: None,
+                    type_code: None,
+                    creator: None,
+                    carried: None,
+                };
+                match c.object(request) {
+                    Ok(o) => {
+                        if !refused.lock().unwrap().is_empty() {
+                            writable_again.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        acked.lock().unwrap().push((path, o.id))
+                    }
+                    Err(e) => {
+                        let code = e.code().expect("an answer, not a broken connection");
+                        refused.lock().unwrap().push((code, e.to_string()));
+                    }
+                }
+            }
+        });
+        wait_for_acks(&acked, 20);
+        cluster.stop();
+        // The writes are refused read-only; status says why.
+        let began = std::time::Instant::now();
+        while refused.lock().unwrap().is_empty() {
+            assert!(began.elapsed() < std::time::Duration::from_secs(30));
+            std::thread::yield_now();
+        }
+        let status = env.status_json();
+        assert_eq!(status["read_only"], true, "{status}");
+        let why = status["read_only_reason"].as_str().unwrap().to_string();
+        assert!(why.contains("database unreachable"), "{why}");
+        let before_restart = acked.lock().unwrap().len();
+        cluster.restart();
+        // Writable again (the writer reconnects with back-off: 0.5 s doubling).
+        let began = std::time::Instant::now();
+        while writable_again.load(std::sync::atomic::Ordering::SeqCst) < 10 {
+            assert!(
+                began.elapsed() < std::time::Duration::from_secs(60),
+                "still refused: {:?}",
+                refused.lock().unwrap().last()
+            );
+            std::thread::yield_now();
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        eprintln!(
+            "{before_restart} acknowledged before the restart, writable {:?} after it",
+            began.elapsed()
+        );
+    });
+    let refused = refused.into_inner().unwrap();
+    for (code, text) in &refused {
+        assert_eq!(*code, ErrorCode::ReadOnly, "{text}");
+        assert!(text.contains("database is unreachable"), "{text}");
+    }
+    // Nothing acknowledged is lost; the server never exited.
+    let acked = acked.into_inner().unwrap();
+    let mut c = env.client();
+    let vol = c.open_volume(&root).unwrap().vol;
+    for (path, id) in &acked {
+        let o = c.object(Request::Resolve { vol, id: *id }).unwrap();
+        assert_eq!(o.path.as_deref(), Some(path.as_bytes()), "ID {id}");
+    }
+    let status = env.status_json();
+    assert_eq!(status["read_only"], false, "{status}");
+    assert!(env.server.as_mut().unwrap().try_wait().unwrap().is_none());
+    let log = env.log_text();
+    assert!(log.contains("database unreachable"), "{log}");
+    assert!(log.contains("database reachable again"), "{log}");
+}

@@ -858,12 +858,17 @@ impl Connection {
                         .rebuilds
                         .current(&handle)
                         .map(|job| job.state(u64::MAX));
-                    let reader = self.reader(&handle)?;
-                    let status = with_reader!(reader, db => handle.status(db, rebuild));
-                    if status.as_ref().is_err_and(|e| e.code == ErrorCode::Busy) {
-                        self.forget_pg_reader(&handle);
-                    }
-                    let mut status = status?;
+                    let status = self.reader(&handle).and_then(
+                        |reader| with_reader!(reader, db => handle.status(db, rebuild.clone())),
+                    );
+                    let mut status = match status {
+                        // A PostgreSQL volume whose database is lost still has a status.
+                        Err(e) if handle.pg.is_some() && e.code == ErrorCode::Busy => {
+                            self.forget_pg_reader(&handle);
+                            handle.status_unreachable(&e.message, rebuild)
+                        }
+                        other => other?,
+                    };
                     if !admin {
                         redact_details(&mut status);
                         crate::coarse::status(&mut status);

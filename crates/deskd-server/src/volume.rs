@@ -512,11 +512,35 @@ impl VolumeHandle {
         rebuild: Option<RebuildState>,
     ) -> Result<VolumeStatus, ErrorReply> {
         let stats = reader.stats().map_err(db_error)?;
+        Ok(self.status_of(stats, None, rebuild))
+    }
+
+    /// Status of a PostgreSQL volume whose database cannot be read (`why`): no counts, and
+    /// read-only for that reason, whether or not the writer has noticed yet.
+    pub(crate) fn status_unreachable(
+        &self,
+        why: &str,
+        rebuild: Option<RebuildState>,
+    ) -> VolumeStatus {
+        let stats = deskd_db::Stats {
+            objects: 0,
+            last_id: 0,
+            format_version: 0,
+        };
+        self.status_of(stats, Some(why), rebuild)
+    }
+
+    fn status_of(
+        &self,
+        stats: deskd_db::Stats,
+        unreadable: Option<&str>,
+        rebuild: Option<RebuildState>,
+    ) -> VolumeStatus {
         let state = self.state.lock().unwrap().clone();
         let frozen_until = state.frozen_until.filter(|&t| t > now_unix());
         // A PostgreSQL volume whose database is lost is read-only until the writer is back.
-        let unavailable = state.unavailable.as_ref().map(|(since, why)| {
-            format!(
+        let unavailable = match (&state.unavailable, unreadable) {
+            (Some((since, why)), _) => Some(format!(
                 "database unreachable since {} ({why}); reconnecting",
                 chrono::DateTime::from_timestamp(*since, 0)
                     .map(|t| t
@@ -524,9 +548,11 @@ impl VolumeHandle {
                         .format(CTIME_FORMAT)
                         .to_string())
                     .unwrap_or_default()
-            )
-        });
-        Ok(VolumeStatus {
+            )),
+            (None, Some(why)) => Some(format!("database unreachable ({why})")),
+            (None, None) => None,
+        };
+        VolumeStatus {
             vol: self.index,
             root: self.volume.root().as_os_str().as_bytes().to_vec(),
             desktop: self.desktop_path.as_os_str().as_bytes().to_vec(),
@@ -546,7 +572,7 @@ impl VolumeHandle {
             // Filled in by the connection, which knows what the asker may see.
             clients: Vec::new(),
             hidden_clients: 0,
-        })
+        }
     }
 }
 

@@ -201,7 +201,25 @@ impl PgWriter {
         };
         match outcome {
             Ok(Attempt::Retry) => unreachable!("an isolated run never asks for a retry"),
-            Ok(Attempt::Done(replies)) => {
+            Ok(Attempt::Done(mut replies)) => {
+                // A request whose reads failed for want of the database (`Busy` is only that
+                // on PostgreSQL) is answered read-only, and the writer connects again.
+                let lost = replies.iter().find_map(|(r, _)| match r {
+                    Err(e) if e.code == ErrorCode::Busy => Some(e.message.clone()),
+                    _ => None,
+                });
+                if let Some(why) = lost {
+                    self.lost(&why);
+                    let refusal = self.unreachable_reply();
+                    for (reply, line) in &mut replies {
+                        if reply.as_ref().is_err_and(|e| e.code == ErrorCode::Busy) {
+                            *reply = Err(refusal.clone());
+                            *line = None;
+                        }
+                    }
+                    acknowledge(self.volume.root(), writes, replies);
+                    return;
+                }
                 self.figures.batch(replies.len());
                 // Before any acknowledgement: a find after the reply sees the change. A
                 // failure here loses nothing (the follower reads the same log).
