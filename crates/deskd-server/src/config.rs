@@ -608,6 +608,44 @@ mod tests {
     }
 
     #[test]
+    fn backend_is_sqlite_by_default_and_a_database_with_its_password_source() {
+        use deskd_pg::{ConnectOptions, PasswordSource};
+        let file: ConfigFile = toml::from_str(
+            "[defaults]\nbackend = \"postgresql://deskd@db/desk\"\n\
+             backend_password_file = \"/etc/deskd/pg\"\n\
+             [volume.\"/a\"]\n\
+             [volume.\"/b\"]\nbackend = \"sqlite\"\n\
+             [volume.\"/c\"]\nbackend = \"service=other\"\nbackend_password_env = \"PW\"\n\
+             [volume.\"/d\"]\nbackend = \"host=db user=u\"\n",
+        )
+        .unwrap();
+        let cfg = file.resolve("/s".into(), &[]).unwrap();
+        let of = |root: &str| volume_at(&cfg, root).backend.clone();
+        assert_eq!(
+            of("/a"),
+            Some(ConnectOptions {
+                target: "postgresql://deskd@db/desk".into(),
+                password: PasswordSource::File("/etc/deskd/pg".into()),
+            })
+        );
+        assert_eq!(of("/b"), None);
+        assert_eq!(of("/c").unwrap().password, PasswordSource::Env("PW".into()));
+        // A volume's own target does not take [defaults]' password.
+        assert_eq!(of("/d").unwrap().password, PasswordSource::None);
+        let plain = ConfigFile::default()
+            .resolve("/s".into(), &["/e".into()])
+            .unwrap();
+        assert_eq!(plain.volumes[0].backend, None);
+        let both: ConfigFile = toml::from_str(
+            "[volume.\"/a\"]\nbackend = \"service=x\"\nbackend_password_file = \"/f\"\n\
+             backend_password_env = \"PW\"\n",
+        )
+        .unwrap();
+        let refused = both.resolve("/s".into(), &[]).unwrap_err().to_string();
+        assert!(refused.contains("give one"), "{refused}");
+    }
+
+    #[test]
     fn watch_is_off_by_default_and_set_per_volume_or_in_defaults() {
         use deskd_watch::WatchMode;
         let file: ConfigFile = toml::from_str(
