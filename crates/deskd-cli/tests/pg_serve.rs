@@ -174,6 +174,9 @@ fn a_volume_served_from_postgresql_answers_and_keeps_its_ids_across_a_restart() 
         find(&env, "REPORT"),
         vec![format!("{r}/Projects/Year 2024/Report Final.PDF")]
     );
+    // The metrics answer too (no WAL, no mapping of a file that is not there).
+    let metrics = env.deskd_ok(&["metrics"]);
+    assert!(metrics.contains("deskd_"), "{metrics}");
     let status = env.status_json();
     // The root and five objects, as an SQLite desktop counts them.
     assert_eq!(status["objects"], 6, "{status}");
@@ -495,4 +498,69 @@ fn a_lost_database_makes_the_volume_read_only_until_it_is_back_and_loses_nothing
     let log = env.log_text();
     assert!(log.contains("database unreachable"), "{log}");
     assert!(log.contains("database reachable again"), "{log}");
+}
+
+#[test]
+fn a_wrong_password_target_or_setting_is_refused_clearly_and_nothing_is_made() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let wrong = cluster.password_file("wrong", "not the password");
+    let right = cluster.password_file("pw", cluster.password());
+    let env = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    // `deskd serve` with this volume table; it must exit (no volume could be opened).
+    let serve = |table: &str| {
+        let cfg = env.path("deskd.toml");
+        std::fs::write(&cfg, format!("[volume.\"{}\"]\n{table}", root.display())).unwrap();
+        let out = std::process::Command::new(DESKD)
+            .args(["serve", "--socket"])
+            .arg(env.path("s.sock"))
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "served: {table}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = serve(&format!(
+        "backend = \"{url}\"\nbackend_password_file = \"{}\"\n",
+        wrong.display()
+    ));
+    assert!(
+        said.contains("password authentication failed for user \"deskd_test\""),
+        "{said}"
+    );
+    assert!(!said.contains("not the password"), "{said}");
+    let with_password = url.replace(
+        "deskd_test@",
+        &format!("deskd_test:{}@", cluster.password()),
+    );
+    let said = serve(&format!("backend = \"{with_password}\"\n"));
+    assert!(said.contains("password"), "{said}");
+    assert!(
+        !said.contains(cluster.password()),
+        "the password echoed: {said}"
+    );
+    let said = serve(&format!(
+        "backend = \"{url}\"\nbackend_password_file = \"{}\"\nwatch = \"auto\"\n",
+        right.display()
+    ));
+    assert!(said.contains("watch is not yet available"), "{said}");
+    let said = serve(&format!(
+        "backend = \"{url}\"\nbackend_password_file = \"{}\"\nbackend_password_env = \"PW\"\n",
+        right.display()
+    ));
+    assert!(said.contains("give one"), "{said}");
+    // Nothing was made in the database, and no desktop file.
+    let mut admin = cluster.admin("desk");
+    let schema = admin
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'deskd'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(schema.get::<_, i64>(0), 0);
+    assert!(!root.join(".Desktop").exists());
 }

@@ -33,14 +33,11 @@ pub enum ServerError {
     )]
     BackendPassword { root: PathBuf },
     /// A volume's PostgreSQL desktop could not be opened (no connection, a refused login, a
-    /// newer format, another volume's name or identity). The cause is in the message.
-    #[error("{}: desktop in PostgreSQL ({target}): {message}", root.display())]
-    PgOpen {
-        root: PathBuf,
-        /// `user@host:port/db`, no password.
-        target: String,
-        message: String,
-    },
+    /// newer format, another volume's name or identity). The cause is in the message, which
+    /// names the database as `user@host:port/db`; the configured target is not shown (it
+    /// may hold a password, which is refused without being echoed).
+    #[error("{}: desktop in PostgreSQL: {message}", root.display())]
+    PgOpen { root: PathBuf, message: String },
     /// Neither the command line nor the file names a volume.
     #[error(
         "configuration: no volumes: name them on the command line or in [volume.\"<path>\"] tables"

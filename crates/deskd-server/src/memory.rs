@@ -46,6 +46,10 @@ fn gather(volumes: &[Arc<VolumeHandle>]) -> ServerMemory {
     let files: Vec<Vec<MappedFile>> = volumes
         .iter()
         .map(|h| {
+            // A desktop in PostgreSQL maps nothing here (its `desktop_path` is no file).
+            if h.pg.is_some() {
+                return Vec::new();
+            }
             let mut files: Vec<MappedFile> = MappedFile::of(&h.desktop_path).into_iter().collect();
             if let Some(reads) = MappedFile::of(h.reads_path()) {
                 if !files.contains(&reads) {

@@ -148,7 +148,6 @@ pub(crate) fn identity(root: &Path, config: &VolumeConfig) -> Result<u64, Server
 fn stamp_error(root: &Path, why: String) -> ServerError {
     ServerError::PgOpen {
         root: root.to_path_buf(),
-        target: String::new(),
         message: format!(
             "cannot stamp the volume's identity on its root (xattr {}): {why}",
             deskd_volume::VOLUME_XATTR

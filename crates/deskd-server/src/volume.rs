@@ -370,7 +370,6 @@ impl VolumeHandle {
         let root = volume.root().to_path_buf();
         let refused = |message: String| ServerError::PgOpen {
             root: root.clone(),
-            target: options.target.clone(),
             message,
         };
         if config.watch != deskd_watch::WatchMode::Off {
@@ -439,7 +438,8 @@ impl VolumeHandle {
             reads: PathBuf::new(),
             immutable: false,
             read_connections: Arc::default(),
-            writer_connected: true,
+            // No SQLite connection (the memory figures count those).
+            writer_connected: false,
             check: Mutex::new(None),
             pg: Some(pg.clone()),
         });

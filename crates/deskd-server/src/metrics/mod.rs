@@ -152,7 +152,11 @@ fn gather(shared: &Shared, handle: Arc<VolumeHandle>) -> VolumeFigures {
         objects,
         last_id,
         state,
-        wal_bytes: handle.writer.wal_pending_bytes(&handle.desktop_path),
+        // A desktop in PostgreSQL has no WAL here (its `desktop_path` is no file).
+        wal_bytes: match handle.pg {
+            Some(_) => 0,
+            None => handle.writer.wal_pending_bytes(&handle.desktop_path),
+        },
         clients: shared.clients.of_volume_count(handle.index),
         rebuild: shared
             .rebuilds
