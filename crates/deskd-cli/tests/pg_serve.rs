@@ -498,6 +498,28 @@ fn a_lost_database_makes_the_volume_read_only_until_it_is_back_and_loses_nothing
     let log = env.log_text();
     assert!(log.contains("database unreachable"), "{log}");
     assert!(log.contains("database reachable again"), "{log}");
+
+    // Stopped and started again while the server is idle: the next write goes through at
+    // once (the writer's dead connection is made again and the batch, which could not start,
+    // is run on the new one).
+    cluster.stop();
+    cluster.restart();
+    let mut c = env.client();
+    let vol = c.open_volume(&root).unwrap().vol;
+    std::fs::write(root.join("after-idle.txt"), b"").unwrap();
+    let o = c
+        .object(Request::AddPath {
+            vol,
+            path: b"after-idle.txt".to_vec(),
+            hint: None,
+            type_code: None,
+            creator: None,
+            carried: None,
+        })
+        .expect("written at once after the restart");
+    let back = c.object(Request::Resolve { vol, id: o.id }).unwrap();
+    assert_eq!(back.path.as_deref(), Some(&b"after-idle.txt"[..]));
+    assert!(acked.iter().all(|(_, id)| *id < o.id));
 }
 
 #[test]

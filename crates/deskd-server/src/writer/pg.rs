@@ -9,9 +9,10 @@
 //!
 //! **Losing the database.** A batch that fails for want of the database
 //! (`DbError::Unavailable`) is answered with `ReadOnly` ("database unreachable"), nothing of
-//! it acknowledged; the writer drops its connection, status shows the volume read-only and
-//! why, and the writer connects again with back-off (0.5 s doubling to 30 s), answering
-//! writes read-only meanwhile. No server exits for it.
+//! it acknowledged; the writer drops its connection and tries once more at once (the database
+//! may be back already: only the idle connection died); failing, status shows the volume
+//! read-only and why, and the writer connects again with back-off (0.5 s doubling to 30 s),
+//! answering writes read-only meanwhile. No server exits for it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,17 @@ const RECONNECT_MAX: Duration = Duration::from_secs(30);
 struct RowWait<'a> {
     desktop: &'a mut PgDesktop,
     wait: Duration,
+    /// The last batch could not even start: nothing of the writes ran in it, and an earlier
+    /// run of them was rolled back, so they may be run again on a new connection.
+    start_failed: bool,
+}
+
+impl RowWait<'_> {
+    fn start(&mut self) -> deskd_db::Result<deskd_pg::PgBatch<'_>> {
+        let started = self.desktop.batch_within(self.wait);
+        self.start_failed = started.is_err();
+        Ok(started?)
+    }
 }
 
 impl deskd_db::Store for RowWait<'_> {
@@ -55,11 +67,11 @@ impl deskd_db::Store for RowWait<'_> {
         Self: 'b;
 
     fn batch(&mut self) -> deskd_db::Result<Self::Batch<'_>> {
-        Ok(self.desktop.batch_within(self.wait)?)
+        self.start()
     }
 
     fn batch_within(&mut self, _: Duration) -> deskd_db::Result<Self::Batch<'_>> {
-        Ok(self.desktop.batch_within(self.wait)?)
+        self.start()
     }
 
     fn set_durability(&mut self, durability: deskd_db::Durability) -> deskd_db::Result<()> {
@@ -172,6 +184,12 @@ impl PgWriter {
     /// Commit the waiting writes in one transaction (rerun isolated when one is refused),
     /// catch the name index up, then answer.
     fn commit(&mut self, writes: &mut Vec<Pending>) {
+        self.commit_try(writes, true);
+    }
+
+    /// [`PgWriter::commit`]; `again`: a batch that could not start for want of the database
+    /// is run once more on a new connection when one can be had at once.
+    fn commit_try(&mut self, writes: &mut Vec<Pending>, again: bool) {
         if writes.is_empty() {
             return;
         }
@@ -194,11 +212,13 @@ impl PgWriter {
         let mut store = RowWait {
             desktop: &mut *desktop,
             wait: Duration::from_secs(self.config.busy_wait),
+            start_failed: false,
         };
         let outcome = match run_batch(&mut store, volume, policy, writes, false, audit_on) {
             Ok(Attempt::Retry) => run_batch(&mut store, volume, policy, writes, true, audit_on),
             other => other,
         };
+        let unstarted = store.start_failed;
         match outcome {
             Ok(Attempt::Retry) => unreachable!("an isolated run never asks for a retry"),
             Ok(Attempt::Done(mut replies)) => {
@@ -231,6 +251,10 @@ impl PgWriter {
             }
             Err(DbError::Unavailable(why)) => {
                 self.lost(&why);
+                if again && unstarted && self.desktop.is_some() {
+                    // Nothing ran: the same writes on the new connection.
+                    return self.commit_try(writes, false);
+                }
                 let refusal = self.unreachable_reply();
                 for w in writes.drain(..) {
                     w.reply.send(Err(refusal.clone()));
@@ -255,15 +279,20 @@ impl PgWriter {
     /// The database was lost: drop the connection, say so in status, try again soon.
     fn lost(&mut self, why: &str) {
         self.desktop = None;
-        let wait = RECONNECT_FIRST;
-        self.reconnect = Some((Instant::now() + wait, wait));
         let since = deskd_db::now_unix();
-        let mut state = self.state.lock().unwrap();
-        if state.unavailable.is_none() {
-            error!(volume = %self.volume.root().display(),
-                "database unreachable ({why}); the volume is read-only until it is back");
-            state.unavailable = Some((since, why.to_string()));
+        {
+            let mut state = self.state.lock().unwrap();
+            if state.unavailable.is_none() {
+                error!(volume = %self.volume.root().display(),
+                    "database unreachable ({why}); the volume is read-only until it is back");
+                state.unavailable = Some((since, why.to_string()));
+            }
         }
+        // One try at once: a connection that died while the writer was idle (the database
+        // restarted meanwhile) is made again before the next write; failing, the next try is
+        // after RECONNECT_FIRST.
+        self.reconnect = Some((Instant::now(), RECONNECT_FIRST / 2));
+        self.try_reconnect();
     }
 
     /// Connect again; on failure wait twice as long (at most [`RECONNECT_MAX`]), with jitter.
