@@ -499,6 +499,7 @@ fn a_lost_database_makes_the_volume_read_only_until_it_is_back_and_loses_nothing
     assert!(log.contains("database unreachable"), "{log}");
     assert!(log.contains("database reachable again"), "{log}");
 
+    let mut earlier = c;
     // Stopped and started again while the server is idle: the next write goes through at
     // once (the writer's dead connection is made again and the batch, which could not start,
     // is run on the new one).
@@ -520,6 +521,12 @@ fn a_lost_database_makes_the_volume_read_only_until_it_is_back_and_loses_nothing
     let back = c.object(Request::Resolve { vol, id: o.id }).unwrap();
     assert_eq!(back.path.as_deref(), Some(&b"after-idle.txt"[..]));
     assert!(acked.iter().all(|(_, id)| *id < o.id));
+    // A connection whose reads began before the restart: answered at once too (its
+    // PostgreSQL reader is made again and the read run on it), status as well.
+    let back = earlier.object(Request::Resolve { vol, id: o.id }).unwrap();
+    assert_eq!(back.path.as_deref(), Some(&b"after-idle.txt"[..]));
+    let status = earlier.status(None).unwrap();
+    assert!(!status[0].read_only, "{status:?}");
 }
 
 #[test]

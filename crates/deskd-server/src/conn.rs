@@ -858,12 +858,21 @@ impl Connection {
                         .rebuilds
                         .current(&handle)
                         .map(|job| job.state(u64::MAX));
-                    let status = self.reader(&handle).and_then(
-                        |reader| with_reader!(reader, db => handle.status(db, rebuild.clone())),
-                    );
+                    let read = |this: &mut Self| {
+                        this.reader(&handle).and_then(
+                            |reader| with_reader!(reader, db => handle.status(db, rebuild.clone())),
+                        )
+                    };
+                    let lost = |e: &ErrorReply| handle.pg.is_some() && e.code == ErrorCode::Busy;
+                    let mut status = read(self);
+                    if status.as_ref().is_err_and(lost) {
+                        // Once more on a new connection: the database may be back.
+                        self.forget_pg_reader(&handle);
+                        status = read(self);
+                    }
                     let mut status = match status {
                         // A PostgreSQL volume whose database is lost still has a status.
-                        Err(e) if handle.pg.is_some() && e.code == ErrorCode::Busy => {
+                        Err(e) if lost(&e) => {
                             self.forget_pg_reader(&handle);
                             handle.status_unreachable(&e.message, rebuild)
                         }
@@ -1007,19 +1016,26 @@ impl Connection {
             other => {
                 let handle = self.shared.volume(other.volume().unwrap_or(u32::MAX))?;
                 let access = self.access.clone();
-                let reader = match self.reader(&handle) {
-                    Ok(reader) => reader,
-                    Err(e) => {
+                let reply = self.reader(&handle).and_then(|reader| {
+                    with_reader!(reader, db =>
+                        apply_read(db, &handle.volume, &handle.names, &other, &access))
+                });
+                match reply {
+                    // A PostgreSQL read that failed for want of the database: once more on a
+                    // new connection (the database may be back, only this one gone).
+                    Err(e) if handle.pg.is_some() && e.code == ErrorCode::Busy => {
                         self.forget_pg_reader(&handle);
-                        return Err(e);
+                        let again = self.reader(&handle).and_then(|reader| {
+                            with_reader!(reader, db =>
+                                apply_read(db, &handle.volume, &handle.names, &other, &access))
+                        });
+                        if again.as_ref().is_err_and(|e| e.code == ErrorCode::Busy) {
+                            self.forget_pg_reader(&handle);
+                        }
+                        again
                     }
-                };
-                let reply = with_reader!(reader, db =>
-                    apply_read(db, &handle.volume, &handle.names, &other, &access));
-                if reply.as_ref().is_err_and(|e| e.code == ErrorCode::Busy) {
-                    self.forget_pg_reader(&handle);
+                    reply => reply,
                 }
-                reply
             }
         }
     }
