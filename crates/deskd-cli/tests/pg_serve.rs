@@ -182,6 +182,32 @@ fn a_volume_served_from_postgresql_answers_and_keeps_its_ids_across_a_restart() 
     assert_eq!(status["objects"], 6, "{status}");
     drop(c);
 
+    // Client connections borrow a read connection only while they have requests to answer:
+    // 24 of them open at once, each idle after a read, do not make 24 PostgreSQL sessions.
+    let clients: Vec<_> = (0..24)
+        .map(|_| {
+            let mut c = env.client();
+            let vol = c.open_volume(&root).unwrap().vol;
+            c.object(Request::Resolve { vol, id: report }).unwrap();
+            c
+        })
+        .collect();
+    let sessions: i64 = cluster
+        .admin("desk")
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'desk' \
+             AND application_name = 'deskd'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // The writer, the follower's two, a few lent or idle readers.
+    assert!(
+        sessions < 10,
+        "{sessions} sessions for 24 idle client connections"
+    );
+    drop(clients);
+
     // The rows are in the database, under the volume's name and the identity stamped on its
     // root.
     let identity = xattr_identity(&root);

@@ -436,10 +436,11 @@ struct CachedReader {
 }
 
 /// A read connection of either back end: SQLite's mapped reader, or a PostgreSQL connection
-/// (whose every statement sees every commit made before it: no snapshot to renew).
+/// (whose every statement sees every commit made before it: no snapshot to renew), lent by its
+/// volume's pool for a run of requests and given back when the connection goes idle.
 enum VolumeReader {
     Sqlite(MappedReader),
-    Pg(deskd_pg::PgDesktop),
+    Pg(deskd_pg::PgDesktop, Arc<crate::pg_volume::PgVolume>),
 }
 
 /// A borrowed [`VolumeReader`], for [`with_reader!`].
@@ -475,7 +476,7 @@ impl Connection {
         let commits = handle.commits.load(Ordering::SeqCst);
         let open = || -> Result<CachedReader, ErrorReply> {
             let reader = match &handle.pg {
-                Some(pg) => VolumeReader::Pg(pg.connect().map_err(db_error)?),
+                Some(pg) => VolumeReader::Pg(pg.take_reader().map_err(db_error)?, pg.clone()),
                 None => VolumeReader::Sqlite(handle.open_reader().map_err(db_error)?),
             };
             Ok(CachedReader {
@@ -493,7 +494,7 @@ impl Connection {
             Entry::Vacant(e) => e.insert(open()?),
         };
         let reader = match &mut entry.reader {
-            VolumeReader::Pg(db) => return Ok(ReaderRef::Pg(db)),
+            VolumeReader::Pg(db, _) => return Ok(ReaderRef::Pg(db)),
             VolumeReader::Sqlite(reader) => reader,
         };
         let wrote = entry.commits != commits;
@@ -511,13 +512,28 @@ impl Connection {
     /// After a read of a PostgreSQL volume failed for want of the database (`Busy`): drop its
     /// connection, which the database may have lost, so the next request connects again.
     fn forget_pg_reader(&mut self, handle: &VolumeHandle) {
-        if handle.pg.is_some() {
+        if let Some(pg) = &handle.pg {
             self.readers.remove(&handle.index);
+            pg.clear_idle();
         }
     }
 
-    /// End every read snapshot (when no request is waiting), so checkpoints can proceed.
+    /// End every read snapshot (when no request is waiting), so checkpoints can proceed, and
+    /// give PostgreSQL read connections back to their volume's pool.
     fn end_snapshots(&mut self) {
+        let lent: Vec<u32> = (self.readers.iter())
+            .filter(|(_, cached)| matches!(cached.reader, VolumeReader::Pg(..)))
+            .map(|(vol, _)| *vol)
+            .collect();
+        for vol in lent {
+            if let Some(CachedReader {
+                reader: VolumeReader::Pg(db, pool),
+                ..
+            }) = self.readers.remove(&vol)
+            {
+                pool.give_back(db);
+            }
+        }
         for cached in self.readers.values() {
             if let VolumeReader::Sqlite(reader) = &cached.reader {
                 let _ = reader.end_snapshot();
@@ -686,7 +702,7 @@ impl Connection {
             .get(&handle.index)
             .and_then(|r| match &r.reader {
                 VolumeReader::Sqlite(reader) => reader.path_of(id).ok(),
-                VolumeReader::Pg(db) => db.path_of(id).ok(),
+                VolumeReader::Pg(db, _) => db.path_of(id).ok(),
             })
             .unwrap_or_default();
         handle.volume.path_of(&components)

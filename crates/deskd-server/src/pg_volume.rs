@@ -1,7 +1,7 @@
 //! A volume whose desktop is in PostgreSQL (issue 28, `backend = "postgresql://…"`): its
-//! identity in the volume root, its connections (the writer's, one per client connection for
-//! reads, the name index's loader, the follower), and the name index kept in step with the
-//! change log.
+//! identity in the volume root, its connections (the writer's, a pool of read connections
+//! lent to client connections, the name index's loader, the follower), and the name index
+//! kept in step with the change log.
 //!
 //! The name index is fed from the change log (`deskd.changes`), for this server's batches as
 //! for every other server's: the writer catches up after each commit, before it answers, so a
@@ -26,6 +26,10 @@ use crate::error::ServerError;
 /// documented lag when a notice is lost (ARCHITECTURE.md, "Following the other servers").
 pub(crate) const FOLLOW_POLL: Duration = Duration::from_secs(1);
 
+/// Idle read connections a volume keeps for client connections (more are closed when given
+/// back): a client connection holds one only while it has requests to answer.
+const IDLE_READERS: usize = 16;
+
 /// What the connections of one opening of a PostgreSQL volume share.
 pub(crate) struct PgVolume {
     options: ConnectOptions,
@@ -40,6 +44,8 @@ pub(crate) struct PgVolume {
     names: Arc<NameIndex>,
     /// Set when the opening is closed: the follower ends.
     closed: AtomicBool,
+    /// Read connections not lent to a client connection now.
+    idle: Mutex<Vec<PgDesktop>>,
 }
 
 impl PgVolume {
@@ -69,6 +75,7 @@ impl PgVolume {
                 seen: Mutex::new(seen),
                 names,
                 closed: AtomicBool::new(false),
+                idle: Mutex::new(Vec::new()),
             },
             desktop,
             created,
@@ -79,6 +86,34 @@ impl PgVolume {
     pub(crate) fn connect(&self) -> Result<PgDesktop, DbError> {
         let client = deskd_pg::connect(&self.options)?;
         Ok(PgDesktop::open(client, &self.key, self.durability)?.0)
+    }
+
+    /// A read connection for a client connection's run of requests: an idle one, else a new
+    /// one. Given back with [`PgVolume::give_back`].
+    pub(crate) fn take_reader(&self) -> Result<PgDesktop, DbError> {
+        let idle = self.idle.lock().unwrap().pop();
+        match idle {
+            Some(db) => Ok(db),
+            None => self.connect(),
+        }
+    }
+
+    /// A read connection back from a client connection gone idle (closed when enough are
+    /// idle, or the opening is closed).
+    pub(crate) fn give_back(&self, db: PgDesktop) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap();
+        if idle.len() < IDLE_READERS {
+            idle.push(db);
+        }
+    }
+
+    /// Close the idle read connections: one failed for want of the database, and the others,
+    /// made before, are likely gone as well.
+    pub(crate) fn clear_idle(&self) {
+        self.idle.lock().unwrap().clear();
     }
 
     /// What status shows as the volume's desktop.
@@ -119,6 +154,7 @@ impl PgVolume {
     /// End the follower (the opening is closed).
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.clear_idle();
     }
 }
 
