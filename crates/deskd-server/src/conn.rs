@@ -521,6 +521,22 @@ impl Connection {
     /// End every read snapshot (when no request is waiting), so checkpoints can proceed, and
     /// give PostgreSQL read connections back to their volume's pool.
     fn end_snapshots(&mut self) {
+        let mut lent = false;
+        for cached in self.readers.values() {
+            match &cached.reader {
+                VolumeReader::Sqlite(reader) => {
+                    let _ = reader.end_snapshot();
+                }
+                VolumeReader::Pg(..) => lent = true,
+            }
+        }
+        if lent {
+            self.give_back_pg_readers();
+        }
+    }
+
+    /// Give the PostgreSQL read connections this connection holds back to their pools.
+    fn give_back_pg_readers(&mut self) {
         let lent: Vec<u32> = (self.readers.iter())
             .filter(|(_, cached)| matches!(cached.reader, VolumeReader::Pg(..)))
             .map(|(vol, _)| *vol)
@@ -534,10 +550,18 @@ impl Connection {
                 pool.give_back(db);
             }
         }
-        for cached in self.readers.values() {
-            if let VolumeReader::Sqlite(reader) = &cached.reader {
-                let _ = reader.end_snapshot();
-            }
+    }
+
+    /// The PostgreSQL reader of `handle` made again (the one held failed for want of the
+    /// database): only a PostgreSQL volume's, so SQLite's read path keeps one call site.
+    fn pg_reader_again(
+        &mut self,
+        handle: &VolumeHandle,
+    ) -> Result<&deskd_pg::PgDesktop, ErrorReply> {
+        self.forget_pg_reader(handle);
+        match self.reader(handle)? {
+            ReaderRef::Pg(db) => Ok(db),
+            ReaderRef::Sqlite(_) => unreachable!("called for a PostgreSQL volume"),
         }
     }
 
@@ -874,17 +898,15 @@ impl Connection {
                         .rebuilds
                         .current(&handle)
                         .map(|job| job.state(u64::MAX));
-                    let read = |this: &mut Self| {
-                        this.reader(&handle).and_then(
-                            |reader| with_reader!(reader, db => handle.status(db, rebuild.clone())),
-                        )
-                    };
+                    let mut status = self.reader(&handle).and_then(
+                        |reader| with_reader!(reader, db => handle.status(db, rebuild.clone())),
+                    );
                     let lost = |e: &ErrorReply| handle.pg.is_some() && e.code == ErrorCode::Busy;
-                    let mut status = read(self);
                     if status.as_ref().is_err_and(lost) {
                         // Once more on a new connection: the database may be back.
-                        self.forget_pg_reader(&handle);
-                        status = read(self);
+                        status = self
+                            .pg_reader_again(&handle)
+                            .and_then(|db| handle.status(db, rebuild.clone()));
                     }
                     let mut status = match status {
                         // A PostgreSQL volume whose database is lost still has a status.
@@ -1040,10 +1062,8 @@ impl Connection {
                     // A PostgreSQL read that failed for want of the database: once more on a
                     // new connection (the database may be back, only this one gone).
                     Err(e) if handle.pg.is_some() && e.code == ErrorCode::Busy => {
-                        self.forget_pg_reader(&handle);
-                        let again = self.reader(&handle).and_then(|reader| {
-                            with_reader!(reader, db =>
-                                apply_read(db, &handle.volume, &handle.names, &other, &access))
+                        let again = self.pg_reader_again(&handle).and_then(|db| {
+                            apply_read(db, &handle.volume, &handle.names, &other, &access)
                         });
                         if again.as_ref().is_err_and(|e| e.code == ErrorCode::Busy) {
                             self.forget_pg_reader(&handle);
