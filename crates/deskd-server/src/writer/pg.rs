@@ -302,6 +302,11 @@ impl PgWriter {
         };
         match self.pg.connect() {
             Ok(mut desktop) => {
+                // The durability a reload set since the opening (a new session starts with
+                // the opening's).
+                if let Err(e) = desktop.set_durability(self.config.durability) {
+                    warn!(volume = %self.volume.root().display(), "durability not set: {e}");
+                }
                 if let Err(e) = self.pg.catch_up(&mut desktop) {
                     warn!(volume = %self.volume.root().display(), "name index not caught up: {e}");
                 }
