@@ -9,7 +9,8 @@
 mod common;
 use common::*;
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -930,5 +931,80 @@ fn stamps_a_killed_server_still_owed_are_written_by_the_rescan_at_its_start() {
     env.watch_barrier("vol");
     // Same IDs, and every resource file and mirror written.
     assert_eq!(assert_tree_like_dt(&env, "burst"), before);
+    env.rebuild_scan_silent("vol");
+}
+
+/// Run `command` and require it to end within 30 s (a hang fails the test, it is not waited
+/// out); returns whether it succeeded.
+fn ends_in_time(mut command: Command) -> bool {
+    let mut child = command.spawn().unwrap();
+    let began = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.success();
+        }
+        if began.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("{command:?} still runs after 30 s: the server is stuck");
+        }
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_named_pipe_in_a_resource_files_place_holds_up_nothing() {
+    let env = watched("");
+    let pub_dir = root(&env).join("pub");
+    std::fs::create_dir(&pub_dir).unwrap();
+    std::os::unix::fs::chown(&pub_dir, Some(65534), Some(65534)).unwrap();
+    env.watch_barrier("vol");
+    // nobody plants a pipe where the server reads (the claim of a new file) and writes (its
+    // stamp) the resource file; the opener used to block until someone opened the other end.
+    env.sh_as_nobody("cd vol/pub && mkdir .rsrc && mkfifo .rsrc/x && : > x");
+    let vol = root(&env).display().to_string();
+    assert!(ends_in_time(
+        env.command_for(DESKD, &[b"flush", b"--volume", vol.as_bytes()])
+    ));
+    // The volume still takes writes, and the file got its ID (its resource file could not be
+    // written: the pipe is left where it is; dt, which writes it too, says why instead of
+    // waiting for ever).
+    dt_touch(&env, &["after"]);
+    assert!(desktop_below(&env, "pub").contains_key("pub/x"));
+    let out = env.dt(&[b"info", root(&env).join("pub/x").as_os_str().as_bytes()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No such device or address"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::symlink_metadata(pub_dir.join(".rsrc/x"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
+
+#[test]
+fn a_folder_moved_in_brings_its_entries_type_and_creator_from_their_resource_files() {
+    let env = watched("");
+    dt_mkdir(&env, &["src"]);
+    dt_touch(&env, &["src/f"]);
+    let f = root(&env).join("src/f");
+    env.dt_ok(&[
+        b"set",
+        b"-t",
+        b"TEXT",
+        b"-c",
+        b"ttxt",
+        f.as_os_str().as_bytes(),
+    ]);
+    // A plain copy (no xattrs; `.rsrc/` copied as files), moved into the volume whole: its
+    // entries are registered through the folder's listing (register_tree).
+    sh(&env, "cp -r vol/src outside/d && mv outside/d vol/d");
+    env.watch_barrier("vol");
+    let info = env.dt_ok(&[b"info", root(&env).join("d/f").as_os_str().as_bytes()]);
+    assert!(
+        info.contains("TEXT") && info.contains("ttxt"),
+        "the copy's type and creator: {info}"
+    );
     env.rebuild_scan_silent("vol");
 }

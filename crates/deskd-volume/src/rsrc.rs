@@ -250,11 +250,52 @@ fn open_in(
     flags: libc::c_int,
     mode: libc::mode_t,
 ) -> std::io::Result<File> {
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::io::AsFd;
+    open_regular_at(dir.as_fd(), name, flags, mode)
+}
+
+/// [`open_at`] of a resource file: never blocks and never opens anything but a regular file.
+/// A named pipe in a resource file's place (anyone who may write the folder can make one)
+/// would otherwise block the opener until someone opened its other end, and the opener is the
+/// server's writer or watcher (the hostile review of 2026-12-07, finding 1): `O_NONBLOCK`
+/// makes the open return at once (a pipe with no reader refuses a writer with `ENXIO`), and
+/// whatever is not a regular file is refused as `InvalidData`.
+pub fn open_regular_at(
+    dir: std::os::unix::io::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> std::io::Result<File> {
+    use std::os::unix::ffi::OsStrExt;
     let name = std::ffi::CString::new(name.as_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    open_at(dir.as_fd(), &name, flags, mode)
+    let file = open_at(dir, &name, flags | libc::O_NONBLOCK, mode)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file (a pipe, device or socket in a resource file's place)",
+        ));
+    }
+    // Back to blocking: reads and writes of a regular file are unaffected either way, but
+    // the descriptor is handed on as an ordinary `File`.
+    let flags = rustix::fs::fcntl_getfl(&file)?;
+    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)?;
+    Ok(file)
+}
+
+/// The header of the resource file `name` in the `.rsrc` folder held open as `dir` (opened
+/// without following a link, never blocking, a regular file only): `None` when there is none.
+pub fn read_header_at(
+    dir: std::os::unix::io::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+) -> Result<Option<ResourceHeader>, VolumeError> {
+    let shown = || Path::new(RSRC_DIR).join(name);
+    match open_regular_at(dir, name, libc::O_RDONLY, 0) {
+        Ok(mut file) => read_header_from(&mut file, &shown()).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Ok(None),
+        Err(e) => Err(VolumeError::io(&shown(), e)),
+    }
 }
 
 /// What is at a resource-file path, opened for reading without following links.

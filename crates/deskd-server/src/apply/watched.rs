@@ -406,17 +406,22 @@ fn claim<B: WriteBatch + ?Sized>(w: &Writing<'_, B>, names: &[Vec<u8>], node: &N
 /// one), as [`register_tree`] lists it: the same reads through the descriptors, without
 /// walking from the root again for every entry.
 fn claim_in(dir: &OwnedFd, rsrc_dir: Option<&OwnedFd>, name: &[u8], node: &Node) -> Claim {
-    let through = |fd: &OwnedFd| {
-        use std::os::fd::AsRawFd;
-        Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())).join(OsStr::from_bytes(name))
-    };
+    use std::os::fd::{AsFd, AsRawFd};
+    let name = OsStr::from_bytes(name);
     let mut out = Claim::default();
-    if node.kind != Kind::Symlink {
-        // Not followed: a link swapped in since the listing has no mirror of its own.
-        out.id = deskd_volume::read_id_xattr(&through(dir));
+    // The name must still hold the inode just listed (as `claim` checks): a file swapped in
+    // since would lend its mirror. Not followed: a link has no mirror of its own.
+    let still_it = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| (st.st_dev, st.st_ino) == (node.dev, node.ino));
+    if node.kind != Kind::Symlink && still_it {
+        let path = Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+        out.id = deskd_volume::read_id_xattr(&path);
     }
+    // Opened in the `.rsrc` held open: a path through /proc/self/fd is a link, which the
+    // path-based reader refuses (the hostile review of 2026-12-07, finding 2: no header was
+    // ever read here, and a folder moved in lost its entries' type and creator).
     let header = rsrc_dir.and_then(|rsrc| {
-        deskd_volume::rsrc::read_header(&through(rsrc))
+        deskd_volume::rsrc::read_header_at(rsrc.as_fd(), name)
             .ok()
             .flatten()
     });

@@ -1,5 +1,5 @@
 //! Stamps owed: the resource files and `user.deskd.id` mirrors of objects a busy batch
-//! registered, written when the watcher has a quiet moment rather than during the burst.
+//! registered, written by a thread of the lowest CPU priority rather than during the burst.
 //!
 //! A plain program creating files as fast as the disk allows (an `rsync`, an unpacked archive)
 //! would otherwise have the server create a second file (`.rsrc/NAME`) and write an xattr for
@@ -9,19 +9,17 @@
 //! ID on disk follows. They are kept as runs of IDs (a busy batch hands out consecutive IDs),
 //! so a million owed stamps take a few bytes, and are paid:
 //!
-//! * when the watcher is idle (no change read within its wait), a share at a time, so that a
-//!   new change is not kept waiting behind them;
+//! * by the stamper, a thread of the watcher's running at the lowest CPU priority
+//!   (`crate::watch::thread::stamp_in_background`), [`SHARE`] at a time, as soon as any are
+//!   owed: with whatever CPU the programs making the burst leave, so it never slows them, and
+//!   it never starves (the scheduler gives a thread at nice 19 a little even on a busy machine);
 //! * all of them at a barrier (`deskd flush`, freeze, a rebuild job), so that what the barrier
-//!   promises (every change applied, on disk and in the desktop) holds;
-//! * a share with every batch once the oldest has waited [`PAY_WHILE_BUSY_AFTER`], so a volume
-//!   that is never idle does not owe them forever.
+//!   promises (every change applied, on disk and in the desktop) holds.
 //!
 //! A stamp is paid where the desktop says the object is *then* (by ID), so an object moved or
 //! removed in between is stamped at its new place or not at all. If the server stops owing
 //! some, the rescan at its next start writes what is missing (it repairs every missing
 //! resource file and mirror).
-
-use std::time::{Duration, Instant};
 
 /// Batches with at least this many stamps owe them instead of paying at once: smaller ones
 /// are a user's own changes, stamped within the batch as before.
@@ -31,19 +29,15 @@ pub(crate) const OWE_FROM: usize = 64;
 /// every other ID was a client's).
 pub(crate) const MAX_OWED: u64 = 4_000_000;
 
-/// After this long owing, every batch also pays a share.
-pub(crate) const PAY_WHILE_BUSY_AFTER: Duration = Duration::from_secs(10);
-
-/// How many stamps are paid in one go when idle (about 20–60 ms of work), before the watcher
-/// looks for new changes again.
-pub(crate) const IDLE_SHARE: usize = 1024;
+/// How many stamps are paid in one go (about 20–60 ms of work) before the payer looks again
+/// (the stamper whether it must stop, a barrier whether any are left).
+pub(crate) const SHARE: usize = 1024;
 
 /// The IDs whose stamps are owed, as runs `first..=last`.
 #[derive(Debug, Default)]
 pub(crate) struct Owed {
     runs: Vec<(u32, u32)>,
     count: u64,
-    since: Option<Instant>,
 }
 
 impl Owed {
@@ -62,20 +56,13 @@ impl Owed {
         self.count + more as u64 <= MAX_OWED
     }
 
-    /// Whether the oldest stamp owed has waited long enough to be paid while busy.
-    pub(crate) fn overdue(&self, now: Instant) -> bool {
-        self.since
-            .is_some_and(|since| now.duration_since(since) >= PAY_WHILE_BUSY_AFTER)
-    }
-
     /// Owe the stamp of `id`.
-    pub(crate) fn owe(&mut self, id: u32, now: Instant) {
+    pub(crate) fn owe(&mut self, id: u32) {
         match self.runs.last_mut() {
             Some((_, last)) if last.checked_add(1) == Some(id) => *last = id,
             _ => self.runs.push((id, id)),
         }
         self.count += 1;
-        self.since.get_or_insert(now);
     }
 
     /// Take up to `n` IDs to pay, oldest runs first.
@@ -100,9 +87,6 @@ impl Owed {
         }
         self.runs.drain(..used);
         self.count -= out.len() as u64;
-        if self.count == 0 {
-            self.since = None;
-        }
         out
     }
 }
@@ -113,12 +97,11 @@ mod tests {
 
     #[test]
     fn consecutive_ids_are_one_run_and_are_taken_in_order() {
-        let now = Instant::now();
         let mut owed = Owed::default();
         for id in 100..1100 {
-            owed.owe(id, now);
+            owed.owe(id);
         }
-        owed.owe(5000, now);
+        owed.owe(5000);
         assert_eq!(owed.runs.len(), 2);
         assert_eq!(owed.len(), 1001);
         assert_eq!(owed.take(3), vec![100, 101, 102]);
@@ -128,15 +111,13 @@ mod tests {
         assert_eq!(*rest.last().unwrap(), 5000);
         assert!(owed.is_empty());
         assert!(owed.runs.is_empty());
-        assert!(!owed.overdue(now + PAY_WHILE_BUSY_AFTER * 2));
     }
 
     #[test]
     fn a_take_that_ends_on_a_runs_last_id_drops_the_run() {
-        let now = Instant::now();
         let mut owed = Owed::default();
         for id in [17, 18, 40, 41] {
-            owed.owe(id, now);
+            owed.owe(id);
         }
         assert_eq!(owed.take(2), vec![17, 18]);
         assert_eq!(owed.runs, vec![(40, 41)]);
@@ -147,13 +128,9 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_decides_when_they_are_overdue() {
-        let start = Instant::now();
+    fn room_is_bounded() {
         let mut owed = Owed::default();
-        owed.owe(20, start);
-        owed.owe(21, start + Duration::from_secs(9));
-        assert!(!owed.overdue(start + Duration::from_secs(9)));
-        assert!(owed.overdue(start + PAY_WHILE_BUSY_AFTER));
+        owed.owe(20);
         assert!(owed.has_room_for(1));
         assert!(!owed.has_room_for(MAX_OWED as usize));
     }

@@ -50,16 +50,10 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
             let Some(source) = source.as_mut() else {
                 return;
             };
-            // Owing stamps, the watcher only looks for changes: with none, it pays a share.
-            let owing = !running.owed.lock().unwrap().is_empty();
-            match source.next_batch(if owing { Duration::ZERO } else { WAIT }) {
+            match source.next_batch(WAIT) {
                 Ok(batch) => {
-                    let idle = batch.changes.is_empty() && !batch.overflow;
                     settle(&batch);
-                    process(&running, &handle, &rebuilds, batch);
-                    if idle && owing {
-                        pay_owed(&running, &handle, super::owed::IDLE_SHARE);
-                    }
+                    process(&running, &handle, &rebuilds, batch)
                 }
                 Err(e) => {
                     if running.stopping.load(Ordering::SeqCst) {
@@ -208,14 +202,6 @@ pub(crate) fn process(
     let now_work = owe_new_stamps(running, std::mem::take(&mut outcome.disk));
     let done = disk::apply(&handle.volume, &now_work);
     let errors = retry_moved_on(running, handle, done);
-    if running.owed.lock().unwrap().overdue(Instant::now()) {
-        // Never idle for long: each batch pays as many as it owed, and then some.
-        pay_owed(
-            running,
-            handle,
-            (count as usize).max(super::owed::IDLE_SHARE),
-        );
-    }
     {
         let mut figures = running.figures.lock().unwrap();
         figures.pending = 0;
@@ -268,7 +254,7 @@ fn report_spending(
             "watching {}: the objects of {} reached the budget of {budget} new IDs in {} s \
              (watch_budget); their further new objects get theirs when a client asks for \
              them, or when they are tried again after the window (docs/security.md, \"IDs \
-             made and removed in a loop\")",
+             cannot be burnt faster than files are kept\")",
             root.display(),
             payer_text(*payer),
             window.as_secs()
@@ -313,21 +299,50 @@ fn owe_new_stamps(running: &Running, work: Vec<DiskWork>) -> Vec<DiskWork> {
     if stamps < owed::OWE_FROM || !owed.has_room_for(stamps) {
         return work;
     }
-    let now = Instant::now();
-    work.into_iter()
+    let now_work = work
+        .into_iter()
         .filter(|w| match w {
             DiskWork::Stamp { id, .. } => {
-                owed.owe(*id, now);
+                owed.owe(*id);
                 false
             }
             _ => true,
         })
-        .collect()
+        .collect();
+    running.owed_ready.notify_one();
+    now_work
+}
+
+/// The stamper: writes owed stamps ([`super::owed`]) a share at a time, at the lowest CPU
+/// priority of the system, until the watcher stops. So the resource files of a burst are
+/// written with whatever CPU the programs making it leave, as soon as there is some; a barrier
+/// pays what is left at its own priority.
+pub(crate) fn stamp_in_background(running: Arc<Running>, handle: Arc<VolumeHandle>) {
+    // This thread only (Linux: the nice value is per thread); lowering needs no privilege.
+    if let Err(e) = rustix::process::setpriority_process(None, 19) {
+        debug!("the stamper keeps its priority: {e}");
+    }
+    loop {
+        {
+            let owed = running.owed.lock().unwrap();
+            let _owed = running
+                .owed_ready
+                .wait_while(owed, |o| {
+                    o.is_empty() && !running.stopping.load(Ordering::SeqCst)
+                })
+                .unwrap();
+        }
+        if running.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        pay_owed(&running, &handle, owed::SHARE);
+    }
 }
 
 /// Pay up to `share` owed stamps, each where the desktop says its object is now (an object
 /// removed since needs none). Returns how many were taken.
 pub(crate) fn pay_owed(running: &Running, handle: &VolumeHandle, share: usize) -> usize {
+    let _paying = running.paying.lock().unwrap();
     let ids = running.owed.lock().unwrap().take(share);
     if ids.is_empty() {
         return 0;

@@ -1,11 +1,11 @@
 //! The bound on the kernel's queue of a fanotify watcher, kept by a thread of its own.
 //!
-//! The group's queue is unlimited (`FAN_UNLIMITED_QUEUE`, see [`super::QUEUE_BYTES_MAX`]), and
+//! The group's queue is unlimited (`FAN_UNLIMITED_QUEUE`, see [`super::QUEUE_EVENTS_MAX`]), and
 //! the watcher's thread looks at it only between batches. That thread can be held for long
 //! (a batch waiting for a frozen desktop, a writer busy with a rebuild), while anyone who may
 //! create files keeps adding events, each costing kernel memory charged to deskd. So a guard
 //! thread looks every [`EVERY`], on a descriptor of the same group, and once more than
-//! `QUEUE_BYTES_MAX` wait it reads and drops them (the queue is one for both descriptors) and
+//! `QUEUE_EVENTS_MAX` wait it reads and drops them (the queue is one for both descriptors) and
 //! notes it: the watcher's next batch reports an overflow, and the volume is rescanned.
 
 use std::os::fd::OwnedFd;
@@ -17,7 +17,8 @@ use std::time::Duration;
 use crate::stopper::Stopper;
 
 /// How often the guard looks at the queue's size.
-const EVERY: Duration = Duration::from_millis(100);
+/// (`FIONREAD` walks the whole queue under the group's lock, so not more often.)
+const EVERY: Duration = Duration::from_millis(250);
 
 /// The guard of one group; stops its thread when dropped.
 pub(crate) struct QueueGuard {

@@ -35,15 +35,20 @@ use records::{is_plain_name, DirName, Handle, Malformed, RawEvent};
 /// Bytes per read(2): about 500 events with names.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// Most bytes of events the kernel may hold for the watcher (what `FIONREAD` counts; the
-/// kernel's own memory for them is about 1.5 times as much): beyond, they are dropped and the
-/// volume rescanned, as after the kernel's own overflow (checked after each batch, and every
-/// 100 ms by a guard thread, [`guard`], while the watcher's thread is held elsewhere). The queue is otherwise unlimited
-/// (`FAN_UNLIMITED_QUEUE`): the kernel's default of 16,384 events lasts 0.15 s when a program
-/// creates 100,000 files a second, less than one batch of the server takes to apply, so a
-/// burst would always end in a rescan of the whole volume. 128 MiB holds about 1.4 million
-/// changes, a minute of such a burst beyond what the server applies meanwhile.
-pub(crate) const QUEUE_BYTES_MAX: u64 = 128 << 20;
+/// Most events the kernel may hold for the watcher: beyond, they are dropped and the volume
+/// rescanned, as after the kernel's own overflow (checked after each batch, and every 250 ms by
+/// a guard thread, [`guard`], while the watcher's thread is held elsewhere). The queue is
+/// otherwise unlimited (`FAN_UNLIMITED_QUEUE`): the kernel's default of 16,384 events lasts
+/// 0.15 s when a program creates 100,000 files a second, less than one batch of the server
+/// takes to apply, so a burst would always end in a rescan of the whole volume. The kernel keeps
+/// about 100 bytes an event with a short name, up to about 1 KiB for a rename between two
+/// 255-byte names: 25 to 270 MiB at this bound. Counted with `FIONREAD`, which says
+/// [`EVENT_BYTES`] an event whatever its names, and walks the whole queue (so the bound also
+/// keeps that walk short).
+pub(crate) const QUEUE_EVENTS_MAX: u64 = 262_144;
+
+/// What `FIONREAD` counts for each queued event (`FAN_EVENT_METADATA_LEN`).
+pub(crate) const EVENT_BYTES: u64 = 24;
 
 const INIT_FLAGS: u32 = libc::FAN_CLASS_NOTIF
     | libc::FAN_CLOEXEC
@@ -90,7 +95,7 @@ pub(crate) struct FanotifySource {
     /// of their last rename there, and the index of the event being placed.
     renamed_later: HashMap<Box<[u8]>, usize>,
     event_index: usize,
-    /// Keeps the kernel's queue under [`QUEUE_BYTES_MAX`] while this thread is elsewhere.
+    /// Keeps the kernel's queue under [`QUEUE_EVENTS_MAX`] while this thread is elsewhere.
     guard: guard::QueueGuard,
 }
 
@@ -129,7 +134,7 @@ impl FanotifySource {
             })?;
         let guard = rustix::io::fcntl_dupfd_cloexec(&group, 0)
             .map_err(std::io::Error::from)
-            .and_then(|fd| guard::QueueGuard::start(fd, QUEUE_BYTES_MAX))
+            .and_then(|fd| guard::QueueGuard::start(fd, QUEUE_EVENTS_MAX * EVENT_BYTES))
             .map_err(|e| WatchError::FanotifyInit {
                 reason: format!("the queue's guard thread: {e}"),
             })?;
@@ -157,14 +162,14 @@ impl FanotifySource {
         self.group.as_fd()
     }
 
-    /// Whether more than [`QUEUE_BYTES_MAX`] bytes of events wait in the kernel now, or the
-    /// guard found so and dropped them since the last call (either way: an overflow).
+    /// Whether more than [`QUEUE_EVENTS_MAX`] events wait in the kernel now, or the guard
+    /// found so and dropped them since the last call (either way: an overflow).
     pub(crate) fn over_bound(&self) -> bool {
         self.guard.take_dropped()
-            || rustix::io::ioctl_fionread(&self.group).unwrap_or(0) > QUEUE_BYTES_MAX
+            || rustix::io::ioctl_fionread(&self.group).unwrap_or(0) > QUEUE_EVENTS_MAX * EVENT_BYTES
     }
 
-    /// Read and drop everything the kernel holds (past [`QUEUE_BYTES_MAX`]: the rescan that
+    /// Read and drop everything the kernel holds (past [`QUEUE_EVENTS_MAX`]: the rescan that
     /// follows finds what they said), so its memory is given back at once.
     pub(crate) fn discard_queued(&mut self) {
         while let Ok(n) = rustix::io::read(&self.group, &mut self.buf[..]) {
