@@ -831,6 +831,18 @@ fn a_reload_applies_a_new_budget() {
     assert!(!env.log_text().contains("reached the budget"));
 }
 
+/// A plain program (no dt) makes the folder `vol/DIR` and `n` empty files in it, as fast as it
+/// can: batches large enough that their stamps are owed (watch/owed.rs).
+fn make_files(env: &Env, dir: &str, n: usize) {
+    sh(
+        env,
+        &format!(
+            "python3 -c \"import os; os.mkdir('vol/{dir}'); \
+             [open('vol/{dir}/f%d' % i, 'w').close() for i in range({n})]\""
+        ),
+    );
+}
+
 /// Wait (60 s at most) until every object on disk below `top` has its record, resource file
 /// and mirror as dt leaves them, with nobody asking (no barrier): the watcher writes what a
 /// busy batch owed once it is idle.
@@ -860,11 +872,7 @@ fn a_bursts_resource_files_and_mirrors_follow_once_the_watcher_is_idle() {
     let env = watched("");
     // 2,000 files made by a plain program as fast as it can: batches large enough that their
     // stamps are owed (watch/owed.rs), then paid when nothing else happens.
-    sh(
-        &env,
-        "python3 -c \"import os; os.mkdir('vol/burst'); \
-         [open('vol/burst/f%d' % i, 'w').close() for i in range(2000)]\"",
-    );
+    make_files(&env, "burst", 2000);
     let desktop = stamped_without_a_barrier(&env, "burst", 2001);
     assert_eq!(assert_tree_like_dt(&env, "burst"), desktop);
     env.rebuild_scan_silent("vol");
@@ -873,11 +881,7 @@ fn a_bursts_resource_files_and_mirrors_follow_once_the_watcher_is_idle() {
 #[test]
 fn a_rebuild_asked_right_after_a_burst_finds_every_stamp_written() {
     let env = watched("");
-    sh(
-        &env,
-        "python3 -c \"import os; os.mkdir('vol/burst'); \
-         [open('vol/burst/f%d' % i, 'w').close() for i in range(3000)]\"",
-    );
+    make_files(&env, "burst", 3000);
     // No barrier, no wait: the rebuild job takes the watcher's barrier itself, which pays
     // what is owed, so the scan compares against every file as dt would have left it.
     env.rebuild_scan_silent("vol");
@@ -887,11 +891,7 @@ fn a_rebuild_asked_right_after_a_burst_finds_every_stamp_written() {
 #[test]
 fn roots_bulk_creation_is_registered_at_once_whatever_the_budget() {
     let env = watched("[defaults]\nwatch_budget = 50\nwatch_budget_seconds = 60\n");
-    sh(
-        &env,
-        "python3 -c \"import os; os.mkdir('vol/bulk'); \
-         [open('vol/bulk/f%d' % i, 'w').close() for i in range(500)]\"",
-    );
+    make_files(&env, "bulk", 500);
     env.watch_barrier("vol");
     // Root (a restore, an rsync as root) is counted but never held back: all 500 have IDs
     // now, not window after window.
@@ -907,11 +907,7 @@ fn roots_bulk_creation_is_registered_at_once_whatever_the_budget() {
 #[test]
 fn stamps_a_killed_server_still_owed_are_written_by_the_rescan_at_its_start() {
     let mut env = watched("");
-    sh(
-        &env,
-        "python3 -c \"import os; os.mkdir('vol/burst'); \
-         [open('vol/burst/f%d' % i, 'w').close() for i in range(3000)]\"",
-    );
+    make_files(&env, "burst", 3000);
     // Killed as soon as the burst is in the desktop, before it was idle long enough to
     // write every resource file (whatever it managed, the rest is owed).
     let began = std::time::Instant::now();

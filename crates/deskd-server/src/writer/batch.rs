@@ -112,6 +112,22 @@ pub(super) fn run_batch<S: Store>(
 
 /// After the commit: each write's reply, one flush per connection, then the audit lines
 /// (waking the audit thread is no part of a client's wait).
+/// A batch whose commit failed: logged, and each of its requests answered that nothing of
+/// it was recorded (one wording for both back ends).
+pub(super) fn refuse_failed_commit(root: &Path, writes: &mut Vec<Pending>, e: DbError) {
+    error!(volume = %root.display(), "commit failed: {e}");
+    let reply = ErrorReply::new(
+        db_error(e).code,
+        format!(
+            "{}: desktop commit failed; nothing in this batch was recorded",
+            root.display()
+        ),
+    );
+    for w in writes.drain(..) {
+        w.reply.send(Err(reply.clone()));
+    }
+}
+
 pub(super) fn acknowledge(
     root: &Path,
     writes: &mut Vec<Pending>,
@@ -191,19 +207,7 @@ impl Writer {
                 acknowledge(self.volume.root(), writes, replies);
                 self.check_wal_limit();
             }
-            Err(e) => {
-                error!(volume = %self.volume.root().display(), "commit failed: {e}");
-                let reply = ErrorReply::new(
-                    db_error(e).code,
-                    format!(
-                        "{}: desktop commit failed; nothing in this batch was recorded",
-                        self.volume.root().display()
-                    ),
-                );
-                for w in writes.drain(..) {
-                    w.reply.send(Err(reply.clone()));
-                }
-            }
+            Err(e) => refuse_failed_commit(self.volume.root(), writes, e),
         }
     }
 

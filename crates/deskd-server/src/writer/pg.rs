@@ -25,13 +25,12 @@ use deskd_proto::{ErrorCode, ErrorReply, Response};
 use deskd_volume::Volume;
 use tracing::{error, info, warn};
 
-use super::batch::{acknowledge, run_batch, Attempt};
+use super::batch::{acknowledge, refuse_failed_commit, run_batch, Attempt};
 use super::{refuse_all, Job, Pending, SharedState, WriterShare, MAX_BATCH};
 use crate::apply::watched::WatchedOutcome;
 use crate::apply::Policy;
 use crate::audit;
 use crate::config::VolumeConfig;
-use crate::db_reply::db_error;
 use crate::figures::CommitFigures;
 use crate::pg_volume::PgVolume;
 
@@ -260,19 +259,7 @@ impl PgWriter {
                     w.reply.send(Err(refusal.clone()));
                 }
             }
-            Err(e) => {
-                error!(volume = %self.volume.root().display(), "commit failed: {e}");
-                let reply = ErrorReply::new(
-                    db_error(e).code,
-                    format!(
-                        "{}: desktop commit failed; nothing in this batch was recorded",
-                        self.volume.root().display()
-                    ),
-                );
-                for w in writes.drain(..) {
-                    w.reply.send(Err(reply.clone()));
-                }
-            }
+            Err(e) => refuse_failed_commit(self.volume.root(), writes, e),
         }
     }
 
