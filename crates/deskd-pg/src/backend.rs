@@ -18,7 +18,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::GenericClient;
 
 use crate::error::PgError;
-use crate::store::{four, object_from_row, read, PgBatch, PgDesktop, OBJECT_COLUMNS};
+use crate::store::{four, object_from_row, read, Db, PgBatch, PgDesktop, OBJECT_COLUMNS};
 
 impl From<PgError> for DbError {
     fn from(e: PgError) -> DbError {
@@ -54,7 +54,7 @@ mod more {
     use super::*;
 
     pub fn id_of_path(
-        c: &mut impl GenericClient,
+        c: &mut Db<'_, impl GenericClient>,
         vid: i64,
         components: &[&[u8]],
     ) -> DbResult<Option<u32>> {
@@ -70,7 +70,11 @@ mod more {
 
     /// The table scan of [`Read::find`]: search keys streamed in ID order, matched by SQLite's
     /// GLOB rule ([`names::glob_matches`]), so both back ends answer alike.
-    pub fn find(c: &mut impl GenericClient, vid: i64, query: &FindQuery) -> DbResult<Vec<Object>> {
+    pub fn find(
+        c: &mut Db<'_, impl GenericClient>,
+        vid: i64,
+        query: &FindQuery,
+    ) -> DbResult<Vec<Object>> {
         let folded = names::fold_pattern(&query.pattern);
         let glob = deskd_db::find_glob(query.mode, &folded);
         let limit = query.limit.max(1) as usize;
@@ -93,7 +97,11 @@ mod more {
         get_many(c, vid, &hits)
     }
 
-    pub fn get_many(c: &mut impl GenericClient, vid: i64, ids: &[u32]) -> DbResult<Vec<Object>> {
+    pub fn get_many(
+        c: &mut Db<'_, impl GenericClient>,
+        vid: i64,
+        ids: &[u32],
+    ) -> DbResult<Vec<Object>> {
         let ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
         Ok(pg(c.query(
             &format!(
@@ -108,7 +116,7 @@ mod more {
     }
 
     pub fn for_each_object(
-        c: &mut impl GenericClient,
+        c: &mut Db<'_, impl GenericClient>,
         vid: i64,
         each: &mut dyn FnMut(Object),
     ) -> DbResult<()> {
@@ -123,7 +131,7 @@ mod more {
     }
 
     pub fn for_each_search_key(
-        c: &mut impl GenericClient,
+        c: &mut Db<'_, impl GenericClient>,
         vid: i64,
         each: &mut dyn FnMut(u32, &str),
     ) -> DbResult<()> {
@@ -137,12 +145,15 @@ mod more {
         Ok(())
     }
 
-    pub fn object_count(c: &mut impl GenericClient, vid: i64) -> DbResult<u64> {
+    pub fn object_count(c: &mut Db<'_, impl GenericClient>, vid: i64) -> DbResult<u64> {
         let row = pg(c.query_one("SELECT count(*) FROM deskd.objects WHERE vid = $1", &[&vid]))?;
         Ok(row.get::<_, i64>(0) as u64)
     }
 
-    pub fn all_comments(c: &mut impl GenericClient, vid: i64) -> DbResult<Vec<(u32, Vec<u8>)>> {
+    pub fn all_comments(
+        c: &mut Db<'_, impl GenericClient>,
+        vid: i64,
+    ) -> DbResult<Vec<(u32, Vec<u8>)>> {
         Ok(pg(c.query(
             "SELECT id, text FROM deskd.comments WHERE vid = $1 ORDER BY id",
             &[&vid],
@@ -153,7 +164,7 @@ mod more {
     }
 
     fn icons_where(
-        c: &mut impl GenericClient,
+        c: &mut Db<'_, impl GenericClient>,
         vid: i64,
         creator: Option<[u8; 4]>,
     ) -> DbResult<Vec<IconRecord>> {
@@ -168,19 +179,19 @@ mod more {
         .collect())
     }
 
-    pub fn all_icons(c: &mut impl GenericClient, vid: i64) -> DbResult<Vec<IconRecord>> {
+    pub fn all_icons(c: &mut Db<'_, impl GenericClient>, vid: i64) -> DbResult<Vec<IconRecord>> {
         icons_where(c, vid, None)
     }
 
     pub fn icons_for(
-        c: &mut impl GenericClient,
+        c: &mut Db<'_, impl GenericClient>,
         vid: i64,
         creator: [u8; 4],
     ) -> DbResult<Vec<IconRecord>> {
         icons_where(c, vid, Some(creator))
     }
 
-    pub fn all_appl(c: &mut impl GenericClient, vid: i64) -> DbResult<Vec<ApplRecord>> {
+    pub fn all_appl(c: &mut Db<'_, impl GenericClient>, vid: i64) -> DbResult<Vec<ApplRecord>> {
         Ok(pg(c.query(
             "SELECT creator, app_id, tag FROM deskd.appl WHERE vid = $1 ORDER BY creator, app_id",
             &[&vid],
@@ -196,7 +207,7 @@ mod more {
 
     /// A numeric `meta` key. The SQLite desktop's `last_id`, `created` and `volume_uuid` are
     /// columns of the volume's row here; other keys are rows of `deskd.meta`.
-    pub fn meta(c: &mut impl GenericClient, vid: i64, key: &str) -> DbResult<Option<i64>> {
+    pub fn meta(c: &mut Db<'_, impl GenericClient>, vid: i64, key: &str) -> DbResult<Option<i64>> {
         let column = match key {
             "last_id" => Some("last_id"),
             "created" => Some("created"),
@@ -216,7 +227,7 @@ mod more {
         Ok(row.map(|r| r.get(0)))
     }
 
-    pub fn stats(c: &mut impl GenericClient, vid: i64) -> DbResult<Stats> {
+    pub fn stats(c: &mut Db<'_, impl GenericClient>, vid: i64) -> DbResult<Stats> {
         let row = pg(c.query_one(
             "SELECT (SELECT count(*) FROM deskd.objects WHERE vid = $1),
                     (SELECT last_id FROM deskd.volume WHERE vid = $1),
@@ -231,7 +242,7 @@ mod more {
     }
 
     /// The start-up check of the SQLite desktop, in the same words.
-    pub fn quick_check(c: &mut impl GenericClient, vid: i64) -> DbResult<Vec<String>> {
+    pub fn quick_check(c: &mut Db<'_, impl GenericClient>, vid: i64) -> DbResult<Vec<String>> {
         let mut problems = Vec::new();
         match read::get(c, vid, ROOT_ID).map_err(DbError::from) {
             Ok(root) if root.parent == ROOT_PARENT_ID && root.kind == Kind::Dir => {}
@@ -268,17 +279,25 @@ mod more {
 /// `impl Read` for a type holding its PostgreSQL client (or transaction) in `RefCell` field
 /// `$cell` and its volume's key in `vid`.
 macro_rules! pg_read {
-    ($ty:ty, $cell:ident) => {
+    ($ty:ty, $cell:ident, $st:ident) => {
         impl Read for $ty {
             fn get(&self, id: u32) -> DbResult<Object> {
-                Ok(read::get(&mut *borrow(&self.$cell)?, self.vid, id)?)
+                Ok(read::get(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                    id,
+                )?)
             }
             fn get_many(&self, ids: &[u32]) -> DbResult<Vec<Object>> {
-                more::get_many(&mut *borrow(&self.$cell)?, self.vid, ids)
+                more::get_many(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                    ids,
+                )
             }
             fn lookup(&self, parent: u32, name: &[u8]) -> DbResult<Option<Object>> {
                 Ok(read::lookup(
-                    &mut *borrow(&self.$cell)?,
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
                     self.vid,
                     parent,
                     name,
@@ -286,23 +305,35 @@ macro_rules! pg_read {
             }
             fn children(&self, parent: u32) -> DbResult<Vec<Object>> {
                 Ok(read::children(
-                    &mut *borrow(&self.$cell)?,
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
                     self.vid,
                     parent,
                 )?)
             }
             fn path_of(&self, id: u32) -> DbResult<Vec<Vec<u8>>> {
-                Ok(read::path_of(&mut *borrow(&self.$cell)?, self.vid, id)?)
+                Ok(read::path_of(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                    id,
+                )?)
             }
             fn id_of_path(&self, components: &[&[u8]]) -> DbResult<Option<u32>> {
-                more::id_of_path(&mut *borrow(&self.$cell)?, self.vid, components)
+                more::id_of_path(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                    components,
+                )
             }
             fn find(&self, query: &FindQuery) -> DbResult<Vec<Object>> {
-                more::find(&mut *borrow(&self.$cell)?, self.vid, query)
+                more::find(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                    query,
+                )
             }
             fn appl_for(&self, creator: [u8; 4]) -> DbResult<Vec<ApplRecord>> {
                 Ok(read::appl_for(
-                    &mut *borrow(&self.$cell)?,
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
                     self.vid,
                     creator,
                 )?)
@@ -314,7 +345,13 @@ macro_rules! pg_read {
                 itype: u8,
             ) -> DbResult<Option<IconRecord>> {
                 let mut c = borrow(&self.$cell)?;
-                Ok(read::icon(&mut *c, self.vid, creator, type_code, itype)?)
+                Ok(read::icon(
+                    &mut Db::new(&mut *c, &self.$st),
+                    self.vid,
+                    creator,
+                    type_code,
+                    itype,
+                )?)
             }
             fn all_objects(&self) -> DbResult<Vec<Object>> {
                 let mut all = Vec::new();
@@ -322,44 +359,82 @@ macro_rules! pg_read {
                 Ok(all)
             }
             fn for_each_object(&self, each: &mut dyn FnMut(Object)) -> DbResult<()> {
-                more::for_each_object(&mut *borrow(&self.$cell)?, self.vid, each)
+                more::for_each_object(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                    each,
+                )
             }
             fn object_count(&self) -> DbResult<u64> {
-                more::object_count(&mut *borrow(&self.$cell)?, self.vid)
+                more::object_count(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                )
             }
             fn all_comments(&self) -> DbResult<Vec<(u32, Vec<u8>)>> {
-                more::all_comments(&mut *borrow(&self.$cell)?, self.vid)
+                more::all_comments(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                )
             }
             fn all_icons(&self) -> DbResult<Vec<IconRecord>> {
-                more::all_icons(&mut *borrow(&self.$cell)?, self.vid)
+                more::all_icons(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                )
             }
             fn all_appl(&self) -> DbResult<Vec<ApplRecord>> {
-                more::all_appl(&mut *borrow(&self.$cell)?, self.vid)
+                more::all_appl(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                )
             }
             fn icons_for(&self, creator: [u8; 4]) -> DbResult<Vec<IconRecord>> {
-                more::icons_for(&mut *borrow(&self.$cell)?, self.vid, creator)
+                more::icons_for(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                    creator,
+                )
             }
             fn comment(&self, id: u32) -> DbResult<Option<Vec<u8>>> {
-                Ok(read::comment(&mut *borrow(&self.$cell)?, self.vid, id)?)
+                Ok(read::comment(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                    id,
+                )?)
             }
             fn stats(&self) -> DbResult<Stats> {
-                more::stats(&mut *borrow(&self.$cell)?, self.vid)
+                more::stats(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                )
             }
             fn quick_check(&self) -> DbResult<Vec<String>> {
-                more::quick_check(&mut *borrow(&self.$cell)?, self.vid)
+                more::quick_check(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                )
             }
             fn meta(&self, key: &str) -> DbResult<Option<i64>> {
-                more::meta(&mut *borrow(&self.$cell)?, self.vid, key)
+                more::meta(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                    key,
+                )
             }
             fn for_each_search_key(&self, each: &mut dyn FnMut(u32, &str)) -> DbResult<()> {
-                more::for_each_search_key(&mut *borrow(&self.$cell)?, self.vid, each)
+                more::for_each_search_key(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                    each,
+                )
             }
         }
     };
 }
 
-pg_read!(PgDesktop, client);
-pg_read!(PgBatch<'_>, tx);
+pg_read!(PgDesktop, client, statements);
+pg_read!(PgBatch<'_>, tx, st);
 
 impl WriteBatch for PgBatch<'_> {
     fn add(&mut self, new: &NewObject) -> DbResult<(Object, bool)> {

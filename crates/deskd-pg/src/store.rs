@@ -13,10 +13,12 @@ use deskd_db::{
     NewObject, Object,
 };
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, GenericClient, Row};
+use postgres::types::{BorrowToSql, ToSql};
+use postgres::{Client, GenericClient, Row, RowIter, Statement};
 
 use crate::error::{PgError, Result};
 use crate::schema::{self, VolumeKey};
@@ -127,6 +129,90 @@ pub(crate) fn object_from_row(r: &Row) -> Object {
     }
 }
 
+/// The statements prepared on one connection, by SQL text (issue 28). rust-postgres's sync
+/// client prepares a text statement anew each time it runs (a round trip to parse and
+/// describe, another to run); a statement prepared once stays valid on its connection (also
+/// across transactions and rolled-back savepoints: preparing is not transactional), so the
+/// second and later runs cost one round trip. The cache lives and dies with its
+/// [`PgDesktop`]: a reconnection makes a new desktop, with an empty cache.
+#[derive(Default)]
+pub(crate) struct Statements(RefCell<HashMap<String, Statement>>);
+
+/// A connection (or transaction) with its connection's [`Statements`]: the calls of
+/// [`GenericClient`] the reads and writes use, each through the cache.
+pub(crate) struct Db<'a, C> {
+    c: &'a mut C,
+    st: &'a Statements,
+}
+
+impl<'a, C: GenericClient> Db<'a, C> {
+    pub(crate) fn new(c: &'a mut C, st: &'a Statements) -> Db<'a, C> {
+        Db { c, st }
+    }
+
+    fn prepared(&mut self, sql: &str) -> std::result::Result<Statement, postgres::Error> {
+        if let Some(statement) = self.st.0.borrow().get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.c.prepare(sql)?;
+        self.st
+            .0
+            .borrow_mut()
+            .insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    pub(crate) fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, postgres::Error> {
+        let statement = self.prepared(sql)?;
+        self.c.query(&statement, params)
+    }
+
+    pub(crate) fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Option<Row>, postgres::Error> {
+        let statement = self.prepared(sql)?;
+        self.c.query_opt(&statement, params)
+    }
+
+    pub(crate) fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Row, postgres::Error> {
+        let statement = self.prepared(sql)?;
+        self.c.query_one(&statement, params)
+    }
+
+    pub(crate) fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<u64, postgres::Error> {
+        let statement = self.prepared(sql)?;
+        self.c.execute(&statement, params)
+    }
+
+    pub(crate) fn query_raw<P, I>(
+        &mut self,
+        sql: &str,
+        params: I,
+    ) -> std::result::Result<RowIter<'_>, postgres::Error>
+    where
+        P: BorrowToSql,
+        I: IntoIterator<Item = P>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let statement = self.prepared(sql)?;
+        self.c.query_raw(&statement, params)
+    }
+}
+
 /// The deepest a path may be before a parent loop is reported (the SQLite desktop's bound).
 const MAX_DEPTH: i32 = 4096;
 
@@ -134,7 +220,7 @@ const MAX_DEPTH: i32 = 4096;
 pub(crate) mod read {
     use super::*;
 
-    pub fn get(c: &mut impl GenericClient, vid: i64, id: u32) -> Result<Object> {
+    pub fn get(c: &mut Db<'_, impl GenericClient>, vid: i64, id: u32) -> Result<Object> {
         c.query_opt(
             &format!("SELECT {OBJECT_COLUMNS} FROM deskd.objects WHERE vid = $1 AND id = $2"),
             &[&vid, &i64::from(id)],
@@ -144,7 +230,7 @@ pub(crate) mod read {
     }
 
     pub fn lookup(
-        c: &mut impl GenericClient,
+        c: &mut Db<'_, impl GenericClient>,
         vid: i64,
         parent: u32,
         name: &[u8],
@@ -159,7 +245,11 @@ pub(crate) mod read {
         .map(|r| object_from_row(&r)))
     }
 
-    pub fn children(c: &mut impl GenericClient, vid: i64, parent: u32) -> Result<Vec<Object>> {
+    pub fn children(
+        c: &mut Db<'_, impl GenericClient>,
+        vid: i64,
+        parent: u32,
+    ) -> Result<Vec<Object>> {
         // Byte order of the names, as SQLite's BLOB order (bytea compares bytewise).
         Ok(c.query(
             &format!(
@@ -175,7 +265,7 @@ pub(crate) mod read {
 
     /// The names from the root down to `id`, in one round trip (a recursive query up the
     /// parents), where the SQLite desktop asks once a level.
-    pub fn path_of(c: &mut impl GenericClient, vid: i64, id: u32) -> Result<Vec<Vec<u8>>> {
+    pub fn path_of(c: &mut Db<'_, impl GenericClient>, vid: i64, id: u32) -> Result<Vec<Vec<u8>>> {
         let rows = c.query(
             "WITH RECURSIVE up(id, parent, name, depth) AS (
                 SELECT id, parent, name, 0 FROM deskd.objects WHERE vid = $1 AND id = $2
@@ -209,7 +299,7 @@ pub(crate) mod read {
 
     /// The applications recorded for documents of `creator`, by ID.
     pub fn appl_for(
-        c: &mut impl GenericClient,
+        c: &mut Db<'_, impl GenericClient>,
         vid: i64,
         creator: [u8; 4],
     ) -> Result<Vec<ApplRecord>> {
@@ -228,7 +318,7 @@ pub(crate) mod read {
 
     /// The icon for (creator, type, icon kind), if recorded.
     pub fn icon(
-        c: &mut impl GenericClient,
+        c: &mut Db<'_, impl GenericClient>,
         vid: i64,
         creator: [u8; 4],
         type_code: [u8; 4],
@@ -248,7 +338,11 @@ pub(crate) mod read {
         }))
     }
 
-    pub fn comment(c: &mut impl GenericClient, vid: i64, id: u32) -> Result<Option<Vec<u8>>> {
+    pub fn comment(
+        c: &mut Db<'_, impl GenericClient>,
+        vid: i64,
+        id: u32,
+    ) -> Result<Option<Vec<u8>>> {
         Ok(c.query_opt(
             "SELECT text FROM deskd.comments WHERE vid = $1 AND id = $2",
             &[&vid, &i64::from(id)],
@@ -273,6 +367,8 @@ pub struct PgDesktop {
     /// In a cell so that the reads of [`deskd_db::Read`] take `&self`; a desktop belongs to
     /// one thread (it is not `Sync`).
     pub(crate) client: RefCell<Client>,
+    /// The statements prepared on `client`.
+    pub(crate) statements: Statements,
     pub(crate) vid: i64,
     key: VolumeKey,
 }
@@ -303,6 +399,7 @@ impl PgDesktop {
         Ok((
             PgDesktop {
                 client: RefCell::new(client),
+                statements: Statements::default(),
                 vid,
                 key: key.clone(),
             },
@@ -322,32 +419,57 @@ impl PgDesktop {
 
     /// The object with this ID.
     pub fn get(&mut self, id: u32) -> Result<Object> {
-        read::get(self.client.get_mut(), self.vid, id)
+        read::get(
+            &mut Db::new(self.client.get_mut(), &self.statements),
+            self.vid,
+            id,
+        )
     }
 
     /// The object called `name` in directory `parent`, if any.
     pub fn lookup(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
-        read::lookup(self.client.get_mut(), self.vid, parent, name)
+        read::lookup(
+            &mut Db::new(self.client.get_mut(), &self.statements),
+            self.vid,
+            parent,
+            name,
+        )
     }
 
     /// The children of a directory, in name (byte) order.
     pub fn children(&mut self, parent: u32) -> Result<Vec<Object>> {
-        read::children(self.client.get_mut(), self.vid, parent)
+        read::children(
+            &mut Db::new(self.client.get_mut(), &self.statements),
+            self.vid,
+            parent,
+        )
     }
 
     /// The Finder comment of an object, if it has one.
     pub fn comment(&mut self, id: u32) -> Result<Option<Vec<u8>>> {
-        read::comment(self.client.get_mut(), self.vid, id)
+        read::comment(
+            &mut Db::new(self.client.get_mut(), &self.statements),
+            self.vid,
+            id,
+        )
     }
 
     /// The names from the root down to `id` (empty for the root).
     pub fn path_of(&mut self, id: u32) -> Result<Vec<Vec<u8>>> {
-        read::path_of(self.client.get_mut(), self.vid, id)
+        read::path_of(
+            &mut Db::new(self.client.get_mut(), &self.statements),
+            self.vid,
+            id,
+        )
     }
 
     /// The applications recorded for documents of `creator`.
     pub fn appl_for(&mut self, creator: [u8; 4]) -> Result<Vec<ApplRecord>> {
-        read::appl_for(self.client.get_mut(), self.vid, creator)
+        read::appl_for(
+            &mut Db::new(self.client.get_mut(), &self.statements),
+            self.vid,
+            creator,
+        )
     }
 
     /// The icon for (creator, type, icon kind), if recorded.
@@ -357,12 +479,18 @@ impl PgDesktop {
         type_code: [u8; 4],
         itype: u8,
     ) -> Result<Option<IconRecord>> {
-        read::icon(self.client.get_mut(), self.vid, creator, type_code, itype)
+        read::icon(
+            &mut Db::new(self.client.get_mut(), &self.statements),
+            self.vid,
+            creator,
+            type_code,
+            itype,
+        )
     }
 
     /// The highest ID handed out in this volume.
     pub fn last_id(&mut self) -> Result<u32> {
-        let row = self.client.get_mut().query_one(
+        let row = Db::new(self.client.get_mut(), &self.statements).query_one(
             "SELECT last_id FROM deskd.volume WHERE vid = $1",
             &[&self.vid],
         )?;
@@ -372,7 +500,8 @@ impl PgDesktop {
     /// Every object's ID and search key, in ID order, streamed (not collected): what a
     /// server's in-memory name index is loaded from.
     pub fn for_each_key(&mut self, each: &mut dyn FnMut(u32, &str)) -> Result<()> {
-        let mut rows = self.client.get_mut().query_raw(
+        let mut db = Db::new(self.client.get_mut(), &self.statements);
+        let mut rows = db.query_raw(
             "SELECT id, skey FROM deskd.objects WHERE vid = $1 ORDER BY id",
             [&self.vid],
         )?;
@@ -384,7 +513,7 @@ impl PgDesktop {
 
     /// The number of the newest committed batch that changed the volume.
     pub fn change_seq(&mut self) -> Result<u64> {
-        let row = self.client.get_mut().query_one(
+        let row = Db::new(self.client.get_mut(), &self.statements).query_one(
             "SELECT change_seq FROM deskd.volume WHERE vid = $1",
             &[&self.vid],
         )?;
@@ -394,9 +523,7 @@ impl PgDesktop {
     /// The changes committed after batch `seq`, in order: what a server that has seen up to
     /// `seq` must look at again.
     pub fn changes_since(&mut self, seq: u64) -> Result<Vec<Change>> {
-        Ok(self
-            .client
-            .get_mut()
+        Ok(Db::new(self.client.get_mut(), &self.statements)
             .query(
                 "SELECT seq, id FROM deskd.changes WHERE vid = $1 AND seq > $2 ORDER BY seq, id",
                 &[&self.vid, &(seq as i64)],
@@ -432,12 +559,13 @@ impl PgDesktop {
 
     fn batch_waiting(&mut self, wait: Option<Duration>) -> Result<PgBatch<'_>> {
         let mut tx = self.client.get_mut().transaction()?;
+        let st = &self.statements;
         if let Some(wait) = wait {
             // At least 1 ms: 0 would mean no bound at all.
             let ms = wait.as_millis().clamp(1, i32::MAX as u128);
             tx.batch_execute(&format!("SET LOCAL lock_timeout = {ms}"))?;
         }
-        let row = tx.query_one(
+        let row = Db::new(&mut tx, st).query_one(
             "SELECT last_id FROM deskd.volume WHERE vid = $1 FOR UPDATE",
             &[&self.vid],
         )?;
@@ -448,11 +576,14 @@ impl PgDesktop {
         let last_id = row.get::<_, i64>(0) as u32;
         Ok(PgBatch {
             tx: RefCell::new(tx),
+            st,
             vid: self.vid,
             last_id,
             counter_read: last_id,
             changed: Vec::new(),
             names: Vec::new(),
+            step_depth: 0,
+            release_pending: false,
         })
     }
 }
@@ -461,6 +592,8 @@ impl PgDesktop {
 pub struct PgBatch<'a> {
     /// In a cell, as [`PgDesktop`]'s client.
     pub(crate) tx: RefCell<postgres::Transaction<'a>>,
+    /// The statements prepared on the desktop's connection.
+    pub(crate) st: &'a Statements,
     pub(crate) vid: i64,
     /// The counter, read under the row lock and written back at commit.
     last_id: u32,
@@ -470,33 +603,61 @@ pub struct PgBatch<'a> {
     changed: Vec<u32>,
     /// The name changes this batch made, in order ([`deskd_db::WriteBatch::changed_since`]).
     pub(crate) names: Vec<NameChange>,
+    /// How many [`PgBatch::step`]s are running (a step may run inside another).
+    step_depth: u32,
+    /// The last outermost step succeeded and its savepoint is not released yet.
+    release_pending: bool,
 }
 
 impl PgBatch<'_> {
     /// The object with this ID, as this batch sees it.
     pub fn get(&mut self, id: u32) -> Result<Object> {
-        read::get(self.tx.get_mut(), self.vid, id)
+        read::get(&mut Db::new(self.tx.get_mut(), self.st), self.vid, id)
     }
 
     /// The object called `name` in directory `parent`, as this batch sees it.
     pub fn lookup(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
-        read::lookup(self.tx.get_mut(), self.vid, parent, name)
+        read::lookup(
+            &mut Db::new(self.tx.get_mut(), self.st),
+            self.vid,
+            parent,
+            name,
+        )
     }
 
     /// The children of a directory, as this batch sees them.
     pub fn children(&mut self, parent: u32) -> Result<Vec<Object>> {
-        read::children(self.tx.get_mut(), self.vid, parent)
+        read::children(&mut Db::new(self.tx.get_mut(), self.st), self.vid, parent)
     }
 
     /// Run one request in a savepoint: if it fails, only its own changes are undone (IDs it
     /// took from the counter stay taken: skipping is allowed, reuse is not).
     pub fn step<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        self.tx.get_mut().batch_execute("SAVEPOINT step")?;
+        // An outermost step that succeeded leaves its savepoint to be released with the next
+        // step's start (one round trip for both) or by the COMMIT, which releases every
+        // savepoint: a request costs one round trip of savepoints, not two (issue 28).
+        // Only outermost steps are deferred, so that a ROLLBACK TO always names the savepoint
+        // of the step that failed.
+        if self.step_depth == 0 && self.release_pending {
+            self.tx
+                .get_mut()
+                .batch_execute("RELEASE SAVEPOINT step; SAVEPOINT step")?;
+        } else {
+            self.tx.get_mut().batch_execute("SAVEPOINT step")?;
+        }
+        self.release_pending = false;
         let mark = self.changed.len();
         let names_mark = self.names.len();
-        match f(self) {
+        self.step_depth += 1;
+        let outcome = f(self);
+        self.step_depth -= 1;
+        match outcome {
             Ok(v) => {
-                self.tx.get_mut().batch_execute("RELEASE SAVEPOINT step")?;
+                if self.step_depth == 0 {
+                    self.release_pending = true;
+                } else {
+                    self.tx.get_mut().batch_execute("RELEASE SAVEPOINT step")?;
+                }
                 Ok(v)
             }
             Err(e) => {
@@ -520,33 +681,31 @@ impl PgBatch<'_> {
     pub fn commit(mut self) -> Result<Option<u64>> {
         let seq = if self.changed.is_empty() {
             if self.last_id != self.counter_read {
-                self.tx.get_mut().execute(
+                Db::new(self.tx.get_mut(), self.st).execute(
                     "UPDATE deskd.volume SET last_id = $2 WHERE vid = $1",
                     &[&self.vid, &i64::from(self.last_id)],
                 )?;
             }
             None
         } else {
-            let seq: i64 = self
-                .tx
-                .get_mut()
-                .query_one(
-                    "UPDATE deskd.volume SET last_id = $2, change_seq = change_seq + 1
-                     WHERE vid = $1 RETURNING change_seq",
-                    &[&self.vid, &i64::from(self.last_id)],
-                )?
-                .get(0);
             self.changed.sort_unstable();
             self.changed.dedup();
             let ids: Vec<i64> = self.changed.iter().map(|&id| i64::from(id)).collect();
-            self.tx.get_mut().execute(
-                "INSERT INTO deskd.changes (vid, seq, id) SELECT $1, $2, unnest($3::bigint[])",
-                &[&self.vid, &seq, &ids],
-            )?;
-            self.tx.get_mut().execute(
-                "SELECT pg_notify('deskd_changes', $1)",
-                &[&format!("{}:{seq}", self.vid)],
-            )?;
+            // The counter, the batch's number, its change-log rows and the notice in one
+            // statement: one round trip before the COMMIT (issue 28).
+            let seq: i64 = Db::new(self.tx.get_mut(), self.st)
+                .query_one(
+                    "WITH s AS (
+                        UPDATE deskd.volume SET last_id = $2, change_seq = change_seq + 1
+                        WHERE vid = $1 RETURNING vid, change_seq),
+                     c AS (
+                        INSERT INTO deskd.changes (vid, seq, id)
+                        SELECT s.vid, s.change_seq, unnest($3::bigint[]) FROM s)
+                     SELECT s.change_seq, pg_notify('deskd_changes', concat(s.vid, ':', s.change_seq))
+                     FROM s",
+                    &[&self.vid, &i64::from(self.last_id), &ids],
+                )?
+                .get(0);
             Some(seq as u64)
         };
         self.tx.into_inner().commit()?;
@@ -554,9 +713,7 @@ impl PgBatch<'_> {
     }
 
     fn id_taken(&mut self, id: u32) -> Result<bool> {
-        Ok(self
-            .tx
-            .get_mut()
+        Ok(Db::new(self.tx.get_mut(), self.st)
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM deskd.objects WHERE vid = $1 AND id = $2)",
                 &[&self.vid, &i64::from(id)],
@@ -578,7 +735,7 @@ impl PgBatch<'_> {
 
     /// Insert one object row with its search key (no checks: callers check first).
     fn insert_row(&mut self, object: &Object) -> Result<()> {
-        self.tx.get_mut().execute(
+        Db::new(self.tx.get_mut(), self.st).execute(
             "INSERT INTO deskd.objects
                 (vid, id, parent, name, kind, dev, ino, type, creator, flags, ctime, skey)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -658,7 +815,7 @@ impl PgBatch<'_> {
             }
             removed = self.delete(existing.id, true)?;
         }
-        self.tx.get_mut().execute(
+        Db::new(self.tx.get_mut(), self.st).execute(
             "UPDATE deskd.objects SET parent = $3, name = $4, skey = $5 WHERE vid = $1 AND id = $2",
             &[
                 &self.vid,
@@ -682,8 +839,7 @@ impl PgBatch<'_> {
         }
         let object = self.get(id)?;
         let rows: Vec<i64> = if object.kind == Kind::Dir {
-            self.tx
-                .get_mut()
+            Db::new(self.tx.get_mut(), self.st)
                 .query(
                     "WITH RECURSIVE sub(id) AS (
                         SELECT $2::bigint
@@ -702,7 +858,7 @@ impl PgBatch<'_> {
         if rows.len() > 1 && !recursive {
             return Err(DbError::NotEmpty(id).into());
         }
-        self.tx.get_mut().execute(
+        Db::new(self.tx.get_mut(), self.st).execute(
             "DELETE FROM deskd.objects WHERE vid = $1 AND id = ANY($2)",
             &[&self.vid, &rows],
         )?;
@@ -716,7 +872,7 @@ impl PgBatch<'_> {
     /// Set (replace) the Finder comment of an object.
     pub fn comment_set(&mut self, id: u32, text: &[u8]) -> Result<()> {
         self.get(id)?;
-        self.tx.get_mut().execute(
+        Db::new(self.tx.get_mut(), self.st).execute(
             "INSERT INTO deskd.comments (vid, id, text) VALUES ($1, $2, $3)
              ON CONFLICT (vid, id) DO UPDATE SET text = excluded.text",
             &[&self.vid, &i64::from(id), &text],
@@ -727,7 +883,7 @@ impl PgBatch<'_> {
 
     /// Remove the Finder comment of an object; returns whether it had one.
     pub fn comment_remove(&mut self, id: u32) -> Result<bool> {
-        let n = self.tx.get_mut().execute(
+        let n = Db::new(self.tx.get_mut(), self.st).execute(
             "DELETE FROM deskd.comments WHERE vid = $1 AND id = $2",
             &[&self.vid, &i64::from(id)],
         )?;
@@ -739,13 +895,13 @@ impl PgBatch<'_> {
 
     /// The Finder comment of an object, as this batch sees it.
     pub fn comment(&mut self, id: u32) -> Result<Option<Vec<u8>>> {
-        read::comment(self.tx.get_mut(), self.vid, id)
+        read::comment(&mut Db::new(self.tx.get_mut(), self.st), self.vid, id)
     }
 
     /// Update the recorded device, inode and change time of an object (after a copy-replace
     /// on disk).
     pub fn set_devino(&mut self, id: u32, dev: u64, ino: u64, ctime: i64) -> Result<()> {
-        let n = self.tx.get_mut().execute(
+        let n = Db::new(self.tx.get_mut(), self.st).execute(
             "UPDATE deskd.objects SET dev = $3, ino = $4, ctime = $5 WHERE vid = $1 AND id = $2",
             &[
                 &self.vid,
@@ -775,7 +931,7 @@ impl PgBatch<'_> {
         if let Some(f) = update.flags {
             object.flags = f;
         }
-        self.tx.get_mut().execute(
+        Db::new(self.tx.get_mut(), self.st).execute(
             "UPDATE deskd.objects SET type = $3, creator = $4, flags = $5 WHERE vid = $1 AND id = $2",
             &[
                 &self.vid,
@@ -792,7 +948,7 @@ impl PgBatch<'_> {
     /// Add an APPL record (AFP `FPAddAPPL`): `app_id` opens documents of `creator`.
     pub fn appl_add(&mut self, record: &ApplRecord) -> Result<()> {
         self.get(record.app_id)?;
-        self.tx.get_mut().execute(
+        Db::new(self.tx.get_mut(), self.st).execute(
             "INSERT INTO deskd.appl (vid, creator, app_id, tag) VALUES ($1, $2, $3, $4)
              ON CONFLICT (vid, creator, app_id) DO UPDATE SET tag = excluded.tag",
             &[
@@ -807,7 +963,7 @@ impl PgBatch<'_> {
 
     /// Remove an APPL record; returns whether one was there.
     pub fn appl_remove(&mut self, creator: [u8; 4], app_id: u32) -> Result<bool> {
-        Ok(self.tx.get_mut().execute(
+        Ok(Db::new(self.tx.get_mut(), self.st).execute(
             "DELETE FROM deskd.appl WHERE vid = $1 AND creator = $2 AND app_id = $3",
             &[&self.vid, &&creator[..], &i64::from(app_id)],
         )? > 0)
@@ -815,7 +971,7 @@ impl PgBatch<'_> {
 
     /// Add or replace an icon record.
     pub fn icon_add(&mut self, icon: &IconRecord) -> Result<()> {
-        self.tx.get_mut().execute(
+        Db::new(self.tx.get_mut(), self.st).execute(
             "INSERT INTO deskd.icons (vid, creator, type, itype, tag, bitmap)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (vid, creator, type, itype)
@@ -858,7 +1014,7 @@ impl PgBatch<'_> {
             }
         }
         let key = deskd_db::names::search_key(&o.name);
-        let n = self.tx.get_mut().execute(
+        let n = Db::new(self.tx.get_mut(), self.st).execute(
             "UPDATE deskd.objects SET parent = $3, name = $4, skey = $5, kind = $6, dev = $7,
              ino = $8, type = $9, creator = $10, flags = $11 WHERE vid = $1 AND id = $2",
             &[
@@ -887,7 +1043,7 @@ impl PgBatch<'_> {
     /// another object can take the place; a rebuild then overwrites or removes it.
     pub fn park(&mut self, id: u32) -> Result<()> {
         let name = format!("park/{id}");
-        self.tx.get_mut().execute(
+        Db::new(self.tx.get_mut(), self.st).execute(
             "UPDATE deskd.objects SET name = $3, skey = $4 WHERE vid = $1 AND id = $2",
             &[
                 &self.vid,
@@ -908,7 +1064,12 @@ impl AddSteps for PgBatch<'_> {
     type Error = PgError;
 
     fn registered_as(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
-        read::lookup(self.tx.get_mut(), self.vid, parent, name)
+        read::lookup(
+            &mut Db::new(self.tx.get_mut(), self.st),
+            self.vid,
+            parent,
+            name,
+        )
     }
 
     fn check_directory(&mut self, id: u32) -> Result<()> {

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# PostgreSQL back end against SQLite (issue 28), for docs/PERFORMANCE.md: ID creation with 4
+# clients and resolve p50 (one client), the same files served from a fresh desktop in SQLite
+# and from a fresh volume in PostgreSQL, alternating which goes first, RUNS times; medians and
+# ratios. Starts its own throw-away PostgreSQL cluster (initdb into the work directory, run as
+# the `postgres` user, on loopback TCP with trust authentication) and removes it at the end.
+#
+#   DIRS=10 PER_DIR=10000 RUNS=3 scripts/bench-pg.sh
+#
+# BIN names the directory of the deskd and deskd-bench to measure (default: a release build of
+# this tree). PG_LOG_STATEMENTS=1 also logs every statement the server runs
+# (log_min_duration_statement = 0) to $WORK/pgdata/pg.log, to count round trips.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIRS=${DIRS:-10}
+PER_DIR=${PER_DIR:-10000}
+RUNS=${RUNS:-3}
+DEPTH=${DEPTH:-1024}
+WORK=${BENCH_DIR:-$(mktemp -d /tmp/deskd-bench-pg.XXXXXX)}
+VOL="$WORK/vol"
+SOCK="$WORK/deskd.sock"
+PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
+PGUSER_OS=${PGUSER_OS:-postgres}
+. scripts/bench-common.sh
+jget() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
+
+if [ -z "${BIN:-}" ]; then
+    cargo build --release --quiet -p deskd-cli
+    BIN=target/release
+fi
+bench() { "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" "$@"; }
+
+SERVER=
+PGDATA="$WORK/pgdata"
+PGSOCK="$WORK/pgsock"
+cleanup() {
+    kill -9 $SERVER 2>/dev/null || true
+    runuser -u "$PGUSER_OS" -- "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true
+    [ -n "${KEEP:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mkdir -p "$VOL" "$PGDATA" "$PGSOCK"
+chmod 711 "$WORK"
+chown "$PGUSER_OS" "$PGDATA" "$PGSOCK"
+chmod 700 "$PGDATA"
+runuser -u "$PGUSER_OS" -- "$PGBIN/initdb" -D "$PGDATA" -U deskd -E UTF8 --auth-local=trust \
+    --auth-host=trust --no-instructions >/dev/null
+PGPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+{
+    echo "listen_addresses = '127.0.0.1'"
+    echo "unix_socket_directories = '$PGSOCK'"
+    echo "port = $PGPORT"
+    [ -z "${PG_LOG_STATEMENTS:-}" ] || echo "log_min_duration_statement = 0"
+} >>"$PGDATA/postgresql.conf"
+runuser -u "$PGUSER_OS" -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/pg.log" -w start >/dev/null
+# Loopback TCP, trust authentication (as a database on the file server itself would be).
+URL="postgresql://deskd@127.0.0.1:$PGPORT/"
+
+echo "== populate $((DIRS * PER_DIR)) files in $VOL"
+bench populate --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
+sync
+
+declare -A CREATED=() P50=()
+serve_fresh() { # BACKEND LOG
+    rm -f "$VOL"/.Desktop "$VOL"/.Desktop-wal "$VOL"/.Desktop-shm
+    : >"$2"
+    local cfg="$WORK/deskd-$1.toml"
+    if [ "$1" = pg ]; then
+        local db="bench$RANDOM$RANDOM"
+        runuser -u "$PGUSER_OS" -- "$PGBIN/psql" -h "$PGSOCK" -p "$PGPORT" -U deskd -d postgres -qc "CREATE DATABASE $db"
+        printf '[defaults]\nbackend = "%s%s"\n[volume."%s"]\n' "$URL" "$db" "$VOL" >"$cfg"
+    else
+        printf '[volume."%s"]\n' "$VOL" >"$cfg"
+    fi
+    "$BIN/deskd" serve --socket "$SOCK" --config "$cfg" 2>>"$2" & SERVER=$!
+    wait_for_line "$2" "deskd serving" 60
+}
+stop_server() { kill -TERM "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
+
+for i in $(seq "$RUNS"); do
+    order="sqlite pg"
+    [ $((i % 2)) = 1 ] || order="pg sqlite"
+    for backend in $order; do
+        serve_fresh "$backend" "$WORK/server-$backend.log"
+        created=$(bench create --dirs "$DIRS" --per-dir "$PER_DIR" --clients 4 --depth "$DEPTH" | jget objects_per_s)
+        CREATED[$backend]+="$created "
+        "$BIN/deskd" flush --socket "$SOCK" >/dev/null
+        p50=$(bench latency --dirs "$DIRS" --per-dir "$PER_DIR" --ops 20000 | jget resolve_p50_us)
+        P50[$backend]+="$p50 "
+        stop_server
+        echo "run $i $backend: $created objects/s created, resolve p50 $p50 us"
+    done
+done
+
+med() { tr ' ' '\n' <<<"$1" | grep . | median; }
+c_sq=$(med "${CREATED[sqlite]}"); c_pg=$(med "${CREATED[pg]}")
+p_sq=$(med "${P50[sqlite]}"); p_pg=$(med "${P50[pg]}")
+echo
+echo "medians of $RUNS runs, $((DIRS * PER_DIR)) files:"
+printf 'creation, 4 clients: SQLite %.0f, PostgreSQL %.0f objects/s: %.3fx (target >= 0.25x)\n' \
+    "$c_sq" "$c_pg" "$(echo "$c_pg / $c_sq" | bc -l)"
+printf 'resolve p50: SQLite %.1f, PostgreSQL %.1f us: %.1fx (target <= 5x)\n' \
+    "$p_sq" "$p_pg" "$(echo "$p_pg / $p_sq" | bc -l)"
