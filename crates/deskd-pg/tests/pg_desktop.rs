@@ -839,3 +839,62 @@ fn a_store_waits_a_bounded_time_for_another_servers_batch_and_changes_durability
     b.commit_owned().unwrap();
     Store::set_durability(&mut two, Durability::Normal).unwrap();
 }
+
+/// A step's savepoint is released with the next step's start (issue 28): a failed step, also
+/// one inside another, still undoes only itself, and what succeeded before it stays.
+#[test]
+fn steps_undo_only_themselves_when_releases_are_deferred() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("desk");
+    let (mut desk, _) = open(&cluster, "desk", &key("steps", 7)).unwrap();
+    let root_error = |b: &mut deskd_pg::PgBatch<'_>| b.delete(deskd_db::ROOT_ID, false);
+    let mut b = desk.batch().unwrap();
+    b.step(|b| b.add(&new(2, "a", Kind::File))).unwrap();
+    b.step(|b| b.add(&new(2, "b", Kind::File))).unwrap();
+    assert!(b
+        .step(|b| {
+            b.add(&new(2, "c", Kind::File))?;
+            root_error(b)
+        })
+        .is_err());
+    b.step(|b| {
+        b.add(&new(2, "d", Kind::File))?;
+        assert!(b
+            .step(|b| {
+                b.add(&new(2, "e", Kind::File))?;
+                root_error(b)
+            })
+            .is_err());
+        Ok(())
+    })
+    .unwrap();
+    assert!(b
+        .step(|b| {
+            b.add(&new(2, "f", Kind::File))?;
+            b.step(|b| b.add(&new(2, "g", Kind::File)))?;
+            root_error(b)
+        })
+        .is_err());
+    b.step(|b| b.add(&new(2, "h", Kind::File))).unwrap();
+    let seq = b.commit().unwrap().expect("the batch changed something");
+    let names: Vec<String> = desk
+        .children(2)
+        .unwrap()
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.name).into_owned())
+        .collect();
+    assert_eq!(names, ["a", "b", "d", "h"]);
+    let mut logged: Vec<u32> = desk
+        .changes_since(seq - 1)
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    logged.sort_unstable();
+    let mut kept: Vec<u32> = desk.children(2).unwrap().iter().map(|o| o.id).collect();
+    kept.sort_unstable();
+    assert_eq!(logged, kept, "the change log holds what the batch kept");
+    assert_eq!(desk.change_seq().unwrap(), seq);
+}
