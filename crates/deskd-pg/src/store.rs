@@ -13,7 +13,7 @@ use deskd_db::{
     NewObject, Object,
 };
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
@@ -584,6 +584,7 @@ impl PgDesktop {
             names: Vec::new(),
             step_depth: 0,
             release_pending: false,
+            known_dirs: HashSet::new(),
         })
     }
 }
@@ -607,6 +608,10 @@ pub struct PgBatch<'a> {
     step_depth: u32,
     /// The last outermost step succeeded and its savepoint is not released yet.
     release_pending: bool,
+    /// Directories this batch found to be directories: the many adds into one folder ask
+    /// the database once (issue 28). The batch holds the volume's row lock, so only its own
+    /// writes change them: a delete, an overwrite, a park or a rolled-back step forgets them.
+    known_dirs: HashSet<u32>,
 }
 
 impl PgBatch<'_> {
@@ -666,6 +671,7 @@ impl PgBatch<'_> {
                     .batch_execute("ROLLBACK TO SAVEPOINT step; RELEASE SAVEPOINT step")?;
                 self.changed.truncate(mark);
                 self.names.truncate(names_mark);
+                self.known_dirs.clear();
                 Err(e)
             }
         }
@@ -834,6 +840,7 @@ impl PgBatch<'_> {
     /// Remove an object; with `recursive`, a directory and everything below it. Returns the
     /// removed IDs (never handed out again).
     pub fn delete(&mut self, id: u32, recursive: bool) -> Result<Vec<u32>> {
+        self.known_dirs.clear();
         if id == deskd_db::ROOT_ID {
             return Err(DbError::Root("deleted").into());
         }
@@ -991,6 +998,7 @@ impl PgBatch<'_> {
     /// Overwrite the row of `o.id` with `o` (place, kind, inode, Mac info): a rebuild making
     /// the desktop say what the disk says. The place must be free and not inside the object.
     pub fn overwrite(&mut self, o: &Object) -> Result<()> {
+        self.known_dirs.clear();
         validate_name(&o.name)?;
         if o.id == deskd_db::ROOT_ID {
             return Err(DbError::Root("moved").into());
@@ -1042,6 +1050,7 @@ impl PgBatch<'_> {
     /// Move the row of `id` out of its place to a name no file can have (it holds `/`), so
     /// another object can take the place; a rebuild then overwrites or removes it.
     pub fn park(&mut self, id: u32) -> Result<()> {
+        self.known_dirs.clear();
         let name = format!("park/{id}");
         Db::new(self.tx.get_mut(), self.st).execute(
             "UPDATE deskd.objects SET name = $3, skey = $4 WHERE vid = $1 AND id = $2",
@@ -1073,8 +1082,14 @@ impl AddSteps for PgBatch<'_> {
     }
 
     fn check_directory(&mut self, id: u32) -> Result<()> {
+        if self.known_dirs.contains(&id) {
+            return Ok(());
+        }
         match self.get(id)?.kind {
-            Kind::Dir => Ok(()),
+            Kind::Dir => {
+                self.known_dirs.insert(id);
+                Ok(())
+            }
             _ => Err(DbError::NotADirectory(id).into()),
         }
     }
