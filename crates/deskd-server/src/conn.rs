@@ -440,7 +440,9 @@ struct CachedReader {
 /// volume's pool for a run of requests and given back when the connection goes idle.
 enum VolumeReader {
     Sqlite(MappedReader),
-    Pg(deskd_pg::PgDesktop, Arc<crate::pg_volume::PgVolume>),
+    /// Boxed: a PostgreSQL connection with its statement cache is far larger than SQLite's
+    /// reader, and most volumes are SQLite's.
+    Pg(Box<deskd_pg::PgDesktop>, Arc<crate::pg_volume::PgVolume>),
 }
 
 /// A borrowed [`VolumeReader`], for [`with_reader!`].
@@ -476,7 +478,9 @@ impl Connection {
         let commits = handle.commits.load(Ordering::SeqCst);
         let open = || -> Result<CachedReader, ErrorReply> {
             let reader = match &handle.pg {
-                Some(pg) => VolumeReader::Pg(pg.take_reader().map_err(db_error)?, pg.clone()),
+                Some(pg) => {
+                    VolumeReader::Pg(Box::new(pg.take_reader().map_err(db_error)?), pg.clone())
+                }
                 None => VolumeReader::Sqlite(handle.open_reader().map_err(db_error)?),
             };
             Ok(CachedReader {
@@ -547,7 +551,7 @@ impl Connection {
                 ..
             }) = self.readers.remove(&vol)
             {
-                pool.give_back(db);
+                pool.give_back(*db);
             }
         }
     }
