@@ -644,7 +644,9 @@ impl Reader {
     /// statement). Reads see the state as of the first read after this call.
     pub fn begin_snapshot(&self) -> Result<()> {
         if self.conn.is_autocommit() {
-            self.conn.execute_batch("BEGIN")?;
+            // Cached: a connection begins and ends a snapshot per request (afpd's ADD of a new
+            // object looks it up here first), and `execute_batch` parses the text each time.
+            self.conn.prepare_cached("BEGIN")?.execute([])?;
         }
         Ok(())
     }
@@ -653,7 +655,7 @@ impl Reader {
     /// the next read sees the newest commit and checkpoints are not held back.
     pub fn end_snapshot(&self) -> Result<()> {
         if !self.conn.is_autocommit() {
-            self.conn.execute_batch("COMMIT")?;
+            self.conn.prepare_cached("COMMIT")?.execute([])?;
         }
         Ok(())
     }
@@ -931,6 +933,16 @@ impl Desktop {
                     r.get(0)
                 })?;
         Ok(())
+    }
+
+    /// SQLite's `data_version`: changes whenever another connection (another process, a
+    /// repair on a connection of its own) commits to the desktop, never for this one's own
+    /// commits. What a cache of desktop contents kept across batches checks before use.
+    pub fn data_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// Record a clean shutdown and flush everything into the main file. The WAL is emptied

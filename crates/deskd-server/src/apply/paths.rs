@@ -13,16 +13,26 @@ use crate::access::Access;
 use crate::sight;
 use crate::walk::{self, Node, Walked};
 
-/// Desktop paths of directories already looked up in this batch (by ID), so that many adds
-/// into one folder (a copy, a first scan) walk the database once. Requests that rename or
-/// delete clear it, so an entry is never stale.
+/// Desktop paths of directories already looked up (by ID), so that many adds into one folder
+/// (a copy, a first scan, afpd making a folder tree) read the database once. Requests that
+/// rename or delete clear it, so an entry is never stale; the SQLite writer keeps one across
+/// its batches and clears it whenever anything else may have changed the desktop
+/// (`writer::batch`).
 #[derive(Default)]
 pub struct DirCache(HashMap<u32, Vec<Vec<u8>>>);
 
+/// Most paths a cache holds: past this it starts again (each path is a few names).
+const DIR_CACHE_MAX: usize = 4096;
+
 impl DirCache {
     /// Forget every path: a rename or a delete may have changed any of them.
-    pub(super) fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.0.clear();
+    }
+
+    /// Whether the path of `id` is kept.
+    pub(crate) fn holds(&self, id: u32) -> bool {
+        self.0.contains_key(&id)
     }
 
     /// The names from the root to a registered object.
@@ -35,6 +45,9 @@ impl DirCache {
             return Ok(hit.clone());
         }
         let components = db.path_of(id).map_err(db_error)?;
+        if self.0.len() >= DIR_CACHE_MAX {
+            self.0.clear();
+        }
         self.0.insert(id, components.clone());
         Ok(components)
     }

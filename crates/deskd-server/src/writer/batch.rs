@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use deskd_db::{DbError, Store, WriteBatch};
+use deskd_db::{DbError, NameChange, Store, WriteBatch};
 use deskd_proto::{ErrorCode, ErrorReply, Request};
 use deskd_volume::Volume;
 use tracing::{error, info, warn};
@@ -47,22 +47,26 @@ pub(super) fn run_batch<S: Store>(
     writes: &[Pending],
     isolated: bool,
     audit_on: bool,
+    cache: &mut DirCache,
 ) -> Result<Attempt, DbError> {
     let mut batch = desktop.batch_within(BUSY_TRY)?;
     let mut replies = Vec::with_capacity(writes.len());
-    let mut cache = DirCache::default();
+    if isolated {
+        // The run before was abandoned: paths it looked up may name what it made.
+        cache.clear();
+    }
     // One request: its reply, and (audit on) the line saying what it changed, made while the
     // batch still holds the paths of objects named by ID.
-    let mut apply = |b: &mut S::Batch<'_>, request: &Request, access: &Access| {
+    let apply = |b: &mut S::Batch<'_>, cache: &mut DirCache, request: &Request, access: &Access| {
         let resolved = if audit_on {
-            audit::before(b, &mut cache, request)
+            audit::before(b, cache, request)
         } else {
             audit::Resolved::default()
         };
-        let reply = apply_write(b, volume, policy, request, &mut cache, access);
+        let reply = apply_write(b, volume, policy, request, cache, access);
         let line = match &reply {
             Ok(response) if audit_on => {
-                let resolved = audit::after(b, &mut cache, request, resolved);
+                let resolved = audit::after(b, cache, request, resolved);
                 audit::describe(request, response, &resolved)
             }
             _ => None,
@@ -77,7 +81,7 @@ pub(super) fn run_batch<S: Store>(
             // reply comes out through `done`.
             let mut done = None;
             let stepped = batch.step(|b| {
-                let (reply, line) = apply(b, request, access);
+                let (reply, line) = apply(b, cache, request, access);
                 let refused = reply.is_err();
                 done = Some((reply, line));
                 if refused {
@@ -88,6 +92,8 @@ pub(super) fn run_batch<S: Store>(
             match (stepped, done) {
                 (Ok(()), Some(done)) => replies.push(done),
                 (Err(DbError::Backend(why)), Some(done)) if why == REFUSED && done.0.is_err() => {
+                    // Undone: a folder it registered on the way is no longer there.
+                    cache.clear();
                     replies.push(done)
                 }
                 // The savepoint itself failed: nothing of this batch commits.
@@ -96,7 +102,7 @@ pub(super) fn run_batch<S: Store>(
             }
             continue;
         }
-        let (reply, line) = apply(&mut batch, request, access);
+        let (reply, line) = apply(&mut batch, cache, request, access);
         if reply.is_err() {
             if writes.len() > 1 {
                 return Ok(Attempt::Retry); // dropping the batch rolls it back
@@ -105,6 +111,15 @@ pub(super) fn run_batch<S: Store>(
             return Ok(Attempt::Done(vec![(reply, None)]));
         }
         replies.push((reply, line));
+    }
+    // A folder's path cached before a removal or rename in this batch may be gone or moved
+    // (renames and deletes clear the cache as they run; this also covers a record retired
+    // by a registration and anything else that removed or renamed).
+    if batch.changed_since(0).iter().any(|c| match c {
+        NameChange::Remove(_) => true,
+        NameChange::Set(id, _) => cache.holds(*id),
+    }) {
+        cache.clear();
     }
     batch.commit_owned()?;
     Ok(Attempt::Done(replies))
@@ -181,6 +196,16 @@ impl Writer {
             return;
         }
         let desktop = self.desktop.as_mut().expect("writer used after shutdown");
+        // The paths the last client batch cached hold if nothing committed since: neither on
+        // this connection (the count) nor on another (`data_version`).
+        let seen = desktop
+            .data_version()
+            .ok()
+            .map(|v| (self.commits.load(Ordering::SeqCst), v));
+        if seen.is_none() || seen != self.dir_paths_seen {
+            self.dir_paths.clear();
+        }
+        self.dir_paths_seen = None;
         let volume = &self.volume;
         let policy = Policy {
             read_only: self.config.read_only,
@@ -190,8 +215,9 @@ impl Writer {
         // request costs a statement journal per request). If a request fails, its
         // partial changes must not be committed: run the batch again, isolating each request.
         let audit_on = audit::enabled();
-        let outcome = match run_batch(desktop, volume, policy, writes, false, audit_on) {
-            Ok(Attempt::Retry) => run_batch(desktop, volume, policy, writes, true, audit_on),
+        let cache = &mut self.dir_paths;
+        let outcome = match run_batch(desktop, volume, policy, writes, false, audit_on, cache) {
+            Ok(Attempt::Retry) => run_batch(desktop, volume, policy, writes, true, audit_on, cache),
             other => other,
         };
         match outcome {
@@ -204,6 +230,7 @@ impl Writer {
                 self.busy_over();
                 // Before any acknowledgement: readers must see this commit from now on.
                 self.committed();
+                self.dir_paths_seen = seen.map(|(_, v)| (self.commits.load(Ordering::SeqCst), v));
                 acknowledge(self.volume.root(), writes, replies);
                 self.check_wal_limit();
             }

@@ -196,6 +196,13 @@ pub(crate) struct Writer {
     watch_young: crate::apply::watched::Young,
     /// New IDs the watcher handed out per user in the current window (hostile review of 2026-12-06, finding 4).
     watch_spending: crate::apply::spending::Spending,
+    /// Folders' paths looked up by client batches, kept for the next batch (a folder tree
+    /// made one ADD at a time reads each parent's path once) while nothing else wrote.
+    dir_paths: crate::apply::DirCache,
+    /// When `dir_paths` was last right: the commit count after the client batch that used it
+    /// and the desktop's `data_version` (another connection's commit changes it). `None`
+    /// after anything else ran on the desktop.
+    dir_paths_seen: Option<(u64, i64)>,
     /// Runs the checkpoints nobody waits for beside the writer (None: its connection could
     /// not be opened, or no desktop; then the writer runs them itself, as writes wait).
     checkpointer: Option<checkpointer::Checkpointer>,
@@ -249,6 +256,8 @@ impl Writer {
             wal_writeback: Default::default(),
             watch_young: Default::default(),
             watch_spending: Default::default(),
+            dir_paths: Default::default(),
+            dir_paths_seen: None,
             checkpointer,
             wal_index,
         }
@@ -503,6 +512,11 @@ impl Writer {
     }
 
     fn control(&mut self, job: Job) {
+        // A flush, freeze, reload, repair or the watcher's batch may change the desktop or
+        // reopen it: the client batches' cached paths are not trusted after any of them.
+        if !matches!(job, Job::Tick) {
+            self.dir_paths_seen = None;
+        }
         match job {
             Job::Flush(reply) => {
                 let result = if let Some(busy) = self.busy_refusal("flush") {

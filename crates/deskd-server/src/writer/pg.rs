@@ -213,8 +213,12 @@ impl PgWriter {
             wait: Duration::from_secs(self.config.busy_wait),
             start_failed: false,
         };
-        let outcome = match run_batch(&mut store, volume, policy, writes, false, audit_on) {
-            Ok(Attempt::Retry) => run_batch(&mut store, volume, policy, writes, true, audit_on),
+        // Other servers change the database too: paths are looked up afresh for each batch.
+        let cache = &mut crate::apply::DirCache::default();
+        let outcome = match run_batch(&mut store, volume, policy, writes, false, audit_on, cache) {
+            Ok(Attempt::Retry) => {
+                run_batch(&mut store, volume, policy, writes, true, audit_on, cache)
+            }
             other => other,
         };
         let unstarted = store.start_failed;

@@ -688,8 +688,9 @@ fn the_wal_restarts_even_when_a_reader_kept_the_first_commit_after_a_checkpoint_
 fn commit_on<S: deskd_db::Store>(store: &mut S, volume: &Volume, writes: &[Pending]) -> Vec<Reply> {
     use super::batch::{run_batch, Attempt};
     let policy = crate::apply::Policy::default();
-    let done = match run_batch(store, volume, policy, writes, false, true).unwrap() {
-        Attempt::Retry => run_batch(store, volume, policy, writes, true, true).unwrap(),
+    let cache = &mut crate::apply::DirCache::default();
+    let done = match run_batch(store, volume, policy, writes, false, true, cache).unwrap() {
+        Attempt::Retry => run_batch(store, volume, policy, writes, true, true, cache).unwrap(),
         done => done,
     };
     match done {
@@ -771,4 +772,104 @@ fn group_commit_runs_alike_on_sqlite_and_postgresql_through_the_store_trait() {
     let on_postgres = commit_on(&mut pg, &volume, &writes(&second));
     assert_eq!((id_of(&on_sqlite[0]), id_of(&on_postgres[0])), (21, 20));
     assert_eq!(on_sqlite[1], on_postgres[1]);
+}
+
+/// `Add` of `name` in folder `parent` as afpd sends it (dev/ino of what is on disk at `path`).
+fn add_in(parent: u32, name: &'static str, path: &Path, connection: &Arc<TestConnection>) -> Job {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).unwrap();
+    Job::Write {
+        request: Request::Add {
+            vol: 0,
+            parent,
+            name: name.as_bytes().to_vec(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            hint: None,
+            type_code: None,
+            creator: None,
+            carried: None,
+        },
+        reply: Box::new(Recorded {
+            tag: name,
+            connection: connection.clone(),
+            access: Access::Trusted,
+            flushed: None,
+        }),
+    }
+}
+
+#[test]
+fn a_folder_path_kept_across_batches_follows_renames_by_another_process_and_by_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("a/b")).unwrap();
+    files(root, &["a/b/f1"]);
+    let (writer, _) = writer_for(root);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let share = writer.spawn(0, rx).unwrap();
+    let here = |job: Job| {
+        let (request, reply) = write_parts(job);
+        assert!(
+            share.commit_alone(request, reply, &tx).is_ok(),
+            "the writer thread is idle"
+        );
+    };
+    let client: Arc<TestConnection> = Arc::default();
+    let last_id = |client: &TestConnection| match client.sent().last() {
+        Some((tag, reply)) => match reply {
+            Ok(Response::Object(o)) => o.id,
+            other => panic!("{tag}: {other:?}"),
+        },
+        None => panic!("no reply"),
+    };
+    here(add("a/b", &client));
+    let b = last_id(&client);
+    // The writer now holds the path of b ("a/b") from this ADD.
+    here(add_in(b, "f1", &root.join("a/b/f1"), &client));
+    last_id(&client);
+
+    // Another process renames a to c, on disk and in the desktop (a script, sqlite3).
+    std::fs::rename(root.join("a"), root.join("c")).unwrap();
+    let desktop = root.join(deskd_volume::DESKTOP_FILE);
+    let by_hand = std::process::Command::new("sqlite3")
+        .arg(&desktop)
+        .arg(".timeout 5000")
+        .arg("UPDATE objects SET name = x'63', skey = 'c' WHERE name = x'61'; SELECT changes();")
+        .output()
+        .expect("the sqlite3 CLI is installed");
+    assert_eq!(
+        String::from_utf8_lossy(&by_hand.stdout).trim(),
+        "1",
+        "{by_hand:?}"
+    );
+    files(root, &["c/b/f2"]);
+    here(add_in(b, "f2", &root.join("c/b/f2"), &client));
+    let f2 = last_id(&client);
+    let reader = deskd_db::Reader::open(&desktop).unwrap();
+    assert_eq!(reader.get(f2).unwrap().parent, b);
+
+    // The writer itself renames c to d: a batch of its own clears what it kept.
+    std::fs::rename(root.join("c"), root.join("d")).unwrap();
+    let c = reader.lookup(deskd_db::ROOT_ID, b"c").unwrap().unwrap().id;
+    here(Job::Write {
+        request: Request::Rename {
+            vol: 0,
+            id: c,
+            new_parent: deskd_db::ROOT_ID,
+            new_name: b"d".to_vec(),
+            replace: false,
+        },
+        reply: Box::new(Recorded {
+            tag: "rename",
+            connection: client.clone(),
+            access: Access::Trusted,
+            flushed: None,
+        }),
+    });
+    files(root, &["d/b/f3"]);
+    here(add_in(b, "f3", &root.join("d/b/f3"), &client));
+    let f3 = last_id(&client);
+    assert_eq!(reader.get(f3).unwrap().parent, b);
+    shut_down(&tx);
 }
