@@ -85,6 +85,9 @@ pub enum BackupError {
     },
     #[error("{0}")]
     Rebuild(#[from] RebuildError),
+    /// The desktop could not be exported from its database (the whole message).
+    #[error("{0}")]
+    Export(String),
 }
 
 /// How a backup (or the copy a backup makes) fails its checks; every message starts with the
@@ -370,6 +373,26 @@ fn refuse_unsafe(root: &Path, desktop: &Path, what: &str) -> Result<(), BackupEr
     }
 }
 
+/// Where a backup's records come from.
+pub enum Source<'a> {
+    /// The volume's SQLite desktop (`.Desktop`, or where its relocation link points), copied
+    /// in one SQLite read snapshot.
+    Desktop,
+    /// A desktop of another back end (PostgreSQL), written out as a new SQLite desktop first.
+    Export(&'a mut dyn Export),
+}
+
+/// A desktop that is not an SQLite file (PostgreSQL, issue 28), exported for a backup: the
+/// backup is then made of the export exactly as of an SQLite desktop, so it has the same
+/// format, is checked and verified alike and can be restored to either back end.
+pub trait Export {
+    /// What the manifest names as the backed-up desktop (no password).
+    fn describe(&self) -> String;
+    /// Write the volume's records as they stood in one consistent snapshot as a new SQLite
+    /// desktop at `file` (which does not exist yet). The error is the whole message.
+    fn export(&mut self, file: &Path) -> Result<(), String>;
+}
+
 /// Back up the desktop of `volume` into `dest` (a file name, or a directory to make a dated
 /// name in) while the volume stays in use. `progress` gets (pages copied, pages in all).
 /// Returns the backup's path and manifest.
@@ -379,19 +402,39 @@ pub fn backup(
     force: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(PathBuf, Manifest), BackupError> {
+    backup_from(volume, &mut Source::Desktop, dest, force, progress)
+}
+
+/// [`backup`] of the desktop `source` names: the volume's SQLite desktop, or an export of
+/// its desktop in PostgreSQL.
+pub fn backup_from(
+    volume: &Path,
+    source: &mut Source<'_>,
+    dest: &Path,
+    force: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(PathBuf, Manifest), BackupError> {
     let (root, desktop) = volume_desktop(volume)?;
-    refuse_unsafe(&root, &desktop, "deskd backup")?;
-    // A volume owner may back up, but not read the 0600 desktop a root-run deskd made; say so
-    // rather than pass on SQLite's "unable to open database file".
-    if let Some(why) = deskd_volume::guard::unreadable_desktop(&desktop) {
-        return Err(BackupError::Unreadable { desktop, why });
-    }
-    if std::fs::metadata(&desktop).map(|m| m.len()).unwrap_or(0) == 0 {
-        return Err(BackupError::Usage(format!(
-            "{}: the volume has no desktop ({}); nothing to back up",
-            root.display(),
-            desktop.display()
-        )));
+    match source {
+        Source::Desktop => {
+            refuse_unsafe(&root, &desktop, "deskd backup")?;
+            // A volume owner may back up, but not read the 0600 desktop a root-run deskd
+            // made; say so rather than pass on SQLite's "unable to open database file".
+            if let Some(why) = deskd_volume::guard::unreadable_desktop(&desktop) {
+                return Err(BackupError::Unreadable { desktop, why });
+            }
+            if std::fs::metadata(&desktop).map(|m| m.len()).unwrap_or(0) == 0 {
+                return Err(BackupError::Usage(format!(
+                    "{}: the volume has no desktop ({}); nothing to back up",
+                    root.display(),
+                    desktop.display()
+                )));
+            }
+        }
+        Source::Export(_) => {
+            deskd_volume::guard::require_admin(&root, &desktop, "deskd backup")
+                .map_err(BackupError::NotAdmin)?;
+        }
     }
     let target = backup_target(&root, dest, force)?;
     let name = target
@@ -403,6 +446,19 @@ pub fn backup(
     let (temp, file) = TempFile::create(dir.join(format!(".{name}.partial")))?;
     drop(file);
     let started = now_unix();
+    // An export is written beside the backup under a temporary name (removed, with its WAL
+    // and shared-memory files, however this ends) and copied as a desktop would be.
+    let mut exported = Exported(None);
+    let (desktop, shown) = match source {
+        Source::Desktop => (desktop.clone(), desktop.display().to_string()),
+        Source::Export(export) => {
+            let file = dir.join(format!(".{name}.export"));
+            exported.remove_stale(&file)?;
+            exported.0 = Some(file.clone());
+            export.export(&file).map_err(BackupError::Export)?;
+            (file, export.describe())
+        }
+    };
     let info = copy_snapshot(&desktop, temp.path(), progress).map_err(|e| match e {
         deskd_db::DbError::NoSpace(_) => BackupError::Io {
             path: dir.to_path_buf(),
@@ -443,7 +499,7 @@ pub fn backup(
         kind: MANIFEST_KIND.into(),
         manifest_version: MANIFEST_VERSION,
         volume: root.display().to_string(),
-        desktop: desktop.display().to_string(),
+        desktop: shown,
         file: name,
         bytes,
         sha256,
@@ -452,8 +508,43 @@ pub fn backup(
         deskd_version: env!("CARGO_PKG_VERSION").into(),
         desktop_info: info,
     };
+    drop(exported);
     write_manifest(&target, &manifest)?;
     Ok((target, manifest))
+}
+
+/// The export a backup copies, removed with its WAL and shared-memory files when dropped.
+struct Exported(Option<PathBuf>);
+
+impl Exported {
+    /// Remove what an interrupted backup of the same name left.
+    fn remove_stale(&self, file: &Path) -> Result<(), BackupError> {
+        for path in Self::files(file) {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path)(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn files(file: &Path) -> [PathBuf; 3] {
+        [
+            file.to_path_buf(),
+            deskd_db::wal_path(file),
+            deskd_db::shm_path(file),
+        ]
+    }
+}
+
+impl Drop for Exported {
+    fn drop(&mut self) {
+        if let Some(file) = self.0.take() {
+            for path in Self::files(&file) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
 }
 
 /// Test hook: `DESKD_BACKUP_CRASH_AFTER=<step>` aborts the process right after that step, so the
@@ -631,6 +722,17 @@ pub fn backup_to_stream(
     manifest: Option<&ManifestTarget>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Manifest, BackupError> {
+    backup_to_stream_from(volume, &mut Source::Desktop, out, manifest, progress)
+}
+
+/// [`backup_to_stream`] of the desktop `source` names.
+pub fn backup_to_stream_from(
+    volume: &Path,
+    source: &mut Source<'_>,
+    out: &mut dyn Write,
+    manifest: Option<&ManifestTarget>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Manifest, BackupError> {
     let manifest = match manifest {
         Some(target) => Some((target, target.check()?)),
         None => None,
@@ -646,7 +748,8 @@ pub fn backup_to_stream(
         .create(&dir)
         .map_err(io(&dir))?;
     let result = (|| {
-        let (path, mut written) = backup(volume, &dir.join("desktop"), false, progress)?;
+        let (path, mut written) =
+            backup_from(volume, source, &dir.join("desktop"), false, progress)?;
         let mut file = File::open(&path).map_err(io(&path))?;
         std::io::copy(&mut file, out)
             .and_then(|_| out.flush())

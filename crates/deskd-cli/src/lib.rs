@@ -10,7 +10,7 @@
 //! rather than path names, so a name swapped for a symlink turns nothing against another file
 //! ([`at`]); the afpd CNID listener of `deskd netatalk` and `deskd serve` ([`cnid_listener`]);
 //! `deskd serve`'s HTTP side ([`http_side`]); `deskd migrate` between SQLite and PostgreSQL
-//! ([`migrate`]); and the log writer that keeps one event on one
+//! ([`migrate`]) and `deskd backup` of a PostgreSQL volume ([`pg_admin`]); and the log writer that keeps one event on one
 //! line, whatever a logged name holds ([`log_lines`]).
 
 #![forbid(unsafe_code)]
@@ -30,6 +30,7 @@ pub mod memory_figures;
 pub mod migrate;
 pub mod mode;
 pub mod output;
+pub mod pg_admin;
 pub mod target;
 pub mod walk;
 pub mod watch_figures;

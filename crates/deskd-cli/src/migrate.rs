@@ -356,7 +356,6 @@ fn write_from_database(
         None => None,
     };
     let shown = deskd_pg::connect::describe(&deskd_pg::connect::parse_target(&database.target)?);
-    let mut client = deskd_pg::connect(database)?;
     for stale in [temp.to_path_buf(), {
         let mut j = OsString::from(temp.as_os_str());
         j.push("-journal");
@@ -369,17 +368,7 @@ fn write_from_database(
             _ => {}
         }
     }
-    let mut bulk = BulkLoad::create(temp).map_err(db_error(temp))?;
-    let mut objects = 0u64;
-    let (header, records) = transfer::export(&mut client, name, &mut |o| {
-        bulk.insert(&o)?;
-        objects += 1;
-        if objects.is_multiple_of(4096) {
-            progress(objects);
-        }
-        Ok(())
-    })?;
-    progress(objects);
+    let (header, counts) = export_into(database, name, temp, progress)?;
     if let Some(old) = old_identity {
         if old as u64 != header.key.identity {
             return Err(MigrateError::OtherVolume {
@@ -390,30 +379,6 @@ fn write_from_database(
             });
         }
     }
-    // The objects' trigger registered every APPL-typed object; the database's records are
-    // the truth (one removed there stays removed).
-    bulk.clear_appl().map_err(db_error(temp))?;
-    for record in &records.appl {
-        bulk.add_appl(record).map_err(db_error(temp))?;
-    }
-    for (id, text) in &records.comments {
-        bulk.add_comment(*id, text).map_err(db_error(temp))?;
-    }
-    for icon in &records.icons {
-        bulk.add_icon(icon).map_err(db_error(temp))?;
-    }
-    let identity = Identity {
-        created: header.created,
-        volume_uuid: header.key.identity as i64,
-    };
-    bulk.finish(header.last_id, identity)
-        .map_err(db_error(temp))?;
-    let counts = Counts {
-        objects,
-        comments: records.comments.len() as u64,
-        appl: records.appl.len() as u64,
-        icons: records.icons.len() as u64,
-    };
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |error| MigrateError::Io { path, error }
@@ -438,4 +403,55 @@ fn write_from_database(
         .and_then(|d| d.sync_all())
         .map_err(io(dir))?;
     Ok((header, counts, shown))
+}
+
+/// Write volume `name` of the database, read in one consistent snapshot
+/// ([`transfer::export`]), as a new SQLite desktop at `file` (which must not exist) with
+/// deskd-db's bulk loader: every object with its ID, the comments, APPL and icon records, the
+/// counter and the identity. `progress` gets the objects written. Used by `deskd migrate --to
+/// sqlite` and by `deskd backup` of a PostgreSQL volume.
+pub fn export_into(
+    database: &ConnectOptions,
+    name: &str,
+    file: &Path,
+    progress: &dyn Fn(u64),
+) -> Result<(VolumeHeader, Counts), MigrateError> {
+    let temp = file;
+    let mut client = deskd_pg::connect(database)?;
+    let mut bulk = BulkLoad::create(temp).map_err(db_error(temp))?;
+    let mut objects = 0u64;
+    let (header, records) = transfer::export(&mut client, name, &mut |o| {
+        bulk.insert(&o)?;
+        objects += 1;
+        if objects.is_multiple_of(4096) {
+            progress(objects);
+        }
+        Ok(())
+    })?;
+    progress(objects);
+    // The objects' trigger registered every APPL-typed object; the database's records are
+    // the truth (one removed there stays removed).
+    bulk.clear_appl().map_err(db_error(temp))?;
+    for record in &records.appl {
+        bulk.add_appl(record).map_err(db_error(temp))?;
+    }
+    for (id, text) in &records.comments {
+        bulk.add_comment(*id, text).map_err(db_error(temp))?;
+    }
+    for icon in &records.icons {
+        bulk.add_icon(icon).map_err(db_error(temp))?;
+    }
+    let identity = Identity {
+        created: header.created,
+        volume_uuid: header.key.identity as i64,
+    };
+    bulk.finish(header.last_id, identity)
+        .map_err(db_error(temp))?;
+    let counts = Counts {
+        objects,
+        comments: records.comments.len() as u64,
+        appl: records.appl.len() as u64,
+        icons: records.icons.len() as u64,
+    };
+    Ok((header, counts))
 }

@@ -56,6 +56,22 @@ impl Control {
                 };
                 Ok((text, Some(until)))
             }
+            Response::FrozenSnapshot {
+                until,
+                clamped,
+                max,
+                snapshot,
+            } => {
+                let when = readable_utc(until);
+                let clamp = match clamped {
+                    true => format!(" (clamped to freeze_max {max} s)"),
+                    false => String::new(),
+                };
+                Ok((
+                    format!("frozen until {when}{clamp}; pg_dump --snapshot={snapshot}"),
+                    Some(until),
+                ))
+            }
             other => Err(format!("unexpected reply: {other:?}")),
         }
     }

@@ -758,6 +758,20 @@ pub enum Response {
     Memory(ServerMemory),
     /// Each volume's live tracking (to `Watch`).
     Watch(Vec<VolumeWatch>),
+    /// A volume whose desktop is in PostgreSQL is frozen (to `Freeze`): as [`Response::Frozen`],
+    /// with the name of the snapshot the server holds until the freeze ends, which `pg_dump
+    /// --snapshot=NAME` dumps. (Last of the variants: an older client that reads it fails on an
+    /// unknown variant, not on a wrong field.)
+    FrozenSnapshot {
+        /// Unix time the freeze (and the snapshot) ends.
+        until: i64,
+        /// The request asked for more than `max` seconds and got `max`.
+        clamped: bool,
+        /// The server's `freeze_max`, in seconds.
+        max: u32,
+        /// The exported snapshot (`pg_export_snapshot()`), valid until `until` or a thaw.
+        snapshot: String,
+    },
 }
 
 /// One volume's live tracking (issue 23), as `deskd status` shows it in `watch`.

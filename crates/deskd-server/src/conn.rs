@@ -1118,6 +1118,9 @@ impl Connection {
                 Ok(r) => {
                     let outcome = match &r {
                         Response::Frozen { until, .. } => format!(" (frozen until {until})"),
+                        Response::FrozenSnapshot {
+                            until, snapshot, ..
+                        } => format!(" (frozen until {until}, snapshot {snapshot})"),
                         _ => String::new(),
                     };
                     audit::log(

@@ -46,6 +46,19 @@ pub(crate) struct PgVolume {
     closed: AtomicBool,
     /// Read connections not lent to a client connection now.
     idle: Mutex<Vec<PgDesktop>>,
+    /// The running freeze: its snapshot, held on a connection and thread of their own.
+    frozen: Mutex<Option<FreezeHold>>,
+}
+
+/// A freeze of a PostgreSQL volume (`deskd freeze`): a `REPEATABLE READ` transaction that
+/// exported its snapshot ([`deskd_pg::Frozen`]), held by a thread until the freeze's end, a
+/// thaw (the sender dropped) or the volume's close. Writes go on meanwhile; `pg_dump
+/// --snapshot=NAME` sees the database as it stood when the freeze began.
+struct FreezeHold {
+    snapshot: String,
+    until: i64,
+    /// A later end for the holder (a freeze asked again while one runs).
+    extend: crossbeam_channel::Sender<Instant>,
 }
 
 impl PgVolume {
@@ -76,6 +89,7 @@ impl PgVolume {
                 names,
                 closed: AtomicBool::new(false),
                 idle: Mutex::new(Vec::new()),
+                frozen: Mutex::new(None),
             },
             desktop,
             created,
@@ -151,10 +165,64 @@ impl PgVolume {
         Ok(())
     }
 
-    /// End the follower (the opening is closed).
+    /// End the follower (the opening is closed), and a freeze.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.clear_idle();
+        self.thaw();
+    }
+
+    /// Freeze for `seconds`: a snapshot of the whole database, exported and held until then.
+    /// A freeze running already is made to last at least as long and keeps its snapshot (one
+    /// `pg_dump` may be under way with it). Returns the snapshot's name and the end (Unix time).
+    pub(crate) fn freeze(&self, seconds: u32) -> Result<(String, i64), DbError> {
+        let until = deskd_db::now_unix() + i64::from(seconds);
+        let deadline = Instant::now() + Duration::from_secs(u64::from(seconds));
+        let mut frozen = self.frozen.lock().unwrap();
+        if let Some(hold) = frozen.as_mut() {
+            // Its holder is gone when it ended by itself: then a new snapshot below.
+            if hold.extend.send(deadline).is_ok() {
+                hold.until = hold.until.max(until);
+                return Ok((hold.snapshot.clone(), hold.until));
+            }
+        }
+        let held = deskd_pg::Frozen::start(deskd_pg::connect(&self.options)?)?;
+        let snapshot = held.snapshot_name().to_owned();
+        let (extend, later) = crossbeam_channel::unbounded::<Instant>();
+        let name = self.key.name.clone();
+        std::thread::Builder::new()
+            .name("pg-freeze".into())
+            .spawn(move || {
+                let mut deadline = deadline;
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match later.recv_timeout(left) {
+                        Ok(at) => deadline = deadline.max(at),
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                        // Thawed, or the volume closed.
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                if let Err(e) = held.thaw() {
+                    warn!(volume = %name, "freeze: the snapshot's transaction did not end cleanly: {e}");
+                }
+                info!(volume = %name, "freeze ended; its snapshot is released");
+            })
+            .map_err(|e| DbError::Backend(format!("cannot start the freeze's thread: {e}")))?;
+        *frozen = Some(FreezeHold {
+            snapshot: snapshot.clone(),
+            until,
+            extend,
+        });
+        Ok((snapshot, until))
+    }
+
+    /// End a freeze (its snapshot is released; nothing when none runs).
+    pub(crate) fn thaw(&self) {
+        self.frozen.lock().unwrap().take();
     }
 }
 

@@ -219,6 +219,11 @@ enum Command {
         /// verify BACKUP` finds it; any other name needs `deskd verify --manifest FILE`.
         #[arg(long, value_name = "FILE")]
         manifest: Option<PathBuf>,
+        /// The server's configuration file: a volume whose `backend` there is PostgreSQL is
+        /// backed up from its database (one consistent snapshot, written as an SQLite desktop:
+        /// the same backup format, verified and restored alike).
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// The volumes' root directories (where their .Desktop is), then the backup file to
         /// write, or a directory to write `<volume name>-<UTC time>.desktop` in (which it must be
         /// for several volumes), or `-` for standard output (one volume, and not a terminal; the
@@ -568,8 +573,10 @@ fn run(cli: Run) -> Result<ExitCode> {
             force,
             json,
             manifest,
+            config,
             mut paths,
         } => {
+            let config = config.as_deref();
             let dest = paths.pop().expect("clap requires two paths");
             if dest.as_os_str() == "-" {
                 if paths.len() > 1 {
@@ -587,7 +594,7 @@ fn run(cli: Run) -> Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
                 let manifest = manifest.map(|path| deskd_backup::ManifestTarget { path, force });
-                return Ok(backup_to_stdout(&paths[0], json, manifest.as_ref()));
+                return Ok(backup_to_stdout(&paths[0], config, json, manifest.as_ref()));
             }
             if manifest.is_some() {
                 eprintln!(
@@ -606,7 +613,7 @@ fn run(cli: Run) -> Result<ExitCode> {
             // Each volume in turn; one that fails does not stop the others.
             let mut worst = ExitCode::SUCCESS;
             for volume in &paths {
-                let code = backup(volume, &dest, force, json);
+                let code = backup(volume, config, &dest, force, json);
                 if code != ExitCode::SUCCESS && worst != ExitCode::from(2) {
                     worst = code;
                 }
@@ -819,6 +826,22 @@ fn run(cli: Run) -> Result<ExitCode> {
                         );
                     }
                     println!("frozen until {}", ctime_string(until));
+                }
+                // A desktop in PostgreSQL: the snapshot pg_dump reads while it lasts.
+                Response::FrozenSnapshot {
+                    until,
+                    clamped,
+                    max,
+                    snapshot,
+                } => {
+                    if clamped {
+                        println!(
+                            "FreezeTime ({}) > FreezeMax ({max}), using new value: {max}",
+                            seconds.unwrap_or(0)
+                        );
+                    }
+                    println!("frozen until {}", ctime_string(until));
+                    println!("snapshot {snapshot}");
                 }
                 other => return Err(anyhow!("unexpected reply {other:?}")),
             }
@@ -1471,10 +1494,42 @@ fn backup_error(verb: &str, e: &deskd_backup::BackupError) -> ExitCode {
     }
 }
 
+/// Where `deskd backup` reads `volume`'s desktop: its database when the configuration file
+/// `config` puts it in PostgreSQL, else its SQLite file.
+fn backup_source(
+    volume: &Path,
+    config: Option<&Path>,
+) -> Result<Option<deskd_cli::pg_admin::PgVolumeRef>, ExitCode> {
+    match config.map(|c| deskd_cli::pg_admin::from_config(c, volume)) {
+        None => Ok(None),
+        Some(Ok(found)) => Ok(found),
+        Some(Err(e)) => {
+            eprintln!("deskd backup: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 /// `deskd backup`.
-fn backup(volume: &Path, dest: &Path, force: bool, json: bool) -> ExitCode {
+fn backup(
+    volume: &Path,
+    config: Option<&Path>,
+    dest: &Path,
+    force: bool,
+    json: bool,
+) -> ExitCode {
     let started = std::time::Instant::now();
-    let result = with_page_bar(|progress| deskd_backup::backup(volume, dest, force, progress));
+    let mut pg = match backup_source(volume, config) {
+        Ok(pg) => pg,
+        Err(code) => return code,
+    };
+    let mut source = match pg.as_mut() {
+        Some(pg) => deskd_backup::Source::Export(pg),
+        None => deskd_backup::Source::Desktop,
+    };
+    let result = with_page_bar(|progress| {
+        deskd_backup::backup_from(volume, &mut source, dest, force, progress)
+    });
     match result {
         Ok((path, m)) => {
             if json {
@@ -1500,13 +1555,22 @@ fn backup(volume: &Path, dest: &Path, force: bool, json: bool) -> ExitCode {
 /// the manifest) on standard error, and the manifest in `manifest` when given.
 fn backup_to_stdout(
     volume: &Path,
+    config: Option<&Path>,
     json: bool,
     manifest: Option<&deskd_backup::ManifestTarget>,
 ) -> ExitCode {
+    let mut pg = match backup_source(volume, config) {
+        Ok(pg) => pg,
+        Err(code) => return code,
+    };
+    let mut source = match pg.as_mut() {
+        Some(pg) => deskd_backup::Source::Export(pg),
+        None => deskd_backup::Source::Desktop,
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let result = with_page_bar(|progress| {
-        deskd_backup::backup_to_stream(volume, &mut out, manifest, progress)
+        deskd_backup::backup_to_stream_from(volume, &mut source, &mut out, manifest, progress)
     });
     match result {
         Ok(m) if json => {

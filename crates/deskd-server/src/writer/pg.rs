@@ -342,18 +342,41 @@ impl PgWriter {
         match job {
             // Every acknowledged write is committed (as durable as synchronous_commit says):
             // nothing waits to be flushed.
-            Job::Flush(reply) | Job::Thaw(reply) => {
+            Job::Flush(reply) => {
                 let _ = reply.send(Ok(Response::Done));
             }
-            Job::Freeze(_, reply) => {
-                let _ = reply.send(Err(ErrorReply::new(
-                    ErrorCode::Internal,
-                    format!(
-                        "{}: freeze is not yet available for a desktop in PostgreSQL \
-                         (pg_dump takes a consistent snapshot of its own)",
-                        self.volume.root().display()
-                    ),
-                )));
+            Job::Thaw(reply) => {
+                self.pg.thaw();
+                self.state.lock().unwrap().frozen_until = None;
+                let _ = reply.send(Ok(Response::Done));
+            }
+            // A freeze holds an exported snapshot for pg_dump (crate::pg_volume::FreezeHold);
+            // writes go on meanwhile.
+            Job::Freeze(seconds, reply) => {
+                let max = self.config.freeze_max;
+                let secs = seconds
+                    .unwrap_or(self.config.freeze_default)
+                    .min(max)
+                    .max(1);
+                let result = match self.pg.freeze(secs) {
+                    Ok((snapshot, until)) => {
+                        self.state.lock().unwrap().frozen_until = Some(until);
+                        Ok(Response::FrozenSnapshot {
+                            until,
+                            clamped: seconds.is_some_and(|s| s > max),
+                            max,
+                            snapshot,
+                        })
+                    }
+                    Err(e) => Err(ErrorReply::new(
+                        ErrorCode::Busy,
+                        format!(
+                            "{}: freeze: no snapshot could be taken: {e}",
+                            self.volume.root().display()
+                        ),
+                    )),
+                };
+                let _ = reply.send(result);
             }
             Job::Retime(new, done) => {
                 if new.durability != self.config.durability {
