@@ -677,6 +677,23 @@ impl PgBatch<'_> {
         }
     }
 
+    /// The changes committed after batch `seq`, as this batch sees them: it holds the
+    /// volume's row lock, so no other batch of the volume commits until it does (an online
+    /// rebuild reads what clients changed since its snapshot here, then applies).
+    pub fn changes_since(&mut self, seq: u64) -> Result<Vec<Change>> {
+        Ok(Db::new(self.tx.get_mut(), self.st)
+            .query(
+                "SELECT seq, id FROM deskd.changes WHERE vid = $1 AND seq > $2 ORDER BY seq, id",
+                &[&self.vid, &(seq as i64)],
+            )?
+            .iter()
+            .map(|r| Change {
+                seq: r.get::<_, i64>(0) as u64,
+                id: r.get::<_, i64>(1) as u32,
+            })
+            .collect())
+    }
+
     /// The ID counter as this batch has left it so far: the highest ID handed out.
     pub fn counter(&self) -> u32 {
         self.last_id

@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use deskd_db::bulk::{BulkLoad, Identity};
-use deskd_db::Read as _;
 use serde::Serialize;
 
 pub use claims::ClaimPolicy;
@@ -341,6 +340,18 @@ fn read_desktop(desktop: &Path, places: bool) -> Result<Option<OldDesktop>, Rebu
     // are read.
     let reader = deskd_db::Reader::open_mapped(desktop, false, 0)?;
     reader.begin_snapshot()?;
+    read_from(&reader, places).map(Some)
+}
+
+/// [`read_old`] of a desktop of any back end (a volume's desktop in PostgreSQL, read by an
+/// online rebuild). The caller chooses the snapshot: SQLite's reader one transaction; on
+/// PostgreSQL each statement sees what was committed when it began, and the online rebuild
+/// counts what clients changed from before the first one ([`online`]).
+pub fn read_old_from(reader: &dyn deskd_db::Read) -> Result<OldDesktop, RebuildError> {
+    read_from(reader, true)
+}
+
+fn read_from(reader: &dyn deskd_db::Read, places: bool) -> Result<OldDesktop, RebuildError> {
     let mut old = OldDesktop {
         last_id: reader.meta("last_id")?.unwrap_or(0) as u32,
         comments: reader.all_comments()?.into_iter().collect(),
@@ -365,7 +376,7 @@ fn read_desktop(desktop: &Path, places: bool) -> Result<Option<OldDesktop>, Rebu
     if places {
         old.objects.index_places();
     }
-    Ok(Some(old))
+    Ok(old)
 }
 
 /// Whether the volume's file system keeps user xattrs (so mirrors are expected).

@@ -18,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use deskd_db::{Batch, DbError, Kind, Object, Read, ROOT_ID};
+use deskd_db::{DbError, Kind, Object, Read, WriteBatch, ROOT_ID};
 use deskd_volume::rsrc::{self, ResourceHeader};
 
 use crate::plan::{Fix, OldDesktop, Plan};
@@ -141,7 +141,7 @@ fn differing(p: &Pass<'_>) -> Vec<bool> {
 }
 
 /// Apply one pass inside the writer's batch. Returns what it did; the caller commits.
-pub fn apply(batch: &mut Batch<'_>, p: &Pass<'_>) -> Applied {
+pub fn apply<B: WriteBatch>(batch: &mut B, p: &Pass<'_>) -> Applied {
     let walk = p.walk;
     let n = walk.found.len();
     let differs = differing(p);
@@ -246,8 +246,8 @@ pub fn apply(batch: &mut Batch<'_>, p: &Pass<'_>) -> Applied {
 }
 
 /// Make the desktop hold walked object `i` at (`parent`, its name) with its planned ID.
-fn place_object(
-    b: &mut Batch<'_>,
+fn place_object<B: WriteBatch>(
+    b: &mut B,
     p: &Pass<'_>,
     i: usize,
     parent: u32,
@@ -434,8 +434,8 @@ fn remove_orphans(p: &Pass<'_>, out: &mut Applied) {
 /// Remove the rows of objects that are gone: rows of the snapshot the plan has no place for,
 /// and rows parked to make room, unless a client changed them or the object is still where
 /// the desktop says. Deepest first, so a directory goes after its entries.
-fn remove_vanished(
-    batch: &mut Batch<'_>,
+fn remove_vanished<B: WriteBatch>(
+    batch: &mut B,
     p: &Pass<'_>,
     final_id: &[Option<u32>],
     parked: &HashSet<u32>,

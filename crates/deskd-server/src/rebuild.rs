@@ -176,15 +176,6 @@ pub(crate) fn start(
     asker: &str,
 ) -> Result<u64, ErrorReply> {
     let root = handle.volume.root().display().to_string();
-    if handle.pg.is_some() {
-        return Err(ErrorReply::new(
-            ErrorCode::Internal,
-            format!(
-                "{root}: an online rebuild of a desktop in PostgreSQL is not yet available \
-                 (deskd migrate it to SQLite, rebuild, and migrate it back)"
-            ),
-        ));
-    }
     if handle.read_only() && mode != RebuildMode::Scan {
         return Err(ErrorReply::new(
             ErrorCode::ReadOnly,
@@ -200,7 +191,8 @@ pub(crate) fn start(
             ));
         }
     }
-    if mode != RebuildMode::Scan && !force {
+    // A desktop in PostgreSQL takes its repairs in the database, not in a new file.
+    if mode != RebuildMode::Scan && !force && handle.pg.is_none() {
         deskd_rebuild::check_space(&handle.desktop_path)
             .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?;
     }
@@ -312,9 +304,23 @@ fn run(
     for pass in 1..=MAX_PASSES {
         job.pass.store(pass, Ordering::SeqCst);
         summary.passes = pass;
-        // Recording first, then the snapshot: every commit is either in the snapshot or recorded.
-        handle.touches.start();
-        let snapshot = deskd_rebuild::read_old(&handle.desktop_path)?;
+        // Recording first, then the snapshot: every commit is either in the snapshot or
+        // recorded. On PostgreSQL the change log records every server's commits: the batch
+        // number before the snapshot marks where the rebuild's "touched" begin.
+        let (snapshot, mut pg_at) = match &handle.pg {
+            None => {
+                handle.touches.start();
+                (deskd_rebuild::read_old(&handle.desktop_path)?, None)
+            }
+            Some(pg) => {
+                let mut db = pg.connect().map_err(deskd_rebuild::RebuildError::from)?;
+                let seq = db
+                    .change_seq()
+                    .map_err(|e| deskd_rebuild::RebuildError::from(deskd_db::DbError::from(e)))?;
+                let old = deskd_rebuild::read_old_from(&db)?;
+                (Some(old), Some((db, seq)))
+            }
+        };
         job.set_phase("walking");
         job.objects.store(0, Ordering::Relaxed);
         let walk = deskd_rebuild::walk::walk(
@@ -356,7 +362,14 @@ fn run(
             summary.counts.renumbered += plan.counts.renumbered;
         }
         job.stopped()?;
-        let result = if mode == Mode::Scan {
+        let result = if let Some((db, seq)) = pg_at.as_mut() {
+            if mode != Mode::Scan {
+                job.set_phase("applying");
+            }
+            let pg = handle.pg.as_ref().expect("a PostgreSQL volume");
+            let wait = Duration::from_secs(handle.config.busy_wait);
+            apply_in_database(pg, db, *seq, wait, mode, &walk, &plan, snapshot.as_ref(), xattrs)?
+        } else if mode == Mode::Scan {
             let touched = handle.touches.take();
             let lines = online::settled(&walk, &plan, &touched)
                 .into_iter()
@@ -397,6 +410,61 @@ fn run(
     }
     summary.millis = job.began.elapsed().as_millis() as u64;
     Ok(summary)
+}
+
+/// One pass on a desktop in PostgreSQL, on a connection of the rebuild's own: the batch
+/// takes the volume's row lock, which every server's writer takes for its batches too, so no
+/// client write commits between reading what clients changed since the snapshot (the change
+/// log after batch `seq`, all servers' commits) and the apply's commit. A scan only reads.
+#[allow(clippy::too_many_arguments)]
+fn apply_in_database(
+    pg: &crate::pg_volume::PgVolume,
+    db: &mut deskd_pg::PgDesktop,
+    seq: u64,
+    wait: Duration,
+    mode: Mode,
+    walk: &deskd_rebuild::walk::Walk,
+    plan: &Plan,
+    snapshot: Option<&OldDesktop>,
+    xattrs: bool,
+) -> Result<PassResult, RebuildFailure> {
+    let failed = |e: deskd_pg::PgError| RebuildFailure::Repairs(e.into());
+    let touched_of = |changes: Vec<deskd_pg::Change>| -> std::collections::HashSet<u32> {
+        changes.into_iter().map(|c| c.id).collect()
+    };
+    if mode == Mode::Scan {
+        let touched = touched_of(db.changes_since(seq).map_err(failed)?);
+        let lines = online::settled(walk, plan, &touched)
+            .into_iter()
+            .map(line)
+            .collect();
+        return Ok(PassResult {
+            applied: Applied::default(),
+            lines,
+        });
+    }
+    let mut batch = db.batch_within(wait).map_err(failed)?;
+    let touched = touched_of(batch.changes_since(seq).map_err(failed)?);
+    let pass = Pass {
+        mode,
+        walk,
+        plan,
+        snapshot,
+        touched: &touched,
+        xattrs,
+    };
+    let lines = online::settled(walk, plan, &touched)
+        .into_iter()
+        .map(line)
+        .collect();
+    let applied = online::apply(&mut batch, &pass);
+    batch.commit().map_err(failed)?;
+    // The name index follows the change log (as after a client batch): a find after the
+    // rebuild's answer sees its repairs.
+    if let Err(e) = pg.catch_up(db) {
+        warn!("name index not caught up after the rebuild: {e}");
+    }
+    Ok(PassResult { applied, lines })
 }
 
 /// Run the apply of one pass on the writer thread and wait for it.
