@@ -52,10 +52,7 @@ pub fn from_config(config: &Path, volume: &Path) -> Result<Option<PgVolumeRef>, 
         error,
     })?;
     let file = deskd_server::ConfigFile::load(config)?;
-    let resolved = file.resolve(
-        deskd_proto::socket_path(None),
-        std::slice::from_ref(&root),
-    )?;
+    let resolved = file.resolve(deskd_proto::socket_path(None), std::slice::from_ref(&root))?;
     let Some(options) = resolved
         .volumes
         .iter()

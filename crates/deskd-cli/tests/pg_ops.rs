@@ -184,11 +184,7 @@ fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_ev
     // Restored as the volume's SQLite desktop (served without `backend` from now on): the
     // backup's records brought up to the disk, so the files made after the backup keep the
     // IDs their mirrors carry, and the counter goes past every ID handed out.
-    let out = env.deskd(&[
-        "restore",
-        file.to_str().unwrap(),
-        root.to_str().unwrap(),
-    ]);
+    let out = env.deskd(&["restore", file.to_str().unwrap(), root.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(root.join(".Desktop").exists());
     env.serve(&["vol"]);

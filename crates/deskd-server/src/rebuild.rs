@@ -368,7 +368,17 @@ fn run(
             }
             let pg = handle.pg.as_ref().expect("a PostgreSQL volume");
             let wait = Duration::from_secs(handle.config.busy_wait);
-            apply_in_database(pg, db, *seq, wait, mode, &walk, &plan, snapshot.as_ref(), xattrs)?
+            apply_in_database(
+                pg,
+                db,
+                *seq,
+                wait,
+                mode,
+                &walk,
+                &plan,
+                snapshot.as_ref(),
+                xattrs,
+            )?
         } else if mode == Mode::Scan {
             let touched = handle.touches.take();
             let lines = online::settled(&walk, &plan, &touched)

@@ -1511,13 +1511,7 @@ fn backup_source(
 }
 
 /// `deskd backup`.
-fn backup(
-    volume: &Path,
-    config: Option<&Path>,
-    dest: &Path,
-    force: bool,
-    json: bool,
-) -> ExitCode {
+fn backup(volume: &Path, config: Option<&Path>, dest: &Path, force: bool, json: bool) -> ExitCode {
     let started = std::time::Instant::now();
     let mut pg = match backup_source(volume, config) {
         Ok(pg) => pg,
