@@ -424,8 +424,17 @@ pub fn backup_from(
                 return Err(BackupError::Unreadable { desktop, why });
             }
             if std::fs::metadata(&desktop).map(|m| m.len()).unwrap_or(0) == 0 {
+                // Only a server of a desktop in PostgreSQL stamps the root with an identity.
+                let hint = match deskd_volume::read_volume_identity(&root) {
+                    Some(_) => {
+                        " (the root carries the identity a volume served from PostgreSQL \
+                         gets: give the server's configuration with --config to back it up \
+                         from its database)"
+                    }
+                    None => "",
+                };
                 return Err(BackupError::Usage(format!(
-                    "{}: the volume has no desktop ({}); nothing to back up",
+                    "{}: the volume has no desktop ({}); nothing to back up{hint}",
                     root.display(),
                     desktop.display()
                 )));

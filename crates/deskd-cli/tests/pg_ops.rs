@@ -94,6 +94,15 @@ fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_ev
     std::fs::create_dir(&backups).unwrap();
     let file = backups.join("vol.desktop");
     let cfg = config.to_str().unwrap();
+    // Without the configuration there is no SQLite desktop to copy: said, with the way out.
+    let bare = env.deskd(&["backup", root.to_str().unwrap(), file.to_str().unwrap()]);
+    assert_eq!(bare.status.code(), Some(2));
+    assert!(
+        stderr_of(&bare).contains("give the server's configuration with --config"),
+        "{}",
+        stderr_of(&bare)
+    );
+    assert!(!file.exists());
     let summary = env.deskd_ok(&[
         "backup",
         "--config",
@@ -213,6 +222,38 @@ fn a_backup_of_a_postgresql_volume_goes_back_into_a_database_with_deskd_migrate(
     let paths = [root.join("a"), root.join("a/b/one"), root.join("a/two")];
     let before = ids_of(&env, &paths);
     let file = env.path("vol.desktop");
+    // A root that is another volume than the database's of its name: refused, nothing written.
+    let stamped = xattr::get(&root, "user.deskd.volume").unwrap().unwrap();
+    xattr::set(&root, "user.deskd.volume", &0x1234_5678_u64.to_be_bytes()).unwrap();
+    let other = env.deskd(&[
+        "backup",
+        "--config",
+        config.to_str().unwrap(),
+        root.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(other.status.code(), Some(2), "{}", stderr_of(&other));
+    assert!(
+        stderr_of(&other).contains("another volume; nothing was backed up"),
+        "{}",
+        stderr_of(&other)
+    );
+    assert!(!file.exists());
+    assert_eq!(
+        std::fs::read_dir(env.path(""))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".export")
+            })
+            .count(),
+        0,
+        "an export left behind"
+    );
+    xattr::set(&root, "user.deskd.volume", &stamped).unwrap();
     env.deskd_ok(&[
         "backup",
         "--config",
