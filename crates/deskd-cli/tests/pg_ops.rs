@@ -375,3 +375,85 @@ fn an_online_rebuild_of_a_postgresql_volume_finds_and_repairs_and_then_finds_not
     let found = env.deskd_ok(&["find", "lost-row"]);
     assert!(found.contains("docs/lost-row.txt"), "{found}");
 }
+
+/// A second `deskd serve` of the volume at `root` (its own socket and log), as another host's.
+fn second_server(root: &Path, defaults: &str) -> Env {
+    let mut env = Env::new(&[]);
+    let cfg = env.path("deskd.toml");
+    std::fs::write(
+        &cfg,
+        format!("[defaults]\n{defaults}[volume.\"{}\"]\n", root.display()),
+    )
+    .unwrap();
+    env.start(&["--config", cfg.to_str().unwrap()]);
+    env
+}
+
+#[test]
+fn an_online_rebuild_leaves_what_another_server_changed_meanwhile_and_both_see_its_repairs() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let defaults = backend_lines(&url, &pw);
+    let mut a = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(a.path("vol")).unwrap();
+    // A's rebuild walks only once the test lets it: it has read its snapshot by then.
+    let go_on = a.path("walk-on");
+    a.server_env.push((
+        "DESKD_TEST_REBUILD_HOLD_WALK_UNTIL".into(),
+        go_on.display().to_string(),
+    ));
+    a.serve_with_defaults("vol", &defaults);
+    let b = second_server(&root, &defaults);
+    a.dt_ok(&[b"mkdir", b"vol/docs"]);
+    a.dt_ok(&[b"touch", b"vol/docs/draft.txt"]);
+    let draft = a.id_of(&root.join("docs/draft.txt"));
+    std::fs::write(root.join("docs/unregistered.txt"), b"x").unwrap();
+
+    let scan = a
+        .command_for(DESKD, &[b"rebuild", b"-s", root.as_os_str().as_bytes()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    a.wait_for_log("test hook: walk held before", 1);
+    // Through B, after A's snapshot: a rename A's own clients never made.
+    let b_abs = |rel: &str| root.join(rel).into_os_string();
+    b.dt_ok(&[
+        b"mv",
+        b_abs("docs/draft.txt").as_bytes(),
+        b_abs("docs/final.txt").as_bytes(),
+    ]);
+    std::fs::write(&go_on, b"").unwrap();
+    let out = scan.wait_with_output().unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{lines}{}", stderr_of(&out));
+    // The damage is reported; B's rename, newer than the snapshot, is not (the change log
+    // names it, whichever server wrote it).
+    assert!(lines.contains("docs/unregistered.txt"), "{lines}");
+    assert!(!lines.contains("final.txt"), "{lines}");
+    assert!(!lines.contains("draft.txt"), "{lines}");
+
+    // Repaired through A; B's find has the new object within its lag, and B's scan is clean.
+    a.deskd_ok(&["rebuild", root.to_str().unwrap()]);
+    let began = std::time::Instant::now();
+    while !b
+        .deskd_ok(&["find", "unregistered"])
+        .contains("docs/unregistered.txt")
+    {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(5),
+            "B's find never saw the repair"
+        );
+    }
+    let clean = b.deskd(&["rebuild", "-s", root.to_str().unwrap()]);
+    assert!(
+        clean.status.success() && clean.stdout.is_empty(),
+        "{}{}",
+        String::from_utf8_lossy(&clean.stdout),
+        stderr_of(&clean)
+    );
+    assert_eq!(b.id_of(&root.join("docs/final.txt")), draft);
+}
