@@ -334,6 +334,18 @@ fn freeze_on_postgresql_holds_a_snapshot_that_pg_dump_reads_while_writes_go_on()
         "{}",
         stderr_of(&late)
     );
+    env.wait_for_log("freeze ended; its snapshot is released", 1);
+
+    // A freeze that ends by itself lets its snapshot go too; the next freeze takes a new one.
+    let short = env.deskd_ok(&["freeze", "--volume", root.to_str().unwrap(), "1"]);
+    let second = short
+        .lines()
+        .find_map(|l| l.strip_prefix("snapshot "))
+        .unwrap_or_else(|| panic!("no snapshot in {short:?}"))
+        .to_owned();
+    assert_ne!(second, snapshot);
+    env.wait_for_log("freeze ended; its snapshot is released", 2);
+    assert!(!pg_dump(&second).status.success());
 }
 
 #[test]

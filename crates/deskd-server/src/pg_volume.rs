@@ -26,6 +26,9 @@ use crate::error::ServerError;
 /// documented lag when a notice is lost (ARCHITECTURE.md, "Following the other servers").
 pub(crate) const FOLLOW_POLL: Duration = Duration::from_secs(1);
 
+/// How long a thaw waits for the freeze's snapshot to be released.
+const THAW_WAIT: Duration = Duration::from_secs(5);
+
 /// Idle read connections a volume keeps for client connections (more are closed when given
 /// back): a client connection holds one only while it has requests to answer.
 const IDLE_READERS: usize = 16;
@@ -52,13 +55,25 @@ pub(crate) struct PgVolume {
 
 /// A freeze of a PostgreSQL volume (`deskd freeze`): a `REPEATABLE READ` transaction that
 /// exported its snapshot ([`deskd_pg::Frozen`]), held by a thread until the freeze's end, a
-/// thaw (the sender dropped) or the volume's close. Writes go on meanwhile; `pg_dump
+/// thaw or the volume's close. Writes go on meanwhile; `pg_dump
 /// --snapshot=NAME` sees the database as it stood when the freeze began.
 struct FreezeHold {
     snapshot: String,
     until: i64,
-    /// A later end for the holder (a freeze asked again while one runs).
-    extend: crossbeam_channel::Sender<Instant>,
+    /// Shared with the holder: its deadline (a freeze asked again while one runs moves it
+    /// later), and whether it ended, under one lock, so a freeze never gets a snapshot that
+    /// is being released.
+    shared: Arc<(Mutex<HoldState>, std::sync::Condvar)>,
+}
+
+struct HoldState {
+    deadline: Instant,
+    /// Thawed (or the volume closed): end now.
+    thawed: bool,
+    /// The holder has let the snapshot go, or is about to: a new freeze takes a new one.
+    ended: bool,
+    /// The snapshot's transaction has ended (a thaw waits for it).
+    released: bool,
 }
 
 impl PgVolume {
@@ -180,49 +195,70 @@ impl PgVolume {
         let deadline = Instant::now() + Duration::from_secs(u64::from(seconds));
         let mut frozen = self.frozen.lock().unwrap();
         if let Some(hold) = frozen.as_mut() {
-            // Its holder is gone when it ended by itself: then a new snapshot below.
-            if hold.extend.send(deadline).is_ok() {
+            let mut state = hold.shared.0.lock().unwrap();
+            // An ended holder lets its snapshot go: then a new one below.
+            if !state.ended {
+                state.deadline = state.deadline.max(deadline);
                 hold.until = hold.until.max(until);
                 return Ok((hold.snapshot.clone(), hold.until));
             }
         }
         let held = deskd_pg::Frozen::start(deskd_pg::connect(&self.options)?)?;
         let snapshot = held.snapshot_name().to_owned();
-        let (extend, later) = crossbeam_channel::unbounded::<Instant>();
+        let shared = Arc::new((
+            Mutex::new(HoldState {
+                deadline,
+                thawed: false,
+                ended: false,
+                released: false,
+            }),
+            std::sync::Condvar::new(),
+        ));
+        let holder = shared.clone();
         let name = self.key.name.clone();
         std::thread::Builder::new()
             .name("pg-freeze".into())
             .spawn(move || {
-                let mut deadline = deadline;
+                let (lock, wake) = &*holder;
+                let mut state = lock.lock().unwrap();
                 loop {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
+                    let left = state.deadline.saturating_duration_since(Instant::now());
+                    if state.thawed || left.is_zero() {
                         break;
                     }
-                    match later.recv_timeout(left) {
-                        Ok(at) => deadline = deadline.max(at),
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                        // Thawed, or the volume closed.
-                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-                    }
+                    state = wake.wait_timeout(state, left).unwrap().0;
                 }
+                state.ended = true;
+                drop(state);
                 if let Err(e) = held.thaw() {
                     warn!(volume = %name, "freeze: the snapshot's transaction did not end cleanly: {e}");
                 }
                 info!(volume = %name, "freeze ended; its snapshot is released");
+                lock.lock().unwrap().released = true;
+                wake.notify_all();
             })
             .map_err(|e| DbError::Backend(format!("cannot start the freeze's thread: {e}")))?;
         *frozen = Some(FreezeHold {
             snapshot: snapshot.clone(),
             until,
-            extend,
+            shared,
         });
         Ok((snapshot, until))
     }
 
     /// End a freeze (its snapshot is released; nothing when none runs).
+    /// When it returns the snapshot is gone (a `pg_dump` started after `deskd thaw` fails),
+    /// unless the database does not answer within [`THAW_WAIT`].
     pub(crate) fn thaw(&self) {
-        self.frozen.lock().unwrap().take();
+        if let Some(hold) = self.frozen.lock().unwrap().take() {
+            let (lock, wake) = &*hold.shared;
+            let mut state = lock.lock().unwrap();
+            state.thawed = true;
+            wake.notify_all();
+            let _ = wake
+                .wait_timeout_while(state, THAW_WAIT, |s| !s.released)
+                .unwrap();
+        }
     }
 }
 
