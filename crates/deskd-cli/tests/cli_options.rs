@@ -87,7 +87,7 @@ fn each_verb_lists_exactly_its_options() {
                 "config",
             ]),
         ),
-        ("backup", only(&["force", "json", "manifest"])),
+        ("backup", only(&["force", "json", "manifest", "config"])),
         ("verify", only(&["json", "manifest"])),
         (
             "restore",
