@@ -55,17 +55,22 @@ fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_ev
         return;
     };
     env.dt_ok(&[b"mkdir", b"-p", b"vol/Projects/2024"]);
-    let mut paths = vec![root.join("Projects"), root.join("Projects/2024")];
     for i in 0..40 {
         let p = root.join(format!("Projects/2024/file-{i}.txt"));
         env.dt_ok(&[b"touch", p.as_os_str().as_bytes()]);
-        paths.push(p);
+    }
+    // A folder moved into a newer one: in ID order a child comes before its parent.
+    env.dt_ok(&[b"mkdir", b"vol/Later"]);
+    env.dt_ok(&[b"mv", b"vol/Projects/2024", b"vol/Later/2024"]);
+    let mut paths = vec![root.join("Later"), root.join("Later/2024")];
+    for i in 0..40 {
+        paths.push(root.join(format!("Later/2024/file-{i}.txt")));
     }
     env.dt_ok(&[
         b"set",
         b"--comment",
         b"kept through the backup",
-        b"vol/Projects/2024/file-7.txt",
+        b"vol/Later/2024/file-7.txt",
     ]);
 
     // Clients go on creating while the backups run: each backup is one snapshot, whole.
