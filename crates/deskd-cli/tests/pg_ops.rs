@@ -474,3 +474,28 @@ fn an_online_rebuild_leaves_what_another_server_changed_meanwhile_and_both_see_i
     );
     assert_eq!(b.id_of(&root.join("docs/final.txt")), draft);
 }
+
+#[test]
+fn watch_auto_in_defaults_serves_a_postgresql_volume_unwatched_and_says_why() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol"]);
+    // `auto` for every volume in [defaults], as a site watching its SQLite volumes sets it.
+    env.serve_with_defaults(
+        "vol",
+        &format!("{}watch = \"auto\"\n", backend_lines(&url, &pw)),
+    );
+    env.wait_for_log("a desktop in PostgreSQL is not watched yet", 1);
+    env.dt_ok(&[b"mkdir", b"vol/Served"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    assert!(env.id_of(&root.join("Served")) >= 17);
+    let status = env.status_json();
+    let text = status.to_string();
+    assert!(
+        text.contains("not watched yet"),
+        "status says why the volume is not watched: {text}"
+    );
+}

@@ -599,10 +599,13 @@ fn a_wrong_password_target_or_setting_is_refused_clearly_and_nothing_is_made() {
         "the password echoed: {said}"
     );
     let said = serve(&format!(
-        "backend = \"{url}\"\nbackend_password_file = \"{}\"\nwatch = \"auto\"\n",
+        "backend = \"{url}\"\nbackend_password_file = \"{}\"\nwatch = \"fanotify\"\n",
         right.display()
     ));
-    assert!(said.contains("watch is not yet available"), "{said}");
+    assert!(
+        said.contains("watch = \"fanotify\" is not yet available"),
+        "{said}"
+    );
     let said = serve(&format!(
         "backend = \"{url}\"\nbackend_password_file = \"{}\"\nbackend_password_env = \"PW\"\n",
         right.display()

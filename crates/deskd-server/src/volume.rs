@@ -372,11 +372,17 @@ impl VolumeHandle {
             root: root.clone(),
             message,
         };
-        if config.watch != deskd_watch::WatchMode::Off {
-            return Err(refused(
-                "watch is not yet available for a desktop in PostgreSQL (set watch = \"off\")"
-                    .into(),
-            ));
+        // `auto` (often set for every volume in [defaults]) serves the volume unwatched, as
+        // on a file system fanotify cannot watch; a kernel interface named outright is refused.
+        match config.watch {
+            deskd_watch::WatchMode::Off | deskd_watch::WatchMode::Auto => {}
+            mode => {
+                return Err(refused(format!(
+                    "watch = \"{}\" is not yet available for a desktop in PostgreSQL (set \
+                     watch = \"off\", or \"auto\" to serve it unwatched)",
+                    format!("{mode:?}").to_lowercase()
+                )))
+            }
         }
         let identity = crate::pg_volume::identity(&root, &config)?;
         let key = deskd_pg::VolumeKey {

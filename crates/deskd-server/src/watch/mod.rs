@@ -196,6 +196,9 @@ fn start_with(
         kernel::Opened::off("the volume is read-only")
     } else if mode == WatchMode::Off {
         kernel::Opened::off("watch = \"off\"")
+    } else if handle.pg.is_some() {
+        // Only `auto` gets here (open_pg refuses the others): see docs/deskd.md for why.
+        kernel::Opened::off("a desktop in PostgreSQL is not watched yet")
     } else {
         kernel::open(handle.volume.root(), mode, queue)
     };
