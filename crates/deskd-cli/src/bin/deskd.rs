@@ -70,8 +70,10 @@ enum Command {
     /// configuration (timers, new volumes) and the token files and flushes every desktop (the
     /// TCP and HTTP addresses, backup_dir and [netatalk] change at the next start). With the
     /// configuration file: `[server] http_listen` serves /metrics and the admin page
-    /// (docs/admin-http.md), and a `[netatalk]` table answers Netatalk afpd's CNID protocol
-    /// (docs/netatalk.md).
+    /// (docs/admin-http.md), a `[netatalk]` table answers Netatalk afpd's CNID protocol
+    /// (docs/netatalk.md), and per volume (or in `[defaults]`) `watch = "auto"` keeps IDs
+    /// through changes made outside deskd (Samba, `mv`: docs/deskd.md, "Live tracking"),
+    /// `backend = "postgresql://…"` keeps the desktop in PostgreSQL.
     // The doc comments of clap's arguments are `--help` text, printed as written: its
     // `[server]` and `<path>` are not rustdoc links or HTML.
     #[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
