@@ -499,3 +499,61 @@ fn watch_auto_in_defaults_serves_a_postgresql_volume_unwatched_and_says_why() {
         "status says why the volume is not watched: {text}"
     );
 }
+
+#[test]
+fn backend_set_over_a_registered_sqlite_desktop_is_refused_until_it_is_migrated() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    // A volume served from its SQLite desktop for years.
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"mkdir", b"-p", b"vol/Jobs/2026"]);
+    env.dt_ok(&[b"touch", b"vol/Jobs/2026/layout.indd"]);
+    let paths = [root.join("Jobs"), root.join("Jobs/2026/layout.indd")];
+    let before = ids_of(&env, &paths);
+    env.term();
+    // The admin sets `backend` and forgets `deskd migrate`: refused, nothing made anywhere.
+    let cfg = env.path("deskd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[defaults]\n{}[volume.\"{}\"]\n",
+            backend_lines(&url, &pw),
+            root.display()
+        ),
+    )
+    .unwrap();
+    let out = env.serve_refused(&env.path("s.sock"), &["--config", cfg.to_str().unwrap()]);
+    let said = stderr_of(&out);
+    assert!(
+        said.contains("holds 4 objects") && said.contains("deskd migrate"),
+        "{said}"
+    );
+    assert!(
+        deskd_volume::read_volume_identity(&root).is_none(),
+        "no identity stamped"
+    );
+    let mut admin = cluster.admin("desk");
+    let schema = admin
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'deskd'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(schema.get::<_, i64>(0), 0, "nothing made in the database");
+    // Migrated, the same configuration serves it with every ID.
+    env.deskd_ok(&[
+        "migrate",
+        root.to_str().unwrap(),
+        "--to",
+        &url,
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    env.start(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(ids_of(&env, &paths), before);
+}

@@ -199,6 +199,24 @@ pub(crate) fn refuse_identity_named_otherwise(
     Ok(())
 }
 
+/// Whether the database holds a volume of this name or identity (false without deskd's
+/// schema): what a server asks before it would make a new volume over an SQLite desktop.
+pub fn holds_volume(client: &mut Client, name: &str, identity: Option<u64>) -> Result<bool> {
+    let schema: bool = client
+        .query_one("SELECT to_regclass('deskd.volume') IS NOT NULL", &[])?
+        .get(0);
+    if !schema {
+        return Ok(false);
+    }
+    let identity = identity.map(|i| i as i64);
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM deskd.volume WHERE name = $1 OR identity = $2",
+            &[&name, &identity],
+        )?
+        .is_some())
+}
+
 /// The `vid` of volume `key`, creating its row and root (ID 2) when the database has neither
 /// its name nor its identity. Returns whether it was created.
 pub fn open_volume(client: &mut Client, key: &VolumeKey, now: i64) -> Result<(i64, bool)> {

@@ -265,6 +265,47 @@ impl PgVolume {
 /// The volume's identity: the one stamped on its root (xattr `user.deskd.volume`); else the
 /// SQLite desktop's `volume_uuid` when there is one (a volume moved by `deskd migrate`); else
 /// a new random one. Stamped on the root when it was not there.
+/// The SQLite desktop of `root` as the configuration places it, when there is one: how many
+/// objects it holds and its volume identity.
+pub(crate) fn sqlite_desktop(root: &Path, config: &VolumeConfig) -> Option<(u64, Option<u64>)> {
+    use deskd_db::Read as _;
+    let reader = crate::location::desktop_path(config, root)
+        .ok()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        .and_then(|p| deskd_db::Reader::open_mapped(&p, false, 0).ok())?;
+    let objects = reader.object_count().ok()?;
+    let identity = reader.meta("volume_uuid").ok().flatten().map(|u| u as u64);
+    Some((objects, identity))
+}
+
+/// Refuse to start a volume anew in the database over an SQLite desktop that holds objects
+/// (the site set `backend` and did not run `deskd migrate`): every file would get a new ID,
+/// and every alias would break. Nothing is changed (checked before the identity is stamped).
+pub(crate) fn refuse_fresh_over_sqlite(
+    root: &Path,
+    config: &VolumeConfig,
+    options: &deskd_pg::ConnectOptions,
+) -> Result<(), String> {
+    let Some((objects, identity)) = sqlite_desktop(root, config) else {
+        return Ok(());
+    };
+    // The root alone is a desktop that never registered anything.
+    if objects <= 1 {
+        return Ok(());
+    }
+    let identity = deskd_volume::read_volume_identity(root).or(identity);
+    let mut client = deskd_pg::connect(options).map_err(|e| e.to_string())?;
+    let name = root.to_string_lossy();
+    match deskd_pg::schema::holds_volume(&mut client, &name, identity) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "the volume's SQLite desktop holds {objects} objects and the database has no copy of              the volume: serving it from the database would give every file a new ID. Move it              in first with `deskd migrate {} --to TARGET` (every ID kept), or move the SQLite              desktop aside to start the volume afresh; nothing was changed",
+            root.display()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub(crate) fn identity(root: &Path, config: &VolumeConfig) -> Result<u64, ServerError> {
     if let Some(id) = deskd_volume::read_volume_identity(root) {
         return Ok(id);

@@ -384,6 +384,7 @@ impl VolumeHandle {
                 )))
             }
         }
+        crate::pg_volume::refuse_fresh_over_sqlite(&root, &config, &options).map_err(refused)?;
         let identity = crate::pg_volume::identity(&root, &config)?;
         let key = deskd_pg::VolumeKey {
             name: root.to_string_lossy().into_owned(),
