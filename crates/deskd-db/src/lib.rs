@@ -480,6 +480,14 @@ pub trait Read {
     /// The names from the root down to `id` (empty for the root itself).
     fn path_of(&self, id: u32) -> Result<Vec<Vec<u8>>>;
 
+    /// The object `id` and its [`Read::path_of`] (a resolve): one round trip on a networked
+    /// back end, where the two calls would be two.
+    fn get_with_path(&self, id: u32) -> Result<(Object, Vec<Vec<u8>>)> {
+        let object = self.get(id)?;
+        let path = self.path_of(object.id)?;
+        Ok((object, path))
+    }
+
     /// The ID reached by walking `components` down from the root, if every step exists.
     fn id_of_path(&self, components: &[&[u8]]) -> Result<Option<u32>>;
 

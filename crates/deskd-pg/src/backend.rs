@@ -317,6 +317,13 @@ macro_rules! pg_read {
                     id,
                 )?)
             }
+            fn get_with_path(&self, id: u32) -> DbResult<(Object, Vec<Vec<u8>>)> {
+                Ok(read::get_with_path(
+                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    self.vid,
+                    id,
+                )?)
+            }
             fn id_of_path(&self, components: &[&[u8]]) -> DbResult<Option<u32>> {
                 more::id_of_path(
                     &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),

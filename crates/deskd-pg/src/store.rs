@@ -265,6 +265,50 @@ pub(crate) mod read {
 
     /// The names from the root down to `id`, in one round trip (a recursive query up the
     /// parents), where the SQLite desktop asks once a level.
+    /// The object `id` and the names from the root down to it, in one round trip (a resolve:
+    /// `get` then `path_of` were two).
+    pub fn get_with_path(
+        c: &mut Db<'_, impl GenericClient>,
+        vid: i64,
+        id: u32,
+    ) -> Result<(Object, Vec<Vec<u8>>)> {
+        // The walk of `path_of`; the object's own row brings its other columns (LEFT JOIN at
+        // depth 0 only), in `object_from_row`'s order, the depth last.
+        let rows = c.query(
+            "WITH RECURSIVE up(id, parent, name, depth) AS (
+                SELECT id, parent, name, 0 FROM deskd.objects WHERE vid = $1 AND id = $2
+                UNION ALL
+                SELECT o.id, o.parent, o.name, up.depth + 1
+                FROM deskd.objects o JOIN up ON o.id = up.parent
+                WHERE o.vid = $1 AND up.id <> $3 AND up.depth < $4)
+             SELECT up.id, up.parent, up.name, o.kind, o.dev, o.ino, o.type, o.creator,
+                    o.flags, o.ctime, up.depth
+             FROM up LEFT JOIN deskd.objects o ON up.depth = 0 AND o.vid = $1 AND o.id = up.id
+             ORDER BY up.depth",
+            &[
+                &vid,
+                &i64::from(id),
+                &i64::from(deskd_db::ROOT_ID),
+                &MAX_DEPTH,
+            ],
+        )?;
+        let (Some(own), Some(top)) = (rows.first(), rows.last()) else {
+            return Err(DbError::NoSuchId(id).into());
+        };
+        if top.get::<_, i64>(0) != i64::from(deskd_db::ROOT_ID) {
+            if top.get::<_, i32>(10) >= MAX_DEPTH {
+                return Err(DbError::Corrupt(format!("parent loop above ID {id}")).into());
+            }
+            return Err(DbError::NoSuchId(top.get::<_, i64>(1) as u32).into());
+        }
+        let path = rows[..rows.len() - 1]
+            .iter()
+            .rev()
+            .map(|r| r.get(2))
+            .collect();
+        Ok((object_from_row(own), path))
+    }
+
     pub fn path_of(c: &mut Db<'_, impl GenericClient>, vid: i64, id: u32) -> Result<Vec<Vec<u8>>> {
         let rows = c.query(
             "WITH RECURSIVE up(id, parent, name, depth) AS (

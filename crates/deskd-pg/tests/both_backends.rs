@@ -114,6 +114,16 @@ fn exercise(store: &mut dyn Store) -> Vec<String> {
         vec![b"Docs".to_vec(), b"Report.txt".to_vec()]
     );
     assert!(r.path_of(ROOT_ID).unwrap().is_empty());
+    // A resolve's one call (one round trip on PostgreSQL) answers as the two.
+    assert_eq!(
+        r.get_with_path(report.id).unwrap(),
+        (r.get(report.id).unwrap(), r.path_of(report.id).unwrap())
+    );
+    assert!(r.get_with_path(ROOT_ID).unwrap().1.is_empty());
+    assert!(matches!(
+        r.get_with_path(999_999),
+        Err(DbError::NoSuchId(999_999))
+    ));
     assert_eq!(
         r.id_of_path(&[b"Docs", b"Report.txt"]).unwrap(),
         Some(report.id)

@@ -628,6 +628,10 @@ fn paths_mac_info_appl_and_icon_records() {
         desk.path_of(app.id),
         Err(PgError::Desktop(DbError::Corrupt(_)))
     ));
+    assert!(matches!(
+        deskd_db::Read::get_with_path(&desk, app.id),
+        Err(DbError::Corrupt(_))
+    ));
 }
 
 #[test]

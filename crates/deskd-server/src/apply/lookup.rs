@@ -67,8 +67,7 @@ pub(super) fn lookup_path<R: Read>(r: &Reading<'_, R>, path: &[u8]) -> Reply {
 
 /// `Resolve`: the record `id` with its path, if the peer may see the object.
 pub(super) fn resolve<R: Read>(r: &Reading<'_, R>, id: u32) -> Reply {
-    let o = r.db.get(id).map_err(db_error)?;
-    let components = r.db.path_of(o.id).map_err(db_error)?;
+    let (o, components) = r.db.get_with_path(id).map_err(db_error)?;
     if !sight::look_at(
         r.db,
         r.vol,
