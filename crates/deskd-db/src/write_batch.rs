@@ -25,6 +25,13 @@ pub trait WriteBatch: Read {
     /// that name in that directory is returned with `false` (lookup-or-add).
     fn add(&mut self, new: &NewObject) -> Result<(Object, bool)>;
 
+    /// Register a new object whose place the caller has just found empty in this batch
+    /// ([`add_absent`]): [`WriteBatch::add`] without its lookup, a round trip on a networked
+    /// back end. Should the place be taken after all, the insert fails (the unique place).
+    fn add_absent(&mut self, new: &NewObject) -> Result<Object> {
+        self.add(new).map(|(object, _)| object)
+    }
+
     /// Record a new device, inode and change time for `id` (a copy-replace on disk).
     fn set_devino(&mut self, id: u32, dev: u64, ino: u64, ctime: i64) -> Result<()>;
 
@@ -110,6 +117,10 @@ pub trait WriteBatch: Read {
 impl WriteBatch for Batch<'_> {
     fn add(&mut self, new: &NewObject) -> Result<(Object, bool)> {
         Batch::add(self, new)
+    }
+
+    fn add_absent(&mut self, new: &NewObject) -> Result<Object> {
+        add_absent(self, new)
     }
 
     fn set_devino(&mut self, id: u32, dev: u64, ino: u64, ctime: i64) -> Result<()> {
@@ -234,6 +245,16 @@ pub fn lookup_or_add<S: AddSteps + ?Sized>(
     if let Some(existing) = store.registered_as(new.parent, &new.name)? {
         return Ok((existing, false));
     }
+    add_absent(store, new).map(|object| (object, true))
+}
+
+/// [`lookup_or_add`] for a place the caller has just found empty in the same batch: no
+/// lookup (nothing can have taken the place since; the insert's unique place would refuse it).
+pub fn add_absent<S: AddSteps + ?Sized>(
+    store: &mut S,
+    new: &NewObject,
+) -> Result<Object, S::Error> {
+    validate_name(&new.name)?;
     store.check_directory(new.parent)?;
     let object = Object {
         id: store.pick_id(new.hint)?,
@@ -248,7 +269,7 @@ pub fn lookup_or_add<S: AddSteps + ?Sized>(
         ctime: new.ctime,
     };
     store.insert_checked(&object)?;
-    Ok((object, true))
+    Ok(object)
 }
 
 impl AddSteps for Batch<'_> {

@@ -448,6 +448,10 @@ impl WriteBatch for PgBatch<'_> {
         Ok(PgBatch::add(self, new)?)
     }
 
+    fn add_absent(&mut self, new: &NewObject) -> DbResult<Object> {
+        Ok(deskd_db::write_batch::add_absent(self, new)?)
+    }
+
     fn set_devino(&mut self, id: u32, dev: u64, ino: u64, ctime: i64) -> DbResult<()> {
         Ok(PgBatch::set_devino(self, id, dev, ino, ctime)?)
     }

@@ -155,8 +155,9 @@ pub(super) fn add<B: WriteBatch + ?Sized>(
         ctime: node.ctime,
         hint: asked.hint,
     };
-    let (o, created) = w.b.add(&new).map_err(db_error)?;
-    Ok(Response::Object(info(&o, Some(join(&components)), created)))
+    // The place was looked up above in this batch and is empty (or emptied by `take_over`).
+    let o = w.b.add_absent(&new).map_err(db_error)?;
+    Ok(Response::Object(info(&o, Some(join(&components)), true)))
 }
 
 /// `Add` of an object registered already, answered from a read snapshot instead of a write
@@ -284,7 +285,8 @@ pub(super) fn register_walked<B: WriteBatch + ?Sized>(
             ctime: node.ctime,
             hint: if last { asked.hint } else { None },
         };
-        current = w.b.add(&new).map_err(db_error)?.0;
+        // Looked up at the top of this step: the place is empty.
+        current = w.b.add_absent(&new).map_err(db_error)?;
         created = true;
     }
     Ok((current, created))
