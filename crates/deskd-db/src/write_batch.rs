@@ -32,6 +32,14 @@ pub trait WriteBatch: Read {
         self.add(new).map(|(object, _)| object)
     }
 
+    /// A hint before the batch's requests run: these places (folder, name) are about to be
+    /// looked up (its registrations). A networked back end reads them in one query a folder
+    /// and answers their lookups from that; SQLite, whose lookups cost no round trip, ignores
+    /// it.
+    fn prefetch_places(&mut self, _places: &[(u32, &[u8])]) -> Result<()> {
+        Ok(())
+    }
+
     /// Record a new device, inode and change time for `id` (a copy-replace on disk).
     fn set_devino(&mut self, id: u32, dev: u64, ino: u64, ctime: i64) -> Result<()>;
 

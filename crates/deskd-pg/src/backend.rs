@@ -296,6 +296,9 @@ macro_rules! pg_read {
                 )
             }
             fn lookup(&self, parent: u32, name: &[u8]) -> DbResult<Option<Object>> {
+                if let Some(hit) = self.place_hit(parent, name) {
+                    return Ok(hit);
+                }
                 Ok(read::lookup(
                     &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
                     self.vid,
@@ -450,6 +453,10 @@ impl WriteBatch for PgBatch<'_> {
 
     fn add_absent(&mut self, new: &NewObject) -> DbResult<Object> {
         Ok(deskd_db::write_batch::add_absent(self, new)?)
+    }
+
+    fn prefetch_places(&mut self, places: &[(u32, &[u8])]) -> DbResult<()> {
+        Ok(PgBatch::prefetch_places(self, places)?)
     }
 
     fn set_devino(&mut self, id: u32, dev: u64, ino: u64, ctime: i64) -> DbResult<()> {

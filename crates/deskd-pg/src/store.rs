@@ -428,6 +428,11 @@ pub struct Change {
 }
 
 impl PgDesktop {
+    /// No places are read ahead outside a batch (the reads' shared macro asks).
+    pub(crate) fn place_hit(&self, _parent: u32, _name: &[u8]) -> Option<Option<Object>> {
+        None
+    }
+
     /// Open volume `key` on `client`: create or check the schema, then find the volume (or
     /// create it with its root when the database has neither its name nor its identity).
     /// Commits wait as `durability` says (`synchronous_commit`). Returns whether the volume
@@ -472,6 +477,9 @@ impl PgDesktop {
 
     /// The object called `name` in directory `parent`, if any.
     pub fn lookup(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
+        if let Some(hit) = self.place_hit(parent, name) {
+            return Ok(hit);
+        }
         read::lookup(
             &mut Db::new(self.client.get_mut(), &self.statements),
             self.vid,
@@ -629,6 +637,7 @@ impl PgDesktop {
             step_depth: 0,
             release_pending: false,
             known_dirs: HashSet::new(),
+            places: RefCell::default(),
         })
     }
 }
@@ -656,9 +665,55 @@ pub struct PgBatch<'a> {
     /// the database once (issue 28). The batch holds the volume's row lock, so only its own
     /// writes change them: a delete, an overwrite, a park or a rolled-back step forgets them.
     known_dirs: HashSet<u32>,
+    /// Places (folder, name) read ahead for the batch's registrations in one query a folder
+    /// ([`PgBatch::prefetch_places`]): what is there (`None`: nothing). Kept right by this
+    /// batch's own inserts; any other change to objects, and a rolled-back step, forgets them
+    /// all (the row lock keeps other servers' batches out meanwhile).
+    places: RefCell<HashMap<(u32, Vec<u8>), Option<Object>>>,
 }
 
 impl PgBatch<'_> {
+    /// What [`PgBatch::prefetch_places`] read at `parent`/`name`, if it did.
+    pub(crate) fn place_hit(&self, parent: u32, name: &[u8]) -> Option<Option<Object>> {
+        self.places.borrow().get(&(parent, name.to_vec())).cloned()
+    }
+
+    /// Read what is at these places, one query a folder, so that each registration's own
+    /// lookup is answered without a round trip. A folder with one place is left to its
+    /// lookup (nothing saved).
+    pub fn prefetch_places(&mut self, places: &[(u32, &[u8])]) -> Result<()> {
+        let mut by_folder: HashMap<u32, Vec<&[u8]>> = HashMap::new();
+        for &(parent, name) in places {
+            by_folder.entry(parent).or_default().push(name);
+        }
+        for (parent, names) in by_folder {
+            if names.len() < 2 {
+                continue;
+            }
+            let rows = Db::new(self.tx.get_mut(), self.st).query(
+                &format!(
+                    "SELECT {OBJECT_COLUMNS} FROM deskd.objects
+                     WHERE vid = $1 AND parent = $2 AND name = ANY($3)"
+                ),
+                &[&self.vid, &i64::from(parent), &names],
+            )?;
+            let mut cache = self.places.borrow_mut();
+            for name in names {
+                cache.insert((parent, name.to_vec()), None);
+            }
+            for row in &rows {
+                let o = object_from_row(row);
+                cache.insert((parent, o.name.clone()), Some(o));
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget the places read ahead: something changed objects other than by an insert.
+    fn forget_places(&mut self) {
+        self.places.get_mut().clear();
+    }
+
     /// The object with this ID, as this batch sees it.
     pub fn get(&mut self, id: u32) -> Result<Object> {
         read::get(&mut Db::new(self.tx.get_mut(), self.st), self.vid, id)
@@ -716,6 +771,7 @@ impl PgBatch<'_> {
                 self.changed.truncate(mark);
                 self.names.truncate(names_mark);
                 self.known_dirs.clear();
+                self.forget_places();
                 Err(e)
             }
         }
@@ -813,6 +869,13 @@ impl PgBatch<'_> {
             object.id,
             deskd_db::names::search_key(&object.name),
         ));
+        if let Some(place) = self
+            .places
+            .get_mut()
+            .get_mut(&(object.parent, object.name.clone()))
+        {
+            *place = Some(object.clone());
+        }
         Ok(())
     }
 
@@ -852,6 +915,7 @@ impl PgBatch<'_> {
         new_name: &[u8],
         replace: bool,
     ) -> Result<Vec<u32>> {
+        self.forget_places();
         validate_name(new_name)?;
         if id == deskd_db::ROOT_ID {
             return Err(DbError::Root("renamed").into());
@@ -901,6 +965,7 @@ impl PgBatch<'_> {
     /// Remove an object; with `recursive`, a directory and everything below it. Returns the
     /// removed IDs (never handed out again).
     pub fn delete(&mut self, id: u32, recursive: bool) -> Result<Vec<u32>> {
+        self.forget_places();
         self.known_dirs.clear();
         if id == deskd_db::ROOT_ID {
             return Err(DbError::Root("deleted").into());
@@ -969,6 +1034,7 @@ impl PgBatch<'_> {
     /// Update the recorded device, inode and change time of an object (after a copy-replace
     /// on disk).
     pub fn set_devino(&mut self, id: u32, dev: u64, ino: u64, ctime: i64) -> Result<()> {
+        self.forget_places();
         let n = Db::new(self.tx.get_mut(), self.st).execute(
             "UPDATE deskd.objects SET dev = $3, ino = $4, ctime = $5 WHERE vid = $1 AND id = $2",
             &[
@@ -989,6 +1055,7 @@ impl PgBatch<'_> {
     /// Change Mac type, creator or Finder flags. A type of `APPL` registers the object as its
     /// creator's application; changing it away unregisters it (the schema's trigger).
     pub fn set_info(&mut self, id: u32, update: &InfoUpdate) -> Result<Object> {
+        self.forget_places();
         let mut object = self.get(id)?;
         if let Some(t) = update.type_code {
             object.type_code = t;
@@ -1059,6 +1126,7 @@ impl PgBatch<'_> {
     /// Overwrite the row of `o.id` with `o` (place, kind, inode, Mac info): a rebuild making
     /// the desktop say what the disk says. The place must be free and not inside the object.
     pub fn overwrite(&mut self, o: &Object) -> Result<()> {
+        self.forget_places();
         self.known_dirs.clear();
         validate_name(&o.name)?;
         if o.id == deskd_db::ROOT_ID {
@@ -1111,6 +1179,7 @@ impl PgBatch<'_> {
     /// Move the row of `id` out of its place to a name no file can have (it holds `/`), so
     /// another object can take the place; a rebuild then overwrites or removes it.
     pub fn park(&mut self, id: u32) -> Result<()> {
+        self.forget_places();
         self.known_dirs.clear();
         let name = format!("park/{id}");
         Db::new(self.tx.get_mut(), self.st).execute(

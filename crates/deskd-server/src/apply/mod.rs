@@ -108,9 +108,29 @@ pub fn apply_write<B: WriteBatch + ?Sized>(
     cache: &mut DirCache,
     access: &Access,
 ) -> Reply {
-    if moves_names(request) {
+    let moves = moves_names(request);
+    if moves {
         cache.clear();
     }
+    let reply = apply_write_uncleared(b, vol, policy, request, cache, access);
+    // Cleared after too: the request itself looks up the old path of what it moves or
+    // deletes (the hostile review of stop 39), which a later add of this batch into a moved
+    // folder must not walk.
+    if moves {
+        cache.clear();
+    }
+    reply
+}
+
+/// [`apply_write`] without the cache's clearing around requests that move names.
+fn apply_write_uncleared<B: WriteBatch + ?Sized>(
+    b: &mut B,
+    vol: &Volume,
+    policy: Policy,
+    request: &Request,
+    cache: &mut DirCache,
+    access: &Access,
+) -> Reply {
     if policy.read_only && changes_desktop(request) {
         return Err(ErrorReply::new(
             ErrorCode::ReadOnly,

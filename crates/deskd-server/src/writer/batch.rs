@@ -55,6 +55,18 @@ pub(super) fn run_batch<S: Store>(
         // The run before was abandoned: paths it looked up may name what it made.
         cache.clear();
     }
+    // The places the registrations will look up: read ahead in one query a folder where a
+    // lookup is a round trip (PostgreSQL).
+    let places: Vec<(u32, &[u8])> = writes
+        .iter()
+        .filter_map(|w| match &w.request {
+            Request::Add { parent, name, .. } => Some((*parent, name.as_slice())),
+            _ => None,
+        })
+        .collect();
+    if places.len() > 1 {
+        batch.prefetch_places(&places)?;
+    }
     // One request: its reply, and (audit on) the line saying what it changed, made while the
     // batch still holds the paths of objects named by ID.
     let apply = |b: &mut S::Batch<'_>, cache: &mut DirCache, request: &Request, access: &Access| {

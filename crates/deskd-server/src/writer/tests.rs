@@ -874,3 +874,53 @@ fn a_folder_path_kept_across_batches_follows_renames_by_another_process_and_by_t
     assert_eq!(reader.get(f3).unwrap().parent, b);
     shut_down(&tx);
 }
+
+#[test]
+fn an_add_into_a_folder_renamed_earlier_in_the_same_batch_walks_its_new_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    files(root, &["a/f1"]);
+    // First batch: the folder and a file in it (the writer now holds the folder's path).
+    let (writer, _) = writer_for(root);
+    let client: Arc<TestConnection> = Arc::default();
+    run_queued(writer, vec![add("a/f1", &client)]);
+    let desktop = root.join(deskd_volume::DESKTOP_FILE);
+    let a = deskd_db::Reader::open(&desktop)
+        .unwrap()
+        .lookup(deskd_db::ROOT_ID, b"a")
+        .unwrap()
+        .unwrap()
+        .id;
+    // Renamed on disk, then one batch: the rename by ID, and an ADD into the folder by ID.
+    std::fs::rename(root.join("a"), root.join("c")).unwrap();
+    files(root, &["c/f2"]);
+    let (writer, _) = writer_for(root);
+    let client: Arc<TestConnection> = Arc::default();
+    let rename = Job::Write {
+        request: Request::Rename {
+            vol: 0,
+            id: a,
+            new_parent: deskd_db::ROOT_ID,
+            new_name: b"c".to_vec(),
+            replace: false,
+        },
+        reply: Box::new(Recorded {
+            tag: "rename",
+            connection: client.clone(),
+            access: Access::Trusted,
+            flushed: None,
+        }),
+    };
+    run_queued(
+        writer,
+        vec![rename, add_in(a, "f2", &root.join("c/f2"), &client)],
+    );
+    let sent = client.sent();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    for (tag, reply) in &sent {
+        assert!(reply.is_ok(), "{tag}: {reply:?}");
+    }
+    let reader = deskd_db::Reader::open(&desktop).unwrap();
+    assert_eq!(reader.get(id_of(&sent[1].1)).unwrap().parent, a);
+}
