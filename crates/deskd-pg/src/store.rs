@@ -669,8 +669,11 @@ pub struct PgBatch<'a> {
     /// ([`PgBatch::prefetch_places`]): what is there (`None`: nothing). Kept right by this
     /// batch's own inserts; any other change to objects, and a rolled-back step, forgets them
     /// all (the row lock keeps other servers' batches out meanwhile).
-    places: RefCell<HashMap<(u32, Vec<u8>), Option<Object>>>,
+    places: RefCell<Places>,
 }
+
+/// What is at each place (folder, name) a batch read ahead (`None`: nothing).
+type Places = HashMap<(u32, Vec<u8>), Option<Object>>;
 
 impl PgBatch<'_> {
     /// What [`PgBatch::prefetch_places`] read at `parent`/`name`, if it did.
