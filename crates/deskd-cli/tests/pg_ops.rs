@@ -557,3 +557,44 @@ fn backend_set_over_a_registered_sqlite_desktop_is_refused_until_it_is_migrated(
     env.start(&["--config", cfg.to_str().unwrap()]);
     assert_eq!(ids_of(&env, &paths), before);
 }
+
+#[test]
+fn freezing_again_and_again_holds_one_snapshot_no_longer_than_freeze_max() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    env.serve_with_defaults(
+        "vol",
+        &format!("{}freeze_max = 2\n", backend_lines(&url, &pw)),
+    );
+    let freeze = || {
+        let out = env.deskd_ok(&["freeze", "--volume", root.to_str().unwrap(), "2"]);
+        out.lines()
+            .find_map(|l| l.strip_prefix("snapshot "))
+            .unwrap_or_else(|| panic!("no snapshot in {out:?}"))
+            .to_owned()
+    };
+    // A volume owner freezing again and again (each asks for freeze_max): the first snapshot
+    // is let go freeze_max after it was taken, and a later freeze gets a new one, so VACUUM
+    // is never held back longer than that by one snapshot.
+    let first = freeze();
+    let began = std::time::Instant::now();
+    loop {
+        let now = freeze();
+        if now != first {
+            break;
+        }
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(10),
+            "the first snapshot was still held {:?} after it was taken (freeze_max 2 s)",
+            began.elapsed()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(began.elapsed() >= std::time::Duration::from_millis(1500));
+    env.wait_for_log("freeze ended; its snapshot is released", 1);
+}

@@ -60,6 +60,8 @@ pub(crate) struct PgVolume {
 struct FreezeHold {
     snapshot: String,
     until: i64,
+    /// When the snapshot was taken: it is held at most `freeze_max` from then.
+    taken: Instant,
     /// Shared with the holder: its deadline (a freeze asked again while one runs moves it
     /// later), and whether it ended, under one lock, so a freeze never gets a snapshot that
     /// is being released.
@@ -190,7 +192,7 @@ impl PgVolume {
     /// Freeze for `seconds`: a snapshot of the whole database, exported and held until then.
     /// A freeze running already is made to last at least as long and keeps its snapshot (one
     /// `pg_dump` may be under way with it). Returns the snapshot's name and the end (Unix time).
-    pub(crate) fn freeze(&self, seconds: u32) -> Result<(String, i64), DbError> {
+    pub(crate) fn freeze(&self, seconds: u32, max: u32) -> Result<(String, i64), DbError> {
         let until = deskd_db::now_unix() + i64::from(seconds);
         let deadline = Instant::now() + Duration::from_secs(u64::from(seconds));
         let mut frozen = self.frozen.lock().unwrap();
@@ -198,8 +200,20 @@ impl PgVolume {
             let mut state = hold.shared.0.lock().unwrap();
             // An ended holder lets its snapshot go: then a new one below.
             if !state.ended {
-                state.deadline = state.deadline.max(deadline);
-                hold.until = hold.until.max(until);
+                // Moved later, but never past `max` seconds after the snapshot was taken: an
+                // open snapshot holds VACUUM back in the whole database, and a volume owner
+                // freezing again and again kept one open for as long as it liked (the
+                // hostile review of stop 39). pg_dump imports the snapshot when it starts,
+                // so a dump begun in time goes on after the hold ends.
+                let latest = hold.taken + Duration::from_secs(u64::from(max));
+                let cut = deadline > latest;
+                state.deadline = state.deadline.max(deadline.min(latest));
+                let left = state.deadline.saturating_duration_since(Instant::now());
+                hold.until = hold.until.max(if cut {
+                    deskd_db::now_unix() + left.as_secs() as i64
+                } else {
+                    until
+                });
                 return Ok((hold.snapshot.clone(), hold.until));
             }
         }
@@ -241,6 +255,7 @@ impl PgVolume {
         *frozen = Some(FreezeHold {
             snapshot: snapshot.clone(),
             until,
+            taken: Instant::now(),
             shared,
         });
         Ok((snapshot, until))

@@ -358,7 +358,7 @@ impl PgWriter {
                     .unwrap_or(self.config.freeze_default)
                     .min(max)
                     .max(1);
-                let result = match self.pg.freeze(secs) {
+                let result = match self.pg.freeze(secs, max) {
                     Ok((snapshot, until)) => {
                         self.state.lock().unwrap().frozen_until = Some(until);
                         Ok(Response::FrozenSnapshot {
