@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # PostgreSQL back end against SQLite (issue 28), for docs/PERFORMANCE.md: ID creation with 4
-# clients and resolve p50 (one client), the same files served from a fresh desktop in SQLite
+# clients, resolve p50 (one client) and find p50 (substring queries, one client), then two
+# servers of one PostgreSQL volume creating together (2 clients each, half the folders each)
+# against one server; the first three from the same files served from a fresh desktop in SQLite
 # and from a fresh volume in PostgreSQL, alternating which goes first, RUNS times; medians and
 # ratios. Starts its own throw-away PostgreSQL cluster (initdb into the work directory, run as
 # the `postgres` user, on loopback TCP with trust authentication) and removes it at the end.
@@ -61,7 +63,9 @@ echo "== populate $((DIRS * PER_DIR)) files in $VOL"
 bench populate --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
 sync
 
-declare -A CREATED=() P50=()
+declare -A CREATED=() P50=() FIND=()
+# Substring patterns for `find` (issue 28: as fast as on SQLite, from the in-memory name index).
+PATTERNS=(invoice-0002 proof-0001-dra ft-0003-photo scan-0000-final-0000 REPORT-0001-LAYOUT)
 serve_fresh() { # BACKEND LOG
     rm -f "$VOL"/.Desktop "$VOL"/.Desktop-wal "$VOL"/.Desktop-shm
     : >"$2"
@@ -88,9 +92,35 @@ for i in $(seq "$RUNS"); do
         "$BIN/deskd" flush --socket "$SOCK" >/dev/null
         p50=$(bench latency --dirs "$DIRS" --per-dir "$PER_DIR" --ops 20000 | jget resolve_p50_us)
         P50[$backend]+="$p50 "
+        found=$(bench find --runs 7 "${PATTERNS[@]}" | jget find_p50_ms)
+        FIND[$backend]+="$found "
         stop_server
-        echo "run $i $backend: $created objects/s created, resolve p50 $p50 us"
+        echo "run $i $backend: $created objects/s created, resolve p50 $p50 us, find p50 $found ms"
     done
+done
+
+# Two servers on the one volume and database (issue 28), 2 clients each, each registering half
+# the folders, at once: their aggregate creation rate against one server's with 4 clients
+# (above). Each run a fresh database; the second server started once the first made the volume.
+TWO=()
+for i in $(seq "$RUNS"); do
+    serve_fresh pg "$WORK/server-two-a.log"
+    FIRST=$SERVER
+    cfg="$WORK/deskd-pg.toml"
+    "$BIN/deskd" serve --socket "$SOCK.b" --config "$cfg" 2>"$WORK/server-two-b.log" & SECOND=$!
+    wait_for_line "$WORK/server-two-b.log" "deskd serving" 60
+    began=$(date +%s.%N)
+    bench create --dirs "$DIRS" --per-dir "$PER_DIR" --clients 2 --depth "$DEPTH" --share 0/2 >"$WORK/two-a.json" &
+    A=$!
+    "$BIN/deskd-bench" --socket "$SOCK.b" --volume "$VOL" create --dirs "$DIRS" --per-dir "$PER_DIR" \
+        --clients 2 --depth "$DEPTH" --share 1/2 >"$WORK/two-b.json"
+    wait $A
+    ended=$(date +%s.%N)
+    rate=$(echo "$DIRS * $PER_DIR / ($ended - $began)" | bc -l)
+    TWO+=("$rate")
+    kill -TERM "$SECOND" 2>/dev/null || true; wait "$SECOND" 2>/dev/null || true
+    SERVER=$FIRST; stop_server
+    echo "run $i two servers: $rate objects/s created together"
 done
 
 med() { tr ' ' '\n' <<<"$1" | grep . | median; }
@@ -102,3 +132,9 @@ printf 'creation, 4 clients: SQLite %.0f, PostgreSQL %.0f objects/s: %.3fx (targ
     "$c_sq" "$c_pg" "$(echo "$c_pg / $c_sq" | bc -l)"
 printf 'resolve p50: SQLite %.1f, PostgreSQL %.1f us: %.1fx (target <= 5x)\n' \
     "$p_sq" "$p_pg" "$(echo "$p_pg / $p_sq" | bc -l)"
+f_sq=$(med "${FIND[sqlite]}"); f_pg=$(med "${FIND[pg]}")
+printf 'find p50 (%d patterns): SQLite %.3f, PostgreSQL %.3f ms: %.2fx (target: as fast)\n' \
+    "${#PATTERNS[@]}" "$f_sq" "$f_pg" "$(echo "$f_pg / $f_sq" | bc -l)"
+t_pg=$(med "${TWO[*]}")
+printf 'two servers, 2 clients each: %.0f objects/s together, one server with 4 clients %.0f: %.2fx (target >= 0.9x)\n' \
+    "$t_pg" "$c_pg" "$(echo "$t_pg / $c_pg" | bc -l)"

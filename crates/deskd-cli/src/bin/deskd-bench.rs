@@ -52,6 +52,10 @@ enum Command {
         clients: u32,
         #[arg(long, default_value_t = 64)]
         depth: usize,
+        /// Register only share I of N of the folders (I/N: folders whose number modulo N is I),
+        /// so that N processes, each talking to its own server of one volume, split the files.
+        #[arg(long, default_value = "0/1")]
+        share: String,
     },
     /// One client, one request at a time: resolve and lookup latency percentiles.
     Latency {
@@ -330,10 +334,18 @@ fn main() -> Result<()> {
             shape: Shape { dirs, per_dir },
             clients,
             depth,
+            share,
         } => {
+            let (part, parts) = share
+                .split_once('/')
+                .and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n.parse::<u32>().ok()?)))
+                .filter(|&(i, n)| n > 0 && i < n)
+                .ok_or_else(|| anyhow!("--share is I/N with I < N, not {share:?}"))?;
+            let mine: std::sync::Arc<Vec<u32>> =
+                std::sync::Arc::new((0..dirs).filter(|d| d % parts == part).collect());
             let started = Instant::now();
             let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let total = (dirs as u64) * (per_dir as u64);
+            let total = (mine.len() as u64) * (per_dir as u64);
             // Sample the acknowledged count every 250 ms to see whether the rate holds up.
             let sampler = {
                 let acked = acked.clone();
@@ -352,11 +364,12 @@ fn main() -> Result<()> {
             let mut threads = Vec::new();
             for c in 0..clients {
                 let (socket, root, acked) = (cli.socket.clone(), root.clone(), acked.clone());
+                let mine = mine.clone();
                 threads.push(std::thread::spawn(move || -> Result<()> {
                     let mut client = connect(&socket)?;
                     let vol = client.open_volume(&root).map_err(|e| anyhow!("{e}"))?.vol;
 
-                    for d in (c..dirs).step_by(clients as usize) {
+                    for &d in mine.iter().skip(c as usize).step_by(clients as usize) {
                         let dir = client
                             .object(Request::AddPath {
                                 vol,
