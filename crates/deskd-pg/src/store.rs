@@ -590,6 +590,17 @@ impl PgDesktop {
             .collect())
     }
 
+    /// Remove the change log's rows of batches `through` and older; returns how many went.
+    /// Batch numbers have no holes (every batch that changed something takes the next one and
+    /// logs at least one ID), so a reader that finds the batch after its own missing knows
+    /// the log was pruned past it.
+    pub fn prune_changes(&mut self, through: u64) -> Result<u64> {
+        Ok(Db::new(self.client.get_mut(), &self.statements).execute(
+            "DELETE FROM deskd.changes WHERE vid = $1 AND seq <= $2",
+            &[&self.vid, &(through as i64)],
+        )?)
+    }
+
     /// Change the durability of the commits from now on (`synchronous_commit` of this
     /// session).
     pub fn set_durability(&mut self, durability: Durability) -> Result<()> {

@@ -442,7 +442,7 @@ enum VolumeReader {
     Sqlite(MappedReader),
     /// Boxed: a PostgreSQL connection with its statement cache is far larger than SQLite's
     /// reader, and most volumes are SQLite's.
-    Pg(Box<deskd_pg::PgDesktop>, Arc<crate::pg_volume::PgVolume>),
+    Pg(Box<crate::pg_volume::LentReader>),
 }
 
 /// A borrowed [`VolumeReader`], for [`with_reader!`].
@@ -479,7 +479,7 @@ impl Connection {
         let open = || -> Result<CachedReader, ErrorReply> {
             let reader = match &handle.pg {
                 Some(pg) => {
-                    VolumeReader::Pg(Box::new(pg.take_reader().map_err(db_error)?), pg.clone())
+                    VolumeReader::Pg(Box::new(pg.lend().map_err(db_error)?))
                 }
                 None => VolumeReader::Sqlite(handle.open_reader().map_err(db_error)?),
             };
@@ -498,7 +498,7 @@ impl Connection {
             Entry::Vacant(e) => e.insert(open()?),
         };
         let reader = match &mut entry.reader {
-            VolumeReader::Pg(db, _) => return Ok(ReaderRef::Pg(db)),
+            VolumeReader::Pg(lent) => return Ok(ReaderRef::Pg(lent.db())),
             VolumeReader::Sqlite(reader) => reader,
         };
         let wrote = entry.commits != commits;
@@ -531,7 +531,7 @@ impl Connection {
                 VolumeReader::Sqlite(reader) => {
                     let _ = reader.end_snapshot();
                 }
-                VolumeReader::Pg(..) => lent = true,
+                VolumeReader::Pg(_) => lent = true,
             }
         }
         if lent {
@@ -539,21 +539,11 @@ impl Connection {
         }
     }
 
-    /// Give the PostgreSQL read connections this connection holds back to their pools.
+    /// Give the PostgreSQL read connections this connection holds back to their pools
+    /// ([`crate::pg_volume::LentReader`] goes back when dropped).
     fn give_back_pg_readers(&mut self) {
-        let lent: Vec<u32> = (self.readers.iter())
-            .filter(|(_, cached)| matches!(cached.reader, VolumeReader::Pg(..)))
-            .map(|(vol, _)| *vol)
-            .collect();
-        for vol in lent {
-            if let Some(CachedReader {
-                reader: VolumeReader::Pg(db, pool),
-                ..
-            }) = self.readers.remove(&vol)
-            {
-                pool.give_back(*db);
-            }
-        }
+        self.readers
+            .retain(|_, cached| !matches!(cached.reader, VolumeReader::Pg(_)));
     }
 
     /// The PostgreSQL reader of `handle` made again (the one held failed for want of the
@@ -730,7 +720,7 @@ impl Connection {
             .get(&handle.index)
             .and_then(|r| match &r.reader {
                 VolumeReader::Sqlite(reader) => reader.path_of(id).ok(),
-                VolumeReader::Pg(db, _) => db.path_of(id).ok(),
+                VolumeReader::Pg(lent) => lent.db().path_of(id).ok(),
             })
             .unwrap_or_default();
         handle.volume.path_of(&components)

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use deskd_db::names::search_key;
@@ -29,9 +29,42 @@ pub(crate) const FOLLOW_POLL: Duration = Duration::from_secs(1);
 /// How long a thaw waits for the freeze's snapshot to be released.
 const THAW_WAIT: Duration = Duration::from_secs(5);
 
+/// The change log keeps the newest this many batches of a volume (ARCHITECTURE.md,
+/// "Following the other servers"): a server whose name index is further behind (its
+/// follower cut off that long) loads the index again from the objects.
+const CHANGES_KEEP: u64 = 10_000;
+
+/// The log is pruned when a server's catching up crosses a multiple of this many batches.
+const CHANGES_PRUNE_EVERY: u64 = 1_000;
+
+/// [`CHANGES_KEEP`] and [`CHANGES_PRUNE_EVERY`]; a test (`DESKD_TEST_PG_CHANGES_KEEP=N`, with
+/// the `test-hooks` feature) keeps fewer to see the pruning and a reload without 10,000 batches.
+fn changes_kept() -> (u64, u64) {
+    #[cfg(feature = "test-hooks")]
+    if let Some(keep) = std::env::var("DESKD_TEST_PG_CHANGES_KEEP")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&k| k > 0)
+    {
+        return (keep, (keep / 10).max(1));
+    }
+    (CHANGES_KEEP, CHANGES_PRUNE_EVERY)
+}
+
 /// Idle read connections a volume keeps for client connections (more are closed when given
 /// back): a client connection holds one only while it has requests to answer.
 const IDLE_READERS: usize = 16;
+
+/// Read connections a volume lends at once, idle ones not counted: however many client
+/// connections have requests waiting, a server makes at most this many PostgreSQL sessions
+/// for reads of a volume (beside its writer's, the follower's two and, at start, the name
+/// index's loader and the check), so that clients cannot use up the database's
+/// `max_connections`. A client connection past it waits for one to be given back.
+pub(crate) const READERS_MAX: usize = 16;
+
+/// How long a client connection waits for a read connection when [`READERS_MAX`] are lent;
+/// then its request is answered busy (try again).
+const READER_WAIT: Duration = Duration::from_secs(10);
 
 /// What the connections of one opening of a PostgreSQL volume share.
 pub(crate) struct PgVolume {
@@ -40,8 +73,10 @@ pub(crate) struct PgVolume {
     durability: Durability,
     /// `user@host:port/db` of the database (no password), for status and the log.
     pub(crate) shown: String,
-    /// The volume's key in the database, which change notices carry.
-    vid: i64,
+    /// The volume's key in the database, which change notices carry: set by the first
+    /// opening that reached the database (at start, or later when the database was down
+    /// then: [`PgVolume::open_writer`]). Until then no reader connects.
+    vid: OnceLock<i64>,
     /// The newest batch (`change_seq`) whose changes are in `names`.
     seen: Mutex<u64>,
     names: Arc<NameIndex>,
@@ -51,6 +86,10 @@ pub(crate) struct PgVolume {
     idle: Mutex<Vec<PgDesktop>>,
     /// The running freeze: its snapshot, held on a connection and thread of their own.
     frozen: Mutex<Option<FreezeHold>>,
+    /// How many read connections are lent now (at most [`READERS_MAX`]), and the wait for one
+    /// to come back.
+    lent: Mutex<usize>,
+    returned: Condvar,
 }
 
 /// A freeze of a PostgreSQL volume (`deskd freeze`): a `REPEATABLE READ` transaction that
@@ -78,60 +117,135 @@ struct HoldState {
     released: bool,
 }
 
+/// A read connection lent to a client connection for a run of requests: given back to the
+/// pool (and its place among [`READERS_MAX`] freed) when dropped.
+pub(crate) struct LentReader {
+    db: Option<PgDesktop>,
+    pool: Arc<PgVolume>,
+}
+
+impl LentReader {
+    pub(crate) fn db(&self) -> &PgDesktop {
+        self.db.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for LentReader {
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take() {
+            self.pool.give_back(db);
+        }
+        self.pool.release();
+    }
+}
+
 impl PgVolume {
-    /// Connect and open volume `key` (made, with its root, when the database has neither its
-    /// name nor its identity). Returns the writer's desktop beside the shared state, and
-    /// whether the volume was created.
-    pub(crate) fn open(
+    /// The volume's connections, none made yet: [`PgVolume::open_writer`] makes the first. A
+    /// target that cannot be read is refused here.
+    pub(crate) fn new(
         options: ConnectOptions,
         key: VolumeKey,
         durability: Durability,
         names: Arc<NameIndex>,
-    ) -> Result<(PgVolume, PgDesktop, bool), deskd_pg::PgError> {
+    ) -> Result<PgVolume, deskd_pg::PgError> {
         let shown = deskd_pg::connect::describe(&deskd_pg::connect::parse_target(&options.target)?);
-        let client = deskd_pg::connect(&options)?;
-        let (mut desktop, created) = PgDesktop::open(client, &key, durability)?;
+        Ok(PgVolume {
+            options,
+            key,
+            durability,
+            shown,
+            vid: OnceLock::new(),
+            seen: Mutex::new(0),
+            names,
+            closed: AtomicBool::new(false),
+            idle: Mutex::new(Vec::new()),
+            frozen: Mutex::new(None),
+            lent: Mutex::new(0),
+            returned: Condvar::new(),
+        })
+    }
+
+    /// Connect the writer and open volume `key` (made, with its root, when the database has
+    /// neither its name nor its identity). Returns the writer's desktop, whether the volume
+    /// was created, and whether this was the first opening that reached the database (the
+    /// name index, the check and the follower are then to be started).
+    pub(crate) fn open_writer(&self) -> Result<(PgDesktop, bool, bool), deskd_pg::PgError> {
+        let client = deskd_pg::connect(&self.options)?;
+        let (mut desktop, created) = PgDesktop::open(client, &self.key, self.durability)?;
+        if self.vid.get().is_some() {
+            return Ok((desktop, created, false));
+        }
         // Read before the name index loads: a change committed between the two is in the
         // load or after `seen` in the log, and applying it twice is harmless.
-        let seen = desktop.change_seq()?;
-        let vid = desktop.volume_key_in_db();
-        Ok((
-            PgVolume {
-                options,
-                key,
-                durability,
-                shown,
-                vid,
-                seen: Mutex::new(seen),
-                names,
-                closed: AtomicBool::new(false),
-                idle: Mutex::new(Vec::new()),
-                frozen: Mutex::new(None),
-            },
-            desktop,
-            created,
-        ))
+        *self.seen.lock().unwrap() = desktop.change_seq()?;
+        let first = self.vid.set(desktop.volume_key_in_db()).is_ok();
+        Ok((desktop, created, first))
+    }
+
+    /// The volume's name index.
+    pub(crate) fn names(&self) -> Arc<NameIndex> {
+        self.names.clone()
+    }
+
+    /// Whether an opening has reached the database (readers may connect).
+    pub(crate) fn opened(&self) -> bool {
+        self.vid.get().is_some()
     }
 
     /// Another connection to this volume (a client connection's reads, the loader's).
     pub(crate) fn connect(&self) -> Result<PgDesktop, DbError> {
+        if !self.opened() {
+            // Not before the writer opened the volume (it may have to be made first).
+            return Err(DbError::Unavailable(
+                "the database has been unreachable since the server started".into(),
+            ));
+        }
         let client = deskd_pg::connect(&self.options)?;
         Ok(PgDesktop::open(client, &self.key, self.durability)?.0)
     }
 
     /// A read connection for a client connection's run of requests: an idle one, else a new
-    /// one. Given back with [`PgVolume::give_back`].
-    pub(crate) fn take_reader(&self) -> Result<PgDesktop, DbError> {
-        let idle = self.idle.lock().unwrap().pop();
-        match idle {
-            Some(db) => Ok(db),
-            None => self.connect(),
+    /// one; when [`READERS_MAX`] are lent, the first given back within [`READER_WAIT`].
+    pub(crate) fn lend(self: &Arc<Self>) -> Result<LentReader, DbError> {
+        {
+            let lent = self.lent.lock().unwrap();
+            let (mut lent, waited) = self
+                .returned
+                .wait_timeout_while(lent, READER_WAIT, |n| *n >= READERS_MAX)
+                .unwrap();
+            if waited.timed_out() && *lent >= READERS_MAX {
+                return Err(DbError::Unavailable(format!(
+                    "all {READERS_MAX} read connections to the database are in use; try again"
+                )));
+            }
+            *lent += 1;
         }
+        let idle = self.idle.lock().unwrap().pop();
+        let db = match idle {
+            Some(db) => db,
+            None => match self.connect() {
+                Ok(db) => db,
+                Err(e) => {
+                    self.release();
+                    return Err(e);
+                }
+            },
+        };
+        Ok(LentReader {
+            db: Some(db),
+            pool: self.clone(),
+        })
+    }
+
+    /// A lent read connection's place is free again.
+    fn release(&self) {
+        *self.lent.lock().unwrap() -= 1;
+        self.returned.notify_one();
     }
 
     /// A read connection back from a client connection gone idle (closed when enough are
     /// idle, or the opening is closed).
-    pub(crate) fn give_back(&self, db: PgDesktop) {
+    fn give_back(&self, db: PgDesktop) {
         if self.closed.load(Ordering::SeqCst) {
             return;
         }
@@ -156,13 +270,28 @@ impl PgVolume {
     }
 
     /// Apply the batches committed since the last call (by any server) to the name index:
-    /// the IDs they changed are read again, a row found is `Set`, a row gone `Remove`.
+    /// the IDs they changed are read again, a row found is `Set`, a row gone `Remove`. When
+    /// the log was pruned past the batch after the last one seen, the index is loaded again.
+    /// Prunes the log when the newest batch crosses a multiple of [`CHANGES_PRUNE_EVERY`].
     pub(crate) fn catch_up(&self, db: &mut PgDesktop) -> Result<(), DbError> {
         let mut seen = self.seen.lock().unwrap();
         let changes = db.changes_since(*seen)?;
         let Some(last) = changes.last().map(|c| c.seq) else {
             return Ok(());
         };
+        let previous = *seen;
+        if changes[0].seq != previous + 1 {
+            // Batch numbers have no holes: the ones after `previous` were pruned. Read
+            // under the lock, so no other catching up applies older changes over the load.
+            let now = db.change_seq()?;
+            let began = Instant::now();
+            self.names.load(&*db)?;
+            warn!(volume = %self.key.name, behind = now - previous,
+                ms = began.elapsed().as_millis() as u64,
+                "name index loaded again: it was further behind than the change log keeps");
+            *seen = now;
+            return Ok(());
+        }
         let mut ids: Vec<u32> = changes.iter().map(|c| c.id).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -179,6 +308,15 @@ impl PgVolume {
             .collect();
         self.names.apply(&updates);
         *seen = last;
+        let (keep, every) = changes_kept();
+        if last / every != previous / every && last > keep {
+            // Every server does this as it passes the mark; a second DELETE finds nothing.
+            match db.prune_changes(last - keep) {
+                Ok(rows) => info!(volume = %self.key.name, through = last - keep, rows,
+                    "change log pruned"),
+                Err(e) => warn!(volume = %self.key.name, "change log not pruned: {e}"),
+            }
+        }
         Ok(())
     }
 
@@ -393,7 +531,7 @@ pub(crate) fn spawn_follower(pg: Arc<PgVolume>, root: &Path) {
                         .wait(FOLLOW_POLL)
                         .map_err(DbError::from)
                         .and_then(|notices| {
-                            if notices.is_empty() || notices.iter().any(|n| n.vid == pg.vid) {
+                            if notices.is_empty() || notices.iter().any(|n| Some(&n.vid) == pg.vid.get()) {
                                 pg.catch_up(db)
                             } else {
                                 Ok(())

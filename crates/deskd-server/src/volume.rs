@@ -15,7 +15,7 @@ use crossbeam_channel::Sender;
 use deskd_db::{now_unix, Desktop, NameIndex, Read, TouchLog};
 use deskd_proto::{ErrorReply, RebuildState, VolumeStatus};
 use deskd_volume::Volume;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::background::{
     spawn_check, spawn_check_with, spawn_name_index_load, spawn_name_index_load_with,
@@ -391,24 +391,40 @@ impl VolumeHandle {
             identity,
         };
         let names = Arc::new(NameIndex::new());
-        let (pg, desktop, created) =
-            PgVolume::open(options.clone(), key, config.durability, names.clone())
-                .map_err(|e| refused(e.to_string()))?;
+        let pg = PgVolume::new(options, key, config.durability, names.clone())
+            .map_err(|e| refused(e.to_string()))?;
+        // A database that cannot be reached now (stopped, starting, the network down) is
+        // waited for: the volume is served read-only and the writer keeps trying (issue 28).
+        // Anything else (a wrong password, another volume, a newer format) is refused.
+        let (desktop, created, unreachable) = match pg.open_writer() {
+            Ok((desktop, created, _)) => (Some(desktop), created, None),
+            Err(e) if e.is_unavailable() => (None, false, Some(e.to_string())),
+            Err(e) => return Err(refused(e.to_string())),
+        };
         let pg = Arc::new(pg);
         let read_only = config.read_only || on_read_only_fs(&root);
-        info!(
-            volume = %root.display(),
-            desktop = %pg.describe(),
-            created,
-            read_only,
-            durability = ?config.durability,
-            "volume open"
-        );
+        match &unreachable {
+            None => info!(
+                volume = %root.display(),
+                desktop = %pg.describe(),
+                created,
+                read_only,
+                durability = ?config.durability,
+                "volume open"
+            ),
+            Some(why) => error!(
+                volume = %root.display(),
+                desktop = %pg.describe(),
+                "database unreachable at start ({why}); the volume is served read-only and \
+                 opened once the database is reachable"
+            ),
+        }
         if !read_only {
             ensure_root_record(&root);
         }
         let state = Arc::new(Mutex::new(SharedState {
             clean_at_start: true,
+            unavailable: unreachable.map(|why| (now_unix(), why)),
             ..Default::default()
         }));
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -417,6 +433,7 @@ impl VolumeHandle {
             read_only,
             ..config.clone()
         };
+        let opened = desktop.is_some();
         let writer = crate::writer::pg::PgWriter::new(
             desktop,
             pg.clone(),
@@ -438,7 +455,7 @@ impl VolumeHandle {
             state: state.clone(),
             owner_uid,
             commits,
-            names: names.clone(),
+            names,
             touches: Arc::new(TouchLog::default()),
             opening: OPENINGS.fetch_add(1, Ordering::SeqCst),
             read_only_reason: on_read_only_fs(&root).then(|| RO_FS_REASON.to_string()),
@@ -450,12 +467,9 @@ impl VolumeHandle {
             check: Mutex::new(None),
             pg: Some(pg.clone()),
         });
-        let loader = pg.clone();
-        spawn_name_index_load_with(&root, names, move |names| names.load(&loader.connect()?));
-        let checker = pg.clone();
-        *handle.check.lock().unwrap() =
-            spawn_check_with(&root, state, move || checker.connect()?.quick_check());
-        crate::pg_volume::spawn_follower(pg, &root);
+        if opened {
+            *handle.check.lock().unwrap() = start_pg_background(&pg, &root, state);
+        }
         Ok(handle)
     }
 
@@ -581,6 +595,24 @@ impl VolumeHandle {
             hidden_clients: 0,
         }
     }
+}
+
+/// What a PostgreSQL volume runs beside its writer once an opening has reached the database:
+/// the name index's load, the start-up check (its thread returned) and the follower. At start,
+/// or by the writer when the database was unreachable then.
+pub(crate) fn start_pg_background(
+    pg: &Arc<PgVolume>,
+    root: &Path,
+    state: Arc<Mutex<SharedState>>,
+) -> Option<JoinHandle<Vec<String>>> {
+    let loader = pg.clone();
+    spawn_name_index_load_with(root, pg.names(), move |names| {
+        names.load(&loader.connect()?)
+    });
+    let checker = pg.clone();
+    let check = spawn_check_with(root, state, move || checker.connect()?.quick_check());
+    crate::pg_volume::spawn_follower(pg.clone(), root);
+    check
 }
 
 /// The root's own resource record (`ROOT/.rsrc/.rsrc`, ID 2) and mirror, as rebuild expects

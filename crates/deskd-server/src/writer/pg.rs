@@ -12,7 +12,10 @@
 //! it acknowledged; the writer drops its connection and tries once more at once (the database
 //! may be back already: only the idle connection died); failing, status shows the volume
 //! read-only and why, and the writer connects again with back-off (0.5 s doubling to 30 s),
-//! answering writes read-only meanwhile. No server exits for it.
+//! answering writes read-only meanwhile. No server exits for it. A server started while the
+//! database was unreachable begins in that state: its writer makes the first opening (the
+//! volume's row found or made) when the database answers, and starts the name index's load,
+//! the check and the follower then ([`crate::volume::start_pg_background`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -97,23 +100,28 @@ pub(crate) struct PgWriter {
 }
 
 impl PgWriter {
+    /// `desktop`: None when the database was unreachable at start (`state` says so): the
+    /// writer tries at once and then with back-off.
     pub(crate) fn new(
-        desktop: PgDesktop,
+        desktop: Option<PgDesktop>,
         pg: Arc<PgVolume>,
         volume: Volume,
         config: VolumeConfig,
         state: Arc<Mutex<SharedState>>,
         commits: Arc<AtomicU64>,
     ) -> PgWriter {
+        let reconnect = desktop
+            .is_none()
+            .then(|| (Instant::now() + RECONNECT_FIRST, RECONNECT_FIRST));
         PgWriter {
-            desktop: Some(desktop),
+            desktop,
             pg,
             volume,
             config,
             state,
             commits,
             figures: Arc::default(),
-            reconnect: None,
+            reconnect,
         }
     }
 
@@ -291,8 +299,19 @@ impl PgWriter {
         let Some((_, wait)) = self.reconnect else {
             return;
         };
-        match self.pg.connect() {
-            Ok(mut desktop) => {
+        match self.pg.open_writer() {
+            Ok((mut desktop, _, first)) => {
+                if first {
+                    // The database was unreachable when the server started: the volume is
+                    // open only now.
+                    info!(volume = %self.volume.root().display(), desktop = %self.pg.describe(),
+                        "volume open (the database is reachable)");
+                    crate::volume::start_pg_background(
+                        &self.pg,
+                        self.volume.root(),
+                        self.state.clone(),
+                    );
+                }
                 // The durability a reload set since the opening (a new session starts with
                 // the opening's).
                 if let Err(e) = desktop.set_durability(self.config.durability) {
