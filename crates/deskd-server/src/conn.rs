@@ -327,12 +327,23 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         };
         let mut sink = ReplySink::new(&writer, frame.id, &conn.access, &conn.client);
         sink.timing = Some(conn.timing(&frame.request));
-        // More requests already received: answer them before flushing (pipelining).
-        let more = !input.buffer().is_empty();
+        // More requests already received: answer them before flushing (pipelining). Only a
+        // whole frame counts: the start of one whose rest has yet to come could keep this
+        // connection's read snapshot (a PostgreSQL volume's lent read connection) up to
+        // frame_timeout while it waits.
+        let more = whole_frame_buffered(input.buffer());
         conn.dispatch(frame.request, sink, more);
         if !more {
             conn.end_snapshots();
         }
+    }
+}
+
+/// Whether `buffered` starts with a whole frame (its 4-byte length and body).
+fn whole_frame_buffered(buffered: &[u8]) -> bool {
+    match buffered.first_chunk::<4>() {
+        Some(len) => buffered.len() - 4 >= u32::from_be_bytes(*len) as usize,
+        None => false,
     }
 }
 
