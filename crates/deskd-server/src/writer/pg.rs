@@ -11,7 +11,7 @@
 //! (`DbError::Unavailable`) is answered with `ReadOnly` ("database unreachable"), nothing of
 //! it acknowledged; the writer drops its connection and tries once more at once (the database
 //! may be back already: only the idle connection died); failing, status shows the volume
-//! read-only and why, and the writer connects again with back-off (0.5 s doubling to 30 s),
+//! read-only and why, and the writer connects again with back-off (0.5 s doubling to 5 s),
 //! answering writes read-only meanwhile. No server exits for it. A server started while the
 //! database was unreachable begins in that state: its writer makes the first opening (the
 //! volume's row found or made) when the database answers, and starts the name index's load,
@@ -40,7 +40,7 @@ use crate::pg_volume::PgVolume;
 /// The first wait before connecting again after the database was lost; it doubles to
 /// [`RECONNECT_MAX`].
 const RECONNECT_FIRST: Duration = Duration::from_millis(500);
-const RECONNECT_MAX: Duration = Duration::from_secs(30);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// The writer's store: the volume's row (which another server's batch holds until it commits)
 /// is waited for up to `busy_wait`, not SQLite's short [`super::busy::BUSY_TRY`] between
