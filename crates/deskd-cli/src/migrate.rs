@@ -235,6 +235,8 @@ pub fn to_postgresql(
     let started = Instant::now();
     let (root, desktop) = volume_paths(volume)?;
     let name = volume_name(&root, name)?;
+    // A desktop in PostgreSQL already: a `.Desktop` left beside it is stale.
+    deskd_volume::refuse_if_in_postgresql(&root).map_err(MigrateError::Volume)?;
     // Before the lock, which would create an empty file where there is none.
     if !std::fs::metadata(&desktop).is_ok_and(|m| m.len() > 0) {
         return Err(MigrateError::NoDesktop { desktop });
@@ -266,6 +268,14 @@ pub fn to_postgresql(
     let shown = deskd_pg::connect::describe(&deskd_pg::connect::parse_target(&database.target)?);
     let mut client = deskd_pg::connect(database)?;
     let counts = transfer::import(&mut client, &header, &reader, progress)?;
+    // From now on the offline tools keep off the SQLite file left beside the volume.
+    deskd_volume::mark_desktop_in_postgresql(&root, true).map_err(|e| {
+        MigrateError::Volume(format!(
+            "the desktop was copied into the database, but the volume root could not be \
+             marked as having its desktop there ({}): {e}",
+            deskd_volume::BACKEND_XATTR
+        ))
+    })?;
     Ok(Summary {
         root,
         header,
@@ -326,6 +336,14 @@ pub fn to_sqlite(
     }
     drop(lock);
     let (header, counts, shown) = result?;
+    deskd_volume::mark_desktop_in_postgresql(&root, false).map_err(|e| {
+        MigrateError::Volume(format!(
+            "the desktop was written to {}, but the volume root's mark ({}) could not be \
+             removed: {e}",
+            desktop.display(),
+            deskd_volume::BACKEND_XATTR
+        ))
+    })?;
     Ok(Summary {
         root,
         header,
@@ -356,6 +374,10 @@ fn write_from_database(
         None => None,
     };
     let shown = deskd_pg::connect::describe(&deskd_pg::connect::parse_target(&database.target)?);
+    // No server writes the volume while it is copied: the lock is held by a session of its
+    // own until this function returns (the export reads on another).
+    let mut holder = deskd_pg::connect(database)?;
+    transfer::hold_unserved(&mut holder, name)?;
     for stale in [temp.to_path_buf(), {
         let mut j = OsString::from(temp.as_os_str());
         j.push("-journal");

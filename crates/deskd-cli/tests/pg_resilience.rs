@@ -819,3 +819,87 @@ fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+#[test]
+fn offline_tools_keep_off_a_volume_whose_desktop_is_in_postgresql() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
+    env.dt_ok(&[b"touch", b"vol/kept.txt"]);
+    let kept = env.id_of(&root.join("kept.txt"));
+    // The root is marked.
+    assert_eq!(
+        deskd_volume::desktop_backend(&root).as_deref(),
+        Some("postgresql")
+    );
+    let deskd = |args: &[&std::ffi::OsStr]| {
+        // No --socket: the default socket, where no server answers for this volume.
+        std::process::Command::new(DESKD)
+            .args(args)
+            .env_remove("DESKD_SOCKET")
+            .output()
+            .unwrap()
+    };
+    let refused = |out: &std::process::Output, what: &str| {
+        let said = stderr(out);
+        assert!(!out.status.success(), "{what}: {}", stdout(out));
+        assert!(said.contains("desktop is in postgresql"), "{what}: {said}");
+    };
+    // An offline rebuild, to scan or to make a new desktop, is refused and makes no file.
+    for flag in ["-s", "-f"] {
+        let out = deskd(&["rebuild".as_ref(), flag.as_ref(), root.as_os_str()]);
+        refused(&out, flag);
+        assert!(!root.join(".Desktop").exists(), "{flag} made a desktop");
+    }
+    // An SQLite server of it is refused.
+    let other = Env::new(&[]);
+    let out = other.serve_refused(&other.path("s.sock"), &[root.to_str().unwrap()]);
+    refused(&out, "serve");
+    assert!(stderr(&out).contains("set backend ="), "{}", stderr(&out));
+    assert!(!root.join(".Desktop").exists());
+    // Into PostgreSQL again: refused (a `.Desktop` beside it would be stale).
+    let migrate = |args: &[&str]| {
+        std::process::Command::new(DESKD)
+            .arg("migrate")
+            .arg(&root)
+            .args(args)
+            .arg("--password-file")
+            .arg(&pw)
+            .output()
+            .unwrap()
+    };
+    refused(&migrate(&["--to", &url]), "migrate --to postgresql");
+    // Out of the database while it is served: refused, nothing written.
+    let out = migrate(&["--from", &url, "--to", "sqlite"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is being served from the database by deskd serve"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!root.join(".Desktop").exists());
+
+    // With no server: dt does not work on the files as if they were outside a volume.
+    env.term();
+    let out = env.dt(&[b"rm", b"vol/kept.txt"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(root.join("kept.txt").exists());
+    // Moved back to SQLite: the mark goes, the offline tools work again, the ID is kept.
+    let out = migrate(&["--from", &url, "--to", "sqlite"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(deskd_volume::desktop_backend(&root), None);
+    let out = deskd(&["rebuild".as_ref(), "-s".as_ref(), root.as_os_str()]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).lines().all(|l| l.starts_with("rebuild ")),
+        "{}",
+        stdout(&out)
+    );
+    env.serve(&["vol"]);
+    assert_eq!(env.id_of(&root.join("kept.txt")), kept);
+}

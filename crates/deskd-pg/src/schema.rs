@@ -19,6 +19,12 @@ const SCHEMA_LOCK: i64 = 0x6473_6b64;
 /// The advisory lock key under which a new volume is looked up and created ("dskv").
 pub(crate) const VOLUME_LOCK: i64 = 0x6473_6b76;
 
+/// The first key of the advisory lock a serving writer holds shared on its volume (the second
+/// is the volume's `vid`), for as long as its session lives ("dsks"): `deskd migrate --to
+/// sqlite` takes it exclusively, so it never copies a desktop servers still write, and no
+/// server opens the volume while a migration copies it.
+pub(crate) const SERVE_LOCK: i32 = 0x6473_6b73;
+
 /// Format 1. The columns and numbers are those of the SQLite desktop (docs/desktop-format.md),
 /// with the volume's key `vid` in front of every key.
 const SCHEMA_V1: &str = r#"

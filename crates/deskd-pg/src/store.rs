@@ -590,6 +590,25 @@ impl PgDesktop {
             .collect())
     }
 
+    /// Hold the volume's serving lock (shared with the other servers) for as long as this
+    /// session lives: a migration out of the database waits for no server. Refused while a
+    /// migration holds it.
+    pub fn hold_for_serving(&mut self) -> Result<()> {
+        let held: bool = self
+            .client
+            .get_mut()
+            .query_one(
+                "SELECT pg_try_advisory_lock_shared($1, ($2::bigint)::int)",
+                &[&schema::SERVE_LOCK, &self.vid],
+            )?
+            .get(0);
+        if held {
+            Ok(())
+        } else {
+            Err(PgError::Migrating(self.key.name.clone()))
+        }
+    }
+
     /// Remove the change log's rows of batches `through` and older; returns how many went.
     /// Batch numbers have no holes (every batch that changed something takes the next one and
     /// logs at least one ID), so a reader that finds the batch after its own missing knows

@@ -266,6 +266,35 @@ fn count_in(tx: &mut Transaction<'_>, vid: i64) -> Result<Counts> {
     })
 }
 
+/// Hold volume `name`'s serving lock exclusively for as long as `client`'s session lives:
+/// refused ([`PgError::Served`]) while any `deskd serve` serves the volume from the database,
+/// and no server opens it meanwhile. A database without the volume holds nothing (the export
+/// says so).
+pub fn hold_unserved(client: &mut Client, name: &str) -> Result<()> {
+    let has_schema: bool = client
+        .query_one("SELECT to_regclass('deskd.volume') IS NOT NULL", &[])?
+        .get(0);
+    if !has_schema {
+        return Ok(());
+    }
+    let Some(row) = client.query_opt("SELECT vid FROM deskd.volume WHERE name = $1", &[&name])?
+    else {
+        return Ok(());
+    };
+    let vid: i64 = row.get(0);
+    let held: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, ($2::bigint)::int)",
+            &[&schema::SERVE_LOCK, &vid],
+        )?
+        .get(0);
+    if held {
+        Ok(())
+    } else {
+        Err(PgError::Served(name.to_owned()))
+    }
+}
+
 /// Read volume `name` out of the database in one consistent snapshot: each object, in ID
 /// order, goes to `each_object` as it streams in (an error there ends the export); the header
 /// and the other records are returned. A database without the volume is

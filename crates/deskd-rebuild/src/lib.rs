@@ -43,6 +43,10 @@ pub enum RebuildError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The volume's desktop is in PostgreSQL ([`deskd_volume::BACKEND_XATTR`]): an offline
+    /// rebuild of its SQLite file would hand out IDs the database has given.
+    #[error("{0}")]
+    InPostgresql(String),
     /// The volume root (or the root given to the walk) is no directory.
     #[error("{}: not a directory", path.display())]
     NotADirectory { path: PathBuf },
@@ -400,6 +404,7 @@ pub fn rebuild(
     if !root.is_dir() {
         return Err(RebuildError::NotADirectory { path: root });
     }
+    deskd_volume::refuse_if_in_postgresql(&root).map_err(RebuildError::InPostgresql)?;
     let desktop = desktop_path(&root)?;
     refuse_unsafe(&root, &desktop, options)?;
     let relocated = relocation::target(&root, &desktop, options)?;

@@ -38,6 +38,10 @@ pub enum ServerError {
     /// may hold a password, which is refused without being echoed).
     #[error("{}: desktop in PostgreSQL: {message}", root.display())]
     PgOpen { root: PathBuf, message: String },
+    /// An SQLite desktop was asked for a volume whose desktop is in PostgreSQL (its root's
+    /// mark, `deskd_volume::BACKEND_XATTR`).
+    #[error("{0}")]
+    InPostgresql(String),
     /// Neither the command line nor the file names a volume.
     #[error(
         "configuration: no volumes: name them on the command line or in [volume.\"<path>\"] tables"

@@ -172,6 +172,8 @@ impl PgVolume {
     pub(crate) fn open_writer(&self) -> Result<(PgDesktop, bool, bool), deskd_pg::PgError> {
         let client = deskd_pg::connect(&self.options)?;
         let (mut desktop, created) = PgDesktop::open(client, &self.key, self.durability)?;
+        // Held by the writer's session: `deskd migrate --to sqlite` waits for no server.
+        desktop.hold_for_serving()?;
         if self.vid.get().is_some() {
             return Ok((desktop, created, false));
         }

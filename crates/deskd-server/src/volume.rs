@@ -119,6 +119,13 @@ impl VolumeHandle {
             return Self::open_pg(index, config, volume, options);
         }
         let root = volume.root().to_path_buf();
+        // Its desktop is in PostgreSQL (served from there, or migrated): an SQLite desktop
+        // here would be stale, or made empty and hand out IDs the database has given.
+        if let Err(why) = deskd_volume::refuse_if_in_postgresql(&root) {
+            return Err(ServerError::InPostgresql(format!(
+                "{why} (set backend = to serve it from the database)"
+            )));
+        }
         // A volume on a file system mounted read-only is served read-only, configured so or
         // not: nothing on it can change, nor can its desktop be written.
         let fs_read_only = on_read_only_fs(&root);
@@ -386,6 +393,14 @@ impl VolumeHandle {
         }
         crate::pg_volume::refuse_fresh_over_sqlite(&root, &config, &options).map_err(refused)?;
         let identity = crate::pg_volume::identity(&root, &config)?;
+        // The offline tools keep off the volume from now on (deskd_volume::BACKEND_XATTR).
+        if deskd_volume::desktop_backend(&root).is_none() {
+            if let Err(e) = deskd_volume::mark_desktop_in_postgresql(&root, true) {
+                warn!(volume = %root.display(), "cannot mark the root as having its desktop \
+                    in PostgreSQL ({}): offline tools are not kept off it: {e}",
+                    deskd_volume::BACKEND_XATTR);
+            }
+        }
         let key = deskd_pg::VolumeKey {
             name: root.to_string_lossy().into_owned(),
             identity,

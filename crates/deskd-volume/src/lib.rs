@@ -237,6 +237,44 @@ pub fn stamp_volume_identity(root: &Path, identity: u64) -> Result<u64, VolumeEr
     })
 }
 
+/// The xattr on a volume root that says its desktop is in PostgreSQL (value `postgresql`):
+/// set by `deskd serve` when it serves the volume from a database and by `deskd migrate --to
+/// postgresql`, removed by `deskd migrate --to sqlite`. The tools that work on an SQLite desktop
+/// without a server (`deskd rebuild` offline, `deskd migrate --to postgresql`, an SQLite
+/// `deskd serve`) refuse such a volume, as the desktop lock keeps them off a served SQLite
+/// desktop: a `.Desktop` there is stale, or would be made empty and hand out IDs again.
+pub const BACKEND_XATTR: &str = "user.deskd.backend";
+
+/// What [`BACKEND_XATTR`] says of `root`: `Some("postgresql")` for a desktop in PostgreSQL.
+pub fn desktop_backend(root: &Path) -> Option<String> {
+    let value = xattr::get(root, BACKEND_XATTR).ok()??;
+    Some(String::from_utf8_lossy(&value).into_owned())
+}
+
+/// Mark `root`'s desktop as being in PostgreSQL (`true`) or not (`false`, the mark removed).
+pub fn mark_desktop_in_postgresql(root: &Path, in_postgresql: bool) -> Result<(), VolumeError> {
+    let done = if in_postgresql {
+        xattr::set(root, BACKEND_XATTR, b"postgresql")
+    } else {
+        match xattr::remove(root, BACKEND_XATTR) {
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+            other => other,
+        }
+    };
+    done.map_err(|e| VolumeError::io(root, e))
+}
+
+/// The refusal of an offline tool on a volume whose desktop is in PostgreSQL, if it is.
+pub fn refuse_if_in_postgresql(root: &Path) -> Result<(), String> {
+    match desktop_backend(root) {
+        Some(backend) => Err(format!(
+            "{}: this volume's desktop is in {backend} (xattr {BACKEND_XATTR} on its root),              not in an SQLite file: use the deskd serve that serves it, or move the desktop              back with `deskd migrate --to sqlite` first; nothing was changed",
+            root.display()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Clean a path lexically: drop `.`, apply `..` to the preceding component. A `..` above the
 /// start is kept so the caller can refuse it.
 pub fn lexical_clean(path: &Path) -> PathBuf {
@@ -270,11 +308,15 @@ pub fn absolute(path: &Path) -> Result<PathBuf, VolumeError> {
 }
 
 /// Find the volume that lexically contains `path`: the nearest ancestor directory holding a
-/// `.Desktop` (a file, or a symlink to a relocated desktop). `path` must be absolute and clean.
+/// `.Desktop` (a file, or a symlink to a relocated desktop) or marked as having its desktop in
+/// PostgreSQL ([`BACKEND_XATTR`]). `path` must be absolute and clean.
 pub fn locate_volume(path: &Path) -> Option<PathBuf> {
     let mut candidate = Some(path);
     while let Some(dir) = candidate {
-        if std::fs::symlink_metadata(dir.join(DESKTOP_FILE)).is_ok() {
+        // A desktop in PostgreSQL leaves no `.Desktop`: the root's mark says it.
+        if std::fs::symlink_metadata(dir.join(DESKTOP_FILE)).is_ok()
+            || desktop_backend(dir).is_some()
+        {
             return Some(dir.to_path_buf());
         }
         candidate = dir.parent();
