@@ -980,6 +980,14 @@ pub fn restore(
         }
         other => other?,
     };
+    // The restored SQLite desktop is the volume's now: the offline tools may use it, and a
+    // `deskd migrate --to` can move it into a database again.
+    if let Err(e) = deskd_volume::mark_desktop_in_postgresql(&root, false) {
+        tracing::warn!(
+            "{}: the mark that the desktop is in PostgreSQL could not be removed: {e}",
+            root.display()
+        );
+    }
     let (_, last_id) = read_current(&desktop).ok_or_else(|| {
         BackupError::Invalid(CheckFailure::ReadBack {
             desktop: desktop.clone(),

@@ -425,6 +425,10 @@ fn refusals_change_nothing() {
     // The volume goes in once; a second time it is there already.
     ok(&to_pg(&root, &[]));
     let state = database_state(&cluster, "desk");
+    // The root is marked: a second migration is refused before the database is asked.
+    refused(&to_pg(&root, &[]), "desktop is in postgresql");
+    // Without the mark (lost, say), the database refuses it as well.
+    deskd_volume::mark_desktop_in_postgresql(&root, false).unwrap();
     refused(&to_pg(&root, &[]), "holds volume");
     // Another volume under this one's name.
     refused(

@@ -122,55 +122,55 @@ fn churn(
             Renamed(u32, String),
             Deleted(u32),
         }
-        let (request, undo, done): (Request, Box<dyn FnOnce()>, Done) = if op < 6 || order.is_empty()
-        {
-            let rel = format!("{dir}/f{n}");
-            let path = root.join(&rel);
-            std::fs::write(&path, b"").unwrap();
-            (
-                Request::AddPath {
-                    vol,
-                    path: rel.clone().into_bytes(),
-                    hint: None,
-                    type_code: None,
-                    creator: None,
-                    carried: None,
-                },
-                Box::new(move || std::fs::remove_file(&path).unwrap()),
-                Done::Created(rel),
-            )
-        } else if op < 9 || !deletes {
-            let id = order[n % order.len()];
-            let from = root.join(&out.live[&id]);
-            let name = format!("r{n}");
-            let rel = format!("{dir}/{name}");
-            let to = root.join(&rel);
-            std::fs::rename(&from, &to).unwrap();
-            (
-                Request::Rename {
-                    vol,
-                    id,
-                    new_parent: dir_id,
-                    new_name: name.into_bytes(),
-                    replace: false,
-                },
-                Box::new(move || std::fs::rename(&to, &from).unwrap()),
-                Done::Renamed(id, rel),
-            )
-        } else {
-            let at = n % order.len();
-            let id = order[at];
-            std::fs::remove_file(root.join(&out.live[&id])).unwrap();
-            (
-                Request::Delete {
-                    vol,
-                    id,
-                    recursive: false,
-                },
-                Box::new(move || panic!("deletion of ID {id} refused")),
-                Done::Deleted(id),
-            )
-        };
+        let (request, undo, done): (Request, Box<dyn FnOnce()>, Done) =
+            if op < 6 || order.is_empty() {
+                let rel = format!("{dir}/f{n}");
+                let path = root.join(&rel);
+                std::fs::write(&path, b"").unwrap();
+                (
+                    Request::AddPath {
+                        vol,
+                        path: rel.clone().into_bytes(),
+                        hint: None,
+                        type_code: None,
+                        creator: None,
+                        carried: None,
+                    },
+                    Box::new(move || std::fs::remove_file(&path).unwrap()),
+                    Done::Created(rel),
+                )
+            } else if op < 9 || !deletes {
+                let id = order[n % order.len()];
+                let from = root.join(&out.live[&id]);
+                let name = format!("r{n}");
+                let rel = format!("{dir}/{name}");
+                let to = root.join(&rel);
+                std::fs::rename(&from, &to).unwrap();
+                (
+                    Request::Rename {
+                        vol,
+                        id,
+                        new_parent: dir_id,
+                        new_name: name.into_bytes(),
+                        replace: false,
+                    },
+                    Box::new(move || std::fs::rename(&to, &from).unwrap()),
+                    Done::Renamed(id, rel),
+                )
+            } else {
+                let at = n % order.len();
+                let id = order[at];
+                std::fs::remove_file(root.join(&out.live[&id])).unwrap();
+                (
+                    Request::Delete {
+                        vol,
+                        id,
+                        recursive: false,
+                    },
+                    Box::new(move || panic!("deletion of ID {id} refused")),
+                    Done::Deleted(id),
+                )
+            };
         match c.call(request) {
             Ok(reply) => {
                 match done {
@@ -329,8 +329,15 @@ fn two_servers_four_clients_each_create_rename_and_delete_for_30_s_and_agree() {
         let name = path.rsplit('/').next().unwrap();
         let began = Instant::now();
         let want = format!("{}/{path}", root.display());
-        while !env.deskd_ok(&["find", "--exact", name]).lines().any(|l| l == want) {
-            assert!(began.elapsed() < Duration::from_secs(5), "ID {id}: {want} not found");
+        while !env
+            .deskd_ok(&["find", "--exact", name])
+            .lines()
+            .any(|l| l == want)
+        {
+            assert!(
+                began.elapsed() < Duration::from_secs(5),
+                "ID {id}: {want} not found"
+            );
         }
     }
 
@@ -429,7 +436,10 @@ fn the_database_stopped_for_10_s_under_load_makes_clients_see_read_only_then_wri
             "client {i}: {:?}",
             load.refused.first()
         );
-        assert!(load.acked_after_refusal > 0, "client {i} never writable again");
+        assert!(
+            load.acked_after_refusal > 0,
+            "client {i} never writable again"
+        );
     }
     // Nothing acknowledged lost, through either server; no ID twice; no server exited.
     given_once(&loads);
@@ -504,8 +514,15 @@ fn a_server_sigkilled_under_load_leaves_the_other_serving_and_catches_up_when_re
     let name = made_while_down.rsplit('/').next().unwrap();
     let want = format!("{}/{made_while_down}", root.display());
     let began = Instant::now();
-    while !a.deskd_ok(&["find", "--exact", name]).lines().any(|l| l == want) {
-        assert!(began.elapsed() < Duration::from_secs(10), "{want} not found through A");
+    while !a
+        .deskd_ok(&["find", "--exact", name])
+        .lines()
+        .any(|l| l == want)
+    {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "{want} not found through A"
+        );
     }
     let mut ids = Vec::new();
     for env in [&a, &b] {
@@ -688,14 +705,24 @@ fn the_change_log_is_pruned_and_a_server_left_behind_it_loads_its_index_again() 
     // SAFETY: as above.
     unsafe { libc::kill(b_pid, libc::SIGCONT) };
     let log = wait_for_text(&b.log, "name index loaded again", "B");
-    assert!(log.contains("further behind than the change log keeps"), "{log}");
+    assert!(
+        log.contains("further behind than the change log keeps"),
+        "{log}"
+    );
     let want = format!("{}/renamed-while-b-slept", root.display());
-    assert_eq!(b.deskd_ok(&["find", "--exact", "renamed-while-b-slept"]).trim(), want);
+    assert_eq!(
+        b.deskd_ok(&["find", "--exact", "renamed-while-b-slept"])
+            .trim(),
+        want
+    );
     let (in_a, in_b) = (
         a.deskd_ok(&["find", "--exact", "f5"]),
         b.deskd_ok(&["find", "--exact", "f5"]),
     );
-    assert!(in_a.trim().is_empty() && in_b.trim().is_empty(), "A: {in_a} B: {in_b}");
+    assert!(
+        in_a.trim().is_empty() && in_b.trim().is_empty(),
+        "A: {in_a} B: {in_b}"
+    );
     let last = format!("{}/f499", root.display());
     assert_eq!(b.deskd_ok(&["find", "--exact", "f499"]).trim(), last);
     no_errors_logged(&a, "A");
@@ -804,7 +831,9 @@ fn many_busy_client_connections_do_not_use_up_the_databases_connections() {
     let vol = c.open_volume(&root).unwrap().vol;
     assert_eq!(c.object(Request::Resolve { vol, id }).unwrap().id, id);
     let waited = began.elapsed();
-    eprintln!("{held} sessions with 40 connections each half-way through a frame; a read {waited:?}");
+    eprintln!(
+        "{held} sessions with 40 connections each half-way through a frame; a read {waited:?}"
+    );
     assert!(held <= 16 + 3, "{held} sessions held by silent connections");
     assert!(waited < Duration::from_secs(2), "{waited:?}");
     drop(silent);

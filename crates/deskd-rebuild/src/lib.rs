@@ -404,7 +404,10 @@ pub fn rebuild(
     if !root.is_dir() {
         return Err(RebuildError::NotADirectory { path: root });
     }
-    deskd_volume::refuse_if_in_postgresql(&root).map_err(RebuildError::InPostgresql)?;
+    // A restore (`start_from`) writes the SQLite desktop on purpose, and removes the mark.
+    if options.start_from.is_none() {
+        deskd_volume::refuse_if_in_postgresql(&root).map_err(RebuildError::InPostgresql)?;
+    }
     let desktop = desktop_path(&root)?;
     refuse_unsafe(&root, &desktop, options)?;
     let relocated = relocation::target(&root, &desktop, options)?;

@@ -489,9 +489,7 @@ impl Connection {
         let commits = handle.commits.load(Ordering::SeqCst);
         let open = || -> Result<CachedReader, ErrorReply> {
             let reader = match &handle.pg {
-                Some(pg) => {
-                    VolumeReader::Pg(Box::new(pg.lend().map_err(db_error)?))
-                }
+                Some(pg) => VolumeReader::Pg(Box::new(pg.lend().map_err(db_error)?)),
                 None => VolumeReader::Sqlite(handle.open_reader().map_err(db_error)?),
             };
             Ok(CachedReader {

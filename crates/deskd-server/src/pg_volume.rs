@@ -533,7 +533,9 @@ pub(crate) fn spawn_follower(pg: Arc<PgVolume>, root: &Path) {
                         .wait(FOLLOW_POLL)
                         .map_err(DbError::from)
                         .and_then(|notices| {
-                            if notices.is_empty() || notices.iter().any(|n| Some(&n.vid) == pg.vid.get()) {
+                            if notices.is_empty()
+                                || notices.iter().any(|n| Some(&n.vid) == pg.vid.get())
+                            {
                                 pg.catch_up(db)
                             } else {
                                 Ok(())

@@ -268,7 +268,9 @@ pub fn mark_desktop_in_postgresql(root: &Path, in_postgresql: bool) -> Result<()
 pub fn refuse_if_in_postgresql(root: &Path) -> Result<(), String> {
     match desktop_backend(root) {
         Some(backend) => Err(format!(
-            "{}: this volume's desktop is in {backend} (xattr {BACKEND_XATTR} on its root),              not in an SQLite file: use the deskd serve that serves it, or move the desktop              back with `deskd migrate --to sqlite` first; nothing was changed",
+            "{}: this volume's desktop is in {backend} (xattr {BACKEND_XATTR} on its root), \
+             not in an SQLite file: use the deskd serve that serves it, or move the desktop \
+             back with `deskd migrate --to sqlite` first; nothing was changed",
             root.display()
         )),
         None => Ok(()),
