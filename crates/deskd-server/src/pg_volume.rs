@@ -498,6 +498,25 @@ fn random_u64() -> std::io::Result<u64> {
     Ok(u64::from_le_bytes(bytes))
 }
 
+/// What a PostgreSQL volume runs beside its writer once an opening has reached the database:
+/// the name index's load, the start-up check (its thread returned) and the follower. At start,
+/// or by the writer when the database was unreachable then.
+pub(crate) fn start_background(
+    pg: &Arc<PgVolume>,
+    root: &Path,
+    state: Arc<Mutex<crate::writer::SharedState>>,
+) -> Option<std::thread::JoinHandle<Vec<String>>> {
+    let loader = pg.clone();
+    crate::background::spawn_name_index_load_with(root, pg.names(), move |names| {
+        names.load(&loader.connect()?)
+    });
+    let checker = pg.clone();
+    let check =
+        crate::background::spawn_check_with(root, state, move || checker.connect()?.quick_check());
+    spawn_follower(pg.clone(), root);
+    check
+}
+
 /// The follower: wake on another server's announced commit of this volume, or every
 /// [`FOLLOW_POLL`], and catch the name index up. A lost connection is made again (a second's
 /// wait between tries).

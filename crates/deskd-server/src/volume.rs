@@ -17,9 +17,7 @@ use deskd_proto::{ErrorReply, RebuildState, VolumeStatus};
 use deskd_volume::Volume;
 use tracing::{error, info, warn};
 
-use crate::background::{
-    spawn_check, spawn_check_with, spawn_name_index_load, spawn_name_index_load_with,
-};
+use crate::background::{spawn_check, spawn_name_index_load};
 use crate::config::VolumeConfig;
 use crate::db_reply::db_error;
 use crate::desktop_lock::{check_desktop_owner, lock_exclusive};
@@ -483,7 +481,7 @@ impl VolumeHandle {
             pg: Some(pg.clone()),
         });
         if opened {
-            *handle.check.lock().unwrap() = start_pg_background(&pg, &root, state);
+            *handle.check.lock().unwrap() = crate::pg_volume::start_background(&pg, &root, state);
         }
         Ok(handle)
     }
@@ -610,24 +608,6 @@ impl VolumeHandle {
             hidden_clients: 0,
         }
     }
-}
-
-/// What a PostgreSQL volume runs beside its writer once an opening has reached the database:
-/// the name index's load, the start-up check (its thread returned) and the follower. At start,
-/// or by the writer when the database was unreachable then.
-pub(crate) fn start_pg_background(
-    pg: &Arc<PgVolume>,
-    root: &Path,
-    state: Arc<Mutex<SharedState>>,
-) -> Option<JoinHandle<Vec<String>>> {
-    let loader = pg.clone();
-    spawn_name_index_load_with(root, pg.names(), move |names| {
-        names.load(&loader.connect()?)
-    });
-    let checker = pg.clone();
-    let check = spawn_check_with(root, state, move || checker.connect()?.quick_check());
-    crate::pg_volume::spawn_follower(pg.clone(), root);
-    check
 }
 
 /// The root's own resource record (`ROOT/.rsrc/.rsrc`, ID 2) and mirror, as rebuild expects

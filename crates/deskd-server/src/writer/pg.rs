@@ -15,7 +15,7 @@
 //! answering writes read-only meanwhile. No server exits for it. A server started while the
 //! database was unreachable begins in that state: its writer makes the first opening (the
 //! volume's row found or made) when the database answers, and starts the name index's load,
-//! the check and the follower then ([`crate::volume::start_pg_background`]).
+//! the check and the follower then ([`crate::pg_volume::start_background`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -306,7 +306,7 @@ impl PgWriter {
                     // open only now.
                     info!(volume = %self.volume.root().display(), desktop = %self.pg.describe(),
                         "volume open (the database is reachable)");
-                    crate::volume::start_pg_background(
+                    crate::pg_volume::start_background(
                         &self.pg,
                         self.volume.root(),
                         self.state.clone(),
