@@ -292,6 +292,12 @@ impl PgVolume {
                 ms = began.elapsed().as_millis() as u64,
                 "name index loaded again: it was further behind than the change log keeps");
             *seen = now;
+            // The load has no trigram lists (find scans the keys until they are in): built
+            // beside, as at start.
+            let names = self.names.clone();
+            let _ = std::thread::Builder::new()
+                .name("name-index".into())
+                .spawn(move || names.index_trigrams());
             return Ok(());
         }
         let mut ids: Vec<u32> = changes.iter().map(|c| c.id).collect();
