@@ -439,11 +439,24 @@ fn apply_in_database(
     xattrs: bool,
 ) -> Result<PassResult, RebuildFailure> {
     let failed = |e: deskd_pg::PgError| RebuildFailure::Repairs(e.into());
-    let touched_of = |changes: Vec<deskd_pg::Change>| -> std::collections::HashSet<u32> {
-        changes.into_iter().map(|c| c.id).collect()
+    // Batch numbers have no holes: a first batch after `seq` missing means the log was
+    // pruned past the snapshot (more batches than it keeps committed during the walk), and
+    // what clients changed meanwhile is no longer known.
+    let touched_of = |changes: Vec<deskd_pg::Change>| {
+        if changes.first().is_some_and(|c| c.seq != seq + 1) {
+            return Err(RebuildFailure::Repairs(deskd_db::DbError::Backend(
+                "the change log was pruned past the rebuild's snapshot (clients committed more \
+                 batches during the walk than the log keeps); nothing was applied, run it again"
+                    .into(),
+            )));
+        }
+        Ok(changes
+            .into_iter()
+            .map(|c| c.id)
+            .collect::<std::collections::HashSet<u32>>())
     };
     if mode == Mode::Scan {
-        let touched = touched_of(db.changes_since(seq).map_err(failed)?);
+        let touched = touched_of(db.changes_since(seq).map_err(failed)?)?;
         let lines = online::settled(walk, plan, &touched)
             .into_iter()
             .map(line)
@@ -454,7 +467,7 @@ fn apply_in_database(
         });
     }
     let mut batch = db.batch_within(wait).map_err(failed)?;
-    let touched = touched_of(batch.changes_since(seq).map_err(failed)?);
+    let touched = touched_of(batch.changes_since(seq).map_err(failed)?)?;
     let pass = Pass {
         mode,
         walk,
