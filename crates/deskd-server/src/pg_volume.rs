@@ -460,7 +460,10 @@ pub(crate) fn refuse_fresh_over_sqlite(
     match deskd_pg::schema::holds_volume(&mut client, &name, identity) {
         Ok(true) => Ok(()),
         Ok(false) => Err(format!(
-            "the volume's SQLite desktop holds {objects} objects and the database has no copy of              the volume: serving it from the database would give every file a new ID. Move it              in first with `deskd migrate {} --to TARGET` (every ID kept), or move the SQLite              desktop aside to start the volume afresh; nothing was changed",
+            "the volume's SQLite desktop holds {objects} objects and the database has no copy of \
+             the volume: serving it from the database would give every file a new ID. Move it \
+             in first with `deskd migrate {} --to TARGET` (every ID kept), or move the SQLite \
+             desktop aside to start the volume afresh; nothing was changed",
             root.display()
         )),
         Err(e) => Err(e.to_string()),
