@@ -101,6 +101,7 @@ fn each_verb_lists_exactly_its_options() {
                 "world-writable",
                 "trust-ids",
                 "manifest",
+                "leave-postgresql",
             ]),
         ),
         (

@@ -198,9 +198,41 @@ fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_ev
     // Restored as the volume's SQLite desktop (served without `backend` from now on): the
     // backup's records brought up to the disk, so the files made after the backup keep the
     // IDs their mirrors carry, and the counter goes past every ID handed out.
-    let out = env.deskd(&["restore", file.to_str().unwrap(), root.to_str().unwrap()]);
+    // The volume is marked as served from the database: a backup without --config (it
+    // would copy the stale .Desktop, if any) and a restore without --leave-postgresql (its
+    // servers might still hand out IDs) are refused, nothing written.
+    let stale = env.deskd(&[
+        "backup",
+        root.to_str().unwrap(),
+        env.path("stale.db").to_str().unwrap(),
+    ]);
+    assert_eq!(stale.status.code(), Some(2));
+    assert!(
+        stderr_of(&stale).contains("--config"),
+        "{}",
+        stderr_of(&stale)
+    );
+    assert!(!env.path("stale.db").exists());
+    let refused = env.deskd(&["restore", file.to_str().unwrap(), root.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr_of(&refused).contains("--leave-postgresql"),
+        "{}",
+        stderr_of(&refused)
+    );
+    assert!(!root.join(".Desktop").exists());
+    let out = env.deskd(&[
+        "restore",
+        "--leave-postgresql",
+        file.to_str().unwrap(),
+        root.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(root.join(".Desktop").exists());
+    assert!(
+        deskd_volume::desktop_backend(&root).is_none(),
+        "the mark is gone"
+    );
     env.serve(&["vol"]);
     assert_eq!(ids_of(&env, &paths), before, "an ID changed in the restore");
     assert!(env.status_json()["last_id"].as_u64().unwrap() >= last_id);
@@ -269,7 +301,12 @@ fn a_backup_of_a_postgresql_volume_goes_back_into_a_database_with_deskd_migrate(
     env.term();
     // Restore as SQLite, then into a database that does not hold the volume (a new one, as
     // after losing the first), and serve it from there.
-    env.deskd_ok(&["restore", file.to_str().unwrap(), root.to_str().unwrap()]);
+    env.deskd_ok(&[
+        "restore",
+        "--leave-postgresql",
+        file.to_str().unwrap(),
+        root.to_str().unwrap(),
+    ]);
     let url = cluster.create_database("second");
     let pw = cluster.password_file("pw2", cluster.password());
     env.deskd_ok(&[

@@ -946,3 +946,34 @@ fn offline_tools_keep_off_a_volume_whose_desktop_is_in_postgresql() {
     env.serve(&["vol"]);
     assert_eq!(env.id_of(&root.join("kept.txt")), kept);
 }
+
+#[test]
+fn a_migrated_volume_keeping_its_old_desktop_starts_read_only_while_the_database_is_down() {
+    let Some(mut cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    // Served from SQLite, then moved into the database: the old .Desktop stays (as documented).
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"mkdir", b"-p", b"vol/docs/2026"]);
+    env.term();
+    env.deskd_ok(&[
+        "migrate",
+        root.to_str().unwrap(),
+        "--to",
+        &url,
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    assert!(root.join(".Desktop").exists());
+    cluster.stop();
+    // Not taken for a forgotten migration (that check needs the database): served read-only.
+    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
+    let status = env.status_json();
+    assert_eq!(status["read_only"], true, "{status}");
+    cluster.restart();
+    env.wait_for_log("volume open (the database is reachable)", 1);
+}

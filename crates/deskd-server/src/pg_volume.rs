@@ -447,6 +447,13 @@ pub(crate) fn refuse_fresh_over_sqlite(
     config: &VolumeConfig,
     options: &deskd_pg::ConnectOptions,
 ) -> Result<(), String> {
+    // A volume served from a database before, or moved in with `deskd migrate`, is marked:
+    // its `.Desktop` is the one migrate left behind, not a forgotten migration. (Checked
+    // first: the check below needs the database, and such a volume must also start while
+    // the database is down, read-only until it answers.)
+    if deskd_volume::desktop_backend(root).is_some() {
+        return Ok(());
+    }
     let Some((objects, identity)) = sqlite_desktop(root, config) else {
         return Ok(());
     };

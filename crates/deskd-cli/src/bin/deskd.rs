@@ -275,6 +275,12 @@ enum Command {
         /// The backup's manifest (default: BACKUP.manifest.json).
         #[arg(long, value_name = "FILE")]
         manifest: Option<PathBuf>,
+        /// The volume's desktop is in PostgreSQL (served with `backend`): make the restored
+        /// SQLite desktop its desktop from now on. Stop every deskd serve of the volume and
+        /// take `backend` out of their configuration first (no server may go on handing out
+        /// IDs from the database); without this a marked volume is refused.
+        #[arg(long)]
+        leave_postgresql: bool,
         /// The backup file (made by `deskd backup`).
         backup: PathBuf,
         /// The volume's root directory.
@@ -634,9 +640,27 @@ fn run(cli: Run) -> Result<ExitCode> {
             roots,
             trust_ids,
             manifest,
+            leave_postgresql,
             backup,
             volume,
         } => {
+            // A volume served from a database: a restored SQLite desktop beside servers that
+            // go on handing out IDs from the database would give IDs twice (the newcomer
+            // review of stop 39). The admin says the servers are stopped.
+            if let (Some(backend), false) =
+                (deskd_volume::desktop_backend(&volume), leave_postgresql)
+            {
+                eprintln!(
+                    "deskd restore: {}: this volume's desktop is in {backend} (xattr {} on its \
+                     root). Stop every deskd serve of the volume and take `backend` out of \
+                     their configuration, then restore with --leave-postgresql to make the \
+                     restored SQLite desktop the volume's (or restore elsewhere and move it \
+                     into a database with deskd migrate); nothing was changed",
+                    volume.display(),
+                    deskd_volume::BACKEND_XATTR
+                );
+                return Ok(ExitCode::from(1));
+            }
             let options = deskd_backup::RestoreOptions {
                 threads: walk.threads(),
                 force,
@@ -1502,14 +1526,29 @@ fn backup_source(
     volume: &Path,
     config: Option<&Path>,
 ) -> Result<Option<deskd_cli::pg_admin::PgVolumeRef>, ExitCode> {
-    match config.map(|c| deskd_cli::pg_admin::from_config(c, volume)) {
-        None => Ok(None),
-        Some(Ok(found)) => Ok(found),
+    let found = match config.map(|c| deskd_cli::pg_admin::from_config(c, volume)) {
+        None => None,
+        Some(Ok(found)) => found,
         Some(Err(e)) => {
             eprintln!("deskd backup: {e}");
-            Err(ExitCode::from(2))
+            return Err(ExitCode::from(2));
+        }
+    };
+    // A volume marked as served from a database keeps at most a stale `.Desktop` (the one
+    // `deskd migrate` left): backing that up would pass every check and hold old records.
+    if found.is_none() {
+        if let Some(backend) = deskd_volume::desktop_backend(volume) {
+            eprintln!(
+                "deskd backup: {}: this volume's desktop is in {backend} (xattr {} on its \
+                 root), and a .Desktop there is stale: give the server's configuration with \
+                 --config FILE (that of the deskd serve that serves it); nothing was written",
+                volume.display(),
+                deskd_volume::BACKEND_XATTR
+            );
+            return Err(ExitCode::from(2));
         }
     }
+    Ok(found)
 }
 
 /// `deskd backup`.
