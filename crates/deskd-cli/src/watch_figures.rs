@@ -23,6 +23,10 @@ pub fn json(all: Option<&[VolumeWatch]>, vol: u32) -> serde_json::Value {
         "lag_p99_ms": w.lag_p99_ms,
         "overflows": w.overflows,
         "last_overflow": w.last_overflow,
+        "owed_stamps": w.owed_stamps,
+        "held_back": w.held_back,
+        "queued_bytes": w.queued_bytes,
+        "queued_peak_bytes": w.queued_peak_bytes,
         "rescan": w.rescan.as_ref().map(|r| serde_json::json!({
             "reason": r.reason,
             "running": r.running,
@@ -36,7 +40,8 @@ pub fn json(all: Option<&[VolumeWatch]>, vol: u32) -> serde_json::Value {
 }
 
 /// `  watch:        fanotify, 120 events (118 applied), lag 3 ms (p99 9 ms), 0 overflows,
-/// rescan (start) finished: 5000 objects, 2 repaired`.
+/// rescan (start) finished: 5000 objects, 2 repaired`, with the stamps owed and the new objects
+/// held back when there are any.
 pub fn line(all: Option<&[VolumeWatch]>, vol: u32) -> Option<String> {
     let w = of(all, vol)?;
     if w.kind == "off" {
@@ -57,6 +62,15 @@ pub fn line(all: Option<&[VolumeWatch]>, vol: u32) -> Option<String> {
         w.overflows,
         if w.overflows == 1 { "" } else { "s" }
     );
+    if w.owed_stamps > 0 {
+        out.push_str(&format!(
+            ", {} resource file(s) and mirror(s) owed",
+            w.owed_stamps
+        ));
+    }
+    if w.held_back > 0 {
+        out.push_str(&format!(", {} new object(s) held back", w.held_back));
+    }
     if let Some(r) = &w.rescan {
         out.push_str(&match (r.running, &r.error) {
             (true, _) => format!(
@@ -71,4 +85,16 @@ pub fn line(all: Option<&[VolumeWatch]>, vol: u32) -> Option<String> {
         });
     }
     Some(out)
+}
+
+/// What `deskd flush` says of the stamps still owed after it (nothing when none are).
+pub fn owed_after_flush(all: &[VolumeWatch]) -> Option<String> {
+    let owed: u64 = all.iter().map(|w| w.owed_stamps).sum();
+    (owed > 0).then(|| {
+        format!(
+            "{owed} resource file(s) and mirror(s) of new objects still owed: every object has \
+             its ID in the desktop, and these are written in the background (deskd status \
+             shows how many are left; a rebuild writes them first)"
+        )
+    })
 }

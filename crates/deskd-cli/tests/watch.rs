@@ -888,6 +888,53 @@ fn a_rebuild_asked_right_after_a_burst_finds_every_stamp_written() {
     assert_eq!(assert_tree_like_dt(&env, "burst").len(), 3001);
 }
 
+/// A burst's stamps owed past what a flush pays: the stamper held (test hook), the flush
+/// paying nothing (test hook: as a flush after a million files, which pays for 2 s only).
+#[test]
+fn a_flush_answers_at_once_and_says_what_is_owed_which_status_shows_and_a_rebuild_pays() {
+    let mut env = Env::new(&["vol", "outside"]);
+    let release = env.path("release-stamper");
+    env.server_env.push((
+        "DESKD_TEST_HOLD_STAMPER_UNTIL".into(),
+        release.display().to_string(),
+    ));
+    env.server_env
+        .push(("DESKD_TEST_BARRIER_PAYS_MS".into(), "0".into()));
+    env.serve_watched(&["vol"], "");
+    make_files(&env, "burst", 3000);
+    // The flush applies every change in the desktop and leaves the stamps owed (before,
+    // it paid them all inside the request: a million took longer than the client waits).
+    let said = env.deskd_ok(&["flush", "--volume", root(&env).to_str().unwrap()]);
+    let desktop = desktop_below(&env, "burst");
+    assert_eq!(desktop.len(), 3001);
+    let watch = env.watch_status("vol");
+    let owed = watch["owed_stamps"].as_u64().unwrap();
+    // (Small batches, under 64 new objects, stamp theirs at once.)
+    let unstamped = desktop
+        .iter()
+        .filter(|(rel, id)| rsrc_id(&root(&env).join(rel)) != Some(**id))
+        .count() as u64;
+    assert!(owed >= 1000 && owed == unstamped, "{unstamped}: {watch}");
+    assert!(
+        said.contains(&format!(
+            "{owed} resource file(s) and mirror(s) of new objects still owed"
+        )),
+        "{said}"
+    );
+    let line = env.deskd_ok(&["status"]);
+    assert!(
+        line.contains(&format!("{owed} resource file(s) and mirror(s) owed")),
+        "{line}"
+    );
+    // A rebuild pays them first (in its job, not its request): its scan finds nothing.
+    env.rebuild_scan_silent("vol");
+    assert_eq!(env.watch_status("vol")["owed_stamps"].as_u64(), Some(0));
+    assert_eq!(assert_tree_like_dt(&env, "burst").len(), 3001);
+    std::fs::write(&release, b"").unwrap();
+    let said = env.deskd_ok(&["flush", "--volume", root(&env).to_str().unwrap()]);
+    assert!(!said.contains("owed"), "{said}");
+}
+
 #[test]
 fn roots_bulk_creation_is_registered_at_once_whatever_the_budget() {
     let env = watched("[defaults]\nwatch_budget = 50\nwatch_budget_seconds = 60\n");

@@ -799,6 +799,15 @@ pub struct VolumeWatch {
     pub last_overflow: Option<i64>,
     /// The running or last rescan of the volume by the online repair.
     pub rescan: Option<WatchRescan>,
+    /// New objects registered whose resource file and mirror are not written yet (a burst's,
+    /// written in the background; a rebuild job writes them first).
+    pub owed_stamps: u64,
+    /// New objects the budget of new IDs per user held back, waiting for its window's end.
+    pub held_back: u64,
+    /// Bytes of events read from the kernel and not yet applied (fanotify), now.
+    pub queued_bytes: u64,
+    /// The most of `queued_bytes` at once since the watcher started.
+    pub queued_peak_bytes: u64,
 }
 
 /// A rescan of a watched volume by the online repair.

@@ -41,6 +41,10 @@ pub(crate) fn watch(w: &mut VolumeWatch) {
     w.events = count(w.events);
     w.applied = count(w.applied);
     w.pending = count(w.pending);
+    w.owed_stamps = count(w.owed_stamps);
+    w.held_back = count(w.held_back);
+    w.queued_bytes = bytes(w.queued_bytes);
+    w.queued_peak_bytes = bytes(w.queued_peak_bytes);
     w.lag_ms = w.lag_p99_ms;
     if let Some(rescan) = w.rescan.as_mut() {
         rescan.objects = count(rescan.objects);

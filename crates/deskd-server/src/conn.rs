@@ -1015,11 +1015,19 @@ impl Connection {
                 self.require_admin(&handle)?;
                 // The server's own rescan of a watched volume (at its start) is short and
                 // does what a repair does: the asker's job runs after it, not refused. And
-                // the watcher's work first, on disk too (the stamps it owes), so that the
-                // job compares against every change made before it was asked.
-                crate::watch::barrier(&self.shared.watchers, &self.shared.rebuilds, &handle);
+                // the watcher's work first, so that the job compares against every change
+                // made before it was asked: in the desktop here, on disk (the stamps a burst
+                // left owed, which may take longer than a request may) as the job's first
+                // work.
+                let owed =
+                    crate::watch::barrier(&self.shared.watchers, &self.shared.rebuilds, &handle);
                 crate::watch::wait_for_rescan(&self.shared.watchers, &handle, RESCAN_WAIT);
-                let job = crate::rebuild::start(
+                let before: Option<crate::rebuild::Before> = (owed > 0).then(|| {
+                    let (watchers, handle) = (self.shared.watchers.clone(), handle.clone());
+                    Box::new(move || crate::watch::pay_all_owed(&watchers, &handle))
+                        as crate::rebuild::Before
+                });
+                let job = crate::rebuild::start_after(
                     &self.shared.rebuilds,
                     &handle,
                     mode,
@@ -1027,6 +1035,7 @@ impl Connection {
                     force,
                     Some(timeout_secs),
                     &self.client.who,
+                    before,
                 )?;
                 let mode = format!("{mode:?}").to_lowercase();
                 audit::log(

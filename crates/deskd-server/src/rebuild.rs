@@ -175,6 +175,34 @@ pub(crate) fn start(
     timeout_secs: Option<u32>,
     asker: &str,
 ) -> Result<u64, ErrorReply> {
+    start_after(
+        registry,
+        handle,
+        mode,
+        threads,
+        force,
+        timeout_secs,
+        asker,
+        None,
+    )
+}
+
+/// Work a job does first, in its own thread (phase `writing owed stamps`), before it walks.
+pub(crate) type Before = Box<dyn FnOnce() + Send>;
+
+/// [`start`], the job doing `before` first (an asker's job: the stamps the watcher owes,
+/// which may take longer than a request may).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn start_after(
+    registry: &Registry,
+    handle: &Arc<VolumeHandle>,
+    mode: RebuildMode,
+    threads: Option<u32>,
+    force: bool,
+    timeout_secs: Option<u32>,
+    asker: &str,
+    before: Option<Before>,
+) -> Result<u64, ErrorReply> {
     let root = handle.volume.root().display().to_string();
     if handle.read_only() && mode != RebuildMode::Scan {
         return Err(ErrorReply::new(
@@ -226,6 +254,10 @@ pub(crate) fn start(
         .name(format!("rebuild-{id}"))
         .spawn(move || {
             info!(volume = %worker_handle.volume.root().display(), job = id, mode = ?mode, "online rebuild started");
+            if let Some(before) = before {
+                job.set_phase("writing owed stamps");
+                before();
+            }
             let result = run(&worker_handle, &job, threads, &asker);
             // Recording is only for a running job.
             worker_handle.touches.take();

@@ -317,6 +317,15 @@ impl Watcher {
         self.collect()
     }
 
+    /// Bytes of events read from the kernel and not yet taken by [`Watcher::next_batch`], and
+    /// the most at once since the start (fanotify; inotify leaves them in the kernel: 0).
+    pub fn held_bytes(&self) -> (u64, u64) {
+        match &self.source {
+            Source::Fanotify(s) => s.held_bytes(),
+            Source::Inotify(_) => (0, 0),
+        }
+    }
+
     /// A handle another thread uses to end a blocking `next_batch` (shutdown).
     pub fn stopper(&self) -> Stopper {
         self.stopper.clone()

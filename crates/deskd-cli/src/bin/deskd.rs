@@ -833,6 +833,13 @@ fn run(cli: Run) -> Result<ExitCode> {
         Command::Flush { volume, .. } => {
             let (mut client, vol) = connect_for(connection, &volume)?;
             call(&mut client, Request::Flush { vol })?;
+            // The flush writes what a burst left owed for a bounded time only: say what is
+            // left (a server that predates the figure says nothing).
+            if let Ok(all) = client.watch(vol) {
+                if let Some(note) = deskd_cli::watch_figures::owed_after_flush(&all) {
+                    println!("{note}");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Freeze {

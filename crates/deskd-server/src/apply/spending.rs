@@ -169,6 +169,11 @@ impl Spending {
         }
     }
 
+    /// New objects held back in this window, to try again at its end.
+    pub fn held_back(&self) -> u64 {
+        self.deferred.len() as u64
+    }
+
     /// Note a new object of `payer` at `path` left unregistered (each object once a window).
     /// True for the payer's first of the window (the caller warns).
     pub fn defer(&mut self, payer: u32, path: &[Vec<u8>]) -> bool {

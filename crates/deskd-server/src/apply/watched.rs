@@ -161,6 +161,8 @@ pub struct WatchedOutcome {
     /// The online repair must walk the volume for objects the budget deferred (more than it
     /// keeps to try again).
     pub budget_repair: bool,
+    /// New objects held back now, over the budget, to try again at the window's end.
+    pub held_back: u64,
 }
 
 impl WatchedOutcome {
@@ -245,6 +247,7 @@ pub fn apply_all<B: WriteBatch + ?Sized>(
         }
     }
     out.deferred_until = spending.due();
+    out.held_back = spending.held_back();
     out
 }
 

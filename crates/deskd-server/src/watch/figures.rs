@@ -22,6 +22,11 @@ pub(crate) struct WatchFigures {
     pub(crate) overflows: u64,
     pub(crate) last_overflow: Option<i64>,
     pub(crate) rescan: Option<WatchRescan>,
+    /// New objects the budget held back, waiting for the end of the window.
+    pub(crate) held_back: u64,
+    /// Bytes of events the pump holds (fanotify), and the most at once.
+    pub(crate) queued_bytes: u64,
+    pub(crate) queued_peak_bytes: u64,
 }
 
 impl WatchFigures {
@@ -70,6 +75,10 @@ impl WatchFigures {
             overflows: self.overflows,
             last_overflow: self.last_overflow,
             rescan: self.rescan.clone(),
+            owed_stamps: 0,
+            held_back: self.held_back,
+            queued_bytes: self.queued_bytes,
+            queued_peak_bytes: self.queued_peak_bytes,
         }
     }
 }

@@ -46,6 +46,10 @@ impl ChangeSource for Watcher {
     fn drain_now(&mut self) -> Result<deskd_watch::Batch, String> {
         Watcher::drain_now(self).map_err(|e| e.to_string())
     }
+
+    fn held_bytes(&self) -> (u64, u64) {
+        Watcher::held_bytes(self)
+    }
 }
 
 /// Start watching `root` as `mode` says (`queue`: the `watch_queue` test setting).

@@ -11,4 +11,8 @@ pub(crate) trait ChangeSource: Send {
     fn next_batch(&mut self, wait: Duration) -> Result<Batch, String>;
     /// Everything queued by now, without waiting (the barrier of `deskd flush`).
     fn drain_now(&mut self) -> Result<Batch, String>;
+    /// Bytes of events read from the kernel and not yet taken, and the most at once.
+    fn held_bytes(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }

@@ -52,6 +52,12 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
             };
             match source.next_batch(WAIT) {
                 Ok(batch) => {
+                    let (held, peak) = source.held_bytes();
+                    {
+                        let mut figures = running.figures.lock().unwrap();
+                        figures.queued_bytes = held;
+                        figures.queued_peak_bytes = peak;
+                    }
                     settle(&batch);
                     process(&running, &handle, &rebuilds, batch)
                 }
@@ -261,6 +267,9 @@ fn report_spending(
         );
     }
     *running.spending_due.lock().unwrap() = outcome.deferred_until;
+    if outcome.refused.is_none() {
+        running.figures.lock().unwrap().held_back = outcome.held_back;
+    }
     if let Some(window) = &outcome.window {
         for user in &window.users {
             let held = if user.deferred > 0 {
@@ -335,9 +344,28 @@ pub(crate) fn stamp_in_background(running: Arc<Running>, handle: Arc<VolumeHandl
         if running.stopping.load(Ordering::SeqCst) {
             return;
         }
+        hold_stamper();
         pay_owed(&running, &handle, owed::SHARE);
     }
 }
+
+/// Test hook (`DESKD_TEST_HOLD_STAMPER_UNTIL=<file>`): the stamper pays nothing until `<file>`
+/// exists, so a test sees what a barrier and a rebuild pay and what they leave owed.
+#[cfg(feature = "test-hooks")]
+fn hold_stamper() {
+    static UNTIL: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let until =
+        UNTIL.get_or_init(|| std::env::var_os("DESKD_TEST_HOLD_STAMPER_UNTIL").map(PathBuf::from));
+    if let Some(until) = until.as_deref() {
+        while !until.exists() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Without the `test-hooks` feature the hook is compiled out.
+#[cfg(not(feature = "test-hooks"))]
+fn hold_stamper() {}
 
 /// Pay up to `share` owed stamps, each where the desktop says its object is now (an object
 /// removed since needs none). Returns how many were taken.

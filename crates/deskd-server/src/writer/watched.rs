@@ -20,6 +20,7 @@ impl Writer {
         if changes.is_empty() && self.watch_spending.due().is_none_or(|due| now < due) {
             return WatchedOutcome {
                 deferred_until: self.watch_spending.due(),
+                held_back: self.watch_spending.held_back(),
                 ..WatchedOutcome::default()
             };
         }

@@ -14,8 +14,8 @@
 //! tells where it was, and so does an event in a directory this read renames later; what
 //! still waits at the end of the batch asks for a rescan of the volume.
 
-mod guard;
 pub(crate) mod handles;
+mod pump;
 pub(crate) mod records;
 mod sys;
 
@@ -35,20 +35,16 @@ use records::{is_plain_name, DirName, Handle, Malformed, RawEvent};
 /// Bytes per read(2): about 500 events with names.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// Most events the kernel may hold for the watcher: beyond, they are dropped and the volume
-/// rescanned, as after the kernel's own overflow (checked after each batch, and every 250 ms by
-/// a guard thread, [`guard`], while the watcher's thread is held elsewhere). The queue is
-/// otherwise unlimited (`FAN_UNLIMITED_QUEUE`): the kernel's default of 16,384 events lasts
-/// 0.15 s when a program creates 100,000 files a second, less than one batch of the server
-/// takes to apply, so a burst would always end in a rescan of the whole volume. The kernel keeps
-/// about 100 bytes an event with a short name, up to about 1 KiB for a rename between two
-/// 255-byte names: 25 to 270 MiB at this bound. Counted with `FIONREAD`, which says
-/// [`EVENT_BYTES`] an event whatever its names, and walks the whole queue (so the bound also
-/// keeps that walk short).
-pub(crate) const QUEUE_EVENTS_MAX: u64 = 262_144;
-
-/// What `FIONREAD` counts for each queued event (`FAN_EVENT_METADATA_LEN`).
-pub(crate) const EVENT_BYTES: u64 = 24;
+/// Most bytes of events the watcher holds unread (its pump, [`pump`], takes them out of the
+/// kernel as they come): beyond, they are dropped and the volume rescanned, as after the
+/// kernel's own overflow. The kernel's queue is unlimited (`FAN_UNLIMITED_QUEUE`) and kept
+/// short by the pump: its default of 16,384 events lasts 0.15 s when a program creates 100,000
+/// files a second, less than one batch of the server takes to apply. An event takes about 100
+/// bytes here with a 20-byte name (a create: its folder's handle and name, the file's handle),
+/// up to about 600 for a rename between two 255-byte names: this bound holds about 2 million
+/// creates of short names, 350,000 such renames at worst, in the server's own memory (its RSS
+/// shows it; the kernel's queue holds what arrived in the last [`pump`] pause).
+pub(crate) const HELD_BYTES_MAX: u64 = 192 << 20;
 
 const INIT_FLAGS: u32 = libc::FAN_CLASS_NOTIF
     | libc::FAN_CLOEXEC
@@ -76,7 +72,8 @@ struct Waiting {
 }
 
 pub(crate) struct FanotifySource {
-    group: Fanotify,
+    /// The group: its mark lasts as long as it (the pump reads a duplicate).
+    _group: Fanotify,
     root: PathBuf,
     /// The root, opened read-only: the mount fd of `open_by_handle_at`.
     root_fd: OwnedFd,
@@ -95,8 +92,8 @@ pub(crate) struct FanotifySource {
     /// of their last rename there, and the index of the event being placed.
     renamed_later: HashMap<Box<[u8]>, usize>,
     event_index: usize,
-    /// Keeps the kernel's queue under [`QUEUE_EVENTS_MAX`] while this thread is elsewhere.
-    guard: guard::QueueGuard,
+    /// Takes the events out of the kernel as they come, while this thread is elsewhere.
+    pump: pump::Pump,
 }
 
 impl FanotifySource {
@@ -132,15 +129,15 @@ impl FanotifySource {
                 root: root.to_path_buf(),
                 reason: mark_reason(e),
             })?;
-        let guard = rustix::io::fcntl_dupfd_cloexec(&group, 0)
+        let pump = rustix::io::fcntl_dupfd_cloexec(&group, 0)
             .map_err(std::io::Error::from)
-            .and_then(|fd| guard::QueueGuard::start(fd, QUEUE_EVENTS_MAX * EVENT_BYTES))
+            .and_then(|fd| pump::Pump::start(fd, HELD_BYTES_MAX))
             .map_err(|e| WatchError::FanotifyInit {
-                reason: format!("the queue's guard thread: {e}"),
+                reason: format!("the queue's reader thread: {e}"),
             })?;
         let mut source = FanotifySource {
-            group,
-            guard,
+            _group: group,
+            pump,
             root: root.to_path_buf(),
             root_fd,
             cache: HandleCache::new(capacity),
@@ -158,25 +155,26 @@ impl FanotifySource {
         Ok(source)
     }
 
+    /// Readable while events wait (the pump's, which holds what the kernel had).
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.group.as_fd()
+        self.pump.ready_fd()
     }
 
-    /// Whether more than [`QUEUE_EVENTS_MAX`] events wait in the kernel now, or the guard
-    /// found so and dropped them since the last call (either way: an overflow).
+    /// Whether the pump dropped events over [`HELD_BYTES_MAX`] since the last call (an
+    /// overflow).
     pub(crate) fn over_bound(&self) -> bool {
-        self.guard.take_dropped()
-            || rustix::io::ioctl_fionread(&self.group).unwrap_or(0) > QUEUE_EVENTS_MAX * EVENT_BYTES
+        self.pump.take_dropped()
     }
 
-    /// Read and drop everything the kernel holds (past [`QUEUE_EVENTS_MAX`]: the rescan that
-    /// follows finds what they said), so its memory is given back at once.
+    /// Drop everything held and queued (the rescan that follows an overflow finds what they
+    /// said), so the memory is given back at once.
     pub(crate) fn discard_queued(&mut self) {
-        while let Ok(n) = rustix::io::read(&self.group, &mut self.buf[..]) {
-            if n == 0 {
-                break;
-            }
-        }
+        self.pump.discard();
+    }
+
+    /// Bytes of events held unread now, and the most held at once.
+    pub(crate) fn held_bytes(&self) -> (u64, u64) {
+        self.pump.held_bytes()
     }
 
     /// Forget every directory: from now on each is placed by the kernel first.
@@ -258,7 +256,7 @@ impl FanotifySource {
 
     /// One read(2). `Ok(false)`: nothing was queued.
     pub(crate) fn read_once(&mut self, sink: &mut Sink<'_>) -> Result<bool, WatchError> {
-        let n = match rustix::io::read(&self.group, &mut self.buf[..]) {
+        let n = match self.pump.read(&mut self.buf[..]) {
             Ok(0) | Err(Errno::AGAIN) => return Ok(false),
             Err(Errno::INTR) => return Ok(true),
             Ok(n) => n,
