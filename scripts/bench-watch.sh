@@ -12,8 +12,9 @@
 #       shows the directory's new name.
 #   (c) MANY files created by a plain program (deskd-bench populate: create(2) in a loop) with
 #       watch = auto vs off: the creation rate ratio, the server's peak RSS (VmHWM), the time of
-#       the barrier (`deskd flush --volume`) after it, and `deskd rebuild -s` afterwards (the
-#       number of lines it prints: 0 when the desktop agrees).
+#       the barrier (`deskd flush --volume`) after it and the stamps it left owed, the most
+#       bytes of events the watcher held, and `deskd rebuild -s` afterwards (the number of lines
+#       it prints: 0 when the desktop agrees).
 #
 #   scripts/bench-watch.sh                                   # the issue's sizes, RUNS=3
 #   RENAMES=2000 BIG=20000 MANY=100000 RUNS=1 scripts/bench-watch.sh   # a quick check
@@ -175,7 +176,9 @@ part_c() {
             flush_s=$(elapsed barrier)
             echo "run $run: watch=$mode: $rate files/s, then the barrier took ${flush_s} s;" \
                 "server peak RSS $(peak_rss_mib) MiB$( [ "$mode" = auto ] && \
-                echo "; rebuild -s lines: $(scan_lines); overflows $(watch_field overflows)")"
+                echo "; stamps owed after it $(watch_field owed_stamps), events held at most" \
+                    "$(( $(watch_field queued_peak_bytes) / 1048576 )) MiB;" \
+                    "rebuild -s lines: $(scan_lines); overflows $(watch_field overflows)")"
             echo "$rate" >> "$WORK/c-rate-$mode"
             stop_server
             # Kept until the part ends: on ext4, files created soon after others were
