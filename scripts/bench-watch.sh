@@ -69,7 +69,7 @@ stop_server() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
 # The server's peak resident set (VmHWM), MiB.
 peak_rss_mib() { awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$SERVER/status"; }
-barrier() { "$BIN/deskd" flush --socket "$SOCK" --volume "$VOL"; }
+barrier() { "$BIN/deskd" flush --socket "$SOCK" --volume "$VOL" >/dev/null; }
 watch_field() {
     "$BIN/deskd" status --socket "$SOCK" --json | json "d.get('watch') and d['watch'].get('$1')"
 }

@@ -77,6 +77,8 @@ pub(crate) struct Running {
     owed: Mutex<owed::Owed>,
     /// Told when stamps are owed, or the watcher stops (the stamper waits on it).
     owed_ready: Condvar,
+    /// When a batch last owed its stamps: the stamper waits until bursts pause.
+    last_burst: Mutex<Option<std::time::Instant>>,
     /// The thread that writes owed stamps at the lowest CPU priority.
     stamper: Mutex<Option<JoinHandle<()>>>,
     /// Held while a share of owed stamps is paid (taken and written): a barrier that finds
@@ -108,6 +110,7 @@ impl Running {
             spending_due: Mutex::default(),
             owed: Mutex::new(owed::Owed::default()),
             owed_ready: Condvar::new(),
+            last_burst: Mutex::new(None),
             stamper: Mutex::new(None),
             paying: Mutex::new(()),
             reader: Mutex::new(None),

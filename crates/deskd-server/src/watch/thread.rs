@@ -308,6 +308,7 @@ fn owe_new_stamps(running: &Running, work: Vec<DiskWork>) -> Vec<DiskWork> {
     if stamps < owed::OWE_FROM || !owed.has_room_for(stamps) {
         return work;
     }
+    *running.last_burst.lock().unwrap() = Some(Instant::now());
     let now_work = work
         .into_iter()
         .filter(|w| match w {
@@ -323,7 +324,8 @@ fn owe_new_stamps(running: &Running, work: Vec<DiskWork>) -> Vec<DiskWork> {
 }
 
 /// The stamper: writes owed stamps ([`super::owed`]) a share at a time, at the lowest CPU
-/// priority of the system, until the watcher stops. So the resource files of a burst are
+/// priority of the system, from [`QUIET`] after the last batch that owed some, until the
+/// watcher stops. So the resource files of a burst are
 /// written with whatever CPU the programs making it leave, as soon as there is some; a barrier
 /// pays what is left at its own priority.
 pub(crate) fn stamp_in_background(running: Arc<Running>, handle: Arc<VolumeHandle>) {
@@ -344,10 +346,30 @@ pub(crate) fn stamp_in_background(running: Arc<Running>, handle: Arc<VolumeHandl
         if running.stopping.load(Ordering::SeqCst) {
             return;
         }
+        // Not while a burst goes on: writing resource files creates as many inodes as the
+        // program, in the same file system, and even at nice 19 that contention slowed it.
+        let since = running
+            .last_burst
+            .lock()
+            .unwrap()
+            .map_or(QUIET, |at| at.elapsed());
+        if since < QUIET {
+            let owed = running.owed.lock().unwrap();
+            let _ = running
+                .owed_ready
+                .wait_timeout_while(owed, QUIET - since, |_| {
+                    !running.stopping.load(Ordering::SeqCst)
+                })
+                .unwrap();
+            continue;
+        }
         hold_stamper();
         pay_owed(&running, &handle, owed::SHARE);
     }
 }
+
+/// How long after the last batch that owed stamps the stamper begins paying them.
+const QUIET: Duration = Duration::from_millis(250);
 
 /// Test hook (`DESKD_TEST_HOLD_STAMPER_UNTIL=<file>`): the stamper pays nothing until `<file>`
 /// exists, so a test sees what a barrier and a rebuild pay and what they leave owed.

@@ -34,6 +34,7 @@ mod busy;
 mod checkpoint;
 mod checkpointer;
 pub(crate) mod pg;
+mod priority;
 mod wal_writeback;
 mod watched;
 
@@ -651,7 +652,11 @@ impl Writer {
                 }
             }
             Job::Watch(changes, reply) => {
+                let lowered = (changes.len() >= priority::BURST_CHANGES)
+                    .then(priority::Lowered::for_a_burst)
+                    .flatten();
                 let outcome = self.apply_watched(&changes);
+                drop(lowered);
                 let _ = reply.send(outcome);
             }
             // Only wakes the thread, to set its timers after a commit made elsewhere.
