@@ -440,8 +440,10 @@ pub(crate) fn pay_all_owed(registry: &Registry, handle: &VolumeHandle) {
     let Some(running) = registry.of(handle) else {
         return;
     };
-    while !running.stopping.load(Ordering::SeqCst)
-        && thread::pay_owed(&running, handle, owed::SHARE) > 0
-    {}
+    while !running.stopping.load(Ordering::SeqCst) {
+        if thread::pay_owed(&running, handle, owed::SHARE) == 0 {
+            break;
+        }
+    }
     drop(running.paying.lock().unwrap());
 }
