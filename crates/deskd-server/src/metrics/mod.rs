@@ -347,6 +347,14 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
     each_volume(
         out,
         volumes,
+        "deskd_watch_owed_stamps",
+        Gauge,
+        "New objects whose resource file and mirror the watcher has not written yet.",
+        |v| watched(v).then_some(v.watch.owed_stamps),
+    );
+    each_volume(
+        out,
+        volumes,
         "deskd_volume_clients",
         Gauge,
         "Open connections that have used the volume.",
