@@ -180,6 +180,11 @@ pub(crate) fn process(
     let mut changes = carried;
     changes.extend(batch.changes);
     let changes = super::known::drop_known(running, handle, changes);
+    // A burst's batch: the stamper waits until a while after its end (it may take long).
+    let burst = changes.len() >= owed::OWE_FROM;
+    if burst {
+        *running.last_burst.lock().unwrap() = Some(Instant::now() + BURST_APPLYING);
+    }
     let outcome = if changes.is_empty() && !spending_turn {
         // Nothing for the writer: what its window holds back stays due as it was.
         Some(crate::apply::watched::WatchedOutcome {
@@ -189,6 +194,9 @@ pub(crate) fn process(
     } else {
         handle.ask(|tx| Job::Watch(changes, tx))
     };
+    if burst {
+        *running.last_burst.lock().unwrap() = Some(Instant::now());
+    }
     let lag = oldest.elapsed();
     let Some(mut outcome) = outcome else {
         running.figures.lock().unwrap().pending = 0;
@@ -352,7 +360,7 @@ pub(crate) fn stamp_in_background(running: Arc<Running>, handle: Arc<VolumeHandl
             .last_burst
             .lock()
             .unwrap()
-            .map_or(QUIET, |at| at.elapsed());
+            .map_or(QUIET, |at| Instant::now().saturating_duration_since(at));
         if since < QUIET {
             let owed = running.owed.lock().unwrap();
             let _ = running
@@ -370,6 +378,9 @@ pub(crate) fn stamp_in_background(running: Arc<Running>, handle: Arc<VolumeHandl
 
 /// How long after the last batch that owed stamps the stamper begins paying them.
 const QUIET: Duration = Duration::from_millis(250);
+/// While a burst's batch is applied, the stamper waits as if it had ended this far ahead
+/// (set back to its real end when it ends).
+const BURST_APPLYING: Duration = Duration::from_secs(3600);
 
 /// Test hook (`DESKD_TEST_HOLD_STAMPER_UNTIL=<file>`): the stamper pays nothing until `<file>`
 /// exists, so a test sees what a barrier and a rebuild pay and what they leave owed.
