@@ -41,6 +41,8 @@ fn settle(batch: &Batch) {
 /// Read and apply batches until the watcher is stopped or fails.
 pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Registry) {
     let root = handle.volume.root().display().to_string();
+    // Events held past GIVE_BACK_FROM since their memory was last given back.
+    let mut backlog = false;
     loop {
         if running.stopping.load(Ordering::SeqCst) {
             return;
@@ -57,6 +59,12 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
                         let mut figures = running.figures.lock().unwrap();
                         figures.queued_bytes = held;
                         figures.queued_peak_bytes = peak;
+                    }
+                    backlog |= held >= GIVE_BACK_FROM;
+                    if held == 0 && std::mem::take(&mut backlog) {
+                        // A burst's backlog is applied: its pages go back to the system
+                        // rather than staying in the server's RSS.
+                        crate::allocator::give_back();
                     }
                     settle(&batch);
                     process(&running, &handle, &rebuilds, batch)
@@ -80,6 +88,9 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
         running.let_barriers_pass();
     }
 }
+
+/// Events held (bytes) from which their memory is given back once they are all applied.
+const GIVE_BACK_FROM: u64 = 16 << 20;
 
 /// Most stale creates kept for the next batch (beyond, a rescan finds what they named).
 const MAX_UNPLACED: usize = 10_000;

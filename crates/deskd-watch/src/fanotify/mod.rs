@@ -256,13 +256,30 @@ impl FanotifySource {
 
     /// One read(2). `Ok(false)`: nothing was queued.
     pub(crate) fn read_once(&mut self, sink: &mut Sink<'_>) -> Result<bool, WatchError> {
-        let n = match self.pump.read(&mut self.buf[..]) {
-            Ok(0) | Err(Errno::AGAIN) => return Ok(false),
-            Err(Errno::INTR) => return Ok(true),
-            Ok(n) => n,
-            Err(e) => return Err(WatchError::Read(e.into())),
+        // Without a complete cache, everything by now in one read (`Pump::read_all`).
+        let complete = self.complete();
+        let mut buf = std::mem::take(&mut self.buf);
+        let read = if complete {
+            buf.resize(READ_BUFFER, 0);
+            self.pump.read(&mut buf[..])
+        } else {
+            self.pump.read_all(&mut buf)
         };
-        let buf = std::mem::take(&mut self.buf);
+        let n = match read {
+            Ok(0) | Err(Errno::AGAIN) => {
+                self.buf = buf;
+                return Ok(false);
+            }
+            Err(Errno::INTR) => {
+                self.buf = buf;
+                return Ok(true);
+            }
+            Ok(n) => n,
+            Err(e) => {
+                self.buf = buf;
+                return Err(WatchError::Read(e.into()));
+            }
+        };
         self.note_renames(&buf[..n]);
         let events: Vec<_> = records::events(&buf[..n]).collect();
         // Second halves of exchanges already placed with their first half.
@@ -285,6 +302,10 @@ impl FanotifySource {
                     sink.overflow = true;
                 }
             }
+        }
+        // A large read's buffer is not kept (its memory is the held events').
+        if buf.capacity() > READ_BUFFER {
+            buf = vec![0; READ_BUFFER];
         }
         self.buf = buf;
         Ok(true)

@@ -62,6 +62,34 @@ impl Shared {
         }
     }
 
+    /// One read of the kernel's queue into a held chunk; false when nothing was queued (or
+    /// everything was dropped over the bound).
+    fn fill_once(&self, scratch: &mut [u8]) -> bool {
+        let mut held = self.held.lock().unwrap();
+        let n = match rustix::io::read(&self.group, &mut *scratch) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        held.chunks.push_back(Box::from(&scratch[..n]));
+        held.bytes += n as u64;
+        held.peak = held.peak.max(held.bytes);
+        if held.bytes > self.max {
+            // Everything, not down to the bound: what is held now is lost anyway (the
+            // rescan finds it), and the memory comes back at once.
+            self.drop_all(&mut held, scratch);
+            held.dropped = true;
+            tracing::debug!(
+                "watch: more than {} bytes of events held; dropped",
+                self.max
+            );
+            return false;
+        }
+        if held.chunks.len() == 1 {
+            self.signal(true);
+        }
+        true
+    }
+
     /// Drop everything held and queued (called with `held` locked).
     fn drop_all(&self, held: &mut Held, scratch: &mut [u8]) {
         held.chunks.clear();
@@ -130,6 +158,30 @@ impl Pump {
         rustix::io::read(&self.shared.group, buf)
     }
 
+    /// Everything that happened by now, as one read: what the kernel has queued is taken in
+    /// first, then every held chunk goes into `buf` (replaced). For a watcher that places
+    /// directories by the kernel, where they are *now*: a directory's later rename must be in
+    /// the same read as its earlier events (`note_renames`), as when the watcher read the
+    /// kernel itself. As read(2) otherwise.
+    pub(crate) fn read_all(&self, buf: &mut Vec<u8>) -> Result<usize, Errno> {
+        let mut scratch = vec![0u8; CHUNK];
+        while self.shared.fill_once(&mut scratch) {}
+        let mut held = self.shared.held.lock().unwrap();
+        if held.chunks.is_empty() {
+            drop(held);
+            buf.resize(CHUNK, 0);
+            return self.read(buf);
+        }
+        buf.clear();
+        buf.reserve(held.bytes as usize);
+        for chunk in held.chunks.drain(..) {
+            buf.extend_from_slice(&chunk);
+        }
+        held.bytes = 0;
+        self.shared.signal(false);
+        Ok(buf.len())
+    }
+
     /// Whether events were dropped over the bound since the last call.
     pub(crate) fn take_dropped(&self) -> bool {
         std::mem::take(&mut self.shared.held.lock().unwrap().dropped)
@@ -173,30 +225,7 @@ fn pump(shared: &Shared, stopper: &Stopper) {
         if stopper.is_stopped() {
             return;
         }
-        loop {
-            let mut held = shared.held.lock().unwrap();
-            let n = match rustix::io::read(&shared.group, &mut scratch) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            held.chunks.push_back(Box::from(&scratch[..n]));
-            held.bytes += n as u64;
-            held.peak = held.peak.max(held.bytes);
-            if held.bytes > shared.max {
-                // Everything, not down to the bound: what is held now is lost anyway (the
-                // rescan finds it), and the memory comes back at once.
-                shared.drop_all(&mut held, &mut scratch);
-                held.dropped = true;
-                tracing::debug!(
-                    "watch: more than {} bytes of events held; dropped",
-                    shared.max
-                );
-                break;
-            }
-            if held.chunks.len() == 1 {
-                shared.signal(true);
-            }
-        }
+        while shared.fill_once(&mut scratch) {}
         // Let events gather rather than wake for each.
         let stop_fd = stopper.fd();
         let mut fds = [PollFd::new(&stop_fd, PollFlags::IN)];
