@@ -68,6 +68,10 @@ declare -A CREATED=() P50=() FIND=()
 PATTERNS=(invoice-0002 proof-0001-dra ft-0003-photo scan-0000-final-0000 REPORT-0001-LAYOUT)
 serve_fresh() { # BACKEND LOG
     rm -f "$VOL"/.Desktop "$VOL"/.Desktop-wal "$VOL"/.Desktop-shm
+    # A PostgreSQL run marks the root (user.deskd.backend), which an SQLite server refuses.
+    python3 -c 'import os, sys
+try: os.removexattr(sys.argv[1], "user.deskd.backend")
+except OSError: pass' "$VOL"
     : >"$2"
     local cfg="$WORK/deskd-$1.toml"
     if [ "$1" = pg ]; then
