@@ -8,7 +8,7 @@
 mod common;
 
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,14 +16,6 @@ use std::sync::Arc;
 use common::*;
 use deskd_client::{Request, Response};
 use deskd_pg::test_cluster::TestCluster;
-
-/// `[defaults]` lines pointing every volume at `url`, the password in `password_file`.
-fn backend_lines(url: &str, password_file: &Path) -> String {
-    format!(
-        "backend = \"{url}\"\nbackend_password_file = \"{}\"\n",
-        password_file.display()
-    )
-}
 
 /// A served PostgreSQL volume `vol` in database `db`: (cluster, env, root, config file).
 fn served(db: &str) -> Option<(TestCluster, Env, PathBuf, PathBuf)> {
@@ -430,19 +422,6 @@ fn an_online_rebuild_of_a_postgresql_volume_finds_and_repairs_and_then_finds_not
     assert!(found.contains("docs/lost-row.txt"), "{found}");
 }
 
-/// A second `deskd serve` of the volume at `root` (its own socket and log), as another host's.
-fn second_server(root: &Path, defaults: &str) -> Env {
-    let mut env = Env::new(&[]);
-    let cfg = env.path("deskd.toml");
-    std::fs::write(
-        &cfg,
-        format!("[defaults]\n{defaults}[volume.\"{}\"]\n", root.display()),
-    )
-    .unwrap();
-    env.start(&["--config", cfg.to_str().unwrap()]);
-    env
-}
-
 #[test]
 fn an_online_rebuild_leaves_what_another_server_changed_meanwhile_and_both_see_its_repairs() {
     let Some(cluster) = TestCluster::start_or_skip() else {
@@ -460,7 +439,7 @@ fn an_online_rebuild_leaves_what_another_server_changed_meanwhile_and_both_see_i
         go_on.display().to_string(),
     ));
     a.serve_with_defaults("vol", &defaults);
-    let b = second_server(&root, &defaults);
+    let b = second_server(&root, &defaults, &[]);
     a.dt_ok(&[b"mkdir", b"vol/docs"]);
     a.dt_ok(&[b"touch", b"vol/docs/draft.txt"]);
     let draft = a.id_of(&root.join("docs/draft.txt"));

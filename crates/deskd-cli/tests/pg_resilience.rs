@@ -17,31 +17,6 @@ use common::*;
 use deskd_client::{ErrorCode, Request, Response};
 use deskd_pg::test_cluster::TestCluster;
 
-/// `[defaults]` lines pointing every volume at `url`, the password in `password_file`.
-fn backend_lines(url: &str, password_file: &Path) -> String {
-    format!(
-        "backend = \"{url}\"\nbackend_password_file = \"{}\"\n",
-        password_file.display()
-    )
-}
-
-/// A second server (its own socket and temp dir) serving `root` with `defaults`.
-fn second_server(root: &Path, defaults: &str, env: &[(&str, &str)]) -> Env {
-    let mut server = Env::new(&[]);
-    server.server_env = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let cfg = server.path("deskd.toml");
-    std::fs::write(
-        &cfg,
-        format!("[defaults]\n{defaults}[volume.\"{}\"]\n", root.display()),
-    )
-    .unwrap();
-    server.start(&["--config", cfg.to_str().unwrap()]);
-    server
-}
-
 /// Start `env`'s server again with the config file it was first started with.
 fn restart(env: &mut Env) {
     let cfg = env.path("deskd.toml");

@@ -13,14 +13,6 @@ use common::*;
 use deskd_client::{ErrorCode, Request, Response};
 use deskd_pg::test_cluster::TestCluster;
 
-/// `[defaults]` lines pointing every volume at `url`, the password in `password_file`.
-fn backend_lines(url: &str, password_file: &Path) -> String {
-    format!(
-        "backend = \"{url}\"\nbackend_password_file = \"{}\"\n",
-        password_file.display()
-    )
-}
-
 fn lines(s: &str) -> Vec<String> {
     let mut v: Vec<String> = s.lines().map(str::to_string).collect();
     v.sort();
@@ -283,19 +275,6 @@ fn xattr_identity(root: &Path) -> u64 {
     u64::from_be_bytes(value)
 }
 
-/// A second server (its own socket and temp dir) serving `root` with `defaults`.
-fn second_server(root: &Path, defaults: &str) -> Env {
-    let mut env = Env::new(&[]);
-    let cfg = env.path("deskd.toml");
-    std::fs::write(
-        &cfg,
-        format!("[defaults]\n{defaults}[volume.\"{}\"]\n", root.display()),
-    )
-    .unwrap();
-    env.start(&["--config", cfg.to_str().unwrap()]);
-    env
-}
-
 /// `AddPath` of each of `paths` (relative to the root), pipelined in windows of 16; the IDs.
 fn add_paths(c: &mut deskd_client::Client, vol: u32, paths: &[String]) -> Vec<u32> {
     let mut ids = Vec::with_capacity(paths.len());
@@ -336,7 +315,7 @@ fn two_servers_on_one_volume_follow_each_other_and_never_give_an_id_twice() {
     let mut a = Env::new(&["vol"]);
     let root = std::fs::canonicalize(a.path("vol")).unwrap();
     a.serve_with_defaults("vol", &defaults);
-    let b = second_server(&root, &defaults);
+    let b = second_server(&root, &defaults, &[]);
     let abs = |rel: &str| root.join(rel).into_os_string().into_vec();
 
     // Made through A, the same ID through B.

@@ -1579,3 +1579,31 @@ pub fn files_registered_offline(env: &Env, dirs: usize, per_dir: usize) -> usize
     assert!(out.status.success(), "{}", stderr(&out));
     desktop_paths(&env.path("vol")).len()
 }
+
+// --- PostgreSQL volumes (issue 28) ---
+
+/// `[defaults]` lines pointing every volume at `url`, the password in `password_file`.
+pub fn backend_lines(url: &str, password_file: &Path) -> String {
+    format!(
+        "backend = \"{url}\"\nbackend_password_file = \"{}\"\n",
+        password_file.display()
+    )
+}
+
+/// A second server (its own socket and temp dir) serving `root` with `defaults`, its process
+/// given the environment variables `env`.
+pub fn second_server(root: &Path, defaults: &str, env: &[(&str, &str)]) -> Env {
+    let mut server = Env::new(&[]);
+    server.server_env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let cfg = server.path("deskd.toml");
+    std::fs::write(
+        &cfg,
+        format!("[defaults]\n{defaults}[volume.\"{}\"]\n", root.display()),
+    )
+    .unwrap();
+    server.start(&["--config", cfg.to_str().unwrap()]);
+    server
+}
