@@ -216,8 +216,10 @@ fn start_with(
         }
         (None, why) => {
             let why = why.as_deref().unwrap_or("no watcher");
-            if mode == WatchMode::Fanotify {
-                warn!(target: "deskd", "not watching {root}: {why} (watch = \"fanotify\")")
+            // Asked for by name (not `auto`): not getting it is worth a warning.
+            if matches!(mode, WatchMode::Fanotify | WatchMode::Inotify) {
+                let asked = format!("{mode:?}").to_lowercase();
+                warn!(target: "deskd", "not watching {root}: {why} (watch = \"{asked}\")")
             } else {
                 info!(target: "deskd", "not watching {root}: {why}")
             }
