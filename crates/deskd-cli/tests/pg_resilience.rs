@@ -562,6 +562,11 @@ fn a_server_started_while_the_database_is_down_serves_read_only_until_it_is_reac
     assert!(why.contains("database unreachable"), "{why}");
     let text = env.deskd_ok(&["status"]);
     assert!(text.contains("database unreachable"), "{text}");
+    // No counts to read: said, not shown as 0 (which looks like a lost desktop).
+    assert!(
+        text.contains("objects:      unknown (the database is unreachable)"),
+        "{text}"
+    );
     let mut c = env.client();
     let vol = c.open_volume(&root).unwrap().vol;
     let add = || Request::AddPath {

@@ -761,8 +761,19 @@ fn run(cli: Run) -> Result<ExitCode> {
                              rounded down: only root and the volume's owner see exact figures)"
                         );
                     }
-                    println!("  objects:      {}", s.objects);
-                    println!("  last ID:      {}", s.last_id);
+                    // A desktop in an unreachable database has no counts to show: not 0.
+                    let unread = s
+                        .read_only_reason
+                        .as_deref()
+                        .is_some_and(|why| why.starts_with("database unreachable"))
+                        && s.last_id == 0;
+                    if unread {
+                        println!("  objects:      unknown (the database is unreachable)");
+                        println!("  last ID:      unknown (the database is unreachable)");
+                    } else {
+                        println!("  objects:      {}", s.objects);
+                        println!("  last ID:      {}", s.last_id);
+                    }
                     if let Some(warning) = deskd_db::ids::space_warning(s.last_id) {
                         println!("  WARNING:      {warning}");
                     }
