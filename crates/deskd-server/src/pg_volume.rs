@@ -481,13 +481,9 @@ pub(crate) fn identity(root: &Path, config: &VolumeConfig) -> Result<u64, Server
     if let Some(id) = deskd_volume::read_volume_identity(root) {
         return Ok(id);
     }
-    let from_desktop = crate::location::desktop_path(config, root)
-        .ok()
-        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
-        .and_then(|p| deskd_db::Reader::open_mapped(&p, false, 0).ok())
-        .and_then(|r| r.meta("volume_uuid").ok().flatten());
+    let from_desktop = sqlite_desktop(root, config).and_then(|(_, identity)| identity);
     let chosen = match from_desktop {
-        Some(uuid) => uuid as u64,
+        Some(uuid) => uuid,
         None => random_u64().map_err(|e| stamp_error(root, e.to_string()))?,
     };
     let stamped = deskd_volume::stamp_volume_identity(root, chosen)
