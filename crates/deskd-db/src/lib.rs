@@ -943,16 +943,6 @@ impl Desktop {
         Ok(())
     }
 
-    /// SQLite's `data_version`: changes whenever another connection (another process, a
-    /// repair on a connection of its own) commits to the desktop, never for this one's own
-    /// commits. What a cache of desktop contents kept across batches checks before use.
-    pub fn data_version(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .prepare_cached("PRAGMA data_version")?
-            .query_row([], |r| r.get(0))?)
-    }
-
     /// Record a clean shutdown and flush everything into the main file. The WAL is emptied
     /// first, so the two rows of the clean mark never need space the WAL already took (on a
     /// full file system the mark may still fail: then the WAL is emptied all the same, and
@@ -1030,6 +1020,16 @@ impl SqliteConn for Batch<'_> {
 }
 
 impl Batch<'_> {
+    /// SQLite's `data_version` read inside this batch's write lock: it changes whenever
+    /// another connection commits to the desktop. Read here rather than before `BEGIN
+    /// IMMEDIATE`, so that no other commit can come between the reading and the batch.
+    pub fn others_commits(&self) -> Result<i64> {
+        Ok(self
+            .tx
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?)
+    }
+
     /// A mark of the name changes made so far, for [`Batch::changed_since`].
     pub fn change_mark(&self) -> usize {
         self.changes.len()

@@ -97,6 +97,13 @@ pub trait WriteBatch: Read {
     /// A mark of the name changes made so far, for [`WriteBatch::changed_since`].
     fn change_mark(&self) -> usize;
 
+    /// A number that changes whenever another connection commits to the desktop, read inside
+    /// this batch's write lock: what a cache of the desktop's contents kept across batches
+    /// checks before use. `None` where the back end cannot tell (the cache then starts empty).
+    fn others_commits(&mut self) -> Result<Option<i64>> {
+        Ok(None)
+    }
+
     /// The name changes made since `mark`, in order.
     fn changed_since(&self, mark: usize) -> &[NameChange];
 
@@ -199,6 +206,10 @@ impl WriteBatch for Batch<'_> {
 
     fn change_mark(&self) -> usize {
         Batch::change_mark(self)
+    }
+
+    fn others_commits(&mut self) -> Result<Option<i64>> {
+        Batch::others_commits(self).map(Some)
     }
 
     fn changed_since(&self, mark: usize) -> &[NameChange] {

@@ -19,7 +19,12 @@ use crate::walk::{self, Node, Walked};
 /// its batches and clears it whenever anything else may have changed the desktop
 /// (`writer::batch`).
 #[derive(Default)]
-pub struct DirCache(HashMap<u32, Vec<Vec<u8>>>);
+pub struct DirCache {
+    paths: HashMap<u32, Vec<Vec<u8>>>,
+    /// The desktop's count of other connections' commits (`WriteBatch::others_commits`) the
+    /// paths were read under; `None`: not known, nothing kept from an earlier batch.
+    others_commits: Option<i64>,
+}
 
 /// Most paths a cache holds: past this it starts again (each path is a few names).
 const DIR_CACHE_MAX: usize = 4096;
@@ -27,12 +32,21 @@ const DIR_CACHE_MAX: usize = 4096;
 impl DirCache {
     /// Forget every path: a rename or a delete may have changed any of them.
     pub(crate) fn clear(&mut self) {
-        self.0.clear();
+        self.paths.clear();
+    }
+
+    /// At the start of a batch, inside its write lock: keep the paths only if no other
+    /// connection committed since they were read (`others` as the batch reads it now).
+    pub(crate) fn check_others(&mut self, others: Option<i64>) {
+        if others.is_none() || others != self.others_commits {
+            self.paths.clear();
+        }
+        self.others_commits = others;
     }
 
     /// Whether the path of `id` is kept.
     pub(crate) fn holds(&self, id: u32) -> bool {
-        self.0.contains_key(&id)
+        self.paths.contains_key(&id)
     }
 
     /// The names from the root to a registered object.
@@ -41,14 +55,14 @@ impl DirCache {
         db: &R,
         id: u32,
     ) -> Result<Vec<Vec<u8>>, ErrorReply> {
-        if let Some(hit) = self.0.get(&id) {
+        if let Some(hit) = self.paths.get(&id) {
             return Ok(hit.clone());
         }
         let components = db.path_of(id).map_err(db_error)?;
-        if self.0.len() >= DIR_CACHE_MAX {
-            self.0.clear();
+        if self.paths.len() >= DIR_CACHE_MAX {
+            self.paths.clear();
         }
-        self.0.insert(id, components.clone());
+        self.paths.insert(id, components.clone());
         Ok(components)
     }
 }

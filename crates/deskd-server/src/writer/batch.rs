@@ -51,6 +51,8 @@ pub(super) fn run_batch<S: Store>(
 ) -> Result<Attempt, DbError> {
     let mut batch = desktop.batch_within(BUSY_TRY)?;
     let mut replies = Vec::with_capacity(writes.len());
+    // Paths kept from earlier batches hold only if no other connection committed since.
+    cache.check_others(batch.others_commits()?);
     if isolated {
         // The run before was abandoned: paths it looked up may name what it made.
         cache.clear();
@@ -208,13 +210,9 @@ impl Writer {
             return;
         }
         let desktop = self.desktop.as_mut().expect("writer used after shutdown");
-        // The paths the last client batch cached hold if nothing committed since: neither on
-        // this connection (the count) nor on another (`data_version`).
-        let seen = desktop
-            .data_version()
-            .ok()
-            .map(|v| (self.commits.load(Ordering::SeqCst), v));
-        if seen.is_none() || seen != self.dir_paths_seen {
+        // The paths the last client batch cached hold if nothing committed on this connection
+        // since (the count); `run_batch` checks other connections' commits inside the lock.
+        if Some(self.commits.load(Ordering::SeqCst)) != self.dir_paths_seen {
             self.dir_paths.clear();
         }
         self.dir_paths_seen = None;
@@ -242,7 +240,7 @@ impl Writer {
                 self.busy_over();
                 // Before any acknowledgement: readers must see this commit from now on.
                 self.committed();
-                self.dir_paths_seen = seen.map(|(_, v)| (self.commits.load(Ordering::SeqCst), v));
+                self.dir_paths_seen = Some(self.commits.load(Ordering::SeqCst));
                 acknowledge(self.volume.root(), writes, replies);
                 self.check_wal_limit();
             }

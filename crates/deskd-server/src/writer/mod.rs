@@ -201,9 +201,9 @@ pub(crate) struct Writer {
     /// made one ADD at a time reads each parent's path once) while nothing else wrote.
     dir_paths: crate::apply::DirCache,
     /// When `dir_paths` was last right: the commit count after the client batch that used it
-    /// and the desktop's `data_version` (another connection's commit changes it). `None`
-    /// after anything else ran on the desktop.
-    dir_paths_seen: Option<(u64, i64)>,
+    /// (other connections' commits the cache checks itself, inside the next batch's write
+    /// lock). `None` after anything else ran on the desktop.
+    dir_paths_seen: Option<u64>,
     /// Runs the checkpoints nobody waits for beside the writer (None: its connection could
     /// not be opened, or no desktop; then the writer runs them itself, as writes wait).
     checkpointer: Option<checkpointer::Checkpointer>,
