@@ -142,107 +142,251 @@ fn differing(p: &Pass<'_>) -> Vec<bool> {
 
 /// Apply one pass inside the writer's batch. Returns what it did; the caller commits.
 pub fn apply<B: WriteBatch>(batch: &mut B, p: &Pass<'_>) -> Applied {
-    let walk = p.walk;
-    let n = walk.found.len();
-    let differs = differing(p);
-    let everything = p.mode == Mode::Fresh;
-    let moves: HashMap<&Path, (&Path, u32)> = p
-        .plan
-        .fixes
-        .iter()
-        .filter_map(|f| match f {
-            Fix::MoveRsrc { from, to, id } => Some((to.as_path(), (from.as_path(), *id))),
-            _ => None,
-        })
-        .collect();
-    let comments: HashMap<u32, &[u8]> = p
-        .plan
-        .comments
-        .iter()
-        .map(|(id, text)| (*id, &text[..]))
-        .collect();
-    let mut out = Applied::default();
-    let mut final_id: Vec<Option<u32>> = vec![None; n];
-    let mut parked: HashSet<u32> = HashSet::new();
-    final_id[0] = Some(ROOT_ID);
-    let root = walk.path(0);
-    if (everything || differs[0]) && !p.touched.contains(&ROOT_ID) {
-        let row = p.plan.object(walk, 0);
-        match fix_disk(
-            &root,
-            &rsrc::root_rsrc_path(&root),
-            &row,
-            ROOT_ID,
-            p,
-            &moves,
-        ) {
-            Ok(true) => out.changed += 1,
-            Ok(false) => {}
-            Err(error) => out.errors.push(RepairFailure::Disk {
-                path: root.clone(),
-                error,
-            }),
+    let mut applier = Applier::new(p);
+    while !applier.run(batch, p, None) {}
+    applier.finish()
+}
+
+/// Where a chunked apply ([`Applier`]) is.
+enum Stage {
+    /// The root's disk repair, then walked object `next` on.
+    Objects { next: usize },
+    /// Reading the vanished rows' places: `candidates[at..]` are still to read.
+    VanishedRead {
+        candidates: Vec<u32>,
+        at: usize,
+        by_depth: Vec<(usize, u32)>,
+    },
+    /// Removing them, deepest first: `by_depth[at..]` are still to remove.
+    VanishedRemove { by_depth: Vec<(usize, u32)>, at: usize },
+    Done,
+}
+
+/// One pass applied in chunks, each inside a batch of its own (issue 28): on a desktop in
+/// PostgreSQL the apply holds the volume's row lock, which every server's writes wait for,
+/// so the server commits a chunk, lets the writes in, and goes on in a new batch. Every
+/// chunk gets the [`Pass`] again with `touched` grown by what clients changed meanwhile;
+/// each repair checks it (and the disk) as it does in a single batch, so a write that came
+/// in between is kept. What a chunk already committed stays: rows it parked (moved to a
+/// `park/ID` name to free a place) are visible as such until a later chunk overwrites or
+/// removes them.
+pub struct Applier {
+    differs: Vec<bool>,
+    final_id: Vec<Option<u32>>,
+    parked: HashSet<u32>,
+    stage: Stage,
+    out: Applied,
+}
+
+impl Applier {
+    pub fn new(p: &Pass<'_>) -> Applier {
+        let n = p.walk.found.len();
+        let mut final_id = vec![None; n];
+        if n > 0 {
+            final_id[0] = Some(ROOT_ID);
+        }
+        Applier {
+            differs: differing(p),
+            final_id,
+            parked: HashSet::new(),
+            stage: Stage::Objects { next: 0 },
+            out: Applied::default(),
         }
     }
-    for i in 1..n {
-        let f = &walk.found[i];
-        let planned = &p.plan.rows[i];
-        let Some(parent) = final_id[f.parent as usize] else {
-            out.left += 1;
-            out.left_with_differences += differs[i] as u64;
-            continue;
-        };
-        let needed = everything
-            || differs[i]
-            || p.plan.new_id[i]
-            || parent != p.plan.parent_id(walk, i)
-            || p.touched.contains(&planned.id);
-        if !needed {
-            final_id[i] = Some(planned.id);
-            continue;
+
+    /// Apply inside `batch` until done or until `until` has passed (checked after each
+    /// repair; `None`: to the end). Returns whether the pass is done; if not, the caller
+    /// commits and calls again with a new batch.
+    pub fn run<B: WriteBatch>(
+        &mut self,
+        batch: &mut B,
+        p: &Pass<'_>,
+        until: Option<std::time::Instant>,
+    ) -> bool {
+        let over = || until.is_some_and(|t| std::time::Instant::now() >= t);
+        loop {
+            match &mut self.stage {
+                Stage::Objects { next } => {
+                    let from = *next;
+                    match self.objects(batch, p, from, &over) {
+                        Some(at) => {
+                            self.stage = Stage::Objects { next: at };
+                            return false;
+                        }
+                        None => {
+                            remove_orphans(p, &mut self.out);
+                            self.stage = Stage::VanishedRead {
+                                candidates: vanished_candidates(p, &self.final_id, &self.parked),
+                                at: 0,
+                                by_depth: Vec::new(),
+                            };
+                        }
+                    }
+                }
+                Stage::VanishedRead {
+                    candidates,
+                    at,
+                    by_depth,
+                } => {
+                    while *at < candidates.len() {
+                        let id = candidates[*at];
+                        *at += 1;
+                        if let Some(depth) = vanished_depth(batch, p, &self.parked, id) {
+                            by_depth.push((depth, id));
+                        }
+                        if over() {
+                            return false;
+                        }
+                    }
+                    let mut by_depth = std::mem::take(by_depth);
+                    by_depth.sort_unstable_by(|a, b| b.cmp(a));
+                    self.stage = Stage::VanishedRemove { by_depth, at: 0 };
+                }
+                Stage::VanishedRemove { by_depth, at } => {
+                    while *at < by_depth.len() {
+                        let (_, id) = by_depth[*at];
+                        *at += 1;
+                        // A client changed it since it was read (a chunk before): its row.
+                        if !p.touched.contains(&id) {
+                            match batch.step(|b| b.delete(id, false)) {
+                                Ok(_) => self.out.removed += 1,
+                                Err(DbError::NotEmpty(_)) => self.out.left += 1,
+                                Err(error) => self
+                                    .out
+                                    .errors
+                                    .push(RepairFailure::VanishedRow { id, error }),
+                            }
+                        }
+                        if over() {
+                            return false;
+                        }
+                    }
+                    self.stage = Stage::Done;
+                }
+                Stage::Done => return true,
+            }
         }
-        let path = walk.path(i as u32);
-        // Rows this object pushed aside; they count only if its step commits.
-        let mut pushed_aside = Vec::new();
-        let outcome =
-            batch.step(|b| place_object(b, p, i, parent, &path, &mut pushed_aside, &comments));
-        match outcome {
-            Ok(Outcome::Placed { id, changed, new }) => {
-                parked.extend(pushed_aside);
-                parked.remove(&id);
-                final_id[i] = Some(id);
-                out.new_ids += new as u64;
-                let rsrc_path = rsrc::rsrc_path(&path).expect("a child has a parent");
-                let row = Object {
-                    id,
-                    parent,
-                    ..p.plan.object(walk, i)
-                };
-                match fix_disk(&path, &rsrc_path, &row, planned.id, p, &moves) {
-                    Ok(disk) => out.changed += (changed || disk) as u64,
+    }
+
+    /// What the pass did (so far).
+    pub fn finish(self) -> Applied {
+        self.out
+    }
+
+    /// The walked objects from `from` on; `Some(i)` when `over` stopped it before object `i`.
+    fn objects<B: WriteBatch>(
+        &mut self,
+        batch: &mut B,
+        p: &Pass<'_>,
+        from: usize,
+        over: &dyn Fn() -> bool,
+    ) -> Option<usize> {
+        let walk = p.walk;
+        let n = walk.found.len();
+        let everything = p.mode == Mode::Fresh;
+        let moves: HashMap<&Path, (&Path, u32)> = p
+            .plan
+            .fixes
+            .iter()
+            .filter_map(|f| match f {
+                Fix::MoveRsrc { from, to, id } => Some((to.as_path(), (from.as_path(), *id))),
+                _ => None,
+            })
+            .collect();
+        let comments: HashMap<u32, &[u8]> = p
+            .plan
+            .comments
+            .iter()
+            .map(|(id, text)| (*id, &text[..]))
+            .collect();
+        let (differs, final_id, parked, out) = (
+            &self.differs,
+            &mut self.final_id,
+            &mut self.parked,
+            &mut self.out,
+        );
+        if from == 0 && n > 0 {
+            let root = walk.path(0);
+            if (everything || differs[0]) && !p.touched.contains(&ROOT_ID) {
+                let row = p.plan.object(walk, 0);
+                match fix_disk(
+                    &root,
+                    &rsrc::root_rsrc_path(&root),
+                    &row,
+                    ROOT_ID,
+                    p,
+                    &moves,
+                ) {
+                    Ok(true) => out.changed += 1,
+                    Ok(false) => {}
                     Err(error) => out.errors.push(RepairFailure::Disk {
-                        path: path.clone(),
+                        path: root.clone(),
                         error,
                     }),
                 }
             }
-            Ok(Outcome::Left(id)) => {
-                final_id[i] = id;
+        }
+        for i in from.max(1)..n {
+            let f = &walk.found[i];
+            let planned = &p.plan.rows[i];
+            let Some(parent) = final_id[f.parent as usize] else {
                 out.left += 1;
                 out.left_with_differences += differs[i] as u64;
+                continue;
+            };
+            let needed = everything
+                || differs[i]
+                || p.plan.new_id[i]
+                || parent != p.plan.parent_id(walk, i)
+                || p.touched.contains(&planned.id);
+            if !needed {
+                final_id[i] = Some(planned.id);
+                continue;
             }
-            Err(error) => {
-                out.errors.push(RepairFailure::Row {
-                    path: path.clone(),
-                    error,
-                });
-                out.left_with_differences += 1;
+            let path = walk.path(i as u32);
+            // Rows this object pushed aside; they count only if its step commits.
+            let mut pushed_aside = Vec::new();
+            let outcome =
+                batch.step(|b| place_object(b, p, i, parent, &path, &mut pushed_aside, &comments));
+            match outcome {
+                Ok(Outcome::Placed { id, changed, new }) => {
+                    parked.extend(pushed_aside);
+                    parked.remove(&id);
+                    final_id[i] = Some(id);
+                    out.new_ids += new as u64;
+                    let rsrc_path = rsrc::rsrc_path(&path).expect("a child has a parent");
+                    let row = Object {
+                        id,
+                        parent,
+                        ..p.plan.object(walk, i)
+                    };
+                    match fix_disk(&path, &rsrc_path, &row, planned.id, p, &moves) {
+                        Ok(disk) => out.changed += (changed || disk) as u64,
+                        Err(error) => out.errors.push(RepairFailure::Disk {
+                            path: path.clone(),
+                            error,
+                        }),
+                    }
+                }
+                Ok(Outcome::Left(id)) => {
+                    final_id[i] = id;
+                    out.left += 1;
+                    out.left_with_differences += differs[i] as u64;
+                }
+                Err(error) => {
+                    out.errors.push(RepairFailure::Row {
+                        path: path.clone(),
+                        error,
+                    });
+                    out.left_with_differences += 1;
+                }
+            }
+            if i + 1 < n && over() {
+                return Some(i + 1);
             }
         }
+        None
     }
-    remove_orphans(p, &mut out);
-    remove_vanished(batch, p, &final_id, &parked, &mut out);
-    out
 }
 
 /// Make the desktop hold walked object `i` at (`parent`, its name) with its planned ID.
@@ -431,16 +575,10 @@ fn remove_orphans(p: &Pass<'_>, out: &mut Applied) {
     }
 }
 
-/// Remove the rows of objects that are gone: rows of the snapshot the plan has no place for,
-/// and rows parked to make room, unless a client changed them or the object is still where
-/// the desktop says. Deepest first, so a directory goes after its entries.
-fn remove_vanished<B: WriteBatch>(
-    batch: &mut B,
-    p: &Pass<'_>,
-    final_id: &[Option<u32>],
-    parked: &HashSet<u32>,
-    out: &mut Applied,
-) {
+/// The rows of objects that may be gone: rows of the snapshot the plan has no place for,
+/// and rows parked to make room, unless a client changed them. Removed deepest first (a
+/// directory after its entries) once each is read again ([`vanished_depth`]).
+fn vanished_candidates(p: &Pass<'_>, final_id: &[Option<u32>], parked: &HashSet<u32>) -> Vec<u32> {
     // Sorted lists and a bit per snapshot row rather than sets of every ID: this runs for
     // every pass over the whole volume.
     let mut alive: Vec<u32> = final_id.iter().flatten().copied().collect();
@@ -465,36 +603,34 @@ fn remove_vanished<B: WriteBatch>(
         .retain(|id| *id != ROOT_ID && alive.binary_search(id).is_err() && !p.touched.contains(id));
     candidates.sort_unstable();
     candidates.dedup();
-    let root = p.walk.path(0);
-    let mut by_depth: Vec<(usize, u32)> = Vec::with_capacity(candidates.len());
-    for id in candidates {
-        let Ok(Some(live)) = get_opt(batch, id) else {
-            continue;
-        };
-        let Ok(components) = batch.path_of(id) else {
-            continue;
-        };
-        if !parked.contains(&id) {
-            let mut path = root.as_os_str().as_bytes().to_vec();
-            for c in &components {
-                path.push(b'/');
-                path.extend_from_slice(c);
-            }
-            let path = PathBuf::from(std::ffi::OsString::from(std::ffi::OsStr::from_bytes(&path)));
-            if devino(&path) == Some((live.dev, live.ino)) {
-                continue; // still there: the walk passed it by (moved into a walked directory)
-            }
-        }
-        by_depth.push((components.len(), id));
+    candidates
+}
+
+/// The depth of vanished candidate `id` if its row is to go: it is still in the desktop, not
+/// changed by a client, and (unless parked) its object is not where the desktop says.
+fn vanished_depth<B: WriteBatch>(
+    batch: &mut B,
+    p: &Pass<'_>,
+    parked: &HashSet<u32>,
+    id: u32,
+) -> Option<usize> {
+    if p.touched.contains(&id) {
+        return None;
     }
-    by_depth.sort_unstable_by(|a, b| b.cmp(a));
-    for (_, id) in by_depth {
-        match batch.step(|b| b.delete(id, false)) {
-            Ok(_) => out.removed += 1,
-            Err(DbError::NotEmpty(_)) => out.left += 1,
-            Err(error) => out.errors.push(RepairFailure::VanishedRow { id, error }),
+    let live = get_opt(batch, id).ok()??;
+    let components = batch.path_of(id).ok()?;
+    if !parked.contains(&id) {
+        let mut path = p.walk.path(0).as_os_str().as_bytes().to_vec();
+        for c in &components {
+            path.push(b'/');
+            path.extend_from_slice(c);
+        }
+        let path = PathBuf::from(std::ffi::OsString::from(std::ffi::OsStr::from_bytes(&path)));
+        if devino(&path) == Some((live.dev, live.ino)) {
+            return None; // still there: the walk passed it by (moved into a walked directory)
         }
     }
+    Some(components.len())
 }
 
 /// For a scan while clients work: drop the differences about objects a client changed since

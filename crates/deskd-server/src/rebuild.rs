@@ -410,6 +410,7 @@ fn run(
                 &plan,
                 snapshot.as_ref(),
                 xattrs,
+                job,
             )?
         } else if mode == Mode::Scan {
             let touched = handle.touches.take();
@@ -454,10 +455,49 @@ fn run(
     Ok(summary)
 }
 
-/// One pass on a desktop in PostgreSQL, on a connection of the rebuild's own: the batch
-/// takes the volume's row lock, which every server's writer takes for its batches too, so no
-/// client write commits between reading what clients changed since the snapshot (the change
-/// log after batch `seq`, all servers' commits) and the apply's commit. A scan only reads.
+/// How long one chunk of an online apply on PostgreSQL holds the volume's row lock before it
+/// commits and lets the writes waiting for it in (security.md, "Known limits").
+const CHUNK: Duration = Duration::from_millis(200);
+
+/// What clients changed since the snapshot, as the change log of every server shows it,
+/// read again at the start of each chunk of an apply (under the row lock).
+struct TouchedSince {
+    /// The last batch read.
+    seen: u64,
+    /// The rebuild's own batches (its committed chunks), which are not clients' changes.
+    own: std::collections::HashSet<u64>,
+    ids: std::collections::HashSet<u32>,
+}
+
+impl TouchedSince {
+    /// Add the changes after `seen`. Batch numbers have no holes: a first batch after
+    /// `seen` missing means the log was pruned past it (more batches than it keeps committed
+    /// meanwhile), and what clients changed is no longer known.
+    fn read(&mut self, changes: Vec<deskd_pg::Change>) -> Result<(), RebuildFailure> {
+        if changes.first().is_some_and(|c| c.seq != self.seen + 1) {
+            return Err(RebuildFailure::Repairs(deskd_db::DbError::Backend(
+                "the change log was pruned past the rebuild's snapshot (clients committed more \
+                 batches during the rebuild than the log keeps); run it again"
+                    .into(),
+            )));
+        }
+        for c in changes {
+            self.seen = c.seq;
+            if !self.own.contains(&c.seq) {
+                self.ids.insert(c.id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One pass on a desktop in PostgreSQL, on a connection of the rebuild's own, in chunks of
+/// about [`CHUNK`] ([`online::Applier`]). Each chunk is a batch: it takes the volume's row
+/// lock, which every server's writer takes for its batches too, reads what clients changed
+/// since the snapshot (the change log after batch `seq`, all servers' commits, less the
+/// rebuild's own chunks), repairs, and commits, so no client write commits between that
+/// reading and the repairs that rely on it. Between chunks the writers get the lock.
+/// A scan only reads.
 #[allow(clippy::too_many_arguments)]
 fn apply_in_database(
     pg: &crate::pg_volume::PgVolume,
@@ -469,27 +509,17 @@ fn apply_in_database(
     plan: &Plan,
     snapshot: Option<&OldDesktop>,
     xattrs: bool,
+    job: &RebuildJob,
 ) -> Result<PassResult, RebuildFailure> {
     let failed = |e: deskd_pg::PgError| RebuildFailure::Repairs(e.into());
-    // Batch numbers have no holes: a first batch after `seq` missing means the log was
-    // pruned past the snapshot (more batches than it keeps committed during the walk), and
-    // what clients changed meanwhile is no longer known.
-    let touched_of = |changes: Vec<deskd_pg::Change>| {
-        if changes.first().is_some_and(|c| c.seq != seq + 1) {
-            return Err(RebuildFailure::Repairs(deskd_db::DbError::Backend(
-                "the change log was pruned past the rebuild's snapshot (clients committed more \
-                 batches during the walk than the log keeps); nothing was applied, run it again"
-                    .into(),
-            )));
-        }
-        Ok(changes
-            .into_iter()
-            .map(|c| c.id)
-            .collect::<std::collections::HashSet<u32>>())
+    let mut touched = TouchedSince {
+        seen: seq,
+        own: Default::default(),
+        ids: Default::default(),
     };
     if mode == Mode::Scan {
-        let touched = touched_of(db.changes_since(seq).map_err(failed)?)?;
-        let lines = online::settled(walk, plan, &touched)
+        touched.read(db.changes_since(seq).map_err(failed)?)?;
+        let lines = online::settled(walk, plan, &touched.ids)
             .into_iter()
             .map(line)
             .collect();
@@ -498,27 +528,49 @@ fn apply_in_database(
             lines,
         });
     }
-    let mut batch = db.batch_within(wait).map_err(failed)?;
-    let touched = touched_of(batch.changes_since(seq).map_err(failed)?)?;
-    let pass = Pass {
-        mode,
-        walk,
-        plan,
-        snapshot,
-        touched: &touched,
-        xattrs,
-    };
-    let lines = online::settled(walk, plan, &touched)
-        .into_iter()
-        .map(line)
-        .collect();
-    let applied = online::apply(&mut batch, &pass);
-    batch.commit().map_err(failed)?;
-    // The name index follows the change log (as after a client batch): a find after the
-    // rebuild's answer sees its repairs.
-    if let Err(e) = pg.catch_up(db) {
-        warn!("name index not caught up after the rebuild: {e}");
+    let mut applier: Option<online::Applier> = None;
+    let mut lines = Vec::new();
+    let mut chunks = 0u32;
+    loop {
+        let mut batch = db.batch_within(wait).map_err(failed)?;
+        touched.read(batch.changes_since(touched.seen).map_err(failed)?)?;
+        let pass = Pass {
+            mode,
+            walk,
+            plan,
+            snapshot,
+            touched: &touched.ids,
+            xattrs,
+        };
+        let applier = applier.get_or_insert_with(|| {
+            // The lines say what the pass found, as of its first chunk.
+            lines = online::settled(walk, plan, &touched.ids)
+                .into_iter()
+                .map(line)
+                .collect();
+            online::Applier::new(&pass)
+        });
+        let done = applier.run(&mut batch, &pass, Some(Instant::now() + CHUNK));
+        if let Some(own) = batch.commit().map_err(failed)? {
+            touched.own.insert(own);
+        }
+        chunks += 1;
+        // The name index follows the change log (as after a client batch): a find after the
+        // rebuild's answer (or between its chunks) sees its repairs.
+        if let Err(e) = pg.catch_up(db) {
+            warn!("name index not caught up after a rebuild chunk: {e}");
+        }
+        if done {
+            break;
+        }
+        // (The first at info: the tests wait for it to write during the apply.)
+        if chunks == 1 {
+            info!(job = job.id, "rebuild applies in chunks: the first is committed");
+        } else {
+            tracing::debug!(job = job.id, chunks, "rebuild chunk committed");
+        }
     }
+    let applied = applier.expect("one chunk at least").finish();
     Ok(PassResult { applied, lines })
 }
 
