@@ -689,3 +689,48 @@ fn writes_through_both_servers_are_answered_during_a_long_online_rebuild_of_plan
     unique.dedup();
     assert_eq!(unique.len(), ids.len(), "{ids:?}");
 }
+
+/// `deskd freeze` without `--volume` freezes every volume and prints every volume's answer,
+/// each led by its root: two volumes in one database, each with its own snapshot (it printed
+/// only the last volume's answer before stop 40).
+#[test]
+fn freeze_without_a_volume_prints_every_volumes_snapshot() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol", "other"]);
+    let cfg = env.path("deskd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[defaults]\n{}[volume.\"{}\"]\n[volume.\"{}\"]\n",
+            backend_lines(&url, &pw),
+            env.path("vol").display(),
+            env.path("other").display()
+        ),
+    )
+    .unwrap();
+    env.start(&["--config", cfg.to_str().unwrap()]);
+    let out = env.deskd_ok(&["freeze", "60"]);
+    let mut snapshots = Vec::new();
+    for name in ["vol", "other"] {
+        let root = std::fs::canonicalize(env.path(name)).unwrap();
+        let lead = format!("{}: ", root.display());
+        assert!(out.contains(&format!("{lead}frozen until ")), "{out}");
+        let snapshot = out
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{lead}snapshot ")))
+            .unwrap_or_else(|| panic!("no snapshot for {name} in {out:?}"));
+        snapshots.push(snapshot.to_owned());
+    }
+    assert_ne!(snapshots[0], snapshots[1], "{out}");
+    let status = env.deskd_ok(&["status", "--json"]);
+    assert_eq!(status.lines().count(), 2, "{status}");
+    for line in status.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["frozen_until"].as_i64().is_some(), "{v}");
+    }
+    env.deskd_ok(&["thaw"]);
+}

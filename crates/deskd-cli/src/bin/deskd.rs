@@ -468,6 +468,42 @@ fn connect_for(args: &ConnectionArgs, volume: &Option<PathBuf>) -> Result<(Clien
     Ok((client, vol))
 }
 
+/// What `deskd freeze` prints for one volume's answer.
+fn freeze_lines(reply: Response, seconds: Option<u32>) -> Result<Vec<String>> {
+    let clamp = |clamped: bool, max: u32| {
+        clamped.then(|| {
+            format!(
+                "FreezeTime ({}) > FreezeMax ({max}), using new value: {max}",
+                seconds.unwrap_or(0)
+            )
+        })
+    };
+    Ok(match reply {
+        Response::Frozen {
+            until,
+            clamped,
+            max,
+        } => clamp(clamped, max)
+            .into_iter()
+            .chain([format!("frozen until {}", ctime_string(until))])
+            .collect(),
+        // A desktop in PostgreSQL: the snapshot pg_dump reads while it lasts.
+        Response::FrozenSnapshot {
+            until,
+            clamped,
+            max,
+            snapshot,
+        } => clamp(clamped, max)
+            .into_iter()
+            .chain([
+                format!("frozen until {}", ctime_string(until)),
+                format!("snapshot {snapshot}"),
+            ])
+            .collect(),
+        other => return Err(anyhow!("unexpected reply {other:?}")),
+    })
+}
+
 /// One request, with the server's error as the message.
 fn call(client: &mut Client, request: Request) -> Result<Response> {
     client.call(request).map_err(|e| anyhow!("{e}"))
@@ -857,39 +893,52 @@ fn run(cli: Run) -> Result<ExitCode> {
             volume, seconds, ..
         } => {
             let (mut client, vol) = connect_for(connection, &volume)?;
-            match call(&mut client, Request::Freeze { vol, seconds })? {
-                Response::Frozen {
-                    until,
-                    clamped,
-                    max,
-                } => {
-                    if clamped {
-                        println!(
-                            "FreezeTime ({}) > FreezeMax ({max}), using new value: {max}",
-                            seconds.unwrap_or(0)
-                        );
-                    }
-                    println!("frozen until {}", ctime_string(until));
+            // Without --volume, every volume is frozen and every answer printed (each has
+            // its own time and, on PostgreSQL, its own snapshot), each line led by the
+            // volume's root when there are several.
+            let targets: Vec<(u32, Option<String>)> = match vol {
+                Some(v) => vec![(v, None)],
+                None => {
+                    let all = client.volumes().map_err(|e| anyhow!("{e}"))?;
+                    let several = all.len() > 1;
+                    all.into_iter()
+                        .map(|i| {
+                            let root = String::from_utf8_lossy(&i.root).into_owned();
+                            (i.vol, several.then_some(root))
+                        })
+                        .collect()
                 }
-                // A desktop in PostgreSQL: the snapshot pg_dump reads while it lasts.
-                Response::FrozenSnapshot {
-                    until,
-                    clamped,
-                    max,
-                    snapshot,
-                } => {
-                    if clamped {
-                        println!(
-                            "FreezeTime ({}) > FreezeMax ({max}), using new value: {max}",
-                            seconds.unwrap_or(0)
-                        );
+            };
+            let mut failed = 0;
+            for (vol, root) in targets {
+                let lead = root.as_ref().map_or(String::new(), |r| format!("{r}: "));
+                let reply = call(
+                    &mut client,
+                    Request::Freeze {
+                        vol: Some(vol),
+                        seconds,
+                    },
+                );
+                let lines = match reply {
+                    Ok(reply) => freeze_lines(reply, seconds)?,
+                    Err(e) if root.is_some() => {
+                        // One volume refused (not its admin, a rebuild running): the others
+                        // still answer; the exit status says one failed.
+                        eprintln!("deskd: {e}");
+                        failed += 1;
+                        continue;
                     }
-                    println!("frozen until {}", ctime_string(until));
-                    println!("snapshot {snapshot}");
+                    Err(e) => return Err(e),
+                };
+                for line in lines {
+                    println!("{lead}{line}");
                 }
-                other => return Err(anyhow!("unexpected reply {other:?}")),
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Thaw { volume, .. } => {
             let (mut client, vol) = connect_for(connection, &volume)?;
