@@ -20,7 +20,39 @@ pub fn options(config: &Config) -> Option<deskd_http::Options> {
         max_connections: http.max_connections,
         backup_dir: http.backup_dir.clone(),
         socket: config.socket.clone(),
+        exports: exports(config),
     })
+}
+
+/// The admin page's backup of a volume served from PostgreSQL exports it from its database,
+/// as `deskd backup --config` does (the volumes' `backend` as at start).
+fn exports(config: &Config) -> deskd_http::ExportFor {
+    let pg: Vec<crate::pg_admin::PgVolumeRef> = config
+        .volumes
+        .iter()
+        .filter_map(|v| {
+            let options = v.backend.clone()?;
+            let root = std::fs::canonicalize(&v.root).unwrap_or_else(|_| v.root.clone());
+            let shown = deskd_pg::connect::parse_target(&options.target)
+                .map(|t| deskd_pg::connect::describe(&t))
+                .unwrap_or_else(|_| "postgresql".to_owned());
+            Some(crate::pg_admin::PgVolumeRef {
+                name: root.to_string_lossy().into_owned(),
+                root,
+                options,
+                shown,
+            })
+        })
+        .collect();
+    if pg.is_empty() {
+        return deskd_http::ExportFor::none();
+    }
+    deskd_http::ExportFor(std::sync::Arc::new(move |root: &std::path::Path| {
+        let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        pg.iter()
+            .find(|v| v.root == root)
+            .map(|v| Box::new(v.clone()) as Box<dyn deskd_backup::Export + Send>)
+    }))
 }
 
 /// Check the HTTP settings, read the token and bind the address (nothing is served yet).

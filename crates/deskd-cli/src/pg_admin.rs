@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use deskd_pg::ConnectOptions;
 
 /// A volume whose desktop is in PostgreSQL, as the server's configuration names it.
+#[derive(Debug, Clone)]
 pub struct PgVolumeRef {
     /// The volume root (absolute, links resolved).
     pub root: PathBuf,

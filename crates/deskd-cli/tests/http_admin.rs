@@ -1402,3 +1402,73 @@ fn a_failed_rebuilds_reason_is_shown_only_with_the_token() {
     let redacted = rebuild["error"].as_str().unwrap();
     assert!(socket_view.contains(redacted), "{redacted} / {socket_view}");
 }
+
+/// The admin page's backup of a volume whose desktop is in PostgreSQL (issue 28): it failed
+/// (it looked for the SQLite `.Desktop`); it now exports the volume from its database in one
+/// snapshot, as `deskd backup --config` does, and the backup verifies and holds the IDs.
+#[test]
+fn the_backup_action_backs_up_a_postgresql_volume_from_its_database() {
+    let Some(cluster) = deskd_pg::test_cluster::TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol"]);
+    let backup_dir = env.path("backups");
+    std::fs::create_dir_all(&backup_dir).unwrap();
+    std::fs::set_permissions(&backup_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let token = env.path("http-token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = env.path("deskd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhttp_listen = \"127.0.0.1:0\"\nhttp_token_file = \"{}\"\n\
+             backup_dir = \"{}\"\n[defaults]\n{}[volume.\"{}\"]\n",
+            token.display(),
+            backup_dir.display(),
+            backend_lines(&url, &pw),
+            env.path("vol").display()
+        ),
+    )
+    .unwrap();
+    env.start(&["--config", config.to_str().unwrap()]);
+    env.wait_for_log("listening on http ", 1);
+    let log = env.log_text();
+    let addr = log
+        .split("listening on http ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    env.dt_ok(&[b"mkdir", b"vol/docs"]);
+    env.dt_ok(&[b"touch", b"vol/docs/kept.txt"]);
+    let id = env.id_of(&env.path("vol/docs/kept.txt"));
+
+    let b = post(&addr, "/api/volumes/vol/backup", Some(TOKEN));
+    assert_eq!(b.status, 202, "{}", b.body);
+    let done = finished_job(&addr, b.json()["job"].as_u64().unwrap());
+    assert_eq!(done["ok"], json!(true), "{done}");
+    let files = backups(&env);
+    let desktop = files
+        .iter()
+        .find(|f| f.ends_with(".desktop"))
+        .unwrap_or_else(|| panic!("{files:?}"));
+    let path = backup_dir.join(desktop);
+    let verify = env.deskd(&["verify", path.to_str().unwrap()]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    // The manifest names the database, and the copy holds the file under its ID.
+    let manifest = std::fs::read_to_string(backup_dir.join(format!("{desktop}.manifest.json")))
+        .unwrap_or_else(|_| {
+            let m = files.iter().find(|f| f.contains("manifest")).unwrap();
+            std::fs::read_to_string(backup_dir.join(m)).unwrap()
+        });
+    assert!(manifest.contains("postgresql"), "{manifest}");
+    assert_eq!(
+        sqlite3(&path, "SELECT id FROM objects WHERE CAST(name AS TEXT) = 'kept.txt'"),
+        id.to_string()
+    );
+}

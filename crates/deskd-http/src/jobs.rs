@@ -202,15 +202,21 @@ pub struct Jobs {
     next_id: Mutex<u64>,
     control: Control,
     backup_dir: Option<Arc<BackupDir>>,
+    exports: crate::ExportFor,
 }
 
 impl Jobs {
-    pub fn new(control: Control, backup_dir: Option<Arc<BackupDir>>) -> Jobs {
+    pub fn new(
+        control: Control,
+        backup_dir: Option<Arc<BackupDir>>,
+        exports: crate::ExportFor,
+    ) -> Jobs {
         Jobs {
             table: Mutex::new(VecDeque::new()),
             next_id: Mutex::new(1),
             control,
             backup_dir,
+            exports,
         }
     }
 
@@ -294,9 +300,11 @@ impl Jobs {
             JobKind::Backup => {
                 let root = PathBuf::from(std::ffi::OsStr::from_bytes(root));
                 let dir = self.backup_dir.clone().expect("checked above");
+                // A desktop in PostgreSQL is exported from its database (one snapshot).
+                let export = (self.exports.0)(&root);
                 spawn(id, {
                     let handle = handle.clone();
-                    move || run_backup(&root, &dir, id, handle)
+                    move || run_backup(&root, export, &dir, id, handle)
                 })
             }
         };
@@ -365,9 +373,15 @@ fn follow_rebuild(mut run: RebuildRun, handle: JobHandle) {
 
 /// Back the volume up into `dir` under a new name (never over an existing file):
 /// `<volume>-<UTC time>-<job>.desktop`, so two jobs never pick the same name.
-fn run_backup(root: &Path, dir: &BackupDir, id: u64, handle: JobHandle) {
+fn run_backup(
+    root: &Path,
+    export: Option<Box<dyn deskd_backup::Export + Send>>,
+    dir: &BackupDir,
+    id: u64,
+    handle: JobHandle,
+) {
     handle.0.lock().unwrap().phase = "copying".into();
-    let result = backup_into(root, dir, id, &handle);
+    let result = backup_into(root, export, dir, id, &handle);
     let mut job = handle.0.lock().unwrap();
     match result {
         Ok((name, manifest)) => {
@@ -389,6 +403,7 @@ fn run_backup(root: &Path, dir: &BackupDir, id: u64, handle: JobHandle) {
 /// `RENAME_NOREPLACE`; its manifest likewise. Only files this job created are ever removed.
 fn backup_into(
     root: &Path,
+    export: Option<Box<dyn deskd_backup::Export + Send>>,
     dir: &BackupDir,
     id: u64,
     handle: &JobHandle,
@@ -413,7 +428,12 @@ fn backup_into(
         job.pages_done = done;
         job.pages_total = total;
     };
-    let streamed = deskd_backup::backup_to_stream(root, &mut file, None, &mut progress)
+    let mut export = export;
+    let mut source = match export.as_deref_mut() {
+        Some(export) => deskd_backup::Source::Export(export),
+        None => deskd_backup::Source::Desktop,
+    };
+    let streamed = deskd_backup::backup_to_stream_from(root, &mut source, &mut file, None, &mut progress)
         .map_err(|e| e.to_string())
         .and_then(|m| file.sync_all().map(|_| m).map_err(|e| in_dir(&temp, e)));
     drop(file);

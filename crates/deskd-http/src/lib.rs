@@ -54,6 +54,30 @@ pub struct Options {
     pub backup_dir: Option<PathBuf>,
     /// The server's control socket the actions go through.
     pub socket: PathBuf,
+    /// The exports of the volumes whose desktop is not an SQLite file (PostgreSQL): the
+    /// backup action backs those up from their database, as `deskd backup --config` does.
+    pub exports: ExportFor,
+}
+
+/// For a volume root (as the server shows it), an export of its desktop when that desktop is
+/// in a database (PostgreSQL), else `None` (the SQLite `.Desktop` is copied).
+#[derive(Clone)]
+pub struct ExportFor(pub Arc<ExportFn>);
+
+/// What [`ExportFor`] holds.
+pub type ExportFn = dyn Fn(&std::path::Path) -> Option<Box<dyn deskd_backup::Export + Send>> + Send + Sync;
+
+impl ExportFor {
+    /// Every desktop an SQLite file.
+    pub fn none() -> ExportFor {
+        ExportFor(Arc::new(|_| None))
+    }
+}
+
+impl std::fmt::Debug for ExportFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExportFor")
+    }
 }
 
 /// Check the options, read the token and bind the address; serving starts with

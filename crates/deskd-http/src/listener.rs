@@ -120,7 +120,11 @@ impl Bound {
             token_file: self.options.token_file.clone(),
             auth: self.options.auth,
             hosts: self.options.hosts.clone(),
-            jobs: Jobs::new(Control::new(self.options.socket.clone()), self.backup_dir),
+            jobs: Jobs::new(
+                Control::new(self.options.socket.clone()),
+                self.backup_dir,
+                self.options.exports.clone(),
+            ),
             control: Control::new(self.options.socket.clone()),
             metrics,
             last_refusal_log: std::sync::Mutex::new(None),
