@@ -734,3 +734,71 @@ fn freeze_without_a_volume_prints_every_volumes_snapshot() {
     }
     env.deskd_ok(&["thaw"]);
 }
+
+/// A volume the server refused at start (here `backend` set over a registered SQLite desktop,
+/// `deskd migrate` forgotten) was missing from `deskd status`: it is now listed after the
+/// served ones, with why, to root (and the root's owner); nobody sees it refused but not why
+/// (the reason may name the database). Text and JSON.
+#[test]
+fn a_volume_refused_at_start_is_in_status_with_why() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol", "old"]);
+    let old = std::fs::canonicalize(env.path("old")).unwrap();
+    // "old" was served from its SQLite desktop.
+    env.serve(&["old"]);
+    env.dt_ok(&[b"touch", b"old/kept.txt"]);
+    env.term();
+    let cfg = env.path("deskd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[defaults]\n{}[volume.\"{}\"]\n[volume.\"{}\"]\n",
+            backend_lines(&url, &pw),
+            env.path("vol").display(),
+            old.display()
+        ),
+    )
+    .unwrap();
+    env.start(&["--config", cfg.to_str().unwrap()]);
+    let text = env.deskd_ok(&["status"]);
+    let at = text
+        .find(&format!("{}\n  NOT SERVED:   ", old.display()))
+        .unwrap_or_else(|| panic!("{text}"));
+    let refusal = text[at..].lines().nth(1).unwrap();
+    assert!(
+        refusal.contains("holds") && refusal.contains("deskd migrate"),
+        "{refusal}"
+    );
+    let json = env.deskd_ok(&["status", "--json"]);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{json}");
+    assert_eq!(lines[1]["path"], old.display().to_string());
+    assert_eq!(lines[1]["served"], false);
+    assert!(
+        lines[1]["not_served"]
+            .as_str()
+            .unwrap()
+            .contains("deskd migrate"),
+        "{json}"
+    );
+    // --volume names served volumes only: the refused one is not listed then.
+    let vol = std::fs::canonicalize(env.path("vol")).unwrap();
+    let one = env.deskd_ok(&["status", "--volume", vol.to_str().unwrap()]);
+    assert!(!one.contains("NOT SERVED"), "{one}");
+    // Another user sees that it is refused, not why.
+    let Some(out) = env.as_nobody(DESKD, &[b"status"]) else {
+        skip("needs root to act as another user");
+        return;
+    };
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(said.contains("NOT SERVED:   refused (root or the volume owner"), "{said}");
+    assert!(!said.contains("deskd migrate") && !said.contains("holds"), "{said}");
+}

@@ -374,6 +374,15 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+
+    /// The configured volumes the server does not serve, and why. A server that predates
+    /// it answers `BadRequest`.
+    pub fn not_served(&mut self) -> Result<Vec<deskd_proto::VolumeNotServed>> {
+        match self.call(Request::NotServed)? {
+            Response::NotServed(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
 }
 
 /// Connect to the first address of `addr` that answers, each try bounded by `timeout`.

@@ -448,6 +448,10 @@ pub enum Request {
         /// The volume handle, or None for every served volume.
         vol: Option<VolumeId>,
     },
+    /// The configured volumes the server does not serve, and why ([`Response::NotServed`]);
+    /// any peer may ask (the reason only to root and each volume root's owner). Appended
+    /// after `Watch` the same way: a server that predates it answers `BadRequest`.
+    NotServed,
 }
 
 /// What a rebuild does (see `deskd rebuild`).
@@ -582,7 +586,7 @@ impl Request {
     pub fn volume(&self) -> Option<VolumeId> {
         use Request::*;
         match self {
-            Volumes | OpenVolume { .. } | Metrics | Memory => None,
+            Volumes | OpenVolume { .. } | Metrics | Memory | NotServed => None,
             Watch { vol } | Status { vol } | Flush { vol } | Freeze { vol, .. } | Thaw { vol } => {
                 *vol
             }
@@ -772,6 +776,21 @@ pub enum Response {
         /// The exported snapshot (`pg_export_snapshot()`), valid until `until` or a thaw.
         snapshot: String,
     },
+    /// The configured volumes not served (to `NotServed`).
+    NotServed(Vec<VolumeNotServed>),
+}
+
+/// A volume in the server's configuration that it does not serve: refused at start or at a
+/// reload (a failed check, a desktop that would not open).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeNotServed {
+    /// The volume root as configured, as bytes.
+    pub root: Vec<u8>,
+    /// Why: the message the server logged (to root and the root's owner; others get a note
+    /// that it is hidden).
+    pub why: String,
+    /// Unix time it was refused.
+    pub since: i64,
 }
 
 /// One volume's live tracking (issue 23), as `deskd status` shows it in `watch`.
@@ -1187,6 +1206,7 @@ mod tests {
             Just(Request::Metrics),
             Just(Request::Memory),
             proptest::option::of(any::<u32>()).prop_map(|vol| Request::Watch { vol }),
+            Just(Request::NotServed),
         ]
     }
 
@@ -1232,6 +1252,19 @@ mod tests {
         }]);
         let bytes = postcard::to_allocvec(&reply).unwrap();
         assert_eq!(bytes[0], 17);
+        assert_eq!(decode::<Response>(&bytes).unwrap(), reply);
+    }
+
+    #[test]
+    fn not_served_was_appended_after_watch_and_frozen_snapshot() {
+        assert_eq!(postcard::to_allocvec(&Request::NotServed).unwrap(), [33]);
+        let reply = Response::NotServed(vec![VolumeNotServed {
+            root: b"/srv/v".to_vec(),
+            why: "refused".into(),
+            since: 5,
+        }]);
+        let bytes = postcard::to_allocvec(&reply).unwrap();
+        assert_eq!(bytes[0], 19);
         assert_eq!(decode::<Response>(&bytes).unwrap(), reply);
     }
 

@@ -1003,6 +1003,40 @@ impl Connection {
                 }
                 Ok(Response::Watch(out))
             }
+            Request::NotServed => {
+                let list = self.shared.not_served.lock().unwrap().clone();
+                let out = list
+                    .into_iter()
+                    .map(|n| {
+                        // Why (a database's name, a path below the root) only to who may
+                        // administer the volume: root, a trusted peer, the root's owner.
+                        let owner = std::fs::metadata(&n.root)
+                            .ok()
+                            .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+                        let admin = self.access.is_trusted()
+                            || match self.peer {
+                                Peer::Unix { uid: Some(0) } => true,
+                                Peer::Unix { uid: Some(uid) } => owner == Some(uid),
+                                Peer::Tcp { .. } => {
+                                    self.shared.tcp.as_ref().is_some_and(|t| t.admin())
+                                }
+                                Peer::Unix { uid: None } => false,
+                            };
+                        deskd_proto::VolumeNotServed {
+                            root: n.root.as_os_str().as_bytes().to_vec(),
+                            why: if admin {
+                                n.why
+                            } else {
+                                "refused (root or the volume owner sees why; the server's log \
+                                 says it)"
+                                    .to_owned()
+                            },
+                            since: n.since,
+                        }
+                    })
+                    .collect();
+                Ok(Response::NotServed(out))
+            }
             Request::Thaw { vol } => self.control(vol, "thaw", |_, tx| Job::Thaw(tx)),
             Request::RebuildStart {
                 vol,

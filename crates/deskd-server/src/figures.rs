@@ -44,7 +44,7 @@ const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_NS.len() + 1;
 pub(crate) const NO_VOLUME: u32 = u32::MAX;
 
 /// The request kinds, in the order of [`deskd_proto::Request`]'s variants: the `kind` label.
-pub(crate) const KINDS: [&str; 33] = [
+pub(crate) const KINDS: [&str; 34] = [
     "Volumes",
     "OpenVolume",
     "Add",
@@ -78,6 +78,7 @@ pub(crate) const KINDS: [&str; 33] = [
     "Metrics",
     "Memory",
     "Watch",
+    "NotServed",
 ];
 
 /// The index of `request`'s kind in [`KINDS`]. (Exhaustive on purpose: a new request must
@@ -118,6 +119,7 @@ pub(crate) fn kind_of(request: &Request) -> u8 {
         Metrics => 30,
         Memory => 31,
         Watch { .. } => 32,
+        NotServed => 33,
     }
 }
 
@@ -262,7 +264,7 @@ mod tests {
     fn every_kind_has_a_name() {
         // The last request appended to the protocol has the last name.
         assert_eq!(
-            kind_of(&Request::Watch { vol: None }) as usize,
+            kind_of(&Request::NotServed) as usize,
             KINDS.len() - 1
         );
         assert_eq!(KINDS[kind_of(&Request::Metrics) as usize], "Metrics");

@@ -224,6 +224,8 @@ impl Server {
         mmap_budget::global().set_total(config.mmap_total);
         let roots = preflight::canonical_roots(&config.volumes);
         let mut failures = Vec::new();
+        // (root, why) of each volume not served, for `deskd status`.
+        let mut refused = Vec::new();
         let mut checked = Vec::new();
         for (i, vc) in config.volumes.into_iter().enumerate() {
             let others: Vec<PathBuf> = roots
@@ -236,6 +238,7 @@ impl Server {
                 Ok(()) => checked.push(vc),
                 Err(e) => {
                     error!("{e}");
+                    refused.push((vc.root.clone(), e.to_string()));
                     failures.push(VolumeFailure::Check(e));
                 }
             }
@@ -251,6 +254,7 @@ impl Server {
                 Ok(h) => volumes.push(Slot::Served(h)),
                 Err(e) => {
                     error!("{e}");
+                    refused.push((root.clone(), e.to_string()));
                     failures.push(VolumeFailure::Open { root, error: e });
                 }
             }
@@ -271,7 +275,11 @@ impl Server {
             limits: Arc::new(limits::ConnectionLimits::new(config.limits, server_uid)),
             metrics: scrape_cache::ScrapeCache::new(),
             watchers: watch::Registry::default(),
+            not_served: Default::default(),
         });
+        for (root, why) in refused {
+            shared.refuse(&root, why);
+        }
         for handle in shared.volumes() {
             autorepair::watch(&shared.rebuilds, &handle);
             watch::start(&shared.watchers, &shared.rebuilds, &handle);

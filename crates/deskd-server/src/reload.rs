@@ -96,6 +96,10 @@ impl Server {
     /// Give each served volume its new settings, close those no longer configured, and open
     /// those new in the file.
     fn reload_volumes(&self, new: &Config, notes: &mut Vec<String>) {
+        // A volume out of the configuration is no longer "not served" (status lists those
+        // configured); the others are tried again below.
+        self.shared
+            .keep_refused(|r| new.volumes.iter().any(|v| v.root == r || canonical(v) == r));
         for handle in &self.shared.volumes() {
             let root = handle.volume.root();
             let Some(v) = new.volumes.iter().find(|v| canonical(v) == root) else {
@@ -152,17 +156,22 @@ impl Server {
                 .collect();
             if let Err(e) = crate::preflight::check_volume(v, &served) {
                 notes.push(format!("{}: not served: {e}", v.root.display()));
+                self.shared.refuse(&v.root, e.to_string());
                 continue;
             }
             let index = self.handle_for(&root);
             match VolumeHandle::open(index, v.clone()) {
                 Ok(handle) => {
                     info!("{}: now served", handle.volume.root().display());
+                    self.shared.keep_refused(|r| r != v.root && r != root);
                     crate::autorepair::watch(&self.shared.rebuilds, &handle);
                     crate::watch::start(&self.shared.watchers, &self.shared.rebuilds, &handle);
                     self.set_slot(index, Slot::Served(handle));
                 }
-                Err(e) => notes.push(format!("{}: not served: {e}", v.root.display())),
+                Err(e) => {
+                    notes.push(format!("{}: not served: {e}", v.root.display()));
+                    self.shared.refuse(&v.root, e.to_string());
+                }
             }
         }
     }
@@ -276,6 +285,7 @@ impl Server {
             }
             Err(e) => {
                 notes.push(format!("{root}: not served: {e}"));
+                self.shared.refuse(handle.volume.root(), e.to_string());
                 self.set_slot(handle.index, Slot::Retired(handle.volume.root().into()));
             }
         }

@@ -2,7 +2,7 @@
 //! what a handle stands for while a reload changes it), the TCP settings a reload may change,
 //! the connection limits, the online rebuilds and the open connections.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -96,6 +96,19 @@ pub struct Shared {
     pub(crate) clients: Arc<clients::Clients>,
     /// What `/metrics` keeps between scrapes (the start time, its read connections).
     pub(crate) metrics: ScrapeCache,
+    /// The configured volumes refused at start or at a reload, and why (`deskd status`).
+    pub(crate) not_served: std::sync::Mutex<Vec<NotServed>>,
+}
+
+/// A configured volume this server does not serve.
+#[derive(Debug, Clone)]
+pub(crate) struct NotServed {
+    /// The root as configured.
+    pub root: PathBuf,
+    /// The message logged when it was refused.
+    pub why: String,
+    /// Unix time it was refused.
+    pub since: i64,
 }
 
 impl Shared {
@@ -143,6 +156,23 @@ impl Shared {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// Note `root` as not served, for `why` (replacing an earlier note of it).
+    pub(crate) fn refuse(&self, root: &Path, why: String) {
+        let mut list = self.not_served.lock().unwrap();
+        list.retain(|n| n.root != root);
+        list.push(NotServed {
+            root: root.to_path_buf(),
+            why,
+            since: deskd_db::now_unix(),
+        });
+    }
+
+    /// Keep the notes of the roots `keep` says (a volume served now, or out of the
+    /// configuration, is no longer "not served").
+    pub(crate) fn keep_refused(&self, keep: impl Fn(&Path) -> bool) {
+        self.not_served.lock().unwrap().retain(|n| keep(&n.root));
     }
 
     /// Whether `vol` is a handle this server has given out (served now or not).

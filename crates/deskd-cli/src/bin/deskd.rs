@@ -870,6 +870,29 @@ fn run(cli: Run) -> Result<ExitCode> {
                     }
                 }
             }
+            // The configured volumes the server refused (at start or a reload), after the
+            // served ones; a server that predates the request answers BadRequest.
+            let refused = match vol {
+                None => client.not_served().unwrap_or_default(),
+                Some(_) => Vec::new(),
+            };
+            for n in refused {
+                let root = display_bytes(&n.root);
+                // The server's message often names the root already.
+                let why = n.why.strip_prefix(&format!("{root}: ")).unwrap_or(&n.why);
+                if json {
+                    let v = serde_json::json!({
+                        "path": root,
+                        "served": false,
+                        "not_served": why,
+                        "since": n.since,
+                    });
+                    println!("{v}");
+                } else {
+                    println!("{root}");
+                    println!("  NOT SERVED:   {why} (since {})", ctime_string(n.since));
+                }
+            }
             if let (Some(m), false) = (memory, json) {
                 for line in deskd_cli::memory_figures::server_lines(m) {
                     println!("{line}");
