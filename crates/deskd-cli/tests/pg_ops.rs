@@ -802,3 +802,140 @@ fn a_volume_refused_at_start_is_in_status_with_why() {
     assert!(said.contains("NOT SERVED:   refused (root or the volume owner"), "{said}");
     assert!(!said.contains("deskd migrate") && !said.contains("holds"), "{said}");
 }
+
+/// A write that waits longer than `busy_wait` for the volume's row lock (here held by an
+/// admin's open transaction, as a long batch of another server would) is refused as busy, to
+/// try again; the writer does not take it for a lost database (no "database unreachable",
+/// status not read-only), and the next write, once the lock is free, is recorded at once.
+#[test]
+fn a_row_lock_wait_past_busy_wait_is_busy_not_a_lost_database() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    env.serve_with_defaults(
+        "vol",
+        &format!("{}busy_wait = 1\n", backend_lines(&url, &pw)),
+    );
+    env.dt_ok(&[b"mkdir", b"vol/docs"]);
+    let mut admin = cluster.admin("desk");
+    let mut held = admin.transaction().unwrap();
+    held.query("SELECT last_id FROM deskd.volume FOR UPDATE", &[])
+        .unwrap();
+    std::fs::write(root.join("docs/new.txt"), b"").unwrap();
+    let mut client = env.client();
+    let vol = client.open_volume(&root).unwrap().vol;
+    let refused = client
+        .call(Request::AddPath {
+            vol,
+            path: b"docs/new.txt".to_vec(),
+            hint: None,
+            type_code: None,
+            creator: None,
+            carried: None,
+        })
+        .unwrap_err();
+    held.rollback().unwrap();
+    let said = format!("{refused}");
+    assert!(
+        matches!(
+            &refused,
+            deskd_client::ClientError::Server(e) if e.code == deskd_client::ErrorCode::Busy
+        ),
+        "{said}"
+    );
+    assert!(!env.log_text().contains("database unreachable"), "{}", env.log_text());
+    let status = env.status_json();
+    assert_eq!(status["read_only"], false, "{status}");
+    // The lock is free: the next write is recorded, with no reconnection in between.
+    env.dt_ok(&[b"touch", b"vol/docs/after.txt"]);
+    assert!(env.id_of(&root.join("docs/after.txt")) > 0);
+    assert!(!env.log_text().contains("database unreachable"));
+}
+
+/// One request of a batch that fails for a conflict with another session (here a deadlock
+/// PostgreSQL breaks by aborting the writer's statement) is answered busy; the writer asks the
+/// database whether it is there before it takes the `Busy` for a lost database, so the volume
+/// stays writable and the next write is recorded (before stop 40 any `Busy` among a batch's
+/// replies made the writer drop its connection and answer read-only).
+#[test]
+fn a_deadlock_on_one_request_is_busy_and_the_volume_stays_writable() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
+    env.dt_ok(&[b"touch", b"vol/doc.txt"]);
+    let id = env.id_of(&root.join("doc.txt"));
+    let mut admin = cluster.admin("desk");
+    // This session's deadlock check comes long after the writer's (1 s by default), so the
+    // writer's statement is the one PostgreSQL aborts.
+    admin.batch_execute("SET deadlock_timeout = '20s'").unwrap();
+    let mut held = admin.transaction().unwrap();
+    held.query(
+        "SELECT 1 FROM deskd.objects WHERE id = $1 FOR UPDATE",
+        &[&i64::from(id)],
+    )
+    .unwrap();
+    let socket = env.socket.clone();
+    let asked = std::thread::spawn(move || {
+        let mut client =
+            deskd_client::Client::connect(&socket, std::time::Duration::from_secs(30)).unwrap();
+        let vol = client.open_volume(&root).unwrap().vol;
+        let reply = client.call(Request::SetInfo {
+            vol,
+            id,
+            type_code: Some(*b"TEXT"),
+            creator: None,
+            flags: None,
+        });
+        (reply, root)
+    });
+    // The writer holds the volume's row and waits for the object's row; this session now
+    // waits for the volume's row: a deadlock.
+    // (Watched from a session of its own: statistics views keep one snapshot a transaction.)
+    let mut watcher = cluster.admin("desk");
+    let began = std::time::Instant::now();
+    while watcher
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'desk' \
+             AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(20),
+            "the writer never waited"
+        );
+    }
+    held.query("SELECT 1 FROM deskd.volume FOR UPDATE", &[])
+        .unwrap();
+    held.rollback().unwrap();
+    let (reply, root) = asked.join().unwrap();
+    let refused = reply.unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            deskd_client::ClientError::Server(e) if e.code == deskd_client::ErrorCode::Busy
+        ),
+        "{refused}"
+    );
+    assert!(
+        !env.log_text().contains("database unreachable"),
+        "{}",
+        env.log_text()
+    );
+    assert_eq!(env.status_json()["read_only"], false);
+    env.dt_ok(&[b"touch", b"vol/after.txt"]);
+    assert!(env.id_of(&root.join("after.txt")) > 0);
+    assert!(!env.log_text().contains("database unreachable"));
+}

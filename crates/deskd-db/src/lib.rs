@@ -155,6 +155,11 @@ pub enum DbError {
     /// read-only and reconnects; the text says what the back end reported.
     #[error("the desktop database is unavailable: {0}")]
     Unavailable(String),
+    /// Another writer held what this one needed for longer than it may wait (PostgreSQL: the
+    /// volume's row lock past `busy_wait`, a deadlock, a serialization failure): nothing was
+    /// done, and the same request may succeed when tried again. Not a lost database.
+    #[error("the desktop is busy: {0}")]
+    Busy(String),
     // Not a `source`, as with `Io`: the back end's message holds its causes already.
     /// Another back end (PostgreSQL) failed in a way none of the variants above names; the
     /// text is the back end's error with its causes.

@@ -25,6 +25,7 @@ impl From<PgError> for DbError {
         match e {
             PgError::Desktop(rule) => rule,
             e if e.is_unavailable() => DbError::Unavailable(e.to_string()),
+            e if e.is_busy() => DbError::Busy(e.to_string()),
             e => DbError::Backend(e.to_string()),
         }
     }

@@ -144,5 +144,20 @@ impl PgError {
     }
 }
 
+impl PgError {
+    /// Whether the database refused for a conflict with another session that a later try
+    /// may not meet: the lock wait bounded by `lock_timeout` passed (`55P03`, as a batch's
+    /// wait for the volume's row past `busy_wait`), a deadlock (`40P01`) or a serialization
+    /// failure (`40001`). The database is there: the caller answers "busy", not read-only.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            PgError::Postgres(e) => e
+                .code()
+                .is_some_and(|c| matches!(c.code(), "55P03" | "40P01" | "40001")),
+            _ => false,
+        }
+    }
+}
+
 /// A PostgreSQL desktop operation's result.
 pub type Result<T, E = PgError> = std::result::Result<T, E>;

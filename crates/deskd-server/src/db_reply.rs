@@ -28,6 +28,8 @@ pub fn db_error(e: DbError) -> ErrorReply {
         // A PostgreSQL desktop's database cannot be reached: try again (the writer answers
         // writes read-only itself, `writer::pg`).
         DbError::Unavailable(_) => ErrorCode::Busy,
+        // Another writer held the desktop past the wait: try again (the database is there).
+        DbError::Busy(_) => ErrorCode::Busy,
         e if e.is_disk_full() => ErrorCode::DiskFull,
         e if is_busy(e) => ErrorCode::Busy,
         _ => ErrorCode::Internal,

@@ -145,12 +145,23 @@ pub(super) fn run_batch<S: Store>(
 /// it was recorded (one wording for both back ends).
 pub(super) fn refuse_failed_commit(root: &Path, writes: &mut Vec<Pending>, e: DbError) {
     error!(volume = %root.display(), "commit failed: {e}");
+    let busy = matches!(e, DbError::Busy(_));
     let reply = ErrorReply::new(
         db_error(e).code,
-        format!(
-            "{}: desktop commit failed; nothing in this batch was recorded",
-            root.display()
-        ),
+        if busy {
+            // PostgreSQL: another server's batch (or an online rebuild's chunk) held the
+            // volume's row past busy_wait. The database is there: try again.
+            format!(
+                "{}: the desktop is busy (another writer held it longer than busy_wait); \
+                 nothing in this batch was recorded, try again",
+                root.display()
+            )
+        } else {
+            format!(
+                "{}: desktop commit failed; nothing in this batch was recorded",
+                root.display()
+            )
+        },
     );
     for w in writes.drain(..) {
         w.reply.send(Err(reply.clone()));

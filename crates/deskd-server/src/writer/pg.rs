@@ -233,12 +233,22 @@ impl PgWriter {
         match outcome {
             Ok(Attempt::Retry) => unreachable!("an isolated run never asks for a retry"),
             Ok(Attempt::Done(mut replies)) => {
-                // A request whose reads failed for want of the database (`Busy` is only that
-                // on PostgreSQL) is answered read-only, and the writer connects again.
-                let lost = replies.iter().find_map(|(r, _)| match r {
-                    Err(e) if e.code == ErrorCode::Busy => Some(e.message.clone()),
-                    _ => None,
-                });
+                // A request whose reads failed for want of the database is answered
+                // read-only, and the writer connects again. `Busy` is that, or a conflict
+                // with another writer (`DbError::Busy`: a lock wait past its bound, a
+                // deadlock), after which the database is there: asked once, so that one
+                // request's conflict does not make the volume read-only.
+                let lost = replies
+                    .iter()
+                    .find_map(|(r, _)| match r {
+                        Err(e) if e.code == ErrorCode::Busy => Some(e.message.clone()),
+                        _ => None,
+                    })
+                    .filter(|_| {
+                        desktop
+                            .change_seq()
+                            .is_err_and(|e| e.is_unavailable())
+                    });
                 if let Some(why) = lost {
                     self.lost(&why);
                     let refusal = self.unreachable_reply();
