@@ -939,3 +939,39 @@ fn a_deadlock_on_one_request_is_busy_and_the_volume_stays_writable() {
     assert!(env.id_of(&root.join("after.txt")) > 0);
     assert!(!env.log_text().contains("database unreachable"));
 }
+
+/// With the database down, `dt mkdir` and `dt touch` made the folder or file and then said
+/// nothing was recorded (and `dt mkdir` again failed with `File exists`). The server now tells
+/// a client opening a PostgreSQL volume that it is read-only when its database does not
+/// answer, whether or not the writer has noticed yet, so dt refuses before it touches the
+/// disk; with the database back, the same commands work.
+#[test]
+fn dt_refuses_before_touching_the_disk_while_the_database_is_down() {
+    let Some((mut cluster, env, root, _config)) = served("desk") else {
+        return;
+    };
+    env.dt_ok(&[b"mkdir", b"vol/docs"]);
+    // Stopped while the server is idle: its writer has not noticed.
+    cluster.stop();
+    for args in [
+        &[&b"mkdir"[..], b"vol/docs/new"][..],
+        &[b"touch", b"vol/docs/new.txt"],
+        &[b"mkdir", b"-p", b"vol/docs/a/b"],
+    ] {
+        let out = env.dt(args);
+        assert!(!out.status.success(), "dt {args:?} succeeded");
+        let said = stderr_of(&out);
+        assert!(said.contains("read-only"), "dt {args:?}: {said}");
+    }
+    assert!(!root.join("docs/new").exists(), "mkdir touched the disk");
+    assert!(!root.join("docs/new.txt").exists(), "touch touched the disk");
+    assert!(!root.join("docs/a").exists(), "mkdir -p touched the disk");
+    // Back: the next command's opening finds the database answering, and its write goes on
+    // a new connection at once (the writer's died with the database).
+    cluster.restart();
+    env.dt_ok(&[b"mkdir", b"vol/docs/new"]);
+    env.dt_ok(&[b"touch", b"vol/docs/new.txt"]);
+    assert!(env.id_of(&root.join("docs/new")) > 0);
+    assert!(env.id_of(&root.join("docs/new.txt")) > 0);
+    env.rebuild_scan_silent("vol");
+}

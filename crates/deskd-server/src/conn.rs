@@ -557,6 +557,38 @@ impl Connection {
 
     /// The PostgreSQL reader of `handle` made again (the one held failed for want of the
     /// database): only a PostgreSQL volume's, so SQLite's read path keeps one call site.
+    /// A volume as a client is told it when it opens it: a volume in PostgreSQL whose
+    /// database does not answer now is read-only, whether or not its writer has noticed yet,
+    /// so that `dt` (which checks before it touches the disk) refuses a `mkdir` rather than
+    /// make the folder and then be told nothing was recorded. One indexed read on this
+    /// connection's reader (again on a new one when that fails, as the reads do).
+    fn volume_info_now(&mut self, h: &VolumeHandle) -> VolumeInfo {
+        let mut info = volume_info(h);
+        if h.pg.is_none() || info.read_only {
+            return info;
+        }
+        if h.state.lock().unwrap().unavailable.is_some() {
+            info.read_only = true;
+            return info;
+        }
+        let down = |e: &deskd_db::DbError| matches!(e, deskd_db::DbError::Unavailable(_));
+        let probe = |db: &deskd_pg::PgDesktop| match Read::get(db, deskd_db::ROOT_ID) {
+            Err(e) if down(&e) => Err(()),
+            _ => Ok(()),
+        };
+        let answered = match self.reader(h) {
+            Ok(ReaderRef::Pg(db)) => probe(db),
+            _ => Err(()),
+        };
+        if answered.is_err() {
+            info.read_only = match self.pg_reader_again(h) {
+                Ok(db) => probe(db).is_err(),
+                Err(_) => true,
+            };
+        }
+        info
+    }
+
     fn pg_reader_again(
         &mut self,
         handle: &VolumeHandle,
@@ -853,13 +885,12 @@ impl Connection {
 
     fn answer(&mut self, request: Request) -> Reply {
         match request {
-            Request::Volumes => Ok(Response::Volumes(
-                self.shared
-                    .volumes()
-                    .iter()
-                    .map(|h| volume_info(h))
-                    .collect(),
-            )),
+            Request::Volumes => {
+                let volumes = self.shared.volumes();
+                Ok(Response::Volumes(
+                    volumes.iter().map(|h| self.volume_info_now(h)).collect(),
+                ))
+            }
             Request::OpenVolume { root } => {
                 let path = Path::new(std::ffi::OsStr::from_bytes(&root));
                 // As the peer: a path through a folder closed to it must not resolve (else
@@ -878,7 +909,7 @@ impl Connection {
                     self.uses(h.index);
                 }
                 found
-                    .map(|h| Response::Volume(volume_info(&h)))
+                    .map(|h| Response::Volume(self.volume_info_now(&h)))
                     .ok_or_else(|| {
                         // The path only to whom it cannot tell anything hidden.
                         let shown = if self.access.is_trusted() {
