@@ -975,3 +975,118 @@ fn dt_refuses_before_touching_the_disk_while_the_database_is_down() {
     assert!(env.id_of(&root.join("docs/new.txt")) > 0);
     env.rebuild_scan_silent("vol");
 }
+
+/// `deskd rebuild -f` online on a PostgreSQL volume: every ID is decided from the disk (the
+/// mirrors and resource files): a row moved to another ID in the database behind deskd's back
+/// goes back to the ID its file carries, a row lost comes back under its own, and `-s` is then
+/// silent through the server.
+#[test]
+fn an_online_fresh_rebuild_of_a_postgresql_volume_takes_every_id_from_the_disk() {
+    let Some((cluster, env, root, _config)) = served("desk") else {
+        return;
+    };
+    env.dt_ok(&[b"mkdir", b"-p", b"vol/docs/deep"]);
+    env.dt_ok(&[b"touch", b"vol/docs/a.txt", b"vol/docs/deep/b.txt"]);
+    let paths = [
+        root.join("docs"),
+        root.join("docs/deep"),
+        root.join("docs/a.txt"),
+        root.join("docs/deep/b.txt"),
+    ];
+    let before = ids_of(&env, &paths);
+    let mut admin = cluster.admin("desk");
+    // Damage: a.txt's row gone, b.txt's row under another ID than its file carries.
+    admin
+        .execute(
+            "DELETE FROM deskd.objects WHERE id = $1",
+            &[&i64::from(before[2])],
+        )
+        .unwrap();
+    admin
+        .execute(
+            "UPDATE deskd.objects SET id = 900 WHERE id = $1",
+            &[&i64::from(before[3])],
+        )
+        .unwrap();
+    admin
+        .execute("UPDATE deskd.volume SET last_id = greatest(last_id, 900)", &[])
+        .unwrap();
+    let out = env.deskd(&["rebuild", "-f", root.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    env.rebuild_scan_silent("vol");
+    assert_eq!(ids_of(&env, &paths), before);
+    let gone = admin
+        .query_one("SELECT count(*) FROM deskd.objects WHERE id = 900", &[])
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(gone, 0, "the row under the wrong ID is gone");
+}
+
+/// An online repair whose walk outlasts the change log (more batches committed meanwhile than
+/// it keeps, here 20 with the test hook) cannot know what clients changed: it is refused with
+/// "the change log was pruned past the rebuild's snapshot … run it again", applies nothing,
+/// and a second run repairs.
+#[test]
+fn an_online_rebuild_after_the_change_log_was_pruned_past_its_snapshot_is_refused() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    let go_on = env.path("walk-on");
+    env.server_env = vec![
+        ("DESKD_TEST_PG_CHANGES_KEEP".into(), "20".into()),
+        (
+            "DESKD_TEST_REBUILD_HOLD_WALK_UNTIL".into(),
+            go_on.display().to_string(),
+        ),
+    ];
+    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
+    env.dt_ok(&[b"mkdir", b"vol/docs"]);
+    std::fs::write(root.join("docs/unregistered.txt"), b"x").unwrap();
+    let rebuild = env
+        .command_for(DESKD, &[b"rebuild", root.as_os_str().as_bytes()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    env.wait_for_log("test hook: walk held before", 1);
+    // 60 batches, one a request, while the walk waits: the log keeps the newest 20.
+    let mut c = env.client();
+    let vol = c.open_volume(&root).unwrap().vol;
+    for i in 0..60 {
+        let rel = format!("docs/f{i}");
+        std::fs::write(root.join(&rel), b"").unwrap();
+        c.object(Request::AddPath {
+            vol,
+            path: rel.into_bytes(),
+            hint: None,
+            type_code: None,
+            creator: None,
+            carried: None,
+        })
+        .unwrap();
+    }
+    env.wait_for_log("change log pruned", 1);
+    std::fs::write(&go_on, b"").unwrap();
+    let out = rebuild.wait_with_output().unwrap();
+    let said = stderr_of(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("the change log was pruned past the rebuild's snapshot")
+            && said.contains("run it again"),
+        "{said}"
+    );
+    // Nothing applied: the unregistered file is still unregistered.
+    let scan = env.deskd(&["rebuild", "-s", root.to_str().unwrap()]);
+    assert_eq!(scan.status.code(), Some(1), "{}", stderr_of(&scan));
+    assert!(
+        String::from_utf8_lossy(&scan.stdout).contains("docs/unregistered.txt"),
+        "{}",
+        String::from_utf8_lossy(&scan.stdout)
+    );
+    env.deskd_ok(&["rebuild", root.to_str().unwrap()]);
+    env.rebuild_scan_silent("vol");
+}
