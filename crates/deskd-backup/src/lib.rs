@@ -88,6 +88,12 @@ pub enum BackupError {
     /// The desktop could not be exported from its database (the whole message).
     #[error("{0}")]
     Export(String),
+    /// The volume is marked as served from a database ([`deskd_volume::BACKEND_XATTR`] on its
+    /// root): a backup of its SQLite `.Desktop` would copy a stale file, a restore over it
+    /// would put a desktop beside servers that go on handing out IDs from the database. The
+    /// message says what to run instead; nothing was written.
+    #[error("{0}")]
+    InDatabase(String),
 }
 
 /// How a backup (or the copy a backup makes) fails its checks; every message starts with the
@@ -418,6 +424,18 @@ pub fn backup_from(
     match source {
         Source::Desktop => {
             refuse_unsafe(&root, &desktop, "deskd backup")?;
+            // A volume marked as served from a database keeps at most a stale `.Desktop` (the
+            // one `deskd migrate` left): backing that up would pass every check and hold old
+            // records.
+            if let Some(backend) = deskd_volume::desktop_backend(&root) {
+                return Err(BackupError::InDatabase(format!(
+                    "{}: this volume's desktop is in {backend} (xattr {} on its root), and a \
+                     .Desktop there is stale: give the server's configuration with --config \
+                     FILE (that of the deskd serve that serves it); nothing was written",
+                    root.display(),
+                    deskd_volume::BACKEND_XATTR
+                )));
+            }
             // A volume owner may back up, but not read the 0600 desktop a root-run deskd
             // made; say so rather than pass on SQLite's "unable to open database file".
             if let Some(why) = deskd_volume::guard::unreadable_desktop(&desktop) {
@@ -885,6 +903,9 @@ pub struct RestoreOptions {
     pub trust_ids: bool,
     /// The backup's manifest, when it is not beside the backup (`--manifest`).
     pub manifest: Option<PathBuf>,
+    /// Restore over a volume marked as served from a database (`--leave-postgresql`): the
+    /// admin says every server of it is stopped and no longer configured with `backend`.
+    pub leave_postgresql: bool,
 }
 
 /// What a restore did.
@@ -915,6 +936,23 @@ pub fn restore(
     // Who may, and over what, before the backup or the desktop is read.
     let (root, desktop) = volume_desktop(volume)?;
     refuse_unsafe(&root, &desktop, "deskd restore")?;
+    // A volume served from a database: a restored SQLite desktop beside servers that go on
+    // handing out IDs from the database would give IDs twice (the newcomer review of stop
+    // 39). The admin says the servers are stopped.
+    if let (Some(backend), false) = (
+        deskd_volume::desktop_backend(&root),
+        options.leave_postgresql,
+    ) {
+        return Err(BackupError::InDatabase(format!(
+            "{}: this volume's desktop is in {backend} (xattr {} on its root). Stop every \
+             deskd serve of the volume and take `backend` out of their configuration, then \
+             restore with --leave-postgresql to make the restored SQLite desktop the volume's \
+             (or restore elsewhere and move it into a database with deskd migrate); nothing \
+             was changed",
+            root.display(),
+            deskd_volume::BACKEND_XATTR
+        )));
+    }
     let rebuild_options = deskd_rebuild::Options {
         start_from: Some(backup.to_path_buf()),
         nested: options.nested,
@@ -1056,6 +1094,43 @@ mod tests {
             "/b/v.desktop.manifest: missing; /b/v.desktop is not a complete deskd backup \
              (the manifest is written last)"
         );
+    }
+
+    /// A library caller (not only the CLI) gets the refusals for a volume marked as served
+    /// from a database: a backup of its (stale) `.Desktop`, a restore without
+    /// `leave_postgresql`. Nothing is written.
+    #[test]
+    fn a_volume_marked_as_served_from_a_database_is_refused_here() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("vol");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join(".Desktop"), b"stale").unwrap();
+        if deskd_volume::mark_desktop_in_postgresql(&root, true).is_err() {
+            // No user xattrs on this file system: nothing to mark.
+            assert!(std::env::var_os("CI").is_none(), "no user xattrs under CI");
+            eprintln!("skipped: no user xattrs here");
+            return;
+        }
+        let dest = d.path().join("out.desktop");
+        let refused = backup(&root, &dest, false, &mut |_, _| {}).unwrap_err();
+        assert!(matches!(refused, BackupError::InDatabase(_)), "{refused}");
+        assert!(refused.to_string().contains("--config"), "{refused}");
+        assert!(!dest.exists());
+        let options = RestoreOptions {
+            threads: 1,
+            force: false,
+            id_gap: DEFAULT_ID_GAP,
+            nested: false,
+            world_writable: false,
+            trust_ids: false,
+            manifest: None,
+            leave_postgresql: false,
+        };
+        let refused =
+            restore(&dest, &root, &options, &|_| {}, &mut |_| {}).unwrap_err();
+        assert!(matches!(refused, BackupError::InDatabase(_)), "{refused}");
+        assert!(refused.to_string().contains("--leave-postgresql"), "{refused}");
+        assert_eq!(std::fs::read(root.join(".Desktop")).unwrap(), b"stale");
     }
 
     #[test]

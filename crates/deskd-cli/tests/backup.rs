@@ -636,3 +636,60 @@ fn a_backup_to_standard_output_is_the_checked_copy_and_leaves_no_temporary() {
     let out = env.deskd(&["backup", vol.to_str().unwrap(), vol.to_str().unwrap(), "-"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The refusals for a volume marked as served from a database (`user.deskd.backend` on its
+/// root) are deskd-backup's, so they hold for an unprivileged volume owner too: `nobody`, who
+/// owns the volume root (and so passes the admin check), is refused a backup of the stale
+/// `.Desktop` without `--config` (exit 2) and a restore without `--leave-postgresql` (exit 1),
+/// and nothing is written, in a directory nobody may write.
+#[test]
+fn a_volume_marked_as_in_a_database_is_refused_to_an_unprivileged_owner() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/f"]);
+    let good = env.path("good.desktop");
+    backup(&env, "vol", &good);
+    env.term();
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    deskd_volume::mark_desktop_in_postgresql(&root, true).unwrap();
+    let open = env.path("open");
+    std::fs::create_dir(&open).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::os::unix::fs::chown(&root, Some(65534), Some(65534)).unwrap();
+    let desktop_before = std::fs::read(root.join(".Desktop")).unwrap();
+    let dest = open.join("stale.desktop");
+    let Some(out) = env.as_nobody(
+        DESKD,
+        &[
+            b"backup",
+            root.to_str().unwrap().as_bytes(),
+            dest.to_str().unwrap().as_bytes(),
+        ],
+    ) else {
+        skip("needs root to act as another user");
+        return;
+    };
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("is in postgresql") && said.contains("--config"), "{said}");
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0, "{said}");
+    let out = env
+        .as_nobody(
+            DESKD,
+            &[
+                b"restore",
+                good.to_str().unwrap().as_bytes(),
+                root.to_str().unwrap().as_bytes(),
+            ],
+        )
+        .unwrap();
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("--leave-postgresql"), "{said}");
+    assert_eq!(std::fs::read(root.join(".Desktop")).unwrap(), desktop_before);
+    assert!(deskd_volume::desktop_backend(&root).is_some(), "the mark stays");
+}

@@ -680,23 +680,6 @@ fn run(cli: Run) -> Result<ExitCode> {
             backup,
             volume,
         } => {
-            // A volume served from a database: a restored SQLite desktop beside servers that
-            // go on handing out IDs from the database would give IDs twice (the newcomer
-            // review of stop 39). The admin says the servers are stopped.
-            if let (Some(backend), false) =
-                (deskd_volume::desktop_backend(&volume), leave_postgresql)
-            {
-                eprintln!(
-                    "deskd restore: {}: this volume's desktop is in {backend} (xattr {} on its \
-                     root). Stop every deskd serve of the volume and take `backend` out of \
-                     their configuration, then restore with --leave-postgresql to make the \
-                     restored SQLite desktop the volume's (or restore elsewhere and move it \
-                     into a database with deskd migrate); nothing was changed",
-                    volume.display(),
-                    deskd_volume::BACKEND_XATTR
-                );
-                return Ok(ExitCode::from(1));
-            }
             let options = deskd_backup::RestoreOptions {
                 threads: walk.threads(),
                 force,
@@ -705,6 +688,7 @@ fn run(cli: Run) -> Result<ExitCode> {
                 world_writable: roots.world_writable,
                 trust_ids,
                 manifest,
+                leave_postgresql,
             };
             Ok(restore(&backup, &volume, &options, walk.verbose, walk.json))
         }
@@ -1606,6 +1590,8 @@ fn backup_error(verb: &str, e: &deskd_backup::BackupError) -> ExitCode {
     eprintln!("deskd {verb}: {e}");
     match e {
         deskd_backup::BackupError::Invalid(_) => ExitCode::from(1),
+        // As before the refusals moved into deskd-backup: restore 1, backup 2.
+        deskd_backup::BackupError::InDatabase(_) if verb == "restore" => ExitCode::from(1),
         _ => ExitCode::from(2),
     }
 }
@@ -1624,20 +1610,8 @@ fn backup_source(
             return Err(ExitCode::from(2));
         }
     };
-    // A volume marked as served from a database keeps at most a stale `.Desktop` (the one
-    // `deskd migrate` left): backing that up would pass every check and hold old records.
-    if found.is_none() {
-        if let Some(backend) = deskd_volume::desktop_backend(volume) {
-            eprintln!(
-                "deskd backup: {}: this volume's desktop is in {backend} (xattr {} on its \
-                 root), and a .Desktop there is stale: give the server's configuration with \
-                 --config FILE (that of the deskd serve that serves it); nothing was written",
-                volume.display(),
-                deskd_volume::BACKEND_XATTR
-            );
-            return Err(ExitCode::from(2));
-        }
-    }
+    // (A volume marked as served from a database is refused by deskd_backup itself when
+    // no database was found for it here: Source::Desktop.)
     Ok(found)
 }
 
