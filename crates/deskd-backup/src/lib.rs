@@ -1126,10 +1126,12 @@ mod tests {
             manifest: None,
             leave_postgresql: false,
         };
-        let refused =
-            restore(&dest, &root, &options, &|_| {}, &mut |_| {}).unwrap_err();
+        let refused = restore(&dest, &root, &options, &|_| {}, &mut |_| {}).unwrap_err();
         assert!(matches!(refused, BackupError::InDatabase(_)), "{refused}");
-        assert!(refused.to_string().contains("--leave-postgresql"), "{refused}");
+        assert!(
+            refused.to_string().contains("--leave-postgresql"),
+            "{refused}"
+        );
         assert_eq!(std::fs::read(root.join(".Desktop")).unwrap(), b"stale");
     }
 

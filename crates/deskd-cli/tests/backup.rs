@@ -675,7 +675,10 @@ fn a_volume_marked_as_in_a_database_is_refused_to_an_unprivileged_owner() {
     };
     let said = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
-    assert!(said.contains("is in postgresql") && said.contains("--config"), "{said}");
+    assert!(
+        said.contains("is in postgresql") && said.contains("--config"),
+        "{said}"
+    );
     assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0, "{said}");
     let out = env
         .as_nobody(
@@ -690,6 +693,12 @@ fn a_volume_marked_as_in_a_database_is_refused_to_an_unprivileged_owner() {
     let said = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("--leave-postgresql"), "{said}");
-    assert_eq!(std::fs::read(root.join(".Desktop")).unwrap(), desktop_before);
-    assert!(deskd_volume::desktop_backend(&root).is_some(), "the mark stays");
+    assert_eq!(
+        std::fs::read(root.join(".Desktop")).unwrap(),
+        desktop_before
+    );
+    assert!(
+        deskd_volume::desktop_backend(&root).is_some(),
+        "the mark stays"
+    );
 }

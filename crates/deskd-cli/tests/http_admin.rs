@@ -1468,7 +1468,10 @@ fn the_backup_action_backs_up_a_postgresql_volume_from_its_database() {
         });
     assert!(manifest.contains("postgresql"), "{manifest}");
     assert_eq!(
-        sqlite3(&path, "SELECT id FROM objects WHERE CAST(name AS TEXT) = 'kept.txt'"),
+        sqlite3(
+            &path,
+            "SELECT id FROM objects WHERE CAST(name AS TEXT) = 'kept.txt'"
+        ),
         id.to_string()
     );
 }

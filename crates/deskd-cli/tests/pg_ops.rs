@@ -799,8 +799,14 @@ fn a_volume_refused_at_start_is_in_status_with_why() {
     };
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", stderr_of(&out));
-    assert!(said.contains("NOT SERVED:   refused (root or the volume owner"), "{said}");
-    assert!(!said.contains("deskd migrate") && !said.contains("holds"), "{said}");
+    assert!(
+        said.contains("NOT SERVED:   refused (root or the volume owner"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("deskd migrate") && !said.contains("holds"),
+        "{said}"
+    );
 }
 
 /// A write that waits longer than `busy_wait` for the volume's row lock (here held by an
@@ -847,7 +853,11 @@ fn a_row_lock_wait_past_busy_wait_is_busy_not_a_lost_database() {
         ),
         "{said}"
     );
-    assert!(!env.log_text().contains("database unreachable"), "{}", env.log_text());
+    assert!(
+        !env.log_text().contains("database unreachable"),
+        "{}",
+        env.log_text()
+    );
     let status = env.status_json();
     assert_eq!(status["read_only"], false, "{status}");
     // The lock is free: the next write is recorded, with no reconnection in between.
@@ -964,7 +974,10 @@ fn dt_refuses_before_touching_the_disk_while_the_database_is_down() {
         assert!(said.contains("read-only"), "dt {args:?}: {said}");
     }
     assert!(!root.join("docs/new").exists(), "mkdir touched the disk");
-    assert!(!root.join("docs/new.txt").exists(), "touch touched the disk");
+    assert!(
+        !root.join("docs/new.txt").exists(),
+        "touch touched the disk"
+    );
     assert!(!root.join("docs/a").exists(), "mkdir -p touched the disk");
     // Back: the next command's opening finds the database answering, and its write goes on
     // a new connection at once (the writer's died with the database).
@@ -1009,7 +1022,10 @@ fn an_online_fresh_rebuild_of_a_postgresql_volume_takes_every_id_from_the_disk()
         )
         .unwrap();
     admin
-        .execute("UPDATE deskd.volume SET last_id = greatest(last_id, 900)", &[])
+        .execute(
+            "UPDATE deskd.volume SET last_id = greatest(last_id, 900)",
+            &[],
+        )
         .unwrap();
     let out = env.deskd(&["rebuild", "-f", root.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr_of(&out));

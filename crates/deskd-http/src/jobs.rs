@@ -433,9 +433,10 @@ fn backup_into(
         Some(export) => deskd_backup::Source::Export(export),
         None => deskd_backup::Source::Desktop,
     };
-    let streamed = deskd_backup::backup_to_stream_from(root, &mut source, &mut file, None, &mut progress)
-        .map_err(|e| e.to_string())
-        .and_then(|m| file.sync_all().map(|_| m).map_err(|e| in_dir(&temp, e)));
+    let streamed =
+        deskd_backup::backup_to_stream_from(root, &mut source, &mut file, None, &mut progress)
+            .map_err(|e| e.to_string())
+            .and_then(|m| file.sync_all().map(|_| m).map_err(|e| in_dir(&temp, e)));
     drop(file);
     let mut manifest = match streamed {
         Ok(m) => m,

@@ -65,7 +65,8 @@ pub struct Options {
 pub struct ExportFor(pub Arc<ExportFn>);
 
 /// What [`ExportFor`] holds.
-pub type ExportFn = dyn Fn(&std::path::Path) -> Option<Box<dyn deskd_backup::Export + Send>> + Send + Sync;
+pub type ExportFn =
+    dyn Fn(&std::path::Path) -> Option<Box<dyn deskd_backup::Export + Send>> + Send + Sync;
 
 impl ExportFor {
     /// Every desktop an SQLite file.

@@ -150,7 +150,9 @@ pub fn apply<B: WriteBatch>(batch: &mut B, p: &Pass<'_>) -> Applied {
 /// Where a chunked apply ([`Applier`]) is.
 enum Stage {
     /// The root's disk repair, then walked object `next` on.
-    Objects { next: usize },
+    Objects {
+        next: usize,
+    },
     /// Reading the vanished rows' places: `candidates[at..]` are still to read.
     VanishedRead {
         candidates: Vec<u32>,
@@ -158,7 +160,10 @@ enum Stage {
         by_depth: Vec<(usize, u32)>,
     },
     /// Removing them, deepest first: `by_depth[at..]` are still to remove.
-    VanishedRemove { by_depth: Vec<(usize, u32)>, at: usize },
+    VanishedRemove {
+        by_depth: Vec<(usize, u32)>,
+        at: usize,
+    },
     Done,
 }
 

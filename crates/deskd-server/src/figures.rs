@@ -263,10 +263,7 @@ mod tests {
     #[test]
     fn every_kind_has_a_name() {
         // The last request appended to the protocol has the last name.
-        assert_eq!(
-            kind_of(&Request::NotServed) as usize,
-            KINDS.len() - 1
-        );
+        assert_eq!(kind_of(&Request::NotServed) as usize, KINDS.len() - 1);
         assert_eq!(KINDS[kind_of(&Request::Metrics) as usize], "Metrics");
         assert_eq!(
             KINDS[kind_of(&Request::Resolve { vol: 0, id: 2 }) as usize],

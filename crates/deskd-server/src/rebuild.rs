@@ -565,7 +565,10 @@ fn apply_in_database(
         }
         // (The first at info: the tests wait for it to write during the apply.)
         if chunks == 1 {
-            info!(job = job.id, "rebuild applies in chunks: the first is committed");
+            info!(
+                job = job.id,
+                "rebuild applies in chunks: the first is committed"
+            );
         } else {
             tracing::debug!(job = job.id, chunks, "rebuild chunk committed");
         }

@@ -244,11 +244,7 @@ impl PgWriter {
                         Err(e) if e.code == ErrorCode::Busy => Some(e.message.clone()),
                         _ => None,
                     })
-                    .filter(|_| {
-                        desktop
-                            .change_seq()
-                            .is_err_and(|e| e.is_unavailable())
-                    });
+                    .filter(|_| desktop.change_seq().is_err_and(|e| e.is_unavailable()));
                 if let Some(why) = lost {
                     self.lost(&why);
                     let refusal = self.unreachable_reply();
