@@ -486,7 +486,12 @@ fn sighup_reloads_timers_read_only_and_volumes() {
         "1"
     );
     let statuses = env.deskd_ok(&["status", "--json"]);
-    assert_eq!(statuses.lines().count(), 2, "{statuses}");
+    // The two served, then the one the reload could not serve, with why (stop 40).
+    assert_eq!(statuses.lines().count(), 3, "{statuses}");
+    let refused: serde_json::Value =
+        serde_json::from_str(statuses.lines().nth(2).unwrap()).unwrap();
+    assert_eq!(refused["path"], serde_json::json!(missing), "{statuses}");
+    assert_eq!(refused["served"], serde_json::json!(false), "{statuses}");
 
     // A configuration that does not parse keeps the old one, and says so.
     std::fs::write(&config, "[defaults]\nfreeze_max = \"soon\"\n").unwrap();

@@ -571,6 +571,13 @@ impl Connection {
             info.read_only = true;
             return info;
         }
+        // Every read connection lent, none to this connection: the database answers those
+        // (a busy or hostile load), and an opening must not wait for one (nor be told
+        // read-only for want of one).
+        let pg = h.pg.as_ref().expect("checked above");
+        if pg.all_lent() && !self.readers.contains_key(&h.index) {
+            return info;
+        }
         let down = |e: &deskd_db::DbError| matches!(e, deskd_db::DbError::Unavailable(_));
         let probe = |db: &deskd_pg::PgDesktop| match Read::get(db, deskd_db::ROOT_ID) {
             Err(e) if down(&e) => Err(()),
@@ -583,6 +590,8 @@ impl Connection {
         if answered.is_err() {
             info.read_only = match self.pg_reader_again(h) {
                 Ok(db) => probe(db).is_err(),
+                // All lent meanwhile: not a lost database.
+                Err(_) if pg.all_lent() => false,
                 Err(_) => true,
             };
         }

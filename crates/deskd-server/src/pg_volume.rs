@@ -239,6 +239,12 @@ impl PgVolume {
         })
     }
 
+    /// Whether every read connection is lent now (a lend would wait): the database answers
+    /// them, whoever holds them.
+    pub(crate) fn all_lent(&self) -> bool {
+        *self.lent.lock().unwrap() >= READERS_MAX
+    }
+
     /// A lent read connection's place is free again.
     fn release(&self) {
         *self.lent.lock().unwrap() -= 1;
