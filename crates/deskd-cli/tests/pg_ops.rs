@@ -1106,3 +1106,62 @@ fn an_online_rebuild_after_the_change_log_was_pruned_past_its_snapshot_is_refuse
     env.deskd_ok(&["rebuild", root.to_str().unwrap()]);
     env.rebuild_scan_silent("vol");
 }
+
+/// A client from before PostgreSQL volumes (hello flags 0) cannot decode `FrozenSnapshot`, a
+/// reply appended within protocol 3: it is refused, before anything is frozen, with an error
+/// it can read; this build's client gets the snapshot from the same server.
+#[test]
+fn an_older_client_is_refused_a_postgresql_freeze_it_could_not_read() {
+    use std::io::{Read as _, Write as _};
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol"]);
+    let cfg = env.path("deskd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[defaults]\n{}[volume.\"{}\"]\n",
+            backend_lines(&url, &pw),
+            env.path("vol").display()
+        ),
+    )
+    .unwrap();
+    env.start(&["--config", cfg.to_str().unwrap()]);
+    let mut old = std::os::unix::net::UnixStream::connect(&env.socket).unwrap();
+    old.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    old.write_all(&deskd_proto::transport::client_hello_with_flags(
+        deskd_proto::PROTOCOL_VERSION,
+        0,
+    ))
+    .unwrap();
+    let mut hello = [0u8; 8];
+    old.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello[6..8], &[0, 0], "accepted");
+    deskd_proto::write_frame(
+        &mut old,
+        &deskd_proto::RequestFrame {
+            id: 7,
+            request: Request::Freeze {
+                vol: None,
+                seconds: Some(60),
+            },
+        },
+    )
+    .unwrap();
+    let mut body = Vec::new();
+    assert!(deskd_proto::read_frame_body(&mut old, &mut body).unwrap());
+    let reply: deskd_proto::ReplyFrame = deskd_proto::decode(&body).unwrap();
+    let err = reply.result.expect_err("an older client is refused");
+    assert_eq!(err.code, deskd_proto::ErrorCode::BadRequest, "{err:?}");
+    assert!(err.message.contains("too old"), "{err:?}");
+    let status = env.deskd_ok(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(status.lines().next().unwrap()).unwrap();
+    assert!(v["frozen_until"].is_null(), "nothing was frozen: {v}");
+    let out = env.deskd_ok(&["freeze", "60"]);
+    assert!(out.contains("snapshot "), "{out}");
+    env.deskd_ok(&["thaw"]);
+}

@@ -315,21 +315,43 @@ pub fn answer_is_right(token: &[u8], challenge: &[u8; CHALLENGE_LEN], answer: &[
 
 /// The client's half of the handshake.
 pub fn client_hello(version: u16) -> [u8; 8] {
+    client_hello_with_flags(version, CLIENT_FLAGS)
+}
+
+/// The hello's flag a client sets when it decodes every reply appended within protocol 3
+/// after its first release, to requests an earlier client also sends: `FrozenSnapshot` (to
+/// `Freeze`). A client without it (flags 0) is sent an error it can decode instead.
+pub const HELLO_KNOWS_APPENDED_REPLIES: u16 = 1;
+
+/// The flags this build's clients say hello with.
+pub const CLIENT_FLAGS: u16 = HELLO_KNOWS_APPENDED_REPLIES;
+
+/// A client's hello with the given flags (an older client's is flags 0).
+pub fn client_hello_with_flags(version: u16, flags: u16) -> [u8; 8] {
     let mut b = [0u8; 8];
     b[..4].copy_from_slice(&MAGIC);
     b[4..6].copy_from_slice(&version.to_be_bytes());
+    b[6..8].copy_from_slice(&flags.to_be_bytes());
     b
 }
 
 /// Parse the client's hello; returns the requested version.
 pub fn parse_hello(b: &[u8; 8]) -> Result<u16, ProtoError> {
+    parse_hello_with_flags(b).map(|(version, _)| version)
+}
+
+/// Parse the client's hello; returns the requested version and the client's flags.
+pub fn parse_hello_with_flags(b: &[u8; 8]) -> Result<(u16, u16), ProtoError> {
     if b[..4] != MAGIC {
         return Err(ProtoError::Handshake(format!(
             "expected magic DSKD, got {:02x?}",
             &b[..4]
         )));
     }
-    Ok(u16::from_be_bytes([b[4], b[5]]))
+    Ok((
+        u16::from_be_bytes([b[4], b[5]]),
+        u16::from_be_bytes([b[6], b[7]]),
+    ))
 }
 
 /// The server's answer with a status (`STATUS_*`).
@@ -407,16 +429,17 @@ pub fn client_handshake(
     }
 }
 
-/// The server's half. With `token`, the client must answer a fresh challenge first; a wrong
-/// answer gets [`STATUS_AUTH_FAILED`] after `penalty` (which slows guessing) and an error.
+/// The server's half; returns the client's hello flags ([`HELLO_KNOWS_APPENDED_REPLIES`]).
+/// With `token`, the client must answer a fresh challenge first; a wrong answer gets
+/// [`STATUS_AUTH_FAILED`] after `penalty` (which slows guessing) and an error.
 pub fn server_handshake(
     mut stream: impl Read + Write,
     token: Option<&[u8]>,
     penalty: Duration,
-) -> Result<(), ProtoError> {
+) -> Result<u16, ProtoError> {
     let mut hello = [0u8; 8];
     stream.read_exact(&mut hello)?;
-    let version = parse_hello(&hello)?;
+    let (version, flags) = parse_hello_with_flags(&hello)?;
     if version != PROTOCOL_VERSION {
         stream.write_all(&server_hello(STATUS_BAD_VERSION))?;
         return Err(ProtoError::VersionMismatch {
@@ -426,7 +449,7 @@ pub fn server_handshake(
     }
     let Some(token) = token else {
         stream.write_all(&server_hello(STATUS_ACCEPTED))?;
-        return Ok(());
+        return Ok(flags);
     };
     let mut challenge = [0u8; CHALLENGE_LEN];
     getrandom::getrandom(&mut challenge).map_err(ProtoError::Random)?;
@@ -437,7 +460,7 @@ pub fn server_handshake(
     stream.read_exact(&mut answer)?;
     if answer_is_right(token, &challenge, &answer) {
         stream.write_all(&server_hello(STATUS_ACCEPTED))?;
-        Ok(())
+        Ok(flags)
     } else {
         std::thread::sleep(penalty);
         stream.write_all(&server_hello(STATUS_AUTH_FAILED))?;
@@ -454,7 +477,7 @@ mod tests {
     fn run(
         server_token: Option<&'static [u8]>,
         client_token: Option<&[u8]>,
-    ) -> (Result<(), ProtoError>, Result<(), ProtoError>) {
+    ) -> (Result<(), ProtoError>, Result<u16, ProtoError>) {
         let (a, b) = UnixStream::pair().unwrap();
         let server = std::thread::spawn(move || {
             server_handshake(&b, server_token, Duration::from_millis(1))
@@ -482,14 +505,28 @@ mod tests {
     fn handshake_without_a_token() {
         let (client, server) = run(None, None);
         client.unwrap();
-        server.unwrap();
+        assert_eq!(
+            server.unwrap(),
+            CLIENT_FLAGS,
+            "the server hears the client's flags"
+        );
     }
 
     #[test]
     fn handshake_with_the_right_token() {
         let (client, server) = run(Some(TOKEN), Some(TOKEN));
         client.unwrap();
-        server.unwrap();
+        assert_eq!(server.unwrap(), HELLO_KNOWS_APPENDED_REPLIES);
+    }
+
+    #[test]
+    fn an_older_clients_hello_has_no_flags_and_the_version_reads_the_same() {
+        let old = client_hello_with_flags(PROTOCOL_VERSION, 0);
+        assert_eq!(parse_hello_with_flags(&old).unwrap(), (PROTOCOL_VERSION, 0));
+        assert_eq!(
+            parse_hello(&client_hello(PROTOCOL_VERSION)).unwrap(),
+            PROTOCOL_VERSION
+        );
     }
 
     #[test]

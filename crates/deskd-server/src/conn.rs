@@ -212,18 +212,21 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         (Peer::Unix { .. }, _) => None,
     };
     let frame_timeout = shared.limits.frame_timeout();
-    if let Err(e) = handshake(&stream, token.as_deref(), frame_timeout) {
-        match (e, peer) {
-            (ProtoError::Auth(_), Peer::Tcp { addr }) => {
-                warn!("{addr}: refused a TCP client that gave a wrong token")
+    let hello_flags = match handshake(&stream, token.as_deref(), frame_timeout) {
+        Ok(flags) => flags,
+        Err(e) => {
+            match (e, peer) {
+                (ProtoError::Auth(_), Peer::Tcp { addr }) => {
+                    warn!("{addr}: refused a TCP client that gave a wrong token")
+                }
+                (ProtoError::Io(e), _) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    stalled(peer, HANDSHAKE, frame_timeout)
+                }
+                (e, _) => debug!("handshake failed: {e}"),
             }
-            (ProtoError::Io(e), _) if e.kind() == std::io::ErrorKind::TimedOut => {
-                stalled(peer, HANDSHAKE, frame_timeout)
-            }
-            (e, _) => debug!("handshake failed: {e}"),
+            return;
         }
-        return;
-    }
+    };
     let (peer, access, client) = match peer {
         Peer::Unix { .. } => {
             let credentials = Credentials::of_peer(&stream).ok();
@@ -257,6 +260,8 @@ pub fn serve_connection(stream: Stream, peer: Peer, shared: Arc<Shared>) {
         closings_seen: 0,
         writes_waiting: Arc::default(),
         answered_at: None,
+        knows_appended_replies: hello_flags & deskd_proto::transport::HELLO_KNOWS_APPENDED_REPLIES
+            != 0,
     };
     let mut body = Vec::new();
     let backlog = if conn.access.is_trusted() {
@@ -372,7 +377,7 @@ fn hold_before_queueing() {}
 
 /// The handshake, which must be over within `timeout` of the connection's start (however
 /// the client spaces its bytes).
-fn handshake(stream: &Stream, token: Option<&[u8]>, timeout: Duration) -> Result<(), ProtoError> {
+fn handshake(stream: &Stream, token: Option<&[u8]>, timeout: Duration) -> Result<u16, ProtoError> {
     let timed = deskd_proto::deadline::Deadlined {
         stream,
         deadline: Instant::now() + timeout,
@@ -426,6 +431,9 @@ struct Connection {
     /// When this thread answered the last read, kept only while the next request was
     /// already buffered: that request's latency begins there ([`Connection::timing`]).
     answered_at: Option<Instant>,
+    /// The client said in its hello that it decodes the replies appended within protocol 3
+    /// (`FrozenSnapshot`); an older client is refused a freeze it could not read the answer to.
+    knows_appended_replies: bool,
 }
 
 /// A connection that ends lets go of its read connections: a released desktop lock kept for
@@ -1015,6 +1023,7 @@ impl Connection {
                 })
             }
             Request::Freeze { vol, seconds } => {
+                self.refuse_snapshot_to_an_older_client(vol)?;
                 let verb = match seconds {
                     Some(s) => format!("freeze {s} s"),
                     None => "freeze (freeze_default)".to_owned(),
@@ -1177,6 +1186,31 @@ impl Connection {
                     format!("{}: no rebuild job {job}", handle.volume.root().display()),
                 )
             })
+    }
+
+    /// A volume whose desktop is in PostgreSQL answers a freeze with `FrozenSnapshot`, a reply
+    /// a client from before it fails to decode (and the volume would stay frozen with nobody
+    /// knowing the snapshot): such a client is refused before anything is frozen.
+    fn refuse_snapshot_to_an_older_client(&self, vol: Option<u32>) -> Result<(), ErrorReply> {
+        if self.knows_appended_replies {
+            return Ok(());
+        }
+        let targets = self.targets(vol)?;
+        // Only an admin learns which volume it was (the freeze asks the same of everyone).
+        for handle in &targets {
+            self.require_admin(handle)?;
+        }
+        match targets.iter().find(|h| h.pg.is_some()) {
+            None => Ok(()),
+            Some(h) => Err(ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "{}: the desktop is in PostgreSQL, whose freeze answers with a snapshot this \
+                     client is too old to read; freeze it with this server's deskd",
+                    h.volume.root().display()
+                ),
+            )),
+        }
     }
 
     /// Run the admin verb `verb` (flush, freeze, thaw) on `vol` (None: every volume), saying

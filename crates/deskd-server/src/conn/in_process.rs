@@ -72,6 +72,8 @@ impl InProcessConnection {
                 closings_seen: 0,
                 writes_waiting: Arc::default(),
                 answered_at: None,
+                // The server's own code (the admin page, the HTTP API) reads every reply.
+                knows_appended_replies: true,
             },
             mailbox: Arc::default(),
             _registration: registration,
