@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # PostgreSQL back end against SQLite (issue 28), for docs/PERFORMANCE.md: ID creation with 4
-# clients, resolve p50 (one client) and find p50 (substring queries, one client), then two
+# clients, resolve p50 (one client; with the floor, a prepared SELECT 1 to the same cluster
+# timed between its requests) and find p50 (substring queries, one client), then two
 # servers of one PostgreSQL volume creating together (2 clients each, half the folders each)
 # against one server; the first three from the same files served from a fresh desktop in SQLite
 # and from a fresh volume in PostgreSQL, alternating which goes first, RUNS times; medians and
@@ -63,7 +64,7 @@ echo "== populate $((DIRS * PER_DIR)) files in $VOL"
 bench populate --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
 sync
 
-declare -A CREATED=() P50=() FIND=()
+declare -A CREATED=() P50=() FIND=() FLOOR=()
 # Substring patterns for `find` (issue 28: as fast as on SQLite, from the in-memory name index).
 PATTERNS=(invoice-0002 proof-0001-dra ft-0003-photo scan-0000-final-0000 REPORT-0001-LAYOUT)
 serve_fresh() { # BACKEND LOG
@@ -94,12 +95,18 @@ for i in $(seq "$RUNS"); do
         created=$(bench create --dirs "$DIRS" --per-dir "$PER_DIR" --clients 4 --depth "$DEPTH" | jget objects_per_s)
         CREATED[$backend]+="$created "
         "$BIN/deskd" flush --socket "$SOCK" >/dev/null
-        p50=$(bench latency --dirs "$DIRS" --per-dir "$PER_DIR" --ops 20000 | jget resolve_p50_us)
+        # The floor of a PostgreSQL resolve, timed between the requests: a prepared SELECT 1
+        # over the same kind of connection (loopback TCP) to the same cluster.
+        bench latency --dirs "$DIRS" --per-dir "$PER_DIR" --ops 20000 --pg-floor "${URL}postgres" \
+            >"$WORK/latency.json"
+        p50=$(jget resolve_p50_us <"$WORK/latency.json")
+        floor=$(jget pg_select1_p50_us <"$WORK/latency.json")
         P50[$backend]+="$p50 "
+        FLOOR[$backend]+="$floor "
         found=$(bench find --runs 7 "${PATTERNS[@]}" | jget find_p50_ms)
         FIND[$backend]+="$found "
         stop_server
-        echo "run $i $backend: $created objects/s created, resolve p50 $p50 us, find p50 $found ms"
+        echo "run $i $backend: $created objects/s created, resolve p50 $p50 us (PostgreSQL SELECT 1 p50 $floor us), find p50 $found ms"
     done
 done
 
@@ -136,6 +143,11 @@ printf 'creation, 4 clients: SQLite %.0f, PostgreSQL %.0f objects/s: %.3fx (targ
     "$c_sq" "$c_pg" "$(echo "$c_pg / $c_sq" | bc -l)"
 printf 'resolve p50: SQLite %.1f, PostgreSQL %.1f us: %.1fx (target <= 5x)\n' \
     "$p_sq" "$p_pg" "$(echo "$p_pg / $p_sq" | bc -l)"
+# The floor: SQLite's resolve plus one bare PostgreSQL round trip (the one statement a
+# resolve on PostgreSQL sends), both from the SQLite runs.
+fl_sq=$(med "${FLOOR[sqlite]}"); fl_pg=$(med "${FLOOR[pg]}")
+printf 'resolve floor: SQLite resolve %.1f + SELECT 1 %.1f us = %.1f us; PostgreSQL resolve %.1f us is %.2fx the floor (SELECT 1 during the PostgreSQL runs: %.1f us)\n' \
+    "$p_sq" "$fl_sq" "$(echo "$p_sq + $fl_sq" | bc -l)" "$p_pg" "$(echo "$p_pg / ($p_sq + $fl_sq)" | bc -l)" "$fl_pg"
 f_sq=$(med "${FIND[sqlite]}"); f_pg=$(med "${FIND[pg]}")
 printf 'find p50 (%d patterns): SQLite %.3f, PostgreSQL %.3f ms: %.2fx (target: as fast)\n' \
     "${#PATTERNS[@]}" "$f_sq" "$f_pg" "$(echo "$f_pg / $f_sq" | bc -l)"

@@ -485,6 +485,13 @@ pub trait Read {
     /// The names from the root down to `id` (empty for the root itself).
     fn path_of(&self, id: u32) -> Result<Vec<Vec<u8>>>;
 
+    /// The [`Read::path_of`] of each of `ids`, in their order (`find` asks for its hits'
+    /// folders at once: one round trip on a networked back end, where a call a folder was
+    /// one each).
+    fn paths_of(&self, ids: &[u32]) -> Result<Vec<Vec<Vec<u8>>>> {
+        ids.iter().map(|&id| self.path_of(id)).collect()
+    }
+
     /// The object `id` and its [`Read::path_of`] (a resolve): one round trip on a networked
     /// back end, where the two calls would be two.
     fn get_with_path(&self, id: u32) -> Result<(Object, Vec<Vec<u8>>)> {

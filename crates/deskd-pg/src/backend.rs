@@ -277,21 +277,44 @@ mod more {
     }
 }
 
+impl PgDesktop {
+    /// The connection of a read (`flush` means nothing here: a desktop buffers nothing).
+    fn conn(&self, _flush: bool) -> DbResult<RefMut<'_, postgres::Client>> {
+        borrow(&self.client)
+    }
+
+    /// A desktop buffers no rows.
+    fn buffered(&self, _id: u32) -> Option<Object> {
+        None
+    }
+}
+
+impl<'a> PgBatch<'a> {
+    /// The transaction of a read: the running steps' savepoints sent and, with `flush`, the
+    /// rows this batch buffered written first, so the read sees them.
+    fn conn(&self, flush: bool) -> DbResult<RefMut<'_, postgres::Transaction<'a>>> {
+        Ok(self.ready(flush)?)
+    }
+}
+
 /// `impl Read` for a type holding its PostgreSQL client (or transaction) in `RefCell` field
-/// `$cell` and its volume's key in `vid`.
+/// `$cell` (reached through its `conn`) and its volume's key in `vid`.
 macro_rules! pg_read {
     ($ty:ty, $cell:ident, $st:ident) => {
         impl Read for $ty {
             fn get(&self, id: u32) -> DbResult<Object> {
+                if let Some(o) = self.buffered(id) {
+                    return Ok(o);
+                }
                 Ok(read::get(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    &mut Db::new(&mut *self.conn(false)?, &self.$st),
                     self.vid,
                     id,
                 )?)
             }
             fn get_many(&self, ids: &[u32]) -> DbResult<Vec<Object>> {
                 more::get_many(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    &mut Db::new(&mut *self.conn(true)?, &self.$st),
                     self.vid,
                     ids,
                 )
@@ -301,7 +324,7 @@ macro_rules! pg_read {
                     return Ok(hit);
                 }
                 Ok(read::lookup(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    &mut Db::new(&mut *self.conn(false)?, &self.$st),
                     self.vid,
                     parent,
                     name,
@@ -309,42 +332,49 @@ macro_rules! pg_read {
             }
             fn children(&self, parent: u32) -> DbResult<Vec<Object>> {
                 Ok(read::children(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    &mut Db::new(&mut *self.conn(true)?, &self.$st),
                     self.vid,
                     parent,
                 )?)
             }
             fn path_of(&self, id: u32) -> DbResult<Vec<Vec<u8>>> {
                 Ok(read::path_of(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    &mut Db::new(&mut *self.conn(true)?, &self.$st),
                     self.vid,
                     id,
                 )?)
             }
+            fn paths_of(&self, ids: &[u32]) -> DbResult<Vec<Vec<Vec<u8>>>> {
+                Ok(read::paths_of(
+                    &mut Db::new(&mut *self.conn(true)?, &self.$st),
+                    self.vid,
+                    ids,
+                )?)
+            }
             fn get_with_path(&self, id: u32) -> DbResult<(Object, Vec<Vec<u8>>)> {
                 Ok(read::get_with_path(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    &mut Db::new(&mut *self.conn(true)?, &self.$st),
                     self.vid,
                     id,
                 )?)
             }
             fn id_of_path(&self, components: &[&[u8]]) -> DbResult<Option<u32>> {
                 more::id_of_path(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    &mut Db::new(&mut *self.conn(true)?, &self.$st),
                     self.vid,
                     components,
                 )
             }
             fn find(&self, query: &FindQuery) -> DbResult<Vec<Object>> {
                 more::find(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    &mut Db::new(&mut *self.conn(true)?, &self.$st),
                     self.vid,
                     query,
                 )
             }
             fn appl_for(&self, creator: [u8; 4]) -> DbResult<Vec<ApplRecord>> {
                 Ok(read::appl_for(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    &mut Db::new(&mut *self.conn(true)?, &self.$st),
                     self.vid,
                     creator,
                 )?)
@@ -355,7 +385,7 @@ macro_rules! pg_read {
                 type_code: [u8; 4],
                 itype: u8,
             ) -> DbResult<Option<IconRecord>> {
-                let mut c = borrow(&self.$cell)?;
+                let mut c = self.conn(false)?;
                 Ok(read::icon(
                     &mut Db::new(&mut *c, &self.$st),
                     self.vid,
@@ -371,71 +401,53 @@ macro_rules! pg_read {
             }
             fn for_each_object(&self, each: &mut dyn FnMut(Object)) -> DbResult<()> {
                 more::for_each_object(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    &mut Db::new(&mut *self.conn(true)?, &self.$st),
                     self.vid,
                     each,
                 )
             }
             fn object_count(&self) -> DbResult<u64> {
-                more::object_count(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
-                    self.vid,
-                )
+                more::object_count(&mut Db::new(&mut *self.conn(true)?, &self.$st), self.vid)
             }
             fn all_comments(&self) -> DbResult<Vec<(u32, Vec<u8>)>> {
-                more::all_comments(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
-                    self.vid,
-                )
+                more::all_comments(&mut Db::new(&mut *self.conn(true)?, &self.$st), self.vid)
             }
             fn all_icons(&self) -> DbResult<Vec<IconRecord>> {
-                more::all_icons(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
-                    self.vid,
-                )
+                more::all_icons(&mut Db::new(&mut *self.conn(true)?, &self.$st), self.vid)
             }
             fn all_appl(&self) -> DbResult<Vec<ApplRecord>> {
-                more::all_appl(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
-                    self.vid,
-                )
+                more::all_appl(&mut Db::new(&mut *self.conn(true)?, &self.$st), self.vid)
             }
             fn icons_for(&self, creator: [u8; 4]) -> DbResult<Vec<IconRecord>> {
                 more::icons_for(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    &mut Db::new(&mut *self.conn(true)?, &self.$st),
                     self.vid,
                     creator,
                 )
             }
             fn comment(&self, id: u32) -> DbResult<Option<Vec<u8>>> {
                 Ok(read::comment(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    &mut Db::new(&mut *self.conn(true)?, &self.$st),
                     self.vid,
                     id,
                 )?)
             }
             fn stats(&self) -> DbResult<Stats> {
-                more::stats(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
-                    self.vid,
-                )
+                more::stats(&mut Db::new(&mut *self.conn(true)?, &self.$st), self.vid)
             }
             fn quick_check(&self) -> DbResult<Vec<String>> {
-                more::quick_check(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
-                    self.vid,
-                )
+                more::quick_check(&mut Db::new(&mut *self.conn(true)?, &self.$st), self.vid)
             }
             fn meta(&self, key: &str) -> DbResult<Option<i64>> {
                 more::meta(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    &mut Db::new(&mut *self.conn(true)?, &self.$st),
                     self.vid,
                     key,
                 )
             }
             fn for_each_search_key(&self, each: &mut dyn FnMut(u32, &str)) -> DbResult<()> {
                 more::for_each_search_key(
-                    &mut Db::new(&mut *borrow(&self.$cell)?, &self.$st),
+                    &mut Db::new(&mut *self.conn(true)?, &self.$st),
                     self.vid,
                     each,
                 )

@@ -12,7 +12,7 @@ use deskd_db::{
     ids, validate_name, ApplRecord, DbError, Durability, IconRecord, InfoUpdate, Kind, NameChange,
     NewObject, Object,
 };
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -343,6 +343,54 @@ pub(crate) mod read {
             .collect())
     }
 
+    /// [`path_of`] of each of `ids`, in their order, in one round trip: the walks up from
+    /// every ID together, each row tagged with the ID it started from.
+    pub fn paths_of(
+        c: &mut Db<'_, impl GenericClient>,
+        vid: i64,
+        ids: &[u32],
+    ) -> Result<Vec<Vec<Vec<u8>>>> {
+        let starts: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
+        let rows = c.query(
+            "WITH RECURSIVE up(start, id, parent, name, depth) AS (
+                SELECT id, id, parent, name, 0 FROM deskd.objects
+                WHERE vid = $1 AND id = ANY($2)
+                UNION ALL
+                SELECT up.start, o.id, o.parent, o.name, up.depth + 1
+                FROM deskd.objects o JOIN up ON o.id = up.parent
+                WHERE o.vid = $1 AND up.id <> $3 AND up.depth < $4)
+             SELECT start, id, parent, name, depth FROM up ORDER BY start, depth",
+            &[&vid, &starts, &i64::from(deskd_db::ROOT_ID), &MAX_DEPTH],
+        )?;
+        // Each start's rows, from itself up to the root (the root's own name left out).
+        let mut walks: HashMap<u32, Vec<&Row>> = HashMap::new();
+        for row in &rows {
+            walks
+                .entry(row.get::<_, i64>(0) as u32)
+                .or_default()
+                .push(row);
+        }
+        ids.iter()
+            .map(|&id| {
+                let walk = walks.get(&id).map(Vec::as_slice).unwrap_or_default();
+                let Some(top) = walk.last() else {
+                    return Err(DbError::NoSuchId(id).into());
+                };
+                if top.get::<_, i64>(1) != i64::from(deskd_db::ROOT_ID) {
+                    if top.get::<_, i32>(4) >= MAX_DEPTH {
+                        return Err(DbError::Corrupt(format!("parent loop above ID {id}")).into());
+                    }
+                    return Err(DbError::NoSuchId(top.get::<_, i64>(2) as u32).into());
+                }
+                Ok(walk[..walk.len() - 1]
+                    .iter()
+                    .rev()
+                    .map(|r| r.get(3))
+                    .collect())
+            })
+            .collect()
+    }
+
     /// The applications recorded for documents of `creator`, by ID.
     pub fn appl_for(
         c: &mut Db<'_, impl GenericClient>,
@@ -666,8 +714,9 @@ impl PgDesktop {
             counter_read: last_id,
             changed: Vec::new(),
             names: Vec::new(),
-            step_depth: 0,
-            release_pending: false,
+            steps: RefCell::default(),
+            rows: RefCell::default(),
+            broken: Cell::new(false),
             known_dirs: HashSet::new(),
             places: RefCell::default(),
         })
@@ -689,10 +738,15 @@ pub struct PgBatch<'a> {
     changed: Vec<u32>,
     /// The name changes this batch made, in order ([`deskd_db::WriteBatch::changed_since`]).
     pub(crate) names: Vec<NameChange>,
-    /// How many [`PgBatch::step`]s are running (a step may run inside another).
-    step_depth: u32,
-    /// The last outermost step succeeded and its savepoint is not released yet.
-    release_pending: bool,
+    /// The running [`PgBatch::step`]s and their savepoints, sent only when a step sends a
+    /// statement (issue 28).
+    steps: RefCell<Steps>,
+    /// New rows not sent yet: written with one multi-row INSERT before any statement that
+    /// could see them, and at the commit (issue 28).
+    rows: RefCell<Rows>,
+    /// A write of buffered rows failed, or a statement failed outside any savepoint: the
+    /// transaction cannot commit what its steps were told, so the commit is refused.
+    broken: Cell<bool>,
     /// Directories this batch found to be directories: the many adds into one folder ask
     /// the database once (issue 28). The batch holds the volume's row lock, so only its own
     /// writes change them: a delete, an overwrite, a park or a rolled-back step forgets them.
@@ -707,10 +761,211 @@ pub struct PgBatch<'a> {
 /// What is at each place (folder, name) a batch read ahead (`None`: nothing).
 type Places = HashMap<(u32, Vec<u8>), Option<Object>>;
 
-impl PgBatch<'_> {
-    /// What [`PgBatch::prefetch_places`] read at `parent`/`name`, if it did.
+/// The steps running in a batch, outermost first, and the deferred release of the last
+/// outermost one. Savepoints go to the server lazily: a step that sends no statement (a
+/// registration answered from the places read ahead, its row buffered) needs none, since
+/// undoing it is dropping its buffered rows. The steps whose savepoints were sent are always
+/// the outermost ones (a statement sends every missing savepoint, outermost first).
+#[derive(Default)]
+struct Steps {
+    open: Vec<Step>,
+    /// The last outermost step sent its savepoint, succeeded, and its savepoint is not
+    /// released yet (the next savepoint's statement or the COMMIT releases it).
+    release_pending: bool,
+}
+
+struct Step {
+    /// Its savepoint was sent.
+    sent: bool,
+    /// [`Rows::total`] when it started: the rows from there on are its own.
+    mark: usize,
+}
+
+/// Rows inserted by this batch and not sent yet. Every row is numbered in the order it was
+/// buffered; `sent` of them went to the server, `pending` are the rest.
+#[derive(Default)]
+struct Rows {
+    sent: usize,
+    pending: Vec<Object>,
+    /// Position in `pending` by ID and by place (folder, name): a batch's point reads see
+    /// its own buffered rows without sending them.
+    by_id: HashMap<u32, usize>,
+    by_place: HashMap<(u32, Vec<u8>), usize>,
+}
+
+impl Rows {
+    /// How many rows were ever buffered (and not undone).
+    fn total(&self) -> usize {
+        self.sent + self.pending.len()
+    }
+
+    fn push(&mut self, object: Object) {
+        let at = self.pending.len();
+        self.by_id.insert(object.id, at);
+        self.by_place
+            .insert((object.parent, object.name.clone()), at);
+        self.pending.push(object);
+    }
+
+    /// Drop the pending rows from number `total` on (a failed step's own).
+    fn truncate(&mut self, total: usize) {
+        let keep = total.saturating_sub(self.sent);
+        for o in self.pending.drain(keep.min(self.pending.len())..) {
+            self.by_id.remove(&o.id);
+            self.by_place.remove(&(o.parent, o.name));
+        }
+    }
+
+    /// Take the pending rows up to number `upto` (all with `usize::MAX`) to send them.
+    fn take(&mut self, upto: usize) -> Vec<Object> {
+        let n = upto.saturating_sub(self.sent).min(self.pending.len());
+        let taken: Vec<Object> = self.pending.drain(..n).collect();
+        self.sent += taken.len();
+        self.by_id.clear();
+        self.by_place.clear();
+        for (at, o) in self.pending.iter().enumerate() {
+            self.by_id.insert(o.id, at);
+            self.by_place.insert((o.parent, o.name.clone()), at);
+        }
+        taken
+    }
+}
+
+/// Send `rows` in one INSERT: each column an array, `unnest`ed into rows (one round trip for
+/// a batch's registrations, where a row each was one).
+fn insert_rows(
+    db: &mut Db<'_, impl GenericClient>,
+    vid: i64,
+    rows: &[Object],
+) -> std::result::Result<u64, postgres::Error> {
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut parents = Vec::with_capacity(rows.len());
+    let mut names = Vec::with_capacity(rows.len());
+    let mut kinds = Vec::with_capacity(rows.len());
+    let mut devs = Vec::with_capacity(rows.len());
+    let mut inos = Vec::with_capacity(rows.len());
+    let mut types = Vec::with_capacity(rows.len());
+    let mut creators = Vec::with_capacity(rows.len());
+    let mut flags = Vec::with_capacity(rows.len());
+    let mut ctimes = Vec::with_capacity(rows.len());
+    let mut skeys = Vec::with_capacity(rows.len());
+    for o in rows {
+        ids.push(i64::from(o.id));
+        parents.push(i64::from(o.parent));
+        names.push(o.name.as_slice());
+        kinds.push(kind_to_sql(o.kind));
+        devs.push(o.dev as i64);
+        inos.push(o.ino as i64);
+        types.push(&o.type_code[..]);
+        creators.push(&o.creator[..]);
+        flags.push(i32::from(o.flags));
+        ctimes.push(o.ctime);
+        skeys.push(deskd_db::names::search_key(&o.name));
+    }
+    db.execute(
+        "INSERT INTO deskd.objects
+            (vid, id, parent, name, kind, dev, ino, type, creator, flags, ctime, skey)
+         SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bytea[], $5::smallint[],
+             $6::bigint[], $7::bigint[], $8::bytea[], $9::bytea[], $10::integer[],
+             $11::bigint[], $12::text[])",
+        &[
+            &vid, &ids, &parents, &names, &kinds, &devs, &inos, &types, &creators, &flags, &ctimes,
+            &skeys,
+        ],
+    )
+}
+
+impl<'a> PgBatch<'a> {
+    /// What [`PgBatch::prefetch_places`] read at `parent`/`name`, if it did, else a row of
+    /// this batch not sent yet at that place.
     pub(crate) fn place_hit(&self, parent: u32, name: &[u8]) -> Option<Option<Object>> {
-        self.places.borrow().get(&(parent, name.to_vec())).cloned()
+        if let Some(hit) = self.places.borrow().get(&(parent, name.to_vec())) {
+            return Some(hit.clone());
+        }
+        let rows = self.rows.borrow();
+        let at = *rows.by_place.get(&(parent, name.to_vec()))?;
+        Some(Some(rows.pending[at].clone()))
+    }
+
+    /// The row of `id` if this batch buffered it and has not sent it yet.
+    pub(crate) fn buffered(&self, id: u32) -> Option<Object> {
+        let rows = self.rows.borrow();
+        rows.by_id.get(&id).map(|&at| rows.pending[at].clone())
+    }
+
+    /// The transaction, ready for a statement: the savepoints of the running steps sent (each
+    /// after the rows buffered before its step), and with `flush` every buffered row sent,
+    /// so the statement sees them. A point read by ID or place needs no flush: it sees the
+    /// buffered rows through [`PgBatch::buffered`] and [`PgBatch::place_hit`] (the rows sent
+    /// and the rows buffered never overlap: only inserts are buffered, and every other write
+    /// flushes first).
+    pub(crate) fn ready(&self, flush: bool) -> Result<RefMut<'_, postgres::Transaction<'a>>> {
+        let mut tx = self.tx.try_borrow_mut().map_err(|_| {
+            PgError::Desktop(DbError::Backend(
+                "this PostgreSQL transaction is streaming a read: a for_each callback may not \
+                 read through the same batch"
+                    .into(),
+            ))
+        })?;
+        let prepared = self.prepare(&mut tx, flush);
+        if prepared.is_err() {
+            // Rows the steps before were told are written may be lost, or the transaction
+            // aborted outside any savepoint: nothing of it may commit.
+            self.broken.set(true);
+        }
+        prepared?;
+        Ok(tx)
+    }
+
+    fn prepare(&self, tx: &mut postgres::Transaction<'a>, flush: bool) -> Result<()> {
+        let mut steps = self.steps.borrow_mut();
+        let mut rows = self.rows.borrow_mut();
+        let mut sql = String::new();
+        let steps = &mut *steps;
+        if let Some(first) = steps.open.iter().position(|s| !s.sent) {
+            if first == 0 && steps.release_pending {
+                sql.push_str("RELEASE SAVEPOINT step; ");
+                steps.release_pending = false;
+            }
+            for step in &mut steps.open[first..] {
+                if rows.sent < step.mark {
+                    // Rows of the steps before belong outside this step's savepoint.
+                    if !sql.is_empty() {
+                        tx.batch_execute(&sql)?;
+                        sql.clear();
+                    }
+                    let taken = rows.take(step.mark);
+                    insert_rows(&mut Db::new(tx, self.st), self.vid, &taken)?;
+                }
+                sql.push_str("SAVEPOINT step; ");
+                step.sent = true;
+            }
+        }
+        if !sql.is_empty() {
+            tx.batch_execute(&sql)?;
+        }
+        if flush && !rows.pending.is_empty() {
+            let taken = rows.take(usize::MAX);
+            insert_rows(&mut Db::new(tx, self.st), self.vid, &taken)?;
+        }
+        Ok(())
+    }
+
+    /// Run `f` on the transaction made [ready](PgBatch::ready).
+    pub(crate) fn with_db<T>(
+        &self,
+        flush: bool,
+        f: impl FnOnce(&mut Db<'_, postgres::Transaction<'a>>) -> Result<T>,
+    ) -> Result<T> {
+        let mut tx = self.ready(flush)?;
+        let out = f(&mut Db::new(&mut *tx, self.st));
+        if matches!(out, Err(PgError::Postgres(_)))
+            && !self.steps.borrow().open.iter().any(|s| s.sent)
+        {
+            // A failed statement aborts the transaction, and no savepoint can undo it.
+            self.broken.set(true);
+        }
+        out
     }
 
     /// Read what is at these places, one query a folder, so that each registration's own
@@ -725,13 +980,16 @@ impl PgBatch<'_> {
             if names.len() < 2 {
                 continue;
             }
-            let rows = Db::new(self.tx.get_mut(), self.st).query(
-                &format!(
-                    "SELECT {OBJECT_COLUMNS} FROM deskd.objects
-                     WHERE vid = $1 AND parent = $2 AND name = ANY($3)"
-                ),
-                &[&self.vid, &i64::from(parent), &names],
-            )?;
+            let vid = self.vid;
+            let rows = self.with_db(true, |db| {
+                Ok(db.query(
+                    &format!(
+                        "SELECT {OBJECT_COLUMNS} FROM deskd.objects
+                         WHERE vid = $1 AND parent = $2 AND name = ANY($3)"
+                    ),
+                    &[&vid, &i64::from(parent), &names],
+                )?)
+            })?;
             let mut cache = self.places.borrow_mut();
             for name in names {
                 cache.insert((parent, name.to_vec()), None);
@@ -751,58 +1009,78 @@ impl PgBatch<'_> {
 
     /// The object with this ID, as this batch sees it.
     pub fn get(&mut self, id: u32) -> Result<Object> {
-        read::get(&mut Db::new(self.tx.get_mut(), self.st), self.vid, id)
+        if let Some(o) = self.buffered(id) {
+            return Ok(o);
+        }
+        let vid = self.vid;
+        self.with_db(false, |db| read::get(db, vid, id))
     }
 
     /// The object called `name` in directory `parent`, as this batch sees it.
     pub fn lookup(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
-        read::lookup(
-            &mut Db::new(self.tx.get_mut(), self.st),
-            self.vid,
-            parent,
-            name,
-        )
+        if let Some(hit) = self.place_hit(parent, name) {
+            return Ok(hit);
+        }
+        let vid = self.vid;
+        self.with_db(false, |db| read::lookup(db, vid, parent, name))
     }
 
     /// The children of a directory, as this batch sees them.
     pub fn children(&mut self, parent: u32) -> Result<Vec<Object>> {
-        read::children(&mut Db::new(self.tx.get_mut(), self.st), self.vid, parent)
+        let vid = self.vid;
+        self.with_db(true, |db| read::children(db, vid, parent))
     }
 
-    /// Run one request in a savepoint: if it fails, only its own changes are undone (IDs it
-    /// took from the counter stay taken: skipping is allowed, reuse is not).
+    /// Run one request as a step: if it fails, only its own changes are undone (IDs it took
+    /// from the counter stay taken: skipping is allowed, reuse is not). A step's savepoint is
+    /// sent only with its first statement ([`PgBatch::ready`]); a step that sent none is
+    /// undone by dropping the rows it buffered.
     pub fn step<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        // An outermost step that succeeded leaves its savepoint to be released with the next
-        // step's start (one round trip for both) or by the COMMIT, which releases every
-        // savepoint: a request costs one round trip of savepoints, not two (issue 28).
-        // Only outermost steps are deferred, so that a ROLLBACK TO always names the savepoint
-        // of the step that failed.
-        if self.step_depth == 0 && self.release_pending {
-            self.tx
-                .get_mut()
-                .batch_execute("RELEASE SAVEPOINT step; SAVEPOINT step")?;
-        } else {
-            self.tx.get_mut().batch_execute("SAVEPOINT step")?;
-        }
-        self.release_pending = false;
         let mark = self.changed.len();
         let names_mark = self.names.len();
-        self.step_depth += 1;
+        let rows_mark = self.rows.get_mut().total();
+        self.steps.get_mut().open.push(Step {
+            sent: false,
+            mark: rows_mark,
+        });
         let outcome = f(self);
-        self.step_depth -= 1;
+        let step = self
+            .steps
+            .get_mut()
+            .open
+            .pop()
+            .expect("the step pushed above");
+        let outermost = self.steps.get_mut().open.is_empty();
         match outcome {
             Ok(v) => {
-                if self.step_depth == 0 {
-                    self.release_pending = true;
-                } else {
-                    self.tx.get_mut().batch_execute("RELEASE SAVEPOINT step")?;
+                if step.sent {
+                    if outermost {
+                        // Released with the next savepoint or by the COMMIT: a request costs
+                        // no round trip of its own for it (issue 28). Only outermost steps
+                        // are deferred, so a ROLLBACK TO names the failed step's savepoint.
+                        self.steps.get_mut().release_pending = true;
+                    } else {
+                        self.tx.get_mut().batch_execute("RELEASE SAVEPOINT step")?;
+                    }
                 }
                 Ok(v)
             }
             Err(e) => {
-                self.tx
-                    .get_mut()
-                    .batch_execute("ROLLBACK TO SAVEPOINT step; RELEASE SAVEPOINT step")?;
+                if step.sent {
+                    self.tx
+                        .get_mut()
+                        .batch_execute("ROLLBACK TO SAVEPOINT step; RELEASE SAVEPOINT step")?;
+                }
+                let rows = self.rows.get_mut();
+                if rows.sent > rows_mark {
+                    // Its rows sent after its savepoint went with the rollback.
+                    rows.sent = rows_mark;
+                    rows.pending.clear();
+                    rows.by_id.clear();
+                    rows.by_place.clear();
+                } else {
+                    rows.truncate(rows_mark);
+                }
                 self.changed.truncate(mark);
                 self.names.truncate(names_mark);
                 self.known_dirs.clear();
@@ -816,7 +1094,7 @@ impl PgBatch<'_> {
     /// volume's row lock, so no other batch of the volume commits until it does (an online
     /// rebuild reads what clients changed since its snapshot here, then applies).
     pub fn changes_since(&mut self, seq: u64) -> Result<Vec<Change>> {
-        Ok(Db::new(self.tx.get_mut(), self.st)
+        Ok(Db::new(&mut *self.ready(false)?, self.st)
             .query(
                 "SELECT seq, id FROM deskd.changes WHERE vid = $1 AND seq > $2 ORDER BY seq, id",
                 &[&self.vid, &(seq as i64)],
@@ -837,9 +1115,19 @@ impl PgBatch<'_> {
     /// Commit: the counter, the change log and a `NOTIFY deskd_changes` ("vid:seq") go with
     /// the batch's rows. Returns the batch's number, `None` if it changed nothing.
     pub fn commit(mut self) -> Result<Option<u64>> {
+        // The rows still buffered; then no statement may have failed unseen.
+        drop(self.ready(true)?);
+        if self.broken.get() {
+            return Err(DbError::Backend(
+                "a write of this batch failed after its request was answered; nothing of the \
+                 batch is committed"
+                    .into(),
+            )
+            .into());
+        }
         let seq = if self.changed.is_empty() {
             if self.last_id != self.counter_read {
-                Db::new(self.tx.get_mut(), self.st).execute(
+                Db::new(&mut *self.ready(true)?, self.st).execute(
                     "UPDATE deskd.volume SET last_id = $2 WHERE vid = $1",
                     &[&self.vid, &i64::from(self.last_id)],
                 )?;
@@ -851,7 +1139,7 @@ impl PgBatch<'_> {
             let ids: Vec<i64> = self.changed.iter().map(|&id| i64::from(id)).collect();
             // The counter, the batch's number, its change-log rows and the notice in one
             // statement: one round trip before the COMMIT (issue 28).
-            let seq: i64 = Db::new(self.tx.get_mut(), self.st)
+            let seq: i64 = Db::new(&mut *self.ready(true)?, self.st)
                 .query_one(
                     "WITH s AS (
                         UPDATE deskd.volume SET last_id = $2, change_seq = change_seq + 1
@@ -871,7 +1159,10 @@ impl PgBatch<'_> {
     }
 
     fn id_taken(&mut self, id: u32) -> Result<bool> {
-        Ok(Db::new(self.tx.get_mut(), self.st)
+        if self.buffered(id).is_some() {
+            return Ok(true);
+        }
+        Ok(Db::new(&mut *self.ready(false)?, self.st)
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM deskd.objects WHERE vid = $1 AND id = $2)",
                 &[&self.vid, &i64::from(id)],
@@ -892,13 +1183,10 @@ impl PgBatch<'_> {
     }
 
     /// Insert one object row with its search key (no checks: callers check first).
+    /// Buffered, not sent: the rows go with the next statement that could see them or the
+    /// commit, in one INSERT ([`PgBatch::ready`]).
     fn insert_row(&mut self, object: &Object) -> Result<()> {
-        Db::new(self.tx.get_mut(), self.st).execute(
-            "INSERT INTO deskd.objects
-                (vid, id, parent, name, kind, dev, ino, type, creator, flags, ctime, skey)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            &ObjectRow::new(self.vid, object).values(),
-        )?;
+        self.rows.get_mut().push(object.clone());
         self.changed.push(object.id);
         self.names.push(NameChange::Set(
             object.id,
@@ -981,7 +1269,7 @@ impl PgBatch<'_> {
             }
             removed = self.delete(existing.id, true)?;
         }
-        Db::new(self.tx.get_mut(), self.st).execute(
+        Db::new(&mut *self.ready(true)?, self.st).execute(
             "UPDATE deskd.objects SET parent = $3, name = $4, skey = $5 WHERE vid = $1 AND id = $2",
             &[
                 &self.vid,
@@ -1007,7 +1295,7 @@ impl PgBatch<'_> {
         }
         let object = self.get(id)?;
         let rows: Vec<i64> = if object.kind == Kind::Dir {
-            Db::new(self.tx.get_mut(), self.st)
+            Db::new(&mut *self.ready(true)?, self.st)
                 .query(
                     "WITH RECURSIVE sub(id) AS (
                         SELECT $2::bigint
@@ -1026,7 +1314,7 @@ impl PgBatch<'_> {
         if rows.len() > 1 && !recursive {
             return Err(DbError::NotEmpty(id).into());
         }
-        Db::new(self.tx.get_mut(), self.st).execute(
+        Db::new(&mut *self.ready(true)?, self.st).execute(
             "DELETE FROM deskd.objects WHERE vid = $1 AND id = ANY($2)",
             &[&self.vid, &rows],
         )?;
@@ -1040,7 +1328,7 @@ impl PgBatch<'_> {
     /// Set (replace) the Finder comment of an object.
     pub fn comment_set(&mut self, id: u32, text: &[u8]) -> Result<()> {
         self.get(id)?;
-        Db::new(self.tx.get_mut(), self.st).execute(
+        Db::new(&mut *self.ready(true)?, self.st).execute(
             "INSERT INTO deskd.comments (vid, id, text) VALUES ($1, $2, $3)
              ON CONFLICT (vid, id) DO UPDATE SET text = excluded.text",
             &[&self.vid, &i64::from(id), &text],
@@ -1051,7 +1339,7 @@ impl PgBatch<'_> {
 
     /// Remove the Finder comment of an object; returns whether it had one.
     pub fn comment_remove(&mut self, id: u32) -> Result<bool> {
-        let n = Db::new(self.tx.get_mut(), self.st).execute(
+        let n = Db::new(&mut *self.ready(true)?, self.st).execute(
             "DELETE FROM deskd.comments WHERE vid = $1 AND id = $2",
             &[&self.vid, &i64::from(id)],
         )?;
@@ -1063,14 +1351,18 @@ impl PgBatch<'_> {
 
     /// The Finder comment of an object, as this batch sees it.
     pub fn comment(&mut self, id: u32) -> Result<Option<Vec<u8>>> {
-        read::comment(&mut Db::new(self.tx.get_mut(), self.st), self.vid, id)
+        read::comment(
+            &mut Db::new(&mut *self.ready(false)?, self.st),
+            self.vid,
+            id,
+        )
     }
 
     /// Update the recorded device, inode and change time of an object (after a copy-replace
     /// on disk).
     pub fn set_devino(&mut self, id: u32, dev: u64, ino: u64, ctime: i64) -> Result<()> {
         self.forget_places();
-        let n = Db::new(self.tx.get_mut(), self.st).execute(
+        let n = Db::new(&mut *self.ready(true)?, self.st).execute(
             "UPDATE deskd.objects SET dev = $3, ino = $4, ctime = $5 WHERE vid = $1 AND id = $2",
             &[
                 &self.vid,
@@ -1101,7 +1393,7 @@ impl PgBatch<'_> {
         if let Some(f) = update.flags {
             object.flags = f;
         }
-        Db::new(self.tx.get_mut(), self.st).execute(
+        Db::new(&mut *self.ready(true)?, self.st).execute(
             "UPDATE deskd.objects SET type = $3, creator = $4, flags = $5 WHERE vid = $1 AND id = $2",
             &[
                 &self.vid,
@@ -1118,7 +1410,7 @@ impl PgBatch<'_> {
     /// Add an APPL record (AFP `FPAddAPPL`): `app_id` opens documents of `creator`.
     pub fn appl_add(&mut self, record: &ApplRecord) -> Result<()> {
         self.get(record.app_id)?;
-        Db::new(self.tx.get_mut(), self.st).execute(
+        Db::new(&mut *self.ready(true)?, self.st).execute(
             "INSERT INTO deskd.appl (vid, creator, app_id, tag) VALUES ($1, $2, $3, $4)
              ON CONFLICT (vid, creator, app_id) DO UPDATE SET tag = excluded.tag",
             &[
@@ -1133,7 +1425,7 @@ impl PgBatch<'_> {
 
     /// Remove an APPL record; returns whether one was there.
     pub fn appl_remove(&mut self, creator: [u8; 4], app_id: u32) -> Result<bool> {
-        Ok(Db::new(self.tx.get_mut(), self.st).execute(
+        Ok(Db::new(&mut *self.ready(true)?, self.st).execute(
             "DELETE FROM deskd.appl WHERE vid = $1 AND creator = $2 AND app_id = $3",
             &[&self.vid, &&creator[..], &i64::from(app_id)],
         )? > 0)
@@ -1141,7 +1433,7 @@ impl PgBatch<'_> {
 
     /// Add or replace an icon record.
     pub fn icon_add(&mut self, icon: &IconRecord) -> Result<()> {
-        Db::new(self.tx.get_mut(), self.st).execute(
+        Db::new(&mut *self.ready(true)?, self.st).execute(
             "INSERT INTO deskd.icons (vid, creator, type, itype, tag, bitmap)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (vid, creator, type, itype)
@@ -1186,7 +1478,7 @@ impl PgBatch<'_> {
             }
         }
         let key = deskd_db::names::search_key(&o.name);
-        let n = Db::new(self.tx.get_mut(), self.st).execute(
+        let n = Db::new(&mut *self.ready(true)?, self.st).execute(
             "UPDATE deskd.objects SET parent = $3, name = $4, skey = $5, kind = $6, dev = $7,
              ino = $8, type = $9, creator = $10, flags = $11 WHERE vid = $1 AND id = $2",
             &[
@@ -1217,7 +1509,7 @@ impl PgBatch<'_> {
         self.forget_places();
         self.known_dirs.clear();
         let name = format!("park/{id}");
-        Db::new(self.tx.get_mut(), self.st).execute(
+        Db::new(&mut *self.ready(true)?, self.st).execute(
             "UPDATE deskd.objects SET name = $3, skey = $4 WHERE vid = $1 AND id = $2",
             &[
                 &self.vid,
@@ -1238,12 +1530,8 @@ impl AddSteps for PgBatch<'_> {
     type Error = PgError;
 
     fn registered_as(&mut self, parent: u32, name: &[u8]) -> Result<Option<Object>> {
-        read::lookup(
-            &mut Db::new(self.tx.get_mut(), self.st),
-            self.vid,
-            parent,
-            name,
-        )
+        // The places read ahead and the rows buffered first: no round trip when they know.
+        self.lookup(parent, name)
     }
 
     fn check_directory(&mut self, id: u32) -> Result<()> {

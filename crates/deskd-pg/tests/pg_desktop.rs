@@ -902,3 +902,99 @@ fn steps_undo_only_themselves_when_releases_are_deferred() {
     assert_eq!(logged, kept, "the change log holds what the batch kept");
     assert_eq!(desk.change_seq().unwrap(), seq);
 }
+
+/// A batch's new rows are buffered and sent in one INSERT before any statement that could see
+/// them (issue 28), and a step's savepoint is sent only with its first statement. Still: a
+/// failed step leaves nothing of its own behind, whether its rows were still buffered or sent
+/// inside it, also inside another step; the rows of the steps before it stay; and every read
+/// of the batch sees its buffered rows.
+#[test]
+fn buffered_rows_and_lazy_savepoints_keep_steps_apart() {
+    use deskd_db::Read;
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("desk");
+    let (mut desk, _) = open(&cluster, "desk", &key("buffered", 8)).unwrap();
+    let root_error = |b: &mut deskd_pg::PgBatch<'_>| b.delete(deskd_db::ROOT_ID, false);
+    let mut b = desk.batch().unwrap();
+    let dir = b.step(|b| b.add(&new(2, "dir", Kind::Dir))).unwrap().0;
+    let a = b.step(|b| b.add(&new(dir.id, "a", Kind::File))).unwrap().0;
+    // Buffered, yet seen by the point reads and the reads that send them first.
+    assert_eq!(b.get(a.id).unwrap(), a);
+    assert_eq!(Read::lookup(&b, dir.id, b"a").unwrap(), Some(a.clone()));
+    assert_eq!(
+        b.add(&new(dir.id, "a", Kind::File)).unwrap(),
+        (a.clone(), false)
+    );
+    // A step that sends its rows and those of the steps before (the read of the folder),
+    // then fails: its own row goes, the one before stays.
+    assert!(b
+        .step(|b| {
+            b.add(&new(dir.id, "b", Kind::File))?;
+            assert_eq!(b.children(dir.id)?.len(), 2);
+            root_error(b)
+        })
+        .is_err());
+    assert_eq!(Read::lookup(&b, dir.id, b"b").unwrap(), None);
+    assert_eq!(Read::lookup(&b, dir.id, b"a").unwrap(), Some(a.clone()));
+    // Inside an outer step: the inner one's rows, sent inside it, go; the outer's stay.
+    b.step(|b| {
+        b.add(&new(dir.id, "c", Kind::File))?;
+        assert!(b
+            .step(|b| {
+                let d = b.add(&new(dir.id, "d", Kind::File))?.0;
+                assert_eq!(
+                    Read::get_with_path(&*b, d.id).unwrap().1,
+                    [b"dir".to_vec(), b"d".to_vec()]
+                );
+                root_error(b)
+            })
+            .is_err());
+        b.add(&new(dir.id, "e", Kind::File))?;
+        Ok(())
+    })
+    .unwrap();
+    // An outer step that fails after an inner one succeeded: both go.
+    assert!(b
+        .step(|b| {
+            b.step(|b| b.add(&new(dir.id, "f", Kind::File)))?;
+            b.add(&new(dir.id, "g", Kind::File))?;
+            root_error(b)
+        })
+        .is_err());
+    b.step(|b| b.add(&new(dir.id, "h", Kind::File))).unwrap();
+    // A rename of a buffered row sends it first.
+    b.step(|b| b.rename(a.id, dir.id, b"a2", false)).unwrap();
+    let counter = b.counter();
+    let seq = b.commit().unwrap().expect("the batch changed something");
+    let names: Vec<String> = desk
+        .children(dir.id)
+        .unwrap()
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.name).into_owned())
+        .collect();
+    assert_eq!(names, ["a2", "c", "e", "h"]);
+    let mut logged: Vec<u32> = desk
+        .changes_since(seq - 1)
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    logged.sort_unstable();
+    let mut kept: Vec<u32> = desk
+        .children(dir.id)
+        .unwrap()
+        .iter()
+        .map(|o| o.id)
+        .collect();
+    kept.push(dir.id);
+    kept.sort_unstable();
+    assert_eq!(logged, kept, "the change log holds what the batch kept");
+    // IDs of the undone rows stay taken: the counter never goes back.
+    assert_eq!(desk.last_id().unwrap(), counter);
+    let mut b = desk.batch().unwrap();
+    let next = b.add(&new(dir.id, "i", Kind::File)).unwrap().0;
+    assert!(next.id > counter, "{} after {counter}", next.id);
+    b.commit().unwrap();
+}

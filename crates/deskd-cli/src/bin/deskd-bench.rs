@@ -63,6 +63,11 @@ enum Command {
         shape: Shape,
         #[arg(long, default_value_t = 20000)]
         ops: u32,
+        /// Also time, between the requests, a prepared `SELECT 1` to this PostgreSQL (a
+        /// `postgresql://` URL, no password): the bare round trip a resolve of a volume in
+        /// PostgreSQL cannot go below (issue 28), measured under the same load.
+        #[arg(long)]
+        pg_floor: Option<String>,
     },
     /// One client, one request at a time, in the open folder DIR: resolve of its files by
     /// ID and AddPath of them by path (already registered: the path is walked and checked,
@@ -597,7 +602,20 @@ fn main() -> Result<()> {
         Command::Latency {
             shape: Shape { dirs, per_dir },
             ops,
+            pg_floor,
         } => {
+            let mut floor_db = match pg_floor {
+                Some(target) => {
+                    let mut db = deskd_pg::connect(&deskd_pg::ConnectOptions {
+                        target,
+                        password: deskd_pg::PasswordSource::None,
+                    })?;
+                    let select = db.prepare("SELECT 1")?;
+                    Some((db, select))
+                }
+                None => None,
+            };
+            let mut floor = Vec::with_capacity(if floor_db.is_some() { ops as usize } else { 0 });
             let mut client = connect(&cli.socket)?;
             let vol = client.open_volume(&root).map_err(|e| anyhow!("{e}"))?.vol;
             let max_id = 17 + dirs * (per_dir + 1);
@@ -620,16 +638,24 @@ fn main() -> Result<()> {
                         .map_err(|e| anyhow!("{e}"))?;
                     lookup.push(t.elapsed().as_secs_f64() * 1e6);
                 }
+                if let Some((db, select)) = floor_db.as_mut() {
+                    let t = Instant::now();
+                    db.query_one(&*select, &[])?;
+                    floor.push(t.elapsed().as_secs_f64() * 1e6);
+                }
             }
             resolve.sort_by(f64::total_cmp);
             lookup.sort_by(f64::total_cmp);
-            println!(
-                "{}",
-                serde_json::json!({
-                    "resolve_p50_us": percentile(&resolve, 0.5), "resolve_p99_us": percentile(&resolve, 0.99),
-                    "lookup_p50_us": percentile(&lookup, 0.5), "lookup_p99_us": percentile(&lookup, 0.99),
-                })
-            );
+            floor.sort_by(f64::total_cmp);
+            let mut figures = serde_json::json!({
+                "resolve_p50_us": percentile(&resolve, 0.5), "resolve_p99_us": percentile(&resolve, 0.99),
+                "lookup_p50_us": percentile(&lookup, 0.5), "lookup_p99_us": percentile(&lookup, 0.99),
+            });
+            if !floor.is_empty() {
+                figures["pg_select1_p50_us"] = percentile(&floor, 0.5).into();
+                figures["pg_select1_p99_us"] = percentile(&floor, 0.99).into();
+            }
+            println!("{figures}");
         }
         Command::AccessLatency {
             dir,

@@ -58,6 +58,28 @@ pub(super) fn find<R: Read>(
     loop {
         let hits = r.names.find(r.db, &query).map_err(db_error)?;
         let last_page = (hits.len() as u32) < limit;
+        // The folders of this page not looked up yet, all in one call (one round trip on
+        // PostgreSQL, where a `path_of` a folder was one each: issue 28).
+        let mut missing: Vec<u32> = hits
+            .iter()
+            .filter(|o| o.id != deskd_db::ROOT_ID && !folders.contains_key(&o.parent))
+            .map(|o| o.parent)
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let paths = r.db.paths_of(&missing).map_err(db_error)?;
+            for (id, components) in missing.into_iter().zip(paths) {
+                let joined = join(&components);
+                folders.insert(
+                    id,
+                    Folder {
+                        components: std::rc::Rc::new(components),
+                        joined,
+                    },
+                );
+            }
+        }
         let mut candidates: Vec<Candidate> = Vec::with_capacity(hits.len());
         for o in hits {
             query.after_id = o.id;
