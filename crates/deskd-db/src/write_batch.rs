@@ -33,7 +33,7 @@ pub trait WriteBatch: Read {
     }
 
     /// A hint before the batch's requests run: these places (folder, name) are about to be
-    /// looked up (its registrations). A networked back end reads them in one query a folder
+    /// looked up (its registrations). A networked back end reads them in one query
     /// and answers their lookups from that; SQLite, whose lookups cost no round trip, ignores
     /// it.
     fn prefetch_places(&mut self, _places: &[(u32, &[u8])]) -> Result<()> {

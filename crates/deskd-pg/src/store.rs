@@ -968,36 +968,34 @@ impl<'a> PgBatch<'a> {
         out
     }
 
-    /// Read what is at these places, one query a folder, so that each registration's own
-    /// lookup is answered without a round trip. A folder with one place is left to its
-    /// lookup (nothing saved).
+    /// Read what is at these places in one query, so that each registration's own lookup is
+    /// answered without a round trip.
     pub fn prefetch_places(&mut self, places: &[(u32, &[u8])]) -> Result<()> {
-        let mut by_folder: HashMap<u32, Vec<&[u8]>> = HashMap::new();
+        let parents: Vec<i64> = places.iter().map(|&(p, _)| i64::from(p)).collect();
+        let names: Vec<&[u8]> = places.iter().map(|&(_, n)| n).collect();
+        let vid = self.vid;
+        // One index probe a place: a LATERAL subquery with a LIMIT is not flattened into a
+        // join, so the plan stays a nested loop over the places. (`parent = $2 AND name =
+        // ANY($3)` a folder got a generic plan that read the folder's every row and compared
+        // each with every name: 100 ms for 1,000 names in a folder of 10,000.)
+        let rows = self.with_db(true, |db| {
+            Ok(db.query(
+                "SELECT o.id, o.parent, o.name, o.kind, o.dev, o.ino, o.type, o.creator,
+                        o.flags, o.ctime
+                 FROM unnest($2::bigint[], $3::bytea[]) AS p(parent, name)
+                 CROSS JOIN LATERAL (
+                    SELECT * FROM deskd.objects o
+                    WHERE o.vid = $1 AND o.parent = p.parent AND o.name = p.name LIMIT 1) o",
+                &[&vid, &parents, &names],
+            )?)
+        })?;
+        let cache = self.places.get_mut();
         for &(parent, name) in places {
-            by_folder.entry(parent).or_default().push(name);
+            cache.insert((parent, name.to_vec()), None);
         }
-        for (parent, names) in by_folder {
-            if names.len() < 2 {
-                continue;
-            }
-            let vid = self.vid;
-            let rows = self.with_db(true, |db| {
-                Ok(db.query(
-                    &format!(
-                        "SELECT {OBJECT_COLUMNS} FROM deskd.objects
-                         WHERE vid = $1 AND parent = $2 AND name = ANY($3)"
-                    ),
-                    &[&vid, &i64::from(parent), &names],
-                )?)
-            })?;
-            let mut cache = self.places.borrow_mut();
-            for name in names {
-                cache.insert((parent, name.to_vec()), None);
-            }
-            for row in &rows {
-                let o = object_from_row(row);
-                cache.insert((parent, o.name.clone()), Some(o));
-            }
+        for row in &rows {
+            let o = object_from_row(row);
+            cache.insert((o.parent, o.name.clone()), Some(o));
         }
         Ok(())
     }
