@@ -180,7 +180,9 @@ fn churn(
                     out.acked_after_refusal += 1;
                     progress.acks_after_refusal.fetch_add(1, Ordering::SeqCst);
                     if out.acked_after_refusal == 1 {
-                        progress.clients_writable_again.fetch_add(1, Ordering::SeqCst);
+                        progress
+                            .clients_writable_again
+                            .fetch_add(1, Ordering::SeqCst);
                     }
                 }
             }

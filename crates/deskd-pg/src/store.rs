@@ -6,6 +6,11 @@
 //! to its commit. So the batches of one volume commit one at a time across every server, as
 //! SQLite's one writer does: the counter a batch reads is the newest, an ID is handed out once,
 //! and the batch numbers (`change_seq`) of the change log become visible in their order.
+//!
+//! A batch buffers its new rows and sends them in one INSERT before any statement that could
+//! see them, and sends a step's savepoint only with the step's first statement
+//! ([`PgBatch::ready`]): a batch of registrations costs a constant number of round trips, not
+//! a few each (docs/ARCHITECTURE.md, "The batch's writes since stop 40").
 
 use deskd_db::write_batch::{lookup_or_add, AddSteps};
 use deskd_db::{
