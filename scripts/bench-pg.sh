@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PostgreSQL back end against SQLite (issue 28), for docs/PERFORMANCE.md: ID creation with 4
 # clients, resolve p50 (one client; with the floor, a prepared SELECT 1 to the same cluster
-# timed between its requests) and find p50 (substring queries, one client), then two
+# timed right after its requests) and find p50 (substring queries, one client), then two
 # servers of one PostgreSQL volume creating together (2 clients each, half the folders each)
 # against one server; the first three from the same files served from a fresh desktop in SQLite
 # and from a fresh volume in PostgreSQL, alternating which goes first, RUNS times; medians and
@@ -95,8 +95,8 @@ for i in $(seq "$RUNS"); do
         created=$(bench create --dirs "$DIRS" --per-dir "$PER_DIR" --clients 4 --depth "$DEPTH" | jget objects_per_s)
         CREATED[$backend]+="$created "
         "$BIN/deskd" flush --socket "$SOCK" >/dev/null
-        # The floor of a PostgreSQL resolve, timed between the requests: a prepared SELECT 1
-        # over the same kind of connection (loopback TCP) to the same cluster.
+        # The floor of a PostgreSQL resolve, timed right after the requests: a prepared
+        # SELECT 1 over the same kind of connection (loopback TCP) to the same cluster.
         bench latency --dirs "$DIRS" --per-dir "$PER_DIR" --ops 20000 --pg-floor "${URL}postgres" \
             >"$WORK/latency.json"
         p50=$(jget resolve_p50_us <"$WORK/latency.json")
