@@ -998,3 +998,37 @@ fn buffered_rows_and_lazy_savepoints_keep_steps_apart() {
     assert!(next.id > counter, "{} after {counter}", next.id);
     b.commit().unwrap();
 }
+
+/// `Read::paths_of` (find's folders in one query) answers what `path_of` answers for each ID,
+/// in the order asked, for one, two (each by `path_of`) and more IDs (the one query), and
+/// refuses an ID that is not there.
+#[test]
+fn paths_of_is_path_of_each() {
+    use deskd_db::Read;
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("desk");
+    let (mut desk, _) = open(&cluster, "desk", &key("paths", 9)).unwrap();
+    let mut b = desk.batch().unwrap();
+    let a = b.add(&new(2, "a", Kind::Dir)).unwrap().0;
+    let ab = b.add(&new(a.id, "b", Kind::Dir)).unwrap().0;
+    let abc = b.add(&new(ab.id, "c", Kind::Dir)).unwrap().0;
+    let d = b.add(&new(2, "d", Kind::Dir)).unwrap().0;
+    b.commit().unwrap();
+    let each = |ids: &[u32]| -> Vec<Vec<Vec<u8>>> {
+        ids.iter().map(|&id| Read::path_of(&desk, id).unwrap()).collect()
+    };
+    for ids in [
+        vec![abc.id],
+        vec![d.id, a.id],
+        vec![abc.id, 2, d.id, ab.id],
+        vec![d.id, abc.id, a.id, ab.id, 2],
+    ] {
+        assert_eq!(Read::paths_of(&desk, &ids).unwrap(), each(&ids), "{ids:?}");
+    }
+    assert!(matches!(
+        Read::paths_of(&desk, &[a.id, 999_999, d.id]),
+        Err(DbError::NoSuchId(999_999))
+    ));
+}
