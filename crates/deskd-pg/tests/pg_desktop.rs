@@ -1018,7 +1018,9 @@ fn paths_of_is_path_of_each() {
     let d = b.add(&new(2, "d", Kind::Dir)).unwrap().0;
     b.commit().unwrap();
     let each = |ids: &[u32]| -> Vec<Vec<Vec<u8>>> {
-        ids.iter().map(|&id| Read::path_of(&desk, id).unwrap()).collect()
+        ids.iter()
+            .map(|&id| Read::path_of(&desk, id).unwrap())
+            .collect()
     };
     for ids in [
         vec![abc.id],
