@@ -35,6 +35,10 @@ struct Churned {
     acked_after_refusal: usize,
     /// The connection broke (its server was killed): the client stopped.
     cut_off: bool,
+    /// The rename or delete in flight when the connection broke: its server may have
+    /// committed it before it died, or not, so its ID is checked by neither path (it was
+    /// taken out of `live`): its ID, its path before, and after (`None`: deleted).
+    in_doubt: Option<(u32, String, Option<String>)>,
 }
 
 /// The object's resource file and xattr mirror, as dt and the file servers write them after
@@ -194,8 +198,14 @@ fn churn(
                 }
                 Some(_) => panic!("{dir}: {e}"),
                 None => {
-                    // No answer: the server is gone (a test kills one).
+                    // No answer: the server is gone (a test kills one). What was in flight
+                    // may or may not have been committed: its object is in doubt.
                     out.cut_off = true;
+                    out.in_doubt = match done {
+                        Done::Renamed(id, rel) => out.live.remove(&id).map(|p| (id, p, Some(rel))),
+                        Done::Deleted(id) => out.live.remove(&id).map(|p| (id, p, None)),
+                        Done::Created(_) => None,
+                    };
                     return out;
                 }
             },
@@ -501,6 +511,25 @@ fn a_server_sigkilled_under_load_leaves_the_other_serving_and_catches_up_when_re
     // What A's clients were acknowledged before the kill, and B's, through B.
     let (mut live, deleted) = (all_live(&loads), all_deleted(&loads));
     check_through(&b, &root, &live, &deleted);
+    // A change in flight when A died was committed or not, never half: its ID has its path
+    // from before or from after.
+    for (id, before, after) in loads.iter().filter_map(|l| l.in_doubt.as_ref()) {
+        let mut c = b.client();
+        let vol = c.open_volume(&root).unwrap().vol;
+        match (c.call(Request::Resolve { vol, id: *id }), after) {
+            (Ok(Response::Object(o)), after) => {
+                let path = o.path.unwrap_or_default();
+                assert!(
+                    path == before.as_bytes()
+                        || after.as_ref().is_some_and(|a| path == a.as_bytes()),
+                    "ID {id} in doubt: {:?} is neither {before} nor {after:?}",
+                    String::from_utf8_lossy(&path)
+                );
+            }
+            (Err(e), None) => assert_eq!(e.code(), Some(ErrorCode::NotFound), "ID {id}: {e}"),
+            (other, _) => panic!("ID {id} in doubt ({before} -> {after:?}): {other:?}"),
+        }
+    }
 
     // A restarted: it answers for everything, made while it was down too, its find included;
     // and both go on giving IDs without a clash.
