@@ -935,6 +935,25 @@ fn a_flush_answers_at_once_and_says_what_is_owed_which_status_shows_and_a_rebuil
     assert!(!said.contains("owed"), "{said}");
 }
 
+/// On a volume that never pauses the stamper still pays: with the test hook making its quiet
+/// time hours long, every batch is "during a burst" for it, and before the slice it pays every
+/// second of being held off (watch/thread.rs, `STARVED_AFTER`) nothing was ever stamped
+/// without a barrier.
+#[test]
+fn owed_stamps_are_paid_while_the_volume_never_pauses() {
+    let mut env = Env::new(&["vol", "outside"]);
+    env.server_env
+        .push(("DESKD_TEST_STAMPER_QUIET_MS".into(), "36000000".into()));
+    env.serve_watched(&["vol"], "");
+    make_files(&env, "burst", 3000);
+    env.wait_for_log("while the volume stays busy", 1);
+    // No barrier: the slices alone stamp everything (1,024 or more a second).
+    let desktop = stamped_without_a_barrier(&env, "burst", 3001);
+    assert_eq!(env.watch_status("vol")["owed_stamps"].as_u64(), Some(0));
+    assert_eq!(assert_tree_like_dt(&env, "burst"), desktop);
+    env.rebuild_scan_silent("vol");
+}
+
 #[test]
 fn roots_bulk_creation_is_registered_at_once_whatever_the_budget() {
     let env = watched("[defaults]\nwatch_budget = 50\nwatch_budget_seconds = 60\n");

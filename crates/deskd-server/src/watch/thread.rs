@@ -12,7 +12,7 @@ use deskd_db::now_unix;
 use std::path::PathBuf;
 
 use deskd_watch::{Batch, Change};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{disk, owed, rescan, Running};
 use crate::apply::watched::DiskWork;
@@ -346,12 +346,19 @@ fn owe_new_stamps(running: &Running, work: Vec<DiskWork>) -> Vec<DiskWork> {
 /// priority of the system, from [`QUIET`] after the last batch that owed some, until the
 /// watcher stops. So the resource files of a burst are
 /// written with whatever CPU the programs making it leave, as soon as there is some; a barrier
-/// pays what is left at its own priority.
+/// pays what is left at its own priority. On a volume that never pauses for [`QUIET`], it
+/// still pays for [`STARVED_SLICE`] every [`STARVED_AFTER`] it was held off: owed stamps are
+/// paid at a bounded rate however busy the volume stays.
 pub(crate) fn stamp_in_background(running: Arc<Running>, handle: Arc<VolumeHandle>) {
     // This thread only (Linux: the nice value is per thread); lowering needs no privilege.
     if let Err(e) = rustix::process::setpriority_process(None, 19) {
         debug!("the stamper keeps its priority: {e}");
     }
+    let quiet = quiet();
+    // Since when bursts have kept the stamper from paying (None: it is not held off).
+    let mut held_off_since: Option<Instant> = None;
+    // Whether this busy stretch's first slice was logged.
+    let mut told = false;
     loop {
         {
             let owed = running.owed.lock().unwrap();
@@ -371,17 +378,48 @@ pub(crate) fn stamp_in_background(running: Arc<Running>, handle: Arc<VolumeHandl
             .last_burst
             .lock()
             .unwrap()
-            .map_or(QUIET, |at| Instant::now().saturating_duration_since(at));
-        if since < QUIET {
-            let owed = running.owed.lock().unwrap();
-            let _ = running
-                .owed_ready
-                .wait_timeout_while(owed, QUIET - since, |_| {
-                    !running.stopping.load(Ordering::SeqCst)
-                })
-                .unwrap();
+            .map_or(quiet, |at| Instant::now().saturating_duration_since(at));
+        if since < quiet {
+            let held_off = held_off_since.get_or_insert_with(Instant::now).elapsed();
+            if held_off < STARVED_AFTER {
+                let owed = running.owed.lock().unwrap();
+                let _ = running
+                    .owed_ready
+                    .wait_timeout_while(owed, (quiet - since).min(STARVED_AFTER - held_off), |_| {
+                        !running.stopping.load(Ordering::SeqCst)
+                    })
+                    .unwrap();
+                continue;
+            }
+            // The volume has not paused for STARVED_AFTER: pay a slice all the same, so
+            // what a never-ending burst owes does not wait for its end.
+            hold_stamper();
+            let began = Instant::now();
+            let mut paid = 0;
+            while began.elapsed() < STARVED_SLICE && !running.stopping.load(Ordering::SeqCst) {
+                let n = pay_owed(&running, &handle, owed::SHARE);
+                if n == 0 {
+                    break;
+                }
+                paid += n;
+            }
+            let left = running.owed.lock().unwrap().len();
+            if !std::mem::replace(&mut told, true) {
+                // Once per busy stretch: a million-file burst pays many slices.
+                info!(
+                    "watching {}: the stamper paid {paid} owed stamp(s) while the volume stays \
+                     busy ({left} still owed; it pays a slice every {} s until it pauses)",
+                    handle.volume.root().display(),
+                    STARVED_AFTER.as_secs()
+                );
+            } else {
+                debug!(volume = %handle.volume.root().display(), paid, left, "stamper slice");
+            }
+            held_off_since = Some(Instant::now());
             continue;
         }
+        held_off_since = None;
+        told = false;
         hold_stamper();
         pay_owed(&running, &handle, owed::SHARE);
     }
@@ -389,9 +427,28 @@ pub(crate) fn stamp_in_background(running: Arc<Running>, handle: Arc<VolumeHandl
 
 /// How long after the last batch that owed stamps the stamper begins paying them.
 const QUIET: Duration = Duration::from_millis(250);
+/// How long bursts may keep the stamper from paying before it pays a slice anyway.
+const STARVED_AFTER: Duration = Duration::from_secs(1);
+/// How long it pays then (shares of [`owed::SHARE`], the last one begun within it): at nice
+/// 19, at most about a tenth of a core's time while a burst goes on, and only the CPU the
+/// burst leaves.
+const STARVED_SLICE: Duration = Duration::from_millis(100);
 /// While a burst's batch is applied, the stamper waits as if it had ended this far ahead
 /// (set back to its real end when it ends).
 const BURST_APPLYING: Duration = Duration::from_secs(3600);
+
+/// [`QUIET`], or with the `test-hooks` feature `DESKD_TEST_STAMPER_QUIET_MS` (a test sets
+/// it to hours: the stamper then pays only as on a volume that never pauses).
+fn quiet() -> Duration {
+    #[cfg(feature = "test-hooks")]
+    if let Some(ms) = std::env::var("DESKD_TEST_STAMPER_QUIET_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    QUIET
+}
 
 /// Test hook (`DESKD_TEST_HOLD_STAMPER_UNTIL=<file>`): the stamper pays nothing until `<file>`
 /// exists, so a test sees what a barrier and a rebuild pay and what they leave owed.
