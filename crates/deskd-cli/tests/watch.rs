@@ -454,6 +454,62 @@ fn a_queue_overflow_rescans_and_loses_no_id() {
     assert_eq!(status["rescan"]["reason"], "overflow", "{status}");
 }
 
+/// What a local user can do to the events the server holds (docs/security.md, "Events held
+/// in the server"): nobody, who may not even write the volume, floods the file system beside
+/// it while the watcher's thread is held (test hook: as during a long batch). The pump holds at
+/// most `watch_held_mib` (1 MiB here, plus the one read that passed it), drops the rest and
+/// says so; the rescan that follows keeps the IDs of root's files renamed meanwhile.
+#[test]
+fn a_flood_by_nobody_is_held_within_watch_held_mib_then_rescanned_losing_no_id() {
+    let mut env = Env::new(&["vol", "elsewhere"]);
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    let release = env.path("release-watcher");
+    env.server_env.push((
+        "DESKD_TEST_HOLD_WATCHER_UNTIL".into(),
+        release.display().to_string(),
+    ));
+    env.serve_watched(&["vol"], "[defaults]\nwatch_held_mib = 1\n");
+    let old: Vec<String> = (0..50).map(|i| format!("old/f{i:02}")).collect();
+    dt_mkdir(&env, &["old"]);
+    dt_make(&env, &["touch"], &old);
+    let before = desktop_below(&env, "old");
+    assert_eq!(before.len(), 51);
+    std::os::unix::fs::chown(env.path("elsewhere"), Some(65534), Some(65534)).unwrap();
+
+    // 30,000 creates outside the volume, on its file system: about 3 MiB of events.
+    env.sh_as_nobody(
+        "python3 -c \"import os; [open('elsewhere/f%d' % i, 'w').close() for i in range(30000)]\"",
+    );
+    let vol = root(&env);
+    for rel in &old {
+        std::fs::rename(vol.join(rel), vol.join(format!("{rel}-renamed"))).unwrap();
+    }
+    env.wait_for_log("MiB of events held unread (watch_held_mib); dropped", 1);
+    std::fs::write(&release, b"").unwrap();
+    env.wait_for_rescan_after_overflow("vol");
+    env.watch_barrier("vol");
+
+    let status = env.watch_status("vol");
+    assert!(status["overflows"].as_u64().unwrap() >= 1, "{status}");
+    let peak = status["queued_peak_bytes"].as_u64().unwrap();
+    assert!(
+        peak > 1 << 20 && peak <= (1 << 20) + 64 * 1024,
+        "held at most {peak} bytes: {status}"
+    );
+    let after = desktop_below(&env, "old");
+    for (rel, id) in &before {
+        let now = if rel == "old" {
+            rel.clone()
+        } else {
+            format!("{rel}-renamed")
+        };
+        assert_eq!(after.get(&now), Some(id), "{rel} lost its ID: {after:?}");
+    }
+    assert_tree_like_dt(&env, "old");
+    env.rebuild_scan_silent("vol");
+}
+
 #[test]
 fn watch_off_leaves_the_desktop_to_dt_and_says_so() {
     let env = watched("[defaults]\nwatch = \"off\"\n");

@@ -52,6 +52,9 @@ pub struct VolumePrefs {
     /// Test setting: the watcher reports an overflow once more than this many events wait
     /// (forces the overflow rescan); unset, only the kernel's own overflow counts.
     pub watch_queue: Option<usize>,
+    /// Most MiB of events the fanotify watcher holds unread in the server's memory (default
+    /// 192, 1 to 4096); beyond, they are dropped and the volume rescanned.
+    pub watch_held_mib: Option<u64>,
     /// New IDs the watcher hands out for one user's objects per `watch_budget_seconds`
     /// (default 60,000); beyond, that user's new objects wait for the rescan of their folders
     /// at the window's end ([`crate::apply::spending`]).
@@ -321,6 +324,8 @@ pub struct VolumeConfig {
     pub watch: deskd_watch::WatchMode,
     /// The watcher's own queue bound (`watch_queue`, a test setting).
     pub watch_queue: Option<usize>,
+    /// Most bytes of events the fanotify watcher holds unread (`watch_held_mib`).
+    pub watch_held_max: u64,
     /// New IDs the watcher hands out per user per `watch_budget_window` (`watch_budget`).
     pub watch_budget: u64,
     /// The window of `watch_budget` (`watch_budget_seconds`, at least 1 s).
@@ -456,6 +461,12 @@ impl ConfigFile {
                 replaced: prefs.replaced.or(d.replaced).unwrap_or_default(),
                 watch: prefs.watch.or(d.watch).unwrap_or_default(),
                 watch_queue: prefs.watch_queue.or(d.watch_queue).map(|n| n.max(1)),
+                watch_held_max: prefs
+                    .watch_held_mib
+                    .or(d.watch_held_mib)
+                    .map_or(deskd_watch::DEFAULT_HELD_BYTES_MAX, |mib| {
+                        mib.clamp(1, 4096) << 20
+                    }),
                 watch_budget: pick(prefs.watch_budget, d.watch_budget, DEFAULT_WATCH_BUDGET),
                 watch_budget_window: std::time::Duration::from_secs(
                     pick(

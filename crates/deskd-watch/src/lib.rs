@@ -99,7 +99,14 @@ pub struct WatchOptions {
     /// Test setting `watch_queue`: report `overflow` once more than this many events are
     /// waiting unread/unapplied (None: only the kernel's own overflow).
     pub queue_limit: Option<usize>,
+    /// Most bytes of events a fanotify watcher holds unread in the server's memory (setting
+    /// `watch_held_mib`); beyond, they are dropped and `overflow` reported (a rescan). None:
+    /// [`DEFAULT_HELD_BYTES_MAX`].
+    pub held_max: Option<u64>,
 }
+
+/// The default of [`WatchOptions::held_max`]: 192 MiB, about 2 million creates of short names.
+pub const DEFAULT_HELD_BYTES_MAX: u64 = fanotify::HELD_BYTES_MAX;
 
 /// What [`Watcher::start`] got.
 #[derive(Debug)]
@@ -234,8 +241,11 @@ impl Watcher {
             return Err(WatchError::NotADirectory { root });
         }
         let ignore = Ignore::new(&options.ignore);
-        let fanotify =
-            || FanotifySource::open(&root, ignore.clone()).map(|s| Source::Fanotify(Box::new(s)));
+        let held_max = options.held_max.unwrap_or(DEFAULT_HELD_BYTES_MAX);
+        let fanotify = || {
+            FanotifySource::open(&root, ignore.clone(), held_max)
+                .map(|s| Source::Fanotify(Box::new(s)))
+        };
         let inotify = || InotifySource::open(&root, &ignore).map(|s| Source::Inotify(Box::new(s)));
         let (source, note) = match mode {
             WatchMode::Off => unreachable!("handled above"),
@@ -338,7 +348,8 @@ impl Watcher {
         let root = std::fs::canonicalize(root).unwrap();
         let ignore = Ignore::new(&[]);
         let mut source =
-            FanotifySource::open_with_capacity(&root, ignore.clone(), capacity).unwrap();
+            FanotifySource::open_with_capacity(&root, ignore.clone(), capacity, DEFAULT_HELD_BYTES_MAX)
+                .unwrap();
         source.forget_cache();
         Watcher {
             root,

@@ -240,6 +240,7 @@ fn ignored_names_are_never_reported() {
         let options = WatchOptions {
             ignore: vec!["desk.db".into(), "desk.db-*".into()],
             queue_limit: None,
+            held_max: None,
         };
         let mut w = s.watch(mode, options);
         fs::create_dir(s.p(".rsrc")).unwrap();
@@ -269,6 +270,7 @@ fn more_events_than_the_queue_limit_is_an_overflow() {
         let options = WatchOptions {
             ignore: vec![],
             queue_limit: Some(10),
+            held_max: None,
         };
         let mut w = s.watch(mode, options);
         for i in 0..11 {

@@ -10,11 +10,13 @@
 //! swaps a folder for a link between the event and this work gets an error in the log, and
 //! nothing is written outside the volume or through the link.
 
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use deskd_db::Kind;
-use deskd_volume::pin::pin;
+use deskd_volume::pin::{pin, Pinned};
 use deskd_volume::rsrc::{self, ResourceHeader};
 use deskd_volume::{Volume, VolumeError};
 
@@ -33,13 +35,15 @@ pub(crate) struct Done {
 /// Do `work` on the volume.
 pub(crate) fn apply(vol: &Volume, work: &[DiskWork]) -> Done {
     let mut done = Done::default();
+    let mut pins = Pins::new(vol.root());
     for item in work {
+        pins.between_items();
         let result = match item {
-            DiskWork::Stamp { .. } => stamp(vol, item),
+            DiskWork::Stamp { .. } => stamp(vol, &mut pins, item),
             DiskWork::Carry { from, stamp: then } => {
-                carry(vol, from, then).and_then(|()| stamp(vol, then))
+                carry(vol, &mut pins, from, then).and_then(|()| stamp(vol, &mut pins, then))
             }
-            DiskWork::Unstamp { path } => unstamp(vol, path).map(|()| Stamped::Yes),
+            DiskWork::Unstamp { path } => unstamp(vol, &mut pins, path).map(|()| Stamped::Yes),
         };
         match result {
             Ok(Stamped::Yes) => {}
@@ -51,6 +55,96 @@ pub(crate) fn apply(vol: &Volume, work: &[DiskWork]) -> Done {
         }
     }
     done
+}
+
+/// Most folders one [`apply`] holds open at once (beyond, it lets them all go and starts again:
+/// a batch of creates across 10,000 folders must not run the server out of descriptors).
+const PINS_HELD: usize = 64;
+
+/// The folders [`apply`] has pinned ([`pin`]: opened below the root, following no link), kept
+/// for the rest of its work: a batch's renames are mostly in a few folders, and opening every
+/// folder on the way again for each name was most of the watcher's own CPU at 1,000 renames a
+/// second (docs/PERFORMANCE.md, "Live tracking (issue 23)"). A folder held is the folder it was
+/// when opened, wherever it is moved meanwhile, as with a pin taken for each name; the stamps
+/// still check the object's inode.
+struct Pins<'r> {
+    root: &'r Path,
+    /// Folder (relative to the root) → its pin, and its `/proc/self/fd/N` path.
+    held: HashMap<PathBuf, (Pinned, PathBuf)>,
+    /// `.rsrc` folders (relative to the root) known to be there, a folder and not a link,
+    /// with their owner set, since this `apply` began.
+    rsrc_ready: HashSet<PathBuf>,
+}
+
+impl<'r> Pins<'r> {
+    fn new(root: &'r Path) -> Self {
+        Pins {
+            root,
+            held: HashMap::new(),
+            rsrc_ready: HashSet::new(),
+        }
+    }
+
+    /// As [`pin`]`(root, path, keep)`, but a folder pinned before is not opened again.
+    fn pin(&mut self, path: &Path, keep: usize) -> Result<PathBuf, VolumeError> {
+        let Some((dir, rest)) = split(self.root, path, keep) else {
+            // Not a plain path below the root: `pin` says why.
+            return pin(self.root, path, keep).map(|p| p.path);
+        };
+        if let Some((_, at)) = self.held.get(&dir) {
+            return Ok(rest.iter().fold(at.clone(), |p, n| p.join(n)));
+        }
+        let pinned = pin(self.root, path, keep)?;
+        let mut at = pinned.path.clone();
+        for _ in 0..keep {
+            at.pop();
+        }
+        let full = pinned.path.clone();
+        self.held.insert(dir, (pinned, at));
+        Ok(full)
+    }
+
+    /// Between two items of work (never within one: the paths it was given name the held
+    /// descriptors): past [`PINS_HELD`] folders, let them all go.
+    fn between_items(&mut self) {
+        if self.held.len() >= PINS_HELD {
+            self.held.clear();
+        }
+        if self.rsrc_ready.len() >= PINS_HELD {
+            self.rsrc_ready.clear();
+        }
+    }
+
+    /// [`make_rsrc_dir_like_its_folder`], once per `.rsrc` folder of this `apply`.
+    fn rsrc_dir(&mut self, rsrc_path: &Path, pinned: &Path) -> Result<(), VolumeError> {
+        let key = split(self.root, rsrc_path, 1).map(|(dir, _)| dir);
+        if key.as_ref().is_some_and(|k| self.rsrc_ready.contains(k)) {
+            return Ok(());
+        }
+        make_rsrc_dir_like_its_folder(pinned)?;
+        if let Some(key) = key {
+            self.rsrc_ready.insert(key);
+        }
+        Ok(())
+    }
+}
+
+/// `path` below `root` as the folder holding its last `keep` names (relative to the root) and
+/// those names; None unless every name is a plain one.
+fn split<'p>(root: &Path, path: &'p Path, keep: usize) -> Option<(PathBuf, Vec<&'p OsStr>)> {
+    let rel = path.strip_prefix(root).ok()?;
+    let names = rel
+        .components()
+        .map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    if names.len() < keep {
+        return None;
+    }
+    let (dir, rest) = names.split_at(names.len() - keep);
+    Some((dir.iter().collect(), rest.to_vec()))
 }
 
 /// Whether a stamp was made, or its object was no longer at its path.
@@ -72,7 +166,7 @@ fn is_inode(path: &Path, dev: u64, ino: u64) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
 }
 
-fn stamp(vol: &Volume, item: &DiskWork) -> Result<Stamped, VolumeError> {
+fn stamp(vol: &Volume, pins: &mut Pins<'_>, item: &DiskWork) -> Result<Stamped, VolumeError> {
     let DiskWork::Stamp {
         path,
         id,
@@ -89,38 +183,38 @@ fn stamp(vol: &Volume, item: &DiskWork) -> Result<Stamped, VolumeError> {
     let Some(rsrc_path) = rsrc_of(vol, path) else {
         return Ok(Stamped::Yes);
     };
-    let root = vol.root();
     // A folder on the way gone, or swapped for a link (refused, never followed): the object
     // moved on, and is stamped where the desktop says it is after the next batch.
-    let Ok(object) = pin(root, &vol.path_of(path), 1) else {
+    let Ok(object) = pins.pin(&vol.path_of(path), 1) else {
         return Ok(Stamped::MovedOn);
     };
-    if !is_inode(&object.path, *dev, *ino) {
+    if !is_inode(&object, *dev, *ino) {
         return Ok(Stamped::MovedOn); // moved or replaced since
     }
-    let pinned = pin(root, &rsrc_path, 2)?;
-    make_rsrc_dir_like_its_folder(&pinned.path)?;
-    let fresh = std::fs::symlink_metadata(&pinned.path).is_err();
+    // `rsrc` opens `.rsrc` itself without following a link: the path is through its folder.
+    let pinned = pins.pin(&rsrc_path, 2)?;
+    pins.rsrc_dir(&rsrc_path, &pinned)?;
+    let fresh = std::fs::symlink_metadata(&pinned).is_err();
     let (id, type_code, creator) = (*id, *type_code, *creator);
-    rsrc::ensure_id(&pinned.path, id, || {
+    rsrc::ensure_id(&pinned, id, || {
         ResourceHeader::new(id, type_code, creator, (*ctime).max(0) as u32)
     })?;
     if fresh {
         // Named inside the `.rsrc` folder held open (opened without following a link): a path
         // through `.rsrc` would let its owner swap it for a link after the write and send
         // root's `chown` anywhere (the review of stop 35). Swapped already: no chown.
-        if let Ok(inside) = pin(root, &rsrc_path, 1) {
-            give_to_the_objects_owner(&inside.path, &object.path);
+        if let Ok(inside) = pins.pin(&rsrc_path, 1) {
+            give_to_the_objects_owner(&inside, &object);
         }
     }
     let mirror = match kind {
         Kind::Symlink => Some(id), // a link carries no mirror
-        _ => deskd_volume::read_id_xattr(&object.path),
+        _ => deskd_volume::read_id_xattr(&object),
     };
-    if mirror != Some(id) && !another_names_mirror(&object.path, *kind, mirror) {
+    if mirror != Some(id) && !another_names_mirror(&object, *kind, mirror) {
         // Checked again: a link swapped in for the object since is never followed.
-        if is_inode(&object.path, *dev, *ino) {
-            deskd_volume::write_id_xattr(&object.path, id)?;
+        if is_inode(&object, *dev, *ino) {
+            deskd_volume::write_id_xattr(&object, id)?;
         }
     }
     Ok(Stamped::Yes)
@@ -140,15 +234,19 @@ fn another_names_mirror(path: &Path, kind: Kind, mirror: Option<u32>) -> bool {
 /// Move the resource file of the object that was at `from` to where `then` stamps it, as
 /// `dt mv` does: a rename between folders held open below the root; the target's `.rsrc/`
 /// is made if needed, and a link in its place is refused.
-fn carry(vol: &Volume, from: &[Vec<u8>], then: &DiskWork) -> Result<(), VolumeError> {
+fn carry(
+    vol: &Volume,
+    pins: &mut Pins<'_>,
+    from: &[Vec<u8>],
+    then: &DiskWork,
+) -> Result<(), VolumeError> {
     let DiskWork::Stamp { path: to, .. } = then else {
         return Ok(());
     };
     let (Some(from_rsrc), Some(to_rsrc)) = (rsrc_of(vol, from), rsrc_of(vol, to)) else {
         return Ok(());
     };
-    let root = vol.root();
-    let source = match pin(root, &from_rsrc, 1) {
+    let source = match pins.pin(&from_rsrc, 1) {
         Ok(p) => p,
         Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
             return Ok(());
@@ -156,13 +254,13 @@ fn carry(vol: &Volume, from: &[Vec<u8>], then: &DiskWork) -> Result<(), VolumeEr
         Err(e) => return Err(e),
     };
     // Only a real resource file moves (a link planted there is left where it is).
-    if !std::fs::symlink_metadata(&source.path).is_ok_and(|m| m.is_file()) {
+    if !std::fs::symlink_metadata(&source).is_ok_and(|m| m.is_file()) {
         return Ok(());
     }
-    let target_dir = pin(root, &to_rsrc, 2)?;
-    make_rsrc_dir_like_its_folder(&target_dir.path)?;
-    let target = pin(root, &to_rsrc, 1)?;
-    std::fs::rename(&source.path, &target.path).map_err(|e| VolumeError::io(&from_rsrc, e))
+    let target_dir = pins.pin(&to_rsrc, 2)?;
+    pins.rsrc_dir(&to_rsrc, &target_dir)?;
+    let target = pins.pin(&to_rsrc, 1)?;
+    std::fs::rename(&source, &target).map_err(|e| VolumeError::io(&from_rsrc, e))
 }
 
 /// Make the `.rsrc/` folder that holds the resource file `rsrc_path` (a pinned path) unless
@@ -236,12 +334,11 @@ fn own_like(fd: &impl std::os::fd::AsFd, uid: u32, gid: u32, mode: u32) {
 
 /// Remove the resource file of an object gone from `names`, unless the name holds an object
 /// again (its registration rewrites the file).
-fn unstamp(vol: &Volume, names: &[Vec<u8>]) -> Result<(), VolumeError> {
+fn unstamp(vol: &Volume, pins: &mut Pins<'_>, names: &[Vec<u8>]) -> Result<(), VolumeError> {
     let Some(rsrc_path) = rsrc_of(vol, names) else {
         return Ok(());
     };
-    let root = vol.root();
-    let object = match pin(root, &vol.path_of(names), 1) {
+    let object = match pins.pin(&vol.path_of(names), 1) {
         Ok(p) => p,
         // The folder itself is gone (rm -r): its .rsrc went with it.
         Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -249,17 +346,17 @@ fn unstamp(vol: &Volume, names: &[Vec<u8>]) -> Result<(), VolumeError> {
         }
         Err(e) => return Err(e),
     };
-    if std::fs::symlink_metadata(&object.path).is_ok() {
+    if std::fs::symlink_metadata(&object).is_ok() {
         return Ok(());
     }
-    let pinned = match pin(root, &rsrc_path, 1) {
+    let pinned = match pins.pin(&rsrc_path, 1) {
         Ok(p) => p,
         Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
             return Ok(());
         }
         Err(e) => return Err(e),
     };
-    match std::fs::remove_file(&pinned.path) {
+    match std::fs::remove_file(&pinned) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(VolumeError::io(&rsrc_path, e)),
         _ => Ok(()),
     }

@@ -52,11 +52,12 @@ impl ChangeSource for Watcher {
     }
 }
 
-/// Start watching `root` as `mode` says (`queue`: the `watch_queue` test setting).
-pub(crate) fn open(root: &Path, mode: WatchMode, queue: Option<usize>) -> Opened {
+/// Start watching `root` as `mode` says, within `limits`.
+pub(crate) fn open(root: &Path, mode: WatchMode, limits: super::Limits) -> Opened {
     let options = WatchOptions {
         ignore: ignored(),
-        queue_limit: queue,
+        queue_limit: limits.queue,
+        held_max: Some(limits.held_max),
     };
     match Watcher::start(root, mode, options) {
         Ok(Started::Watching(watcher, note)) => {

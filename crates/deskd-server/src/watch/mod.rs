@@ -49,7 +49,7 @@ pub(crate) struct Running {
     opening: u64,
     /// What it was started with (a reload that changes them restarts it).
     mode: WatchMode,
-    queue: Option<usize>,
+    limits: Limits,
     /// The change stream (None: not watching), held by the thread for each read and apply,
     /// and by a barrier.
     source: Mutex<Option<Box<dyn ChangeSource>>>,
@@ -91,11 +91,11 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    fn new(opening: u64, mode: WatchMode, queue: Option<usize>, opened: kernel::Opened) -> Running {
+    fn new(opening: u64, mode: WatchMode, limits: Limits, opened: kernel::Opened) -> Running {
         Running {
             opening,
             mode,
-            queue,
+            limits,
             source: Mutex::new(opened.source),
             stopper: opened.stopper,
             stopping: AtomicBool::new(false),
@@ -187,8 +187,26 @@ pub(crate) fn start(registry: &Registry, rebuilds: &rebuild::Registry, handle: &
         rebuilds,
         handle,
         handle.config.watch,
-        handle.config.watch_queue,
+        Limits::of(&handle.config),
     );
+}
+
+/// The bounds a watcher is started with (a reload that changes them restarts it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// `watch_queue` (a test setting).
+    queue: Option<usize>,
+    /// `watch_held_mib`, in bytes.
+    held_max: u64,
+}
+
+impl Limits {
+    fn of(config: &VolumeConfig) -> Limits {
+        Limits {
+            queue: config.watch_queue,
+            held_max: config.watch_held_max,
+        }
+    }
 }
 
 fn start_with(
@@ -196,7 +214,7 @@ fn start_with(
     rebuilds: &rebuild::Registry,
     handle: &Arc<VolumeHandle>,
     mode: WatchMode,
-    queue: Option<usize>,
+    limits: Limits,
 ) {
     let root = handle.volume.root().display().to_string();
     let opened = if handle.read_only() {
@@ -207,7 +225,7 @@ fn start_with(
         // Only `auto` gets here (open_pg refuses the others): see docs/deskd.md for why.
         kernel::Opened::off("a desktop in PostgreSQL is not watched yet")
     } else {
-        kernel::open(handle.volume.root(), mode, queue)
+        kernel::open(handle.volume.root(), mode, limits)
     };
     match (&opened.source, &opened.note) {
         (Some(_), None) => info!(target: "deskd", "watching {root} with {}", opened.kind),
@@ -226,7 +244,7 @@ fn start_with(
         }
     }
     let watching = opened.source.is_some();
-    let running = Arc::new(Running::new(handle.opening, mode, queue, opened));
+    let running = Arc::new(Running::new(handle.opening, mode, limits, opened));
     if let Some(old) = registry
         .0
         .lock()
@@ -275,7 +293,8 @@ fn start_with(
     }
 }
 
-/// A reload's new settings: restart the watcher when `watch` or `watch_queue` changed.
+/// A reload's new settings: restart the watcher when `watch`, `watch_queue` or
+/// `watch_held_mib` changed.
 pub(crate) fn retune(
     registry: &Registry,
     rebuilds: &rebuild::Registry,
@@ -285,11 +304,11 @@ pub(crate) fn retune(
     let Some(running) = registry.of(handle) else {
         return;
     };
-    if running.mode == new.watch && running.queue == new.watch_queue {
+    if running.mode == new.watch && running.limits == Limits::of(new) {
         return;
     }
     stop(registry, rebuilds, handle);
-    start_with(registry, rebuilds, handle, new.watch, new.watch_queue);
+    start_with(registry, rebuilds, handle, new.watch, Limits::of(new));
 }
 
 /// Stop the volume's watcher (before its desktop is closed) and wait for its thread; a

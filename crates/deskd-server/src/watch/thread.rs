@@ -47,6 +47,7 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
         if running.stopping.load(Ordering::SeqCst) {
             return;
         }
+        hold_watcher(&running);
         {
             let mut source = running.source.lock().unwrap();
             let Some(source) = source.as_mut() else {
@@ -467,6 +468,25 @@ fn hold_stamper() {
 /// Without the `test-hooks` feature the hook is compiled out.
 #[cfg(not(feature = "test-hooks"))]
 fn hold_stamper() {}
+
+/// Test hook (`DESKD_TEST_HOLD_WATCHER_UNTIL=<file>`): the watcher's thread reads nothing
+/// until `<file>` exists (as when a batch takes long), so a test sees what the pump holds
+/// meanwhile and what it drops past `watch_held_mib`.
+#[cfg(feature = "test-hooks")]
+fn hold_watcher(running: &Running) {
+    static UNTIL: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let until =
+        UNTIL.get_or_init(|| std::env::var_os("DESKD_TEST_HOLD_WATCHER_UNTIL").map(PathBuf::from));
+    if let Some(until) = until.as_deref() {
+        while !until.exists() && !running.stopping.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Without the `test-hooks` feature the hook is compiled out.
+#[cfg(not(feature = "test-hooks"))]
+fn hold_watcher(_: &Running) {}
 
 /// Pay up to `share` owed stamps, each where the desktop says its object is now (an object
 /// removed since needs none). Returns how many were taken.

@@ -98,14 +98,16 @@ pub(crate) struct FanotifySource {
 
 impl FanotifySource {
     /// `root` must be absolute and canonical.
-    pub(crate) fn open(root: &Path, ignore: Ignore) -> Result<Self, WatchError> {
-        Self::open_with_capacity(root, ignore, handles::DEFAULT_CAPACITY)
+    /// `held_max`: most bytes of events held unread ([`HELD_BYTES_MAX`] by default).
+    pub(crate) fn open(root: &Path, ignore: Ignore, held_max: u64) -> Result<Self, WatchError> {
+        Self::open_with_capacity(root, ignore, handles::DEFAULT_CAPACITY, held_max)
     }
 
     pub(crate) fn open_with_capacity(
         root: &Path,
         ignore: Ignore,
         capacity: usize,
+        held_max: u64,
     ) -> Result<Self, WatchError> {
         let group = Fanotify::init(
             InitFlags::from_bits_retain(INIT_FLAGS),
@@ -131,7 +133,7 @@ impl FanotifySource {
             })?;
         let pump = rustix::io::fcntl_dupfd_cloexec(&group, 0)
             .map_err(std::io::Error::from)
-            .and_then(|fd| pump::Pump::start(fd, HELD_BYTES_MAX))
+            .and_then(|fd| pump::Pump::start(fd, held_max))
             .map_err(|e| WatchError::FanotifyInit {
                 reason: format!("the queue's reader thread: {e}"),
             })?;

@@ -78,9 +78,12 @@ impl Shared {
             // rescan finds it), and the memory comes back at once.
             self.drop_all(&mut held, scratch);
             held.dropped = true;
-            tracing::debug!(
-                "watch: more than {} bytes of events held; dropped",
-                self.max
+            // Said once per drop (the next one needs as many events again): the admin sees
+            // why a rescan follows, and what to raise (`watch_held_mib`).
+            tracing::info!(
+                "watch: more than {} MiB of events held unread (watch_held_mib); dropped, and \
+                 the volume is rescanned",
+                self.max.div_ceil(1 << 20)
             );
             return false;
         }
