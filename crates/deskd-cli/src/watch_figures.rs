@@ -98,3 +98,59 @@ pub fn owed_after_flush(all: &[VolumeWatch]) -> Option<String> {
         )
     })
 }
+
+/// How long `deskd flush` waits before it says what it waits for, and then how often.
+const PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a flush still waits for: the watcher's batch being applied, the events it holds
+/// unread, the stamps owed (None when nothing is left of the watcher's work).
+pub fn flush_waits_for(all: &[VolumeWatch]) -> Option<String> {
+    let pending: u64 = all.iter().map(|w| w.pending).sum();
+    let held: u64 = all.iter().map(|w| w.queued_bytes).sum();
+    let owed: u64 = all.iter().map(|w| w.owed_stamps).sum();
+    if pending == 0 && held == 0 && owed == 0 {
+        return None;
+    }
+    Some(format!(
+        "flush: waiting for the watcher's backlog: {pending} change(s) being applied, {:.1} MiB \
+         of events held unread, {owed} resource file(s) owed (docs/deskd.md, \"deskd flush\")",
+        held as f64 / 1_048_576.0
+    ))
+}
+
+/// The progress lines of a flush (on stderr), from another connection's status, while the
+/// flush request waits.
+pub struct FlushProgress {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FlushProgress {
+    /// Ask `status` for the watcher's figures after [`PROGRESS_AFTER`], then every
+    /// [`PROGRESS_EVERY`], until [`FlushProgress::stop`].
+    pub fn start(status: impl Fn() -> Option<Vec<VolumeWatch>> + Send + 'static) -> Self {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut next = PROGRESS_AFTER;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(next) {
+                if let Some(line) = status().as_deref().and_then(flush_waits_for) {
+                    eprintln!("{line}");
+                }
+                next = PROGRESS_EVERY;
+            }
+        });
+        FlushProgress {
+            done: Some(done),
+            thread: Some(thread),
+        }
+    }
+
+    /// The flush answered: no more lines.
+    pub fn stop(mut self) {
+        drop(self.done.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 /// An Env serving `vol` watched, with `config` as its deskd.toml.
 fn watched(config: &str) -> Env {
@@ -1008,6 +1009,53 @@ fn owed_stamps_are_paid_while_the_volume_never_pauses() {
     assert_eq!(env.watch_status("vol")["owed_stamps"].as_u64(), Some(0));
     assert_eq!(assert_tree_like_dt(&env, "burst"), desktop);
     env.rebuild_scan_silent("vol");
+}
+
+/// A flush that waits (the barrier held by the test hook, as after a burst of a million)
+/// says on stderr what it waits for, from status, and still answers as before.
+#[test]
+fn a_slow_flush_says_what_it_waits_for() {
+    let mut env = Env::new(&["vol", "outside"]);
+    let release_stamper = env.path("release-stamper");
+    let release_barrier = env.path("release-barrier");
+    env.server_env.push((
+        "DESKD_TEST_HOLD_STAMPER_UNTIL".into(),
+        release_stamper.display().to_string(),
+    ));
+    env.server_env.push((
+        "DESKD_TEST_HOLD_BARRIER_UNTIL".into(),
+        release_barrier.display().to_string(),
+    ));
+    env.serve_watched(&["vol"], "");
+    make_files(&env, "burst", 3000);
+    let vol = root(&env).display().to_string();
+    let mut flush = env
+        .command_for(DESKD, &[b"flush", b"--volume", vol.as_bytes()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(flush.stderr.take().unwrap());
+    // A line 2 s in, then every 5 s; once the barrier holds (everything applied, the stamps
+    // not paid yet), the owed count it gives is status's.
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "flush ended");
+        assert!(
+            line.starts_with("flush: waiting for the watcher's backlog: ")
+                && line.contains("resource file(s) owed"),
+            "{line}"
+        );
+        let owed = env.watch_status("vol")["owed_stamps"].as_u64().unwrap();
+        if owed >= 1000 && line.contains(&format!(", {owed} resource file(s) owed")) {
+            break;
+        }
+    }
+    std::fs::write(&release_barrier, b"").unwrap();
+    std::fs::write(&release_stamper, b"").unwrap();
+    let out = flush.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(desktop_below(&env, "burst").len(), 3001);
 }
 
 #[test]

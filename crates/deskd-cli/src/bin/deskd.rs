@@ -886,7 +886,18 @@ fn run(cli: Run) -> Result<ExitCode> {
         }
         Command::Flush { volume, .. } => {
             let (mut client, vol) = connect_for(connection, &volume)?;
-            call(&mut client, Request::Flush { vol })?;
+            // A flush waits for the watcher's backlog (seconds after a burst of a million
+            // files): past a moment, say on stderr what it waits for, from status.
+            let progress = deskd_cli::watch_figures::FlushProgress::start({
+                let (connection, volume) = (connection.clone(), volume.clone());
+                move || {
+                    let (mut client, vol) = connect_for(&connection, &volume).ok()?;
+                    client.watch(vol).ok()
+                }
+            });
+            let flushed = call(&mut client, Request::Flush { vol });
+            progress.stop();
+            flushed?;
             // The flush writes what a burst left owed for a bounded time only: say what is
             // left (a server that predates the figure says nothing).
             if let Ok(all) = client.watch(vol) {

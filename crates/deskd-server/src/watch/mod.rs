@@ -384,6 +384,21 @@ const BARRIER_ROUNDS: usize = 32;
 /// first by a rebuild job ([`pay_all_owed`]).
 const BARRIER_PAYS_FOR: Duration = Duration::from_secs(2);
 
+/// Test hook (`DESKD_TEST_HOLD_BARRIER_UNTIL=<file>`): a barrier waits, after applying what
+/// the watcher held, until `<file>` exists (a flush as slow as after a burst of a million).
+#[cfg(feature = "test-hooks")]
+fn hold_barrier() {
+    if let Some(until) = std::env::var_os("DESKD_TEST_HOLD_BARRIER_UNTIL") {
+        while !std::path::Path::new(&until).exists() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Without the `test-hooks` feature the hook is compiled out.
+#[cfg(not(feature = "test-hooks"))]
+fn hold_barrier() {}
+
 /// [`BARRIER_PAYS_FOR`], or the test hook's `DESKD_TEST_BARRIER_PAYS_MS`.
 fn barrier_pays_for() -> Duration {
     #[cfg(feature = "test-hooks")]
@@ -427,6 +442,8 @@ pub(crate) fn barrier(
     for _ in 0..BARRIER_ROUNDS {
         match source.drain_now() {
             Ok(batch) => {
+                // Live for status while the flush waits (`deskd flush` shows it).
+                running.figures.lock().unwrap().queued_bytes = source.held_bytes().0;
                 let empty = batch.changes.is_empty() && !batch.overflow;
                 thread::process(&running, handle, rebuilds, batch);
                 if empty {
@@ -442,6 +459,7 @@ pub(crate) fn barrier(
             }
         }
     }
+    hold_barrier();
     // On disk too, within bounds: the stamps a busy batch left owed. (Paying a million took
     // the flush past the client's 60 s: stop 38's runs.)
     let until = std::time::Instant::now() + barrier_pays_for();
