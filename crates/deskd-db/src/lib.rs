@@ -396,8 +396,10 @@ pub(crate) fn object_from_row(r: &Row<'_>) -> rusqlite::Result<Object> {
 }
 
 fn meta_get(conn: &Connection, key: &str) -> Result<Option<i64>> {
+    // Cached: the watcher's every batch asks for `last_id`.
     Ok(conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
         .optional()?)
 }
 

@@ -174,9 +174,13 @@ pub fn check_name(name: &[u8]) -> Result<(), VolumeError> {
 /// Read the ID mirror of `path` (not following a final symlink). `None` when absent, malformed
 /// or unsupported by the file system.
 pub fn read_id_xattr(path: &Path) -> Option<u32> {
-    let value = xattr::get(path, ID_XATTR).ok()??;
-    let bytes: [u8; 4] = value.as_slice().try_into().ok()?;
-    Some(u32::from_be_bytes(bytes))
+    // One getxattr(2) into 4 bytes (the `xattr` crate asks the size first): a longer value is
+    // ERANGE, a shorter one the wrong length; neither is an ID.
+    let mut bytes = [0u8; 4];
+    match rustix::fs::getxattr(path, ID_XATTR, &mut bytes[..]) {
+        Ok(4) => Some(u32::from_be_bytes(bytes)),
+        _ => None,
+    }
 }
 
 /// Write the ID mirror. File systems without user xattrs (and symlinks, which cannot carry

@@ -28,6 +28,15 @@ pub struct Pinned {
     pub path: PathBuf,
 }
 
+impl Pinned {
+    /// The folder held open (`O_PATH`): for `*at` calls on the names left to the caller,
+    /// which cost less than a path through `/proc/self/fd`.
+    pub fn dir(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self._dir.as_fd()
+    }
+}
+
 /// `path` as an administrator can find it: a path through a [`Pinned`] folder
 /// (`/proc/self/fd/N/...`) is given with where that folder is now (the descriptor's link), so a
 /// message names the real folder, not a descriptor of the server. Call it while the descriptor

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -104,6 +105,41 @@ impl<'r> Pins<'r> {
         Ok(full)
     }
 
+    /// What is at `path` (its last name, not following a link), by `statat` on its held
+    /// folder; None when it cannot be pinned or is not there.
+    fn stat(&mut self, path: &Path) -> Option<rustix::fs::Stat> {
+        let (dir, name) = self.at(path)?;
+        rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()
+    }
+
+    /// The held folder of `path` and its last name (pinned as [`Pins::pin`] with `keep` 1).
+    fn at<'p>(&mut self, path: &'p Path) -> Option<(BorrowedFd<'_>, &'p OsStr)> {
+        self.pin(path, 1).ok()?;
+        let (dir, _) = split(self.root, path, 1)?;
+        let name = path.file_name()?;
+        Some((self.held.get(&dir)?.0.dir(), name))
+    }
+
+    /// `renameat` from `from` to `to` (each by its held folder and last name).
+    fn rename(&mut self, from: &Path, to: &Path) -> Result<(), VolumeError> {
+        self.pin(from, 1)?;
+        self.pin(to, 1)?;
+        let (held, root) = (&self.held, self.root);
+        let at = |p: &'_ Path| -> Option<BorrowedFd<'_>> {
+            let (dir, _) = split(root, p, 1)?;
+            Some(held.get(&dir)?.0.dir())
+        };
+        let (Some(a), Some(a_name), Some(b), Some(b_name)) =
+            (at(from), from.file_name(), at(to), to.file_name())
+        else {
+            return Err(VolumeError::io(
+                from,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        };
+        rustix::fs::renameat(a, a_name, b, b_name).map_err(|e| VolumeError::io(from, e.into()))
+    }
+
     /// Between two items of work (never within one: the paths it was given name the held
     /// descriptors): past [`PINS_HELD`] folders, let them all go.
     fn between_items(&mut self) {
@@ -161,9 +197,10 @@ fn rsrc_of(vol: &Volume, names: &[Vec<u8>]) -> Option<std::path::PathBuf> {
     rsrc::rsrc_path(&vol.path_of(names))
 }
 
-/// Whether what is at the pinned `path` is the inode `dev`/`ino` (not following a link).
-fn is_inode(path: &Path, dev: u64, ino: u64) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
+/// Whether what is at `path` is the inode `dev`/`ino` (not following a link).
+fn is_inode(pins: &mut Pins<'_>, path: &Path, dev: u64, ino: u64) -> bool {
+    pins.stat(path)
+        .is_some_and(|st| (st.st_dev, st.st_ino) == (dev, ino))
 }
 
 fn stamp(vol: &Volume, pins: &mut Pins<'_>, item: &DiskWork) -> Result<Stamped, VolumeError> {
@@ -185,16 +222,17 @@ fn stamp(vol: &Volume, pins: &mut Pins<'_>, item: &DiskWork) -> Result<Stamped, 
     };
     // A folder on the way gone, or swapped for a link (refused, never followed): the object
     // moved on, and is stamped where the desktop says it is after the next batch.
-    let Ok(object) = pins.pin(&vol.path_of(path), 1) else {
+    let object_path = vol.path_of(path);
+    let Ok(object) = pins.pin(&object_path, 1) else {
         return Ok(Stamped::MovedOn);
     };
-    if !is_inode(&object, *dev, *ino) {
+    if !is_inode(pins, &object_path, *dev, *ino) {
         return Ok(Stamped::MovedOn); // moved or replaced since
     }
     // `rsrc` opens `.rsrc` itself without following a link: the path is through its folder.
     let pinned = pins.pin(&rsrc_path, 2)?;
     pins.rsrc_dir(&rsrc_path, &pinned)?;
-    let fresh = std::fs::symlink_metadata(&pinned).is_err();
+    let fresh = pins.stat(&rsrc_path).is_none();
     let (id, type_code, creator) = (*id, *type_code, *creator);
     rsrc::ensure_id(&pinned, id, || {
         ResourceHeader::new(id, type_code, creator, (*ctime).max(0) as u32)
@@ -213,7 +251,7 @@ fn stamp(vol: &Volume, pins: &mut Pins<'_>, item: &DiskWork) -> Result<Stamped, 
     };
     if mirror != Some(id) && !another_names_mirror(&object, *kind, mirror) {
         // Checked again: a link swapped in for the object since is never followed.
-        if is_inode(&object, *dev, *ino) {
+        if is_inode(pins, &object_path, *dev, *ino) {
             deskd_volume::write_id_xattr(&object, id)?;
         }
     }
@@ -246,21 +284,23 @@ fn carry(
     let (Some(from_rsrc), Some(to_rsrc)) = (rsrc_of(vol, from), rsrc_of(vol, to)) else {
         return Ok(());
     };
-    let source = match pins.pin(&from_rsrc, 1) {
-        Ok(p) => p,
+    match pins.pin(&from_rsrc, 1) {
+        Ok(_) => {}
         Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
             return Ok(());
         }
         Err(e) => return Err(e),
     };
     // Only a real resource file moves (a link planted there is left where it is).
-    if !std::fs::symlink_metadata(&source).is_ok_and(|m| m.is_file()) {
+    let is_file = pins.stat(&from_rsrc).is_some_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+    });
+    if !is_file {
         return Ok(());
     }
     let target_dir = pins.pin(&to_rsrc, 2)?;
     pins.rsrc_dir(&to_rsrc, &target_dir)?;
-    let target = pins.pin(&to_rsrc, 1)?;
-    std::fs::rename(&source, &target).map_err(|e| VolumeError::io(&from_rsrc, e))
+    pins.rename(&from_rsrc, &to_rsrc)
 }
 
 /// Make the `.rsrc/` folder that holds the resource file `rsrc_path` (a pinned path) unless
