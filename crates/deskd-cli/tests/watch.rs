@@ -9,10 +9,10 @@
 mod common;
 use common::*;
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 /// An Env serving `vol` watched, with `config` as its deskd.toml.

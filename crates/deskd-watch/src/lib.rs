@@ -347,9 +347,13 @@ impl Watcher {
     pub(crate) fn fanotify_with_cache(root: &Path, capacity: usize) -> Watcher {
         let root = std::fs::canonicalize(root).unwrap();
         let ignore = Ignore::new(&[]);
-        let mut source =
-            FanotifySource::open_with_capacity(&root, ignore.clone(), capacity, DEFAULT_HELD_BYTES_MAX)
-                .unwrap();
+        let mut source = FanotifySource::open_with_capacity(
+            &root,
+            ignore.clone(),
+            capacity,
+            DEFAULT_HELD_BYTES_MAX,
+        )
+        .unwrap();
         source.forget_cache();
         Watcher {
             root,

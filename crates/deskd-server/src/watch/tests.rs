@@ -41,7 +41,12 @@ impl Vol {
             kind: "inotify",
             note: None,
         };
-        let running = Arc::new(Running::new(handle.opening, WatchMode::Auto, Limits::of(&handle.config), opened));
+        let running = Arc::new(Running::new(
+            handle.opening,
+            WatchMode::Auto,
+            Limits::of(&handle.config),
+            opened,
+        ));
         Vol {
             _dir: dir,
             root,
