@@ -20,6 +20,7 @@
 #   RENAMES=2000 BIG=20000 MANY=100000 RUNS=1 scripts/bench-watch.sh   # a quick check
 #   PARTS="a c" scripts/bench-watch.sh                       # some parts only
 #   PROFILE=debug ...                                        # the debug build (checks the script)
+#   STRACE=1 PARTS=a ...             # also (a): the server's system calls per rename (strace -c)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RENAMES=${RENAMES:-10000}
@@ -132,6 +133,19 @@ d['lag_p99_ms'], d['lag_max_ms'], d['renames'], d['seconds'])"); server lag_p99_
             echo "run $run: watch=$mode, $(echo "$out" | json "'%.0f renames/s' % d['rate']"):" \
                 "server CPU $pct % of a core"
             echo "$pct" >> "$WORK/a-cpu-$mode"
+            if [ "$mode" = auto ] && [ -n "${STRACE:-}" ]; then
+                # Exact, whatever the load: the server's system calls per rename (strace -c
+                # slows the server, so in a pass of its own, not timed).
+                strace -c -f -p "$SERVER" -o "$WORK/a-strace" 2>/dev/null & local tracer=$!
+                sleep 1
+                out=$(bench watch-lag --dir dir0000 --rate "$RATE")
+                barrier
+                kill -INT "$tracer"; wait "$tracer" || true
+                echo "run $run: watch=auto: $(awk '$NF == "total" {print $4}' "$WORK/a-strace") system" \
+                    "calls for $(echo "$out" | json "d['renames']") renames; most:" \
+                    "$(awk '$4 ~ /^[0-9]+$/ && $NF != "total" {print $4, $NF}' "$WORK/a-strace" | \
+                        sort -rn | head -5 | tr '\n' ' ')"
+            fi
         done
         stop_server
     done
