@@ -363,6 +363,10 @@ pub(crate) fn stamp_in_background(running: Arc<Running>, handle: Arc<VolumeHandl
     loop {
         {
             let owed = running.owed.lock().unwrap();
+            if owed.is_empty() {
+                // Held off from when stamps are owed again, not since an earlier burst.
+                held_off_since = None;
+            }
             let _owed = running
                 .owed_ready
                 .wait_while(owed, |o| {
