@@ -994,7 +994,7 @@ fn a_flush_answers_at_once_and_says_what_is_owed_which_status_shows_and_a_rebuil
 
 /// On a volume that never pauses the stamper still pays: with the test hook making its quiet
 /// time hours long, every batch is "during a burst" for it, and before the slice it pays every
-/// second of being held off (watch/thread.rs, `STARVED_AFTER`) nothing was ever stamped
+/// 2 s of being held off (watch/thread.rs, `STARVED_AFTER`) nothing was ever stamped
 /// without a barrier.
 #[test]
 fn owed_stamps_are_paid_while_the_volume_never_pauses() {
@@ -1004,7 +1004,7 @@ fn owed_stamps_are_paid_while_the_volume_never_pauses() {
     env.serve_watched(&["vol"], "");
     make_files(&env, "burst", 3000);
     env.wait_for_log("while the volume stays busy", 1);
-    // No barrier: the slices alone stamp everything (1,024 or more a second).
+    // No barrier: the slices alone stamp everything (1,024 or more every 2 s).
     let desktop = stamped_without_a_barrier(&env, "burst", 3001);
     assert_eq!(env.watch_status("vol")["owed_stamps"].as_u64(), Some(0));
     assert_eq!(assert_tree_like_dt(&env, "burst"), desktop);

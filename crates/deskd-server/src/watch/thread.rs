@@ -433,7 +433,7 @@ pub(crate) fn stamp_in_background(running: Arc<Running>, handle: Arc<VolumeHandl
 /// How long after the last batch that owed stamps the stamper begins paying them.
 const QUIET: Duration = Duration::from_millis(250);
 /// How long bursts may keep the stamper from paying before it pays a slice anyway.
-const STARVED_AFTER: Duration = Duration::from_secs(1);
+const STARVED_AFTER: Duration = Duration::from_secs(2);
 /// How long it pays then (shares of [`owed::SHARE`], the last one begun within it): at nice
 /// 19, at most about a tenth of a core's time while a burst goes on, and only the CPU the
 /// burst leaves.
