@@ -109,12 +109,18 @@ pub fn flush_waits_for(all: &[VolumeWatch]) -> Option<String> {
     let pending: u64 = all.iter().map(|w| w.pending).sum();
     let held: u64 = all.iter().map(|w| w.queued_bytes).sum();
     let owed: u64 = all.iter().map(|w| w.owed_stamps).sum();
-    if pending == 0 && held == 0 && owed == 0 {
-        return None;
+    if pending == 0 && held == 0 {
+        // The backlog is applied: what is left is the 2 s of owed stamps and the checkpoint.
+        return (owed > 0).then(|| {
+            format!(
+                "flush: the watcher's changes are applied; writing owed resource files for 2 s \
+                 at most ({owed} owed), then the checkpoint (docs/deskd.md, \"deskd flush\")"
+            )
+        });
     }
     Some(format!(
         "flush: waiting for the watcher's backlog: {pending} change(s) being applied, {:.1} MiB \
-         of events held unread, {owed} resource file(s) owed (docs/deskd.md, \"deskd flush\")",
+         of events held unread; {owed} resource file(s) owed (docs/deskd.md, \"deskd flush\")",
         held as f64 / 1_048_576.0
     ))
 }
