@@ -438,3 +438,87 @@ fn the_watcher_keeps_its_read_connection_until_it_is_stopped() {
         "no read connection past the stop: the desktop is closed next"
     );
 }
+
+/// Hostile review of stop 40: a folder held by [`disk::apply`] across items, then renamed away
+/// by its owner while the batch's later items run. Its work list: a stamp in `share/a` whose
+/// object was replaced (it holds `share/a` and nothing below), padding, then an unstamp of
+/// `share/a/y`. Meanwhile the owner of `share` (a drop folder) renames `a` away and another
+/// user's folder `c` to `a`: the unstamp checks `y` in the held (old) folder, where it is gone,
+/// but resolves `.rsrc/y` from the root, in the other user's folder, and removes it.
+fn held_folder_race(swap: impl Fn(&Vol) + Send + Sync + 'static) -> (Vol, disk::Done) {
+    use std::os::unix::fs::MetadataExt;
+    let v = Vol::new();
+    for d in ["share", "share/a", "share/c", "share/c/.rsrc", "share/pad"] {
+        fs::create_dir(v.p(d)).unwrap();
+    }
+    fs::write(v.p("share/a/z"), b"z").unwrap();
+    fs::write(v.p("share/a/w"), b"w").unwrap();
+    fs::write(v.p("share/c/y"), b"victim's file").unwrap();
+    let victim_rsrc = v.p("share/c/.rsrc/y");
+    rsrc::write_header(
+        &victim_rsrc,
+        &rsrc::ResourceHeader::new(77, *b"TEXT", *b"ttxt", 0),
+    )
+    .unwrap();
+    let names = |p: &str| -> Vec<Vec<u8>> { p.split('/').map(|n| n.as_bytes().to_vec()).collect() };
+    let stamp = |p: &str, dev: u64, ino: u64| crate::apply::watched::DiskWork::Stamp {
+        path: names(p),
+        id: 1000,
+        dev,
+        ino,
+        kind: deskd_db::Kind::File,
+        type_code: *b"TEXT",
+        creator: *b"ttxt",
+        ctime: 0,
+    };
+    let w = fs::metadata(v.p("share/a/w")).unwrap();
+    let mut work = vec![stamp("share/a/z", 0, 0)]; // replaced: MovedOn, `share/a` held
+    for i in 0..200_000 {
+        work.push(crate::apply::watched::DiskWork::Unstamp {
+            path: names(&format!("share/pad/q{i}")),
+        });
+    }
+    work.push(crate::apply::watched::DiskWork::Unstamp {
+        path: names("share/a/y"),
+    });
+    work.push(stamp("share/a/w", w.dev(), w.ino()));
+    let v = Arc::new(v);
+    let swapper = {
+        let v = Arc::clone(&v);
+        let swap = Arc::new(swap);
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            swap(&v);
+        })
+    };
+    let done = disk::apply(&v.handle.volume, &work);
+    swapper.join().unwrap();
+    (Arc::into_inner(v).unwrap(), done)
+}
+
+#[test]
+fn hostile40_a_held_folder_swapped_mid_batch_unstamps_another_folders_resource_file() {
+    let (v, _done) = held_folder_race(|v| {
+        fs::rename(v.p("share/a"), v.p("share/b")).unwrap();
+        fs::rename(v.p("share/c"), v.p("share/a")).unwrap();
+    });
+    // The victim's folder is now `share/a`; its `y` never left.
+    assert!(v.p("share/a/y").exists());
+    assert!(
+        v.p("share/a/.rsrc/y").exists(),
+        "the server removed the resource file of another user's file that is still there"
+    );
+}
+
+#[test]
+fn hostile40_a_held_folder_moved_out_of_the_volume_mid_batch_gets_no_write() {
+    let (v, _done) = held_folder_race(|v| {
+        fs::rename(v.p("share/a"), v._dir.path().join("moved-out")).unwrap();
+    });
+    let out = v._dir.path().join("moved-out");
+    assert!(out.join("w").exists());
+    assert!(
+        !out.join(".rsrc").exists(),
+        "the server wrote a resource file outside the volume"
+    );
+}
