@@ -66,12 +66,16 @@ const PINS_HELD: usize = 64;
 /// for the rest of its work: a batch's renames are mostly in a few folders, and opening every
 /// folder on the way again for each name was most of the watcher's own CPU at 1,000 renames a
 /// second (docs/PERFORMANCE.md, "Live tracking (issue 23)"). A folder held is the folder it was
-/// when opened, wherever it is moved meanwhile, as with a pin taken for each name; the stamps
-/// still check the object's inode.
+/// when opened, wherever it is moved meanwhile, as with a pin taken for each name; so at the
+/// first use in each item it is checked to be at its path still (one `readlink` of its
+/// descriptor), else let go and pinned anew: the batch's later items must not act in a folder
+/// its owner renamed away (out of the volume, or another user's folder renamed in its place:
+/// the hostile review of stop 40). The stamps still check the object's inode.
 struct Pins<'r> {
     root: &'r Path,
-    /// Folder (relative to the root) → its pin, and its `/proc/self/fd/N` path.
-    held: HashMap<PathBuf, (Pinned, PathBuf)>,
+    /// Folder (relative to the root) → its pin, its `/proc/self/fd/N` path, and whether it
+    /// was seen at its path during this item.
+    held: HashMap<PathBuf, (Pinned, PathBuf, bool)>,
     /// `.rsrc` folders (relative to the root) known to be there, a folder and not a link,
     /// with their owner set, since this `apply` began.
     rsrc_ready: HashSet<PathBuf>,
@@ -92,8 +96,15 @@ impl<'r> Pins<'r> {
             // Not a plain path below the root: `pin` says why.
             return pin(self.root, path, keep).map(|p| p.path);
         };
-        if let Some((_, at)) = self.held.get(&dir) {
-            return Ok(rest.iter().fold(at.clone(), |p, n| p.join(n)));
+        if let Some((_, at, checked)) = self.held.get_mut(&dir) {
+            // Still at its path (one readlink of the descriptor, not a walk from the root):
+            // a folder its owner renamed away since is let go and its path pinned anew.
+            if *checked || std::fs::read_link(&*at).is_ok_and(|now| now == self.root.join(&dir)) {
+                *checked = true;
+                return Ok(rest.iter().fold(at.clone(), |p, n| p.join(n)));
+            }
+            self.held.remove(&dir);
+            self.rsrc_ready.clear();
         }
         let pinned = pin(self.root, path, keep)?;
         let mut at = pinned.path.clone();
@@ -101,7 +112,7 @@ impl<'r> Pins<'r> {
             at.pop();
         }
         let full = pinned.path.clone();
-        self.held.insert(dir, (pinned, at));
+        self.held.insert(dir, (pinned, at, true));
         Ok(full)
     }
 
@@ -145,6 +156,9 @@ impl<'r> Pins<'r> {
     fn between_items(&mut self) {
         if self.held.len() >= PINS_HELD {
             self.held.clear();
+        }
+        for (_, _, checked) in self.held.values_mut() {
+            *checked = false;
         }
         if self.rsrc_ready.len() >= PINS_HELD {
             self.rsrc_ready.clear();

@@ -473,7 +473,7 @@ fn held_folder_race(swap: impl Fn(&Vol) + Send + Sync + 'static) -> (Vol, disk::
     };
     let w = fs::metadata(v.p("share/a/w")).unwrap();
     let mut work = vec![stamp("share/a/z", 0, 0)]; // replaced: MovedOn, `share/a` held
-    for i in 0..200_000 {
+    for i in 0..100_000 {
         work.push(crate::apply::watched::DiskWork::Unstamp {
             path: names(&format!("share/pad/q{i}")),
         });
