@@ -1058,10 +1058,9 @@ impl Connection {
                     .into_iter()
                     .map(|n| {
                         // Why (a database's name, a path below the root) only to who may
-                        // administer the volume: root, a trusted peer, the root's owner.
-                        let owner = std::fs::metadata(&n.root)
-                            .ok()
-                            .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+                        // administer the volume: root, a trusted peer, the root's owner
+                        // when it was refused.
+                        let owner = n.owner;
                         let admin = self.access.is_trusted()
                             || match self.peer {
                                 Peer::Unix { uid: Some(0) } => true,

@@ -109,6 +109,11 @@ pub(crate) struct NotServed {
     pub why: String,
     /// Unix time it was refused.
     pub since: i64,
+    /// The uid owning the root when it was refused, if it was a real directory then (not a
+    /// link): who may see `why` besides root. Taken then, not at each request, so that
+    /// nobody makes themselves the owner by creating the missing path afterwards (hostile
+    /// review of stop 40), and a request never waits on a hung file system.
+    pub owner: Option<u32>,
 }
 
 impl Shared {
@@ -162,10 +167,15 @@ impl Shared {
     pub(crate) fn refuse(&self, root: &Path, why: String) {
         let mut list = self.not_served.lock().unwrap();
         list.retain(|n| n.root != root);
+        let owner = std::fs::symlink_metadata(root)
+            .ok()
+            .filter(|m| m.is_dir())
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
         list.push(NotServed {
             root: root.to_path_buf(),
             why,
             since: deskd_db::now_unix(),
+            owner,
         });
     }
 
