@@ -1175,3 +1175,46 @@ fn a_folder_moved_in_brings_its_entries_type_and_creator_from_their_resource_fil
     );
     env.rebuild_scan_silent("vol");
 }
+
+/// A flush is a barrier only once the rescan the volume owes has run. Right after a start
+/// whose rescan (of changes made while deskd was down) still runs, a flush waits for it and,
+/// past that wait, is refused as busy: it never says the changes are applied while they may
+/// not be in the desktop (the newcomer review of stop 40: after events dropped past
+/// `watch_held_mib`, a flush said so with 178,000 files not registered yet).
+#[test]
+fn a_flush_is_refused_while_the_rescan_it_must_wait_for_still_runs() {
+    let mut env = watched("");
+    dt_mkdir(&env, &["docs"]);
+    dt_touch(&env, &["docs/a"]);
+    let id = dt_id(&env, "docs/a");
+    env.term();
+    sh(&env, "mv vol/docs/a vol/docs/b");
+    let release = env.path("release-rescan");
+    env.server_env.push((
+        "DESKD_TEST_REBUILD_HOLD_WALK_UNTIL".into(),
+        release.display().to_string(),
+    ));
+    env.server_env.push((
+        "DESKD_TEST_BARRIER_WAITS_FOR_RESCAN_MS".into(),
+        "200".into(),
+    ));
+    let config = std::fs::read_to_string(env.path("deskd.toml")).unwrap();
+    env.serve_watched(&["vol"], &config);
+    let vol = root(&env).display().to_string();
+    env.wait_for_log(&format!("watch rescan of {vol} started"), 1);
+    let refused = env.deskd(&["flush", "--volume", &vol]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("still runs") && said.contains("changes made while it was not watching"),
+        "{said}"
+    );
+    // The same for a freeze (a backup's consistent copy), which leaves nothing frozen.
+    let refused = env.deskd(&["freeze", "--volume", &vol, "30"]);
+    assert!(!refused.status.success());
+    assert!(env.status_json()["frozen_until"].is_null());
+    std::fs::write(&release, b"").unwrap();
+    env.wait_for_rescans("vol", 1);
+    env.watch_barrier("vol");
+    assert_eq!(desktop_below(&env, "docs").get("docs/b"), Some(&id));
+}

@@ -430,6 +430,15 @@ impl ConfigFile {
             if freeze_max == 0 {
                 return Err(ServerError::FreezeMaxZero { root });
             }
+            // Out of range is said, not cut silently (the newcomer review of stop 40 set 0
+            // and 5000 and was not told).
+            if let Some(mib) = prefs
+                .watch_held_mib
+                .or(d.watch_held_mib)
+                .filter(|mib| !(1..=4096).contains(mib))
+            {
+                return Err(ServerError::WatchHeldMib { root, mib });
+            }
             let location = prefs
                 .desktop_location
                 .clone()
@@ -464,9 +473,7 @@ impl ConfigFile {
                 watch_held_max: prefs
                     .watch_held_mib
                     .or(d.watch_held_mib)
-                    .map_or(deskd_watch::DEFAULT_HELD_BYTES_MAX, |mib| {
-                        mib.clamp(1, 4096) << 20
-                    }),
+                    .map_or(deskd_watch::DEFAULT_HELD_BYTES_MAX, |mib| mib << 20),
                 watch_budget: pick(prefs.watch_budget, d.watch_budget, DEFAULT_WATCH_BUDGET),
                 watch_budget_window: std::time::Duration::from_secs(
                     pick(
@@ -608,6 +615,25 @@ mod tests {
         let cfg = file.resolve("/s.sock".into(), &[again]).unwrap();
         assert_eq!(cfg.volumes.len(), 1);
         assert!(cfg.volumes[0].read_only);
+    }
+
+    #[test]
+    fn watch_held_mib_out_of_range_is_refused_and_in_range_taken_as_is() {
+        for (mib, ok) in [(0, false), (1, true), (4096, true), (5000, false)] {
+            let file: ConfigFile =
+                toml::from_str(&format!("[defaults]\nwatch_held_mib = {mib}\n")).unwrap();
+            let got = file.resolve("/s.sock".into(), &[PathBuf::from("/srv/b")]);
+            match got {
+                Ok(cfg) => {
+                    assert!(ok, "{mib} taken");
+                    assert_eq!(cfg.volumes[0].watch_held_max, mib << 20);
+                }
+                Err(e) => {
+                    assert!(!ok, "{mib}: {e}");
+                    assert!(e.to_string().contains("give 1 to 4096"), "{e}");
+                }
+            }
+        }
     }
 
     /// The resolved volume served at `root`.

@@ -1017,10 +1017,12 @@ impl Connection {
             // before the flush (and the freeze, which flushes).
             Request::Flush { vol } => {
                 let shared = self.shared.clone();
-                self.control(vol, "flush", |handle, tx| {
-                    crate::watch::barrier(&shared.watchers, &shared.rebuilds, handle);
-                    Job::Flush(tx)
-                })
+                self.control(
+                    vol,
+                    "flush",
+                    |handle| barrier(&shared, handle),
+                    |_, tx| Job::Flush(tx),
+                )
             }
             Request::Freeze { vol, seconds } => {
                 self.refuse_snapshot_to_an_older_client(vol)?;
@@ -1029,10 +1031,12 @@ impl Connection {
                     None => "freeze (freeze_default)".to_owned(),
                 };
                 let shared = self.shared.clone();
-                self.control(vol, &verb, |handle, tx| {
-                    crate::watch::barrier(&shared.watchers, &shared.rebuilds, handle);
-                    Job::Freeze(seconds, tx)
-                })
+                self.control(
+                    vol,
+                    &verb,
+                    |handle| barrier(&shared, handle),
+                    |_, tx| Job::Freeze(seconds, tx),
+                )
             }
             Request::Watch { vol } => {
                 let mut out = Vec::new();
@@ -1085,7 +1089,7 @@ impl Connection {
                     .collect();
                 Ok(Response::NotServed(out))
             }
-            Request::Thaw { vol } => self.control(vol, "thaw", |_, tx| Job::Thaw(tx)),
+            Request::Thaw { vol } => self.control(vol, "thaw", |_| Ok(()), |_, tx| Job::Thaw(tx)),
             Request::RebuildStart {
                 vol,
                 mode,
@@ -1218,14 +1222,20 @@ impl Connection {
         &mut self,
         vol: Option<u32>,
         verb: &str,
+        prepare: impl Fn(&Arc<VolumeHandle>) -> Result<(), ErrorReply>,
         make: impl Fn(&Arc<VolumeHandle>, crossbeam_channel::Sender<Reply>) -> Job,
     ) -> Reply {
         let targets = self.targets(vol)?;
-        for handle in &targets {
-            self.require_admin(handle)?;
-        }
+        // Every volume is tried, whatever another refused (a frozen one, one the asker does
+        // not own): a flush must not leave the volumes after a frozen one unflushed, nor a
+        // thaw the owner's own volume frozen. The refusals are all said, each led by its root.
         let mut last = Ok(Response::Done);
+        let mut refused: Vec<ErrorReply> = Vec::new();
         for handle in &targets {
+            if let Err(e) = self.require_admin(handle).and_then(|()| prepare(handle)) {
+                refused.push(e);
+                continue;
+            }
             let reply = handle.ask(|tx| make(handle, tx)).ok_or_else(|| {
                 ErrorReply::new(ErrorCode::ShuttingDown, "deskd is shutting down")
             })?;
@@ -1253,12 +1263,35 @@ impl Connection {
                     } else {
                         format!("{root}{}", e.message)
                     };
-                    return Err(ErrorReply::new(e.code, message));
+                    refused.push(ErrorReply::new(e.code, message));
                 }
             }
         }
-        last
+        match refused.len() {
+            0 => last,
+            1 => Err(refused.remove(0)),
+            // The first refusal's code; every volume's message, one a line.
+            _ => Err(ErrorReply::new(
+                refused[0].code,
+                refused
+                    .iter()
+                    .map(|e| e.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )),
+        }
     }
+}
+
+/// Before a flush or a freeze of `handle`: the watcher's changes applied (its barrier), and
+/// no rescan still owed that changes made before it may be waiting for.
+fn barrier(shared: &Shared, handle: &Arc<VolumeHandle>) -> Result<(), ErrorReply> {
+    crate::watch::barrier(&shared.watchers, &shared.rebuilds, handle);
+    crate::watch::rescan_outstanding(
+        &shared.watchers,
+        handle,
+        crate::watch::barrier_waits_for_rescan(),
+    )
 }
 
 fn volume_info(h: &VolumeHandle) -> VolumeInfo {

@@ -26,6 +26,13 @@ pub enum ServerError {
     /// A volume's `freeze_max` is 0.
     #[error("configuration: {}: freeze_max must be at least 1 second", root.display())]
     FreezeMaxZero { root: PathBuf },
+    /// A volume's `watch_held_mib` is outside 1–4096.
+    #[error(
+        "configuration: {}: watch_held_mib = {mib}: give 1 to 4096 (MiB of events the watcher \
+         may hold unread)",
+        root.display()
+    )]
+    WatchHeldMib { root: PathBuf, mib: u64 },
     /// A volume's `backend` names both a password file and a password variable.
     #[error(
         "configuration: {}: backend_password_file and backend_password_env: give one",

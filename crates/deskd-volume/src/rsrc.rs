@@ -373,13 +373,14 @@ fn open_header(path: &Path) -> Result<Option<(File, ResourceHeader)>, VolumeErro
         Existing::Link => {
             return Err(VolumeError::BadResourceFile(format!(
                 "{}: a symbolic link, not followed",
-                path.display()
+                crate::pin::shown_path(path).display()
             )))
         }
     };
     let header = read_header_from(&mut file, path).map_err(|e| match e {
         VolumeError::BadResourceFile(m) => {
-            VolumeError::BadResourceFile(format!("{}: {m}", path.display()))
+            // A pinned path is named by its folder's real path, never the descriptor's.
+            VolumeError::BadResourceFile(format!("{}: {m}", crate::pin::shown_path(path).display()))
         }
         other => other,
     })?;

@@ -1549,6 +1549,14 @@ fn migrate(
     match result {
         Ok(summary) => {
             println!("{}", summary.line(!to_sqlite));
+            if to_sqlite {
+                // A server still configured with `backend` would serve the database's copy
+                // again (older from now on) and mark the root again (newcomer review, stop 40).
+                eprintln!(
+                    "deskd migrate: take `backend` out of every deskd serve's configuration of \
+                     this volume before starting them: the desktop is its SQLite file now"
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => refuse(&e.to_string()),

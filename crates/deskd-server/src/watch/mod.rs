@@ -373,6 +373,62 @@ pub(crate) fn wait_for_rescan(registry: &Registry, handle: &VolumeHandle, limit:
     rescan::wait(&running, limit);
 }
 
+/// After a barrier (a flush, a freeze): a rescan of the volume running or asked for (events
+/// were dropped, at an overflow or past `watch_held_mib`, or the start-up rescan of changes
+/// made while deskd was down) means that changes made before the barrier may not be in the
+/// desktop yet. Wait for it, at most `limit`; the refusal to give when it still runs then (the
+/// newcomer review of stop 40: a flush said "applied" with 178,000 files not yet registered).
+pub(crate) fn rescan_outstanding(
+    registry: &Registry,
+    handle: &VolumeHandle,
+    limit: Duration,
+) -> Result<(), deskd_proto::ErrorReply> {
+    let Some(running) = registry.of(handle) else {
+        return Ok(());
+    };
+    rescan::wait(&running, limit);
+    if !rescan::is_running(&running) {
+        return Ok(());
+    }
+    let reason = running
+        .figures
+        .lock()
+        .unwrap()
+        .rescan
+        .as_ref()
+        .map_or_else(|| "rescan".to_owned(), |r| r.reason.clone());
+    let why = match reason.as_str() {
+        "start" => "the rescan at the watcher's start (changes made while it was not watching)",
+        _ => "the rescan after events were dropped (an overflow, or past watch_held_mib)",
+    };
+    Err(deskd_proto::ErrorReply::new(
+        deskd_proto::ErrorCode::Busy,
+        format!(
+            "{}: {why} still runs after {:.1} s, so changes made before this request may not \
+             be in the desktop yet; `deskd status` shows the rescan: try again once it has \
+             finished",
+            handle.volume.root().display(),
+            limit.as_secs_f64()
+        ),
+    ))
+}
+
+/// How long a flush or a freeze waits for a running rescan ([`rescan_outstanding`]): within
+/// the client's 60 s with room for the flush itself.
+const BARRIER_WAITS_FOR_RESCAN: Duration = Duration::from_secs(30);
+
+/// [`BARRIER_WAITS_FOR_RESCAN`], or the test hook's `DESKD_TEST_BARRIER_WAITS_FOR_RESCAN_MS`.
+pub(crate) fn barrier_waits_for_rescan() -> Duration {
+    #[cfg(feature = "test-hooks")]
+    if let Some(ms) = std::env::var("DESKD_TEST_BARRIER_WAITS_FOR_RESCAN_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    BARRIER_WAITS_FOR_RESCAN
+}
+
 /// Most reads a barrier makes (each up to 65,536 changes): a million events, whatever the
 /// watcher's pump holds at its bound with short names (`deskd_watch`'s `HELD_BYTES_MAX`) and
 /// more than the writer leaves behind at a million files created (docs/PERFORMANCE.md).

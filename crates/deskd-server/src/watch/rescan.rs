@@ -47,6 +47,11 @@ pub(crate) fn wait(running: &Running, limit: Duration) {
     );
 }
 
+/// Whether a rescan runs, or waits to start after the running one.
+pub(crate) fn is_running(running: &Running) -> bool {
+    running.rescans.lock().unwrap().running
+}
+
 /// No rescan runs any more: tell [`wait`].
 fn ended(running: &Running, state: &mut RescanState) {
     state.running = false;
