@@ -987,3 +987,60 @@ fn a_rebuilding_volume_is_reopened_only_after_its_rebuild() {
         .contains(&format!("{root}: reopened, read-only")));
     assert!(c.open_volume(&env.path("vol")).unwrap().read_only);
 }
+
+/// `deskd flush` and `deskd thaw` without `--volume` try every volume, whatever another
+/// refused: a frozen first volume no longer leaves the second unflushed, and the owner of one
+/// volume thaws it though another is not theirs (the newcomer review of stop 40).
+#[test]
+fn flush_and_thaw_of_every_volume_go_past_a_volume_that_refuses() {
+    let mut env = Env::new(&["v1", "v2"]);
+    // v2 is nobody's (the owner is read when the volume is opened).
+    std::os::unix::fs::chown(env.path("v2"), Some(65534), Some(65534)).ok();
+    env.serve(&["v1", "v2"]);
+    env.dt_ok(&[b"touch", b"v1/a"]);
+    env.dt_ok(&[b"touch", b"v2/b"]);
+    let v1 = env.path("v1").display().to_string();
+    let v2 = env.path("v2").display().to_string();
+    env.deskd_ok(&["freeze", "--volume", &v1, "60"]);
+    let wal = |root: &str| -> u64 {
+        let out = env.deskd_ok(&["status", "--json"]);
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["path"].as_str() == Some(root))
+            .unwrap()["wal_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(wal(&v2) > 0);
+    let out = env.deskd(&["flush"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("{v1}: ")) && said.contains("frozen"),
+        "{said}"
+    );
+    assert_eq!(wal(&v2), 0, "v2 flushed though v1 refused: {said}");
+    env.deskd_ok(&["thaw", "--volume", &v1]);
+
+    // The owner of v2 alone: `thaw` thaws v2 and says v1 is not theirs.
+    env.deskd_ok(&["freeze", "60"]);
+    match env.as_nobody(DESKD, &[b"thaw"]) {
+        Some(out) => {
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{said}");
+            assert!(said.contains(&format!("{v1}: ")), "{said}");
+            let frozen = |root: &str| {
+                let out = env.deskd_ok(&["status", "--json"]);
+                !out.lines()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                    .find(|v| v["path"].as_str() == Some(root))
+                    .unwrap()["frozen_until"]
+                    .is_null()
+            };
+            assert!(!frozen(&v2), "nobody thawed its own v2: {said}");
+            assert!(frozen(&v1), "v1 is not nobody's: {said}");
+        }
+        None => skip("needs root to act as another user"),
+    }
+    env.deskd_ok(&["thaw"]);
+}
