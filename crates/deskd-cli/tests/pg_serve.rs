@@ -601,3 +601,176 @@ fn a_wrong_password_target_or_setting_is_refused_clearly_and_nothing_is_made() {
     assert_eq!(schema.get::<_, i64>(0), 0);
     assert!(!root.join(".Desktop").exists());
 }
+
+/// Find through `env`'s client: `(path, type, creator)` of each hit of `pattern` (substring).
+fn find_infos(env: &Env, root: &Path, pattern: &str) -> Vec<(String, [u8; 4], [u8; 4])> {
+    let mut c = env.client();
+    let vol = c.open_volume(root).unwrap().vol;
+    let mut found: Vec<_> = c
+        .objects(Request::Find {
+            vol,
+            pattern: pattern.into(),
+            mode: deskd_client::FindMode::Substring,
+            limit: 100,
+            after_id: 0,
+        })
+        .unwrap()
+        .into_iter()
+        .map(|o| {
+            // The client's paths are the volume's own; `deskd find` prints them whole.
+            let path = String::from_utf8(o.path.unwrap()).unwrap();
+            (format!("{}/{path}", root.display()), o.type_code, o.creator)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Poll `what` on a server until it is `want`, for at most the documented lag with room for
+/// a loaded machine (a second's poll, a query: 5 s).
+fn within_lag<T: PartialEq + std::fmt::Debug>(what: impl Fn() -> T, want: T, whose: &str) {
+    let began = std::time::Instant::now();
+    loop {
+        let got = what();
+        if got == want {
+            eprintln!("{whose}: seen after {:?}", began.elapsed());
+            return;
+        }
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(5),
+            "{whose} after {:?}: {got:?}, not {want:?}",
+            began.elapsed()
+        );
+    }
+}
+
+#[test]
+fn find_on_postgresql_reads_from_its_cache_and_follows_both_servers() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let defaults = backend_lines(&url, &pw);
+    // Each read find's cache sends to the database is logged (at debug): counted below.
+    const LOG: (&str, &str) = ("DESKD_LOG", "info,deskd_server::find_cache=debug");
+    let mut a = Env::new(&["vol"]);
+    a.server_env.push((LOG.0.into(), LOG.1.into()));
+    let root = std::fs::canonicalize(a.path("vol")).unwrap();
+    a.serve_with_defaults("vol", &defaults);
+    let b = second_server(&root, &defaults, &[LOG]);
+    a.wait_for_log("name index ready", 1);
+    b.wait_for_log("name index ready", 1);
+    let r = root.display().to_string();
+    let p = |rel: &str| format!("{r}/{rel}");
+    a.dt_ok(&[b"mkdir", b"vol/docs"]);
+    a.dt_ok(&[b"touch", b"vol/docs/report one.txt"]);
+    a.dt_ok(&[b"touch", b"vol/docs/report two.txt"]);
+    a.dt_ok(&[b"touch", b"vol/docs/other.txt"]);
+    let both = vec![p("docs/report one.txt"), p("docs/report two.txt")];
+    // B has followed all of A's writes (a later catch-up would change its cache).
+    within_lag(
+        || lines(&b.deskd_ok(&["find", ".txt"])).len(),
+        3,
+        "B's find of A's new files",
+    );
+    assert_eq!(lines(&b.deskd_ok(&["find", "report"])), both);
+
+    // A second identical find (and one of a subset) reads neither rows nor paths.
+    let reads = |env: &Env| {
+        let log = env.log_text();
+        (
+            log.matches("find cache: rows read from the database").count(),
+            log.matches("find cache: paths read from the database").count(),
+        )
+    };
+    let before = reads(&b);
+    assert!(before.0 > 0 && before.1 > 0, "{before:?}");
+    assert_eq!(lines(&b.deskd_ok(&["find", "report"])), both);
+    assert_eq!(
+        lines(&b.deskd_ok(&["find", "report two"])),
+        vec![p("docs/report two.txt")]
+    );
+    assert_eq!(reads(&b), before, "a repeated find went to the database");
+    // Through the client too (type and creator from the cache).
+    let infos = find_infos(&b, &root, "report");
+    assert_eq!(infos.len(), 2);
+    assert_eq!(reads(&b), before, "a repeated find went to the database");
+
+    // A's own rename, SetInfo and folder rename: A's find shows each at once (its cache
+    // warmed first).
+    assert_eq!(lines(&a.deskd_ok(&["find", "report"])), both);
+    let _ = find_infos(&a, &root, "report");
+    a.dt_ok(&[b"mv", b"vol/docs/report one.txt", b"vol/docs/summary one.txt"]);
+    assert_eq!(
+        lines(&a.deskd_ok(&["find", "report"])),
+        vec![p("docs/report two.txt")]
+    );
+    assert_eq!(
+        lines(&a.deskd_ok(&["find", "summary"])),
+        vec![p("docs/summary one.txt")]
+    );
+    let id = a.id_of(&root.join("docs/report two.txt"));
+    {
+        let mut c = a.client();
+        let vol = c.open_volume(&root).unwrap().vol;
+        c.call(Request::SetInfo {
+            vol,
+            id,
+            type_code: Some(*b"TEXT"),
+            creator: Some(*b"ttxt"),
+            flags: None,
+        })
+        .unwrap();
+    }
+    let after_set = vec![(p("docs/report two.txt"), *b"TEXT", *b"ttxt")];
+    assert_eq!(find_infos(&a, &root, "report two"), after_set);
+    a.dt_ok(&[b"mv", b"vol/docs", b"vol/papers"]);
+    let moved = vec![p("papers/report two.txt"), p("papers/summary one.txt")];
+    assert_eq!(lines(&a.deskd_ok(&["find", ".txt"])).len(), 3);
+    assert_eq!(
+        lines(&a.deskd_ok(&["find", "o.txt"])),
+        vec![p("papers/report two.txt")]
+    );
+    assert_eq!(
+        lines(&a.deskd_ok(&["find", "one"])),
+        vec![p("papers/summary one.txt")]
+    );
+
+    // B, whose cache held the old rows and paths, follows within the lag.
+    within_lag(
+        || lines(&b.deskd_ok(&["find", "t"])),
+        {
+            let mut all = moved.clone();
+            all.push(p("papers/other.txt"));
+            all.sort();
+            all
+        },
+        "B's find after A's renames",
+    );
+    within_lag(
+        || find_infos(&b, &root, "report"),
+        vec![(p("papers/report two.txt"), *b"TEXT", *b"ttxt")],
+        "B's find after A's SetInfo",
+    );
+
+    // Deleted through A: gone from A's find at once, from B's within the lag.
+    a.dt_ok(&[b"rm", b"vol/papers/report two.txt"]);
+    assert!(lines(&a.deskd_ok(&["find", "report"])).is_empty());
+    within_lag(
+        || lines(&b.deskd_ok(&["find", "report"])),
+        Vec::<String>::new(),
+        "B's find after A's delete",
+    );
+    // And B's own delete, gone from B's find at once.
+    assert_eq!(
+        lines(&b.deskd_ok(&["find", "other"])),
+        vec![p("papers/other.txt")]
+    );
+    b.dt_ok(&[b"rm", p("papers/other.txt").as_bytes()]);
+    assert!(lines(&b.deskd_ok(&["find", "other"])).is_empty());
+    for env in [&a, &b] {
+        let log = env.log_text();
+        assert!(!log.contains(" WARN ") && !log.contains(" ERROR "), "{log}");
+    }
+}

@@ -530,6 +530,18 @@ impl NameIndex {
     /// Run `query` against the index and confirm each hit in `db`; falls back to
     /// [`Read::find`] (a table scan) while the index is still loading.
     pub fn find<R: Read + ?Sized>(&self, db: &R, query: &FindQuery) -> Result<Vec<Object>> {
+        self.find_with(db, query, |ids| db.get_many(ids))
+    }
+
+    /// [`NameIndex::find`], each window of hits confirmed by `get_many` (a cache in front of
+    /// `db`'s, say) instead of [`Read::get_many`]; it answers as that does (the rows found,
+    /// in ID order).
+    pub fn find_with<R: Read + ?Sized>(
+        &self,
+        db: &R,
+        query: &FindQuery,
+        mut get_many: impl FnMut(&[u32]) -> Result<Vec<Object>>,
+    ) -> Result<Vec<Object>> {
         let folded = crate::names::fold_pattern(&query.pattern);
         let mut candidates = {
             let state = self.state.read().unwrap();
@@ -559,7 +571,7 @@ impl NameIndex {
             let take = window.min(rest.len());
             // Confirmed in the caller's own view, by the same GLOB rule as the scan; one
             // `get_many` a window (one round trip on PostgreSQL).
-            for object in db.get_many(&rest[..take])? {
+            for object in get_many(&rest[..take])? {
                 if out.len() == limit {
                     break;
                 }

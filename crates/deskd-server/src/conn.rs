@@ -19,7 +19,7 @@ use deskd_proto::{
 use tracing::{debug, warn};
 
 use crate::access::{self, Access, Credentials};
-use crate::apply::{apply_read, Reply};
+use crate::apply::{apply_read_cached, Reply};
 use crate::audit;
 use crate::clients::Client;
 use crate::db_reply::db_error;
@@ -1152,16 +1152,24 @@ impl Connection {
             other => {
                 let handle = self.shared.volume(other.volume().unwrap_or(u32::MAX))?;
                 let access = self.access.clone();
+                let find_cache = handle.pg.as_ref().map(|pg| pg.find_cache());
                 let reply = self.reader(&handle).and_then(|reader| {
                     with_reader!(reader, db =>
-                        apply_read(db, &handle.volume, &handle.names, &other, &access))
+                        apply_read_cached(db, &handle.volume, &handle.names, find_cache, &other, &access))
                 });
                 match reply {
                     // A PostgreSQL read that failed for want of the database: once more on a
                     // new connection (the database may be back, only this one gone).
                     Err(e) if handle.pg.is_some() && e.code == ErrorCode::Busy => {
                         let again = self.pg_reader_again(&handle).and_then(|db| {
-                            apply_read(db, &handle.volume, &handle.names, &other, &access)
+                            apply_read_cached(
+                                db,
+                                &handle.volume,
+                                &handle.names,
+                                find_cache,
+                                &other,
+                                &access,
+                            )
                         });
                         if again.as_ref().is_err_and(|e| e.code == ErrorCode::Busy) {
                             self.forget_pg_reader(&handle);

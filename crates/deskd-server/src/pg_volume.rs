@@ -80,6 +80,8 @@ pub(crate) struct PgVolume {
     /// The newest batch (`change_seq`) whose changes are in `names`.
     seen: Mutex<u64>,
     names: Arc<NameIndex>,
+    /// The rows and folder paths `find` read, kept in step with the change log as `names` is.
+    find_cache: crate::find_cache::FindCache,
     /// Set when the opening is closed: the follower ends.
     closed: AtomicBool,
     /// Read connections not lent to a client connection now.
@@ -157,6 +159,7 @@ impl PgVolume {
             vid: OnceLock::new(),
             seen: Mutex::new(0),
             names,
+            find_cache: crate::find_cache::FindCache::default(),
             closed: AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
             frozen: Mutex::new(None),
@@ -187,6 +190,11 @@ impl PgVolume {
     /// The volume's name index.
     pub(crate) fn names(&self) -> Arc<NameIndex> {
         self.names.clone()
+    }
+
+    /// The volume's cache for `find`.
+    pub(crate) fn find_cache(&self) -> &crate::find_cache::FindCache {
+        &self.find_cache
     }
 
     /// Whether an opening has reached the database (readers may connect).
@@ -293,6 +301,7 @@ impl PgVolume {
             // under the lock, so no other catching up applies older changes over the load.
             let now = db.change_seq()?;
             let began = Instant::now();
+            self.find_cache.clear();
             self.names.load(&*db)?;
             warn!(volume = %self.key.name, behind = now - previous,
                 ms = began.elapsed().as_millis() as u64,
@@ -309,18 +318,20 @@ impl PgVolume {
         let mut ids: Vec<u32> = changes.iter().map(|c| c.id).collect();
         ids.sort_unstable();
         ids.dedup();
-        let found: HashMap<u32, String> = Read::get_many(&*db, &ids)?
+        let found: HashMap<u32, deskd_db::Object> = Read::get_many(&*db, &ids)?
             .into_iter()
-            .map(|o| (o.id, search_key(&o.name)))
+            .map(|o| (o.id, o))
             .collect();
         let updates: Vec<NameChange> = ids
             .iter()
             .map(|id| match found.get(id) {
-                Some(key) => NameChange::Set(*id, key.clone()),
+                Some(o) => NameChange::Set(*id, search_key(&o.name)),
                 None => NameChange::Remove(*id),
             })
             .collect();
         self.names.apply(&updates);
+        // The rows as read now, after the changes: find's cache takes them (or drops them).
+        self.find_cache.changed(&ids, &found);
         *seen = last;
         let (keep, every) = changes_kept();
         if last / every != previous / every && last > keep {

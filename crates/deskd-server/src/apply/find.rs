@@ -15,12 +15,12 @@ use crate::sight;
 
 /// A hit, its folder's path components (empty for the root itself; `None` for the root's
 /// own record) and its whole path, joined.
-type Candidate = (Object, Option<std::rc::Rc<Vec<Vec<u8>>>>, Vec<u8>);
+type Candidate = (Object, Option<std::sync::Arc<Vec<Vec<u8>>>>, Vec<u8>);
 
 /// A folder's path, looked up once per request: its components (for the peer's sight) and
 /// the same joined with `/` (for the answers).
 struct Folder {
-    components: std::rc::Rc<Vec<Vec<u8>>>,
+    components: std::sync::Arc<Vec<Vec<u8>>>,
     joined: Vec<u8>,
 }
 
@@ -56,7 +56,11 @@ pub(super) fn find<R: Read>(
     // a hit's path is its folder's plus its name: one allocation a hit.
     let mut folders: HashMap<u32, Folder> = HashMap::new();
     loop {
-        let hits = r.names.find(r.db, &query).map_err(db_error)?;
+        let hits = match r.find_cache {
+            Some(cache) => r.names.find_with(r.db, &query, |ids| cache.get_many(r.db, ids)),
+            None => r.names.find(r.db, &query),
+        }
+        .map_err(db_error)?;
         let last_page = (hits.len() as u32) < limit;
         // The folders of this page not looked up yet, all in one call (one round trip on
         // PostgreSQL, where a `path_of` a folder was one each: issue 28).
@@ -68,13 +72,20 @@ pub(super) fn find<R: Read>(
         missing.sort_unstable();
         missing.dedup();
         if !missing.is_empty() {
-            let paths = r.db.paths_of(&missing).map_err(db_error)?;
+            let paths: Vec<std::sync::Arc<Vec<Vec<u8>>>> = match r.find_cache {
+                Some(cache) => cache.paths_of(r.db, &missing),
+                None => r
+                    .db
+                    .paths_of(&missing)
+                    .map(|p| p.into_iter().map(std::sync::Arc::new).collect()),
+            }
+            .map_err(db_error)?;
             for (id, components) in missing.into_iter().zip(paths) {
                 let joined = join(&components);
                 folders.insert(
                     id,
                     Folder {
-                        components: std::rc::Rc::new(components),
+                        components,
                         joined,
                     },
                 );
@@ -97,7 +108,7 @@ pub(super) fn find<R: Read>(
                     let components = r.db.path_of(o.parent).map_err(db_error)?;
                     let joined = join(&components);
                     e.insert(Folder {
-                        components: std::rc::Rc::new(components),
+                        components: std::sync::Arc::new(components),
                         joined,
                     })
                 }
@@ -134,9 +145,23 @@ fn shown_to_peer<R: Read>(
         return Ok(vec![true; candidates.len()]);
     }
     let mut holders: HashMap<u32, Option<Object>> = HashMap::new();
+    if let Some(cache) = r.find_cache {
+        // A PostgreSQL volume's: the holders through find's cache, the misses in one read.
+        let mut ids: Vec<u32> = candidates
+            .iter()
+            .filter(|(_, folder, _)| folder.is_some())
+            .map(|(o, _, _)| o.parent)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for o in cache.get_many(r.db, &ids).map_err(db_error)? {
+            holders.insert(o.id, Some(o));
+        }
+    }
     for (o, folder, _) in candidates {
         if folder.is_some() {
             if let Entry::Vacant(e) = holders.entry(o.parent) {
+                // Not found above: the same answer (or error) as without the cache.
                 e.insert(Some(r.db.get(o.parent).map_err(db_error)?));
             }
         }

@@ -74,6 +74,8 @@ struct Reading<'a, R> {
     vol: &'a Volume,
     names: &'a NameIndex,
     access: &'a Access,
+    /// A PostgreSQL volume's rows and folder paths for `find` ([`crate::find_cache`]).
+    find_cache: Option<&'a crate::find_cache::FindCache>,
 }
 
 /// An `Add` of an object registered already, as [`apply_write`] would answer it, from a read
@@ -256,10 +258,23 @@ fn changes_desktop(request: &Request) -> bool {
 
 /// Answer a read request from any connection; what names an object is answered only where
 /// the peer could see that object itself ([`crate::sight`]).
+#[cfg(test)]
 pub fn apply_read<R: Read>(
     db: &R,
     vol: &Volume,
     names: &NameIndex,
+    request: &Request,
+    access: &Access,
+) -> Reply {
+    apply_read_cached(db, vol, names, None, request, access)
+}
+
+/// [`apply_read`], `find` going through a PostgreSQL volume's cache when there is one.
+pub(crate) fn apply_read_cached<R: Read>(
+    db: &R,
+    vol: &Volume,
+    names: &NameIndex,
+    find_cache: Option<&crate::find_cache::FindCache>,
     request: &Request,
     access: &Access,
 ) -> Reply {
@@ -268,6 +283,7 @@ pub fn apply_read<R: Read>(
         vol,
         names,
         access,
+        find_cache,
     };
     match request {
         Request::Lookup { parent, name, .. } => lookup::lookup(r, *parent, name),

@@ -262,6 +262,9 @@ impl PgWriter {
                 // failure here loses nothing (the follower reads the same log).
                 if let Err(e) = self.pg.catch_up(desktop) {
                     warn!(volume = %self.volume.root().display(), "name index not caught up: {e}");
+                    // Find's cache may hold rows this batch changed: dropped before the
+                    // acknowledgement, so a find through this server after it sees the change.
+                    self.pg.find_cache().clear();
                 }
                 self.commits.fetch_add(1, Ordering::SeqCst);
                 acknowledge(self.volume.root(), writes, replies);
@@ -284,6 +287,8 @@ impl PgWriter {
     /// The database was lost: drop the connection, say so in status, try again soon.
     fn lost(&mut self, why: &str) {
         self.desktop = None;
+        // A commit in doubt may have gone through: find's cache does not keep what it changed.
+        self.pg.find_cache().clear();
         let since = deskd_db::now_unix();
         {
             let mut state = self.state.lock().unwrap();
