@@ -680,8 +680,10 @@ fn find_on_postgresql_reads_from_its_cache_and_follows_both_servers() {
     let reads = |env: &Env| {
         let log = env.log_text();
         (
-            log.matches("find cache: rows read from the database").count(),
-            log.matches("find cache: paths read from the database").count(),
+            log.matches("find cache: rows read from the database")
+                .count(),
+            log.matches("find cache: paths read from the database")
+                .count(),
         )
     };
     let before = reads(&b);
@@ -701,7 +703,11 @@ fn find_on_postgresql_reads_from_its_cache_and_follows_both_servers() {
     // warmed first).
     assert_eq!(lines(&a.deskd_ok(&["find", "report"])), both);
     let _ = find_infos(&a, &root, "report");
-    a.dt_ok(&[b"mv", b"vol/docs/report one.txt", b"vol/docs/summary one.txt"]);
+    a.dt_ok(&[
+        b"mv",
+        b"vol/docs/report one.txt",
+        b"vol/docs/summary one.txt",
+    ]);
     assert_eq!(
         lines(&a.deskd_ok(&["find", "report"])),
         vec![p("docs/report two.txt")]

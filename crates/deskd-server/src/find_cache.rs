@@ -22,12 +22,26 @@ use std::sync::{Arc, Mutex};
 use deskd_db::{Kind, Object, Read, Result};
 use tracing::debug;
 
-/// Rows held at most; past it the rows are dropped wholesale (simple, and a find refills what
+/// Rows held at most, and their bytes (names up to 255 bytes: the count alone bounds them to
+/// about 25 MiB); past either the rows are dropped wholesale (simple, and a find refills what
 /// it needs).
 const ROWS_MAX: usize = 65_536;
+const ROWS_BYTES: usize = 16 << 20;
 
-/// Folder paths held at most; likewise.
+/// Folder paths held at most, and their bytes (a path may be 4 KiB: a local user making deep
+/// folders must not grow the server by the count alone); likewise.
 const PATHS_MAX: usize = 16_384;
+const PATHS_BYTES: usize = 8 << 20;
+
+/// What a held row costs, roughly (the map's own overhead counted once in the struct's size).
+fn row_bytes(o: &Object) -> usize {
+    std::mem::size_of::<Object>() + 16 + o.name.len()
+}
+
+/// What a held path costs, roughly.
+fn path_bytes(p: &[Vec<u8>]) -> usize {
+    48 + p.iter().map(|c| 24 + c.len()).sum::<usize>()
+}
 
 /// A folder's path components, as [`Read::paths_of`] gives them.
 pub(crate) type Components = Arc<Vec<Vec<u8>>>;
@@ -37,7 +51,45 @@ struct Held {
     /// Bumped by every change and clear: a fill read before it is refused.
     generation: u64,
     rows: HashMap<u32, Object>,
+    /// [`row_bytes`] of `rows`.
+    rows_bytes: usize,
     paths: HashMap<u32, Components>,
+    /// [`path_bytes`] of `paths`.
+    paths_bytes: usize,
+}
+
+impl Held {
+    fn hold_row(&mut self, o: &Object) {
+        if self.rows.len() >= ROWS_MAX || self.rows_bytes + row_bytes(o) > ROWS_BYTES {
+            self.rows.clear();
+            self.rows_bytes = 0;
+        }
+        self.rows_bytes += row_bytes(o);
+        if let Some(old) = self.rows.insert(o.id, o.clone()) {
+            self.rows_bytes -= row_bytes(&old);
+        }
+    }
+
+    fn drop_row(&mut self, id: u32) -> Option<Object> {
+        let old = self.rows.remove(&id)?;
+        self.rows_bytes -= row_bytes(&old);
+        Some(old)
+    }
+
+    fn hold_path(&mut self, id: u32, p: &Components) {
+        if self.paths.len() >= PATHS_MAX || self.paths_bytes + path_bytes(p) > PATHS_BYTES {
+            self.clear_paths();
+        }
+        self.paths_bytes += path_bytes(p);
+        if let Some(old) = self.paths.insert(id, p.clone()) {
+            self.paths_bytes -= path_bytes(&old);
+        }
+    }
+
+    fn clear_paths(&mut self) {
+        self.paths.clear();
+        self.paths_bytes = 0;
+    }
 }
 
 /// One PostgreSQL volume's cache for `find`.
@@ -75,21 +127,22 @@ impl FindCache {
                 reads = n,
                 "find cache: rows read from the database"
             );
-            {
-                let mut held = self.held.lock().unwrap();
-                if held.generation == generation {
-                    if held.rows.len() + read.len() > ROWS_MAX {
-                        held.rows.clear();
-                    }
-                    for o in &read {
-                        held.rows.insert(o.id, o.clone());
-                    }
-                }
-            }
+            self.fill_rows(generation, &read);
             out.extend(read);
             out.sort_unstable_by_key(|o| o.id);
         }
         Ok(out)
+    }
+
+    /// Hold `rows`, read after `generation` was current; not if a change came since (they
+    /// may be older than it).
+    fn fill_rows(&self, generation: u64, rows: &[Object]) {
+        let mut held = self.held.lock().unwrap();
+        if held.generation == generation {
+            for o in rows {
+                held.hold_row(o);
+            }
+        }
     }
 
     /// The path components of each folder of `ids` (in order), held ones from the cache, the
@@ -113,11 +166,7 @@ impl FindCache {
         };
         if !missing.is_empty() {
             let n = self.path_reads.fetch_add(1, Ordering::Relaxed) + 1;
-            let read: Vec<Components> = db
-                .paths_of(&missing)?
-                .into_iter()
-                .map(Arc::new)
-                .collect();
+            let read: Vec<Components> = db.paths_of(&missing)?.into_iter().map(Arc::new).collect();
             debug!(
                 ids = missing.len(),
                 reads = n,
@@ -125,14 +174,11 @@ impl FindCache {
             );
             let mut held = self.held.lock().unwrap();
             let fill = held.generation == generation;
-            if fill && held.paths.len() + read.len() > PATHS_MAX {
-                held.paths.clear();
-            }
             let mut read = missing.iter().zip(read);
             for slot in out.iter_mut().filter(|p| p.is_none()) {
                 let (id, path) = read.next().expect("one path per folder asked");
                 if fill {
-                    held.paths.insert(*id, path.clone());
+                    held.hold_path(*id, &path);
                 }
                 *slot = Some(path);
             }
@@ -155,18 +201,18 @@ impl FindCache {
         held.generation += 1;
         let mut folders_changed = false;
         for id in ids {
-            let before = held.rows.remove(id);
+            let before = held.drop_row(*id);
             let now = rows.get(id);
             folders_changed |= match (&before, now) {
                 (Some(b), Some(n)) => b.kind == Kind::Dir || n.kind == Kind::Dir,
                 _ => true,
             } || held.paths.contains_key(id);
             if let (Some(_), Some(n)) = (before, now) {
-                held.rows.insert(*id, n.clone());
+                held.hold_row(n);
             }
         }
         if folders_changed {
-            held.paths.clear();
+            held.clear_paths();
         }
     }
 
@@ -176,15 +222,160 @@ impl FindCache {
         let mut held = self.held.lock().unwrap();
         held.generation += 1;
         held.rows.clear();
-        held.paths.clear();
+        held.rows_bytes = 0;
+        held.clear_paths();
     }
 
-    /// Row reads and path reads sent for find's misses since start.
+    /// Row reads and path reads sent for find's misses since start (tests).
     #[cfg(test)]
     pub(crate) fn reads(&self) -> (u64, u64) {
         (
             self.row_reads.load(Ordering::Relaxed),
             self.path_reads.load(Ordering::Relaxed),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deskd_db::{Desktop, Durability, NewObject, ROOT_ID};
+
+    fn new(parent: u32, name: &[u8], kind: Kind) -> NewObject {
+        NewObject {
+            parent,
+            name: name.to_vec(),
+            kind,
+            dev: 1,
+            ino: u64::from(name[0]),
+            type_code: *b"UNIX",
+            creator: *b"UNKN",
+            flags: 0,
+            ctime: 0,
+            hint: None,
+        }
+    }
+
+    fn add(desk: &mut Desktop, o: NewObject) -> u32 {
+        let mut b = desk.batch().unwrap();
+        let (o, _) = b.add(&o).unwrap();
+        b.commit().unwrap();
+        o.id
+    }
+
+    /// What catch-up does after a commit: the changed IDs' rows read again.
+    fn catch_up(cache: &FindCache, desk: &Desktop, ids: &[u32]) {
+        let rows = desk
+            .get_many(ids)
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.id, o))
+            .collect();
+        cache.changed(ids, &rows);
+    }
+
+    #[test]
+    fn repeated_reads_hit_and_changes_replace_or_drop_what_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut desk, _) =
+            Desktop::open(&dir.path().join(".Desktop"), Durability::Normal).unwrap();
+        let folder = add(&mut desk, new(ROOT_ID, b"docs", Kind::Dir));
+        let a = add(&mut desk, new(folder, b"alpha", Kind::File));
+        let b = add(&mut desk, new(folder, b"beta", Kind::File));
+        let cache = FindCache::default();
+
+        let rows = cache.get_many(&desk, &[b, a, 999]).unwrap();
+        assert_eq!(rows.iter().map(|o| o.id).collect::<Vec<_>>(), vec![a, b]);
+        let paths = cache.paths_of(&desk, &[folder]).unwrap();
+        assert_eq!(*paths[0], vec![b"docs".to_vec()]);
+        assert_eq!(cache.reads(), (1, 1));
+        // Again, and a part: no read (999, never found, is asked again: not held as gone).
+        assert_eq!(cache.get_many(&desk, &[a, b]).unwrap(), rows);
+        assert_eq!(cache.paths_of(&desk, &[folder]).unwrap(), paths);
+        assert_eq!(cache.reads(), (1, 1));
+
+        // A file renamed (held as a file): its row replaced, the paths kept.
+        {
+            let mut batch = desk.batch().unwrap();
+            batch.rename(a, folder, b"gamma", false).unwrap();
+            batch.commit().unwrap();
+        }
+        catch_up(&cache, &desk, &[a]);
+        assert_eq!(cache.get_many(&desk, &[a]).unwrap()[0].name, b"gamma");
+        cache.paths_of(&desk, &[folder]).unwrap();
+        assert_eq!(cache.reads(), (1, 1));
+
+        // The folder renamed: its path read again.
+        {
+            let mut batch = desk.batch().unwrap();
+            batch.rename(folder, ROOT_ID, b"papers", false).unwrap();
+            batch.commit().unwrap();
+        }
+        catch_up(&cache, &desk, &[folder]);
+        assert_eq!(
+            *cache.paths_of(&desk, &[folder]).unwrap()[0],
+            vec![b"papers".to_vec()]
+        );
+        assert_eq!(cache.reads(), (1, 2));
+
+        // A file deleted: gone from the cache (read, not found), and the paths dropped (a
+        // changed ID not known to be a file may have been a folder).
+        {
+            let mut batch = desk.batch().unwrap();
+            batch.delete(b, false).unwrap();
+            batch.commit().unwrap();
+        }
+        catch_up(&cache, &desk, &[b]);
+        assert!(cache.get_many(&desk, &[b]).unwrap().is_empty());
+        cache.paths_of(&desk, &[folder]).unwrap();
+        assert_eq!(cache.reads(), (2, 3));
+    }
+
+    #[test]
+    fn a_fill_read_before_a_change_is_not_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut desk, _) =
+            Desktop::open(&dir.path().join(".Desktop"), Durability::Normal).unwrap();
+        let a = add(&mut desk, new(ROOT_ID, b"alpha", Kind::File));
+        let cache = FindCache::default();
+        // A find read `a` (old) under generation 0; a catch-up ran before its fill.
+        let generation = cache.held.lock().unwrap().generation;
+        let old = desk.get_many(&[a]).unwrap();
+        {
+            let mut batch = desk.batch().unwrap();
+            batch.rename(a, ROOT_ID, b"omega", false).unwrap();
+            batch.commit().unwrap();
+        }
+        catch_up(&cache, &desk, &[a]);
+        // The fill as get_many makes it: refused.
+        cache.fill_rows(generation, &old);
+        assert_eq!(cache.get_many(&desk, &[a]).unwrap()[0].name, b"omega");
+    }
+
+    #[test]
+    fn rows_and_paths_are_bounded_in_count_and_bytes() {
+        let mut held = Held::default();
+        let mut o = deskd_db::Object {
+            id: 0,
+            parent: ROOT_ID,
+            name: vec![b'x'; 255],
+            kind: Kind::File,
+            dev: 0,
+            ino: 0,
+            type_code: *b"UNIX",
+            creator: *b"UNKN",
+            flags: 0,
+            ctime: 0,
+        };
+        for id in 0..200_000 {
+            o.id = id;
+            held.hold_row(&o);
+            assert!(held.rows.len() <= ROWS_MAX && held.rows_bytes <= ROWS_BYTES);
+        }
+        let deep: Components = Arc::new(vec![vec![b'y'; 255]; 16]);
+        for id in 0..20_000 {
+            held.hold_path(id, &deep);
+            assert!(held.paths.len() <= PATHS_MAX && held.paths_bytes <= PATHS_BYTES);
+        }
     }
 }

@@ -57,7 +57,9 @@ pub(super) fn find<R: Read>(
     let mut folders: HashMap<u32, Folder> = HashMap::new();
     loop {
         let hits = match r.find_cache {
-            Some(cache) => r.names.find_with(r.db, &query, |ids| cache.get_many(r.db, ids)),
+            Some(cache) => r
+                .names
+                .find_with(r.db, &query, |ids| cache.get_many(r.db, ids)),
             None => r.names.find(r.db, &query),
         }
         .map_err(db_error)?;
@@ -74,21 +76,15 @@ pub(super) fn find<R: Read>(
         if !missing.is_empty() {
             let paths: Vec<std::sync::Arc<Vec<Vec<u8>>>> = match r.find_cache {
                 Some(cache) => cache.paths_of(r.db, &missing),
-                None => r
-                    .db
-                    .paths_of(&missing)
-                    .map(|p| p.into_iter().map(std::sync::Arc::new).collect()),
+                None => {
+                    r.db.paths_of(&missing)
+                        .map(|p| p.into_iter().map(std::sync::Arc::new).collect())
+                }
             }
             .map_err(db_error)?;
             for (id, components) in missing.into_iter().zip(paths) {
                 let joined = join(&components);
-                folders.insert(
-                    id,
-                    Folder {
-                        components,
-                        joined,
-                    },
-                );
+                folders.insert(id, Folder { components, joined });
             }
         }
         let mut candidates: Vec<Candidate> = Vec::with_capacity(hits.len());
