@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use deskd_db::{Kind, Object, Read, Result};
 use tracing::debug;
@@ -43,6 +44,12 @@ fn path_bytes(p: &[Vec<u8>]) -> usize {
     48 + p.iter().map(|c| 24 + c.len()).sum::<usize>()
 }
 
+/// The cache is used only while a catch-up began within this long: a server cut off from the
+/// database's change log (its follower failing, a network partition from a database the other
+/// servers still write to) must not answer from rows it can no longer keep right. Three times the
+/// follower's poll, so a loaded machine does not turn it off.
+pub(crate) const FRESH_FOR: Duration = Duration::from_secs(3);
+
 /// A folder's path components, as [`Read::paths_of`] gives them.
 pub(crate) type Components = Arc<Vec<Vec<u8>>>;
 
@@ -56,9 +63,26 @@ struct Held {
     paths: HashMap<u32, Components>,
     /// [`path_bytes`] of `paths`.
     paths_bytes: usize,
+    /// When the last successful catch-up began (its change log read after it): held rows
+    /// miss no change committed before it.
+    caught_up: Option<Instant>,
 }
 
 impl Held {
+    /// Whether the held rows may be answered: caught up lately. When not, they are dropped.
+    fn usable(&mut self) -> bool {
+        if self.caught_up.is_some_and(|t| t.elapsed() <= FRESH_FOR) {
+            return true;
+        }
+        if !self.rows.is_empty() || !self.paths.is_empty() {
+            self.generation += 1;
+            self.rows.clear();
+            self.rows_bytes = 0;
+            self.clear_paths();
+        }
+        false
+    }
+
     fn hold_row(&mut self, o: &Object) {
         if self.rows.len() >= ROWS_MAX || self.rows_bytes + row_bytes(o) > ROWS_BYTES {
             self.rows.clear();
@@ -107,7 +131,10 @@ impl FindCache {
     /// the others in one read from `db` (then held).
     pub(crate) fn get_many<R: Read + ?Sized>(&self, db: &R, ids: &[u32]) -> Result<Vec<Object>> {
         let (mut out, missing, generation) = {
-            let held = self.held.lock().unwrap();
+            let mut held = self.held.lock().unwrap();
+            if !held.usable() {
+                return db.get_many(ids);
+            }
             let mut out = Vec::with_capacity(ids.len());
             let mut missing = Vec::new();
             for id in ids {
@@ -153,7 +180,10 @@ impl FindCache {
         ids: &[u32],
     ) -> Result<Vec<Components>> {
         let (mut out, missing, generation) = {
-            let held = self.held.lock().unwrap();
+            let mut held = self.held.lock().unwrap();
+            if !held.usable() {
+                return Ok(db.paths_of(ids)?.into_iter().map(Arc::new).collect());
+            }
             let out: Vec<Option<Components>> =
                 ids.iter().map(|id| held.paths.get(id).cloned()).collect();
             let missing: Vec<u32> = ids
@@ -213,6 +243,15 @@ impl FindCache {
         }
         if folders_changed {
             held.clear_paths();
+        }
+    }
+
+    /// A catch-up that began at `began` succeeded: every change committed before it is in
+    /// the cache, which may be used until [`FRESH_FOR`] after it.
+    pub(crate) fn caught_up(&self, began: Instant) {
+        let mut held = self.held.lock().unwrap();
+        if held.caught_up.is_none_or(|t| t < began) {
+            held.caught_up = Some(began);
         }
     }
 
@@ -283,6 +322,7 @@ mod tests {
         let a = add(&mut desk, new(folder, b"alpha", Kind::File));
         let b = add(&mut desk, new(folder, b"beta", Kind::File));
         let cache = FindCache::default();
+        cache.caught_up(Instant::now());
 
         let rows = cache.get_many(&desk, &[b, a, 999]).unwrap();
         assert_eq!(rows.iter().map(|o| o.id).collect::<Vec<_>>(), vec![a, b]);
@@ -338,6 +378,7 @@ mod tests {
             Desktop::open(&dir.path().join(".Desktop"), Durability::Normal).unwrap();
         let a = add(&mut desk, new(ROOT_ID, b"alpha", Kind::File));
         let cache = FindCache::default();
+        cache.caught_up(Instant::now());
         // A find read `a` (old) under generation 0; a catch-up ran before its fill.
         let generation = cache.held.lock().unwrap().generation;
         let old = desk.get_many(&[a]).unwrap();
@@ -350,6 +391,27 @@ mod tests {
         // The fill as get_many makes it: refused.
         cache.fill_rows(generation, &old);
         assert_eq!(cache.get_many(&desk, &[a]).unwrap()[0].name, b"omega");
+    }
+
+    #[test]
+    fn rows_are_not_answered_when_no_catch_up_began_lately() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut desk, _) =
+            Desktop::open(&dir.path().join(".Desktop"), Durability::Normal).unwrap();
+        let a = add(&mut desk, new(ROOT_ID, b"alpha", Kind::File));
+        let cache = FindCache::default();
+        // Never caught up: every call reads, nothing is held.
+        cache.get_many(&desk, &[a]).unwrap();
+        cache.get_many(&desk, &[a]).unwrap();
+        assert_eq!(cache.reads(), (0, 0));
+        assert!(cache.held.lock().unwrap().rows.is_empty());
+        // Caught up long ago (the follower cut off): the held rows are dropped, not answered.
+        cache.caught_up(Instant::now());
+        cache.get_many(&desk, &[a]).unwrap();
+        assert_eq!(cache.reads(), (1, 0));
+        cache.held.lock().unwrap().caught_up = Some(Instant::now() - FRESH_FOR * 2);
+        cache.get_many(&desk, &[a]).unwrap();
+        assert!(cache.held.lock().unwrap().rows.is_empty());
     }
 
     #[test]

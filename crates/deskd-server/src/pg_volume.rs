@@ -291,8 +291,11 @@ impl PgVolume {
     /// Prunes the log when the newest batch crosses a multiple of [`CHANGES_PRUNE_EVERY`].
     pub(crate) fn catch_up(&self, db: &mut PgDesktop) -> Result<(), DbError> {
         let mut seen = self.seen.lock().unwrap();
+        // Before the log is read: every change committed before now is applied on success.
+        let began = Instant::now();
         let changes = db.changes_since(*seen)?;
         let Some(last) = changes.last().map(|c| c.seq) else {
+            self.find_cache.caught_up(began);
             return Ok(());
         };
         let previous = *seen;
@@ -307,6 +310,7 @@ impl PgVolume {
                 ms = began.elapsed().as_millis() as u64,
                 "name index loaded again: it was further behind than the change log keeps");
             *seen = now;
+            self.find_cache.caught_up(began);
             // The load has no trigram lists (find scans the keys until they are in): built
             // beside, as at start.
             let names = self.names.clone();
@@ -332,6 +336,7 @@ impl PgVolume {
         self.names.apply(&updates);
         // The rows as read now, after the changes: find's cache takes them (or drops them).
         self.find_cache.changed(&ids, &found);
+        self.find_cache.caught_up(began);
         *seen = last;
         let (keep, every) = changes_kept();
         if last / every != previous / every && last > keep {
@@ -556,6 +561,9 @@ pub(crate) fn spawn_follower(pg: Arc<PgVolume>, root: &Path) {
         .spawn(move || {
             let mut connection: Option<(deskd_pg::ChangeListener, PgDesktop)> = None;
             let mut logged_at: Option<Instant> = None;
+            // The last catch-up: notices of other volumes alone must not keep this one from
+            // reading the log at least once a poll (find's cache is used only while it does).
+            let mut last_catch_up = Instant::now();
             while !pg.closed.load(Ordering::SeqCst) {
                 if connection.is_none() {
                     let made = deskd_pg::connect(&pg.options)
@@ -583,7 +591,9 @@ pub(crate) fn spawn_follower(pg: Arc<PgVolume>, root: &Path) {
                         .and_then(|notices| {
                             if notices.is_empty()
                                 || notices.iter().any(|n| Some(&n.vid) == pg.vid.get())
+                                || last_catch_up.elapsed() >= FOLLOW_POLL
                             {
+                                last_catch_up = Instant::now();
                                 pg.catch_up(db)
                             } else {
                                 Ok(())
