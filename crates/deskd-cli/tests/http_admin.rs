@@ -1414,36 +1414,14 @@ fn the_backup_action_backs_up_a_postgresql_volume_from_its_database() {
     let url = cluster.create_database("desk");
     let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol"]);
+    // The volume in a table of its own, with its database (`serve_http` writes the rest).
+    let table = format!(
+        "[volume.\"{}\"]\n{}",
+        env.path("vol").display(),
+        backend_lines(&url, &pw)
+    );
+    let addr = serve_http(&mut env, &table, &[]);
     let backup_dir = env.path("backups");
-    std::fs::create_dir_all(&backup_dir).unwrap();
-    std::fs::set_permissions(&backup_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let token = env.path("http-token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let config = env.path("deskd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nhttp_listen = \"127.0.0.1:0\"\nhttp_token_file = \"{}\"\n\
-             backup_dir = \"{}\"\n[defaults]\n{}[volume.\"{}\"]\n",
-            token.display(),
-            backup_dir.display(),
-            backend_lines(&url, &pw),
-            env.path("vol").display()
-        ),
-    )
-    .unwrap();
-    env.start(&["--config", config.to_str().unwrap()]);
-    env.wait_for_log("listening on http ", 1);
-    let log = env.log_text();
-    let addr = log
-        .split("listening on http ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
     env.dt_ok(&[b"mkdir", b"vol/docs"]);
     env.dt_ok(&[b"touch", b"vol/docs/kept.txt"]);
     let id = env.id_of(&env.path("vol/docs/kept.txt"));
