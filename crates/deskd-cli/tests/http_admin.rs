@@ -1080,7 +1080,7 @@ fn wrong_tokens_are_slowed_while_the_right_one_is_answered_at_once() {
     let took = asked.elapsed();
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_secs(3),
         "the right token waited {took:?} behind the guesses"
     );
     for guesser in guessers {

@@ -868,7 +868,8 @@ fn many_busy_client_connections_do_not_use_up_the_databases_connections() {
         "{held} sessions with 40 connections each half-way through a frame; a read {waited:?}"
     );
     assert!(held <= 16 + 3, "{held} sessions held by silent connections");
-    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    // Behind the silent connections it would wait for their frame_timeout (10 s).
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
     drop(silent);
     no_errors_logged(&env, "server");
 }
