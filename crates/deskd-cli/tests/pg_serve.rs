@@ -653,7 +653,7 @@ fn find_on_postgresql_reads_from_its_cache_and_follows_both_servers() {
     let pw = cluster.password_file("pw", cluster.password());
     let defaults = backend_lines(&url, &pw);
     // Each read find's cache sends to the database is logged (at debug): counted below.
-    const LOG: (&str, &str) = ("DESKD_LOG", "info,deskd_server::find_cache=debug");
+    const LOG: (&str, &str) = ("DESKD_LOG", "info,deskd_server::read_cache=debug");
     let mut a = Env::new(&["vol"]);
     a.server_env.push((LOG.0.into(), LOG.1.into()));
     let root = std::fs::canonicalize(a.path("vol")).unwrap();

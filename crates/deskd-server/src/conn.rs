@@ -1152,10 +1152,10 @@ impl Connection {
             other => {
                 let handle = self.shared.volume(other.volume().unwrap_or(u32::MAX))?;
                 let access = self.access.clone();
-                let find_cache = handle.pg.as_ref().map(|pg| pg.find_cache());
+                let read_cache = handle.pg.as_ref().map(|pg| pg.read_cache());
                 let reply = self.reader(&handle).and_then(|reader| {
                     with_reader!(reader, db =>
-                        apply_read_cached(db, &handle.volume, &handle.names, find_cache, &other, &access))
+                        apply_read_cached(db, &handle.volume, &handle.names, read_cache, &other, &access))
                 });
                 match reply {
                     // A PostgreSQL read that failed for want of the database: once more on a
@@ -1166,7 +1166,7 @@ impl Connection {
                                 db,
                                 &handle.volume,
                                 &handle.names,
-                                find_cache,
+                                read_cache,
                                 &other,
                                 &access,
                             )

@@ -35,7 +35,7 @@ mod db_reply;
 mod desktop_lock;
 mod error;
 mod figures;
-mod find_cache;
+mod read_cache;
 mod hints;
 mod limits;
 mod location;

@@ -81,7 +81,7 @@ pub(crate) struct PgVolume {
     seen: Mutex<u64>,
     names: Arc<NameIndex>,
     /// The rows and folder paths `find` read, kept in step with the change log as `names` is.
-    find_cache: crate::find_cache::FindCache,
+    read_cache: crate::read_cache::ReadCache,
     /// Set when the opening is closed: the follower ends.
     closed: AtomicBool,
     /// Read connections not lent to a client connection now.
@@ -159,7 +159,7 @@ impl PgVolume {
             vid: OnceLock::new(),
             seen: Mutex::new(0),
             names,
-            find_cache: crate::find_cache::FindCache::default(),
+            read_cache: crate::read_cache::ReadCache::default(),
             closed: AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
             frozen: Mutex::new(None),
@@ -193,8 +193,8 @@ impl PgVolume {
     }
 
     /// The volume's cache for `find`.
-    pub(crate) fn find_cache(&self) -> &crate::find_cache::FindCache {
-        &self.find_cache
+    pub(crate) fn read_cache(&self) -> &crate::read_cache::ReadCache {
+        &self.read_cache
     }
 
     /// Whether an opening has reached the database (readers may connect).
@@ -295,7 +295,7 @@ impl PgVolume {
         let began = Instant::now();
         let changes = db.changes_since(*seen)?;
         let Some(last) = changes.last().map(|c| c.seq) else {
-            self.find_cache.caught_up(began);
+            self.read_cache.caught_up(began);
             return Ok(());
         };
         let previous = *seen;
@@ -304,13 +304,13 @@ impl PgVolume {
             // under the lock, so no other catching up applies older changes over the load.
             let now = db.change_seq()?;
             let began = Instant::now();
-            self.find_cache.clear();
+            self.read_cache.clear();
             self.names.load(&*db)?;
             warn!(volume = %self.key.name, behind = now - previous,
                 ms = began.elapsed().as_millis() as u64,
                 "name index loaded again: it was further behind than the change log keeps");
             *seen = now;
-            self.find_cache.caught_up(began);
+            self.read_cache.caught_up(began);
             // The load has no trigram lists (find scans the keys until they are in): built
             // beside, as at start.
             let names = self.names.clone();
@@ -335,8 +335,8 @@ impl PgVolume {
             .collect();
         self.names.apply(&updates);
         // The rows as read now, after the changes: find's cache takes them (or drops them).
-        self.find_cache.changed(&ids, &found);
-        self.find_cache.caught_up(began);
+        self.read_cache.changed(&ids, &found);
+        self.read_cache.caught_up(began);
         *seen = last;
         let (keep, every) = changes_kept();
         if last / every != previous / every && last > keep {

@@ -132,18 +132,33 @@ pub fn look_at<R: Read>(
     } else {
         Some(db.get(object.parent).map_err(crate::db_reply::db_error)?)
     };
-    Ok(access
+    Ok(look_at_with(vol, access, object, folder.as_ref(), components, ask))
+}
+
+/// [`look_at`] with the object's folder's record read already (`None` for the root): a
+/// PostgreSQL volume's resolve takes it from its cache ([`crate::read_cache`]). The walk as
+/// the peer is the same.
+pub fn look_at_with(
+    vol: &Volume,
+    access: &Access,
+    object: &Object,
+    folder: Option<&Object>,
+    components: &[Vec<u8>],
+    ask: Ask,
+) -> Look {
+    if access.is_trusted() {
+        return Look {
+            seen: true,
+            named: true,
+            object: true,
+            folder: true,
+        };
+    }
+    access
         .wear(|| {
-            look_as_peer(
-                vol,
-                access.viewer(),
-                object,
-                folder.as_ref(),
-                components,
-                ask,
-            )
+            look_as_peer(vol, access.viewer(), object, folder, components, ask)
         })
-        .unwrap_or_default())
+        .unwrap_or_default()
 }
 
 /// [`look`] once the thread wears the peer's identity (`viewer`, its uid).

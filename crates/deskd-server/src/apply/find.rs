@@ -56,7 +56,7 @@ pub(super) fn find<R: Read>(
     // a hit's path is its folder's plus its name: one allocation a hit.
     let mut folders: HashMap<u32, Folder> = HashMap::new();
     loop {
-        let hits = match r.find_cache {
+        let hits = match r.read_cache {
             Some(cache) => r
                 .names
                 .find_with(r.db, &query, |ids| cache.get_many(r.db, ids)),
@@ -74,7 +74,7 @@ pub(super) fn find<R: Read>(
         missing.sort_unstable();
         missing.dedup();
         if !missing.is_empty() {
-            let paths: Vec<std::sync::Arc<Vec<Vec<u8>>>> = match r.find_cache {
+            let paths: Vec<std::sync::Arc<Vec<Vec<u8>>>> = match r.read_cache {
                 Some(cache) => cache.paths_of(r.db, &missing),
                 None => {
                     r.db.paths_of(&missing)
@@ -141,7 +141,7 @@ fn shown_to_peer<R: Read>(
         return Ok(vec![true; candidates.len()]);
     }
     let mut holders: HashMap<u32, Option<Object>> = HashMap::new();
-    if let Some(cache) = r.find_cache {
+    if let Some(cache) = r.read_cache {
         // A PostgreSQL volume's: the holders through find's cache, the misses in one read.
         let mut ids: Vec<u32> = candidates
             .iter()

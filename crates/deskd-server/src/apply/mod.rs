@@ -74,8 +74,8 @@ struct Reading<'a, R> {
     vol: &'a Volume,
     names: &'a NameIndex,
     access: &'a Access,
-    /// A PostgreSQL volume's rows and folder paths for `find` ([`crate::find_cache`]).
-    find_cache: Option<&'a crate::find_cache::FindCache>,
+    /// A PostgreSQL volume's rows and folder paths for `find` ([`crate::read_cache`]).
+    read_cache: Option<&'a crate::read_cache::ReadCache>,
 }
 
 /// An `Add` of an object registered already, as [`apply_write`] would answer it, from a read
@@ -274,7 +274,7 @@ pub(crate) fn apply_read_cached<R: Read>(
     db: &R,
     vol: &Volume,
     names: &NameIndex,
-    find_cache: Option<&crate::find_cache::FindCache>,
+    read_cache: Option<&crate::read_cache::ReadCache>,
     request: &Request,
     access: &Access,
 ) -> Reply {
@@ -283,7 +283,7 @@ pub(crate) fn apply_read_cached<R: Read>(
         vol,
         names,
         access,
-        find_cache,
+        read_cache,
     };
     match request {
         Request::Lookup { parent, name, .. } => lookup::lookup(r, *parent, name),

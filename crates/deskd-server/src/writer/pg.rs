@@ -264,7 +264,7 @@ impl PgWriter {
                     warn!(volume = %self.volume.root().display(), "name index not caught up: {e}");
                     // Find's cache may hold rows this batch changed: dropped before the
                     // acknowledgement, so a find through this server after it sees the change.
-                    self.pg.find_cache().clear();
+                    self.pg.read_cache().clear();
                 }
                 self.commits.fetch_add(1, Ordering::SeqCst);
                 acknowledge(self.volume.root(), writes, replies);
@@ -288,7 +288,7 @@ impl PgWriter {
     fn lost(&mut self, why: &str) {
         self.desktop = None;
         // A commit in doubt may have gone through: find's cache does not keep what it changed.
-        self.pg.find_cache().clear();
+        self.pg.read_cache().clear();
         let since = deskd_db::now_unix();
         {
             let mut state = self.state.lock().unwrap();
