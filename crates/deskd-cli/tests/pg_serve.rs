@@ -780,3 +780,175 @@ fn find_on_postgresql_reads_from_its_cache_and_follows_both_servers() {
         assert!(!log.contains(" WARN ") && !log.contains(" ERROR "), "{log}");
     }
 }
+
+/// A volume's read-cache figures from `deskd metrics`: (hits, misses, disk mismatches).
+fn read_cache_figures(env: &Env) -> (u64, u64, u64) {
+    let text = env.deskd_ok(&["metrics"]);
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .and_then(|l| l.rsplit_once(' '))
+            .map(|(_, v)| v.parse::<f64>().unwrap() as u64)
+            .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+    };
+    (
+        value("deskd_read_cache_hits_total"),
+        value("deskd_read_cache_misses_total"),
+        value("deskd_read_cache_disk_mismatches_total"),
+    )
+}
+
+/// Resolve `id` through `env`'s server: its path and type code, or the error's text.
+fn resolve_through(env: &Env, root: &Path, id: u32) -> Result<(String, [u8; 4]), String> {
+    let mut c = env.client();
+    let vol = c.open_volume(root).unwrap().vol;
+    c.object(Request::Resolve { vol, id })
+        .map(|o| {
+            (
+                String::from_utf8(o.path.unwrap_or_default()).unwrap(),
+                o.type_code,
+            )
+        })
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn resolve_on_postgresql_answers_from_memory_follows_the_other_server_and_checks_the_disk() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let defaults = backend_lines(&url, &pw);
+    let mut a = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(a.path("vol")).unwrap();
+    a.serve_with_defaults("vol", &defaults);
+    let b = second_server(&root, &defaults, &[]);
+    a.wait_for_log("name index ready", 1);
+    b.wait_for_log("name index ready", 1);
+    a.dt_ok(&[b"mkdir", b"vol/docs"]);
+    a.dt_ok(&[b"touch", b"vol/docs/one.txt"]);
+    let one = a.id_of(&root.join("docs/one.txt"));
+
+    // (a) The row is held (A made it); its folder's path is read once, with the row: then
+    // no statement at all.
+    let before = read_cache_figures(&a);
+    let first = resolve_through(&a, &root, one).unwrap();
+    assert_eq!(first.0, "docs/one.txt");
+    let after_first = read_cache_figures(&a);
+    assert_eq!(after_first.1, before.1 + 1, "{before:?} {after_first:?}");
+    for _ in 0..5 {
+        assert_eq!(resolve_through(&a, &root, one).unwrap(), first);
+    }
+    let after = read_cache_figures(&a);
+    assert_eq!(
+        (after.0, after.1),
+        (after_first.0 + 5, after_first.1),
+        "a repeated resolve went to the database"
+    );
+    // A new file in that folder (made through A) resolves from memory at once: the
+    // catch-up held its row and kept the folder's path.
+    a.dt_ok(&[b"touch", b"vol/docs/two.txt"]);
+    let two = a.id_of(&root.join("docs/two.txt"));
+    let before = read_cache_figures(&a);
+    assert_eq!(resolve_through(&a, &root, two).unwrap().0, "docs/two.txt");
+    let after = read_cache_figures(&a);
+    assert_eq!((after.0, after.1), (before.0 + 1, before.1), "{before:?}");
+
+    // (b) B changes what A holds. A SetInfo changes no path (the disk check cannot see it):
+    // A answers the new type within the follower's lag, and never the old one after.
+    {
+        let mut c = b.client();
+        let vol = c.open_volume(&root).unwrap().vol;
+        c.call(Request::SetInfo {
+            vol,
+            id: one,
+            type_code: Some(*b"TEXT"),
+            creator: Some(*b"ttxt"),
+            flags: None,
+        })
+        .unwrap();
+    }
+    let want = Ok(("docs/one.txt".to_owned(), *b"TEXT"));
+    within_lag(|| resolve_through(&a, &root, one), want.clone(), "A's resolve after B's SetInfo");
+    let hits = read_cache_figures(&a).0;
+    for _ in 0..20 {
+        assert_eq!(resolve_through(&a, &root, one), want);
+    }
+    assert!(read_cache_figures(&a).0 >= hits + 20, "the new row is held");
+    // A rename through B: the new path within the lag, never the old one after.
+    b.dt_ok(&[
+        b"mv",
+        root.join("docs/one.txt").as_os_str().as_bytes(),
+        root.join("docs/renamed.txt").as_os_str().as_bytes(),
+    ]);
+    let want = Ok(("docs/renamed.txt".to_owned(), *b"TEXT"));
+    within_lag(|| resolve_through(&a, &root, one), want.clone(), "A's resolve after B's rename");
+    for _ in 0..20 {
+        assert_eq!(resolve_through(&a, &root, one), want);
+    }
+    // B's folder rename: its files' paths through A follow too.
+    b.dt_ok(&[
+        b"mv",
+        root.join("docs").as_os_str().as_bytes(),
+        root.join("papers").as_os_str().as_bytes(),
+    ]);
+    within_lag(
+        || resolve_through(&a, &root, two).map(|r| r.0),
+        Ok("papers/two.txt".to_owned()),
+        "A's resolve after B's folder rename",
+    );
+    for _ in 0..20 {
+        assert_eq!(resolve_through(&a, &root, two).unwrap().0, "papers/two.txt");
+    }
+
+    // (c) Renamed on the disk behind deskd's back (a PostgreSQL volume is not watched): the
+    // held answer fails the disk check and the database is read (which says what it holds).
+    assert_eq!(resolve_through(&a, &root, two).unwrap().0, "papers/two.txt");
+    let before = read_cache_figures(&a);
+    std::fs::rename(root.join("papers/two.txt"), root.join("papers/moved.txt")).unwrap();
+    assert_eq!(resolve_through(&a, &root, two).unwrap().0, "papers/two.txt");
+    let after = read_cache_figures(&a);
+    assert_eq!(
+        (after.0, after.1, after.2),
+        (before.0, before.1 + 1, before.2 + 1),
+        "{before:?}"
+    );
+    std::fs::rename(root.join("papers/moved.txt"), root.join("papers/two.txt")).unwrap();
+
+    // (d) nobody: an object in a folder it may not search is not resolved, before the cache
+    // holds it and after (the same answer); one it may see is, both times.
+    a.dt_ok(&[b"mkdir", b"vol/secret"]);
+    a.dt_ok(&[b"touch", b"vol/secret/hidden.txt"]);
+    a.dt_ok(&[b"touch", b"vol/papers/open.txt"]);
+    let hidden = a.id_of(&root.join("secret/hidden.txt"));
+    let open = a.id_of(&root.join("papers/open.txt"));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.join("secret"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(root.join("papers"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |id: u32| {
+        let Some(out) = a.as_nobody(DT, &[b"resolve", b"vol", id.to_string().as_bytes()]) else {
+            panic!("needs root to act as nobody");
+        };
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr(&out))
+    };
+    let hidden_cold = as_nobody(hidden);
+    let open_cold = as_nobody(open);
+    assert!(!hidden_cold.0, "{hidden_cold:?}");
+    assert!(open_cold.0 && open_cold.1.ends_with("papers/open.txt\n"), "{open_cold:?}");
+    // Now held (root resolves both, twice: rows and paths filled, then hits).
+    for _ in 0..2 {
+        resolve_through(&a, &root, hidden).unwrap();
+        resolve_through(&a, &root, open).unwrap();
+    }
+    let before = read_cache_figures(&a);
+    assert_eq!(as_nobody(hidden), hidden_cold);
+    assert_eq!(as_nobody(open), open_cold);
+    let after = read_cache_figures(&a);
+    assert_eq!((after.0, after.1), (before.0 + 2, before.1), "nobody's resolves were not hits");
+
+    for env in [&a, &b] {
+        let log = env.log_text();
+        assert!(!log.contains(" WARN ") && !log.contains(" ERROR "), "{log}");
+    }
+}

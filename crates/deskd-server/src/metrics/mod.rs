@@ -68,6 +68,8 @@ struct VolumeFigures {
     commits: u64,
     /// Live tracking (issue 23); `kind` is `off` when the volume is not watched.
     watch: deskd_proto::VolumeWatch,
+    /// A PostgreSQL volume's read cache (issue 28).
+    read_cache: Option<crate::read_cache::CacheFigures>,
 }
 
 /// The text for `view`.
@@ -137,6 +139,13 @@ fn coarsen(v: &mut VolumeFigures) {
     }
     v.batches.requests = crate::coarse::count(v.batches.requests);
     v.commits = crate::coarse::count(v.commits);
+    if let Some(c) = v.read_cache.as_mut() {
+        c.hits = crate::coarse::count(c.hits);
+        c.misses = crate::coarse::count(c.misses);
+        c.disk_mismatches = crate::coarse::count(c.disk_mismatches);
+        c.rows = crate::coarse::count(c.rows);
+        c.paths = crate::coarse::count(c.paths);
+    }
     if let Some(rebuild) = v.rebuild.as_mut() {
         rebuild.objects = crate::coarse::count(rebuild.objects);
     }
@@ -165,6 +174,7 @@ fn gather(shared: &Shared, handle: Arc<VolumeHandle>) -> VolumeFigures {
         batches: handle.writer.figures().read(),
         commits: handle.commits.load(std::sync::atomic::Ordering::Relaxed),
         watch: shared.watchers.status(&handle),
+        read_cache: handle.pg.as_ref().map(|pg| pg.read_cache().figures()),
         handle,
     }
 }
@@ -367,6 +377,46 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
         Counter,
         "Transactions committed to the desktop (client batches and rebuild steps).",
         |v| Some(v.commits),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_read_cache_hits_total",
+        Counter,
+        "Resolves of a PostgreSQL volume answered from the server's memory.",
+        |v| v.read_cache.map(|c| c.hits),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_read_cache_misses_total",
+        Counter,
+        "Resolves of a PostgreSQL volume read from the database.",
+        |v| v.read_cache.map(|c| c.misses),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_read_cache_disk_mismatches_total",
+        Counter,
+        "Of the misses: a held row whose path on the disk was not its inode.",
+        |v| v.read_cache.map(|c| c.disk_mismatches),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_read_cache_rows",
+        Gauge,
+        "Rows of a PostgreSQL volume held in the server's memory.",
+        |v| v.read_cache.map(|c| c.rows),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_read_cache_paths",
+        Gauge,
+        "Folder paths of a PostgreSQL volume held in the server's memory.",
+        |v| v.read_cache.map(|c| c.paths),
     );
     out.family(
         "deskd_commit_batch_requests",
