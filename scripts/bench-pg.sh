@@ -5,7 +5,8 @@
 # servers of one PostgreSQL volume creating together (2 clients each, half the folders each)
 # against one server; the first three from the same files served from a fresh desktop in SQLite
 # and from a fresh volume in PostgreSQL, alternating which goes first, RUNS times; medians and
-# ratios. Starts its own throw-away PostgreSQL cluster (initdb into the work directory, run as
+# ratios. Each backend's server is then restarted on the same desktop (the same database) and
+# the same 20,000 resolves are timed twice: cold (caches empty) and warm. Starts its own throw-away PostgreSQL cluster (initdb into the work directory, run as
 # the `postgres` user, on loopback TCP with trust authentication) and removes it at the end.
 #
 #   DIRS=10 PER_DIR=10000 RUNS=3 scripts/bench-pg.sh
@@ -64,7 +65,7 @@ echo "== populate $((DIRS * PER_DIR)) files in $VOL"
 bench populate --dirs "$DIRS" --per-dir "$PER_DIR" >/dev/null
 sync
 
-declare -A CREATED=() P50=() FIND=() FLOOR=()
+declare -A CREATED=() P50=() FIND=() FLOOR=() COLD=() WARM=()
 # Substring patterns for `find` (issue 28: as fast as on SQLite, from the in-memory name index).
 PATTERNS=(invoice-0002 proof-0001-dra ft-0003-photo scan-0000-final-0000 REPORT-0001-LAYOUT)
 serve_fresh() { # BACKEND LOG
@@ -83,6 +84,11 @@ except OSError: pass' "$VOL"
         printf '[volume."%s"]\n' "$VOL" >"$cfg"
     fi
     "$BIN/deskd" serve --socket "$SOCK" --config "$cfg" 2>>"$2" & SERVER=$!
+    wait_for_line "$2" "deskd serving" 60
+}
+serve_again() { # BACKEND LOG: the same desktop (the same database), a new server process
+    : >"$2"
+    "$BIN/deskd" serve --socket "$SOCK" --config "$WORK/deskd-$1.toml" 2>>"$2" & SERVER=$!
     wait_for_line "$2" "deskd serving" 60
 }
 stop_server() { kill -TERM "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
@@ -106,7 +112,16 @@ for i in $(seq "$RUNS"); do
         found=$(bench find --runs 7 "${PATTERNS[@]}" | jget find_p50_ms)
         FIND[$backend]+="$found "
         stop_server
-        echo "run $i $backend: $created objects/s created, resolve p50 $p50 us (PostgreSQL SELECT 1 p50 $floor us), find p50 $found ms"
+        # Cold and warm: a new server on the same desktop (its caches empty), the same
+        # resolves twice.
+        serve_again "$backend" "$WORK/server-$backend-again.log"
+        bench latency --dirs "$DIRS" --per-dir "$PER_DIR" --ops 20000 --passes 2 >"$WORK/latency2.json"
+        cold=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["resolve_p50_us_by_pass"][0])' <"$WORK/latency2.json")
+        warm=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["resolve_p50_us_by_pass"][1])' <"$WORK/latency2.json")
+        COLD[$backend]+="$cold "
+        WARM[$backend]+="$warm "
+        stop_server
+        echo "run $i $backend: $created objects/s created, resolve p50 $p50 us (PostgreSQL SELECT 1 p50 $floor us), find p50 $found ms; restarted: resolve p50 $cold us cold, $warm us warm"
     done
 done
 
@@ -148,6 +163,14 @@ printf 'resolve p50: SQLite %.1f, PostgreSQL %.1f us: %.1fx (target <= 5x)\n' \
 fl_sq=$(med "${FLOOR[sqlite]}"); fl_pg=$(med "${FLOOR[pg]}")
 printf 'resolve floor: SQLite resolve %.1f + SELECT 1 %.1f us = %.1f us; PostgreSQL resolve %.1f us is %.2fx the floor (SELECT 1 during the PostgreSQL runs: %.1f us)\n' \
     "$p_sq" "$fl_sq" "$(echo "$p_sq + $fl_sq" | bc -l)" "$p_pg" "$(echo "$p_pg / ($p_sq + $fl_sq)" | bc -l)" "$fl_pg"
+# After a restart on the same desktop: the first pass of the same resolves cold (PostgreSQL's
+# read cache empty: each a round trip), the second warm (from the server's memory).
+co_sq=$(med "${COLD[sqlite]}"); co_pg=$(med "${COLD[pg]}")
+wa_sq=$(med "${WARM[sqlite]}"); wa_pg=$(med "${WARM[pg]}")
+printf 'resolve p50 after a restart, cold: SQLite %.1f, PostgreSQL %.1f us: %.1fx (%.2fx the floor %.1f us)\n' \
+    "$co_sq" "$co_pg" "$(echo "$co_pg / $co_sq" | bc -l)" "$(echo "$co_pg / ($co_sq + $fl_sq)" | bc -l)" "$(echo "$co_sq + $fl_sq" | bc -l)"
+printf 'resolve p50 after a restart, warm (same IDs again): SQLite %.1f, PostgreSQL %.1f us: %.1fx (target <= 5x)\n' \
+    "$wa_sq" "$wa_pg" "$(echo "$wa_pg / $wa_sq" | bc -l)"
 f_sq=$(med "${FIND[sqlite]}"); f_pg=$(med "${FIND[pg]}")
 printf 'find p50 (%d patterns): SQLite %.3f, PostgreSQL %.3f ms: %.2fx (target: as fast)\n' \
     "${#PATTERNS[@]}" "$f_sq" "$f_pg" "$(echo "$f_pg / $f_sq" | bc -l)"

@@ -31,6 +31,7 @@ pub mod migrate;
 pub mod mode;
 pub mod output;
 pub mod pg_admin;
+pub mod read_cache_figures;
 pub mod target;
 pub mod walk;
 pub mod watch_figures;

@@ -870,7 +870,11 @@ fn resolve_on_postgresql_answers_from_memory_follows_the_other_server_and_checks
         .unwrap();
     }
     let want = Ok(("docs/one.txt".to_owned(), *b"TEXT"));
-    within_lag(|| resolve_through(&a, &root, one), want.clone(), "A's resolve after B's SetInfo");
+    within_lag(
+        || resolve_through(&a, &root, one),
+        want.clone(),
+        "A's resolve after B's SetInfo",
+    );
     let hits = read_cache_figures(&a).0;
     for _ in 0..20 {
         assert_eq!(resolve_through(&a, &root, one), want);
@@ -883,7 +887,11 @@ fn resolve_on_postgresql_answers_from_memory_follows_the_other_server_and_checks
         root.join("docs/renamed.txt").as_os_str().as_bytes(),
     ]);
     let want = Ok(("docs/renamed.txt".to_owned(), *b"TEXT"));
-    within_lag(|| resolve_through(&a, &root, one), want.clone(), "A's resolve after B's rename");
+    within_lag(
+        || resolve_through(&a, &root, one),
+        want.clone(),
+        "A's resolve after B's rename",
+    );
     for _ in 0..20 {
         assert_eq!(resolve_through(&a, &root, one), want);
     }
@@ -930,12 +938,19 @@ fn resolve_on_postgresql_answers_from_memory_follows_the_other_server_and_checks
         let Some(out) = a.as_nobody(DT, &[b"resolve", b"vol", id.to_string().as_bytes()]) else {
             panic!("needs root to act as nobody");
         };
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr(&out))
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr(&out),
+        )
     };
     let hidden_cold = as_nobody(hidden);
     let open_cold = as_nobody(open);
     assert!(!hidden_cold.0, "{hidden_cold:?}");
-    assert!(open_cold.0 && open_cold.1.ends_with("papers/open.txt\n"), "{open_cold:?}");
+    assert!(
+        open_cold.0 && open_cold.1.ends_with("papers/open.txt\n"),
+        "{open_cold:?}"
+    );
     // Now held (root resolves both, twice: rows and paths filled, then hits).
     for _ in 0..2 {
         resolve_through(&a, &root, hidden).unwrap();
@@ -945,7 +960,20 @@ fn resolve_on_postgresql_answers_from_memory_follows_the_other_server_and_checks
     assert_eq!(as_nobody(hidden), hidden_cold);
     assert_eq!(as_nobody(open), open_cold);
     let after = read_cache_figures(&a);
-    assert_eq!((after.0, after.1), (before.0 + 2, before.1), "nobody's resolves were not hits");
+    assert_eq!(
+        (after.0, after.1),
+        (before.0 + 2, before.1),
+        "nobody's resolves were not hits"
+    );
+
+    // Status shows the same figures (from the metrics text).
+    let status: serde_json::Value =
+        serde_json::from_str(lines(&a.deskd_ok(&["status", "--json"]))[0].as_str()).unwrap();
+    let cache = &status["read_cache"];
+    assert_eq!(cache["hits"].as_u64(), Some(after.0), "{status}");
+    assert_eq!(cache["disk_mismatches"].as_u64(), Some(after.2), "{status}");
+    assert!(cache["rows"].as_u64().unwrap() >= 4, "{status}");
+    assert!(a.deskd_ok(&["status"]).contains("read cache:"));
 
     for env in [&a, &b] {
         let log = env.log_text();

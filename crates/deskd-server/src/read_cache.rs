@@ -226,7 +226,7 @@ fn on_disk(root: &Path, components: &[Vec<u8>], o: &Object) -> bool {
         OsStr::from_bytes(&path),
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
     ) {
-        Ok(st) => st.st_ino as u64 == o.ino && (o.dev == 0 || st.st_dev as u64 == o.dev),
+        Ok(st) => st.st_ino == o.ino && (o.dev == 0 || st.st_dev == o.dev),
         Err(_) => false,
     }
 }
@@ -711,10 +711,10 @@ mod tests {
         // A new file (made here or by another server): held, the paths kept.
         changed(&cache, Some(object(40, 30, b"new", Kind::File)), 40);
         assert_eq!(paths_held(&cache), 1);
-        assert_eq!(cache.held.lock().unwrap().with_path(40).unwrap().1, vec![
-            b"docs".to_vec(),
-            b"new".to_vec()
-        ]);
+        assert_eq!(
+            cache.held.lock().unwrap().with_path(40).unwrap().1,
+            vec![b"docs".to_vec(), b"new".to_vec()]
+        );
         // That file renamed, then deleted (held as a file): the paths kept.
         changed(&cache, Some(object(40, 30, b"renamed", Kind::File)), 40);
         changed(&cache, None, 40);
@@ -740,7 +740,9 @@ mod tests {
         std::fs::create_dir(root.join("docs")).unwrap();
         std::fs::write(root.join("docs/alpha"), b"a").unwrap();
         let (mut desk, _) = Desktop::open(&root.join(".Desktop"), Durability::Normal).unwrap();
-        let ino = |p: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(root.join(p)).unwrap());
+        let ino = |p: &str| {
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(root.join(p)).unwrap())
+        };
         let mut folder = new(ROOT_ID, b"docs", Kind::Dir);
         folder.ino = ino("docs");
         let folder = add(&mut desk, folder);
@@ -753,9 +755,15 @@ mod tests {
 
         let (o, path) = cache.get_with_path(&desk, &root, a).unwrap();
         assert_eq!(path, vec![b"docs".to_vec(), b"alpha".to_vec()]);
-        assert_eq!(cache.get_with_path(&desk, &root, a).unwrap(), (o.clone(), path.clone()));
+        assert_eq!(
+            cache.get_with_path(&desk, &root, a).unwrap(),
+            (o.clone(), path.clone())
+        );
         let f = cache.figures();
-        assert_eq!((f.hits, f.misses, f.disk_mismatches, f.rows, f.paths), (1, 1, 0, 1, 1));
+        assert_eq!(
+            (f.hits, f.misses, f.disk_mismatches, f.rows, f.paths),
+            (1, 1, 0, 1, 1)
+        );
 
         // Moved behind deskd's back (no catch-up: nothing told the cache): the disk check
         // refuses the held answer and the database's is given (and held again).

@@ -132,7 +132,14 @@ pub fn look_at<R: Read>(
     } else {
         Some(db.get(object.parent).map_err(crate::db_reply::db_error)?)
     };
-    Ok(look_at_with(vol, access, object, folder.as_ref(), components, ask))
+    Ok(look_at_with(
+        vol,
+        access,
+        object,
+        folder.as_ref(),
+        components,
+        ask,
+    ))
 }
 
 /// [`look_at`] with the object's folder's record read already (`None` for the root): a
@@ -155,9 +162,7 @@ pub fn look_at_with(
         };
     }
     access
-        .wear(|| {
-            look_as_peer(vol, access.viewer(), object, folder, components, ask)
-        })
+        .wear(|| look_as_peer(vol, access.viewer(), object, folder, components, ask))
         .unwrap_or_default()
 }
 

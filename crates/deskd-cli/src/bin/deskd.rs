@@ -730,6 +730,9 @@ fn run(cli: Run) -> Result<ExitCode> {
             // Likewise live tracking (issue 23): a separate request, so older peers keep working.
             let watch = client.watch(vol).ok();
             let watch = watch.as_deref();
+            // A PostgreSQL volume's read cache: its figures are in the metrics text.
+            let metrics = client.metrics().ok();
+            let metrics = metrics.as_deref();
             for s in statuses {
                 let root = display_bytes(&s.root);
                 let rounded = figures_rounded(&s.root);
@@ -763,6 +766,7 @@ fn run(cli: Run) -> Result<ExitCode> {
                         "memory": deskd_cli::memory_figures::volume_json(memory, s.vol),
                         "server_memory": deskd_cli::memory_figures::server_json(memory),
                         "watch": deskd_cli::watch_figures::json(watch, s.vol),
+                        "read_cache": deskd_cli::read_cache_figures::json(metrics, &s.root),
                     });
                     println!("{v}");
                 } else {
@@ -847,6 +851,9 @@ fn run(cli: Run) -> Result<ExitCode> {
                         println!("{line}");
                     }
                     if let Some(line) = deskd_cli::watch_figures::line(watch, s.vol) {
+                        println!("{line}");
+                    }
+                    if let Some(line) = deskd_cli::read_cache_figures::line(metrics, &s.root) {
                         println!("{line}");
                     }
                     for line in deskd_cli::active_users::text_lines(&s) {

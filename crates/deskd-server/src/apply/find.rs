@@ -142,7 +142,7 @@ fn shown_to_peer<R: Read>(
     }
     let mut holders: HashMap<u32, Option<Object>> = HashMap::new();
     if let Some(cache) = r.read_cache {
-        // A PostgreSQL volume's: the holders through find's cache, the misses in one read.
+        // A PostgreSQL volume's: the holders through the read cache, the misses in one read.
         let mut ids: Vec<u32> = candidates
             .iter()
             .filter(|(_, folder, _)| folder.is_some())
