@@ -686,8 +686,11 @@ fn find_on_postgresql_reads_from_its_cache_and_follows_both_servers() {
                 .count(),
         )
     };
+    // The rows came with B's catch-ups of A's writes (every row read is held since stop 41),
+    // so B's finds mostly read none (one racing the catch-up between the name index's update
+    // and the cache's may); the folder's path was read.
     let before = reads(&b);
-    assert!(before.0 > 0 && before.1 > 0, "{before:?}");
+    assert!(before.1 > 0, "{before:?}");
     assert_eq!(lines(&b.deskd_ok(&["find", "report"])), both);
     assert_eq!(
         lines(&b.deskd_ok(&["find", "report two"])),
