@@ -80,7 +80,8 @@ pub(crate) struct PgVolume {
     /// The newest batch (`change_seq`) whose changes are in `names`.
     seen: Mutex<u64>,
     names: Arc<NameIndex>,
-    /// The rows and folder paths `find` read, kept in step with the change log as `names` is.
+    /// The rows and folder paths `resolve` and `find` read (and every row catch-up reads), kept
+    /// in step with the change log as `names` is.
     read_cache: crate::read_cache::ReadCache,
     /// Set when the opening is closed: the follower ends.
     closed: AtomicBool,
@@ -192,7 +193,7 @@ impl PgVolume {
         self.names.clone()
     }
 
-    /// The volume's cache for `find`.
+    /// The volume's read cache (`resolve`, `find`).
     pub(crate) fn read_cache(&self) -> &crate::read_cache::ReadCache {
         &self.read_cache
     }
@@ -334,7 +335,7 @@ impl PgVolume {
             })
             .collect();
         self.names.apply(&updates);
-        // The rows as read now, after the changes: find's cache takes them (or drops them).
+        // The rows as read now, after the changes: the read cache holds them (or drops them).
         self.read_cache.changed(&ids, &found);
         self.read_cache.caught_up(began);
         *seen = last;
@@ -562,7 +563,7 @@ pub(crate) fn spawn_follower(pg: Arc<PgVolume>, root: &Path) {
             let mut connection: Option<(deskd_pg::ChangeListener, PgDesktop)> = None;
             let mut logged_at: Option<Instant> = None;
             // The last catch-up: notices of other volumes alone must not keep this one from
-            // reading the log at least once a poll (find's cache is used only while it does).
+            // reading the log at least once a poll (the read cache is used only while it does).
             let mut last_catch_up = Instant::now();
             while !pg.closed.load(Ordering::SeqCst) {
                 if connection.is_none() {

@@ -74,7 +74,8 @@ struct Reading<'a, R> {
     vol: &'a Volume,
     names: &'a NameIndex,
     access: &'a Access,
-    /// A PostgreSQL volume's rows and folder paths for `find` ([`crate::read_cache`]).
+    /// A PostgreSQL volume's rows and folder paths for `resolve` and `find`
+    /// ([`crate::read_cache`]).
     read_cache: Option<&'a crate::read_cache::ReadCache>,
 }
 

@@ -287,7 +287,7 @@ impl PgWriter {
     /// The database was lost: drop the connection, say so in status, try again soon.
     fn lost(&mut self, why: &str) {
         self.desktop = None;
-        // A commit in doubt may have gone through: find's cache does not keep what it changed.
+        // A commit in doubt may have gone through: the read cache does not keep what it changed.
         self.pg.read_cache().clear();
         let since = deskd_db::now_unix();
         {
