@@ -70,7 +70,8 @@ enum Command {
         pg_floor: Option<String>,
         /// Run the same OPS resolves (the same IDs, in the same order) this many times: after
         /// a server's restart the first pass is cold (its caches empty) and the next warm.
-        /// `resolve_p50_us_by_pass` gives each pass's p50; the other figures are the first's.
+        /// `resolve_p50_us_by_pass` gives each pass's p50; the other figures are the first's
+        /// (only the first has a `Lookup` after each resolve).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
         passes: u32,
     },
