@@ -11,7 +11,9 @@
 #   (b) `mv` of a directory of BIG objects: the time from the mv returning until the desktop
 #       shows the directory's new name.
 #   (c) MANY files created by a plain program (deskd-bench populate: create(2) in a loop) with
-#       watch = auto vs off: the creation rate ratio, the server's peak RSS (VmHWM), the time of
+#       watch = auto vs off, and the floor (no server: `populate --fanotify-floor` marks the
+#       file system as the watcher does and reads its events into nothing, which no watcher
+#       can beat): the creation rate ratios, the server's peak RSS (VmHWM), the time of
 #       the barrier (`deskd flush --volume`) after it and the stamps it left owed, the most
 #       bytes of events the watcher held, and `deskd rebuild -s` afterwards (the number of lines
 #       it prints: 0 when the desktop agrees).
@@ -184,12 +186,22 @@ part_c() {
     echo "== (c) $MANY files created by a plain program"
     local dirs per_dir
     read -r dirs per_dir < <(shape "$MANY")
+    local rate
     for run in $(seq "$RUNS"); do
+        # The floor: the same files under a fanotify mark whose events are thrown away.
+        local floor="$WORK/many-floor-$run"
+        rm -rf "$floor"
+        mkdir -p "$floor"
+        sync
+        rate=$("$BIN/deskd-bench" --socket "$SOCK" --volume "$floor" populate --dirs "$dirs" \
+            --per-dir "$per_dir" --fanotify-floor | json "round(d['files'] / d['populate_s'])")
+        echo "run $run: floor (a fanotify mark, events read and dropped, no server): $rate files/s"
+        echo "$rate" >> "$WORK/c-rate-floor"
         for mode in off auto; do
             start_server "many-$mode-$run" "$mode"
             # Written back and settled before the clock starts, as for every contender.
             sync
-            local out rate flush_s
+            local out flush_s
             out=$(bench populate --dirs "$dirs" --per-dir "$per_dir")
             rate=$(echo "$out" | json "round(d['files'] / d['populate_s'])")
             flush_s=$(elapsed barrier)
@@ -197,7 +209,8 @@ part_c() {
                 "server peak RSS $(peak_rss_mib) MiB$( [ "$mode" = auto ] && \
                 echo "; stamps owed after it $(watch_field owed_stamps), events held at most" \
                     "$(( $(watch_field queued_peak_bytes) / 1048576 )) MiB;" \
-                    "rebuild -s lines: $(scan_lines); overflows $(watch_field overflows)")"
+                    "rebuild -s lines: $(scan_lines); overflows $(watch_field overflows);" \
+                    "bursts deferred $(grep -c 'a burst (' "$LOG")")"
             echo "$rate" >> "$WORK/c-rate-$mode"
             stop_server
             # Kept until the part ends: on ext4, files created soon after others were
@@ -206,11 +219,13 @@ part_c() {
         done
     done
     rm -rf "$WORK"/many-*
-    local on off
+    local on off floor_rate
     on=$(median < "$WORK/c-rate-auto")
     off=$(median < "$WORK/c-rate-off")
-    echo "(c) median creation rate: watch=auto $on files/s, off $off files/s:" \
-        "ratio $(echo "scale=2; $on / $off" | bc)"
+    floor_rate=$(median < "$WORK/c-rate-floor")
+    echo "(c) median creation rate: watch=auto $on files/s, off $off files/s, floor" \
+        "$floor_rate files/s: auto/off $(echo "scale=2; $on / $off" | bc), floor/off" \
+        "$(echo "scale=2; $floor_rate / $off" | bc), auto/floor $(echo "scale=2; $on / $floor_rate" | bc)"
 }
 
 for part in $PARTS; do "part_$part"; done

@@ -1218,3 +1218,46 @@ fn a_flush_is_refused_while_the_rescan_it_must_wait_for_still_runs() {
     env.watch_barrier("vol");
     assert_eq!(desktop_below(&env, "docs").get("docs/b"), Some(&id));
 }
+
+/// A burst left held while it goes on (watch/burst.rs; the test hook keeps it deferred, as
+/// while a program still creates files fast): a client asking for one of its new files gets
+/// an ID at once, which the watcher's later create of it keeps; status shows what is held; a
+/// flush, the deferral still on, registers every file as dt would; `rebuild -s` agrees.
+#[test]
+fn a_deferred_bursts_file_gets_its_id_on_request_and_a_flush_registers_the_rest() {
+    let mut env = Env::new(&["vol", "outside"]);
+    let release = env.path("release-deferral");
+    env.server_env.push((
+        "DESKD_TEST_DEFER_UNTIL".into(),
+        release.display().to_string(),
+    ));
+    env.serve_watched(&["vol"], "");
+    make_files(&env, "burst", 3000);
+    // From this line on the watcher reads nothing until a barrier (the events it held then
+    // are some of the burst's: it defers only while it holds some).
+    env.wait_for_log("a burst (", 1);
+    let desktop = desktop_below(&env, "burst");
+    assert!(
+        desktop.len() < 3001,
+        "nothing was deferred: {}",
+        desktop.len()
+    );
+    let held = env.watch_status("vol")["queued_bytes"].as_u64().unwrap();
+    assert!(held > 0, "{}", env.watch_status("vol"));
+    // A file of the burst the desktop has not got yet: asked for, it gets its ID now.
+    let waiting = (0..3000)
+        .map(|i| format!("burst/f{i}"))
+        .rev()
+        .find(|rel| !desktop.contains_key(rel))
+        .unwrap();
+    let id = dt_id(&env, &waiting);
+    assert!(id > 0);
+    assert_eq!(desktop_below(&env, "burst").get(&waiting), Some(&id));
+    // The flush applies everything held, the deferral still on.
+    env.watch_barrier("vol");
+    let after = assert_tree_like_dt(&env, "burst");
+    assert_eq!(after.len(), 3001);
+    assert_eq!(after.get(&waiting), Some(&id), "the ID given on request");
+    env.rebuild_scan_silent("vol");
+    std::fs::write(&release, b"").unwrap();
+}

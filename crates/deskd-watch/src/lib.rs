@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+pub use fanotify::Floor;
 pub use stopper::Stopper;
 
 use coalesce::Coalescer;

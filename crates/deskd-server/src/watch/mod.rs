@@ -13,6 +13,7 @@
 //! The watchers live here, beside the volumes, not in the volume handle (as the online
 //! rebuilds do): a watcher drives its handle's writer, and the handle need know nothing of it.
 
+mod burst;
 mod disk;
 mod figures;
 mod kernel;

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use deskd_watch::{Batch, Change};
 use tracing::{debug, error, info, warn};
 
-use super::{disk, owed, rescan, Running};
+use super::{burst, disk, owed, rescan, Running};
 use crate::apply::watched::DiskWork;
 use crate::rebuild::Registry;
 use crate::volume::VolumeHandle;
@@ -43,19 +43,34 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
     let root = handle.volume.root().display().to_string();
     // Events held past GIVE_BACK_FROM since their memory was last given back.
     let mut backlog = false;
+    // Whether the events held now are a burst's, left for when it slows (`burst`).
+    let mut deferral = burst::Deferral::default();
+    // The test hook's deferral is on (`forced_deferral`).
+    let mut forced = false;
     loop {
         if running.stopping.load(Ordering::SeqCst) {
             return;
         }
         hold_watcher(&running);
         {
-            let mut source = running.source.lock().unwrap();
-            let Some(source) = source.as_mut() else {
+            let mut guard = running.source.lock().unwrap();
+            let Some(source) = guard.as_mut() else {
                 return;
             };
+            let (held, peak) = source.held_bytes();
+            let decision = match forced_deferral(held, &mut forced) {
+                Some(first) => burst::Decision::Defer { first },
+                None => deferral.look(held, running.limits.held_max, Instant::now()),
+            };
+            if let burst::Decision::Defer { first } = decision {
+                drop(guard);
+                defer(&running, &root, held, peak, first);
+                continue;
+            }
             match source.next_batch(WAIT) {
                 Ok(batch) => {
                     let (held, peak) = source.held_bytes();
+                    deferral.read(held, Instant::now());
                     {
                         let mut figures = running.figures.lock().unwrap();
                         figures.queued_bytes = held;
@@ -88,6 +103,48 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
         // A barrier waiting for the source gets it before the next read.
         running.let_barriers_pass();
     }
+}
+
+/// One look of a deferred burst ([`burst`]): say so at its start, keep the stamper waiting
+/// (its resource files would contend with the burst's creates), show what is held, and let a
+/// barrier that waits have the source before the next look.
+fn defer(running: &Running, root: &str, held: u64, peak: u64, first: bool) {
+    if first {
+        info!(
+            "watching {root}: a burst ({} MiB of events held and growing fast); applied when \
+             it slows, within {} s, or at a flush",
+            held >> 20,
+            burst::DEFER_AT_MOST.as_secs()
+        );
+    }
+    *running.last_burst.lock().unwrap() = Some(Instant::now());
+    {
+        let mut figures = running.figures.lock().unwrap();
+        figures.queued_bytes = held;
+        figures.queued_peak_bytes = peak;
+    }
+    running.let_barriers_pass();
+    // A stop is seen at the next look, LOOK later at most.
+    std::thread::sleep(burst::LOOK);
+}
+
+/// Test hook (`DESKD_TEST_DEFER_UNTIL=<file>`): events held are deferred as a burst's until
+/// `<file>` exists, whatever their rate, so a test sees what a client and a flush get
+/// meanwhile. `Some(first)` while it defers.
+#[cfg(feature = "test-hooks")]
+fn forced_deferral(held: u64, forced: &mut bool) -> Option<bool> {
+    static UNTIL: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let until = UNTIL.get_or_init(|| std::env::var_os("DESKD_TEST_DEFER_UNTIL").map(PathBuf::from));
+    let defer = held > 0 && until.as_deref().is_some_and(|u| !u.exists());
+    let first = defer && !*forced;
+    *forced = defer;
+    defer.then_some(first)
+}
+
+/// Without the `test-hooks` feature the hook is compiled out.
+#[cfg(not(feature = "test-hooks"))]
+fn forced_deferral(_: u64, _: &mut bool) -> Option<bool> {
+    None
 }
 
 /// Events held (bytes) from which their memory is given back once they are all applied.

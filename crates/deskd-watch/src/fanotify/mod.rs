@@ -14,6 +14,8 @@
 //! tells where it was, and so does an event in a directory this read renames later; what
 //! still waits at the end of the batch asks for a rescan of the volume.
 
+mod floor;
+pub use floor::Floor;
 pub(crate) mod handles;
 mod pump;
 pub(crate) mod records;
@@ -46,7 +48,7 @@ const READ_BUFFER: usize = 64 * 1024;
 /// shows it; the kernel's queue holds what arrived in the last [`pump`] pause).
 pub(crate) const HELD_BYTES_MAX: u64 = 192 << 20;
 
-const INIT_FLAGS: u32 = libc::FAN_CLASS_NOTIF
+pub(crate) const INIT_FLAGS: u32 = libc::FAN_CLASS_NOTIF
     | libc::FAN_CLOEXEC
     | libc::FAN_NONBLOCK
     | libc::FAN_REPORT_DFID_NAME
@@ -54,7 +56,8 @@ const INIT_FLAGS: u32 = libc::FAN_CLASS_NOTIF
     | libc::FAN_REPORT_TARGET_FID
     | libc::FAN_UNLIMITED_QUEUE;
 
-const EVENTS: u64 = libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_RENAME | libc::FAN_ONDIR;
+pub(crate) const EVENTS: u64 =
+    libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_RENAME | libc::FAN_ONDIR;
 
 /// One end of an event (a directory handle and a name), owned: for events that must wait.
 struct OwnedEnd {

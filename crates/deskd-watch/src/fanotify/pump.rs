@@ -26,10 +26,10 @@ use rustix::io::Errno;
 use crate::stopper::Stopper;
 
 /// How long the pump lets events gather after reading what was queued.
-const PAUSE: Duration = Duration::from_millis(10);
+pub(super) const PAUSE: Duration = Duration::from_millis(10);
 
 /// Bytes one read(2) of the pump takes at most.
-const CHUNK: usize = 64 * 1024;
+pub(super) const CHUNK: usize = 64 * 1024;
 
 /// What the pump holds for the watcher.
 #[derive(Default)]

@@ -1,0 +1,185 @@
+//! Yielding to a burst (issue 23): while events pour in at a burst's rate, the watcher's
+//! thread leaves them in the pump's memory (bounded by `watch_held_mib`) and applies them once
+//! the rate falls, instead of having the writer register each file while the program creating
+//! them runs. On a machine of few cores every cycle the server spends during the burst (the
+//! writer's `lstat` and SQLite insert per file, the parse, the kernel's writeback of the
+//! desktop) is taken from the program: profiled at a million files, the writer was 76 % of
+//! the server's CPU in the creation window, the watcher's parse 7 %, the pump 11 % (the pump
+//! keeps reading: it is the floor, `deskd-bench populate --fanotify-floor`).
+//!
+//! What it gives up: a change made during someone's burst on the same volume reaches the
+//! desktop when the burst slows ([`DEFER_AT_MOST`] at most). A client asking for a new object
+//! meanwhile registers it through the ordinary claim path (the watcher's later `Created` finds
+//! it known); a barrier (`deskd flush`, freeze, a rebuild) applies everything held, as before.
+
+use std::time::{Duration, Instant};
+
+/// How often the deferring thread looks at what the pump holds.
+pub(super) const LOOK: Duration = Duration::from_millis(20);
+
+/// Events held (bytes) from which a burst is deferred: about 10,000 creates.
+const BURST_HELD: u64 = 1 << 20;
+
+/// The rate (bytes of events a second) at which the held events must have grown since the
+/// last read for a burst to begin: about 10,000 creates a second; 1,000 renames a second
+/// between long names make 0.6 MB a second and are never deferred (nor is anything while the
+/// watcher keeps up: less than [`BURST_HELD`] is held then).
+const BURST_BYTES_PER_SECOND: f64 = 1024.0 * 1024.0;
+
+/// A burst has slowed when no event came for this long (a program on a loaded machine is
+/// off its CPU for tens of milliseconds at a time: a look at each [`LOOK`] would end the
+/// burst at each of those).
+const SLOWED_AFTER: Duration = Duration::from_millis(200);
+
+/// How long one busy stretch is deferred at most: a volume that never slows down is applied
+/// as it comes after that (until it slows), as before.
+pub(super) const DEFER_AT_MOST: Duration = Duration::from_secs(30);
+
+/// Whether to leave the held events where they are for now, and since when.
+#[derive(Debug, Default)]
+pub(super) struct Deferral {
+    /// What the pump held just after the last read, and when (the rate a burst begins at).
+    read: Option<(u64, Instant)>,
+    /// What it held at the last look, and when it last grew.
+    last: Option<(u64, Instant)>,
+    /// Deferring since (this busy stretch).
+    since: Option<Instant>,
+    /// This busy stretch was deferred for [`DEFER_AT_MOST`]: not again until it slows.
+    spent: bool,
+}
+
+/// What [`Deferral::look`] decided.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Decision {
+    /// Read and apply now.
+    Apply,
+    /// Leave the events held; `first` for the first look of a busy stretch that defers.
+    Defer { first: bool },
+}
+
+impl Deferral {
+    /// What the pump holds just after a read: a burst begins when it grows fast from there.
+    pub(super) fn read(&mut self, held: u64, now: Instant) {
+        self.read = Some((held, now));
+        self.last = Some((held, now));
+    }
+
+    /// A look before the next read: `held` bytes held now, `max` the bound (`watch_held_mib`).
+    pub(super) fn look(&mut self, held: u64, max: u64, now: Instant) -> Decision {
+        let grew_at = match self.last {
+            Some((before, _)) if held > before => now,
+            Some((_, at)) => at,
+            None => now,
+        };
+        self.last = Some((held, grew_at));
+        let slowed = held < BURST_HELD
+            || self.read.is_none()
+            || now.saturating_duration_since(grew_at) >= SLOWED_AFTER;
+        if slowed {
+            self.since = None;
+            self.spent = false;
+            return Decision::Apply;
+        }
+        // Half the bound: the rest is room for the events that come while the writer catches
+        // up, so deferring never ends in an overflow by itself.
+        if self.spent || held >= max / 2 {
+            return Decision::Apply;
+        }
+        let Some(since) = self.since else {
+            // Not deferring yet: only a fast burst begins it.
+            let fast = self.read.is_some_and(|(then_held, then)| {
+                let secs = now.saturating_duration_since(then).as_secs_f64();
+                secs > 0.0 && held.saturating_sub(then_held) as f64 / secs >= BURST_BYTES_PER_SECOND
+            });
+            if !fast {
+                return Decision::Apply;
+            }
+            self.since = Some(now);
+            return Decision::Defer { first: true };
+        };
+        if now.saturating_duration_since(since) >= DEFER_AT_MOST {
+            self.spent = true;
+            self.since = None;
+            return Decision::Apply;
+        }
+        Decision::Defer { first: false }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: u64 = 192 << 20;
+
+    #[test]
+    fn a_burst_is_deferred_until_no_event_came_for_a_while() {
+        let mut d = Deferral::default();
+        let t0 = Instant::now();
+        d.read(0, t0);
+        // 15 MB/s, a program creating 140,000 files a second.
+        let mut t = t0 + Duration::from_millis(100);
+        assert_eq!(d.look(1_500_000, MAX, t), Decision::Defer { first: true });
+        t += LOOK;
+        assert_eq!(d.look(1_800_000, MAX, t), Decision::Defer { first: false });
+        // The program off its CPU for a while: still the same burst.
+        t += SLOWED_AFTER / 2;
+        assert_eq!(d.look(1_800_000, MAX, t), Decision::Defer { first: false });
+        t += LOOK;
+        assert_eq!(d.look(1_900_000, MAX, t), Decision::Defer { first: false });
+        // No growth for SLOWED_AFTER: the burst is over.
+        t += SLOWED_AFTER;
+        assert_eq!(d.look(1_900_000, MAX, t), Decision::Apply);
+    }
+
+    #[test]
+    fn a_slow_stream_is_never_deferred() {
+        let mut d = Deferral::default();
+        let t0 = Instant::now();
+        d.read(2 << 20, t0);
+        // 1,000 renames a second of 600 bytes each, on top of a held backlog.
+        let t = t0 + Duration::from_millis(50);
+        assert_eq!(d.look((2 << 20) + 30_000, MAX, t), Decision::Apply);
+        // Nothing held worth deferring, however fast it came.
+        let mut d = Deferral::default();
+        d.read(0, t0);
+        assert_eq!(d.look(100_000, MAX, t), Decision::Apply);
+        // No read before: no rate known.
+        let mut d = Deferral::default();
+        assert_eq!(d.look(50 << 20, MAX, t), Decision::Apply);
+    }
+
+    #[test]
+    fn deferring_stops_at_half_the_bound_and_after_its_longest() {
+        let mut d = Deferral::default();
+        let t0 = Instant::now();
+        d.read(0, t0);
+        let t = t0 + Duration::from_secs(1);
+        assert_eq!(d.look(MAX / 2, MAX, t), Decision::Apply);
+        let mut d = Deferral::default();
+        d.read(0, t0);
+        let mut t = t0 + LOOK;
+        let mut held = 2 << 20;
+        assert_eq!(d.look(held, MAX, t), Decision::Defer { first: true });
+        for _ in 0..299 {
+            t += Duration::from_millis(100);
+            held += 300_000;
+            assert_eq!(d.look(held, MAX * 100, t), Decision::Defer { first: false });
+        }
+        t += Duration::from_millis(100);
+        held += 300_000;
+        assert_eq!(d.look(held, MAX * 100, t), Decision::Apply);
+        // Spent until the stretch ends, then deferred again.
+        t += Duration::from_millis(100);
+        held += 300_000;
+        assert_eq!(d.look(held, MAX * 100, t), Decision::Apply);
+        t += SLOWED_AFTER;
+        assert_eq!(d.look(held, MAX * 100, t), Decision::Apply);
+        d.read(held, t);
+        t += Duration::from_millis(100);
+        assert_eq!(
+            d.look(held + (3 << 20), MAX * 100, t),
+            Decision::Defer { first: true }
+        );
+    }
+}
