@@ -381,7 +381,7 @@ fn a_folder_swapped_for_a_link_leads_no_write_outside_the_volume() {
     let batch = vec![created("d"), created("d/f")];
     let outcome = v
         .handle
-        .ask(|tx| crate::writer::Job::Watch(batch, tx))
+        .ask(|tx| crate::writer::Job::Watch(batch, false, tx))
         .unwrap();
     assert_eq!(outcome.disk.len(), 2, "{:?}", outcome.disk);
     fs::rename(v.p("d"), v.p("d.real")).unwrap();

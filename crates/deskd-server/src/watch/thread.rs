@@ -261,7 +261,11 @@ pub(crate) fn process(
             ..Default::default()
         })
     } else {
-        handle.ask(|tx| Job::Watch(changes, tx))
+        // A flush waiting for this batch (or taking it itself): the burst is over or a client
+        // asked, so the writer keeps its priority for it.
+        let waited_for = running.in_barrier.load(Ordering::SeqCst)
+            || *running.barriers_waiting.lock().unwrap() > 0;
+        handle.ask(|tx| Job::Watch(changes, waited_for, tx))
     };
     if burst {
         *running.last_burst.lock().unwrap() = Some(Instant::now());

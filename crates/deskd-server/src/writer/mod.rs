@@ -107,8 +107,10 @@ pub(crate) enum Job {
     Close(Sender<Result<(), CloseRefused>>),
     Shutdown(Sender<()>),
     /// One batch of the changes the volume's watcher saw (issue 23), applied in one
-    /// transaction as the server's own requests ([`crate::apply::watched`]).
-    Watch(Vec<deskd_watch::Change>, Sender<WatchedOutcome>),
+    /// transaction as the server's own requests ([`crate::apply::watched`]). The flag: a
+    /// barrier (`deskd flush`) waits for it, so a burst's batch is not applied at the lowered
+    /// priority of [`priority`] (the burst is over or the client asked for it now).
+    Watch(Vec<deskd_watch::Change>, bool, Sender<WatchedOutcome>),
     /// Wake the thread so that it sets its timers again: a lone write committed by a
     /// connection thread made the desktop dirty while the writer thread slept with no timer,
     /// or with one too late for the new flush ([`WriterShare::commit_alone`]).
@@ -477,7 +479,7 @@ impl Writer {
                     let _ = done.send(());
                 }
                 Job::Run(_) | Job::Tick => {}
-                Job::Watch(_, reply) => {
+                Job::Watch(_, _, reply) => {
                     let _ = reply.send(WatchedOutcome::refused(space::FULL_REASON));
                 }
                 Job::Close(done) => {
@@ -651,8 +653,8 @@ impl Writer {
                     self.check_wal_limit();
                 }
             }
-            Job::Watch(changes, reply) => {
-                let lowered = (changes.len() >= priority::BURST_CHANGES)
+            Job::Watch(changes, waited_for, reply) => {
+                let lowered = (changes.len() >= priority::BURST_CHANGES && !waited_for)
                     .then(priority::Lowered::for_a_burst)
                     .flatten();
                 let outcome = self.apply_watched(&changes);
@@ -729,7 +731,7 @@ pub(super) fn refuse_all(root: &Path, rx: Receiver<Job>) {
             }
             // Dropping an online rebuild's work tells it that the desktop is gone.
             Job::Run(_) | Job::Tick => {}
-            Job::Watch(_, reply) => {
+            Job::Watch(_, _, reply) => {
                 let _ = reply.send(WatchedOutcome::refused("the desktop was closed"));
             }
         }

@@ -425,7 +425,7 @@ impl PgWriter {
             }
             // No online rebuild on PostgreSQL yet (refused before it starts).
             Job::Run(_) | Job::Tick => {}
-            Job::Watch(_, reply) => {
+            Job::Watch(_, _, reply) => {
                 let _ = reply.send(WatchedOutcome::refused(
                     "watching is not yet available for a desktop in PostgreSQL",
                 ));
