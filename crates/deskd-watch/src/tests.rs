@@ -752,3 +752,17 @@ fn an_exchange_is_told_from_two_moves_while_the_file_system_is_busy() {
         );
     }
 }
+
+/// The floor of `deskd-bench populate --fanotify-floor`: its mark sees every create (each
+/// event at least a header and a handle), whose events it reads and drops; stopping it reads
+/// what is still queued and ends its thread.
+#[test]
+fn the_floor_reads_and_drops_the_events_of_its_mark() {
+    let s = Scene::new();
+    let floor = Floor::start(&s.root).unwrap();
+    for i in 0..100 {
+        fs::write(s.p(&format!("f{i}")), b"").unwrap();
+    }
+    let bytes = floor.stop();
+    assert!(bytes >= 100 * 32, "{bytes} bytes for 100 creates");
+}
