@@ -20,7 +20,9 @@ pub struct ConnectionArgs {
     /// File holding the shared token a deskd on TCP asks for.
     #[arg(long, global = true, env = "DESKD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// Seconds to wait for deskd before giving up; then a volume counts as read-only.
+    /// Seconds to wait for deskd before giving up; then a volume counts as read-only. `deskd
+    /// flush` and `deskd freeze` wait for their answer without a limit unless this (or
+    /// $DESKD_CLIENT_TIMEOUT) is given.
     #[arg(long, global = true, env = "DESKD_CLIENT_TIMEOUT", value_parser = parse_timeout)]
     pub timeout: Option<f64>,
 }
@@ -112,6 +114,11 @@ impl ConnectionArgs {
     /// Where the server is, by the rule all deskd programs share.
     pub fn endpoint(&self) -> Endpoint {
         Endpoint::resolve(self.socket.as_deref().map(|p| p.as_os_str()))
+    }
+
+    /// Whether the user set a timeout (`--timeout` or `$DESKD_CLIENT_TIMEOUT`).
+    pub fn timeout_given(&self) -> bool {
+        self.timeout.is_some_and(|t| t > 0.0)
     }
 
     /// The client timeout: `--timeout`, else `$DESKD_CLIENT_TIMEOUT`, else 60 s.

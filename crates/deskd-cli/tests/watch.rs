@@ -1059,6 +1059,56 @@ fn a_slow_flush_says_what_it_waits_for() {
     assert_eq!(desktop_below(&env, "burst").len(), 3001);
 }
 
+/// A flush (and a freeze, which flushes first) waits for its answer without the client's
+/// usual 60 s unless told a timeout: after a burst of a million files a flush may work past a
+/// minute, and the backup script after it must not see a timeout for a flush still working.
+/// Told one, it gives up at it and says so.
+#[test]
+fn a_flush_waits_past_the_client_timeout_unless_told_one() {
+    let mut env = Env::new(&["vol"]);
+    let release_barrier = env.path("release-barrier");
+    env.server_env.push((
+        "DESKD_TEST_HOLD_BARRIER_UNTIL".into(),
+        release_barrier.display().to_string(),
+    ));
+    env.serve_watched(&["vol"], "");
+    make_files(&env, "few", 10);
+    let vol = root(&env).display().to_string();
+    let told = env
+        .command_for(
+            DESKD,
+            &[b"flush", b"--timeout", b"1", b"--volume", vol.as_bytes()],
+        )
+        .output()
+        .unwrap();
+    assert!(!told.status.success());
+    assert!(
+        String::from_utf8_lossy(&told.stderr).contains("timed out waiting for deskd's answer"),
+        "{}",
+        String::from_utf8_lossy(&told.stderr)
+    );
+    let mut flush = env
+        .command_for(DESKD, &[b"flush", b"--volume", vol.as_bytes()])
+        .env_remove("DESKD_CLIENT_TIMEOUT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Past the default timeout (60 s) the flush still waits for its answer.
+    let began = std::time::Instant::now();
+    while began.elapsed() < std::time::Duration::from_secs(62) {
+        assert!(
+            flush.try_wait().unwrap().is_none(),
+            "the flush ended before its answer, after {:?}",
+            began.elapsed()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::fs::write(&release_barrier, b"").unwrap();
+    assert!(flush.wait().unwrap().success());
+    assert_eq!(desktop_below(&env, "few").len(), 11);
+}
+
 #[test]
 fn roots_bulk_creation_is_registered_at_once_whatever_the_budget() {
     let env = watched("[defaults]\nwatch_budget = 50\nwatch_budget_seconds = 60\n");

@@ -285,6 +285,16 @@ impl Client {
         }
     }
 
+    /// Bound every later wait for a reply by `timeout` (None: wait as long as the answer
+    /// takes, as `deskd flush` does unless told a timeout).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        // The writer's stream is a clone of the reader's: one socket, one receive timeout.
+        self.output
+            .get_ref()
+            .set_read_timeout(timeout)
+            .map_err(io_error)
+    }
+
     /// Send one request and wait for its reply.
     pub fn call(&mut self, request: Request) -> Result<Response> {
         let id = self.send(request)?;

@@ -893,6 +893,13 @@ fn run(cli: Run) -> Result<ExitCode> {
         }
         Command::Flush { volume, .. } => {
             let (mut client, vol) = connect_for(connection, &volume)?;
+            // What a flush promises (every change made before it in the desktop) may take
+            // longer than the usual 60 s after a burst of a million files; a backup script
+            // after it must not see a timeout for a flush still working. Progress is on
+            // stderr; `--timeout` bounds it when given.
+            if !connection.timeout_given() {
+                client.set_timeout(None).map_err(|e| anyhow!("{e}"))?;
+            }
             // A flush waits for the watcher's backlog (seconds after a burst of a million
             // files): past a moment, say on stderr what it waits for, from status.
             let progress = deskd_cli::watch_figures::FlushProgress::start({
@@ -918,6 +925,10 @@ fn run(cli: Run) -> Result<ExitCode> {
             volume, seconds, ..
         } => {
             let (mut client, vol) = connect_for(connection, &volume)?;
+            // A freeze flushes first: no limit to its wait unless told one, as for flush.
+            if !connection.timeout_given() {
+                client.set_timeout(None).map_err(|e| anyhow!("{e}"))?;
+            }
             // Without --volume, every volume is frozen and every answer printed (each has
             // its own time and, on PostgreSQL, its own snapshot), each line led by the
             // volume's root when there are several.
