@@ -362,7 +362,20 @@ impl Session {
         }
         let info = self.client(&root)?.open_volume(&root);
         let info = info.map_err(|e| {
-            if e.code() == Some(ErrorCode::NoSuchVolume) {
+            let refused = (e.code() == Some(ErrorCode::NoSuchVolume))
+                .then(|| self.client.as_mut().and_then(|c| c.refused_volume(&root)))
+                .flatten();
+            if let Some(n) = refused {
+                // Configured, and refused: why (to root and the volume's owner), and where
+                // to look, not "add it to the configuration".
+                let shown = root.display().to_string();
+                let why = n.why.strip_prefix(&format!("{shown}: ")).unwrap_or(&n.why);
+                anyhow!(
+                    "{shown}: deskd at {} refused this volume: {why}; `deskd status` shows \
+                     whether it is served now",
+                    self.server.endpoint
+                )
+            } else if e.code() == Some(ErrorCode::NoSuchVolume) {
                 // The server names no path to a peer it does not trust; dt knows it.
                 anyhow!(
                     "{}: deskd at {} does not serve this volume: add it to that deskd's volumes \

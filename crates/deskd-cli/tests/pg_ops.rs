@@ -809,6 +809,116 @@ fn a_volume_refused_at_start_is_in_status_with_why() {
     );
 }
 
+/// A volume refused at start because the database could not be reached to check it (an
+/// SQLite desktop with objects, no mark on the root) said only "cannot connect", stayed
+/// refused after the database came back until a reload, was "not a volume served" to
+/// `status --volume`, and "add it to the configuration" to dt (newcomer review of stop 40).
+/// Now: the real situation in status, `status --volume` and dt (why to root, not to
+/// nobody); once the database is back, tried again without a reload: one the database holds
+/// (its mark lost) is served with its IDs, one it does not hold is refused for that.
+#[test]
+fn a_volume_refused_while_the_database_is_down_is_checked_again_when_it_comes_back() {
+    let Some(mut cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol", "old", "moved"]);
+    let old = std::fs::canonicalize(env.path("old")).unwrap();
+    let moved = std::fs::canonicalize(env.path("moved")).unwrap();
+    // Both served from their SQLite desktops; "moved" then moved into the database, and its
+    // root's mark lost (a restore of the root directory, a copy without xattrs).
+    env.serve(&["old", "moved"]);
+    env.dt_ok(&[b"touch", b"old/kept.txt", b"moved/kept.txt"]);
+    let kept = env.id_of(&moved.join("kept.txt"));
+    env.term();
+    let moved_arg = moved.to_str().unwrap();
+    env.deskd_ok(&[
+        "migrate",
+        moved_arg,
+        "--to",
+        &url,
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    deskd_volume::mark_desktop_in_postgresql(&moved, false).unwrap();
+    cluster.stop();
+    let cfg = env.path("deskd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[defaults]\n{}[volume.\"{}\"]\n[volume.\"{}\"]\n[volume.\"{}\"]\n",
+            backend_lines(&url, &pw),
+            env.path("vol").display(),
+            old.display(),
+            moved.display()
+        ),
+    )
+    .unwrap();
+    env.start(&["--config", cfg.to_str().unwrap()]);
+    let unchecked = "cannot check whether the database holds this volume: cannot connect";
+    let text = env.deskd_ok(&["status"]);
+    for root in [&old, &moved] {
+        let at = text
+            .find(&format!("{}\n  NOT SERVED:   ", root.display()))
+            .unwrap_or_else(|| panic!("{text}"));
+        let refusal = text[at..].lines().nth(1).unwrap();
+        assert!(refusal.contains(unchecked), "{refusal}");
+        assert!(refusal.contains("tries again"), "{refusal}");
+    }
+    // `status --volume` of a refused volume: its note, and exit 1 (it is not served).
+    let one = env.deskd(&["status", "--volume", old.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&one.stdout);
+    assert_eq!(one.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("NOT SERVED:   ") && said.contains(unchecked),
+        "{said}"
+    );
+    // dt says the server refused it and why, not "add it to the configuration".
+    let out = env.dt(&[b"touch", b"old/new.txt"]);
+    let err = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("refused this volume") && err.contains(unchecked),
+        "{err}"
+    );
+    assert!(!err.contains("add it to"), "{err}");
+    if let Some(out) = env.as_nobody(DESKD, &[b"status", b"--volume", old.as_os_str().as_bytes()]) {
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("NOT SERVED:   refused (root or the volume owner"),
+            "{said}"
+        );
+        assert!(!said.contains("cannot check"), "{said}");
+    } else {
+        skip("needs root to act as another user");
+    }
+    // The database comes back: no reload.
+    cluster.restart();
+    env.wait_for_log("now served (the database answered the check", 1);
+    env.wait_for_log("the database has no copy of the volume", 1);
+    assert_eq!(env.id_of(&moved.join("kept.txt")), kept);
+    env.dt_ok(&[b"touch", b"moved/after.txt"]);
+    let text = env.deskd_ok(&["status"]);
+    assert!(
+        !text.contains(&format!("{}\n  NOT SERVED", moved.display())),
+        "{text}"
+    );
+    let at = text
+        .find(&format!("{}\n  NOT SERVED:   ", old.display()))
+        .unwrap_or_else(|| panic!("{text}"));
+    let refusal = text[at..].lines().nth(1).unwrap();
+    assert!(
+        refusal.contains("deskd migrate") && !refusal.contains("cannot check"),
+        "{refusal}"
+    );
+    assert!(
+        !env.log_text().contains("reconfigured"),
+        "{}",
+        env.log_text()
+    );
+}
+
 /// A write that waits longer than `busy_wait` for the volume's row lock (here held by an
 /// admin's open transaction, as a long batch of another server would) is refused as busy, to
 /// try again; the writer does not take it for a lost database (no "database unreachable",

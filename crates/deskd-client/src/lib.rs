@@ -393,6 +393,18 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+
+    /// The server's note of `root` when it is a configured volume it refused (after an
+    /// `OpenVolume` answered `NoSuchVolume`): the root compared as given and resolved, on both
+    /// sides. None when it is not configured, or the server predates the request.
+    pub fn refused_volume(&mut self, root: &Path) -> Option<deskd_proto::VolumeNotServed> {
+        let resolved = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let wanted = resolved(root);
+        self.not_served().ok()?.into_iter().find(|n| {
+            let theirs = Path::new(std::ffi::OsStr::from_bytes(&n.root));
+            theirs == root || resolved(theirs) == wanted
+        })
+    }
 }
 
 /// Connect to the first address of `addr` that answers, each try bounded by `timeout`.

@@ -2,7 +2,7 @@
 //! script) reads, in two views: everyone's (what any local user could learn from the socket)
 //! and the token holder's (every connected client too).
 
-use deskd_proto::{ClientStatus, RebuildMode, RebuildState, VolumeStatus};
+use deskd_proto::{ClientStatus, RebuildMode, RebuildState, VolumeNotServed, VolumeStatus};
 use serde::Serialize;
 
 use crate::control::volume_name;
@@ -14,9 +14,28 @@ pub struct StatusView {
     /// Whether the request showed the token (then clients and jobs are listed).
     pub admin: bool,
     pub volumes: Vec<VolumeView>,
+    /// The configured volumes the server refused (as `deskd status` lists them).
+    pub not_served: Vec<NotServedView>,
     /// This side's jobs, newest first (token holders only).
     pub jobs: Option<Vec<Job>>,
 }
+
+/// A configured volume the server does not serve, and why.
+#[derive(Debug, Serialize)]
+pub struct NotServedView {
+    pub root: String,
+    /// Why (token holders only; others get [`NOT_SERVED_REDACTED`], as `deskd status` tells
+    /// a user who is neither root nor the volume's owner: the reason can name the database).
+    pub why: String,
+    /// Unix time it was refused.
+    pub since: i64,
+}
+
+/// What a reader without the token learns of why a volume is not served (the server's own
+/// words to an unprivileged peer; the HTTP side asks as the server's uid, so it blanks the
+/// reason itself).
+pub const NOT_SERVED_REDACTED: &str =
+    "refused (root or the volume owner sees why; the server's log says it)";
 
 /// One volume's state at a glance.
 #[derive(Debug, Serialize)]
@@ -69,10 +88,36 @@ pub struct ClientView {
 }
 
 impl StatusView {
-    pub fn new(volumes: Vec<VolumeStatus>, admin: bool, jobs: Option<Vec<Job>>) -> StatusView {
+    pub fn new(
+        volumes: Vec<VolumeStatus>,
+        not_served: Vec<VolumeNotServed>,
+        admin: bool,
+        jobs: Option<Vec<Job>>,
+    ) -> StatusView {
+        let root_of = |root: &[u8]| String::from_utf8_lossy(root).into_owned();
         StatusView {
             admin,
             volumes: volumes.iter().map(|v| VolumeView::new(v, admin)).collect(),
+            not_served: not_served
+                .into_iter()
+                .map(|n| {
+                    let root = root_of(&n.root);
+                    // The server's message often names the root already.
+                    let why = match admin {
+                        true => n
+                            .why
+                            .strip_prefix(&format!("{root}: "))
+                            .unwrap_or(&n.why)
+                            .to_owned(),
+                        false => NOT_SERVED_REDACTED.to_owned(),
+                    };
+                    NotServedView {
+                        root,
+                        why,
+                        since: n.since,
+                    }
+                })
+                .collect(),
             jobs,
         }
     }

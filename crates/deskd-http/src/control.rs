@@ -33,6 +33,14 @@ impl Control {
         self.connect()?.status(None).map_err(said)
     }
 
+    /// The configured volumes the server refused, with why (the server's uid sees it); none
+    /// from a server that predates the request.
+    pub fn not_served(&self) -> Vec<deskd_proto::VolumeNotServed> {
+        self.connect()
+            .and_then(|mut c| c.not_served().map_err(said))
+            .unwrap_or_default()
+    }
+
     /// Flush, freeze (`seconds`, clamped by the server to `freeze_max`) or thaw `vol`; the
     /// outcome in words, and for a freeze its end (Unix time).
     pub fn simple(&self, vol: u32, action: SimpleAction) -> ControlResult<(String, Option<i64>)> {

@@ -130,7 +130,10 @@ async fn route(state: &Arc<State>, peer: SocketAddr, request: Request<Incoming>)
             let state = state.clone();
             let work = move || {
                 let volumes = state.control.status();
-                volumes.map(|v| StatusView::new(v, admin, admin.then(|| state.jobs.list())))
+                let not_served = state.control.not_served();
+                volumes.map(|v| {
+                    StatusView::new(v, not_served, admin, admin.then(|| state.jobs.list()))
+                })
             };
             match tokio::task::spawn_blocking(work).await {
                 Ok(Ok(view)) => json(StatusCode::OK, &view),

@@ -45,6 +45,12 @@ pub enum ServerError {
     /// may hold a password, which is refused without being echoed).
     #[error("{}: desktop in PostgreSQL: {message}", root.display())]
     PgOpen { root: PathBuf, message: String },
+    /// A volume whose SQLite desktop holds objects and whose root has no mark (it may need
+    /// `deskd migrate` first) while the database cannot be reached to say whether it holds
+    /// the volume: not served for now, and opened again as the database comes back
+    /// ([`ServerError::retried`]).
+    #[error("{}: desktop in PostgreSQL: {message}", root.display())]
+    PgUnchecked { root: PathBuf, message: String },
     /// An SQLite desktop was asked for a volume whose desktop is in PostgreSQL (its root's
     /// mark, `deskd_volume::BACKEND_XATTR`).
     #[error("{0}")]
@@ -243,6 +249,14 @@ fn without(path: &std::path::Path, reason: &impl std::fmt::Display) -> String {
     let reason = reason.to_string();
     let named = format!("{}: ", path.display());
     reason.strip_prefix(&named).unwrap_or(&reason).to_string()
+}
+
+impl ServerError {
+    /// Whether the volume is opened again, without a reload, once the database answers: it
+    /// was refused only because the database could not be reached to check it.
+    pub fn retried(&self) -> bool {
+        matches!(self, ServerError::PgUnchecked { .. })
+    }
 }
 
 #[cfg(test)]

@@ -51,6 +51,7 @@ mod private_temp;
 mod read_cache;
 mod rebuild;
 mod reload;
+mod retry;
 mod scrape_cache;
 mod shared;
 mod sight;
@@ -249,13 +250,16 @@ impl Server {
         }
         let listener = bind(&config.socket)?;
         let mut volumes = Vec::new();
+        // (root, why, settings) of each volume refused at its opening; the settings when it
+        // is tried again as the database comes back (crate::retry).
+        let mut retried = Vec::new();
         for vc in checked {
             let root = vc.root.clone();
-            match VolumeHandle::open(volumes.len() as u32, vc) {
+            match VolumeHandle::open(volumes.len() as u32, vc.clone()) {
                 Ok(h) => volumes.push(Slot::Served(h)),
                 Err(e) => {
                     error!("{e}");
-                    refused.push((root.clone(), e.to_string()));
+                    retried.push((root.clone(), e.to_string(), e.retried().then_some(vc)));
                     failures.push(VolumeFailure::Open { root, error: e });
                 }
             }
@@ -277,9 +281,17 @@ impl Server {
             metrics: scrape_cache::ScrapeCache::new(),
             watchers: watch::Registry::default(),
             not_served: Default::default(),
+            changing_list: Default::default(),
+            retrying: AtomicBool::new(false),
         });
         for (root, why) in refused {
-            shared.refuse(&root, why);
+            shared.refuse(&root, why, None);
+        }
+        for (root, why, config) in retried {
+            match config {
+                Some(config) => retry::refused(&shared, &root, why, config),
+                None => shared.refuse(&root, why, None),
+            }
         }
         for handle in shared.volumes() {
             autorepair::watch(&shared.rebuilds, &handle);
@@ -404,6 +416,8 @@ impl Server {
     /// Stop taking writes, commit what is queued, flush and mark every desktop clean.
     pub fn shutdown(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
+        // A volume crate::retry is opening is in the list before its writer is asked to stop.
+        let _changing = self.shared.changing_list.lock().unwrap();
         // The watchers first: what they have read is applied before the writers stop.
         watch::stop_all(&self.shared.watchers);
         for handle in &self.shared.volumes() {

@@ -465,11 +465,14 @@ pub(crate) fn sqlite_desktop(root: &Path, config: &VolumeConfig) -> Option<(u64,
 /// Refuse to start a volume anew in the database over an SQLite desktop that holds objects
 /// (the site set `backend` and did not run `deskd migrate`): every file would get a new ID,
 /// and every alias would break. Nothing is changed (checked before the identity is stamped).
+/// When the database cannot be reached to say whether it holds the volume, the refusal says
+/// so and is [`ServerError::PgUnchecked`]: the server opens the volume again as the database
+/// comes back (crate::retry).
 pub(crate) fn refuse_fresh_over_sqlite(
     root: &Path,
     config: &VolumeConfig,
     options: &deskd_pg::ConnectOptions,
-) -> Result<(), String> {
+) -> Result<(), ServerError> {
     // A volume served from a database before, or moved in with `deskd migrate`, is marked:
     // its `.Desktop` is the one migrate left behind, not a forgotten migration. (Checked
     // first: the check below needs the database, and such a volume must also start while
@@ -484,19 +487,38 @@ pub(crate) fn refuse_fresh_over_sqlite(
     if objects <= 1 {
         return Ok(());
     }
+    let refused = |message: String| ServerError::PgOpen {
+        root: root.to_path_buf(),
+        message,
+    };
+    let unchecked = |e: deskd_pg::PgError| ServerError::PgUnchecked {
+        root: root.to_path_buf(),
+        message: format!(
+            "cannot check whether the database holds this volume: {e}. Its SQLite desktop \
+             holds {objects} objects and its root is not marked as moved into a database \
+             (`deskd migrate`), so it is not served until the database answers that check; \
+             the server tries again as the database comes back (0.5 s doubling to 5 s \
+             between tries), no reload needed"
+        ),
+    };
     let identity = deskd_volume::read_volume_identity(root).or(identity);
-    let mut client = deskd_pg::connect(options).map_err(|e| e.to_string())?;
+    let mut client = match deskd_pg::connect(options) {
+        Ok(client) => client,
+        Err(e) if e.is_unavailable() => return Err(unchecked(e)),
+        Err(e) => return Err(refused(e.to_string())),
+    };
     let name = root.to_string_lossy();
     match deskd_pg::schema::holds_volume(&mut client, &name, identity) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(format!(
+        Ok(false) => Err(refused(format!(
             "the volume's SQLite desktop holds {objects} objects and the database has no copy of \
              the volume: serving it from the database would give every file a new ID. Move it \
              in first with `deskd migrate {} --to TARGET` (every ID kept), or move the SQLite \
              desktop aside to start the volume afresh; nothing was changed",
             root.display()
-        )),
-        Err(e) => Err(e.to_string()),
+        ))),
+        Err(e) if e.is_unavailable() => Err(unchecked(e)),
+        Err(e) => Err(refused(e.to_string())),
     }
 }
 

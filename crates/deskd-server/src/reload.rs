@@ -44,6 +44,8 @@ impl Server {
     /// cannot be read keeps the old one). Returns the problems and notes, each also logged.
     pub fn reconfigure(&self, new: Option<&Config>) -> Vec<String> {
         let mut notes = Vec::new();
+        // No volume refused for want of the database is opened by crate::retry meanwhile.
+        let changing = self.shared.changing_list.lock().unwrap();
         if let Some(new) = new {
             self.reload_volumes(new, &mut notes);
             self.shared.limits.set(new.limits);
@@ -57,6 +59,7 @@ impl Server {
                 }
             }
         }
+        drop(changing);
         for handle in &self.shared.volumes() {
             if let Some(Err(e)) = handle.ask(Job::Flush) {
                 // The writer's messages may already name the volume; name it once.
@@ -156,7 +159,7 @@ impl Server {
                 .collect();
             if let Err(e) = crate::preflight::check_volume(v, &served) {
                 notes.push(format!("{}: not served: {e}", v.root.display()));
-                self.shared.refuse(&v.root, e.to_string());
+                self.shared.refuse(&v.root, e.to_string(), None);
                 continue;
             }
             let index = self.handle_for(&root);
@@ -170,28 +173,18 @@ impl Server {
                 }
                 Err(e) => {
                     notes.push(format!("{}: not served: {e}", v.root.display()));
-                    self.shared.refuse(&v.root, e.to_string());
+                    crate::retry::refuse(&self.shared, &v.root, &e, v);
                 }
             }
         }
     }
 
-    /// The handle for a volume about to be served: the one it had before it was taken out of
-    /// the configuration, or a new one at the end.
     fn handle_for(&self, root: &Path) -> u32 {
-        let slots = self.shared.volumes.read().unwrap();
-        let retired = slots
-            .iter()
-            .position(|slot| matches!(slot, Slot::Retired(r) if r == root));
-        retired.unwrap_or(slots.len()) as u32
+        self.shared.handle_for(root)
     }
 
     fn set_slot(&self, index: u32, slot: Slot) {
-        let mut slots = self.shared.volumes.write().unwrap();
-        match slots.get_mut(index as usize) {
-            Some(place) => *place = slot,
-            None => slots.push(slot),
-        }
+        self.shared.set_slot(index, slot)
     }
 
     /// Close the desktop of `handle` cleanly, with requests for it waiting meanwhile. Returns
@@ -285,7 +278,7 @@ impl Server {
             }
             Err(e) => {
                 notes.push(format!("{root}: not served: {e}"));
-                self.shared.refuse(handle.volume.root(), e.to_string());
+                crate::retry::refuse(&self.shared, handle.volume.root(), &e, new);
                 self.set_slot(handle.index, Slot::Retired(handle.volume.root().into()));
             }
         }

@@ -98,6 +98,22 @@ pub struct Shared {
     pub(crate) metrics: ScrapeCache,
     /// The configured volumes refused at start or at a reload, and why (`deskd status`).
     pub(crate) not_served: std::sync::Mutex<Vec<NotServed>>,
+    /// Held by whoever adds volumes to the list or changes what a handle stands for at a
+    /// reload (the signal thread) or when a volume refused for want of the database is tried
+    /// again ([`crate::retry`]), and by the shutdown: one at a time.
+    pub(crate) changing_list: std::sync::Mutex<()>,
+    /// Whether the thread trying refused volumes again runs ([`crate::retry`]).
+    pub(crate) retrying: AtomicBool,
+}
+
+/// A volume refused only because the database could not be reached to check it: when and with
+/// what settings it is tried again ([`crate::retry`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Retry {
+    pub config: crate::config::VolumeConfig,
+    /// The wait after the next try, should it fail too (the writer's reconnect back-off).
+    pub wait: Duration,
+    pub next: Instant,
 }
 
 /// A configured volume this server does not serve.
@@ -114,6 +130,8 @@ pub(crate) struct NotServed {
     /// nobody makes themselves the owner by creating the missing path afterwards (hostile
     /// review of stop 40), and a request never waits on a hung file system.
     pub owner: Option<u32>,
+    /// Set when it is tried again as the database comes back.
+    pub retry: Option<Retry>,
 }
 
 impl Shared {
@@ -163,8 +181,9 @@ impl Shared {
         }
     }
 
-    /// Note `root` as not served, for `why` (replacing an earlier note of it).
-    pub(crate) fn refuse(&self, root: &Path, why: String) {
+    /// Note `root` as not served, for `why` (replacing an earlier note of it); tried again
+    /// per `retry` when set (the caller starts [`crate::retry`]'s thread).
+    pub(crate) fn refuse(&self, root: &Path, why: String, retry: Option<Retry>) {
         let mut list = self.not_served.lock().unwrap();
         list.retain(|n| n.root != root);
         let owner = std::fs::symlink_metadata(root)
@@ -176,6 +195,7 @@ impl Shared {
             why,
             since: deskd_db::now_unix(),
             owner,
+            retry,
         });
     }
 
@@ -183,6 +203,25 @@ impl Shared {
     /// configuration, is no longer "not served").
     pub(crate) fn keep_refused(&self, keep: impl Fn(&Path) -> bool) {
         self.not_served.lock().unwrap().retain(|n| keep(&n.root));
+    }
+
+    /// The handle for a volume about to be served: the one it had before it was taken out of
+    /// the configuration, or a new one at the end. (Under [`Shared::changing_list`].)
+    pub(crate) fn handle_for(&self, root: &Path) -> u32 {
+        let slots = self.volumes.read().unwrap();
+        let retired = slots
+            .iter()
+            .position(|slot| matches!(slot, Slot::Retired(r) if r == root));
+        retired.unwrap_or(slots.len()) as u32
+    }
+
+    /// Make handle `index` stand for `slot` (a new handle when it is the next one).
+    pub(crate) fn set_slot(&self, index: u32, slot: Slot) {
+        let mut slots = self.volumes.write().unwrap();
+        match slots.get_mut(index as usize) {
+            Some(place) => *place = slot,
+            None => slots.push(slot),
+        }
     }
 
     /// Whether `vol` is a handle this server has given out (served now or not).

@@ -389,7 +389,7 @@ impl VolumeHandle {
                 )))
             }
         }
-        crate::pg_volume::refuse_fresh_over_sqlite(&root, &config, &options).map_err(refused)?;
+        crate::pg_volume::refuse_fresh_over_sqlite(&root, &config, &options)?;
         let identity = crate::pg_volume::identity(&root, &config)?;
         // The offline tools keep off the volume from now on (deskd_volume::BACKEND_XATTR).
         if deskd_volume::desktop_backend(&root).is_none() {

@@ -12,7 +12,7 @@ use deskd_cli::connection::verbs::{BeforeVerb, ClientOptions, ServeOptions, Verb
 use deskd_cli::connection::ConnectionArgs;
 use deskd_cli::output::{ctime_string, display_bytes, write_match, FindArgs};
 use deskd_client::{Client, Request, Response};
-use deskd_proto::Endpoint;
+use deskd_proto::{Endpoint, ErrorCode};
 use deskd_server::{ConfigFile, Server};
 
 #[derive(Parser)]
@@ -468,6 +468,25 @@ fn connect_for(args: &ConnectionArgs, volume: &Option<PathBuf>) -> Result<(Clien
     Ok((client, vol))
 }
 
+/// `deskd status`'s lines for a configured volume the server refused.
+fn print_not_served(n: &deskd_proto::VolumeNotServed, json: bool) {
+    let root = display_bytes(&n.root);
+    // The server's message often names the root already.
+    let why = n.why.strip_prefix(&format!("{root}: ")).unwrap_or(&n.why);
+    if json {
+        let v = serde_json::json!({
+            "path": root,
+            "served": false,
+            "not_served": why,
+            "since": n.since,
+        });
+        println!("{v}");
+    } else {
+        println!("{root}");
+        println!("  NOT SERVED:   {why} (since {})", ctime_string(n.since));
+    }
+}
+
 /// What `deskd freeze` prints for one volume's answer.
 fn freeze_lines(reply: Response, seconds: Option<u32>) -> Result<Vec<String>> {
     let clamp = |clamped: bool, max: u32| {
@@ -722,7 +741,25 @@ fn run(cli: Run) -> Result<ExitCode> {
             ))
         }
         Command::Status { volume, json, .. } => {
-            let (mut client, vol) = connect_for(connection, &volume)?;
+            let mut client = connection.connect().map_err(|e| anyhow!("{e}"))?;
+            let vol = match &volume {
+                None => None,
+                Some(p) => match client.open_volume(p) {
+                    Ok(info) => Some(info.vol),
+                    Err(e) => {
+                        // A configured volume the server refused: shown as plain status
+                        // shows it (exit 1: it is not served).
+                        let refused = (e.code() == Some(ErrorCode::NoSuchVolume))
+                            .then(|| client.refused_volume(p))
+                            .flatten();
+                        let Some(n) = refused else {
+                            return Err(anyhow!("{e}"));
+                        };
+                        print_not_served(&n, json);
+                        return Ok(ExitCode::FAILURE);
+                    }
+                },
+            };
             let statuses = client.status(vol).map_err(|e| anyhow!("{e}"))?;
             // A server that predates the figures answers BadRequest: status goes on without.
             let memory = client.memory().ok();
@@ -868,21 +905,7 @@ fn run(cli: Run) -> Result<ExitCode> {
                 Some(_) => Vec::new(),
             };
             for n in refused {
-                let root = display_bytes(&n.root);
-                // The server's message often names the root already.
-                let why = n.why.strip_prefix(&format!("{root}: ")).unwrap_or(&n.why);
-                if json {
-                    let v = serde_json::json!({
-                        "path": root,
-                        "served": false,
-                        "not_served": why,
-                        "since": n.since,
-                    });
-                    println!("{v}");
-                } else {
-                    println!("{root}");
-                    println!("  NOT SERVED:   {why} (since {})", ctime_string(n.since));
-                }
+                print_not_served(&n, json);
             }
             if let (Some(m), false) = (memory, json) {
                 for line in deskd_cli::memory_figures::server_lines(m) {

@@ -39,8 +39,8 @@ use crate::pg_volume::PgVolume;
 
 /// The first wait before connecting again after the database was lost; it doubles to
 /// [`RECONNECT_MAX`].
-const RECONNECT_FIRST: Duration = Duration::from_millis(500);
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
+pub(crate) const RECONNECT_FIRST: Duration = Duration::from_millis(500);
+pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// The writer's store: the volume's row (which another server's batch holds until it commits)
 /// is waited for up to `busy_wait`, not SQLite's short [`super::busy::BUSY_TRY`] between
