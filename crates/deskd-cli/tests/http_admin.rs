@@ -1453,3 +1453,53 @@ fn the_backup_action_backs_up_a_postgresql_volume_from_its_database() {
         id.to_string()
     );
 }
+
+/// `/api/status` lists the configured volumes the server refused, as `deskd status` does:
+/// with why to the token holder, and only that it was refused to a reader without the token
+/// (the reason can name the database).
+#[test]
+fn api_status_lists_refused_volumes_with_why_only_to_the_token_holder() {
+    let Some(cluster) = deskd_pg::test_cluster::TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol", "old"]);
+    let old = std::fs::canonicalize(env.path("old")).unwrap();
+    // "old" has a registered SQLite desktop: `backend` over it without `deskd migrate` is
+    // refused.
+    env.serve(&["old"]);
+    env.dt_ok(&[b"touch", b"old/kept.txt"]);
+    env.term();
+    let table = format!(
+        "[volume.\"{}\"]\n{}[volume.\"{}\"]\n",
+        old.display(),
+        backend_lines(&url, &pw),
+        env.path("vol").display()
+    );
+    let addr = serve_http(&mut env, &table, &[]);
+    let admin = get_with(&addr, "/api/status", TOKEN).json();
+    let refused = admin["not_served"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{admin}");
+    assert_eq!(refused[0]["root"], json!(old.display().to_string()));
+    assert!(
+        refused[0]["why"].as_str().unwrap().contains("deskd migrate"),
+        "{admin}"
+    );
+    assert!(refused[0]["since"].as_i64().unwrap() > 0, "{admin}");
+    let anonymous = get(&addr, "/api/status");
+    assert_eq!(anonymous.status, 200, "{}", anonymous.body);
+    let anonymous = anonymous.json();
+    let redacted = "refused (root or the volume owner sees why; the server's log says it)";
+    assert_eq!(
+        anonymous["not_served"][0]["why"],
+        json!(redacted),
+        "{anonymous}"
+    );
+    assert!(!anonymous.to_string().contains("deskd migrate"), "{anonymous}");
+    // The same words as the socket gives nobody.
+    if let Some(out) = env.as_nobody(DESKD, &[b"status"]) {
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains(redacted), "{said}");
+    }
+}
