@@ -1483,7 +1483,10 @@ fn api_status_lists_refused_volumes_with_why_only_to_the_token_holder() {
     assert_eq!(refused.len(), 1, "{admin}");
     assert_eq!(refused[0]["root"], json!(old.display().to_string()));
     assert!(
-        refused[0]["why"].as_str().unwrap().contains("deskd migrate"),
+        refused[0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("deskd migrate"),
         "{admin}"
     );
     assert!(refused[0]["since"].as_i64().unwrap() > 0, "{admin}");
@@ -1496,7 +1499,10 @@ fn api_status_lists_refused_volumes_with_why_only_to_the_token_holder() {
         json!(redacted),
         "{anonymous}"
     );
-    assert!(!anonymous.to_string().contains("deskd migrate"), "{anonymous}");
+    assert!(
+        !anonymous.to_string().contains("deskd migrate"),
+        "{anonymous}"
+    );
     // The same words as the socket gives nobody.
     if let Some(out) = env.as_nobody(DESKD, &[b"status"]) {
         let said = String::from_utf8_lossy(&out.stdout);

@@ -919,6 +919,77 @@ fn a_volume_refused_while_the_database_is_down_is_checked_again_when_it_comes_ba
     );
 }
 
+/// `deskd restore --leave-postgresql` trusted the admin that every server was stopped. With
+/// `--config` it asks the volume's database for the servers' serving lock: refused while a
+/// server serves the volume (nothing changed: no SQLite desktop written, the mark kept), done
+/// once it is stopped. Without `--config` it says it did not check.
+#[test]
+fn restore_leaving_postgresql_is_refused_while_a_server_serves_the_volume() {
+    let Some((_cluster, mut env, root, config)) = served("desk") else {
+        return;
+    };
+    env.dt_ok(&[b"touch", b"vol/kept.txt"]);
+    let kept = env.id_of(&root.join("kept.txt"));
+    let backups = env.path("backups");
+    std::fs::create_dir(&backups).unwrap();
+    let cfg = config.to_str().unwrap();
+    env.deskd_ok(&[
+        "backup",
+        "--config",
+        cfg,
+        root.to_str().unwrap(),
+        backups.to_str().unwrap(),
+    ]);
+    let file = std::fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "desktop"))
+        .unwrap();
+    let file = file.to_str().unwrap();
+    let volume = root.to_str().unwrap();
+    let out = env.deskd(&[
+        "restore",
+        "--leave-postgresql",
+        "--config",
+        cfg,
+        file,
+        volume,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("is being served from the database by deskd serve"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(deskd_volume::desktop_backend(&root).is_some());
+    assert!(!root.join(".Desktop").exists());
+    // The server goes on serving it, untouched.
+    env.dt_ok(&[b"touch", b"vol/after.txt"]);
+    env.term();
+    env.deskd_ok(&[
+        "restore",
+        "--leave-postgresql",
+        "--config",
+        cfg,
+        file,
+        volume,
+    ]);
+    assert!(deskd_volume::desktop_backend(&root).is_none());
+    assert!(root.join(".Desktop").exists());
+    env.serve(&["vol"]);
+    assert_eq!(env.id_of(&root.join("kept.txt")), kept);
+    env.term();
+    // Without --config: done, with a word that nothing was checked.
+    deskd_volume::mark_desktop_in_postgresql(&root, true).unwrap();
+    let out = env.deskd(&["restore", "--leave-postgresql", "--force", file, volume]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("not checked whether a deskd serve serves"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
 /// A write that waits longer than `busy_wait` for the volume's row lock (here held by an
 /// admin's open transaction, as a long batch of another server would) is refused as busy, to
 /// try again; the writer does not take it for a lost database (no "database unreachable",

@@ -295,6 +295,21 @@ pub fn hold_unserved(client: &mut Client, name: &str) -> Result<()> {
     }
 }
 
+/// Volume `name`'s serving lock, held exclusively on a session of its own until this is
+/// dropped ([`hold_unserved_session`]).
+pub struct UnservedHold {
+    _session: Client,
+}
+
+/// Connect and hold volume `name`'s serving lock exclusively ([`hold_unserved`]) until the
+/// returned hold is dropped: `deskd restore --leave-postgresql --config` is refused while a
+/// server serves the volume from the database, and no server opens it while it restores.
+pub fn hold_unserved_session(options: &crate::ConnectOptions, name: &str) -> Result<UnservedHold> {
+    let mut session = crate::connect(options)?;
+    hold_unserved(&mut session, name)?;
+    Ok(UnservedHold { _session: session })
+}
+
 /// Read volume `name` out of the database in one consistent snapshot: each object, in ID
 /// order, goes to `each_object` as it streams in (an error there ends the export); the header
 /// and the other records are returned. A database without the volume is

@@ -281,6 +281,12 @@ enum Command {
         /// IDs from the database); without this a marked volume is refused.
         #[arg(long)]
         leave_postgresql: bool,
+        /// The server's configuration file: with --leave-postgresql, the volume's database
+        /// (its `backend` there) is asked whether any deskd serve serves the volume from it,
+        /// on this host or another (each holds the volume's serving lock), and the restore is
+        /// refused while one does; no server opens the volume while it restores.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// The backup file (made by `deskd backup`).
         backup: PathBuf,
         /// The volume's root directory.
@@ -466,6 +472,29 @@ fn connect_for(args: &ConnectionArgs, volume: &Option<PathBuf>) -> Result<(Clien
         Some(p) => Some(client.open_volume(p).map_err(|e| anyhow!("{e}"))?.vol),
     };
     Ok((client, vol))
+}
+
+/// `deskd restore --leave-postgresql --config FILE`: the volume's serving lock in its
+/// database, held exclusively (None when the configuration gives the volume no database).
+/// Refused while any server serves the volume from it, or when the database cannot be asked.
+fn unserved_for_restore(
+    config: &Path,
+    volume: &Path,
+) -> Result<Option<deskd_pg::transfer::UnservedHold>> {
+    let Some(pg) = deskd_cli::pg_admin::from_config(config, volume)? else {
+        return Ok(None);
+    };
+    match deskd_pg::transfer::hold_unserved_session(&pg.options, &pg.name) {
+        Ok(hold) => Ok(Some(hold)),
+        Err(e @ deskd_pg::PgError::Served(_)) => Err(anyhow!("{e}")),
+        Err(e) => Err(anyhow!(
+            "cannot check whether a deskd serve serves {} from {}: {e}; nothing was changed \
+             (when the database is lost for good and every server of the volume is stopped, \
+             restore without --config)",
+            pg.root.display(),
+            pg.describe()
+        )),
+    }
 }
 
 /// `deskd status`'s lines for a configured volume the server refused.
@@ -696,9 +725,30 @@ fn run(cli: Run) -> Result<ExitCode> {
             trust_ids,
             manifest,
             leave_postgresql,
+            config,
             backup,
             volume,
         } => {
+            // Held until the restore is done: no server serves the volume from its database.
+            let _unserved = match (leave_postgresql, &config) {
+                (true, Some(config)) => match unserved_for_restore(config, &volume) {
+                    Ok(hold) => hold,
+                    Err(e) => {
+                        eprintln!("deskd restore: {e}");
+                        return Ok(ExitCode::from(2));
+                    }
+                },
+                (true, None) => {
+                    eprintln!(
+                        "deskd restore: not checked whether a deskd serve serves {} from its \
+                         database (give --config FILE to check); make sure every server of \
+                         the volume is stopped",
+                        volume.display()
+                    );
+                    None
+                }
+                (false, _) => None,
+            };
             let options = deskd_backup::RestoreOptions {
                 threads: walk.threads(),
                 force,
