@@ -191,6 +191,15 @@ pub struct Session {
     reading_verb: Option<&'static str>,
 }
 
+/// Whether dt sends `request` after it changed the disk (registering what it made, telling
+/// deskd of a rename or removal it did).
+fn changes_disk_first(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::AddPath { .. } | Request::RenamePath { .. } | Request::DeletePath { .. }
+    )
+}
+
 /// The `AddPath` request that registers `iv`: with `use_hints`, the ID its xattr mirror (or else
 /// its resource file) carries, and the type and creator its resource file has. Always, as
 /// `carried`, the ID the object itself carries (its xattr mirror moves with it; else its
@@ -399,13 +408,52 @@ impl Session {
         let root = iv.root.clone();
         let request = make(vol);
         let began = Instant::now();
+        let after_disk = changes_disk_first(&request);
         loop {
             match self.client(&root)?.call(request.clone()) {
                 Err(e) if refused_while_closing(&e) && began.elapsed() < RESEND_FOR => {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                result => return result.map_err(|e| self.explain(&root, e)),
+                result => return result.map_err(|e| self.explain_write(iv, after_disk, e)),
             }
+        }
+    }
+
+    /// [`Session::explain`], but a write dt sends after its change on disk (`after_disk`),
+    /// refused read-only although dt found the volume writable before it touched the disk
+    /// (the database lost in between, the file system filled): the change is on disk and not
+    /// in the desktop. Said so, with how the desktop learns it, not "nothing was recorded,
+    /// try again" (a retry would find the file there).
+    fn explain_write(&self, iv: &InVolume, after_disk: bool, e: ClientError) -> anyhow::Error {
+        let checked_writable = self
+            .handles
+            .get(iv.volume.root())
+            .is_some_and(|v| !v.read_only);
+        match &e {
+            ClientError::Server(reply)
+                if after_disk && checked_writable && reply.code == ErrorCode::ReadOnly =>
+            {
+                let root = iv.volume.root().display();
+                // The server's reason, without its root and its "nothing was recorded, try
+                // again" (true of the desktop; the disk has the change, and a retry would
+                // find it there).
+                let message = &reply.message;
+                let message = message
+                    .strip_prefix(&format!("{root}: "))
+                    .unwrap_or(message);
+                let message = message
+                    .split_once("; nothing was recorded")
+                    .map_or(message, |(why, _)| why);
+                anyhow!(
+                    "{}: changed on disk but NOT recorded in the desktop: the volume became \
+                     read-only after dt checked it ({}). The desktop learns the change at the \
+                     volume's next rescan (a watched volume) or rebuild: once the volume is \
+                     writable again (`deskd status`), run `deskd rebuild {root}` (online)",
+                    iv.path().display(),
+                    message
+                )
+            }
+            _ => self.explain(iv.volume.root(), e),
         }
     }
 
@@ -512,7 +560,7 @@ impl Session {
                 Err(e) if refused_while_closing(&e) => {
                     self.call(&iv, |vol| add_request(vol, &iv, header.as_ref(), use_hints))?
                 }
-                reply => reply.map_err(|e| self.explain(&root, e))?,
+                reply => reply.map_err(|e| self.explain_write(&iv, true, e))?,
             };
             let info = match reply {
                 Response::Object(o) => o,

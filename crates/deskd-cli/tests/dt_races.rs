@@ -79,43 +79,6 @@ fn nobodys_file(path: &Path, text: &str) {
     std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
 }
 
-/// Root's dt, started with the pause hook at `step` (released by `go` existing).
-fn dt_paused(env: &Env, step: &str, go: &Path, args: &[&[u8]]) -> Child {
-    env.command_for(DT, args)
-        .env("DESKD_TEST_DT_PAUSE", format!("{step}:{}", go.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Wait for `child` to say it paused at `step`, run `attack`, release it; its exit status and
-/// stderr.
-fn at_pause(
-    mut child: Child,
-    step: &str,
-    go: &Path,
-    attack: impl FnOnce(),
-) -> (std::process::ExitStatus, String) {
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap() == 0 {
-            panic!("dt ended before pausing at {step}: {seen}");
-        }
-        seen.push_str(&line);
-        if line.trim_end() == format!("dt: test pause at {step}") {
-            break;
-        }
-    }
-    attack();
-    std::fs::write(go, b"").unwrap();
-    err.read_to_string(&mut seen).unwrap();
-    (child.wait().unwrap(), seen)
-}
-
 /// F1: `dt mkdir -m 4777` by root in nobody's folder; nobody swaps the new directory for a
 /// symlink to root's file before its mode is set. The mode must not reach root's file.
 #[test]

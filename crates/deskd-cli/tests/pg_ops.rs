@@ -1170,6 +1170,39 @@ fn dt_refuses_before_touching_the_disk_while_the_database_is_down() {
     env.rebuild_scan_silent("vol");
 }
 
+/// The database lost between dt's opening (the volume writable) and its write: the file is
+/// made, the write refused. dt said "nothing was recorded, try again" (a retry finds the file
+/// there); it now exits non-zero saying the change is on disk and not in the desktop, and the
+/// command that records it, which does once the database is back.
+#[test]
+fn dt_says_what_is_on_disk_when_the_database_dies_between_its_check_and_its_write() {
+    let Some((mut cluster, env, root, _config)) = served("desk") else {
+        return;
+    };
+    env.dt_ok(&[b"mkdir", b"vol/docs"]);
+    let go = env.path("go");
+    let child = dt_paused(&env, "touch-placed", &go, &[b"touch", b"vol/docs/late.txt"]);
+    let (status, said) = at_pause(child, "touch-placed", &go, || cluster.stop());
+    assert!(!status.success(), "{said}");
+    assert!(root.join("docs/late.txt").exists());
+    assert!(
+        said.contains("docs/late.txt: changed on disk but NOT recorded in the desktop"),
+        "{said}"
+    );
+    assert!(said.contains("database is unreachable"), "{said}");
+    let rebuild = format!("deskd rebuild {}", root.display());
+    assert!(said.contains(&rebuild), "{said}");
+    assert!(!said.contains("try again"), "{said}");
+    cluster.restart();
+    // The writer reconnects with its back-off; then the command dt named records the file
+    // (online, through the server).
+    env.wait_for_log("database reachable again; the volume is writable", 1);
+    let out = env.deskd(&["rebuild", root.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(env.id_of(&root.join("docs/late.txt")) > 0);
+    env.rebuild_scan_silent("vol");
+}
+
 /// `deskd rebuild -f` online on a PostgreSQL volume: every ID is decided from the disk (the
 /// mirrors and resource files): a row moved to another ID in the database behind deskd's back
 /// goes back to the ID its file carries, a row lost comes back under its own, and `-s` is then

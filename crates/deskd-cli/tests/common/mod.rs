@@ -1607,3 +1607,43 @@ pub fn second_server(root: &Path, defaults: &str, env: &[(&str, &str)]) -> Env {
     server.start(&["--config", cfg.to_str().unwrap()]);
     server
 }
+
+// --- shared by dt_races and pg_ops ---
+
+/// dt (as the test's user), started with the pause hook at `step` (released by `go` existing).
+pub fn dt_paused(env: &Env, step: &str, go: &Path, args: &[&[u8]]) -> Child {
+    env.command_for(DT, args)
+        .env("DESKD_TEST_DT_PAUSE", format!("{step}:{}", go.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait for `child` to say it paused at `step`, run `attack`, release it; its exit status and
+/// stderr.
+pub fn at_pause(
+    mut child: Child,
+    step: &str,
+    go: &Path,
+    attack: impl FnOnce(),
+) -> (std::process::ExitStatus, String) {
+    use std::io::{BufRead as _, Read as _};
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("dt ended before pausing at {step}: {seen}");
+        }
+        seen.push_str(&line);
+        if line.trim_end() == format!("dt: test pause at {step}") {
+            break;
+        }
+    }
+    attack();
+    std::fs::write(go, b"").unwrap();
+    err.read_to_string(&mut seen).unwrap();
+    (child.wait().unwrap(), seen)
+}
