@@ -874,6 +874,73 @@ fn many_busy_client_connections_do_not_use_up_the_databases_connections() {
     no_errors_logged(&env, "server");
 }
 
+/// An opening (`OpenVolume`) is told whether a PostgreSQL volume is writable from the
+/// follower's last answered catch-up (within 2 s: no read of its own), else from a read. With
+/// all 16 read connections lent that check was skipped and the volume said writable whatever
+/// the database did. Here every lent read, and the follower, wait on a lock an admin session
+/// holds on the desktop's tables (a hung database): once the follower has not been answered
+/// for 5 s an opening is told read-only, though no read connection is free to ask with; when
+/// the lock goes, writable again.
+#[test]
+fn an_opening_with_every_read_connection_lent_is_told_read_only_when_the_database_hangs() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let url = cluster.create_database("desk");
+    let pw = cluster.password_file("pw", cluster.password());
+    let mut env = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
+    env.dt_ok(&[b"touch", b"vol/a.txt"]);
+    let id = env.id_of(&root.join("a.txt"));
+    env.wait_for_log("name index ready", 1);
+    let opening = || {
+        let mut c = env.client();
+        c.open_volume(&root).unwrap().read_only
+    };
+    assert!(!opening());
+    let mut admin = cluster.admin("desk");
+    let mut lock = admin.transaction().unwrap();
+    lock.batch_execute("LOCK TABLE deskd.objects, deskd.changes IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let waiting = || -> i64 {
+        cluster
+            .admin("desk")
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'desk' \
+                 AND application_name = 'deskd' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    std::thread::scope(|s| {
+        for _ in 0..16 {
+            s.spawn(|| {
+                let mut c =
+                    deskd_client::Client::connect(&env.socket, Duration::from_secs(60)).unwrap();
+                let vol = c.open_volume(&root).unwrap().vol;
+                // Answered once the lock goes.
+                assert_eq!(c.object(Request::Resolve { vol, id }).unwrap().id, id);
+            });
+        }
+        // The 16 lent reads and the follower's catch-up wait on the lock.
+        wait_until(Duration::from_secs(20), "17 sessions waiting", || {
+            waiting() >= 17
+        });
+        wait_until(
+            Duration::from_secs(20),
+            "an opening told read-only",
+            opening,
+        );
+        lock.rollback().unwrap();
+    });
+    wait_until(Duration::from_secs(20), "an opening told writable", || {
+        !opening()
+    });
+    env.dt_ok(&[b"touch", b"vol/b.txt"]);
+}
+
 /// Wait (polling) until `done`, at most `limit`; `what` names it in the failure.
 fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
     let began = Instant::now();

@@ -579,11 +579,17 @@ impl Connection {
             info.read_only = true;
             return info;
         }
-        // Every read connection lent, none to this connection: the database answers those
-        // (a busy or hostile load), and an opening must not wait for one (nor be told
-        // read-only for want of one).
         let pg = h.pg.as_ref().expect("checked above");
+        // The database answered the follower (or the writer) lately: no read of our own.
+        let silent = pg.silent_for();
+        if silent.is_some_and(|s| s < crate::pg_volume::ANSWERED_RECENTLY) {
+            return info;
+        }
+        // Every read connection lent, none to this connection: an opening must not wait for
+        // one (a busy or hostile load), so the follower's word decides: read-only when it
+        // has not been answered for a while (a lost or hung database).
         if pg.all_lent() && !self.readers.contains_key(&h.index) {
+            info.read_only = silent.is_none_or(|s| s >= crate::pg_volume::SILENT_LOST);
             return info;
         }
         let down = |e: &deskd_db::DbError| matches!(e, deskd_db::DbError::Unavailable(_));

@@ -62,6 +62,16 @@ const IDLE_READERS: usize = 16;
 /// `max_connections`. A client connection past it waits for one to be given back.
 pub(crate) const READERS_MAX: usize = 16;
 
+/// An opening (`OpenVolume`) is told the volume writable without a read of its own when the
+/// database answered a catch-up (the follower's, at least once a [`FOLLOW_POLL`] while it
+/// answers, or the writer's after a commit) this recently: no round trip per open.
+pub(crate) const ANSWERED_RECENTLY: Duration = Duration::from_secs(2);
+
+/// With every read connection lent (none to probe with), an opening is told read-only when no
+/// catch-up has been answered for this long: the follower, on sessions of its own, has not
+/// been able to read the change log (a lost or hung database), whatever the lent ones wait for.
+pub(crate) const SILENT_LOST: Duration = Duration::from_secs(5);
+
 /// How long a client connection waits for a read connection when [`READERS_MAX`] are lent;
 /// then its request is answered busy (try again).
 const READER_WAIT: Duration = Duration::from_secs(10);
@@ -93,6 +103,8 @@ pub(crate) struct PgVolume {
     /// to come back.
     lent: Mutex<usize>,
     returned: Condvar,
+    /// When the database last answered a catch-up (or the writer's opening).
+    answered: Mutex<Option<Instant>>,
 }
 
 /// A freeze of a PostgreSQL volume (`deskd freeze`): a `REPEATABLE READ` transaction that
@@ -166,6 +178,7 @@ impl PgVolume {
             frozen: Mutex::new(None),
             lent: Mutex::new(0),
             returned: Condvar::new(),
+            answered: Mutex::new(None),
         })
     }
 
@@ -178,6 +191,7 @@ impl PgVolume {
         let (mut desktop, created) = PgDesktop::open(client, &self.key, self.durability)?;
         // Held by the writer's session: `deskd migrate --to sqlite` waits for no server.
         desktop.hold_for_serving()?;
+        self.answered_at(Instant::now());
         if self.vid.get().is_some() {
             return Ok((desktop, created, false));
         }
@@ -248,6 +262,24 @@ impl PgVolume {
         })
     }
 
+    /// The database answered a catch-up begun at `at`.
+    fn answered_at(&self, at: Instant) {
+        let mut answered = self.answered.lock().unwrap();
+        *answered = Some(answered.map_or(at, |a| a.max(at)));
+    }
+
+    /// The follower lost its sessions (the database stopped, the network broke): an opening
+    /// no longer takes the last answer's word for it.
+    fn lost(&self) {
+        *self.answered.lock().unwrap() = None;
+    }
+
+    /// How long since the database last answered a catch-up (None: never, since this
+    /// opening began).
+    pub(crate) fn silent_for(&self) -> Option<Duration> {
+        self.answered.lock().unwrap().map(|a| a.elapsed())
+    }
+
     /// Whether every read connection is lent now (a lend would wait): the database answers
     /// them, whoever holds them.
     pub(crate) fn all_lent(&self) -> bool {
@@ -295,6 +327,7 @@ impl PgVolume {
         // Before the log is read: every change committed before now is applied on success.
         let began = Instant::now();
         let changes = db.changes_since(*seen)?;
+        self.answered_at(began);
         let Some(last) = changes.last().map(|c| c.seq) else {
             self.read_cache.caught_up(began);
             return Ok(());
@@ -596,6 +629,7 @@ pub(crate) fn spawn_follower(pg: Arc<PgVolume>, root: &Path) {
                     match made {
                         Ok(made) => connection = Some(made),
                         Err(e) => {
+                            pg.lost();
                             if logged_at.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                                 warn!(volume = %root.display(), "follower: {e}; trying again");
                                 logged_at = Some(Instant::now());
@@ -623,6 +657,7 @@ pub(crate) fn spawn_follower(pg: Arc<PgVolume>, root: &Path) {
                             }
                         });
                 if let Err(e) = result {
+                    pg.lost();
                     if logged_at.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                         warn!(volume = %root.display(), "follower: {e}; connecting again");
                         logged_at = Some(Instant::now());
