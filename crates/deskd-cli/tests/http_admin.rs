@@ -1408,11 +1408,14 @@ fn a_failed_rebuilds_reason_is_shown_only_with_the_token() {
 /// snapshot, as `deskd backup --config` does, and the backup verifies and holds the IDs.
 #[test]
 fn the_backup_action_backs_up_a_postgresql_volume_from_its_database() {
-    let Some(cluster) = deskd_pg::test_cluster::TestCluster::start_or_skip() else {
+    let Some(Pg {
+        cluster: _cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol"]);
     // The volume in a table of its own, with its database (`serve_http` writes the rest).
     let table = format!(
@@ -1459,11 +1462,14 @@ fn the_backup_action_backs_up_a_postgresql_volume_from_its_database() {
 /// (the reason can name the database).
 #[test]
 fn api_status_lists_refused_volumes_with_why_only_to_the_token_holder() {
-    let Some(cluster) = deskd_pg::test_cluster::TestCluster::start_or_skip() else {
+    let Some(Pg {
+        cluster: _cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol", "old"]);
     let old = std::fs::canonicalize(env.path("old")).unwrap();
     // "old" has a registered SQLite desktop: `backend` over it without `deskd migrate` is

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use common::{sqlite3, stderr, stdout, Env, DESKD};
+use common::{sqlite3, stderr, stdout, Env, Pg, DESKD};
 use deskd_db::{ApplRecord, Durability, IconRecord, InfoUpdate};
 use deskd_pg::test_cluster::TestCluster;
 
@@ -219,11 +219,9 @@ fn path_str(p: &Path) -> &str {
 
 #[test]
 fn sqlite_to_postgresql_and_back_keeps_every_id_and_record() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg { cluster, url, pw }) = Pg::start("desk") else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol"]);
     let root = std::fs::canonicalize(env.path("vol")).unwrap();
     let desktop = root.join(".Desktop");
@@ -338,11 +336,14 @@ fn sqlite_to_postgresql_and_back_keeps_every_id_and_record() {
 
 #[test]
 fn refusals_change_nothing() {
-    let Some(mut cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        mut cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol", "other"]);
     let root = std::fs::canonicalize(env.path("vol")).unwrap();
     let other = std::fs::canonicalize(env.path("other")).unwrap();

@@ -15,19 +15,6 @@ use std::sync::Arc;
 
 use common::*;
 use deskd_client::{Request, Response};
-use deskd_pg::test_cluster::TestCluster;
-
-/// A served PostgreSQL volume `vol` in database `db`: (cluster, env, root, config file).
-fn served(db: &str) -> Option<(TestCluster, Env, PathBuf, PathBuf)> {
-    let cluster = TestCluster::start_or_skip()?;
-    let url = cluster.create_database(db);
-    let pw = cluster.password_file("pw", cluster.password());
-    let mut env = Env::new(&["vol"]);
-    let root = std::fs::canonicalize(env.path("vol")).unwrap();
-    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
-    let config = env.path("deskd.toml");
-    Some((cluster, env, root, config))
-}
 
 /// The ID of each path, through the served volume.
 fn ids_of(env: &Env, paths: &[PathBuf]) -> Vec<u32> {
@@ -43,7 +30,7 @@ fn stderr_of(out: &std::process::Output) -> String {
 
 #[test]
 fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_every_id() {
-    let Some((_cluster, mut env, root, config)) = served("desk") else {
+    let Some((_cluster, mut env, root, config)) = served_pg("desk") else {
         return;
     };
     env.dt_ok(&[b"mkdir", b"-p", b"vol/Projects/2024"]);
@@ -243,7 +230,7 @@ fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_ev
 
 #[test]
 fn a_backup_of_a_postgresql_volume_goes_back_into_a_database_with_deskd_migrate() {
-    let Some((cluster, mut env, root, config)) = served("first") else {
+    let Some((cluster, mut env, root, config)) = served_pg("first") else {
         return;
     };
     env.dt_ok(&[b"mkdir", b"-p", b"vol/a/b"]);
@@ -320,7 +307,7 @@ fn a_backup_of_a_postgresql_volume_goes_back_into_a_database_with_deskd_migrate(
 
 #[test]
 fn freeze_on_postgresql_holds_a_snapshot_that_pg_dump_reads_while_writes_go_on() {
-    let Some((cluster, env, root, _config)) = served("desk") else {
+    let Some((cluster, env, root, _config)) = served_pg("desk") else {
         return;
     };
     env.dt_ok(&[b"touch", b"vol/before-freeze.txt"]);
@@ -384,7 +371,7 @@ fn freeze_on_postgresql_holds_a_snapshot_that_pg_dump_reads_while_writes_go_on()
 
 #[test]
 fn an_online_rebuild_of_a_postgresql_volume_finds_and_repairs_and_then_finds_nothing() {
-    let Some((cluster, env, root, _config)) = served("desk") else {
+    let Some((cluster, env, root, _config)) = served_pg("desk") else {
         return;
     };
     env.dt_ok(&[b"mkdir", b"-p", b"vol/docs"]);
@@ -424,11 +411,14 @@ fn an_online_rebuild_of_a_postgresql_volume_finds_and_repairs_and_then_finds_not
 
 #[test]
 fn an_online_rebuild_leaves_what_another_server_changed_meanwhile_and_both_see_its_repairs() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        cluster: _cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let defaults = backend_lines(&url, &pw);
     let mut a = Env::new(&["vol"]);
     let root = std::fs::canonicalize(a.path("vol")).unwrap();
@@ -493,11 +483,14 @@ fn an_online_rebuild_leaves_what_another_server_changed_meanwhile_and_both_see_i
 
 #[test]
 fn watch_auto_in_defaults_serves_a_postgresql_volume_unwatched_and_says_why() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        cluster: _cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol"]);
     // `auto` for every volume in [defaults], as a site watching its SQLite volumes sets it.
     env.serve_with_defaults(
@@ -518,11 +511,9 @@ fn watch_auto_in_defaults_serves_a_postgresql_volume_unwatched_and_says_why() {
 
 #[test]
 fn backend_set_over_a_registered_sqlite_desktop_is_refused_until_it_is_migrated() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg { cluster, url, pw }) = Pg::start("desk") else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol"]);
     let root = std::fs::canonicalize(env.path("vol")).unwrap();
     // A volume served from its SQLite desktop for years.
@@ -533,16 +524,7 @@ fn backend_set_over_a_registered_sqlite_desktop_is_refused_until_it_is_migrated(
     let before = ids_of(&env, &paths);
     env.term();
     // The admin sets `backend` and forgets `deskd migrate`: refused, nothing made anywhere.
-    let cfg = env.path("deskd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[defaults]\n{}[volume.\"{}\"]\n",
-            backend_lines(&url, &pw),
-            root.display()
-        ),
-    )
-    .unwrap();
+    let cfg = config_with_volumes(&env, &backend_lines(&url, &pw), &[root.as_path()]);
     let out = env.serve_refused(&env.path("s.sock"), &["--config", cfg.to_str().unwrap()]);
     let said = stderr_of(&out);
     assert!(
@@ -576,11 +558,14 @@ fn backend_set_over_a_registered_sqlite_desktop_is_refused_until_it_is_migrated(
 
 #[test]
 fn freezing_again_and_again_holds_one_snapshot_no_longer_than_freeze_max() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        cluster: _cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol"]);
     let root = std::fs::canonicalize(env.path("vol")).unwrap();
     env.serve_with_defaults(
@@ -622,11 +607,14 @@ fn freezing_again_and_again_holds_one_snapshot_no_longer_than_freeze_max() {
 /// and what the writes made keeps its IDs).
 #[test]
 fn writes_through_both_servers_are_answered_during_a_long_online_rebuild_of_planted_files() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        cluster: _cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let defaults = backend_lines(&url, &pw);
     let mut a = Env::new(&["vol"]);
     let root = std::fs::canonicalize(a.path("vol")).unwrap();
@@ -695,23 +683,20 @@ fn writes_through_both_servers_are_answered_during_a_long_online_rebuild_of_plan
 /// only the last volume's answer before stop 40).
 #[test]
 fn freeze_without_a_volume_prints_every_volumes_snapshot() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        cluster: _cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol", "other"]);
-    let cfg = env.path("deskd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[defaults]\n{}[volume.\"{}\"]\n[volume.\"{}\"]\n",
-            backend_lines(&url, &pw),
-            env.path("vol").display(),
-            env.path("other").display()
-        ),
-    )
-    .unwrap();
+    let cfg = config_with_volumes(
+        &env,
+        &backend_lines(&url, &pw),
+        &[&env.path("vol"), &env.path("other")],
+    );
     env.start(&["--config", cfg.to_str().unwrap()]);
     let out = env.deskd_ok(&["freeze", "60"]);
     let mut snapshots = Vec::new();
@@ -741,28 +726,25 @@ fn freeze_without_a_volume_prints_every_volumes_snapshot() {
 /// (the reason may name the database). Text and JSON.
 #[test]
 fn a_volume_refused_at_start_is_in_status_with_why() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        cluster: _cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol", "old"]);
     let old = std::fs::canonicalize(env.path("old")).unwrap();
     // "old" was served from its SQLite desktop.
     env.serve(&["old"]);
     env.dt_ok(&[b"touch", b"old/kept.txt"]);
     env.term();
-    let cfg = env.path("deskd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[defaults]\n{}[volume.\"{}\"]\n[volume.\"{}\"]\n",
-            backend_lines(&url, &pw),
-            env.path("vol").display(),
-            old.display()
-        ),
-    )
-    .unwrap();
+    let cfg = config_with_volumes(
+        &env,
+        &backend_lines(&url, &pw),
+        &[&env.path("vol"), old.as_path()],
+    );
     env.start(&["--config", cfg.to_str().unwrap()]);
     let text = env.deskd_ok(&["status"]);
     let at = text
@@ -818,11 +800,14 @@ fn a_volume_refused_at_start_is_in_status_with_why() {
 /// (its mark lost) is served with its IDs, one it does not hold is refused for that.
 #[test]
 fn a_volume_refused_while_the_database_is_down_is_checked_again_when_it_comes_back() {
-    let Some(mut cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        mut cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol", "old", "moved"]);
     let old = std::fs::canonicalize(env.path("old")).unwrap();
     let moved = std::fs::canonicalize(env.path("moved")).unwrap();
@@ -843,18 +828,11 @@ fn a_volume_refused_while_the_database_is_down_is_checked_again_when_it_comes_ba
     ]);
     deskd_volume::mark_desktop_in_postgresql(&moved, false).unwrap();
     cluster.stop();
-    let cfg = env.path("deskd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[defaults]\n{}[volume.\"{}\"]\n[volume.\"{}\"]\n[volume.\"{}\"]\n",
-            backend_lines(&url, &pw),
-            env.path("vol").display(),
-            old.display(),
-            moved.display()
-        ),
-    )
-    .unwrap();
+    let cfg = config_with_volumes(
+        &env,
+        &backend_lines(&url, &pw),
+        &[&env.path("vol"), old.as_path(), moved.as_path()],
+    );
     env.start(&["--config", cfg.to_str().unwrap()]);
     let unchecked = "cannot check whether the database holds this volume: cannot connect";
     let text = env.deskd_ok(&["status"]);
@@ -925,7 +903,7 @@ fn a_volume_refused_while_the_database_is_down_is_checked_again_when_it_comes_ba
 /// once it is stopped. Without `--config` it says it did not check.
 #[test]
 fn restore_leaving_postgresql_is_refused_while_a_server_serves_the_volume() {
-    let Some((_cluster, mut env, root, config)) = served("desk") else {
+    let Some((_cluster, mut env, root, config)) = served_pg("desk") else {
         return;
     };
     env.dt_ok(&[b"touch", b"vol/kept.txt"]);
@@ -996,11 +974,9 @@ fn restore_leaving_postgresql_is_refused_while_a_server_serves_the_volume() {
 /// status not read-only), and the next write, once the lock is free, is recorded at once.
 #[test]
 fn a_row_lock_wait_past_busy_wait_is_busy_not_a_lost_database() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg { cluster, url, pw }) = Pg::start("desk") else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol"]);
     let root = std::fs::canonicalize(env.path("vol")).unwrap();
     env.serve_with_defaults(
@@ -1054,14 +1030,9 @@ fn a_row_lock_wait_past_busy_wait_is_busy_not_a_lost_database() {
 /// replies made the writer drop its connection and answer read-only).
 #[test]
 fn a_deadlock_on_one_request_is_busy_and_the_volume_stays_writable() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some((cluster, env, root, _config)) = served_pg("desk") else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
-    let mut env = Env::new(&["vol"]);
-    let root = std::fs::canonicalize(env.path("vol")).unwrap();
-    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
     env.dt_ok(&[b"touch", b"vol/doc.txt"]);
     let id = env.id_of(&root.join("doc.txt"));
     let mut admin = cluster.admin("desk");
@@ -1138,7 +1109,7 @@ fn a_deadlock_on_one_request_is_busy_and_the_volume_stays_writable() {
 /// disk; with the database back, the same commands work.
 #[test]
 fn dt_refuses_before_touching_the_disk_while_the_database_is_down() {
-    let Some((mut cluster, env, root, _config)) = served("desk") else {
+    let Some((mut cluster, env, root, _config)) = served_pg("desk") else {
         return;
     };
     env.dt_ok(&[b"mkdir", b"vol/docs"]);
@@ -1179,7 +1150,7 @@ fn dt_refuses_before_touching_the_disk_while_the_database_is_down() {
 /// command that records it, which does once the database is back.
 #[test]
 fn dt_says_what_is_on_disk_when_the_database_dies_between_its_check_and_its_write() {
-    let Some((mut cluster, env, root, _config)) = served("desk") else {
+    let Some((mut cluster, env, root, _config)) = served_pg("desk") else {
         return;
     };
     env.dt_ok(&[b"mkdir", b"vol/docs"]);
@@ -1212,7 +1183,7 @@ fn dt_says_what_is_on_disk_when_the_database_dies_between_its_check_and_its_writ
 /// silent through the server.
 #[test]
 fn an_online_fresh_rebuild_of_a_postgresql_volume_takes_every_id_from_the_disk() {
-    let Some((cluster, env, root, _config)) = served("desk") else {
+    let Some((cluster, env, root, _config)) = served_pg("desk") else {
         return;
     };
     env.dt_ok(&[b"mkdir", b"-p", b"vol/docs/deep"]);
@@ -1261,11 +1232,14 @@ fn an_online_fresh_rebuild_of_a_postgresql_volume_takes_every_id_from_the_disk()
 /// and a second run repairs.
 #[test]
 fn an_online_rebuild_after_the_change_log_was_pruned_past_its_snapshot_is_refused() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        cluster: _cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol"]);
     let root = std::fs::canonicalize(env.path("vol")).unwrap();
     let go_on = env.path("walk-on");
@@ -1330,22 +1304,16 @@ fn an_online_rebuild_after_the_change_log_was_pruned_past_its_snapshot_is_refuse
 #[test]
 fn an_older_client_is_refused_a_postgresql_freeze_it_could_not_read() {
     use std::io::{Read as _, Write as _};
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        cluster: _cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol"]);
-    let cfg = env.path("deskd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[defaults]\n{}[volume.\"{}\"]\n",
-            backend_lines(&url, &pw),
-            env.path("vol").display()
-        ),
-    )
-    .unwrap();
+    let cfg = config_with_volumes(&env, &backend_lines(&url, &pw), &[&env.path("vol")]);
     env.start(&["--config", cfg.to_str().unwrap()]);
     let mut old = std::os::unix::net::UnixStream::connect(&env.socket).unwrap();
     old.set_read_timeout(Some(std::time::Duration::from_secs(30)))

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use deskd_client::{ErrorCode, Request, Response};
-use deskd_pg::test_cluster::TestCluster;
 
 /// Start `env`'s server again with the config file it was first started with.
 fn restart(env: &mut Env) {
@@ -270,11 +269,14 @@ fn no_errors_logged(env: &Env, whose: &str) {
 
 #[test]
 fn two_servers_four_clients_each_create_rename_and_delete_for_30_s_and_agree() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        cluster: _cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let defaults = backend_lines(&url, &pw);
     let mut a = Env::new(&["vol"]);
     let root = std::fs::canonicalize(a.path("vol")).unwrap();
@@ -372,11 +374,14 @@ fn two_servers_four_clients_each_create_rename_and_delete_for_30_s_and_agree() {
 
 #[test]
 fn the_database_stopped_for_10_s_under_load_makes_clients_see_read_only_then_writable() {
-    let Some(mut cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        mut cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let defaults = backend_lines(&url, &pw);
     let mut a = Env::new(&["vol"]);
     let root = std::fs::canonicalize(a.path("vol")).unwrap();
@@ -464,11 +469,14 @@ fn the_database_stopped_for_10_s_under_load_makes_clients_see_read_only_then_wri
 
 #[test]
 fn a_server_sigkilled_under_load_leaves_the_other_serving_and_catches_up_when_restarted() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        cluster: _cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let defaults = backend_lines(&url, &pw);
     let mut a = Env::new(&["vol"]);
     let root = std::fs::canonicalize(a.path("vol")).unwrap();
@@ -583,11 +591,14 @@ fn a_server_sigkilled_under_load_leaves_the_other_serving_and_catches_up_when_re
 
 #[test]
 fn a_server_started_while_the_database_is_down_serves_read_only_until_it_is_reachable() {
-    let Some(mut cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        mut cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol"]);
     let root = std::fs::canonicalize(env.path("vol")).unwrap();
     std::fs::create_dir(root.join("docs")).unwrap();
@@ -658,11 +669,9 @@ fn a_server_started_while_the_database_is_down_serves_read_only_until_it_is_reac
 
 #[test]
 fn the_change_log_is_pruned_and_a_server_left_behind_it_loads_its_index_again() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg { cluster, url, pw }) = Pg::start("desk") else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let defaults = backend_lines(&url, &pw);
     // Keep 50 batches (pruned every 5) instead of 10,000 (every 1,000).
     let keep = [("DESKD_TEST_PG_CHANGES_KEEP", "50")];
@@ -764,14 +773,9 @@ fn the_change_log_is_pruned_and_a_server_left_behind_it_loads_its_index_again() 
 
 #[test]
 fn many_busy_client_connections_do_not_use_up_the_databases_connections() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some((cluster, env, root, _config)) = served_pg("desk") else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
-    let mut env = Env::new(&["vol"]);
-    let root = std::fs::canonicalize(env.path("vol")).unwrap();
-    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
     env.dt_ok(&[b"touch", b"vol/a.txt"]);
     let id = env.id_of(&root.join("a.txt"));
     env.wait_for_log("name index ready", 1);
@@ -883,14 +887,9 @@ fn many_busy_client_connections_do_not_use_up_the_databases_connections() {
 /// the lock goes, writable again.
 #[test]
 fn an_opening_with_every_read_connection_lent_is_told_read_only_when_the_database_hangs() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some((cluster, env, root, _config)) = served_pg("desk") else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
-    let mut env = Env::new(&["vol"]);
-    let root = std::fs::canonicalize(env.path("vol")).unwrap();
-    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
     env.dt_ok(&[b"touch", b"vol/a.txt"]);
     let id = env.id_of(&root.join("a.txt"));
     env.wait_for_log("name index ready", 1);
@@ -952,11 +951,14 @@ fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
 
 #[test]
 fn offline_tools_keep_off_a_volume_whose_desktop_is_in_postgresql() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        cluster: _cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol"]);
     let root = std::fs::canonicalize(env.path("vol")).unwrap();
     env.serve_with_defaults("vol", &backend_lines(&url, &pw));
@@ -1036,11 +1038,14 @@ fn offline_tools_keep_off_a_volume_whose_desktop_is_in_postgresql() {
 
 #[test]
 fn a_migrated_volume_keeping_its_old_desktop_starts_read_only_while_the_database_is_down() {
-    let Some(mut cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        mut cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol"]);
     let root = std::fs::canonicalize(env.path("vol")).unwrap();
     // Served from SQLite, then moved into the database: the old .Desktop stays (as documented).

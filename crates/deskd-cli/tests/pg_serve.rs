@@ -21,11 +21,9 @@ fn lines(s: &str) -> Vec<String> {
 
 #[test]
 fn a_volume_served_from_postgresql_answers_and_keeps_its_ids_across_a_restart() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg { cluster, url, pw }) = Pg::start("desk") else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let mut env = Env::new(&["vol"]);
     let root = std::fs::canonicalize(env.path("vol")).unwrap();
     let defaults = backend_lines(&url, &pw);
@@ -306,11 +304,14 @@ fn add_paths(c: &mut deskd_client::Client, vol: u32, paths: &[String]) -> Vec<u3
 
 #[test]
 fn two_servers_on_one_volume_follow_each_other_and_never_give_an_id_twice() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        cluster: _cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let defaults = backend_lines(&url, &pw);
     let mut a = Env::new(&["vol"]);
     let root = std::fs::canonicalize(a.path("vol")).unwrap();
@@ -409,14 +410,9 @@ fn two_servers_on_one_volume_follow_each_other_and_never_give_an_id_twice() {
 
 #[test]
 fn a_lost_database_makes_the_volume_read_only_until_it_is_back_and_loses_nothing() {
-    let Some(mut cluster) = TestCluster::start_or_skip() else {
+    let Some((mut cluster, mut env, root, _config)) = served_pg("desk") else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
-    let mut env = Env::new(&["vol"]);
-    let root = std::fs::canonicalize(env.path("vol")).unwrap();
-    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
 
     // A client writes all along: what it was acknowledged, and the refusals it saw.
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -646,11 +642,14 @@ fn within_lag<T: PartialEq + std::fmt::Debug>(what: impl Fn() -> T, want: T, who
 
 #[test]
 fn find_on_postgresql_reads_from_its_cache_and_follows_both_servers() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
+    let Some(Pg {
+        cluster: _cluster,
+        url,
+        pw,
+    }) = Pg::start("desk")
+    else {
         return;
     };
-    let url = cluster.create_database("desk");
-    let pw = cluster.password_file("pw", cluster.password());
     let defaults = backend_lines(&url, &pw);
     // Each read find's cache sends to the database is logged (at debug): counted below.
     const LOG: (&str, &str) = ("DESKD_LOG", "info,deskd_server::read_cache=debug");

@@ -1583,6 +1583,50 @@ pub fn files_registered_offline(env: &Env, dirs: usize, per_dir: usize) -> usize
 // --- PostgreSQL volumes (issue 28) ---
 
 /// `[defaults]` lines pointing every volume at `url`, the password in `password_file`.
+/// A throw-away PostgreSQL (deskd_pg::test_cluster) with one database and a password file
+/// for it: where every PostgreSQL test of this crate starts. Destructured where it is used
+/// (`let Some(Pg { cluster, url, pw }) = Pg::start("desk")`): the cluster stops when dropped.
+pub struct Pg {
+    pub cluster: deskd_pg::test_cluster::TestCluster,
+    /// The database's URL (no password).
+    pub url: String,
+    /// A password file (mode 0600) holding the cluster's password.
+    pub pw: PathBuf,
+}
+
+impl Pg {
+    /// None when the machine has no PostgreSQL (then `start_or_skip` skips, and CI fails).
+    pub fn start(db: &str) -> Option<Pg> {
+        let cluster = deskd_pg::test_cluster::TestCluster::start_or_skip()?;
+        let url = cluster.create_database(db);
+        let pw = cluster.password_file("pw", cluster.password());
+        Some(Pg { cluster, url, pw })
+    }
+}
+
+/// A served PostgreSQL volume "vol" of a new Env, its desktop in database `db` of a new
+/// cluster: (cluster, env, root, config file). None as [`Pg::start`].
+pub fn served_pg(db: &str) -> Option<(deskd_pg::test_cluster::TestCluster, Env, PathBuf, PathBuf)> {
+    let Pg { cluster, url, pw } = Pg::start(db)?;
+    let mut env = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
+    let config = env.path("deskd.toml");
+    Some((cluster, env, root, config))
+}
+
+/// Write `env`'s deskd.toml: `defaults` in `[defaults]`, and a table for each of `volumes`
+/// (paths); its path.
+pub fn config_with_volumes(env: &Env, defaults: &str, volumes: &[&Path]) -> PathBuf {
+    let cfg = env.path("deskd.toml");
+    let tables: String = volumes
+        .iter()
+        .map(|v| format!("[volume.\"{}\"]\n", v.display()))
+        .collect();
+    std::fs::write(&cfg, format!("[defaults]\n{defaults}{tables}")).unwrap();
+    cfg
+}
+
 pub fn backend_lines(url: &str, password_file: &Path) -> String {
     format!(
         "backend = \"{url}\"\nbackend_password_file = \"{}\"\n",
