@@ -1408,12 +1408,7 @@ fn a_failed_rebuilds_reason_is_shown_only_with_the_token() {
 /// snapshot, as `deskd backup --config` does, and the backup verifies and holds the IDs.
 #[test]
 fn the_backup_action_backs_up_a_postgresql_volume_from_its_database() {
-    let Some(Pg {
-        cluster: _cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((_cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol"]);
@@ -1462,21 +1457,13 @@ fn the_backup_action_backs_up_a_postgresql_volume_from_its_database() {
 /// (the reason can name the database).
 #[test]
 fn api_status_lists_refused_volumes_with_why_only_to_the_token_holder() {
-    let Some(Pg {
-        cluster: _cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((_cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol", "old"]);
-    let old = std::fs::canonicalize(env.path("old")).unwrap();
     // "old" has a registered SQLite desktop: `backend` over it without `deskd migrate` is
     // refused.
-    env.serve(&["old"]);
-    env.dt_ok(&[b"touch", b"old/kept.txt"]);
-    env.term();
+    let old = sqlite_desktop_with_objects(&mut env, "old");
     let table = format!(
         "[volume.\"{}\"]\n{}[volume.\"{}\"]\n",
         old.display(),

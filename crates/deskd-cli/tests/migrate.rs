@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use common::{sqlite3, stderr, stdout, Env, Pg, DESKD};
+use common::{pg_database, sqlite3, stderr, stdout, Env, DESKD};
 use deskd_db::{ApplRecord, Durability, IconRecord, InfoUpdate};
 use deskd_pg::test_cluster::TestCluster;
 
@@ -219,7 +219,7 @@ fn path_str(p: &Path) -> &str {
 
 #[test]
 fn sqlite_to_postgresql_and_back_keeps_every_id_and_record() {
-    let Some(Pg { cluster, url, pw }) = Pg::start("desk") else {
+    let Some((cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol"]);
@@ -336,12 +336,7 @@ fn sqlite_to_postgresql_and_back_keeps_every_id_and_record() {
 
 #[test]
 fn refusals_change_nothing() {
-    let Some(Pg {
-        mut cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((mut cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol", "other"]);

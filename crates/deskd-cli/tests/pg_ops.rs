@@ -411,12 +411,7 @@ fn an_online_rebuild_of_a_postgresql_volume_finds_and_repairs_and_then_finds_not
 
 #[test]
 fn an_online_rebuild_leaves_what_another_server_changed_meanwhile_and_both_see_its_repairs() {
-    let Some(Pg {
-        cluster: _cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((_cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let defaults = backend_lines(&url, &pw);
@@ -483,12 +478,7 @@ fn an_online_rebuild_leaves_what_another_server_changed_meanwhile_and_both_see_i
 
 #[test]
 fn watch_auto_in_defaults_serves_a_postgresql_volume_unwatched_and_says_why() {
-    let Some(Pg {
-        cluster: _cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((_cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol"]);
@@ -511,7 +501,7 @@ fn watch_auto_in_defaults_serves_a_postgresql_volume_unwatched_and_says_why() {
 
 #[test]
 fn backend_set_over_a_registered_sqlite_desktop_is_refused_until_it_is_migrated() {
-    let Some(Pg { cluster, url, pw }) = Pg::start("desk") else {
+    let Some((cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol"]);
@@ -558,12 +548,7 @@ fn backend_set_over_a_registered_sqlite_desktop_is_refused_until_it_is_migrated(
 
 #[test]
 fn freezing_again_and_again_holds_one_snapshot_no_longer_than_freeze_max() {
-    let Some(Pg {
-        cluster: _cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((_cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol"]);
@@ -607,19 +592,9 @@ fn freezing_again_and_again_holds_one_snapshot_no_longer_than_freeze_max() {
 /// and what the writes made keeps its IDs).
 #[test]
 fn writes_through_both_servers_are_answered_during_a_long_online_rebuild_of_planted_files() {
-    let Some(Pg {
-        cluster: _cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((_cluster, a, b, root, _defaults)) = two_servers_pg("desk") else {
         return;
     };
-    let defaults = backend_lines(&url, &pw);
-    let mut a = Env::new(&["vol"]);
-    let root = std::fs::canonicalize(a.path("vol")).unwrap();
-    a.serve_with_defaults("vol", &defaults);
-    let b = second_server(&root, &defaults, &[]);
     a.dt_ok(&[b"mkdir", b"vol/docs"]);
     // Planted behind deskd's back, each one a repair (an ID, a row, a resource file).
     for d in 0..10 {
@@ -683,12 +658,7 @@ fn writes_through_both_servers_are_answered_during_a_long_online_rebuild_of_plan
 /// only the last volume's answer before stop 40).
 #[test]
 fn freeze_without_a_volume_prints_every_volumes_snapshot() {
-    let Some(Pg {
-        cluster: _cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((_cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol", "other"]);
@@ -726,20 +696,12 @@ fn freeze_without_a_volume_prints_every_volumes_snapshot() {
 /// (the reason may name the database). Text and JSON.
 #[test]
 fn a_volume_refused_at_start_is_in_status_with_why() {
-    let Some(Pg {
-        cluster: _cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((_cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol", "old"]);
-    let old = std::fs::canonicalize(env.path("old")).unwrap();
     // "old" was served from its SQLite desktop.
-    env.serve(&["old"]);
-    env.dt_ok(&[b"touch", b"old/kept.txt"]);
-    env.term();
+    let old = sqlite_desktop_with_objects(&mut env, "old");
     let cfg = config_with_volumes(
         &env,
         &backend_lines(&url, &pw),
@@ -800,12 +762,7 @@ fn a_volume_refused_at_start_is_in_status_with_why() {
 /// (its mark lost) is served with its IDs, one it does not hold is refused for that.
 #[test]
 fn a_volume_refused_while_the_database_is_down_is_checked_again_when_it_comes_back() {
-    let Some(Pg {
-        mut cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((mut cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol", "old", "moved"]);
@@ -974,7 +931,7 @@ fn restore_leaving_postgresql_is_refused_while_a_server_serves_the_volume() {
 /// status not read-only), and the next write, once the lock is free, is recorded at once.
 #[test]
 fn a_row_lock_wait_past_busy_wait_is_busy_not_a_lost_database() {
-    let Some(Pg { cluster, url, pw }) = Pg::start("desk") else {
+    let Some((cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol"]);
@@ -1232,12 +1189,7 @@ fn an_online_fresh_rebuild_of_a_postgresql_volume_takes_every_id_from_the_disk()
 /// and a second run repairs.
 #[test]
 fn an_online_rebuild_after_the_change_log_was_pruned_past_its_snapshot_is_refused() {
-    let Some(Pg {
-        cluster: _cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((_cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol"]);
@@ -1304,12 +1256,7 @@ fn an_online_rebuild_after_the_change_log_was_pruned_past_its_snapshot_is_refuse
 #[test]
 fn an_older_client_is_refused_a_postgresql_freeze_it_could_not_read() {
     use std::io::{Read as _, Write as _};
-    let Some(Pg {
-        cluster: _cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((_cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol"]);

@@ -269,12 +269,7 @@ fn no_errors_logged(env: &Env, whose: &str) {
 
 #[test]
 fn two_servers_four_clients_each_create_rename_and_delete_for_30_s_and_agree() {
-    let Some(Pg {
-        cluster: _cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((_cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let defaults = backend_lines(&url, &pw);
@@ -374,19 +369,9 @@ fn two_servers_four_clients_each_create_rename_and_delete_for_30_s_and_agree() {
 
 #[test]
 fn the_database_stopped_for_10_s_under_load_makes_clients_see_read_only_then_writable() {
-    let Some(Pg {
-        mut cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((mut cluster, mut a, mut b, root, _defaults)) = two_servers_pg("desk") else {
         return;
     };
-    let defaults = backend_lines(&url, &pw);
-    let mut a = Env::new(&["vol"]);
-    let root = std::fs::canonicalize(a.path("vol")).unwrap();
-    a.serve_with_defaults("vol", &defaults);
-    let mut b = second_server(&root, &defaults, &[]);
 
     let stop = AtomicBool::new(false);
     let progress = Progress::default();
@@ -469,19 +454,9 @@ fn the_database_stopped_for_10_s_under_load_makes_clients_see_read_only_then_wri
 
 #[test]
 fn a_server_sigkilled_under_load_leaves_the_other_serving_and_catches_up_when_restarted() {
-    let Some(Pg {
-        cluster: _cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((_cluster, mut a, b, root, _defaults)) = two_servers_pg("desk") else {
         return;
     };
-    let defaults = backend_lines(&url, &pw);
-    let mut a = Env::new(&["vol"]);
-    let root = std::fs::canonicalize(a.path("vol")).unwrap();
-    a.serve_with_defaults("vol", &defaults);
-    let b = second_server(&root, &defaults, &[]);
 
     let stop = AtomicBool::new(false);
     let progress = Progress::default();
@@ -591,12 +566,7 @@ fn a_server_sigkilled_under_load_leaves_the_other_serving_and_catches_up_when_re
 
 #[test]
 fn a_server_started_while_the_database_is_down_serves_read_only_until_it_is_reachable() {
-    let Some(Pg {
-        mut cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((mut cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol"]);
@@ -669,7 +639,7 @@ fn a_server_started_while_the_database_is_down_serves_read_only_until_it_is_reac
 
 #[test]
 fn the_change_log_is_pruned_and_a_server_left_behind_it_loads_its_index_again() {
-    let Some(Pg { cluster, url, pw }) = Pg::start("desk") else {
+    let Some((cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let defaults = backend_lines(&url, &pw);
@@ -951,12 +921,7 @@ fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
 
 #[test]
 fn offline_tools_keep_off_a_volume_whose_desktop_is_in_postgresql() {
-    let Some(Pg {
-        cluster: _cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((_cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol"]);
@@ -1038,12 +1003,7 @@ fn offline_tools_keep_off_a_volume_whose_desktop_is_in_postgresql() {
 
 #[test]
 fn a_migrated_volume_keeping_its_old_desktop_starts_read_only_while_the_database_is_down() {
-    let Some(Pg {
-        mut cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((mut cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol"]);

@@ -21,7 +21,7 @@ fn lines(s: &str) -> Vec<String> {
 
 #[test]
 fn a_volume_served_from_postgresql_answers_and_keeps_its_ids_across_a_restart() {
-    let Some(Pg { cluster, url, pw }) = Pg::start("desk") else {
+    let Some((cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let mut env = Env::new(&["vol"]);
@@ -304,19 +304,9 @@ fn add_paths(c: &mut deskd_client::Client, vol: u32, paths: &[String]) -> Vec<u3
 
 #[test]
 fn two_servers_on_one_volume_follow_each_other_and_never_give_an_id_twice() {
-    let Some(Pg {
-        cluster: _cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((_cluster, a, b, root, _defaults)) = two_servers_pg("desk") else {
         return;
     };
-    let defaults = backend_lines(&url, &pw);
-    let mut a = Env::new(&["vol"]);
-    let root = std::fs::canonicalize(a.path("vol")).unwrap();
-    a.serve_with_defaults("vol", &defaults);
-    let b = second_server(&root, &defaults, &[]);
     let abs = |rel: &str| root.join(rel).into_os_string().into_vec();
 
     // Made through A, the same ID through B.
@@ -642,12 +632,7 @@ fn within_lag<T: PartialEq + std::fmt::Debug>(what: impl Fn() -> T, want: T, who
 
 #[test]
 fn find_on_postgresql_reads_from_its_cache_and_follows_both_servers() {
-    let Some(Pg {
-        cluster: _cluster,
-        url,
-        pw,
-    }) = Pg::start("desk")
-    else {
+    let Some((_cluster, url, pw)) = pg_database("desk") else {
         return;
     };
     let defaults = backend_lines(&url, &pw);

@@ -1583,36 +1583,57 @@ pub fn files_registered_offline(env: &Env, dirs: usize, per_dir: usize) -> usize
 // --- PostgreSQL volumes (issue 28) ---
 
 /// `[defaults]` lines pointing every volume at `url`, the password in `password_file`.
-/// A throw-away PostgreSQL (deskd_pg::test_cluster) with one database and a password file
-/// for it: where every PostgreSQL test of this crate starts. Destructured where it is used
-/// (`let Some(Pg { cluster, url, pw }) = Pg::start("desk")`): the cluster stops when dropped.
-pub struct Pg {
-    pub cluster: deskd_pg::test_cluster::TestCluster,
-    /// The database's URL (no password).
-    pub url: String,
-    /// A password file (mode 0600) holding the cluster's password.
-    pub pw: PathBuf,
-}
-
-impl Pg {
-    /// None when the machine has no PostgreSQL (then `start_or_skip` skips, and CI fails).
-    pub fn start(db: &str) -> Option<Pg> {
-        let cluster = deskd_pg::test_cluster::TestCluster::start_or_skip()?;
-        let url = cluster.create_database(db);
-        let pw = cluster.password_file("pw", cluster.password());
-        Some(Pg { cluster, url, pw })
-    }
+/// A throw-away PostgreSQL (deskd_pg::test_cluster) with database `db` and a password file
+/// (mode 0600) holding its password: (cluster, the database's URL without a password, the
+/// password file), where every PostgreSQL test of this crate starts. None when the machine
+/// has no PostgreSQL (`start_or_skip` skips; CI fails). The cluster stops when dropped.
+pub fn pg_database(db: &str) -> Option<(deskd_pg::test_cluster::TestCluster, String, PathBuf)> {
+    let cluster = deskd_pg::test_cluster::TestCluster::start_or_skip()?;
+    let url = cluster.create_database(db);
+    let pw = cluster.password_file("pw", cluster.password());
+    Some((cluster, url, pw))
 }
 
 /// A served PostgreSQL volume "vol" of a new Env, its desktop in database `db` of a new
-/// cluster: (cluster, env, root, config file). None as [`Pg::start`].
+/// cluster: (cluster, env, root, config file). None as [`pg_database`].
 pub fn served_pg(db: &str) -> Option<(deskd_pg::test_cluster::TestCluster, Env, PathBuf, PathBuf)> {
-    let Pg { cluster, url, pw } = Pg::start(db)?;
+    let (cluster, url, pw) = pg_database(db)?;
     let mut env = Env::new(&["vol"]);
     let root = std::fs::canonicalize(env.path("vol")).unwrap();
     env.serve_with_defaults("vol", &backend_lines(&url, &pw));
     let config = env.path("deskd.toml");
     Some((cluster, env, root, config))
+}
+
+/// Two servers (A, of a new Env, and a [`second_server`] B) serving the same volume "vol",
+/// its desktop in database `db` of a new cluster: (cluster, A, B, root, A's `[defaults]`).
+/// None as [`pg_database`].
+pub fn two_servers_pg(
+    db: &str,
+) -> Option<(
+    deskd_pg::test_cluster::TestCluster,
+    Env,
+    Env,
+    PathBuf,
+    String,
+)> {
+    let (cluster, url, pw) = pg_database(db)?;
+    let defaults = backend_lines(&url, &pw);
+    let mut a = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(a.path("vol")).unwrap();
+    a.serve_with_defaults("vol", &defaults);
+    let b = second_server(&root, &defaults, &[]);
+    Some((cluster, a, b, root, defaults))
+}
+
+/// Give volume `name` of `env` a registered SQLite desktop (served, a file made, stopped):
+/// what `backend` set without `deskd migrate` must not start afresh. Its root (resolved).
+pub fn sqlite_desktop_with_objects(env: &mut Env, name: &str) -> PathBuf {
+    env.serve(&[name]);
+    let file = format!("{name}/kept.txt");
+    env.dt_ok(&[b"touch", file.as_bytes()]);
+    env.term();
+    std::fs::canonicalize(env.path(name)).unwrap()
 }
 
 /// Write `env`'s deskd.toml: `defaults` in `[defaults]`, and a table for each of `volumes`
