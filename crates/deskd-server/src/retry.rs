@@ -92,6 +92,17 @@ fn run(shared: &Arc<Shared>) {
 /// Open `root` again with the settings it was refused with, unless a reload or the shutdown
 /// changed things meanwhile.
 fn try_again(shared: &Arc<Shared>, root: &Path, retry: Retry) {
+    // Whether the database answers, asked before the list's lock is taken: connecting to a
+    // host that drops packets takes up to the connect timeout (10 s), which a reload or the
+    // shutdown must not wait for.
+    if let Some(options) = &retry.config.backend {
+        if let Err(e) = deskd_pg::connect(options) {
+            if e.is_unavailable() {
+                later(shared, root, retry);
+                return;
+            }
+        }
+    }
     let _changing = shared.changing_list.lock().unwrap();
     if shared.shutting_down.load(Ordering::SeqCst) {
         return;
@@ -138,21 +149,27 @@ fn try_again(shared: &Arc<Shared>, root: &Path, retry: Retry) {
             crate::watch::start(&shared.watchers, &shared.rebuilds, &handle);
             shared.set_slot(index, Slot::Served(handle));
         }
-        Err(e) if e.retried() => {
-            // Still unreachable: the same note (and its time), tried again later.
-            let mut list = shared.not_served.lock().unwrap();
-            if let Some(n) = list.iter_mut().find(|n| n.root == root) {
-                let wait = (retry.wait * 2).min(RECONNECT_MAX);
-                n.retry = Some(Retry {
-                    config: retry.config,
-                    wait,
-                    next: Instant::now() + retry.wait,
-                });
-            }
-        }
+        Err(e) if e.retried() => later(shared, root, retry),
         Err(e) => {
             warn!("{}: not served: {e}", root.display());
             shared.refuse(root, e.to_string(), None);
         }
+    }
+}
+
+/// Still unreachable: the same note (and its time), tried again after the back-off.
+fn later(shared: &Shared, root: &Path, retry: Retry) {
+    let mut list = shared.not_served.lock().unwrap();
+    // Unless a reload served it or noted it anew meanwhile.
+    let same = |n: &&mut crate::shared::NotServed| {
+        n.root == root && n.retry.as_ref().is_some_and(|r| r.config == retry.config)
+    };
+    if let Some(n) = list.iter_mut().find(same) {
+        let wait = (retry.wait * 2).min(RECONNECT_MAX);
+        n.retry = Some(Retry {
+            config: retry.config,
+            wait,
+            next: Instant::now() + retry.wait,
+        });
     }
 }
