@@ -825,6 +825,16 @@ fn a_volume_refused_while_the_database_is_down_is_checked_again_when_it_comes_ba
             "{said}"
         );
         assert!(!said.contains("cannot check"), "{said}");
+        // dt likewise: refused, and why only to root and the owner.
+        let out = env
+            .as_nobody(DT, &[b"touch", old.join("x").as_os_str().as_bytes()])
+            .unwrap();
+        let err = stderr_of(&out);
+        assert!(
+            err.contains("refused this volume: refused (root or the volume owner"),
+            "{err}"
+        );
+        assert!(!err.contains("cannot check"), "{err}");
     } else {
         skip("needs root to act as another user");
     }
