@@ -863,10 +863,9 @@ fn an_opening_with_every_read_connection_lent_is_told_read_only_when_the_databas
     env.dt_ok(&[b"touch", b"vol/a.txt"]);
     let id = env.id_of(&root.join("a.txt"));
     env.wait_for_log("name index ready", 1);
-    let opening = || {
-        let mut c = env.client();
-        c.open_volume(&root).unwrap().read_only
-    };
+    // One connection asking again and again (an opening holds no read connection).
+    let asker = Mutex::new(env.client());
+    let opening = || asker.lock().unwrap().open_volume(&root).unwrap().read_only;
     assert!(!opening());
     let mut admin = cluster.admin("desk");
     let mut lock = admin.transaction().unwrap();
