@@ -40,7 +40,7 @@ pub fn json(all: Option<&[VolumeWatch]>, vol: u32) -> serde_json::Value {
 }
 
 /// `  watch:        fanotify, 120 events (118 applied), lag 3 ms (p99 9 ms), 0 overflows,
-/// rescan (start) finished: 5000 objects, 2 repaired`, with the stamps owed and the new objects
+/// rescan (start) finished: 5000 objects, 2 differences repaired`, with the stamps owed and the new objects
 /// held back when there are any.
 pub fn line(all: Option<&[VolumeWatch]>, vol: u32) -> Option<String> {
     let w = of(all, vol)?;
@@ -79,7 +79,7 @@ pub fn line(all: Option<&[VolumeWatch]>, vol: u32) -> Option<String> {
             ),
             (false, Some(e)) => format!(", rescan ({}) failed: {e}", r.reason),
             (false, None) => format!(
-                ", rescan ({}) finished: {} objects, {} repaired",
+                ", rescan ({}) finished: {} objects, {} differences repaired",
                 r.reason, r.objects, r.changed
             ),
         });

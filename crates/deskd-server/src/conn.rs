@@ -645,9 +645,11 @@ impl Connection {
     fn hints_trusted(&self, handle: &VolumeHandle) -> bool {
         let tcp_admin = self.shared.tcp.as_ref().is_some_and(|t| t.admin());
         match self.peer {
-            Peer::Unix { uid } => crate::hints::hints_trusted(uid, false, handle.owner_uid, false),
+            Peer::Unix { uid } => {
+                crate::hints::hints_trusted(uid, false, handle.owner_uid(), false)
+            }
             Peer::Tcp { .. } => {
-                crate::hints::hints_trusted(None, true, handle.owner_uid, tcp_admin)
+                crate::hints::hints_trusted(None, true, handle.owner_uid(), tcp_admin)
             }
         }
     }
@@ -656,7 +658,7 @@ impl Connection {
     fn require_admin(&self, handle: &VolumeHandle) -> Result<(), ErrorReply> {
         match self.peer {
             Peer::Unix { uid: Some(0) } => Ok(()),
-            Peer::Unix { uid: Some(uid) } if uid == handle.owner_uid => Ok(()),
+            Peer::Unix { uid: Some(uid) } if uid == handle.owner_uid() => Ok(()),
             Peer::Tcp { .. } if self.shared.tcp.as_ref().is_some_and(|t| t.admin()) => Ok(()),
             Peer::Tcp { .. } => Err(ErrorReply::new(
                 ErrorCode::PermissionDenied,

@@ -84,10 +84,33 @@ pub struct Batch {
     /// The changes, in the order they happened, coalesced.
     pub changes: Vec<Change>,
     /// The kernel's queue overflowed (or the watcher's own bound was hit): events were lost
-    /// and the whole volume must be re-scanned.
+    /// and the whole volume must be re-scanned. `losses` says why, and how many times.
     pub overflow: bool,
+    /// Why events were lost, each loss counted once (all 0 unless `overflow`).
+    pub losses: Losses,
     /// When the oldest event of this batch was read from the kernel (for the lag figure).
     pub oldest: Option<Instant>,
+}
+
+/// The losses of events behind a batch's `overflow`, by cause: each counts once in status's
+/// `overflows` and says its own cause in the log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Losses {
+    /// The kernel lost events (its queue overflowed: fanotify's `FAN_Q_OVERFLOW`, inotify's
+    /// `IN_Q_OVERFLOW`), or a read could not be understood or placed: 1 for the batch.
+    pub kernel: u64,
+    /// Times the events a fanotify watcher held unread passed `held_max` (`watch_held_mib`)
+    /// and were dropped.
+    pub held: u64,
+    /// More events in one read than the test setting `watch_queue` allows: 1 for the batch.
+    pub queue_limit: u64,
+}
+
+impl Losses {
+    /// Every loss, whatever its cause.
+    pub fn total(&self) -> u64 {
+        self.kernel + self.held + self.queue_limit
+    }
 }
 
 /// What a watcher is told besides its root and mode.
@@ -407,15 +430,24 @@ impl Watcher {
             Source::Inotify(s) => s.finish(&self.ignore, &mut sink)?,
         }
         let over_limit = self.queue_limit.is_some_and(|limit| sink.events > limit);
-        let over_bytes = match &mut self.source {
-            Source::Fanotify(s) if s.over_bound() => {
-                s.discard_queued();
-                true
-            }
-            _ => false,
+        let held_drops = match &mut self.source {
+            Source::Fanotify(s) => match s.drops() {
+                0 => 0,
+                n => {
+                    s.discard_queued();
+                    n
+                }
+            },
+            _ => 0,
         };
+        let over_bytes = held_drops > 0;
         let overflow = sink.overflow || over_limit || over_bytes;
         let events = sink.events;
+        let losses = Losses {
+            kernel: sink.overflow as u64,
+            held: held_drops,
+            queue_limit: over_limit as u64,
+        };
         if overflow {
             tracing::debug!(
                 "watch: overflow on {} ({} events in one read{})",
@@ -438,6 +470,7 @@ impl Watcher {
         Ok(Batch {
             changes: self.coalescer.finish(),
             overflow,
+            losses,
             oldest: (read_any && (events > 0 || overflow)).then_some(started),
         })
     }

@@ -1245,9 +1245,10 @@ impl Env {
         }
     }
 
-    /// Wait (60 s at most) until the last queue overflow the log shows for `volume` (the
-    /// server's `… queue overflow …` line) is followed by a watch rescan that started after it
-    /// and finished; returns the log.
+    /// Wait (60 s at most) until the last loss of events the log shows for `volume` (the
+    /// server's `watching ROOT: events were lost (…)` line: a queue overflow, `watch_queue`,
+    /// or past `watch_held_mib`) is followed by a watch rescan that started after it and
+    /// finished; returns the log.
     pub fn wait_for_rescan_after_overflow(&self, volume: &str) -> String {
         let root = self.path(volume).display().to_string();
         let started = format!("watch rescan of {root} started");
@@ -1255,7 +1256,7 @@ impl Env {
         let began = Instant::now();
         loop {
             let log = self.log_text();
-            let overflow = log.rfind("queue overflow");
+            let overflow = log.rfind(&format!("watching {root}: events were lost ("));
             let settled = overflow.is_some_and(|at| {
                 log[at..]
                     .find(&started)

@@ -83,7 +83,7 @@ pub(crate) fn render(shared: &Shared, view: View) -> String {
         // Root, deskd's own user and the volume's owner are its admins, as for status.
         let server = rustix::process::geteuid().as_raw();
         for v in volumes.iter_mut().filter(|v| {
-            uid.is_none_or(|uid| uid != 0 && uid != server && uid != v.handle.owner_uid)
+            uid.is_none_or(|uid| uid != 0 && uid != server && uid != v.handle.owner_uid())
         }) {
             coarsen(v);
         }
@@ -547,7 +547,7 @@ fn requests(out: &mut Exposition, shared: &Shared, view: View, volumes: &[Volume
         volumes
             .iter()
             .find(|v| v.handle.index == vol)
-            .map(|v| v.handle.owner_uid)
+            .map(|v| v.handle.owner_uid())
     };
     let counts = |uid: Option<u32>, vol: u32| match view {
         View::Full => true,

@@ -27,6 +27,7 @@ mod thread;
 mod tests;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -157,7 +158,12 @@ impl Running {
 
 /// The watchers of the served volumes, by handle. Clones share them.
 #[derive(Default, Clone)]
-pub(crate) struct Registry(Arc<Mutex<HashMap<u32, Arc<Running>>>>);
+pub(crate) struct Registry(
+    Arc<Mutex<HashMap<u32, Arc<Running>>>>,
+    /// The counters of stopped watchers, by volume root, which the next watcher of the same
+    /// root goes on from ([`figures::Totals`]).
+    Arc<Mutex<HashMap<PathBuf, figures::Totals>>>,
+);
 
 impl Registry {
     /// The watcher of this opening of the volume.
@@ -249,6 +255,10 @@ fn start_with(
     }
     let watching = opened.source.is_some();
     let running = Arc::new(Running::new(handle.opening, mode, limits, opened));
+    let root_path = handle.volume.root().to_path_buf();
+    if let Some(carried) = registry.1.lock().unwrap().remove(&root_path) {
+        running.figures.lock().unwrap().carry(carried);
+    }
     if let Some(old) = registry
         .0
         .lock()
@@ -256,6 +266,8 @@ fn start_with(
         .insert(handle.index, running.clone())
     {
         stop_running(&old);
+        let totals = old.figures.lock().unwrap().totals();
+        running.figures.lock().unwrap().carry(totals);
     }
     if !watching {
         return;
@@ -329,6 +341,13 @@ pub(crate) fn stop(registry: &Registry, rebuilds: &rebuild::Registry, handle: &V
     if let Some(running) = running {
         stop_running(&running);
         rescan::cancel(rebuilds, handle, &running, Duration::from_secs(10));
+        // Read after the thread has ended: its last batch counts.
+        let totals = running.figures.lock().unwrap().totals();
+        registry
+            .1
+            .lock()
+            .unwrap()
+            .insert(handle.volume.root().to_path_buf(), totals);
     }
 }
 
@@ -387,10 +406,10 @@ pub(crate) fn rescan_outstanding(
     handle: &VolumeHandle,
     limit: Duration,
 ) -> Result<(), deskd_proto::ErrorReply> {
+    wait_for_rescan(registry, handle, limit);
     let Some(running) = registry.of(handle) else {
         return Ok(());
     };
-    rescan::wait(&running, limit);
     if !rescan::is_running(&running) {
         return Ok(());
     }

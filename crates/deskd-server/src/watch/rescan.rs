@@ -6,7 +6,8 @@
 //! Rate-limited: one rescan per volume at a time; an overflow during one asks for one more
 //! after it, at least [`RESCAN_GAP`] after its end, however many overflows came meanwhile.
 //! Logged at info level: `watch rescan of ROOT started (start|overflow)` and `watch rescan of
-//! ROOT finished: …`.
+//! ROOT finished: …`, which gives both the difference lines and the objects repaired, new and
+//! removed (the job's audit lines' counts, summed over its passes).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -218,9 +219,18 @@ fn run(rebuilds: &Registry, handle: &Arc<VolumeHandle>, running: &Running, reaso
     let state = current.state(u64::MAX);
     match state.finished {
         Some(Ok(summary)) => {
+            // Two counts, each named: the difference lines (`rebuild -s`'s, several for one
+            // object: its row, its resource file, its mirror), and the objects, as the job's
+            // audit lines (`repaired X, new IDs Y, removed Z`, one per pass) count them; the
+            // newcomer review of stop 40 could not tell why 662,553 "differences" were
+            // 187,651 "repaired".
+            let c = &summary.counts;
             info!(target: "deskd",
-                "watch rescan of {root} finished: {} objects, {} differences repaired ({reason})",
-                state.objects, summary.differences);
+                "watch rescan of {root} finished: {} objects, {} differences repaired (the \
+                 lines rebuild -s lists: one object can have several); by object, as the \
+                 audit lines of rebuild job {job} count them: repaired {}, new IDs {} (of the \
+                 repaired), removed {} ({reason})",
+                state.objects, summary.differences, c.repaired, c.new_ids, c.removed);
             set(&running.figures, |r| {
                 r.running = false;
                 r.finished = Some(now_unix());

@@ -60,8 +60,8 @@ impl Vol {
     fn feed(&self, changes: Vec<Change>) {
         let batch = Batch {
             changes,
-            overflow: false,
             oldest: Some(std::time::Instant::now()),
+            ..Batch::default()
         };
         thread::process(&self.running, &self.handle, &self.rebuilds, batch);
     }
@@ -408,13 +408,24 @@ fn an_overflow_is_counted() {
     let v = Vol::new();
     // Read-only rebuild registry: the rescan thread starts the repair; the count is at once.
     let batch = Batch {
-        changes: Vec::new(),
         overflow: true,
-        oldest: None,
+        ..Batch::default()
+    };
+    thread::process(&v.running, &v.handle, &v.rebuilds, batch);
+    // Three drops past watch_held_mib between two reads, and the kernel's overflow: four
+    // losses (the newcomer review of stop 40 saw three drops counted as one).
+    let batch = Batch {
+        overflow: true,
+        losses: deskd_watch::Losses {
+            kernel: 1,
+            held: 3,
+            queue_limit: 0,
+        },
+        ..Batch::default()
     };
     thread::process(&v.running, &v.handle, &v.rebuilds, batch);
     let f = v.running.figures.lock().unwrap();
-    assert_eq!(f.overflows, 1);
+    assert_eq!(f.overflows, 1 + 4);
     assert!(f.last_overflow.is_some());
     assert_eq!(
         f.rescan.as_ref().map(|r| r.reason.as_str()),

@@ -195,6 +195,27 @@ fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) ->
     errors
 }
 
+/// What the log says of a batch's losses of events: each cause, how often, and what to do.
+fn loss_causes(losses: deskd_watch::Losses, held_max: u64) -> String {
+    let mut causes = Vec::new();
+    if losses.held > 0 {
+        let mib = held_max.div_ceil(1 << 20);
+        causes.push(format!(
+            "more than {mib} MiB of events were held unread (watch_held_mib = {mib}), {} \
+             time(s), and dropped: the desktop did not keep up with a burst; raise \
+             watch_held_mib if the server has the memory",
+            losses.held
+        ));
+    }
+    if losses.queue_limit > 0 {
+        causes.push("more events at once than the test setting watch_queue allows".into());
+    }
+    if losses.kernel > 0 || causes.is_empty() {
+        causes.push("the kernel's event queue overflowed, or an event could not be read".into());
+    }
+    causes.join("; and ")
+}
+
 /// Apply one batch: overflow first (a rescan), then the changes through the writer, then the
 /// disk work. Called with the source's lock held.
 pub(crate) fn process(
@@ -205,14 +226,17 @@ pub(crate) fn process(
 ) {
     let root = handle.volume.root();
     if batch.overflow {
+        let losses = batch.losses;
         {
             let mut figures = running.figures.lock().unwrap();
-            figures.overflows += 1;
+            // Each loss once (three drops past watch_held_mib between two reads are three).
+            figures.overflows += losses.total().max(1);
             figures.last_overflow = Some(now_unix());
         }
         warn!(
-            "watching {}: events were lost (queue overflow); the volume is rescanned",
-            root.display()
+            "watching {}: events were lost ({}); the volume is rescanned",
+            root.display(),
+            loss_causes(losses, running.limits.held_max)
         );
         rescan::request(rebuilds, handle, running, "overflow");
     }

@@ -136,7 +136,7 @@ impl FanotifySource {
             })?;
         let pump = rustix::io::fcntl_dupfd_cloexec(&group, 0)
             .map_err(std::io::Error::from)
-            .and_then(|fd| pump::Pump::start(fd, held_max))
+            .and_then(|fd| pump::Pump::start(fd, held_max, root))
             .map_err(|e| WatchError::FanotifyInit {
                 reason: format!("the queue's reader thread: {e}"),
             })?;
@@ -165,10 +165,10 @@ impl FanotifySource {
         self.pump.ready_fd()
     }
 
-    /// Whether the pump dropped events over [`HELD_BYTES_MAX`] since the last call (an
-    /// overflow).
-    pub(crate) fn over_bound(&self) -> bool {
-        self.pump.take_dropped()
+    /// How many times the pump dropped events over its bound (`held_max`) since the last
+    /// call (each an overflow).
+    pub(crate) fn drops(&self) -> u64 {
+        self.pump.take_drops()
     }
 
     /// Drop everything held and queued (the rescan that follows an overflow finds what they

@@ -13,12 +13,15 @@
 //! lock, so no event overtakes another). The chunks are counted as they are kept, for
 //! nothing: past `max` bytes everything held and queued is dropped and the watcher's next
 //! batch reports an overflow (the volume is rescanned), and the memory comes back at once.
+//! Every drop is counted (the watcher's batch says how many, and status counts each), and
+//! said at warning level, at most once per [`SAY_EVERY`] (a user flooding the file system
+//! with a small `watch_held_mib` could otherwise write a line every few milliseconds).
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
@@ -31,6 +34,9 @@ pub(super) const PAUSE: Duration = Duration::from_millis(10);
 /// Bytes one read(2) of the pump takes at most.
 pub(super) const CHUNK: usize = 64 * 1024;
 
+/// The least time between two warnings of drops (each drop is counted all the same).
+const SAY_EVERY: Duration = Duration::from_secs(10);
+
 /// What the pump holds for the watcher.
 #[derive(Default)]
 struct Held {
@@ -38,8 +44,11 @@ struct Held {
     bytes: u64,
     /// The most held at once since the start.
     peak: u64,
-    /// Events were dropped (over the bound) since the watcher last asked.
-    dropped: bool,
+    /// Times events were dropped (over the bound) since the watcher last asked.
+    drops: u64,
+    /// When a drop was last said in the log, and the drops not said since.
+    said: Option<Instant>,
+    unsaid: u64,
 }
 
 struct Shared {
@@ -49,6 +58,8 @@ struct Shared {
     /// Readable while chunks are held (the watcher polls it instead of the group).
     ready: OwnedFd,
     max: u64,
+    /// The volume root, for the log.
+    root: String,
 }
 
 impl Shared {
@@ -77,14 +88,24 @@ impl Shared {
             // Everything, not down to the bound: what is held now is lost anyway (the
             // rescan finds it), and the memory comes back at once.
             self.drop_all(&mut held, scratch);
-            held.dropped = true;
-            // Said once per drop (the next one needs as many events again): the admin sees
-            // why a rescan follows, and what to raise (`watch_held_mib`).
-            tracing::info!(
-                "watch: more than {} MiB of events held unread (watch_held_mib); dropped, and \
-                 the volume is rescanned",
-                self.max.div_ceil(1 << 20)
-            );
+            held.drops += 1;
+            held.unsaid += 1;
+            if held.said.is_none_or(|at| at.elapsed() >= SAY_EVERY) {
+                // The admin sees why a rescan follows, and what to raise.
+                let more = match held.unsaid - 1 {
+                    0 => String::new(),
+                    n => format!(" ({n} more drop(s) since the last such line)"),
+                };
+                let mib = self.max.div_ceil(1 << 20);
+                tracing::warn!(
+                    "watch: more than {mib} MiB of events held unread (watch_held_mib = {mib}) \
+                     for {}; dropped, and the volume is rescanned{more}: raise watch_held_mib \
+                     if the server has the memory (docs/deskd.md, \"Live tracking\")",
+                    self.root
+                );
+                held.said = Some(Instant::now());
+                held.unsaid = 0;
+            }
             return false;
         }
         if held.chunks.len() == 1 {
@@ -116,13 +137,15 @@ pub(crate) struct Pump {
 }
 
 impl Pump {
-    /// Read the group `group` (a descriptor of its own), holding at most `max` bytes.
-    pub(crate) fn start(group: OwnedFd, max: u64) -> std::io::Result<Pump> {
+    /// Read the group `group` (a descriptor of its own) of the volume at `root`, holding at
+    /// most `max` bytes.
+    pub(crate) fn start(group: OwnedFd, max: u64, root: &std::path::Path) -> std::io::Result<Pump> {
         let shared = Arc::new(Shared {
             group,
             held: Mutex::default(),
             ready: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
             max,
+            root: root.display().to_string(),
         });
         let stopper = Stopper::new()?;
         let thread = {
@@ -185,9 +208,9 @@ impl Pump {
         Ok(buf.len())
     }
 
-    /// Whether events were dropped over the bound since the last call.
-    pub(crate) fn take_dropped(&self) -> bool {
-        std::mem::take(&mut self.shared.held.lock().unwrap().dropped)
+    /// How many times events were dropped over the bound since the last call.
+    pub(crate) fn take_drops(&self) -> u64 {
+        std::mem::take(&mut self.shared.held.lock().unwrap().drops)
     }
 
     /// Drop everything held and queued (the rescan after an overflow finds what they said).
@@ -276,15 +299,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let group = group(dir.path());
         let dup = rustix::io::fcntl_dupfd_cloexec(group.as_fd(), 0).unwrap();
-        let pump = Pump::start(dup, 64 * 1024).unwrap();
-        assert!(!pump.take_dropped());
+        let pump = Pump::start(dup, 64 * 1024, dir.path()).unwrap();
+        assert_eq!(pump.take_drops(), 0);
         // Events the watcher's thread does not read (it is held elsewhere): far more than
         // 64 KiB of them.
         for i in 0..5_000 {
             std::fs::File::create(dir.path().join(format!("file-{i}"))).unwrap();
         }
         let began = std::time::Instant::now();
-        while !pump.take_dropped() {
+        while pump.take_drops() == 0 {
             assert!(
                 began.elapsed() < Duration::from_secs(30),
                 "the pump did not drop the events"
@@ -300,7 +323,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let group = group(dir.path());
         let dup = rustix::io::fcntl_dupfd_cloexec(group.as_fd(), 0).unwrap();
-        let pump = Pump::start(dup, 1 << 30).unwrap();
+        let pump = Pump::start(dup, 1 << 30, dir.path()).unwrap();
         let files = 3_000;
         for i in 0..files {
             std::fs::File::create(dir.path().join(format!("in-order-{i}"))).unwrap();
