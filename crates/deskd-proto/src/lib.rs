@@ -812,7 +812,8 @@ pub struct VolumeWatch {
     pub lag_ms: u64,
     /// The 99th percentile of `lag_ms` over the last 1,000 batches.
     pub lag_p99_ms: u64,
-    /// Times events were lost (the kernel's queue, or `watch_queue`), each followed by a rescan.
+    /// Times events were lost, each counted once (the kernel's queue, every drop past
+    /// `watch_held_mib`, `watch_queue`); a rescan follows. Kept across a watcher's restart.
     pub overflows: u64,
     /// Unix time of the last overflow.
     pub last_overflow: Option<i64>,
