@@ -13,8 +13,8 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The losses of events the server's `watching ROOT: events were lost (…)` lines count:
-/// each drop past `watch_held_mib` ("…, N time(s), and dropped"), and one per other cause.
+/// The losses of events the server's `watching ROOT: events were lost (…)` lines count: the
+/// drops past `watch_held_mib` ("…, N time(s), and dropped") and the other causes' N time(s).
 fn losses_logged(log: &str, root: &str) -> (u64, Vec<String>) {
     let lead = format!("watching {root}: events were lost (");
     let mut total = 0;
@@ -24,8 +24,21 @@ fn losses_logged(log: &str, root: &str) -> (u64, Vec<String>) {
             let n: u64 = line[..at].rsplit(' ').next().unwrap().parse().unwrap();
             total += n;
         }
-        total += line.contains("the kernel's event queue overflowed") as u64;
-        total += line.contains("test setting watch_queue") as u64;
+        for cause in [
+            "the kernel's event queue overflowed",
+            "test setting watch_queue",
+        ] {
+            if let Some(at) = line.find(cause) {
+                let rest = &line[at..];
+                let end = rest.find(" time(s)").unwrap();
+                total += rest[..end]
+                    .rsplit(' ')
+                    .next()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap();
+            }
+        }
         lines.push(line.to_owned());
     }
     (total, lines)
@@ -82,6 +95,7 @@ fn every_drop_past_watch_held_mib_counts_once_and_warns_naming_the_setting() {
     assert!(pump_line.contains("raise watch_held_mib"), "{pump_line}");
     // The watcher's line names the real cause (not a queue overflow), with the count.
     let (logged, lines) = losses_logged(&before, &root);
+    eprintln!("{pump_line}\n{}\nstatus: {overflows} overflows", lines.join("\n"));
     let first = &lines[0];
     assert!(first.contains("WARN"), "{first}");
     assert!(
@@ -94,12 +108,14 @@ fn every_drop_past_watch_held_mib_counts_once_and_warns_naming_the_setting() {
         logged >= 2,
         "fewer than two drops of 1 MiB for 6 MiB of events: {lines:?}"
     );
-    let (logged_after, _) = losses_logged(&after, &root);
+    // Every loss the log says is counted (a later one, from other programs' events on this
+    // file system, may be counted and not said yet: one warning per 10 s at most).
     assert!(
-        logged <= overflows && overflows <= logged_after,
-        "status counts {overflows} losses, the log {logged}..{logged_after}: {lines:?}"
+        logged <= overflows,
+        "status counts {overflows} losses, the log {logged}: {lines:?}"
     );
-    assert!(in_metrics >= overflows && in_metrics <= logged_after);
+    assert!(in_metrics >= overflows, "{in_metrics} < {overflows}");
+    assert!(losses_logged(&after, &root).0 >= logged);
     env.rebuild_scan_silent("vol");
 }
 

@@ -67,6 +67,9 @@ pub(crate) struct Running {
     /// The warnings of changes not applied as seen, at most one per 10 s whether the thread
     /// or a barrier met them.
     failures: RateLimited,
+    /// The warnings of lost events ([`thread::process`]), and the losses not said yet.
+    losses_said: RateLimited,
+    losses_unsaid: Mutex<deskd_watch::Losses>,
     rescans: Mutex<rescan::RescanState>,
     /// Told when no rescan runs any more ([`wait_for_rescan`]).
     rescans_done: Condvar,
@@ -108,6 +111,8 @@ impl Running {
             in_barrier: AtomicBool::new(false),
             figures: Mutex::new(WatchFigures::new(opened.kind, opened.note)),
             failures: RateLimited::new(Duration::from_secs(10)),
+            losses_said: RateLimited::new(thread::LOSSES_SAID_EVERY),
+            losses_unsaid: Mutex::default(),
             rescans: Mutex::default(),
             rescans_done: Condvar::new(),
             moved_on: Mutex::default(),

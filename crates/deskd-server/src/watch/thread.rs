@@ -195,23 +195,33 @@ fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) ->
     errors
 }
 
-/// What the log says of a batch's losses of events: each cause, how often, and what to do.
+/// How often the watcher's warning of lost events is said at most (each loss is counted in
+/// status all the same, and the next line says those not said).
+pub(crate) const LOSSES_SAID_EVERY: Duration = Duration::from_secs(10);
+
+/// What the log says of losses of events: each cause, how often, and what to do.
 fn loss_causes(losses: deskd_watch::Losses, held_max: u64) -> String {
     let mut causes = Vec::new();
     if losses.held > 0 {
         let mib = held_max.div_ceil(1 << 20);
         causes.push(format!(
             "more than {mib} MiB of events were held unread (watch_held_mib = {mib}), {} \
-             time(s), and dropped: the desktop did not keep up with a burst; raise \
-             watch_held_mib if the server has the memory",
+             time(s), and dropped: the events on the volume's file system came faster than \
+             the desktop took them; raise watch_held_mib if the server has the memory",
             losses.held
         ));
     }
     if losses.queue_limit > 0 {
-        causes.push("more events at once than the test setting watch_queue allows".into());
+        causes.push(format!(
+            "more events at once than the test setting watch_queue allows, {} time(s)",
+            losses.queue_limit
+        ));
     }
     if losses.kernel > 0 || causes.is_empty() {
-        causes.push("the kernel's event queue overflowed, or an event could not be read".into());
+        causes.push(format!(
+            "the kernel's event queue overflowed, or an event could not be read, {} time(s)",
+            losses.kernel.max(1)
+        ));
     }
     causes.join("; and ")
 }
@@ -226,18 +236,35 @@ pub(crate) fn process(
 ) {
     let root = handle.volume.root();
     if batch.overflow {
-        let losses = batch.losses;
+        let mut losses = batch.losses;
+        if losses.total() == 0 {
+            losses.kernel = 1;
+        }
         {
             let mut figures = running.figures.lock().unwrap();
             // Each loss once (three drops past watch_held_mib between two reads are three).
-            figures.overflows += losses.total().max(1);
+            figures.overflows += losses.total();
             figures.last_overflow = Some(now_unix());
         }
-        warn!(
-            "watching {}: events were lost ({}); the volume is rescanned",
-            root.display(),
-            loss_causes(losses, running.limits.held_max)
-        );
+        // Said at most once per LOSSES_SAID_EVERY, with every loss since the last line: a
+        // user flooding the file system under a small watch_held_mib cannot fill the log.
+        let said = {
+            let mut unsaid = running.losses_unsaid.lock().unwrap();
+            unsaid.kernel += losses.kernel;
+            unsaid.held += losses.held;
+            unsaid.queue_limit += losses.queue_limit;
+            running
+                .losses_said
+                .now()
+                .then(|| std::mem::take(&mut *unsaid))
+        };
+        if let Some(said) = said {
+            warn!(
+                "watching {}: events were lost ({}); the volume is rescanned",
+                root.display(),
+                loss_causes(said, running.limits.held_max)
+            );
+        }
         rescan::request(rebuilds, handle, running, "overflow");
     }
     // The writer's turn for the objects its spending window held back, once it has ended
