@@ -95,7 +95,10 @@ fn every_drop_past_watch_held_mib_counts_once_and_warns_naming_the_setting() {
     assert!(pump_line.contains("raise watch_held_mib"), "{pump_line}");
     // The watcher's line names the real cause (not a queue overflow), with the count.
     let (logged, lines) = losses_logged(&before, &root);
-    eprintln!("{pump_line}\n{}\nstatus: {overflows} overflows", lines.join("\n"));
+    eprintln!(
+        "{pump_line}\n{}\nstatus: {overflows} overflows",
+        lines.join("\n")
+    );
     let first = &lines[0];
     assert!(first.contains("WARN"), "{first}");
     assert!(
