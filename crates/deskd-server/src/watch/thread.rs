@@ -219,7 +219,8 @@ fn loss_causes(losses: deskd_watch::Losses, held_max: u64) -> String {
     }
     if losses.kernel > 0 || causes.is_empty() {
         causes.push(format!(
-            "the kernel's event queue overflowed, or an event could not be read, {} time(s)",
+            "the kernel's event queue overflowed (inotify: raise \
+             fs.inotify.max_queued_events), or an event could not be read, {} time(s)",
             losses.kernel.max(1)
         ));
     }
