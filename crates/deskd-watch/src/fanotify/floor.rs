@@ -93,17 +93,17 @@ fn discard(group: &OwnedFd, stopper: &Stopper) -> u64 {
             ];
             let _ = poll(&mut fds, None);
         }
+        let stopped = stopper.is_stopped();
+        // Read after the stop was seen: what was queued before it is read (and counted)
+        // before the thread ends.
         while let Ok(n @ 1..) = rustix::io::read(group, &mut scratch) {
             bytes += n as u64;
         }
-        if stopper.is_stopped() {
+        if stopped {
             return bytes;
         }
         let stop_fd = stopper.fd();
         let mut fds = [PollFd::new(&stop_fd, PollFlags::IN)];
         let _ = poll(&mut fds, Some(&pause));
-        if stopper.is_stopped() {
-            return bytes;
-        }
     }
 }
