@@ -5,11 +5,11 @@
 //! throws away. The kernel makes each event in the creating program's context, and the reader
 //! takes a core's share on a machine of few: no watcher can cost the program less than this.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::thread::JoinHandle;
 
-use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
+use nix::sys::fanotify::Fanotify;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
 use crate::{Stopper, WatchError};
@@ -24,28 +24,7 @@ pub struct Floor {
 impl Floor {
     /// Mark `root`'s file system as the watcher does and start discarding its events.
     pub fn start(root: &Path) -> Result<Floor, WatchError> {
-        let group = Fanotify::init(
-            InitFlags::from_bits_retain(super::INIT_FLAGS),
-            EventFFlags::from_bits_retain((libc::O_RDONLY | libc::O_CLOEXEC) as u32),
-        )
-        .map_err(|e| WatchError::FanotifyInit {
-            reason: super::init_reason(e),
-        })?;
-        let root_fd = super::open_path(root).map_err(|e| WatchError::Root {
-            root: root.to_path_buf(),
-            source: e,
-        })?;
-        group
-            .mark(
-                MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
-                MaskFlags::from_bits_retain(super::EVENTS),
-                root_fd.as_fd(),
-                Some(root),
-            )
-            .map_err(|e| WatchError::FanotifyMark {
-                root: root.to_path_buf(),
-                reason: super::mark_reason(e),
-            })?;
+        let (group, _root) = super::marked_group(root)?;
         let fd: OwnedFd =
             rustix::io::fcntl_dupfd_cloexec(&group, 0).map_err(|e| WatchError::Read(e.into()))?;
         let stopper = Stopper::new().map_err(WatchError::Stopper)?;

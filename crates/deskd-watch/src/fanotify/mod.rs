@@ -99,6 +99,34 @@ pub(crate) struct FanotifySource {
     pump: pump::Pump,
 }
 
+/// A fanotify group made as the watcher's ([`INIT_FLAGS`]) with one filesystem mark for
+/// [`EVENTS`] on `root`'s file system, and `root` opened (`O_PATH`).
+pub(crate) fn marked_group(root: &Path) -> Result<(Fanotify, OwnedFd), WatchError> {
+    let group = Fanotify::init(
+        InitFlags::from_bits_retain(INIT_FLAGS),
+        EventFFlags::from_bits_retain((libc::O_RDONLY | libc::O_CLOEXEC) as u32),
+    )
+    .map_err(|e| WatchError::FanotifyInit {
+        reason: init_reason(e),
+    })?;
+    let root_fd = open_path(root).map_err(|e| WatchError::Root {
+        root: root.to_path_buf(),
+        source: e,
+    })?;
+    group
+        .mark(
+            MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
+            MaskFlags::from_bits_retain(EVENTS),
+            root_fd.as_fd(),
+            Some(root),
+        )
+        .map_err(|e| WatchError::FanotifyMark {
+            root: root.to_path_buf(),
+            reason: mark_reason(e),
+        })?;
+    Ok((group, root_fd))
+}
+
 impl FanotifySource {
     /// `root` must be absolute and canonical.
     /// `held_max`: most bytes of events held unread ([`HELD_BYTES_MAX`] by default).
@@ -112,28 +140,7 @@ impl FanotifySource {
         capacity: usize,
         held_max: u64,
     ) -> Result<Self, WatchError> {
-        let group = Fanotify::init(
-            InitFlags::from_bits_retain(INIT_FLAGS),
-            EventFFlags::from_bits_retain((libc::O_RDONLY | libc::O_CLOEXEC) as u32),
-        )
-        .map_err(|e| WatchError::FanotifyInit {
-            reason: init_reason(e),
-        })?;
-        let root_fd = open_path(root).map_err(|e| WatchError::Root {
-            root: root.to_path_buf(),
-            source: e,
-        })?;
-        group
-            .mark(
-                MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
-                MaskFlags::from_bits_retain(EVENTS),
-                root_fd.as_fd(),
-                Some(root),
-            )
-            .map_err(|e| WatchError::FanotifyMark {
-                root: root.to_path_buf(),
-                reason: mark_reason(e),
-            })?;
+        let (group, root_fd) = marked_group(root)?;
         let pump = rustix::io::fcntl_dupfd_cloexec(&group, 0)
             .map_err(std::io::Error::from)
             .and_then(|fd| pump::Pump::start(fd, held_max, root))
