@@ -332,19 +332,27 @@ pub(crate) mod read {
                 &MAX_DEPTH,
             ],
         )?;
-        let Some(top) = rows.last() else {
+        let walk: Vec<&Row> = rows.iter().collect();
+        path_from_walk(id, &walk, 0)
+    }
+
+    /// The path components of `id` from its walk up (`walk`: its rows from itself to the root,
+    /// their columns id, parent, name, depth from column `first`): the root's own name left
+    /// out; a walk that ends short of the root names the missing folder, or a parent loop.
+    fn path_from_walk(id: u32, walk: &[&Row], first: usize) -> Result<Vec<Vec<u8>>> {
+        let Some(top) = walk.last() else {
             return Err(DbError::NoSuchId(id).into());
         };
-        if top.get::<_, i64>(0) != i64::from(deskd_db::ROOT_ID) {
-            if top.get::<_, i32>(3) >= MAX_DEPTH {
+        if top.get::<_, i64>(first) != i64::from(deskd_db::ROOT_ID) {
+            if top.get::<_, i32>(first + 3) >= MAX_DEPTH {
                 return Err(DbError::Corrupt(format!("parent loop above ID {id}")).into());
             }
-            return Err(DbError::NoSuchId(top.get::<_, i64>(1) as u32).into());
+            return Err(DbError::NoSuchId(top.get::<_, i64>(first + 1) as u32).into());
         }
-        Ok(rows[..rows.len() - 1]
+        Ok(walk[..walk.len() - 1]
             .iter()
             .rev()
-            .map(|r| r.get(2))
+            .map(|r| r.get(first + 2))
             .collect())
     }
 
@@ -384,20 +392,7 @@ pub(crate) mod read {
         ids.iter()
             .map(|&id| {
                 let walk = walks.get(&id).map(Vec::as_slice).unwrap_or_default();
-                let Some(top) = walk.last() else {
-                    return Err(DbError::NoSuchId(id).into());
-                };
-                if top.get::<_, i64>(1) != i64::from(deskd_db::ROOT_ID) {
-                    if top.get::<_, i32>(4) >= MAX_DEPTH {
-                        return Err(DbError::Corrupt(format!("parent loop above ID {id}")).into());
-                    }
-                    return Err(DbError::NoSuchId(top.get::<_, i64>(2) as u32).into());
-                }
-                Ok(walk[..walk.len() - 1]
-                    .iter()
-                    .rev()
-                    .map(|r| r.get(3))
-                    .collect())
+                path_from_walk(id, walk, 1)
             })
             .collect()
     }
