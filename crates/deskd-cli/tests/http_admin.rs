@@ -1501,4 +1501,36 @@ fn api_status_lists_refused_volumes_with_why_only_to_the_token_holder() {
         let said = String::from_utf8_lossy(&out.stdout);
         assert!(said.contains(redacted), "{said}");
     }
+
+    // The admin page lists it under "Volumes not served": the reason with the token only.
+    let Some(mut browser) = Browser::start(env.dir.path()) else {
+        skip("chromium is not installed");
+        return;
+    };
+    browser.call("Page.navigate", json!({"url": format!("http://{addr}/")}));
+    let row = format!("#refused tbody tr[data-root=\"{}\"]", old.display());
+    browser.wait_for(&format!("document.querySelector('{row}') !== null"));
+    assert_eq!(
+        browser.eval("document.querySelector('#not-served').hidden"),
+        json!(false)
+    );
+    let shown = |browser: &mut Browser| {
+        browser
+            .eval(&format!("document.querySelector('{row}').textContent"))
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let without = shown(&mut browser);
+    assert!(
+        without.contains(redacted) && !without.contains("deskd migrate"),
+        "{without}"
+    );
+    browser.eval(&format!(
+        "document.querySelector('#token').value = '{TOKEN}'; \
+         document.querySelector('#token-save').click(); true"
+    ));
+    browser.wait_for(&format!(
+        "document.querySelector('{row}').textContent.includes('deskd migrate')"
+    ));
 }
