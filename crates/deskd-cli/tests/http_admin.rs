@@ -1450,6 +1450,28 @@ fn the_backup_action_backs_up_a_postgresql_volume_from_its_database() {
         ),
         id.to_string()
     );
+
+    // The password file moved and the configuration says so, then a reload: the page's next
+    // backup reads the database with the reloaded `backend` (the old file is gone).
+    let moved = env.path("moved-password");
+    std::fs::rename(&pw, &moved).unwrap();
+    let config = env.path("deskd.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let old_line = format!("backend_password_file = \"{}\"", pw.display());
+    assert!(text.contains(&old_line), "{text}");
+    std::fs::write(
+        &config,
+        text.replace(
+            &old_line,
+            &format!("backend_password_file = \"{}\"", moved.display()),
+        ),
+    )
+    .unwrap();
+    env.sighup(1);
+    let again = post(&addr, "/api/volumes/vol/backup", Some(TOKEN));
+    assert_eq!(again.status, 202, "{}", again.body);
+    let done = finished_job(&addr, again.json()["job"].as_u64().unwrap());
+    assert_eq!(done["ok"], json!(true), "{done}");
 }
 
 /// `/api/status` lists the configured volumes the server refused, as `deskd status` does:

@@ -1281,7 +1281,8 @@ fn serve(
         .transpose()
         .context("[netatalk]")?;
     // Checked and bound before the server starts: a bad http_* setting stops here.
-    let http = deskd_cli::http_side::bind(&config)?;
+    let exports = deskd_cli::http_side::Exports::new(&config);
+    let http = deskd_cli::http_side::bind(&config, &exports)?;
     let http_at_start = config.http.clone();
     let server = Server::start(config).context("cannot start")?;
     if let Some(cnid) = cnid {
@@ -1324,6 +1325,10 @@ fn serve(
                 }
             }
             server.reconfigure(reloaded.as_ref());
+            // The admin page's backup of a PostgreSQL volume follows its reloaded `backend`.
+            if let Some(reloaded) = &reloaded {
+                exports.update(reloaded);
+            }
             if reloaded
                 .as_ref()
                 .is_some_and(|c| c.netatalk != started_netatalk)
