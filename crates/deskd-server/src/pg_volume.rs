@@ -547,7 +547,8 @@ pub(crate) fn refuse_fresh_over_sqlite(
             "the volume's SQLite desktop holds {objects} objects and the database has no copy of \
              the volume: serving it from the database would give every file a new ID. Move it \
              in first with `deskd migrate {} --to TARGET` (every ID kept), or move the SQLite \
-             desktop aside to start the volume afresh; nothing was changed",
+             desktop aside to start the volume afresh, then reload deskd (SIGHUP) to serve it; \
+             nothing was changed",
             root.display()
         ))),
         Err(e) if e.is_unavailable() => Err(unchecked(e)),
