@@ -1059,6 +1059,49 @@ fn a_slow_flush_says_what_it_waits_for() {
     assert_eq!(desktop_below(&env, "burst").len(), 3001);
 }
 
+/// During a deferred burst a file moved by plain `mv` is registered at its new name by a
+/// client that carries no ID (afpd, whose AppleDouble file stayed behind): it keeps its ID,
+/// read from the mirror the file carries, and the deferred move, applied later, retires
+/// nothing (the review of stop 41 saw the client given a new ID that the move then retired).
+#[test]
+fn a_file_moved_during_a_deferred_burst_keeps_its_id_when_a_client_asks_first() {
+    let mut env = Env::new(&["vol", "outside"]);
+    let release = env.path("release-deferral");
+    env.server_env.push((
+        "DESKD_TEST_DEFER_UNTIL".into(),
+        release.display().to_string(),
+    ));
+    env.serve_watched(&["vol"], "");
+    dt_touch(&env, &["a"]);
+    let id = dt_id(&env, "a");
+    env.watch_barrier("vol");
+    assert_eq!(deskd_volume::read_id_xattr(&root(&env).join("a")), Some(id));
+    make_files(&env, "burst", 3000);
+    env.wait_for_log("a burst (", 1);
+    sh(&env, "mv vol/a vol/b");
+    let mut c = env.client();
+    let vol = c.open_volume(&root(&env)).unwrap().vol;
+    let asked = c
+        .object(deskd_client::Request::AddPath {
+            vol,
+            path: b"b".to_vec(),
+            hint: None,
+            type_code: None,
+            creator: None,
+            carried: None,
+        })
+        .unwrap();
+    assert_eq!(asked.id, id, "the moved file keeps its ID");
+    env.watch_barrier("vol");
+    std::fs::write(&release, b"").unwrap();
+    assert_eq!(dt_id(&env, "b"), id);
+    let resolved = c
+        .object(deskd_client::Request::Resolve { vol, id })
+        .unwrap();
+    assert_eq!(resolved.name, b"b");
+    env.rebuild_scan_silent("vol");
+}
+
 /// A flush (and a freeze, which flushes first) waits for its answer without the client's
 /// usual 60 s unless told a timeout: after a burst of a million files a flush may work past a
 /// minute, and the backup script after it must not see a timeout for a flush still working.

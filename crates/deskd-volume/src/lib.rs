@@ -183,6 +183,16 @@ pub fn read_id_xattr(path: &Path) -> Option<u32> {
     }
 }
 
+/// [`read_id_xattr`] of the object at `path` itself: a symbolic link there is not followed
+/// (a link carries no mirror; `lgetxattr(2)`).
+pub fn read_id_xattr_here(path: &Path) -> Option<u32> {
+    let mut bytes = [0u8; 4];
+    match rustix::fs::lgetxattr(path, ID_XATTR, &mut bytes[..]) {
+        Ok(4) => Some(u32::from_be_bytes(bytes)),
+        _ => None,
+    }
+}
+
 /// Write the ID mirror. File systems without user xattrs (and symlinks, which cannot carry
 /// them on Linux) are skipped silently: the resource file remains the durable copy.
 pub fn write_id_xattr(path: &Path, id: u32) -> Result<(), VolumeError> {

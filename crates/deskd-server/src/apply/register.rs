@@ -46,15 +46,39 @@ impl Asked {
         }
     }
 
-    /// The IDs the object says it had: a move is followed by them.
-    fn candidates(&self) -> [Option<u32>; 2] {
-        [self.hint, self.carried.filter(|&c| Some(c) != self.hint)]
+    /// The IDs the object says it had: a move is followed by them. `mirror`: the ID mirror
+    /// the object carries on disk ([`mirror_of`]), when the request carries none.
+    fn candidates(&self, mirror: Option<u32>) -> [Option<u32>; 3] {
+        [
+            self.hint,
+            self.carried.filter(|&c| Some(c) != self.hint),
+            mirror.filter(|&m| Some(m) != self.hint && Some(m) != self.carried),
+        ]
     }
 
     /// Whether the request says the object is the one with `id`.
     fn names(&self, id: u32) -> bool {
         self.hint == Some(id) || self.carried == Some(id)
     }
+}
+
+/// The ID mirror on the object at `components` (its extended attribute; a link is not
+/// followed), asked only when the request carries no ID: a file moved by plain `mv` or over SMB
+/// keeps its mirror, so a client registering it at its new name before the watcher has applied
+/// the move (afpd, whose AppleDouble file stayed behind; any client during a deferred burst)
+/// follows the move instead of being given a new ID that the move would then retire. Only a
+/// candidate: [`follow_move`] takes it for the record of this very inode, no longer at its
+/// recorded place, that the peer could have moved; anything else a user wrote there is ignored.
+fn mirror_of<B: WriteBatch + ?Sized>(
+    w: &Writing<'_, B>,
+    asked: &Asked,
+    node: &Node,
+    components: &[Vec<u8>],
+) -> Option<u32> {
+    if asked.carried.is_some() || node.kind == Kind::Symlink {
+        return None;
+    }
+    deskd_volume::read_id_xattr_here(&w.vol.path_of(components))
 }
 
 /// A registered name found holding another inode of the record's kind (save-by-replace, an
@@ -135,7 +159,8 @@ pub(super) fn add<B: WriteBatch + ?Sized>(
         }
     }
     // No record at the place (or, with `new-id`, no longer): moved here from elsewhere?
-    if let Some(o) = follow_move(w, &asked.candidates(), &node, parent, name)? {
+    let mirror = mirror_of(w, &asked, &node, &components);
+    if let Some(o) = follow_move(w, &asked.candidates(mirror), &node, parent, name)? {
         return Ok(Response::Object(info(&o, Some(join(&components)), false)));
     }
     let file = node.kind == Kind::File;
@@ -254,7 +279,9 @@ pub(super) fn register_walked<B: WriteBatch + ?Sized>(
         }
         // No record at the place (or, with `new-id`, no longer): moved here from elsewhere?
         if last && asked.registering {
-            if let Some(object) = follow_move(w, &asked.candidates(), node, current.id, name)? {
+            let mirror = mirror_of(w, &asked, node, &components[..=i]);
+            if let Some(object) = follow_move(w, &asked.candidates(mirror), node, current.id, name)?
+            {
                 current = object;
                 created = false;
                 continue;

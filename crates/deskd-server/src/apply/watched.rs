@@ -118,9 +118,12 @@ pub enum DiskWork {
         ctime: i64,
     },
     /// The object moved from `from` to `to`: its resource file follows it, then as `Stamp`.
+    /// `onto_free`: only if no resource file is at `to` yet (a move the desktop had recorded
+    /// already, whose resource file was left behind: nothing at `to` is replaced).
     Carry {
         from: Vec<Vec<u8>>,
         stamp: Box<DiskWork>,
+        onto_free: bool,
     },
     /// The object at `path` is gone: remove its resource file if the name is still empty.
     Unstamp { path: Vec<Vec<u8>> },
@@ -667,6 +670,7 @@ fn register_following<B: WriteBatch + ?Sized>(
         Some((id, from)) if !created && id == object.id => out.disk.push(DiskWork::Carry {
             from,
             stamp: Box::new(stamp(names, &object)),
+            onto_free: false,
         }),
         _ if changed => out.disk.push(stamp(names, &object)),
         _ => {}
@@ -872,9 +876,24 @@ fn moved<B: WriteBatch + ?Sized>(
             && super::paths::born_no_later(&to_path, &node, o.ctime) != Some(false)
     });
     let Some(source) = source else {
-        // Not registered at `from` (never, or `dt mv` already recorded the move): what is at
-        // `to` is registered there; a record left at `from` goes if its object is gone.
+        // Not registered at `from` (never, or the move was recorded already): what is at `to`
+        // is registered there; a record left at `from` goes if its object is gone. A move
+        // recorded already by a client's registration at `to` that followed the object's
+        // mirror (afpd without its AppleDouble, during a deferred burst) left the resource
+        // file at `from` (`dt mv` carries it itself): it follows the record now at `to`, onto
+        // a free name only.
         let gone = removed(w, from, out)?;
+        if registered(w.b, from)?.is_none() {
+            if let Some(at_to) = registered(w.b, to)?
+                .filter(|o| o.kind == node.kind && same_object(o, node.dev, node.ino))
+            {
+                out.disk.push(DiskWork::Carry {
+                    from: from.to_vec(),
+                    stamp: Box::new(stamp(to, &at_to)),
+                    onto_free: true,
+                });
+            }
+        }
         return Ok(created(w, to, rules, young, spending, out)? || gone);
     };
     if verify_gone(w.vol, &source, from).is_err() {
@@ -922,6 +941,7 @@ fn moved<B: WriteBatch + ?Sized>(
             out.disk.push(DiskWork::Carry {
                 from: from.to_vec(),
                 stamp: Box::new(stamp(to, &moved)),
+                onto_free: false,
             });
         }
     }

@@ -41,9 +41,12 @@ pub(crate) fn apply(vol: &Volume, work: &[DiskWork]) -> Done {
         pins.between_items();
         let result = match item {
             DiskWork::Stamp { .. } => stamp(vol, &mut pins, item),
-            DiskWork::Carry { from, stamp: then } => {
-                carry(vol, &mut pins, from, then).and_then(|()| stamp(vol, &mut pins, then))
-            }
+            DiskWork::Carry {
+                from,
+                stamp: then,
+                onto_free,
+            } => carry(vol, &mut pins, from, then, *onto_free)
+                .and_then(|()| stamp(vol, &mut pins, then)),
             DiskWork::Unstamp { path } => unstamp(vol, &mut pins, path).map(|()| Stamped::Yes),
         };
         match result {
@@ -133,6 +136,16 @@ impl<'r> Pins<'r> {
 
     /// `renameat` from `from` to `to` (each by its held folder and last name).
     fn rename(&mut self, from: &Path, to: &Path) -> Result<(), VolumeError> {
+        self.rename_with(from, to, rustix::fs::RenameFlags::empty())
+    }
+
+    /// [`Pins::rename`] with `renameat2(2)` flags (`NOREPLACE`: never over a name in use).
+    fn rename_with(
+        &mut self,
+        from: &Path,
+        to: &Path,
+        flags: rustix::fs::RenameFlags,
+    ) -> Result<(), VolumeError> {
         self.pin(from, 1)?;
         self.pin(to, 1)?;
         let (held, root) = (&self.held, self.root);
@@ -148,7 +161,8 @@ impl<'r> Pins<'r> {
                 std::io::Error::from(std::io::ErrorKind::NotFound),
             ));
         };
-        rustix::fs::renameat(a, a_name, b, b_name).map_err(|e| VolumeError::io(from, e.into()))
+        rustix::fs::renameat_with(a, a_name, b, b_name, flags)
+            .map_err(|e| VolumeError::io(from, e.into()))
     }
 
     /// Between two items of work (never within one: the paths it was given name the held
@@ -291,6 +305,7 @@ fn carry(
     pins: &mut Pins<'_>,
     from: &[Vec<u8>],
     then: &DiskWork,
+    onto_free: bool,
 ) -> Result<(), VolumeError> {
     let DiskWork::Stamp { path: to, .. } = then else {
         return Ok(());
@@ -314,6 +329,17 @@ fn carry(
     }
     let target_dir = pins.pin(&to_rsrc, 2)?;
     pins.rsrc_dir(&to_rsrc, &target_dir)?;
+    if onto_free {
+        // Never over a resource file at `to` (another object's): left where it is then.
+        return match pins.rename_with(&from_rsrc, &to_rsrc, rustix::fs::RenameFlags::NOREPLACE) {
+            Err(VolumeError::Io { error, .. })
+                if error.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                Ok(())
+            }
+            other => other,
+        };
+    }
     pins.rename(&from_rsrc, &to_rsrc)
 }
 
