@@ -967,3 +967,69 @@ fn resolve_on_postgresql_answers_from_memory_follows_the_other_server_and_checks
         assert!(!log.contains(" WARN ") && !log.contains(" ERROR "), "{log}");
     }
 }
+
+/// Hostile review of stop 41, finding 1: the read cache's figures move one at a time at the
+/// will of any local user (a resolve of an ID never given is a miss), so rounded to thousands
+/// they still showed nobody a single resolve of another user's: nobody steps the misses until
+/// the rounded figure moves (then it knows it exactly), adds 999 more, and the next miss of
+/// anyone's moves it again. Now a user who is not the volume's admin gets none of them (nor
+/// status its line); root still does.
+#[test]
+fn nobody_cannot_count_other_users_resolves_through_the_read_cache_figures() {
+    let Some((_cluster, env, root, _config)) = served_pg("desk") else {
+        return;
+    };
+    env.wait_for_log("name index ready", 1);
+    env.dt_ok(&[b"touch", b"vol/mine.txt"]);
+    let mine = env.id_of(&root.join("mine.txt"));
+    // Root sees the figures.
+    assert!(env
+        .deskd_ok(&["metrics"])
+        .contains("deskd_read_cache_misses_total{"));
+    if env.as_nobody(DESKD, &[b"metrics"]).is_none() {
+        panic!("needs root to act as nobody");
+    }
+    let deskd = env.linked_for_others(DESKD);
+    let dt = env.linked_for_others(DT);
+    let socket = env.socket.display();
+    // Nobody's side of the attack: bring the misses to one below a step of the rounding.
+    let prepare = format!(
+        "export DESKD_SOCKET={socket}\n\
+         m() {{ {deskd} metrics | awk '/^deskd_read_cache_misses_total[{{]/ {{print $2}}'; }}\n\
+         v=$(m)\n\
+         if [ -z \"$v\" ]; then echo none; exit 0; fi\n\
+         i=0\n\
+         while [ \"$(m)\" = \"$v\" ]; do\n\
+           {dt} resolve vol 999999 >/dev/null 2>&1 || true\n\
+           i=$((i+1)); [ $i -le 1100 ] || {{ echo never-moved; exit 0; }}\n\
+         done\n\
+         j=0\n\
+         while [ $j -lt 999 ]; do {dt} resolve vol 999999 >/dev/null 2>&1 || true; j=$((j+1)); done\n\
+         m\n",
+        deskd = deskd.display(),
+        dt = dt.display(),
+    );
+    let ready = env.sh_as_nobody(&prepare);
+    // Someone else's one resolve of a row not held (root's here; afpd's open by CNID alike).
+    resolve_through(&env, &root, mine + 1000).unwrap_err();
+    let seen = env.sh_as_nobody(&format!(
+        "DESKD_SOCKET={socket} {} metrics | awk '/^deskd_read_cache_misses_total[{{]/ {{print $2}}'",
+        deskd.display()
+    ));
+    assert_eq!(
+        (ready.trim(), seen.trim()),
+        ("none", ""),
+        "nobody counted another user's resolve through the read cache's figures"
+    );
+    // Status as nobody shows no read-cache line either; root's has it.
+    let status = env.as_nobody(DESKD, &[b"status", b"--json"]).unwrap();
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&status.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(first["read_cache"].is_null(), "{first}");
+    assert!(env.deskd_ok(&["status"]).contains("read cache:"));
+}
