@@ -1033,3 +1033,62 @@ fn nobody_cannot_count_other_users_resolves_through_the_read_cache_figures() {
     assert!(first["read_cache"].is_null(), "{first}");
     assert!(env.deskd_ok(&["status"]).contains("read cache:"));
 }
+
+/// Hostile review of stop 41, finding 3: a resolve answered from memory checked the held path
+/// on the disk (as the server) before it looked whether the peer may see the object, so
+/// nobody's resolve of a hidden object told it, by a database round trip (its time, and the
+/// exact disk-mismatch count on the HTTP side's /metrics), whether that object was still at
+/// its recorded place. Now an unprivileged peer's resolve of a held object it may not see is
+/// refused from memory: no disk check, no read.
+#[test]
+fn nobodys_resolve_of_a_hidden_held_object_does_not_check_the_disk() {
+    let Some((_cluster, env, root, _config)) = served_pg("desk") else {
+        return;
+    };
+    env.wait_for_log("name index ready", 1);
+    env.dt_ok(&[b"mkdir", b"vol/secret"]);
+    env.dt_ok(&[b"touch", b"vol/secret/hidden.txt"]);
+    env.dt_ok(&[b"touch", b"vol/open.txt"]);
+    let hidden = env.id_of(&root.join("secret/hidden.txt"));
+    let open = env.id_of(&root.join("open.txt"));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.join("secret"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Held (rows and paths), then moved behind deskd's back (the volume is not watched).
+    for _ in 0..2 {
+        resolve_through(&env, &root, hidden).unwrap();
+        resolve_through(&env, &root, open).unwrap();
+    }
+    std::fs::rename(
+        root.join("secret/hidden.txt"),
+        root.join("secret/moved.txt"),
+    )
+    .unwrap();
+    let as_nobody = |id: u32| {
+        let Some(out) = env.as_nobody(DT, &[b"resolve", b"vol", id.to_string().as_bytes()]) else {
+            panic!("needs root to act as nobody");
+        };
+        (out.status.success(), stderr(&out))
+    };
+    let before = read_cache_figures(&env);
+    let refused = as_nobody(hidden);
+    let after = read_cache_figures(&env);
+    assert!(!refused.0, "{refused:?}");
+    assert_eq!(
+        (after.1, after.2),
+        (before.1, before.2),
+        "nobody's resolve of a hidden object checked it on the disk and read the database: \
+         (hits, misses, mismatches) {before:?} -> {after:?}"
+    );
+    // The same words as for an ID never given.
+    let never = as_nobody(999_999);
+    assert_eq!(refused.1, never.1);
+    // One it may see is still answered from memory, after the disk check.
+    let before = read_cache_figures(&env);
+    let seen = env
+        .as_nobody(DT, &[b"resolve", b"vol", open.to_string().as_bytes()])
+        .unwrap();
+    assert!(seen.status.success(), "{}", stderr(&seen));
+    assert!(String::from_utf8_lossy(&seen.stdout).ends_with("open.txt\n"));
+    let after = read_cache_figures(&env);
+    assert_eq!(after, (before.0 + 1, before.1, before.2));
+}

@@ -65,6 +65,9 @@ fn path_bytes(p: &Components) -> usize {
 /// follower's poll, so a loaded machine does not turn it off.
 pub(crate) const FRESH_FOR: Duration = Duration::from_secs(3);
 
+/// A resolve's answer: the row and its path components.
+pub(crate) type Resolved = (Object, Vec<Vec<u8>>);
+
 /// A folder's path components, as [`Read::paths_of`] gives them.
 pub(crate) type Components = Arc<Vec<Vec<u8>>>;
 
@@ -263,31 +266,67 @@ impl ReadCache {
     /// A resolve: the row `id` and its path components, from memory when the row and its
     /// folder's path are held and the disk below `root` still has the row's inode there; else
     /// one [`Read::get_with_path`] (then the row and its folder's path held).
+    #[cfg(test)]
     pub(crate) fn get_with_path<R: Read + ?Sized>(
         &self,
         db: &R,
         root: &Path,
         id: u32,
     ) -> Result<(Object, Vec<Vec<u8>>)> {
-        let (held, generation) = {
-            let mut held = self.held.lock().unwrap();
-            if !held.usable() {
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                return db.get_with_path(id);
-            }
-            (held.with_path(id), held.generation)
-        };
+        let (held, generation) = self.held_with_path(id);
         if let Some((o, components)) = held {
-            // The check outside the lock: a syscall, and a slow disk must not hold others up.
-            if on_disk(root, &components, &o) {
-                self.hits.fetch_add(1, Ordering::Relaxed);
+            if self.on_disk(root, &o, &components) {
                 return Ok((o, components));
             }
-            self.disk_mismatches.fetch_add(1, Ordering::Relaxed);
         }
+        self.read_with_path(db, id, generation)
+    }
+
+    /// A resolve's first step: the held row of `id` and its path components, without the disk
+    /// check (the caller makes it, [`ReadCache::on_disk`], once it knows the peer may see the
+    /// answer: an unprivileged peer's resolve of a hidden object must not tell, by a round
+    /// trip, whether the object is still where it was); and the generation a read of the
+    /// database must be filled under (None: the cache is not usable now).
+    pub(crate) fn held_with_path(&self, id: u32) -> (Option<Resolved>, Option<u64>) {
+        let mut held = self.held.lock().unwrap();
+        if !held.usable() {
+            return (None, None);
+        }
+        (held.with_path(id), Some(held.generation))
+    }
+
+    /// Whether a held answer's path below `root` still has its inode on the disk: counted as
+    /// a hit, or as a disk mismatch (then [`ReadCache::read_with_path`]). The check is made
+    /// outside the lock: a syscall, and a slow disk must not hold others up.
+    pub(crate) fn on_disk(&self, root: &Path, o: &Object, components: &[Vec<u8>]) -> bool {
+        if on_disk(root, components, o) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            self.disk_mismatches.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// A held answer refused to an unprivileged peer that may not see it: answered from
+    /// memory all the same (counted as a hit).
+    pub(crate) fn hidden_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A resolve read from the database (a miss), then held if the cache was usable under
+    /// `generation` and no change came since.
+    pub(crate) fn read_with_path<R: Read + ?Sized>(
+        &self,
+        db: &R,
+        id: u32,
+        generation: Option<u64>,
+    ) -> Result<(Object, Vec<Vec<u8>>)> {
         self.misses.fetch_add(1, Ordering::Relaxed);
         let (o, components) = db.get_with_path(id)?;
-        self.fill_resolved(generation, &o, &components);
+        if let Some(generation) = generation {
+            self.fill_resolved(generation, &o, &components);
+        }
         Ok((o, components))
     }
 
