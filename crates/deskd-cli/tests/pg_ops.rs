@@ -933,6 +933,26 @@ fn restore_leaving_postgresql_is_refused_while_a_server_serves_the_volume() {
         "{}",
         stderr_of(&out)
     );
+    // With a --config that gives the volume no database (another file, a volume table
+    // missing): done, and said that nothing was checked, not silently.
+    deskd_volume::mark_desktop_in_postgresql(&root, true).unwrap();
+    let plain = env.path("plain.toml");
+    std::fs::write(&plain, "[defaults]\n").unwrap();
+    let out = env.deskd(&[
+        "restore",
+        "--leave-postgresql",
+        "--force",
+        "--config",
+        plain.to_str().unwrap(),
+        file,
+        volume,
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("no database (`backend`): not checked"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 /// A write that waits longer than `busy_wait` for the volume's row lock (here held by an
@@ -1306,4 +1326,102 @@ fn an_older_client_is_refused_a_postgresql_freeze_it_could_not_read() {
     let out = env.deskd_ok(&["freeze", "60"]);
     assert!(out.contains("snapshot "), "{out}");
     env.deskd_ok(&["thaw"]);
+}
+
+/// Hostile review of stop 41, finding 5: the serving lock `deskd restore --leave-postgresql
+/// --config` asks for is held by each server's writer session only. A server whose session
+/// the database lost (a restart of PostgreSQL, a terminated backend, a network blip) still
+/// serves the volume, and holds no lock until its writer connects again: the restore must
+/// not take that for "no server serves it".
+#[test]
+fn restore_leaving_postgresql_is_refused_while_a_server_reconnects() {
+    let Some((cluster, mut env, root, config)) = served_pg("desk") else {
+        return;
+    };
+    env.dt_ok(&[b"touch", b"vol/kept.txt"]);
+    let backups = env.path("backups");
+    std::fs::create_dir(&backups).unwrap();
+    let cfg = config.to_str().unwrap();
+    let volume = root.to_str().unwrap();
+    env.deskd_ok(&["backup", "--config", cfg, volume, backups.to_str().unwrap()]);
+    let file = std::fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "desktop"))
+        .unwrap();
+    // Every session of the server's ends (as at a restart of PostgreSQL), and is gone.
+    let mut admin = cluster.admin("desk");
+    let pids: Vec<i32> = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = 'desk' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!pids.is_empty());
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid",
+            &[&pids],
+        )
+        .unwrap();
+    let began = std::time::Instant::now();
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&pids],
+            )
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(15),
+            "{left} left"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A session of the server's holds the serving lock again within the follower's poll
+    // (before: none until the server's next write, however long it stayed idle).
+    let mut held = || -> i64 {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND mode = 'ShareLock' AND granted",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let began = std::time::Instant::now();
+    while held() == 0 {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(15),
+            "no session of the idle server holds the serving lock after it lost its sessions"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = env.deskd(&[
+        "restore",
+        "--leave-postgresql",
+        "--config",
+        cfg,
+        file.to_str().unwrap(),
+        volume,
+    ]);
+    let served = env.dt(&[b"info", b"vol/kept.txt"]);
+    assert!(
+        !out.status.success(),
+        "restored while the server serves the volume (dt info after it: {}): {}",
+        served.status,
+        stderr_of(&out)
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(deskd_volume::desktop_backend(&root).is_some());
+    assert!(!root.join(".Desktop").exists());
+    env.term();
 }

@@ -626,7 +626,17 @@ pub(crate) fn spawn_follower(pg: Arc<PgVolume>, root: &Path) {
                     let made = deskd_pg::connect(&pg.options)
                         .map_err(DbError::from)
                         .and_then(|c| deskd_pg::ChangeListener::start(c).map_err(DbError::from))
-                        .and_then(|l| Ok((l, pg.connect()?)));
+                        .and_then(|l| {
+                            // The follower's session holds the volume's serving lock too
+                            // (shared): the writer's notices a lost database only at its next
+                            // write, and an idle server whose sessions the database dropped (a
+                            // restart) must not look unserved to `deskd restore --config` or
+                            // `migrate --to sqlite` meanwhile (hostile review of stop 41,
+                            // finding 5). Refused while one of those holds it: tried again.
+                            let mut db = pg.connect()?;
+                            db.hold_for_serving().map_err(DbError::from)?;
+                            Ok((l, db))
+                        });
                     match made {
                         Ok(made) => connection = Some(made),
                         Err(e) => {

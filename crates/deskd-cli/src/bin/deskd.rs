@@ -732,7 +732,19 @@ fn run(cli: Run) -> Result<ExitCode> {
             // Held until the restore is done: no server serves the volume from its database.
             let _unserved = match (leave_postgresql, &config) {
                 (true, Some(config)) => match unserved_for_restore(config, &volume) {
-                    Ok(hold) => hold,
+                    Ok(Some(hold)) => Some(hold),
+                    // No database to ask: said, as without --config (hostile review of stop
+                    // 41, finding 6: a wrong file was taken for a check that passed).
+                    Ok(None) => {
+                        eprintln!(
+                            "deskd restore: {} gives {} no database (`backend`): not checked \
+                             whether a deskd serve serves it from one; make sure every server \
+                             of the volume is stopped",
+                            config.display(),
+                            volume.display()
+                        );
+                        None
+                    }
                     Err(e) => {
                         eprintln!("deskd restore: {e}");
                         return Ok(ExitCode::from(2));
