@@ -906,6 +906,15 @@ pub struct RestoreOptions {
     /// Restore over a volume marked as served from a database (`--leave-postgresql`): the
     /// admin says every server of it is stopped and no longer configured with `backend`.
     pub leave_postgresql: bool,
+    /// With `leave_postgresql`: the ID counter the volume's database holds for it (read under
+    /// its serving lock, `--config`). IDs continue after the highest of it, the backup's and
+    /// the old desktop's: the database handed out IDs the backup and the stale `.Desktop`
+    /// never saw.
+    pub database_last_id: Option<u32>,
+    /// With `leave_postgresql` and no `database_last_id`: the admin accepts the backup's
+    /// counter (`--ids-from-backup`), and so that IDs the database handed out after the
+    /// backup may be handed out again. Without it such a restore is refused.
+    pub ids_from_backup: bool,
 }
 
 /// What a restore did.
@@ -996,9 +1005,33 @@ pub fn restore(
             )));
         }
     }
-    let last_id_at_least = match current {
-        Some((_, last_id)) => last_id.max(info.last_id),
-        None => info
+    // A volume served from a database: its `.Desktop` (if any) is the stale one `deskd
+    // migrate` left behind, so its counter, like the backup's, misses every ID the database
+    // handed out since (the newcomer review of stop 41). IDs are never given twice: the
+    // database's counter counts, and without it the admin must accept the risk by name.
+    let marked = deskd_volume::desktop_backend(&root);
+    if let (Some(backend), None, false) =
+        (&marked, options.database_last_id, options.ids_from_backup)
+    {
+        let known = current.map_or(info.last_id, |(_, last)| last.max(info.last_id));
+        return Err(BackupError::InDatabase(format!(
+            "{}: the volume's ID counter is in its database ({backend}), which was not read: \
+             the backup's counter is {} and the old desktop's {}, so IDs the database handed \
+             out after {known} (to objects since deleted, or named by aliases) could be handed \
+             out again. Give --config FILE with the servers' configuration that names the \
+             volume's database (from before `backend` was taken out) to continue after its \
+             counter, or --ids-from-backup to accept the backup's; nothing was changed",
+            root.display(),
+            info.last_id,
+            current.map_or("unknown (none)".to_owned(), |(_, last)| last.to_string()),
+        )));
+    }
+    let last_id_at_least = match (current, options.database_last_id) {
+        (_, Some(db)) => current
+            .map_or(info.last_id, |(_, last)| last.max(info.last_id))
+            .max(db),
+        (Some((_, last_id)), _) => last_id.max(info.last_id),
+        (None, _) => info
             .last_id
             .saturating_add(options.id_gap)
             .min(deskd_db::LAST_USABLE_ID),
@@ -1125,6 +1158,8 @@ mod tests {
             trust_ids: false,
             manifest: None,
             leave_postgresql: false,
+            database_last_id: None,
+            ids_from_backup: false,
         };
         let refused = restore(&dest, &root, &options, &|_| {}, &mut |_| {}).unwrap_err();
         assert!(matches!(refused, BackupError::InDatabase(_)), "{refused}");

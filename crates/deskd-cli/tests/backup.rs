@@ -640,8 +640,10 @@ fn a_backup_to_standard_output_is_the_checked_copy_and_leaves_no_temporary() {
 /// The refusals for a volume marked as served from a database (`user.deskd.backend` on its
 /// root) are deskd-backup's, so they hold for an unprivileged volume owner too: `nobody`, who
 /// owns the volume root (and so passes the admin check), is refused a backup of the stale
-/// `.Desktop` without `--config` (exit 2) and a restore without `--leave-postgresql` (exit 1),
-/// and nothing is written, in a directory nobody may write.
+/// `.Desktop` without `--config` (exit 2), a restore without `--leave-postgresql` (exit 2, a
+/// refusal as `--help` documents it), and one with it but without the database's ID counter
+/// (no `--config`, no `--ids-from-backup`: exit 2), and nothing is written, in a directory
+/// nobody may write.
 #[test]
 fn a_volume_marked_as_in_a_database_is_refused_to_an_unprivileged_owner() {
     let mut env = Env::new(&["vol"]);
@@ -658,6 +660,9 @@ fn a_volume_marked_as_in_a_database_is_refused_to_an_unprivileged_owner() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
         std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // (The manifest too: the restore with --leave-postgresql reads the backup's counter.)
+        let manifest = env.path("good.desktop.manifest.json");
+        std::fs::set_permissions(&manifest, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     std::os::unix::fs::chown(&root, Some(65534), Some(65534)).unwrap();
     let desktop_before = std::fs::read(root.join(".Desktop")).unwrap();
@@ -691,8 +696,22 @@ fn a_volume_marked_as_in_a_database_is_refused_to_an_unprivileged_owner() {
         )
         .unwrap();
     let said = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(said.contains("--leave-postgresql"), "{said}");
+    let out = env
+        .as_nobody(
+            DESKD,
+            &[
+                b"restore",
+                b"--leave-postgresql",
+                good.to_str().unwrap().as_bytes(),
+                root.to_str().unwrap().as_bytes(),
+            ],
+        )
+        .unwrap();
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("--ids-from-backup"), "{said}");
     assert_eq!(
         std::fs::read(root.join(".Desktop")).unwrap(),
         desktop_before

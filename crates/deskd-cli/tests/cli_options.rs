@@ -102,6 +102,8 @@ fn each_verb_lists_exactly_its_options() {
                 "trust-ids",
                 "manifest",
                 "leave-postgresql",
+                "ids-from-backup",
+                "config",
             ]),
         ),
         (

@@ -193,9 +193,23 @@ fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_ev
     );
     assert!(!env.path("stale.db").exists());
     let refused = env.deskd(&["restore", file.to_str().unwrap(), root.to_str().unwrap()]);
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(2));
     assert!(
         stderr_of(&refused).contains("--leave-postgresql"),
+        "{}",
+        stderr_of(&refused)
+    );
+    assert!(!root.join(".Desktop").exists());
+    // Nor without --config: the database's ID counter, which the backup may lack, is unread.
+    let refused = env.deskd(&[
+        "restore",
+        "--leave-postgresql",
+        file.to_str().unwrap(),
+        root.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr_of(&refused).contains("--ids-from-backup"),
         "{}",
         stderr_of(&refused)
     );
@@ -203,6 +217,8 @@ fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_ev
     let out = env.deskd(&[
         "restore",
         "--leave-postgresql",
+        "--config",
+        cfg,
         file.to_str().unwrap(),
         root.to_str().unwrap(),
     ]);
@@ -283,6 +299,8 @@ fn a_backup_of_a_postgresql_volume_goes_back_into_a_database_with_deskd_migrate(
     env.deskd_ok(&[
         "restore",
         "--leave-postgresql",
+        "--config",
+        config.to_str().unwrap(),
         file.to_str().unwrap(),
         root.to_str().unwrap(),
     ]);
@@ -924,9 +942,25 @@ fn restore_leaving_postgresql_is_refused_while_a_server_serves_the_volume() {
     env.serve(&["vol"]);
     assert_eq!(env.id_of(&root.join("kept.txt")), kept);
     env.term();
-    // Without --config: done, with a word that nothing was checked.
+    // Without --config: refused (the database's ID counter unread), then done with
+    // --ids-from-backup, with a word that nothing was checked.
     deskd_volume::mark_desktop_in_postgresql(&root, true).unwrap();
     let out = env.deskd(&["restore", "--leave-postgresql", "--force", file, volume]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("--ids-from-backup"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(deskd_volume::desktop_backend(&root).is_some());
+    let out = env.deskd(&[
+        "restore",
+        "--leave-postgresql",
+        "--ids-from-backup",
+        "--force",
+        file,
+        volume,
+    ]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(
         stderr_of(&out).contains("not checked whether a deskd serve serves"),
@@ -952,6 +986,95 @@ fn restore_leaving_postgresql_is_refused_while_a_server_serves_the_volume() {
         stderr_of(&out).contains("no database (`backend`): not checked"),
         "{}",
         stderr_of(&out)
+    );
+}
+
+/// `deskd restore --leave-postgresql` of a volume moved into the database with `deskd
+/// migrate` took its ID counter from the backup and the stale `.Desktop` migrate left behind,
+/// never from the database: IDs the database handed out after the backup (to files since
+/// deleted) were handed out again (newcomer review of stop 41, finding 2). With `--config` the
+/// database's counter counts; a database that cannot be reached is refused unless
+/// `--ids-from-backup` says the admin accepts the backup's counter.
+#[test]
+fn restore_leaving_postgresql_continues_after_every_id_the_database_gave() {
+    let Some((cluster, url, pw)) = pg_database("desk") else {
+        return;
+    };
+    let mut env = Env::new(&["vol"]);
+    let root = sqlite_desktop_with_objects(&mut env, "vol");
+    let volume = root.to_str().unwrap();
+    env.deskd_ok(&[
+        "migrate",
+        volume,
+        "--to",
+        &url,
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    assert!(
+        root.join(".Desktop").exists(),
+        "migrate keeps the old desktop"
+    );
+    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
+    let cfg = env.path("deskd.toml");
+    let cfg = cfg.to_str().unwrap();
+    let file = env.path("vol.desktop");
+    let file = file.to_str().unwrap();
+    env.deskd_ok(&["backup", "--config", cfg, volume, file]);
+    let backed_up = env.status_json()["last_id"].as_u64().unwrap() as u32;
+    // IDs handed out after the backup, to files since deleted: known only to the database.
+    let mut given = Vec::new();
+    for n in 0..3 {
+        let p = root.join(format!("gone-{n}"));
+        env.dt_ok(&[b"touch", p.as_os_str().as_bytes()]);
+        given.push(env.id_of(&p));
+        env.dt_ok(&[b"rm", p.as_os_str().as_bytes()]);
+    }
+    let highest = *given.iter().max().unwrap();
+    assert!(highest > backed_up, "{given:?} after {backed_up}");
+    env.term();
+
+    // The database down and no --ids-from-backup: refused, nothing changed.
+    let mut cluster = cluster;
+    cluster.stop();
+    let out = env.deskd(&[
+        "restore",
+        "--leave-postgresql",
+        "--config",
+        cfg,
+        file,
+        volume,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("--ids-from-backup"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(deskd_volume::desktop_backend(&root).is_some());
+    cluster.restart();
+
+    let out = env.deskd(&[
+        "restore",
+        "--leave-postgresql",
+        "--config",
+        cfg,
+        file,
+        volume,
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("IDs continue after {highest};")),
+        "{said}"
+    );
+    // Served from the restored SQLite desktop: the next ID is above every one the database gave.
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/new"]);
+    let next = env.id_of(&root.join("new"));
+    assert!(
+        next > highest,
+        "ID {next} given again (the database gave {given:?})"
     );
 }
 

@@ -299,6 +299,9 @@ pub fn hold_unserved(client: &mut Client, name: &str) -> Result<()> {
 /// dropped ([`hold_unserved_session`]).
 pub struct UnservedHold {
     _session: Client,
+    /// The volume's ID counter in the database, read once the lock was held (no server can
+    /// raise it meanwhile); None when the database has no such volume.
+    pub last_id: Option<u32>,
 }
 
 /// Connect and hold volume `name`'s serving lock exclusively ([`hold_unserved`]) until the
@@ -307,7 +310,25 @@ pub struct UnservedHold {
 pub fn hold_unserved_session(options: &crate::ConnectOptions, name: &str) -> Result<UnservedHold> {
     let mut session = crate::connect(options)?;
     hold_unserved(&mut session, name)?;
-    Ok(UnservedHold { _session: session })
+    let last_id = volume_last_id(&mut session, name)?;
+    Ok(UnservedHold {
+        _session: session,
+        last_id,
+    })
+}
+
+/// Volume `name`'s ID counter in the database (the highest ID it handed out); None when the
+/// database has no deskd schema or no such volume.
+pub fn volume_last_id(client: &mut Client, name: &str) -> Result<Option<u32>> {
+    let has_schema: bool = client
+        .query_one("SELECT to_regclass('deskd.volume') IS NOT NULL", &[])?
+        .get(0);
+    if !has_schema {
+        return Ok(None);
+    }
+    Ok(client
+        .query_opt("SELECT last_id FROM deskd.volume WHERE name = $1", &[&name])?
+        .map(|row| row.get::<_, i64>(0) as u32))
 }
 
 /// Read volume `name` out of the database in one consistent snapshot: each object, in ID

@@ -281,10 +281,18 @@ enum Command {
         /// IDs from the database); without this a marked volume is refused.
         #[arg(long)]
         leave_postgresql: bool,
+        /// With --leave-postgresql when the volume's database cannot be read (no --config, or
+        /// the database is lost): IDs continue after the backup's counter (or the old
+        /// .Desktop's, if higher). IDs the database handed out after the backup may then be
+        /// handed out again; without this such a restore is refused.
+        #[arg(long, requires = "leave_postgresql")]
+        ids_from_backup: bool,
         /// The server's configuration file: with --leave-postgresql, the volume's database
         /// (its `backend` there) is asked whether any deskd serve serves the volume from it,
         /// on this host or another (each holds the volume's serving lock), and the restore is
-        /// refused while one does; no server opens the volume while it restores.
+        /// refused while one does; no server opens the volume while it restores. IDs then
+        /// continue after the highest of the database's counter, the backup's and the old
+        /// desktop's.
         #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
         /// The backup file (made by `deskd backup`).
@@ -475,22 +483,45 @@ fn connect_for(args: &ConnectionArgs, volume: &Option<PathBuf>) -> Result<(Clien
 }
 
 /// `deskd restore --leave-postgresql --config FILE`: the volume's serving lock in its
-/// database, held exclusively (None when the configuration gives the volume no database).
-/// Refused while any server serves the volume from it, or when the database cannot be asked.
+/// database, held exclusively, and the database's ID counter for it (None when the
+/// configuration gives the volume no database, or, with `--ids-from-backup`, when the database
+/// cannot be asked). Refused while any server serves the volume from it, or when the database
+/// cannot be asked and the admin did not accept the backup's counter.
 fn unserved_for_restore(
     config: &Path,
     volume: &Path,
+    ids_from_backup: bool,
 ) -> Result<Option<deskd_pg::transfer::UnservedHold>> {
     let Some(pg) = deskd_cli::pg_admin::from_config(config, volume)? else {
+        // Said, as without --config (hostile review of stop 41, finding 6: a wrong file was
+        // taken for a check that passed); the restore itself then needs --ids-from-backup.
+        eprintln!(
+            "deskd restore: {} gives {} no database (`backend`): not checked whether a deskd \
+             serve serves it from one, nor its ID counter there read (give the configuration \
+             from before `backend` was taken out); make sure every server of the volume is \
+             stopped",
+            config.display(),
+            volume.display()
+        );
         return Ok(None);
     };
     match deskd_pg::transfer::hold_unserved_session(&pg.options, &pg.name) {
         Ok(hold) => Ok(Some(hold)),
         Err(e @ deskd_pg::PgError::Served(_)) => Err(anyhow!("{e}")),
+        Err(e) if ids_from_backup => {
+            eprintln!(
+                "deskd restore: cannot ask {} about {}: {e}; not checked whether a deskd serve \
+                 serves it, and IDs continue after the backup's counter (--ids-from-backup)",
+                pg.describe(),
+                pg.root.display()
+            );
+            Ok(None)
+        }
         Err(e) => Err(anyhow!(
-            "cannot check whether a deskd serve serves {} from {}: {e}; nothing was changed \
-             (when the database is lost for good and every server of the volume is stopped, \
-             restore without --config)",
+            "cannot check whether a deskd serve serves {} from {}, nor read its ID counter \
+             there: {e}; nothing was changed (when the database is lost for good and every \
+             server of the volume is stopped, restore with --ids-from-backup: IDs the database \
+             handed out after the backup may then be handed out again)",
             pg.root.display(),
             pg.describe()
         )),
@@ -725,31 +756,22 @@ fn run(cli: Run) -> Result<ExitCode> {
             trust_ids,
             manifest,
             leave_postgresql,
+            ids_from_backup,
             config,
             backup,
             volume,
         } => {
             // Held until the restore is done: no server serves the volume from its database.
             let _unserved = match (leave_postgresql, &config) {
-                (true, Some(config)) => match unserved_for_restore(config, &volume) {
-                    Ok(Some(hold)) => Some(hold),
-                    // No database to ask: said, as without --config (hostile review of stop
-                    // 41, finding 6: a wrong file was taken for a check that passed).
-                    Ok(None) => {
-                        eprintln!(
-                            "deskd restore: {} gives {} no database (`backend`): not checked \
-                             whether a deskd serve serves it from one; make sure every server \
-                             of the volume is stopped",
-                            config.display(),
-                            volume.display()
-                        );
-                        None
+                (true, Some(config)) => {
+                    match unserved_for_restore(config, &volume, ids_from_backup) {
+                        Ok(hold) => hold,
+                        Err(e) => {
+                            eprintln!("deskd restore: {e}");
+                            return Ok(ExitCode::from(2));
+                        }
                     }
-                    Err(e) => {
-                        eprintln!("deskd restore: {e}");
-                        return Ok(ExitCode::from(2));
-                    }
-                },
+                }
                 (true, None) => {
                     eprintln!(
                         "deskd restore: not checked whether a deskd serve serves {} from its \
@@ -770,6 +792,8 @@ fn run(cli: Run) -> Result<ExitCode> {
                 trust_ids,
                 manifest,
                 leave_postgresql,
+                database_last_id: _unserved.as_ref().and_then(|hold| hold.last_id),
+                ids_from_backup,
             };
             Ok(restore(&backup, &volume, &options, walk.verbose, walk.json))
         }
@@ -1717,8 +1741,8 @@ fn backup_error(verb: &str, e: &deskd_backup::BackupError) -> ExitCode {
     eprintln!("deskd {verb}: {e}");
     match e {
         deskd_backup::BackupError::Invalid(_) => ExitCode::from(1),
-        // As before the refusals moved into deskd-backup: restore 1, backup 2.
-        deskd_backup::BackupError::InDatabase(_) if verb == "restore" => ExitCode::from(1),
+        // A refusal (a volume served from a database, ...) is "any other error", as the
+        // exit status documented in --help and backup.md says, and as `deskd backup` exits.
         _ => ExitCode::from(2),
     }
 }
