@@ -20,9 +20,8 @@ pub struct ConnectionArgs {
     /// File holding the shared token a deskd on TCP asks for.
     #[arg(long, global = true, env = "DESKD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// Seconds to wait for deskd before giving up; then a volume counts as read-only. `deskd
-    /// flush` and `deskd freeze` wait for their answer without a limit unless this (or
-    /// $DESKD_CLIENT_TIMEOUT) is given.
+    /// Seconds to wait for deskd before giving up; then a volume counts as read-only
+    /// (default: $DESKD_CLIENT_TIMEOUT, else 60).
     #[arg(long, global = true, env = "DESKD_CLIENT_TIMEOUT", value_parser = parse_timeout)]
     pub timeout: Option<f64>,
 }

@@ -459,12 +459,30 @@ impl Session {
 
     /// Before touching the disk: deskd must serve the volume, and not as read-only.
     pub fn check_writable(&mut self, iv: &InVolume) -> Result<()> {
-        if self.volume_info(iv)?.read_only {
-            return Err(anyhow!(
-                "{}: volume is read-only (configured read_only or --read-only, or served so \
-                 because its file system is read-only or full: `deskd status` says which)",
-                iv.root.display()
-            ));
+        let info = self.volume_info(iv)?;
+        if info.read_only {
+            // The server's reason when it has one (a database unreachable, a full or
+            // read-only file system): the generic list named every cause but the database
+            // (newcomer review of stop 41). Asked only on this refusal path.
+            let root = iv.root.clone();
+            let reason = self
+                .client(&root)
+                .ok()
+                .and_then(|c| c.status(Some(info.vol)).ok())
+                .and_then(|s| s.into_iter().find(|s| s.vol == info.vol))
+                .and_then(|s| s.read_only_reason);
+            return Err(match reason {
+                Some(why) => anyhow!(
+                    "{}: volume is read-only: {why} (`deskd status` shows it)",
+                    iv.root.display()
+                ),
+                None => anyhow!(
+                    "{}: volume is read-only (configured read_only or --read-only, or served so \
+                     because its file system is read-only or full, or its database is \
+                     unreachable: `deskd status` says which)",
+                    iv.root.display()
+                ),
+            });
         }
         Ok(())
     }

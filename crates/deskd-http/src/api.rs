@@ -45,8 +45,10 @@ pub struct VolumeView {
     /// The root's last component, usable as `<name>` when no other volume has it.
     pub name: String,
     pub root: String,
-    pub objects: u64,
-    pub last_id: u32,
+    /// Null while the volume's database is unreachable (unknown, not 0).
+    pub objects: Option<u64>,
+    /// Null while the volume's database is unreachable.
+    pub last_id: Option<u32>,
     pub read_only: bool,
     pub read_only_reason: Option<String>,
     /// Unix time of the last flush (0: none since start).
@@ -130,8 +132,8 @@ impl VolumeView {
             vol: v.vol,
             name: volume_name(&v.root),
             root: String::from_utf8_lossy(&v.root).into_owned(),
-            objects: v.objects,
-            last_id: v.last_id,
+            objects: (!v.counts_unknown()).then_some(v.objects),
+            last_id: (!v.counts_unknown()).then_some(v.last_id),
             read_only: v.read_only,
             read_only_reason: v.read_only_reason.clone(),
             last_flush: v.last_flush,

@@ -694,6 +694,19 @@ pub struct VolumeStatus {
     pub hidden_clients: u32,
 }
 
+impl VolumeStatus {
+    /// Whether `objects` and `last_id` are unknown rather than 0: a desktop in a database the
+    /// server cannot reach has no counts to show. `deskd status` shows `unknown`, its
+    /// `--json` and `/api/status` null (a monitor must not read a false 0).
+    pub fn counts_unknown(&self) -> bool {
+        self.last_id == 0
+            && self
+                .read_only_reason
+                .as_deref()
+                .is_some_and(|why| why.starts_with("database unreachable"))
+    }
+}
+
 /// One connected client, as `deskd status` lists it ("Active Users").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientStatus {

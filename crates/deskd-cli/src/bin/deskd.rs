@@ -146,6 +146,9 @@ enum Command {
         client: ClientOptions,
     },
     /// Find objects by name: substring by default, case-insensitive, NFC = NFD.
+    ///
+    /// Exit status: 0 done (with or without hits), 1 error; over every volume, 1 also when a
+    /// volume could not be searched (named on stderr; the other volumes' hits are printed).
     Find {
         /// Search only this volume (default: every volume the server serves).
         #[arg(long)]
@@ -358,9 +361,29 @@ enum Command {
     },
 }
 
+/// `deskd`'s command line: the derived one, with the `--timeout` help of the verbs that wait
+/// without a limit by default (`flush`, `freeze`) saying so; the option is shared
+/// ([`ClientOptions`]), its default is not (their own help, and the man pages made from it).
+fn cli_command() -> clap::Command {
+    let no_limit = |what: &str| {
+        format!(
+            "Seconds to wait for deskd's answer before giving up (the server's {what} goes on; \
+             `deskd status` shows its progress). Default: no limit, unless \
+             $DESKD_CLIENT_TIMEOUT is set"
+        )
+    };
+    let (flush, freeze) = (no_limit("flush"), no_limit("freeze, with its flush,"));
+    <Cli as clap::CommandFactory>::command()
+        .mut_subcommand("flush", |c| c.mut_arg("timeout", |a| a.help(flush)))
+        .mut_subcommand("freeze", |c| c.mut_arg("timeout", |a| a.help(freeze)))
+}
+
 fn main() -> ExitCode {
-    deskd_docgen::handle_generate(<Cli as clap::CommandFactory>::command);
-    let cli = Cli::parse();
+    deskd_docgen::handle_generate(cli_command);
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&cli_command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let Cli {
         before_verb,
         mut command,
@@ -859,14 +882,18 @@ fn run(cli: Run) -> Result<ExitCode> {
             for s in statuses {
                 let root = display_bytes(&s.root);
                 let rounded = figures_rounded(&s.root);
+                // A desktop in an unreachable database has no counts to show: not 0.
+                let unread = s.counts_unknown();
                 if json {
+                    let known =
+                        |n: serde_json::Value| if unread { serde_json::Value::Null } else { n };
                     let v = serde_json::json!({
                         "path": root,
                         "desktop": display_bytes(&s.desktop),
                         "rounded": rounded,
-                        "objects": s.objects,
-                        "last_id": s.last_id,
-                        "ids_left": deskd_db::ids::ids_left(s.last_id),
+                        "objects": known(s.objects.into()),
+                        "last_id": known(s.last_id.into()),
+                        "ids_left": known(deskd_db::ids::ids_left(s.last_id).into()),
                         "id_space_warning": deskd_db::ids::space_warning(s.last_id),
                         "read_only": s.read_only,
                         "read_only_reason": s.read_only_reason,
@@ -908,12 +935,6 @@ fn run(cli: Run) -> Result<ExitCode> {
                              rounded down: only root and the volume's owner see exact figures)"
                         );
                     }
-                    // A desktop in an unreachable database has no counts to show: not 0.
-                    let unread = s
-                        .read_only_reason
-                        .as_deref()
-                        .is_some_and(|why| why.starts_with("database unreachable"))
-                        && s.last_id == 0;
                     if unread {
                         println!("  objects:      unknown (the database is unreachable)");
                         println!("  last ID:      unknown (the database is unreachable)");
@@ -1018,9 +1039,17 @@ fn run(cli: Run) -> Result<ExitCode> {
                     client.watch(vol).ok()
                 }
             });
-            let flushed = call(&mut client, Request::Flush { vol });
+            let flushed = client.call(Request::Flush { vol });
             progress.stop();
-            flushed?;
+            match flushed {
+                Err(deskd_client::ClientError::Timeout) => {
+                    return Err(anyhow!(
+                        "timed out waiting for deskd's answer (--timeout); the server's flush \
+                         goes on: `deskd status` shows the watcher's backlog"
+                    ))
+                }
+                other => other.map_err(|e| anyhow!("{e}"))?,
+            };
             // The flush writes what a burst left owed for a bounded time only: say what is
             // left (a server that predates the figure says nothing).
             if let Ok(all) = client.watch(vol) {
@@ -1112,19 +1141,36 @@ fn run(cli: Run) -> Result<ExitCode> {
             let limit = limit.unwrap_or(u64::MAX);
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             use std::io::Write;
+            // Over every volume, one the server cannot search (its database down) is named on
+            // stderr and the others' hits still printed (newcomer review of stop 41); the
+            // exit status says one was missed. A broken connection still ends the search.
+            let every = volume.is_none();
+            let mut missed = false;
             'volumes: for v in volumes {
                 let mut after_id = 0;
                 loop {
                     let page = (limit - printed).min(5000) as u32;
-                    let hits = client
-                        .objects(Request::Find {
-                            vol: v.vol,
-                            pattern: pattern.clone(),
-                            mode,
-                            limit: page,
-                            after_id,
-                        })
-                        .map_err(|e| anyhow!("{e}"))?;
+                    let found = client.objects(Request::Find {
+                        vol: v.vol,
+                        pattern: pattern.clone(),
+                        mode,
+                        limit: page,
+                        after_id,
+                    });
+                    let hits = match found {
+                        Ok(hits) => hits,
+                        Err(e @ deskd_client::ClientError::Server(_)) if every => {
+                            out.flush()?;
+                            eprintln!(
+                                "deskd find: {}: not searched{}: {e}",
+                                display_bytes(&v.root),
+                                if after_id == 0 { "" } else { " to the end" }
+                            );
+                            missed = true;
+                            continue 'volumes;
+                        }
+                        Err(e) => return Err(anyhow!("{e}")),
+                    };
                     for o in &hits {
                         write_match(&mut out, json, &v.root, o)?;
                         printed += 1;
@@ -1139,7 +1185,11 @@ fn run(cli: Run) -> Result<ExitCode> {
                 }
             }
             out.flush()?;
-            Ok(ExitCode::SUCCESS)
+            Ok(if missed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }
