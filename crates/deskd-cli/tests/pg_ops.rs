@@ -968,19 +968,29 @@ fn restore_leaving_postgresql_is_refused_while_a_server_serves_the_volume() {
         stderr_of(&out)
     );
     // With a --config that gives the volume no database (another file, a volume table
-    // missing): done, and said that nothing was checked, not silently.
+    // missing): said that nothing was checked, not silently, and refused without
+    // --ids-from-backup (the database's counter unread); done with it.
     deskd_volume::mark_desktop_in_postgresql(&root, true).unwrap();
     let plain = env.path("plain.toml");
     std::fs::write(&plain, "[defaults]\n").unwrap();
-    let out = env.deskd(&[
+    let plain = plain.to_str().unwrap();
+    let args = [
         "restore",
         "--leave-postgresql",
         "--force",
         "--config",
-        plain.to_str().unwrap(),
-        file,
-        volume,
-    ]);
+        plain,
+    ];
+    let out = env.deskd(&[&args[..], &[file, volume]].concat());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("no database (`backend`): not checked")
+            && stderr_of(&out).contains("--ids-from-backup"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(deskd_volume::desktop_backend(&root).is_some());
+    let out = env.deskd(&[&args[..], &["--ids-from-backup", file, volume]].concat());
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(
         stderr_of(&out).contains("no database (`backend`): not checked"),
