@@ -954,10 +954,11 @@ pub fn restore(
     ) {
         return Err(BackupError::InDatabase(format!(
             "{}: this volume's desktop is in {backend} (xattr {} on its root). Stop every \
-             deskd serve of the volume and take `backend` out of their configuration, then \
-             restore with --leave-postgresql to make the restored SQLite desktop the volume's \
-             (or restore elsewhere and move it into a database with deskd migrate); nothing \
-             was changed",
+             deskd serve of the volume, restore with --leave-postgresql --config FILE (their \
+             configuration, still naming the database: the restore checks that no server \
+             serves the volume) to make the restored SQLite desktop the volume's, then take \
+             `backend` out of their configuration (or restore elsewhere and move it into a \
+             database with deskd migrate); nothing was changed",
             root.display(),
             deskd_volume::BACKEND_XATTR
         )));

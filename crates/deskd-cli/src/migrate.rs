@@ -336,14 +336,6 @@ pub fn to_sqlite(
     }
     drop(lock);
     let (header, counts, shown) = result?;
-    deskd_volume::mark_desktop_in_postgresql(&root, false).map_err(|e| {
-        MigrateError::Volume(format!(
-            "the desktop was written to {}, but the volume root's mark ({}) could not be \
-             removed: {e}",
-            desktop.display(),
-            deskd_volume::BACKEND_XATTR
-        ))
-    })?;
     Ok(Summary {
         root,
         header,
@@ -424,6 +416,18 @@ fn write_from_database(
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir))?;
+    // Under the serving lock (`holder`, held exclusively): a server that reconnects later takes
+    // the lock, then reads the mark, and so sees the volume moved out (the newcomer review of
+    // stop 41, finding 1); removed after the lock was let go, such a server saw it still there.
+    deskd_volume::mark_desktop_in_postgresql(root, false).map_err(|e| {
+        MigrateError::Volume(format!(
+            "the desktop was written to {}, but the volume root's mark ({}) could not be \
+             removed: {e}",
+            desktop.display(),
+            deskd_volume::BACKEND_XATTR
+        ))
+    })?;
+    drop(holder);
     Ok((header, counts, shown))
 }
 

@@ -1549,12 +1549,317 @@ fn restore_leaving_postgresql_is_refused_while_a_server_reconnects() {
     let served = env.dt(&[b"info", b"vol/kept.txt"]);
     assert!(
         !out.status.success(),
-        "restored while the server serves the volume (dt info after it: {}): {}",
+        "restored while the server serves the volume (dt info after it: {}): {}\n{}",
         served.status,
-        stderr_of(&out)
+        stderr_of(&out),
+        env.log_text()
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     assert!(deskd_volume::desktop_backend(&root).is_some());
     assert!(!root.join(".Desktop").exists());
     env.term();
+}
+
+/// How many serving locks (shared, granted) the database's sessions hold now.
+fn serving_locks(cluster: &deskd_pg::test_cluster::TestCluster) -> i64 {
+    cluster
+        .admin("desk")
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' \
+             AND granted",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// End every session holding a serving lock (the server's writer and follower, as a restart
+/// of PostgreSQL or the network would), waiting until they are gone.
+fn kill_lock_holders(admin: &mut postgres::Client) {
+    let killed: Vec<bool> = admin
+        .query(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE locktype = 'advisory' \
+             AND mode = 'ShareLock' AND granted",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !killed.is_empty() && killed.iter().all(|k| *k),
+        "{killed:?}"
+    );
+}
+
+/// Wait until no session holds a serving lock (a moved-out volume's follower ends within its
+/// poll, a second).
+fn wait_no_serving_lock(cluster: &deskd_pg::test_cluster::TestCluster) {
+    let began = std::time::Instant::now();
+    while serving_locks(cluster) != 0 {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(15),
+            "a session still holds the serving lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A backup of served volume "vol" (through `config`), in `env`'s dir: its path.
+fn backed_up(env: &Env, root: &std::path::Path, config: &std::path::Path) -> String {
+    let file = env.path("vol.desktop");
+    env.deskd_ok(&[
+        "backup",
+        "--config",
+        config.to_str().unwrap(),
+        root.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    file.to_str().unwrap().to_owned()
+}
+
+/// The newcomer review of stop 41, findings 1 and 3: after the database restarts, with no
+/// write after it, the writer connects again by itself, takes the serving lock again (seen in
+/// pg_locks) and says so, so `restore --leave-postgresql --config` stays refused.
+#[test]
+fn a_database_restart_with_no_write_after_it_retakes_the_serving_lock_and_restore_stays_refused() {
+    let Some((mut cluster, env, root, config)) = served_pg("desk") else {
+        return;
+    };
+    env.dt_ok(&[b"touch", b"vol/kept.txt"]);
+    let file = backed_up(&env, &root, &config);
+    assert!(
+        serving_locks(&cluster) >= 1,
+        "the writer's (and the follower's)"
+    );
+    cluster.stop();
+    env.wait_for_log("database unreachable (", 1);
+    cluster.restart();
+    env.wait_for_log("database reachable again; the volume is writable", 1);
+    // The writer's session at least (the follower's comes within its poll).
+    assert!(
+        serving_locks(&cluster) >= 1,
+        "the serving lock is not held again"
+    );
+    let volume = root.to_str().unwrap();
+    let cfg = config.to_str().unwrap();
+    let out = env.deskd(&[
+        "restore",
+        "--leave-postgresql",
+        "--config",
+        cfg,
+        &file,
+        volume,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("is being served from the database by deskd serve"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(deskd_volume::desktop_backend(&root).is_some());
+    assert!(!root.join(".Desktop").exists());
+}
+
+/// The newcomer review of stop 41, finding 1: a restore made while the server is cut off from
+/// the database (no --config: the database cannot be asked) removes the root's mark; when the
+/// database is back the server takes the serving lock, reads the mark, and no longer writes
+/// the volume to the database: writes are refused as moved out, no ID is handed out there.
+#[test]
+fn a_volume_restored_while_its_server_was_cut_off_is_refused_as_moved_out_when_it_reconnects() {
+    let Some((mut cluster, env, root, config)) = served_pg("desk") else {
+        return;
+    };
+    env.dt_ok(&[b"touch", b"vol/kept.txt", b"vol/later.txt"]);
+    let file = backed_up(&env, &root, &config);
+    let last_id = |cluster: &deskd_pg::test_cluster::TestCluster| -> i64 {
+        cluster
+            .admin("desk")
+            .query_one("SELECT max(last_id) FROM deskd.volume", &[])
+            .unwrap()
+            .get(0)
+    };
+    let before = last_id(&cluster);
+    cluster.stop();
+    env.wait_for_log("database unreachable (", 1);
+    // The database cannot be asked: no --config, so the backup's counter is taken on purpose.
+    let out = env.deskd(&[
+        "restore",
+        "--leave-postgresql",
+        "--ids-from-backup",
+        &file,
+        root.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(deskd_volume::desktop_backend(&root).is_none());
+    cluster.restart();
+    env.wait_for_log("moved out of the database (the root's mark is gone) while the database was unreachable; reload to serve it from its SQLite desktop", 1);
+    let mut c = env.client();
+    let vol = c.open_volume(&root).unwrap().vol;
+    let refused = c
+        .object(Request::AddPath {
+            vol,
+            path: b"later.txt".to_vec(),
+            hint: None,
+            type_code: None,
+            creator: None,
+            carried: None,
+        })
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(deskd_client::ErrorCode::ReadOnly),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("moved out of the database"),
+        "{refused}"
+    );
+    let status = env.status_json();
+    assert_eq!(status["read_only"], true, "{status}");
+    assert!(
+        status["read_only_reason"]
+            .as_str()
+            .unwrap()
+            .contains("moved out of the database"),
+        "{status}"
+    );
+    assert_eq!(
+        last_id(&cluster),
+        before,
+        "an ID was handed out from the database"
+    );
+    wait_no_serving_lock(&cluster);
+}
+
+/// The newcomer review of stop 41, finding 1: a server whose sessions were killed
+/// (`pg_terminate_backend`; held off meanwhile by a test hook) connects again by itself; while a
+/// restore or migrate holds the serving lock exclusively it cannot take it, writes nothing
+/// (read-only, and says why), and serves again once the lock is free (the mark still there).
+#[test]
+fn a_writer_cut_off_alone_cannot_retake_the_lock_while_it_is_held_exclusively_and_writes_nothing() {
+    let Some((cluster, url, pw)) = pg_database("desk") else {
+        return;
+    };
+    let mut env = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    let hold_off = env.path("hold-off");
+    env.server_env = vec![(
+        "DESKD_TEST_PG_WRITER_HOLD_OFF".into(),
+        hold_off.display().to_string(),
+    )];
+    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
+    env.dt_ok(&[b"touch", b"vol/kept.txt"]);
+    let mut admin = cluster.admin("desk");
+    let vid: i64 = admin
+        .query_one("SELECT vid FROM deskd.volume", &[])
+        .unwrap()
+        .get(0);
+    // The writer's session (the one holding the serving lock), killed and gone (waited for),
+    // then the lock taken exclusively, as a restore or migrate takes it.
+    std::fs::write(&hold_off, b"").unwrap();
+    kill_lock_holders(&mut admin);
+    admin
+        .execute(
+            "SELECT pg_advisory_lock(1685285747, ($1::bigint)::int)",
+            &[&vid],
+        )
+        .unwrap();
+    std::fs::remove_file(&hold_off).unwrap();
+    env.wait_for_log("is being moved out of the database (by deskd migrate --to sqlite or deskd restore --leave-postgresql)", 1);
+    let mut c = env.client();
+    let vol = c.open_volume(&root).unwrap().vol;
+    let add = || Request::AddPath {
+        vol,
+        path: b"kept.txt".to_vec(),
+        hint: None,
+        type_code: None,
+        creator: None,
+        carried: None,
+    };
+    let refused = c.object(add()).unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(deskd_client::ErrorCode::ReadOnly),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("being moved out"), "{refused}");
+    // The lock let go (the mark still there: nothing was moved): served again.
+    admin
+        .execute("SELECT pg_advisory_unlock_all()", &[])
+        .unwrap();
+    env.wait_for_log("database reachable again; the volume is writable", 1);
+    c.object(add()).unwrap();
+}
+
+/// The newcomer review of stop 41, finding 1, for `deskd migrate --to sqlite`: the writer's
+/// session killed and the writer held off (a test hook: a server cut off by the network), the
+/// migration runs with the database up (nothing holds the lock); the writer, let connect
+/// again, takes the lock, finds the mark gone (migrate removed it under the lock) and writes
+/// nothing to the database any more.
+#[test]
+fn a_volume_migrated_out_while_its_server_was_cut_off_is_refused_as_moved_out() {
+    let Some((cluster, url, pw)) = pg_database("desk") else {
+        return;
+    };
+    let mut env = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    let hold_off = env.path("hold-off");
+    env.server_env = vec![(
+        "DESKD_TEST_PG_WRITER_HOLD_OFF".into(),
+        hold_off.display().to_string(),
+    )];
+    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
+    env.dt_ok(&[b"touch", b"vol/kept.txt"]);
+    let mut admin = cluster.admin("desk");
+    let last_id = |admin: &mut postgres::Client| -> i64 {
+        admin
+            .query_one("SELECT max(last_id) FROM deskd.volume", &[])
+            .unwrap()
+            .get(0)
+    };
+    let before = last_id(&mut admin);
+    std::fs::write(&hold_off, b"").unwrap();
+    kill_lock_holders(&mut admin);
+    env.wait_for_log("database unreachable (", 1);
+    let out = env.deskd(&[
+        "migrate",
+        root.to_str().unwrap(),
+        "--from",
+        &url,
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--to",
+        "sqlite",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(deskd_volume::desktop_backend(&root).is_none());
+    std::fs::remove_file(&hold_off).unwrap();
+    env.wait_for_log(
+        "moved out of the database (the root's mark is gone) while the database was unreachable",
+        1,
+    );
+    let mut c = env.client();
+    let vol = c.open_volume(&root).unwrap().vol;
+    let refused = c
+        .object(Request::AddPath {
+            vol,
+            path: b"kept.txt".to_vec(),
+            hint: None,
+            type_code: None,
+            creator: None,
+            carried: None,
+        })
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(deskd_client::ErrorCode::ReadOnly),
+        "{refused}"
+    );
+    assert_eq!(
+        last_id(&mut admin),
+        before,
+        "an ID was handed out from the database"
+    );
+    wait_no_serving_lock(&cluster);
 }

@@ -85,9 +85,9 @@ pub enum PgError {
     /// serving lock): a migration out of the database is refused.
     #[error("volume {0:?} is being served from the database by deskd serve (on this host or another); stop every server of the volume first, nothing was changed")]
     Served(String),
-    /// `deskd migrate --to sqlite` is copying the volume out of the database: it is not
-    /// served meanwhile.
-    #[error("volume {0:?} is being moved out of the database by deskd migrate; it is not served meanwhile")]
+    /// `deskd migrate --to sqlite` or `deskd restore --leave-postgresql --config` holds the
+    /// volume's serving lock exclusively: it is not served meanwhile.
+    #[error("volume {0:?} is being moved out of the database (by deskd migrate --to sqlite or deskd restore --leave-postgresql); it is not served meanwhile")]
     Migrating(String),
     /// The database holds no volume of this name (or no deskd schema at all).
     #[error("the database holds no deskd volume named {0:?}")]

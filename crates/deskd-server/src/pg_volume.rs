@@ -105,6 +105,10 @@ pub(crate) struct PgVolume {
     returned: Condvar,
     /// When the database last answered a catch-up (or the writer's opening).
     answered: Mutex<Option<Instant>>,
+    /// The follower lost its sessions since the writer last looked: the writer's session (and
+    /// the serving lock on it) is likely gone too (a database restart), so the writer checks
+    /// it now, not at the next write (the newcomer review of stop 41, findings 1 and 7).
+    follower_lost: AtomicBool,
 }
 
 /// A freeze of a PostgreSQL volume (`deskd freeze`): a `REPEATABLE READ` transaction that
@@ -179,6 +183,7 @@ impl PgVolume {
             lent: Mutex::new(0),
             returned: Condvar::new(),
             answered: Mutex::new(None),
+            follower_lost: AtomicBool::new(false),
         })
     }
 
@@ -272,6 +277,12 @@ impl PgVolume {
     /// no longer takes the last answer's word for it.
     fn lost(&self) {
         *self.answered.lock().unwrap() = None;
+        self.follower_lost.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the follower lost its sessions since the last call (the writer's check).
+    pub(crate) fn take_follower_lost(&self) -> bool {
+        self.follower_lost.swap(false, Ordering::SeqCst)
     }
 
     /// How long since the database last answered a catch-up (None: never, since this
@@ -479,6 +490,32 @@ impl PgVolume {
     }
 }
 
+/// Why the volume at `root` is no longer this server's to serve from the database, if it is
+/// not: the root's mark ([`deskd_volume::BACKEND_XATTR`]) is gone or names another backend, or
+/// the root's identity is not `identity`. Read by the writer after it took the serving lock
+/// again (a restore or a migrate out of the database removes the mark while it holds the lock
+/// exclusively, so a mark read under the shared lock is the truth).
+pub(crate) fn moved_out(root: &Path, identity: u64) -> Option<String> {
+    let mark = deskd_volume::desktop_backend(root);
+    let root_identity = deskd_volume::read_volume_identity(root);
+    if mark.as_deref() == Some("postgresql") && root_identity == Some(identity) {
+        return None;
+    }
+    let what = match (&mark, root_identity) {
+        (None, _) => "the root's mark is gone".to_string(),
+        (Some(m), _) if m != "postgresql" => format!("the root's mark names {m:?}"),
+        (_, found) => format!(
+            "the root's identity is {} (was {identity:016x})",
+            found.map_or("gone".into(), |f| format!("{f:016x}"))
+        ),
+    };
+    Some(format!(
+        "{}: moved out of the database ({what}) while the database was unreachable; reload \
+         to serve it from its SQLite desktop",
+        root.display()
+    ))
+}
+
 /// The volume's identity: the one stamped on its root (xattr `user.deskd.volume`); else the
 /// SQLite desktop's `volume_uuid` when there is one (a volume moved by `deskd migrate`); else
 /// a new random one. Stamped on the root when it was not there.
@@ -589,6 +626,22 @@ fn random_u64() -> std::io::Result<u64> {
     Ok(u64::from_le_bytes(bytes))
 }
 
+/// A test (`DESKD_TEST_PG_WRITER_HOLD_OFF=FILE`, with the `test-hooks` feature) keeps the
+/// writer and the follower from connecting again while FILE exists, as a server cut off from the database by
+/// the network: a restore or migrate can then run while it is cut off.
+pub(crate) fn held_off() -> Option<deskd_pg::PgError> {
+    #[cfg(feature = "test-hooks")]
+    if let Some(file) = std::env::var_os("DESKD_TEST_PG_WRITER_HOLD_OFF") {
+        if std::path::Path::new(&file).exists() {
+            return Some(deskd_pg::PgError::Unreachable {
+                target: "(test)".into(),
+                message: "held off by DESKD_TEST_PG_WRITER_HOLD_OFF".into(),
+            });
+        }
+    }
+    None
+}
+
 /// What a PostgreSQL volume runs beside its writer once an opening has reached the database:
 /// the name index's load, the start-up check (its thread returned) and the follower. At start,
 /// or by the writer when the database was unreachable then.
@@ -633,6 +686,9 @@ pub(crate) fn spawn_follower(pg: Arc<PgVolume>, root: &Path) {
                             // restart) must not look unserved to `deskd restore --config` or
                             // `migrate --to sqlite` meanwhile (hostile review of stop 41,
                             // finding 5). Refused while one of those holds it: tried again.
+                            if let Some(e) = held_off() {
+                                return Err(DbError::from(e));
+                            }
                             let mut db = pg.connect()?;
                             db.hold_for_serving().map_err(DbError::from)?;
                             Ok((l, db))

@@ -42,6 +42,14 @@ use crate::pg_volume::PgVolume;
 pub(crate) const RECONNECT_FIRST: Duration = Duration::from_millis(500);
 pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
+/// While idle, the writer looks at least this often whether the follower lost the database.
+const IDLE_LOOK: Duration = Duration::from_secs(1);
+
+/// While idle, the writer asks its own session at least this often (one small query): a
+/// session killed alone (`pg_terminate_backend`) loses the serving lock without the follower
+/// noticing.
+const IDLE_PROBE: Duration = Duration::from_secs(5);
+
 /// The writer's store: the volume's row (which another server's batch holds until it commits)
 /// is waited for up to `busy_wait`, not SQLite's short [`super::busy::BUSY_TRY`] between
 /// retries: on PostgreSQL the wait is in the database's lock queue, which serves the servers
@@ -97,6 +105,12 @@ pub(crate) struct PgWriter {
     figures: Arc<CommitFigures>,
     /// While the database is unreachable: the next try and the wait after it.
     reconnect: Option<(Instant, Duration)>,
+    /// When the writer's session was last known alive (a commit, a probe, the opening).
+    alive_at: Instant,
+    /// The volume was moved out of the database while this server was cut off from it (a
+    /// restore or a migrate removed the root's mark): why. The writer no longer connects,
+    /// and every write is refused with this.
+    moved_out: Option<String>,
 }
 
 impl PgWriter {
@@ -122,6 +136,8 @@ impl PgWriter {
             commits,
             figures: Arc::default(),
             reconnect,
+            alive_at: Instant::now(),
+            moved_out: None,
         }
     }
 
@@ -137,17 +153,30 @@ impl PgWriter {
     fn run(mut self, rx: Receiver<Job>) {
         let mut writes: Vec<Pending> = Vec::new();
         loop {
-            let job = match self.reconnect {
-                Some((at, _)) => {
-                    match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                        Ok(job) => job,
-                        Err(RecvTimeoutError::Timeout) => {
-                            self.try_reconnect();
-                            continue;
+            // Connecting again on the back-off timer, or looking after the session while
+            // idle: the serving lock lives on it, and a database restart with no write after
+            // it must not leave the volume served without the lock (the newcomer review of
+            // stop 41, finding 1).
+            let wake = match (self.reconnect, &self.desktop) {
+                (Some((at, _)), _) => Some(at.min(Instant::now() + IDLE_LOOK)),
+                (None, Some(_)) => Some(Instant::now() + IDLE_LOOK),
+                (None, None) => None,
+            };
+            let job = match wake {
+                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if self.reconnect.is_some() {
+                            if self.reconnect_due() {
+                                self.try_reconnect();
+                            }
+                        } else {
+                            self.look_after_session();
                         }
-                        Err(RecvTimeoutError::Disconnected) => break,
+                        continue;
                     }
-                }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
                 None => match rx.recv() {
                     Ok(job) => job,
                     Err(_) => break,
@@ -200,7 +229,15 @@ impl PgWriter {
         if writes.is_empty() {
             return;
         }
-        if self.desktop.is_none() && self.reconnect.is_some_and(|(at, _)| at <= Instant::now()) {
+        if let Some(why) = &self.moved_out {
+            let refusal =
+                ErrorReply::new(ErrorCode::ReadOnly, format!("{why}; nothing was recorded"));
+            for w in writes.drain(..) {
+                w.reply.send(Err(refusal.clone()));
+            }
+            return;
+        }
+        if self.desktop.is_none() && self.reconnect_due() {
             self.try_reconnect();
         }
         let Some(desktop) = self.desktop.as_mut() else {
@@ -257,6 +294,7 @@ impl PgWriter {
                     acknowledge(self.volume.root(), writes, replies);
                     return;
                 }
+                self.alive_at = Instant::now();
                 self.figures.batch(replies.len());
                 // Before any acknowledgement: a find after the reply sees the change. A
                 // failure here loses nothing (the follower reads the same log).
@@ -305,13 +343,61 @@ impl PgWriter {
         self.try_reconnect();
     }
 
+    /// Whether to connect again now: the back-off's time has come, or the follower has reached
+    /// the database since (it tries every second), so it is back and the writes need not wait
+    /// out the back-off.
+    fn reconnect_due(&self) -> bool {
+        self.reconnect.is_some_and(|(at, _)| at <= Instant::now())
+            || (self.reconnect.is_some()
+                && self
+                    .pg
+                    .silent_for()
+                    .is_some_and(|d| d < crate::pg_volume::ANSWERED_RECENTLY))
+    }
+
+    /// Idle: when the follower lost the database, or every [`IDLE_PROBE`], ask the writer's
+    /// session whether it lives; a dead one is made again now (the lock taken again with it).
+    fn look_after_session(&mut self) {
+        let follower_lost = self.pg.take_follower_lost();
+        if !follower_lost && self.alive_at.elapsed() < IDLE_PROBE {
+            return;
+        }
+        let Some(desktop) = self.desktop.as_mut() else {
+            return;
+        };
+        match desktop.change_seq() {
+            Ok(_) => self.alive_at = Instant::now(),
+            Err(e) if e.is_unavailable() => self.lost(&e.to_string()),
+            Err(e) => warn!(volume = %self.volume.root().display(),
+                "the writer's session could not be checked: {e}"),
+        }
+    }
+
     /// Connect again; on failure wait twice as long (at most [`RECONNECT_MAX`]), with jitter.
     fn try_reconnect(&mut self) {
         let Some((_, wait)) = self.reconnect else {
             return;
         };
-        match self.pg.open_writer() {
+        match crate::pg_volume::held_off().map_or_else(|| self.pg.open_writer(), Err) {
             Ok((mut desktop, _, first)) => {
+                // The serving lock is held again (open_writer took it): only now is the
+                // root's mark read, so a restore or migrate that moved the volume out while
+                // this server was cut off (it removes the mark under the lock, held
+                // exclusively) is seen, and no ID is handed out from the database after it.
+                if let Some(why) =
+                    crate::pg_volume::moved_out(self.volume.root(), self.pg.key.identity)
+                {
+                    error!(volume = %self.volume.root().display(), "{why}; no write is recorded in the database");
+                    drop(desktop);
+                    // The follower's session lets the lock go too: this server serves the
+                    // volume from the database no more.
+                    self.pg.close();
+                    self.reconnect = None;
+                    self.state.lock().unwrap().unavailable =
+                        Some((deskd_db::now_unix(), why.clone()));
+                    self.moved_out = Some(why);
+                    return;
+                }
                 if first {
                     // The database was unreachable when the server started: the volume is
                     // open only now.
@@ -332,12 +418,28 @@ impl PgWriter {
                     warn!(volume = %self.volume.root().display(), "name index not caught up: {e}");
                 }
                 self.desktop = Some(desktop);
+                self.alive_at = Instant::now();
                 self.reconnect = None;
                 self.state.lock().unwrap().unavailable = None;
                 info!(volume = %self.volume.root().display(),
                     "database reachable again; the volume is writable");
             }
             Err(e) => {
+                if matches!(e, deskd_pg::PgError::Migrating(_)) {
+                    // A restore or migrate holds the serving lock exclusively: nothing is
+                    // written meanwhile, and the log says why (once per change of reason).
+                    let said = self
+                        .state
+                        .lock()
+                        .unwrap()
+                        .unavailable
+                        .as_ref()
+                        .map(|(_, w)| w.clone());
+                    if said.as_deref() != Some(e.to_string().as_str()) {
+                        warn!(volume = %self.volume.root().display(),
+                            "{e}; the volume is read-only until the serving lock is free again");
+                    }
+                }
                 let next = (wait * 2).min(RECONNECT_MAX);
                 // Up to a quarter more: servers that lost the database together do not all
                 // come back at the same instant.
