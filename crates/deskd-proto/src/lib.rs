@@ -841,6 +841,9 @@ pub struct VolumeWatch {
     pub queued_bytes: u64,
     /// The most of `queued_bytes` at once since the watcher started.
     pub queued_peak_bytes: u64,
+    /// Whether the events held are a burst's, deferred until it slows (at most 30 s) or a
+    /// flush.
+    pub deferring: bool,
 }
 
 /// A rescan of a watched volume by the online repair.

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use fanotify::Floor;
+pub use fanotify::Pumped;
 pub use stopper::Stopper;
 
 use coalesce::Coalescer;
@@ -357,6 +358,15 @@ impl Watcher {
         match &self.source {
             Source::Fanotify(s) => s.held_bytes(),
             Source::Inotify(_) => (0, 0),
+        }
+    }
+
+    /// Bytes of events read from the kernel into memory since the start, all and those this
+    /// process caused (fanotify; inotify holds none: zero).
+    pub fn pumped(&self) -> Pumped {
+        match &self.source {
+            Source::Fanotify(s) => s.pumped(),
+            Source::Inotify(_) => Pumped::default(),
         }
     }
 

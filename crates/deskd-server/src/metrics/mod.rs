@@ -365,6 +365,22 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
     each_volume(
         out,
         volumes,
+        "deskd_watch_held_bytes",
+        Gauge,
+        "Bytes of events read from the kernel and not yet applied (fanotify).",
+        |v| watched(v).then_some(v.watch.queued_bytes),
+    );
+    each_volume(
+        out,
+        volumes,
+        "deskd_watch_deferring",
+        Gauge,
+        "1 while the events held are a burst's, applied when it slows (within 30 s) or at a flush.",
+        |v| watched(v).then_some(v.watch.deferring),
+    );
+    each_volume(
+        out,
+        volumes,
         "deskd_volume_clients",
         Gauge,
         "Open connections that have used the volume.",

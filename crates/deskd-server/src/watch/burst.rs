@@ -11,6 +11,12 @@
 //! desktop when the burst slows ([`DEFER_AT_MOST`] at most). A client asking for a new object
 //! meanwhile registers it through the ordinary claim path (the watcher's later `Created` finds
 //! it known); a barrier (`deskd flush`, freeze, a rebuild) applies everything held, as before.
+//!
+//! Whether events keep coming is judged on the events of other processes only (the pump
+//! counts the bytes of events whose pid is deskd's, [`deskd_watch::Pumped`]): the stamper's
+//! resource files, written during a long burst, are events on the same file system, and
+//! counted with the rest they kept the burst "growing" seconds after the program ended
+//! (finding 5 of the stop-41 review).
 
 use std::time::{Duration, Instant};
 
@@ -38,9 +44,10 @@ pub(super) const DEFER_AT_MOST: Duration = Duration::from_secs(30);
 /// Whether to leave the held events where they are for now, and since when.
 #[derive(Debug, Default)]
 pub(super) struct Deferral {
-    /// What the pump held just after the last read, and when (the rate a burst begins at).
+    /// The bytes of other processes' events pumped by the last read, and when (the rate a
+    /// burst begins at).
     read: Option<(u64, Instant)>,
-    /// What it held at the last look, and when it last grew.
+    /// Those bytes at the last look, and when they last grew.
     last: Option<(u64, Instant)>,
     /// Deferring since (this busy stretch).
     since: Option<Instant>,
@@ -58,20 +65,27 @@ pub(super) enum Decision {
 }
 
 impl Deferral {
-    /// What the pump holds just after a read: a burst begins when it grows fast from there.
-    pub(super) fn read(&mut self, held: u64, now: Instant) {
-        self.read = Some((held, now));
-        self.last = Some((held, now));
+    /// Just after a read: `others`, the bytes of other processes' events pumped since the
+    /// start ([`deskd_watch::Pumped::others`]); a burst begins when they grow fast from here.
+    pub(super) fn read(&mut self, others: u64, now: Instant) {
+        self.read = Some((others, now));
+        self.last = Some((others, now));
     }
 
-    /// A look before the next read: `held` bytes held now, `max` the bound (`watch_held_mib`).
-    pub(super) fn look(&mut self, held: u64, max: u64, now: Instant) -> Decision {
+    /// Whether the held events are being deferred now.
+    pub(super) fn deferring(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// A look before the next read: `held` bytes held now (all processes'), `others` as in
+    /// [`Deferral::read`], `max` the bound (`watch_held_mib`).
+    pub(super) fn look(&mut self, held: u64, others: u64, max: u64, now: Instant) -> Decision {
         let grew_at = match self.last {
-            Some((before, _)) if held > before => now,
+            Some((before, _)) if others > before => now,
             Some((_, at)) => at,
             None => now,
         };
-        self.last = Some((held, grew_at));
+        self.last = Some((others, grew_at));
         let slowed = held < BURST_HELD
             || self.read.is_none()
             || now.saturating_duration_since(grew_at) >= SLOWED_AFTER;
@@ -88,9 +102,10 @@ impl Deferral {
         }
         let Some(since) = self.since else {
             // Not deferring yet: only a fast burst begins it.
-            let fast = self.read.is_some_and(|(then_held, then)| {
+            let fast = self.read.is_some_and(|(then_others, then)| {
                 let secs = now.saturating_duration_since(then).as_secs_f64();
-                secs > 0.0 && held.saturating_sub(then_held) as f64 / secs >= BURST_BYTES_PER_SECOND
+                secs > 0.0
+                    && others.saturating_sub(then_others) as f64 / secs >= BURST_BYTES_PER_SECOND
             });
             if !fast {
                 return Decision::Apply;
@@ -120,17 +135,29 @@ mod tests {
         d.read(0, t0);
         // 15 MB/s, a program creating 140,000 files a second.
         let mut t = t0 + Duration::from_millis(100);
-        assert_eq!(d.look(1_500_000, MAX, t), Decision::Defer { first: true });
+        assert_eq!(
+            d.look(1_500_000, 1_500_000, MAX, t),
+            Decision::Defer { first: true }
+        );
         t += LOOK;
-        assert_eq!(d.look(1_800_000, MAX, t), Decision::Defer { first: false });
+        assert_eq!(
+            d.look(1_800_000, 1_800_000, MAX, t),
+            Decision::Defer { first: false }
+        );
         // The program off its CPU for a while: still the same burst.
         t += SLOWED_AFTER / 2;
-        assert_eq!(d.look(1_800_000, MAX, t), Decision::Defer { first: false });
+        assert_eq!(
+            d.look(1_800_000, 1_800_000, MAX, t),
+            Decision::Defer { first: false }
+        );
         t += LOOK;
-        assert_eq!(d.look(1_900_000, MAX, t), Decision::Defer { first: false });
+        assert_eq!(
+            d.look(1_900_000, 1_900_000, MAX, t),
+            Decision::Defer { first: false }
+        );
         // No growth for SLOWED_AFTER: the burst is over.
         t += SLOWED_AFTER;
-        assert_eq!(d.look(1_900_000, MAX, t), Decision::Apply);
+        assert_eq!(d.look(1_900_000, 1_900_000, MAX, t), Decision::Apply);
     }
 
     #[test]
@@ -140,14 +167,17 @@ mod tests {
         d.read(2 << 20, t0);
         // 1,000 renames a second of 600 bytes each, on top of a held backlog.
         let t = t0 + Duration::from_millis(50);
-        assert_eq!(d.look((2 << 20) + 30_000, MAX, t), Decision::Apply);
+        assert_eq!(
+            d.look((2 << 20) + 30_000, (2 << 20) + 30_000, MAX, t),
+            Decision::Apply
+        );
         // Nothing held worth deferring, however fast it came.
         let mut d = Deferral::default();
         d.read(0, t0);
-        assert_eq!(d.look(100_000, MAX, t), Decision::Apply);
+        assert_eq!(d.look(100_000, 100_000, MAX, t), Decision::Apply);
         // No read before: no rate known.
         let mut d = Deferral::default();
-        assert_eq!(d.look(50 << 20, MAX, t), Decision::Apply);
+        assert_eq!(d.look(50 << 20, 50 << 20, MAX, t), Decision::Apply);
     }
 
     #[test]
@@ -156,31 +186,65 @@ mod tests {
         let t0 = Instant::now();
         d.read(0, t0);
         let t = t0 + Duration::from_secs(1);
-        assert_eq!(d.look(MAX / 3 * 2, MAX, t), Decision::Apply);
+        assert_eq!(d.look(MAX / 3 * 2, MAX / 3 * 2, MAX, t), Decision::Apply);
         let mut d = Deferral::default();
         d.read(0, t0);
         let mut t = t0 + LOOK;
         let mut held = 2 << 20;
-        assert_eq!(d.look(held, MAX, t), Decision::Defer { first: true });
+        assert_eq!(d.look(held, held, MAX, t), Decision::Defer { first: true });
         for _ in 0..299 {
             t += Duration::from_millis(100);
             held += 300_000;
-            assert_eq!(d.look(held, MAX * 100, t), Decision::Defer { first: false });
+            assert_eq!(
+                d.look(held, held, MAX * 100, t),
+                Decision::Defer { first: false }
+            );
         }
         t += Duration::from_millis(100);
         held += 300_000;
-        assert_eq!(d.look(held, MAX * 100, t), Decision::Apply);
+        assert_eq!(d.look(held, held, MAX * 100, t), Decision::Apply);
         // Spent until the stretch ends, then deferred again.
         t += Duration::from_millis(100);
         held += 300_000;
-        assert_eq!(d.look(held, MAX * 100, t), Decision::Apply);
+        assert_eq!(d.look(held, held, MAX * 100, t), Decision::Apply);
         t += SLOWED_AFTER;
-        assert_eq!(d.look(held, MAX * 100, t), Decision::Apply);
+        assert_eq!(d.look(held, held, MAX * 100, t), Decision::Apply);
         d.read(held, t);
         t += Duration::from_millis(100);
         assert_eq!(
-            d.look(held + (3 << 20), MAX * 100, t),
+            d.look(held + (3 << 20), held + (3 << 20), MAX * 100, t),
             Decision::Defer { first: true }
         );
+    }
+
+    #[test]
+    fn deskd_s_own_events_neither_begin_nor_prolong_a_burst() {
+        let mut d = Deferral::default();
+        let t0 = Instant::now();
+        d.read(0, t0);
+        // 3 MiB held in 100 ms, all of them deskd's own writes (the stamper): no burst.
+        let mut t = t0 + Duration::from_millis(100);
+        assert_eq!(d.look(3 << 20, 0, MAX, t), Decision::Apply);
+        // A program's burst begins it...
+        d.read(0, t);
+        t += Duration::from_millis(100);
+        assert_eq!(
+            d.look(5 << 20, 2 << 20, MAX, t),
+            Decision::Defer { first: true }
+        );
+        assert!(d.deferring());
+        // ... and ends SLOWED_AFTER after the program's last event, however much the stamper
+        // adds meanwhile.
+        for i in 1..=10u64 {
+            t += LOOK;
+            let decision = d.look((5 << 20) + i * 100_000, 2 << 20, MAX, t);
+            if t.saturating_duration_since(t0 + Duration::from_millis(200)) >= SLOWED_AFTER {
+                assert_eq!(decision, Decision::Apply, "look {i}");
+                assert!(!d.deferring());
+                return;
+            }
+            assert_eq!(decision, Decision::Defer { first: false }, "look {i}");
+        }
+        panic!("the burst did not end");
     }
 }

@@ -27,6 +27,8 @@ pub(crate) struct WatchFigures {
     /// Bytes of events the pump holds (fanotify), and the most at once.
     pub(crate) queued_bytes: u64,
     pub(crate) queued_peak_bytes: u64,
+    /// The events held are a burst's, left for when it slows ([`super::burst`]).
+    pub(crate) deferring: bool,
 }
 
 /// The counters of [`WatchFigures`] kept across a restart of the volume's watcher.
@@ -108,6 +110,7 @@ impl WatchFigures {
             held_back: self.held_back,
             queued_bytes: self.queued_bytes,
             queued_peak_bytes: self.queued_peak_bytes,
+            deferring: self.deferring,
         }
     }
 }

@@ -50,6 +50,10 @@ impl ChangeSource for Watcher {
     fn held_bytes(&self) -> (u64, u64) {
         Watcher::held_bytes(self)
     }
+
+    fn pumped(&self) -> deskd_watch::Pumped {
+        Watcher::pumped(self)
+    }
 }
 
 /// Start watching `root` as `mode` says, within `limits`.

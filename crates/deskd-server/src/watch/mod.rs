@@ -528,7 +528,12 @@ pub(crate) fn barrier(
         match source.drain_now() {
             Ok(batch) => {
                 // Live for status while the flush waits (`deskd flush` shows it).
-                running.figures.lock().unwrap().queued_bytes = source.held_bytes().0;
+                {
+                    let mut figures = running.figures.lock().unwrap();
+                    figures.queued_bytes = source.held_bytes().0;
+                    // What a burst held is being applied: no longer deferred.
+                    figures.deferring = false;
+                }
                 let empty = batch.changes.is_empty() && !batch.overflow;
                 thread::process(&running, handle, rebuilds, batch);
                 if empty {

@@ -15,4 +15,8 @@ pub(crate) trait ChangeSource: Send {
     fn held_bytes(&self) -> (u64, u64) {
         (0, 0)
     }
+    /// Bytes of events taken from the kernel since the start, all and deskd's own.
+    fn pumped(&self) -> deskd_watch::Pumped {
+        deskd_watch::Pumped::default()
+    }
 }

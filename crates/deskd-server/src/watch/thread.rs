@@ -47,6 +47,11 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
     let mut deferral = burst::Deferral::default();
     // The test hook's deferral is on (`forced_deferral`).
     let mut forced = false;
+    // The deferred burst's start and what the pump had taken then; when it slowed.
+    let mut burst_began: Option<(Instant, deskd_watch::Pumped)> = None;
+    // When it slowed, and the bytes pumped by then: it is applied once the watcher has taken
+    // them all (what deskd writes meanwhile, held after them, is not the burst's).
+    let mut applying_burst: Option<(Instant, u64)> = None;
     loop {
         if running.stopping.load(Ordering::SeqCst) {
             return;
@@ -58,19 +63,45 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
                 return;
             };
             let (held, peak) = source.held_bytes();
+            let pumped = source.pumped();
+            let was_deferring = deferral.deferring() || forced;
             let decision = match forced_deferral(held, &mut forced) {
                 Some(first) => burst::Decision::Defer { first },
-                None => deferral.look(held, running.limits.held_max, Instant::now()),
+                None => deferral.look(
+                    held,
+                    pumped.others(),
+                    running.limits.held_max,
+                    Instant::now(),
+                ),
             };
             if let burst::Decision::Defer { first } = decision {
                 drop(guard);
+                if first {
+                    burst_began = Some((Instant::now(), pumped));
+                }
                 defer(&running, &root, held, peak, first);
                 continue;
+            }
+            if was_deferring {
+                running.figures.lock().unwrap().deferring = false;
+                if let Some((began, then)) = burst_began {
+                    // What came during the deferral, and how much of it deskd's own writes
+                    // (the stamper's resource files): those do not keep a burst going.
+                    let own = pumped.own - then.own;
+                    info!(
+                        "watching {root}: the burst slowed after {:.1} s; applying {} MiB of \
+                         events held ({} KiB of them deskd's own writes)",
+                        began.elapsed().as_secs_f64(),
+                        held >> 20,
+                        own >> 10
+                    );
+                    applying_burst = Some((Instant::now(), pumped.all));
+                }
             }
             match source.next_batch(WAIT) {
                 Ok(batch) => {
                     let (held, peak) = source.held_bytes();
-                    deferral.read(held, Instant::now());
+                    deferral.read(source.pumped().others(), Instant::now());
                     {
                         let mut figures = running.figures.lock().unwrap();
                         figures.queued_bytes = held;
@@ -83,7 +114,20 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
                         crate::allocator::give_back();
                     }
                     settle(&batch);
-                    process(&running, &handle, &rebuilds, batch)
+                    process(&running, &handle, &rebuilds, batch);
+                    let taken = source.pumped().taken;
+                    if applying_burst.is_some_and(|(_, until)| taken >= until) {
+                        if let Some((slowed, _)) = applying_burst.take() {
+                            // The end a test (and an admin) waits on: the burst is in the
+                            // desktop.
+                            info!(
+                                "watching {root}: a burst's held events are applied, {:.1} s \
+                                 after it slowed",
+                                slowed.elapsed().as_secs_f64()
+                            );
+                            burst_began = None;
+                        }
+                    }
                 }
                 Err(e) => {
                     if running.stopping.load(Ordering::SeqCst) {
@@ -122,6 +166,7 @@ fn defer(running: &Running, root: &str, held: u64, peak: u64, first: bool) {
         let mut figures = running.figures.lock().unwrap();
         figures.queued_bytes = held;
         figures.queued_peak_bytes = peak;
+        figures.deferring = true;
     }
     running.let_barriers_pass();
     // A stop is seen at the next look, LOOK later at most.

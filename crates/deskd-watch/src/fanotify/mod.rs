@@ -16,6 +16,7 @@
 
 mod floor;
 pub use floor::Floor;
+pub use pump::Pumped;
 pub(crate) mod handles;
 mod pump;
 pub(crate) mod records;
@@ -187,6 +188,11 @@ impl FanotifySource {
     /// Bytes of events held unread now, and the most held at once.
     pub(crate) fn held_bytes(&self) -> (u64, u64) {
         self.pump.held_bytes()
+    }
+
+    /// Bytes of events the pump took from the kernel since the start, all and deskd's own.
+    pub(crate) fn pumped(&self) -> pump::Pumped {
+        self.pump.pumped()
     }
 
     /// Forget every directory: from now on each is placed by the kernel first.

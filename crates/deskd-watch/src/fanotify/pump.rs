@@ -49,6 +49,48 @@ struct Held {
     /// When a drop was last said in the log, and the drops not said since.
     said: Option<Instant>,
     unsaid: u64,
+    /// Bytes of events taken from the kernel since the start, and of those the bytes of
+    /// events deskd itself caused (its pid: resource files, the desktop's side files).
+    pumped: Pumped,
+}
+
+/// Bytes of events the pump took from the kernel since the start (monotonic: a rate is
+/// the difference of two).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pumped {
+    /// All of them.
+    pub all: u64,
+    /// Those of events caused by this process (the event's pid is ours).
+    pub own: u64,
+    /// Those no longer held (taken by the watcher, or dropped over the bound), as of the
+    /// same moment as `all`.
+    pub taken: u64,
+}
+
+impl Pumped {
+    /// Bytes of events other processes caused.
+    pub fn others(&self) -> u64 {
+        self.all - self.own
+    }
+}
+
+/// Bytes of the events in `buf` (whole `fanotify_event_metadata` records) caused by the
+/// process `pid`. The pid is the metadata's at offset 20 (a thread group id: the group is
+/// not made with `FAN_REPORT_TID`); a short or corrupt record ends the count.
+fn bytes_of_pid(buf: &[u8], pid: i32) -> u64 {
+    let mut own = 0u64;
+    let mut rest = buf;
+    while rest.len() >= 24 {
+        let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        if len < 24 || len > rest.len() {
+            break;
+        }
+        if i32::from_ne_bytes(rest[20..24].try_into().expect("4 bytes")) == pid {
+            own += len as u64;
+        }
+        rest = &rest[len..];
+    }
+    own
 }
 
 struct Shared {
@@ -60,6 +102,8 @@ struct Shared {
     max: u64,
     /// The volume root, for the log.
     root: String,
+    /// This process's id: its own events are counted apart ([`Pumped`]).
+    pid: i32,
 }
 
 impl Shared {
@@ -81,6 +125,8 @@ impl Shared {
             Ok(0) | Err(_) => return false,
             Ok(n) => n,
         };
+        held.pumped.all += n as u64;
+        held.pumped.own += bytes_of_pid(&scratch[..n], self.pid);
         held.chunks.push_back(Box::from(&scratch[..n]));
         held.bytes += n as u64;
         held.peak = held.peak.max(held.bytes);
@@ -146,6 +192,7 @@ impl Pump {
             ready: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
             max,
             root: root.display().to_string(),
+            pid: std::process::id() as i32,
         });
         let stopper = Stopper::new()?;
         let thread = {
@@ -224,6 +271,15 @@ impl Pump {
     pub(crate) fn held_bytes(&self) -> (u64, u64) {
         let held = self.shared.held.lock().unwrap();
         (held.bytes, held.peak)
+    }
+
+    /// Bytes of events taken from the kernel since the start, all and deskd's own.
+    pub(crate) fn pumped(&self) -> Pumped {
+        let held = self.shared.held.lock().unwrap();
+        Pumped {
+            taken: held.pumped.all - held.bytes,
+            ..held.pumped
+        }
     }
 }
 
