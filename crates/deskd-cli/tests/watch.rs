@@ -1337,6 +1337,25 @@ fn a_deferred_bursts_file_gets_its_id_on_request_and_a_flush_registers_the_rest(
     );
     let held = env.watch_status("vol")["queued_bytes"].as_u64().unwrap();
     assert!(held > 0, "{}", env.watch_status("vol"));
+    assert_eq!(env.watch_status("vol")["deferring"], true);
+    // The text status and the metrics say so too (finding 5 of the stop-41 review: only
+    // --json did).
+    let text = env.deskd_ok(&["status"]);
+    assert!(
+        text.contains("MiB of events held, applied when it slows (within 30 s) or at a flush"),
+        "{text}"
+    );
+    let metrics = env.deskd_ok(&["metrics"]);
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    assert_eq!(gauge("deskd_watch_deferring"), 1.0);
+    assert!(gauge("deskd_watch_held_bytes") > 0.0);
     // A file of the burst the desktop has not got yet: asked for, it gets its ID now.
     let waiting = (0..3000)
         .map(|i| format!("burst/f{i}"))
@@ -1353,6 +1372,10 @@ fn a_deferred_bursts_file_gets_its_id_on_request_and_a_flush_registers_the_rest(
     assert_eq!(after.get(&waiting), Some(&id), "the ID given on request");
     env.rebuild_scan_silent("vol");
     std::fs::write(&release, b"").unwrap();
+    // Released and applied: status no longer says a burst is held.
+    env.wait_for_log("a burst's held events are applied", 1);
+    let text = env.deskd_ok(&["status"]);
+    assert!(!text.contains("a burst:"), "{text}");
 }
 
 /// A burst made by a plain program (finding 5 of the stop-41 review): its deferral ends soon
