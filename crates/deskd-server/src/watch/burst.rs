@@ -37,6 +37,12 @@ const BURST_BYTES_PER_SECOND: f64 = 1024.0 * 1024.0;
 /// burst at each of those).
 const SLOWED_AFTER: Duration = Duration::from_millis(200);
 
+/// Growth (bytes of other processes' events) that counts as the burst going on: less in
+/// [`SLOWED_AFTER`] (about 650 creates in 0.2 s, 320 KiB a second) is the file system's
+/// background (the mark covers all of it: a build, a log, another user's editor), which on a
+/// busy machine never stops for 0.2 s and kept a burst deferred to [`DEFER_AT_MOST`].
+const STILL_GROWING: u64 = 64 * 1024;
+
 /// How long one busy stretch is deferred at most: a volume that never slows down is applied
 /// as it comes after that (until it slows), as before.
 pub(super) const DEFER_AT_MOST: Duration = Duration::from_secs(30);
@@ -80,12 +86,15 @@ impl Deferral {
     /// A look before the next read: `held` bytes held now (all processes'), `others` as in
     /// [`Deferral::read`], `max` the bound (`watch_held_mib`).
     pub(super) fn look(&mut self, held: u64, others: u64, max: u64, now: Instant) -> Decision {
-        let grew_at = match self.last {
-            Some((before, _)) if others > before => now,
-            Some((_, at)) => at,
-            None => now,
+        // `last` marks the bytes when it last grew by STILL_GROWING: a trickle below that
+        // neither moves the mark nor keeps the burst going.
+        self.last = match self.last {
+            Some((before, at)) if others.saturating_sub(before) < STILL_GROWING => {
+                Some((before, at))
+            }
+            _ => Some((others, now)),
         };
-        self.last = Some((others, grew_at));
+        let grew_at = self.last.map_or(now, |(_, at)| at);
         let slowed = held < BURST_HELD
             || self.read.is_none()
             || now.saturating_duration_since(grew_at) >= SLOWED_AFTER;
@@ -246,5 +255,30 @@ mod tests {
             assert_eq!(decision, Decision::Defer { first: false }, "look {i}");
         }
         panic!("the burst did not end");
+    }
+
+    #[test]
+    fn a_trickle_of_other_events_does_not_keep_a_burst_going() {
+        let mut d = Deferral::default();
+        let t0 = Instant::now();
+        d.read(0, t0);
+        let mut t = t0 + Duration::from_millis(100);
+        let mut others = 2 << 20;
+        assert_eq!(
+            d.look(others, others, MAX, t),
+            Decision::Defer { first: true }
+        );
+        // A build elsewhere on the file system: 100 KiB a second, forever.
+        let mut looks = 0;
+        loop {
+            t += LOOK;
+            others += 2 * 1024;
+            looks += 1;
+            if d.look(others, others, MAX, t) == Decision::Apply {
+                break;
+            }
+            assert!(looks < 20, "a trickle kept the burst deferred");
+        }
+        assert!(t - (t0 + Duration::from_millis(100)) >= SLOWED_AFTER);
     }
 }
