@@ -343,6 +343,27 @@ mod tests {
         group
     }
 
+    #[test]
+    fn only_whole_records_of_the_pid_are_counted() {
+        let record = |len: u32, pid: i32| {
+            let mut r = vec![0u8; len as usize];
+            r[0..4].copy_from_slice(&len.to_ne_bytes());
+            r[20..24].copy_from_slice(&pid.to_ne_bytes());
+            r
+        };
+        let mut buf = record(40, 7);
+        buf.extend(record(30, 8));
+        buf.extend(record(50, 7));
+        assert_eq!(bytes_of_pid(&buf, 7), 90);
+        assert_eq!(bytes_of_pid(&buf, 8), 30);
+        // A record longer than what is left ends the count, as does one too short.
+        buf.extend(record(24, 7));
+        let n = buf.len();
+        buf[n - 24..n - 20].copy_from_slice(&1000u32.to_ne_bytes());
+        assert_eq!(bytes_of_pid(&buf, 7), 90);
+        assert_eq!(bytes_of_pid(&record(24, 7)[..10], 7), 0);
+    }
+
     fn readable(pump: &Pump) -> bool {
         let ready = pump.ready_fd();
         let mut fds = [PollFd::new(&ready, PollFlags::IN)];
@@ -391,6 +412,9 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(readable(&pump), "ready while held");
+        // This process made them: counted as its own (at least the creates held so far).
+        let pumped = pump.pumped();
+        assert!(pumped.own > 0 && pumped.own <= pumped.all, "{pumped:?}");
         // Every create, once, in order, held chunks first and then the kernel's (the mark
         // covers the whole file system: other tests' names are left out).
         let mut buf = vec![0u8; super::super::READ_BUFFER];
