@@ -1386,6 +1386,10 @@ fn a_deferred_bursts_file_gets_its_id_on_request_and_a_flush_registers_the_rest(
 #[test]
 fn a_programs_burst_ends_soon_after_the_program_does() {
     let mut env = Env::new(&["vol"]);
+    // The volume on a file system of its own: the watcher's mark covers a whole file system,
+    // and the other tests running beside this one (thousands of files in /tmp) must neither
+    // keep its burst going nor end it. 2 GiB (sparse) for the inodes of 100,000 files.
+    let _fs = SmallExt4::mount(env.path("vol"), 2048);
     env.serve_watched(&["vol"], "");
     std::fs::create_dir(env.path("vol/many")).unwrap();
     let began = std::time::Instant::now();
