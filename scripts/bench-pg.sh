@@ -12,7 +12,9 @@
 #   DIRS=10 PER_DIR=10000 RUNS=3 scripts/bench-pg.sh
 #
 # BIN names the directory of the deskd and deskd-bench to measure (default: a release build of
-# this tree). PG_LOG_STATEMENTS=1 also logs every statement the server runs
+# this tree). CLIENT_SPIN sets $DESKD_SPIN for the measuring client only (e.g. `always`: it polls
+# for each reply instead of sleeping once answers were slow; the servers keep their own rule).
+# PG_LOG_STATEMENTS=1 also logs every statement the server runs
 # (log_min_duration_statement = 0) to $WORK/pgdata/pg.log, to count round trips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +34,7 @@ if [ -z "${BIN:-}" ]; then
     cargo build --release --quiet -p deskd-cli
     BIN=target/release
 fi
-bench() { "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" "$@"; }
+bench() { env ${CLIENT_SPIN:+DESKD_SPIN="$CLIENT_SPIN"} "$BIN/deskd-bench" --socket "$SOCK" --volume "$VOL" "$@"; }
 
 SERVER=
 PGDATA="$WORK/pgdata"
