@@ -378,7 +378,7 @@ impl Session {
                 // Configured, and refused: why (to root and the volume's owner), and where
                 // to look, not "add it to the configuration".
                 let shown = root.display().to_string();
-                let why = n.why.strip_prefix(&format!("{shown}: ")).unwrap_or(&n.why);
+                let why = n.why_past(&shown);
                 anyhow!(
                     "{shown}: deskd at {} refused this volume: {why}; `deskd status` shows \
                      whether it is served now",

@@ -34,8 +34,7 @@ pub struct NotServedView {
 /// What a reader without the token learns of why a volume is not served (the server's own
 /// words to an unprivileged peer; the HTTP side asks as the server's uid, so it blanks the
 /// reason itself).
-pub const NOT_SERVED_REDACTED: &str =
-    "refused (root or the volume owner sees why; the server's log says it)";
+pub use deskd_proto::NOT_SERVED_REDACTED;
 
 /// One volume's state at a glance.
 #[derive(Debug, Serialize)]
@@ -106,11 +105,7 @@ impl StatusView {
                     let root = root_of(&n.root);
                     // The server's message often names the root already.
                     let why = match admin {
-                        true => n
-                            .why
-                            .strip_prefix(&format!("{root}: "))
-                            .unwrap_or(&n.why)
-                            .to_owned(),
+                        true => n.why_past(&root).to_owned(),
                         false => NOT_SERVED_REDACTED.to_owned(),
                     };
                     NotServedView {

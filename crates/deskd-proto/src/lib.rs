@@ -806,6 +806,22 @@ pub struct VolumeNotServed {
     pub since: i64,
 }
 
+/// What a peer that is neither root nor the volume's owner (nor the HTTP side's reader
+/// without the token) learns of why a volume is not served: the reason can name the database.
+pub const NOT_SERVED_REDACTED: &str =
+    "refused (root or the volume owner sees why; the server's log says it)";
+
+impl VolumeNotServed {
+    /// `why` without the leading `ROOT: ` the server's message often has (`root` as the caller
+    /// shows the volume's root).
+    pub fn why_past(&self, root: &str) -> &str {
+        self.why
+            .strip_prefix(root)
+            .and_then(|why| why.strip_prefix(": "))
+            .unwrap_or(&self.why)
+    }
+}
+
 /// One volume's live tracking (issue 23), as `deskd status` shows it in `watch`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeWatch {
@@ -1283,6 +1299,25 @@ mod tests {
         let bytes = postcard::to_allocvec(&reply).unwrap();
         assert_eq!(bytes[0], 19);
         assert_eq!(decode::<Response>(&bytes).unwrap(), reply);
+    }
+
+    #[test]
+    fn a_refusals_reason_is_shown_without_its_root() {
+        let n = |why: &str| VolumeNotServed {
+            root: b"/srv/v".to_vec(),
+            why: why.into(),
+            since: 5,
+        };
+        assert_eq!(n("/srv/v: no desktop").why_past("/srv/v"), "no desktop");
+        assert_eq!(
+            n("/srv/vx: no desktop").why_past("/srv/v"),
+            "/srv/vx: no desktop"
+        );
+        assert_eq!(
+            n("/srv/v no desktop").why_past("/srv/v"),
+            "/srv/v no desktop"
+        );
+        assert_eq!(n("no desktop").why_past("/srv/v"), "no desktop");
     }
 
     proptest! {

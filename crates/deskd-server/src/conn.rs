@@ -1087,9 +1087,7 @@ impl Connection {
                             why: if admin {
                                 n.why
                             } else {
-                                "refused (root or the volume owner sees why; the server's log \
-                                 says it)"
-                                    .to_owned()
+                                deskd_proto::NOT_SERVED_REDACTED.to_owned()
                             },
                             since: n.since,
                         }

@@ -555,7 +555,7 @@ fn unserved_for_restore(
 fn print_not_served(n: &deskd_proto::VolumeNotServed, json: bool) {
     let root = display_bytes(&n.root);
     // The server's message often names the root already.
-    let why = n.why.strip_prefix(&format!("{root}: ")).unwrap_or(&n.why);
+    let why = n.why_past(&root);
     if json {
         let v = serde_json::json!({
             "path": root,
