@@ -948,10 +948,8 @@ pub fn restore(
     // A volume served from a database: a restored SQLite desktop beside servers that go on
     // handing out IDs from the database would give IDs twice (the newcomer review of stop
     // 39). The admin says the servers are stopped.
-    if let (Some(backend), false) = (
-        deskd_volume::desktop_backend(&root),
-        options.leave_postgresql,
-    ) {
+    let marked = deskd_volume::desktop_backend(&root);
+    if let (Some(backend), false) = (&marked, options.leave_postgresql) {
         return Err(BackupError::InDatabase(format!(
             "{}: this volume's desktop is in {backend} (xattr {} on its root). Stop every \
              deskd serve of the volume, restore with --leave-postgresql --config FILE (their \
@@ -1010,11 +1008,10 @@ pub fn restore(
     // migrate` left behind, so its counter, like the backup's, misses every ID the database
     // handed out since (the newcomer review of stop 41). IDs are never given twice: the
     // database's counter counts, and without it the admin must accept the risk by name.
-    let marked = deskd_volume::desktop_backend(&root);
+    let known = current.map_or(info.last_id, |(_, last)| last.max(info.last_id));
     if let (Some(backend), None, false) =
         (&marked, options.database_last_id, options.ids_from_backup)
     {
-        let known = current.map_or(info.last_id, |(_, last)| last.max(info.last_id));
         return Err(BackupError::InDatabase(format!(
             "{}: the volume's ID counter is in its database ({backend}), which was not read: \
              the backup's counter is {} and the old desktop's {}, so IDs the database handed \
@@ -1028,11 +1025,9 @@ pub fn restore(
         )));
     }
     let last_id_at_least = match (current, options.database_last_id) {
-        (_, Some(db)) => current
-            .map_or(info.last_id, |(_, last)| last.max(info.last_id))
-            .max(db),
-        (Some((_, last_id)), _) => last_id.max(info.last_id),
-        (None, _) => info
+        (_, Some(db)) => known.max(db),
+        (Some(_), None) => known,
+        (None, None) => info
             .last_id
             .saturating_add(options.id_gap)
             .min(deskd_db::LAST_USABLE_ID),
