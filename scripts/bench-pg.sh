@@ -6,8 +6,9 @@
 # against one server; the first three from the same files served from a fresh desktop in SQLite
 # and from a fresh volume in PostgreSQL, alternating which goes first, RUNS times; medians and
 # ratios. Each backend's server is then restarted on the same desktop (the same database) and
-# the same 20,000 resolves are timed twice: cold (caches empty) and warm. Starts its own throw-away PostgreSQL cluster (initdb into the work directory, run as
-# the `postgres` user, on loopback TCP with trust authentication) and removes it at the end.
+# the same 20,000 resolves are timed twice: cold (caches empty) and warm. Starts its own
+# throw-away PostgreSQL cluster (initdb into the work directory, run as the `postgres` user, on
+# loopback TCP with trust authentication) and removes it at the end.
 #
 #   DIRS=10 PER_DIR=10000 RUNS=3 scripts/bench-pg.sh
 #
@@ -76,7 +77,6 @@ serve_fresh() { # BACKEND LOG
     python3 -c 'import os, sys
 try: os.removexattr(sys.argv[1], "user.deskd.backend")
 except OSError: pass' "$VOL"
-    : >"$2"
     local cfg="$WORK/deskd-$1.toml"
     if [ "$1" = pg ]; then
         local db="bench$RANDOM$RANDOM"
@@ -85,10 +85,9 @@ except OSError: pass' "$VOL"
     else
         printf '[volume."%s"]\n' "$VOL" >"$cfg"
     fi
-    "$BIN/deskd" serve --socket "$SOCK" --config "$cfg" 2>>"$2" & SERVER=$!
-    wait_for_line "$2" "deskd serving" 60
+    start_server "$1" "$2"
 }
-serve_again() { # BACKEND LOG: the same desktop (the same database), a new server process
+start_server() { # BACKEND LOG: a server of the desktop (or database) deskd-BACKEND.toml names
     : >"$2"
     "$BIN/deskd" serve --socket "$SOCK" --config "$WORK/deskd-$1.toml" 2>>"$2" & SERVER=$!
     wait_for_line "$2" "deskd serving" 60
@@ -116,10 +115,9 @@ for i in $(seq "$RUNS"); do
         stop_server
         # Cold and warm: a new server on the same desktop (its caches empty), the same
         # resolves twice.
-        serve_again "$backend" "$WORK/server-$backend-again.log"
+        start_server "$backend" "$WORK/server-$backend-again.log"
         bench latency --dirs "$DIRS" --per-dir "$PER_DIR" --ops 20000 --passes 2 >"$WORK/latency2.json"
-        cold=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["resolve_p50_us_by_pass"][0])' <"$WORK/latency2.json")
-        warm=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["resolve_p50_us_by_pass"][1])' <"$WORK/latency2.json")
+        read -r cold warm < <(python3 -c 'import json,sys; print(*json.load(sys.stdin)["resolve_p50_us_by_pass"])' <"$WORK/latency2.json")
         COLD[$backend]+="$cold "
         WARM[$backend]+="$warm "
         stop_server
