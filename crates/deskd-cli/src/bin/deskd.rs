@@ -505,6 +505,20 @@ fn connect_for(args: &ConnectionArgs, volume: &Option<PathBuf>) -> Result<(Clien
     Ok((client, vol))
 }
 
+/// [`connect_for`] for a verb that waits for its answer without the client's usual limit
+/// (`flush`, `freeze`: what a flush promises may take longer than 60 s after a burst of a
+/// million files) unless `--timeout` or `$DESKD_CLIENT_TIMEOUT` gives one.
+fn connect_waiting_for(
+    args: &ConnectionArgs,
+    volume: &Option<PathBuf>,
+) -> Result<(Client, Option<u32>)> {
+    let (mut client, vol) = connect_for(args, volume)?;
+    if !args.timeout_given() {
+        client.set_timeout(None).map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok((client, vol))
+}
+
 /// `deskd restore --leave-postgresql --config FILE`: the volume's serving lock in its
 /// database, held exclusively, and the database's ID counter for it (None when the
 /// configuration gives the volume no database, or, with `--ids-from-backup`, when the database
@@ -1022,14 +1036,11 @@ fn run(cli: Run) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Flush { volume, .. } => {
-            let (mut client, vol) = connect_for(connection, &volume)?;
             // What a flush promises (every change made before it in the desktop) may take
             // longer than the usual 60 s after a burst of a million files; a backup script
             // after it must not see a timeout for a flush still working. Progress is on
             // stderr; `--timeout` bounds it when given.
-            if !connection.timeout_given() {
-                client.set_timeout(None).map_err(|e| anyhow!("{e}"))?;
-            }
+            let (mut client, vol) = connect_waiting_for(connection, &volume)?;
             // A flush waits for the watcher's backlog (seconds after a burst of a million
             // files): past a moment, say on stderr what it waits for, from status.
             let progress = deskd_cli::watch_figures::FlushProgress::start({
@@ -1062,11 +1073,8 @@ fn run(cli: Run) -> Result<ExitCode> {
         Command::Freeze {
             volume, seconds, ..
         } => {
-            let (mut client, vol) = connect_for(connection, &volume)?;
             // A freeze flushes first: no limit to its wait unless told one, as for flush.
-            if !connection.timeout_given() {
-                client.set_timeout(None).map_err(|e| anyhow!("{e}"))?;
-            }
+            let (mut client, vol) = connect_waiting_for(connection, &volume)?;
             // Without --volume, every volume is frozen and every answer printed (each has
             // its own time and, on PostgreSQL, its own snapshot), each line led by the
             // volume's root when there are several.
