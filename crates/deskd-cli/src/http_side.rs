@@ -9,7 +9,7 @@ use deskd_server::{Config, HttpAuth};
 
 /// The HTTP side's options, when `http_listen` is set; the admin page's backup exports a
 /// PostgreSQL volume with the settings `exports` holds.
-pub fn options(config: &Config, exports: &Exports) -> Option<deskd_http::Options> {
+fn options(config: &Config, exports: &Exports) -> Option<deskd_http::Options> {
     let http = config.http.as_ref()?;
     Some(deskd_http::Options {
         listen: http.listen.clone(),

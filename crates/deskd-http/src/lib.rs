@@ -68,13 +68,6 @@ pub struct ExportFor(pub Arc<ExportFn>);
 pub type ExportFn =
     dyn Fn(&std::path::Path) -> Option<Box<dyn deskd_backup::Export + Send>> + Send + Sync;
 
-impl ExportFor {
-    /// Every desktop an SQLite file.
-    pub fn none() -> ExportFor {
-        ExportFor(Arc::new(|_| None))
-    }
-}
-
 impl std::fmt::Debug for ExportFor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ExportFor")
