@@ -1556,3 +1556,38 @@ fn api_status_lists_refused_volumes_with_why_only_to_the_token_holder() {
         "document.querySelector('{row}').textContent.includes('deskd migrate')"
     ));
 }
+
+/// `/api/status` while a PostgreSQL volume's database is down: its counts are null (unknown),
+/// not 0, as `deskd status --json` says (a monitor must not read a false 0).
+#[test]
+fn api_status_gives_null_not_zero_counts_while_the_database_is_down() {
+    let Some((mut cluster, url, pw)) = pg_database("desk") else {
+        return;
+    };
+    let mut env = Env::new(&["vol"]);
+    let table = format!(
+        "[volume.\"{}\"]\n{}",
+        env.path("vol").display(),
+        backend_lines(&url, &pw)
+    );
+    let addr = serve_http(&mut env, &table, &[]);
+    env.dt_ok(&[b"touch", b"vol/kept.txt"]);
+    let up = get_with(&addr, "/api/status", TOKEN).json();
+    assert!(up["volumes"][0]["objects"].as_u64().unwrap() >= 2, "{up}");
+    assert!(up["volumes"][0]["last_id"].as_u64().unwrap() >= 17, "{up}");
+    cluster.stop();
+    // The server learns it at its next read of the database: status reads it.
+    let began = Instant::now();
+    let volume = loop {
+        let status = get_with(&addr, "/api/status", TOKEN).json();
+        if status["volumes"][0]["read_only"] == true {
+            break status["volumes"][0].clone();
+        }
+        assert!(began.elapsed() < Duration::from_secs(30), "{status}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let why = volume["read_only_reason"].as_str().unwrap();
+    assert!(why.starts_with("database unreachable"), "{volume}");
+    assert!(volume["objects"].is_null(), "{volume}");
+    assert!(volume["last_id"].is_null(), "{volume}");
+}
