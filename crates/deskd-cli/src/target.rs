@@ -192,7 +192,7 @@ pub struct Session {
 }
 
 /// Whether dt sends `request` after it changed the disk (registering what it made, telling
-/// deskd of a rename or removal it did).
+/// deskd of a rename or removal it did), when the verb changes anything.
 fn changes_disk_first(request: &Request) -> bool {
     matches!(
         request,
@@ -408,7 +408,8 @@ impl Session {
         let root = iv.root.clone();
         let request = make(vol);
         let began = Instant::now();
-        let after_disk = changes_disk_first(&request);
+        // A verb that only looks (`dt info` registering what it shows) changed nothing first.
+        let after_disk = self.reading_verb.is_none() && changes_disk_first(&request);
         loop {
             match self.client(&root)?.call(request.clone()) {
                 Err(e) if refused_while_closing(&e) && began.elapsed() < RESEND_FOR => {

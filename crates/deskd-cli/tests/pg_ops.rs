@@ -1297,6 +1297,25 @@ fn dt_says_what_is_on_disk_when_the_database_dies_between_its_check_and_its_writ
     env.rebuild_scan_silent("vol");
 }
 
+/// A verb that only looks (`dt info` of a file dt never saw, which registers it) changed
+/// nothing on disk: the database lost between dt's opening and its registration is not
+/// reported as a change "on disk but NOT recorded" (the read-through of stop 41 saw it).
+#[test]
+fn dt_info_with_the_database_lost_does_not_say_it_changed_the_disk() {
+    let Some((mut cluster, env, _root, _config)) = served_pg("desk") else {
+        return;
+    };
+    env.dt_ok(&[b"mkdir", b"vol/docs"]);
+    std::fs::write(env.path("vol/docs/plain.txt"), b"x").unwrap();
+    // Stopped: the opening may still be told writable (the follower answered within 2 s),
+    // and the registration is then refused read-only.
+    cluster.stop();
+    let out = env.dt(&[b"info", b"vol/docs/plain.txt"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(!said.contains("changed on disk"), "{said}");
+}
+
 /// `deskd rebuild -f` online on a PostgreSQL volume: every ID is decided from the disk (the
 /// mirrors and resource files): a row moved to another ID in the database behind deskd's back
 /// goes back to the ID its file carries, a row lost comes back under its own, and `-s` is then
