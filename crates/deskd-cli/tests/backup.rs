@@ -87,15 +87,7 @@ fn backups_of_a_live_volume_are_consistent_snapshots_and_writers_go_on() {
                 while !stop.load(Ordering::SeqCst) {
                     let rel = format!("w{w}/{n:05}");
                     std::fs::write(vol_path.join(&rel), b"").unwrap();
-                    c.object(Request::AddPath {
-                        vol,
-                        path: rel.into_bytes(),
-                        hint: None,
-                        type_code: None,
-                        creator: None,
-                        carried: None,
-                    })
-                    .unwrap();
+                    c.object(add_path(vol, rel.into_bytes())).unwrap();
                     n += 1;
                     acked[w].store(n, Ordering::SeqCst);
                 }

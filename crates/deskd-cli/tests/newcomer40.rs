@@ -66,11 +66,7 @@ fn every_drop_past_watch_held_mib_counts_once_and_warns_naming_the_setting() {
         return;
     }
     let mut env = Env::new(&["vol", "elsewhere"]);
-    let release = env.path("release-watcher");
-    env.server_env.push((
-        "DESKD_TEST_HOLD_WATCHER_UNTIL".into(),
-        release.display().to_string(),
-    ));
+    let release = env.hook_file("DESKD_TEST_HOLD_WATCHER_UNTIL", "release-watcher");
     env.serve_watched(&["vol"], "[defaults]\nwatch_held_mib = 1\n");
     let root = env.path("vol").display().to_string();
     std::os::unix::fs::chown(env.path("elsewhere"), Some(65534), Some(65534)).unwrap();

@@ -79,16 +79,7 @@ fn churn(
     let mut c = env.client();
     let vol = c.open_volume(root).unwrap().vol;
     std::fs::create_dir(root.join(dir)).unwrap();
-    let dir_object = c
-        .object(Request::AddPath {
-            vol,
-            path: dir.as_bytes().to_vec(),
-            hint: None,
-            type_code: None,
-            creator: None,
-            carried: None,
-        })
-        .unwrap();
+    let dir_object = c.object(add_path(vol, dir.as_bytes().to_vec())).unwrap();
     write_record(root, dir, &dir_object);
     let dir_id = dir_object.id;
     let mut order: Vec<u32> = Vec::new();
@@ -108,14 +99,7 @@ fn churn(
                 let path = root.join(&rel);
                 std::fs::write(&path, b"").unwrap();
                 (
-                    Request::AddPath {
-                        vol,
-                        path: rel.clone().into_bytes(),
-                        hint: None,
-                        type_code: None,
-                        creator: None,
-                        carried: None,
-                    },
+                    add_path(vol, rel.clone().into_bytes()),
                     Box::new(move || std::fs::remove_file(&path).unwrap()),
                     Done::Created(rel),
                 )
@@ -539,16 +523,7 @@ fn a_server_sigkilled_under_load_leaves_the_other_serving_and_catches_up_when_re
         for i in 0..20 {
             let rel = format!("after-{}-{i}", ids.len());
             std::fs::write(root.join(&rel), b"").unwrap();
-            let o = c
-                .object(Request::AddPath {
-                    vol,
-                    path: rel.clone().into_bytes(),
-                    hint: None,
-                    type_code: None,
-                    creator: None,
-                    carried: None,
-                })
-                .unwrap();
+            let o = c.object(add_path(vol, rel.clone().into_bytes())).unwrap();
             ids.push(o.id);
             live.insert(o.id, rel);
         }
@@ -589,14 +564,7 @@ fn a_server_started_while_the_database_is_down_serves_read_only_until_it_is_reac
     );
     let mut c = env.client();
     let vol = c.open_volume(&root).unwrap().vol;
-    let add = || Request::AddPath {
-        vol,
-        path: b"docs/first.txt".to_vec(),
-        hint: None,
-        type_code: None,
-        creator: None,
-        carried: None,
-    };
+    let add = || add_path(vol, b"docs/first.txt".to_vec());
     let refused = c.object(add()).unwrap_err();
     assert_eq!(refused.code(), Some(ErrorCode::ReadOnly), "{refused}");
     assert!(
@@ -668,15 +636,7 @@ fn the_change_log_is_pruned_and_a_server_left_behind_it_loads_its_index_again() 
         for i in from..from + n {
             let rel = format!("f{i}");
             std::fs::write(root.join(&rel), b"").unwrap();
-            c.object(Request::AddPath {
-                vol,
-                path: rel.into_bytes(),
-                hint: None,
-                type_code: None,
-                creator: None,
-                carried: None,
-            })
-            .unwrap();
+            c.object(add_path(vol, rel.into_bytes())).unwrap();
         }
     };
     batches(&a, 0, 300);

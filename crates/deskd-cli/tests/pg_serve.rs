@@ -281,17 +281,7 @@ fn add_paths(c: &mut deskd_client::Client, vol: u32, paths: &[String]) -> Vec<u3
     for window in paths.chunks(16) {
         let mut sent = Vec::new();
         for p in window {
-            sent.push(
-                c.send(Request::AddPath {
-                    vol,
-                    path: p.clone().into_bytes(),
-                    hint: None,
-                    type_code: None,
-                    creator: None,
-                    carried: None,
-                })
-                .unwrap(),
-            );
+            sent.push(c.send(add_path(vol, p.clone().into_bytes())).unwrap());
         }
         c.flush().unwrap();
         for id in sent {
@@ -420,14 +410,7 @@ fn a_lost_database_makes_the_volume_read_only_until_it_is_back_and_loses_nothing
                 let path = format!("f{n}");
                 std::fs::write(root.join(&path), b"").unwrap();
                 n += 1;
-                let request = Request::AddPath {
-                    vol,
-                    path: path.clone().into_bytes(),
-                    hint: None,
-                    type_code: None,
-                    creator: None,
-                    carried: None,
-                };
+                let request = add_path(vol, path.clone().into_bytes());
                 match c.object(request) {
                     Ok(o) => {
                         if !refused.lock().unwrap().is_empty() {
@@ -502,14 +485,7 @@ fn a_lost_database_makes_the_volume_read_only_until_it_is_back_and_loses_nothing
     let vol = c.open_volume(&root).unwrap().vol;
     std::fs::write(root.join("after-idle.txt"), b"").unwrap();
     let o = c
-        .object(Request::AddPath {
-            vol,
-            path: b"after-idle.txt".to_vec(),
-            hint: None,
-            type_code: None,
-            creator: None,
-            carried: None,
-        })
+        .object(add_path(vol, b"after-idle.txt".to_vec()))
         .expect("written at once after the restart");
     let back = c.object(Request::Resolve { vol, id: o.id }).unwrap();
     assert_eq!(back.path.as_deref(), Some(&b"after-idle.txt"[..]));

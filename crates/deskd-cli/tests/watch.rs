@@ -465,11 +465,7 @@ fn a_flood_by_nobody_is_held_within_watch_held_mib_then_rescanned_losing_no_id()
     let mut env = Env::new(&["vol", "elsewhere"]);
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
-    let release = env.path("release-watcher");
-    env.server_env.push((
-        "DESKD_TEST_HOLD_WATCHER_UNTIL".into(),
-        release.display().to_string(),
-    ));
+    let release = env.hook_file("DESKD_TEST_HOLD_WATCHER_UNTIL", "release-watcher");
     env.serve_watched(&["vol"], "[defaults]\nwatch_held_mib = 1\n");
     let old: Vec<String> = (0..50).map(|i| format!("old/f{i:02}")).collect();
     dt_mkdir(&env, &["old"]);
@@ -950,11 +946,7 @@ fn a_rebuild_asked_right_after_a_burst_finds_every_stamp_written() {
 #[test]
 fn a_flush_answers_at_once_and_says_what_is_owed_which_status_shows_and_a_rebuild_pays() {
     let mut env = Env::new(&["vol", "outside"]);
-    let release = env.path("release-stamper");
-    env.server_env.push((
-        "DESKD_TEST_HOLD_STAMPER_UNTIL".into(),
-        release.display().to_string(),
-    ));
+    let release = env.hook_file("DESKD_TEST_HOLD_STAMPER_UNTIL", "release-stamper");
     env.server_env
         .push(("DESKD_TEST_BARRIER_PAYS_MS".into(), "0".into()));
     env.serve_watched(&["vol"], "");
@@ -1016,16 +1008,8 @@ fn owed_stamps_are_paid_while_the_volume_never_pauses() {
 #[test]
 fn a_slow_flush_says_what_it_waits_for() {
     let mut env = Env::new(&["vol", "outside"]);
-    let release_stamper = env.path("release-stamper");
-    let release_barrier = env.path("release-barrier");
-    env.server_env.push((
-        "DESKD_TEST_HOLD_STAMPER_UNTIL".into(),
-        release_stamper.display().to_string(),
-    ));
-    env.server_env.push((
-        "DESKD_TEST_HOLD_BARRIER_UNTIL".into(),
-        release_barrier.display().to_string(),
-    ));
+    let release_stamper = env.hook_file("DESKD_TEST_HOLD_STAMPER_UNTIL", "release-stamper");
+    let release_barrier = env.hook_file("DESKD_TEST_HOLD_BARRIER_UNTIL", "release-barrier");
     env.serve_watched(&["vol"], "");
     make_files(&env, "burst", 3000);
     let vol = root(&env).display().to_string();
@@ -1066,11 +1050,7 @@ fn a_slow_flush_says_what_it_waits_for() {
 #[test]
 fn a_file_moved_during_a_deferred_burst_keeps_its_id_when_a_client_asks_first() {
     let mut env = Env::new(&["vol", "outside"]);
-    let release = env.path("release-deferral");
-    env.server_env.push((
-        "DESKD_TEST_DEFER_UNTIL".into(),
-        release.display().to_string(),
-    ));
+    let release = env.hook_file("DESKD_TEST_DEFER_UNTIL", "release-deferral");
     env.serve_watched(&["vol"], "");
     dt_touch(&env, &["a"]);
     let id = dt_id(&env, "a");
@@ -1081,16 +1061,7 @@ fn a_file_moved_during_a_deferred_burst_keeps_its_id_when_a_client_asks_first() 
     sh(&env, "mv vol/a vol/b");
     let mut c = env.client();
     let vol = c.open_volume(&root(&env)).unwrap().vol;
-    let asked = c
-        .object(deskd_client::Request::AddPath {
-            vol,
-            path: b"b".to_vec(),
-            hint: None,
-            type_code: None,
-            creator: None,
-            carried: None,
-        })
-        .unwrap();
+    let asked = c.object(add_path(vol, b"b".to_vec())).unwrap();
     assert_eq!(asked.id, id, "the moved file keeps its ID");
     env.watch_barrier("vol");
     std::fs::write(&release, b"").unwrap();
@@ -1109,11 +1080,7 @@ fn a_file_moved_during_a_deferred_burst_keeps_its_id_when_a_client_asks_first() 
 #[test]
 fn a_flush_waits_past_the_client_timeout_unless_told_one() {
     let mut env = Env::new(&["vol"]);
-    let release_barrier = env.path("release-barrier");
-    env.server_env.push((
-        "DESKD_TEST_HOLD_BARRIER_UNTIL".into(),
-        release_barrier.display().to_string(),
-    ));
+    let release_barrier = env.hook_file("DESKD_TEST_HOLD_BARRIER_UNTIL", "release-barrier");
     env.serve_watched(&["vol"], "");
     make_files(&env, "few", 10);
     let vol = root(&env).display().to_string();
@@ -1282,11 +1249,7 @@ fn a_flush_is_refused_while_the_rescan_it_must_wait_for_still_runs() {
     let id = dt_id(&env, "docs/a");
     env.term();
     sh(&env, "mv vol/docs/a vol/docs/b");
-    let release = env.path("release-rescan");
-    env.server_env.push((
-        "DESKD_TEST_REBUILD_HOLD_WALK_UNTIL".into(),
-        release.display().to_string(),
-    ));
+    let release = env.hook_file("DESKD_TEST_REBUILD_HOLD_WALK_UNTIL", "release-rescan");
     env.server_env.push((
         "DESKD_TEST_BARRIER_WAITS_FOR_RESCAN_MS".into(),
         "200".into(),
@@ -1319,11 +1282,7 @@ fn a_flush_is_refused_while_the_rescan_it_must_wait_for_still_runs() {
 #[test]
 fn a_deferred_bursts_file_gets_its_id_on_request_and_a_flush_registers_the_rest() {
     let mut env = Env::new(&["vol", "outside"]);
-    let release = env.path("release-deferral");
-    env.server_env.push((
-        "DESKD_TEST_DEFER_UNTIL".into(),
-        release.display().to_string(),
-    ));
+    let release = env.hook_file("DESKD_TEST_DEFER_UNTIL", "release-deferral");
     env.serve_watched(&["vol"], "");
     make_files(&env, "burst", 3000);
     // From this line on the watcher reads nothing until a barrier (the events it held then

@@ -228,6 +228,15 @@ impl Env {
         std::fs::remove_file(self.path("release-writes")).unwrap();
     }
 
+    /// Point test hook `var` of the servers this Env starts at file `name` of its dir (not
+    /// made: the hook holds until the test makes it); its path.
+    pub fn hook_file(&mut self, var: &str, name: &str) -> PathBuf {
+        let file = self.path(name);
+        self.server_env
+            .push((var.into(), file.display().to_string()));
+        file
+    }
+
     /// Wait until the server's log holds `what` `n` times (60 s at most: a loaded CI machine).
     pub fn wait_for_log(&self, what: &str, n: usize) {
         wait_for_count(&self.log, what, n, "the server's log");
@@ -407,8 +416,6 @@ fn show(args: &[&[u8]]) -> Vec<String> {
         .collect()
 }
 
-/// Register existing paths (relative to the volume root) through one client, pipelined as a
-/// file server would; panics on any error.
 /// Wait until a load's clients have `n` acknowledgements in `acked` (at most 30 s: a load that
 /// cannot reach `n` is too small to show anything).
 pub fn wait_for_acks<T>(acked: &std::sync::Mutex<Vec<T>>, n: usize) {
@@ -423,17 +430,24 @@ pub fn wait_for_acks<T>(acked: &std::sync::Mutex<Vec<T>>, n: usize) {
     }
 }
 
+/// An AddPath of `path` (relative to the volume's root) with no hint, type or creator.
+pub fn add_path(vol: u32, path: Vec<u8>) -> deskd_client::Request {
+    deskd_client::Request::AddPath {
+        vol,
+        path,
+        hint: None,
+        type_code: None,
+        creator: None,
+        carried: None,
+    }
+}
+
+/// Register existing paths (relative to the volume root) through one client, pipelined as a
+/// file server would; panics on any error.
 pub fn register_pipelined(c: &mut deskd_client::Client, vol: u32, paths: &[String]) {
     let mut ids = Vec::with_capacity(paths.len());
     for p in paths {
-        let request = deskd_client::Request::AddPath {
-            vol,
-            path: p.clone().into_bytes(),
-            hint: None,
-            type_code: None,
-            creator: None,
-            carried: None,
-        };
+        let request = add_path(vol, p.clone().into_bytes());
         ids.push(c.send(request).unwrap());
     }
     c.flush().unwrap();
@@ -1586,7 +1600,6 @@ pub fn files_registered_offline(env: &Env, dirs: usize, per_dir: usize) -> usize
 
 // --- PostgreSQL volumes (issue 28) ---
 
-/// `[defaults]` lines pointing every volume at `url`, the password in `password_file`.
 /// A throw-away PostgreSQL (deskd_pg::test_cluster) with database `db` and a password file
 /// (mode 0600) holding its password: (cluster, the database's URL without a password, the
 /// password file), where every PostgreSQL test of this crate starts. None when the machine
@@ -1652,6 +1665,7 @@ pub fn config_with_volumes(env: &Env, defaults: &str, volumes: &[&Path]) -> Path
     cfg
 }
 
+/// `[defaults]` lines pointing every volume at `url`, the password in `password_file`.
 pub fn backend_lines(url: &str, password_file: &Path) -> String {
     format!(
         "backend = \"{url}\"\nbackend_password_file = \"{}\"\n",

@@ -462,17 +462,7 @@ fn register_all(env: &Env, root: &std::path::Path, paths: &[String]) -> Vec<Opti
     let vol = c.open_volume(root).unwrap().vol;
     let sent: Vec<u64> = paths
         .iter()
-        .map(|p| {
-            c.send(deskd_client::Request::AddPath {
-                vol,
-                path: p.clone().into_bytes(),
-                hint: None,
-                type_code: None,
-                creator: None,
-                carried: None,
-            })
-            .unwrap()
-        })
+        .map(|p| c.send(add_path(vol, p.clone().into_bytes())).unwrap())
         .collect();
     c.flush().unwrap();
     sent.into_iter()
