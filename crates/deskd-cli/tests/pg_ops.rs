@@ -436,11 +436,7 @@ fn an_online_rebuild_leaves_what_another_server_changed_meanwhile_and_both_see_i
     let mut a = Env::new(&["vol"]);
     let root = std::fs::canonicalize(a.path("vol")).unwrap();
     // A's rebuild walks only once the test lets it: it has read its snapshot by then.
-    let go_on = a.path("walk-on");
-    a.server_env.push((
-        "DESKD_TEST_REBUILD_HOLD_WALK_UNTIL".into(),
-        go_on.display().to_string(),
-    ));
+    let go_on = a.hook_file("DESKD_TEST_REBUILD_HOLD_WALK_UNTIL", "walk-on");
     a.serve_with_defaults("vol", &defaults);
     let b = second_server(&root, &defaults, &[]);
     a.dt_ok(&[b"mkdir", b"vol/docs"]);
@@ -1112,14 +1108,7 @@ fn a_row_lock_wait_past_busy_wait_is_busy_not_a_lost_database() {
     let mut client = env.client();
     let vol = client.open_volume(&root).unwrap().vol;
     let refused = client
-        .call(Request::AddPath {
-            vol,
-            path: b"docs/new.txt".to_vec(),
-            hint: None,
-            type_code: None,
-            creator: None,
-            carried: None,
-        })
+        .call(add_path(vol, b"docs/new.txt".to_vec()))
         .unwrap_err();
     held.rollback().unwrap();
     let said = format!("{refused}");
@@ -1400,15 +1389,7 @@ fn an_online_rebuild_after_the_change_log_was_pruned_past_its_snapshot_is_refuse
     for i in 0..60 {
         let rel = format!("docs/f{i}");
         std::fs::write(root.join(&rel), b"").unwrap();
-        c.object(Request::AddPath {
-            vol,
-            path: rel.into_bytes(),
-            hint: None,
-            type_code: None,
-            creator: None,
-            carried: None,
-        })
-        .unwrap();
+        c.object(add_path(vol, rel.into_bytes())).unwrap();
     }
     env.wait_for_log("change log pruned", 1);
     std::fs::write(&go_on, b"").unwrap();
@@ -1539,18 +1520,8 @@ fn restore_leaving_postgresql_is_refused_while_a_server_reconnects() {
     }
     // A session of the server's holds the serving lock again within the follower's poll
     // (before: none until the server's next write, however long it stayed idle).
-    let mut held = || -> i64 {
-        admin
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
-                 AND mode = 'ShareLock' AND granted",
-                &[],
-            )
-            .unwrap()
-            .get(0)
-    };
     let began = std::time::Instant::now();
-    while held() == 0 {
+    while serving_locks(&cluster) == 0 {
         assert!(
             began.elapsed() < std::time::Duration::from_secs(15),
             "no session of the idle server holds the serving lock after it lost its sessions"
@@ -1647,6 +1618,58 @@ fn backed_up(env: &Env, root: &std::path::Path, config: &std::path::Path) -> Str
     file.to_str().unwrap().to_owned()
 }
 
+/// The highest ID the database has handed out for its volumes.
+fn last_id(admin: &mut postgres::Client) -> i64 {
+    admin
+        .query_one("SELECT max(last_id) FROM deskd.volume", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// Ask `env`'s server to register `path` of volume `root`: refused as read-only; the refusal.
+fn refused_read_only(env: &Env, root: &std::path::Path, path: &[u8]) -> deskd_client::ClientError {
+    let mut c = env.client();
+    let vol = c.open_volume(root).unwrap().vol;
+    let refused = c.object(add_path(vol, path.to_vec())).unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(deskd_client::ErrorCode::ReadOnly),
+        "{refused}"
+    );
+    refused
+}
+
+/// What [`served_pg_held_off`] gives.
+struct HeldOff {
+    cluster: deskd_pg::test_cluster::TestCluster,
+    url: String,
+    pw: PathBuf,
+    env: Env,
+    root: PathBuf,
+    hold_off: PathBuf,
+}
+
+/// Served volume "vol" of a new Env, its desktop in database "desk" of a new cluster, with
+/// `vol/kept.txt` registered; its writer is held off from connecting while the file `hold_off`
+/// exists (the test hook DESKD_TEST_PG_WRITER_HOLD_OFF: a server cut off by the network).
+/// None as [`pg_database`].
+fn served_pg_held_off() -> Option<HeldOff> {
+    let (cluster, url, pw) = pg_database("desk")?;
+    let mut env = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    let hold_off = env.hook_file("DESKD_TEST_PG_WRITER_HOLD_OFF", "hold-off");
+    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
+    env.dt_ok(&[b"touch", b"vol/kept.txt"]);
+    Some(HeldOff {
+        cluster,
+        url,
+        pw,
+        env,
+        root,
+        hold_off,
+    })
+}
+
 /// The newcomer review of stop 41, findings 1 and 3: after the database restarts, with no
 /// write after it, the writer connects again by itself, takes the serving lock again (seen in
 /// pg_locks) and says so, so `restore --leave-postgresql --config` stays refused.
@@ -1701,14 +1724,7 @@ fn a_volume_restored_while_its_server_was_cut_off_is_refused_as_moved_out_when_i
     };
     env.dt_ok(&[b"touch", b"vol/kept.txt", b"vol/later.txt"]);
     let file = backed_up(&env, &root, &config);
-    let last_id = |cluster: &deskd_pg::test_cluster::TestCluster| -> i64 {
-        cluster
-            .admin("desk")
-            .query_one("SELECT max(last_id) FROM deskd.volume", &[])
-            .unwrap()
-            .get(0)
-    };
-    let before = last_id(&cluster);
+    let before = last_id(&mut cluster.admin("desk"));
     cluster.stop();
     env.wait_for_log("database unreachable (", 1);
     // The database cannot be asked: no --config, so the backup's counter is taken on purpose.
@@ -1723,23 +1739,7 @@ fn a_volume_restored_while_its_server_was_cut_off_is_refused_as_moved_out_when_i
     assert!(deskd_volume::desktop_backend(&root).is_none());
     cluster.restart();
     env.wait_for_log("moved out of the database (the root's mark is gone) while the database was unreachable; reload to serve it from its SQLite desktop", 1);
-    let mut c = env.client();
-    let vol = c.open_volume(&root).unwrap().vol;
-    let refused = c
-        .object(Request::AddPath {
-            vol,
-            path: b"later.txt".to_vec(),
-            hint: None,
-            type_code: None,
-            creator: None,
-            carried: None,
-        })
-        .unwrap_err();
-    assert_eq!(
-        refused.code(),
-        Some(deskd_client::ErrorCode::ReadOnly),
-        "{refused}"
-    );
+    let refused = refused_read_only(&env, &root, b"later.txt");
     assert!(
         refused.to_string().contains("moved out of the database"),
         "{refused}"
@@ -1754,7 +1754,7 @@ fn a_volume_restored_while_its_server_was_cut_off_is_refused_as_moved_out_when_i
         "{status}"
     );
     assert_eq!(
-        last_id(&cluster),
+        last_id(&mut cluster.admin("desk")),
         before,
         "an ID was handed out from the database"
     );
@@ -1767,18 +1767,16 @@ fn a_volume_restored_while_its_server_was_cut_off_is_refused_as_moved_out_when_i
 /// (read-only, and says why), and serves again once the lock is free (the mark still there).
 #[test]
 fn a_writer_cut_off_alone_cannot_retake_the_lock_while_it_is_held_exclusively_and_writes_nothing() {
-    let Some((cluster, url, pw)) = pg_database("desk") else {
+    let Some(HeldOff {
+        cluster,
+        env,
+        root,
+        hold_off,
+        ..
+    }) = served_pg_held_off()
+    else {
         return;
     };
-    let mut env = Env::new(&["vol"]);
-    let root = std::fs::canonicalize(env.path("vol")).unwrap();
-    let hold_off = env.path("hold-off");
-    env.server_env = vec![(
-        "DESKD_TEST_PG_WRITER_HOLD_OFF".into(),
-        hold_off.display().to_string(),
-    )];
-    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
-    env.dt_ok(&[b"touch", b"vol/kept.txt"]);
     let mut admin = cluster.admin("desk");
     let vid: i64 = admin
         .query_one("SELECT vid FROM deskd.volume", &[])
@@ -1798,14 +1796,7 @@ fn a_writer_cut_off_alone_cannot_retake_the_lock_while_it_is_held_exclusively_an
     env.wait_for_log("is being moved out of the database (by deskd migrate --to sqlite or deskd restore --leave-postgresql)", 1);
     let mut c = env.client();
     let vol = c.open_volume(&root).unwrap().vol;
-    let add = || Request::AddPath {
-        vol,
-        path: b"kept.txt".to_vec(),
-        hint: None,
-        type_code: None,
-        creator: None,
-        carried: None,
-    };
+    let add = || add_path(vol, b"kept.txt".to_vec());
     let refused = c.object(add()).unwrap_err();
     assert_eq!(
         refused.code(),
@@ -1828,25 +1819,18 @@ fn a_writer_cut_off_alone_cannot_retake_the_lock_while_it_is_held_exclusively_an
 /// nothing to the database any more.
 #[test]
 fn a_volume_migrated_out_while_its_server_was_cut_off_is_refused_as_moved_out() {
-    let Some((cluster, url, pw)) = pg_database("desk") else {
+    let Some(HeldOff {
+        cluster,
+        url,
+        pw,
+        env,
+        root,
+        hold_off,
+    }) = served_pg_held_off()
+    else {
         return;
     };
-    let mut env = Env::new(&["vol"]);
-    let root = std::fs::canonicalize(env.path("vol")).unwrap();
-    let hold_off = env.path("hold-off");
-    env.server_env = vec![(
-        "DESKD_TEST_PG_WRITER_HOLD_OFF".into(),
-        hold_off.display().to_string(),
-    )];
-    env.serve_with_defaults("vol", &backend_lines(&url, &pw));
-    env.dt_ok(&[b"touch", b"vol/kept.txt"]);
     let mut admin = cluster.admin("desk");
-    let last_id = |admin: &mut postgres::Client| -> i64 {
-        admin
-            .query_one("SELECT max(last_id) FROM deskd.volume", &[])
-            .unwrap()
-            .get(0)
-    };
     let before = last_id(&mut admin);
     std::fs::write(&hold_off, b"").unwrap();
     kill_lock_holders(&mut admin);
@@ -1868,23 +1852,7 @@ fn a_volume_migrated_out_while_its_server_was_cut_off_is_refused_as_moved_out() 
         "moved out of the database (the root's mark is gone) while the database was unreachable",
         1,
     );
-    let mut c = env.client();
-    let vol = c.open_volume(&root).unwrap().vol;
-    let refused = c
-        .object(Request::AddPath {
-            vol,
-            path: b"kept.txt".to_vec(),
-            hint: None,
-            type_code: None,
-            creator: None,
-            carried: None,
-        })
-        .unwrap_err();
-    assert_eq!(
-        refused.code(),
-        Some(deskd_client::ErrorCode::ReadOnly),
-        "{refused}"
-    );
+    refused_read_only(&env, &root, b"kept.txt");
     assert_eq!(
         last_id(&mut admin),
         before,
