@@ -900,9 +900,7 @@ fn resolve_on_postgresql_answers_from_memory_follows_the_other_server_and_checks
     std::fs::set_permissions(root.join("secret"), std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::set_permissions(root.join("papers"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let as_nobody = |id: u32| {
-        let Some(out) = a.as_nobody(DT, &[b"resolve", b"vol", id.to_string().as_bytes()]) else {
-            panic!("needs root to act as nobody");
-        };
+        let out = resolve_as_nobody(&a, id);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -944,6 +942,12 @@ fn resolve_on_postgresql_answers_from_memory_follows_the_other_server_and_checks
         let log = env.log_text();
         assert!(!log.contains(" WARN ") && !log.contains(" ERROR "), "{log}");
     }
+}
+
+/// `dt resolve vol ID` run as nobody (needs root: fails without).
+fn resolve_as_nobody(env: &Env, id: u32) -> std::process::Output {
+    env.as_nobody(DT, &[b"resolve", b"vol", id.to_string().as_bytes()])
+        .expect("needs root to act as nobody")
 }
 
 /// Hostile review of stop 41, finding 1: the read cache's figures move one at a time at the
@@ -1042,9 +1046,7 @@ fn nobodys_resolve_of_a_hidden_held_object_does_not_check_the_disk() {
     )
     .unwrap();
     let as_nobody = |id: u32| {
-        let Some(out) = env.as_nobody(DT, &[b"resolve", b"vol", id.to_string().as_bytes()]) else {
-            panic!("needs root to act as nobody");
-        };
+        let out = resolve_as_nobody(&env, id);
         (out.status.success(), stderr(&out))
     };
     let before = read_cache_figures(&env);
