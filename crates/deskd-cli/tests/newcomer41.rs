@@ -14,10 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// `deskd status --volume ROOT --json`.
 fn status_of(env: &Env, root: &std::path::Path) -> serde_json::Value {
     let out = env.deskd_ok(&["status", "--volume", root.to_str().unwrap(), "--json"]);
@@ -73,7 +69,7 @@ fn a_database_down_leaves_the_other_volumes_searchable_and_says_so_everywhere() 
     // find over every volume: the SQLite volume's hit printed, the PostgreSQL volume named on
     // stderr with why, exit 1.
     let out = env.deskd(&["find", "report"]);
-    let said = stderr_of(&out);
+    let said = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     let hits = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
@@ -88,12 +84,12 @@ fn a_database_down_leaves_the_other_volumes_searchable_and_says_so_everywhere() 
     );
     // One volume asked for: its error, as before.
     let out = env.deskd(&["find", "--volume", pg.to_str().unwrap(), "report"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     env.deskd_ok(&["find", "--volume", sq.to_str().unwrap(), "report"]);
 
     // dt's refusal names the database, not only configuration and file system.
     let out = env.dt(&[b"mkdir", b"pg/whiledown"]);
-    let said = stderr_of(&out);
+    let said = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(
         said.contains("volume is read-only: database unreachable"),
@@ -104,7 +100,7 @@ fn a_database_down_leaves_the_other_volumes_searchable_and_says_so_everywhere() 
     // flush of a PostgreSQL volume while its database is down: nothing to flush (every
     // acknowledged write was committed), exit 0, as documented.
     let out = env.deskd(&["flush", "--volume", pg.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
 
     cluster.restart();
     let began = Instant::now();

@@ -24,10 +24,6 @@ fn ids_of(env: &Env, paths: &[PathBuf]) -> Vec<u32> {
         .collect()
 }
 
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_every_id() {
     let Some((_cluster, mut env, root, config)) = served_pg("desk") else {
@@ -68,7 +64,7 @@ fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_ev
                     .arg(&p)
                     .output()
                     .unwrap();
-                assert!(out.status.success(), "{}", stderr_of(&out));
+                assert!(out.status.success(), "{}", stderr(&out));
                 n += 1;
             }
             n
@@ -82,9 +78,9 @@ fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_ev
     let bare = env.deskd(&["backup", root.to_str().unwrap(), file.to_str().unwrap()]);
     assert_eq!(bare.status.code(), Some(2));
     assert!(
-        stderr_of(&bare).contains("give the server's configuration with --config"),
+        stderr(&bare).contains("give the server's configuration with --config"),
         "{}",
-        stderr_of(&bare)
+        stderr(&bare)
     );
     assert!(!file.exists());
     let summary = env.deskd_ok(&[
@@ -115,7 +111,7 @@ fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_ev
         .stdout(std::fs::File::create(&streamed).unwrap())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     stop.store(true, Ordering::SeqCst);
     let made_during = writer.join().unwrap();
     assert!(made_during > 0);
@@ -164,7 +160,7 @@ fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_ev
     bytes[last] ^= 0xff;
     std::fs::write(&copy, bytes).unwrap();
     let bad = env.deskd(&["verify", copy.to_str().unwrap()]);
-    assert_eq!(bad.status.code(), Some(1), "{}", stderr_of(&bad));
+    assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
 
     // Every ID as the database has it, the writes made during the backup included.
     for n in 0..made_during {
@@ -186,18 +182,14 @@ fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_ev
         env.path("stale.db").to_str().unwrap(),
     ]);
     assert_eq!(stale.status.code(), Some(2));
-    assert!(
-        stderr_of(&stale).contains("--config"),
-        "{}",
-        stderr_of(&stale)
-    );
+    assert!(stderr(&stale).contains("--config"), "{}", stderr(&stale));
     assert!(!env.path("stale.db").exists());
     let refused = env.deskd(&["restore", file.to_str().unwrap(), root.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(
-        stderr_of(&refused).contains("--leave-postgresql"),
+        stderr(&refused).contains("--leave-postgresql"),
         "{}",
-        stderr_of(&refused)
+        stderr(&refused)
     );
     assert!(!root.join(".Desktop").exists());
     // Nor without --config: the database's ID counter, which the backup may lack, is unread.
@@ -209,9 +201,9 @@ fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_ev
     ]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(
-        stderr_of(&refused).contains("--ids-from-backup"),
+        stderr(&refused).contains("--ids-from-backup"),
         "{}",
-        stderr_of(&refused)
+        stderr(&refused)
     );
     assert!(!root.join(".Desktop").exists());
     let out = env.deskd(&[
@@ -222,7 +214,7 @@ fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_ev
         file.to_str().unwrap(),
         root.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(root.join(".Desktop").exists());
     assert!(
         deskd_volume::desktop_backend(&root).is_none(),
@@ -264,11 +256,11 @@ fn a_backup_of_a_postgresql_volume_goes_back_into_a_database_with_deskd_migrate(
         root.to_str().unwrap(),
         file.to_str().unwrap(),
     ]);
-    assert_eq!(other.status.code(), Some(2), "{}", stderr_of(&other));
+    assert_eq!(other.status.code(), Some(2), "{}", stderr(&other));
     assert!(
-        stderr_of(&other).contains("another volume; nothing was backed up"),
+        stderr(&other).contains("another volume; nothing was backed up"),
         "{}",
-        stderr_of(&other)
+        stderr(&other)
     );
     assert!(!file.exists());
     assert_eq!(
@@ -353,7 +345,7 @@ fn freeze_on_postgresql_holds_a_snapshot_that_pg_dump_reads_while_writes_go_on()
             .unwrap()
     };
     let dump = pg_dump(&snapshot);
-    assert!(dump.status.success(), "pg_dump: {}", stderr_of(&dump));
+    assert!(dump.status.success(), "pg_dump: {}", stderr(&dump));
     let text = String::from_utf8_lossy(&dump.stdout);
     // Names are bytea: pg_dump writes them in hex.
     let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
@@ -368,11 +360,7 @@ fn freeze_on_postgresql_holds_a_snapshot_that_pg_dump_reads_while_writes_go_on()
     assert!(env.status_json()["frozen_until"].is_null());
     let late = pg_dump(&snapshot);
     assert!(!late.status.success(), "pg_dump with a released snapshot");
-    assert!(
-        stderr_of(&late).contains("snapshot"),
-        "{}",
-        stderr_of(&late)
-    );
+    assert!(stderr(&late).contains("snapshot"), "{}", stderr(&late));
     env.wait_for_log("freeze ended; its snapshot is released", 1);
 
     // A freeze that ends by itself lets its snapshot go too; the next freeze takes a new one.
@@ -410,13 +398,13 @@ fn an_online_rebuild_of_a_postgresql_volume_finds_and_repairs_and_then_finds_not
     assert_eq!(deleted, 1);
 
     let scan = env.deskd(&["rebuild", "-s", root.to_str().unwrap()]);
-    assert_eq!(scan.status.code(), Some(1), "{}", stderr_of(&scan));
+    assert_eq!(scan.status.code(), Some(1), "{}", stderr(&scan));
     let lines = String::from_utf8_lossy(&scan.stdout).into_owned();
     assert!(lines.contains("docs/unregistered.txt"), "{lines}");
     assert!(lines.contains("docs/lost-row.txt"), "{lines}");
 
     let repair = env.deskd(&["rebuild", root.to_str().unwrap()]);
-    assert!(repair.status.success(), "{}", stderr_of(&repair));
+    assert!(repair.status.success(), "{}", stderr(&repair));
     env.rebuild_scan_silent("vol");
     // The lost row is back under its own ID (its mirror's); the new file has one; find sees
     // both at once (the name index follows the repairs).
@@ -461,7 +449,7 @@ fn an_online_rebuild_leaves_what_another_server_changed_meanwhile_and_both_see_i
     std::fs::write(&go_on, b"").unwrap();
     let out = scan.wait_with_output().unwrap();
     let lines = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{lines}{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(1), "{lines}{}", stderr(&out));
     // The damage is reported; B's rename, newer than the snapshot, is not (the change log
     // names it, whichever server wrote it).
     assert!(lines.contains("docs/unregistered.txt"), "{lines}");
@@ -485,7 +473,7 @@ fn an_online_rebuild_leaves_what_another_server_changed_meanwhile_and_both_see_i
         clean.status.success() && clean.stdout.is_empty(),
         "{}{}",
         String::from_utf8_lossy(&clean.stdout),
-        stderr_of(&clean)
+        stderr(&clean)
     );
     assert_eq!(b.id_of(&root.join("docs/final.txt")), draft);
 }
@@ -530,7 +518,7 @@ fn backend_set_over_a_registered_sqlite_desktop_is_refused_until_it_is_migrated(
     // The admin sets `backend` and forgets `deskd migrate`: refused, nothing made anywhere.
     let cfg = config_with_volumes(&env, &backend_lines(&url, &pw), &[root.as_path()]);
     let out = env.serve_refused(&env.path("s.sock"), &["--config", cfg.to_str().unwrap()]);
-    let said = stderr_of(&out);
+    let said = stderr(&out);
     assert!(
         said.contains("holds 4 objects") && said.contains("deskd migrate"),
         "{said}"
@@ -639,7 +627,7 @@ fn writes_through_both_servers_are_answered_during_a_long_online_rebuild_of_plan
     let during_a = a.id_of(&root.join("docs/during-a"));
     let during_b = b.id_of(&root.join("docs/during-b"));
     let out = rebuild.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     let chunks = a.log_text().matches("rebuild chunk committed").count();
     eprintln!("writes answered in {waited:?} during the rebuild");
     let _ = chunks;
@@ -651,7 +639,7 @@ fn writes_through_both_servers_are_answered_during_a_long_online_rebuild_of_plan
         clean.status.success() && clean.stdout.is_empty(),
         "{}{}",
         String::from_utf8_lossy(&clean.stdout),
-        stderr_of(&clean)
+        stderr(&clean)
     );
     assert_eq!(a.id_of(&root.join("docs/during-a")), during_a);
     assert_eq!(a.id_of(&root.join("docs/during-b")), during_b);
@@ -756,7 +744,7 @@ fn a_volume_refused_at_start_is_in_status_with_why() {
         return;
     };
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         said.contains("NOT SERVED:   refused (root or the volume owner"),
         "{said}"
@@ -825,7 +813,7 @@ fn a_volume_refused_while_the_database_is_down_is_checked_again_when_it_comes_ba
     );
     // dt says the server refused it and why, not "add it to the configuration".
     let out = env.dt(&[b"touch", b"old/new.txt"]);
-    let err = stderr_of(&out);
+    let err = stderr(&out);
     assert!(!out.status.success());
     assert!(
         err.contains("refused this volume") && err.contains(unchecked),
@@ -843,7 +831,7 @@ fn a_volume_refused_while_the_database_is_down_is_checked_again_when_it_comes_ba
         let out = env
             .as_nobody(DT, &[b"touch", old.join("x").as_os_str().as_bytes()])
             .unwrap();
-        let err = stderr_of(&out);
+        let err = stderr(&out);
         assert!(
             err.contains("refused this volume: refused (root or the volume owner"),
             "{err}"
@@ -914,11 +902,11 @@ fn restore_leaving_postgresql_is_refused_while_a_server_serves_the_volume() {
         file,
         volume,
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr_of(&out).contains("is being served from the database by deskd serve"),
+        stderr(&out).contains("is being served from the database by deskd serve"),
         "{}",
-        stderr_of(&out)
+        stderr(&out)
     );
     assert!(deskd_volume::desktop_backend(&root).is_some());
     assert!(!root.join(".Desktop").exists());
@@ -942,11 +930,11 @@ fn restore_leaving_postgresql_is_refused_while_a_server_serves_the_volume() {
     // --ids-from-backup, with a word that nothing was checked.
     deskd_volume::mark_desktop_in_postgresql(&root, true).unwrap();
     let out = env.deskd(&["restore", "--leave-postgresql", "--force", file, volume]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr_of(&out).contains("--ids-from-backup"),
+        stderr(&out).contains("--ids-from-backup"),
         "{}",
-        stderr_of(&out)
+        stderr(&out)
     );
     assert!(deskd_volume::desktop_backend(&root).is_some());
     let out = env.deskd(&[
@@ -957,11 +945,11 @@ fn restore_leaving_postgresql_is_refused_while_a_server_serves_the_volume() {
         file,
         volume,
     ]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr_of(&out).contains("not checked whether a deskd serve serves"),
+        stderr(&out).contains("not checked whether a deskd serve serves"),
         "{}",
-        stderr_of(&out)
+        stderr(&out)
     );
     // With a --config that gives the volume no database (another file, a volume table
     // missing): said that nothing was checked, not silently, and refused without
@@ -978,20 +966,20 @@ fn restore_leaving_postgresql_is_refused_while_a_server_serves_the_volume() {
         plain,
     ];
     let out = env.deskd(&[&args[..], &[file, volume]].concat());
-    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr_of(&out).contains("no database (`backend`): not checked")
-            && stderr_of(&out).contains("--ids-from-backup"),
+        stderr(&out).contains("no database (`backend`): not checked")
+            && stderr(&out).contains("--ids-from-backup"),
         "{}",
-        stderr_of(&out)
+        stderr(&out)
     );
     assert!(deskd_volume::desktop_backend(&root).is_some());
     let out = env.deskd(&[&args[..], &["--ids-from-backup", file, volume]].concat());
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr_of(&out).contains("no database (`backend`): not checked"),
+        stderr(&out).contains("no database (`backend`): not checked"),
         "{}",
-        stderr_of(&out)
+        stderr(&out)
     );
 }
 
@@ -1051,11 +1039,11 @@ fn restore_leaving_postgresql_continues_after_every_id_the_database_gave() {
         file,
         volume,
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr_of(&out).contains("--ids-from-backup"),
+        stderr(&out).contains("--ids-from-backup"),
         "{}",
-        stderr_of(&out)
+        stderr(&out)
     );
     assert!(deskd_volume::desktop_backend(&root).is_some());
     cluster.restart();
@@ -1068,7 +1056,7 @@ fn restore_leaving_postgresql_continues_after_every_id_the_database_gave() {
         file,
         volume,
     ]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         said.contains(&format!("IDs continue after {highest};")),
@@ -1234,7 +1222,7 @@ fn dt_refuses_before_touching_the_disk_while_the_database_is_down() {
     ] {
         let out = env.dt(args);
         assert!(!out.status.success(), "dt {args:?} succeeded");
-        let said = stderr_of(&out);
+        let said = stderr(&out);
         assert!(said.contains("read-only"), "dt {args:?}: {said}");
     }
     assert!(!root.join("docs/new").exists(), "mkdir touched the disk");
@@ -1281,7 +1269,7 @@ fn dt_says_what_is_on_disk_when_the_database_dies_between_its_check_and_its_writ
     // (online, through the server).
     env.wait_for_log("database reachable again; the volume is writable", 1);
     let out = env.deskd(&["rebuild", root.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(env.id_of(&root.join("docs/late.txt")) > 0);
     env.rebuild_scan_silent("vol");
 }
@@ -1344,7 +1332,7 @@ fn an_online_fresh_rebuild_of_a_postgresql_volume_takes_every_id_from_the_disk()
         )
         .unwrap();
     let out = env.deskd(&["rebuild", "-f", root.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     env.rebuild_scan_silent("vol");
     assert_eq!(ids_of(&env, &paths), before);
     let gone = admin
@@ -1394,7 +1382,7 @@ fn an_online_rebuild_after_the_change_log_was_pruned_past_its_snapshot_is_refuse
     env.wait_for_log("change log pruned", 1);
     std::fs::write(&go_on, b"").unwrap();
     let out = rebuild.wait_with_output().unwrap();
-    let said = stderr_of(&out);
+    let said = stderr(&out);
     assert!(!out.status.success(), "{said}");
     assert!(
         said.contains("the change log was pruned past the rebuild's snapshot")
@@ -1403,7 +1391,7 @@ fn an_online_rebuild_after_the_change_log_was_pruned_past_its_snapshot_is_refuse
     );
     // Nothing applied: the unregistered file is still unregistered.
     let scan = env.deskd(&["rebuild", "-s", root.to_str().unwrap()]);
-    assert_eq!(scan.status.code(), Some(1), "{}", stderr_of(&scan));
+    assert_eq!(scan.status.code(), Some(1), "{}", stderr(&scan));
     assert!(
         String::from_utf8_lossy(&scan.stdout).contains("docs/unregistered.txt"),
         "{}",
@@ -1547,14 +1535,14 @@ fn restore_leaving_postgresql_is_refused_while_a_server_reconnects() {
         assert!(
             !write.status.success(),
             "a write recorded after the restore: {}\n{}",
-            stderr_of(&write),
+            stderr(&write),
             env.log_text()
         );
         assert!(deskd_volume::desktop_backend(&root).is_none());
         env.term();
         return;
     }
-    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(deskd_volume::desktop_backend(&root).is_some());
     assert!(!root.join(".Desktop").exists());
     env.term();
@@ -1703,11 +1691,11 @@ fn a_database_restart_with_no_write_after_it_retakes_the_serving_lock_and_restor
         &file,
         volume,
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr_of(&out).contains("is being served from the database by deskd serve"),
+        stderr(&out).contains("is being served from the database by deskd serve"),
         "{}",
-        stderr_of(&out)
+        stderr(&out)
     );
     assert!(deskd_volume::desktop_backend(&root).is_some());
     assert!(!root.join(".Desktop").exists());
@@ -1735,7 +1723,7 @@ fn a_volume_restored_while_its_server_was_cut_off_is_refused_as_moved_out_when_i
         &file,
         root.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(deskd_volume::desktop_backend(&root).is_none());
     cluster.restart();
     env.wait_for_log("moved out of the database (the root's mark is gone) while the database was unreachable; reload to serve it from its SQLite desktop", 1);
@@ -1845,7 +1833,7 @@ fn a_volume_migrated_out_while_its_server_was_cut_off_is_refused_as_moved_out() 
         "--to",
         "sqlite",
     ]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(deskd_volume::desktop_backend(&root).is_none());
     std::fs::remove_file(&hold_off).unwrap();
     env.wait_for_log(
