@@ -659,50 +659,29 @@ fn a_volume_marked_as_in_a_database_is_refused_to_an_unprivileged_owner() {
     std::os::unix::fs::chown(&root, Some(65534), Some(65534)).unwrap();
     let desktop_before = std::fs::read(root.join(".Desktop")).unwrap();
     let dest = open.join("stale.desktop");
-    let Some(out) = env.as_nobody(
-        DESKD,
-        &[
-            b"backup",
-            root.to_str().unwrap().as_bytes(),
-            dest.to_str().unwrap().as_bytes(),
-        ],
-    ) else {
+    // Each as nobody, refused (exit 2): what it said.
+    let refused = |args: &[&[u8]]| -> Option<String> {
+        let out = env.as_nobody(DESKD, args)?;
+        let said = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{said}");
+        Some(said)
+    };
+    let (volume, good_file) = (
+        root.to_str().unwrap().as_bytes(),
+        good.to_str().unwrap().as_bytes(),
+    );
+    let Some(said) = refused(&[b"backup", volume, dest.to_str().unwrap().as_bytes()]) else {
         skip("needs root to act as another user");
         return;
     };
-    let said = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(
         said.contains("is in postgresql") && said.contains("--config"),
         "{said}"
     );
     assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0, "{said}");
-    let out = env
-        .as_nobody(
-            DESKD,
-            &[
-                b"restore",
-                good.to_str().unwrap().as_bytes(),
-                root.to_str().unwrap().as_bytes(),
-            ],
-        )
-        .unwrap();
-    let said = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+    let said = refused(&[b"restore", good_file, volume]).unwrap();
     assert!(said.contains("--leave-postgresql"), "{said}");
-    let out = env
-        .as_nobody(
-            DESKD,
-            &[
-                b"restore",
-                b"--leave-postgresql",
-                good.to_str().unwrap().as_bytes(),
-                root.to_str().unwrap().as_bytes(),
-            ],
-        )
-        .unwrap();
-    let said = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+    let said = refused(&[b"restore", b"--leave-postgresql", good_file, volume]).unwrap();
     assert!(said.contains("--ids-from-backup"), "{said}");
     assert_eq!(
         std::fs::read(root.join(".Desktop")).unwrap(),

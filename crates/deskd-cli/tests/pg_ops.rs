@@ -1460,16 +1460,9 @@ fn restore_leaving_postgresql_is_refused_while_a_server_reconnects() {
         return;
     };
     env.dt_ok(&[b"touch", b"vol/kept.txt"]);
-    let backups = env.path("backups");
-    std::fs::create_dir(&backups).unwrap();
     let cfg = config.to_str().unwrap();
     let volume = root.to_str().unwrap();
-    env.deskd_ok(&["backup", "--config", cfg, volume, backups.to_str().unwrap()]);
-    let file = std::fs::read_dir(&backups)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "desktop"))
-        .unwrap();
+    let file = backed_up(&env, &root, &config);
     // Every session of the server's ends (as at a restart of PostgreSQL), and is gone.
     let mut admin = cluster.admin("desk");
     let pids: Vec<i32> = admin
@@ -1521,7 +1514,7 @@ fn restore_leaving_postgresql_is_refused_while_a_server_reconnects() {
         "--leave-postgresql",
         "--config",
         cfg,
-        file.to_str().unwrap(),
+        &file,
         volume,
     ]);
     if out.status.success() {
