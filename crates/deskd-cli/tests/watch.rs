@@ -1324,8 +1324,11 @@ fn a_deferred_bursts_file_gets_its_id_on_request_and_a_flush_registers_the_rest(
     let id = dt_id(&env, &waiting);
     assert!(id > 0);
     assert_eq!(desktop_below(&env, "burst").get(&waiting), Some(&id));
-    // The flush applies everything held, the deferral still on.
+    // The flush applies everything held, the deferral still on; the resource files and
+    // mirrors it did not pay for within its 2 s (a loaded machine) follow in the background.
     env.watch_barrier("vol");
+    assert_eq!(desktop_below(&env, "burst").len(), 3001);
+    stamped_without_a_barrier(&env, "burst", 3001);
     let after = assert_tree_like_dt(&env, "burst");
     assert_eq!(after.len(), 3001);
     assert_eq!(after.get(&waiting), Some(&id), "the ID given on request");
