@@ -206,14 +206,7 @@ fn a_postgresql_volume_is_backed_up_live_verified_and_restored_as_sqlite_with_ev
         stderr(&refused)
     );
     assert!(!root.join(".Desktop").exists());
-    let out = env.deskd(&[
-        "restore",
-        "--leave-postgresql",
-        "--config",
-        cfg,
-        file.to_str().unwrap(),
-        root.to_str().unwrap(),
-    ]);
+    let out = restore_leaving_postgresql(&env, cfg, file.to_str().unwrap(), root.to_str().unwrap());
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(root.join(".Desktop").exists());
     assert!(
@@ -894,20 +887,8 @@ fn restore_leaving_postgresql_is_refused_while_a_server_serves_the_volume() {
         .unwrap();
     let file = file.to_str().unwrap();
     let volume = root.to_str().unwrap();
-    let out = env.deskd(&[
-        "restore",
-        "--leave-postgresql",
-        "--config",
-        cfg,
-        file,
-        volume,
-    ]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("is being served from the database by deskd serve"),
-        "{}",
-        stderr(&out)
-    );
+    let out = restore_leaving_postgresql(&env, cfg, file, volume);
+    assert_refused(&out, "is being served from the database by deskd serve");
     assert!(deskd_volume::desktop_backend(&root).is_some());
     assert!(!root.join(".Desktop").exists());
     // The server goes on serving it, untouched.
@@ -930,12 +911,7 @@ fn restore_leaving_postgresql_is_refused_while_a_server_serves_the_volume() {
     // --ids-from-backup, with a word that nothing was checked.
     deskd_volume::mark_desktop_in_postgresql(&root, true).unwrap();
     let out = env.deskd(&["restore", "--leave-postgresql", "--force", file, volume]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("--ids-from-backup"),
-        "{}",
-        stderr(&out)
-    );
+    assert_refused(&out, "--ids-from-backup");
     assert!(deskd_volume::desktop_backend(&root).is_some());
     let out = env.deskd(&[
         "restore",
@@ -1031,31 +1007,12 @@ fn restore_leaving_postgresql_continues_after_every_id_the_database_gave() {
     // The database down and no --ids-from-backup: refused, nothing changed.
     let mut cluster = cluster;
     cluster.stop();
-    let out = env.deskd(&[
-        "restore",
-        "--leave-postgresql",
-        "--config",
-        cfg,
-        file,
-        volume,
-    ]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("--ids-from-backup"),
-        "{}",
-        stderr(&out)
-    );
+    let out = restore_leaving_postgresql(&env, cfg, file, volume);
+    assert_refused(&out, "--ids-from-backup");
     assert!(deskd_volume::desktop_backend(&root).is_some());
     cluster.restart();
 
-    let out = env.deskd(&[
-        "restore",
-        "--leave-postgresql",
-        "--config",
-        cfg,
-        file,
-        volume,
-    ]);
+    let out = restore_leaving_postgresql(&env, cfg, file, volume);
     assert!(out.status.success(), "{}", stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -1509,14 +1466,7 @@ fn restore_leaving_postgresql_is_refused_while_a_server_reconnects() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let out = env.deskd(&[
-        "restore",
-        "--leave-postgresql",
-        "--config",
-        cfg,
-        &file,
-        volume,
-    ]);
+    let out = restore_leaving_postgresql(&env, cfg, &file, volume);
     if out.status.success() {
         // Seen once in about 15 runs under load: the server's sessions held no lock for a
         // moment after the look (a reconnection after the sessions were ended can take more
@@ -1584,6 +1534,30 @@ fn wait_no_serving_lock(cluster: &deskd_pg::test_cluster::TestCluster) {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// `deskd restore --leave-postgresql --config CFG BACKUP VOLUME`, as `env`'s user.
+fn restore_leaving_postgresql(
+    env: &Env,
+    cfg: &str,
+    backup: &str,
+    volume: &str,
+) -> std::process::Output {
+    env.deskd(&[
+        "restore",
+        "--leave-postgresql",
+        "--config",
+        cfg,
+        backup,
+        volume,
+    ])
+}
+
+/// `out` is a refusal (exit 2) whose stderr says `what`.
+fn assert_refused(out: &std::process::Output, what: &str) {
+    let said = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains(what), "{said}");
 }
 
 /// A backup of served volume "vol" (through `config`), in `env`'s dir: its path.
@@ -1676,20 +1650,8 @@ fn a_database_restart_with_no_write_after_it_retakes_the_serving_lock_and_restor
     );
     let volume = root.to_str().unwrap();
     let cfg = config.to_str().unwrap();
-    let out = env.deskd(&[
-        "restore",
-        "--leave-postgresql",
-        "--config",
-        cfg,
-        &file,
-        volume,
-    ]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("is being served from the database by deskd serve"),
-        "{}",
-        stderr(&out)
-    );
+    let out = restore_leaving_postgresql(&env, cfg, &file, volume);
+    assert_refused(&out, "is being served from the database by deskd serve");
     assert!(deskd_volume::desktop_backend(&root).is_some());
     assert!(!root.join(".Desktop").exists());
 }
