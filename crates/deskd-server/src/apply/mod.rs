@@ -169,6 +169,7 @@ fn apply_write_uncleared<B: WriteBatch + ?Sized>(
                 creator: *creator,
                 carried: *carried,
                 registering: true,
+                mirror_read: false,
             },
         ),
         Request::AddPath {
@@ -187,6 +188,7 @@ fn apply_write_uncleared<B: WriteBatch + ?Sized>(
                 creator: *creator,
                 carried: *carried,
                 registering: true,
+                mirror_read: false,
             },
         ),
         Request::Rename {

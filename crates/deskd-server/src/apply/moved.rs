@@ -19,10 +19,12 @@
 //! * a peer that is not trusted must be able to have made the move: write and search the
 //!   record's old folder, as itself.
 //!
-//! The server does not read an object's `user.deskd.id` mirror itself: the clients that know
-//! an object's carriers send them (dt the mirror, the bridge afpd's CNID), and reading it here
-//! would cost an open and a `getxattr` for every new registration while proving nothing more
-//! (the mirror is the file owner's to write, and the inode check decides anyway).
+//! The clients that know an object's carriers send them (dt the mirror, the bridge afpd's
+//! CNID); the watcher's claim reads the `user.deskd.id` mirror itself. Only a registration
+//! that carries no ID and whose mirror was not read has the mirror read here, as one more
+//! candidate (`register::mirror_of`: afpd after a plain `mv` that left its AppleDouble
+//! behind). The mirror is the file owner's to write: it proves nothing, the inode check
+//! decides.
 
 use deskd_db::{DbError, Object, WriteBatch, ROOT_ID};
 use deskd_proto::ErrorReply;

@@ -35,6 +35,9 @@ pub(super) struct Asked {
     /// A registration (`Add`, `AddPath`, a `RenamePath` of an unregistered object): the
     /// last name follows a move and obeys `replaced`. Not the folder a rename goes into.
     pub(super) registering: bool,
+    /// The caller has read the object's ID mirror already (the watcher's claim: `carried`
+    /// is what it found): [`mirror_of`] does not read it a second time.
+    pub(super) mirror_read: bool,
 }
 
 impl Asked {
@@ -75,7 +78,7 @@ fn mirror_of<B: WriteBatch + ?Sized>(
     node: &Node,
     components: &[Vec<u8>],
 ) -> Option<u32> {
-    if asked.carried.is_some() || node.kind == Kind::Symlink {
+    if asked.carried.is_some() || asked.mirror_read || node.kind == Kind::Symlink {
         return None;
     }
     deskd_volume::read_id_xattr_here(&w.vol.path_of(components))

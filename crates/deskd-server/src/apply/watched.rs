@@ -393,6 +393,7 @@ fn claim<B: WriteBatch + ?Sized>(w: &Writing<'_, B>, names: &[Vec<u8>], node: &N
             });
             if is_it {
                 out.id = deskd_volume::read_id_xattr(&pinned.path);
+                out.mirror_read = true;
             }
         }
     }
@@ -422,6 +423,7 @@ fn claim_in(dir: &OwnedFd, rsrc_dir: Option<&OwnedFd>, name: &[u8], node: &Node)
     if node.kind != Kind::Symlink && still_it {
         let path = Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
         out.id = deskd_volume::read_id_xattr(&path);
+        out.mirror_read = true;
     }
     // Opened in the `.rsrc` held open: a path through /proc/self/fd is a link, which the
     // path-based reader refuses (the hostile review of 2026-12-07, finding 2: no header was
@@ -445,6 +447,8 @@ fn claim_in(dir: &OwnedFd, rsrc_dir: Option<&OwnedFd>, name: &[u8], node: &Node)
 struct Claim {
     id: Option<u32>,
     codes: Option<([u8; 4], [u8; 4])>,
+    /// The object's mirror was read (its answer is in `id`, before the resource file's).
+    mirror_read: bool,
 }
 
 /// Who may choose an object's ID by its claim (docs/security.md, "IDs under attack"): the
@@ -490,6 +494,7 @@ fn asked_with(claim: Claim, owner: u32, rules: ClaimRules) -> Asked {
         carried: claim.id,
         type_code: claim.codes.map(|c| c.0),
         creator: claim.codes.map(|c| c.1),
+        mirror_read: claim.mirror_read,
         ..Asked::default()
     }
     .registering()
