@@ -171,21 +171,12 @@ pub fn check_name(name: &[u8]) -> Result<(), VolumeError> {
     Ok(())
 }
 
-/// Read the ID mirror of `path` (not following a final symlink). `None` when absent, malformed
-/// or unsupported by the file system.
+/// Read the ID mirror of `path` (not following a final symlink: a link carries no mirror, and
+/// its target's is another object's). `None` when absent, malformed or unsupported by the file
+/// system.
 pub fn read_id_xattr(path: &Path) -> Option<u32> {
-    // One getxattr(2) into 4 bytes (the `xattr` crate asks the size first): a longer value is
+    // One lgetxattr(2) into 4 bytes (the `xattr` crate asks the size first): a longer value is
     // ERANGE, a shorter one the wrong length; neither is an ID.
-    let mut bytes = [0u8; 4];
-    match rustix::fs::getxattr(path, ID_XATTR, &mut bytes[..]) {
-        Ok(4) => Some(u32::from_be_bytes(bytes)),
-        _ => None,
-    }
-}
-
-/// [`read_id_xattr`] of the object at `path` itself: a symbolic link there is not followed
-/// (a link carries no mirror; `lgetxattr(2)`).
-pub fn read_id_xattr_here(path: &Path) -> Option<u32> {
     let mut bytes = [0u8; 4];
     match rustix::fs::lgetxattr(path, ID_XATTR, &mut bytes[..]) {
         Ok(4) => Some(u32::from_be_bytes(bytes)),

@@ -93,6 +93,21 @@ fn xattr_mirror_round_trips() {
 }
 
 #[test]
+fn a_symlink_lends_no_mirror_of_its_target() {
+    let (_d, v) = volume();
+    let f = v.root().join("sub/target");
+    std::fs::write(&f, b"").unwrap();
+    write_id_xattr(&f, 77).unwrap();
+    let link = v.root().join("sub/link");
+    std::os::unix::fs::symlink(&f, &link).unwrap();
+    if read_id_xattr(&f).is_some() {
+        // The file system keeps the mirror: the link, which has none, must not read its
+        // target's (dt would send another object's ID as the link's).
+        assert_eq!(read_id_xattr(&link), None);
+    }
+}
+
+#[test]
 fn lexical_clean_works() {
     assert_eq!(
         lexical_clean(Path::new("/a/b/../c/./d")),

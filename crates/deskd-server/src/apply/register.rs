@@ -81,7 +81,7 @@ fn mirror_of<B: WriteBatch + ?Sized>(
     if asked.carried.is_some() || asked.mirror_read || node.kind == Kind::Symlink {
         return None;
     }
-    deskd_volume::read_id_xattr_here(&w.vol.path_of(components))
+    deskd_volume::read_id_xattr(&w.vol.path_of(components))
 }
 
 /// A registered name found holding another inode of the record's kind (save-by-replace, an
