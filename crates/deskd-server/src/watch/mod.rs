@@ -61,8 +61,6 @@ pub(crate) struct Running {
     /// waiting on `barriers_done` until none is left (or the watcher stops).
     barriers_waiting: Mutex<usize>,
     barriers_done: Condvar,
-    /// A barrier applies what is held (its batches keep the writer's priority).
-    in_barrier: AtomicBool,
     figures: Mutex<WatchFigures>,
     /// The warnings of changes not applied as seen, at most one per 10 s whether the thread
     /// or a barrier met them.
@@ -108,7 +106,6 @@ impl Running {
             stopping: AtomicBool::new(false),
             barriers_waiting: Mutex::new(0),
             barriers_done: Condvar::new(),
-            in_barrier: AtomicBool::new(false),
             figures: Mutex::new(WatchFigures::new(opened.kind, opened.note)),
             failures: RateLimited::new(Duration::from_secs(10)),
             losses_said: RateLimited::new(thread::LOSSES_SAID_EVERY),
@@ -523,7 +520,6 @@ pub(crate) fn barrier(
     // empty (the hostile review of 2026-12-07, finding 4: a flush returned before a `mv` made
     // before it was applied), at most BARRIER_ROUNDS reads, so that a writer that never stops
     // cannot hold the flush for ever.
-    running.in_barrier.store(true, Ordering::SeqCst);
     for _ in 0..BARRIER_ROUNDS {
         match source.drain_now() {
             Ok(batch) => {
@@ -535,7 +531,7 @@ pub(crate) fn barrier(
                     figures.deferring = false;
                 }
                 let empty = batch.changes.is_empty() && !batch.overflow;
-                thread::process(&running, handle, rebuilds, batch);
+                thread::process(&running, handle, rebuilds, batch, true);
                 if empty {
                     break;
                 }
@@ -549,7 +545,6 @@ pub(crate) fn barrier(
             }
         }
     }
-    running.in_barrier.store(false, Ordering::SeqCst);
     hold_barrier();
     // On disk too, within bounds: the stamps a busy batch left owed. (Paying a million took
     // the flush past the client's 60 s: stop 38's runs.)

@@ -63,7 +63,7 @@ impl Vol {
             oldest: Some(std::time::Instant::now()),
             ..Batch::default()
         };
-        thread::process(&self.running, &self.handle, &self.rebuilds, batch);
+        thread::process(&self.running, &self.handle, &self.rebuilds, batch, false);
     }
 
     fn id(&self, path: &str) -> Option<u32> {
@@ -411,7 +411,7 @@ fn an_overflow_is_counted() {
         overflow: true,
         ..Batch::default()
     };
-    thread::process(&v.running, &v.handle, &v.rebuilds, batch);
+    thread::process(&v.running, &v.handle, &v.rebuilds, batch, false);
     // Three drops past watch_held_mib between two reads, and the kernel's overflow: four
     // losses (the newcomer review of stop 40 saw three drops counted as one).
     let batch = Batch {
@@ -423,7 +423,7 @@ fn an_overflow_is_counted() {
         },
         ..Batch::default()
     };
-    thread::process(&v.running, &v.handle, &v.rebuilds, batch);
+    thread::process(&v.running, &v.handle, &v.rebuilds, batch, false);
     let f = v.running.figures.lock().unwrap();
     assert_eq!(f.overflows, 1 + 4);
     assert!(f.last_overflow.is_some());

@@ -114,7 +114,7 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
                         crate::allocator::give_back();
                     }
                     settle(&batch);
-                    process(&running, &handle, &rebuilds, batch);
+                    process(&running, &handle, &rebuilds, batch, false);
                     let taken = source.pumped().taken;
                     if applying_burst.is_some_and(|(_, until)| taken >= until) {
                         if let Some((slowed, _)) = applying_burst.take() {
@@ -273,12 +273,14 @@ fn loss_causes(losses: deskd_watch::Losses, held_max: u64) -> String {
 }
 
 /// Apply one batch: overflow first (a rescan), then the changes through the writer, then the
-/// disk work. Called with the source's lock held.
+/// disk work. Called with the source's lock held; `by_barrier` when a barrier applies what is
+/// held ([`super::barrier`]: its batches keep the writer's priority).
 pub(crate) fn process(
     running: &Arc<Running>,
     handle: &Arc<VolumeHandle>,
     rebuilds: &Registry,
     batch: Batch,
+    by_barrier: bool,
 ) {
     let root = handle.volume.root();
     if batch.overflow {
@@ -360,8 +362,7 @@ pub(crate) fn process(
     } else {
         // A flush waiting for this batch (or taking it itself): the burst is over or a client
         // asked, so the writer keeps its priority for it.
-        let waited_for = running.in_barrier.load(Ordering::SeqCst)
-            || *running.barriers_waiting.lock().unwrap() > 0;
+        let waited_for = by_barrier || *running.barriers_waiting.lock().unwrap() > 0;
         handle.ask(|tx| Job::Watch(changes, waited_for, tx))
     };
     if burst {
