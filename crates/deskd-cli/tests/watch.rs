@@ -1073,6 +1073,50 @@ fn a_file_moved_during_a_deferred_burst_keeps_its_id_when_a_client_asks_first() 
     env.rebuild_scan_silent("vol");
 }
 
+/// The same move, with a resource file already at the new name when the deferred move is
+/// applied: the moved file's resource file left behind is carried onto a free name only, so the
+/// one at the new name is not replaced (`renameat2` `NOREPLACE`) and the old one stays where it
+/// was.
+#[test]
+fn a_resource_file_left_behind_is_not_carried_over_one_at_the_new_name() {
+    let mut env = Env::new(&["vol"]);
+    let release = env.path("release-deferral");
+    env.server_env.push((
+        "DESKD_TEST_DEFER_UNTIL".into(),
+        release.display().to_string(),
+    ));
+    env.serve_watched(&["vol"], "");
+    dt_touch(&env, &["a"]);
+    let id = dt_id(&env, "a");
+    env.watch_barrier("vol");
+    let (left, there) = (root(&env).join(".rsrc/a"), root(&env).join(".rsrc/b"));
+    assert!(left.exists(), "dt touch wrote a resource file");
+    make_files(&env, "burst", 3000);
+    env.wait_for_log("a burst (", 1);
+    sh(&env, "mv vol/a vol/b");
+    std::fs::write(&there, b"someone else's").unwrap();
+    let mut c = env.client();
+    let vol = c.open_volume(&root(&env)).unwrap().vol;
+    let asked = c
+        .object(deskd_client::Request::AddPath {
+            vol,
+            path: b"b".to_vec(),
+            hint: None,
+            type_code: None,
+            creator: None,
+            carried: None,
+        })
+        .unwrap();
+    assert_eq!(asked.id, id, "the moved file keeps its ID");
+    std::fs::write(&release, b"").unwrap();
+    env.watch_barrier("vol");
+    assert_eq!(dt_id(&env, "b"), id);
+    assert!(
+        left.exists(),
+        "the resource file left behind was carried over .rsrc/b"
+    );
+}
+
 /// A flush (and a freeze, which flushes first) waits for its answer without the client's
 /// usual 60 s unless told a timeout: after a burst of a million files a flush may work past a
 /// minute, and the backup script after it must not see a timeout for a flush still working.
