@@ -57,8 +57,11 @@ pub(super) struct Deferral {
     last: Option<(u64, Instant)>,
     /// Deferring since (this busy stretch).
     since: Option<Instant>,
-    /// This busy stretch was deferred for [`DEFER_AT_MOST`]: not again until it slows.
+    /// This busy stretch was deferred for [`DEFER_AT_MOST`], or up to two thirds of the bound:
+    /// not again until it slows.
     spent: bool,
+    /// Why the last deferral ended (for the log line that says it).
+    ended: &'static str,
 }
 
 /// What [`Deferral::look`] decided.
@@ -83,6 +86,11 @@ impl Deferral {
         self.since.is_some()
     }
 
+    /// Why the last deferral ended: "slowed", or the bound it reached.
+    pub(super) fn ended(&self) -> &'static str {
+        self.ended
+    }
+
     /// A look before the next read: `held` bytes held now (all processes'), `others` as in
     /// [`Deferral::read`], `max` the bound (`watch_held_mib`).
     pub(super) fn look(&mut self, held: u64, others: u64, max: u64, now: Instant) -> Decision {
@@ -99,14 +107,25 @@ impl Deferral {
             || self.read.is_none()
             || now.saturating_duration_since(grew_at) >= SLOWED_AFTER;
         if slowed {
-            self.since = None;
+            if self.since.take().is_some() {
+                self.ended = "slowed";
+            }
             self.spent = false;
+            return Decision::Apply;
+        }
+        if self.spent {
             return Decision::Apply;
         }
         // Two thirds of the bound (128 MiB of the default 192: 1.2 million creates of short
         // names, a million-file burst whole): the rest is room for the events that come while
-        // the writer catches up, so deferring does not end in an overflow by itself.
-        if self.spent || held >= max / 3 * 2 {
+        // the writer catches up, so deferring does not end in an overflow by itself. A
+        // deferral that reaches it ends for this busy stretch, as one past DEFER_AT_MOST does
+        // (it would otherwise stop and start again at every batch read below the mark).
+        if held >= max / 3 * 2 {
+            if self.since.take().is_some() {
+                self.ended = "reached two thirds of watch_held_mib";
+            }
+            self.spent = true;
             return Decision::Apply;
         }
         let Some(since) = self.since else {
@@ -125,6 +144,7 @@ impl Deferral {
         if now.saturating_duration_since(since) >= DEFER_AT_MOST {
             self.spent = true;
             self.since = None;
+            self.ended = "was deferred for the longest a burst is";
             return Decision::Apply;
         }
         Decision::Defer { first: false }
@@ -224,6 +244,29 @@ mod tests {
             d.look(held + (3 << 20), held + (3 << 20), MAX * 100, t),
             Decision::Defer { first: true }
         );
+    }
+
+    #[test]
+    fn a_deferral_that_reaches_two_thirds_ends_for_the_stretch_instead_of_starting_again() {
+        let mut d = Deferral::default();
+        let t0 = Instant::now();
+        d.read(0, t0);
+        let mut t = t0 + Duration::from_millis(100);
+        assert_eq!(
+            d.look(2 << 20, 2 << 20, MAX, t),
+            Decision::Defer { first: true }
+        );
+        t += LOOK;
+        let full = MAX / 3 * 2;
+        assert_eq!(d.look(full, full, MAX, t), Decision::Apply);
+        assert!(!d.deferring(), "ended, not still deferring");
+        assert_eq!(d.ended(), "reached two thirds of watch_held_mib");
+        // A batch read brings it under the mark while the burst goes on: applied as it comes,
+        // not deferred again until the stretch slows.
+        d.read(full, t);
+        t += LOOK;
+        assert_eq!(d.look(full - 1, full + (1 << 20), MAX, t), Decision::Apply);
+        assert!(!d.deferring());
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
             let (held, peak) = source.held_bytes();
             let pumped = source.pumped();
             let was_deferring = deferral.deferring() || forced;
+            let was_forced = forced;
             let decision = match forced_deferral(held, &mut forced) {
                 Some(first) => burst::Decision::Defer { first },
                 None => deferral.look(
@@ -89,8 +90,13 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
                     // (the stamper's resource files): those do not keep a burst going.
                     let own = pumped.own - then.own;
                     info!(
-                        "watching {root}: the burst slowed after {:.1} s; applying {} MiB of \
+                        "watching {root}: the burst {} after {:.1} s; applying {} MiB of \
                          events held ({} KiB of them deskd's own writes)",
+                        if was_forced {
+                            "slowed"
+                        } else {
+                            deferral.ended()
+                        },
                         began.elapsed().as_secs_f64(),
                         held >> 20,
                         own >> 10
