@@ -32,6 +32,25 @@ const BURST_HELD: u64 = 1 << 20;
 /// watcher keeps up: less than [`BURST_HELD`] is held then).
 const BURST_BYTES_PER_SECOND: f64 = 1024.0 * 1024.0;
 
+/// [`BURST_HELD`] and [`BURST_BYTES_PER_SECOND`], or with the `test-hooks` feature
+/// `DESKD_TEST_BURST_FROM=BYTES` for both (a test whose program may be slow on a loaded machine,
+/// or whose watcher keeps up, still sees its burst deferred).
+fn burst_from() -> (u64, f64) {
+    #[cfg(feature = "test-hooks")]
+    {
+        static FROM: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+        let from = FROM.get_or_init(|| {
+            std::env::var("DESKD_TEST_BURST_FROM")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        if let Some(bytes) = *from {
+            return (bytes, bytes as f64);
+        }
+    }
+    (BURST_HELD, BURST_BYTES_PER_SECOND)
+}
+
 /// A burst has slowed when no event came for this long (a program on a loaded machine is
 /// off its CPU for tens of milliseconds at a time: a look at each [`LOOK`] would end the
 /// burst at each of those).
@@ -103,7 +122,8 @@ impl Deferral {
             _ => Some((others, now)),
         };
         let grew_at = self.last.map_or(now, |(_, at)| at);
-        let slowed = held < BURST_HELD
+        let (burst_held, burst_rate) = burst_from();
+        let slowed = held < burst_held
             || self.read.is_none()
             || now.saturating_duration_since(grew_at) >= SLOWED_AFTER;
         if slowed {
@@ -132,8 +152,7 @@ impl Deferral {
             // Not deferring yet: only a fast burst begins it.
             let fast = self.read.is_some_and(|(then_others, then)| {
                 let secs = now.saturating_duration_since(then).as_secs_f64();
-                secs > 0.0
-                    && others.saturating_sub(then_others) as f64 / secs >= BURST_BYTES_PER_SECOND
+                secs > 0.0 && others.saturating_sub(then_others) as f64 / secs >= burst_rate
             });
             if !fast {
                 return Decision::Apply;
