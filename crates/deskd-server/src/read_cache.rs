@@ -557,6 +557,22 @@ mod tests {
         o.id
     }
 
+    /// A new SQLite desktop in a temporary folder, and that folder's canonical path (the
+    /// volume root of the disk checks).
+    fn desktop() -> (tempfile::TempDir, std::path::PathBuf, Desktop) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let (desk, _) = Desktop::open(&root.join(".Desktop"), Durability::Normal).unwrap();
+        (dir, root, desk)
+    }
+
+    /// A cache that has just caught up (usable).
+    fn caught_up() -> ReadCache {
+        let cache = ReadCache::default();
+        cache.caught_up(Instant::now());
+        cache
+    }
+
     /// What catch-up does after a commit: the changed IDs' rows read again.
     fn catch_up(cache: &ReadCache, desk: &Desktop, ids: &[u32]) {
         let rows = desk
@@ -570,14 +586,11 @@ mod tests {
 
     #[test]
     fn repeated_reads_hit_and_changes_replace_or_drop_what_is_held() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut desk, _) =
-            Desktop::open(&dir.path().join(".Desktop"), Durability::Normal).unwrap();
+        let (_dir, _, mut desk) = desktop();
         let folder = add(&mut desk, new(ROOT_ID, b"docs", Kind::Dir));
         let a = add(&mut desk, new(folder, b"alpha", Kind::File));
         let b = add(&mut desk, new(folder, b"beta", Kind::File));
-        let cache = ReadCache::default();
-        cache.caught_up(Instant::now());
+        let cache = caught_up();
 
         let rows = cache.get_many(&desk, &[b, a, 999]).unwrap();
         assert_eq!(rows.iter().map(|o| o.id).collect::<Vec<_>>(), vec![a, b]);
@@ -628,12 +641,9 @@ mod tests {
 
     #[test]
     fn a_fill_read_before_a_change_is_not_held() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut desk, _) =
-            Desktop::open(&dir.path().join(".Desktop"), Durability::Normal).unwrap();
+        let (_dir, _, mut desk) = desktop();
         let a = add(&mut desk, new(ROOT_ID, b"alpha", Kind::File));
-        let cache = ReadCache::default();
-        cache.caught_up(Instant::now());
+        let cache = caught_up();
         // A find read `a` (old) under generation 0; a catch-up ran before its fill.
         let generation = cache.held.lock().unwrap().generation;
         let old = desk.get_many(&[a]).unwrap();
@@ -650,9 +660,7 @@ mod tests {
 
     #[test]
     fn rows_are_not_answered_when_no_catch_up_began_lately() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut desk, _) =
-            Desktop::open(&dir.path().join(".Desktop"), Durability::Normal).unwrap();
+        let (_dir, _, mut desk) = desktop();
         let a = add(&mut desk, new(ROOT_ID, b"alpha", Kind::File));
         let cache = ReadCache::default();
         // Never caught up: every call reads, nothing is held.
@@ -672,18 +680,7 @@ mod tests {
     #[test]
     fn rows_and_paths_are_bounded_in_count_and_bytes() {
         let mut held = Held::default();
-        let mut o = deskd_db::Object {
-            id: 0,
-            parent: ROOT_ID,
-            name: vec![b'x'; 255],
-            kind: Kind::File,
-            dev: 0,
-            ino: 0,
-            type_code: *b"UNIX",
-            creator: *b"UNKN",
-            flags: 0,
-            ctime: 0,
-        };
+        let mut o = object(0, ROOT_ID, &[b'x'; 255], Kind::File);
         for id in 0..400_000 {
             o.id = id;
             held.hold_row(&o);
@@ -738,8 +735,7 @@ mod tests {
 
     #[test]
     fn new_files_keep_the_paths_and_folder_changes_clear_them() {
-        let cache = ReadCache::default();
-        cache.caught_up(Instant::now());
+        let cache = caught_up();
         let folder_path: Components = Arc::new(vec![b"docs".to_vec()]);
         let paths_held = |cache: &ReadCache| cache.held.lock().unwrap().paths.len();
         cache.held.lock().unwrap().hold_path(30, &folder_path);
@@ -774,11 +770,9 @@ mod tests {
 
     #[test]
     fn a_resolve_hits_only_when_the_disk_agrees() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
+        let (_dir, root, mut desk) = desktop();
         std::fs::create_dir(root.join("docs")).unwrap();
         std::fs::write(root.join("docs/alpha"), b"a").unwrap();
-        let (mut desk, _) = Desktop::open(&root.join(".Desktop"), Durability::Normal).unwrap();
         let ino = |p: &str| {
             std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(root.join(p)).unwrap())
         };
@@ -789,8 +783,7 @@ mod tests {
         file.ino = ino("docs/alpha");
         file.dev = 0;
         let a = add(&mut desk, file);
-        let cache = ReadCache::default();
-        cache.caught_up(Instant::now());
+        let cache = caught_up();
 
         let (o, path) = cache.get_with_path(&desk, &root, a).unwrap();
         assert_eq!(path, vec![b"docs".to_vec(), b"alpha".to_vec()]);
@@ -818,13 +811,10 @@ mod tests {
 
     #[test]
     fn a_resolve_fill_read_before_a_change_is_not_held() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
-        let (mut desk, _) = Desktop::open(&root.join(".Desktop"), Durability::Normal).unwrap();
+        let (_dir, _, mut desk) = desktop();
         let folder = add(&mut desk, new(ROOT_ID, b"docs", Kind::Dir));
         let a = add(&mut desk, new(folder, b"alpha", Kind::File));
-        let cache = ReadCache::default();
-        cache.caught_up(Instant::now());
+        let cache = caught_up();
         // A resolve read `a` under this generation; a catch-up ran before its fill.
         let generation = cache.held.lock().unwrap().generation;
         let (o, components) = desk.get_with_path(a).unwrap();
