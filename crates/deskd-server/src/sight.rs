@@ -68,6 +68,16 @@ pub struct Look {
     pub folder: bool,
 }
 
+impl Look {
+    /// A trusted peer's ([`Access::Trusted`]): everything.
+    const TRUSTED: Look = Look {
+        seen: true,
+        named: true,
+        object: true,
+        folder: true,
+    };
+}
+
 /// What to ask of the object and of its folder, besides whether the peer sees it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ask {
@@ -98,12 +108,7 @@ pub fn look<R: Read>(
     ask: Ask,
 ) -> Result<Look, ErrorReply> {
     if access.is_trusted() {
-        return Ok(Look {
-            seen: true,
-            named: true,
-            object: true,
-            folder: true,
-        });
+        return Ok(Look::TRUSTED);
     }
     let object = db.get(id).map_err(crate::db_reply::db_error)?;
     let components = db.path_of(id).map_err(crate::db_reply::db_error)?;
@@ -120,12 +125,7 @@ pub fn look_at<R: Read>(
     ask: Ask,
 ) -> Result<Look, ErrorReply> {
     if access.is_trusted() {
-        return Ok(Look {
-            seen: true,
-            named: true,
-            object: true,
-            folder: true,
-        });
+        return Ok(Look::TRUSTED);
     }
     let folder = if components.is_empty() {
         None
@@ -154,12 +154,7 @@ pub fn look_at_with(
     ask: Ask,
 ) -> Look {
     if access.is_trusted() {
-        return Look {
-            seen: true,
-            named: true,
-            object: true,
-            folder: true,
-        };
+        return Look::TRUSTED;
     }
     access
         .wear(|| look_as_peer(vol, access.viewer(), object, folder, components, ask))
