@@ -68,25 +68,13 @@ pub(super) fn lookup_path<R: Read>(r: &Reading<'_, R>, path: &[u8]) -> Reply {
 /// `Resolve`: the record `id` with its path, if the peer may see the object.
 /// On a PostgreSQL volume through its cache: a held row makes no round trip.
 pub(super) fn resolve<R: Read>(r: &Reading<'_, R>, id: u32) -> Reply {
-    let Some(cache) = r.read_cache else {
-        let (o, components) = r.db.get_with_path(id).map_err(db_error)?;
-        if !sight::look_at(
-            r.db,
-            r.vol,
-            r.access,
-            &o,
-            &components,
-            sight::Ask::default(),
-        )?
-        .seen
-        {
-            return Err(sight::unseen());
-        }
-        return Ok(Response::Object(info(&o, Some(join(&components)), false)));
-    };
     // Whether the peer sees an answer: the walk as the peer, with the folder's record (its
-    // dev/ino) held or read as `look_at` reads it.
+    // dev/ino) read as `look_at` reads it, or held.
     let seen = |o: &Object, components: &[Vec<u8>]| -> Result<bool, ErrorReply> {
+        let Some(cache) = r.read_cache else {
+            let look = sight::look_at(r.db, r.vol, r.access, o, components, Default::default());
+            return Ok(look?.seen);
+        };
         if r.access.is_trusted() {
             return Ok(true);
         }
@@ -104,22 +92,28 @@ pub(super) fn resolve<R: Read>(r: &Reading<'_, R>, id: u32) -> Reply {
         )
         .seen)
     };
-    let (held, generation) = cache.held_with_path(id);
-    if let Some((o, components)) = held {
-        // Sight first, then the disk: a hidden object's refusal must not depend on whether
-        // it is still where it was (the disk check's round trip would tell: hostile review of
-        // stop 41, finding 3). The held answer is the database's but for the follower's lag.
-        if !seen(&o, &components)? {
-            cache.hidden_hit();
-            return Err(sight::unseen());
+    let (o, components) = match r.read_cache {
+        None => r.db.get_with_path(id).map_err(db_error)?,
+        Some(cache) => {
+            let (held, generation) = cache.held_with_path(id);
+            if let Some((o, components)) = held {
+                // Sight first, then the disk: a hidden object's refusal must not depend on
+                // whether it is still where it was (the disk check's round trip would tell:
+                // hostile review of stop 41, finding 3). The held answer is the database's
+                // but for the follower's lag.
+                if !seen(&o, &components)? {
+                    cache.hidden_hit();
+                    return Err(sight::unseen());
+                }
+                if cache.on_disk(r.vol.root(), &o, &components) {
+                    return Ok(Response::Object(info(&o, Some(join(&components)), false)));
+                }
+            }
+            cache
+                .read_with_path(r.db, id, generation)
+                .map_err(db_error)?
         }
-        if cache.on_disk(r.vol.root(), &o, &components) {
-            return Ok(Response::Object(info(&o, Some(join(&components)), false)));
-        }
-    }
-    let (o, components) = cache
-        .read_with_path(r.db, id, generation)
-        .map_err(db_error)?;
+    };
     if !seen(&o, &components)? {
         return Err(sight::unseen());
     }
