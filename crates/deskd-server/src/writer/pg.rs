@@ -347,12 +347,14 @@ impl PgWriter {
     /// the database since (it tries every second), so it is back and the writes need not wait
     /// out the back-off.
     fn reconnect_due(&self) -> bool {
-        self.reconnect.is_some_and(|(at, _)| at <= Instant::now())
-            || (self.reconnect.is_some()
-                && self
-                    .pg
-                    .silent_for()
-                    .is_some_and(|d| d < crate::pg_volume::ANSWERED_RECENTLY))
+        let Some((at, _)) = self.reconnect else {
+            return false;
+        };
+        at <= Instant::now()
+            || self
+                .pg
+                .silent_for()
+                .is_some_and(|d| d < crate::pg_volume::ANSWERED_RECENTLY)
     }
 
     /// Idle: when the follower lost the database, or every [`IDLE_PROBE`], ask the writer's
