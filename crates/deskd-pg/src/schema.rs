@@ -205,13 +205,17 @@ pub(crate) fn refuse_identity_named_otherwise(
     Ok(())
 }
 
+/// Whether the database has deskd's volume table (the schema, at any format).
+pub(crate) fn has_volumes_table(client: &mut impl GenericClient) -> Result<bool> {
+    Ok(client
+        .query_one("SELECT to_regclass('deskd.volume') IS NOT NULL", &[])?
+        .get(0))
+}
+
 /// Whether the database holds a volume of this name or identity (false without deskd's
 /// schema): what a server asks before it would make a new volume over an SQLite desktop.
 pub fn holds_volume(client: &mut Client, name: &str, identity: Option<u64>) -> Result<bool> {
-    let schema: bool = client
-        .query_one("SELECT to_regclass('deskd.volume') IS NOT NULL", &[])?
-        .get(0);
-    if !schema {
+    if !has_volumes_table(client)? {
         return Ok(false);
     }
     let identity = identity.map(|i| i as i64);

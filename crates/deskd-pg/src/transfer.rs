@@ -271,10 +271,7 @@ fn count_in(tx: &mut Transaction<'_>, vid: i64) -> Result<Counts> {
 /// and no server opens it meanwhile. A database without the volume holds nothing (the export
 /// says so).
 pub fn hold_unserved(client: &mut Client, name: &str) -> Result<()> {
-    let has_schema: bool = client
-        .query_one("SELECT to_regclass('deskd.volume') IS NOT NULL", &[])?
-        .get(0);
-    if !has_schema {
+    if !schema::has_volumes_table(client)? {
         return Ok(());
     }
     let Some(row) = client.query_opt("SELECT vid FROM deskd.volume WHERE name = $1", &[&name])?
@@ -319,11 +316,8 @@ pub fn hold_unserved_session(options: &crate::ConnectOptions, name: &str) -> Res
 
 /// Volume `name`'s ID counter in the database (the highest ID it handed out); None when the
 /// database has no deskd schema or no such volume.
-pub fn volume_last_id(client: &mut Client, name: &str) -> Result<Option<u32>> {
-    let has_schema: bool = client
-        .query_one("SELECT to_regclass('deskd.volume') IS NOT NULL", &[])?
-        .get(0);
-    if !has_schema {
+fn volume_last_id(client: &mut Client, name: &str) -> Result<Option<u32>> {
+    if !schema::has_volumes_table(client)? {
         return Ok(None);
     }
     Ok(client
