@@ -13,7 +13,7 @@
 //! desktop) or rebuilding online is not closed; the log says so, and the next reload after that
 //! ends does it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -162,14 +162,14 @@ impl Server {
                 self.shared.refuse(&v.root, e.to_string(), None);
                 continue;
             }
-            let index = self.handle_for(&root);
+            let index = self.shared.handle_for(&root);
             match VolumeHandle::open(index, v.clone()) {
                 Ok(handle) => {
                     info!("{}: now served", handle.volume.root().display());
                     self.shared.keep_refused(|r| r != v.root && r != root);
                     crate::autorepair::watch(&self.shared.rebuilds, &handle);
                     crate::watch::start(&self.shared.watchers, &self.shared.rebuilds, &handle);
-                    self.set_slot(index, Slot::Served(handle));
+                    self.shared.set_slot(index, Slot::Served(handle));
                 }
                 Err(e) => {
                     notes.push(format!("{}: not served: {e}", v.root.display()));
@@ -177,14 +177,6 @@ impl Server {
                 }
             }
         }
-    }
-
-    fn handle_for(&self, root: &Path) -> u32 {
-        self.shared.handle_for(root)
-    }
-
-    fn set_slot(&self, index: u32, slot: Slot) {
-        self.shared.set_slot(index, slot)
     }
 
     /// Close the desktop of `handle` cleanly, with requests for it waiting meanwhile. Returns
@@ -200,7 +192,7 @@ impl Server {
             notes.push(format!("{root}: {why}; {later}"));
             return false;
         }
-        self.set_slot(handle.index, Slot::Changing);
+        self.shared.set_slot(handle.index, Slot::Changing);
         match handle.ask(Job::Close) {
             Some(Ok(())) => {
                 self.shared.closings.fetch_add(1, Ordering::SeqCst);
@@ -208,7 +200,8 @@ impl Server {
             }
             Some(Err(why)) => {
                 crate::watch::start(&self.shared.watchers, &self.shared.rebuilds, handle);
-                self.set_slot(handle.index, Slot::Served(handle.clone()));
+                self.shared
+                    .set_slot(handle.index, Slot::Served(handle.clone()));
                 notes.push(format!("{root}: {why}; {later}"));
                 false
             }
@@ -227,7 +220,8 @@ impl Server {
             root.display()
         ));
         if self.close(handle, notes, later) {
-            self.set_slot(handle.index, Slot::Retired(root.to_path_buf()));
+            self.shared
+                .set_slot(handle.index, Slot::Retired(root.to_path_buf()));
             info!("{}: desktop closed; no longer served", root.display());
         }
     }
@@ -274,12 +268,13 @@ impl Server {
                 );
                 crate::autorepair::watch(&self.shared.rebuilds, &again);
                 crate::watch::start(&self.shared.watchers, &self.shared.rebuilds, &again);
-                self.set_slot(handle.index, Slot::Served(again));
+                self.shared.set_slot(handle.index, Slot::Served(again));
             }
             Err(e) => {
                 notes.push(format!("{root}: not served: {e}"));
                 crate::retry::refuse(&self.shared, handle.volume.root(), &e, new);
-                self.set_slot(handle.index, Slot::Retired(handle.volume.root().into()));
+                self.shared
+                    .set_slot(handle.index, Slot::Retired(handle.volume.root().into()));
             }
         }
         true
