@@ -1504,6 +1504,21 @@ fn serving_locks(cluster: &deskd_pg::test_cluster::TestCluster) -> i64 {
         .get(0)
 }
 
+/// Wait until both of the server's sessions (its writer's and its follower's) hold the serving
+/// lock: the follower makes its first connection beside the server's first requests, and one
+/// that passed the test's hold-off check before the test set it would take the lock after
+/// [`kill_lock_holders`] looked (then a migrate or restore is refused as served).
+fn wait_both_sessions_hold_the_lock(cluster: &deskd_pg::test_cluster::TestCluster) {
+    let began = std::time::Instant::now();
+    while serving_locks(cluster) < 2 {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(15),
+            "the writer and the follower do not both hold the serving lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// End every session holding a serving lock (the server's writer and follower, as a restart
 /// of PostgreSQL or the network would), waiting until they are gone.
 fn kill_lock_holders(admin: &mut postgres::Client) {
@@ -1727,6 +1742,7 @@ fn a_writer_cut_off_alone_cannot_retake_the_lock_while_it_is_held_exclusively_an
         .get(0);
     // The writer's session (the one holding the serving lock), killed and gone (waited for),
     // then the lock taken exclusively, as a restore or migrate takes it.
+    wait_both_sessions_hold_the_lock(&cluster);
     std::fs::write(&hold_off, b"").unwrap();
     kill_lock_holders(&mut admin);
     admin
@@ -1775,6 +1791,7 @@ fn a_volume_migrated_out_while_its_server_was_cut_off_is_refused_as_moved_out() 
     };
     let mut admin = cluster.admin("desk");
     let before = last_id(&mut admin);
+    wait_both_sessions_hold_the_lock(&cluster);
     std::fs::write(&hold_off, b"").unwrap();
     kill_lock_holders(&mut admin);
     env.wait_for_log("database unreachable (", 1);
