@@ -118,20 +118,16 @@ fn try_again(shared: &Arc<Shared>, root: &Path, retry: Retry) {
         return;
     }
     let canonical = std::fs::canonicalize(root).unwrap_or(root.to_path_buf());
-    if shared
-        .volumes()
-        .iter()
-        .any(|h| h.volume.root() == canonical)
-    {
-        shared.keep_refused(|r| r != root);
-        return;
-    }
-    // The checks it passed when it was refused, against the volumes served now.
     let served: Vec<PathBuf> = shared
         .volumes()
         .iter()
         .map(|h| h.volume.root().to_path_buf())
         .collect();
+    if served.contains(&canonical) {
+        shared.keep_refused(|r| r != root);
+        return;
+    }
+    // The checks it passed when it was refused, against the volumes served now.
     if let Err(e) = crate::preflight::check_volume(&retry.config, &served) {
         warn!("{}: not served: {e}", root.display());
         shared.refuse(root, e.to_string(), None);
