@@ -941,6 +941,30 @@ fn a_rebuild_asked_right_after_a_burst_finds_every_stamp_written() {
     assert_eq!(assert_tree_like_dt(&env, "burst").len(), 3001);
 }
 
+/// Status counts a stamp as owed until it is written: the share the stamper has taken and is
+/// writing included (the read-through of stop 41 saw `owed_stamps: 0` with 952 resource files
+/// still unwritten), so a script waiting for 0 finds every resource file there.
+#[test]
+fn status_counts_the_stamps_being_written_as_owed() {
+    let mut env = Env::new(&["vol", "outside"]);
+    env.server_env
+        .push(("DESKD_TEST_BARRIER_PAYS_MS".into(), "0".into()));
+    env.serve_watched(&["vol"], "");
+    make_files(&env, "burst", 3000);
+    env.deskd_ok(&["flush", "--volume", root(&env).to_str().unwrap()]);
+    let began = std::time::Instant::now();
+    while env.watch_status("vol")["owed_stamps"].as_u64() != Some(0) {
+        assert!(began.elapsed() < std::time::Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let desktop = desktop_below(&env, "burst");
+    let unstamped = desktop
+        .iter()
+        .filter(|(rel, id)| rsrc_id(&root(&env).join(rel)) != Some(**id))
+        .count();
+    assert_eq!(unstamped, 0, "status said none owed");
+}
+
 /// A burst's stamps owed past what a flush pays: the stamper held (test hook), the flush
 /// paying nothing (test hook: as a flush after a million files, which pays for 2 s only).
 #[test]

@@ -89,6 +89,9 @@ pub(crate) struct Running {
     /// Held while a share of owed stamps is paid (taken and written): a barrier that finds
     /// none left owed waits for the share the stamper is writing.
     paying: Mutex<()>,
+    /// How many stamps the share being paid holds: taken out of `owed` and not written yet,
+    /// still owed as far as status is concerned.
+    in_hand: std::sync::atomic::AtomicU64,
     /// The read connection of [`known`] and of the stamps tried again, opened at first need
     /// and kept while the watcher runs (closed by [`stop_running`]).
     reader: Mutex<Option<MappedReader>>,
@@ -120,6 +123,7 @@ impl Running {
             last_burst: Mutex::new(None),
             stamper: Mutex::new(None),
             paying: Mutex::new(()),
+            in_hand: std::sync::atomic::AtomicU64::new(0),
             reader: Mutex::new(None),
             thread: Mutex::new(None),
         }
@@ -183,7 +187,8 @@ impl Registry {
         match self.of(handle) {
             Some(running) => {
                 let mut wire = running.figures.lock().unwrap().to_wire(handle.index);
-                wire.owed_stamps = running.owed.lock().unwrap().len();
+                wire.owed_stamps = running.owed.lock().unwrap().len()
+                    + running.in_hand.load(std::sync::atomic::Ordering::SeqCst);
                 wire
             }
             None => WatchFigures::new("off", Some("not watched".into())).to_wire(handle.index),

@@ -661,7 +661,21 @@ fn hold_watcher(_: &Running) {}
 /// removed since needs none). Returns how many were taken.
 pub(crate) fn pay_owed(running: &Running, handle: &VolumeHandle, share: usize) -> usize {
     let _paying = running.paying.lock().unwrap();
-    let ids = running.owed.lock().unwrap().take(share);
+    let ids = {
+        // Counted as owed (status) until written: taken out of `owed` under its lock and
+        // counted in hand before that lock goes.
+        let mut owed = running.owed.lock().unwrap();
+        let ids = owed.take(share);
+        running.in_hand.store(ids.len() as u64, Ordering::SeqCst);
+        ids
+    };
+    struct Written<'a>(&'a std::sync::atomic::AtomicU64);
+    impl Drop for Written<'_> {
+        fn drop(&mut self) {
+            self.0.store(0, Ordering::SeqCst);
+        }
+    }
+    let _written = Written(&running.in_hand);
     if ids.is_empty() {
         return 0;
     }
