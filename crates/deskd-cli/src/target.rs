@@ -189,6 +189,9 @@ pub struct Session {
     /// what it needs deskd for, not that only read-only access is left (which is for verbs
     /// that change something).
     reading_verb: Option<&'static str>,
+    /// Set while a verb that changes something registers what it is about to change (`dt
+    /// set`): nothing is on disk yet, so a refusal is not a change "on disk but NOT recorded".
+    before_any_change: bool,
 }
 
 /// Whether dt sends `request` after it changed the disk (registering what it made, telling
@@ -269,6 +272,7 @@ impl Session {
             handles: HashMap::new(),
             served: None,
             reading_verb: None,
+            before_any_change: false,
         }
     }
 
@@ -409,7 +413,8 @@ impl Session {
         let request = make(vol);
         let began = Instant::now();
         // A verb that only looks (`dt info` registering what it shows) changed nothing first.
-        let after_disk = self.reading_verb.is_none() && changes_disk_first(&request);
+        let after_disk =
+            self.reading_verb.is_none() && !self.before_any_change && changes_disk_first(&request);
         loop {
             match self.client(&root)?.call(request.clone()) {
                 Err(e) if refused_while_closing(&e) && began.elapsed() < RESEND_FOR => {
@@ -505,6 +510,16 @@ impl Session {
             Response::MaybeObject(o) => Ok(o),
             other => Err(anyhow!("unexpected reply {other:?}")),
         }
+    }
+
+    /// [`Session::register`] for a verb that has not changed the disk yet (`dt set` registers
+    /// the object before it writes its Mac information): a refusal then says nothing was
+    /// changed, not that the disk was.
+    pub fn register_before_changing(&mut self, iv: &InVolume) -> Result<ObjectInfo> {
+        self.before_any_change = true;
+        let registered = self.register(iv, true);
+        self.before_any_change = false;
+        registered
     }
 
     /// Register the object at `iv` (an existing path) and keep its resource file and xattr

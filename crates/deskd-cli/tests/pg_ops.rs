@@ -1250,6 +1250,27 @@ fn dt_info_with_the_database_lost_does_not_say_it_changed_the_disk() {
     assert!(!said.contains("changed on disk"), "{said}");
 }
 
+/// `dt set` registers the object before it writes anything: the database lost between dt's
+/// check and that registration leaves the disk as it was, and dt must not say the change is
+/// on disk and NOT recorded (the read-through of stop 41: only the reading verbs were fixed).
+#[test]
+fn dt_set_with_the_database_lost_does_not_say_it_changed_the_disk() {
+    let Some((mut cluster, env, _root, _config)) = served_pg("desk") else {
+        return;
+    };
+    env.dt_ok(&[b"mkdir", b"vol/docs"]);
+    std::fs::write(env.path("vol/docs/plain.txt"), b"x").unwrap();
+    cluster.stop();
+    let out = env.dt(&[b"set", b"--comment", b"note", b"vol/docs/plain.txt"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(!said.contains("changed on disk"), "{said}");
+    assert!(
+        !env.path("vol/docs/.rsrc/plain.txt").exists(),
+        "dt set wrote a resource file although the desktop refused: {said}"
+    );
+}
+
 /// `deskd rebuild -f` online on a PostgreSQL volume: every ID is decided from the disk (the
 /// mirrors and resource files): a row moved to another ID in the database behind deskd's back
 /// goes back to the ID its file carries, a row lost comes back under its own, and `-s` is then

@@ -1078,7 +1078,7 @@ impl Dt {
         };
         self.session.check_writable(&iv)?;
         must_exist(&iv.path(), path)?;
-        let o = self.session.register(&iv, true)?;
+        let o = self.session.register_before_changing(&iv)?;
         // Letters and names change single flags of those the object has; a label its bits.
         let flags = (info.flags.is_some() || info.label.is_some()).then(|| {
             let flags = info.flags.map_or(o.flags, |change| change.apply(o.flags));
