@@ -12,12 +12,13 @@ pub fn volume_json(m: Option<&ServerMemory>, vol: VolumeId) -> serde_json::Value
     match m.and_then(|m| of_volume(m, vol)) {
         None => serde_json::Value::Null,
         Some(v) => serde_json::json!({
-            "desktop_bytes": v.desktop_bytes,
+            // Null when withheld (not the volume's admin: docs/security.md).
+            "desktop_bytes": deskd_proto::shown(v.desktop_bytes),
             "mappings": v.mappings,
             "mapped_bytes": v.mapped,
             "mapped_resident_bytes": v.mapped_resident,
             "sqlite_connections": v.connections,
-            "name_index_bytes": v.name_index,
+            "name_index_bytes": deskd_proto::shown(v.name_index),
             "page_cache_limit_bytes": v.page_cache_limit,
         }),
     }
@@ -47,6 +48,11 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
+/// `12.3 MiB`, or `—` for a figure the server withheld.
+fn mib_shown(bytes: u64) -> String {
+    deskd_proto::shown(bytes).map_or("—".to_owned(), mib)
+}
+
 /// The `memory:` line of a volume in the text output.
 pub fn volume_line(m: Option<&ServerMemory>, vol: VolumeId) -> Option<String> {
     let v = m.and_then(|m| of_volume(m, vol))?;
@@ -56,8 +62,8 @@ pub fn volume_line(m: Option<&ServerMemory>, vol: VolumeId) -> Option<String> {
         mib(v.mapped),
         mib(v.mapped_resident),
         v.mappings,
-        mib(v.desktop_bytes),
-        mib(v.name_index),
+        mib_shown(v.desktop_bytes),
+        mib_shown(v.name_index),
         mib(v.page_cache_limit),
         v.connections,
     ))

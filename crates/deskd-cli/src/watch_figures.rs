@@ -1,7 +1,7 @@
 //! What `deskd status` shows of a volume's live tracking (issue 23): the `watch` object of
 //! `--json`, and one line of plain text.
 
-use deskd_proto::VolumeWatch;
+use deskd_proto::{shown, VolumeWatch};
 
 /// The volume's entry among `all` (None: a server that predates live tracking).
 fn of(all: Option<&[VolumeWatch]>, vol: u32) -> Option<&VolumeWatch> {
@@ -16,25 +16,26 @@ pub fn json(all: Option<&[VolumeWatch]>, vol: u32) -> serde_json::Value {
     serde_json::json!({
         "kind": w.kind,
         "note": w.note,
-        "events": w.events,
-        "applied": w.applied,
-        "pending": w.pending,
+        // Null when the server withheld them (not the volume's admin: docs/security.md).
+        "events": shown(w.events),
+        "applied": shown(w.applied),
+        "pending": shown(w.pending),
         "lag_ms": w.lag_ms,
         "lag_p99_ms": w.lag_p99_ms,
         "overflows": w.overflows,
         "last_overflow": w.last_overflow,
-        "owed_stamps": w.owed_stamps,
-        "held_back": w.held_back,
-        "queued_bytes": w.queued_bytes,
-        "queued_peak_bytes": w.queued_peak_bytes,
+        "owed_stamps": shown(w.owed_stamps),
+        "held_back": shown(w.held_back),
+        "queued_bytes": shown(w.queued_bytes),
+        "queued_peak_bytes": shown(w.queued_peak_bytes),
         "deferring": w.deferring,
         "rescan": w.rescan.as_ref().map(|r| serde_json::json!({
             "reason": r.reason,
             "running": r.running,
             "started": r.started,
             "finished": r.finished,
-            "objects": r.objects,
-            "changed": r.changed,
+            "objects": shown(r.objects),
+            "changed": shown(r.changed),
             "error": r.error,
         })),
     })
@@ -50,19 +51,38 @@ pub fn line(all: Option<&[VolumeWatch]>, vol: u32) -> Option<String> {
         let why = w.note.as_deref().unwrap_or("not watched");
         return Some(format!("  watch:        off ({why})"));
     }
-    let mut out = format!(
-        "  watch:        {}{}, {} events ({} applied), lag {} ms (p99 {} ms), {} overflow{}",
-        w.kind,
-        w.note
-            .as_ref()
-            .map(|n| format!(" ({n})"))
-            .unwrap_or_default(),
-        w.events,
-        w.applied,
-        w.lag_ms,
-        w.lag_p99_ms,
+    let note = w
+        .note
+        .as_ref()
+        .map(|n| format!(" ({n})"))
+        .unwrap_or_default();
+    let overflows = format!(
+        "{} overflow{}",
         w.overflows,
         if w.overflows == 1 { "" } else { "s" }
+    );
+    if w.figures_withheld() {
+        // The counts are the volume's admin's; what tells a user whether its changes are
+        // followed stays.
+        let mut out = format!(
+            "  watch:        {}{note}, lag p99 {} ms, {overflows}",
+            w.kind, w.lag_p99_ms
+        );
+        if w.deferring {
+            out.push_str(", a burst held, applied when it slows (within 30 s) or at a flush");
+        }
+        if let Some(r) = &w.rescan {
+            out.push_str(&match (r.running, &r.error) {
+                (true, _) => format!(", rescan ({}) running", r.reason),
+                (false, Some(e)) => format!(", rescan ({}) failed: {e}", r.reason),
+                (false, None) => format!(", rescan ({}) finished", r.reason),
+            });
+        }
+        return Some(out);
+    }
+    let mut out = format!(
+        "  watch:        {}{note}, {} events ({} applied), lag {} ms (p99 {} ms), {overflows}",
+        w.kind, w.events, w.applied, w.lag_ms, w.lag_p99_ms,
     );
     if w.owed_stamps > 0 {
         out.push_str(&format!(
@@ -105,7 +125,7 @@ pub fn line(all: Option<&[VolumeWatch]>, vol: u32) -> Option<String> {
 
 /// What `deskd flush` says of the stamps still owed after it (nothing when none are).
 pub fn owed_after_flush(all: &[VolumeWatch]) -> Option<String> {
-    let owed: u64 = all.iter().map(|w| w.owed_stamps).sum();
+    let owed: u64 = all.iter().filter_map(|w| shown(w.owed_stamps)).sum();
     (owed > 0).then(|| {
         format!(
             "{owed} resource file(s) and mirror(s) of new objects still owed: every object has \
@@ -122,9 +142,11 @@ const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// What a flush still waits for: the watcher's batch being applied, the events it holds
 /// unread, the stamps owed (None when nothing is left of the watcher's work).
 pub fn flush_waits_for(all: &[VolumeWatch]) -> Option<String> {
-    let pending: u64 = all.iter().map(|w| w.pending).sum();
-    let held: u64 = all.iter().map(|w| w.queued_bytes).sum();
-    let owed: u64 = all.iter().map(|w| w.owed_stamps).sum();
+    // A volume whose figures the server withheld (one the asker does not administer, so not
+    // one it flushes) counts for nothing.
+    let pending: u64 = all.iter().filter_map(|w| shown(w.pending)).sum();
+    let held: u64 = all.iter().filter_map(|w| shown(w.queued_bytes)).sum();
+    let owed: u64 = all.iter().filter_map(|w| shown(w.owed_stamps)).sum();
     if pending == 0 && held == 0 {
         // The backlog is applied: what is left is the 2 s of owed stamps and the checkpoint.
         return (owed > 0).then(|| {

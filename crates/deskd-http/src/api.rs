@@ -44,9 +44,12 @@ pub struct VolumeView {
     /// The root's last component, usable as `<name>` when no other volume has it.
     pub name: String,
     pub root: String,
-    /// Null while the volume's database is unreachable (unknown, not 0).
+    /// Null while the volume's database is unreachable (unknown, not 0), and for a reader
+    /// without the token (the volume's activity figures are the admin's: the HTTP side asks
+    /// the server as its own uid, so it leaves them out itself, as the socket does for a
+    /// local user who is not the volume's admin).
     pub objects: Option<u64>,
-    /// Null while the volume's database is unreachable.
+    /// Null while the volume's database is unreachable, and for a reader without the token.
     pub last_id: Option<u32>,
     pub read_only: bool,
     pub read_only_reason: Option<String>,
@@ -54,7 +57,8 @@ pub struct VolumeView {
     pub last_flush: i64,
     pub clean_at_start: bool,
     pub frozen_until: Option<i64>,
-    pub wal_bytes: u64,
+    /// Null for a reader without the token.
+    pub wal_bytes: Option<u64>,
     pub check_problems: Vec<String>,
     pub rebuild: Option<RebuildView>,
     /// Connected clients (other than this page's own connection).
@@ -70,9 +74,11 @@ pub struct RebuildView {
     pub mode: &'static str,
     pub phase: String,
     pub pass: u32,
-    pub objects: u64,
+    /// Null for a reader without the token (the walk's count is the volume's object count).
+    pub objects: Option<u64>,
     pub started: i64,
     pub finished: bool,
+    /// Null for a reader without the token.
     pub differences: Option<u64>,
     pub error: Option<String>,
 }
@@ -127,14 +133,14 @@ impl VolumeView {
             vol: v.vol,
             name: volume_name(&v.root),
             root: String::from_utf8_lossy(&v.root).into_owned(),
-            objects: (!v.counts_unknown()).then_some(v.objects),
-            last_id: (!v.counts_unknown()).then_some(v.last_id),
+            objects: v.objects_shown().filter(|_| admin),
+            last_id: v.last_id_shown().filter(|_| admin),
             read_only: v.read_only,
             read_only_reason: v.read_only_reason.clone(),
             last_flush: v.last_flush,
             clean_at_start: v.clean_at_start,
             frozen_until: v.frozen_until,
-            wal_bytes: v.wal_bytes,
+            wal_bytes: deskd_proto::shown(v.wal_bytes).filter(|_| admin),
             check_problems: v.check_problems.clone(),
             rebuild: v.rebuild.as_ref().map(|r| RebuildView::new(r, admin)),
             client_count: others.len() as u64 + u64::from(v.hidden_clients),
@@ -171,11 +177,11 @@ impl RebuildView {
             },
             phase: r.phase.clone(),
             pass: r.pass,
-            objects: r.objects,
+            objects: deskd_proto::shown(r.objects).filter(|_| admin),
             started: r.started,
             finished: r.finished.is_some(),
             differences: match &r.finished {
-                Some(Ok(summary)) => Some(summary.differences),
+                Some(Ok(summary)) if admin => deskd_proto::shown(summary.differences),
                 _ => None,
             },
             error: match &r.finished {

@@ -32,8 +32,10 @@ pub use auth::{AuthMode, Token};
 pub use error::HttpError;
 pub use listener::{Bound, HttpServer};
 
-/// The Prometheus text, made fresh at each scrape.
-pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+/// The Prometheus text, made fresh at each scrape; the argument says whether the request showed
+/// the admin token (without it, a volume's activity figures are left out, as for a local user
+/// who is not the volume's admin: docs/security.md, "What status tells whom").
+pub type MetricsFn = Arc<dyn Fn(bool) -> String + Send + Sync>;
 
 /// What the HTTP side is told at start (resolved from `[server] http_*` and `backup_dir`).
 #[derive(Debug, Clone)]

@@ -107,8 +107,12 @@ async fn route(state: &Arc<State>, peer: SocketAddr, request: Request<Incoming>)
             if let Some(refused) = state.require(credential, state.auth == AuthMode::All, peer) {
                 return refused;
             }
+            if credential == Credential::Wrong {
+                return state.refuse(credential, peer);
+            }
+            let admin = credential == Credential::Admin;
             let metrics = state.metrics.clone();
-            match tokio::task::spawn_blocking(move || metrics()).await {
+            match tokio::task::spawn_blocking(move || metrics(admin)).await {
                 Ok(text) => Response::builder()
                     .header(
                         header::CONTENT_TYPE,

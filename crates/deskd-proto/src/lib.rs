@@ -653,6 +653,24 @@ pub struct VolumeInfo {
     pub read_only: bool,
 }
 
+/// What the server sends in place of a volume-wide activity figure (objects, the ID counter,
+/// the WAL, commits, the watcher's counts, a rebuild's counts, the desktop's and name index's
+/// sizes) to a peer that is not the volume's admin (root, deskd's user, the volume's owner, a
+/// trusted TCP peer): such a peer gets none of them, not even rounded, since any local user
+/// can step a rounded count one at a time to just below a step and then see the next single
+/// change of anyone's (docs/security.md, "What status tells whom"). A count cannot be this
+/// large, so the value needs no new field (postcard has no field framing: a new field would
+/// change how every version-3 peer decodes the reply). Clients show it as absent: JSON null,
+/// `—` in text ([`shown`]).
+pub const WITHHELD: u64 = u64::MAX;
+/// [`WITHHELD`] for the ID counter: `u32::MAX` is never handed out (`deskd_db::ids`).
+pub const WITHHELD_ID: u32 = u32::MAX;
+
+/// `n` unless the server withheld it ([`WITHHELD`]).
+pub fn shown(n: u64) -> Option<u64> {
+    (n != WITHHELD).then_some(n)
+}
+
 /// State of one volume, for `deskd status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeStatus {
@@ -704,6 +722,23 @@ impl VolumeStatus {
                 .read_only_reason
                 .as_deref()
                 .is_some_and(|why| why.starts_with("database unreachable"))
+    }
+
+    /// Whether the server withheld this volume's activity figures (`objects`, `last_id`,
+    /// `wal_bytes`, a rebuild's counts) from the asker: it is not the volume's admin
+    /// ([`WITHHELD`]).
+    pub fn figures_withheld(&self) -> bool {
+        self.last_id == WITHHELD_ID
+    }
+
+    /// `objects` unless unknown or withheld.
+    pub fn objects_shown(&self) -> Option<u64> {
+        (!self.counts_unknown() && !self.figures_withheld()).then_some(self.objects)
+    }
+
+    /// `last_id` unless unknown or withheld.
+    pub fn last_id_shown(&self) -> Option<u32> {
+        (!self.counts_unknown() && !self.figures_withheld()).then_some(self.last_id)
     }
 }
 
@@ -860,6 +895,15 @@ pub struct VolumeWatch {
     /// Whether the events held are a burst's, deferred until it slows (at most 30 s) or a
     /// flush.
     pub deferring: bool,
+}
+
+impl VolumeWatch {
+    /// Whether the server withheld the counts (events, applied, pending, stamps owed, held
+    /// back, bytes held, a rescan's counts) from the asker ([`WITHHELD`]); the kind, note,
+    /// lag percentile, overflows and whether a burst is deferred are given to every peer.
+    pub fn figures_withheld(&self) -> bool {
+        self.events == WITHHELD
+    }
 }
 
 /// A rescan of a watched volume by the online repair.

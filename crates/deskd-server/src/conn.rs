@@ -977,7 +977,7 @@ impl Connection {
                     };
                     if !admin {
                         redact_details(&mut status);
-                        crate::coarse::status(&mut status);
+                        crate::withheld::status(&mut status);
                     }
                     let shown = self
                         .shared
@@ -1003,12 +1003,13 @@ impl Connection {
                     view,
                 )))
             }
-            // No secret: sizes and counts, no paths; `status` tells every peer more.
+            // Sizes and counts, no paths: open to every peer but a volume's own sizes.
             Request::Memory => {
                 let volumes = self.shared.volumes();
                 let mut figures = crate::memory::figures(&volumes);
-                // A desktop's exact size moves with every commit: rounded for those who are
-                // not its volume's admin, as status's counts are.
+                // A desktop's size and its name index's move with the volume's changes:
+                // withheld from those who are not its volume's admin, as status's counts are
+                // (rounded, a user could step them: crate::withheld).
                 for shown in &mut figures.volumes {
                     let admin = self.access.is_trusted()
                         || volumes
@@ -1016,7 +1017,8 @@ impl Connection {
                             .find(|h| h.index == shown.vol)
                             .is_some_and(|h| self.require_admin(h).is_ok());
                     if !admin {
-                        shown.desktop_bytes = crate::coarse::bytes(shown.desktop_bytes);
+                        shown.desktop_bytes = deskd_proto::WITHHELD;
+                        shown.name_index = deskd_proto::WITHHELD;
                     }
                 }
                 Ok(Response::Memory(figures))
@@ -1058,7 +1060,7 @@ impl Connection {
                                 "the rescan failed (root or the volume owner sees why)".to_owned()
                             });
                         }
-                        crate::coarse::watch(&mut watch);
+                        crate::withheld::watch(&mut watch);
                     }
                     out.push(watch);
                 }

@@ -28,7 +28,7 @@ mod audit;
 mod autorepair;
 mod background;
 mod clients;
-mod coarse;
+mod withheld;
 mod config;
 mod conn;
 mod db_reply;

@@ -96,9 +96,10 @@ fn gather(volumes: &[Arc<VolumeHandle>]) -> ServerMemory {
     out
 }
 
-/// The heap of `handle`'s name index, rounded up to a MiB: the exact figure moves with every
-/// name added anywhere on the volume, so watching it would tell any peer (the figures are open
-/// to all) the length of a name made in a folder it cannot list.
+/// The heap of `handle`'s name index, rounded up to a MiB (a figure for sizing memory, not
+/// for counting names). Given to the volume's admins only, as the object count is: it moves
+/// with every name added anywhere on the volume, and a user could step even the rounded
+/// figure with names of its own ([`crate::withheld`]).
 pub(crate) fn name_index_bytes(handle: &VolumeHandle) -> u64 {
     const GRAIN: u64 = 1 << 20;
     handle.names.heap_bytes().div_ceil(GRAIN) * GRAIN

@@ -895,33 +895,34 @@ fn run(cli: Run) -> Result<ExitCode> {
             let metrics = metrics.as_deref();
             for s in statuses {
                 let root = display_bytes(&s.root);
-                let rounded = figures_rounded(&s.root);
+                // The server withholds the volume's activity figures from a user who is not
+                // its admin: null in JSON, "—" in text (docs/security.md).
+                let withheld = s.figures_withheld();
                 // A desktop in an unreachable database has no counts to show: not 0.
                 let unread = s.counts_unknown();
+                let last_id = s.last_id_shown();
                 if json {
-                    let known =
-                        |n: serde_json::Value| if unread { serde_json::Value::Null } else { n };
                     let v = serde_json::json!({
                         "path": root,
                         "desktop": display_bytes(&s.desktop),
-                        "rounded": rounded,
-                        "objects": known(s.objects.into()),
-                        "last_id": known(s.last_id.into()),
-                        "ids_left": known(deskd_db::ids::ids_left(s.last_id).into()),
-                        "id_space_warning": deskd_db::ids::space_warning(s.last_id),
+                        "withheld": withheld,
+                        "objects": s.objects_shown(),
+                        "last_id": last_id,
+                        "ids_left": last_id.map(deskd_db::ids::ids_left),
+                        "id_space_warning": last_id.and_then(deskd_db::ids::space_warning),
                         "read_only": s.read_only,
                         "read_only_reason": s.read_only_reason,
                         "last_flush": s.last_flush,
                         "clean_at_start": s.clean_at_start,
                         "frozen_until": s.frozen_until,
-                        "wal_bytes": s.wal_bytes,
+                        "wal_bytes": deskd_proto::shown(s.wal_bytes),
                         "check_problems": s.check_problems,
                         "rebuild": s.rebuild.as_ref().map(|r| serde_json::json!({
                             "job": r.job,
                             "mode": format!("{:?}", r.mode).to_lowercase(),
                             "phase": r.phase,
                             "pass": r.pass,
-                            "objects": r.objects,
+                            "objects": deskd_proto::shown(r.objects),
                             "started": r.started,
                             "error": r.finished.as_ref().and_then(|f| f.as_ref().err()),
                         })),
@@ -943,20 +944,23 @@ fn run(cli: Run) -> Result<ExitCode> {
                     };
                     println!("{root}");
                     println!("  desktop:      {}", display_bytes(&s.desktop));
-                    if rounded {
+                    if withheld {
                         println!(
-                            "  (objects, last ID, WAL, watch counts and the desktop's size are \
-                             rounded down: only root and the volume's owner see exact figures)"
+                            "  (objects, last ID, WAL, the watcher's counts and the desktop's size \
+                             are shown only to root and the volume's owner: —)"
                         );
                     }
                     if unread {
                         println!("  objects:      unknown (the database is unreachable)");
                         println!("  last ID:      unknown (the database is unreachable)");
+                    } else if withheld {
+                        println!("  objects:      —");
+                        println!("  last ID:      —");
                     } else {
                         println!("  objects:      {}", s.objects);
                         println!("  last ID:      {}", s.last_id);
                     }
-                    if let Some(warning) = deskd_db::ids::space_warning(s.last_id) {
+                    if let Some(warning) = last_id.and_then(deskd_db::ids::space_warning) {
                         println!("  WARNING:      {warning}");
                     }
                     println!("  last flush:   {}", when(s.last_flush));
@@ -974,7 +978,10 @@ fn run(cli: Run) -> Result<ExitCode> {
                             .map(when)
                             .unwrap_or_else(|| "not frozen".into())
                     );
-                    println!("  WAL:          {} bytes", s.wal_bytes);
+                    match deskd_proto::shown(s.wal_bytes) {
+                        Some(n) => println!("  WAL:          {n} bytes"),
+                        None => println!("  WAL:          —"),
+                    }
                     match (&s.read_only_reason, s.read_only) {
                         (Some(why), _) => println!("  read-only:    yes: {why}"),
                         (None, read_only) => {
@@ -986,7 +993,12 @@ fn run(cli: Run) -> Result<ExitCode> {
                         match &r.finished {
                             None => println!(
                                 "  rebuild:      job {} ({mode}) {}, pass {}, {} objects walked, started {}",
-                                r.job, r.phase, r.pass, r.objects, when(r.started)
+                                r.job,
+                                r.phase,
+                                r.pass,
+                                deskd_proto::shown(r.objects)
+                                    .map_or("—".to_owned(), |n| n.to_string()),
+                                when(r.started)
                             ),
                             Some(Ok(_)) => println!(
                                 "  rebuild:      job {} ({mode}) done, started {}",
@@ -1385,7 +1397,10 @@ fn serve(
     let http = match http {
         Some(bound) => {
             let source = server.metrics();
-            let metrics: deskd_http::MetricsFn = std::sync::Arc::new(move || source.text());
+            let metrics: deskd_http::MetricsFn = std::sync::Arc::new(move |admin| match admin {
+                true => source.text(),
+                false => source.text_for_anyone(),
+            });
             Some(bound.serve(metrics).context("cannot start the HTTP side")?)
         }
         None => None,
@@ -2001,12 +2016,3 @@ fn restore(
     ExitCode::SUCCESS
 }
 
-/// Whether the server rounds this volume's activity figures for the caller: it is neither root
-/// nor the owner of the volume's root (the server's rule; its own user aside, which runs
-/// `status` rarely and then sees exact figures marked rounded).
-fn figures_rounded(root: &[u8]) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::MetadataExt;
-    let me = rustix::process::geteuid().as_raw();
-    me != 0 && std::fs::metadata(std::ffi::OsStr::from_bytes(root)).map_or(true, |m| m.uid() != me)
-}

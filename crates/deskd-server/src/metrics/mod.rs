@@ -16,6 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use deskd_db::{now_unix, Read};
+use deskd_proto::shown;
 
 use crate::figures::{self, Latencies, KINDS, LATENCY_BOUNDS_NS, NO_VOLUME};
 use crate::shared::Shared;
@@ -25,12 +26,14 @@ use text::{Exposition, Type};
 /// What the asker may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum View {
-    /// Everything: root, a TCP client holding the token, the HTTP listener.
+    /// Everything: root, a TCP client holding the token, an HTTP request showing the HTTP
+    /// side's token.
     Full,
-    /// A local user (not root). As `Status` shows it other users' clients only as a count, it
-    /// is shown the requests of its own uid only, except on the volumes it owns (where it is
-    /// the admin and `Status` shows it everything); the server-wide connections per transport
-    /// (which `Status` does not give it) are left out.
+    /// A local user (not root), or an HTTP request without the token (`uid` None). As
+    /// `Status` shows it other users' clients only as a count, it is shown the requests of its
+    /// own uid only, and a volume's activity figures not at all ([`withhold`]), except on the
+    /// volumes it administers (where `Status` shows it everything); the server-wide
+    /// connections per transport (which `Status` does not give it) are left out.
     Peer { uid: Option<u32> },
 }
 
@@ -46,9 +49,17 @@ impl MetricsSource {
         MetricsSource { shared }
     }
 
-    /// Every figure of every served volume, in the Prometheus text format (0.0.4).
+    /// Every figure of every served volume, in the Prometheus text format (0.0.4): for a
+    /// request that showed the admin token.
     pub fn text(&self) -> String {
         render(&self.shared, View::Full)
+    }
+
+    /// What a reader without the token gets (`http_auth = "actions"` lets any local user
+    /// read `/metrics`): what a local user who administers no volume gets from the socket,
+    /// without even its own requests (it has no uid here).
+    pub fn text_for_anyone(&self) -> String {
+        render(&self.shared, View::Peer { uid: None })
     }
 }
 
@@ -60,12 +71,14 @@ struct VolumeFigures {
     objects: Option<u64>,
     last_id: Option<u32>,
     state: crate::writer::SharedState,
-    wal_bytes: u64,
+    wal_bytes: Option<u64>,
     clients: u64,
     rebuild: Option<deskd_proto::RebuildState>,
-    batches: figures::BatchSizes,
+    batches: Option<figures::BatchSizes>,
     /// Transactions committed (`deskd_commits_total`).
-    commits: u64,
+    commits: Option<u64>,
+    /// Whether the asker is the volume's admin (else [`withhold`] took its activity figures).
+    admin: bool,
     /// Live tracking (issue 23); `kind` is `off` when the volume is not watched.
     watch: deskd_proto::VolumeWatch,
     /// A PostgreSQL volume's read cache (issue 28).
@@ -85,7 +98,7 @@ pub(crate) fn render(shared: &Shared, view: View) -> String {
         for v in volumes.iter_mut().filter(|v| {
             uid.is_none_or(|uid| uid != 0 && uid != server && uid != v.handle.owner_uid())
         }) {
-            coarsen(v);
+            withhold(v);
         }
     }
     prune_readers(shared, &volumes);
@@ -128,26 +141,23 @@ pub(crate) fn render(shared: &Shared, view: View) -> String {
     out.finish()
 }
 
-/// A volume's figures as a local user who is not its admin sees them ([`crate::coarse`]).
-fn coarsen(v: &mut VolumeFigures) {
-    v.objects = v.objects.map(crate::coarse::count);
-    v.last_id = v.last_id.map(crate::coarse::id);
-    v.wal_bytes = crate::coarse::bytes(v.wal_bytes);
-    crate::coarse::watch(&mut v.watch);
-    for bucket in &mut v.batches.buckets {
-        *bucket = crate::coarse::count(*bucket);
-    }
-    v.batches.requests = crate::coarse::count(v.batches.requests);
-    v.commits = crate::coarse::count(v.commits);
-    // The read cache's figures not at all, not even rounded: a user moves each of them one
-    // at a time at will (a resolve of an ID never given is a miss, of its own file a hit,
-    // of its own file moved behind deskd's back a disk mismatch, of its own new files a row),
-    // so it can bring one to just below a step and then see a single resolve of another
-    // user's (afpd's opens by CNID), or whether a hidden object a resolve asked for is still
-    // at its recorded place (hostile review of stop 41, finding 1).
+/// A volume's figures as a local user who is not its admin sees them: none of those that move
+/// with the volume's activity, their samples left out ([`crate::withheld`]). Not even rounded:
+/// a user moves each of them one at a time at will (its own files and comments for the objects,
+/// the ID counter, the commits and batches; a resolve of an ID never given for the read cache's
+/// misses), so it can bring one to just below a step and then see a single change or resolve of
+/// another user's (hostile review of stop 41, findings 1 and 2).
+fn withhold(v: &mut VolumeFigures) {
+    v.admin = false;
+    v.objects = None;
+    v.last_id = None;
+    v.wal_bytes = None;
+    crate::withheld::watch(&mut v.watch);
+    v.batches = None;
+    v.commits = None;
     v.read_cache = None;
     if let Some(rebuild) = v.rebuild.as_mut() {
-        rebuild.objects = crate::coarse::count(rebuild.objects);
+        crate::withheld::rebuild_counts(rebuild);
     }
 }
 
@@ -162,17 +172,18 @@ fn gather(shared: &Shared, handle: Arc<VolumeHandle>) -> VolumeFigures {
         last_id,
         state,
         // A desktop in PostgreSQL has no WAL here (its `desktop_path` is no file).
-        wal_bytes: match handle.pg {
+        wal_bytes: Some(match handle.pg {
             Some(_) => 0,
             None => handle.writer.wal_pending_bytes(&handle.desktop_path),
-        },
+        }),
         clients: shared.clients.of_volume_count(handle.index),
         rebuild: shared
             .rebuilds
             .current(&handle)
             .map(|job| job.state(u64::MAX)),
-        batches: handle.writer.figures().read(),
-        commits: handle.commits.load(std::sync::atomic::Ordering::Relaxed),
+        batches: Some(handle.writer.figures().read()),
+        commits: Some(handle.commits.load(std::sync::atomic::Ordering::Relaxed)),
+        admin: true,
         watch: shared.watchers.status(&handle),
         read_cache: handle.pg.as_ref().map(|pg| pg.read_cache().figures()),
         handle,
@@ -259,7 +270,7 @@ fn memory(out: &mut Exposition, volumes: &[VolumeFigures]) {
         "deskd_volume_name_index_bytes",
         Type::Gauge,
         "Heap held by the volume's in-memory name index (find).",
-        |v| Some(crate::memory::name_index_bytes(&v.handle)),
+        |v| v.admin.then(|| crate::memory::name_index_bytes(&v.handle)),
     );
 }
 
@@ -336,7 +347,7 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
         "deskd_watch_events_total",
         Counter,
         "Changes made on the volume that its watcher reported (after coalescing).",
-        |v| watched(v).then_some(v.watch.events),
+        |v| watched(v).then_some(v.watch.events).and_then(shown),
     );
     each_volume(
         out,
@@ -360,7 +371,7 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
         "deskd_watch_owed_stamps",
         Gauge,
         "New objects whose resource file and mirror the watcher has not written yet.",
-        |v| watched(v).then_some(v.watch.owed_stamps),
+        |v| watched(v).then_some(v.watch.owed_stamps).and_then(shown),
     );
     each_volume(
         out,
@@ -368,7 +379,7 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
         "deskd_watch_held_bytes",
         Gauge,
         "Bytes of events read from the kernel and not yet applied (fanotify).",
-        |v| watched(v).then_some(v.watch.queued_bytes),
+        |v| watched(v).then_some(v.watch.queued_bytes).and_then(shown),
     );
     each_volume(
         out,
@@ -392,7 +403,7 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
         "deskd_commits_total",
         Counter,
         "Transactions committed to the desktop (client batches and rebuild steps).",
-        |v| Some(v.commits),
+        |v| v.commits,
     );
     each_volume(
         out,
@@ -441,13 +452,15 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
     );
     let batch_bounds: Vec<f64> = figures::BATCH_BOUNDS.iter().map(|&b| b as f64).collect();
     for v in volumes {
-        out.histogram(
-            "deskd_commit_batch_requests",
-            &[("volume", &v.label)],
-            &batch_bounds,
-            &v.batches.buckets,
-            v.batches.requests as f64,
-        );
+        if let Some(batches) = &v.batches {
+            out.histogram(
+                "deskd_commit_batch_requests",
+                &[("volume", &v.label)],
+                &batch_bounds,
+                &batches.buckets,
+                batches.requests as f64,
+            );
+        }
     }
     each_volume(
         out,
@@ -455,7 +468,7 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
         "deskd_wal_bytes",
         Gauge,
         "Bytes of the desktop's write-ahead log not yet checkpointed into .Desktop.",
-        |v| Some(v.wal_bytes),
+        |v| v.wal_bytes,
     );
     each_volume(
         out,
@@ -537,7 +550,7 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
         "deskd_rebuild_objects_walked",
         Gauge,
         "Objects the running or last online rebuild walked in its current pass.",
-        |v| v.rebuild.as_ref().map(|r| r.objects),
+        |v| v.rebuild.as_ref().and_then(|r| shown(r.objects)),
     );
     each_volume(
         out,
@@ -545,7 +558,7 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
         "deskd_rebuild_differences",
         Gauge,
         "Differences the running or last online rebuild found so far.",
-        |v| v.rebuild.as_ref().map(|r| r.next),
+        |v| v.rebuild.as_ref().and_then(|r| shown(r.next)),
     );
     each_volume(
         out,
