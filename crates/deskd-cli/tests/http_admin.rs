@@ -1417,7 +1417,10 @@ fn a_failed_rebuilds_reason_is_shown_only_with_the_token() {
     );
     // The walk's count is the volume's object count: the admin's only.
     assert!(rebuild["objects"].is_null(), "{rebuild}");
-    assert!(admin["volumes"][0]["rebuild"]["objects"].is_u64(), "{admin}");
+    assert!(
+        admin["volumes"][0]["rebuild"]["objects"].is_u64(),
+        "{admin}"
+    );
     // The same words the socket gives an unprivileged peer.
     let as_nobody = env
         .as_nobody(DESKD, &[b"status", b"--json"])

@@ -364,7 +364,9 @@ fn a_local_user_sees_in_metrics_what_status_shows_it() {
     assert!(!nobody_view.contains(&objects(&rw_label)), "{nobody_view}");
     assert!(nobody_view.contains(&objects(&mine_label)), "{nobody_view}");
     assert!(
-        nobody_view.contains(&format!("deskd_volume_read_only{{volume=\"{rw_label}\"}} 0")),
+        nobody_view.contains(&format!(
+            "deskd_volume_read_only{{volume=\"{rw_label}\"}} 0"
+        )),
         "{nobody_view}"
     );
     // Its own requests it sees: a second scrape counts the first.

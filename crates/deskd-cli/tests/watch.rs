@@ -818,12 +818,11 @@ fn status_line(out: &[u8], vol: &str) -> serde_json::Value {
 
 /// The activity figures of a status line (top level, `watch`, `memory`).
 fn activity_figures(s: &serde_json::Value) -> Vec<(&'static str, serde_json::Value)> {
-    let mut out: Vec<(&'static str, serde_json::Value)> = [
-        "objects", "last_id", "ids_left", "wal_bytes",
-    ]
-    .into_iter()
-    .map(|k| (k, s[k].clone()))
-    .collect();
+    let mut out: Vec<(&'static str, serde_json::Value)> =
+        ["objects", "last_id", "ids_left", "wal_bytes"]
+            .into_iter()
+            .map(|k| (k, s[k].clone()))
+            .collect();
     for k in [
         "events",
         "applied",
@@ -882,7 +881,12 @@ fn a_user_who_is_not_the_volume_admin_gets_no_activity_figures() {
     }
     assert!(seen["id_space_warning"].is_null(), "{seen}");
     // What a user needs to use the volume stays.
-    for key in ["read_only", "read_only_reason", "clean_at_start", "frozen_until"] {
+    for key in [
+        "read_only",
+        "read_only_reason",
+        "clean_at_start",
+        "frozen_until",
+    ] {
         assert_eq!(seen[key], exact[key], "{key}: {seen}");
     }
     assert_eq!(seen["watch"]["kind"], exact["watch"]["kind"], "{seen}");
@@ -892,15 +896,25 @@ fn a_user_who_is_not_the_volume_admin_gets_no_activity_figures() {
     // In text: "—", and said why.
     let text = env.as_nobody(DESKD, &[b"status"]).unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
-    for line in ["  objects:      —", "  last ID:      —", "  WAL:          —"] {
+    for line in [
+        "  objects:      —",
+        "  last ID:      —",
+        "  WAL:          —",
+    ] {
         assert!(text.contains(line), "{line:?} in {text}");
     }
-    assert!(text.contains("shown only to root and the volume's owner"), "{text}");
+    assert!(
+        text.contains("shown only to root and the volume's owner"),
+        "{text}"
+    );
     let watch_line = text.lines().find(|l| l.starts_with("  watch:")).unwrap();
     assert!(!watch_line.contains("events"), "{watch_line}");
     let plain = env.deskd_ok(&["status"]);
     assert!(!plain.contains("—"), "{plain}");
-    assert!(plain.contains(&format!("  objects:      {}", exact["objects"])), "{plain}");
+    assert!(
+        plain.contains(&format!("  objects:      {}", exact["objects"])),
+        "{plain}"
+    );
 
     // Metrics: no sample of them for nobody; root has each. What is not the volume's
     // activity stays.
@@ -935,12 +949,18 @@ fn nobody_cannot_step_the_object_count_to_see_another_users_one_change() {
     let vol = root(&env);
     let public = vol.join("pub");
     std::fs::create_dir(&public).unwrap();
-    std::fs::set_permissions(&public, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
-        .unwrap();
+    std::fs::set_permissions(
+        &public,
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
     let private = vol.join("private");
     std::fs::create_dir(&private).unwrap();
-    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     env.watch_barrier("vol");
     let deskd = env.linked_for_others(DESKD);
     let dt = env.linked_for_others(DT);
@@ -966,7 +986,11 @@ fn nobody_cannot_step_the_object_count_to_see_another_users_one_change() {
     let after = env.sh_as_nobody(&format!("{o}o"));
     assert_eq!(
         (before.trim(), stepped.trim(), after.trim()),
-        ("None None None None", "None None None None", "None None None None"),
+        (
+            "None None None None",
+            "None None None None",
+            "None None None None"
+        ),
         "nobody read a figure that moves with the volume's changes"
     );
     // root's own view moved with each change.

@@ -34,7 +34,8 @@ pub use listener::{Bound, HttpServer};
 
 /// The Prometheus text, made fresh at each scrape; the argument says whether the request showed
 /// the admin token (without it, a volume's activity figures are left out, as for a local user
-/// who is not the volume's admin: docs/security.md, "What status tells whom").
+/// who is not the volume's admin: docs/security.md, "A volume's activity figures: its admins'
+/// only").
 pub type MetricsFn = Arc<dyn Fn(bool) -> String + Send + Sync>;
 
 /// What the HTTP side is told at start (resolved from `[server] http_*` and `backup_dir`).

@@ -654,14 +654,14 @@ pub struct VolumeInfo {
 }
 
 /// What the server sends in place of a volume-wide activity figure (objects, the ID counter,
-/// the WAL, commits, the watcher's counts, a rebuild's counts, the desktop's and name index's
-/// sizes) to a peer that is not the volume's admin (root, deskd's user, the volume's owner, a
-/// trusted TCP peer): such a peer gets none of them, not even rounded, since any local user
-/// can step a rounded count one at a time to just below a step and then see the next single
-/// change of anyone's (docs/security.md, "What status tells whom"). A count cannot be this
-/// large, so the value needs no new field (postcard has no field framing: a new field would
-/// change how every version-3 peer decodes the reply). Clients show it as absent: JSON null,
-/// `—` in text ([`shown`]).
+/// the WAL, the watcher's counts, a rebuild's counts, the desktop's and name index's sizes) to
+/// a peer that is not the volume's admin (root, deskd's user, the volume's owner, a trusted TCP
+/// peer): such a peer gets none of them, not even rounded, since any local user can step a
+/// rounded count one at a time to just below a step and then see the next single change of
+/// anyone's (docs/security.md, "A volume's activity figures: its admins' only"). No count can
+/// be this large, so the value needs no new field (postcard has no field framing: a new field
+/// would change how every version-3 peer decodes the reply). Clients show it as absent: JSON
+/// null, `—` in text ([`shown`]).
 pub const WITHHELD: u64 = u64::MAX;
 /// [`WITHHELD`] for the ID counter: `u32::MAX` is never handed out (`deskd_db::ids`).
 pub const WITHHELD_ID: u32 = u32::MAX;

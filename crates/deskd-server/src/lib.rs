@@ -28,7 +28,6 @@ mod audit;
 mod autorepair;
 mod background;
 mod clients;
-mod withheld;
 mod config;
 mod conn;
 mod db_reply;
@@ -61,6 +60,7 @@ mod test_support;
 mod volume;
 mod walk;
 mod watch;
+mod withheld;
 mod writer;
 
 use std::net::TcpListener;

@@ -10,7 +10,8 @@
 //! files, comments), bring one to one below a step, and then see the next single change of
 //! anyone's, in folders it may not list (hostile review of stop 41, finding 2). Figures that
 //! move only on a timer would still tell "someone changed something this minute"; the figures
-//! serve the admin's monitoring, so only the admin gets them (docs/security.md).
+//! serve the admin's monitoring, so only the admin gets them (docs/security.md, "A volume's
+//! activity figures: its admins' only").
 
 use deskd_proto::{RebuildState, VolumeStatus, VolumeWatch, WITHHELD, WITHHELD_ID};
 

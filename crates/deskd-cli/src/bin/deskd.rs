@@ -2015,4 +2015,3 @@ fn restore(
     }
     ExitCode::SUCCESS
 }
-
