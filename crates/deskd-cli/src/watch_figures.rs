@@ -198,3 +198,55 @@ impl FlushProgress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deskd_proto::WITHHELD;
+
+    fn withheld(vol: u32) -> VolumeWatch {
+        VolumeWatch {
+            vol,
+            kind: "fanotify".into(),
+            events: WITHHELD,
+            applied: WITHHELD,
+            pending: WITHHELD,
+            owed_stamps: WITHHELD,
+            held_back: WITHHELD,
+            queued_bytes: WITHHELD,
+            queued_peak_bytes: WITHHELD,
+            lag_ms: 40,
+            lag_p99_ms: 40,
+            ..Default::default()
+        }
+    }
+
+    /// A volume whose counts the server withheld (one the asker does not administer) shows
+    /// them as absent, and counts for nothing in a flush's sums (it would overflow them).
+    #[test]
+    fn withheld_counts_are_absent_and_left_out_of_the_sums() {
+        let mine = VolumeWatch {
+            vol: 1,
+            kind: "fanotify".into(),
+            pending: 3,
+            owed_stamps: 5,
+            ..Default::default()
+        };
+        let all = [mine, withheld(2)];
+        let line = line(Some(&all), 2).unwrap();
+        assert_eq!(line, "  watch:        fanotify, lag p99 40 ms, 0 overflows");
+        let json = json(Some(&all), 2);
+        assert!(
+            json["events"].is_null() && json["owed_stamps"].is_null(),
+            "{json}"
+        );
+        assert_eq!(json["kind"], "fanotify");
+        let waits = flush_waits_for(&all).unwrap();
+        assert!(
+            waits.contains("3 change(s)") && waits.contains("5 resource"),
+            "{waits}"
+        );
+        assert!(owed_after_flush(&all).unwrap().starts_with("5 resource"));
+        assert_eq!(owed_after_flush(&[withheld(3)]), None);
+    }
+}
