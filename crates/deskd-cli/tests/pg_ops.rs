@@ -1617,19 +1617,6 @@ fn last_id(admin: &mut postgres::Client) -> i64 {
         .get(0)
 }
 
-/// Ask `env`'s server to register `path` of volume `root`: refused as read-only; the refusal.
-fn refused_read_only(env: &Env, root: &std::path::Path, path: &[u8]) -> deskd_client::ClientError {
-    let mut c = env.client();
-    let vol = c.open_volume(root).unwrap().vol;
-    let refused = c.object(add_path(vol, path.to_vec())).unwrap_err();
-    assert_eq!(
-        refused.code(),
-        Some(deskd_client::ErrorCode::ReadOnly),
-        "{refused}"
-    );
-    refused
-}
-
 /// What [`served_pg_held_off`] gives.
 struct HeldOff {
     cluster: deskd_pg::test_cluster::TestCluster,
@@ -1704,6 +1691,9 @@ fn a_volume_restored_while_its_server_was_cut_off_is_refused_as_moved_out_when_i
     env.dt_ok(&[b"touch", b"vol/kept.txt", b"vol/later.txt"]);
     let file = backed_up(&env, &root, &config);
     let before = last_id(&mut cluster.admin("desk"));
+    // A client that opened the volume before: its handle is answered "not served" after.
+    let mut c = env.client();
+    let vol = c.open_volume(&root).unwrap().vol;
     cluster.stop();
     env.wait_for_log("database unreachable (", 1);
     // The database cannot be asked: no --config, so the backup's counter is taken on purpose.
@@ -1717,21 +1707,7 @@ fn a_volume_restored_while_its_server_was_cut_off_is_refused_as_moved_out_when_i
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(deskd_volume::desktop_backend(&root).is_none());
     cluster.restart();
-    env.wait_for_log("moved out of the database (the root's mark is gone) while the database was unreachable; reload to serve it from its SQLite desktop", 1);
-    let refused = refused_read_only(&env, &root, b"later.txt");
-    assert!(
-        refused.to_string().contains("moved out of the database"),
-        "{refused}"
-    );
-    let status = env.status_json();
-    assert_eq!(status["read_only"], true, "{status}");
-    assert!(
-        status["read_only_reason"]
-            .as_str()
-            .unwrap()
-            .contains("moved out of the database"),
-        "{status}"
-    );
+    assert_moved_out_not_served(&env, &root, &mut c, vol);
     assert_eq!(
         last_id(&mut cluster.admin("desk")),
         before,
@@ -1812,6 +1788,8 @@ fn a_volume_migrated_out_while_its_server_was_cut_off_is_refused_as_moved_out() 
     };
     let mut admin = cluster.admin("desk");
     let before = last_id(&mut admin);
+    let mut c = env.client();
+    let vol = c.open_volume(&root).unwrap().vol;
     wait_both_sessions_hold_the_lock(&cluster);
     std::fs::write(&hold_off, b"").unwrap();
     kill_lock_holders(&mut admin);
@@ -1829,15 +1807,89 @@ fn a_volume_migrated_out_while_its_server_was_cut_off_is_refused_as_moved_out() 
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(deskd_volume::desktop_backend(&root).is_none());
     std::fs::remove_file(&hold_off).unwrap();
-    env.wait_for_log(
-        "moved out of the database (the root's mark is gone) while the database was unreachable",
-        1,
-    );
-    refused_read_only(&env, &root, b"kept.txt");
+    assert_moved_out_not_served(&env, &root, &mut c, vol);
     assert_eq!(
         last_id(&mut admin),
         before,
         "an ID was handed out from the database"
     );
     wait_no_serving_lock(&cluster);
+}
+
+/// Why a volume whose root's mark is gone is not served (the server's log and status).
+const MOVED_OUT: &str = "moved out of the database (the root's mark is gone): a deskd restore \
+                         --leave-postgresql or deskd migrate --to sqlite ran while this server \
+                         was cut off from the database or starting; not served: take `backend` \
+                         out of the volume's configuration and reload (SIGHUP) to serve it from \
+                         its SQLite desktop";
+
+/// What the server says of a volume it found moved out of the database (its writer took the
+/// serving lock again and read no mark on the root): taken out of the served list at once,
+/// listed as not served with why, as a volume refused at start, in `deskd status` (text and
+/// JSON), `status --volume` (exit 1) and dt, why only to root and the owner; a client's
+/// earlier handle `vol` (on `c`) and a new opening are answered "not served", nothing read
+/// from the database's copy (the status of the handle is refused too).
+fn assert_moved_out_not_served(
+    env: &Env,
+    root: &std::path::Path,
+    c: &mut deskd_client::Client,
+    vol: u32,
+) {
+    let why = MOVED_OUT;
+    env.wait_for_log(why, 1);
+    env.wait_for_log("no longer served (moved out of the database", 1);
+    for refused in [
+        c.object(add_path(vol, b"later.txt".to_vec())).unwrap_err(),
+        c.status(Some(vol)).unwrap_err(),
+        c.open_volume(root).unwrap_err(),
+    ] {
+        assert_eq!(
+            refused.code(),
+            Some(deskd_client::ErrorCode::NoSuchVolume),
+            "{refused}"
+        );
+    }
+    let text = env.deskd_ok(&["status"]);
+    let at = text
+        .find(&format!("{}\n  NOT SERVED:   ", root.display()))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(text[at..].lines().nth(1).unwrap().contains(why), "{text}");
+    let json = env.deskd_ok(&["status", "--json"]);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "no served volume is listed: {json}");
+    assert_eq!(lines[0]["served"], false, "{json}");
+    assert!(
+        lines[0]["not_served"].as_str().unwrap().contains(why),
+        "{json}"
+    );
+    let one = env.deskd(&["status", "--volume", root.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&one.stdout);
+    assert_eq!(one.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("NOT SERVED:   ") && said.contains(why),
+        "{said}"
+    );
+    let out = env.dt(&[b"touch", b"vol/after-it-moved.txt"]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("refused this volume") && err.contains(why),
+        "{err}"
+    );
+    if let Some(out) = env.as_nobody(
+        DESKD,
+        &[b"status", b"--volume", root.as_os_str().as_bytes()],
+    ) {
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("NOT SERVED:   refused (root or the volume owner"),
+            "{said}"
+        );
+        assert!(!said.contains("moved out"), "{said}");
+    } else {
+        skip("needs root to act as another user");
+    }
 }

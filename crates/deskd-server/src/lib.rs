@@ -294,6 +294,7 @@ impl Server {
             }
         }
         for handle in shared.volumes() {
+            shared.watch_moved_out(&handle);
             autorepair::watch(&shared.rebuilds, &handle);
             watch::start(&shared.watchers, &shared.rebuilds, &handle);
         }

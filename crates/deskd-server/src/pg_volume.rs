@@ -109,7 +109,34 @@ pub(crate) struct PgVolume {
     /// the serving lock on it) is likely gone too (a database restart), so the writer checks
     /// it now, not at the next write (the newcomer review of stop 41, findings 1 and 7).
     follower_lost: AtomicBool,
+    /// Why the volume is no longer this server's to serve from the database (the writer found
+    /// it moved out: [`moved_out`]); set once.
+    moved_out: OnceLock<String>,
+    /// Told once when it is: the server takes the volume out of its served list
+    /// ([`crate::shared::Shared::serve`] sets it).
+    on_moved_out: Mutex<Option<MovedOutHook>>,
+    /// The root bore the mark when the volume was opened: only then is its loss a move out (a
+    /// file system without user xattrs has no mark to lose).
+    marked: bool,
 }
+
+/// What [`PgVolume::open_writer`] found.
+pub(crate) enum Opened {
+    /// The writer's desktop, whether the volume was created, and whether this was the first
+    /// opening that reached the database (the name index, the check and the follower are
+    /// then to be started).
+    Open {
+        desktop: PgDesktop,
+        created: bool,
+        first: bool,
+    },
+    /// The volume was moved out of the database: why ([`moved_out`]). The lock is let go
+    /// with the session.
+    MovedOut(String),
+}
+
+/// What [`PgVolume::when_moved_out`] is given.
+pub(crate) type MovedOutHook = Box<dyn FnOnce(String) + Send>;
 
 /// A freeze of a PostgreSQL volume (`deskd freeze`): a `REPEATABLE READ` transaction that
 /// exported its snapshot ([`deskd_pg::Frozen`]), held by a thread until the freeze's end, a
@@ -160,12 +187,13 @@ impl Drop for LentReader {
 
 impl PgVolume {
     /// The volume's connections, none made yet: [`PgVolume::open_writer`] makes the first. A
-    /// target that cannot be read is refused here.
+    /// target that cannot be read is refused here. `marked`: the root bears the mark now.
     pub(crate) fn new(
         options: ConnectOptions,
         key: VolumeKey,
         durability: Durability,
         names: Arc<NameIndex>,
+        marked: bool,
     ) -> Result<PgVolume, deskd_pg::PgError> {
         let shown = deskd_pg::connect::describe(&deskd_pg::connect::parse_target(&options.target)?);
         Ok(PgVolume {
@@ -184,27 +212,43 @@ impl PgVolume {
             returned: Condvar::new(),
             answered: Mutex::new(None),
             follower_lost: AtomicBool::new(false),
+            moved_out: OnceLock::new(),
+            on_moved_out: Mutex::new(None),
+            marked,
         })
     }
 
     /// Connect the writer and open volume `key` (made, with its root, when the database has
-    /// neither its name nor its identity). Returns the writer's desktop, whether the volume
-    /// was created, and whether this was the first opening that reached the database (the
-    /// name index, the check and the follower are then to be started).
-    pub(crate) fn open_writer(&self) -> Result<(PgDesktop, bool, bool), deskd_pg::PgError> {
+    /// neither its name nor its identity), and take the serving lock. The mark of `root` is
+    /// then read (when it bore one at the opening): a volume moved out of the database
+    /// meanwhile (a restore or a migrate removes the mark while it holds the lock
+    /// exclusively) is [`Opened::MovedOut`], before any reader may connect
+    /// ([`PgVolume::opened`]).
+    pub(crate) fn open_writer(&self, root: &Path) -> Result<Opened, deskd_pg::PgError> {
         let client = deskd_pg::connect(&self.options)?;
         let (mut desktop, created) = PgDesktop::open(client, &self.key, self.durability)?;
         // Held by the writer's session: `deskd migrate --to sqlite` waits for no server.
         desktop.hold_for_serving()?;
         self.answered_at(Instant::now());
+        if let Some(why) = moved_out(root, self.key.identity).filter(|_| self.marked) {
+            return Ok(Opened::MovedOut(why));
+        }
         if self.vid.get().is_some() {
-            return Ok((desktop, created, false));
+            return Ok(Opened::Open {
+                desktop,
+                created,
+                first: false,
+            });
         }
         // Read before the name index loads: a change committed between the two is in the
         // load or after `seen` in the log, and applying it twice is harmless.
         *self.seen.lock().unwrap() = desktop.change_seq()?;
         let first = self.vid.set(desktop.volume_key_in_db()).is_ok();
-        Ok((desktop, created, first))
+        Ok(Opened::Open {
+            desktop,
+            created,
+            first,
+        })
     }
 
     /// The volume's name index.
@@ -222,8 +266,44 @@ impl PgVolume {
         self.vid.get().is_some()
     }
 
+    /// Why the volume was found moved out of the database, once it was.
+    pub(crate) fn moved_out_reason(&self) -> Option<&str> {
+        self.moved_out.get().map(String::as_str)
+    }
+
+    /// The writer found the volume moved out (under the serving lock): no read connection is
+    /// lent from now on, and the hook, if set, is told (once).
+    pub(crate) fn mark_moved_out(&self, why: String) {
+        if self.moved_out.set(why.clone()).is_err() {
+            return;
+        }
+        let hook = self.on_moved_out.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook(why);
+        }
+    }
+
+    /// Call `hook` when the volume is found moved out: at once if it was already (a hook set
+    /// again replaces the one not yet called).
+    pub(crate) fn when_moved_out(&self, hook: MovedOutHook) {
+        let mut slot = self.on_moved_out.lock().unwrap();
+        // Read under the hook's lock: a mark made before is seen here, one made after finds
+        // the hook stored (exactly one of the two calls it).
+        match self.moved_out.get() {
+            Some(why) => {
+                drop(slot);
+                hook(why.clone());
+            }
+            None => *slot = Some(hook),
+        }
+    }
+
     /// Another connection to this volume (a client connection's reads, the loader's).
     pub(crate) fn connect(&self) -> Result<PgDesktop, DbError> {
+        if let Some(why) = self.moved_out_reason() {
+            // Not the database's copy: the volume's desktop is elsewhere now.
+            return Err(DbError::Unavailable(why.to_owned()));
+        }
         if !self.opened() {
             // Not before the writer opened the volume (it may have to be made first).
             return Err(DbError::Unavailable(
@@ -237,6 +317,9 @@ impl PgVolume {
     /// A read connection for a client connection's run of requests: an idle one, else a new
     /// one; when [`READERS_MAX`] are lent, the first given back within [`READER_WAIT`].
     pub(crate) fn lend(self: &Arc<Self>) -> Result<LentReader, DbError> {
+        if let Some(why) = self.moved_out_reason() {
+            return Err(DbError::Unavailable(why.to_owned()));
+        }
         {
             let lent = self.lent.lock().unwrap();
             let (mut lent, waited) = self
@@ -509,9 +592,13 @@ pub(crate) fn moved_out(root: &Path, identity: u64) -> Option<String> {
             found.map_or("gone".into(), |f| format!("{f:016x}"))
         ),
     };
+    // A reload with `backend` still set would serve the database's copy again (and mark the
+    // root again): the way back to the SQLite desktop is without it.
     Some(format!(
-        "{}: moved out of the database ({what}) while the database was unreachable; reload \
-         to serve it from its SQLite desktop",
+        "{}: moved out of the database ({what}): a deskd restore --leave-postgresql or deskd \
+         migrate --to sqlite ran while this server was cut off from the database or starting; \
+         not served: take `backend` out of the volume's configuration and reload (SIGHUP) to \
+         serve it from its SQLite desktop",
         root.display()
     ))
 }

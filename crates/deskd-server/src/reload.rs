@@ -169,7 +169,7 @@ impl Server {
                     self.shared.keep_refused(|r| r != v.root && r != root);
                     crate::autorepair::watch(&self.shared.rebuilds, &handle);
                     crate::watch::start(&self.shared.watchers, &self.shared.rebuilds, &handle);
-                    self.shared.set_slot(index, Slot::Served(handle));
+                    self.shared.serve(index, handle);
                 }
                 Err(e) => {
                     notes.push(format!("{}: not served: {e}", v.root.display()));
@@ -200,8 +200,7 @@ impl Server {
             }
             Some(Err(why)) => {
                 crate::watch::start(&self.shared.watchers, &self.shared.rebuilds, handle);
-                self.shared
-                    .set_slot(handle.index, Slot::Served(handle.clone()));
+                self.shared.serve(handle.index, handle.clone());
                 notes.push(format!("{root}: {why}; {later}"));
                 false
             }
@@ -268,7 +267,7 @@ impl Server {
                 );
                 crate::autorepair::watch(&self.shared.rebuilds, &again);
                 crate::watch::start(&self.shared.watchers, &self.shared.rebuilds, &again);
-                self.shared.set_slot(handle.index, Slot::Served(again));
+                self.shared.serve(handle.index, again);
             }
             Err(e) => {
                 notes.push(format!("{root}: not served: {e}"));

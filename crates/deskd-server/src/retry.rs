@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::VolumeConfig;
 use crate::error::ServerError;
-use crate::shared::{Retry, Shared, Slot};
+use crate::shared::{Retry, Shared};
 use crate::volume::VolumeHandle;
 use crate::writer::pg::{RECONNECT_FIRST, RECONNECT_MAX};
 
@@ -143,7 +143,7 @@ fn try_again(shared: &Arc<Shared>, root: &Path, retry: Retry) {
             shared.keep_refused(|r| r != root && r != canonical);
             crate::autorepair::watch(&shared.rebuilds, &handle);
             crate::watch::start(&shared.watchers, &shared.rebuilds, &handle);
-            shared.set_slot(index, Slot::Served(handle));
+            shared.serve(index, handle);
         }
         Err(e) if e.retried() => later(shared, root, retry),
         Err(e) => {

@@ -73,6 +73,9 @@ pub(crate) enum Slot {
     Changing,
     /// No longer in the configuration; the volume root it was.
     Retired(PathBuf),
+    /// Taken out of the served list while configured: a PostgreSQL volume found moved out of
+    /// the database ([`Shared::serve`]); the volume root (listed as not served, with why).
+    NotServed(PathBuf),
 }
 
 /// How long a request waits for a volume that a reload is closing or reopening.
@@ -142,7 +145,8 @@ impl Shared {
             .unwrap()
             .iter()
             .filter_map(|slot| match slot {
-                Slot::Served(handle) => Some(handle.clone()),
+                // One found moved out of the database is not served from the moment it is.
+                Slot::Served(handle) if handle.moved_out().is_none() => Some(handle.clone()),
                 _ => None,
             })
             .collect()
@@ -153,7 +157,6 @@ impl Shared {
         let began = Instant::now();
         loop {
             match self.volumes.read().unwrap().get(vol as usize) {
-                Some(Slot::Served(handle)) => return Ok(handle.clone()),
                 Some(Slot::Changing) if began.elapsed() < CHANGING_WAIT => {}
                 Some(Slot::Changing) => {
                     return Err(ErrorReply::new(
@@ -161,6 +164,13 @@ impl Shared {
                         format!("volume handle {vol} is being reopened; try again"),
                     ))
                 }
+                // Found moved out of the database, not yet taken out of the list: the same
+                // answer as once it is, and nothing read from the database's copy.
+                Some(Slot::Served(handle)) if handle.moved_out().is_some() => {
+                    return Err(not_served(handle.volume.root()))
+                }
+                Some(Slot::Served(handle)) => return Ok(handle.clone()),
+                Some(Slot::NotServed(root)) => return Err(not_served(root)),
                 Some(Slot::Retired(root)) => {
                     return Err(ErrorReply::new(
                         ErrorCode::NoSuchVolume,
@@ -209,9 +219,12 @@ impl Shared {
     /// the configuration, or a new one at the end. (Under [`Shared::changing_list`].)
     pub(crate) fn handle_for(&self, root: &Path) -> u32 {
         let slots = self.volumes.read().unwrap();
-        let retired = slots
-            .iter()
-            .position(|slot| matches!(slot, Slot::Retired(r) if r == root));
+        let retired = slots.iter().position(|slot| match slot {
+            Slot::Retired(r) | Slot::NotServed(r) => r == root,
+            // Found moved out, and not yet taken out of the list (a reload opens it anew).
+            Slot::Served(h) => h.moved_out().is_some() && h.volume.root() == root,
+            Slot::Changing => false,
+        });
         retired.unwrap_or(slots.len()) as u32
     }
 
@@ -237,6 +250,84 @@ impl Shared {
     /// Whether opening `opening` of the volume with handle `vol` is still the one served.
     pub fn is_current(&self, vol: u32, opening: u64) -> bool {
         matches!(self.volumes.read().unwrap().get(vol as usize),
-            Some(Slot::Served(h)) if h.opening == opening)
+            Some(Slot::Served(h)) if h.opening == opening && h.moved_out().is_none())
     }
+
+    /// Make handle `index` stand for `handle`, served; a PostgreSQL volume found moved out of
+    /// the database later is then taken out of the served list at once (listed as not
+    /// served, with why), not served read-only from the database's copy until a reload.
+    pub(crate) fn serve(self: &Arc<Self>, index: u32, handle: Arc<VolumeHandle>) {
+        self.set_slot(index, Slot::Served(handle.clone()));
+        self.watch_moved_out(&handle);
+    }
+
+    /// Set the hook of [`Shared::serve`] on a served `handle` (and on those served at start).
+    pub(crate) fn watch_moved_out(self: &Arc<Self>, handle: &Arc<VolumeHandle>) {
+        let Some(pg) = &handle.pg else {
+            return;
+        };
+        // Weak: the hook is kept by the volume, which the list keeps.
+        let shared = Arc::downgrade(self);
+        let (index, opening) = (handle.index, handle.opening);
+        let configured = handle.config.root.clone();
+        pg.when_moved_out(Box::new(move |why| {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            // Listed as not served, and connections drop their read connections to it
+            // (is_current is false for it now), before the slot itself changes.
+            shared.refuse(&configured, why, None);
+            shared.closings.fetch_add(1, Ordering::SeqCst);
+            // The slot under the list's lock, which a reload may hold a while: not on the
+            // writer's thread, which the reload may be waiting for.
+            let started = std::thread::Builder::new()
+                .name("moved-out".into())
+                .spawn(move || shared.take_out(index, opening, &configured));
+            if let Err(e) = started {
+                tracing::warn!("cannot start the thread that takes a moved-out volume out: {e}");
+            }
+        }));
+    }
+
+    /// Take the opening `opening` of handle `index` (found moved out of the database) out of
+    /// the served list and close it. A reload that opened the volume anew meanwhile has
+    /// replaced it: then only its stale "not served" note goes.
+    fn take_out(&self, index: u32, opening: u64, configured: &Path) {
+        let _changing = self.changing_list.lock().unwrap();
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+        let found = match self.volumes.read().unwrap().get(index as usize) {
+            Some(Slot::Served(h)) if h.opening == opening => Some(h.clone()),
+            _ => None,
+        };
+        let Some(handle) = found else {
+            let root = std::fs::canonicalize(configured).unwrap_or(configured.to_path_buf());
+            if self.volumes().iter().any(|h| h.volume.root() == root) {
+                self.keep_refused(|r| r != configured);
+            }
+            return;
+        };
+        let root = handle.volume.root().to_path_buf();
+        self.set_slot(index, Slot::NotServed(root.clone()));
+        // The writer refuses what is queued and ends (its follower ended already).
+        let _ = handle.ask(crate::writer::Job::Close);
+        self.closings.fetch_add(1, Ordering::SeqCst);
+        tracing::info!(
+            "{}: no longer served (moved out of the database; deskd status says why)",
+            root.display()
+        );
+    }
+}
+
+/// What a request naming a volume taken out of the served list is answered: as for a volume
+/// refused at start, the reason only in status (to those who may see it).
+fn not_served(root: &Path) -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::NoSuchVolume,
+        format!(
+            "{}: not served by this deskd (deskd status says why)",
+            root.display()
+        ),
+    )
 }

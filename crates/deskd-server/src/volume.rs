@@ -436,13 +436,20 @@ impl VolumeHandle {
             identity,
         };
         let names = Arc::new(NameIndex::new());
-        let pg = PgVolume::new(options, key, config.durability, names.clone())
+        // Read again under the serving lock (PgVolume::open_writer), when it is there: a
+        // restore or migrate that ended between the check above and the lock removed it, and
+        // the volume is then not served from the database.
+        let marked = deskd_volume::desktop_backend(&root).is_some();
+        let pg = PgVolume::new(options, key, config.durability, names.clone(), marked)
             .map_err(|e| refused(e.to_string()))?;
         // A database that cannot be reached now (stopped, starting, the network down) is
         // waited for: the volume is served read-only and the writer keeps trying (issue 28).
         // Anything else (a wrong password, another volume, a newer format) is refused.
-        let (desktop, created, unreachable) = match pg.open_writer() {
-            Ok((desktop, created, _)) => (Some(desktop), created, None),
+        let (desktop, created, unreachable) = match pg.open_writer(&root) {
+            Ok(crate::pg_volume::Opened::Open {
+                desktop, created, ..
+            }) => (Some(desktop), created, None),
+            Ok(crate::pg_volume::Opened::MovedOut(why)) => return Err(refused(why)),
             Err(e) if e.is_unavailable() => (None, false, Some(e.to_string())),
             Err(e) => return Err(refused(e.to_string())),
         };
@@ -528,6 +535,12 @@ impl VolumeHandle {
     /// read-only for want of space or because its file system is mounted read-only.
     pub fn read_only(&self) -> bool {
         self.config.read_only || self.read_only_reason.is_some()
+    }
+
+    /// Why this opening of a PostgreSQL volume is no longer served, once its writer found the
+    /// volume moved out of the database ([`crate::pg_volume::moved_out`]).
+    pub(crate) fn moved_out(&self) -> Option<&str> {
+        self.pg.as_ref().and_then(|pg| pg.moved_out_reason())
     }
 
     /// Whether a reload should close and open this volume again though its `read_only`

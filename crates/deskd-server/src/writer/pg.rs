@@ -35,7 +35,7 @@ use crate::apply::Policy;
 use crate::audit;
 use crate::config::VolumeConfig;
 use crate::figures::CommitFigures;
-use crate::pg_volume::PgVolume;
+use crate::pg_volume::{Opened, PgVolume};
 
 /// The first wait before connecting again after the database was lost; it doubles to
 /// [`RECONNECT_MAX`].
@@ -380,26 +380,27 @@ impl PgWriter {
         let Some((_, wait)) = self.reconnect else {
             return;
         };
-        match crate::pg_volume::held_off().map_or_else(|| self.pg.open_writer(), Err) {
-            Ok((mut desktop, _, first)) => {
-                // The serving lock is held again (open_writer took it): only now is the
-                // root's mark read, so a restore or migrate that moved the volume out while
-                // this server was cut off (it removes the mark under the lock, held
-                // exclusively) is seen, and no ID is handed out from the database after it.
-                if let Some(why) =
-                    crate::pg_volume::moved_out(self.volume.root(), self.pg.key.identity)
-                {
-                    error!(volume = %self.volume.root().display(), "{why}; no write is recorded in the database");
-                    drop(desktop);
-                    // The follower's session lets the lock go too: this server serves the
-                    // volume from the database no more.
-                    self.pg.close();
-                    self.reconnect = None;
-                    self.state.lock().unwrap().unavailable =
-                        Some((deskd_db::now_unix(), why.clone()));
-                    self.moved_out = Some(why);
-                    return;
-                }
+        let opened = crate::pg_volume::held_off()
+            .map_or_else(|| self.pg.open_writer(self.volume.root()), Err);
+        match opened {
+            // The serving lock is held again (open_writer took it, then read the root's
+            // mark): a restore or migrate that moved the volume out while this server was
+            // cut off (it removes the mark under the lock, held exclusively) is seen, and no
+            // ID is handed out from the database after it.
+            Ok(Opened::MovedOut(why)) => {
+                error!(volume = %self.volume.root().display(), "{why}; no write is recorded in the database");
+                // The follower's session lets the lock go too: this server serves the volume
+                // from the database no more, and no read connection is lent; the server takes
+                // it out of its served list (Shared::serve's hook).
+                self.pg.close();
+                self.pg.mark_moved_out(why.clone());
+                self.reconnect = None;
+                self.state.lock().unwrap().unavailable = Some((deskd_db::now_unix(), why.clone()));
+                self.moved_out = Some(why);
+            }
+            Ok(Opened::Open {
+                mut desktop, first, ..
+            }) => {
                 if first {
                     // The database was unreachable when the server started: the volume is
                     // open only now.
