@@ -427,8 +427,34 @@ fn write_from_database(
             deskd_volume::BACKEND_XATTR
         ))
     })?;
+    #[cfg(feature = "test-hooks")]
+    test_pause("unmarked");
     drop(holder);
     Ok((header, counts, shown))
+}
+
+/// Test hook (feature `test-hooks` only): with `DESKD_TEST_MIGRATE_PAUSE=<point>:<file>`,
+/// `deskd migrate --to sqlite` says `deskd migrate: test pause at <point>` on stderr when it
+/// reaches `point` and waits there until `file` exists. `unmarked`: the root's mark removed,
+/// the serving lock still held exclusively (a server started then must not serve the volume).
+#[cfg(feature = "test-hooks")]
+fn test_pause(point: &str) {
+    let Some((at, file)) = std::env::var("DESKD_TEST_MIGRATE_PAUSE")
+        .ok()
+        .and_then(|v| {
+            v.split_once(':')
+                .map(|(a, f)| (a.to_owned(), PathBuf::from(f)))
+        })
+    else {
+        return;
+    };
+    if at != point {
+        return;
+    }
+    eprintln!("deskd migrate: test pause at {point}");
+    while !file.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// Write volume `name` of the database, read in one consistent snapshot

@@ -1779,7 +1779,7 @@ fn a_volume_migrated_out_while_its_server_was_cut_off_is_refused_as_moved_out() 
         cluster,
         url,
         pw,
-        env,
+        mut env,
         root,
         hold_off,
     }) = served_pg_held_off()
@@ -1788,6 +1788,7 @@ fn a_volume_migrated_out_while_its_server_was_cut_off_is_refused_as_moved_out() 
     };
     let mut admin = cluster.admin("desk");
     let before = last_id(&mut admin);
+    let kept = env.id_of(&root.join("kept.txt"));
     let mut c = env.client();
     let vol = c.open_volume(&root).unwrap().vol;
     wait_both_sessions_hold_the_lock(&cluster);
@@ -1814,6 +1815,126 @@ fn a_volume_migrated_out_while_its_server_was_cut_off_is_refused_as_moved_out() 
         "an ID was handed out from the database"
     );
     wait_no_serving_lock(&cluster);
+    // As status says: `backend` taken out and a reload: served from its SQLite desktop under
+    // its old handle, every ID kept.
+    std::fs::write(
+        env.path("deskd.toml"),
+        format!("[volume.\"{}\"]\n", root.display()),
+    )
+    .unwrap();
+    env.sighup(1);
+    env.wait_for_log(&format!("{}: now served", root.display()), 1);
+    assert_eq!(c.open_volume(&root).unwrap().vol, vol);
+    assert_eq!(env.id_of(&root.join("kept.txt")), kept);
+    env.dt_ok(&[b"touch", b"vol/after-the-reload.txt"]);
+    assert!(!env.deskd_ok(&["status"]).contains("NOT SERVED"));
+}
+
+/// `deskd migrate --to sqlite` removes the root's mark while it holds the serving lock
+/// exclusively (a test hook pauses it there, the mark gone, the lock held): a server started
+/// then is refused the volume ("being moved out"), does not put the mark back (it marked the
+/// root before it took the lock, so the volume moved out looked served from the database
+/// again), and never serves it from the database; after the migration it stays not served,
+/// and a reload without `backend` serves it from its SQLite desktop with every ID.
+#[test]
+fn a_server_started_while_migrate_to_sqlite_holds_the_lock_never_serves_the_volume_from_the_database(
+) {
+    use std::io::BufRead as _;
+    let Some((_cluster, url, pw)) = pg_database("desk") else {
+        return;
+    };
+    // "other" (in the database too) keeps the server up while "vol" is refused.
+    let mut env = Env::new(&["vol", "other"]);
+    let root = std::fs::canonicalize(env.path("vol")).unwrap();
+    let other = std::fs::canonicalize(env.path("other")).unwrap();
+    let defaults = backend_lines(&url, &pw);
+    let cfg = config_with_volumes(&env, &defaults, &[&root, &other]);
+    let cfg_arg = cfg.to_str().unwrap();
+    env.start(&["--config", cfg_arg]);
+    env.dt_ok(&[b"touch", b"vol/kept.txt"]);
+    let kept = env.id_of(&root.join("kept.txt"));
+    env.term();
+    let go = env.path("go");
+    let mut migrate = env
+        .command_for(
+            DESKD,
+            &[
+                b"migrate",
+                root.as_os_str().as_bytes(),
+                b"--from",
+                url.as_bytes(),
+                b"--password-file",
+                pw.as_os_str().as_bytes(),
+                b"--to",
+                b"sqlite",
+            ],
+        )
+        .env(
+            "DESKD_TEST_MIGRATE_PAUSE",
+            format!("unmarked:{}", go.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(migrate.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("deskd migrate: test pause at unmarked") {
+        line.clear();
+        assert!(
+            said.read_line(&mut line).unwrap() > 0,
+            "migrate ended before its pause: {:?}",
+            migrate.wait_with_output()
+        );
+    }
+    assert!(deskd_volume::desktop_backend(&root).is_none());
+    env.start(&["--config", cfg_arg]);
+    let text = env.deskd_ok(&["status"]);
+    let at = text
+        .find(&format!("{}\n  NOT SERVED:   ", root.display()))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        text[at..]
+            .lines()
+            .nth(1)
+            .unwrap()
+            .contains("is being moved out of the database"),
+        "{text}"
+    );
+    assert!(
+        deskd_volume::desktop_backend(&root).is_none(),
+        "the server put the mark back on a volume being moved out"
+    );
+    std::fs::write(&go, b"").unwrap();
+    let out = migrate.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut said, &mut rest).unwrap();
+    assert!(out.status.success(), "{rest}");
+    assert!(deskd_volume::desktop_backend(&root).is_none());
+    // Not served from the database after the migration either (no retry of this refusal).
+    let refused = env.client().open_volume(&root).unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(deskd_client::ErrorCode::NoSuchVolume),
+        "{refused}"
+    );
+    let write = env.dt(&[b"touch", b"vol/while-refused.txt"]);
+    assert!(!write.status.success());
+    // `backend` taken out for "vol", and a reload: served from its SQLite desktop.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[volume.\"{}\"]\n[volume.\"{}\"]\n{defaults}",
+            root.display(),
+            other.display()
+        ),
+    )
+    .unwrap();
+    env.sighup(1);
+    env.wait_for_log(&format!("{}: now served", root.display()), 1);
+    assert_eq!(env.id_of(&root.join("kept.txt")), kept);
+    env.dt_ok(&[b"touch", b"vol/after-the-reload.txt"]);
+    assert!(deskd_volume::desktop_backend(&root).is_none());
 }
 
 /// Why a volume whose root's mark is gone is not served (the server's log and status).

@@ -115,9 +115,9 @@ pub(crate) struct PgVolume {
     /// Told once when it is: the server takes the volume out of its served list
     /// ([`crate::shared::Shared::serve`] sets it).
     on_moved_out: Mutex<Option<MovedOutHook>>,
-    /// The root bore the mark when the volume was opened: only then is its loss a move out (a
-    /// file system without user xattrs has no mark to lose).
-    marked: bool,
+    /// The root bears the mark (at the opening, or this server set it): only then is its loss
+    /// a move out (a file system without user xattrs has no mark to lose).
+    marked: AtomicBool,
 }
 
 /// What [`PgVolume::open_writer`] found.
@@ -214,7 +214,7 @@ impl PgVolume {
             follower_lost: AtomicBool::new(false),
             moved_out: OnceLock::new(),
             on_moved_out: Mutex::new(None),
-            marked,
+            marked: AtomicBool::new(marked),
         })
     }
 
@@ -230,7 +230,8 @@ impl PgVolume {
         // Held by the writer's session: `deskd migrate --to sqlite` waits for no server.
         desktop.hold_for_serving()?;
         self.answered_at(Instant::now());
-        if let Some(why) = moved_out(root, self.key.identity).filter(|_| self.marked) {
+        let marked = self.marked.load(Ordering::SeqCst);
+        if let Some(why) = moved_out(root, self.key.identity).filter(|_| marked) {
             return Ok(Opened::MovedOut(why));
         }
         if self.vid.get().is_some() {
@@ -264,6 +265,11 @@ impl PgVolume {
     /// Whether an opening has reached the database (readers may connect).
     pub(crate) fn opened(&self) -> bool {
         self.vid.get().is_some()
+    }
+
+    /// The server has marked the root ([`PgVolume::open_writer`] reads the mark from now on).
+    pub(crate) fn now_marked(&self) {
+        self.marked.store(true, Ordering::SeqCst);
     }
 
     /// Why the volume was found moved out of the database, once it was.

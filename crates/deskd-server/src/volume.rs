@@ -423,14 +423,6 @@ impl VolumeHandle {
         }
         crate::pg_volume::refuse_fresh_over_sqlite(&root, &config, &options)?;
         let identity = crate::pg_volume::identity(&root, &config)?;
-        // The offline tools keep off the volume from now on (deskd_volume::BACKEND_XATTR).
-        if deskd_volume::desktop_backend(&root).is_none() {
-            if let Err(e) = deskd_volume::mark_desktop_in_postgresql(&root, true) {
-                warn!(volume = %root.display(), "cannot mark the root as having its desktop \
-                    in PostgreSQL ({}): offline tools are not kept off it: {e}",
-                    deskd_volume::BACKEND_XATTR);
-            }
-        }
         let key = deskd_pg::VolumeKey {
             name: root.to_string_lossy().into_owned(),
             identity,
@@ -453,6 +445,19 @@ impl VolumeHandle {
             Err(e) if e.is_unavailable() => (None, false, Some(e.to_string())),
             Err(e) => return Err(refused(e.to_string())),
         };
+        // The offline tools keep off the volume from now on (deskd_volume::BACKEND_XATTR).
+        // Marked only once the serving lock is held (or the database is unreachable): a
+        // server started while `deskd migrate --to sqlite` or `restore --leave-postgresql`
+        // holds it exclusively, after they removed the mark, is refused above and leaves the
+        // root unmarked (marked first, it put the mark back on a volume moved out).
+        if !marked {
+            match deskd_volume::mark_desktop_in_postgresql(&root, true) {
+                Ok(()) => pg.now_marked(),
+                Err(e) => warn!(volume = %root.display(), "cannot mark the root as having its \
+                    desktop in PostgreSQL ({}): offline tools are not kept off it: {e}",
+                    deskd_volume::BACKEND_XATTR),
+            }
+        }
         let pg = Arc::new(pg);
         let read_only = config.read_only || on_read_only_fs(&root);
         match &unreachable {
