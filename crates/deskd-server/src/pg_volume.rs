@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use deskd_db::names::search_key;
 use deskd_db::{DbError, Durability, NameChange, NameIndex, Read};
 use deskd_pg::{ConnectOptions, PgDesktop, VolumeKey};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::VolumeConfig;
 use crate::error::ServerError;
@@ -230,8 +230,7 @@ impl PgVolume {
         // Held by the writer's session: `deskd migrate --to sqlite` waits for no server.
         desktop.hold_for_serving()?;
         self.answered_at(Instant::now());
-        let marked = self.marked.load(Ordering::SeqCst);
-        if let Some(why) = moved_out(root, self.key.identity).filter(|_| marked) {
+        if let Some(why) = self.moved_out_now(root) {
             return Ok(Opened::MovedOut(why));
         }
         if self.vid.get().is_some() {
@@ -265,6 +264,13 @@ impl PgVolume {
     /// Whether an opening has reached the database (readers may connect).
     pub(crate) fn opened(&self) -> bool {
         self.vid.get().is_some()
+    }
+
+    /// Why the volume at `root` is moved out of the database, if it is ([`moved_out`]), when
+    /// its root bore the mark: to be asked with the serving lock held.
+    fn moved_out_now(&self, root: &Path) -> Option<String> {
+        let marked = self.marked.load(Ordering::SeqCst);
+        moved_out(root, self.key.identity).filter(|_| marked)
     }
 
     /// The server has marked the root ([`PgVolume::open_writer`] reads the mark from now on).
@@ -784,6 +790,15 @@ pub(crate) fn spawn_follower(pg: Arc<PgVolume>, root: &Path) {
                             }
                             let mut db = pg.connect()?;
                             db.hold_for_serving().map_err(DbError::from)?;
+                            // The mark read under the lock, as the writer does: the follower
+                            // reconnects within a second, the writer on its back-off, and
+                            // reads must not go to a copy moved out meanwhile.
+                            if let Some(why) = pg.moved_out_now(&root) {
+                                error!(volume = %root.display(), "{why}; nothing more is read from the database");
+                                pg.close();
+                                pg.mark_moved_out(why.clone());
+                                return Err(DbError::Unavailable(why));
+                            }
                             Ok((l, db))
                         });
                     match made {

@@ -126,7 +126,7 @@ pub(crate) struct NotServed {
     pub root: PathBuf,
     /// The message logged when it was refused.
     pub why: String,
-    /// Unix time it was refused.
+    /// Unix time it was first refused (not served since; a refusal again keeps it).
     pub since: i64,
     /// The uid owning the root when it was refused, if it was a real directory then (not a
     /// link): who may see `why` besides root. Taken then, not at each request, so that
@@ -193,8 +193,11 @@ impl Shared {
 
     /// Note `root` as not served, for `why` (replacing an earlier note of it); tried again
     /// per `retry` when set (the caller starts [`crate::retry`]'s thread).
+    /// A root noted already keeps its first time: status says since when it has not been
+    /// served, not when it was last tried (a reload, a retry refused for another reason).
     pub(crate) fn refuse(&self, root: &Path, why: String, retry: Option<Retry>) {
         let mut list = self.not_served.lock().unwrap();
+        let first = list.iter().find(|n| n.root == root).map(|n| n.since);
         list.retain(|n| n.root != root);
         let owner = std::fs::symlink_metadata(root)
             .ok()
@@ -203,7 +206,7 @@ impl Shared {
         list.push(NotServed {
             root: root.to_path_buf(),
             why,
-            since: deskd_db::now_unix(),
+            since: first.unwrap_or_else(deskd_db::now_unix),
             owner,
             retry,
         });

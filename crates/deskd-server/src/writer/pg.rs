@@ -229,7 +229,8 @@ impl PgWriter {
         if writes.is_empty() {
             return;
         }
-        if let Some(why) = &self.moved_out {
+        // Found by this writer, or by the follower (it reconnects sooner).
+        if let Some(why) = self.moved_out.as_deref().or(self.pg.moved_out_reason()) {
             let refusal =
                 ErrorReply::new(ErrorCode::ReadOnly, format!("{why}; nothing was recorded"));
             for w in writes.drain(..) {
@@ -380,6 +381,13 @@ impl PgWriter {
         let Some((_, wait)) = self.reconnect else {
             return;
         };
+        if let Some(why) = self.pg.moved_out_reason() {
+            // The follower found it moved out: nothing to connect for.
+            self.reconnect = None;
+            self.state.lock().unwrap().unavailable = Some((deskd_db::now_unix(), why.to_owned()));
+            self.moved_out = Some(why.to_owned());
+            return;
+        }
         let opened = crate::pg_volume::held_off()
             .map_or_else(|| self.pg.open_writer(self.volume.root()), Err);
         match opened {
