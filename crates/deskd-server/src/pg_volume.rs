@@ -126,7 +126,8 @@ pub(crate) enum Opened {
     /// opening that reached the database (the name index, the check and the follower are
     /// then to be started).
     Open {
-        desktop: PgDesktop,
+        /// Boxed: the other variant is a line of text.
+        desktop: Box<PgDesktop>,
         created: bool,
         first: bool,
     },
@@ -235,7 +236,7 @@ impl PgVolume {
         }
         if self.vid.get().is_some() {
             return Ok(Opened::Open {
-                desktop,
+                desktop: Box::new(desktop),
                 created,
                 first: false,
             });
@@ -245,7 +246,7 @@ impl PgVolume {
         *self.seen.lock().unwrap() = desktop.change_seq()?;
         let first = self.vid.set(desktop.volume_key_in_db()).is_ok();
         Ok(Opened::Open {
-            desktop,
+            desktop: Box::new(desktop),
             created,
             first,
         })

@@ -440,7 +440,7 @@ impl VolumeHandle {
         let (desktop, created, unreachable) = match pg.open_writer(&root) {
             Ok(crate::pg_volume::Opened::Open {
                 desktop, created, ..
-            }) => (Some(desktop), created, None),
+            }) => (Some(*desktop), created, None),
             Ok(crate::pg_volume::Opened::MovedOut(why)) => return Err(refused(why)),
             Err(e) if e.is_unavailable() => (None, false, Some(e.to_string())),
             Err(e) => return Err(refused(e.to_string())),

@@ -406,9 +406,8 @@ impl PgWriter {
                 self.state.lock().unwrap().unavailable = Some((deskd_db::now_unix(), why.clone()));
                 self.moved_out = Some(why);
             }
-            Ok(Opened::Open {
-                mut desktop, first, ..
-            }) => {
+            Ok(Opened::Open { desktop, first, .. }) => {
+                let mut desktop = *desktop;
                 if first {
                     // The database was unreachable when the server started: the volume is
                     // open only now.
