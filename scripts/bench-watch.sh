@@ -25,6 +25,9 @@
 #   PROFILE=debug ...                                        # the debug build (checks the script)
 #   STRACE=1 PARTS=a ...             # also (a): the server's system calls per rename (strace -c)
 #   LAG=0 PARTS=a ...                # (a) without the polled lag (4-5 min a run): CPU only
+#   MODES=auto PARTS=a ...           # (a) without the watch = off side
+#   BIN=/some/target/release ...     # another build's binaries (an A/B), nothing built
+#   PERF=1 PARTS=a ...               # also (a): a perf profile of the server (perf record)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RENAMES=${RENAMES:-10000}
@@ -37,12 +40,15 @@ PARTS=${PARTS:-a b c}
 PROFILE=${PROFILE:-release}
 WORK=${BENCH_DIR:-$(mktemp -d /tmp/deskd-watch.XXXXXX)}
 
-if [ "$PROFILE" = release ]; then
+if [ -n "${BIN:-}" ]; then
+    : # binaries given (an A/B against another build): nothing built
+elif [ "$PROFILE" = release ]; then
     cargo build --release --quiet -p deskd-cli
 else
     cargo build --quiet -p deskd-cli
 fi
-BIN=target/$PROFILE
+BIN=${BIN:-target/$PROFILE}
+MODES=${MODES:-auto off}
 . scripts/bench-common.sh
 SERVER=
 VOL=
@@ -143,7 +149,7 @@ d['lag_p99_ms'], d['lag_max_ms'], d['renames'], d['seconds'])"); server lag_p99_
                 "$(watch_field lag_p99_ms), overflows $(watch_field overflows)"
             echo "$lag" | json "d['lag_p99_ms']" >> "$WORK/a-lag-p99"
         fi
-        for mode in auto off; do
+        for mode in $MODES; do
             [ "$mode" = off ] && { stop_server; start_server rename-off off; \
                 populate_registered "$RENAMES"; }
             # The window starts from a checkpointed WAL and nothing owed, whatever ran before
@@ -164,6 +170,17 @@ d['lag_p99_ms'], d['lag_max_ms'], d['renames'], d['seconds'])"); server lag_p99_
             echo "run $run: watch=$mode, $(echo "$out" | json "'%.0f renames/s' % d['rate']"):" \
                 "server CPU $pct % of a core; read from disk $(( (r1 - r0) / 1024 )) KiB"
             echo "$pct" >> "$WORK/a-cpu-$mode"
+            if [ "$mode" = auto ] && [ -n "${PERF:-}" ]; then
+                # Where the CPU goes (perf slows the server: a pass of its own, not timed):
+                # `perf report -i $WORK/a-perf-RUN.data` afterwards.
+                perf record -F 2000 --call-graph dwarf,16384 -p "$SERVER" \
+                    -o "$WORK/a-perf-$run.data" 2>/dev/null & local profiler=$!
+                sleep 1
+                bench watch-lag --dir dir0000 --rate "$RATE" >/dev/null
+                barrier
+                kill -INT "$profiler"; wait "$profiler" || true
+                echo "run $run: perf profile in $WORK/a-perf-$run.data"
+            fi
             if [ "$mode" = auto ] && [ -n "${STRACE:-}" ]; then
                 # Exact, whatever the load: the server's system calls per rename (strace -c
                 # slows the server, so in a pass of its own, not timed).
@@ -181,8 +198,8 @@ d['lag_p99_ms'], d['lag_max_ms'], d['renames'], d['seconds'])"); server lag_p99_
         stop_server
     done
     [ "$LAG" = 1 ] && echo "(a) median p99 lag $(median < "$WORK/a-lag-p99" | xargs printf %.1f) ms"
-    echo "(a) CPU at $RATE renames/s:" \
-        "watch=auto $(median < "$WORK/a-cpu-auto") %, off $(median < "$WORK/a-cpu-off") % of a core"
+    echo "(a) CPU at $RATE renames/s:" $(for mode in $MODES; do \
+        echo "watch=$mode $(median < "$WORK/a-cpu-$mode") %"; done) "of a core"
 }
 
 part_b() {

@@ -418,6 +418,66 @@ pub fn copy_file(from: &Path, to: &Path) -> Result<bool, VolumeError> {
     Ok(true)
 }
 
+/// What [`look_at`] found at a resource file's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing at the name.
+    Missing,
+    /// A symbolic link in the resource file's place (not followed).
+    Link,
+    /// A regular file that is not a resource file (too short, another magic).
+    Bad,
+    /// A resource file, with its header.
+    Header(ResourceHeader),
+}
+
+/// The resource file `name` in the `.rsrc` folder held open as `dir`, read as [`ensure_id`]
+/// reads it (never through a link, never blocking, a regular file only: anything else is an
+/// error), with one `openat` on the descriptor and one `pread`: no path through the folder
+/// opened again, no `fcntl` to clear `O_NONBLOCK` (it changes nothing for a regular file's
+/// read), no `stat` of the name before it to learn whether the file is new. The watcher's
+/// stamp after each rename it carries a resource file for reads the header so
+/// (docs/PERFORMANCE.md, "Live tracking (issue 23) — stop 42").
+pub fn look_at(
+    dir: std::os::unix::io::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+) -> Result<Found, VolumeError> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::unix::ffi::OsStrExt;
+    let shown = || Path::new(RSRC_DIR).join(name);
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(dir, name.as_bytes(), flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(Found::Missing),
+        Err(rustix::io::Errno::LOOP) => return Ok(Found::Link),
+        Err(e) => return Err(VolumeError::io(&shown(), e.into())),
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| VolumeError::io(&shown(), e.into()))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(VolumeError::io(
+            &shown(),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not a regular file (a pipe, device or socket in a resource file's place)",
+            ),
+        ));
+    }
+    let mut buf = [0u8; HEADER_LEN];
+    let mut len = 0;
+    while len < HEADER_LEN {
+        match rustix::io::pread(&fd, &mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(VolumeError::io(&shown(), e.into())),
+        }
+    }
+    Ok(match ResourceHeader::decode(&buf[..len]) {
+        Ok(header) => Found::Header(header),
+        Err(_) => Found::Bad,
+    })
+}
+
 /// Update only the ID (and type/creator when given) of an existing resource file, or create it
 /// from `fallback` when missing or unreadable.
 pub fn ensure_id(
@@ -477,6 +537,40 @@ mod tests {
         let after = fs::read(&path).unwrap();
         assert_eq!(&after[512..], b"fork bytes");
         assert_eq!(read_header(&path).unwrap().unwrap().id, 99);
+    }
+
+    #[test]
+    fn look_at_reads_what_ensure_id_reads_through_a_held_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let rsrc_dir = dir.path().join(RSRC_DIR);
+        fs::create_dir_all(&rsrc_dir).unwrap();
+        let held = File::open(&rsrc_dir).unwrap();
+        use std::os::fd::AsFd;
+        let look = |name: &str| look_at(held.as_fd(), std::ffi::OsStr::new(name));
+        assert_eq!(look("none").unwrap(), Found::Missing);
+        let h = ResourceHeader::new(77, *b"TEXT", *b"ttxt", 5);
+        write_header(&rsrc_dir.join("good"), &h).unwrap();
+        assert_eq!(look("good").unwrap(), Found::Header(h));
+        fs::write(rsrc_dir.join("short"), b"not a header").unwrap();
+        assert_eq!(look("short").unwrap(), Found::Bad);
+        // A link is never followed, whatever it names.
+        let victim = dir.path().join("victim");
+        write_header(&dir.path().join(RSRC_DIR).join("v"), &h).unwrap();
+        fs::rename(rsrc_dir.join("v"), &victim).unwrap();
+        std::os::unix::fs::symlink(&victim, rsrc_dir.join("link")).unwrap();
+        assert_eq!(look("link").unwrap(), Found::Link);
+        // A named pipe is refused at once (never blocks), as ensure_id refuses it.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &rsrc_dir.join("pipe"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let err = look("pipe").unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(ensure_id(&rsrc_dir.join("pipe"), 1, ResourceHeader::default).is_err());
     }
 
     #[test]

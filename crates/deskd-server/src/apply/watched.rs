@@ -242,7 +242,7 @@ pub fn apply_all<B: WriteBatch + ?Sized>(
             Err(e) => out.failed.push(format!("{change:?}: {}", e.message)),
         }
     }
-    for change in &follow_directory_moves(&without_replaced_creates(changes)) {
+    for change in &follow_directory_moves(without_replaced_creates(changes)) {
         match apply_change(w, change, rules, young, Some(&mut *spending), &mut out) {
             Ok(true) => out.applied += 1,
             Ok(false) => out.unchanged += 1,
@@ -258,7 +258,12 @@ pub fn apply_all<B: WriteBatch + ?Sized>(
 /// over: what was created there is gone (replaced), and registering it first would make the
 /// move look like a save over a registered name (`dt touch y` then `mv x y` in one batch).
 fn without_replaced_creates(changes: &[Change]) -> Vec<Change> {
-    let mut replaced_at = std::collections::HashMap::new();
+    // A batch of renames only (1,000 a second: docs/PERFORMANCE.md) has no create to drop:
+    // no map of its targets (its growth was a fifth of the writer's allocations).
+    if !changes.iter().any(|c| matches!(c, Change::Created { .. })) {
+        return changes.to_vec();
+    }
+    let mut replaced_at = std::collections::HashMap::with_capacity(changes.len());
     for (i, change) in changes.iter().enumerate() {
         if let Change::Moved { to, .. } = change {
             replaced_at.insert(to.as_path(), i);
@@ -284,7 +289,14 @@ const MAX_FOLLOWED_MOVES: usize = 1000;
 /// change of the batch moves (the name the event gave is stale by the time the batch is
 /// applied) becomes a create at the new place, right after the move. Removals keep their old
 /// path (their record is still there until the move is applied).
-fn follow_directory_moves(changes: &[Change]) -> Vec<Change> {
+fn follow_directory_moves(changes: Vec<Change>) -> Vec<Change> {
+    // Taken and given back as they are when no folder moves (no copy of every change).
+    if !changes
+        .iter()
+        .any(|c| matches!(c, Change::Moved { dir: true, .. }))
+    {
+        return changes;
+    }
     let mut out: Vec<Change> = Vec::with_capacity(changes.len());
     let mut followed = 0;
     for change in changes {
@@ -292,14 +304,14 @@ fn follow_directory_moves(changes: &[Change]) -> Vec<Change> {
             from,
             to,
             dir: true,
-        } = change
+        } = &change
         else {
-            out.push(change.clone());
+            out.push(change);
             continue;
         };
         followed += 1;
         if followed > MAX_FOLLOWED_MOVES {
-            out.push(change.clone());
+            out.push(change);
             continue;
         }
         let mut along = Vec::new();
@@ -316,7 +328,7 @@ fn follow_directory_moves(changes: &[Change]) -> Vec<Change> {
             },
             _ => true,
         });
-        out.push(change.clone());
+        out.push(change);
         out.extend(along);
     }
     out

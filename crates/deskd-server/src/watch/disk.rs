@@ -260,11 +260,33 @@ fn stamp(vol: &Volume, pins: &mut Pins<'_>, item: &DiskWork) -> Result<Stamped, 
     // `rsrc` opens `.rsrc` itself without following a link: the path is through its folder.
     let pinned = pins.pin(&rsrc_path, 2)?;
     pins.rsrc_dir(&rsrc_path, &pinned)?;
-    let fresh = pins.stat(&rsrc_path).is_none();
     let (id, type_code, creator) = (*id, *type_code, *creator);
-    rsrc::ensure_id(&pinned, id, || {
-        ResourceHeader::new(id, type_code, creator, (*ctime).max(0) as u32)
-    })?;
+    let fallback = || ResourceHeader::new(id, type_code, creator, (*ctime).max(0) as u32);
+    // The header read through the `.rsrc` folder held (after a carry, the one it renamed in:
+    // no system call to reach it), which also says whether the file is new; only a header
+    // to write goes by path ([`rsrc::ensure_id`]'s rule: missing, unreadable, a link in its
+    // place, or another ID). Once per rename at 1,000 a second (docs/PERFORMANCE.md).
+    let fresh = match pins.at(&rsrc_path) {
+        Some((dir, name)) => {
+            let found = rsrc::look_at(dir, name)?;
+            let fresh = found == rsrc::Found::Missing;
+            let header = match found {
+                rsrc::Found::Header(header) if header.id == id => None,
+                rsrc::Found::Header(header) => Some(ResourceHeader { id, ..header }),
+                _ => Some(fallback()),
+            };
+            if let Some(header) = header {
+                rsrc::write_header(&pinned, &header)?;
+            }
+            fresh
+        }
+        None => {
+            // The `.rsrc` folder could not be held (just swapped for a link?): as before.
+            let fresh = pins.stat(&rsrc_path).is_none();
+            rsrc::ensure_id(&pinned, id, fallback)?;
+            fresh
+        }
+    };
     if fresh {
         // Named inside the `.rsrc` folder held open (opened without following a link): a path
         // through `.rsrc` would let its owner swap it for a link after the write and send

@@ -29,6 +29,29 @@ pub(crate) const WAIT: Duration = Duration::from_millis(50);
 /// only it knows (type and creator, the ID to keep), and its request should be first.
 const SETTLE: Duration = Duration::from_millis(20);
 
+/// How long after a batch of a steady stream was taken the next is taken at the earliest
+/// (a stream: the batch had [`GATHER_FROM`] to [`GATHER_UPTO`] changes). Each batch costs
+/// the same whatever its size (the writer's wake-up, transaction and commit, the folders
+/// pinned again for its disk work, the thread's own wake-ups): at 1,000 renames a second the
+/// batches were about 25 ms apart, 25 renames each, and taking one every 40 ms cut the
+/// server's CPU per rename (docs/PERFORMANCE.md, "Live tracking (issue 23) — stop 42"). The
+/// oldest change of a batch waits this long at most (the lag target is 100 ms at p99).
+const GATHER: Duration = Duration::from_millis(40);
+/// The fewest changes of a batch after which the next is gathered: a lone change (a user's
+/// `mv`, the polled lag of `scripts/bench-watch.sh`) is applied after [`SETTLE`] only.
+const GATHER_FROM: usize = 8;
+/// The most: a burst's backlog (batches up to `deskd_watch`'s bound) is applied without a
+/// pause.
+const GATHER_UPTO: usize = 1_000;
+
+/// When the next batch may be taken after one of `changes` changes taken at `taken`: None
+/// at once.
+fn gather_until(changes: usize, taken: Instant) -> Option<Instant> {
+    (GATHER_FROM..=GATHER_UPTO)
+        .contains(&changes)
+        .then(|| taken + GATHER)
+}
+
 /// Wait until the batch is [`SETTLE`] old.
 fn settle(batch: &Batch) {
     if let (Some(oldest), false) = (batch.oldest, batch.changes.is_empty()) {
@@ -52,11 +75,19 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
     // When it slowed, and the bytes pumped by then: it is applied once the watcher has taken
     // them all (what deskd writes meanwhile, held after them, is not the burst's).
     let mut applying_burst: Option<(Instant, u64)> = None;
+    // A steady stream's next batch is taken no sooner than this ([`GATHER`]).
+    let mut next_at: Option<Instant> = None;
     loop {
         if running.stopping.load(Ordering::SeqCst) {
             return;
         }
         hold_watcher(&running);
+        if let Some(left) = next_at.take().and_then(|at| at.checked_duration_since(Instant::now()))
+        {
+            // Outside the source's lock: a flush meanwhile takes the source and applies what
+            // is held at once.
+            std::thread::sleep(left);
+        }
         {
             let mut guard = running.source.lock().unwrap();
             let Some(source) = guard.as_mut() else {
@@ -106,6 +137,7 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
             }
             match source.next_batch(WAIT) {
                 Ok(batch) => {
+                    next_at = gather_until(batch.changes.len(), Instant::now());
                     let (held, peak) = source.held_bytes();
                     deferral.read(source.pumped().others(), Instant::now());
                     {
@@ -710,4 +742,26 @@ pub(crate) fn pay_owed(running: &Running, handle: &VolumeHandle, share: usize) -
         warn!("watching {}: {}", root.display(), errors[0]);
     }
     ids.len()
+}
+
+#[cfg(test)]
+mod gather_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_steady_streams_batches_wait_for_the_next() {
+        let now = Instant::now();
+        // A lone change (a user's mv, the polled lag) and an empty read: at once.
+        assert_eq!(gather_until(0, now), None);
+        assert_eq!(gather_until(1, now), None);
+        assert_eq!(gather_until(GATHER_FROM - 1, now), None);
+        // A stream's batch (1,000 renames a second gives about 25): the next after GATHER.
+        assert_eq!(gather_until(GATHER_FROM, now), Some(now + GATHER));
+        assert_eq!(gather_until(25, now), Some(now + GATHER));
+        assert_eq!(gather_until(GATHER_UPTO, now), Some(now + GATHER));
+        // A burst's backlog: at once.
+        assert_eq!(gather_until(GATHER_UPTO + 1, now), None);
+        // Well within the lag target (p99 100 ms) with the settling of a batch.
+        assert!(GATHER + SETTLE < Duration::from_millis(100));
+    }
 }
