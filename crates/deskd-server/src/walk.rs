@@ -85,20 +85,30 @@ impl Walked {
 const PATH_ONLY: OFlags = OFlags::PATH.union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
 
 fn node_of(fd: BorrowedFd<'_>) -> Result<Node, Errno> {
-    let st = rustix::fs::fstat(fd)?;
+    Ok(node_from(&rustix::fs::fstat(fd)?))
+}
+
+/// What the name `name` in the folder held as `dir` is (not following a link): the [`Node`]
+/// a walk that went one name further would report, by one `statat` on the descriptor.
+pub fn node_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Node, Errno> {
+    let st = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(node_from(&st))
+}
+
+fn node_from(st: &rustix::fs::Stat) -> Node {
     let kind = match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => Kind::Dir,
         FileType::Symlink => Kind::Symlink,
         _ => Kind::File,
     };
-    Ok(Node {
+    Node {
         dev: st.st_dev,
         ino: st.st_ino,
         kind,
         ctime: st.st_ctime,
         uid: st.st_uid,
         nlink: st.st_nlink,
-    })
+    }
 }
 
 /// Walk `components` (names as the desktop records them) from `root`, following no symlink.

@@ -550,7 +550,7 @@ mod tests {
         assert_eq!(look("none").unwrap(), Found::Missing);
         let h = ResourceHeader::new(77, *b"TEXT", *b"ttxt", 5);
         write_header(&rsrc_dir.join("good"), &h).unwrap();
-        assert_eq!(look("good").unwrap(), Found::Header(h));
+        assert_eq!(look("good").unwrap(), Found::Header(h.clone()));
         fs::write(rsrc_dir.join("short"), b"not a header").unwrap();
         assert_eq!(look("short").unwrap(), Found::Bad);
         // A link is never followed, whatever it names.

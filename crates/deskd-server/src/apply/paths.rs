@@ -161,7 +161,42 @@ pub(super) fn verify_gone(
     old: &[Vec<u8>],
 ) -> Result<(), ErrorReply> {
     let walked = walk::walk(vol.root(), old);
-    if let Some(node) = walked.last() {
+    gone_unless_at(vol, object, old, walked.last().copied())
+}
+
+/// [`verify_gone`] of `old` for an object whose walk to `new` reached its folder: when `old`
+/// is in that same folder (a rename within a folder, the watcher's most common change), its
+/// name is looked at on the descriptor the walk holds (one `statat`) instead of a walk from
+/// the root, which opened every folder on the way again (the watcher's CPU at 1,000 renames
+/// a second: docs/PERFORMANCE.md, "Live tracking (issue 23) — stop 42").
+pub(super) fn verify_gone_beside(
+    vol: &Volume,
+    object: &Object,
+    old: &[Vec<u8>],
+    new: &[Vec<u8>],
+    walked_new: &Walked,
+) -> Result<(), ErrorReply> {
+    use std::os::fd::AsFd;
+    let same_folder = old.len() == new.len()
+        && old.len() == walked_new.components.len()
+        && walked_new.last().is_some()
+        && old[..old.len().saturating_sub(1)] == walked_new.components[..new.len().saturating_sub(1)];
+    match (same_folder, old.last(), walked_new.up.as_ref()) {
+        (true, Some(name), Some(up)) => {
+            gone_unless_at(vol, object, old, walk::node_at(up.as_fd(), name).ok())
+        }
+        _ => verify_gone(vol, object, old),
+    }
+}
+
+/// The check of [`verify_gone`] on what is at `old` now (`None`: nothing, or not reachable).
+fn gone_unless_at(
+    vol: &Volume,
+    object: &Object,
+    old: &[Vec<u8>],
+    node: Option<Node>,
+) -> Result<(), ErrorReply> {
+    if let Some(node) = node.as_ref() {
         // The same inode number born after the record's inode was recorded is a new file
         // that got the freed number (a user who made the name again at once): gone.
         let reused = born_no_later(&vol.path_of(old), node, object.ctime) == Some(false);

@@ -35,7 +35,7 @@ use deskd_watch::Change;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use super::errors::db_error;
-use super::paths::{registered, same_object, verify_gone};
+use super::paths::{registered, same_object, verify_gone, verify_gone_beside};
 use super::register::{register_walked, Asked};
 use super::spending::Spending;
 use super::Writing;
@@ -913,7 +913,7 @@ fn moved<B: WriteBatch + ?Sized>(
         }
         return Ok(created(w, to, rules, young, spending, out)? || gone);
     };
-    if verify_gone(w.vol, &source, from).is_err() {
+    if verify_gone_beside(w.vol, &source, from, to, &walked).is_err() {
         // Still at `from` too: a hard link made and then renamed. The new name is registered.
         return created(w, to, rules, young, spending, out);
     }
