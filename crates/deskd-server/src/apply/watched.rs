@@ -919,7 +919,13 @@ fn moved<B: WriteBatch + ?Sized>(
     }
     let target = registered(w.b, to)?.filter(|t| t.id != source.id);
     let (to_name, to_parent) = to.split_last().expect("not the root");
-    let folders = first_unregistered_above(w, to)?;
+    // A rename within a folder: the folders above `to` are those above `from`, where the
+    // record was found, so all registered (no lookup of each again: docs/PERFORMANCE.md).
+    let folders = if from.split_last().map(|(_, up)| up) == Some(to_parent) {
+        None
+    } else {
+        first_unregistered_above(w, to)?
+    };
     let (parent, _) = register_walked(
         w,
         to_parent,
