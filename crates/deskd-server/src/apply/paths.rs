@@ -180,7 +180,8 @@ pub(super) fn verify_gone_beside(
     let same_folder = old.len() == new.len()
         && old.len() == walked_new.components.len()
         && walked_new.last().is_some()
-        && old[..old.len().saturating_sub(1)] == walked_new.components[..new.len().saturating_sub(1)];
+        && old[..old.len().saturating_sub(1)]
+            == walked_new.components[..new.len().saturating_sub(1)];
     match (same_folder, old.last(), walked_new.up.as_ref()) {
         (true, Some(name), Some(up)) => {
             gone_unless_at(vol, object, old, walk::node_at(up.as_fd(), name).ok())

@@ -82,7 +82,9 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
             return;
         }
         hold_watcher(&running);
-        if let Some(left) = next_at.take().and_then(|at| at.checked_duration_since(Instant::now()))
+        if let Some(left) = next_at
+            .take()
+            .and_then(|at| at.checked_duration_since(Instant::now()))
         {
             // Outside the source's lock: a flush meanwhile takes the source and applies what
             // is held at once.
