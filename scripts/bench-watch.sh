@@ -27,7 +27,8 @@
 #   LAG=0 PARTS=a ...                # (a) without the polled lag (4-5 min a run): CPU only
 #   MODES=auto PARTS=a ...           # (a) without the watch = off side
 #   BIN=/some/target/release ...     # another build's binaries (an A/B), nothing built
-#   PERF=1 PARTS=a ...               # also (a): a perf profile of the server (perf record)
+#   PERF=1 PARTS=a ...               # also (a): a perf profile of the server (perf record), by
+#                                    # stage (scripts/watch-stages.py): share and µs per rename
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RENAMES=${RENAMES:-10000}
@@ -179,7 +180,10 @@ d['lag_p99_ms'], d['lag_max_ms'], d['renames'], d['seconds'])"); server lag_p99_
                 bench watch-lag --dir dir0000 --rate "$RATE" >/dev/null
                 barrier
                 kill -INT "$profiler"; wait "$profiler" || true
-                echo "run $run: perf profile in $WORK/a-perf-$run.data"
+                echo "run $run: perf profile in $WORK/a-perf-$run.data; by stage (µs at the" \
+                    "timed window's $pct %):"
+                perf script -i "$WORK/a-perf-$run.data" -F comm,tid,ip,sym --no-inline 2>/dev/null | \
+                    scripts/watch-stages.py - "$(echo "$pct * 10000 / $RATE" | bc -l)" | sed 's/^/    /'
             fi
             if [ "$mode" = auto ] && [ -n "${STRACE:-}" ]; then
                 # Exact, whatever the load: the server's system calls per rename (strace -c

@@ -562,7 +562,7 @@ mod tests {
         // A named pipe is refused at once (never blocks), as ensure_id refuses it.
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &rsrc_dir.join("pipe"),
+            rsrc_dir.join("pipe"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o600),
             0,
