@@ -162,6 +162,36 @@ fn a_moved_file_keeps_its_id_and_its_resource_file_follows() {
 }
 
 #[test]
+fn a_rename_within_a_folder_keeps_its_id_and_a_name_still_there_is_a_second_name() {
+    // The old name is checked on the folder the walk to the new one holds (stop 42): the
+    // same answers as the walk from the root, in one folder and across two.
+    let v = Vol::new();
+    fs::create_dir_all(v.p("d/e")).unwrap();
+    fs::write(v.p("d/a"), b"x").unwrap();
+    fs::write(v.p("d/k"), b"y").unwrap();
+    v.feed(vec![created("d"), created("d/e"), created("d/a"), created("d/k")]);
+    let (a, k) = (v.id("d/a").unwrap(), v.id("d/k").unwrap());
+    fs::rename(v.p("d/a"), v.p("d/b")).unwrap();
+    v.feed(vec![moved("d/a", "d/b")]);
+    assert_eq!((v.id("d/b"), v.id("d/a")), (Some(a), None));
+    assert_eq!(v.rsrc_id("d/b"), Some(a));
+    assert!(!v.p("d/.rsrc/a").exists(), "carried, not copied");
+    // A move whose old name holds the inode again (a hard link made, then renamed): the new
+    // name is a second name with its own ID, the old keeps its record, in one folder...
+    fs::hard_link(v.p("d/k"), v.p("d/l")).unwrap();
+    v.feed(vec![moved("d/k", "d/l")]);
+    assert_eq!(v.id("d/k"), Some(k));
+    let l = v.id("d/l").expect("the second name registered");
+    assert_ne!(l, k);
+    // ... and across two.
+    fs::hard_link(v.p("d/k"), v.p("d/e/m")).unwrap();
+    v.feed(vec![moved("d/k", "d/e/m")]);
+    assert_eq!(v.id("d/k"), Some(k));
+    let m = v.id("d/e/m").expect("the second name registered");
+    assert!(m != k && m != l);
+}
+
+#[test]
 fn a_move_seen_only_as_a_new_folder_or_a_create_carries_the_resource_file() {
     let v = Vol::new();
     fs::create_dir(v.p("a")).unwrap();
