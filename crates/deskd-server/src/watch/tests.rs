@@ -169,7 +169,12 @@ fn a_rename_within_a_folder_keeps_its_id_and_a_name_still_there_is_a_second_name
     fs::create_dir_all(v.p("d/e")).unwrap();
     fs::write(v.p("d/a"), b"x").unwrap();
     fs::write(v.p("d/k"), b"y").unwrap();
-    v.feed(vec![created("d"), created("d/e"), created("d/a"), created("d/k")]);
+    v.feed(vec![
+        created("d"),
+        created("d/e"),
+        created("d/a"),
+        created("d/k"),
+    ]);
     let (a, k) = (v.id("d/a").unwrap(), v.id("d/k").unwrap());
     fs::rename(v.p("d/a"), v.p("d/b")).unwrap();
     v.feed(vec![moved("d/a", "d/b")]);
