@@ -443,6 +443,25 @@ fn ls_matches_ls() {
             let f = std::fs::File::open(root.join(name)).unwrap();
             f.set_modified(when).unwrap();
         }
+        // The links' own times (ls -t sorts a link by its own, and the loop above set their
+        // targets'): else a link's time is when it was made, and two made within one clock
+        // tick tie in one tree and not in the other (CI saw `l`, `ld` against `ld`, `l`).
+        for (name, secs) in [("l", 7_000), ("ld", 8_000)] {
+            let when = rustix::fs::Timespec {
+                tv_sec: 1_700_000_000 + secs,
+                tv_nsec: 0,
+            };
+            rustix::fs::utimensat(
+                rustix::fs::CWD,
+                root.join(name),
+                &rustix::fs::Timestamps {
+                    last_access: when,
+                    last_modification: when,
+                },
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .unwrap();
+        }
         // `-a` lists `.` and `..` too: the tree and the folder above it (the volume, or the
         // coreutils side's folder) get the same times on both sides, else their order depends
         // on what was last made in them.
