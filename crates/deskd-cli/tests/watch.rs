@@ -1618,3 +1618,53 @@ fn a_programs_burst_ends_soon_after_the_program_does() {
     let watch = env.watch_status("vol");
     assert_eq!(watch["deferring"], false, "{watch}");
 }
+
+/// A hard link nobody made to another user's file (one it may write: `protected_hardlinks`
+/// allows that) does not take the file's ID when the owner moves the file while the link's
+/// create waits to be applied (here a deferred burst; nobody can make one from `/tmp`): the
+/// inode still has the owner's name, wherever it went (hostile review of stop 42, finding 1:
+/// the link took the ID, the owner's file got a new one).
+#[test]
+fn a_hard_link_does_not_take_the_id_of_a_file_its_owner_moves_meanwhile() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = Env::new(&["vol"]);
+    let release = env.hook_file("DESKD_TEST_DEFER_UNTIL", "release-deferral");
+    env.serve_watched(&["vol"], "");
+    const VICTIM: u32 = 4321;
+    for dir in ["vic", "vic/archive"] {
+        std::fs::create_dir(root(&env).join(dir)).unwrap();
+        std::os::unix::fs::chown(root(&env).join(dir), Some(VICTIM), Some(VICTIM)).unwrap();
+    }
+    let bx = root(&env).join("box");
+    std::fs::create_dir(&bx).unwrap();
+    std::os::unix::fs::chown(&bx, Some(65534), Some(65534)).unwrap();
+    dt_touch(&env, &["vic/report"]);
+    let report = root(&env).join("vic/report");
+    std::fs::set_permissions(&report, PermissionsExt::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(&report, Some(VICTIM), Some(VICTIM)).unwrap();
+    let id = dt_id(&env, "vic/report");
+    env.watch_barrier("vol");
+    if deskd_volume::read_id_xattr(&report) != Some(id) {
+        return skip("no user xattrs on the temp dir's file system");
+    }
+    let bursts = env.log_text().matches("a burst (").count();
+    make_files(&env, "burst", 3000);
+    env.wait_for_log("a burst (", bursts + 1);
+    // nobody links the file it may write into its folder; its owner files the report away.
+    env.sh_as_nobody("ln vol/vic/report vol/box/link");
+    std::fs::rename(&report, root(&env).join("vic/archive/report")).unwrap();
+    std::fs::write(&release, b"").unwrap();
+    env.watch_barrier("vol");
+    let mut desktop = desktop_below(&env, "vic");
+    desktop.extend(desktop_below(&env, "box"));
+    assert_eq!(
+        desktop.get("vic/archive/report"),
+        Some(&id),
+        "the owner's file lost its ID: {desktop:?}"
+    );
+    assert_ne!(
+        desktop.get("box/link"),
+        Some(&id),
+        "nobody's link took the ID"
+    );
+}

@@ -18,6 +18,10 @@
 //!   move is followed.
 //! * a peer that is not trusted must be able to have made the move: write and search the
 //!   record's old folder, as itself.
+//! * a file must have no other name (`st_nlink` 1): a hard link shares the inode and its
+//!   mirror, and the other name may be the record's object, moved by its owner a moment
+//!   before (not applied yet: a deferred burst); a link made by anyone who may write the file
+//!   took the ID. A file whose other names are gone is the object.
 //!
 //! The clients that know an object's carriers send them (dt the mirror, the bridge afpd's
 //! CNID); the watcher's claim reads the `user.deskd.id` mirror itself. Only a registration
@@ -43,6 +47,13 @@ pub(super) fn follow_move<B: WriteBatch + ?Sized>(
     parent: u32,
     name: &[u8],
 ) -> Result<Option<Object>, ErrorReply> {
+    // A file with another name is not followed: the other name may be where the record's
+    // object went (its owner's `mv`, not applied yet), and whoever could link the file (any
+    // user who may write it: protected_hardlinks) took its ID with the mirror the names
+    // share (hostile review of stop 42, finding 1). With its other names gone it has one.
+    if node.kind != deskd_db::Kind::Dir && node.nlink > 1 {
+        return Ok(None);
+    }
     for id in candidates.iter().flatten().copied() {
         if id == ROOT_ID {
             continue;
