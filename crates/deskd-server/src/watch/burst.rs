@@ -72,6 +72,9 @@ pub(super) struct Deferral {
     /// The bytes of other processes' events pumped by the last read, and when (the rate a
     /// burst begins at).
     read: Option<(u64, Instant)>,
+    /// What the last read left held (all processes' bytes): a deferral begins only once the
+    /// watcher has caught up, so a backlog is never deferred again.
+    left: u64,
     /// Those bytes at the last look, and when they last grew.
     last: Option<(u64, Instant)>,
     /// Deferring since (this busy stretch).
@@ -95,9 +98,11 @@ pub(super) enum Decision {
 impl Deferral {
     /// Just after a read: `others`, the bytes of other processes' events pumped since the
     /// start ([`deskd_watch::Pumped::others`]); a burst begins when they grow fast from here.
-    pub(super) fn read(&mut self, others: u64, now: Instant) {
+    /// `left`: the bytes the read left held.
+    pub(super) fn read(&mut self, others: u64, left: u64, now: Instant) {
         self.read = Some((others, now));
         self.last = Some((others, now));
+        self.left = left;
     }
 
     /// Whether the held events are being deferred now.
@@ -149,7 +154,15 @@ impl Deferral {
             return Decision::Apply;
         }
         let Some(since) = self.since else {
-            // Not deferring yet: only a fast burst begins it.
+            // Not deferring yet: only a fast burst begins it, and only once the watcher has
+            // caught up (the last read left less than a burst held). Otherwise a flood that
+            // pauses 0.2 s now and then had its backlog, and every other user's change in it,
+            // deferred again after each pause, one batch applied per pause: a flood slower
+            // than the writer (1.2 MiB/s) kept a change waiting 60 s with the default
+            // `watch_held_mib`, 37 min with 4096 (hostile review of stop 42, finding 2).
+            if self.left >= burst_held {
+                return Decision::Apply;
+            }
             let fast = self.read.is_some_and(|(then_others, then)| {
                 let secs = now.saturating_duration_since(then).as_secs_f64();
                 secs > 0.0 && others.saturating_sub(then_others) as f64 / secs >= burst_rate
@@ -180,7 +193,7 @@ mod tests {
     fn a_burst_is_deferred_until_no_event_came_for_a_while() {
         let mut d = Deferral::default();
         let t0 = Instant::now();
-        d.read(0, t0);
+        d.read(0, 0, t0);
         // 15 MB/s, a program creating 140,000 files a second.
         let mut t = t0 + Duration::from_millis(100);
         assert_eq!(
@@ -212,7 +225,7 @@ mod tests {
     fn a_slow_stream_is_never_deferred() {
         let mut d = Deferral::default();
         let t0 = Instant::now();
-        d.read(2 << 20, t0);
+        d.read(2 << 20, 0, t0);
         // 1,000 renames a second of 600 bytes each, on top of a held backlog.
         let t = t0 + Duration::from_millis(50);
         assert_eq!(
@@ -221,7 +234,7 @@ mod tests {
         );
         // Nothing held worth deferring, however fast it came.
         let mut d = Deferral::default();
-        d.read(0, t0);
+        d.read(0, 0, t0);
         assert_eq!(d.look(100_000, 100_000, MAX, t), Decision::Apply);
         // No read before: no rate known.
         let mut d = Deferral::default();
@@ -232,11 +245,11 @@ mod tests {
     fn deferring_stops_at_two_thirds_of_the_bound_and_after_its_longest() {
         let mut d = Deferral::default();
         let t0 = Instant::now();
-        d.read(0, t0);
+        d.read(0, 0, t0);
         let t = t0 + Duration::from_secs(1);
         assert_eq!(d.look(MAX / 3 * 2, MAX / 3 * 2, MAX, t), Decision::Apply);
         let mut d = Deferral::default();
-        d.read(0, t0);
+        d.read(0, 0, t0);
         let mut t = t0 + LOOK;
         let mut held = 2 << 20;
         assert_eq!(d.look(held, held, MAX, t), Decision::Defer { first: true });
@@ -257,7 +270,7 @@ mod tests {
         assert_eq!(d.look(held, held, MAX * 100, t), Decision::Apply);
         t += SLOWED_AFTER;
         assert_eq!(d.look(held, held, MAX * 100, t), Decision::Apply);
-        d.read(held, t);
+        d.read(held, 0, t);
         t += Duration::from_millis(100);
         assert_eq!(
             d.look(held + (3 << 20), held + (3 << 20), MAX * 100, t),
@@ -269,7 +282,7 @@ mod tests {
     fn a_deferral_that_reaches_two_thirds_ends_for_the_stretch_instead_of_starting_again() {
         let mut d = Deferral::default();
         let t0 = Instant::now();
-        d.read(0, t0);
+        d.read(0, 0, t0);
         let mut t = t0 + Duration::from_millis(100);
         assert_eq!(
             d.look(2 << 20, 2 << 20, MAX, t),
@@ -282,7 +295,7 @@ mod tests {
         assert_eq!(d.ended(), "reached two thirds of watch_held_mib");
         // A batch read brings it under the mark while the burst goes on: applied as it comes,
         // not deferred again until the stretch slows.
-        d.read(full, t);
+        d.read(full, full - 1, t);
         t += LOOK;
         assert_eq!(d.look(full - 1, full + (1 << 20), MAX, t), Decision::Apply);
         assert!(!d.deferring());
@@ -292,12 +305,12 @@ mod tests {
     fn deskd_s_own_events_neither_begin_nor_prolong_a_burst() {
         let mut d = Deferral::default();
         let t0 = Instant::now();
-        d.read(0, t0);
+        d.read(0, 0, t0);
         // 3 MiB held in 100 ms, all of them deskd's own writes (the stamper): no burst.
         let mut t = t0 + Duration::from_millis(100);
         assert_eq!(d.look(3 << 20, 0, MAX, t), Decision::Apply);
         // A program's burst begins it...
-        d.read(0, t);
+        d.read(0, 0, t);
         t += Duration::from_millis(100);
         assert_eq!(
             d.look(5 << 20, 2 << 20, MAX, t),
@@ -323,7 +336,7 @@ mod tests {
     fn a_trickle_of_other_events_does_not_keep_a_burst_going() {
         let mut d = Deferral::default();
         let t0 = Instant::now();
-        d.read(0, t0);
+        d.read(0, 0, t0);
         let mut t = t0 + Duration::from_millis(100);
         let mut others = 2 << 20;
         assert_eq!(
@@ -342,5 +355,40 @@ mod tests {
             assert!(looks < 20, "a trickle kept the burst deferred");
         }
         assert!(t - (t0 + Duration::from_millis(100)) >= SLOWED_AFTER);
+    }
+
+    /// A flood that pauses 0.2 s now and then (hostile review of stop 42, finding 2): the
+    /// pause ends the deferral, one batch is read, and the backlog it leaves is applied before
+    /// anything is deferred again, however fast the flood resumes.
+    #[test]
+    fn a_backlog_left_by_a_read_is_not_deferred_again() {
+        let mut d = Deferral::default();
+        let t0 = Instant::now();
+        d.read(0, 0, t0);
+        let mut t = t0 + Duration::from_millis(100);
+        let mut others = 3 << 20;
+        assert_eq!(
+            d.look(others, others, MAX, t),
+            Decision::Defer { first: true }
+        );
+        // The flood pauses: no growth for SLOWED_AFTER ends the deferral.
+        t += SLOWED_AFTER;
+        assert_eq!(d.look(others, others, MAX, t), Decision::Apply);
+        // One read takes a batch and leaves 2 MiB held; the flood resumes at 10 MiB/s.
+        d.read(others, 2 << 20, t);
+        for _ in 0..20 {
+            t += LOOK;
+            others += 200 << 10;
+            let held = (2 << 20) + others - (3 << 20);
+            assert_eq!(d.look(held, others, MAX, t), Decision::Apply);
+        }
+        // Caught up (the read left less than a burst): a new burst is deferred again.
+        d.read(others, 1000, t);
+        t += LOOK;
+        others += 2 << 20;
+        assert_eq!(
+            d.look(2 << 20, others, MAX, t),
+            Decision::Defer { first: true }
+        );
     }
 }

@@ -141,7 +141,7 @@ pub(crate) fn run(running: Arc<Running>, handle: Arc<VolumeHandle>, rebuilds: Re
                 Ok(batch) => {
                     next_at = gather_until(batch.changes.len(), Instant::now());
                     let (held, peak) = source.held_bytes();
-                    deferral.read(source.pumped().others(), Instant::now());
+                    deferral.read(source.pumped().others(), held, Instant::now());
                     {
                         let mut figures = running.figures.lock().unwrap();
                         figures.queued_bytes = held;
