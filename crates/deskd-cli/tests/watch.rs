@@ -1668,3 +1668,42 @@ fn a_hard_link_does_not_take_the_id_of_a_file_its_owner_moves_meanwhile() {
         "nobody's link took the ID"
     );
 }
+
+/// The `user.deskd.id` mirror is written by anyone who may write the file, not only by its
+/// owner: a root-owned file others may write (0666 here, a volume owner's group-writable file
+/// alike) carries whatever ID nobody puts there, and the watcher took it as root's own claim
+/// and revived a dead ID for a file nobody writes (hostile review of stop 42, finding 3: an
+/// alias of the deleted object would open it). Such a claim is only followed as a move now.
+#[test]
+fn a_mirror_others_may_write_does_not_revive_a_dead_id() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = watched("");
+    for dir in ["vol/pub", "outside"] {
+        let dir = env.path(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o777)).unwrap();
+    }
+    dt_touch(&env, &["old", "pub/shared"]);
+    let shared = root(&env).join("pub/shared");
+    std::fs::set_permissions(&shared, PermissionsExt::from_mode(0o666)).unwrap();
+    let dead = dt_id(&env, "old");
+    if deskd_volume::read_id_xattr(&root(&env).join("old")) != Some(dead) {
+        return skip("no user xattrs on the temp dir's file system");
+    }
+    std::fs::remove_file(root(&env).join("old")).unwrap();
+    env.watch_barrier("vol");
+    assert!(!desktop_below(&env, "").contains_key("old"));
+    // nobody writes the dead ID into root's file's mirror and moves the file out and back.
+    env.sh_as_nobody(&format!(
+        "python3 -c \"import os; os.setxattr('vol/pub/shared', 'user.deskd.id', \
+         ({dead}).to_bytes(4, 'big'))\" && mv vol/pub/shared outside/x"
+    ));
+    env.watch_barrier("vol");
+    env.sh_as_nobody("mv outside/x vol/pub/shared");
+    env.watch_barrier("vol");
+    let id = desktop_below(&env, "pub")["pub/shared"];
+    assert_ne!(
+        id, dead,
+        "root's file others may write took the dead ID nobody wrote"
+    );
+}

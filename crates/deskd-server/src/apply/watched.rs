@@ -394,29 +394,40 @@ fn walk_to<B: WriteBatch + ?Sized>(w: &Writing<'_, B>, names: &[Vec<u8>]) -> Opt
 /// since the walk leads nowhere else); a symbolic link has no mirror of its own and its
 /// target's is never read.
 fn claim<B: WriteBatch + ?Sized>(w: &Writing<'_, B>, names: &[Vec<u8>], node: &Node) -> Claim {
+    use std::os::unix::fs::MetadataExt;
     let root = w.vol.root();
     let path = w.vol.path_of(names);
     let mut out = Claim::default();
     if node.kind != Kind::Symlink {
         if let Ok(pinned) = deskd_volume::pin::pin(root, &path, 1) {
-            let is_it = std::fs::symlink_metadata(&pinned.path).is_ok_and(|m| {
-                use std::os::unix::fs::MetadataExt;
+            let it = std::fs::symlink_metadata(&pinned.path).ok().filter(|m| {
                 (m.dev(), m.ino()) == (node.dev, node.ino) && !m.file_type().is_symlink()
             });
-            if is_it {
+            if let Some(m) = it {
                 out.id = deskd_volume::read_id_xattr(&pinned.path);
                 out.mirror_read = true;
+                out.owners_own = only_its_owner_writes(m.mode());
             }
         }
     }
     let header = deskd_volume::rsrc::rsrc_path(&path)
         .and_then(|rsrc| deskd_volume::pin::pin(root, &rsrc, 2).ok())
-        .and_then(|pinned| deskd_volume::rsrc::read_header(&pinned.path).ok().flatten());
-    if let Some(h) = header {
-        out.id = out.id.or(Some(h.id).filter(|&id| id != 0));
-        if h.type_code != [0; 4] || h.creator != [0; 4] {
-            out.codes = Some((h.type_code, h.creator));
-        }
+        .and_then(|pinned| {
+            let header = deskd_volume::rsrc::read_header(&pinned.path)
+                .ok()
+                .flatten()?;
+            let file = std::fs::symlink_metadata(&pinned.path).ok();
+            let dir = pinned.path.parent().and_then(|d| std::fs::metadata(d).ok());
+            let owners_own = match (file, dir) {
+                (Some(f), Some(d)) => {
+                    header_is_owners(node.uid, (f.uid(), f.mode()), (d.uid(), d.mode()))
+                }
+                _ => false,
+            };
+            Some((header, owners_own))
+        });
+    if let Some((h, owners_own)) = header {
+        take_header(&mut out, &h, owners_own);
     }
     out
 }
@@ -431,27 +442,66 @@ fn claim_in(dir: &OwnedFd, rsrc_dir: Option<&OwnedFd>, name: &[u8], node: &Node)
     // The name must still hold the inode just listed (as `claim` checks): a file swapped in
     // since would lend its mirror. Not followed: a link has no mirror of its own.
     let still_it = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
-        .is_ok_and(|st| (st.st_dev, st.st_ino) == (node.dev, node.ino));
-    if node.kind != Kind::Symlink && still_it {
+        .ok()
+        .filter(|st| (st.st_dev, st.st_ino) == (node.dev, node.ino));
+    if let (true, Some(st)) = (node.kind != Kind::Symlink, still_it) {
         let path = Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
         out.id = deskd_volume::read_id_xattr(&path);
         out.mirror_read = true;
+        out.owners_own = only_its_owner_writes(st.st_mode);
     }
     // Opened in the `.rsrc` held open: a path through /proc/self/fd is a link, which the
     // path-based reader refuses (the hostile review of 2026-12-07, finding 2: no header was
     // ever read here, and a folder moved in lost its entries' type and creator).
     let header = rsrc_dir.and_then(|rsrc| {
-        deskd_volume::rsrc::read_header_at(rsrc.as_fd(), name)
+        let header = deskd_volume::rsrc::read_header_at(rsrc.as_fd(), name)
             .ok()
-            .flatten()
+            .flatten()?;
+        let file = rustix::fs::statat(rsrc, name, AtFlags::SYMLINK_NOFOLLOW).ok();
+        let folder = rustix::fs::fstat(rsrc).ok();
+        let owners_own = match (file, folder) {
+            (Some(f), Some(d)) => {
+                header_is_owners(node.uid, (f.st_uid, f.st_mode), (d.st_uid, d.st_mode))
+            }
+            _ => false,
+        };
+        Some((header, owners_own))
     });
-    if let Some(h) = header {
-        out.id = out.id.or(Some(h.id).filter(|&id| id != 0));
-        if h.type_code != [0; 4] || h.creator != [0; 4] {
-            out.codes = Some((h.type_code, h.creator));
-        }
+    if let Some((h, owners_own)) = header {
+        take_header(&mut out, &h, owners_own);
     }
     out
+}
+
+/// The resource file's header into `out`: its ID when the mirror gave none, its type and
+/// creator.
+fn take_header(out: &mut Claim, h: &deskd_volume::rsrc::ResourceHeader, owners_own: bool) {
+    if out.id.is_none() && h.id != 0 {
+        out.id = Some(h.id);
+        out.owners_own = owners_own;
+    }
+    if h.type_code != [0; 4] || h.creator != [0; 4] {
+        out.codes = Some((h.type_code, h.creator));
+    }
+}
+
+/// Whether no one but the owner (and root) may write a file of mode `mode`: no write bit for
+/// group or others. (With an ACL the group bits are its mask, which bounds every named entry.)
+/// The `user.deskd.id` mirror is written by anyone who may write the file, so only then is the
+/// owner the one who wrote it (hostile review of stop 42, finding 3).
+fn only_its_owner_writes(mode: u32) -> bool {
+    mode & 0o022 == 0
+}
+
+/// Whether a resource file header's ID is the object owner's word: the resource file is the
+/// object owner's (`owner`) and no one else may write it, and its `.rsrc` folder lets no one
+/// else rename entries in (no write for others, or the sticky bit), as `deskd rebuild` asks
+/// (`deskd_rebuild::claims`).
+fn header_is_owners(owner: u32, (uid, mode): (u32, u32), (dir_uid, dir_mode): (u32, u32)) -> bool {
+    uid == owner
+        && only_its_owner_writes(mode)
+        && (dir_uid == owner || dir_uid == 0)
+        && (only_its_owner_writes(dir_mode) || dir_mode & 0o1000 != 0)
 }
 
 /// What [`claim`] read.
@@ -461,6 +511,9 @@ struct Claim {
     codes: Option<([u8; 4], [u8; 4])>,
     /// The object's mirror was read (its answer is in `id`, before the resource file's).
     mirror_read: bool,
+    /// `id` was written by the object's owner: no one else may write its carrier
+    /// ([`only_its_owner_writes`]). Otherwise it is only followed as a move.
+    owners_own: bool,
 }
 
 /// Who may choose an object's ID by its claim (docs/security.md, "IDs under attack"): the
@@ -496,12 +549,16 @@ pub(super) struct ClaimRules {
 }
 
 /// What a registration asks with the object's claim: followed as a move always; kept as a
-/// hint only when the object's owner may choose IDs and this desktop once handed the ID out
-/// (a restore: a mirror cannot raise the counter).
+/// hint only when the object's owner may choose IDs, wrote the claim (no one else may write
+/// its carrier) and this desktop once handed the ID out (a restore: a mirror cannot raise the
+/// counter).
 fn asked_with(claim: Claim, owner: u32, rules: ClaimRules) -> Asked {
     Asked {
         hint: claim.id.filter(|&id| {
-            id <= rules.last_id && id > deskd_db::ROOT_ID && rules.choosers.may_choose(owner)
+            id <= rules.last_id
+                && id > deskd_db::ROOT_ID
+                && claim.owners_own
+                && rules.choosers.may_choose(owner)
         }),
         carried: claim.id,
         type_code: claim.codes.map(|c| c.0),
