@@ -1714,3 +1714,43 @@ fn a_mirror_others_may_write_does_not_revive_a_dead_id() {
         "root's file others may write took the dead ID nobody wrote"
     );
 }
+
+/// The same mirror in a rebuild: root's file others may write, whose resource file is gone
+/// (deleted by whoever may write its `.rsrc`, e.g. one the server made like a 0777 folder),
+/// carried nobody's ID in its mirror, and the online repair believed it as root's word: the
+/// file took ID 5,000,000 and the counter jumped there (hostile review of stop 42, finding 3).
+#[test]
+fn a_repair_does_not_believe_a_mirror_others_may_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = watched("");
+    std::fs::create_dir(env.path("vol/pub")).unwrap();
+    std::fs::set_permissions(env.path("vol/pub"), PermissionsExt::from_mode(0o777)).unwrap();
+    dt_touch(&env, &["pub/shared"]);
+    let shared = root(&env).join("pub/shared");
+    std::fs::set_permissions(&shared, PermissionsExt::from_mode(0o666)).unwrap();
+    let id = dt_id(&env, "pub/shared");
+    if deskd_volume::read_id_xattr(&shared) != Some(id) {
+        return skip("no user xattrs on the temp dir's file system");
+    }
+    std::fs::remove_file(root(&env).join("pub/.rsrc/shared")).unwrap();
+    env.sh_as_nobody(
+        "python3 -c \"import os; os.setxattr('vol/pub/shared', 'user.deskd.id', \
+         (5000000).to_bytes(4, 'big'))\"",
+    );
+    env.deskd_ok(&["rebuild", env.path("vol").to_str().unwrap()]);
+    assert_eq!(desktop_below(&env, "pub")["pub/shared"], id);
+    let status = env.deskd_ok(&["status", "--json"]);
+    let last_id = status
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["path"].as_str() == Some(root(&env).to_str().unwrap()))
+        .unwrap()["last_id"]
+        .as_u64()
+        .unwrap();
+    assert!(last_id < 5_000_000, "the counter jumped to {last_id}");
+    assert_eq!(
+        deskd_volume::read_id_xattr(&shared),
+        Some(id),
+        "mirror repaired"
+    );
+}

@@ -15,6 +15,7 @@ pub(crate) fn found(parent: u32, name: &str, kind: Kind, dev: u64, ino: u64) -> 
         ino,
         ctime: 0,
         uid: 0,
+        others_write: false,
         rsrc: Rsrc::Missing,
         rsrc_uid: None,
         rsrc_dir: None,

@@ -65,8 +65,12 @@ pub struct Entry {
     pub ctime: i64,
     /// The object's owner: the carrier of its xattr mirror and Netatalk metadata.
     pub uid: u32,
+    /// Group or others may write the object (a write bit for them in its mode): then its
+    /// mirror, which anyone who may write the file sets, is not its owner's word.
+    pub others_write: bool,
     pub rsrc: Rsrc,
-    /// The owner of the resource file, when there is one (whose word its ID is).
+    /// The owner of the resource file, when there is one (whose word its ID is); `None` also
+    /// when group or others may write it (then it is no one's word).
     pub rsrc_uid: Option<u32>,
     /// The owner and mode of the `.rsrc` directory holding it (who could have renamed another
     /// resource file into its place). Kept once per directory ([`Walk::rsrc_dir`]).
@@ -84,6 +88,7 @@ const RSRC_VALID: u8 = 2;
 const RSRC_STATE: u8 = 0b11;
 const HAS_RSRC_UID: u8 = 1 << 2;
 const HAS_XATTR_ID: u8 = 1 << 3;
+const OTHERS_WRITE: u8 = 1 << 4;
 
 /// One object found on disk, as the walk keeps it: 64 bytes of integers, its name in the
 /// walk's arena ([`Walk::name`]), and the rare parts (Netatalk metadata, a corrupt resource
@@ -133,6 +138,11 @@ impl Found {
     pub fn xattr_id(&self) -> Option<u32> {
         (self.bits & HAS_XATTR_ID != 0).then_some(self.xattr_id)
     }
+
+    /// Group or others may write the object ([`Entry::others_write`]).
+    pub fn others_write(&self) -> bool {
+        self.bits & OTHERS_WRITE != 0
+    }
 }
 
 /// The objects of a walk (or of one directory, before it joins the walk): the records, the
@@ -172,6 +182,9 @@ impl Records {
         }
         if entry.xattr_id.is_some() {
             bits |= HAS_XATTR_ID;
+        }
+        if entry.others_write {
+            bits |= OTHERS_WRITE;
         }
         if let Some(m) = entry.netatalk {
             self.netatalk.push((index, m));
@@ -453,6 +466,7 @@ pub fn walk(
     let root_rsrc = read_rsrc_path(&root_rsrc_path);
     let root_rsrc_uid = std::fs::symlink_metadata(&root_rsrc_path)
         .ok()
+        .filter(|m| m.mode() & 0o022 == 0)
         .map(|m| m.uid());
     let root_found = Entry {
         parent: u32::MAX,
@@ -462,6 +476,7 @@ pub fn walk(
         ino: meta.ino(),
         ctime: meta.ctime(),
         uid: meta.uid(),
+        others_write: meta.mode() & 0o022 != 0,
         rsrc: root_rsrc,
         rsrc_uid: root_rsrc_uid,
         // (The root's resource file is in its own `.rsrc`, which its walk examines.)
@@ -618,8 +633,13 @@ fn read_rsrc_at(dir: &OwnedFd, name: &CString) -> (Rsrc, Option<u32>) {
             )
         }
     };
-    // The owner of the very file read (fstat), so a swap after the read changes nothing.
-    let owner = file.metadata().ok().map(|m| m.uid());
+    // The owner of the very file read (fstat), so a swap after the read changes nothing; none
+    // when group or others may write it: then anyone of them wrote the header's ID.
+    let owner = file
+        .metadata()
+        .ok()
+        .filter(|m| m.mode() & 0o022 == 0)
+        .map(|m| m.uid());
     let shown = Path::new(std::ffi::OsStr::from_bytes(name.as_bytes()));
     match rsrc::read_header_from(&mut file, shown) {
         Ok(h) => (Rsrc::Valid(h), owner),
@@ -738,6 +758,7 @@ fn scan_dir(
             ino: st.st_ino,
             ctime: st.st_ctime,
             uid: st.st_uid,
+            others_write: st.st_mode & 0o022 != 0,
             rsrc,
             rsrc_uid,
             rsrc_dir: None,
