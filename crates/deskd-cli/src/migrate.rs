@@ -416,6 +416,9 @@ fn write_from_database(
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir))?;
+    // Recorded in the database first, under the lock: a server still configured with
+    // `backend` that starts later refuses the stale copy (hostile review of stop 42, finding 1).
+    transfer::record_moved_out(&mut holder, name)?;
     // Under the serving lock (`holder`, held exclusively): a server that reconnects later takes
     // the lock, then reads the mark, and so sees the volume moved out (the newcomer review of
     // stop 41, finding 1); removed after the lock was let go, such a server saw it still there.

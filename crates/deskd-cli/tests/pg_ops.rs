@@ -2008,3 +2008,67 @@ fn assert_moved_out_not_served(
         skip("needs root to act as another user");
     }
 }
+
+/// Hostile review of stop 42 (hostile28), finding 1: after `restore --leave-postgresql
+/// --config` moved the volume out of its database (the root's mark removed, the restored SQLite
+/// desktop the volume's), host A serves it from that SQLite desktop; host B, down during the
+/// restore and still configured with `backend`, starts later. It must not serve the volume from
+/// the database's stale copy (it did: it marked the root again and handed out from the
+/// database's counter the very IDs host A hands out from the restored desktop's).
+#[test]
+fn a_server_still_configured_with_backend_does_not_serve_a_volume_restored_out_of_the_database() {
+    let Some((cluster, url, pw)) = pg_database("desk") else {
+        return;
+    };
+    let defaults = backend_lines(&url, &pw);
+    let mut a = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(a.path("vol")).unwrap();
+    a.serve_with_defaults("vol", &defaults);
+    let config = a.path("deskd.toml");
+    a.dt_ok(&[b"touch", b"vol/kept.txt", b"vol/later.txt"]);
+    let file = backed_up(&a, &root, &config);
+    a.term();
+    let volume = root.to_str().unwrap();
+    let out = restore_leaving_postgresql(&a, config.to_str().unwrap(), &file, volume);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(deskd_volume::desktop_backend(&root).is_none());
+    let db_last = last_id(&mut cluster.admin("desk"));
+    // Host A, as the documented order says: `backend` taken out, served from SQLite.
+    a.serve(&["vol"]);
+    // Host B, still configured with `backend` (and a volume of its own, so that it starts).
+    let mut b = Env::new(&["own"]);
+    let cfg = config_with_volumes(&b, &defaults, &[root.as_path(), b.path("own").as_path()]);
+    b.start(&["--config", cfg.to_str().unwrap()]);
+    let from_a = root.join("from-a");
+    let from_b = root.join("from-b");
+    a.dt_ok(&[b"touch", from_a.as_os_str().as_bytes()]);
+    let b_wrote = b.dt(&[b"touch", from_b.as_os_str().as_bytes()]);
+    let id_a = a.id_of(&from_a);
+    if b_wrote.status.success() {
+        let id_b = b.id_of(&from_b);
+        assert_ne!(id_a, id_b, "ID {id_a} given twice (host A's SQLite, host B's database)");
+        panic!(
+            "host B served a moved-out volume from the database (ID {id_b}; database counter \
+             was {db_last}, now {}; mark now {:?})",
+            last_id(&mut cluster.admin("desk")),
+            deskd_volume::desktop_backend(&root)
+        );
+    }
+    assert_eq!(last_id(&mut cluster.admin("desk")), db_last);
+    assert!(
+        deskd_volume::desktop_backend(&root).is_none(),
+        "the root was marked again"
+    );
+    let moved_out = "was moved out of this database (by deskd restore --leave-postgresql or \
+                     deskd migrate --to sqlite)";
+    let said = stderr(&b_wrote);
+    assert!(said.contains(moved_out), "{said}");
+    let text = b.deskd_ok(&["status"]);
+    assert!(
+        text.contains(&format!("{}\n  NOT SERVED:   ", root.display())) && text.contains(moved_out),
+        "{text}"
+    );
+    // Host A goes on from its restored desktop, past every ID the database gave.
+    a.dt_ok(&[b"touch", b"vol/after.txt"]);
+    assert!(i64::from(a.id_of(&root.join("after.txt"))) > db_last);
+}

@@ -89,6 +89,12 @@ pub enum PgError {
     /// volume's serving lock exclusively: it is not served meanwhile.
     #[error("volume {0:?} is being moved out of the database (by deskd migrate --to sqlite or deskd restore --leave-postgresql); it is not served meanwhile")]
     Migrating(String),
+    /// `deskd restore --leave-postgresql --config` or `deskd migrate --to sqlite` moved the
+    /// volume out of the database (recorded there under the serving lock, held exclusively):
+    /// its SQLite desktop is the volume's, and the database's copy is stale; a server still
+    /// configured with `backend` must not hand out IDs from it again.
+    #[error("volume {0:?} was moved out of this database (by deskd restore --leave-postgresql or deskd migrate --to sqlite): its SQLite desktop is the volume's now and the database's copy is stale, so it is not served from the database; take `backend` out of this server's configuration for the volume (or, if that restore or migrate did not finish, run it again)")]
+    MovedOut(String),
     /// The database holds no volume of this name (or no deskd schema at all).
     #[error("the database holds no deskd volume named {0:?}")]
     NoSuchVolume(String),

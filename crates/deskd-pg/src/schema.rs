@@ -25,6 +25,13 @@ pub(crate) const VOLUME_LOCK: i64 = 0x6473_6b76;
 /// server opens the volume while a migration copies it.
 pub(crate) const SERVE_LOCK: i32 = 0x6473_6b73;
 
+/// The `deskd.meta` key a volume's row carries once `deskd restore --leave-postgresql --config`
+/// or `deskd migrate --to sqlite` moved it out of the database (its value: when, Unix seconds).
+/// Written under the serving lock held exclusively and read by a server right after it takes
+/// the lock: a server still configured with `backend` (a host down during the move) then
+/// refuses the stale copy instead of handing out IDs from it again (hostile review of stop 42).
+pub(crate) const MOVED_OUT_KEY: &str = "moved_out";
+
 /// Format 1. The columns and numbers are those of the SQLite desktop (docs/desktop-format.md),
 /// with the volume's key `vid` in front of every key.
 const SCHEMA_V1: &str = r#"

@@ -646,7 +646,8 @@ impl PgDesktop {
 
     /// Hold the volume's serving lock (shared with the other servers) for as long as this
     /// session lives: a migration out of the database waits for no server. Refused while a
-    /// migration holds it.
+    /// migration holds it ([`PgError::Migrating`]), and for a volume a restore or migration
+    /// moved out of the database ([`PgError::MovedOut`]).
     pub fn hold_for_serving(&mut self) -> Result<()> {
         let held: bool = self
             .client
@@ -656,11 +657,27 @@ impl PgDesktop {
                 &[&schema::SERVE_LOCK, &self.vid],
             )?
             .get(0);
-        if held {
-            Ok(())
-        } else {
-            Err(PgError::Migrating(self.key.name.clone()))
+        if !held {
+            return Err(PgError::Migrating(self.key.name.clone()));
         }
+        // Read under the lock: a restore or migrate records the move-out while it holds the
+        // lock exclusively, so a server that takes it afterwards sees the record.
+        let moved_out = self
+            .client
+            .get_mut()
+            .query_opt(
+                "SELECT 1 FROM deskd.meta WHERE vid = $1 AND key = $2",
+                &[&self.vid, &schema::MOVED_OUT_KEY],
+            )?
+            .is_some();
+        if moved_out {
+            self.client.get_mut().execute(
+                "SELECT pg_advisory_unlock_shared($1, ($2::bigint)::int)",
+                &[&schema::SERVE_LOCK, &self.vid],
+            )?;
+            return Err(PgError::MovedOut(self.key.name.clone()));
+        }
+        Ok(())
     }
 
     /// Remove the change log's rows of batches `through` and older; returns how many went.

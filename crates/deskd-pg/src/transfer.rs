@@ -295,7 +295,8 @@ pub fn hold_unserved(client: &mut Client, name: &str) -> Result<()> {
 /// Volume `name`'s serving lock, held exclusively on a session of its own until this is
 /// dropped ([`hold_unserved_session`]).
 pub struct UnservedHold {
-    _session: Client,
+    session: Client,
+    name: String,
     /// The volume's ID counter in the database, read once the lock was held (no server can
     /// raise it meanwhile); None when the database has no such volume.
     pub last_id: Option<u32>,
@@ -309,9 +310,56 @@ pub fn hold_unserved_session(options: &crate::ConnectOptions, name: &str) -> Res
     hold_unserved(&mut session, name)?;
     let last_id = volume_last_id(&mut session, name)?;
     Ok(UnservedHold {
-        _session: session,
+        session,
+        name: name.to_owned(),
         last_id,
     })
+}
+
+impl UnservedHold {
+    /// Record in the database that the volume was moved out of it ([`record_moved_out`]),
+    /// while this hold keeps every server off.
+    pub fn record_moved_out(&mut self) -> Result<()> {
+        record_moved_out(&mut self.session, &self.name)
+    }
+
+    /// Take the record back ([`forget_moved_out`]): the restore it was made for failed.
+    pub fn forget_moved_out(&mut self) -> Result<()> {
+        forget_moved_out(&mut self.session, &self.name)
+    }
+}
+
+/// Record in the database that volume `name` was moved out of it (`deskd restore
+/// --leave-postgresql --config`, `deskd migrate --to sqlite`): a server that takes the serving
+/// lock afterwards refuses the volume ([`PgError::MovedOut`]) instead of handing out IDs from
+/// the stale copy (a server still configured with `backend`, down while it was moved out).
+/// Call it holding the lock exclusively ([`hold_unserved`]), before the root's mark is removed:
+/// a move killed in between leaves the volume refused by servers, never served twice. Nothing
+/// is recorded for a database without the volume.
+pub fn record_moved_out(client: &mut Client, name: &str) -> Result<()> {
+    if !schema::has_volumes_table(client)? {
+        return Ok(());
+    }
+    client.execute(
+        "INSERT INTO deskd.meta (vid, key, value)
+             SELECT vid, $2, extract(epoch FROM now())::bigint FROM deskd.volume WHERE name = $1
+         ON CONFLICT (vid, key) DO UPDATE SET value = excluded.value",
+        &[&name, &schema::MOVED_OUT_KEY],
+    )?;
+    Ok(())
+}
+
+/// Remove [`record_moved_out`]'s record of volume `name` (a restore that failed after it).
+pub fn forget_moved_out(client: &mut Client, name: &str) -> Result<()> {
+    if !schema::has_volumes_table(client)? {
+        return Ok(());
+    }
+    client.execute(
+        "DELETE FROM deskd.meta WHERE key = $2
+             AND vid = (SELECT vid FROM deskd.volume WHERE name = $1)",
+        &[&name, &schema::MOVED_OUT_KEY],
+    )?;
+    Ok(())
 }
 
 /// Volume `name`'s ID counter in the database (the highest ID it handed out); None when the

@@ -799,7 +799,7 @@ fn run(cli: Run) -> Result<ExitCode> {
             volume,
         } => {
             // Held until the restore is done: no server serves the volume from its database.
-            let _unserved = match (leave_postgresql, &config) {
+            let mut unserved = match (leave_postgresql, &config) {
                 (true, Some(config)) => {
                     match unserved_for_restore(config, &volume, ids_from_backup) {
                         Ok(hold) => hold,
@@ -829,10 +829,37 @@ fn run(cli: Run) -> Result<ExitCode> {
                 trust_ids,
                 manifest,
                 leave_postgresql,
-                database_last_id: _unserved.as_ref().and_then(|hold| hold.last_id),
+                database_last_id: unserved.as_ref().and_then(|hold| hold.last_id),
                 ids_from_backup,
             };
-            Ok(restore(&backup, &volume, &options, walk.verbose, walk.json))
+            // Recorded in the database before the restore removes the root's mark, under the
+            // lock: a server still configured with `backend` that starts later (a host down
+            // meanwhile) refuses the stale copy instead of handing out IDs from it again, the
+            // restored desktop's (hostile review of stop 42, finding 1). A restore killed
+            // after it leaves the volume refused by such servers until it is run again.
+            if let Some(hold) = unserved.as_mut() {
+                if let Err(e) = hold.record_moved_out() {
+                    eprintln!(
+                        "deskd restore: cannot record in the database that {} is moved out of                          it: {e}; nothing was changed",
+                        volume.display()
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+            }
+            let code = restore(&backup, &volume, &options, walk.verbose, walk.json);
+            // Refused or failed with the mark still there: the volume was not moved out.
+            if code != ExitCode::SUCCESS && deskd_volume::desktop_backend(&volume).is_some() {
+                if let Some(hold) = unserved.as_mut() {
+                    if let Err(e) = hold.forget_moved_out() {
+                        eprintln!(
+                            "deskd restore: the database still records {} as moved out of it                              ({e}): its servers refuse it until a restore goes through",
+                            volume.display()
+                        );
+                    }
+                }
+            }
+            drop(unserved);
+            Ok(code)
         }
         Command::Metrics { .. } => {
             let mut client = connection.connect().map_err(|e| anyhow!("{e}"))?;

@@ -434,6 +434,18 @@ impl PgWriter {
                 info!(volume = %self.volume.root().display(),
                     "database reachable again; the volume is writable");
             }
+            Err(e @ deskd_pg::PgError::MovedOut(_)) => {
+                // The database records the volume as moved out (a restore or migrate made
+                // while this server was cut off, its mark put back since by another server
+                // or by hand): no ID from the database's stale copy (hostile review of stop
+                // 42, finding 1).
+                let why = format!("{}: {e}", self.volume.root().display());
+                error!(volume = %self.volume.root().display(), "{e}; no write is recorded in the database");
+                self.pg.close();
+                self.reconnect = None;
+                self.state.lock().unwrap().unavailable = Some((deskd_db::now_unix(), why.clone()));
+                self.moved_out = Some(why);
+            }
             Err(e) => {
                 if matches!(e, deskd_pg::PgError::Migrating(_)) {
                     // A restore or migrate holds the serving lock exclusively: nothing is
