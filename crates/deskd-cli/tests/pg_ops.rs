@@ -2072,3 +2072,90 @@ fn a_server_still_configured_with_backend_does_not_serve_a_volume_restored_out_o
     a.dt_ok(&[b"touch", b"vol/after.txt"]);
     assert!(i64::from(a.id_of(&root.join("after.txt"))) > db_last);
 }
+
+/// Hostile review of stop 42 (hostile28), finding 3: `restore --leave-postgresql --config` with
+/// a file naming a database that does not hold the volume (another database, a copy of the
+/// file edited for another site) locked nothing and read no counter there. It was refused as
+/// if no --config had been given ("Give --config FILE"), and with `--ids-from-backup` went
+/// ahead without a word while the volume's server was running. Now it says what it found.
+#[test]
+fn restore_with_a_config_naming_a_database_without_the_volume_says_so() {
+    let Some((cluster, env, root, config)) = served_pg("desk") else {
+        return;
+    };
+    env.dt_ok(&[b"touch", b"vol/kept.txt"]);
+    let file = backed_up(&env, &root, &config);
+    let other = cluster.create_database("other");
+    let wrong = env.path("wrong.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&cluster.url("desk"), &other);
+    assert!(text.contains(&other), "{text}");
+    std::fs::write(&wrong, text).unwrap();
+    let volume = root.to_str().unwrap();
+    let said = "holds no deskd volume named";
+    let out = restore_leaving_postgresql(&env, wrong.to_str().unwrap(), &file, volume);
+    assert_refused(&out, said);
+    assert!(!stderr(&out).contains("Give --config FILE"), "{}", stderr(&out));
+    assert!(deskd_volume::desktop_backend(&root).is_some());
+    let out = env.deskd(&[
+        "restore",
+        "--leave-postgresql",
+        "--ids-from-backup",
+        "--config",
+        wrong.to_str().unwrap(),
+        &file,
+        volume,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(said) && err.contains("not checked"), "{err}");
+}
+
+/// Hostile review of stop 42 (hostile28), finding 2: a second host configured for the volume
+/// with another database (a typo in `backend`, or the database replaced by an empty one) made
+/// the volume afresh there and handed out from 17 again: host A's first file and host B's were
+/// both given ID 17. The serving lock cannot see it (it is per database). A root marked as
+/// having its desktop in PostgreSQL is now never made afresh in a database: refused, nothing
+/// made there.
+#[test]
+fn a_marked_volume_is_not_made_afresh_in_another_database() {
+    let Some((cluster, url, pw)) = pg_database("desk") else {
+        return;
+    };
+    let other = cluster.create_database("other");
+    let mut a = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(a.path("vol")).unwrap();
+    a.serve_with_defaults("vol", &backend_lines(&url, &pw));
+    let from_a = root.join("from-a");
+    a.dt_ok(&[b"touch", from_a.as_os_str().as_bytes()]);
+    let mut b = Env::new(&["own"]);
+    let cfg = config_with_volumes(
+        &b,
+        &backend_lines(&other, &pw),
+        &[root.as_path(), b.path("own").as_path()],
+    );
+    b.start(&["--config", cfg.to_str().unwrap()]);
+    let from_b = root.join("from-b");
+    let out = b.dt(&[b"touch", from_b.as_os_str().as_bytes()]);
+    let said = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "ID {} given by B, {} by A",
+        b.id_of(&from_b),
+        a.id_of(&from_a)
+    );
+    assert!(said.contains("but this database holds no volume named"), "{said}");
+    // Nothing of the volume made in the other database (B's own volume is there).
+    let names: Vec<String> = cluster
+        .admin("other")
+        .query("SELECT name FROM deskd.volume", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!names.contains(&root.to_str().unwrap().to_owned()), "{names:?}");
+    // Host A goes on.
+    a.dt_ok(&[b"touch", from_b.as_os_str().as_bytes()]);
+    assert!(a.id_of(&from_b) > a.id_of(&from_a));
+}

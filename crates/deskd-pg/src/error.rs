@@ -95,6 +95,17 @@ pub enum PgError {
     /// configured with `backend` must not hand out IDs from it again.
     #[error("volume {0:?} was moved out of this database (by deskd restore --leave-postgresql or deskd migrate --to sqlite): its SQLite desktop is the volume's now and the database's copy is stale, so it is not served from the database; take `backend` out of this server's configuration for the volume (or, if that restore or migrate did not finish, run it again)")]
     MovedOut(String),
+    /// A server opening a volume whose root is marked as having its desktop in PostgreSQL
+    /// found no copy of it in this database: the volume is served from another database (a
+    /// host configured with another `backend`), or this one was emptied or replaced. Making it
+    /// afresh here would hand out IDs from 17 again, IDs the volume's own database gave.
+    #[error("the volume's root is marked as having its desktop in PostgreSQL, but this database holds no volume named {name:?} (identity {identity:016x}): it is served from another database (check `backend` on every server of the volume), or this database was emptied or replaced; not made afresh here, which would hand out again IDs its own database gave. To move it into this database: deskd restore --leave-postgresql its backup, then deskd migrate --to this database; to start it afresh here, every file a new ID, remove the mark (setfattr -x user.deskd.backend ROOT) and reload")]
+    NotInDatabase {
+        /// The volume's name.
+        name: String,
+        /// Its identity.
+        identity: u64,
+    },
     /// The database holds no volume of this name (or no deskd schema at all).
     #[error("the database holds no deskd volume named {0:?}")]
     NoSuchVolume(String),

@@ -235,8 +235,14 @@ pub fn holds_volume(client: &mut Client, name: &str, identity: Option<u64>) -> R
 }
 
 /// The `vid` of volume `key`, creating its row and root (ID 2) when the database has neither
-/// its name nor its identity. Returns whether it was created.
-pub fn open_volume(client: &mut Client, key: &VolumeKey, now: i64) -> Result<(i64, bool)> {
+/// its name nor its identity and `create` (else [`PgError::NotInDatabase`]). Returns whether
+/// it was created.
+pub fn open_volume(
+    client: &mut Client,
+    key: &VolumeKey,
+    now: i64,
+    create: bool,
+) -> Result<(i64, bool)> {
     let identity = key.identity as i64;
     let mut tx = client.transaction()?;
     // Two servers opening a new volume at once: the second waits, then finds the first's row.
@@ -259,6 +265,12 @@ pub fn open_volume(client: &mut Client, key: &VolumeKey, now: i64) -> Result<(i6
         return Ok((row.get(0), false));
     }
     refuse_identity_named_otherwise(&mut tx, key)?;
+    if !create {
+        return Err(PgError::NotInDatabase {
+            name: key.name.clone(),
+            identity: key.identity,
+        });
+    }
     let first_counter = i64::from(deskd_db::FIRST_ID - 1);
     let vid: i64 = tx
         .query_one(

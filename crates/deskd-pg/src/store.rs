@@ -494,13 +494,31 @@ impl PgDesktop {
     /// Commits wait as `durability` says (`synchronous_commit`). Returns whether the volume
     /// was created.
     pub fn open(
-        mut client: Client,
+        client: Client,
         key: &VolumeKey,
         durability: Durability,
     ) -> Result<(PgDesktop, bool)> {
+        PgDesktop::open_with(client, key, durability, true)
+    }
+
+    /// [`PgDesktop::open`], creating the volume only when `create`: a volume whose root says
+    /// its desktop is in PostgreSQL already is never made afresh ([`PgError::NotInDatabase`];
+    /// nothing is made in the database, not even the schema).
+    pub fn open_with(
+        mut client: Client,
+        key: &VolumeKey,
+        durability: Durability,
+        create: bool,
+    ) -> Result<(PgDesktop, bool)> {
+        if !create && !schema::has_volumes_table(&mut client)? {
+            return Err(PgError::NotInDatabase {
+                name: key.name.clone(),
+                identity: key.identity,
+            });
+        }
         schema::ensure_schema(&mut client)?;
         client.batch_execute(synchronous_commit(durability))?;
-        let (vid, created) = schema::open_volume(&mut client, key, deskd_db::now_unix())?;
+        let (vid, created) = schema::open_volume(&mut client, key, deskd_db::now_unix(), create)?;
         Ok((
             PgDesktop {
                 client: RefCell::new(client),

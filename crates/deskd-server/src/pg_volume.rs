@@ -118,6 +118,11 @@ pub(crate) struct PgVolume {
     /// The root bears the mark (at the opening, or this server set it): only then is its loss
     /// a move out (a file system without user xattrs has no mark to lose).
     marked: AtomicBool,
+    /// Whether the writer's first opening may make the volume in the database: not when the
+    /// root was marked as having its desktop in PostgreSQL before this server opened it (its
+    /// copy is in some database: not finding it here, the server refuses rather than start
+    /// the volume afresh, hostile review of stop 42, finding 2). Never once opened.
+    may_create: AtomicBool,
 }
 
 /// What [`PgVolume::open_writer`] found.
@@ -216,6 +221,7 @@ impl PgVolume {
             moved_out: OnceLock::new(),
             on_moved_out: Mutex::new(None),
             marked: AtomicBool::new(marked),
+            may_create: AtomicBool::new(!marked),
         })
     }
 
@@ -227,7 +233,9 @@ impl PgVolume {
     /// ([`PgVolume::opened`]).
     pub(crate) fn open_writer(&self, root: &Path) -> Result<Opened, deskd_pg::PgError> {
         let client = deskd_pg::connect(&self.options)?;
-        let (mut desktop, created) = PgDesktop::open(client, &self.key, self.durability)?;
+        let create = self.may_create.load(Ordering::SeqCst) && self.vid.get().is_none();
+        let (mut desktop, created) =
+            PgDesktop::open_with(client, &self.key, self.durability, create)?;
         // Held by the writer's session: `deskd migrate --to sqlite` waits for no server.
         desktop.hold_for_serving()?;
         self.answered_at(Instant::now());
@@ -375,6 +383,7 @@ impl PgVolume {
         *self.answered.lock().unwrap() = None;
         self.follower_lost.store(true, Ordering::SeqCst);
     }
+
 
     /// Whether the follower lost its sessions since the last call (the writer's check).
     pub(crate) fn take_follower_lost(&self) -> bool {

@@ -543,6 +543,29 @@ fn unserved_for_restore(
         return Ok(None);
     };
     match deskd_pg::transfer::hold_unserved_session(&pg.options, &pg.name) {
+        // The database holds no such volume: nothing was locked there nor counted, so its
+        // servers (if any) use another database (hostile review of stop 42, finding 3: this
+        // was refused as if --config had not been given, and with --ids-from-backup went
+        // ahead without a word while the volume's server ran).
+        Ok(hold) if hold.last_id.is_none() => {
+            let what = format!(
+                "{} holds no deskd volume named {:?} ({} names that database): not checked                  whether a deskd serve serves {} (from the database its servers use), nor its                  ID counter there read",
+                pg.describe(),
+                pg.name,
+                config.display(),
+                pg.root.display()
+            );
+            if ids_from_backup {
+                eprintln!(
+                    "deskd restore: {what}; IDs continue after the backup's counter                      (--ids-from-backup); make sure every server of the volume is stopped"
+                );
+                Ok(None)
+            } else {
+                Err(anyhow!(
+                    "{what}; nothing was changed (give the configuration of the volume's                      servers, or --ids-from-backup when its database is lost for good)"
+                ))
+            }
+        }
         Ok(hold) => Ok(Some(hold)),
         Err(e @ deskd_pg::PgError::Served(_)) => Err(anyhow!("{e}")),
         Err(e) if ids_from_backup => {
