@@ -2046,7 +2046,10 @@ fn a_server_still_configured_with_backend_does_not_serve_a_volume_restored_out_o
     let id_a = a.id_of(&from_a);
     if b_wrote.status.success() {
         let id_b = b.id_of(&from_b);
-        assert_ne!(id_a, id_b, "ID {id_a} given twice (host A's SQLite, host B's database)");
+        assert_ne!(
+            id_a, id_b,
+            "ID {id_a} given twice (host A's SQLite, host B's database)"
+        );
         panic!(
             "host B served a moved-out volume from the database (ID {id_b}; database counter \
              was {db_last}, now {}; mark now {:?})",
@@ -2096,7 +2099,11 @@ fn restore_with_a_config_naming_a_database_without_the_volume_says_so() {
     let said = "holds no deskd volume named";
     let out = restore_leaving_postgresql(&env, wrong.to_str().unwrap(), &file, volume);
     assert_refused(&out, said);
-    assert!(!stderr(&out).contains("Give --config FILE"), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("Give --config FILE"),
+        "{}",
+        stderr(&out)
+    );
     assert!(deskd_volume::desktop_backend(&root).is_some());
     let out = env.deskd(&[
         "restore",
@@ -2145,7 +2152,10 @@ fn a_marked_volume_is_not_made_afresh_in_another_database() {
         b.id_of(&from_b),
         a.id_of(&from_a)
     );
-    assert!(said.contains("but this database holds no volume named"), "{said}");
+    assert!(
+        said.contains("but this database holds no volume named"),
+        "{said}"
+    );
     // Nothing of the volume made in the other database (B's own volume is there).
     let names: Vec<String> = cluster
         .admin("other")
@@ -2154,8 +2164,55 @@ fn a_marked_volume_is_not_made_afresh_in_another_database() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(!names.contains(&root.to_str().unwrap().to_owned()), "{names:?}");
+    assert!(
+        !names.contains(&root.to_str().unwrap().to_owned()),
+        "{names:?}"
+    );
     // Host A goes on.
     a.dt_ok(&[b"touch", from_b.as_os_str().as_bytes()]);
     assert!(a.id_of(&from_b) > a.id_of(&from_a));
+}
+
+/// Hostile review of stop 42 (hostile28), finding 4: any role that may connect to the database
+/// takes the serving lock (an advisory lock needs no privilege, not even on the deskd schema):
+/// a restore is then refused as if a deskd serve served the volume. The refusal now names who
+/// holds the lock, as the database says it.
+#[test]
+fn a_refusal_for_the_serving_lock_names_who_holds_it() {
+    let Some((cluster, mut env, root, config)) = served_pg("desk") else {
+        return;
+    };
+    env.dt_ok(&[b"touch", b"vol/kept.txt"]);
+    let file = backed_up(&env, &root, &config);
+    env.term();
+    cluster
+        .admin("desk")
+        .batch_execute("CREATE ROLE intruder LOGIN PASSWORD 'intruder'")
+        .unwrap();
+    let mut intruder = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(cluster.port())
+        .user("intruder")
+        .password("intruder")
+        .dbname("desk")
+        .application_name("not-deskd")
+        .connect(postgres::NoTls)
+        .unwrap();
+    assert!(intruder.query("SELECT vid FROM deskd.volume", &[]).is_err());
+    let held: bool = intruder
+        .query_one("SELECT pg_try_advisory_lock_shared(1685285747, 1)", &[])
+        .unwrap()
+        .get(0);
+    assert!(held, "any role takes the serving lock");
+    let out = restore_leaving_postgresql(
+        &env,
+        config.to_str().unwrap(),
+        &file,
+        root.to_str().unwrap(),
+    );
+    assert_refused(
+        &out,
+        "(the serving lock is held by: role intruder, application \"not-deskd\", pid ",
+    );
+    assert!(deskd_volume::desktop_backend(&root).is_some());
 }

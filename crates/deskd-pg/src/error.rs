@@ -83,12 +83,24 @@ pub enum PgError {
     },
     /// A `deskd serve` serves the volume from the database (its writer holds the volume's
     /// serving lock): a migration out of the database is refused.
-    #[error("volume {0:?} is being served from the database by deskd serve (on this host or another); stop every server of the volume first, nothing was changed")]
-    Served(String),
+    /// `holders`: who holds the lock, as the database says (" (held by …)" or empty): any
+    /// role that may connect can take an advisory lock (docs/security.md).
+    #[error("volume {name:?} is being served from the database by deskd serve (on this host or another){holders}; stop every server of the volume first, nothing was changed")]
+    Served {
+        /// The volume's name.
+        name: String,
+        /// [`crate::transfer::serving_lock_holders`]' words.
+        holders: String,
+    },
     /// `deskd migrate --to sqlite` or `deskd restore --leave-postgresql --config` holds the
     /// volume's serving lock exclusively: it is not served meanwhile.
-    #[error("volume {0:?} is being moved out of the database (by deskd migrate --to sqlite or deskd restore --leave-postgresql); it is not served meanwhile")]
-    Migrating(String),
+    #[error("volume {name:?} is being moved out of the database (by deskd migrate --to sqlite or deskd restore --leave-postgresql){holders}; it is not served meanwhile")]
+    Migrating {
+        /// The volume's name.
+        name: String,
+        /// [`crate::transfer::serving_lock_holders`]' words.
+        holders: String,
+    },
     /// `deskd restore --leave-postgresql --config` or `deskd migrate --to sqlite` moved the
     /// volume out of the database (recorded there under the serving lock, held exclusively):
     /// its SQLite desktop is the volume's, and the database's copy is stale; a server still

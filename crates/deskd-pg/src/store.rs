@@ -676,7 +676,10 @@ impl PgDesktop {
             )?
             .get(0);
         if !held {
-            return Err(PgError::Migrating(self.key.name.clone()));
+            return Err(PgError::Migrating {
+                name: self.key.name.clone(),
+                holders: crate::transfer::serving_lock_holders(self.client.get_mut(), self.vid),
+            });
         }
         // Read under the lock: a restore or migrate records the move-out while it holds the
         // lock exclusively, so a server that takes it afterwards sees the record.

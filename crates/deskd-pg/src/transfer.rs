@@ -288,7 +288,52 @@ pub fn hold_unserved(client: &mut Client, name: &str) -> Result<()> {
     if held {
         Ok(())
     } else {
-        Err(PgError::Served(name.to_owned()))
+        Err(PgError::Served {
+            name: name.to_owned(),
+            holders: serving_lock_holders(client, vid),
+        })
+    }
+}
+
+/// Who holds volume `vid`'s serving lock besides this session, as words for a refusal:
+/// `" (held by role R, application A, pid P; …)"`, or empty when the database does not say.
+/// Any role that may connect to the database can take an advisory lock, so a refusal must
+/// not only say "deskd serve" (hostile review of stop 42, finding 4). `usename` and
+/// `application_name` are shown to every role.
+pub fn serving_lock_holders(client: &mut Client, vid: i64) -> String {
+    let rows = client.query(
+        "SELECT coalesce(a.usename::text, '?'), coalesce(a.application_name, ''), l.pid, l.mode
+           FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+            AND l.classid::bigint = $1 AND l.objid::bigint = ($2::bigint)::int::bigint
+            AND l.pid <> pg_backend_pid()
+          ORDER BY l.pid LIMIT 8",
+        &[&i64::from(schema::SERVE_LOCK), &vid],
+    );
+    let Ok(rows) = rows else {
+        return String::new();
+    };
+    let held: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let mode: String = r.get(3);
+            format!(
+                "role {}, application {:?}, pid {}, {}",
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, i32>(2),
+                if mode == "ExclusiveLock" {
+                    "exclusive"
+                } else {
+                    "shared"
+                }
+            )
+        })
+        .collect();
+    if held.is_empty() {
+        String::new()
+    } else {
+        format!(" (the serving lock is held by: {})", held.join("; "))
     }
 }
 

@@ -567,7 +567,7 @@ fn unserved_for_restore(
             }
         }
         Ok(hold) => Ok(Some(hold)),
-        Err(e @ deskd_pg::PgError::Served(_)) => Err(anyhow!("{e}")),
+        Err(e @ deskd_pg::PgError::Served { .. }) => Err(anyhow!("{e}")),
         Err(e) if ids_from_backup => {
             eprintln!(
                 "deskd restore: cannot ask {} about {}: {e}; not checked whether a deskd serve \

@@ -449,7 +449,7 @@ impl PgWriter {
                 self.moved_out = Some(why);
             }
             Err(e) => {
-                if matches!(e, deskd_pg::PgError::Migrating(_)) {
+                if matches!(e, deskd_pg::PgError::Migrating { .. }) {
                     // A restore or migrate holds the serving lock exclusively: nothing is
                     // written meanwhile, and the log says why (once per change of reason).
                     let said = self
