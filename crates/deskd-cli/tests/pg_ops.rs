@@ -2216,3 +2216,42 @@ fn a_refusal_for_the_serving_lock_names_who_holds_it() {
     );
     assert!(deskd_volume::desktop_backend(&root).is_some());
 }
+
+/// Hostile review of stop 42 (hostile28), finding 1, for `deskd migrate --to sqlite`: a server
+/// still configured with `backend` that starts after the migration refuses the volume (the
+/// database records the move-out) and leaves the root unmarked; the migrated desktop is served.
+#[test]
+fn a_server_still_configured_with_backend_does_not_serve_a_volume_migrated_out() {
+    let Some((cluster, url, pw)) = pg_database("desk") else {
+        return;
+    };
+    let defaults = backend_lines(&url, &pw);
+    let mut a = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(a.path("vol")).unwrap();
+    a.serve_with_defaults("vol", &defaults);
+    a.dt_ok(&[b"touch", b"vol/kept.txt"]);
+    a.term();
+    a.deskd_ok(&[
+        "migrate",
+        root.to_str().unwrap(),
+        "--from",
+        &url,
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--to",
+        "sqlite",
+    ]);
+    let db_last = last_id(&mut cluster.admin("desk"));
+    let mut b = Env::new(&["own"]);
+    let cfg = config_with_volumes(&b, &defaults, &[root.as_path(), b.path("own").as_path()]);
+    b.start(&["--config", cfg.to_str().unwrap()]);
+    b.wait_for_log("was moved out of this database", 1);
+    assert!(
+        deskd_volume::desktop_backend(&root).is_none(),
+        "the root was marked again"
+    );
+    a.serve(&["vol"]);
+    a.dt_ok(&[b"touch", b"vol/after.txt"]);
+    assert!(i64::from(a.id_of(&root.join("after.txt"))) > db_last);
+    assert_eq!(last_id(&mut cluster.admin("desk")), db_last);
+}
