@@ -282,6 +282,12 @@ impl PgVolume {
         moved_out(root, self.key.identity).filter(|_| marked)
     }
 
+    /// Why the volume is moved out when the database says so ([`deskd_pg::PgError::MovedOut`],
+    /// `e`): in the words of the mark's check when the mark is gone (the usual case).
+    pub(crate) fn moved_out_by_record(&self, root: &Path, e: &deskd_pg::PgError) -> String {
+        moved_out(root, self.key.identity).unwrap_or_else(|| format!("{}: {e}", root.display()))
+    }
+
     /// The server has marked the root ([`PgVolume::open_writer`] reads the mark from now on).
     pub(crate) fn now_marked(&self) {
         self.marked.store(true, Ordering::SeqCst);
@@ -383,7 +389,6 @@ impl PgVolume {
         *self.answered.lock().unwrap() = None;
         self.follower_lost.store(true, Ordering::SeqCst);
     }
-
 
     /// Whether the follower lost its sessions since the last call (the writer's check).
     pub(crate) fn take_follower_lost(&self) -> bool {
@@ -799,7 +804,18 @@ pub(crate) fn spawn_follower(pg: Arc<PgVolume>, root: &Path) {
                                 return Err(DbError::from(e));
                             }
                             let mut db = pg.connect()?;
-                            db.hold_for_serving().map_err(DbError::from)?;
+                            match db.hold_for_serving() {
+                                // The database records the move-out (hostile review of stop
+                                // 42, finding 1): as for a gone mark, below.
+                                Err(e @ deskd_pg::PgError::MovedOut(_)) => {
+                                    let why = pg.moved_out_by_record(&root, &e);
+                                    error!(volume = %root.display(), "{why}; nothing more is read from the database");
+                                    pg.close();
+                                    pg.mark_moved_out(why.clone());
+                                    return Err(DbError::Unavailable(why));
+                                }
+                                other => other.map_err(DbError::from)?,
+                            }
                             // The mark read under the lock, as the writer does: the follower
                             // reconnects within a second, the writer on its back-off, and
                             // reads must not go to a copy moved out meanwhile.

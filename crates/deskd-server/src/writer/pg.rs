@@ -439,11 +439,10 @@ impl PgWriter {
                 // while this server was cut off, its mark put back since by another server
                 // or by hand): no ID from the database's stale copy (hostile review of stop
                 // 42, finding 1).
-                // Said as the mark's check says it when the mark is gone (the usual case).
-                let why = crate::pg_volume::moved_out(self.volume.root(), self.pg.key.identity)
-                    .unwrap_or_else(|| format!("{}: {e}", self.volume.root().display()));
+                let why = self.pg.moved_out_by_record(self.volume.root(), &e);
                 error!(volume = %self.volume.root().display(), "{why}; no write is recorded in the database");
                 self.pg.close();
+                self.pg.mark_moved_out(why.clone());
                 self.reconnect = None;
                 self.state.lock().unwrap().unavailable = Some((deskd_db::now_unix(), why.clone()));
                 self.moved_out = Some(why);
