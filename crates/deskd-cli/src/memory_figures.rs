@@ -15,8 +15,8 @@ pub fn volume_json(m: Option<&ServerMemory>, vol: VolumeId) -> serde_json::Value
             // Null when withheld (not the volume's admin: docs/security.md).
             "desktop_bytes": deskd_proto::shown(v.desktop_bytes),
             "mappings": v.mappings,
-            "mapped_bytes": v.mapped,
-            "mapped_resident_bytes": v.mapped_resident,
+            "mapped_bytes": deskd_proto::shown(v.mapped),
+            "mapped_resident_bytes": deskd_proto::shown(v.mapped_resident),
             "sqlite_connections": v.connections,
             "name_index_bytes": deskd_proto::shown(v.name_index),
             "page_cache_limit_bytes": v.page_cache_limit,
@@ -29,14 +29,15 @@ pub fn server_json(m: Option<&ServerMemory>) -> serde_json::Value {
     match m {
         None => serde_json::Value::Null,
         Some(m) => serde_json::json!({
-            "rss_anon_bytes": m.rss_anon,
-            "rss_file_bytes": m.rss_file,
-            "vm_hwm_bytes": m.vm_hwm,
+            // Null when withheld (not the server's admin: docs/security.md).
+            "rss_anon_bytes": deskd_proto::shown(m.rss_anon),
+            "rss_file_bytes": deskd_proto::shown(m.rss_file),
+            "vm_hwm_bytes": deskd_proto::shown(m.vm_hwm),
             "sqlite_connections": m.sqlite_connections,
-            "mapped_bytes": m.mapped,
-            "mapped_resident_bytes": m.mapped_resident,
+            "mapped_bytes": deskd_proto::shown(m.mapped),
+            "mapped_resident_bytes": deskd_proto::shown(m.mapped_resident),
             "mmap_total_bytes": m.mmap_total,
-            "mmap_granted_bytes": m.mmap_granted,
+            "mmap_granted_bytes": deskd_proto::shown(m.mmap_granted),
             "short_readers": m.short_readers,
             "gather_millis": m.gather_millis,
         }),
@@ -59,8 +60,8 @@ pub fn volume_line(m: Option<&ServerMemory>, vol: VolumeId) -> Option<String> {
     Some(format!(
         "  memory:       {} mapped ({} resident) in {} mapping(s) of a {} desktop; \
          name index {}; page caches up to {} ({} SQLite connection(s))",
-        mib(v.mapped),
-        mib(v.mapped_resident),
+        mib_shown(v.mapped),
+        mib_shown(v.mapped_resident),
         v.mappings,
         mib_shown(v.desktop_bytes),
         mib_shown(v.name_index),
@@ -71,26 +72,33 @@ pub fn volume_line(m: Option<&ServerMemory>, vol: VolumeId) -> Option<String> {
 
 /// The server's lines after the volumes in the text output.
 pub fn server_lines(m: &ServerMemory) -> Vec<String> {
+    let header = if deskd_proto::shown(m.rss_anon).is_none() {
+        // Withheld: they move with every volume's desktop (docs/security.md).
+        "server memory (the resident, peak and mapped figures are shown only to root and \
+         deskd's user: —)"
+    } else {
+        "server memory"
+    };
     vec![
-        "server memory".to_owned(),
+        header.to_owned(),
         format!(
             "  anonymous:    {} (RssAnon: what deskd itself uses)",
-            mib(m.rss_anon)
+            mib_shown(m.rss_anon)
         ),
         format!(
             "  file pages:   {} (RssFile: the program's files and the desktop mappings, each mapping counted again)",
-            mib(m.rss_file)
+            mib_shown(m.rss_file)
         ),
-        format!("  peak:         {} (VmHWM)", mib(m.vm_hwm)),
+        format!("  peak:         {} (VmHWM)", mib_shown(m.vm_hwm)),
         format!(
             "  desktops:     {} mapped, {} resident, {} SQLite connection(s)",
-            mib(m.mapped),
-            mib(m.mapped_resident),
+            mib_shown(m.mapped),
+            mib_shown(m.mapped_resident),
             m.sqlite_connections
         ),
         format!(
             "  mmap_total:   {} granted of {}{}",
-            mib(m.mmap_granted),
+            mib_shown(m.mmap_granted),
             mib(m.mmap_total),
             match m.short_readers {
                 0 => String::new(),

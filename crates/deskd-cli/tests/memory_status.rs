@@ -279,27 +279,73 @@ fn nobody_sees_the_memory_figures_and_nothing_more() {
     let text = String::from_utf8_lossy(&out.stdout);
     let line: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     // The figures are numbers only: no path, uid, pid or program of anyone; the volume's
-    // desktop and name index sizes, which move with its changes, are its admins' only (null:
-    // hostile review of stop 41, finding 2). Root gets them.
+    // desktop, mapping and name index sizes, which move with its changes, are its admins' only
+    // (null: hostile review of stop 41, finding 2), and the process's resident, peak and
+    // mapped totals the server's admins' (after a flush nobody read the withheld desktop size
+    // to the byte as the mapping's resident bytes: newcomer review of stop 42). Root gets them.
+    const VOLUME_WITHHELD: [&str; 4] = [
+        "desktop_bytes",
+        "mapped_bytes",
+        "mapped_resident_bytes",
+        "name_index_bytes",
+    ];
+    const SERVER_WITHHELD: [&str; 6] = [
+        "rss_anon_bytes",
+        "rss_file_bytes",
+        "vm_hwm_bytes",
+        "mapped_bytes",
+        "mapped_resident_bytes",
+        "mmap_granted_bytes",
+    ];
     for part in ["memory", "server_memory"] {
         let figures = line[part]
             .as_object()
             .unwrap_or_else(|| panic!("{part}: {line}"));
         assert!(!figures.is_empty());
         for (key, value) in figures {
-            match (part, key.as_str()) {
-                ("memory", "desktop_bytes" | "name_index_bytes") => {
-                    assert!(value.is_null(), "{part}.{key} = {value}")
-                }
-                _ => assert!(value.is_u64(), "{part}.{key} = {value}"),
+            let withheld = match part {
+                "memory" => VOLUME_WITHHELD.contains(&key.as_str()),
+                _ => SERVER_WITHHELD.contains(&key.as_str()),
+            };
+            if withheld {
+                assert!(value.is_null(), "{part}.{key} = {value}")
+            } else {
+                assert!(value.is_u64(), "{part}.{key} = {value}")
             }
         }
     }
     let roots = status_json(&env);
-    for key in ["desktop_bytes", "name_index_bytes"] {
+    for key in VOLUME_WITHHELD {
         assert!(roots["memory"][key].is_u64(), "{key}: {roots}");
     }
-    assert!(num(&line["server_memory"], "rss_anon_bytes") > 0);
+    for key in SERVER_WITHHELD {
+        assert!(roots["server_memory"][key].is_u64(), "{key}: {roots}");
+    }
+    assert!(num(&roots["server_memory"], "rss_anon_bytes") > 0);
+    // Nor in nobody's metrics: the process figures' samples are left out.
+    let metrics = env
+        .as_nobody(DESKD, &[b"metrics"])
+        .expect("ran as nobody above");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    for family in [
+        "deskd_memory_anonymous_bytes",
+        "deskd_memory_file_resident_bytes",
+        "deskd_memory_peak_resident_bytes",
+        "deskd_mmap_granted_bytes",
+    ] {
+        assert!(
+            !metrics
+                .lines()
+                .any(|l| l.starts_with(&format!("{family} "))),
+            "{family} in nobody's metrics: {metrics}"
+        );
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("deskd_mmap_total_bytes ")),
+        "{metrics}"
+    );
     // Root's connection stays hidden from nobody, as before.
     assert!(num(&line, "hidden_clients") >= 1, "{line}");
     // The raw reply too: a nobody client gets it, and it holds no path.

@@ -904,7 +904,7 @@ fn a_user_who_is_not_the_volume_admin_gets_no_activity_figures() {
         assert!(text.contains(line), "{line:?} in {text}");
     }
     assert!(
-        text.contains("shown only to root and the volume's owner"),
+        text.contains("are shown only to the volume's admins"),
         "{text}"
     );
     let watch_line = text.lines().find(|l| l.starts_with("  watch:")).unwrap();

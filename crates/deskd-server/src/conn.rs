@@ -1003,13 +1003,14 @@ impl Connection {
                     view,
                 )))
             }
-            // Sizes and counts, no paths: open to every peer but a volume's own sizes.
+            // Sizes and counts, no paths: open to every peer but the sizes that move with a
+            // volume's changes.
             Request::Memory => {
                 let volumes = self.shared.volumes();
                 let mut figures = crate::memory::figures(&volumes);
-                // A desktop's size and its name index's move with the volume's changes:
-                // withheld from those who are not its volume's admin, as status's counts are
-                // (rounded, a user could step them: crate::withheld).
+                // A desktop's size, its mappings' and its name index's move with the volume's
+                // changes: withheld from those who are not its volume's admin, as status's
+                // counts are (a user could step them: crate::withheld).
                 for shown in &mut figures.volumes {
                     let admin = self.access.is_trusted()
                         || volumes
@@ -1017,9 +1018,15 @@ impl Connection {
                             .find(|h| h.index == shown.vol)
                             .is_some_and(|h| self.require_admin(h).is_ok());
                     if !admin {
-                        shown.desktop_bytes = deskd_proto::WITHHELD;
-                        shown.name_index = deskd_proto::WITHHELD;
+                        crate::withheld::volume_memory(shown);
                     }
+                }
+                // The process's resident and mapped totals move with every volume's (the
+                // mapped desktops after a flush were the withheld desktop size to the byte:
+                // newcomer review of stop 42): the server's admins' only (trusted: root,
+                // deskd's own user, a TCP token holder).
+                if !self.access.is_trusted() {
+                    crate::withheld::server_memory(&mut figures);
                 }
                 Ok(Response::Memory(figures))
             }

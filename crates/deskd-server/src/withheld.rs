@@ -13,7 +13,9 @@
 //! serve the admin's monitoring, so only the admin gets them (docs/security.md, "A volume's
 //! activity figures: its admins' only").
 
-use deskd_proto::{RebuildState, VolumeStatus, VolumeWatch, WITHHELD, WITHHELD_ID};
+use deskd_proto::{
+    RebuildState, ServerMemory, VolumeMemory, VolumeStatus, VolumeWatch, WITHHELD, WITHHELD_ID,
+};
 
 /// A volume's status as such a peer sees it. What it needs to use the volume stays: served,
 /// read-only and why, frozen, last flush, the check's result, a rebuild's phase.
@@ -68,6 +70,38 @@ pub(crate) fn watch(w: &mut VolumeWatch) {
     if let Some(rescan) = w.rescan.as_mut() {
         rescan.objects = WITHHELD;
         rescan.changed = WITHHELD;
+    }
+}
+
+/// A volume's memory figures as such a peer sees them: the desktop's size, what of it is
+/// mapped and resident, and the name index's heap move with the volume's changes (after a
+/// flush the resident mapping was the desktop's size to the byte); the page cache limit and
+/// the connections stay.
+pub(crate) fn volume_memory(v: &mut VolumeMemory) {
+    for n in [
+        &mut v.desktop_bytes,
+        &mut v.mapped,
+        &mut v.mapped_resident,
+        &mut v.name_index,
+    ] {
+        *n = WITHHELD;
+    }
+}
+
+/// The process-wide memory figures as a peer that is not the server's admin (root, deskd's
+/// user, a trusted peer) sees them: the resident, peak and mapped totals and the mapping
+/// budget granted follow every volume's desktop; the budget's total, the connections and
+/// the short readers stay.
+pub(crate) fn server_memory(m: &mut ServerMemory) {
+    for n in [
+        &mut m.rss_anon,
+        &mut m.rss_file,
+        &mut m.vm_hwm,
+        &mut m.mapped,
+        &mut m.mapped_resident,
+        &mut m.mmap_granted,
+    ] {
+        *n = WITHHELD;
     }
 }
 

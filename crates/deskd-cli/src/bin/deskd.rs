@@ -996,8 +996,9 @@ fn run(cli: Run) -> Result<ExitCode> {
                     println!("  desktop:      {}", display_bytes(&s.desktop));
                     if withheld {
                         println!(
-                            "  (objects, last ID, WAL, the watcher's counts and the desktop's size \
-                             are shown only to root and the volume's owner: —)"
+                            "  (objects, last ID, WAL, the watcher's counts, the desktop's size, \
+                             its mappings and its name index are shown only to the volume's \
+                             admins: root, deskd's user, the volume's owner, a TCP token holder: —)"
                         );
                     }
                     if unread {
