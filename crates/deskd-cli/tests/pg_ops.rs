@@ -899,6 +899,13 @@ fn restore_leaving_postgresql_is_refused_while_a_server_serves_the_volume() {
     let volume = root.to_str().unwrap();
     let out = restore_leaving_postgresql(&env, cfg, file, volume);
     assert_refused(&out, "is being served from the database by deskd serve");
+    // The holders name the deskd (its verb and own pid: the session's pid is the database's).
+    let server_pid = env.server.as_ref().unwrap().id();
+    assert!(
+        stderr(&out).contains(&format!("application \"deskd serve pid {server_pid}")),
+        "{}",
+        stderr(&out)
+    );
     assert!(deskd_volume::desktop_backend(&root).is_some());
     assert!(!root.join(".Desktop").exists());
     // The server goes on serving it, untouched.
@@ -2212,7 +2219,12 @@ fn a_refusal_for_the_serving_lock_names_who_holds_it() {
     );
     assert_refused(
         &out,
-        "(the serving lock is held by: role intruder, application \"not-deskd\", pid ",
+        "(the serving lock is held by: role intruder, application \"not-deskd\", from ",
+    );
+    assert!(
+        stderr(&out).contains("database session pid "),
+        "{}",
+        stderr(&out)
     );
     assert!(deskd_volume::desktop_backend(&root).is_some());
 }

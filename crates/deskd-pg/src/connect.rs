@@ -38,6 +38,31 @@ pub struct ConnectOptions {
     pub password: PasswordSource,
 }
 
+/// The `application_name` deskd's sessions carry unless the target gives one: the verb, the
+/// process id and the host (`deskd serve pid 6500 on fs1`), so that a refusal naming who holds
+/// a serving lock (`serving_lock_holders`), and `pg_stat_activity`, tell which deskd on which
+/// host it is (the session's own pid is the database's, not deskd's: newcomer review of stop
+/// 42). PostgreSQL keeps the first 63 bytes.
+fn default_application_name() -> String {
+    let verb = std::env::args()
+        .nth(1)
+        .filter(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+        .map(|a| format!(" {a}"))
+        .unwrap_or_default();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .collect();
+    let mut name = format!("deskd{verb} pid {}", std::process::id());
+    if !host.is_empty() {
+        name.push_str(" on ");
+        name.push_str(&host);
+    }
+    name
+}
+
 /// Connect as `options` say. A refused password is [`PgError::AuthFailed`], a server that
 /// cannot be reached [`PgError::Unreachable`].
 pub fn connect(options: &ConnectOptions) -> Result<Client> {
@@ -49,7 +74,7 @@ pub fn connect(options: &ConnectOptions) -> Result<Client> {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     if config.get_application_name().is_none() {
-        config.application_name("deskd");
+        config.application_name(&default_application_name());
     }
     let shown = describe(&config);
     config.connect(NoTls).map_err(|e| {

@@ -296,13 +296,15 @@ pub fn hold_unserved(client: &mut Client, name: &str) -> Result<()> {
 }
 
 /// Who holds volume `vid`'s serving lock besides this session, as words for a refusal:
-/// `" (held by role R, application A, pid P; …)"`, or empty when the database does not say.
+/// `" (the serving lock is held by: role R, application A, from HOST, database session pid
+/// P, shared; …)"`, or empty when the database does not say.
 /// Any role that may connect to the database can take an advisory lock, so a refusal must
 /// not only say "deskd serve" (hostile review of stop 42, finding 4). `usename` and
 /// `application_name` are shown to every role.
 pub fn serving_lock_holders(client: &mut Client, vid: i64) -> String {
     let rows = client.query(
-        "SELECT coalesce(a.usename::text, '?'), coalesce(a.application_name, ''), l.pid, l.mode
+        "SELECT coalesce(a.usename::text, '?'), coalesce(a.application_name, ''), l.pid, l.mode,
+                coalesce(host(a.client_addr), 'local socket')
            FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
             AND l.classid::bigint = $1 AND l.objid::bigint = ($2::bigint)::int::bigint
@@ -317,10 +319,12 @@ pub fn serving_lock_holders(client: &mut Client, vid: i64) -> String {
         .iter()
         .map(|r| {
             let mode: String = r.get(3);
+            // The pid is the database session's (deskd's own is in its application name).
             format!(
-                "role {}, application {:?}, pid {}, {}",
+                "role {}, application {:?}, from {}, database session pid {}, {}",
                 r.get::<_, String>(0),
                 r.get::<_, String>(1),
+                r.get::<_, String>(4),
                 r.get::<_, i32>(2),
                 if mode == "ExclusiveLock" {
                     "exclusive"
