@@ -251,6 +251,8 @@ fn a_volume_served_from_postgresql_answers_and_keeps_its_ids_across_a_restart() 
     assert!(!root.join(".Desktop").exists());
     let status = env.deskd_ok(&["status"]);
     assert!(status.contains("desktop:      postgresql "), "{status}");
+    // No WAL of deskd's for a desktop in PostgreSQL (it printed `WAL: 0 bytes`).
+    assert!(!status.contains("  WAL:"), "{status}");
     // The index loads in the background after the restart: waited for, not assumed (it was
     // not yet in the log once at load 6).
     env.wait_for_log("name index ready", 1);

@@ -1029,7 +1029,11 @@ fn run(cli: Run) -> Result<ExitCode> {
                             .map(when)
                             .unwrap_or_else(|| "not frozen".into())
                     );
+                    // A desktop in PostgreSQL has no WAL of deskd's (docs: "and no WAL"; it
+                    // printed `WAL: 0 bytes`, and `—` to a non-admin: newcomer review of stop 42).
+                    let in_postgresql = s.desktop.starts_with(b"postgresql ");
                     match deskd_proto::shown(s.wal_bytes) {
+                        _ if in_postgresql => {}
                         Some(n) => println!("  WAL:          {n} bytes"),
                         None => println!("  WAL:          —"),
                     }
