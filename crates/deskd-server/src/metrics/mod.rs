@@ -361,7 +361,8 @@ fn per_volume(out: &mut Exposition, volumes: &[VolumeFigures]) {
         volumes,
         "deskd_watch_lag_seconds",
         Gauge,
-        "The last batch of watched changes: from its oldest event read to its commit.",
+        "The last batch of watched changes: from its oldest event read to its commit (for a \
+         reader who is not the volume's admin, the 99th percentile over the last 1,000 batches).",
         |v| watched(v).then_some(v.watch.lag_ms as f64 / 1000.0),
     );
     each_volume(
