@@ -1942,8 +1942,9 @@ fn a_server_started_while_migrate_to_sqlite_holds_the_lock_never_serves_the_volu
 const MOVED_OUT: &str = "moved out of the database (the root's mark is gone): a deskd restore \
                          --leave-postgresql or deskd migrate --to sqlite ran while this server \
                          was cut off from the database or starting; not served: take `backend` \
-                         out of the volume's configuration and reload (SIGHUP) to serve it from \
-                         its SQLite desktop";
+                         out of the volume's configuration (`backend = \"sqlite\"` in its \
+                         `[volume.\"PATH\"]` table when `[defaults]` gives one) and reload \
+                         (SIGHUP) to serve it from its SQLite desktop";
 
 /// What the server says of a volume it found moved out of the database (its writer took the
 /// serving lock again and read no mark on the root): taken out of the served list at once,

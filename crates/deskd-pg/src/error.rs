@@ -105,7 +105,7 @@ pub enum PgError {
     /// volume out of the database (recorded there under the serving lock, held exclusively):
     /// its SQLite desktop is the volume's, and the database's copy is stale; a server still
     /// configured with `backend` must not hand out IDs from it again.
-    #[error("volume {0:?} was moved out of this database (by deskd restore --leave-postgresql or deskd migrate --to sqlite): its SQLite desktop is the volume's now and the database's copy is stale, so it is not served from the database; take `backend` out of this server's configuration for the volume (or, if that restore or migrate did not finish, run it again)")]
+    #[error("volume {0:?} was moved out of this database (by deskd restore --leave-postgresql or deskd migrate --to sqlite): its SQLite desktop is the volume's now and the database's copy is stale, so it is not served from the database; take `backend` out of this server's configuration for the volume (`backend = \"sqlite\"` in its `[volume.\"PATH\"]` table when `[defaults]` gives one) and reload (SIGHUP) to serve it from its SQLite desktop (or, if that restore or migrate did not finish, run it again)")]
     MovedOut(String),
     /// A server opening a volume whose root is marked as having its desktop in PostgreSQL
     /// found no copy of it in this database: the volume is served from another database (a

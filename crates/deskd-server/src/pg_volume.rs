@@ -624,7 +624,8 @@ pub(crate) fn moved_out(root: &Path, identity: u64) -> Option<String> {
     Some(format!(
         "{}: moved out of the database ({what}): a deskd restore --leave-postgresql or deskd \
          migrate --to sqlite ran while this server was cut off from the database or starting; \
-         not served: take `backend` out of the volume's configuration and reload (SIGHUP) to \
+         not served: take `backend` out of the volume's configuration (`backend = \"sqlite\"` \
+         in its `[volume.\"PATH\"]` table when `[defaults]` gives one) and reload (SIGHUP) to \
          serve it from its SQLite desktop",
         root.display()
     ))

@@ -863,7 +863,8 @@ fn run(cli: Run) -> Result<ExitCode> {
             if let Some(hold) = unserved.as_mut() {
                 if let Err(e) = hold.record_moved_out() {
                     eprintln!(
-                        "deskd restore: cannot record in the database that {} is moved out of                          it: {e}; nothing was changed",
+                        "deskd restore: cannot record in the database that {} is moved out of \
+                         it: {e}; nothing was changed",
                         volume.display()
                     );
                     return Ok(ExitCode::from(2));
@@ -875,13 +876,24 @@ fn run(cli: Run) -> Result<ExitCode> {
                 if let Some(hold) = unserved.as_mut() {
                     if let Err(e) = hold.forget_moved_out() {
                         eprintln!(
-                            "deskd restore: the database still records {} as moved out of it                              ({e}): its servers refuse it until a restore goes through",
+                            "deskd restore: the database still records {} as moved out of it \
+                             ({e}): its servers refuse it until a restore goes through",
                             volume.display()
                         );
                     }
                 }
             }
             drop(unserved);
+            if code == ExitCode::SUCCESS && leave_postgresql {
+                // As migrate --to sqlite says it: a server with `backend` refuses the volume
+                // now (newcomer review of stop 42, finding 9).
+                eprintln!(
+                    "deskd restore: take `backend` out of every deskd serve's configuration of \
+                     this volume (`backend = \"sqlite\"` in its `[volume.\"PATH\"]` table when \
+                     `[defaults]` gives one) before starting them, or reload (SIGHUP) the running \
+                     ones: the desktop is its SQLite file now"
+                );
+            }
             Ok(code)
         }
         Command::Metrics { .. } => {
@@ -1814,7 +1826,9 @@ fn migrate(
                 // again (older from now on) and mark the root again (newcomer review, stop 40).
                 eprintln!(
                     "deskd migrate: take `backend` out of every deskd serve's configuration of \
-                     this volume before starting them: the desktop is its SQLite file now"
+                     this volume (`backend = \"sqlite\"` in its `[volume.\"PATH\"]` table when \
+                     `[defaults]` gives one) before starting them, or reload (SIGHUP) the running \
+                     ones: the desktop is its SQLite file now"
                 );
             }
             ExitCode::SUCCESS
