@@ -914,6 +914,10 @@ fn the_admin_page_in_chromium_shows_rebuild_differences_and_refuses_a_wrong_toke
     browser.call("Page.navigate", json!({"url": format!("http://{addr}/")}));
     browser
         .wait_for("document.querySelector('#volumes tbody tr[data-volume=\"damaged\"]') !== null");
+    // Without the token the figures read — and the page says why (newcomer review of stop 42).
+    browser.wait_for(
+        "document.querySelector('#figures-note').textContent.includes('shown with the admin token')",
+    );
     let shot = env.path("admin-page.png");
     let png = browser.screenshot(&shot);
     assert!(png.len() > 1000, "{} bytes", png.len());
@@ -945,6 +949,7 @@ fn the_admin_page_in_chromium_shows_rebuild_differences_and_refuses_a_wrong_toke
          document.querySelector('#token-save').click(); true"
     ));
     browser.wait_for("document.querySelector('#auth-state').textContent === 'token accepted'");
+    browser.wait_for("document.querySelector('#figures-note').textContent === ''");
     browser.eval(click);
     browser.wait_for(
         "document.querySelector('#job-outcome').textContent.includes('difference(s) found')",
