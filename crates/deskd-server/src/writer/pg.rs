@@ -395,17 +395,7 @@ impl PgWriter {
             // mark): a restore or migrate that moved the volume out while this server was
             // cut off (it removes the mark under the lock, held exclusively) is seen, and no
             // ID is handed out from the database after it.
-            Ok(Opened::MovedOut(why)) => {
-                error!(volume = %self.volume.root().display(), "{why}; no write is recorded in the database");
-                // The follower's session lets the lock go too: this server serves the volume
-                // from the database no more, and no read connection is lent; the server takes
-                // it out of its served list (Shared::serve's hook).
-                self.pg.close();
-                self.pg.mark_moved_out(why.clone());
-                self.reconnect = None;
-                self.state.lock().unwrap().unavailable = Some((deskd_db::now_unix(), why.clone()));
-                self.moved_out = Some(why);
-            }
+            Ok(Opened::MovedOut(why)) => self.end_moved_out(why),
             Ok(Opened::Open { desktop, first, .. }) => {
                 let mut desktop = *desktop;
                 if first {
@@ -440,12 +430,7 @@ impl PgWriter {
                 // or by hand): no ID from the database's stale copy (hostile review of stop
                 // 42, finding 1).
                 let why = self.pg.moved_out_by_record(self.volume.root(), &e);
-                error!(volume = %self.volume.root().display(), "{why}; no write is recorded in the database");
-                self.pg.close();
-                self.pg.mark_moved_out(why.clone());
-                self.reconnect = None;
-                self.state.lock().unwrap().unavailable = Some((deskd_db::now_unix(), why.clone()));
-                self.moved_out = Some(why);
+                self.end_moved_out(why);
             }
             Err(e) => {
                 if matches!(e, deskd_pg::PgError::Migrating { .. }) {
@@ -491,6 +476,19 @@ impl PgWriter {
                 self.volume.root().display()
             ),
         )
+    }
+
+    /// The volume was moved out of the database (its root's mark gone, or the database's
+    /// record of it): nothing more is written there. The follower's session lets the lock go
+    /// too: this server serves the volume from the database no more, and no read connection
+    /// is lent; the server takes it out of its served list (Shared::serve's hook).
+    fn end_moved_out(&mut self, why: String) {
+        error!(volume = %self.volume.root().display(), "{why}; no write is recorded in the database");
+        self.pg.close();
+        self.pg.mark_moved_out(why.clone());
+        self.reconnect = None;
+        self.state.lock().unwrap().unavailable = Some((deskd_db::now_unix(), why.clone()));
+        self.moved_out = Some(why);
     }
 
     fn control(&mut self, job: Job) {
