@@ -714,7 +714,7 @@ fn many_busy_client_connections_do_not_use_up_the_databases_connections() {
             .admin("desk")
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = 'desk' \
-                 AND application_name = 'deskd'",
+                 AND application_name LIKE 'deskd serve %'",
                 &[],
             )
             .unwrap()
@@ -836,7 +836,7 @@ fn an_opening_with_every_read_connection_lent_is_told_read_only_when_the_databas
             .admin("desk")
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = 'desk' \
-                 AND application_name = 'deskd' AND wait_event_type = 'Lock'",
+                 AND application_name LIKE 'deskd serve %' AND wait_event_type = 'Lock'",
                 &[],
             )
             .unwrap()

@@ -186,7 +186,7 @@ fn a_volume_served_from_postgresql_answers_and_keeps_its_ids_across_a_restart() 
         .admin("desk")
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = 'desk' \
-             AND application_name = 'deskd'",
+             AND application_name LIKE 'deskd serve %'",
             &[],
         )
         .unwrap()
