@@ -30,6 +30,17 @@ fn serve_http(env: &mut Env, extra: &str, volumes: &[&str]) -> String {
 }
 
 /// [`serve_http`] with `backups` (made already) as `backup_dir`.
+/// [`serve_http`] of `vol` alone, its desktop in the PostgreSQL database `url` (the volume in
+/// a table of its own, with its database; `serve_http` writes the rest).
+fn serve_http_pg(env: &mut Env, url: &str, password_file: &Path) -> String {
+    let table = format!(
+        "[volume.\"{}\"]\n{}",
+        env.path("vol").display(),
+        backend_lines(url, password_file)
+    );
+    serve_http(env, &table, &[])
+}
+
 fn serve_http_backing_up_into(
     env: &mut Env,
     backups: &Path,
@@ -1444,13 +1455,7 @@ fn the_backup_action_backs_up_a_postgresql_volume_from_its_database() {
         return;
     };
     let mut env = Env::new(&["vol"]);
-    // The volume in a table of its own, with its database (`serve_http` writes the rest).
-    let table = format!(
-        "[volume.\"{}\"]\n{}",
-        env.path("vol").display(),
-        backend_lines(&url, &pw)
-    );
-    let addr = serve_http(&mut env, &table, &[]);
+    let addr = serve_http_pg(&mut env, &url, &pw);
     let backup_dir = env.path("backups");
     env.dt_ok(&[b"mkdir", b"vol/docs"]);
     env.dt_ok(&[b"touch", b"vol/docs/kept.txt"]);
@@ -1597,12 +1602,7 @@ fn api_status_gives_null_not_zero_counts_while_the_database_is_down() {
         return;
     };
     let mut env = Env::new(&["vol"]);
-    let table = format!(
-        "[volume.\"{}\"]\n{}",
-        env.path("vol").display(),
-        backend_lines(&url, &pw)
-    );
-    let addr = serve_http(&mut env, &table, &[]);
+    let addr = serve_http_pg(&mut env, &url, &pw);
     env.dt_ok(&[b"touch", b"vol/kept.txt"]);
     let up = get_with(&addr, "/api/status", TOKEN).json();
     assert!(up["volumes"][0]["objects"].as_u64().unwrap() >= 2, "{up}");

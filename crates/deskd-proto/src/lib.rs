@@ -538,6 +538,19 @@ pub struct RebuildState {
 }
 
 impl Request {
+    /// An `AddPath` of `path` (relative to the volume's root) with no hint, type, creator or
+    /// carried ID: a plain registration.
+    pub fn add_path(vol: VolumeId, path: Vec<u8>) -> Request {
+        Request::AddPath {
+            vol,
+            path,
+            hint: None,
+            type_code: None,
+            creator: None,
+            carried: None,
+        }
+    }
+
     /// True for requests that change the desktop (they go through the volume's writer).
     pub fn is_write(&self) -> bool {
         matches!(

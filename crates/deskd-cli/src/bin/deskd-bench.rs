@@ -265,14 +265,7 @@ impl AccessTarget {
         path.extend_from_slice(&self.files[(b % self.files.len() as u64) as usize].name);
         let t = Instant::now();
         self.client
-            .object(Request::AddPath {
-                vol,
-                path,
-                hint: None,
-                type_code: None,
-                creator: None,
-                carried: None,
-            })
+            .object(Request::add_path(vol, path))
             .map_err(|e| anyhow!("add path: {e}"))?;
         self.add_path.push(t.elapsed().as_secs_f64() * 1e6);
         Ok(())

@@ -432,14 +432,7 @@ pub fn wait_for_acks<T>(acked: &std::sync::Mutex<Vec<T>>, n: usize) {
 
 /// An AddPath of `path` (relative to the volume's root) with no hint, type or creator.
 pub fn add_path(vol: u32, path: Vec<u8>) -> deskd_client::Request {
-    deskd_client::Request::AddPath {
-        vol,
-        path,
-        hint: None,
-        type_code: None,
-        creator: None,
-        carried: None,
-    }
+    deskd_client::Request::add_path(vol, path)
 }
 
 /// Register existing paths (relative to the volume root) through one client, pipelined as a
