@@ -42,7 +42,8 @@ pub struct ConnectOptions {
 /// process id and the host (`deskd serve pid 6500 on fs1`), so that a refusal naming who holds
 /// a serving lock (`serving_lock_holders`), and `pg_stat_activity`, tell which deskd on which
 /// host it is (the session's own pid is the database's, not deskd's: newcomer review of stop
-/// 42). PostgreSQL keeps the first 63 bytes.
+/// 42). PostgreSQL keeps the first 63 bytes. Read once a process (argv and the host name do not
+/// change; a server connects again at every reconnection and for each read connection).
 fn default_application_name() -> String {
     let verb = std::env::args()
         .nth(1)
@@ -74,7 +75,8 @@ pub fn connect(options: &ConnectOptions) -> Result<Client> {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     if config.get_application_name().is_none() {
-        config.application_name(&default_application_name());
+        static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        config.application_name(NAME.get_or_init(default_application_name));
     }
     let shown = describe(&config);
     config.connect(NoTls).map_err(|e| {
