@@ -110,11 +110,15 @@ impl RebuildJob {
         let lines = self.lines.lock().unwrap();
         let from = usize::try_from(from).unwrap_or(usize::MAX).min(lines.len());
         let to = (from + LINES_PER_POLL).min(lines.len());
-        let finished = self.finished.lock().unwrap().clone();
+        // The phase read under the outcome's lock: the job's end sets both at once.
+        let finished_guard = self.finished.lock().unwrap();
+        let finished = finished_guard.clone();
+        let phase = self.phase.lock().unwrap().to_string();
+        drop(finished_guard);
         RebuildState {
             job: self.id,
             mode: self.mode,
-            phase: self.phase.lock().unwrap().to_string(),
+            phase,
             pass: self.pass.load(Ordering::SeqCst),
             objects: self.objects.load(Ordering::Relaxed),
             started: self.started,
@@ -267,16 +271,22 @@ pub(crate) fn start_after(
                     left = s.left, passes = s.passes, "online rebuild done"),
                 Err(e) => warn!(volume = %worker_handle.volume.root().display(), job = id, "online rebuild ended: {e}"),
             }
-            job.set_phase(match &result {
+            let phase = match &result {
                 Ok(_) => "done",
                 Err(_) if job.stop.load(Ordering::SeqCst) => "stopped",
                 Err(_) => "failed",
-            });
+            };
             // The job's walk, snapshot and plan are freed: give their pages back before the
             // client hears the end (a caller measuring memory after the job sees them gone).
             crate::allocator::give_back();
-            // The protocol carries the outcome as text.
-            *job.finished.lock().unwrap() = Some(result.map_err(|e| e.to_string()));
+            // The protocol carries the outcome as text. The final phase and the outcome are
+            // set together under the outcome's lock, which `state` holds while it reads the
+            // phase: a status that shows "stopped" or "failed" also shows why (the phase was
+            // set first, and the give-back between them left a status without the reason:
+            // CI saw it).
+            let mut finished = job.finished.lock().unwrap();
+            job.set_phase(phase);
+            *finished = Some(result.map_err(|e| e.to_string()));
         })
         .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("cannot start the job: {e}")))?;
     Ok(id)
