@@ -1691,10 +1691,6 @@ fn a_mirror_others_may_write_does_not_revive_a_dead_id() {
         std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o777)).unwrap();
     }
     dt_touch(&env, &["old", "pub/shared"]);
-    // The creations' events applied first: a `Created` and a `Removed` of one name in one batch
-    // fold into nothing, and the record dt made would stay (a race CI hit once; the fold's
-    // gap is in the stop's note, to be mended in deskd-watch's coalescer).
-    env.watch_barrier("vol");
     let shared = root(&env).join("pub/shared");
     std::fs::set_permissions(&shared, PermissionsExt::from_mode(0o666)).unwrap();
     let dead = dt_id(&env, "old");
@@ -1717,6 +1713,35 @@ fn a_mirror_others_may_write_does_not_revive_a_dead_id() {
         id, dead,
         "root's file others may write took the dead ID nobody wrote"
     );
+}
+
+/// A client registers names, and plain tools remove, rename and move them before the
+/// watcher's batch has read their creates (held by a test hook, as during a long batch): the
+/// coalescer folded `Created(p)` and `Removed(p)` into nothing and `Created(p)`, `Moved(p → q)`
+/// into `Created(q)`, so the client's record of `gone` stayed, `renamed` got a new ID beside the
+/// stale record of `moved`, and so did the folder (CI hit the first once, stop 42).
+#[test]
+fn a_client_registration_between_a_create_and_its_removal_or_move_is_followed() {
+    let mut env = Env::new(&["vol"]);
+    let release = env.hook_file("DESKD_TEST_HOLD_WATCHER_UNTIL", "release-watcher");
+    env.serve_watched(&["vol"], "");
+    dt_touch(&env, &["gone", "moved"]);
+    dt_mkdir(&env, &["dir"]);
+    let (moved, dir) = (dt_id(&env, "moved"), dt_id(&env, "dir"));
+    let vol = root(&env);
+    std::fs::remove_file(vol.join("gone")).unwrap();
+    std::fs::rename(vol.join("moved"), vol.join("renamed")).unwrap();
+    std::fs::write(vol.join("dir/inside"), b"x").unwrap();
+    std::fs::rename(vol.join("dir"), vol.join("dir2")).unwrap();
+    std::fs::write(&release, b"").unwrap();
+    env.watch_barrier("vol");
+    let desktop = assert_tree_like_dt(&env, "");
+    assert!(!desktop.contains_key("gone"), "{desktop:?}");
+    assert!(!desktop.contains_key("moved"), "{desktop:?}");
+    assert_eq!(desktop.get("renamed"), Some(&moved), "{desktop:?}");
+    assert_eq!(desktop.get("dir2"), Some(&dir), "{desktop:?}");
+    assert!(desktop.contains_key("dir2/inside"), "{desktop:?}");
+    env.rebuild_scan_silent("vol");
 }
 
 /// The same mirror in a rebuild: root's file others may write, whose resource file is gone

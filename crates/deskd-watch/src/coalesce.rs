@@ -1,7 +1,14 @@
 //! Coalescing within one batch, so a temporary file never gets an ID:
 //!
-//! - `Created(p)` … `Removed(p)` gives nothing;
-//! - `Created(p)` … `Moved(p → q)` gives `Created(q)` (where the move was);
+//! - `Created(p)` … `Removed(p)` gives `Removed(p)` (where the removal was);
+//! - `Created(p)` … `Moved(p → q)` gives `Moved(p → q)` (where the move was), and for a
+//!   directory `Created(q)` after it, which registers what was made in it;
+//!
+//! The create goes, the removal or move stays: a client (`dt`, afpd) may have registered `p`
+//! between the two, and only the removal or move takes that record away or along. For a name
+//! no one registered the server finds no record at `p`: the removal costs one lookup, the move
+//! is the create of `q` (`apply::watched::moved` in deskd-server).
+//!
 //! - a second `Created(p)` while the first stands is dropped (inotify's scan of a new
 //!   directory and the events for what is made in it can both report a name);
 //! - a `Created` below a directory created in this batch (and not moved or removed since) is
@@ -63,7 +70,6 @@ impl Coalescer {
                 self.forget_new_dirs(&path);
                 if let Some(i) = self.foldable.remove(&path) {
                     self.changes[i] = None;
-                    return;
                 }
                 if dir {
                     self.touch_under(&path);
@@ -81,15 +87,24 @@ impl Coalescer {
                 if dir {
                     self.touch_under(&to);
                 }
-                if let Some(i) = self.foldable.remove(&from) {
+                let created_here = self.foldable.remove(&from);
+                if let Some(i) = created_here {
                     self.changes[i] = None;
-                    self.store_created(to, dir);
-                    return;
                 }
                 if dir {
                     self.touch_under(&from);
                 }
-                self.changes.push(Some(Change::Moved { from, to, dir }));
+                self.changes.push(Some(Change::Moved {
+                    from,
+                    to: to.clone(),
+                    dir,
+                }));
+                if created_here.is_some() && dir {
+                    // What was made in it was folded into its create: registered from the
+                    // disk by this one, also when a client registered the folder (the move
+                    // then only moves its record).
+                    self.store_created(to, dir);
+                }
             }
             Change::Rescan { path } => {
                 if !self.rescans.contains(&path) {
@@ -245,19 +260,24 @@ mod tests {
     }
 
     #[test]
-    fn a_temporary_file_leaves_nothing() {
-        assert_eq!(run(vec![created("t"), removed("t")]), vec![]);
+    fn a_temporary_file_is_only_its_removal() {
+        // Its create goes; its removal stays, for a record a client may have made meanwhile.
+        assert_eq!(run(vec![created("t"), removed("t")]), vec![removed("t")]);
+        assert_eq!(
+            run(vec![created("a"), created("t"), removed("t")]),
+            vec![created("a"), removed("t")]
+        );
     }
 
     #[test]
-    fn write_temp_then_rename_is_a_create_of_the_final_name() {
+    fn write_temp_then_rename_is_the_move_alone() {
         assert_eq!(
             run(vec![
                 created("a"),
                 created(".x.tmp"),
                 moved(".x.tmp", "x", false)
             ]),
-            vec![created("a"), created("x")]
+            vec![created("a"), moved(".x.tmp", "x", false)]
         );
     }
 
@@ -295,13 +315,18 @@ mod tests {
             created("e"),
         ];
         assert_eq!(run(changes), vec![created_dir("d"), created("e")]);
-        // mkdir tmp; fill it; mv tmp final: one create of the final name.
+        // mkdir tmp; fill it; mv tmp final: the move, then one create of the final name
+        // (what was made in it); a create below it after that is part of that one.
         let changes = vec![
             created_dir("tmp"),
             created("tmp/x"),
             moved("tmp", "final", true),
+            created("final/y"),
         ];
-        assert_eq!(run(changes), vec![created_dir("final")]);
+        assert_eq!(
+            run(changes),
+            vec![moved("tmp", "final", true), created_dir("final")]
+        );
     }
 
     #[test]

@@ -168,9 +168,8 @@ fn directories_moved_in_from_outside_and_out_again() {
         fs::rename(s.p("again"), s.outside.join("gone")).unwrap();
         fs::write(s.outside.join("gone/out"), b"5").unwrap();
         fs::write(s.outside.join("gone/sub/out"), b"5").unwrap();
-        // Created, filled, moved out: nothing.
-        let want: Vec<Change> = vec![];
-        assert_eq!(drain(&mut w), want, "{mode:?}");
+        // Created, filled, moved out: its removal alone (no record of it, or a client's).
+        assert_eq!(drain(&mut w), vec![removed("again", true)], "{mode:?}");
     }
 }
 
@@ -215,18 +214,23 @@ fn temporaries_coalesce_within_a_batch() {
         let s = Scene::new();
         fs::write(s.p("doc"), b"old").unwrap();
         let mut w = s.watch(mode, Default::default());
-        // A temporary that comes and goes leaves nothing.
+        // A temporary that comes and goes is its removal alone (a record a client made
+        // meanwhile goes with it).
         fs::write(s.p("tmp1"), b"x").unwrap();
         fs::remove_file(s.p("tmp1")).unwrap();
-        // A save by write-temp-then-rename is a create of the final name.
+        // A save by write-temp-then-rename is the move alone.
         fs::write(s.p(".doc.tmp"), b"new").unwrap();
         fs::rename(s.p(".doc.tmp"), s.p("new-doc")).unwrap();
-        // Over an existing name it is still the temporary's create, moved: one Created.
+        // Over an existing name as well.
         fs::write(s.p(".doc.tmp2"), b"newer").unwrap();
         fs::rename(s.p(".doc.tmp2"), s.p("doc")).unwrap();
         assert_eq!(
             drain(&mut w),
-            vec![created("new-doc", false), created("doc", false)],
+            vec![
+                removed("tmp1", false),
+                moved(".doc.tmp", "new-doc", false),
+                moved(".doc.tmp2", "doc", false)
+            ],
             "{mode:?}"
         );
     }
@@ -257,8 +261,8 @@ fn ignored_names_are_never_reported() {
         fs::rename(s.p("kept"), s.p("d/.rsrc/kept")).unwrap();
         assert_eq!(
             drain(&mut w),
-            vec![created("d/from-rsrc", false)],
-            "{mode:?}: kept was created and moved into .rsrc in one batch: nothing"
+            vec![created("d/from-rsrc", false), removed("kept", false)],
+            "{mode:?}: kept was created and moved into .rsrc in one batch: its removal"
         );
     }
 }
@@ -368,7 +372,7 @@ fn hard_links_directory_renames_over_empty_ones_and_new_directories_renamed() {
         // A directory renamed over an empty one.
         fs::rename(s.p("full"), s.p("empty")).unwrap();
         fs::write(s.p("empty/sub/f"), b"x").unwrap();
-        // mkdir tmp; mv tmp final: one create of the final name.
+        // mkdir tmp; mv tmp final: the move, then one create of the final name.
         fs::create_dir(s.p("tmpdir")).unwrap();
         fs::rename(s.p("tmpdir"), s.p("final")).unwrap();
         assert_eq!(
@@ -377,6 +381,7 @@ fn hard_links_directory_renames_over_empty_ones_and_new_directories_renamed() {
                 created("link", false),
                 moved("full", "empty", true),
                 created("empty/sub/f", false),
+                moved("tmpdir", "final", true),
                 created("final", true),
             ],
             "{mode:?}"
