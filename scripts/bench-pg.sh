@@ -135,14 +135,17 @@ for i in $(seq "$RUNS"); do
     cfg="$WORK/deskd-pg.toml"
     "$BIN/deskd" serve --socket "$SOCK.b" --config "$cfg" 2>"$WORK/server-two-b.log" & SECOND=$!
     wait_for_line "$WORK/server-two-b.log" "deskd serving" 60
-    began=$(date +%s.%N)
     bench create --dirs "$DIRS" --per-dir "$PER_DIR" --clients 2 --depth "$DEPTH" --share 0/2 >"$WORK/two-a.json" &
     A=$!
-    "$BIN/deskd-bench" --socket "$SOCK.b" --volume "$VOL" create --dirs "$DIRS" --per-dir "$PER_DIR" \
-        --clients 2 --depth "$DEPTH" --share 1/2 >"$WORK/two-b.json"
+    env ${CLIENT_SPIN:+DESKD_SPIN="$CLIENT_SPIN"} "$BIN/deskd-bench" --socket "$SOCK.b" --volume "$VOL" \
+        create --dirs "$DIRS" --per-dir "$PER_DIR" --clients 2 --depth "$DEPTH" --share 1/2 >"$WORK/two-b.json"
     wait $A
-    ended=$(date +%s.%N)
-    rate=$(echo "$DIRS * $PER_DIR / ($ended - $began)" | bc -l)
+    # From the first client's start to the last one's end, on the clients' own clocks (as one
+    # server's rate above: not the processes' start-up and exit).
+    rate=$(python3 -c 'import json, sys
+runs = [json.load(open(f)) for f in sys.argv[1:]]
+print(sum(r["objects"] for r in runs) / (max(r["ended_unix_s"] for r in runs) - min(r["started_unix_s"] for r in runs)))' \
+        "$WORK/two-a.json" "$WORK/two-b.json")
     TWO+=("$rate")
     kill -TERM "$SECOND" 2>/dev/null || true; wait "$SECOND" 2>/dev/null || true
     SERVER=$FIRST; stop_server

@@ -1047,6 +1047,21 @@ pub fn restore(
         }
         other => other?,
     };
+    // Noted in the restored desktop itself before the root's mark goes: a server still
+    // configured with `backend` that starts later refuses the database's stale copy by this
+    // note also when the database could not record the move-out (`--ids-from-backup` with
+    // the database down: it served that copy and handed out the restored desktop's IDs again).
+    if marked.is_some() {
+        deskd_db::note_left_database(&desktop, true).map_err(|e| {
+            BackupError::InDatabase(format!(
+                "{}: the backup was restored into {}, but the note that the volume left its \
+                 database could not be written there ({e}); the root is still marked as served \
+                 from the database: run the restore again",
+                root.display(),
+                desktop.display()
+            ))
+        })?;
+    }
     // The restored SQLite desktop is the volume's now: the offline tools may use it, and a
     // `deskd migrate --to` can move it into a database again.
     if let Err(e) = deskd_volume::mark_desktop_in_postgresql(&root, false) {

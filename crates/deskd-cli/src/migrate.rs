@@ -268,6 +268,11 @@ pub fn to_postgresql(
     let shown = deskd_pg::connect::describe(&deskd_pg::connect::parse_target(&database.target)?);
     let mut client = deskd_pg::connect(database)?;
     let counts = transfer::import(&mut client, &header, &reader, progress)?;
+    drop(reader);
+    // The file left behind is not the volume's desktop any more: a note from a restore or
+    // migrate that once moved the volume out of a database would refuse it a server of this
+    // database after a copy that lost the root's mark.
+    deskd_db::note_left_database(&desktop, false).map_err(db_error(&desktop))?;
     // From now on the offline tools keep off the SQLite file left beside the volume.
     deskd_volume::mark_desktop_in_postgresql(&root, true).map_err(|e| {
         MigrateError::Volume(format!(
@@ -383,6 +388,9 @@ fn write_from_database(
         }
     }
     let (header, counts) = export_into(database, name, temp, progress)?;
+    // Noted in the new desktop as in the database (below): a server still configured with
+    // `backend` refuses the database's stale copy by either.
+    deskd_db::note_left_database(temp, true).map_err(db_error(temp))?;
     if let Some(old) = old_identity {
         if old as u64 != header.key.identity {
             return Err(MigrateError::OtherVolume {

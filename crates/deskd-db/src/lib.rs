@@ -587,6 +587,29 @@ pub fn checkpoint_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The `meta` key of a desktop whose volume was moved out of a database (`deskd restore
+/// --leave-postgresql`, `deskd migrate --to sqlite`); its value is when (Unix seconds). A
+/// server configured with a database refuses to serve the volume from there while its SQLite
+/// desktop says this (the database's copy is stale), also when the database could not be
+/// told (a restore with `--ids-from-backup` and the database down).
+pub const LEFT_DATABASE: &str = "left_database";
+
+/// Note in the desktop file at `path` (not served: the caller holds its lock) that its volume
+/// left its database now, or with `left == false` forget that (`deskd migrate --to` a
+/// database: the file left behind is not the volume's desktop any more).
+pub fn note_left_database(path: &Path, left: bool) -> Result<()> {
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    if left {
+        meta_set(&conn, LEFT_DATABASE, now_unix())?;
+    } else {
+        conn.execute("DELETE FROM meta WHERE key = ?1", params![LEFT_DATABASE])?;
+    }
+    conn.close().map_err(|(_, e)| DbError::from(e))?;
+    Ok(())
+}
+
 /// `file:` URI of `path` with `immutable=1`; every byte but the unreserved ones and `/` is
 /// percent-encoded, so no name can add URI parameters.
 fn immutable_uri(path: &Path) -> String {

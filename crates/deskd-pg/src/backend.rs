@@ -18,7 +18,9 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::GenericClient;
 
 use crate::error::PgError;
-use crate::store::{four, object_from_row, read, Db, PgBatch, PgDesktop, OBJECT_COLUMNS};
+use crate::store::{
+    four, object_from_row, read, Db, PgBatch, PgDesktop, OBJECT_COLUMNS, ROWS_OF_IDS,
+};
 
 impl From<PgError> for DbError {
     fn from(e: PgError) -> DbError {
@@ -105,10 +107,7 @@ mod more {
     ) -> DbResult<Vec<Object>> {
         let ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
         Ok(pg(c.query(
-            &format!(
-                "SELECT {OBJECT_COLUMNS} FROM deskd.objects WHERE vid = $1 AND id = ANY($2)
-                 ORDER BY id"
-            ),
+            &format!("SELECT {OBJECT_COLUMNS} FROM {ROWS_OF_IDS} ORDER BY id"),
             &[&vid, &ids],
         ))?
         .iter()

@@ -32,6 +32,24 @@ use crate::schema::{self, VolumeKey};
 pub(crate) const OBJECT_COLUMNS: &str =
     "id, parent, name, kind, dev, ino, type, creator, flags, ctime";
 
+/// The rows `o` of volume `$1` whose IDs are in the array `$2` (each once), one probe of the
+/// primary key an ID: a LATERAL subquery with a LIMIT is not flattened into a join, so the plan
+/// stays a nested loop over the IDs whatever the table's statistics say. (`vid = $1 AND id =
+/// ANY($2)` got a generic plan, made while the table was nearly empty, that read the volume's
+/// every row through the `(vid, parent, name)` index and filtered them: a second server's
+/// catch-up of 50,000 new rows then took up to 1.1 s a call and two servers created at a
+/// quarter of one's rate, in one run of three.)
+pub const ROWS_OF_IDS: &str = "(SELECT DISTINCT unnest($2::bigint[]) AS want) w
+     CROSS JOIN LATERAL (
+        SELECT * FROM deskd.objects o WHERE o.vid = $1 AND o.id = w.want LIMIT 1) o";
+
+/// Delete the rows of volume `$1` whose IDs are in the array `$2`: a join of the IDs with the
+/// primary key (`vid = $1 AND id = ANY($2)` had the generic plan of [`ROWS_OF_IDS`]'s, which
+/// read the volume).
+pub const DELETE_ROWS_OF_IDS: &str = "DELETE FROM deskd.objects o
+    USING (SELECT DISTINCT unnest($2::bigint[]) AS want) w
+    WHERE o.vid = $1 AND o.id = w.want";
+
 /// The number a kind is stored as: the SQLite desktop's numbers (docs/desktop-format.md).
 pub(crate) fn kind_to_sql(kind: Kind) -> i16 {
     match kind {
@@ -371,14 +389,17 @@ pub(crate) mod read {
         }
         let starts: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
         let rows = c.query(
-            "WITH RECURSIVE up(start, id, parent, name, depth) AS (
-                SELECT id, id, parent, name, 0 FROM deskd.objects
-                WHERE vid = $1 AND id = ANY($2)
-                UNION ALL
-                SELECT up.start, o.id, o.parent, o.name, up.depth + 1
-                FROM deskd.objects o JOIN up ON o.id = up.parent
-                WHERE o.vid = $1 AND up.id <> $3 AND up.depth < $4)
-             SELECT start, id, parent, name, depth FROM up ORDER BY start, depth",
+            &format!(
+                "WITH RECURSIVE up(start, id, parent, name, depth) AS (
+                    SELECT o.id, o.id, o.parent, o.name, 0 FROM {ROWS_OF_IDS}
+                    UNION ALL
+                    SELECT up.start, o.id, o.parent, o.name, up.depth + 1
+                    FROM up CROSS JOIN LATERAL (
+                        SELECT * FROM deskd.objects o
+                        WHERE o.vid = $1 AND o.id = up.parent LIMIT 1) o
+                    WHERE up.id <> $3 AND up.depth < $4)
+                 SELECT start, id, parent, name, depth FROM up ORDER BY start, depth"
+            ),
             &[&vid, &starts, &i64::from(deskd_db::ROOT_ID), &MAX_DEPTH],
         )?;
         // Each start's rows, from itself up to the root (the root's own name left out).
@@ -471,7 +492,15 @@ pub struct PgDesktop {
     pub(crate) statements: Statements,
     pub(crate) vid: i64,
     key: VolumeKey,
+    /// The volume's counter as the last batch read it, and the counter at which the tables'
+    /// statistics are taken again ([`PgDesktop::refresh_statistics`]).
+    counter_seen: Cell<u32>,
+    statistics_at: Cell<u32>,
 }
+
+/// The counter at which a server first takes the tables' statistics itself; then at each
+/// doubling.
+const STATISTICS_FROM: u32 = 1_000;
 
 /// What a batch changed, read back from the change log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -525,6 +554,8 @@ impl PgDesktop {
                 statements: Statements::default(),
                 vid,
                 key: key.clone(),
+                counter_seen: Cell::new(0),
+                statistics_at: Cell::new(STATISTICS_FROM),
             },
             created,
         ))
@@ -733,7 +764,30 @@ impl PgDesktop {
         self.batch_waiting(Some(wait))
     }
 
+    /// Take the statistics of the objects and the change log again when the volume's counter
+    /// has doubled since this server last did (from [`STATISTICS_FROM`]), outside any batch.
+    /// A statement's cached generic plan is made from the statistics of when it was made: made
+    /// while the tables were nearly empty (a new volume, a new database), a look-up by ID read
+    /// the whole volume at every run until autovacuum's ANALYZE (its naptime is a minute) —
+    /// one of two servers then created at a quarter of the other's rate (docs/PERFORMANCE.md,
+    /// "Two servers"). ANALYZE makes every session re-plan; about 20 ms at 100,000 objects,
+    /// and at most about 30 times in a volume's life. A role that does not own the tables only
+    /// gets a warning, and autovacuum still does it.
+    fn refresh_statistics(&mut self) {
+        if self.counter_seen.get() < self.statistics_at.get() {
+            return;
+        }
+        self.statistics_at
+            .set(self.counter_seen.get().saturating_mul(2));
+        // A failure is the connection's, which the batch that follows reports.
+        let _ = self
+            .client
+            .get_mut()
+            .batch_execute("ANALYZE deskd.objects, deskd.changes");
+    }
+
     fn batch_waiting(&mut self, wait: Option<Duration>) -> Result<PgBatch<'_>> {
+        self.refresh_statistics();
         let mut tx = self.client.get_mut().transaction()?;
         let st = &self.statements;
         if let Some(wait) = wait {
@@ -750,6 +804,7 @@ impl PgDesktop {
             tx.batch_execute("SET LOCAL lock_timeout = 0")?;
         }
         let last_id = row.get::<_, i64>(0) as u32;
+        self.counter_seen.set(last_id);
         Ok(PgBatch {
             tx: RefCell::new(tx),
             st,
@@ -763,6 +818,7 @@ impl PgDesktop {
             broken: Cell::new(false),
             known_dirs: HashSet::new(),
             places: RefCell::default(),
+            counter_seen: &self.counter_seen,
         })
     }
 }
@@ -800,6 +856,8 @@ pub struct PgBatch<'a> {
     /// batch's own inserts; any other change to objects, and a rolled-back step, forgets them
     /// all (the row lock keeps other servers' batches out meanwhile).
     places: RefCell<Places>,
+    /// The desktop's [`PgDesktop::counter_seen`], set at the commit.
+    counter_seen: &'a Cell<u32>,
 }
 
 /// What is at each place (folder, name) a batch read ahead (`None`: nothing).
@@ -1196,7 +1254,10 @@ impl<'a> PgBatch<'a> {
                 .get(0);
             Some(seq as u64)
         };
+        let counter_seen = self.counter_seen;
+        let last_id = self.last_id;
         self.tx.into_inner().commit()?;
+        counter_seen.set(last_id);
         Ok(seq)
     }
 
@@ -1356,10 +1417,8 @@ impl<'a> PgBatch<'a> {
         if rows.len() > 1 && !recursive {
             return Err(DbError::NotEmpty(id).into());
         }
-        Db::new(&mut *self.ready(true)?, self.st).execute(
-            "DELETE FROM deskd.objects WHERE vid = $1 AND id = ANY($2)",
-            &[&self.vid, &rows],
-        )?;
+        Db::new(&mut *self.ready(true)?, self.st)
+            .execute(DELETE_ROWS_OF_IDS, &[&self.vid, &rows])?;
         let removed: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         self.changed.extend_from_slice(&removed);
         self.names

@@ -636,15 +636,26 @@ pub(crate) fn moved_out(root: &Path, identity: u64) -> Option<String> {
 /// a new random one. Stamped on the root when it was not there.
 /// The SQLite desktop of `root` as the configuration places it, when there is one: how many
 /// objects it holds and its volume identity.
-pub(crate) fn sqlite_desktop(root: &Path, config: &VolumeConfig) -> Option<(u64, Option<u64>)> {
+pub(crate) fn sqlite_desktop(root: &Path, config: &VolumeConfig) -> Option<SqliteDesktop> {
     use deskd_db::Read as _;
     let reader = crate::location::desktop_path(config, root)
         .ok()
         .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
         .and_then(|p| deskd_db::Reader::open_mapped(&p, false, 0).ok())?;
-    let objects = reader.object_count().ok()?;
-    let identity = reader.meta("volume_uuid").ok().flatten().map(|u| u as u64);
-    Some((objects, identity))
+    Some(SqliteDesktop {
+        objects: reader.object_count().ok()?,
+        identity: reader.meta("volume_uuid").ok().flatten().map(|u| u as u64),
+        left_database: reader.meta(deskd_db::LEFT_DATABASE).ok().flatten(),
+    })
+}
+
+/// What [`sqlite_desktop`] read of a volume's SQLite desktop.
+pub(crate) struct SqliteDesktop {
+    objects: u64,
+    identity: Option<u64>,
+    /// When a restore or migrate moved the volume out of its database into this desktop
+    /// ([`deskd_db::LEFT_DATABASE`]).
+    left_database: Option<i64>,
 }
 
 /// Refuse to start a volume anew in the database over an SQLite desktop that holds objects
@@ -665,9 +676,42 @@ pub(crate) fn refuse_fresh_over_sqlite(
     if deskd_volume::desktop_backend(root).is_some() {
         return Ok(());
     }
-    let Some((objects, identity)) = sqlite_desktop(root, config) else {
+    let Some(SqliteDesktop {
+        objects,
+        identity,
+        left_database,
+    }) = sqlite_desktop(root, config)
+    else {
         return Ok(());
     };
+    if let Some(when) = left_database {
+        // Moved out by a restore or migrate that removed the mark: the database's copy is
+        // stale, whether or not the database could be told (a restore with
+        // `--ids-from-backup` while it was down).
+        return Err(ServerError::PgOpen {
+            root: root.to_path_buf(),
+            message: format!(
+                "this volume was moved out of its database into its SQLite desktop ({}) on {} \
+                 (deskd restore --leave-postgresql, or deskd migrate --to sqlite; the \
+                 desktop says so): the database's copy is stale, and serving it would hand \
+                 out again IDs the SQLite desktop has given. Take `backend` out of this \
+                 server's configuration for the volume (`backend = \"sqlite\"` in its \
+                 `[volume.\"PATH\"]` table when `[defaults]` gives one) to serve the SQLite \
+                 desktop, or move it into the database again with `deskd migrate {} --to \
+                 TARGET` (every ID kept), then reload deskd (SIGHUP); nothing was changed",
+                crate::location::desktop_path(config, root)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| ".Desktop".into()),
+                chrono::DateTime::from_timestamp(when, 0)
+                    .map(|t| t
+                        .with_timezone(&chrono::Local)
+                        .format("%Y-%m-%d %H:%M:%S %Z")
+                        .to_string())
+                    .unwrap_or_else(|| format!("{when} (Unix time)")),
+                root.display()
+            ),
+        });
+    }
     // The root alone is a desktop that never registered anything.
     if objects <= 1 {
         return Ok(());
@@ -712,7 +756,7 @@ pub(crate) fn identity(root: &Path, config: &VolumeConfig) -> Result<u64, Server
     if let Some(id) = deskd_volume::read_volume_identity(root) {
         return Ok(id);
     }
-    let from_desktop = sqlite_desktop(root, config).and_then(|(_, identity)| identity);
+    let from_desktop = sqlite_desktop(root, config).and_then(|d| d.identity);
     let chosen = match from_desktop {
         Some(uuid) => uuid,
         None => random_u64().map_err(|e| stamp_error(root, e.to_string()))?,

@@ -360,18 +360,25 @@ fn main() -> Result<()> {
             let mine: std::sync::Arc<Vec<u32>> =
                 std::sync::Arc::new((0..dirs).filter(|d| d % parts == part).collect());
             let started = Instant::now();
+            let started_unix = unix_now();
             let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             let total = (mine.len() as u64) * (per_dir as u64);
-            // Sample the acknowledged count every 250 ms to see whether the rate holds up.
+            // Sample the acknowledged count every 250 ms to see whether the rate holds up; told
+            // when the clients are done, so its wait never delays the end of the run (several
+            // runs' start and end times are compared: the two servers of bench-pg.sh).
+            let (done, finished) = std::sync::mpsc::channel::<()>();
             let sampler = {
                 let acked = acked.clone();
                 std::thread::spawn(move || {
                     let mut samples = vec![(0.0f64, 0u64)];
                     loop {
-                        std::thread::sleep(Duration::from_millis(250));
+                        let over = !matches!(
+                            finished.recv_timeout(Duration::from_millis(250)),
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                        );
                         let n = acked.load(std::sync::atomic::Ordering::Relaxed);
                         samples.push((started.elapsed().as_secs_f64(), n));
-                        if n >= total {
+                        if over || n >= total {
                             return samples;
                         }
                     }
@@ -435,6 +442,8 @@ fn main() -> Result<()> {
                 t.join().map_err(|_| anyhow!("thread panicked"))??;
             }
             let secs = started.elapsed().as_secs_f64();
+            let ended_unix = unix_now();
+            let _ = done.send(());
             let samples = sampler.join().map_err(|_| anyhow!("sampler panicked"))?;
             // Slowest one-second window, and the rate over the last tenth of the objects.
             let mut slowest = f64::MAX;
@@ -459,6 +468,7 @@ fn main() -> Result<()> {
                 "{}",
                 serde_json::json!({
                     "objects": total, "seconds": secs, "objects_per_s": mean,
+                    "started_unix_s": started_unix, "ended_unix_s": ended_unix,
                     "slowest_1s_window_per_s": if slowest == f64::MAX { mean } else { slowest },
                     "last_10pct_per_s": tail_rate,
                 })
@@ -1081,4 +1091,11 @@ fn watch_lag(
         })
     );
     Ok(())
+}
+
+/// Seconds since the Unix epoch: runs in several processes are placed on one clock.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

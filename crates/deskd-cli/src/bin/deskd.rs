@@ -549,7 +549,9 @@ fn unserved_for_restore(
         // ahead without a word while the volume's server ran).
         Ok(hold) if hold.last_id.is_none() => {
             let what = format!(
-                "{} holds no deskd volume named {:?} ({} names that database): not checked                  whether a deskd serve serves {} (from the database its servers use), nor its                  ID counter there read",
+                "{} holds no deskd volume named {:?} ({} names that database): not checked \
+                 whether a deskd serve serves {} (from the database its servers use), nor its \
+                 ID counter there read",
                 pg.describe(),
                 pg.name,
                 config.display(),
@@ -557,12 +559,14 @@ fn unserved_for_restore(
             );
             if ids_from_backup {
                 eprintln!(
-                    "deskd restore: {what}; IDs continue after the backup's counter                      (--ids-from-backup); make sure every server of the volume is stopped"
+                    "deskd restore: {what}; IDs continue after the backup's counter \
+                     (--ids-from-backup); make sure every server of the volume is stopped"
                 );
                 Ok(None)
             } else {
                 Err(anyhow!(
-                    "{what}; nothing was changed (give the configuration of the volume's                      servers, or --ids-from-backup when its database is lost for good)"
+                    "{what}; nothing was changed (give the configuration of the volume's \
+                     servers, or --ids-from-backup when its database is lost for good)"
                 ))
             }
         }

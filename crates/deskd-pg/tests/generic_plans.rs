@@ -1,0 +1,127 @@
+//! The statements that read or delete rows by a list of IDs keep one probe of the primary key
+//! an ID under a *generic* plan made while the table was nearly empty (what PostgreSQL caches
+//! for a prepared statement after its first runs). `vid = $1 AND id = ANY($2)` got a plan
+//! that read the volume's every row through the `(vid, parent, name)` index and filtered them:
+//! with two servers, one's catch-up of the other's 50,000 new rows took up to 1.1 s a call
+//! (docs/PERFORMANCE.md, "Two servers"). A server therefore takes the statistics itself as
+//! the volume grows (`PgDesktop::refresh_statistics`), and those statements are written so
+//! that the primary key is the plan once the statistics say the table is not tiny.
+
+use deskd_db::{Durability, Kind, NewObject, WriteBatch, ROOT_ID};
+use deskd_pg::store::{DELETE_ROWS_OF_IDS, ROWS_OF_IDS};
+use deskd_pg::test_cluster::TestCluster;
+use deskd_pg::{connect, ConnectOptions, PasswordSource, PgDesktop, VolumeKey};
+
+/// The generic plan of `sql` (parameters: the volume, an array of IDs), as EXPLAIN prints it.
+fn generic_plan(admin: &mut postgres::Client, sql: &str) -> String {
+    admin
+        .batch_execute("SET plan_cache_mode = force_generic_plan; DEALLOCATE ALL")
+        .unwrap();
+    admin
+        .batch_execute(&format!("PREPARE q(bigint, bigint[]) AS {sql}"))
+        .unwrap();
+    let rows = admin
+        .query("EXPLAIN EXECUTE q(1, ARRAY[17, 18, 19]::bigint[])", &[])
+        .unwrap();
+    rows.iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn file(name: String) -> NewObject {
+    NewObject {
+        parent: ROOT_ID,
+        name: name.into_bytes(),
+        kind: Kind::File,
+        dev: 1,
+        ino: 1,
+        type_code: [0; 4],
+        creator: [0; 4],
+        flags: 0,
+        ctime: 0,
+        hint: None,
+    }
+}
+
+/// How many times a session (not autovacuum) took the objects' statistics.
+fn analyzed(admin: &mut postgres::Client) -> i64 {
+    admin
+        .query_one(
+            "SELECT analyze_count FROM pg_stat_user_tables
+             WHERE schemaname = 'deskd' AND relname = 'objects'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn statistics_are_taken_as_the_volume_grows_and_reads_by_ids_probe_the_primary_key() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("plans");
+    let options = ConnectOptions {
+        target: cluster.url("plans"),
+        password: PasswordSource::File(cluster.password_file("pw-plans", cluster.password())),
+    };
+    let key = VolumeKey {
+        name: "plans".into(),
+        identity: 0x9e4,
+    };
+    let (mut desktop, _) =
+        PgDesktop::open(connect(&options).unwrap(), &key, Durability::Normal).unwrap();
+    let mut admin = cluster.admin("plans");
+    // autovacuum would take them too, within its naptime: not in this test's database.
+    admin
+        .batch_execute(
+            "ALTER TABLE deskd.objects SET (autovacuum_enabled = false);
+             ALTER TABLE deskd.changes SET (autovacuum_enabled = false)",
+        )
+        .unwrap();
+    let mut add = |range: std::ops::Range<u32>| {
+        let mut batch = desktop.batch().unwrap();
+        for n in range {
+            batch.add(&file(format!("f{n}"))).unwrap();
+        }
+        batch.commit().unwrap();
+        // The batch after the counter passed a mark takes them first.
+        desktop.batch().unwrap().commit().unwrap();
+    };
+    add(0..900);
+    assert_eq!(analyzed(&mut admin), 0, "statistics taken below 1,000 IDs");
+    add(900..1_100);
+    assert_eq!(
+        analyzed(&mut admin),
+        1,
+        "no statistics taken past 1,000 IDs"
+    );
+    add(1_100..2_000);
+    assert_eq!(
+        analyzed(&mut admin),
+        1,
+        "statistics taken again before twice as many"
+    );
+    add(2_000..20_000);
+    assert_eq!(
+        analyzed(&mut admin),
+        2,
+        "no statistics taken past twice as many"
+    );
+
+    // With them, a read or delete of a few IDs is one probe of the primary key an ID.
+    for sql in [
+        format!("SELECT o.id FROM {ROWS_OF_IDS}"),
+        DELETE_ROWS_OF_IDS.to_owned(),
+    ] {
+        let plan = generic_plan(&mut admin, &sql);
+        assert!(
+            plan.contains("Scan using objects_pkey on objects")
+                && plan.contains("Index Cond: ((vid = $1) AND (id = ")
+                && !plan.contains("Seq Scan on objects")
+                && !plan.contains("objects_vid_parent_name_key"),
+            "not one probe of the primary key an ID:\n{sql}\n{plan}"
+        );
+    }
+}
