@@ -143,12 +143,24 @@ fn dump(desktop: &Path) -> String {
         "SELECT hex(creator), app_id, tag FROM appl ORDER BY creator, app_id",
         "SELECT hex(creator), hex(type), itype, tag, hex(bitmap) FROM icons
          ORDER BY creator, type, itype",
-        "SELECT key, value FROM meta WHERE key NOT IN ('clean', 'last_seen') ORDER BY key",
+        // `left_database`: the note a desktop moved out of a database carries (compared
+        // apart: `left_database`).
+        "SELECT key, value FROM meta WHERE key NOT IN ('clean', 'last_seen', 'left_database')
+         ORDER BY key",
     ]
     .iter()
     .map(|sql| sqlite3(desktop, sql))
     .collect::<Vec<_>>()
     .join("\n--\n")
+}
+
+/// The desktop's note that its volume left a database (`deskd_db::LEFT_DATABASE`), if any.
+fn left_database(desktop: &Path) -> Option<String> {
+    Some(sqlite3(
+        desktop,
+        "SELECT value FROM meta WHERE key = 'left_database'",
+    ))
+    .filter(|v| !v.trim().is_empty())
 }
 
 /// What the database holds, as text (for "nothing changed"): the format, every volume row,
@@ -292,6 +304,10 @@ fn sqlite_to_postgresql_and_back_keeps_every_id_and_record() {
     assert!(out.contains(".Desktop.before-migrate"), "{out}");
     let kept = root.join(".Desktop.before-migrate");
     assert_eq!(dump(&kept), before, "the replaced desktop is kept whole");
+    assert!(
+        left_database(&desktop).is_some(),
+        "no note in the desktop that it left the database"
+    );
     let after = dump(&desktop);
     if after != before {
         let (a, b): (Vec<_>, Vec<_>) = (before.lines().collect(), after.lines().collect());

@@ -1895,11 +1895,13 @@ fn a_server_started_while_migrate_to_sqlite_holds_the_lock_never_serves_the_volu
         .find(&format!("{}\n  NOT SERVED:   ", root.display()))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(
-        text[at..]
-            .lines()
-            .nth(1)
-            .unwrap()
-            .contains("is being moved out of the database"),
+        text[at..].lines().nth(1).is_some_and(
+            |refusal| refusal.contains("is being moved out of the database")
+                // The new desktop, in place already, says it itself (stop 43).
+                || refusal.contains("was moved out of this database (by deskd restore \
+                                     --leave-postgresql or deskd migrate --to sqlite), as its \
+                                     SQLite desktop")
+        ),
         "{text}"
     );
     assert!(
@@ -2267,4 +2269,62 @@ fn a_server_still_configured_with_backend_does_not_serve_a_volume_migrated_out()
     a.dt_ok(&[b"touch", b"vol/after.txt"]);
     assert!(i64::from(a.id_of(&root.join("after.txt"))) > db_last);
     assert_eq!(last_id(&mut cluster.admin("desk")), db_last);
+}
+
+/// The hole the move-out record in the database left (stop 42's note): `restore
+/// --leave-postgresql --ids-from-backup` without a database to ask (no `--config`, or the
+/// database down) records nothing there, and host B, still configured with `backend`, served
+/// the database's stale copy and handed out again the IDs the restored desktop hands out. The
+/// restored desktop now says itself that the volume left its database, and host B refuses it
+/// for that, the database untouched.
+#[test]
+fn a_restore_that_could_not_tell_the_database_is_refused_by_a_server_still_configured_with_it() {
+    let Some((cluster, url, pw)) = pg_database("desk") else {
+        return;
+    };
+    let defaults = backend_lines(&url, &pw);
+    let mut a = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(a.path("vol")).unwrap();
+    a.serve_with_defaults("vol", &defaults);
+    let config = a.path("deskd.toml");
+    a.dt_ok(&[b"touch", b"vol/kept.txt"]);
+    let file = backed_up(&a, &root, &config);
+    a.term();
+    let volume = root.to_str().unwrap();
+    // No --config: the database is not asked, nothing is recorded there.
+    a.deskd_ok(&[
+        "restore",
+        "--leave-postgresql",
+        "--ids-from-backup",
+        &file,
+        volume,
+    ]);
+    assert!(deskd_volume::desktop_backend(&root).is_none());
+    let db_last = last_id(&mut cluster.admin("desk"));
+    let mut b = Env::new(&["own"]);
+    let cfg = config_with_volumes(&b, &defaults, &[root.as_path(), b.path("own").as_path()]);
+    b.start(&["--config", cfg.to_str().unwrap()]);
+    let wrote = b.dt(&[b"touch", root.join("from-b").as_os_str().as_bytes()]);
+    assert!(!wrote.status.success(), "host B served the volume");
+    let said = stderr(&wrote);
+    assert!(
+        said.contains(
+            "was moved out of this database (by deskd restore --leave-postgresql or \
+                       deskd migrate --to sqlite), as its SQLite desktop"
+        ) && said.contains("nothing was changed"),
+        "{said}"
+    );
+    let text = b.deskd_ok(&["status"]);
+    assert!(
+        text.contains(&format!("{}\n  NOT SERVED:   ", root.display())),
+        "{text}"
+    );
+    assert_eq!(last_id(&mut cluster.admin("desk")), db_last);
+    assert!(
+        deskd_volume::desktop_backend(&root).is_none(),
+        "marked again"
+    );
+    // Host A serves the restored desktop from SQLite as before.
+    a.serve(&["vol"]);
+    assert!(a.id_of(&root.join("kept.txt")) >= 17);
 }

@@ -7,7 +7,7 @@
 //! the volume grows (`PgDesktop::refresh_statistics`), and those statements are written so
 //! that the primary key is the plan once the statistics say the table is not tiny.
 
-use deskd_db::{Durability, Kind, NewObject, WriteBatch, ROOT_ID};
+use deskd_db::{Durability, Kind, NewObject, ROOT_ID};
 use deskd_pg::store::{DELETE_ROWS_OF_IDS, ROWS_OF_IDS};
 use deskd_pg::test_cluster::TestCluster;
 use deskd_pg::{connect, ConnectOptions, PasswordSource, PgDesktop, VolumeKey};

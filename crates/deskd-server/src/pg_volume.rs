@@ -691,14 +691,16 @@ pub(crate) fn refuse_fresh_over_sqlite(
         return Err(ServerError::PgOpen {
             root: root.to_path_buf(),
             message: format!(
-                "this volume was moved out of its database into its SQLite desktop ({}) on {} \
-                 (deskd restore --leave-postgresql, or deskd migrate --to sqlite; the \
-                 desktop says so): the database's copy is stale, and serving it would hand \
-                 out again IDs the SQLite desktop has given. Take `backend` out of this \
-                 server's configuration for the volume (`backend = \"sqlite\"` in its \
-                 `[volume.\"PATH\"]` table when `[defaults]` gives one) to serve the SQLite \
-                 desktop, or move it into the database again with `deskd migrate {} --to \
-                 TARGET` (every ID kept), then reload deskd (SIGHUP); nothing was changed",
+                "volume {} was moved out of this database (by deskd restore \
+                 --leave-postgresql or deskd migrate --to sqlite), as its SQLite desktop {} \
+                 says (moved on {}): its SQLite desktop is the volume's now and the database's \
+                 copy is stale, so it is not served from the database (which would hand out \
+                 again IDs the SQLite desktop has given). Take `backend` out of this server's \
+                 configuration for the volume (`backend = \"sqlite\"` in its \
+                 `[volume.\"PATH\"]` table when `[defaults]` gives one) and reload (SIGHUP) to \
+                 serve it from its SQLite desktop, or move it into the database again with \
+                 `deskd migrate {} --to TARGET` (every ID kept); nothing was changed",
+                root.display(),
                 crate::location::desktop_path(config, root)
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|_| ".Desktop".into()),
