@@ -175,6 +175,16 @@ fn read_password_file(path: &Path) -> Result<Vec<u8>> {
     if !meta.is_file() {
         return Err(refuse("not a regular file".to_owned()));
     }
+    // Owned by this process's user or root, as ssh asks of its keys: a file another user
+    // made (in a folder others may write, or left by a careless copy) is that user's word,
+    // not the admin's.
+    let euid = rustix::process::geteuid().as_raw();
+    if meta.uid() != euid && meta.uid() != 0 {
+        return Err(refuse(format!(
+            "it belongs to user {} (not to this process's user, {euid}, nor root); chown it",
+            meta.uid()
+        )));
+    }
     if meta.mode() & 0o077 != 0 {
         return Err(refuse(format!(
             "its mode {:o} lets others read it; chmod 600 it",
@@ -300,5 +310,14 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&path, &link).unwrap();
         assert!(read_password_file(&link).is_err(), "a link is not followed");
+        // Another user's file (mode 0600 or not) is refused; this test runs as root or as
+        // the file's owner, so it can only give it away as root.
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            let e = read_password_file(&path).unwrap_err();
+            assert!(e.to_string().contains("belongs to user 65534"), "{e}");
+        } else {
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        }
     }
 }

@@ -974,21 +974,43 @@ fn moved<B: WriteBatch + ?Sized>(
         // Still at `from` too: a hard link made and then renamed. The new name is registered.
         return created(w, to, rules, young, spending, out);
     }
-    let target = registered(w.b, to)?.filter(|t| t.id != source.id);
     let (to_name, to_parent) = to.split_last().expect("not the root");
     // A rename within a folder: the folders above `to` are those above `from`, where the
-    // record was found, so all registered (no lookup of each again: docs/PERFORMANCE.md).
-    let folders = if from.split_last().map(|(_, up)| up) == Some(to_parent) {
+    // record was found, so all registered (no lookup of each again: docs/PERFORMANCE.md),
+    // and what holds the new name is looked up in the record's folder (one statement, not a
+    // lookup of every name on the path).
+    let in_place = from.split_last().map(|(_, up)| up) == Some(to_parent);
+    let target = if in_place {
+        w.b.lookup(source.parent, to_name).map_err(db_error)?
+    } else {
+        registered(w.b, to)?
+    }
+    .filter(|t| t.id != source.id);
+    let folders = if in_place {
         None
     } else {
         first_unregistered_above(w, to)?
     };
-    let (parent, _) = register_walked(
-        w,
-        to_parent,
-        &walked.nodes[..to_parent.len()],
-        Asked::default(),
-    )?;
+    // Within a folder whose record is the folder the walk went through: that record (one
+    // read), else the folders on the way registered as the walk found them.
+    let folder_node = to_parent.len().checked_sub(1).map(|i| walked.nodes[i]);
+    let same_folder = match (in_place, folder_node) {
+        (true, Some(node)) => Some(w.b.get(source.parent).map_err(db_error)?)
+            .filter(|f| f.kind == Kind::Dir && (f.dev, f.ino) == (node.dev, node.ino)),
+        _ => None,
+    };
+    let parent = match same_folder {
+        Some(folder) => folder,
+        None => {
+            register_walked(
+                w,
+                to_parent,
+                &walked.nodes[..to_parent.len()],
+                Asked::default(),
+            )?
+            .0
+        }
+    };
     stamp_folders_on_the_way(w, to, folders, out)?;
     w.cache.clear();
     match target {
@@ -1013,11 +1035,15 @@ fn moved<B: WriteBatch + ?Sized>(
         _ => {
             w.b.rename(source.id, parent.id, to_name, true)
                 .map_err(db_error)?;
-            if source.dev == 0 && source.ino == 0 {
-                w.b.set_devino(source.id, node.dev, node.ino, node.ctime)
+            // The record as it is now, without reading it back: the rename set its folder
+            // and name, and `set_devino` its inode and time.
+            let mut moved = source;
+            (moved.parent, moved.name) = (parent.id, to_name.clone());
+            if moved.dev == 0 && moved.ino == 0 {
+                w.b.set_devino(moved.id, node.dev, node.ino, node.ctime)
                     .map_err(db_error)?;
+                (moved.dev, moved.ino, moved.ctime) = (node.dev, node.ino, node.ctime);
             }
-            let moved = w.b.get(source.id).map_err(db_error)?;
             out.disk.push(DiskWork::Carry {
                 from: from.to_vec(),
                 stamp: Box::new(stamp(to, &moved)),
