@@ -54,9 +54,17 @@ fn mib_shown(bytes: u64) -> String {
     deskd_proto::shown(bytes).map_or("—".to_owned(), mib)
 }
 
-/// The `memory:` line of a volume in the text output.
-pub fn volume_line(m: Option<&ServerMemory>, vol: VolumeId) -> Option<String> {
+/// The `memory:` line of a volume in the text output. A desktop in PostgreSQL has no file
+/// here to map nor SQLite connections: its line gives the name index alone (it spoke of
+/// mappings and page caches of a 0-byte desktop).
+pub fn volume_line(m: Option<&ServerMemory>, vol: VolumeId, in_database: bool) -> Option<String> {
     let v = m.and_then(|m| of_volume(m, vol))?;
+    if in_database {
+        return Some(format!(
+            "  memory:       name index {} (the desktop is in the database: nothing mapped here)",
+            mib_shown(v.name_index),
+        ));
+    }
     Some(format!(
         "  memory:       {} mapped ({} resident) in {} mapping(s) of a {} desktop; \
          name index {}; page caches up to {} ({} SQLite connection(s))",
@@ -118,7 +126,7 @@ mod tests {
         assert!(volume_json(Some(&m), 3).is_null());
         assert!(volume_json(None, 0).is_null());
         assert!(server_json(None).is_null());
-        assert_eq!(volume_line(Some(&m), 3), None);
+        assert_eq!(volume_line(Some(&m), 3, false), None);
     }
 
     #[test]
@@ -137,7 +145,14 @@ mod tests {
         let text = server_lines(&m).join("\n");
         assert!(text.contains("146.0 MiB (RssAnon"), "{text}");
         assert!(text.contains("2 read connection(s) read part"), "{text}");
-        let line = volume_line(Some(&m), 0).unwrap();
+        let line = volume_line(Some(&m), 0, false).unwrap();
+        let in_db = volume_line(Some(&m), 0, true).unwrap();
+        assert!(
+            in_db.contains("name index")
+                && !in_db.contains("mapped (")
+                && !in_db.contains("SQLite"),
+            "{in_db}"
+        );
         assert!(line.contains("144.0 MiB mapped"), "{line}");
         assert_eq!(server_json(Some(&m))["rss_file_bytes"], 572u64 << 20);
     }

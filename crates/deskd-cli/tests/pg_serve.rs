@@ -253,6 +253,16 @@ fn a_volume_served_from_postgresql_answers_and_keeps_its_ids_across_a_restart() 
     assert!(status.contains("desktop:      postgresql "), "{status}");
     // No WAL of deskd's for a desktop in PostgreSQL (it printed `WAL: 0 bytes`).
     assert!(!status.contains("  WAL:"), "{status}");
+    // Nor mappings or SQLite page caches: its memory line gives the name index alone (it
+    // spoke of a 0-byte desktop's mappings and SQLite connections).
+    let memory = status
+        .lines()
+        .find(|l| l.starts_with("  memory:"))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        memory.contains("name index") && !memory.contains("mapped (") && !memory.contains("SQLite"),
+        "{memory}"
+    );
     // The index loads in the background after the restart: waited for, not assumed (it was
     // not yet in the log once at load 6).
     env.wait_for_log("name index ready", 1);

@@ -1088,7 +1088,9 @@ fn run(cli: Run) -> Result<ExitCode> {
                             s.check_problems.join("; ")
                         );
                     }
-                    if let Some(line) = deskd_cli::memory_figures::volume_line(memory, s.vol) {
+                    if let Some(line) =
+                        deskd_cli::memory_figures::volume_line(memory, s.vol, in_postgresql)
+                    {
                         println!("{line}");
                     }
                     if let Some(line) = deskd_cli::watch_figures::line(watch, s.vol) {
