@@ -125,3 +125,63 @@ fn statistics_are_taken_as_the_volume_grows_and_reads_by_ids_probe_the_primary_k
         );
     }
 }
+
+/// ANALYZE waits for the lock a VACUUM (an anti-wraparound one is not cancelled for it), a
+/// `CREATE INDEX CONCURRENTLY` or another session's ANALYZE holds on the tables every volume
+/// of the database shares; the statistics are then skipped, and the writer's batch starts
+/// (it waited for as long as the lock was held: the hostile review of stop 43).
+#[test]
+fn statistics_are_skipped_while_another_session_holds_their_lock() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    cluster.create_database("plans_lock");
+    let options = ConnectOptions {
+        target: cluster.url("plans_lock"),
+        password: PasswordSource::File(cluster.password_file("pw-plans-lock", cluster.password())),
+    };
+    let key = VolumeKey {
+        name: "plans_lock".into(),
+        identity: 0x9e5,
+    };
+    let (mut desktop, _) =
+        PgDesktop::open(connect(&options).unwrap(), &key, Durability::Normal).unwrap();
+    let mut admin = cluster.admin("plans_lock");
+    admin
+        .batch_execute(
+            "ALTER TABLE deskd.objects SET (autovacuum_enabled = false);
+             ALTER TABLE deskd.changes SET (autovacuum_enabled = false)",
+        )
+        .unwrap();
+    let mut batch = desktop.batch().unwrap();
+    for n in 0..1_100 {
+        batch.add(&file(format!("f{n}"))).unwrap();
+    }
+    batch.commit().unwrap();
+    // What a VACUUM or another ANALYZE holds while it runs.
+    let mut holder = cluster.admin("plans_lock");
+    let mut held = holder.transaction().unwrap();
+    held.batch_execute("LOCK TABLE deskd.objects IN SHARE UPDATE EXCLUSIVE MODE")
+        .unwrap();
+    let (done, started) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // The first batch past 1,000 IDs takes the statistics first.
+            let batch = desktop.batch().map(|b| b.commit().map(|_| ()));
+            let _ = done.send(batch.is_ok());
+        });
+        let began = started.recv_timeout(std::time::Duration::from_secs(10));
+        // Let a writer that waits go, so that the test ends either way.
+        held.rollback().unwrap();
+        assert_eq!(
+            began,
+            Ok(true),
+            "the batch waited for ANALYZE's lock (held by another session)"
+        );
+    });
+    assert_eq!(
+        analyzed(&mut admin),
+        0,
+        "statistics taken under another's lock"
+    );
+}
