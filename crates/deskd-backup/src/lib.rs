@@ -995,6 +995,10 @@ pub fn restore(
         })?,
     };
     let current = read_current(&desktop);
+    // The note that the volume left its database, in the desktop being replaced: kept in the
+    // restored one (a backup from before the move-out has none, and a server still configured
+    // with `backend` then served the database's stale copy again).
+    let current_left = left_database_of(&desktop);
     if let Some((uuid, _)) = current {
         if uuid != info.volume_uuid && !options.force {
             return Err(BackupError::Usage(format!(
@@ -1051,14 +1055,22 @@ pub fn restore(
     // configured with `backend` that starts later refuses the database's stale copy by this
     // note also when the database could not record the move-out (`--ids-from-backup` with
     // the database down: it served that copy and handed out the restored desktop's IDs again).
-    if marked.is_some() {
-        deskd_db::note_left_database(&desktop, true).map_err(|e| {
+    let left = match &marked {
+        Some(_) => Some(deskd_db::now_unix()),
+        None => current_left,
+    };
+    if left.is_some() {
+        deskd_db::note_left_database_at(&desktop, left).map_err(|e| {
             BackupError::InDatabase(format!(
                 "{}: the backup was restored into {}, but the note that the volume left its \
-                 database could not be written there ({e}); the root is still marked as served \
-                 from the database: run the restore again",
+                 database could not be written there ({e}){}: run the restore again",
                 root.display(),
-                desktop.display()
+                desktop.display(),
+                if marked.is_some() {
+                    "; the root is still marked as served from the database"
+                } else {
+                    ""
+                }
             ))
         })?;
     }
@@ -1083,6 +1095,16 @@ pub fn restore(
         last_id,
         rebuild: report,
     })
+}
+
+/// The desktop's note that its volume left its database ([`deskd_db::LEFT_DATABASE`]), when
+/// it can be read.
+fn left_database_of(desktop: &Path) -> Option<i64> {
+    if std::fs::metadata(desktop).map(|m| m.len()).unwrap_or(0) == 0 {
+        return None;
+    }
+    let reader = deskd_db::Reader::open(desktop).ok()?;
+    reader.meta(deskd_db::LEFT_DATABASE).ok()?
 }
 
 /// The volume_uuid and ID counter of the desktop at `desktop`, when it can be read.

@@ -692,3 +692,41 @@ fn a_volume_marked_as_in_a_database_is_refused_to_an_unprivileged_owner() {
         "the mark stays"
     );
 }
+
+/// The note that a volume left its database (`meta` `left_database`, which a server still
+/// configured with `backend` refuses the volume by) outlives what rewrites the SQLite desktop:
+/// a `deskd rebuild`, and a `deskd restore` of a backup taken before the move-out (which has
+/// no note). Both wrote a desktop without it, and such a server then served the database's
+/// stale copy again (the hostile review of stop 43).
+#[test]
+fn the_note_that_the_volume_left_its_database_outlives_rebuild_and_restore() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    env.dt_ok(&[b"touch", b"vol/kept"]);
+    let bk = env.path("before.bk");
+    backup(&env, "vol", &bk);
+    env.term();
+    let desktop = env.path("vol/.Desktop");
+    // What `deskd restore --leave-postgresql` or `deskd migrate --to sqlite` writes.
+    sqlite3(
+        &desktop,
+        "INSERT INTO meta (key, value) VALUES ('left_database', 1700000000)",
+    );
+    let note = || {
+        sqlite3(
+            &desktop,
+            "SELECT value FROM meta WHERE key = 'left_database'",
+        )
+    };
+    env.deskd_ok(&["rebuild", env.path("vol").to_str().unwrap()]);
+    assert_eq!(note(), "1700000000", "the rebuild dropped the note");
+    env.deskd_ok(&[
+        "restore",
+        bk.to_str().unwrap(),
+        env.path("vol").to_str().unwrap(),
+    ]);
+    assert_eq!(note(), "1700000000", "the restore dropped the note");
+    // Still the volume's desktop, IDs kept.
+    env.serve(&["vol"]);
+    assert!(env.id_of(&env.path("vol/kept")) >= 17);
+}

@@ -121,6 +121,13 @@ impl BulkLoad {
         Ok(())
     }
 
+    /// Carry the note that the volume left its database ([`crate::LEFT_DATABASE`], `when`
+    /// in Unix seconds) into the new desktop: a rebuild or restore that dropped it let a
+    /// server still configured with `backend` serve the database's stale copy again.
+    pub fn keep_left_database(&mut self, when: i64) -> Result<()> {
+        crate::meta_set(&self.conn, crate::LEFT_DATABASE, when)
+    }
+
     /// Drop every APPL record, those the objects' trigger registered included: a migration
     /// then adds exactly the records its source has (one removed there stays removed).
     pub fn clear_appl(&mut self) -> Result<()> {

@@ -598,13 +598,20 @@ pub const LEFT_DATABASE: &str = "left_database";
 /// left its database now, or with `left == false` forget that (`deskd migrate --to` a
 /// database: the file left behind is not the volume's desktop any more).
 pub fn note_left_database(path: &Path, left: bool) -> Result<()> {
+    note_left_database_at(path, left.then(now_unix))
+}
+
+/// [`note_left_database`] with the time it happened (`None`: forget it), for a note carried
+/// from another desktop (a restore over one that had it).
+pub fn note_left_database_at(path: &Path, when: Option<i64>) -> Result<()> {
     let conn =
         Connection::open_with_flags(path, OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW)?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    if left {
-        meta_set(&conn, LEFT_DATABASE, now_unix())?;
-    } else {
-        conn.execute("DELETE FROM meta WHERE key = ?1", params![LEFT_DATABASE])?;
+    match when {
+        Some(when) => meta_set(&conn, LEFT_DATABASE, when)?,
+        None => {
+            conn.execute("DELETE FROM meta WHERE key = ?1", params![LEFT_DATABASE])?;
+        }
     }
     conn.close().map_err(|(_, e)| DbError::from(e))?;
     Ok(())

@@ -368,6 +368,7 @@ fn read_from(reader: &dyn deskd_db::Read, places: bool) -> Result<OldDesktop, Re
             }),
             _ => None,
         },
+        left_database: reader.meta(deskd_db::LEFT_DATABASE)?,
         ..Default::default()
     };
     // One row at a time into the compact rows: the rows as `Object`s would cost some 100
@@ -741,6 +742,9 @@ fn write_desktop(
             .collect();
         for record in o.appl.iter().filter(|r| alive.contains(&r.app_id)) {
             bulk.add_appl(record)?;
+        }
+        if let Some(when) = o.left_database {
+            bulk.keep_left_database(when)?;
         }
     }
     let identity = match identity {

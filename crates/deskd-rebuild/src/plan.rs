@@ -38,6 +38,9 @@ pub struct OldDesktop {
     pub icons: Vec<IconRecord>,
     pub appl: Vec<ApplRecord>,
     pub identity: Option<deskd_db::bulk::Identity>,
+    /// Its note that the volume left its database ([`deskd_db::LEFT_DATABASE`]), carried
+    /// into the new desktop.
+    pub left_database: Option<i64>,
 }
 
 impl OldDesktop {
