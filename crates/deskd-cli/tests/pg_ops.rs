@@ -2328,3 +2328,53 @@ fn a_restore_that_could_not_tell_the_database_is_refused_by_a_server_still_confi
     a.serve(&["vol"]);
     assert!(a.id_of(&root.join("kept.txt")) >= 17);
 }
+
+/// The note of the test above is in the SQLite desktop, which host B cannot read when that
+/// desktop is relocated to host A's own disk (`desktop_location`: `ROOT/.Desktop` is a link to
+/// a folder host B does not have). Host B took that for "no SQLite desktop" and served the
+/// database's stale copy (the hostile review of stop 43); an unmarked root whose relocated
+/// desktop is not on this host is now refused, the database untouched.
+#[test]
+fn a_volume_whose_moved_out_desktop_is_relocated_out_of_reach_is_refused() {
+    let Some((cluster, url, pw)) = pg_database("desk") else {
+        return;
+    };
+    let defaults = backend_lines(&url, &pw);
+    let mut a = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(a.path("vol")).unwrap();
+    a.serve_with_defaults("vol", &defaults);
+    let config = a.path("deskd.toml");
+    a.dt_ok(&[b"touch", b"vol/kept.txt"]);
+    let file = backed_up(&a, &root, &config);
+    a.term();
+    a.deskd_ok(&[
+        "restore",
+        "--leave-postgresql",
+        "--ids-from-backup",
+        &file,
+        root.to_str().unwrap(),
+    ]);
+    // Host A keeps its desktops on its own disk: the root holds a link there.
+    let host_a = a.path("host-a-desktops/vol");
+    std::fs::create_dir_all(&host_a).unwrap();
+    std::fs::rename(root.join(".Desktop"), host_a.join(".Desktop")).unwrap();
+    let elsewhere =
+        std::path::Path::new("/nonexistent-host-a-disk").join(host_a.strip_prefix("/").unwrap());
+    std::os::unix::fs::symlink(elsewhere.join(".Desktop"), root.join(".Desktop")).unwrap();
+    let db_last = last_id(&mut cluster.admin("desk"));
+    let mut b = Env::new(&["own"]);
+    let cfg = config_with_volumes(&b, &defaults, &[root.as_path(), b.path("own").as_path()]);
+    b.start(&["--config", cfg.to_str().unwrap()]);
+    let wrote = b.dt(&[b"touch", root.join("from-b").as_os_str().as_bytes()]);
+    assert!(!wrote.status.success(), "host B served the volume");
+    let said = stderr(&wrote);
+    assert!(
+        said.contains("whose folder is not on this host") && said.contains("nothing was changed"),
+        "{said}"
+    );
+    assert_eq!(last_id(&mut cluster.admin("desk")), db_last);
+    assert!(
+        deskd_volume::desktop_backend(&root).is_none(),
+        "marked again"
+    );
+}

@@ -19,7 +19,6 @@ use deskd_db::{DbError, Durability, NameChange, NameIndex, Read};
 use deskd_pg::{ConnectOptions, PgDesktop, VolumeKey};
 use tracing::{error, info, warn};
 
-use crate::config::VolumeConfig;
 use crate::error::ServerError;
 
 /// How long the follower waits for a notice before it reads the change log anyway: the
@@ -631,14 +630,15 @@ pub(crate) fn moved_out(root: &Path, identity: u64) -> Option<String> {
     ))
 }
 
-/// The volume's identity: the one stamped on its root (xattr `user.deskd.volume`); else the
-/// SQLite desktop's `volume_uuid` when there is one (a volume moved by `deskd migrate`); else
-/// a new random one. Stamped on the root when it was not there.
-/// The SQLite desktop of `root` as the configuration places it, when there is one: how many
-/// objects it holds and its volume identity.
-pub(crate) fn sqlite_desktop(root: &Path, config: &VolumeConfig) -> Option<SqliteDesktop> {
+/// The SQLite desktop of `root` (`.Desktop`, or where its relocation link points), when there
+/// is one: how many objects it holds, its volume identity and its note that the volume left
+/// its database.
+pub(crate) fn sqlite_desktop(root: &Path) -> Option<SqliteDesktop> {
     use deskd_db::Read as _;
-    let reader = crate::location::desktop_path(config, root)
+    // Found, never made: `location::desktop_path` makes a relocation link (and its folder)
+    // for a volume without a desktop when `desktop_location` is set, which a volume served
+    // from a database has no use for.
+    let reader = crate::location::existing_desktop_path(root)
         .ok()
         .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
         .and_then(|p| deskd_db::Reader::open_mapped(&p, false, 0).ok())?;
@@ -666,7 +666,6 @@ pub(crate) struct SqliteDesktop {
 /// comes back (crate::retry).
 pub(crate) fn refuse_fresh_over_sqlite(
     root: &Path,
-    config: &VolumeConfig,
     options: &deskd_pg::ConnectOptions,
 ) -> Result<(), ServerError> {
     // A volume served from a database before, or moved in with `deskd migrate`, is marked:
@@ -680,9 +679,9 @@ pub(crate) fn refuse_fresh_over_sqlite(
         objects,
         identity,
         left_database,
-    }) = sqlite_desktop(root, config)
+    }) = sqlite_desktop(root)
     else {
-        return Ok(());
+        return refuse_unreadable_relocation(root);
     };
     if let Some(when) = left_database {
         // Moved out by a restore or migrate that removed the mark: the database's copy is
@@ -701,7 +700,7 @@ pub(crate) fn refuse_fresh_over_sqlite(
                  serve it from its SQLite desktop, or move it into the database again with \
                  `deskd migrate {} --to TARGET` (every ID kept); nothing was changed",
                 root.display(),
-                crate::location::desktop_path(config, root)
+                crate::location::existing_desktop_path(root)
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|_| ".Desktop".into()),
                 chrono::DateTime::from_timestamp(when, 0)
@@ -754,11 +753,47 @@ pub(crate) fn refuse_fresh_over_sqlite(
     }
 }
 
-pub(crate) fn identity(root: &Path, config: &VolumeConfig) -> Result<u64, ServerError> {
+/// An unmarked root whose SQLite desktop is relocated where this host cannot look (the link
+/// names a folder that is not here: another host's disk, where the volume's SQLite server put
+/// it; or a link deskd does not follow) is refused: whether that desktop holds objects, or
+/// notes that the volume left this database, cannot be told, and serving the database's copy
+/// (stale) or starting the volume afresh there (new IDs) is what those checks prevent (the
+/// hostile review of stop 43). A link whose folder is here but holds no desktop yet is a
+/// volume that never had one, as before.
+fn refuse_unreadable_relocation(root: &Path) -> Result<(), ServerError> {
+    let why = match deskd_volume::desktop_link(root) {
+        Ok(None) => return Ok(()),
+        Ok(Some(target)) if target.parent().is_some_and(Path::is_dir) => return Ok(()),
+        Ok(Some(target)) => format!(
+            "its SQLite desktop is relocated to {}, whose folder is not on this host",
+            target.display()
+        ),
+        Err(e) => format!("its SQLite desktop's relocation link cannot be followed: {e}"),
+    };
+    Err(ServerError::PgOpen {
+        root: root.to_path_buf(),
+        message: format!(
+            "volume {} is not marked as served from a database, and {why}: whether that \
+             desktop holds the volume's IDs, or notes that the volume was moved out of this \
+             database, cannot be told, so it is not served from the database. Serve it from \
+             its SQLite desktop on the host that has it, or move it in with `deskd migrate {} \
+             --to TARGET` there (every ID kept); a volume that never had an SQLite desktop: \
+             remove the link {}, then reload deskd (SIGHUP); nothing was changed",
+            root.display(),
+            root.display(),
+            root.join(deskd_volume::DESKTOP_FILE).display()
+        ),
+    })
+}
+
+/// The volume's identity: the one stamped on its root (xattr `user.deskd.volume`); else the
+/// SQLite desktop's `volume_uuid` when there is one (a volume moved by `deskd migrate`); else
+/// a new random one. Stamped on the root when it was not there.
+pub(crate) fn identity(root: &Path) -> Result<u64, ServerError> {
     if let Some(id) = deskd_volume::read_volume_identity(root) {
         return Ok(id);
     }
-    let from_desktop = sqlite_desktop(root, config).and_then(|d| d.identity);
+    let from_desktop = sqlite_desktop(root).and_then(|d| d.identity);
     let chosen = match from_desktop {
         Some(uuid) => uuid,
         None => random_u64().map_err(|e| stamp_error(root, e.to_string()))?,

@@ -421,8 +421,8 @@ impl VolumeHandle {
                 )))
             }
         }
-        crate::pg_volume::refuse_fresh_over_sqlite(&root, &config, &options)?;
-        let identity = crate::pg_volume::identity(&root, &config)?;
+        crate::pg_volume::refuse_fresh_over_sqlite(&root, &options)?;
+        let identity = crate::pg_volume::identity(&root)?;
         let key = deskd_pg::VolumeKey {
             name: root.to_string_lossy().into_owned(),
             identity,
