@@ -269,10 +269,6 @@ pub fn to_postgresql(
     let mut client = deskd_pg::connect(database)?;
     let counts = transfer::import(&mut client, &header, &reader, progress)?;
     drop(reader);
-    // The file left behind is not the volume's desktop any more: a note from a restore or
-    // migrate that once moved the volume out of a database would refuse it a server of this
-    // database after a copy that lost the root's mark.
-    deskd_db::note_left_database(&desktop, false).map_err(db_error(&desktop))?;
     // From now on the offline tools keep off the SQLite file left beside the volume.
     deskd_volume::mark_desktop_in_postgresql(&root, true).map_err(|e| {
         MigrateError::Volume(format!(
@@ -281,6 +277,20 @@ pub fn to_postgresql(
             deskd_volume::BACKEND_XATTR
         ))
     })?;
+    // The file left behind is not the volume's desktop any more: a note from a restore or
+    // migrate that once moved the volume out of a database would refuse it a server of this
+    // database after a copy that lost the root's mark. Removed after the mark is set (the
+    // mark decides while it is there): a migrate stopped between the two leaves a marked
+    // volume its servers serve, not one both they and a second migrate refuse (hostile
+    // review of stop 43). A failure here only says so.
+    if let Err(e) = deskd_db::note_left_database(&desktop, false) {
+        tracing::warn!(
+            "the note that {} left a database could not be removed from the SQLite desktop \
+             left behind ({e}); it matters only if the root's mark is lost (a copy without \
+             extended attributes)",
+            root.display()
+        );
+    }
     Ok(Summary {
         root,
         header,

@@ -1744,6 +1744,43 @@ fn a_client_registration_between_a_create_and_its_removal_or_move_is_followed() 
     env.rebuild_scan_silent("vol");
 }
 
+/// Moves chained within one batch (held by a test hook, as during a long batch): `mv a d/c;
+/// mv d e` and `mv x y; mv y z`. The first move's new place is gone when it is applied; its
+/// record was dropped (and its resource file unstamped), so `e/c` was not registered and `z`
+/// got a new ID (hostile review of stop 43). Now the record follows the move as the kernel
+/// told it, and the next move takes it on; the resource files end beside their objects.
+#[test]
+fn moves_chained_in_one_batch_keep_their_ids_and_resource_files() {
+    let mut env = Env::new(&["vol"]);
+    let release = env.hook_file("DESKD_TEST_HOLD_WATCHER_UNTIL", "release-watcher");
+    env.serve_watched(&["vol"], "");
+    dt_mkdir(&env, &["d"]);
+    dt_touch(&env, &["a", "x"]);
+    let (a, d, x) = (dt_id(&env, "a"), dt_id(&env, "d"), dt_id(&env, "x"));
+    let vol = root(&env);
+    assert!(vol.join(".rsrc/a").exists() && vol.join(".rsrc/x").exists());
+    std::fs::rename(vol.join("a"), vol.join("d/c")).unwrap();
+    std::fs::rename(vol.join("d"), vol.join("e")).unwrap();
+    std::fs::rename(vol.join("x"), vol.join("y")).unwrap();
+    std::fs::rename(vol.join("y"), vol.join("z")).unwrap();
+    std::fs::write(&release, b"").unwrap();
+    env.watch_barrier("vol");
+    let desktop = assert_tree_like_dt(&env, "");
+    assert_eq!(desktop.get("e"), Some(&d), "{desktop:?}");
+    assert_eq!(desktop.get("e/c"), Some(&a), "{desktop:?}");
+    assert_eq!(desktop.get("z"), Some(&x), "{desktop:?}");
+    assert!(
+        vol.join("e/.rsrc/c").exists(),
+        "a's resource file not carried"
+    );
+    assert!(
+        vol.join(".rsrc/z").exists(),
+        "x's resource file not carried"
+    );
+    assert!(!vol.join(".rsrc/a").exists() && !vol.join(".rsrc/x").exists());
+    env.rebuild_scan_silent("vol");
+}
+
 /// The same mirror in a rebuild: root's file others may write, whose resource file is gone
 /// (deleted by whoever may write its `.rsrc`, e.g. one the server made like a 0777 folder),
 /// carried nobody's ID in its mirror, and the online repair believed it as root's word: the

@@ -937,7 +937,14 @@ fn moved<B: WriteBatch + ?Sized>(
         return Ok(false);
     }
     let Some(walked) = walk_to(w, to) else {
-        // Moved on again (or removed) since: what was at `from` is gone from there.
+        // Moved on again (or removed) since: what was at `from` is gone from there. Its
+        // record follows the move as the kernel told it, when the folder named for `to` holds
+        // nothing by that name: the change that took it on from there (its folder's move, its
+        // own next move or removal) comes after this one and is applied to the record there.
+        // It was removed, and `mv a d/c; mv d e` in one batch left `e/c` unregistered.
+        if moved_as_told(w, from, to, out)? {
+            return Ok(true);
+        }
         return removed(w, from, out);
     };
     let node = *walked.last().expect("reached");
@@ -1051,6 +1058,50 @@ fn moved<B: WriteBatch + ?Sized>(
             });
         }
     }
+    Ok(true)
+}
+
+/// [`moved`] of an object whose new place the disk no longer shows (moved on since): the
+/// record at `from`, if its object has left `from`, is renamed to `to` when `to`'s folder is
+/// registered and holds no other record by that name. Its resource file is carried where the
+/// desktop says the object is after the batch (`watch::disk`, `Carried::TargetGone`).
+fn moved_as_told<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
+    from: &[Vec<u8>],
+    to: &[Vec<u8>],
+    out: &mut WatchedOutcome,
+) -> Result<bool, ErrorReply> {
+    let Some(source) = registered(w.b, from)? else {
+        return Ok(false);
+    };
+    if verify_gone(w.vol, &source, from).is_err() {
+        return Ok(false);
+    }
+    let (to_name, to_parent) = to.split_last().expect("not the root");
+    let folder = if to_parent.is_empty() {
+        Some(w.b.get(deskd_db::ROOT_ID).map_err(db_error)?)
+    } else {
+        registered(w.b, to_parent)?
+    };
+    let Some(folder) = folder.filter(|f| f.kind == Kind::Dir && f.id != source.id) else {
+        return Ok(false);
+    };
+    if w.b.lookup(folder.id, to_name).map_err(db_error)?.is_some() {
+        return Ok(false);
+    }
+    match w.b.rename(source.id, folder.id, to_name, false) {
+        // A folder told to have moved into itself (the names were reused meanwhile).
+        Err(deskd_db::DbError::IntoItself(_)) => return Ok(false),
+        other => other.map_err(db_error)?,
+    };
+    w.cache.clear();
+    let mut moved = source;
+    (moved.parent, moved.name) = (folder.id, to_name.clone());
+    out.disk.push(DiskWork::Carry {
+        from: from.to_vec(),
+        stamp: Box::new(stamp(to, &moved)),
+        onto_free: false,
+    });
     Ok(true)
 }
 

@@ -45,8 +45,17 @@ pub(crate) fn apply(vol: &Volume, work: &[DiskWork]) -> Done {
                 from,
                 stamp: then,
                 onto_free,
-            } => carry(vol, &mut pins, from, then, *onto_free)
-                .and_then(|()| stamp(vol, &mut pins, then)),
+            } => match carry(vol, &mut pins, from, then, *onto_free) {
+                // The folder it goes to is gone from the path the batch recorded (moved on in
+                // the same batch: `mv a d/c; mv d e`): carried where the desktop says its
+                // object is, after this batch.
+                Ok(Carried::TargetGone) => {
+                    done.moved_on.push(item.clone());
+                    continue;
+                }
+                Ok(Carried::Yes) => stamp(vol, &mut pins, then),
+                Err(e) => Err(e),
+            },
             DiskWork::Unstamp { path } => unstamp(vol, &mut pins, path).map(|()| Stamped::Yes),
         };
         match result {
@@ -322,23 +331,31 @@ fn another_names_mirror(path: &Path, kind: Kind, mirror: Option<u32>) -> bool {
 /// Move the resource file of the object that was at `from` to where `then` stamps it, as
 /// `dt mv` does: a rename between folders held open below the root; the target's `.rsrc/`
 /// is made if needed, and a link in its place is refused.
+/// What [`carry`] did.
+enum Carried {
+    /// Carried, or nothing to carry.
+    Yes,
+    /// The folder of `to` is not on the disk (any more): nothing was done.
+    TargetGone,
+}
+
 fn carry(
     vol: &Volume,
     pins: &mut Pins<'_>,
     from: &[Vec<u8>],
     then: &DiskWork,
     onto_free: bool,
-) -> Result<(), VolumeError> {
+) -> Result<Carried, VolumeError> {
     let DiskWork::Stamp { path: to, .. } = then else {
-        return Ok(());
+        return Ok(Carried::Yes);
     };
     let (Some(from_rsrc), Some(to_rsrc)) = (rsrc_of(vol, from), rsrc_of(vol, to)) else {
-        return Ok(());
+        return Ok(Carried::Yes);
     };
     match pins.pin(&from_rsrc, 1) {
         Ok(_) => {}
         Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(());
+            return Ok(Carried::Yes);
         }
         Err(e) => return Err(e),
     };
@@ -347,9 +364,14 @@ fn carry(
         rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
     });
     if !is_file {
-        return Ok(());
+        return Ok(Carried::Yes);
     }
-    let target_dir = pins.pin(&to_rsrc, 2)?;
+    let target_dir = match pins.pin(&to_rsrc, 2) {
+        Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Carried::TargetGone);
+        }
+        other => other?,
+    };
     pins.rsrc_dir(&to_rsrc, &target_dir)?;
     if onto_free {
         // Never over a resource file at `to` (another object's): left where it is then.
@@ -357,12 +379,12 @@ fn carry(
             Err(VolumeError::Io { error, .. })
                 if error.kind() == std::io::ErrorKind::AlreadyExists =>
             {
-                Ok(())
+                Ok(Carried::Yes)
             }
-            other => other,
+            other => other.map(|()| Carried::Yes),
         };
     }
-    pins.rename(&from_rsrc, &to_rsrc)
+    pins.rename(&from_rsrc, &to_rsrc).map(|()| Carried::Yes)
 }
 
 /// Make the `.rsrc/` folder that holds the resource file `rsrc_path` (a pinned path) unless

@@ -250,14 +250,27 @@ fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) ->
     use deskd_db::Read;
     let mut errors = done.errors;
     let mut waiting = running.moved_on.lock().unwrap();
-    let earlier = std::mem::take(&mut *waiting);
+    let mut earlier = std::mem::take(&mut *waiting);
+    // This batch's carries whose target folder had moved on within the batch: the desktop
+    // says where their objects are now, so they are carried there at once (a flush that
+    // follows finds them done).
+    let (carries, later): (Vec<DiskWork>, Vec<DiskWork>) = done
+        .moved_on
+        .into_iter()
+        .partition(|work| matches!(work, DiskWork::Carry { .. }));
+    earlier.extend(carries.into_iter().map(|work| (work, Instant::now())));
     if !earlier.is_empty() {
         running.with_reader(handle, |reader| {
             let Some(reader) = reader else {
                 return;
             };
             for (mut work, since) in earlier {
-                let DiskWork::Stamp { id, path, .. } = &mut work else {
+                // A carry whose target folder was gone goes where the object is now too.
+                let stamp = match &mut work {
+                    DiskWork::Carry { stamp, .. } => &mut **stamp,
+                    other => other,
+                };
+                let DiskWork::Stamp { id, path, .. } = stamp else {
                     continue;
                 };
                 match reader.path_of(*id) {
@@ -272,7 +285,7 @@ fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) ->
             }
         });
     }
-    for work in done.moved_on {
+    for work in later {
         if waiting.len() < MAX_MOVED_ON {
             waiting.push((work, Instant::now()));
         }
