@@ -2283,22 +2283,7 @@ fn a_restore_that_could_not_tell_the_database_is_refused_by_a_server_still_confi
         return;
     };
     let defaults = backend_lines(&url, &pw);
-    let mut a = Env::new(&["vol"]);
-    let root = std::fs::canonicalize(a.path("vol")).unwrap();
-    a.serve_with_defaults("vol", &defaults);
-    let config = a.path("deskd.toml");
-    a.dt_ok(&[b"touch", b"vol/kept.txt"]);
-    let file = backed_up(&a, &root, &config);
-    a.term();
-    let volume = root.to_str().unwrap();
-    // No --config: the database is not asked, nothing is recorded there.
-    a.deskd_ok(&[
-        "restore",
-        "--leave-postgresql",
-        "--ids-from-backup",
-        &file,
-        volume,
-    ]);
+    let (mut a, root) = restored_out_without_the_database(&defaults);
     assert!(deskd_volume::desktop_backend(&root).is_none());
     let db_last = last_id(&mut cluster.admin("desk"));
     let mut b = Env::new(&["own"]);
@@ -2340,20 +2325,7 @@ fn a_volume_whose_moved_out_desktop_is_relocated_out_of_reach_is_refused() {
         return;
     };
     let defaults = backend_lines(&url, &pw);
-    let mut a = Env::new(&["vol"]);
-    let root = std::fs::canonicalize(a.path("vol")).unwrap();
-    a.serve_with_defaults("vol", &defaults);
-    let config = a.path("deskd.toml");
-    a.dt_ok(&[b"touch", b"vol/kept.txt"]);
-    let file = backed_up(&a, &root, &config);
-    a.term();
-    a.deskd_ok(&[
-        "restore",
-        "--leave-postgresql",
-        "--ids-from-backup",
-        &file,
-        root.to_str().unwrap(),
-    ]);
+    let (a, root) = restored_out_without_the_database(&defaults);
     // Host A keeps its desktops on its own disk: the root holds a link there.
     let host_a = a.path("host-a-desktops/vol");
     std::fs::create_dir_all(&host_a).unwrap();
@@ -2377,4 +2349,25 @@ fn a_volume_whose_moved_out_desktop_is_relocated_out_of_reach_is_refused() {
         deskd_volume::desktop_backend(&root).is_none(),
         "marked again"
     );
+}
+
+/// Host A serves `vol` from the database (`defaults`), backs it up with `kept.txt` in it, stops,
+/// and restores it out of the database with `--ids-from-backup` and no `--config`: nothing is
+/// recorded in the database. Returns host A (stopped) and the volume's root.
+fn restored_out_without_the_database(defaults: &str) -> (Env, std::path::PathBuf) {
+    let mut a = Env::new(&["vol"]);
+    let root = std::fs::canonicalize(a.path("vol")).unwrap();
+    a.serve_with_defaults("vol", defaults);
+    let config = a.path("deskd.toml");
+    a.dt_ok(&[b"touch", b"vol/kept.txt"]);
+    let file = backed_up(&a, &root, &config);
+    a.term();
+    a.deskd_ok(&[
+        "restore",
+        "--leave-postgresql",
+        "--ids-from-backup",
+        &file,
+        root.to_str().unwrap(),
+    ]);
+    (a, root)
 }

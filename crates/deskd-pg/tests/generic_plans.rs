@@ -56,30 +56,43 @@ fn analyzed(admin: &mut postgres::Client) -> i64 {
         .get(0)
 }
 
-#[test]
-fn statistics_are_taken_as_the_volume_grows_and_reads_by_ids_probe_the_primary_key() {
-    let Some(cluster) = TestCluster::start_or_skip() else {
-        return;
-    };
-    cluster.create_database("plans");
+/// A new volume `name` in a database of its own on `cluster`, opened as a server opens it, and
+/// a superuser session on that database; autovacuum is off for the deskd tables there (it would
+/// take the statistics too, within its naptime).
+fn volume_without_autovacuum(
+    cluster: &TestCluster,
+    name: &str,
+    identity: u64,
+) -> (PgDesktop, postgres::Client) {
+    cluster.create_database(name);
     let options = ConnectOptions {
-        target: cluster.url("plans"),
-        password: PasswordSource::File(cluster.password_file("pw-plans", cluster.password())),
+        target: cluster.url(name),
+        password: PasswordSource::File(
+            cluster.password_file(&format!("pw-{name}"), cluster.password()),
+        ),
     };
     let key = VolumeKey {
-        name: "plans".into(),
-        identity: 0x9e4,
+        name: name.into(),
+        identity,
     };
-    let (mut desktop, _) =
+    let (desktop, _) =
         PgDesktop::open(connect(&options).unwrap(), &key, Durability::Normal).unwrap();
-    let mut admin = cluster.admin("plans");
-    // autovacuum would take them too, within its naptime: not in this test's database.
+    let mut admin = cluster.admin(name);
     admin
         .batch_execute(
             "ALTER TABLE deskd.objects SET (autovacuum_enabled = false);
              ALTER TABLE deskd.changes SET (autovacuum_enabled = false)",
         )
         .unwrap();
+    (desktop, admin)
+}
+
+#[test]
+fn statistics_are_taken_as_the_volume_grows_and_reads_by_ids_probe_the_primary_key() {
+    let Some(cluster) = TestCluster::start_or_skip() else {
+        return;
+    };
+    let (mut desktop, mut admin) = volume_without_autovacuum(&cluster, "plans", 0x9e4);
     let mut add = |range: std::ops::Range<u32>| {
         let mut batch = desktop.batch().unwrap();
         for n in range {
@@ -135,24 +148,7 @@ fn statistics_are_skipped_while_another_session_holds_their_lock() {
     let Some(cluster) = TestCluster::start_or_skip() else {
         return;
     };
-    cluster.create_database("plans_lock");
-    let options = ConnectOptions {
-        target: cluster.url("plans_lock"),
-        password: PasswordSource::File(cluster.password_file("pw-plans-lock", cluster.password())),
-    };
-    let key = VolumeKey {
-        name: "plans_lock".into(),
-        identity: 0x9e5,
-    };
-    let (mut desktop, _) =
-        PgDesktop::open(connect(&options).unwrap(), &key, Durability::Normal).unwrap();
-    let mut admin = cluster.admin("plans_lock");
-    admin
-        .batch_execute(
-            "ALTER TABLE deskd.objects SET (autovacuum_enabled = false);
-             ALTER TABLE deskd.changes SET (autovacuum_enabled = false)",
-        )
-        .unwrap();
+    let (mut desktop, mut admin) = volume_without_autovacuum(&cluster, "plans_lock", 0x9e5);
     let mut batch = desktop.batch().unwrap();
     for n in 0..1_100 {
         batch.add(&file(format!("f{n}"))).unwrap();
