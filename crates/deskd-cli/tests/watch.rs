@@ -1751,11 +1751,11 @@ fn a_client_registration_between_a_create_and_its_removal_or_move_is_followed() 
 /// told it, and the next move takes it on; the resource files end beside their objects.
 #[test]
 fn moves_chained_in_one_batch_keep_their_ids_and_resource_files() {
-    let mut env = Env::new(&["vol"]);
+    let mut env = Env::new(&["vol", "outside"]);
     let release = env.hook_file("DESKD_TEST_HOLD_WATCHER_UNTIL", "release-watcher");
     env.serve_watched(&["vol"], "");
-    dt_mkdir(&env, &["d"]);
-    dt_touch(&env, &["a", "x"]);
+    dt_mkdir(&env, &["d", "f"]);
+    dt_touch(&env, &["a", "x", "b"]);
     let (a, d, x) = (dt_id(&env, "a"), dt_id(&env, "d"), dt_id(&env, "x"));
     let vol = root(&env);
     assert!(vol.join(".rsrc/a").exists() && vol.join(".rsrc/x").exists());
@@ -1763,6 +1763,9 @@ fn moves_chained_in_one_batch_keep_their_ids_and_resource_files() {
     std::fs::rename(vol.join("d"), vol.join("e")).unwrap();
     std::fs::rename(vol.join("x"), vol.join("y")).unwrap();
     std::fs::rename(vol.join("y"), vol.join("z")).unwrap();
+    // Moved into a folder that then leaves the volume: no record, no resource file left.
+    std::fs::rename(vol.join("b"), vol.join("f/g")).unwrap();
+    std::fs::rename(vol.join("f"), env.path("outside/f")).unwrap();
     std::fs::write(&release, b"").unwrap();
     env.watch_barrier("vol");
     let desktop = assert_tree_like_dt(&env, "");
@@ -1778,6 +1781,14 @@ fn moves_chained_in_one_batch_keep_their_ids_and_resource_files() {
         "x's resource file not carried"
     );
     assert!(!vol.join(".rsrc/a").exists() && !vol.join(".rsrc/x").exists());
+    assert!(
+        !desktop.contains_key("f") && !desktop.contains_key("f/g"),
+        "{desktop:?}"
+    );
+    assert!(
+        !vol.join(".rsrc/b").exists(),
+        "b's resource file left behind"
+    );
     env.rebuild_scan_silent("vol");
 }
 

@@ -266,6 +266,10 @@ fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) ->
             };
             for (mut work, since) in earlier {
                 // A carry whose target folder was gone goes where the object is now too.
+                let carried_from = match &work {
+                    DiskWork::Carry { from, .. } => Some(from.clone()),
+                    _ => None,
+                };
                 let stamp = match &mut work {
                     DiskWork::Carry { stamp, .. } => &mut **stamp,
                     other => other,
@@ -275,7 +279,18 @@ fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) ->
                 };
                 match reader.path_of(*id) {
                     Ok(now) => *path = now,
-                    Err(_) => continue, // the record is gone: nothing to stamp
+                    Err(_) => {
+                        // The record is gone (its object left the volume): nothing to stamp,
+                        // and a resource file left at the old name goes, as a removal's does
+                        // (not when an object is at that name again).
+                        if let Some(from) = carried_from {
+                            let unstamp = DiskWork::Unstamp { path: from };
+                            errors.extend(
+                                disk::apply(&handle.volume, std::slice::from_ref(&unstamp)).errors,
+                            );
+                        }
+                        continue;
+                    }
                 }
                 let result = disk::apply(&handle.volume, std::slice::from_ref(&work));
                 errors.extend(result.errors);
