@@ -566,6 +566,16 @@ fn a_wrong_password_target_or_setting_is_refused_clearly_and_nothing_is_made() {
         right.display()
     ));
     assert!(said.contains("give one"), "{said}");
+    // No password source at all where the server asks for one: refused at start as a
+    // configuration to mend (it was served read-only as "database unreachable", retried for
+    // ever: newcomer review of stop 43).
+    let said = serve(&format!("backend = \"{url}\"\n"));
+    assert!(
+        said.contains("asks user \"deskd_test\" for a password and none is configured")
+            && said.contains("backend_password_file")
+            && !said.contains("unreachable"),
+        "{said}"
+    );
     // Nothing was made in the database, and no desktop file.
     let mut admin = cluster.admin("desk");
     let schema = admin

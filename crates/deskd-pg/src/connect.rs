@@ -84,6 +84,14 @@ pub fn connect(options: &ConnectOptions) -> Result<Client> {
             *code == SqlState::INVALID_PASSWORD
                 || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
         });
+        // rust-postgres says so without a kind to match: "invalid configuration: password
+        // missing", when the server asked for a password the configuration does not give.
+        if e.as_db_error().is_none() && error_chain(&e).contains("password missing") {
+            return PgError::PasswordMissing {
+                target: shown.clone(),
+                user: config.get_user().unwrap_or_default().to_owned(),
+            };
+        }
         match (refused, e.as_db_error()) {
             (true, Some(db)) => PgError::AuthFailed {
                 target: shown.clone(),
@@ -168,7 +176,14 @@ fn read_password_file(path: &Path) -> Result<Vec<u8>> {
         .read(true)
         .custom_flags(libc_nofollow())
         .open(path)
-        .map_err(|e| refuse(format!("cannot open it: {e}")))?;
+        .map_err(|e| match e.raw_os_error() {
+            Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => refuse(
+                "it is a symbolic link, which is not followed (one put in its place could send \
+                 another file's first line): name the file itself"
+                    .to_owned(),
+            ),
+            _ => refuse(format!("cannot open it: {e}")),
+        })?;
     let meta = file
         .metadata()
         .map_err(|e| refuse(format!("cannot read its mode: {e}")))?;
@@ -309,7 +324,11 @@ mod tests {
         assert_eq!(read_password_file(&path).unwrap(), b"s3cret");
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert!(read_password_file(&link).is_err(), "a link is not followed");
+        let e = read_password_file(&link).unwrap_err();
+        assert!(
+            e.to_string().contains("symbolic link"),
+            "a link is not followed: {e}"
+        );
         // Another user's file (mode 0600 or not) is refused; this test runs as root or as
         // the file's owner, so it can only give it away as root.
         if rustix::process::geteuid().is_root() {

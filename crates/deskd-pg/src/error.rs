@@ -40,6 +40,15 @@ pub enum PgError {
         /// PostgreSQL's own words.
         message: String,
     },
+    /// The server asked for a password and none was configured: a configuration to mend,
+    /// not a database to wait for (it was reported as unreachable and retried for ever).
+    #[error("PostgreSQL at {target} asks user {user:?} for a password and none is configured: set backend_password_file or backend_password_env for the volume (deskd migrate, backup and restore: --password-file or --password-env, or the --config that names them)")]
+    PasswordMissing {
+        /// Where it was connecting.
+        target: String,
+        /// The user it logged in as.
+        user: String,
+    },
     /// The server could not be reached or the session could not start.
     #[error("cannot connect to PostgreSQL at {target}: {message}")]
     Unreachable {
@@ -74,7 +83,7 @@ pub enum PgError {
     },
     /// A migration into the database found the volume there already (same name and
     /// identity): its desktop was migrated before, and may be in use from there.
-    #[error("the database holds volume {name:?} (identity {identity:016x}) already; nothing was changed")]
+    #[error("the database holds volume {name:?} (identity {identity:016x}) already (a copy left by an earlier migrate or restore out of it, or one still served: stop its servers first); nothing was changed. To replace it with this desktop, remove it from the database first: DELETE FROM deskd.volume WHERE name = '{name}' (its records go with it), then migrate again")]
     VolumeExists {
         /// The volume's name in the database.
         name: String,

@@ -348,6 +348,18 @@ fn bad_credentials_and_targets_are_refused_clearly() {
     assert!(text.contains("deskd_test"), "{text}");
     assert!(!text.contains("not-the-password"), "{text}");
 
+    // No password configured where the server asks for one: a configuration to mend, not a
+    // database to wait for (it read as unreachable, retried for ever: newcomer, stop 43).
+    let e = connect(&ConnectOptions {
+        target: cluster.url("desk"),
+        password: PasswordSource::None,
+    })
+    .err()
+    .unwrap();
+    assert!(matches!(e, PgError::PasswordMissing { .. }), "{e}");
+    assert!(!e.is_unavailable(), "{e}");
+    assert!(e.to_string().contains("backend_password_file"), "{e}");
+
     let e = connect(&ConnectOptions {
         target: cluster.url("desk"),
         password: PasswordSource::Env("DESKD_PG_TEST_UNSET_VARIABLE".to_owned()),

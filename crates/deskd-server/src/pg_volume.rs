@@ -697,8 +697,9 @@ pub(crate) fn refuse_fresh_over_sqlite(
                  again IDs the SQLite desktop has given). Take `backend` out of this server's \
                  configuration for the volume (`backend = \"sqlite\"` in its \
                  `[volume.\"PATH\"]` table when `[defaults]` gives one) and reload (SIGHUP) to \
-                 serve it from its SQLite desktop, or move it into the database again with \
-                 `deskd migrate {} --to TARGET` (every ID kept); nothing was changed",
+                 serve it from its SQLite desktop, or move it into the database again (remove \
+                 the stale copy there first, `DELETE FROM deskd.volume WHERE name = '{}'`, then \
+                 `deskd migrate {} --to TARGET`: every ID kept); nothing was changed",
                 root.display(),
                 crate::location::existing_desktop_path(root)
                     .map(|p| p.display().to_string())
@@ -709,6 +710,7 @@ pub(crate) fn refuse_fresh_over_sqlite(
                         .format("%Y-%m-%d %H:%M:%S %Z")
                         .to_string())
                     .unwrap_or_else(|| format!("{when} (Unix time)")),
+                root.display(),
                 root.display()
             ),
         });

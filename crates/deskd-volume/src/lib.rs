@@ -275,7 +275,7 @@ pub fn refuse_if_in_postgresql(root: &Path) -> Result<(), String> {
         Some(backend) => Err(format!(
             "{}: this volume's desktop is in {backend} (xattr {BACKEND_XATTR} on its root), \
              not in an SQLite file: use the deskd serve that serves it, or move the desktop \
-             back with `deskd migrate --to sqlite` first; nothing was changed",
+             back with `deskd migrate ROOT --from TARGET --to sqlite` first; nothing was changed",
             root.display()
         )),
         None => Ok(()),
