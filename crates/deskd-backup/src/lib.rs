@@ -1074,6 +1074,20 @@ pub fn restore(
             ))
         })?;
     }
+    // And on the root, beside the mark: read also where the desktop is not (a desktop kept on
+    // this host's own disk, whose folder another host has empty: the hostile review of stop 43).
+    if let (Some(_), Some(when)) = (&marked, left) {
+        deskd_volume::note_root_left_database(&root, Some(when)).map_err(|e| {
+            BackupError::InDatabase(format!(
+                "{}: the backup was restored into {}, but the root's note that the volume left \
+                 its database ({}) could not be written ({e}); the root is still marked as \
+                 served from the database: run the restore again",
+                root.display(),
+                desktop.display(),
+                deskd_volume::LEFT_DATABASE_XATTR
+            ))
+        })?;
+    }
     // The restored SQLite desktop is the volume's now: the offline tools may use it, and a
     // `deskd migrate --to` can move it into a database again.
     if let Err(e) = deskd_volume::mark_desktop_in_postgresql(&root, false) {

@@ -283,6 +283,13 @@ pub fn to_postgresql(
     // mark decides while it is there): a migrate stopped between the two leaves a marked
     // volume its servers serve, not one both they and a second migrate refuse (hostile
     // review of stop 43). A failure here only says so.
+    if let Err(e) = deskd_volume::note_root_left_database(&root, None) {
+        tracing::warn!(
+            "the root's note that {} left a database ({}) could not be removed: {e}",
+            root.display(),
+            deskd_volume::LEFT_DATABASE_XATTR
+        );
+    }
     if let Err(e) = deskd_db::note_left_database(&desktop, false) {
         tracing::warn!(
             "the note that {} left a database could not be removed from the SQLite desktop \
@@ -437,6 +444,15 @@ fn write_from_database(
     // Recorded in the database first, under the lock: a server still configured with
     // `backend` that starts later refuses the stale copy (hostile review of stop 42, finding 1).
     transfer::record_moved_out(&mut holder, name)?;
+    // And on the root, beside the mark (a server that cannot read the desktop's own note).
+    deskd_volume::note_root_left_database(root, Some(deskd_db::now_unix())).map_err(|e| {
+        MigrateError::Volume(format!(
+            "the desktop was written to {}, but the root's note that the volume left the \
+             database ({}) could not be written: {e}",
+            desktop.display(),
+            deskd_volume::LEFT_DATABASE_XATTR
+        ))
+    })?;
     // Under the serving lock (`holder`, held exclusively): a server that reconnects later takes
     // the lock, then reads the mark, and so sees the volume moved out (the newcomer review of
     // stop 41, finding 1); removed after the lock was let go, such a server saw it still there.

@@ -185,6 +185,8 @@ pub struct Session {
     /// The roots the server serves, once asked ([`Session::place`]); empty when no server
     /// answered.
     served: Option<Vec<VolumeInfo>>,
+    /// The configured roots the server refused, once asked, canonical ([`Session::place`]).
+    refused: Option<Vec<(PathBuf, deskd_proto::VolumeNotServed)>>,
     /// The verb, when it only looks (`info`, `ls`…): with no deskd answering, its error says
     /// what it needs deskd for, not that only read-only access is left (which is for verbs
     /// that change something).
@@ -271,6 +273,7 @@ impl Session {
             client: None,
             handles: HashMap::new(),
             served: None,
+            refused: None,
             reading_verb: None,
             before_any_change: false,
         }
@@ -309,9 +312,6 @@ impl Session {
             });
         }
         let served = self.served.as_ref().expect("just asked");
-        if served.is_empty() {
-            return Ok(found);
-        }
         // Canonical ancestors, as the server knows its roots; the first match is the deepest.
         for dir in abs.ancestors() {
             let Ok(canonical) = dir.canonicalize() else {
@@ -323,6 +323,46 @@ impl Session {
             {
                 self.handles.insert(canonical, info.clone());
                 return inside(path, abs, dir.to_path_buf());
+            }
+        }
+        // A configured volume the server refused, whose root holds no `.Desktop` here (a
+        // volume moved out of its database whose SQLite desktop is kept on another host's
+        // disk): refused as such, not a plain file operation outside any volume (a `dt touch`
+        // there made the file and registered nothing, silently: stop 43).
+        if self.refused.is_none() {
+            let asked = match self.client.as_mut() {
+                Some(client) => client.not_served().unwrap_or_default(),
+                None => Vec::new(),
+            };
+            self.refused = Some(
+                asked
+                    .into_iter()
+                    .map(|n| {
+                        let root = Path::new(OsStr::from_bytes(&n.root));
+                        (
+                            root.canonicalize().unwrap_or_else(|_| root.to_path_buf()),
+                            n,
+                        )
+                    })
+                    .collect(),
+            );
+        }
+        let refused = self.refused.as_ref().expect("just asked");
+        if refused.is_empty() {
+            return Ok(found);
+        }
+        for dir in abs.ancestors() {
+            let Ok(canonical) = dir.canonicalize() else {
+                continue;
+            };
+            if let Some((_, n)) = refused.iter().find(|(root, _)| *root == canonical) {
+                let shown = canonical.display().to_string();
+                bail!(
+                    "{shown}: deskd at {} refused this volume: {}; `deskd status` shows whether \
+                     it is served now",
+                    self.server.endpoint,
+                    n.why_past(&shown)
+                );
             }
         }
         Ok(found)

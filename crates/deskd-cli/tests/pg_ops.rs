@@ -2326,6 +2326,9 @@ fn a_volume_whose_moved_out_desktop_is_relocated_out_of_reach_is_refused() {
     };
     let defaults = backend_lines(&url, &pw);
     let (a, root) = restored_out_without_the_database(&defaults);
+    // Without the root's own note (a restore of before stop 43's last change): the
+    // relocation itself is what host B refuses here.
+    deskd_volume::note_root_left_database(&root, None).unwrap();
     // Host A keeps its desktops on its own disk: the root holds a link there.
     let host_a = a.path("host-a-desktops/vol");
     std::fs::create_dir_all(&host_a).unwrap();
@@ -2343,6 +2346,45 @@ fn a_volume_whose_moved_out_desktop_is_relocated_out_of_reach_is_refused() {
     assert!(
         said.contains("whose folder is not on this host") && said.contains("nothing was changed"),
         "{said}"
+    );
+    assert_eq!(last_id(&mut cluster.admin("desk")), db_last);
+    assert!(
+        deskd_volume::desktop_backend(&root).is_none(),
+        "marked again"
+    );
+}
+
+/// The note of the tests above where host B cannot see the SQLite desktop at all (host A keeps
+/// it on its own disk under the same `desktop_location` as host B's, whose folder there is
+/// empty; here: no `.Desktop` in the root): the root itself says the volume left its database
+/// (`user.deskd.left_database`, beside the mark), and host B refuses it (it served the stale
+/// copy: the hostile review of stop 43, left open by it).
+#[test]
+fn a_volume_moved_out_is_refused_by_the_roots_note_where_its_desktop_cannot_be_seen() {
+    let Some((cluster, url, pw)) = pg_database("desk") else {
+        return;
+    };
+    let defaults = backend_lines(&url, &pw);
+    let (a, root) = restored_out_without_the_database(&defaults);
+    assert!(deskd_volume::root_left_database(&root).is_some());
+    std::fs::rename(root.join(".Desktop"), a.path("desktop-on-host-a")).unwrap();
+    let db_last = last_id(&mut cluster.admin("desk"));
+    let mut b = Env::new(&["own"]);
+    let cfg = config_with_volumes(&b, &defaults, &[root.as_path(), b.path("own").as_path()]);
+    b.start(&["--config", cfg.to_str().unwrap()]);
+    // Refused at start, said in the log, in status, and to `dt` (which, with no desktop in
+    // the root to tell it a volume is there, took the path for one outside any volume and made
+    // the file silently).
+    b.wait_for_log("as its root (user.deskd.left_database) says", 1);
+    let wrote = b.dt(&[b"touch", root.join("from-b").as_os_str().as_bytes()]);
+    assert!(!wrote.status.success(), "{wrote:?}");
+    assert!(stderr(&wrote).contains("refused this volume"), "{wrote:?}");
+    assert!(!root.join("from-b").exists(), "dt made the file");
+    let text = b.deskd_ok(&["status"]);
+    assert!(
+        text.contains(&format!("{}\n  NOT SERVED:   ", root.display()))
+            && text.contains("nothing was changed"),
+        "{text}"
     );
     assert_eq!(last_id(&mut cluster.admin("desk")), db_last);
     assert!(

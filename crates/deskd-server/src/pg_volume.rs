@@ -675,15 +675,27 @@ pub(crate) fn refuse_fresh_over_sqlite(
     if deskd_volume::desktop_backend(root).is_some() {
         return Ok(());
     }
-    let Some(SqliteDesktop {
-        objects,
-        identity,
-        left_database,
-    }) = sqlite_desktop(root)
-    else {
-        return refuse_unreadable_relocation(root);
+    let desktop = sqlite_desktop(root);
+    // The desktop's own note, else the root's (read also where the desktop is not: kept on
+    // another host's disk, its folder here empty).
+    let left = match desktop.as_ref().and_then(|d| d.left_database) {
+        Some(when) => Some((
+            when,
+            format!(
+                "its SQLite desktop {}",
+                crate::location::existing_desktop_path(root)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| ".Desktop".into())
+            ),
+        )),
+        None => deskd_volume::root_left_database(root).map(|when| {
+            (
+                when,
+                format!("its root ({})", deskd_volume::LEFT_DATABASE_XATTR),
+            )
+        }),
     };
-    if let Some(when) = left_database {
+    if let Some((when, said_by)) = left {
         // Moved out by a restore or migrate that removed the mark: the database's copy is
         // stale, whether or not the database could be told (a restore with
         // `--ids-from-backup` while it was down).
@@ -691,8 +703,8 @@ pub(crate) fn refuse_fresh_over_sqlite(
             root: root.to_path_buf(),
             message: format!(
                 "volume {} was moved out of this database (by deskd restore \
-                 --leave-postgresql or deskd migrate --to sqlite), as its SQLite desktop {} \
-                 says (moved on {}): its SQLite desktop is the volume's now and the database's \
+                 --leave-postgresql or deskd migrate --to sqlite), as {said_by} says (moved \
+                 on {}): its SQLite desktop is the volume's now and the database's \
                  copy is stale, so it is not served from the database (which would hand out \
                  again IDs the SQLite desktop has given). Take `backend` out of this server's \
                  configuration for the volume (`backend = \"sqlite\"` in its \
@@ -701,9 +713,6 @@ pub(crate) fn refuse_fresh_over_sqlite(
                  the stale copy there first, `DELETE FROM deskd.volume WHERE name = '{}'`, then \
                  `deskd migrate {} --to TARGET`: every ID kept); nothing was changed",
                 root.display(),
-                crate::location::existing_desktop_path(root)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| ".Desktop".into()),
                 chrono::DateTime::from_timestamp(when, 0)
                     .map(|t| t
                         .with_timezone(&chrono::Local)
@@ -715,6 +724,12 @@ pub(crate) fn refuse_fresh_over_sqlite(
             ),
         });
     }
+    let Some(SqliteDesktop {
+        objects, identity, ..
+    }) = desktop
+    else {
+        return refuse_unreadable_relocation(root);
+    };
     // The root alone is a desktop that never registered anything.
     if objects <= 1 {
         return Ok(());

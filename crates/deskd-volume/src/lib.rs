@@ -269,6 +269,31 @@ pub fn mark_desktop_in_postgresql(root: &Path, in_postgresql: bool) -> Result<()
     done.map_err(|e| VolumeError::io(root, e))
 }
 
+/// The xattr on a volume's root that says its desktop left a database, and when (Unix time,
+/// decimal): set by `deskd restore --leave-postgresql` and `deskd migrate --to sqlite` before
+/// they remove [`BACKEND_XATTR`], removed by `deskd migrate --to` a database after it sets it.
+/// A server still configured with the database refuses an unmarked root that has it, also when
+/// it cannot read the SQLite desktop's own note (the desktop kept on another host's disk).
+pub const LEFT_DATABASE_XATTR: &str = "user.deskd.left_database";
+
+/// When [`LEFT_DATABASE_XATTR`] on `root` says its desktop left a database, if it does.
+pub fn root_left_database(root: &Path) -> Option<i64> {
+    let value = xattr::get(root, LEFT_DATABASE_XATTR).ok()??;
+    std::str::from_utf8(&value).ok()?.trim().parse().ok()
+}
+
+/// Set [`LEFT_DATABASE_XATTR`] on `root` to `when` (Unix time), or remove it (`None`).
+pub fn note_root_left_database(root: &Path, when: Option<i64>) -> Result<(), VolumeError> {
+    let done = match when {
+        Some(when) => xattr::set(root, LEFT_DATABASE_XATTR, when.to_string().as_bytes()),
+        None => match xattr::remove(root, LEFT_DATABASE_XATTR) {
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+            other => other,
+        },
+    };
+    done.map_err(|e| VolumeError::io(root, e))
+}
+
 /// The refusal of an offline tool on a volume whose desktop is in PostgreSQL, if it is.
 pub fn refuse_if_in_postgresql(root: &Path) -> Result<(), String> {
     match desktop_backend(root) {
