@@ -730,3 +730,20 @@ fn the_note_that_the_volume_left_its_database_outlives_rebuild_and_restore() {
     env.serve(&["vol"]);
     assert!(env.id_of(&env.path("vol/kept")) >= 17);
 }
+
+/// A DEST ending in `/` names a folder; one not made yet got the file system's "Not a
+/// directory (os error 20)", which said nothing of what to do (newcomer review of stop 43).
+#[test]
+fn a_backup_into_a_folder_not_made_yet_says_so() {
+    let mut env = Env::new(&["vol"]);
+    env.serve(&["vol"]);
+    let missing = format!("{}/", env.path("not-made").display());
+    let out = env.deskd(&["backup", env.path("vol").to_str().unwrap(), &missing]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("no such directory") && said.contains("create it first"),
+        "{said}"
+    );
+    assert!(!env.path("not-made").exists());
+}

@@ -790,6 +790,18 @@ fn run(cli: Run) -> Result<ExitCode> {
                 );
                 return Ok(ExitCode::from(2));
             }
+            // `bk/` for a folder not made yet: the file system's "Not a directory" said
+            // nothing of what to do (newcomer review of stop 43).
+            if std::os::unix::ffi::OsStrExt::as_bytes(dest.as_os_str()).ends_with(b"/")
+                && !dest.is_dir()
+            {
+                eprintln!(
+                    "deskd backup: {}: no such directory (a DEST ending in / names one): \
+                     create it first",
+                    dest.display()
+                );
+                return Ok(ExitCode::from(2));
+            }
             if paths.len() > 1 && !dest.is_dir() {
                 eprintln!(
                     "deskd backup: {}: not a directory (several volumes go into a directory)",
