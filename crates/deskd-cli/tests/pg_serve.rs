@@ -251,6 +251,18 @@ fn a_volume_served_from_postgresql_answers_and_keeps_its_ids_across_a_restart() 
     assert!(!root.join(".Desktop").exists());
     let status = env.deskd_ok(&["status"]);
     assert!(status.contains("desktop:      postgresql "), "{status}");
+    // Nothing waits to be flushed on PostgreSQL; status says so, then when a flush was asked
+    // (it said `never` after one: newcomer review of stop 43).
+    assert!(
+        status.contains("last flush:   none asked (each batch is committed in the database)"),
+        "{status}"
+    );
+    env.deskd_ok(&["flush"]);
+    let flushed = env.deskd_ok(&["status"]);
+    assert!(
+        !flushed.contains("last flush:   none asked") && !flushed.contains("last flush:   never"),
+        "{flushed}"
+    );
     // No WAL of deskd's for a desktop in PostgreSQL (it printed `WAL: 0 bytes`).
     assert!(!status.contains("  WAL:"), "{status}");
     // Nor mappings or SQLite page caches: its memory line gives the name index alone (it

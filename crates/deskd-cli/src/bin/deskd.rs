@@ -1042,7 +1042,14 @@ fn run(cli: Run) -> Result<ExitCode> {
                     if let Some(warning) = last_id.and_then(deskd_db::ids::space_warning) {
                         println!("  WARNING:      {warning}");
                     }
-                    println!("  last flush:   {}", when(s.last_flush));
+                    if s.last_flush == 0 && s.desktop.starts_with(b"postgresql ") {
+                        // Nothing waits to be flushed there: each batch is committed.
+                        println!(
+                            "  last flush:   none asked (each batch is committed in the database)"
+                        );
+                    } else {
+                        println!("  last flush:   {}", when(s.last_flush));
+                    }
                     println!(
                         "  clean start:  {}",
                         if s.clean_at_start {

@@ -496,6 +496,8 @@ impl PgWriter {
             // Every acknowledged write is committed (as durable as synchronous_commit says):
             // nothing waits to be flushed.
             Job::Flush(reply) => {
+                // Noted for status as on SQLite (it said `last flush: never` after a flush).
+                self.state.lock().unwrap().last_flush = deskd_db::now_unix();
                 let _ = reply.send(Ok(Response::Done));
             }
             Job::Thaw(reply) => {
