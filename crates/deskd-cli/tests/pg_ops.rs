@@ -2286,12 +2286,7 @@ fn a_restore_that_could_not_tell_the_database_is_refused_by_a_server_still_confi
     let (mut a, root) = restored_out_without_the_database(&defaults);
     assert!(deskd_volume::desktop_backend(&root).is_none());
     let db_last = last_id(&mut cluster.admin("desk"));
-    let mut b = Env::new(&["own"]);
-    let cfg = config_with_volumes(&b, &defaults, &[root.as_path(), b.path("own").as_path()]);
-    b.start(&["--config", cfg.to_str().unwrap()]);
-    let wrote = b.dt(&[b"touch", root.join("from-b").as_os_str().as_bytes()]);
-    assert!(!wrote.status.success(), "host B served the volume");
-    let said = stderr(&wrote);
+    let (b, said) = host_b_refuses(&defaults, &root);
     assert!(
         said.contains(
             "was moved out of this database (by deskd restore --leave-postgresql or \
@@ -2337,12 +2332,7 @@ fn a_volume_whose_moved_out_desktop_is_relocated_out_of_reach_is_refused() {
         std::path::Path::new("/nonexistent-host-a-disk").join(host_a.strip_prefix("/").unwrap());
     std::os::unix::fs::symlink(elsewhere.join(".Desktop"), root.join(".Desktop")).unwrap();
     let db_last = last_id(&mut cluster.admin("desk"));
-    let mut b = Env::new(&["own"]);
-    let cfg = config_with_volumes(&b, &defaults, &[root.as_path(), b.path("own").as_path()]);
-    b.start(&["--config", cfg.to_str().unwrap()]);
-    let wrote = b.dt(&[b"touch", root.join("from-b").as_os_str().as_bytes()]);
-    assert!(!wrote.status.success(), "host B served the volume");
-    let said = stderr(&wrote);
+    let (_b, said) = host_b_refuses(&defaults, &root);
     assert!(
         said.contains("whose folder is not on this host") && said.contains("nothing was changed"),
         "{said}"
@@ -2369,16 +2359,12 @@ fn a_volume_moved_out_is_refused_by_the_roots_note_where_its_desktop_cannot_be_s
     assert!(deskd_volume::root_left_database(&root).is_some());
     std::fs::rename(root.join(".Desktop"), a.path("desktop-on-host-a")).unwrap();
     let db_last = last_id(&mut cluster.admin("desk"));
-    let mut b = Env::new(&["own"]);
-    let cfg = config_with_volumes(&b, &defaults, &[root.as_path(), b.path("own").as_path()]);
-    b.start(&["--config", cfg.to_str().unwrap()]);
     // Refused at start, said in the log, in status, and to `dt` (which, with no desktop in
     // the root to tell it a volume is there, took the path for one outside any volume and made
     // the file silently).
+    let (b, said) = host_b_refuses(&defaults, &root);
     b.wait_for_log("as its root (user.deskd.left_database) says", 1);
-    let wrote = b.dt(&[b"touch", root.join("from-b").as_os_str().as_bytes()]);
-    assert!(!wrote.status.success(), "{wrote:?}");
-    assert!(stderr(&wrote).contains("refused this volume"), "{wrote:?}");
+    assert!(said.contains("refused this volume"), "{said}");
     assert!(!root.join("from-b").exists(), "dt made the file");
     let text = b.deskd_ok(&["status"]);
     assert!(
@@ -2391,6 +2377,22 @@ fn a_volume_moved_out_is_refused_by_the_roots_note_where_its_desktop_cannot_be_s
         deskd_volume::desktop_backend(&root).is_none(),
         "marked again"
     );
+}
+
+/// Host B, still configured with `backend` (`defaults`) for `root` (and a volume of its own,
+/// so that it starts), is asked by `dt` to make `root/from-b`: refused. Returns host B and what
+/// `dt` said.
+fn host_b_refuses(defaults: &str, root: &std::path::Path) -> (Env, String) {
+    let mut b = Env::new(&["own"]);
+    let cfg = config_with_volumes(&b, defaults, &[root, b.path("own").as_path()]);
+    b.start(&["--config", cfg.to_str().unwrap()]);
+    let wrote = b.dt(&[b"touch", root.join("from-b").as_os_str().as_bytes()]);
+    assert!(
+        !wrote.status.success(),
+        "host B served the volume: {wrote:?}"
+    );
+    let said = stderr(&wrote);
+    (b, said)
 }
 
 /// Host A serves `vol` from the database (`defaults`), backs it up with `kept.txt` in it, stops,

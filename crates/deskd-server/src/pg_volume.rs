@@ -713,12 +713,7 @@ pub(crate) fn refuse_fresh_over_sqlite(
                  the stale copy there first, `DELETE FROM deskd.volume WHERE name = '{}'`, then \
                  `deskd migrate {} --to TARGET`: every ID kept); nothing was changed",
                 root.display(),
-                chrono::DateTime::from_timestamp(when, 0)
-                    .map(|t| t
-                        .with_timezone(&chrono::Local)
-                        .format("%Y-%m-%d %H:%M:%S %Z")
-                        .to_string())
-                    .unwrap_or_else(|| format!("{when} (Unix time)")),
+                crate::volume::local_ctime(when),
                 root.display(),
                 root.display()
             ),

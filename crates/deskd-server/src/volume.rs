@@ -97,6 +97,18 @@ pub const RO_FS_REASON: &str = "read-only file system";
 /// `Thu Nov 24 18:22:48 2009`.
 const CTIME_FORMAT: &str = "%a %b %e %H:%M:%S %Y";
 
+/// Unix time `unix` as the server's messages give times (local, `ctime(3)`'s layout); the
+/// number itself when it is out of range.
+pub(crate) fn local_ctime(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format(CTIME_FORMAT)
+                .to_string()
+        })
+        .unwrap_or_else(|| format!("{unix} (Unix time)"))
+}
+
 /// Numbers the openings of volumes, for [`VolumeHandle::opening`].
 static OPENINGS: AtomicU64 = AtomicU64::new(1);
 
@@ -627,12 +639,7 @@ impl VolumeHandle {
         let unavailable = match (&state.unavailable, unreadable) {
             (Some((since, why)), _) => Some(format!(
                 "database unreachable since {} ({why}); reconnecting",
-                chrono::DateTime::from_timestamp(*since, 0)
-                    .map(|t| t
-                        .with_timezone(&chrono::Local)
-                        .format(CTIME_FORMAT)
-                        .to_string())
-                    .unwrap_or_default()
+                local_ctime(*since)
             )),
             (None, Some(why)) => Some(format!("database unreachable ({why})")),
             (None, None) => None,
