@@ -36,6 +36,7 @@ mod error;
 mod figures;
 mod hints;
 mod limits;
+mod local_time;
 mod location;
 mod mapped_reader;
 mod memory;

@@ -713,7 +713,7 @@ pub(crate) fn refuse_fresh_over_sqlite(
                  the stale copy there first, `DELETE FROM deskd.volume WHERE name = '{}'`, then \
                  `deskd migrate {} --to TARGET`: every ID kept); nothing was changed",
                 root.display(),
-                crate::volume::local_ctime(when),
+                crate::local_time::ctime(when),
                 root.display(),
                 root.display()
             ),

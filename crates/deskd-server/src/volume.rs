@@ -22,6 +22,7 @@ use crate::config::VolumeConfig;
 use crate::db_reply::db_error;
 use crate::desktop_lock::{check_desktop_owner, lock_exclusive};
 use crate::error::ServerError;
+use crate::local_time::CTIME_FORMAT;
 use crate::location::{desktop_path, existing_desktop_path, open_reader_at, read_only_desktop};
 use crate::mapped_reader::MappedReader;
 use crate::pg_volume::PgVolume;
@@ -92,22 +93,6 @@ struct Opened {
 
 /// What status and the log say of a volume on a file system mounted read-only.
 pub const RO_FS_REASON: &str = "read-only file system";
-
-/// `ctime(3)`-style local time, as in HELIOS's `missing DB shutdown` line:
-/// `Thu Nov 24 18:22:48 2009`.
-const CTIME_FORMAT: &str = "%a %b %e %H:%M:%S %Y";
-
-/// Unix time `unix` as the server's messages give times (local, `ctime(3)`'s layout); the
-/// number itself when it is out of range.
-pub(crate) fn local_ctime(unix: i64) -> String {
-    chrono::DateTime::from_timestamp(unix, 0)
-        .map(|t| {
-            t.with_timezone(&chrono::Local)
-                .format(CTIME_FORMAT)
-                .to_string()
-        })
-        .unwrap_or_else(|| format!("{unix} (Unix time)"))
-}
 
 /// Numbers the openings of volumes, for [`VolumeHandle::opening`].
 static OPENINGS: AtomicU64 = AtomicU64::new(1);
@@ -639,7 +624,7 @@ impl VolumeHandle {
         let unavailable = match (&state.unavailable, unreadable) {
             (Some((since, why)), _) => Some(format!(
                 "database unreachable since {} ({why}); reconnecting",
-                local_ctime(*since)
+                crate::local_time::ctime(*since)
             )),
             (None, Some(why)) => Some(format!("database unreachable ({why})")),
             (None, None) => None,
