@@ -1044,18 +1044,13 @@ fn moved<B: WriteBatch + ?Sized>(
                 .map_err(db_error)?;
             // The record as it is now, without reading it back: the rename set its folder
             // and name, and `set_devino` its inode and time.
-            let mut moved = source;
-            (moved.parent, moved.name) = (parent.id, to_name.clone());
+            let mut moved = renamed(source, parent.id, to_name);
             if moved.dev == 0 && moved.ino == 0 {
                 w.b.set_devino(moved.id, node.dev, node.ino, node.ctime)
                     .map_err(db_error)?;
                 (moved.dev, moved.ino, moved.ctime) = (node.dev, node.ino, node.ctime);
             }
-            out.disk.push(DiskWork::Carry {
-                from: from.to_vec(),
-                stamp: Box::new(stamp(to, &moved)),
-                onto_free: false,
-            });
+            carry_to(out, from, to, moved);
         }
     }
     Ok(true)
@@ -1078,31 +1073,39 @@ fn moved_as_told<B: WriteBatch + ?Sized>(
         return Ok(false);
     }
     let (to_name, to_parent) = to.split_last().expect("not the root");
-    let folder = if to_parent.is_empty() {
-        Some(w.b.get(deskd_db::ROOT_ID).map_err(db_error)?)
-    } else {
-        registered(w.b, to_parent)?
-    };
-    let Some(folder) = folder.filter(|f| f.kind == Kind::Dir && f.id != source.id) else {
+    // (The root's path is empty: `registered` gives the root.)
+    let Some(folder) =
+        registered(w.b, to_parent)?.filter(|f| f.kind == Kind::Dir && f.id != source.id)
+    else {
         return Ok(false);
     };
-    if w.b.lookup(folder.id, to_name).map_err(db_error)?.is_some() {
-        return Ok(false);
-    }
     match w.b.rename(source.id, folder.id, to_name, false) {
-        // A folder told to have moved into itself (the names were reused meanwhile).
-        Err(deskd_db::DbError::IntoItself(_)) => return Ok(false),
+        // Another record holds the name there, or a folder was told to have moved into
+        // itself (the names were reused meanwhile): not followed.
+        Err(deskd_db::DbError::Exists { .. } | deskd_db::DbError::IntoItself(_)) => {
+            return Ok(false)
+        }
         other => other.map_err(db_error)?,
     };
     w.cache.clear();
-    let mut moved = source;
-    (moved.parent, moved.name) = (folder.id, to_name.clone());
+    carry_to(out, from, to, renamed(source, folder.id, to_name));
+    Ok(true)
+}
+
+/// `record` as a rename to `name` in folder `parent` leaves it (not read back).
+fn renamed(mut record: Object, parent: u32, name: &[u8]) -> Object {
+    (record.parent, record.name) = (parent, name.to_vec());
+    record
+}
+
+/// The disk work of a record moved from `from` to `to`: its resource file carried, then
+/// stamped as `moved` says.
+fn carry_to(out: &mut WatchedOutcome, from: &[Vec<u8>], to: &[Vec<u8>], moved: Object) {
     out.disk.push(DiskWork::Carry {
         from: from.to_vec(),
         stamp: Box::new(stamp(to, &moved)),
         onto_free: false,
     });
-    Ok(true)
 }
 
 /// Bring the records under `names` in line with the disk: register what is there, then remove
