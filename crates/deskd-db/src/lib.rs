@@ -1251,6 +1251,38 @@ impl Batch<'_> {
         Ok(removed)
     }
 
+    /// [`Batch::rename`] with `replace` of records read in this batch
+    /// ([`WriteBatch::rename_read`](crate::WriteBatch::rename_read)): a file's rename is the
+    /// update alone (no read of the object, of its new folder, or of the name there: the
+    /// caller's reads, made in this batch, are taken as they are); a folder's goes through
+    /// the checked one (never into itself).
+    pub fn rename_read(
+        &mut self,
+        object: &Object,
+        new_parent: &Object,
+        new_name: &[u8],
+        displaced: Option<&Object>,
+    ) -> Result<Vec<u32>> {
+        if object.kind == Kind::Dir || new_parent.kind != Kind::Dir || object.id == ROOT_ID {
+            return self.rename(object.id, new_parent.id, new_name, true);
+        }
+        validate_name(new_name)?;
+        let mut removed = Vec::new();
+        if let Some(existing) = displaced {
+            if existing.id == object.id {
+                return Ok(removed);
+            }
+            removed = self.delete(existing.id, true)?;
+        }
+        let new_key = names::search_key(new_name);
+        self.tx
+            .prepare_cached("UPDATE objects SET parent = ?2, name = ?3, skey = ?4 WHERE id = ?1")?
+            .execute(params![object.id, new_parent.id, new_name, new_key])?;
+        self.changes.push(NameChange::Set(object.id, new_key));
+        self.touched.push(object.id);
+        Ok(removed)
+    }
+
     /// Remove an object; with `recursive`, a directory and everything below it. Returns the
     /// removed IDs. Removed IDs are never handed out again.
     pub fn delete(&mut self, id: u32, recursive: bool) -> Result<Vec<u32>> {

@@ -34,6 +34,7 @@ mod db_reply;
 mod desktop_lock;
 mod error;
 mod figures;
+mod folders;
 mod hints;
 mod limits;
 mod local_time;

@@ -198,7 +198,7 @@ pub fn look_as_peer(
     // The folder's descriptor: the last one when the walk stopped there (or went only so far).
     let (folder_fd, object_node) = match (walked.nodes.len(), walked.stopped) {
         (reached, None) if reached == walk_to.len() && walk_to.len() == n => {
-            (walked.up.as_ref(), walked.last().copied())
+            (walked.up.as_deref(), walked.last().copied())
         }
         (reached, None) if reached == walk_to.len() => (Some(fd), None),
         // Stopped opening the last name (not at a non-directory on the way).

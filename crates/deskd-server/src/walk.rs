@@ -15,6 +15,7 @@ use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use deskd_db::Kind;
 use deskd_volume::VolumeError;
@@ -33,6 +34,9 @@ pub struct Node {
     /// Names the inode has (`st_nlink`): a file with more than one may be another user's,
     /// linked by whoever could (the watcher's budget does not charge its owner).
     pub nlink: u64,
+    /// Its birth time (Unix seconds) when the walk read it (`statx` of the descriptor it
+    /// held) and the file system keeps one; `None` otherwise.
+    pub btime: Option<i64>,
 }
 
 /// Where a walk got to.
@@ -44,10 +48,12 @@ pub struct Walked {
     /// What each name is, as far as the walk got (all of them when it got to the end).
     pub nodes: Vec<Node>,
     /// The descriptor of the last name reached (the root's when `nodes` is empty); `None`
-    /// when not even the root could be opened.
+    /// when not even the root could be opened, or from [`crate::folders::Folders::walk`],
+    /// which looks at the last name without opening it.
     pub fd: Option<OwnedFd>,
-    /// The descriptor of the directory holding the last name reached (`None` for the root).
-    pub up: Option<OwnedFd>,
+    /// The descriptor of the directory holding the last name reached (`None` for the root);
+    /// shared with the [`crate::folders::Folders`] a batch holds.
+    pub up: Option<Arc<OwnedFd>>,
     /// Why the walk stopped before the end (`ENOENT`: the name is not there; anything else:
     /// the walker may not go there, or a non-directory is in the way).
     pub stopped: Option<Errno>,
@@ -84,18 +90,51 @@ impl Walked {
 
 const PATH_ONLY: OFlags = OFlags::PATH.union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
 
+/// What the descriptor `fd` holds, with its birth time (one `statx`, as cheap as the `fstat`
+/// it replaces, and the check of a followed move needs no second look by path).
 fn node_of(fd: BorrowedFd<'_>) -> Result<Node, Errno> {
-    Ok(node_from(&rustix::fs::fstat(fd)?))
+    node_statx(fd, c"", rustix::fs::AtFlags::EMPTY_PATH)
+}
+
+/// [`Node`] of `name` in `dir` (the descriptor itself with `EMPTY_PATH`), by `statx` with the
+/// birth time, not following a link.
+fn node_statx<P: rustix::path::Arg>(
+    dir: BorrowedFd<'_>,
+    name: P,
+    flags: rustix::fs::AtFlags,
+) -> Result<Node, Errno> {
+    use rustix::fs::{statx, AtFlags, StatxFlags};
+    let stx = statx(
+        dir,
+        name,
+        flags | AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS | StatxFlags::BTIME,
+    )?;
+    let kind = match FileType::from_raw_mode(u32::from(stx.stx_mode)) {
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Symlink,
+        _ => Kind::File,
+    };
+    let born = StatxFlags::from_bits_retain(stx.stx_mask).contains(StatxFlags::BTIME);
+    Ok(Node {
+        dev: rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        ino: stx.stx_ino,
+        kind,
+        ctime: stx.stx_ctime.tv_sec,
+        uid: stx.stx_uid,
+        nlink: u64::from(stx.stx_nlink),
+        btime: born.then_some(stx.stx_btime.tv_sec),
+    })
 }
 
 /// What the name `name` in the folder held as `dir` is (not following a link): the [`Node`]
-/// a walk that went one name further would report, by one `statat` on the descriptor.
+/// a walk that went one name further would report, by one `statx` on the descriptor.
 pub fn node_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Node, Errno> {
-    let st = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
-    Ok(node_from(&st))
+    node_statx(dir, name, rustix::fs::AtFlags::empty())
 }
 
-fn node_from(st: &rustix::fs::Stat) -> Node {
+/// The [`Node`] of a `stat` result (no birth time).
+pub(crate) fn node_from(st: &rustix::fs::Stat) -> Node {
     let kind = match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => Kind::Dir,
         FileType::Symlink => Kind::Symlink,
@@ -108,6 +147,7 @@ fn node_from(st: &rustix::fs::Stat) -> Node {
         ctime: st.st_ctime,
         uid: st.st_uid,
         nlink: st.st_nlink,
+        btime: None,
     }
 }
 
@@ -161,7 +201,7 @@ pub fn walk_as(root: &Path, components: &[Vec<u8>], viewer: Option<u32>) -> Walk
             }
         }
         walked.nodes.push(node);
-        walked.up = Some(std::mem::replace(&mut fd, next));
+        walked.up = Some(Arc::new(std::mem::replace(&mut fd, next)));
         if !last && node.kind != Kind::Dir {
             walked.stopped = Some(if node.kind == Kind::Symlink {
                 Errno::LOOP

@@ -65,6 +65,9 @@ struct Writing<'a, B: ?Sized> {
     access: &'a Access,
     cache: &'a mut DirCache,
     replaced: Replaced,
+    /// The folders this batch's watched changes walked to, held ([`crate::folders`]): the
+    /// watcher's renames only; empty for clients' requests.
+    folders: crate::folders::Folders,
 }
 
 /// What every read handler works in: a read snapshot, the volume, its name index (for
@@ -146,6 +149,7 @@ fn apply_write_uncleared<B: WriteBatch + ?Sized>(
         access,
         cache,
         replaced: policy.replaced,
+        folders: Default::default(),
     };
     match request {
         Request::Add {

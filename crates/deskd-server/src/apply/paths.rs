@@ -140,9 +140,14 @@ pub(super) fn registered<R: Read + ?Sized>(
     b: &R,
     components: &[Vec<u8>],
 ) -> Result<Option<Object>, ErrorReply> {
-    let names: Vec<&[u8]> = components.iter().map(|c| c.as_slice()).collect();
+    let Some((last, up)) = components.split_last() else {
+        return b.get(deskd_db::ROOT_ID).map(Some).map_err(db_error);
+    };
+    // The folder's ID, then the object by its place (one statement, not its ID's and then
+    // its record's).
+    let names: Vec<&[u8]> = up.iter().map(|c| c.as_slice()).collect();
     match b.id_of_path(&names).map_err(db_error)? {
-        Some(id) => Ok(Some(b.get(id).map_err(db_error)?)),
+        Some(folder) => b.lookup(folder, last).map_err(db_error),
         None => Ok(None),
     }
 }
@@ -168,7 +173,10 @@ pub(super) fn verify_gone(
 /// is in that same folder (a rename within a folder, the watcher's most common change), its
 /// name is looked at on the descriptor the walk holds (one `statat`) instead of a walk from
 /// the root, which opened every folder on the way again (the watcher's CPU at 1,000 renames
-/// a second: docs/PERFORMANCE.md, "Live tracking (issue 23) — stop 42").
+/// a second: docs/PERFORMANCE.md, "Live tracking (issue 23) — stop 42"). A file (or link) the
+/// walk found to be the object's inode with one name (`st_nlink` 1) has no other name, so
+/// none at `old`: nothing to look at (a look at a name gone from a large folder reads its
+/// blocks: a twentieth of the watcher's CPU per rename, stop 44).
 pub(super) fn verify_gone_beside(
     vol: &Volume,
     object: &Object,
@@ -177,6 +185,15 @@ pub(super) fn verify_gone_beside(
     walked_new: &Walked,
 ) -> Result<(), ErrorReply> {
     use std::os::fd::AsFd;
+    let one_name = walked_new.last().is_some_and(|n| {
+        n.kind != deskd_db::Kind::Dir
+            && n.nlink == 1
+            && object.dev != 0
+            && same_object(object, n.dev, n.ino)
+    });
+    if one_name {
+        return Ok(());
+    }
     let same_folder = old.len() == new.len()
         && old.len() == walked_new.components.len()
         && walked_new.last().is_some()
@@ -231,11 +248,16 @@ pub(super) fn verify_arrived(
 }
 
 /// Whether the object at `path`, which a walk found as `node`, was born no later than `when`
-/// (Unix seconds): `None` when the file system keeps no birth time, `Some(false)` also when
-/// what is at `path` now is not `node` (replaced since the walk). A file system gives a freed
+/// (Unix seconds): by the birth time the walk read on the descriptor it held, else by a look
+/// at `path` now (`Some(false)` also when that is not `node`: replaced since the walk);
+/// `None` when the file system keeps no birth time. A file system gives a freed
 /// inode number to the next new file at once, so a number alone does not say "the same
 /// object"; a birth after the record's inode was recorded says "another one".
 pub(super) fn born_no_later(path: &std::path::Path, node: &Node, when: i64) -> Option<bool> {
+    if let Some(born) = node.btime {
+        // Read by the walk that reached the node, on the descriptor it held: that inode's.
+        return Some(born <= when);
+    }
     use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
     let stx = statx(
         CWD,

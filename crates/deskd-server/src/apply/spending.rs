@@ -213,6 +213,7 @@ mod tests {
             ctime: 0,
             uid,
             nlink,
+            btime: None,
         }
     }
 

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use deskd_db::{Kind, Object, WriteBatch};
 use deskd_proto::ErrorReply;
 use deskd_watch::Change;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::errors::db_error;
 use super::paths::{registered, same_object, verify_gone, verify_gone_beside};
@@ -120,8 +120,12 @@ pub enum DiskWork {
     /// The object moved from `from` to `to`: its resource file follows it, then as `Stamp`.
     /// `onto_free`: only if no resource file is at `to` yet (a move the desktop had recorded
     /// already, whose resource file was left behind: nothing at `to` is replaced).
+    /// `from_folder`: the record of the folder `from` was in, when known: that folder moved
+    /// on later in the batch (`mv d/a d/b; mv d e`) took the resource file along, and it is
+    /// carried from where the desktop says that folder is after the batch.
     Carry {
         from: Vec<Vec<u8>>,
+        from_folder: Option<u32>,
         stamp: Box<DiskWork>,
         onto_free: bool,
     },
@@ -220,6 +224,7 @@ pub fn apply_all<B: WriteBatch + ?Sized>(
         access: &access,
         cache: &mut cache,
         replaced,
+        folders: Default::default(),
     };
     // The objects the last window deferred, tried again as creates charged to this one.
     let retries: Vec<Change> = window
@@ -243,11 +248,15 @@ pub fn apply_all<B: WriteBatch + ?Sized>(
         }
     }
     for change in &follow_directory_moves(without_replaced_creates(changes)) {
+        let mark = w.b.change_mark();
         match apply_change(w, change, rules, young, Some(&mut *spending), &mut out) {
             Ok(true) => out.applied += 1,
             Ok(false) => out.unchanged += 1,
             Err(e) => out.failed.push(format!("{change:?}: {}", e.message)),
         }
+        // The folders' records kept for this batch's renames stay only while none of them
+        // was renamed or removed (`crate::folders`).
+        w.folders.forget_touched(w.b.changed_since(mark));
     }
     out.deferred_until = spending.due();
     out.held_back = spending.held_back();
@@ -344,6 +353,16 @@ pub(super) fn apply_change<B: WriteBatch + ?Sized>(
     spending: Option<&mut Spending>,
     out: &mut WatchedOutcome,
 ) -> Result<bool, ErrorReply> {
+    if matches!(
+        change,
+        Change::Created { dir: true, .. }
+            | Change::Removed { dir: true, .. }
+            | Change::Moved { dir: true, .. }
+            | Change::Rescan { .. }
+    ) {
+        // A folder made, moved or removed: none held may be walked through again.
+        w.folders.clear();
+    }
     match change {
         Change::Created { path, .. } => {
             let Some(names) = components(path) else {
@@ -743,6 +762,7 @@ fn register_following<B: WriteBatch + ?Sized>(
     match claimed_at {
         Some((id, from)) if !created && id == object.id => out.disk.push(DiskWork::Carry {
             from,
+            from_folder: None,
             stamp: Box::new(stamp(names, &object)),
             onto_free: false,
         }),
@@ -813,19 +833,7 @@ fn register_tree<B: WriteBatch + ?Sized>(
             else {
                 continue; // gone since the listing
             };
-            let kind = match FileType::from_raw_mode(st.st_mode) {
-                FileType::Directory => Kind::Dir,
-                FileType::Symlink => Kind::Symlink,
-                _ => Kind::File,
-            };
-            let node = Node {
-                dev: st.st_dev,
-                ino: st.st_ino,
-                kind,
-                ctime: st.st_ctime,
-                uid: st.st_uid,
-                nlink: st.st_nlink,
-            };
+            let node = walk::node_from(&st);
             let mut child_names = dir_names.clone();
             child_names.push(name.clone());
             let mut child_nodes = dir_nodes.clone();
@@ -859,7 +867,7 @@ fn register_tree<B: WriteBatch + ?Sized>(
             }
             any |= done.changed;
             tree.listed.insert(done.object.id);
-            if kind == Kind::Dir {
+            if node.kind == Kind::Dir {
                 // Opened below the folder just listed, never through a link; a directory
                 // swapped for one since the stat is not entered.
                 if let Ok(sub) = rustix::fs::openat(
@@ -936,7 +944,9 @@ fn moved<B: WriteBatch + ?Sized>(
     if from.is_empty() || to.is_empty() {
         return Ok(false);
     }
-    let Some(walked) = walk_to(w, to) else {
+    // Through the folder held when this batch walked to it before (`crate::folders`).
+    let walked = w.folders.walk(w.vol.root(), to);
+    let Some(walked) = walked.last().is_some().then_some(walked) else {
         // Moved on again (or removed) since: what was at `from` is gone from there. Its
         // record follows the move as the kernel told it, when the folder named for `to` holds
         // nothing by that name: the change that took it on from there (its folder's move, its
@@ -948,10 +958,24 @@ fn moved<B: WriteBatch + ?Sized>(
         return removed(w, from, out);
     };
     let node = *walked.last().expect("reached");
+    let (to_name, to_parent) = to.split_last().expect("not the root");
+    // A rename within a folder: the folders above `to` are those above `from`.
+    let in_place = from.split_last().map(|(_, up)| up) == Some(to_parent);
+    // The folder's record when an earlier rename of this batch in it kept it
+    // (`crate::folders`): the object is looked up by the folder's ID.
+    let kept_folder = if in_place {
+        w.folders.record(to_parent).cloned()
+    } else {
+        None
+    };
     // The record's object, not a newer one that got its freed inode number (a file system
     // hands a freed number out again at once): same kind, born no later than recorded.
     let to_path = w.vol.path_of(to);
-    let source = registered(w.b, from)?.filter(|o| {
+    let at_from = match (&kept_folder, from.last()) {
+        (Some(folder), Some(from_name)) => w.b.lookup(folder.id, from_name).map_err(db_error)?,
+        _ => registered(w.b, from)?,
+    };
+    let source = at_from.filter(|o| {
         o.kind == node.kind
             && same_object(o, node.dev, node.ino)
             && super::paths::born_no_later(&to_path, &node, o.ctime) != Some(false)
@@ -970,6 +994,7 @@ fn moved<B: WriteBatch + ?Sized>(
             {
                 out.disk.push(DiskWork::Carry {
                     from: from.to_vec(),
+                    from_folder: None,
                     stamp: Box::new(stamp(to, &at_to)),
                     onto_free: true,
                 });
@@ -981,12 +1006,10 @@ fn moved<B: WriteBatch + ?Sized>(
         // Still at `from` too: a hard link made and then renamed. The new name is registered.
         return created(w, to, rules, young, spending, out);
     }
-    let (to_name, to_parent) = to.split_last().expect("not the root");
-    // A rename within a folder: the folders above `to` are those above `from`, where the
-    // record was found, so all registered (no lookup of each again: docs/PERFORMANCE.md),
-    // and what holds the new name is looked up in the record's folder (one statement, not a
-    // lookup of every name on the path).
-    let in_place = from.split_last().map(|(_, up)| up) == Some(to_parent);
+    // Within a folder, the folders above `to` are those above `from`, where the record was
+    // found, so all registered (no lookup of each again: docs/PERFORMANCE.md), and what
+    // holds the new name is looked up in the record's folder (one statement, not a lookup
+    // of every name on the path).
     let target = if in_place {
         w.b.lookup(source.parent, to_name).map_err(db_error)?
     } else {
@@ -1002,10 +1025,16 @@ fn moved<B: WriteBatch + ?Sized>(
     // read), else the folders on the way registered as the walk found them.
     let folder_node = to_parent.len().checked_sub(1).map(|i| walked.nodes[i]);
     let same_folder = match (in_place, folder_node) {
-        (true, Some(node)) => Some(w.b.get(source.parent).map_err(db_error)?)
-            .filter(|f| f.kind == Kind::Dir && (f.dev, f.ino) == (node.dev, node.ino)),
+        (true, Some(node)) => match kept_folder.filter(|f| f.id == source.parent) {
+            Some(kept) => Some(kept),
+            None => Some(w.b.get(source.parent).map_err(db_error)?),
+        }
+        .filter(|f| f.kind == Kind::Dir && (f.dev, f.ino) == (node.dev, node.ino)),
         _ => None,
     };
+    if let Some(folder) = &same_folder {
+        w.folders.keep_record(to_parent, folder.clone());
+    }
     let parent = match same_folder {
         Some(folder) => folder,
         None => {
@@ -1040,17 +1069,20 @@ fn moved<B: WriteBatch + ?Sized>(
             out.disk.push(stamp(to, &target));
         }
         _ => {
-            w.b.rename(source.id, parent.id, to_name, true)
+            // Every record it needs was read above, in this batch: the rename is the update
+            // alone (docs/PERFORMANCE.md).
+            w.b.rename_read(&source, &parent, to_name, target.as_ref())
                 .map_err(db_error)?;
             // The record as it is now, without reading it back: the rename set its folder
             // and name, and `set_devino` its inode and time.
+            let source_folder = source.parent;
             let mut moved = renamed(source, parent.id, to_name);
             if moved.dev == 0 && moved.ino == 0 {
                 w.b.set_devino(moved.id, node.dev, node.ino, node.ctime)
                     .map_err(db_error)?;
                 (moved.dev, moved.ino, moved.ctime) = (node.dev, node.ino, node.ctime);
             }
-            carry_to(out, from, to, moved);
+            carry_to(out, from, source_folder, to, moved);
         }
     }
     Ok(true)
@@ -1088,7 +1120,14 @@ fn moved_as_told<B: WriteBatch + ?Sized>(
         other => other.map_err(db_error)?,
     };
     w.cache.clear();
-    carry_to(out, from, to, renamed(source, folder.id, to_name));
+    let source_folder = source.parent;
+    carry_to(
+        out,
+        from,
+        source_folder,
+        to,
+        renamed(source, folder.id, to_name),
+    );
     Ok(true)
 }
 
@@ -1098,11 +1137,18 @@ fn renamed(mut record: Object, parent: u32, name: &[u8]) -> Object {
     record
 }
 
-/// The disk work of a record moved from `from` to `to`: its resource file carried, then
-/// stamped as `moved` says.
-fn carry_to(out: &mut WatchedOutcome, from: &[Vec<u8>], to: &[Vec<u8>], moved: Object) {
+/// The disk work of a record moved from `from` (in the folder whose record is `from_folder`)
+/// to `to`: its resource file carried, then stamped as `moved` says.
+fn carry_to(
+    out: &mut WatchedOutcome,
+    from: &[Vec<u8>],
+    from_folder: u32,
+    to: &[Vec<u8>],
+    moved: Object,
+) {
     out.disk.push(DiskWork::Carry {
         from: from.to_vec(),
+        from_folder: Some(from_folder),
         stamp: Box::new(stamp(to, &moved)),
         onto_free: false,
     });

@@ -45,15 +45,25 @@ pub(crate) fn apply(vol: &Volume, work: &[DiskWork]) -> Done {
                 from,
                 stamp: then,
                 onto_free,
-            } => match carry(vol, &mut pins, from, then, *onto_free) {
-                // The folder it goes to is gone from the path the batch recorded (moved on in
-                // the same batch: `mv a d/c; mv d e`): carried where the desktop says its
-                // object is, after this batch.
-                Ok(Carried::TargetGone) => {
+                from_folder,
+            } => match carry(
+                vol,
+                &mut pins,
+                from,
+                from_folder.is_some(),
+                then,
+                *onto_free,
+            ) {
+                // The folder it goes to, or the one it comes from, is gone from the path the
+                // batch recorded (moved on in the same batch: `mv a d/c; mv d e`, or
+                // `mv d/a d/b; mv d e`): carried between where the desktop says they are,
+                // after this batch.
+                Ok(Carried::TargetGone | Carried::SourceGone) => {
                     done.moved_on.push(item.clone());
                     continue;
                 }
-                Ok(Carried::Yes) => stamp(vol, &mut pins, then),
+                Ok(Carried::Moved) => after_carry(vol, &mut pins, then),
+                Ok(Carried::Nothing) => stamp(vol, &mut pins, then),
                 Err(e) => Err(e),
             },
             DiskWork::Unstamp { path } => unstamp(vol, &mut pins, path).map(|()| Stamped::Yes),
@@ -126,6 +136,18 @@ impl<'r> Pins<'r> {
         let full = pinned.path.clone();
         self.held.insert(dir, (pinned, at, true));
         Ok(full)
+    }
+
+    /// `path` through its folder when that is held already, not checked to be at its path
+    /// (no `readlink`): for a read whose answer decides nothing but whether more is checked
+    /// ([`after_carry`]); else [`Pins::pin`]`(path, 1)`.
+    fn peek(&mut self, path: &Path) -> Result<PathBuf, VolumeError> {
+        if let Some((dir, rest)) = split(self.root, path, 1) {
+            if let Some((_, at, _)) = self.held.get(&dir) {
+                return Ok(rest.iter().fold(at.clone(), |p, n| p.join(n)));
+            }
+        }
+        self.pin(path, 1)
     }
 
     /// What is at `path` (its last name, not following a link), by `statat` on its held
@@ -328,34 +350,82 @@ fn another_names_mirror(path: &Path, kind: Kind, mirror: Option<u32>) -> bool {
         && std::fs::symlink_metadata(path).is_ok_and(|m| m.nlink() > 1)
 }
 
+/// What [`carry`] did.
+enum Carried {
+    /// The resource file was renamed to its object's new place.
+    Moved,
+    /// Nothing was carried: no resource file at `from` (none made yet: a stamp still owed),
+    /// not a plain file there, or (`onto_free`) another one at `to`.
+    Nothing,
+    /// The folder of `to` is not on the disk (any more): nothing was done.
+    TargetGone,
+    /// The folder of `from` is not on the disk (any more): nothing was done.
+    SourceGone,
+}
+
+/// The stamp of an object whose resource file [`carry`] just moved along with it. `rename(2)`
+/// changed neither the resource file's header nor the object's `user.deskd.id` mirror, both
+/// written (header first) when the object was stamped at its old place; what a move can
+/// leave undone is a stamp it cut short (the stamper wrote the header, the object moved
+/// before the mirror), and the mirror shows that. So the mirror is read (one `getxattr`),
+/// and only when it is not the record's ID is the whole stamp made; a carried header that
+/// was wrong before the move (its owner rewrote it) stays as it was, as it would have
+/// without the move, for `deskd rebuild` to put right. The whole stamp (a `stat` of the
+/// object, the header opened and read) was a fifth of the watcher's CPU per rename
+/// (docs/PERFORMANCE.md, "Live tracking (issue 23)").
+fn after_carry(vol: &Volume, pins: &mut Pins<'_>, then: &DiskWork) -> Result<Stamped, VolumeError> {
+    let DiskWork::Stamp { path, id, kind, .. } = then else {
+        return Ok(Stamped::Yes);
+    };
+    if *kind == Kind::Symlink {
+        // A link has no mirror: its stamp is the header alone, carried.
+        return Ok(Stamped::Yes);
+    }
+    // Read through the folder held (the mirror of whatever is at the name now: when it is
+    // not the ID, the whole stamp checks the inode before it writes anything).
+    let mirror = pins
+        .peek(&vol.path_of(path))
+        .ok()
+        .and_then(|object| deskd_volume::read_id_xattr(&object));
+    if mirror == Some(*id) {
+        return Ok(Stamped::Yes);
+    }
+    stamp(vol, pins, then)
+}
+
 /// Move the resource file of the object that was at `from` to where `then` stamps it, as
 /// `dt mv` does: a rename between folders held open below the root; the target's `.rsrc/`
 /// is made if needed, and a link in its place is refused.
-/// What [`carry`] did.
-enum Carried {
-    /// Carried, or nothing to carry.
-    Yes,
-    /// The folder of `to` is not on the disk (any more): nothing was done.
-    TargetGone,
-}
-
 fn carry(
     vol: &Volume,
     pins: &mut Pins<'_>,
     from: &[Vec<u8>],
+    from_folder_known: bool,
     then: &DiskWork,
     onto_free: bool,
 ) -> Result<Carried, VolumeError> {
     let DiskWork::Stamp { path: to, .. } = then else {
-        return Ok(Carried::Yes);
+        return Ok(Carried::Nothing);
     };
     let (Some(from_rsrc), Some(to_rsrc)) = (rsrc_of(vol, from), rsrc_of(vol, to)) else {
-        return Ok(Carried::Yes);
+        return Ok(Carried::Nothing);
     };
     match pins.pin(&from_rsrc, 1) {
         Ok(_) => {}
         Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Carried::Yes);
+            // No `.rsrc` there, or no folder at all any more (moved on with the resource
+            // file in it: found where the desktop says that folder is, when it knows it).
+            if !from_folder_known {
+                return Ok(Carried::Nothing);
+            }
+            return Ok(match pins.pin(&from_rsrc, 2) {
+                Err(VolumeError::Io { error, .. })
+                    if error.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Carried::SourceGone
+                }
+                _ => Carried::Nothing,
+            });
         }
         Err(e) => return Err(e),
     };
@@ -364,27 +434,34 @@ fn carry(
         rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
     });
     if !is_file {
-        return Ok(Carried::Yes);
+        return Ok(Carried::Nothing);
     }
-    let target_dir = match pins.pin(&to_rsrc, 2) {
-        Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Carried::TargetGone);
-        }
-        other => other?,
-    };
-    pins.rsrc_dir(&to_rsrc, &target_dir)?;
+    // A rename within a folder: the target's `.rsrc` is the one just pinned (held, checked
+    // at its path, not a link), so it is there; else it is made if need be.
+    let same_rsrc = from_rsrc
+        .parent()
+        .is_some_and(|up| Some(up) == to_rsrc.parent());
+    if !same_rsrc {
+        let target_dir = match pins.pin(&to_rsrc, 2) {
+            Err(VolumeError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Carried::TargetGone);
+            }
+            other => other?,
+        };
+        pins.rsrc_dir(&to_rsrc, &target_dir)?;
+    }
     if onto_free {
         // Never over a resource file at `to` (another object's): left where it is then.
         return match pins.rename_with(&from_rsrc, &to_rsrc, rustix::fs::RenameFlags::NOREPLACE) {
             Err(VolumeError::Io { error, .. })
                 if error.kind() == std::io::ErrorKind::AlreadyExists =>
             {
-                Ok(Carried::Yes)
+                Ok(Carried::Nothing)
             }
-            other => other.map(|()| Carried::Yes),
+            other => other.map(|()| Carried::Moved),
         };
     }
-    pins.rename(&from_rsrc, &to_rsrc).map(|()| Carried::Yes)
+    pins.rename(&from_rsrc, &to_rsrc).map(|()| Carried::Moved)
 }
 
 /// Make the `.rsrc/` folder that holds the resource file `rsrc_path` (a pinned path) unless

@@ -265,7 +265,21 @@ fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) ->
                 return;
             };
             for (mut work, since) in earlier {
-                // A carry whose target folder was gone goes where the object is now too.
+                // A carry whose folders were gone goes where the object is now, from where
+                // the folder it left is now (the resource file went along with that folder).
+                // Looked up once: a resource file not there then went with its folder (`rm -r`)
+                // and the object is stamped afresh.
+                if let DiskWork::Carry {
+                    from, from_folder, ..
+                } = &mut work
+                {
+                    if let (Some(Ok(mut now)), Some(name)) =
+                        (from_folder.take().map(|f| reader.path_of(f)), from.last())
+                    {
+                        now.push(name.clone());
+                        *from = now;
+                    }
+                }
                 let carried_from = match &work {
                     DiskWork::Carry { from, .. } => Some(from.clone()),
                     _ => None,
