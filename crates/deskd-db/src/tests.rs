@@ -211,6 +211,43 @@ fn rename_onto_existing_needs_replace() {
 }
 
 #[test]
+fn rename_read_moves_a_file_over_what_the_caller_found_and_checks_a_folder() {
+    let (_d, mut desk) = open_temp();
+    let d = add(&mut desk, dir(ROOT_ID, b"d"));
+    let e = add(&mut desk, dir(d, b"e"));
+    let a = add(&mut desk, file(d, b"a"));
+    let x = add(&mut desk, file(d, b"x"));
+    let mut b = desk.batch().unwrap();
+    let (ao, xo, dd, ed) = (
+        b.get(a).unwrap(),
+        b.get(x).unwrap(),
+        b.get(d).unwrap(),
+        b.get(e).unwrap(),
+    );
+    // Over the name the caller found taken: that record goes, as rename(2) replaces it.
+    assert_eq!(b.rename_read(&ao, &dd, b"x", Some(&xo)).unwrap(), vec![x]);
+    // Found at its own new place already: nothing to do.
+    let moved = b.get(a).unwrap();
+    assert!(b
+        .rename_read(&moved, &dd, b"x", Some(&moved))
+        .unwrap()
+        .is_empty());
+    // A folder keeps the checks: never into itself.
+    assert!(matches!(
+        b.rename_read(&dd, &ed, b"loop", None),
+        Err(DbError::IntoItself(_))
+    ));
+    assert!(matches!(
+        b.rename_read(&moved, &dd, b"a/b", None),
+        Err(DbError::InvalidName(..))
+    ));
+    b.commit().unwrap();
+    assert_eq!(desk.lookup(d, b"x").unwrap().unwrap().id, a);
+    assert!(matches!(desk.get(x), Err(DbError::NoSuchId(_))));
+    assert_eq!(desk.lookup(d, b"a").unwrap(), None);
+}
+
+#[test]
 fn delete_needs_recursive_for_non_empty_dirs() {
     let (_d, mut desk) = open_temp();
     let d = add(&mut desk, dir(ROOT_ID, b"d"));
