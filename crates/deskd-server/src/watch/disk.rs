@@ -248,6 +248,22 @@ enum Stamped {
     MovedOn,
 }
 
+/// Whether the resource file of the object at `names` is the one of `id` (its header says
+/// so), read through its `.rsrc` folder pinned below the root, never through a link. A carry
+/// tried again after its batch takes the resource file at the old name only then: another
+/// object may have taken that name in the batch, with its own resource file (the hostile
+/// review of stop 44).
+pub(crate) fn rsrc_is_of(vol: &Volume, names: &[Vec<u8>], id: u32) -> bool {
+    let Some(rsrc_path) = rsrc_of(vol, names) else {
+        return false;
+    };
+    let mut pins = Pins::new(vol.root());
+    let Some((dir, name)) = pins.at(&rsrc_path) else {
+        return false;
+    };
+    matches!(rsrc::look_at(dir, name), Ok(rsrc::Found::Header(h)) if h.id == id)
+}
+
 /// `DIR/.rsrc/NAME` of the object at `names` (None for the root).
 fn rsrc_of(vol: &Volume, names: &[Vec<u8>]) -> Option<std::path::PathBuf> {
     if names.is_empty() {

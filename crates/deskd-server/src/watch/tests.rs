@@ -693,3 +693,74 @@ fn a_carry_finishes_a_stamp_the_move_cut_short() {
     }
     assert!(!v.p("d/.rsrc/whole").exists() && !v.p("d/.rsrc/cut").exists());
 }
+
+/// Hostile review of stop 44: a carry whose source folder moved on in the batch
+/// (`Carried::SourceGone`) is retried from where the desktop says that folder is, by the old
+/// name; but another object took that name in the same batch (`mv d/a d/b; mv d e;
+/// mv e/c e/a`), so the resource file found there is that other object's. It was carried to
+/// `e/b` (and, the mirror of `e/b` being its ID, never rewritten): `e/b` got `c`'s header
+/// and `e/a` lost its resource file. The old code stamped `e/b` afresh and left `e/a` alone.
+#[test]
+fn hostile44_a_source_gone_carry_takes_the_resource_file_of_the_object_that_took_the_name() {
+    let v = Vol::new();
+    fs::create_dir(v.p("d")).unwrap();
+    for n in ["a", "c"] {
+        fs::write(v.p(&format!("d/{n}")), n).unwrap();
+    }
+    v.feed(["d", "d/a", "d/c"].map(created).to_vec());
+    let (a, c) = (v.id("d/a").unwrap(), v.id("d/c").unwrap());
+    assert_eq!(v.rsrc_id("d/a"), Some(a));
+    assert_eq!(v.rsrc_id("d/c"), Some(c));
+    fs::rename(v.p("d/a"), v.p("d/b")).unwrap();
+    fs::rename(v.p("d"), v.p("e")).unwrap();
+    fs::rename(v.p("e/c"), v.p("e/a")).unwrap();
+    v.feed(vec![
+        moved("d/a", "d/b"),
+        moved_dir("d", "e"),
+        moved("e/c", "e/a"),
+    ]);
+    // A later batch: whatever waits for one is done by then.
+    fs::write(v.p("later"), b"").unwrap();
+    v.feed(vec![created("later")]);
+    assert_eq!(v.id("e/b"), Some(a));
+    assert_eq!(v.id("e/a"), Some(c));
+    assert_eq!(v.rsrc_id("e/b"), Some(a), "e/b's resource file is its own");
+    assert_eq!(
+        v.rsrc_id("e/a"),
+        Some(c),
+        "e/a (c moved there) keeps its resource file"
+    );
+}
+
+/// The same with the target folder gone (`Carried::TargetGone`, retried from the old name
+/// after the batch): `mv a d/c; mv d e; mv x a` carries `x`'s resource file (now at `.rsrc/a`)
+/// to `e/.rsrc/c`. The old code then stamped `e/c` in full (its header got its own ID back);
+/// since stop 44 the stamp after a carry reads only the mirror, and `e/c` keeps `x`'s header.
+#[test]
+fn hostile44_a_target_gone_carry_takes_the_resource_file_of_the_object_that_took_the_name() {
+    let v = Vol::new();
+    fs::create_dir(v.p("d")).unwrap();
+    for n in ["a", "x"] {
+        fs::write(v.p(n), n).unwrap();
+    }
+    v.feed(["d", "a", "x"].map(created).to_vec());
+    let (a, x) = (v.id("a").unwrap(), v.id("x").unwrap());
+    fs::rename(v.p("a"), v.p("d/c")).unwrap();
+    fs::rename(v.p("d"), v.p("e")).unwrap();
+    fs::rename(v.p("x"), v.p("a")).unwrap();
+    v.feed(vec![
+        moved("a", "d/c"),
+        moved_dir("d", "e"),
+        moved("x", "a"),
+    ]);
+    fs::write(v.p("later"), b"").unwrap();
+    v.feed(vec![created("later")]);
+    assert_eq!(v.id("e/c"), Some(a));
+    assert_eq!(v.id("a"), Some(x));
+    assert_eq!(v.rsrc_id("e/c"), Some(a), "e/c's resource file is its own");
+    assert_eq!(
+        v.rsrc_id("a"),
+        Some(x),
+        "a (x moved there) keeps its resource file"
+    );
+}
