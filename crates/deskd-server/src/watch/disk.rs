@@ -248,22 +248,6 @@ enum Stamped {
     MovedOn,
 }
 
-/// Whether the resource file of the object at `names` is the one of `id` (its header says
-/// so), read through its `.rsrc` folder pinned below the root, never through a link. A carry
-/// tried again after its batch takes the resource file at the old name only then: another
-/// object may have taken that name in the batch, with its own resource file (the hostile
-/// review of stop 44).
-pub(crate) fn rsrc_is_of(vol: &Volume, names: &[Vec<u8>], id: u32) -> bool {
-    let Some(rsrc_path) = rsrc_of(vol, names) else {
-        return false;
-    };
-    let mut pins = Pins::new(vol.root());
-    let Some((dir, name)) = pins.at(&rsrc_path) else {
-        return false;
-    };
-    matches!(rsrc::look_at(dir, name), Ok(rsrc::Found::Header(h)) if h.id == id)
-}
-
 /// `DIR/.rsrc/NAME` of the object at `names` (None for the root).
 fn rsrc_of(vol: &Volume, names: &[Vec<u8>]) -> Option<std::path::PathBuf> {
     if names.is_empty() {
@@ -371,7 +355,8 @@ enum Carried {
     /// The resource file was renamed to its object's new place.
     Moved,
     /// Nothing was carried: no resource file at `from` (none made yet: a stamp still owed),
-    /// not a plain file there, or (`onto_free`) another one at `to`.
+    /// not a plain file there, not the object's (its header says another ID), or
+    /// (`onto_free`) another one at `to`.
     Nothing,
     /// The folder of `to` is not on the disk (any more): nothing was done.
     TargetGone,
@@ -384,10 +369,9 @@ enum Carried {
 /// written (header first) when the object was stamped at its old place; what a move can
 /// leave undone is a stamp it cut short (the stamper wrote the header, the object moved
 /// before the mirror), and the mirror shows that. So the mirror is read (one `getxattr`),
-/// and only when it is not the record's ID is the whole stamp made; a carried header that
-/// was wrong before the move (its owner rewrote it) stays as it was, as it would have
-/// without the move, for `deskd rebuild` to put right. The whole stamp (a `stat` of the
-/// object, the header opened and read) was a fifth of the watcher's CPU per rename
+/// and only when it is not the record's ID is the whole stamp made (the carry read the
+/// header: it is the record's ID, or nothing was carried). The whole stamp (a `stat` of the
+/// object, the header opened and read again) was a fifth of the watcher's CPU per rename
 /// (docs/PERFORMANCE.md, "Live tracking (issue 23)").
 fn after_carry(vol: &Volume, pins: &mut Pins<'_>, then: &DiskWork) -> Result<Stamped, VolumeError> {
     let DiskWork::Stamp { path, id, kind, .. } = then else {
@@ -420,7 +404,7 @@ fn carry(
     then: &DiskWork,
     onto_free: bool,
 ) -> Result<Carried, VolumeError> {
-    let DiskWork::Stamp { path: to, .. } = then else {
+    let DiskWork::Stamp { path: to, id, .. } = then else {
         return Ok(Carried::Nothing);
     };
     let (Some(from_rsrc), Some(to_rsrc)) = (rsrc_of(vol, from), rsrc_of(vol, to)) else {
@@ -445,11 +429,17 @@ fn carry(
         }
         Err(e) => return Err(e),
     };
-    // Only a real resource file moves (a link planted there is left where it is).
-    let is_file = pins.stat(&from_rsrc).is_some_and(|st| {
-        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
-    });
-    if !is_file {
+    // Only the object's own resource file moves: a regular file (a link planted there is
+    // left where it is) whose header says the object's ID. The folder at `from`'s path may
+    // be another one by now (its owner moved it away and another user's folder, holding a
+    // resource file by that name, in its place before the batch was applied), and the name
+    // may be another object's since (a carry tried again after its batch): renaming that
+    // file would take it from its object, in a folder the mover may not write (the hostile
+    // review of stop 44). One `openat` and one `pread` on the `.rsrc` folder held.
+    let ours = pins.at(&from_rsrc).is_some_and(
+        |(dir, name)| matches!(rsrc::look_at(dir, name), Ok(rsrc::Found::Header(h)) if h.id == *id),
+    );
+    if !ours {
         return Ok(Carried::Nothing);
     }
     // A rename within a folder: the target's `.rsrc` is the one just pinned (held, checked

@@ -764,3 +764,42 @@ fn hostile44_a_target_gone_carry_takes_the_resource_file_of_the_object_that_took
         "a (x moved there) keeps its resource file"
     );
 }
+
+/// Hostile review of stop 44 (older than stop 44: the code before it does the same): the
+/// owner of a drop folder `P` renames a file in their folder `P/d` (`a` → `b`), then moves
+/// `d` away and another user's folder `v` (which holds its own `a`) to `P/d` before the batch
+/// is applied. The carry of `d/.rsrc/a` → `d/.rsrc/b`, done after the batch by path, renames
+/// the other user's resource file, in the other user's folder: their `a` loses it.
+#[test]
+fn hostile44_a_folder_swapped_in_before_the_carry_keeps_its_resource_files() {
+    let v = Vol::new();
+    for d in ["P", "P/d", "P/v"] {
+        fs::create_dir(v.p(d)).unwrap();
+    }
+    fs::write(v.p("P/d/a"), b"mine").unwrap();
+    fs::write(v.p("P/v/a"), b"victim's").unwrap();
+    v.feed(["P", "P/d", "P/d/a", "P/v", "P/v/a"].map(created).to_vec());
+    let (mine, victims) = (v.id("P/d/a").unwrap(), v.id("P/v/a").unwrap());
+    assert_eq!(v.rsrc_id("P/v/a"), Some(victims));
+    fs::rename(v.p("P/d/a"), v.p("P/d/b")).unwrap();
+    fs::rename(v.p("P/d"), v.p("P/e")).unwrap();
+    fs::rename(v.p("P/v"), v.p("P/d")).unwrap();
+    v.feed(vec![
+        moved("P/d/a", "P/d/b"),
+        moved_dir("P/d", "P/e"),
+        moved_dir("P/v", "P/d"),
+    ]);
+    fs::write(v.p("later"), b"").unwrap();
+    v.feed(vec![created("later")]);
+    assert_eq!(v.id("P/e/b"), Some(mine));
+    assert_eq!(v.id("P/d/a"), Some(victims));
+    assert!(
+        !v.p("P/d/.rsrc/b").exists(),
+        "the server renamed a resource file in another user's folder"
+    );
+    assert_eq!(
+        v.rsrc_id("P/d/a"),
+        Some(victims),
+        "the other user's file keeps its resource file"
+    );
+}

@@ -291,8 +291,7 @@ fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) ->
                 let DiskWork::Stamp { id, path, .. } = stamp else {
                     continue;
                 };
-                let id = *id;
-                match reader.path_of(id) {
+                match reader.path_of(*id) {
                     Ok(now) => *path = now,
                     Err(_) => {
                         // The record is gone (its object left the volume): nothing to stamp,
@@ -305,17 +304,6 @@ fn retry_moved_on(running: &Running, handle: &VolumeHandle, done: disk::Done) ->
                             );
                         }
                         continue;
-                    }
-                }
-                // The resource file at the old name goes along only if it is the object's: the
-                // batch may have given that name to another object, with its own resource
-                // file (`mv d/a d/b; mv d e; mv e/c e/a`, `mv a d/c; mv d e; mv x a`), which
-                // stays; the object is then stamped afresh (the hostile review of stop 44).
-                if let Some(from) = &carried_from {
-                    if !disk::rsrc_is_of(&handle.volume, from, id) {
-                        if let DiskWork::Carry { stamp, .. } = work {
-                            work = *stamp;
-                        }
                     }
                 }
                 let result = disk::apply(&handle.volume, std::slice::from_ref(&work));
