@@ -1831,3 +1831,41 @@ fn a_repair_does_not_believe_a_mirror_others_may_write() {
         "mirror repaired"
     );
 }
+
+/// Hostile review of stop 44 (older than stop 44): nobody owns `P`, which holds root's folder
+/// `v` (with `a`). While the watcher's thread is held (test hook: as during a long batch),
+/// nobody renames its own `P/d/a` to `b`, moves `d` away and root's `v` to `P/d`. The carry of
+/// `d/.rsrc/a` → `d/.rsrc/b` after the batch renamed root's resource file in root's folder;
+/// a resource file is now carried only when its header is the object's ID, and nobody's own
+/// is carried from where its folder went.
+#[test]
+fn hostile44_nobody_swapping_roots_folder_in_before_the_carry_renames_no_resource_file_of_root() {
+    let mut env = Env::new(&["vol"]);
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    let vol = root(&env);
+    // Made before the server starts (its start registers and stamps them): a create the
+    // held batch also saw would be folded with the moves below into creates at the new names.
+    for d in ["P/d", "P/v"] {
+        std::fs::create_dir_all(vol.join(d)).unwrap();
+        std::fs::write(vol.join(d).join("a"), b"").unwrap();
+    }
+    for p in ["P", "P/d", "P/d/a"] {
+        std::os::unix::fs::chown(vol.join(p), Some(65534), Some(65534)).unwrap();
+    }
+    let release = env.hook_file("DESKD_TEST_HOLD_WATCHER_UNTIL", "release-watcher");
+    env.serve_watched(&["vol"], "");
+    env.wait_for_log("watch rescan of", 2);
+    let (mine, roots) = (dt_id(&env, "P/d/a"), dt_id(&env, "P/v/a"));
+    env.sh_as_nobody("cd vol/P && mv d/a d/b && mv d e && mv v d");
+    std::fs::write(&release, b"").unwrap();
+    env.watch_barrier("vol");
+    let desktop = assert_tree_like_dt(&env, "");
+    assert_eq!(desktop.get("P/e/b"), Some(&mine), "{desktop:?}");
+    assert_eq!(desktop.get("P/d/a"), Some(&roots), "{desktop:?}");
+    assert!(
+        vol.join("P/d/.rsrc/a").exists() && !vol.join("P/d/.rsrc/b").exists(),
+        "the server renamed root's resource file in root's folder"
+    );
+    env.rebuild_scan_silent("vol");
+}

@@ -360,7 +360,8 @@ enum Carried {
     Nothing,
     /// The folder of `to` is not on the disk (any more): nothing was done.
     TargetGone,
-    /// The folder of `from` is not on the disk (any more): nothing was done.
+    /// The folder of `from` is not on the disk (any more), or holds another object's resource
+    /// file by that name (another folder in its place?): nothing was done.
     SourceGone,
 }
 
@@ -436,11 +437,16 @@ fn carry(
     // may be another object's since (a carry tried again after its batch): renaming that
     // file would take it from its object, in a folder the mover may not write (the hostile
     // review of stop 44). One `openat` and one `pread` on the `.rsrc` folder held.
-    let ours = pins.at(&from_rsrc).is_some_and(
-        |(dir, name)| matches!(rsrc::look_at(dir, name), Ok(rsrc::Found::Header(h)) if h.id == *id),
-    );
-    if !ours {
-        return Ok(Carried::Nothing);
+    let found = pins
+        .at(&from_rsrc)
+        .map(|(dir, name)| rsrc::look_at(dir, name));
+    match found {
+        Some(Ok(rsrc::Found::Header(h))) if h.id == *id => {}
+        // Another object's: when the folder the object left is known, its own went along
+        // with that folder if the folder moved (the other one came in its place), and is
+        // looked for where the desktop says that folder is, after the batch.
+        Some(Ok(rsrc::Found::Header(_))) if from_folder_known => return Ok(Carried::SourceGone),
+        _ => return Ok(Carried::Nothing),
     }
     // A rename within a folder: the target's `.rsrc` is the one just pinned (held, checked
     // at its path, not a link), so it is there; else it is made if need be.

@@ -802,6 +802,12 @@ fn hostile44_a_folder_swapped_in_before_the_carry_keeps_its_resource_files() {
         Some(victims),
         "the other user's file keeps its resource file"
     );
+    assert_eq!(
+        v.rsrc_id("P/e/b"),
+        Some(mine),
+        "the mover's file has its own"
+    );
+    assert!(!v.p("P/e/.rsrc/a").exists(), "left behind");
 }
 
 /// Hostile review of stop 44, found older than stop 44 (bdd0278 gives the same) and left: the
