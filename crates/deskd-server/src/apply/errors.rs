@@ -30,6 +30,17 @@ pub(super) fn claim(message: String) -> ErrorReply {
 }
 
 /// The refusal to record a name whose object on disk is of another kind than its record.
+/// A watched change whose walk went through a folder the desktop records at that place with
+/// another inode: the disk has moved on (a folder moved away and another put in its place
+/// before the batch was applied), and what the walk found there is not in the recorded folder.
+pub(super) fn stale_folder(components: &[Vec<u8>], recorded: &Object) -> ErrorReply {
+    claim(format!(
+        "{}: the folder there is not the one recorded (ID {}): moved since, not applied yet",
+        String::from_utf8_lossy(&join(components)),
+        recorded.id
+    ))
+}
+
 pub(super) fn kind_changed(components: &[Vec<u8>], recorded: &Object, node: &Node) -> ErrorReply {
     claim(format!(
         "{}: is a {} on disk, recorded as a {} (ID {}); tell deskd of the removal first",

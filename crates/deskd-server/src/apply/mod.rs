@@ -68,6 +68,9 @@ struct Writing<'a, B: ?Sized> {
     /// The folders this batch's watched changes walked to, held ([`crate::folders`]): the
     /// watcher's renames only; empty for clients' requests.
     folders: crate::folders::Folders,
+    /// Applying the watcher's changes, which the disk may have overtaken: a folder on the way
+    /// whose record has another inode is refused ([`register::register_walked`]).
+    watching: bool,
 }
 
 /// What every read handler works in: a read snapshot, the volume, its name index (for
@@ -150,6 +153,7 @@ fn apply_write_uncleared<B: WriteBatch + ?Sized>(
         cache,
         replaced: policy.replaced,
         folders: Default::default(),
+        watching: false,
     };
     match request {
         Request::Add {

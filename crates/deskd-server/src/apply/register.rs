@@ -262,6 +262,16 @@ pub(super) fn register_walked<B: WriteBatch + ?Sized>(
             if dir.kind != Kind::Dir {
                 return Err(kind_changed(&components[..=i], dir, node));
             }
+            if w.watching && dir.dev != 0 && (dir.dev, dir.ino) != (node.dev, node.ino) {
+                // The watcher's change, applied after the disk moved on: another folder holds
+                // this place now (its owner moved the recorded one away and another in). What
+                // the walk found in it is not in the recorded folder, and registering it there
+                // (following its mirror) gave one user's ID to another's file (the hostile
+                // review of stop 44: the watcher is trusted, so `could_have_moved` lets it
+                // follow any mirror). The folders' own moves, later in the stream, put the
+                // records right. A client's claim is checked as the client's own.
+                return Err(super::errors::stale_folder(&components[..=i], dir));
+            }
             current = dir.clone();
             created = false;
             continue;

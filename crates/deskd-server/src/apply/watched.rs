@@ -225,6 +225,7 @@ pub fn apply_all<B: WriteBatch + ?Sized>(
         cache: &mut cache,
         replaced,
         folders: Default::default(),
+        watching: true,
     };
     // The objects the last window deferred, tried again as creates charged to this one.
     let retries: Vec<Change> = window
@@ -968,6 +969,18 @@ fn moved<B: WriteBatch + ?Sized>(
     } else {
         None
     };
+    if kept_folder.is_none() && folder_overtaken(w, to_parent, &walked)? {
+        // The folder at `to`'s place is not the one recorded there: its owner moved that one
+        // away and another in before this batch (`mv d/a d/b; mv d e; mv v d`). What the walk
+        // found is another folder's; the kernel's own account is followed instead (the
+        // record moves within the recorded folder; the folders' moves come next), and
+        // nothing in the other folder is taken for this object (the hostile review of stop
+        // 44: the other user's `b`, by its mirror, took this move).
+        if moved_as_told(w, from, to, out)? {
+            return Ok(true);
+        }
+        return removed(w, from, out);
+    }
     // The record's object, not a newer one that got its freed inode number (a file system
     // hands a freed number out again at once): same kind, born no later than recorded.
     let to_path = w.vol.path_of(to);
@@ -1086,6 +1099,26 @@ fn moved<B: WriteBatch + ?Sized>(
         }
     }
     Ok(true)
+}
+
+/// Whether the folder the walk to `names` went through last is not the one the desktop
+/// records at that place (another inode: moved there since, not applied yet). The root is
+/// never overtaken; a record from before deskd kept inodes is taken at its word.
+fn folder_overtaken<B: WriteBatch + ?Sized>(
+    w: &mut Writing<'_, B>,
+    folder: &[Vec<u8>],
+    walked: &walk::Walked,
+) -> Result<bool, ErrorReply> {
+    let Some(node) = folder
+        .len()
+        .checked_sub(1)
+        .and_then(|i| walked.nodes.get(i))
+    else {
+        return Ok(false);
+    };
+    Ok(registered(w.b, folder)?.is_some_and(|r| {
+        r.kind == Kind::Dir && r.dev != 0 && (r.dev, r.ino) != (node.dev, node.ino)
+    }))
 }
 
 /// [`moved`] of an object whose new place the disk no longer shows (moved on since): the

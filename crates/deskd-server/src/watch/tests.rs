@@ -810,17 +810,16 @@ fn hostile44_a_folder_swapped_in_before_the_carry_keeps_its_resource_files() {
     assert!(!v.p("P/e/.rsrc/a").exists(), "left behind");
 }
 
-/// Hostile review of stop 44, found older than stop 44 (bdd0278 gives the same) and left: the
+/// Hostile review of stop 44, found older than stop 44 (bdd0278 gives the same): the
 /// owner of a folder `P` that holds another user's folder `v` renames a file of its own folder
 /// `P/d` (`a` → `b`), then moves `d` away and `v` to `P/d` before the batch is applied. The
 /// walk of `P/d/b` finds the other user's `b`; its record (by its mirror) is taken to the
 /// desktop's `P/d/b` (the mover's folder's record), which the batch's next change moves to
-/// `P/e`: the other user's ID names the mover's file `P/e/b`, the mover's own record is gone
-/// and the other user's `b` is unregistered. Fix (not made): a change whose walk went through
-/// a folder the desktop records with another inode is applied as told (or the folder
-/// rescanned), never a claim followed into it.
+/// `P/e`: the other user's ID named the mover's file `P/e/b`, the mover's own record was gone
+/// and the other user's `b` unregistered. Now a move whose walk went through a folder the
+/// desktop records with another inode is applied as told, and a registration through such a
+/// folder is refused (`register_walked`), never a claim followed into it.
 #[test]
-#[ignore = "older than stop 44, left: see the doc comment"]
 fn hostile44_a_folder_swapped_in_before_its_batch_gives_its_owners_id_to_the_movers_file() {
     let v = Vol::new();
     for d in ["P", "P/d", "P/v"] {
@@ -849,4 +848,40 @@ fn hostile44_a_folder_swapped_in_before_its_batch_gives_its_owners_id_to_the_mov
         "the other user's b keeps its ID"
     );
     assert_eq!(v.id("P/e/b"), Some(mine), "the mover's file keeps its own");
+}
+
+/// The create of the same swap (hostile review of stop 44): the owner of `P` makes `P/d/b`,
+/// then moves `d` away and the other user's `v` (which holds a `b` of its own) to `P/d`
+/// before the batch is applied. The walk of `P/d/b` reaches the other user's `b` through a
+/// folder that is not the recorded `P/d`: the create is refused, and the other user's `b`
+/// keeps its ID and its place (before, its record followed its mirror into the mover's
+/// folder).
+#[test]
+fn hostile44_a_create_through_a_folder_swapped_in_takes_no_id_of_the_folder_s_owner() {
+    let v = Vol::new();
+    for d in ["P", "P/d", "P/v"] {
+        fs::create_dir(v.p(d)).unwrap();
+    }
+    fs::write(v.p("P/v/b"), b"victim's b").unwrap();
+    v.feed(["P", "P/d", "P/v", "P/v/b"].map(created).to_vec());
+    let victims_b = v.id("P/v/b").unwrap();
+    fs::write(v.p("P/d/b"), b"mine").unwrap();
+    fs::rename(v.p("P/d"), v.p("P/e")).unwrap();
+    fs::rename(v.p("P/v"), v.p("P/d")).unwrap();
+    v.feed(vec![
+        created("P/d/b"),
+        moved_dir("P/d", "P/e"),
+        moved_dir("P/v", "P/d"),
+    ]);
+    assert_eq!(
+        v.id("P/d/b"),
+        Some(victims_b),
+        "the other user's b keeps its ID"
+    );
+    assert_ne!(
+        v.id("P/e/b"),
+        Some(victims_b),
+        "no ID of the other user's on the mover's file"
+    );
+    assert_eq!(v.rsrc_id("P/d/b"), Some(victims_b));
 }
