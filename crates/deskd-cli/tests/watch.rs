@@ -1869,3 +1869,55 @@ fn hostile44_nobody_swapping_roots_folder_in_before_the_carry_renames_no_resourc
     );
     env.rebuild_scan_silent("vol");
 }
+
+/// The rebuild, online (the server's rescans are online rebuilds) and offline, gives the
+/// resource files it makes to their objects' owners and the `.rsrc/` folders it makes to
+/// their folders' owners, as the watcher's own stamps do (docs/rebuild.md): root's `.rsrc/`
+/// in nobody's folder shut nobody's own `dt` out of it (noticed by the hostile review of stop
+/// 44).
+#[test]
+fn the_rebuild_gives_what_it_makes_to_the_owners() {
+    use std::os::unix::fs::MetadataExt;
+    let mut env = Env::new(&["vol"]);
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    env.serve(&["vol"]);
+    let vol = root(&env);
+    std::fs::create_dir_all(vol.join("P/d")).unwrap();
+    std::fs::write(vol.join("P/d/a"), b"").unwrap();
+    for p in ["P", "P/d", "P/d/a"] {
+        std::os::unix::fs::chown(vol.join(p), Some(65534), Some(65534)).unwrap();
+    }
+    let check = |env: &Env, how: &str| {
+        let uid = |p: &str| {
+            std::fs::symlink_metadata(vol.join(p))
+                .unwrap_or_else(|e| panic!("{how}: {p}: {e}"))
+                .uid()
+        };
+        for made in [
+            "P/.rsrc",
+            "P/.rsrc/d",
+            "P/d/.rsrc",
+            "P/d/.rsrc/a",
+            ".rsrc/P",
+        ] {
+            assert_eq!(uid(made), 65534, "{how}: {made} is nobody's");
+        }
+        assert_eq!(
+            uid(".rsrc"),
+            0,
+            "{how}: the root's own .rsrc is its owner's"
+        );
+        // nobody's own dt may write its resource files there.
+        env.sh_as_nobody("cd vol/P/d && touch .rsrc/probe && rm .rsrc/probe");
+    };
+    env.deskd_ok(&["rebuild", vol.to_str().unwrap()]);
+    check(&env, "online");
+    env.stop_with(libc::SIGTERM);
+    for made in ["P/.rsrc", "P/d/.rsrc"] {
+        std::fs::remove_dir_all(vol.join(made)).unwrap();
+    }
+    std::fs::remove_file(vol.join(".rsrc/P")).unwrap();
+    env.deskd_ok(&["rebuild", vol.to_str().unwrap()]);
+    check(&env, "offline");
+}

@@ -646,6 +646,31 @@ pub fn default_threads() -> usize {
     (std::thread::available_parallelism().map_or(2, |n| n.get()) * 8).clamp(8, 64)
 }
 
+/// Give the resource file `rsrc` (below `root`), just made by the rebuild, to its object's
+/// owner: named inside its `.rsrc` folder held open, so that a `.rsrc` swapped for a link
+/// after the write leads root's `chown` nowhere ([`deskd_volume::pin`]).
+fn give_made_rsrc(root: &Path, rsrc: &Path) {
+    use deskd_volume::pin::pin;
+    let object = if rsrc == deskd_volume::rsrc::root_rsrc_path(root) {
+        root.to_path_buf()
+    } else {
+        match (rsrc.parent().and_then(Path::parent), rsrc.file_name()) {
+            (Some(dir), Some(name)) => dir.join(name),
+            _ => return,
+        }
+    };
+    // The pin holds the object's folder open: its path names the descriptor.
+    let held = (object != root).then(|| pin(root, &object, 1));
+    let object = match &held {
+        None => object,
+        Some(Ok(pinned)) => pinned.path.clone(),
+        Some(Err(_)) => return,
+    };
+    if let Ok(inside) = pin(root, rsrc, 1) {
+        deskd_volume::rsrc::give_to_the_objects_owner(&inside.path, &object);
+    }
+}
+
 fn apply_fixes(root: &Path, fixes: impl Iterator<Item = Fix>) -> Result<(), RebuildError> {
     // Every path is opened below the root without following a symlink on the way: a user
     // who swaps a folder of its own for a link after the walk cannot lead root's writes,
@@ -654,7 +679,16 @@ fn apply_fixes(root: &Path, fixes: impl Iterator<Item = Fix>) -> Result<(), Rebu
     for fix in fixes {
         match &fix {
             Fix::WriteRsrc { path, header } => {
-                deskd_volume::rsrc::write_header(&pin(root, path, 2)?.path, header)?
+                let pinned = pin(root, path, 2)?;
+                let existed = std::fs::symlink_metadata(&pinned.path).is_ok();
+                // What is made here belongs to the object's and the folder's owners, as `dt`
+                // run by them leaves it (docs/rebuild.md): root's `.rsrc/` in a user's
+                // folder would shut the user's own `dt` out of it.
+                deskd_volume::rsrc::make_rsrc_dir_like_its_folder(&pinned.path)?;
+                deskd_volume::rsrc::write_header(&pinned.path, header)?;
+                if !existed {
+                    give_made_rsrc(root, path);
+                }
             }
             Fix::MoveRsrc { from, to, id } => {
                 // A link in place of .rsrc is refused: nothing is renamed out of the volume.

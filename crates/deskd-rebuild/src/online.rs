@@ -495,6 +495,10 @@ fn fix_disk(
     let path: &Path = object_pin.as_ref().map_or(path, |x| &x.path);
     let rsrc_pin = pin(&root, rsrc_path, 2)?;
     let rsrc_path: &Path = &rsrc_pin.path;
+    // A resource file made here is given to its object's owner, and a `.rsrc/` made here to
+    // its folder's, as the watcher's are (docs/deskd.md): the server is root, and root's
+    // `.rsrc/` in a user's folder shut the user's own `dt` out of it.
+    let existed = std::fs::symlink_metadata(rsrc_path).is_ok();
     match rsrc::read_header(rsrc_path) {
         Ok(Some(h)) if h.id == id => {}
         Ok(Some(mut h)) => {
@@ -507,7 +511,7 @@ fn fix_disk(
                 (Ok(None), Some(&(from, moved_id)))
                     if moved_id == planned_id && !p.touched.contains(&moved_id) =>
                 {
-                    rsrc::make_rsrc_dir(rsrc_path)?;
+                    rsrc::make_rsrc_dir_like_its_folder(rsrc_path)?;
                     let from = pin(&root, from, 1)?;
                     let to = pin(&root, planned_rsrc, 1)?;
                     std::fs::rename(&from.path, &to.path).is_ok()
@@ -522,7 +526,16 @@ fn fix_disk(
                 let mut header =
                     ResourceHeader::new(id, row.type_code, row.creator, row.ctime.max(0) as u32);
                 header.finder_flags = row.flags;
+                rsrc::make_rsrc_dir_like_its_folder(rsrc_path)?;
                 rsrc::write_header(rsrc_path, &header)?;
+                if !existed {
+                    // Named inside the `.rsrc` folder held open (no link followed on the way):
+                    // through a path, its owner could swap `.rsrc` for a link after the write
+                    // and send root's `chown` anywhere (the watcher's rule, review of stop 35).
+                    if let Ok(inside) = pin(&root, planned_rsrc, 1) {
+                        rsrc::give_to_the_objects_owner(&inside.path, path);
+                    }
+                }
             }
             wrote = true;
         }

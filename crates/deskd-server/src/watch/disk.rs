@@ -216,7 +216,7 @@ impl<'r> Pins<'r> {
         if key.as_ref().is_some_and(|k| self.rsrc_ready.contains(k)) {
             return Ok(());
         }
-        make_rsrc_dir_like_its_folder(pinned)?;
+        rsrc::make_rsrc_dir_like_its_folder(pinned)?;
         if let Some(key) = key {
             self.rsrc_ready.insert(key);
         }
@@ -323,7 +323,7 @@ fn stamp(vol: &Volume, pins: &mut Pins<'_>, item: &DiskWork) -> Result<Stamped, 
         // through `.rsrc` would let its owner swap it for a link after the write and send
         // root's `chown` anywhere (the review of stop 35). Swapped already: no chown.
         if let Ok(inside) = pins.pin(&rsrc_path, 1) {
-            give_to_the_objects_owner(&inside, &object);
+            rsrc::give_to_the_objects_owner(&inside, &object);
         }
     }
     let mirror = match kind {
@@ -474,75 +474,6 @@ fn carry(
         };
     }
     pins.rename(&from_rsrc, &to_rsrc).map(|()| Carried::Moved)
-}
-
-/// Make the `.rsrc/` folder that holds the resource file `rsrc_path` (a pinned path) unless
-/// it exists, with the owner, group and permissions of the folder it is in: whoever may make
-/// entries in that folder may write their resource files, as when `dt` makes it as them (the
-/// server is root, and a `.rsrc` of root's would shut them out). A link in its place is
-/// refused ([`rsrc::make_rsrc_dir`]).
-fn make_rsrc_dir_like_its_folder(rsrc_path: &Path) -> Result<(), VolumeError> {
-    let Some(dir) = rsrc_path.parent() else {
-        return Ok(());
-    };
-    if std::fs::symlink_metadata(dir).is_ok() {
-        return rsrc::make_rsrc_dir(rsrc_path);
-    }
-    rsrc::make_rsrc_dir(rsrc_path)?;
-    let Some(folder) = dir.parent().and_then(|f| std::fs::metadata(f).ok()) else {
-        return Ok(());
-    };
-    use rustix::fs::{Mode, OFlags};
-    let Ok(fd) = rustix::fs::open(
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) else {
-        return Ok(());
-    };
-    own_like(&fd, folder.uid(), folder.gid(), folder.mode() & 0o3777);
-    Ok(())
-}
-
-/// A resource file the server just made: the object's owner and group, and the object's read
-/// and write bits (a private file's Finder comment stays private), as `dt` run by its owner
-/// leaves it.
-fn give_to_the_objects_owner(rsrc_file: &Path, object: &Path) {
-    let Ok(meta) = std::fs::symlink_metadata(object) else {
-        return;
-    };
-    use rustix::fs::{Mode, OFlags};
-    let Ok(fd) = rustix::fs::open(
-        rsrc_file,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) else {
-        return;
-    };
-    // Only the file the server just made: the writer of `.rsrc` may have put a hard link to
-    // another user's file at its name meanwhile, which must not be given away.
-    let made_here = rustix::fs::fstat(&fd)
-        .is_ok_and(|st| st.st_nlink == 1 && st.st_uid == rustix::process::geteuid().as_raw());
-    if !made_here {
-        return;
-    }
-    let mode = if meta.file_type().is_symlink() {
-        0o644
-    } else {
-        meta.mode() & 0o666
-    };
-    own_like(&fd, meta.uid(), meta.gid(), mode);
-}
-
-/// Owner first (a change of owner clears set-ID bits), then the mode. Only root may give a
-/// file away: otherwise nothing is changed.
-fn own_like(fd: &impl std::os::fd::AsFd, uid: u32, gid: u32, mode: u32) {
-    use rustix::fs::Mode;
-    use rustix::process::{Gid, Uid};
-    if rustix::process::geteuid().is_root() {
-        let _ = rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
-    }
-    let _ = rustix::fs::fchmod(fd, Mode::from_raw_mode(mode));
 }
 
 /// Remove the resource file of an object gone from `names`, unless the name holds an object

@@ -702,33 +702,10 @@ fn a_carry_finishes_a_stamp_the_move_cut_short() {
 /// and `e/a` lost its resource file. The old code stamped `e/b` afresh and left `e/a` alone.
 #[test]
 fn hostile44_a_source_gone_carry_takes_the_resource_file_of_the_object_that_took_the_name() {
-    let v = Vol::new();
-    fs::create_dir(v.p("d")).unwrap();
-    for n in ["a", "c"] {
-        fs::write(v.p(&format!("d/{n}")), n).unwrap();
-    }
-    v.feed(["d", "d/a", "d/c"].map(created).to_vec());
-    let (a, c) = (v.id("d/a").unwrap(), v.id("d/c").unwrap());
-    assert_eq!(v.rsrc_id("d/a"), Some(a));
-    assert_eq!(v.rsrc_id("d/c"), Some(c));
-    fs::rename(v.p("d/a"), v.p("d/b")).unwrap();
-    fs::rename(v.p("d"), v.p("e")).unwrap();
-    fs::rename(v.p("e/c"), v.p("e/a")).unwrap();
-    v.feed(vec![
-        moved("d/a", "d/b"),
-        moved_dir("d", "e"),
-        moved("e/c", "e/a"),
-    ]);
-    // A later batch: whatever waits for one is done by then.
-    fs::write(v.p("later"), b"").unwrap();
-    v.feed(vec![created("later")]);
-    assert_eq!(v.id("e/b"), Some(a));
-    assert_eq!(v.id("e/a"), Some(c));
-    assert_eq!(v.rsrc_id("e/b"), Some(a), "e/b's resource file is its own");
-    assert_eq!(
-        v.rsrc_id("e/a"),
-        Some(c),
-        "e/a (c moved there) keeps its resource file"
+    names_taken_in_one_batch(
+        &["d", "d/a", "d/c"],
+        &[("d/a", "d/b"), ("d", "e"), ("e/c", "e/a")],
+        &[("d/a", "e/b"), ("d/c", "e/a")],
     );
 }
 
@@ -738,31 +715,52 @@ fn hostile44_a_source_gone_carry_takes_the_resource_file_of_the_object_that_took
 /// since stop 44 the stamp after a carry reads only the mirror, and `e/c` keeps `x`'s header.
 #[test]
 fn hostile44_a_target_gone_carry_takes_the_resource_file_of_the_object_that_took_the_name() {
+    names_taken_in_one_batch(
+        &["d", "a", "x"],
+        &[("a", "d/c"), ("d", "e"), ("x", "a")],
+        &[("a", "e/c"), ("x", "a")],
+    );
+}
+
+/// The two tests above: `made` (folders first, each name with a `/` inside a folder made
+/// before it, a folder when it is "d") registered; `moves` made on the disk and fed as one
+/// batch (a folder's as a folder's), then a later batch (whatever waits for one is done); each
+/// of `ends` (where an object was, where it is now) has the object's ID and its own resource
+/// file.
+fn names_taken_in_one_batch(made: &[&str], moves: &[(&str, &str)], ends: &[(&str, &str)]) {
     let v = Vol::new();
-    fs::create_dir(v.p("d")).unwrap();
-    for n in ["a", "x"] {
-        fs::write(v.p(n), n).unwrap();
+    for name in made {
+        if *name == "d" {
+            fs::create_dir(v.p(name)).unwrap();
+        } else {
+            fs::write(v.p(name), name).unwrap();
+        }
     }
-    v.feed(["d", "a", "x"].map(created).to_vec());
-    let (a, x) = (v.id("a").unwrap(), v.id("x").unwrap());
-    fs::rename(v.p("a"), v.p("d/c")).unwrap();
-    fs::rename(v.p("d"), v.p("e")).unwrap();
-    fs::rename(v.p("x"), v.p("a")).unwrap();
-    v.feed(vec![
-        moved("a", "d/c"),
-        moved_dir("d", "e"),
-        moved("x", "a"),
-    ]);
+    v.feed(made.iter().map(|n| created(n)).collect());
+    let ids: Vec<u32> = ends.iter().map(|(was, _)| v.id(was).unwrap()).collect();
+    for (was, id) in ends.iter().map(|(was, _)| was).zip(&ids) {
+        assert_eq!(v.rsrc_id(was), Some(*id));
+    }
+    let mut changes = Vec::new();
+    for (from, to) in moves {
+        fs::rename(v.p(from), v.p(to)).unwrap();
+        changes.push(if *from == "d" {
+            moved_dir(from, to)
+        } else {
+            moved(from, to)
+        });
+    }
+    v.feed(changes);
     fs::write(v.p("later"), b"").unwrap();
     v.feed(vec![created("later")]);
-    assert_eq!(v.id("e/c"), Some(a));
-    assert_eq!(v.id("a"), Some(x));
-    assert_eq!(v.rsrc_id("e/c"), Some(a), "e/c's resource file is its own");
-    assert_eq!(
-        v.rsrc_id("a"),
-        Some(x),
-        "a (x moved there) keeps its resource file"
-    );
+    for ((_, now), id) in ends.iter().zip(&ids) {
+        assert_eq!(v.id(now), Some(*id), "{now}");
+        assert_eq!(
+            v.rsrc_id(now),
+            Some(*id),
+            "{now}'s resource file is its own"
+        );
+    }
 }
 
 /// Hostile review of stop 44 (older than stop 44: the code before it does the same): the
