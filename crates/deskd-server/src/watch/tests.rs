@@ -770,34 +770,18 @@ fn names_taken_in_one_batch(made: &[&str], moves: &[(&str, &str)], ends: &[(&str
 /// the other user's resource file, in the other user's folder: their `a` loses it.
 #[test]
 fn hostile44_a_folder_swapped_in_before_the_carry_keeps_its_resource_files() {
-    let v = Vol::new();
-    for d in ["P", "P/d", "P/v"] {
-        fs::create_dir(v.p(d)).unwrap();
-    }
-    fs::write(v.p("P/d/a"), b"mine").unwrap();
-    fs::write(v.p("P/v/a"), b"victim's").unwrap();
-    v.feed(["P", "P/d", "P/d/a", "P/v", "P/v/a"].map(created).to_vec());
-    let (mine, victims) = (v.id("P/d/a").unwrap(), v.id("P/v/a").unwrap());
-    assert_eq!(v.rsrc_id("P/v/a"), Some(victims));
-    fs::rename(v.p("P/d/a"), v.p("P/d/b")).unwrap();
-    fs::rename(v.p("P/d"), v.p("P/e")).unwrap();
-    fs::rename(v.p("P/v"), v.p("P/d")).unwrap();
-    v.feed(vec![
-        moved("P/d/a", "P/d/b"),
-        moved_dir("P/d", "P/e"),
-        moved_dir("P/v", "P/d"),
-    ]);
+    let (v, mine, victims) = a_folder_swapped_in(&["a"]);
     fs::write(v.p("later"), b"").unwrap();
     v.feed(vec![created("later")]);
     assert_eq!(v.id("P/e/b"), Some(mine));
-    assert_eq!(v.id("P/d/a"), Some(victims));
+    assert_eq!(v.id("P/d/a"), Some(victims[0]));
     assert!(
         !v.p("P/d/.rsrc/b").exists(),
         "the server renamed a resource file in another user's folder"
     );
     assert_eq!(
         v.rsrc_id("P/d/a"),
-        Some(victims),
+        Some(victims[0]),
         "the other user's file keeps its resource file"
     );
     assert_eq!(
@@ -819,19 +803,39 @@ fn hostile44_a_folder_swapped_in_before_the_carry_keeps_its_resource_files() {
 /// folder is refused (`register_walked`), never a claim followed into it.
 #[test]
 fn hostile44_a_folder_swapped_in_before_its_batch_gives_its_owners_id_to_the_movers_file() {
+    let (v, mine, victims) = a_folder_swapped_in(&["a", "b"]);
+    assert_eq!(
+        v.id("P/d/b"),
+        Some(victims[1]),
+        "the other user's b keeps its ID"
+    );
+    assert_eq!(v.id("P/e/b"), Some(mine), "the mover's file keeps its own");
+}
+
+/// The swap of the two tests above: `P/d/a` (the mover's) and `P/v/NAME` for each of
+/// `victims` (another user's, in the folder `v`) registered; then, in one batch, `P/d/a`
+/// renamed to `P/d/b`, `P/d` moved to `P/e` and `P/v` to `P/d`. Returns the volume, the
+/// mover's ID and the other user's IDs.
+fn a_folder_swapped_in(victims: &[&str]) -> (Vol, u32, Vec<u32>) {
     let v = Vol::new();
     for d in ["P", "P/d", "P/v"] {
         fs::create_dir(v.p(d)).unwrap();
     }
     fs::write(v.p("P/d/a"), b"mine").unwrap();
-    fs::write(v.p("P/v/a"), b"victim's").unwrap();
-    fs::write(v.p("P/v/b"), b"victim's b").unwrap();
-    v.feed(
-        ["P", "P/d", "P/d/a", "P/v", "P/v/a", "P/v/b"]
-            .map(created)
-            .to_vec(),
-    );
-    let (mine, victims_b) = (v.id("P/d/a").unwrap(), v.id("P/v/b").unwrap());
+    let mut made = vec!["P".to_string(), "P/d".into(), "P/d/a".into(), "P/v".into()];
+    for name in victims {
+        fs::write(v.p(&format!("P/v/{name}")), b"victim's").unwrap();
+        made.push(format!("P/v/{name}"));
+    }
+    v.feed(made.iter().map(|p| created(p)).collect());
+    let mine = v.id("P/d/a").unwrap();
+    let ids: Vec<u32> = victims
+        .iter()
+        .map(|n| v.id(&format!("P/v/{n}")).unwrap())
+        .collect();
+    for (name, id) in victims.iter().zip(&ids) {
+        assert_eq!(v.rsrc_id(&format!("P/v/{name}")), Some(*id));
+    }
     fs::rename(v.p("P/d/a"), v.p("P/d/b")).unwrap();
     fs::rename(v.p("P/d"), v.p("P/e")).unwrap();
     fs::rename(v.p("P/v"), v.p("P/d")).unwrap();
@@ -840,12 +844,7 @@ fn hostile44_a_folder_swapped_in_before_its_batch_gives_its_owners_id_to_the_mov
         moved_dir("P/d", "P/e"),
         moved_dir("P/v", "P/d"),
     ]);
-    assert_eq!(
-        v.id("P/d/b"),
-        Some(victims_b),
-        "the other user's b keeps its ID"
-    );
-    assert_eq!(v.id("P/e/b"), Some(mine), "the mover's file keeps its own");
+    (v, mine, ids)
 }
 
 /// The create of the same swap (hostile review of stop 44): the owner of `P` makes `P/d/b`,
