@@ -497,9 +497,11 @@ fn fix_disk(
     let rsrc_path: &Path = &rsrc_pin.path;
     // A resource file made here is given to its object's owner, and a `.rsrc/` made here to
     // its folder's, as the watcher's are (docs/deskd.md): the server is root, and root's
-    // `.rsrc/` in a user's folder shut the user's own `dt` out of it.
-    let existed = std::fs::symlink_metadata(rsrc_path).is_ok();
-    match rsrc::read_header(rsrc_path) {
+    // `.rsrc/` in a user's folder shut the user's own `dt` out of it. (`Ok(None)`: no file
+    // there, so one written below is made here.)
+    let header = rsrc::read_header(rsrc_path);
+    let existed = !matches!(header, Ok(None));
+    match header {
         Ok(Some(h)) if h.id == id => {}
         Ok(Some(mut h)) => {
             h.id = id;

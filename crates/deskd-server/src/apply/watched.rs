@@ -969,7 +969,12 @@ fn moved<B: WriteBatch + ?Sized>(
     } else {
         None
     };
-    if kept_folder.is_none() && folder_overtaken(w, to_parent, &walked)? {
+    // The record at `to`'s folder, read once here when none is kept (and used again below).
+    let (overtaken, recorded_folder) = match kept_folder {
+        Some(_) => (false, None),
+        None => folder_overtaken(w, to_parent, &walked)?,
+    };
+    if overtaken {
         // The folder at `to`'s place is not the one recorded there: its owner moved that one
         // away and another in before this batch (`mv d/a d/b; mv d e; mv v d`). What the walk
         // found is another folder's; the kernel's own account is followed instead (the
@@ -1038,7 +1043,10 @@ fn moved<B: WriteBatch + ?Sized>(
     // read), else the folders on the way registered as the walk found them.
     let folder_node = to_parent.len().checked_sub(1).map(|i| walked.nodes[i]);
     let same_folder = match (in_place, folder_node) {
-        (true, Some(node)) => match kept_folder.filter(|f| f.id == source.parent) {
+        (true, Some(node)) => match kept_folder
+            .or(recorded_folder)
+            .filter(|f| f.id == source.parent)
+        {
             Some(kept) => Some(kept),
             None => Some(w.b.get(source.parent).map_err(db_error)?),
         }
@@ -1102,23 +1110,26 @@ fn moved<B: WriteBatch + ?Sized>(
 }
 
 /// Whether the folder the walk to `names` went through last is not the one the desktop
-/// records at that place (another inode: moved there since, not applied yet). The root is
-/// never overtaken; a record from before deskd kept inodes is taken at its word.
+/// records at that place (another inode: moved there since, not applied yet), with the record
+/// read there. The root is never overtaken; a record from before deskd kept inodes is taken
+/// at its word.
 fn folder_overtaken<B: WriteBatch + ?Sized>(
     w: &mut Writing<'_, B>,
     folder: &[Vec<u8>],
     walked: &walk::Walked,
-) -> Result<bool, ErrorReply> {
+) -> Result<(bool, Option<Object>), ErrorReply> {
     let Some(node) = folder
         .len()
         .checked_sub(1)
         .and_then(|i| walked.nodes.get(i))
     else {
-        return Ok(false);
+        return Ok((false, None));
     };
-    Ok(registered(w.b, folder)?.is_some_and(|r| {
+    let recorded = registered(w.b, folder)?;
+    let overtaken = recorded.as_ref().is_some_and(|r| {
         r.kind == Kind::Dir && r.dev != 0 && (r.dev, r.ino) != (node.dev, node.ino)
-    }))
+    });
+    Ok((overtaken, recorded))
 }
 
 /// [`moved`] of an object whose new place the disk no longer shows (moved on since): the
