@@ -112,6 +112,10 @@ pub struct Daemon {
     jobs: JoinSet<String>,
     /// DNs (lower case) being worked on: never two workers on one entry.
     in_flight: HashSet<String>,
+    /// In a dry run, the requests (DN in lower case, mode) already shown. Nothing is written
+    /// back, so the entry still asks after its dry run: the start-up scan and the sync
+    /// stream's refresh would each show it, as would every later day's scan.
+    dry_run_shown: HashSet<(String, &'static str)>,
     cookie: Option<Vec<u8>>,
     cookie_dirty: bool,
     stop: watch::Receiver<bool>,
@@ -137,6 +141,7 @@ impl Daemon {
             }),
             jobs: JoinSet::new(),
             in_flight: HashSet::new(),
+            dry_run_shown: HashSet::new(),
             cookie,
             cookie_dirty: false,
             stop,
@@ -268,6 +273,10 @@ impl Daemon {
             Decision::Ignore => return,
         };
         let key = dn.to_ascii_lowercase();
+        if self.shared.dry_run && !self.dry_run_shown.insert((key.clone(), mode.requested())) {
+            tracing::debug!("{dn}: {} already shown in this dry run", mode.requested());
+            return;
+        }
         if !self.in_flight.insert(key.clone()) {
             tracing::debug!("{dn}: already being worked on");
             return;
