@@ -1032,6 +1032,12 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
             let mut attempt = 1;
             let (temp, file) = loop {
                 let before = stat(&src)?;
+                // A write that began before that look has already set the times it will
+                // leave, and may still be putting bytes in: the copy starts after its last
+                // byte, and any write that begins after the look changes the times compared
+                // below (file systems with fine-grained times once they have been looked at,
+                // Linux 6.13 and later; before, one within the same clock tick may not).
+                copy::wait_for_writes_under_way(&src);
                 entry.size = before.len();
                 (entry.mtime_sec, entry.mtime_nsec) = recorded_time(&before, version, opts);
                 let (temp, n, file) = copy_to_temp(
