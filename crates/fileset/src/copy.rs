@@ -21,16 +21,13 @@ pub fn open_source(path: &Path, flags: libc::c_int) -> io::Result<File> {
         .open(path)
 }
 
-/// Returns once no write(2) that had begun on `path` before this call is still putting bytes
+/// Returns once no write(2) that had begun on `file` before this call is still putting bytes
 /// in. `lseek(SEEK_DATA)` takes the inode's lock on tmpfs, ext4, xfs and btrfs, and a write
 /// holds that lock from before it sets the file's times to its last byte. A file system that
 /// answers without the lock, or any error, makes this a no-op: the times compared around the
-/// copy are then the only check, as before. `O_NONBLOCK`: a FIFO swapped in for the file does
-/// not hang the open.
-pub fn wait_for_writes_under_way(path: &Path) {
-    if let Ok(file) = open_source(path, libc::O_NONBLOCK) {
-        let _ = rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(0));
-    }
+/// copy are then the only check, as before. The offset it moves is the caller's to reset.
+pub fn wait_for_writes_under_way(file: &File) {
+    let _ = rustix::fs::seek(file, rustix::fs::SeekFrom::Data(0));
 }
 
 /// Create `path` afresh for writing with `mode`: whatever is under that name — a stale

@@ -25,7 +25,7 @@ pub mod copy;
 pub mod readahead;
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -625,6 +625,20 @@ fn copy_to_temp(
     }
 }
 
+/// Opens a file to save, once no write that began before the caller's look at its times is
+/// still putting bytes in. Such a write has already set the times it will leave, so the times
+/// compared after the copy would not show it; the copy starts after its last byte instead, and
+/// any write that begins after the look changes the times (file systems with fine-grained times
+/// once they have been looked at: Linux 6.13 and later; before, one within the same clock tick
+/// may not).
+fn open_settled_source(src: &Path) -> Result<File> {
+    let mut from = copy::open_source(src, 0).map_err(io_err(src))?;
+    copy::wait_for_writes_under_way(&from);
+    from.seek(std::io::SeekFrom::Start(0))
+        .map_err(io_err(src))?;
+    Ok(from)
+}
+
 fn fill_temp(
     src: &Path,
     temp: &Path,
@@ -644,7 +658,7 @@ fn fill_temp(
             (to, n, copy::Method::DirectRead)
         }
         Via::Splice(pipe) => {
-            let from = copy::open_source(src, 0).map_err(io_err(src))?;
+            let from = open_settled_source(src)?;
             let direct = match pipe {
                 Some(p) if !opts.boundary_64k => {
                     copy::copy_direct_by_splice(&from, temp, mode, p).map_err(io_err(temp))?
@@ -660,7 +674,7 @@ fn fill_temp(
             }
         }
         Via::Kernel => {
-            let from = copy::open_source(src, 0).map_err(io_err(src))?;
+            let from = open_settled_source(src)?;
             kernel_copy(from, create()?, src, temp, opts)?
         }
     };
@@ -1032,12 +1046,6 @@ pub fn save(permdir: &Path, tmpdir: &Path, opts: &Options) -> Result<CheckFile> 
             let mut attempt = 1;
             let (temp, file) = loop {
                 let before = stat(&src)?;
-                // A write that began before that look has already set the times it will
-                // leave, and may still be putting bytes in: the copy starts after its last
-                // byte, and any write that begins after the look changes the times compared
-                // below (file systems with fine-grained times once they have been looked at,
-                // Linux 6.13 and later; before, one within the same clock tick may not).
-                copy::wait_for_writes_under_way(&src);
                 entry.size = before.len();
                 (entry.mtime_sec, entry.mtime_nsec) = recorded_time(&before, version, opts);
                 let (temp, n, file) = copy_to_temp(
