@@ -1,9 +1,11 @@
 //! fileset end to end, driving the real binary.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const FILESET: &str = env!("CARGO_BIN_EXE_fileset");
 
@@ -540,12 +542,12 @@ fn a_permanent_directory_inside_the_working_one_is_not_taken_into_the_set() {
     }
 }
 
-#[test]
-fn a_file_written_to_during_the_save_is_never_saved_torn() {
-    use std::os::unix::fs::FileExt;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    // On tmpfs where there is one, so the save takes its O_DIRECT splice path.
-    let shm = std::path::Path::new("/dev/shm");
+/// Saves `live.db` (`size` bytes, in a directory on tmpfs where there is one, so the save
+/// takes its O_DIRECT splice path) four times while `writer` rewrites it, until told to stop,
+/// with versions that differ in every byte. Each save either keeps a copy of one version whole
+/// or is refused and leaves the set saved before it.
+fn saves_while_written(size: usize, writer: impl Fn(&std::fs::File, &AtomicBool) + Sync) {
+    let shm = Path::new("/dev/shm");
     let work = if shm.is_dir() {
         tempfile::tempdir_in(shm).unwrap()
     } else {
@@ -553,13 +555,9 @@ fn a_file_written_to_during_the_save_is_never_saved_torn() {
     };
     let d = dirs();
     let live = work.path().join("live.db");
-    // Large enough that each copy spans many of the writer's passes. A writer stalled mid-pass
-    // for the whole copy is the case the next test makes on purpose.
-    const SIZE: usize = 48 << 20;
-    std::fs::write(&live, vec![0u8; SIZE]).unwrap();
+    std::fs::write(&live, vec![0u8; size]).unwrap();
     ok(&["save", s(&d.perm), s(work.path())]);
     let mut saved = snapshot(&d.perm);
-    // A writer rewrites the whole file, one byte value at a time, for as long as saves run.
     let stop = AtomicBool::new(false);
     // Stops the writer however the saves end: a failed assertion must fail the test, not
     // leave the scope waiting for the writer forever.
@@ -571,12 +569,8 @@ fn a_file_written_to_during_the_save_is_never_saved_torn() {
     }
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            let f = std::fs::File::options().write(true).open(&live).unwrap();
-            let mut value = 1u8;
-            while !stop.load(Ordering::Relaxed) {
-                f.write_all_at(&vec![value; SIZE], 0).unwrap();
-                value = value.wrapping_add(1).max(1);
-            }
+            let to = std::fs::File::options().write(true).open(&live).unwrap();
+            writer(&to, &stop);
         });
         let _stop = StopOnDrop(&stop);
         for _ in 0..4 {
@@ -591,8 +585,9 @@ fn a_file_written_to_during_the_save_is_never_saved_torn() {
                 // Saved: the copy is one of the writer's versions, never a mix of two.
                 Some(0) => {
                     let copy = std::fs::read(d.perm.join("live.db")).unwrap();
-                    assert_eq!(copy.len(), SIZE);
-                    assert!(copy.iter().all(|&b| b == copy[0]), "a torn copy was saved");
+                    assert_eq!(copy.len(), size);
+                    let torn = copy.iter().filter(|&&b| b != copy[0]).count();
+                    assert_eq!(torn, 0, "a torn copy was saved ({torn} bytes differ)");
                     saved = snapshot(&d.perm);
                 }
                 other => panic!("save ended with {other:?}: {stderr}"),
@@ -602,31 +597,31 @@ fn a_file_written_to_during_the_save_is_never_saved_torn() {
     });
 }
 
-/// A write already under way when the save takes its "before" look (its times set, its bytes
-/// still going in) must not be copied half-done. The writer's bytes come from disk through a
+#[test]
+fn a_file_written_to_during_the_save_is_never_saved_torn() {
+    // Large enough that each copy spans many of the writer's passes. A writer stalled mid-pass
+    // for the whole copy is the case the next test makes on purpose.
+    const SIZE: usize = 48 << 20;
+    saves_while_written(SIZE, |to, stop| {
+        let mut value = 1u8;
+        while !stop.load(Ordering::Relaxed) {
+            to.write_all_at(&vec![value; SIZE], 0).unwrap();
+            value = value.wrapping_add(1).max(1);
+        }
+    });
+}
+
+/// A write already under way when the save takes its first look (its times set, its bytes
+/// still going in) must not be copied half done. The writer's bytes come from disk through a
 /// mapping whose pages were dropped from the cache, so each of its writes stays under way while
 /// it faults them in: the stall the in-memory writer above meets only by bad luck.
 #[test]
 fn a_write_under_way_when_the_save_starts_is_not_saved_half_done() {
-    use std::os::unix::fs::FileExt;
-    use std::os::unix::io::AsRawFd;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let shm = std::path::Path::new("/dev/shm");
-    let work = if shm.is_dir() {
-        tempfile::tempdir_in(shm).unwrap()
-    } else {
-        tempfile::tempdir().unwrap()
-    };
-    // The writer's sources on the build's disk, not on a tmpfs /tmp.
-    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let d = dirs();
-    let live = work.path().join("live.db");
     // Each write faults its 4,096 pages in one at a time (MADV_RANDOM: no read-ahead), some
     // 0.3 s here; the save's copy takes a tenth of that.
     const SIZE: usize = 16 << 20;
-    std::fs::write(&live, vec![0u8; SIZE]).unwrap();
-    ok(&["save", s(&d.perm), s(work.path())]);
-    let mut saved = snapshot(&d.perm);
+    // The writer's sources on the build's disk, not on a tmpfs /tmp.
+    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let sources: Vec<std::fs::File> = [1u8, 2]
         .iter()
         .map(|&value| {
@@ -637,60 +632,30 @@ fn a_write_under_way_when_the_save_starts_is_not_saved_half_done() {
             f
         })
         .collect();
-    let stop = AtomicBool::new(false);
-    struct StopOnDrop<'a>(&'a AtomicBool);
-    impl Drop for StopOnDrop<'_> {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::Relaxed);
-        }
-    }
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let to = std::fs::File::options().write(true).open(&live).unwrap();
-            for pass in 0usize.. {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let from = &sources[pass % 2];
-                // SAFETY: a read-only shared mapping of a file this test owns and never
-                // truncates, unmapped before the next pass; posix_fadvise only drops its cache.
-                unsafe {
-                    libc::posix_fadvise(from.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-                    let map = libc::mmap(
-                        std::ptr::null_mut(),
-                        SIZE,
-                        libc::PROT_READ,
-                        libc::MAP_SHARED,
-                        from.as_raw_fd(),
-                        0,
-                    );
-                    assert_ne!(map, libc::MAP_FAILED);
-                    libc::madvise(map, SIZE, libc::MADV_RANDOM);
-                    let bytes = std::slice::from_raw_parts(map as *const u8, SIZE);
-                    to.write_all_at(bytes, 0).unwrap();
-                    libc::munmap(map, SIZE);
-                }
+    saves_while_written(SIZE, |to, stop| {
+        for pass in 0usize.. {
+            if stop.load(Ordering::Relaxed) {
+                break;
             }
-        });
-        let _stop = StopOnDrop(&stop);
-        for _ in 0..4 {
-            let out = run(&["save", s(&d.perm), s(work.path())], &[]);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            match out.status.code() {
-                Some(5) => {
-                    assert!(stderr.contains("changed while saving"), "{stderr}");
-                    assert_eq!(snapshot(&d.perm), saved);
-                }
-                Some(0) => {
-                    let copy = std::fs::read(d.perm.join("live.db")).unwrap();
-                    assert_eq!(copy.len(), SIZE);
-                    let torn = copy.iter().filter(|&&b| b != copy[0]).count();
-                    assert_eq!(torn, 0, "a copy half-done was saved ({torn} bytes differ)");
-                    saved = snapshot(&d.perm);
-                }
-                other => panic!("save ended with {other:?}: {stderr}"),
+            let from = &sources[pass % 2];
+            // SAFETY: a read-only shared mapping of a file this test owns and never truncates,
+            // unmapped before the next pass; the advice calls only drop or skip cached pages.
+            unsafe {
+                libc::posix_fadvise(from.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+                let map = libc::mmap(
+                    std::ptr::null_mut(),
+                    SIZE,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED,
+                    from.as_raw_fd(),
+                    0,
+                );
+                assert_ne!(map, libc::MAP_FAILED);
+                libc::madvise(map, SIZE, libc::MADV_RANDOM);
+                let bytes = std::slice::from_raw_parts(map as *const u8, SIZE);
+                to.write_all_at(bytes, 0).unwrap();
+                libc::munmap(map, SIZE);
             }
-            ok(&["test", s(&d.perm)]);
         }
     });
 }
