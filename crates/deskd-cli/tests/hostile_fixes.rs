@@ -8,10 +8,10 @@
 
 mod common;
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use common::*;
@@ -49,7 +49,7 @@ fn manifest_setup() -> Env {
 
 /// Root's `deskd backup vol - --manifest mx/sub/important.manifest.json` (plus `extra`), held
 /// after the stream before the manifest until `go` exists; returns once it is held.
-fn held_backup(env: &Env, extra: &[&str]) -> (Child, PathBuf) {
+fn held_backup(env: &Env, extra: &[&str]) -> (Child, std::thread::JoinHandle<String>) {
     let go = env.path("go");
     let mut child = env
         .command_for(DESKD, &[])
@@ -77,24 +77,24 @@ fn held_backup(env: &Env, extra: &[&str]) -> (Child, PathBuf) {
         }
     }
     // The rest of stderr, read to the end in the background so deskd never blocks on it.
-    let rest = env.path("backup.err");
-    let mut file = std::fs::File::create(&rest).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut err, &mut file));
+    let rest = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = err.read_to_string(&mut text);
+        text
+    });
     (child, rest)
 }
 
-fn release(env: &Env, mut child: Child, rest: &Path) -> (Option<i32>, String) {
+/// Lets the held backup go on; its exit code and the rest of its stderr, whole (the reading
+/// thread ends at the end of the stream, which follows deskd's exit).
+fn release(
+    env: &Env,
+    mut child: Child,
+    rest: std::thread::JoinHandle<String>,
+) -> (Option<i32>, String) {
     std::fs::write(env.path("go"), "").unwrap();
     let status = child.wait().unwrap();
-    // The copying thread ends at EOF, which follows deskd's exit.
-    for _ in 0..200 {
-        let text = std::fs::read_to_string(rest).unwrap();
-        if !text.is_empty() || status.success() {
-            return (status.code(), text);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    (status.code(), std::fs::read_to_string(rest).unwrap())
+    (status.code(), rest.join().unwrap())
 }
 
 #[test]
@@ -114,7 +114,7 @@ fn f5_a_folder_swapped_for_a_link_during_the_stream_does_not_redirect_the_manife
             "ln",
             &[Path::new("-s"), &env.path("victim"), &env.path("mx/sub")],
         );
-        let (code, err) = release(&env, child, &rest);
+        let (code, err) = release(&env, child, rest);
         assert_eq!(code, Some(0), "{err}");
         assert_eq!(
             std::fs::read_to_string(env.path("victim/important.manifest.json")).unwrap(),
@@ -154,7 +154,7 @@ fn f5_a_manifest_that_appears_during_the_stream_is_not_replaced_without_force() 
             Path::new(&format!("echo theirs > {}", target.display())),
         ],
     );
-    let (code, err) = release(&env, child, &rest);
+    let (code, err) = release(&env, child, rest);
     assert_eq!(code, Some(2), "{err}");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs\n");
     assert!(

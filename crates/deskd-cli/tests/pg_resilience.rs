@@ -319,9 +319,10 @@ fn two_servers_four_clients_each_create_rename_and_delete_for_30_s_and_agree() {
             .any(|l| l == want)
         {
             assert!(
-                began.elapsed() < Duration::from_secs(5),
+                began.elapsed() < Duration::from_secs(15),
                 "ID {id}: {want} not found"
             );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -648,7 +649,8 @@ fn the_change_log_is_pruned_and_a_server_left_behind_it_loads_its_index_again() 
     let last = format!("{}/f299", root.display());
     let began = Instant::now();
     while b.deskd_ok(&["find", "--exact", "f299"]).trim() != last {
-        assert!(began.elapsed() < Duration::from_secs(5));
+        assert!(began.elapsed() < Duration::from_secs(15));
+        std::thread::sleep(Duration::from_millis(50));
     }
 
     // B stopped (not killed): A makes 200 batches and renames one file meanwhile, so the log

@@ -662,6 +662,20 @@ fn budgeted() -> (Env, u32) {
     (env, last)
 }
 
+/// The most new IDs nobody's objects may have been given by now: `per_window` for every
+/// window that ended (each ends with an audit line for uid 65534) and for the one under way.
+/// Read after the counter: a window that ends between the two only makes the bound looser,
+/// and the barrier lets the batch that ended it write its line. (A loaded machine stretches a
+/// script over more windows than it takes on a quiet one; the budget is per window.)
+fn budget_so_far(env: &Env, per_window: u32) -> u32 {
+    env.watch_barrier("vol");
+    let ended = env
+        .log_text()
+        .matches("uid 65534 (owner of objects the watcher saw)")
+        .count() as u32;
+    per_window * (ended + 1)
+}
+
 /// Wait, window after window (each ends with an audit line for uid 65534), until `pub` holds
 /// `objects` records; returns them.
 fn registered_in_later_windows(env: &Env, objects: usize) -> BTreeMap<String, u32> {
@@ -691,11 +705,13 @@ fn ids_one_user_burns_in_a_loop_are_capped_named_and_the_survivors_registered_la
          i=0; while [ $i -lt 200 ]; do : > k$i; i=$((i+1)); done",
     );
     env.watch_barrier("vol");
-    // The script takes well under the 2 s window: it touched two windows at most.
+    // The script takes well under the 2 s window on a quiet machine (two windows at most).
     let used = desktop_counter(&root(&env)) - last;
+    // Two windows at most on a quiet machine; more where a loaded one stretched the script.
+    let allowed = budget_so_far(&env, 50).max(100);
     assert!(
-        used <= 100,
-        "{used} IDs handed out for nobody's objects, budget 50"
+        used <= allowed,
+        "{used} IDs handed out for nobody's objects, budget 50 a window: {allowed} by now"
     );
     // The log names the user.
     env.wait_for_log(
@@ -736,7 +752,11 @@ fn a_folder_moved_in_or_names_exchanged_are_charged_per_object() {
     );
     env.watch_barrier("vol");
     let used = desktop_counter(&root(&env)) - last;
-    assert!(used <= 51, "{used} IDs for one folder moved in, budget 50");
+    let allowed = 1 + budget_so_far(&env, 50);
+    assert!(
+        used <= allowed,
+        "{used} IDs for one folder moved in, budget 50 a window: {allowed} by now"
+    );
     let exchange = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); \
         os.makedirs('vol/pub/a', exist_ok=True); os.makedirs('vol/pub/b', exist_ok=True); \
         [open('vol/pub/a/x%d' % i, 'w').close() for i in range(200)]; \
@@ -745,9 +765,11 @@ fn a_folder_moved_in_or_names_exchanged_are_charged_per_object() {
     env.sh_as_nobody(&format!("python3 -c \"{exchange}\""));
     env.watch_barrier("vol");
     let used = desktop_counter(&root(&env)) - last;
+    // Two windows by now on a quiet machine; more where a loaded one stretched the scripts.
+    let allowed = 2 + budget_so_far(&env, 50).max(100);
     assert!(
-        used <= 102,
-        "{used} IDs after an exchange of two folders, budget 50 a window"
+        used <= allowed,
+        "{used} IDs after an exchange of two folders, budget 50 a window: {allowed} by now"
     );
     // All of it registered in later windows.
     let desktop = registered_in_later_windows(&env, 1 + 1 + 300 + 2 + 200);

@@ -437,7 +437,11 @@ mod tests {
     use std::io::Read;
     use std::thread::JoinHandle;
 
+    /// The time-out of the one test that waits for it to pass.
     const SHORT: Duration = Duration::from_millis(200);
+    /// The time-out of every test that expects an answer: a server thread a loaded machine
+    /// starts late must not turn into a time-out.
+    const PATIENT: Duration = Duration::from_secs(30);
 
     /// A client connected to a server thread that handshakes, then runs `script` on its end.
     fn pair<F>(timeout: Duration, script: F) -> (Result<Client>, JoinHandle<()>)
@@ -474,7 +478,7 @@ mod tests {
 
     #[test]
     fn a_call_sends_one_frame_and_returns_its_reply() {
-        let (client, server) = pair(SHORT, |s| {
+        let (client, server) = pair(PATIENT, |s| {
             let frame = request(s);
             assert_eq!(frame.request, Request::Status { vol: Some(3) });
             reply(s, frame.id, Ok(Response::Removed(vec![frame.id as u32])));
@@ -493,7 +497,7 @@ mod tests {
 
     #[test]
     fn pipelined_replies_out_of_order_reach_their_request() {
-        let (client, server) = pair(SHORT, |s| {
+        let (client, server) = pair(PATIENT, |s| {
             let first = request(s);
             let second = request(s);
             // The second is answered first.
@@ -512,7 +516,7 @@ mod tests {
 
     #[test]
     fn recv_hands_out_a_reply_kept_early_before_reading() {
-        let (client, server) = pair(SHORT, |s| {
+        let (client, server) = pair(PATIENT, |s| {
             let first = request(s);
             let second = request(s);
             reply(s, second.id, Ok(Response::Removed(vec![2])));
@@ -530,7 +534,7 @@ mod tests {
 
     #[test]
     fn a_server_error_keeps_its_code() {
-        let (client, server) = pair(SHORT, |s| {
+        let (client, server) = pair(PATIENT, |s| {
             let frame = request(s);
             reply(
                 s,
@@ -546,7 +550,7 @@ mod tests {
 
     #[test]
     fn a_connection_level_error_fails_the_waiting_call() {
-        let (client, server) = pair(SHORT, |s| {
+        let (client, server) = pair(PATIENT, |s| {
             request(s);
             reply(
                 s,
@@ -561,7 +565,7 @@ mod tests {
 
     #[test]
     fn a_server_that_hangs_up_is_closed() {
-        let (client, server) = pair(SHORT, |s| {
+        let (client, server) = pair(PATIENT, |s| {
             request(s);
         });
         let mut client = client.unwrap();
@@ -587,7 +591,7 @@ mod tests {
 
     #[test]
     fn a_reply_of_the_wrong_shape_is_unexpected() {
-        let (client, server) = pair(SHORT, |s| {
+        let (client, server) = pair(PATIENT, |s| {
             let frame = request(s);
             reply(s, frame.id, Ok(Response::Removed(vec![])));
         });
@@ -607,7 +611,7 @@ mod tests {
                 .unwrap();
         });
         let endpoint = Endpoint::Unix("/test.sock".into());
-        let err = Client::over(Stream::Unix(ours), &endpoint, None, SHORT)
+        let err = Client::over(Stream::Unix(ours), &endpoint, None, PATIENT)
             .err()
             .expect("refused");
         assert!(
@@ -658,7 +662,7 @@ mod tests {
 
     #[test]
     fn request_ids_count_up_from_one() {
-        let (client, server) = pair(SHORT, |s| {
+        let (client, server) = pair(PATIENT, |s| {
             request(s);
             request(s);
         });

@@ -77,21 +77,28 @@ mod tests {
         let began = Instant::now();
         let mut r = Deadlined {
             stream: &stream,
-            deadline: began + Duration::from_millis(150),
+            deadline: began + Duration::from_secs(1),
         };
         let writer = std::thread::spawn(move || {
-            // One byte every 40 ms: each silence is short, the whole is too long.
-            for _ in 0..10 {
+            // One byte every 40 ms: each silence is short, the whole (64 bytes: 2.6 s) too
+            // long. A deadline moved on by each byte would let the read finish.
+            for _ in 0..80 {
                 if b.write_all(b"x").is_err() {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(40));
             }
         });
-        let mut buf = [0u8; 8];
+        let mut buf = [0u8; 64];
         let err = r.read_exact(&mut buf).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert!(began.elapsed() < Duration::from_millis(300));
+        // The deadline, with a second's room for a loaded machine: still well short of the
+        // 2.6 s the whole trickle takes.
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            began.elapsed()
+        );
         drop(stream);
         writer.join().unwrap();
     }

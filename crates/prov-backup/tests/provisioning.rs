@@ -704,9 +704,18 @@ fn an_unwritable_backup_root_fails_the_add_and_the_daemon_goes_on() {
 fn sigterm_finishes_the_entry_in_hand_then_exits_0() {
     let tmp = tempfile::tempdir().unwrap();
     let slapd = Slapd::start(&tmp.path().join("ldap"), true);
-    // A slow jail command keeps the add busy long enough to stop the daemon in the middle.
+    // A jail command that waits for the test's word keeps the add busy until the daemon has
+    // been told to stop in the middle of it.
+    let go = tmp.path().join("go");
     let slow = tmp.path().join("slow-jail-init");
-    std::fs::write(&slow, "#!/bin/sh\nsleep 2\ntouch \"$1/initialised\"\n").unwrap();
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\nwhile [ ! -e '{}' ]; do sleep 0.05; done\ntouch \"$1/initialised\"\n",
+            go.display()
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
     let setup = Setup::new(
         &tmp.path().join("prov"),
@@ -716,7 +725,10 @@ fn sigterm_finishes_the_entry_in_hand_then_exits_0() {
     let mut daemon = setup.start(&[]);
     let dn = account_dn(EXAMPLE_UID);
     daemon.wait_log(&format!("{dn}: adding"));
-    assert_eq!(daemon.terminate(), 0);
+    daemon.send_sigterm();
+    daemon.wait_log("stop requested");
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(daemon.wait_exit(), 0);
     let e = slapd.get(&dn).unwrap();
     assert_eq!(
         e["sstProvisioningMode"],

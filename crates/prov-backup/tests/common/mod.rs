@@ -446,8 +446,14 @@ impl Daemon {
 
     /// SIGTERM, then the exit code.
     pub fn terminate(&mut self) -> i32 {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.send_sigterm();
         self.wait_exit()
+    }
+
+    /// SIGTERM, without waiting for the exit.
+    pub fn send_sigterm(&self) {
+        // SAFETY: kill(2) on the pid of our own child, which is not reaped before its Drop.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
     }
 
     pub fn wait_exit(&mut self) -> i32 {
