@@ -78,6 +78,14 @@ start_slapd() {
     # slapd forks and writes its pid file itself.
     /usr/sbin/slapd -F "$dir/slapd.d" -h "$urls" -s 0 >"$dir/slapd.log" 2>&1 || {
         cat "$dir/slapd.log" >&2
+        # slapd tells only syslog why; the commonest reason, said where the caller sees it
+        # (the tests then start afresh on another port).
+        local p
+        for p in "$port" $([ -f "$dir/ldaps_port" ] && cat "$dir/ldaps_port"); do
+            if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+                echo "slapd-fixture: 127.0.0.1:$p: Address already in use" >&2
+            fi
+        done
         return 1
     }
     wait_for "$port"

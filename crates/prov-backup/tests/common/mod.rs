@@ -49,36 +49,47 @@ impl Slapd {
     }
 
     fn start_with(dir: &Path, syncprov: bool, tls: bool) -> Slapd {
-        let port = free_port();
-        let ldaps_port = tls.then(|| loop {
-            let p = free_port();
-            if p != port {
-                break p;
+        // A port found free is free only until someone else takes it: another test's server
+        // between our look and slapd's bind. Then slapd says so, and we start afresh elsewhere.
+        for attempt in 1.. {
+            let port = free_port();
+            let ldaps_port = tls.then(|| loop {
+                let p = free_port();
+                if p != port {
+                    break p;
+                }
+            });
+            let mut cmd = Command::new("bash");
+            cmd.arg(repo_root().join("scripts/slapd-fixture.sh"))
+                .arg("start")
+                .arg(dir)
+                .arg(port.to_string());
+            if !syncprov {
+                cmd.arg("--no-syncprov");
             }
-        });
-        let mut cmd = Command::new("bash");
-        cmd.arg(repo_root().join("scripts/slapd-fixture.sh"))
-            .arg("start")
-            .arg(dir)
-            .arg(port.to_string());
-        if !syncprov {
-            cmd.arg("--no-syncprov");
+            if let Some(p) = ldaps_port {
+                cmd.arg("--tls").arg(p.to_string());
+            }
+            let out = cmd.output().expect("run slapd-fixture.sh");
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() {
+                return Slapd {
+                    dir: dir.to_owned(),
+                    port,
+                    ldaps_port,
+                };
+            }
+            assert!(
+                attempt < 5 && said.contains("Address already in use"),
+                "slapd-fixture start failed: {said}"
+            );
+            std::fs::remove_dir_all(dir).unwrap();
         }
-        if let Some(p) = ldaps_port {
-            cmd.arg("--tls").arg(p.to_string());
-        }
-        let out = cmd.output().expect("run slapd-fixture.sh");
-        assert!(
-            out.status.success(),
-            "slapd-fixture start failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Slapd {
-            dir: dir.to_owned(),
-            port,
-            ldaps_port,
-        }
+        unreachable!()
     }
 
     pub fn url(&self) -> String {
