@@ -1613,8 +1613,9 @@ fn a_programs_burst_ends_soon_after_the_program_does() {
     let bursts = env.log_text().matches("a burst (").count();
     env.wait_for_log("the burst slowed after", bursts);
     let slowed = exited.elapsed();
+    // The fault this catches took 11-19 s; 8 s leaves a loaded machine room to see the line.
     assert!(
-        slowed < std::time::Duration::from_secs(5),
+        slowed < std::time::Duration::from_secs(8),
         "the burst ended {slowed:?} after the program did:\n{}",
         env.log_text()
     );
