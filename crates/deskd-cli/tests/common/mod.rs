@@ -1396,6 +1396,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Whether process `pid` holds a socket listening on TCP `port` of 127.0.0.1 (its entry in
+/// /proc/net/tcp, whose inode is one of the process's descriptors).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl, local_address, rem_address, st (0A: LISTEN), ..., inode (the tenth).
+            (fields.len() > 9 && fields[1] == local && fields[3] == "0A")
+                .then(|| format!("socket:[{}]", fields[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
+}
+
 /// A real smbd (Debian's `samba`) serving `share` (`vol`) on 127.0.0.1 at a free high port,
 /// as root, with its own smb.conf and private/lock/state/cache/pid dirs under `dir`. Only
 /// root, with a password made up for this smbd (in its own passdb), may connect: any local
@@ -1412,6 +1436,22 @@ impl Samba {
     /// Start smbd for the directory `path` as share `vol`; wait until its port answers.
     /// Panics (the test fails) when smbd is missing: scripts/test.sh installs it.
     pub fn start(dir: &Path, path: &Path) -> Samba {
+        // A port found free is free only until someone else binds it (another test's server,
+        // between our look and smbd's bind): smbd then says so and ends, and we try another.
+        for attempt in 1.. {
+            match Samba::start_on(dir, path, free_port()) {
+                Ok(samba) => return samba,
+                Err(log) => assert!(
+                    attempt < 5 && log.contains("Address already in use"),
+                    "smbd did not start: {log}"
+                ),
+            }
+        }
+        unreachable!()
+    }
+
+    /// One try at [`Samba::start`] on `port`; smbd's log when it ended before it listened.
+    fn start_on(dir: &Path, path: &Path, port: u16) -> Result<Samba, String> {
         use std::os::unix::process::CommandExt;
         let base = dir.join("samba");
         for sub in [
@@ -1419,7 +1459,6 @@ impl Samba {
         ] {
             std::fs::create_dir_all(base.join(sub)).unwrap();
         }
-        let port = free_port();
         let b = base.display();
         // deskd's own names are hidden from SMB clients (veto), and a folder holding only
         // them may still be deleted (delete veto files).
@@ -1470,7 +1509,7 @@ impl Samba {
             write!(stdin, "{password}\n{password}\n").unwrap();
         }
         assert!(smbpasswd.wait().unwrap().success(), "smbpasswd -a root");
-        let log = base.join("smbd.log");
+        let log = base.join(format!("smbd-{port}.log"));
         let child = Command::new("smbd")
             .args(["--foreground", "--no-process-group", "--debug-stdout", "-s"])
             .arg(&conf_path)
@@ -1486,9 +1525,10 @@ impl Samba {
             child,
         };
         let began = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // Listening, and smbd itself: a connection alone could reach whoever took the port.
+        while !listens_on(samba.child.id(), port) {
             if let Some(status) = samba.child.try_wait().unwrap() {
-                panic!("smbd exited with {status}: {}", samba.log_text());
+                return Err(format!("smbd exited with {status}: {}", samba.log_text()));
             }
             assert!(
                 began.elapsed() < Duration::from_secs(30),
@@ -1497,7 +1537,7 @@ impl Samba {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        samba
+        Ok(samba)
     }
 
     pub fn log_text(&self) -> String {
