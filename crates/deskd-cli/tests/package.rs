@@ -489,16 +489,17 @@ fn every_setting_the_sample_configuration_shows_is_accepted() {
     let token = env.path("token");
     std::fs::write(&token, "a-shared-token-of-32-bytes-here!").unwrap();
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Three ports, held at once so they differ (each let go before the next bind could give
+    // the same number again); let go together for the server to bind.
+    let held: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = held
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    drop(held);
+    let (port, http_port, cnid_port) = (ports[0], ports[1], ports[2]);
     let backups = env.path("backups");
     std::fs::create_dir(&backups).unwrap();
     std::fs::set_permissions(
@@ -506,11 +507,6 @@ fn every_setting_the_sample_configuration_shows_is_accepted() {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .unwrap();
-    let cnid_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let afp_conf = env.path("afp.conf");
     std::fs::write(&afp_conf, "[Global]\n").unwrap();
     let dir = env.dir.path().display().to_string();
