@@ -11,6 +11,10 @@ missing=()
 command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+# fileset's wait for a write under way is shown on xfs and btrfs too (each takes the writer's
+# lock in another call).
+command -v mkfs.xfs >/dev/null 2>&1 || missing+=(xfsprogs)
+command -v mkfs.btrfs >/dev/null 2>&1 || missing+=(btrfs-progs)
 command -v mount >/dev/null 2>&1 || missing+=(mount)
 # The package test (crates/deskd-cli/tests/package.rs) builds the .deb (dpkg-deb, dpkg-shlibdeps)
 # and reads it as a user would: man pages with man, completions in bash (with bash-completion's

@@ -23,11 +23,12 @@ pub fn open_source(path: &Path, flags: libc::c_int) -> io::Result<File> {
 
 /// Returns once no write(2) that had begun on `file` before this call is still putting bytes
 /// in. A buffered write holds the inode's lock from before it sets the file's times to its
-/// last byte; `lseek(SEEK_DATA)` takes that lock on tmpfs, ext4 and btrfs, and a read of one
-/// byte takes it on xfs (each measured on Linux 6.18: the call waited out a 1 GB write). A
-/// file system where neither does, or any error, makes this a no-op: the times compared
-/// around the copy are then the only check, as before. The offset it moves is the caller's
-/// to reset.
+/// last byte; `lseek(SEEK_DATA)` takes that lock on tmpfs, ext4 and btrfs, and on xfs every
+/// read does (each measured on Linux 6.18: the call waited out a 1 GB write). On xfs the
+/// copy's own reads would wait too; the read of one byte here makes the wait independent of
+/// how the copy reads. A file system where neither call takes the lock, or any error, makes this
+/// a no-op: the times compared around the copy are then the only check, as before. The
+/// offset it moves is the caller's to reset.
 pub fn wait_for_writes_under_way(file: &File) {
     let _ = rustix::fs::seek(file, rustix::fs::SeekFrom::Data(0));
     let _ = rustix::io::pread(file, &mut [0u8; 1], 0);

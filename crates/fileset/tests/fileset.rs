@@ -553,10 +553,19 @@ fn saves_while_written(size: usize, writer: impl Fn(&std::fs::File, &AtomicBool)
     } else {
         tempfile::tempdir().unwrap()
     };
+    saves_in_while_written(work.path(), size, writer);
+}
+
+/// [`saves_while_written`] with the working directory `work`.
+fn saves_in_while_written(
+    work: &Path,
+    size: usize,
+    writer: impl Fn(&std::fs::File, &AtomicBool) + Sync,
+) {
     let d = dirs();
-    let live = work.path().join("live.db");
+    let live = work.join("live.db");
     std::fs::write(&live, vec![0u8; size]).unwrap();
-    ok(&["save", s(&d.perm), s(work.path())]);
+    ok(&["save", s(&d.perm), s(work)]);
     let mut saved = snapshot(&d.perm);
     let stop = AtomicBool::new(false);
     // Stops the writer however the saves end: a failed assertion must fail the test, not
@@ -574,7 +583,7 @@ fn saves_while_written(size: usize, writer: impl Fn(&std::fs::File, &AtomicBool)
         });
         let _stop = StopOnDrop(&stop);
         for _ in 0..4 {
-            let out = run(&["save", s(&d.perm), s(work.path())], &[]);
+            let out = run(&["save", s(&d.perm), s(work)], &[]);
             let stderr = String::from_utf8_lossy(&out.stderr);
             match out.status.code() {
                 // Refused: the saved set is the last one saved, whole.
@@ -617,47 +626,86 @@ fn a_file_written_to_during_the_save_is_never_saved_torn() {
 /// it faults them in: the stall the in-memory writer above meets only by bad luck.
 #[test]
 fn a_write_under_way_when_the_save_starts_is_not_saved_half_done() {
-    // Each write faults its 4,096 pages in one at a time (MADV_RANDOM: no read-ahead), some
-    // 0.3 s here; the save's copy takes a tenth of that.
+    let writer = StalledWriter::new();
+    saves_while_written(StalledWriter::SIZE, |to, stop| writer.run(to, stop));
+}
+
+/// The same on disk file systems, which take a writer's lock in different calls: `SEEK_DATA`
+/// on ext4 and btrfs (where, without the wait, half-done copies were saved), reads on xfs.
+#[test]
+fn a_write_under_way_is_waited_for_on_ext4_xfs_and_btrfs() {
+    let writer = StalledWriter::new();
+    for (kind, mib) in [("ext4", 64), ("xfs", 320), ("btrfs", 128)] {
+        let Some(fs) = SmallFs::of(kind, mib) else {
+            return;
+        };
+        eprintln!("on {kind}:");
+        // A folder of its own: ext4's root holds lost+found.
+        let work = fs.mnt.join("work");
+        std::fs::create_dir(&work).unwrap();
+        saves_in_while_written(&work, StalledWriter::SIZE, |to, stop| writer.run(to, stop));
+    }
+}
+
+/// A writer whose every write stays under way for a long time: its bytes (two versions, all
+/// 1s and all 2s) come from files on the build's disk through a mapping whose pages were
+/// dropped from the cache, faulted in one page at a time.
+struct StalledWriter {
+    _disk: tempfile::TempDir,
+    sources: Vec<std::fs::File>,
+}
+
+impl StalledWriter {
+    /// Each write faults its 4,096 pages in one at a time (MADV_RANDOM: no read-ahead), some
+    /// 0.3 s here; a save's copy takes a tenth of that.
     const SIZE: usize = 16 << 20;
-    // The writer's sources on the build's disk, not on a tmpfs /tmp.
-    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let sources: Vec<std::fs::File> = [1u8, 2]
-        .iter()
-        .map(|&value| {
-            let path = disk.path().join(format!("source{value}"));
-            std::fs::write(&path, vec![value; SIZE]).unwrap();
-            let f = std::fs::File::open(&path).unwrap();
-            f.sync_all().unwrap();
-            f
-        })
-        .collect();
-    saves_while_written(SIZE, |to, stop| {
+
+    fn new() -> StalledWriter {
+        // On the build's disk, not on a tmpfs /tmp.
+        let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let sources = [1u8, 2]
+            .iter()
+            .map(|&value| {
+                let path = disk.path().join(format!("source{value}"));
+                std::fs::write(&path, vec![value; Self::SIZE]).unwrap();
+                let f = std::fs::File::open(&path).unwrap();
+                f.sync_all().unwrap();
+                f
+            })
+            .collect();
+        StalledWriter {
+            _disk: disk,
+            sources,
+        }
+    }
+
+    /// Writes `to` whole, version after version, until `stop`.
+    fn run(&self, to: &std::fs::File, stop: &AtomicBool) {
         for pass in 0usize.. {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            let from = &sources[pass % 2];
+            let from = &self.sources[pass % 2];
             // SAFETY: a read-only shared mapping of a file this test owns and never truncates,
             // unmapped before the next pass; the advice calls only drop or skip cached pages.
             unsafe {
                 libc::posix_fadvise(from.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
                 let map = libc::mmap(
                     std::ptr::null_mut(),
-                    SIZE,
+                    Self::SIZE,
                     libc::PROT_READ,
                     libc::MAP_SHARED,
                     from.as_raw_fd(),
                     0,
                 );
                 assert_ne!(map, libc::MAP_FAILED);
-                libc::madvise(map, SIZE, libc::MADV_RANDOM);
-                let bytes = std::slice::from_raw_parts(map as *const u8, SIZE);
+                libc::madvise(map, Self::SIZE, libc::MADV_RANDOM);
+                let bytes = std::slice::from_raw_parts(map as *const u8, Self::SIZE);
                 to.write_all_at(bytes, 0).unwrap();
-                libc::munmap(map, SIZE);
+                libc::munmap(map, Self::SIZE);
             }
         }
-    });
+    }
 }
 
 #[test]
@@ -1181,7 +1229,7 @@ fn check_file_name_64k_boundaries_and_verbose_progress() {
     assert_eq!(snapshot(&loaded), snapshot(&d.tmp));
 }
 
-/// A small ext4 file system (an 8 MiB image, loop-mounted), unmounted when dropped. Needs root:
+/// A small file system (an image, loop-mounted), unmounted when dropped. Needs root:
 /// elsewhere the test that uses it says so and passes; under CI (`CI` set) it must run.
 struct SmallFs {
     _dir: tempfile::TempDir,
@@ -1191,16 +1239,24 @@ struct SmallFs {
 impl SmallFs {
     /// An 8 MiB ext4 on a loop device.
     fn mount() -> Option<SmallFs> {
+        SmallFs::of("ext4", 8)
+    }
+
+    /// A file system of `kind` (ext4, xfs, btrfs: scripts/test.sh installs their mkfs) in an
+    /// image of `mib` MiB (sparse), on a loop device.
+    fn of(kind: &str, mib: u64) -> Option<SmallFs> {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("fs.img");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         std::fs::File::create(&image)
             .unwrap()
-            .set_len(8 << 20)
+            .set_len(mib << 20)
             .unwrap();
+        let mkfs = format!("mkfs.{kind}");
+        let force = if kind == "ext4" { "-F" } else { "-f" };
         let steps: [&[&str]; 2] = [
-            &["mkfs.ext4", "-q", "-F", s(&image)],
+            &[&mkfs, "-q", force, s(&image)],
             &["mount", "-o", "loop", s(&image), s(&mnt)],
         ];
         SmallFs::set_up(dir, mnt.clone(), &steps)
@@ -1228,7 +1284,7 @@ impl SmallFs {
                 std::env::var_os("CI").is_none(),
                 "{step:?} failed under CI: {failed}"
             );
-            eprintln!("skipped: {step:?} failed (needs root, and loop devices for ext4): {failed}");
+            eprintln!("skipped: {step:?} failed (needs root, and loop devices): {failed}");
             return None;
         }
         Some(SmallFs { _dir: dir, mnt })
