@@ -705,9 +705,9 @@ fn ids_one_user_burns_in_a_loop_are_capped_named_and_the_survivors_registered_la
          i=0; while [ $i -lt 200 ]; do : > k$i; i=$((i+1)); done",
     );
     env.watch_barrier("vol");
-    // The script takes well under the 2 s window on a quiet machine (two windows at most).
     let used = desktop_counter(&root(&env)) - last;
-    // Two windows at most on a quiet machine; more where a loaded one stretched the script.
+    // The script takes well under the 2 s window on a quiet machine (two windows at most);
+    // more where a loaded one stretched it.
     let allowed = budget_so_far(&env, 50).max(100);
     assert!(
         used <= allowed,

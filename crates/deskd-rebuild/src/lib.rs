@@ -647,26 +647,24 @@ pub fn default_threads() -> usize {
 }
 
 /// Give the resource file `rsrc` (below `root`), just made by the rebuild, to its object's
-/// owner: named inside its `.rsrc` folder held open, so that a `.rsrc` swapped for a link
-/// after the write leads root's `chown` nowhere ([`deskd_volume::pin`]).
-fn give_made_rsrc(root: &Path, rsrc: &Path) {
-    use deskd_volume::pin::pin;
+/// owner. `written` is `rsrc` pinned with its object's folder held (`.rsrc/NAME` named from
+/// it), so the object is named through that folder; the file is named inside its `.rsrc`
+/// folder held open, so that a `.rsrc` swapped for a link after the write leads root's
+/// `chown` nowhere ([`deskd_volume::pin`]).
+fn give_made_rsrc(root: &Path, rsrc: &Path, written: &deskd_volume::pin::Pinned) {
+    let Some(folder) = written.path.parent().and_then(Path::parent) else {
+        return;
+    };
+    // The root's own record (`ROOT/.rsrc/.rsrc`) is the folder's; any other is `NAME`'s in it.
     let object = if rsrc == deskd_volume::rsrc::root_rsrc_path(root) {
-        root.to_path_buf()
+        folder.to_path_buf()
     } else {
-        match (rsrc.parent().and_then(Path::parent), rsrc.file_name()) {
-            (Some(dir), Some(name)) => dir.join(name),
-            _ => return,
+        match rsrc.file_name() {
+            Some(name) => folder.join(name),
+            None => return,
         }
     };
-    // The pin holds the object's folder open: its path names the descriptor.
-    let held = (object != root).then(|| pin(root, &object, 1));
-    let object = match &held {
-        None => object,
-        Some(Ok(pinned)) => pinned.path.clone(),
-        Some(Err(_)) => return,
-    };
-    if let Ok(inside) = pin(root, rsrc, 1) {
+    if let Ok(inside) = deskd_volume::pin::pin(root, rsrc, 1) {
         deskd_volume::rsrc::give_to_the_objects_owner(&inside.path, &object);
     }
 }
@@ -687,7 +685,7 @@ fn apply_fixes(root: &Path, fixes: impl Iterator<Item = Fix>) -> Result<(), Rebu
                 deskd_volume::rsrc::make_rsrc_dir_like_its_folder(&pinned.path)?;
                 deskd_volume::rsrc::write_header(&pinned.path, header)?;
                 if !existed {
-                    give_made_rsrc(root, path);
+                    give_made_rsrc(root, path, &pinned);
                 }
             }
             Fix::MoveRsrc { from, to, id } => {

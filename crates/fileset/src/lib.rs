@@ -625,8 +625,9 @@ fn copy_to_temp(
     }
 }
 
-/// Opens a file to save, once no write that began before the caller's look at its times is
-/// still putting bytes in. Such a write has already set the times it will leave, so the times
+/// Opens a file to save (save's copies only: a load reads the saved set, which nothing
+/// writes), once no write that began before the caller's look at its times is still putting
+/// bytes in. Such a write has already set the times it will leave, so the times
 /// compared after the copy would not show it; the copy starts after its last byte instead, and
 /// any write that begins after the look changes the times (file systems with fine-grained times
 /// once they have been looked at: Linux 6.13 and later; before, one within the same clock tick
@@ -674,7 +675,7 @@ fn fill_temp(
             }
         }
         Via::Kernel => {
-            let from = open_settled_source(src)?;
+            let from = copy::open_source(src, 0).map_err(io_err(src))?;
             kernel_copy(from, create()?, src, temp, opts)?
         }
     };

@@ -115,7 +115,7 @@ pub struct Daemon {
     /// In a dry run, the requests (DN in lower case, mode) already shown. Nothing is written
     /// back, so the entry still asks after its dry run: the start-up scan and the sync
     /// stream's refresh would each show it, as would every later day's scan.
-    dry_run_shown: HashSet<(String, &'static str)>,
+    dry_run_shown: HashSet<(String, Mode)>,
     cookie: Option<Vec<u8>>,
     cookie_dirty: bool,
     stop: watch::Receiver<bool>,
@@ -273,7 +273,7 @@ impl Daemon {
             Decision::Ignore => return,
         };
         let key = dn.to_ascii_lowercase();
-        if self.shared.dry_run && !self.dry_run_shown.insert((key.clone(), mode.requested())) {
+        if self.shared.dry_run && !self.dry_run_shown.insert((key.clone(), mode)) {
             tracing::debug!("{dn}: {} already shown in this dry run", mode.requested());
             return;
         }
